@@ -1,0 +1,2 @@
+//! Appliance firmware core.
+#![cfg_attr(not(feature = "std"), no_std)]

@@ -1,0 +1,1 @@
+//! Boot, proof of boot, readiness and driver adaptation.

@@ -1,0 +1,5 @@
+//! `mgear`: MotionGear host tools.
+mod appliance;
+mod boot_cmd;
+
+fn main() {}

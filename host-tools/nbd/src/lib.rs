@@ -1,0 +1,1 @@
+//! NBD protocol client and server.

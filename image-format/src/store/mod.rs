@@ -1,0 +1,103 @@
+//! The medium as the format sees it: a small file store.
+//!
+//! Every implementation of the medium (a mounted directory, a FAT32 image or
+//! device opened with `fatfs`, the appliance's FAT32 medium reached over NBD,
+//! the firmware's own view of its storage) implements this one trait, so the
+//! writer, the keyless verifier and the keyed reader are written once.
+//!
+//! Paths are `/`-separated and relative to the medium root (`""` is the root),
+//! e.g. `captures/web01/g0001/SEG-00000`. Names are ASCII, at most 8.3-safe
+//! where the format chooses them, so FAT32 long-name support is not required.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Why a store operation failed. Kept small and `no_std`: the host turns it
+/// into a message with context, the firmware into a console error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The path does not exist.
+    NotFound,
+    /// The medium has no space left for this write.
+    NoSpace,
+    /// The medium (or this path) is read-only, e.g. a sealed appliance.
+    ReadOnly,
+    /// Anything else, with a human-readable description.
+    Io(String),
+}
+
+impl core::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StoreError::NotFound => f.write_str("not found"),
+            StoreError::NoSpace => f.write_str("no space left on the medium"),
+            StoreError::ReadOnly => f.write_str("the medium is read-only"),
+            StoreError::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for StoreError {}
+
+/// Kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+}
+
+/// One directory entry as returned by [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub kind: EntryKind,
+    /// File size in bytes (0 for directories).
+    pub len: u64,
+}
+
+/// File-level access to a medium.
+///
+/// Writes are positional so that preallocated segment files can be filled in
+/// place and resumed; `sync` must make everything written to `path` (data
+/// and size) durable before it returns, because the writer's crash-safety
+/// rule (data → index → manifest → journal) relies on it.
+pub trait Store {
+    /// Entries of directory `dir`; `Err(NotFound)` if it does not exist.
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError>;
+    /// Size of file `path`, or `Ok(None)` if it does not exist.
+    fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError>;
+    /// Read up to `buf.len()` bytes at `offset`; returns bytes read (0 at end).
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError>;
+    /// Write all of `data` at `offset`, creating the file if needed and
+    /// growing it if the write ends past its end.
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError>;
+    /// Truncate or extend (with zeros) file `path` to `len` bytes, creating it if needed.
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError>;
+    /// Create directory `path` and any missing parents; Ok if it exists.
+    fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError>;
+    /// Atomically replace `to` with `from` (both files in the same directory).
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError>;
+    /// Remove a file (Ok if missing).
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError>;
+    /// Make all writes to `path` durable (data and metadata).
+    fn sync(&mut self, path: &str) -> Result<(), StoreError>;
+    /// Free bytes left on the medium, if known.
+    fn free_space(&mut self) -> Result<Option<u64>, StoreError>;
+
+    /// Read exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self.read_at(path, offset + done as u64, &mut buf[done..])?;
+            if n == 0 {
+                return Err(StoreError::Io(alloc::format!(
+                    "{path}: unexpected end of file at byte {}",
+                    offset + done as u64
+                )));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
