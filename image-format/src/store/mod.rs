@@ -9,6 +9,18 @@
 //! e.g. `captures/web01/g0001/SEG-00000`. Names are ASCII, at most 8.3-safe
 //! where the format chooses them, so FAT32 long-name support is not required.
 
+#[cfg(feature = "std")]
+pub mod dir;
+#[cfg(feature = "fat")]
+pub mod fat;
+pub mod mem;
+
+#[cfg(feature = "std")]
+pub use dir::DirStore;
+#[cfg(feature = "fat")]
+pub use fat::{BlockDevice, FatStore, FlushIsDurable};
+pub use mem::MemStore;
+
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -76,7 +88,9 @@ pub trait Store {
     fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError>;
     /// Create directory `path` and any missing parents; Ok if it exists.
     fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError>;
-    /// Atomically replace `to` with `from` (both files in the same directory).
+    /// Rename file `from` to `to` (same directory). If `to` exists it is
+    /// replaced: atomically on `DirStore`, but as remove-then-rename on FAT,
+    /// so formats must not rely on atomic replacement (use A/B slots).
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError>;
     /// Remove a file (Ok if missing).
     fn remove_file(&mut self, path: &str) -> Result<(), StoreError>;

@@ -1,0 +1,224 @@
+//! `DirStore`: a medium that is a directory of a mounted filesystem
+//! (`mgear capture --medium dir:/mnt/appliance`).
+//!
+//! Paths are resolved below the root and may not escape it. `sync` fsyncs
+//! the file and its directory, so a size change or a rename survives power
+//! loss, which the format's write order depends on.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+
+use super::{Entry, EntryKind, Store, StoreError};
+
+/// A medium rooted at a directory.
+#[derive(Debug)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    /// Open a directory as a medium; it must exist.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => Ok(DirStore { root }),
+            Ok(_) => Err(StoreError::Io(format!(
+                "{} is not a directory: give the mount point of the appliance medium",
+                root.display()
+            ))),
+            Err(e) => Err(StoreError::Io(format!(
+                "cannot open medium directory {}: {e}",
+                root.display()
+            ))),
+        }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn resolve(&self, path: &str) -> Result<PathBuf, StoreError> {
+        let rel = Path::new(path);
+        for c in rel.components() {
+            if !matches!(c, Component::Normal(_)) {
+                return Err(StoreError::Io(format!(
+                    "invalid medium path {path:?}: only plain relative names are allowed"
+                )));
+            }
+        }
+        Ok(self.root.join(rel))
+    }
+}
+
+fn map_err(path: &str, e: std::io::Error) -> StoreError {
+    match e.kind() {
+        ErrorKind::NotFound => StoreError::NotFound,
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => StoreError::ReadOnly,
+        ErrorKind::StorageFull => StoreError::NoSpace,
+        _ if e.raw_os_error() == Some(28) => StoreError::NoSpace,
+        _ => StoreError::Io(format!("{path}: {e}")),
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Store for DirStore {
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
+        let p = self.resolve(dir)?;
+        let mut out = Vec::new();
+        for e in fs::read_dir(&p).map_err(|e| map_err(dir, e))? {
+            let e = e.map_err(|e| map_err(dir, e))?;
+            let md = e.metadata().map_err(|e| map_err(dir, e))?;
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue; // not a name this format writes
+            };
+            out.push(Entry {
+                name,
+                kind: if md.is_dir() {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                },
+                len: if md.is_dir() { 0 } else { md.len() },
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        match fs::metadata(self.resolve(path)?) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Err(StoreError::Io(format!("{path} is a directory"))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(map_err(path, e)),
+        }
+    }
+
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let mut f = File::open(self.resolve(path)?).map_err(|e| map_err(path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| map_err(path, e))?;
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read(&mut buf[done..]) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_err(path, e)),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.resolve(path)?)
+            .map_err(|e| map_err(path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| map_err(path, e))?;
+        f.write_all(data).map_err(|e| map_err(path, e))
+    }
+
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.resolve(path)?)
+            .map_err(|e| map_err(path, e))?;
+        f.set_len(len).map_err(|e| map_err(path, e))
+    }
+
+    fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
+        let p = self.resolve(path)?;
+        fs::create_dir_all(&p).map_err(|e| map_err(path, e))?;
+        if let Some(parent) = p.parent() {
+            sync_dir(parent).map_err(|e| map_err(path, e))?;
+        }
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        let (a, b) = (self.resolve(from)?, self.resolve(to)?);
+        fs::rename(&a, &b).map_err(|e| map_err(from, e))?;
+        if let Some(parent) = b.parent() {
+            sync_dir(parent).map_err(|e| map_err(to, e))?;
+        }
+        Ok(())
+    }
+
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
+        match fs::remove_file(self.resolve(path)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_err(path, e)),
+        }
+    }
+
+    fn sync(&mut self, path: &str) -> Result<(), StoreError> {
+        let p = self.resolve(path)?;
+        let f = File::open(&p).map_err(|e| map_err(path, e))?;
+        f.sync_all().map_err(|e| map_err(path, e))?;
+        if let Some(parent) = p.parent() {
+            sync_dir(parent).map_err(|e| map_err(path, e))?;
+        }
+        Ok(())
+    }
+
+    fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
+        let st = rustix::fs::statvfs(&self.root)
+            .map_err(|e| StoreError::Io(format!("statvfs {}: {e}", self.root.display())))?;
+        Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_listing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = DirStore::open(tmp.path()).unwrap();
+        s.create_dir_all("MGEAR/web01").unwrap();
+        s.write_at("MGEAR/web01/SEG-00000", 10, b"hello").unwrap();
+        assert_eq!(s.len("MGEAR/web01/SEG-00000").unwrap(), Some(15));
+        let mut buf = [0u8; 15];
+        s.read_exact_at("MGEAR/web01/SEG-00000", 0, &mut buf)
+            .unwrap();
+        assert_eq!(&buf[10..], b"hello");
+        assert_eq!(&buf[..10], &[0u8; 10]);
+        s.sync("MGEAR/web01/SEG-00000").unwrap();
+        let l = s.list("MGEAR").unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].kind, EntryKind::Dir);
+        assert_eq!(s.len("MGEAR/nope").unwrap(), None);
+        assert_eq!(s.list("nope"), Err(StoreError::NotFound));
+        assert!(s.free_space().unwrap().unwrap() > 0);
+    }
+
+    #[test]
+    fn paths_cannot_escape_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = DirStore::open(tmp.path()).unwrap();
+        assert!(matches!(s.len("../etc/passwd"), Err(StoreError::Io(_))));
+        assert!(matches!(
+            s.write_at("/etc/x", 0, b"x"),
+            Err(StoreError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn missing_root_is_a_clear_error() {
+        let e = DirStore::open("/nonexistent/mgear-medium").unwrap_err();
+        assert!(e.to_string().contains("cannot open medium directory"));
+    }
+}

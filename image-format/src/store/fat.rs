@@ -1,0 +1,883 @@
+//! `FatStore`: a FAT32 medium opened with the `fatfs` crate, without mounting
+//! it (`mgear ... --medium fat:medium.img`, a raw device, or the appliance's
+//! medium exported over NBD).
+//!
+//! `fatfs` 0.3 has no cache of its own and re-reads FAT sectors and directory
+//! entries on every operation, so the device sits behind [`BlockCache`], a
+//! small write-back LRU cache of 4 KiB blocks. Large transfers (segment data)
+//! bypass the cache so they stay one sequential I/O each.
+//!
+//! `fatfs` writes a file's size only when the file is flushed and only logs
+//! errors on drop, so every write here flushes explicitly and checks the
+//! result, and [`FatStore::unmount`] must be called to clear the volume's
+//! dirty flag. FAT has no atomic rename-over: [`Store::rename`] onto an
+//! existing file is remove-then-rename here, which the format never relies
+//! on (it uses A/B journal slots instead).
+
+use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lru::LruCache;
+
+use super::{Entry, EntryKind, Store, StoreError};
+
+/// A device holding a FAT32 volume: a raw image file, a block device, or an
+/// NBD export. `sync_device` must make every completed write durable.
+pub trait BlockDevice: Read + Write + Seek + Send {
+    /// Make all completed writes durable (fsync, NBD flush, ...).
+    fn sync_device(&mut self) -> io::Result<()>;
+}
+
+impl BlockDevice for std::fs::File {
+    fn sync_device(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// Adapter for devices whose `Write::flush` already means "make durable"
+/// (e.g. an NBD client, where flush sends `NBD_CMD_FLUSH`).
+#[derive(Debug)]
+pub struct FlushIsDurable<T>(pub T);
+
+impl<T: Read> Read for FlushIsDurable<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+impl<T: Write> Write for FlushIsDurable<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+impl<T: Seek> Seek for FlushIsDurable<T> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+impl<T: Read + Write + Seek + Send> BlockDevice for FlushIsDurable<T> {
+    fn sync_device(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+const BLOCK: u64 = 4096;
+/// Transfers at least this large go straight to the device.
+const BYPASS: usize = 64 * 1024;
+/// 8 MiB of cached blocks: enough for the FAT region touched by a capture.
+const CACHE_BLOCKS: usize = 2048;
+
+struct CacheInner<D> {
+    dev: D,
+    size: u64,
+    blocks: LruCache<u64, (Box<[u8]>, bool)>,
+}
+
+impl<D: BlockDevice> CacheInner<D> {
+    fn dev_read(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.dev.seek(SeekFrom::Start(off))?;
+        self.dev.read_exact(buf)
+    }
+
+    fn dev_write(&mut self, off: u64, buf: &[u8]) -> io::Result<()> {
+        self.dev.seek(SeekFrom::Start(off))?;
+        self.dev.write_all(buf)
+    }
+
+    /// Length of block `b` (the last block of an odd-sized device is short).
+    fn block_len(&self, b: u64) -> usize {
+        (self.size - b * BLOCK).min(BLOCK) as usize
+    }
+
+    fn insert(&mut self, b: u64, data: Box<[u8]>, dirty: bool) -> io::Result<()> {
+        if let Some((old_b, (old, old_dirty))) = self.blocks.push(b, (data, dirty)) {
+            if old_b != b && old_dirty {
+                self.dev_write(old_b * BLOCK, &old)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, b: u64) -> io::Result<()> {
+        if self.blocks.contains(&b) {
+            return Ok(());
+        }
+        let mut data = vec![0u8; self.block_len(b)].into_boxed_slice();
+        self.dev_read(b * BLOCK, &mut data)?;
+        self.insert(b, data, false)
+    }
+
+    fn check_range(&self, off: u64, len: usize) -> io::Result<()> {
+        match off.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!(
+                    "access at byte {off} (+{len}) is past the end of the medium ({} bytes)",
+                    self.size
+                ),
+            )),
+        }
+    }
+
+    /// Write back dirty cached blocks overlapping `[off, off+len)`.
+    fn write_back_range(&mut self, off: u64, len: usize) -> io::Result<()> {
+        let (first, last) = (off / BLOCK, (off + len as u64).div_ceil(BLOCK));
+        for b in first..last {
+            let dirty = match self.blocks.peek_mut(&b) {
+                Some((data, dirty)) if *dirty => {
+                    *dirty = false;
+                    Some(data.clone())
+                }
+                _ => None,
+            };
+            if let Some(data) = dirty {
+                self.dev_write(b * BLOCK, &data)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check_range(off, buf.len())?;
+        if buf.len() >= BYPASS {
+            self.write_back_range(off, buf.len())?;
+            return self.dev_read(off, buf);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let b = pos / BLOCK;
+            let within = (pos - b * BLOCK) as usize;
+            self.load(b)?;
+            let Some((data, _)) = self.blocks.get(&b) else {
+                return Err(io::Error::other("block cache lost a block just loaded"));
+            };
+            let n = (data.len() - within).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&data[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, off: u64, buf: &[u8]) -> io::Result<()> {
+        self.check_range(off, buf.len())?;
+        if buf.len() >= BYPASS {
+            // Keep cached copies coherent: drop blocks the write covers,
+            // patch the partly covered ones (their dirty state is unchanged).
+            let end = off + buf.len() as u64;
+            for b in off / BLOCK..end.div_ceil(BLOCK) {
+                let (bs, be) = (b * BLOCK, b * BLOCK + self.block_len(b) as u64);
+                if bs >= off && be <= end {
+                    self.blocks.pop(&b);
+                } else if let Some((data, _)) = self.blocks.peek_mut(&b) {
+                    let (s, e) = (bs.max(off), be.min(end));
+                    data[(s - bs) as usize..(e - bs) as usize]
+                        .copy_from_slice(&buf[(s - off) as usize..(e - off) as usize]);
+                }
+            }
+            return self.dev_write(off, buf);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let b = pos / BLOCK;
+            let within = (pos - b * BLOCK) as usize;
+            let n = (self.block_len(b) - within).min(buf.len() - done);
+            if n < self.block_len(b) {
+                self.load(b)?;
+            } else if !self.blocks.contains(&b) {
+                let fresh = vec![0u8; self.block_len(b)].into_boxed_slice();
+                self.insert(b, fresh, false)?;
+            }
+            let Some((data, dirty)) = self.blocks.get_mut(&b) else {
+                return Err(io::Error::other("block cache lost a block just loaded"));
+            };
+            data[within..within + n].copy_from_slice(&buf[done..done + n]);
+            *dirty = true;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush_all(&mut self) -> io::Result<()> {
+        let mut dirty: Vec<u64> = self
+            .blocks
+            .iter()
+            .filter(|(_, (_, d))| *d)
+            .map(|(b, _)| *b)
+            .collect();
+        dirty.sort_unstable();
+        for b in dirty {
+            if let Some((data, d)) = self.blocks.peek_mut(&b) {
+                *d = false;
+                let data = data.clone();
+                self.dev_write(b * BLOCK, &data)?;
+            }
+        }
+        self.dev.flush()
+    }
+}
+
+/// A write-back block cache in front of a [`BlockDevice`], shared between
+/// the `fatfs` file system (which owns one handle and does positional I/O
+/// through it) and [`FatStore`] (which keeps another to make writes durable).
+pub struct BlockCache<D> {
+    inner: Arc<Mutex<CacheInner<D>>>,
+    pos: u64,
+}
+
+impl<D> Clone for BlockCache<D> {
+    fn clone(&self) -> Self {
+        BlockCache {
+            inner: Arc::clone(&self.inner),
+            pos: self.pos,
+        }
+    }
+}
+
+impl<D: BlockDevice> BlockCache<D> {
+    /// Put a cache in front of `dev`; the device's size is found by seeking to its end.
+    pub fn new(mut dev: D) -> io::Result<Self> {
+        let size = dev.seek(SeekFrom::End(0))?;
+        let cap = NonZeroUsize::new(CACHE_BLOCKS).unwrap_or(NonZeroUsize::MIN);
+        Ok(BlockCache {
+            inner: Arc::new(Mutex::new(CacheInner {
+                dev,
+                size,
+                blocks: LruCache::new(cap),
+            })),
+            pos: 0,
+        })
+    }
+
+    fn lock(&self) -> io::Result<MutexGuard<'_, CacheInner<D>>> {
+        self.inner
+            .lock()
+            .map_err(|_| io::Error::other("medium cache poisoned by an earlier failure"))
+    }
+
+    /// Size of the device in bytes.
+    pub fn size(&self) -> io::Result<u64> {
+        Ok(self.lock()?.size)
+    }
+
+    /// Write back every dirty block and make it durable on the device.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut g = self.lock()?;
+        g.flush_all()?;
+        g.dev.sync_device()
+    }
+}
+
+impl<D: BlockDevice> Read for BlockCache<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut g = self.lock()?;
+        let n = (g.size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        g.read_at(self.pos, &mut buf[..n])?;
+        drop(g);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<D: BlockDevice> Write for BlockCache<D> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.lock()?.write_at(self.pos, buf)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.lock()?.flush_all()
+    }
+}
+
+impl<D: BlockDevice> Seek for BlockCache<D> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let size = self.lock()?.size;
+        let new = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match new {
+            Some(p) => {
+                self.pos = p;
+                Ok(p)
+            }
+            None => Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "seek before the start of the medium",
+            )),
+        }
+    }
+}
+
+/// Options for [`FatStore::format`].
+#[derive(Debug, Clone)]
+pub struct FormatOptions {
+    /// Volume label (at most 11 ASCII characters).
+    pub label: String,
+    /// Cluster size in bytes; `None` lets `fatfs` choose for the volume size.
+    pub cluster_size: Option<u32>,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        FormatOptions {
+            label: "MGEAR".into(),
+            cluster_size: None,
+        }
+    }
+}
+
+/// Smallest volume `fatfs` (and the FAT32 spec) can format as FAT32 with
+/// 512-byte sectors and small clusters: 65525 clusters plus metadata.
+pub const MIN_FAT32_BYTES: u64 = 34 * 1024 * 1024;
+
+/// A FAT32 volume used as a medium.
+pub struct FatStore<D: BlockDevice> {
+    fs: fatfs::FileSystem<BlockCache<D>>,
+    cache: BlockCache<D>,
+}
+
+fn fat_err(path: &str, e: io::Error) -> StoreError {
+    match e.kind() {
+        ErrorKind::NotFound => StoreError::NotFound,
+        ErrorKind::PermissionDenied => StoreError::ReadOnly,
+        _ if e.to_string().contains("No space left") => StoreError::NoSpace,
+        // An NBD server refusing a write on a sealed appliance answers EPERM.
+        _ if e.raw_os_error() == Some(1) || e.raw_os_error() == Some(30) => StoreError::ReadOnly,
+        _ => StoreError::Io(format!("{path}: {e}")),
+    }
+}
+
+/// Split `a/b/c` into (`a/b`, `c`).
+fn split_parent(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    }
+}
+
+fn check_path(path: &str) -> Result<(), StoreError> {
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+        && !path.is_empty()
+    {
+        return Err(StoreError::Io(format!(
+            "invalid medium path {path:?}: only plain relative names are allowed"
+        )));
+    }
+    Ok(())
+}
+
+impl<D: BlockDevice> FatStore<D> {
+    /// Create a FAT32 file system on the whole device (destroys its contents).
+    pub fn format(dev: D, opts: &FormatOptions) -> Result<(), StoreError> {
+        let mut cache = BlockCache::new(dev).map_err(|e| fat_err("format", e))?;
+        let size = cache.size().map_err(|e| fat_err("format", e))?;
+        if size < MIN_FAT32_BYTES {
+            return Err(StoreError::Io(format!(
+                "the medium is {size} bytes; FAT32 needs at least {MIN_FAT32_BYTES} bytes (34 MiB)"
+            )));
+        }
+        let label = opts.label.as_bytes();
+        if label.len() > 11 || !label.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
+            return Err(StoreError::Io(format!(
+                "volume label {:?} must be at most 11 printable ASCII characters",
+                opts.label
+            )));
+        }
+        let mut l = [b' '; 11];
+        l[..label.len()].copy_from_slice(label);
+        let mut fo = fatfs::FormatVolumeOptions::new()
+            .fat_type(fatfs::FatType::Fat32)
+            .volume_label(l);
+        if let Some(cs) = opts.cluster_size {
+            if !cs.is_power_of_two() || !(512..=65536).contains(&cs) {
+                return Err(StoreError::Io(format!(
+                    "cluster size {cs} must be a power of two from 512 to 65536"
+                )));
+            }
+            fo = fo.bytes_per_cluster(cs);
+        }
+        fatfs::format_volume(&mut cache, fo).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot create a FAT32 file system on the medium: {e} (a larger medium or a smaller cluster size may help)"
+            ))
+        })?;
+        cache.sync().map_err(|e| fat_err("format", e))
+    }
+
+    /// Open the FAT32 volume on `dev`.
+    pub fn open(dev: D) -> Result<Self, StoreError> {
+        let cache = BlockCache::new(dev).map_err(|e| fat_err("open", e))?;
+        let fs = fatfs::FileSystem::new(cache.clone(), fatfs::FsOptions::new()).map_err(|e| {
+            StoreError::Io(format!(
+                "the medium does not hold a FAT32 file system ({e}); create one with `mgear medium format fat:PATH`"
+            ))
+        })?;
+        Ok(FatStore { fs, cache })
+    }
+
+    /// Flush everything, clear the volume's dirty flag and close it.
+    pub fn unmount(self) -> Result<(), StoreError> {
+        let FatStore { fs, cache } = self;
+        fs.unmount().map_err(|e| fat_err("unmount", e))?;
+        cache.sync().map_err(|e| fat_err("unmount", e))
+    }
+
+    fn dir(&self, path: &str) -> Result<fatfs::Dir<'_, BlockCache<D>>, StoreError> {
+        check_path(path)?;
+        if path.is_empty() {
+            Ok(self.fs.root_dir())
+        } else {
+            self.fs
+                .root_dir()
+                .open_dir(path)
+                .map_err(|e| fat_err(path, e))
+        }
+    }
+
+    fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
+        let (parent, name) = split_parent(path);
+        let dir = match self.dir(parent) {
+            Ok(d) => d,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for e in dir.iter() {
+            let e = e.map_err(|e| fat_err(path, e))?;
+            if e.file_name().eq_ignore_ascii_case(name) {
+                return Ok(Some(Entry {
+                    name: e.file_name(),
+                    kind: if e.is_dir() {
+                        EntryKind::Dir
+                    } else {
+                        EntryKind::File
+                    },
+                    len: e.len(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn open_rw(&self, path: &str) -> Result<fatfs::File<'_, BlockCache<D>>, StoreError> {
+        check_path(path)?;
+        self.fs
+            .root_dir()
+            .create_file(path)
+            .map_err(|e| fat_err(path, e))
+    }
+}
+
+/// Where a FAT32 volume keeps its FAT and clusters, from the boot sector.
+struct Geometry {
+    fat_offset: u64,
+    fat_bytes: u64,
+    data_offset: u64,
+    cluster_bytes: u64,
+}
+
+impl Geometry {
+    /// Parse the BPB fields this module needs (FAT32 layout, offsets per the
+    /// Microsoft FAT specification).
+    fn read<D: BlockDevice>(cache: &BlockCache<D>) -> io::Result<Geometry> {
+        let mut bs = [0u8; 512];
+        cache.lock()?.read_at(0, &mut bs)?;
+        let u16at = |o: usize| u16::from_le_bytes([bs[o], bs[o + 1]]) as u64;
+        let u32at = |o: usize| u32::from_le_bytes([bs[o], bs[o + 1], bs[o + 2], bs[o + 3]]) as u64;
+        let bps = u16at(0x0b);
+        let spc = bs[0x0d] as u64;
+        let reserved = u16at(0x0e);
+        let fats = bs[0x10] as u64;
+        let fat_sectors = u32at(0x24);
+        if bps == 0 || spc == 0 || fats == 0 || fat_sectors == 0 {
+            return Err(io::Error::other(
+                "the medium's FAT32 boot sector is damaged",
+            ));
+        }
+        Ok(Geometry {
+            fat_offset: reserved * bps,
+            fat_bytes: fat_sectors * bps,
+            data_offset: (reserved + fats * fat_sectors) * bps,
+            cluster_bytes: spc * bps,
+        })
+    }
+}
+
+/// `fatfs` 0.3.6 writes long-name entries in front of a new directory's `.`
+/// and `..` entries and gives `..` of a first-level directory the root's
+/// cluster instead of 0 (fixed upstream in rafalh/rust-fatfs#99 and #100,
+/// not yet released). `fsck.fat` and other systems treat such directories
+/// as damaged, so after each `create_dir` the new directory's first four
+/// slots are rewritten to what the FAT specification requires. The new
+/// directory's cluster is the one that went from free to allocated in the
+/// FAT and starts with that entry pattern.
+fn repair_new_dir<D: BlockDevice>(
+    cache: &BlockCache<D>,
+    geo: &Geometry,
+    free_before: &[u64],
+    parent_is_root: bool,
+) -> io::Result<()> {
+    let mut newly_allocated = Vec::new();
+    scan_fat(cache, geo, |c, e| {
+        let was_free = free_before
+            .get(c / 64)
+            .is_some_and(|w| w & (1 << (c % 64)) != 0);
+        if was_free && e != 0 && c >= 2 {
+            newly_allocated.push(c as u64);
+        }
+    })?;
+    for c in newly_allocated {
+        let off = geo.data_offset + (c - 2) * geo.cluster_bytes;
+        let mut slots = [0u8; 128];
+        cache.lock()?.read_at(off, &mut slots)?;
+        // LFN entries have attribute 0x0f at byte 11 of the slot.
+        let is_bug_pattern = slots[11] == 0x0f
+            && &slots[32..43] == b".          "
+            && slots[64 + 11] == 0x0f
+            && &slots[96..107] == b"..         ";
+        if !is_bug_pattern {
+            continue;
+        }
+        let mut fixed = [0u8; 128];
+        fixed[..32].copy_from_slice(&slots[32..64]);
+        fixed[32..64].copy_from_slice(&slots[96..128]);
+        if parent_is_root {
+            // `..` of a first-level directory points at cluster 0 (high and low words).
+            fixed[32 + 20..32 + 22].fill(0);
+            fixed[32 + 26..32 + 28].fill(0);
+        }
+        cache.lock()?.write_at(off, &fixed)?;
+    }
+    Ok(())
+}
+
+/// Call `f(cluster, entry)` for every FAT entry, reading the FAT in 1 MiB
+/// pieces so memory stays small whatever the medium size.
+fn scan_fat<D: BlockDevice>(
+    cache: &BlockCache<D>,
+    geo: &Geometry,
+    mut f: impl FnMut(usize, u32),
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < geo.fat_bytes {
+        let n = (geo.fat_bytes - done).min(buf.len() as u64) as usize;
+        cache
+            .lock()?
+            .read_at(geo.fat_offset + done, &mut buf[..n])?;
+        for (i, e) in buf[..n].chunks_exact(4).enumerate() {
+            let v = u32::from_le_bytes([e[0], e[1], e[2], e[3]]) & 0x0fff_ffff;
+            f((done / 4) as usize + i, v);
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// One bit per cluster, set where the FAT marks the cluster free.
+fn free_bitmap<D: BlockDevice>(cache: &BlockCache<D>, geo: &Geometry) -> io::Result<Vec<u64>> {
+    let mut bits = vec![0u64; (geo.fat_bytes / 4).div_ceil(64) as usize];
+    scan_fat(cache, geo, |c, e| {
+        if e == 0 {
+            if let Some(w) = bits.get_mut(c / 64) {
+                *w |= 1 << (c % 64);
+            }
+        }
+    })?;
+    Ok(bits)
+}
+
+/// FAT32 file sizes are 32-bit.
+fn check_fat_size(path: &str, end: u64) -> Result<(), StoreError> {
+    if end > u32::MAX as u64 {
+        return Err(StoreError::Io(format!(
+            "{path}: a FAT32 file cannot grow to {end} bytes (limit 4 GiB - 1)"
+        )));
+    }
+    Ok(())
+}
+
+impl<D: BlockDevice> Store for FatStore<D> {
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
+        let d = self.dir(dir)?;
+        let mut out = Vec::new();
+        for e in d.iter() {
+            let e = e.map_err(|e| fat_err(dir, e))?;
+            let name = e.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            out.push(Entry {
+                kind: if e.is_dir() {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                },
+                len: if e.is_dir() { 0 } else { e.len() },
+                name,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        check_path(path)?;
+        match self.entry(path)? {
+            Some(e) if e.kind == EntryKind::File => Ok(Some(e.len)),
+            Some(_) => Err(StoreError::Io(format!("{path} is a directory"))),
+            None => Ok(None),
+        }
+    }
+
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        check_path(path)?;
+        let mut f = self
+            .fs
+            .root_dir()
+            .open_file(path)
+            .map_err(|e| fat_err(path, e))?;
+        let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
+        if offset >= size {
+            return Ok(0);
+        }
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| fat_err(path, e))?;
+        let want = buf.len().min((size - offset) as usize);
+        f.read_exact(&mut buf[..want])
+            .map_err(|e| fat_err(path, e))?;
+        Ok(want)
+    }
+
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        check_fat_size(path, offset.saturating_add(data.len() as u64))?;
+        let mut f = self.open_rw(path)?;
+        let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
+        if offset > size {
+            // fatfs clamps seeks to the file size: fill the gap explicitly.
+            let zeros = vec![0u8; (offset - size).min(1 << 20) as usize];
+            let mut left = offset - size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n]).map_err(|e| fat_err(path, e))?;
+                left -= n as u64;
+            }
+        } else {
+            f.seek(SeekFrom::Start(offset))
+                .map_err(|e| fat_err(path, e))?;
+        }
+        f.write_all(data).map_err(|e| fat_err(path, e))?;
+        f.flush().map_err(|e| fat_err(path, e))
+    }
+
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
+        check_fat_size(path, len)?;
+        let mut f = self.open_rw(path)?;
+        let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
+        if len < size {
+            f.seek(SeekFrom::Start(len)).map_err(|e| fat_err(path, e))?;
+            f.truncate().map_err(|e| fat_err(path, e))?;
+        } else if len > size {
+            let zeros = vec![0u8; (len - size).min(1 << 20) as usize];
+            let mut left = len - size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n]).map_err(|e| fat_err(path, e))?;
+                left -= n as u64;
+            }
+        }
+        f.flush().map_err(|e| fat_err(path, e))
+    }
+
+    fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
+        check_path(path)?;
+        let mut dir = self.fs.root_dir();
+        for (depth, part) in path.split('/').filter(|p| !p.is_empty()).enumerate() {
+            dir = match dir.open_dir(part) {
+                Ok(d) => d,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    let geo = Geometry::read(&self.cache).map_err(|e| fat_err(path, e))?;
+                    let free = free_bitmap(&self.cache, &geo).map_err(|e| fat_err(path, e))?;
+                    let d = dir.create_dir(part).map_err(|e| fat_err(path, e))?;
+                    repair_new_dir(&self.cache, &geo, &free, depth == 0)
+                        .map_err(|e| fat_err(path, e))?;
+                    d
+                }
+                Err(e) => return Err(fat_err(path, e)),
+            };
+        }
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        check_path(from)?;
+        check_path(to)?;
+        let root = self.fs.root_dir();
+        match root.remove(to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(fat_err(to, e)),
+        }
+        root.rename(from, &root, to).map_err(|e| fat_err(from, e))
+    }
+
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
+        check_path(path)?;
+        match self.fs.root_dir().remove(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(fat_err(path, e)),
+        }
+    }
+
+    fn sync(&mut self, path: &str) -> Result<(), StoreError> {
+        check_path(path)?;
+        // Directory entries were flushed by every write; push the cache
+        // and the device's own buffers out.
+        self.cache.sync().map_err(|e| fat_err(path, e))
+    }
+
+    fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
+        let st = self.fs.stats().map_err(|e| fat_err("free space", e))?;
+        Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn image(bytes: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("medium.img");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(bytes).unwrap();
+        (tmp, p)
+    }
+
+    fn open_rw(p: &std::path::Path) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    }
+
+    #[test]
+    fn format_write_read_and_fsck_clean() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/web01/G0001").unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        s.write_at("MGEAR/web01/G0001/SEG-00000", 0, &big).unwrap();
+        s.write_at("MGEAR/web01/G0001/SEG-00000", 3_000_000, b"tail")
+            .unwrap();
+        s.write_at("MGEAR/web01/G0001/JRNL-A", 100, b"journal")
+            .unwrap();
+        s.sync("MGEAR/web01/G0001/SEG-00000").unwrap();
+        assert_eq!(s.len("MGEAR/web01/G0001/JRNL-A").unwrap(), Some(107));
+        let mut back = vec![0u8; 3_000_004];
+        s.read_exact_at("MGEAR/web01/G0001/SEG-00000", 0, &mut back)
+            .unwrap();
+        assert_eq!(&back[..3_000_000], &big[..]);
+        assert_eq!(&back[3_000_000..], b"tail");
+        s.set_len("MGEAR/web01/G0001/SEG-00000", 10).unwrap();
+        assert_eq!(s.len("MGEAR/web01/G0001/SEG-00000").unwrap(), Some(10));
+        s.rename("MGEAR/web01/G0001/JRNL-A", "MGEAR/web01/G0001/JRNL-B")
+            .unwrap();
+        assert_eq!(s.len("MGEAR/web01/G0001/JRNL-A").unwrap(), None);
+        let names: Vec<_> = s
+            .list("MGEAR/web01/G0001")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["JRNL-B", "SEG-00000"]);
+        s.unmount().unwrap();
+
+        // The image must be a clean FAT32 volume for standard tools.
+        let out = Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&p)
+            .output()
+            .expect("fsck.fat from dosfstools (./test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "fsck.fat: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // And reopening sees the same data.
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let mut b = [0u8; 7];
+        s.read_exact_at("MGEAR/web01/G0001/JRNL-B", 100, &mut b)
+            .unwrap();
+        assert_eq!(&b, b"journal");
+    }
+
+    #[test]
+    fn full_medium_reports_no_space() {
+        let (_t, p) = image(MIN_FAT32_BYTES);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let chunk = vec![0xa5u8; 1 << 20];
+        let mut err = None;
+        for i in 0..64u64 {
+            if let Err(e) = s.write_at("BIG", i << 20, &chunk) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert_eq!(err, Some(StoreError::NoSpace));
+    }
+
+    #[test]
+    fn not_fat_is_a_clear_error() {
+        let (_t, p) = image(40 << 20);
+        let e = FatStore::open(open_rw(&p)).err().unwrap();
+        assert!(e.to_string().contains("mgear medium format"), "{e}");
+    }
+
+    #[test]
+    fn too_small_to_format() {
+        let (_t, p) = image(1 << 20);
+        let e = FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("at least"), "{e}");
+    }
+
+    #[test]
+    fn cache_is_coherent_across_bypass_and_small_io() {
+        let (_t, p) = image(1 << 20);
+        let mut c = BlockCache::new(open_rw(&p)).unwrap();
+        c.seek(SeekFrom::Start(5000)).unwrap();
+        c.write_all(b"small").unwrap();
+        let big = vec![7u8; 128 * 1024];
+        c.seek(SeekFrom::Start(0)).unwrap();
+        c.write_all(&big).unwrap();
+        c.seek(SeekFrom::Start(4998)).unwrap();
+        let mut b = [0u8; 9];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(b, [7u8; 9]);
+        c.seek(SeekFrom::Start(200_000)).unwrap();
+        c.write_all(b"xyz").unwrap();
+        let mut back = vec![0u8; 128 * 1024];
+        c.seek(SeekFrom::Start(100_000)).unwrap();
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(&back[100_000..100_003], b"xyz");
+        c.sync().unwrap();
+        let raw = std::fs::read(&p).unwrap();
+        assert_eq!(&raw[200_000..200_003], b"xyz");
+        assert!(c.seek(SeekFrom::Start((1 << 20) - 2)).is_ok());
+        assert!(c.write_all(b"past end").is_err());
+    }
+}
