@@ -1,2 +1,42 @@
-//! Board definition and hardware trait implementations.
-#![cfg_attr(not(feature = "sim"), no_std)]
+//! MotionGear hardware: the reference board and the implementations of the
+//! firmware core's hardware traits (`mgear_firmware::hal`).
+//!
+//! - [`sim`] (feature `sim`, std): the simulator's platform over files, a
+//!   pty, a Unix socket, the host clock and OS randomness.
+//! - [`flash_store`] (always built, `no_std`): the secret store and custody
+//!   log storage over NOR flash, used by the board and tested on the host.
+//! - [`calendar`]: RTC calendar fields to Unix time, for the board's clock.
+//! - [`msc`] (always built, `no_std`): USB mass storage (Bulk-Only
+//!   Transport + SCSI) over the core's block service, for the board.
+//! - `board` (feature `board-u5a5`, only for `target_os = "none"`): the
+//!   reference board `mg-ref-u5` (STM32U5A5). Not compiled on machines
+//!   without the `thumbv8m.main-none-eabihf` target; see README.md.
+//!
+//! A bare-metal build must name its board: building for a `none` target
+//! without a `board-*` feature fails with a `compile_error!` saying so.
+#![cfg_attr(not(any(feature = "sim", test)), no_std)]
+
+extern crate alloc;
+
+#[cfg(all(target_os = "none", not(feature = "board-u5a5")))]
+compile_error!(
+    "mgear-hardware: no board selected for this bare-metal build. Enable the board's \
+     feature, e.g. `--features board-u5a5` for the reference board mg-ref-u5 (STM32U5A5, \
+     target thumbv8m.main-none-eabihf), or run ./flash.sh which does it for you."
+);
+
+#[cfg(all(target_os = "none", feature = "sim"))]
+compile_error!(
+    "mgear-hardware: feature `sim` is the host simulator and needs std; it cannot be \
+     built for a bare-metal target. Build the simulator for the host (./flash.sh --sim)."
+);
+
+pub mod calendar;
+pub mod flash_store;
+pub mod msc;
+
+#[cfg(all(target_os = "none", feature = "board-u5a5"))]
+pub mod board;
+
+#[cfg(feature = "sim")]
+pub mod sim;

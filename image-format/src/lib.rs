@@ -1,11 +1,47 @@
 //! The MotionGear on-medium image format (see `FORMAT.md` beside this crate).
 //!
-//! `no_std` + `alloc` so the appliance firmware can run the keyless verifier;
-//! the `std` feature adds I/O helpers for the host tools.
+//! `no_std` + `alloc` so the appliance firmware can run the keyless verifier
+//! ([`verify_keyless`], [`list_captures`], [`medium_digests`]); the `std`
+//! feature adds host conveniences, `crypto` the writer ([`CaptureWriter`]),
+//! key slots and keyed reader ([`CaptureReader`], [`verify_full`]), and
+//! `zstd` per-chunk compression.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
 
+pub mod error;
+pub mod layout;
+mod medium;
 pub mod store;
+pub mod verify;
 
+#[cfg(feature = "crypto")]
+pub mod bench;
+#[cfg(feature = "crypto")]
+mod encode;
+#[cfg(feature = "crypto")]
+pub mod keys;
+#[cfg(feature = "crypto")]
+mod reader;
+#[cfg(all(test, feature = "crypto"))]
+mod scenarios;
+#[cfg(feature = "crypto")]
+mod writer;
+
+pub use error::{Error, Location, Result};
 pub use store::{Store, StoreError};
+pub use verify::{
+    list_captures, medium_digests, verify_capture_keyless, verify_keyless, CaptureInfo,
+    GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
+};
+
+#[cfg(feature = "crypto")]
+pub use age;
+#[cfg(feature = "crypto")]
+pub use encode::{ChunkEncoder, EncodedChunk};
+#[cfg(feature = "crypto")]
+pub use keys::{unlock_data_key, DataKey, Unlock};
+#[cfg(feature = "crypto")]
+pub use reader::{verify_full, CaptureReader, ChunkData};
+#[cfg(feature = "crypto")]
+pub use writer::{Appended, CaptureParams, CaptureSummary, CaptureWriter};

@@ -1,1 +1,173 @@
-fn main() {}
+//! `mgear-appliance-sim`: the appliance firmware core running on the host.
+//!
+//! ```text
+//! mgear-appliance-sim --medium medium.img --state state.dir \
+//!     --console-link ./appliance.tty --nbd ./appliance.sock
+//! ```
+//!
+//! - Console: a pseudo-terminal, symlinked at `--console-link` (what
+//!   `mgear appliance --port` and `screen` open). The link appears only once
+//!   the simulator is ready (medium exported, console listening), so a
+//!   script can wait for it.
+//! - Medium: the raw image file `--medium` (e.g. a FAT32 image made with
+//!   `mkfs.fat -F 32 -C medium.img 131072`), exported over NBD on the Unix
+//!   socket `--nbd` through the firmware's block service (writes refused
+//!   with EPERM unless unlocked and not sealed). `qemu-img`, `qemu-io`,
+//!   `nbdinfo` and `nbdcopy` can use `nbd+unix:///?socket=./appliance.sock`.
+//! - Secret store and custody log: files in `--state` (layout in
+//!   `mgear_hardware::sim`).
+//!
+//! SIGTERM/SIGINT stop it cleanly (counters saved, medium flushed, socket
+//! and link removed). SIGKILL is the simulated power cut: every state write
+//! is atomic or an fsynced append, so the next start recovers (a torn last
+//! custody record is dropped and logged).
+
+mod byteio;
+mod export;
+mod platform;
+mod pty;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use mgear_firmware::appliance::{Appliance, Config};
+use mgear_hardware::sim::{FileLog, FileMedium, FileSecrets, HostClock, SimIndicators};
+
+use crate::export::Export;
+use crate::platform::SimPlatform;
+use crate::pty::{ConsoleLink, Pty};
+
+/// Run the appliance firmware on the host: console on a pty, medium over NBD.
+#[derive(Parser, Debug)]
+#[command(name = "mgear-appliance-sim", version)]
+struct Args {
+    /// Raw medium image (a multiple of 512 bytes; FAT32 for captures).
+    #[arg(long)]
+    medium: PathBuf,
+    /// State directory: secret store and custody log (created if missing).
+    #[arg(long)]
+    state: PathBuf,
+    /// Where to put a symlink to the console pty.
+    #[arg(long)]
+    console_link: PathBuf,
+    /// Unix socket for the medium's NBD export.
+    #[arg(long)]
+    nbd: PathBuf,
+    /// TESTS ONLY, INSECURE: fast PIN hashing (1000 PBKDF2 rounds) and
+    /// millisecond back-off, so scenarios with many PIN attempts run quickly.
+    #[arg(long)]
+    test_timing: bool,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("mgear-appliance-sim: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// `path` made absolute (it may not exist yet), so `info` can tell a host
+/// in another directory where the socket is.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.state)
+        .with_context(|| format!("creating state directory {}", args.state.display()))?;
+    let medium = FileMedium::open(&args.medium).map_err(|e| anyhow!("{e}"))?;
+    let secrets =
+        FileSecrets::open(&platform::secrets_dir(&args.state)).map_err(|e| anyhow!("{e}"))?;
+    let log = FileLog::open(&platform::log_path(&args.state)).map_err(|e| anyhow!("{e}"))?;
+    let console = Pty::open()?;
+    let slave = console.slave_path().to_path_buf();
+    let waiter = console.waiter()?;
+    let nbd_socket = absolute(&args.nbd)?;
+
+    let mut cfg = Config::default();
+    if args.test_timing {
+        log::warn!(
+            "--test-timing: fast PIN hashing and short back-off; never use this for real media"
+        );
+        cfg.pin_iterations = 1_000;
+        cfg.backoff_base_ms = 5;
+        cfg.backoff_max_ms = 50;
+    }
+    let platform = SimPlatform {
+        console,
+        medium,
+        secrets,
+        log,
+        clock: HostClock::new(),
+        rng: rand_core::OsRng,
+        indicators: SimIndicators::default(),
+        nbd_socket: nbd_socket.clone(),
+    };
+    let app = Appliance::new(platform, cfg).map_err(|e| anyhow!("starting the firmware: {e}"))?;
+    log::info!("firmware up, state {}", app.state());
+    let app = Arc::new(Mutex::new(app));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+
+    let export = Export::new(Arc::clone(&app)).context("reading the medium size")?;
+    let server = mgear_nbd::serve_unix(&nbd_socket, "", Arc::new(export))
+        .with_context(|| format!("serving the medium on {}", nbd_socket.display()))?;
+    // Last: the link's appearance tells scripts the appliance is ready.
+    let link = ConsoleLink::create(&args.console_link, &slave)?;
+    log::info!(
+        "console {} -> {}, medium {} at nbd+unix:///?socket={}",
+        args.console_link.display(),
+        slave.display(),
+        args.medium.display(),
+        nbd_socket.display()
+    );
+
+    let mut failures = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        match pty::wait_readable(&waiter, Duration::from_millis(100)) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => return Err(e).context("waiting for console input"),
+        }
+        let polled = match app.lock() {
+            Ok(mut a) => a.poll_console(),
+            Err(_) => return Err(anyhow!("the firmware core panicked; stopping")),
+        };
+        match polled {
+            Ok(_) => failures = 0,
+            Err(kind) => {
+                // A console error is the host's side going away; keep the
+                // appliance up, but do not spin on a persistent failure.
+                failures += 1;
+                log::warn!("console error: {kind:?}");
+                std::thread::sleep(Duration::from_millis(50 * u64::from(failures.min(20))));
+            }
+        }
+    }
+
+    log::info!("stopping");
+    drop(link);
+    server.stop();
+    let mut a = app
+        .lock()
+        .map_err(|_| anyhow!("the firmware core panicked; state was saved as it went"))?;
+    a.shutdown()
+        .map_err(|e| anyhow!("saving state on shutdown: {e}"))?;
+    log::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,5 +1,95 @@
 //! `mgear`: MotionGear host tools.
+//!
+//! One module per subcommand; each module's `//!` doc explains it for users.
 mod appliance;
+mod bench;
 mod boot_cmd;
+mod capture;
+mod demo;
+mod exit;
+mod ingest;
+mod inspect;
+mod keys;
+mod medium;
+mod nbd_source;
+mod progress;
+mod ratelimit;
+mod source;
+mod sync;
+mod tools;
+mod units;
+mod verify;
 
-fn main() {}
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  a failure was found (verify found a bad record; ingest met data that does not authenticate)
+  2  usage or key error (bad arguments, a key that does not open the capture)
+  3  I/O error (source, medium or target unreadable/unwritable, medium full)";
+
+/// MotionGear: capture disks onto an encrypted, verifiable appliance medium and ingest them at the target.
+#[derive(Parser, Debug)]
+#[command(name = "mgear", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a target key pair: KEY (secret, 0600) and KEY.pub (give it to the capture site).
+    Keygen(keys::KeygenArgs),
+    /// Create or prepare a medium (FAT32 image or device).
+    Medium(medium::MediumArgs),
+    /// Capture a disk onto the medium (encrypted; resumable: re-run the same command).
+    Capture(capture::Args),
+    /// Check a medium: keyless, or with --identity/--passphrase-file decrypting everything (exit 1 if bad).
+    Verify(verify::Args),
+    /// Verify, decrypt and write a capture onto a volume (file:, qcow2:, dev:); resumable.
+    Ingest(ingest::Args),
+    /// List the captures on a medium (no key needed).
+    Inspect(inspect::Args),
+    /// The whole journey on this machine: sample disk, keygen, medium, capture, verify, ingest, compare, boot.
+    Demo(demo::Args),
+    /// Benchmark capture and ingest against dd and qemu-img on a generated disk; prints peak RSS.
+    Bench(bench::Args),
+    /// Talk to the appliance over its console.
+    Appliance(appliance::Args),
+    /// Boot a volume under QEMU and prove it came up.
+    Boot(boot_cmd::Args),
+    /// Target: keep an ingested volume in sync with its running source (see `mgear sync`).
+    Serve(sync::ServeArgs),
+    /// Source: send the chunks that changed since the capture to `mgear serve`.
+    Sync(sync::SyncArgs),
+    /// Final sync with the source quiesced, then boot the target and report the downtime.
+    Cutover(sync::CutoverArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Keygen(a) => keys::keygen(a),
+        Cmd::Medium(a) => medium::run(a),
+        Cmd::Capture(a) => capture::run(a),
+        Cmd::Verify(a) => verify::run(a),
+        Cmd::Ingest(a) => ingest::run(a),
+        Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Demo(a) => demo::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Appliance(a) => appliance::run(a),
+        Cmd::Boot(a) => boot_cmd::run(a),
+        Cmd::Serve(a) => sync::serve(a),
+        Cmd::Sync(a) => sync::sync(a),
+        Cmd::Cutover(a) => sync::cutover(a),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("mgear: error: {err:#}");
+            exit::code_of(&err)
+        }
+    };
+    std::process::exit(code);
+}

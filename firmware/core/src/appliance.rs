@@ -1,0 +1,1407 @@
+//! The appliance: lifecycle state machine, command handler, console loop
+//! and the block service that guards the medium.
+//!
+//! ```text
+//! factory --provision--> locked <--unlock/lock--> unlocked --seal--> sealed --arrival--> arrived
+//!                          \_____________ 10 wrong PINs / erase ______________________/--> erased
+//! ```
+//!
+//! Persistent state lives in the secret store (slot layouts below, all
+//! postcard); "unlocked" is volatile, so every power-up starts locked.
+//!
+//! ```text
+//! State:            { lifecycle: Lifecycle, counters: Counters }
+//! Identity:         { seed: [u8; 32], medium_id: [u8; 16] }     (secret)
+//! IdentityPublic:   [u8; 32]                                     (kept after erase)
+//! PinHash:          pin::PinVerifier
+//! Seal/ArrivalAttestation: attest::Attestation
+//! ```
+//!
+//! Ordering rules that make power cuts safe:
+//! * provisioning writes identity and PIN first and the `State` slot last
+//!   (the commit point); a cut before it leaves a factory appliance;
+//! * a PIN attempt counts as a failure *before* the PIN is checked, and is
+//!   forgiven after a match, so cutting power during the check gains nothing;
+//! * a boot that finds the failure limit reached finishes the crypto-erase.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use image_format::store::EntryKind;
+use image_format::{layout, Store, StoreError};
+
+use crate::attest::{self, Attestation, AttestationBody, AttestationKind};
+use crate::custody::{self, CustodyLog, EraseReason, Event};
+use crate::hal::{
+    BlockDevice, Clock, HwError, Indicators, Key, LedState, LogStorage, Platform, SecretSlot,
+    SecretStore,
+};
+use crate::pin::{self, PinVerifier};
+use crate::protocol::{
+    encode_frame, ConsoleDecoder, Counters, DeviceState, ErrorCode, Info, Input, Pin, Place,
+    Problem, Request, Response, VerifyReport, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+};
+use crate::verify;
+
+/// Tunables. The defaults are the production values; tests and the
+/// simulator's test mode lower the slow ones.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PBKDF2 iterations for new PIN verifiers.
+    pub pin_iterations: u32,
+    /// Wrong PINs in a row that trigger the crypto-erase.
+    pub max_pin_failures: u32,
+    /// Wrong PINs in a row allowed before back-off starts.
+    pub backoff_free_failures: u32,
+    /// First back-off delay; doubles with each further failure.
+    pub backoff_base_ms: u64,
+    /// Longest back-off delay.
+    pub backoff_max_ms: u64,
+    /// Size of each hashed region of the raw medium in attestations; it is
+    /// doubled on media that would need more than 4096 regions.
+    pub region_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pin_iterations: 100_000,
+            max_pin_failures: 10,
+            backoff_free_failures: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 15 * 60 * 1_000,
+            region_size: attest::REGION_SIZE,
+        }
+    }
+}
+
+/// Why the appliance could not start or an operation failed below the
+/// command level.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("hardware: {0}")]
+    Hw(#[from] HwError),
+    #[error("medium: {0}")]
+    Store(StoreError),
+    #[error(
+        "secret store slot '{slot}' is unreadable ({why}); the appliance needs a factory reset"
+    )]
+    CorruptSlot { slot: &'static str, why: String },
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// A block-service request that was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    /// Writes are refused in this state (the simulator answers EPERM).
+    #[error("the medium is write-protected: the appliance is {0}")]
+    WriteProtected(DeviceState),
+    #[error("request beyond the end of the medium")]
+    OutOfRange,
+    #[error("medium failure: {0}")]
+    Hw(HwError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Lifecycle {
+    Factory,
+    Ready,
+    Sealed,
+    Arrived,
+    Erased,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Persisted {
+    lifecycle: Lifecycle,
+    counters: Counters,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdentityRecord {
+    #[serde(with = "serde_bytes")]
+    seed: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    medium_id: [u8; 16],
+}
+
+impl Drop for IdentityRecord {
+    fn drop(&mut self) {
+        self.seed.zeroize();
+    }
+}
+
+/// Where replies to the current command go (for progress messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Silent,
+    Frame(u32),
+    Line,
+}
+
+/// Custody log pages stay small enough for a host with the device's limits.
+const LOG_PAGE_BYTES: usize = 2 * MAX_REQUEST_LEN;
+/// Most regions in an attestation: the region size doubles until the
+/// medium fits, so attestations of large media stay a few hundred KiB.
+const MAX_REGIONS: u64 = 4096;
+/// Raw medium I/O unit for hashing and overwriting.
+const IO_CHUNK: usize = 64 * 1024;
+
+const HELP: &str = "\
+MotionGear appliance console. Commands:\r\n\
+  help            this text\r\n\
+  info            state, identity fingerprint, counters\r\n\
+  unlock <pin>    unlock the medium for writing\r\n\
+  lock            lock it again\r\n\
+  verify          check every capture on the medium (no key needed)\r\n\
+  seal            verify, write-protect and sign the seal attestation\r\n\
+  arrival         at the target: verify again and compare with the seal\r\n\
+  log [from]      show the custody log\r\n\
+  ping            check the link\r\n\
+Provisioning and erase are done with the host tool (mgear appliance).\r\n";
+
+fn write_console<C: embedded_io::Write>(console: &mut C, bytes: &[u8]) {
+    if console
+        .write_all(bytes)
+        .and_then(|_| console.flush())
+        .is_err()
+    {
+        warn!("console write failed; the host may have gone away");
+    }
+}
+
+fn emit_progress<C: embedded_io::Write>(
+    console: &mut C,
+    reply: Reply,
+    what: &str,
+    done: u64,
+    total: u64,
+) {
+    match reply {
+        Reply::Silent => {}
+        Reply::Frame(id) => {
+            let msg = Response::Progress {
+                what: what.into(),
+                done,
+                total,
+            };
+            write_console(console, &encode_frame(id, &msg));
+        }
+        Reply::Line => {
+            let line = alloc::format!("  {what}: {done}/{total}\r\n");
+            write_console(console, line.as_bytes());
+        }
+    }
+}
+
+/// The firmware core, owning its platform.
+pub struct Appliance<P: Platform> {
+    p: P,
+    cfg: Config,
+    st: Persisted,
+    key: Option<SigningKey>,
+    medium_id: Option<[u8; 16]>,
+    pubkey: Option<[u8; 32]>,
+    unlocked: bool,
+    log: CustodyLog,
+    decoder: ConsoleDecoder,
+    last_failure_ms: Option<u64>,
+    counters_dirty: bool,
+    reply: Reply,
+    keypad: Zeroizing<String>,
+    /// The last verify or arrival found problems: the LED says so until one passes.
+    alarm: bool,
+}
+
+fn read_slot<S: SecretStore, T: serde::de::DeserializeOwned>(
+    s: &mut S,
+    slot: SecretSlot,
+) -> Result<Option<T>, Error> {
+    let Some(bytes) = s.read(slot)? else {
+        return Ok(None);
+    };
+    let bytes = Zeroizing::new(bytes);
+    postcard::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|e| Error::CorruptSlot {
+            slot: slot.name(),
+            why: e.to_string(),
+        })
+}
+
+fn write_slot<S: SecretStore, T: Serialize>(
+    s: &mut S,
+    slot: SecretSlot,
+    v: &T,
+) -> Result<(), Error> {
+    let bytes = Zeroizing::new(
+        postcard::to_allocvec(v).map_err(|e| Error::Hw(HwError::Io(e.to_string())))?,
+    );
+    s.write(slot, &bytes)?;
+    Ok(())
+}
+
+impl<P: Platform> Appliance<P> {
+    /// Power-up: load state, recover the custody log, finish an
+    /// interrupted lockout erase, log the boot.
+    pub fn new(mut p: P, cfg: Config) -> Result<Self, Error> {
+        let st: Persisted = read_slot(p.secrets(), SecretSlot::State)?.unwrap_or(Persisted {
+            lifecycle: Lifecycle::Factory,
+            counters: Counters::default(),
+        });
+        let pubkey: Option<[u8; 32]> = match p.secrets().read(SecretSlot::IdentityPublic)? {
+            Some(b) => Some(b.as_slice().try_into().map_err(|_| Error::CorruptSlot {
+                slot: SecretSlot::IdentityPublic.name(),
+                why: "not 32 bytes".into(),
+            })?),
+            None => None,
+        };
+        let (mut key, mut medium_id) = (None, None);
+        if matches!(
+            st.lifecycle,
+            Lifecycle::Ready | Lifecycle::Sealed | Lifecycle::Arrived
+        ) {
+            let rec: IdentityRecord =
+                read_slot(p.secrets(), SecretSlot::Identity)?.ok_or(Error::CorruptSlot {
+                    slot: SecretSlot::Identity.name(),
+                    why: "missing".into(),
+                })?;
+            key = Some(SigningKey::from_bytes(&rec.seed));
+            medium_id = Some(rec.medium_id);
+        }
+        let log = CustodyLog::open(p.log_storage())?;
+        let now = p.clock().now_ms();
+        let mut app = Appliance {
+            p,
+            cfg,
+            st,
+            key,
+            medium_id,
+            pubkey,
+            unlocked: false,
+            log,
+            decoder: ConsoleDecoder::new(),
+            last_failure_ms: None,
+            counters_dirty: false,
+            reply: Reply::Silent,
+            keypad: Zeroizing::new(String::new()),
+            alarm: false,
+        };
+        if app.key.is_some() {
+            if app.log.dropped_tail() > 0 {
+                let bytes = app.log.dropped_tail();
+                app.record(Event::TornTailDropped { bytes })?;
+            }
+            app.st.counters.boots += 1;
+            app.save()?;
+            let boot = app.st.counters.boots;
+            app.record(Event::PowerUp { boot })?;
+            if app.st.counters.failed_pins >= app.cfg.max_pin_failures {
+                // Power was cut during a lockout: finish it now.
+                app.crypto_erase(EraseReason::PinLockout, false)?;
+            } else if app.st.counters.failed_pins > 0 {
+                // Back-off counts from power-up, so rebooting does not skip it.
+                app.last_failure_ms = Some(now);
+            }
+        }
+        info!("appliance up");
+        app.update_led();
+        Ok(app)
+    }
+
+    /// The platform (the simulator reaches its own parts through this).
+    pub fn platform_mut(&mut self) -> &mut P {
+        &mut self.p
+    }
+
+    /// Current state.
+    pub fn state(&self) -> DeviceState {
+        match self.st.lifecycle {
+            Lifecycle::Factory => DeviceState::Factory,
+            Lifecycle::Ready if self.unlocked => DeviceState::Unlocked,
+            Lifecycle::Ready => DeviceState::Locked,
+            Lifecycle::Sealed => DeviceState::Sealed,
+            Lifecycle::Arrived => DeviceState::Arrived,
+            Lifecycle::Erased => DeviceState::Erased,
+        }
+    }
+
+    /// Clean stop (SIGTERM): persist counters, flush the medium.
+    pub fn shutdown(&mut self) -> Result<(), Error> {
+        self.save_if_dirty()?;
+        self.p.medium().flush()?;
+        Ok(())
+    }
+
+    // ----- block service -------------------------------------------------
+
+    /// Size of the medium in bytes.
+    pub fn medium_bytes(&mut self) -> u64 {
+        let m = self.p.medium();
+        m.block_count().saturating_mul(m.block_size() as u64)
+    }
+
+    /// Whether the block service currently accepts writes.
+    pub fn medium_writable(&self) -> bool {
+        self.state() == DeviceState::Unlocked
+    }
+
+    /// Read `buf.len()` bytes at byte `offset` of the medium (any state).
+    pub fn block_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let bs = self.p.medium().block_size().max(1);
+        self.check_range(offset, buf.len())?;
+        let mut done = 0usize;
+        let mut bounce = Vec::new();
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let lba = pos / bs as u64;
+            let within = (pos % bs as u64) as usize;
+            let left = buf.len() - done;
+            if within == 0 && left >= bs {
+                let n = (left / bs) * bs;
+                self.p
+                    .medium()
+                    .read_blocks(lba, &mut buf[done..done + n])
+                    .map_err(BlockError::Hw)?;
+                done += n;
+            } else {
+                bounce.resize(bs, 0);
+                self.p
+                    .medium()
+                    .read_blocks(lba, &mut bounce)
+                    .map_err(BlockError::Hw)?;
+                let n = (bs - within).min(left);
+                buf[done..done + n].copy_from_slice(&bounce[within..within + n]);
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `data` at byte `offset`: only while unlocked and not sealed.
+    /// Partial blocks are read, patched and written back.
+    pub fn block_write(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
+        if !self.medium_writable() {
+            self.st.counters.refused_writes += 1;
+            self.counters_dirty = true;
+            return Err(BlockError::WriteProtected(self.state()));
+        }
+        self.check_range(offset, data.len())?;
+        let bs = self.p.medium().block_size().max(1);
+        let mut done = 0usize;
+        let mut bounce = Vec::new();
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let lba = pos / bs as u64;
+            let within = (pos % bs as u64) as usize;
+            let left = data.len() - done;
+            if within == 0 && left >= bs {
+                let n = (left / bs) * bs;
+                self.p
+                    .medium()
+                    .write_blocks(lba, &data[done..done + n])
+                    .map_err(BlockError::Hw)?;
+                done += n;
+            } else {
+                bounce.resize(bs, 0);
+                self.p
+                    .medium()
+                    .read_blocks(lba, &mut bounce)
+                    .map_err(BlockError::Hw)?;
+                let n = (bs - within).min(left);
+                bounce[within..within + n].copy_from_slice(&data[done..done + n]);
+                self.p
+                    .medium()
+                    .write_blocks(lba, &bounce)
+                    .map_err(BlockError::Hw)?;
+                done += n;
+            }
+        }
+        self.st.counters.writes += 1;
+        self.counters_dirty = true;
+        Ok(())
+    }
+
+    /// Make accepted writes durable (and persist the write counter).
+    pub fn block_flush(&mut self) -> Result<(), BlockError> {
+        self.p.medium().flush().map_err(BlockError::Hw)?;
+        self.save_if_dirty()
+            .map_err(|e| BlockError::Hw(HwError::Io(e.to_string())))
+    }
+
+    fn check_range(&mut self, offset: u64, len: usize) -> Result<(), BlockError> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.medium_bytes() => Ok(()),
+            _ => Err(BlockError::OutOfRange),
+        }
+    }
+
+    // ----- console -------------------------------------------------------
+
+    /// Read whatever the console and keypad have, act on complete frames,
+    /// lines and PINs, and write the replies. Never blocks when nothing is
+    /// waiting. Returns how many inputs were handled.
+    pub fn poll_console(&mut self) -> Result<usize, embedded_io::ErrorKind> {
+        use embedded_io::{Error as _, Read, ReadReady};
+        let mut handled = self.poll_keypad();
+        let mut buf = [0u8; 256];
+        loop {
+            let console = self.p.console();
+            if !console.read_ready().map_err(|e| e.kind())? {
+                return Ok(handled);
+            }
+            let n = console.read(&mut buf).map_err(|e| e.kind())?;
+            if n == 0 {
+                return Ok(handled);
+            }
+            for &b in &buf[..n.min(buf.len())] {
+                let was_line = self.decoder.in_line();
+                let masked = self.decoder.line_so_far().starts_with(b"unlock ");
+                let input = self.decoder.push(b);
+                if b != 0 && (was_line || self.decoder.in_line()) {
+                    let echo: &[u8] = match b {
+                        b'\r' | b'\n' => b"\r\n",
+                        0x08 | 0x7f => b"\x08 \x08",
+                        0x20..=0x7e if masked => b"*",
+                        0x20..=0x7e => core::slice::from_ref(&b),
+                        _ => b"",
+                    };
+                    write_console(self.p.console(), echo);
+                }
+                if let Some(input) = input {
+                    handled += 1;
+                    self.dispatch(input);
+                }
+            }
+        }
+    }
+
+    fn poll_keypad(&mut self) -> usize {
+        let mut handled = 0;
+        while let Some(k) = self.p.indicators().poll_key() {
+            match k {
+                Key::Digit(d) if d < 10 && self.keypad.len() < pin::MAX_PIN_LEN => {
+                    self.keypad.push(char::from(b'0' + d));
+                }
+                Key::Digit(_) => {}
+                Key::Cancel => self.keypad.clear(),
+                Key::Enter => {
+                    let pin = Pin::new(core::mem::take(&mut *self.keypad));
+                    self.reply = Reply::Silent;
+                    let _ = self.handle(Request::Unlock { pin });
+                    handled += 1;
+                }
+            }
+        }
+        handled
+    }
+
+    fn dispatch(&mut self, input: Input) {
+        match input {
+            Input::Frame(Ok(frame)) => {
+                let resp = match frame.decode::<Request>() {
+                    Ok(req) => {
+                        self.reply = Reply::Frame(frame.request_id);
+                        self.handle(req)
+                    }
+                    Err(e) => Response::error(
+                        ErrorCode::BadRequest,
+                        alloc::format!(
+                            "request not understood: {e}; is the host tool the same version?"
+                        ),
+                    ),
+                };
+                self.reply = Reply::Silent;
+                write_console(self.p.console(), &encode_frame(frame.request_id, &resp));
+            }
+            Input::Frame(Err(e)) => {
+                let code = match e {
+                    crate::protocol::FrameError::Version(_) => ErrorCode::UnsupportedVersion,
+                    _ => ErrorCode::BadFrame,
+                };
+                let resp = Response::error(code, alloc::format!("{e}"));
+                write_console(self.p.console(), &encode_frame(0, &resp));
+            }
+            Input::Line(Ok(line)) => {
+                let mut line = Zeroizing::new(line);
+                self.reply = Reply::Line;
+                let text = self.handle_line(&line);
+                line.zeroize();
+                self.reply = Reply::Silent;
+                write_console(self.p.console(), text.as_bytes());
+                write_console(self.p.console(), b"> ");
+            }
+            Input::Line(Err(e)) => {
+                let text = alloc::format!("error: {e}; type 'help'\r\n> ");
+                write_console(self.p.console(), text.as_bytes());
+            }
+        }
+    }
+
+    fn handle_line(&mut self, line: &str) -> String {
+        let mut words = line.split_whitespace();
+        let cmd = words.next().unwrap_or("");
+        let arg = words.next();
+        let extra = words.next().is_some();
+        let req = match (cmd.to_ascii_lowercase().as_str(), arg, extra) {
+            ("", None, _) => return String::new(),
+            ("help" | "?", None, _) => return HELP.into(),
+            ("info", None, _) => Request::Info,
+            ("ping", None, _) => Request::Ping,
+            ("unlock", Some(pin), false) => Request::Unlock { pin: Pin::new(pin) },
+            ("unlock", _, _) => return "error: usage: unlock <pin>\r\n".into(),
+            ("lock", None, _) => Request::Lock,
+            ("verify", None, _) => Request::Verify,
+            ("seal", None, _) => Request::Seal,
+            ("arrival", None, _) => Request::Arrival,
+            ("log", None, _) => Request::Log { from: 0 },
+            ("log", Some(n), false) => match n.parse() {
+                Ok(from) => Request::Log { from },
+                Err(_) => return "error: usage: log [from-index]\r\n".into(),
+            },
+            _ => {
+                return alloc::format!(
+                    "error: unknown command or wrong arguments: '{}'; type 'help'\r\n",
+                    custody::clip(cmd)
+                )
+            }
+        };
+        render_text(&self.handle(req))
+    }
+
+    // ----- commands ------------------------------------------------------
+
+    /// Carry out one request and return the reply.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let resp = match req {
+            Request::Ping => Ok(Response::Pong),
+            Request::Info => Ok(Response::Info(self.info())),
+            Request::Provision { pin } => self.provision(&pin),
+            Request::Unlock { pin } => self.unlock(&pin),
+            Request::Lock => self.lock(),
+            Request::Verify => self.verify_cmd(),
+            Request::Seal => self.seal(),
+            Request::Arrival => self.arrival(),
+            Request::Log { from } => self.log_page(from),
+            Request::Erase { overwrite } => self.erase_cmd(overwrite),
+            Request::CaptureBegin { name } => self.capture_event(&name, None),
+            Request::CaptureCommit { name, generation } => {
+                self.capture_event(&name, Some(generation))
+            }
+            Request::GetAttestations => self.attestations(),
+        };
+        self.update_led();
+        resp.unwrap_or_else(|e| match e {
+            Error::Store(e) => Response::error(
+                ErrorCode::Storage,
+                alloc::format!("the medium failed: {e}; check that it holds a FAT32 file system"),
+            ),
+            other => Response::error(ErrorCode::Storage, alloc::format!("{other}")),
+        })
+    }
+
+    /// Everything `info` reports.
+    pub fn info(&mut self) -> Info {
+        Info {
+            firmware_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: PROTOCOL_VERSION,
+            state: self.state(),
+            identity_pubkey: self.pubkey,
+            fingerprint: self.pubkey.as_ref().map(attest::fingerprint),
+            medium_id: self.medium_id,
+            medium_bytes: self.medium_bytes(),
+            medium_locator: self.p.medium_locator(),
+            counters: self.st.counters.clone(),
+            retry_after_ms: self.backoff_remaining(),
+            log_records: self.log.len(),
+            log_damaged: self.log.damaged().is_some(),
+        }
+    }
+
+    /// Why a command cannot run in this state, if it cannot.
+    fn refuse(&self, need_unlock: bool) -> Option<Response> {
+        match self.st.lifecycle {
+            Lifecycle::Factory => Some(Response::error(
+                ErrorCode::NotProvisioned,
+                "the appliance is not provisioned: run 'mgear appliance provision' first",
+            )),
+            Lifecycle::Erased => Some(Response::error(
+                ErrorCode::Erased,
+                "the appliance was crypto-erased; it cannot be used again without a factory reset",
+            )),
+            _ if need_unlock && !self.unlocked => Some(Response::error(
+                ErrorCode::Locked,
+                "the appliance is locked: unlock it with the PIN first",
+            )),
+            _ => None,
+        }
+    }
+
+    fn provision(&mut self, pin: &Pin) -> Result<Response, Error> {
+        if self.st.lifecycle != Lifecycle::Factory {
+            return Ok(Response::error(
+                ErrorCode::AlreadyProvisioned,
+                "the appliance is already provisioned; its identity cannot be replaced",
+            ));
+        }
+        if let Err(why) = pin::check_rules(pin.as_str()) {
+            return Ok(Response::error(ErrorCode::BadPin, why));
+        }
+        let key = SigningKey::generate(self.p.rng());
+        let mut rec = IdentityRecord {
+            seed: key.to_bytes(),
+            medium_id: [0; 16],
+        };
+        rand_core::RngCore::fill_bytes(self.p.rng(), &mut rec.medium_id);
+        let verifier = PinVerifier::new(pin.as_str(), self.p.rng(), self.cfg.pin_iterations);
+        let pubkey = key.verifying_key().to_bytes();
+        write_slot(self.p.secrets(), SecretSlot::Identity, &rec)?;
+        self.p
+            .secrets()
+            .write(SecretSlot::IdentityPublic, &pubkey)?;
+        write_slot(self.p.secrets(), SecretSlot::PinHash, &verifier)?;
+        // A log left from an interrupted earlier provisioning belongs to no identity.
+        if self.p.log_storage().len()? > 0 {
+            self.p.log_storage().truncate(0)?;
+            self.log = CustodyLog::open(self.p.log_storage())?;
+        }
+        self.st = Persisted {
+            lifecycle: Lifecycle::Ready,
+            counters: Counters {
+                boots: 1,
+                ..Counters::default()
+            },
+        };
+        self.save()?; // commit point
+        self.medium_id = Some(rec.medium_id);
+        drop(rec);
+        self.key = Some(key);
+        self.pubkey = Some(pubkey);
+        self.unlocked = false;
+        self.record(Event::Provisioned { identity: pubkey })?;
+        info!("provisioned");
+        Ok(Response::Provisioned {
+            identity_pubkey: pubkey,
+            fingerprint: attest::fingerprint(&pubkey),
+        })
+    }
+
+    fn backoff_remaining(&mut self) -> u64 {
+        let Some(last) = self.last_failure_ms else {
+            return 0;
+        };
+        let wait = pin::backoff_ms(
+            self.st.counters.failed_pins,
+            self.cfg.backoff_free_failures,
+            self.cfg.backoff_base_ms,
+            self.cfg.backoff_max_ms,
+        );
+        (last.saturating_add(wait)).saturating_sub(self.p.clock().now_ms())
+    }
+
+    fn unlock(&mut self, pin: &Pin) -> Result<Response, Error> {
+        if let Some(r) = self.refuse(false) {
+            return Ok(r);
+        }
+        let wait = self.backoff_remaining();
+        if wait > 0 {
+            return Ok(Response::error(
+                ErrorCode::BackOff,
+                alloc::format!(
+                    "too many wrong PINs: try again in {} s",
+                    wait.div_ceil(1000)
+                ),
+            ));
+        }
+        let verifier: PinVerifier =
+            read_slot(self.p.secrets(), SecretSlot::PinHash)?.ok_or(Error::CorruptSlot {
+                slot: SecretSlot::PinHash.name(),
+                why: "missing".into(),
+            })?;
+        // Count the attempt as failed before checking (see module doc).
+        self.st.counters.failed_pins += 1;
+        self.save()?;
+        if verifier.matches(pin.as_str()) {
+            self.st.counters.failed_pins = 0;
+            self.st.counters.unlocks += 1;
+            self.save()?;
+            self.last_failure_ms = None;
+            self.unlocked = true;
+            self.record(Event::Unlock)?;
+            return Ok(Response::Unlocked);
+        }
+        let failures = self.st.counters.failed_pins;
+        self.st.counters.total_failed_pins += 1;
+        self.save()?;
+        self.last_failure_ms = Some(self.p.clock().now_ms());
+        self.unlocked = false;
+        warn!("wrong PIN ({} in a row)", failures);
+        // Keep going even if the log fails: the erase must not be skipped.
+        let logged = self.record(Event::WrongPin { failures });
+        if failures >= self.cfg.max_pin_failures {
+            let msg = match self.crypto_erase(EraseReason::PinLockout, false) {
+                Ok((slots, _)) => alloc::format!(
+                    "wrong PIN {failures} times: the appliance crypto-erased itself ({slots} key slot files overwritten)"
+                ),
+                Err(Error::Store(e)) => alloc::format!(
+                    "wrong PIN {failures} times: the appliance destroyed its identity and PIN, but the key slot files could not all be overwritten ({e})"
+                ),
+                Err(e) => return Err(e),
+            };
+            return Ok(Response::error(ErrorCode::Erased, msg));
+        }
+        logged?;
+        let left = self.cfg.max_pin_failures - failures;
+        Ok(Response::error(
+            ErrorCode::WrongPin,
+            alloc::format!("wrong PIN; {left} attempts left before the appliance erases itself"),
+        ))
+    }
+
+    fn lock(&mut self) -> Result<Response, Error> {
+        if let Some(r) = self.refuse(false) {
+            return Ok(r);
+        }
+        self.save_if_dirty()?;
+        if self.unlocked {
+            self.unlocked = false;
+            self.p.medium().flush()?;
+            self.record(Event::Lock)?;
+        }
+        Ok(Response::Locked)
+    }
+
+    fn capture_event(&mut self, name: &str, generation: Option<u64>) -> Result<Response, Error> {
+        if let Some(r) = self.refuse(true) {
+            return Ok(r);
+        }
+        if self.st.lifecycle != Lifecycle::Ready {
+            return Ok(Response::error(
+                ErrorCode::Sealed,
+                "the medium is sealed: no new captures",
+            ));
+        }
+        if let Err(e) = layout::validate_name(name) {
+            return Ok(Response::error(
+                ErrorCode::BadRequest,
+                alloc::format!("{e}"),
+            ));
+        }
+        let event = match generation {
+            None => Event::CaptureBegin { name: name.into() },
+            Some(generation) => Event::CaptureCommit {
+                name: name.into(),
+                generation,
+            },
+        };
+        let index = self.record(event)?;
+        Ok(Response::Recorded { index })
+    }
+
+    fn log_page(&mut self, from: u64) -> Result<Response, Error> {
+        let records = self.log.read(self.p.log_storage(), from, LOG_PAGE_BYTES)?;
+        Ok(Response::LogRecords {
+            from,
+            total: self.log.len(),
+            records,
+        })
+    }
+
+    fn attestations(&mut self) -> Result<Response, Error> {
+        let seal = read_slot(self.p.secrets(), SecretSlot::SealAttestation)?;
+        let arrival = read_slot(self.p.secrets(), SecretSlot::ArrivalAttestation)?;
+        Ok(Response::Attestations { seal, arrival })
+    }
+
+    fn verify_cmd(&mut self) -> Result<Response, Error> {
+        let report = self.verify_and_digest(false)?.0;
+        if self.key.is_some() {
+            self.record(Event::Verify {
+                problems: report.problems.len() as u64,
+                first: report
+                    .problems
+                    .first()
+                    .map(|p| custody::clip(&p.to_string())),
+            })?;
+        }
+        Ok(Response::Verified(report))
+    }
+
+    /// Mount the medium, run the keyless verifier and (if asked) hash every
+    /// file. A medium that does not mount is reported as a problem.
+    fn verify_and_digest(
+        &mut self,
+        digests: bool,
+    ) -> Result<(VerifyReport, Vec<attest::FileDigest>), Error> {
+        self.p.indicators().set_led(LedState::Busy);
+        let reply = self.reply;
+        let mut report = VerifyReport::default();
+        let mut files = Vec::new();
+        let res = self.p.with_files(&mut |store, console| {
+            report = verify::verify_medium(store, &mut |what, done, total| {
+                emit_progress(console, reply, what, done, total)
+            })?;
+            if digests {
+                files = attest::file_digests(store, &mut |done, total| {
+                    emit_progress(console, reply, "hashing files", done, total)
+                })?;
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            report.problems.push(Problem {
+                place: Place::Medium,
+                message: alloc::format!("the medium could not be read as a file system: {e}"),
+            });
+        }
+        self.alarm = !report.ok();
+        Ok((report, files))
+    }
+
+    /// Region size for this medium: the configured size (at least one
+    /// block), doubled until at most [`MAX_REGIONS`] regions cover it.
+    fn region_size(&mut self) -> u64 {
+        let total = self.medium_bytes();
+        let mut region = self
+            .cfg
+            .region_size
+            .max(self.p.medium().block_size() as u64)
+            .max(1);
+        while total.div_ceil(region) > MAX_REGIONS {
+            region = region.saturating_mul(2);
+        }
+        region
+    }
+
+    /// SHA-256 of every region of the raw medium.
+    fn region_hashes(&mut self) -> Result<Vec<[u8; 32]>, Error> {
+        use sha2::{Digest, Sha256};
+        self.p.indicators().set_led(LedState::Busy);
+        let total = self.medium_bytes();
+        let bs = self.p.medium().block_size().max(1);
+        let region = self.region_size();
+        let chunk = (IO_CHUNK / bs).max(1) * bs;
+        let mut buf = alloc::vec![0u8; chunk];
+        let count = total.div_ceil(region);
+        let mut out = Vec::with_capacity(count as usize);
+        for r in 0..count {
+            let start = r * region;
+            let end = (start + region).min(total);
+            let mut h = Sha256::new();
+            let mut pos = start;
+            while pos < end {
+                let n = ((end - pos) as usize).min(chunk);
+                // Region and chunk sizes are block multiples except a last partial block.
+                let nb = n.div_ceil(bs) * bs;
+                buf.resize(nb.max(chunk), 0);
+                self.p
+                    .medium()
+                    .read_blocks(pos / bs as u64, &mut buf[..nb])?;
+                h.update(&buf[..n]);
+                pos += n as u64;
+            }
+            out.push(h.finalize().into());
+            emit_progress(
+                self.p.console(),
+                self.reply,
+                "hashing medium regions",
+                r + 1,
+                count,
+            );
+        }
+        Ok(out)
+    }
+
+    fn body(
+        &mut self,
+        kind: AttestationKind,
+        report: &VerifyReport,
+        files: Vec<attest::FileDigest>,
+        regions: Vec<[u8; 32]>,
+        seal_digest: Option<[u8; 32]>,
+    ) -> AttestationBody {
+        let region_size = self.region_size();
+        AttestationBody {
+            kind,
+            identity: self.pubkey.unwrap_or([0; 32]),
+            medium_id: self.medium_id.unwrap_or([0; 16]),
+            medium_bytes: self.medium_bytes(),
+            files,
+            captures: report.captures,
+            records: report.records,
+            region_size,
+            regions,
+            counter: self.st.counters.attestations,
+            uptime_ms: self.p.clock().now_ms(),
+            unix_time: self.p.clock().unix_time(),
+            seal_digest,
+        }
+    }
+
+    fn seal(&mut self) -> Result<Response, Error> {
+        if let Some(r) = self.refuse(true) {
+            return Ok(r);
+        }
+        if self.st.lifecycle != Lifecycle::Ready {
+            return Ok(Response::error(
+                ErrorCode::Sealed,
+                "the appliance is already sealed",
+            ));
+        }
+        self.p.medium().flush()?;
+        let (report, files) = self.verify_and_digest(true)?;
+        self.record(Event::Verify {
+            problems: report.problems.len() as u64,
+            first: report
+                .problems
+                .first()
+                .map(|p| custody::clip(&p.to_string())),
+        })?;
+        if let Some(first) = report.problems.first() {
+            return Ok(Response::error(
+                ErrorCode::VerifyFailed,
+                alloc::format!(
+                    "seal refused: verification found {} problem(s), the first: {first}; run verify for the full list",
+                    report.problems.len()
+                ),
+            ));
+        }
+        let regions = self.region_hashes()?;
+        self.st.counters.attestations += 1;
+        let body = self.body(AttestationKind::Seal, &report, files, regions, None);
+        let Some(key) = self.key.as_ref() else {
+            return Ok(Response::error(ErrorCode::Internal, "identity key missing"));
+        };
+        let att = Attestation::sign(body, key);
+        write_slot(self.p.secrets(), SecretSlot::SealAttestation, &att)?;
+        self.st.lifecycle = Lifecycle::Sealed;
+        self.unlocked = false;
+        self.save()?;
+        let digest = att.digest();
+        self.record(Event::Seal {
+            counter: att.body.counter,
+            attestation: digest,
+        })?;
+        info!("sealed");
+        Ok(Response::Sealed {
+            attestation: att,
+            report,
+        })
+    }
+
+    fn arrival(&mut self) -> Result<Response, Error> {
+        if let Some(r) = self.refuse(false) {
+            return Ok(r);
+        }
+        if !matches!(self.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived) {
+            return Ok(Response::error(
+                ErrorCode::NotSealed,
+                "arrival needs a sealed appliance: seal it first",
+            ));
+        }
+        let seal: Attestation = read_slot(self.p.secrets(), SecretSlot::SealAttestation)?.ok_or(
+            Error::CorruptSlot {
+                slot: SecretSlot::SealAttestation.name(),
+                why: "missing".into(),
+            },
+        )?;
+        // Raw regions first, before anything mounts the medium.
+        let regions = self.region_hashes()?;
+        let (report, files) = self.verify_and_digest(true)?;
+        let body = self.body(
+            AttestationKind::Arrival,
+            &report,
+            files,
+            regions,
+            Some(seal.digest()),
+        );
+        let mut problems = report.problems.clone();
+        problems.extend(attest::compare(&seal.body, &body));
+        if let Some(first) = problems.first() {
+            let first = custody::clip(&first.to_string());
+            self.record(Event::Arrival {
+                attestation: None,
+                problems: problems.len() as u64,
+                first: Some(first),
+            })?;
+            self.alarm = true;
+            return Ok(Response::Arrival {
+                attestation: None,
+                problems,
+            });
+        }
+        self.st.counters.attestations += 1;
+        let mut body = body;
+        body.counter = self.st.counters.attestations;
+        let Some(key) = self.key.as_ref() else {
+            return Ok(Response::error(ErrorCode::Internal, "identity key missing"));
+        };
+        let att = Attestation::sign(body, key);
+        write_slot(self.p.secrets(), SecretSlot::ArrivalAttestation, &att)?;
+        self.st.lifecycle = Lifecycle::Arrived;
+        self.save()?;
+        let digest = att.digest();
+        self.record(Event::Arrival {
+            attestation: Some(digest),
+            problems: 0,
+            first: None,
+        })?;
+        Ok(Response::Arrival {
+            attestation: Some(att),
+            problems,
+        })
+    }
+
+    fn erase_cmd(&mut self, overwrite: bool) -> Result<Response, Error> {
+        if let Some(r) = self.refuse(true) {
+            return Ok(r);
+        }
+        match self.crypto_erase(EraseReason::Requested, overwrite) {
+            Ok((key_slots, medium_overwritten)) => Ok(Response::Erased {
+                key_slots,
+                medium_overwritten,
+            }),
+            Err(Error::Store(e)) => Ok(Response::error(
+                ErrorCode::Storage,
+                alloc::format!(
+                    "identity and PIN destroyed, but the key slot files could not all be overwritten ({e}); the medium was not overwritten: wipe it on a host"
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Overwrite every key-slot file on the medium (random, then zeros, then
+    /// remove), log it, destroy the identity and PIN, then optionally zero
+    /// the whole medium. Returns (key-slot files overwritten, medium zeroed).
+    fn crypto_erase(&mut self, reason: EraseReason, overwrite: bool) -> Result<(u64, bool), Error> {
+        self.p.indicators().set_led(LedState::Busy);
+        let mut noise = Zeroizing::new(alloc::vec![0u8; 4096]);
+        rand_core::RngCore::fill_bytes(self.p.rng(), &mut noise);
+        let mut slots = 0u64;
+        let reply = self.reply;
+        let res = self.p.with_files(&mut |store, console| {
+            let paths = key_slot_files(store)?;
+            for (i, (path, len)) in paths.iter().enumerate() {
+                overwrite_file(store, path, *len, &noise)?;
+                overwrite_file(store, path, *len, &[0u8; 4096])?;
+                store.remove_file(path)?;
+                slots += 1;
+                emit_progress(
+                    console,
+                    reply,
+                    "erasing key slots",
+                    i as u64 + 1,
+                    paths.len() as u64,
+                );
+            }
+            Ok(())
+        });
+        if let Err(e) = &res {
+            error!("crypto-erase: key slots could not all be overwritten");
+            let _ = e;
+        }
+        let _ = self.record(Event::Erase {
+            reason,
+            key_slots: slots,
+            overwrite_medium: overwrite,
+        });
+        for slot in [SecretSlot::Identity, SecretSlot::PinHash] {
+            self.p.secrets().erase(slot)?;
+        }
+        self.key = None; // SigningKey zeroizes itself on drop
+        self.medium_id = None;
+        self.unlocked = false;
+        self.st.lifecycle = Lifecycle::Erased;
+        self.save()?;
+        self.update_led();
+        warn!("crypto-erased");
+        res?;
+        if overwrite {
+            self.overwrite_medium()?;
+        }
+        Ok((slots, overwrite))
+    }
+
+    fn overwrite_medium(&mut self) -> Result<(), Error> {
+        let bs = self.p.medium().block_size().max(1);
+        let blocks = self.p.medium().block_count();
+        let per = ((IO_CHUNK / bs).max(1)) as u64;
+        let zeros = alloc::vec![0u8; per as usize * bs];
+        let mut lba = 0;
+        let mut step = 0u64;
+        let steps = blocks.div_ceil(per);
+        while lba < blocks {
+            let n = per.min(blocks - lba);
+            self.p
+                .medium()
+                .write_blocks(lba, &zeros[..n as usize * bs])?;
+            lba += n;
+            step += 1;
+            if step.is_multiple_of(256) || lba == blocks {
+                emit_progress(
+                    self.p.console(),
+                    self.reply,
+                    "overwriting medium",
+                    step,
+                    steps,
+                );
+            }
+        }
+        self.p.medium().flush()?;
+        Ok(())
+    }
+
+    // ----- helpers -------------------------------------------------------
+
+    fn record(&mut self, event: Event) -> Result<u64, Error> {
+        let Some(key) = self.key.as_ref() else {
+            return Ok(self.log.len());
+        };
+        let uptime = self.p.clock().now_ms();
+        let unix = self.p.clock().unix_time();
+        Ok(self
+            .log
+            .append(self.p.log_storage(), key, uptime, unix, event)?)
+    }
+
+    fn save(&mut self) -> Result<(), Error> {
+        write_slot(self.p.secrets(), SecretSlot::State, &self.st)?;
+        self.counters_dirty = false;
+        Ok(())
+    }
+
+    fn save_if_dirty(&mut self) -> Result<(), Error> {
+        if self.counters_dirty && self.st.lifecycle != Lifecycle::Factory {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn update_led(&mut self) {
+        let led = match self.state() {
+            DeviceState::Erased => LedState::Erased,
+            _ if self.alarm => LedState::Alarm,
+            DeviceState::Factory => LedState::Factory,
+            DeviceState::Locked => LedState::Locked,
+            DeviceState::Unlocked => LedState::Unlocked,
+            DeviceState::Sealed => LedState::Sealed,
+            DeviceState::Arrived => LedState::Arrived,
+        };
+        self.p.indicators().set_led(led);
+    }
+}
+
+/// Key-slot files (`KEYS`, `KEYPASS` and their temporary variants) anywhere
+/// under `MGEAR/`.
+fn key_slot_files(store: &mut dyn Store) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut out = Vec::new();
+    let mut dirs = alloc::vec![(String::from(layout::ROOT_DIR), 0usize)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let entries = match store.list(&dir) {
+            Ok(e) => e,
+            Err(StoreError::NotFound) => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            if e.name == "." || e.name == ".." {
+                continue;
+            }
+            let path = alloc::format!("{dir}/{}", e.name);
+            let upper = e.name.to_ascii_uppercase();
+            match e.kind {
+                EntryKind::Dir if depth < 8 => dirs.push((path, depth + 1)),
+                EntryKind::Dir => {}
+                EntryKind::File
+                    if upper.starts_with(layout::KEYS_FILE)
+                        || upper.starts_with(layout::KEYPASS_FILE) =>
+                {
+                    out.push((path, e.len))
+                }
+                EntryKind::File => {}
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn overwrite_file(
+    store: &mut dyn Store,
+    path: &str,
+    len: u64,
+    pattern: &[u8],
+) -> Result<(), StoreError> {
+    let mut off = 0u64;
+    while off < len {
+        let n = ((len - off) as usize).min(pattern.len());
+        store.write_at(path, off, &pattern[..n])?;
+        off += n as u64;
+    }
+    store.sync(path)
+}
+
+/// Human rendering of a reply for line mode.
+pub fn render_text(resp: &Response) -> String {
+    let mut s = String::new();
+    match resp {
+        Response::Pong => s.push_str("pong\r\n"),
+        Response::Info(i) => {
+            let _ = write!(s, "state: {}\r\n", i.state);
+            if let Some(f) = &i.fingerprint {
+                let _ = write!(s, "identity: {f}\r\n");
+            }
+            let _ = write!(
+                s,
+                "medium: {} bytes at {}\r\nboots {} unlocks {} wrong PINs {} (in a row {}) writes {} refused {} attestations {}\r\nlog: {} records{}\r\n",
+                i.medium_bytes,
+                i.medium_locator,
+                i.counters.boots,
+                i.counters.unlocks,
+                i.counters.total_failed_pins,
+                i.counters.failed_pins,
+                i.counters.writes,
+                i.counters.refused_writes,
+                i.counters.attestations,
+                i.log_records,
+                if i.log_damaged { " (DAMAGED: verify it on the host)" } else { "" },
+            );
+            if i.retry_after_ms > 0 {
+                let _ = write!(
+                    s,
+                    "next PIN attempt in {} s\r\n",
+                    i.retry_after_ms.div_ceil(1000)
+                );
+            }
+        }
+        Response::Provisioned { fingerprint, .. } => {
+            let _ = write!(s, "provisioned; identity {fingerprint}\r\n");
+        }
+        Response::Unlocked => s.push_str("unlocked: the medium accepts writes\r\n"),
+        Response::Locked => s.push_str("locked\r\n"),
+        Response::Progress { what, done, total } => {
+            let _ = write!(s, "  {what}: {done}/{total}\r\n");
+        }
+        Response::Verified(r) => render_report(&mut s, r),
+        Response::Sealed {
+            attestation,
+            report,
+        } => {
+            render_report(&mut s, report);
+            let _ = write!(
+                s,
+                "SEALED: the medium is read-only; attestation #{} over {} files and {} regions\r\n",
+                attestation.body.counter,
+                attestation.body.files.len(),
+                attestation.body.regions.len()
+            );
+        }
+        Response::Arrival {
+            attestation: Some(a),
+            ..
+        } => {
+            let _ = write!(
+                s,
+                "ARRIVAL OK: the medium is unchanged since the seal; attestation #{}\r\n",
+                a.body.counter
+            );
+        }
+        Response::Arrival {
+            attestation: None,
+            problems,
+        } => {
+            let _ = write!(
+                s,
+                "ARRIVAL FAILED: {} difference(s) since the seal\r\n",
+                problems.len()
+            );
+            for p in problems.iter().take(20) {
+                let _ = write!(s, "  {p}\r\n");
+            }
+        }
+        Response::LogRecords {
+            from,
+            total,
+            records,
+        } => {
+            for r in records {
+                match r.decode() {
+                    Ok(e) => {
+                        let _ = write!(
+                            s,
+                            "{:>5} +{}ms {:?}\r\n",
+                            r.index, e.entry.uptime_ms, e.entry.event
+                        );
+                    }
+                    Err(e) => {
+                        let _ = write!(s, "{:>5} DAMAGED: {e}\r\n", r.index);
+                    }
+                }
+            }
+            let next = from + records.len() as u64;
+            if next < *total {
+                let _ = write!(s, "({} more: log {next})\r\n", total - next);
+            }
+        }
+        Response::Erased {
+            key_slots,
+            medium_overwritten,
+        } => {
+            let _ = write!(
+                s,
+                "erased: {key_slots} key slot files overwritten{}\r\n",
+                if *medium_overwritten {
+                    ", medium zeroed"
+                } else {
+                    ""
+                }
+            );
+        }
+        Response::Recorded { index } => {
+            let _ = write!(s, "recorded as log entry {index}\r\n");
+        }
+        Response::Attestations { seal, arrival } => {
+            let _ = write!(
+                s,
+                "seal: {}\r\narrival: {}\r\n",
+                seal.is_some(),
+                arrival.is_some()
+            );
+        }
+        Response::Error { code, message } => {
+            let _ = write!(s, "error ({code:?}): {message}\r\n");
+        }
+    }
+    s
+}
+
+fn render_report(s: &mut String, r: &VerifyReport) {
+    let _ = write!(
+        s,
+        "verified {} captures, {} segments, {} records, {} bytes: {}\r\n",
+        r.captures,
+        r.segments,
+        r.records,
+        r.bytes,
+        if r.ok() { "OK" } else { "PROBLEMS" }
+    );
+    for p in r.problems.iter().take(20) {
+        let _ = write!(s, "  {p}\r\n");
+    }
+    if r.problems.len() > 20 {
+        let _ = write!(s, "  ... {} more\r\n", r.problems.len() - 20);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,528 @@
+//! Seal and arrival attestations: what the appliance signs, how the host
+//! checks it, and how arrival names what changed since the seal.
+//!
+//! An attestation is an [`AttestationBody`] and an Ed25519 signature by the
+//! appliance identity over
+//!
+//! ```text
+//! "MGEAR-ATTESTATION-v1\0" || postcard(body)
+//! ```
+//!
+//! postcard is deterministic for these types, so the host re-encodes the
+//! body it received and checks the signature over the same bytes. The body
+//! lists every file on the medium with its length and SHA-256 (manifests,
+//! indexes, segments, key slots, journals: the keyless verifier has just
+//! checked their structure) and the SHA-256 of every [`REGION_SIZE`] region of
+//! the raw medium, so a change anywhere — inside a capture or in FAT
+//! metadata, free space, the boot sector — changes the body. An arrival
+//! attestation also carries the digest of the seal attestation it was
+//! compared with.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use image_format::store::EntryKind;
+use image_format::{layout, Store, StoreError};
+
+use crate::protocol::{Place, Problem};
+
+/// Size of one hashed region of the raw medium.
+pub const REGION_SIZE: u64 = 16 * 1024 * 1024;
+
+const DOMAIN: &[u8] = b"MGEAR-ATTESTATION-v1\0";
+
+/// Which check produced the attestation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttestationKind {
+    Seal,
+    Arrival,
+}
+
+/// One file on the medium.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// `/`-separated path from the medium root.
+    pub path: String,
+    pub len: u64,
+    #[serde(with = "serde_bytes")]
+    pub sha256: [u8; 32],
+}
+
+/// What is signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationBody {
+    pub kind: AttestationKind,
+    /// The signer's Ed25519 public key.
+    #[serde(with = "serde_bytes")]
+    pub identity: [u8; 32],
+    /// The appliance's medium id (random, chosen at provisioning).
+    #[serde(with = "serde_bytes")]
+    pub medium_id: [u8; 16],
+    pub medium_bytes: u64,
+    /// Every file on the medium, sorted by path.
+    pub files: Vec<FileDigest>,
+    /// Captures and records the keyless verifier checked.
+    pub captures: u64,
+    pub records: u64,
+    /// Size of each hashed region (the last one may be shorter).
+    pub region_size: u64,
+    /// SHA-256 of each region of the raw medium, in order.
+    pub regions: Vec<[u8; 32]>,
+    /// Monotonic attestation counter of this appliance.
+    pub counter: u64,
+    /// Milliseconds since power-up, and wall time if the appliance knows it.
+    pub uptime_ms: u64,
+    pub unix_time: Option<u64>,
+    /// Arrival only: [`Attestation::digest`] of the seal it was compared with.
+    #[serde(with = "serde_bytes")]
+    pub seal_digest: Option<[u8; 32]>,
+}
+
+/// A signed attestation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    pub body: AttestationBody,
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+}
+
+/// Why an attestation (or a seal/arrival pair) is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttestError {
+    #[error("attestation was signed by {found}, expected {expected}")]
+    WrongIdentity { expected: String, found: String },
+    #[error("attestation identity is not a valid Ed25519 public key")]
+    BadKey,
+    #[error("attestation signature does not verify: the attestation was altered or forged")]
+    BadSignature,
+    #[error("expected a {expected:?} attestation, got {found:?}")]
+    WrongKind {
+        expected: AttestationKind,
+        found: AttestationKind,
+    },
+    #[error("the arrival attestation does not refer to this seal attestation")]
+    SealMismatch,
+    #[error("the medium changed between seal and arrival: {0}")]
+    Changed(Problem),
+}
+
+fn signed_bytes(body: &AttestationBody) -> Vec<u8> {
+    let mut msg = DOMAIN.to_vec();
+    // postcard into a Vec cannot fail for these types.
+    msg.extend_from_slice(&postcard::to_allocvec(body).unwrap_or_default());
+    msg
+}
+
+impl Attestation {
+    /// Sign `body` with `key`; `body.identity` is set from the key.
+    pub fn sign(mut body: AttestationBody, key: &SigningKey) -> Attestation {
+        body.identity = key.verifying_key().to_bytes();
+        let signature = key.sign(&signed_bytes(&body)).to_bytes();
+        Attestation { body, signature }
+    }
+
+    /// SHA-256 of the signed bytes and signature: names this attestation.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(signed_bytes(&self.body));
+        h.update(self.signature);
+        h.finalize().into()
+    }
+}
+
+/// Deepest directory nesting walked (the format uses 3 levels).
+const MAX_DEPTH: usize = 16;
+/// Most files walked; a corrupt directory could otherwise loop forever.
+const MAX_FILES: usize = 100_000;
+
+/// Every file on the medium, sorted by path. Fails on an unreadable
+/// directory, a loop deeper than 16 levels or more than 100 000 files.
+pub fn list_files(store: &mut dyn Store) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut files = Vec::new();
+    let mut dirs: Vec<(String, usize)> = alloc::vec![(String::new(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for e in store.list(&dir)? {
+            if e.name == "." || e.name == ".." {
+                continue;
+            }
+            let path = if dir.is_empty() {
+                e.name.clone()
+            } else {
+                alloc::format!("{dir}/{}", e.name)
+            };
+            match e.kind {
+                EntryKind::File => files.push((path, e.len)),
+                EntryKind::Dir if depth + 1 < MAX_DEPTH => dirs.push((path, depth + 1)),
+                EntryKind::Dir => {
+                    return Err(StoreError::Io(alloc::format!(
+                        "{path}: directories nested deeper than {MAX_DEPTH} levels"
+                    )))
+                }
+            }
+            if files.len() + dirs.len() > MAX_FILES {
+                return Err(StoreError::Io(alloc::format!(
+                    "more than {MAX_FILES} files on the medium"
+                )));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Length and SHA-256 of every file on the medium, sorted by path: the
+/// `files` of an [`AttestationBody`]. The host uses this too, to check that
+/// the medium it ingests is the one attested. `progress(done, total)` is
+/// called after each file.
+pub fn file_digests(
+    store: &mut dyn Store,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<FileDigest>, StoreError> {
+    let files = list_files(store)?;
+    let total = files.len() as u64;
+    let mut out = Vec::with_capacity(files.len());
+    let mut buf = alloc::vec![0u8; 32 * 1024];
+    for (i, (path, _)) in files.into_iter().enumerate() {
+        let mut h = Sha256::new();
+        let mut off = 0u64;
+        loop {
+            let n = store.read_at(&path, off, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n.min(buf.len())]);
+            off += n as u64;
+        }
+        out.push(FileDigest {
+            path,
+            len: off,
+            sha256: h.finalize().into(),
+        });
+        progress(i as u64 + 1, total);
+    }
+    Ok(out)
+}
+
+/// Short human form of a public key: the first 8 bytes of its SHA-256 as
+/// colon-separated hex pairs of bytes, e.g. `3f2a:91c0:5be4:7d18`.
+pub fn fingerprint(pubkey: &[u8; 32]) -> String {
+    let h = Sha256::digest(pubkey);
+    let mut s = String::with_capacity(19);
+    for (i, b) in h.iter().take(8).enumerate() {
+        if i > 0 && i % 2 == 0 {
+            s.push(':');
+        }
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Check that `att` was signed by `expected_pubkey` and not altered.
+pub fn verify_attestation(
+    att: &Attestation,
+    expected_pubkey: &[u8; 32],
+) -> Result<(), AttestError> {
+    if &att.body.identity != expected_pubkey {
+        return Err(AttestError::WrongIdentity {
+            expected: fingerprint(expected_pubkey),
+            found: fingerprint(&att.body.identity),
+        });
+    }
+    let key = VerifyingKey::from_bytes(expected_pubkey).map_err(|_| AttestError::BadKey)?;
+    let sig = Signature::from_bytes(&att.signature);
+    key.verify(&signed_bytes(&att.body), &sig)
+        .map_err(|_| AttestError::BadSignature)
+}
+
+/// What ingest checks: both attestations signed by `expected_pubkey`, the
+/// arrival made against this very seal, and nothing changed in between.
+pub fn verify_seal_and_arrival(
+    seal: &Attestation,
+    arrival: &Attestation,
+    expected_pubkey: &[u8; 32],
+) -> Result<(), AttestError> {
+    verify_attestation(seal, expected_pubkey)?;
+    verify_attestation(arrival, expected_pubkey)?;
+    if seal.body.kind != AttestationKind::Seal {
+        return Err(AttestError::WrongKind {
+            expected: AttestationKind::Seal,
+            found: seal.body.kind,
+        });
+    }
+    if arrival.body.kind != AttestationKind::Arrival {
+        return Err(AttestError::WrongKind {
+            expected: AttestationKind::Arrival,
+            found: arrival.body.kind,
+        });
+    }
+    if arrival.body.seal_digest != Some(seal.digest()) {
+        return Err(AttestError::SealMismatch);
+    }
+    match compare(&seal.body, &arrival.body).into_iter().next() {
+        Some(p) => Err(AttestError::Changed(p)),
+        None => Ok(()),
+    }
+}
+
+/// Where a file path sits in the format's layout
+/// (`MGEAR/<capture>/G<nnnn>/SEG-<nnnnn>`); other files are named by path.
+pub fn place_of_path(path: &str) -> Place {
+    let parts: Vec<&str> = path.split('/').collect();
+    if let [root, capture, gen, seg] = parts.as_slice() {
+        if root.eq_ignore_ascii_case(layout::ROOT_DIR) {
+            if let Some(n) = layout::parse_segment_name(&seg.to_ascii_uppercase()) {
+                return Place::Segment {
+                    capture: (*capture).into(),
+                    generation: layout::parse_generation_dir(&gen.to_ascii_uppercase())
+                        .map(u64::from),
+                    segment: layout::segment_name(n),
+                    record: None,
+                };
+            }
+        }
+    }
+    Place::File { path: path.into() }
+}
+
+/// Everything that differs between a seal and a later state of the medium,
+/// most specific first: files (named by capture and segment where they are
+/// in one), then raw regions. Empty means identical.
+pub fn compare(seal: &AttestationBody, now: &AttestationBody) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if seal.medium_id != now.medium_id || seal.medium_bytes != now.medium_bytes {
+        problems.push(Problem {
+            place: Place::Medium,
+            message: alloc::format!(
+                "a different medium: sealed {} bytes, now {} bytes",
+                seal.medium_bytes,
+                now.medium_bytes
+            ),
+        });
+    }
+    // Merge the two lists in path order.
+    let mut before: Vec<&FileDigest> = seal.files.iter().collect();
+    let mut after: Vec<&FileDigest> = now.files.iter().collect();
+    before.sort_by(|x, y| x.path.cmp(&y.path));
+    after.sort_by(|x, y| x.path.cmp(&y.path));
+    let (mut i, mut j) = (0, 0);
+    while i < before.len() || j < after.len() {
+        let a = before.get(i).copied();
+        let b = after.get(j).copied();
+        match (a, b) {
+            (Some(a), Some(b)) if a.path == b.path => {
+                if a.len != b.len {
+                    problems.push(Problem {
+                        place: place_of_path(&a.path),
+                        message: alloc::format!("length changed from {} to {} bytes", a.len, b.len),
+                    });
+                } else if a.sha256 != b.sha256 {
+                    problems.push(Problem {
+                        place: place_of_path(&a.path),
+                        message: "content changed since the seal".into(),
+                    });
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), b) if b.map(|b| a.path < b.path).unwrap_or(true) => {
+                problems.push(Problem {
+                    place: place_of_path(&a.path),
+                    message: "removed since the seal".into(),
+                });
+                i += 1;
+            }
+            (_, Some(b)) => {
+                problems.push(Problem {
+                    place: place_of_path(&b.path),
+                    message: "added since the seal".into(),
+                });
+                j += 1;
+            }
+            (_, None) => break,
+        }
+    }
+    let size = seal.region_size.max(1);
+    for idx in 0..seal.regions.len().max(now.regions.len()) {
+        if seal.regions.get(idx) != now.regions.get(idx) || seal.region_size != now.region_size {
+            let start = idx as u64 * size;
+            let end = (start + size).min(seal.medium_bytes.max(now.medium_bytes));
+            problems.push(Problem {
+                place: Place::Region {
+                    index: idx as u64,
+                    start,
+                    end,
+                },
+                message: "raw bytes changed since the seal".into(),
+            });
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn body(kind: AttestationKind) -> AttestationBody {
+        AttestationBody {
+            kind,
+            identity: [0; 32],
+            medium_id: [1; 16],
+            medium_bytes: 3 * REGION_SIZE,
+            files: vec![
+                FileDigest {
+                    path: "MGEAR/web01/MANIFEST".into(),
+                    len: 10,
+                    sha256: [2; 32],
+                },
+                FileDigest {
+                    path: "MGEAR/web01/G0001/SEG-00000".into(),
+                    len: 99,
+                    sha256: [3; 32],
+                },
+            ],
+            captures: 1,
+            records: 5,
+            region_size: REGION_SIZE,
+            regions: vec![[4; 32], [5; 32], [6; 32]],
+            counter: 1,
+            uptime_ms: 10,
+            unix_time: None,
+            seal_digest: None,
+        }
+    }
+
+    #[test]
+    fn signature_verifies_and_detects_tampering() {
+        let k = key();
+        let pk = k.verifying_key().to_bytes();
+        let att = Attestation::sign(body(AttestationKind::Seal), &k);
+        verify_attestation(&att, &pk).unwrap();
+        let mut bad = att.clone();
+        bad.body.records += 1;
+        assert_eq!(
+            verify_attestation(&bad, &pk),
+            Err(AttestError::BadSignature)
+        );
+        let other = SigningKey::from_bytes(&[8u8; 32])
+            .verifying_key()
+            .to_bytes();
+        assert!(matches!(
+            verify_attestation(&att, &other),
+            Err(AttestError::WrongIdentity { .. })
+        ));
+    }
+
+    #[test]
+    fn pair_names_changed_segment() {
+        let k = key();
+        let pk = k.verifying_key().to_bytes();
+        let seal = Attestation::sign(body(AttestationKind::Seal), &k);
+        let mut b = body(AttestationKind::Arrival);
+        b.seal_digest = Some(seal.digest());
+        let ok = Attestation::sign(b.clone(), &k);
+        verify_seal_and_arrival(&seal, &ok, &pk).unwrap();
+        b.files[1].sha256 = [9; 32];
+        b.regions[2] = [0; 32];
+        let changed = Attestation::sign(b, &k);
+        match verify_seal_and_arrival(&seal, &changed, &pk) {
+            Err(AttestError::Changed(p)) => assert_eq!(
+                p.place,
+                Place::Segment {
+                    capture: "web01".into(),
+                    generation: Some(1),
+                    segment: "SEG-00000".into(),
+                    record: None
+                }
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        let problems = compare(&seal.body, &changed.body);
+        assert_eq!(problems.len(), 2);
+        assert_eq!(
+            problems[1].place,
+            Place::Region {
+                index: 2,
+                start: 2 * REGION_SIZE,
+                end: 3 * REGION_SIZE
+            }
+        );
+    }
+
+    #[test]
+    fn added_and_removed_files_are_named() {
+        let seal = body(AttestationKind::Seal);
+        let mut now = seal.clone();
+        now.files.remove(0);
+        now.files.push(FileDigest {
+            path: "ZZZ".into(),
+            len: 1,
+            sha256: [0; 32],
+        });
+        let p = compare(&seal, &now);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0].place,
+            Place::File {
+                path: "MGEAR/web01/MANIFEST".into()
+            }
+        );
+        assert!(p[0].message.contains("removed"));
+        assert_eq!(p[1].place, Place::File { path: "ZZZ".into() });
+    }
+
+    #[test]
+    fn arrival_must_reference_the_seal() {
+        let k = key();
+        let pk = k.verifying_key().to_bytes();
+        let seal = Attestation::sign(body(AttestationKind::Seal), &k);
+        let arrival = Attestation::sign(body(AttestationKind::Arrival), &k);
+        assert_eq!(
+            verify_seal_and_arrival(&seal, &arrival, &pk),
+            Err(AttestError::SealMismatch)
+        );
+    }
+
+    #[test]
+    fn fingerprint_shape() {
+        let f = fingerprint(&[0u8; 32]);
+        assert_eq!(f.len(), 19);
+        assert_eq!(f.matches(':').count(), 3);
+    }
+
+    #[test]
+    fn seeded_fuzz_mutated_attestation_never_verifies() {
+        use rand_chacha::rand_core::{RngCore, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0xa77e57);
+        let k = key();
+        let pk = k.verifying_key().to_bytes();
+        let att = Attestation::sign(body(AttestationKind::Seal), &k);
+        let wire = postcard::to_allocvec(&att).unwrap();
+        let mut decoded = 0;
+        for _ in 0..3_000 {
+            let mut m = wire.clone();
+            let i = rng.next_u32() as usize % m.len();
+            m[i] ^= 1 << (rng.next_u32() % 8);
+            if let Ok(back) = postcard::from_bytes::<Attestation>(&m) {
+                decoded += 1;
+                if back != att {
+                    assert!(
+                        verify_attestation(&back, &pk).is_err(),
+                        "byte {i} changed undetected"
+                    );
+                }
+            }
+        }
+        assert!(decoded > 0);
+    }
+}

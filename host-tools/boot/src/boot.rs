@@ -1,0 +1,833 @@
+//! Boot a volume and prove it came up.
+//!
+//! A boot counts only when a regex (a login prompt, the sample disk's
+//! `MGEAR-BOOT-OK` marker) appears on the guest's serial console before the
+//! deadline. Boot drivers implement [`Boot`]: [`LocalQemu`] now (QEMU with
+//! `-accel tcg -nic none`, ALWAYS: never KVM, never a guest network); libvirt,
+//! OpenStack and AWS later, one module each, returning the same [`BootReport`].
+//!
+//! QEMU is killed on every exit path ([`QemuGuard`]'s `Drop`), including
+//! errors and panics in the watcher.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::partition::{read_table, TableKind};
+use crate::sample::{find_tool, run_tool};
+use crate::{inspect, BootError, ReadAt, Result};
+
+/// Where the volume to boot lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "location", rename_all = "lowercase")]
+pub enum Target {
+    /// Raw image file (`file:PATH`, or a bare path).
+    File(PathBuf),
+    /// qcow2 image file (`qcow2:PATH`).
+    Qcow2(PathBuf),
+    /// Raw block device, e.g. a cloud volume attached to this host (`dev:/dev/sdX`).
+    Dev(PathBuf),
+    /// NBD export URL (`nbd://host:port/export`, `nbd+unix:///export?socket=PATH`).
+    Nbd(String),
+}
+
+impl FromStr for Target {
+    type Err = BootError;
+    fn from_str(s: &str) -> Result<Self> {
+        let nonempty = |p: &str| {
+            if p.is_empty() {
+                Err(BootError::Usage(format!(
+                    "target {s:?} has no path: use file:PATH, qcow2:PATH, dev:PATH or nbd://HOST:PORT/EXPORT"
+                )))
+            } else {
+                Ok(PathBuf::from(p))
+            }
+        };
+        if s.starts_with("nbd://") || s.starts_with("nbd+unix://") {
+            Ok(Target::Nbd(s.to_string()))
+        } else if let Some(p) = s.strip_prefix("file:").or_else(|| s.strip_prefix("raw:")) {
+            Ok(Target::File(nonempty(p)?))
+        } else if let Some(p) = s.strip_prefix("qcow2:") {
+            Ok(Target::Qcow2(nonempty(p)?))
+        } else if let Some(p) = s.strip_prefix("dev:") {
+            Ok(Target::Dev(nonempty(p)?))
+        } else if s.split_once(':').is_some_and(|(scheme, _)| {
+            !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+')
+        }) {
+            Err(BootError::Usage(format!(
+                "unknown target {s:?}: use file:PATH, qcow2:PATH, dev:PATH or nbd://HOST:PORT/EXPORT"
+            )))
+        } else {
+            Ok(Target::File(nonempty(s)?))
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::File(p) => write!(f, "file:{}", p.display()),
+            Target::Qcow2(p) => write!(f, "qcow2:{}", p.display()),
+            Target::Dev(p) => write!(f, "dev:{}", p.display()),
+            Target::Nbd(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl Target {
+    /// Image format and location as QEMU's `-drive` wants them.
+    fn qemu_drive(&self) -> (&'static str, String) {
+        match self {
+            Target::File(p) | Target::Dev(p) => ("raw", p.display().to_string()),
+            Target::Qcow2(p) => ("qcow2", p.display().to_string()),
+            Target::Nbd(u) => ("raw", u.clone()),
+        }
+    }
+
+    /// Where the boot report goes by default: next to a file volume, in the
+    /// current directory for devices and exports.
+    pub fn default_report_path(&self) -> PathBuf {
+        match self {
+            Target::File(p) | Target::Qcow2(p) => {
+                let mut s = p.as_os_str().to_owned();
+                s.push(".boot-report.json");
+                PathBuf::from(s)
+            }
+            Target::Dev(_) | Target::Nbd(_) => PathBuf::from("mgear-boot-report.json"),
+        }
+    }
+
+    /// Check the target exists before starting QEMU, so a typo is an I/O error
+    /// with the path rather than a QEMU message.
+    fn check_exists(&self) -> Result<()> {
+        match self {
+            Target::File(p) | Target::Qcow2(p) | Target::Dev(p) => std::fs::metadata(p)
+                .map(|_| ())
+                .map_err(|e| BootError::io(format!("volume {}", p.display()), e)),
+            Target::Nbd(_) => Ok(()),
+        }
+    }
+}
+
+/// Disk bus the volume is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bus {
+    /// virtio-blk if the guest has the drivers (or they cannot be checked), else IDE.
+    Auto,
+    /// virtio-blk (KVM, OpenStack).
+    Virtio,
+    /// IDE on the i440FX PIIX controller.
+    Ide,
+    /// SATA on the Q35 AHCI controller.
+    Sata,
+    /// NVMe (AWS Nitro).
+    Nvme,
+}
+
+impl FromStr for Bus {
+    type Err = BootError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Bus::Auto),
+            "virtio" => Ok(Bus::Virtio),
+            "ide" => Ok(Bus::Ide),
+            "sata" => Ok(Bus::Sata),
+            "nvme" => Ok(Bus::Nvme),
+            _ => Err(BootError::Usage(format!(
+                "unknown bus {s:?}: use virtio, ide, sata, nvme or auto"
+            ))),
+        }
+    }
+}
+
+/// Firmware the guest boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// UEFI if the disk is GPT with an EFI System Partition, else BIOS.
+    Auto,
+    /// SeaBIOS (QEMU's default).
+    Bios,
+    /// OVMF (Debian package `ovmf`).
+    Uefi,
+}
+
+impl FromStr for Firmware {
+    type Err = BootError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Firmware::Auto),
+            "bios" => Ok(Firmware::Bios),
+            "uefi" => Ok(Firmware::Uefi),
+            _ => Err(BootError::Usage(format!(
+                "unknown firmware {s:?}: use bios, uefi or auto"
+            ))),
+        }
+    }
+}
+
+/// What to boot and how to decide it came up.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    /// The volume.
+    pub target: Target,
+    /// Regex that proves the boot when it appears on the serial console.
+    pub wait_for: String,
+    /// Deadline for the regex.
+    pub timeout: Duration,
+    /// Disk bus.
+    pub bus: Bus,
+    /// Firmware.
+    pub firmware: Firmware,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// Discard guest writes (QEMU `-snapshot`): prove the boot without changing the volume.
+    pub snapshot: bool,
+}
+
+impl BootSpec {
+    /// A spec with the defaults of `mgear boot` (auto bus and firmware, 512 MiB, 300 s).
+    pub fn new(target: Target, wait_for: impl Into<String>) -> Self {
+        BootSpec {
+            target,
+            wait_for: wait_for.into(),
+            timeout: Duration::from_secs(300),
+            bus: Bus::Auto,
+            firmware: Firmware::Auto,
+            memory_mib: 512,
+            snapshot: false,
+        }
+    }
+}
+
+/// How a boot attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The regex appeared on the console.
+    Booted,
+    /// The deadline passed without the regex.
+    TimedOut,
+    /// The guest powered off or rebooted without printing the regex.
+    GuestStopped,
+    /// QEMU itself failed (bad image, missing firmware file...).
+    QemuFailed,
+}
+
+/// Record of one boot attempt, written as JSON next to the volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootReport {
+    /// Boot driver ("local-qemu").
+    pub driver: String,
+    /// The volume.
+    pub target: String,
+    /// Firmware used (resolved from auto).
+    pub firmware: Firmware,
+    /// Why that firmware.
+    pub firmware_reason: String,
+    /// Bus used (resolved from auto).
+    pub bus: Bus,
+    /// Why that bus.
+    pub bus_reason: String,
+    /// Regex waited for.
+    pub wait_for: String,
+    /// Result.
+    pub outcome: Outcome,
+    /// Text that matched the regex.
+    pub matched: Option<String>,
+    /// Seconds from QEMU start to the match.
+    pub time_to_marker_secs: Option<f64>,
+    /// Seconds the attempt took.
+    pub elapsed_secs: f64,
+    /// Human explanation of the outcome.
+    pub detail: String,
+    /// The serial console (escape sequences and CRs removed; the last 256 KiB).
+    pub console_log: String,
+    /// QEMU's stderr.
+    pub qemu_stderr: String,
+    /// The QEMU command line.
+    pub command: Vec<String>,
+}
+
+impl BootReport {
+    /// True when the guest proved it booted.
+    pub fn booted(&self) -> bool {
+        self.outcome == Outcome::Booted
+    }
+
+    /// The last `lines` lines of the console, for error messages.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let all: Vec<&str> = self.console_log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `Ok` if booted, else [`BootError::NotBooted`] with the reason and the
+    /// last 30 console lines (for callers such as `ingest --boot`).
+    pub fn require_booted(&self) -> Result<()> {
+        if self.booted() {
+            Ok(())
+        } else {
+            Err(BootError::NotBooted(format!(
+                "{}\n--- console tail ---\n{}",
+                self.detail,
+                self.console_tail(30)
+            )))
+        }
+    }
+
+    /// Write the report as pretty JSON.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| BootError::Format(format!("serialising boot report: {e}")))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| BootError::io(format!("writing boot report {}", path.display()), e))
+    }
+}
+
+/// A way to boot a volume somewhere and watch it come up.
+pub trait Boot {
+    /// Driver name recorded in reports.
+    fn name(&self) -> &'static str;
+    /// Boot `spec.target` and wait for `spec.wait_for`. `Err` means the attempt
+    /// could not be made (usage, missing tool, I/O); a guest that did not come
+    /// up is `Ok` with an outcome other than [`Outcome::Booted`].
+    fn boot(&self, spec: &BootSpec) -> Result<BootReport>;
+}
+
+/// Boot with the embedded default driver, [`LocalQemu`].
+pub fn boot(spec: &BootSpec) -> Result<BootReport> {
+    LocalQemu::new()?.boot(spec)
+}
+
+/// Local `qemu-system-x86_64` under TCG, no guest network.
+#[derive(Debug, Clone)]
+pub struct LocalQemu {
+    qemu: PathBuf,
+}
+
+/// Kills and reaps QEMU when dropped, whatever path leaves the watcher.
+struct QemuGuard(Child);
+
+impl Drop for QemuGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const LOG_CAP: usize = 256 * 1024;
+
+/// OVMF code and variable-template files, newest layout first.
+const OVMF_PAIRS: [(&str, &str); 2] = [
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
+];
+
+/// Remove ANSI escape sequences and carriage returns (GRUB and OVMF paint the
+/// screen with them) so the regex and the report see plain text.
+fn clean_console(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.peek() {
+                Some('[') => {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() || c == '~' {
+                            break;
+                        }
+                    }
+                }
+                Some('(') | Some(')') => {
+                    chars.next();
+                    chars.next();
+                }
+                _ => {
+                    chars.next();
+                }
+            },
+            '\r' => {}
+            c if c.is_control() && c != '\n' && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Read the first MiB and the size of a target, to look at its partition table.
+fn read_head(target: &Target) -> Result<(Vec<u8>, u64)> {
+    const HEAD: u64 = 1024 * 1024;
+    match target {
+        Target::File(p) | Target::Dev(p) => {
+            let mut f = std::fs::File::open(p)
+                .map_err(|e| BootError::io(format!("opening {}", p.display()), e))?;
+            let size = std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))
+                .map_err(|e| BootError::io(format!("sizing {}", p.display()), e))?;
+            let mut head = vec![0u8; size.min(HEAD) as usize];
+            f.read_exact_at(0, &mut head)?;
+            Ok((head, size))
+        }
+        Target::Qcow2(_) | Target::Nbd(_) => {
+            let qemu_img = find_tool("qemu-img", "qemu-utils")?;
+            let (fmt, loc) = target.qemu_drive();
+            let info = run_tool(
+                Command::new(&qemu_img).args(["info", "-U", "--output=json", "-f", fmt, &loc]),
+                "qemu-img info",
+            )?;
+            let v: serde_json::Value = serde_json::from_slice(&info)
+                .map_err(|e| BootError::Format(format!("qemu-img info output: {e}")))?;
+            let size = v["virtual-size"].as_u64().ok_or_else(|| {
+                BootError::Format("qemu-img info did not report a virtual-size".into())
+            })?;
+            let tmp = tempfile::tempdir()
+                .map_err(|e| BootError::io("creating a temporary directory", e))?;
+            let out = tmp.path().join("head.raw");
+            run_tool(
+                Command::new(&qemu_img)
+                    .args(["dd", "-U", "-f", fmt, "-O", "raw", "bs=65536"])
+                    .arg(format!("count={}", size.min(HEAD).div_ceil(65536)))
+                    .arg(format!("if={loc}"))
+                    .arg(format!("of={}", out.display())),
+                "qemu-img dd",
+            )?;
+            let mut head = std::fs::read(&out)
+                .map_err(|e| BootError::io("reading the volume's first MiB", e))?;
+            head.truncate(size.min(HEAD) as usize);
+            Ok((head, size))
+        }
+    }
+}
+
+/// Reads within the first MiB; beyond it, an error (the GPT backup header is
+/// only consulted when the primary is damaged).
+struct Head(Vec<u8>);
+
+impl ReadAt for Head {
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let start = usize::try_from(offset).ok();
+        let src = start
+            .and_then(|s| s.checked_add(buf.len()).map(|e| (s, e)))
+            .and_then(|(s, e)| self.0.get(s..e))
+            .ok_or_else(|| {
+                BootError::Format(format!(
+                    "partition data at offset {offset} lies beyond the first MiB"
+                ))
+            })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+fn resolve_firmware(spec: &BootSpec) -> Result<(Firmware, String)> {
+    match spec.firmware {
+        Firmware::Bios => Ok((Firmware::Bios, "requested".into())),
+        Firmware::Uefi => Ok((Firmware::Uefi, "requested".into())),
+        Firmware::Auto => {
+            let (head, size) = read_head(&spec.target)?;
+            match read_table(&mut Head(head), size) {
+                Ok(t)
+                    if t.kind == TableKind::Gpt
+                        && t.partitions.iter().any(|p| p.ptype.is_esp()) =>
+                {
+                    Ok((Firmware::Uefi, "GPT with an EFI System Partition".into()))
+                }
+                Ok(t) if t.kind == TableKind::Gpt => Ok((
+                    Firmware::Bios,
+                    "GPT without an EFI System Partition (BIOS boot)".into(),
+                )),
+                Ok(t) if t.kind == TableKind::Mbr => {
+                    Ok((Firmware::Bios, "MBR partition table".into()))
+                }
+                Ok(_) => Ok((
+                    Firmware::Bios,
+                    "no partition table; BIOS is QEMU's default".into(),
+                )),
+                Err(e) => Ok((
+                    Firmware::Bios,
+                    format!("partition table unreadable ({e}); BIOS is QEMU's default"),
+                )),
+            }
+        }
+    }
+}
+
+fn resolve_bus(spec: &BootSpec) -> (Bus, String) {
+    if spec.bus != Bus::Auto {
+        return (spec.bus, "requested".into());
+    }
+    let facts = match &spec.target {
+        Target::File(p) | Target::Dev(p) => inspect::inspect_path(p).ok(),
+        _ => None,
+    };
+    match facts.as_ref().and_then(|f| f.linux.as_ref()) {
+        Some(l)
+            if matches!(
+                l.virtio,
+                inspect::DriverPresence::Missing | inspect::DriverPresence::RootFs
+            ) =>
+        {
+            (
+                Bus::Ide,
+                "the guest's initramfs has no virtio disk driver; IDE is the safe fallback".into(),
+            )
+        }
+        Some(_) => (
+            Bus::Virtio,
+            "the guest has virtio drivers or they could not be ruled out".into(),
+        ),
+        None => (Bus::Virtio, "virtio is what KVM clouds attach".into()),
+    }
+}
+
+/// QEMU option values escape a comma by doubling it.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+impl LocalQemu {
+    /// Find `qemu-system-x86_64`.
+    pub fn new() -> Result<Self> {
+        Ok(LocalQemu {
+            qemu: find_tool("qemu-system-x86_64", "qemu-system-x86")?,
+        })
+    }
+
+    fn command(
+        &self,
+        spec: &BootSpec,
+        firmware: Firmware,
+        bus: Bus,
+        vars: Option<&Path>,
+    ) -> Result<Vec<String>> {
+        let (fmt, loc) = spec.target.qemu_drive();
+        let file = format!("file={},format={fmt}", qemu_escape(&loc));
+        let mut a: Vec<String> = [
+            "-accel",
+            "tcg",
+            "-nic",
+            "none",
+            "-nographic",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-smp",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push("-m".into());
+        a.push(spec.memory_mib.to_string());
+        a.push("-machine".into());
+        a.push(if bus == Bus::Sata { "q35" } else { "pc" }.into());
+        match bus {
+            Bus::Virtio | Bus::Auto => a.extend(["-drive".into(), format!("{file},if=virtio")]),
+            // On pc this is PIIX IDE, on q35 the ICH9 AHCI (SATA) controller.
+            Bus::Ide | Bus::Sata => {
+                a.extend(["-drive".into(), format!("{file},if=ide,index=0,media=disk")])
+            }
+            Bus::Nvme => a.extend([
+                "-drive".into(),
+                format!("{file},if=none,id=disk0"),
+                "-device".into(),
+                "nvme,drive=disk0,serial=mgear0".into(),
+            ]),
+        }
+        if firmware == Firmware::Uefi {
+            let (code, _) = OVMF_PAIRS
+                .iter()
+                .find(|(c, v)| Path::new(c).is_file() && Path::new(v).is_file())
+                .ok_or(BootError::MissingTool {
+                    tool: "OVMF UEFI firmware (/usr/share/OVMF/OVMF_CODE*.fd)".into(),
+                    package: "ovmf".into(),
+                })?;
+            let vars =
+                vars.ok_or_else(|| BootError::Usage("UEFI needs a variable store".into()))?;
+            a.extend([
+                "-drive".into(),
+                format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
+                "-drive".into(),
+                format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    qemu_escape(&vars.display().to_string())
+                ),
+            ]);
+        }
+        if spec.snapshot {
+            a.push("-snapshot".into());
+        }
+        Ok(a)
+    }
+}
+
+impl Boot for LocalQemu {
+    fn name(&self) -> &'static str {
+        "local-qemu"
+    }
+
+    fn boot(&self, spec: &BootSpec) -> Result<BootReport> {
+        let re = regex::Regex::new(&spec.wait_for)
+            .map_err(|e| BootError::Usage(format!("--wait-for is not a valid regex: {e}")))?;
+        spec.target.check_exists()?;
+        let (firmware, firmware_reason) = resolve_firmware(spec)?;
+        let (bus, bus_reason) = resolve_bus(spec);
+        // OVMF writes its variable store: give it a private copy per boot.
+        let tmp =
+            tempfile::tempdir().map_err(|e| BootError::io("creating a temporary directory", e))?;
+        let vars = if firmware == Firmware::Uefi {
+            let (_, tmpl) = OVMF_PAIRS
+                .iter()
+                .find(|(c, v)| Path::new(c).is_file() && Path::new(v).is_file())
+                .ok_or(BootError::MissingTool {
+                    tool: "OVMF UEFI firmware (/usr/share/OVMF/OVMF_CODE*.fd)".into(),
+                    package: "ovmf".into(),
+                })?;
+            let v = tmp.path().join("OVMF_VARS.fd");
+            std::fs::copy(tmpl, &v).map_err(|e| BootError::io(format!("copying {tmpl}"), e))?;
+            Some(v)
+        } else {
+            None
+        };
+        let args = self.command(spec, firmware, bus, vars.as_deref())?;
+        let mut command = vec![self.qemu.display().to_string()];
+        command.extend(args.iter().cloned());
+
+        let start = Instant::now();
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // If mgear itself is killed (SIGKILL skips QemuGuard's Drop), the
+        // kernel sends QEMU SIGKILL too, so no TCG guest is left spinning.
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes the async-signal-safe prctl(2) call.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| BootError::io(format!("starting {}", self.qemu.display()), e))?;
+        let mut guard = QemuGuard(child);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let mut stdout = guard
+            .0
+            .stdout
+            .take()
+            .ok_or_else(|| BootError::Format("QEMU stdout was not captured".into()))?;
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr_pipe = guard
+            .0
+            .stderr
+            .take()
+            .ok_or_else(|| BootError::Format("QEMU stderr was not captured".into()))?;
+        let err_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = stderr_pipe.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        });
+
+        let mut raw = Vec::new();
+        let mut matched = None;
+        let mut time_to_marker = None;
+        let mut searched = 0usize;
+        let outcome = loop {
+            let left = spec.timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break Outcome::TimedOut;
+            }
+            match rx.recv_timeout(left) {
+                Ok(chunk) => {
+                    raw.extend_from_slice(&chunk);
+                    let text = clean_console(&raw);
+                    // Re-scan a little before the previous end so a marker split
+                    // across reads is still found.
+                    let mut from = searched.saturating_sub(512).min(text.len());
+                    while !text.is_char_boundary(from) {
+                        from -= 1;
+                    }
+                    if let Some(m) = re.find(&text[from..]) {
+                        matched = Some(m.as_str().to_string());
+                        time_to_marker = Some(start.elapsed().as_secs_f64());
+                        break Outcome::Booted;
+                    }
+                    searched = text.len();
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break Outcome::TimedOut,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = guard
+                        .0
+                        .wait()
+                        .map_err(|e| BootError::io("waiting for QEMU", e))?;
+                    break if status.success() {
+                        Outcome::GuestStopped
+                    } else {
+                        Outcome::QemuFailed
+                    };
+                }
+            }
+        };
+        let status = guard.0.try_wait().ok().flatten();
+        drop(guard);
+        let _ = reader.join();
+        let qemu_stderr = err_reader.join().unwrap_or_default();
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut console_log = clean_console(&raw);
+        if console_log.len() > LOG_CAP {
+            let mut cut = console_log.len() - LOG_CAP;
+            while !console_log.is_char_boundary(cut) {
+                cut += 1;
+            }
+            console_log = console_log.split_off(cut);
+        }
+        let detail = match outcome {
+            Outcome::Booted => format!(
+                "guest printed {:?} after {:.1} s",
+                matched.as_deref().unwrap_or_default(),
+                time_to_marker.unwrap_or_default()
+            ),
+            Outcome::TimedOut => format!(
+                "no match for {:?} on the serial console within {} s",
+                spec.wait_for,
+                spec.timeout.as_secs()
+            ),
+            Outcome::GuestStopped => format!(
+                "the guest powered off or rebooted after {elapsed:.1} s without printing {:?}",
+                spec.wait_for
+            ),
+            Outcome::QemuFailed => format!(
+                "QEMU exited with {}: {}",
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "an error".into()),
+                qemu_stderr.trim()
+            ),
+        };
+        Ok(BootReport {
+            driver: self.name().into(),
+            target: spec.target.to_string(),
+            firmware,
+            firmware_reason,
+            bus,
+            bus_reason,
+            wait_for: spec.wait_for.clone(),
+            outcome,
+            matched,
+            time_to_marker_secs: time_to_marker,
+            elapsed_secs: elapsed,
+            detail,
+            console_log,
+            qemu_stderr,
+            command,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        assert_eq!(
+            "file:/a/b.raw".parse::<Target>().unwrap(),
+            Target::File("/a/b.raw".into())
+        );
+        assert_eq!(
+            "vol.raw".parse::<Target>().unwrap(),
+            Target::File("vol.raw".into())
+        );
+        assert_eq!(
+            "qcow2:x.q".parse::<Target>().unwrap(),
+            Target::Qcow2("x.q".into())
+        );
+        assert_eq!(
+            "dev:/dev/sdb".parse::<Target>().unwrap(),
+            Target::Dev("/dev/sdb".into())
+        );
+        assert_eq!(
+            "nbd://127.0.0.1:10809/vol".parse::<Target>().unwrap(),
+            Target::Nbd("nbd://127.0.0.1:10809/vol".into())
+        );
+        assert!("file:".parse::<Target>().is_err());
+        assert!("s3://bucket/x".parse::<Target>().is_err());
+        assert!("vmdk:x".parse::<Target>().is_err());
+    }
+
+    #[test]
+    fn report_path_is_next_to_volume() {
+        assert_eq!(
+            Target::File("/v/vol.raw".into()).default_report_path(),
+            PathBuf::from("/v/vol.raw.boot-report.json")
+        );
+    }
+
+    #[test]
+    fn console_cleaning_strips_escapes() {
+        assert_eq!(
+            clean_console(b"\x1b[2J\x1b[01;01HGRUB\r\nMGEAR-BOOT-OK x\r\n"),
+            "GRUB\nMGEAR-BOOT-OK x\n"
+        );
+    }
+
+    #[test]
+    fn command_is_tcg_without_network_and_escapes_commas() {
+        let q = LocalQemu {
+            qemu: "qemu-system-x86_64".into(),
+        };
+        let mut spec = BootSpec::new(Target::File("/x/a,b.raw".into()), "x");
+        spec.snapshot = true;
+        let a = q.command(&spec, Firmware::Bios, Bus::Virtio, None).unwrap();
+        let joined = a.join(" ");
+        assert!(joined.contains("-accel tcg"));
+        assert!(joined.contains("-nic none"));
+        assert!(!joined.contains("kvm"));
+        assert!(joined.contains("file=/x/a,,b.raw,format=raw,if=virtio"));
+        assert!(joined.contains("-snapshot"));
+        let a = q.command(&spec, Firmware::Bios, Bus::Sata, None).unwrap();
+        assert!(a.join(" ").contains("-machine q35"));
+    }
+
+    #[test]
+    fn firmware_detection_from_head() {
+        use crate::partition::single_partition_mbr;
+        let mut d = vec![0u8; 4096 * 512];
+        let m = single_partition_mbr(&[], 1, 0xEF, 2048, 2048).unwrap();
+        d[..512].copy_from_slice(&m);
+        let t = read_table(&mut Head(d), 4096 * 512).unwrap();
+        assert!(t.partitions[0].ptype.is_esp());
+        // reading beyond the head is an error, not a panic
+        assert!(Head(vec![0; 10])
+            .read_exact_at(u64::MAX - 1, &mut [0u8; 4])
+            .is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The host end of the console protocol: open the appliance's serial port
+//! (the board's CDC-ACM `/dev/ttyACM*`, or the simulator's pty link), send
+//! one request frame, and wait for the reply with the same request id.
+//!
+//! Anything else on the line is skipped: text lines (someone typed in
+//! `screen` earlier), replies to an earlier host process that was killed
+//! before reading them (their ids differ), and `Progress` frames, which are
+//! handed to the caller and restart the idle timer.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use mgear_firmware::protocol::{encode_frame, ErrorCode, FrameDecoder, Request, Response};
+
+/// How long to wait for any sign of life (a reply or progress) before
+/// giving up. Long operations send progress frames, which restart it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A byte stream to the appliance whose reads return after a short timeout
+/// (`ErrorKind::TimedOut` / `WouldBlock` or 0 bytes) so the client can
+/// enforce its own deadline.
+pub trait Link: Read + Write + Send {}
+impl<T: Read + Write + Send> Link for T {}
+
+/// An error reply from the appliance, kept typed so callers can react to
+/// the code (e.g. a wrong PIN).
+#[derive(Debug)]
+pub struct ApplianceError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApplianceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the appliance refused: {} ({:?})",
+            self.message, self.code
+        )
+    }
+}
+
+impl std::error::Error for ApplianceError {}
+
+/// A console session.
+pub struct Client {
+    link: Box<dyn Link>,
+    next_id: u32,
+    decoder: FrameDecoder,
+    idle_timeout: Duration,
+}
+
+impl Client {
+    /// Open the serial port at `port` (a tty device or a symlink to one).
+    pub fn open(port: &Path) -> anyhow::Result<Client> {
+        let name = port
+            .to_str()
+            .ok_or_else(|| anyhow!("port path {} is not UTF-8", port.display()))?;
+        if !port.exists() {
+            bail!(
+                "no appliance console at {}: is the appliance (or mgear-appliance-sim) running?",
+                port.display()
+            );
+        }
+        let mut tty = serialport::new(name, 115_200)
+            .timeout(Duration::from_millis(200))
+            .open_native()
+            .with_context(|| format!("opening appliance console {}", port.display()))?;
+        // Several short-lived host commands take turns on one console; an
+        // exclusive lock left by a killed process must not lock the next out.
+        tty.set_exclusive(false)
+            .with_context(|| format!("configuring {}", port.display()))?;
+        Ok(Client::over(Box::new(tty)))
+    }
+
+    /// A client over any byte stream (tests, the HID transport).
+    pub fn over(link: Box<dyn Link>) -> Client {
+        // Start ids away from a previous process's, so a stale reply left in
+        // the pty by a killed client is never taken for ours.
+        let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        );
+        Client {
+            link,
+            next_id: seed | 1,
+            decoder: FrameDecoder::new(),
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+
+    /// Send `req` and return the final reply (an `Error` reply included).
+    /// `progress` sees each `Progress` frame: (what, done, total).
+    pub fn call_with(
+        &mut self,
+        req: &Request,
+        progress: &mut dyn FnMut(&str, u64, u64),
+    ) -> anyhow::Result<Response> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.link
+            .write_all(&encode_frame(id, req))
+            .and_then(|()| self.link.flush())
+            .context("writing to the appliance console")?;
+        let mut deadline = Instant::now() + self.idle_timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if Instant::now() > deadline {
+                bail!(
+                    "the appliance did not answer within {} s (is it running, and is this its console?)",
+                    self.idle_timeout.as_secs()
+                );
+            }
+            let n = match self.link.read(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    0
+                }
+                Err(e) => return Err(e).context("reading from the appliance console"),
+            };
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            for &b in &buf[..n] {
+                let Some(frame) = self.decoder.push(b) else {
+                    continue;
+                };
+                // A damaged frame may have been ours; the appliance has
+                // answered it or will not: keep waiting until the deadline.
+                let Ok(frame) = frame else { continue };
+                if frame.request_id != id {
+                    continue;
+                }
+                let resp: Response = frame.decode().context(
+                    "the appliance sent a reply this mgear cannot decode (version mismatch?)",
+                )?;
+                if let Response::Progress { what, done, total } = &resp {
+                    progress(what, *done, *total);
+                    deadline = Instant::now() + self.idle_timeout;
+                    continue;
+                }
+                return Ok(resp);
+            }
+        }
+    }
+
+    /// Send `req`; an `Error` reply becomes an [`ApplianceError`].
+    pub fn call(&mut self, req: &Request) -> anyhow::Result<Response> {
+        self.call_progress(req, &mut |_, _, _| {})
+    }
+
+    /// [`call`](Self::call) with a progress callback.
+    pub fn call_progress(
+        &mut self,
+        req: &Request,
+        progress: &mut dyn FnMut(&str, u64, u64),
+    ) -> anyhow::Result<Response> {
+        match self.call_with(req, progress)? {
+            Response::Error { code, message } => Err(ApplianceError { code, message }.into()),
+            r => Ok(r),
+        }
+    }
+
+    /// Send raw bytes (tests of malformed input).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.link
+            .write_all(bytes)
+            .and_then(|()| self.link.flush())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A fake appliance: replies are prepared per request and appear in the
+    /// read stream once a request was written.
+    struct Fake {
+        rx: Arc<Mutex<Vec<u8>>>,
+        pending: Vec<u8>,
+        script: fn(u32, Request) -> Vec<u8>,
+    }
+
+    impl Read for Fake {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            Ok(n)
+        }
+    }
+    impl Write for Fake {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            let mut rx = self.rx.lock().unwrap();
+            rx.extend_from_slice(data);
+            let (id, req): (u32, Request) =
+                mgear_firmware::protocol::decode_frame(&rx).expect("client sent a valid frame");
+            rx.clear();
+            let out = (self.script)(id, req);
+            self.pending.extend(out);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn skips_noise_and_stale_replies_and_reports_progress() {
+        let fake = Fake {
+            rx: Arc::default(),
+            pending: Vec::new(),
+            script: |id, req| {
+                assert_eq!(req, Request::Verify);
+                let mut out = b"stray text line\r\n".to_vec();
+                out.extend(encode_frame(id.wrapping_sub(1), &Response::Pong)); // stale
+                out.extend([0, 7, 7, 7, 0]); // damaged frame
+                out.extend(encode_frame(
+                    id,
+                    &Response::Progress {
+                        what: "records".into(),
+                        done: 1,
+                        total: 2,
+                    },
+                ));
+                out.extend(encode_frame(
+                    id,
+                    &Response::error(ErrorCode::Locked, "unlock first"),
+                ));
+                out
+            },
+        };
+        let mut c = Client::over(Box::new(fake));
+        let mut seen = Vec::new();
+        let r = c
+            .call_with(&Request::Verify, &mut |w, d, t| {
+                seen.push((w.to_string(), d, t))
+            })
+            .unwrap();
+        assert_eq!(seen, vec![("records".to_string(), 1, 2)]);
+        assert!(matches!(
+            r,
+            Response::Error {
+                code: ErrorCode::Locked,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn error_replies_become_typed_errors() {
+        let fake = Fake {
+            rx: Arc::default(),
+            pending: Vec::new(),
+            script: |id, _| {
+                encode_frame(id, &Response::error(ErrorCode::WrongPin, "9 attempts left"))
+            },
+        };
+        let mut c = Client::over(Box::new(fake));
+        let err = c
+            .call(&Request::Unlock {
+                pin: mgear_firmware::protocol::Pin::new("1"),
+            })
+            .unwrap_err();
+        let ae = err.downcast_ref::<ApplianceError>().unwrap();
+        assert_eq!(ae.code, ErrorCode::WrongPin);
+    }
+}

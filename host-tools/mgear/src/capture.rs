@@ -1,0 +1,503 @@
+//! `mgear capture`: read a disk, encrypt it chunk by chunk onto the medium.
+//!
+//! ```text
+//! mgear capture --source /dev/sdb --medium fat:/dev/sdc --name web01 --recipient target.pub
+//! mgear capture --source disk.raw --medium dir:/mnt/appliance --name web01 --passphrase-file pw
+//! mgear capture ... --delta          # later: store only what changed since the last capture
+//! ```
+//!
+//! Pipeline: the main thread reads chunks in order (paced by `--rate-limit`)
+//! into a bounded channel; worker threads run `ChunkEncoder::encode` (zero
+//! detection, keyed id, zstd); the main thread appends the results in order
+//! and checkpoints every 64 MiB. Every channel is bounded, so memory stays
+//! a few dozen MiB whatever the disk size.
+//!
+//! Resume: if the command is interrupted (Ctrl-C, power cut, SIGKILL, medium
+//! full), run the same command again: the writer finds the unfinished
+//! generation's journal and continues after the last checkpoint.
+//!
+//! Key cache: a new capture's random data key is wrapped on the medium only
+//! for the target (public key / passphrase). A later `--delta` (or a
+//! resume) needs that key to compute the same keyed chunk ids, so it is also
+//! kept on the capture host in `--key-cache` (0600), never on the medium.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use image_format::age::secrecy::SecretString;
+use image_format::{Appended, CaptureParams, CaptureWriter, DataKey, EncodedChunk};
+use serde::Serialize;
+
+use crate::exit::usage;
+use crate::progress::{self, Progress};
+use crate::ratelimit::RateLimiter;
+use crate::units::{human_bytes, parse_rate, parse_size};
+
+/// Arguments of `mgear capture`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Disk to read: a file, a block device, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
+    #[arg(long)]
+    pub source: String,
+    #[command(flatten)]
+    pub medium: crate::medium::Where,
+    /// Capture name (1-32 letters, digits, '-', '_'), e.g. the host name.
+    #[arg(long)]
+    pub name: String,
+    /// Target public key (a .pub file from `mgear keygen`, or age1...); repeatable.
+    #[arg(long)]
+    pub recipient: Vec<String>,
+    /// File whose first line is a passphrase that can also open the capture.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Store only chunks that changed since the newest finished capture of this name.
+    #[arg(long)]
+    pub delta: bool,
+    /// Hold the average source read rate, e.g. 50MiB/s, 400Mbit/s.
+    #[arg(long)]
+    pub rate_limit: Option<String>,
+    /// Where data keys are kept for later deltas [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
+    #[arg(long)]
+    pub key_cache: Option<PathBuf>,
+    /// Chunk size (64KiB..16MiB, power of two).
+    #[arg(long, default_value = "1MiB")]
+    pub chunk_size: String,
+    /// Store chunks uncompressed.
+    #[arg(long)]
+    pub no_compress: bool,
+    /// Encoder threads [default: number of CPUs].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Checkpoint after this much source progress (tests use small values).
+    #[arg(long, hide = true, default_value = "64MiB")]
+    pub checkpoint_bytes: String,
+    /// scrypt work factor (log2 N) for the passphrase slot; lower is faster and weaker (tests).
+    #[arg(long, hide = true)]
+    pub passphrase_work_factor: Option<u8>,
+}
+
+/// What `capture --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub command: &'static str,
+    pub name: String,
+    pub generation: u32,
+    pub parent: Option<u32>,
+    pub disk_size: u64,
+    pub chunk_size: u32,
+    pub resumed_from_chunk: u64,
+    pub bytes_read: u64,
+    /// Of `bytes_read`, bytes the source reported as zero (NBD base:allocation) and that were not transferred.
+    pub holes_skipped: u64,
+    pub zero_chunks: u64,
+    pub dedup_chunks: u64,
+    pub stored_chunks: u64,
+    pub stored_bytes: u64,
+    pub ratio: f64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+    pub manifest_root: String,
+}
+
+/// The key cache directory.
+pub fn key_cache_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = arg {
+        return Ok(d);
+    }
+    if let Some(s) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return Ok(PathBuf::from(s).join("mgear/keys"));
+    }
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| usage("neither XDG_STATE_HOME nor HOME is set: pass --key-cache DIR"))?;
+    Ok(PathBuf::from(home).join(".local/state/mgear/keys"))
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating key cache {}", dir.display()))
+}
+
+/// Run `mgear capture`.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let report = capture(&args)?;
+    if args.json {
+        progress::print_json(&report)?;
+    } else {
+        print_summary(&report);
+    }
+    Ok(crate::exit::OK)
+}
+
+fn print_summary(r: &Report) {
+    println!(
+        "captured {} generation {}{} ({} chunks of {})",
+        r.name,
+        r.generation,
+        r.parent
+            .map(|p| format!(" (delta on {p})"))
+            .unwrap_or_default(),
+        image_format::layout::chunk_count(r.disk_size, r.chunk_size),
+        human_bytes(u64::from(r.chunk_size))
+    );
+    if r.resumed_from_chunk > 0 {
+        println!("  resumed at chunk {}", r.resumed_from_chunk);
+    }
+    progress::line("read", r.bytes_read);
+    if r.holes_skipped > 0 {
+        progress::line("holes skipped", r.holes_skipped);
+    }
+    println!(
+        "  {:<14} {:>14}",
+        "chunks",
+        format!(
+            "{} zero, {} deduplicated, {} stored",
+            r.zero_chunks, r.dedup_chunks, r.stored_chunks
+        )
+    );
+    progress::line("stored", r.stored_bytes);
+    println!("  {:<14} {:>14.3}", "ratio", r.ratio);
+    println!(
+        "  {:<14} {:>10.1} MB/s ({:.1} s)",
+        "speed", r.mb_per_s, r.seconds
+    );
+}
+
+/// Do the capture; returns the report.
+pub fn capture(args: &Args) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let chunk_size = u32::try_from(parse_size(&args.chunk_size)?)
+        .ok()
+        .filter(|c| image_format::layout::valid_chunk_size(*c))
+        .ok_or_else(|| usage("--chunk-size must be a power of two from 64KiB to 16MiB"))?;
+    let recipients = args
+        .recipient
+        .iter()
+        .map(|r| crate::keys::read_recipient(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let passphrase = args
+        .passphrase_file
+        .as_deref()
+        .map(crate::keys::read_passphrase)
+        .transpose()?
+        .map(|p| SecretString::from(p.to_string()));
+    let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
+    let checkpoint_bytes = parse_size(&args.checkpoint_bytes)?.max(1);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .clamp(1, 64);
+
+    let mut source = crate::source::open(&args.source)?;
+    let size = source.len();
+    if size == 0 {
+        return Err(usage(format!("source {} is empty", args.source)));
+    }
+    let cache_dir = key_cache_dir(args.key_cache.clone())?;
+    let cache_file = cache_dir.join(format!("{}.key", args.name));
+
+    let appliance_id = match &args.medium.appliance {
+        Some(port) => Some(crate::appliance::appliance_identity(port)?),
+        None => None,
+    };
+    if let Some(port) = &args.medium.appliance {
+        crate::appliance::capture_event(port, &args.name, None)?;
+    }
+    let mut medium = args.medium.open()?;
+    let exists = image_format::list_captures(medium.store())?
+        .iter()
+        .any(|c| c.name == args.name);
+    if !exists && recipients.is_empty() && passphrase.is_none() {
+        return Err(usage(
+            "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the target) and/or --passphrase-file",
+        ));
+    }
+    let key = if exists && cache_file.exists() {
+        Some(DataKey::load_cache(&cache_file, &args.name)?)
+    } else {
+        None
+    };
+    if exists && key.is_none() && passphrase.is_none() {
+        return Err(usage(format!(
+            "capture {} already exists on the medium and its data key is not in the key cache {} \
+             (a delta or resume must run on the host that made the first capture, or pass --key-cache DIR, \
+             or --passphrase-file if the capture has a passphrase slot)",
+            args.name,
+            cache_dir.display()
+        )));
+    }
+    let mut params = CaptureParams::new(&args.name, size);
+    params.chunk_size = chunk_size;
+    params.compress = !args.no_compress;
+    params.recipients = recipients;
+    params.passphrase = passphrase;
+    params.passphrase_work_factor = args.passphrase_work_factor;
+    params.delta = args.delta;
+    params.appliance_id = appliance_id;
+    params.source_desc = source.describe();
+    params.created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+
+    let mut stats = RunStats::default();
+    let result = (|| {
+        let writer = CaptureWriter::begin(medium.store(), params, key)?;
+        create_private_dir(&cache_dir)?;
+        writer.data_key().save_cache(&cache_file, &args.name)?;
+        let pace = Pace {
+            chunk_size,
+            rate,
+            threads,
+            checkpoint_bytes,
+            json: args.json,
+        };
+        pump(writer, &mut *source, &pace, &mut stats)
+    })();
+    let summary = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let e = if crate::exit::is_no_space(&e) {
+                medium_full(
+                    e,
+                    &stats,
+                    size,
+                    chunk_size,
+                    medium.store().free_space().ok().flatten(),
+                )
+            } else {
+                e
+            };
+            // Leave the FAT volume clean even on failure: the journal holds the
+            // last checkpoint, which is what a re-run resumes from.
+            let _ = medium.close();
+            return Err(e);
+        }
+    };
+    let bytes_read = stats.read;
+    medium.close()?;
+    if let Some(port) = &args.medium.appliance {
+        crate::appliance::capture_event(port, &args.name, Some(u64::from(summary.generation)))?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Report {
+        command: "capture",
+        name: summary.name.clone(),
+        generation: summary.generation,
+        parent: summary.parent,
+        disk_size: size,
+        chunk_size,
+        resumed_from_chunk: summary.resumed_from,
+        bytes_read,
+        holes_skipped: stats.holes,
+        zero_chunks: summary.zero_chunks,
+        dedup_chunks: summary.dedup_chunks,
+        stored_chunks: summary.stored_chunks,
+        stored_bytes: summary.stored_bytes,
+        ratio: if bytes_read == 0 {
+            0.0
+        } else {
+            summary.stored_bytes as f64 / bytes_read as f64
+        },
+        seconds: secs,
+        mb_per_s: progress::mb_per_s(bytes_read, secs),
+        manifest_root: hex(&summary.manifest_root),
+    })
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+type Encoded = (u64, image_format::Result<EncodedChunk>);
+
+/// Counters of this run, kept outside the pipeline so a failure can still
+/// say how far it got (the medium-full estimate needs them).
+#[derive(Debug, Default)]
+struct RunStats {
+    /// Source bytes read by this run.
+    read: u64,
+    /// Of those, bytes in chunks that were stored (not zero, not deduplicated).
+    stored_plain: u64,
+    /// Record bytes written by this run.
+    stored: u64,
+    /// First chunk this run read.
+    first_chunk: u64,
+    /// Of `read`, bytes the source reported as holes (not transferred).
+    holes: u64,
+}
+
+/// How the pipeline runs.
+struct Pace {
+    chunk_size: u32,
+    rate: Option<f64>,
+    threads: usize,
+    checkpoint_bytes: u64,
+    json: bool,
+}
+
+/// Read, encode on worker threads, append in order.
+fn pump<S: image_format::Store>(
+    mut writer: CaptureWriter<S>,
+    source: &mut dyn crate::source::Source,
+    pace: &Pace,
+    stats: &mut RunStats,
+) -> anyhow::Result<image_format::CaptureSummary> {
+    let Pace {
+        chunk_size,
+        rate,
+        threads,
+        checkpoint_bytes,
+        json,
+    } = *pace;
+    let size = source.len();
+    let count = writer.chunk_count();
+    let start = writer.resume_from();
+    stats.first_chunk = start;
+    let encoder = writer.encoder();
+    let bar = Progress::new("capture", size, json);
+    bar.set(start.saturating_mul(u64::from(chunk_size)).min(size));
+    let mut limiter = rate.map(|r| RateLimiter::new(r, u64::from(chunk_size)));
+
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (raw_tx, raw_rx) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
+        let (enc_tx, enc_rx) = sync_channel::<Encoded>(threads * 2);
+        let raw_rx = Arc::new(Mutex::new(raw_rx));
+        for _ in 0..threads {
+            let rx = Arc::clone(&raw_rx);
+            let tx = enc_tx.clone();
+            let enc = encoder.clone();
+            scope.spawn(move || worker(rx, tx, enc));
+        }
+        drop(enc_tx);
+
+        // The reader runs on its own thread so reading, encoding and
+        // appending overlap; it stops early if the appender hangs up.
+        // Returns the bytes skipped as holes (never read from the source).
+        let reader = scope.spawn(move || -> anyhow::Result<u64> {
+            let mut holes = 0u64;
+            for index in start..count {
+                let len = image_format::layout::chunk_len(size, chunk_size, index) as usize;
+                let offset = index * u64::from(chunk_size);
+                let mut buf = vec![0u8; len];
+                if source.is_hole(offset, len as u64)? {
+                    holes += len as u64;
+                } else {
+                    if let Some(l) = limiter.as_mut() {
+                        l.acquire(len as u64);
+                    }
+                    source.read_exact_at(offset, &mut buf)?;
+                }
+                if raw_tx.send((index, buf)).is_err() {
+                    break;
+                }
+            }
+            Ok(holes)
+        });
+
+        let mut pending: BTreeMap<u64, EncodedChunk> = BTreeMap::new();
+        let mut next = start;
+        let mut since_checkpoint = 0u64;
+        let appended = (|| -> anyhow::Result<()> {
+            while next < count {
+                let Ok((index, enc)) = enc_rx.recv() else {
+                    break; // workers gone: the reader failed; its error is reported below
+                };
+                let enc = enc?;
+                pending.insert(index, enc);
+                while let Some(chunk) = pending.remove(&next) {
+                    let len = u64::from(chunk.plain_len());
+                    match writer.append(chunk)? {
+                        Appended::Stored { stored_bytes } => {
+                            stats.stored += stored_bytes;
+                            stats.stored_plain += len;
+                        }
+                        Appended::Zero | Appended::Dedup => {}
+                    }
+                    stats.read += len;
+                    since_checkpoint += len;
+                    next += 1;
+                    bar.set(next.saturating_mul(u64::from(chunk_size)).min(size));
+                    if since_checkpoint >= checkpoint_bytes {
+                        writer.checkpoint()?;
+                        since_checkpoint = 0;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        // Unblock the reader and workers before joining them.
+        drop(enc_rx);
+        let read_result = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the source reader thread panicked"))?;
+        appended?;
+        stats.holes = read_result?;
+        if next < count {
+            anyhow::bail!("capture stopped at chunk {next} of {count}");
+        }
+        Ok(())
+    })?;
+    bar.finish();
+    let summary = writer.finish()?;
+    Ok(summary)
+}
+
+/// Raw chunks shared by the workers.
+type Jobs = Arc<Mutex<Receiver<(u64, Vec<u8>)>>>;
+
+fn worker(
+    rx: Jobs,
+    tx: std::sync::mpsc::SyncSender<Encoded>,
+    enc: image_format::ChunkEncoder,
+) {
+    loop {
+        let job = match rx.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => return,
+        };
+        let Ok((index, buf)) = job else { return };
+        let out = enc.encode(index, &buf);
+        if tx.send((index, out)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Turn a no-space error into the message a field engineer can act on,
+/// estimating what the rest of the disk needs from the ratio so far.
+fn medium_full(
+    err: anyhow::Error,
+    stats: &RunStats,
+    size: u64,
+    chunk_size: u32,
+    free: Option<u64>,
+) -> anyhow::Error {
+    let done = (stats.first_chunk * u64::from(chunk_size)).saturating_add(stats.read);
+    let left = size.saturating_sub(done);
+    let ratio = if stats.read == 0 {
+        1.0
+    } else {
+        (stats.stored as f64 / stats.read as f64).max(0.01)
+    };
+    let needed = (left as f64 * ratio) as u64 + (16 << 20);
+    let free_txt = free.map_or(String::new(), |f| format!(" ({} free now)", human_bytes(f)));
+    crate::exit::coded(
+        crate::exit::IO,
+        format!(
+            "medium full: about {needed} bytes ({}) more needed{free_txt}; free space (or use a larger medium \
+             holding the same files) then re-run the same command to resume ({err:#})",
+            human_bytes(needed)
+        ),
+    )
+}

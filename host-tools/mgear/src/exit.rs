@@ -1,0 +1,129 @@
+//! Exit codes, and how an error is mapped to one.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | success |
+//! | 1 | a failure was found: `verify` found a bad record, `ingest` met a record that does not authenticate, a volume does not match its digest |
+//! | 2 | usage or key error: bad arguments, a key that does not open the capture, an unreadable key file |
+//! | 3 | I/O error: source, medium or target could not be read or written (includes "medium full") |
+//!
+//! Commands raise a [`Coded`] error where they know the class; otherwise the
+//! error chain is inspected (image-format errors by kind: a wrong key is 2,
+//! corrupt data 1) and anything left is 3, because an unclassified failure
+//! is almost always the environment.
+
+use std::fmt;
+
+/// Success.
+pub const OK: i32 = 0;
+/// A failure was found (verification).
+pub const FOUND: i32 = 1;
+/// Usage or key error.
+pub const USAGE: i32 = 2;
+/// I/O error.
+pub const IO: i32 = 3;
+
+/// An error that carries its exit code.
+#[derive(Debug)]
+pub struct Coded {
+    pub code: i32,
+    pub message: String,
+}
+
+impl fmt::Display for Coded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+/// An error with exit code `code`.
+pub fn coded(code: i32, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Coded {
+        code,
+        message: message.into(),
+    })
+}
+
+/// Shorthand for a usage/key error (exit 2).
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    coded(USAGE, message)
+}
+
+/// The exit code for `err`: from the outermost [`Coded`] or image-format
+/// error in its chain, else 3.
+pub fn code_of(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|e| {
+            e.downcast_ref::<Coded>()
+                .map(|c| c.code)
+                .or_else(|| e.downcast_ref::<image_format::Error>().map(format_code))
+        })
+        .unwrap_or(IO)
+}
+
+/// The exit code an image-format error calls for.
+fn format_code(e: &image_format::Error) -> i32 {
+    use image_format::Error as E;
+    match e {
+        E::WrongKey { .. }
+        | E::NeedKey { .. }
+        | E::InvalidName { .. }
+        | E::InvalidParams(_)
+        | E::NoCapture { .. }
+        | E::NoGeneration { .. }
+        | E::ResumeMismatch { .. } => USAGE,
+        E::Corrupt { .. } => FOUND,
+        _ => IO,
+    }
+}
+
+/// Whether `err` says the medium is full.
+pub fn is_no_space(err: &anyhow::Error) -> bool {
+    use image_format::StoreError;
+    err.chain().any(|e| {
+        if let Some(image_format::Error::Store { error, .. }) = e.downcast_ref() {
+            return *error == StoreError::NoSpace;
+        }
+        if let Some(s) = e.downcast_ref::<StoreError>() {
+            return *s == StoreError::NoSpace;
+        }
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn code_survives_context() {
+        let e: anyhow::Result<()> = Err(usage("bad key"));
+        let e = e.context("opening web01").unwrap_err();
+        assert_eq!(code_of(&e), USAGE);
+        let io: anyhow::Error = std::io::Error::other("disk").into();
+        assert_eq!(code_of(&io), IO);
+        assert_eq!(code_of(&coded(FOUND, "bad record")), FOUND);
+        let wrong = anyhow::Error::from(image_format::Error::WrongKey {
+            name: "web01".into(),
+        })
+        .context("opening the medium");
+        assert_eq!(code_of(&wrong), USAGE);
+        assert_eq!(
+            format!("{wrong:#}")
+                .matches("this key does not open capture web01")
+                .count(),
+            1
+        );
+        let full = anyhow::Error::from(image_format::Error::Store {
+            path: "x".into(),
+            error: image_format::StoreError::NoSpace,
+        });
+        assert!(is_no_space(&full));
+        assert_eq!(code_of(&full), IO);
+    }
+}

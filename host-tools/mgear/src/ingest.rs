@@ -1,0 +1,630 @@
+//! `mgear ingest`: verify, decrypt and write a capture onto a volume.
+//!
+//! ```text
+//! mgear ingest --medium fat:/dev/sdb --name web01 --identity target.key --target file:web01.raw
+//! mgear ingest ... --target qcow2:web01.qcow2      # needs qemu-img (Debian: qemu-utils)
+//! mgear ingest ... --target dev:/dev/vdb          # a cloud volume attached to this host
+//! ```
+//!
+//! Every chunk is authenticated as it is read (the keyed reader checks
+//! record hash, position, AEAD and keyed chunk id against the index, whose
+//! digest the manifest MAC covers). Zero chunks are not written: file
+//! targets are sparse, and a device region is only written if it does not
+//! already read as zeros. At the end the whole volume is read back and
+//! compared with what was authenticated, chunk by chunk.
+//!
+//! A target never looks complete before it is:
+//! - `file:`/`qcow2:` targets are written as `NAME.partial` and renamed at the end;
+//! - `dev:` targets get chunk 0 (partition table, boot sector) written last,
+//!   and a marker `<state-dir>/<dev>.mgear-incomplete` exists until the
+//!   read-back check passed.
+//!
+//! Resume: progress is recorded in a state file (`--state-dir`, default
+//! `$XDG_STATE_HOME/mgear/ingest`). After an interruption, re-run the same
+//! command: it continues after the last synced batch.
+//!
+//! # State file layout (`<state-dir>/<target>.ingest`, little-endian)
+//!
+//! ```text
+//! 0   8  magic "MGINGST1"
+//! 8   32 manifest root hash of the generation being ingested (blake3, FORMAT.md)
+//! 40  8  disk size in bytes
+//! 48  4  chunk size in bytes
+//! 52  4  generation
+//! 56  8  reserved (0)
+//! 64  .. one 32-byte blake3 hash per finished chunk, in write order
+//!        (chunks 1, 2, ..., n-1, then 0), of the plaintext written
+//! ```
+//!
+//! Hashes are appended only after the target data they describe was synced,
+//! so the count of whole entries is the verified progress; a torn last entry
+//! is ignored.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use image_format::{CaptureReader, ChunkData};
+use serde::Serialize;
+
+use crate::exit::{coded, usage, FOUND, IO};
+use crate::progress::{self, Progress};
+use crate::units::human_bytes;
+
+const STATE_MAGIC: &[u8; 8] = b"MGINGST1";
+const STATE_HEADER: u64 = 64;
+
+/// Arguments of `mgear ingest`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub medium: crate::medium::Where,
+    /// Capture name.
+    #[arg(long)]
+    pub name: String,
+    /// Target identity (secret key from `mgear keygen`).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// Passphrase file (if the capture was made with one).
+    #[arg(long, conflicts_with = "identity")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Where to write: file:PATH (sparse raw), qcow2:PATH, or dev:/dev/DEVICE.
+    #[arg(long)]
+    pub target: String,
+    /// Generation to ingest [default: newest finished].
+    #[arg(long)]
+    pub generation: Option<u32>,
+    /// Where resume state and device markers live [default: $XDG_STATE_HOME/mgear/ingest].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Replace an existing target file.
+    #[arg(long)]
+    pub force: bool,
+    /// Ingest even without valid seal/arrival attestations (loud warning). Needed
+    /// for media written without an appliance (fat:/dir: test media).
+    #[arg(long)]
+    pub allow_unsealed: bool,
+    /// Hold the average write rate, e.g. 100MiB/s (spare a shared storage backend).
+    #[arg(long)]
+    pub rate_limit: Option<String>,
+    /// Sync and record progress after this much data (tests use small values).
+    #[arg(long, hide = true, default_value = "64MiB")]
+    pub checkpoint_bytes: String,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `ingest --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub command: &'static str,
+    pub name: String,
+    pub generation: u32,
+    pub target: String,
+    pub disk_size: u64,
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    pub resumed_chunks: u64,
+    pub bytes_written: u64,
+    pub verified: bool,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+}
+
+/// A parsed `--target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    File(PathBuf),
+    Qcow2(PathBuf),
+    Dev(PathBuf),
+}
+
+impl Target {
+    /// Parse `file:`, `qcow2:` or `dev:`.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        if let Some(p) = s.strip_prefix("file:") {
+            Ok(Target::File(p.into()))
+        } else if let Some(p) = s.strip_prefix("qcow2:") {
+            Ok(Target::Qcow2(p.into()))
+        } else if let Some(p) = s.strip_prefix("dev:") {
+            Ok(Target::Dev(p.into()))
+        } else {
+            Err(usage(format!(
+                "--target {s}: say which kind: file:PATH (raw image), qcow2:PATH, or dev:/dev/DEVICE"
+            )))
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Target::File(p) | Target::Qcow2(p) | Target::Dev(p) => p,
+        }
+    }
+}
+
+fn state_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match arg {
+        Some(d) => d,
+        None => match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+            Some(s) => PathBuf::from(s).join("mgear/ingest"),
+            None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
+                usage("neither XDG_STATE_HOME nor HOME is set: pass --state-dir DIR")
+            })?)
+            .join(".local/state/mgear/ingest"),
+        },
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating state dir {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A file name for `path` inside the state dir.
+fn state_key(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    abs.to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The order chunks are written in: 1..n, then 0 (the boot sector last).
+fn chunk_at(k: u64, count: u64) -> u64 {
+    if k + 1 == count {
+        0
+    } else {
+        k + 1
+    }
+}
+
+struct State {
+    file: File,
+    path: PathBuf,
+    done: u64,
+}
+
+impl State {
+    fn header(root: &[u8; 32], size: u64, chunk: u32, generation: u32) -> Vec<u8> {
+        let mut h = Vec::with_capacity(STATE_HEADER as usize);
+        h.extend_from_slice(STATE_MAGIC);
+        h.extend_from_slice(root);
+        h.extend_from_slice(&size.to_le_bytes());
+        h.extend_from_slice(&chunk.to_le_bytes());
+        h.extend_from_slice(&generation.to_le_bytes());
+        h.extend_from_slice(&[0u8; 8]);
+        h
+    }
+
+    /// Open the state for this ingest: resume a matching one, or start fresh
+    /// (`fresh` = no partial target exists, so old state is meaningless).
+    fn open(path: PathBuf, header: &[u8], fresh: bool) -> anyhow::Result<Self> {
+        if !fresh {
+            if let Ok(mut f) = OpenOptions::new().read(true).write(true).open(&path) {
+                let mut h = vec![0u8; header.len()];
+                let len = f.seek(SeekFrom::End(0))?;
+                f.seek(SeekFrom::Start(0))?;
+                if len >= STATE_HEADER && f.read_exact(&mut h).is_ok() && h == header {
+                    let done = (len - STATE_HEADER) / 32;
+                    f.set_len(STATE_HEADER + done * 32)?;
+                    return Ok(State {
+                        file: f,
+                        path,
+                        done,
+                    });
+                }
+                bail!(
+                    "{} records an unfinished ingest of a different capture or generation into this target: \
+                     remove it and the partial target to start over",
+                    path.display()
+                );
+            }
+        }
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .with_context(|| format!("creating ingest state {}", path.display()))?;
+        f.write_all(header)?;
+        f.sync_all()?;
+        Ok(State {
+            file: f,
+            path,
+            done: 0,
+        })
+    }
+
+    fn append(&mut self, hashes: &[u8]) -> anyhow::Result<()> {
+        self.file
+            .seek(SeekFrom::Start(STATE_HEADER + self.done * 32))?;
+        self.file.write_all(hashes)?;
+        self.file.sync_data()?;
+        self.done += (hashes.len() / 32) as u64;
+        Ok(())
+    }
+}
+
+/// Run `mgear ingest`.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let r = ingest(&args)?;
+    if args.json {
+        progress::print_json(&r)?;
+    } else {
+        println!(
+            "ingested {} generation {} into {}: verified bit-for-bit against what was authenticated",
+            r.name, r.generation, r.target
+        );
+        progress::line("disk size", r.disk_size);
+        progress::line("written", r.bytes_written);
+        println!(
+            "  {:<14} {} chunks, {} zero (not written){}",
+            "chunks",
+            r.chunks,
+            r.zero_chunks,
+            if r.resumed_chunks > 0 {
+                format!(", {} done before resume", r.resumed_chunks)
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "  {:<14} {:>10.1} MB/s ({:.1} s)",
+            "speed", r.mb_per_s, r.seconds
+        );
+    }
+    Ok(crate::exit::OK)
+}
+
+/// Do the ingest.
+pub fn ingest(args: &Args) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let target = Target::parse(&args.target)?;
+    let unlock =
+        crate::verify::unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?
+            .ok_or_else(|| {
+                usage("ingest needs the key: --identity TARGET.key or --passphrase-file FILE")
+            })?;
+    if let Target::Qcow2(_) = target {
+        crate::tools::require("qemu-img", "qemu-utils")?;
+    }
+    let sdir = state_dir(args.state_dir.clone())?;
+    let mut medium = args.medium.open()?;
+    crate::appliance::ingest_gate(
+        args.medium.appliance.as_deref(),
+        medium.store(),
+        &args.name,
+        args.generation,
+        args.allow_unsealed,
+    )
+    .map_err(|e| coded(FOUND, format!("ingest refused: {e:#}")))?;
+    let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
+    let report = write_volume(args, &target, &sdir, reader, started)?;
+    medium.close()?;
+    Ok(report)
+}
+
+fn write_volume<S: image_format::Store>(
+    args: &Args,
+    target: &Target,
+    sdir: &Path,
+    mut reader: CaptureReader<S>,
+    started: Instant,
+) -> anyhow::Result<Report> {
+    let size = reader.disk_size();
+    let chunk = reader.chunk_size();
+    let count = reader.chunk_count();
+    let generation = reader.generation();
+    let root = *blake3::hash(&reader.manifest().signed_bytes()).as_bytes();
+    let header = State::header(&root, size, chunk, generation);
+    let final_path = target.path().to_owned();
+
+    // Where the raw bytes go.
+    let (work_path, is_dev) = match target {
+        Target::File(p) => (with_suffix(p, ".partial"), false),
+        Target::Qcow2(p) => (with_suffix(p, ".raw.partial"), false),
+        Target::Dev(p) => (p.clone(), true),
+    };
+    if !is_dev && final_path.exists() && !args.force {
+        return Err(usage(format!(
+            "{} exists: pass --force to replace it",
+            final_path.display()
+        )));
+    }
+    if is_dev {
+        let md = std::fs::metadata(&work_path)
+            .with_context(|| format!("target device {}", work_path.display()))?;
+        if !md.file_type().is_block_device() {
+            return Err(usage(format!(
+                "{} is not a block device: use file:PATH for image files",
+                work_path.display()
+            )));
+        }
+    }
+    let dev_name = final_path
+        .file_name()
+        .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
+    let marker = sdir.join(format!("{dev_name}.mgear-incomplete"));
+    let state_path = sdir.join(format!("{}.ingest", state_key(&final_path)));
+    let fresh = if is_dev {
+        !marker.exists()
+    } else {
+        !work_path.exists()
+    };
+    let mut state = State::open(state_path, &header, fresh)?;
+
+    let mut vol = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(!is_dev)
+        .truncate(false)
+        .open(&work_path)
+        .with_context(|| format!("opening target {}", work_path.display()))?;
+    let vol_len = vol.seek(SeekFrom::End(0))?;
+    if is_dev {
+        if vol_len < size {
+            return Err(usage(format!(
+                "device {} is {} but the disk is {}: attach a volume of at least {size} bytes",
+                work_path.display(),
+                human_bytes(vol_len),
+                human_bytes(size)
+            )));
+        }
+        if fresh {
+            std::fs::write(
+                &marker,
+                format!("mgear ingest of capture {} generation {generation} into {} is incomplete: do not use this volume\n", args.name, work_path.display()),
+            )
+            .with_context(|| format!("writing marker {}", marker.display()))?;
+            // Whatever the device held before must not look like a bootable disk meanwhile.
+            let first = image_format::layout::chunk_len(size, chunk, 0) as usize;
+            vol.write_all_at(&vec![0u8; first], 0)?;
+            vol.sync_data()?;
+        }
+    } else if vol_len != size {
+        // A new partial file: sparse, all zeros.
+        vol.set_len(size)?;
+    }
+
+    let resumed = state.done;
+    let batch_limit = crate::units::parse_size(&args.checkpoint_bytes)?.max(1);
+    let mut limiter = args
+        .rate_limit
+        .as_deref()
+        .map(crate::units::parse_rate)
+        .transpose()?
+        .map(|r| crate::ratelimit::RateLimiter::new(r, u64::from(chunk)));
+    let bar = Progress::new("ingest", size, args.json);
+    let mut written = 0u64;
+    let mut zeros = 0u64;
+    let mut batch_hashes = Vec::new();
+    let mut batch_bytes = 0u64;
+    let mut zero_buf = Vec::new();
+    let mut done_bytes = 0u64;
+    for k in 0..count {
+        let index = chunk_at(k, count);
+        let len = image_format::layout::chunk_len(size, chunk, index) as usize;
+        if k < state.done {
+            done_bytes += len as u64;
+            continue;
+        }
+        let offset = index * u64::from(chunk);
+        if let Some(l) = limiter.as_mut() {
+            l.acquire(len as u64);
+        }
+        let hash = match reader.read_chunk(index)? {
+            ChunkData::Zero { len } => {
+                zeros += 1;
+                let len = len as usize;
+                if zero_buf.len() < len {
+                    zero_buf.resize(len, 0);
+                }
+                // File targets are sparse: nothing to write. A device is only
+                // written where it does not already read as zeros.
+                if is_dev {
+                    let mut cur = vec![0u8; len];
+                    vol.read_exact_at(&mut cur, offset)?;
+                    if cur.iter().any(|&b| b != 0) {
+                        vol.write_all_at(&zero_buf[..len], offset)?;
+                        written += len as u64;
+                    }
+                }
+                blake3::hash(&zero_buf[..len])
+            }
+            ChunkData::Data(data) => {
+                if data.len() != len {
+                    bail!(
+                        "chunk {index} decoded to {} bytes, expected {len}",
+                        data.len()
+                    );
+                }
+                vol.write_all_at(&data, offset).map_err(|e| {
+                    coded(
+                        IO,
+                        format!("writing {} at byte {offset}: {e}", work_path.display()),
+                    )
+                })?;
+                written += len as u64;
+                blake3::hash(&data)
+            }
+        };
+        batch_hashes.extend_from_slice(hash.as_bytes());
+        batch_bytes += len as u64;
+        done_bytes += len as u64;
+        bar.set(done_bytes);
+        // Before chunk 0 (the last one) everything else must be durable.
+        if batch_bytes >= batch_limit || k + 2 >= count {
+            vol.sync_data()?;
+            state.append(&batch_hashes)?;
+            batch_hashes.clear();
+            batch_bytes = 0;
+        }
+    }
+    vol.sync_data()?;
+    state.append(&batch_hashes)?;
+    bar.finish();
+
+    // Read everything back and compare with the hashes of authenticated data.
+    let check = Progress::new("re-read", size, args.json);
+    let mut hashes = BufReader::new(File::open(&state.path)?);
+    hashes.seek(SeekFrom::Start(STATE_HEADER))?;
+    let mut buf = vec![0u8; chunk as usize];
+    let mut checked = 0u64;
+    for k in 0..count {
+        let index = chunk_at(k, count);
+        let len = image_format::layout::chunk_len(size, chunk, index) as usize;
+        let mut want = [0u8; 32];
+        hashes.read_exact(&mut want)?;
+        vol.read_exact_at(&mut buf[..len], index * u64::from(chunk))?;
+        if blake3::hash(&buf[..len]).as_bytes() != &want {
+            if is_dev {
+                // Do not leave something that might boot.
+                let first = image_format::layout::chunk_len(size, chunk, 0) as usize;
+                let _ = vol.write_all_at(&vec![0u8; first], 0);
+                let _ = vol.sync_data();
+            }
+            return Err(coded(
+                FOUND,
+                format!(
+                    "read-back check failed: disk bytes {}..{} on {} differ from what was authenticated; \
+                     the target is left incomplete (remove {} and re-run)",
+                    index * u64::from(chunk),
+                    index * u64::from(chunk) + len as u64,
+                    work_path.display(),
+                    state.path.display()
+                ),
+            ));
+        }
+        checked += len as u64;
+        check.set(checked);
+    }
+    check.finish();
+    drop(vol);
+
+    match target {
+        Target::File(p) => {
+            std::fs::rename(&work_path, p)
+                .with_context(|| format!("renaming {} to {}", work_path.display(), p.display()))?;
+            sync_parent(p)?;
+        }
+        Target::Qcow2(p) => {
+            let tmp = with_suffix(p, ".partial");
+            crate::tools::run(
+                Command::new("qemu-img")
+                    .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                    .arg(&work_path)
+                    .arg(&tmp),
+            )?;
+            crate::tools::run(
+                Command::new("qemu-img")
+                    .args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
+                    .arg(&work_path)
+                    .arg(&tmp),
+            )
+            .map_err(|e| {
+                coded(
+                    FOUND,
+                    format!("the qcow2 image differs from the verified raw volume: {e:#}"),
+                )
+            })?;
+            std::fs::rename(&tmp, p)?;
+            sync_parent(p)?;
+            std::fs::remove_file(&work_path)?;
+        }
+        Target::Dev(_) => {
+            std::fs::remove_file(&marker)
+                .with_context(|| format!("removing marker {}", marker.display()))?;
+        }
+    }
+    std::fs::remove_file(&state.path)?;
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Report {
+        command: "ingest",
+        name: args.name.clone(),
+        generation,
+        target: args.target.clone(),
+        disk_size: size,
+        chunks: count,
+        zero_chunks: zeros,
+        resumed_chunks: resumed,
+        bytes_written: written,
+        verified: true,
+        seconds: secs,
+        mb_per_s: progress::mb_per_s(size, secs),
+    })
+}
+
+fn sync_parent(p: &Path) -> anyhow::Result<()> {
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_puts_chunk_zero_last() {
+        let order: Vec<u64> = (0..5).map(|k| chunk_at(k, 5)).collect();
+        assert_eq!(order, vec![1, 2, 3, 4, 0]);
+        assert_eq!(chunk_at(0, 1), 0);
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            Target::parse("file:a.raw").unwrap(),
+            Target::File("a.raw".into())
+        );
+        assert_eq!(
+            Target::parse("dev:/dev/vdb").unwrap(),
+            Target::Dev("/dev/vdb".into())
+        );
+        assert_eq!(
+            crate::exit::code_of(&Target::parse("a.raw").unwrap_err()),
+            2
+        );
+    }
+
+    #[test]
+    fn state_resumes_only_matching_ingests() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        let h = State::header(&[1; 32], 10, 4, 1);
+        let mut s = State::open(p.clone(), &h, true).unwrap();
+        s.append(&[7u8; 64]).unwrap();
+        drop(s);
+        // A torn third entry is dropped.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(&[1; 5])
+            .unwrap();
+        assert_eq!(State::open(p.clone(), &h, false).unwrap().done, 2);
+        let other = State::header(&[2; 32], 10, 4, 1);
+        assert!(State::open(p.clone(), &other, false).is_err());
+        assert_eq!(State::open(p, &other, true).unwrap().done, 0);
+    }
+}

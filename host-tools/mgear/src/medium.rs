@@ -1,0 +1,298 @@
+//! Media: what `--medium` can name, and `mgear medium format`.
+//!
+//! - `fat:PATH`: a FAT32 image file or a raw device (the appliance's USB
+//!   storage seen as `/dev/sdX`), opened with the `fatfs` crate: no mount, no root;
+//! - `dir:PATH`: a mounted directory (the appliance's medium mounted by the OS).
+//!
+//! Everything else in the CLI sees a medium only as an `image_format::Store`,
+//! so a new kind of medium (the appliance's console-gated export) is one more
+//! arm in [`open`].
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use image_format::store::fat::{FormatOptions, MIN_FAT32_BYTES};
+use image_format::store::{DirStore, FatStore};
+use image_format::Store;
+
+use crate::exit::usage;
+use crate::units::{human_bytes, parse_size};
+
+/// A parsed `--medium` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediumSpec {
+    /// A FAT image file or device.
+    Fat(PathBuf),
+    /// A mounted directory.
+    Dir(PathBuf),
+}
+
+impl MediumSpec {
+    /// Parse `fat:PATH` or `dir:PATH`.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if let Some(p) = text.strip_prefix("fat:") {
+            Ok(MediumSpec::Fat(PathBuf::from(p)))
+        } else if let Some(p) = text.strip_prefix("dir:") {
+            Ok(MediumSpec::Dir(PathBuf::from(p)))
+        } else {
+            Err(usage(format!(
+                "--medium {text}: say which kind of medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb) \
+                 or dir:MOUNTPOINT (e.g. dir:/mnt/appliance)"
+            )))
+        }
+    }
+}
+
+/// An open medium. Call [`Medium::close`]: the FAT writer clears the
+/// volume's dirty flag and reports flush errors only there.
+pub enum Medium {
+    /// A FAT image or device opened with `fatfs`.
+    Fat(FatStore<File>),
+    /// A mounted directory.
+    Dir(DirStore),
+    /// The appliance's medium reached through its console (`--appliance PORT`).
+    Appliance(Box<dyn Store>),
+}
+
+impl Medium {
+    /// The store the format reads and writes.
+    pub fn store(&mut self) -> &mut dyn Store {
+        match self {
+            Medium::Fat(s) => s,
+            Medium::Dir(s) => s,
+            Medium::Appliance(s) => s,
+        }
+    }
+
+    /// Flush and close, reporting any error.
+    pub fn close(self) -> anyhow::Result<()> {
+        match self {
+            Medium::Fat(s) => s
+                .unmount()
+                .map_err(|e| anyhow::anyhow!("closing the FAT medium: {e}")),
+            // DirStore makes each file durable when the format syncs it.
+            Medium::Dir(_) => Ok(()),
+            // The boxed FAT store cannot be unmounted through `dyn Store`;
+            // sync flushes its data and metadata, and the appliance owns the volume.
+            Medium::Appliance(mut s) => s
+                .sync("")
+                .map_err(|e| anyhow::anyhow!("syncing the appliance's medium: {e}")),
+        }
+    }
+}
+
+/// Where the medium is: `--medium SPEC` or `--appliance PORT`.
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct Where {
+    /// Medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb) or dir:MOUNTPOINT.
+    #[arg(long)]
+    pub medium: Option<String>,
+    /// Reach the medium through the appliance on this console port (e.g. /dev/ttyACM0).
+    #[arg(long)]
+    pub appliance: Option<PathBuf>,
+}
+
+impl Where {
+    /// Open it.
+    pub fn open(&self) -> anyhow::Result<Medium> {
+        match (&self.medium, &self.appliance) {
+            (_, Some(port)) => Ok(Medium::Appliance(crate::appliance::open_medium(port)?)),
+            (Some(spec), None) => open(spec),
+            (None, None) => Err(usage(
+                "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
+            )),
+        }
+    }
+
+    /// Human description.
+    pub fn describe(&self) -> String {
+        match (&self.medium, &self.appliance) {
+            (_, Some(p)) => format!("appliance at {}", p.display()),
+            (Some(s), None) => s.clone(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// Open a medium for reading and writing.
+pub fn open(spec: &str) -> anyhow::Result<Medium> {
+    match MediumSpec::parse(spec)? {
+        MediumSpec::Dir(path) => {
+            let store =
+                DirStore::open(&path).map_err(|e| anyhow::anyhow!("opening medium {spec}: {e}"))?;
+            Ok(Medium::Dir(store))
+        }
+        MediumSpec::Fat(path) => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open medium {}", path.display()))?;
+            let store = FatStore::open(file)
+                .map_err(|e| anyhow::anyhow!("opening medium {}: {e}", path.display()))?;
+            Ok(Medium::Fat(store))
+        }
+    }
+}
+
+/// Arguments of `mgear medium`.
+#[derive(clap::Args, Debug)]
+pub struct MediumArgs {
+    #[command(subcommand)]
+    pub cmd: MediumCmd,
+}
+
+/// `mgear medium ...` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum MediumCmd {
+    /// Create a FAT32 file system on an image file (created at --size) or a device (whole device).
+    Format {
+        /// fat:IMAGE or fat:/dev/sdX.
+        medium: String,
+        /// Size of a new image file, e.g. 2GiB (not used for devices).
+        #[arg(long)]
+        size: Option<String>,
+        /// Overwrite an existing image file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Run `mgear medium`.
+pub fn run(args: MediumArgs) -> anyhow::Result<i32> {
+    match args.cmd {
+        MediumCmd::Format {
+            medium,
+            size,
+            force,
+        } => {
+            let path = match MediumSpec::parse(&medium)? {
+                MediumSpec::Fat(p) => p,
+                MediumSpec::Dir(_) => {
+                    return Err(usage(
+                        "dir: media are already-mounted file systems: format the device with \
+                         `mgear medium format fat:/dev/sdX` (or mkfs.fat -F 32) instead",
+                    ))
+                }
+            };
+            let size = size.as_deref().map(parse_size).transpose()?;
+            let bytes = format_fat(&path, size, force)?;
+            println!(
+                "formatted {} as FAT32 ({})",
+                path.display(),
+                human_bytes(bytes)
+            );
+            Ok(crate::exit::OK)
+        }
+    }
+}
+
+/// Format `path` (a new image of `size` bytes, or an existing device) with
+/// FAT32; returns the size.
+pub fn format_fat(path: &std::path::Path, size: Option<u64>, force: bool) -> anyhow::Result<u64> {
+    let is_dev = std::fs::metadata(path)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false);
+    let mut file: File = if is_dev {
+        if size.is_some() {
+            return Err(usage(format!(
+                "{} is a device: --size applies to image files only",
+                path.display()
+            )));
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open device {}", path.display()))?
+    } else {
+        let size = size.ok_or_else(|| {
+            usage(format!(
+                "creating image {} needs --size, e.g. --size 2GiB",
+                path.display()
+            ))
+        })?;
+        if size < MIN_FAT32_BYTES {
+            return Err(usage(format!(
+                "--size {}: a FAT32 medium needs at least {}",
+                human_bytes(size),
+                human_bytes(MIN_FAT32_BYTES)
+            )));
+        }
+        if path.exists() && !force {
+            return Err(usage(format!(
+                "{} exists: pass --force to overwrite it",
+                path.display()
+            )));
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .with_context(|| format!("cannot create image {}", path.display()))?;
+        // A sparse image: only what FAT and the captures write takes space.
+        f.set_len(size)
+            .with_context(|| format!("cannot size image {}", path.display()))?;
+        f
+    };
+    let bytes = file.seek(SeekFrom::End(0))?;
+    file.seek(SeekFrom::Start(0))?;
+    let opts = FormatOptions {
+        label: "MOTIONGEAR".into(),
+        cluster_size: None,
+    };
+    FatStore::format(file, &opts)
+        .map_err(|e| anyhow::anyhow!("formatting {}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::exit::{code_of, USAGE};
+
+    #[test]
+    fn specs() {
+        assert_eq!(
+            MediumSpec::parse("fat:/dev/sdb").unwrap(),
+            MediumSpec::Fat("/dev/sdb".into())
+        );
+        assert_eq!(
+            MediumSpec::parse("dir:/mnt/a").unwrap(),
+            MediumSpec::Dir("/mnt/a".into())
+        );
+        assert_eq!(
+            crate::exit::code_of(&MediumSpec::parse("/mnt/a").unwrap_err()),
+            crate::exit::USAGE
+        );
+    }
+
+    #[test]
+    fn format_small_and_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.img");
+        assert_eq!(format_fat(&p, Some(64 << 20), false).unwrap(), 64 << 20);
+        // Refuses to overwrite without --force, and too-small images.
+        assert_eq!(
+            code_of(&format_fat(&p, Some(64 << 20), false).unwrap_err()),
+            USAGE
+        );
+        assert_eq!(
+            code_of(&format_fat(&p, Some(8 << 20), true).unwrap_err()),
+            USAGE
+        );
+        let mut m = open(&format!("fat:{}", p.display())).unwrap();
+        m.store().create_dir_all("x/y").unwrap();
+        m.close().unwrap();
+        let mut m = open(&format!("fat:{}", p.display())).unwrap();
+        assert_eq!(m.store().list("x").unwrap().len(), 1);
+        m.close().unwrap();
+    }
+}

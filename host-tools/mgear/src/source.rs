@@ -1,0 +1,116 @@
+//! Capture sources: what `--source` can name.
+//!
+//! - a regular file (a raw disk image, a snapshot) or a block device
+//!   (`/dev/sdb`, an LVM snapshot): size by seeking to the end, which Linux
+//!   answers for block devices as BLKGETSIZE64 does;
+//! - `nbd://HOST[:PORT]/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`: any NBD
+//!   export (qemu-nbd for qcow2/vmdk/vhdx, nbdkit for VMware and clouds).
+//!
+//! Reads are positional and must return exactly what was asked for: a source
+//! that ends early shrank while we were reading it, and capture stops with an
+//! error rather than storing a disk that never existed.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// A disk to capture.
+pub trait Source: Send {
+    /// Size in bytes, as seen when the capture started.
+    fn len(&self) -> u64;
+    /// Fill `buf` from byte `offset`; an early end is an error (the source shrank).
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()>;
+    /// Whether `[offset, offset+len)` is known to read as zeros without reading it
+    /// (a hole reported by the source); `false` when unknown.
+    fn is_hole(&mut self, _offset: u64, _len: u64) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+    /// Human description for messages.
+    fn describe(&self) -> String;
+}
+
+/// Open `--source`.
+pub fn open(spec: &str) -> anyhow::Result<Box<dyn Source>> {
+    if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
+        return crate::nbd_source::open(spec);
+    }
+    Ok(Box::new(FileSource::open(PathBuf::from(spec))?))
+}
+
+/// A regular file or block device.
+pub struct FileSource {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl FileSource {
+    /// Open read-only and take the size.
+    pub fn open(path: PathBuf) -> anyhow::Result<Self> {
+        let mut file =
+            File::open(&path).with_context(|| format!("cannot open source {}", path.display()))?;
+        let len = file
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("cannot find the size of source {}", path.display()))?;
+        Ok(FileSource { path, file, len })
+    }
+}
+
+impl Source for FileSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let n = self
+                .file
+                .read_at(&mut buf[done..], at)
+                .with_context(|| format!("reading source {} at byte {at}", self.path.display()))?;
+            if n == 0 {
+                anyhow::bail!(
+                    "source {} shrank during capture: it was {} bytes when the capture started \
+                     but ends at byte {at}; capture from a snapshot or a disk that is not being resized",
+                    self.path.display(),
+                    self.len
+                );
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_source_reads_and_detects_shrink() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk.raw");
+        std::fs::write(&p, vec![7u8; 10_000]).unwrap();
+        let mut s = FileSource::open(p.clone()).unwrap();
+        assert_eq!(s.len(), 10_000);
+        let mut buf = vec![0u8; 4096];
+        s.read_exact_at(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(5000)
+            .unwrap();
+        let err = s.read_exact_at(4096, &mut buf).unwrap_err();
+        assert!(err.to_string().contains("shrank"), "{err}");
+    }
+}

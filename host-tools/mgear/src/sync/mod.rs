@@ -1,0 +1,295 @@
+//! `mgear serve`, `mgear sync`, `mgear cutover`: keep the source running after
+//! the appliance left, catch the ingested volume up over the network, and cut over.
+//!
+//! ```text
+//! target$ mgear serve --target file:web01.raw --medium fat:medium.img --name web01 \
+//!             --identity target.key --listen 127.0.0.1:7410
+//! source$ mgear sync --source /dev/vg0/web01-snap --to 127.0.0.1:7410 --name web01 --rate-limit 10Mbit/s
+//! source$ mgear sync --source 'nbd+unix:///?socket=/run/web01.sock' --dirty-bitmap b0 --to ... --name web01
+//! source$ mgear cutover --source ... --to ... --name web01 --quiesce 'systemctl stop app' \
+//!             --boot-target file:web01.raw --wait-for 'login:'
+//! ```
+//!
+//! The target tells the source the keyed chunk id of every chunk of its
+//! volume; the source sends only chunks whose id differs, each an AES-GCM
+//! record under a per-session key derived from the capture's data key (the
+//! source's key cache; the target unwraps it from the capture's key slot).
+//! See `wire.rs` (frames) and `session.rs` (keys and records) for the byte
+//! layouts, and README.md beside this file for usage.
+
+mod cutover;
+mod session;
+mod source;
+mod target;
+mod wire;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use image_format::{CaptureReader, DataKey};
+use serde::Serialize;
+
+use crate::exit::{usage, OK};
+use crate::units::{human_bytes, parse_rate};
+
+pub use cutover::cutover;
+pub use source::{dirty_chunks, Stats};
+
+/// Arguments of `mgear serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The ingested volume to keep in sync: file:PATH (raw) or dev:/dev/DEVICE.
+    #[arg(long)]
+    pub target: String,
+    #[command(flatten)]
+    pub medium: crate::medium::Where,
+    /// Capture name (the data key is unwrapped from its key slot).
+    #[arg(long)]
+    pub name: String,
+    /// Target identity (secret key from `mgear keygen`).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// Passphrase file (if the capture was made with one).
+    #[arg(long, conflicts_with = "identity")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Address to listen on (HOST:PORT; port 0 picks a free one, printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:7410")]
+    pub listen: String,
+    /// Exit after the first sync that completes.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Arguments of `mgear sync`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SyncArgs {
+    /// Disk to read: a file, a block device, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
+    #[arg(long)]
+    pub source: String,
+    /// Where `mgear serve` listens (HOST:PORT).
+    #[arg(long)]
+    pub to: String,
+    /// Capture name.
+    #[arg(long)]
+    pub name: String,
+    /// Key cache written by `mgear capture` [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
+    #[arg(long)]
+    pub key_cache: Option<PathBuf>,
+    /// Read only the ranges this qemu dirty bitmap marks changed (NBD sources exported with `qemu-nbd -B NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub dirty_bitmap: Option<String>,
+    /// Hold the average rate on the wire, e.g. 10Mbit/s, 2MiB/s.
+    #[arg(long)]
+    pub rate_limit: Option<String>,
+    /// Reconnect this many times after a dropped connection.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// Seconds to wait before reconnecting.
+    #[arg(long, default_value_t = 2.0)]
+    pub retry_wait: f64,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `mgear cutover`.
+#[derive(clap::Args, Debug)]
+pub struct CutoverArgs {
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    /// Shell command that quiesces the source (stop services, `fsfreeze -f /srv`); downtime starts here.
+    #[arg(long)]
+    pub quiesce: String,
+    /// Shell command that brings the source back if the cutover fails after quiescing.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Volume to boot after the final sync: file:PATH, qcow2:PATH, dev:PATH or nbd://...
+    #[arg(long)]
+    pub boot_target: String,
+    /// Regex on the serial console that proves the target booted.
+    #[arg(long, default_value = "login:|MGEAR-BOOT-OK")]
+    pub wait_for: String,
+    /// Seconds to wait for the regex.
+    #[arg(long, default_value_t = 300)]
+    pub boot_timeout: u64,
+    /// Skip the warm sync before quiescing (it shortens the downtime).
+    #[arg(long)]
+    pub no_presync: bool,
+}
+
+/// `mgear serve`.
+pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
+    let path = target::target_path(&a.target)?;
+    let unlock = crate::verify::unlock_from(a.identity.as_deref(), a.passphrase_file.as_deref())?
+        .ok_or_else(|| usage("serve needs the capture's key: --identity TARGET.key or --passphrase-file FILE"))?;
+    let mut medium = a.medium.open()?;
+    let (key, slot_id) = image_format::unlock_data_key(medium.store(), &a.name, &unlock)?;
+    let reader = CaptureReader::open_with_key(medium.store(), &a.name, None, &key)?;
+    let m = reader.manifest().clone();
+    drop(reader);
+    medium.close()?;
+    if slot_id.is_some_and(|id| id != m.capture_id) {
+        return Err(image_format::Error::WrongKey { name: a.name.clone() }.into());
+    }
+    let started = Instant::now();
+    let id_key = session::IdKey::derive(&key, &m.capture_id);
+    let mut vol = target::Volume::open(path.clone(), m.chunk_size, id_key)?;
+    eprintln!(
+        "mgear serve: hashed {} ({}) in {:.1} s",
+        path.display(),
+        human_bytes(vol.size()),
+        started.elapsed().as_secs_f64()
+    );
+    if vol.size() != m.disk_size {
+        eprintln!(
+            "mgear serve: warning: the volume is {} bytes, capture {} was {} bytes",
+            vol.size(),
+            a.name,
+            m.disk_size
+        );
+    }
+    let listener = TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr().context("listening address")?;
+    // Scripts and tests read the port from this line (with --listen HOST:0).
+    println!("listening on {addr}");
+    use std::io::Write as _;
+    std::io::stdout().flush().context("writing to stdout")?;
+    let served = target::Served { name: a.name.clone(), key, capture_id: m.capture_id, chunk_size: m.chunk_size };
+    let total = target::serve_loop(listener, &served, &mut vol, a.once)?;
+    println!("applied {} chunks ({}) to {}", total.chunks, human_bytes(total.bytes), path.display());
+    Ok(OK)
+}
+
+/// What `sync --json` prints.
+#[derive(Debug, Serialize)]
+pub struct SyncReport {
+    pub command: &'static str,
+    pub name: String,
+    pub source: String,
+    pub to: String,
+    pub dirty_bitmap: Option<String>,
+    #[serde(flatten)]
+    pub stats: Stats,
+    pub seconds: f64,
+    /// Wire bytes per second over the whole run.
+    pub wire_bytes_per_s: f64,
+    pub rate_limit_bytes_per_s: Option<f64>,
+    /// user + system CPU seconds of this process during the sync.
+    pub cpu_seconds: f64,
+    /// cpu_seconds / seconds: the share of one core the sync cost the source.
+    pub cpu_share: f64,
+}
+
+/// user + system CPU time of this process so far.
+fn cpu_time() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Run one sync as `a` says; shared by `sync` and `cutover`.
+pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
+    let rate = a.rate_limit.as_deref().map(parse_rate).transpose()?;
+    if !a.retry_wait.is_finite() || a.retry_wait < 0.0 {
+        return Err(usage("--retry-wait must be a number of seconds >= 0"));
+    }
+    let cache = crate::capture::key_cache_dir(a.key_cache.clone())?.join(format!("{}.key", a.name));
+    let key = DataKey::load_cache(&cache, &a.name).map_err(|e| {
+        usage(format!(
+            "{e} (sync needs the data key that `mgear capture` cached for {} on this host; pass --key-cache DIR)",
+            a.name
+        ))
+    })?;
+    let mut disk = source::Disk::open(&a.source, a.dirty_bitmap.as_deref())?;
+    let plan = source::Plan {
+        name: a.name.clone(),
+        key,
+        bitmap: a.dirty_bitmap.clone(),
+        rate,
+        retries: a.retries,
+        retry_wait: Duration::from_secs_f64(a.retry_wait),
+        peer: a.to.clone(),
+    };
+    let cpu0 = cpu_time();
+    let started = Instant::now();
+    let to = a.to.clone();
+    let stats = source::run(&plan, &mut disk, &mut || source::tcp(&to))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = (cpu_time() - cpu0).max(0.0);
+    Ok(SyncReport {
+        command: "sync",
+        name: a.name.clone(),
+        source: disk.describe(),
+        to: a.to.clone(),
+        dirty_bitmap: a.dirty_bitmap.clone(),
+        wire_bytes_per_s: stats.wire_bytes as f64 / seconds.max(1e-9),
+        stats,
+        seconds,
+        rate_limit_bytes_per_s: rate,
+        cpu_seconds,
+        cpu_share: cpu_seconds / seconds.max(1e-9),
+    })
+}
+
+/// The human summary of a sync.
+fn print_summary(r: &SyncReport) {
+    let s = &r.stats;
+    println!("synced {} to {} in {:.2} s ({} attempt{})", r.name, r.to, r.seconds, s.attempts, if s.attempts == 1 { "" } else { "s" });
+    println!("  source:     {} ({}, {} chunks of {})", r.source, human_bytes(s.disk_size), s.chunks, human_bytes(s.chunk_size as u64));
+    match &r.dirty_bitmap {
+        Some(b) => println!("  considered: {} chunks dirty in bitmap {b}", s.chunks_considered),
+        None => println!("  considered: all {} chunks (no dirty bitmap: every chunk is read and compared)", s.chunks_considered),
+    }
+    println!(
+        "  read:       {} in {:.2} s; skipped {}",
+        human_bytes(s.bytes_read),
+        s.read_seconds,
+        human_bytes(s.bytes_skipped)
+    );
+    if r.dirty_bitmap.is_none() {
+        println!(
+            "              (a full read of this disk takes {:.2} s; an NBD source with --dirty-bitmap reads only changed ranges)",
+            s.read_seconds
+        );
+    }
+    println!(
+        "  sent:       {} chunks ({} of data, {} on the wire, {}/s)",
+        s.chunks_sent,
+        human_bytes(s.chunk_bytes_sent),
+        human_bytes(s.wire_bytes),
+        human_bytes(r.wire_bytes_per_s as u64)
+    );
+    if let Some(l) = r.rate_limit_bytes_per_s {
+        println!("  rate limit: {}/s ({:.1} Mbit/s)", human_bytes(l as u64), l * 8.0 / 1e6);
+    }
+    println!(
+        "  verified:   {}",
+        if s.verified { "the target's chunk ids match the source's" } else { "no" }
+    );
+    println!(
+        "  source cpu: {:.1}% of one core ({:.2} s user+sys over {:.2} s)",
+        r.cpu_share * 100.0,
+        r.cpu_seconds,
+        r.seconds
+    );
+}
+
+/// `mgear sync`.
+pub fn sync(a: SyncArgs) -> anyhow::Result<i32> {
+    let r = run_sync(&a)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r).context("serialising the report")?);
+    } else {
+        print_summary(&r);
+    }
+    Ok(OK)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,430 @@
+//! The source side (`mgear sync`): read the disk (all of it, or only the
+//! chunks a qemu dirty bitmap marks), compare keyed ids with the target's,
+//! and send the chunks that differ as authenticated encrypted records,
+//! paced by a token bucket on bytes sent.
+//!
+//! A dropped connection is retried (`--retries`): the target's id list on
+//! reconnect already reflects what it applied, and chunks whose id this run
+//! already computed are not read again unless the target still lacks them.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use image_format::{layout, DataKey};
+use mgear_nbd::{Client, ConnectOptions, NbdUrl};
+
+use super::session::{self, IdKey, RecordMeta, Session};
+use super::wire::{self, err, ty, Fields};
+use crate::exit::{coded, usage, FOUND, IO, USAGE};
+use crate::ratelimit::RateLimiter;
+
+/// The disk being synced.
+pub enum Disk {
+    /// A file or block device (through the capture sources).
+    File(Box<dyn crate::source::Source>),
+    /// An NBD export, with the dirty bitmap context negotiated if one was asked for.
+    Nbd { client: Box<Client>, url: String },
+}
+
+impl Disk {
+    /// Open `--source`; `bitmap` needs an NBD export that has it.
+    pub fn open(spec: &str, bitmap: Option<&str>) -> anyhow::Result<Self> {
+        if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
+            let url = NbdUrl::from_str(spec).map_err(|e| usage(format!("--source {spec}: {e}")))?;
+            let opts = ConnectOptions {
+                meta_contexts: bitmap.map(|b| format!("qemu:dirty-bitmap:{b}")).into_iter().collect(),
+                read_only: true,
+            };
+            let client = Client::connect(&url, &opts).map_err(|e| match e {
+                mgear_nbd::Error::MetaContextUnsupported { .. } => usage(format!(
+                    "{spec} does not export dirty bitmap {}: {e} (export it with `qemu-nbd -B NAME`, \
+                     create it with `qemu-img bitmap --add`)",
+                    bitmap.unwrap_or("")
+                )),
+                other => anyhow::Error::new(other).context(format!("connecting to source {spec}")),
+            })?;
+            return Ok(Disk::Nbd { client: Box::new(client), url: spec.to_string() });
+        }
+        if bitmap.is_some() {
+            return Err(usage(format!(
+                "--dirty-bitmap needs an NBD source that exports the bitmap (e.g. \
+                 `qemu-nbd -r -B NAME --socket S disk.qcow2` and --source 'nbd+unix:///?socket=S'); \
+                 {spec} is a file or device: leave out --dirty-bitmap to compare every chunk"
+            )));
+        }
+        Ok(Disk::File(crate::source::open(spec)?))
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            Disk::File(s) => s.len(),
+            Disk::Nbd { client, .. } => client.size(),
+        }
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+        match self {
+            Disk::File(s) => s.read_exact_at(offset, buf),
+            Disk::Nbd { client, url } => {
+                client.read_at(offset, buf).with_context(|| format!("reading source {url} at byte {offset}"))
+            }
+        }
+    }
+
+    /// Human description.
+    pub fn describe(&self) -> String {
+        match self {
+            Disk::File(s) => s.describe(),
+            Disk::Nbd { url, .. } => url.clone(),
+        }
+    }
+}
+
+/// Chunk indexes touched by the ranges `qemu:dirty-bitmap:<bitmap>` marks
+/// dirty (sorted, each once). The client must have negotiated that context.
+pub fn dirty_chunks(client: &mut Client, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec<u64>> {
+    if chunk_size == 0 {
+        return Err(usage("chunk size must not be 0"));
+    }
+    let cs = chunk_size as u64;
+    let ranges = client
+        .dirty_ranges(bitmap, 0, client.size())
+        .with_context(|| format!("reading dirty bitmap {bitmap}"))?;
+    let mut out: Vec<u64> = Vec::new();
+    for (off, len) in ranges {
+        if len == 0 {
+            continue;
+        }
+        let first = off / cs;
+        let last = (off + len - 1) / cs;
+        for c in first..=last {
+            match out.last() {
+                Some(&l) if c <= l => {}
+                _ => out.push(c),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What to sync and how.
+pub struct Plan {
+    pub name: String,
+    pub key: DataKey,
+    /// Only chunks dirty in this bitmap (NBD sources).
+    pub bitmap: Option<String>,
+    /// Bytes per second on the wire.
+    pub rate: Option<f64>,
+    /// Reconnect this many times after a dropped connection.
+    pub retries: u32,
+    pub retry_wait: Duration,
+    /// Peer name for messages.
+    pub peer: String,
+}
+
+/// What a sync did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    pub disk_size: u64,
+    pub chunk_size: u32,
+    pub chunks: u64,
+    /// Chunks looked at: all of them, or the dirty ones.
+    pub chunks_considered: u64,
+    pub bytes_read: u64,
+    pub bytes_skipped: u64,
+    pub read_seconds: f64,
+    pub chunks_sent: u64,
+    /// Plaintext bytes of the chunks sent.
+    pub chunk_bytes_sent: u64,
+    /// Bytes put on the wire (frames, all messages).
+    pub wire_bytes: u64,
+    pub send_seconds: f64,
+    pub attempts: u32,
+    /// The target's volume digest after the sync equals what the source expects.
+    pub verified: bool,
+}
+
+/// Why an attempt failed.
+enum Fail {
+    /// The connection broke: reconnect and continue.
+    Retry(anyhow::Error),
+    /// The target refused or something local failed: stop.
+    Fatal(anyhow::Error),
+}
+
+impl From<io::Error> for Fail {
+    fn from(e: io::Error) -> Self {
+        Fail::Retry(e.into())
+    }
+}
+
+/// A transport to the target: a read half and a write half.
+pub type Conn = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+/// Connect to `HOST:PORT` over TCP.
+pub fn tcp(to: &str) -> io::Result<Conn> {
+    let s = TcpStream::connect(to)?;
+    s.set_nodelay(true)?;
+    let r = s.try_clone()?;
+    Ok((Box::new(BufReader::with_capacity(256 * 1024, r)), Box::new(s)))
+}
+
+/// State that survives reconnects.
+struct Run<'a> {
+    plan: &'a Plan,
+    disk: &'a mut Disk,
+    stats: Stats,
+    /// Chunks to look at, once known (`None`: all).
+    candidates: Option<Vec<u64>>,
+    /// Keyed ids this run computed from the source.
+    known: HashMap<u64, [u8; 32]>,
+    limiter: Option<RateLimiter>,
+    buf: Vec<u8>,
+}
+
+/// Sync `disk` to the target reached by `connect`.
+pub fn run(
+    plan: &Plan,
+    disk: &mut Disk,
+    connect: &mut dyn FnMut() -> io::Result<Conn>,
+) -> anyhow::Result<Stats> {
+    let mut run = Run {
+        plan,
+        disk,
+        stats: Stats::default(),
+        candidates: None,
+        known: HashMap::new(),
+        limiter: None,
+        buf: Vec::new(),
+    };
+    loop {
+        run.stats.attempts += 1;
+        let result = match connect() {
+            Ok((r, w)) => run.attempt(r, w),
+            Err(e) => Err(Fail::Retry(anyhow::Error::new(e).context(format!("cannot connect to {}", plan.peer)))),
+        };
+        match result {
+            Ok(()) => return Ok(run.stats),
+            Err(Fail::Fatal(e)) => return Err(e),
+            Err(Fail::Retry(e)) if run.stats.attempts > plan.retries => {
+                return Err(coded(IO, format!("{e:#} (gave up after {} attempts; re-run to continue)", run.stats.attempts)))
+            }
+            Err(Fail::Retry(e)) => {
+                eprintln!(
+                    "mgear sync: {e:#}; reconnecting in {:.0} s (attempt {} of {})",
+                    plan.retry_wait.as_secs_f64(),
+                    run.stats.attempts + 1,
+                    plan.retries + 1
+                );
+                std::thread::sleep(plan.retry_wait);
+            }
+        }
+    }
+}
+
+/// Turn an ERROR frame from the target into a fatal error with the right exit code.
+fn refused(p: &[u8], peer: &str) -> Fail {
+    match wire::parse_error(p) {
+        Ok((code, m)) => {
+            let exit = match code {
+                err::BAD_RECORD => FOUND,
+                err::IO => IO,
+                _ => USAGE,
+            };
+            Fail::Fatal(coded(exit, format!("the target {peer} refused the sync: {m}")))
+        }
+        Err(e) => Fail::Fatal(e),
+    }
+}
+
+/// Receive a frame; a protocol mismatch is fatal, a broken connection is not.
+fn recv(r: &mut impl Read, peer: &str) -> Result<(u8, Vec<u8>), Fail> {
+    wire::recv(r, peer).map_err(|e| {
+        if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some()) {
+            Fail::Retry(e)
+        } else {
+            Fail::Fatal(coded(USAGE, format!("{e:#}")))
+        }
+    })
+}
+
+impl Run<'_> {
+    fn send(&mut self, w: &mut impl Write, t: u8, payload: &[u8]) -> Result<(), Fail> {
+        let f = wire::frame(t, payload);
+        if let Some(l) = &mut self.limiter {
+            l.acquire(f.len() as u64);
+        }
+        let started = Instant::now();
+        w.write_all(&f)?;
+        self.stats.send_seconds += started.elapsed().as_secs_f64();
+        self.stats.wire_bytes += f.len() as u64;
+        Ok(())
+    }
+
+    fn attempt(&mut self, mut r: Box<dyn Read + Send>, w: Box<dyn Write + Send>) -> Result<(), Fail> {
+        let peer = self.plan.peer.clone();
+        let name = self.plan.name.clone();
+        let mut w = BufWriter::with_capacity(64 * 1024, w);
+        let size = self.disk.size();
+        let source_nonce = session::nonce().map_err(Fail::Fatal)?;
+        let mut hello = Vec::new();
+        wire::put_str(&mut hello, &name);
+        hello.extend_from_slice(&size.to_le_bytes());
+        hello.extend_from_slice(&source_nonce);
+        self.send(&mut w, ty::HELLO, &hello)?;
+        w.flush()?;
+
+        let (t, p) = recv(&mut r, &peer)?;
+        match t {
+            ty::WELCOME => {}
+            ty::ERROR => return Err(refused(&p, &peer)),
+            other => {
+                return Err(Fail::Fatal(coded(
+                    USAGE,
+                    format!("{peer} answered HELLO with {}: not a MotionGear sync target", wire::type_name(other)),
+                )))
+            }
+        }
+        let fatal = |e: anyhow::Error| Fail::Fatal(coded(USAGE, format!("{peer}: {e:#}")));
+        let mut f = Fields::new(&p, "WELCOME");
+        let capture_id: [u8; 16] = f.array().map_err(fatal)?;
+        let chunk_size = f.u32().map_err(fatal)?;
+        let vol_size = f.u64().map_err(fatal)?;
+        let count = f.u64().map_err(fatal)?;
+        let target_nonce: [u8; 32] = f.array().map_err(fatal)?;
+        let proof: [u8; 32] = f.array().map_err(fatal)?;
+        f.end().map_err(fatal)?;
+        if !layout::valid_chunk_size(chunk_size) || count != layout::chunk_count(vol_size, chunk_size) {
+            return Err(fatal(anyhow::anyhow!("WELCOME describes an impossible volume ({vol_size} bytes, chunk size {chunk_size}, {count} chunks)")));
+        }
+        if vol_size != size {
+            return Err(fatal(anyhow::anyhow!("the target volume is {vol_size} bytes, the source {size}: sync cannot resize")));
+        }
+        let s = Session::new(&self.plan.key, &capture_id, &source_nonce, &target_nonce);
+        if s.proof("target", &name) != blake3::Hash::from_bytes(proof) {
+            let m = format!(
+                "the data key in the key cache for {name} does not open the target's capture {name} \
+                 (a key cache from another capture, or the target ingested a different capture of that name)"
+            );
+            let _ = wire::send(&mut w, ty::ERROR, &wire::error_payload(err::WRONG_KEY, &m)).and_then(|_| w.flush());
+            return Err(Fail::Fatal(coded(USAGE, m)));
+        }
+        let id_key = IdKey::derive(&self.plan.key, &capture_id);
+        self.send(&mut w, ty::PROOF, s.proof("source", &name).as_bytes())?;
+        w.flush()?;
+
+        let mut ids: Vec<[u8; 32]> = Vec::new();
+        while (ids.len() as u64) < count {
+            let (t, p) = recv(&mut r, &peer)?;
+            match t {
+                ty::IDS => {}
+                ty::ERROR => return Err(refused(&p, &peer)),
+                other => return Err(fatal(anyhow::anyhow!("expected IDS, got {}", wire::type_name(other)))),
+            }
+            let mut f = Fields::new(&p, "IDS");
+            let first = f.u64().map_err(fatal)?;
+            let n = f.u32().map_err(fatal)? as u64;
+            if first != ids.len() as u64 || n == 0 || n > count - first {
+                return Err(fatal(anyhow::anyhow!("IDS frame for chunks {first}..{} out of order", first + n)));
+            }
+            for _ in 0..n {
+                ids.push(f.array().map_err(fatal)?);
+            }
+            f.end().map_err(fatal)?;
+        }
+
+        self.stats.disk_size = size;
+        self.stats.chunk_size = chunk_size;
+        self.stats.chunks = count;
+        if self.candidates.is_none() {
+            self.candidates = Some(match (&self.plan.bitmap, &mut *self.disk) {
+                (Some(b), Disk::Nbd { client, .. }) => dirty_chunks(client, b, chunk_size).map_err(Fail::Fatal)?,
+                _ => (0..count).collect(),
+            });
+        }
+        if self.limiter.is_none() {
+            self.limiter = self.plan.rate.map(|rate| RateLimiter::new(rate, chunk_size as u64));
+        }
+        let candidates = self.candidates.clone().unwrap_or_default();
+        self.stats.chunks_considered = candidates.len() as u64;
+        let mut expected = ids.clone();
+        let mut seq = 0u64;
+        self.buf.resize(chunk_size as usize, 0);
+        for &index in &candidates {
+            let Some(have) = usize::try_from(index).ok().and_then(|i| ids.get(i)).copied() else {
+                return Err(Fail::Fatal(usage(format!("dirty chunk {index} is past the end of the disk"))));
+            };
+            if self.known.get(&index) == Some(&have) {
+                continue;
+            }
+            let len = layout::chunk_len(size, chunk_size, index);
+            let mut buf = std::mem::take(&mut self.buf);
+            let data = &mut buf[..len as usize];
+            let started = Instant::now();
+            let read = self.disk.read(index * chunk_size as u64, data);
+            self.stats.read_seconds += started.elapsed().as_secs_f64();
+            if let Err(e) = read {
+                return Err(Fail::Fatal(e));
+            }
+            if !self.known.contains_key(&index) {
+                self.stats.bytes_read += len as u64;
+            }
+            let id = id_key.id(data);
+            self.known.insert(index, id);
+            if id != have {
+                let (flags, payload) = session::pack(data).map_err(Fail::Fatal)?;
+                seq += 1;
+                let m = RecordMeta { seq, index, chunk_id: id, plain_len: len, flags };
+                let sealed = s.seal(&m, &payload).map_err(Fail::Fatal)?;
+                let mut p = Vec::with_capacity(53 + sealed.len());
+                p.extend_from_slice(&seq.to_le_bytes());
+                p.extend_from_slice(&index.to_le_bytes());
+                p.extend_from_slice(&len.to_le_bytes());
+                p.push(flags);
+                p.extend_from_slice(&id);
+                p.extend_from_slice(&sealed);
+                self.send(&mut w, ty::CHUNK, &p)?;
+                self.stats.chunks_sent += 1;
+                self.stats.chunk_bytes_sent += len as u64;
+                if let Some(slot) = usize::try_from(index).ok().and_then(|i| expected.get_mut(i)) {
+                    *slot = id;
+                }
+            }
+            self.buf = buf;
+        }
+        self.stats.bytes_skipped = size.saturating_sub(self.stats.bytes_read);
+        let digest = session::volume_digest(size, chunk_size, &expected);
+        let mut done = Vec::with_capacity(40);
+        done.extend_from_slice(&seq.to_le_bytes());
+        done.extend_from_slice(&digest);
+        self.send(&mut w, ty::DONE, &done)?;
+        w.flush()?;
+        let (t, p) = recv(&mut r, &peer)?;
+        match t {
+            ty::APPLIED => {}
+            ty::ERROR => return Err(refused(&p, &peer)),
+            other => return Err(fatal(anyhow::anyhow!("expected APPLIED, got {}", wire::type_name(other)))),
+        }
+        let mut f = Fields::new(&p, "APPLIED");
+        let _applied = f.u64().map_err(fatal)?;
+        let _bytes = f.u64().map_err(fatal)?;
+        let theirs: [u8; 32] = f.array().map_err(fatal)?;
+        f.end().map_err(fatal)?;
+        if theirs != digest {
+            return Err(Fail::Fatal(coded(
+                FOUND,
+                format!(
+                    "after the sync the target volume's chunk ids differ from the source's \
+                     (the volume changed on the target during the sync?): run the sync again"
+                ),
+            )));
+        }
+        self.stats.verified = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! Human units on the command line: sizes (`2GiB`, `512M`, `4096`) and rates
+//! (`50MiB/s`, `400Mbit/s`, `10MB/s`, `512KiB/s`).
+//!
+//! Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, and the bare `K`, `M`, `G`, `T`
+//! that `dd` and `qemu-img` users type) are powers of 1024; SI suffixes
+//! (`kB`, `MB`, `GB`, `TB`) are powers of 1000; `bit`/`b` rates are divided by 8.
+
+use crate::exit::usage;
+
+/// Parse a byte size such as `2GiB`, `64M`, `1.5GB` or `4096`.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        usage(format!(
+            "`{text}` is not a size: expected a number with an optional unit such as 2GiB, 64MiB, 4096"
+        ))
+    })?;
+    let mult = match unit.trim() {
+        "" | "B" | "b" => 1u64,
+        "K" | "k" | "KiB" | "Ki" => 1 << 10,
+        "M" | "MiB" | "Mi" => 1 << 20,
+        "G" | "GiB" | "Gi" => 1 << 30,
+        "T" | "TiB" | "Ti" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(usage(format!("unknown size unit `{other}` in `{text}`: use B, KiB, MiB, GiB, TiB (or kB, MB, GB, TB)"))),
+    };
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(usage(format!("size `{text}` is out of range")));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parse a rate such as `50MiB/s`, `400Mbit/s`, `10MB/s`; returns bytes per second.
+pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
+    let t = text.trim();
+    let body = t
+        .strip_suffix("/s")
+        .or_else(|| t.strip_suffix("ps"))
+        .unwrap_or(t);
+    let split = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (num, unit) = body.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        usage(format!(
+            "`{text}` is not a rate: expected e.g. 50MiB/s, 400Mbit/s, 10MB/s, 512KiB/s"
+        ))
+    })?;
+    let per_sec = match unit.trim() {
+        "" | "B" => 1.0,
+        "KiB" | "K" => 1024.0,
+        "MiB" | "M" => 1024.0 * 1024.0,
+        "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "bit" | "b" => 1.0 / 8.0,
+        "kbit" | "Kbit" | "kb" | "Kb" => 1e3 / 8.0,
+        "Mbit" | "Mb" => 1e6 / 8.0,
+        "Gbit" | "Gb" => 1e9 / 8.0,
+        "Kibit" => 1024.0 / 8.0,
+        "Mibit" => 1024.0 * 1024.0 / 8.0,
+        "Gibit" => 1024.0 * 1024.0 * 1024.0 / 8.0,
+        other => {
+            return Err(usage(format!(
+                "unknown rate unit `{other}` in `{text}`: use KiB/s, MiB/s, GiB/s, kB/s, MB/s, GB/s, Mbit/s, Gbit/s"
+            )))
+        }
+    };
+    let rate = value * per_sec;
+    if !rate.is_finite() || rate <= 0.0 {
+        return Err(usage(format!("rate `{text}` must be a positive number")));
+    }
+    Ok(rate)
+}
+
+/// Format a byte count for people: `1.50 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("3 MiB").unwrap(), 3 << 20);
+        assert!(parse_size("2 parsecs").is_err());
+        assert!(parse_size("GiB").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("50MiB/s").unwrap(), 50.0 * 1048576.0);
+        assert_eq!(parse_rate("400Mbit/s").unwrap(), 50e6);
+        assert_eq!(parse_rate("10MB/s").unwrap(), 10e6);
+        assert_eq!(parse_rate("512KiB/s").unwrap(), 512.0 * 1024.0);
+        assert_eq!(parse_rate("1Gbps").unwrap(), 125e6);
+        assert!(parse_rate("0MB/s").is_err());
+        assert_eq!(crate::exit::code_of(&parse_rate("fast").unwrap_err()), 2);
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(3 << 29), "1.50 GiB");
+    }
+}

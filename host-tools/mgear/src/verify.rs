@@ -1,0 +1,193 @@
+//! `mgear verify`: check a medium.
+//!
+//! ```text
+//! mgear verify --medium fat:/dev/sdb                        # keyless: framing, hashes, manifests
+//! mgear verify --medium fat:/dev/sdb --identity target.key  # full: also decrypts every chunk
+//! ```
+//!
+//! Without a key it checks what the appliance checks: every record's framing
+//! and hash, segment trailers and the manifests' segment digests. With a key
+//! (`--identity` or `--passphrase-file`) it also authenticates and decrypts
+//! every chunk the newest (or `--generation`) generation references. Each
+//! bad record is named with capture, generation, segment, record and the
+//! disk byte range it holds; exit 1 if anything is bad.
+
+use std::path::PathBuf;
+
+use image_format::{Problem, Unlock, VerifyObserver, VerifyReport};
+use serde::Serialize;
+
+use crate::exit::{FOUND, OK};
+use crate::progress::{self, Progress};
+
+/// Arguments of `mgear verify`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub medium: crate::medium::Where,
+    /// Target identity (from `mgear keygen`): also decrypt and check every chunk.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// Passphrase file: also decrypt and check every chunk.
+    #[arg(long, conflicts_with = "identity")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Only this capture.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Generation to decrypt with a key [default: newest].
+    #[arg(long)]
+    pub generation: Option<u32>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One problem as `verify --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ProblemJson {
+    pub capture: String,
+    pub generation: Option<u32>,
+    pub segment: Option<u32>,
+    pub record: Option<u32>,
+    pub file: Option<String>,
+    pub disk_range: Option<[u64; 2]>,
+    pub what: String,
+    pub message: String,
+}
+
+/// What `verify --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub command: &'static str,
+    pub keyed: bool,
+    pub ok: bool,
+    pub captures: u32,
+    pub generations: u32,
+    pub segments: u32,
+    pub records: u64,
+    pub bytes: u64,
+    pub problems: Vec<ProblemJson>,
+}
+
+struct Observer {
+    bar: Progress,
+    json: bool,
+}
+
+impl VerifyObserver for Observer {
+    fn progress(&mut self, done: u64, _total: u64) {
+        self.bar.set(done);
+    }
+    fn problem(&mut self, p: &Problem) {
+        if !self.json {
+            eprintln!("BAD: {p}");
+        }
+    }
+}
+
+/// Read the key arguments into an [`Unlock`], if any.
+pub fn unlock_from(
+    identity: Option<&std::path::Path>,
+    passphrase_file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Unlock>> {
+    if let Some(p) = identity {
+        return Ok(Some(Unlock::Identity(crate::keys::read_identity(p)?)));
+    }
+    if let Some(p) = passphrase_file {
+        let pw = crate::keys::read_passphrase(p)?;
+        return Ok(Some(Unlock::Passphrase(pw.to_string().into())));
+    }
+    Ok(None)
+}
+
+/// Run `mgear verify`.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let unlock = unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?;
+    let mut medium = args.medium.open()?;
+    let store = medium.store();
+    let mut total_bytes = 0u64;
+    let captures = image_format::list_captures(store)?;
+    for c in &captures {
+        for g in &c.generations {
+            total_bytes += g.stored_bytes;
+        }
+    }
+    let mut obs = Observer {
+        bar: Progress::new("verify", total_bytes.max(1), args.json),
+        json: args.json,
+    };
+    let mut report = VerifyReport::default();
+    match (&unlock, &args.name) {
+        (None, None) => report = image_format::verify_keyless(store, &mut obs)?,
+        (None, Some(name)) => {
+            report = image_format::verify_capture_keyless(store, name, &mut obs)?;
+        }
+        (Some(unlock), name) => {
+            let names: Vec<String> = match name {
+                Some(n) => vec![n.clone()],
+                None => captures.iter().map(|c| c.name.clone()).collect(),
+            };
+            if names.is_empty() {
+                return Err(crate::exit::usage("the medium holds no capture to verify"));
+            }
+            for n in names {
+                let r = image_format::verify_full(store, &n, args.generation, unlock, &mut obs)?;
+                report.captures += r.captures;
+                report.generations += r.generations;
+                report.segments += r.segments;
+                report.records += r.records;
+                report.bytes += r.bytes;
+                report.problems.extend(r.problems);
+            }
+        }
+    }
+    obs.bar.finish();
+    medium.close()?;
+    let out = Report {
+        command: "verify",
+        keyed: unlock.is_some(),
+        ok: report.is_ok(),
+        captures: report.captures,
+        generations: report.generations,
+        segments: report.segments,
+        records: report.records,
+        bytes: report.bytes,
+        problems: report
+            .problems
+            .iter()
+            .map(|p| ProblemJson {
+                capture: p.at.capture.clone(),
+                generation: p.at.generation,
+                segment: p.at.segment,
+                record: p.at.record,
+                file: p.at.file.clone(),
+                disk_range: p.at.disk_range.as_ref().map(|r| [r.start, r.end]),
+                what: p.what.clone(),
+                message: p.to_string(),
+            })
+            .collect(),
+    };
+    if args.json {
+        progress::print_json(&out)?;
+    } else {
+        println!(
+            "{} verification of {}: {} captures, {} generations, {} segments, {} records, {} checked",
+            if out.keyed { "full (decrypting)" } else { "keyless" },
+            args.medium.describe(),
+            out.captures,
+            out.generations,
+            out.segments,
+            out.records,
+            crate::units::human_bytes(out.bytes)
+        );
+        if out.ok {
+            println!("OK: no problems found");
+        } else {
+            println!("FAILED: {} problem(s):", out.problems.len());
+            for p in &out.problems {
+                println!("  {}", p.message);
+            }
+        }
+    }
+    Ok(if out.ok { OK } else { FOUND })
+}

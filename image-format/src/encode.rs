@@ -1,0 +1,422 @@
+//! Chunk encoding and record sealing/opening.
+//!
+//! [`ChunkEncoder::encode`] is the parallel half (zero detection, keyed
+//! chunk id, zstd kept only when smaller, decompression self-check): it is
+//! pure and runs on worker threads. Encryption happens in
+//! `CaptureWriter::append`, because the AES key is per segment and the nonce
+//! is the record number, both assigned in chunk order; the writer decrypts
+//! each record again right after sealing it (restic's lesson).
+
+use std::sync::Arc;
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::layout::{self, FLAG_ZSTD, RECORD_MAGIC, VERSION_MAJOR};
+
+/// A chunk ready for [`crate::CaptureWriter::append`].
+pub struct EncodedChunk {
+    pub(crate) index: u64,
+    pub(crate) plain_len: u32,
+    pub(crate) chunk_id: [u8; 32],
+    pub(crate) capture_id: [u8; 16],
+    pub(crate) body: Body,
+}
+
+pub(crate) enum Body {
+    Zero,
+    Data { bytes: Vec<u8>, compressed: bool },
+}
+
+impl core::fmt::Debug for EncodedChunk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("EncodedChunk")
+            .field("index", &self.index)
+            .field("plain_len", &self.plain_len)
+            .field("zero", &self.is_zero())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EncodedChunk {
+    /// Chunk number on the disk.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+    /// True for an all-zero chunk (stored as an index entry only).
+    pub fn is_zero(&self) -> bool {
+        matches!(self.body, Body::Zero)
+    }
+    /// Length of the chunk's plaintext.
+    pub fn plain_len(&self) -> u32 {
+        self.plain_len
+    }
+    /// Bytes that would be encrypted (compressed or not); 0 for a zero chunk.
+    pub fn payload_len(&self) -> usize {
+        match &self.body {
+            Body::Zero => 0,
+            Body::Data { bytes, .. } => bytes.len(),
+        }
+    }
+}
+
+struct EncoderInner {
+    chunk_id_key: Arc<Zeroizing<[u8; 32]>>,
+    capture_id: [u8; 16],
+    chunk_size: u32,
+    source_size: u64,
+    compress: bool,
+    full_zero_id: [u8; 32],
+}
+
+/// Turns plaintext chunks into [`EncodedChunk`]s. Cheap to clone; share it
+/// with worker threads.
+#[derive(Clone)]
+pub struct ChunkEncoder {
+    inner: Arc<EncoderInner>,
+}
+
+impl core::fmt::Debug for ChunkEncoder {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ChunkEncoder")
+            .field("chunk_size", &self.inner.chunk_size)
+            .field("compress", &self.inner.compress)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keyed chunk id: blake3 keyed with the chunk-id subkey (never a plain
+/// hash, which would tell anyone whether a known file is on the disk).
+pub(crate) fn chunk_id(key: &[u8; 32], plaintext: &[u8]) -> [u8; 32] {
+    *blake3::keyed_hash(key, plaintext).as_bytes()
+}
+
+/// Keyed id of `len` zero bytes without allocating a buffer per call.
+pub(crate) fn zero_id(key: &[u8; 32], len: u32) -> [u8; 32] {
+    static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+    let mut h = blake3::Hasher::new_keyed(key);
+    let mut left = len as usize;
+    while left > 0 {
+        let n = left.min(ZEROS.len());
+        h.update(&ZEROS[..n]);
+        left -= n;
+    }
+    *h.finalize().as_bytes()
+}
+
+/// True if every byte is zero (word-at-a-time).
+pub(crate) fn is_all_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(16);
+    for c in &mut chunks {
+        let mut w = [0u8; 16];
+        w.copy_from_slice(c);
+        if u128::from_ne_bytes(w) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&x| x == 0)
+}
+
+impl ChunkEncoder {
+    pub(crate) fn new(
+        chunk_id_key: Arc<Zeroizing<[u8; 32]>>,
+        capture_id: [u8; 16],
+        chunk_size: u32,
+        source_size: u64,
+        compress: bool,
+    ) -> Self {
+        let full_zero_id = zero_id(&chunk_id_key, chunk_size);
+        ChunkEncoder {
+            inner: Arc::new(EncoderInner {
+                chunk_id_key,
+                capture_id,
+                chunk_size,
+                source_size,
+                compress,
+                full_zero_id,
+            }),
+        }
+    }
+
+    /// Encodes chunk `index` (whose plaintext must be exactly the chunk's
+    /// length: `chunk_size`, or less for the last chunk): zero detection,
+    /// keyed id, optional zstd (kept only when smaller, and decompressed
+    /// again to check it).
+    pub fn encode(&self, index: u64, plaintext: &[u8]) -> Result<EncodedChunk> {
+        let i = &self.inner;
+        let count = layout::chunk_count(i.source_size, i.chunk_size);
+        if index >= count {
+            return Err(Error::Usage(format!(
+                "chunk {index} is past the end of the source ({count} chunks)"
+            )));
+        }
+        let want = layout::chunk_len(i.source_size, i.chunk_size, index);
+        if plaintext.len() != want as usize {
+            return Err(Error::Usage(format!(
+                "chunk {index} must be {want} bytes long, got {} (read short from the source?)",
+                plaintext.len()
+            )));
+        }
+        if is_all_zero(plaintext) {
+            let id = if want == i.chunk_size {
+                i.full_zero_id
+            } else {
+                zero_id(&i.chunk_id_key, want)
+            };
+            return Ok(EncodedChunk {
+                index,
+                plain_len: want,
+                chunk_id: id,
+                capture_id: i.capture_id,
+                body: Body::Zero,
+            });
+        }
+        let id = chunk_id(&i.chunk_id_key, plaintext);
+        let body = match compress(i.compress, plaintext)? {
+            Some(c) => Body::Data {
+                bytes: c,
+                compressed: true,
+            },
+            None => Body::Data {
+                bytes: plaintext.to_vec(),
+                compressed: false,
+            },
+        };
+        Ok(EncodedChunk {
+            index,
+            plain_len: want,
+            chunk_id: id,
+            capture_id: i.capture_id,
+            body,
+        })
+    }
+}
+
+/// zstd level 3, zstd's own default: a balance of speed and ratio; the
+/// benchmark (benches/chunk_size.rs) prints the resulting throughput.
+#[cfg(feature = "zstd")]
+const ZSTD_LEVEL: i32 = 3;
+
+/// Compresses if asked and worth it; verifies by decompressing.
+#[cfg(feature = "zstd")]
+fn compress(enabled: bool, plaintext: &[u8]) -> Result<Option<Vec<u8>>> {
+    if !enabled {
+        return Ok(None);
+    }
+    let c = zstd::bulk::compress(plaintext, ZSTD_LEVEL)
+        .map_err(|e| Error::Backend(format!("zstd compress: {e}")))?;
+    if c.len() >= plaintext.len() {
+        return Ok(None);
+    }
+    let back = decompress(&c, plaintext.len())?;
+    if back != plaintext {
+        return Err(Error::Backend(
+            "zstd round trip changed the data: refusing to store it".into(),
+        ));
+    }
+    Ok(Some(c))
+}
+
+#[cfg(not(feature = "zstd"))]
+fn compress(_enabled: bool, _plaintext: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(None)
+}
+
+/// Decompresses a record payload that must yield exactly `plain_len` bytes.
+#[cfg(feature = "zstd")]
+pub(crate) fn decompress(c: &[u8], plain_len: usize) -> Result<Vec<u8>> {
+    let out =
+        zstd::bulk::decompress(c, plain_len).map_err(|e| Error::Backend(format!("zstd: {e}")))?;
+    if out.len() != plain_len {
+        return Err(Error::Backend(format!(
+            "zstd gave {} bytes, expected {plain_len}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "zstd"))]
+pub(crate) fn decompress(_c: &[u8], _plain_len: usize) -> Result<Vec<u8>> {
+    Err(Error::Backend(
+        "record is zstd-compressed but this build has no zstd feature".into(),
+    ))
+}
+
+/// What a record's AEAD binds besides its ciphertext.
+pub(crate) struct RecordAad<'a> {
+    pub capture_id: &'a [u8; 16],
+    pub generation: u32,
+    pub segment: u32,
+    pub record: u32,
+    pub chunk_id: &'a [u8; 32],
+    pub plain_len: u32,
+    pub stored_len: u32,
+    pub flags: u8,
+}
+
+impl RecordAad<'_> {
+    fn bytes(&self) -> [u8; 75] {
+        let mut a = [0u8; 75];
+        a[..4].copy_from_slice(&RECORD_MAGIC);
+        a[4..6].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
+        a[6..22].copy_from_slice(self.capture_id);
+        a[22..26].copy_from_slice(&self.generation.to_le_bytes());
+        a[26..30].copy_from_slice(&self.segment.to_le_bytes());
+        a[30..34].copy_from_slice(&self.record.to_le_bytes());
+        a[34..66].copy_from_slice(self.chunk_id);
+        a[66..70].copy_from_slice(&self.plain_len.to_le_bytes());
+        a[70..74].copy_from_slice(&self.stored_len.to_le_bytes());
+        a[74] = self.flags;
+        a
+    }
+}
+
+fn record_nonce(record: u32) -> Nonce<aes_gcm::aead::consts::U12> {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(&record.to_le_bytes());
+    Nonce::from(n)
+}
+
+/// Encrypts a record payload under its segment cipher.
+pub(crate) fn seal_record(
+    cipher: &Aes256Gcm,
+    aad: &RecordAad<'_>,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    cipher
+        .encrypt(
+            &record_nonce(aad.record),
+            Payload {
+                msg: payload,
+                aad: &aad.bytes(),
+            },
+        )
+        .map_err(|_| Error::Backend("AES-GCM encryption failed".into()))
+}
+
+/// Decrypts a record payload; `None` if authentication fails.
+pub(crate) fn open_record(
+    cipher: &Aes256Gcm,
+    aad: &RecordAad<'_>,
+    stored: &[u8],
+) -> Option<Vec<u8>> {
+    cipher
+        .decrypt(
+            &record_nonce(aad.record),
+            Payload {
+                msg: stored,
+                aad: &aad.bytes(),
+            },
+        )
+        .ok()
+}
+
+/// Seals a whole index blob (INDEX file or IPART batch): nonce 0 is safe
+/// because every blob has its own key from a fresh random salt.
+pub(crate) fn seal_blob(cipher: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+    cipher
+        .encrypt(&Nonce::from([0u8; 12]), Payload { msg: plain, aad })
+        .map_err(|_| Error::Backend("AES-GCM encryption failed".into()))
+}
+
+/// Opens an index blob; `None` if authentication fails.
+pub(crate) fn open_blob(cipher: &Aes256Gcm, aad: &[u8], ct: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    cipher
+        .decrypt(&Nonce::from([0u8; 12]), Payload { msg: ct, aad })
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// The record flag of an encoded payload.
+pub(crate) fn flags_of(compressed: bool) -> u8 {
+    if compressed {
+        FLAG_ZSTD
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(compress: bool) -> ChunkEncoder {
+        ChunkEncoder::new(
+            Arc::new(Zeroizing::new([3; 32])),
+            [1; 16],
+            65536,
+            3 * 65536 + 100,
+            compress,
+        )
+    }
+
+    #[test]
+    fn zero_detection_and_ids() {
+        let e = enc(true);
+        let z = e.encode(0, &[0u8; 65536]).unwrap();
+        assert!(z.is_zero());
+        assert_eq!(z.chunk_id, chunk_id(&[3; 32], &[0u8; 65536]));
+        let last = e.encode(3, &[0u8; 100]).unwrap();
+        assert_eq!(last.chunk_id, chunk_id(&[3; 32], &[0u8; 100]));
+        let mut d = vec![0u8; 65536];
+        d[65535] = 1;
+        let c = e.encode(1, &d).unwrap();
+        assert!(!c.is_zero());
+        assert_eq!(c.chunk_id, chunk_id(&[3; 32], &d));
+        assert_ne!(
+            c.chunk_id,
+            *blake3::hash(&d).as_bytes(),
+            "chunk ids must be keyed"
+        );
+    }
+
+    #[test]
+    fn wrong_lengths_and_indexes_are_refused() {
+        let e = enc(false);
+        assert!(e.encode(0, &[1u8; 100]).is_err());
+        assert!(e.encode(3, &[1u8; 65536]).is_err());
+        assert!(e.encode(4, &[1u8; 100]).is_err());
+    }
+
+    #[cfg(feature = "zstd")]
+    #[test]
+    fn compression_kept_only_when_smaller() {
+        let e = enc(true);
+        let text: Vec<u8> = b"hello motiongear "
+            .iter()
+            .cycle()
+            .take(65536)
+            .copied()
+            .collect();
+        let c = e.encode(0, &text).unwrap();
+        assert!(matches!(
+            c.body,
+            Body::Data {
+                compressed: true,
+                ..
+            }
+        ));
+        assert!(c.payload_len() < 65536);
+        let mut x = 0x1234_5678u32;
+        let noise: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let n = e.encode(1, &noise).unwrap();
+        assert!(matches!(
+            n.body,
+            Body::Data {
+                compressed: false,
+                ..
+            }
+        ));
+        assert_eq!(n.payload_len(), 65536);
+    }
+}

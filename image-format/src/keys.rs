@@ -1,0 +1,387 @@
+//! Keys: the per-capture data key, its HKDF subkeys, the key slot files
+//! (plain age files on the medium) and the source-side key cache.
+//!
+//! The medium never holds a key that decrypts data: only age files wrapped
+//! to the target's X25519 recipients (`KEYS`) and/or to a passphrase
+//! (`KEYPASS`). `age -d -i target.key MGEAR/web01/KEYS` prints the 56-byte
+//! payload (magic, capture id, data key) described in FORMAT.md.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use aes_gcm::aead::KeyInit;
+use aes_gcm::Aes256Gcm;
+use age::secrecy::SecretString;
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Location, Result, StoreCtx};
+use crate::layout::{self, KEYPASS_FILE, KEYS_FILE};
+use crate::store::Store;
+
+/// The random 256-bit key of one capture (all its generations).
+///
+/// Zeroized on drop; `Debug` never prints it.
+#[derive(Clone)]
+pub struct DataKey(Zeroizing<[u8; 32]>);
+
+impl core::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("DataKey(<redacted>)")
+    }
+}
+
+impl DataKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn generate() -> Result<Self> {
+        Ok(DataKey(Zeroizing::new(random()?)))
+    }
+
+    /// Wraps raw key bytes (e.g. read from a key cache).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        DataKey(Zeroizing::new(bytes))
+    }
+
+    /// The raw key bytes: handle with care.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Writes a source-side key cache file (mode 0600 on Unix) so that a
+    /// later delta capture, which only has the target's public key, can
+    /// reuse this capture's data key. Never put this file on the medium.
+    pub fn save_cache(&self, path: &std::path::Path, name: &str) -> Result<()> {
+        layout::validate_name(name)?;
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            opts.mode(0o600);
+            // `mode` only applies on creation; tighten an existing file too.
+            if path.exists() {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+        }
+        let mut f = opts.open(path).map_err(io)?;
+        let mut text = Zeroizing::new(String::new());
+        text.push_str("# MotionGear data key cache: secret; keep it at the source site, never on the medium\n");
+        text.push_str(&format!("capture {name}\nkey "));
+        for b in self.0.iter() {
+            text.push_str(&format!("{b:02x}"));
+        }
+        text.push('\n');
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)
+    }
+
+    /// Reads a key cache written by [`DataKey::save_cache`] for capture `name`.
+    pub fn load_cache(path: &std::path::Path, name: &str) -> Result<Self> {
+        let shown = path.display().to_string();
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: shown.clone(),
+            source,
+        })?);
+        let bad = |why: &str| Error::Usage(format!("key cache {shown}: {why}"));
+        let mut cap = None;
+        let mut key = None;
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("capture ") {
+                cap = Some(n.trim().to_string());
+            } else if let Some(k) = line.strip_prefix("key ") {
+                let k = k.trim().as_bytes();
+                if k.len() != 64 {
+                    return Err(bad("the key line does not hold 64 hex digits"));
+                }
+                let mut out = Zeroizing::new([0u8; 32]);
+                for (i, pair) in k.chunks_exact(2).enumerate() {
+                    let hex = core::str::from_utf8(pair)
+                        .ok()
+                        .and_then(|s| u8::from_str_radix(s, 16).ok());
+                    out[i] = hex.ok_or_else(|| bad("the key line is not hex"))?;
+                }
+                key = Some(DataKey(out));
+            }
+        }
+        match (cap, key) {
+            (Some(c), Some(k)) if c == name => Ok(k),
+            (Some(c), Some(_)) => Err(bad(&format!("it is for capture {c}, not {name}"))),
+            _ => Err(bad("not a MotionGear key cache (no capture/key lines)")),
+        }
+    }
+}
+
+/// How a reader (or a delta capture) gets at the data key.
+pub enum Unlock {
+    /// An age X25519 identity (`AGE-SECRET-KEY-1...`) matching a `KEYS` recipient.
+    Identity(age::x25519::Identity),
+    /// The passphrase of the `KEYPASS` slot.
+    Passphrase(SecretString),
+    /// The data key itself (from a source-side key cache).
+    Key(DataKey),
+}
+
+impl core::fmt::Debug for Unlock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Unlock::Identity(_) => "Unlock::Identity(<redacted>)",
+            Unlock::Passphrase(_) => "Unlock::Passphrase(<redacted>)",
+            Unlock::Key(_) => "Unlock::Key(<redacted>)",
+        })
+    }
+}
+
+/// Random bytes from the operating system.
+pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| Error::Backend(format!("no randomness from the OS: {e}")))?;
+    Ok(b)
+}
+
+/// HKDF labels: one per purpose, so no subkey serves two roles.
+const LABEL_ENC: &[u8] = b"mgear v1 record encryption";
+const LABEL_CHUNK_ID: &[u8] = b"mgear v1 chunk id";
+const LABEL_INDEX: &[u8] = b"mgear v1 index";
+const LABEL_MAC: &[u8] = b"mgear v1 manifest mac";
+const LABEL_SEGMENT: &[u8] = b"mgear v1 segment key";
+const LABEL_INDEX_BLOB: &[u8] = b"mgear v1 index blob key";
+const KEY_CHECK: &[u8] = b"mgear v1 key check";
+
+fn hkdf32(salt: &[u8], ikm: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
+    let mut out = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's 8160-byte limit: cannot fail.
+    if hk.expand_multi_info(info, out.as_mut()).is_err() {
+        unreachable!("HKDF output length is fixed at 32 bytes");
+    }
+    out
+}
+
+/// The subkeys of one capture, derived from its data key and capture id.
+#[derive(Clone)]
+pub(crate) struct Subkeys {
+    enc: Zeroizing<[u8; 32]>,
+    pub(crate) chunk_id: Arc<Zeroizing<[u8; 32]>>,
+    index: Zeroizing<[u8; 32]>,
+    mac: Zeroizing<[u8; 32]>,
+    capture_id: [u8; 16],
+}
+
+impl Subkeys {
+    pub(crate) fn derive(key: &DataKey, capture_id: &[u8; 16]) -> Self {
+        let k = key.as_bytes();
+        Subkeys {
+            enc: hkdf32(capture_id, k, &[LABEL_ENC]),
+            chunk_id: Arc::new(hkdf32(capture_id, k, &[LABEL_CHUNK_ID])),
+            index: hkdf32(capture_id, k, &[LABEL_INDEX]),
+            mac: hkdf32(capture_id, k, &[LABEL_MAC]),
+            capture_id: *capture_id,
+        }
+    }
+
+    /// A keyed value stored in clear (journal, manifest) to tell a wrong
+    /// key from a damaged file.
+    pub(crate) fn key_check(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.mac);
+        h.update(KEY_CHECK);
+        h.update(&self.capture_id);
+        *h.finalize().as_bytes()
+    }
+
+    /// MAC of a manifest's signed bytes.
+    pub(crate) fn manifest_mac(&self, signed: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.mac, signed).as_bytes()
+    }
+
+    /// Cipher of one segment: its own key from a fresh random salt, so record
+    /// numbers never repeat as nonces under one key, even across resumes.
+    pub(crate) fn segment_cipher(
+        &self,
+        salt: &[u8; 32],
+        generation: u32,
+        segment: u32,
+    ) -> Aes256Gcm {
+        let k = hkdf32(
+            salt,
+            self.enc.as_ref(),
+            &[
+                LABEL_SEGMENT,
+                &generation.to_le_bytes(),
+                &segment.to_le_bytes(),
+            ],
+        );
+        Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(k.as_ref()))
+    }
+
+    /// Cipher of one index blob (INDEX file or IPART batch), fresh salt each.
+    pub(crate) fn index_cipher(&self, salt: &[u8; 32]) -> Aes256Gcm {
+        let k = hkdf32(salt, self.index.as_ref(), &[LABEL_INDEX_BLOB]);
+        Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(k.as_ref()))
+    }
+}
+
+fn age_encrypt(recipients: &[&dyn age::Recipient], payload: &[u8]) -> Result<Vec<u8>> {
+    let backend = |e: &dyn core::fmt::Display| Error::Backend(format!("age: {e}"));
+    let enc =
+        age::Encryptor::with_recipients(recipients.iter().copied()).map_err(|e| backend(&e))?;
+    let mut out = Vec::new();
+    let mut w = enc.wrap_output(&mut out).map_err(|e| backend(&e))?;
+    w.write_all(payload).map_err(|e| backend(&e))?;
+    w.finish().map_err(|e| backend(&e))?;
+    Ok(out)
+}
+
+fn write_atomic<S: Store + ?Sized>(store: &mut S, path: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = format!("{path}.TMP");
+    store.remove_file(&tmp).at(&tmp)?;
+    store.write_at(&tmp, 0, bytes).at(&tmp)?;
+    store.sync(&tmp).at(&tmp)?;
+    store.rename(&tmp, path).at(path)?;
+    store.sync(path).at(path)
+}
+
+/// Writes the key slot files of a new capture.
+pub(crate) fn write_key_slots<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    capture_id: &[u8; 16],
+    key: &DataKey,
+    recipients: &[age::x25519::Recipient],
+    passphrase: Option<&SecretString>,
+    work_factor: Option<u8>,
+) -> Result<()> {
+    let payload = Zeroizing::new(layout::encode_key_payload(capture_id, key.as_bytes()));
+    let dir = layout::capture_dir(name);
+    if !recipients.is_empty() {
+        let rs: Vec<&dyn age::Recipient> = recipients
+            .iter()
+            .map(|r| r as &dyn age::Recipient)
+            .collect();
+        let file = age_encrypt(&rs, payload.as_ref())?;
+        write_atomic(store, &format!("{dir}/{KEYS_FILE}"), &file)?;
+    }
+    if let Some(p) = passphrase {
+        let mut r = age::scrypt::Recipient::new(p.clone());
+        if let Some(n) = work_factor {
+            r.set_work_factor(n);
+        }
+        let file = age_encrypt(&[&r], payload.as_ref())?;
+        write_atomic(store, &format!("{dir}/{KEYPASS_FILE}"), &file)?;
+    }
+    Ok(())
+}
+
+/// Unwraps capture `name`'s data key from its key slot files.
+///
+/// Returns the key and the capture id stored next to it. A key that is not
+/// for this capture gives [`Error::WrongKey`] ("this key does not open
+/// capture web01").
+pub fn unlock_data_key<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    unlock: &Unlock,
+) -> Result<(DataKey, Option<[u8; 16]>)> {
+    layout::validate_name(name)?;
+    let (file, identity): (&str, Box<dyn age::Identity>) = match unlock {
+        Unlock::Key(k) => return Ok((k.clone(), None)),
+        Unlock::Identity(id) => (KEYS_FILE, Box::new(id.clone())),
+        Unlock::Passphrase(p) => (
+            KEYPASS_FILE,
+            Box::new(age::scrypt::Identity::new(p.clone())),
+        ),
+    };
+    let path = format!("{}/{file}", layout::capture_dir(name));
+    let at = Location::capture(name).file(&path);
+    let bytes =
+        crate::medium::read_file(store, &path, 64 * 1024, &at)?.ok_or_else(|| Error::NeedKey {
+            name: name.into(),
+            why: format!(
+                "it has no {} key slot ({path} is missing); unlock it with {}",
+                if file == KEYS_FILE {
+                    "recipient"
+                } else {
+                    "passphrase"
+                },
+                if file == KEYS_FILE {
+                    "its passphrase"
+                } else {
+                    "the target identity"
+                }
+            ),
+        })?;
+    let corrupt = |what: String| Error::corrupt(at.clone(), what);
+    let dec = age::Decryptor::new(&bytes[..])
+        .map_err(|e| corrupt(format!("not a readable age file: {e}")))?;
+    let mut payload = Zeroizing::new(Vec::new());
+    let mut reader = dec
+        .decrypt(core::iter::once(identity.as_ref()))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys
+            | age::DecryptError::DecryptionFailed
+            | age::DecryptError::KeyDecryptionFailed => Error::WrongKey { name: name.into() },
+            other => corrupt(format!("age: {other}")),
+        })?;
+    reader
+        .read_to_end(&mut payload)
+        .map_err(|e| corrupt(format!("age payload: {e}")))?;
+    let (capture_id, key) = layout::decode_key_payload(&payload).map_err(|w| corrupt(w.into()))?;
+    Ok((DataKey::from_bytes(key), Some(capture_id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_keys() {
+        let k = DataKey::from_bytes([0xab; 32]);
+        let s = format!("{k:?} {:?}", Unlock::Key(k.clone()));
+        assert!(!s.contains("ab") && !s.contains("171"), "{s}");
+    }
+
+    #[test]
+    fn subkeys_are_distinct_and_depend_on_capture() {
+        let k = DataKey::from_bytes([1; 32]);
+        let a = Subkeys::derive(&k, &[1; 16]);
+        let b = Subkeys::derive(&k, &[2; 16]);
+        let all = [*a.enc, **a.chunk_id, *a.index, *a.mac];
+        for i in 0..all.len() {
+            for j in i + 1..all.len() {
+                assert_ne!(all[i], all[j]);
+            }
+        }
+        assert_ne!(a.key_check(), b.key_check());
+        assert_ne!(*a.enc, *b.enc);
+    }
+
+    #[test]
+    fn key_cache_round_trip_is_private() {
+        let dir = std::env::temp_dir().join(format!("mgear-keycache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("web01.key");
+        let k = DataKey::generate().unwrap();
+        k.save_cache(&p, "web01").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        assert_eq!(
+            DataKey::load_cache(&p, "web01").unwrap().as_bytes(),
+            k.as_bytes()
+        );
+        let e = DataKey::load_cache(&p, "db02").unwrap_err().to_string();
+        assert!(e.contains("for capture web01, not db02"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,242 @@
+//! Keyless helpers for finding things on a medium: generations of a
+//! capture, their manifests and journals, file hashes. Shared by the writer,
+//! the readers and the verifiers; `no_std`.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::error::{Error, Location, Result, StoreCtx};
+use crate::layout::{
+    self, Journal, Manifest, ManifestFile, JOURNAL_A, JOURNAL_B, JOURNAL_LEN, MANIFEST_FILE,
+};
+use crate::store::{Entry, EntryKind, Store, StoreError};
+
+/// Largest manifest accepted (all segments of a 100 TB generation fit easily).
+pub(crate) const MAX_MANIFEST: u64 = 16 * 1024 * 1024;
+
+/// Entries of `dir`, or none if it does not exist.
+pub(crate) fn list_or_empty<S: Store + ?Sized>(store: &mut S, dir: &str) -> Result<Vec<Entry>> {
+    match store.list(dir) {
+        Ok(v) => Ok(v),
+        Err(StoreError::NotFound) => Ok(Vec::new()),
+        Err(e) => Err(e).at(dir),
+    }
+}
+
+/// Names of capture directories under `MGEAR/`, sorted (valid names only).
+pub(crate) fn capture_names<S: Store + ?Sized>(store: &mut S) -> Result<Vec<String>> {
+    let mut v: Vec<String> = list_or_empty(store, layout::ROOT_DIR)?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir && layout::validate_name(&e.name).is_ok())
+        .map(|e| e.name)
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Generation numbers present for capture `name`, ascending.
+pub(crate) fn generations<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Vec<u32>> {
+    let mut v: Vec<u32> = list_or_empty(store, &layout::capture_dir(name))?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .filter_map(|e| layout::parse_generation_dir(&e.name))
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Reads a whole file of at most `max` bytes; `Ok(None)` if missing.
+pub(crate) fn read_file<S: Store + ?Sized>(
+    store: &mut S,
+    path: &str,
+    max: u64,
+    at: &Location,
+) -> Result<Option<Vec<u8>>> {
+    let Some(len) = store.len(path).at(path)? else {
+        return Ok(None);
+    };
+    if len > max {
+        return Err(Error::corrupt(
+            at.clone().file(path),
+            alloc::format!("file is {len} bytes, more than the {max} this format allows"),
+        ));
+    }
+    let mut buf = alloc::vec![0u8; len as usize];
+    store.read_exact_at(path, 0, &mut buf).at(path)?;
+    Ok(Some(buf))
+}
+
+/// The decoded manifest of a generation; `Ok(None)` if it has none yet.
+pub(crate) fn read_manifest<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    generation: u32,
+) -> Result<Option<ManifestFile>> {
+    let path = layout::generation_file(name, generation, MANIFEST_FILE);
+    let at = Location::capture(name).generation(generation).file(&path);
+    let Some(bytes) = read_file(store, &path, MAX_MANIFEST, &at)? else {
+        return Ok(None);
+    };
+    let f = Manifest::decode(&bytes).map_err(|w| Error::corrupt(at.clone(), w))?;
+    if f.manifest.generation != generation || f.manifest.name != name {
+        return Err(Error::corrupt(
+            at,
+            alloc::format!(
+                "manifest belongs to capture {} generation {} (moved or replayed file)",
+                f.manifest.name,
+                f.manifest.generation
+            ),
+        ));
+    }
+    Ok(Some(f))
+}
+
+/// The newest valid journal slot of a generation; `Ok(None)` if neither
+/// slot holds a valid one (a torn write only ever damages one slot).
+pub(crate) fn read_journal<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    generation: u32,
+) -> Result<Option<Journal>> {
+    let mut best: Option<Journal> = None;
+    for slot in [JOURNAL_A, JOURNAL_B] {
+        let path = layout::generation_file(name, generation, slot);
+        let Some(len) = store.len(&path).at(&path)? else {
+            continue;
+        };
+        if len < JOURNAL_LEN as u64 {
+            continue;
+        }
+        let mut buf = [0u8; JOURNAL_LEN];
+        store.read_exact_at(&path, 0, &mut buf).at(&path)?;
+        if let Ok(j) = Journal::decode(&buf) {
+            if j.generation == generation && best.as_ref().is_none_or(|b| j.seq > b.seq) {
+                best = Some(j);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Streams `path[range]` through `f` in pieces of `buf`'s size.
+pub(crate) fn stream<S: Store + ?Sized>(
+    store: &mut S,
+    path: &str,
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+    mut f: impl FnMut(&[u8]),
+) -> Result<()> {
+    let mut off = start;
+    while off < end {
+        let n = ((end - off) as usize).min(buf.len());
+        store.read_exact_at(path, off, &mut buf[..n]).at(path)?;
+        f(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// blake3 and length of a whole file.
+pub(crate) fn hash_file<S: Store + ?Sized>(
+    store: &mut S,
+    path: &str,
+    buf: &mut [u8],
+) -> Result<Option<(u64, [u8; 32])>> {
+    let Some(len) = store.len(path).at(path)? else {
+        return Ok(None);
+    };
+    let mut h = blake3::Hasher::new();
+    stream(store, path, 0, len, buf, |b| {
+        h.update(b);
+    })?;
+    Ok(Some((len, *h.finalize().as_bytes())))
+}
+
+#[cfg(feature = "crypto")]
+/// Digest of a whole disk: blake3 (derive-key mode, context below) over the
+/// disk size, the chunk size and every chunk's keyed id in order. Readers
+/// check each chunk's id, so a full read that passes proves the disk is the
+/// one captured.
+pub(crate) fn disk_digest<'a>(
+    disk_size: u64,
+    chunk_size: u32,
+    ids: impl Iterator<Item = &'a [u8; 32]>,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("MotionGear disk digest v1");
+    h.update(&disk_size.to_le_bytes());
+    h.update(&chunk_size.to_le_bytes());
+    for id in ids {
+        h.update(id);
+    }
+    *h.finalize().as_bytes()
+}
+
+// A `&mut` store or a boxed one is a store too, so callers can lend a store
+// to a reader or hand over `Box<dyn Store>` (the simulator does).
+impl<T: Store + ?Sized> Store for &mut T {
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
+        (**self).list(dir)
+    }
+    fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        (**self).len(path)
+    }
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        (**self).read_at(path, offset, buf)
+    }
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        (**self).write_at(path, offset, data)
+    }
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
+        (**self).set_len(path, len)
+    }
+    fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
+        (**self).create_dir_all(path)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        (**self).rename(from, to)
+    }
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
+        (**self).remove_file(path)
+    }
+    fn sync(&mut self, path: &str) -> Result<(), StoreError> {
+        (**self).sync(path)
+    }
+    fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
+        (**self).free_space()
+    }
+}
+
+impl<T: Store + ?Sized> Store for Box<T> {
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
+        (**self).list(dir)
+    }
+    fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        (**self).len(path)
+    }
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        (**self).read_at(path, offset, buf)
+    }
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        (**self).write_at(path, offset, data)
+    }
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
+        (**self).set_len(path, len)
+    }
+    fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
+        (**self).create_dir_all(path)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        (**self).rename(from, to)
+    }
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
+        (**self).remove_file(path)
+    }
+    fn sync(&mut self, path: &str) -> Result<(), StoreError> {
+        (**self).sync(path)
+    }
+    fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
+        (**self).free_space()
+    }
+}

@@ -1,0 +1,438 @@
+//! The keyed reader: opens a generation with a key slot (identity or
+//! passphrase) or the data key, checks the manifest MAC, decrypts the
+//! INDEX, and reads chunks with every check applied (record framing and
+//! hash, position, AEAD with the full AAD, decompression, keyed chunk id).
+//! Also `verify_full`, which decrypts everything.
+
+use std::collections::{HashMap, HashSet};
+
+use aes_gcm::Aes256Gcm;
+
+use crate::encode::{self, RecordAad};
+use crate::error::{Error, Location, Result, StoreCtx};
+use crate::keys::{self, DataKey, Subkeys, Unlock};
+use crate::layout::{
+    self, IndexEntry, IndexHeader, Manifest, ManifestFile, RecordHeader, RecordLoc, SegmentHeader,
+    ENTRY_LEN, FLAG_ZSTD, INDEX_FILE, INDEX_HEADER_LEN, REC_HEADER_LEN, SEG_HEADER_LEN,
+};
+use crate::medium;
+use crate::store::Store;
+use crate::verify::{self, VerifyObserver, VerifyReport};
+
+/// One chunk of the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkData {
+    /// `len` zero bytes (write a hole or skip it on a zeroed target).
+    Zero { len: u32 },
+    /// The chunk's plaintext.
+    Data(Vec<u8>),
+}
+
+fn corrupt(at: Location, what: impl Into<String>) -> Error {
+    Error::corrupt(at, what)
+}
+
+/// Checks a manifest's MAC with `keys`: a key that fails the key check is
+/// the wrong key; a key that passes it but fails the MAC means the manifest
+/// was modified.
+pub(crate) fn check_manifest_mac(name: &str, f: &ManifestFile, keys: &Subkeys) -> Result<()> {
+    if keys.key_check() != f.manifest.key_check {
+        return Err(Error::WrongKey { name: name.into() });
+    }
+    if keys.manifest_mac(&f.manifest.signed_bytes()) != f.mac {
+        let path = layout::generation_file(name, f.manifest.generation, layout::MANIFEST_FILE);
+        return Err(corrupt(
+            Location::capture(name)
+                .generation(f.manifest.generation)
+                .file(&path),
+            "manifest MAC does not verify: the manifest was modified",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads and decrypts the INDEX of a finished generation.
+pub(crate) fn load_index<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    m: &Manifest,
+    keys: &Subkeys,
+) -> Result<Vec<IndexEntry>> {
+    let path = layout::generation_file(name, m.generation, INDEX_FILE);
+    let at = Location::capture(name).generation(m.generation).file(&path);
+    let max = (INDEX_HEADER_LEN as u64 + 16)
+        .saturating_add(m.chunk_count.saturating_mul(ENTRY_LEN as u64));
+    let bytes = medium::read_file(store, &path, max, &at)?
+        .ok_or_else(|| corrupt(at.clone(), "INDEX is missing"))?;
+    if bytes.len() as u64 != m.index_len || blake3::hash(&bytes).as_bytes() != &m.index_hash {
+        return Err(corrupt(
+            at,
+            "INDEX does not match the manifest's hash (replaced or damaged)",
+        ));
+    }
+    let h = IndexHeader::decode(&bytes).map_err(|w| corrupt(at.clone(), w))?;
+    if h.capture_id != m.capture_id
+        || h.generation != m.generation
+        || h.chunk_count != m.chunk_count
+        || h.chunk_size != m.chunk_size
+        || h.disk_size != m.disk_size
+    {
+        return Err(corrupt(at, "INDEX header does not match the manifest"));
+    }
+    let ct = &bytes[INDEX_HEADER_LEN..];
+    let plain = encode::open_blob(&keys.index_cipher(&h.salt), &h.aad(), ct)
+        .ok_or_else(|| corrupt(at.clone(), "INDEX fails authentication"))?;
+    if plain.len() as u64 != m.chunk_count.saturating_mul(ENTRY_LEN as u64) {
+        return Err(corrupt(
+            at,
+            "INDEX holds a different number of entries than the manifest's chunk count",
+        ));
+    }
+    let mut entries = Vec::with_capacity(plain.len() / ENTRY_LEN);
+    for (i, e) in plain.chunks_exact(ENTRY_LEN).enumerate() {
+        let e =
+            IndexEntry::decode(e).map_err(|w| corrupt(at.clone(), format!("entry {i}: {w}")))?;
+        let want = layout::chunk_len(m.disk_size, m.chunk_size, i as u64);
+        let bad_loc = match &e {
+            IndexEntry::Stored(l) => {
+                l.generation > m.generation
+                    || (l.generation == m.generation && l.segment as usize >= m.segments.len())
+            }
+            IndexEntry::Zero { .. } => false,
+        };
+        if e.plain_len() != want || bad_loc {
+            return Err(corrupt(
+                at,
+                format!("entry {i} is inconsistent with the manifest"),
+            ));
+        }
+        entries.push(e);
+    }
+    Ok(entries)
+}
+
+/// Reads one finished generation of a capture with its key.
+pub struct CaptureReader<S: Store> {
+    store: S,
+    name: String,
+    manifest: Manifest,
+    keys: Subkeys,
+    entries: Vec<IndexEntry>,
+    ciphers: HashMap<(u32, u32), Aes256Gcm>,
+}
+
+impl<S: Store> core::fmt::Debug for CaptureReader<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CaptureReader")
+            .field("name", &self.name)
+            .field("generation", &self.manifest.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> CaptureReader<S> {
+    /// Opens generation `generation` (default: the newest finished one) of
+    /// capture `name`, unwrapping its data key with `unlock`.
+    pub fn open(
+        mut store: S,
+        name: &str,
+        generation: Option<u32>,
+        unlock: &Unlock,
+    ) -> Result<Self> {
+        layout::validate_name(name)?;
+        let f = find_manifest(&mut store, name, generation)?;
+        let (key, slot_id) = keys::unlock_data_key(&mut store, name, unlock)?;
+        if slot_id.is_some_and(|id| id != f.manifest.capture_id) {
+            return Err(Error::WrongKey { name: name.into() });
+        }
+        Self::open_manifest(store, name, f, &key)
+    }
+
+    /// Like [`open`](Self::open) with the data key itself (from a key cache).
+    pub fn open_with_key(
+        mut store: S,
+        name: &str,
+        generation: Option<u32>,
+        key: &DataKey,
+    ) -> Result<Self> {
+        layout::validate_name(name)?;
+        let f = find_manifest(&mut store, name, generation)?;
+        Self::open_manifest(store, name, f, key)
+    }
+
+    fn open_manifest(mut store: S, name: &str, f: ManifestFile, key: &DataKey) -> Result<Self> {
+        let keys = Subkeys::derive(key, &f.manifest.capture_id);
+        check_manifest_mac(name, &f, &keys)?;
+        let m = f.manifest;
+        let entries = load_index(&mut store, name, &m, &keys)?;
+        let digest = medium::disk_digest(
+            m.disk_size,
+            m.chunk_size,
+            entries.iter().map(|e| e.chunk_id()),
+        );
+        if digest != m.disk_digest {
+            return Err(corrupt(
+                Location::capture(name).generation(m.generation),
+                "the INDEX's chunk ids do not give the manifest's disk digest",
+            ));
+        }
+        Ok(CaptureReader {
+            store,
+            name: name.into(),
+            manifest: m,
+            keys,
+            entries,
+            ciphers: HashMap::new(),
+        })
+    }
+
+    /// Size of the captured disk in bytes.
+    pub fn disk_size(&self) -> u64 {
+        self.manifest.disk_size
+    }
+
+    /// Chunk size in bytes.
+    pub fn chunk_size(&self) -> u32 {
+        self.manifest.chunk_size
+    }
+
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u64 {
+        self.manifest.chunk_count
+    }
+
+    /// The generation being read.
+    pub fn generation(&self) -> u32 {
+        self.manifest.generation
+    }
+
+    /// The (MAC-verified) manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Index entry of chunk `index`.
+    pub fn entry(&self, index: u64) -> Option<&IndexEntry> {
+        self.entries.get(usize::try_from(index).ok()?)
+    }
+
+    /// Whole-disk digest recorded in the manifest: blake3 (derive-key mode,
+    /// context "MotionGear disk digest v1") over disk size, chunk size and
+    /// every chunk's keyed id. Checked against the INDEX on open; each
+    /// [`read_chunk`](Self::read_chunk) checks its chunk's id.
+    pub fn disk_digest(&self) -> [u8; 32] {
+        self.manifest.disk_digest
+    }
+
+    /// Gives the store back.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Reads chunk `index`, fully authenticated.
+    pub fn read_chunk(&mut self, index: u64) -> Result<ChunkData> {
+        let Some(e) = self.entry(index).copied() else {
+            return Err(Error::Usage(format!(
+                "chunk {index} is out of range: capture {} has {} chunks",
+                self.name, self.manifest.chunk_count
+            )));
+        };
+        match e {
+            IndexEntry::Zero { plain_len, .. } => Ok(ChunkData::Zero { len: plain_len }),
+            IndexEntry::Stored(l) => self.read_record(index, &l).map(ChunkData::Data),
+        }
+    }
+
+    fn location(&self, index: u64, l: &RecordLoc) -> Location {
+        let start = index.saturating_mul(u64::from(self.manifest.chunk_size));
+        Location {
+            capture: self.name.clone(),
+            generation: Some(l.generation),
+            segment: Some(l.segment),
+            record: Some(l.record),
+            file: Some(layout::segment_path(&self.name, l.generation, l.segment)),
+            file_range: Some(
+                l.offset..l.offset + (REC_HEADER_LEN as u64) + u64::from(l.stored_len),
+            ),
+            disk_range: Some(start..start.saturating_add(u64::from(l.plain_len))),
+        }
+    }
+
+    fn cipher(&mut self, at: &Location, generation: u32, segment: u32) -> Result<&Aes256Gcm> {
+        if !self.ciphers.contains_key(&(generation, segment)) {
+            let path = layout::segment_path(&self.name, generation, segment);
+            let mut hb = [0u8; SEG_HEADER_LEN];
+            match self.store.len(&path).at(&path)? {
+                Some(n) if n >= SEG_HEADER_LEN as u64 => {}
+                _ => return Err(corrupt(at.clone(), "segment is missing or truncated")),
+            }
+            self.store.read_exact_at(&path, 0, &mut hb).at(&path)?;
+            let h = SegmentHeader::decode(&hb).map_err(|w| corrupt(at.clone(), w))?;
+            if h.capture_id != self.manifest.capture_id
+                || h.generation != generation
+                || h.segment != segment
+            {
+                return Err(corrupt(
+                    at.clone(),
+                    "segment header does not match its place (moved or replayed segment)",
+                ));
+            }
+            self.ciphers.insert(
+                (generation, segment),
+                self.keys.segment_cipher(&h.salt, generation, segment),
+            );
+        }
+        self.ciphers
+            .get(&(generation, segment))
+            .ok_or_else(|| Error::Backend("segment cipher cache lost an entry".into()))
+    }
+
+    fn read_record(&mut self, index: u64, l: &RecordLoc) -> Result<Vec<u8>> {
+        let at = self.location(index, l);
+        let path = layout::segment_path(&self.name, l.generation, l.segment);
+        let total = REC_HEADER_LEN + l.stored_len as usize;
+        let flen = self.store.len(&path).at(&path)?.unwrap_or(0);
+        if l.offset
+            .checked_add(total as u64)
+            .is_none_or(|end| end > flen)
+        {
+            return Err(corrupt(
+                at,
+                "record lies past the end of its segment (truncated segment)",
+            ));
+        }
+        let mut rec = vec![0u8; total];
+        self.store
+            .read_exact_at(&path, l.offset, &mut rec)
+            .at(&path)?;
+        let h = RecordHeader::decode(&rec).map_err(|w| corrupt(at.clone(), w))?;
+        if h.record != l.record
+            || h.stored_len != l.stored_len
+            || h.plain_len != l.plain_len
+            || h.flags != l.flags
+        {
+            return Err(corrupt(
+                at,
+                "record header does not match the index (swapped or replayed record)",
+            ));
+        }
+        let stored = &rec[REC_HEADER_LEN..];
+        if blake3::hash(stored).as_bytes() != &h.stored_hash {
+            return Err(corrupt(
+                at,
+                "stored bytes do not match the record's hash (corrupted record)",
+            ));
+        }
+        let capture_id = self.manifest.capture_id;
+        let aad = RecordAad {
+            capture_id: &capture_id,
+            generation: l.generation,
+            segment: l.segment,
+            record: l.record,
+            chunk_id: &l.chunk_id,
+            plain_len: l.plain_len,
+            stored_len: l.stored_len,
+            flags: l.flags,
+        };
+        let cipher = self.cipher(&at, l.generation, l.segment)?;
+        let payload = encode::open_record(cipher, &aad, stored).ok_or_else(|| {
+            corrupt(
+                at.clone(),
+                "record fails authentication (tampered, swapped or replayed)",
+            )
+        })?;
+        let plain = if l.flags & FLAG_ZSTD != 0 {
+            encode::decompress(&payload, l.plain_len as usize)
+                .map_err(|e| corrupt(at.clone(), e.to_string()))?
+        } else {
+            payload
+        };
+        if plain.len() != l.plain_len as usize
+            || encode::chunk_id(&self.keys.chunk_id, &plain) != l.chunk_id
+        {
+            return Err(corrupt(at, "decrypted chunk does not match its id"));
+        }
+        Ok(plain)
+    }
+}
+
+fn find_manifest<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    generation: Option<u32>,
+) -> Result<ManifestFile> {
+    let gens = medium::generations(store, name)?;
+    if gens.is_empty() {
+        return Err(Error::NoCapture { name: name.into() });
+    }
+    match generation {
+        Some(g) => {
+            if !gens.contains(&g) {
+                return Err(Error::NoGeneration {
+                    name: name.into(),
+                    why: format!("generation {g} does not exist"),
+                });
+            }
+            medium::read_manifest(store, name, g)?.ok_or_else(|| Error::NoGeneration {
+                name: name.into(),
+                why: format!(
+                    "generation {g} is unfinished (no MANIFEST); resume the capture first"
+                ),
+            })
+        }
+        None => {
+            for &g in gens.iter().rev() {
+                if let Some(f) = medium::read_manifest(store, name, g)? {
+                    return Ok(f);
+                }
+            }
+            Err(Error::NoGeneration {
+                name: name.into(),
+                why: "it has no finished generation".into(),
+            })
+        }
+    }
+}
+
+/// Verifies capture `name` completely: the keyless checks of every
+/// generation, then, with the key, the manifest MAC, the INDEX, and every
+/// record the chosen generation references (decrypted, decompressed and
+/// matched to its keyed id). Problems are collected, not returned as
+/// errors; a wrong key is an error.
+pub fn verify_full<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    generation: Option<u32>,
+    unlock: &Unlock,
+    obs: &mut dyn VerifyObserver,
+) -> Result<VerifyReport> {
+    let mut report = verify::verify_capture_keyless(store, name, obs)?;
+    let mut reader = match CaptureReader::open(&mut *store, name, generation, unlock) {
+        Ok(r) => r,
+        Err(Error::Corrupt { at, what }) => {
+            report.problem(obs, *at, what);
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut seen = HashSet::new();
+    let total = reader.disk_size();
+    let mut done = 0u64;
+    for i in 0..reader.chunk_count() {
+        let Some(e) = reader.entry(i).copied() else {
+            break;
+        };
+        done += u64::from(e.plain_len());
+        if let IndexEntry::Stored(l) = e {
+            if seen.insert((l.generation, l.segment, l.record)) {
+                match reader.read_chunk(i) {
+                    Ok(_) => {}
+                    Err(Error::Corrupt { at, what }) => report.problem(obs, *at, what),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        obs.progress(done, total);
+    }
+    Ok(report)
+}

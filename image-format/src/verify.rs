@@ -1,0 +1,631 @@
+//! The keyless verifier (runs in the appliance firmware: `no_std`, one
+//! reusable buffer, no allocation per record), the capture listing and the
+//! digest list the appliance signs at seal.
+//!
+//! Without any key it checks everything that can be checked: manifest CRC
+//! and root hash, INDEX hash, every segment's header, each record's framing,
+//! header CRC, sequence number and stored-bytes hash, and the segment
+//! trailer. The keyed checks (MAC, AEAD, chunk ids) are in `verify_full`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::error::{Error, Location, Result, StoreCtx};
+use crate::layout::{
+    self, IndexHeader, RecordHeader, SegmentDigest, SegmentHeader, SegmentTrailer, INDEX_FILE,
+    INDEX_HEADER_LEN, KEYPASS_FILE, KEYS_FILE, MANIFEST_FILE, REC_HEADER_LEN, SEG_HEADER_LEN,
+    TRAILER_LEN, TRAILER_MAGIC,
+};
+use crate::medium;
+use crate::store::{EntryKind, Store};
+
+/// One thing found wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub at: Location,
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.what)
+    }
+}
+
+/// What a verification looked at and what it found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub captures: u32,
+    pub generations: u32,
+    pub segments: u32,
+    pub records: u64,
+    /// Bytes read and checked.
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    pub(crate) fn problem(
+        &mut self,
+        obs: &mut dyn VerifyObserver,
+        at: Location,
+        what: impl Into<String>,
+    ) {
+        let p = Problem {
+            at,
+            what: what.into(),
+        };
+        obs.problem(&p);
+        self.problems.push(p);
+    }
+}
+
+/// Progress callbacks during a verification.
+pub trait VerifyObserver {
+    /// `done` of `total` bytes checked so far.
+    fn progress(&mut self, _done: u64, _total: u64) {}
+    /// Called as each problem is found (it also lands in the report).
+    fn problem(&mut self, _problem: &Problem) {}
+}
+
+/// An observer that ignores everything.
+pub struct NoProgress;
+impl VerifyObserver for NoProgress {}
+
+const BUF_LEN: usize = 256 * 1024;
+
+struct Ctx<'a> {
+    report: VerifyReport,
+    obs: &'a mut dyn VerifyObserver,
+    total: u64,
+    buf: Vec<u8>,
+}
+
+impl Ctx<'_> {
+    fn advance(&mut self, n: u64) {
+        self.report.bytes += n;
+        self.obs.progress(self.report.bytes, self.total);
+    }
+    fn problem(&mut self, at: Location, what: impl Into<String>) {
+        self.report.problem(self.obs, at, what);
+    }
+}
+
+/// Verifies every capture on the medium without any key.
+pub fn verify_keyless<S: Store + ?Sized>(
+    store: &mut S,
+    obs: &mut dyn VerifyObserver,
+) -> Result<VerifyReport> {
+    let names = medium::capture_names(store)?;
+    let mut total = 0;
+    for n in &names {
+        total += tree_len(store, &layout::capture_dir(n))?;
+    }
+    let mut cx = Ctx {
+        report: VerifyReport::default(),
+        obs,
+        total,
+        buf: alloc::vec![0u8; BUF_LEN],
+    };
+    for e in medium::list_or_empty(store, layout::ROOT_DIR)? {
+        if e.kind == EntryKind::Dir && layout::validate_name(&e.name).is_err() {
+            cx.problem(
+                Location {
+                    file: Some(alloc::format!("{}/{}", layout::ROOT_DIR, e.name)),
+                    ..Default::default()
+                },
+                "unexpected directory: not a valid capture name",
+            );
+        }
+    }
+    for n in &names {
+        verify_capture_into(store, n, &mut cx)?;
+    }
+    Ok(cx.report)
+}
+
+/// Verifies one capture (all its generations) without any key.
+pub fn verify_capture_keyless<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    obs: &mut dyn VerifyObserver,
+) -> Result<VerifyReport> {
+    layout::validate_name(name)?;
+    if medium::generations(store, name)?.is_empty() {
+        return Err(Error::NoCapture { name: name.into() });
+    }
+    let total = tree_len(store, &layout::capture_dir(name))?;
+    let mut cx = Ctx {
+        report: VerifyReport::default(),
+        obs,
+        total,
+        buf: alloc::vec![0u8; BUF_LEN],
+    };
+    verify_capture_into(store, name, &mut cx)?;
+    Ok(cx.report)
+}
+
+fn tree_len<S: Store + ?Sized>(store: &mut S, dir: &str) -> Result<u64> {
+    let mut sum = 0u64;
+    for e in medium::list_or_empty(store, dir)? {
+        match e.kind {
+            EntryKind::File => sum = sum.saturating_add(e.len),
+            EntryKind::Dir => {
+                if layout::parse_generation_dir(&e.name).is_some() {
+                    sum = sum.saturating_add(tree_len(store, &alloc::format!("{dir}/{}", e.name))?);
+                }
+            }
+        }
+    }
+    Ok(sum)
+}
+
+fn verify_capture_into<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    cx: &mut Ctx<'_>,
+) -> Result<()> {
+    cx.report.captures += 1;
+    let dir = layout::capture_dir(name);
+    let cap = Location::capture(name);
+    let mut slots = 0;
+    for slot in [KEYS_FILE, KEYPASS_FILE] {
+        let path = alloc::format!("{dir}/{slot}");
+        let mut head = [0u8; 21];
+        match store.len(&path).at(&path)? {
+            None => continue,
+            Some(len) if len < head.len() as u64 => {
+                cx.problem(cap.clone().file(&path), "key slot file is truncated");
+            }
+            Some(_) => {
+                store.read_exact_at(&path, 0, &mut head).at(&path)?;
+                if &head != b"age-encryption.org/v1" {
+                    cx.problem(cap.clone().file(&path), "key slot file is not an age file");
+                }
+            }
+        }
+        slots += 1;
+    }
+    if slots == 0 {
+        cx.problem(
+            cap.clone(),
+            "no key slot (KEYS or KEYPASS): nothing can ever decrypt this capture",
+        );
+    }
+    let gens = medium::generations(store, name)?;
+    for &g in &gens {
+        cx.report.generations += 1;
+        let at = cap.clone().generation(g);
+        let m = match medium::read_manifest(store, name, g) {
+            Ok(Some(f)) => f.manifest,
+            Ok(None) => {
+                cx.problem(
+                    at,
+                    "unfinished generation (no MANIFEST): resume the capture with the same parameters, or remove it",
+                );
+                continue;
+            }
+            Err(Error::Corrupt { at, what }) => {
+                cx.problem(*at, what);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if m.parent != 0 && !gens.contains(&m.parent) {
+            cx.problem(
+                at.clone(),
+                alloc::format!("delta parent generation {} is missing", m.parent),
+            );
+        }
+        verify_index(store, name, &m, cx)?;
+        for (s, d) in m.segments.iter().enumerate() {
+            verify_segment(store, name, g, s as u32, &m.capture_id, d, cx)?;
+        }
+        for e in medium::list_or_empty(store, &layout::generation_dir(name, g))? {
+            if let Some(s) = layout::parse_segment_name(&e.name) {
+                if s as usize >= m.segments.len() {
+                    let path = layout::segment_path(name, g, s);
+                    cx.problem(
+                        at.clone().file(&path),
+                        "segment not listed in the manifest (left over or replayed)",
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn verify_index<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    m: &layout::Manifest,
+    cx: &mut Ctx<'_>,
+) -> Result<()> {
+    let path = layout::generation_file(name, m.generation, INDEX_FILE);
+    let at = Location::capture(name).generation(m.generation).file(&path);
+    let Some(len) = store.len(&path).at(&path)? else {
+        cx.problem(at, "INDEX is missing");
+        return Ok(());
+    };
+    if len != m.index_len {
+        cx.problem(
+            at.clone(),
+            alloc::format!("INDEX is {len} bytes, the manifest says {}", m.index_len),
+        );
+        return Ok(());
+    }
+    let mut head = [0u8; INDEX_HEADER_LEN];
+    if len < head.len() as u64 {
+        cx.problem(at, "INDEX is truncated");
+        return Ok(());
+    }
+    store.read_exact_at(&path, 0, &mut head).at(&path)?;
+    match IndexHeader::decode(&head) {
+        Err(w) => cx.problem(at.clone().bytes(0..INDEX_HEADER_LEN as u64), w),
+        Ok(h) => {
+            if h.capture_id != m.capture_id
+                || h.generation != m.generation
+                || h.chunk_count != m.chunk_count
+            {
+                cx.problem(
+                    at.clone(),
+                    "INDEX header does not match the manifest (moved or replayed file)",
+                );
+            } else if INDEX_HEADER_LEN as u64 + h.ciphertext_len != len {
+                cx.problem(at.clone(), "INDEX length does not match its header");
+            }
+        }
+    }
+    let mut h = blake3::Hasher::new();
+    let mut buf = core::mem::take(&mut cx.buf);
+    medium::stream(store, &path, 0, len, &mut buf, |b| {
+        h.update(b);
+    })?;
+    cx.buf = buf;
+    cx.advance(len);
+    if h.finalize().as_bytes() != &m.index_hash {
+        cx.problem(at, "INDEX contents do not match the manifest's hash");
+    }
+    Ok(())
+}
+
+/// Checks one segment's framing record by record.
+fn verify_segment<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    generation: u32,
+    segment: u32,
+    capture_id: &[u8; 16],
+    digest: &SegmentDigest,
+    cx: &mut Ctx<'_>,
+) -> Result<()> {
+    cx.report.segments += 1;
+    let path = layout::segment_path(name, generation, segment);
+    let mut at = Location::capture(name).generation(generation).file(&path);
+    at.segment = Some(segment);
+    let Some(len) = store.len(&path).at(&path)? else {
+        cx.problem(at, "segment listed in the manifest is missing");
+        return Ok(());
+    };
+    if len != digest.len {
+        cx.problem(
+            at.clone(),
+            alloc::format!("segment is {len} bytes, the manifest says {}", digest.len),
+        );
+    }
+    let mut hdr = [0u8; SEG_HEADER_LEN];
+    if len < (SEG_HEADER_LEN + TRAILER_LEN) as u64 {
+        cx.problem(
+            at.bytes(0..len),
+            "segment is too short to hold a header and a trailer",
+        );
+        return Ok(());
+    }
+    store.read_exact_at(&path, 0, &mut hdr).at(&path)?;
+    match SegmentHeader::decode(&hdr) {
+        Err(w) => {
+            cx.problem(at.bytes(0..SEG_HEADER_LEN as u64), w);
+            return Ok(());
+        }
+        Ok(h)
+            if h.capture_id != *capture_id
+                || h.generation != generation
+                || h.segment != segment =>
+        {
+            cx.problem(
+                at.clone().bytes(0..SEG_HEADER_LEN as u64),
+                alloc::format!(
+                    "segment header says generation {} segment {} of another or the same capture (moved or replayed file)",
+                    h.generation,
+                    h.segment
+                ),
+            );
+        }
+        Ok(_) => {}
+    }
+    let mut seg_hash = blake3::Hasher::new();
+    seg_hash.update(&hdr);
+    cx.advance(SEG_HEADER_LEN as u64);
+    let mut off = SEG_HEADER_LEN as u64;
+    let mut expect: u32 = 0;
+    let mut buf = core::mem::take(&mut cx.buf);
+    let result = loop {
+        // Built only when a problem is reported: no allocation per record.
+        let rat = |range: core::ops::Range<u64>| {
+            let mut l = at.clone().bytes(range);
+            l.record = Some(expect);
+            l
+        };
+        if off + REC_HEADER_LEN as u64 > len {
+            break Some((
+                rat(off..len),
+                "segment ends without a trailer (truncated)".into(),
+            ));
+        }
+        let mut rh = [0u8; REC_HEADER_LEN];
+        store.read_exact_at(&path, off, &mut rh).at(&path)?;
+        if rh[..4] == TRAILER_MAGIC {
+            let tat = at.clone().bytes(off..off + TRAILER_LEN as u64);
+            let t = match SegmentTrailer::decode(&rh) {
+                Ok(t) => t,
+                Err(w) => break Some((tat, w.into())),
+            };
+            let h = *seg_hash.finalize().as_bytes();
+            cx.advance(TRAILER_LEN as u64);
+            break if t.data_end != off || t.records != expect {
+                Some((
+                    tat,
+                    alloc::format!(
+                        "trailer says {} records ending at byte {}, found {expect} ending at {off}",
+                        t.records,
+                        t.data_end
+                    ),
+                ))
+            } else if t.hash != h {
+                Some((
+                    tat,
+                    "trailer hash does not match the segment's bytes".into(),
+                ))
+            } else if off + TRAILER_LEN as u64 != len {
+                Some((
+                    at.clone().bytes(off + TRAILER_LEN as u64..len),
+                    "bytes after the segment trailer".into(),
+                ))
+            } else if t.hash != digest.hash {
+                Some((
+                    at.clone(),
+                    "segment contents differ from the manifest's hash (replaced segment)".into(),
+                ))
+            } else {
+                None
+            };
+        }
+        let h = match RecordHeader::decode(&rh) {
+            Ok(h) => h,
+            Err(w) => break Some((rat(off..off + REC_HEADER_LEN as u64), w.into())),
+        };
+        let end = off + REC_HEADER_LEN as u64 + u64::from(h.stored_len);
+        let rrange = off..end;
+        if end + TRAILER_LEN as u64 > len {
+            break Some((
+                rat(rrange),
+                "record runs past the end of the segment (truncated)".into(),
+            ));
+        }
+        if h.record != expect {
+            cx.problem(
+                rat(rrange.clone()),
+                alloc::format!(
+                    "record number {} where {expect} was expected (replayed or reordered record)",
+                    h.record
+                ),
+            );
+        }
+        seg_hash.update(&rh);
+        let mut rec_hash = blake3::Hasher::new();
+        medium::stream(
+            store,
+            &path,
+            off + REC_HEADER_LEN as u64,
+            end,
+            &mut buf,
+            |b| {
+                rec_hash.update(b);
+                seg_hash.update(b);
+            },
+        )?;
+        cx.report.records += 1;
+        cx.advance(end - off);
+        if rec_hash.finalize().as_bytes() != &h.stored_hash {
+            cx.problem(
+                rat(rrange),
+                "stored bytes do not match the record's hash (corrupted record)",
+            );
+        }
+        off = end;
+        expect = expect.saturating_add(1);
+    };
+    cx.buf = buf;
+    if let Some((at, what)) = result {
+        cx.problem(at, what);
+    }
+    Ok(())
+}
+
+/// A capture as listed without any key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureInfo {
+    pub name: String,
+    /// `KEYS` (X25519 recipients) present.
+    pub recipient_slot: bool,
+    /// `KEYPASS` (passphrase) present.
+    pub passphrase_slot: bool,
+    pub generations: Vec<GenerationInfo>,
+}
+
+/// State of one generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenerationState {
+    /// Manifest written: the generation is complete.
+    Complete,
+    /// Being written or interrupted: `next_chunk` of `chunk_count` durable.
+    Unfinished { next_chunk: u64 },
+    /// Neither a valid manifest nor a valid journal.
+    Damaged(String),
+}
+
+/// One generation as listed without any key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationInfo {
+    pub generation: u32,
+    pub state: GenerationState,
+    pub parent: Option<u32>,
+    pub chunk_size: u32,
+    pub disk_size: u64,
+    pub chunk_count: u64,
+    pub stored_chunks: u64,
+    pub zero_chunks: u64,
+    pub dedup_chunks: u64,
+    /// Bytes of records this generation wrote.
+    pub stored_bytes: u64,
+    pub segments: u32,
+    pub created_unix: u64,
+    pub appliance_id: Option<[u8; 32]>,
+    pub source_desc: String,
+    /// Root hash of the manifest (complete generations).
+    pub manifest_root: Option<[u8; 32]>,
+}
+
+/// Lists captures and their generations without any key.
+pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo>> {
+    let mut out = Vec::new();
+    for name in medium::capture_names(store)? {
+        let dir = layout::capture_dir(&name);
+        let recipient_slot = store
+            .len(&alloc::format!("{dir}/{KEYS_FILE}"))
+            .at(&dir)?
+            .is_some();
+        let passphrase_slot = store
+            .len(&alloc::format!("{dir}/{KEYPASS_FILE}"))
+            .at(&dir)?
+            .is_some();
+        let mut generations = Vec::new();
+        for g in medium::generations(store, &name)? {
+            let blank = GenerationInfo {
+                generation: g,
+                state: GenerationState::Damaged(String::new()),
+                parent: None,
+                chunk_size: 0,
+                disk_size: 0,
+                chunk_count: 0,
+                stored_chunks: 0,
+                zero_chunks: 0,
+                dedup_chunks: 0,
+                stored_bytes: 0,
+                segments: 0,
+                created_unix: 0,
+                appliance_id: None,
+                source_desc: String::new(),
+                manifest_root: None,
+            };
+            let info = match medium::read_manifest(store, &name, g) {
+                Ok(Some(f)) => {
+                    let m = f.manifest;
+                    GenerationInfo {
+                        state: GenerationState::Complete,
+                        parent: (m.parent != 0).then_some(m.parent),
+                        chunk_size: m.chunk_size,
+                        disk_size: m.disk_size,
+                        chunk_count: m.chunk_count,
+                        stored_chunks: m.stored_chunks,
+                        zero_chunks: m.zero_chunks,
+                        dedup_chunks: m.dedup_chunks,
+                        stored_bytes: m.stored_bytes,
+                        segments: m.segments.len() as u32,
+                        created_unix: m.created_unix,
+                        appliance_id: m.appliance_id,
+                        source_desc: m.source_desc,
+                        manifest_root: Some(f.root),
+                        ..blank
+                    }
+                }
+                Ok(None) => match medium::read_journal(store, &name, g)? {
+                    Some(j) => GenerationInfo {
+                        state: GenerationState::Unfinished {
+                            next_chunk: j.next_chunk,
+                        },
+                        parent: (j.parent != 0).then_some(j.parent),
+                        chunk_size: j.chunk_size,
+                        disk_size: j.source_size,
+                        chunk_count: layout::chunk_count(j.source_size, j.chunk_size),
+                        segments: j.closed_segments + u32::from(j.open_len > 0),
+                        ..blank
+                    },
+                    None => GenerationInfo {
+                        state: GenerationState::Damaged("no manifest and no valid journal".into()),
+                        ..blank
+                    },
+                },
+                Err(Error::Corrupt { what, .. }) => GenerationInfo {
+                    state: GenerationState::Damaged(what),
+                    ..blank
+                },
+                Err(e) => return Err(e),
+            };
+            generations.push(info);
+        }
+        out.push(CaptureInfo {
+            name,
+            recipient_slot,
+            passphrase_slot,
+            generations,
+        });
+    }
+    Ok(out)
+}
+
+/// blake3 of every file the appliance signs at seal: each capture's key
+/// slots, and each generation's MANIFEST, INDEX and segments, sorted by path.
+/// Keyless; the appliance signs this list.
+pub fn medium_digests<S: Store + ?Sized>(store: &mut S) -> Result<Vec<(String, [u8; 32])>> {
+    let mut out = Vec::new();
+    let mut buf = alloc::vec![0u8; BUF_LEN];
+    for name in medium::capture_names(store)? {
+        let dir = layout::capture_dir(&name);
+        for slot in [KEYS_FILE, KEYPASS_FILE] {
+            let p = alloc::format!("{dir}/{slot}");
+            if let Some((_, h)) = medium::hash_file(store, &p, &mut buf)? {
+                out.push((p, h));
+            }
+        }
+        for g in medium::generations(store, &name)? {
+            let gdir = layout::generation_dir(&name, g);
+            let mut files: Vec<String> = medium::list_or_empty(store, &gdir)?
+                .into_iter()
+                .filter(|e| {
+                    e.kind == EntryKind::File
+                        && (e.name == MANIFEST_FILE
+                            || e.name == INDEX_FILE
+                            || layout::parse_segment_name(&e.name).is_some())
+                })
+                .map(|e| e.name)
+                .collect();
+            files.sort();
+            for f in files {
+                let p = alloc::format!("{gdir}/{f}");
+                if let Some((_, h)) = medium::hash_file(store, &p, &mut buf)? {
+                    out.push((p, h));
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,975 @@
+//! The capture writer: one generation of one capture, appended chunk by
+//! chunk, checkpointed, resumable, finished with INDEX, MANIFEST, journal.
+//!
+//! Crash-safety rule (restic's, borg's): data -> index -> manifest ->
+//! journal, each made durable (`Store::sync`) before the next. A checkpoint
+//! syncs the open segment, appends the new index entries to `IPART`, syncs
+//! it, then writes the next journal slot (A/B alternating, seq + CRC).
+//! Whatever was written after the newest valid journal slot is discarded on
+//! resume, which continues in a NEW segment with a fresh salt so no
+//! (key, nonce) pair is ever used twice.
+
+use std::collections::HashMap;
+
+use aes_gcm::Aes256Gcm;
+use age::secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use crate::encode::{self, Body, ChunkEncoder, EncodedChunk, RecordAad};
+use crate::error::{Error, Location, Result, StoreCtx};
+use crate::keys::{self, DataKey, Subkeys, Unlock};
+use crate::layout::{
+    self, IndexEntry, IndexHeader, IpartHeader, Journal, JournalState, Manifest, ManifestFile,
+    RecordHeader, RecordLoc, SegmentDigest, SegmentHeader, SegmentTrailer, ENTRY_LEN,
+    INCOMPAT_ZSTD, INDEX_FILE, IPART_FILE, IPART_HEADER_LEN, JOURNAL_A, JOURNAL_B, KEYPASS_FILE,
+    MANIFEST_FILE, REC_HEADER_LEN, SEG_HEADER_LEN, TAG_LEN, TRAILER_LEN,
+};
+use crate::medium;
+use crate::reader;
+use crate::store::Store;
+
+/// What to capture and how.
+pub struct CaptureParams {
+    /// Capture name: ASCII letters, digits, '-', '_', 1..=32 chars.
+    pub name: String,
+    /// Power of two, 64 KiB..=16 MiB ([`layout::DEFAULT_CHUNK`] by default).
+    pub chunk_size: u32,
+    /// Try zstd per chunk (kept only when smaller).
+    pub compress: bool,
+    /// Key slot recipients (`age1...`), used when the capture is created.
+    pub recipients: Vec<age::x25519::Recipient>,
+    /// Passphrase key slot, used when the capture is created; also unwraps
+    /// the data key of an existing capture for a delta or resume.
+    pub passphrase: Option<SecretString>,
+    /// age scrypt work factor (log2 N) for the passphrase slot; `None` is
+    /// age's default (about one second). Tests lower it.
+    pub passphrase_work_factor: Option<u8>,
+    /// Store only chunks not already stored in the newest finished generation.
+    pub delta: bool,
+    /// Size of the source disk in bytes.
+    pub source_size: u64,
+    /// Free text describing the source (device, NBD export...), <= 1024 bytes.
+    pub source_desc: String,
+    /// Identity of the appliance the capture was written to, if known.
+    pub appliance_id: Option<[u8; 32]>,
+    /// Creation time (seconds since the Unix epoch).
+    pub created_unix: u64,
+    /// Largest segment file; [`layout::MAX_SEGMENT`] (1 GiB) by default.
+    pub max_segment_bytes: u64,
+}
+
+impl CaptureParams {
+    /// Defaults for everything but the name and the size.
+    pub fn new(name: &str, source_size: u64) -> Self {
+        CaptureParams {
+            name: name.into(),
+            chunk_size: layout::DEFAULT_CHUNK,
+            compress: cfg!(feature = "zstd"),
+            recipients: Vec::new(),
+            passphrase: None,
+            passphrase_work_factor: None,
+            delta: false,
+            source_size,
+            source_desc: String::new(),
+            appliance_id: None,
+            created_unix: 0,
+            max_segment_bytes: layout::MAX_SEGMENT,
+        }
+    }
+
+    /// Hash of everything a resume must repeat identically.
+    fn resume_hash(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("MotionGear capture params v1");
+        h.update(&(self.name.len() as u32).to_le_bytes());
+        h.update(self.name.as_bytes());
+        h.update(&self.chunk_size.to_le_bytes());
+        h.update(&[u8::from(self.compress), u8::from(self.delta)]);
+        h.update(&self.source_size.to_le_bytes());
+        h.update(&(self.source_desc.len() as u32).to_le_bytes());
+        h.update(self.source_desc.as_bytes());
+        h.update(&self.appliance_id.unwrap_or([0; 32]));
+        h.update(&self.max_segment_bytes.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+}
+
+impl core::fmt::Debug for CaptureParams {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CaptureParams")
+            .field("name", &self.name)
+            .field("chunk_size", &self.chunk_size)
+            .field("compress", &self.compress)
+            .field(
+                "recipients",
+                &self
+                    .recipients
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "passphrase",
+                &self.passphrase.as_ref().map(|_| "<redacted>"),
+            )
+            .field("delta", &self.delta)
+            .field("source_size", &self.source_size)
+            .field("source_desc", &self.source_desc)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`CaptureWriter::append`] did with a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// All zeros: an index entry only.
+    Zero,
+    /// Same keyed id as a chunk already stored (this or a parent generation).
+    Dedup,
+    /// Written as a new record of `stored_bytes` bytes (header included).
+    Stored { stored_bytes: u64 },
+}
+
+/// The result of a finished generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureSummary {
+    pub name: String,
+    pub generation: u32,
+    pub parent: Option<u32>,
+    pub chunk_count: u64,
+    pub stored_chunks: u64,
+    pub zero_chunks: u64,
+    pub dedup_chunks: u64,
+    /// Bytes of records written by this generation.
+    pub stored_bytes: u64,
+    pub segments: u32,
+    pub disk_digest: [u8; 32],
+    /// Root hash of the MANIFEST (what the appliance signs).
+    pub manifest_root: [u8; 32],
+    /// First chunk this run wrote (non-zero after a resume).
+    pub resumed_from: u64,
+}
+
+struct OpenSegment {
+    no: u32,
+    path: String,
+    cipher: Aes256Gcm,
+    len: u64,
+    records: u32,
+    hasher: blake3::Hasher,
+}
+
+#[derive(Default)]
+struct Stats {
+    stored_chunks: u64,
+    zero_chunks: u64,
+    dedup_chunks: u64,
+    stored_bytes: u64,
+}
+
+/// Writes one generation of a capture. See the module doc for the order of
+/// writes; call [`checkpoint`](Self::checkpoint) every few hundred MiB so an
+/// interrupted capture resumes close to where it stopped.
+///
+/// After any error (e.g. the medium is full or was unplugged), drop the
+/// writer and call [`begin`](Self::begin) again with the same parameters and
+/// key: it resumes from the last checkpoint.
+pub struct CaptureWriter<S: Store> {
+    store: S,
+    params: CaptureParams,
+    params_hash: [u8; 32],
+    key: DataKey,
+    keys: Subkeys,
+    capture_id: [u8; 16],
+    generation: u32,
+    parent: u32,
+    incompat: u32,
+    chunk_count: u64,
+    entries: Vec<IndexEntry>,
+    dedup: HashMap<[u8; 32], RecordLoc>,
+    closed: Vec<SegmentDigest>,
+    open: Option<OpenSegment>,
+    ipart_len: u64,
+    checkpointed: u64,
+    seq: u64,
+    stats: Stats,
+    resume_from: u64,
+    encoder: ChunkEncoder,
+}
+
+impl<S: Store> core::fmt::Debug for CaptureWriter<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CaptureWriter")
+            .field("name", &self.params.name)
+            .field("generation", &self.generation)
+            .field("next_chunk", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn corrupt(at: Location, what: impl Into<String>) -> Error {
+    Error::corrupt(at, what)
+}
+
+impl<S: Store> CaptureWriter<S> {
+    /// Starts a new generation of capture `params.name`, or resumes its
+    /// unfinished newest generation if it was started with identical
+    /// parameters.
+    ///
+    /// A new capture name gets `key` (or a fresh random data key) and its key
+    /// slots are written from `params.recipients` / `params.passphrase`.
+    /// An existing name (a delta, another full generation, or a resume)
+    /// needs its data key: `key` from the source-side key cache, or
+    /// `params.passphrase` to unwrap the `KEYPASS` slot. Save
+    /// [`data_key`](Self::data_key) to the key cache right after `begin`.
+    pub fn begin(mut store: S, params: CaptureParams, key: Option<DataKey>) -> Result<Self> {
+        let name = params.name.clone();
+        layout::validate_name(&name)?;
+        check_params(&params)?;
+        let gens = medium::generations(&mut store, &name)?;
+        let mut last_done: Option<ManifestFile> = None;
+        for &g in gens.iter().rev() {
+            if let Some(f) = medium::read_manifest(&mut store, &name, g)? {
+                last_done = Some(f);
+                break;
+            }
+        }
+        // The newest generation, if it has no manifest, is unfinished.
+        let tail = match gens.last() {
+            Some(&g)
+                if last_done
+                    .as_ref()
+                    .is_none_or(|f| f.manifest.generation != g) =>
+            {
+                Some((g, medium::read_journal(&mut store, &name, g)?))
+            }
+            _ => None,
+        };
+        let known = match (&last_done, &tail) {
+            (_, Some((_, Some(j)))) => Some((j.capture_id, j.key_check)),
+            (Some(f), _) => Some((f.manifest.capture_id, f.manifest.key_check)),
+            _ => None,
+        };
+        let (key, capture_id) = match known {
+            None => {
+                if params.recipients.is_empty() && params.passphrase.is_none() {
+                    return Err(Error::InvalidParams(
+                        "no key slot: give at least one recipient (age1...) or a passphrase, otherwise nothing could ever decrypt this capture".into(),
+                    ));
+                }
+                let key = match key {
+                    Some(k) => k,
+                    None => DataKey::generate()?,
+                };
+                let capture_id = keys::random::<16>()?;
+                store
+                    .create_dir_all(&layout::capture_dir(&name))
+                    .at(&layout::capture_dir(&name))?;
+                keys::write_key_slots(
+                    &mut store,
+                    &name,
+                    &capture_id,
+                    &key,
+                    &params.recipients,
+                    params.passphrase.as_ref(),
+                    params.passphrase_work_factor,
+                )?;
+                (key, capture_id)
+            }
+            Some((capture_id, key_check)) => {
+                let key = match (key, &params.passphrase) {
+                    (Some(k), _) => k,
+                    (None, Some(p)) if has_file(&mut store, &name, KEYPASS_FILE)? => {
+                        keys::unlock_data_key(&mut store, &name, &Unlock::Passphrase(p.clone()))?.0
+                    }
+                    (None, _) => {
+                        return Err(Error::NeedKey {
+                            name: name.clone(),
+                            why: "it already exists on this medium, so this capture (a delta, a resume or a new generation) needs its data key: give the source-side key cache written by the first capture, or its passphrase".into(),
+                        })
+                    }
+                };
+                if Subkeys::derive(&key, &capture_id).key_check() != key_check {
+                    return Err(Error::WrongKey { name });
+                }
+                (key, capture_id)
+            }
+        };
+        let keys = Subkeys::derive(&key, &capture_id);
+        let mut w = CaptureWriter {
+            encoder: ChunkEncoder::new(
+                keys.chunk_id.clone(),
+                capture_id,
+                params.chunk_size,
+                params.source_size,
+                params.compress,
+            ),
+            params_hash: params.resume_hash(),
+            incompat: if params.compress { INCOMPAT_ZSTD } else { 0 },
+            chunk_count: layout::chunk_count(params.source_size, params.chunk_size),
+            store,
+            params,
+            key,
+            keys,
+            capture_id,
+            generation: 0,
+            parent: 0,
+            entries: Vec::new(),
+            dedup: HashMap::new(),
+            closed: Vec::new(),
+            open: None,
+            ipart_len: 0,
+            checkpointed: 0,
+            seq: 0,
+            stats: Stats::default(),
+            resume_from: 0,
+        };
+        match tail {
+            Some((g, Some(j))) => {
+                if j.state == JournalState::Finished {
+                    return Err(corrupt(
+                        Location::capture(&name).generation(g),
+                        "the journal says finished but the MANIFEST is missing or damaged",
+                    ));
+                }
+                if j.params_hash != w.params_hash || j.capture_id != capture_id {
+                    return Err(Error::ResumeMismatch {
+                        name,
+                        generation: g,
+                    });
+                }
+                w.resume(g, j)?;
+            }
+            Some((g, None)) => {
+                // Nothing durable was recorded: start this generation afresh.
+                w.wipe_generation(g)?;
+                w.start(g, last_done.as_ref())?;
+            }
+            None => {
+                let g = gens.last().map_or(1, |g| g + 1);
+                if g > layout::MAX_GENERATIONS {
+                    return Err(Error::Limit(format!(
+                        "capture {name} has reached {} generations",
+                        layout::MAX_GENERATIONS
+                    )));
+                }
+                w.start(g, last_done.as_ref())?;
+            }
+        }
+        Ok(w)
+    }
+
+    /// The capture's data key: save it in the source-side key cache
+    /// ([`DataKey::save_cache`]) so later deltas can be written.
+    pub fn data_key(&self) -> &DataKey {
+        &self.key
+    }
+
+    /// First chunk index still to write (0 unless resuming).
+    pub fn resume_from(&self) -> u64 {
+        self.resume_from
+    }
+
+    /// The generation being written.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Parent generation of a delta.
+    pub fn parent(&self) -> Option<u32> {
+        (self.parent != 0).then_some(self.parent)
+    }
+
+    /// Number of chunks of the source.
+    pub fn chunk_count(&self) -> u64 {
+        self.chunk_count
+    }
+
+    /// An encoder for worker threads (clone it freely).
+    pub fn encoder(&self) -> ChunkEncoder {
+        self.encoder.clone()
+    }
+
+    /// Appends the next chunk (chunks must come in index order, starting at
+    /// [`resume_from`](Self::resume_from)).
+    pub fn append(&mut self, chunk: EncodedChunk) -> Result<Appended> {
+        let next = self.entries.len() as u64;
+        if chunk.index != next {
+            return Err(Error::Usage(format!(
+                "chunks must be appended in order: expected chunk {next}, got {}",
+                chunk.index
+            )));
+        }
+        if chunk.capture_id != self.capture_id {
+            return Err(Error::Usage(
+                "chunk was encoded by another capture's encoder".into(),
+            ));
+        }
+        let (payload, compressed) = match &chunk.body {
+            Body::Zero => {
+                self.entries.push(IndexEntry::Zero {
+                    plain_len: chunk.plain_len,
+                    chunk_id: chunk.chunk_id,
+                });
+                self.stats.zero_chunks += 1;
+                return Ok(Appended::Zero);
+            }
+            Body::Data { bytes, compressed } => (bytes, *compressed),
+        };
+        if let Some(loc) = self.dedup.get(&chunk.chunk_id) {
+            if loc.plain_len == chunk.plain_len {
+                self.entries.push(IndexEntry::Stored(*loc));
+                self.stats.dedup_chunks += 1;
+                return Ok(Appended::Dedup);
+            }
+        }
+        let stored_len = payload.len() + TAG_LEN;
+        let rec_size = (REC_HEADER_LEN + stored_len) as u64;
+        if let Some(seg) = &self.open {
+            if seg.len + rec_size + TRAILER_LEN as u64 > self.params.max_segment_bytes {
+                self.close_segment()?;
+                self.checkpoint()?;
+            }
+        }
+        if self.open.is_none() {
+            self.open_segment()?;
+        }
+        let (generation, capture_id) = (self.generation, self.capture_id);
+        let Some(seg) = self.open.as_mut() else {
+            return Err(Error::Usage("no open segment".into()));
+        };
+        let flags = encode::flags_of(compressed);
+        let aad = RecordAad {
+            capture_id: &capture_id,
+            generation,
+            segment: seg.no,
+            record: seg.records,
+            chunk_id: &chunk.chunk_id,
+            plain_len: chunk.plain_len,
+            stored_len: stored_len as u32,
+            flags,
+        };
+        let ct = encode::seal_record(&seg.cipher, &aad, payload)?;
+        let header = RecordHeader {
+            record: seg.records,
+            stored_len: stored_len as u32,
+            plain_len: chunk.plain_len,
+            flags,
+            stored_hash: *blake3::hash(&ct).as_bytes(),
+        };
+        let mut rec = header.encode();
+        rec.extend_from_slice(&ct);
+        // Decode what we are about to write, exactly as a reader would.
+        let check = RecordHeader::decode(&rec).ok().filter(|h| *h == header);
+        let back = encode::open_record(&seg.cipher, &aad, &rec[REC_HEADER_LEN..]);
+        if check.is_none() || back.as_deref() != Some(payload.as_slice()) {
+            return Err(Error::Backend(format!(
+                "record for chunk {} did not decode back to its input: refusing to write it",
+                chunk.index
+            )));
+        }
+        self.store
+            .write_at(&seg.path, seg.len, &rec)
+            .at(&seg.path)?;
+        seg.hasher.update(&rec);
+        let loc = RecordLoc {
+            flags,
+            plain_len: chunk.plain_len,
+            generation,
+            segment: seg.no,
+            record: seg.records,
+            stored_len: stored_len as u32,
+            offset: seg.len,
+            chunk_id: chunk.chunk_id,
+        };
+        seg.len += rec.len() as u64;
+        seg.records += 1;
+        self.entries.push(IndexEntry::Stored(loc));
+        self.dedup.insert(chunk.chunk_id, loc);
+        self.stats.stored_chunks += 1;
+        self.stats.stored_bytes += rec.len() as u64;
+        Ok(Appended::Stored {
+            stored_bytes: rec.len() as u64,
+        })
+    }
+
+    /// Makes everything appended so far durable and records it in the
+    /// journal, so a resume continues from here.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        if let Some(seg) = &self.open {
+            self.store.sync(&seg.path).at(&seg.path)?;
+        }
+        let ipart = self.path(IPART_FILE);
+        let mut first = self.checkpointed as usize;
+        let wrote = first < self.entries.len();
+        while first < self.entries.len() {
+            let last = self.entries.len().min(first + (1 << 20));
+            let h = IpartHeader {
+                first_chunk: first as u64,
+                count: (last - first) as u32,
+                salt: keys::random()?,
+            };
+            let mut plain = Zeroizing::new(Vec::with_capacity((last - first) * ENTRY_LEN));
+            for e in &self.entries[first..last] {
+                e.encode_into(&mut plain);
+            }
+            let ct = encode::seal_blob(
+                &self.keys.index_cipher(&h.salt),
+                &self.ipart_aad(&h),
+                &plain,
+            )?;
+            let mut bytes = h.encode();
+            bytes.extend_from_slice(&ct);
+            self.store
+                .write_at(&ipart, self.ipart_len, &bytes)
+                .at(&ipart)?;
+            self.ipart_len += bytes.len() as u64;
+            first = last;
+        }
+        if wrote {
+            self.store.sync(&ipart).at(&ipart)?;
+        }
+        self.checkpointed = self.entries.len() as u64;
+        self.write_journal(JournalState::InProgress)
+    }
+
+    /// Closes the last segment and writes INDEX, MANIFEST and the final
+    /// journal slot, in that order, each durable before the next.
+    pub fn finish(mut self) -> Result<CaptureSummary> {
+        let have = self.entries.len() as u64;
+        if have != self.chunk_count {
+            return Err(Error::Usage(format!(
+                "capture {} is incomplete: {have} of {} chunks appended; finish only after the last chunk",
+                self.params.name, self.chunk_count
+            )));
+        }
+        self.close_segment()?;
+        // INDEX
+        let ih = IndexHeader {
+            incompat: self.incompat,
+            capture_id: self.capture_id,
+            generation: self.generation,
+            chunk_size: self.params.chunk_size,
+            disk_size: self.params.source_size,
+            chunk_count: self.chunk_count,
+            salt: keys::random()?,
+            ciphertext_len: self.chunk_count * ENTRY_LEN as u64 + TAG_LEN as u64,
+        };
+        let mut plain = Zeroizing::new(Vec::with_capacity(self.entries.len() * ENTRY_LEN));
+        for e in &self.entries {
+            e.encode_into(&mut plain);
+        }
+        let ct = encode::seal_blob(&self.keys.index_cipher(&ih.salt), &ih.aad(), &plain)?;
+        let mut index = ih.encode();
+        index.extend_from_slice(&ct);
+        let index_path = self.path(INDEX_FILE);
+        self.write_atomic(&index_path, &index)?;
+        // MANIFEST
+        let disk_digest = medium::disk_digest(
+            self.params.source_size,
+            self.params.chunk_size,
+            self.entries.iter().map(|e| e.chunk_id()),
+        );
+        let m = Manifest {
+            incompat: self.incompat,
+            capture_id: self.capture_id,
+            generation: self.generation,
+            parent: self.parent,
+            name: self.params.name.clone(),
+            chunk_size: self.params.chunk_size,
+            disk_size: self.params.source_size,
+            chunk_count: self.chunk_count,
+            created_unix: self.params.created_unix,
+            appliance_id: self.params.appliance_id,
+            source_desc: self.params.source_desc.clone(),
+            compress: self.params.compress,
+            stored_chunks: self.stats.stored_chunks,
+            zero_chunks: self.stats.zero_chunks,
+            dedup_chunks: self.stats.dedup_chunks,
+            stored_bytes: self.stats.stored_bytes,
+            disk_digest,
+            key_check: self.keys.key_check(),
+            index_len: index.len() as u64,
+            index_hash: *blake3::hash(&index).as_bytes(),
+            segments: self.closed.clone(),
+        };
+        let mac = self.keys.manifest_mac(&m.signed_bytes());
+        let bytes = m.encode(&mac);
+        let decoded = Manifest::decode(&bytes)
+            .map_err(|w| Error::Backend(format!("manifest self-check: {w}")))?;
+        if decoded.manifest != m {
+            return Err(Error::Backend(
+                "manifest did not decode back to what was encoded".into(),
+            ));
+        }
+        let manifest_path = self.path(MANIFEST_FILE);
+        self.write_atomic(&manifest_path, &bytes)?;
+        self.checkpointed = self.entries.len() as u64;
+        self.write_journal(JournalState::Finished)?;
+        let ipart = self.path(IPART_FILE);
+        self.store.remove_file(&ipart).at(&ipart)?;
+        Ok(CaptureSummary {
+            name: self.params.name.clone(),
+            generation: self.generation,
+            parent: self.parent(),
+            chunk_count: self.chunk_count,
+            stored_chunks: self.stats.stored_chunks,
+            zero_chunks: self.stats.zero_chunks,
+            dedup_chunks: self.stats.dedup_chunks,
+            stored_bytes: self.stats.stored_bytes,
+            segments: self.closed.len() as u32,
+            disk_digest,
+            manifest_root: decoded.root,
+            resumed_from: self.resume_from,
+        })
+    }
+
+    /// Gives the store back (e.g. after an error, to inspect or retry).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    fn path(&self, file: &str) -> String {
+        layout::generation_file(&self.params.name, self.generation, file)
+    }
+
+    fn at(&self) -> Location {
+        Location::capture(&self.params.name).generation(self.generation)
+    }
+
+    fn ipart_aad(&self, h: &IpartHeader) -> Vec<u8> {
+        let mut aad = h.aad();
+        aad.extend_from_slice(&self.capture_id);
+        aad.extend_from_slice(&self.generation.to_le_bytes());
+        aad
+    }
+
+    fn write_atomic(&mut self, path: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = format!("{path}.TMP");
+        self.store.remove_file(&tmp).at(&tmp)?;
+        self.store.write_at(&tmp, 0, bytes).at(&tmp)?;
+        self.store.sync(&tmp).at(&tmp)?;
+        self.store.rename(&tmp, path).at(path)?;
+        self.store.sync(path).at(path)
+    }
+
+    fn write_journal(&mut self, state: JournalState) -> Result<()> {
+        self.seq += 1;
+        let (open_records, open_len) = self.open.as_ref().map_or((0, 0), |s| (s.records, s.len));
+        let j = Journal {
+            seq: self.seq,
+            state,
+            capture_id: self.capture_id,
+            generation: self.generation,
+            parent: self.parent,
+            chunk_size: self.params.chunk_size,
+            source_size: self.params.source_size,
+            params_hash: self.params_hash,
+            key_check: self.keys.key_check(),
+            next_chunk: self.checkpointed,
+            ipart_len: self.ipart_len,
+            closed_segments: self.closed.len() as u32,
+            open_records,
+            open_len,
+        };
+        // A torn write can only damage the slot being written; the other
+        // one still holds the previous checkpoint.
+        let slot = self.path(if self.seq % 2 == 1 {
+            JOURNAL_A
+        } else {
+            JOURNAL_B
+        });
+        self.store.write_at(&slot, 0, &j.encode()).at(&slot)?;
+        self.store.sync(&slot).at(&slot)
+    }
+
+    fn load_parent(&mut self, parent: &Manifest) -> Result<()> {
+        if parent.chunk_size != self.params.chunk_size {
+            return Err(Error::InvalidParams(format!(
+                "a delta must use its parent's chunk size ({} bytes, generation {}), not {}",
+                parent.chunk_size, parent.generation, self.params.chunk_size
+            )));
+        }
+        let entries = reader::load_index(&mut self.store, &self.params.name, parent, &self.keys)?;
+        for e in entries {
+            if let IndexEntry::Stored(l) = e {
+                self.dedup.entry(l.chunk_id).or_insert(l);
+            }
+        }
+        self.parent = parent.generation;
+        Ok(())
+    }
+
+    fn start(&mut self, generation: u32, last_done: Option<&ManifestFile>) -> Result<()> {
+        self.generation = generation;
+        if self.params.delta {
+            let Some(p) = last_done else {
+                return Err(Error::NoGeneration {
+                    name: self.params.name.clone(),
+                    why: "a delta needs a finished earlier generation; run a full capture first"
+                        .into(),
+                });
+            };
+            reader::check_manifest_mac(&self.params.name, p, &self.keys)?;
+            self.load_parent(&p.manifest)?;
+        }
+        let dir = layout::generation_dir(&self.params.name, generation);
+        self.store.create_dir_all(&dir).at(&dir)?;
+        self.write_journal(JournalState::InProgress)
+    }
+
+    fn wipe_generation(&mut self, generation: u32) -> Result<()> {
+        let dir = layout::generation_dir(&self.params.name, generation);
+        for e in medium::list_or_empty(&mut self.store, &dir)? {
+            let p = format!("{dir}/{}", e.name);
+            self.store.remove_file(&p).at(&p)?;
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self, generation: u32, j: Journal) -> Result<()> {
+        self.generation = generation;
+        self.seq = j.seq;
+        if j.parent != 0 {
+            let Some(f) = medium::read_manifest(&mut self.store, &self.params.name, j.parent)?
+            else {
+                return Err(corrupt(
+                    self.at(),
+                    format!("delta parent generation {} has no manifest", j.parent),
+                ));
+            };
+            reader::check_manifest_mac(&self.params.name, &f, &self.keys)?;
+            self.load_parent(&f.manifest)?;
+        }
+        // Index entries of every durable chunk.
+        let ipart = self.path(IPART_FILE);
+        let real = self.store.len(&ipart).at(&ipart)?.unwrap_or(0);
+        if real < j.ipart_len {
+            return Err(corrupt(
+                self.at().file(&ipart),
+                format!(
+                    "index part is {real} bytes, shorter than its checkpoint ({})",
+                    j.ipart_len
+                ),
+            ));
+        }
+        let mut off = 0u64;
+        while off < j.ipart_len {
+            let at = self.at().file(&ipart).bytes(off..j.ipart_len);
+            let mut hb = [0u8; IPART_HEADER_LEN];
+            self.store.read_exact_at(&ipart, off, &mut hb).at(&ipart)?;
+            let h = IpartHeader::decode(&hb).map_err(|w| corrupt(at.clone(), w))?;
+            let ct_len = h.ciphertext_len();
+            if h.first_chunk != self.entries.len() as u64
+                || off + IPART_HEADER_LEN as u64 + ct_len > j.ipart_len
+            {
+                return Err(corrupt(at, "index part batches are out of sequence"));
+            }
+            let mut ct = vec![0u8; ct_len as usize];
+            self.store
+                .read_exact_at(&ipart, off + IPART_HEADER_LEN as u64, &mut ct)
+                .at(&ipart)?;
+            let plain =
+                encode::open_blob(&self.keys.index_cipher(&h.salt), &self.ipart_aad(&h), &ct)
+                    .ok_or_else(|| corrupt(at.clone(), "index part fails authentication"))?;
+            for e in plain.chunks_exact(ENTRY_LEN) {
+                let e = IndexEntry::decode(e).map_err(|w| corrupt(at.clone(), w))?;
+                self.entries.push(e);
+            }
+            off += IPART_HEADER_LEN as u64 + ct_len;
+        }
+        if self.entries.len() as u64 != j.next_chunk {
+            return Err(corrupt(
+                self.at().file(&ipart),
+                "index parts do not cover the journal's checkpoint",
+            ));
+        }
+        self.store.set_len(&ipart, j.ipart_len).at(&ipart)?;
+        self.ipart_len = j.ipart_len;
+        // Closed segments keep their trailers.
+        let mut buf = vec![0u8; 256 * 1024];
+        for s in 0..j.closed_segments {
+            let path = layout::segment_path(&self.params.name, generation, s);
+            let mut at = self.at().file(&path);
+            at.segment = Some(s);
+            let len = self
+                .store
+                .len(&path)
+                .at(&path)?
+                .ok_or_else(|| corrupt(at.clone(), "closed segment is missing"))?;
+            if len < (SEG_HEADER_LEN + TRAILER_LEN) as u64 {
+                return Err(corrupt(at, "closed segment is truncated"));
+            }
+            let mut tb = [0u8; TRAILER_LEN];
+            self.store
+                .read_exact_at(&path, len - TRAILER_LEN as u64, &mut tb)
+                .at(&path)?;
+            let t = SegmentTrailer::decode(&tb).map_err(|w| corrupt(at.clone(), w))?;
+            if t.data_end != len - TRAILER_LEN as u64 {
+                return Err(corrupt(
+                    at,
+                    "closed segment's trailer does not match its length",
+                ));
+            }
+            self.closed.push(SegmentDigest { len, hash: t.hash });
+        }
+        // The segment open at the checkpoint: cut the uncommitted tail and
+        // close it. New records go to a new segment with a new salt.
+        if j.open_len > 0 {
+            let s = j.closed_segments;
+            let path = layout::segment_path(&self.params.name, generation, s);
+            let mut at = self.at().file(&path);
+            at.segment = Some(s);
+            let len = self.store.len(&path).at(&path)?.unwrap_or(0);
+            if len < j.open_len || j.open_len < SEG_HEADER_LEN as u64 {
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "segment is {len} bytes, shorter than its checkpoint ({})",
+                        j.open_len
+                    ),
+                ));
+            }
+            self.store.set_len(&path, j.open_len).at(&path)?;
+            let mut h = blake3::Hasher::new();
+            medium::stream(&mut self.store, &path, 0, j.open_len, &mut buf, |b| {
+                h.update(b);
+            })?;
+            let hash = *h.finalize().as_bytes();
+            let t = SegmentTrailer {
+                records: j.open_records,
+                data_end: j.open_len,
+                hash,
+            };
+            self.store
+                .write_at(&path, j.open_len, &t.encode())
+                .at(&path)?;
+            self.store.sync(&path).at(&path)?;
+            self.closed.push(SegmentDigest {
+                len: j.open_len + TRAILER_LEN as u64,
+                hash,
+            });
+        }
+        // Segments written after the checkpoint are not referenced: remove.
+        let dir = layout::generation_dir(&self.params.name, generation);
+        for e in medium::list_or_empty(&mut self.store, &dir)? {
+            if layout::parse_segment_name(&e.name).is_some_and(|s| s as usize >= self.closed.len())
+            {
+                let p = format!("{dir}/{}", e.name);
+                self.store.remove_file(&p).at(&p)?;
+            }
+        }
+        // Rebuild dedup and statistics from the durable entries.
+        let mut own = std::collections::HashSet::new();
+        for e in &self.entries {
+            match e {
+                IndexEntry::Zero { .. } => self.stats.zero_chunks += 1,
+                IndexEntry::Stored(l) => {
+                    if l.generation == generation && own.insert((l.segment, l.record)) {
+                        self.stats.stored_chunks += 1;
+                        self.stats.stored_bytes += (REC_HEADER_LEN + l.stored_len as usize) as u64;
+                    } else {
+                        self.stats.dedup_chunks += 1;
+                    }
+                    self.dedup.entry(l.chunk_id).or_insert(*l);
+                }
+            }
+        }
+        self.checkpointed = self.entries.len() as u64;
+        self.resume_from = self.checkpointed;
+        self.write_journal(JournalState::InProgress)
+    }
+
+    fn open_segment(&mut self) -> Result<()> {
+        let no = self.closed.len() as u32;
+        if no >= layout::MAX_SEGMENTS {
+            return Err(Error::Limit(format!(
+                "generation has reached {} segments",
+                layout::MAX_SEGMENTS
+            )));
+        }
+        let salt = keys::random::<32>()?;
+        let header = SegmentHeader {
+            incompat: self.incompat,
+            capture_id: self.capture_id,
+            generation: self.generation,
+            segment: no,
+            salt,
+        }
+        .encode();
+        let path = layout::segment_path(&self.params.name, self.generation, no);
+        self.store.remove_file(&path).at(&path)?;
+        self.store.write_at(&path, 0, &header).at(&path)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&header);
+        self.open = Some(OpenSegment {
+            no,
+            cipher: self.keys.segment_cipher(&salt, self.generation, no),
+            path,
+            len: SEG_HEADER_LEN as u64,
+            records: 0,
+            hasher,
+        });
+        Ok(())
+    }
+
+    fn close_segment(&mut self) -> Result<()> {
+        let Some(seg) = self.open.take() else {
+            return Ok(());
+        };
+        let hash = *seg.hasher.finalize().as_bytes();
+        let t = SegmentTrailer {
+            records: seg.records,
+            data_end: seg.len,
+            hash,
+        };
+        self.store
+            .write_at(&seg.path, seg.len, &t.encode())
+            .at(&seg.path)?;
+        self.store.sync(&seg.path).at(&seg.path)?;
+        self.closed.push(SegmentDigest {
+            len: seg.len + TRAILER_LEN as u64,
+            hash,
+        });
+        Ok(())
+    }
+}
+
+fn has_file<S: Store + ?Sized>(store: &mut S, name: &str, file: &str) -> Result<bool> {
+    let p = format!("{}/{file}", layout::capture_dir(name));
+    Ok(store.len(&p).at(&p)?.is_some())
+}
+
+fn check_params(p: &CaptureParams) -> Result<()> {
+    if !layout::valid_chunk_size(p.chunk_size) {
+        return Err(Error::InvalidParams(format!(
+            "chunk size {} is not a power of two from 64 KiB to 16 MiB",
+            p.chunk_size
+        )));
+    }
+    if p.source_size == 0 {
+        return Err(Error::InvalidParams("the source is empty (0 bytes)".into()));
+    }
+    if p.source_desc.len() > layout::MAX_DESC {
+        return Err(Error::InvalidParams(format!(
+            "source description is longer than {} bytes",
+            layout::MAX_DESC
+        )));
+    }
+    let min_seg =
+        (SEG_HEADER_LEN + REC_HEADER_LEN + TAG_LEN + TRAILER_LEN) as u64 + u64::from(p.chunk_size);
+    if p.max_segment_bytes < min_seg || p.max_segment_bytes > layout::MAX_SEGMENT {
+        return Err(Error::InvalidParams(format!(
+            "segment size {} must be from {min_seg} (one chunk) to {} bytes (1 GiB, for FAT32)",
+            p.max_segment_bytes,
+            layout::MAX_SEGMENT
+        )));
+    }
+    if p.compress && !cfg!(feature = "zstd") {
+        return Err(Error::InvalidParams(
+            "compression requested but this build has no zstd feature".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The appliance's whole journey through the real simulator (pty console,
+//! NBD medium): provision, unlock, capture through the appliance, seal,
+//! writes refused by `qemu-io` and `nbdcopy`, arrival, bit-identical ingest.
+
+mod appliance_util;
+
+use std::process::Command;
+
+use appliance_util::*;
+
+#[test]
+fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(6, 1);
+    lab.start();
+
+    // Factory: no identity, nothing accepted but provisioning.
+    assert_eq!(lab.state(), "Factory");
+    let out = lab.appliance(&["unlock", "--pin-file", "pin"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("NotProvisioned"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    lab.provision_and_unlock();
+    let info = lab.appliance_json(&["info"]);
+    assert!(
+        info["medium_locator"]
+            .as_str()
+            .unwrap()
+            .contains("appliance.sock"),
+        "{info}"
+    );
+    assert_eq!(info["medium_bytes"], 64u64 << 20);
+    // A second provisioning is refused.
+    assert_eq!(
+        lab.appliance(&["provision", "--pin-file", "pin"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    let c = lab.capture();
+    assert_eq!(c["generation"], 1, "{c}");
+
+    let v = lab.appliance_json(&["verify"]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v["records"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["captures"], 1, "{v}");
+
+    let s = lab.appliance_json(&["seal"]);
+    assert_eq!(lab.state(), "Sealed");
+    assert_eq!(s["attestation"]["body"]["kind"], "Seal");
+
+    // Writes through the block service are refused, by any NBD client.
+    let before = std::fs::read(lab.p("medium.img")).unwrap();
+    let q = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x55 1M 64k"])
+        .arg(lab.nbd_url())
+        .output()
+        .expect("qemu-io (Debian qemu-utils)");
+    let qerr = text(&q.stdout) + &text(&q.stderr);
+    assert!(
+        qerr.contains("Operation not permitted"),
+        "qemu-io write was not refused: {qerr}"
+    );
+    std::fs::write(lab.p("junk"), vec![0x77u8; 1 << 20]).unwrap();
+    let n = Command::new("nbdcopy")
+        .arg(lab.p("junk"))
+        .arg(lab.nbd_url())
+        .output()
+        .expect("nbdcopy (Debian libnbd-bin)");
+    assert!(
+        !n.status.success(),
+        "nbdcopy onto a sealed medium succeeded"
+    );
+    assert_eq!(
+        std::fs::read(lab.p("medium.img")).unwrap(),
+        before,
+        "the sealed medium changed"
+    );
+    // Reads still work (the datacenter reads the medium through the appliance).
+    let r = Command::new("qemu-img")
+        .args(["info"])
+        .arg(lab.nbd_url())
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r.stderr));
+
+    // Ingest needs the arrival attestation too.
+    let out = lab.ingest(&[]);
+    assert!(!out.status.success(), "ingest before arrival succeeded");
+    assert!(
+        text(&out.stderr).contains("arrival"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let a = lab.appliance_json(&["arrival"]);
+    assert!(a["problems"].as_array().unwrap().is_empty(), "{a}");
+    assert_eq!(lab.state(), "Arrived");
+
+    let out = lab.ingest(&[]);
+    assert!(
+        out.status.success(),
+        "ingest failed: {}\n{}",
+        text(&out.stderr),
+        lab.sim_log()
+    );
+    same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
+
+    // Attestations can be saved as files for a datacenter without the appliance.
+    lab.appliance_ok(&["attestations", "--out", "att"]);
+    assert!(lab.p("att/SEAL").exists() && lab.p("att/ARRIVAL").exists());
+
+    // The custody log tells the story and verifies.
+    let log = lab.appliance_json(&["log", "--verify"]);
+    assert_eq!(log["verified"], true, "{log}");
+    let events = log["entries"].to_string();
+    for e in ["Provisioned", "PowerUp", "Unlock", "Seal", "Arrival"] {
+        assert!(events.contains(e), "custody log lacks {e}: {events}");
+    }
+    lab.stop();
+}

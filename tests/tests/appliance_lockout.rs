@@ -1,0 +1,93 @@
+//! Ten wrong PINs in a row: the appliance crypto-erases (key slot files on
+//! the medium overwritten, identity secret gone), logs it, and the capture
+//! can no longer be ingested.
+
+mod appliance_util;
+
+use std::time::Duration;
+
+use appliance_util::*;
+
+#[test]
+fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(3, 3);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.capture();
+    lab.appliance_ok(&["lock"]);
+    let keys_before = {
+        lab.stop();
+        let k = lab.medium_read("MGEAR/web01/KEYS");
+        lab.start();
+        k
+    };
+    assert!(
+        keys_before.starts_with(b"age-encryption.org"),
+        "KEYS is not an age file before the lockout"
+    );
+
+    let mut wrong = 0;
+    while wrong < 10 {
+        let out = lab.appliance(&["unlock", "--pin-file", "wrong-pin"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        if err.contains("BackOff") {
+            // The exponential back-off (milliseconds under --test-timing).
+            std::thread::sleep(Duration::from_millis(60));
+            continue;
+        }
+        wrong += 1;
+        if wrong < 10 {
+            assert!(err.contains("WrongPin"), "attempt {wrong}: {err}");
+        }
+    }
+    assert_eq!(lab.state(), "Erased");
+    // The right PIN no longer helps.
+    assert_eq!(
+        lab.appliance(&["unlock", "--pin-file", "pin"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let log = lab.appliance_json(&["log", "--verify"]);
+    assert_eq!(log["verified"], true, "{log}");
+    let events = log["entries"].to_string();
+    assert!(
+        events.contains("PinLockout") && events.contains("WrongPin"),
+        "{events}"
+    );
+    lab.stop();
+
+    // Key slot destroyed on the medium itself.
+    let keys_dir = lab.medium_files("MGEAR/web01");
+    if keys_dir.iter().any(|n| n == "KEYS") {
+        let k = lab.medium_read("MGEAR/web01/KEYS");
+        assert!(
+            !k.starts_with(b"age-encryption.org"),
+            "KEYS survived the crypto-erase"
+        );
+        assert_ne!(k, keys_before);
+    }
+    // Even with the target key and without the attestation gate, nothing decrypts.
+    let m = format!("fat:{}", lab.s("medium.img"));
+    let out = lab.run(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol.raw",
+        "--allow-unsealed",
+    ]);
+    assert!(!out.status.success(), "ingest after crypto-erase succeeded");
+    assert!(
+        !lab.p("vol.raw").exists()
+            || std::fs::read(lab.p("vol.raw")).unwrap()
+                != std::fs::read(lab.p("disk.raw")).unwrap()
+    );
+}

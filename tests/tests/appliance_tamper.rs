@@ -1,0 +1,55 @@
+//! One byte of the medium file changed between seal and arrival: arrival
+//! fails and names the place (the segment inside a capture, or the raw
+//! region outside captures), and ingest is refused.
+
+mod appliance_util;
+
+use appliance_util::*;
+
+#[test]
+fn appliance_tamper_in_a_segment_is_named_and_blocks_ingest() {
+    let mut lab = Lab::new(64);
+    lab.sealed(4);
+    lab.stop();
+    let seg = lab
+        .medium_files("MGEAR/web01/G0001")
+        .into_iter()
+        .find(|n| n.starts_with("SEG-"))
+        .expect("a segment file");
+    let off = lab.offset_in_medium(&format!("MGEAR/web01/G0001/{seg}"));
+    lab.flip_medium_byte(off + 300);
+    lab.start();
+
+    let out = lab.appliance(&["arrival"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(&seg) && said.contains("web01"),
+        "arrival did not name the segment: {said}"
+    );
+    assert_ne!(lab.state(), "Arrived");
+    let out = lab.ingest(&[]);
+    assert!(
+        !out.status.success(),
+        "ingest of a tampered medium succeeded"
+    );
+    lab.stop();
+}
+
+#[test]
+fn appliance_tamper_outside_captures_names_the_region() {
+    let mut lab = Lab::new(64);
+    lab.sealed(2);
+    lab.stop();
+    // Free space near the end of the 64 MiB medium: region 3 of 16 MiB regions.
+    lab.flip_medium_byte((64 << 20) - 12345);
+    lab.start();
+    let out = lab.appliance(&["arrival"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("region 3"),
+        "arrival did not name the region: {said}"
+    );
+    lab.stop();
+}

@@ -1,0 +1,256 @@
+//! `mgear boot` end to end: build the sample disks, boot them under QEMU (TCG,
+//! no network) and check the marker, the bus that fails, the boot report, and
+//! the exit codes. Each real boot takes ~15-60 s under TCG, so there are only five.
+//!
+//! Needs qemu-system-x86, qemu-utils, busybox-static, linux-image-amd64,
+//! grub-pc-bin, e2fsprogs, fdisk and ovmf installed, and `cargo build --workspace` first.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use mgear_tests::bin;
+
+fn mgear(args: &[&str]) -> Output {
+    Command::new(bin("mgear"))
+        .args(args)
+        .output()
+        .expect("run mgear")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn build_sample(path: &Path, drivers: &str, marker: Option<&str>) -> String {
+    let p = path.to_str().expect("utf-8 temp path");
+    let mut args = vec!["boot", "--build-sample", p, "--drivers", drivers];
+    if let Some(m) = marker {
+        args.extend(["--marker", m]);
+    }
+    let o = mgear(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn sample_disk_boots_on_virtio_with_marker_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vol.raw");
+    let first = build_sample(&disk, "all", None);
+    assert!(first.contains("MGEAR-BOOT-OK sample-all"), "{first}");
+    // Same options, same marker id.
+    let second = build_sample(&disk, "all", None);
+    assert_eq!(first, second);
+
+    let target = format!("file:{}", disk.display());
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &target,
+        "--wait-for",
+        "MGEAR-BOOT-OK sample-all",
+        "--bus",
+        "virtio",
+        "--timeout",
+        "300",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert_eq!(report["outcome"], "booted");
+    assert_eq!(report["bus"], "virtio");
+    assert_eq!(report["firmware"], "bios");
+    assert_eq!(report["driver"], "local-qemu");
+    assert_eq!(report["target"], target);
+    assert_eq!(report["matched"], "MGEAR-BOOT-OK sample-all");
+    assert!(report["time_to_marker_secs"].as_f64().is_some());
+    let console = report["console_log"].as_str().unwrap();
+    // The marker was read from the mounted disk, after the virtio disk appeared.
+    assert!(
+        console.contains("root filesystem /dev/vda1 mounted"),
+        "{console}"
+    );
+    let cmd: Vec<&str> = report["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(cmd.windows(2).any(|w| w == ["-accel", "tcg"]), "{cmd:?}");
+    assert!(cmd.windows(2).any(|w| w == ["-nic", "none"]), "{cmd:?}");
+    assert!(!cmd.iter().any(|a| a.contains("kvm")), "{cmd:?}");
+
+    // The report file next to the volume says the same.
+    let saved = std::fs::read(dir.path().join("vol.raw.boot-report.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    assert_eq!(saved["outcome"], "booted");
+    assert_eq!(saved["matched"], report["matched"]);
+}
+
+#[test]
+fn ide_only_disk_boots_on_ide_but_not_on_virtio() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("ide.raw");
+    build_sample(&raw, "ide-only", Some("ide-proof-7"));
+
+    // virtio: the initramfs has no driver, the root disk never appears, the
+    // guest powers off without the marker -> exit 1 with the console tail.
+    let report = dir.path().join("virtio-report.json");
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("file:{}", raw.display()),
+        "--wait-for",
+        "MGEAR-BOOT-OK ide-proof-7",
+        "--bus",
+        "virtio",
+        "--timeout",
+        "300",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("console tail"), "{}", text(&o));
+    assert!(err.contains("MGEAR-BOOT-FAIL"), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["outcome"], "guest-stopped");
+    assert!(r["matched"].is_null());
+
+    // IDE, through a qcow2 copy of the volume: boots.
+    let qcow = dir.path().join("ide.qcow2");
+    let conv = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow)
+        .output()
+        .expect("qemu-img (qemu-utils)");
+    assert!(conv.status.success(), "{conv:?}");
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("qcow2:{}", qcow.display()),
+        "--wait-for",
+        "MGEAR-BOOT-OK ide-proof-7",
+        "--bus",
+        "ide",
+        "--timeout",
+        "300",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("ide.qcow2.boot-report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["outcome"], "booted");
+    assert_eq!(r["bus"], "ide");
+    assert!(r["console_log"]
+        .as_str()
+        .unwrap()
+        .contains("root filesystem /dev/sda1 mounted"));
+}
+
+#[test]
+fn zeroed_disk_times_out_with_console_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("zeros.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("file:{}", disk.display()),
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("console tail"), "{}", text(&o));
+    // SeaBIOS tried the disk and said so on the serial console.
+    assert!(err.contains("Booting from Hard Disk"), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("zeros.raw.boot-report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["outcome"], "timed-out");
+}
+
+#[test]
+fn usage_and_io_errors_have_their_exit_codes() {
+    let o = mgear(&["boot", "--target", "s3://bucket/vol", "--timeout", "5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = mgear(&[
+        "boot",
+        "--target",
+        "file:/nonexistent/vol.raw",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let o = mgear(&[
+        "boot",
+        "--target",
+        "file:/dev/null",
+        "--wait-for",
+        "(",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = mgear(&["boot", "--target", "file:/dev/null", "--bus", "scsi"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn gpt_esp_disk_boots_with_uefi_firmware_automatically() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("uefi.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sfdisk (fdisk package)");
+    std::io::Write::write_all(
+        &mut sf.stdin.take().unwrap(),
+        b"label: gpt\n,32MiB,U\n,,L\n",
+    )
+    .unwrap();
+    assert!(sf.wait().unwrap().success());
+    // No OS on it: the proof is OVMF's boot manager starting, which only
+    // happens when UEFI firmware was chosen from the GPT + ESP layout.
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("file:{}", disk.display()),
+        "--wait-for",
+        "BdsDxe",
+        "--timeout",
+        "180",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["firmware"], "uefi");
+    assert!(r["firmware_reason"]
+        .as_str()
+        .unwrap()
+        .contains("EFI System Partition"));
+    assert!(r["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a.as_str().unwrap().contains("OVMF_CODE")));
+}

@@ -1,0 +1,108 @@
+//! Pre-ship readiness (`mgear boot --check-profile`): a GPT/UEFI-only disk is
+//! flagged against a BIOS-only profile, the IDE-only sample disk against a
+//! virtio profile, and the all-drivers sample disk passes. No QEMU needed.
+//!
+//! Needs fdisk (sfdisk), busybox-static, linux-image-amd64, grub-pc-bin and
+//! e2fsprogs installed, and `cargo build --workspace` first.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use mgear_tests::bin;
+
+fn check(disk: &Path, profile: &str) -> (Output, serde_json::Value) {
+    let o = Command::new(bin("mgear"))
+        .args(["boot", "--target"])
+        .arg(format!("file:{}", disk.display()))
+        .args(["--check-profile", profile, "--json"])
+        .output()
+        .expect("run mgear");
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o, v)
+}
+
+fn error_codes(v: &serde_json::Value) -> Vec<String> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .map(|f| f["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn sample(path: &Path, drivers: &str) {
+    let o = Command::new(bin("mgear"))
+        .args(["boot", "--build-sample"])
+        .arg(path)
+        .args(["--drivers", drivers])
+        .output()
+        .expect("run mgear");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn gpt_uefi_disk_is_flagged_for_bios_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("uefi.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (fdisk package)");
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\n,32MiB,U\n,,L\n")
+        .unwrap();
+    assert!(sf.wait().unwrap().success());
+
+    let (o, v) = check(&disk, "kvm-virtio-bios");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(v["facts"]["table"], "gpt");
+    assert_eq!(v["facts"]["uefi_bootable"], true);
+    assert_eq!(v["facts"]["bios_bootable"], false);
+    assert_eq!(error_codes(&v), ["firmware"]);
+
+    let (o, v) = check(&disk, "kvm-virtio-uefi");
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    assert!(error_codes(&v).is_empty());
+}
+
+#[test]
+fn sample_disks_against_virtio_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let ide = dir.path().join("ide.raw");
+    let all = dir.path().join("all.raw");
+    sample(&ide, "ide-only");
+    sample(&all, "all");
+
+    let (o, v) = check(&ide, "kvm-virtio-bios");
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(error_codes(&v), ["disk-driver"]);
+    assert_eq!(v["facts"]["os"], "linux");
+    assert_eq!(v["facts"]["linux"]["virtio"], "missing");
+    assert_eq!(v["facts"]["mbr_boot_loader"], "GRUB");
+
+    let (o, v) = check(&all, "kvm-virtio-bios");
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    assert!(error_codes(&v).is_empty(), "{v}");
+    assert_eq!(v["facts"]["linux"]["virtio"], "initramfs");
+
+    // The IDE-only disk is fine where the disk is emulated IDE/SATA.
+    let (o, v) = check(&ide, "generic");
+    assert_eq!(o.status.code(), Some(0), "{v}");
+}

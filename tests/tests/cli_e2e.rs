@@ -1,0 +1,985 @@
+//! End-to-end scenarios for the `mgear` CLI: keygen, medium format,
+//! capture, verify, ingest, inspect, driven through the real binary.
+//!
+//! Sizes are small (a few MiB) so the suite stays quick; the SIGKILL and
+//! medium-full scenarios use a rate limit or a filler file so that the
+//! interruption lands mid-way.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngCore, SeedableRng};
+
+/// A scratch directory with its own key cache and ingest state.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn s(&self, name: &str) -> String {
+        self.p(name).display().to_string()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(mgear_tests::bin("mgear"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("XDG_STATE_HOME", self.p("state"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run mgear")
+    }
+
+    /// Run and require exit 0.
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "mgear {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Run with `--json` appended, require exit 0, parse stdout.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "mgear {a:?}: stdout is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    fn keygen(&self) {
+        self.ok(&["keygen", "--out", "target.key"]);
+    }
+
+    fn fat(&self, name: &str, size: &str) -> String {
+        self.ok(&["medium", "format", &format!("fat:{name}"), "--size", size]);
+        format!("fat:{name}")
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A disk with zeros, text, random data and a repeated block (for dedup).
+fn make_disk(path: &Path, mib: usize, seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut disk = vec![0u8; mib << 20];
+    let mut repeated = vec![0u8; 1 << 20];
+    rng.fill_bytes(&mut repeated);
+    for (i, c) in disk.chunks_mut(1 << 20).enumerate() {
+        match i % 4 {
+            0 => rng.fill_bytes(c),
+            1 => {}
+            2 => {
+                for (j, b) in c.iter_mut().enumerate() {
+                    *b = b"the quick brown fox jumps over the lazy dog\n"[j % 44];
+                }
+            }
+            _ => c.copy_from_slice(&repeated[..c.len()]),
+        }
+    }
+    // A boot-sector-like first chunk so "chunk 0 last" matters.
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    fs::write(path, disk).expect("write disk");
+}
+
+fn random_disk(path: &Path, bytes: usize, seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut disk = vec![0u8; bytes];
+    rng.fill_bytes(&mut disk);
+    fs::write(path, disk).expect("write disk");
+}
+
+fn same_file(a: &Path, b: &Path) {
+    let (x, y) = (fs::read(a).unwrap(), fs::read(b).unwrap());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
+    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!("{} and {} differ at byte {i}", a.display(), b.display());
+    }
+}
+
+fn fsck_clean(img: &Path) {
+    let out = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(img)
+        .output()
+        .expect("fsck.fat (Debian: dosfstools)");
+    assert!(
+        out.status.success(),
+        "fsck.fat -n {} reports problems:\n{}{}",
+        img.display(),
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+const INGEST_UNSEALED: &str = "--allow-unsealed";
+
+#[test]
+fn cli_keygen_permissions_and_refusal() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    e.keygen();
+    let mode = fs::metadata(e.p("target.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "secret key must be 0600");
+    let key = fs::read_to_string(e.p("target.key")).unwrap();
+    assert!(
+        key.lines().any(|l| l.starts_with("AGE-SECRET-KEY-1")),
+        "{key}"
+    );
+    let pubkey = fs::read_to_string(e.p("target.pub")).unwrap();
+    assert!(pubkey.starts_with("age1"), "{pubkey}");
+    let again = e.run(&["keygen", "--out", "target.key"]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "overwriting a key must be refused"
+    );
+    assert_eq!(fs::read_to_string(e.p("target.key")).unwrap(), key);
+}
+
+#[test]
+fn cli_fat_round_trip_bit_identical() {
+    let e = Env::new();
+    e.keygen();
+    make_disk(&e.p("disk.raw"), 9, 1);
+    let m = e.fat("medium.img", "64MiB");
+    let c = e.json(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    assert_eq!(c["generation"], 1);
+    assert!(c["zero_chunks"].as_u64().unwrap() >= 2, "{c}");
+    assert!(c["dedup_chunks"].as_u64().unwrap() >= 1, "{c}");
+    assert!(c["stored_bytes"].as_u64().unwrap() < 9 << 20, "{c}");
+    fsck_clean(&e.p("medium.img"));
+
+    let v = e.json(&["verify", "--medium", &m]);
+    assert_eq!(v["ok"], true, "{v}");
+    let v = e.json(&["verify", "--medium", &m, "--identity", "target.key"]);
+    assert_eq!(
+        (v["ok"].clone(), v["keyed"].clone()),
+        (true.into(), true.into()),
+        "{v}"
+    );
+
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert_eq!(i["captures"][0]["name"], "web01");
+    assert_eq!(i["captures"][0]["generations"][0]["state"], "complete");
+
+    let r = e.json(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol.raw",
+        INGEST_UNSEALED,
+    ]);
+    assert_eq!(r["verified"], true);
+    same_file(&e.p("disk.raw"), &e.p("vol.raw"));
+    assert!(!e.p("vol.raw.partial").exists());
+    // Sparse: zero chunks were not written.
+    use std::os::unix::fs::MetadataExt;
+    let blocks = fs::metadata(e.p("vol.raw")).unwrap().blocks() * 512;
+    assert!(
+        blocks < 9 << 20,
+        "vol.raw is not sparse ({blocks} bytes allocated)"
+    );
+    fsck_clean(&e.p("medium.img"));
+}
+
+#[test]
+fn cli_ingest_needs_attestations_unless_allowed() {
+    let e = Env::new();
+    e.keygen();
+    make_disk(&e.p("disk.raw"), 2, 2);
+    let m = e.fat("medium.img", "40MiB");
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    let out = e.run(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol.raw",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ingest refused"), "{}", stderr(&out));
+    assert!(!e.p("vol.raw").exists());
+}
+
+#[test]
+fn cli_dir_medium_and_passphrase() {
+    let e = Env::new();
+    make_disk(&e.p("disk.raw"), 5, 3);
+    fs::create_dir(e.p("mnt")).unwrap();
+    fs::write(e.p("pw"), "correct horse battery staple\n").unwrap();
+    fs::write(e.p("badpw"), "wrong\n").unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "db-2",
+        "--passphrase-file",
+        "pw",
+        "--passphrase-work-factor",
+        "10",
+    ]);
+    assert!(e.p("mnt/MGEAR").is_dir());
+    let v = e.json(&["verify", "--medium", "dir:mnt", "--passphrase-file", "pw"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let bad = e.run(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "db-2",
+        "--passphrase-file",
+        "badpw",
+        "--target",
+        "file:v.raw",
+        INGEST_UNSEALED,
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("this key does not open capture db-2"),
+        "{}",
+        stderr(&bad)
+    );
+    e.ok(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "db-2",
+        "--passphrase-file",
+        "pw",
+        "--target",
+        "file:v.raw",
+        INGEST_UNSEALED,
+    ]);
+    same_file(&e.p("disk.raw"), &e.p("v.raw"));
+}
+
+#[test]
+fn cli_wrong_identity_exits_2() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--out", "other.key"]);
+    make_disk(&e.p("disk.raw"), 2, 4);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    for args in [
+        vec!["verify", "--medium", "dir:mnt", "--identity", "other.key"],
+        vec![
+            "ingest",
+            "--medium",
+            "dir:mnt",
+            "--name",
+            "web01",
+            "--identity",
+            "other.key",
+            "--target",
+            "file:v.raw",
+            INGEST_UNSEALED,
+        ],
+    ] {
+        let out = e.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("this key does not open capture web01"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Not a medium of ours / not a FAT image: a clear error, not a panic.
+    fs::write(e.p("junk.img"), vec![0u8; 1 << 20]).unwrap();
+    let out = e.run(&["inspect", "--medium", "fat:junk.img"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("FAT"), "{}", stderr(&out));
+    let out = e.run(&["inspect", "--medium", "junk.img"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn cli_corrupted_record_is_named() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 3 << 20, 5);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
+    let mut bytes = fs::read(&seg).unwrap();
+    // Somewhere inside the second record's payload (records are ~1 MiB).
+    let at = (1 << 20) + 4096 + 500;
+    bytes[at] ^= 0x40;
+    fs::write(&seg, bytes).unwrap();
+    let out = e.run(&["verify", "--medium", "dir:mnt"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("capture web01")
+            && text.contains("generation 1")
+            && text.contains("segment 0")
+            && text.contains("record 1"),
+        "verify must name capture, generation, segment and record:\n{text}"
+    );
+    let v = e.run(&["verify", "--medium", "dir:mnt", "--json"]);
+    assert_eq!(v.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["problems"][0]["record"], 1, "{v}");
+    // Ingest refuses the damaged chunk (exit 1) and leaves no complete-looking target.
+    let out = e.run(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:v.raw",
+        INGEST_UNSEALED,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!e.p("v.raw").exists());
+}
+
+#[test]
+fn cli_delta_stores_less_and_ingests_the_changed_disk() {
+    let e = Env::new();
+    e.keygen();
+    make_disk(&e.p("disk.raw"), 8, 6);
+    let m = e.fat("medium.img", "64MiB");
+    let full = e.json(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    // Change two chunks.
+    let mut disk = fs::read(e.p("disk.raw")).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(66);
+    for b in &mut disk[(2 << 20)..(2 << 20) + 4096] {
+        *b = rng.gen();
+    }
+    disk[(5 << 20) + 7] ^= 1;
+    fs::write(e.p("disk.raw"), &disk).unwrap();
+    let delta = e.json(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--delta",
+    ]);
+    assert_eq!(delta["generation"], 2);
+    assert_eq!(delta["parent"], 1);
+    assert_eq!(delta["stored_chunks"], 2, "{delta}");
+    assert!(
+        delta["stored_bytes"].as_u64().unwrap() * 2 < full["stored_bytes"].as_u64().unwrap(),
+        "delta {delta} vs full {full}"
+    );
+    e.ok(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:v2.raw",
+        INGEST_UNSEALED,
+    ]);
+    same_file(&e.p("disk.raw"), &e.p("v2.raw"));
+    e.ok(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:v1.raw",
+        "--generation",
+        "1",
+        INGEST_UNSEALED,
+    ]);
+    let v1 = fs::read(e.p("v1.raw")).unwrap();
+    assert_ne!(v1, disk);
+    assert_eq!(v1[(5 << 20) + 7], disk[(5 << 20) + 7] ^ 1);
+    fsck_clean(&e.p("medium.img"));
+}
+
+/// Start `args`, wait until `ready` is true (or the process ends), SIGKILL it.
+fn kill_when(e: &Env, args: &[&str], ready: impl Fn() -> bool) {
+    let mut child = e
+        .cmd(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "mgear {args:?} finished before it could be killed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "mgear {args:?} made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+#[test]
+fn cli_capture_resumes_after_sigkill() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 12 << 20, 7);
+    fs::create_dir(e.p("mnt")).unwrap();
+    let args = [
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--rate-limit",
+        "3MiB/s",
+        "--checkpoint-bytes",
+        "1MiB",
+    ];
+    // Kill once a few chunks are durable (the journal is written at each checkpoint).
+    let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
+    kill_when(&e, &args, || {
+        fs::metadata(&seg)
+            .map(|m| m.len() > 4 << 20)
+            .unwrap_or(false)
+    });
+    let i = e.json(&["inspect", "--medium", "dir:mnt"]);
+    let g = &i["captures"][0]["generations"][0];
+    assert_eq!(g["state"], "unfinished", "{i}");
+    let mut rerun = args.to_vec();
+    rerun.truncate(rerun.len() - 4); // same command, no rate limit: finish quickly
+    let r = e.json(&rerun);
+    assert!(r["resumed_from_chunk"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["generation"], 1);
+    e.ok(&["verify", "--medium", "dir:mnt", "--identity", "target.key"]);
+    e.ok(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:v.raw",
+        INGEST_UNSEALED,
+    ]);
+    same_file(&e.p("disk.raw"), &e.p("v.raw"));
+}
+
+#[test]
+fn cli_ingest_resumes_after_sigkill() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 12 << 20, 8);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    let args = [
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:v.raw",
+        INGEST_UNSEALED,
+        "--rate-limit",
+        "3MiB/s",
+        "--checkpoint-bytes",
+        "1MiB",
+    ];
+    let state = e.p("state/mgear/ingest");
+    let progressed = || {
+        fs::read_dir(&state)
+            .map(|d| {
+                d.flatten().any(|f| {
+                    f.metadata()
+                        .map(|m| m.len() >= 64 + 4 * 32)
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    kill_when(&e, &args, progressed);
+    assert!(
+        !e.p("v.raw").exists(),
+        "an interrupted ingest must not leave a complete-looking target"
+    );
+    assert!(e.p("v.raw.partial").exists());
+    let mut rerun = args.to_vec();
+    rerun.truncate(rerun.len() - 4);
+    let r = e.json(&rerun);
+    assert!(r["resumed_chunks"].as_u64().unwrap() >= 4, "{r}");
+    same_file(&e.p("disk.raw"), &e.p("v.raw"));
+}
+
+#[test]
+fn cli_medium_full_then_resume_after_freeing() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 16 << 20, 9);
+    let m = e.fat("medium.img", "40MiB");
+    // Fill most of the medium with a file we can delete later (mtools).
+    random_disk(&e.p("filler"), 30 << 20, 10);
+    let st = Command::new("mcopy")
+        .args(["-i", &e.s("medium.img"), &e.s("filler"), "::FILLER"])
+        .status()
+        .expect("mcopy (Debian: mtools)");
+    assert!(st.success());
+    let args = [
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ];
+    let out = e.run(&args);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("medium full") && err.contains("re-run the same command"),
+        "{err}"
+    );
+    fsck_clean(&e.p("medium.img"));
+    let st = Command::new("mdel")
+        .args(["-i", &e.s("medium.img"), "::FILLER"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = e.json(&args);
+    assert_eq!(r["generation"], 1);
+    e.ok(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:v.raw",
+        INGEST_UNSEALED,
+    ]);
+    same_file(&e.p("disk.raw"), &e.p("v.raw"));
+    fsck_clean(&e.p("medium.img"));
+}
+
+#[test]
+fn cli_qcow2_target_round_trip() {
+    let e = Env::new();
+    e.keygen();
+    make_disk(&e.p("disk.raw"), 6, 11);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    e.ok(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "qcow2:v.qcow2",
+        INGEST_UNSEALED,
+    ]);
+    let info = Command::new("qemu-img")
+        .args(["info", &e.s("v.qcow2")])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&info).contains("file format: qcow2"),
+        "{}",
+        stdout(&info)
+    );
+    let st = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            &e.s("v.qcow2"),
+            &e.s("back.raw"),
+        ])
+        .status()
+        .expect("qemu-img (Debian: qemu-utils)");
+    assert!(st.success());
+    same_file(&e.p("disk.raw"), &e.p("back.raw"));
+    assert!(!e.p("v.qcow2.raw.partial").exists());
+}
+
+#[test]
+fn cli_help_documents_exit_codes_and_usage_errors_exit_2() {
+    let e = Env::new();
+    let out = e.ok(&["--help"]);
+    let help = stdout(&out);
+    for needle in [
+        "Exit codes",
+        "0  success",
+        "1  a failure was found",
+        "2  usage",
+        "3  I/O",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    let out = e.run(&["capture", "--source", "nope.raw"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = e.run(&[
+        "capture",
+        "--source",
+        "nope.raw",
+        "--medium",
+        "dir:.",
+        "--name",
+        "x",
+        "--rate-limit",
+        "fast",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// Kills the child on drop (servers started by a test).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn cli_nbd_source_skips_holes() {
+    let e = Env::new();
+    e.keygen();
+    // 16 MiB, of which only the first 2 MiB hold data: a thin qcow2.
+    let mut disk = vec![0u8; 16 << 20];
+    rand::rngs::SmallRng::seed_from_u64(12).fill_bytes(&mut disk[..2 << 20]);
+    fs::write(e.p("disk.raw"), &disk).unwrap();
+    let st = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            &e.s("disk.raw"),
+            &e.s("disk.qcow2"),
+        ])
+        .status()
+        .expect("qemu-img (Debian: qemu-utils)");
+    assert!(st.success());
+    let sock = e.p("nbd.sock");
+    let _server = Server(
+        Command::new("qemu-nbd")
+            .args(["-r", "-t", "-f", "qcow2", "-k"])
+            .arg(&sock)
+            .arg(e.p("disk.qcow2"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd (Debian: qemu-utils)"),
+    );
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::create_dir(e.p("mnt")).unwrap();
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    let c = e.json(&[
+        "capture",
+        "--source",
+        &url,
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "thin",
+        "--recipient",
+        "target.pub",
+    ]);
+    assert_eq!(c["disk_size"], 16 << 20);
+    assert!(c["holes_skipped"].as_u64().unwrap() >= 12 << 20, "{c}");
+    e.ok(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "thin",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:v.raw",
+        INGEST_UNSEALED,
+    ]);
+    same_file(&e.p("disk.raw"), &e.p("v.raw"));
+}
+
+/// A loop device over `file`, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup (Debian: mount)");
+        assert!(
+            out.status.success(),
+            "losetup failed (the dev: target test needs root and loop devices): {}",
+            stderr(&out)
+        );
+        Loop(stdout(&out).trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn cli_dev_target_writes_chunk_zero_last_and_clears_marker() {
+    let e = Env::new();
+    e.keygen();
+    make_disk(&e.p("disk.raw"), 5, 13);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    // A used "cloud volume", one MiB larger than the disk, full of old data.
+    let mut old = vec![0u8; 6 << 20];
+    rand::rngs::SmallRng::seed_from_u64(14).fill_bytes(&mut old);
+    fs::write(e.p("volume.img"), &old).unwrap();
+    let dev = Loop::attach(&e.p("volume.img"));
+    let state = e.p("ingest-state");
+    let name = Path::new(&dev.0)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let marker = state.join(format!("{name}.mgear-incomplete"));
+    let target = format!("dev:{}", dev.0);
+    let state_arg = state.display().to_string();
+    #[rustfmt::skip]
+    let args = [
+        "ingest", "--medium", "dir:mnt", "--name", "web01", "--identity", "target.key",
+        "--target", &target, "--state-dir", &state_arg, INGEST_UNSEALED,
+        "--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB",
+    ];
+    // Interrupted half-way: the marker says so and the first chunk (the
+    // partition table) is not there yet, so the volume does not look bootable.
+    let progressed = || {
+        fs::read_dir(&state)
+            .map(|d| {
+                d.flatten().any(|f| {
+                    f.path().extension().is_some_and(|x| x == "ingest")
+                        && f.metadata()
+                            .map(|m| m.len() >= 64 + 2 * 32)
+                            .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    kill_when(&e, &args, progressed);
+    assert!(
+        marker.exists(),
+        "an interrupted device ingest must keep its marker"
+    );
+    let mut first = vec![0u8; 1 << 20];
+    {
+        use std::os::unix::fs::FileExt;
+        fs::File::open(&dev.0)
+            .unwrap()
+            .read_exact_at(&mut first, 0)
+            .unwrap();
+    }
+    assert!(
+        first.iter().all(|&b| b == 0),
+        "chunk 0 must be written last"
+    );
+    let mut rerun = args.to_vec();
+    rerun.truncate(rerun.len() - 4);
+    let r = e.json(&rerun);
+    assert_eq!(r["verified"], true);
+    assert!(r["resumed_chunks"].as_u64().unwrap() >= 1, "{r}");
+    assert!(!marker.exists(), "marker must be gone after success");
+    drop(dev);
+    let vol = fs::read(e.p("volume.img")).unwrap();
+    let disk = fs::read(e.p("disk.raw")).unwrap();
+    // Old data in zero chunks was overwritten: the volume starts with exactly the disk.
+    assert!(
+        vol[..disk.len()] == disk[..],
+        "device content differs from the disk"
+    );
+    assert_eq!(
+        &vol[disk.len()..],
+        &old[disk.len()..],
+        "bytes past the disk must be left alone"
+    );
+}
