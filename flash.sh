@@ -26,6 +26,9 @@ Board options:
                     (probe-rs VID:PID[:SERIAL] syntax)
   --image PATH      flash this ELF instead of building one
                     (env MGEAR_FIRMWARE_IMAGE)
+  --dfu             flash over USB with the STM32 system bootloader (hold
+                    BOOT0 while plugging in) using dfu-util, instead of an
+                    SWD probe; the ELF is converted to a raw image first
   --force           flash even if the image is identical to the last one
                     flashed to this chip/probe
   --dry-run         print the plan (build, image, flash and stamp commands,
@@ -57,9 +60,15 @@ Prerequisites (checked before anything runs; the message says what to install):
   - the Rust target:  rustup target add $TARGET
   - probe-rs:         cargo install probe-rs-tools --locked
                       (and the probe-rs udev rules for non-root access)
+  - with --dfu:       apt-get install dfu-util, and an objcopy: rust-objcopy
+                      (rustup component add llvm-tools; cargo install
+                      cargo-binutils) or apt-get install binutils-arm-none-eabi
 
 Environment (mainly for tests and unusual setups):
   MGEAR_PROBE_RS          probe-rs command (default: probe-rs)
+  MGEAR_DFU_UTIL          dfu-util command (default: dfu-util)
+  MGEAR_OBJCOPY           objcopy for --dfu (default: the first of rust-objcopy,
+                          llvm-objcopy, arm-none-eabi-objcopy found)
   MGEAR_CARGO             cargo command (default: cargo)
   MGEAR_RUSTC             rustc used to find the installed targets (default: rustc)
   MGEAR_FIRMWARE_IMAGE    same as --image
@@ -92,6 +101,8 @@ show() {
 }
 
 PROBE_RS=${MGEAR_PROBE_RS:-probe-rs}
+DFU_UTIL=${MGEAR_DFU_UTIL:-dfu-util}
+OBJCOPY=${MGEAR_OBJCOPY:-}
 CARGO=${MGEAR_CARGO:-cargo}
 RUSTC=${MGEAR_RUSTC:-rustc}
 CHIP=${MGEAR_CHIP:-STM32U5A5ZJTx}
@@ -103,6 +114,7 @@ MEDIUM_MIB=1024
 BOARD=board-u5a5
 PROBE=""
 FORCE=0
+DFU=0
 DRY_RUN=0
 SIM=0
 SIM_ARGS=()
@@ -127,6 +139,10 @@ while [ $# -gt 0 ]; do
             ;;
         --force)
             FORCE=1
+            shift
+            ;;
+        --dfu)
+            DFU=1
             shift
             ;;
         --dry-run)
@@ -218,18 +234,45 @@ else
     build_cmd=()
 fi
 
-command -v "$PROBE_RS" >/dev/null 2>&1 ||
-    missing+=("probe-rs ($PROBE_RS): install it with: cargo install probe-rs-tools --locked")
-
-probe_args=(--chip "$CHIP")
-stamp_name=$CHIP
-if [ -n "$PROBE" ]; then
-    probe_args+=(--probe "$PROBE")
-    stamp_name="$CHIP-$(printf '%s' "$PROBE" | tr -c 'A-Za-z0-9._-' '_')"
+if [ "$DFU" -eq 1 ]; then
+    # STM32 system bootloader: USB DFU device 0483:df11, internal flash is
+    # alternate setting 0; ":leave" starts the new firmware afterwards.
+    if [ -z "$OBJCOPY" ]; then
+        for c in rust-objcopy llvm-objcopy arm-none-eabi-objcopy; do
+            if command -v "$c" >/dev/null 2>&1; then
+                OBJCOPY=$c
+                break
+            fi
+        done
+    fi
+    if [ -z "$OBJCOPY" ] || ! command -v "$OBJCOPY" >/dev/null 2>&1; then
+        missing+=("objcopy (${OBJCOPY:-rust-objcopy}) to make a raw image: install it with: rustup component add llvm-tools && cargo install cargo-binutils (or: apt-get install binutils-arm-none-eabi)")
+        OBJCOPY=${OBJCOPY:-rust-objcopy}
+    fi
+    command -v "$DFU_UTIL" >/dev/null 2>&1 ||
+        missing+=("dfu-util ($DFU_UTIL): install it with: apt-get install dfu-util")
+    # The raw image goes next to the stamps, never next to the user's ELF.
+    RAW="$STAMP_DIR/$(basename "$IMAGE").bin"
+    convert_cmd=("$OBJCOPY" -O binary "$IMAGE" "$RAW")
+    flash_cmd=("$DFU_UTIL" -d 0483:df11 -a 0 -s 0x08000000:leave -D "$RAW")
+    reset_cmd=()
+    stamp_name="dfu-$CHIP"
+    tool=dfu-util
+else
+    command -v "$PROBE_RS" >/dev/null 2>&1 ||
+        missing+=("probe-rs ($PROBE_RS): install it with: cargo install probe-rs-tools --locked")
+    probe_args=(--chip "$CHIP")
+    stamp_name=$CHIP
+    if [ -n "$PROBE" ]; then
+        probe_args+=(--probe "$PROBE")
+        stamp_name="$CHIP-$(printf '%s' "$PROBE" | tr -c 'A-Za-z0-9._-' '_')"
+    fi
+    convert_cmd=()
+    flash_cmd=("$PROBE_RS" download --verify "${probe_args[@]}" "$IMAGE")
+    reset_cmd=("$PROBE_RS" reset "${probe_args[@]}")
+    tool=probe-rs
 fi
 STAMP="$STAMP_DIR/$stamp_name.sha256"
-flash_cmd=("$PROBE_RS" download --verify "${probe_args[@]}" "$IMAGE")
-reset_cmd=("$PROBE_RS" reset "${probe_args[@]}")
 
 image_hash() {
     sha256sum "$1" | cut -d' ' -f1
@@ -250,8 +293,13 @@ if [ "$DRY_RUN" -eq 1 ]; then
         echo "  build: skipped (--image given)"
     fi
     echo "  image: $IMAGE"
+    if [ "${#convert_cmd[@]}" -gt 0 ]; then
+        echo "  convert: $(show "${convert_cmd[@]}")"
+    fi
     echo "  flash: $(show "${flash_cmd[@]}")"
-    echo "  reset: $(show "${reset_cmd[@]}")"
+    if [ "${#reset_cmd[@]}" -gt 0 ]; then
+        echo "  reset: $(show "${reset_cmd[@]}")"
+    fi
     echo "  stamp: $STAMP"
     if [ -f "$IMAGE" ]; then
         h=$(image_hash "$IMAGE")
@@ -291,13 +339,21 @@ if [ "$FORCE" -eq 0 ] && [ "$hash" = "$(stamped_hash)" ]; then
     exit 3
 fi
 
+if [ "${#convert_cmd[@]}" -gt 0 ]; then
+    mkdir -p "$STAMP_DIR"
+    "${convert_cmd[@]}" || die "could not convert $IMAGE to a raw image (command: $(show "${convert_cmd[@]}"))"
+fi
 echo "flashing: $(show "${flash_cmd[@]}")" >&2
-"${flash_cmd[@]}" || die "probe-rs could not flash $IMAGE (is the probe attached and the board powered?)"
-"${reset_cmd[@]}" || die "flashed, but probe-rs could not reset the chip"
+if [ "$DFU" -eq 1 ]; then
+    "${flash_cmd[@]}" || die "dfu-util could not flash $RAW (is the board in its USB bootloader: BOOT0 held while plugging in?)"
+else
+    "${flash_cmd[@]}" || die "probe-rs could not flash $IMAGE (is the probe attached and the board powered?)"
+    "${reset_cmd[@]}" || die "flashed, but probe-rs could not reset the chip"
+fi
 
 mkdir -p "$STAMP_DIR"
 # Write the stamp atomically so an interrupted run never leaves a stamp that
 # claims an image that was not flashed.
 printf '%s  %s  %s\n' "$hash" "$IMAGE" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$STAMP.tmp"
 mv -f "$STAMP.tmp" "$STAMP"
-echo "flashed $IMAGE (sha256 $hash) to $CHIP" >&2
+echo "flashed $IMAGE (sha256 $hash) to $CHIP with $tool" >&2

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/deps.sh test
+echo "==> starting libvirtd (no systemd here; the libvirt tests need it)"
+scripts/libvirtd.sh
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 echo "==> cargo clippy"

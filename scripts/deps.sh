@@ -13,7 +13,8 @@ mode="${1:-test}"
 demo_pkgs=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 grub-pc-bin
     dosfstools e2fsprogs fdisk cpio kmod zstd xz-utils)
 # The test suite also talks to real NBD peers and lints flash.sh.
-test_pkgs=("${demo_pkgs[@]}" nbdkit libnbd-bin shellcheck mtools)
+test_pkgs=("${demo_pkgs[@]}" nbdkit libnbd-bin shellcheck mtools ovmf age
+    libvirt-daemon-system libvirt-clients)
 
 if [[ "$mode" == demo ]]; then pkgs=("${demo_pkgs[@]}"); else pkgs=("${test_pkgs[@]}"); fi
 

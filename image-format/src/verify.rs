@@ -116,10 +116,7 @@ pub fn verify_keyless<S: Store + ?Sized>(
     for e in medium::list_or_empty(store, layout::ROOT_DIR)? {
         if e.kind == EntryKind::Dir && layout::validate_name(&e.name).is_err() {
             cx.problem(
-                Location {
-                    file: Some(alloc::format!("{}/{}", layout::ROOT_DIR, e.name)),
-                    ..Default::default()
-                },
+                Location::capture(&e.name).file(&alloc::format!("{}/{}", layout::ROOT_DIR, e.name)),
                 "unexpected directory: not a valid capture name",
             );
         }

@@ -120,7 +120,7 @@ fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
     let log = lab.appliance_json(&["log", "--verify"]);
     assert_eq!(log["verified"], true, "{log}");
     let events = log["entries"].to_string();
-    for e in ["Provisioned", "PowerUp", "Unlock", "Seal", "Arrival"] {
+    for e in ["Provisioned", "Unlock", "Verify", "Seal", "Arrival"] {
         assert!(events.contains(e), "custody log lacks {e}: {events}");
     }
     lab.stop();

@@ -24,11 +24,24 @@ fn appliance_sigkill_mid_capture_resume_identical() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(1800));
     lab.kill();
-    let st = capture.wait().unwrap();
-    assert!(
-        !st.success(),
-        "capture finished before the power cut; the scenario needs it interrupted"
-    );
+    // The capture loses its medium and must fail promptly with an error,
+    // not hang (it once deadlocked in its pipeline after a write error).
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = capture.try_wait().unwrap() {
+            assert!(
+                !st.success(),
+                "capture finished before the power cut; the scenario needs it interrupted"
+            );
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            capture.kill().unwrap();
+            capture.wait().unwrap();
+            panic!("mgear capture did not exit after the appliance lost power");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     lab.start();
     assert_eq!(lab.state(), "Locked", "unlock must not survive a power cut");

@@ -209,7 +209,7 @@ fn usage_and_io_errors_have_their_exit_codes() {
 }
 
 #[test]
-fn gpt_esp_disk_boots_with_uefi_firmware_automatically() {
+fn gpt_esp_disk_over_nbd_boots_with_uefi_firmware_automatically() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("uefi.raw");
     std::fs::File::create(&disk)
@@ -229,20 +229,42 @@ fn gpt_esp_disk_boots_with_uefi_firmware_automatically() {
     )
     .unwrap();
     assert!(sf.wait().unwrap().success());
-    // No OS on it: the proof is OVMF's boot manager starting, which only
+    // Served over NBD (qemu-nbd on a Unix socket): the firmware is detected
+    // through the export and QEMU opens the nbd+unix URL itself.
+    let sock = dir.path().join("nbd.sock");
+    let server = Command::new("qemu-nbd")
+        .args(["-f", "raw", "-x", "vol", "-t", "--socket"])
+        .arg(&sock)
+        .arg(&disk)
+        .spawn()
+        .expect("qemu-nbd (qemu-utils)");
+    let _server = Killer(server);
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(sock.exists(), "qemu-nbd did not create its socket");
+    let url = format!("nbd+unix:///vol?socket={}", sock.display());
+    let report = dir.path().join("nbd-report.json");
+    // No OS on the disk: the proof is OVMF's boot manager starting, which only
     // happens when UEFI firmware was chosen from the GPT + ESP layout.
     let o = mgear(&[
         "boot",
         "--target",
-        &format!("file:{}", disk.display()),
+        &url,
         "--wait-for",
         "BdsDxe",
         "--timeout",
         "180",
         "--json",
+        "--report",
+        report.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["target"], url);
     assert_eq!(r["firmware"], "uefi");
     assert!(r["firmware_reason"]
         .as_str()
@@ -253,4 +275,15 @@ fn gpt_esp_disk_boots_with_uefi_firmware_automatically() {
         .unwrap()
         .iter()
         .any(|a| a.as_str().unwrap().contains("OVMF_CODE")));
+    assert!(report.exists());
+}
+
+/// Kills and reaps a helper process when dropped.
+struct Killer(std::process::Child);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

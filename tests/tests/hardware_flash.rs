@@ -109,6 +109,7 @@ fn help_documents_every_option_and_prerequisite() {
         "--probe",
         "--image",
         "--force",
+        "--dfu",
         "--dry-run",
         "--sim",
         "--sim-dir",
@@ -117,6 +118,8 @@ fn help_documents_every_option_and_prerequisite() {
         "rustup target add thumbv8m.main-none-eabihf",
         "cargo install probe-rs-tools --locked",
         "MGEAR_PROBE_RS",
+        "MGEAR_DFU_UTIL",
+        "apt-get install dfu-util",
         "MGEAR_FIRMWARE_IMAGE",
         "MGEAR_STAMP_DIR",
         "Exit status",
@@ -210,6 +213,54 @@ fn identical_image_is_refused_without_force() {
     let other = b.run(&["--chip", "STM32U5A5ZJTxQ"]);
     assert_eq!(other.status.code(), Some(0), "{}", text(&other.stderr));
     assert_eq!(b.probe_calls().len(), 8);
+}
+
+/// `--dfu`: ELF converted to a raw image, flashed with dfu-util through the
+/// STM32 system bootloader; its own stamp, the same identical-image rule.
+#[test]
+fn dfu_converts_flashes_and_refuses_identical_images() {
+    let b = Bench::new();
+    let objcopy = b.path("fake-objcopy");
+    // Records its arguments and "converts" by copying ($3 -> $4).
+    fs::write(
+        &objcopy,
+        "#!/bin/sh\necho \"objcopy $*\" >> \"$FAKE_PROBE_LOG\"\ncp \"$3\" \"$4\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&objcopy, fs::Permissions::from_mode(0o755)).unwrap();
+    let dfu = |args: &[&str]| {
+        b.cmd(args)
+            .env("MGEAR_OBJCOPY", &objcopy)
+            .env("MGEAR_DFU_UTIL", b.path("fake-probe-rs"))
+            .output()
+            .unwrap()
+    };
+    let raw = b.stamp_dir().join("firmware.elf.bin").display().to_string();
+
+    let first = dfu(&["--dfu"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert_eq!(
+        b.probe_calls(),
+        vec![
+            format!("objcopy -O binary {} {raw}", b.image().display()),
+            format!("-d 0483:df11 -a 0 -s 0x08000000:leave -D {raw}"),
+        ]
+    );
+    assert_eq!(fs::read(&raw).unwrap(), fs::read(b.image()).unwrap());
+    assert!(b.stamp_dir().join("dfu-STM32U5A5ZJTx.sha256").exists());
+
+    let again = dfu(&["--dfu"]);
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again.stderr));
+    assert_eq!(b.probe_calls().len(), 2);
+
+    let missing = b
+        .cmd(&["--dfu"])
+        .env("MGEAR_OBJCOPY", &objcopy)
+        .env("MGEAR_DFU_UTIL", b.path("no-such-dfu-util"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("apt-get install dfu-util"));
 }
 
 #[test]

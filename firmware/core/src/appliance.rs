@@ -307,8 +307,12 @@ impl<P: Platform> Appliance<P> {
             let boot = app.st.counters.boots;
             app.record(Event::PowerUp { boot })?;
             if app.st.counters.failed_pins >= app.cfg.max_pin_failures {
-                // Power was cut during a lockout: finish it now.
-                app.crypto_erase(EraseReason::PinLockout, false)?;
+                // Power was cut during a lockout: finish it now. Identity
+                // and PIN are gone even if the medium cannot be mounted.
+                match app.crypto_erase(EraseReason::PinLockout, false) {
+                    Ok(_) | Err(Error::Store(_)) => {}
+                    Err(e) => return Err(e),
+                }
             } else if app.st.counters.failed_pins > 0 {
                 // Back-off counts from power-up, so rebooting does not skip it.
                 app.last_failure_ms = Some(now);
@@ -495,6 +499,8 @@ impl<P: Platform> Appliance<P> {
                 }
                 Key::Digit(_) => {}
                 Key::Cancel => self.keypad.clear(),
+                // A stray Enter must not cost a PIN attempt.
+                Key::Enter if self.keypad.is_empty() => {}
                 Key::Enter => {
                     let pin = Pin::new(core::mem::take(&mut *self.keypad));
                     self.reply = Reply::Silent;

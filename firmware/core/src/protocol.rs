@@ -557,7 +557,8 @@ impl ConsoleDecoder {
 
     fn reset(&mut self, mode: Mode) {
         self.mode = mode;
-        self.buf.clear();
+        // Lines and frames may carry a PIN: do not leave it in the buffer.
+        self.buf.zeroize();
         self.overflow = false;
         self.bad_byte = None;
     }

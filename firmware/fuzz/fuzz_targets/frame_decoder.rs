@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
         if let Some(Input::Frame(Ok(frame))) = dec.push(b) {
             if let Ok(req) = frame.decode::<Request>() {
                 let wire = encode_frame(frame.request_id, &req);
-                let (id, back): (u32, Request) = decode_frame(&wire).expect("re-encoded frame decodes");
+                let (id, back): (u32, Request) =
+                    decode_frame(&wire).expect("re-encoded frame decodes");
                 assert_eq!(id, frame.request_id);
                 assert_eq!(back, req);
             }

@@ -372,6 +372,87 @@ fn clean_console(raw: &[u8]) -> String {
     out
 }
 
+/// The serial console as clean text, built incrementally as QEMU writes it.
+#[derive(Default)]
+struct Console {
+    /// Bytes not yet cleaned: an escape sequence or UTF-8 character cut by a read.
+    pending: Vec<u8>,
+    /// Cleaned text; the front is dropped beyond twice [`LOG_CAP`].
+    text: String,
+    /// How far the regex has searched.
+    searched: usize,
+}
+
+/// Length of `b` up to an incomplete escape sequence or UTF-8 character at its end.
+fn complete_prefix(b: &[u8]) -> usize {
+    let mut cut = b.len();
+    if let Some(esc) = b.iter().rposition(|&c| c == 0x1b) {
+        let rest = &b[esc + 1..];
+        let complete = match rest.first() {
+            None => false,
+            Some(b'[') => rest[1..]
+                .iter()
+                .any(|c| c.is_ascii_alphabetic() || *c == b'~'),
+            Some(b'(' | b')') => rest.len() >= 2,
+            Some(_) => true,
+        };
+        if !complete {
+            cut = esc;
+        }
+    }
+    match std::str::from_utf8(&b[..cut]) {
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        _ => cut,
+    }
+}
+
+impl Console {
+    fn push(&mut self, chunk: &[u8]) {
+        self.pending.extend_from_slice(chunk);
+        let cut = complete_prefix(&self.pending);
+        let done: Vec<u8> = self.pending.drain(..cut).collect();
+        self.append(&done);
+    }
+
+    /// Clean whatever is pending (at the end of the stream).
+    fn flush(&mut self) {
+        let rest = std::mem::take(&mut self.pending);
+        self.append(&rest);
+    }
+
+    fn append(&mut self, raw: &[u8]) {
+        self.text.push_str(&clean_console(raw));
+        if self.text.len() > 2 * LOG_CAP {
+            let mut cut = self.text.len() - LOG_CAP;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.text.drain(..cut);
+            self.searched = self.searched.saturating_sub(cut);
+        }
+    }
+
+    /// Search the text added since the last call (and a little before it, so a
+    /// match split across reads is still found).
+    fn find_new(&mut self, re: &regex::Regex) -> Option<String> {
+        let mut from = self.searched.saturating_sub(512).min(self.text.len());
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        self.searched = self.text.len();
+        re.find(&self.text[from..]).map(|m| m.as_str().to_string())
+    }
+
+    /// The last `cap` bytes of text (cut at a character boundary).
+    fn tail(&self, cap: usize) -> String {
+        let mut cut = self.text.len().saturating_sub(cap);
+        while !self.text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        self.text[cut..].to_string()
+    }
+}
+
 /// Read the first MiB and the size of a target, to look at its partition table.
 fn read_head(target: &Target) -> Result<(Vec<u8>, u64)> {
     const HEAD: u64 = 1024 * 1024;
@@ -656,10 +737,9 @@ impl Boot for LocalQemu {
             String::from_utf8_lossy(&s).into_owned()
         });
 
-        let mut raw = Vec::new();
+        let mut console = Console::default();
         let mut matched = None;
         let mut time_to_marker = None;
-        let mut searched = 0usize;
         let outcome = loop {
             let left = spec.timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
@@ -667,20 +747,12 @@ impl Boot for LocalQemu {
             }
             match rx.recv_timeout(left) {
                 Ok(chunk) => {
-                    raw.extend_from_slice(&chunk);
-                    let text = clean_console(&raw);
-                    // Re-scan a little before the previous end so a marker split
-                    // across reads is still found.
-                    let mut from = searched.saturating_sub(512).min(text.len());
-                    while !text.is_char_boundary(from) {
-                        from -= 1;
-                    }
-                    if let Some(m) = re.find(&text[from..]) {
-                        matched = Some(m.as_str().to_string());
+                    console.push(&chunk);
+                    if let Some(m) = console.find_new(&re) {
+                        matched = Some(m);
                         time_to_marker = Some(start.elapsed().as_secs_f64());
                         break Outcome::Booted;
                     }
-                    searched = text.len();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => break Outcome::TimedOut,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -688,6 +760,12 @@ impl Boot for LocalQemu {
                         .0
                         .wait()
                         .map_err(|e| BootError::io("waiting for QEMU", e))?;
+                    console.flush();
+                    if let Some(m) = console.find_new(&re) {
+                        matched = Some(m);
+                        time_to_marker = Some(start.elapsed().as_secs_f64());
+                        break Outcome::Booted;
+                    }
                     break if status.success() {
                         Outcome::GuestStopped
                     } else {
@@ -696,19 +774,24 @@ impl Boot for LocalQemu {
                 }
             }
         };
+        if outcome == Outcome::Booted {
+            // Let the matched line finish, for the log only (at most 1 s).
+            let grace = Instant::now() + Duration::from_secs(1);
+            while !console.text.ends_with('\n') {
+                let left = grace.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(chunk) if !left.is_zero() => console.push(&chunk),
+                    _ => break,
+                }
+            }
+        }
         let status = guard.0.try_wait().ok().flatten();
         drop(guard);
         let _ = reader.join();
         let qemu_stderr = err_reader.join().unwrap_or_default();
         let elapsed = start.elapsed().as_secs_f64();
-        let mut console_log = clean_console(&raw);
-        if console_log.len() > LOG_CAP {
-            let mut cut = console_log.len() - LOG_CAP;
-            while !console_log.is_char_boundary(cut) {
-                cut += 1;
-            }
-            console_log = console_log.split_off(cut);
-        }
+        console.flush();
+        let console_log = console.tail(LOG_CAP);
         let detail = match outcome {
             Outcome::Booted => format!(
                 "guest printed {:?} after {:.1} s",
@@ -829,5 +912,43 @@ mod tests {
         assert!(Head(vec![0; 10])
             .read_exact_at(u64::MAX - 1, &mut [0u8; 4])
             .is_err());
+    }
+
+    #[test]
+    fn auto_bus_and_firmware_follow_the_disk() {
+        use crate::{build_sample_disk, Drivers, SampleDiskOptions};
+        let dir = tempfile::tempdir().unwrap();
+        for (drivers, bus) in [(Drivers::All, Bus::Virtio), (Drivers::IdeOnly, Bus::Ide)] {
+            let disk = dir.path().join(format!("{}.raw", drivers.name()));
+            let opts = SampleDiskOptions {
+                drivers,
+                ..Default::default()
+            };
+            build_sample_disk(&disk, &opts).unwrap();
+            let spec = BootSpec::new(Target::File(disk), "x");
+            assert_eq!(resolve_bus(&spec).0, bus, "{drivers:?}");
+            let (fw, why) = resolve_firmware(&spec).unwrap();
+            assert_eq!(fw, Firmware::Bios);
+            assert!(why.contains("MBR"), "{why}");
+        }
+    }
+
+    #[test]
+    fn console_handles_split_escapes_and_characters() {
+        let re = regex::Regex::new("login: $").unwrap();
+        let mut c = Console::default();
+        c.push(b"Debian \x1b[");
+        assert_eq!(c.find_new(&re), None);
+        c.push(b"1mGNU\x1b[0m \xC3");
+        c.push(b"\xA9 login: ");
+        assert_eq!(c.find_new(&re).as_deref(), Some("login: "));
+        assert_eq!(c.tail(1000), "Debian GNU \u{e9} login: ");
+        // Bytes held back at the end of the stream are cleaned by flush.
+        let mut c = Console::default();
+        c.push(b"OK \xC3");
+        assert_eq!(c.tail(100), "OK ");
+        c.flush();
+        assert!(c.pending.is_empty());
+        assert_eq!(c.tail(100), "OK \u{fffd}");
     }
 }

@@ -22,8 +22,8 @@ use crate::partition::{
 };
 use crate::{BootError, ReadAt, Result};
 
-/// Largest initramfs we read into memory (decompressed).
-const MAX_INITRAMFS: usize = 1024 * 1024 * 1024;
+/// Largest initramfs we read into memory (stored and decompressed).
+const MAX_INITRAMFS: usize = 512 * 1024 * 1024;
 
 /// Filesystem recognised by its superblock magic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -423,7 +423,7 @@ fn leading_cpio_len(data: &[u8]) -> usize {
         while pos < data.len() && data[pos] == 0 {
             pos += 1;
         }
-        if pos >= data.len() || !data[pos..].starts_with(b"07070") {
+        if pos + 110 > data.len() || !data[pos..].starts_with(b"07070") {
             break;
         }
         let field = |i: usize| {
@@ -615,7 +615,13 @@ fn linux_facts(
                     } else {
                         format!("{dir}/{n}")
                     };
-                    match fs.read(path.as_str()) {
+                    let len = fs.metadata(path.as_str()).map(|m| m.len()).unwrap_or(0);
+                    let data = if len > MAX_INITRAMFS as u64 {
+                        Err(format!("{len} bytes, too large to inspect"))
+                    } else {
+                        fs.read(path.as_str()).map_err(|e| e.to_string())
+                    };
+                    match data {
                         Err(e) => note = Some(format!("{path}: {e}")),
                         Ok(data) => match decompress(&data)
                             .and_then(|d| cpio::list(&d).map_err(|e| e.to_string()))
@@ -787,5 +793,21 @@ mod tests {
                 .storage_modules
                 .contains(&"ata_piix".to_string()));
         }
+    }
+
+    #[test]
+    fn damaged_initramfs_never_panics() {
+        let mut w = cpio::Writer::new();
+        w.file("a.ko", 0o644, &[1u8; 300]).unwrap();
+        let mut a = w.finish().unwrap();
+        a.truncate(a.len() - 400);
+        a.extend_from_slice(b"\0\0\0\x0007070");
+        for cut in 0..a.len() {
+            let _ = decompress(&a[..cut]);
+            let _ = leading_cpio_len(&a[..cut]);
+        }
+        let mut z = vec![0x1F, 0x8B];
+        z.extend_from_slice(&[0xFF; 64]);
+        assert!(decompress(&z).is_err());
     }
 }

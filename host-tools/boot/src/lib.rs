@@ -6,12 +6,15 @@
 //!   no guest network) and prove it came up by a regex on the serial console.
 //! - [`inspect`] and [`profile`]: read a disk's partition table, filesystems and
 //!   Linux driver set, and check them against a target cloud's profile before shipping.
+//! - [`libvirt`]: the `libvirt:POOL/NAME` target (upload to a storage pool) and
+//!   [`LibvirtBoot`], the same boot proof as a libvirt domain.
 //! - [`adapt`]: driver adaptation through `virt-v2v-in-place`.
 
 pub mod adapt;
 pub mod boot;
 pub mod cpio;
 pub mod inspect;
+pub mod libvirt;
 pub mod partition;
 pub mod profile;
 pub mod sample;
@@ -19,6 +22,7 @@ pub mod sample;
 pub use adapt::{adapt, AdaptReport};
 pub use boot::{boot, Boot, BootReport, BootSpec, Bus, Firmware, LocalQemu, Outcome, Target};
 pub use inspect::{inspect_disk, inspect_path, DiskFacts};
+pub use libvirt::{upload_volume, LibvirtBoot, LibvirtTarget, VolumeRef};
 pub use profile::{
     check_profile, profile_by_name, profile_names, Finding, Severity, TargetProfile,
 };

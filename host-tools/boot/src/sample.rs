@@ -234,7 +234,7 @@ fn is_static_elf(b: &[u8]) -> bool {
     // PT_INTERP (3) means dynamically linked.
     (0..phnum).all(|i| {
         let o = phoff.saturating_add(i.saturating_mul(phentsize));
-        b.get(o..o + 4) != Some(&3u32.to_le_bytes()[..])
+        o.checked_add(4).and_then(|e| b.get(o..e)) != Some(&3u32.to_le_bytes()[..])
     })
 }
 

@@ -256,6 +256,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
         let secs = timed(|| {
             crate::ingest::ingest(&crate::ingest::Args {
+                boot: false,
+                wait_for: String::new(),
+                timeout: 0,
                 medium: medium.clone(),
                 name: "bench".into(),
                 identity: Some(key.clone()),

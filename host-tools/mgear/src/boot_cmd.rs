@@ -11,7 +11,11 @@
 //! next to the volume (`vol.raw.boot-report.json`; `./mgear-boot-report.json`
 //! for devices and NBD exports), or to `--report PATH`.
 //!
-//! Targets: `file:PATH` (raw), `qcow2:PATH`, `dev:/dev/sdX`, `nbd://HOST:PORT/EXPORT`.
+//! Targets: `file:PATH` (raw), `qcow2:PATH`, `dev:/dev/sdX`, `nbd://HOST:PORT/EXPORT`,
+//! and `libvirt:POOL/NAME`: a volume of a libvirt storage pool on the system
+//! daemon (`qemu:///system`), booted as a libvirt domain (TCG, no network)
+//! instead of by a local QEMU. Its report defaults to `./mgear-boot-report.json`:
+//! a file written into a directory pool would show up as a volume.
 //!
 //! Also:
 //! - `mgear boot --build-sample disk.raw [--drivers all|ide-only] [--marker ID]`
@@ -19,15 +23,19 @@
 //! - `mgear boot --target file:vol.raw --check-profile kvm-virtio-bios` checks
 //!   readiness for a target profile without booting (exit 1 if it would fail).
 //!
-//! Exit codes: 0 booted (or ready), 1 not booted (or not ready), 2 usage, 3 I/O.
+//! Exit codes: 0 booted (or ready), 1 not booted (or not ready), 2 usage,
+//! 3 I/O (including QEMU itself failing, e.g. an unreadable or locked image).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use mgear_boot::{
-    boot::{Bus, Firmware, Target},
-    inspect_path, BootError, BootSpec, Drivers, SampleDiskOptions, Severity,
+    boot::{Boot, Bus, Firmware, Outcome, Target},
+    inspect_path,
+    libvirt::DEFAULT_CONN,
+    BootError, BootReport, BootSpec, Drivers, LibvirtBoot, LibvirtTarget, SampleDiskOptions,
+    Severity, VolumeRef,
 };
 
 use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
@@ -35,7 +43,7 @@ use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 /// Arguments of `mgear boot`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Volume to boot: file:PATH, qcow2:PATH, dev:PATH or nbd://HOST:PORT/EXPORT.
+    /// Volume to boot: file:PATH, qcow2:PATH, dev:PATH, nbd://HOST:PORT/EXPORT or libvirt:POOL/NAME.
     #[arg(long)]
     target: Option<String>,
     /// Regex that proves the boot when it appears on the serial console.
@@ -77,7 +85,7 @@ pub struct Args {
 }
 
 /// Map a library error to the exit code classes of `mgear`.
-fn lib_err(e: BootError) -> anyhow::Error {
+pub fn lib_err(e: BootError) -> anyhow::Error {
     let code = match e {
         BootError::Usage(_) => USAGE,
         BootError::Unsupported(_) => USAGE,
@@ -122,12 +130,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "nothing to do: give --target (or --build-sample PATH)",
         ));
     };
-    let target: Target = target.parse().map_err(lib_err)?;
+    let target = resolve(target)?;
     if let Some(name) = &args.check_profile {
-        return check(&target, name, args.json);
+        return check(target.local(), name, args.json);
     }
-    let spec = BootSpec {
-        target: target.clone(),
+    let opts = BootOptions {
         wait_for: args.wait_for.clone(),
         timeout: Duration::from_secs(args.timeout),
         bus: args.bus.parse::<Bus>().map_err(lib_err)?,
@@ -135,27 +142,151 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         memory_mib: args.memory,
         snapshot: args.snapshot,
     };
-    let report = mgear_boot::boot(&spec).map_err(lib_err)?;
+    let report = boot_resolved(&target, &opts)?;
     let report_path = args
         .report
         .clone()
         .unwrap_or_else(|| target.default_report_path());
-    report.write_json(&report_path).map_err(lib_err)?;
-    if args.json {
+    finish(&report, &report_path, args.json)
+}
+
+/// How to boot: what `mgear boot` and `mgear ingest --boot` share.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub wait_for: String,
+    pub timeout: Duration,
+    pub bus: Bus,
+    pub firmware: Firmware,
+    pub memory_mib: u32,
+    pub snapshot: bool,
+}
+
+impl BootOptions {
+    /// Automatic bus and firmware, 512 MiB.
+    pub fn new(wait_for: impl Into<String>, timeout: Duration, snapshot: bool) -> Self {
+        BootOptions {
+            wait_for: wait_for.into(),
+            timeout,
+            bus: Bus::Auto,
+            firmware: Firmware::Auto,
+            memory_mib: 512,
+            snapshot,
+        }
+    }
+}
+
+/// A boot target with the driver that boots it.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// Booted by a local QEMU.
+    Local(Target),
+    /// A libvirt pool volume, booted as a libvirt domain.
+    Libvirt(VolumeRef),
+}
+
+impl Resolved {
+    /// The volume as the boot library sees it (a pool volume is its host file).
+    fn local(&self) -> Target {
+        match self {
+            Resolved::Local(t) => t.clone(),
+            Resolved::Libvirt(v) => v.target(),
+        }
+    }
+
+    /// Next to a file volume; `./mgear-boot-report.json` for devices,
+    /// exports and pool volumes.
+    pub fn default_report_path(&self) -> PathBuf {
+        match self {
+            Resolved::Local(t) => t.default_report_path(),
+            Resolved::Libvirt(_) => PathBuf::from("mgear-boot-report.json"),
+        }
+    }
+}
+
+/// Parse a `--target`; a `libvirt:POOL/NAME` volume is looked up on the daemon.
+pub fn resolve(s: &str) -> anyhow::Result<Resolved> {
+    match LibvirtTarget::parse_prefixed(s) {
+        Some(t) => {
+            let t = t.map_err(lib_err)?;
+            let vol = VolumeRef::lookup(DEFAULT_CONN, &t.pool, &t.name)
+                .map_err(|e| libvirt_err(e, &format!("looking up volume {t}")))?;
+            Ok(Resolved::Libvirt(vol))
+        }
+        None => Ok(Resolved::Local(s.parse().map_err(lib_err)?)),
+    }
+}
+
+/// A libvirt failure, with the way out when the daemon is simply not running.
+pub fn libvirt_err(e: BootError, what: &str) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("connect") {
+        coded(
+            IO,
+            format!(
+                "{what}: libvirtd is not reachable at {DEFAULT_CONN} ({text}): \
+                 start it: scripts/libvirtd.sh (or `libvirtd -d` as root)"
+            ),
+        )
+    } else {
+        coded(
+            match e {
+                BootError::Usage(_) | BootError::ToolFailed { .. } => USAGE,
+                _ => IO,
+            },
+            format!("{what}: {text}"),
+        )
+    }
+}
+
+/// Boot with the driver the target needs.
+pub fn boot_resolved(target: &Resolved, opts: &BootOptions) -> anyhow::Result<BootReport> {
+    let spec = BootSpec {
+        target: target.local(),
+        wait_for: opts.wait_for.clone(),
+        timeout: opts.timeout,
+        bus: opts.bus,
+        firmware: opts.firmware,
+        memory_mib: opts.memory_mib,
+        snapshot: opts.snapshot,
+    };
+    match target {
+        Resolved::Local(_) => mgear_boot::boot(&spec).map_err(lib_err),
+        Resolved::Libvirt(_) => LibvirtBoot::new(DEFAULT_CONN)
+            .boot(&spec)
+            .map_err(|e| libvirt_err(e, "booting the libvirt domain")),
+    }
+}
+
+/// Save and show the report; the exit code: 0 booted, 1 not booted, 3 if
+/// QEMU itself failed.
+pub fn finish(
+    report: &BootReport,
+    report_path: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<i32> {
+    // Show the result even when the report cannot be saved; then fail on that.
+    let saved = report.write_json(report_path);
+    if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).context("serialising the boot report")?
+            serde_json::to_string_pretty(report).context("serialising the boot report")?
         );
     } else {
         println!(
-            "target {}: {:?} (firmware {:?}, bus {:?})",
-            report.target, report.outcome, report.firmware, report.bus
+            "target {}: {:?} (driver {}, firmware {:?}, bus {:?})",
+            report.target, report.outcome, report.driver, report.firmware, report.bus
         );
         println!("{}", report.detail);
-        println!("boot report: {}", report_path.display());
+        if saved.is_ok() {
+            println!("boot report: {}", report_path.display());
+        }
     }
+    saved.map_err(lib_err)?;
     match report.require_booted() {
         Ok(()) => Ok(OK),
+        // QEMU itself failed (image unreadable or locked, firmware missing):
+        // an I/O problem on this host, not a verdict on the guest.
+        Err(e) if report.outcome == Outcome::QemuFailed => Err(coded(IO, e.to_string())),
         Err(e) => {
             eprintln!("mgear: {e}");
             Ok(FOUND)
@@ -163,14 +294,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
 }
 
-fn check(target: &Target, name: &str, json: bool) -> anyhow::Result<i32> {
+fn check(target: Target, name: &str, json: bool) -> anyhow::Result<i32> {
     let profile = mgear_boot::profile_by_name(name).ok_or_else(|| {
         usage(format!(
             "unknown profile {name:?}: use one of {}",
             mgear_boot::profile_names().join(", ")
         ))
     })?;
-    let path = match target {
+    let path = match &target {
         Target::File(p) | Target::Dev(p) => p,
         _ => return Err(usage("--check-profile reads file: and dev: targets only")),
     };

@@ -379,6 +379,10 @@ fn pump<S: image_format::Store>(
             let enc = encoder.clone();
             scope.spawn(move || worker(rx, tx, enc));
         }
+        // Only the workers may hold the raw receiver: when they stop, the
+        // reader's send fails and it stops too (otherwise a medium error
+        // leaves the reader blocked on a full channel and capture hangs).
+        drop(raw_rx);
         drop(enc_tx);
 
         // The reader runs on its own thread so reading, encoding and
@@ -456,11 +460,7 @@ fn pump<S: image_format::Store>(
 /// Raw chunks shared by the workers.
 type Jobs = Arc<Mutex<Receiver<(u64, Vec<u8>)>>>;
 
-fn worker(
-    rx: Jobs,
-    tx: std::sync::mpsc::SyncSender<Encoded>,
-    enc: image_format::ChunkEncoder,
-) {
+fn worker(rx: Jobs, tx: std::sync::mpsc::SyncSender<Encoded>, enc: image_format::ChunkEncoder) {
     loop {
         let job = match rx.lock() {
             Ok(guard) => guard.recv(),

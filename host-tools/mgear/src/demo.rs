@@ -6,11 +6,14 @@
 //!
 //! Builds a small bootable Linux disk (MBR, ext4, GRUB, the host's Debian
 //! kernel, a busybox init that prints a marker), makes a target key pair,
-//! formats a FAT32 medium image, captures the disk onto it, verifies it
-//! without and with the key, ingests it into a raw volume, compares the
-//! volume with the disk bit for bit, and boots the volume under QEMU (TCG,
-//! no network) until the marker appears. Every step is timed. There is no
-//! appliance in the demo, so ingest runs with `--allow-unsealed`.
+//! formats a FAT32 medium image and starts the appliance simulator
+//! (`mgear-appliance-sim`, next to `mgear`) on it. Then, as at a real site:
+//! provision and unlock the appliance, capture the disk through it, let the
+//! appliance verify and seal the medium, check it on arrival, verify with
+//! the key, ingest into a raw volume (which requires the seal and arrival
+//! attestations), compare the volume with the disk bit for bit, and boot the
+//! volume under QEMU (TCG, no network) until the marker appears. Every step
+//! is timed.
 //!
 //! Tools: qemu-system-x86_64 (qemu-system-x86), mkfs.ext4 (e2fsprogs),
 //! grub-mkimage (grub-pc-bin), busybox (busybox-static), a kernel in /boot
@@ -24,6 +27,89 @@ use anyhow::Context;
 
 use crate::exit::{coded, FOUND, IO, OK};
 use crate::medium::Where;
+
+/// The appliance simulator, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Simulator {
+    child: std::process::Child,
+    port: PathBuf,
+}
+
+impl Simulator {
+    fn start(work: &Path, img: &Path) -> anyhow::Result<Simulator> {
+        let exe = std::env::current_exe().context("finding the mgear executable")?;
+        let sim = exe.with_file_name("mgear-appliance-sim");
+        if !sim.exists() {
+            return Err(crate::exit::usage(format!(
+                "{} not found: build it with `cargo build --release --workspace --bins` (./demo.sh does)",
+                sim.display()
+            )));
+        }
+        let port = work.join("appliance.tty");
+        let state = work.join("appliance-state");
+        let _ = std::fs::remove_dir_all(&state);
+        let child = std::process::Command::new(&sim)
+            .arg("--medium")
+            .arg(img)
+            .arg("--state")
+            .arg(&state)
+            .arg("--console-link")
+            .arg(&port)
+            .arg("--nbd")
+            .arg(work.join("appliance.sock"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(work.join("appliance.log"))?)
+            .spawn()
+            .with_context(|| format!("starting {}", sim.display()))?;
+        let mut s = Simulator { child, port };
+        // The console link appears once the simulator is ready.
+        let t = Instant::now();
+        while !s.port.exists() {
+            if let Some(st) = s.child.try_wait()? {
+                return Err(coded(
+                    IO,
+                    format!(
+                        "the appliance simulator exited ({st}); see {}",
+                        work.join("appliance.log").display()
+                    ),
+                ));
+            }
+            if t.elapsed().as_secs() > 60 {
+                return Err(coded(IO, "the appliance simulator did not come up in 60 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(s)
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run one `mgear appliance` command against the simulator.
+fn appliance(port: &Path, cmd: crate::appliance::Cmd) -> anyhow::Result<()> {
+    let code = crate::appliance::run(crate::appliance::Args {
+        port: Some(port.to_owned()),
+        json: false,
+        cmd,
+    })?;
+    if code != OK {
+        return Err(coded(code, "the appliance refused"));
+    }
+    Ok(())
+}
 
 /// Arguments of `mgear demo`.
 #[derive(clap::Args, Debug)]
@@ -124,11 +210,40 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
     step(3, "format a FAT32 medium image", || {
         crate::medium::format_fat(&img, Some(256 << 20), true)
     })?;
+    let sim = step(4, "start the appliance simulator on the medium", || {
+        Simulator::start(work, &img)
+    })?;
+    let port = sim.port.clone();
+    println!("    console {}", port.display());
+    let pin = work.join("pin");
+    std::fs::write(&pin, "demo-pin-4711\n")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600))?;
+    }
+    step(
+        5,
+        "provision the appliance (PIN, Ed25519 identity) and unlock it",
+        || {
+            appliance(
+                &port,
+                crate::appliance::Cmd::Provision {
+                    pin_file: Some(pin.clone()),
+                },
+            )?;
+            appliance(
+                &port,
+                crate::appliance::Cmd::Unlock {
+                    pin_file: Some(pin.clone()),
+                },
+            )
+        },
+    )?;
     let medium = Where {
-        medium: Some(format!("fat:{}", img.display())),
-        appliance: None,
+        medium: None,
+        appliance: Some(port.clone()),
     };
-    step(4, "capture the disk onto the medium", || {
+    step(6, "capture the disk through the appliance", || {
         let r = crate::capture::capture(&crate::capture::Args {
             source: disk.display().to_string(),
             medium: medium.clone(),
@@ -156,18 +271,23 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
         );
         Ok(())
     })?;
-    for (n, what, identity) in [
-        (5, "verify the medium without a key", None),
-        (
-            6,
-            "verify the medium with the key (decrypt everything)",
-            Some(key.clone()),
-        ),
-    ] {
-        step(n, what, || {
+    step(
+        7,
+        "seal: the appliance verifies every record (no key), write-protects and signs",
+        || appliance(&port, crate::appliance::Cmd::Seal),
+    )?;
+    step(
+        8,
+        "arrival: the appliance verifies again and signs the arrival check",
+        || appliance(&port, crate::appliance::Cmd::Arrival),
+    )?;
+    step(
+        9,
+        "verify the medium with the key (decrypt everything)",
+        || {
             let code = crate::verify::run(crate::verify::Args {
                 medium: medium.clone(),
-                identity,
+                identity: Some(key.clone()),
                 passphrase_file: None,
                 name: None,
                 generation: None,
@@ -177,13 +297,16 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 return Err(coded(FOUND, "verification found problems"));
             }
             Ok(())
-        })?;
-    }
+        },
+    )?;
     step(
-        7,
-        "ingest into a raw volume (no appliance here: --allow-unsealed)",
+        10,
+        "ingest into a raw volume (checks the seal and arrival attestations)",
         || {
             crate::ingest::ingest(&crate::ingest::Args {
+                boot: false,
+                wait_for: String::new(),
+                timeout: 0,
                 medium: medium.clone(),
                 name: "demo".into(),
                 identity: Some(key.clone()),
@@ -192,7 +315,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 generation: None,
                 state_dir: Some(work.join("ingest-state")),
                 force: true,
-                allow_unsealed: true,
+                allow_unsealed: false,
                 rate_limit: None,
                 checkpoint_bytes: "64MiB".into(),
                 json: false,
@@ -200,11 +323,12 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
             Ok(())
         },
     )?;
-    step(8, "compare the volume with the disk bit for bit", || {
+    drop(sim);
+    step(11, "compare the volume with the disk bit for bit", || {
         compare(&disk, &vol)
     })?;
     let report = step(
-        9,
+        12,
         "boot the volume under QEMU (TCG, no network) and wait for the marker",
         || {
             let mut spec = mgear_boot::BootSpec::new(

@@ -4,7 +4,20 @@
 //! mgear ingest --medium fat:/dev/sdb --name web01 --identity target.key --target file:web01.raw
 //! mgear ingest ... --target qcow2:web01.qcow2      # needs qemu-img (Debian: qemu-utils)
 //! mgear ingest ... --target dev:/dev/vdb          # a cloud volume attached to this host
+//! mgear ingest ... --target libvirt:mgear/web01    # a volume in a libvirt storage pool
+//! mgear ingest ... --target file:web01.raw --boot --wait-for 'login:' --timeout 300
 //! ```
+//!
+//! `libvirt:POOL/NAME` ingests into a raw file in the state dir (with every
+//! check a `file:` target gets), uploads it as a new volume of POOL on the
+//! system libvirt daemon (`qemu:///system`, see `scripts/libvirtd.sh`) and
+//! deletes the file. An existing volume is only replaced with `--force`.
+//!
+//! `--boot` then proves the ingested volume boots (local QEMU, or a libvirt
+//! domain for `libvirt:`), always with the guest's writes discarded so the
+//! volume stays exactly what was verified. The boot report is kept next to the
+//! volume (`VOL.boot-report.json`; in the state dir for `libvirt:` and as
+//! `./mgear-boot-report.json` for `dev:`), and the exit code is 1 if it did not boot.
 //!
 //! Every chunk is authenticated as it is read (the keyed reader checks
 //! record hash, position, AEAD and keyed chunk id against the index, whose
@@ -51,7 +64,11 @@ use anyhow::{bail, Context};
 use image_format::{CaptureReader, ChunkData};
 use serde::Serialize;
 
-use crate::exit::{coded, usage, FOUND, IO};
+use mgear_boot::libvirt::DEFAULT_CONN;
+use mgear_boot::{LibvirtTarget, VolumeRef};
+
+use crate::boot_cmd::{self, BootOptions, Resolved};
+use crate::exit::{coded, usage, FOUND, IO, OK};
 use crate::progress::{self, Progress};
 use crate::units::human_bytes;
 
@@ -72,7 +89,7 @@ pub struct Args {
     /// Passphrase file (if the capture was made with one).
     #[arg(long, conflicts_with = "identity")]
     pub passphrase_file: Option<PathBuf>,
-    /// Where to write: file:PATH (sparse raw), qcow2:PATH, or dev:/dev/DEVICE.
+    /// Where to write: file:PATH (sparse raw), qcow2:PATH, dev:/dev/DEVICE, or libvirt:POOL/NAME.
     #[arg(long)]
     pub target: String,
     /// Generation to ingest [default: newest finished].
@@ -81,9 +98,18 @@ pub struct Args {
     /// Where resume state and device markers live [default: $XDG_STATE_HOME/mgear/ingest].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Replace an existing target file.
+    /// Replace an existing target file (or libvirt volume).
     #[arg(long)]
     pub force: bool,
+    /// After the ingest, boot the volume (guest writes discarded) and prove it came up.
+    #[arg(long)]
+    pub boot: bool,
+    /// Regex that proves the boot when it appears on the serial console.
+    #[arg(long, default_value = "login:|MGEAR-BOOT-OK", requires = "boot")]
+    pub wait_for: String,
+    /// Seconds to wait for the regex.
+    #[arg(long, default_value_t = 300, requires = "boot")]
+    pub timeout: u64,
     /// Ingest even without valid seal/arrival attestations (loud warning). Needed
     /// for media written without an appliance (fat:/dir: test media).
     #[arg(long)]
@@ -114,6 +140,12 @@ pub struct Report {
     pub verified: bool,
     pub seconds: f64,
     pub mb_per_s: f64,
+    /// Host path of the uploaded volume (`libvirt:` targets).
+    pub volume: Option<String>,
+    /// Did the volume boot (`--boot` only)?
+    pub booted: Option<bool>,
+    /// Where the boot report was written (`--boot` only).
+    pub boot_report: Option<String>,
 }
 
 /// A parsed `--target`.
@@ -122,12 +154,15 @@ pub enum Target {
     File(PathBuf),
     Qcow2(PathBuf),
     Dev(PathBuf),
+    Libvirt(LibvirtTarget),
 }
 
 impl Target {
-    /// Parse `file:`, `qcow2:` or `dev:`.
+    /// Parse `file:`, `qcow2:`, `dev:` or `libvirt:`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
-        if let Some(p) = s.strip_prefix("file:") {
+        if let Some(t) = LibvirtTarget::parse_prefixed(s) {
+            Ok(Target::Libvirt(t.map_err(boot_cmd::lib_err)?))
+        } else if let Some(p) = s.strip_prefix("file:") {
             Ok(Target::File(p.into()))
         } else if let Some(p) = s.strip_prefix("qcow2:") {
             Ok(Target::Qcow2(p.into()))
@@ -135,15 +170,53 @@ impl Target {
             Ok(Target::Dev(p.into()))
         } else {
             Err(usage(format!(
-                "--target {s}: say which kind: file:PATH (raw image), qcow2:PATH, or dev:/dev/DEVICE"
+                "--target {s}: say which kind: file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE or libvirt:POOL/NAME"
             )))
         }
     }
 
-    fn path(&self) -> &Path {
+    /// The file or device written; for `libvirt:` the raw file in the state
+    /// dir that is uploaded afterwards.
+    fn path(&self, sdir: &Path) -> PathBuf {
         match self {
-            Target::File(p) | Target::Qcow2(p) | Target::Dev(p) => p,
+            Target::File(p) | Target::Qcow2(p) | Target::Dev(p) => p.clone(),
+            Target::Libvirt(t) => sdir.join(format!("libvirt_{}_{}.raw", t.pool, t.name)),
         }
+    }
+}
+
+/// Fail early, before any decryption, if the daemon or pool is missing or the
+/// volume exists (without `--force`). Returns the volume to replace, if any.
+fn libvirt_precheck(t: &LibvirtTarget, force: bool) -> anyhow::Result<Option<VolumeRef>> {
+    crate::tools::require("virsh", "libvirt-clients")?;
+    let out = Command::new("virsh")
+        .args(["-c", DEFAULT_CONN, "pool-info", &t.pool])
+        .output()
+        .context("running virsh")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("connect") {
+            return Err(coded(
+                IO,
+                format!(
+                    "libvirtd is not reachable at {DEFAULT_CONN} ({}): start it: scripts/libvirtd.sh (or `libvirtd -d` as root)",
+                    err.trim()
+                ),
+            ));
+        }
+        return Err(usage(format!(
+            "libvirt pool {} not found on {DEFAULT_CONN} ({}): scripts/libvirtd.sh creates the pool `mgear`",
+            t.pool,
+            err.trim()
+        )));
+    }
+    match VolumeRef::lookup(DEFAULT_CONN, &t.pool, &t.name) {
+        Ok(v) if force => Ok(Some(v)),
+        Ok(_) => Err(usage(format!(
+            "volume {} already exists in pool {}: pass --force to replace it",
+            t.name, t.pool
+        ))),
+        Err(_) => Ok(None),
     }
 }
 
@@ -264,7 +337,11 @@ impl State {
 
 /// Run `mgear ingest`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let r = ingest(&args)?;
+    let mut r = ingest(&args)?;
+    let mut code = OK;
+    if args.boot {
+        code = boot_volume(&args, &mut r)?;
+    }
     if args.json {
         progress::print_json(&r)?;
     } else {
@@ -289,8 +366,55 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "  {:<14} {:>10.1} MB/s ({:.1} s)",
             "speed", r.mb_per_s, r.seconds
         );
+        if let Some(v) = &r.volume {
+            println!("  {:<14} {v}", "volume");
+        }
+        if let (Some(b), Some(p)) = (r.booted, &r.boot_report) {
+            println!(
+                "  {:<14} {} (report {p})",
+                "boot",
+                if b { "booted" } else { "did NOT boot" }
+            );
+        }
     }
-    Ok(crate::exit::OK)
+    Ok(code)
+}
+
+/// `--boot`: boot what was just ingested; 0 booted, 1 not.
+fn boot_volume(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
+    let resolved = boot_cmd::resolve(&args.target)?;
+    let report_path = match &resolved {
+        Resolved::Libvirt(v) => state_dir(args.state_dir.clone())?
+            .join(format!("libvirt_{}_{}.boot-report.json", v.pool, v.name)),
+        Resolved::Local(_) => resolved.default_report_path(),
+    };
+    let opts = BootOptions::new(
+        args.wait_for.clone(),
+        std::time::Duration::from_secs(args.timeout),
+        true,
+    );
+    let report = boot_cmd::boot_resolved(&resolved, &opts)?;
+    let saved = report.write_json(&report_path);
+    r.booted = Some(report.booted());
+    r.boot_report = Some(report_path.display().to_string());
+    saved.map_err(boot_cmd::lib_err)?;
+    if report.outcome == mgear_boot::Outcome::QemuFailed {
+        return Err(coded(
+            IO,
+            format!("booting {}: {}", args.target, report.detail),
+        ));
+    }
+    if report.booted() {
+        Ok(OK)
+    } else {
+        eprintln!(
+            "mgear: {} did not boot: {}\n{}",
+            args.target,
+            report.detail,
+            report.console_tail(20)
+        );
+        Ok(FOUND)
+    }
 }
 
 /// Do the ingest.
@@ -305,6 +429,10 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     if let Target::Qcow2(_) = target {
         crate::tools::require("qemu-img", "qemu-utils")?;
     }
+    let replace = match &target {
+        Target::Libvirt(t) => libvirt_precheck(t, args.force)?,
+        _ => None,
+    };
     let sdir = state_dir(args.state_dir.clone())?;
     let mut medium = args.medium.open()?;
     crate::appliance::ingest_gate(
@@ -316,8 +444,23 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     )
     .map_err(|e| coded(FOUND, format!("ingest refused: {e:#}")))?;
     let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
-    let report = write_volume(args, &target, &sdir, reader, started)?;
+    let mut report = write_volume(args, &target, &sdir, reader, started)?;
     medium.close()?;
+    if let Target::Libvirt(t) = &target {
+        let raw = target.path(&sdir);
+        let uploaded = (|| {
+            if let Some(old) = &replace {
+                old.delete()
+                    .map_err(|e| boot_cmd::libvirt_err(e, "deleting the old volume"))?;
+            }
+            upload_volume(t, &raw)
+        })();
+        // The verified bytes now live in the pool (or the upload failed and a
+        // re-run starts over): either way the temporary copy must not pile up.
+        std::fs::remove_file(&raw)
+            .with_context(|| format!("removing temporary volume {}", raw.display()))?;
+        report.volume = Some(uploaded?.path.display().to_string());
+    }
     Ok(report)
 }
 
@@ -334,15 +477,17 @@ fn write_volume<S: image_format::Store>(
     let generation = reader.generation();
     let root = *blake3::hash(&reader.manifest().signed_bytes()).as_bytes();
     let header = State::header(&root, size, chunk, generation);
-    let final_path = target.path().to_owned();
+    let final_path = target.path(sdir);
 
     // Where the raw bytes go.
     let (work_path, is_dev) = match target {
-        Target::File(p) => (with_suffix(p, ".partial"), false),
+        Target::File(_) | Target::Libvirt(_) => (with_suffix(&final_path, ".partial"), false),
         Target::Qcow2(p) => (with_suffix(p, ".raw.partial"), false),
         Target::Dev(p) => (p.clone(), true),
     };
-    if !is_dev && final_path.exists() && !args.force {
+    // A leftover libvirt temporary file is ours to replace.
+    let ours = matches!(target, Target::Libvirt(_));
+    if !is_dev && !ours && final_path.exists() && !args.force {
         return Err(usage(format!(
             "{} exists: pass --force to replace it",
             final_path.display()
@@ -519,7 +664,8 @@ fn write_volume<S: image_format::Store>(
     drop(vol);
 
     match target {
-        Target::File(p) => {
+        Target::File(_) | Target::Libvirt(_) => {
+            let p = &final_path;
             std::fs::rename(&work_path, p)
                 .with_context(|| format!("renaming {} to {}", work_path.display(), p.display()))?;
             sync_parent(p)?;
@@ -568,7 +714,27 @@ fn write_volume<S: image_format::Store>(
         verified: true,
         seconds: secs,
         mb_per_s: progress::mb_per_s(size, secs),
+        volume: None,
+        booted: None,
+        boot_report: None,
     })
+}
+
+/// Upload the verified raw file and check the volume has its size.
+fn upload_volume(t: &LibvirtTarget, raw: &Path) -> anyhow::Result<VolumeRef> {
+    let vol = mgear_boot::upload_volume(DEFAULT_CONN, &t.pool, &t.name, raw)
+        .map_err(|e| boot_cmd::libvirt_err(e, &format!("uploading to {t}")))?;
+    let len = std::fs::metadata(raw)?.len();
+    if vol.capacity != len {
+        return Err(coded(
+            IO,
+            format!(
+                "volume {t} holds {} bytes but the verified image has {len}: delete it (virsh vol-delete --pool {} {}) and re-run",
+                vol.capacity, t.pool, t.name
+            ),
+        ));
+    }
+    Ok(vol)
 }
 
 fn sync_parent(p: &Path) -> anyhow::Result<()> {
@@ -603,6 +769,15 @@ mod tests {
         );
         assert_eq!(
             crate::exit::code_of(&Target::parse("a.raw").unwrap_err()),
+            2
+        );
+        let t = Target::parse("libvirt:mgear/web01").unwrap();
+        assert_eq!(
+            t.path(Path::new("/s")),
+            PathBuf::from("/s/libvirt_mgear_web01.raw")
+        );
+        assert_eq!(
+            crate::exit::code_of(&Target::parse("libvirt:nopool").unwrap_err()),
             2
         );
     }

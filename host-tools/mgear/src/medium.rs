@@ -2,7 +2,9 @@
 //!
 //! - `fat:PATH`: a FAT32 image file or a raw device (the appliance's USB
 //!   storage seen as `/dev/sdX`), opened with the `fatfs` crate: no mount, no root;
-//! - `dir:PATH`: a mounted directory (the appliance's medium mounted by the OS).
+//! - `dir:PATH`: a mounted directory (the appliance's medium mounted by the OS);
+//! - `nbd://HOST:PORT/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`: a FAT volume
+//!   exported over NBD (the appliance simulator's medium).
 //!
 //! Everything else in the CLI sees a medium only as an `image_format::Store`,
 //! so a new kind of medium (the appliance's console-gated export) is one more
@@ -15,8 +17,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use image_format::store::fat::{FormatOptions, MIN_FAT32_BYTES};
-use image_format::store::{DirStore, FatStore};
+use image_format::store::{DirStore, FatStore, FlushIsDurable};
 use image_format::Store;
+use mgear_nbd::NbdFile;
 
 use crate::exit::usage;
 use crate::units::{human_bytes, parse_size};
@@ -28,6 +31,8 @@ pub enum MediumSpec {
     Fat(PathBuf),
     /// A mounted directory.
     Dir(PathBuf),
+    /// A FAT volume exported over NBD (e.g. the appliance simulator's medium).
+    Nbd(String),
 }
 
 impl MediumSpec {
@@ -37,10 +42,12 @@ impl MediumSpec {
             Ok(MediumSpec::Fat(PathBuf::from(p)))
         } else if let Some(p) = text.strip_prefix("dir:") {
             Ok(MediumSpec::Dir(PathBuf::from(p)))
+        } else if text.starts_with("nbd://") || text.starts_with("nbd+unix://") {
+            Ok(MediumSpec::Nbd(text.to_owned()))
         } else {
             Err(usage(format!(
-                "--medium {text}: say which kind of medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb) \
-                 or dir:MOUNTPOINT (e.g. dir:/mnt/appliance)"
+                "--medium {text}: say which kind of medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb), \
+                 dir:MOUNTPOINT (e.g. dir:/mnt/appliance) or an NBD export of a FAT volume (nbd://HOST:PORT/EXPORT)"
             )))
         }
     }
@@ -53,6 +60,8 @@ pub enum Medium {
     Fat(FatStore<File>),
     /// A mounted directory.
     Dir(DirStore),
+    /// A FAT volume over NBD.
+    Nbd(FatStore<FlushIsDurable<NbdFile>>),
     /// The appliance's medium reached through its console (`--appliance PORT`).
     Appliance(Box<dyn Store>),
 }
@@ -63,6 +72,7 @@ impl Medium {
         match self {
             Medium::Fat(s) => s,
             Medium::Dir(s) => s,
+            Medium::Nbd(s) => s,
             Medium::Appliance(s) => s,
         }
     }
@@ -73,6 +83,9 @@ impl Medium {
             Medium::Fat(s) => s
                 .unmount()
                 .map_err(|e| anyhow::anyhow!("closing the FAT medium: {e}")),
+            Medium::Nbd(s) => s
+                .unmount()
+                .map_err(|e| anyhow::anyhow!("closing the FAT medium over NBD: {e}")),
             // DirStore makes each file durable when the format syncs it.
             Medium::Dir(_) => Ok(()),
             // The boxed FAT store cannot be unmounted through `dyn Store`;
@@ -136,6 +149,16 @@ pub fn open(spec: &str) -> anyhow::Result<Medium> {
                 .map_err(|e| anyhow::anyhow!("opening medium {}: {e}", path.display()))?;
             Ok(Medium::Fat(store))
         }
+        MediumSpec::Nbd(url) => {
+            let parsed: mgear_nbd::NbdUrl = url
+                .parse()
+                .map_err(|e| usage(format!("--medium {url}: {e}")))?;
+            let client = mgear_nbd::Client::connect(&parsed, &mgear_nbd::ConnectOptions::default())
+                .with_context(|| format!("connecting to the medium at {url}"))?;
+            let store = FatStore::open(FlushIsDurable(NbdFile::new(client)))
+                .map_err(|e| anyhow::anyhow!("opening medium {url}: {e}"))?;
+            Ok(Medium::Nbd(store))
+        }
     }
 }
 
@@ -172,6 +195,11 @@ pub fn run(args: MediumArgs) -> anyhow::Result<i32> {
         } => {
             let path = match MediumSpec::parse(&medium)? {
                 MediumSpec::Fat(p) => p,
+                MediumSpec::Nbd(_) => {
+                    return Err(usage(
+                        "an NBD export is formatted by its owner (the appliance); format a device or image with fat:PATH",
+                    ))
+                }
                 MediumSpec::Dir(_) => {
                     return Err(usage(
                         "dir: media are already-mounted file systems: format the device with \

@@ -107,6 +107,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let store = medium.store();
     let mut total_bytes = 0u64;
     let captures = image_format::list_captures(store)?;
+    if captures.is_empty() {
+        return Err(crate::exit::coded(
+            FOUND,
+            format!(
+                "{} holds no MotionGear capture (no MGEAR directory): is this the right medium?",
+                args.medium.describe()
+            ),
+        ));
+    }
     for c in &captures {
         for g in &c.generations {
             total_bytes += g.stored_bytes;
@@ -127,9 +136,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 Some(n) => vec![n.clone()],
                 None => captures.iter().map(|c| c.name.clone()).collect(),
             };
-            if names.is_empty() {
-                return Err(crate::exit::usage("the medium holds no capture to verify"));
-            }
             for n in names {
                 let r = image_format::verify_full(store, &n, args.generation, unlock, &mut obs)?;
                 report.captures += r.captures;

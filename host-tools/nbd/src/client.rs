@@ -1013,7 +1013,7 @@ impl Client {
                         self.protocol(format!("block status in reply to {}", cmd_name(p.cmd)))
                     );
                 };
-                if plen < 12 || (plen - 4) % 8 != 0 || plen > MAX_OPTION_DATA * 256 {
+                if plen < 12 || !(plen - 4).is_multiple_of(8) || plen > MAX_OPTION_DATA * 256 {
                     return Err(self.protocol(format!("block status chunk of bad length {plen}")));
                 }
                 let data =

@@ -619,12 +619,16 @@ fn console_frames_and_lines() {
 #[test]
 fn keypad_unlocks() {
     let mut a = provisioned(23);
+    a.p.indicators.keys.push_back(Key::Enter);
+    a.p.indicators.keys.push_back(Key::Digit(1));
+    a.p.indicators.keys.push_back(Key::Cancel);
     for d in PIN.bytes() {
         a.p.indicators.keys.push_back(Key::Digit(d - b'0'));
     }
     a.p.indicators.keys.push_back(Key::Enter);
     a.poll_console().unwrap();
     assert_eq!(a.state(), DeviceState::Unlocked);
+    assert_eq!(a.info().counters.total_failed_pins, 0);
     assert_eq!(a.p.indicators.leds.last(), Some(&LedState::Unlocked));
 }
 

@@ -172,14 +172,6 @@ impl Client {
             r => Ok(r),
         }
     }
-
-    /// Send raw bytes (tests of malformed input).
-    pub fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.link
-            .write_all(bytes)
-            .and_then(|()| self.link.flush())?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

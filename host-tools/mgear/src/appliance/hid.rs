@@ -120,7 +120,7 @@ mod tests {
         let big = encode_frame(
             9,
             &Request::CaptureBegin {
-                name: "y".repeat(150),
+                name: "y".repeat(250),
             },
         );
         let mut stream = big.clone();

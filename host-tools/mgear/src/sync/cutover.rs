@@ -45,7 +45,10 @@ fn hook(what: &str, cmd: &str) -> anyhow::Result<()> {
         .status()
         .with_context(|| format!("cannot run the {what} command `{cmd}`"))?;
     if !status.success() {
-        return Err(coded(USAGE, format!("the {what} command `{cmd}` failed ({status})")));
+        return Err(coded(
+            USAGE,
+            format!("the {what} command `{cmd}` failed ({status})"),
+        ));
     }
     Ok(())
 }
@@ -63,15 +66,23 @@ fn rollback(a: &CutoverArgs, e: anyhow::Error) -> anyhow::Error {
 
 /// `mgear cutover`.
 pub fn cutover(a: CutoverArgs) -> anyhow::Result<i32> {
-    let target = Target::from_str(&a.boot_target).map_err(|e| usage(format!("--boot-target: {e}")))?;
+    let target =
+        Target::from_str(&a.boot_target).map_err(|e| usage(format!("--boot-target: {e}")))?;
     let mut spec = BootSpec::new(target, a.wait_for.clone());
     spec.timeout = Duration::from_secs(a.boot_timeout);
     if a.wait_for.is_empty() {
-        return Err(usage("--wait-for must not be empty: give a regex that proves the boot, e.g. 'login:'"));
+        return Err(usage(
+            "--wait-for must not be empty: give a regex that proves the boot, e.g. 'login:'",
+        ));
     }
-    if let Some(p) = a.boot_target.strip_prefix("file:").or_else(|| a.boot_target.strip_prefix("qcow2:")) {
+    if let Some(p) = a
+        .boot_target
+        .strip_prefix("file:")
+        .or_else(|| a.boot_target.strip_prefix("qcow2:"))
+    {
         // Find a typo before the source is quiesced, not after.
-        std::fs::metadata(p).with_context(|| format!("--boot-target {}: cannot find the volume", a.boot_target))?;
+        std::fs::metadata(p)
+            .with_context(|| format!("--boot-target {}: cannot find the volume", a.boot_target))?;
     }
 
     let presync = if a.no_presync {
@@ -91,15 +102,23 @@ pub fn cutover(a: CutoverArgs) -> anyhow::Result<i32> {
         return Err(rollback(&a, coded(FOUND, "the final sync did not verify")));
     }
 
-    eprintln!("mgear cutover: booting {} (QEMU, TCG, no network)", a.boot_target);
+    eprintln!(
+        "mgear cutover: booting {} (QEMU, TCG, no network)",
+        a.boot_target
+    );
     let boot_start = Instant::now();
-    let report = mgear_boot::boot(&spec).map_err(|e| rollback(&a, anyhow::Error::new(e).context("booting the target")))?;
+    let report = mgear_boot::boot(&spec)
+        .map_err(|e| rollback(&a, anyhow::Error::new(e).context("booting the target")))?;
     if !report.booted() {
         return Err(rollback(
             &a,
             coded(
                 FOUND,
-                format!("the target did not prove it booted ({}); console tail:\n{}", report.detail, report.console_tail(20)),
+                format!(
+                    "the target did not prove it booted ({}); console tail:\n{}",
+                    report.detail,
+                    report.console_tail(20)
+                ),
             ),
         ));
     }
@@ -118,10 +137,16 @@ pub fn cutover(a: CutoverArgs) -> anyhow::Result<i32> {
         boot_matched: report.matched.clone(),
     };
     if a.sync.json {
-        println!("{}", serde_json::to_string(&r).context("serialising the report")?);
+        println!(
+            "{}",
+            serde_json::to_string(&r).context("serialising the report")?
+        );
     } else {
         if let Some(p) = &r.presync {
-            println!("warm sync (source running): {} chunks sent in {:.2} s", p.stats.chunks_sent, p.seconds);
+            println!(
+                "warm sync (source running): {} chunks sent in {:.2} s",
+                p.stats.chunks_sent, p.seconds
+            );
         }
         print_summary(&r.final_sync);
         println!(

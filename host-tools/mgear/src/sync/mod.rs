@@ -35,7 +35,7 @@ use crate::exit::{usage, OK};
 use crate::units::{human_bytes, parse_rate};
 
 pub use cutover::cutover;
-pub use source::{dirty_chunks, Stats};
+pub use source::Stats;
 
 /// Arguments of `mgear serve`.
 #[derive(clap::Args, Debug)]
@@ -119,11 +119,44 @@ pub struct CutoverArgs {
     pub no_presync: bool,
 }
 
+/// Chunk indexes touched by the ranges `qemu:dirty-bitmap:<bitmap>` marks
+/// dirty (sorted, each once). The client must have negotiated that context.
+pub fn dirty_chunks(
+    client: &mut mgear_nbd::Client,
+    bitmap: &str,
+    chunk_size: u32,
+) -> anyhow::Result<Vec<u64>> {
+    if chunk_size == 0 {
+        return Err(usage("chunk size must not be 0"));
+    }
+    let cs = chunk_size as u64;
+    let ranges = client
+        .dirty_ranges(bitmap, 0, client.size())
+        .with_context(|| format!("reading dirty bitmap {bitmap}"))?;
+    let mut out: Vec<u64> = Vec::new();
+    for (off, len) in ranges {
+        if len == 0 {
+            continue;
+        }
+        let first = off / cs;
+        let last = (off + len - 1) / cs;
+        for c in first..=last {
+            match out.last() {
+                Some(&l) if c <= l => {}
+                _ => out.push(c),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `mgear serve`.
 pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let path = target::target_path(&a.target)?;
     let unlock = crate::verify::unlock_from(a.identity.as_deref(), a.passphrase_file.as_deref())?
-        .ok_or_else(|| usage("serve needs the capture's key: --identity TARGET.key or --passphrase-file FILE"))?;
+        .ok_or_else(|| {
+        usage("serve needs the capture's key: --identity TARGET.key or --passphrase-file FILE")
+    })?;
     let mut medium = a.medium.open()?;
     let (key, slot_id) = image_format::unlock_data_key(medium.store(), &a.name, &unlock)?;
     let reader = CaptureReader::open_with_key(medium.store(), &a.name, None, &key)?;
@@ -131,7 +164,10 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     drop(reader);
     medium.close()?;
     if slot_id.is_some_and(|id| id != m.capture_id) {
-        return Err(image_format::Error::WrongKey { name: a.name.clone() }.into());
+        return Err(image_format::Error::WrongKey {
+            name: a.name.clone(),
+        }
+        .into());
     }
     let started = Instant::now();
     let id_key = session::IdKey::derive(&key, &m.capture_id);
@@ -150,15 +186,26 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
             m.disk_size
         );
     }
-    let listener = TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
+    let listener =
+        TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr().context("listening address")?;
     // Scripts and tests read the port from this line (with --listen HOST:0).
     println!("listening on {addr}");
     use std::io::Write as _;
     std::io::stdout().flush().context("writing to stdout")?;
-    let served = target::Served { name: a.name.clone(), key, capture_id: m.capture_id, chunk_size: m.chunk_size };
+    let served = target::Served {
+        name: a.name.clone(),
+        key,
+        capture_id: m.capture_id,
+        chunk_size: m.chunk_size,
+    };
     let total = target::serve_loop(listener, &served, &mut vol, a.once)?;
-    println!("applied {} chunks ({}) to {}", total.chunks, human_bytes(total.bytes), path.display());
+    eprintln!(
+        "mgear serve: applied {} chunks ({}) to {}",
+        total.chunks,
+        human_bytes(total.bytes),
+        path.display()
+    );
     Ok(OK)
 }
 
@@ -202,7 +249,8 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
     let cache = crate::capture::key_cache_dir(a.key_cache.clone())?.join(format!("{}.key", a.name));
     let key = DataKey::load_cache(&cache, &a.name).map_err(|e| {
         usage(format!(
-            "{e} (sync needs the data key that `mgear capture` cached for {} on this host; pass --key-cache DIR)",
+            "no usable data key for {} in the key cache ({e}): sync needs the key that `mgear capture` \
+             cached on this host; run it where the capture ran, or pass --key-cache DIR",
             a.name
         ))
     })?;
@@ -240,11 +288,30 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
 /// The human summary of a sync.
 fn print_summary(r: &SyncReport) {
     let s = &r.stats;
-    println!("synced {} to {} in {:.2} s ({} attempt{})", r.name, r.to, r.seconds, s.attempts, if s.attempts == 1 { "" } else { "s" });
-    println!("  source:     {} ({}, {} chunks of {})", r.source, human_bytes(s.disk_size), s.chunks, human_bytes(s.chunk_size as u64));
+    println!(
+        "synced {} to {} in {:.2} s ({} attempt{})",
+        r.name,
+        r.to,
+        r.seconds,
+        s.attempts,
+        if s.attempts == 1 { "" } else { "s" }
+    );
+    println!(
+        "  source:     {} ({}, {} chunks of {})",
+        r.source,
+        human_bytes(s.disk_size),
+        s.chunks,
+        human_bytes(s.chunk_size as u64)
+    );
     match &r.dirty_bitmap {
-        Some(b) => println!("  considered: {} chunks dirty in bitmap {b}", s.chunks_considered),
-        None => println!("  considered: all {} chunks (no dirty bitmap: every chunk is read and compared)", s.chunks_considered),
+        Some(b) => println!(
+            "  considered: {} chunks dirty in bitmap {b}",
+            s.chunks_considered
+        ),
+        None => println!(
+            "  considered: all {} chunks (no dirty bitmap: every chunk is read and compared)",
+            s.chunks_considered
+        ),
     }
     println!(
         "  read:       {} in {:.2} s; skipped {}",
@@ -266,11 +333,19 @@ fn print_summary(r: &SyncReport) {
         human_bytes(r.wire_bytes_per_s as u64)
     );
     if let Some(l) = r.rate_limit_bytes_per_s {
-        println!("  rate limit: {}/s ({:.1} Mbit/s)", human_bytes(l as u64), l * 8.0 / 1e6);
+        println!(
+            "  rate limit: {}/s ({:.1} Mbit/s)",
+            human_bytes(l as u64),
+            l * 8.0 / 1e6
+        );
     }
     println!(
         "  verified:   {}",
-        if s.verified { "the target's chunk ids match the source's" } else { "no" }
+        if s.verified {
+            "the target's chunk ids match the source's"
+        } else {
+            "no"
+        }
     );
     println!(
         "  source cpu: {:.1}% of one core ({:.2} s user+sys over {:.2} s)",
@@ -284,7 +359,10 @@ fn print_summary(r: &SyncReport) {
 pub fn sync(a: SyncArgs) -> anyhow::Result<i32> {
     let r = run_sync(&a)?;
     if a.json {
-        println!("{}", serde_json::to_string(&r).context("serialising the report")?);
+        println!(
+            "{}",
+            serde_json::to_string(&r).context("serialising the report")?
+        );
     } else {
         print_summary(&r);
     }

@@ -123,10 +123,23 @@ pub struct RecordMeta {
 
 impl Session {
     /// Keys of the session between `source_nonce` and `target_nonce`.
-    pub fn new(key: &DataKey, capture_id: &[u8; 16], source_nonce: &[u8; 32], target_nonce: &[u8; 32]) -> Self {
+    pub fn new(
+        key: &DataKey,
+        capture_id: &[u8; 16],
+        source_nonce: &[u8; 32],
+        target_nonce: &[u8; 32],
+    ) -> Self {
         let k = key.as_bytes();
-        let enc = hkdf32(capture_id, k, &[b"mgear v1 sync record", source_nonce, target_nonce]);
-        let proof = hkdf32(capture_id, k, &[b"mgear v1 sync proof", source_nonce, target_nonce]);
+        let enc = hkdf32(
+            capture_id,
+            k,
+            &[b"mgear v1 sync record", source_nonce, target_nonce],
+        );
+        let proof = hkdf32(
+            capture_id,
+            k,
+            &[b"mgear v1 sync proof", source_nonce, target_nonce],
+        );
         Session {
             cipher: Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(enc.as_ref())),
             proof,
@@ -140,6 +153,16 @@ impl Session {
         h.update(role.as_bytes());
         h.update(&[0]);
         h.update(name.as_bytes());
+        h.finalize()
+    }
+
+    /// Keyed tag over `data` (the APPLIED digest), so a man in the middle
+    /// cannot claim a sync landed.
+    pub fn tag(&self, what: &str, data: &[u8]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.proof);
+        h.update(what.as_bytes());
+        h.update(&[0]);
+        h.update(data);
         h.finalize()
     }
 
@@ -164,13 +187,27 @@ impl Session {
     /// Encrypt a record payload.
     pub fn seal(&self, m: &RecordMeta, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
         self.cipher
-            .encrypt(&Self::nonce(m.seq), Payload { msg: payload, aad: &self.aad(m) })
+            .encrypt(
+                &Self::nonce(m.seq),
+                Payload {
+                    msg: payload,
+                    aad: &self.aad(m),
+                },
+            )
             .map_err(|_| anyhow::anyhow!("AES-GCM encryption failed"))
     }
 
     /// Decrypt a record payload; `None` if it does not authenticate.
     pub fn open(&self, m: &RecordMeta, sealed: &[u8]) -> Option<Vec<u8>> {
-        self.cipher.decrypt(&Self::nonce(m.seq), Payload { msg: sealed, aad: &self.aad(m) }).ok()
+        self.cipher
+            .decrypt(
+                &Self::nonce(m.seq),
+                Payload {
+                    msg: sealed,
+                    aad: &self.aad(m),
+                },
+            )
+            .ok()
     }
 }
 
@@ -197,7 +234,9 @@ pub fn unpack(flags: u8, payload: Vec<u8>, plain_len: u32) -> anyhow::Result<Vec
     let want = plain_len as usize;
     let out = match flags {
         FLAG_ZERO if payload.is_empty() => vec![0u8; want],
-        FLAG_ZSTD => zstd::bulk::decompress(&payload, want).context("zstd payload does not decompress")?,
+        FLAG_ZSTD => {
+            zstd::bulk::decompress(&payload, want).context("zstd payload does not decompress")?
+        }
         0 => payload,
         other => bail!("unknown chunk flags {other:#x}"),
     };
@@ -233,10 +272,16 @@ mod tests {
             w.append(enc.encode(i as u64, c).unwrap()).unwrap();
         }
         w.finish().unwrap();
-        let r = CaptureReader::open_with_key(DirStore::open(dir.path()).unwrap(), "web01", None, &key).unwrap();
+        let r =
+            CaptureReader::open_with_key(DirStore::open(dir.path()).unwrap(), "web01", None, &key)
+                .unwrap();
         let ids = IdKey::derive(&key, &r.manifest().capture_id);
         for (i, c) in disk.chunks(cs as usize).enumerate() {
-            assert_eq!(&ids.id(c), r.entry(i as u64).unwrap().chunk_id(), "chunk {i}");
+            assert_eq!(
+                &ids.id(c),
+                r.entry(i as u64).unwrap().chunk_id(),
+                "chunk {i}"
+            );
         }
     }
 
@@ -244,14 +289,37 @@ mod tests {
     fn records_bind_position_session_and_content() {
         let key = DataKey::from_bytes([5; 32]);
         let s = Session::new(&key, &[1; 16], &[2; 32], &[3; 32]);
-        let m = RecordMeta { seq: 1, index: 9, chunk_id: [4; 32], plain_len: 5, flags: 0 };
+        let m = RecordMeta {
+            seq: 1,
+            index: 9,
+            chunk_id: [4; 32],
+            plain_len: 5,
+            flags: 0,
+        };
         let sealed = s.seal(&m, b"hello").unwrap();
         assert_eq!(s.open(&m, &sealed).unwrap(), b"hello");
-        assert!(s.open(&RecordMeta { index: 10, ..m }, &sealed).is_none(), "moved chunk");
-        assert!(s.open(&RecordMeta { seq: 2, ..m }, &sealed).is_none(), "replayed seq");
-        assert!(s.open(&RecordMeta { chunk_id: [5; 32], ..m }, &sealed).is_none());
+        assert!(
+            s.open(&RecordMeta { index: 10, ..m }, &sealed).is_none(),
+            "moved chunk"
+        );
+        assert!(
+            s.open(&RecordMeta { seq: 2, ..m }, &sealed).is_none(),
+            "replayed seq"
+        );
+        assert!(s
+            .open(
+                &RecordMeta {
+                    chunk_id: [5; 32],
+                    ..m
+                },
+                &sealed
+            )
+            .is_none());
         let other = Session::new(&key, &[1; 16], &[2; 32], &[9; 32]);
-        assert!(other.open(&m, &sealed).is_none(), "record from another session");
+        assert!(
+            other.open(&m, &sealed).is_none(),
+            "record from another session"
+        );
         let wrong = Session::new(&DataKey::from_bytes([6; 32]), &[1; 16], &[2; 32], &[3; 32]);
         assert_ne!(wrong.proof("target", "web01"), s.proof("target", "web01"));
         assert_ne!(s.proof("source", "web01"), s.proof("target", "web01"));
@@ -268,7 +336,9 @@ mod tests {
         let (f, p) = pack(&[0u8; 4096]).unwrap();
         assert_eq!((f, p.len()), (FLAG_ZERO, 0));
         assert_eq!(unpack(f, p, 4096).unwrap(), vec![0u8; 4096]);
-        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let (f, p) = pack(&noise).unwrap();
         assert_eq!(unpack(f, p, 4096).unwrap(), noise);
         assert!(unpack(0, vec![1, 2], 3).is_err());

@@ -36,7 +36,10 @@ impl Disk {
         if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
             let url = NbdUrl::from_str(spec).map_err(|e| usage(format!("--source {spec}: {e}")))?;
             let opts = ConnectOptions {
-                meta_contexts: bitmap.map(|b| format!("qemu:dirty-bitmap:{b}")).into_iter().collect(),
+                meta_contexts: bitmap
+                    .map(|b| format!("qemu:dirty-bitmap:{b}"))
+                    .into_iter()
+                    .collect(),
                 read_only: true,
             };
             let client = Client::connect(&url, &opts).map_err(|e| match e {
@@ -47,7 +50,10 @@ impl Disk {
                 )),
                 other => anyhow::Error::new(other).context(format!("connecting to source {spec}")),
             })?;
-            return Ok(Disk::Nbd { client: Box::new(client), url: spec.to_string() });
+            return Ok(Disk::Nbd {
+                client: Box::new(client),
+                url: spec.to_string(),
+            });
         }
         if bitmap.is_some() {
             return Err(usage(format!(
@@ -70,9 +76,9 @@ impl Disk {
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
         match self {
             Disk::File(s) => s.read_exact_at(offset, buf),
-            Disk::Nbd { client, url } => {
-                client.read_at(offset, buf).with_context(|| format!("reading source {url} at byte {offset}"))
-            }
+            Disk::Nbd { client, url } => client
+                .read_at(offset, buf)
+                .with_context(|| format!("reading source {url} at byte {offset}")),
         }
     }
 
@@ -83,33 +89,6 @@ impl Disk {
             Disk::Nbd { url, .. } => url.clone(),
         }
     }
-}
-
-/// Chunk indexes touched by the ranges `qemu:dirty-bitmap:<bitmap>` marks
-/// dirty (sorted, each once). The client must have negotiated that context.
-pub fn dirty_chunks(client: &mut Client, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec<u64>> {
-    if chunk_size == 0 {
-        return Err(usage("chunk size must not be 0"));
-    }
-    let cs = chunk_size as u64;
-    let ranges = client
-        .dirty_ranges(bitmap, 0, client.size())
-        .with_context(|| format!("reading dirty bitmap {bitmap}"))?;
-    let mut out: Vec<u64> = Vec::new();
-    for (off, len) in ranges {
-        if len == 0 {
-            continue;
-        }
-        let first = off / cs;
-        let last = (off + len - 1) / cs;
-        for c in first..=last {
-            match out.last() {
-                Some(&l) if c <= l => {}
-                _ => out.push(c),
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// What to sync and how.
@@ -171,7 +150,10 @@ pub fn tcp(to: &str) -> io::Result<Conn> {
     let s = TcpStream::connect(to)?;
     s.set_nodelay(true)?;
     let r = s.try_clone()?;
-    Ok((Box::new(BufReader::with_capacity(256 * 1024, r)), Box::new(s)))
+    Ok((
+        Box::new(BufReader::with_capacity(256 * 1024, r)),
+        Box::new(s),
+    ))
 }
 
 /// State that survives reconnects.
@@ -206,13 +188,21 @@ pub fn run(
         run.stats.attempts += 1;
         let result = match connect() {
             Ok((r, w)) => run.attempt(r, w),
-            Err(e) => Err(Fail::Retry(anyhow::Error::new(e).context(format!("cannot connect to {}", plan.peer)))),
+            Err(e) => Err(Fail::Retry(
+                anyhow::Error::new(e).context(format!("cannot connect to {}", plan.peer)),
+            )),
         };
         match result {
             Ok(()) => return Ok(run.stats),
             Err(Fail::Fatal(e)) => return Err(e),
             Err(Fail::Retry(e)) if run.stats.attempts > plan.retries => {
-                return Err(coded(IO, format!("{e:#} (gave up after {} attempts; re-run to continue)", run.stats.attempts)))
+                return Err(coded(
+                    IO,
+                    format!(
+                        "{e:#} (gave up after {} attempts; re-run to continue)",
+                        run.stats.attempts
+                    ),
+                ))
             }
             Err(Fail::Retry(e)) => {
                 eprintln!(
@@ -236,7 +226,10 @@ fn refused(p: &[u8], peer: &str) -> Fail {
                 err::IO => IO,
                 _ => USAGE,
             };
-            Fail::Fatal(coded(exit, format!("the target {peer} refused the sync: {m}")))
+            Fail::Fatal(coded(
+                exit,
+                format!("the target {peer} refused the sync: {m}"),
+            ))
         }
         Err(e) => Fail::Fatal(e),
     }
@@ -266,7 +259,11 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn attempt(&mut self, mut r: Box<dyn Read + Send>, w: Box<dyn Write + Send>) -> Result<(), Fail> {
+    fn attempt(
+        &mut self,
+        mut r: Box<dyn Read + Send>,
+        w: Box<dyn Write + Send>,
+    ) -> Result<(), Fail> {
         let peer = self.plan.peer.clone();
         let name = self.plan.name.clone();
         let mut w = BufWriter::with_capacity(64 * 1024, w);
@@ -286,7 +283,10 @@ impl Run<'_> {
             other => {
                 return Err(Fail::Fatal(coded(
                     USAGE,
-                    format!("{peer} answered HELLO with {}: not a MotionGear sync target", wire::type_name(other)),
+                    format!(
+                        "{peer} answered HELLO with {}: not a MotionGear sync target",
+                        wire::type_name(other)
+                    ),
                 )))
             }
         }
@@ -299,11 +299,15 @@ impl Run<'_> {
         let target_nonce: [u8; 32] = f.array().map_err(fatal)?;
         let proof: [u8; 32] = f.array().map_err(fatal)?;
         f.end().map_err(fatal)?;
-        if !layout::valid_chunk_size(chunk_size) || count != layout::chunk_count(vol_size, chunk_size) {
+        if !layout::valid_chunk_size(chunk_size)
+            || count != layout::chunk_count(vol_size, chunk_size)
+        {
             return Err(fatal(anyhow::anyhow!("WELCOME describes an impossible volume ({vol_size} bytes, chunk size {chunk_size}, {count} chunks)")));
         }
         if vol_size != size {
-            return Err(fatal(anyhow::anyhow!("the target volume is {vol_size} bytes, the source {size}: sync cannot resize")));
+            return Err(fatal(anyhow::anyhow!(
+                "the target volume is {vol_size} bytes, the source {size}: sync cannot resize"
+            )));
         }
         let s = Session::new(&self.plan.key, &capture_id, &source_nonce, &target_nonce);
         if s.proof("target", &name) != blake3::Hash::from_bytes(proof) {
@@ -311,7 +315,8 @@ impl Run<'_> {
                 "the data key in the key cache for {name} does not open the target's capture {name} \
                  (a key cache from another capture, or the target ingested a different capture of that name)"
             );
-            let _ = wire::send(&mut w, ty::ERROR, &wire::error_payload(err::WRONG_KEY, &m)).and_then(|_| w.flush());
+            let _ = wire::send(&mut w, ty::ERROR, &wire::error_payload(err::WRONG_KEY, &m))
+                .and_then(|_| w.flush());
             return Err(Fail::Fatal(coded(USAGE, m)));
         }
         let id_key = IdKey::derive(&self.plan.key, &capture_id);
@@ -324,13 +329,21 @@ impl Run<'_> {
             match t {
                 ty::IDS => {}
                 ty::ERROR => return Err(refused(&p, &peer)),
-                other => return Err(fatal(anyhow::anyhow!("expected IDS, got {}", wire::type_name(other)))),
+                other => {
+                    return Err(fatal(anyhow::anyhow!(
+                        "expected IDS, got {}",
+                        wire::type_name(other)
+                    )))
+                }
             }
             let mut f = Fields::new(&p, "IDS");
             let first = f.u64().map_err(fatal)?;
             let n = f.u32().map_err(fatal)? as u64;
             if first != ids.len() as u64 || n == 0 || n > count - first {
-                return Err(fatal(anyhow::anyhow!("IDS frame for chunks {first}..{} out of order", first + n)));
+                return Err(fatal(anyhow::anyhow!(
+                    "IDS frame for chunks {first}..{} out of order",
+                    first + n
+                )));
             }
             for _ in 0..n {
                 ids.push(f.array().map_err(fatal)?);
@@ -343,12 +356,17 @@ impl Run<'_> {
         self.stats.chunks = count;
         if self.candidates.is_none() {
             self.candidates = Some(match (&self.plan.bitmap, &mut *self.disk) {
-                (Some(b), Disk::Nbd { client, .. }) => dirty_chunks(client, b, chunk_size).map_err(Fail::Fatal)?,
+                (Some(b), Disk::Nbd { client, .. }) => {
+                    super::dirty_chunks(client, b, chunk_size).map_err(Fail::Fatal)?
+                }
                 _ => (0..count).collect(),
             });
         }
         if self.limiter.is_none() {
-            self.limiter = self.plan.rate.map(|rate| RateLimiter::new(rate, chunk_size as u64));
+            self.limiter = self
+                .plan
+                .rate
+                .map(|rate| RateLimiter::new(rate, chunk_size as u64));
         }
         let candidates = self.candidates.clone().unwrap_or_default();
         self.stats.chunks_considered = candidates.len() as u64;
@@ -356,8 +374,14 @@ impl Run<'_> {
         let mut seq = 0u64;
         self.buf.resize(chunk_size as usize, 0);
         for &index in &candidates {
-            let Some(have) = usize::try_from(index).ok().and_then(|i| ids.get(i)).copied() else {
-                return Err(Fail::Fatal(usage(format!("dirty chunk {index} is past the end of the disk"))));
+            let Some(have) = usize::try_from(index)
+                .ok()
+                .and_then(|i| ids.get(i))
+                .copied()
+            else {
+                return Err(Fail::Fatal(usage(format!(
+                    "dirty chunk {index} is past the end of the disk"
+                ))));
             };
             if self.known.get(&index) == Some(&have) {
                 continue;
@@ -379,7 +403,13 @@ impl Run<'_> {
             if id != have {
                 let (flags, payload) = session::pack(data).map_err(Fail::Fatal)?;
                 seq += 1;
-                let m = RecordMeta { seq, index, chunk_id: id, plain_len: len, flags };
+                let m = RecordMeta {
+                    seq,
+                    index,
+                    chunk_id: id,
+                    plain_len: len,
+                    flags,
+                };
                 let sealed = s.seal(&m, &payload).map_err(Fail::Fatal)?;
                 let mut p = Vec::with_capacity(53 + sealed.len());
                 p.extend_from_slice(&seq.to_le_bytes());
@@ -391,7 +421,10 @@ impl Run<'_> {
                 self.send(&mut w, ty::CHUNK, &p)?;
                 self.stats.chunks_sent += 1;
                 self.stats.chunk_bytes_sent += len as u64;
-                if let Some(slot) = usize::try_from(index).ok().and_then(|i| expected.get_mut(i)) {
+                if let Some(slot) = usize::try_from(index)
+                    .ok()
+                    .and_then(|i| expected.get_mut(i))
+                {
                     *slot = id;
                 }
             }
@@ -408,20 +441,31 @@ impl Run<'_> {
         match t {
             ty::APPLIED => {}
             ty::ERROR => return Err(refused(&p, &peer)),
-            other => return Err(fatal(anyhow::anyhow!("expected APPLIED, got {}", wire::type_name(other)))),
+            other => {
+                return Err(fatal(anyhow::anyhow!(
+                    "expected APPLIED, got {}",
+                    wire::type_name(other)
+                )))
+            }
         }
         let mut f = Fields::new(&p, "APPLIED");
         let _applied = f.u64().map_err(fatal)?;
         let _bytes = f.u64().map_err(fatal)?;
         let theirs: [u8; 32] = f.array().map_err(fatal)?;
+        let tag: [u8; 32] = f.array().map_err(fatal)?;
         f.end().map_err(fatal)?;
+        if s.tag("applied", &theirs) != blake3::Hash::from_bytes(tag) {
+            return Err(Fail::Fatal(coded(
+                FOUND,
+                "the target's APPLIED message does not carry a valid tag: something between \
+                 source and target altered the session",
+            )));
+        }
         if theirs != digest {
             return Err(Fail::Fatal(coded(
                 FOUND,
-                format!(
-                    "after the sync the target volume's chunk ids differ from the source's \
-                     (the volume changed on the target during the sync?): run the sync again"
-                ),
+                "after the sync the target volume's chunk ids differ from the source's \
+                 (the volume changed on the target during the sync?): run the sync again",
             )));
         }
         self.stats.verified = true;

@@ -55,53 +55,66 @@ pub struct Applied {
 
 /// Parse `--target file:PATH` or `dev:PATH`.
 pub fn target_path(spec: &str) -> anyhow::Result<PathBuf> {
-    if let Some(p) = spec.strip_prefix("file:").or_else(|| spec.strip_prefix("dev:")) {
+    if let Some(p) = spec
+        .strip_prefix("file:")
+        .or_else(|| spec.strip_prefix("dev:"))
+    {
         if !p.is_empty() {
             return Ok(PathBuf::from(p));
         }
     }
-    if spec.starts_with("qcow2:") {
+    if let Some(q) = spec.strip_prefix("qcow2:") {
         return Err(usage(format!(
             "--target {spec}: serve writes raw volumes only; export the qcow2 with \
-             `qemu-nbd -c /dev/nbd0 {}` and serve dev:/dev/nbd0",
-            &spec[6..]
+             `qemu-nbd -c /dev/nbd0 {q}` and serve dev:/dev/nbd0"
         )));
     }
-    Err(usage(format!("--target {spec}: use file:PATH (the raw volume written by ingest) or dev:/dev/DEVICE")))
+    Err(usage(format!(
+        "--target {spec}: use file:PATH (the raw volume written by ingest) or dev:/dev/DEVICE"
+    )))
 }
 
 impl Volume {
     /// Open a raw volume read-write and hash every chunk.
     pub fn open(path: PathBuf, chunk_size: u32, id_key: IdKey) -> anyhow::Result<Self> {
         if !layout::valid_chunk_size(chunk_size) {
-            return Err(usage(format!("chunk size {chunk_size} is not valid for a capture")));
+            return Err(usage(format!(
+                "chunk size {chunk_size} is not valid for a capture"
+            )));
         }
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .with_context(|| format!("cannot open target volume {} for writing", path.display()))?;
-        let size = file.seek(SeekFrom::End(0)).with_context(|| format!("cannot find the size of {}", path.display()))?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("cannot find the size of {}", path.display()))?;
         let count = layout::chunk_count(size, chunk_size);
         let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         let mut buf = vec![0u8; chunk_size as usize];
         for i in 0..count {
             let len = layout::chunk_len(size, chunk_size, i) as usize;
             file.read_exact_at(&mut buf[..len], i * chunk_size as u64)
-                .with_context(|| format!("reading target volume {} at chunk {i}", path.display()))?;
+                .with_context(|| {
+                    format!("reading target volume {} at chunk {i}", path.display())
+                })?;
             ids.push(id_key.id(&buf[..len]));
         }
-        Ok(Volume { file, path, size, chunk_size, ids, id_key, unsynced: 0 })
+        Ok(Volume {
+            file,
+            path,
+            size,
+            chunk_size,
+            ids,
+            id_key,
+            unsynced: 0,
+        })
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
-    }
-
-    /// Keyed ids of all chunks, in order.
-    pub fn ids(&self) -> &[[u8; 32]] {
-        &self.ids
     }
 
     /// Write chunk `index` (already authenticated) and record its id.
@@ -114,7 +127,10 @@ impl Volume {
             self.file.write_all_at(data, at).with_context(ctx)?;
         }
         self.unsynced += data.len() as u64;
-        if let Some(slot) = usize::try_from(index).ok().and_then(|i| self.ids.get_mut(i)) {
+        if let Some(slot) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.ids.get_mut(i))
+        {
             *slot = id;
         }
         if self.unsynced >= SYNC_EVERY {
@@ -135,7 +151,9 @@ impl Volume {
 
     /// Make every write so far durable.
     pub fn sync(&mut self) -> anyhow::Result<()> {
-        self.file.sync_data().with_context(|| format!("syncing target volume {}", self.path.display()))?;
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing target volume {}", self.path.display()))?;
         self.unsynced = 0;
         Ok(())
     }
@@ -165,7 +183,11 @@ pub fn session<R: Read, W: Write>(
     let mut w = BufWriter::with_capacity(256 * 1024, w);
     let (t, p) = wire::recv(r, peer)?;
     if t != ty::HELLO {
-        return Err(refuse(&mut w, err::PROTOCOL, format!("expected HELLO, got {}", wire::type_name(t))));
+        return Err(refuse(
+            &mut w,
+            err::PROTOCOL,
+            format!("expected HELLO, got {}", wire::type_name(t)),
+        ));
     }
     let mut f = Fields::new(&p, "HELLO");
     let name = f.str()?;
@@ -176,7 +198,10 @@ pub fn session<R: Read, W: Write>(
         return Err(refuse(
             &mut w,
             err::UNKNOWN_CAPTURE,
-            format!("this target does not know capture {name}: it serves capture {}", cap.name),
+            format!(
+                "this target does not know capture {name}: it serves capture {}",
+                cap.name
+            ),
         ));
     }
     if size != vol.size {
@@ -210,7 +235,13 @@ pub fn session<R: Read, W: Write>(
             let (_, m) = wire::parse_error(&p)?;
             bail!("the source gave up: {m}");
         }
-        other => return Err(refuse(&mut w, err::PROTOCOL, format!("expected PROOF, got {}", wire::type_name(other)))),
+        other => {
+            return Err(refuse(
+                &mut w,
+                err::PROTOCOL,
+                format!("expected PROOF, got {}", wire::type_name(other)),
+            ))
+        }
     }
     let mut f = Fields::new(&p, "PROOF");
     let proof: [u8; 32] = f.array()?;
@@ -252,22 +283,41 @@ pub fn session<R: Read, W: Write>(
                 };
                 let sealed = f.rest();
                 if m.seq <= last_seq {
-                    return Err(refuse(&mut w, err::PROTOCOL, format!("record sequence {} after {last_seq}", m.seq)));
+                    return Err(refuse(
+                        &mut w,
+                        err::PROTOCOL,
+                        format!("record sequence {} after {last_seq}", m.seq),
+                    ));
                 }
                 last_seq = m.seq;
-                if m.index >= count || m.plain_len != layout::chunk_len(vol.size, cap.chunk_size, m.index) {
+                if m.index >= count
+                    || m.plain_len != layout::chunk_len(vol.size, cap.chunk_size, m.index)
+                {
                     return Err(refuse(
                         &mut w,
                         err::BAD_RECORD,
-                        format!("chunk {} of {} bytes does not fit a volume of {count} chunks", m.index, m.plain_len),
+                        format!(
+                            "chunk {} of {} bytes does not fit a volume of {count} chunks",
+                            m.index, m.plain_len
+                        ),
                     ));
                 }
                 let Some(payload) = s.open(&m, sealed) else {
-                    return Err(refuse(&mut w, err::BAD_RECORD, format!("chunk {} does not authenticate", m.index)));
+                    return Err(refuse(
+                        &mut w,
+                        err::BAD_RECORD,
+                        format!("chunk {} does not authenticate", m.index),
+                    ));
                 };
                 let data = match session::unpack(m.flags, payload, m.plain_len) {
                     Ok(d) => d,
-                    Err(e) => return Err(refuse(&mut w, err::BAD_RECORD, format!("chunk {}: {e:#}", m.index))),
+                    Err(e) => {
+                        return Err(refuse(
+                            &mut w,
+                            err::BAD_RECORD,
+                            format!("chunk {}: {e:#}", m.index),
+                        ))
+                    }
                 };
                 if vol.id_key.id(&data) != m.chunk_id {
                     return Err(refuse(
@@ -293,7 +343,9 @@ pub fn session<R: Read, W: Write>(
                 let mut a = Vec::with_capacity(48);
                 a.extend_from_slice(&applied.chunks.to_le_bytes());
                 a.extend_from_slice(&applied.bytes.to_le_bytes());
-                a.extend_from_slice(&session::volume_digest(vol.size, cap.chunk_size, &vol.ids));
+                let digest = session::volume_digest(vol.size, cap.chunk_size, &vol.ids);
+                a.extend_from_slice(&digest);
+                a.extend_from_slice(s.tag("applied", &digest).as_bytes());
                 wire::send(&mut w, ty::APPLIED, &a)?;
                 w.flush()?;
                 return Ok(());
@@ -303,7 +355,11 @@ pub fn session<R: Read, W: Write>(
                 bail!("the source gave up: {m}");
             }
             other => {
-                return Err(refuse(&mut w, err::PROTOCOL, format!("unexpected {} during transfer", wire::type_name(other))))
+                return Err(refuse(
+                    &mut w,
+                    err::PROTOCOL,
+                    format!("unexpected {} during transfer", wire::type_name(other)),
+                ))
             }
         }
     }
@@ -317,7 +373,10 @@ pub fn serve_loop(
     vol: &mut Volume,
     once: bool,
 ) -> anyhow::Result<Applied> {
-    let mut total = Applied { chunks: 0, bytes: 0 };
+    let mut total = Applied {
+        chunks: 0,
+        bytes: 0,
+    };
     for conn in listener.incoming() {
         let conn = match conn {
             Ok(c) => c,
@@ -326,13 +385,28 @@ pub fn serve_loop(
                 continue;
             }
         };
-        let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let peer = conn
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
         let started = Instant::now();
-        let mut applied = Applied { chunks: 0, bytes: 0 };
+        let mut applied = Applied {
+            chunks: 0,
+            bytes: 0,
+        };
         let result = conn
             .try_clone()
             .context("cloning the connection")
-            .and_then(|w| session(&mut std::io::BufReader::with_capacity(256 * 1024, &conn), w, &peer, cap, vol, &mut applied));
+            .and_then(|w| {
+                session(
+                    &mut std::io::BufReader::with_capacity(256 * 1024, &conn),
+                    w,
+                    &peer,
+                    cap,
+                    vol,
+                    &mut applied,
+                )
+            });
         let synced = vol.sync();
         total.chunks += applied.chunks;
         total.bytes += applied.bytes;
@@ -364,9 +438,18 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        assert_eq!(target_path("file:vol.raw").unwrap(), PathBuf::from("vol.raw"));
-        assert_eq!(target_path("dev:/dev/vdb").unwrap(), PathBuf::from("/dev/vdb"));
-        assert!(target_path("qcow2:v.qcow2").unwrap_err().to_string().contains("qemu-nbd"));
+        assert_eq!(
+            target_path("file:vol.raw").unwrap(),
+            PathBuf::from("vol.raw")
+        );
+        assert_eq!(
+            target_path("dev:/dev/vdb").unwrap(),
+            PathBuf::from("/dev/vdb")
+        );
+        assert!(target_path("qcow2:v.qcow2")
+            .unwrap_err()
+            .to_string()
+            .contains("qemu-nbd"));
         assert!(target_path("vol.raw").is_err());
         assert!(target_path("file:").is_err());
     }
@@ -379,13 +462,13 @@ mod tests {
         std::fs::write(&p, vec![1u8; 2 * cs as usize + 10]).unwrap();
         let key = IdKey::derive(&DataKey::from_bytes([1; 32]), &[2; 16]);
         let mut v = Volume::open(p.clone(), cs, key.clone()).unwrap();
-        assert_eq!(v.ids().len(), 3);
-        assert_eq!(v.ids()[2], key.id(&[1u8; 10]));
+        assert_eq!(v.ids.len(), 3);
+        assert_eq!(v.ids[2], key.id(&[1u8; 10]));
         let zeros = vec![0u8; cs as usize];
         v.apply(1, &zeros, key.id(&zeros)).unwrap();
         v.sync().unwrap();
         let again = Volume::open(p.clone(), cs, key.clone()).unwrap();
-        assert_eq!(again.ids(), v.ids());
+        assert_eq!(again.ids, v.ids);
         let back = std::fs::read(&p).unwrap();
         assert!(back[cs as usize..2 * cs as usize].iter().all(|&b| b == 0));
         assert!(back[..cs as usize].iter().all(|&b| b == 1));

@@ -61,16 +61,32 @@ fn fixture(changed: &[u64]) -> Fixture {
     }
     let src = dir.path().join("disk.raw");
     std::fs::write(&src, &disk).unwrap();
-    Fixture { _dir: dir, src, vol, key: DataKey::from_bytes([7; 32]), capture_id: [9; 16] }
+    Fixture {
+        _dir: dir,
+        src,
+        vol,
+        key: DataKey::from_bytes([7; 32]),
+        capture_id: [9; 16],
+    }
 }
 
 impl Fixture {
     fn served(&self, name: &str) -> Served {
-        Served { name: name.into(), key: self.key.clone(), capture_id: self.capture_id, chunk_size: CS }
+        Served {
+            name: name.into(),
+            key: self.key.clone(),
+            capture_id: self.capture_id,
+            chunk_size: CS,
+        }
     }
 
     fn volume(&self) -> Volume {
-        Volume::open(self.vol.clone(), CS, IdKey::derive(&self.key, &self.capture_id)).unwrap()
+        Volume::open(
+            self.vol.clone(),
+            CS,
+            IdKey::derive(&self.key, &self.capture_id),
+        )
+        .unwrap()
     }
 
     fn plan(&self, key: DataKey) -> Plan {
@@ -91,13 +107,28 @@ impl Fixture {
 }
 
 /// Serve `sessions` connections; returns each session's result and applied counts.
-fn serve(listener: TcpListener, served: Served, mut vol: Volume, sessions: usize) -> JoinHandle<Vec<(Result<(), String>, Applied)>> {
+fn serve(
+    listener: TcpListener,
+    served: Served,
+    mut vol: Volume,
+    sessions: usize,
+) -> JoinHandle<Vec<(Result<(), String>, Applied)>> {
     std::thread::spawn(move || {
         let mut out = Vec::new();
         for _ in 0..sessions {
             let (conn, peer) = listener.accept().unwrap();
-            let mut applied = Applied { chunks: 0, bytes: 0 };
-            let r = target::session(&mut &conn, &conn, &peer.to_string(), &served, &mut vol, &mut applied);
+            let mut applied = Applied {
+                chunks: 0,
+                bytes: 0,
+            };
+            let r = target::session(
+                &mut &conn,
+                &conn,
+                &peer.to_string(),
+                &served,
+                &mut vol,
+                &mut applied,
+            );
             vol.sync().unwrap();
             out.push((r.map_err(|e| format!("{e:#}")), applied));
         }
@@ -118,17 +149,29 @@ fn sync_sends_only_changed_chunks_and_target_equals_source() {
     let (l, addr) = listen();
     let server = serve(l, fx.served("web01"), fx.volume(), 2);
     let mut disk = fx.disk();
-    let stats = source::run(&fx.plan(fx.key.clone()), &mut disk, &mut || source::tcp(&addr)).unwrap();
+    let stats = source::run(&fx.plan(fx.key.clone()), &mut disk, &mut || {
+        source::tcp(&addr)
+    })
+    .unwrap();
     assert!(stats.verified);
     assert_eq!(stats.chunks_sent, changed.len() as u64);
     assert_eq!(stats.bytes_read, SIZE);
     assert_eq!(stats.chunk_bytes_sent, 3 * CS as u64 + 1000);
     // Little more than the changed data crosses the wire (the id list comes the other way).
-    assert!(stats.wire_bytes < stats.chunk_bytes_sent + 4096, "{stats:?}");
-    assert_eq!(std::fs::read(&fx.vol).unwrap(), std::fs::read(&fx.src).unwrap());
+    assert!(
+        stats.wire_bytes < stats.chunk_bytes_sent + 4096,
+        "{stats:?}"
+    );
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap(),
+        std::fs::read(&fx.src).unwrap()
+    );
 
     // Nothing left to send.
-    let again = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || source::tcp(&addr)).unwrap();
+    let again = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || {
+        source::tcp(&addr)
+    })
+    .unwrap();
     assert_eq!(again.chunks_sent, 0);
     assert!(again.verified);
     let sessions = server.join().unwrap();
@@ -146,9 +189,15 @@ fn zeroed_chunks_are_synced() {
     std::fs::write(&fx.src, &disk).unwrap();
     let (l, addr) = listen();
     let server = serve(l, fx.served("web01"), fx.volume(), 1);
-    let stats = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || source::tcp(&addr)).unwrap();
+    let stats = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || {
+        source::tcp(&addr)
+    })
+    .unwrap();
     assert_eq!(stats.chunks_sent, 2);
-    assert!(stats.wire_bytes < 2048, "zero chunks travel as tags only: {stats:?}");
+    assert!(
+        stats.wire_bytes < 2048,
+        "zero chunks travel as tags only: {stats:?}"
+    );
     assert_eq!(std::fs::read(&fx.vol).unwrap(), disk);
     server.join().unwrap();
 }
@@ -163,7 +212,10 @@ impl Write for Cut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut left = self.left.lock().unwrap();
         if *left == 0 {
-            return Err(io::Error::new(io::ErrorKind::ConnectionReset, "cable pulled"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "cable pulled",
+            ));
         }
         let n = buf.len().min(*left);
         let n = self.inner.write(&buf[..n])?;
@@ -199,12 +251,21 @@ fn a_dropped_connection_resumes_where_the_target_is() {
     assert!(stats.verified);
     // Chunks were read once: the retry compared ids it already had.
     assert_eq!(stats.bytes_read, SIZE);
-    assert_eq!(std::fs::read(&fx.vol).unwrap(), std::fs::read(&fx.src).unwrap());
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap(),
+        std::fs::read(&fx.src).unwrap()
+    );
     let sessions = server.join().unwrap();
-    assert!(sessions[0].0.is_err(), "first session must have broken: {sessions:?}");
+    assert!(
+        sessions[0].0.is_err(),
+        "first session must have broken: {sessions:?}"
+    );
     assert_eq!(sessions[0].1.chunks, 3, "{sessions:?}");
     assert!(sessions[1].0.is_ok(), "{sessions:?}");
-    assert_eq!(sessions[1].1.chunks, 3, "only the rest is sent again: {sessions:?}");
+    assert_eq!(
+        sessions[1].1.chunks, 3,
+        "only the rest is sent again: {sessions:?}"
+    );
 }
 
 #[test]
@@ -212,17 +273,34 @@ fn wrong_key_unknown_capture_and_strangers_are_clear_errors() {
     let fx = fixture(&[1]);
     let (l, addr) = listen();
     let server = serve(l, fx.served("web01"), fx.volume(), 2);
-    let e = source::run(&fx.plan(DataKey::from_bytes([8; 32])), &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
-    assert!(format!("{e:#}").contains("does not open the target's capture web01"), "{e:#}");
+    let e = source::run(
+        &fx.plan(DataKey::from_bytes([8; 32])),
+        &mut fx.disk(),
+        &mut || source::tcp(&addr),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("does not open the target's capture web01"),
+        "{e:#}"
+    );
     assert_eq!(code_of(&e), USAGE);
     let mut plan = fx.plan(fx.key.clone());
     plan.name = "db02".into();
     let e = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
-    assert!(format!("{e:#}").contains("does not know capture db02: it serves capture web01"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("does not know capture db02: it serves capture web01"),
+        "{e:#}"
+    );
     assert_eq!(code_of(&e), USAGE);
     let sessions = server.join().unwrap();
-    assert!(sessions.iter().all(|(r, a)| r.is_err() && a.chunks == 0), "{sessions:?}");
-    assert_eq!(std::fs::read(&fx.vol).unwrap()[CS as usize..2 * CS as usize], noise(1, SIZE as usize)[CS as usize..2 * CS as usize]);
+    assert!(
+        sessions.iter().all(|(r, a)| r.is_err() && a.chunks == 0),
+        "{sessions:?}"
+    );
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap()[CS as usize..2 * CS as usize],
+        noise(1, SIZE as usize)[CS as usize..2 * CS as usize]
+    );
 
     // A peer that speaks something else.
     let (l, addr) = listen();
@@ -230,8 +308,14 @@ fn wrong_key_unknown_capture_and_strangers_are_clear_errors() {
         let (mut c, _) = l.accept().unwrap();
         let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
     });
-    let e = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
-    assert!(format!("{e:#}").contains("does not speak the MotionGear sync protocol"), "{e:#}");
+    let e = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || {
+        source::tcp(&addr)
+    })
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("does not speak the MotionGear sync protocol"),
+        "{e:#}"
+    );
     http.join().unwrap();
 }
 
@@ -263,7 +347,14 @@ fn target_refuses_tampered_records() {
     let server = serve(l, fx.served("web01"), fx.volume(), 1);
     let mut connect = || -> io::Result<Conn> {
         let (r, w) = source::tcp(&addr)?;
-        Ok((r, Box::new(Flip { inner: w, seen: 0, at: 0 }) as Box<dyn Write + Send>))
+        Ok((
+            r,
+            Box::new(Flip {
+                inner: w,
+                seen: 0,
+                at: 0,
+            }) as Box<dyn Write + Send>,
+        ))
     };
     // The HELLO magic itself is flipped: the target refuses a stranger. No retries: the
     // listener is gone afterwards and its port may belong to another test by then.
@@ -272,7 +363,14 @@ fn target_refuses_tampered_records() {
     let e = source::run(&plan, &mut fx.disk(), &mut connect);
     assert!(e.is_err());
     let sessions = server.join().unwrap();
-    assert!(sessions[0].0.as_ref().unwrap_err().contains("does not speak"), "{sessions:?}");
+    assert!(
+        sessions[0]
+            .0
+            .as_ref()
+            .unwrap_err()
+            .contains("does not speak"),
+        "{sessions:?}"
+    );
 
     // Now a record whose ciphertext was changed and the frame CRC recomputed: only the AEAD can tell.
     let (l, addr) = listen();
@@ -304,21 +402,37 @@ fn target_refuses_tampered_records() {
         Ok((r, Box::new(Forge { inner: w }) as Box<dyn Write + Send>))
     };
     let e = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut connect).unwrap_err();
-    assert!(format!("{e:#}").contains("chunk 6 does not authenticate"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("chunk 6 does not authenticate"),
+        "{e:#}"
+    );
     assert_eq!(code_of(&e), FOUND);
     server.join().unwrap();
-    assert_eq!(std::fs::read(&fx.vol).unwrap(), before, "nothing unauthenticated was written");
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap(),
+        before,
+        "nothing unauthenticated was written"
+    );
 }
 
 #[test]
 fn size_mismatch_is_refused() {
     let fx = fixture(&[]);
-    let f = std::fs::OpenOptions::new().write(true).open(&fx.src).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fx.src)
+        .unwrap();
     f.set_len(SIZE + CS as u64).unwrap();
     let (l, addr) = listen();
     let server = serve(l, fx.served("web01"), fx.volume(), 1);
-    let e = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
-    assert!(format!("{e:#}").contains("sync cannot resize volumes"), "{e:#}");
+    let e = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || {
+        source::tcp(&addr)
+    })
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("sync cannot resize volumes"),
+        "{e:#}"
+    );
     server.join().unwrap();
 }
 
@@ -348,17 +462,29 @@ fn rate_limit_paces_sync_frames() {
             i += 1;
         }
         let achieved = sent as f64 / now;
-        assert!((achieved - rate).abs() / rate < 0.05, "chunk {chunk}: {achieved} B/s vs {rate}");
+        assert!(
+            (achieved - rate).abs() / rate < 0.05,
+            "chunk {chunk}: {achieved} B/s vs {rate}"
+        );
     }
 }
 
 fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Kill(Child);
@@ -383,25 +509,59 @@ fn wait_for(path: &Path) {
 /// ends equal to the changed source.
 #[test]
 fn dirty_bitmap_reads_only_dirty_ranges() {
-    assert!(have("qemu-nbd") && have("qemu-img") && have("qemu-io"), "install qemu-utils");
+    assert!(
+        have("qemu-nbd") && have("qemu-img") && have("qemu-io"),
+        "install qemu-utils"
+    );
     let dir = tempfile::tempdir().unwrap();
     let q = dir.path().join("disk.qcow2");
     let size = 32u64 << 20;
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&q).arg(size.to_string()));
-    run(Command::new("qemu-io").args(["-c", "write -P 0x11 0 24M"]).arg(&q));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg(size.to_string()));
+    run(Command::new("qemu-io")
+        .args(["-c", "write -P 0x11 0 24M"])
+        .arg(&q));
     let vol = dir.path().join("vol.raw");
-    run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&q).arg(&vol));
-    run(Command::new("qemu-img").args(["bitmap", "--add"]).arg(&q).arg("b0"));
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&q)
+        .arg(&vol));
+    run(Command::new("qemu-img")
+        .args(["bitmap", "--add"])
+        .arg(&q)
+        .arg("b0"));
     // 3 changed areas: inside chunk 1, across chunks 7/8, and chunk 30 (past the old data).
     run(Command::new("qemu-io")
-        .args(["-c", "write -P 0x22 1100k 8k", "-c", "write -P 0x33 8180k 64k", "-c", "write -P 0x44 30M 4k"])
+        .args([
+            "-c",
+            "write -P 0x22 1100k 8k",
+            "-c",
+            "write -P 0x33 8180k 64k",
+            "-c",
+            "write -P 0x44 30M 4k",
+        ])
         .arg(&q));
     let changed = dir.path().join("changed.raw");
-    run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&q).arg(&changed));
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&q)
+        .arg(&changed));
     let sock = dir.path().join("nbd.sock");
     let _nbd = Kill(
         Command::new("qemu-nbd")
-            .args(["-r", "-f", "qcow2", "-B", "b0", "--socket"])
+            // Two clients and no exit after the first disconnect: the test connects again below.
+            .args([
+                "-r",
+                "-f",
+                "qcow2",
+                "-B",
+                "b0",
+                "--shared=2",
+                "--persistent",
+                "--socket",
+            ])
             .arg(&sock)
             .arg(&q)
             .stderr(Stdio::null())
@@ -413,14 +573,25 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
     let mut disk = Disk::open(&url, Some("b0")).unwrap();
     let cs = 1u32 << 20;
     if let Disk::Nbd { client, .. } = &mut disk {
-        assert_eq!(super::dirty_chunks(client, "b0", cs).unwrap(), vec![1, 7, 8, 30]);
-        assert_eq!(super::dirty_chunks(client, "b0", 64 * 1024).unwrap().len(), 1 + 2 + 1);
+        assert_eq!(
+            super::dirty_chunks(client, "b0", cs).unwrap(),
+            vec![1, 7, 8, 30]
+        );
+        assert_eq!(
+            super::dirty_chunks(client, "b0", 64 * 1024).unwrap().len(),
+            1 + 2 + 1
+        );
     } else {
         panic!("not an NBD disk");
     }
 
     let key = DataKey::from_bytes([3; 32]);
-    let served = Served { name: "web01".into(), key: key.clone(), capture_id: [4; 16], chunk_size: cs };
+    let served = Served {
+        name: "web01".into(),
+        key: key.clone(),
+        capture_id: [4; 16],
+        chunk_size: cs,
+    };
     let volume = Volume::open(vol.clone(), cs, IdKey::derive(&key, &[4; 16])).unwrap();
     let (l, addr) = listen();
     let server = serve(l, served, volume, 1);
@@ -435,15 +606,26 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
     };
     let stats = source::run(&plan, &mut disk, &mut || source::tcp(&addr)).unwrap();
     assert_eq!(stats.chunks_considered, 4);
-    assert_eq!(stats.bytes_read, 4 * cs as u64, "only dirty chunks are read: {stats:?}");
+    assert_eq!(
+        stats.bytes_read,
+        4 * cs as u64,
+        "only dirty chunks are read: {stats:?}"
+    );
     assert_eq!(stats.bytes_skipped, size - 4 * cs as u64);
     assert_eq!(stats.chunks_sent, 4);
     assert!(stats.verified);
     server.join().unwrap();
-    assert_eq!(std::fs::read(&vol).unwrap(), std::fs::read(&changed).unwrap());
+    assert_eq!(
+        std::fs::read(&vol).unwrap(),
+        std::fs::read(&changed).unwrap()
+    );
 
     // A bitmap the export lacks is a clear usage error.
+    drop(disk);
     let e = Disk::open(&url, Some("nope")).err().unwrap();
-    assert!(format!("{e:#}").contains("does not export dirty bitmap nope"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("does not export dirty bitmap nope"),
+        "{e:#}"
+    );
     assert!(Disk::open(vol.to_str().unwrap(), Some("b0")).is_err());
 }

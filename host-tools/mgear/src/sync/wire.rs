@@ -15,7 +15,9 @@
 //! ```
 //!
 //! The CRC catches a broken transport; authenticity comes from the AEAD on
-//! chunk records and the key proofs, not from the CRC.
+//! chunk records, the key proofs and the APPLIED tag, not from the CRC. IDS
+//! is not authenticated by itself: a forged id list can only make the source
+//! skip chunks, which the tagged APPLIED digest then exposes.
 //!
 //! # Messages (`str` = u16 length + UTF-8 bytes)
 //!
@@ -31,6 +33,7 @@
 //!                    | sealed payload (AES-256-GCM ciphertext + 16-byte tag)
 //! 6    DONE     S→T  chunks sent u64 | expected disk digest [32]
 //! 7    APPLIED  T→S  chunks applied u64 | bytes written u64 | volume disk digest [32]
+//!                    | tag [32] (keyed blake3, session proof key, over "applied" ‖ 0 ‖ digest)
 //! 8    ERROR    both code u8 | message str
 //! ```
 //!
@@ -122,7 +125,8 @@ pub fn send(w: &mut impl Write, t: u8, payload: &[u8]) -> io::Result<usize> {
 /// Read one frame: `(type, payload)`. `peer` names the other side in errors.
 pub fn recv(r: &mut impl Read, peer: &str) -> anyhow::Result<(u8, Vec<u8>)> {
     let mut h = [0u8; HEADER_LEN];
-    r.read_exact(&mut h).with_context(|| format!("connection to {peer} closed or broken"))?;
+    r.read_exact(&mut h)
+        .with_context(|| format!("connection to {peer} closed or broken"))?;
     if h[..4] != MAGIC {
         bail!(
             "{peer} does not speak the MotionGear sync protocol (it sent {:?} where \"MGSY\" was expected): \
@@ -142,13 +146,17 @@ pub fn recv(r: &mut impl Read, peer: &str) -> anyhow::Result<(u8, Vec<u8>)> {
         bail!("{peer} sent a {} frame of {len} bytes (at most {MAX_PAYLOAD} allowed): not a valid sync peer", type_name(t));
     }
     let mut body = vec![0u8; len as usize + 4];
-    r.read_exact(&mut body).with_context(|| format!("connection to {peer} closed in the middle of a frame"))?;
+    r.read_exact(&mut body)
+        .with_context(|| format!("connection to {peer} closed in the middle of a frame"))?;
     let (payload, crc) = body.split_at(len as usize);
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&h);
     hasher.update(payload);
     if hasher.finalize().to_le_bytes() != crc {
-        bail!("a {} frame from {peer} failed its CRC check: the connection corrupts data", type_name(t));
+        bail!(
+            "a {} frame from {peer} failed its CRC check: the connection corrupts data",
+            type_name(t)
+        );
     }
     body.truncate(len as usize);
     Ok((t, body))
@@ -210,7 +218,8 @@ impl<'a> Fields<'a> {
     pub fn str(&mut self) -> anyhow::Result<String> {
         let n = self.u16()? as usize;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).with_context(|| format!("{} message holds a string that is not UTF-8", self.what))
+        String::from_utf8(b.to_vec())
+            .with_context(|| format!("{} message holds a string that is not UTF-8", self.what))
     }
 
     /// Everything left.
@@ -221,7 +230,11 @@ impl<'a> Fields<'a> {
     /// Fails if bytes are left over (a peer speaking a different layout).
     pub fn end(&self) -> anyhow::Result<()> {
         if !self.b.is_empty() {
-            bail!("{} message has {} unexpected trailing bytes", self.what, self.b.len());
+            bail!(
+                "{} message has {} unexpected trailing bytes",
+                self.what,
+                self.b.len()
+            );
         }
         Ok(())
     }
@@ -265,7 +278,10 @@ mod tests {
 
         let http = b"HTTP/1.1 400 Bad Request\r\n\r\n";
         let e = recv(&mut &http[..], "127.0.0.1:1").unwrap_err().to_string();
-        assert!(e.contains("does not speak the MotionGear sync protocol"), "{e}");
+        assert!(
+            e.contains("does not speak the MotionGear sync protocol"),
+            "{e}"
+        );
 
         let mut v2 = frame(ty::HELLO, &[]);
         v2[4] = 2;
@@ -274,7 +290,10 @@ mod tests {
 
         let mut huge = frame(ty::CHUNK, &[]);
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(recv(&mut &huge[..], "peer").unwrap_err().to_string().contains("at most"));
+        assert!(recv(&mut &huge[..], "peer")
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
 
         let cut = frame(ty::CHUNK, &[9; 100]);
         assert!(recv(&mut &cut[..50], "peer").is_err());

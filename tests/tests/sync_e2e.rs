@@ -1,0 +1,376 @@
+//! `mgear serve` / `mgear sync` / `mgear cutover` end to end through the real
+//! binary: capture → ingest → the source changes → sync makes the ingested
+//! volume equal the changed source, a killed sync resumes, and cutover boots
+//! the synced volume and prints its downtime.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+
+const MIB: usize = 1 << 20;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+/// Kills a background `mgear serve` when the test ends, however it ends.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(mgear_tests::bin("mgear"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("XDG_STATE_HOME", self.p("state"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let o = self.cmd(args).output().expect("run mgear");
+        assert!(o.status.success(), "mgear {args:?}: {}", text(&o));
+        o
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.ok(&a);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)))
+    }
+
+    /// keygen, FAT medium, capture `disk.raw` as web01, ingest into `vol.raw`.
+    fn capture_and_ingest(&self, medium_size: &str) {
+        self.ok(&["keygen", "--out", "target.key"]);
+        self.ok(&["medium", "format", "fat:medium.img", "--size", medium_size]);
+        self.ok(&[
+            "capture",
+            "--source",
+            "disk.raw",
+            "--medium",
+            "fat:medium.img",
+            "--name",
+            "web01",
+            "--recipient",
+            "target.pub",
+        ]);
+        self.ok(&[
+            "ingest",
+            "--medium",
+            "fat:medium.img",
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--target",
+            "file:vol.raw",
+            "--allow-unsealed",
+        ]);
+        assert_eq!(
+            std::fs::read(self.p("vol.raw")).unwrap(),
+            std::fs::read(self.p("disk.raw")).unwrap()
+        );
+    }
+
+    /// Start `mgear serve` on a free port; returns it and its address.
+    fn serve(&self, extra: &[&str]) -> (Bg, String) {
+        let mut args = vec![
+            "serve",
+            "--target",
+            "file:vol.raw",
+            "--medium",
+            "fat:medium.img",
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = self
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn serve");
+        let out: ChildStdout = child.stdout.take().expect("serve stdout");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("serve prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("serve said {line:?}"))
+            .to_string();
+        (Bg(child), addr)
+    }
+}
+
+fn write_disk(path: &Path, mib: usize, seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut d = vec![0u8; mib * MIB];
+    for (i, c) in d.chunks_mut(MIB).enumerate() {
+        if i % 5 != 4 {
+            rng.fill_bytes(c);
+        }
+    }
+    std::fs::write(path, d).unwrap();
+}
+
+/// Overwrite 1 MiB chunks `which` of `path` with fresh random data.
+fn change_chunks(path: &Path, which: &[usize], seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut d = std::fs::read(path).unwrap();
+    for &c in which {
+        rng.fill_bytes(&mut d[c * MIB..(c + 1) * MIB]);
+    }
+    std::fs::write(path, d).unwrap();
+}
+
+#[test]
+fn sync_after_ingest_makes_the_volume_equal_the_changed_source() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 16, 1);
+    e.capture_and_ingest("64MiB");
+    change_chunks(&e.p("disk.raw"), &[3, 9, 15], 2);
+    let (mut serve, addr) = e.serve(&["--once"]);
+    let r = e.json(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+    ]);
+    assert_eq!(r["chunks_sent"], 3, "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["bytes_read"], 16 * MIB as u64, "{r}");
+    // Little more than the changed chunks crosses the wire.
+    let wire = r["wire_bytes"].as_u64().unwrap();
+    assert!(
+        wire > 3 * MIB as u64 && wire < 3 * MIB as u64 + 16 * 1024,
+        "{r}"
+    );
+    assert!(r["cpu_share"].as_f64().unwrap() >= 0.0, "{r}");
+    assert!(
+        serve.0.wait().unwrap().success(),
+        "serve --once exits 0 after the sync"
+    );
+    assert_eq!(
+        std::fs::read(e.p("vol.raw")).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap()
+    );
+
+    // The human summary names read, skipped, sent and CPU share.
+    let (_serve, addr) = e.serve(&["--once"]);
+    let o = e.ok(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+    ]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "read:",
+        "skipped",
+        "sent:       0 chunks",
+        "source cpu:",
+        "full read of this disk takes",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in\n{s}");
+    }
+}
+
+#[test]
+fn a_killed_sync_resumes_and_refusals_are_clear() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 12, 3);
+    e.capture_and_ingest("64MiB");
+    let changed = [0, 1, 2, 5, 6, 7, 8, 10];
+    change_chunks(&e.p("disk.raw"), &changed, 4);
+    let (_serve, addr) = e.serve(&[]);
+
+    // A slow sync, killed once the first changed chunk reached the volume.
+    let mut first = e
+        .cmd(&[
+            "sync",
+            "--source",
+            "disk.raw",
+            "--to",
+            &addr,
+            "--name",
+            "web01",
+            "--rate-limit",
+            "1MiB/s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let src = std::fs::read(e.p("disk.raw")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let vol = std::fs::read(e.p("vol.raw")).unwrap();
+        if vol[..MIB] == src[..MIB] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first chunk never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let r = e.json(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+    ]);
+    let sent = r["chunks_sent"].as_u64().unwrap();
+    assert!(
+        sent < changed.len() as u64,
+        "the rerun must not resend what landed: {r}"
+    );
+    assert_eq!(r["verified"], true);
+    assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), src);
+
+    // A capture this host never captured: no key cache for it.
+    let o = e
+        .cmd(&[
+            "sync", "--source", "disk.raw", "--to", &addr, "--name", "db02",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("key cache"),
+        "{}",
+        text(&o)
+    );
+
+    // A wrong key in the cache is refused before any data moves.
+    let cache = e.p("state/mgear/keys/web01.key");
+    let good = std::fs::read_to_string(&cache).unwrap();
+    let bad: String = good
+        .lines()
+        .map(|l| {
+            if l.starts_with("key ") {
+                format!("key {}", "ab".repeat(32))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&cache, bad).unwrap();
+    let o = e
+        .cmd(&[
+            "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not open the target's capture web01"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&cache, good).unwrap();
+
+    // A port where something else listens.
+    let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let saddr = stranger.local_addr().unwrap().to_string();
+    let t = std::thread::spawn(move || {
+        use std::io::Write;
+        if let Ok((mut c, _)) = stranger.accept() {
+            let _ = c.write_all(b"SSH-2.0-OpenSSH_9.2\r\n");
+        }
+    });
+    let o = e
+        .cmd(&[
+            "sync", "--source", "disk.raw", "--to", &saddr, "--name", "web01",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not speak the MotionGear sync protocol"),
+        "{}",
+        text(&o)
+    );
+    t.join().unwrap();
+}
+
+#[test]
+fn cutover_boots_the_synced_volume_and_reports_downtime() {
+    let e = Env::new();
+    let disk = e.p("disk.raw");
+    let o = e.ok(&[
+        "boot",
+        "--build-sample",
+        disk.to_str().unwrap(),
+        "--marker",
+        "before",
+    ]);
+    drop(o);
+    e.capture_and_ingest("256MiB");
+    // The source changes after the capture: the same disk with another marker.
+    e.ok(&[
+        "boot",
+        "--build-sample",
+        disk.to_str().unwrap(),
+        "--marker",
+        "after",
+    ]);
+    assert_ne!(
+        std::fs::read(e.p("vol.raw")).unwrap(),
+        std::fs::read(&disk).unwrap()
+    );
+    let (_serve, addr) = e.serve(&[]);
+    let o = e.ok(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--quiesce",
+        "touch quiesced",
+        "--resume",
+        "touch resumed",
+        "--boot-target",
+        "file:vol.raw",
+        "--wait-for",
+        "MGEAR-BOOT-OK after",
+        "--boot-timeout",
+        "300",
+    ]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("downtime: "), "{}", text(&o));
+    assert!(e.p("quiesced").exists());
+    assert!(
+        !e.p("resumed").exists(),
+        "resume runs only when the cutover fails"
+    );
+}

@@ -1,0 +1,192 @@
+//! The `libvirt:POOL/NAME` target end to end: start libvirtd with
+//! `scripts/libvirtd.sh`, upload the sample disk into the `mgear` pool, check
+//! the volume holds exactly the source bytes, boot it as a libvirt domain (TCG,
+//! no network) and see the marker; a disk without virtio drivers must fail on
+//! virtio. Domains and volumes are removed afterwards.
+//!
+//! Needs root, libvirt-daemon-system, libvirt-clients, qemu-system-x86,
+//! busybox-static, linux-image-amd64, grub-pc-bin and e2fsprogs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mgear_boot::libvirt::DEFAULT_CONN;
+use mgear_boot::{
+    build_sample_disk, upload_volume, Boot, BootSpec, Bus, Drivers, LibvirtBoot, LibvirtTarget,
+    Outcome, SampleDiskOptions, VolumeRef,
+};
+
+const POOL: &str = "mgear";
+
+/// The tests share a process id, so `our_domains` would see each other's
+/// domains; they also compete for two cores. Run their boots one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn start_libvirtd() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirtd.sh");
+    let o = Command::new("sh")
+        .arg(&script)
+        .output()
+        .expect("run libvirtd.sh");
+    assert!(
+        o.status.success(),
+        "libvirtd.sh failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Deletes the volume however the test ends.
+struct VolumeGuard(VolumeRef);
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        let _ = self.0.delete();
+    }
+}
+
+fn unique(tag: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("mgear-test-{tag}-{}-{nanos}.raw", std::process::id())
+}
+
+fn virsh(args: &[&str]) -> String {
+    let o = Command::new("virsh")
+        .arg("-c")
+        .arg(DEFAULT_CONN)
+        .args(args)
+        .output()
+        .expect("run virsh");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Domains `LibvirtBoot` made in this process (it names them `mgear-boot-<pid>-...`).
+fn our_domains() -> Vec<String> {
+    let prefix = format!("mgear-boot-{}-", std::process::id());
+    virsh(&["list", "--all", "--name"])
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+fn sample(dir: &Path, drivers: Drivers) -> (PathBuf, String) {
+    let path = dir.join(format!("{}.raw", drivers.name()));
+    let opts = SampleDiskOptions {
+        drivers,
+        ..Default::default()
+    };
+    let disk = build_sample_disk(&path, &opts).expect("build sample disk");
+    (path, disk.marker_line)
+}
+
+#[test]
+fn libvirt_volume_keeps_its_bits_and_boots_with_marker() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    start_libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, marker) = sample(dir.path(), Drivers::All);
+    let source = std::fs::read(&raw).unwrap();
+
+    let name = unique("all");
+    let target: LibvirtTarget = format!("{POOL}/{name}").parse().unwrap();
+    let vol = VolumeGuard(upload_volume(DEFAULT_CONN, &target.pool, &target.name, &raw).unwrap());
+    assert_eq!(vol.0.capacity, source.len() as u64);
+    // A second upload under the same name is refused, not overwritten.
+    assert!(upload_volume(DEFAULT_CONN, POOL, &name, &raw).is_err());
+
+    let back = dir.path().join("downloaded.raw");
+    vol.0.download(&back).unwrap();
+    assert!(
+        std::fs::read(&back).unwrap() == source,
+        "uploaded volume differs from the source"
+    );
+
+    // Snapshot boot: the guest mounts the disk, but its writes must be discarded.
+    let mut spec = BootSpec::new(vol.0.target(), regex_escape(&marker));
+    spec.timeout = Duration::from_secs(300);
+    spec.snapshot = true;
+    let report = LibvirtBoot::new(DEFAULT_CONN).boot(&spec).unwrap();
+    assert!(
+        report.booted(),
+        "{}\n{}",
+        report.detail,
+        report.console_tail(40)
+    );
+    assert_eq!(report.driver, "libvirt");
+    assert_eq!(report.bus, Bus::Virtio);
+    assert_eq!(report.target, format!("libvirt:{POOL}/{name}"));
+    assert_eq!(report.matched.as_deref(), Some(marker.as_str()));
+    assert!(
+        our_domains().is_empty(),
+        "domain left behind: {:?}",
+        our_domains()
+    );
+    std::fs::remove_file(&back).unwrap();
+    vol.0.download(&back).unwrap();
+    assert!(
+        std::fs::read(&back).unwrap() == source,
+        "snapshot boot changed the volume"
+    );
+
+    // Plain boot from the pool volume itself.
+    spec.snapshot = false;
+    let report = LibvirtBoot::new(DEFAULT_CONN).boot(&spec).unwrap();
+    assert!(
+        report.booted(),
+        "{}\n{}",
+        report.detail,
+        report.console_tail(40)
+    );
+    assert!(
+        our_domains().is_empty(),
+        "domain left behind: {:?}",
+        our_domains()
+    );
+}
+
+#[test]
+fn libvirt_boot_fails_on_virtio_without_drivers_and_refuses_plain_files() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    start_libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, marker) = sample(dir.path(), Drivers::IdeOnly);
+    let driver = LibvirtBoot::new(DEFAULT_CONN);
+
+    // A file outside any pool is not booted behind the user's back.
+    let spec = BootSpec::new(mgear_boot::Target::File(raw.clone()), "x");
+    assert!(driver.boot(&spec).is_err());
+
+    let vol = VolumeGuard(upload_volume(DEFAULT_CONN, POOL, &unique("ide"), &raw).unwrap());
+    let mut spec = BootSpec::new(vol.0.target(), regex_escape(&marker));
+    spec.timeout = Duration::from_secs(300);
+    spec.snapshot = true;
+    spec.bus = Bus::Virtio;
+    let report = driver.boot(&spec).unwrap();
+    assert_eq!(report.outcome, Outcome::GuestStopped, "{}", report.detail);
+    assert!(
+        report.console_log.contains("MGEAR-BOOT-FAIL"),
+        "{}",
+        report.console_tail(40)
+    );
+    assert!(report.require_booted().is_err());
+    assert!(
+        our_domains().is_empty(),
+        "domain left behind: {:?}",
+        our_domains()
+    );
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
