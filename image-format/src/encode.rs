@@ -205,9 +205,29 @@ fn compress(enabled: bool, plaintext: &[u8]) -> Result<Option<Vec<u8>>> {
     if !enabled {
         return Ok(None);
     }
-    let c = zstd::bulk::compress(plaintext, ZSTD_LEVEL)
-        .map_err(|e| Error::Backend(format!("zstd compress: {e}")))?;
-    if c.len() >= plaintext.len() {
+    // One compression context per worker thread, and an output buffer no
+    // larger than the input: a fresh context and a worst-case-sized buffer
+    // per chunk cost more (allocation, page faults) than compressing.
+    thread_local! {
+        static CCTX: core::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { core::cell::RefCell::new(None) };
+    }
+    let mut c = Vec::with_capacity(plaintext.len().saturating_sub(1));
+    let fitted = CCTX.with(|cell| -> Result<bool> {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                zstd::bulk::Compressor::new(ZSTD_LEVEL)
+                    .map_err(|e| Error::Backend(format!("zstd context: {e}")))?,
+            );
+        }
+        let Some(cctx) = slot.as_mut() else {
+            return Ok(false);
+        };
+        // An error here means the output did not fit: not worth keeping.
+        Ok(cctx.compress_to_buffer(plaintext, &mut c).is_ok())
+    })?;
+    if !fitted || c.len() >= plaintext.len() {
         return Ok(None);
     }
     let back = decompress(&c, plaintext.len())?;

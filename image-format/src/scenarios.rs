@@ -795,6 +795,98 @@ fn delta_stores_only_changed_chunks() {
     );
 }
 
+/// Appends a delta the way a change-tracking capture does: chunks in
+/// `dirty` (and any the parent cannot supply) are read and encoded, the
+/// rest copied with `append_unchanged`. Stops after `stop_after` chunks.
+fn write_delta_unchanged<S: Store>(
+    w: &mut CaptureWriter<S>,
+    data: &[u8],
+    dirty: &[u64],
+    stop_after: Option<u64>,
+) -> crate::Result<(u64, u64)> {
+    let enc = w.encoder();
+    let (mut read, mut copied) = (0, 0);
+    for i in w.resume_from()..w.chunk_count() {
+        if stop_after.is_some_and(|n| i >= n) {
+            break;
+        }
+        if dirty.contains(&i) || !w.can_copy_unchanged(i) {
+            let start = (i * u64::from(CS)) as usize;
+            let end = (start + CS as usize).min(data.len());
+            w.append(enc.encode(i, &data[start..end])?)?;
+            read += 1;
+        } else {
+            w.append_unchanged(i)?;
+            copied += 1;
+        }
+        if (i + 1) % 4 == 0 {
+            w.checkpoint()?;
+        }
+    }
+    Ok((read, copied))
+}
+
+#[test]
+fn delta_with_unchanged_chunks_reads_back_the_changed_disk() {
+    let mut f = fixture();
+    let cs = CS as usize;
+    // 21 chunks (the last 1234 bytes); chunks 2 and 13 change, the disk
+    // grows by a chunk and 100 bytes (so chunk 20 changes length).
+    let mut changed = f.data.clone();
+    changed[2 * cs + 5] ^= 0xff;
+    changed[13 * cs + 1] = 9;
+    let mut grow = vec![0u8; cs + 100 - 1234];
+    SmallRng::seed_from_u64(77).fill_bytes(&mut grow);
+    changed.extend_from_slice(&grow);
+    assert_eq!(changed.len(), 21 * cs + 100);
+    let dirty = [2u64, 13];
+
+    // A full generation has no parent to copy from.
+    let mut w =
+        CaptureWriter::begin(MemStore::new(), params("x", 4 * CS as u64, &f.id), None).unwrap();
+    assert!(!w.can_copy_unchanged(0));
+    let e = w.append_unchanged(0).unwrap_err().to_string();
+    assert!(e.contains("read and append it"), "{e}");
+
+    let mut p = params("web01", changed.len() as u64, &f.id);
+    p.delta = true;
+    let mut w = CaptureWriter::begin(&mut f.store, p, Some(f.key.clone())).unwrap();
+    assert!(w.can_copy_unchanged(19));
+    assert!(!w.can_copy_unchanged(20), "chunk 20 changed length");
+    assert!(!w.can_copy_unchanged(21), "chunk 21 is new");
+    // Out of order is refused.
+    assert!(w.append_unchanged(1).is_err());
+    // Interrupted after chunk 10 (checkpoint at 8): the resume continues.
+    let (r1, c1) = write_delta_unchanged(&mut w, &changed, &dirty, Some(10)).unwrap();
+    assert_eq!((r1, c1), (1, 9));
+    drop(w);
+    let mut p = params("web01", changed.len() as u64, &f.id);
+    p.delta = true;
+    let mut w = CaptureWriter::begin(&mut f.store, p, Some(f.key.clone())).unwrap();
+    assert_eq!(w.resume_from(), 8);
+    let (r2, c2) = write_delta_unchanged(&mut w, &changed, &dirty, None).unwrap();
+    // Chunks 13, 20 and 21 are read; 8..=12 and 14..=19 copied.
+    assert_eq!((r2, c2), (3, 11));
+    let s = w.finish().unwrap();
+    assert_eq!((s.generation, s.parent), (2, Some(1)));
+    assert_eq!(s.chunk_count, 22);
+    assert_eq!(s.stored_chunks, 4, "{s:?}");
+    let unlock = Unlock::Identity(f.id.clone());
+    assert_eq!(
+        read_all(&mut f.store, "web01", Some(2), &unlock).unwrap(),
+        changed
+    );
+    let r = verify_full(&mut f.store, "web01", Some(2), &unlock, &mut NoProgress).unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
+    // The whole-disk digest equals that of a delta that read every chunk.
+    let mut p = params("web01", changed.len() as u64, &f.id);
+    p.delta = true;
+    let (full, _) = capture(&mut f.store, p, Some(f.key.clone()), &changed).unwrap();
+    assert_eq!(full.generation, 3);
+    assert_eq!(full.disk_digest, s.disk_digest);
+    assert_ne!(f.summary.disk_digest, s.disk_digest);
+}
+
 /// Decoders and whole-medium readers never panic on random or mutated input.
 #[test]
 fn no_panic_on_hostile_input() {

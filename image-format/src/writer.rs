@@ -186,6 +186,8 @@ pub struct CaptureWriter<S: Store> {
     chunk_count: u64,
     entries: Vec<IndexEntry>,
     dedup: HashMap<[u8; 32], RecordLoc>,
+    /// The parent generation's index (a delta only), for [`Self::append_unchanged`].
+    parent_entries: Vec<IndexEntry>,
     closed: Vec<SegmentDigest>,
     open: Option<OpenSegment>,
     ipart_len: u64,
@@ -315,6 +317,7 @@ impl<S: Store> CaptureWriter<S> {
             parent: 0,
             entries: Vec::new(),
             dedup: HashMap::new(),
+            parent_entries: Vec::new(),
             closed: Vec::new(),
             open: None,
             ipart_len: 0,
@@ -490,6 +493,59 @@ impl<S: Store> CaptureWriter<S> {
         Ok(Appended::Stored {
             stored_bytes: rec.len() as u64,
         })
+    }
+
+    /// Whether [`append_unchanged`](Self::append_unchanged) can copy chunk
+    /// `index` from the parent: this is a delta and the parent has a chunk
+    /// at `index` of the same length (not so when the disk grew or shrank).
+    pub fn can_copy_unchanged(&self, index: u64) -> bool {
+        self.parent_unchanged(index).is_some()
+    }
+
+    /// Appends chunk `index` (the next one, as for [`append`](Self::append))
+    /// as unchanged since the parent generation, without its plaintext: the
+    /// parent's index entry is copied (same keyed id, same record or zero
+    /// entry). Use it for chunks a change-tracking source (a qemu dirty
+    /// bitmap) reports clean. The whole-disk digest needs only the keyed
+    /// chunk ids in order, so the parent's id keeps it exact — provided the
+    /// chunk really is unchanged, which the caller vouches for.
+    ///
+    /// Errors when this is not a delta or the parent has no such chunk of
+    /// the same length (see [`can_copy_unchanged`](Self::can_copy_unchanged)):
+    /// the caller must then read the chunk and [`append`](Self::append) it.
+    pub fn append_unchanged(&mut self, index: u64) -> Result<Appended> {
+        let next = self.entries.len() as u64;
+        if index != next {
+            return Err(Error::Usage(format!(
+                "chunks must be appended in order: expected chunk {next}, got {index}"
+            )));
+        }
+        let Some(e) = self.parent_unchanged(index) else {
+            return Err(Error::Usage(format!(
+                "chunk {index} cannot be copied from a parent generation (no parent, or the parent \
+                 has no chunk {index} of this length because the disk size changed): read and append it"
+            )));
+        };
+        self.entries.push(e);
+        Ok(match e {
+            IndexEntry::Zero { .. } => {
+                self.stats.zero_chunks += 1;
+                Appended::Zero
+            }
+            IndexEntry::Stored(_) => {
+                self.stats.dedup_chunks += 1;
+                Appended::Dedup
+            }
+        })
+    }
+
+    fn parent_unchanged(&self, index: u64) -> Option<IndexEntry> {
+        if self.parent == 0 || index >= self.chunk_count {
+            return None;
+        }
+        let want = layout::chunk_len(self.params.source_size, self.params.chunk_size, index);
+        let e = *self.parent_entries.get(usize::try_from(index).ok()?)?;
+        (e.plain_len() == want).then_some(e)
     }
 
     /// Makes everything appended so far durable and records it in the
@@ -692,11 +748,12 @@ impl<S: Store> CaptureWriter<S> {
             )));
         }
         let entries = reader::load_index(&mut self.store, &self.params.name, parent, &self.keys)?;
-        for e in entries {
+        for e in &entries {
             if let IndexEntry::Stored(l) = e {
-                self.dedup.entry(l.chunk_id).or_insert(l);
+                self.dedup.entry(l.chunk_id).or_insert(*l);
             }
         }
+        self.parent_entries = entries;
         self.parent = parent.generation;
         Ok(())
     }

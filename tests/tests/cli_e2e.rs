@@ -1056,3 +1056,122 @@ fn cli_fat_medium_over_nbd() {
     ]);
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
+
+#[test]
+fn cli_nbd_target_round_trip() {
+    // Ingest onto an NBD export (qemu-nbd serving a thin qcow2, as a stand-in
+    // for rbd or a cloud volume) and check the image holds exactly the disk.
+    let e = Env::new();
+    e.keygen();
+    make_disk(&e.p("disk.raw"), 6, 21);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "nbdvol",
+        "--recipient",
+        "target.pub",
+    ]);
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", &e.s("vol.qcow2"), "8M"])
+        .status()
+        .expect("qemu-img (Debian: qemu-utils)");
+    assert!(st.success());
+    let sock = e.p("target.sock");
+    let server = Server(
+        Command::new("qemu-nbd")
+            .args(["-t", "-f", "qcow2", "-k"])
+            .arg(&sock)
+            .arg(e.p("vol.qcow2"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd (Debian: qemu-utils)"),
+    );
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    let r = e.json(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "nbdvol",
+        "--identity",
+        "target.key",
+        "--target",
+        &url,
+        "--state-dir",
+        "state",
+    ]);
+    assert_eq!(r["verified"], true, "{r}");
+    drop(server);
+    let st = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            &e.s("vol.qcow2"),
+            &e.s("back.raw"),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let back = fs::read(e.p("back.raw")).unwrap();
+    let disk = fs::read(e.p("disk.raw")).unwrap();
+    assert_eq!(back.len(), 8 << 20);
+    assert!(
+        back[..disk.len()] == disk[..],
+        "the export differs from the disk"
+    );
+    assert!(back[disk.len()..].iter().all(|b| *b == 0));
+    // The temporary staging copy is gone.
+    let left: Vec<_> = fs::read_dir(e.p("state"))
+        .unwrap()
+        .filter_map(|d| d.ok())
+        .filter(|d| d.file_name().to_string_lossy().ends_with(".raw"))
+        .collect();
+    assert!(left.is_empty(), "staging file left behind");
+
+    // A read-only export is refused with an I/O error, not a panic.
+    let _ro = Server(
+        Command::new("qemu-nbd")
+            .args(["-r", "-t", "-f", "qcow2", "-k"])
+            .arg(e.p("ro.sock"))
+            .arg(e.p("vol.qcow2"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    while !e.p("ro.sock").exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = e.run(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "nbdvol",
+        "--identity",
+        "target.key",
+        "--target",
+        &format!("nbd+unix:///?socket={}", e.p("ro.sock").display()),
+        "--state-dir",
+        "state",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+}

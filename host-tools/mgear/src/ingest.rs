@@ -155,11 +155,21 @@ pub enum Target {
     Qcow2(PathBuf),
     Dev(PathBuf),
     Libvirt(LibvirtTarget),
+    /// Any NBD export (`nbd://HOST:PORT/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`):
+    /// qemu-nbd or nbdkit serving rbd, vmdk, a cloud volume, ...
+    Nbd(mgear_nbd::NbdUrl),
 }
 
 impl Target {
     /// Parse `file:`, `qcow2:`, `dev:` or `libvirt:`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
+        if s.starts_with("nbd://") || s.starts_with("nbd+unix://") {
+            return s.parse().map(Target::Nbd).map_err(|e| {
+                usage(format!(
+                    "bad NBD target {s:?}: {e} (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)"
+                ))
+            });
+        }
         if let Some(t) = LibvirtTarget::parse_prefixed(s) {
             Ok(Target::Libvirt(t.map_err(boot_cmd::lib_err)?))
         } else if let Some(p) = s.strip_prefix("file:") {
@@ -181,6 +191,10 @@ impl Target {
         match self {
             Target::File(p) | Target::Qcow2(p) | Target::Dev(p) => p.clone(),
             Target::Libvirt(t) => sdir.join(format!("libvirt_{}_{}.raw", t.pool, t.name)),
+            Target::Nbd(u) => {
+                let h = blake3::hash(u.to_string().as_bytes());
+                sdir.join(format!("nbd_{}.raw", &h.to_hex()[..16]))
+            }
         }
     }
 }
@@ -446,6 +460,15 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
     let mut report = write_volume(args, &target, &sdir, reader, started)?;
     medium.close()?;
+    if let Target::Nbd(u) = &target {
+        let raw = target.path(&sdir);
+        let copied = copy_to_nbd(u, &raw);
+        // As for libvirt: the verified bytes are on the export now, or a
+        // re-run starts over; the temporary copy must not pile up.
+        std::fs::remove_file(&raw)
+            .with_context(|| format!("removing temporary volume {}", raw.display()))?;
+        copied?;
+    }
     if let Target::Libvirt(t) = &target {
         let raw = target.path(&sdir);
         let uploaded = (|| {
@@ -481,12 +504,14 @@ fn write_volume<S: image_format::Store>(
 
     // Where the raw bytes go.
     let (work_path, is_dev) = match target {
-        Target::File(_) | Target::Libvirt(_) => (with_suffix(&final_path, ".partial"), false),
+        Target::File(_) | Target::Libvirt(_) | Target::Nbd(_) => {
+            (with_suffix(&final_path, ".partial"), false)
+        }
         Target::Qcow2(p) => (with_suffix(p, ".raw.partial"), false),
         Target::Dev(p) => (p.clone(), true),
     };
     // A leftover libvirt temporary file is ours to replace.
-    let ours = matches!(target, Target::Libvirt(_));
+    let ours = matches!(target, Target::Libvirt(_) | Target::Nbd(_));
     if !is_dev && !ours && final_path.exists() && !args.force {
         return Err(usage(format!(
             "{} exists: pass --force to replace it",
@@ -664,7 +689,7 @@ fn write_volume<S: image_format::Store>(
     drop(vol);
 
     match target {
-        Target::File(_) | Target::Libvirt(_) => {
+        Target::File(_) | Target::Libvirt(_) | Target::Nbd(_) => {
             let p = &final_path;
             std::fs::rename(&work_path, p)
                 .with_context(|| format!("renaming {} to {}", work_path.display(), p.display()))?;
@@ -718,6 +743,60 @@ fn write_volume<S: image_format::Store>(
         booted: None,
         boot_report: None,
     })
+}
+
+/// Copy the verified raw file onto an NBD export, then read it back and
+/// compare. Zero runs become `NBD_CMD_WRITE_ZEROES` where the server offers
+/// it, so thin exports stay thin. An export larger than the disk keeps its
+/// tail (a cloud volume may be bigger than the source disk).
+fn copy_to_nbd(url: &mgear_nbd::NbdUrl, raw: &Path) -> anyhow::Result<()> {
+    let io = |e: mgear_nbd::Error| coded(IO, format!("NBD target {url}: {e}"));
+    let mut client =
+        mgear_nbd::Client::connect(url, &mgear_nbd::ConnectOptions::default()).map_err(io)?;
+    let mut src = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let len = src.metadata()?.len();
+    if client.read_only() {
+        return Err(coded(IO, format!("NBD target {url} is read-only")));
+    }
+    if client.size() < len {
+        return Err(coded(
+            IO,
+            format!(
+                "NBD target {url} holds {} bytes but the disk has {len}: give a larger export",
+                client.size()
+            ),
+        ));
+    }
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        src.read_exact(&mut buf[..n])?;
+        let zero = buf[..n].iter().all(|b| *b == 0);
+        if !(zero && client.write_zeroes(off, n as u64).is_ok()) {
+            client.write_at(off, &buf[..n]).map_err(io)?;
+        }
+        off += n as u64;
+    }
+    client.flush().map_err(io)?;
+    // Read back what the export now holds.
+    src.seek(SeekFrom::Start(0))?;
+    let mut back = vec![0u8; buf.len()];
+    off = 0;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        src.read_exact(&mut buf[..n])?;
+        client.read_at(off, &mut back[..n]).map_err(io)?;
+        if buf[..n] != back[..n] {
+            return Err(coded(
+                FOUND,
+                format!("NBD target {url} reads back different data near byte {off}"),
+            ));
+        }
+        off += n as u64;
+    }
+    client.disconnect().map_err(io)?;
+    Ok(())
 }
 
 /// Upload the verified raw file and check the volume has its size.
