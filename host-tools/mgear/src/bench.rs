@@ -228,6 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
         let secs = timed(|| {
             crate::capture::capture(&crate::capture::Args {
+                dirty_bitmap: None,
                 source: src.display().to_string(),
                 medium: medium.clone(),
                 name: "bench".into(),

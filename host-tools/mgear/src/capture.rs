@@ -4,6 +4,7 @@
 //! mgear capture --source /dev/sdb --medium fat:/dev/sdc --name web01 --recipient target.pub
 //! mgear capture --source disk.raw --medium dir:/mnt/appliance --name web01 --passphrase-file pw
 //! mgear capture ... --delta          # later: store only what changed since the last capture
+//! mgear capture --source nbd+unix:///?socket=S ... --delta --dirty-bitmap b0   # read only dirty ranges
 //! ```
 //!
 //! Pipeline: the main thread reads chunks in order (paced by `--rate-limit`)
@@ -11,6 +12,14 @@
 //! detection, keyed id, zstd); the main thread appends the results in order
 //! and checkpoints every 64 MiB. Every channel is bounded, so memory stays
 //! a few dozen MiB whatever the disk size.
+//!
+//! Changed-block tracking: with `--dirty-bitmap NAME` (a delta from an NBD
+//! source exporting `qemu:dirty-bitmap:NAME`, e.g. `qemu-nbd -B NAME` over a
+//! qcow2 with a persistent bitmap) only chunks the bitmap marks dirty are
+//! read; the others are copied from the parent generation's index
+//! (`CaptureWriter::append_unchanged`) without touching the source. Chunks
+//! the parent lacks (the disk grew) are always read. The bitmap must have
+//! been enabled since the parent capture was taken, or changes are missed.
 //!
 //! Resume: if the command is interrupted (Ctrl-C, power cut, SIGKILL, medium
 //! full), run the same command again: the writer finds the unfinished
@@ -57,6 +66,9 @@ pub struct Args {
     /// Store only chunks that changed since the newest finished capture of this name.
     #[arg(long)]
     pub delta: bool,
+    /// With --delta and an NBD source: read only chunks the qemu dirty bitmap NAME marks dirty (qemu-nbd -B NAME).
+    #[arg(long, value_name = "NAME", requires = "delta")]
+    pub dirty_bitmap: Option<String>,
     /// Hold the average source read rate, e.g. 50MiB/s, 400Mbit/s.
     #[arg(long)]
     pub rate_limit: Option<String>,
@@ -96,6 +108,8 @@ pub struct Report {
     pub bytes_read: u64,
     /// Of `bytes_read`, bytes the source reported as zero (NBD base:allocation) and that were not transferred.
     pub holes_skipped: u64,
+    /// Bytes not read because the dirty bitmap reported them unchanged since the parent (copied from it).
+    pub unchanged_skipped: u64,
     pub zero_chunks: u64,
     pub dedup_chunks: u64,
     pub stored_chunks: u64,
@@ -157,6 +171,9 @@ fn print_summary(r: &Report) {
     if r.holes_skipped > 0 {
         progress::line("holes skipped", r.holes_skipped);
     }
+    if r.unchanged_skipped > 0 {
+        progress::line("unchanged", r.unchanged_skipped);
+    }
     println!(
         "  {:<14} {:>14}",
         "chunks",
@@ -198,6 +215,12 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .clamp(1, 64);
 
+    // The bitmap is read on its own connection, closed before the source is
+    // opened: qemu-nbd serves one client at a time by default.
+    let dirty = match &args.dirty_bitmap {
+        Some(bitmap) => Some(dirty_chunks(&args.source, bitmap, chunk_size)?),
+        None => None,
+    };
     let mut source = crate::source::open(&args.source)?;
     let size = source.len();
     if size == 0 {
@@ -261,7 +284,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
             checkpoint_bytes,
             json: args.json,
         };
-        pump(writer, &mut *source, &pace, &mut stats)
+        pump(writer, &mut *source, &pace, dirty.as_deref(), &mut stats)
     })();
     let summary = match result {
         Ok(v) => v,
@@ -299,6 +322,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         resumed_from_chunk: summary.resumed_from,
         bytes_read,
         holes_skipped: stats.holes,
+        unchanged_skipped: stats.unchanged,
         zero_chunks: summary.zero_chunks,
         dedup_chunks: summary.dedup_chunks,
         stored_chunks: summary.stored_chunks,
@@ -314,12 +338,42 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     })
 }
 
+/// Chunk indexes the dirty bitmap `bitmap` of NBD source `spec` marks dirty.
+fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec<u64>> {
+    if !(spec.starts_with("nbd://") || spec.starts_with("nbd+unix://")) {
+        return Err(usage(format!(
+            "--dirty-bitmap needs an NBD source (nbd://... or nbd+unix://...), not {spec}: \
+             export the qcow2 with `qemu-nbd -r -f qcow2 -B {bitmap} ...`"
+        )));
+    }
+    let url: mgear_nbd::NbdUrl = spec
+        .parse()
+        .map_err(|e| usage(format!("--source {spec}: {e}")))?;
+    let opts = mgear_nbd::ConnectOptions {
+        meta_contexts: vec![format!("qemu:dirty-bitmap:{bitmap}")],
+        read_only: true,
+    };
+    let mut client = mgear_nbd::Client::connect(&url, &opts).map_err(|e| match e {
+        mgear_nbd::Error::MetaContextUnsupported { .. } => usage(format!(
+            "{spec} does not export dirty bitmap {bitmap}: {e} (export it with `qemu-nbd -B {bitmap}`, \
+             create it with `qemu-img bitmap --add --enable DISK {bitmap}` before the parent capture)"
+        )),
+        other => anyhow::Error::new(other).context(format!("connecting to NBD source {spec}")),
+    })?;
+    let dirty = crate::sync::dirty_chunks(&mut client, bitmap, chunk_size)?;
+    client
+        .disconnect()
+        .with_context(|| format!("disconnecting from NBD source {spec}"))?;
+    Ok(dirty)
+}
+
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-type Encoded = (u64, image_format::Result<EncodedChunk>);
+/// An encoded chunk, or `None` for a chunk not read because it is unchanged.
+type Encoded = (u64, image_format::Result<Option<EncodedChunk>>);
 
 /// Counters of this run, kept outside the pipeline so a failure can still
 /// say how far it got (the medium-full estimate needs them).
@@ -335,6 +389,8 @@ struct RunStats {
     first_chunk: u64,
     /// Of `read`, bytes the source reported as holes (not transferred).
     holes: u64,
+    /// Bytes not read: unchanged since the parent per the dirty bitmap.
+    unchanged: u64,
 }
 
 /// How the pipeline runs.
@@ -351,6 +407,7 @@ fn pump<S: image_format::Store>(
     mut writer: CaptureWriter<S>,
     source: &mut dyn crate::source::Source,
     pace: &Pace,
+    dirty: Option<&[u64]>,
     stats: &mut RunStats,
 ) -> anyhow::Result<image_format::CaptureSummary> {
     let Pace {
@@ -368,9 +425,17 @@ fn pump<S: image_format::Store>(
     let bar = Progress::new("capture", size, json);
     bar.set(start.saturating_mul(u64::from(chunk_size)).min(size));
     let mut limiter = rate.map(|r| RateLimiter::new(r, u64::from(chunk_size)));
+    // Chunks (from `start`) to copy from the parent instead of reading: clean
+    // in the bitmap and present, same length, in the parent.
+    let unchanged: Vec<bool> = match dirty {
+        Some(d) => (start..count)
+            .map(|i| d.binary_search(&i).is_err() && writer.can_copy_unchanged(i))
+            .collect(),
+        None => Vec::new(),
+    };
 
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (raw_tx, raw_rx) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
+        let (raw_tx, raw_rx) = sync_channel::<(u64, Option<Vec<u8>>)>(threads * 2);
         let (enc_tx, enc_rx) = sync_channel::<Encoded>(threads * 2);
         let raw_rx = Arc::new(Mutex::new(raw_rx));
         for _ in 0..threads {
@@ -390,7 +455,15 @@ fn pump<S: image_format::Store>(
         // Returns the bytes skipped as holes (never read from the source).
         let reader = scope.spawn(move || -> anyhow::Result<u64> {
             let mut holes = 0u64;
-            for index in start..count {
+            for (index, copy) in
+                (start..count).zip(unchanged.into_iter().chain(std::iter::repeat(false)))
+            {
+                if copy {
+                    if raw_tx.send((index, None)).is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let len = image_format::layout::chunk_len(size, chunk_size, index) as usize;
                 let offset = index * u64::from(chunk_size);
                 let mut buf = vec![0u8; len];
@@ -402,14 +475,14 @@ fn pump<S: image_format::Store>(
                     }
                     source.read_exact_at(offset, &mut buf)?;
                 }
-                if raw_tx.send((index, buf)).is_err() {
+                if raw_tx.send((index, Some(buf))).is_err() {
                     break;
                 }
             }
             Ok(holes)
         });
 
-        let mut pending: BTreeMap<u64, EncodedChunk> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, Option<EncodedChunk>> = BTreeMap::new();
         let mut next = start;
         let mut since_checkpoint = 0u64;
         let appended = (|| -> anyhow::Result<()> {
@@ -420,15 +493,26 @@ fn pump<S: image_format::Store>(
                 let enc = enc?;
                 pending.insert(index, enc);
                 while let Some(chunk) = pending.remove(&next) {
-                    let len = u64::from(chunk.plain_len());
-                    match writer.append(chunk)? {
-                        Appended::Stored { stored_bytes } => {
-                            stats.stored += stored_bytes;
-                            stats.stored_plain += len;
+                    let len = match chunk {
+                        Some(chunk) => {
+                            let len = u64::from(chunk.plain_len());
+                            match writer.append(chunk)? {
+                                Appended::Stored { stored_bytes } => {
+                                    stats.stored += stored_bytes;
+                                    stats.stored_plain += len;
+                                }
+                                Appended::Zero | Appended::Dedup => {}
+                            }
+                            stats.read += len;
+                            len
                         }
-                        Appended::Zero | Appended::Dedup => {}
-                    }
-                    stats.read += len;
+                        None => {
+                            writer.append_unchanged(next)?;
+                            let len = image_format::layout::chunk_len(size, chunk_size, next);
+                            stats.unchanged += u64::from(len);
+                            u64::from(len)
+                        }
+                    };
                     since_checkpoint += len;
                     next += 1;
                     bar.set(next.saturating_mul(u64::from(chunk_size)).min(size));
@@ -458,7 +542,7 @@ fn pump<S: image_format::Store>(
 }
 
 /// Raw chunks shared by the workers.
-type Jobs = Arc<Mutex<Receiver<(u64, Vec<u8>)>>>;
+type Jobs = Arc<Mutex<Receiver<(u64, Option<Vec<u8>>)>>>;
 
 fn worker(rx: Jobs, tx: std::sync::mpsc::SyncSender<Encoded>, enc: image_format::ChunkEncoder) {
     loop {
@@ -467,7 +551,10 @@ fn worker(rx: Jobs, tx: std::sync::mpsc::SyncSender<Encoded>, enc: image_format:
             Err(_) => return,
         };
         let Ok((index, buf)) = job else { return };
-        let out = enc.encode(index, &buf);
+        let out = match buf {
+            Some(buf) => enc.encode(index, &buf).map(Some),
+            None => Ok(None),
+        };
         if tx.send((index, out)).is_err() {
             return;
         }
@@ -483,7 +570,9 @@ fn medium_full(
     chunk_size: u32,
     free: Option<u64>,
 ) -> anyhow::Error {
-    let done = (stats.first_chunk * u64::from(chunk_size)).saturating_add(stats.read);
+    let done = (stats.first_chunk * u64::from(chunk_size))
+        .saturating_add(stats.read)
+        .saturating_add(stats.unchanged);
     let left = size.saturating_sub(done);
     let ratio = if stats.read == 0 {
         1.0

@@ -245,6 +245,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
     };
     step(6, "capture the disk through the appliance", || {
         let r = crate::capture::capture(&crate::capture::Args {
+            dirty_bitmap: None,
             source: disk.display().to_string(),
             medium: medium.clone(),
             name: "demo".into(),
