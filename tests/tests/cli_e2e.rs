@@ -807,6 +807,30 @@ impl Drop for Server {
     }
 }
 
+/// Serve `image` with `qemu-nbd ARGS -k SOCK` and wait until the socket exists.
+fn qemu_nbd(args: &[&str], sock: &Path, image: &Path) -> Server {
+    let server = Server(
+        Command::new("qemu-nbd")
+            .args(args)
+            .arg("-k")
+            .arg(sock)
+            .arg(image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd (Debian: qemu-utils)"),
+    );
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
 #[test]
 fn cli_nbd_source_skips_holes() {
     let e = Env::new();
@@ -829,24 +853,7 @@ fn cli_nbd_source_skips_holes() {
         .expect("qemu-img (Debian: qemu-utils)");
     assert!(st.success());
     let sock = e.p("nbd.sock");
-    let _server = Server(
-        Command::new("qemu-nbd")
-            .args(["-r", "-t", "-f", "qcow2", "-k"])
-            .arg(&sock)
-            .arg(e.p("disk.qcow2"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd (Debian: qemu-utils)"),
-    );
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _server = qemu_nbd(&["-r", "-t", "-f", "qcow2"], &sock, &e.p("disk.qcow2"));
     fs::create_dir(e.p("mnt")).unwrap();
     let url = format!("nbd+unix:///?socket={}", sock.display());
     let c = e.json(&[
@@ -1023,24 +1030,7 @@ fn cli_fat_medium_over_nbd() {
     make_disk(&e.p("disk.raw"), 4, 16);
     e.fat("medium.img", "40MiB");
     let sock = e.p("medium.sock");
-    let server = Server(
-        Command::new("qemu-nbd")
-            .args(["-t", "-f", "raw", "-k"])
-            .arg(&sock)
-            .arg(e.p("medium.img"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd (Debian: qemu-utils)"),
-    );
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("medium.img"));
     let url = format!("nbd+unix:///?socket={}", sock.display());
     #[rustfmt::skip]
     e.ok(&[
@@ -1082,24 +1072,7 @@ fn cli_nbd_target_round_trip() {
         .expect("qemu-img (Debian: qemu-utils)");
     assert!(st.success());
     let sock = e.p("target.sock");
-    let server = Server(
-        Command::new("qemu-nbd")
-            .args(["-t", "-f", "qcow2", "-k"])
-            .arg(&sock)
-            .arg(e.p("vol.qcow2"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd (Debian: qemu-utils)"),
-    );
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = qemu_nbd(&["-t", "-f", "qcow2"], &sock, &e.p("vol.qcow2"));
     let url = format!("nbd+unix:///?socket={}", sock.display());
     let r = e.json(&[
         "ingest",
@@ -1146,19 +1119,11 @@ fn cli_nbd_target_round_trip() {
     assert!(left.is_empty(), "staging file left behind");
 
     // A read-only export is refused with an I/O error, not a panic.
-    let _ro = Server(
-        Command::new("qemu-nbd")
-            .args(["-r", "-t", "-f", "qcow2", "-k"])
-            .arg(e.p("ro.sock"))
-            .arg(e.p("vol.qcow2"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _ro = qemu_nbd(
+        &["-r", "-t", "-f", "qcow2"],
+        &e.p("ro.sock"),
+        &e.p("vol.qcow2"),
     );
-    while !e.p("ro.sock").exists() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let out = e.run(&[
         "ingest",
         "--medium",
