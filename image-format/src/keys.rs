@@ -164,6 +164,38 @@ fn hkdf32(salt: &[u8], ikm: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
     out
 }
 
+/// A subkey of capture `capture_id` for a purpose named by `info`, derived
+/// like the format's own subkeys (HKDF-SHA256, the capture id as salt). For
+/// protocols built on a capture's data key (e.g. `mgear sync`): give each
+/// purpose its own label so no subkey serves two roles.
+pub fn derive_subkey(key: &DataKey, capture_id: &[u8; 16], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    hkdf32(capture_id, key.as_bytes(), info)
+}
+
+/// The keyed chunk-id key of a capture: the ids it makes are the ones in
+/// the capture's INDEX, so another program can compare a disk with a
+/// capture chunk by chunk without decrypting anything.
+#[derive(Clone)]
+pub struct ChunkIdKey(Zeroizing<[u8; 32]>);
+
+impl core::fmt::Debug for ChunkIdKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ChunkIdKey(<redacted>)")
+    }
+}
+
+impl ChunkIdKey {
+    /// Derive it from the data key and capture id.
+    pub fn derive(key: &DataKey, capture_id: &[u8; 16]) -> Self {
+        ChunkIdKey(hkdf32(capture_id, key.as_bytes(), &[LABEL_CHUNK_ID]))
+    }
+
+    /// Keyed id of `plaintext`.
+    pub fn id(&self, plaintext: &[u8]) -> [u8; 32] {
+        crate::encode::chunk_id(&self.0, plaintext)
+    }
+}
+
 /// The subkeys of one capture, derived from its data key and capture id.
 #[derive(Clone)]
 pub(crate) struct Subkeys {

@@ -40,7 +40,7 @@ pub use age;
 #[cfg(feature = "crypto")]
 pub use encode::{ChunkEncoder, EncodedChunk};
 #[cfg(feature = "crypto")]
-pub use keys::{unlock_data_key, DataKey, Unlock};
+pub use keys::{derive_subkey, unlock_data_key, ChunkIdKey, DataKey, Unlock};
 #[cfg(feature = "crypto")]
 pub use reader::{verify_full, CaptureReader, ChunkData};
 #[cfg(feature = "crypto")]

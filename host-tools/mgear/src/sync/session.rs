@@ -36,9 +36,7 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use anyhow::{bail, Context};
-use hkdf::Hkdf;
-use image_format::DataKey;
-use sha2::Sha256;
+use image_format::{derive_subkey, DataKey};
 use zeroize::Zeroizing;
 
 /// CHUNK flag: payload is zstd-compressed.
@@ -49,36 +47,8 @@ pub const FLAG_ZERO: u8 = 2;
 const AAD_LEN: usize = 77;
 const ZSTD_LEVEL: i32 = 3;
 
-/// Same derivation as the image format's subkeys (image-format/src/keys.rs).
-fn hkdf32(salt: &[u8], ikm: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
-    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
-    let mut out = Zeroizing::new([0u8; 32]);
-    // 32 bytes is always a valid HKDF-SHA256 output length.
-    let _ = hk.expand_multi_info(info, out.as_mut());
-    out
-}
-
-/// The keyed chunk-id key of a capture.
-#[derive(Clone)]
-pub struct IdKey(Zeroizing<[u8; 32]>);
-
-impl core::fmt::Debug for IdKey {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("IdKey(<redacted>)")
-    }
-}
-
-impl IdKey {
-    /// Derive it from the data key and capture id.
-    pub fn derive(key: &DataKey, capture_id: &[u8; 16]) -> Self {
-        IdKey(hkdf32(capture_id, key.as_bytes(), &[b"mgear v1 chunk id"]))
-    }
-
-    /// Keyed id of `plaintext`.
-    pub fn id(&self, plaintext: &[u8]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.0, plaintext).as_bytes()
-    }
-}
+/// The capture's keyed chunk-id key: ids equal to the capture's INDEX.
+pub use image_format::ChunkIdKey as IdKey;
 
 /// Digest of a whole volume as chunk ids: what both sides compare at the end.
 pub fn volume_digest(size: u64, chunk_size: u32, ids: &[[u8; 32]]) -> [u8; 32] {
@@ -129,15 +99,14 @@ impl Session {
         source_nonce: &[u8; 32],
         target_nonce: &[u8; 32],
     ) -> Self {
-        let k = key.as_bytes();
-        let enc = hkdf32(
+        let enc = derive_subkey(
+            key,
             capture_id,
-            k,
             &[b"mgear v1 sync record", source_nonce, target_nonce],
         );
-        let proof = hkdf32(
+        let proof = derive_subkey(
+            key,
             capture_id,
-            k,
             &[b"mgear v1 sync proof", source_nonce, target_nonce],
         );
         Session {
