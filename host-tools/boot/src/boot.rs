@@ -341,7 +341,7 @@ const OVMF_PAIRS: [(&str, &str); 2] = [
 
 /// Remove ANSI escape sequences and carriage returns (GRUB and OVMF paint the
 /// screen with them) so the regex and the report see plain text.
-fn clean_console(raw: &[u8]) -> String {
+pub(crate) fn clean_console(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -551,14 +551,20 @@ fn resolve_firmware(spec: &BootSpec) -> Result<(Firmware, String)> {
 }
 
 fn resolve_bus(spec: &BootSpec) -> (Bus, String) {
-    if spec.bus != Bus::Auto {
-        return (spec.bus, "requested".into());
-    }
-    let facts = match &spec.target {
-        Target::File(p) | Target::Dev(p) => inspect::inspect_path(p).ok(),
+    let facts = match (&spec.target, spec.bus) {
+        (Target::File(p) | Target::Dev(p), Bus::Auto) => inspect::inspect_path(p).ok(),
         _ => None,
     };
-    match facts.as_ref().and_then(|f| f.linux.as_ref()) {
+    bus_for(spec.bus, facts.as_ref())
+}
+
+/// The bus to attach: the requested one, or for `auto` virtio unless the
+/// guest's initramfs is known to lack a virtio disk driver (then IDE).
+pub(crate) fn bus_for(requested: Bus, facts: Option<&inspect::DiskFacts>) -> (Bus, String) {
+    if requested != Bus::Auto {
+        return (requested, "requested".into());
+    }
+    match facts.and_then(|f| f.linux.as_ref()) {
         Some(l)
             if matches!(
                 l.virtio,

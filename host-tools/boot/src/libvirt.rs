@@ -13,11 +13,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::boot::{Boot, BootReport, BootSpec, Bus, Firmware, Outcome, Target};
-use crate::inspect::{self, DriverPresence};
+use crate::boot::{
+    bus_for, clean_console, Boot, BootReport, BootSpec, Bus, Firmware, Outcome, Target,
+};
+use crate::inspect;
 use crate::sample::{find_tool, run_tool};
 use crate::{BootError, Result};
 
@@ -340,40 +341,6 @@ fn resolve_firmware(spec: &BootSpec, facts: Option<&inspect::DiskFacts>) -> (Fir
     }
 }
 
-/// Bus from the guest's drivers: IDE when its initramfs lacks virtio.
-fn resolve_bus(spec: &BootSpec, facts: Option<&inspect::DiskFacts>) -> (Bus, String) {
-    if spec.bus != Bus::Auto {
-        return (spec.bus, "requested".into());
-    }
-    match facts.and_then(|f| f.linux.as_ref()).map(|l| l.virtio) {
-        Some(DriverPresence::Missing | DriverPresence::RootFs) => (
-            Bus::Ide,
-            "the guest's initramfs has no virtio disk driver; IDE is the safe fallback".into(),
-        ),
-        Some(_) => (
-            Bus::Virtio,
-            "the guest has virtio drivers or they could not be ruled out".into(),
-        ),
-        None => (Bus::Virtio, "virtio is what KVM clouds attach".into()),
-    }
-}
-
-/// Serial text for the regex and the report: escape sequences, CRs and other
-/// control characters removed (GRUB paints the screen with them).
-fn clean_console(raw: &[u8]) -> String {
-    // A literal pattern: `None` is impossible, and would only leave escapes in.
-    static ESC: LazyLock<Option<regex::Regex>> =
-        LazyLock::new(|| regex::Regex::new(r"\x1b(\[[0-9;?]*[A-Za-z~]|[()].|.)").ok());
-    let text = String::from_utf8_lossy(raw);
-    let text = match ESC.as_ref() {
-        Some(re) => re.replace_all(&text, ""),
-        None => text,
-    };
-    text.chars()
-        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
-        .collect()
-}
-
 /// Read what was appended to the serial log since `offset`.
 fn read_new(path: &Path, offset: &mut u64, into: &mut Vec<u8>) -> Result<()> {
     let mut f = match std::fs::File::open(path) {
@@ -442,7 +409,7 @@ impl Boot for LibvirtBoot {
 
         let facts = inspect::inspect_path(&vol.path).ok();
         let (firmware, firmware_reason) = resolve_firmware(spec, facts.as_ref());
-        let (bus, bus_reason) = resolve_bus(spec, facts.as_ref());
+        let (bus, bus_reason) = bus_for(spec.bus, facts.as_ref());
 
         let name = domain_name();
         let tmp = tempfile::Builder::new()
