@@ -9,8 +9,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use aes_gcm::aead::KeyInit;
-use aes_gcm::Aes256Gcm;
+use crate::encode::Cipher;
 use age::secrecy::SecretString;
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -234,12 +233,7 @@ impl Subkeys {
 
     /// Cipher of one segment: its own key from a fresh random salt, so record
     /// numbers never repeat as nonces under one key, even across resumes.
-    pub(crate) fn segment_cipher(
-        &self,
-        salt: &[u8; 32],
-        generation: u32,
-        segment: u32,
-    ) -> Aes256Gcm {
+    pub(crate) fn segment_cipher(&self, salt: &[u8; 32], generation: u32, segment: u32) -> Cipher {
         let k = hkdf32(
             salt,
             self.enc.as_ref(),
@@ -249,13 +243,13 @@ impl Subkeys {
                 &segment.to_le_bytes(),
             ],
         );
-        Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(k.as_ref()))
+        Cipher::new(&k)
     }
 
     /// Cipher of one index blob (INDEX file or IPART batch), fresh salt each.
-    pub(crate) fn index_cipher(&self, salt: &[u8; 32]) -> Aes256Gcm {
+    pub(crate) fn index_cipher(&self, salt: &[u8; 32]) -> Cipher {
         let k = hkdf32(salt, self.index.as_ref(), &[LABEL_INDEX_BLOB]);
-        Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(k.as_ref()))
+        Cipher::new(&k)
     }
 }
 

@@ -6,9 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aes_gcm::Aes256Gcm;
-
-use crate::encode::{self, RecordAad};
+use crate::encode::{self, Cipher, RecordAad};
 use crate::error::{Error, Location, Result, StoreCtx};
 use crate::keys::{self, DataKey, Subkeys, Unlock};
 use crate::layout::{
@@ -118,7 +116,7 @@ pub struct CaptureReader<S: Store> {
     manifest: Manifest,
     keys: Subkeys,
     entries: Vec<IndexEntry>,
-    ciphers: HashMap<(u32, u32), Aes256Gcm>,
+    ciphers: HashMap<(u32, u32), Cipher>,
 }
 
 impl<S: Store> core::fmt::Debug for CaptureReader<S> {
@@ -258,7 +256,7 @@ impl<S: Store> CaptureReader<S> {
         }
     }
 
-    fn cipher(&mut self, at: &Location, generation: u32, segment: u32) -> Result<&Aes256Gcm> {
+    fn cipher(&mut self, at: &Location, generation: u32, segment: u32) -> Result<&Cipher> {
         if !self.ciphers.contains_key(&(generation, segment)) {
             let path = layout::segment_path(&self.name, generation, segment);
             let mut hb = [0u8; SEG_HEADER_LEN];

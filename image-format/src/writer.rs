@@ -11,11 +11,10 @@
 
 use std::collections::HashMap;
 
-use aes_gcm::Aes256Gcm;
 use age::secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::encode::{self, Body, ChunkEncoder, EncodedChunk, RecordAad};
+use crate::encode::{self, Body, ChunkEncoder, Cipher, EncodedChunk, RecordAad};
 use crate::error::{Error, Location, Result, StoreCtx};
 use crate::keys::{self, DataKey, Subkeys, Unlock};
 use crate::layout::{
@@ -149,10 +148,87 @@ pub struct CaptureSummary {
     pub resumed_from: u64,
 }
 
+/// Where a new record goes: its segment, record number and byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    segment: u32,
+    record: u32,
+    offset: u64,
+}
+
+/// A record ready to write: header and ciphertext, already decoded back.
+struct Sealed {
+    index: u64,
+    pos: Position,
+    flags: u8,
+    bytes: Vec<u8>,
+}
+
+/// What sealing a record needs from the writer (shared by sealing threads).
+struct SealCtx<'a> {
+    cipher: &'a Cipher,
+    capture_id: &'a [u8; 16],
+    generation: u32,
+}
+
+impl SealCtx<'_> {
+    /// Encrypts `chunk` as the record at `pos`, then decodes the result
+    /// exactly as a reader would and refuses it unless it gives the input back.
+    fn seal(&self, chunk: &EncodedChunk, pos: Position) -> Result<Sealed> {
+        let (payload, compressed) = match &chunk.body {
+            Body::Data { bytes, compressed } => (bytes, *compressed),
+            Body::Zero => {
+                return Err(Error::Usage(format!(
+                    "chunk {} is all zeros: it has no record to seal",
+                    chunk.index
+                )))
+            }
+        };
+        let stored_len = payload.len() + TAG_LEN;
+        let flags = encode::flags_of(compressed);
+        let aad = RecordAad {
+            capture_id: self.capture_id,
+            generation: self.generation,
+            segment: pos.segment,
+            record: pos.record,
+            chunk_id: &chunk.chunk_id,
+            plain_len: chunk.plain_len,
+            stored_len: stored_len as u32,
+            flags,
+        };
+        let mut rec = Vec::with_capacity(REC_HEADER_LEN + stored_len);
+        rec.resize(REC_HEADER_LEN, 0);
+        rec.extend_from_slice(payload);
+        encode::seal_record_in_place(self.cipher, &aad, &mut rec, REC_HEADER_LEN)?;
+        let header = RecordHeader {
+            record: pos.record,
+            stored_len: stored_len as u32,
+            plain_len: chunk.plain_len,
+            flags,
+            stored_hash: *blake3::hash(&rec[REC_HEADER_LEN..]).as_bytes(),
+        };
+        rec[..REC_HEADER_LEN].copy_from_slice(&header.encode());
+        let check = RecordHeader::decode(&rec).ok().filter(|h| *h == header);
+        let back = encode::open_record(self.cipher, &aad, &rec[REC_HEADER_LEN..]);
+        if check.is_none() || back.as_deref() != Some(payload.as_slice()) {
+            return Err(Error::Backend(format!(
+                "record for chunk {} did not decode back to its input: refusing to write it",
+                chunk.index
+            )));
+        }
+        Ok(Sealed {
+            index: chunk.index,
+            pos,
+            flags,
+            bytes: rec,
+        })
+    }
+}
+
 struct OpenSegment {
     no: u32,
     path: String,
-    cipher: Aes256Gcm,
+    cipher: Cipher,
     len: u64,
     records: u32,
     hasher: blake3::Hasher,
@@ -160,6 +236,8 @@ struct OpenSegment {
 
 #[derive(Default)]
 struct Stats {
+    /// Records sealed ahead by [`CaptureWriter::append_batch`] and used as sealed.
+    presealed: u64,
     stored_chunks: u64,
     zero_chunks: u64,
     dedup_chunks: u64,
@@ -395,6 +473,160 @@ impl<S: Store> CaptureWriter<S> {
     /// Appends the next chunk (chunks must come in index order, starting at
     /// [`resume_from`](Self::resume_from)).
     pub fn append(&mut self, chunk: EncodedChunk) -> Result<Appended> {
+        self.append_one(chunk, None)
+    }
+
+    /// Appends consecutive chunks, sealing their records on up to `threads`
+    /// threads at once. The result is byte-identical to calling
+    /// [`append`](Self::append) for each chunk in turn.
+    ///
+    /// Why: sealing a record (AES-GCM, its BLAKE3 hash, and decoding it
+    /// back as a reader would) costs several passes over the data and was
+    /// the one serial step of a capture. A record's nonce and AAD depend only
+    /// on its position (segment, record number) and lengths, all known
+    /// before encryption, so positions are planned in order here, the
+    /// sealing runs in parallel, and the writes happen in order again.
+    pub fn append_batch(
+        &mut self,
+        chunks: Vec<EncodedChunk>,
+        threads: usize,
+    ) -> Result<Vec<Appended>> {
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut rest = chunks.into_iter().peekable();
+        while rest.peek().is_some() {
+            let planned = self.plan(&mut rest);
+            if planned.is_empty() {
+                // The next chunk opens a segment (fresh salt, so its cipher
+                // is unknown until then): append it the plain way.
+                if let Some(chunk) = rest.next() {
+                    out.push(self.append_one(chunk, None)?);
+                }
+                continue;
+            }
+            let sealed = self.seal_planned(&planned, threads.max(1));
+            for ((chunk, _), sealed) in planned.into_iter().zip(sealed) {
+                let pre = match sealed {
+                    Some(r) => Some(r?),
+                    None => None,
+                };
+                out.push(self.append_one(chunk, pre)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes chunks from `rest` while they fit in the open segment, giving
+    /// each new record the position it will get when appended in order.
+    fn plan(
+        &self,
+        rest: &mut core::iter::Peekable<impl Iterator<Item = EncodedChunk>>,
+    ) -> Vec<(EncodedChunk, Option<Position>)> {
+        let mut planned = Vec::new();
+        let Some(seg) = self.open.as_ref() else {
+            return planned;
+        };
+        let (mut len, mut records) = (seg.len, seg.records);
+        let mut new_ids: HashMap<[u8; 32], u32> = HashMap::new();
+        while let Some(chunk) = rest.peek() {
+            let pos = match &chunk.body {
+                Body::Zero => None,
+                Body::Data { bytes, .. } => {
+                    let dup = |l: u32| l == chunk.plain_len;
+                    let dedup = self
+                        .dedup
+                        .get(&chunk.chunk_id)
+                        .is_some_and(|loc| dup(loc.plain_len))
+                        || new_ids.get(&chunk.chunk_id).is_some_and(|l| dup(*l));
+                    if dedup {
+                        None
+                    } else {
+                        let rec_size = (REC_HEADER_LEN + bytes.len() + TAG_LEN) as u64;
+                        if len + rec_size + TRAILER_LEN as u64 > self.params.max_segment_bytes {
+                            break;
+                        }
+                        let pos = Position {
+                            segment: seg.no,
+                            record: records,
+                            offset: len,
+                        };
+                        new_ids.entry(chunk.chunk_id).or_insert(chunk.plain_len);
+                        len += rec_size;
+                        records += 1;
+                        Some(pos)
+                    }
+                }
+            };
+            if let Some(chunk) = rest.next() {
+                planned.push((chunk, pos));
+            }
+        }
+        planned
+    }
+
+    /// Seals the planned records on up to `threads` scoped threads.
+    fn seal_planned(
+        &self,
+        planned: &[(EncodedChunk, Option<Position>)],
+        threads: usize,
+    ) -> Vec<Option<Result<Sealed>>> {
+        let Some(seg) = self.open.as_ref() else {
+            return planned.iter().map(|_| None).collect();
+        };
+        let ctx = SealCtx {
+            cipher: &seg.cipher,
+            capture_id: &self.capture_id,
+            generation: self.generation,
+        };
+        let jobs = planned.iter().filter(|(_, p)| p.is_some()).count();
+        let per = jobs.div_ceil(threads).max(1);
+        let mut results: Vec<Option<Result<Sealed>>> = Vec::with_capacity(planned.len());
+        if jobs <= 1 || threads == 1 {
+            results.extend(planned.iter().map(|(c, p)| p.map(|p| ctx.seal(c, p))));
+            return results;
+        }
+        // Split the batch into runs holding about `per` records each.
+        let mut groups: Vec<&[(EncodedChunk, Option<Position>)]> = Vec::new();
+        let (mut start, mut count) = (0, 0);
+        for (i, (_, p)) in planned.iter().enumerate() {
+            count += usize::from(p.is_some());
+            if count == per {
+                groups.push(&planned[start..=i]);
+                (start, count) = (i + 1, 0);
+            }
+        }
+        if start < planned.len() {
+            groups.push(&planned[start..]);
+        }
+        std::thread::scope(|scope| {
+            let ctx = &ctx;
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|g| {
+                    scope.spawn(move || {
+                        g.iter()
+                            .map(|(c, p)| p.map(|p| ctx.seal(c, p)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                match h.join() {
+                    Ok(v) => results.extend(v),
+                    Err(_) => results.push(Some(Err(Error::Backend(
+                        "a record sealing thread panicked".into(),
+                    )))),
+                }
+            }
+        });
+        // A panicked group leaves fewer results than chunks; the error
+        // above is then reached before any chunk after it is appended.
+        results.resize_with(planned.len(), || None);
+        results
+    }
+
+    /// Appends one chunk; `pre` is its record sealed ahead of time, used
+    /// only if it was sealed for exactly the position the chunk gets now.
+    fn append_one(&mut self, chunk: EncodedChunk, pre: Option<Sealed>) -> Result<Appended> {
         let next = self.entries.len() as u64;
         if chunk.index != next {
             return Err(Error::Usage(format!(
@@ -407,7 +639,7 @@ impl<S: Store> CaptureWriter<S> {
                 "chunk was encoded by another capture's encoder".into(),
             ));
         }
-        let (payload, compressed) = match &chunk.body {
+        let payload_len = match &chunk.body {
             Body::Zero => {
                 self.entries.push(IndexEntry::Zero {
                     plain_len: chunk.plain_len,
@@ -416,7 +648,7 @@ impl<S: Store> CaptureWriter<S> {
                 self.stats.zero_chunks += 1;
                 return Ok(Appended::Zero);
             }
-            Body::Data { bytes, compressed } => (bytes, *compressed),
+            Body::Data { bytes, .. } => bytes.len(),
         };
         if let Some(loc) = self.dedup.get(&chunk.chunk_id) {
             if loc.plain_len == chunk.plain_len {
@@ -425,7 +657,7 @@ impl<S: Store> CaptureWriter<S> {
                 return Ok(Appended::Dedup);
             }
         }
-        let stored_len = payload.len() + TAG_LEN;
+        let stored_len = payload_len + TAG_LEN;
         let rec_size = (REC_HEADER_LEN + stored_len) as u64;
         if let Some(seg) = &self.open {
             if seg.len + rec_size + TRAILER_LEN as u64 > self.params.max_segment_bytes {
@@ -436,48 +668,38 @@ impl<S: Store> CaptureWriter<S> {
         if self.open.is_none() {
             self.open_segment()?;
         }
-        let (generation, capture_id) = (self.generation, self.capture_id);
+        let Some(seg) = self.open.as_ref() else {
+            return Err(Error::Usage("no open segment".into()));
+        };
+        let here = Position {
+            segment: seg.no,
+            record: seg.records,
+            offset: seg.len,
+        };
+        let sealed = match pre {
+            Some(s) if s.pos == here && s.index == chunk.index => {
+                self.stats.presealed += 1;
+                s
+            }
+            _ => SealCtx {
+                cipher: &seg.cipher,
+                capture_id: &self.capture_id,
+                generation: self.generation,
+            }
+            .seal(&chunk, here)?,
+        };
         let Some(seg) = self.open.as_mut() else {
             return Err(Error::Usage("no open segment".into()));
         };
-        let flags = encode::flags_of(compressed);
-        let aad = RecordAad {
-            capture_id: &capture_id,
-            generation,
-            segment: seg.no,
-            record: seg.records,
-            chunk_id: &chunk.chunk_id,
-            plain_len: chunk.plain_len,
-            stored_len: stored_len as u32,
-            flags,
-        };
-        let ct = encode::seal_record(&seg.cipher, &aad, payload)?;
-        let header = RecordHeader {
-            record: seg.records,
-            stored_len: stored_len as u32,
-            plain_len: chunk.plain_len,
-            flags,
-            stored_hash: *blake3::hash(&ct).as_bytes(),
-        };
-        let mut rec = header.encode();
-        rec.extend_from_slice(&ct);
-        // Decode what we are about to write, exactly as a reader would.
-        let check = RecordHeader::decode(&rec).ok().filter(|h| *h == header);
-        let back = encode::open_record(&seg.cipher, &aad, &rec[REC_HEADER_LEN..]);
-        if check.is_none() || back.as_deref() != Some(payload.as_slice()) {
-            return Err(Error::Backend(format!(
-                "record for chunk {} did not decode back to its input: refusing to write it",
-                chunk.index
-            )));
-        }
+        let rec = sealed.bytes;
         self.store
             .write_at(&seg.path, seg.len, &rec)
             .at(&seg.path)?;
         seg.hasher.update(&rec);
         let loc = RecordLoc {
-            flags,
+            flags: sealed.flags,
             plain_len: chunk.plain_len,
-            generation,
+            generation: self.generation,
             segment: seg.no,
             record: seg.records,
             stored_len: stored_len as u32,
@@ -493,6 +715,12 @@ impl<S: Store> CaptureWriter<S> {
         Ok(Appended::Stored {
             stored_bytes: rec.len() as u64,
         })
+    }
+
+    /// How many records [`append_batch`](Self::append_batch) sealed ahead
+    /// and wrote as sealed (the rest were sealed in line).
+    pub fn presealed_records(&self) -> u64 {
+        self.stats.presealed
     }
 
     /// Whether [`append_unchanged`](Self::append_unchanged) can copy chunk

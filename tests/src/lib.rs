@@ -6,6 +6,7 @@
 //! (`cargo build --workspace`) and [`bin`] finds them next to the test.
 
 use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 
 /// Path of a workspace binary built in the same profile as this test.
 ///
@@ -25,4 +26,88 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A scratch directory and the `mgear` binary run inside it, the way a user
+/// would: working directory, its own `XDG_STATE_HOME`, no stdin.
+pub struct Env {
+    /// The scratch directory (removed when the `Env` is dropped).
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    /// A fresh scratch directory.
+    pub fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Path of `name` inside the scratch directory.
+    pub fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// [`p`](Self::p) as a string, for command lines.
+    pub fn s(&self, name: &str) -> String {
+        self.p(name).display().to_string()
+    }
+
+    /// `mgear ARGS` ready to run in the scratch directory.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("mgear"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("XDG_STATE_HOME", self.p("state"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run `mgear ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run mgear")
+    }
+
+    /// Run and require exit 0.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "mgear {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Run with `--json` appended, require exit 0, parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "mgear {a:?}: stdout is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `mgear keygen --out target.key` (also writes target.pub).
+    pub fn keygen(&self) {
+        self.ok(&["keygen", "--out", "target.key"]);
+    }
+
+    /// Format a FAT32 image `name` of `size`; returns its `fat:` spec.
+    pub fn fat(&self, name: &str, size: &str) -> String {
+        self.ok(&["medium", "format", &format!("fat:{name}"), "--size", size]);
+        format!("fat:{name}")
+    }
 }

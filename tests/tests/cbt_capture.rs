@@ -4,9 +4,10 @@
 //!
 //! Needs qemu-img, qemu-io and qemu-nbd (Debian: qemu-utils).
 
+use mgear_tests::Env;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
@@ -23,69 +24,30 @@ impl Drop for Server {
     }
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn mgear(&self, args: &[&str]) -> Output {
-        Command::new(mgear_tests::bin("mgear"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("XDG_STATE_HOME", self.p("state"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mgear")
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.mgear(args);
+/// Serve `disk.qcow2` read-only on a fresh socket, with extra qemu-nbd args.
+fn serve(e: &Env, sock: &str, extra: &[&str]) -> (Server, String) {
+    let sock = e.p(sock);
+    let server = Server(
+        Command::new("qemu-nbd")
+            .args(["-r", "-t", "-f", "qcow2"])
+            .args(extra)
+            .arg("-k")
+            .arg(&sock)
+            .arg(e.p("disk.qcow2"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd (Debian: qemu-utils)"),
+    );
+    let start = Instant::now();
+    while !sock.exists() {
         assert!(
-            out.status.success(),
-            "mgear {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            start.elapsed() < Duration::from_secs(20),
+            "qemu-nbd did not start"
         );
-        out
+        std::thread::sleep(Duration::from_millis(50));
     }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.ok(&a);
-        serde_json::from_slice(&out.stdout).expect("capture --json prints JSON")
-    }
-
-    /// Serve `disk.qcow2` read-only on a fresh socket, with extra qemu-nbd args.
-    fn serve(&self, sock: &str, extra: &[&str]) -> (Server, String) {
-        let sock = self.p(sock);
-        let server = Server(
-            Command::new("qemu-nbd")
-                .args(["-r", "-t", "-f", "qcow2"])
-                .args(extra)
-                .arg("-k")
-                .arg(&sock)
-                .arg(self.p("disk.qcow2"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("qemu-nbd (Debian: qemu-utils)"),
-        );
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "qemu-nbd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (server, format!("nbd+unix:///?socket={}", sock.display()))
-    }
+    (server, format!("nbd+unix:///?socket={}", sock.display()))
 }
 
 fn tool(cmd: &str, args: &[&str], dir: &Path) {
@@ -111,9 +73,7 @@ fn same_file(a: &Path, b: &Path) {
 
 #[test]
 fn cbt_delta_reads_only_dirty_chunks() {
-    let e = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let e = Env::new();
     let dir = e.dir.path();
     e.ok(&["keygen", "--out", "target.key"]);
     // 48 MiB of random data: no holes, so only the bitmap can explain skips.
@@ -147,7 +107,7 @@ fn cbt_delta_reads_only_dirty_chunks() {
 
     // Generation 1: a full capture; the bitmap starts tracking right after.
     {
-        let (_server, url) = e.serve("s1.sock", &[]);
+        let (_server, url) = serve(&e, "s1.sock", &[]);
         let mut a = vec!["capture", "--source", url.as_str()];
         a.extend_from_slice(&common);
         let c = e.json(&a);
@@ -172,11 +132,11 @@ fn cbt_delta_reads_only_dirty_chunks() {
     );
 
     {
-        let (_server, url) = e.serve("s2.sock", &["-B", "b0"]);
+        let (_server, url) = serve(&e, "s2.sock", &["-B", "b0"]);
         // Without --delta, or from a file, the option is refused.
         let mut a = vec!["capture", "--source", url.as_str(), "--dirty-bitmap", "b0"];
         a.extend_from_slice(&common);
-        assert!(!e.mgear(&a).status.success());
+        assert!(!e.run(&a).status.success());
         let mut a = vec![
             "capture",
             "--source",
@@ -186,7 +146,7 @@ fn cbt_delta_reads_only_dirty_chunks() {
             "b0",
         ];
         a.extend_from_slice(&common);
-        let out = e.mgear(&a);
+        let out = e.run(&a);
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("needs an NBD source"),
@@ -203,7 +163,7 @@ fn cbt_delta_reads_only_dirty_chunks() {
             "nope",
         ];
         a.extend_from_slice(&common);
-        let out = e.mgear(&a);
+        let out = e.run(&a);
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("does not export dirty bitmap nope"),

@@ -5,81 +5,13 @@
 //! medium-full scenarios use a rate limit or a filler file so that the
 //! interruption lands mid-way.
 
+use mgear_tests::Env;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore, SeedableRng};
-
-/// A scratch directory with its own key cache and ingest state.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn s(&self, name: &str) -> String {
-        self.p(name).display().to_string()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(mgear_tests::bin("mgear"));
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("XDG_STATE_HOME", self.p("state"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run mgear")
-    }
-
-    /// Run and require exit 0.
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "mgear {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Run with `--json` appended, require exit 0, parse stdout.
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.ok(&a);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "mgear {a:?}: stdout is not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
-    fn keygen(&self) {
-        self.ok(&["keygen", "--out", "target.key"]);
-    }
-
-    fn fat(&self, name: &str, size: &str) -> String {
-        self.ok(&["medium", "format", &format!("fat:{name}"), "--size", size]);
-        format!("fat:{name}")
-    }
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -7,9 +7,10 @@
 //! qemu-system-x86, busybox-static, linux-image-amd64, grub-pc-bin, e2fsprogs.
 //! Volumes are deleted however a test ends. Boots run one at a time (two cores).
 
+use mgear_tests::Env;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,85 +19,38 @@ const CONN: &str = "qemu:///system";
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A scratch directory with its own key cache and ingest state.
-struct Env {
-    dir: tempfile::TempDir,
+/// Build the sample disk with `marker`, capture it onto a dir: medium.
+fn captured_sample(e: &Env, marker: &str) -> String {
+    e.ok(&["keygen", "--out", "target.key"]);
+    e.ok(&["boot", "--build-sample", "disk.raw", "--marker", marker]);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    format!("MGEAR-BOOT-OK {marker}")
 }
 
-impl Env {
-    fn new() -> Self {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(mgear_tests::bin("mgear"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("XDG_STATE_HOME", self.p("state"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mgear")
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "mgear {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        out
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.ok(&a);
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("mgear {a:?}: not JSON ({e}): {}", text(&out.stdout)))
-    }
-
-    /// Build the sample disk with `marker`, capture it onto a dir: medium.
-    fn captured_sample(&self, marker: &str) -> String {
-        self.ok(&["keygen", "--out", "target.key"]);
-        self.ok(&["boot", "--build-sample", "disk.raw", "--marker", marker]);
-        fs::create_dir(self.p("mnt")).unwrap();
-        self.ok(&[
-            "capture",
-            "--source",
-            "disk.raw",
-            "--medium",
-            "dir:mnt",
-            "--name",
-            "web01",
-            "--recipient",
-            "target.pub",
-        ]);
-        format!("MGEAR-BOOT-OK {marker}")
-    }
-
-    fn ingest_args<'a>(&self, target: &'a str) -> Vec<&'a str> {
-        vec![
-            "ingest",
-            "--medium",
-            "dir:mnt",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--allow-unsealed",
-            "--target",
-            target,
-        ]
-    }
+fn ingest_args(target: &str) -> Vec<&str> {
+    vec![
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--allow-unsealed",
+        "--target",
+        target,
+    ]
 }
 
 fn text(b: &[u8]) -> String {
@@ -154,7 +108,7 @@ fn wire_ingest_to_libvirt_round_trips_boots_and_refuses_overwrite() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     start_libvirtd();
     let e = Env::new();
-    let marker = e.captured_sample("wire-libvirt");
+    let marker = captured_sample(&e, "wire-libvirt");
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -164,7 +118,7 @@ fn wire_ingest_to_libvirt_round_trips_boots_and_refuses_overwrite() {
     let target = format!("libvirt:{POOL}/{name}");
 
     // Ingest, then boot the pool volume as a libvirt domain.
-    let mut a = e.ingest_args(&target);
+    let mut a = ingest_args(&target);
     a.extend(["--boot", "--wait-for", &marker, "--timeout", "300"]);
     let r = e.json(&a);
     assert_eq!(r["verified"], true, "{r}");
@@ -218,7 +172,7 @@ fn wire_ingest_to_libvirt_round_trips_boots_and_refuses_overwrite() {
     assert_eq!(report["matched"], marker.as_str(), "{report}");
 
     // A second ingest into the same volume is refused without --force.
-    let out = e.run(&e.ingest_args(&target));
+    let out = e.run(&ingest_args(&target));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("--force"),
@@ -244,9 +198,9 @@ fn wire_ingest_to_libvirt_round_trips_boots_and_refuses_overwrite() {
 fn wire_ingest_boot_local_passes_and_fails_with_exit_1() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let e = Env::new();
-    let marker = e.captured_sample("wire-local");
+    let marker = captured_sample(&e, "wire-local");
 
-    let mut a = e.ingest_args("file:vol.raw");
+    let mut a = ingest_args("file:vol.raw");
     a.extend(["--boot", "--wait-for", &marker, "--timeout", "300"]);
     let r = e.json(&a);
     assert_eq!(
@@ -264,7 +218,7 @@ fn wire_ingest_boot_local_passes_and_fails_with_exit_1() {
     same_file(&e.p("disk.raw"), &e.p("vol.raw"));
 
     // A marker that never appears: ingested and verified, but exit 1.
-    let mut a = e.ingest_args("file:vol2.raw");
+    let mut a = ingest_args("file:vol2.raw");
     a.extend([
         "--boot",
         "--wait-for",

@@ -2,14 +2,26 @@
 //! measured in the same run, on the same files, plus peak memory.
 //!
 //! ```text
-//! mgear bench [--size 4GiB] [--pattern random|mix|both] [--workdir DIR] [--json]
+//! mgear bench [--size 4GiB] [--pattern random|mix|zeros|sparse|both|all] [--workdir DIR] [--json]
 //! ```
 //!
 //! For each pattern a source file is generated (`random`: incompressible;
-//! `mix`: per MiB, 40% zeros, 30% text, 30% random), then timed:
-//! `mgear capture` onto a `dir:` medium in the work directory, `mgear ingest`
-//! back to a raw file, `dd bs=4M conv=fsync` of the source into the same
-//! medium directory, and `qemu-img convert -O qcow2`. Ratios are against `dd`.
+//! `mix`: per MiB, 40% zeros, 30% text, 30% random; `zeros`: written zeros;
+//! `sparse`: a file that is one hole), then timed in one run:
+//! - `dd bs=4M conv=fsync` of the source into the medium directory: the
+//!   baseline for capture (moving those bytes onto that medium);
+//! - `mgear capture` onto a `dir:` medium there, with its CPU time;
+//! - `dd` of the medium's capture files (what ingest reads) into a target
+//!   file with fsync: the baseline for ingest;
+//! - `mgear ingest` back to a raw file (verifying every record and the
+//!   written volume);
+//! - `qemu-img convert -O qcow2` of the source, for reference.
+//!
+//! Ratios are throughput relative to the matching `dd` baseline (MB/s of
+//! disk bytes for mgear, MB/s of the bytes dd moved for dd), so 1.0 or more
+//! is as fast as `dd`; for capture both move the same source bytes.
+//! The issue's targets are printed next to the figures: capture and ingest
+//! at least 0.85x `dd`, zero regions at least 5 GB/s, peak RSS at most 256 MiB.
 //! The source is freshly written, so every reader sees it equally in the
 //! page cache; the figures compare the pipelines, not the disk.
 //! Peak RSS is the process's VmHWM (capture and ingest run in-process).
@@ -32,8 +44,9 @@ pub struct Args {
     /// Size of the generated source disk.
     #[arg(long, default_value = "4GiB")]
     pub size: String,
-    /// Data pattern: random, mix (40% zeros / 30% text / 30% random), or both.
-    #[arg(long, default_value = "both")]
+    /// Data pattern: random, mix (40% zeros / 30% text / 30% random), zeros
+    /// (written), sparse (one hole), both (random and mix) or all.
+    #[arg(long, default_value = "all")]
     pub pattern: String,
     /// Work directory (needs about 3x --size free) [default: a temporary directory].
     #[arg(long)]
@@ -49,8 +62,10 @@ pub struct Timing {
     pub what: String,
     pub seconds: f64,
     pub mb_per_s: f64,
-    /// Throughput relative to `dd` (1.0 = as fast as dd).
+    /// Throughput relative to the matching `dd` baseline (1.0 = as fast as dd).
     pub vs_dd: Option<f64>,
+    /// CPU seconds (user + system) the step took, when it ran in-process.
+    pub cpu_seconds: Option<f64>,
     /// Bytes the result occupies (medium bytes for capture).
     pub output_bytes: Option<u64>,
 }
@@ -69,6 +84,26 @@ pub struct Report {
     pub command: &'static str,
     pub patterns: Vec<PatternReport>,
     pub peak_rss_bytes: Option<u64>,
+    /// The issue's targets, each with whether this run met it.
+    pub targets: Vec<Target>,
+}
+
+/// One performance target and this run's figure for it.
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub wanted: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// CPU time (user + system) this process has used so far.
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 /// Peak resident set size of this process (VmHWM).
@@ -81,6 +116,12 @@ pub fn peak_rss() -> Option<u64> {
 
 /// Write `size` bytes of `pattern` to `path`, one MiB at a time.
 pub fn generate(path: &Path, size: u64, pattern: &str) -> anyhow::Result<()> {
+    if pattern == "sparse" {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        f.set_len(size)?;
+        return Ok(());
+    }
     const WORDS: &[&str] = &[
         "kernel", "module", "config", "the", "of", "and", "usr", "lib", "share", "error",
         "warning", "systemd", "service", "network", "0x7f", "return", "int", "void", "struct", "=",
@@ -96,6 +137,7 @@ pub fn generate(path: &Path, size: u64, pattern: &str) -> anyhow::Result<()> {
         let n = left.min(block.len() as u64) as usize;
         let kind = match pattern {
             "random" => 2,
+            "zeros" => 0,
             _ => match rng.gen_range(0..10) {
                 0..=3 => 0,
                 4..=6 => 1,
@@ -147,6 +189,35 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// Files under `dir`, recursively, in name order.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                files_under(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// `dd`'s time to move `files` (concatenated) into `target` with fsync.
+fn dd_files(files: &[PathBuf], target: &Path) -> anyhow::Result<f64> {
+    timed(|| {
+        crate::tools::run(
+            Command::new("sh")
+                .arg("-c")
+                .arg(r#"t="$1"; shift; cat "$@" | dd of="$t" bs=4M iflag=fullblock conv=fsync status=none"#)
+                .arg("sh")
+                .arg(target)
+                .args(files),
+        )
+    })
+}
+
 /// Run `mgear bench`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let size = parse_size(&args.size)?;
@@ -154,12 +225,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return Err(crate::exit::usage("--size must be at least 1MiB"));
     }
     let patterns: Vec<&str> = match args.pattern.as_str() {
+        "all" => vec!["random", "mix", "zeros", "sparse"],
         "both" => vec!["random", "mix"],
-        "random" => vec!["random"],
-        "mix" => vec!["mix"],
+        p @ ("random" | "mix" | "zeros" | "sparse") => vec![p],
         other => {
             return Err(crate::exit::usage(format!(
-                "--pattern {other}: use random, mix or both"
+                "--pattern {other}: use random, mix, zeros, sparse, both or all"
             )))
         }
     };
@@ -180,6 +251,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         command: "bench",
         patterns: Vec::new(),
         peak_rss_bytes: None,
+        targets: Vec::new(),
     };
     for pattern in patterns {
         let src = work.join(format!("source-{pattern}.raw"));
@@ -205,27 +277,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let mut dd_rate = None;
         if dd.is_some() {
             let out = medium_dir.join("dd.out");
-            let secs = timed(|| {
-                crate::tools::run(
-                    Command::new("dd")
-                        .arg(format!("if={}", src.display()))
-                        .arg(format!("of={}", out.display()))
-                        .args(["bs=4M", "conv=fsync", "status=none"]),
-                )
-            })?;
+            let secs = dd_files(std::slice::from_ref(&src), &out)?;
             std::fs::remove_file(&out)?;
-            let r = crate::progress::mb_per_s(size, secs);
-            dd_rate = Some(r);
+            dd_rate = Some(crate::progress::mb_per_s(size, secs));
             timings.push(Timing {
-                what: "dd bs=4M conv=fsync".into(),
+                what: "dd source -> medium (fsync)".into(),
                 seconds: secs,
-                mb_per_s: r,
+                mb_per_s: crate::progress::mb_per_s(size, secs),
                 vs_dd: Some(1.0),
+                cpu_seconds: None,
                 output_bytes: Some(size),
             });
         }
-        let vs = |r: f64| dd_rate.map(|d| if d > 0.0 { r / d } else { 0.0 });
+        let ratio =
+            |base: Option<f64>, secs: f64| base.map(|b| if secs > 0.0 { b / secs } else { 0.0 });
 
+        let cpu = cpu_seconds();
         let secs = timed(|| {
             crate::capture::capture(&crate::capture::Args {
                 dirty_bitmap: None,
@@ -246,20 +313,46 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             })
             .map(|_| ())
         })?;
-        let r = crate::progress::mb_per_s(size, secs);
+        let capture_cpu = cpu_seconds() - cpu;
+        let medium_bytes = dir_bytes(&medium_dir);
+        let rate = crate::progress::mb_per_s(size, secs);
         timings.push(Timing {
             what: "mgear capture".into(),
             seconds: secs,
-            mb_per_s: r,
-            vs_dd: vs(r),
-            output_bytes: Some(dir_bytes(&medium_dir)),
+            mb_per_s: rate,
+            vs_dd: ratio(dd_rate, rate),
+            cpu_seconds: Some(capture_cpu),
+            output_bytes: Some(medium_bytes),
         });
 
+        let mut dd_medium_rate = None;
+        // For an all-zero source the medium holds almost nothing: a dd of
+        // it is no baseline for ingest, which writes (sparsely) the whole disk.
+        if dd.is_some() && !matches!(pattern, "zeros" | "sparse") {
+            let mut files = Vec::new();
+            files_under(&medium_dir.join("MGEAR"), &mut files);
+            let out = work.join("dd-medium.out");
+            let secs = dd_files(&files, &out)?;
+            std::fs::remove_file(&out)?;
+            dd_medium_rate = Some(crate::progress::mb_per_s(medium_bytes, secs));
+            timings.push(Timing {
+                what: "dd medium files -> target (fsync)".into(),
+                seconds: secs,
+                mb_per_s: crate::progress::mb_per_s(medium_bytes, secs),
+                vs_dd: Some(1.0),
+                cpu_seconds: None,
+                output_bytes: Some(medium_bytes),
+            });
+        }
+
+        let cpu = cpu_seconds();
         let secs = timed(|| {
             crate::ingest::ingest(&crate::ingest::Args {
                 boot: false,
                 wait_for: String::new(),
                 timeout: 0,
+                boot_bus: "auto".into(),
+                adapt: false,
                 medium: medium.clone(),
                 name: "bench".into(),
                 identity: Some(key.clone()),
@@ -275,12 +368,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             })
             .map(|_| ())
         })?;
-        let r = crate::progress::mb_per_s(size, secs);
+        let ingest_cpu = cpu_seconds() - cpu;
+        let rate = crate::progress::mb_per_s(size, secs);
         timings.push(Timing {
-            what: "mgear ingest (with read-back check)".into(),
+            what: "mgear ingest (verifies, then reads back)".into(),
             seconds: secs,
-            mb_per_s: r,
-            vs_dd: vs(r),
+            mb_per_s: rate,
+            vs_dd: ratio(dd_medium_rate, rate),
+            cpu_seconds: Some(ingest_cpu),
             output_bytes: None,
         });
         std::fs::remove_file(&vol)?;
@@ -297,12 +392,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             })?;
             let bytes = std::fs::metadata(&out).map(|m| m.len()).ok();
             std::fs::remove_file(&out)?;
-            let r = crate::progress::mb_per_s(size, secs);
+            let rate = crate::progress::mb_per_s(size, secs);
             timings.push(Timing {
-                what: "qemu-img convert -O qcow2".into(),
+                what: "qemu-img convert -O qcow2 (no fsync)".into(),
                 seconds: secs,
-                mb_per_s: r,
-                vs_dd: vs(r),
+                mb_per_s: rate,
+                vs_dd: ratio(dd_rate, rate),
+                cpu_seconds: None,
                 output_bytes: bytes,
             });
         }
@@ -315,6 +411,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         });
     }
     report.peak_rss_bytes = peak_rss();
+    report.targets = targets(&report);
     if args.json {
         crate::progress::print_json(&report)?;
         return Ok(crate::exit::OK);
@@ -323,12 +420,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!("pattern {} ({}):", p.pattern, human_bytes(p.size));
         for t in &p.timings {
             println!(
-                "  {:<38} {:>8.1} MB/s {:>7.1} s{}{}",
+                "  {:<42} {:>8.1} MB/s {:>7.2} s{}{}{}",
                 t.what,
                 t.mb_per_s,
                 t.seconds,
                 t.vs_dd
                     .map_or(String::new(), |v| format!("  x{v:.2} vs dd")),
+                t.cpu_seconds
+                    .map_or(String::new(), |c| format!("  cpu {c:.2} s")),
                 t.output_bytes
                     .map_or(String::new(), |b| format!("  output {}", human_bytes(b)))
             );
@@ -343,5 +442,59 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(r) = report.peak_rss_bytes {
         println!("peak RSS: {}", human_bytes(r));
     }
+    println!("targets:");
+    for t in &report.targets {
+        println!(
+            "  {:<44} wanted {:<12} measured {:<12} {}",
+            t.what,
+            t.wanted,
+            t.measured,
+            if t.met { "met" } else { "NOT met" }
+        );
+    }
     Ok(crate::exit::OK)
+}
+
+/// Checks the issue's targets against the figures of this run.
+fn targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let find = |pattern: &str, what: &str| {
+        report
+            .patterns
+            .iter()
+            .find(|p| p.pattern == pattern)
+            .and_then(|p| p.timings.iter().find(|t| t.what.starts_with(what)))
+    };
+    for pattern in ["random", "mix"] {
+        for (what, label) in [("mgear capture", "capture"), ("mgear ingest", "ingest")] {
+            if let Some(v) = find(pattern, what).and_then(|t| t.vs_dd) {
+                out.push(Target {
+                    what: format!("{label} of {pattern} data vs dd"),
+                    wanted: ">= x0.85".into(),
+                    measured: format!("x{v:.2}"),
+                    met: v >= 0.85,
+                });
+            }
+        }
+    }
+    for pattern in ["zeros", "sparse"] {
+        if let Some(t) = find(pattern, "mgear capture") {
+            let gbs = t.mb_per_s / 1000.0;
+            out.push(Target {
+                what: format!("capture of {pattern} (zero regions)"),
+                wanted: ">= 5 GB/s".into(),
+                measured: format!("{gbs:.1} GB/s"),
+                met: gbs >= 5.0,
+            });
+        }
+    }
+    if let Some(r) = report.peak_rss_bytes {
+        out.push(Target {
+            what: "peak RSS".into(),
+            wanted: "<= 256 MiB".into(),
+            measured: human_bytes(r),
+            met: r <= 256 << 20,
+        });
+    }
+    out
 }

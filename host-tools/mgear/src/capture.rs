@@ -87,7 +87,9 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Checkpoint after this much source progress (tests use small values).
+    /// Checkpoint after this much data stored on the medium, or 16 times as
+    /// much source progress (zeros, dedup): a checkpoint costs three fsyncs,
+    /// which zero regions should not pay every 64 MiB (tests use small values).
     #[arg(long, hide = true, default_value = "64MiB")]
     pub checkpoint_bytes: String,
     /// scrypt work factor (log2 N) for the passphrase slot; lower is faster and weaker (tests).
@@ -434,9 +436,16 @@ fn pump<S: image_format::Store>(
         None => Vec::new(),
     };
 
+    // Chunks in flight per channel: enough to keep every thread busy and
+    // to give the writer runs of records to seal in parallel, bounded in
+    // bytes (16 MiB each) so memory stays flat whatever the chunk size.
+    let depth = ((16usize << 20) / chunk_size as usize)
+        .clamp(2, 64)
+        .max(threads);
+    let batch_max = depth;
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (raw_tx, raw_rx) = sync_channel::<(u64, Option<Vec<u8>>)>(threads * 2);
-        let (enc_tx, enc_rx) = sync_channel::<Encoded>(threads * 2);
+        let (raw_tx, raw_rx) = sync_channel::<(u64, Option<Vec<u8>>)>(depth);
+        let (enc_tx, enc_rx) = sync_channel::<Encoded>(depth);
         let raw_rx = Arc::new(Mutex::new(raw_rx));
         for _ in 0..threads {
             let rx = Arc::clone(&raw_rx);
@@ -485,40 +494,64 @@ fn pump<S: image_format::Store>(
         let mut pending: BTreeMap<u64, Option<EncodedChunk>> = BTreeMap::new();
         let mut next = start;
         let mut since_checkpoint = 0u64;
+        let mut stored_since_checkpoint = 0u64;
         let appended = (|| -> anyhow::Result<()> {
             while next < count {
                 let Ok((index, enc)) = enc_rx.recv() else {
                     break; // workers gone: the reader failed; its error is reported below
                 };
-                let enc = enc?;
-                pending.insert(index, enc);
-                while let Some(chunk) = pending.remove(&next) {
-                    let len = match chunk {
-                        Some(chunk) => {
-                            let len = u64::from(chunk.plain_len());
-                            match writer.append(chunk)? {
-                                Appended::Stored { stored_bytes } => {
-                                    stats.stored += stored_bytes;
-                                    stats.stored_plain += len;
-                                }
-                                Appended::Zero | Appended::Dedup => {}
+                pending.insert(index, enc?);
+                // Whatever else is already encoded joins this round, so the
+                // writer can seal a whole in-order run of records at once.
+                while let Ok((index, enc)) = enc_rx.try_recv() {
+                    pending.insert(index, enc?);
+                }
+                while pending.contains_key(&next) {
+                    let mut batch = Vec::new();
+                    while batch.len() < batch_max {
+                        match pending.remove(&next) {
+                            Some(Some(chunk)) => {
+                                batch.push(chunk);
+                                next += 1;
+                            }
+                            Some(None) => {
+                                pending.insert(next, None);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let mut len_done = 0u64;
+                    if !batch.is_empty() {
+                        let lens: Vec<u64> =
+                            batch.iter().map(|c| u64::from(c.plain_len())).collect();
+                        for (what, len) in
+                            writer.append_batch(batch, threads)?.into_iter().zip(lens)
+                        {
+                            if let Appended::Stored { stored_bytes } = what {
+                                stats.stored += stored_bytes;
+                                stats.stored_plain += len;
+                                stored_since_checkpoint += stored_bytes;
                             }
                             stats.read += len;
-                            len
+                            len_done += len;
                         }
-                        None => {
-                            writer.append_unchanged(next)?;
-                            let len = image_format::layout::chunk_len(size, chunk_size, next);
-                            stats.unchanged += u64::from(len);
-                            u64::from(len)
-                        }
-                    };
-                    since_checkpoint += len;
-                    next += 1;
+                    } else if let Some(None) = pending.remove(&next) {
+                        writer.append_unchanged(next)?;
+                        let len =
+                            u64::from(image_format::layout::chunk_len(size, chunk_size, next));
+                        stats.unchanged += len;
+                        len_done += len;
+                        next += 1;
+                    }
+                    since_checkpoint += len_done;
                     bar.set(next.saturating_mul(u64::from(chunk_size)).min(size));
-                    if since_checkpoint >= checkpoint_bytes {
+                    if stored_since_checkpoint >= checkpoint_bytes
+                        || since_checkpoint >= checkpoint_bytes.saturating_mul(16)
+                    {
                         writer.checkpoint()?;
                         since_checkpoint = 0;
+                        stored_since_checkpoint = 0;
                     }
                 }
             }
@@ -552,7 +585,7 @@ fn worker(rx: Jobs, tx: std::sync::mpsc::SyncSender<Encoded>, enc: image_format:
         };
         let Ok((index, buf)) = job else { return };
         let out = match buf {
-            Some(buf) => enc.encode(index, &buf).map(Some),
+            Some(buf) => enc.encode_owned(index, buf).map(Some),
             None => Ok(None),
         };
         if tx.send((index, out)).is_err() {

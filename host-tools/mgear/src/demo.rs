@@ -308,6 +308,8 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 boot: false,
                 wait_for: String::new(),
                 timeout: 0,
+                boot_bus: "auto".into(),
+                adapt: false,
                 medium: medium.clone(),
                 name: "demo".into(),
                 identity: Some(key.clone()),

@@ -67,7 +67,24 @@ enum Cmd {
     Cutover(sync::CutoverArgs),
 }
 
+/// Keep chunk-sized buffers on the heap. Capture, ingest and sync allocate
+/// and free buffers of a chunk (1 MiB by default) thousands of times a
+/// second across threads; glibc serves each one with a fresh mmap and
+/// returns it with munmap, so every buffer is page-faulted and zeroed again:
+/// profiled at ~300k page faults and half the system time per GiB captured.
+/// Above 64 MiB (never a chunk) glibc's behaviour is unchanged.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets glibc allocator parameters; it is called
+    // before any other thread exists, and both values are in range.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 64 << 20);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(a),

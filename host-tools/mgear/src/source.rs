@@ -59,9 +59,31 @@ impl FileSource {
     }
 }
 
+/// Whether `file` has no data in `offset..offset + len` (a hole of a sparse
+/// file: it reads as zeros without being stored). Asks the file system with
+/// `SEEK_DATA`; where it cannot say (block devices, old file systems), the
+/// answer is "not a hole" and the caller reads the bytes as usual.
+pub fn range_is_hole(file: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(at) = i64::try_from(offset) else {
+        return false;
+    };
+    match nix::unistd::lseek(file.as_fd(), at, nix::unistd::Whence::SeekData) {
+        Ok(next) => u64::try_from(next).is_ok_and(|n| n >= offset.saturating_add(len)),
+        // No data at or after `offset`: the rest of the file is a hole.
+        Err(nix::errno::Errno::ENXIO) => true,
+        Err(_) => false,
+    }
+}
+
 impl Source for FileSource {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn is_hole(&mut self, offset: u64, len: u64) -> anyhow::Result<bool> {
+        // Past the end is not a hole: reading there must report the shrink.
+        Ok(offset.saturating_add(len) <= self.len && range_is_hole(&self.file, offset, len))
     }
 
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
@@ -112,5 +134,24 @@ mod tests {
             .unwrap();
         let err = s.read_exact_at(4096, &mut buf).unwrap_err();
         assert!(err.to_string().contains("shrank"), "{err}");
+    }
+
+    #[test]
+    fn holes_of_sparse_files_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse.raw");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], 4 << 20).unwrap();
+        f.sync_all().unwrap();
+        let mut s = FileSource::open(p).unwrap();
+        assert!(s.is_hole(0, 1 << 20).unwrap());
+        assert!(!s.is_hole(4 << 20, 1 << 20).unwrap(), "data block");
+        assert!(
+            !s.is_hole(3 << 20, 2 << 20).unwrap(),
+            "range reaching the data"
+        );
+        assert!(s.is_hole(6 << 20, 2 << 20).unwrap(), "hole up to the end");
+        assert!(!s.is_hole(7 << 20, 2 << 20).unwrap(), "past the end");
     }
 }
