@@ -1094,3 +1094,34 @@ fn batched_appends_match_one_by_one() {
         assert!(r.is_ok(), "{:?}", r.problems);
     }
 }
+
+/// `read_chunks` (records opened on several threads) returns exactly what
+/// `read_chunk` does, in the order asked, and names a corrupted record.
+#[test]
+fn parallel_reads_match_single_reads_and_name_bad_records() {
+    let mut f = fixture();
+    let unlock = Unlock::Identity(f.id.clone());
+    let single: Vec<ChunkData> = {
+        let mut r = CaptureReader::open(&mut f.store, "web01", None, &unlock).unwrap();
+        (0..r.chunk_count())
+            .map(|i| r.read_chunk(i).unwrap())
+            .collect()
+    };
+    let order: Vec<u64> = (1..21).chain([0]).collect();
+    for threads in [1, 2, 5] {
+        let mut r = CaptureReader::open(&mut f.store, "web01", None, &unlock).unwrap();
+        let got = r.read_chunks(&order, threads).unwrap();
+        for (i, g) in order.iter().zip(&got) {
+            assert_eq!(g, &single[*i as usize], "chunk {i}, {threads} threads");
+        }
+    }
+    let path = seg(1, 1);
+    let (off, _) = record_offsets(&file(&mut f.store, &path))[1].clone();
+    f.store.file_mut(&path).unwrap()[off as usize + REC_HEADER_LEN + 7] ^= 0x40;
+    let mut r = CaptureReader::open(&mut f.store, "web01", None, &unlock).unwrap();
+    let e = r.read_chunks(&order, 3).unwrap_err().to_string();
+    assert!(
+        e.contains("segment 1 record 1") && e.contains("do not match the record's hash"),
+        "{e}"
+    );
+}

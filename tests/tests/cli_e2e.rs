@@ -131,6 +131,12 @@ fn cli_fat_round_trip_bit_identical() {
     assert!(c["zero_chunks"].as_u64().unwrap() >= 2, "{c}");
     assert!(c["dedup_chunks"].as_u64().unwrap() >= 1, "{c}");
     assert!(c["stored_bytes"].as_u64().unwrap() < 9 << 20, "{c}");
+    // The CPU the capture cost the source host is reported (share of one core).
+    let (cpu, share) = (
+        c["cpu_seconds"].as_f64().unwrap(),
+        c["cpu_share"].as_f64().unwrap(),
+    );
+    assert!(cpu > 0.0 && share > 0.0 && share.is_finite(), "{c}");
     fsck_clean(&e.p("medium.img"));
 
     let v = e.json(&["verify", "--medium", &m]);

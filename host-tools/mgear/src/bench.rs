@@ -97,15 +97,6 @@ pub struct Target {
     pub met: bool,
 }
 
-/// CPU time (user + system) this process has used so far.
-fn cpu_seconds() -> f64 {
-    use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
-        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-        t(u.user_time()) + t(u.system_time())
-    })
-}
-
 /// Peak resident set size of this process (VmHWM).
 pub fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -292,7 +283,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let ratio =
             |base: Option<f64>, secs: f64| base.map(|b| if secs > 0.0 { b / secs } else { 0.0 });
 
-        let cpu = cpu_seconds();
+        let cpu = crate::progress::cpu_seconds();
         let secs = timed(|| {
             crate::capture::capture(&crate::capture::Args {
                 dirty_bitmap: None,
@@ -313,7 +304,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             })
             .map(|_| ())
         })?;
-        let capture_cpu = cpu_seconds() - cpu;
+        let capture_cpu = crate::progress::cpu_seconds() - cpu;
         let medium_bytes = dir_bytes(&medium_dir);
         let rate = crate::progress::mb_per_s(size, secs);
         timings.push(Timing {
@@ -345,7 +336,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             });
         }
 
-        let cpu = cpu_seconds();
+        let cpu = crate::progress::cpu_seconds();
         let secs = timed(|| {
             crate::ingest::ingest(&crate::ingest::Args {
                 boot: false,
@@ -368,7 +359,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             })
             .map(|_| ())
         })?;
-        let ingest_cpu = cpu_seconds() - cpu;
+        let ingest_cpu = crate::progress::cpu_seconds() - cpu;
         let rate = crate::progress::mb_per_s(size, secs);
         timings.push(Timing {
             what: "mgear ingest (verifies, then reads back)".into(),

@@ -119,6 +119,10 @@ pub struct Report {
     pub ratio: f64,
     pub seconds: f64,
     pub mb_per_s: f64,
+    /// user + system CPU seconds the capture used (all threads).
+    pub cpu_seconds: f64,
+    /// cpu_seconds / seconds: the share of one core the capture cost the source host.
+    pub cpu_share: f64,
     pub manifest_root: String,
 }
 
@@ -190,11 +194,18 @@ fn print_summary(r: &Report) {
         "  {:<14} {:>10.1} MB/s ({:.1} s)",
         "speed", r.mb_per_s, r.seconds
     );
+    println!(
+        "  {:<14} {:>9.1} % of one core ({:.2} s user+sys)",
+        "cpu",
+        r.cpu_share * 100.0,
+        r.cpu_seconds
+    );
 }
 
 /// Do the capture; returns the report.
 pub fn capture(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
+    let cpu0 = progress::cpu_seconds();
     let chunk_size = u32::try_from(parse_size(&args.chunk_size)?)
         .ok()
         .filter(|c| image_format::layout::valid_chunk_size(*c))
@@ -314,6 +325,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         crate::appliance::capture_event(port, &args.name, Some(u64::from(summary.generation)))?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_seconds = (progress::cpu_seconds() - cpu0).max(0.0);
     Ok(Report {
         command: "capture",
         name: summary.name.clone(),
@@ -336,6 +348,8 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         },
         seconds: secs,
         mb_per_s: progress::mb_per_s(bytes_read, secs),
+        cpu_seconds,
+        cpu_share: cpu_seconds / secs.max(1e-9),
         manifest_root: hex(&summary.manifest_root),
     })
 }

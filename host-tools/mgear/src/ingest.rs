@@ -6,6 +6,7 @@
 //! mgear ingest ... --target dev:/dev/vdb          # a cloud volume attached to this host
 //! mgear ingest ... --target libvirt:mgear/web01    # a volume in a libvirt storage pool
 //! mgear ingest ... --target file:web01.raw --boot --wait-for 'login:' --timeout 300
+//! mgear ingest ... --target file:web01.raw --adapt --boot --boot-bus virtio
 //! ```
 //!
 //! `libvirt:POOL/NAME` ingests into a raw file in the state dir (with every
@@ -18,6 +19,16 @@
 //! volume stays exactly what was verified. The boot report is kept next to the
 //! volume (`VOL.boot-report.json`; in the state dir for `libvirt:` and as
 //! `./mgear-boot-report.json` for `dev:`), and the exit code is 1 if it did not boot.
+//! `--boot-bus` picks the disk bus (default `auto`: virtio unless the guest's
+//! initramfs visibly lacks it).
+//!
+//! `--adapt` (driver adaptation) runs `virt-v2v-in-place` (Debian package
+//! `virt-v2v`; see `mgear_boot::adapt`) on the volume after the read-back check
+//! and before `--boot` (and before a `libvirt:` upload or NBD copy), so the
+//! guest boots on virtio: it changes the volume, which is then no longer the
+//! captured disk bit for bit, by design. A missing `virt-v2v-in-place` is
+//! reported before anything is decrypted. If the adaptation fails the verified
+//! volume stays in place, unadapted, and the message says so.
 //!
 //! Every chunk is authenticated as it is read (the keyed reader checks
 //! record hash, position, AEAD and keyed chunk id against the index, whose
@@ -68,7 +79,7 @@ use mgear_boot::libvirt::DEFAULT_CONN;
 use mgear_boot::{LibvirtTarget, VolumeRef};
 
 use crate::boot_cmd::{self, BootOptions, Resolved};
-use crate::exit::{coded, usage, FOUND, IO, OK};
+use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 use crate::progress::{self, Progress};
 use crate::units::human_bytes;
 
@@ -110,6 +121,13 @@ pub struct Args {
     /// Seconds to wait for the regex.
     #[arg(long, default_value_t = 300, requires = "boot")]
     pub timeout: u64,
+    /// Disk bus for --boot: virtio, ide, sata, nvme or auto.
+    #[arg(long, default_value = "auto", requires = "boot")]
+    pub boot_bus: String,
+    /// Make the guest boot on virtio: run virt-v2v-in-place on the verified
+    /// volume (Debian: apt-get install virt-v2v), before --boot.
+    #[arg(long)]
+    pub adapt: bool,
     /// Ingest even without valid seal/arrival attestations (loud warning). Needed
     /// for media written without an appliance (fat:/dir: test media).
     #[arg(long)]
@@ -146,6 +164,8 @@ pub struct Report {
     pub booted: Option<bool>,
     /// Where the boot report was written (`--boot` only).
     pub boot_report: Option<String>,
+    /// What the driver adaptation did (`--adapt` only).
+    pub adapt: Option<mgear_boot::AdaptReport>,
 }
 
 /// A parsed `--target`.
@@ -383,6 +403,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if let Some(v) = &r.volume {
             println!("  {:<14} {v}", "volume");
         }
+        if let Some(a) = &r.adapt {
+            // The names --json uses ("root-fs", ...).
+            let presence = |p: Option<mgear_boot::inspect::DriverPresence>| {
+                p.and_then(|p| serde_json::to_value(p).ok())
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_else(|| "not checked".into())
+            };
+            println!(
+                "  {:<14} {} ({:.0} s): virtio {} -> {}",
+                "adapted",
+                a.tool,
+                a.seconds,
+                presence(a.virtio_before),
+                presence(a.virtio_after)
+            );
+        }
         if let (Some(b), Some(p)) = (r.booted, &r.boot_report) {
             println!(
                 "  {:<14} {} (report {p})",
@@ -402,11 +438,15 @@ fn boot_volume(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
             .join(format!("libvirt_{}_{}.boot-report.json", v.pool, v.name)),
         Resolved::Local(_) => resolved.default_report_path(),
     };
-    let opts = BootOptions::new(
+    let mut opts = BootOptions::new(
         args.wait_for.clone(),
         std::time::Duration::from_secs(args.timeout),
         true,
     );
+    opts.bus = args
+        .boot_bus
+        .parse::<mgear_boot::Bus>()
+        .map_err(boot_cmd::lib_err)?;
     let report = boot_cmd::boot_resolved(&resolved, &opts)?;
     let saved = report.write_json(&report_path);
     r.booted = Some(report.booted());
@@ -443,6 +483,10 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     if let Target::Qcow2(_) = target {
         crate::tools::require("qemu-img", "qemu-utils")?;
     }
+    if args.adapt {
+        // Say what to install before spending time on the ingest.
+        mgear_boot::adapt::find_adapter().map_err(boot_cmd::lib_err)?;
+    }
     let replace = match &target {
         Target::Libvirt(t) => libvirt_precheck(t, args.force)?,
         _ => None,
@@ -460,6 +504,9 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
     let mut report = write_volume(args, &target, &sdir, reader, started)?;
     medium.close()?;
+    if args.adapt {
+        report.adapt = Some(adapt_volume(&target, &sdir)?);
+    }
     if let Target::Nbd(u) = &target {
         let raw = target.path(&sdir);
         let copied = copy_to_nbd(u, &raw);
@@ -587,64 +634,88 @@ fn write_volume<S: image_format::Store>(
     let mut batch_hashes = Vec::new();
     let mut batch_bytes = 0u64;
     let mut zero_buf = Vec::new();
+    let mut zeros_hashed = ZeroHashes::default();
     let mut done_bytes = 0u64;
-    for k in 0..count {
-        let index = chunk_at(k, count);
-        let len = image_format::layout::chunk_len(size, chunk, index) as usize;
-        if k < state.done {
-            done_bytes += len as u64;
-            continue;
-        }
-        let offset = index * u64::from(chunk);
+    for k in 0..state.done.min(count) {
+        done_bytes += u64::from(image_format::layout::chunk_len(
+            size,
+            chunk,
+            chunk_at(k, count),
+        ));
+    }
+    // Records are authenticated in batches on every core (see
+    // `CaptureReader::read_chunks`), then written in order.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Rate-limited ingests go chunk by chunk, so the limiter paces every
+    // chunk as it is read (a batch would be one burst).
+    let batch_chunks = if limiter.is_some() {
+        1
+    } else {
+        ((16u64 << 20) / u64::from(chunk)).max(threads as u64)
+    };
+    let mut next_k = state.done;
+    while next_k < count {
+        let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
+        next_k += ks.len() as u64;
+        let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();
         if let Some(l) = limiter.as_mut() {
-            l.acquire(len as u64);
+            let bytes: u64 = indices
+                .iter()
+                .map(|&i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
+                .sum();
+            l.acquire(bytes);
         }
-        let hash = match reader.read_chunk(index)? {
-            ChunkData::Zero { len } => {
-                zeros += 1;
-                let len = len as usize;
-                if zero_buf.len() < len {
-                    zero_buf.resize(len, 0);
-                }
-                // File targets are sparse: nothing to write. A device is only
-                // written where it does not already read as zeros.
-                if is_dev {
-                    let mut cur = vec![0u8; len];
-                    vol.read_exact_at(&mut cur, offset)?;
-                    if cur.iter().any(|&b| b != 0) {
-                        vol.write_all_at(&zero_buf[..len], offset)?;
-                        written += len as u64;
+        let datas = reader.read_chunks(&indices, threads)?;
+        for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
+            let len = image_format::layout::chunk_len(size, chunk, index) as usize;
+            let offset = index * u64::from(chunk);
+            let hash = match data {
+                ChunkData::Zero { len } => {
+                    zeros += 1;
+                    let len = len as usize;
+                    if zero_buf.len() < len {
+                        zero_buf.resize(len, 0);
                     }
+                    // File targets are sparse: nothing to write. A device is only
+                    // written where it does not already read as zeros.
+                    if is_dev {
+                        let mut cur = vec![0u8; len];
+                        vol.read_exact_at(&mut cur, offset)?;
+                        if cur.iter().any(|&b| b != 0) {
+                            vol.write_all_at(&zero_buf[..len], offset)?;
+                            written += len as u64;
+                        }
+                    }
+                    zeros_hashed.get(len)
                 }
-                blake3::hash(&zero_buf[..len])
-            }
-            ChunkData::Data(data) => {
-                if data.len() != len {
-                    bail!(
-                        "chunk {index} decoded to {} bytes, expected {len}",
-                        data.len()
-                    );
+                ChunkData::Data(data) => {
+                    if data.len() != len {
+                        bail!(
+                            "chunk {index} decoded to {} bytes, expected {len}",
+                            data.len()
+                        );
+                    }
+                    vol.write_all_at(&data, offset).map_err(|e| {
+                        coded(
+                            IO,
+                            format!("writing {} at byte {offset}: {e}", work_path.display()),
+                        )
+                    })?;
+                    written += len as u64;
+                    blake3::hash(&data)
                 }
-                vol.write_all_at(&data, offset).map_err(|e| {
-                    coded(
-                        IO,
-                        format!("writing {} at byte {offset}: {e}", work_path.display()),
-                    )
-                })?;
-                written += len as u64;
-                blake3::hash(&data)
+            };
+            batch_hashes.extend_from_slice(hash.as_bytes());
+            batch_bytes += len as u64;
+            done_bytes += len as u64;
+            bar.set(done_bytes);
+            // Before chunk 0 (the last one) everything else must be durable.
+            if batch_bytes >= batch_limit || k + 2 >= count {
+                vol.sync_data()?;
+                state.append(&batch_hashes)?;
+                batch_hashes.clear();
+                batch_bytes = 0;
             }
-        };
-        batch_hashes.extend_from_slice(hash.as_bytes());
-        batch_bytes += len as u64;
-        done_bytes += len as u64;
-        bar.set(done_bytes);
-        // Before chunk 0 (the last one) everything else must be durable.
-        if batch_bytes >= batch_limit || k + 2 >= count {
-            vol.sync_data()?;
-            state.append(&batch_hashes)?;
-            batch_hashes.clear();
-            batch_bytes = 0;
         }
     }
     vol.sync_data()?;
@@ -662,8 +733,16 @@ fn write_volume<S: image_format::Store>(
         let len = image_format::layout::chunk_len(size, chunk, index) as usize;
         let mut want = [0u8; 32];
         hashes.read_exact(&mut want)?;
-        vol.read_exact_at(&mut buf[..len], index * u64::from(chunk))?;
-        if blake3::hash(&buf[..len]).as_bytes() != &want {
+        let offset = index * u64::from(chunk);
+        // A hole of the (sparse) target reads as zeros by the file system's
+        // guarantee: compare without reading and hashing a MiB of zeros.
+        let got = if crate::source::range_is_hole(&vol, offset, len as u64) {
+            zeros_hashed.get(len)
+        } else {
+            vol.read_exact_at(&mut buf[..len], offset)?;
+            blake3::hash(&buf[..len])
+        };
+        if got.as_bytes() != &want {
             if is_dev {
                 // Do not leave something that might boot.
                 let first = image_format::layout::chunk_len(size, chunk, 0) as usize;
@@ -742,6 +821,57 @@ fn write_volume<S: image_format::Store>(
         volume: None,
         booted: None,
         boot_report: None,
+        adapt: None,
+    })
+}
+
+/// BLAKE3 of all-zero chunks, by length (a disk has at most two lengths:
+/// the chunk size and its last chunk's).
+#[derive(Default)]
+struct ZeroHashes(Vec<(usize, blake3::Hash)>);
+
+impl ZeroHashes {
+    fn get(&mut self, len: usize) -> blake3::Hash {
+        if let Some((_, h)) = self.0.iter().find(|(l, _)| *l == len) {
+            return *h;
+        }
+        let h = blake3::hash(&vec![0u8; len]);
+        self.0.push((len, h));
+        h
+    }
+}
+
+/// `--adapt`: run virt-v2v-in-place on the verified volume (for `libvirt:`
+/// and NBD targets, on the raw file before it is uploaded or copied).
+fn adapt_volume(target: &Target, sdir: &Path) -> anyhow::Result<mgear_boot::AdaptReport> {
+    let path = target.path(sdir);
+    let format = if matches!(target, Target::Qcow2(_)) {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    eprintln!(
+        "adapting {} with {} (under TCG: this takes minutes)",
+        path.display(),
+        mgear_boot::adapt::TOOL
+    );
+    mgear_boot::adapt(&path, format).map_err(|e| {
+        let temporary = matches!(target, Target::Libvirt(_) | Target::Nbd(_));
+        let left = if temporary {
+            // Nothing was uploaded or copied; a re-run starts over.
+            let _ = std::fs::remove_file(&path);
+            "nothing was uploaded".to_string()
+        } else {
+            format!(
+                "the verified volume {} is left as ingested, NOT adapted",
+                path.display()
+            )
+        };
+        let code = match e {
+            mgear_boot::BootError::Usage(_) | mgear_boot::BootError::Unsupported(_) => USAGE,
+            _ => IO,
+        };
+        coded(code, format!("driver adaptation failed ({left}): {e}"))
     })
 }
 

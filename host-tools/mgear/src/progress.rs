@@ -75,3 +75,12 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 pub fn line(label: &str, bytes: u64) {
     println!("  {label:<14} {:>14}  ({bytes} bytes)", human_bytes(bytes));
 }
+
+/// user + system CPU seconds this process has used so far (all threads).
+pub fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}

@@ -229,17 +229,6 @@ pub struct SyncReport {
     pub cpu_share: f64,
 }
 
-/// user + system CPU time of this process so far.
-fn cpu_time() -> f64 {
-    use nix::sys::resource::{getrusage, UsageWho};
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map(|u| {
-            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-            t(u.user_time()) + t(u.system_time())
-        })
-        .unwrap_or(0.0)
-}
-
 /// Run one sync as `a` says; shared by `sync` and `cutover`.
 pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
     let rate = a.rate_limit.as_deref().map(parse_rate).transpose()?;
@@ -264,12 +253,12 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
         retry_wait: Duration::from_secs_f64(a.retry_wait),
         peer: a.to.clone(),
     };
-    let cpu0 = cpu_time();
+    let cpu0 = crate::progress::cpu_seconds();
     let started = Instant::now();
     let to = a.to.clone();
     let stats = source::run(&plan, &mut disk, &mut || source::tcp(&to))?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_seconds = (cpu_time() - cpu0).max(0.0);
+    let cpu_seconds = (crate::progress::cpu_seconds() - cpu0).max(0.0);
     Ok(SyncReport {
         command: "sync",
         name: a.name.clone(),
