@@ -313,12 +313,14 @@ impl RecordAad<'_> {
     }
 }
 
-/// AES-256-GCM under one derived key (a segment's, or an index blob's).
-pub(crate) struct Cipher(LessSafeKey);
+/// AES-256-GCM under one derived key (a segment's, an index blob's, or a
+/// sync session's). The caller owns nonce uniqueness: every user derives a
+/// fresh key per segment/blob/session and counts nonces within it.
+pub struct Cipher(LessSafeKey);
 
 impl Cipher {
     /// A cipher for `key` (32 bytes, from HKDF).
-    pub(crate) fn new(key: &[u8; 32]) -> Self {
+    pub fn new(key: &[u8; 32]) -> Self {
         // AES-256 accepts every 32-byte key, so this cannot fail.
         let unbound = UnboundKey::new(&AES_256_GCM, key)
             .unwrap_or_else(|_| unreachable!("AES-256-GCM takes any 32-byte key"));
@@ -326,7 +328,7 @@ impl Cipher {
     }
 
     /// Ciphertext followed by the 16-byte tag.
-    fn seal(&self, nonce: [u8; 12], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+    pub fn seal(&self, nonce: [u8; 12], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(plain.len() + layout::TAG_LEN);
         out.extend_from_slice(plain);
         self.0
@@ -356,7 +358,7 @@ impl Cipher {
     }
 
     /// The plaintext of `ct` (ciphertext + tag); `None` if it does not authenticate.
-    fn open(&self, nonce: [u8; 12], aad: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
+    pub fn open(&self, nonce: [u8; 12], aad: &[u8], ct: &[u8]) -> Option<Vec<u8>> {
         let mut buf = ct.to_vec();
         let n = self
             .0
@@ -417,6 +419,28 @@ pub(crate) fn flags_of(compressed: bool) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record cipher is plain AES-256-GCM: test cases 13 and 14 of the
+    /// GCM specification (McGrew and Viega), so any implementation reads our media.
+    #[test]
+    fn cipher_is_standard_aes_256_gcm() {
+        let c = Cipher::new(&[0u8; 32]);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(&c.seal([0; 12], &[], &[]).unwrap()),
+            "530f8afbc74536b9a963b4f1c4cb738b"
+        );
+        let ct = c.seal([0; 12], &[], &[0u8; 16]).unwrap();
+        assert_eq!(
+            hex(&ct),
+            "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919"
+        );
+        assert_eq!(c.open([0; 12], &[], &ct).unwrap(), vec![0u8; 16]);
+        let mut bad = ct.clone();
+        bad[3] ^= 1;
+        assert!(c.open([0; 12], &[], &bad).is_none());
+        assert!(c.open([0; 12], b"other aad", &ct).is_none());
+    }
 
     fn enc(compress: bool) -> ChunkEncoder {
         ChunkEncoder::new(

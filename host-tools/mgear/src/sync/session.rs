@@ -33,8 +33,6 @@
 //! The target checks the tag, decompresses, checks the length against the
 //! chunk's position and the keyed id against the plaintext before writing.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use anyhow::{bail, Context};
 use image_format::{derive_subkey, DataKey};
 use zeroize::Zeroizing;
@@ -70,7 +68,7 @@ pub fn nonce() -> anyhow::Result<[u8; 32]> {
 
 /// Per-session keys.
 pub struct Session {
-    cipher: Aes256Gcm,
+    cipher: image_format::Cipher,
     proof: Zeroizing<[u8; 32]>,
     capture_id: [u8; 16],
 }
@@ -110,7 +108,7 @@ impl Session {
             &[b"mgear v1 sync proof", source_nonce, target_nonce],
         );
         Session {
-            cipher: Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(enc.as_ref())),
+            cipher: image_format::Cipher::new(&enc),
             proof,
             capture_id: *capture_id,
         }
@@ -147,36 +145,22 @@ impl Session {
         a
     }
 
-    fn nonce(seq: u64) -> Nonce<aes_gcm::aead::consts::U12> {
+    fn nonce(seq: u64) -> [u8; 12] {
         let mut n = [0u8; 12];
         n[..8].copy_from_slice(&seq.to_le_bytes());
-        Nonce::from(n)
+        n
     }
 
     /// Encrypt a record payload.
     pub fn seal(&self, m: &RecordMeta, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
-        self.cipher
-            .encrypt(
-                &Self::nonce(m.seq),
-                Payload {
-                    msg: payload,
-                    aad: &self.aad(m),
-                },
-            )
-            .map_err(|_| anyhow::anyhow!("AES-GCM encryption failed"))
+        Ok(self
+            .cipher
+            .seal(Self::nonce(m.seq), &self.aad(m), payload)?)
     }
 
     /// Decrypt a record payload; `None` if it does not authenticate.
     pub fn open(&self, m: &RecordMeta, sealed: &[u8]) -> Option<Vec<u8>> {
-        self.cipher
-            .decrypt(
-                &Self::nonce(m.seq),
-                Payload {
-                    msg: sealed,
-                    aad: &self.aad(m),
-                },
-            )
-            .ok()
+        self.cipher.open(Self::nonce(m.seq), &self.aad(m), sealed)
     }
 }
 
