@@ -1078,3 +1078,72 @@ fn cli_nbd_target_round_trip() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
 }
+
+/// `mgear bench` on a tiny source: every pattern, every step, ratios that
+/// are the step's throughput over its dd baseline, and the targets listed.
+#[test]
+fn cli_bench_reports_ratios_against_dd_and_targets() {
+    let e = Env::new();
+    let r = e.json(&[
+        "bench",
+        "--size",
+        "4MiB",
+        "--pattern",
+        "all",
+        "--workdir",
+        "work",
+    ]);
+    let patterns = r["patterns"].as_array().unwrap();
+    let names: Vec<&str> = patterns
+        .iter()
+        .map(|p| p["pattern"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["random", "mix", "zeros", "sparse"], "{r}");
+    let step = |p: &serde_json::Value, what: &str| -> serde_json::Value {
+        p["timings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["what"].as_str().unwrap().starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} step in {p}"))
+            .clone()
+    };
+    for p in patterns {
+        let dd = step(p, "dd source");
+        let cap = step(p, "mgear capture");
+        let rate = |t: &serde_json::Value| t["mb_per_s"].as_f64().unwrap();
+        assert!(rate(&dd) > 0.0 && rate(&cap) > 0.0, "{p}");
+        let want = rate(&cap) / rate(&dd);
+        let got = cap["vs_dd"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-9 * want.max(1.0),
+            "{got} vs {want}: {p}"
+        );
+        assert!(cap["cpu_seconds"].as_f64().unwrap() >= 0.0, "{p}");
+        step(p, "mgear ingest");
+        step(p, "qemu-img convert");
+    }
+    // Random data: ingest is compared with dd copying the medium's files.
+    let random = &patterns[0];
+    let ing = step(random, "mgear ingest");
+    let ddm = step(random, "dd medium files");
+    let want = ing["mb_per_s"].as_f64().unwrap() / ddm["mb_per_s"].as_f64().unwrap();
+    assert!((ing["vs_dd"].as_f64().unwrap() - want).abs() < 1e-9 * want.max(1.0));
+    let targets: Vec<&str> = r["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["what"].as_str().unwrap())
+        .collect();
+    for t in [
+        "capture of random data vs dd",
+        "ingest of mix data vs dd",
+        "capture of zeros (zero regions)",
+        "peak RSS",
+    ] {
+        assert!(targets.contains(&t), "{t} missing from {targets:?}");
+    }
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // The work directory is cleaned up but for the key.
+    assert!(!e.p("work/medium").exists());
+}

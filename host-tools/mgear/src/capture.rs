@@ -452,11 +452,10 @@ fn pump<S: image_format::Store>(
 
     // Chunks in flight per channel: enough to keep every thread busy and
     // to give the writer runs of records to seal in parallel, bounded in
-    // bytes (16 MiB each) so memory stays flat whatever the chunk size.
-    let depth = ((16usize << 20) / chunk_size as usize)
-        .clamp(2, 64)
-        .max(threads);
-    let batch_max = depth;
+    // bytes (8 MiB each) so peak memory stays under 256 MiB whatever the
+    // chunk size (a 16 MiB chunk exists up to three times while it is sealed).
+    let depth = ((8usize << 20) / chunk_size as usize).clamp(1, 64);
+    let batch_max = depth.max(threads);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let (raw_tx, raw_rx) = sync_channel::<(u64, Option<Vec<u8>>)>(depth);
         let (enc_tx, enc_rx) = sync_channel::<Encoded>(depth);
