@@ -13,6 +13,7 @@
 //! assembly (CLMUL/VAES) while `aes-gcm`'s polyval multiplies one block at a
 //! time; profiling a capture showed polyval alone at 22% of all CPU time.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -150,20 +151,32 @@ impl ChunkEncoder {
     /// keyed id, optional zstd (kept only when smaller, and decompressed
     /// again to check it).
     pub fn encode(&self, index: u64, plaintext: &[u8]) -> Result<EncodedChunk> {
-        self.encode_cow(index, std::borrow::Cow::Borrowed(plaintext))
+        self.encode_cow(index, Cow::Borrowed(plaintext))
+            .map(|(chunk, _)| chunk)
     }
 
     /// [`encode`](Self::encode) taking the buffer, which then becomes the
     /// record payload when it is not compressed (saves a copy per chunk).
-    pub fn encode_owned(&self, index: u64, plaintext: Vec<u8>) -> Result<EncodedChunk> {
-        self.encode_cow(index, std::borrow::Cow::Owned(plaintext))
-    }
-
-    fn encode_cow(
+    /// When the chunk does not keep it (all zeros, or compressed), the
+    /// buffer comes back for the next read: a fresh one would have to be
+    /// zeroed first, the largest cost of reading zero regions.
+    pub fn encode_owned(
         &self,
         index: u64,
-        plaintext: std::borrow::Cow<'_, [u8]>,
-    ) -> Result<EncodedChunk> {
+        plaintext: Vec<u8>,
+    ) -> Result<(EncodedChunk, Option<Vec<u8>>)> {
+        self.encode_cow(index, Cow::Owned(plaintext))
+    }
+
+    /// The chunk at `index` known to be all zeros without reading it (a
+    /// hole reported by the source).
+    pub fn encode_zero(&self, index: u64) -> Result<EncodedChunk> {
+        let want = self.check_index(index)?;
+        Ok(self.zero_chunk(index, want))
+    }
+
+    /// The length chunk `index` must have, if it exists.
+    fn check_index(&self, index: u64) -> Result<u32> {
         let i = &self.inner;
         let count = layout::chunk_count(i.source_size, i.chunk_size);
         if index >= count {
@@ -171,45 +184,72 @@ impl ChunkEncoder {
                 "chunk {index} is past the end of the source ({count} chunks)"
             )));
         }
-        let want = layout::chunk_len(i.source_size, i.chunk_size, index);
+        Ok(layout::chunk_len(i.source_size, i.chunk_size, index))
+    }
+
+    fn zero_chunk(&self, index: u64, len: u32) -> EncodedChunk {
+        let i = &self.inner;
+        let id = if len == i.chunk_size {
+            i.full_zero_id
+        } else {
+            zero_id(&i.chunk_id_key, len)
+        };
+        EncodedChunk {
+            index,
+            plain_len: len,
+            chunk_id: id,
+            capture_id: i.capture_id,
+            body: Body::Zero,
+        }
+    }
+
+    fn encode_cow(
+        &self,
+        index: u64,
+        plaintext: Cow<'_, [u8]>,
+    ) -> Result<(EncodedChunk, Option<Vec<u8>>)> {
+        let i = &self.inner;
+        let want = self.check_index(index)?;
         if plaintext.len() != want as usize {
             return Err(Error::Usage(format!(
                 "chunk {index} must be {want} bytes long, got {} (read short from the source?)",
                 plaintext.len()
             )));
         }
+        let spare = |p: Cow<'_, [u8]>| match p {
+            Cow::Owned(v) => Some(v),
+            Cow::Borrowed(_) => None,
+        };
         if is_all_zero(&plaintext) {
-            let id = if want == i.chunk_size {
-                i.full_zero_id
-            } else {
-                zero_id(&i.chunk_id_key, want)
-            };
-            return Ok(EncodedChunk {
+            return Ok((self.zero_chunk(index, want), spare(plaintext)));
+        }
+        let id = chunk_id(&i.chunk_id_key, &plaintext);
+        let (body, back) = match compress(i.compress, &plaintext)? {
+            Some(c) => (
+                Body::Data {
+                    bytes: c,
+                    compressed: true,
+                },
+                spare(plaintext),
+            ),
+            None => (
+                Body::Data {
+                    bytes: plaintext.into_owned(),
+                    compressed: false,
+                },
+                None,
+            ),
+        };
+        Ok((
+            EncodedChunk {
                 index,
                 plain_len: want,
                 chunk_id: id,
                 capture_id: i.capture_id,
-                body: Body::Zero,
-            });
-        }
-        let id = chunk_id(&i.chunk_id_key, &plaintext);
-        let body = match compress(i.compress, &plaintext)? {
-            Some(c) => Body::Data {
-                bytes: c,
-                compressed: true,
+                body,
             },
-            None => Body::Data {
-                bytes: plaintext.into_owned(),
-                compressed: false,
-            },
-        };
-        Ok(EncodedChunk {
-            index,
-            plain_len: want,
-            chunk_id: id,
-            capture_id: i.capture_id,
-            body,
-        })
+            back,
+        ))
     }
 }
 
@@ -440,6 +480,45 @@ mod tests {
         bad[3] ^= 1;
         assert!(c.open([0; 12], &[], &bad).is_none());
         assert!(c.open([0; 12], b"other aad", &ct).is_none());
+    }
+
+    #[test]
+    fn owned_buffers_come_back_unless_kept() {
+        let e = enc(true);
+        let (z, back) = e.encode_owned(0, vec![0u8; 65536]).unwrap();
+        assert!(z.is_zero());
+        assert_eq!(
+            back.map(|b| b.len()),
+            Some(65536),
+            "zero chunk keeps nothing"
+        );
+        let hole = e.encode_zero(0).unwrap();
+        assert_eq!((hole.chunk_id, hole.plain_len), (z.chunk_id, z.plain_len));
+        let last = e.encode_zero(3).unwrap();
+        assert_eq!(last.plain_len, 100);
+        assert_eq!(last.chunk_id, e.encode(3, &[0u8; 100]).unwrap().chunk_id);
+        assert!(e.encode_zero(4).is_err(), "past the end");
+        let (c, back) = e.encode_owned(1, vec![b'a'; 65536]).unwrap();
+        assert!(
+            c.payload_len() < 65536 && back.is_some(),
+            "compressed: input comes back"
+        );
+        let mut x = 1u32;
+        let noise: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let (c, back) = e.encode_owned(2, noise.clone()).unwrap();
+        assert!(
+            back.is_none(),
+            "stored as is: the buffer became the payload"
+        );
+        assert_eq!(c.payload_len(), 65536);
+        assert_eq!(c.chunk_id, e.encode(2, &noise).unwrap().chunk_id);
     }
 
     fn enc(compress: bool) -> ChunkEncoder {

@@ -1147,3 +1147,66 @@ fn cli_bench_reports_ratios_against_dd_and_targets() {
     // The work directory is cleaned up but for the key.
     assert!(!e.p("work/medium").exists());
 }
+
+/// A source that shrinks while it is captured stops the capture with a
+/// clear error (exit 3, "shrank"), keeps what was committed, and the same
+/// command resumes and finishes once the source is whole again.
+#[test]
+fn cli_source_that_shrinks_mid_capture_is_a_clear_error_and_resumable() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 8 << 20, 21);
+    let original = fs::read(e.p("disk.raw")).unwrap();
+    fs::create_dir(e.p("mnt")).unwrap();
+    #[rustfmt::skip]
+    let args = [
+        "capture", "--source", "disk.raw", "--medium", "dir:mnt", "--name", "web01",
+        "--recipient", "target.pub", "--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB",
+    ];
+    let child = e
+        .cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
+    let start = Instant::now();
+    while fs::metadata(&seg)
+        .map(|m| m.len() < 2 << 20)
+        .unwrap_or(true)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "capture made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The disk loses its second half while the capture reads it.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("disk.raw"))
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("shrank") && err.contains("disk.raw"), "{err}");
+    // Whole again: the same command resumes and the result is the disk.
+    fs::write(e.p("disk.raw"), &original).unwrap();
+    let c = e.json(&args[..args.len() - 4]);
+    assert!(c["resumed_from_chunk"].as_u64().unwrap() >= 1, "{c}");
+    e.ok(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol.raw",
+        INGEST_UNSEALED,
+    ]);
+    same_file(&e.p("disk.raw"), &e.p("vol.raw"));
+}

@@ -389,7 +389,7 @@ pub fn hex(b: &[u8]) -> String {
 }
 
 /// An encoded chunk, or `None` for a chunk not read because it is unchanged.
-type Encoded = (u64, image_format::Result<Option<EncodedChunk>>);
+type Encoded = (u64, anyhow::Result<Option<EncodedChunk>>);
 
 /// Counters of this run, kept outside the pipeline so a failure can still
 /// say how far it got (the medium-full estimate needs them).
@@ -454,23 +454,31 @@ fn pump<S: image_format::Store>(
     // to give the writer runs of records to seal in parallel, bounded in
     // bytes (8 MiB each) so peak memory stays under 256 MiB whatever the
     // chunk size (a 16 MiB chunk exists up to three times while it is sealed).
+    // Files and block devices are read on every encoder thread (positional
+    // reads); the reader thread then only paces and dispatches.
+    let shared = source.concurrent();
     let depth = ((8usize << 20) / chunk_size as usize).clamp(1, 64);
     let batch_max = depth.max(threads);
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (raw_tx, raw_rx) = sync_channel::<(u64, Option<Vec<u8>>)>(depth);
+        let (raw_tx, raw_rx) = sync_channel::<(u64, Job)>(depth);
+        // Buffers the encoders did not keep, back to the reader.
+        let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(depth + threads);
         let (enc_tx, enc_rx) = sync_channel::<Encoded>(depth);
         let raw_rx = Arc::new(Mutex::new(raw_rx));
         for _ in 0..threads {
             let rx = Arc::clone(&raw_rx);
             let tx = enc_tx.clone();
+            let spare = spare_tx.clone();
             let enc = encoder.clone();
-            scope.spawn(move || worker(rx, tx, enc));
+            let shared = shared.clone();
+            scope.spawn(move || worker(rx, tx, spare, enc, shared));
         }
         // Only the workers may hold the raw receiver: when they stop, the
         // reader's send fails and it stops too (otherwise a medium error
         // leaves the reader blocked on a full channel and capture hangs).
         drop(raw_rx);
         drop(enc_tx);
+        drop(spare_tx);
 
         // The reader runs on its own thread so reading, encoding and
         // appending overlap; it stops early if the appender hangs up.
@@ -481,23 +489,33 @@ fn pump<S: image_format::Store>(
                 (start..count).zip(unchanged.into_iter().chain(std::iter::repeat(false)))
             {
                 if copy {
-                    if raw_tx.send((index, None)).is_err() {
+                    if raw_tx.send((index, Job::Unchanged)).is_err() {
                         break;
                     }
                     continue;
                 }
                 let len = image_format::layout::chunk_len(size, chunk_size, index) as usize;
                 let offset = index * u64::from(chunk_size);
-                let mut buf = vec![0u8; len];
-                if source.is_hole(offset, len as u64)? {
+                let job = if source.is_hole(offset, len as u64)? {
                     holes += len as u64;
+                    Job::Hole
+                } else if shared.is_some() {
+                    if let Some(l) = limiter.as_mut() {
+                        l.acquire(len as u64);
+                    }
+                    Job::Read { offset, len }
                 } else {
+                    // A recycled buffer is overwritten whole by the read: no
+                    // need to zero it first.
+                    let mut buf = spare_rx.try_recv().unwrap_or_default();
+                    buf.resize(len, 0);
                     if let Some(l) = limiter.as_mut() {
                         l.acquire(len as u64);
                     }
                     source.read_exact_at(offset, &mut buf)?;
-                }
-                if raw_tx.send((index, Some(buf))).is_err() {
+                    Job::Data(buf)
+                };
+                if raw_tx.send((index, job)).is_err() {
                     break;
                 }
             }
@@ -587,19 +605,65 @@ fn pump<S: image_format::Store>(
     Ok(summary)
 }
 
-/// Raw chunks shared by the workers.
-type Jobs = Arc<Mutex<Receiver<(u64, Option<Vec<u8>>)>>>;
+/// What the reader hands the encoders for one chunk.
+enum Job {
+    /// The bytes read from the source.
+    Data(Vec<u8>),
+    /// Read these bytes yourself (sources that allow concurrent reads).
+    Read { offset: u64, len: usize },
+    /// The source reported a hole: all zeros, not read.
+    Hole,
+    /// Clean in the dirty bitmap: copied from the parent, not read.
+    Unchanged,
+}
 
-fn worker(rx: Jobs, tx: std::sync::mpsc::SyncSender<Encoded>, enc: image_format::ChunkEncoder) {
+/// Raw chunks shared by the workers.
+type Jobs = Arc<Mutex<Receiver<(u64, Job)>>>;
+
+fn worker(
+    rx: Jobs,
+    tx: std::sync::mpsc::SyncSender<Encoded>,
+    spare: std::sync::mpsc::SyncSender<Vec<u8>>,
+    enc: image_format::ChunkEncoder,
+    shared: Option<Arc<dyn crate::source::ConcurrentRead>>,
+) {
+    // This thread's read buffer, reused whenever the encoder gives it back.
+    let mut mine: Vec<u8> = Vec::new();
     loop {
         let job = match rx.lock() {
             Ok(guard) => guard.recv(),
             Err(_) => return,
         };
-        let Ok((index, buf)) = job else { return };
-        let out = match buf {
-            Some(buf) => enc.encode_owned(index, buf).map(Some),
-            None => Ok(None),
+        let Ok((index, job)) = job else { return };
+        let out = match job {
+            Job::Data(buf) => enc
+                .encode_owned(index, buf)
+                .map(|(chunk, back)| {
+                    if let Some(b) = back {
+                        // Full means the reader has enough: drop this one.
+                        let _ = spare.try_send(b);
+                    }
+                    Some(chunk)
+                })
+                .map_err(anyhow::Error::from),
+            Job::Read { offset, len } => {
+                let mut buf = std::mem::take(&mut mine);
+                // Overwritten whole by the read: a reused buffer is not zeroed.
+                buf.resize(len, 0);
+                match shared.as_ref() {
+                    Some(src) => src.read_exact_at(offset, &mut buf).and_then(|()| {
+                        let (chunk, back) = enc.encode_owned(index, buf)?;
+                        mine = back.unwrap_or_default();
+                        Ok(Some(chunk))
+                    }),
+                    None => Err(anyhow::anyhow!("no concurrent reader for chunk {index}")),
+                }
+            }
+            Job::Hole => enc
+                .encode_zero(index)
+                .map(Some)
+                .map_err(anyhow::Error::from),
+            Job::Unchanged => Ok(None),
         };
         if tx.send((index, out)).is_err() {
             return;

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -30,6 +31,18 @@ pub trait Source: Send {
     }
     /// Human description for messages.
     fn describe(&self) -> String;
+    /// A handle several threads can read through at once, if the source
+    /// allows it (files and block devices: positional reads). Capture then
+    /// reads on every encoder thread instead of one reader thread.
+    fn concurrent(&self) -> Option<Arc<dyn ConcurrentRead>> {
+        None
+    }
+}
+
+/// Positional reads from many threads at once.
+pub trait ConcurrentRead: Send + Sync {
+    /// As [`Source::read_exact_at`].
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()>;
 }
 
 /// Open `--source`.
@@ -42,6 +55,11 @@ pub fn open(spec: &str) -> anyhow::Result<Box<dyn Source>> {
 
 /// A regular file or block device.
 pub struct FileSource {
+    inner: Arc<OpenFile>,
+}
+
+/// The open file behind a [`FileSource`], shared by the reading threads.
+struct OpenFile {
     path: PathBuf,
     file: File,
     len: u64,
@@ -55,38 +73,14 @@ impl FileSource {
         let len = file
             .seek(SeekFrom::End(0))
             .with_context(|| format!("cannot find the size of source {}", path.display()))?;
-        Ok(FileSource { path, file, len })
+        Ok(FileSource {
+            inner: Arc::new(OpenFile { path, file, len }),
+        })
     }
 }
 
-/// Whether `file` has no data in `offset..offset + len` (a hole of a sparse
-/// file: it reads as zeros without being stored). Asks the file system with
-/// `SEEK_DATA`; where it cannot say (block devices, old file systems), the
-/// answer is "not a hole" and the caller reads the bytes as usual.
-pub fn range_is_hole(file: &File, offset: u64, len: u64) -> bool {
-    use std::os::fd::AsFd;
-    let Ok(at) = i64::try_from(offset) else {
-        return false;
-    };
-    match nix::unistd::lseek(file.as_fd(), at, nix::unistd::Whence::SeekData) {
-        Ok(next) => u64::try_from(next).is_ok_and(|n| n >= offset.saturating_add(len)),
-        // No data at or after `offset`: the rest of the file is a hole.
-        Err(nix::errno::Errno::ENXIO) => true,
-        Err(_) => false,
-    }
-}
-
-impl Source for FileSource {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn is_hole(&mut self, offset: u64, len: u64) -> anyhow::Result<bool> {
-        // Past the end is not a hole: reading there must report the shrink.
-        Ok(offset.saturating_add(len) <= self.len && range_is_hole(&self.file, offset, len))
-    }
-
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+impl ConcurrentRead for OpenFile {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
@@ -106,9 +100,52 @@ impl Source for FileSource {
         }
         Ok(())
     }
+}
+
+/// Whether `file` has no data in `offset..offset + len` (a hole of a sparse
+/// file: it reads as zeros without being stored). Asks the file system with
+/// `SEEK_DATA`; where it cannot say (block devices, old file systems), the
+/// answer is "not a hole" and the caller reads the bytes as usual.
+pub fn range_is_hole(file: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(at) = i64::try_from(offset) else {
+        return false;
+    };
+    // Past the current end is no hole: the file shrank, and reading there
+    // must say so instead of storing zeros.
+    let end = offset.saturating_add(len);
+    if file.metadata().map_or(true, |m| m.len() < end) {
+        return false;
+    }
+    match nix::unistd::lseek(file.as_fd(), at, nix::unistd::Whence::SeekData) {
+        Ok(next) => u64::try_from(next).is_ok_and(|n| n >= end),
+        // No data at or after `offset`: the rest of the file is a hole.
+        Err(nix::errno::Errno::ENXIO) => true,
+        Err(_) => false,
+    }
+}
+
+impl Source for FileSource {
+    fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    fn is_hole(&mut self, offset: u64, len: u64) -> anyhow::Result<bool> {
+        // Past the end is not a hole: reading there must report the shrink.
+        Ok(offset.saturating_add(len) <= self.inner.len
+            && range_is_hole(&self.inner.file, offset, len))
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+        self.inner.read_exact_at(offset, buf)
+    }
 
     fn describe(&self) -> String {
-        self.path.display().to_string()
+        self.inner.path.display().to_string()
+    }
+
+    fn concurrent(&self) -> Option<Arc<dyn ConcurrentRead>> {
+        Some(self.inner.clone())
     }
 }
 
@@ -153,5 +190,16 @@ mod tests {
         );
         assert!(s.is_hole(6 << 20, 2 << 20).unwrap(), "hole up to the end");
         assert!(!s.is_hole(7 << 20, 2 << 20).unwrap(), "past the end");
+        // Shrunk below the range: not a hole, so the read reports the shrink.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("sparse.raw"))
+            .unwrap()
+            .set_len(5 << 20)
+            .unwrap();
+        assert!(!s.is_hole(6 << 20, 1 << 20).unwrap(), "shrunk file");
+        let mut buf = vec![0u8; 1 << 20];
+        let err = s.read_exact_at(6 << 20, &mut buf).unwrap_err();
+        assert!(err.to_string().contains("shrank"), "{err}");
     }
 }
