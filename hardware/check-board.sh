@@ -10,6 +10,13 @@
 # That catches API mismatches with embassy-stm32 and with the firmware core's
 # traits; it does not link or run anything for the chip.
 #
+#
+# First, the same way firmware/check-no-std.sh proves the core is no_std:
+# mgear-hardware without features is a `#![no_std]` crate, so checking it
+# on the host proves the modules the board links (flash_store, msc, fat
+# with its lamfat FAT32 engine) need no std, and no dependency it links
+# may have its `std` feature switched on.
+#
 # Usage: hardware/check-board.sh   (uses $CARGO_TARGET_DIR or target/)
 set -euo pipefail
 
@@ -17,6 +24,17 @@ HW=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HW")
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 CRATE="$TARGET_DIR/board-check"
+
+(
+    cd "$REPO"
+    CARGO_TARGET_DIR="$TARGET_DIR" cargo check --quiet -p mgear-hardware --lib
+    tree=$(cargo tree -p mgear-hardware -e normal,features --prefix none)
+    if grep -E 'feature "(std|use-std)"' <<<"$tree"; then
+        echo "FAIL: a dependency of mgear-hardware enables std in the board build (above)" >&2
+        exit 1
+    fi
+)
+echo "mgear-hardware (flash_store, msc, fat) builds without std"
 
 mkdir -p "$CRATE/src"
 # Same resolution as the workspace where the packages overlap.
@@ -34,6 +52,8 @@ publish = false
 
 [dependencies]
 mgear-firmware = { path = "$REPO/firmware/core", features = ["std"] }
+mgear-image-format = { path = "$REPO/image-format", default-features = false }
+lamfat = { version = "0.4.3", default-features = false, features = ["alloc", "lfn"] }
 embedded-storage = "0.3"
 crc = "3"
 embassy-stm32 = { version = "0.6", features = ["stm32u5a5zj", "time-driver-any", "exti", "rt"] }
@@ -61,6 +81,8 @@ pub mod flash_store;
 pub mod calendar;
 #[path = "$HW/src/msc.rs"]
 pub mod msc;
+#[path = "$HW/src/fat.rs"]
+pub mod fat;
 #[path = "$HW/src/board/mod.rs"]
 pub mod board;
 #[path = "board_bin.rs"]

@@ -6,6 +6,8 @@
 //! - [`flash_store`] (always built, `no_std`): the secret store and custody
 //!   log storage over NOR flash, used by the board and tested on the host.
 //! - [`calendar`]: RTC calendar fields to Unix time, for the board's clock.
+//! - [`fat`] (always built, `no_std`): the medium's FAT32 file system over
+//!   any block device, as `image_format::Store`: the board's `with_files`.
 //! - [`msc`] (always built, `no_std`): USB mass storage (Bulk-Only
 //!   Transport + SCSI) over the core's block service, for the board.
 //! - `board` (feature `board-u5a5`, only for `target_os = "none"`): the
@@ -32,6 +34,7 @@ compile_error!(
 );
 
 pub mod calendar;
+pub mod fat;
 pub mod flash_store;
 pub mod msc;
 

@@ -1,7 +1,9 @@
 //! The reference board's code (compiled only for `target_os = "none"`) is
 //! type-checked and linted on the host against the real embassy-stm32 APIs
 //! for the STM32U5A5 and the firmware core's traits, via
-//! hardware/check-board.sh. A cold run compiles the embassy crates (minutes).
+//! hardware/check-board.sh, which first checks that mgear-hardware's board
+//! modules (FAT32 included) build without std. A cold run compiles the
+//! embassy crates (minutes).
 
 use std::path::Path;
 use std::process::Command;
@@ -28,6 +30,10 @@ fn board_code_type_checks_against_embassy_and_the_core_traits() {
     );
     assert!(
         stdout.contains("board code type-checks on the host"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mgear-hardware (flash_store, msc, fat) builds without std"),
         "{stdout}"
     );
 }

@@ -154,8 +154,9 @@ const LOG_PAGE_BYTES: usize = 2 * MAX_REQUEST_LEN;
 /// Most regions in an attestation: the region size doubles until the
 /// medium fits, so attestations of large media stay a few hundred KiB.
 const MAX_REGIONS: u64 = 4096;
-/// Raw medium I/O unit for hashing and overwriting.
-const IO_CHUNK: usize = 64 * 1024;
+/// Cap on the raw medium I/O unit for hashing and overwriting (board RAM);
+/// below it the unit is the medium's `BlockDevice::max_transfer`.
+const IO_CHUNK_MAX: usize = 1024 * 1024;
 
 const HELP: &str = "\
 MotionGear appliance console. Commands:\r\n\
@@ -317,6 +318,10 @@ impl<P: Platform> Appliance<P> {
                 // Back-off counts from power-up, so rebooting does not skip it.
                 app.last_failure_ms = Some(now);
             }
+        }
+        if matches!(app.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived) {
+            // Device write protection may be power-on only: engage it again.
+            app.hardware_write_protect(true);
         }
         info!("appliance up");
         app.update_led();
@@ -896,7 +901,7 @@ impl<P: Platform> Appliance<P> {
         let total = self.medium_bytes();
         let bs = self.p.medium().block_size().max(1);
         let region = self.region_size();
-        let chunk = (IO_CHUNK / bs).max(1) * bs;
+        let chunk = self.io_chunk();
         let mut buf = alloc::vec![0u8; chunk];
         let count = total.div_ceil(region);
         let mut out = Vec::with_capacity(count as usize);
@@ -993,6 +998,7 @@ impl<P: Platform> Appliance<P> {
         self.st.lifecycle = Lifecycle::Sealed;
         self.unlocked = false;
         self.save()?;
+        self.hardware_write_protect(true);
         let digest = att.digest();
         self.record(Event::Seal {
             counter: att.body.counter,
@@ -1096,6 +1102,8 @@ impl<P: Platform> Appliance<P> {
         rand_core::RngCore::fill_bytes(self.p.rng(), &mut noise);
         let mut slots = 0u64;
         let reply = self.reply;
+        // A sealed medium may be hardware write-protected: the erase writes it.
+        self.hardware_write_protect(false);
         let res = self.p.with_files(&mut |store, console| {
             let paths = key_slot_files(store)?;
             for (i, (path, len)) in paths.iter().enumerate() {
@@ -1142,7 +1150,7 @@ impl<P: Platform> Appliance<P> {
     fn overwrite_medium(&mut self) -> Result<(), Error> {
         let bs = self.p.medium().block_size().max(1);
         let blocks = self.p.medium().block_count();
-        let per = ((IO_CHUNK / bs).max(1)) as u64;
+        let per = (self.io_chunk() / bs) as u64;
         let zeros = alloc::vec![0u8; per as usize * bs];
         let mut lba = 0;
         let mut step = 0u64;
@@ -1169,6 +1177,25 @@ impl<P: Platform> Appliance<P> {
     }
 
     // ----- helpers -------------------------------------------------------
+
+    /// Raw medium I/O unit: the device's preferred transfer, whole blocks.
+    fn io_chunk(&mut self) -> usize {
+        let m = self.p.medium();
+        let bs = m.block_size().max(1);
+        (m.max_transfer().min(IO_CHUNK_MAX) / bs).max(1) * bs
+    }
+
+    /// Engage or release the medium's hardware write protection, if it has
+    /// any. Only defence in depth: the block service refuses writes while
+    /// sealed whatever this does, so a failure is logged, not fatal.
+    fn hardware_write_protect(&mut self, on: bool) {
+        match self.p.medium().set_write_protect(on) {
+            Ok(true) if on => info!("medium hardware write protection engaged"),
+            Ok(true) => info!("medium hardware write protection released"),
+            Ok(false) => {}
+            Err(_) => warn!("medium hardware write protection could not be changed"),
+        }
+    }
 
     fn record(&mut self, event: Event) -> Result<u64, Error> {
         let Some(key) = self.key.as_ref() else {

@@ -60,7 +60,36 @@ pub trait BlockDevice {
     fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<(), HwError>;
     /// Make every completed write durable.
     fn flush(&mut self) -> Result<(), HwError>;
+
+    /// Largest transfer, in bytes, worth passing to one
+    /// [`read_blocks`](Self::read_blocks) / [`write_blocks`](Self::write_blocks)
+    /// call: the core and the board's file layer size their buffers by it
+    /// (rounded down to whole blocks, at least one block). Larger calls must
+    /// still work; this is a hint, not a limit.
+    fn max_transfer(&self) -> usize {
+        DEFAULT_MAX_TRANSFER
+    }
+
+    /// Engage (`on`) or release hardware write protection of the medium,
+    /// below the block service's own refusal: eMMC write-protect groups,
+    /// NVMe namespace write protection, a bridge's write gate.
+    ///
+    /// Returns `Ok(true)` if the device now honours the request (while
+    /// engaged, [`write_blocks`](Self::write_blocks) fails with
+    /// [`HwError::WriteProtected`]), `Ok(false)` if it has no such feature
+    /// (the default). Protection may be power-on only (cleared by a power
+    /// cycle): the core engages it again at power-up while sealed, and
+    /// releases it before it writes the medium itself (crypto-erase).
+    fn set_write_protect(&mut self, on: bool) -> Result<bool, HwError> {
+        let _ = on;
+        Ok(false)
+    }
 }
+
+/// [`BlockDevice::max_transfer`] of devices that do not say: 64 KiB, the
+/// size at which USB mass storage and SD multi-block commands reach most of
+/// their throughput (hardware/THROUGHPUT.md).
+pub const DEFAULT_MAX_TRANSFER: usize = 64 * 1024;
 
 /// Fixed slots of the secret store (on-chip flash / secure element on the
 /// board, files in the simulator's state directory). Values are opaque

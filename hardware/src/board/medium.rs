@@ -126,4 +126,16 @@ impl BlockDevice for SdCard {
     fn flush(&mut self) -> Result<(), HwError> {
         Ok(())
     }
+
+    /// Not supported (`Ok(false)`): an SD card has no write protection this
+    /// firmware can use. The CSD's PERM_WRITE_PROTECT is irreversible (the
+    /// card could never carry another capture), TMP_WRITE_PROTECT needs
+    /// CMD27 (PROGRAM_CSD), which embassy-stm32's SDMMC driver does not
+    /// issue, and the socket's write-protect tab exists only on full-size
+    /// cards and binds nobody. The card is reachable only through the MCU,
+    /// whose block service refuses writes while sealed; eMMC (rev B) brings
+    /// power-on write-protect groups (CMD28) for this method.
+    fn set_write_protect(&mut self, _on: bool) -> Result<bool, HwError> {
+        Ok(false)
+    }
 }

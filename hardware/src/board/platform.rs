@@ -24,6 +24,7 @@ use super::console::{usb_task, UsbConsole};
 use super::medium::{SdCard, STAGE_BLOCKS};
 use super::memmap;
 use super::panel::Panel;
+use crate::fat::FatFiles;
 use crate::flash_store::{FlashLog, FlashSecrets, Region};
 
 bind_interrupts!(pub struct Irqs {
@@ -169,14 +170,13 @@ impl Platform for BoardPlatform {
         &mut self.panel
     }
 
-    /// Needs a `no_std` FAT32 implementation with long names and rename
-    /// (`fatfs` needs std on stable; `embedded-sdmmc` writes 8.3 names only
-    /// and cannot rename). Until one is added, verify/seal/arrival/erase of
-    /// key slots report this error on the board.
-    fn with_files(&mut self, _f: &mut FilesFn<'_, UsbConsole>) -> Result<(), StoreError> {
-        Err(StoreError::Io(String::from(
-            "the board firmware (rev A) has no FAT32 driver yet: files on the medium cannot be read",
-        )))
+    /// The SD card's FAT32 volume through [`FatFiles`], mounted afresh for
+    /// each call so it sees what the host last wrote over USB.
+    fn with_files(&mut self, f: &mut FilesFn<'_, UsbConsole>) -> Result<(), StoreError> {
+        let mut files = FatFiles::mount(&mut self.medium)?;
+        let result = f(&mut files, &mut self.console);
+        let unmounted = files.unmount();
+        result.and(unmounted)
     }
 
     fn medium_locator(&self) -> String {

@@ -1,6 +1,12 @@
 //! The simulated medium: a raw image file standing in for the board's SD
 //! card behind USB mass storage. Block-addressed like the real device so the
 //! firmware core cannot tell the difference.
+//!
+//! It also stands in for a medium with hardware write protection (an eMMC's
+//! power-on write-protect groups): [`BlockDevice::set_write_protect`] makes
+//! every later block write fail with [`HwError::WriteProtected`] until it is
+//! released or the simulator restarts (a power cycle), so the core's seal,
+//! boot and erase paths that drive it are exercised end to end.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -15,6 +21,7 @@ pub const BLOCK_SIZE: usize = 512;
 pub struct FileMedium {
     file: File,
     blocks: u64,
+    write_protected: bool,
 }
 
 impl FileMedium {
@@ -40,6 +47,7 @@ impl FileMedium {
         Ok(FileMedium {
             file,
             blocks: len / BLOCK_SIZE as u64,
+            write_protected: false,
         })
     }
 
@@ -75,6 +83,9 @@ impl BlockDevice for FileMedium {
 
     fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<(), HwError> {
         let off = self.range(lba, data.len())?;
+        if self.write_protected {
+            return Err(HwError::WriteProtected);
+        }
         self.file
             .write_all_at(data, off)
             .map_err(|e| HwError::Io(format!("medium write at byte {off}: {e}")))
@@ -84,6 +95,11 @@ impl BlockDevice for FileMedium {
         self.file
             .sync_data()
             .map_err(|e| HwError::Io(format!("medium flush: {e}")))
+    }
+
+    fn set_write_protect(&mut self, on: bool) -> Result<bool, HwError> {
+        self.write_protected = on;
+        Ok(true)
     }
 }
 
@@ -108,6 +124,21 @@ mod tests {
         assert_eq!(m.write_blocks(7, &data), Err(HwError::OutOfRange));
         assert_eq!(m.read_blocks(u64::MAX, &mut back), Err(HwError::OutOfRange));
         assert!(m.read_blocks(0, &mut [0u8; 100]).is_err());
+
+        // Write protection refuses writes (the image keeps its bytes) but
+        // not reads, and lifts when released.
+        assert_eq!(m.set_write_protect(true), Ok(true));
+        assert_eq!(
+            m.write_blocks(6, &vec![0xeeu8; 2 * BLOCK_SIZE]),
+            Err(HwError::WriteProtected)
+        );
+        m.read_blocks(6, &mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(std::fs::read(&p).unwrap()[6 * BLOCK_SIZE..], data[..]);
+        assert_eq!(m.set_write_protect(false), Ok(true));
+        m.write_blocks(6, &vec![0xeeu8; 2 * BLOCK_SIZE]).unwrap();
+        m.read_blocks(6, &mut back).unwrap();
+        assert_eq!(back, vec![0xeeu8; 2 * BLOCK_SIZE]);
 
         std::fs::write(&p, vec![0u8; 1000]).unwrap();
         assert!(FileMedium::open(&p).is_err());
