@@ -15,6 +15,9 @@ demo_pkgs=(qemu-system-x86 qemu-utils busybox-static linux-image-amd64 grub-pc-b
 # The test suite also talks to real NBD peers and lints flash.sh.
 test_pkgs=("${demo_pkgs[@]}" nbdkit libnbd-bin shellcheck mtools ovmf age
     libvirt-daemon-system libvirt-clients)
+# Driver adaptation (`ingest --adapt` runs virt-v2v-in-place; virt-v2v also
+# needs nbdkit, listed above) and its Debian test fixture (debootstrap).
+test_pkgs+=(virt-v2v debootstrap)
 
 if [[ "$mode" == demo ]]; then pkgs=("${demo_pkgs[@]}"); else pkgs=("${test_pkgs[@]}"); fi
 

@@ -482,6 +482,19 @@ mod tests {
         assert!(c.open([0; 12], b"other aad", &ct).is_none());
     }
 
+    /// 64 KiB of incompressible bytes (xorshift32 from `seed`).
+    fn noise(seed: u32) -> Vec<u8> {
+        let mut x = seed;
+        (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn owned_buffers_come_back_unless_kept() {
         let e = enc(true);
@@ -503,15 +516,7 @@ mod tests {
             c.payload_len() < 65536 && back.is_some(),
             "compressed: input comes back"
         );
-        let mut x = 1u32;
-        let noise: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let noise = noise(1);
         let (c, back) = e.encode_owned(2, noise.clone()).unwrap();
         assert!(
             back.is_none(),
@@ -578,15 +583,7 @@ mod tests {
             }
         ));
         assert!(c.payload_len() < 65536);
-        let mut x = 0x1234_5678u32;
-        let noise: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let noise = noise(0x1234_5678);
         let n = e.encode(1, &noise).unwrap();
         assert!(matches!(
             n.body,

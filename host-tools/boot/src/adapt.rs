@@ -1,20 +1,40 @@
 //! Driver adaptation: make a migrated volume bootable on the target's virtual
 //! hardware (virtio drivers in the initramfs or Windows registry, fstab, bootloader).
 //!
-//! This is `virt-v2v-in-place`'s job and we do not re-implement it: [`adapt`]
-//! runs it on the volume under TCG (libguestfs' appliance must not use KVM
-//! here) and reports its output. The MotionGear sample disk is a busybox
-//! system that virt-v2v does not recognise as a distribution, so adapting it is
-//! refused with a clear message rather than pretending.
+//! This is `virt-v2v-in-place`'s job (Debian package `virt-v2v`) and we do not
+//! re-implement it: [`adapt`] runs `virt-v2v-in-place -i disk -if FMT VOLUME`
+//! with libguestfs' `direct` backend (no libvirt daemon needed) under TCG
+//! (`LIBGUESTFS_BACKEND_SETTINGS=force_tcg`: never KVM here), and reports its
+//! output. For a Debian-family guest virt-v2v appends the virtio modules to
+//! `/etc/initramfs-tools/modules` and runs `update-initramfs -u` inside its
+//! appliance, which works whatever `MODULES=` the guest's initramfs-tools uses;
+//! it also rewrites device names in fstab and the GRUB configuration.
+//!
+//! For raw volumes the result is checked rather than trusted: the newest
+//! kernel's initramfs is read before and after (see [`crate::inspect`]), and an
+//! adaptation after which it still lacks virtio is an error.
+//!
+//! The MotionGear sample disk is a busybox system that virt-v2v does not
+//! recognise as a distribution, so adapting it is refused with a clear message
+//! rather than pretending.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::inspect::inspect_path;
-use crate::sample::find_tool;
+use crate::inspect::{inspect_path, DriverPresence, FsType};
 use crate::{BootError, Result};
+
+/// The program that adapts a volume in place.
+pub const TOOL: &str = "virt-v2v-in-place";
+/// The Debian package that provides [`TOOL`].
+pub const PACKAGE: &str = "virt-v2v";
+
+/// Lines of virt-v2v's output kept in an error message.
+const ERROR_TAIL_LINES: usize = 25;
 
 /// Result of a successful adaptation.
 #[derive(Debug, Clone, Serialize)]
@@ -25,16 +45,43 @@ pub struct AdaptReport {
     pub command: Vec<String>,
     /// Its combined output.
     pub output: String,
+    /// How long it ran.
+    pub seconds: f64,
+    /// virtio in the newest kernel's boot path before (raw Linux volumes only).
+    pub virtio_before: Option<DriverPresence>,
+    /// ... and after the adaptation.
+    pub virtio_after: Option<DriverPresence>,
+}
+
+/// Where `virt-v2v-in-place` is, looked up in `PATH` (it needs the rest of
+/// libguestfs' tools from there too); [`BootError::MissingTool`] naming the
+/// Debian package otherwise. Callers use it to fail before long work.
+pub fn find_adapter() -> Result<PathBuf> {
+    find_in(std::env::var_os("PATH"))
+}
+
+fn find_in(path: Option<OsString>) -> Result<PathBuf> {
+    path.iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(TOOL))
+        .find(|p| p.is_file())
+        .ok_or_else(|| BootError::MissingTool {
+            tool: TOOL.into(),
+            package: PACKAGE.into(),
+        })
 }
 
 /// Adapt the volume at `volume` (image format `format`: "raw" or "qcow2") in place.
+///
+/// Runs under TCG: expect minutes, most of them in the guest's own
+/// `update-initramfs` (Linux) inside libguestfs' appliance.
 pub fn adapt(volume: &Path, format: &str) -> Result<AdaptReport> {
     if format != "raw" && format != "qcow2" {
         return Err(BootError::Usage(format!(
             "cannot adapt a {format:?} volume: use raw or qcow2"
         )));
     }
-    if format == "raw" {
+    let virtio_before = if format == "raw" {
         let facts = inspect_path(volume)?;
         let sample = facts
             .linux
@@ -49,19 +96,32 @@ pub fn adapt(volume: &Path, format: &str) -> Result<AdaptReport> {
                     .into(),
             ));
         }
-    }
-    let tool = find_tool("virt-v2v-in-place", "virt-v2v")?;
-    let mut cmd = Command::new(&tool);
-    cmd.args(["-i", "disk", "-if", format])
-        .arg(volume)
-        .env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
+        let no_fs = matches!(facts.whole_disk_fs, None | Some(FsType::Unknown));
+        if facts.partitions.is_empty() && no_fs {
+            return Err(BootError::Unsupported(format!(
+                "{} has no partition table and no filesystem: there is no operating system to adapt",
+                volume.display()
+            )));
+        }
+        facts.linux.map(|l| l.virtio)
+    } else {
+        None
+    };
+    let tool = find_adapter()?;
+    let args = ["-i", "disk", "-if", format];
     let command = std::iter::once(tool.display().to_string())
-        .chain(["-i", "disk", "-if", format].map(String::from))
+        .chain(args.map(String::from))
         .chain(std::iter::once(volume.display().to_string()))
         .collect();
-    let out = cmd
+    let started = Instant::now();
+    let out = Command::new(&tool)
+        .args(args)
+        .arg(volume)
+        .env("LIBGUESTFS_BACKEND", "direct")
+        .env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
         .output()
-        .map_err(|e| BootError::io("running virt-v2v-in-place", e))?;
+        .map_err(|e| BootError::io(format!("running {}", tool.display()), e))?;
+    let seconds = started.elapsed().as_secs_f64();
     let output = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -69,15 +129,45 @@ pub fn adapt(volume: &Path, format: &str) -> Result<AdaptReport> {
     );
     if !out.status.success() {
         return Err(BootError::ToolFailed {
-            tool: "virt-v2v-in-place".into(),
-            detail: format!("{}: {}", out.status, output.trim()),
+            tool: TOOL.into(),
+            detail: format!("{}:\n{}", out.status, tail(&output, ERROR_TAIL_LINES)),
+        });
+    }
+    let virtio_after = if format == "raw" {
+        inspect_path(volume)?.linux.map(|l| l.virtio)
+    } else {
+        None
+    };
+    // A module only on the root filesystem is too late for the root disk.
+    let unbootable = matches!(
+        virtio_after,
+        Some(DriverPresence::Missing | DriverPresence::RootFs)
+    );
+    if unbootable {
+        return Err(BootError::ToolFailed {
+            tool: TOOL.into(),
+            detail: format!(
+                "it reported success but the newest kernel's initramfs on {} still has no \
+                 virtio drivers, so the volume will not boot on virtio:\n{}",
+                volume.display(),
+                tail(&output, ERROR_TAIL_LINES)
+            ),
         });
     }
     Ok(AdaptReport {
-        tool: "virt-v2v-in-place".into(),
+        tool: TOOL.into(),
         command,
         output,
+        seconds,
+        virtio_before,
+        virtio_after,
     })
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]
@@ -100,19 +190,40 @@ mod tests {
     }
 
     #[test]
-    fn other_disks_go_to_virt_v2v_or_say_what_to_install() {
+    fn refuses_a_disk_without_an_os_and_unknown_formats() {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("zeros.raw");
         std::fs::File::create(&disk)
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
-        match adapt(&disk, "raw").unwrap_err() {
-            BootError::MissingTool { package, .. } => assert_eq!(package, "virt-v2v"),
-            // Installed: it runs and rejects a disk without an OS.
-            BootError::ToolFailed { tool, .. } => assert_eq!(tool, "virt-v2v-in-place"),
-            e => panic!("unexpected error {e}"),
-        }
+        let e = adapt(&disk, "raw").unwrap_err();
+        assert!(matches!(e, BootError::Unsupported(_)), "{e}");
+        assert!(e.to_string().contains("no operating system"), "{e}");
         assert!(matches!(adapt(&disk, "vmdk"), Err(BootError::Usage(_))));
+    }
+
+    #[test]
+    fn missing_tool_names_the_package_to_install() {
+        let empty = tempfile::tempdir().unwrap();
+        let e = find_in(Some(empty.path().as_os_str().to_owned())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "virt-v2v-in-place not found: install it with `apt-get install virt-v2v`"
+        );
+        assert!(find_in(None).is_err());
+
+        // Found where PATH says, not elsewhere.
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::write(bin.path().join(TOOL), "").unwrap();
+        let path = std::env::join_paths([empty.path(), bin.path()]).unwrap();
+        assert_eq!(find_in(Some(path)).unwrap(), bin.path().join(TOOL));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+        assert_eq!(tail("", 5), "");
     }
 }

@@ -371,10 +371,15 @@ impl State {
 
 /// Run `mgear ingest`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    // A bad --boot-bus must be reported before a long ingest, not after it.
+    let bus = args
+        .boot_bus
+        .parse::<mgear_boot::Bus>()
+        .map_err(boot_cmd::lib_err)?;
     let mut r = ingest(&args)?;
     let mut code = OK;
     if args.boot {
-        code = boot_volume(&args, &mut r)?;
+        code = boot_volume(&args, bus, &mut r)?;
     }
     if args.json {
         progress::print_json(&r)?;
@@ -431,7 +436,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 /// `--boot`: boot what was just ingested; 0 booted, 1 not.
-fn boot_volume(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
+fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> anyhow::Result<i32> {
     let resolved = boot_cmd::resolve(&args.target)?;
     let report_path = match &resolved {
         Resolved::Libvirt(v) => state_dir(args.state_dir.clone())?
@@ -443,10 +448,7 @@ fn boot_volume(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
         std::time::Duration::from_secs(args.timeout),
         true,
     );
-    opts.bus = args
-        .boot_bus
-        .parse::<mgear_boot::Bus>()
-        .map_err(boot_cmd::lib_err)?;
+    opts.bus = bus;
     let report = boot_cmd::boot_resolved(&resolved, &opts)?;
     let saved = report.write_json(&report_path);
     r.booted = Some(report.booted());
