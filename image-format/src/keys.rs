@@ -189,6 +189,11 @@ impl ChunkIdKey {
         ChunkIdKey(hkdf32(capture_id, key.as_bytes(), &[LABEL_CHUNK_ID]))
     }
 
+    /// The key itself (a reader's subkey).
+    pub(crate) fn from_subkey(k: &[u8; 32]) -> Self {
+        ChunkIdKey(Zeroizing::new(*k))
+    }
+
     /// Keyed id of `plaintext`.
     pub fn id(&self, plaintext: &[u8]) -> [u8; 32] {
         crate::encode::chunk_id(&self.0, plaintext)

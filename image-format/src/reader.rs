@@ -222,6 +222,13 @@ impl<S: Store> CaptureReader<S> {
         self.manifest.disk_digest
     }
 
+    /// The capture's chunk-id key: the index's chunk ids are this key's
+    /// ids of the chunks' plaintext, so a copy of the disk can be checked
+    /// against the (MAC'd) index without keeping hashes of its own.
+    pub fn chunk_id_key(&self) -> crate::ChunkIdKey {
+        crate::ChunkIdKey::from_subkey(&self.keys.chunk_id)
+    }
+
     /// Gives the store back.
     pub fn into_store(self) -> S {
         self.store

@@ -50,14 +50,16 @@
 //! # State file layout (`<state-dir>/<target>.ingest`, little-endian)
 //!
 //! ```text
-//! 0   8  magic "MGINGST1"
+//! 0   8  magic "MGINGST2"
 //! 8   32 manifest root hash of the generation being ingested (blake3, FORMAT.md)
 //! 40  8  disk size in bytes
 //! 48  4  chunk size in bytes
 //! 52  4  generation
 //! 56  8  reserved (0)
-//! 64  .. one 32-byte blake3 hash per finished chunk, in write order
-//!        (chunks 1, 2, ..., n-1, then 0), of the plaintext written
+//! 64  .. one 32-byte keyed chunk id per finished chunk, in write order
+//!        (chunks 1, 2, ..., n-1, then 0): the index's id of the plaintext
+//!        written (blake3 keyed with the capture's chunk-id key), which the
+//!        reader checked when it authenticated the chunk
 //! ```
 //!
 //! Hashes are appended only after the target data they describe was synced,
@@ -83,7 +85,7 @@ use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 use crate::progress::{self, Progress};
 use crate::units::human_bytes;
 
-const STATE_MAGIC: &[u8; 8] = b"MGINGST1";
+const STATE_MAGIC: &[u8; 8] = b"MGINGST2";
 const STATE_HEADER: u64 = 64;
 
 /// Arguments of `mgear ingest`.
@@ -636,7 +638,8 @@ fn write_volume<S: image_format::Store>(
     let mut batch_hashes = Vec::new();
     let mut batch_bytes = 0u64;
     let mut zero_buf = Vec::new();
-    let mut zeros_hashed = ZeroHashes::default();
+    let id_key = reader.chunk_id_key();
+    let mut zero_ids = ZeroIds::new(&id_key);
     let mut done_bytes = 0u64;
     for k in 0..state.done.min(count) {
         done_bytes += u64::from(image_format::layout::chunk_len(
@@ -671,7 +674,12 @@ fn write_volume<S: image_format::Store>(
         for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
             let len = image_format::layout::chunk_len(size, chunk, index) as usize;
             let offset = index * u64::from(chunk);
-            let hash = match data {
+            // The id the reader just checked this chunk's plaintext against.
+            let id = *reader
+                .entry(index)
+                .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
+                .chunk_id();
+            match data {
                 ChunkData::Zero { len } => {
                     zeros += 1;
                     let len = len as usize;
@@ -688,7 +696,6 @@ fn write_volume<S: image_format::Store>(
                             written += len as u64;
                         }
                     }
-                    zeros_hashed.get(len)
                 }
                 ChunkData::Data(data) => {
                     if data.len() != len {
@@ -704,10 +711,9 @@ fn write_volume<S: image_format::Store>(
                         )
                     })?;
                     written += len as u64;
-                    blake3::hash(&data)
                 }
-            };
-            batch_hashes.extend_from_slice(hash.as_bytes());
+            }
+            batch_hashes.extend_from_slice(&id);
             batch_bytes += len as u64;
             done_bytes += len as u64;
             bar.set(done_bytes);
@@ -724,27 +730,30 @@ fn write_volume<S: image_format::Store>(
     state.append(&batch_hashes)?;
     bar.finish();
 
-    // Read everything back and compare with the hashes of authenticated data.
+    // Read everything back and compare with the ids of authenticated data,
+    // a batch at a time, hashed on every core.
     let check = Progress::new("re-read", size, args.json);
     let mut hashes = BufReader::new(File::open(&state.path)?);
     hashes.seek(SeekFrom::Start(STATE_HEADER))?;
-    let mut buf = vec![0u8; chunk as usize];
     let mut checked = 0u64;
-    for k in 0..count {
-        let index = chunk_at(k, count);
-        let len = image_format::layout::chunk_len(size, chunk, index) as usize;
-        let mut want = [0u8; 32];
-        hashes.read_exact(&mut want)?;
-        let offset = index * u64::from(chunk);
-        // A hole of the (sparse) target reads as zeros by the file system's
-        // guarantee: compare without reading and hashing a MiB of zeros.
-        let got = if crate::source::range_is_hole(&vol, offset, len as u64) {
-            zeros_hashed.get(len)
-        } else {
-            vol.read_exact_at(&mut buf[..len], offset)?;
-            blake3::hash(&buf[..len])
-        };
-        if got.as_bytes() != &want {
+    let per_batch = ((64u64 << 20) / u64::from(chunk)).max(threads as u64);
+    let mut k = 0;
+    while k < count {
+        let mut batch = Vec::new();
+        while k < count && (batch.len() as u64) < per_batch {
+            let index = chunk_at(k, count);
+            let len = image_format::layout::chunk_len(size, chunk, index) as usize;
+            let mut want = [0u8; 32];
+            hashes.read_exact(&mut want)?;
+            // A hole of the (sparse) target reads as zeros by the file
+            // system's guarantee: compare without reading it.
+            let hole = crate::source::range_is_hole(&vol, index * u64::from(chunk), len as u64);
+            let zero = if hole { Some(zero_ids.get(len)) } else { None };
+            batch.push((index, len, want, zero));
+            k += 1;
+        }
+        let bad = first_mismatch(&vol, &id_key, u64::from(chunk), &batch, threads)?;
+        if let Some((index, len)) = bad {
             if is_dev {
                 // Do not leave something that might boot.
                 let first = image_format::layout::chunk_len(size, chunk, 0) as usize;
@@ -763,7 +772,7 @@ fn write_volume<S: image_format::Store>(
                 ),
             ));
         }
-        checked += len as u64;
+        checked += batch.iter().map(|b| b.1 as u64).sum::<u64>();
         check.set(checked);
     }
     check.finish();
@@ -827,20 +836,82 @@ fn write_volume<S: image_format::Store>(
     })
 }
 
-/// BLAKE3 of all-zero chunks, by length (a disk has at most two lengths:
+/// Keyed ids of all-zero chunks, by length (a disk has at most two lengths:
 /// the chunk size and its last chunk's).
-#[derive(Default)]
-struct ZeroHashes(Vec<(usize, blake3::Hash)>);
+struct ZeroIds<'a> {
+    key: &'a image_format::ChunkIdKey,
+    known: Vec<(usize, [u8; 32])>,
+}
 
-impl ZeroHashes {
-    fn get(&mut self, len: usize) -> blake3::Hash {
-        if let Some((_, h)) = self.0.iter().find(|(l, _)| *l == len) {
-            return *h;
+impl<'a> ZeroIds<'a> {
+    fn new(key: &'a image_format::ChunkIdKey) -> Self {
+        ZeroIds {
+            key,
+            known: Vec::new(),
         }
-        let h = blake3::hash(&vec![0u8; len]);
-        self.0.push((len, h));
-        h
     }
+
+    fn get(&mut self, len: usize) -> [u8; 32] {
+        if let Some((_, id)) = self.known.iter().find(|(l, _)| *l == len) {
+            return *id;
+        }
+        let id = self.key.id(&vec![0u8; len]);
+        self.known.push((len, id));
+        id
+    }
+}
+
+/// One chunk of the read-back: index, length, the id it must have, and the
+/// zero id if the target has a hole there (then it is not read).
+type Recheck = (u64, usize, [u8; 32], Option<[u8; 32]>);
+
+/// Reads `batch` back from `vol` on up to `threads` threads and returns the
+/// first chunk (index, length) whose keyed id is not the one authenticated.
+fn first_mismatch(
+    vol: &File,
+    key: &image_format::ChunkIdKey,
+    chunk: u64,
+    batch: &[Recheck],
+    threads: usize,
+) -> anyhow::Result<Option<(u64, usize)>> {
+    let check = |part: &[Recheck]| -> std::io::Result<Option<(u64, usize)>> {
+        let mut buf = Vec::new();
+        for &(index, len, want, zero) in part {
+            let got = match zero {
+                Some(z) => z,
+                None => {
+                    buf.resize(len, 0);
+                    vol.read_exact_at(&mut buf[..len], index * chunk)?;
+                    key.id(&buf[..len])
+                }
+            };
+            if got != want {
+                return Ok(Some((index, len)));
+            }
+        }
+        Ok(None)
+    };
+    let per = batch.len().div_ceil(threads.max(1)).max(1);
+    let results: Vec<std::io::Result<Option<(u64, usize)>>> = std::thread::scope(|scope| {
+        let check = &check;
+        let handles: Vec<_> = batch
+            .chunks(per)
+            .map(|p| scope.spawn(move || check(p)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("read-back thread panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        if let Some(bad) = r? {
+            return Ok(Some(bad));
+        }
+    }
+    Ok(None)
 }
 
 /// `--adapt`: run virt-v2v-in-place on the verified volume (for `libvirt:`
@@ -960,6 +1031,53 @@ fn sync_parent(p: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_back_names_the_first_chunk_that_differs() {
+        const C: usize = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vol.raw");
+        let mut disk = vec![0u8; 5 * C];
+        for (i, b) in disk.iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8;
+        }
+        disk[3 * C..4 * C].fill(0);
+        std::fs::write(&path, &disk).unwrap();
+        let key =
+            image_format::ChunkIdKey::derive(&image_format::DataKey::from_bytes([9; 32]), &[1; 16]);
+        let mut zeros = ZeroIds::new(&key);
+        let batch: Vec<Recheck> = (0..5u64)
+            .map(|i| {
+                let c = &disk[i as usize * C..(i as usize + 1) * C];
+                let zero = (i == 3).then(|| zeros.get(C));
+                (i, C, key.id(c), zero)
+            })
+            .collect();
+        let vol = File::open(&path).unwrap();
+        for threads in [1, 2, 3] {
+            assert_eq!(
+                first_mismatch(&vol, &key, C as u64, &batch, threads).unwrap(),
+                None
+            );
+        }
+        // One flipped byte in chunk 2, another in chunk 4: chunk 2 is named.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff], 2 * C as u64 + 5).unwrap();
+        f.write_all_at(&[0xff], 4 * C as u64 + 5).unwrap();
+        for threads in [1, 2, 3] {
+            assert_eq!(
+                first_mismatch(&vol, &key, C as u64, &batch, threads).unwrap(),
+                Some((2, C))
+            );
+        }
+        // A chunk that should hold data but reads as a hole is caught too.
+        let mut holey = batch.clone();
+        holey[1].3 = Some(zeros.get(C));
+        assert_eq!(
+            first_mismatch(&vol, &key, C as u64, &holey[..2], 2).unwrap(),
+            Some((1, C))
+        );
+    }
 
     #[test]
     fn order_puts_chunk_zero_last() {

@@ -1,14 +1,17 @@
-//! The keyed reader, full verifier and resume path on a patched medium.
+//! The key slot, keyed reader, full verifier and resume path on a patched medium.
 #![no_main]
 
 mod common;
 
-use image_format::{verify_full, CaptureParams, CaptureReader, CaptureWriter, NoProgress, Unlock};
+use image_format::{
+    unlock_data_key, verify_full, CaptureParams, CaptureReader, CaptureWriter, NoProgress, Unlock,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let f = common::fixture();
     let mut m = common::patched(data);
+    let _ = unlock_data_key(&mut m, "fz", &f.identity);
     if let Ok(mut r) = CaptureReader::open_with_key(&mut m, "fz", None, &f.key) {
         for i in 0..r.chunk_count() {
             let _ = r.read_chunk(i);
