@@ -659,75 +659,114 @@ fn write_volume<S: image_format::Store>(
         ((16u64 << 20) / u64::from(chunk)).max(threads as u64)
     };
     let mut next_k = state.done;
-    while next_k < count {
-        let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
-        next_k += ks.len() as u64;
-        let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();
-        if let Some(l) = limiter.as_mut() {
-            let bytes: u64 = indices
-                .iter()
-                .map(|&i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
-                .sum();
-            l.acquire(bytes);
-        }
-        let datas = reader.read_chunks(&indices, threads)?;
-        for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
-            let len = image_format::layout::chunk_len(size, chunk, index) as usize;
-            let offset = index * u64::from(chunk);
-            // The id the reader just checked this chunk's plaintext against.
-            let id = *reader
-                .entry(index)
-                .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
-                .chunk_id();
-            match data {
-                ChunkData::Zero { len } => {
-                    zeros += 1;
-                    let len = len as usize;
-                    if zero_buf.len() < len {
-                        zero_buf.resize(len, 0);
-                    }
-                    // File targets are sparse: nothing to write. A device is only
-                    // written where it does not already read as zeros.
-                    if is_dev {
-                        let mut cur = vec![0u8; len];
-                        vol.read_exact_at(&mut cur, offset)?;
-                        if cur.iter().any(|&b| b != 0) {
-                            vol.write_all_at(&zero_buf[..len], offset)?;
-                            written += len as u64;
+    let (vol_ref, state_ref) = (&vol, &mut state);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        // Syncs run beside the next batches' reads, decryption and writes: each
+        // message is "make the volume durable, then record these chunks done",
+        // so the state never claims a chunk before its bytes are on disk.
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+        scope.spawn(move || {
+            for hashes in sync_rx {
+                let r = vol_ref
+                    .sync_data()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| state_ref.append(&hashes));
+                let failed = r.is_err();
+                if ack_tx.send(r).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut in_flight = 0usize;
+        // Waits for every queued sync; the first failure is the error.
+        let settle = |in_flight: &mut usize| -> anyhow::Result<()> {
+            while *in_flight > 0 {
+                ack_rx
+                    .recv()
+                    .map_err(|_| anyhow::anyhow!("the volume sync thread stopped"))??;
+                *in_flight -= 1;
+            }
+            Ok(())
+        };
+        while next_k < count {
+            let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
+            next_k += ks.len() as u64;
+            let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();
+            if let Some(l) = limiter.as_mut() {
+                let bytes: u64 = indices
+                    .iter()
+                    .map(|&i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
+                    .sum();
+                l.acquire(bytes);
+            }
+            let datas = reader.read_chunks(&indices, threads)?;
+            for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
+                let len = image_format::layout::chunk_len(size, chunk, index) as usize;
+                let offset = index * u64::from(chunk);
+                if k + 1 == count {
+                    // Chunk 0 (the boot sector) goes last, once all else is durable.
+                    settle(&mut in_flight)?;
+                }
+                // The id the reader just checked this chunk's plaintext against.
+                let id = *reader
+                    .entry(index)
+                    .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
+                    .chunk_id();
+                match data {
+                    ChunkData::Zero { len } => {
+                        zeros += 1;
+                        let len = len as usize;
+                        if zero_buf.len() < len {
+                            zero_buf.resize(len, 0);
+                        }
+                        // File targets are sparse: nothing to write. A device is only
+                        // written where it does not already read as zeros.
+                        if is_dev {
+                            let mut cur = vec![0u8; len];
+                            vol.read_exact_at(&mut cur, offset)?;
+                            if cur.iter().any(|&b| b != 0) {
+                                vol.write_all_at(&zero_buf[..len], offset)?;
+                                written += len as u64;
+                            }
                         }
                     }
-                }
-                ChunkData::Data(data) => {
-                    if data.len() != len {
-                        bail!(
-                            "chunk {index} decoded to {} bytes, expected {len}",
-                            data.len()
-                        );
+                    ChunkData::Data(data) => {
+                        if data.len() != len {
+                            bail!(
+                                "chunk {index} decoded to {} bytes, expected {len}",
+                                data.len()
+                            );
+                        }
+                        vol.write_all_at(&data, offset).map_err(|e| {
+                            coded(
+                                IO,
+                                format!("writing {} at byte {offset}: {e}", work_path.display()),
+                            )
+                        })?;
+                        written += len as u64;
                     }
-                    vol.write_all_at(&data, offset).map_err(|e| {
-                        coded(
-                            IO,
-                            format!("writing {} at byte {offset}: {e}", work_path.display()),
-                        )
-                    })?;
-                    written += len as u64;
                 }
-            }
-            batch_hashes.extend_from_slice(&id);
-            batch_bytes += len as u64;
-            done_bytes += len as u64;
-            bar.set(done_bytes);
-            // Before chunk 0 (the last one) everything else must be durable.
-            if batch_bytes >= batch_limit || k + 2 >= count {
-                vol.sync_data()?;
-                state.append(&batch_hashes)?;
-                batch_hashes.clear();
-                batch_bytes = 0;
+                batch_hashes.extend_from_slice(&id);
+                batch_bytes += len as u64;
+                done_bytes += len as u64;
+                bar.set(done_bytes);
+                if batch_bytes >= batch_limit || k + 2 >= count {
+                    if sync_tx.send(std::mem::take(&mut batch_hashes)).is_err() {
+                        in_flight += 1; // the thread stopped on an error: report it
+                        settle(&mut in_flight)?;
+                    }
+                    in_flight += 1;
+                    batch_bytes = 0;
+                }
             }
         }
-    }
-    vol.sync_data()?;
-    state.append(&batch_hashes)?;
+        if sync_tx.send(std::mem::take(&mut batch_hashes)).is_ok() {
+            in_flight += 1;
+        }
+        drop(sync_tx);
+        settle(&mut in_flight)
+    })?;
     bar.finish();
 
     // Read everything back and compare with the ids of authenticated data,
