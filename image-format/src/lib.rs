@@ -12,6 +12,8 @@ extern crate alloc;
 pub mod error;
 pub mod layout;
 mod medium;
+#[cfg(feature = "std")]
+pub mod parallel;
 pub mod store;
 pub mod verify;
 

@@ -359,29 +359,9 @@ impl<S: Store> CaptureReader<S> {
                 }
             }
         };
-        let threads = threads.clamp(1, got.len().max(1));
-        if threads == 1 {
-            return got.iter().map(open).collect();
-        }
-        let per = got.len().div_ceil(threads);
-        let mut out = Vec::with_capacity(got.len());
-        std::thread::scope(|scope| -> Result<()> {
-            let open = &open;
-            let handles: Vec<_> = got
-                .chunks(per)
-                .map(|part| scope.spawn(move || part.iter().map(open).collect::<Vec<_>>()))
-                .collect();
-            for h in handles {
-                let part = h
-                    .join()
-                    .map_err(|_| Error::Backend("a record reading thread panicked".into()))?;
-                for r in part {
-                    out.push(r?);
-                }
-            }
-            Ok(())
-        })?;
-        Ok(out)
+        crate::parallel::map_in_order(&got, threads, open)?
+            .into_iter()
+            .collect()
     }
 
     /// Reads record `l` of chunk `index` and checks its header against the

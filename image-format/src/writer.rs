@@ -503,7 +503,7 @@ impl<S: Store> CaptureWriter<S> {
                 }
                 continue;
             }
-            let sealed = self.seal_planned(&planned, threads.max(1));
+            let sealed = self.seal_planned(&planned, threads)?;
             for ((chunk, _), sealed) in planned.into_iter().zip(sealed) {
                 let pre = match sealed {
                     Some(r) => Some(r?),
@@ -563,65 +563,33 @@ impl<S: Store> CaptureWriter<S> {
         planned
     }
 
-    /// Seals the planned records on up to `threads` scoped threads.
+    /// Seals the planned records on up to `threads` threads; `None` for
+    /// chunks without a record to seal (zeros, dedup).
     fn seal_planned(
         &self,
         planned: &[(EncodedChunk, Option<Position>)],
         threads: usize,
-    ) -> Vec<Option<Result<Sealed>>> {
+    ) -> Result<Vec<Option<Result<Sealed>>>> {
         let Some(seg) = self.open.as_ref() else {
-            return planned.iter().map(|_| None).collect();
+            return Ok(planned.iter().map(|_| None).collect());
         };
         let ctx = SealCtx {
             cipher: &seg.cipher,
             capture_id: &self.capture_id,
             generation: self.generation,
         };
-        let jobs = planned.iter().filter(|(_, p)| p.is_some()).count();
-        let per = jobs.div_ceil(threads).max(1);
-        let mut results: Vec<Option<Result<Sealed>>> = Vec::with_capacity(planned.len());
-        if jobs <= 1 || threads == 1 {
-            results.extend(planned.iter().map(|(c, p)| p.map(|p| ctx.seal(c, p))));
-            return results;
+        let jobs: Vec<(usize, Position)> = planned
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, p))| p.map(|p| (i, p)))
+            .collect();
+        let sealed =
+            crate::parallel::map_in_order(&jobs, threads, |&(i, p)| ctx.seal(&planned[i].0, p))?;
+        let mut out: Vec<Option<Result<Sealed>>> = planned.iter().map(|_| None).collect();
+        for ((i, _), s) in jobs.into_iter().zip(sealed) {
+            out[i] = Some(s);
         }
-        // Split the batch into runs holding about `per` records each.
-        let mut groups: Vec<&[(EncodedChunk, Option<Position>)]> = Vec::new();
-        let (mut start, mut count) = (0, 0);
-        for (i, (_, p)) in planned.iter().enumerate() {
-            count += usize::from(p.is_some());
-            if count == per {
-                groups.push(&planned[start..=i]);
-                (start, count) = (i + 1, 0);
-            }
-        }
-        if start < planned.len() {
-            groups.push(&planned[start..]);
-        }
-        std::thread::scope(|scope| {
-            let ctx = &ctx;
-            let handles: Vec<_> = groups
-                .into_iter()
-                .map(|g| {
-                    scope.spawn(move || {
-                        g.iter()
-                            .map(|(c, p)| p.map(|p| ctx.seal(c, p)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                match h.join() {
-                    Ok(v) => results.extend(v),
-                    Err(_) => results.push(Some(Err(Error::Backend(
-                        "a record sealing thread panicked".into(),
-                    )))),
-                }
-            }
-        });
-        // A panicked group leaves fewer results than chunks; the error
-        // above is then reached before any chunk after it is appended.
-        results.resize_with(planned.len(), || None);
-        results
+        Ok(out)
     }
 
     /// Appends one chunk; `pre` is its record sealed ahead of time, used

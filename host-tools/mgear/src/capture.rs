@@ -470,8 +470,7 @@ fn pump<S: image_format::Store>(
             let tx = enc_tx.clone();
             let spare = spare_tx.clone();
             let enc = encoder.clone();
-            let shared = shared.clone();
-            scope.spawn(move || worker(rx, tx, spare, enc, shared));
+            scope.spawn(move || worker(rx, tx, spare, enc));
         }
         // Only the workers may hold the raw receiver: when they stop, the
         // reader's send fails and it stops too (otherwise a medium error
@@ -499,11 +498,15 @@ fn pump<S: image_format::Store>(
                 let job = if source.is_hole(offset, len as u64)? {
                     holes += len as u64;
                     Job::Hole
-                } else if shared.is_some() {
+                } else if let Some(src) = &shared {
                     if let Some(l) = limiter.as_mut() {
                         l.acquire(len as u64);
                     }
-                    Job::Read { offset, len }
+                    Job::Read {
+                        src: Arc::clone(src),
+                        offset,
+                        len,
+                    }
                 } else {
                     // A recycled buffer is overwritten whole by the read: no
                     // need to zero it first.
@@ -610,7 +613,11 @@ enum Job {
     /// The bytes read from the source.
     Data(Vec<u8>),
     /// Read these bytes yourself (sources that allow concurrent reads).
-    Read { offset: u64, len: usize },
+    Read {
+        src: Arc<dyn crate::source::ConcurrentRead>,
+        offset: u64,
+        len: usize,
+    },
     /// The source reported a hole: all zeros, not read.
     Hole,
     /// Clean in the dirty bitmap: copied from the parent, not read.
@@ -625,7 +632,6 @@ fn worker(
     tx: std::sync::mpsc::SyncSender<Encoded>,
     spare: std::sync::mpsc::SyncSender<Vec<u8>>,
     enc: image_format::ChunkEncoder,
-    shared: Option<Arc<dyn crate::source::ConcurrentRead>>,
 ) {
     // This thread's read buffer, reused whenever the encoder gives it back.
     let mut mine: Vec<u8> = Vec::new();
@@ -646,18 +652,15 @@ fn worker(
                     Some(chunk)
                 })
                 .map_err(anyhow::Error::from),
-            Job::Read { offset, len } => {
+            Job::Read { src, offset, len } => {
                 let mut buf = std::mem::take(&mut mine);
                 // Overwritten whole by the read: a reused buffer is not zeroed.
                 buf.resize(len, 0);
-                match shared.as_ref() {
-                    Some(src) => src.read_exact_at(offset, &mut buf).and_then(|()| {
-                        let (chunk, back) = enc.encode_owned(index, buf)?;
-                        mine = back.unwrap_or_default();
-                        Ok(Some(chunk))
-                    }),
-                    None => Err(anyhow::anyhow!("no concurrent reader for chunk {index}")),
-                }
+                src.read_exact_at(offset, &mut buf).and_then(|()| {
+                    let (chunk, back) = enc.encode_owned(index, buf)?;
+                    mine = back.unwrap_or_default();
+                    Ok(Some(chunk))
+                })
             }
             Job::Hole => enc
                 .encode_zero(index)

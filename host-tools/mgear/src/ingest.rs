@@ -930,21 +930,10 @@ fn first_mismatch(
         }
         Ok(None)
     };
+    // One run of chunks per thread, so each reuses one read buffer.
     let per = batch.len().div_ceil(threads.max(1)).max(1);
-    let results: Vec<std::io::Result<Option<(u64, usize)>>> = std::thread::scope(|scope| {
-        let check = &check;
-        let handles: Vec<_> = batch
-            .chunks(per)
-            .map(|p| scope.spawn(move || check(p)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("read-back thread panicked")))
-            })
-            .collect()
-    });
+    let parts: Vec<&[Recheck]> = batch.chunks(per).collect();
+    let results = image_format::parallel::map_in_order(&parts, threads, |p| check(p))?;
     for r in results {
         if let Some(bad) = r? {
             return Ok(Some(bad));
