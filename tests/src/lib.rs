@@ -111,3 +111,28 @@ impl Env {
         format!("fat:{name}")
     }
 }
+
+/// Asserts that files `a` and `b` hold the same bytes, naming the first difference.
+pub fn same_file(a: &std::path::Path, b: &std::path::Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
+    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!("{} and {} differ at byte {i}", a.display(), b.display());
+    }
+}
+
+/// A finished command's exit code, stdout and stderr, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

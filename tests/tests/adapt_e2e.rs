@@ -15,9 +15,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use mgear_tests::Env;
+use mgear_tests::{output_text as text, Env};
 
 use rand::{RngCore, SeedableRng};
 
@@ -40,15 +40,6 @@ fn capture(e: &Env, disk: &Path, name: &str) {
         "--recipient",
         "target.pub",
     ]);
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The cached Debian fixture, built on first use (needs root).

@@ -8,22 +8,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use mgear_tests::bin;
+use mgear_tests::{bin, output_text as text};
 
 fn mgear(args: &[&str]) -> Output {
     Command::new(bin("mgear"))
         .args(args)
         .output()
         .expect("run mgear")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn build_sample(path: &Path, drivers: &str, marker: Option<&str>) -> String {

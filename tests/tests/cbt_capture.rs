@@ -4,7 +4,7 @@
 //!
 //! Needs qemu-img, qemu-io and qemu-nbd (Debian: qemu-utils).
 
-use mgear_tests::Env;
+use mgear_tests::{same_file, Env};
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -61,14 +61,6 @@ fn tool(cmd: &str, args: &[&str], dir: &Path) {
         "{cmd} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn same_file(a: &Path, b: &Path) {
-    let (x, y) = (fs::read(a).unwrap(), fs::read(b).unwrap());
-    assert_eq!(x.len(), y.len(), "sizes differ");
-    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
-        panic!("{} and {} differ at byte {i}", a.display(), b.display());
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! medium-full scenarios use a rate limit or a filler file so that the
 //! interruption lands mid-way.
 
-use mgear_tests::Env;
+use mgear_tests::{same_file, Env};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -50,20 +50,6 @@ fn random_disk(path: &Path, bytes: usize, seed: u64) {
     let mut disk = vec![0u8; bytes];
     rng.fill_bytes(&mut disk);
     fs::write(path, disk).expect("write disk");
-}
-
-fn same_file(a: &Path, b: &Path) {
-    let (x, y) = (fs::read(a).unwrap(), fs::read(b).unwrap());
-    assert_eq!(
-        x.len(),
-        y.len(),
-        "{} and {} differ in size",
-        a.display(),
-        b.display()
-    );
-    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
-        panic!("{} and {} differ at byte {i}", a.display(), b.display());
-    }
 }
 
 fn fsck_clean(img: &Path) {

@@ -3,6 +3,7 @@
 //! volume equal the changed source, a killed sync resumes, and cutover boots
 //! the synced volume and prints its downtime.
 
+use mgear_tests::output_text as text;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
@@ -24,15 +25,6 @@ impl Drop for Bg {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 impl Env {

@@ -7,7 +7,7 @@
 //! qemu-system-x86, busybox-static, linux-image-amd64, grub-pc-bin, e2fsprogs.
 //! Volumes are deleted however a test ends. Boots run one at a time (two cores).
 
-use mgear_tests::Env;
+use mgear_tests::{same_file, Env};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -55,20 +55,6 @@ fn ingest_args(target: &str) -> Vec<&str> {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn same_file(a: &Path, b: &Path) {
-    let (x, y) = (fs::read(a).unwrap(), fs::read(b).unwrap());
-    assert_eq!(
-        x.len(),
-        y.len(),
-        "{} and {} differ in size",
-        a.display(),
-        b.display()
-    );
-    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
-        panic!("{} and {} differ at byte {i}", a.display(), b.display());
-    }
 }
 
 fn virsh(args: &[&str]) -> Output {
