@@ -28,15 +28,25 @@ for p in "${pkgs[@]}"; do
     fi
 done
 
-if ((${#missing[@]})); then
+# Some machine images ship qemu-utils from bookworm-backports (QEMU 10), which
+# Breaks the bookworm qemu-system-common that qemu-system-x86, libguestfs and
+# virt-v2v need, so apt refuses ("held broken packages"). Install the whole
+# QEMU family from one release: bookworm's own.
+qemu_pins=()
+if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
+    qemu_pins=(qemu-utils/bookworm qemu-block-extra/bookworm)
+fi
+
+if ((${#missing[@]})) || ((${#qemu_pins[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
         echo "==> installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        apt-get install -y -qq --no-install-recommends --allow-downgrades \
+            "${qemu_pins[@]}" "${missing[@]}" >/dev/null
     else
         echo "MotionGear needs these Debian packages, which are not installed:" >&2
-        echo "    sudo apt-get install ${missing[*]}" >&2
+        echo "    sudo apt-get install --allow-downgrades ${qemu_pins[*]} ${missing[*]}" >&2
         exit 1
     fi
 fi
