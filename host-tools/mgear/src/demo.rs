@@ -205,6 +205,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
         crate::keys::keygen(crate::keys::KeygenArgs {
             out: key.clone(),
             force: true,
+            signing: false,
         })
     })?;
     step(3, "format a FAT32 medium image", || {

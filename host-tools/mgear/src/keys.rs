@@ -26,6 +26,10 @@ pub struct KeygenArgs {
     /// Overwrite existing key files.
     #[arg(long)]
     pub force: bool,
+    /// Make a capture site's Ed25519 signing key instead (KEY: PKCS#8 PEM, 0600;
+    /// KEY.pub: give it to the target, which pins it with `--trust`).
+    #[arg(long)]
+    pub signing: bool,
 }
 
 /// The `.pub` path next to a key file: `target.key` -> `target.pub`.
@@ -34,7 +38,7 @@ pub fn pub_path(key: &Path) -> PathBuf {
 }
 
 /// Write `contents` to `path` with mode `mode`, refusing to overwrite unless `force`.
-fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> anyhow::Result<()> {
+pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> anyhow::Result<()> {
     if !force && path.exists() {
         return Err(usage(format!(
             "{} already exists: refusing to overwrite a key (use --force if you really mean it)",
@@ -58,6 +62,22 @@ fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> anyhow::Re
 
 /// `mgear keygen`.
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<i32> {
+    if args.signing {
+        let public = crate::sitekey::generate(&args.out, args.force)?;
+        println!(
+            "signing key: {} (keep it at the capture site; `mgear capture --sign`)",
+            args.out.display()
+        );
+        println!(
+            "public key:  {} -> give this to the target datacenter (`--trust`)",
+            pub_path(&args.out).display()
+        );
+        println!(
+            "fingerprint: {}",
+            crate::sitekey::fingerprint(&public.to_bytes())
+        );
+        return Ok(crate::exit::OK);
+    }
     let recipient = write_key_pair(&args.out, args.force)?;
     println!(
         "secret identity: {} (keep it at the target datacenter)",
@@ -168,6 +188,7 @@ mod tests {
         keygen(KeygenArgs {
             out: key.clone(),
             force: false,
+            signing: false,
         })
         .unwrap();
         let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
@@ -179,6 +200,7 @@ mod tests {
         let err = keygen(KeygenArgs {
             out: key.clone(),
             force: false,
+            signing: false,
         })
         .unwrap_err();
         assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);

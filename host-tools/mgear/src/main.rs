@@ -14,6 +14,9 @@ mod medium;
 mod nbd_source;
 mod progress;
 mod ratelimit;
+// Readers are used by capture --sign, ingest --trust and serve (in progress).
+#[allow(dead_code)]
+mod sitekey;
 mod source;
 mod sync;
 mod tools;
@@ -39,7 +42,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Create a target key pair: KEY (secret, 0600) and KEY.pub (give it to the capture site).
+    /// Create a target key pair (KEY 0600 + KEY.pub for the capture site), or with --signing a capture site's signing key.
     Keygen(keys::KeygenArgs),
     /// Create or prepare a medium (FAT32 image or device).
     Medium(medium::MediumArgs),

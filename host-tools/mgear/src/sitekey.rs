@@ -1,0 +1,188 @@
+//! Capture-site signing keys: `mgear keygen --signing`, and reading them.
+//!
+//! Encryption to `target.pub` says nothing about who wrote a capture: every
+//! capture site (and every courier who has seen one) holds `target.pub`. So
+//! the target pins the Ed25519 public keys of the capture sites it works with
+//! (`--trust site.pub`), and a site signs what it captured and what it syncs
+//! with its secret `site.key`.
+//!
+//! Files are the standard encodings, so `openssl` reads them too:
+//! - `site.key`: PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), mode 0600;
+//!   `openssl pkey -in site.key -pubout` prints the public half.
+//! - `site.pub`: SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`).
+//!
+//! A key's fingerprint is the SHA-256 of its 32 raw public key bytes, in hex
+//! ([`fingerprint`]), the same form that names an appliance identity.
+
+use std::fs;
+use std::path::Path;
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::exit::usage;
+
+/// Create `out` (secret, 0600) and `out.pub`; refuses to overwrite unless `force`.
+pub fn generate(out: &Path, force: bool) -> anyhow::Result<VerifyingKey> {
+    let pub_file = crate::keys::pub_path(out);
+    if pub_file == out {
+        return Err(usage(
+            "--out must not end in .pub (the public key is written there)",
+        ));
+    }
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    // PKCS#8 v1 (no embedded public key): OpenSSL 3.0 refuses the v2 form
+    // ed25519-dalek writes by default.
+    let secret = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())
+    .map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
+    let public = key
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .map_err(|e| anyhow::anyhow!("encoding the public key: {e}"))?;
+    crate::keys::write_new(out, secret.as_bytes(), 0o600, force)?;
+    crate::keys::write_new(&pub_file, public.as_bytes(), 0o644, force)?;
+    Ok(key.verifying_key())
+}
+
+/// Read a capture site's secret signing key (`site.key`).
+pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = Zeroizing::new(
+        fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read signing key {}: {e}", path.display())))?,
+    );
+    SigningKey::from_pkcs8_pem(&text).map_err(|e| {
+        usage(format!(
+            "{} is not an Ed25519 signing key ({e}): give the .key file written by \
+             `mgear keygen --signing`",
+            path.display()
+        ))
+    })
+}
+
+/// Read a capture site's public key (`site.pub`).
+pub fn read_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read public key {}: {e}", path.display())))?;
+    VerifyingKey::from_public_key_pem(&text).map_err(|e| {
+        usage(format!(
+            "{} is not an Ed25519 public key ({e}): give the .pub file written by \
+             `mgear keygen --signing`",
+            path.display()
+        ))
+    })
+}
+
+/// Full fingerprint of an Ed25519 public key: SHA-256 of its 32 bytes, hex.
+pub fn fingerprint(public: &[u8; 32]) -> String {
+    let digest = Sha256::digest(public);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parse a fingerprint given on the command line (hex; `:` and spaces
+/// ignored). Only the full 64-digit form is accepted: a short one could be
+/// matched by a key made for the purpose.
+pub fn parse_fingerprint(text: &str) -> anyhow::Result<[u8; 32]> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect();
+    let bad = || {
+        usage(format!(
+            "{text:?} is not a full fingerprint: give the 64 hex digits that \
+             `mgear appliance info` (or `mgear keygen --signing`) prints"
+        ))
+    };
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// Does `public` have the fingerprint `pinned`?
+pub fn matches(public: &[u8; 32], pinned: &[u8; 32]) -> bool {
+    Sha256::digest(public).as_slice() == pinned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_pair_reads_back_and_signs() {
+        use ed25519_dalek::{Signer, Verifier};
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("site.key");
+        let public = generate(&key_path, false).unwrap();
+        let mode = fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let secret = read_signing_key(&key_path).unwrap();
+        let read_pub = read_public_key(&dir.path().join("site.pub")).unwrap();
+        assert_eq!(read_pub, public);
+        let sig = secret.sign(b"generation 2");
+        assert!(read_pub.verify(b"generation 2", &sig).is_ok());
+        assert!(read_pub.verify(b"generation 3", &sig).is_err());
+        // The files are the standard encodings: openssl derives the same public key.
+        if let Ok(out) = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key_path)
+            .output()
+        {
+            assert!(out.status.success(), "openssl refused site.key");
+            let pem = fs::read_to_string(dir.path().join("site.pub")).unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), pem);
+        }
+        // No silent overwrite of a signing key.
+        let err = generate(&key_path, false).unwrap_err();
+        assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
+    }
+
+    #[test]
+    fn fingerprints_round_trip_and_short_ones_are_refused() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let public = key.verifying_key().to_bytes();
+        let fp = fingerprint(&public);
+        assert_eq!(fp.len(), 64);
+        let grouped: String = fp
+            .as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(":");
+        let parsed = parse_fingerprint(&grouped).unwrap();
+        assert!(matches(&public, &parsed));
+        assert!(!matches(&[8u8; 32], &parsed));
+        let short = parse_fingerprint(&fp[..16]).unwrap_err();
+        assert_eq!(crate::exit::code_of(&short), crate::exit::USAGE);
+        assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn junk_key_files_are_usage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("junk");
+        fs::write(
+            &p,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert_eq!(
+            crate::exit::code_of(&read_signing_key(&p).unwrap_err()),
+            crate::exit::USAGE
+        );
+        assert_eq!(
+            crate::exit::code_of(&read_public_key(&p).unwrap_err()),
+            crate::exit::USAGE
+        );
+    }
+}
