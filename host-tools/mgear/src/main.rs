@@ -14,6 +14,8 @@ mod medium;
 mod nbd_source;
 mod progress;
 mod ratelimit;
+#[allow(dead_code)] // polled by the capture and ingest pipelines (being wired in)
+mod signals;
 // Readers are used by capture --sign, ingest --trust and serve (in progress).
 #[allow(dead_code)]
 mod sitekey;
@@ -88,8 +90,28 @@ fn tune_allocator() {
     }
 }
 
+/// `mgear appliance log | head`: once the reader is gone, `println!` panics
+/// with EPIPE (Rust ignores SIGPIPE). End quietly instead, with exit 3 (the
+/// output could not be written), and keep real panics loud.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(exit::IO);
+        }
+        default(info);
+    }));
+}
+
 fn main() {
     tune_allocator();
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(a),

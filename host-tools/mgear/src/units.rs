@@ -55,7 +55,14 @@ pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
         ))
     })?;
     let per_sec = match unit.trim() {
-        "" | "B" => 1.0,
+        // A bare number once meant bytes per second: `--rate-limit 50` then
+        // crawled at 50 B/s without a word. Rates need a unit.
+        "" => {
+            return Err(usage(format!(
+                "rate `{text}` has no unit: write e.g. {num}MiB/s, {num}MB/s or {num}Mbit/s"
+            )))
+        }
+        "B" => 1.0,
         "KiB" | "K" => 1024.0,
         "MiB" | "M" => 1024.0 * 1024.0,
         "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
@@ -121,6 +128,10 @@ mod tests {
         assert_eq!(parse_rate("512KiB/s").unwrap(), 512.0 * 1024.0);
         assert_eq!(parse_rate("1Gbps").unwrap(), 125e6);
         assert!(parse_rate("0MB/s").is_err());
+        assert_eq!(parse_rate("4096B/s").unwrap(), 4096.0);
+        let bare = parse_rate("50").unwrap_err();
+        assert_eq!(crate::exit::code_of(&bare), 2);
+        assert!(bare.to_string().contains("50MiB/s"), "{bare}");
         assert_eq!(crate::exit::code_of(&parse_rate("fast").unwrap_err()), 2);
     }
 

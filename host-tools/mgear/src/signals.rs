@@ -1,0 +1,72 @@
+//! Ctrl-C and SIGTERM for long commands: stop at the next chunk, cleanly.
+//!
+//! Capture and ingest checkpoint as they go, so the kind thing to do on
+//! SIGINT/SIGTERM is not to die mid-write but to finish the chunk at hand,
+//! make the checkpoint durable and say how to go on. [`install`] sets a flag
+//! the pipelines poll with [`stop_requested`]; a second signal ends the
+//! process at once (exit 130), for the operator who really means it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    if STOP.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe and takes no locks.
+        unsafe { nix::libc::_exit(130) };
+    }
+}
+
+/// Catch SIGINT and SIGTERM for the rest of the process.
+pub fn install() {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only touches an atomic and calls _exit.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// Has the operator asked the command to stop?
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// The error a pipeline returns once it stopped on request (exit 3: the
+/// work is incomplete, nothing is damaged).
+pub fn stopped(done: u64, total: u64) -> anyhow::Error {
+    crate::exit::coded(
+        crate::exit::IO,
+        format!(
+            "stopped; run the same command to resume ({} of {} done)",
+            crate::units::human_bytes(done),
+            crate::units::human_bytes(total)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_sets_the_flag_and_names_the_next_step() {
+        install();
+        assert!(!stop_requested());
+        nix::sys::signal::raise(Signal::SIGTERM).unwrap();
+        assert!(stop_requested());
+        let e = stopped(3 << 30, 8 << 30);
+        assert_eq!(crate::exit::code_of(&e), crate::exit::IO);
+        assert!(
+            e.to_string()
+                .contains("run the same command to resume (3.00 GiB of 8.00 GiB done)"),
+            "{e}"
+        );
+        STOP.store(false, Ordering::SeqCst);
+    }
+}
