@@ -1,0 +1,154 @@
+//! One writer per medium: an advisory lock held for as long as a command
+//! has the medium open.
+//!
+//! Two captures onto one FAT medium at once each keep their own copy of the
+//! FAT in memory and overwrite each other's clusters: both print "captured",
+//! one capture vanishes, fsck finds lost clusters. So writers take an
+//! exclusive `flock(2)` on the image file, block device or mounted directory
+//! before the first byte is read, and readers a shared one; a second command
+//! is refused at once with the pid and command line of the holder (read from
+//! `/proc/locks`). The lock goes with the process: a killed capture leaves
+//! nothing to clean up.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::exit::coded;
+
+/// A held medium lock; released on drop.
+pub struct MediumLock {
+    _lock: Flock<File>,
+}
+
+/// Lock the medium at `path` (file, device or directory): `exclusive` for
+/// commands that write it. Fails with exit 3 and names the holder.
+pub fn lock(path: &Path, exclusive: bool, spec: &str) -> anyhow::Result<MediumLock> {
+    let file = File::open(path).map_err(|e| {
+        coded(
+            crate::exit::IO,
+            format!("opening medium {spec} to lock it: {e}"),
+        )
+    })?;
+    let inode = file.metadata().map(|m| m.ino()).ok();
+    let arg = if exclusive {
+        FlockArg::LockExclusiveNonblock
+    } else {
+        FlockArg::LockSharedNonblock
+    };
+    match Flock::lock(file, arg) {
+        Ok(lock) => Ok(MediumLock { _lock: lock }),
+        Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+            let holder = inode
+                .and_then(holder_of)
+                .map(|(pid, cmd)| format!(" by pid {pid} ({cmd})"))
+                .unwrap_or_default();
+            Err(coded(
+                crate::exit::IO,
+                format!(
+                    "medium {spec} is in use{holder}: one command writes a medium at a time. \
+                     Wait for it to finish (or stop it: it resumes later), then run this again"
+                ),
+            ))
+        }
+        Err((_, errno)) => Err(coded(
+            crate::exit::IO,
+            format!("locking medium {spec}: {errno}"),
+        )),
+    }
+}
+
+/// The process holding a flock on `inode`, from `/proc/locks`, with its
+/// command line.
+fn holder_of(inode: u64) -> Option<(u32, String)> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let me = std::process::id();
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 fe:01:5678 0 EOF"
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let pid: u32 = f.get(4)?.parse().ok()?;
+        let ino: u64 = f.get(5)?.rsplit(':').next()?.parse().ok()?;
+        if ino != inode || pid == me {
+            return None;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        Some((pid, cmd))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_writer_many_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("m.img");
+        std::fs::write(&img, b"medium").unwrap();
+        let spec = "fat:m.img";
+        {
+            let _a = lock(&img, false, spec).unwrap();
+            let _b = lock(&img, false, spec).unwrap();
+            let e = lock(&img, true, spec).err().expect("writer beside readers");
+            assert_eq!(crate::exit::code_of(&e), crate::exit::IO);
+        }
+        let w = lock(&img, true, spec).unwrap();
+        let e = lock(&img, true, spec).err().expect("second writer");
+        assert!(e.to_string().contains("is in use"), "{e}");
+        assert!(lock(&img, false, spec).is_err(), "reader beside a writer");
+        drop(w);
+        // Directories (dir: media) lock too.
+        let _d = lock(dir.path(), true, "dir:.").unwrap();
+        assert!(lock(dir.path(), true, "dir:.").is_err());
+    }
+
+    #[test]
+    fn the_holder_is_named_from_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("m.img");
+        std::fs::write(&img, b"medium").unwrap();
+        // flock(1) from util-linux holds the lock in another process.
+        let Ok(mut child) = std::process::Command::new("flock")
+            .arg("-x")
+            .arg(&img)
+            .args(["sleep", "30"])
+            .spawn()
+        else {
+            return; // util-linux is on every Debian; nothing to check without it
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let err = loop {
+            match lock(&img, true, "fat:m.img") {
+                Err(e) => break e,
+                Ok(l) => {
+                    drop(l);
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "flock never took the lock"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {}", child.id())) || text.contains("sleep 30"),
+            "{text}"
+        );
+    }
+}
