@@ -32,6 +32,7 @@ DB_PORT=${MGEAR_CLOUD_LAB_DB_PORT:-3306}
 CINDER_PORT=8776
 NOVA_PORT=8774
 PLACEMENT_PORT=8778
+NEUTRON_PORT=9696
 RABBIT_PORT=5672
 VIRSH="virsh -c qemu:///system"
 
@@ -375,6 +376,14 @@ rbd_ceph_conf = $CONF
 rbd_user = cinder
 rbd_secret_uuid = $SECRET_UUID
 rbd_flatten_volume_from_snapshot = false
+
+# cinder-api tells Nova when an attachment goes (os-server-external-events). Without this it
+# looks Nova up in a service catalog that does not exist and answers 500 to the detach,
+# leaving the volume in-use after its server was deleted.
+[nova]
+auth_type = admin_token
+endpoint = http://127.0.0.1:$NOVA_PORT/v2.1
+token = admin:$PROJECT
 EOF
     cinder-manage --config-file "$d/cinder.conf" db sync >>"$LAB/logs/cinder-setup.log" 2>&1 ||
         die "cinder-manage db sync failed; read $LAB/logs/cinder-setup.log"
@@ -468,6 +477,11 @@ auth_type = admin_token
 endpoint = http://127.0.0.1:$PLACEMENT_PORT
 token = admin
 
+[neutron]
+auth_type = admin_token
+endpoint = http://127.0.0.1:$NEUTRON_PORT
+token = admin
+
 [cinder]
 auth_type = admin_token
 endpoint = http://127.0.0.1:$CINDER_PORT/v3
@@ -484,17 +498,68 @@ EOF
             "${nm[@]}" db sync
     } >>"$LAB/logs/nova-setup.log" 2>&1 || die "nova-manage setup failed; read $LAB/logs/nova-setup.log"
 
+    # nova-compute must not see the database settings (it logs "No DB access allowed").
+    awk '/^\[/ { skip = ($0 == "[database]" || $0 == "[api_database]") } !skip' \
+        "$d/nova.conf" >"$d/nova-compute.conf"
+    start_neutron_stub
     spawn placement-api "$LAB/logs/placement-api.out" env OS_PLACEMENT_CONFIG_DIR="$p" \
         placement-api --host 127.0.0.1 --port "$PLACEMENT_PORT"
     local svc
+    local conf
     for svc in api conductor scheduler compute; do
-        spawn "nova-$svc" "$LAB/logs/nova-$svc.out" "nova-$svc" --config-file "$d/nova.conf" \
+        conf=$d/nova.conf
+        [ "$svc" = compute ] && conf=$d/nova-compute.conf
+        spawn "nova-$svc" "$LAB/logs/nova-$svc.out" "nova-$svc" --config-file "$conf" \
             --log-file "$LAB/logs/nova-$svc.log"
     done
     wait_for 60 "placement-api" "$LAB/logs/placement-api.out" placement_up
     wait_for 120 "nova-api" "$LAB/logs/nova-api.log" nova_up
     wait_for 180 "nova-compute (resource provider in placement)" "$LAB/logs/nova-compute.log" compute_registered
     wait_for 120 "nova cell host mapping" "$LAB/logs/nova-setup.log" discover_hosts
+}
+# Nova asks Neutron about ports and security groups on server show and delete even when the
+# server has networks "none"; without an answer GET /servers/<id> is a 500 and delete leaves
+# the instance in ERROR. There are no Neutron packages to run here: this stub answers every
+# list with an empty one (no ports, no security groups, no extensions) and every item with 404.
+start_neutron_stub() {
+    cat >"$LAB/neutron-stub.py" <<'EOF'
+import json, re, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+class Stub(BaseHTTPRequestHandler):
+    def answer(self, code, body):
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0].rstrip("/")
+        last = path.rsplit("/", 1)[-1]
+        if last.endswith(".json"):
+            last = last[:-5]
+        if path in ("", "/"):
+            self.answer(200, {"versions": [{"id": "v2.0", "status": "CURRENT"}]})
+        elif UUID.match(last):
+            self.answer(404, {"NeutronError": {"type": "NotFound",
+                "message": "no such object in the lab's Neutron stub", "detail": ""}})
+        else:
+            self.answer(200, {last.replace("-", "_"): []})
+
+    def do_DELETE(self):
+        self.answer(204, None)
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("%s %s\n" % (self.log_date_time_string(), fmt % args))
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Stub).serve_forever()
+EOF
+    spawn neutron-stub "$LAB/logs/neutron-stub.log" /usr/bin/python3 "$LAB/neutron-stub.py" "$NEUTRON_PORT"
+    wait_for 20 "neutron stub" "$LAB/logs/neutron-stub.log" port_open "$NEUTRON_PORT"
 }
 placement_up() {
     ensure_alive placement-api "$LAB/logs/placement-api.out"
@@ -551,7 +616,8 @@ cmd_start() {
     install_packages
     phase "check ports"
     local port
-    for port in 3300 6789 "$DB_PORT" "$RABBIT_PORT" 4369 25672 "$CINDER_PORT" "$NOVA_PORT" "$PLACEMENT_PORT"; do
+    for port in 3300 6789 "$DB_PORT" "$RABBIT_PORT" 4369 25672 "$CINDER_PORT" "$NOVA_PORT" "$PLACEMENT_PORT" \
+        "$NEUTRON_PORT"; do
         port_open "$port" && die "port $port on 127.0.0.1 is taken: another lab or service runs (ss -ltnp 'sport = :$port')"
     done
     # Cinder's noauth_include_project_id needs a hex project id (/v3/admin/... is a bare 404).
@@ -621,15 +687,16 @@ cmd_stop() {
     }
     local t0
     t0=$(date +%s)
-    # Nova leaves persistent domains behind; their names are in the instances' libvirt.xml.
-    local x dom
-    for x in "$LAB"/nova/instances/*/libvirt.xml; do
-        [ -e "$x" ] || continue
-        dom=$(sed -n 's:.*<name>\(instance-[0-9a-f]*\)</name>.*:\1:p' "$x" | head -n 1)
+    # Nova leaves persistent domains behind (instance-0000000N). Ours are the ones whose
+    # console log lies in this lab's instances dir; other domains on this libvirtd are left be.
+    local dom
+    while read -r dom; do
         [ -n "$dom" ] || continue
+        $VIRSH dumpxml "$dom" 2>/dev/null | grep -qF "$LAB/nova/instances/" || continue
         $VIRSH destroy "$dom" >/dev/null 2>&1 || true
         $VIRSH undefine "$dom" --nvram >/dev/null 2>&1 || $VIRSH undefine "$dom" >/dev/null 2>&1 || true
-    done
+        say "removed libvirt domain $dom"
+    done < <($VIRSH list --all --name 2>/dev/null || true)
     local f
     if [ -d "$LAB/pids" ]; then
         while read -r f; do
