@@ -28,6 +28,12 @@
 //! `write_at` / `set_len` does), when evicted, and on [`Store::sync`] and
 //! [`FatFiles::unmount`], which also call `BlockDevice::flush`.
 //!
+//! File reads bypass `lamfat`'s chain walk: [`image_format::store::fatmap`]
+//! (shared with the host's `FatStore`) maps a file's clusters into runs
+//! once and reads each run as one device request (in `max_transfer`
+//! pieces). The simulator mounts the medium with this module too, so seal
+//! and arrival run the board's code.
+//!
 //! Mounting writes nothing, and a read-only walk followed by
 //! [`FatFiles::unmount`] leaves every byte of a cleanly unmounted volume as
 //! it was (the volume's dirty flag and FSInfo sector are written only after

@@ -7,6 +7,22 @@
 //! small write-back LRU cache of 4 KiB blocks. Large transfers (segment data)
 //! bypass the cache so they stay one sequential I/O each.
 //!
+//! File data does not go through `fatfs`: it walks a file's cluster chain
+//! from the first cluster on every seek and moves one cluster per request,
+//! which made capture and ingest cost grow with the file size. Reads use
+//! the cluster map of [`super::fatmap`] (shared with the board's engine):
+//! one device request per contiguous run. Appends and overwrites of an
+//! existing file (`offset <= size`) write straight to its clusters;
+//! clusters past its end are allocated contiguously after its last one
+//! (FAT entries in every copy first, then the link, then the data, then the
+//! size in the directory entry). `fatfs` still creates files and
+//! directories, fills gaps, truncates, renames and removes; maps are
+//! dropped whenever it touches a file. FSInfo's free count is recounted at
+//! [`FatStore::unmount`] when the direct path allocated clusters.
+//!
+//! [`FatStore::open_read_only`] refuses every write below `fatfs`, so a
+//! read-only command leaves the medium byte-for-byte unchanged.
+//!
 //! `fatfs` writes a file's size only when the file is flushed and only logs
 //! errors on drop, so every write here flushes explicitly and checks the
 //! result, and [`FatStore::unmount`] must be called to clear the volume's
