@@ -28,6 +28,12 @@
 //! `write_at` / `set_len` does), when evicted, and on [`Store::sync`] and
 //! [`FatFiles::unmount`], which also call `BlockDevice::flush`.
 //!
+//! File reads bypass `lamfat`'s chain walk: [`image_format::store::fatmap`]
+//! (shared with the host's `FatStore`) maps a file's clusters into runs
+//! once and reads each run as one device request (in `max_transfer`
+//! pieces). The simulator mounts the medium with this module too, so seal
+//! and arrival run the board's code.
+//!
 //! Mounting writes nothing, and a read-only walk followed by
 //! [`FatFiles::unmount`] leaves every byte of a cleanly unmounted volume as
 //! it was (the volume's dirty flag and FSInfo sector are written only after
@@ -45,6 +51,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 
+use image_format::store::fatmap::{self, FileMap, MapCache};
 use image_format::store::{Entry, EntryKind, Store, StoreError};
 use lamfat::{IoBase, IoError, LossyOemCpConverter, NullTimeProvider, Read, Seek, SeekFrom, Write};
 use mgear_firmware::hal::{BlockDevice, HwError};
@@ -399,6 +406,23 @@ type FatFile<'a, 'd, D> = lamfat::File<'a, Disk<'d, D>, NullTimeProvider, LossyO
 pub struct FatFiles<'d, D: BlockDevice + ?Sized> {
     fs: Fs<'d, D>,
     cache: Shared<'d, D>,
+    /// FAT32 layout for the direct read path (`None`: lamfat does it all).
+    geo: Option<fatmap::Geometry>,
+    /// Cluster maps of recently read files (dropped when lamfat changes them).
+    maps: MapCache,
+}
+
+/// `read(offset, buf)` on the shared cache, for [`fatmap`].
+fn cache_reader<'a, 'd, D: BlockDevice + ?Sized>(
+    cache: &'a Shared<'d, D>,
+) -> impl FnMut(u64, &mut [u8]) -> Result<(), StoreError> + use<'a, 'd, D> {
+    move |off, buf| {
+        cache
+            .try_borrow_mut()
+            .map_err(|_| fat_err("medium", lamfat::Error::Io(busy())))?
+            .read_at(off, buf)
+            .map_err(|e| hw_err("medium", e))
+    }
 }
 
 fn fat_err(path: &str, e: lamfat::Error<DevError>) -> StoreError {
@@ -486,13 +510,37 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
                 "the medium does not hold a FAT32 file system ({other}); create one with `mgear medium format fat:PATH`"
             )),
         })?;
-        Ok(FatFiles { fs, cache })
+        let mut boot = [0u8; 512];
+        {
+            let mut read = cache_reader(&cache);
+            read(0, &mut boot)?;
+        }
+        Ok(FatFiles {
+            fs,
+            cache,
+            geo: fatmap::Geometry::parse(&boot),
+            maps: MapCache::new(),
+        })
+    }
+
+    /// The cluster map of file `path` (cached), `None` if it does not exist.
+    fn map(&mut self, path: &str) -> Result<Option<&mut FileMap>, StoreError> {
+        let Some(geo) = &self.geo else {
+            return Ok(None);
+        };
+        if self.maps.get(path).is_none() {
+            match fatmap::lookup(geo, &mut cache_reader(&self.cache), path)? {
+                Some(m) => self.maps.insert(path, m),
+                None => return Ok(None),
+            }
+        }
+        Ok(self.maps.get(path))
     }
 
     /// Write back everything, clear the volume's dirty flag if it was set
     /// here, and make it durable on the device.
     pub fn unmount(self) -> Result<(), StoreError> {
-        let FatFiles { fs, cache } = self;
+        let FatFiles { fs, cache, .. } = self;
         fs.unmount().map_err(|e| fat_err("unmount", e))?;
         sync_cache(&cache, "unmount")
     }
@@ -590,6 +638,15 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
         check_path(path)?;
+        if let Some(geo) = self.geo.clone() {
+            // One device request per contiguous run (in `max_transfer`
+            // pieces) instead of lamfat's chain walk and per-cluster reads.
+            let cache = Rc::clone(&self.cache);
+            let Some(map) = self.map(path)? else {
+                return Err(StoreError::NotFound);
+            };
+            return map.read(&geo, &mut cache_reader(&cache), path, offset, buf);
+        }
         let mut f = self
             .fs
             .root_dir()
@@ -609,6 +666,7 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         check_fat_size(path, offset.saturating_add(data.len() as u64))?;
+        self.maps.forget(path);
         let mut f = self.open_rw(path)?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if offset > size {
@@ -624,6 +682,7 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
         check_fat_size(path, len)?;
+        self.maps.forget(path);
         let mut f = self.open_rw(path)?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if len < size {
@@ -661,6 +720,7 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
                 Err(StoreError::NotFound)
             };
         }
+        self.maps.clear();
         let root = self.fs.root_dir();
         match root.remove(to) {
             Ok(()) | Err(lamfat::Error::NotFound) => {}
@@ -671,6 +731,7 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
         check_path(path)?;
+        self.maps.clear();
         match self.fs.root_dir().remove(path) {
             Ok(()) | Err(lamfat::Error::NotFound) => Ok(()),
             Err(e) => Err(fat_err(path, e)),

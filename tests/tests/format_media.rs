@@ -181,3 +181,69 @@ fn fat32_image_capture_delta_and_fsck_clean() {
     assert!(r.is_ok(), "{:?}", r.problems);
     store.unmount().unwrap();
 }
+
+/// sha256 of a file, by `sha256sum` (coreutils) as a user would check it.
+fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn read_only_commands_leave_a_fat_medium_byte_for_byte_unchanged() {
+    let e = mgear_tests::Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), disk(12, 3 << 20)).unwrap();
+    let m = e.fat("medium.img", "64MiB");
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    let img = e.p("medium.img");
+    let before = sha256(&img);
+    let commands: [&[&str]; 4] = [
+        &["inspect", "--medium", &m],
+        &["verify", "--medium", &m],
+        &["verify", "--medium", &m, "--identity", "target.key"],
+        &[
+            "ingest",
+            "--medium",
+            &m,
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--target",
+            "file:vol.raw",
+            "--allow-unsealed",
+        ],
+    ];
+    for args in commands {
+        e.ok(args);
+        assert_eq!(sha256(&img), before, "mgear {args:?} changed the medium");
+    }
+    mgear_tests::same_file(&e.p("disk.raw"), &e.p("vol.raw"));
+    // Read-only means the image is opened O_RDONLY: a write-protected
+    // image (as a locked SD card or `chmod a-w` gives) still verifies.
+    let mut perm = std::fs::metadata(&img).unwrap().permissions();
+    perm.set_readonly(true);
+    std::fs::set_permissions(&img, perm).unwrap();
+    if std::fs::OpenOptions::new().write(true).open(&img).is_err() {
+        e.ok(&["verify", "--medium", &m]);
+        assert_eq!(sha256(&img), before);
+    }
+}

@@ -22,7 +22,6 @@
 //! is atomic or an fsynced append, so the next start recovers (a torn last
 //! custody record is dropped and logged).
 
-mod byteio;
 mod export;
 mod platform;
 mod pty;

@@ -5,13 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use image_format::store::FatStore;
 use image_format::StoreError;
 use mgear_firmware::hal::{FilesFn, Platform};
+use mgear_hardware::fat::FatFiles;
 use mgear_hardware::sim::{FileLog, FileMedium, FileSecrets, HostClock, SimIndicators};
 use rand_core::OsRng;
 
-use crate::byteio::ByteIo;
 use crate::pty::Pty;
 
 /// Everything the firmware core runs on in the simulator.
@@ -69,10 +68,12 @@ impl Platform for SimPlatform {
     }
 
     fn with_files(&mut self, f: &mut FilesFn<'_, Pty>) -> Result<(), StoreError> {
-        // fatfs writes nothing on mount, and on unmount only what changed
-        // (FSInfo, the dirty bit), so a read-only walk leaves every byte of
-        // the medium as it was: the seal's region hashes depend on that.
-        let mut store = FatStore::open(ByteIo::new(&mut self.medium))?;
+        // The board's FAT engine (lamfat + the shared direct cluster path),
+        // so seal and arrival run here exactly as on the board. It writes
+        // nothing on mount, and on unmount only what changed (FSInfo, the
+        // dirty bit), so a read-only walk leaves every byte of the medium as
+        // it was: the seal's region hashes depend on that.
+        let mut store = FatFiles::mount(&mut self.medium)?;
         let result = f(&mut store, &mut self.console);
         let unmounted = store.unmount();
         result.and(unmounted)

@@ -2,7 +2,8 @@
 //! measured in the same run, on the same files, plus peak memory.
 //!
 //! ```text
-//! mgear bench [--size 4GiB] [--pattern random|mix|zeros|sparse|both|all] [--workdir DIR] [--json]
+//! mgear bench [--size 4GiB] [--pattern random|mix|zeros|sparse|both|all]
+//!             [--medium fat|dir|both] [--workdir DIR] [--json]
 //! ```
 //!
 //! For each pattern a source file is generated (`random`: incompressible;
@@ -10,9 +11,12 @@
 //! `sparse`: a file that is one hole), then timed in one run:
 //! - `dd bs=4M conv=fsync` of the source into the medium directory: the
 //!   baseline for capture (moving those bytes onto that medium);
-//! - `mgear capture` onto a `dir:` medium there, with its CPU time;
+//! - `mgear capture` onto a `dir:` medium there and onto a FAT32 image
+//!   there (`--medium`, default both; the FAT steps are prefixed `fat: `),
+//!   with its CPU time and CPU-seconds per GiB of source;
 //! - `dd` of the medium's capture files (what ingest reads) into a target
-//!   file with fsync: the baseline for ingest;
+//!   file with fsync: the baseline for ingest (on a FAT image, as many
+//!   bytes of the image as the capture stored);
 //! - `mgear ingest` back to a raw file (verifying every record and the
 //!   written volume);
 //! - `qemu-img convert -O qcow2` of the source, for reference.
@@ -48,6 +52,10 @@ pub struct Args {
     /// (written), sparse (one hole), both (random and mix) or all.
     #[arg(long, default_value = "all")]
     pub pattern: String,
+    /// Medium to capture onto and ingest from: fat (a FAT32 image, as users
+    /// carry), dir (a directory) or both.
+    #[arg(long, default_value = "both")]
+    pub medium: String,
     /// Work directory (needs about 3x --size free) [default: a temporary directory].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
@@ -66,6 +74,8 @@ pub struct Timing {
     pub vs_dd: Option<f64>,
     /// CPU seconds (user + system) the step took, when it ran in-process.
     pub cpu_seconds: Option<f64>,
+    /// `cpu_seconds` per GiB of source disk.
+    pub cpu_s_per_gib: Option<f64>,
     /// Bytes the result occupies (medium bytes for capture).
     pub output_bytes: Option<u64>,
 }
@@ -95,6 +105,43 @@ pub struct Target {
     pub wanted: String,
     pub measured: String,
     pub met: bool,
+}
+
+/// Bytes in the files under `dir` of a store (what a capture stored).
+fn store_bytes(store: &mut dyn image_format::Store, dir: &str) -> u64 {
+    let Ok(entries) = store.list(dir) else {
+        return 0;
+    };
+    entries
+        .into_iter()
+        .map(|e| {
+            let path = if dir.is_empty() {
+                e.name
+            } else {
+                format!("{dir}/{}", e.name)
+            };
+            match e.kind {
+                image_format::store::EntryKind::Dir => store_bytes(store, &path),
+                image_format::store::EntryKind::File => e.len,
+            }
+        })
+        .sum()
+}
+
+/// `dd` of the first `bytes` of `image` into `target` with fsync: the
+/// ingest baseline on a FAT image (the capture's files fill its start).
+fn dd_prefix(image: &Path, bytes: u64, target: &Path) -> anyhow::Result<f64> {
+    timed(|| {
+        crate::tools::run(
+            Command::new("sh")
+                .arg("-c")
+                .arg(r#"head -c "$1" "$2" | dd of="$3" bs=4M iflag=fullblock conv=fsync status=none"#)
+                .arg("sh")
+                .arg(bytes.to_string())
+                .arg(image)
+                .arg(target),
+        )
+    })
 }
 
 /// Peak resident set size of this process (VmHWM).
@@ -222,6 +269,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             )))
         }
     };
+    let media: Vec<&str> = match args.medium.as_str() {
+        "both" => vec!["dir", "fat"],
+        m @ ("dir" | "fat") => vec![m],
+        other => {
+            return Err(crate::exit::usage(format!(
+                "--medium {other}: use fat, dir or both"
+            )))
+        }
+    };
     let dd = crate::tools::which("dd");
     let qemu_img = crate::tools::which("qemu-img");
     let temp;
@@ -243,10 +299,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     for pattern in patterns {
         let src = work.join(format!("source-{pattern}.raw"));
-        let medium_dir = work.join("medium");
         let vol = work.join("vol.raw");
-        let _ = std::fs::remove_dir_all(&medium_dir);
-        std::fs::create_dir_all(&medium_dir)?;
         let _ = std::fs::remove_file(&vol);
         if !args.json {
             eprintln!("generating {} of {pattern} data ...", human_bytes(size));
@@ -256,15 +309,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let _ = std::fs::remove_file(&key);
         let _ = std::fs::remove_file(crate::keys::pub_path(&key));
         crate::keys::keygen_quiet(&key)?;
-        let medium = Where {
-            medium: Some(format!("dir:{}", medium_dir.display())),
-            appliance: None,
-        };
         let mut timings = Vec::new();
 
         let mut dd_rate = None;
         if dd.is_some() {
-            let out = medium_dir.join("dd.out");
+            let out = work.join("dd.out");
             let secs = dd_files(std::slice::from_ref(&src), &out)?;
             std::fs::remove_file(&out)?;
             dd_rate = Some(crate::progress::mb_per_s(size, secs));
@@ -274,100 +323,145 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 mb_per_s: crate::progress::mb_per_s(size, secs),
                 vs_dd: Some(1.0),
                 cpu_seconds: None,
+                cpu_s_per_gib: None,
                 output_bytes: Some(size),
             });
         }
         // mgear's throughput over the baseline's: above 1.0 is faster than dd.
         let ratio =
             |base: Option<f64>, rate: f64| base.map(|b| if b > 0.0 { rate / b } else { 0.0 });
+        let per_gib = |cpu: f64| Some(cpu / (size as f64 / (1u64 << 30) as f64));
 
-        let cpu = crate::progress::cpu_seconds();
-        let secs = timed(|| {
-            crate::capture::capture(&crate::capture::Args {
-                dirty_bitmap: None,
-                source: src.display().to_string(),
-                medium: medium.clone(),
-                name: "bench".into(),
-                recipient: vec![crate::keys::pub_path(&key).display().to_string()],
-                passphrase_file: None,
-                delta: false,
-                rate_limit: None,
-                key_cache: Some(work.join("keys")),
-                chunk_size: "1MiB".into(),
-                no_compress: false,
-                threads: None,
-                json: true,
-                checkpoint_bytes: "64MiB".into(),
-                passphrase_work_factor: None,
-            })
-            .map(|_| ())
-        })?;
-        let capture_cpu = crate::progress::cpu_seconds() - cpu;
-        let medium_bytes = dir_bytes(&medium_dir);
-        let rate = crate::progress::mb_per_s(size, secs);
-        timings.push(Timing {
-            what: "mgear capture".into(),
-            seconds: secs,
-            mb_per_s: rate,
-            vs_dd: ratio(dd_rate, rate),
-            cpu_seconds: Some(capture_cpu),
-            output_bytes: Some(medium_bytes),
-        });
+        for kind in &media {
+            // Step names: the dir: medium keeps the historical names, the
+            // FAT32 image's carry a "fat: " prefix.
+            let prefix = if *kind == "fat" { "fat: " } else { "" };
+            let medium_dir = work.join("medium");
+            let medium_img = work.join("medium.img");
+            let _ = std::fs::remove_dir_all(&medium_dir);
+            let _ = std::fs::remove_file(&medium_img);
+            let medium = if *kind == "fat" {
+                // Room for incompressible data plus records, index and FAT.
+                let bytes = size + size / 8 + (64 << 20);
+                crate::medium::format_fat(&medium_img, Some(bytes), true)?;
+                Where {
+                    medium: Some(format!("fat:{}", medium_img.display())),
+                    appliance: None,
+                }
+            } else {
+                std::fs::create_dir_all(&medium_dir)?;
+                Where {
+                    medium: Some(format!("dir:{}", medium_dir.display())),
+                    appliance: None,
+                }
+            };
+            let _ = std::fs::remove_dir_all(work.join("keys"));
 
-        let mut dd_medium_rate = None;
-        // For an all-zero source the medium holds almost nothing: a dd of
-        // it is no baseline for ingest, which writes (sparsely) the whole disk.
-        if dd.is_some() && !matches!(pattern, "zeros" | "sparse") {
-            let mut files = Vec::new();
-            files_under(&medium_dir.join("MGEAR"), &mut files);
-            let out = work.join("dd-medium.out");
-            let secs = dd_files(&files, &out)?;
-            std::fs::remove_file(&out)?;
-            dd_medium_rate = Some(crate::progress::mb_per_s(medium_bytes, secs));
+            let cpu = crate::progress::cpu_seconds();
+            let secs = timed(|| {
+                crate::capture::capture(&crate::capture::Args {
+                    dirty_bitmap: None,
+                    source: src.display().to_string(),
+                    medium: medium.clone(),
+                    name: "bench".into(),
+                    recipient: vec![crate::keys::pub_path(&key).display().to_string()],
+                    passphrase_file: None,
+                    delta: false,
+                    rate_limit: None,
+                    key_cache: Some(work.join("keys")),
+                    chunk_size: "1MiB".into(),
+                    no_compress: false,
+                    threads: None,
+                    json: true,
+                    checkpoint_bytes: "64MiB".into(),
+                    passphrase_work_factor: None,
+                })
+                .map(|_| ())
+            })?;
+            let capture_cpu = crate::progress::cpu_seconds() - cpu;
+            let medium_bytes = if *kind == "fat" {
+                let mut m = medium.open_read_only()?;
+                let n = store_bytes(m.store(), "");
+                m.close()?;
+                n
+            } else {
+                dir_bytes(&medium_dir)
+            };
+            let rate = crate::progress::mb_per_s(size, secs);
             timings.push(Timing {
-                what: "dd medium files -> target (fsync)".into(),
+                what: format!("{prefix}mgear capture"),
                 seconds: secs,
-                mb_per_s: crate::progress::mb_per_s(medium_bytes, secs),
-                vs_dd: Some(1.0),
-                cpu_seconds: None,
+                mb_per_s: rate,
+                vs_dd: ratio(dd_rate, rate),
+                cpu_seconds: Some(capture_cpu),
+                cpu_s_per_gib: per_gib(capture_cpu),
                 output_bytes: Some(medium_bytes),
             });
-        }
 
-        let cpu = crate::progress::cpu_seconds();
-        let secs = timed(|| {
-            crate::ingest::ingest(&crate::ingest::Args {
-                boot: false,
-                wait_for: String::new(),
-                timeout: 0,
-                boot_bus: "auto".into(),
-                adapt: false,
-                medium: medium.clone(),
-                name: "bench".into(),
-                identity: Some(key.clone()),
-                passphrase_file: None,
-                target: format!("file:{}", vol.display()),
-                generation: None,
-                state_dir: Some(work.join("ingest-state")),
-                force: true,
-                allow_unsealed: true,
-                rate_limit: None,
-                checkpoint_bytes: "64MiB".into(),
-                json: true,
-            })
-            .map(|_| ())
-        })?;
-        let ingest_cpu = crate::progress::cpu_seconds() - cpu;
-        let rate = crate::progress::mb_per_s(size, secs);
-        timings.push(Timing {
-            what: "mgear ingest (verifies, then reads back)".into(),
-            seconds: secs,
-            mb_per_s: rate,
-            vs_dd: ratio(dd_medium_rate, rate),
-            cpu_seconds: Some(ingest_cpu),
-            output_bytes: None,
-        });
-        std::fs::remove_file(&vol)?;
+            let mut dd_medium_rate = None;
+            // For an all-zero source the medium holds almost nothing: a dd of
+            // it is no baseline for ingest, which writes (sparsely) the whole disk.
+            if dd.is_some() && !matches!(pattern, "zeros" | "sparse") {
+                let out = work.join("dd-medium.out");
+                let secs = if *kind == "fat" {
+                    // As many bytes of the image as the capture stored.
+                    dd_prefix(&medium_img, medium_bytes, &out)?
+                } else {
+                    let mut files = Vec::new();
+                    files_under(&medium_dir.join("MGEAR"), &mut files);
+                    dd_files(&files, &out)?
+                };
+                std::fs::remove_file(&out)?;
+                dd_medium_rate = Some(crate::progress::mb_per_s(medium_bytes, secs));
+                timings.push(Timing {
+                    what: format!("{prefix}dd medium files -> target (fsync)"),
+                    seconds: secs,
+                    mb_per_s: crate::progress::mb_per_s(medium_bytes, secs),
+                    vs_dd: Some(1.0),
+                    cpu_seconds: None,
+                    cpu_s_per_gib: None,
+                    output_bytes: Some(medium_bytes),
+                });
+            }
+
+            let cpu = crate::progress::cpu_seconds();
+            let secs = timed(|| {
+                crate::ingest::ingest(&crate::ingest::Args {
+                    boot: false,
+                    wait_for: String::new(),
+                    timeout: 0,
+                    boot_bus: "auto".into(),
+                    adapt: false,
+                    medium: medium.clone(),
+                    name: "bench".into(),
+                    identity: Some(key.clone()),
+                    passphrase_file: None,
+                    target: format!("file:{}", vol.display()),
+                    generation: None,
+                    state_dir: Some(work.join("ingest-state")),
+                    force: true,
+                    allow_unsealed: true,
+                    rate_limit: None,
+                    checkpoint_bytes: "64MiB".into(),
+                    json: true,
+                })
+                .map(|_| ())
+            })?;
+            let ingest_cpu = crate::progress::cpu_seconds() - cpu;
+            let rate = crate::progress::mb_per_s(size, secs);
+            timings.push(Timing {
+                what: format!("{prefix}mgear ingest (verifies, then reads back)"),
+                seconds: secs,
+                mb_per_s: rate,
+                vs_dd: ratio(dd_medium_rate, rate),
+                cpu_seconds: Some(ingest_cpu),
+                cpu_s_per_gib: per_gib(ingest_cpu),
+                output_bytes: None,
+            });
+            std::fs::remove_file(&vol)?;
+            let _ = std::fs::remove_dir_all(&medium_dir);
+            let _ = std::fs::remove_file(&medium_img);
+        }
 
         if qemu_img.is_some() {
             let out = work.join("convert.qcow2");
@@ -388,11 +482,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 mb_per_s: rate,
                 vs_dd: ratio(dd_rate, rate),
                 cpu_seconds: None,
+                cpu_s_per_gib: None,
                 output_bytes: bytes,
             });
         }
         std::fs::remove_file(&src)?;
-        std::fs::remove_dir_all(&medium_dir)?;
         report.patterns.push(PatternReport {
             pattern: pattern.into(),
             size,
@@ -409,7 +503,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!("pattern {} ({}):", p.pattern, human_bytes(p.size));
         for t in &p.timings {
             println!(
-                "  {:<42} {:>8.1} MB/s {:>7.2} s{}{}{}",
+                "  {:<47} {:>8.1} MB/s {:>7.2} s{}{}{}{}",
                 t.what,
                 t.mb_per_s,
                 t.seconds,
@@ -417,6 +511,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     .map_or(String::new(), |v| format!("  x{v:.2} vs dd")),
                 t.cpu_seconds
                     .map_or(String::new(), |c| format!("  cpu {c:.2} s")),
+                t.cpu_s_per_gib
+                    .map_or(String::new(), |c| format!(" ({c:.1} CPU-s/GiB)")),
                 t.output_bytes
                     .map_or(String::new(), |b| format!("  output {}", human_bytes(b)))
             );
@@ -455,7 +551,12 @@ fn targets(report: &Report) -> Vec<Target> {
             .and_then(|p| p.timings.iter().find(|t| t.what.starts_with(what)))
     };
     for pattern in ["random", "mix"] {
-        for (what, label) in [("mgear capture", "capture"), ("mgear ingest", "ingest")] {
+        for (what, label) in [
+            ("mgear capture", "capture"),
+            ("mgear ingest", "ingest"),
+            ("fat: mgear capture", "fat: capture"),
+            ("fat: mgear ingest", "fat: ingest"),
+        ] {
             if let Some(v) = find(pattern, what).and_then(|t| t.vs_dd) {
                 out.push(Target {
                     what: format!("{label} of {pattern} data vs dd"),

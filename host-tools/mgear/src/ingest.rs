@@ -496,7 +496,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         _ => None,
     };
     let sdir = state_dir(args.state_dir.clone())?;
-    let mut medium = args.medium.open()?;
+    let mut medium = args.medium.open_read_only()?;
     crate::appliance::ingest_gate(
         args.medium.appliance.as_deref(),
         medium.store(),

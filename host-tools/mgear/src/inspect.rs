@@ -65,7 +65,7 @@ pub struct Report {
 
 /// Run `mgear inspect`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let mut medium = args.medium.open()?;
+    let mut medium = args.medium.open_read_only()?;
     let store = medium.store();
     let free = store.free_space().ok().flatten();
     let caps = image_format::list_captures(store)?;

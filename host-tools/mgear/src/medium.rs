@@ -121,6 +121,19 @@ impl Where {
         }
     }
 
+    /// Open it for a command that only reads (inspect, verify, ingest,
+    /// serve): a `fat:` or NBD medium is opened read-only, so it is
+    /// byte-for-byte the same afterwards (its sha256 does not change).
+    pub fn open_read_only(&self) -> anyhow::Result<Medium> {
+        match (&self.medium, &self.appliance) {
+            (_, Some(port)) => Ok(Medium::Appliance(crate::appliance::open_medium(port)?)),
+            (Some(spec), None) => open_read_only(spec),
+            (None, None) => Err(usage(
+                "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
+            )),
+        }
+    }
+
     /// Human description.
     pub fn describe(&self) -> String {
         match (&self.medium, &self.appliance) {
@@ -133,6 +146,16 @@ impl Where {
 
 /// Open a medium for reading and writing.
 pub fn open(spec: &str) -> anyhow::Result<Medium> {
+    open_mode(spec, false)
+}
+
+/// Open a medium for reading only: an image or device is opened O_RDONLY
+/// and the FAT store refuses every write, so nothing on it changes.
+pub fn open_read_only(spec: &str) -> anyhow::Result<Medium> {
+    open_mode(spec, true)
+}
+
+fn open_mode(spec: &str, read_only: bool) -> anyhow::Result<Medium> {
     match MediumSpec::parse(spec)? {
         MediumSpec::Dir(path) => {
             let store =
@@ -142,11 +165,15 @@ pub fn open(spec: &str) -> anyhow::Result<Medium> {
         MediumSpec::Fat(path) => {
             let file = OpenOptions::new()
                 .read(true)
-                .write(true)
+                .write(!read_only)
                 .open(&path)
                 .with_context(|| format!("cannot open medium {}", path.display()))?;
-            let store = FatStore::open(file)
-                .map_err(|e| anyhow::anyhow!("opening medium {}: {e}", path.display()))?;
+            let store = if read_only {
+                FatStore::open_read_only(file)
+            } else {
+                FatStore::open(file)
+            }
+            .map_err(|e| anyhow::anyhow!("opening medium {}: {e}", path.display()))?;
             Ok(Medium::Fat(store))
         }
         MediumSpec::Nbd(url) => {
@@ -155,8 +182,13 @@ pub fn open(spec: &str) -> anyhow::Result<Medium> {
                 .map_err(|e| usage(format!("--medium {url}: {e}")))?;
             let client = mgear_nbd::Client::connect(&parsed, &mgear_nbd::ConnectOptions::default())
                 .with_context(|| format!("connecting to the medium at {url}"))?;
-            let store = FatStore::open(FlushIsDurable(NbdFile::new(client)))
-                .map_err(|e| anyhow::anyhow!("opening medium {url}: {e}"))?;
+            let dev = FlushIsDurable(NbdFile::new(client));
+            let store = if read_only {
+                FatStore::open_read_only(dev)
+            } else {
+                FatStore::open(dev)
+            }
+            .map_err(|e| anyhow::anyhow!("opening medium {url}: {e}"))?;
             Ok(Medium::Nbd(store))
         }
     }

@@ -103,7 +103,7 @@ pub fn unlock_from(
 /// Run `mgear verify`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let unlock = unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?;
-    let mut medium = args.medium.open()?;
+    let mut medium = args.medium.open_read_only()?;
     let store = medium.store();
     let mut total_bytes = 0u64;
     let captures = image_format::list_captures(store)?;

@@ -7,6 +7,22 @@
 //! small write-back LRU cache of 4 KiB blocks. Large transfers (segment data)
 //! bypass the cache so they stay one sequential I/O each.
 //!
+//! File data does not go through `fatfs`: it walks a file's cluster chain
+//! from the first cluster on every seek and moves one cluster per request,
+//! which made capture and ingest cost grow with the file size. Reads use
+//! the cluster map of [`super::fatmap`] (shared with the board's engine):
+//! one device request per contiguous run. Appends and overwrites of an
+//! existing file (`offset <= size`) write straight to its clusters;
+//! clusters past its end are allocated contiguously after its last one
+//! (FAT entries in every copy first, then the link, then the data, then the
+//! size in the directory entry). `fatfs` still creates files and
+//! directories, fills gaps, truncates, renames and removes; maps are
+//! dropped whenever it touches a file. FSInfo's free count is recounted at
+//! [`FatStore::unmount`] when the direct path allocated clusters.
+//!
+//! [`FatStore::open_read_only`] refuses every write below `fatfs`, so a
+//! read-only command leaves the medium byte-for-byte unchanged.
+//!
 //! `fatfs` writes a file's size only when the file is flushed and only logs
 //! errors on drop, so every write here flushes explicitly and checks the
 //! result, and [`FatStore::unmount`] must be called to clear the volume's
@@ -20,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
 
+use super::fatmap::{self, FileMap, MapCache};
 use super::{Entry, EntryKind, Store, StoreError};
 
 /// A device holding a FAT32 volume: a raw image file, a block device, or an
@@ -74,6 +91,15 @@ struct CacheInner<D> {
     dev: D,
     size: u64,
     blocks: LruCache<u64, (Box<[u8]>, bool)>,
+    /// Opened read-only: every write is refused before it reaches the cache.
+    read_only: bool,
+}
+
+fn read_only_error() -> io::Error {
+    io::Error::new(
+        ErrorKind::PermissionDenied,
+        "the medium is opened read-only for this command",
+    )
 }
 
 impl<D: BlockDevice> CacheInner<D> {
@@ -164,6 +190,9 @@ impl<D: BlockDevice> CacheInner<D> {
     }
 
     fn write_at(&mut self, off: u64, buf: &[u8]) -> io::Result<()> {
+        if self.read_only {
+            return Err(read_only_error());
+        }
         self.check_range(off, buf.len())?;
         if buf.len() >= BYPASS {
             // Keep cached copies coherent: drop blocks the write covers,
@@ -241,7 +270,16 @@ impl<D> Clone for BlockCache<D> {
 
 impl<D: BlockDevice> BlockCache<D> {
     /// Put a cache in front of `dev`; the device's size is found by seeking to its end.
-    pub fn new(mut dev: D) -> io::Result<Self> {
+    pub fn new(dev: D) -> io::Result<Self> {
+        Self::with_mode(dev, false)
+    }
+
+    /// A cache that refuses every write with `PermissionDenied`.
+    pub fn new_read_only(dev: D) -> io::Result<Self> {
+        Self::with_mode(dev, true)
+    }
+
+    fn with_mode(mut dev: D, read_only: bool) -> io::Result<Self> {
         let size = dev.seek(SeekFrom::End(0))?;
         let cap = NonZeroUsize::new(CACHE_BLOCKS).unwrap_or(NonZeroUsize::MIN);
         Ok(BlockCache {
@@ -249,6 +287,7 @@ impl<D: BlockDevice> BlockCache<D> {
                 dev,
                 size,
                 blocks: LruCache::new(cap),
+                read_only,
             })),
             pos: 0,
         })
@@ -268,6 +307,10 @@ impl<D: BlockDevice> BlockCache<D> {
     /// Write back every dirty block and make it durable on the device.
     pub fn sync(&self) -> io::Result<()> {
         let mut g = self.lock()?;
+        if g.read_only {
+            // Nothing can be dirty; a read-only device may refuse fsync.
+            return Ok(());
+        }
         g.flush_all()?;
         g.dev.sync_device()
     }
@@ -342,6 +385,40 @@ pub const MIN_FAT32_BYTES: u64 = 34 * 1024 * 1024;
 pub struct FatStore<D: BlockDevice> {
     fs: fatfs::FileSystem<BlockCache<D>>,
     cache: BlockCache<D>,
+    read_only: bool,
+    /// FAT32 layout for the direct data path (`None`: FAT12/16, fatfs only).
+    geo: Option<fatmap::Geometry>,
+    /// Cluster maps of recently used files.
+    maps: MapCache,
+    /// Clusters allocated by the direct append path since mount: fatfs's
+    /// own free count does not know them, so FSInfo is recounted at unmount.
+    raw_allocated: u64,
+    /// Where the direct path looks for free clusters for an empty file.
+    next_free: u32,
+}
+
+/// `read(offset, buf)` on the cache, for [`fatmap`].
+fn cache_reader<D: BlockDevice>(
+    cache: &BlockCache<D>,
+) -> impl FnMut(u64, &mut [u8]) -> Result<(), StoreError> + '_ {
+    move |off, buf| {
+        cache
+            .lock()
+            .and_then(|mut g| g.read_at(off, buf))
+            .map_err(|e| fat_err("medium", e))
+    }
+}
+
+/// `write(offset, bytes)` on the cache, for [`fatmap`].
+fn cache_writer<D: BlockDevice>(
+    cache: &BlockCache<D>,
+) -> impl FnMut(u64, &[u8]) -> Result<(), StoreError> + '_ {
+    move |off, buf| {
+        cache
+            .lock()
+            .and_then(|mut g| g.write_at(off, buf))
+            .map_err(|e| fat_err("medium", e))
+    }
 }
 
 fn fat_err(path: &str, e: io::Error) -> StoreError {
@@ -417,18 +494,127 @@ impl<D: BlockDevice> FatStore<D> {
     /// Open the FAT32 volume on `dev`.
     pub fn open(dev: D) -> Result<Self, StoreError> {
         let cache = BlockCache::new(dev).map_err(|e| fat_err("open", e))?;
+        Self::mount(cache, false)
+    }
+
+    /// Open the FAT32 volume on `dev` for reading only: every write
+    /// (including the FSInfo and dirty-flag updates `fatfs` makes on its
+    /// own) fails with [`StoreError::ReadOnly`] and [`unmount`](Self::unmount)
+    /// writes nothing, so the medium is byte-for-byte unchanged.
+    pub fn open_read_only(dev: D) -> Result<Self, StoreError> {
+        let cache = BlockCache::new_read_only(dev).map_err(|e| fat_err("open", e))?;
+        Self::mount(cache, true)
+    }
+
+    fn mount(cache: BlockCache<D>, read_only: bool) -> Result<Self, StoreError> {
         let fs = fatfs::FileSystem::new(cache.clone(), fatfs::FsOptions::new()).map_err(|e| {
             StoreError::Io(format!(
                 "the medium does not hold a FAT32 file system ({e}); create one with `mgear medium format fat:PATH`"
             ))
         })?;
-        Ok(FatStore { fs, cache })
+        let mut boot = [0u8; 512];
+        cache
+            .lock()
+            .and_then(|mut g| g.read_at(0, &mut boot))
+            .map_err(|e| fat_err("open", e))?;
+        Ok(FatStore {
+            fs,
+            cache,
+            read_only,
+            geo: fatmap::Geometry::parse(&boot),
+            maps: MapCache::new(),
+            raw_allocated: 0,
+            next_free: 2,
+        })
+    }
+
+    /// The cluster map of file `path` (cached), `None` if it does not exist.
+    fn map(&mut self, path: &str) -> Result<Option<&mut FileMap>, StoreError> {
+        let Some(geo) = &self.geo else {
+            return Ok(None);
+        };
+        if self.maps.get(path).is_none() {
+            match fatmap::lookup(geo, &mut cache_reader(&self.cache), path)? {
+                Some(m) => self.maps.insert(path, m),
+                None => return Ok(None),
+            }
+        }
+        Ok(self.maps.get(path))
+    }
+
+    /// Write `data` at `offset` straight to the file's clusters, allocating
+    /// contiguous clusters past its end and updating its directory entry
+    /// only when it grows: cost per byte independent of the file's size.
+    /// `Ok(false)` when fatfs must do it (new file, a gap, not FAT32).
+    fn write_direct(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<bool, StoreError> {
+        if self.read_only || self.geo.is_none() {
+            return Ok(false);
+        }
+        let (cache, mut hint) = (self.cache.clone(), self.next_free);
+        let Some(geo) = self.geo.clone() else {
+            return Ok(false);
+        };
+        let Some(map) = self.map(path)? else {
+            return Ok(false);
+        };
+        if offset > map.size {
+            return Ok(false);
+        }
+        let end = offset + data.len() as u64;
+        let had = map.clusters();
+        let need = end.div_ceil(geo.cluster_bytes).saturating_sub(had);
+        let (mut rd, mut wr) = (cache_reader(&cache), cache_writer(&cache));
+        fatmap::extend(&geo, &mut rd, &mut wr, map, need, &mut hint)?;
+        let mut done = 0usize;
+        for (at, n) in map.pieces(&geo, offset, data.len() as u64) {
+            wr(at, &data[done..done + n as usize])?;
+            done += n as usize;
+        }
+        if end > map.size || (had == 0 && need > 0) {
+            let mut e = [0u8; 32];
+            rd(map.entry_offset, &mut e)?;
+            if let Some(first) = map.runs.first().map(|r| r.cluster) {
+                e[20..22].copy_from_slice(&((first >> 16) as u16).to_le_bytes());
+                e[26..28].copy_from_slice(&(first as u16).to_le_bytes());
+            }
+            map.size = map.size.max(end);
+            e[28..32].copy_from_slice(&(map.size as u32).to_le_bytes());
+            wr(map.entry_offset, &e)?;
+        }
+        self.raw_allocated += need;
+        self.next_free = hint;
+        Ok(true)
     }
 
     /// Flush everything, clear the volume's dirty flag and close it.
     pub fn unmount(self) -> Result<(), StoreError> {
-        let FatStore { fs, cache } = self;
+        let FatStore {
+            fs,
+            cache,
+            read_only,
+            geo,
+            raw_allocated,
+            next_free,
+            ..
+        } = self;
+        if read_only {
+            // fatfs may hold a free-cluster count it counted for
+            // `free_space` and would store it in FSInfo on unmount: the
+            // read-only cache refuses that write, which is the point.
+            drop(fs);
+            return Ok(());
+        }
         fs.unmount().map_err(|e| fat_err("unmount", e))?;
+        if let (Some(geo), true) = (&geo, raw_allocated > 0) {
+            let free = fatmap::count_free(geo, &mut cache_reader(&cache))?;
+            fatmap::write_fsinfo(
+                geo,
+                &mut cache_reader(&cache),
+                &mut cache_writer(&cache),
+                free,
+                next_free,
+            )?;
+        }
         cache.sync().map_err(|e| fat_err("unmount", e))
     }
 
@@ -641,6 +827,18 @@ impl<D: BlockDevice> Store for FatStore<D> {
 
     fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
         check_path(path)?;
+        if self.geo.is_some() {
+            // One device read per contiguous run instead of fatfs's chain
+            // walk from the first cluster and one request per cluster.
+            let cache = self.cache.clone();
+            let Some(geo) = self.geo.clone() else {
+                return Err(StoreError::NotFound);
+            };
+            let Some(map) = self.map(path)? else {
+                return Err(StoreError::NotFound);
+            };
+            return map.read(&geo, &mut cache_reader(&cache), path, offset, buf);
+        }
         let mut f = self
             .fs
             .root_dir()
@@ -660,6 +858,11 @@ impl<D: BlockDevice> Store for FatStore<D> {
 
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         check_fat_size(path, offset.saturating_add(data.len() as u64))?;
+        check_path(path)?;
+        if self.write_direct(path, offset, data)? {
+            return Ok(());
+        }
+        self.maps.forget(path);
         let mut f = self.open_rw(path)?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if offset > size {
@@ -681,6 +884,7 @@ impl<D: BlockDevice> Store for FatStore<D> {
 
     fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
         check_fat_size(path, len)?;
+        self.maps.forget(path);
         let mut f = self.open_rw(path)?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if len < size {
@@ -721,6 +925,7 @@ impl<D: BlockDevice> Store for FatStore<D> {
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
         check_path(from)?;
         check_path(to)?;
+        self.maps.clear();
         let root = self.fs.root_dir();
         match root.remove(to) {
             Ok(()) => {}
@@ -732,6 +937,7 @@ impl<D: BlockDevice> Store for FatStore<D> {
 
     fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
         check_path(path)?;
+        self.maps.clear();
         match self.fs.root_dir().remove(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -747,6 +953,11 @@ impl<D: BlockDevice> Store for FatStore<D> {
     }
 
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
+        if let (Some(geo), true) = (&self.geo, self.raw_allocated > 0) {
+            // fatfs's count misses the direct path's allocations.
+            let free = fatmap::count_free(geo, &mut cache_reader(&self.cache))?;
+            return Ok(Some(free * geo.cluster_bytes));
+        }
         let st = self.fs.stats().map_err(|e| fat_err("free space", e))?;
         Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
     }
@@ -823,6 +1034,160 @@ mod tests {
         s.read_exact_at("MGEAR/web01/G0001/JRNL-B", 100, &mut b)
             .unwrap();
         assert_eq!(&b, b"journal");
+    }
+
+    fn fsck(p: &std::path::Path) {
+        let out = Command::new("fsck.fat")
+            .arg("-n")
+            .arg(p)
+            .output()
+            .expect("fsck.fat from dosfstools (./test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "fsck.fat: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    #[test]
+    fn direct_appends_stay_contiguous_and_fatfs_reads_them() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/G1").unwrap();
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        // Uneven pieces, as records are: the first creates the file (fatfs),
+        // the rest append through the direct path, interleaved with a
+        // second file so allocations compete.
+        let mut off = 0usize;
+        for (i, piece) in data.chunks(77_777).enumerate() {
+            s.write_at("MGEAR/G1/SEG-00000", off as u64, piece).unwrap();
+            s.write_at("MGEAR/G1/IPART", i as u64 * 100, &[i as u8; 100])
+                .unwrap();
+            off += piece.len();
+        }
+        assert!(s.raw_allocated > 0, "appends must take the direct path");
+        // Each cluster the small file takes can split the segment once, no more.
+        let small = s.map("MGEAR/G1/IPART").unwrap().unwrap().clusters() as usize;
+        let runs = s.map("MGEAR/G1/SEG-00000").unwrap().unwrap().runs.len();
+        assert!(
+            runs <= small + 1,
+            "segment in {runs} runs around {small} clusters of the small file"
+        );
+        assert_eq!(
+            s.len("MGEAR/G1/SEG-00000").unwrap(),
+            Some(data.len() as u64)
+        );
+        // Overwrite inside the file, then read across the whole of it.
+        s.write_at("MGEAR/G1/SEG-00000", 4095, b"XYZ").unwrap();
+        let mut want = data.clone();
+        want[4095..4098].copy_from_slice(b"XYZ");
+        let mut back = vec![0u8; data.len()];
+        s.read_exact_at("MGEAR/G1/SEG-00000", 0, &mut back).unwrap();
+        assert!(back == want);
+        let free = s.free_space().unwrap().unwrap();
+        s.unmount().unwrap();
+        fsck(&p);
+
+        // The fatfs engine alone (no direct path) reads the same bytes and
+        // agrees on the free space recorded in FSInfo.
+        let fs = fatfs::FileSystem::new(open_rw(&p), fatfs::FsOptions::new()).unwrap();
+        let mut f = fs.root_dir().open_file("MGEAR/G1/SEG-00000").unwrap();
+        let mut all = Vec::new();
+        f.read_to_end(&mut all).unwrap();
+        assert!(all == want);
+        let mut ip = Vec::new();
+        fs.root_dir()
+            .open_file("MGEAR/G1/IPART")
+            .unwrap()
+            .read_to_end(&mut ip)
+            .unwrap();
+        assert_eq!(ip.len(), data.chunks(77_777).count() * 100);
+        assert_eq!(&ip[100..200], &[1u8; 100][..]);
+        let st = fs.stats().unwrap();
+        assert_eq!(st.free_clusters() as u64 * st.cluster_size() as u64, free);
+    }
+
+    #[test]
+    fn direct_reads_follow_fragmented_chains_fatfs_wrote() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let a: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
+        let b: Vec<u8> = (0..500_000u32).map(|i| (i % 239) as u8).collect();
+        {
+            // Interleaved cluster-by-cluster appends with fatfs itself give
+            // two chains that alternate on the medium; long and short names.
+            let fs = fatfs::FileSystem::new(open_rw(&p), fatfs::FsOptions::new()).unwrap();
+            let d = fs.root_dir().create_dir("captures").unwrap();
+            let mut fa = d.create_file("a long file name.bin").unwrap();
+            let mut fb = d.create_file("B.DAT").unwrap();
+            for i in 0..a.len().div_ceil(1000) {
+                let ra = &a[(i * 1000).min(a.len())..((i + 1) * 1000).min(a.len())];
+                let rb = &b[(i * 1000).min(b.len())..((i + 1) * 1000).min(b.len())];
+                fa.write_all(ra).unwrap();
+                fb.write_all(rb).unwrap();
+            }
+            fa.flush().unwrap();
+            fb.flush().unwrap();
+        }
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        let m = s.map("CAPTURES/A LONG FILE NAME.BIN").unwrap().unwrap();
+        assert!(
+            m.runs.len() > 10,
+            "the chains must interleave: {:?}",
+            m.runs.len()
+        );
+        for (name, want) in [
+            ("captures/a long file name.bin", &a),
+            ("captures/b.dat", &b),
+        ] {
+            let mut back = vec![0u8; want.len()];
+            s.read_exact_at(name, 0, &mut back).unwrap();
+            assert!(&back == want, "{name}");
+            let mut mid = vec![0u8; 10_000];
+            s.read_exact_at(name, 123_457, &mut mid).unwrap();
+            assert!(mid[..] == want[123_457..133_457], "{name}");
+            let mut tail = [0u8; 64];
+            let n = s.read_at(name, want.len() as u64 - 10, &mut tail).unwrap();
+            assert_eq!(&tail[..n], &want[want.len() - 10..]);
+        }
+        assert_eq!(
+            s.read_at("captures/none", 0, &mut [0u8; 4]),
+            Err(StoreError::NotFound)
+        );
+        assert_eq!(
+            s.write_at("captures/b.dat", 0, b"x"),
+            Err(StoreError::ReadOnly)
+        );
+        s.unmount().unwrap();
+    }
+
+    #[test]
+    fn read_only_open_writes_nothing() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("D").unwrap();
+        s.write_at("D/F", 0, &[5u8; 10_000]).unwrap();
+        s.unmount().unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        assert!(s.free_space().unwrap().unwrap() > 0);
+        assert_eq!(s.list("D").unwrap().len(), 1);
+        for e in [
+            s.write_at("D/F", 10_000, b"more").unwrap_err(),
+            s.set_len("D/F", 1).unwrap_err(),
+            s.create_dir_all("E").unwrap_err(),
+            s.remove_file("D/F").unwrap_err(),
+        ] {
+            assert_eq!(e, StoreError::ReadOnly);
+        }
+        s.sync("D/F").unwrap();
+        s.unmount().unwrap();
+        assert!(
+            std::fs::read(&p).unwrap() == before,
+            "a read-only open changed the medium"
+        );
     }
 
     #[test]

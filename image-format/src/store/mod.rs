@@ -13,6 +13,7 @@
 pub mod dir;
 #[cfg(feature = "fat")]
 pub mod fat;
+pub mod fatmap;
 pub mod mem;
 
 #[cfg(feature = "std")]

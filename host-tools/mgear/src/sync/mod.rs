@@ -157,7 +157,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         .ok_or_else(|| {
         usage("serve needs the capture's key: --identity TARGET.key or --passphrase-file FILE")
     })?;
-    let mut medium = a.medium.open()?;
+    let mut medium = a.medium.open_read_only()?;
     let (key, slot_id) = image_format::unlock_data_key(medium.store(), &a.name, &unlock)?;
     let reader = CaptureReader::open_with_key(medium.store(), &a.name, None, &key)?;
     let m = reader.manifest().clone();

@@ -1,0 +1,657 @@
+//! Direct access to the clusters of a file on a FAT32 volume, shared by both
+//! FAT engines (the host's `FatStore` on `fatfs`, the board's and the
+//! simulator's `FatFiles` on `lamfat`).
+//!
+//! Both engines walk a file's cluster chain from its first cluster on every
+//! seek and move data one cluster per device request, so reading a file at
+//! offset N costs O(N) FAT lookups and a 1 GiB segment read in 4 KiB
+//! clusters is 262 144 requests. Here a file's chain is walked once into a
+//! [`FileMap`] of contiguous runs (a freshly formatted medium gives one run
+//! per file), and a read becomes one device request per run it touches.
+//! The engines keep doing everything that changes metadata; callers drop a
+//! file's map whenever the engine changes that file ([`MapCache`]).
+//!
+//! Only FAT32 is mapped ([`Geometry::parse`] returns `None` otherwise, and
+//! callers use the engine). `no_std` + `alloc`: the board runs this code.
+//!
+//! On-disk structures read here (Microsoft FAT specification): the BPB
+//! fields below; FAT32 entries (28 bits, little-endian, `>= 0x0FFF_FFF8`
+//! ends a chain); 32-byte directory entries (name 0..11, attributes 11,
+//! first cluster high 20..22 and low 26..28, size 28..32; attribute 0x0F
+//! marks a long-name slot holding 13 UCS-2 characters at 1..11, 14..26 and
+//! 28..32, its order number in byte 0, 0x40 on the last one).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::StoreError;
+
+/// First FAT32 entry value that ends a chain.
+const END_OF_CHAIN: u32 = 0x0FFF_FFF8;
+/// Bytes of the FAT read per request while walking a chain.
+const FAT_WINDOW: usize = 64 * 1024;
+
+/// Where a FAT32 volume keeps its FATs, root directory and clusters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Geometry {
+    /// Byte offset of the first FAT.
+    pub fat_offset: u64,
+    /// Bytes of one FAT.
+    pub fat_bytes: u64,
+    /// Number of FAT copies.
+    pub fats: u64,
+    /// Byte offset of cluster 2.
+    pub data_offset: u64,
+    /// Bytes per cluster.
+    pub cluster_bytes: u64,
+    /// First cluster of the root directory.
+    pub root_cluster: u32,
+    /// Number of data clusters (valid cluster numbers are 2..cluster_count+2).
+    pub cluster_count: u32,
+    /// Sector of the FSInfo structure (0 when there is none).
+    pub fsinfo_offset: u64,
+}
+
+fn le16(b: &[u8], o: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[o], b[o + 1]]))
+}
+
+fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+impl Geometry {
+    /// Parse a boot sector (at least 512 bytes). `None` if it is not a
+    /// FAT32 boot sector this module can map (FAT12/16 or damaged): the
+    /// engine then does all the work, as before.
+    pub fn parse(bs: &[u8]) -> Option<Geometry> {
+        if bs.len() < 512 || bs[510] != 0x55 || bs[511] != 0xaa {
+            return None;
+        }
+        let bps = le16(bs, 0x0b);
+        let spc = u64::from(bs[0x0d]);
+        let reserved = le16(bs, 0x0e);
+        let fats = u64::from(bs[0x10]);
+        let root_entries = le16(bs, 0x11);
+        let fat16_sectors = le16(bs, 0x16);
+        let total16 = le16(bs, 0x13);
+        let total32 = u64::from(le32(bs, 0x20));
+        let fat_sectors = u64::from(le32(bs, 0x24));
+        let root_cluster = le32(bs, 0x2c);
+        let fsinfo = le16(bs, 0x30);
+        if !(512..=4096).contains(&bps)
+            || !bps.is_power_of_two()
+            || spc == 0
+            || !spc.is_power_of_two()
+            || fats == 0
+            || root_entries != 0
+            || fat16_sectors != 0
+            || fat_sectors == 0
+            || root_cluster < 2
+        {
+            return None;
+        }
+        let total = if total16 != 0 { total16 } else { total32 };
+        let data_sector = reserved + fats * fat_sectors;
+        let clusters = total.checked_sub(data_sector)? / spc;
+        // The FAT must hold an entry for every cluster (plus the two reserved ones).
+        let clusters = clusters.min(fat_sectors * bps / 4 - 2);
+        if !(65525..=0x0FFF_FFF5).contains(&clusters) || u64::from(root_cluster) >= clusters + 2 {
+            return None;
+        }
+        Some(Geometry {
+            fat_offset: reserved * bps,
+            fat_bytes: fat_sectors * bps,
+            fats,
+            data_offset: data_sector * bps,
+            cluster_bytes: spc * bps,
+            root_cluster,
+            cluster_count: clusters as u32,
+            fsinfo_offset: if fsinfo == 0 || fsinfo == 0xffff {
+                0
+            } else {
+                fsinfo * bps
+            },
+        })
+    }
+
+    /// Byte offset of cluster `c` (>= 2).
+    pub fn cluster_offset(&self, c: u32) -> u64 {
+        self.data_offset + u64::from(c - 2) * self.cluster_bytes
+    }
+
+    /// Whether `c` names a data cluster.
+    pub fn valid_cluster(&self, c: u32) -> bool {
+        c >= 2 && c - 2 < self.cluster_count
+    }
+}
+
+/// A contiguous piece of a file on the medium.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// First cluster of the run.
+    pub cluster: u32,
+    /// Clusters in the run.
+    pub clusters: u32,
+}
+
+/// A file's place on the medium: its size, its directory entry and its
+/// clusters as runs in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMap {
+    /// File size from the directory entry.
+    pub size: u64,
+    /// Byte offset of the file's 32-byte short directory entry.
+    pub entry_offset: u64,
+    /// The cluster chain as contiguous runs.
+    pub runs: Vec<Run>,
+}
+
+impl FileMap {
+    /// Clusters the chain holds.
+    pub fn clusters(&self) -> u64 {
+        self.runs.iter().map(|r| u64::from(r.clusters)).sum()
+    }
+
+    /// Last cluster of the chain, if any.
+    pub fn last_cluster(&self) -> Option<u32> {
+        self.runs.last().map(|r| r.cluster + r.clusters - 1)
+    }
+
+    /// Add `c` at the end of the chain (merging with the last run when adjacent).
+    pub fn push_cluster(&mut self, c: u32) {
+        match self.runs.last_mut() {
+            Some(r) if r.cluster + r.clusters == c => r.clusters += 1,
+            _ => self.runs.push(Run {
+                cluster: c,
+                clusters: 1,
+            }),
+        }
+    }
+
+    /// The medium pieces `(byte offset, length)` holding file bytes
+    /// `[offset, offset + len)`, in order; `offset + len` must lie within the
+    /// chain. Adjacent runs come out as one piece.
+    pub fn pieces(&self, geo: &Geometry, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let (mut pos, end) = (offset, offset + len);
+        let mut run_start = 0u64;
+        for r in &self.runs {
+            let run_len = u64::from(r.clusters) * geo.cluster_bytes;
+            let run_end = run_start + run_len;
+            if pos < run_end && pos < end {
+                let within = pos - run_start;
+                let n = (run_end - pos).min(end - pos);
+                let at = geo.cluster_offset(r.cluster) + within;
+                match out.last_mut() {
+                    Some((o, l)) if *o + *l == at => *l += n,
+                    _ => out.push((at, n)),
+                }
+                pos += n;
+            }
+            if pos >= end {
+                break;
+            }
+            run_start = run_end;
+        }
+        out
+    }
+
+    /// Read file bytes at `offset` into `buf` (stopping at the file's end):
+    /// one `read(medium offset, buf)` per contiguous piece.
+    pub fn read<R>(
+        &self,
+        geo: &Geometry,
+        read: &mut R,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, StoreError>
+    where
+        R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let want = (buf.len() as u64).min(self.size - offset);
+        if offset + want > self.clusters() * geo.cluster_bytes {
+            return Err(damaged(path, "its cluster chain is shorter than its size"));
+        }
+        let mut done = 0usize;
+        for (at, n) in self.pieces(geo, offset, want) {
+            let n = n as usize;
+            read(at, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(done)
+    }
+}
+
+fn damaged(path: &str, what: &str) -> StoreError {
+    StoreError::Io(format!(
+        "{path}: the FAT32 file system is damaged ({what}); check it with `fsck.fat -n`"
+    ))
+}
+
+/// Walk the chain starting at `first` into runs, stopping after `limit`
+/// clusters (a file needs no more than its size covers).
+pub fn chain<R>(
+    geo: &Geometry,
+    read: &mut R,
+    path: &str,
+    first: u32,
+    limit: u64,
+) -> Result<Vec<Run>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let mut map = FileMap {
+        size: 0,
+        entry_offset: 0,
+        runs: Vec::new(),
+    };
+    if first == 0 || limit == 0 {
+        return Ok(map.runs);
+    }
+    let mut window = vec![0u8; FAT_WINDOW];
+    // FAT byte range the window holds: [win_start, win_start + win_len).
+    let (mut win_start, mut win_len) = (0u64, 0usize);
+    let mut c = first;
+    let mut count = 0u64;
+    loop {
+        if !geo.valid_cluster(c) {
+            return Err(damaged(path, "a cluster chain points outside the volume"));
+        }
+        map.push_cluster(c);
+        count += 1;
+        if count >= limit {
+            break;
+        }
+        if count > u64::from(geo.cluster_count) {
+            return Err(damaged(path, "a cluster chain loops"));
+        }
+        let at = u64::from(c) * 4;
+        if at < win_start || at + 4 > win_start + win_len as u64 {
+            win_start = at / 512 * 512;
+            win_len = (geo.fat_bytes - win_start).min(FAT_WINDOW as u64) as usize;
+            read(geo.fat_offset + win_start, &mut window[..win_len])?;
+        }
+        let i = (at - win_start) as usize;
+        let next = le32(&window, i) & 0x0FFF_FFFF;
+        if next >= END_OF_CHAIN {
+            break;
+        }
+        c = next;
+    }
+    Ok(map.runs)
+}
+
+/// Read all of a directory's clusters.
+fn read_dir<R>(geo: &Geometry, read: &mut R, path: &str, first: u32) -> Result<Vec<u8>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    // A FAT32 directory holds at most 65536 entries of 32 bytes.
+    let limit = (65536 * 32u64).div_ceil(geo.cluster_bytes);
+    let runs = chain(geo, read, path, first, limit)?;
+    let map = FileMap {
+        size: 0,
+        entry_offset: 0,
+        runs,
+    };
+    let len = map.clusters() * geo.cluster_bytes;
+    let mut buf = vec![0u8; len as usize];
+    let mut done = 0usize;
+    for (at, n) in map.pieces(geo, 0, len) {
+        read(at, &mut buf[done..done + n as usize])?;
+        done += n as usize;
+    }
+    Ok(buf)
+}
+
+/// An entry found in a directory.
+struct Found {
+    is_dir: bool,
+    first: u32,
+    size: u64,
+    /// Offset of the short entry within the directory's bytes.
+    at: usize,
+}
+
+/// Short-name checksum a long name's slots carry.
+fn short_checksum(name: &[u8]) -> u8 {
+    name.iter()
+        .fold(0u8, |s, &c| s.rotate_right(1).wrapping_add(c))
+}
+
+/// The short name `NAME.EXT` of an entry, as the engines show it.
+fn short_name(e: &[u8]) -> String {
+    let base = core::str::from_utf8(&e[..8]).unwrap_or("").trim_end();
+    let ext = core::str::from_utf8(&e[8..11]).unwrap_or("").trim_end();
+    let mut s = String::from(base);
+    if !ext.is_empty() {
+        s.push('.');
+        s.push_str(ext);
+    }
+    // 0x05 stands for a leading 0xE5 byte; neither is ASCII, so no match.
+    s
+}
+
+/// Find `name` (ASCII, case-insensitive, long or short name) in directory bytes.
+fn find(dir: &[u8], name: &str) -> Option<Found> {
+    let mut lfn: Vec<u16> = Vec::new();
+    let mut lfn_sum: Option<u8> = None;
+    for (i, e) in dir.chunks_exact(32).enumerate() {
+        match e[0] {
+            0x00 => return None,
+            0xe5 => {
+                lfn_sum = None;
+                continue;
+            }
+            _ => {}
+        }
+        let attr = e[11];
+        if attr & 0x3f == 0x0f {
+            let ord = usize::from(e[0] & 0x1f);
+            if ord == 0 {
+                lfn_sum = None;
+                continue;
+            }
+            if e[0] & 0x40 != 0 {
+                lfn = vec![0xffff; ord * 13];
+                lfn_sum = Some(e[13]);
+            }
+            if lfn_sum != Some(e[13]) || ord * 13 > lfn.len() {
+                lfn_sum = None;
+                continue;
+            }
+            let units = (1..11)
+                .step_by(2)
+                .chain((14..26).step_by(2))
+                .chain((28..32).step_by(2));
+            for (k, o) in units.enumerate() {
+                lfn[(ord - 1) * 13 + k] = u16::from_le_bytes([e[o], e[o + 1]]);
+            }
+            continue;
+        }
+        let long = lfn_sum.take().filter(|&s| s == short_checksum(&e[..11]));
+        if attr & 0x08 != 0 {
+            // Volume label.
+            continue;
+        }
+        let long_matches = long.is_some() && {
+            let units: Vec<u16> = lfn
+                .iter()
+                .copied()
+                .take_while(|&u| u != 0 && u != 0xffff)
+                .collect();
+            units.len() == name.len()
+                && units
+                    .iter()
+                    .zip(name.bytes())
+                    .all(|(&u, b)| u < 0x80 && (u as u8).eq_ignore_ascii_case(&b))
+        };
+        if long_matches || short_name(e).eq_ignore_ascii_case(name) {
+            let first = ((le16(e, 20) << 16) | le16(e, 26)) as u32;
+            return Some(Found {
+                is_dir: attr & 0x10 != 0,
+                first,
+                size: u64::from(le32(e, 28)),
+                at: i * 32,
+            });
+        }
+    }
+    None
+}
+
+/// Map the file at `path` (`/`-separated, relative to the root).
+/// `Ok(None)` if it does not exist; an error if it is a directory.
+pub fn lookup<R>(geo: &Geometry, read: &mut R, path: &str) -> Result<Option<FileMap>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(StoreError::Io(format!("{path:?} is a directory")));
+    };
+    let mut dir_cluster = geo.root_cluster;
+    for d in dirs {
+        let bytes = read_dir(geo, read, path, dir_cluster)?;
+        match find(&bytes, d) {
+            Some(f) if f.is_dir => {
+                dir_cluster = if f.first == 0 {
+                    geo.root_cluster
+                } else {
+                    f.first
+                }
+            }
+            _ => return Ok(None),
+        }
+    }
+    let bytes = read_dir(geo, read, path, dir_cluster)?;
+    let Some(f) = find(&bytes, last) else {
+        return Ok(None);
+    };
+    if f.is_dir {
+        return Err(StoreError::Io(format!("{path} is a directory")));
+    }
+    // Where the entry's directory bytes sit on the medium.
+    let dir_runs = chain(geo, read, path, dir_cluster, u64::MAX)?;
+    let dir_map = FileMap {
+        size: 0,
+        entry_offset: 0,
+        runs: dir_runs,
+    };
+    let entry_offset = dir_map
+        .pieces(geo, f.at as u64, 32)
+        .first()
+        .map(|p| p.0)
+        .ok_or_else(|| damaged(path, "a directory entry lies outside its directory"))?;
+    let limit = f.size.div_ceil(geo.cluster_bytes);
+    let runs = chain(geo, read, path, f.first, limit)?;
+    let map = FileMap {
+        size: f.size,
+        entry_offset,
+        runs,
+    };
+    if map.clusters() < limit {
+        return Err(damaged(path, "its cluster chain is shorter than its size"));
+    }
+    Ok(Some(map))
+}
+
+/// Allocate `count` free clusters and append them to `map`'s chain,
+/// preferring the clusters right after its end so the file stays one run.
+/// The new entries are written to every FAT copy before the old end is
+/// linked to them, so a power cut leaves at worst lost clusters (which
+/// `fsck.fat` reclaims), never a chain into unwritten FAT entries. `hint`
+/// is where to search when the file is empty; it is advanced. Returns
+/// `NoSpace` (allocating nothing) when the volume has fewer free clusters.
+pub fn extend<R, W>(
+    geo: &Geometry,
+    read: &mut R,
+    write: &mut W,
+    map: &mut FileMap,
+    count: u64,
+    hint: &mut u32,
+) -> Result<(), StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
+{
+    if count == 0 {
+        return Ok(());
+    }
+    let start = match map.last_cluster() {
+        Some(c) if geo.valid_cluster(c + 1) => c + 1,
+        _ if geo.valid_cluster(*hint) => *hint,
+        _ => 2,
+    };
+    // (cluster, its old raw entry) for each cluster taken, in chain order.
+    let mut found: Vec<(u32, u32)> = Vec::new();
+    let mut window = vec![0u8; FAT_WINDOW];
+    let mut c = start;
+    let mut scanned = 0u64;
+    while (found.len() as u64) < count {
+        if scanned >= u64::from(geo.cluster_count) {
+            return Err(StoreError::NoSpace);
+        }
+        let at = u64::from(c) * 4;
+        let end_cluster = u64::from(geo.cluster_count) + 2;
+        let n = ((end_cluster - u64::from(c)) * 4).min(FAT_WINDOW as u64) as usize;
+        read(geo.fat_offset + at, &mut window[..n])?;
+        for e in window[..n].chunks_exact(4) {
+            let raw = le32(e, 0);
+            if raw & 0x0FFF_FFFF == 0 && (found.len() as u64) < count {
+                found.push((c, raw));
+            }
+            c += 1;
+            scanned += 1;
+        }
+        if u64::from(c) >= end_cluster {
+            c = 2;
+        }
+    }
+    // New entries first, group by group of adjacent clusters.
+    let mut i = 0;
+    while i < found.len() {
+        let mut j = i + 1;
+        while j < found.len() && found[j].0 == found[j - 1].0 + 1 {
+            j += 1;
+        }
+        let mut bytes = Vec::with_capacity((j - i) * 4);
+        for k in i..j {
+            let next = found.get(k + 1).map_or(0x0FFF_FFFF, |n| n.0);
+            let v = (found[k].1 & 0xF000_0000) | next;
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        for f in 0..geo.fats {
+            write(
+                geo.fat_offset + f * geo.fat_bytes + u64::from(found[i].0) * 4,
+                &bytes,
+            )?;
+        }
+        i = j;
+    }
+    if let Some(last) = map.last_cluster() {
+        let mut old = [0u8; 4];
+        read(geo.fat_offset + u64::from(last) * 4, &mut old)?;
+        let v = (le32(&old, 0) & 0xF000_0000) | found[0].0;
+        for f in 0..geo.fats {
+            write(
+                geo.fat_offset + f * geo.fat_bytes + u64::from(last) * 4,
+                &v.to_le_bytes(),
+            )?;
+        }
+    }
+    for (c, _) in &found {
+        map.push_cluster(*c);
+    }
+    if let Some(last) = map.last_cluster() {
+        *hint = if geo.valid_cluster(last + 1) {
+            last + 1
+        } else {
+            2
+        };
+    }
+    Ok(())
+}
+
+/// Count the free clusters in the FAT (read in large pieces).
+pub fn count_free<R>(geo: &Geometry, read: &mut R) -> Result<u64, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let mut window = vec![0u8; FAT_WINDOW * 16];
+    let end = (u64::from(geo.cluster_count) + 2) * 4;
+    let mut at = 8u64;
+    let mut free = 0u64;
+    while at < end {
+        let n = (end - at).min(window.len() as u64) as usize;
+        read(geo.fat_offset + at, &mut window[..n])?;
+        free += window[..n]
+            .chunks_exact(4)
+            .filter(|e| le32(e, 0) & 0x0FFF_FFFF == 0)
+            .count() as u64;
+        at += n as u64;
+    }
+    Ok(free)
+}
+
+/// Store a free-cluster count and next-free hint in the FSInfo sector
+/// (when the volume has a valid one), as the engines do at unmount.
+pub fn write_fsinfo<R, W>(
+    geo: &Geometry,
+    read: &mut R,
+    write: &mut W,
+    free: u64,
+    next_free: u32,
+) -> Result<(), StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
+{
+    if geo.fsinfo_offset == 0 {
+        return Ok(());
+    }
+    let mut s = [0u8; 512];
+    read(geo.fsinfo_offset, &mut s)?;
+    if le32(&s, 0) != 0x4161_5252 || le32(&s, 484) != 0x6141_7272 {
+        return Ok(());
+    }
+    let mut tail = [0u8; 8];
+    tail[..4].copy_from_slice(&(free as u32).to_le_bytes());
+    tail[4..].copy_from_slice(&next_free.to_le_bytes());
+    write(geo.fsinfo_offset + 488, &tail)
+}
+
+/// Maps of recently used files, keyed by path (case-insensitive, as FAT
+/// looks names up). The engine owner drops a path's map whenever the engine
+/// changes that file, and all maps when entries move (rename, remove).
+#[derive(Debug, Default)]
+pub struct MapCache {
+    maps: Vec<(String, FileMap)>,
+}
+
+/// Files whose maps are kept: a capture touches a segment, its index part,
+/// journal slots and a few small files.
+const MAP_SLOTS: usize = 16;
+
+impl MapCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        MapCache { maps: Vec::new() }
+    }
+
+    fn key(path: &str) -> String {
+        path.to_ascii_uppercase()
+    }
+
+    /// The cached map of `path`.
+    pub fn get(&mut self, path: &str) -> Option<&mut FileMap> {
+        let k = Self::key(path);
+        self.maps.iter_mut().find(|(p, _)| *p == k).map(|(_, m)| m)
+    }
+
+    /// Remember `map` for `path` (dropping the oldest map when full).
+    pub fn insert(&mut self, path: &str, map: FileMap) {
+        self.forget(path);
+        if self.maps.len() >= MAP_SLOTS {
+            self.maps.remove(0);
+        }
+        self.maps.push((Self::key(path), map));
+    }
+
+    /// Drop the map of `path`.
+    pub fn forget(&mut self, path: &str) {
+        let k = Self::key(path);
+        self.maps.retain(|(p, _)| *p != k);
+    }
+
+    /// Drop every map.
+    pub fn clear(&mut self) {
+        self.maps.clear();
+    }
+}
