@@ -68,6 +68,9 @@ const MAX_BODY: usize = 256;
 /// Largest valid COMMIT file: readers refuse anything longer unread.
 pub const MAX_COMMIT_LEN: u64 = (16 + MAX_BODY + 2 + MAX_SIGNATURES * SIG_LEN + 4) as u64;
 const SIG_LEN: usize = 1 + 32 + 64;
+/// Largest key-slot file hashed into a commit (an age file with a few
+/// recipients is well under 1 KiB); larger ones are refused unread.
+pub const MAX_KEY_SLOT_LEN: u64 = 1024 * 1024;
 
 /// Who made a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,10 +349,11 @@ pub fn expected_commit<S: Store + ?Sized>(
         return Ok(None);
     };
     let dir = layout::capture_dir(name);
-    let mut buf = alloc::vec![0u8; 64 * 1024];
     let mut slot = |file: &str| -> Result<Option<[u8; 32]>> {
         let p = alloc::format!("{dir}/{file}");
-        Ok(medium::hash_file(store, &p, &mut buf)?.map(|(_, h)| h))
+        let at = Location::capture(name).file(&p);
+        Ok(medium::read_file(store, &p, MAX_KEY_SLOT_LEN, &at)?
+            .map(|b| *blake3::hash(&b).as_bytes()))
     };
     let keys = slot(KEYS_FILE)?;
     let keypass = slot(KEYPASS_FILE)?;
