@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+pub mod commit;
 pub mod error;
 pub mod layout;
 mod medium;

@@ -1125,3 +1125,63 @@ fn parallel_reads_match_single_reads_and_name_bad_records() {
         "{e}"
     );
 }
+
+#[test]
+fn commit_is_checked_by_the_keyless_verifier_and_absent_is_fine() {
+    use crate::commit::{self, CommitFile, SignerRole};
+    let mut f = fixture();
+    // An old capture without COMMIT verifies.
+    assert!(keyless(&mut f.store).is_ok());
+    let expected = commit::expected_commit(&mut f.store, "web01", 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(expected.manifest_root, f.summary.manifest_root);
+    let site = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let signed = CommitFile {
+        signatures: vec![expected.sign(SignerRole::Site, &site)],
+        commit: expected.clone(),
+    };
+    commit::write_commit(&mut f.store, &signed).unwrap();
+    assert_eq!(
+        commit::read_commit(&mut f.store, "web01", 1).unwrap(),
+        Some(signed.clone())
+    );
+    let r = keyless(&mut f.store);
+    assert!(r.is_ok(), "{:?}", r.problems);
+    assert!(medium_digests(&mut f.store)
+        .unwrap()
+        .iter()
+        .any(|(p, _)| p == "MGEAR/web01/G0001/COMMIT"));
+    // Replacing a key slot (a swap of who can open it) breaks the match.
+    let keys = file(&mut f.store, "MGEAR/web01/KEYS");
+    let mut other = keys.clone();
+    let n = other.len() - 1;
+    other[n] ^= 1;
+    f.store.write_at("MGEAR/web01/KEYS", 0, &other).unwrap();
+    let r = keyless(&mut f.store);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.what.contains("COMMIT does not match")),
+        "{:?}",
+        r.problems
+    );
+    f.store.write_at("MGEAR/web01/KEYS", 0, &keys).unwrap();
+    // A forged signature is named.
+    let mut forged = signed.clone();
+    forged.signatures[0].signature[5] ^= 1;
+    commit::write_commit(&mut f.store, &forged).unwrap();
+    let r = keyless(&mut f.store);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.what.contains("does not verify")),
+        "{:?}",
+        r.problems
+    );
+    // Junk in place of a COMMIT is named, not a panic.
+    f.store
+        .write_at("MGEAR/web01/G0001/COMMIT", 0, &[0xAB; 300])
+        .unwrap();
+    assert!(!keyless(&mut f.store).is_ok());
+}

@@ -11,6 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::commit;
 use crate::error::{Error, Location, Result, StoreCtx};
 use crate::layout::{
     self, IndexHeader, RecordHeader, SegmentDigest, SegmentHeader, SegmentTrailer, INDEX_FILE,
@@ -221,6 +222,7 @@ fn verify_capture_into<S: Store + ?Sized>(
             );
         }
         verify_index(store, name, &m, cx)?;
+        verify_commit(store, name, g, &mut *cx)?;
         for (s, d) in m.segments.iter().enumerate() {
             verify_segment(store, name, g, s as u32, &m.capture_id, d, cx)?;
         }
@@ -234,6 +236,34 @@ fn verify_capture_into<S: Store + ?Sized>(
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// A generation's COMMIT, when it has one (older captures have none, which
+/// is not a problem here: whether a signature is required is the target's
+/// policy): framing, match with the manifest and key slots, signatures.
+fn verify_commit<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    generation: u32,
+    cx: &mut Ctx<'_>,
+) -> Result<()> {
+    let path = commit::commit_path(name, generation);
+    let at = Location::capture(name).generation(generation).file(&path);
+    let file = match commit::read_commit(store, name, generation) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(()),
+        Err(Error::Corrupt { at, what }) => {
+            cx.problem(*at, what);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(expected) = commit::expected_commit(store, name, generation)? {
+        if let Some(what) = commit::check_commit(&file, &expected) {
+            cx.problem(at, what);
         }
     }
     Ok(())
@@ -589,7 +619,7 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
 }
 
 /// blake3 of every file the appliance signs at seal: each capture's key
-/// slots, and each generation's MANIFEST, INDEX and segments, sorted by path.
+/// slots, and each generation's MANIFEST, COMMIT, INDEX and segments, sorted by path.
 /// Keyless; the appliance signs this list.
 pub fn medium_digests<S: Store + ?Sized>(store: &mut S) -> Result<Vec<(String, [u8; 32])>> {
     let mut out = Vec::new();
@@ -609,6 +639,7 @@ pub fn medium_digests<S: Store + ?Sized>(store: &mut S) -> Result<Vec<(String, [
                 .filter(|e| {
                     e.kind == EntryKind::File
                         && (e.name == MANIFEST_FILE
+                            || e.name == commit::COMMIT_FILE
                             || e.name == INDEX_FILE
                             || layout::parse_segment_name(&e.name).is_some())
                 })

@@ -119,6 +119,7 @@ fn debian_ingest_adapt_boots_on_virtio() {
     capture(&e, &disk, "deb12");
     let out = e.run(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -200,6 +201,7 @@ fn ingest_adapt_without_virt_v2v_says_what_to_install_before_writing() {
     let out = e
         .cmd(&[
             "ingest",
+            "--allow-untrusted",
             "--medium",
             "dir:mnt",
             "--name",
@@ -233,6 +235,7 @@ fn ingest_adapt_refuses_a_disk_without_an_os_and_keeps_the_verified_volume() {
     capture(&e, &e.p("disk.raw"), "web01");
     let out = e.run(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -268,6 +271,7 @@ fn ingest_refuses_a_bad_boot_bus_before_writing() {
     capture(&e, &e.p("disk.raw"), "web01");
     let out = e.run(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",

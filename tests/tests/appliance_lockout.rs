@@ -74,6 +74,7 @@ fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {
     let m = format!("fat:{}", lab.s("medium.img"));
     let out = lab.run(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         &m,
         "--name",

@@ -201,6 +201,7 @@ fn cbt_delta_reads_only_dirty_chunks() {
     );
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",

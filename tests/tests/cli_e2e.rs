@@ -127,7 +127,14 @@ fn cli_fat_round_trip_bit_identical() {
 
     let v = e.json(&["verify", "--medium", &m]);
     assert_eq!(v["ok"], true, "{v}");
-    let v = e.json(&["verify", "--medium", &m, "--identity", "target.key"]);
+    let v = e.json(&[
+        "verify",
+        "--allow-untrusted",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+    ]);
     assert_eq!(
         (v["ok"].clone(), v["keyed"].clone()),
         (true.into(), true.into()),
@@ -140,6 +147,7 @@ fn cli_fat_round_trip_bit_identical() {
 
     let r = e.json(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         &m,
         "--name",
@@ -182,6 +190,7 @@ fn cli_direct_capture_ingests_without_a_seal_and_says_so() {
     ]);
     let out = e.run(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         &m,
         "--name",
@@ -191,12 +200,12 @@ fn cli_direct_capture_ingests_without_a_seal_and_says_so() {
         "--target",
         "file:vol.raw",
     ]);
-    // Written without an appliance: nothing was sealed, so ingest goes ahead
-    // (every chunk is still authenticated) and says so. Captures made through
-    // an appliance are refused without attestations (tests/appliance_*.rs).
+    // Unsigned and written without an appliance: nothing proves its origin,
+    // so ingest goes ahead only with --allow-untrusted and says so loudly
+    // (pinned trust is played in tests/trust_e2e.rs).
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("written without an appliance"),
+        stderr(&out).contains("WARNING: --allow-untrusted"),
         "{}",
         stderr(&out)
     );
@@ -224,10 +233,18 @@ fn cli_dir_medium_and_passphrase() {
         "10",
     ]);
     assert!(e.p("mnt/MGEAR").is_dir());
-    let v = e.json(&["verify", "--medium", "dir:mnt", "--passphrase-file", "pw"]);
+    let v = e.json(&[
+        "verify",
+        "--allow-untrusted",
+        "--medium",
+        "dir:mnt",
+        "--passphrase-file",
+        "pw",
+    ]);
     assert_eq!(v["ok"], true, "{v}");
     let bad = e.run(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -246,6 +263,7 @@ fn cli_dir_medium_and_passphrase() {
     );
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -278,9 +296,17 @@ fn cli_wrong_identity_exits_2() {
         "target.pub",
     ]);
     for args in [
-        vec!["verify", "--medium", "dir:mnt", "--identity", "other.key"],
+        vec![
+            "verify",
+            "--allow-untrusted",
+            "--medium",
+            "dir:mnt",
+            "--identity",
+            "other.key",
+        ],
         vec![
             "ingest",
+            "--allow-untrusted",
             "--medium",
             "dir:mnt",
             "--name",
@@ -356,6 +382,7 @@ fn cli_corrupted_record_is_named() {
     // Ingest refuses the damaged chunk (exit 1) and leaves no complete-looking target.
     let out = e.run(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -416,6 +443,7 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
     );
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         &m,
         "--name",
@@ -429,6 +457,7 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
     same_file(&e.p("disk.raw"), &e.p("v2.raw"));
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         &m,
         "--name",
@@ -507,9 +536,17 @@ fn cli_capture_resumes_after_sigkill() {
     let r = e.json(&rerun);
     assert!(r["resumed_from_chunk"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["generation"], 1);
-    e.ok(&["verify", "--medium", "dir:mnt", "--identity", "target.key"]);
+    e.ok(&[
+        "verify",
+        "--allow-untrusted",
+        "--medium",
+        "dir:mnt",
+        "--identity",
+        "target.key",
+    ]);
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -542,6 +579,7 @@ fn cli_ingest_resumes_after_sigkill() {
     ]);
     let args = [
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -622,6 +660,7 @@ fn cli_medium_full_then_resume_after_freeing() {
     assert_eq!(r["generation"], 1);
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         &m,
         "--name",
@@ -655,6 +694,7 @@ fn cli_qcow2_target_round_trip() {
     ]);
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -795,6 +835,7 @@ fn cli_nbd_source_skips_holes() {
     assert!(c["holes_skipped"].as_u64().unwrap() >= 12 << 20, "{c}");
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -866,7 +907,7 @@ fn cli_dev_target_writes_chunk_zero_last_and_clears_marker() {
     let state_arg = state.display().to_string();
     #[rustfmt::skip]
     let args = [
-        "ingest", "--medium", "dir:mnt", "--name", "web01", "--identity", "target.key",
+        "ingest", "--allow-untrusted", "--medium", "dir:mnt", "--name", "web01", "--identity", "target.key",
         "--target", &target, "--state-dir", &state_arg, INGEST_UNSEALED,
         "--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB",
     ];
@@ -965,7 +1006,7 @@ fn cli_fat_medium_over_nbd() {
     fsck_clean(&e.p("medium.img"));
     #[rustfmt::skip]
     e.ok(&[
-        "ingest", "--medium", "fat:medium.img", "--name", "web01", "--identity", "target.key",
+        "ingest", "--allow-untrusted", "--medium", "fat:medium.img", "--name", "web01", "--identity", "target.key",
         "--target", "file:v.raw", INGEST_UNSEALED,
     ]);
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
@@ -1000,6 +1041,7 @@ fn cli_nbd_target_round_trip() {
     let url = format!("nbd+unix:///?socket={}", sock.display());
     let r = e.json(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -1050,6 +1092,7 @@ fn cli_nbd_target_round_trip() {
     );
     let out = e.run(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",
@@ -1184,6 +1227,7 @@ fn cli_source_that_shrinks_mid_capture_is_a_clear_error_and_resumable() {
     assert!(c["resumed_from_chunk"].as_u64().unwrap() >= 1, "{c}");
     e.ok(&[
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",

@@ -154,7 +154,14 @@ fn board_fat_layer_reads_cli_media_and_the_cli_reads_what_it_writes() {
         "fsck.fat: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let v = e.json(&["verify", "--medium", &m, "--identity", "target.key"]);
+    let v = e.json(&[
+        "verify",
+        "--allow-untrusted",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+    ]);
     assert_eq!(v["ok"], true, "{v}");
     let mut host = FatStore::open(open_rw(&img)).unwrap();
     let mut b = vec![0u8; 4];

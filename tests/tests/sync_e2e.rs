@@ -77,6 +77,7 @@ impl Env {
         ]);
         self.ok(&[
             "ingest",
+            "--allow-untrusted",
             "--medium",
             "fat:medium.img",
             "--name",

@@ -41,6 +41,7 @@ fn captured_sample(e: &Env, marker: &str) -> String {
 fn ingest_args(target: &str) -> Vec<&str> {
     vec![
         "ingest",
+        "--allow-untrusted",
         "--medium",
         "dir:mnt",
         "--name",

@@ -40,7 +40,7 @@ use mgear_firmware::protocol::{Info, Pin, Problem, Request, Response, VerifyRepo
 use zeroize::Zeroizing;
 
 pub use client::{ApplianceError, Client};
-pub use gate::ingest_gate;
+pub use gate::{find_attestations, ingest_gate, sha256_file};
 
 /// Arguments of `mgear appliance`.
 #[derive(clap::Args, Debug)]
@@ -210,7 +210,11 @@ fn print_info(i: &Info) {
         i.firmware_version, i.protocol_version
     );
     match (&i.identity_pubkey, &i.fingerprint) {
-        (Some(k), Some(f)) => println!("identity:       {f} ({})", hex(k)),
+        (Some(k), Some(f)) => {
+            println!("identity:       {f} ({})", hex(k));
+            // The full form is what a target pins (--trust-appliance).
+            println!("fingerprint:    {}", crate::sitekey::fingerprint(k));
+        }
         _ => println!("identity:       none (not provisioned)"),
     }
     if let Some(m) = &i.medium_id {
@@ -292,7 +296,14 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
         Cmd::Info => {
             let i = info(c)?;
             if json {
-                print_json(&i)?;
+                let mut v = serde_json::to_value(&i)?;
+                if let (Some(k), Some(obj)) = (&i.identity_pubkey, v.as_object_mut()) {
+                    obj.insert(
+                        "fingerprint_full".into(),
+                        crate::sitekey::fingerprint(k).into(),
+                    );
+                }
+                print_json(&v)?;
             } else {
                 print_info(&i);
             }

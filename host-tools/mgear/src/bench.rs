@@ -375,6 +375,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     json: true,
                     checkpoint_bytes: "64MiB".into(),
                     passphrase_work_factor: None,
+                    sign: None,
                 })
                 .map(|_| ())
             })?;
@@ -441,6 +442,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     state_dir: Some(work.join("ingest-state")),
                     force: true,
                     allow_unsealed: true,
+                    // A benchmark measures speed, not origin.
+                    trust: crate::trust::TrustArgs {
+                        allow_untrusted: true,
+                        ..Default::default()
+                    },
                     rate_limit: None,
                     checkpoint_bytes: "64MiB".into(),
                     json: true,

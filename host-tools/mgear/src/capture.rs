@@ -84,6 +84,9 @@ pub struct Args {
     /// Encoder threads [default: number of CPUs].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Sign each generation's COMMIT with this capture-site key (`mgear keygen --signing`).
+    #[arg(long, value_name = "SITE.key")]
+    pub sign: Option<PathBuf>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +127,23 @@ pub struct Report {
     /// cpu_seconds / seconds: the share of one core the capture cost the source host.
     pub cpu_share: f64,
     pub manifest_root: String,
+    /// The receipt the field engineer sends to the target.
+    pub receipt: Receipt,
+}
+
+/// What the target needs to pin this generation (`ingest --expect-generation`).
+#[derive(Debug, Serialize, Default)]
+pub struct Receipt {
+    pub name: String,
+    pub capture_id: String,
+    pub generation: u32,
+    pub manifest_root: String,
+    /// blake3 of the signed COMMIT bytes (none when not signed).
+    pub commit_digest: Option<String>,
+    /// `site <fingerprint>` / `appliance <fingerprint>` of every COMMIT signature.
+    pub signers: Vec<String>,
+    /// True when this run only added a missing signature to a finished generation.
+    pub signed_only: bool,
 }
 
 /// The key cache directory.
@@ -160,6 +180,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 fn print_summary(r: &Report) {
+    if r.receipt.signed_only {
+        println!(
+            "{} generation {} was already captured: added the missing COMMIT signature",
+            r.name, r.generation
+        );
+        print_receipt(&r.receipt);
+        return;
+    }
     println!(
         "captured {} generation {}{} ({} chunks of {})",
         r.name,
@@ -200,6 +228,116 @@ fn print_summary(r: &Report) {
         r.cpu_share * 100.0,
         r.cpu_seconds
     );
+    print_receipt(&r.receipt);
+}
+
+fn print_receipt(r: &Receipt) {
+    println!(
+        "receipt (send it to the target; ingest --expect-generation {}):",
+        r.generation
+    );
+    println!("  {:<14} {}", "name", r.name);
+    println!("  {:<14} {}", "capture id", r.capture_id);
+    println!("  {:<14} {}", "generation", r.generation);
+    println!("  {:<14} {}", "manifest root", r.manifest_root);
+    match &r.commit_digest {
+        Some(d) => println!("  {:<14} {d}", "commit"),
+        None => println!(
+            "  {:<14} NOT SIGNED (capture with --sign SITE.key)",
+            "commit"
+        ),
+    }
+    for s in &r.signers {
+        println!("  {:<14} {s}", "signed by");
+    }
+}
+
+/// Sign generation `generation` of `name`: build its commit from the medium
+/// (MANIFEST and key slots as written), add this site's signature to its
+/// COMMIT (kept signatures of others), write it atomically. Returns the receipt.
+fn sign_generation(
+    store: &mut dyn image_format::Store,
+    name: &str,
+    generation: u32,
+    key: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<Receipt> {
+    use image_format::commit::{self, CommitFile, SignerRole};
+    let expected = commit::expected_commit(store, name, generation)?.ok_or_else(|| {
+        anyhow::anyhow!("{name} generation {generation} has no MANIFEST: nothing to sign")
+    })?;
+    let mut file = match commit::read_commit(store, name, generation) {
+        Ok(Some(f)) if f.commit == expected => f,
+        // A COMMIT for other content (or a damaged one) is replaced: only
+        // what is on the medium now is signed.
+        _ => CommitFile {
+            commit: expected.clone(),
+            signatures: Vec::new(),
+        },
+    };
+    file.add(expected.sign(SignerRole::Site, key))
+        .map_err(|e| anyhow::anyhow!("{name} generation {generation}: {e}"))?;
+    commit::write_commit(store, &file)?;
+    Ok(receipt_of(&file))
+}
+
+fn receipt_of(file: &image_format::commit::CommitFile) -> Receipt {
+    let c = &file.commit;
+    Receipt {
+        name: c.name.clone(),
+        capture_id: hex(&c.capture_id),
+        generation: c.generation,
+        manifest_root: hex(&c.manifest_root),
+        commit_digest: Some(hex(&c.digest())),
+        signers: file
+            .signatures
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s.role.as_str(),
+                    crate::sitekey::fingerprint(&s.public_key)
+                )
+            })
+            .collect(),
+        signed_only: false,
+    }
+}
+
+/// Re-run of a finished capture with `--sign`: when the newest generation
+/// is finished but its COMMIT is missing (a crash after MANIFEST) or lacks
+/// this site's signature, sign it instead of capturing again.
+fn sign_missing(
+    store: &mut dyn image_format::Store,
+    name: &str,
+    key: &ed25519_dalek::SigningKey,
+) -> anyhow::Result<Option<Receipt>> {
+    use image_format::commit;
+    let Some(info) = image_format::list_captures(store)?
+        .into_iter()
+        .find(|c| c.name == name)
+    else {
+        return Ok(None);
+    };
+    let Some(newest) = info.generations.last() else {
+        return Ok(None);
+    };
+    if newest.state != image_format::GenerationState::Complete {
+        return Ok(None);
+    }
+    let g = newest.generation;
+    let me = key.verifying_key().to_bytes();
+    let signed = match commit::read_commit(store, name, g) {
+        Ok(Some(f)) => f.signatures.iter().any(|s| {
+            s.role == commit::SignerRole::Site && s.public_key == me && f.commit.verifies(s)
+        }),
+        _ => false,
+    };
+    if signed {
+        return Ok(None);
+    }
+    let mut r = sign_generation(store, name, g, key)?;
+    r.signed_only = true;
+    Ok(Some(r))
 }
 
 /// Do the capture; returns the report.
@@ -249,10 +387,43 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     if let Some(port) = &args.medium.appliance {
         crate::appliance::capture_event(port, &args.name, None)?;
     }
+    let sign_key = args
+        .sign
+        .as_deref()
+        .map(crate::sitekey::read_signing_key)
+        .transpose()?;
     let mut medium = args.medium.open()?;
     let exists = image_format::list_captures(medium.store())?
         .iter()
         .any(|c| c.name == args.name);
+    if let (Some(key), true, false) = (&sign_key, exists, args.delta) {
+        if let Some(receipt) = sign_missing(medium.store(), &args.name, key)? {
+            medium.close()?;
+            return Ok(Report {
+                command: "capture",
+                name: receipt.name.clone(),
+                generation: receipt.generation,
+                parent: None,
+                disk_size: size,
+                chunk_size,
+                resumed_from_chunk: 0,
+                bytes_read: 0,
+                holes_skipped: 0,
+                unchanged_skipped: 0,
+                zero_chunks: 0,
+                dedup_chunks: 0,
+                stored_chunks: 0,
+                stored_bytes: 0,
+                ratio: 0.0,
+                seconds: started.elapsed().as_secs_f64(),
+                mb_per_s: 0.0,
+                cpu_seconds: 0.0,
+                cpu_share: 0.0,
+                manifest_root: receipt.manifest_root.clone(),
+                receipt,
+            });
+        }
+    }
     if !exists && recipients.is_empty() && passphrase.is_none() {
         return Err(usage(
             "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the target) and/or --passphrase-file",
@@ -320,6 +491,28 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         }
     };
     let bytes_read = stats.read;
+    // MANIFEST is on the medium (the writer finished); COMMIT comes after it.
+    let receipt = match &sign_key {
+        Some(key) => sign_generation(medium.store(), &summary.name, summary.generation, key)
+            .context(
+                "signing the generation's COMMIT (re-run the same command with --sign to add it)",
+            )?,
+        None => Receipt {
+            name: summary.name.clone(),
+            capture_id: image_format::commit::expected_commit(
+                medium.store(),
+                &summary.name,
+                summary.generation,
+            )
+            .ok()
+            .flatten()
+            .map(|c| hex(&c.capture_id))
+            .unwrap_or_default(),
+            generation: summary.generation,
+            manifest_root: hex(&summary.manifest_root),
+            ..Default::default()
+        },
+    };
     medium.close()?;
     if let Some(port) = &args.medium.appliance {
         crate::appliance::capture_event(port, &args.name, Some(u64::from(summary.generation)))?;
@@ -351,6 +544,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         cpu_seconds,
         cpu_share: cpu_seconds / secs.max(1e-9),
         manifest_root: hex(&summary.manifest_root),
+        receipt,
     })
 }
 

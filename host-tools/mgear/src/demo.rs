@@ -201,13 +201,23 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
         crate::units::human_bytes(sample.size),
         sample.marker_line
     );
-    step(2, "make the target key pair", || {
-        crate::keys::keygen(crate::keys::KeygenArgs {
-            out: key.clone(),
-            force: true,
-            signing: false,
-        })
-    })?;
+    let site_key = work.join("site.key");
+    step(
+        2,
+        "make the target key pair, and the capture site's signing key",
+        || {
+            crate::keys::keygen(crate::keys::KeygenArgs {
+                out: key.clone(),
+                force: true,
+                signing: false,
+            })?;
+            crate::keys::keygen(crate::keys::KeygenArgs {
+                out: site_key.clone(),
+                force: true,
+                signing: true,
+            })
+        },
+    )?;
     step(3, "format a FAT32 medium image", || {
         crate::medium::format_fat(&img, Some(256 << 20), true)
     })?;
@@ -244,35 +254,48 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
         medium: None,
         appliance: Some(port.clone()),
     };
-    step(6, "capture the disk through the appliance", || {
-        let r = crate::capture::capture(&crate::capture::Args {
-            dirty_bitmap: None,
-            source: disk.display().to_string(),
-            medium: medium.clone(),
-            name: "demo".into(),
-            recipient: vec![crate::keys::pub_path(&key).display().to_string()],
-            passphrase_file: None,
-            delta: false,
-            rate_limit: None,
-            key_cache: Some(work.join("keys")),
-            chunk_size: "1MiB".into(),
-            no_compress: false,
-            threads: None,
-            json: false,
-            checkpoint_bytes: "64MiB".into(),
-            passphrase_work_factor: None,
-        })?;
-        println!(
-            "    read {}, stored {} ({} zero, {} dedup, {} stored chunks), {:.1} MB/s",
-            crate::units::human_bytes(r.bytes_read),
-            crate::units::human_bytes(r.stored_bytes),
-            r.zero_chunks,
-            r.dedup_chunks,
-            r.stored_chunks,
-            r.mb_per_s
-        );
-        Ok(())
-    })?;
+    // What the target pins when it ships the appliance out: its full fingerprint.
+    let appliance_fp = crate::sitekey::fingerprint(&crate::appliance::appliance_identity(&port)?);
+    println!("    appliance fingerprint {appliance_fp}");
+    step(
+        6,
+        "capture the disk through the appliance, signed with site.key",
+        || {
+            let r = crate::capture::capture(&crate::capture::Args {
+                dirty_bitmap: None,
+                source: disk.display().to_string(),
+                medium: medium.clone(),
+                name: "demo".into(),
+                recipient: vec![crate::keys::pub_path(&key).display().to_string()],
+                passphrase_file: None,
+                delta: false,
+                rate_limit: None,
+                key_cache: Some(work.join("keys")),
+                chunk_size: "1MiB".into(),
+                no_compress: false,
+                threads: None,
+                json: false,
+                checkpoint_bytes: "64MiB".into(),
+                passphrase_work_factor: None,
+                sign: Some(site_key.clone()),
+            })?;
+            println!(
+                "    read {}, stored {} ({} zero, {} dedup, {} stored chunks), {:.1} MB/s",
+                crate::units::human_bytes(r.bytes_read),
+                crate::units::human_bytes(r.stored_bytes),
+                r.zero_chunks,
+                r.dedup_chunks,
+                r.stored_chunks,
+                r.mb_per_s
+            );
+            println!(
+                "    receipt: generation {}, commit {}",
+                r.receipt.generation,
+                r.receipt.commit_digest.as_deref().unwrap_or("-")
+            );
+            Ok(())
+        },
+    )?;
     step(
         7,
         "seal: the appliance verifies every record (no key), write-protects and signs",
@@ -294,6 +317,12 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 name: None,
                 generation: None,
                 json: false,
+                trust: crate::trust::TrustArgs {
+                    trust: vec![crate::keys::pub_path(&site_key)],
+                    trust_appliance: vec![appliance_fp.clone()],
+                    expect_generation: Some(1),
+                    ..Default::default()
+                },
             })?;
             if code != OK {
                 return Err(coded(FOUND, "verification found problems"));
@@ -303,7 +332,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
     )?;
     step(
         10,
-        "ingest into a raw volume (checks the seal and arrival attestations)",
+        "ingest into a raw volume (pinned site key and appliance; seal and arrival)",
         || {
             crate::ingest::ingest(&crate::ingest::Args {
                 boot: false,
@@ -320,6 +349,12 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 state_dir: Some(work.join("ingest-state")),
                 force: true,
                 allow_unsealed: false,
+                trust: crate::trust::TrustArgs {
+                    trust: vec![crate::keys::pub_path(&site_key)],
+                    trust_appliance: vec![appliance_fp.clone()],
+                    expect_generation: Some(1),
+                    ..Default::default()
+                },
                 rate_limit: None,
                 checkpoint_bytes: "64MiB".into(),
                 json: false,

@@ -130,10 +130,13 @@ pub struct Args {
     /// volume (Debian: apt-get install virt-v2v), before --boot.
     #[arg(long)]
     pub adapt: bool,
-    /// Ingest even without valid seal/arrival attestations (loud warning). Needed
-    /// for media written without an appliance (fat:/dir: test media).
+    /// Ingest even without valid seal/arrival attestations of an appliance
+    /// capture (loud warning). Trust still needs a pinned key (--trust).
     #[arg(long)]
     pub allow_unsealed: bool,
+    /// Pinned trust: --trust, --trust-appliance, --allow-untrusted, --attestations, --expect-generation.
+    #[command(flatten)]
+    pub trust: crate::trust::TrustArgs,
     /// Hold the average write rate, e.g. 100MiB/s (spare a shared storage backend).
     #[arg(long)]
     pub rate_limit: Option<String>,
@@ -495,16 +498,25 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         Target::Libvirt(t) => libvirt_precheck(t, args.force)?,
         _ => None,
     };
+    let policy = args.trust.policy(args.allow_unsealed)?;
     let sdir = state_dir(args.state_dir.clone())?;
     let mut medium = args.medium.open_read_only()?;
-    crate::appliance::ingest_gate(
+    let verdict = crate::appliance::ingest_gate(
         args.medium.appliance.as_deref(),
+        args.trust.attestations.as_deref(),
         medium.store(),
         &args.name,
         args.generation,
-        args.allow_unsealed,
+        &policy,
     )
     .map_err(|e| coded(FOUND, format!("ingest refused: {e:#}")))?;
+    if !verdict.trusted_by.is_empty() {
+        eprintln!(
+            "mgear: generation {} is signed by pinned {}",
+            verdict.generation,
+            verdict.trusted_by.join(", ")
+        );
+    }
     let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
     let mut report = write_volume(args, &target, &sdir, reader, started)?;
     medium.close()?;

@@ -24,6 +24,7 @@ mod sitekey;
 mod source;
 mod sync;
 mod tools;
+mod trust;
 mod units;
 mod verify;
 

@@ -40,6 +40,19 @@ pub struct Args {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Pinned trust (checked with a key or with any of these flags).
+    #[command(flatten)]
+    pub trust: crate::trust::TrustArgs,
+}
+
+/// Trust status of one capture, as `verify --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct TrustJson {
+    pub capture: String,
+    pub generation: Option<u32>,
+    pub trusted: bool,
+    pub trusted_by: Vec<String>,
+    pub message: String,
 }
 
 /// One problem as `verify --json` prints it.
@@ -67,6 +80,8 @@ pub struct Report {
     pub records: u64,
     pub bytes: u64,
     pub problems: Vec<ProblemJson>,
+    /// Checked with a key or trust flags: is each capture signed by a pinned key?
+    pub trust: Vec<TrustJson>,
 }
 
 struct Observer {
@@ -148,11 +163,61 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     obs.bar.finish();
+    let t = &args.trust;
+    let check_trust = unlock.is_some()
+        || !t.trust.is_empty()
+        || !t.trust_appliance.is_empty()
+        || t.attestations.is_some()
+        || t.expect_generation.is_some();
+    let mut trust = Vec::new();
+    if check_trust {
+        // verify asks "who vouches for it?"; a missing seal is reported, not fatal.
+        let policy = t.policy(true)?;
+        let atts = crate::appliance::find_attestations(
+            args.medium.appliance.as_deref(),
+            t.attestations.as_deref(),
+            store,
+        );
+        let names: Vec<String> = match &args.name {
+            Some(n) => vec![n.clone()],
+            None => captures.iter().map(|c| c.name.clone()).collect(),
+        };
+        for n in names {
+            let verdict = match &atts {
+                Ok(a) => {
+                    crate::trust::check_generation(store, &n, args.generation, &policy, a.as_ref())
+                }
+                Err(e) => Err(anyhow::anyhow!("attestations: {e:#}")),
+            };
+            trust.push(match verdict {
+                Ok(v) => TrustJson {
+                    capture: n,
+                    generation: Some(v.generation),
+                    trusted: !v.trusted_by.is_empty(),
+                    message: if v.trusted_by.is_empty() {
+                        v.warnings.join("; ")
+                    } else {
+                        format!("signed by pinned {}", v.trusted_by.join(", "))
+                    },
+                    trusted_by: v.trusted_by,
+                },
+                Err(e) => TrustJson {
+                    capture: n,
+                    generation: args.generation,
+                    trusted: false,
+                    trusted_by: Vec::new(),
+                    message: format!("{e:#}"),
+                },
+            });
+        }
+    }
+    // An untrusted capture fails verification unless explicitly overridden.
+    let trust_ok = t.allow_untrusted || trust.iter().all(|x| x.trusted);
     medium.close()?;
     let out = Report {
         command: "verify",
         keyed: unlock.is_some(),
-        ok: report.is_ok(),
+        ok: report.is_ok() && trust_ok,
         captures: report.captures,
         generations: report.generations,
         segments: report.segments,
@@ -172,6 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 message: p.to_string(),
             })
             .collect(),
+        trust,
     };
     if args.json {
         progress::print_json(&out)?;
@@ -186,8 +252,23 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             out.records,
             crate::units::human_bytes(out.bytes)
         );
-        if out.ok {
+        for x in &out.trust {
+            println!(
+                "{} {}{}: {}",
+                if x.trusted { "TRUSTED" } else { "NOT TRUSTED" },
+                x.capture,
+                x.generation
+                    .map(|g| format!(" generation {g}"))
+                    .unwrap_or_default(),
+                x.message
+            );
+        }
+        if out.ok && out.trust.iter().all(|x| x.trusted) {
             println!("OK: no problems found");
+        } else if out.ok {
+            println!("no problems found, but NOT TRUSTED (--allow-untrusted)");
+        } else if report.is_ok() {
+            println!("FAILED: not signed by a pinned key (--trust SITE.pub, --trust-appliance FP)");
         } else {
             println!("FAILED: {} problem(s):", out.problems.len());
             for p in &out.problems {

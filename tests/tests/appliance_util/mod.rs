@@ -251,11 +251,23 @@ impl Lab {
             .unwrap_or_else(|e| panic!("capture JSON ({e}): {}", text(&out.stdout)))
     }
 
-    /// Ingest `web01` through the appliance into `vol.raw`.
+    /// The appliance's full fingerprint (what the target pins).
+    pub fn fingerprint(&self) -> String {
+        self.appliance_json(&["info"])["fingerprint_full"]
+            .as_str()
+            .expect("appliance info --json has fingerprint_full")
+            .to_string()
+    }
+
+    /// Ingest `web01` through the appliance into `vol.raw`, trusting this
+    /// appliance (pinned by its full fingerprint).
     pub fn ingest(&self, extra: &[&str]) -> Output {
         let tty = self.tty();
+        let fp = self.fingerprint();
         let mut args = vec![
             "ingest",
+            "--trust-appliance",
+            fp.as_str(),
             "--appliance",
             tty.as_str(),
             "--name",

@@ -1,0 +1,409 @@
+//! Pinned trust at the target: may this generation be installed?
+//!
+//! Anyone holding `target.pub` can write a capture that decrypts fine, and
+//! anyone holding the medium can copy self-signed attestations onto it or
+//! delete a newer generation. So the target trusts only keys it pinned
+//! itself, never a key read from the medium under test:
+//!
+//! - `--trust site.pub` (repeatable): a capture site's Ed25519 key; its
+//!   signature in the generation's `COMMIT` (role `site`) is accepted.
+//! - `--trust-appliance FINGERPRINT` (repeatable, the full 64-hex form
+//!   `mgear appliance info` prints): the appliance's witness signature in
+//!   `COMMIT` (role `appliance`), or its seal + arrival attestations, when
+//!   they cover this generation's `MANIFEST` (and `COMMIT`) and every file
+//!   of the capture they list still hashes the same (so a deleted newer
+//!   generation is caught: its files were sealed and are missing now).
+//! - `--expect-generation N` (from the capture receipt): refuse when the
+//!   generation ingested is older than N.
+//! - `--allow-untrusted`: install anyway, with a loud warning.
+//!
+//! Every file read here is size-capped before it is read (MANIFEST 16 MiB,
+//! COMMIT a few KiB, attestations [`MAX_ATTESTATION_LEN`]), so a huge sparse
+//! file is refused at once. [`check_generation`] is the one entry point; `mgear
+//! ingest` and `mgear verify` call it, and `mgear serve` can (build a
+//! [`Policy`] from [`TrustArgs`]).
+
+use std::path::PathBuf;
+
+use image_format::commit::{self, CommitFile, SignerRole};
+use image_format::layout;
+use image_format::Store;
+use mgear_firmware::attest::{self, Attestation};
+
+use crate::exit::{coded, FOUND};
+use crate::sitekey;
+
+/// Largest attestation file read (a 2 TB medium's region list is 4 MiB).
+pub const MAX_ATTESTATION_LEN: u64 = 32 * 1024 * 1024;
+
+/// The trust flags of `ingest` and `verify`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrustArgs {
+    /// Trust generations signed by this capture site (its .pub from `mgear keygen --signing`); repeatable.
+    #[arg(long = "trust", value_name = "SITE.pub")]
+    pub trust: Vec<PathBuf>,
+    /// Trust this appliance (full fingerprint from `mgear appliance info`): its commit witness or seal + arrival; repeatable.
+    #[arg(long = "trust-appliance", value_name = "FINGERPRINT")]
+    pub trust_appliance: Vec<String>,
+    /// Install even without a signature by a pinned key (loud warning). Nothing then proves who wrote the capture.
+    #[arg(long)]
+    pub allow_untrusted: bool,
+    /// Seal and arrival attestations exported by `mgear appliance attestations --out DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub attestations: Option<PathBuf>,
+    /// Refuse a generation older than N (the generation on the capture receipt).
+    #[arg(long, value_name = "N")]
+    pub expect_generation: Option<u32>,
+}
+
+/// What the target pinned.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Capture-site public keys.
+    pub sites: Vec<[u8; 32]>,
+    /// Appliance identity fingerprints (SHA-256 of the public key).
+    pub appliances: Vec<[u8; 32]>,
+    pub allow_untrusted: bool,
+    pub allow_unsealed: bool,
+    pub expect_generation: Option<u32>,
+}
+
+impl TrustArgs {
+    /// Read the pinned keys (exit 2 on an unreadable key or a short fingerprint).
+    pub fn policy(&self, allow_unsealed: bool) -> anyhow::Result<Policy> {
+        let sites = self
+            .trust
+            .iter()
+            .map(|p| sitekey::read_public_key(p).map(|k| k.to_bytes()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let appliances = self
+            .trust_appliance
+            .iter()
+            .map(|f| sitekey::parse_fingerprint(f))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Policy {
+            sites,
+            appliances,
+            allow_untrusted: self.allow_untrusted,
+            allow_unsealed,
+            expect_generation: self.expect_generation,
+        })
+    }
+}
+
+/// Seal and arrival attestations, and where they came from (for messages).
+pub struct Attestations {
+    pub seal: Attestation,
+    pub arrival: Attestation,
+    pub from: String,
+}
+
+/// An accepted generation.
+#[derive(Debug)]
+pub struct Verdict {
+    pub generation: u32,
+    /// Who vouches for it, e.g. `site 3fa2…` (empty when untrusted and overridden).
+    pub trusted_by: Vec<String>,
+    /// Loud warnings the caller must print (overrides taken).
+    pub warnings: Vec<String>,
+}
+
+impl Policy {
+    fn pinned_site(&self, key: &[u8; 32]) -> bool {
+        self.sites.contains(key)
+    }
+    fn pinned_appliance(&self, key: &[u8; 32]) -> bool {
+        self.appliances.iter().any(|fp| sitekey::matches(key, fp))
+    }
+    fn describe(&self) -> String {
+        let mut v: Vec<String> = self
+            .sites
+            .iter()
+            .map(|k| format!("site {}", sitekey::fingerprint(k)))
+            .collect();
+        v.extend(self.appliances.iter().map(|fp| {
+            format!(
+                "appliance {}",
+                fp.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        }));
+        if v.is_empty() {
+            "nothing (give --trust SITE.pub and/or --trust-appliance FINGERPRINT)".into()
+        } else {
+            v.join(", ")
+        }
+    }
+}
+
+fn refuse(msg: String) -> anyhow::Error {
+    coded(FOUND, msg)
+}
+
+/// Generations of `name` present on the medium, and those with a MANIFEST.
+fn generations(medium: &mut dyn Store, name: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+    let dir = layout::capture_dir(name);
+    let entries = medium
+        .list(&dir)
+        .map_err(|e| anyhow::anyhow!("capture {name}: listing {dir}: {e}"))?;
+    let mut all: Vec<u32> = entries
+        .iter()
+        .filter_map(|e| layout::parse_generation_dir(&e.name))
+        .collect();
+    all.sort_unstable();
+    let mut finished = Vec::new();
+    for &g in &all {
+        let p = layout::generation_file(name, g, layout::MANIFEST_FILE);
+        if medium
+            .len(&p)
+            .map_err(|e| anyhow::anyhow!("{p}: {e}"))?
+            .is_some()
+        {
+            finished.push(g);
+        }
+    }
+    Ok((all, finished))
+}
+
+/// Check generation `generation` (default: newest finished) of capture `name`
+/// against `policy`. `Ok` means it may be installed (print the warnings);
+/// a refusal is exit 1 with what was expected and what was found.
+pub fn check_generation(
+    medium: &mut dyn Store,
+    name: &str,
+    generation: Option<u32>,
+    policy: &Policy,
+    attestations: Option<&Attestations>,
+) -> anyhow::Result<Verdict> {
+    layout::validate_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, finished) = generations(medium, name)?;
+    let newest = finished.last().copied();
+    let g = match (generation, newest) {
+        (Some(g), _) => g,
+        (None, Some(g)) => g,
+        (None, None) => {
+            return Err(refuse(format!(
+                "capture {name} has no finished generation on this medium"
+            )))
+        }
+    };
+    let mut warnings = Vec::new();
+    if let Some(want) = policy.expect_generation {
+        if g < want {
+            return Err(refuse(format!(
+                "capture {name}: generation {want} was expected (--expect-generation, from the \
+                 capture receipt) but {} {g}; the newest generation on the medium is {}: a newer \
+                 generation was removed or this is an older medium",
+                if generation.is_some() {
+                    "--generation asks for"
+                } else {
+                    "the newest finished one is"
+                },
+                newest.map_or("none".into(), |n| n.to_string())
+            )));
+        }
+    }
+    // Manifest and key slots as the medium holds them now (size-capped reads).
+    let expected = commit::expected_commit(medium, name, g)
+        .map_err(|e| refuse(format!("capture {name} generation {g}: {e}")))?
+        .ok_or_else(|| {
+            refuse(format!(
+                "capture {name} generation {g} is not finished (no MANIFEST)"
+            ))
+        })?;
+    let manifest = medium_hint(medium, name, g)?;
+
+    let mut trusted_by = Vec::new();
+    let mut found = Vec::new();
+
+    // 1. COMMIT signatures.
+    let commit_file: Option<CommitFile> = commit::read_commit(medium, name, g)
+        .map_err(|e| refuse(format!("capture {name} generation {g}: {e}")))?;
+    match &commit_file {
+        None => found.push(format!(
+            "no COMMIT in generation {g} (captured without --sign)"
+        )),
+        Some(f) => {
+            if let Some(what) = commit::check_commit(f, &expected) {
+                return Err(refuse(format!("capture {name} generation {g}: {what}")));
+            }
+            for s in &f.signatures {
+                let fp = sitekey::fingerprint(&s.public_key);
+                let pinned = match s.role {
+                    SignerRole::Site => policy.pinned_site(&s.public_key),
+                    SignerRole::Appliance => policy.pinned_appliance(&s.public_key),
+                };
+                if pinned {
+                    trusted_by.push(format!("{} {fp} (COMMIT)", s.role.as_str()));
+                } else {
+                    found.push(format!(
+                        "COMMIT signed by {} {fp}, which is not pinned",
+                        s.role.as_str()
+                    ));
+                }
+            }
+            if f.signatures.is_empty() {
+                found.push("COMMIT without signatures".into());
+            }
+        }
+    }
+
+    // 2. Seal and arrival. They count as trust only under a pinned key; for
+    //    an appliance capture (manifest hint) a valid seal is also required
+    //    unless --allow-unsealed.
+    let seal = match attestations {
+        None => Err("no seal/arrival attestations found".to_string()),
+        Some(a) => check_seal(medium, name, g, commit_file.is_some(), a, policy, manifest),
+    };
+    match &seal {
+        Ok((fp, true)) => trusted_by.push(format!("appliance {fp} (seal + arrival)")),
+        Ok((fp, false)) => found.push(format!(
+            "seal + arrival signed by appliance {fp}, which is not pinned"
+        )),
+        Err(e) => found.push(e.clone()),
+    }
+    // A seal is required for an appliance capture (the manifest's hint) and
+    // whenever a pinned appliance sealed this medium: then a file missing
+    // or changed since the seal (a deleted newer generation) is a refusal,
+    // whatever else vouches for the generation.
+    let pinned_sealer =
+        attestations.is_some_and(|a| policy.pinned_appliance(&a.seal.body.identity));
+    if let (true, Err(e)) = (manifest.is_some() || pinned_sealer, &seal) {
+        let msg = match manifest {
+            Some(hint) => format!(
+                "capture {name} generation {g} was made through appliance {} but its seal does not \
+                 check: {e}",
+                sitekey::fingerprint(&hint)
+            ),
+            None => format!(
+                "the medium was sealed by a pinned appliance but capture {name} generation {g} \
+                 does not match the seal: {e}"
+            ),
+        };
+        if policy.allow_unsealed {
+            warnings.push(format!(
+                "--allow-unsealed: ingesting WITHOUT valid appliance attestations: {msg}"
+            ));
+        } else {
+            return Err(refuse(format!(
+                "{msg} (seal and arrival attestations are required; --allow-unsealed overrides, loudly)"
+            )));
+        }
+    }
+
+    if trusted_by.is_empty() {
+        let msg = format!(
+            "capture {name} generation {g} carries no signature by a pinned key: found {}; pinned: {}",
+            found.join("; "),
+            policy.describe()
+        );
+        if !policy.allow_untrusted {
+            return Err(refuse(format!(
+                "{msg}. Nothing proves who wrote this capture: anyone with target.pub can make one \
+                 (--allow-untrusted overrides, loudly)"
+            )));
+        }
+        warnings.push(format!(
+            "--allow-untrusted: installing a capture NOBODY TRUSTED VOUCHES FOR: {msg}"
+        ));
+    }
+    Ok(Verdict {
+        generation: g,
+        trusted_by,
+        warnings,
+    })
+}
+
+/// The appliance identity the manifest names (a hint: it says a seal is
+/// expected, never which key to trust).
+fn medium_hint(medium: &mut dyn Store, name: &str, g: u32) -> anyhow::Result<Option<[u8; 32]>> {
+    let list =
+        image_format::list_captures(medium).map_err(|e| refuse(format!("capture {name}: {e}")))?;
+    Ok(list
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.generations.iter().find(|i| i.generation == g))
+        .and_then(|i| i.appliance_id))
+}
+
+/// Seal + arrival for generation `g`: `Ok((fingerprint, pinned))` when they
+/// verify under their signer's key, cover this generation and every attested
+/// file of the capture is unchanged; the signer must be pinned or be the
+/// manifest's appliance (else it proves nothing at all).
+fn check_seal(
+    medium: &mut dyn Store,
+    name: &str,
+    g: u32,
+    has_commit: bool,
+    a: &Attestations,
+    policy: &Policy,
+    hint: Option<[u8; 32]>,
+) -> Result<(String, bool), String> {
+    let identity = a.seal.body.identity;
+    let fp = sitekey::fingerprint(&identity);
+    let pinned = policy.pinned_appliance(&identity);
+    if !pinned && hint != Some(identity) {
+        return Err(format!(
+            "seal + arrival ({}) signed by appliance {fp}, which is neither pinned nor the \
+             appliance the manifest names",
+            a.from
+        ));
+    }
+    attest::verify_seal_and_arrival(&a.seal, &a.arrival, &identity)
+        .map_err(|e| format!("seal + arrival ({}) of appliance {fp}: {e}", a.from))?;
+    let prefix = format!("{}/", layout::capture_dir(name));
+    let attested: Vec<_> = a
+        .arrival
+        .body
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with(&prefix))
+        .collect();
+    let mut must = vec![layout::generation_file(name, g, layout::MANIFEST_FILE)];
+    if has_commit {
+        must.push(commit::commit_path(name, g));
+    }
+    for m in &must {
+        if !attested.iter().any(|f| f.path.eq_ignore_ascii_case(m)) {
+            return Err(format!(
+                "the seal does not cover {m}: capture {name} generation {g} was written after the seal"
+            ));
+        }
+    }
+    // Everything sealed must still be there, unchanged: a generation deleted
+    // since the seal shows up here as missing files.
+    for f in &attested {
+        let now = medium
+            .len(&f.path)
+            .map_err(|e| format!("{}: {e}", f.path))?;
+        match now {
+            None => {
+                return Err(format!(
+                    "{} ({}) was sealed but is missing now (deleted generation?)",
+                    f.path,
+                    attest::place_of_path(&f.path)
+                ))
+            }
+            Some(len) if len != f.len => {
+                return Err(format!(
+                    "{} ({}) changed since the seal: {} bytes sealed, {len} now",
+                    f.path,
+                    attest::place_of_path(&f.path),
+                    f.len
+                ))
+            }
+            Some(len) => {
+                if crate::appliance::sha256_file(medium, &f.path, len)
+                    .map_err(|e| format!("{e:#}"))?
+                    != f.sha256
+                {
+                    return Err(format!(
+                        "{} ({}) changed since the seal: its content differs",
+                        f.path,
+                        attest::place_of_path(&f.path)
+                    ));
+                }
+            }
+        }
+    }
+    Ok((fp, pinned))
+}

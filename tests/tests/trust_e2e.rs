@@ -1,0 +1,361 @@
+//! Pinned trust at the target, played as an attacker would: holding only
+//! the medium (or the appliance) and `target.pub`. Each attack must be
+//! refused (exit 1, a message saying what was expected and what was found);
+//! the legitimate journey with `--trust` must pass.
+
+mod appliance_util;
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+use mgear_firmware::attest::{Attestation, AttestationBody, AttestationKind, FileDigest};
+use mgear_tests::{output_text, same_file, Env};
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+fn write_disk(path: &Path, mib: usize, seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut d = vec![0u8; mib << 20];
+    for (i, c) in d.chunks_mut(1 << 20).enumerate() {
+        if i % 3 != 1 {
+            rng.fill_bytes(c);
+        }
+    }
+    fs::write(path, d).unwrap();
+}
+
+/// Target key pair, the site's signing key, a disk and an empty `dir:` medium.
+fn site() -> Env {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    write_disk(&e.p("disk.raw"), 3, 1);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e
+}
+
+fn capture(e: &Env, disk: &str, extra: &[&str]) -> serde_json::Value {
+    let mut a = vec![
+        "capture",
+        "--source",
+        disk,
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--chunk-size",
+        "256KiB",
+    ];
+    a.extend_from_slice(extra);
+    e.json(&a)
+}
+
+fn ingest(e: &Env, extra: &[&str]) -> Output {
+    let mut a = vec![
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol.raw",
+        "--force",
+    ];
+    a.extend_from_slice(extra);
+    e.run(&a)
+}
+
+fn refused(o: &Output, what: &[&str]) {
+    let t = output_text(o);
+    assert_eq!(o.status.code(), Some(1), "expected a refusal (exit 1): {t}");
+    for w in what {
+        assert!(t.contains(w), "refusal does not say {w:?}: {t}");
+    }
+}
+
+#[test]
+fn legitimate_signed_capture_passes_and_receipt_names_it() {
+    let e = site();
+    let c = capture(&e, "disk.raw", &["--sign", "site.key"]);
+    let r = &c["receipt"];
+    assert_eq!(r["generation"], 1, "{c}");
+    assert_eq!(r["manifest_root"], c["manifest_root"], "{c}");
+    assert_eq!(r["commit_digest"].as_str().unwrap().len(), 64, "{c}");
+    assert!(
+        r["signers"][0].as_str().unwrap().starts_with("site "),
+        "{c}"
+    );
+    let out = ingest(&e, &["--trust", "site.pub", "--expect-generation", "1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("signed by pinned site"));
+    same_file(&e.p("disk.raw"), &e.p("vol.raw"));
+    let v = e.ok(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    let t = output_text(&v);
+    assert!(
+        t.contains("TRUSTED web01 generation 1") && t.contains("OK:"),
+        "{t}"
+    );
+
+    // --allow-untrusted: ingest goes on, loudly, when nothing is pinned.
+    let out = ingest(&e, &["--allow-untrusted"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARNING") && err.contains("--allow-untrusted"),
+        "{err}"
+    );
+    // Without any trust flag: refused, saying what to give.
+    refused(
+        &ingest(&e, &[]),
+        &["no signature by a pinned key", "--trust"],
+    );
+}
+
+#[test]
+fn swap_with_target_pub_only_is_refused() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    // The attacker deletes the capture and writes their own disk with
+    // target.pub, unsigned and then signed with their own key.
+    fs::remove_dir_all(e.p("mnt/MGEAR/web01")).unwrap();
+    write_disk(&e.p("evil.raw"), 3, 666);
+    fs::remove_dir_all(e.p("state")).ok(); // the attacker has no key cache
+    capture(&e, "evil.raw", &[]);
+    refused(
+        &ingest(&e, &["--trust", "site.pub"]),
+        &["no COMMIT", "pinned: site"],
+    );
+    fs::remove_dir_all(e.p("mnt/MGEAR/web01")).unwrap();
+    fs::remove_dir_all(e.p("state")).ok();
+    e.ok(&["keygen", "--signing", "--out", "evil.key"]);
+    capture(&e, "evil.raw", &["--sign", "evil.key"]);
+    refused(
+        &ingest(&e, &["--trust", "site.pub"]),
+        &["COMMIT signed by site", "which is not pinned"],
+    );
+    // verify with the key does not say OK.
+    let v = e.run(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    let t = output_text(&v);
+    assert_eq!(v.status.code(), Some(1), "{t}");
+    assert!(!t.contains("OK:") && t.contains("NOT TRUSTED"), "{t}");
+    // Re-signing the old signature onto the swapped capture: the commit no
+    // longer matches the manifest.
+    let mut c = fs::read(e.p("mnt/MGEAR/web01/G0001/COMMIT")).unwrap();
+    c[20] ^= 1;
+    fs::write(e.p("mnt/MGEAR/web01/G0001/COMMIT"), &c).unwrap();
+    refused(&ingest(&e, &["--trust", "site.pub"]), &["COMMIT"]);
+}
+
+/// Seal and arrival over the medium's capture files, signed by `key`: what
+/// an attacker with their own Ed25519 key can make.
+fn forge_attestations(mnt: &Path, key: &ed25519_dalek::SigningKey) -> (Attestation, Attestation) {
+    let mut files = Vec::new();
+    let mut stack = vec![mnt.join("MGEAR")];
+    while let Some(d) = stack.pop() {
+        for ent in fs::read_dir(&d).unwrap() {
+            let p = ent.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let data = fs::read(&p).unwrap();
+                files.push(FileDigest {
+                    path: p.strip_prefix(mnt).unwrap().to_string_lossy().into_owned(),
+                    len: data.len() as u64,
+                    sha256: Sha256::digest(&data).into(),
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let body = AttestationBody {
+        kind: AttestationKind::Seal,
+        identity: [0; 32],
+        medium_id: [1; 16],
+        medium_bytes: 1 << 30,
+        files,
+        captures: 1,
+        records: 1,
+        region_size: 16 << 20,
+        regions: Vec::new(),
+        counter: 1,
+        uptime_ms: 1,
+        unix_time: None,
+        seal_digest: None,
+    };
+    let seal = Attestation::sign(body.clone(), key);
+    let mut a = body;
+    a.kind = AttestationKind::Arrival;
+    a.counter = 2;
+    a.seal_digest = Some(seal.digest());
+    let arrival = Attestation::sign(a, key);
+    (seal, arrival)
+}
+
+fn fingerprint(key: &ed25519_dalek::SigningKey) -> String {
+    Sha256::digest(key.verifying_key().to_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn self_signed_appliance_attestations_are_refused() {
+    let e = site();
+    capture(&e, "disk.raw", &[]);
+    let real = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let evil = ed25519_dalek::SigningKey::from_bytes(&[66; 32]);
+    let (seal, arrival) = forge_attestations(&e.p("mnt"), &evil);
+    fs::create_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST/SEAL"), postcard_bytes(&seal)).unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST/ARRIVAL"), postcard_bytes(&arrival)).unwrap();
+    refused(
+        &ingest(&e, &["--trust-appliance", &fingerprint(&real)]),
+        &["neither pinned", &fingerprint(&real)],
+    );
+    // The same files under the key they were made with do pass: the
+    // refusal above is the pinning, not a malformed forgery.
+    let out = ingest(&e, &["--trust-appliance", &fingerprint(&evil)]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    // A short fingerprint is a usage error, never a match.
+    let out = ingest(&e, &["--trust-appliance", &fingerprint(&evil)[..16]]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+}
+
+fn postcard_bytes(a: &Attestation) -> Vec<u8> {
+    // The encoding `mgear appliance attestations --out` writes.
+    postcard::to_allocvec(a).unwrap()
+}
+
+#[test]
+fn deleted_newer_generation_is_refused_with_the_receipt() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    write_disk(&e.p("disk.raw"), 3, 2);
+    let c = capture(&e, "disk.raw", &["--sign", "site.key", "--delta"]);
+    assert_eq!(c["receipt"]["generation"], 2, "{c}");
+    fs::remove_dir_all(e.p("mnt/MGEAR/web01/G0002")).unwrap();
+    refused(
+        &ingest(&e, &["--trust", "site.pub", "--expect-generation", "2"]),
+        &[
+            "generation 2 was expected",
+            "newest generation on the medium is 1",
+        ],
+    );
+}
+
+#[test]
+fn huge_sparse_files_are_refused_unread() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    fs::create_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
+    let f = fs::File::create(e.p("mnt/MGEAR/ATTEST/SEAL")).unwrap();
+    f.set_len(1 << 40).unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST/ARRIVAL"), b"x").unwrap();
+    refused(
+        &ingest(&e, &["--trust", "site.pub"]),
+        &[
+            "MGEAR/ATTEST/SEAL is 1099511627776 bytes",
+            "refusing to read it",
+        ],
+    );
+    fs::remove_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
+    let m = e.p("mnt/MGEAR/web01/G0001/MANIFEST");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&m)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    refused(
+        &ingest(&e, &["--trust", "site.pub"]),
+        &["MANIFEST", "more than the"],
+    );
+    let out = e.run(&["verify", "--medium", "dir:mnt"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+}
+
+#[test]
+fn appliance_seal_catches_a_deleted_generation() {
+    use appliance_util::Lab;
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(3, 1);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.capture();
+    lab.make_disk(3, 2);
+    let mut args = lab.capture_args();
+    args.push("--delta".into());
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    lab.ok(&args);
+    lab.appliance_ok(&["seal"]);
+    lab.appliance_ok(&["arrival"]);
+    let fp = lab.fingerprint();
+    lab.appliance_ok(&["attestations", "--out", "att"]);
+    // The legitimate journey passes with the pinned appliance.
+    let out = lab.ingest(&[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    lab.stop();
+    // The courier deletes G0002 from the medium image.
+    {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(lab.p("medium.img"))
+            .unwrap();
+        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
+        let dir = fs.root_dir().open_dir("MGEAR/web01/G0002").unwrap();
+        let names: Vec<String> = dir
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        for n in names {
+            dir.remove(&n).unwrap();
+        }
+        drop(dir);
+        fs.root_dir().remove("MGEAR/web01/G0002").unwrap();
+        fs.unmount().unwrap();
+    }
+    let out = lab.run(&[
+        "ingest",
+        "--medium",
+        "fat:medium.img",
+        "--attestations",
+        "att",
+        "--trust-appliance",
+        &fp,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol2.raw",
+    ]);
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("G0002") && t.contains("missing now"), "{t}");
+    assert!(!lab.p("vol2.raw").exists());
+}
