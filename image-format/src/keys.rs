@@ -47,7 +47,7 @@ impl DataKey {
         &self.0
     }
 
-    /// Writes a source-side key cache file (mode 0600 on Unix) so that a
+    /// Writes a source-side key cache file (mode 0600) so that a
     /// later delta capture, which only has the target's public key, can
     /// reuse this capture's data key. Never put this file on the medium.
     pub fn save_cache(&self, path: &std::path::Path, name: &str) -> Result<()> {
@@ -56,19 +56,6 @@ impl DataKey {
             path: path.display().to_string(),
             source,
         };
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            opts.mode(0o600);
-            // `mode` only applies on creation; tighten an existing file too.
-            if path.exists() {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io)?;
-            }
-        }
-        let mut f = opts.open(path).map_err(io)?;
         let mut text = Zeroizing::new(String::new());
         text.push_str("# MotionGear data key cache: secret; keep it at the source site, never on the medium\n");
         text.push_str(&format!("capture {name}\nkey "));
@@ -76,18 +63,20 @@ impl DataKey {
             text.push_str(&format!("{b:02x}"));
         }
         text.push('\n');
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)
+        // A new 0600 file renamed into place: a symlink planted at `path`
+        // is replaced, never written through (see `crate::private`).
+        crate::private::replace(path, text.as_bytes()).map_err(io)
     }
 
     /// Reads a key cache written by [`DataKey::save_cache`] for capture `name`.
     pub fn load_cache(path: &std::path::Path, name: &str) -> Result<Self> {
         let shown = path.display().to_string();
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let bytes = crate::private::read(path).map_err(|source| Error::Io {
             path: shown.clone(),
             source,
-        })?);
+        })?;
         let bad = |why: &str| Error::Usage(format!("key cache {shown}: {why}"));
+        let text = core::str::from_utf8(&bytes).map_err(|_| bad("the file is not text"))?;
         let mut cap = None;
         let mut key = None;
         for line in text.lines() {

@@ -24,6 +24,8 @@ pub mod bench;
 mod encode;
 #[cfg(feature = "crypto")]
 pub mod keys;
+#[cfg(all(feature = "crypto", unix))]
+pub mod private;
 #[cfg(feature = "crypto")]
 mod reader;
 #[cfg(all(test, feature = "crypto"))]

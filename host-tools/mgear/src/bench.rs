@@ -366,6 +366,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     name: "bench".into(),
                     recipient: vec![crate::keys::pub_path(&key).display().to_string()],
                     passphrase_file: None,
+                    passphrase_generate: false,
                     delta: false,
                     rate_limit: None,
                     key_cache: Some(work.join("keys")),

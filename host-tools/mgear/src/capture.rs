@@ -63,6 +63,11 @@ pub struct Args {
     /// File whose first line is a passphrase that can also open the capture.
     #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
+    /// Create --passphrase-file (it must not exist) holding a new random
+    /// passphrase (130 bits, 0600) and use it; send that file to the target by
+    /// a channel other than the courier.
+    #[arg(long, requires = "passphrase_file")]
+    pub passphrase_generate: bool,
     /// Store only chunks that changed since the newest finished capture of this name.
     #[arg(long)]
     pub delta: bool,
@@ -160,11 +165,7 @@ pub fn key_cache_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    image_format::private::create_dir(dir)
         .with_context(|| format!("creating key cache {}", dir.display()))
 }
 
@@ -353,12 +354,25 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         .iter()
         .map(|r| crate::keys::read_recipient(r))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let passphrase = args
-        .passphrase_file
-        .as_deref()
-        .map(crate::keys::read_passphrase)
-        .transpose()?
-        .map(|p| SecretString::from(p.to_string()));
+    let passphrase = match args.passphrase_file.as_deref() {
+        Some(f) if args.passphrase_generate => {
+            let p = crate::keys::generate_passphrase(f)?;
+            eprintln!(
+                "mgear capture: wrote a new passphrase to {} (0600): it opens this capture; \
+                 send it to the target apart from the medium",
+                f.display()
+            );
+            Some(p)
+        }
+        Some(f) => {
+            let p = crate::keys::read_passphrase(f)?;
+            crate::keys::check_strength(&p, f)?;
+            Some(p)
+        }
+        None => None,
+    }
+    .map(|p| SecretString::from(p.to_string()));
+    let work_factor = crate::keys::capture_work_factor(args.passphrase_work_factor)?;
     let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
     let checkpoint_bytes = parse_size(&args.checkpoint_bytes)?.max(1);
     let threads = args
@@ -448,7 +462,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     params.compress = !args.no_compress;
     params.recipients = recipients;
     params.passphrase = passphrase;
-    params.passphrase_work_factor = args.passphrase_work_factor;
+    params.passphrase_work_factor = work_factor;
     params.delta = args.delta;
     params.appliance_id = appliance_id;
     params.source_desc = source.describe();

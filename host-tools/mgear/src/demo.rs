@@ -268,6 +268,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 name: "demo".into(),
                 recipient: vec![crate::keys::pub_path(&key).display().to_string()],
                 passphrase_file: None,
+                passphrase_generate: false,
                 delta: false,
                 rate_limit: None,
                 key_cache: Some(work.join("keys")),

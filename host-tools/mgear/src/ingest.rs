@@ -270,8 +270,8 @@ fn state_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             .join(".local/state/mgear/ingest"),
         },
     };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating state dir {}", dir.display()))?;
+    image_format::private::create_dir(&dir)
+        .with_context(|| format!("creating state dir {} (0700)", dir.display()))?;
     Ok(dir)
 }
 
@@ -328,7 +328,7 @@ impl State {
     /// (`fresh` = no partial target exists, so old state is meaningless).
     fn open(path: PathBuf, header: &[u8], fresh: bool) -> anyhow::Result<Self> {
         if !fresh {
-            if let Ok(mut f) = OpenOptions::new().read(true).write(true).open(&path) {
+            if let Some(mut f) = open_private(&path, "ingest state")? {
                 let mut h = vec![0u8; header.len()];
                 let len = f.seek(SeekFrom::End(0))?;
                 f.seek(SeekFrom::Start(0))?;
@@ -348,13 +348,14 @@ impl State {
                 );
             }
         }
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .with_context(|| format!("creating ingest state {}", path.display()))?;
+        // Old state for a target that no longer exists is meaningless; a
+        // symlink there is someone else's doing and is left alone.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing stale ingest state {}", path.display()))?;
+        }
+        let mut f = image_format::private::create(&path)
+            .with_context(|| format!("creating ingest state {} (new, 0600)", path.display()))?;
         f.write_all(header)?;
         f.sync_all()?;
         Ok(State {
@@ -371,6 +372,21 @@ impl State {
         self.file.sync_data()?;
         self.done += (hashes.len() / 32) as u64;
         Ok(())
+    }
+}
+
+/// Open an existing file of ours read-write, never through a symlink;
+/// `None` if there is nothing at `path`.
+fn open_private(path: &Path, what: &str) -> anyhow::Result<Option<File>> {
+    match image_format::private::open_existing(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if image_format::private::is_symlink_refusal(&e) => Err(usage(format!(
+            "{what} {} is a symlink: refusing to write through it (someone may have planted it); \
+             remove it and run again",
+            path.display()
+        ))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("opening {what} {}", path.display()))),
     }
 }
 
@@ -596,20 +612,40 @@ fn write_volume<S: image_format::Store>(
         .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
     let marker = sdir.join(format!("{dev_name}.mgear-incomplete"));
     let state_path = sdir.join(format!("{}.ingest", state_key(&final_path)));
+    // lstat, not stat: a dangling symlink counts as something being there.
+    let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
     let fresh = if is_dev {
-        !marker.exists()
+        !present(&marker)
     } else {
-        !work_path.exists()
+        !present(&work_path)
     };
+    if !is_dev && !fresh && !present(&state_path) {
+        // Without its state nothing says what this file holds or who wrote it.
+        return Err(usage(format!(
+            "{} exists but its ingest state {} does not: refusing to adopt a partial volume \
+             nothing vouches for; remove {} and run again",
+            work_path.display(),
+            state_path.display(),
+            work_path.display()
+        )));
+    }
     let mut state = State::open(state_path, &header, fresh)?;
 
-    let mut vol = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(!is_dev)
-        .truncate(false)
-        .open(&work_path)
-        .with_context(|| format!("opening target {}", work_path.display()))?;
+    // Decrypted data goes only into a file this run created (0600, O_EXCL,
+    // no symlinks) or one it created earlier, reopened without following links.
+    let mut vol = if is_dev {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&work_path)
+            .with_context(|| format!("opening target {}", work_path.display()))?
+    } else if fresh {
+        image_format::private::create(&work_path)
+            .with_context(|| format!("creating target {} (new, 0600)", work_path.display()))?
+    } else {
+        open_private(&work_path, "partial target")?
+            .ok_or_else(|| usage(format!("{} vanished", work_path.display())))?
+    };
     let vol_len = vol.seek(SeekFrom::End(0))?;
     if is_dev {
         if vol_len < size {
@@ -621,11 +657,9 @@ fn write_volume<S: image_format::Store>(
             )));
         }
         if fresh {
-            std::fs::write(
-                &marker,
-                format!("mgear ingest of capture {} generation {generation} into {} is incomplete: do not use this volume\n", args.name, work_path.display()),
-            )
-            .with_context(|| format!("writing marker {}", marker.display()))?;
+            image_format::private::create(&marker)
+                .and_then(|mut m| m.write_all(format!("mgear ingest of capture {} generation {generation} into {} is incomplete: do not use this volume\n", args.name, work_path.display()).as_bytes()))
+                .with_context(|| format!("writing marker {}", marker.display()))?;
             // Whatever the device held before must not look like a bootable disk meanwhile.
             let first = image_format::layout::chunk_len(size, chunk, 0) as usize;
             vol.write_all_at(&vec![0u8; first], 0)?;
@@ -838,6 +872,16 @@ fn write_volume<S: image_format::Store>(
         }
         Target::Qcow2(p) => {
             let tmp = with_suffix(p, ".partial");
+            // qemu-img writes into a private file this run created (it
+            // truncates and keeps the mode): never through a planted link.
+            if std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
+                std::fs::remove_file(&tmp)
+                    .with_context(|| format!("removing stale {}", tmp.display()))?;
+            }
+            drop(
+                image_format::private::create(&tmp)
+                    .with_context(|| format!("creating {} (new, 0600)", tmp.display()))?,
+            );
             crate::tools::run(
                 Command::new("qemu-img")
                     .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])

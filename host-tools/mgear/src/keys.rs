@@ -48,12 +48,16 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> anyhow
     if force {
         let _ = fs::remove_file(path);
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let created = if mode == image_format::private::FILE_MODE {
+        image_format::private::create(path)
+    } else {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+    };
+    let mut f = created.with_context(|| format!("creating {}", path.display()))?;
     f.write_all(contents)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
@@ -176,6 +180,79 @@ pub fn read_passphrase(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     Ok(Zeroizing::new(line))
 }
 
+/// Shortest passphrase `capture` accepts.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+/// Fewest different characters in it (refuses "aaaaaaaaaaaa", "121212121212").
+pub const MIN_PASSPHRASE_DISTINCT: usize = 6;
+/// Lowest scrypt work factor (log2 N) a production build writes.
+pub const MIN_WORK_FACTOR: u8 = 18;
+
+/// Refuse a passphrase an offline guesser would find: the passphrase slot
+/// is on the medium, and a courier can try guesses at leisure.
+pub fn check_strength(pass: &str, path: &Path) -> anyhow::Result<()> {
+    let chars = pass.chars().count();
+    let mut distinct: Vec<char> = pass.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if chars < MIN_PASSPHRASE_CHARS || distinct.len() < MIN_PASSPHRASE_DISTINCT {
+        return Err(usage(format!(
+            "the passphrase in {} is too weak to protect a capture that travels: it needs at least \
+             {MIN_PASSPHRASE_CHARS} characters with at least {MIN_PASSPHRASE_DISTINCT} different ones \
+             (it has {chars} and {}); use a few random words, or let mgear make one: \
+             --passphrase-file NEW_FILE --passphrase-generate",
+            path.display(),
+            distinct.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Letters of generated passphrases: 32 symbols without look-alikes (0/o, 1/l).
+const PASS_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+
+/// Write a new random passphrase (130 bits: 26 symbols of 5 bits, in groups
+/// of 5 and 6) to `path`, which must not exist (created 0600, O_EXCL, never
+/// through a symlink), and return it.
+pub fn generate_passphrase(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let mut raw = Zeroizing::new([0u8; 26]);
+    getrandom::getrandom(&mut raw[..])
+        .map_err(|e| anyhow::anyhow!("the operating system's random generator failed: {e}"))?;
+    let mut pass = Zeroizing::new(String::with_capacity(32));
+    for (i, b) in raw.iter().enumerate() {
+        if i > 0 && i % 5 == 0 && i < 25 {
+            pass.push('-');
+        }
+        pass.push(PASS_ALPHABET[(b & 31) as usize] as char);
+    }
+    let mut f = image_format::private::create(path).map_err(|e| {
+        usage(format!(
+            "cannot create passphrase file {}: {e} (--passphrase-generate writes a new file; \
+             it must not exist yet)",
+            path.display()
+        ))
+    })?;
+    f.write_all(format!("{}\n", pass.as_str()).as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(pass)
+}
+
+/// The scrypt work factor a capture writes: age's default unless asked;
+/// asking for less than 2^18 is allowed only in debug builds (the tests,
+/// where each unlock would otherwise cost a second).
+pub fn capture_work_factor(asked: Option<u8>) -> anyhow::Result<Option<u8>> {
+    match asked {
+        Some(n) if n < MIN_WORK_FACTOR && !cfg!(debug_assertions) => Err(usage(format!(
+            "--passphrase-work-factor {n} is below the floor of {MIN_WORK_FACTOR} (2^{MIN_WORK_FACTOR}): \
+             a lower factor makes guessing the passphrase cheap; leave the option out"
+        ))),
+        Some(n) if n == 0 || n > 30 => Err(usage(format!(
+            "--passphrase-work-factor {n}: give a log2 of the scrypt cost from {MIN_WORK_FACTOR} to 30"
+        ))),
+        other => Ok(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +281,46 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
+    }
+
+    #[test]
+    fn weak_passphrases_are_refused_and_generated_ones_are_strong_and_private() {
+        let p = Path::new("pw");
+        for weak in ["x", "password", "aaaaaaaaaaaaaaaa", "121212121212"] {
+            let e = check_strength(weak, p).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+            assert!(e.to_string().contains("at least 12 characters"), "{e}");
+        }
+        check_strength("correct horse battery staple", p).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        let g = generate_passphrase(&f).unwrap();
+        assert_eq!(g.len(), 26 + 4);
+        check_strength(&g, &f).unwrap();
+        assert_eq!(read_passphrase(&f).unwrap().as_str(), g.as_str());
+        let mode = fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Never overwrites, never writes through a planted symlink.
+        assert!(generate_passphrase(&f).is_err());
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(generate_passphrase(&link).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert_ne!(generate_passphrase(&dir.path().join("pw2")).unwrap(), g);
+    }
+
+    #[test]
+    fn work_factor_has_a_floor_outside_debug_builds() {
+        assert_eq!(capture_work_factor(None).unwrap(), None);
+        assert_eq!(capture_work_factor(Some(20)).unwrap(), Some(20));
+        assert!(capture_work_factor(Some(0)).is_err());
+        assert_eq!(
+            capture_work_factor(Some(1)).is_err(),
+            !cfg!(debug_assertions)
+        );
     }
 
     #[test]

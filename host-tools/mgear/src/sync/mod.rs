@@ -60,6 +60,23 @@ pub struct ServeArgs {
     /// Exit after the first sync that completes.
     #[arg(long)]
     pub once: bool,
+    /// Capture site public key (`site.pub` from `mgear keygen --signing`) whose signed
+    /// syncs are accepted; repeatable. Other peers are refused.
+    #[arg(long, value_name = "SITE.pub")]
+    pub trust: Vec<PathBuf>,
+    /// Accept unsigned syncs and unpinned signers (loudly logged): anyone with the
+    /// capture's data key could then rewrite the volume.
+    #[arg(long)]
+    pub allow_untrusted: bool,
+    /// Seconds a new connection has to prove the capture key and its origin.
+    #[arg(long, default_value_t = 10.0)]
+    pub handshake_timeout: f64,
+    /// Seconds an authenticated connection may stay silent.
+    #[arg(long, default_value_t = 120.0)]
+    pub idle_timeout: f64,
+    /// Connections served at once (more are told to retry).
+    #[arg(long, default_value_t = 4)]
+    pub max_peers: usize,
 }
 
 /// Arguments of `mgear sync`.
@@ -92,6 +109,10 @@ pub struct SyncArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Sign each session with this capture site key (`mgear keygen --signing`),
+    /// so a target that pins the site (`serve --trust site.pub`) accepts it.
+    #[arg(long, value_name = "SITE.key")]
+    pub sign: Option<PathBuf>,
 }
 
 /// Arguments of `mgear cutover`.
@@ -150,9 +171,49 @@ pub fn dirty_chunks(
     Ok(out)
 }
 
+/// Seconds from a command-line option.
+fn seconds(v: f64, what: &str) -> anyhow::Result<Duration> {
+    if !v.is_finite() || v <= 0.0 || v > 1e6 {
+        return Err(usage(format!("{what} must be a number of seconds above 0")));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 /// `mgear serve`.
 pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let path = target::target_path(&a.target)?;
+    let limits = target::Limits {
+        handshake: seconds(a.handshake_timeout, "--handshake-timeout")?,
+        idle: seconds(a.idle_timeout, "--idle-timeout")?,
+        max_peers: a.max_peers.max(1),
+    };
+    if a.trust.is_empty() && !a.allow_untrusted {
+        return Err(usage(
+            "serve needs to know whose syncs to accept: --trust SITE.pub (the capture site's key \
+             from `mgear keygen --signing`; repeatable), or --allow-untrusted to accept anyone \
+             holding the capture's data key",
+        ));
+    }
+    let mut trust = target::Trust {
+        keys: Vec::new(),
+        allow_untrusted: a.allow_untrusted,
+    };
+    for t in &a.trust {
+        let k = crate::sitekey::read_public_key(t)?;
+        eprintln!(
+            "mgear serve: trusting capture site key {} ({})",
+            crate::sitekey::fingerprint(&k.to_bytes()),
+            t.display()
+        );
+        trust.keys.push(k.to_bytes());
+    }
+    if a.allow_untrusted {
+        eprintln!(
+            "mgear serve: WARNING: --allow-untrusted: syncs that no pinned capture site signed are \
+             ACCEPTED; anyone holding this capture's data key can rewrite {}",
+            path.display()
+        );
+    }
     let unlock = crate::verify::unlock_from(a.identity.as_deref(), a.passphrase_file.as_deref())?
         .ok_or_else(|| {
         usage("serve needs the capture's key: --identity TARGET.key or --passphrase-file FILE")
@@ -171,7 +232,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     }
     let started = Instant::now();
     let id_key = session::IdKey::derive(&key, &m.capture_id);
-    let mut vol = target::Volume::open(path.clone(), m.chunk_size, id_key)?;
+    let vol = target::Volume::open(path.clone(), m.chunk_size, id_key)?;
     eprintln!(
         "mgear serve: hashed {} ({}) in {:.1} s",
         path.display(),
@@ -198,8 +259,10 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         key,
         capture_id: m.capture_id,
         chunk_size: m.chunk_size,
+        volume_size: vol.size(),
+        trust,
     };
-    let total = target::serve_loop(listener, &served, &mut vol, a.once)?;
+    let total = target::serve_loop(listener, &served, vol, a.once, limits)?;
     eprintln!(
         "mgear serve: applied {} chunks ({}) to {}",
         total.chunks,
@@ -243,6 +306,11 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
             a.name
         ))
     })?;
+    let signer = a
+        .sign
+        .as_deref()
+        .map(crate::sitekey::read_signing_key)
+        .transpose()?;
     let mut disk = source::Disk::open(&a.source, a.dirty_bitmap.as_deref())?;
     let plan = source::Plan {
         name: a.name.clone(),
@@ -252,6 +320,7 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
         retries: a.retries,
         retry_wait: Duration::from_secs_f64(a.retry_wait),
         peer: a.to.clone(),
+        signer,
     };
     let cpu0 = crate::progress::cpu_seconds();
     let started = Instant::now();

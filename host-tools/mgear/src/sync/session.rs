@@ -1,4 +1,4 @@
-//! Keys and records of one sync session.
+//! Keys, the sealed channel and the origin signature of one sync session.
 //!
 //! Both sides hold the capture's data key: the source in its key cache
 //! (written by `mgear capture`), the target by unwrapping the capture's key
@@ -10,28 +10,27 @@
 //!   below against a real capture).
 //! - Each session derives its own keys from the data key and both sides'
 //!   random nonces (HKDF-SHA256, salt = capture id, info = label ‖ source
-//!   nonce ‖ target nonce). Record nonces are the sequence number, so they
-//!   never repeat under one key; a record from another session (a replay)
-//!   does not authenticate.
-//! - Key proofs: keyed blake3 (proof subkey) of "target"/"source" ‖ name.
+//!   nonce ‖ target nonce): one AES-256-GCM key per direction and a proof key.
+//! - Key proofs: keyed blake3 (proof subkey) of "target"/"source" ‖ 0 ‖ name.
 //!   A side with a different data key learns it before any data moves.
+//! - After HELLO and WELCOME every frame is SEALED (see `wire.rs`): the
+//!   message type and payload (chunk index, length, flags, keyed id, data,
+//!   the id list, the final digest) are encrypted and authenticated, and the
+//!   n-th sealed frame of a direction only opens as the n-th, so nothing can
+//!   be dropped, replayed, reordered or moved into another session.
+//! - Origin: the source may sign the session ([`transcript`]) with the
+//!   capture site's Ed25519 key; the target checks it against the keys it
+//!   pins (`serve --trust`).
 //!
-//! # Record (the sealed part of a CHUNK message)
-//!
-//! AES-256-GCM, nonce = seq (u64 LE) ‖ 4 zero bytes, AAD (77 bytes):
+//! # Sealed frame payload
 //!
 //! ```text
-//! 0   8   "MGSYREC1"
-//! 8   16  capture id
-//! 24  8   seq (u64 LE, strictly increasing within a session)
-//! 32  8   chunk index (u64 LE)
-//! 40  32  keyed chunk id of the plaintext
-//! 72  4   plain length (u32 LE)
-//! 76  1   flags (bit 0 zstd, bit 1 all-zero)
+//! AES-256-GCM( key = direction key, nonce = n (u64 LE) ‖ 4 zero bytes,
+//!              AAD = "MGSYSEAL" ‖ capture id [16] ‖ direction u8 (1 S→T, 2 T→S) ‖ n (u64 LE),
+//!              plaintext = inner message type u8 ‖ inner payload )
 //! ```
 //!
-//! The target checks the tag, decompresses, checks the length against the
-//! chunk's position and the keyed id against the plaintext before writing.
+//! `n` counts sealed frames in that direction from 0; it is not sent.
 
 use anyhow::{bail, Context};
 use image_format::{derive_subkey, DataKey};
@@ -41,9 +40,9 @@ use zeroize::Zeroizing;
 pub const FLAG_ZSTD: u8 = 1;
 /// CHUNK flag: the chunk is all zeros; the payload is empty.
 pub const FLAG_ZERO: u8 = 2;
-/// Length of the AAD above.
-const AAD_LEN: usize = 77;
 const ZSTD_LEVEL: i32 = 3;
+/// What the source's Ed25519 signature covers, before the transcript hash.
+pub const SIGN_CONTEXT: &[u8] = b"MotionGear sync v2 session\0";
 
 /// The capture's keyed chunk-id key: ids equal to the capture's INDEX.
 pub use image_format::ChunkIdKey as IdKey;
@@ -59,6 +58,25 @@ pub fn volume_digest(size: u64, chunk_size: u32, ids: &[[u8; 32]]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Hash of the handshake both sides saw (HELLO and WELCOME payloads, which
+/// hold name, sizes, capture id and both fresh nonces): what an origin
+/// signature covers, so it cannot be replayed into another session.
+pub fn transcript(hello: &[u8], welcome: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("MotionGear sync v2 transcript");
+    h.update(&(hello.len() as u64).to_le_bytes());
+    h.update(hello);
+    h.update(&(welcome.len() as u64).to_le_bytes());
+    h.update(welcome);
+    *h.finalize().as_bytes()
+}
+
+/// The bytes an origin signature is made over.
+pub fn signed_message(transcript: &[u8; 32]) -> Vec<u8> {
+    let mut m = SIGN_CONTEXT.to_vec();
+    m.extend_from_slice(transcript);
+    m
+}
+
 /// 32 random bytes from the operating system.
 pub fn nonce() -> anyhow::Result<[u8; 32]> {
     let mut n = [0u8; 32];
@@ -66,11 +84,22 @@ pub fn nonce() -> anyhow::Result<[u8; 32]> {
     Ok(n)
 }
 
-/// Per-session keys.
+/// Which side of the session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Target,
+}
+
+/// Per-session keys and the sealed channel's counters.
 pub struct Session {
-    cipher: image_format::Cipher,
+    to_target: image_format::Cipher,
+    to_source: image_format::Cipher,
     proof: Zeroizing<[u8; 32]>,
     capture_id: [u8; 16],
+    role: Role,
+    sent: u64,
+    received: u64,
 }
 
 impl core::fmt::Debug for Session {
@@ -79,38 +108,28 @@ impl core::fmt::Debug for Session {
     }
 }
 
-/// What a record's AAD binds besides the ciphertext.
-#[derive(Debug, Clone, Copy)]
-pub struct RecordMeta {
-    pub seq: u64,
-    pub index: u64,
-    pub chunk_id: [u8; 32],
-    pub plain_len: u32,
-    pub flags: u8,
-}
+const S2T: u8 = 1;
+const T2S: u8 = 2;
 
 impl Session {
-    /// Keys of the session between `source_nonce` and `target_nonce`.
+    /// Keys of the session between `source_nonce` and `target_nonce`, as `role`.
     pub fn new(
         key: &DataKey,
         capture_id: &[u8; 16],
         source_nonce: &[u8; 32],
         target_nonce: &[u8; 32],
+        role: Role,
     ) -> Self {
-        let enc = derive_subkey(
-            key,
-            capture_id,
-            &[b"mgear v1 sync record", source_nonce, target_nonce],
-        );
-        let proof = derive_subkey(
-            key,
-            capture_id,
-            &[b"mgear v1 sync proof", source_nonce, target_nonce],
-        );
+        let sub =
+            |label: &[u8]| derive_subkey(key, capture_id, &[label, source_nonce, target_nonce]);
         Session {
-            cipher: image_format::Cipher::new(&enc),
-            proof,
+            to_target: image_format::Cipher::new(&sub(b"mgear v2 sync source to target")),
+            to_source: image_format::Cipher::new(&sub(b"mgear v2 sync target to source")),
+            proof: sub(b"mgear v2 sync proof"),
             capture_id: *capture_id,
+            role,
+            sent: 0,
+            received: 0,
         }
     }
 
@@ -123,44 +142,47 @@ impl Session {
         h.finalize()
     }
 
-    /// Keyed tag over `data` (the APPLIED digest), so a man in the middle
-    /// cannot claim a sync landed.
-    pub fn tag(&self, what: &str, data: &[u8]) -> blake3::Hash {
-        let mut h = blake3::Hasher::new_keyed(&self.proof);
-        h.update(what.as_bytes());
-        h.update(&[0]);
-        h.update(data);
-        h.finalize()
+    fn nonce_aad(&self, dir: u8, n: u64) -> ([u8; 12], [u8; 33]) {
+        let mut nonce = [0u8; 12];
+        nonce[..8].copy_from_slice(&n.to_le_bytes());
+        let mut aad = [0u8; 33];
+        aad[..8].copy_from_slice(b"MGSYSEAL");
+        aad[8..24].copy_from_slice(&self.capture_id);
+        aad[24] = dir;
+        aad[25..].copy_from_slice(&n.to_le_bytes());
+        (nonce, aad)
     }
 
-    fn aad(&self, m: &RecordMeta) -> [u8; AAD_LEN] {
-        let mut a = [0u8; AAD_LEN];
-        a[..8].copy_from_slice(b"MGSYREC1");
-        a[8..24].copy_from_slice(&self.capture_id);
-        a[24..32].copy_from_slice(&m.seq.to_le_bytes());
-        a[32..40].copy_from_slice(&m.index.to_le_bytes());
-        a[40..72].copy_from_slice(&m.chunk_id);
-        a[72..76].copy_from_slice(&m.plain_len.to_le_bytes());
-        a[76] = m.flags;
-        a
+    /// The SEALED payload carrying message `t` with `payload`.
+    pub fn seal(&mut self, t: u8, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let (dir, cipher) = match self.role {
+            Role::Source => (S2T, &self.to_target),
+            Role::Target => (T2S, &self.to_source),
+        };
+        let (nonce, aad) = self.nonce_aad(dir, self.sent);
+        let mut plain = Zeroizing::new(Vec::with_capacity(payload.len() + 1));
+        plain.push(t);
+        plain.extend_from_slice(payload);
+        let sealed = cipher.seal(nonce, &aad, &plain)?;
+        self.sent += 1;
+        Ok(sealed)
     }
 
-    fn nonce(seq: u64) -> [u8; 12] {
-        let mut n = [0u8; 12];
-        n[..8].copy_from_slice(&seq.to_le_bytes());
-        n
-    }
-
-    /// Encrypt a record payload.
-    pub fn seal(&self, m: &RecordMeta, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
-        Ok(self
-            .cipher
-            .seal(Self::nonce(m.seq), &self.aad(m), payload)?)
-    }
-
-    /// Decrypt a record payload; `None` if it does not authenticate.
-    pub fn open(&self, m: &RecordMeta, sealed: &[u8]) -> Option<Vec<u8>> {
-        self.cipher.open(Self::nonce(m.seq), &self.aad(m), sealed)
+    /// The message inside the next SEALED payload from the peer; `None` if it
+    /// does not authenticate as exactly that frame of this session.
+    pub fn open(&mut self, sealed: &[u8]) -> Option<(u8, Vec<u8>)> {
+        let (dir, cipher) = match self.role {
+            Role::Source => (T2S, &self.to_source),
+            Role::Target => (S2T, &self.to_target),
+        };
+        let (nonce, aad) = self.nonce_aad(dir, self.received);
+        let mut plain = cipher.open(nonce, &aad, sealed)?;
+        if plain.is_empty() {
+            return None;
+        }
+        self.received += 1;
+        let t = plain.remove(0);
+        Some((t, plain))
     }
 }
 
@@ -239,44 +261,52 @@ mod tests {
     }
 
     #[test]
-    fn records_bind_position_session_and_content() {
+    fn sealed_frames_bind_direction_order_and_session() {
         let key = DataKey::from_bytes([5; 32]);
-        let s = Session::new(&key, &[1; 16], &[2; 32], &[3; 32]);
-        let m = RecordMeta {
-            seq: 1,
-            index: 9,
-            chunk_id: [4; 32],
-            plain_len: 5,
-            flags: 0,
-        };
-        let sealed = s.seal(&m, b"hello").unwrap();
-        assert_eq!(s.open(&m, &sealed).unwrap(), b"hello");
-        assert!(
-            s.open(&RecordMeta { index: 10, ..m }, &sealed).is_none(),
-            "moved chunk"
-        );
-        assert!(
-            s.open(&RecordMeta { seq: 2, ..m }, &sealed).is_none(),
-            "replayed seq"
-        );
-        assert!(s
-            .open(
-                &RecordMeta {
-                    chunk_id: [5; 32],
-                    ..m
-                },
-                &sealed
+        let pair = |tn: u8| {
+            (
+                Session::new(&key, &[1; 16], &[2; 32], &[tn; 32], Role::Source),
+                Session::new(&key, &[1; 16], &[2; 32], &[tn; 32], Role::Target),
             )
-            .is_none());
-        let other = Session::new(&key, &[1; 16], &[2; 32], &[9; 32]);
-        assert!(
-            other.open(&m, &sealed).is_none(),
-            "record from another session"
+        };
+        let (mut src, mut tgt) = pair(3);
+        let a = src.seal(5, b"chunk one").unwrap();
+        let b = src.seal(6, b"done").unwrap();
+        assert!(!a.windows(5).any(|w| w == b"chunk"), "payload is encrypted");
+        // Out of order: b does not open as the first frame.
+        assert!(tgt.open(&b).is_none(), "reordered");
+        assert_eq!(tgt.open(&a).unwrap(), (5, b"chunk one".to_vec()));
+        assert!(tgt.open(&a).is_none(), "replayed");
+        assert_eq!(tgt.open(&b).unwrap(), (6, b"done".to_vec()));
+        // The target cannot be fed its own direction back (reflection).
+        let t0 = tgt.seal(4, b"ids").unwrap();
+        let (mut src2, mut tgt2) = pair(3);
+        assert!(tgt2.open(&t0).is_none(), "reflected");
+        assert_eq!(src2.open(&t0).unwrap().0, 4);
+        // Another session (other nonce) or another key opens nothing.
+        let (mut other_src, mut other_tgt) = pair(9);
+        assert!(other_tgt.open(&a).is_none());
+        let mut flipped = other_src.seal(5, b"x").unwrap();
+        flipped[0] ^= 1;
+        assert!(other_tgt.open(&flipped).is_none(), "tampered");
+        let wrong = Session::new(
+            &DataKey::from_bytes([6; 32]),
+            &[1; 16],
+            &[2; 32],
+            &[3; 32],
+            Role::Target,
         );
-        let wrong = Session::new(&DataKey::from_bytes([6; 32]), &[1; 16], &[2; 32], &[3; 32]);
-        assert_ne!(wrong.proof("target", "web01"), s.proof("target", "web01"));
-        assert_ne!(s.proof("source", "web01"), s.proof("target", "web01"));
-        assert!(!format!("{s:?} {:?}", IdKey::derive(&key, &[1; 16])).contains('5'));
+        assert_ne!(wrong.proof("target", "web01"), src.proof("target", "web01"));
+        assert_ne!(src.proof("source", "web01"), src.proof("target", "web01"));
+        assert!(!format!("{src:?} {:?}", IdKey::derive(&key, &[1; 16])).contains('5'));
+    }
+
+    #[test]
+    fn transcripts_differ_per_session() {
+        let t = transcript(b"hello", b"welcome");
+        assert_ne!(t, transcript(b"hello", b"welcomf"));
+        assert_ne!(t, transcript(b"hellow", b"elcome"));
+        assert!(signed_message(&t).starts_with(SIGN_CONTEXT));
     }
 
     #[test]

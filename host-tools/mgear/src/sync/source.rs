@@ -17,7 +17,7 @@ use anyhow::Context;
 use image_format::{layout, DataKey};
 use mgear_nbd::{Client, ConnectOptions, NbdUrl};
 
-use super::session::{self, IdKey, RecordMeta, Session};
+use super::session::{self, IdKey, Role, Session};
 use super::wire::{self, err, ty, Fields};
 use crate::exit::{coded, usage, FOUND, IO, USAGE};
 use crate::ratelimit::RateLimiter;
@@ -104,6 +104,8 @@ pub struct Plan {
     pub retry_wait: Duration,
     /// Peer name for messages.
     pub peer: String,
+    /// The capture site's key that signs each session (`--sign`).
+    pub signer: Option<ed25519_dalek::SigningKey>,
 }
 
 /// What a sync did.
@@ -145,10 +147,16 @@ impl From<io::Error> for Fail {
 /// A transport to the target: a read half and a write half.
 pub type Conn = (Box<dyn Read + Send>, Box<dyn Write + Send>);
 
+/// Longest wait for the target to answer or accept data.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Connect to `HOST:PORT` over TCP.
 pub fn tcp(to: &str) -> io::Result<Conn> {
     let s = TcpStream::connect(to)?;
     s.set_nodelay(true)?;
+    // A target that stops answering is a dropped connection (retried), not a hang.
+    s.set_read_timeout(Some(PEER_TIMEOUT))?;
+    s.set_write_timeout(Some(PEER_TIMEOUT))?;
     let r = s.try_clone()?;
     Ok((
         Box::new(BufReader::with_capacity(256 * 1024, r)),
@@ -222,7 +230,7 @@ fn refused(p: &[u8], peer: &str) -> Fail {
     match wire::parse_error(p) {
         Ok((code, m)) => {
             let exit = match code {
-                err::BAD_RECORD => FOUND,
+                err::BAD_RECORD | err::UNTRUSTED => FOUND,
                 err::IO => IO,
                 _ => USAGE,
             };
@@ -232,6 +240,32 @@ fn refused(p: &[u8], peer: &str) -> Fail {
             ))
         }
         Err(e) => Fail::Fatal(e),
+    }
+}
+
+/// Receive the next message after the handshake: a SEALED frame that opens
+/// as the next of this session (or a clear ERROR, for a refusal the target
+/// could not seal).
+fn recv_sealed(r: &mut impl Read, s: &mut Session, peer: &str) -> Result<(u8, Vec<u8>), Fail> {
+    let (t, p) = recv(r, peer)?;
+    match t {
+        ty::SEALED => s.open(&p).ok_or_else(|| {
+            Fail::Fatal(coded(
+                FOUND,
+                format!(
+                    "a sealed frame from {peer} does not authenticate: something between source \
+                     and target altered the session"
+                ),
+            ))
+        }),
+        ty::ERROR => Ok((t, p)),
+        other => Err(Fail::Fatal(coded(
+            USAGE,
+            format!(
+                "{peer} sent {} in clear after the handshake: not a MotionGear sync target",
+                wire::type_name(other)
+            ),
+        ))),
     }
 }
 
@@ -247,6 +281,18 @@ fn recv(r: &mut impl Read, peer: &str) -> Result<(u8, Vec<u8>), Fail> {
 }
 
 impl Run<'_> {
+    /// Seal message `t` and send it.
+    fn send_sealed(
+        &mut self,
+        w: &mut impl Write,
+        s: &mut Session,
+        t: u8,
+        payload: &[u8],
+    ) -> Result<(), Fail> {
+        let sealed = s.seal(t, payload).map_err(Fail::Fatal)?;
+        self.send(w, ty::SEALED, &sealed)
+    }
+
     fn send(&mut self, w: &mut impl Write, t: u8, payload: &[u8]) -> Result<(), Fail> {
         let f = wire::frame(t, payload);
         if let Some(l) = &mut self.limiter {
@@ -276,10 +322,11 @@ impl Run<'_> {
         self.send(&mut w, ty::HELLO, &hello)?;
         w.flush()?;
 
-        let (t, p) = recv(&mut r, &peer)?;
+        let (t, welcome) = recv(&mut r, &peer)?;
+        let p = &welcome;
         match t {
             ty::WELCOME => {}
-            ty::ERROR => return Err(refused(&p, &peer)),
+            ty::ERROR => return Err(refused(p, &peer)),
             other => {
                 return Err(Fail::Fatal(coded(
                     USAGE,
@@ -291,7 +338,7 @@ impl Run<'_> {
             }
         }
         let fatal = |e: anyhow::Error| Fail::Fatal(coded(USAGE, format!("{peer}: {e:#}")));
-        let mut f = Fields::new(&p, "WELCOME");
+        let mut f = Fields::new(p, "WELCOME");
         let capture_id: [u8; 16] = f.array().map_err(fatal)?;
         let chunk_size = f.u32().map_err(fatal)?;
         let vol_size = f.u64().map_err(fatal)?;
@@ -309,7 +356,13 @@ impl Run<'_> {
                 "the target volume is {vol_size} bytes, the source {size}: sync cannot resize"
             )));
         }
-        let s = Session::new(&self.plan.key, &capture_id, &source_nonce, &target_nonce);
+        let mut s = Session::new(
+            &self.plan.key,
+            &capture_id,
+            &source_nonce,
+            &target_nonce,
+            Role::Source,
+        );
         if s.proof("target", &name) != blake3::Hash::from_bytes(proof) {
             let m = format!(
                 "the data key in the key cache for {name} does not open the target's capture {name} \
@@ -320,12 +373,23 @@ impl Run<'_> {
             return Err(Fail::Fatal(coded(USAGE, m)));
         }
         let id_key = IdKey::derive(&self.plan.key, &capture_id);
-        self.send(&mut w, ty::PROOF, s.proof("source", &name).as_bytes())?;
+        let mut proof = s.proof("source", &name).as_bytes().to_vec();
+        match &self.plan.signer {
+            Some(k) => {
+                use ed25519_dalek::Signer;
+                let m = session::signed_message(&session::transcript(&hello, &welcome));
+                proof.push(1);
+                proof.extend_from_slice(k.verifying_key().as_bytes());
+                proof.extend_from_slice(&k.sign(&m).to_bytes());
+            }
+            None => proof.push(0),
+        }
+        self.send_sealed(&mut w, &mut s, ty::PROOF, &proof)?;
         w.flush()?;
 
         let mut ids: Vec<[u8; 32]> = Vec::new();
         while (ids.len() as u64) < count {
-            let (t, p) = recv(&mut r, &peer)?;
+            let (t, p) = recv_sealed(&mut r, &mut s, &peer)?;
             match t {
                 ty::IDS => {}
                 ty::ERROR => return Err(refused(&p, &peer)),
@@ -403,22 +467,13 @@ impl Run<'_> {
             if id != have {
                 let (flags, payload) = session::pack(data).map_err(Fail::Fatal)?;
                 seq += 1;
-                let m = RecordMeta {
-                    seq,
-                    index,
-                    chunk_id: id,
-                    plain_len: len,
-                    flags,
-                };
-                let sealed = s.seal(&m, &payload).map_err(Fail::Fatal)?;
-                let mut p = Vec::with_capacity(53 + sealed.len());
-                p.extend_from_slice(&seq.to_le_bytes());
+                let mut p = Vec::with_capacity(45 + payload.len());
                 p.extend_from_slice(&index.to_le_bytes());
                 p.extend_from_slice(&len.to_le_bytes());
                 p.push(flags);
                 p.extend_from_slice(&id);
-                p.extend_from_slice(&sealed);
-                self.send(&mut w, ty::CHUNK, &p)?;
+                p.extend_from_slice(&payload);
+                self.send_sealed(&mut w, &mut s, ty::CHUNK, &p)?;
                 self.stats.chunks_sent += 1;
                 self.stats.chunk_bytes_sent += len as u64;
                 if let Some(slot) = usize::try_from(index)
@@ -435,9 +490,9 @@ impl Run<'_> {
         let mut done = Vec::with_capacity(40);
         done.extend_from_slice(&seq.to_le_bytes());
         done.extend_from_slice(&digest);
-        self.send(&mut w, ty::DONE, &done)?;
+        self.send_sealed(&mut w, &mut s, ty::DONE, &done)?;
         w.flush()?;
-        let (t, p) = recv(&mut r, &peer)?;
+        let (t, p) = recv_sealed(&mut r, &mut s, &peer)?;
         match t {
             ty::APPLIED => {}
             ty::ERROR => return Err(refused(&p, &peer)),
@@ -452,15 +507,7 @@ impl Run<'_> {
         let _applied = f.u64().map_err(fatal)?;
         let _bytes = f.u64().map_err(fatal)?;
         let theirs: [u8; 32] = f.array().map_err(fatal)?;
-        let tag: [u8; 32] = f.array().map_err(fatal)?;
         f.end().map_err(fatal)?;
-        if s.tag("applied", &theirs) != blake3::Hash::from_bytes(tag) {
-            return Err(Fail::Fatal(coded(
-                FOUND,
-                "the target's APPLIED message does not carry a valid tag: something between \
-                 source and target altered the session",
-            )));
-        }
         if theirs != digest {
             return Err(Fail::Fatal(coded(
                 FOUND,

@@ -10,17 +10,22 @@
 //! APPLIED is sent. After a crash of `serve` itself the next start hashes
 //! the volume again, so unsynced writes that were lost are simply sent again.
 
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use image_format::{layout, DataKey};
 
-use super::session::{self, IdKey, RecordMeta, Session};
+use super::session::{self, IdKey, Role, Session};
 use super::wire::{self, err, ty, Fields};
 use crate::exit::{coded, usage, FOUND, IO, USAGE};
 
@@ -33,6 +38,10 @@ pub struct Served {
     pub key: DataKey,
     pub capture_id: [u8; 16],
     pub chunk_size: u32,
+    /// Size of the served volume (fixed while serving).
+    pub volume_size: u64,
+    /// Whose signed sessions are accepted.
+    pub trust: Trust,
 }
 
 /// The volume being kept in sync, with the keyed id of every chunk on it.
@@ -159,37 +168,157 @@ impl Volume {
     }
 }
 
-/// Send an ERROR to the peer (best effort) and return the matching local error.
-fn refuse(w: &mut impl Write, code: u8, message: String) -> anyhow::Error {
-    let _ = wire::send(w, ty::ERROR, &wire::error_payload(code, &message)).and_then(|_| w.flush());
+/// Send an ERROR to the peer (best effort; sealed once a session exists)
+/// and return the matching local error.
+fn refuse(w: &mut impl Write, s: Option<&mut Session>, code: u8, message: String) -> anyhow::Error {
+    let p = wire::error_payload(code, &message);
+    let sent = match s {
+        Some(s) => s
+            .seal(ty::ERROR, &p)
+            .map_err(std::io::Error::other)
+            .and_then(|sealed| wire::send(w, ty::SEALED, &sealed)),
+        None => wire::send(w, ty::ERROR, &p),
+    };
+    let _ = sent.and_then(|_| w.flush());
     let exit = match code {
-        err::BAD_RECORD => FOUND,
+        err::BAD_RECORD | err::UNTRUSTED => FOUND,
         err::IO => IO,
         _ => USAGE,
     };
     coded(exit, format!("refused the source: {message}"))
 }
 
-/// One session with a source over `r`/`w`. Chunks applied before an error
-/// stay applied (and are synced by the caller).
+/// The next sealed message from the source.
+fn recv_sealed<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    s: &mut Session,
+    peer: &str,
+) -> anyhow::Result<(u8, Vec<u8>)> {
+    let (t, p) = wire::recv(r, peer)?;
+    if t != ty::SEALED {
+        return Err(refuse(
+            w,
+            Some(s),
+            err::PROTOCOL,
+            format!(
+                "expected a SEALED frame, got {} in clear",
+                wire::type_name(t)
+            ),
+        ));
+    }
+    match s.open(&p) {
+        Some(m) => Ok(m),
+        None => Err(refuse(
+            w,
+            Some(s),
+            err::BAD_RECORD,
+            "a sealed frame does not authenticate (a different data key, or the stream was altered \
+             in transit)"
+                .into(),
+        )),
+    }
+}
+
+/// Who may sync into a served volume.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// Pinned capture site public keys (`--trust site.pub`).
+    pub keys: Vec<[u8; 32]>,
+    /// `--allow-untrusted`: accept unsigned sessions and unpinned signers (loudly).
+    pub allow_untrusted: bool,
+}
+
+impl Trust {
+    /// Decide on the origin part of PROOF: `Ok(description)` to go on, or
+    /// `Err(why)` to refuse.
+    fn check(
+        &self,
+        signed: Option<([u8; 32], [u8; 64])>,
+        transcript: &[u8; 32],
+    ) -> Result<String, String> {
+        let fp = |k: &[u8; 32]| crate::sitekey::fingerprint(k);
+        let Some((public, sig)) = signed else {
+            if self.allow_untrusted {
+                return Ok(
+                    "UNSIGNED session accepted because of --allow-untrusted: nothing \
+                           proves which site sent this data"
+                        .into(),
+                );
+            }
+            return Err(format!(
+                "the source did not sign the session: this target accepts only syncs signed by a \
+                 capture site key it pins ({} pinned); run `mgear sync --sign site.key` with the \
+                 site's key",
+                self.keys.len()
+            ));
+        };
+        let ok = ed25519_dalek::VerifyingKey::from_bytes(&public).is_ok_and(|vk| {
+            vk.verify_strict(
+                &session::signed_message(transcript),
+                &ed25519_dalek::Signature::from_bytes(&sig),
+            )
+            .is_ok()
+        });
+        if !ok {
+            return Err(format!(
+                "the session signature by site key {} does not verify: refused",
+                fp(&public)
+            ));
+        }
+        if self.keys.contains(&public) {
+            return Ok(format!("signed by pinned site key {}", fp(&public)));
+        }
+        if self.allow_untrusted {
+            return Ok(format!(
+                "signed by site key {}, which is NOT pinned; accepted because of --allow-untrusted",
+                fp(&public)
+            ));
+        }
+        Err(format!(
+            "the session is signed by site key {}, which this target does not pin (--trust); \
+             pin that site's .pub if it is yours",
+            fp(&public)
+        ))
+    }
+}
+
+#[cfg(test)]
+impl Trust {
+    pub fn check_for_tests(
+        &self,
+        signed: Option<([u8; 32], [u8; 64])>,
+        transcript: &[u8; 32],
+    ) -> Result<String, String> {
+        self.check(signed, transcript)
+    }
+}
+
+/// One session with a source over `r`/`w`. `on_auth` runs once the source
+/// has proven the key and its origin (the caller relaxes the handshake
+/// deadline to the idle timeout). Chunks applied before an error stay
+/// applied (and are synced by the caller).
+#[allow(clippy::too_many_arguments)]
 pub fn session<R: Read, W: Write>(
     r: &mut R,
     w: W,
     peer: &str,
     cap: &Served,
-    vol: &mut Volume,
+    vol: &Mutex<Volume>,
     applied: &mut Applied,
+    on_auth: &mut dyn FnMut(),
 ) -> anyhow::Result<()> {
     let mut w = BufWriter::with_capacity(256 * 1024, w);
-    let (t, p) = wire::recv(r, peer)?;
+    let (t, hello) = wire::recv(r, peer)?;
     if t != ty::HELLO {
         return Err(refuse(
             &mut w,
+            None,
             err::PROTOCOL,
             format!("expected HELLO, got {}", wire::type_name(t)),
         ));
     }
-    let mut f = Fields::new(&p, "HELLO");
+    let mut f = Fields::new(&hello, "HELLO");
     let name = f.str()?;
     let size = f.u64()?;
     let source_nonce: [u8; 32] = f.array()?;
@@ -197,6 +326,7 @@ pub fn session<R: Read, W: Write>(
     if name != cap.name {
         return Err(refuse(
             &mut w,
+            None,
             err::UNKNOWN_CAPTURE,
             format!(
                 "this target does not know capture {name}: it serves capture {}",
@@ -204,24 +334,31 @@ pub fn session<R: Read, W: Write>(
             ),
         ));
     }
-    if size != vol.size {
+    if size != cap.volume_size {
         return Err(refuse(
             &mut w,
+            None,
             err::SIZE,
             format!(
                 "the source disk is {size} bytes but the target volume is {} bytes; \
                  sync cannot resize volumes (grow the volume, or take a new capture)",
-                vol.size
+                cap.volume_size
             ),
         ));
     }
     let target_nonce = session::nonce()?;
-    let s = Session::new(&cap.key, &cap.capture_id, &source_nonce, &target_nonce);
-    let count = vol.ids.len() as u64;
+    let mut s = Session::new(
+        &cap.key,
+        &cap.capture_id,
+        &source_nonce,
+        &target_nonce,
+        Role::Target,
+    );
+    let count = layout::chunk_count(cap.volume_size, cap.chunk_size);
     let mut welcome = Vec::with_capacity(132);
     welcome.extend_from_slice(&cap.capture_id);
     welcome.extend_from_slice(&cap.chunk_size.to_le_bytes());
-    welcome.extend_from_slice(&vol.size.to_le_bytes());
+    welcome.extend_from_slice(&cap.volume_size.to_le_bytes());
     welcome.extend_from_slice(&count.to_le_bytes());
     welcome.extend_from_slice(&target_nonce);
     welcome.extend_from_slice(s.proof("target", &cap.name).as_bytes());
@@ -230,7 +367,7 @@ pub fn session<R: Read, W: Write>(
 
     let (t, p) = wire::recv(r, peer)?;
     match t {
-        ty::PROOF => {}
+        ty::SEALED => {}
         ty::ERROR => {
             let (_, m) = wire::parse_error(&p)?;
             bail!("the source gave up: {m}");
@@ -238,17 +375,16 @@ pub fn session<R: Read, W: Write>(
         other => {
             return Err(refuse(
                 &mut w,
+                None,
                 err::PROTOCOL,
                 format!("expected PROOF, got {}", wire::type_name(other)),
             ))
         }
     }
-    let mut f = Fields::new(&p, "PROOF");
-    let proof: [u8; 32] = f.array()?;
-    f.end()?;
-    if s.proof("source", &cap.name) != blake3::Hash::from_bytes(proof) {
+    let Some((t, p)) = s.open(&p) else {
         return Err(refuse(
             &mut w,
+            None,
             err::WRONG_KEY,
             format!(
                 "the source's data key for {} is not this capture's key: use the key cache written \
@@ -256,7 +392,44 @@ pub fn session<R: Read, W: Write>(
                 cap.name
             ),
         ));
+    };
+    if t != ty::PROOF {
+        return Err(refuse(
+            &mut w,
+            Some(&mut s),
+            err::PROTOCOL,
+            format!("expected PROOF, got {}", wire::type_name(t)),
+        ));
     }
+    let mut f = Fields::new(&p, "PROOF");
+    let proof: [u8; 32] = f.array()?;
+    let signed = match f.u8()? {
+        0 => None,
+        1 => Some((f.array::<32>()?, f.array::<64>()?)),
+        other => bail!("PROOF has signature kind {other}, which this mgear does not know"),
+    };
+    f.end()?;
+    if s.proof("source", &cap.name) != blake3::Hash::from_bytes(proof) {
+        return Err(refuse(
+            &mut w,
+            Some(&mut s),
+            err::WRONG_KEY,
+            format!(
+                "the source's proof of the data key for {} is wrong",
+                cap.name
+            ),
+        ));
+    }
+    match cap
+        .trust
+        .check(signed, &session::transcript(&hello, &welcome))
+    {
+        Ok(how) => eprintln!("mgear serve: session with {peer}: {how}"),
+        Err(why) => return Err(refuse(&mut w, Some(&mut s), err::UNTRUSTED, why)),
+    }
+    on_auth();
+    // One authenticated sync writes at a time; others wait here (bounded by their idle timeout).
+    let mut vol = vol.lock().unwrap_or_else(|p| p.into_inner());
     for (n, part) in vol.ids.chunks(wire::IDS_PER_FRAME as usize).enumerate() {
         let mut p = Vec::with_capacity(12 + part.len() * 32);
         p.extend_from_slice(&(n as u64 * wire::IDS_PER_FRAME as u64).to_le_bytes());
@@ -264,70 +437,54 @@ pub fn session<R: Read, W: Write>(
         for id in part {
             p.extend_from_slice(id);
         }
-        wire::send(&mut w, ty::IDS, &p)?;
+        let sealed = s.seal(ty::IDS, &p)?;
+        wire::send(&mut w, ty::SEALED, &sealed)?;
     }
     w.flush()?;
 
-    let mut last_seq = 0u64;
     loop {
-        let (t, p) = wire::recv(r, peer)?;
+        let (t, p) = recv_sealed(r, &mut w, &mut s, peer)?;
         match t {
             ty::CHUNK => {
                 let mut f = Fields::new(&p, "CHUNK");
-                let m = RecordMeta {
-                    seq: f.u64()?,
-                    index: f.u64()?,
-                    plain_len: f.u32()?,
-                    flags: f.u8()?,
-                    chunk_id: f.array()?,
-                };
-                let sealed = f.rest();
-                if m.seq <= last_seq {
-                    return Err(refuse(
-                        &mut w,
-                        err::PROTOCOL,
-                        format!("record sequence {} after {last_seq}", m.seq),
-                    ));
-                }
-                last_seq = m.seq;
-                if m.index >= count
-                    || m.plain_len != layout::chunk_len(vol.size, cap.chunk_size, m.index)
+                let index = f.u64()?;
+                let plain_len = f.u32()?;
+                let flags = f.u8()?;
+                let chunk_id: [u8; 32] = f.array()?;
+                let payload = f.rest().to_vec();
+                if index >= count
+                    || plain_len != layout::chunk_len(cap.volume_size, cap.chunk_size, index)
                 {
                     return Err(refuse(
                         &mut w,
+                        Some(&mut s),
                         err::BAD_RECORD,
                         format!(
-                            "chunk {} of {} bytes does not fit a volume of {count} chunks",
-                            m.index, m.plain_len
+                            "chunk {index} of {plain_len} bytes does not fit a volume of {count} chunks"
                         ),
                     ));
                 }
-                let Some(payload) = s.open(&m, sealed) else {
-                    return Err(refuse(
-                        &mut w,
-                        err::BAD_RECORD,
-                        format!("chunk {} does not authenticate", m.index),
-                    ));
-                };
-                let data = match session::unpack(m.flags, payload, m.plain_len) {
+                let data = match session::unpack(flags, payload, plain_len) {
                     Ok(d) => d,
                     Err(e) => {
                         return Err(refuse(
                             &mut w,
+                            Some(&mut s),
                             err::BAD_RECORD,
-                            format!("chunk {}: {e:#}", m.index),
+                            format!("chunk {index}: {e:#}"),
                         ))
                     }
                 };
-                if vol.id_key.id(&data) != m.chunk_id {
+                if vol.id_key.id(&data) != chunk_id {
                     return Err(refuse(
                         &mut w,
+                        Some(&mut s),
                         err::BAD_RECORD,
-                        format!("chunk {} does not match its keyed id", m.index),
+                        format!("chunk {index} does not match its keyed id"),
                     ));
                 }
-                if let Err(e) = vol.apply(m.index, &data, m.chunk_id) {
-                    return Err(refuse(&mut w, err::IO, format!("{e:#}")));
+                if let Err(e) = vol.apply(index, &data, chunk_id) {
+                    return Err(refuse(&mut w, Some(&mut s), err::IO, format!("{e:#}")));
                 }
                 applied.chunks += 1;
                 applied.bytes += data.len() as u64;
@@ -338,15 +495,15 @@ pub fn session<R: Read, W: Write>(
                 let _expected: [u8; 32] = f.array()?;
                 f.end()?;
                 if let Err(e) = vol.sync() {
-                    return Err(refuse(&mut w, err::IO, format!("{e:#}")));
+                    return Err(refuse(&mut w, Some(&mut s), err::IO, format!("{e:#}")));
                 }
                 let mut a = Vec::with_capacity(48);
                 a.extend_from_slice(&applied.chunks.to_le_bytes());
                 a.extend_from_slice(&applied.bytes.to_le_bytes());
                 let digest = session::volume_digest(vol.size, cap.chunk_size, &vol.ids);
                 a.extend_from_slice(&digest);
-                a.extend_from_slice(s.tag("applied", &digest).as_bytes());
-                wire::send(&mut w, ty::APPLIED, &a)?;
+                let sealed = s.seal(ty::APPLIED, &a)?;
+                wire::send(&mut w, ty::SEALED, &sealed)?;
                 w.flush()?;
                 return Ok(());
             }
@@ -357,6 +514,7 @@ pub fn session<R: Read, W: Write>(
             other => {
                 return Err(refuse(
                     &mut w,
+                    Some(&mut s),
                     err::PROTOCOL,
                     format!("unexpected {} during transfer", wire::type_name(other)),
                 ))
@@ -365,71 +523,193 @@ pub fn session<R: Read, W: Write>(
     }
 }
 
-/// Serve sessions from `listener` until one completes (`once`) or forever.
-/// Each session's outcome is logged on stderr; returns the completed session's counts.
-pub fn serve_loop(
-    listener: std::net::TcpListener,
-    cap: &Served,
-    vol: &mut Volume,
-    once: bool,
-) -> anyhow::Result<Applied> {
-    let mut total = Applied {
+/// How long peers may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From accept to a verified PROOF (key and origin).
+    pub handshake: Duration,
+    /// Longest silence on an authenticated connection.
+    pub idle: Duration,
+    /// Connections served at once; more are answered BUSY and closed.
+    pub max_peers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(120),
+            max_peers: 4,
+        }
+    }
+}
+
+/// A TCP read half with a deadline for the handshake, then an idle timeout
+/// per read, so neither a silent nor a trickling peer holds a slot forever.
+struct Timed {
+    stream: TcpStream,
+    deadline: Rc<Cell<Option<Instant>>>,
+    limits: Limits,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let wait = match self.deadline.get() {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(self.timed_out(true));
+                }
+                left.min(self.limits.idle)
+            }
+            None => self.limits.idle,
+        };
+        self.stream.set_read_timeout(Some(wait))?;
+        match self.stream.read(buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(self.timed_out(self.deadline.get().is_some()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Timed {
+    fn timed_out(&self, handshake: bool) -> std::io::Error {
+        let m = if handshake {
+            format!(
+                "the peer did not prove the capture key within {:.1} s (handshake timeout): dropped",
+                self.limits.handshake.as_secs_f64()
+            )
+        } else {
+            format!(
+                "the peer was silent for {:.1} s (idle timeout): dropped",
+                self.limits.idle.as_secs_f64()
+            )
+        };
+        std::io::Error::new(ErrorKind::TimedOut, m)
+    }
+}
+
+/// Run one accepted connection to its end and log the outcome.
+fn handle(conn: TcpStream, cap: &Served, vol: &Mutex<Volume>, limits: Limits) -> Option<Applied> {
+    let peer = conn
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let started = Instant::now();
+    let mut applied = Applied {
         chunks: 0,
         bytes: 0,
     };
-    for conn in listener.incoming() {
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("mgear serve: accept failed: {e}");
-                continue;
-            }
-        };
-        let peer = conn
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into());
-        let started = Instant::now();
-        let mut applied = Applied {
-            chunks: 0,
-            bytes: 0,
-        };
-        let result = conn
-            .try_clone()
-            .context("cloning the connection")
-            .and_then(|w| {
-                session(
-                    &mut std::io::BufReader::with_capacity(256 * 1024, &conn),
-                    w,
-                    &peer,
-                    cap,
-                    vol,
-                    &mut applied,
-                )
-            });
-        let synced = vol.sync();
-        total.chunks += applied.chunks;
-        total.bytes += applied.bytes;
-        match result.and(synced) {
-            Ok(()) => {
-                eprintln!(
-                    "mgear serve: session with {peer} complete: {} chunks applied ({} bytes) in {:.1} s",
-                    applied.chunks,
-                    applied.bytes,
-                    started.elapsed().as_secs_f64()
-                );
-                if once {
-                    return Ok(total);
-                }
-            }
-            Err(e) => eprintln!(
+    let deadline = Rc::new(Cell::new(Some(started + limits.handshake)));
+    let result = conn
+        .set_nonblocking(false)
+        .and_then(|_| conn.set_nodelay(true))
+        .and_then(|_| conn.set_write_timeout(Some(limits.idle)))
+        .and_then(|_| conn.try_clone())
+        .context("setting up the connection")
+        .and_then(|read_half| {
+            let mut r = std::io::BufReader::with_capacity(
+                256 * 1024,
+                Timed {
+                    stream: read_half,
+                    deadline: deadline.clone(),
+                    limits,
+                },
+            );
+            session(&mut r, &conn, &peer, cap, vol, &mut applied, &mut || {
+                deadline.set(None)
+            })
+        });
+    let synced = vol.lock().unwrap_or_else(|p| p.into_inner()).sync();
+    match result.and(synced) {
+        Ok(()) => {
+            eprintln!(
+                "mgear serve: session with {peer} complete: {} chunks applied ({} bytes) in {:.1} s",
+                applied.chunks,
+                applied.bytes,
+                started.elapsed().as_secs_f64()
+            );
+            Some(applied)
+        }
+        Err(e) => {
+            eprintln!(
                 "mgear serve: session with {peer} ended early after {} chunks applied (kept; a reconnecting \
                  source continues from there): {e:#}",
                 applied.chunks
-            ),
+            );
+            None
         }
     }
-    Ok(total)
+}
+
+/// Serve sessions from `listener`, up to `limits.max_peers` at once, until
+/// one completes (`once`) or forever. Each session's outcome is logged on
+/// stderr; returns the counts of the sessions that completed.
+pub fn serve_loop(
+    listener: TcpListener,
+    cap: &Served,
+    vol: Volume,
+    once: bool,
+    limits: Limits,
+) -> anyhow::Result<Applied> {
+    let vol = Mutex::new(vol);
+    let total = Mutex::new(Applied {
+        chunks: 0,
+        bytes: 0,
+    });
+    let active = AtomicUsize::new(0);
+    let finished = AtomicBool::new(false);
+    // Polled accept, so `--once` can stop listening while other peers finish.
+    listener
+        .set_nonblocking(true)
+        .context("configuring the listening socket")?;
+    std::thread::scope(|scope| {
+        while !finished.load(Ordering::SeqCst) {
+            let conn = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("mgear serve: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            };
+            if active.load(Ordering::SeqCst) >= limits.max_peers {
+                let m = format!(
+                    "the target is serving {} peers already: try again shortly",
+                    limits.max_peers
+                );
+                eprintln!(
+                    "mgear serve: refused {}: {m}",
+                    conn.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+                );
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = wire::send(&mut &conn, ty::ERROR, &wire::error_payload(err::BUSY, &m));
+                continue;
+            }
+            active.fetch_add(1, Ordering::SeqCst);
+            let (vol, total, active, finished) = (&vol, &total, &active, &finished);
+            scope.spawn(move || {
+                if let Some(a) = handle(conn, cap, vol, limits) {
+                    let mut t = total.lock().unwrap_or_else(|p| p.into_inner());
+                    t.chunks += a.chunks;
+                    t.bytes += a.bytes;
+                    if once {
+                        finished.store(true, Ordering::SeqCst);
+                    }
+                }
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let t = *total.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(t)
 }
 
 #[cfg(test)]

@@ -77,6 +77,11 @@ impl Fixture {
             key: self.key.clone(),
             capture_id: self.capture_id,
             chunk_size: CS,
+            volume_size: SIZE,
+            trust: target::Trust {
+                keys: Vec::new(),
+                allow_untrusted: true,
+            },
         }
     }
 
@@ -98,6 +103,7 @@ impl Fixture {
             retries: 3,
             retry_wait: Duration::from_millis(10),
             peer: "test target".into(),
+            signer: None,
         }
     }
 
@@ -110,10 +116,11 @@ impl Fixture {
 fn serve(
     listener: TcpListener,
     served: Served,
-    mut vol: Volume,
+    vol: Volume,
     sessions: usize,
 ) -> JoinHandle<Vec<(Result<(), String>, Applied)>> {
     std::thread::spawn(move || {
+        let vol = Mutex::new(vol);
         let mut out = Vec::new();
         for _ in 0..sessions {
             let (conn, peer) = listener.accept().unwrap();
@@ -126,10 +133,11 @@ fn serve(
                 &conn,
                 &peer.to_string(),
                 &served,
-                &mut vol,
+                &vol,
                 &mut applied,
+                &mut || {},
             );
-            vol.sync().unwrap();
+            vol.lock().unwrap().sync().unwrap();
             out.push((r.map_err(|e| format!("{e:#}")), applied));
         }
         out
@@ -233,7 +241,7 @@ fn a_dropped_connection_resumes_where_the_target_is() {
     let fx = fixture(&changed);
     let (l, addr) = listen();
     let server = serve(l, fx.served("web01"), fx.volume(), 2);
-    let frame = 12 + 53 + CS as usize + 16 + 4;
+    let frame = 12 + 45 + CS as usize + 16 + 4;
     // HELLO + PROOF (~150 bytes) and three and a half chunk frames get through.
     let budget = 200 + 3 * frame + frame / 2;
     let mut calls = 0;
@@ -372,7 +380,7 @@ fn target_refuses_tampered_records() {
         "{sessions:?}"
     );
 
-    // Now a record whose ciphertext was changed and the frame CRC recomputed: only the AEAD can tell.
+    // Now a chunk frame whose ciphertext was changed and the frame CRC recomputed: only the AEAD can tell.
     let (l, addr) = listen();
     let server = serve(l, fx.served("web01"), fx.volume(), 1);
     struct Forge {
@@ -383,8 +391,8 @@ fn target_refuses_tampered_records() {
             let mut b = buf.to_vec();
             // Whole frames arrive here (BufWriter passes big frames through; small ones are buffered
             // and flushed frame-aligned in this protocol's call pattern only at flush points), so
-            // rewrite CHUNK frames found at the start of a write.
-            if b.len() > 100 && &b[..4] == b"MGSY" && b[5] == super::wire::ty::CHUNK {
+            // rewrite big SEALED frames (chunks) found at the start of a write.
+            if b.len() > 1000 && &b[..4] == b"MGSY" && b[5] == super::wire::ty::SEALED {
                 let n = b.len();
                 b[n - 10] ^= 1;
                 let crc = crc32fast::hash(&b[..n - 4]);
@@ -403,7 +411,7 @@ fn target_refuses_tampered_records() {
     };
     let e = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut connect).unwrap_err();
     assert!(
-        format!("{e:#}").contains("chunk 6 does not authenticate"),
+        format!("{e:#}").contains("a sealed frame does not authenticate"),
         "{e:#}"
     );
     assert_eq!(code_of(&e), FOUND);
@@ -436,13 +444,257 @@ fn size_mismatch_is_refused() {
     server.join().unwrap();
 }
 
+fn site_key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
+#[test]
+fn only_sessions_signed_by_a_pinned_site_key_are_applied() {
+    let fx = fixture(&[3, 11]);
+    let before = std::fs::read(&fx.vol).unwrap();
+    let pinned = site_key(1);
+    let mut served = fx.served("web01");
+    served.trust = target::Trust {
+        keys: vec![pinned.verifying_key().to_bytes()],
+        allow_untrusted: false,
+    };
+    let (l, addr) = listen();
+    let server = serve(l, served, fx.volume(), 4);
+    let attempt = |signer: Option<ed25519_dalek::SigningKey>, key: DataKey| {
+        let mut plan = fx.plan(key);
+        plan.signer = signer;
+        plan.retries = 0;
+        source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr))
+    };
+    // Unsigned, signed by a key the target does not pin, and the attacker's own
+    // data key with a pinned signature: all refused, nothing written.
+    let e = attempt(None, fx.key.clone()).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("did not sign the session"),
+        "{e:#}"
+    );
+    assert_eq!(code_of(&e), FOUND);
+    let e = attempt(Some(site_key(2)), fx.key.clone()).unwrap_err();
+    assert!(format!("{e:#}").contains("does not pin"), "{e:#}");
+    assert_eq!(code_of(&e), FOUND);
+    let e = attempt(Some(pinned.clone()), DataKey::from_bytes([8; 32])).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("does not open the target's capture"),
+        "{e:#}"
+    );
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap(),
+        before,
+        "refused peers wrote nothing"
+    );
+    // The pinned site's signed session goes through.
+    let stats = attempt(Some(pinned), fx.key.clone()).unwrap();
+    assert!(stats.verified);
+    assert_eq!(stats.chunks_sent, 2);
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap(),
+        std::fs::read(&fx.src).unwrap()
+    );
+    let sessions = server.join().unwrap();
+    assert!(
+        sessions[..3]
+            .iter()
+            .all(|(r, a)| r.is_err() && a.chunks == 0),
+        "{sessions:?}"
+    );
+    assert!(sessions[3].0.is_ok(), "{sessions:?}");
+}
+
+#[test]
+fn a_signature_from_another_session_does_not_verify() {
+    let t = target::Trust {
+        keys: vec![site_key(1).verifying_key().to_bytes()],
+        allow_untrusted: false,
+    };
+    use ed25519_dalek::Signer;
+    let k = site_key(1);
+    let old = super::session::transcript(b"hello 1", b"welcome 1");
+    let sig = k.sign(&super::session::signed_message(&old)).to_bytes();
+    let pk = k.verifying_key().to_bytes();
+    assert!(t.check_for_tests(Some((pk, sig)), &old).is_ok());
+    let now = super::session::transcript(b"hello 2", b"welcome 2");
+    let e = t.check_for_tests(Some((pk, sig)), &now).unwrap_err();
+    assert!(e.contains("does not verify"), "{e}");
+}
+
+/// Everything one side wrote to the socket.
+struct Record {
+    inner: Box<dyn Write + Send>,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Write for Record {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.seen.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Everything one side read from the socket.
+struct RecordRead {
+    inner: Box<dyn io::Read + Send>,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl io::Read for RecordRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[test]
+fn the_wire_carries_no_chunk_ids_indexes_or_data_in_clear() {
+    // A compressible changed chunk, an all-zero one and an incompressible one.
+    let fx = fixture(&[]);
+    let mut disk = std::fs::read(&fx.src).unwrap();
+    let cs = CS as usize;
+    for (i, b) in disk[8 * cs..9 * cs].iter_mut().enumerate() {
+        *b = b"motiongear sync "[i % 16];
+    }
+    disk[12 * cs..13 * cs].fill(0);
+    disk[20 * cs..21 * cs].copy_from_slice(&noise(777, cs));
+    std::fs::write(&fx.src, &disk).unwrap();
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("web01"), fx.volume(), 1);
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut connect = || -> io::Result<Conn> {
+        let (r, w) = source::tcp(&addr)?;
+        Ok((
+            Box::new(RecordRead {
+                inner: r,
+                seen: got.clone(),
+            }) as Box<dyn io::Read + Send>,
+            Box::new(Record {
+                inner: w,
+                seen: sent.clone(),
+            }) as Box<dyn Write + Send>,
+        ))
+    };
+    let stats = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut connect).unwrap();
+    assert_eq!(stats.chunks_sent, 3);
+    server.join().unwrap();
+    let sent = sent.lock().unwrap().clone();
+    let got = got.lock().unwrap().clone();
+    let ids = IdKey::derive(&fx.key, &fx.capture_id);
+    let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for (i, c) in disk.chunks(cs).enumerate() {
+        let id = ids.id(c);
+        assert!(
+            !has(&sent, &id),
+            "chunk {i}'s keyed id travels in clear to the target"
+        );
+        assert!(
+            !has(&got, &id),
+            "chunk {i}'s keyed id travels in clear from the target"
+        );
+    }
+    for index in [8u64, 12, 20] {
+        let meta = [&index.to_le_bytes()[..], &CS.to_le_bytes()[..]].concat();
+        assert!(
+            !has(&sent, &meta),
+            "chunk {index}'s index and length travel in clear"
+        );
+    }
+    assert!(
+        !has(&sent, b"motiongear sync "),
+        "compressible data in clear"
+    );
+    assert!(
+        !has(&sent, &disk[20 * cs..20 * cs + 64]),
+        "raw data in clear"
+    );
+    // Only HELLO and WELCOME are clear frames; everything after is SEALED.
+    let types = |mut b: &[u8]| {
+        let mut out = Vec::new();
+        while let Ok((t, _)) = super::wire::recv(&mut b, "rec") {
+            out.push(t);
+        }
+        out
+    };
+    let (s, t) = (types(&sent), types(&got));
+    use super::wire::ty;
+    assert_eq!(s[0], ty::HELLO);
+    assert!(s[1..].iter().all(|&x| x == ty::SEALED), "{s:?}");
+    assert_eq!(
+        s.len(),
+        1 + 1 + 3 + 1,
+        "HELLO, PROOF, 3 chunks, DONE: {s:?}"
+    );
+    assert_eq!(t[0], ty::WELCOME);
+    assert!(t[1..].iter().all(|&x| x == ty::SEALED), "{t:?}");
+}
+
+#[test]
+fn an_idle_connection_neither_blocks_a_sync_nor_stays() {
+    let fx = fixture(&[5, 9]);
+    let (l, addr) = listen();
+    let served = fx.served("web01");
+    let vol = fx.volume();
+    let limits = target::Limits {
+        handshake: Duration::from_millis(1500),
+        idle: Duration::from_secs(30),
+        max_peers: 4,
+    };
+    let server = std::thread::spawn(move || target::serve_loop(l, &served, vol, true, limits));
+    // Connected first, never says a word (a courier's laptop, a port scanner).
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // Half a handshake: HELLO, then silence before PROOF.
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut hello = Vec::new();
+    super::wire::put_str(&mut hello, "web01");
+    hello.extend_from_slice(&SIZE.to_le_bytes());
+    hello.extend_from_slice(&[0; 32]);
+    super::wire::send(&mut half, super::wire::ty::HELLO, &hello).unwrap();
+    let stats = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || {
+        source::tcp(&addr)
+    })
+    .unwrap();
+    assert!(stats.verified);
+    assert_eq!(stats.chunks_sent, 2);
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap(),
+        std::fs::read(&fx.src).unwrap()
+    );
+    // Both unauthenticated peers are dropped by the handshake timeout (EOF),
+    // well before their own 60 s read timeout.
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        io::Read::read(&mut idle, &mut buf).unwrap(),
+        0,
+        "idle peer dropped"
+    );
+    let (t, _) = super::wire::recv(&mut half, "target").unwrap();
+    assert_eq!(t, super::wire::ty::WELCOME);
+    let mut rest = Vec::new();
+    io::Read::read_to_end(&mut half, &mut rest).unwrap();
+    assert!(rest.is_empty(), "half-open peer dropped without data");
+    let total = server.join().unwrap().unwrap();
+    assert_eq!(total.chunks, 2);
+}
+
 /// The pacing the sync applies to the frames it sends, on a simulated clock:
 /// a 10 Mbit/s limit holds within 5% over a minute of mixed frame sizes
 /// (compressed chunks, zero-chunk tags, full chunks).
 #[test]
 fn rate_limit_paces_sync_frames() {
     let rate = 10e6 / 8.0;
-    let frame = 12 + 53 + 16 + 4;
+    let frame = 12 + 45 + 16 + 4;
     for chunk in [64 * 1024u64, 1 << 20, 4 << 20] {
         let mut b = Bucket::new(rate, rate.max(chunk as f64));
         let mut now = 0.0;
@@ -591,6 +843,11 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
         key: key.clone(),
         capture_id: [4; 16],
         chunk_size: cs,
+        volume_size: size,
+        trust: target::Trust {
+            keys: Vec::new(),
+            allow_untrusted: true,
+        },
     };
     let volume = Volume::open(vol.clone(), cs, IdKey::derive(&key, &[4; 16])).unwrap();
     let (l, addr) = listen();
@@ -603,6 +860,7 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
         retries: 0,
         retry_wait: Duration::ZERO,
         peer: addr.clone(),
+        signer: None,
     };
     let stats = source::run(&plan, &mut disk, &mut || source::tcp(&addr)).unwrap();
     assert_eq!(stats.chunks_considered, 4);

@@ -6,7 +6,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "MGSY" (4d 47 53 59)
-//! 4       1     protocol version (1)
+//! 4       1     protocol version (2)
 //! 5       1     message type (below)
 //! 6       2     reserved, 0
 //! 8       4     payload length n (at most MAX_PAYLOAD)
@@ -14,33 +14,42 @@
 //! 12+n    4     CRC-32 (IEEE) of bytes 0 .. 12+n
 //! ```
 //!
-//! The CRC catches a broken transport; authenticity comes from the AEAD on
-//! chunk records, the key proofs and the APPLIED tag, not from the CRC. IDS
-//! is not authenticated by itself: a forged id list can only make the source
-//! skip chunks, which the tagged APPLIED digest then exposes.
+//! The CRC catches a broken transport; authenticity comes from the key
+//! proofs and the AEAD of SEALED frames, not from the CRC.
 //!
 //! # Messages (`str` = u16 length + UTF-8 bytes)
 //!
+//! Only HELLO, WELCOME and an ERROR before the handshake finished travel in
+//! clear. Everything else is the plaintext of a SEALED frame (type 9), whose
+//! payload is AES-256-GCM under a per-session, per-direction key (layout in
+//! [`super::session`]): the inner message type, chunk indexes, lengths,
+//! flags, keyed ids, data, the id list and the final digest are never visible
+//! on the wire.
+//!
 //! ```text
-//! type name     dir  payload
-//! 1    HELLO    S→T  name str | source disk size u64 | source nonce [32]
-//! 2    WELCOME  T→S  capture id [16] | chunk size u32 | volume size u64 | chunk count u64
-//!                    | target nonce [32] | target proof [32]
-//! 3    PROOF    S→T  source proof [32]
-//! 4    IDS      T→S  first chunk u64 | n u32 | n × keyed chunk id [32]   (repeated until
-//!                    every chunk is covered, in order)
-//! 5    CHUNK    S→T  seq u64 | chunk index u64 | plain len u32 | flags u8 | chunk id [32]
-//!                    | sealed payload (AES-256-GCM ciphertext + 16-byte tag)
-//! 6    DONE     S→T  chunks sent u64 | expected disk digest [32]
-//! 7    APPLIED  T→S  chunks applied u64 | bytes written u64 | volume disk digest [32]
-//!                    | tag [32] (keyed blake3, session proof key, over "applied" ‖ 0 ‖ digest)
-//! 8    ERROR    both code u8 | message str
+//! type name     dir  form    payload
+//! 1    HELLO    S→T  clear   name str | source disk size u64 | source nonce [32]
+//! 2    WELCOME  T→S  clear   capture id [16] | chunk size u32 | volume size u64 | chunk count u64
+//!                            | target nonce [32] | target proof [32]
+//! 3    PROOF    S→T  sealed  source proof [32] | signed u8 (0 no, 1 yes)
+//!                            | if signed: site public key [32] | Ed25519 signature [64]
+//!                              over SIGN_CONTEXT ‖ transcript(HELLO payload, WELCOME payload)
+//! 4    IDS      T→S  sealed  first chunk u64 | n u32 | n × keyed chunk id [32]   (repeated until
+//!                            every chunk is covered, in order)
+//! 5    CHUNK    S→T  sealed  chunk index u64 | plain len u32 | flags u8 | keyed chunk id [32]
+//!                            | data (raw, zstd, or empty for an all-zero chunk)
+//! 6    DONE     S→T  sealed  chunks sent u64 | expected disk digest [32]
+//! 7    APPLIED  T→S  sealed  chunks applied u64 | bytes written u64 | volume disk digest [32]
+//! 8    ERROR    both either  code u8 | message str
+//! 9    SEALED   both         AEAD ciphertext of (inner type u8 ‖ inner payload) + 16-byte tag
 //! ```
 //!
 //! A session: HELLO → WELCOME → PROOF → IDS… → CHUNK… → DONE → APPLIED.
-//! CHUNK flags: bit 0 = payload is zstd-compressed, bit 1 = all-zero chunk
-//! (the sealed payload is then empty plaintext: a tag only). The record
-//! layout and keys are in [`super::session`].
+//! CHUNK flags: bit 0 = data is zstd-compressed, bit 1 = all-zero chunk
+//! (data empty). The target answers a PROOF that does not open, or whose
+//! origin it does not trust, with an ERROR and closes the connection; it
+//! drops a peer that has not completed PROOF within the handshake timeout
+//! and any peer silent for longer than the idle timeout.
 
 use std::io::{self, Read, Write};
 
@@ -49,7 +58,7 @@ use anyhow::{bail, Context};
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"MGSY";
 /// Protocol version spoken by this build.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header bytes before the payload.
 pub const HEADER_LEN: usize = 12;
 /// Largest payload accepted: a 16 MiB chunk (the format's maximum) plus record fields.
@@ -67,6 +76,7 @@ pub mod ty {
     pub const DONE: u8 = 6;
     pub const APPLIED: u8 = 7;
     pub const ERROR: u8 = 8;
+    pub const SEALED: u8 = 9;
 }
 
 /// ERROR codes: what the peer refused.
@@ -83,6 +93,10 @@ pub mod err {
     pub const PROTOCOL: u8 = 5;
     /// The target could not write its volume.
     pub const IO: u8 = 6;
+    /// The session is not signed by a capture site key the target pins.
+    pub const UNTRUSTED: u8 = 7;
+    /// The target is serving as many peers as it allows.
+    pub const BUSY: u8 = 8;
 }
 
 /// Human name of a message type, for errors.
@@ -96,6 +110,7 @@ pub fn type_name(t: u8) -> &'static str {
         ty::DONE => "DONE",
         ty::APPLIED => "APPLIED",
         ty::ERROR => "ERROR",
+        ty::SEALED => "SEALED",
         _ => "unknown",
     }
 }
@@ -284,9 +299,9 @@ mod tests {
         );
 
         let mut v2 = frame(ty::HELLO, &[]);
-        v2[4] = 2;
+        v2[4] = 1;
         let e = recv(&mut &v2[..], "peer").unwrap_err().to_string();
-        assert!(e.contains("version 2"), "{e}");
+        assert!(e.contains("version 1"), "{e}");
 
         let mut huge = frame(ty::CHUNK, &[]);
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());

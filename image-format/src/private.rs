@@ -1,0 +1,228 @@
+//! Creating files and directories that hold plaintext or key material on a
+//! host: decrypted volumes, `.partial` files, ingest state, key caches,
+//! generated passphrases.
+//!
+//! Such a file may be created in a directory other users can write to
+//! (`/tmp`, a shared scratch mount). Two things must never happen there:
+//! the file is readable by others for a moment (create-then-chmod), or a
+//! symlink another user planted at that name redirects our write into a
+//! file of their choosing (or of ours, such as a system file). So every
+//! such file is created in one `open(2)` with `O_CREAT | O_EXCL |
+//! O_NOFOLLOW` and mode 0600: it is new, it is ours, and it was never
+//! readable by anyone else. Replacing an existing file goes through a new
+//! private file and `rename(2)`, which replaces a planted symlink rather
+//! than following it. Directories are created 0700 and an existing one must
+//! be a real directory (not a symlink).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Mode of every private file.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of every private directory.
+pub const DIR_MODE: u32 = 0o700;
+
+fn nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::CLOEXEC.bits() as i32
+}
+
+/// Create `path` as a new file, mode 0600, opened read-write. Fails with
+/// `AlreadyExists` if anything (a file, a dangling or live symlink) is there.
+pub fn create(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(nofollow())
+        .open(path)
+}
+
+/// Open an existing file read-write without following a symlink at its
+/// last component (an error, `ELOOP`, if one is there).
+pub fn open_existing(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nofollow())
+        .open(path)
+}
+
+/// True if the error is what [`open_existing`] reports for a symlink.
+pub fn is_symlink_refusal(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+}
+
+/// Read a whole private file, refusing a symlink at its last component
+/// (someone else's file must not stand in for ours).
+pub fn read(path: &Path) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| explain(path, e))?;
+    let mut out = zeroize::Zeroizing::new(Vec::new());
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Name the symlink in an `ELOOP` from a no-follow open.
+fn explain(path: &Path, e: io::Error) -> io::Error {
+    if is_symlink_refusal(&e) {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symlink: refusing to use it for secret material (remove it)",
+                path.display()
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+/// Write `contents` to `path` (mode 0600), replacing a regular file that is
+/// there: a new private file next to it, synced, then renamed over `path`.
+/// A symlink at `path` is refused (and would only be replaced by the rename,
+/// never followed, if it appeared after the check).
+pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if md.file_type().is_symlink() {
+            return Err(explain(
+                path,
+                io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error()),
+            ));
+        }
+    }
+    let tmp = sibling(path, ".new")?;
+    let mut f = create(&tmp)?;
+    let written = f.write_all(contents).and_then(|_| f.sync_all());
+    drop(f);
+    let result = written.and_then(|_| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A fresh, unpredictable name next to `path` (for [`replace`]).
+fn sibling(path: &Path, suffix: &str) -> io::Result<PathBuf> {
+    let mut r = [0u8; 8];
+    getrandom::getrandom(&mut r).map_err(|e| io::Error::other(e.to_string()))?;
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{}{suffix}", u64::from_le_bytes(r)));
+    Ok(PathBuf::from(s))
+}
+
+/// Create `dir` (and missing parents) with mode 0700. An existing `dir`
+/// must be a directory and not a symlink; one that group or others may
+/// write to is refused (anyone could plant names in it).
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let md = std::fs::symlink_metadata(dir)?;
+    if md.file_type().is_symlink() || !md.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is {} where a private directory was expected",
+                dir.display(),
+                if md.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "not a directory"
+                }
+            ),
+        ));
+    }
+    if md.permissions().mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} can be written by other users (mode {:o}): they could plant files in it; \
+                 `chmod 700` it or choose another directory",
+                dir.display(),
+                md.permissions().mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn creates_0600_and_never_follows_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let p = d.path().join("out");
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        assert_eq!(create(&p).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        let e = open_existing(&p).unwrap_err();
+        assert!(is_symlink_refusal(&e), "{e}");
+        // A dangling symlink is refused as well (O_EXCL does not create through it).
+        let dangling = d.path().join("dangling");
+        std::os::unix::fs::symlink(d.path().join("nowhere"), &dangling).unwrap();
+        assert!(create(&dangling).is_err());
+        assert!(!d.path().join("nowhere").exists());
+
+        assert!(read(&p).unwrap_err().to_string().contains("is a symlink"));
+        assert!(replace(&p, b"secret")
+            .unwrap_err()
+            .to_string()
+            .contains("is a symlink"));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+
+        // replace() of a regular file: private, atomic, no leftovers.
+        let r = d.path().join("cache");
+        std::fs::write(&r, b"old").unwrap();
+        replace(&r, b"secret").unwrap();
+        assert_eq!(&read(&r).unwrap()[..], b"secret");
+        assert_eq!(mode(&r), 0o600);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 4);
+
+        let q = d.path().join("new");
+        drop(create(&q).unwrap());
+        assert_eq!(mode(&q), 0o600);
+        open_existing(&q).unwrap();
+    }
+
+    #[test]
+    fn private_dirs_are_0700_and_real() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b");
+        create_dir(&p).unwrap();
+        assert_eq!(mode(&p), 0o700);
+        create_dir(&p).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(create_dir(&link)
+            .unwrap_err()
+            .to_string()
+            .contains("symlink"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(create_dir(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("other users"));
+    }
+}
