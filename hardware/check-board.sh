@@ -50,6 +50,10 @@ publish = false
 
 [workspace]
 
+[features]
+# src/board/option_bytes.rs reads it (hardware/Cargo.toml's feature).
+dev-unprotected = []
+
 [dependencies]
 mgear-firmware = { path = "$REPO/firmware/core", features = ["std"] }
 mgear-image-format = { path = "$REPO/image-format", default-features = false }
@@ -83,6 +87,8 @@ pub mod calendar;
 pub mod msc;
 #[path = "$HW/src/fat.rs"]
 pub mod fat;
+#[path = "$HW/src/board/option_bytes.rs"]
+pub mod option_bytes;
 #[path = "$HW/src/board/mod.rs"]
 pub mod board;
 #[path = "board_bin.rs"]

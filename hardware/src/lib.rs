@@ -10,6 +10,8 @@
 //!   any block device, as `image_format::Store`: the board's `with_files`.
 //! - [`msc`] (always built, `no_std`): USB mass storage (Bulk-Only
 //!   Transport + SCSI) over the core's block service, for the board.
+//! - [`option_bytes`] (always built): the board's read-out protection
+//!   policy (RDP level 2, no ROM/DFU boot) as option-byte values.
 //! - `board` (feature `board-u5a5`, only for `target_os = "none"`): the
 //!   reference board `mg-ref-u5` (STM32U5A5). Not compiled on machines
 //!   without the `thumbv8m.main-none-eabihf` target; see README.md.
@@ -40,6 +42,11 @@ pub mod msc;
 
 #[cfg(all(target_os = "none", feature = "board-u5a5"))]
 pub mod board;
+
+/// The board's read-out protection policy (pure logic, host-tested; the
+/// board module programs it). Lives with the board code.
+#[path = "board/option_bytes.rs"]
+pub mod option_bytes;
 
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -6,6 +6,23 @@
 //!                          \_____________ 10 wrong PINs / erase ______________________/--> erased
 //! ```
 //!
+//! What each way into `erased` destroys:
+//!
+//! | how | identity seed + PIN verifier | key-slot files on the medium | whole medium |
+//! | --- | --- | --- | --- |
+//! | `erase` (PIN: unlocked, or given with the request) | destroyed | overwritten and removed | zeroed with `overwrite` |
+//! | 10 wrong PINs before the seal | destroyed | overwritten and removed | untouched |
+//! | 10 wrong PINs once sealed (or arrived) | destroyed | **untouched** | untouched |
+//!
+//! Always kept: the identity *public* key, the custody log (with an `Erase`
+//! record saying which of the above happened) and the stored attestations,
+//! so the history stays verifiable. A lockout on a sealed appliance must not
+//! turn PIN guessing into a way to destroy the shipment: the sealed capture
+//! stays decryptable with `target.key`; only the appliance's ability to sign
+//! (an arrival attestation) is gone. Once sealed the medium never becomes
+//! writable again: `unlock` is refused, and `erase` takes the PIN in the
+//! request itself.
+//!
 //! Persistent state lives in the secret store (slot layouts below, all
 //! postcard); "unlocked" is volatile, so every power-up starts locked.
 //!
@@ -38,8 +55,8 @@ use image_format::{layout, Store, StoreError};
 use crate::attest::{self, Attestation, AttestationBody, AttestationKind};
 use crate::custody::{self, CustodyLog, EraseReason, Event};
 use crate::hal::{
-    BlockDevice, Clock, HwError, Indicators, Key, LedState, LogStorage, Platform, SecretSlot,
-    SecretStore,
+    BlockDevice, Clock, HwError, Indicators, Key, LedState, LogStorage, Platform, Readout,
+    SecretSlot, SecretStore,
 };
 use crate::pin::{self, PinVerifier};
 use crate::protocol::{
@@ -89,7 +106,7 @@ pub enum Error {
     #[error("medium: {0}")]
     Store(StoreError),
     #[error(
-        "secret store slot '{slot}' is unreadable ({why}); the appliance needs a factory reset"
+        "secret store slot '{slot}' is unreadable ({why}); this appliance cannot start: return it to the datacenter that provisioned it (a sealed medium stays readable with target.key on a host)"
     )]
     CorruptSlot { slot: &'static str, why: String },
 }
@@ -162,7 +179,7 @@ const HELP: &str = "\
 MotionGear appliance console. Commands:\r\n\
   help            this text\r\n\
   info            state, identity fingerprint, counters\r\n\
-  unlock <pin>    unlock the medium for writing\r\n\
+  unlock <pin>    unlock the medium for writing (refused once sealed)\r\n\
   lock            lock it again\r\n\
   verify          check every capture on the medium (no key needed)\r\n\
   seal            verify, write-protect and sign the seal attestation\r\n\
@@ -310,7 +327,7 @@ impl<P: Platform> Appliance<P> {
             if app.st.counters.failed_pins >= app.cfg.max_pin_failures {
                 // Power was cut during a lockout: finish it now. Identity
                 // and PIN are gone even if the medium cannot be mounted.
-                match app.crypto_erase(EraseReason::PinLockout, false) {
+                match app.lockout() {
                     Ok(_) | Err(Error::Store(_)) => {}
                     Err(e) => return Err(e),
                 }
@@ -319,8 +336,18 @@ impl<P: Platform> Appliance<P> {
                 app.last_failure_ms = Some(now);
             }
         }
-        if matches!(app.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived) {
+        if app.st.lifecycle == Lifecycle::Erased {
+            // Finish an erase cut short after its commit point (idempotent).
+            for slot in [SecretSlot::Identity, SecretSlot::PinHash] {
+                app.p.secrets().erase(slot)?;
+            }
+        }
+        if matches!(
+            app.st.lifecycle,
+            Lifecycle::Sealed | Lifecycle::Arrived | Lifecycle::Erased
+        ) {
             // Device write protection may be power-on only: engage it again.
+            // An erased appliance never writes its medium again either.
             app.hardware_write_protect(true);
         }
         info!("appliance up");
@@ -475,12 +502,14 @@ impl<P: Platform> Appliance<P> {
             }
             for &b in &buf[..n.min(buf.len())] {
                 let was_line = self.decoder.in_line();
-                let masked = self.decoder.line_so_far().starts_with(b"unlock ");
+                let masked = line_carries_pin(self.decoder.line_so_far());
                 let input = self.decoder.push(b);
                 if b != 0 && (was_line || self.decoder.in_line()) {
                     let echo: &[u8] = match b {
                         b'\r' | b'\n' => b"\r\n",
                         0x08 | 0x7f => b"\x08 \x08",
+                        // The blank after the command is no secret.
+                        b' ' | b'\t' if masked => b" ",
                         0x20..=0x7e if masked => b"*",
                         0x20..=0x7e => core::slice::from_ref(&b),
                         _ => b"",
@@ -560,6 +589,10 @@ impl<P: Platform> Appliance<P> {
     }
 
     fn handle_line(&mut self, line: &str) -> String {
+        if line_carries_pin(line.as_bytes()) && !starts_with_pin_command(line) {
+            // "unlock246810": never echo what may be a PIN.
+            return "error: usage: unlock <pin>\r\n".into();
+        }
         let mut words = line.split_whitespace();
         let cmd = words.next().unwrap_or("");
         let arg = words.next();
@@ -574,7 +607,12 @@ impl<P: Platform> Appliance<P> {
             ("lock", None, _) => Request::Lock,
             ("verify", None, _) => Request::Verify,
             ("seal", None, _) => Request::Seal,
-            ("arrival", None, _) => Request::Arrival,
+            // A human on the console has no challenge to send; the host
+            // tool's arrival carries one.
+            ("arrival", None, _) => {
+                let r = self.arrival(None);
+                return render_text(&self.finish(r));
+            }
             ("log", None, _) => Request::Log { from: 0 },
             ("log", Some(n), false) => match n.parse() {
                 Ok(from) => Request::Log { from },
@@ -602,15 +640,20 @@ impl<P: Platform> Appliance<P> {
             Request::Lock => self.lock(),
             Request::Verify => self.verify_cmd(),
             Request::Seal => self.seal(),
-            Request::Arrival => self.arrival(),
+            Request::Arrival { challenge } => self.arrival(Some(challenge)),
             Request::Log { from } => self.log_page(from),
-            Request::Erase { overwrite } => self.erase_cmd(overwrite),
+            Request::Erase { overwrite, pin } => self.erase_cmd(overwrite, pin.as_ref()),
             Request::CaptureBegin { name } => self.capture_event(&name, None),
             Request::CaptureCommit { name, generation } => {
                 self.capture_event(&name, Some(generation))
             }
             Request::GetAttestations => self.attestations(),
         };
+        self.finish(resp)
+    }
+
+    /// Show the state on the LED and turn a failure into an error reply.
+    fn finish(&mut self, resp: Result<Response, Error>) -> Response {
         self.update_led();
         resp.unwrap_or_else(|e| match e {
             Error::Store(e) => Response::error(
@@ -628,7 +671,7 @@ impl<P: Platform> Appliance<P> {
             protocol_version: PROTOCOL_VERSION,
             state: self.state(),
             identity_pubkey: self.pubkey,
-            fingerprint: self.pubkey.as_ref().map(attest::fingerprint),
+            fingerprint: self.pubkey.as_ref().map(attest::full_fingerprint),
             medium_id: self.medium_id,
             medium_bytes: self.medium_bytes(),
             medium_locator: self.p.medium_locator(),
@@ -646,10 +689,7 @@ impl<P: Platform> Appliance<P> {
                 ErrorCode::NotProvisioned,
                 "the appliance is not provisioned: run 'mgear appliance provision' first",
             )),
-            Lifecycle::Erased => Some(Response::error(
-                ErrorCode::Erased,
-                "the appliance was crypto-erased; it cannot be used again without a factory reset",
-            )),
+            Lifecycle::Erased => Some(Response::error(ErrorCode::Erased, ERASED_NEXT_STEP)),
             _ if need_unlock && !self.unlocked => Some(Response::error(
                 ErrorCode::Locked,
                 "the appliance is locked: unlock it with the PIN first",
@@ -667,6 +707,24 @@ impl<P: Platform> Appliance<P> {
         }
         if let Err(why) = pin::check_rules(pin.as_str()) {
             return Ok(Response::error(ErrorCode::BadPin, why));
+        }
+        // The identity must never exist on a chip it can be read out of.
+        match self.p.secure_readout() {
+            Ok(Readout::Enforced | Readout::NotApplicable) => {}
+            Ok(Readout::RestartNeeded) => {
+                return Ok(Response::error(
+                    ErrorCode::NotProtected,
+                    "read-out protection was just programmed and takes effect at the next power-up: unplug the appliance, plug it in again and run 'mgear appliance provision' again",
+                ))
+            }
+            Err(e) => {
+                return Ok(Response::error(
+                    ErrorCode::NotProtected,
+                    alloc::format!(
+                        "provisioning refused: the chip's read-out protection could not be put in force ({e}); an identity created now could be read out of the chip. Return the appliance for repair"
+                    ),
+                ))
+            }
         }
         let key = SigningKey::generate(self.p.rng());
         let mut rec = IdentityRecord {
@@ -703,7 +761,7 @@ impl<P: Platform> Appliance<P> {
         info!("provisioned");
         Ok(Response::Provisioned {
             identity_pubkey: pubkey,
-            fingerprint: attest::fingerprint(&pubkey),
+            fingerprint: attest::full_fingerprint(&pubkey),
         })
     }
 
@@ -724,15 +782,38 @@ impl<P: Platform> Appliance<P> {
         if let Some(r) = self.refuse(false) {
             return Ok(r);
         }
+        if matches!(self.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived) {
+            // Refused before the PIN is looked at: there is nothing to
+            // unlock, and no attempt is counted.
+            return Ok(Response::error(
+                ErrorCode::Sealed,
+                alloc::format!(
+                    "the appliance is {}: its medium stays read-only for good and there is nothing to unlock; to end its use after ingest run 'mgear appliance erase' (it asks for the PIN)",
+                    self.state()
+                ),
+            ));
+        }
+        if let Some(refused) = self.check_pin(pin)? {
+            return Ok(refused);
+        }
+        self.unlocked = true;
+        self.record(Event::Unlock)?;
+        Ok(Response::Unlocked)
+    }
+
+    /// Check `pin` against the verifier with back-off and the failure
+    /// counter. `None`: it matched (counter reset). `Some(reply)`: refused
+    /// (back-off, wrong PIN, or the lockout this failure triggered).
+    fn check_pin(&mut self, pin: &Pin) -> Result<Option<Response>, Error> {
         let wait = self.backoff_remaining();
         if wait > 0 {
-            return Ok(Response::error(
+            return Ok(Some(Response::error(
                 ErrorCode::BackOff,
                 alloc::format!(
                     "too many wrong PINs: try again in {} s",
                     wait.div_ceil(1000)
                 ),
-            ));
+            )));
         }
         let verifier: PinVerifier =
             read_slot(self.p.secrets(), SecretSlot::PinHash)?.ok_or(Error::CorruptSlot {
@@ -747,9 +828,7 @@ impl<P: Platform> Appliance<P> {
             self.st.counters.unlocks += 1;
             self.save()?;
             self.last_failure_ms = None;
-            self.unlocked = true;
-            self.record(Event::Unlock)?;
-            return Ok(Response::Unlocked);
+            return Ok(None);
         }
         let failures = self.st.counters.failed_pins;
         self.st.counters.total_failed_pins += 1;
@@ -760,23 +839,45 @@ impl<P: Platform> Appliance<P> {
         // Keep going even if the log fails: the erase must not be skipped.
         let logged = self.record(Event::WrongPin { failures });
         if failures >= self.cfg.max_pin_failures {
-            let msg = match self.crypto_erase(EraseReason::PinLockout, false) {
+            let sealed = matches!(self.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived);
+            let msg = match self.lockout() {
+                Ok(_) if sealed => alloc::format!(
+                    "wrong PIN {failures} times: the appliance destroyed its identity and PIN; the sealed medium was not touched: ingest it with target.key (it has no arrival attestation now). {ERASED_NEXT_STEP}"
+                ),
                 Ok((slots, _)) => alloc::format!(
-                    "wrong PIN {failures} times: the appliance crypto-erased itself ({slots} key slot files overwritten)"
+                    "wrong PIN {failures} times: the appliance crypto-erased itself ({slots} key slot files overwritten). {ERASED_NEXT_STEP}"
                 ),
                 Err(Error::Store(e)) => alloc::format!(
-                    "wrong PIN {failures} times: the appliance destroyed its identity and PIN, but the key slot files could not all be overwritten ({e})"
+                    "wrong PIN {failures} times: the appliance destroyed its identity and PIN, but the key slot files could not all be overwritten ({e}); wipe the medium on a host"
                 ),
                 Err(e) => return Err(e),
             };
-            return Ok(Response::error(ErrorCode::Erased, msg));
+            return Ok(Some(Response::error(ErrorCode::Erased, msg)));
         }
         logged?;
         let left = self.cfg.max_pin_failures - failures;
-        Ok(Response::error(
+        Ok(Some(Response::error(
             ErrorCode::WrongPin,
             alloc::format!("wrong PIN; {left} attempts left before the appliance erases itself"),
-        ))
+        )))
+    }
+
+    /// The PIN-failure limit was reached. Before the seal the medium holds
+    /// an unfinished shipment: crypto-erase it like `erase`. Once sealed,
+    /// destroy only the appliance's own secrets and leave every byte of
+    /// the medium as sealed (see the module doc's table).
+    fn lockout(&mut self) -> Result<(u64, bool), Error> {
+        if matches!(self.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived) {
+            self.record(Event::Erase {
+                reason: EraseReason::PinLockout,
+                key_slots: 0,
+                overwrite_medium: false,
+            })?;
+            self.destroy_secrets()?;
+            warn!("PIN lockout: identity destroyed, sealed medium untouched");
+            return Ok((0, false));
+        }
+        self.crypto_erase(EraseReason::PinLockout, false)
     }
 
     fn lock(&mut self) -> Result<Response, Error> {
@@ -793,7 +894,7 @@ impl<P: Platform> Appliance<P> {
     }
 
     fn capture_event(&mut self, name: &str, generation: Option<u64>) -> Result<Response, Error> {
-        if let Some(r) = self.refuse(true) {
+        if let Some(r) = self.refuse(false) {
             return Ok(r);
         }
         if self.st.lifecycle != Lifecycle::Ready {
@@ -801,6 +902,9 @@ impl<P: Platform> Appliance<P> {
                 ErrorCode::Sealed,
                 "the medium is sealed: no new captures",
             ));
+        }
+        if let Some(r) = self.refuse(true) {
+            return Ok(r);
         }
         if let Err(e) = layout::validate_name(name) {
             return Ok(Response::error(
@@ -864,7 +968,7 @@ impl<P: Platform> Appliance<P> {
             })?;
             if digests {
                 files = attest::file_digests(store, &mut |done, total| {
-                    emit_progress(console, reply, "hashing files", done, total)
+                    emit_progress(console, reply, "hashing files (bytes)", done, total)
                 })?;
             }
             Ok(())
@@ -905,6 +1009,7 @@ impl<P: Platform> Appliance<P> {
         let mut buf = alloc::vec![0u8; chunk];
         let count = total.div_ceil(region);
         let mut out = Vec::with_capacity(count as usize);
+        let mut next_report = attest::PROGRESS_BYTES;
         for r in 0..count {
             let start = r * region;
             let end = (start + region).min(total);
@@ -920,15 +1025,18 @@ impl<P: Platform> Appliance<P> {
                     .read_blocks(pos / bs as u64, &mut buf[..nb])?;
                 h.update(&buf[..n]);
                 pos += n as u64;
+                if pos >= next_report || pos == total {
+                    emit_progress(
+                        self.p.console(),
+                        self.reply,
+                        "hashing medium (bytes)",
+                        pos,
+                        total,
+                    );
+                    next_report = pos + attest::PROGRESS_BYTES;
+                }
             }
             out.push(h.finalize().into());
-            emit_progress(
-                self.p.console(),
-                self.reply,
-                "hashing medium regions",
-                r + 1,
-                count,
-            );
         }
         Ok(out)
     }
@@ -940,6 +1048,7 @@ impl<P: Platform> Appliance<P> {
         files: Vec<attest::FileDigest>,
         regions: Vec<[u8; 32]>,
         seal_digest: Option<[u8; 32]>,
+        challenge: Option<[u8; 32]>,
     ) -> AttestationBody {
         let region_size = self.region_size();
         AttestationBody {
@@ -956,11 +1065,14 @@ impl<P: Platform> Appliance<P> {
             uptime_ms: self.p.clock().now_ms(),
             unix_time: self.p.clock().unix_time(),
             seal_digest,
+            challenge,
+            log_records: self.log.len(),
+            log_head: self.log.head(),
         }
     }
 
     fn seal(&mut self) -> Result<Response, Error> {
-        if let Some(r) = self.refuse(true) {
+        if let Some(r) = self.refuse(false) {
             return Ok(r);
         }
         if self.st.lifecycle != Lifecycle::Ready {
@@ -968,6 +1080,9 @@ impl<P: Platform> Appliance<P> {
                 ErrorCode::Sealed,
                 "the appliance is already sealed",
             ));
+        }
+        if let Some(r) = self.refuse(true) {
+            return Ok(r);
         }
         self.p.medium().flush()?;
         let (report, files) = self.verify_and_digest(true)?;
@@ -989,7 +1104,7 @@ impl<P: Platform> Appliance<P> {
         }
         let regions = self.region_hashes()?;
         self.st.counters.attestations += 1;
-        let body = self.body(AttestationKind::Seal, &report, files, regions, None);
+        let body = self.body(AttestationKind::Seal, &report, files, regions, None, None);
         let Some(key) = self.key.as_ref() else {
             return Ok(Response::error(ErrorCode::Internal, "identity key missing"));
         };
@@ -1011,7 +1126,7 @@ impl<P: Platform> Appliance<P> {
         })
     }
 
-    fn arrival(&mut self) -> Result<Response, Error> {
+    fn arrival(&mut self, challenge: Option<[u8; 32]>) -> Result<Response, Error> {
         if let Some(r) = self.refuse(false) {
             return Ok(r);
         }
@@ -1036,11 +1151,19 @@ impl<P: Platform> Appliance<P> {
             files,
             regions,
             Some(seal.digest()),
+            challenge,
         );
         let mut problems = report.problems.clone();
         problems.extend(attest::compare(&seal.body, &body));
         if let Some(first) = problems.first() {
             let first = custody::clip(&first.to_string());
+            // An earlier pass no longer speaks for this medium: withdraw it,
+            // so GetAttestations never hands out a stale arrival.
+            self.p.secrets().erase(SecretSlot::ArrivalAttestation)?;
+            if self.st.lifecycle == Lifecycle::Arrived {
+                self.st.lifecycle = Lifecycle::Sealed;
+                self.save()?;
+            }
             self.record(Event::Arrival {
                 attestation: None,
                 problems: problems.len() as u64,
@@ -1074,9 +1197,23 @@ impl<P: Platform> Appliance<P> {
         })
     }
 
-    fn erase_cmd(&mut self, overwrite: bool) -> Result<Response, Error> {
-        if let Some(r) = self.refuse(true) {
+    fn erase_cmd(&mut self, overwrite: bool, pin: Option<&Pin>) -> Result<Response, Error> {
+        if let Some(r) = self.refuse(false) {
             return Ok(r);
+        }
+        match pin {
+            Some(pin) => {
+                if let Some(refused) = self.check_pin(pin)? {
+                    return Ok(refused);
+                }
+            }
+            None if self.unlocked => {}
+            None => {
+                return Ok(Response::error(
+                    ErrorCode::Locked,
+                    "erase needs the PIN: give it with the erase request ('mgear appliance erase' asks for it)",
+                ))
+            }
         }
         match self.crypto_erase(EraseReason::Requested, overwrite) {
             Ok((key_slots, medium_overwritten)) => Ok(Response::Erased {
@@ -1130,15 +1267,7 @@ impl<P: Platform> Appliance<P> {
             key_slots: slots,
             overwrite_medium: overwrite,
         });
-        for slot in [SecretSlot::Identity, SecretSlot::PinHash] {
-            self.p.secrets().erase(slot)?;
-        }
-        self.key = None; // SigningKey zeroizes itself on drop
-        self.medium_id = None;
-        self.unlocked = false;
-        self.st.lifecycle = Lifecycle::Erased;
-        self.save()?;
-        self.update_led();
+        self.destroy_secrets()?;
         warn!("crypto-erased");
         res?;
         if overwrite {
@@ -1147,29 +1276,49 @@ impl<P: Platform> Appliance<P> {
         Ok((slots, overwrite))
     }
 
+    /// Destroy the identity seed and PIN verifier and enter `erased`. The
+    /// public key, custody log and attestations stay.
+    ///
+    /// `Erased` is saved before the slots go: a power cut in between leaves
+    /// an erased appliance whose next power-up erases them again, never a
+    /// provisioned state without its identity (which could not start).
+    fn destroy_secrets(&mut self) -> Result<(), Error> {
+        self.key = None; // SigningKey zeroizes itself on drop
+        self.medium_id = None;
+        self.unlocked = false;
+        self.st.lifecycle = Lifecycle::Erased;
+        self.save()?;
+        for slot in [SecretSlot::Identity, SecretSlot::PinHash] {
+            self.p.secrets().erase(slot)?;
+        }
+        self.update_led();
+        Ok(())
+    }
+
     fn overwrite_medium(&mut self) -> Result<(), Error> {
         let bs = self.p.medium().block_size().max(1);
         let blocks = self.p.medium().block_count();
         let per = (self.io_chunk() / bs) as u64;
         let zeros = alloc::vec![0u8; per as usize * bs];
+        let total = blocks.saturating_mul(bs as u64);
         let mut lba = 0;
-        let mut step = 0u64;
-        let steps = blocks.div_ceil(per);
+        let mut next_report = attest::PROGRESS_BYTES;
         while lba < blocks {
             let n = per.min(blocks - lba);
             self.p
                 .medium()
                 .write_blocks(lba, &zeros[..n as usize * bs])?;
             lba += n;
-            step += 1;
-            if step.is_multiple_of(256) || lba == blocks {
+            let done = lba.saturating_mul(bs as u64);
+            if done >= next_report || lba == blocks {
                 emit_progress(
                     self.p.console(),
                     self.reply,
-                    "overwriting medium",
-                    step,
-                    steps,
+                    "overwriting medium (bytes)",
+                    done,
+                    total,
                 );
+                next_report = done + attest::PROGRESS_BYTES;
             }
         }
         self.p.medium().flush()?;
@@ -1233,6 +1382,32 @@ impl<P: Platform> Appliance<P> {
         };
         self.p.indicators().set_led(led);
     }
+}
+
+/// What an erased appliance can still do: the next step that exists.
+const ERASED_NEXT_STEP: &str = "the appliance is erased: its identity and PIN are destroyed and it cannot be provisioned again; its custody log and attestations can still be read ('mgear appliance log --verify', 'mgear appliance attestations'); return it to the datacenter that issued it";
+
+/// Commands whose argument is a PIN (never echoed in line mode).
+const PIN_COMMANDS: [&str; 1] = ["unlock"];
+
+/// Whether a command line typed so far has reached a PIN: its first word
+/// starts with a PIN-taking command (any case, after any blanks), so every
+/// further byte is masked. Parsed like `handle_line` splits words.
+fn line_carries_pin(line: &[u8]) -> bool {
+    let start = line
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(line.len());
+    let rest = &line[start..];
+    PIN_COMMANDS.iter().any(|cmd| {
+        rest.len() >= cmd.len() && rest[..cmd.len()].eq_ignore_ascii_case(cmd.as_bytes())
+    })
+}
+
+/// Whether the line's first word is exactly a PIN-taking command.
+fn starts_with_pin_command(line: &str) -> bool {
+    let word = line.split_whitespace().next().unwrap_or("");
+    PIN_COMMANDS.iter().any(|c| word.eq_ignore_ascii_case(c))
 }
 
 /// Key-slot files (`KEYS`, `KEYPASS` and their temporary variants) anywhere

@@ -5,8 +5,11 @@
 //! appliance identity over
 //!
 //! ```text
-//! "MGEAR-ATTESTATION-v1\0" || postcard(body)
+//! "MGEAR-ATTESTATION-v2\0" || postcard(body)
 //! ```
+//!
+//! (v2 added `log_records`, `log_head` and `challenge`; a v1 body does not
+//! decode as v2, and the domain string keeps their signatures apart.)
 //!
 //! postcard is deterministic for these types, so the host re-encodes the
 //! body it received and checks the signature over the same bytes. The body
@@ -16,7 +19,15 @@
 //! the raw medium, so a change anywhere — inside a capture or in FAT
 //! metadata, free space, the boot sector — changes the body. An arrival
 //! attestation also carries the digest of the seal attestation it was
-//! compared with.
+//! compared with, and the challenge the host sent for it.
+//!
+//! Every attestation pins the custody log as it stood when it was signed:
+//! `log_records` records whose last one hashes (SHA-256 of its stored
+//! body, the next record's `prev`) to `log_head`. The record that follows
+//! (`Seal`/`Arrival`) names the attestation's digest. A host that holds an
+//! attestation therefore knows how long the log must at least be and what
+//! its records up to there must hash to: cutting records off the end of
+//! the log, or replacing them, is detected ([`check_log_covers`]).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -34,7 +45,7 @@ use crate::protocol::{Place, Problem};
 /// Size of one hashed region of the raw medium.
 pub const REGION_SIZE: u64 = 16 * 1024 * 1024;
 
-const DOMAIN: &[u8] = b"MGEAR-ATTESTATION-v1\0";
+const DOMAIN: &[u8] = b"MGEAR-ATTESTATION-v2\0";
 
 /// Which check produced the attestation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +92,15 @@ pub struct AttestationBody {
     /// Arrival only: [`Attestation::digest`] of the seal it was compared with.
     #[serde(with = "serde_bytes")]
     pub seal_digest: Option<[u8; 32]>,
+    /// Arrival only: the host's random challenge (`Request::Arrival`);
+    /// `None` for an arrival typed on the console in line mode.
+    #[serde(with = "serde_bytes")]
+    pub challenge: Option<[u8; 32]>,
+    /// Custody-log records that existed when this was signed.
+    pub log_records: u64,
+    /// SHA-256 of the body of record `log_records - 1` (zeros for an empty log).
+    #[serde(with = "serde_bytes")]
+    pub log_head: [u8; 32],
 }
 
 /// A signed attestation.
@@ -180,19 +200,23 @@ const FILE_READ_BYTES: usize = 256 * 1024;
 
 /// Length and SHA-256 of every file on the medium, sorted by path: the
 /// `files` of an [`AttestationBody`]. The host uses this too, to check that
-/// the medium it ingests is the one attested. `progress(done, total)` is
-/// called after each file.
+/// the medium it ingests is the one attested. `progress(done, total)`
+/// counts bytes hashed; it is called at least every [`PROGRESS_BYTES`] and
+/// after each file, so a console host sees signs of life even inside a
+/// 1 GiB segment on a slow card.
 pub fn file_digests(
     store: &mut dyn Store,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<FileDigest>, StoreError> {
     let files = list_files(store)?;
-    let total = files.len() as u64;
+    let total: u64 = files.iter().map(|(_, len)| *len).sum();
     let mut out = Vec::with_capacity(files.len());
     // Large requests: the FAT stores read a contiguous run of clusters in
     // one device transfer, so the hash, not the request count, sets the pace.
     let mut buf = alloc::vec![0u8; FILE_READ_BYTES];
-    for (i, (path, _)) in files.into_iter().enumerate() {
+    let mut done = 0u64;
+    let mut next = PROGRESS_BYTES;
+    for (path, _) in files {
         let mut h = Sha256::new();
         let mut off = 0u64;
         loop {
@@ -202,16 +226,26 @@ pub fn file_digests(
             }
             h.update(&buf[..n.min(buf.len())]);
             off += n as u64;
+            done += n as u64;
+            if done >= next {
+                progress(done.min(total), total);
+                next = done + PROGRESS_BYTES;
+            }
         }
         out.push(FileDigest {
             path,
             len: off,
             sha256: h.finalize().into(),
         });
-        progress(i as u64 + 1, total);
+        progress(done.min(total), total);
     }
     Ok(out)
 }
+
+/// Most bytes a long operation processes between two progress reports.
+/// At the slowest SD card speeds (~5 MB/s) this is a report every ~13 s,
+/// well inside the host's 120 s idle timeout.
+pub const PROGRESS_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Short human form of a public key: the first 8 bytes of its SHA-256 as
 /// colon-separated hex pairs of bytes, e.g. `3f2a:91c0:5be4:7d18`.
@@ -225,6 +259,112 @@ pub fn fingerprint(pubkey: &[u8; 32]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// The full fingerprint of a public key: SHA-256 of its 32 bytes, as 64
+/// lower-case hex digits. This is what a target pins
+/// (`--trust-appliance`); [`fingerprint`] is only a short display form.
+pub fn full_fingerprint(pubkey: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(64);
+    for b in Sha256::digest(pubkey) {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Why a custody log does not cover an attestation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoverError {
+    #[error(
+        "the custody log was cut: the {kind:?} attestation #{counter} was signed when it held {expected} records (head {head}), it now holds {found}"
+    )]
+    Truncated {
+        kind: AttestationKind,
+        counter: u64,
+        expected: u64,
+        found: u64,
+        head: String,
+    },
+    #[error(
+        "the custody log was rewritten: record {index} does not hash to the head the {kind:?} attestation #{counter} pins ({head})"
+    )]
+    HeadMismatch {
+        kind: AttestationKind,
+        counter: u64,
+        index: u64,
+        head: String,
+    },
+    #[error(
+        "the custody log does not record the {kind:?} attestation #{counter} right after record {index}"
+    )]
+    NotRecorded {
+        kind: AttestationKind,
+        counter: u64,
+        index: u64,
+    },
+}
+
+fn hex32(b: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(64);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+/// Check that a custody log (records `0..n`, already checked with
+/// `custody::verify_log`) still holds everything `att` pins: at least
+/// `log_records + 1` records, record `log_records - 1` hashing to
+/// `log_head`, and record `log_records` naming this attestation (the
+/// appliance logs each attestation right after signing it).
+pub fn check_log_covers(
+    att: &Attestation,
+    records: &[crate::custody::LogRecord],
+) -> Result<(), CoverError> {
+    use crate::custody::Event;
+    let b = &att.body;
+    let need = b.log_records.saturating_add(1);
+    if (records.len() as u64) < need {
+        return Err(CoverError::Truncated {
+            kind: b.kind,
+            counter: b.counter,
+            expected: need,
+            found: records.len() as u64,
+            head: hex32(&b.log_head),
+        });
+    }
+    let head = match b.log_records {
+        0 => [0u8; 32],
+        n => records[(n - 1) as usize].hash(),
+    };
+    if head != b.log_head {
+        return Err(CoverError::HeadMismatch {
+            kind: b.kind,
+            counter: b.counter,
+            index: b.log_records.saturating_sub(1),
+            head: hex32(&b.log_head),
+        });
+    }
+    let digest = att.digest();
+    let recorded = match records[b.log_records as usize]
+        .decode()
+        .map(|e| e.entry.event)
+    {
+        Ok(Event::Seal { attestation, .. }) => attestation == digest,
+        Ok(Event::Arrival {
+            attestation: Some(a),
+            ..
+        }) => a == digest,
+        _ => false,
+    };
+    if !recorded {
+        return Err(CoverError::NotRecorded {
+            kind: b.kind,
+            counter: b.counter,
+            index: b.log_records.saturating_sub(1),
+        });
+    }
+    Ok(())
 }
 
 /// Check that `att` was signed by `expected_pubkey` and not altered.
@@ -404,6 +544,9 @@ mod tests {
             uptime_ms: 10,
             unix_time: None,
             seal_digest: None,
+            challenge: None,
+            log_records: 0,
+            log_head: [0; 32],
         }
     }
 

@@ -317,6 +317,12 @@ impl CustodyLog {
         self.offsets.is_empty()
     }
 
+    /// SHA-256 of the last record's body (zeros for an empty log): the
+    /// `prev` of the next record, and the head attestations pin.
+    pub fn head(&self) -> [u8; 32] {
+        self.last_hash
+    }
+
     /// Index of the first record found damaged (CRC) at open, if any.
     pub fn damaged(&self) -> Option<u64> {
         self.damaged

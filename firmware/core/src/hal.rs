@@ -212,6 +212,19 @@ pub trait Indicators {
     }
 }
 
+/// What [`Platform::secure_readout`] found (or did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readout {
+    /// The platform has no chip to protect (the simulator: its secrets are
+    /// files guarded by the host's permissions).
+    NotApplicable,
+    /// Read-out protection is in force: secrets created now stay in the chip.
+    Enforced,
+    /// Protection was just programmed and takes effect after a power cycle
+    /// (option bytes load at reset); provisioning must wait for it.
+    RestartNeeded,
+}
+
 /// The work [`Platform::with_files`] runs on the mounted medium.
 pub type FilesFn<'a, C> = dyn FnMut(&mut dyn Store, &mut C) -> Result<(), StoreError> + 'a;
 
@@ -250,4 +263,13 @@ pub trait Platform {
     /// e.g. `nbd+unix:///?socket=/run/appliance.sock` in the simulator,
     /// `usb-msc` on the board.
     fn medium_locator(&self) -> String;
+
+    /// Before the identity is created: make sure nobody can read the
+    /// secret store out of the chip (the board: RDP level 2, HDP over the
+    /// secret pages, and no boot into the ROM bootloader), programming it
+    /// if needed. `Err` means it could not be put in force: provisioning is
+    /// refused rather than creating a key that could be read out.
+    fn secure_readout(&mut self) -> Result<Readout, HwError> {
+        Ok(Readout::NotApplicable)
+    }
 }

@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! wire:  0x00 | COBS(body) | 0x00
-//! body:  version: u8        PROTOCOL_VERSION (1)
+//! body:  version: u8        PROTOCOL_VERSION (2)
 //!        request_id: u32 LE chosen by the host, echoed in every reply
 //!        payload: [u8]      postcard encoding of a Request or Response
 //!        crc: u32 LE        CRC-32/ISO-HDLC (zlib's) of version..payload
@@ -39,7 +39,9 @@ use crate::attest::Attestation;
 use crate::custody::LogRecord;
 
 /// Version byte of every frame; bumped on incompatible changes.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: `Arrival` carries the host's challenge, `Erase` may carry the PIN,
+/// attestations carry the custody log's length and head.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest decoded request body (version + id + payload + crc) the device accepts.
 pub const MAX_REQUEST_LEN: usize = 16 * 1024;
 /// Largest decoded response body the host accepts.
@@ -90,21 +92,31 @@ pub enum Request {
     Info,
     /// Factory → locked: set the PIN and generate the Ed25519 identity.
     Provision { pin: Pin },
-    /// Locked → unlocked (the medium accepts writes).
+    /// Locked → unlocked (the medium accepts writes). A sealed appliance
+    /// refuses it without checking the PIN: nothing can make its medium
+    /// writable again.
     Unlock { pin: Pin },
     /// Unlocked → locked.
     Lock,
     /// Verify, write-protect and sign the seal attestation (needs unlock).
     Seal,
     /// At the target: verify again, compare with the seal, sign arrival.
-    Arrival,
+    /// `challenge` is a fresh random nonce from the host; the arrival
+    /// attestation carries it, so a replayed older arrival is told apart.
+    Arrival {
+        #[serde(with = "serde_bytes")]
+        challenge: [u8; 32],
+    },
     /// Keyless verification of every capture on the medium.
     Verify,
     /// Custody log records from index `from` (one page; ask again from
     /// `from + records.len()` until `records` is empty).
     Log { from: u64 },
-    /// Crypto-erase (needs unlock), then overwrite the medium if asked.
-    Erase { overwrite: bool },
+    /// Crypto-erase, then overwrite the medium if asked. Needs the PIN:
+    /// either the appliance is unlocked, or `pin` is given (the only way on
+    /// a sealed appliance, which refuses `Unlock`). A wrong `pin` counts as
+    /// a failed PIN attempt like a wrong `Unlock`.
+    Erase { overwrite: bool, pin: Option<Pin> },
     /// The host starts writing capture `name` (custody record).
     CaptureBegin { name: String },
     /// The host committed `generation` of capture `name` (custody record).
@@ -272,7 +284,8 @@ pub struct Info {
     /// Ed25519 public key (kept after erase so the custody log can be verified).
     #[serde(with = "serde_bytes")]
     pub identity_pubkey: Option<[u8; 32]>,
-    /// Short human form of the public key (`crate::attest::fingerprint`).
+    /// The full fingerprint of the public key (`crate::attest::full_fingerprint`):
+    /// what a target pins with `--trust-appliance`.
     pub fingerprint: Option<String>,
     /// Random id of this appliance's medium, chosen at provisioning.
     #[serde(with = "serde_bytes")]
@@ -322,6 +335,9 @@ pub enum ErrorCode {
     Storage,
     /// A bug: please report it.
     Internal,
+    /// The chip's read-out protection is not in force, so no identity is
+    /// created (the message says what to do).
+    NotProtected,
 }
 
 /// A reply from the appliance. Replies are short-lived, so the size

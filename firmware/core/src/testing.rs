@@ -306,6 +306,8 @@ pub struct FakePlatform {
     pub clock: FakeClock,
     pub rng: TestRng,
     pub indicators: MemIndicators,
+    /// What `secure_readout` answers (`Ok(NotApplicable)` by default).
+    pub readout: Result<crate::hal::Readout, HwError>,
 }
 
 impl FakePlatform {
@@ -321,6 +323,7 @@ impl FakePlatform {
             clock: FakeClock::default(),
             rng: TestRng::new(seed),
             indicators: MemIndicators::default(),
+            readout: Ok(crate::hal::Readout::NotApplicable),
         }
     }
 
@@ -346,6 +349,7 @@ impl FakePlatform {
             clock: FakeClock::default(),
             rng: TestRng::new(seed),
             indicators: MemIndicators::default(),
+            readout: self.readout.clone(),
         }
     }
 }
@@ -388,5 +392,8 @@ impl Platform for FakePlatform {
     }
     fn medium_locator(&self) -> String {
         "mem:".into()
+    }
+    fn secure_readout(&mut self) -> Result<crate::hal::Readout, HwError> {
+        self.readout.clone()
     }
 }

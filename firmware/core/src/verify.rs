@@ -21,7 +21,11 @@ impl VerifyObserver for Observer<'_> {
     fn progress(&mut self, done: u64, total: u64) {
         if done >= self.next || done == total {
             (self.progress)("verifying bytes", done, total);
-            self.next = done + (total / PROGRESS_STEPS).max(1);
+            // At most PROGRESS_STEPS messages, but never more than
+            // PROGRESS_BYTES apart: on a large medium 1/50 of it takes
+            // longer than the host waits for a sign of life.
+            let step = (total / PROGRESS_STEPS).clamp(1, crate::attest::PROGRESS_BYTES);
+            self.next = done + step;
         }
     }
 }

@@ -57,14 +57,23 @@ fn main() {
         },
         Request::Verify,
         Request::Seal,
-        Request::Arrival,
+        Request::Arrival {
+            challenge: [0x5a; 32],
+        },
         Request::Log { from: 0 },
         Request::GetAttestations,
         Request::Lock,
         Request::Unlock {
             pin: Pin::new("000000"),
         },
-        Request::Erase { overwrite: false },
+        Request::Erase {
+            overwrite: false,
+            pin: None,
+        },
+        Request::Erase {
+            overwrite: false,
+            pin: Some(Pin::new("000000")),
+        },
         Request::Provision {
             pin: Pin::new("271828"),
         },

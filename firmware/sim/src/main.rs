@@ -79,8 +79,9 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.state)
-        .with_context(|| format!("creating state directory {}", args.state.display()))?;
+    // The state holds the identity seed and PIN verifier: private (0700).
+    mgear_hardware::sim::files::private_dir(&args.state)
+        .with_context(|| format!("state directory {}", args.state.display()))?;
     let medium = FileMedium::open(&args.medium).map_err(|e| anyhow!("{e}"))?;
     let secrets =
         FileSecrets::open(&platform::secrets_dir(&args.state)).map_err(|e| anyhow!("{e}"))?;

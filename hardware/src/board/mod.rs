@@ -22,3 +22,4 @@ pub mod memmap;
 pub mod msc_link;
 pub mod panel;
 pub mod platform;
+pub mod readout;

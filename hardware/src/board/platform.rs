@@ -16,7 +16,7 @@ use embassy_stm32::sdmmc::Sdmmc;
 use embassy_stm32::{bind_interrupts, rng, sdmmc, usb, Peripherals};
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::blocking_mutex::Mutex;
-use mgear_firmware::hal::{FilesFn, HwError, Platform, StoreError};
+use mgear_firmware::hal::{FilesFn, HwError, Platform, Readout, StoreError};
 use static_cell::StaticCell;
 
 use super::clock::RtcClock;
@@ -181,5 +181,11 @@ impl Platform for BoardPlatform {
 
     fn medium_locator(&self) -> String {
         String::from(LOCATOR)
+    }
+
+    /// RDP level 2 and no ROM (DFU) boot, programmed on first provisioning
+    /// ([`super::readout`]).
+    fn secure_readout(&mut self) -> Result<Readout, HwError> {
+        super::readout::secure()
     }
 }

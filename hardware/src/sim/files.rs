@@ -11,20 +11,100 @@
 //!   is possible; the owner of the content (the firmware's custody log)
 //!   detects it by its own framing and truncates it away with
 //!   [`AppendFile::truncate`].
+//!
+//! The state holds the identity seed and the PIN verifier, so it is private
+//! to the user running the simulator: directories 0700 ([`private_dir`]),
+//! files 0600, new files created with `O_EXCL | O_NOFOLLOW` and existing
+//! ones opened with `O_NOFOLLOW`. A symlink planted in the state directory
+//! (to make the simulator write a secret somewhere readable, or read a
+//! forged one) is refused instead of followed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Replace `path` with `data` atomically and durably.
+/// Mode of every state file.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the state directory and its subdirectories.
+pub const DIR_MODE: u32 = 0o700;
+
+/// `OpenOptions` that never follow a symlink at the last path component
+/// and create files 0600.
+pub fn private_options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW).mode(FILE_MODE);
+    o
+}
+
+/// Say what is wrong when an open was refused because `path` is a symlink.
+fn refuse_symlink(path: &Path, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{} is a symbolic link; the simulator's state files must be plain files: remove it",
+                path.display()
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+/// Create `dir` (and missing parents) as a private directory, or check an
+/// existing one: a real directory (not a symlink), owned by this user; its
+/// mode is tightened to 0700.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(dir)?;
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.file_type().is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory (a symbolic link?); give the simulator a state directory of its own",
+            dir.display()
+        )));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "{} belongs to user {}, not to this user ({me}): the simulator keeps secrets there; use a directory of your own",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o777 != DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+    }
+    Ok(())
+}
+
+/// Replace `path` with `data` atomically and durably. The new content is
+/// written to a fresh `NAME.tmp` (`O_EXCL`, mode 0600) and renamed over
+/// `NAME`; rename replaces a planted symlink rather than following it.
 pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = tmp_path(path);
+    // A left-over tmp (crash, or a planted link): remove the entry itself.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     {
-        let mut f = OpenOptions::new()
+        let mut f = private_options()
             .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| refuse_symlink(&tmp, e))?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -32,12 +112,33 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
     sync_parent(path)
 }
 
-/// Read `path` whole, or `Ok(None)` if it does not exist.
+/// Read `path` whole, or `Ok(None)` if it does not exist. A symlink is
+/// refused, not followed.
 pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(d) => Ok(Some(d)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+    let mut f = match private_options().read(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refuse_symlink(path, e)),
+    };
+    let mut d = Vec::new();
+    f.read_to_end(&mut d)?;
+    Ok(Some(d))
+}
+
+/// Make an existing state file private (0600) if it is looser, e.g. one
+/// written by an older simulator. Refuses a symlink.
+pub fn tighten(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+        Ok(m) if m.file_type().is_symlink() => Err(refuse_symlink(
+            path,
+            io::Error::from_raw_os_error(libc::ELOOP),
+        )),
+        Ok(m) if m.mode() & 0o777 != FILE_MODE => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE))
+        }
+        Ok(_) => Ok(()),
     }
 }
 
@@ -75,12 +176,14 @@ pub struct AppendFile {
 impl AppendFile {
     /// Open (creating if needed) `path` for appending.
     pub fn open(path: &Path) -> io::Result<AppendFile> {
-        let created = !path.exists();
-        let file = OpenOptions::new()
+        let created = std::fs::symlink_metadata(path).is_err();
+        tighten(path)?;
+        let file = private_options()
             .read(true)
             .append(true)
             .create(true)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| refuse_symlink(path, e))?;
         if created {
             sync_parent(path)?;
         }
@@ -140,5 +243,60 @@ mod tests {
         let mut log = AppendFile::open(&lp).unwrap();
         assert_eq!(log.read_all().unwrap(), b"abcdZ");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn state_is_private_and_planted_symlinks_are_refused() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("state/secrets");
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        // A loose existing directory is tightened.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let p = dir.join("pin");
+        atomic_write(&p, b"verifier").unwrap();
+        assert_eq!(mode(&p), 0o600);
+
+        // A link planted where the tmp file goes: the victim stays untouched.
+        let victim = top.path().join("victim");
+        std::fs::write(&victim, b"victim").unwrap();
+        std::os::unix::fs::symlink(&victim, tmp_path(&p)).unwrap();
+        atomic_write(&p, b"verifier 2").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
+        assert_eq!(read_optional(&p).unwrap().unwrap(), b"verifier 2");
+        assert_eq!(mode(&p), 0o600);
+
+        // A slot replaced by a link is not read through, and the error says why.
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        let e = read_optional(&p).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // Writing replaces the link itself, never the target.
+        atomic_write(&p, b"verifier 3").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
+        assert!(!std::fs::symlink_metadata(&p)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+
+        // The custody log: a planted link is refused.
+        let lp = top.path().join("state/custody.log");
+        std::os::unix::fs::symlink(&victim, &lp).unwrap();
+        let e = AppendFile::open(&lp).err().expect("opened through a link");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(&lp).unwrap();
+        AppendFile::open(&lp).unwrap().append(b"x").unwrap();
+        assert_eq!(mode(&lp), 0o600);
+
+        // A state directory that is a link is refused.
+        let link_dir = top.path().join("linked");
+        std::os::unix::fs::symlink(top.path().join("state"), &link_dir).unwrap();
+        assert!(private_dir(&link_dir).is_err());
     }
 }

@@ -18,13 +18,24 @@ fn io(e: std::io::Error) -> HwError {
 impl FileLog {
     /// Open (creating if needed) the log file at `path`.
     pub fn open(path: &Path) -> Result<FileLog, HwError> {
-        let existed = path.exists();
-        let file = std::fs::OpenOptions::new()
+        let existed = std::fs::symlink_metadata(path).is_ok();
+        super::files::tighten(path).map_err(io)?;
+        // 0600 and no following a planted symlink (see `super::files`).
+        let file = super::files::private_options()
             .read(true)
             .append(true)
             .create(true)
             .open(path)
-            .map_err(io)?;
+            .map_err(|e| {
+                io(if e.raw_os_error() == Some(libc::ELOOP) {
+                    std::io::Error::other(format!(
+                        "{} is a symbolic link; the custody log must be a plain file: remove it",
+                        path.display()
+                    ))
+                } else {
+                    e
+                })
+            })?;
         if !existed {
             // Make the new directory entry durable too.
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -7,13 +7,14 @@
 //! system this is best effort (copy-on-write file systems may keep old
 //! blocks), which is acceptable for a simulator.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use mgear_firmware::hal::{HwError, SecretSlot, SecretStore};
 
-use super::files::{atomic_write, read_optional, remove_durable};
+use super::files::{
+    atomic_write, private_dir, private_options, read_optional, remove_durable, tighten,
+};
 
 /// Secret slots as files in a directory.
 pub struct FileSecrets {
@@ -21,13 +22,18 @@ pub struct FileSecrets {
 }
 
 impl FileSecrets {
-    /// Use (creating if needed) directory `dir`.
+    /// Use (creating if needed) directory `dir`: private (0700), its slot
+    /// files 0600 (files left looser by an older simulator are tightened).
     pub fn open(dir: &Path) -> Result<FileSecrets, HwError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| HwError::Io(format!("creating {}: {e}", dir.display())))?;
-        Ok(FileSecrets {
+        private_dir(dir)
+            .map_err(|e| HwError::Io(format!("state directory {}: {e}", dir.display())))?;
+        let s = FileSecrets {
             dir: dir.to_path_buf(),
-        })
+        };
+        for slot in SecretSlot::ALL {
+            tighten(&s.path(slot)).map_err(|e| io(slot, e))?;
+        }
+        Ok(s)
     }
 
     fn path(&self, slot: SecretSlot) -> PathBuf {
@@ -50,8 +56,14 @@ impl SecretStore for FileSecrets {
 
     fn erase(&mut self, slot: SecretSlot) -> Result<(), HwError> {
         let path = self.path(slot);
-        if let Ok(meta) = std::fs::metadata(&path) {
-            let mut f = OpenOptions::new()
+        if let Ok(meta) = std::fs::symlink_metadata(&path).and_then(|m| {
+            if m.file_type().is_symlink() {
+                Err(std::io::Error::other("symlink"))
+            } else {
+                Ok(m)
+            }
+        }) {
+            let mut f = private_options()
                 .write(true)
                 .open(&path)
                 .map_err(|e| io(slot, e))?;
@@ -71,12 +83,21 @@ mod tests {
     fn slots_are_separate_files_and_erase_removes() {
         let dir = std::env::temp_dir().join(format!("mgear-hw-secrets-{}", std::process::id()));
         let mut s = FileSecrets::open(&dir).unwrap();
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        }
         for slot in SecretSlot::ALL {
             assert_eq!(s.read(slot).unwrap(), None);
         }
         s.write(SecretSlot::PinHash, b"hash-1").unwrap();
         s.write(SecretSlot::State, b"state").unwrap();
         s.write(SecretSlot::PinHash, b"hash-2").unwrap();
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(dir.join("pin")).unwrap();
+            assert_eq!(m.mode() & 0o777, 0o600);
+        }
         assert_eq!(s.read(SecretSlot::PinHash).unwrap().unwrap(), b"hash-2");
         s.erase(SecretSlot::PinHash).unwrap();
         s.erase(SecretSlot::Identity).unwrap();

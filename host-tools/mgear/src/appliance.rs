@@ -4,20 +4,23 @@
 //! ```text
 //! mgear appliance [--port PATH] [--json] info
 //! mgear appliance provision [--pin-file FILE]   # factory -> locked; makes the identity
-//! mgear appliance unlock [--pin-file FILE]      # locked -> unlocked (medium writable)
+//! mgear appliance unlock [--pin-file FILE]      # locked -> unlocked (medium writable; refused once sealed)
 //! mgear appliance lock
 //! mgear appliance verify                        # keyless check of every capture
 //! mgear appliance seal                          # verify, write-protect, sign
-//! mgear appliance arrival                       # at the target: verify again, compare, sign
+//! mgear appliance arrival                       # at the target: verify again, compare, sign our challenge
 //! mgear appliance attestations [--out DIR]      # the seal/arrival attestations (files for ingest)
-//! mgear appliance log [--verify]                # custody log; --verify checks chain + signatures
-//! mgear appliance erase [--overwrite] --yes     # crypto-erase (needs unlock)
+//! mgear appliance log [--verify [--trust-appliance FP]]  # custody log; --verify checks chain,
+//!                                               # signatures and that no attested record was cut off
+//! mgear appliance erase [--overwrite] [--pin-file FILE] --yes  # crypto-erase (needs the PIN)
 //! mgear appliance list                          # attached appliances (USB id 1209:4d47)
 //! ```
 //!
 //! Without `--port` the appliance is found by its USB vendor/product id.
 //! PINs are read from the terminal (without echo) unless `--pin-file` is
-//! given; they never appear on the command line. Exit codes: 0 success,
+//! given; they never appear on the command line. Long operations (seal,
+//! arrival, verify, erase) report progress with an ETA; the host waits as
+//! long as progress keeps coming. Exit codes: 0 success,
 //! 1 a check failed (verify/arrival problems, a damaged custody log),
 //! 2 refused (wrong PIN, wrong state) or bad usage, 3 I/O.
 
@@ -32,11 +35,15 @@ mod hid;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
+
+use crate::exit::usage;
 use image_format::store::{FatStore, FlushIsDurable};
 use image_format::Store;
-use mgear_firmware::attest::fingerprint;
-use mgear_firmware::custody::{verify_log, LogRecord};
-use mgear_firmware::protocol::{Info, Pin, Problem, Request, Response, VerifyReport};
+use mgear_firmware::attest::{
+    check_log_covers, fingerprint, full_fingerprint, verify_attestation, Attestation,
+};
+use mgear_firmware::custody::{verify_log, Event, LogRecord};
+use mgear_firmware::protocol::{DeviceState, Info, Pin, Problem, Request, Response, VerifyReport};
 use zeroize::Zeroizing;
 
 pub use client::{ApplianceError, Client};
@@ -89,15 +96,26 @@ pub enum Cmd {
     },
     /// Print the custody log.
     Log {
-        /// Check the hash chain and every signature against the appliance identity.
+        /// Check the hash chain, every signature, and that the log still
+        /// holds every record the stored attestations pin.
         #[arg(long)]
         verify: bool,
+        /// Verify against this pinned identity (the 64-hex-digit fingerprint
+        /// `appliance info` printed when you provisioned it) instead of the
+        /// key the device reports.
+        #[arg(long, value_name = "FINGERPRINT", requires = "verify")]
+        trust_appliance: Option<String>,
     },
-    /// Crypto-erase: destroy the key slots on the medium and the appliance's secrets.
+    /// Crypto-erase: destroy the key slots on the medium and the appliance's
+    /// secrets. Needs the PIN (asked for unless the appliance is unlocked;
+    /// always on a sealed appliance).
     Erase {
         /// Also overwrite the whole medium afterwards.
         #[arg(long)]
         overwrite: bool,
+        /// Read the PIN from this file (first line) instead of the terminal.
+        #[arg(long)]
+        pin_file: Option<PathBuf>,
         /// Confirm: this cannot be undone.
         #[arg(long)]
         yes: bool,
@@ -162,14 +180,69 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 fn progress_printer(json: bool) -> impl FnMut(&str, u64, u64) {
-    let mut last = 0u64;
+    let mut eta = Eta::default();
     move |what: &str, done: u64, total: u64| {
-        // One line per 10% keeps logs short on large media.
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        if !json && (pct >= last + 10 || done == total) {
-            eprintln!("  {what}: {done}/{total} ({pct}%)");
-            last = pct;
+        if let Some(line) = eta.update(what, done, total, std::time::Instant::now()) {
+            if !json {
+                eprintln!("{line}");
+            }
         }
+    }
+}
+
+/// Progress lines with an estimate of the time left, for one phase
+/// (`what`) at a time: at most one line per 10 % or per 10 s.
+#[derive(Default)]
+struct Eta {
+    what: String,
+    start: Option<(std::time::Instant, u64)>,
+    last_pct: u64,
+    last_print: Option<std::time::Instant>,
+}
+
+impl Eta {
+    fn update(
+        &mut self,
+        what: &str,
+        done: u64,
+        total: u64,
+        now: std::time::Instant,
+    ) -> Option<String> {
+        if what != self.what || self.start.is_none() {
+            self.what = what.to_string();
+            self.start = Some((now, done));
+            self.last_pct = 0;
+            self.last_print = None;
+        }
+        let pct = (done.saturating_mul(100)).checked_div(total).unwrap_or(100);
+        let due = pct >= self.last_pct + 10
+            || done == total
+            || self
+                .last_print
+                .is_none_or(|t| now.duration_since(t).as_secs() >= 10);
+        if !due {
+            return None;
+        }
+        self.last_pct = pct;
+        self.last_print = Some(now);
+        let (t0, d0) = self.start?;
+        let secs = now.duration_since(t0).as_secs_f64();
+        let eta = match done.saturating_sub(d0) {
+            moved if moved > 0 && secs >= 1.0 && done < total => {
+                let left = (total - done) as f64 * secs / moved as f64;
+                format!(", about {} left", human_secs(left as u64))
+            }
+            _ => String::new(),
+        };
+        Some(format!("  {what}: {done}/{total} ({pct}%{eta})"))
+    }
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -183,13 +256,20 @@ fn read_pin(pin_file: Option<&Path>, confirm: bool) -> anyhow::Result<Pin> {
             Zeroizing::new(raw.lines().next().unwrap_or("").to_string())
         }
         None => {
-            let a = Zeroizing::new(
-                rpassword::prompt_password("Appliance PIN: ").context("reading the PIN")?,
-            );
+            let no_tty = |e: std::io::Error| {
+                usage(format!(
+                    "cannot ask for the PIN: no terminal ({e}); use --pin-file FILE (the PIN on its first line, file mode 0600)"
+                ))
+            };
+            use std::io::IsTerminal;
+            // rpassword reads /dev/tty; a script without a terminal on stdin
+            // gets the way that works instead of a hang or an OS error.
+            if !std::io::stdin().is_terminal() {
+                return Err(no_tty(std::io::Error::other("stdin is not a terminal")));
+            }
+            let a = Zeroizing::new(rpassword::prompt_password("Appliance PIN: ").map_err(no_tty)?);
             if confirm {
-                let b = Zeroizing::new(
-                    rpassword::prompt_password("Repeat PIN: ").context("reading the PIN")?,
-                );
+                let b = Zeroizing::new(rpassword::prompt_password("Repeat PIN: ").map_err(no_tty)?);
                 if *a != *b {
                     bail!("the two PINs differ; nothing was changed");
                 }
@@ -209,11 +289,11 @@ fn print_info(i: &Info) {
         "firmware:       {} (protocol {})",
         i.firmware_version, i.protocol_version
     );
-    match (&i.identity_pubkey, &i.fingerprint) {
-        (Some(k), Some(f)) => {
-            println!("identity:       {f} ({})", hex(k));
-            // The full form is what a target pins (--trust-appliance).
-            println!("fingerprint:    {}", crate::sitekey::fingerprint(k));
+    match &i.identity_pubkey {
+        Some(k) => {
+            // Always computed here: the full form is what --trust-appliance pins.
+            println!("identity:       {}", full_fingerprint(k));
+            println!("public key:     {}", hex(k));
         }
         _ => println!("identity:       none (not provisioned)"),
     }
@@ -243,7 +323,7 @@ fn print_info(i: &Info) {
     );
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -296,14 +376,8 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
         Cmd::Info => {
             let i = info(c)?;
             if json {
-                let mut v = serde_json::to_value(&i)?;
-                if let (Some(k), Some(obj)) = (&i.identity_pubkey, v.as_object_mut()) {
-                    obj.insert(
-                        "fingerprint_full".into(),
-                        crate::sitekey::fingerprint(k).into(),
-                    );
-                }
-                print_json(&v)?;
+                // `fingerprint` is the full form a target pins.
+                print_json(&i)?;
             } else {
                 print_info(&i);
             }
@@ -336,6 +410,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
         }
         Cmd::Unlock { pin_file } => {
             let pin = read_pin(pin_file.as_deref(), false)?;
+            // The appliance's reply is the truth: a sealed one refuses (exit 2).
             expect_simple(
                 c,
                 &Request::Unlock { pin },
@@ -382,35 +457,57 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
             }
             other => bail!("unexpected reply to Seal: {other:?}"),
         },
-        Cmd::Arrival => match c.call_progress(&Request::Arrival, &mut progress_printer(json))? {
-            Response::Arrival {
+        Cmd::Arrival => {
+            let mut challenge = [0u8; 32];
+            getrandom::getrandom(&mut challenge).context("drawing the arrival challenge")?;
+            let reply =
+                c.call_progress(&Request::Arrival { challenge }, &mut progress_printer(json))?;
+            let Response::Arrival {
                 attestation,
                 problems,
-            } => {
-                if json {
-                    print_json(
-                        &serde_json::json!({"attestation": attestation, "problems": problems}),
-                    )?;
-                } else {
-                    print_problems(&problems);
-                    match &attestation {
-                        Some(a) if problems.is_empty() => {
-                            println!(
-                                "arrival check passed; arrival attestation {}",
-                                hex(&a.digest())
-                            )
-                        }
-                        _ => println!("arrival check FAILED: the medium changed since the seal"),
+            } = reply
+            else {
+                bail!("unexpected reply to Arrival: {reply:?}");
+            };
+            if let Some(a) = &attestation {
+                if a.body.challenge != Some(challenge) {
+                    let msg = format!(
+                        "the arrival attestation does not answer this host's challenge (sent {}, signed {}): it is a replayed or forged reply; do not ingest on its strength",
+                        hex(&challenge),
+                        a.body.challenge.map(|c| hex(&c)).unwrap_or_else(|| "none".into())
+                    );
+                    if json {
+                        print_json(
+                            &serde_json::json!({"error": {"code": "ChallengeMismatch", "message": msg}}),
+                        )?;
                     }
+                    eprintln!("mgear: error: {msg}");
+                    return Ok(1);
                 }
-                Ok(if attestation.is_some() && problems.is_empty() {
-                    0
-                } else {
-                    1
-                })
             }
-            other => bail!("unexpected reply to Arrival: {other:?}"),
-        },
+            if json {
+                print_json(
+                    &serde_json::json!({"attestation": attestation, "problems": problems, "challenge": hex(&challenge)}),
+                )?;
+            } else {
+                print_problems(&problems);
+                match &attestation {
+                    Some(a) if problems.is_empty() => {
+                        println!(
+                            "arrival check passed; arrival attestation {} (challenge {})",
+                            hex(&a.digest()),
+                            hex(&challenge)
+                        )
+                    }
+                    _ => println!("arrival check FAILED: the medium changed since the seal; the appliance withdrew any earlier arrival pass"),
+                }
+            }
+            Ok(if attestation.is_some() && problems.is_empty() {
+                0
+            } else {
+                1
+            })
+        }
         Cmd::Attestations { out } => match c.call(&Request::GetAttestations)? {
             Response::Attestations { seal, arrival } => {
                 if let Some(dir) = out {
@@ -445,21 +542,19 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
             }
             other => bail!("unexpected reply to GetAttestations: {other:?}"),
         },
-        Cmd::Log { verify } => {
+        Cmd::Log {
+            verify,
+            trust_appliance,
+        } => {
             let records = fetch_log(c)?;
             let entries = if verify {
-                let key = info(c)?.identity_pubkey.ok_or_else(|| {
-                    anyhow!("the appliance has no identity: nothing to verify against")
-                })?;
-                match verify_log(&records, &key) {
+                match verify_custody(c, &records, trust_appliance.as_deref())? {
                     Ok(e) => e,
-                    Err(e) => {
+                    Err(why) => {
                         if json {
-                            print_json(
-                                &serde_json::json!({"verified": false, "index": e.index, "error": e.to_string()}),
-                            )?;
+                            print_json(&serde_json::json!({"verified": false, "error": why}))?;
                         } else {
-                            println!("custody log FAILED verification: {e}");
+                            println!("custody log FAILED verification: {why}");
                         }
                         return Ok(1);
                     }
@@ -487,18 +582,32 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                 }
                 if verify {
                     println!(
-                        "custody log verified: {} records, hash chain and signatures intact",
+                        "custody log verified: {} records, hash chain and signatures intact, every attested record present",
                         records.len()
                     );
                 }
             }
             Ok(0)
         }
-        Cmd::Erase { overwrite, yes } => {
+        Cmd::Erase {
+            overwrite,
+            pin_file,
+            yes,
+        } => {
             if !yes {
-                bail!("erase destroys the key slots and the appliance identity for good; add --yes to confirm");
+                return Err(usage("erase destroys the key slots on the medium (the capture can no longer be decrypted, even with target.key) and the appliance identity for good; add --yes to confirm"));
             }
-            match c.call_progress(&Request::Erase { overwrite }, &mut progress_printer(json))? {
+            // An unlocked appliance already has the PIN; a sealed one never
+            // unlocks, so the PIN travels with the request.
+            let pin = match (pin_file, info(c)?.state) {
+                (Some(f), _) => Some(read_pin(Some(&f), false)?),
+                (None, DeviceState::Unlocked) => None,
+                (None, _) => Some(read_pin(None, false)?),
+            };
+            match c.call_progress(
+                &Request::Erase { overwrite, pin },
+                &mut progress_printer(json),
+            )? {
                 Response::Erased {
                     key_slots,
                     medium_overwritten,
@@ -536,6 +645,78 @@ fn expect_simple(c: &mut Client, req: &Request, json: bool, text: &str) -> anyho
         println!("{text}");
     }
     Ok(0)
+}
+
+/// `log --verify`: the identity to check against (the pinned one if given,
+/// else the device's), then chain and signatures, then that the log still
+/// covers every stored attestation. `Ok(Err(why))` is a failed check.
+fn verify_custody(
+    c: &mut Client,
+    records: &[LogRecord],
+    pinned: Option<&str>,
+) -> anyhow::Result<Result<Vec<mgear_firmware::custody::LogEntry>, String>> {
+    let reported = info(c)?.identity_pubkey;
+    let key = match pinned {
+        Some(fp) => {
+            let want = crate::sitekey::parse_fingerprint(fp)?;
+            // The first record names the identity the log was started by;
+            // the signatures below prove that key signed it.
+            let logged =
+                records
+                    .first()
+                    .and_then(|r| r.decode().ok())
+                    .and_then(|s| match s.entry.event {
+                        Event::Provisioned { identity } => Some(identity),
+                        _ => None,
+                    });
+            let Some(key) = logged.or(reported) else {
+                return Ok(Err(
+                    "the log names no identity and the appliance reports none".into(),
+                ));
+            };
+            if !crate::sitekey::matches(&key, &want) {
+                return Ok(Err(format!(
+                    "this is not the pinned appliance: expected identity {}, the log was started by {}",
+                    hex(&want),
+                    full_fingerprint(&key)
+                )));
+            }
+            if reported.is_some_and(|r| r != key) {
+                return Ok(Err(format!(
+                    "the appliance reports identity {}, but its log was started by the pinned {}",
+                    full_fingerprint(&reported.unwrap_or_default()),
+                    full_fingerprint(&key)
+                )));
+            }
+            key
+        }
+        None => reported
+            .ok_or_else(|| anyhow!("the appliance has no identity: nothing to verify against"))?,
+    };
+    let entries = match verify_log(records, &key) {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let (seal, arrival) = match c.call(&Request::GetAttestations)? {
+        Response::Attestations { seal, arrival } => (seal, arrival),
+        other => bail!("unexpected reply to GetAttestations: {other:?}"),
+    };
+    for att in [seal, arrival].iter().flatten() {
+        if let Err(e) = check_attested_log(att, records, &key) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(Ok(entries))
+}
+
+fn check_attested_log(
+    att: &Attestation,
+    records: &[LogRecord],
+    key: &[u8; 32],
+) -> Result<(), String> {
+    verify_attestation(att, key)
+        .map_err(|e| format!("stored {:?} attestation: {e}", att.body.kind))?;
+    check_log_covers(att, records).map_err(|e| e.to_string())
 }
 
 /// The appliance's medium, reached through its block service: asks `info`
@@ -661,5 +842,113 @@ pub fn capture_event(port: &Path, name: &str, generation: Option<u64>) -> anyhow
     match c.call(&req)? {
         Response::Recorded { .. } => Ok(()),
         other => bail!("unexpected reply to a capture event: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mgear_firmware::attest::{AttestationBody, AttestationKind};
+    use mgear_firmware::protocol::{decode_frame, encode_frame};
+    use std::io::{Read, Write};
+
+    /// A fake appliance answering `Arrival` with an attestation whose
+    /// challenge is chosen by `answer` from the one the host sent.
+    struct FakeArrival {
+        out: Vec<u8>,
+        answer: fn([u8; 32]) -> [u8; 32],
+    }
+
+    impl Read for FakeArrival {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.out.len());
+            buf[..n].copy_from_slice(&self.out[..n]);
+            self.out.drain(..n);
+            Ok(n)
+        }
+    }
+
+    impl Write for FakeArrival {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            let (id, req): (u32, Request) = decode_frame(data).expect("one request frame");
+            let Request::Arrival { challenge } = req else {
+                panic!("unexpected {req:?}")
+            };
+            let body = AttestationBody {
+                kind: AttestationKind::Arrival,
+                identity: [0; 32],
+                medium_id: [1; 16],
+                medium_bytes: 1 << 20,
+                files: Vec::new(),
+                captures: 1,
+                records: 1,
+                region_size: 1 << 20,
+                regions: vec![[2; 32]],
+                counter: 2,
+                uptime_ms: 1,
+                unix_time: None,
+                seal_digest: Some([3; 32]),
+                challenge: Some((self.answer)(challenge)),
+                log_records: 5,
+                log_head: [4; 32],
+            };
+            let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+            let att = Attestation::sign(body, &key);
+            self.out.extend(encode_frame(
+                id,
+                &Response::Arrival {
+                    attestation: Some(att),
+                    problems: Vec::new(),
+                },
+            ));
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn arrival_with(answer: fn([u8; 32]) -> [u8; 32]) -> i32 {
+        let mut c = Client::over(Box::new(FakeArrival {
+            out: Vec::new(),
+            answer,
+        }));
+        run_cmd(&mut c, Cmd::Arrival, true).unwrap()
+    }
+
+    #[test]
+    fn arrival_accepts_only_an_answer_to_its_own_challenge() {
+        assert_eq!(arrival_with(|c| c), 0);
+        // A replayed arrival signed for another challenge.
+        assert_eq!(arrival_with(|_| [0x5a; 32]), 1);
+        assert_eq!(
+            arrival_with(|mut c| {
+                c[0] ^= 1;
+                c
+            }),
+            1
+        );
+    }
+
+    #[test]
+    fn progress_shows_an_eta_and_stays_short() {
+        let t0 = std::time::Instant::now();
+        let mut eta = Eta::default();
+        assert!(eta.update("hashing", 0, 1000, t0).is_some());
+        let s = std::time::Duration::from_secs;
+        // 10 % in 20 s: 180 s left.
+        let line = eta.update("hashing", 100, 1000, t0 + s(20)).unwrap();
+        assert!(
+            line.contains("10%") && line.contains("3 min 0 s left"),
+            "{line}"
+        );
+        // Neither 10 % more nor 10 s later: no line.
+        assert!(eta.update("hashing", 120, 1000, t0 + s(25)).is_none());
+        // A quiet stretch still prints every 10 s.
+        assert!(eta.update("hashing", 130, 1000, t0 + s(31)).is_some());
+        let done = eta.update("hashing", 1000, 1000, t0 + s(40)).unwrap();
+        assert!(done.contains("100%") && !done.contains("left"), "{done}");
+        // A new phase starts its own estimate.
+        assert!(eta.update("verifying", 0, 10, t0 + s(41)).is_some());
     }
 }

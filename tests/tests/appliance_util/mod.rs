@@ -253,7 +253,7 @@ impl Lab {
 
     /// The appliance's full fingerprint (what the target pins).
     pub fn fingerprint(&self) -> String {
-        self.appliance_json(&["info"])["fingerprint_full"]
+        self.appliance_json(&["info"])["fingerprint"]
             .as_str()
             .expect("appliance info --json has fingerprint_full")
             .to_string()

@@ -96,6 +96,14 @@ fn log_entries(a: &mut Appliance<FakePlatform>) -> Vec<custody::LogEntry> {
     verify_log(&records, &pk).unwrap()
 }
 
+const CHALLENGE: [u8; 32] = [0x5a; 32];
+
+fn arrive(a: &mut Appliance<FakePlatform>) -> Response {
+    a.handle(Request::Arrival {
+        challenge: CHALLENGE,
+    })
+}
+
 fn reboot(a: Appliance<FakePlatform>, seed: u64) -> Appliance<FakePlatform> {
     Appliance::new(a.p.after_power_loss(seed), cfg()).unwrap()
 }
@@ -123,7 +131,7 @@ fn factory_has_no_default_pin_and_provisions_once() {
     else {
         panic!("{r:?}")
     };
-    assert_eq!(fingerprint, attest::fingerprint(&identity_pubkey));
+    assert_eq!(fingerprint, attest::full_fingerprint(&identity_pubkey));
     assert_eq!(a.state(), DeviceState::Locked);
     assert_eq!(
         code(&a.handle(Request::Provision {
@@ -347,7 +355,19 @@ fn seal_write_protects_and_arrival_passes_on_unchanged_medium() {
         a.block_write(0, &[0; 512]),
         Err(BlockError::WriteProtected(DeviceState::Sealed))
     );
-    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    // Unlock is refused with a true message, and costs no PIN attempt.
+    let r = unlock(&mut a, PIN);
+    let Response::Error {
+        code: ErrorCode::Sealed,
+        message,
+    } = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(message.contains("read-only"), "{message}");
+    assert_eq!(code(&unlock(&mut a, "000000")), Some(ErrorCode::Sealed));
+    assert_eq!(a.info().counters.failed_pins, 0);
+    assert_eq!(a.info().counters.unlocks, 1);
     assert_eq!(
         a.block_write(0, &[0; 512]),
         Err(BlockError::WriteProtected(DeviceState::Sealed))
@@ -360,7 +380,7 @@ fn seal_write_protects_and_arrival_passes_on_unchanged_medium() {
     // Survives a reboot, and arrival needs no PIN.
     let mut a = reboot(a, 13);
     assert_eq!(a.state(), DeviceState::Sealed);
-    let r = a.handle(Request::Arrival);
+    let r = arrive(&mut a);
     let Response::Arrival {
         attestation: Some(arrival),
         problems,
@@ -402,7 +422,7 @@ fn arrival_names_changed_segment() {
     let mut a = sealed(14);
     // One byte in the middle of the first record's stored bytes.
     a.p.files.file_mut(SEG0).unwrap()[300] ^= 1;
-    let r = a.handle(Request::Arrival);
+    let r = arrive(&mut a);
     let Response::Arrival {
         attestation: None,
         problems,
@@ -476,7 +496,7 @@ fn verify_names_damaged_record_and_seal_refuses() {
 fn arrival_names_changed_region() {
     let mut a = sealed(15);
     a.p.disk.data[3 * 64 * 1024 + 17] ^= 0x40;
-    let r = a.handle(Request::Arrival);
+    let r = arrive(&mut a);
     let Response::Arrival {
         attestation: None,
         problems,
@@ -516,11 +536,17 @@ fn unreadable_medium_is_a_problem_not_a_crash() {
 fn erase_on_request_overwrites_medium() {
     let mut a = provisioned(17);
     assert_eq!(
-        code(&a.handle(Request::Erase { overwrite: true })),
+        code(&a.handle(Request::Erase {
+            overwrite: true,
+            pin: None
+        })),
         Some(ErrorCode::Locked)
     );
     unlock(&mut a, PIN);
-    let r = a.handle(Request::Erase { overwrite: true });
+    let r = a.handle(Request::Erase {
+        overwrite: true,
+        pin: None,
+    });
     assert_eq!(
         r,
         Response::Erased {
@@ -756,7 +782,10 @@ fn erase_with_unreadable_medium_still_destroys_identity() {
     let mut a = provisioned(28);
     unlock(&mut a, PIN);
     a.p.mount_error = Some("no FAT32 boot sector".into());
-    let r = a.handle(Request::Erase { overwrite: false });
+    let r = a.handle(Request::Erase {
+        overwrite: false,
+        pin: None,
+    });
     let Response::Error {
         code: ErrorCode::Storage,
         message,
@@ -767,4 +796,333 @@ fn erase_with_unreadable_medium_still_destroys_identity() {
     assert!(message.contains("identity and PIN destroyed"), "{message}");
     assert_eq!(a.state(), DeviceState::Erased);
     assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
+}
+
+/// Ten wrong PINs given with `erase` on a sealed appliance.
+fn wrong_erase_pins_until_locked_out(a: &mut Appliance<FakePlatform>) -> String {
+    for i in 1..=10u32 {
+        a.p.clock.now_ms += 10_000;
+        let r = a.handle(Request::Erase {
+            overwrite: true,
+            pin: Some(Pin::new("271828")),
+        });
+        match r {
+            Response::Error {
+                code: ErrorCode::WrongPin,
+                ..
+            } if i < 10 => {}
+            Response::Error {
+                code: ErrorCode::Erased,
+                message,
+            } if i == 10 => return message,
+            other => panic!("attempt {i}: {other:?}"),
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn lockout_on_sealed_appliance_leaves_medium_untouched() {
+    let mut a = sealed(40);
+    let pk = pubkey(&mut a);
+    let disk_before = a.p.disk.data.clone();
+    let keys_before = a.p.files.file_mut("MGEAR/web01/KEYS").unwrap().clone();
+    let Response::Attestations {
+        seal: Some(seal), ..
+    } = a.handle(Request::GetAttestations)
+    else {
+        panic!("no seal")
+    };
+    let message = wrong_erase_pins_until_locked_out(&mut a);
+    assert!(message.contains("not touched"), "{message}");
+    assert!(message.contains("target.key"), "{message}");
+    assert!(!message.contains("factory reset"), "{message}");
+    assert_eq!(a.state(), DeviceState::Erased);
+    // Every byte of the medium and the key slot files as sealed.
+    assert!(a.p.disk.data == disk_before, "raw medium changed");
+    assert_eq!(
+        a.p.files.file_mut("MGEAR/web01/KEYS").unwrap(),
+        &keys_before
+    );
+    assert!(a.p.files.len("MGEAR/web01/KEYPASS").unwrap().is_some());
+    // The appliance's own secrets are gone; the public key and seal stay.
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::PinHash.name()));
+    assert_eq!(pubkey(&mut a), pk);
+    assert!(matches!(
+        a.handle(Request::GetAttestations),
+        Response::Attestations { seal: Some(s), arrival: None } if s == seal
+    ));
+    // The log records the lockout as one that touched nothing on the medium.
+    let events: Vec<_> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert_eq!(
+        events.last(),
+        Some(&custody::Event::Erase {
+            reason: EraseReason::PinLockout,
+            key_slots: 0,
+            overwrite_medium: false
+        })
+    );
+    // No arrival can be signed any more, and the refusal names a real next step.
+    let r = arrive(&mut a);
+    let Response::Error {
+        code: ErrorCode::Erased,
+        message,
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(message.contains("log --verify"), "{message}");
+    assert!(!message.contains("factory reset"), "{message}");
+    // A reboot keeps it so, and does not touch the medium either.
+    let a = reboot(a, 41);
+    assert_eq!(a.state(), DeviceState::Erased);
+    assert!(a.p.disk.data == disk_before);
+}
+
+#[test]
+fn lockout_on_sealed_appliance_interrupted_by_power_cut_spares_medium() {
+    let mut a = sealed(42);
+    for _ in 0..9 {
+        a.p.clock.now_ms += 100_000;
+        let r = a.handle(Request::Erase {
+            overwrite: false,
+            pin: Some(Pin::new("000000")),
+        });
+        assert_eq!(code(&r), Some(ErrorCode::WrongPin));
+    }
+    let disk_before = a.p.disk.data.clone();
+    a.p.clock.now_ms += 100_000;
+    a.p.secrets.writes_left = Some(1);
+    let _ = a.handle(Request::Erase {
+        overwrite: false,
+        pin: Some(Pin::new("000000")),
+    });
+    let mut a = reboot(a, 43);
+    assert_eq!(a.state(), DeviceState::Erased);
+    assert!(a.p.disk.data == disk_before);
+    assert!(a.p.files.len("MGEAR/web01/KEYS").unwrap().is_some());
+}
+
+#[test]
+fn erase_on_sealed_appliance_needs_the_pin() {
+    let mut a = sealed(44);
+    let r = a.handle(Request::Erase {
+        overwrite: false,
+        pin: None,
+    });
+    assert_eq!(code(&r), Some(ErrorCode::Locked), "{r:?}");
+    assert!(a.p.files.len("MGEAR/web01/KEYS").unwrap().is_some());
+    a.p.clock.now_ms += 10_000;
+    let r = a.handle(Request::Erase {
+        overwrite: false,
+        pin: Some(Pin::new("999999")),
+    });
+    assert_eq!(code(&r), Some(ErrorCode::WrongPin));
+    assert_eq!(a.state(), DeviceState::Sealed);
+    let r = a.handle(Request::Erase {
+        overwrite: false,
+        pin: Some(Pin::new(PIN)),
+    });
+    assert_eq!(
+        r,
+        Response::Erased {
+            key_slots: 2,
+            medium_overwritten: false
+        }
+    );
+    assert_eq!(a.p.files.len("MGEAR/web01/KEYS").unwrap(), None);
+    assert_eq!(a.info().counters.failed_pins, 0);
+}
+
+#[test]
+fn arrival_carries_challenge_and_a_failure_withdraws_the_pass() {
+    let mut a = sealed(45);
+    let Response::Arrival {
+        attestation: Some(first),
+        ..
+    } = arrive(&mut a)
+    else {
+        panic!("arrival failed")
+    };
+    assert_eq!(first.body.challenge, Some(CHALLENGE));
+    assert_eq!(a.state(), DeviceState::Arrived);
+    // The medium changes; the next arrival fails and the old pass goes.
+    a.p.disk.data[3 * 64 * 1024 + 17] ^= 0x40;
+    let r = arrive(&mut a);
+    assert!(
+        matches!(
+            r,
+            Response::Arrival {
+                attestation: None,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(a.state(), DeviceState::Sealed);
+    assert!(matches!(
+        a.handle(Request::GetAttestations),
+        Response::Attestations {
+            seal: Some(_),
+            arrival: None
+        }
+    ));
+    // Also after a reboot.
+    let mut a = reboot(a, 46);
+    assert!(matches!(
+        a.handle(Request::GetAttestations),
+        Response::Attestations { arrival: None, .. }
+    ));
+}
+
+fn all_records(a: &mut Appliance<FakePlatform>) -> Vec<custody::LogRecord> {
+    let mut records = Vec::new();
+    loop {
+        match a.handle(Request::Log {
+            from: records.len() as u64,
+        }) {
+            Response::LogRecords { records: page, .. } if page.is_empty() => break,
+            Response::LogRecords { records: page, .. } => records.extend(page),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    records
+}
+
+#[test]
+fn attestations_pin_the_custody_log_and_truncation_is_detected() {
+    let mut a = sealed(47);
+    let Response::Arrival {
+        attestation: Some(arrival),
+        ..
+    } = arrive(&mut a)
+    else {
+        panic!("arrival failed")
+    };
+    let Response::Attestations {
+        seal: Some(seal), ..
+    } = a.handle(Request::GetAttestations)
+    else {
+        panic!()
+    };
+    let records = all_records(&mut a);
+    assert!(seal.body.log_records > 0);
+    assert!(arrival.body.log_records > seal.body.log_records);
+    assert_eq!(
+        seal.body.log_head,
+        records[seal.body.log_records as usize - 1].hash()
+    );
+    attest::check_log_covers(&seal, &records).unwrap();
+    attest::check_log_covers(&arrival, &records).unwrap();
+    // Cut the tail at a record boundary: what remains still verifies as a
+    // chain, but the arrival attestation says it must be longer.
+    let cut = &records[..arrival.body.log_records as usize];
+    verify_log(cut, &pubkey(&mut a)).unwrap();
+    attest::check_log_covers(&seal, cut).unwrap();
+    let e = attest::check_log_covers(&arrival, cut).unwrap_err();
+    assert!(
+        matches!(e, attest::CoverError::Truncated { expected, found, .. }
+            if expected == arrival.body.log_records + 1 && found == cut.len() as u64),
+        "{e}"
+    );
+    assert!(e.to_string().contains("cut"), "{e}");
+    // A record swapped for another under the attested head is named.
+    let mut swapped = records.clone();
+    swapped[seal.body.log_records as usize - 1] = records[0].clone();
+    assert!(matches!(
+        attest::check_log_covers(&seal, &swapped),
+        Err(attest::CoverError::HeadMismatch { .. })
+    ));
+}
+
+#[test]
+fn line_mode_never_echoes_a_pin() {
+    let mut a = provisioned(48);
+    for line in [
+        &b"UNLOCK 314159\r"[..],
+        b"   unlock 314159\r",
+        b"Unlock\t314159\r",
+        b"uNlOcK    314159\r\n",
+        b"unlock314159\r",
+        b"unlock 314159 extra\r",
+    ] {
+        a.p.console.send(b"lock\r");
+        a.p.console.send(line);
+        a.poll_console().unwrap();
+        let out = a.p.console.take_output();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            !text.contains("314159") && !text.contains("14159"),
+            "{:?} echoed the PIN: {text}",
+            core::str::from_utf8(line)
+        );
+    }
+    // The accepted spellings unlocked (the last two are usage errors).
+    assert_eq!(a.info().counters.unlocks, 4);
+}
+
+#[test]
+fn erased_messages_name_a_real_next_step() {
+    let mut a = provisioned(49);
+    unlock(&mut a, PIN);
+    a.handle(Request::Erase {
+        overwrite: false,
+        pin: None,
+    });
+    for r in [unlock(&mut a, PIN), a.handle(Request::Seal), arrive(&mut a)] {
+        let Response::Error { message, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert!(!message.contains("factory reset"), "{message}");
+        assert!(
+            message.contains("mgear appliance log --verify"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn provisioning_waits_for_read_out_protection() {
+    use crate::hal::Readout;
+    let mut a = Appliance::new(platform(50), cfg()).unwrap();
+    a.p.readout = Err(HwError::Io("RDP stuck at level 1".into()));
+    let r = a.handle(Request::Provision { pin: Pin::new(PIN) });
+    assert_eq!(code(&r), Some(ErrorCode::NotProtected), "{r:?}");
+    assert_eq!(a.state(), DeviceState::Factory);
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
+    a.p.readout = Ok(Readout::RestartNeeded);
+    let r = a.handle(Request::Provision { pin: Pin::new(PIN) });
+    assert_eq!(code(&r), Some(ErrorCode::NotProtected), "{r:?}");
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
+    // After the power cycle the protection is in force.
+    a.p.readout = Ok(Readout::Enforced);
+    assert!(matches!(
+        a.handle(Request::Provision { pin: Pin::new(PIN) }),
+        Response::Provisioned { .. }
+    ));
+}
+
+#[test]
+fn erase_cut_after_its_commit_point_finishes_at_power_up() {
+    let mut a = sealed(51);
+    for _ in 0..9 {
+        a.p.clock.now_ms += 100_000;
+        let r = a.handle(Request::Erase {
+            overwrite: false,
+            pin: Some(Pin::new("000000")),
+        });
+        assert_eq!(code(&r), Some(ErrorCode::WrongPin));
+    }
+    a.p.clock.now_ms += 100_000;
+    // Counter, failure count, Erased state: then the power goes.
+    a.p.secrets.writes_left = Some(3);
+    let _ = a.handle(Request::Erase {
+        overwrite: false,
+        pin: Some(Pin::new("000000")),
+    });
+    let a = reboot(a, 52);
+    assert_eq!(a.state(), DeviceState::Erased);
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::PinHash.name()));
 }

@@ -1,0 +1,279 @@
+//! A sealed appliance cannot be turned against its shipment: PIN guessing
+//! wipes only the appliance's own secrets (every byte of the medium stays as
+//! sealed and the capture still decrypts with target.key), unlock is refused
+//! with a true message, erase needs the PIN, a failed arrival withdraws the
+//! earlier pass, cutting the custody log is detected, the pinned identity is
+//! what `log --verify --trust-appliance` checks against, and the console
+//! never echoes a PIN. The simulator's state is private and refuses planted
+//! symlinks.
+
+mod appliance_util;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use appliance_util::*;
+
+/// Give `args` (an erase or unlock with a PIN) until it stops answering
+/// BackOff; returns the last output.
+fn without_backoff(lab: &Lab, args: &[&str]) -> std::process::Output {
+    loop {
+        let out = lab.appliance(args);
+        if text(&out.stderr).contains("BackOff") {
+            // The exponential back-off (milliseconds under --test-timing).
+            std::thread::sleep(Duration::from_millis(60));
+            continue;
+        }
+        return out;
+    }
+}
+
+#[test]
+fn appliance_sealed_lockout_spares_the_shipment() {
+    let mut lab = Lab::new(64);
+    lab.sealed(3);
+    let sealed_medium = std::fs::read(lab.p("medium.img")).unwrap();
+
+    // Unlock on a sealed appliance: refused, and it says why.
+    let out = lab.appliance(&["unlock", "--pin-file", "pin"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stdout).contains("unlocked"),
+        "{}",
+        text(&out.stdout)
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("sealed") && err.contains("read-only"), "{err}");
+    assert_eq!(lab.state(), "Sealed");
+
+    // Erase without the PIN and without a terminal: told to use --pin-file.
+    let out = lab.appliance(&["erase", "--yes"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--pin-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(lab.state(), "Sealed");
+
+    // Ten wrong PINs through erase.
+    let args = ["erase", "--yes", "--pin-file", "wrong-pin"];
+    for attempt in 1..=10 {
+        let out = without_backoff(&lab, &args);
+        assert_eq!(out.status.code(), Some(2), "attempt {attempt}");
+        let err = text(&out.stderr);
+        if attempt < 10 {
+            assert!(err.contains("WrongPin"), "attempt {attempt}: {err}");
+        } else {
+            assert!(
+                err.contains("Erased") && err.contains("not touched"),
+                "{err}"
+            );
+            assert!(!err.contains("factory reset"), "{err}");
+        }
+    }
+    assert_eq!(lab.state(), "Erased");
+    // The seal attestation survives; no arrival can be signed any more.
+    let att = lab.appliance_json(&["attestations"]);
+    assert!(att["seal"].is_object() && att["arrival"].is_null(), "{att}");
+    let out = lab.appliance(&["arrival"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!text(&out.stderr).contains("factory reset"));
+    assert!(
+        text(&out.stderr).contains("log --verify"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The custody log records a lockout that destroyed no key slot.
+    let log = lab.appliance_json(&["log", "--verify"]);
+    assert_eq!(log["verified"], true, "{log}");
+    let last = log["entries"].as_array().unwrap().last().unwrap()["event"].clone();
+    assert_eq!(last["Erase"]["reason"], "PinLockout", "{last}");
+    assert_eq!(last["Erase"]["key_slots"], 0, "{last}");
+    assert_eq!(last["Erase"]["overwrite_medium"], false, "{last}");
+    lab.stop();
+
+    // Not one byte of the medium changed, and target.key still decrypts it.
+    assert!(
+        std::fs::read(lab.p("medium.img")).unwrap() == sealed_medium,
+        "the lockout changed the sealed medium"
+    );
+    let m = format!("fat:{}", lab.s("medium.img"));
+    let out = lab.ok(&[
+        "verify",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["keyed"].clone()),
+        (true.into(), true.into()),
+        "{v}"
+    );
+}
+
+#[test]
+fn appliance_sealed_erase_needs_the_pin() {
+    let mut lab = Lab::new(64);
+    lab.sealed(2);
+    let out = without_backoff(&lab, &["erase", "--yes", "--pin-file", "wrong-pin"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(lab.state(), "Sealed");
+    let out = without_backoff(&lab, &["--json", "erase", "--yes", "--pin-file", "pin"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["key_slots"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(lab.state(), "Erased");
+    lab.stop();
+}
+
+#[test]
+fn appliance_failed_arrival_withdraws_the_pass_and_log_cut_is_detected() {
+    let mut lab = Lab::new(64);
+    lab.sealed(2);
+    let a = lab.appliance_json(&["arrival"]);
+    let challenge = a["challenge"].as_str().unwrap().to_string();
+    assert_eq!(challenge.len(), 64);
+    let signed: Vec<u8> = a["attestation"]["body"]["challenge"]
+        .as_array()
+        .expect("challenge in the arrival body")
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect();
+    let signed_hex: String = signed.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(signed_hex, challenge);
+    assert_eq!(lab.state(), "Arrived");
+    let arrival_records = a["attestation"]["body"]["log_records"].as_u64().unwrap();
+    assert!(arrival_records > 0);
+
+    // The pinned identity: the full fingerprint info prints.
+    let info = lab.appliance_json(&["info"]);
+    let fp = info["fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fp.len(), 64, "{info}");
+    let human = text(&lab.appliance_ok(&["info"]).stdout);
+    assert!(human.contains(&fp), "{human}");
+    lab.appliance_ok(&["log", "--verify", "--trust-appliance", &fp]);
+    let other = "ab".repeat(32);
+    let out = lab.appliance(&["log", "--verify", "--trust-appliance", &other]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("not the pinned appliance"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = lab.appliance(&["log", "--verify", "--trust-appliance", "3f2a:91c0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a short fingerprint is a usage error"
+    );
+
+    // Cut the custody log after the record the arrival attestation pins
+    // last: the rest still chains, but the attestation says it was longer.
+    lab.stop();
+    let path = lab.p("state/custody.log");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut off = 0usize;
+    for _ in 0..arrival_records {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        off += 8 + len;
+    }
+    std::fs::write(&path, &bytes[..off]).unwrap();
+    lab.start();
+    let out = lab.appliance(&["log", "--verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let msg = text(&out.stdout);
+    assert!(msg.contains("Arrival attestation"), "{msg}");
+
+    // A changed medium: the next arrival fails and the old pass is gone.
+    lab.stop();
+    let at = lab.offset_in_medium("MGEAR/web01/G0001/SEG-00000") + 300;
+    lab.flip_medium_byte(at);
+    lab.start();
+    let out = lab.appliance(&["arrival"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let att = lab.appliance_json(&["attestations"]);
+    assert!(att["arrival"].is_null(), "stale arrival kept: {att}");
+    assert_eq!(lab.state(), "Sealed");
+    lab.stop();
+}
+
+#[test]
+fn appliance_console_never_echoes_the_pin() {
+    let mut lab = Lab::new(40);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.appliance_ok(&["lock"]);
+    let mut con = Console::open(&lab.tty());
+    for line in [
+        format!("UNLOCK {PIN}\r"),
+        format!("   unlock {PIN}\r"),
+        format!("Unlock\t{PIN}\r"),
+        format!("unlock{PIN}\r"),
+    ] {
+        con.send(b"lock\r");
+        con.send(line.as_bytes());
+        let got = con.read_until(|g| {
+            let t = text(g);
+            t.contains("unlocked: the medium") || t.contains("usage: unlock")
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let t = text(&got);
+        assert!(
+            !t.contains(PIN) && !t.contains("2468"),
+            "{line:?} echoed: {t}"
+        );
+    }
+    lab.stop();
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o777
+}
+
+#[test]
+fn appliance_sim_state_is_private_and_refuses_planted_links() {
+    let mut lab = Lab::new(40);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.stop();
+    assert_eq!(mode(&lab.p("state")), 0o700);
+    assert_eq!(mode(&lab.p("state/secrets")), 0o700);
+    for f in ["identity", "identity.pub", "pin", "state"] {
+        assert_eq!(mode(&lab.p(&format!("state/secrets/{f}"))), 0o600, "{f}");
+    }
+    assert_eq!(mode(&lab.p("state/custody.log")), 0o600);
+
+    // Someone replaces the PIN verifier with a link to a file of theirs.
+    std::fs::write(lab.p("planted"), b"forged verifier").unwrap();
+    std::fs::remove_file(lab.p("state/secrets/pin")).unwrap();
+    std::os::unix::fs::symlink(lab.p("planted"), lab.p("state/secrets/pin")).unwrap();
+    let out = Command::new(mgear_tests::bin("mgear-appliance-sim"))
+        .arg("--medium")
+        .arg(lab.p("medium.img"))
+        .arg("--state")
+        .arg(lab.p("state"))
+        .arg("--console-link")
+        .arg(lab.p("appliance.tty"))
+        .arg("--nbd")
+        .arg(lab.p("appliance.sock"))
+        .arg("--test-timing")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the simulator followed a planted link"
+    );
+    assert!(
+        text(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(lab.p("planted")).unwrap(), b"forged verifier");
+}
