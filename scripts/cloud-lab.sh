@@ -758,10 +758,10 @@ cmd_stop() {
 }
 
 cmd_status() {
-    [ -d "$LAB/pids" ] || {
-        echo "cloud lab: not started ($LAB)"
+    if [ -z "$(ls -A "$LAB/pids" 2>/dev/null)" ]; then
+        echo "cloud lab: not running ($LAB)"
         return 1
-    }
+    fi
     local f rc=0
     for f in "$LAB"/pids/*.pid; do
         [ -e "$f" ] || continue
