@@ -343,9 +343,41 @@ EOF
     $VIRSH secret-set-value --secret "$SECRET_UUID" --file "$LAB/cinder.key" >/dev/null
 }
 
+# Since the fix of Cinder bug #2004555 an in-use attachment may only be deleted by a request
+# carrying a service token with the `service` role: keystonemiddleware sets that role after
+# validating the X-Service-Token Nova sends ([service_user] in nova.conf). Without Keystone,
+# this filter, placed right after the noauth one, does the same for any service token, so
+# Nova's detach on server delete works instead of leaving the volume in-use.
+cinder_service_token_filter() {
+    local d=$1
+    mkdir -p "$d/python"
+    cat >"$d/python/mgear_lab_service_token.py" <<'EOF'
+class ServiceToken:
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        ctx = environ.get("cinder.context")
+        if ctx is not None and environ.get("HTTP_X_SERVICE_TOKEN"):
+            ctx.service_roles = ["service"]
+        return self.app(environ, start_response)
+
+
+def filter_factory(global_conf, **local_conf):
+    return ServiceToken
+EOF
+    sed -e 's/^\(noauth_include_project_id = .* noauth_include_project_id\) apiv3$/\1 mgear_service_token apiv3/' \
+        /etc/cinder/api-paste.ini >"$d/api-paste.ini"
+    grep -q 'mgear_service_token apiv3' "$d/api-paste.ini" ||
+        die "/etc/cinder/api-paste.ini has no noauth_include_project_id pipeline to extend"
+    printf '\n[filter:mgear_service_token]\npaste.filter_factory = mgear_lab_service_token:filter_factory\n' \
+        >>"$d/api-paste.ini"
+}
+
 start_cinder() {
     local d=$LAB/cinder
     mkdir -p "$d/state" "$d/lock"
+    cinder_service_token_filter "$d"
     cat >"$d/cinder.conf" <<EOF
 [DEFAULT]
 auth_strategy = noauth_include_project_id
@@ -353,7 +385,7 @@ transport_url = rabbit://guest:guest@127.0.0.1:$RABBIT_PORT/
 my_ip = 127.0.0.1
 host = mgear-cloud-lab
 state_path = $d/state
-api_paste_config = /etc/cinder/api-paste.ini
+api_paste_config = $d/api-paste.ini
 osapi_volume_listen = 127.0.0.1
 osapi_volume_listen_port = $CINDER_PORT
 osapi_volume_workers = 1
@@ -389,8 +421,8 @@ EOF
         die "cinder-manage db sync failed; read $LAB/logs/cinder-setup.log"
     local svc
     for svc in api scheduler volume; do
-        spawn "cinder-$svc" "$LAB/logs/cinder-$svc.out" "cinder-$svc" --config-file "$d/cinder.conf" \
-            --log-file "$LAB/logs/cinder-$svc.log"
+        spawn "cinder-$svc" "$LAB/logs/cinder-$svc.out" env PYTHONPATH="$d/python" \
+            "cinder-$svc" --config-file "$d/cinder.conf" --log-file "$LAB/logs/cinder-$svc.log"
     done
     wait_for 120 "cinder-api" "$LAB/logs/cinder-api.log" cinder_up
     wait_for 120 "cinder-volume (up in os-services)" "$LAB/logs/cinder-volume.log" cinder_volume_up
@@ -475,6 +507,12 @@ enabled = false
 [placement]
 auth_type = admin_token
 endpoint = http://127.0.0.1:$PLACEMENT_PORT
+token = admin
+
+[service_user]
+send_service_user_token = true
+auth_type = admin_token
+endpoint = http://127.0.0.1:$CINDER_PORT/v3
 token = admin
 
 [neutron]
@@ -697,8 +735,18 @@ cmd_stop() {
         $VIRSH undefine "$dom" --nvram >/dev/null 2>&1 || $VIRSH undefine "$dom" >/dev/null 2>&1 || true
         say "removed libvirt domain $dom"
     done < <($VIRSH list --all --name 2>/dev/null || true)
-    local f
+    local f tier=()
     if [ -d "$LAB/pids" ]; then
+        # The OpenStack services (and the stub) need nothing from one another to shut down and
+        # take seconds each: stop them together, then the rest one by one, newest first.
+        while read -r f; do
+            tier+=("$f")
+        done < <(find "$LAB/pids" \( -name '*-cinder-*.pid' -o -name '*-nova-*.pid' \
+            -o -name '*-placement-api.pid' -o -name '*-neutron-stub.pid' \) | sort -r)
+        for f in "${tier[@]}"; do
+            stop_pid "$f" &
+        done
+        wait
         while read -r f; do
             stop_pid "$f"
         done < <(find "$LAB/pids" -name '*.pid' | sort -r)
@@ -710,10 +758,10 @@ cmd_stop() {
 }
 
 cmd_status() {
-    [ -d "$LAB/pids" ] || {
-        echo "cloud lab: not started ($LAB)"
+    if [ -z "$(ls -A "$LAB/pids" 2>/dev/null)" ]; then
+        echo "cloud lab: not running ($LAB)"
         return 1
-    }
+    fi
     local f rc=0
     for f in "$LAB"/pids/*.pid; do
         [ -e "$f" ] || continue
