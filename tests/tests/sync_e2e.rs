@@ -475,13 +475,35 @@ fn serve_applies_only_pinned_signed_syncs_and_drops_idle_peers() {
         "--key-cache",
         "evil-keys",
     ]);
+    let evil = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let o = sync_from(
+        "evil.raw",
+        &["--key-cache", "evil-keys", "--sign", "site.key"],
+    );
+    // Its key cache names another capture id than the one served: exit 1.
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        evil(&o).contains("refusing to sync this disk over a different capture"),
+        "{}",
+        text(&o)
+    );
+    // Without the id line (an edited or older cache) the key proof refuses it.
+    let cache = e.p("evil-keys/web01.key");
+    let stripped: String = std::fs::read_to_string(&cache)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("id "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::remove_file(&cache).unwrap();
+    std::fs::write(&cache, stripped).unwrap();
     let o = sync_from(
         "evil.raw",
         &["--key-cache", "evil-keys", "--sign", "site.key"],
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("does not open the target's capture web01"),
+        evil(&o).contains("does not open the target's capture web01"),
         "{}",
         text(&o)
     );

@@ -309,6 +309,7 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
             a.name
         ))
     })?;
+    let capture_id = DataKey::cached_capture_id(&cache).map_err(|e| usage(format!("{e}")))?;
     let signer = a
         .sign
         .as_deref()
@@ -323,6 +324,7 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
         retries: a.retries,
         retry_wait: Duration::from_secs_f64(a.retry_wait),
         peer: a.to.clone(),
+        capture_id,
         signer,
     };
     let cpu0 = crate::progress::cpu_seconds();
