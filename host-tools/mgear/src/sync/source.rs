@@ -230,6 +230,8 @@ pub fn run(
 /// Turn an ERROR frame from the target into a fatal error with the right exit code.
 fn refused(p: &[u8], peer: &str) -> Fail {
     match wire::parse_error(p) {
+        // A full target frees a slot soon: like a dropped connection, retry.
+        Ok((err::BUSY, m)) => Fail::Retry(anyhow::anyhow!("the target {peer} is busy: {m}")),
         Ok((code, m)) => {
             let exit = match code {
                 err::BAD_RECORD | err::UNTRUSTED => FOUND,

@@ -552,6 +552,37 @@ fn a_key_cache_of_another_capture_id_is_refused() {
     server.join().unwrap();
 }
 
+#[test]
+fn a_full_target_says_busy_and_the_source_retries() {
+    let fx = fixture(&[4]);
+    let (l, addr) = listen();
+    let served = fx.served("web01");
+    let vol = fx.volume();
+    let limits = target::Limits {
+        handshake: Duration::from_secs(2),
+        idle: Duration::from_secs(30),
+        max_peers: 1,
+    };
+    let server = std::thread::spawn(move || target::serve_loop(l, &served, vol, true, limits));
+    // One silent peer takes the only slot until the handshake timeout drops it.
+    let _idle = std::net::TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut plan = fx.plan(fx.key.clone());
+    plan.retries = 20;
+    plan.retry_wait = Duration::from_millis(250);
+    let stats = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap();
+    assert!(stats.verified);
+    assert!(
+        stats.attempts > 1,
+        "the first attempt met a busy target: {stats:?}"
+    );
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap(),
+        std::fs::read(&fx.src).unwrap()
+    );
+    server.join().unwrap().unwrap();
+}
+
 /// Everything one side wrote to the socket.
 struct Record {
     inner: Box<dyn Write + Send>,
