@@ -51,6 +51,26 @@ impl DataKey {
     /// later delta capture, which only has the target's public key, can
     /// reuse this capture's data key. Never put this file on the medium.
     pub fn save_cache(&self, path: &std::path::Path, name: &str) -> Result<()> {
+        self.write_cache(path, name, None)
+    }
+
+    /// [`DataKey::save_cache`] that also records the capture id (an `id`
+    /// line), so `mgear sync` can tell a target serving another capture.
+    pub fn save_cache_with_id(
+        &self,
+        path: &std::path::Path,
+        name: &str,
+        capture_id: &[u8; 16],
+    ) -> Result<()> {
+        self.write_cache(path, name, Some(capture_id))
+    }
+
+    fn write_cache(
+        &self,
+        path: &std::path::Path,
+        name: &str,
+        capture_id: Option<&[u8; 16]>,
+    ) -> Result<()> {
         layout::validate_name(name)?;
         let io = |source| Error::Io {
             path: path.display().to_string(),
@@ -58,7 +78,15 @@ impl DataKey {
         };
         let mut text = Zeroizing::new(String::new());
         text.push_str("# MotionGear data key cache: secret; keep it at the source site, never on the medium\n");
-        text.push_str(&format!("capture {name}\nkey "));
+        text.push_str(&format!("capture {name}\n"));
+        if let Some(id) = capture_id {
+            text.push_str("id ");
+            for b in id {
+                text.push_str(&format!("{b:02x}"));
+            }
+            text.push('\n');
+        }
+        text.push_str("key ");
         for b in self.0.iter() {
             text.push_str(&format!("{b:02x}"));
         }
@@ -66,6 +94,37 @@ impl DataKey {
         // A new 0600 file renamed into place: a symlink planted at `path`
         // is replaced, never written through (see `crate::private`).
         crate::private::replace(path, text.as_bytes()).map_err(io)
+    }
+
+    /// The capture id a key cache records (`None` for caches written
+    /// without one, by [`DataKey::save_cache`] or older releases).
+    pub fn cached_capture_id(path: &std::path::Path) -> Result<Option<[u8; 16]>> {
+        let shown = path.display().to_string();
+        let bytes = crate::private::read(path).map_err(|source| Error::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let text = core::str::from_utf8(&bytes)
+            .map_err(|_| Error::Usage(format!("key cache {shown}: the file is not text")))?;
+        let Some(hex) = text.lines().find_map(|l| l.strip_prefix("id ")) else {
+            return Ok(None);
+        };
+        let hex = hex.trim().as_bytes();
+        let mut id = [0u8; 16];
+        if hex.len() != 32 {
+            return Err(Error::Usage(format!(
+                "key cache {shown}: the id line does not hold 32 hex digits"
+            )));
+        }
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            id[i] = core::str::from_utf8(pair)
+                .ok()
+                .and_then(|s| u8::from_str_radix(s, 16).ok())
+                .ok_or_else(|| {
+                    Error::Usage(format!("key cache {shown}: the id line is not hex"))
+                })?;
+        }
+        Ok(Some(id))
     }
 
     /// Reads a key cache written by [`DataKey::save_cache`] for capture `name`.
@@ -402,6 +461,13 @@ mod tests {
         );
         let e = DataKey::load_cache(&p, "db02").unwrap_err().to_string();
         assert!(e.contains("for capture web01, not db02"), "{e}");
+        assert_eq!(DataKey::cached_capture_id(&p).unwrap(), None);
+        k.save_cache_with_id(&p, "web01", &[0xa5; 16]).unwrap();
+        assert_eq!(DataKey::cached_capture_id(&p).unwrap(), Some([0xa5; 16]));
+        assert_eq!(
+            DataKey::load_cache(&p, "web01").unwrap().as_bytes(),
+            k.as_bytes()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

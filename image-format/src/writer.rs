@@ -445,6 +445,11 @@ impl<S: Store> CaptureWriter<S> {
         &self.key
     }
 
+    /// The capture's id (the same for every generation).
+    pub fn capture_id(&self) -> [u8; 16] {
+        self.capture_id
+    }
+
     /// First chunk index still to write (0 unless resuming).
     pub fn resume_from(&self) -> u64 {
         self.resume_from

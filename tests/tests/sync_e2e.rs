@@ -1,7 +1,10 @@
 //! `mgear serve` / `mgear sync` / `mgear cutover` end to end through the real
 //! binary: capture → ingest → the source changes → sync makes the ingested
 //! volume equal the changed source, a killed sync resumes, and cutover boots
-//! the synced volume and prints its downtime.
+//! the synced volume and prints its downtime. The origin rule: `serve --trust
+//! site.pub` applies only sessions signed with `sync --sign site.key`; the
+//! attacker's data key, unsigned or unpinned sessions are refused, and idle
+//! connections neither block a sync nor stay.
 
 use mgear_tests::output_text as text;
 use std::io::{BufRead, BufReader};
@@ -60,9 +63,11 @@ impl Env {
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)))
     }
 
-    /// keygen, FAT medium, capture `disk.raw` as web01, ingest into `vol.raw`.
+    /// keygen (target and capture site), FAT medium, capture `disk.raw` as
+    /// web01, ingest into `vol.raw`.
     fn capture_and_ingest(&self, medium_size: &str) {
         self.ok(&["keygen", "--out", "target.key"]);
+        self.ok(&["keygen", "--signing", "--out", "site.key"]);
         self.ok(&["medium", "format", "fat:medium.img", "--size", medium_size]);
         self.ok(&[
             "capture",
@@ -94,8 +99,15 @@ impl Env {
         );
     }
 
-    /// Start `mgear serve` on a free port; returns it and its address.
+    /// Start `mgear serve` pinning `site.pub`; returns it and its address.
     fn serve(&self, extra: &[&str]) -> (Bg, String) {
+        let mut a = vec!["--trust", "site.pub"];
+        a.extend_from_slice(extra);
+        self.serve_raw(&a)
+    }
+
+    /// Start `mgear serve` with exactly `extra` besides target, medium and key.
+    fn serve_raw(&self, extra: &[&str]) -> (Bg, String) {
         let mut args = vec![
             "serve",
             "--target",
@@ -159,7 +171,7 @@ fn sync_after_ingest_makes_the_volume_equal_the_changed_source() {
     change_chunks(&e.p("disk.raw"), &[3, 9, 15], 2);
     let (mut serve, addr) = e.serve(&["--once"]);
     let r = e.json(&[
-        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
     ]);
     assert_eq!(r["chunks_sent"], 3, "{r}");
     assert_eq!(r["verified"], true, "{r}");
@@ -183,7 +195,7 @@ fn sync_after_ingest_makes_the_volume_equal_the_changed_source() {
     // The human summary names read, skipped, sent and CPU share.
     let (_serve, addr) = e.serve(&["--once"]);
     let o = e.ok(&[
-        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
     ]);
     let s = String::from_utf8_lossy(&o.stdout);
     for want in [
@@ -218,6 +230,8 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
             "web01",
             "--rate-limit",
             "1MiB/s",
+            "--sign",
+            "site.key",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -237,7 +251,7 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
     first.wait().unwrap();
 
     let r = e.json(&[
-        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
     ]);
     let sent = r["chunks_sent"].as_u64().unwrap();
     assert!(
@@ -278,7 +292,7 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
     std::fs::write(&cache, bad).unwrap();
     let o = e
         .cmd(&[
-            "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+            "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
         ])
         .output()
         .unwrap();
@@ -358,6 +372,8 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
         "MGEAR-BOOT-OK after",
         "--boot-timeout",
         "300",
+        "--sign",
+        "site.key",
     ]);
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("downtime: "), "{}", text(&o));
@@ -366,4 +382,193 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
         !e.p("resumed").exists(),
         "resume runs only when the cutover fails"
     );
+}
+
+fn read_volume(e: &Env) -> Vec<u8> {
+    std::fs::read(e.p("vol.raw")).unwrap()
+}
+
+#[test]
+fn serve_applies_only_pinned_signed_syncs_and_drops_idle_peers() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 8, 5);
+    e.capture_and_ingest("64MiB");
+    change_chunks(&e.p("disk.raw"), &[1, 6], 6);
+    let before = read_volume(&e);
+
+    // serve must be told whose syncs to accept.
+    let o = e
+        .cmd(&[
+            "serve",
+            "--target",
+            "file:vol.raw",
+            "--medium",
+            "fat:medium.img",
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--trust"),
+        "{}",
+        text(&o)
+    );
+
+    let (_serve, addr) = e.serve(&["--handshake-timeout", "2"]);
+    // A connection that never says anything is open the whole time.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let sync_from = |source: &str, extra: &[&str]| {
+        let mut a = vec![
+            "sync",
+            "--source",
+            source,
+            "--to",
+            &addr,
+            "--name",
+            "web01",
+            "--retries",
+            "0",
+        ];
+        a.extend_from_slice(extra);
+        e.cmd(&a).output().unwrap()
+    };
+    let sync = |extra: &[&str]| sync_from("disk.raw", extra);
+
+    // Unsigned: refused, exit 1.
+    let o = sync(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("did not sign the session"),
+        "{}",
+        text(&o)
+    );
+    // Signed by a site key the target does not pin.
+    e.ok(&["keygen", "--signing", "--out", "other.key"]);
+    let o = sync(&["--sign", "other.key"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not pin"),
+        "{}",
+        text(&o)
+    );
+    // The attacker's own capture of another disk, made with target.pub only:
+    // its data key does not open the served capture, even under the pinned signature.
+    write_disk(&e.p("evil.raw"), 8, 66);
+    std::fs::create_dir(e.p("evil")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "evil.raw",
+        "--medium",
+        "dir:evil",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--key-cache",
+        "evil-keys",
+    ]);
+    let evil = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let o = sync_from(
+        "evil.raw",
+        &["--key-cache", "evil-keys", "--sign", "site.key"],
+    );
+    // Its key cache names another capture id than the one served: exit 1.
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        evil(&o).contains("refusing to sync this disk over a different capture"),
+        "{}",
+        text(&o)
+    );
+    // Without the id line (an edited or older cache) the key proof refuses it.
+    let cache = e.p("evil-keys/web01.key");
+    let stripped: String = std::fs::read_to_string(&cache)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("id "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::remove_file(&cache).unwrap();
+    std::fs::write(&cache, stripped).unwrap();
+    let o = sync_from(
+        "evil.raw",
+        &["--key-cache", "evil-keys", "--sign", "site.key"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        evil(&o).contains("does not open the target's capture web01"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        read_volume(&e),
+        before,
+        "no refused peer changed the volume"
+    );
+
+    // The pinned site's signed sync completes while the idle connection is still open.
+    let o = sync(&["--sign", "site.key", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["chunks_sent"], 2, "{r}");
+    assert_eq!(read_volume(&e), std::fs::read(e.p("disk.raw")).unwrap());
+    // ...and the idle peer was dropped by the handshake timeout (EOF, not our 120 s timeout).
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut idle, &mut buf).expect("dropped, not timed out");
+    assert_eq!(n, 0, "the idle peer is disconnected");
+}
+
+#[test]
+fn allow_untrusted_is_an_explicit_loud_override() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 4, 7);
+    e.capture_and_ingest("64MiB");
+    change_chunks(&e.p("disk.raw"), &[2], 8);
+    let mut child = e
+        .cmd(&[
+            "serve",
+            "--target",
+            "file:vol.raw",
+            "--medium",
+            "fat:medium.img",
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-untrusted",
+            "--once",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    e.ok(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01",
+    ]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("WARNING: --allow-untrusted"), "{log}");
+    assert!(log.contains("UNSIGNED session accepted"), "{log}");
+    assert_eq!(read_volume(&e), std::fs::read(e.p("disk.raw")).unwrap());
 }

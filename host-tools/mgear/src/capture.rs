@@ -474,7 +474,9 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     let result = (|| {
         let writer = CaptureWriter::begin(medium.store(), params, key)?;
         create_private_dir(&cache_dir)?;
-        writer.data_key().save_cache(&cache_file, &args.name)?;
+        writer
+            .data_key()
+            .save_cache_with_id(&cache_file, &args.name, &writer.capture_id())?;
         let pace = Pace {
             chunk_size,
             rate,

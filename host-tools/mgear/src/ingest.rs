@@ -43,6 +43,12 @@
 //!   and a marker `<state-dir>/<dev>.mgear-incomplete` exists until the
 //!   read-back check passed.
 //!
+//! Decrypted data never reaches another user: the `.partial` (and the
+//! volume it becomes), the state dir (0700), the state file and the device
+//! marker are created new, 0600, never through a symlink
+//! (`image_format::private`); a `.partial` without its state file is
+//! refused, not adopted.
+//!
 //! Resume: progress is recorded in a state file (`--state-dir`, default
 //! `$XDG_STATE_HOME/mgear/ingest`). After an interruption, re-run the same
 //! command: it continues after the last synced batch.

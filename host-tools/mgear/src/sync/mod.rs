@@ -3,19 +3,22 @@
 //!
 //! ```text
 //! target$ mgear serve --target file:web01.raw --medium fat:medium.img --name web01 \
-//!             --identity target.key --listen 127.0.0.1:7410
-//! source$ mgear sync --source /dev/vg0/web01-snap --to 127.0.0.1:7410 --name web01 --rate-limit 10Mbit/s
+//!             --identity target.key --trust site.pub --listen 127.0.0.1:7410
+//! source$ mgear sync --source /dev/vg0/web01-snap --to 127.0.0.1:7410 --name web01 \
+//!             --sign site.key --rate-limit 10Mbit/s
 //! source$ mgear sync --source 'nbd+unix:///?socket=/run/web01.sock' --dirty-bitmap b0 --to ... --name web01
 //! source$ mgear cutover --source ... --to ... --name web01 --quiesce 'systemctl stop app' \
 //!             --boot-target file:web01.raw --wait-for 'login:'
 //! ```
 //!
 //! The target tells the source the keyed chunk id of every chunk of its
-//! volume; the source sends only chunks whose id differs, each an AES-GCM
-//! record under a per-session key derived from the capture's data key (the
-//! source's key cache; the target unwraps it from the capture's key slot).
-//! See `wire.rs` (frames) and `session.rs` (keys and records) for the byte
-//! layouts, and README.md beside this file for usage.
+//! volume; the source sends only chunks whose id differs. After the
+//! handshake every message is sealed under per-session keys derived from the
+//! capture's data key (the source's key cache; the target unwraps it from the
+//! capture's key slot); the source signs the session with the capture site's
+//! key and the target applies only sessions signed by a key it pins. See
+//! `wire.rs` (frames), `session.rs` (keys, sealing, signature) and SYNC.md
+//! beside this crate for usage and the whole layout.
 
 mod cutover;
 mod session;
@@ -306,6 +309,7 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
             a.name
         ))
     })?;
+    let capture_id = DataKey::cached_capture_id(&cache).map_err(|e| usage(format!("{e}")))?;
     let signer = a
         .sign
         .as_deref()
@@ -320,6 +324,7 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
         retries: a.retries,
         retry_wait: Duration::from_secs_f64(a.retry_wait),
         peer: a.to.clone(),
+        capture_id,
         signer,
     };
     let cpu0 = crate::progress::cpu_seconds();

@@ -104,6 +104,8 @@ pub struct Plan {
     pub retry_wait: Duration,
     /// Peer name for messages.
     pub peer: String,
+    /// The capture id the key cache records, if it records one.
+    pub capture_id: Option<[u8; 16]>,
     /// The capture site's key that signs each session (`--sign`).
     pub signer: Option<ed25519_dalek::SigningKey>,
 }
@@ -228,6 +230,8 @@ pub fn run(
 /// Turn an ERROR frame from the target into a fatal error with the right exit code.
 fn refused(p: &[u8], peer: &str) -> Fail {
     match wire::parse_error(p) {
+        // A full target frees a slot soon: like a dropped connection, retry.
+        Ok((err::BUSY, m)) => Fail::Retry(anyhow::anyhow!("the target {peer} is busy: {m}")),
         Ok((code, m)) => {
             let exit = match code {
                 err::BAD_RECORD | err::UNTRUSTED => FOUND,
@@ -350,6 +354,18 @@ impl Run<'_> {
             || count != layout::chunk_count(vol_size, chunk_size)
         {
             return Err(fatal(anyhow::anyhow!("WELCOME describes an impossible volume ({vol_size} bytes, chunk size {chunk_size}, {count} chunks)")));
+        }
+        if let Some(mine) = self.plan.capture_id.filter(|mine| *mine != capture_id) {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            return Err(Fail::Fatal(coded(
+                FOUND,
+                format!(
+                    "the target serves capture {} of {name}, but this host captured {} under that \
+                     name (key cache): refusing to sync this disk over a different capture",
+                    hex(&capture_id),
+                    hex(&mine)
+                ),
+            )));
         }
         if vol_size != size {
             return Err(fatal(anyhow::anyhow!(

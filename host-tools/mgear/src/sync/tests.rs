@@ -103,6 +103,7 @@ impl Fixture {
             retries: 3,
             retry_wait: Duration::from_millis(10),
             peer: "test target".into(),
+            capture_id: None,
             signer: None,
         }
     }
@@ -522,6 +523,66 @@ fn a_signature_from_another_session_does_not_verify() {
     assert!(e.contains("does not verify"), "{e}");
 }
 
+#[test]
+fn a_key_cache_of_another_capture_id_is_refused() {
+    let fx = fixture(&[2]);
+    let before = std::fs::read(&fx.vol).unwrap();
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("web01"), fx.volume(), 1);
+    let mut plan = fx.plan(fx.key.clone());
+    plan.capture_id = Some([0xee; 16]);
+    plan.retries = 0;
+    let e = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("refusing to sync this disk over a different capture"),
+        "{e:#}"
+    );
+    assert_eq!(code_of(&e), FOUND);
+    drop(server);
+    assert_eq!(std::fs::read(&fx.vol).unwrap(), before);
+    // The right id goes through.
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("web01"), fx.volume(), 1);
+    plan.capture_id = Some(fx.capture_id);
+    assert!(
+        source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr))
+            .unwrap()
+            .verified
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn a_full_target_says_busy_and_the_source_retries() {
+    let fx = fixture(&[4]);
+    let (l, addr) = listen();
+    let served = fx.served("web01");
+    let vol = fx.volume();
+    let limits = target::Limits {
+        handshake: Duration::from_secs(2),
+        idle: Duration::from_secs(30),
+        max_peers: 1,
+    };
+    let server = std::thread::spawn(move || target::serve_loop(l, &served, vol, true, limits));
+    // One silent peer takes the only slot until the handshake timeout drops it.
+    let _idle = std::net::TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut plan = fx.plan(fx.key.clone());
+    plan.retries = 20;
+    plan.retry_wait = Duration::from_millis(250);
+    let stats = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap();
+    assert!(stats.verified);
+    assert!(
+        stats.attempts > 1,
+        "the first attempt met a busy target: {stats:?}"
+    );
+    assert_eq!(
+        std::fs::read(&fx.vol).unwrap(),
+        std::fs::read(&fx.src).unwrap()
+    );
+    server.join().unwrap().unwrap();
+}
+
 /// Everything one side wrote to the socket.
 struct Record {
     inner: Box<dyn Write + Send>,
@@ -860,6 +921,7 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
         retries: 0,
         retry_wait: Duration::ZERO,
         peer: addr.clone(),
+        capture_id: None,
         signer: None,
     };
     let stats = source::run(&plan, &mut disk, &mut || source::tcp(&addr)).unwrap();

@@ -1,0 +1,258 @@
+//! Nothing leaks on the host: what `mgear` writes that holds plaintext or
+//! key material (ingested volumes, `.partial` files, ingest state, key
+//! caches, generated passphrases) is private (0600 files, 0700 dirs), and a
+//! symlink planted at any of those paths (as another user of a shared
+//! directory would plant it) never redirects a write: the run is refused and
+//! the file the link points to stays as it was. Weak passphrases are refused.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use mgear_tests::{output_text as text, Env};
+
+const VICTIM: &[u8] = b"a file someone else cares about\n";
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// A small disk with data in every MiB but the last.
+fn write_disk(path: &Path) {
+    let d: Vec<u8> = (0..3u32 << 20)
+        .map(|i| {
+            if i >= 2 << 20 {
+                0
+            } else {
+                (i.wrapping_mul(2654435761) >> 11) as u8
+            }
+        })
+        .collect();
+    fs::write(path, d).unwrap();
+}
+
+/// keygen, a dir: medium, capture `disk.raw` as web01.
+fn captured() -> Env {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"));
+    e.keygen();
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+    ]);
+    e
+}
+
+fn ingest(e: &Env, extra: &[&str]) -> std::process::Output {
+    let mut a = vec![
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol.raw",
+        "--allow-unsealed",
+    ];
+    a.extend_from_slice(extra);
+    e.run(&a)
+}
+
+/// Where ingest keeps the state of a `file:vol.raw` target (its naming rule).
+fn state_file(e: &Env) -> PathBuf {
+    let abs = fs::canonicalize(e.p(".")).unwrap().join("vol.raw");
+    let key: String = abs
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    e.p("state/mgear/ingest").join(format!("{key}.ingest"))
+}
+
+fn refused(o: &std::process::Output) {
+    assert!(!o.status.success(), "must be refused: {}", text(o));
+}
+
+#[test]
+fn ingest_outputs_are_private() {
+    let e = captured();
+    let o = ingest(&e, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    mgear_tests::same_file(&e.p("vol.raw"), &e.p("disk.raw"));
+    assert_eq!(mode(&e.p("vol.raw")), 0o600, "decrypted volume");
+    assert_eq!(mode(&e.p("state/mgear/ingest")), 0o700, "ingest state dir");
+    assert_eq!(mode(&e.p("state/mgear/keys")), 0o700, "key cache dir");
+    assert_eq!(mode(&e.p("state/mgear/keys/web01.key")), 0o600, "key cache");
+}
+
+#[test]
+fn planted_symlinks_never_redirect_a_write() {
+    let e = captured();
+    fs::write(e.p("victim"), VICTIM).unwrap();
+    let victim = e.p("victim");
+
+    // At the .partial path.
+    symlink(&victim, e.p("vol.raw.partial")).unwrap();
+    refused(&ingest(&e, &[]));
+    assert_eq!(fs::read(&victim).unwrap(), VICTIM);
+    fs::remove_file(e.p("vol.raw.partial")).unwrap();
+
+    // At the state file path.
+    fs::create_dir_all(e.p("state/mgear/ingest")).unwrap();
+    symlink(&victim, state_file(&e)).unwrap();
+    let o = ingest(&e, &[]);
+    refused(&o);
+    assert_eq!(fs::read(&victim).unwrap(), VICTIM);
+    assert!(!e.p("vol.raw").exists(), "{}", text(&o));
+    fs::remove_file(state_file(&e)).unwrap();
+
+    // At the volume path: refused without --force; with --force the link is
+    // replaced by the volume, never written through.
+    symlink(&victim, e.p("vol.raw")).unwrap();
+    refused(&ingest(&e, &[]));
+    assert_eq!(fs::read(&victim).unwrap(), VICTIM);
+    let o = ingest(&e, &["--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(fs::read(&victim).unwrap(), VICTIM);
+    assert!(!fs::symlink_metadata(e.p("vol.raw"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    mgear_tests::same_file(&e.p("vol.raw"), &e.p("disk.raw"));
+    assert_eq!(mode(&e.p("vol.raw")), 0o600);
+
+    // At the key cache path, before a capture writes it.
+    symlink(&victim, e.p("state/mgear/keys/db02.key")).unwrap();
+    let o = e.run(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "db02",
+        "--recipient",
+        "target.pub",
+    ]);
+    refused(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("symlink"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fs::read(&victim).unwrap(), VICTIM);
+    // ...and a planted cache is not read through a link either.
+    let o = e.run(&[
+        "sync",
+        "--source",
+        "disk.raw",
+        "--to",
+        "127.0.0.1:9",
+        "--name",
+        "db02",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("symlink"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_stale_partial_without_state_is_refused_not_adopted() {
+    let e = captured();
+    let planted = vec![0x5a; 3 << 20];
+    fs::write(e.p("vol.raw.partial"), &planted).unwrap();
+    let o = ingest(&e, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refusing to adopt"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fs::read(e.p("vol.raw.partial")).unwrap(), planted);
+    assert!(!e.p("vol.raw").exists());
+    // Removing it, as the message says, lets the ingest run.
+    fs::remove_file(e.p("vol.raw.partial")).unwrap();
+    let o = ingest(&e, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn weak_passphrases_are_refused_and_generated_ones_work() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"));
+    fs::create_dir(e.p("mnt")).unwrap();
+    fs::write(e.p("weak"), "x\n").unwrap();
+    let o = e.run(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--passphrase-file",
+        "weak",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("at least 12 characters"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !e.p("mnt/MGEAR/web01").exists(),
+        "nothing captured with a weak passphrase"
+    );
+
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--passphrase-file",
+        "pw",
+        "--passphrase-generate",
+        "--passphrase-work-factor",
+        "10",
+    ]);
+    assert_eq!(mode(&e.p("pw")), 0o600);
+    let v = e.json(&["verify", "--medium", "dir:mnt", "--passphrase-file", "pw"]);
+    assert_eq!(v["ok"], true, "{v}");
+    // It never overwrites an existing file.
+    let o = e.run(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "db02",
+        "--passphrase-file",
+        "pw",
+        "--passphrase-generate",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
