@@ -72,7 +72,7 @@ fn appliance_console_malformed_input_gets_errors_never_a_crash() {
 
     // A valid frame whose payload is no request.
     let body = {
-        let mut b = vec![1u8];
+        let mut b = vec![mgear_firmware::protocol::PROTOCOL_VERSION];
         b.extend_from_slice(&7u32.to_le_bytes());
         b.extend_from_slice(&[0xee, 0xff, 0x13]);
         let crc = crc32(&b);

@@ -207,6 +207,15 @@ fn appliance_failed_arrival_withdraws_the_pass_and_log_cut_is_detected() {
 fn appliance_console_never_echoes_the_pin() {
     let mut lab = Lab::new(40);
     lab.start();
+    // No terminal for the PIN: the way that works, not an OS error.
+    let out = lab.appliance(&["provision"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("use --pin-file") && !err.contains("os error"),
+        "{err}"
+    );
+    assert_eq!(lab.state(), "Factory");
     lab.provision_and_unlock();
     lab.appliance_ok(&["lock"]);
     let mut con = Console::open(&lab.tty());
