@@ -202,12 +202,16 @@ fn forge_attestations(mnt: &Path, key: &ed25519_dalek::SigningKey) -> (Attestati
         uptime_ms: 1,
         unix_time: None,
         seal_digest: None,
+        log_records: 1,
+        log_head: [0; 32],
+        challenge: None,
     };
     let seal = Attestation::sign(body.clone(), key);
     let mut a = body;
     a.kind = AttestationKind::Arrival;
     a.counter = 2;
     a.seal_digest = Some(seal.digest());
+    a.challenge = Some([3; 32]);
     let arrival = Attestation::sign(a, key);
     (seal, arrival)
 }
