@@ -1240,3 +1240,204 @@ fn cli_source_that_shrinks_mid_capture_is_a_clear_error_and_resumable() {
     ]);
     same_file(&e.p("disk.raw"), &e.p("vol.raw"));
 }
+
+/// Start `mgear ARGS` and wait until `ready()`; the child is still running.
+fn start_when(e: &Env, args: &[&str], ready: impl Fn() -> bool) -> std::process::Child {
+    let mut child = e
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "mgear {args:?} finished too early"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "mgear {args:?} made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn cli_second_writer_on_a_medium_is_refused_before_writing() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 12 << 20, 31);
+    random_disk(&e.p("b.raw"), 4 << 20, 32);
+    let medium = e.fat("m.img", "64MiB");
+    let first = [
+        "capture",
+        "--source",
+        "a.raw",
+        "--medium",
+        &medium,
+        "--name",
+        "disk0",
+        "--recipient",
+        "target.pub",
+        "--rate-limit",
+        "3MiB/s",
+    ];
+    let seg = e.p("m.img");
+    let before = fs::read(&seg).unwrap();
+    let child = start_when(&e, &first, || {
+        fs::read(&seg).map(|now| now != before).unwrap_or(false)
+    });
+    // A second capture (another disk of the machine) and a reader are refused
+    // at once, naming the holder, and exit 3 without touching the medium.
+    let second = e.run(&[
+        "capture",
+        "--source",
+        "b.raw",
+        "--medium",
+        &medium,
+        "--name",
+        "disk1",
+        "--recipient",
+        "target.pub",
+    ]);
+    assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
+    let msg = stderr(&second);
+    assert!(msg.contains("is in use by pid"), "{msg}");
+    assert!(
+        msg.contains("--name disk0"),
+        "the holder's command line is named: {msg}"
+    );
+    let reader = e.run(&["inspect", "--medium", &medium]);
+    assert_eq!(reader.status.code(), Some(3), "{}", stderr(&reader));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Serialised, both captures succeed and the medium is clean.
+    e.ok(&[
+        "capture",
+        "--source",
+        "b.raw",
+        "--medium",
+        &medium,
+        "--name",
+        "disk1",
+        "--recipient",
+        "target.pub",
+    ]);
+    e.ok(&["verify", "--medium", &medium]);
+    fsck_clean(&e.p("m.img"));
+}
+
+#[test]
+fn cli_sigterm_stops_capture_and_ingest_at_a_checkpoint_and_they_resume() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 12 << 20, 33);
+    fs::create_dir(e.p("mnt")).unwrap();
+    let capture = [
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--rate-limit",
+        "3MiB/s",
+    ];
+    let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
+    let child = start_when(&e, &capture, || {
+        fs::metadata(&seg)
+            .map(|m| m.len() > 2 << 20)
+            .unwrap_or(false)
+    });
+    nix_kill(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let msg = stderr(&out);
+    assert!(
+        msg.contains("stopped; run the same command to resume ("),
+        "{msg}"
+    );
+    assert!(msg.contains("of 12.00 MiB done)"), "{msg}");
+    let again = e.json(&capture[..capture.len() - 2]);
+    assert!(again["resumed_from_chunk"].as_u64().unwrap() > 0, "{again}");
+
+    let ingest = [
+        "ingest",
+        "--allow-untrusted",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:v.raw",
+        "--rate-limit",
+        "3MiB/s",
+        "--checkpoint-bytes",
+        "1MiB",
+    ];
+    let partial = e.p("v.raw.partial");
+    // Stop a second and a half after the volume appears: mid-way at 3 MiB/s.
+    let child = start_when(&e, &ingest, || fs::metadata(&partial).is_ok());
+    std::thread::sleep(Duration::from_millis(1500));
+    nix_kill(child.id(), "INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stopped; run the same command to resume ("),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !e.p("v.raw").exists(),
+        "a stopped ingest never looks finished"
+    );
+    e.ok(&ingest[..ingest.len() - 4]);
+    same_file(&e.p("disk.raw"), &e.p("v.raw"));
+}
+
+/// Send SIGTERM/SIGINT to `pid` with kill(1), as an operator would.
+fn nix_kill(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn cli_rate_without_a_unit_is_refused() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 1 << 20, 34);
+    fs::create_dir(e.p("mnt")).unwrap();
+    let out = e.run(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--rate-limit",
+        "50",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("has no unit: write e.g. 50MiB/s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !e.p("mnt/MGEAR").exists(),
+        "nothing written before the refusal"
+    );
+}

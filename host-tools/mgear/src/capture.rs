@@ -171,6 +171,7 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// Run `mgear capture`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    crate::signals::install();
     let report = capture(&args)?;
     if args.json {
         progress::print_json(&report)?;
@@ -649,7 +650,7 @@ fn pump<S: image_format::Store>(
     stats.first_chunk = start;
     let encoder = writer.encoder();
     let bar = Progress::new("capture", size, json);
-    bar.set(start.saturating_mul(u64::from(chunk_size)).min(size));
+    bar.start_at(start.saturating_mul(u64::from(chunk_size)).min(size));
     let mut limiter = rate.map(|r| RateLimiter::new(r, u64::from(chunk_size)));
     // Chunks (from `start`) to copy from the parent instead of reading: clean
     // in the bitmap and present, same length, in the parent.
@@ -796,6 +797,12 @@ fn pump<S: image_format::Store>(
                         writer.checkpoint()?;
                         since_checkpoint = 0;
                         stored_since_checkpoint = 0;
+                    }
+                    if crate::signals::stop_requested() {
+                        // Ctrl-C / SIGTERM: make what is done durable, then say how to go on.
+                        writer.checkpoint()?;
+                        let done = next.saturating_mul(u64::from(chunk_size)).min(size);
+                        return Err(crate::signals::stopped(done, size));
                     }
                 }
             }

@@ -398,6 +398,7 @@ fn open_private(path: &Path, what: &str) -> anyhow::Result<Option<File>> {
 
 /// Run `mgear ingest`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    crate::signals::install();
     // A bad --boot-bus must be reported before a long ingest, not after it.
     let bus = args
         .boot_bus
@@ -700,6 +701,7 @@ fn write_volume<S: image_format::Store>(
             chunk_at(k, count),
         ));
     }
+    bar.start_at(done_bytes);
     // Records are authenticated in batches on every core (see
     // `CaptureReader::read_chunks`), then written in order.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -742,6 +744,14 @@ fn write_volume<S: image_format::Store>(
             Ok(())
         };
         while next_k < count {
+            if crate::signals::stop_requested() {
+                // Ctrl-C / SIGTERM: record what is durable, then say how to go on.
+                if sync_tx.send(std::mem::take(&mut batch_hashes)).is_ok() {
+                    in_flight += 1;
+                }
+                settle(&mut in_flight)?;
+                return Err(crate::signals::stopped(done_bytes, size));
+            }
             let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
             next_k += ks.len() as u64;
             let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();

@@ -10,13 +10,11 @@ mod exit;
 mod ingest;
 mod inspect;
 mod keys;
-#[allow(dead_code)] // taken by the medium openers (being wired in)
 mod lock;
 mod medium;
 mod nbd_source;
 mod progress;
 mod ratelimit;
-#[allow(dead_code)] // polled by the capture and ingest pipelines (being wired in)
 mod signals;
 // Readers are used by capture --sign, ingest --trust and serve (in progress).
 #[allow(dead_code)]

@@ -54,8 +54,21 @@ impl MediumSpec {
 }
 
 /// An open medium. Call [`Medium::close`]: the FAT writer clears the
-/// volume's dirty flag and reports flush errors only there.
-pub enum Medium {
+/// volume's dirty flag and reports flush errors only there. An image,
+/// device or directory stays locked while it is open ([`crate::lock`]):
+/// exclusively for writers, shared for readers.
+pub struct Medium {
+    kind: Kind,
+    _lock: Option<crate::lock::MediumLock>,
+}
+
+impl From<Kind> for Medium {
+    fn from(kind: Kind) -> Self {
+        Medium { kind, _lock: None }
+    }
+}
+
+enum Kind {
     /// A FAT image or device opened with `fatfs`.
     Fat(FatStore<File>),
     /// A mounted directory.
@@ -69,28 +82,28 @@ pub enum Medium {
 impl Medium {
     /// The store the format reads and writes.
     pub fn store(&mut self) -> &mut dyn Store {
-        match self {
-            Medium::Fat(s) => s,
-            Medium::Dir(s) => s,
-            Medium::Nbd(s) => s,
-            Medium::Appliance(s) => s,
+        match &mut self.kind {
+            Kind::Fat(s) => s,
+            Kind::Dir(s) => s,
+            Kind::Nbd(s) => s,
+            Kind::Appliance(s) => s.as_mut(),
         }
     }
 
     /// Flush and close, reporting any error.
     pub fn close(self) -> anyhow::Result<()> {
-        match self {
-            Medium::Fat(s) => s
+        match self.kind {
+            Kind::Fat(s) => s
                 .unmount()
                 .map_err(|e| anyhow::anyhow!("closing the FAT medium: {e}")),
-            Medium::Nbd(s) => s
+            Kind::Nbd(s) => s
                 .unmount()
                 .map_err(|e| anyhow::anyhow!("closing the FAT medium over NBD: {e}")),
             // DirStore makes each file durable when the format syncs it.
-            Medium::Dir(_) => Ok(()),
+            Kind::Dir(_) => Ok(()),
             // The boxed FAT store cannot be unmounted through `dyn Store`;
             // sync flushes its data and metadata, and the appliance owns the volume.
-            Medium::Appliance(mut s) => s
+            Kind::Appliance(mut s) => s
                 .sync("")
                 .map_err(|e| anyhow::anyhow!("syncing the appliance's medium: {e}")),
         }
@@ -113,7 +126,7 @@ impl Where {
     /// Open it.
     pub fn open(&self) -> anyhow::Result<Medium> {
         match (&self.medium, &self.appliance) {
-            (_, Some(port)) => Ok(Medium::Appliance(crate::appliance::open_medium(port)?)),
+            (_, Some(port)) => Ok(Kind::Appliance(crate::appliance::open_medium(port)?).into()),
             (Some(spec), None) => open(spec),
             (None, None) => Err(usage(
                 "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
@@ -126,7 +139,7 @@ impl Where {
     /// byte-for-byte the same afterwards (its sha256 does not change).
     pub fn open_read_only(&self) -> anyhow::Result<Medium> {
         match (&self.medium, &self.appliance) {
-            (_, Some(port)) => Ok(Medium::Appliance(crate::appliance::open_medium(port)?)),
+            (_, Some(port)) => Ok(Kind::Appliance(crate::appliance::open_medium(port)?).into()),
             (Some(spec), None) => open_read_only(spec),
             (None, None) => Err(usage(
                 "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
@@ -156,11 +169,25 @@ pub fn open_read_only(spec: &str) -> anyhow::Result<Medium> {
 }
 
 fn open_mode(spec: &str, read_only: bool) -> anyhow::Result<Medium> {
-    match MediumSpec::parse(spec)? {
+    let parsed = MediumSpec::parse(spec)?;
+    // Two writers on one FAT volume overwrite each other's clusters: lock
+    // before the first byte is read. (An NBD medium is guarded by its server.)
+    let lock = match &parsed {
+        MediumSpec::Dir(path) | MediumSpec::Fat(path) if path.exists() => {
+            Some(crate::lock::lock(path, !read_only, spec)?)
+        }
+        _ => None,
+    };
+    let kind = open_kind(parsed, spec, read_only)?;
+    Ok(Medium { kind, _lock: lock })
+}
+
+fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> anyhow::Result<Kind> {
+    match parsed {
         MediumSpec::Dir(path) => {
             let store =
                 DirStore::open(&path).map_err(|e| anyhow::anyhow!("opening medium {spec}: {e}"))?;
-            Ok(Medium::Dir(store))
+            Ok(Kind::Dir(store))
         }
         MediumSpec::Fat(path) => {
             let file = OpenOptions::new()
@@ -174,7 +201,7 @@ fn open_mode(spec: &str, read_only: bool) -> anyhow::Result<Medium> {
                 FatStore::open(file)
             }
             .map_err(|e| anyhow::anyhow!("opening medium {}: {e}", path.display()))?;
-            Ok(Medium::Fat(store))
+            Ok(Kind::Fat(store))
         }
         MediumSpec::Nbd(url) => {
             let parsed: mgear_nbd::NbdUrl = url
@@ -189,7 +216,7 @@ fn open_mode(spec: &str, read_only: bool) -> anyhow::Result<Medium> {
                 FatStore::open(dev)
             }
             .map_err(|e| anyhow::anyhow!("opening medium {url}: {e}"))?;
-            Ok(Medium::Nbd(store))
+            Ok(Kind::Nbd(store))
         }
     }
 }

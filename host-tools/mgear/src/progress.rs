@@ -42,6 +42,17 @@ impl Progress {
         }
     }
 
+    /// Start at `pos` (a resumed job): the bytes done before this run must
+    /// not count as if moved in its first tick ("48 GiB/s, ETA 0s"), so the
+    /// rate and ETA estimate starts from here.
+    pub fn start_at(&self, pos: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(pos);
+            b.tick(); // the estimator records `pos` as its starting point
+            b.reset_eta();
+        }
+    }
+
     /// Remove the bar.
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
