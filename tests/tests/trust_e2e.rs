@@ -363,3 +363,82 @@ fn appliance_seal_catches_a_deleted_generation() {
     assert!(t.contains("G0002") && t.contains("missing now"), "{t}");
     assert!(!lab.p("vol2.raw").exists());
 }
+
+#[test]
+fn appliance_witness_alone_vouches_for_an_unsigned_capture() {
+    use appliance_util::Lab;
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(3, 7);
+    lab.start();
+    lab.provision_and_unlock();
+    let fp = lab.fingerprint();
+    // Captured through the appliance WITHOUT --sign: the appliance's witness
+    // signature is the COMMIT's only signature, and the receipt names it.
+    let c = lab.capture();
+    let r = &c["receipt"];
+    assert_eq!(r["commit_digest"].as_str().unwrap().len(), 64, "{c}");
+    assert_eq!(
+        r["signers"],
+        serde_json::json!([format!("appliance {fp}")]),
+        "{c}"
+    );
+    let witnessed = format!("appliance {fp} (COMMIT)");
+
+    // Before the seal: origin is proven by the witness alone; only the
+    // missing seal needs its (loud) override, never --allow-untrusted.
+    let out = lab.ingest(&["--allow-unsealed"]);
+    let t = output_text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains(&witnessed) && t.contains("--allow-unsealed"),
+        "{t}"
+    );
+    assert!(!t.contains("--allow-untrusted"), "{t}");
+    same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
+
+    // Another appliance pinned: the witness is by a key the target did not pin.
+    let other = fingerprint(&ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+    let tty = lab.tty();
+    let ingest_other = |extra: &[&str]| {
+        let mut a = vec![
+            "ingest",
+            "--trust-appliance",
+            other.as_str(),
+            "--appliance",
+            tty.as_str(),
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--target",
+            "file:vol2.raw",
+        ];
+        a.extend_from_slice(extra);
+        lab.run(&a)
+    };
+    refused(
+        &ingest_other(&["--allow-unsealed"]),
+        &[
+            "no signature by a pinned key",
+            &format!("COMMIT signed by appliance {fp}, which is not pinned"),
+        ],
+    );
+    assert!(!lab.p("vol2.raw").exists());
+
+    // Seal and arrival as today: no override at all, and the witness and
+    // the attestations both vouch.
+    lab.appliance_ok(&["seal"]);
+    lab.appliance_ok(&["arrival"]);
+    let out = lab.ingest(&[]);
+    let t = output_text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains(&witnessed) && t.contains("(seal + arrival)"),
+        "{t}"
+    );
+    same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
+    refused(&ingest_other(&[]), &["not pinned", &fp]);
+    assert!(!lab.p("vol2.raw").exists());
+    lab.stop();
+}

@@ -644,9 +644,7 @@ impl<P: Platform> Appliance<P> {
             Request::Log { from } => self.log_page(from),
             Request::Erase { overwrite, pin } => self.erase_cmd(overwrite, pin.as_ref()),
             Request::CaptureBegin { name } => self.capture_event(&name, None),
-            Request::CaptureCommit { name, generation } => {
-                self.capture_event(&name, Some(generation))
-            }
+            Request::CaptureCommit { name, generation } => self.capture_commit(&name, generation),
             Request::GetAttestations => self.attestations(),
         };
         self.finish(resp)
@@ -893,24 +891,32 @@ impl<P: Platform> Appliance<P> {
         Ok(Response::Locked)
     }
 
-    fn capture_event(&mut self, name: &str, generation: Option<u64>) -> Result<Response, Error> {
+    /// Why a capture event cannot be recorded now, if it cannot.
+    fn capture_refusal(&self, name: &str) -> Option<Response> {
         if let Some(r) = self.refuse(false) {
-            return Ok(r);
+            return Some(r);
         }
         if self.st.lifecycle != Lifecycle::Ready {
-            return Ok(Response::error(
+            return Some(Response::error(
                 ErrorCode::Sealed,
                 "the medium is sealed: no new captures",
             ));
         }
         if let Some(r) = self.refuse(true) {
-            return Ok(r);
+            return Some(r);
         }
         if let Err(e) = layout::validate_name(name) {
-            return Ok(Response::error(
+            return Some(Response::error(
                 ErrorCode::BadRequest,
                 alloc::format!("{e}"),
             ));
+        }
+        None
+    }
+
+    fn capture_event(&mut self, name: &str, generation: Option<u64>) -> Result<Response, Error> {
+        if let Some(r) = self.capture_refusal(name) {
+            return Ok(r);
         }
         let event = match generation {
             None => Event::CaptureBegin { name: name.into() },
@@ -921,6 +927,83 @@ impl<P: Platform> Appliance<P> {
         };
         let index = self.record(event)?;
         Ok(Response::Recorded { index })
+    }
+
+    /// Witness a finished generation: read its MANIFEST and key slots from
+    /// the medium itself (nothing the host says about them is trusted),
+    /// build the commit and sign it with the identity key in the appliance
+    /// role. The signature says "this appliance held a medium on which this
+    /// generation, with exactly these key slots, was complete"; the target
+    /// accepts it under a pinned appliance fingerprint in place of a site
+    /// signature.
+    fn capture_commit(&mut self, name: &str, generation: u64) -> Result<Response, Error> {
+        if let Some(r) = self.capture_refusal(name) {
+            return Ok(r);
+        }
+        let Ok(gen32) = u32::try_from(generation) else {
+            return Ok(Response::error(
+                ErrorCode::BadRequest,
+                alloc::format!("generation {generation} is out of range"),
+            ));
+        };
+        // The host wrote through the block service: make sure the file view
+        // sees every block it wrote.
+        self.p.medium().flush()?;
+        let mut found: Result<Option<image_format::commit::Commit>, image_format::Error> = Ok(None);
+        let mounted = self.p.with_files(&mut |store, _console| {
+            found = if gen32 == 0 || gen32 > layout::MAX_GENERATIONS {
+                Ok(None)
+            } else {
+                image_format::commit::expected_commit(store, name, gen32)
+            };
+            Ok(())
+        });
+        if let Err(e) = mounted {
+            return Ok(Response::error(
+                ErrorCode::Storage,
+                alloc::format!(
+                    "commit not witnessed: the medium could not be read as a file system ({e})"
+                ),
+            ));
+        }
+        let commit = match found {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Ok(Response::error(
+                    ErrorCode::BadRequest,
+                    alloc::format!(
+                        "commit not witnessed: capture {name} generation {generation} has no MANIFEST on the medium (unfinished or never written); finish the capture, then commit again"
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Ok(Response::error(
+                    ErrorCode::VerifyFailed,
+                    alloc::format!(
+                        "commit not witnessed: capture {name} generation {generation} is damaged on the medium ({e}); run verify"
+                    ),
+                ))
+            }
+        };
+        if commit.name != name || u64::from(commit.generation) != generation {
+            return Ok(Response::error(
+                ErrorCode::VerifyFailed,
+                alloc::format!(
+                    "commit not witnessed: the MANIFEST of capture {name} generation {generation} names another generation; run verify"
+                ),
+            ));
+        }
+        let Some(key) = self.key.as_ref() else {
+            return Ok(Response::error(ErrorCode::Internal, "identity key missing"));
+        };
+        let sig = commit.sign(image_format::commit::SignerRole::Appliance, key);
+        // Custody record only for a generation actually witnessed.
+        self.capture_event(name, Some(generation))?;
+        Ok(Response::Witnessed {
+            digest: commit.digest(),
+            identity_pubkey: sig.public_key,
+            signature: sig.signature,
+        })
     }
 
     fn log_page(&mut self, from: u64) -> Result<Response, Error> {
@@ -1588,6 +1671,17 @@ pub fn render_text(resp: &Response) -> String {
         }
         Response::Error { code, message } => {
             let _ = write!(s, "error ({code:?}): {message}\r\n");
+        }
+        Response::Witnessed {
+            digest,
+            identity_pubkey,
+            ..
+        } => {
+            s.push_str("commit witnessed: ");
+            for b in &digest[..8] {
+                let _ = write!(s, "{b:02x}");
+            }
+            let _ = write!(s, " signed by {}\r\n", attest::fingerprint(identity_pubkey));
         }
     }
     s

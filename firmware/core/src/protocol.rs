@@ -394,6 +394,18 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+    /// Answer to `CaptureCommit`: the custody record is written and the
+    /// appliance signed (role appliance, `image_format::commit` message) the
+    /// commit it built from the generation's MANIFEST and key slots as they
+    /// are on the medium. `digest` is that commit's digest.
+    Witnessed {
+        #[serde(with = "serde_bytes")]
+        digest: [u8; 32],
+        #[serde(with = "serde_bytes")]
+        identity_pubkey: [u8; 32],
+        #[serde(with = "serde_bytes")]
+        signature: [u8; 64],
+    },
 }
 
 impl Response {

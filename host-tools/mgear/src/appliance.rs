@@ -824,24 +824,49 @@ pub fn appliance_identity(port: &Path) -> anyhow::Result<[u8; 32]> {
     })
 }
 
-/// Record a capture event in the appliance's custody log: `generation`
-/// `None` when capture `name` starts writing, `Some(g)` once generation `g`
-/// is committed. For `mgear capture --appliance` (not wired yet by the CLI).
-#[allow(dead_code)]
-pub fn capture_event(port: &Path, name: &str, generation: Option<u64>) -> anyhow::Result<()> {
+/// Record in the appliance's custody log that capture `name` starts writing.
+pub fn capture_begin(port: &Path, name: &str) -> anyhow::Result<()> {
     let mut c = Client::open(port)?;
-    let req = match generation {
-        None => Request::CaptureBegin {
-            name: name.to_string(),
-        },
-        Some(generation) => Request::CaptureCommit {
-            name: name.to_string(),
-            generation,
-        },
+    let req = Request::CaptureBegin {
+        name: name.to_string(),
     };
     match c.call(&req)? {
         Response::Recorded { .. } => Ok(()),
         other => bail!("unexpected reply to a capture event: {other:?}"),
+    }
+}
+
+/// Ask the appliance to witness finished generation `generation` of `name`
+/// (the host must have closed the medium: the appliance reads MANIFEST and
+/// key slots itself). Returns its role-appliance signature over the commit,
+/// not yet checked: the caller verifies it against the commit it computes
+/// and the identity it pinned from `info`.
+pub fn witness_commit(
+    port: &Path,
+    name: &str,
+    generation: u32,
+) -> anyhow::Result<image_format::commit::CommitSignature> {
+    let mut c = Client::open(port)?;
+    let req = Request::CaptureCommit {
+        name: name.to_string(),
+        generation: u64::from(generation),
+    };
+    match c.call(&req)? {
+        Response::Witnessed {
+            identity_pubkey,
+            signature,
+            ..
+        } => Ok(image_format::commit::CommitSignature {
+            role: image_format::commit::SignerRole::Appliance,
+            public_key: identity_pubkey,
+            signature,
+        }),
+        Response::Recorded { .. } => bail!(
+            "the appliance at {} recorded the commit but did not sign it: its firmware predates \
+             commit witnessing; update it, or capture with --sign SITE.key",
+            port.display()
+        ),
+        other => bail!("unexpected reply to a capture commit: {other:?}"),
     }
 }
 

@@ -305,6 +305,64 @@ fn receipt_of(file: &image_format::commit::CommitFile) -> Receipt {
     }
 }
 
+/// Have the appliance witness a finished generation and add its signature
+/// to the COMMIT (creating COMMIT when the capture was not `--sign`ed).
+/// The medium must be closed: the appliance reads MANIFEST and key slots
+/// itself, then the host reopens the medium to write COMMIT. The signature
+/// is accepted only if it is by `identity` (the key `info` reported before
+/// the capture) and verifies over the commit the host computes from the
+/// medium, so a swapped appliance or a commit over other content never
+/// reaches the COMMIT file.
+fn witness_generation(
+    args: &Args,
+    port: &std::path::Path,
+    identity: &[u8; 32],
+    name: &str,
+    generation: u32,
+) -> anyhow::Result<Receipt> {
+    use image_format::commit::{self, CommitFile};
+    let sig = crate::appliance::witness_commit(port, name, generation)?;
+    if sig.public_key != *identity {
+        anyhow::bail!(
+            "the appliance signed with identity {}, not {} it reported before the capture; \
+             check which appliance is connected",
+            crate::sitekey::fingerprint(&sig.public_key),
+            crate::sitekey::fingerprint(identity)
+        );
+    }
+    let mut medium = args.medium.open()?;
+    let result = (|| {
+        let store = medium.store();
+        let expected = commit::expected_commit(store, name, generation)?.ok_or_else(|| {
+            anyhow::anyhow!("{name} generation {generation} has no MANIFEST on the medium")
+        })?;
+        if !expected.verifies(&sig) {
+            anyhow::bail!(
+                "the appliance's witness signature does not verify over {name} generation \
+                 {generation} as it is on the medium (the appliance saw other content); run \
+                 `mgear verify` on the medium"
+            );
+        }
+        let mut file = match commit::read_commit(store, name, generation) {
+            Ok(Some(f)) if f.commit == expected => f,
+            // No COMMIT yet (not --sign'ed), or one over other content:
+            // only what is on the medium now is signed.
+            _ => CommitFile {
+                commit: expected,
+                signatures: Vec::new(),
+            },
+        };
+        file.add(sig)
+            .map_err(|e| anyhow::anyhow!("{name} generation {generation}: {e}"))?;
+        commit::write_commit(store, &file)?;
+        Ok(receipt_of(&file))
+    })();
+    let closed = medium.close();
+    let receipt = result?;
+    closed?;
+    Ok(receipt)
+}
+
 /// Re-run of a finished capture with `--sign`: when the newest generation
 /// is finished but its COMMIT is missing (a crash after MANIFEST) or lacks
 /// this site's signature, sign it instead of capturing again.
@@ -400,7 +458,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         None => None,
     };
     if let Some(port) = &args.medium.appliance {
-        crate::appliance::capture_event(port, &args.name, None)?;
+        crate::appliance::capture_begin(port, &args.name)?;
     }
     let sign_key = args
         .sign
@@ -531,9 +589,15 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         },
     };
     medium.close()?;
-    if let Some(port) = &args.medium.appliance {
-        crate::appliance::capture_event(port, &args.name, Some(u64::from(summary.generation)))?;
-    }
+    let receipt = match (&args.medium.appliance, appliance_id) {
+        (Some(port), Some(identity)) => {
+            witness_generation(args, port, &identity, &summary.name, summary.generation).context(
+                "the generation is captured, but the appliance's witness signature could \
+                     not be added to its COMMIT",
+            )?
+        }
+        _ => receipt,
+    };
     let secs = started.elapsed().as_secs_f64();
     let cpu_seconds = (progress::cpu_seconds() - cpu0).max(0.0);
     Ok(Report {

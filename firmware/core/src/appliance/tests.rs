@@ -323,7 +323,7 @@ fn sealed(seed: u64) -> Appliance<FakePlatform> {
             name: "web01".into(),
             generation: 1
         }),
-        Response::Recorded { .. }
+        Response::Witnessed { .. }
     ));
     let r = a.handle(Request::Seal);
     let Response::Sealed { attestation, .. } = r else {
@@ -1125,4 +1125,89 @@ fn erase_cut_after_its_commit_point_finishes_at_power_up() {
     assert_eq!(a.state(), DeviceState::Erased);
     assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
     assert!(!a.p.secrets.slots.contains_key(SecretSlot::PinHash.name()));
+}
+
+#[test]
+fn capture_commit_is_witnessed_over_the_commit_the_host_computes() {
+    use image_format::commit::{self, CommitFile, SignerRole};
+    let mut a = provisioned(40);
+    let commit_req = |generation| Request::CaptureCommit {
+        name: "web01".into(),
+        generation,
+    };
+    // Locked: no signature, no record.
+    assert_eq!(code(&a.handle(commit_req(1))), Some(ErrorCode::Locked));
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    let r = a.handle(commit_req(1));
+    let Response::Witnessed {
+        digest,
+        identity_pubkey,
+        signature,
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(identity_pubkey, pubkey(&mut a));
+    // What the host computes from the same medium.
+    let expected = commit::expected_commit(&mut a.p.files, "web01", 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(digest, expected.digest());
+    let sig = commit::CommitSignature {
+        role: SignerRole::Appliance,
+        public_key: identity_pubkey,
+        signature,
+    };
+    assert!(expected.verifies(&sig));
+    let file = CommitFile {
+        commit: expected.clone(),
+        signatures: alloc::vec![sig.clone()],
+    };
+    assert_eq!(commit::check_commit(&file, &expected), None);
+    // Not a site signature, and not valid for another generation.
+    let as_site = commit::CommitSignature {
+        role: SignerRole::Site,
+        ..sig.clone()
+    };
+    let mut other = expected.clone();
+    other.generation = 2;
+    assert!(!other.verifies(&sig));
+    // The role is not part of the message; the trust gate tells roles apart.
+    assert!(expected.verifies(&as_site));
+
+    // A generation with no MANIFEST is refused and not logged as committed.
+    let r = a.handle(commit_req(2));
+    let Response::Error {
+        code: ErrorCode::BadRequest,
+        message,
+    } = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(message.contains("no MANIFEST"), "{message}");
+    assert_eq!(code(&a.handle(commit_req(0))), Some(ErrorCode::BadRequest));
+    assert_eq!(
+        code(&a.handle(Request::CaptureCommit {
+            name: "db02".into(),
+            generation: 1
+        })),
+        Some(ErrorCode::BadRequest)
+    );
+    // A damaged MANIFEST is refused too.
+    let manifest = "MGEAR/web01/G0001/MANIFEST";
+    let len = a.p.files.len(manifest).unwrap().unwrap();
+    let mut bytes = alloc::vec![0u8; len as usize];
+    a.p.files.read_at(manifest, 0, &mut bytes).unwrap();
+    bytes[len as usize / 2] ^= 0x10;
+    a.p.files.write_at(manifest, 0, &bytes).unwrap();
+    let r = a.handle(commit_req(1));
+    assert!(code(&r).is_some(), "{r:?}");
+    let committed: Vec<u64> = log_entries(&mut a)
+        .into_iter()
+        .filter_map(|e| match e.event {
+            custody::Event::CaptureCommit { generation, .. } => Some(generation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(committed, [1]);
 }
