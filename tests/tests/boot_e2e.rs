@@ -278,3 +278,23 @@ impl Drop for Killer {
         let _ = self.0.wait();
     }
 }
+
+/// The README's first command: `mgear demo` runs the whole journey (sample
+/// disk, site and target keys, appliance simulator, signed capture, seal,
+/// arrival, pinned-trust ingest, bit-for-bit compare, boot with proof).
+#[test]
+fn demo_runs_the_whole_journey_with_pinned_trust() {
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("mgear"))
+        .args(["demo", "--workdir"])
+        .arg(work.path())
+        .output()
+        .expect("run mgear demo");
+    let t = text(&out);
+    assert!(out.status.success(), "demo failed:\n{t}");
+    assert!(t.contains("demo finished in"), "{t}");
+    assert!(t.contains("appliance fingerprint"), "{t}");
+    // The demo ingests only under pinned keys: no override is taken.
+    assert!(!t.contains("--allow-untrusted"), "{t}");
+    assert!(!t.contains("WARNING"), "{t}");
+}
