@@ -478,24 +478,7 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
 
 /// Start `args`, wait until `ready` is true (or the process ends), SIGKILL it.
 fn kill_when(e: &Env, args: &[&str], ready: impl Fn() -> bool) {
-    let mut child = e
-        .cmd(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !ready() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "mgear {args:?} finished before it could be killed"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "mgear {args:?} made no progress"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start_when(e, args, ready);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
