@@ -33,6 +33,8 @@ fn without_backoff(lab: &Lab, args: &[&str]) -> std::process::Output {
 fn appliance_sealed_lockout_spares_the_shipment() {
     let mut lab = Lab::new(64);
     lab.sealed(3);
+    // What the target pinned when it provisioned this appliance.
+    let pinned = lab.fingerprint();
     let sealed_medium = std::fs::read(lab.p("medium.img")).unwrap();
 
     // Unlock on a sealed appliance: refused, and it says why.
@@ -95,7 +97,9 @@ fn appliance_sealed_lockout_spares_the_shipment() {
     assert_eq!(last["Erase"]["overwrite_medium"], false, "{last}");
     lab.stop();
 
-    // Not one byte of the medium changed, and target.key still decrypts it.
+    // Not one byte of the medium changed, target.key still decrypts it, and
+    // the appliance's witness signature in COMMIT (made before the lockout)
+    // still vouches for it under the pinned fingerprint.
     assert!(
         std::fs::read(lab.p("medium.img")).unwrap() == sealed_medium,
         "the lockout changed the sealed medium"
@@ -107,6 +111,8 @@ fn appliance_sealed_lockout_spares_the_shipment() {
         &m,
         "--identity",
         "target.key",
+        "--trust-appliance",
+        &pinned,
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -115,6 +121,7 @@ fn appliance_sealed_lockout_spares_the_shipment() {
         (true.into(), true.into()),
         "{v}"
     );
+    assert_eq!(v["trust"][0]["trusted"], true, "{v}");
 }
 
 #[test]
