@@ -200,6 +200,7 @@ fn sha256(path: &std::path::Path) -> String {
 fn read_only_commands_leave_a_fat_medium_byte_for_byte_unchanged() {
     let e = mgear_tests::Env::new();
     e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
     std::fs::write(e.p("disk.raw"), disk(12, 3 << 20)).unwrap();
     let m = e.fat("medium.img", "64MiB");
     e.ok(&[
@@ -212,13 +213,23 @@ fn read_only_commands_leave_a_fat_medium_byte_for_byte_unchanged() {
         "web01",
         "--recipient",
         "target.pub",
+        "--sign",
+        "site.key",
     ]);
     let img = e.p("medium.img");
     let before = sha256(&img);
     let commands: [&[&str]; 4] = [
         &["inspect", "--medium", &m],
         &["verify", "--medium", &m],
-        &["verify", "--medium", &m, "--identity", "target.key"],
+        &[
+            "verify",
+            "--medium",
+            &m,
+            "--identity",
+            "target.key",
+            "--trust",
+            "site.pub",
+        ],
         &[
             "ingest",
             "--medium",
@@ -229,7 +240,8 @@ fn read_only_commands_leave_a_fat_medium_byte_for_byte_unchanged() {
             "target.key",
             "--target",
             "file:vol.raw",
-            "--allow-unsealed",
+            "--trust",
+            "site.pub",
         ],
     ];
     for args in commands {

@@ -31,11 +31,12 @@ fn write_disk(path: &Path) {
     fs::write(path, d).unwrap();
 }
 
-/// keygen, a dir: medium, capture `disk.raw` as web01.
+/// keygen (target and site), a dir: medium, capture `disk.raw` as web01, signed.
 fn captured() -> Env {
     let e = Env::new();
     write_disk(&e.p("disk.raw"));
     e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
     fs::create_dir(e.p("mnt")).unwrap();
     e.ok(&[
         "capture",
@@ -47,6 +48,8 @@ fn captured() -> Env {
         "web01",
         "--recipient",
         "target.pub",
+        "--sign",
+        "site.key",
     ]);
     e
 }
@@ -62,7 +65,8 @@ fn ingest(e: &Env, extra: &[&str]) -> std::process::Output {
         "target.key",
         "--target",
         "file:vol.raw",
-        "--allow-unsealed",
+        "--trust",
+        "site.pub",
     ];
     a.extend_from_slice(extra);
     e.run(&a)
@@ -239,7 +243,15 @@ fn weak_passphrases_are_refused_and_generated_ones_work() {
         "10",
     ]);
     assert_eq!(mode(&e.p("pw")), 0o600);
-    let v = e.json(&["verify", "--medium", "dir:mnt", "--passphrase-file", "pw"]);
+    // The passphrase is what is tested here, not who wrote the capture.
+    let v = e.json(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--passphrase-file",
+        "pw",
+        "--allow-untrusted",
+    ]);
     assert_eq!(v["ok"], true, "{v}");
     // It never overwrites an existing file.
     let o = e.run(&[
