@@ -1424,3 +1424,21 @@ fn cli_rate_without_a_unit_is_refused() {
         "nothing written before the refusal"
     );
 }
+
+#[test]
+fn cli_closed_stdout_ends_quietly_not_with_a_panic() {
+    // `mgear appliance log | head`: the reader goes away before mgear prints.
+    let e = Env::new();
+    let mut child = e
+        .cmd(&["keygen", "--signing", "--out", "site.key"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+    assert!(matches!(out.status.code(), Some(0) | Some(3)), "{err}");
+}
