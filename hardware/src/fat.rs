@@ -525,16 +525,8 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
 
     /// The cluster map of file `path` (cached), `None` if it does not exist.
     fn map(&mut self, path: &str) -> Result<Option<&mut FileMap>, StoreError> {
-        let Some(geo) = &self.geo else {
-            return Ok(None);
-        };
-        if self.maps.get(path).is_none() {
-            match fatmap::lookup(geo, &mut cache_reader(&self.cache), path)? {
-                Some(m) => self.maps.insert(path, m),
-                None => return Ok(None),
-            }
-        }
-        Ok(self.maps.get(path))
+        self.maps
+            .get_or_lookup(self.geo.as_ref(), &mut cache_reader(&self.cache), path)
     }
 
     /// Write back everything, clear the volume's dirty flag if it was set

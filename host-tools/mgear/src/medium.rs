@@ -125,22 +125,20 @@ pub struct Where {
 impl Where {
     /// Open it.
     pub fn open(&self) -> anyhow::Result<Medium> {
-        match (&self.medium, &self.appliance) {
-            (_, Some(port)) => Ok(Kind::Appliance(crate::appliance::open_medium(port)?).into()),
-            (Some(spec), None) => open(spec),
-            (None, None) => Err(usage(
-                "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
-            )),
-        }
+        self.open_mode(false)
     }
 
     /// Open it for a command that only reads (inspect, verify, ingest,
     /// serve): a `fat:` or NBD medium is opened read-only, so it is
     /// byte-for-byte the same afterwards (its sha256 does not change).
     pub fn open_read_only(&self) -> anyhow::Result<Medium> {
+        self.open_mode(true)
+    }
+
+    fn open_mode(&self, read_only: bool) -> anyhow::Result<Medium> {
         match (&self.medium, &self.appliance) {
             (_, Some(port)) => Ok(Kind::Appliance(crate::appliance::open_medium(port)?).into()),
-            (Some(spec), None) => open_read_only(spec),
+            (Some(spec), None) => open_mode(spec, read_only),
             (None, None) => Err(usage(
                 "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
             )),
@@ -157,17 +155,8 @@ impl Where {
     }
 }
 
-/// Open a medium for reading and writing.
-pub fn open(spec: &str) -> anyhow::Result<Medium> {
-    open_mode(spec, false)
-}
-
-/// Open a medium for reading only: an image or device is opened O_RDONLY
-/// and the FAT store refuses every write, so nothing on it changes.
-pub fn open_read_only(spec: &str) -> anyhow::Result<Medium> {
-    open_mode(spec, true)
-}
-
+/// Open the medium `spec`; `read_only`: an image or device is opened
+/// O_RDONLY and the FAT store refuses every write, so nothing on it changes.
 fn open_mode(spec: &str, read_only: bool) -> anyhow::Result<Medium> {
     let parsed = MediumSpec::parse(spec)?;
     // Two writers on one FAT volume overwrite each other's clusters: lock
@@ -375,10 +364,10 @@ mod tests {
             code_of(&format_fat(&p, Some(8 << 20), true).unwrap_err()),
             USAGE
         );
-        let mut m = open(&format!("fat:{}", p.display())).unwrap();
+        let mut m = open_mode(&format!("fat:{}", p.display()), false).unwrap();
         m.store().create_dir_all("x/y").unwrap();
         m.close().unwrap();
-        let mut m = open(&format!("fat:{}", p.display())).unwrap();
+        let mut m = open_mode(&format!("fat:{}", p.display()), false).unwrap();
         assert_eq!(m.store().list("x").unwrap().len(), 1);
         m.close().unwrap();
     }

@@ -635,6 +635,30 @@ impl MapCache {
         self.maps.iter_mut().find(|(p, _)| *p == k).map(|(_, m)| m)
     }
 
+    /// The map of `path`: cached, else looked up on the volume (`geo`) and
+    /// remembered; `None` if the file does not exist or the volume is not
+    /// one the direct path handles (`geo` is `None`).
+    pub fn get_or_lookup<R>(
+        &mut self,
+        geo: Option<&Geometry>,
+        read: &mut R,
+        path: &str,
+    ) -> Result<Option<&mut FileMap>, StoreError>
+    where
+        R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    {
+        let Some(geo) = geo else {
+            return Ok(None);
+        };
+        if self.get(path).is_none() {
+            match lookup(geo, read, path)? {
+                Some(m) => self.insert(path, m),
+                None => return Ok(None),
+            }
+        }
+        Ok(self.get(path))
+    }
+
     /// Remember `map` for `path` (dropping the oldest map when full).
     pub fn insert(&mut self, path: &str, map: FileMap) {
         self.forget(path);
