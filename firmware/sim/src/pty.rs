@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -40,9 +40,9 @@ impl Pty {
             nix::unistd::ttyname(pair.slave.as_fd()).context("ttyname of pty slave")?;
         set_raw(pair.slave.as_fd()).context("putting the console pty in raw mode")?;
         set_raw(pair.master.as_fd()).context("putting the console pty master in raw mode")?;
-        let flags = fcntl(pair.master.as_raw_fd(), FcntlArg::F_GETFL).context("fcntl")?;
+        let flags = fcntl(&pair.master, FcntlArg::F_GETFL).context("fcntl")?;
         fcntl(
-            pair.master.as_raw_fd(),
+            &pair.master,
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         )
         .context("making the console pty non-blocking")?;

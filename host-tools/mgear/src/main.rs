@@ -1,30 +1,10 @@
 //! `mgear`: MotionGear host tools.
 //!
-//! One module per subcommand; each module's `//!` doc explains it for users.
-mod appliance;
-mod bench;
-mod boot_cmd;
-mod capture;
-mod demo;
-mod exit;
-mod ingest;
-mod inspect;
-mod keys;
-mod lock;
-mod medium;
-mod nbd_source;
-mod progress;
-mod ratelimit;
-mod signals;
-// Readers are used by capture --sign, ingest --trust and serve (in progress).
-#[allow(dead_code)]
-mod sitekey;
-mod source;
-mod sync;
-mod tools;
-mod trust;
-mod units;
-mod verify;
+//! The thin binary over the `mgear` library (`lib.rs`): one module per
+//! subcommand; each module's `//!` doc explains it for users.
+use mgear::{
+    appliance, bench, boot_cmd, capture, demo, exit, ingest, inspect, keys, medium, sync, verify,
+};
 
 use clap::{Parser, Subcommand};
 

@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mgear_boot::libvirt::DEFAULT_CONN;
@@ -20,9 +19,7 @@ use mgear_boot::{
 
 const POOL: &str = "mgear";
 
-/// The tests share a process id, so `our_domains` would see each other's
-/// domains; they also compete for two cores. Run their boots one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::LIBVIRT as SERIAL;
 
 fn start_libvirtd() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirtd.sh");

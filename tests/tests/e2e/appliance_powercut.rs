@@ -2,11 +2,9 @@
 //! next start recovers (locked again, custody log intact), the capture
 //! resumes, and the result ingests bit-identical.
 
-mod appliance_util;
-
 use std::time::Duration;
 
-use appliance_util::*;
+use crate::appliance_util::*;
 
 #[test]
 fn appliance_sigkill_mid_capture_resume_identical() {

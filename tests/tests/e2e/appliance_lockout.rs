@@ -2,11 +2,9 @@
 //! the medium overwritten, identity secret gone), logs it, and the capture
 //! can no longer be ingested.
 
-mod appliance_util;
-
 use std::time::Duration;
 
-use appliance_util::*;
+use crate::appliance_util::*;
 
 #[test]
 fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {

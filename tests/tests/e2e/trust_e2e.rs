@@ -3,8 +3,6 @@
 //! refused (exit 1, a message saying what was expected and what was found);
 //! the legitimate journey with `--trust` must pass.
 
-mod appliance_util;
-
 use std::fs;
 use std::path::Path;
 use std::process::Output;
@@ -301,7 +299,7 @@ fn huge_sparse_files_are_refused_unread() {
 
 #[test]
 fn appliance_seal_catches_a_deleted_generation() {
-    use appliance_util::Lab;
+    use crate::appliance_util::Lab;
     let mut lab = Lab::new(64);
     lab.keygen();
     lab.make_disk(3, 1);
@@ -366,7 +364,7 @@ fn appliance_seal_catches_a_deleted_generation() {
 
 #[test]
 fn appliance_witness_alone_vouches_for_an_unsigned_capture() {
-    use appliance_util::Lab;
+    use crate::appliance_util::Lab;
     let mut lab = Lab::new(64);
     lab.keygen();
     lab.make_disk(3, 7);

@@ -11,13 +11,12 @@ use mgear_tests::{same_file, Env};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const POOL: &str = "mgear";
 const CONN: &str = "qemu:///system";
 
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::LIBVIRT as SERIAL;
 
 /// Build the sample disk with `marker`, capture it onto a dir: medium.
 fn captured_sample(e: &Env, marker: &str) -> String {

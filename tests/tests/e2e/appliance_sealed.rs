@@ -7,13 +7,11 @@
 //! never echoes a PIN. The simulator's state is private and refuses planted
 //! symlinks.
 
-mod appliance_util;
-
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use appliance_util::*;
+use crate::appliance_util::*;
 
 /// Give `args` (an erase or unlock with a PIN) until it stops answering
 /// BackOff; returns the last output.

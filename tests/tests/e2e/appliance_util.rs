@@ -1,7 +1,7 @@
 //! Shared harness of the `appliance_*` scenarios: a running
 //! `mgear-appliance-sim` (real pty, real NBD socket) in a scratch
 //! directory, and the `mgear` binary driven against it.
-#![allow(dead_code)] // each scenario file uses a different subset
+// Each scenario module uses a different subset of these helpers.
 
 use std::fs;
 use std::io::{Read, Write};

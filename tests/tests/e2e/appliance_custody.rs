@@ -1,11 +1,9 @@
 //! The custody log: verifies end to end, survives SIGKILL (a torn last
 //! record is dropped and logged), and a tampered record is detected.
 
-mod appliance_util;
-
 use std::io::Write;
 
-use appliance_util::*;
+use crate::appliance_util::*;
 
 #[test]
 fn appliance_custody_log_verifies_survives_power_cut_and_detects_tampering() {

@@ -2,11 +2,9 @@
 //! NBD medium): provision, unlock, capture through the appliance, seal,
 //! writes refused by `qemu-io` and `nbdcopy`, arrival, bit-identical ingest.
 
-mod appliance_util;
-
 use std::process::Command;
 
-use appliance_util::*;
+use crate::appliance_util::*;
 
 #[test]
 fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {

@@ -2,9 +2,7 @@
 //! fails and names the place (the segment inside a capture, or the raw
 //! region outside captures), and ingest is refused.
 
-mod appliance_util;
-
-use appliance_util::*;
+use crate::appliance_util::*;
 
 #[test]
 fn appliance_tamper_in_a_segment_is_named_and_blocks_ingest() {

@@ -2,12 +2,10 @@
 //! never crash the appliance: hand-made bad frames, a seeded stream of
 //! random bytes, unknown commands, and the human line mode.
 
-mod appliance_util;
-
 use mgear_firmware::protocol::{decode_frame, encode_frame, ErrorCode, Request, Response};
 use rand::{Rng, RngCore, SeedableRng};
 
-use appliance_util::*;
+use crate::appliance_util::*;
 
 /// Read until a whole frame with `id` arrives and return its response.
 fn reply(con: &mut Console, id: u32) -> Response {

@@ -1,0 +1,26 @@
+//! The MotionGear host library: every pipeline the `mgear` binary runs
+//! (capture, verify, ingest, appliance client, boot, sync, bench, demo) as
+//! modules other programs and the end-to-end tests can call. `main.rs` only
+//! parses the command line and maps results to exit codes.
+pub mod appliance;
+pub mod bench;
+pub mod boot_cmd;
+pub mod capture;
+pub mod demo;
+pub mod exit;
+pub mod ingest;
+pub mod inspect;
+pub mod keys;
+pub mod lock;
+pub mod medium;
+pub mod nbd_source;
+pub mod progress;
+pub mod ratelimit;
+pub mod signals;
+pub mod sitekey;
+pub mod source;
+pub mod sync;
+pub mod tools;
+pub mod trust;
+pub mod units;
+pub mod verify;
