@@ -152,6 +152,9 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 /// What `ingest --json` prints.
@@ -240,12 +243,11 @@ fn libvirt_precheck(t: &LibvirtTarget, force: bool) -> anyhow::Result<Option<Vol
         .context("running virsh")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("connect") {
+        if let Some(why) = boot_cmd::libvirtd_unreachable() {
             return Err(coded(
                 IO,
                 format!(
-                    "libvirtd is not reachable at {DEFAULT_CONN} ({}): start it: scripts/libvirtd.sh (or `libvirtd -d` as root)",
-                    err.trim()
+                    "libvirtd is not reachable at {DEFAULT_CONN} ({why}): start it: scripts/libvirtd.sh (or `libvirtd -d` as root)"
                 ),
             ));
         }
@@ -409,6 +411,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.boot {
         code = boot_volume(&args, bus, &mut r)?;
     }
+    if let Some(p) = &args.report {
+        crate::report::write(p, &crate::report::ingest(&r, &args.medium.describe())?)?;
+    }
     if args.json {
         progress::print_json(&r)?;
     } else {
@@ -532,7 +537,35 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         args.generation,
         &policy,
     )
-    .map_err(|e| coded(FOUND, format!("ingest refused: {e:#}")))?;
+    .map_err(|e| {
+        let code = crate::exit::classified(&e).unwrap_or(FOUND);
+        coded(code, format!("ingest refused: {e:#}"))
+    });
+    let verdict = match verdict {
+        Ok(v) => v,
+        // A name that is not on the medium is a usage error, not a refusal.
+        Err(e) => match image_format::list_captures(medium.store()) {
+            Ok(caps) if !caps.iter().any(|c| c.name == args.name) => {
+                let names: Vec<&str> = caps.iter().map(|c| c.name.as_str()).collect();
+                return Err(crate::exit::coded_hint(
+                    crate::exit::USAGE,
+                    format!(
+                        "there is no capture {:?} on {} (captures: {})",
+                        args.name,
+                        args.medium.describe(),
+                        if names.is_empty() {
+                            "none".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                    "`mgear inspect --medium ...` lists the captures; pass one with --name",
+                ));
+            }
+            _ => return Err(e),
+        },
+    };
+    crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
     if !verdict.trusted_by.is_empty() {
         eprintln!(
             "mgear: generation {} is signed by pinned {}",
@@ -541,6 +574,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         );
     }
     let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
+    crate::report::note_manifest(reader.manifest());
     let mut report = write_volume(args, &target, &sdir, reader, started)?;
     medium.close()?;
     if args.adapt {
