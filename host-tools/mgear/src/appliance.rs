@@ -12,13 +12,17 @@
 //! mgear appliance attestations [--out DIR]      # the seal/arrival attestations (files for ingest)
 //! mgear appliance log [--verify [--trust-appliance FP]]  # custody log; --verify checks chain,
 //!                                               # signatures and that no attested record was cut off
-//! mgear appliance erase [--overwrite] [--pin-file FILE] --yes  # crypto-erase (needs the PIN)
+//! mgear appliance erase [--overwrite] [--pin-file FILE] [--certificate FILE] --yes
+//!                                               # crypto-erase (needs the PIN); the certificate
+//!                                               # holds the appliance-signed custody record
 //! mgear appliance list                          # attached appliances (USB id 1209:4d47)
 //! ```
 //!
 //! Without `--port` the appliance is found by its USB vendor/product id.
 //! PINs are read from the terminal (without echo) unless `--pin-file` is
-//! given; they never appear on the command line. Long operations (seal,
+//! given; they never appear on the command line. Human output shows times as
+//! ISO-8601 UTC and keys and digests as hex (`render.rs`); `--json` keeps
+//! the protocol's machine form, byte strings as hex. Long operations (seal,
 //! arrival, verify, erase) report progress with an ETA; the host waits as
 //! long as progress keeps coming. Exit codes: 0 success,
 //! 1 a check failed (verify/arrival problems, a damaged custody log),
@@ -27,6 +31,7 @@
 mod client;
 mod discover;
 mod gate;
+mod render;
 // The HID transport's framing; the hidapi transport that uses it on a real
 // board is not written yet, so it is compiled for its tests only.
 #[cfg(test)]
@@ -36,12 +41,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::exit::usage;
+use crate::exit::{coded, coded_hint, usage, FOUND, USAGE};
 use image_format::store::{FatStore, FlushIsDurable};
 use image_format::Store;
-use mgear_firmware::attest::{
-    check_log_covers, fingerprint, full_fingerprint, verify_attestation, Attestation,
-};
+use mgear_firmware::attest::{check_log_covers, full_fingerprint, verify_attestation, Attestation};
 use mgear_firmware::custody::{verify_log, Event, LogRecord};
 use mgear_firmware::protocol::{DeviceState, Info, Pin, Problem, Request, Response, VerifyReport};
 use zeroize::Zeroizing;
@@ -119,6 +122,11 @@ pub enum Cmd {
         /// Confirm: this cannot be undone.
         #[arg(long)]
         yes: bool,
+        /// Write an erase certificate: FILE (JSON) and FILE with `.txt`: the
+        /// appliance's identity, what was erased and when, and the custody
+        /// record of the erase, signed by the appliance and checked here.
+        #[arg(long, value_name = "FILE")]
+        certificate: Option<PathBuf>,
     },
     /// List attached appliances (USB serial devices with MotionGear's id).
     List,
@@ -126,14 +134,19 @@ pub enum Cmd {
 
 /// Run `mgear appliance`; returns the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    let json = args.json || crate::output::json();
+    if let Cmd::Erase { yes: false, .. } = args.cmd {
+        // Refuse before looking for the appliance: a usage error stays one.
+        return Err(usage("erase destroys the key slots on the medium (the capture can no longer be decrypted, even with target.key) and the appliance identity for good; add --yes to confirm"));
+    }
     if let Cmd::List = args.cmd {
         let found = discover::list()?;
-        if args.json {
+        if json {
             let v: Vec<_> = found
                 .iter()
                 .map(|f| serde_json::json!({"port": f.port, "serial_number": f.serial_number}))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            render::emit(true, &serde_json::json!({ "appliances": v }))?;
         } else if found.is_empty() {
             println!("no appliance attached");
         } else {
@@ -149,19 +162,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let port = resolve_port(args.port.as_deref())?;
     let mut c = Client::open(&port)?;
-    match run_cmd(&mut c, args.cmd, args.json) {
+    match run_cmd(&mut c, args.cmd, json) {
         Ok(code) => Ok(code),
+        // The appliance refused (wrong PIN, wrong state): exit 2, with its reason.
         Err(e) => match e.downcast_ref::<ApplianceError>() {
-            Some(ae) => {
-                if args.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"error": {"code": format!("{:?}", ae.code), "message": ae.message}})
-                    );
-                }
-                eprintln!("mgear: error: {ae}");
-                Ok(2)
-            }
+            Some(ae) => Err(coded(USAGE, ae.to_string())),
             None => Err(e),
         },
     }
@@ -175,8 +180,7 @@ fn resolve_port(port: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    render::emit(true, v)
 }
 
 fn progress_printer(json: bool) -> impl FnMut(&str, u64, u64) {
@@ -249,10 +253,13 @@ fn human_secs(s: u64) -> String {
 fn read_pin(pin_file: Option<&Path>, confirm: bool) -> anyhow::Result<Pin> {
     let text = match pin_file {
         Some(f) => {
-            let raw = Zeroizing::new(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading PIN file {}", f.display()))?,
-            );
+            // Like a key file: one that cannot be read is a usage error (2).
+            let raw = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+                usage(format!(
+                    "cannot read PIN file {}: {e}; give a file with the PIN on its first line",
+                    f.display()
+                ))
+            })?);
             Zeroizing::new(raw.lines().next().unwrap_or("").to_string())
         }
         None => {
@@ -271,14 +278,16 @@ fn read_pin(pin_file: Option<&Path>, confirm: bool) -> anyhow::Result<Pin> {
             if confirm {
                 let b = Zeroizing::new(rpassword::prompt_password("Repeat PIN: ").map_err(no_tty)?);
                 if *a != *b {
-                    bail!("the two PINs differ; nothing was changed");
+                    return Err(usage("the two PINs differ; nothing was changed"));
                 }
             }
             a
         }
     };
     if text.is_empty() {
-        bail!("empty PIN");
+        return Err(usage(
+            "empty PIN: the PIN file's first line (or what was typed) is empty",
+        ));
     }
     Ok(Pin::new(text.as_str()))
 }
@@ -324,7 +333,7 @@ fn print_info(i: &Info) {
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::output::hex(b)
 }
 
 fn print_report(r: &VerifyReport) {
@@ -476,13 +485,11 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                         hex(&challenge),
                         a.body.challenge.map(|c| hex(&c)).unwrap_or_else(|| "none".into())
                     );
-                    if json {
-                        print_json(
-                            &serde_json::json!({"error": {"code": "ChallengeMismatch", "message": msg}}),
-                        )?;
-                    }
-                    eprintln!("mgear: error: {msg}");
-                    return Ok(1);
+                    return Err(coded_hint(
+                        FOUND,
+                        msg,
+                        "run `mgear appliance arrival` again on this host; if it repeats, the console is not talking to the real appliance",
+                    ));
                 }
             }
             if json {
@@ -526,15 +533,10 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                 } else {
                     for (name, att) in [("seal", &seal), ("arrival", &arrival)] {
                         match att {
-                            Some(a) => println!(
-                                "{name}: {} by {} counter {} ({} files, {} regions)",
-                                hex(&a.digest()),
-                                fingerprint(&a.body.identity),
-                                a.body.counter,
-                                a.body.files.len(),
-                                a.body.regions.len()
-                            ),
-                            None => println!("{name}: none"),
+                            Some(a) => render::attestation_lines(name, a)
+                                .iter()
+                                .for_each(|l| println!("{l}")),
+                            None => println!("{name} attestation: none"),
                         }
                     }
                 }
@@ -552,7 +554,15 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                     Ok(e) => e,
                     Err(why) => {
                         if json {
-                            print_json(&serde_json::json!({"verified": false, "error": why}))?;
+                            let msg = format!("custody log FAILED verification: {why}");
+                            println!(
+                                "{}",
+                                crate::output::error_line(
+                                    FOUND,
+                                    &msg,
+                                    "do not trust this appliance's history; keep it and report the shipment"
+                                )
+                            );
                         } else {
                             println!("custody log FAILED verification: {why}");
                         }
@@ -571,14 +581,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                 )?;
             } else {
                 for e in &entries {
-                    let when = e
-                        .unix_time
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:>5}  t={when}  up={}ms  {:?}",
-                        e.index, e.uptime_ms, e.event
-                    );
+                    println!("{}", render::log_line(e));
                 }
                 if verify {
                     println!(
@@ -593,6 +596,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
             overwrite,
             pin_file,
             yes,
+            certificate,
         } => {
             if !yes {
                 return Err(usage("erase destroys the key slots on the medium (the capture can no longer be decrypted, even with target.key) and the appliance identity for good; add --yes to confirm"));
@@ -612,6 +616,26 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                     key_slots,
                     medium_overwritten,
                 } => {
+                    if let Some(path) = certificate {
+                        let (cert, verified) = erase_certificate(c)?;
+                        crate::report::write_json_and_text(
+                            &path,
+                            &cert,
+                            &render::certificate_text(&cert),
+                        )?;
+                        if !json {
+                            println!("erase certificate: {}", path.display());
+                        }
+                        if !verified {
+                            return Err(coded(
+                                FOUND,
+                                format!(
+                                    "the appliance erased, but its custody record of the erase does not verify under its identity (certificate {} says so)",
+                                    path.display()
+                                ),
+                            ));
+                        }
+                    }
                     if json {
                         print_json(
                             &serde_json::json!({"key_slots": key_slots, "medium_overwritten": medium_overwritten}),
@@ -645,6 +669,62 @@ fn expect_simple(c: &mut Client, req: &Request, json: bool, text: &str) -> anyho
         println!("{text}");
     }
     Ok(0)
+}
+
+/// The erase certificate, from what the appliance says after an erase: its
+/// identity (kept after erase so its log stays verifiable), medium, and the
+/// custody record of the erase with the log's chain and signatures checked
+/// here. The protocol has no "sign this certificate" request, so the
+/// appliance's signature is the one on that custody record. Returns the
+/// certificate and whether the record verified.
+fn erase_certificate(c: &mut Client) -> anyhow::Result<(serde_json::Value, bool)> {
+    let i = info(c)?;
+    let records = fetch_log(c)?;
+    let key = i.identity_pubkey;
+    let verified = key.map(|k| verify_log(&records, &k));
+    let last_erase = records.iter().rev().find_map(|r| {
+        let s = r.decode().ok()?;
+        matches!(s.entry.event, Event::Erase { .. }).then_some((r, s))
+    });
+    let record = last_erase.as_ref().map(|(r, s)| {
+        use sha2::Digest;
+        serde_json::json!({
+            "index": s.entry.index,
+            "time": s.entry.unix_time.map(crate::output::iso_time),
+            "uptime_ms": s.entry.uptime_ms,
+            "event": render::event_text(&s.entry.event),
+            "body": hex(&r.body),
+            "body_sha256": hex(&sha2::Sha256::digest(&r.body)),
+            "signature": hex(&s.signature),
+        })
+    });
+    let ok = matches!(verified, Some(Ok(_))) && record.is_some();
+    let verdict = match (&verified, &record) {
+        (Some(Ok(_)), Some(_)) => "verified: the erase record is signed by the appliance identity and chained to the whole custody log".to_string(),
+        (Some(Ok(_)), None) => "NOT verified: the custody log holds no erase record".to_string(),
+        (Some(Err(e)), _) => format!("NOT verified: {e}"),
+        (None, _) => "NOT verified: the appliance reports no identity".to_string(),
+    };
+    let cert = serde_json::json!({
+        "certificate": "mgear-erase-certificate/1",
+        "issued": crate::output::now_iso(),
+        "host": std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+        "appliance": {
+            "identity_pubkey": key.map(|k| hex(&k)),
+            "fingerprint": key.map(|k| full_fingerprint(&k)),
+            "firmware_version": i.firmware_version,
+            "state": i.state.as_str(),
+        },
+        "medium": {
+            "id": i.medium_id.map(|m| hex(&m)),
+            "bytes": i.medium_bytes,
+        },
+        "custody_log_records": records.len(),
+        "erase_record": record,
+        "verified": ok,
+        "verdict": verdict,
+    });
+    Ok((cert, ok))
 }
 
 /// `log --verify`: the identity to check against (the pinned one if given,
@@ -938,7 +1018,7 @@ mod tests {
             out: Vec::new(),
             answer,
         }));
-        run_cmd(&mut c, Cmd::Arrival, true).unwrap()
+        run_cmd(&mut c, Cmd::Arrival, true).unwrap_or_else(|e| crate::exit::code_of(&e))
     }
 
     #[test]

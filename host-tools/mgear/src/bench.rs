@@ -374,6 +374,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     no_compress: false,
                     threads: None,
                     json: true,
+                    report: None,
                     checkpoint_bytes: "64MiB".into(),
                     passphrase_work_factor: None,
                     sign: None,
@@ -451,6 +452,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     rate_limit: None,
                     checkpoint_bytes: "64MiB".into(),
                     json: true,
+                    report: None,
                 })
                 .map(|_| ())
             })?;

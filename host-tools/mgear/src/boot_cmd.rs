@@ -129,6 +129,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "nothing to do: give --target (or --build-sample PATH)",
         ));
     };
+    if args.timeout == 0 && args.check_profile.is_none() {
+        return Err(usage(
+            "--timeout 0 gives the guest no time to boot: give the seconds to wait for --wait-for",
+        ));
+    }
     let target = resolve(target)?;
     if let Some(name) = &args.check_profile {
         return check(target.local(), name, args.json);
@@ -221,14 +226,33 @@ pub fn resolve_spec(t: &crate::spec::Target) -> anyhow::Result<Resolved> {
     }
 }
 
+/// The sockets `qemu:///system` is served on (monolithic libvirtd, or the
+/// modular virtqemud).
+const LIBVIRT_SOCKETS: &[&str] = &["/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock"];
+
+/// Why the local libvirt daemon cannot be reached, if it cannot: the
+/// connect error of its socket (typed, not read from `virsh`'s words).
+pub fn libvirtd_unreachable() -> Option<std::io::Error> {
+    let mut first = None;
+    for s in LIBVIRT_SOCKETS {
+        match std::os::unix::net::UnixStream::connect(s) {
+            Ok(_) => return None,
+            Err(e) => {
+                first.get_or_insert(std::io::Error::new(e.kind(), format!("{s}: {e}")));
+            }
+        }
+    }
+    first
+}
+
 /// A libvirt failure, with the way out when the daemon is simply not running.
 pub fn libvirt_err(e: BootError, what: &str) -> anyhow::Error {
     let text = e.to_string();
-    if text.contains("connect") {
+    if let Some(why) = libvirtd_unreachable() {
         coded(
             IO,
             format!(
-                "{what}: libvirtd is not reachable at {DEFAULT_CONN} ({text}): \
+                "{what}: libvirtd is not reachable at {DEFAULT_CONN} ({why}; {text}): \
                  start it: scripts/libvirtd.sh (or `libvirtd -d` as root)"
             ),
         )
@@ -271,15 +295,24 @@ pub fn finish(
 ) -> anyhow::Result<i32> {
     // Show the result even when the report cannot be saved; then fail on that.
     let saved = report.write_json(report_path);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(report).context("serialising the boot report")?
-        );
+    if json || crate::output::json() {
+        // The envelope's `command` is "boot"; QEMU's argv is `qemu_command`.
+        let mut v = serde_json::to_value(report).context("serialising the boot report")?;
+        if let Some(m) = v.as_object_mut() {
+            if let Some(argv) = m.remove("command") {
+                m.insert("qemu_command".into(), argv);
+            }
+        }
+        crate::output::emit_ok(report.outcome == Outcome::Booted, &v)?;
     } else {
+        use crate::output::serde_name;
         println!(
-            "target {}: {:?} (driver {}, firmware {:?}, bus {:?})",
-            report.target, report.outcome, report.driver, report.firmware, report.bus
+            "target {}: {} (driver {}, firmware {}, bus {})",
+            report.target,
+            serde_name(&report.outcome),
+            report.driver,
+            serde_name(&report.firmware),
+            serde_name(&report.bus)
         );
         println!("{}", report.detail);
         if saved.is_ok() {
@@ -312,10 +345,11 @@ fn check(target: Target, name: &str, json: bool) -> anyhow::Result<i32> {
     };
     let facts = inspect_path(path).map_err(lib_err)?;
     let findings = mgear_boot::check_profile(&facts, profile);
-    if json {
+    let failed = findings.iter().any(|f| f.severity == Severity::Error);
+    if json || crate::output::json() {
         let v =
             serde_json::json!({ "profile": profile.name, "facts": facts, "findings": findings });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::output::emit_ok(!failed, &v)?;
     } else {
         println!(
             "{} against {} ({}):",

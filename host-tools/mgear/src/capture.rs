@@ -95,6 +95,9 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Checkpoint after this much data stored on the medium, or 16 times as
     /// much source progress (zeros, dedup): a checkpoint costs three fsyncs,
     /// which zero regions should not pay every 64 MiB (tests use small values).
@@ -105,7 +108,7 @@ pub struct Args {
     pub passphrase_work_factor: Option<u8>,
 }
 
-/// What `capture --json` prints.
+/// What `capture --json` prints (and `--report` wraps).
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub command: &'static str,
@@ -173,6 +176,10 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 pub fn run(args: Args) -> anyhow::Result<i32> {
     crate::signals::install();
     let report = capture(&args)?;
+    if let Some(p) = &args.report {
+        let r = crate::report::capture(&report, &args.source, &args.medium.describe())?;
+        crate::report::write(p, &r)?;
+    }
     if args.json {
         progress::print_json(&report)?;
     } else {

@@ -132,12 +132,57 @@ const TOOLS: &[(&str, &str)] = &[
     ("grub-mkimage", "grub-pc-bin"),
 ];
 
+/// Steps done so far and their seconds, for `demo --json`.
+static STEPS: std::sync::Mutex<Vec<(u32, String, f64)>> = std::sync::Mutex::new(Vec::new());
+
 fn step<T>(n: u32, what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     println!("[{n}] {what} ...");
     let t = Instant::now();
     let r = f().with_context(|| format!("demo step {n} ({what})"))?;
-    println!("[{n}] {what}: done in {:.1} s", t.elapsed().as_secs_f64());
+    let secs = t.elapsed().as_secs_f64();
+    println!("[{n}] {what}: done in {secs:.1} s");
+    if let Ok(mut s) = STEPS.lock() {
+        s.push((n, what.to_string(), secs));
+    }
     Ok(r)
+}
+
+/// While alive, stdout goes to stderr: with `--json` the demo's step lines
+/// and the commands it runs must not mix with the one JSON object stdout
+/// carries. Restores stdout when dropped (also on error).
+struct StdoutToStderr(Option<std::os::fd::OwnedFd>);
+
+impl StdoutToStderr {
+    fn new(active: bool) -> anyhow::Result<Self> {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        if !active {
+            return Ok(StdoutToStderr(None));
+        }
+        std::io::stdout().flush().context("writing to stdout")?;
+        let saved = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating stdout")?;
+        // SAFETY: dup2 on the process's own standard descriptors, both open;
+        // it only redirects descriptor 1.
+        if unsafe { nix::libc::dup2(2, 1) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("redirecting stdout");
+        }
+        Ok(StdoutToStderr(Some(saved)))
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        if let Some(saved) = self.0.take() {
+            let _ = std::io::stdout().flush();
+            // SAFETY: `saved` is an open descriptor we own; dup2 restores fd 1.
+            unsafe { nix::libc::dup2(saved.as_raw_fd(), 1) };
+        }
+    }
 }
 
 /// Run `mgear demo`.
@@ -166,6 +211,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             p
         }
     };
+    let json = crate::output::json();
+    let redirect = StdoutToStderr::new(json)?;
     println!("work directory: {}", work.display());
     let total = Instant::now();
     let result = demo(&work, &args);
@@ -176,8 +223,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             println!("kept {}", t.keep().display());
         }
     }
+    let seconds = total.elapsed().as_secs_f64();
+    drop(redirect);
     let code = result?;
-    println!("demo finished in {:.1} s", total.elapsed().as_secs_f64());
+    if json {
+        let steps: Vec<serde_json::Value> = STEPS
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, what, secs)| serde_json::json!({"step": n, "what": what, "seconds": secs}))
+            .collect();
+        crate::output::emit_ok(
+            code == OK,
+            &serde_json::json!({"workdir": work, "seconds": seconds, "steps": steps}),
+        )?;
+    } else {
+        println!("demo finished in {seconds:.1} s");
+    }
     Ok(code)
 }
 
@@ -276,6 +339,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 no_compress: false,
                 threads: None,
                 json: false,
+                report: None,
                 checkpoint_bytes: "64MiB".into(),
                 passphrase_work_factor: None,
                 sign: Some(site_key.clone()),
@@ -359,6 +423,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 rate_limit: None,
                 checkpoint_bytes: "64MiB".into(),
                 json: false,
+                report: None,
             })?;
             Ok(())
         },

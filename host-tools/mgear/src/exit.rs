@@ -9,8 +9,10 @@
 //!
 //! Commands raise a [`Coded`] error where they know the class; otherwise the
 //! error chain is inspected (image-format errors by kind: a wrong key is 2,
-//! corrupt data 1) and anything left is 3, because an unclassified failure
-//! is almost always the environment.
+//! corrupt data 1; `std::io` errors by kind: a missing or unreadable file is
+//! 3) and anything left is 3, because an unclassified failure is almost
+//! always the environment. [`kind`] names the class for `--json` errors
+//! (`failure`, `usage`, `io`) and [`hint`] says what to do next.
 
 use std::fmt;
 
@@ -23,11 +25,14 @@ pub const USAGE: i32 = 2;
 /// I/O error.
 pub const IO: i32 = 3;
 
-/// An error that carries its exit code.
+/// An error that carries its exit code (and, when the raiser knows it, the
+/// next step for the user).
 #[derive(Debug)]
 pub struct Coded {
     pub code: i32,
     pub message: String,
+    /// What to do next; `None` falls back to the class's generic hint.
+    pub hint: Option<String>,
 }
 
 impl fmt::Display for Coded {
@@ -43,6 +48,16 @@ pub fn coded(code: i32, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Coded {
         code,
         message: message.into(),
+        hint: None,
+    })
+}
+
+/// An error with exit code `code` and the next step `hint`.
+pub fn coded_hint(code: i32, message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Coded {
+        code,
+        message: message.into(),
+        hint: Some(hint.into()),
     })
 }
 
@@ -54,13 +69,50 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
 /// The exit code for `err`: from the outermost [`Coded`] or image-format
 /// error in its chain, else 3.
 pub fn code_of(err: &anyhow::Error) -> i32 {
-    err.chain()
-        .find_map(|e| {
-            e.downcast_ref::<Coded>()
-                .map(|c| c.code)
-                .or_else(|| e.downcast_ref::<image_format::Error>().map(format_code))
-        })
-        .unwrap_or(IO)
+    classified(err).unwrap_or(IO)
+}
+
+/// The exit code `err` was classified with, if any error in its chain says:
+/// for callers that wrap errors and must keep a usage or I/O class while
+/// defaulting the rest to their own (e.g. a refused ingest is 1).
+pub fn classified(err: &anyhow::Error) -> Option<i32> {
+    err.chain().find_map(|e| {
+        e.downcast_ref::<Coded>()
+            .map(|c| c.code)
+            .or_else(|| e.downcast_ref::<image_format::Error>().map(format_code))
+    })
+}
+
+/// The class name `--json` errors carry for an exit code.
+pub fn kind(code: i32) -> &'static str {
+    match code {
+        FOUND => "failure",
+        USAGE => "usage",
+        _ => "io",
+    }
+}
+
+/// What the user should do next: the raiser's hint if it gave one, else
+/// the generic next step for the error's class.
+pub fn hint(err: &anyhow::Error, command: &str) -> String {
+    if let Some(h) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<Coded>().and_then(|c| c.hint.clone()))
+    {
+        return h;
+    }
+    match code_of(err) {
+        FOUND => "the data did not check out: do not use it; see the message for what is wrong where"
+            .to_string(),
+        USAGE => format!("check the arguments and key files: `mgear {command} --help`"),
+        _ if is_no_space(err) => {
+            "free space on the medium or target (or use a larger one), then run the same command again"
+                .to_string()
+        }
+        _ => "check that the path, device, appliance or peer named in the message is there and \
+              reachable, then run the same command again"
+            .to_string(),
+    }
 }
 
 /// The exit code an image-format error calls for.
@@ -125,5 +177,25 @@ mod tests {
         });
         assert!(is_no_space(&full));
         assert_eq!(code_of(&full), IO);
+        assert!(hint(&full, "capture").contains("free space"));
+        let enospc: anyhow::Error = std::io::Error::from_raw_os_error(28).into();
+        assert!(is_no_space(&enospc.context("writing SEG-00001")));
+    }
+
+    #[test]
+    fn classes_and_hints() {
+        assert_eq!(classified(&anyhow::anyhow!("plain")), None);
+        let wrapped =
+            coded_hint(USAGE, "no capture web9", "run `mgear inspect`").context("ingest refused");
+        assert_eq!(classified(&wrapped), Some(USAGE));
+        assert_eq!(hint(&wrapped, "ingest"), "run `mgear inspect`");
+        assert_eq!(
+            hint(&usage("bad flag"), "verify"),
+            "check the arguments and key files: `mgear verify --help`"
+        );
+        assert_eq!(
+            [kind(FOUND), kind(USAGE), kind(IO)],
+            ["failure", "usage", "io"]
+        );
     }
 }

@@ -158,6 +158,9 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 /// What `ingest --json` prints.
@@ -307,6 +310,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.boot {
         code = boot_volume(&args, bus, &mut r)?;
     }
+    if let Some(p) = &args.report {
+        crate::report::write(p, &crate::report::ingest(&r, &args.medium.describe())?)?;
+    }
     if args.json {
         progress::print_json(&r)?;
     } else {
@@ -430,7 +436,35 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         args.generation,
         &policy,
     )
-    .map_err(|e| coded(FOUND, format!("ingest refused: {e:#}")))?;
+    .map_err(|e| {
+        let code = crate::exit::classified(&e).unwrap_or(FOUND);
+        coded(code, format!("ingest refused: {e:#}"))
+    });
+    let verdict = match verdict {
+        Ok(v) => v,
+        // A name that is not on the medium is a usage error, not a refusal.
+        Err(e) => match image_format::list_captures(medium.store()) {
+            Ok(caps) if !caps.iter().any(|c| c.name == args.name) => {
+                let names: Vec<&str> = caps.iter().map(|c| c.name.as_str()).collect();
+                return Err(crate::exit::coded_hint(
+                    crate::exit::USAGE,
+                    format!(
+                        "there is no capture {:?} on {} (captures: {})",
+                        args.name,
+                        args.medium.describe(),
+                        if names.is_empty() {
+                            "none".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                    "`mgear inspect --medium ...` lists the captures; pass one with --name",
+                ));
+            }
+            _ => return Err(e),
+        },
+    };
+    crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
     if !verdict.trusted_by.is_empty() {
         eprintln!(
             "mgear: generation {} is signed by pinned {}",
@@ -439,6 +473,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         );
     }
     let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
+    crate::report::note_manifest(reader.manifest());
     let prep = Prepare {
         disk_size: reader.disk_size(),
         head_len: u64::from(image_format::layout::chunk_len(

@@ -41,6 +41,8 @@ pub struct GenJson {
     pub stored_bytes: u64,
     pub segments: u32,
     pub created_unix: u64,
+    /// `created_unix` as ISO-8601 UTC.
+    pub created: String,
     pub source: String,
     pub appliance_id: Option<String>,
     pub manifest_root: Option<String>,
@@ -108,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                             stored_bytes: g.stored_bytes,
                             segments: g.segments,
                             created_unix: g.created_unix,
+                            created: crate::output::iso_time(g.created_unix),
                             source: g.source_desc,
                             appliance_id: g.appliance_id.map(|a| hex(&a)),
                             manifest_root: g.manifest_root.map(|r| hex(&r)),
@@ -117,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             })
             .collect(),
     };
-    if args.json {
+    if args.json || crate::output::json() {
         crate::progress::print_json(&report)?;
         return Ok(crate::exit::OK);
     }
@@ -143,9 +146,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 (s, _, _) => s.to_owned(),
             };
             println!(
-                "  G{:04} {state}{}: disk {}, {} chunks ({} stored, {} zero, {} dedup), {} stored in {} segment(s), source {}",
+                "  G{:04} {state}{}: created {}, disk {}, {} chunks ({} stored, {} zero, {} dedup), {} stored in {} segment(s), source {}",
                 g.generation,
                 g.parent.map(|p| format!(" delta on G{p:04}")).unwrap_or_default(),
+                g.created,
                 human_bytes(g.disk_size),
                 g.chunk_count,
                 g.stored_chunks,

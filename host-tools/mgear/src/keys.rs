@@ -66,8 +66,19 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> anyhow
 
 /// `mgear keygen`.
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<i32> {
+    let json = crate::output::json();
     if args.signing {
         let public = crate::sitekey::generate(&args.out, args.force)?;
+        let fp = crate::sitekey::fingerprint(&public.to_bytes());
+        if json {
+            crate::output::emit(&serde_json::json!({
+                "kind": "signing",
+                "secret_key": args.out,
+                "public_key": pub_path(&args.out),
+                "fingerprint": fp,
+            }))?;
+            return Ok(crate::exit::OK);
+        }
         println!(
             "signing key: {} (keep it at the capture site; `mgear capture --sign`)",
             args.out.display()
@@ -76,13 +87,19 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<i32> {
             "public key:  {} -> give this to the target datacenter (`--trust`)",
             pub_path(&args.out).display()
         );
-        println!(
-            "fingerprint: {}",
-            crate::sitekey::fingerprint(&public.to_bytes())
-        );
+        println!("fingerprint: {fp}");
         return Ok(crate::exit::OK);
     }
     let recipient = write_key_pair(&args.out, args.force)?;
+    if json {
+        crate::output::emit(&serde_json::json!({
+            "kind": "target",
+            "secret_key": args.out,
+            "public_key": pub_path(&args.out),
+            "recipient": recipient,
+        }))?;
+        return Ok(crate::exit::OK);
+    }
     println!(
         "secret identity: {} (keep it at the target datacenter)",
         args.out.display()

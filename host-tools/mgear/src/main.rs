@@ -3,22 +3,30 @@
 //! The thin binary over the `mgear` library (`lib.rs`): one module per
 //! subcommand; each module's `//!` doc explains it for users.
 use mgear::{
-    appliance, bench, boot_cmd, capture, demo, exit, ingest, inspect, keys, medium, sync, verify,
+    appliance, bench, boot_cmd, capture, demo, exit, ingest, inspect, keys, medium, output, sync,
+    verify,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  a failure was found (verify found a bad record; ingest met data that does not authenticate)
-  2  usage or key error (bad arguments, a key that does not open the capture)
-  3  I/O error (source, medium or target unreadable/unwritable, medium full)";
+  1  a failure was found (verify found a bad record; ingest met data that does not authenticate;
+     an appliance check or the custody log failed; the machine did not boot)
+  2  usage or key error (bad arguments, a key, PIN or trust file that is missing or does not fit)
+  3  I/O error (source, medium, target, appliance or peer unreadable/unwritable/unreachable, medium full)
+
+With --json every command prints one JSON object on stdout, errors included:
+  {\"ok\":false,\"command\":...,\"error\":{\"code\":N,\"kind\":\"failure|usage|io\",\"message\":...,\"hint\":...}}";
 
 /// MotionGear: capture disks onto an encrypted, verifiable appliance medium and ingest them at the target.
 #[derive(Parser, Debug)]
 #[command(name = "mgear", version, after_help = EXIT_CODES)]
 struct Cli {
+    /// Print the result as one JSON object on stdout (errors too).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -90,10 +98,66 @@ fn quiet_broken_pipe() {
     }));
 }
 
+/// `--json` anywhere before a `--`: known before (and even when) parsing fails.
+fn wants_json() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// The subcommand path of `m`: `"appliance log"`, `"medium format"`, `"capture"`.
+fn command_name(m: &clap::ArgMatches) -> String {
+    let mut names = Vec::new();
+    let mut cur = m;
+    while let Some((name, sub)) = cur.subcommand() {
+        names.push(name.to_string());
+        cur = sub;
+    }
+    names.join(" ")
+}
+
+/// Parse the command line; a usage error is exit 2 (as JSON with `--json`),
+/// `--help` and `--version` print and exit 0.
+fn parse(json: bool) -> Cli {
+    use clap::error::ErrorKind;
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Ok((command_name(&m), Cli::from_arg_matches(&m)?)));
+    match parsed {
+        Ok((name, cli)) => {
+            output::init(&name, json || cli.json);
+            cli
+        }
+        Err(e)
+            if !json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let rendered = e.to_string();
+            let text = rendered
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ");
+            println!(
+                "{}",
+                output::error_line(
+                    exit::USAGE,
+                    text,
+                    "run `mgear --help` (or `mgear COMMAND --help`)"
+                )
+            );
+            std::process::exit(exit::USAGE);
+        }
+    }
+}
+
 fn main() {
     tune_allocator();
     quiet_broken_pipe();
-    let cli = Cli::parse();
+    let cli = parse(wants_json());
     let result = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(a),
         Cmd::Medium(a) => medium::run(a),
@@ -112,8 +176,13 @@ fn main() {
     let code = match result {
         Ok(code) => code,
         Err(err) => {
+            let code = exit::code_of(&err);
+            if output::json() {
+                let hint = exit::hint(&err, output::command());
+                println!("{}", output::error_line(code, &format!("{err:#}"), &hint));
+            }
             eprintln!("mgear: error: {err:#}");
-            exit::code_of(&err)
+            code
         }
     };
     std::process::exit(code);

@@ -257,6 +257,14 @@ pub fn run(args: MediumArgs) -> anyhow::Result<i32> {
             };
             let size = size.as_deref().map(parse_size).transpose()?;
             let bytes = format_fat(&path, size, force)?;
+            if crate::output::json() {
+                crate::output::emit(&serde_json::json!({
+                    "medium": format!("fat:{}", path.display()),
+                    "file_system": "FAT32",
+                    "size_bytes": bytes,
+                }))?;
+                return Ok(crate::exit::OK);
+            }
             println!(
                 "formatted {} as FAT32 ({})",
                 path.display(),

@@ -76,10 +76,10 @@ pub fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     }
 }
 
-/// Print `value` as one JSON line on stdout.
+/// Print `value` as one JSON line on stdout, in the envelope every command
+/// shares (`"ok"`, `"command"` first: see `output.rs`).
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(value)?);
-    Ok(())
+    crate::output::emit(value)
 }
 
 /// `label: 1.50 GiB` aligned.

@@ -136,9 +136,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             total_bytes += g.stored_bytes;
         }
     }
+    let json = args.json || crate::output::json();
     let mut obs = Observer {
-        bar: Progress::new("verify", total_bytes.max(1), args.json),
-        json: args.json,
+        bar: Progress::new("verify", total_bytes.max(1), json),
+        json,
     };
     let mut report = VerifyReport::default();
     match (&unlock, &args.name) {
@@ -239,7 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .collect(),
         trust,
     };
-    if args.json {
+    if json {
         progress::print_json(&out)?;
     } else {
         println!(

@@ -66,7 +66,7 @@ fn sample_disk_boots_on_virtio_with_marker_and_report() {
         console.contains("root filesystem /dev/vda1 mounted"),
         "{console}"
     );
-    let cmd: Vec<&str> = report["command"]
+    let cmd: Vec<&str> = report["qemu_command"]
         .as_array()
         .unwrap()
         .iter()
@@ -261,7 +261,7 @@ fn gpt_esp_disk_over_nbd_boots_with_uefi_firmware_automatically() {
         .as_str()
         .unwrap()
         .contains("EFI System Partition"));
-    assert!(r["command"]
+    assert!(r["qemu_command"]
         .as_array()
         .unwrap()
         .iter()

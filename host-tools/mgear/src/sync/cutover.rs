@@ -138,10 +138,7 @@ pub fn cutover(a: CutoverArgs) -> anyhow::Result<i32> {
         boot_matched: report.matched.clone(),
     };
     if a.sync.json {
-        println!(
-            "{}",
-            serde_json::to_string(&r).context("serialising the report")?
-        );
+        crate::output::emit(&r)?;
     } else {
         if let Some(p) = &r.presync {
             println!(

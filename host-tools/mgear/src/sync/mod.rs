@@ -184,6 +184,16 @@ fn seconds(v: f64, what: &str) -> anyhow::Result<Duration> {
 
 /// `mgear serve`.
 pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
+    // A bad --listen is a usage error, found before the volume is hashed.
+    if a.listen
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(usage(format!(
+            "--listen {}: give HOST:PORT with a port from 0 to 65535 (e.g. 0.0.0.0:7878, or 127.0.0.1:0 for any free port)",
+            a.listen
+        )));
+    }
     let spec = crate::spec::Target::parse(&a.target, crate::spec::Bare::Existing)?;
     let limits = target::Limits {
         handshake: seconds(a.handshake_timeout, "--handshake-timeout")?,
@@ -253,7 +263,13 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr().context("listening address")?;
     // Scripts and tests read the port from this line (with --listen HOST:0).
-    println!("listening on {addr}");
+    if crate::output::json() {
+        crate::output::emit(
+            &serde_json::json!({"event": "listening", "address": addr.to_string()}),
+        )?;
+    } else {
+        println!("listening on {addr}");
+    }
     use std::io::Write as _;
     std::io::stdout().flush().context("writing to stdout")?;
     let served = target::Served {
@@ -421,10 +437,7 @@ fn print_summary(r: &SyncReport) {
 pub fn sync(a: SyncArgs) -> anyhow::Result<i32> {
     let r = run_sync(&a)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string(&r).context("serialising the report")?
-        );
+        crate::output::emit(&r)?;
     } else {
         print_summary(&r);
     }

@@ -1,0 +1,259 @@
+//! One output style for every `mgear` command.
+//!
+//! Human output is a few lines on stdout (progress and warnings go to
+//! stderr). With `--json` (accepted by every command) stdout carries exactly
+//! one JSON object per result, in one schema style:
+//!
+//! - a top-level object that starts with `"ok"` (true when the command exits
+//!   0) and `"command"` (`"capture"`, `"appliance seal"`, ...);
+//! - snake_case keys; sizes in bytes (`*_bytes`, `disk_size`); durations in
+//!   seconds (`seconds`, `*_seconds`); times as ISO-8601 UTC strings
+//!   (`2026-12-02T07:13:08Z`); digests, keys and ids as lowercase hex;
+//! - on failure, `{"ok":false,"command":...,"error":{"code":N,"kind":
+//!   "failure|usage|io","message":...,"hint":...}}` with the same exit code
+//!   `N` the process exits with (see `exit.rs`).
+//!
+//! `main.rs` calls [`init`] once the command line is parsed; commands call
+//! [`emit`] (or [`crate::progress::print_json`], which forwards here).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+static JSON: AtomicBool = AtomicBool::new(false);
+static COMMAND: OnceLock<String> = OnceLock::new();
+
+/// Record the command's name (`"appliance log"`) and whether `--json` was given.
+pub fn init(command: &str, json: bool) {
+    let _ = COMMAND.set(command.to_string());
+    JSON.store(json, Ordering::Relaxed);
+}
+
+/// Was `--json` given?
+pub fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// The running command's name (`"mgear"` before [`init`]).
+pub fn command() -> &'static str {
+    COMMAND.get().map_or("mgear", String::as_str)
+}
+
+/// The envelope: `ok` and `command` first, then the command's own fields.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    ok: bool,
+    command: &'a str,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+/// `value` split into the envelope's verdict and the remaining fields. A
+/// value that is not an object goes under `"result"`; an `ok` or `command`
+/// field of its own is replaced (a false `ok` of the value wins: verify
+/// reports its own verdict).
+fn parts<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<(bool, Map<String, Value>)> {
+    let mut rest = match serde_json::to_value(value)? {
+        Value::Object(m) => m,
+        other => {
+            let mut m = Map::new();
+            m.insert("result".into(), other);
+            m
+        }
+    };
+    let ok = match rest.remove("ok") {
+        Some(Value::Bool(b)) => b && ok,
+        _ => ok,
+    };
+    rest.remove("command");
+    Ok((ok, rest))
+}
+
+/// `value` in the envelope, as one line of JSON with `ok` and `command` first.
+pub fn envelope_line<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<String> {
+    let (ok, rest) = parts(ok, value)?;
+    Ok(serde_json::to_string(&Envelope {
+        ok,
+        command: command(),
+        rest,
+    })?)
+}
+
+/// Print `value` in the envelope as one JSON line on stdout (`ok` from the value, else true).
+pub fn emit<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    emit_ok(true, value)
+}
+
+/// [`emit`] with an explicit verdict (false for a command that exits non-zero).
+pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<()> {
+    println!("{}", envelope_line(ok, value)?);
+    Ok(())
+}
+
+/// The `--json` form of a failed command (one line).
+pub fn error_line(code: i32, message: &str, hint: &str) -> String {
+    #[derive(Serialize)]
+    struct ErrorBody<'a> {
+        code: i32,
+        kind: &'a str,
+        message: &'a str,
+        hint: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Failed<'a> {
+        ok: bool,
+        command: &'a str,
+        error: ErrorBody<'a>,
+    }
+    serde_json::to_string(&Failed {
+        ok: false,
+        command: command(),
+        error: ErrorBody {
+            code,
+            kind: crate::exit::kind(code),
+            message,
+            hint,
+        },
+    })
+    .unwrap_or_else(|_| format!("{{\"ok\":false,\"error\":{{\"code\":{code}}}}}"))
+}
+
+/// The name serde gives `v` (`"timed-out"`, `"bios"`): the word `--json`
+/// uses, for human output too (never Debug text such as `TimedOut`).
+pub fn serde_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_string(),
+    }
+}
+
+/// Seconds since the Unix epoch as ISO-8601 UTC (`2026-12-02T07:13:08Z`).
+pub fn iso_time(unix_secs: u64) -> String {
+    i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .map_or_else(
+            || format!("@{unix_secs}"),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+}
+
+/// A wall-clock instant as ISO-8601 UTC.
+pub fn iso(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Now, as ISO-8601 UTC.
+pub fn now_iso() -> String {
+    iso(std::time::SystemTime::now())
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Rewrite the byte-string fields named `keys` (serialised by serde as
+/// arrays of numbers, e.g. the firmware's `#[serde(with = "serde_bytes")]`
+/// keys and digests) as hex strings, anywhere in `v`; a list of byte strings
+/// (attestation regions) becomes a list of hex strings. Only the named keys
+/// change, so a list of counters never turns into hex by accident.
+pub fn hex_fields(v: &mut Value, keys: &[&str]) {
+    fn bytes(v: &Value) -> Option<Vec<u8>> {
+        v.as_array()?
+            .iter()
+            .map(|x| x.as_u64().and_then(|n| u8::try_from(n).ok()))
+            .collect()
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if keys.contains(&k.as_str()) {
+                    if let Some(b) = bytes(x).filter(|b| !b.is_empty()) {
+                        *x = Value::String(hex(&b));
+                        continue;
+                    }
+                    if let Value::Array(items) = x {
+                        if !items.is_empty() && items.iter().all(|i| bytes(i).is_some()) {
+                            for i in items.iter_mut() {
+                                *i = Value::String(hex(&bytes(i).unwrap_or_default()));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                hex_fields(x, keys);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| hex_fields(x, keys)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_puts_ok_and_command_first_and_keeps_fields() {
+        #[derive(Serialize)]
+        struct R {
+            disk_size: u64,
+            command: &'static str,
+            ok: bool,
+        }
+        let r = R {
+            disk_size: 5,
+            command: "x",
+            ok: false,
+        };
+        // The value's own false verdict wins; its `command` is replaced.
+        assert_eq!(
+            envelope_line(true, &r).unwrap(),
+            r#"{"ok":false,"command":"mgear","disk_size":5}"#
+        );
+        assert_eq!(
+            envelope_line(true, &3).unwrap(),
+            r#"{"ok":true,"command":"mgear","result":3}"#
+        );
+        let e: Value = serde_json::from_str(&error_line(2, "bad", "do x")).unwrap();
+        assert_eq!(e["ok"], false);
+        assert_eq!(e["error"]["code"], 2);
+        assert_eq!(e["error"]["kind"], "usage");
+        assert_eq!(e["error"]["hint"], "do x");
+        assert!(error_line(3, "m", "h").starts_with(r#"{"ok":false,"command":"#));
+    }
+
+    #[test]
+    fn times_are_iso_utc() {
+        assert_eq!(iso_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_time(1_796_196_193), "2026-12-02T07:23:13Z");
+        assert_eq!(iso_time(u64::MAX), format!("@{}", u64::MAX));
+    }
+
+    #[test]
+    fn named_byte_fields_become_hex() {
+        let mut v = serde_json::json!({
+            "identity": [1, 2, 255],
+            "regions": [[0, 16], [171, 205]],
+            "counters": [1, 2, 3],
+            "event": {"Seal": {"attestation": [222, 173], "counter": 1}},
+            "challenge": null,
+        });
+        hex_fields(&mut v, &["identity", "regions", "attestation", "challenge"]);
+        assert_eq!(v["identity"], "0102ff");
+        assert_eq!(v["regions"], serde_json::json!(["0010", "abcd"]));
+        assert_eq!(v["counters"], serde_json::json!([1, 2, 3]));
+        assert_eq!(v["event"]["Seal"]["attestation"], "dead");
+        assert_eq!(v["event"]["Seal"]["counter"], 1);
+        assert!(v["challenge"].is_null());
+    }
+}

@@ -1,0 +1,352 @@
+//! Ticket-grade reports: `capture --report FILE` and `ingest --report FILE`.
+//!
+//! The file a datacenter attaches to its migration ticket. `FILE` gets one
+//! JSON object (the `--json` schema of `output.rs`: ISO-8601 UTC times,
+//! sizes in bytes, hex digests) and `FILE` with the extension `.txt` a short
+//! human summary of the same facts. The JSON holds:
+//!
+//! | key | what |
+//! |---|---|
+//! | `ok`, `command` | as every `--json` output |
+//! | `report` | `"mgear-capture-report/1"` or `"mgear-ingest-report/1"` |
+//! | `mgear_version`, `host` | who wrote it, where |
+//! | `started`, `finished`, `duration_seconds` | ISO-8601 UTC and seconds |
+//! | `source`, `medium`, `target` | what was read and written (as given) |
+//! | `throughput_mb_per_s` | 10^6 bytes per second, as `dd` prints |
+//! | `digests` | `capture_id`, `manifest_root` (what COMMIT signs), `commit_digest` (capture), `disk_digest` (ingest: the manifest's keyed whole-disk digest the volume was checked against), `volume_sha256` when computed (hex) |
+//! | `signatures` | each signature checked or made: `role`, `fingerprint`, `via`, `verdict` |
+//! | `warnings` | overrides taken (`--allow-untrusted`, ...) |
+//! | `result` | the command's own `--json` report, unchanged |
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::output::iso;
+use crate::units::human_bytes;
+
+/// What the trust gate accepted during this run (ingest records it, the
+/// report reads it): who vouched, and the warnings of overrides taken.
+static TRUST: Mutex<Option<(Vec<String>, Vec<String>)>> = Mutex::new(None);
+
+/// What ingest read from the authenticated manifest: capture id, manifest
+/// root (blake3 of the signed manifest bytes, what COMMIT signs) and the
+/// whole-disk digest, all hex.
+static MANIFEST: Mutex<Option<[String; 3]>> = Mutex::new(None);
+
+/// Record the manifest this run ingests, for the report.
+pub fn note_manifest(m: &image_format::layout::Manifest) {
+    let root = blake3::hash(&m.signed_bytes());
+    if let Ok(mut slot) = MANIFEST.lock() {
+        *slot = Some([
+            crate::output::hex(&m.capture_id),
+            crate::output::hex(root.as_bytes()),
+            crate::output::hex(&m.disk_digest),
+        ]);
+    }
+}
+
+/// Record the trust verdict of this run for the report.
+pub fn note_trust(trusted_by: &[String], warnings: &[String]) {
+    if let Ok(mut t) = TRUST.lock() {
+        *t = Some((trusted_by.to_vec(), warnings.to_vec()));
+    }
+}
+
+fn noted_trust() -> (Vec<String>, Vec<String>) {
+    TRUST
+        .lock()
+        .ok()
+        .and_then(|t| t.clone())
+        .unwrap_or_default()
+}
+
+/// `site 5ce7… (COMMIT)` → `{role, fingerprint, via, verdict}`.
+fn signature(text: &str, verdict: &str) -> Value {
+    let (head, via) = match text.split_once(" (") {
+        Some((h, v)) => (h, v.trim_end_matches(')')),
+        None => (text, ""),
+    };
+    let (role, fp) = head.split_once(' ').unwrap_or((head, ""));
+    json!({"role": role, "fingerprint": fp, "via": via, "verdict": verdict})
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The report path's human twin: `r.json` → `r.txt` (`r` → `r.txt`).
+pub fn text_path(path: &Path) -> PathBuf {
+    path.with_extension("txt")
+}
+
+/// What both reports share, around the command's own report `result`.
+fn frame(kind: &str, result: &Value, seconds: f64) -> Value {
+    let finished = SystemTime::now();
+    let started = finished
+        .checked_sub(Duration::from_secs_f64(seconds.max(0.0)))
+        .unwrap_or(finished);
+    json!({
+        "report": format!("mgear-{kind}-report/1"),
+        "mgear_version": env!("CARGO_PKG_VERSION"),
+        "host": hostname(),
+        "started": iso(started),
+        "finished": iso(finished),
+        "duration_seconds": seconds,
+        "throughput_mb_per_s": result.get("mb_per_s").cloned().unwrap_or(Value::Null),
+        "result": result,
+    })
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .filter(|v| !v.is_null())
+}
+
+fn s(v: &Value, path: &[&str]) -> String {
+    match get(v, path) {
+        Some(Value::String(x)) => x.clone(),
+        Some(x) => x.to_string(),
+        None => "-".into(),
+    }
+}
+
+fn size(v: &Value, path: &[&str]) -> String {
+    get(v, path)
+        .and_then(Value::as_u64)
+        .map_or("-".into(), |b| format!("{} ({b} bytes)", human_bytes(b)))
+}
+
+/// The capture report for `result` (capture's `--json` report).
+pub fn capture(
+    result: &impl serde::Serialize,
+    source: &str,
+    medium: &str,
+) -> anyhow::Result<Value> {
+    let result = serde_json::to_value(result)?;
+    let seconds = get(&result, &["seconds"])
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    let mut v = frame("capture", &result, seconds);
+    v["source"] = json!(source);
+    v["medium"] = json!(medium);
+    v["digests"] = json!({
+        "manifest_root": get(&result, &["manifest_root"]),
+        "commit_digest": get(&result, &["receipt", "commit_digest"]),
+        "capture_id": get(&result, &["receipt", "capture_id"]),
+        "volume_sha256": Value::Null,
+    });
+    let signers: Vec<Value> = get(&result, &["receipt", "signers"])
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|t| {
+                    let mut sig = signature(t, "signed");
+                    sig["via"] = json!("COMMIT");
+                    sig
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v["signatures"] = json!(signers);
+    v["warnings"] = json!([]);
+    Ok(v)
+}
+
+/// The ingest report for `result` (ingest's `--json` report).
+pub fn ingest(result: &impl serde::Serialize, medium: &str) -> anyhow::Result<Value> {
+    let result = serde_json::to_value(result)?;
+    let seconds = get(&result, &["seconds"])
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    let mut v = frame("ingest", &result, seconds);
+    let (trusted_by, warnings) = noted_trust();
+    v["medium"] = json!(medium);
+    v["target"] = get(&result, &["target"]).cloned().unwrap_or(Value::Null);
+    let [capture_id, manifest_root, disk_digest] = MANIFEST
+        .lock()
+        .ok()
+        .and_then(|m| m.clone())
+        .map(|m| m.map(Value::String))
+        .unwrap_or([Value::Null, Value::Null, Value::Null]);
+    v["digests"] = json!({
+        "capture_id": capture_id,
+        "manifest_root": manifest_root,
+        "disk_digest": disk_digest,
+        "volume_sha256": get(&result, &["volume_sha256"]),
+    });
+    v["signatures"] = json!(trusted_by
+        .iter()
+        .map(|t| signature(t, "pinned, signature valid"))
+        .collect::<Vec<_>>());
+    v["warnings"] = json!(warnings);
+    Ok(v)
+}
+
+/// The short human summary of a report made by [`capture`] or [`ingest`].
+pub fn summary(v: &Value) -> String {
+    let r = &v["result"];
+    let kind = if s(v, &["report"]).contains("capture") {
+        "capture"
+    } else {
+        "ingest"
+    };
+    let mut out = vec![format!("MotionGear {kind} report ({})", s(v, &["report"]))];
+    let mut line = |k: &str, val: String| out.push(format!("  {k:<15} {val}"));
+    line(
+        "capture",
+        format!("{} generation {}", s(r, &["name"]), s(r, &["generation"])),
+    );
+    if kind == "capture" {
+        line("source", s(v, &["source"]));
+    }
+    line("medium", s(v, &["medium"]));
+    if kind == "ingest" {
+        line("target", s(v, &["target"]));
+    }
+    line(
+        "host",
+        format!("{} (mgear {})", s(v, &["host"]), s(v, &["mgear_version"])),
+    );
+    line("started", s(v, &["started"]));
+    line(
+        "finished",
+        format!(
+            "{} ({:.1} s)",
+            s(v, &["finished"]),
+            r["seconds"].as_f64().unwrap_or(0.0)
+        ),
+    );
+    line("disk size", size(r, &["disk_size"]));
+    if kind == "capture" {
+        line("read", size(r, &["bytes_read"]));
+        line("stored", size(r, &["stored_bytes"]));
+    } else {
+        line("written", size(r, &["bytes_written"]));
+        line(
+            "verified",
+            if r["verified"] == true {
+                "yes, bit for bit against what was authenticated".into()
+            } else {
+                "NO".into()
+            },
+        );
+    }
+    line(
+        "throughput",
+        format!("{:.1} MB/s", r["mb_per_s"].as_f64().unwrap_or(0.0)),
+    );
+    for (k, label) in [
+        ("capture_id", "capture id"),
+        ("manifest_root", "manifest root"),
+        ("commit_digest", "commit digest"),
+        ("disk_digest", "disk digest"),
+        ("volume_sha256", "volume sha256"),
+    ] {
+        if let Some(d) = get(v, &["digests", k]) {
+            line(label, s(d, &[]));
+        }
+    }
+    let sigs = v["signatures"].as_array().cloned().unwrap_or_default();
+    if sigs.is_empty() {
+        line("signatures", "none".into());
+    }
+    for sig in sigs {
+        line(
+            "signature",
+            format!(
+                "{} {} via {}: {}",
+                s(&sig, &["role"]),
+                s(&sig, &["fingerprint"]),
+                s(&sig, &["via"]),
+                s(&sig, &["verdict"])
+            ),
+        );
+    }
+    for w in v["warnings"].as_array().cloned().unwrap_or_default() {
+        line("WARNING", s(&w, &[]));
+    }
+    out.join("\n") + "\n"
+}
+
+/// Write `v` (in the `--json` envelope) to `path` and its summary to
+/// [`text_path`]`(path)`.
+pub fn write(path: &Path, v: &Value) -> anyhow::Result<()> {
+    write_json_and_text(path, v, &summary(v))
+}
+
+/// Write `v` (in the `--json` envelope, `ok` from `v["verified"]` if it has
+/// one) to `path` and `text` to [`text_path`]`(path)`.
+pub fn write_json_and_text(path: &Path, v: &Value, text: &str) -> anyhow::Result<()> {
+    let line = crate::output::envelope_line(v["verified"] != false, v)?;
+    std::fs::write(path, line + "\n")
+        .with_context(|| format!("writing report {}", path.display()))?;
+    let txt = text_path(path);
+    std::fs::write(&txt, text)
+        .with_context(|| format!("writing report summary {}", txt.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_report_has_digests_signatures_and_times() {
+        let result = json!({
+            "command": "capture", "name": "web01", "generation": 2, "disk_size": 1048576,
+            "bytes_read": 1048576, "stored_bytes": 4096, "seconds": 2.0, "mb_per_s": 0.5,
+            "manifest_root": "ab".repeat(32),
+            "receipt": {"capture_id": "cd".repeat(16), "commit_digest": "ef".repeat(32),
+                        "signers": ["site 0123 (COMMIT)"]},
+        });
+        let v = capture(&result, "disk.raw", "fat:m.img").unwrap();
+        assert_eq!(v["report"], "mgear-capture-report/1");
+        assert_eq!(v["digests"]["manifest_root"], "ab".repeat(32));
+        assert_eq!(v["digests"]["commit_digest"], "ef".repeat(32));
+        assert_eq!(v["signatures"][0]["role"], "site");
+        assert_eq!(v["signatures"][0]["fingerprint"], "0123");
+        assert_eq!(v["signatures"][0]["via"], "COMMIT");
+        let started = v["started"].as_str().unwrap();
+        assert!(started.ends_with('Z') && started.contains('T'), "{started}");
+        assert_eq!(v["throughput_mb_per_s"], 0.5);
+        let text = summary(&v);
+        assert!(text.contains("web01 generation 2"), "{text}");
+        assert!(text.contains("1.00 MiB (1048576 bytes)"), "{text}");
+        assert!(
+            text.contains(&format!("manifest root   {}", "ab".repeat(32))),
+            "{text}"
+        );
+        assert!(text.contains("site 0123 via COMMIT: signed"), "{text}");
+    }
+
+    #[test]
+    fn ingest_report_names_who_vouched_and_the_overrides() {
+        note_trust(
+            &["appliance 99ff (seal + arrival)".to_string()],
+            &["accepted without a seal".to_string()],
+        );
+        let result = json!({"name": "web01", "generation": 1, "target": "file:o.raw",
+                            "bytes_written": 10, "verified": true, "seconds": 1.0, "mb_per_s": 1.0});
+        let v = ingest(&result, "fat:m.img").unwrap();
+        assert_eq!(v["signatures"][0]["role"], "appliance");
+        assert_eq!(v["signatures"][0]["via"], "seal + arrival");
+        assert_eq!(v["warnings"][0], "accepted without a seal");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ingest.json");
+        write(&p, &v).unwrap();
+        let back: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(back["ok"], true);
+        assert_eq!(back["target"], "file:o.raw");
+        let text = std::fs::read_to_string(dir.path().join("ingest.txt")).unwrap();
+        assert!(text.contains("WARNING"), "{text}");
+        assert!(text.contains("verified        yes"), "{text}");
+    }
+}
