@@ -117,7 +117,8 @@ pub struct Args {
     /// Where resume state and device markers live [default: $XDG_STATE_HOME/mgear/ingest].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Replace an existing target file (or libvirt volume).
+    /// Replace an existing target file (or libvirt volume); overwrite a dev:
+    /// device that holds a file system or partition table.
     #[arg(long)]
     pub force: bool,
     /// After the ingest, boot the volume (guest writes discarded) and prove it came up.
@@ -626,6 +627,9 @@ fn write_volume<S: image_format::Store>(
     } else {
         !present(&work_path)
     };
+    if is_dev && fresh {
+        crate::guard::refuse_if_holds_data(&work_path, args.force, "ingest")?;
+    }
     if !is_dev && !fresh && !present(&state_path) {
         // Without its state nothing says what this file holds or who wrote it.
         return Err(usage(format!(
