@@ -499,6 +499,13 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
         let cache = Rc::new(RefCell::new(
             Cache::new(dev, lines).map_err(|e| hw_err("mount", e))?,
         ));
+        {
+            // lamfat's FAT arithmetic is 32-bit: refuse a FAT it would overflow on.
+            let mut head = [0u8; 512];
+            let mut read = cache_reader(&cache);
+            read(0, &mut head)?;
+            fatmap::fat_size_supported(&head)?;
+        }
         let disk = Disk {
             cache: Rc::clone(&cache),
             pos: 0,
@@ -933,6 +940,81 @@ mod tests {
         assert_eq!(dev.writes, 0);
         let mut ours = FatFiles::mount(&mut dev).unwrap();
         assert_eq!(ours.free_space().unwrap(), host.free_space().unwrap());
+    }
+
+    /// A sparse image file as a 512-byte-block device (a 4 TiB medium
+    /// does not fit in a `MemDisk`).
+    struct FileDisk(std::fs::File, u64);
+
+    impl BlockDevice for FileDisk {
+        fn block_size(&self) -> usize {
+            512
+        }
+        fn block_count(&self) -> u64 {
+            self.1 / 512
+        }
+        fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), HwError> {
+            use std::os::unix::fs::FileExt;
+            self.0
+                .read_exact_at(buf, lba * 512)
+                .map_err(|e| HwError::Io(e.to_string()))
+        }
+        fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<(), HwError> {
+            use std::os::unix::fs::FileExt;
+            self.0
+                .write_all_at(data, lba * 512)
+                .map_err(|e| HwError::Io(e.to_string()))
+        }
+        fn flush(&mut self) -> Result<(), HwError> {
+            self.0.sync_data().map_err(|e| HwError::Io(e.to_string()))
+        }
+    }
+
+    /// Both engines on a 4 TiB medium (4096-byte sectors, 64 KiB clusters,
+    /// as `mgear medium format` lays out media over 2 TiB): each reads what
+    /// the other wrote, and fsck.fat finds the result clean.
+    #[test]
+    fn four_tib_medium_with_4k_sectors_works_both_ways() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("big.img");
+        let size = 4u64 << 40;
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        let opts = FormatOptions {
+            device_is_zeroed: true,
+            ..FormatOptions::default()
+        };
+        let made = FatStore::format(open_rw(&p), &opts).unwrap();
+        assert_eq!((made.sector_bytes, made.cluster_bytes), (4096, 65536));
+        {
+            let mut host = FatStore::open(open_rw(&p)).unwrap();
+            host.create_dir_all("MGEAR/web01/G0001").unwrap();
+            host.write_at(SEG, 0, &pattern(300_001, 7)).unwrap();
+            host.write_at(LONG, 0, &pattern(70_000, 8)).unwrap();
+            host.unmount().unwrap();
+        }
+        let mut dev = FileDisk(open_rw(&p), size);
+        {
+            let mut ours = FatFiles::mount(&mut dev).unwrap();
+            let mut seen = BTreeMap::new();
+            walk(&mut ours, "", &mut seen);
+            assert_eq!(seen[SEG], pattern(300_001, 7));
+            assert_eq!(seen[LONG], pattern(70_000, 8));
+            ours.write_at("MGEAR/web01/G0001/JRNL-A", 0, &pattern(200_000, 9))
+                .unwrap();
+            ours.write_at(SEG, 300_001, b"appended by the board")
+                .unwrap();
+            ours.unmount().unwrap();
+        }
+        let mut host = FatStore::open_read_only(open_rw(&p)).unwrap();
+        let mut j = vec![0u8; 200_000];
+        host.read_exact_at("MGEAR/web01/G0001/JRNL-A", 0, &mut j)
+            .unwrap();
+        assert_eq!(j, pattern(200_000, 9));
+        let mut tail = [0u8; 21];
+        host.read_exact_at(SEG, 300_001, &mut tail).unwrap();
+        assert_eq!(&tail, b"appended by the board");
+        host.unmount().unwrap();
+        fsck_clean(&p);
     }
 
     #[test]

@@ -157,7 +157,9 @@ pub struct BootSpec {
     pub firmware: Firmware,
     /// Guest memory.
     pub memory_mib: u32,
-    /// Discard guest writes (QEMU `-snapshot`): prove the boot without changing the volume.
+    /// Discard guest writes (QEMU `-snapshot`): prove the boot without
+    /// changing the volume. On by default: only an explicit `false`
+    /// (`mgear boot --write`) lets the guest write to the volume.
     pub snapshot: bool,
 }
 
@@ -171,7 +173,7 @@ impl BootSpec {
             bus: Bus::Auto,
             firmware: Firmware::Auto,
             memory_mib: 512,
-            snapshot: false,
+            snapshot: true,
         }
     }
 }
@@ -188,6 +190,35 @@ pub enum Outcome {
     GuestStopped,
     /// QEMU itself failed (bad image, missing firmware file...).
     QemuFailed,
+    /// The firmware found nothing to boot ("No bootable device"): ended
+    /// at once instead of waiting for the deadline.
+    NothingBootable,
+}
+
+/// What BIOS and UEFI firmware print when no disk holds anything bootable:
+/// SeaBIOS after trying every device, OVMF's boot manager when every boot
+/// option failed. Neither recovers on its own, so waiting longer is useless.
+const NOTHING_BOOTABLE: &str = r"No bootable device|No bootable option or device was found";
+
+/// The firmware's "nothing to boot" line in `console`, if it printed one.
+pub fn nothing_bootable(console: &str) -> Option<String> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| regex::Regex::new(NOTHING_BOOTABLE).expect("constant regex"));
+    let at = re.find(console)?;
+    let start = console[..at.start()].rfind('\n').map_or(0, |i| i + 1);
+    let end = console[at.end()..]
+        .find('\n')
+        .map_or(console.len(), |i| at.end() + i);
+    Some(console[start..end].trim().to_string())
+}
+
+/// The report's explanation of [`Outcome::NothingBootable`].
+pub fn nothing_bootable_detail(line: &str, elapsed: f64) -> String {
+    format!(
+        "the firmware found nothing to boot after {elapsed:.1} s ({line:?}): the volume has no \
+         boot loader the firmware can start (empty, not a system disk, or BIOS/UEFI mismatch: \
+         see --firmware)"
+    )
 }
 
 /// Record of one boot attempt, written as JSON next to the volume.
@@ -407,6 +438,16 @@ impl Console {
         }
         self.searched = self.text.len();
         re.find(&self.text[from..]).map(|m| m.as_str().to_string())
+    }
+
+    /// The text of the last few KiB, where a firmware message that just
+    /// arrived is (a whole line split across reads included).
+    fn recent(&self) -> &str {
+        let mut cut = self.text.len().saturating_sub(4096);
+        while !self.text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        &self.text[cut..]
     }
 
     /// The last `cap` bytes of text (cut at a character boundary).
@@ -712,6 +753,7 @@ impl Boot for LocalQemu {
         let mut console = Console::default();
         let mut matched = None;
         let mut time_to_marker = None;
+        let mut no_boot = None;
         let outcome = loop {
             let left = spec.timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
@@ -724,6 +766,10 @@ impl Boot for LocalQemu {
                         matched = Some(m);
                         time_to_marker = Some(start.elapsed().as_secs_f64());
                         break Outcome::Booted;
+                    }
+                    if let Some(line) = nothing_bootable(console.recent()) {
+                        no_boot = Some(line);
+                        break Outcome::NothingBootable;
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => break Outcome::TimedOut,
@@ -779,6 +825,9 @@ impl Boot for LocalQemu {
                 "the guest powered off or rebooted after {elapsed:.1} s without printing {:?}",
                 spec.wait_for
             ),
+            Outcome::NothingBootable => {
+                nothing_bootable_detail(no_boot.as_deref().unwrap_or_default(), elapsed)
+            }
             Outcome::QemuFailed => format!(
                 "QEMU exited with {}: {}",
                 status
@@ -828,6 +877,26 @@ mod tests {
             Target::File("/v/vol.raw".into()).default_report_path(),
             PathBuf::from("/v/vol.raw.boot-report.json")
         );
+    }
+
+    #[test]
+    fn firmware_saying_nothing_is_bootable_is_recognised() {
+        let seabios = "SeaBIOS (version 1.16.2)\nBooting from Hard Disk...\nBoot failed: not a bootable disk\n\nNo bootable device.\n";
+        assert_eq!(
+            nothing_bootable(seabios).as_deref(),
+            Some("No bootable device.")
+        );
+        let ovmf = "BdsDxe: failed to load Boot0001\nBdsDxe: No bootable option or device was found.\nBdsDxe: Press any key";
+        assert_eq!(
+            nothing_bootable(ovmf).as_deref(),
+            Some("BdsDxe: No bootable option or device was found.")
+        );
+        assert_eq!(
+            nothing_bootable("Booting from Hard Disk...\nGRUB loading"),
+            None
+        );
+        // Guest writes are discarded unless a caller asks otherwise.
+        assert!(BootSpec::new(Target::File("a.raw".into()), "x").snapshot);
     }
 
     #[test]

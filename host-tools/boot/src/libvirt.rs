@@ -16,7 +16,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::boot::{
-    bus_for, clean_console, Boot, BootReport, BootSpec, Bus, Firmware, Outcome, Target,
+    bus_for, clean_console, nothing_bootable, nothing_bootable_detail, Boot, BootReport, BootSpec,
+    Bus, Firmware, Outcome, Target,
 };
 use crate::inspect;
 use crate::sample::{find_tool, run_tool};
@@ -460,6 +461,9 @@ impl Boot for LibvirtBoot {
                     time_to_marker = Some(start.elapsed().as_secs_f64());
                     break Outcome::Booted;
                 }
+                if nothing_bootable(&clean_console(&raw)).is_some() {
+                    break Outcome::NothingBootable;
+                }
                 let state = virsh(&self.conn, &["domstate", &name]).unwrap_or_default();
                 if !state.trim().starts_with("running") {
                     // Whatever the guest printed before stopping counts.
@@ -507,6 +511,10 @@ impl Boot for LibvirtBoot {
             Outcome::GuestStopped => format!(
                 "the guest powered off or rebooted after {elapsed:.1} s without printing {:?}",
                 spec.wait_for
+            ),
+            Outcome::NothingBootable => nothing_bootable_detail(
+                &nothing_bootable(&console_log).unwrap_or_default(),
+                elapsed,
             ),
             Outcome::QemuFailed => {
                 format!("libvirt could not run the domain: {}", qemu_stderr.trim())

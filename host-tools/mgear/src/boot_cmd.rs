@@ -5,8 +5,11 @@
 //! ```
 //! QEMU always runs with `-accel tcg -nic none` (never KVM, never a guest
 //! network). The boot counts only when the `--wait-for` regex appears on the
-//! serial console. Firmware (BIOS/UEFI) is chosen from the partition table
-//! unless `--firmware` says otherwise; `--bus auto` picks virtio unless the
+//! serial console; when the firmware says it found nothing to boot ("No
+//! bootable device") it ends at once, not at `--timeout`. The guest's writes
+//! go to a throw-away overlay unless `--write` is given, so booting a
+//! verified volume never changes it. Firmware (BIOS/UEFI) is chosen from the
+//! partition table unless `--firmware` says otherwise; `--bus auto` picks virtio unless the
 //! guest's initramfs visibly lacks virtio drivers. A JSON boot report is written
 //! next to the volume (`vol.raw.boot-report.json`; `./mgear-boot-report.json`
 //! for devices and NBD exports), or to `--report PATH`.
@@ -60,8 +63,13 @@ pub struct Args {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u32,
-    /// Discard the guest's writes (QEMU -snapshot): the volume is left unchanged.
+    /// Let the guest write to the volume. Without it the guest's writes go to
+    /// a throw-away overlay (QEMU -snapshot) and the verified volume stays
+    /// bit-identical.
     #[arg(long)]
+    write: bool,
+    /// Accepted for older scripts: discarding the guest's writes is the default.
+    #[arg(long, hide = true, conflicts_with = "write")]
     snapshot: bool,
     /// Where to write the JSON boot report.
     #[arg(long)]
@@ -144,7 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         bus: args.bus.parse::<Bus>().map_err(lib_err)?,
         firmware: args.firmware.parse::<Firmware>().map_err(lib_err)?,
         memory_mib: args.memory,
-        snapshot: args.snapshot,
+        snapshot: args.snapshot || !args.write,
     };
     let report = boot_resolved(&target, &opts)?;
     let report_path = args

@@ -123,7 +123,8 @@ pub struct Args {
     /// Where resume state and device markers live [default: $XDG_STATE_HOME/mgear/ingest].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Replace an existing target file (or libvirt volume).
+    /// Replace an existing target file (or libvirt volume); overwrite a dev:
+    /// device that holds a file system or partition table.
     #[arg(long)]
     pub force: bool,
     /// After the ingest, boot the volume (guest writes discarded) and prove it came up.

@@ -8,6 +8,7 @@ pub mod boot_cmd;
 pub mod capture;
 pub mod demo;
 pub mod exit;
+pub mod guard;
 pub mod ingest;
 pub mod inspect;
 pub mod keys;

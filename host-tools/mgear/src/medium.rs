@@ -16,7 +16,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use image_format::store::fat::{FormatOptions, MIN_FAT32_BYTES};
+use image_format::store::fat::{FormatOptions, Formatted, MAX_FAT32_BYTES, MIN_FAT32_BYTES};
 use image_format::store::{DirStore, FatStore, FlushIsDurable};
 use image_format::Store;
 use mgear_nbd::NbdFile;
@@ -220,14 +220,16 @@ pub struct MediumArgs {
 /// `mgear medium ...` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum MediumCmd {
-    /// Create a FAT32 file system on an image file (created at --size) or a device (whole device).
+    /// Create a FAT32 file system on an image file (created at --size, or an
+    /// existing one at its size) or a device (whole device), up to 16 TiB.
     Format {
         /// fat:IMAGE or fat:/dev/sdX.
         medium: String,
-        /// Size of a new image file, e.g. 2GiB (not used for devices).
+        /// Size of a new image file, e.g. 2GiB or 16TiB (sparse; not used for devices).
         #[arg(long)]
         size: Option<String>,
-        /// Overwrite an existing image file.
+        /// Overwrite an image or device that holds a file system, a partition
+        /// table or another image (its old signatures are wiped).
         #[arg(long)]
         force: bool,
     },
@@ -256,63 +258,174 @@ pub fn run(args: MediumArgs) -> anyhow::Result<i32> {
                 }
             };
             let size = size.as_deref().map(parse_size).transpose()?;
-            let bytes = format_fat(&path, size, force)?;
+            let done = format_medium(&path, size, force)?;
+            let f = &done.formatted;
             if crate::output::json() {
                 crate::output::emit(&serde_json::json!({
                     "medium": format!("fat:{}", path.display()),
                     "file_system": "FAT32",
-                    "size_bytes": bytes,
+                    "size_bytes": f.volume_bytes,
+                    "device_bytes": done.bytes,
+                    "sector_bytes": f.sector_bytes,
+                    "cluster_bytes": f.cluster_bytes,
+                    "volume_serial": format!("{:04X}-{:04X}", f.volume_id >> 16, f.volume_id & 0xffff),
+                    "wiped": crate::guard::describe(&done.wiped),
                 }))?;
                 return Ok(crate::exit::OK);
             }
+            if !done.wiped.is_empty() {
+                println!(
+                    "wiped {} from {}",
+                    crate::guard::describe(&done.wiped),
+                    path.display()
+                );
+            }
             println!(
-                "formatted {} as FAT32 ({})",
+                "formatted {} as FAT32 ({}; {}-byte sectors, {} clusters, serial {:04X}-{:04X})",
                 path.display(),
-                human_bytes(bytes)
+                human_bytes(f.volume_bytes),
+                f.sector_bytes,
+                human_bytes(f.cluster_bytes),
+                f.volume_id >> 16,
+                f.volume_id & 0xffff
             );
+            // (A 2 TiB medium leaves its last 512 bytes out: not worth a word.)
+            if done.bytes.saturating_sub(f.volume_bytes) >= 1 << 20 {
+                println!(
+                    "note: the device is {}; FAT32 covers its first {} (the largest FAT32 volume), the rest is unused",
+                    human_bytes(done.bytes),
+                    human_bytes(f.volume_bytes)
+                );
+            }
             Ok(crate::exit::OK)
         }
     }
 }
 
+/// What [`format_medium`] did.
+#[derive(Debug)]
+pub struct FormatDone {
+    /// Size of the image or device.
+    pub bytes: u64,
+    /// The new file system.
+    pub formatted: Formatted,
+    /// Signatures found and wiped (with `--force`).
+    pub wiped: Vec<crate::guard::Signature>,
+}
+
 /// Format `path` (a new image of `size` bytes, or an existing device) with
 /// FAT32; returns the size.
 pub fn format_fat(path: &std::path::Path, size: Option<u64>, force: bool) -> anyhow::Result<u64> {
-    let is_dev = std::fs::metadata(path)
-        .map(|m| m.file_type().is_block_device())
-        .unwrap_or(false);
-    let mut file: File = if is_dev {
-        if size.is_some() {
+    Ok(format_medium(path, size, force)?.bytes)
+}
+
+/// Check a new image's size before anything is created: at least 34 MiB,
+/// at most 16 TiB. A request for exactly 16 TiB (or anything between
+/// [`MAX_FAT32_BYTES`] and 16 TiB) makes an image of [`MAX_FAT32_BYTES`],
+/// the 4 KiB FAT32 cannot address (and ext4 cannot hold in one file).
+fn image_size(size: u64) -> anyhow::Result<u64> {
+    if size < MIN_FAT32_BYTES {
+        return Err(usage(format!(
+            "--size {}: a FAT32 medium needs at least {}",
+            human_bytes(size),
+            human_bytes(MIN_FAT32_BYTES)
+        )));
+    }
+    if size > 16 << 40 {
+        return Err(usage(format!(
+            "--size {}: the largest FAT32 medium is 16 TiB (2^32 - 1 sectors of 4096 bytes); \
+             split the machine over several media or use a smaller --size",
+            human_bytes(size)
+        )));
+    }
+    Ok(size.min(MAX_FAT32_BYTES))
+}
+
+/// Format `path`: a device or an existing image file in place (guarded by
+/// [`crate::guard`]: `--force` needed when it holds a file system or a
+/// partition table, whose signatures are then wiped), or a new sparse image
+/// of `size` bytes (an existing file is replaced only with `--force`). A
+/// failure removes an image this call created.
+pub fn format_medium(
+    path: &std::path::Path,
+    size: Option<u64>,
+    force: bool,
+) -> anyhow::Result<FormatDone> {
+    let meta = std::fs::metadata(path).ok();
+    let is_dev = meta
+        .as_ref()
+        .is_some_and(|m| m.file_type().is_block_device());
+    let in_place = is_dev || (meta.is_some() && size.is_none());
+    if in_place {
+        if is_dev && size.is_some() {
             return Err(usage(format!(
                 "{} is a device: --size applies to image files only",
                 path.display()
             )));
         }
-        OpenOptions::new()
+        let found = crate::guard::refuse_if_holds_data(path, force, "formatting")?;
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .with_context(|| format!("cannot open device {}", path.display()))?
-    } else {
-        let size = size.ok_or_else(|| {
-            usage(format!(
-                "creating image {} needs --size, e.g. --size 2GiB",
-                path.display()
-            ))
-        })?;
-        if size < MIN_FAT32_BYTES {
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let bytes = (&file).seek(SeekFrom::End(0))?;
+        if bytes < MIN_FAT32_BYTES {
             return Err(usage(format!(
-                "--size {}: a FAT32 medium needs at least {}",
-                human_bytes(size),
+                "{} is {}: a FAT32 medium needs at least {}",
+                path.display(),
+                human_bytes(bytes),
                 human_bytes(MIN_FAT32_BYTES)
             )));
         }
-        if path.exists() && !force {
+        if !is_dev {
+            // An image file in place: emptying it and growing it back drops
+            // every old byte, so it reads as zeros and stays sparse.
+            file.set_len(0)
+                .and_then(|()| file.set_len(bytes))
+                .with_context(|| format!("emptying image {}", path.display()))?;
+        } else if !found.is_empty() {
+            crate::guard::wipe(&file)
+                .with_context(|| format!("wiping old signatures on {}", path.display()))?;
+        }
+        let formatted = run_format(file, !is_dev)
+            .map_err(|e| anyhow::anyhow!("formatting {}: {e}", path.display()))?;
+        return Ok(FormatDone {
+            bytes,
+            formatted,
+            wiped: found,
+        });
+    }
+    let requested = size.ok_or_else(|| {
+        usage(format!(
+            "creating image {} needs --size, e.g. --size 2GiB",
+            path.display()
+        ))
+    })?;
+    let bytes = image_size(requested)?;
+    let wiped = match meta {
+        Some(_) if !force => {
+            let held = File::open(path)
+                .and_then(|f| crate::guard::signatures(&f))
+                .unwrap_or_default();
+            let what = if held.is_empty() {
+                String::new()
+            } else {
+                format!(" and holds {}", crate::guard::describe(&held))
+            };
             return Err(usage(format!(
-                "{} exists: pass --force to overwrite it",
+                "{} exists{what}: pass --force to replace it (or leave out --size to format it in place)",
                 path.display()
             )));
         }
+        Some(_) => File::open(path)
+            .and_then(|f| crate::guard::signatures(&f))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    // Truncating to zero and growing again drops every old byte (and
+    // signature): the new image reads as zeros and stays sparse.
+    let made = (|| -> anyhow::Result<Formatted> {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -320,20 +433,43 @@ pub fn format_fat(path: &std::path::Path, size: Option<u64>, force: bool) -> any
             .truncate(true)
             .open(path)
             .with_context(|| format!("cannot create image {}", path.display()))?;
-        // A sparse image: only what FAT and the captures write takes space.
-        f.set_len(size)
-            .with_context(|| format!("cannot size image {}", path.display()))?;
-        f
-    };
-    let bytes = file.seek(SeekFrom::End(0))?;
-    file.seek(SeekFrom::Start(0))?;
+        f.set_len(bytes).map_err(|e| {
+            crate::exit::coded(
+                crate::exit::IO,
+                format!(
+                    "cannot make {} {} long ({e}): the file system holding it cannot \
+                     store a file that large (ext4 stops at 16 TiB, FAT at 4 GiB)",
+                    path.display(),
+                    human_bytes(bytes)
+                ),
+            )
+        })?;
+        run_format(f, true).map_err(|e| anyhow::anyhow!("formatting {}: {e}", path.display()))
+    })();
+    match made {
+        Ok(formatted) => Ok(FormatDone {
+            bytes,
+            formatted,
+            wiped,
+        }),
+        Err(e) => {
+            // Never leave a half-made (and possibly huge, sparse) image behind.
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
+fn run_format(file: File, zeroed: bool) -> Result<Formatted, image_format::StoreError> {
     let opts = FormatOptions {
         label: "MOTIONGEAR".into(),
         cluster_size: None,
+        // A random serial per medium, as mkfs.fat does: two media must not
+        // look like the same volume to a host (or to a person).
+        volume_id: Some(rand::random()),
+        device_is_zeroed: zeroed,
     };
     FatStore::format(file, &opts)
-        .map_err(|e| anyhow::anyhow!("formatting {}: {e}", path.display()))?;
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -363,11 +499,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.img");
         assert_eq!(format_fat(&p, Some(64 << 20), false).unwrap(), 64 << 20);
-        // Refuses to overwrite without --force, and too-small images.
-        assert_eq!(
-            code_of(&format_fat(&p, Some(64 << 20), false).unwrap_err()),
-            USAGE
-        );
+        // Refuses to replace without --force (naming what is there), and too-small images.
+        let e = format_fat(&p, Some(64 << 20), false).unwrap_err();
+        assert_eq!(code_of(&e), USAGE);
+        assert!(e.to_string().contains("FAT32 file system"), "{e}");
         assert_eq!(
             code_of(&format_fat(&p, Some(8 << 20), true).unwrap_err()),
             USAGE
@@ -378,5 +513,37 @@ mod tests {
         let mut m = open_mode(&format!("fat:{}", p.display()), false).unwrap();
         assert_eq!(m.store().list("x").unwrap().len(), 1);
         m.close().unwrap();
+    }
+
+    #[test]
+    fn too_large_is_refused_before_any_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.img");
+        let e = format_fat(&p, Some(17 << 40), false).unwrap_err();
+        assert_eq!(code_of(&e), USAGE);
+        assert!(e.to_string().contains("16 TiB"), "{e}");
+        assert!(!p.exists());
+        // 16 TiB exactly is the 16 TiB - 4 KiB FAT32 can address.
+        assert_eq!(image_size(16 << 40).unwrap(), MAX_FAT32_BYTES);
+    }
+
+    #[test]
+    fn in_place_needs_force_over_data_and_serials_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        let fa = format_medium(&a, Some(64 << 20), false).unwrap();
+        let fb = format_medium(&b, Some(64 << 20), false).unwrap();
+        assert_ne!(fa.formatted.volume_id, fb.formatted.volume_id);
+        assert_ne!(fa.formatted.volume_id, 0x1234_5678);
+        // In place (no --size): the FAT32 it holds needs --force, and is wiped.
+        let e = format_medium(&a, None, false).unwrap_err();
+        assert_eq!(code_of(&e), USAGE);
+        let again = format_medium(&a, None, true).unwrap();
+        assert_eq!(again.wiped.len(), 1, "{:?}", again.wiped);
+        assert_eq!(again.bytes, 64 << 20);
+        // A blank file of the right size formats in place without --force.
+        let c = dir.path().join("c.img");
+        File::create(&c).unwrap().set_len(64 << 20).unwrap();
+        assert!(format_medium(&c, None, false).unwrap().wiped.is_empty());
     }
 }

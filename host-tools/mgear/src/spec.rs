@@ -149,7 +149,14 @@ impl Target {
         let v: Box<dyn Volume> = match self {
             Target::File(p) => Box::new(FileVolume::create(p, prep).map_err(volume_err)?),
             Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep).map_err(volume_err)?),
-            Target::Dev(p) => Box::new(DeviceVolume::open(p, prep).map_err(volume_err)?),
+            Target::Dev(p) => {
+                // Whatever the device holds is checked before the first byte
+                // is written (open zeroes the head of a fresh device).
+                if !DeviceVolume::unfinished(p, prep) {
+                    crate::guard::refuse_if_holds_data(p, prep.force, "ingest")?;
+                }
+                Box::new(DeviceVolume::open(p, prep).map_err(volume_err)?)
+            }
             Target::Nbd(u) => Box::new(NbdVolume::open(u, prep).map_err(volume_err)?),
             Target::Libvirt(t) => Box::new(
                 LibvirtVolume::open(mgear_boot::libvirt::DEFAULT_CONN, &t.pool, &t.name, prep)

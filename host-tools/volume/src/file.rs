@@ -336,10 +336,7 @@ impl DeviceVolume {
             size,
             device: true,
         };
-        let name = path
-            .file_name()
-            .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
-        let marker = Marker::new(&prep.state_dir, &name);
+        let marker = Self::marker(path, prep);
         let found = if marker.exists() {
             Found::Unfinished {
                 adopt_without_state: true,
@@ -352,6 +349,22 @@ impl DeviceVolume {
             Found::New
         };
         Ok(DeviceVolume { raw, marker, found })
+    }
+}
+
+impl DeviceVolume {
+    /// Whether an earlier, unfinished ingest into `path` left its marker: the
+    /// device then holds that ingest's partial data and [`DeviceVolume::open`]
+    /// resumes it rather than starting over.
+    pub fn unfinished(path: &Path, prep: &Prepare) -> bool {
+        Self::marker(path, prep).exists()
+    }
+
+    fn marker(path: &Path, prep: &Prepare) -> Marker {
+        let name = path
+            .file_name()
+            .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
+        Marker::new(&prep.state_dir, &name)
     }
 }
 

@@ -364,8 +364,16 @@ impl<D: BlockDevice> Seek for BlockCache<D> {
 pub struct FormatOptions {
     /// Volume label (at most 11 ASCII characters).
     pub label: String,
-    /// Cluster size in bytes; `None` lets `fatfs` choose for the volume size.
+    /// Cluster size in bytes; `None` chooses by the volume size ([`FatLayout::for_size`]).
     pub cluster_size: Option<u32>,
+    /// Volume serial number (`vol_id`, shown as XXXX-XXXX by `blkid` and
+    /// Windows). `None` keeps `fatfs`'s fixed 1234-5678: callers pass a
+    /// random one so two media can be told apart.
+    pub volume_id: Option<u32>,
+    /// The device already reads as zeros everywhere (a sparse image file
+    /// just created): zero-filling the FATs is skipped, so a 16 TiB image
+    /// stays sparse instead of gaining 2 GiB of written zeros.
+    pub device_is_zeroed: bool,
 }
 
 impl Default for FormatOptions {
@@ -373,6 +381,8 @@ impl Default for FormatOptions {
         FormatOptions {
             label: "MGEAR".into(),
             cluster_size: None,
+            volume_id: None,
+            device_is_zeroed: false,
         }
     }
 }
@@ -380,6 +390,155 @@ impl Default for FormatOptions {
 /// Smallest volume `fatfs` (and the FAT32 spec) can format as FAT32 with
 /// 512-byte sectors and small clusters: 65525 clusters plus metadata.
 pub const MIN_FAT32_BYTES: u64 = 34 * 1024 * 1024;
+
+/// Largest volume formatted with 512-byte sectors: FAT32's total-sector
+/// field is 32 bits (2^32 - 1 sectors, 2 TiB - 512 bytes).
+pub const MAX_512_SECTOR_BYTES: u64 = u32::MAX as u64 * 512;
+
+/// Largest FAT32 volume (16 TiB - 4 KiB): 2^32 - 1 sectors of 4096 bytes,
+/// the largest logical sector FAT32 defines. With 128 KiB clusters that is
+/// under 2^27 clusters (see [`MAX_FAT_BYTES`]). A larger device gets a
+/// volume of this size at its start.
+pub const MAX_FAT32_BYTES: u64 = u32::MAX as u64 * 4096;
+
+/// Cluster size of volumes larger than [`MAX_512_SECTOR_BYTES`] (up to 8 TiB).
+pub const LARGE_CLUSTER_BYTES: u32 = 64 * 1024;
+
+pub use super::fatmap::{fat_size_supported, MAX_FAT_BYTES};
+
+/// How a volume of a given size is laid out (see FORMAT.md, "Media sizes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FatLayout {
+    /// Logical sector size in the boot sector: 512 up to 2 TiB, 4096 beyond.
+    pub sector_bytes: u16,
+    /// Sectors the volume covers (the device may be larger).
+    pub total_sectors: u32,
+    /// Cluster size, `None`: `fatfs`'s choice for the size (at most 32 KiB).
+    pub cluster_bytes: Option<u32>,
+}
+
+impl FatLayout {
+    /// The layout for a device of `bytes`, `cluster` as asked by the caller.
+    /// Up to 2 TiB: 512-byte sectors (what every FAT32 implementation
+    /// reads). Beyond: 4096-byte sectors, the only way past FAT32's 32-bit
+    /// sector count, and 64 KiB clusters, 128 KiB over 8 TiB, so each FAT
+    /// stays under [`MAX_FAT_BYTES`]. No partition table either way (the
+    /// volume starts at byte 0): a GPT would not lift the 32-bit sector
+    /// count of the file system inside it.
+    pub fn for_size(bytes: u64, cluster: Option<u32>) -> Result<FatLayout, StoreError> {
+        if bytes < MIN_FAT32_BYTES {
+            return Err(StoreError::Io(format!(
+                "the medium is {bytes} bytes; FAT32 needs at least {MIN_FAT32_BYTES} bytes (34 MiB)"
+            )));
+        }
+        if let Some(cs) = cluster {
+            if !cs.is_power_of_two() || !(512..=65536).contains(&cs) {
+                return Err(StoreError::Io(format!(
+                    "cluster size {cs} must be a power of two from 512 to 65536"
+                )));
+            }
+        }
+        // 2 TiB exactly (a common size) still gets 512-byte sectors: the
+        // last 512 bytes stay outside the volume.
+        if bytes <= 2 << 40 {
+            return Ok(FatLayout {
+                sector_bytes: 512,
+                total_sectors: (bytes / 512).min(u64::from(u32::MAX)) as u32,
+                cluster_bytes: cluster,
+            });
+        }
+        // 64 KiB clusters up to 8 TiB, 128 KiB beyond: each FAT stays under
+        // MAX_FAT_BYTES (fewer than 2^27 clusters).
+        let sectors = (bytes / 4096).min(u64::from(u32::MAX));
+        let cluster = cluster.unwrap_or(
+            if sectors * 4096 / u64::from(LARGE_CLUSTER_BYTES) < (1 << 27) - (1 << 16) {
+                LARGE_CLUSTER_BYTES
+            } else {
+                2 * LARGE_CLUSTER_BYTES
+            },
+        );
+        if cluster < 4096 {
+            return Err(StoreError::Io(format!(
+                "cluster size {cluster}: a medium over 2 TiB has 4096-byte sectors, so clusters of at least 4096 bytes"
+            )));
+        }
+        Ok(FatLayout {
+            sector_bytes: 4096,
+            total_sectors: sectors as u32,
+            cluster_bytes: Some(cluster),
+        })
+    }
+
+    /// Bytes of the device the volume covers.
+    pub fn volume_bytes(&self) -> u64 {
+        u64::from(self.total_sectors) * u64::from(self.sector_bytes)
+    }
+}
+
+/// What [`FatStore::format`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Formatted {
+    /// Logical sector size.
+    pub sector_bytes: u64,
+    /// Cluster size.
+    pub cluster_bytes: u64,
+    /// Data clusters.
+    pub clusters: u64,
+    /// Bytes of the device the volume covers.
+    pub volume_bytes: u64,
+    /// Volume serial number.
+    pub volume_id: u32,
+}
+
+/// Below the cache during [`FatStore::format`] on a device known to read as
+/// zeros: an all-zero write to bytes nothing has written yet is dropped
+/// (they read as zeros already), everything else goes through.
+struct SkipZeros<D> {
+    dev: D,
+    pos: u64,
+    /// Byte ranges written so far (few: boot sectors, FAT heads, root dir).
+    written: Vec<(u64, u64)>,
+    skip: bool,
+}
+
+impl<D: BlockDevice> Read for SkipZeros<D> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.dev.seek(SeekFrom::Start(self.pos))?;
+        let n = self.dev.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<D: BlockDevice> Write for SkipZeros<D> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (start, end) = (self.pos, self.pos + buf.len() as u64);
+        let untouched = !self.written.iter().any(|&(s, e)| s < end && start < e);
+        if !(self.skip && untouched && buf.iter().all(|b| *b == 0)) {
+            self.dev.seek(SeekFrom::Start(start))?;
+            self.dev.write_all(buf)?;
+            self.written.push((start, end));
+        }
+        self.pos = end;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.dev.flush()
+    }
+}
+
+impl<D: BlockDevice> Seek for SkipZeros<D> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.pos = self.dev.seek(pos)?;
+        Ok(self.pos)
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for SkipZeros<D> {
+    fn sync_device(&mut self) -> io::Result<()> {
+        self.dev.sync_device()
+    }
+}
 
 /// A FAT32 volume used as a medium.
 pub struct FatStore<D: BlockDevice> {
@@ -454,15 +613,20 @@ fn check_path(path: &str) -> Result<(), StoreError> {
 }
 
 impl<D: BlockDevice> FatStore<D> {
-    /// Create a FAT32 file system on the whole device (destroys its contents).
-    pub fn format(dev: D, opts: &FormatOptions) -> Result<(), StoreError> {
-        let mut cache = BlockCache::new(dev).map_err(|e| fat_err("format", e))?;
+    /// Create a FAT32 file system on the device (destroys its contents),
+    /// laid out by [`FatLayout::for_size`]: the whole device, or its first
+    /// [`MAX_FAT32_BYTES`] when it is larger. FSInfo gets the true free
+    /// count, so nothing has to count a 1 GiB FAT on first use.
+    pub fn format(dev: D, opts: &FormatOptions) -> Result<Formatted, StoreError> {
+        let zeroing = SkipZeros {
+            dev,
+            pos: 0,
+            written: Vec::new(),
+            skip: opts.device_is_zeroed,
+        };
+        let mut cache = BlockCache::new(zeroing).map_err(|e| fat_err("format", e))?;
         let size = cache.size().map_err(|e| fat_err("format", e))?;
-        if size < MIN_FAT32_BYTES {
-            return Err(StoreError::Io(format!(
-                "the medium is {size} bytes; FAT32 needs at least {MIN_FAT32_BYTES} bytes (34 MiB)"
-            )));
-        }
+        let layout = FatLayout::for_size(size, opts.cluster_size)?;
         let label = opts.label.as_bytes();
         if label.len() > 11 || !label.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
             return Err(StoreError::Io(format!(
@@ -474,21 +638,45 @@ impl<D: BlockDevice> FatStore<D> {
         l[..label.len()].copy_from_slice(label);
         let mut fo = fatfs::FormatVolumeOptions::new()
             .fat_type(fatfs::FatType::Fat32)
-            .volume_label(l);
-        if let Some(cs) = opts.cluster_size {
-            if !cs.is_power_of_two() || !(512..=65536).contains(&cs) {
-                return Err(StoreError::Io(format!(
-                    "cluster size {cs} must be a power of two from 512 to 65536"
-                )));
-            }
+            .volume_label(l)
+            .bytes_per_sector(layout.sector_bytes)
+            .total_sectors(layout.total_sectors);
+        if let Some(id) = opts.volume_id {
+            fo = fo.volume_id(id);
+        }
+        if let Some(cs) = layout.cluster_bytes {
             fo = fo.bytes_per_cluster(cs);
         }
         fatfs::format_volume(&mut cache, fo).map_err(|e| {
             StoreError::Io(format!(
-                "cannot create a FAT32 file system on the medium: {e} (a larger medium or a smaller cluster size may help)"
+                "cannot create a FAT32 file system on the medium ({size} bytes, {}-byte sectors): {e}",
+                layout.sector_bytes
             ))
         })?;
-        cache.sync().map_err(|e| fat_err("format", e))
+        let mut boot = [0u8; 512];
+        cache
+            .lock()
+            .and_then(|mut g| g.read_at(0, &mut boot))
+            .map_err(|e| fat_err("format", e))?;
+        let geo = fatmap::Geometry::parse(&boot).ok_or_else(|| {
+            StoreError::Io("the new file system is not a FAT32 volume mgear can map".into())
+        })?;
+        // Only the root directory's cluster (2) is taken.
+        fatmap::write_fsinfo(
+            &geo,
+            &mut cache_reader(&cache),
+            &mut cache_writer(&cache),
+            u64::from(geo.cluster_count) - 1,
+            3,
+        )?;
+        cache.sync().map_err(|e| fat_err("format", e))?;
+        Ok(Formatted {
+            sector_bytes: u64::from(layout.sector_bytes),
+            cluster_bytes: geo.cluster_bytes,
+            clusters: u64::from(geo.cluster_count),
+            volume_bytes: layout.volume_bytes(),
+            volume_id: u32::from_le_bytes([boot[0x43], boot[0x44], boot[0x45], boot[0x46]]),
+        })
     }
 
     /// Open the FAT32 volume on `dev`.
@@ -507,6 +695,14 @@ impl<D: BlockDevice> FatStore<D> {
     }
 
     fn mount(cache: BlockCache<D>, read_only: bool) -> Result<Self, StoreError> {
+        let mut head = [0u8; 512];
+        if cache
+            .lock()
+            .and_then(|mut g| g.read_at(0, &mut head))
+            .is_ok()
+        {
+            fat_size_supported(&head)?;
+        }
         let fs = fatfs::FileSystem::new(cache.clone(), fatfs::FsOptions::new()).map_err(|e| {
             StoreError::Io(format!(
                 "the medium does not hold a FAT32 file system ({e}); create one with `mgear medium format fat:PATH`"
@@ -1210,6 +1406,121 @@ mod tests {
         let (_t, p) = image(1 << 20);
         let e = FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap_err();
         assert!(e.to_string().contains("at least"), "{e}");
+    }
+
+    #[test]
+    fn layout_by_size() {
+        let tib = 1u64 << 40;
+        let small = FatLayout::for_size(64 << 20, None).unwrap();
+        assert_eq!((small.sector_bytes, small.cluster_bytes), (512, None));
+        let two = FatLayout::for_size(MAX_512_SECTOR_BYTES, None).unwrap();
+        assert_eq!((two.sector_bytes, two.total_sectors), (512, u32::MAX));
+        let two = FatLayout::for_size(2 * tib, None).unwrap();
+        assert_eq!((two.sector_bytes, two.total_sectors), (512, u32::MAX));
+        let eight = FatLayout::for_size(8 * tib, None).unwrap();
+        assert_eq!(eight.cluster_bytes, Some(131072));
+        let four = FatLayout::for_size(4 * tib, None).unwrap();
+        assert_eq!((four.sector_bytes, four.cluster_bytes), (4096, Some(65536)));
+        assert_eq!(four.volume_bytes(), 4 * tib);
+        // 16 TiB: the sector count stops at 2^32 - 1; the last 4 KiB are unused.
+        let sixteen = FatLayout::for_size(16 * tib, None).unwrap();
+        assert_eq!(sixteen.total_sectors, u32::MAX);
+        assert_eq!(sixteen.cluster_bytes, Some(131072));
+        let below = FatLayout::for_size(8 * tib - 65536, None).unwrap();
+        assert_eq!(below.cluster_bytes, Some(131072));
+        let three = FatLayout::for_size(3 * tib, None).unwrap();
+        assert_eq!(three.cluster_bytes, Some(65536));
+        assert_eq!(sixteen.volume_bytes(), MAX_FAT32_BYTES);
+        assert!(FatLayout::for_size(4 * tib, Some(2048)).is_err());
+        assert!(FatLayout::for_size(4 * tib, Some(3000)).is_err());
+    }
+
+    /// Allocated bytes of a (sparse) file.
+    fn allocated(p: &std::path::Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn four_tib_sparse_medium_formats_works_and_stays_sparse() {
+        let (_t, p) = image(4 << 40);
+        let opts = FormatOptions {
+            volume_id: Some(0x0bad_cafe),
+            device_is_zeroed: true,
+            ..FormatOptions::default()
+        };
+        let made = FatStore::format(open_rw(&p), &opts).unwrap();
+        assert_eq!(made.sector_bytes, 4096);
+        assert_eq!(made.cluster_bytes, 65536);
+        assert_eq!(made.volume_id, 0x0bad_cafe);
+        assert!(made.clusters > (1 << 25) && made.clusters < 0x0FFF_FFF5);
+        // Two 256 MiB FATs were not written out as zeros.
+        assert!(allocated(&p) < 4 << 20, "{} bytes allocated", allocated(&p));
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut st = FatStore::open(open_rw(&p)).unwrap();
+        // FSInfo holds the real count: no FAT scan, and it is right.
+        assert_eq!(
+            st.free_space().unwrap(),
+            Some((made.clusters - 1) * made.cluster_bytes)
+        );
+        st.create_dir_all("cap/a").unwrap();
+        st.write_at("cap/a/SEG-00000", 0, &data).unwrap();
+        st.write_at("cap/a/SEG-00000", data.len() as u64, &data)
+            .unwrap();
+        st.unmount().unwrap();
+        let mut st = FatStore::open_read_only(open_rw(&p)).unwrap();
+        let mut back = vec![0u8; data.len()];
+        st.read_at("cap/a/SEG-00000", data.len() as u64, &mut back)
+            .unwrap();
+        assert_eq!(back, data);
+        st.unmount().unwrap();
+        fsck(&p);
+    }
+
+    /// At the top of each cluster size the FAT still fits both engines'
+    /// 32-bit arithmetic, and the volume mounts.
+    #[test]
+    fn largest_layouts_keep_the_fat_under_the_engines_limit() {
+        for size in [(8u64 << 40) - (8 << 30), 16 << 40] {
+            let (_t, p) = image(size.min(MAX_FAT32_BYTES));
+            let opts = FormatOptions {
+                device_is_zeroed: true,
+                ..FormatOptions::default()
+            };
+            FatStore::format(open_rw(&p), &opts).unwrap();
+            let mut boot = [0u8; 512];
+            std::io::Read::read_exact(&mut open_rw(&p), &mut boot).unwrap();
+            let geo = fatmap::Geometry::parse(&boot).unwrap();
+            assert!(geo.fat_bytes <= MAX_FAT_BYTES, "{size}: {geo:?}");
+            assert!(geo.fat_bytes > MAX_FAT_BYTES / 2, "{size}: {geo:?}");
+            FatStore::open(open_rw(&p)).unwrap().unmount().unwrap();
+        }
+        // A FAT beyond the limit is refused before the engine sees it.
+        let mut boot = [0u8; 512];
+        boot[0x0b..0x0d].copy_from_slice(&4096u16.to_le_bytes());
+        boot[0x24..0x28].copy_from_slice(&(1u32 << 17).to_le_bytes());
+        assert!(fat_size_supported(&boot).is_err());
+    }
+
+    #[test]
+    fn skip_zeros_writes_what_was_written_before() {
+        let (_t, p) = image(1 << 20);
+        let mut z = SkipZeros {
+            dev: open_rw(&p),
+            pos: 0,
+            written: Vec::new(),
+            skip: true,
+        };
+        z.write_all(&[0u8; 4096]).unwrap();
+        z.seek(SeekFrom::Start(8192)).unwrap();
+        z.write_all(&[7u8; 100]).unwrap();
+        // Zeros over bytes written before must reach the device.
+        z.seek(SeekFrom::Start(8192)).unwrap();
+        z.write_all(&[0u8; 50]).unwrap();
+        let back = std::fs::read(&p).unwrap();
+        assert!(back[8192..8242].iter().all(|b| *b == 0));
+        assert!(back[8242..8292].iter().all(|b| *b == 7));
+        assert_eq!(allocated(&p), 4096, "only the written block is allocated");
     }
 
     #[test]

@@ -33,6 +33,32 @@ const END_OF_CHAIN: u32 = 0x0FFF_FFF8;
 /// Bytes of the FAT read per request while walking a chain.
 const FAT_WINDOW: usize = 64 * 1024;
 
+/// Largest FAT (each copy) both engines handle: `fatfs` 0.3.6 and `lamfat`
+/// 0.4.3 count FAT entries as `sectors_per_fat * bytes_per_sector * 8` in
+/// 32-bit arithmetic, which overflows (a panic in debug builds) from a
+/// 512 MiB FAT on. So a volume has fewer than 2^27 clusters.
+pub const MAX_FAT_BYTES: u64 = (1 << 29) - 4096;
+
+/// Whether a FAT32 boot sector describes FATs the engines can handle
+/// ([`MAX_FAT_BYTES`]); checked before either engine parses the volume.
+pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
+    if boot.len() < 0x28 {
+        return Ok(());
+    }
+    let bps = u64::from(u16::from_le_bytes([boot[0x0b], boot[0x0c]]));
+    let fat_sectors = u64::from(u32::from_le_bytes([
+        boot[0x24], boot[0x25], boot[0x26], boot[0x27],
+    ]));
+    if fat_sectors * bps > MAX_FAT_BYTES {
+        return Err(StoreError::Io(format!(
+            "the medium's FAT is {} bytes; the FAT32 engines read at most {MAX_FAT_BYTES} \
+             (a medium formatted by `mgear medium format` always fits)",
+            fat_sectors * bps
+        )));
+    }
+    Ok(())
+}
+
 /// Where a FAT32 volume keeps its FATs, root directory and clusters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Geometry {

@@ -1,0 +1,304 @@
+//! Guard rails before a command destroys what a device or image holds
+//! (`mgear medium format`, `mgear ingest --target dev:`).
+//!
+//! [`signatures`] looks for the magic numbers `blkid` would find, read
+//! straight from the device (no util-linux needed at run time): ext2/3/4,
+//! XFS, btrfs, NTFS, exFAT, FAT, LUKS, Linux swap, LVM, ISO 9660 and the MBR
+//! and GPT partition tables. [`refuse_if_holds_data`] turns a finding into
+//! a usage error (exit 2) unless `--force` was given, and [`wipe`] zeroes
+//! the places those signatures live, so after a forced format `blkid` and
+//! `wipefs` see only the new file system.
+//!
+//! Where each signature sits (byte offsets from the start of the device):
+//!
+//! | what | offset | magic |
+//! |---|---|---|
+//! | ext2/3/4 | 1080 (superblock 1024 + 56) | `53 EF` |
+//! | XFS | 0 | `XFSB` |
+//! | btrfs | 65600 (65536 + 64) | `_BHRfS_M` |
+//! | NTFS / exFAT | 3 | `NTFS    ` / `EXFAT   ` |
+//! | FAT12/16 / FAT32 | 54 / 82, with `55 AA` at 510 | `FAT1x   ` / `FAT32   ` |
+//! | LUKS1/2 | 0 | `LUKS BA BE` |
+//! | swap | page size - 10 (4 KiB and 64 KiB pages) | `SWAPSPACE2` / `SWAP-SPACE` |
+//! | LVM2 PV | sector 0..3, +24 | `LABELONE`, `LVM2 001` |
+//! | ISO 9660 | 32769 | `CD001` |
+//! | GPT | 512 or 4096, and the last sector (backup) | `EFI PART` |
+//! | MBR partition table | 510, a used entry at 446 + 16 n | `55 AA` |
+//!
+//! All of them lie in the first 1 MiB or the last 1 MiB of the device,
+//! which is what [`wipe`] zeroes.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::exit::usage;
+
+/// Bytes read (and wiped) at each end of the device.
+const EDGE: u64 = 1 << 20;
+
+/// What was found on a device: a name a person recognises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// E.g. "an ext4 file system".
+    pub what: String,
+    /// Byte offset of its magic.
+    pub offset: u64,
+}
+
+fn at(b: &[u8], off: usize, len: usize) -> &[u8] {
+    b.get(off..off + len).unwrap_or(&[])
+}
+
+fn le32(b: &[u8], off: usize) -> u32 {
+    match at(b, off, 4) {
+        [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]),
+        _ => 0,
+    }
+}
+
+/// Signatures in the first bytes of a device (`head`, up to 1 MiB) and in
+/// its last bytes (`tail`, which ends at byte `size`).
+pub fn scan(head: &[u8], tail: &[u8], size: u64) -> Vec<Signature> {
+    let mut found = Vec::new();
+    let mut add = |what: &str, offset: u64| {
+        found.push(Signature {
+            what: what.into(),
+            offset,
+        })
+    };
+    if at(head, 1080, 2) == [0x53, 0xef] {
+        // s_feature_compat 0x45C (has_journal 0x4), s_feature_incompat 0x460
+        // (extents 0x40, 64bit 0x80, flex_bg 0x200).
+        let (compat, incompat) = (le32(head, 0x45c), le32(head, 0x460));
+        let kind = if incompat & (0x40 | 0x80 | 0x200) != 0 {
+            "an ext4 file system"
+        } else if compat & 0x4 != 0 {
+            "an ext3 file system"
+        } else {
+            "an ext2 file system"
+        };
+        add(kind, 1080);
+    }
+    if at(head, 0, 4) == b"XFSB" {
+        add("an XFS file system", 0);
+    }
+    if at(head, 65600, 8) == b"_BHRfS_M" {
+        add("a btrfs file system", 65600);
+    }
+    if at(head, 0, 6) == b"LUKS\xba\xbe" {
+        add("a LUKS encrypted volume", 0);
+    }
+    let boot_sig = at(head, 510, 2) == [0x55, 0xaa];
+    let ntfs = at(head, 3, 8) == b"NTFS    ";
+    let exfat = at(head, 3, 8) == b"EXFAT   ";
+    let fat32 = boot_sig && at(head, 82, 8) == b"FAT32   ";
+    let fat16 = boot_sig && matches!(at(head, 54, 8), b"FAT12   " | b"FAT16   ");
+    if ntfs {
+        add("an NTFS file system", 3);
+    }
+    if exfat {
+        add("an exFAT file system", 3);
+    }
+    if fat32 {
+        add("a FAT32 file system", 82);
+    } else if fat16 {
+        add("a FAT12/FAT16 file system", 54);
+    }
+    for page in [4096usize, 65536] {
+        if matches!(at(head, page - 10, 10), b"SWAPSPACE2" | b"SWAP-SPACE") {
+            add("Linux swap space", (page - 10) as u64);
+        }
+    }
+    for sector in 0..4usize {
+        if at(head, sector * 512, 8) == b"LABELONE" && at(head, sector * 512 + 24, 8) == b"LVM2 001"
+        {
+            add("an LVM2 physical volume", (sector * 512) as u64);
+        }
+    }
+    if at(head, 32769, 5) == b"CD001" {
+        add("an ISO 9660 file system", 32769);
+    }
+    let gpt = [512usize, 4096]
+        .into_iter()
+        .find(|o| at(head, *o, 8) == b"EFI PART");
+    if let Some(o) = gpt {
+        add("a GPT partition table", o as u64);
+    }
+    // A backup GPT header in the last sector (512- or 4096-byte sectors).
+    for sector in [512usize, 4096] {
+        if tail.len() >= sector && at(tail, tail.len() - sector, 8) == b"EFI PART" {
+            add("a GPT backup header", size - sector as u64);
+            break;
+        }
+    }
+    // An MBR: the boot signature, not a file system's boot sector, and a
+    // partition entry in use (a protective MBR comes with its GPT above).
+    let used = (0..4).any(|i| {
+        at(head, 446 + 16 * i + 4, 1)
+            .first()
+            .is_some_and(|t| *t != 0)
+    });
+    if boot_sig && !(ntfs || exfat || fat32 || fat16) && gpt.is_none() && used {
+        add("an MBR partition table", 510);
+    }
+    found
+}
+
+/// Size of a regular file or block device (seeking to its end).
+fn size_of(file: &File) -> io::Result<u64> {
+    use std::io::Seek;
+    let mut f = file;
+    f.seek(io::SeekFrom::End(0))
+}
+
+/// The signatures on `file` (its first and last MiB).
+pub fn signatures(file: &File) -> io::Result<Vec<Signature>> {
+    let size = size_of(file)?;
+    let mut head = vec![0u8; size.min(EDGE) as usize];
+    file.read_exact_at(&mut head, 0)?;
+    let tail_len = size.min(EDGE);
+    let mut tail = vec![0u8; tail_len as usize];
+    file.read_exact_at(&mut tail, size - tail_len)?;
+    Ok(scan(&head, &tail, size))
+}
+
+/// "an ext4 file system and an MBR partition table".
+pub fn describe(found: &[Signature]) -> String {
+    let names: Vec<&str> = found.iter().map(|s| s.what.as_str()).collect();
+    match names.as_slice() {
+        [] => "nothing recognisable".into(),
+        [one] => (*one).into(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Refuse (exit 2) to overwrite `path` when it holds a file system or a
+/// partition table, unless `force`; `doing` says what would overwrite it
+/// ("formatting", "ingest"). Returns what was found (empty when nothing).
+pub fn refuse_if_holds_data(
+    path: &Path,
+    force: bool,
+    doing: &str,
+) -> anyhow::Result<Vec<Signature>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let found = signatures(&file)
+        .with_context(|| format!("reading the start and end of {}", path.display()))?;
+    if !found.is_empty() && !force {
+        return Err(usage(format!(
+            "{} holds {}: {doing} would destroy it. Check that this is the right device \
+             (`lsblk -f {}`), then pass --force",
+            path.display(),
+            describe(&found),
+            path.display()
+        )));
+    }
+    Ok(found)
+}
+
+/// Zero the first and last MiB of `file` (where every signature of
+/// [`scan`] lives), and make it durable.
+pub fn wipe(file: &File) -> io::Result<()> {
+    let size = size_of(file)?;
+    let zeros = vec![0u8; size.min(EDGE) as usize];
+    file.write_all_at(&zeros, 0)?;
+    file.write_all_at(&zeros, size - zeros.len() as u64)?;
+    file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn names(head: &[u8], tail: &[u8]) -> Vec<String> {
+        scan(head, tail, 1 << 30)
+            .into_iter()
+            .map(|s| s.what)
+            .collect()
+    }
+
+    #[test]
+    fn blank_holds_nothing() {
+        assert!(names(&vec![0u8; 1 << 20], &vec![0u8; 1 << 20]).is_empty());
+        assert!(names(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn finds_each_magic() {
+        let mut h = vec![0u8; 1 << 20];
+        h[1080..1082].copy_from_slice(&[0x53, 0xef]);
+        h[0x460] = 0x40;
+        assert_eq!(names(&h, &[]), ["an ext4 file system"]);
+        let mut h = vec![0u8; 1 << 20];
+        h[0..4].copy_from_slice(b"XFSB");
+        h[65600..65608].copy_from_slice(b"_BHRfS_M");
+        assert_eq!(
+            names(&h, &[]),
+            ["an XFS file system", "a btrfs file system"]
+        );
+        let mut h = vec![0u8; 4096];
+        h[4086..4096].copy_from_slice(b"SWAPSPACE2");
+        assert_eq!(names(&h, &[]), ["Linux swap space"]);
+        let mut h = vec![0u8; 4096];
+        h[512..520].copy_from_slice(b"LABELONE");
+        h[536..544].copy_from_slice(b"LVM2 001");
+        assert_eq!(names(&h, &[]), ["an LVM2 physical volume"]);
+        // An MBR with one partition, and a GPT (whose protective MBR is not
+        // reported twice) with its backup header at the end.
+        let mut h = vec![0u8; 4096];
+        h[510..512].copy_from_slice(&[0x55, 0xaa]);
+        h[446 + 4] = 0x83;
+        assert_eq!(names(&h, &[]), ["an MBR partition table"]);
+        h[446 + 4] = 0xee;
+        h[512..520].copy_from_slice(b"EFI PART");
+        let mut t = vec![0u8; 4096];
+        t[4096 - 512..4096 - 504].copy_from_slice(b"EFI PART");
+        assert_eq!(
+            names(&h, &t),
+            ["a GPT partition table", "a GPT backup header"]
+        );
+    }
+
+    /// Real mkfs output, where the tools are installed (util-linux,
+    /// e2fsprogs, dosfstools, cryptsetup are in ./test.sh's list).
+    #[test]
+    fn finds_what_mkfs_made_and_wipe_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (tool, args, what) in [
+            ("mkfs.ext4", &["-q", "-F"][..], "an ext4 file system"),
+            ("mkfs.fat", &["-F", "32"][..], "a FAT32 file system"),
+            ("mkswap", &[][..], "Linux swap space"),
+            ("mkfs.xfs", &["-q", "-f"][..], "an XFS file system"),
+        ] {
+            let p = dir.path().join(format!("{tool}.img"));
+            File::create(&p).unwrap().set_len(400 << 20).unwrap();
+            let ok = Command::new(tool).args(args).arg(&p).output();
+            let Ok(out) = ok else {
+                eprintln!("{tool} not installed: skipped");
+                continue;
+            };
+            assert!(
+                out.status.success(),
+                "{tool}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap();
+            let found = signatures(&f).unwrap();
+            assert!(found.iter().any(|s| s.what == what), "{tool}: {found:?}");
+            let e = refuse_if_holds_data(&p, false, "formatting").unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+            assert!(e.to_string().contains(what), "{e}");
+            assert_eq!(refuse_if_holds_data(&p, true, "formatting").unwrap(), found);
+            wipe(&f).unwrap();
+            assert!(signatures(&f).unwrap().is_empty(), "{tool} after wipe");
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Field-proof media and volumes (issues #13, #15 item 5): FAT32 media of
+//! 2, 4 and 16 TiB (sparse images) format and carry a capture end to end,
+//! also through the appliance simulator; a size that cannot work is refused
+//! before any file exists; formatting over a file system or partition table
+//! needs `--force` and wipes the old signatures (checked with `blkid -p`);
+//! every medium gets its own serial; `ingest --target dev:` over a disk
+//! holding a partition table needs `--force`; `mgear boot` leaves the volume
+//! bit-identical unless `--write` and gives up at once on a disk the
+//! firmware cannot boot.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use mgear_tests::{output_text as text, same_file, Env};
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use crate::appliance_util::Lab;
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn sha(p: &Path) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(fs::read(p).unwrap());
+    h.finalize().to_vec()
+}
+
+/// Bytes a sparse file really occupies.
+fn allocated(p: &Path) -> u64 {
+    fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// `blkid -p` of a file or device: the probed TYPE values (empty: nothing).
+fn blkid_types(p: &Path) -> Vec<String> {
+    let o = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(p)
+        .output()
+        .expect("blkid (Debian util-linux)");
+    out(&o)
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("TYPE=")
+                .or_else(|| l.strip_prefix("PTTYPE="))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn blkid_uuid(p: &Path) -> String {
+    let o = Command::new("blkid")
+        .args(["-p", "-s", "UUID", "-o", "value"])
+        .arg(p)
+        .output()
+        .expect("blkid (Debian util-linux)");
+    out(&o).trim().to_owned()
+}
+
+fn random_disk(p: &Path, mib: usize, seed: u64) {
+    let mut d = vec![0u8; mib << 20];
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    for (i, c) in d.chunks_mut(1 << 20).enumerate() {
+        if i % 3 != 1 {
+            rng.fill_bytes(c);
+        }
+    }
+    fs::write(p, d).unwrap();
+}
+
+/// Site and target keys in `e`.
+fn keys(e: &Env) {
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+}
+
+/// Format `name` at `size`, capture, verify and ingest through it; the
+/// image stays sparse. Returns the format command's output.
+fn journey(e: &Env, name: &str, size: &str) -> String {
+    let f = e.ok(&["medium", "format", &format!("fat:{name}"), "--size", size]);
+    let m = format!("fat:{name}");
+    #[rustfmt::skip]
+    e.ok(&["capture", "--source", "disk.raw", "--medium", &m, "--name", "web01",
+           "--recipient", "target.pub", "--sign", "site.key"]);
+    e.ok(&["verify", "--medium", &m, "--trust", "site.pub"]);
+    let vol = format!("file:{name}.vol");
+    #[rustfmt::skip]
+    e.ok(&["ingest", "--medium", &m, "--name", "web01", "--identity", "target.key",
+           "--target", &vol, "--trust", "site.pub", "--allow-unsealed"]);
+    same_file(&e.p("disk.raw"), &e.p(&format!("{name}.vol")));
+    assert!(
+        allocated(&e.p(name)) < 64 << 20,
+        "{name} ({size}) is not sparse: {} bytes allocated",
+        allocated(&e.p(name))
+    );
+    out(&f)
+}
+
+#[test]
+fn field_media_2_4_and_16_tib_images_carry_a_capture() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 5, 1);
+    // The README's example size: 512-byte sectors still reach it.
+    let two = journey(&e, "m2.img", "2TiB");
+    assert!(two.contains("512-byte sectors"), "{two}");
+    fs::remove_file(e.p("m2.img")).unwrap();
+    let four = journey(&e, "m4.img", "4TiB");
+    assert!(
+        four.contains("4096-byte sectors") && four.contains("64.00 KiB clusters"),
+        "{four}"
+    );
+    // fsck.fat agrees the 4 KiB-sector volume is clean after a capture.
+    let fsck = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(e.p("m4.img"))
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "fsck.fat: {}", text(&fsck));
+    assert!(blkid_types(&e.p("m4.img")).contains(&"vfat".to_string()));
+    fs::remove_file(e.p("m4.img")).unwrap();
+    // 16 TiB: the image is the 16 TiB - 4 KiB FAT32 can address.
+    let sixteen = journey(&e, "m16.img", "16TiB");
+    assert!(
+        sixteen.contains("4096-byte sectors") && sixteen.contains("128.00 KiB clusters"),
+        "{sixteen}"
+    );
+    assert_eq!(
+        fs::metadata(e.p("m16.img")).unwrap().len(),
+        (16u64 << 40) - 4096
+    );
+}
+
+#[test]
+fn field_media_impossible_size_is_refused_before_any_file_exists() {
+    let e = Env::new();
+    let o = e.run(&["medium", "format", "fat:big.img", "--size", "17TiB"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("16 TiB"), "{}", text(&o));
+    assert!(!e.p("big.img").exists(), "a refused format left a file");
+    let o = e.run(&["medium", "format", "fat:small.img", "--size", "10MiB"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!e.p("small.img").exists());
+}
+
+/// A loop device over `file`, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        let o = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup (Debian: mount)");
+        assert!(
+            o.status.success(),
+            "losetup failed (needs root and loop devices): {}",
+            text(&o)
+        );
+        Loop(out(&o).trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+fn mkfs_ext4(p: &Path, mib: u64) {
+    fs::File::create(p).unwrap().set_len(mib << 20).unwrap();
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(p)
+        .output()
+        .expect("mkfs.ext4 (Debian e2fsprogs)");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(blkid_types(p), ["ext4"]);
+}
+
+#[test]
+fn field_media_format_over_ext4_needs_force_and_wipes_it() {
+    let e = Env::new();
+    // An image file formatted in place (no --size).
+    mkfs_ext4(&e.p("old.img"), 64);
+    let before = sha(&e.p("old.img"));
+    let o = e.run(&["medium", "format", "fat:old.img"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("ext4 file system"), "{}", text(&o));
+    assert_eq!(
+        sha(&e.p("old.img")),
+        before,
+        "a refused format changed the image"
+    );
+    let o = e.ok(&["medium", "format", "fat:old.img", "--force"]);
+    assert!(
+        out(&o).contains("wiped an ext4 file system"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(blkid_types(&e.p("old.img")), ["vfat"]);
+
+    // A block device: the same guard, and no ext4 left for blkid or wipefs.
+    mkfs_ext4(&e.p("dev.img"), 64);
+    let dev = Loop::attach(&e.p("dev.img"));
+    let spec = format!("fat:{}", dev.0);
+    let o = e.run(&["medium", "format", &spec]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("ext4"), "{}", text(&o));
+    e.ok(&["medium", "format", &spec, "--force"]);
+    assert_eq!(blkid_types(Path::new(&dev.0)), ["vfat"]);
+    let w = Command::new("wipefs")
+        .arg("-n")
+        .arg(&dev.0)
+        .output()
+        .unwrap();
+    assert!(
+        !out(&w).contains("ext4"),
+        "wipefs still sees ext4: {}",
+        text(&w)
+    );
+
+    // Every medium gets its own serial.
+    e.ok(&["medium", "format", "fat:a.img", "--size", "64MiB"]);
+    e.ok(&["medium", "format", "fat:b.img", "--size", "64MiB"]);
+    let (a, b) = (blkid_uuid(&e.p("a.img")), blkid_uuid(&e.p("b.img")));
+    assert_ne!(a, b);
+    assert_ne!(a, "1234-5678");
+    assert_eq!(a.len(), 9, "{a}");
+    // A second format of a medium (it holds FAT32 now) needs --force too.
+    let o = e.run(&["medium", "format", "fat:a.img", "--size", "64MiB"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("FAT32"), "{}", text(&o));
+}
+
+#[test]
+fn field_media_ingest_onto_a_partitioned_device_needs_force() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 3, 2);
+    fs::create_dir(e.p("mnt")).unwrap();
+    #[rustfmt::skip]
+    e.ok(&["capture", "--source", "disk.raw", "--medium", "dir:mnt", "--name", "web01",
+           "--recipient", "target.pub", "--sign", "site.key"]);
+    // A "cloud volume" that still holds someone's MBR partition table.
+    fs::File::create(e.p("vol.img"))
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .arg("-q")
+        .arg(e.p("vol.img"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk (Debian fdisk)");
+    use std::io::Write;
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\n,,83\n")
+        .unwrap();
+    assert!(sf.wait().unwrap().success());
+    assert_eq!(blkid_types(&e.p("vol.img")), ["dos"]);
+    let dev = Loop::attach(&e.p("vol.img"));
+    let target = format!("dev:{}", dev.0);
+    let state = e.s("ingest-state");
+    #[rustfmt::skip]
+    let args = ["ingest", "--medium", "dir:mnt", "--name", "web01", "--identity", "target.key",
+                "--target", &target, "--trust", "site.pub", "--allow-unsealed", "--state-dir", &state];
+    let before = sha(Path::new(&dev.0));
+    let o = e.run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("MBR partition table"), "{}", text(&o));
+    assert_eq!(
+        sha(Path::new(&dev.0)),
+        before,
+        "a refused ingest wrote to the device"
+    );
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    e.ok(&forced);
+    drop(dev);
+    let vol = fs::read(e.p("vol.img")).unwrap();
+    assert!(vol[..3 << 20] == fs::read(e.p("disk.raw")).unwrap()[..]);
+}
+
+#[test]
+fn field_media_boot_keeps_the_volume_and_gives_up_on_nothing_bootable() {
+    let e = Env::new();
+    fs::File::create(e.p("zero.raw"))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let before = sha(&e.p("zero.raw"));
+    let started = std::time::Instant::now();
+    #[rustfmt::skip]
+    let o = e.run(&["boot", "--target", "file:zero.raw", "--timeout", "600", "--firmware", "bios",
+                    "--report", "r1.json"]);
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("found nothing to boot"), "{}", text(&o));
+    // It ends on the firmware's verdict, not at the deadline.
+    assert!(took.as_secs() < 300, "gave up only after {took:?}");
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(e.p("r1.json")).unwrap()).unwrap();
+    assert_eq!(r["outcome"], "nothing-bootable", "{r}");
+    let cmd: Vec<String> = serde_json::from_value(r["command"].clone()).unwrap();
+    assert!(cmd.iter().any(|a| a == "-snapshot"), "{cmd:?}");
+    assert_eq!(sha(&e.p("zero.raw")), before, "boot changed the volume");
+    // --write lets the guest write (no overlay); --snapshot is still accepted.
+    #[rustfmt::skip]
+    let o = e.run(&["boot", "--target", "file:zero.raw", "--timeout", "600", "--firmware", "bios",
+                    "--report", "r2.json", "--write"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(e.p("r2.json")).unwrap()).unwrap();
+    let cmd: Vec<String> = serde_json::from_value(r["command"].clone()).unwrap();
+    assert!(!cmd.iter().any(|a| a == "-snapshot"), "{cmd:?}");
+    #[rustfmt::skip]
+    let o = e.run(&["boot", "--target", "file:zero.raw", "--timeout", "600", "--firmware", "bios",
+                    "--report", "r3.json", "--snapshot"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
+fn field_media_appliance_simulator_on_a_4_tib_medium() {
+    let mut lab = Lab::new(40);
+    // Replace the lab's small medium with a 4 TiB one formatted by mgear.
+    let img = lab.s("medium.img");
+    lab.ok(&[
+        "medium",
+        "format",
+        &format!("fat:{img}"),
+        "--size",
+        "4TiB",
+        "--force",
+    ]);
+    lab.keygen();
+    lab.make_disk(4, 3);
+    lab.start();
+    lab.provision_and_unlock();
+    let c = lab.capture();
+    assert_eq!(c["generation"], 1, "{c}");
+    // The firmware's FAT engine (lamfat, 4096-byte sectors) reads what the
+    // host's fatfs wrote through the simulator's NBD export.
+    let v = lab.appliance_json(&["verify"]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v["captures"], 1, "{v}");
+    lab.stop();
+    let m = format!("fat:{img}");
+    lab.ok(&["verify", "--medium", &m, "--allow-untrusted"]);
+    #[rustfmt::skip]
+    lab.ok(&["ingest", "--medium", &m, "--name", "web01", "--identity", "target.key",
+             "--target", "file:vol.raw", "--allow-untrusted", "--allow-unsealed"]);
+    same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
+    assert!(allocated(&lab.p("medium.img")) < 64 << 20);
+}
