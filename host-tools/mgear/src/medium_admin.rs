@@ -582,13 +582,11 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<i32> {
     } else {
         args.medium.open_read_only()?
     };
-    let result = (|| {
-        if args.repair {
-            scan_and_repair(medium.store())
-        } else {
-            scan(medium.store())
-        }
-    })();
+    let result = if args.repair {
+        scan_and_repair(medium.store())
+    } else {
+        scan(medium.store())
+    };
     let findings = match result {
         Ok(v) => v,
         Err(e) => {

@@ -425,13 +425,16 @@ garbage line
 
     #[test]
     fn dev_numbers_split_like_glibc() {
-        // makedev(8, 17) and makedev(259, 65536).
-        assert_eq!(split_dev((8 << 8) | 17), (8, 17));
-        let dev = ((259u64 & 0xfff) << 8)
-            | ((259u64 & !0xfff) << 32)
-            | (65536u64 & 0xff)
-            | ((65536u64 & !0xff) << 12);
-        assert_eq!(split_dev(dev), (259, 65536));
+        // glibc's makedev, spelled out.
+        fn makedev(major: u64, minor: u64) -> u64 {
+            ((major & 0xfff) << 8)
+                | ((major & !0xfff) << 32)
+                | (minor & 0xff)
+                | ((minor & !0xff) << 12)
+        }
+        assert_eq!(split_dev(makedev(8, 17)), (8, 17));
+        assert_eq!(split_dev(makedev(259, 65536)), (259, 65536));
+        assert_eq!(split_dev(makedev(4095, 255)), (4095, 255));
     }
 
     #[test]

@@ -122,7 +122,7 @@ fn check_before_writing_refuses_and_plans_without_writing() {
     assert_eq!(plan["fits"], true);
     let est = plan["estimate"]["stored_bytes"].as_u64().unwrap();
     // Random data does not compress: the estimate is the disk and a little.
-    assert!(est >= 8 << 20 && est < 12 << 20, "{plan}");
+    assert!((8 << 20..12 << 20).contains(&est), "{plan}");
     assert_eq!(sha(&img), before, "--dry-run changed the medium");
 
     // A disk that cannot fit: refused before writing, saying how much is missing.
