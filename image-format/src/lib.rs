@@ -36,7 +36,7 @@ mod writer;
 pub use error::{Error, Location, Result};
 pub use store::{Store, StoreError};
 pub use verify::{
-    list_captures, medium_digests, verify_capture_keyless, verify_keyless, CaptureInfo,
+    capture_id, list_captures, medium_digests, verify_capture_keyless, verify_keyless, CaptureInfo,
     GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
 };
 

@@ -200,6 +200,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
         (**self).remove_file(path)
     }
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        (**self).remove_dir(path)
+    }
     fn sync(&mut self, path: &str) -> Result<(), StoreError> {
         (**self).sync(path)
     }
@@ -232,6 +235,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
         (**self).remove_file(path)
+    }
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        (**self).remove_dir(path)
     }
     fn sync(&mut self, path: &str) -> Result<(), StoreError> {
         (**self).sync(path)

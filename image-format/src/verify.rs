@@ -205,7 +205,11 @@ fn verify_capture_into<S: Store + ?Sized>(
             Ok(None) => {
                 cx.problem(
                     at,
-                    "unfinished generation (no MANIFEST): resume the capture with the same parameters, or remove it",
+                    alloc::format!(
+                        "unfinished generation (no MANIFEST): resume the capture with the same parameters, \
+                         or remove it with `mgear capture --abort --medium MEDIUM --name {name}` \
+                         (`mgear medium fsck --medium MEDIUM` lists every leftover)"
+                    ),
                 );
                 continue;
             }
@@ -528,6 +532,25 @@ pub struct GenerationInfo {
     pub source_desc: String,
     /// Root hash of the manifest (complete generations).
     pub manifest_root: Option<[u8; 32]>,
+}
+
+/// The capture id of capture `name` without any key: from its newest
+/// generation's MANIFEST, else from an unfinished generation's journal;
+/// `Ok(None)` when neither holds one (no such capture, or nothing durable).
+/// The source-side key cache is keyed by it, so two media holding a capture
+/// of one name never share (or overwrite) each other's data key.
+pub fn capture_id<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Option<[u8; 16]>> {
+    for g in medium::generations(store, name)?.into_iter().rev() {
+        match medium::read_manifest(store, name, g) {
+            Ok(Some(f)) => return Ok(Some(f.manifest.capture_id)),
+            Ok(None) | Err(Error::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(j) = medium::read_journal(store, name, g)? {
+            return Ok(Some(j.capture_id));
+        }
+    }
+    Ok(None)
 }
 
 /// Lists captures and their generations without any key.

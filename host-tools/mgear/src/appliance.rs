@@ -162,14 +162,92 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let port = resolve_port(args.port.as_deref())?;
     let mut c = Client::open(&port)?;
+    let expect = match &args.cmd {
+        Cmd::Provision { .. } | Cmd::Lock => Some(Some(DeviceState::Locked)),
+        Cmd::Unlock { .. } => Some(Some(DeviceState::Unlocked)),
+        Cmd::Seal => Some(Some(DeviceState::Sealed)),
+        Cmd::Erase { .. } => Some(Some(DeviceState::Erased)),
+        Cmd::Arrival => Some(None),
+        _ => None,
+    };
     match run_cmd(&mut c, args.cmd, json) {
-        Ok(code) => Ok(code),
-        // The appliance refused (wrong PIN, wrong state): exit 2, with its reason.
+        Ok(code) => match expect {
+            Some(want) => state_after(&mut c, json, code, want),
+            None => Ok(code),
+        },
+        // The appliance refused (wrong PIN, wrong state): exit 2, with its
+        // reason and the state it is really in.
         Err(e) => match e.downcast_ref::<ApplianceError>() {
-            Some(ae) => Err(coded(USAGE, ae.to_string())),
+            Some(ae) => {
+                let mut msg = ae.to_string();
+                if let Ok(i) = info(&mut c) {
+                    msg.push_str(&format!(
+                        "; the appliance is {}; next: {}",
+                        i.state.as_str(),
+                        next_step(i.state)
+                    ));
+                }
+                Err(coded(USAGE, msg))
+            }
             None => Err(e),
         },
     }
+}
+
+/// The next step an operator can take in `state`, naming commands that exist.
+pub fn next_step(state: DeviceState) -> &'static str {
+    match state {
+        DeviceState::Factory => "provision it: `mgear appliance provision`",
+        DeviceState::Locked => "unlock it to capture: `mgear appliance unlock`",
+        DeviceState::Unlocked => {
+            "capture onto it (`mgear capture --appliance PORT ...`), then `mgear appliance seal` \
+             (or `mgear appliance lock`)"
+        }
+        DeviceState::Sealed => "ship it; at the target run `mgear appliance arrival`",
+        DeviceState::Arrived => {
+            "save the attestations (`mgear appliance attestations --out DIR`), ingest, then \
+             `mgear appliance erase --yes`"
+        }
+        DeviceState::Erased => {
+            "nothing more can be written or provisioned; read its custody log \
+             (`mgear appliance log --verify`) and return it to the datacenter that issued it"
+        }
+    }
+}
+
+/// After a command that changes the appliance's state, read the state back
+/// and report that (never what the command meant to do): a command that
+/// succeeded but left another state than `want` fails with exit 1.
+fn state_after(
+    c: &mut Client,
+    json: bool,
+    code: i32,
+    want: Option<DeviceState>,
+) -> anyhow::Result<i32> {
+    let now = info(c)
+        .context("reading the appliance's state back after the command")?
+        .state;
+    if code == 0 {
+        if let Some(want) = want.filter(|w| *w != now) {
+            return Err(coded(
+                crate::exit::FOUND,
+                format!(
+                    "the appliance reports it is {}, not {}: the command did not take effect; next: {}",
+                    now.as_str(),
+                    want.as_str(),
+                    next_step(now)
+                ),
+            ));
+        }
+    }
+    if !json {
+        println!(
+            "appliance state: {}; next: {}",
+            now.as_str(),
+            next_step(now)
+        );
+    }
+    Ok(code)
 }
 
 fn resolve_port(port: Option<&Path>) -> anyhow::Result<PathBuf> {

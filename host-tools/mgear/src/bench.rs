@@ -361,7 +361,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let secs = timed(|| {
                 crate::capture::capture(&crate::capture::Args {
                     dirty_bitmap: None,
-                    source: src.display().to_string(),
+                    source: Some(src.display().to_string()),
                     medium: medium.clone(),
                     name: "bench".into(),
                     recipient: vec![crate::keys::pub_path(&key).display().to_string()],
@@ -377,6 +377,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     report: None,
                     checkpoint_bytes: "64MiB".into(),
                     passphrase_work_factor: None,
+                    dry_run: false,
+                    abort: false,
+                    skip_space_check: false,
                     sign: None,
                 })
                 .map(|_| ())

@@ -50,8 +50,8 @@ use crate::units::{human_bytes, parse_rate, parse_size};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Disk to read: a file, a block device, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
-    #[arg(long)]
-    pub source: String,
+    #[arg(long, required_unless_present = "abort")]
+    pub source: Option<String>,
     #[command(flatten)]
     pub medium: crate::medium::Where,
     /// Capture name (1-32 letters, digits, '-', '_'), e.g. the host name.
@@ -98,6 +98,17 @@ pub struct Args {
     /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Inspect the source and the medium, print the plan (what is written,
+    /// estimated size and time, free space) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove the unfinished generation of --name from the medium instead
+    /// of capturing (a capture started by mistake; no --source needed).
+    #[arg(long, conflicts_with_all = ["delta", "dry_run"])]
+    pub abort: bool,
+    /// Capture even when the sampled estimate says the medium is too small.
+    #[arg(long)]
+    pub skip_space_check: bool,
     /// Checkpoint after this much data stored on the medium, or 16 times as
     /// much source progress (zeros, dedup): a checkpoint costs three fsyncs,
     /// which zero regions should not pay every 64 MiB (tests use small values).
@@ -175,6 +186,12 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Run `mgear capture`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     crate::signals::install();
+    if args.abort {
+        return abort(&args);
+    }
+    if args.dry_run {
+        return dry_run(&args);
+    }
     let report = capture(&args)?;
     if let Some(p) = &args.report {
         let r = crate::report::capture(&report, &args.source, &args.medium.describe())?;
@@ -407,14 +424,294 @@ fn sign_missing(
     Ok(Some(r))
 }
 
+/// What `capture --dry-run` prints: the checks made before writing.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub command: &'static str,
+    pub name: String,
+    pub source: String,
+    pub disk_size: u64,
+    pub chunk_size: u32,
+    /// `new`, `delta`, `resume`, or `sign` (a finished capture to which
+    /// `--sign` only adds a missing signature).
+    pub kind: &'static str,
+    pub generation: u32,
+    pub parent: Option<u32>,
+    pub resume_from_chunk: u64,
+    pub estimate: crate::preflight::Estimate,
+    /// For a delta the estimate is an upper bound (only changes are stored).
+    pub estimate_is_upper_bound: bool,
+    pub medium_free: Option<u64>,
+    /// The least this run needs on the medium (what the space check compares).
+    pub needed: u64,
+    pub fits: Option<bool>,
+    pub warnings: Vec<String>,
+}
+
+/// `capture --abort`.
+fn abort(args: &Args) -> anyhow::Result<i32> {
+    let mut medium = args.medium.open()?;
+    let plan = match crate::medium_admin::abort(medium.store(), &args.name) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = medium.close();
+            return Err(e);
+        }
+    };
+    medium.close()?;
+    let gens = plan
+        .remove
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if args.json {
+        progress::print_json(&serde_json::json!({
+            "command": "capture --abort",
+            "name": plan.name,
+            "removed": plan.remove,
+            "capture_removed": plan.whole,
+        }))?;
+    } else {
+        println!(
+            "aborted {}: removed unfinished generation {gens}{}",
+            plan.name,
+            if plan.whole {
+                " (it was the only one: the capture is gone from the medium)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(crate::exit::OK)
+}
+
+/// `capture --dry-run`: the plan, nothing written (the medium is opened read-only).
+fn dry_run(args: &Args) -> anyhow::Result<i32> {
+    let chunk_size = chunk_size_arg(&args.chunk_size)?;
+    let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
+    let spec = source_spec(args)?;
+    let mut source = crate::source::open(spec)?;
+    if source.len() == 0 {
+        return Err(usage(format!("source {spec} is empty")));
+    }
+    let mut medium = args.medium.open_read_only()?;
+    let plan = preflight(args, &mut *source, medium.store(), chunk_size, rate);
+    medium.close()?;
+    let plan = plan?;
+    if args.json {
+        progress::print_json(&plan)?;
+    } else {
+        print_plan(&plan);
+    }
+    Ok(if plan.fits == Some(false) {
+        crate::exit::IO
+    } else {
+        crate::exit::OK
+    })
+}
+
+fn print_plan(p: &Plan) {
+    let what = match p.kind {
+        "resume" => format!(
+            "resume {} generation {} at chunk {}",
+            p.name, p.generation, p.resume_from_chunk
+        ),
+        "delta" => format!(
+            "delta of {}: generation {} on {}",
+            p.name,
+            p.generation,
+            p.parent.unwrap_or(0)
+        ),
+        "sign" => format!(
+            "{} generation {} is finished: only add this site's signature if it lacks it",
+            p.name, p.generation
+        ),
+        _ => format!("new capture {} generation {}", p.name, p.generation),
+    };
+    println!("plan (dry run, nothing written): {what}");
+    println!(
+        "  {:<14} {} ({}, chunks of {})",
+        "source",
+        p.source,
+        human_bytes(p.disk_size),
+        human_bytes(u64::from(p.chunk_size))
+    );
+    let e = &p.estimate;
+    if e.samples == 0 {
+        println!(
+            "  {:<14} not sampled (a delta stores only what changed)",
+            "sampled"
+        );
+    } else {
+        println!(
+            "  {:<14} {} of {} sampled chunks are zero; the rest stores at {:.2} of its size",
+            "sampled", e.zero_samples, e.samples, e.ratio
+        );
+    }
+    println!(
+        "  {:<14} {}{}",
+        "stored",
+        if p.estimate_is_upper_bound {
+            "at most "
+        } else {
+            "about "
+        },
+        human_bytes(e.stored_bytes)
+    );
+    match e.seconds {
+        Some(s) => println!(
+            "  {:<14} about {} to read {}",
+            "time",
+            crate::preflight::human_seconds(s),
+            human_bytes(e.to_read)
+        ),
+        None => println!("  {:<14} unknown (nothing was read)", "time"),
+    }
+    match (p.medium_free, p.fits) {
+        (Some(f), Some(false)) => println!(
+            "  {:<14} {} free: DOES NOT FIT ({} missing)",
+            "medium",
+            human_bytes(f),
+            human_bytes(p.needed.saturating_sub(f))
+        ),
+        (Some(f), _) => println!("  {:<14} {} free: fits", "medium", human_bytes(f)),
+        (None, _) => println!("  {:<14} free space unknown", "medium"),
+    }
+    for w in &p.warnings {
+        println!("  warning: {w}");
+    }
+}
+
+fn chunk_size_arg(text: &str) -> anyhow::Result<u32> {
+    u32::try_from(parse_size(text)?)
+        .ok()
+        .filter(|c| image_format::layout::valid_chunk_size(*c))
+        .ok_or_else(|| usage("--chunk-size must be a power of two from 64KiB to 16MiB"))
+}
+
+fn source_spec(args: &Args) -> anyhow::Result<&str> {
+    args.source
+        .as_deref()
+        .ok_or_else(|| usage("say which disk to capture: --source DISK"))
+}
+
+/// The refusal of a second full copy of a finished capture.
+fn finished_error(args: &Args, generation: u32) -> anyhow::Error {
+    usage(format!(
+        "{} is already captured as generation {generation} on this medium (finished): a second \
+         full copy would only use space. Use --delta to add the changes since, or remove \
+         it first (`mgear medium rm --medium {} --name {} --generation {generation} --force`)",
+        args.name,
+        args.medium.describe(),
+        args.name,
+    ))
+}
+
+/// Chunks sampled for the estimate: enough to see a disk's mix of zeros,
+/// text and binaries, few enough to cost well under a second.
+const ESTIMATE_SAMPLES: u64 = 32;
+
+/// The checks before writing: the name against the medium (case, a
+/// finished capture), the source (container, read-write mount), the
+/// estimate and the free space. Errors when capture must not go on; the
+/// space verdict is left to the caller (a dry run prints it).
+fn preflight(
+    args: &Args,
+    source: &mut dyn crate::source::Source,
+    store: &mut dyn image_format::Store,
+    chunk_size: u32,
+    rate: Option<f64>,
+) -> anyhow::Result<Plan> {
+    let spec = source_spec(args)?;
+    let captures = image_format::list_captures(store)?;
+    let existing = captures
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&args.name));
+    if let Some(c) = existing.filter(|c| c.name != args.name) {
+        return Err(usage(format!(
+            "this medium already holds capture {}, and capture names are compared without case \
+             (FAT keeps one directory for both): --name {} is the same capture. Use --name {} \
+             (with --delta to add the changes), or choose another name",
+            c.name, args.name, c.name
+        )));
+    }
+    let newest = existing.and_then(|c| c.generations.last());
+    let (kind, generation, parent, resume_from) = match newest {
+        None => ("new", 1, None, 0),
+        Some(g) => match g.state {
+            image_format::GenerationState::Unfinished { next_chunk } => {
+                ("resume", g.generation, g.parent, next_chunk)
+            }
+            image_format::GenerationState::Complete if args.delta => {
+                ("delta", g.generation + 1, Some(g.generation), 0)
+            }
+            // With --sign, a run that only adds a missing signature (checked
+            // once the medium is open for writing).
+            image_format::GenerationState::Complete if args.sign.is_some() => {
+                ("sign", g.generation, g.parent, g.chunk_count)
+            }
+            image_format::GenerationState::Complete => {
+                return Err(finished_error(args, g.generation))
+            }
+            // Nothing durable: the writer starts this generation afresh.
+            image_format::GenerationState::Damaged(_) => ("new", g.generation, None, 0),
+        },
+    };
+    crate::preflight::check_container(source, spec)?;
+    let mut warnings = Vec::new();
+    if !(spec.starts_with("nbd://") || spec.starts_with("nbd+unix://")) {
+        for m in crate::preflight::rw_mounts_of(std::path::Path::new(spec)) {
+            warnings.push(format!(
+                "{} is mounted read-write at {} ({}): the capture may not match any single moment \
+                 of the disk; capture a snapshot (LVM, qemu-img) or remount it read-only first",
+                spec, m.mount_point, m.fs_source
+            ));
+        }
+    }
+    let upper = kind == "delta";
+    // A delta is not sampled: its size is the changes, which sampling cannot
+    // see, and a dirty-bitmap delta must not read clean ranges.
+    let estimate = crate::preflight::estimate(
+        source,
+        chunk_size,
+        resume_from,
+        !args.no_compress,
+        if upper { 0 } else { ESTIMATE_SAMPLES },
+        rate,
+    )?;
+    // A delta of an unchanged disk stores only its index: check that much.
+    let needed = if upper {
+        crate::preflight::stored_estimate(estimate.to_read, chunk_size, 1.0, 0.0)
+    } else {
+        estimate.stored_bytes
+    };
+    let free = store.free_space().ok().flatten();
+    Ok(Plan {
+        command: "capture --dry-run",
+        name: args.name.clone(),
+        source: source.describe(),
+        disk_size: source.len(),
+        chunk_size,
+        kind,
+        generation,
+        parent,
+        resume_from_chunk: resume_from,
+        estimate,
+        estimate_is_upper_bound: upper,
+        medium_free: free,
+        needed,
+        fits: free.map(|f| needed <= f),
+        warnings,
+    })
+}
+
 /// Do the capture; returns the report.
 pub fn capture(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     let cpu0 = progress::cpu_seconds();
-    let chunk_size = u32::try_from(parse_size(&args.chunk_size)?)
-        .ok()
-        .filter(|c| image_format::layout::valid_chunk_size(*c))
-        .ok_or_else(|| usage("--chunk-size must be a power of two from 64KiB to 16MiB"))?;
+    let chunk_size = chunk_size_arg(&args.chunk_size)?;
+    let spec = source_spec(args)?;
     let recipients = args
         .recipient
         .iter()
@@ -449,16 +746,56 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     // The bitmap is read on its own connection, closed before the source is
     // opened: qemu-nbd serves one client at a time by default.
     let dirty = match &args.dirty_bitmap {
-        Some(bitmap) => Some(dirty_chunks(&args.source, bitmap, chunk_size)?),
+        Some(bitmap) => Some(dirty_chunks(spec, bitmap, chunk_size)?),
         None => None,
     };
-    let mut source = crate::source::open(&args.source)?;
+    let mut source = crate::source::open(spec)?;
     let size = source.len();
     if size == 0 {
-        return Err(usage(format!("source {} is empty", args.source)));
+        return Err(usage(format!("source {spec} is empty")));
     }
     let cache_dir = key_cache_dir(args.key_cache.clone())?;
-    let cache_file = cache_dir.join(format!("{}.key", args.name));
+    // Refuses a key cache holding a planted symlink before anything is written.
+    crate::keys::cached_keys(&cache_dir)?;
+
+    let sign_key = args
+        .sign
+        .as_deref()
+        .map(crate::sitekey::read_signing_key)
+        .transpose()?;
+    // Check before writing, on a read-only view of the medium: a refusal
+    // leaves it byte-for-byte as it was.
+    let (exists, on_medium) = {
+        let mut ro = args.medium.open_read_only()?;
+        let checked = (|| {
+            let exists = image_format::list_captures(ro.store())?
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(&args.name));
+            if !exists && recipients.is_empty() && passphrase.is_none() {
+                return Err(usage(
+                    "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the target) and/or --passphrase-file",
+                ));
+            }
+            let plan = preflight(args, &mut *source, ro.store(), chunk_size, rate)?;
+            for w in &plan.warnings {
+                eprintln!("mgear capture: warning: {w}");
+            }
+            if !args.skip_space_check && plan.kind != "sign" {
+                crate::preflight::check_space(plan.needed, plan.medium_free)?;
+            }
+            Ok((exists, image_format::capture_id(ro.store(), &args.name)?))
+        })();
+        match checked {
+            Ok(v) => {
+                ro.close()?;
+                v
+            }
+            Err(e) => {
+                let _ = ro.close();
+                return Err(e);
+            }
+        }
+    };
 
     let appliance_id = match &args.medium.appliance {
         Some(port) => Some(crate::appliance::appliance_identity(port)?),
@@ -467,15 +804,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     if let Some(port) = &args.medium.appliance {
         crate::appliance::capture_begin(port, &args.name)?;
     }
-    let sign_key = args
-        .sign
-        .as_deref()
-        .map(crate::sitekey::read_signing_key)
-        .transpose()?;
     let mut medium = args.medium.open()?;
-    let exists = image_format::list_captures(medium.store())?
-        .iter()
-        .any(|c| c.name == args.name);
     if let (Some(key), true, false) = (&sign_key, exists, args.delta) {
         if let Some(receipt) = sign_missing(medium.store(), &args.name, key)? {
             medium.close()?;
@@ -504,22 +833,35 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
             });
         }
     }
-    if !exists && recipients.is_empty() && passphrase.is_none() {
-        return Err(usage(
-            "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the target) and/or --passphrase-file",
-        ));
+    // Its COMMIT already carries this site's signature (or no --sign): a
+    // finished capture is not stored a second time.
+    let newest_done = image_format::list_captures(medium.store())?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
+        .and_then(|c| c.generations.last().cloned())
+        .filter(|g| g.state == image_format::GenerationState::Complete);
+    if let (Some(g), false) = (newest_done, args.delta) {
+        let _ = medium.close();
+        return Err(finished_error(args, g.generation));
     }
-    let key = if exists && cache_file.exists() {
-        Some(DataKey::load_cache(&cache_file, &args.name)?)
-    } else {
-        None
+    // The data key of the capture already on this medium, found by its
+    // capture id: another medium's capture of the same name has its own.
+    let cached = match &on_medium {
+        Some(id) => crate::keys::find_cached(&cache_dir, &args.name, id)?,
+        None => None,
+    };
+    let key = match &cached {
+        Some(c) => Some(DataKey::load_cache(&c.path, &c.name)?),
+        None => None,
     };
     if exists && key.is_none() && passphrase.is_none() {
+        let _ = medium.close();
         return Err(usage(format!(
-            "capture {} already exists on the medium and its data key is not in the key cache {} \
+            "capture {} (capture id {}) already exists on the medium and its data key is not in the key cache {} \
              (a delta or resume must run on the host that made the first capture, or pass --key-cache DIR, \
-             or --passphrase-file if the capture has a passphrase slot)",
+             or --passphrase-file if the capture has a passphrase slot; `mgear keys list` shows the cached keys)",
             args.name,
+            on_medium.map_or_else(|| "unknown".to_string(), |id| hex(&id)),
             cache_dir.display()
         )));
     }
@@ -540,9 +882,15 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     let result = (|| {
         let writer = CaptureWriter::begin(medium.store(), params, key)?;
         create_private_dir(&cache_dir)?;
+        let id = writer.capture_id();
+        let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
         writer
             .data_key()
-            .save_cache_with_id(&cache_file, &args.name, &writer.capture_id())?;
+            .save_cache_with_id(&cache_file, &args.name, &id)?;
+        // An older release's `NAME.key` of this capture is now kept by id.
+        if let Some(old) = cached.as_ref().filter(|c| c.path != cache_file) {
+            let _ = std::fs::remove_file(&old.path);
+        }
         let pace = Pace {
             chunk_size,
             rate,
@@ -557,6 +905,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
         Err(e) => {
             let e = if crate::exit::is_no_space(&e) {
                 medium_full(
+                    args,
                     e,
                     &stats,
                     size,
@@ -965,6 +1314,7 @@ fn worker(
 /// Turn a no-space error into the message a field engineer can act on,
 /// estimating what the rest of the disk needs from the ratio so far.
 fn medium_full(
+    args: &Args,
     err: anyhow::Error,
     stats: &RunStats,
     size: u64,
@@ -986,8 +1336,11 @@ fn medium_full(
         crate::exit::IO,
         format!(
             "medium full: about {needed} bytes ({}) more needed{free_txt}; free space (or use a larger medium \
-             holding the same files) then re-run the same command to resume ({err:#})",
-            human_bytes(needed)
+             holding the same files) then re-run the same command to resume, or remove this unfinished \
+             capture with `mgear capture --abort --medium {} --name {}` ({err:#})",
+            human_bytes(needed),
+            args.medium.describe(),
+            args.name
         ),
     )
 }

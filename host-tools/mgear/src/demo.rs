@@ -326,7 +326,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
         || {
             let r = crate::capture::capture(&crate::capture::Args {
                 dirty_bitmap: None,
-                source: disk.display().to_string(),
+                source: Some(disk.display().to_string()),
                 medium: medium.clone(),
                 name: "demo".into(),
                 recipient: vec![crate::keys::pub_path(&key).display().to_string()],
@@ -342,6 +342,9 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 report: None,
                 checkpoint_bytes: "64MiB".into(),
                 passphrase_work_factor: None,
+                dry_run: false,
+                abort: false,
+                skip_space_check: false,
                 sign: Some(site_key.clone()),
             })?;
             println!(

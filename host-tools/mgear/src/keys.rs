@@ -270,10 +270,274 @@ pub fn capture_work_factor(asked: Option<u8>) -> anyhow::Result<Option<u8>> {
     }
 }
 
+/// The source-side data key cache, keyed by capture id.
+///
+/// One file per capture, `DIR/<name>-<capture id>.key` (0600), holding
+/// `capture NAME`, `id HEX` and `key HEX` lines (image-format writes them).
+/// Lookups go by the `id` line, never by the file name or the capture name
+/// alone: `web01` captured onto a second medium is another capture (another
+/// id and key) and gets its own file, so deltas and syncs of the first keep
+/// working. Caches of older releases (`DIR/<name>.key`) are still read.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CachedKey {
+    pub path: PathBuf,
+    pub name: String,
+    /// Lower-case hex; `None` for a cache of an older release without an id line.
+    pub capture_id: Option<String>,
+    /// Seconds since the epoch the file was last written.
+    pub modified_unix: Option<u64>,
+}
+
+/// The cache file for capture `id` of `name`.
+pub fn cache_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
+    dir.join(format!("{name}-{}.key", crate::capture::hex(id)))
+}
+
+/// Every key cache file in `dir` (none if `dir` does not exist), by name then id.
+pub fn cached_keys(dir: &Path) -> anyhow::Result<Vec<CachedKey>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading key cache {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let path = e
+            .with_context(|| format!("reading key cache {}", dir.display()))?
+            .path();
+        if path.extension().is_none_or(|x| x != "key") {
+            continue;
+        }
+        // A link planted in the cache would let someone else's file stand
+        // in for a key (or a write land elsewhere): refuse, do not skip.
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(usage(format!(
+                "key cache file {} is a symlink: refusing to use it for secret material (remove it)",
+                path.display()
+            )));
+        }
+        let Ok(bytes) = image_format::private::read(&path) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let Some(name) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("capture "))
+            .map(|n| n.trim().to_string())
+        else {
+            continue;
+        };
+        let capture_id = image_format::DataKey::cached_capture_id(&path)
+            .ok()
+            .flatten()
+            .map(|id| crate::capture::hex(&id));
+        let modified_unix = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        out.push(CachedKey {
+            path,
+            name,
+            capture_id,
+            modified_unix,
+        });
+    }
+    out.sort_by(|a, b| (&a.name, &a.capture_id).cmp(&(&b.name, &b.capture_id)));
+    Ok(out)
+}
+
+/// The cache file holding the key of capture `id` (named `name`, compared
+/// without case): the file with that id line, else an older release's
+/// `name.key` without an id line (the key check at capture decides).
+pub fn find_cached(dir: &Path, name: &str, id: &[u8; 16]) -> anyhow::Result<Option<CachedKey>> {
+    let want = crate::capture::hex(id);
+    let all = cached_keys(dir)?;
+    if let Some(k) = all
+        .iter()
+        .find(|k| k.capture_id.as_deref() == Some(want.as_str()))
+    {
+        return Ok(Some(k.clone()));
+    }
+    Ok(all
+        .into_iter()
+        .find(|k| k.capture_id.is_none() && k.name.eq_ignore_ascii_case(name)))
+}
+
+/// Arguments of `mgear keys`.
+#[derive(clap::Args, Debug)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub cmd: KeysCmd,
+}
+
+/// `mgear keys ...`: the data keys this capture host keeps for deltas and syncs.
+#[derive(clap::Subcommand, Debug)]
+pub enum KeysCmd {
+    /// List the cached data keys: capture name, capture id, file.
+    List {
+        /// Key cache directory [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
+        #[arg(long)]
+        key_cache: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete cached data keys: no delta or sync of that capture can run here afterwards.
+    Forget {
+        /// Key cache directory [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
+        #[arg(long)]
+        key_cache: Option<PathBuf>,
+        /// The capture id (as `keys list` or the capture receipt shows it).
+        #[arg(long, required_unless_present = "name")]
+        capture_id: Option<String>,
+        /// Every key of this capture name (case-insensitive); with several, also --all.
+        #[arg(long)]
+        name: Option<String>,
+        /// With --name: forget all of that name's captures.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Run `mgear keys`.
+pub fn keys(args: KeysArgs) -> anyhow::Result<i32> {
+    match args.cmd {
+        KeysCmd::List { key_cache, json } => {
+            let dir = crate::capture::key_cache_dir(key_cache)?;
+            let keys = cached_keys(&dir)?;
+            if json {
+                crate::progress::print_json(&serde_json::json!({
+                    "command": "keys list",
+                    "key_cache": dir,
+                    "keys": keys,
+                }))?;
+            } else if keys.is_empty() {
+                println!("no cached data keys in {}", dir.display());
+            } else {
+                println!("{:<32} {:<32} file", "name", "capture id");
+                for k in &keys {
+                    println!(
+                        "{:<32} {:<32} {}",
+                        k.name,
+                        k.capture_id.as_deref().unwrap_or("(none: older cache)"),
+                        k.path.display()
+                    );
+                }
+            }
+            Ok(crate::exit::OK)
+        }
+        KeysCmd::Forget {
+            key_cache,
+            capture_id,
+            name,
+            all,
+        } => {
+            let dir = crate::capture::key_cache_dir(key_cache)?;
+            let keys = cached_keys(&dir)?;
+            let chosen: Vec<&CachedKey> = keys
+                .iter()
+                .filter(|k| {
+                    capture_id.as_deref().is_none_or(|id| {
+                        k.capture_id
+                            .as_deref()
+                            .is_some_and(|c| c.eq_ignore_ascii_case(id.trim()))
+                    }) && name
+                        .as_deref()
+                        .is_none_or(|n| k.name.eq_ignore_ascii_case(n))
+                })
+                .collect();
+            if chosen.is_empty() {
+                return Err(usage(format!(
+                    "no cached key matches in {} (see `mgear keys list`)",
+                    dir.display()
+                )));
+            }
+            if chosen.len() > 1 && capture_id.is_none() && !all {
+                return Err(usage(format!(
+                    "{} cached keys have that name (capture ids {}): pass --capture-id ID, or --all to forget every one",
+                    chosen.len(),
+                    chosen
+                        .iter()
+                        .map(|k| k.capture_id.as_deref().unwrap_or("none"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            for k in chosen {
+                fs::remove_file(&k.path)
+                    .with_context(|| format!("removing {}", k.path.display()))?;
+                println!(
+                    "forgot the data key of {} (capture id {}): deltas and syncs of it can no longer run on this host",
+                    k.name,
+                    k.capture_id.as_deref().unwrap_or("none")
+                );
+            }
+            Ok(crate::exit::OK)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_cache_is_keyed_by_capture_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let ka = image_format::DataKey::from_bytes([7; 32]);
+        let kb = image_format::DataKey::from_bytes([8; 32]);
+        // web01 on two media: two captures, two files.
+        ka.save_cache_with_id(&cache_file(dir.path(), "web01", &a), "web01", &a)
+            .unwrap();
+        kb.save_cache_with_id(&cache_file(dir.path(), "web01", &b), "web01", &b)
+            .unwrap();
+        let all = cached_keys(dir.path()).unwrap();
+        assert_eq!(all.len(), 2);
+        let found = find_cached(dir.path(), "WEB01", &a).unwrap().unwrap();
+        let key = image_format::DataKey::load_cache(&found.path, &found.name).unwrap();
+        assert_eq!(key.as_bytes(), &[7; 32]);
+        let found = find_cached(dir.path(), "web01", &b).unwrap().unwrap();
+        let key = image_format::DataKey::load_cache(&found.path, &found.name).unwrap();
+        assert_eq!(key.as_bytes(), &[8; 32]);
+        assert!(find_cached(dir.path(), "web01", &[3; 16])
+            .unwrap()
+            .is_none());
+        // An older release's cache without an id serves its name only.
+        ka.save_cache(&dir.path().join("db02.key"), "db02").unwrap();
+        assert_eq!(
+            find_cached(dir.path(), "db02", &[3; 16])
+                .unwrap()
+                .unwrap()
+                .path,
+            dir.path().join("db02.key")
+        );
+        assert!(find_cached(dir.path(), "db03", &[3; 16]).unwrap().is_none());
+        // forget refuses to guess between two captures of one name.
+        let e = keys(KeysArgs {
+            cmd: KeysCmd::Forget {
+                key_cache: Some(dir.path().into()),
+                capture_id: None,
+                name: Some("web01".into()),
+                all: false,
+            },
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--capture-id"), "{e}");
+        keys(KeysArgs {
+            cmd: KeysCmd::Forget {
+                key_cache: Some(dir.path().into()),
+                capture_id: Some(crate::capture::hex(&a)),
+                name: None,
+                all: false,
+            },
+        })
+        .unwrap();
+        assert!(find_cached(dir.path(), "web01", &a).unwrap().is_none());
+        assert!(find_cached(dir.path(), "web01", &b).unwrap().is_some());
+    }
 
     #[test]
     fn keygen_writes_a_usable_pair() {

@@ -35,6 +35,8 @@ struct Cli {
 enum Cmd {
     /// Create a target key pair (KEY 0600 + KEY.pub for the capture site), or with --signing a capture site's signing key.
     Keygen(keys::KeygenArgs),
+    /// The data keys this capture host keeps for deltas and syncs: list, forget.
+    Keys(keys::KeysArgs),
     /// Create or prepare a medium (FAT32 image or device).
     Medium(medium::MediumArgs),
     /// Capture a disk onto the medium (encrypted; resumable: re-run the same command).
@@ -160,6 +162,7 @@ fn main() {
     let cli = parse(wants_json());
     let result = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(a),
+        Cmd::Keys(a) => keys::keys(a),
         Cmd::Medium(a) => medium::run(a),
         Cmd::Capture(a) => capture::run(a),
         Cmd::Verify(a) => verify::run(a),

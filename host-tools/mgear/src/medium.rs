@@ -233,11 +233,17 @@ pub enum MediumCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Remove an unfinished or unwanted capture or generation (finished ones need --force).
+    Rm(crate::medium_admin::RmArgs),
+    /// List (and with --repair remove) what a crash left on the medium; runs fsck.fat -n on fat: media.
+    Fsck(crate::medium_admin::FsckArgs),
 }
 
 /// Run `mgear medium`.
 pub fn run(args: MediumArgs) -> anyhow::Result<i32> {
     match args.cmd {
+        MediumCmd::Rm(a) => crate::medium_admin::rm(a),
+        MediumCmd::Fsck(a) => crate::medium_admin::fsck(a),
         MediumCmd::Format {
             medium,
             size,

@@ -69,6 +69,14 @@ struct OpenFile {
 impl FileSource {
     /// Open read-only and take the size.
     pub fn open(path: PathBuf) -> anyhow::Result<Self> {
+        // A directory opens fine and "seeks" to 2^63: refuse it by name.
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(crate::exit::usage(format!(
+                "source {} is a directory, not a disk: give a block device (e.g. /dev/sdb), \
+                 a raw disk image file, or an NBD export (nbd://HOST:PORT/EXPORT)",
+                path.display()
+            )));
+        }
         let mut file =
             File::open(&path).with_context(|| format!("cannot open source {}", path.display()))?;
         let len = file
@@ -172,6 +180,16 @@ mod tests {
             .unwrap();
         let err = s.read_exact_at(4096, &mut buf).unwrap_err();
         assert!(err.to_string().contains("shrank"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_no_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(e) = FileSource::open(dir.path().to_path_buf()) else {
+            panic!("a directory opened as a source")
+        };
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(e.to_string().contains("is a directory"), "{e}");
     }
 
     #[test]

@@ -163,6 +163,19 @@ impl Store for DirStore {
         }
     }
 
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        let p = self.resolve(path)?;
+        match fs::remove_dir(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(map_err(path, e)),
+        }
+        if let Some(parent) = p.parent() {
+            sync_dir(parent).map_err(|e| map_err(path, e))?;
+        }
+        Ok(())
+    }
+
     fn sync(&mut self, path: &str) -> Result<(), StoreError> {
         let p = self.resolve(path)?;
         let f = File::open(&p).map_err(|e| map_err(path, e))?;

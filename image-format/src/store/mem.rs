@@ -205,6 +205,20 @@ impl Store for MemStore {
         Ok(())
     }
 
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        self.mutate()?;
+        let inside = alloc::format!("{path}/");
+        if self.files.keys().any(|f| f.starts_with(&inside))
+            || self.dirs.keys().any(|d| d.starts_with(&inside))
+        {
+            return Err(StoreError::Io(alloc::format!(
+                "{path}: directory not empty"
+            )));
+        }
+        self.dirs.remove(path);
+        Ok(())
+    }
+
     fn sync(&mut self, path: &str) -> Result<(), StoreError> {
         if matches!(self.writes_left, Some(0)) {
             return Err(StoreError::Io("simulated power cut".to_string()));

@@ -95,6 +95,13 @@ pub trait Store {
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError>;
     /// Remove a file (Ok if missing).
     fn remove_file(&mut self, path: &str) -> Result<(), StoreError>;
+    /// Remove an empty directory (Ok if missing). The default suits FAT
+    /// stores, whose file removal also removes an empty directory; stores
+    /// that keep directories apart (a mounted directory, memory) override it.
+    /// `mgear medium rm` needs it to leave no empty generation behind.
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        self.remove_file(path)
+    }
     /// Make all writes to `path` durable (data and metadata).
     fn sync(&mut self, path: &str) -> Result<(), StoreError>;
     /// Free bytes left on the medium, if known.

@@ -626,6 +626,17 @@ fn cli_medium_full_then_resume_after_freeing() {
         "--recipient",
         "target.pub",
     ];
+    // Capture refuses before writing when its estimate does not fit...
+    let out = e.run(&args);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing was written"),
+        "{}",
+        stderr(&out)
+    );
+    // ...and when the medium fills anyway (an estimate overruled), it stops
+    // cleanly and resumes once space is freed.
+    let args = [&args[..], &["--skip-space-check"]].concat();
     let out = e.run(&args);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);

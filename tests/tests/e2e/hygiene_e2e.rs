@@ -103,7 +103,19 @@ fn ingest_outputs_are_private() {
     assert_eq!(mode(&e.p("vol.raw")), 0o600, "decrypted volume");
     assert_eq!(mode(&e.p("state/mgear/ingest")), 0o700, "ingest state dir");
     assert_eq!(mode(&e.p("state/mgear/keys")), 0o700, "key cache dir");
-    assert_eq!(mode(&e.p("state/mgear/keys/web01.key")), 0o600, "key cache");
+    // One file per capture id: web01-<capture id>.key.
+    let cached: Vec<_> = fs::read_dir(e.p("state/mgear/keys"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("web01-")
+        })
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(mode(&cached[0]), 0o600, "key cache");
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod boot_readiness;
 mod cbt_capture;
 mod cli_e2e;
 mod field_media;
+mod field_capture;
 mod format_media;
 mod golden;
 mod hardware_board;

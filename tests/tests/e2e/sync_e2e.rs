@@ -142,6 +142,22 @@ impl Env {
     }
 }
 
+/// The key cache file of the one capture of `name` in `dir` (`NAME-<capture id>.key`).
+fn key_file(dir: &Path, name: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.into_iter().next().unwrap()
+}
+
 fn write_disk(path: &Path, mib: usize, seed: u64) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut d = vec![0u8; mib * MIB];
@@ -276,7 +292,7 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
     );
 
     // A wrong key in the cache is refused before any data moves.
-    let cache = e.p("state/mgear/keys/web01.key");
+    let cache = key_file(&e.p("state/mgear/keys"), "web01");
     let good = std::fs::read_to_string(&cache).unwrap();
     let bad: String = good
         .lines()
@@ -489,7 +505,7 @@ fn serve_applies_only_pinned_signed_syncs_and_drops_idle_peers() {
         text(&o)
     );
     // Without the id line (an edited or older cache) the key proof refuses it.
-    let cache = e.p("evil-keys/web01.key");
+    let cache = key_file(&e.p("evil-keys"), "web01");
     let stripped: String = std::fs::read_to_string(&cache)
         .unwrap()
         .lines()

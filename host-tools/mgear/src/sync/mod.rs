@@ -116,6 +116,10 @@ pub struct SyncArgs {
     /// so a target that pins the site (`serve --trust site.pub`) accepts it.
     #[arg(long, value_name = "SITE.key")]
     pub sign: Option<PathBuf>,
+    /// Sync even when sampled chunks say the source is not the captured disk
+    /// (the whole disk really was rewritten since the capture).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `mgear cutover`.
@@ -316,15 +320,29 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
     if !a.retry_wait.is_finite() || a.retry_wait < 0.0 {
         return Err(usage("--retry-wait must be a number of seconds >= 0"));
     }
-    let cache = crate::capture::key_cache_dir(a.key_cache.clone())?.join(format!("{}.key", a.name));
-    let key = DataKey::load_cache(&cache, &a.name).map_err(|e| {
-        usage(format!(
-            "no usable data key for {} in the key cache ({e}): sync needs the key that `mgear capture` \
-             cached on this host; run it where the capture ran, or pass --key-cache DIR",
-            a.name
-        ))
-    })?;
-    let capture_id = DataKey::cached_capture_id(&cache).map_err(|e| usage(format!("{e}")))?;
+    // Every cached key of this name (captures on several media): the one
+    // whose capture id the target serves is chosen after the handshake.
+    let dir = crate::capture::key_cache_dir(a.key_cache.clone())?;
+    let mut keys = Vec::new();
+    for k in crate::keys::cached_keys(&dir)?
+        .into_iter()
+        .filter(|k| k.name.eq_ignore_ascii_case(&a.name))
+    {
+        let key = DataKey::load_cache(&k.path, &k.name)
+            .map_err(|e| usage(format!("key cache {}: {e}", k.path.display())))?;
+        let id = DataKey::cached_capture_id(&k.path).map_err(|e| usage(format!("{e}")))?;
+        keys.push((id, key));
+    }
+    if keys.is_empty() {
+        return Err(usage(format!(
+            "no usable data key for {} in the key cache {}: sync needs the key that `mgear capture` \
+             cached on this host; run it where the capture ran, or pass --key-cache DIR \
+             (`mgear keys list` shows the cached keys)",
+            a.name,
+            dir.display()
+        )));
+    }
+    let (capture_id, key) = keys.remove(0);
     let signer = a
         .sign
         .as_deref()
@@ -341,6 +359,8 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
         peer: a.to.clone(),
         capture_id,
         signer,
+        other_keys: keys,
+        force: a.force,
     };
     let cpu0 = crate::progress::cpu_seconds();
     let started = Instant::now();

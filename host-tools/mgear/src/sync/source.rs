@@ -108,7 +108,37 @@ pub struct Plan {
     pub capture_id: Option<[u8; 16]>,
     /// The capture site's key that signs each session (`--sign`).
     pub signer: Option<ed25519_dalek::SigningKey>,
+    /// Keys of other captures of this name in the key cache (another
+    /// medium's `web01`), with their ids: the one whose id the target
+    /// serves is used.
+    pub other_keys: Vec<(Option<[u8; 16]>, DataKey)>,
+    /// Sync even when the sampled chunks say this disk is not the one the
+    /// target holds (`--force`: the whole disk really was rewritten).
+    pub force: bool,
 }
+
+impl Plan {
+    /// The key for the capture the target serves: the cached key with that
+    /// id, else a cache without an id line (the key proof decides).
+    fn key_for(&self, served: &[u8; 16]) -> Option<&DataKey> {
+        let all = std::iter::once((self.capture_id, &self.key))
+            .chain(self.other_keys.iter().map(|(id, k)| (*id, k)));
+        let mut fallback = None;
+        for (id, k) in all {
+            match id {
+                Some(id) if id == *served => return Some(k),
+                None if fallback.is_none() => fallback = Some(k),
+                _ => {}
+            }
+        }
+        fallback
+    }
+}
+
+/// Chunks read to check that the source is the disk the target holds.
+const IDENTITY_SAMPLES: usize = 16;
+/// Fewest usable samples for a verdict (a nearly empty volume gives none).
+const IDENTITY_MIN: usize = 4;
 
 /// What a sync did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -177,6 +207,8 @@ struct Run<'a> {
     known: HashMap<u64, [u8; 32]>,
     limiter: Option<RateLimiter>,
     buf: Vec<u8>,
+    /// The source was compared with the target's ids (first attempt only).
+    identity_checked: bool,
 }
 
 /// Sync `disk` to the target reached by `connect`.
@@ -193,6 +225,7 @@ pub fn run(
         known: HashMap::new(),
         limiter: None,
         buf: Vec::new(),
+        identity_checked: false,
     };
     loop {
         run.stats.attempts += 1;
@@ -309,6 +342,82 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Before sending anything: read a few chunks the target holds data
+    /// for (and, with a dirty bitmap, that the bitmap calls unchanged) and
+    /// compare their keyed ids with the target's. None matching means this
+    /// is not the disk that was captured (a wrong `--source`): refuse,
+    /// rather than overwrite the volume and report it "verified".
+    fn check_identity(
+        &mut self,
+        id_key: &IdKey,
+        ids: &[[u8; 32]],
+        candidates: &[u64],
+        size: u64,
+        chunk_size: u32,
+        name: &str,
+    ) -> Result<(), Fail> {
+        let count = ids.len() as u64;
+        let dirty: std::collections::HashSet<u64> = if self.plan.bitmap.is_some() {
+            candidates.iter().copied().collect()
+        } else {
+            Default::default()
+        };
+        let mut zero_ids: HashMap<u32, [u8; 32]> = HashMap::new();
+        let mut pool = Vec::new();
+        for index in 0..count {
+            if dirty.contains(&index) {
+                continue;
+            }
+            let len = layout::chunk_len(size, chunk_size, index);
+            let zero = *zero_ids
+                .entry(len)
+                .or_insert_with(|| id_key.id(&vec![0u8; len as usize]));
+            if ids[index as usize] != zero {
+                pool.push(index);
+            }
+        }
+        if pool.len() < IDENTITY_MIN {
+            return Ok(());
+        }
+        let n = pool.len().min(IDENTITY_SAMPLES);
+        let mut matched = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        for k in 0..n {
+            let index = pool[k * (pool.len() - 1) / (n - 1).max(1)];
+            let len = layout::chunk_len(size, chunk_size, index) as usize;
+            buf.resize(len, 0);
+            self.disk
+                .read(index * u64::from(chunk_size), &mut buf[..len])
+                .map_err(Fail::Fatal)?;
+            let id = id_key.id(&buf[..len]);
+            if !self.known.contains_key(&index) {
+                self.stats.bytes_read += len as u64;
+            }
+            self.known.insert(index, id);
+            if id == ids[index as usize] {
+                matched += 1;
+            }
+        }
+        self.buf = buf;
+        if matched == 0 {
+            return Err(Fail::Fatal(coded(
+                FOUND,
+                format!(
+                    "{} does not look like the disk captured as {name}: none of {n} sampled chunks \
+                     {}matches the target's volume, so nothing was sent. Check --source (the wrong \
+                     disk?); if the whole disk really was rewritten since the capture, pass --force",
+                    self.disk.describe(),
+                    if self.plan.bitmap.is_some() {
+                        "the dirty bitmap calls unchanged "
+                    } else {
+                        ""
+                    }
+                ),
+            )));
+        }
+        Ok(())
+    }
+
     fn attempt(
         &mut self,
         mut r: Box<dyn Read + Send>,
@@ -355,7 +464,8 @@ impl Run<'_> {
         {
             return Err(fatal(anyhow::anyhow!("WELCOME describes an impossible volume ({vol_size} bytes, chunk size {chunk_size}, {count} chunks)")));
         }
-        if let Some(mine) = self.plan.capture_id.filter(|mine| *mine != capture_id) {
+        let key = self.plan.key_for(&capture_id).cloned();
+        if let (None, Some(mine)) = (&key, self.plan.capture_id) {
             let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
             return Err(Fail::Fatal(coded(
                 FOUND,
@@ -367,13 +477,18 @@ impl Run<'_> {
                 ),
             )));
         }
+        let Some(key) = key else {
+            return Err(Fail::Fatal(usage(format!(
+                "no cached data key opens the target's capture of {name}"
+            ))));
+        };
         if vol_size != size {
             return Err(fatal(anyhow::anyhow!(
                 "the target volume is {vol_size} bytes, the source {size}: sync cannot resize"
             )));
         }
         let mut s = Session::new(
-            &self.plan.key,
+            &key,
             &capture_id,
             &source_nonce,
             &target_nonce,
@@ -388,7 +503,7 @@ impl Run<'_> {
                 .and_then(|_| w.flush());
             return Err(Fail::Fatal(coded(USAGE, m)));
         }
-        let id_key = IdKey::derive(&self.plan.key, &capture_id);
+        let id_key = IdKey::derive(&key, &capture_id);
         let mut proof = s.proof("source", &name).as_bytes().to_vec();
         match &self.plan.signer {
             Some(k) => {
@@ -449,6 +564,10 @@ impl Run<'_> {
                 .map(|rate| RateLimiter::new(rate, chunk_size as u64));
         }
         let candidates = self.candidates.clone().unwrap_or_default();
+        if !self.identity_checked && !self.plan.force {
+            self.check_identity(&id_key, &ids, &candidates, size, chunk_size, &name)?;
+        }
+        self.identity_checked = true;
         self.stats.chunks_considered = candidates.len() as u64;
         let mut expected = ids.clone();
         let mut seq = 0u64;

@@ -110,6 +110,8 @@ impl Fixture {
             peer: "test target".into(),
             capture_id: None,
             signer: None,
+            other_keys: Vec::new(),
+            force: false,
         }
     }
 
@@ -928,6 +930,8 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
         peer: addr.clone(),
         capture_id: None,
         signer: None,
+        other_keys: Vec::new(),
+        force: false,
     };
     let stats = source::run(&plan, &mut disk, &mut || source::tcp(&addr)).unwrap();
     assert_eq!(stats.chunks_considered, 4);

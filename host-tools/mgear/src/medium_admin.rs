@@ -1,0 +1,729 @@
+//! `mgear medium rm` and `mgear medium fsck`: undo a capture, and clean up
+//! what a crash left on a medium.
+//!
+//! ```text
+//! mgear medium rm   --medium fat:/dev/sdc --name web01                  # an unfinished capture
+//! mgear medium rm   --medium fat:/dev/sdc --name web01 --generation 3   # one generation
+//! mgear medium rm   --medium fat:/dev/sdc --name web01 --force          # finished data too
+//! mgear medium fsck --medium fat:/dev/sdc [--repair]
+//! ```
+//!
+//! `rm` removes unfinished generations without asking. Removing a finished
+//! generation destroys data someone may still need, so it takes `--force`;
+//! a generation later deltas depend on (their records deduplicate against
+//! it) takes those deltas with it, and the refusal names them. When no
+//! generation is left, the capture's key slots and directory go too. A
+//! sealed appliance refuses every write, so a sealed shipment is never
+//! changed (the error says so).
+//!
+//! `fsck` lists leftovers: generation directories with neither a MANIFEST
+//! nor a valid journal (a crash before the first checkpoint), `*.TMP` files
+//! of an interrupted atomic replace, segment files a finished generation
+//! does not reference, capture directories without generations, and
+//! unfinished generations (which a re-run of the capture resumes). With
+//! `--repair` it removes the leftovers nothing can use; it never removes an
+//! unfinished generation, whose progress a re-run still uses (remove it with
+//! `capture --abort` or `medium rm`). On a `fat:` medium it then runs
+//! `fsck.fat -n` (read-only) when dosfstools is installed, and with
+//! `--repair` `fsck.fat -a`, which reclaims the clusters a crash or a full
+//! medium leaked. Exit 0: clean; 1: something is left.
+
+use anyhow::Context;
+use image_format::commit::COMMIT_FILE;
+use image_format::layout::{self, JOURNAL_A, JOURNAL_B, KEYPASS_FILE, KEYS_FILE, MANIFEST_FILE};
+use image_format::layout::{INDEX_FILE, IPART_FILE};
+use image_format::store::EntryKind;
+use image_format::{GenerationInfo, GenerationState, Store, StoreError};
+use serde::Serialize;
+
+use crate::exit::{coded, usage, FOUND, OK};
+use crate::medium::{MediumSpec, Where};
+use crate::units::human_bytes;
+
+/// Arguments of `mgear medium rm`.
+#[derive(clap::Args, Debug)]
+pub struct RmArgs {
+    #[command(flatten)]
+    pub medium: Where,
+    /// Capture name (compared case-insensitively, as FAT does).
+    #[arg(long)]
+    pub name: String,
+    /// Remove only this generation (and the deltas built on it, with --force).
+    #[arg(long)]
+    pub generation: Option<u32>,
+    /// Also remove finished generations (data the target may still need).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `mgear medium fsck`.
+#[derive(clap::Args, Debug)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub medium: Where,
+    /// Remove the leftovers nothing can use (never an unfinished generation).
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `medium rm --json` prints.
+#[derive(Debug, Serialize)]
+pub struct RmReport {
+    pub command: &'static str,
+    pub name: String,
+    /// Generations removed, ascending.
+    pub removed: Vec<u32>,
+    /// Of those, the finished ones.
+    pub finished: Vec<u32>,
+    /// True when the whole capture (key slots and directory) is gone.
+    pub capture_removed: bool,
+    /// Bytes of files removed.
+    pub bytes_freed: u64,
+}
+
+/// The capture directory on the medium whose name equals `name` ignoring
+/// case (FAT keeps one directory for `web01` and `WEB01`).
+pub fn find_capture(store: &mut dyn Store, name: &str) -> anyhow::Result<Option<String>> {
+    Ok(image_format::list_captures(store)?
+        .into_iter()
+        .map(|c| c.name)
+        .find(|n| n.eq_ignore_ascii_case(name)))
+}
+
+/// Generations whose records may point into `g`: deltas whose parent
+/// chain reaches it (a delta deduplicates against every ancestor).
+pub fn dependents(gens: &[GenerationInfo], g: u32) -> Vec<u32> {
+    let parent = |x: u32| {
+        gens.iter()
+            .find(|i| i.generation == x)
+            .and_then(|i| i.parent)
+    };
+    gens.iter()
+        .map(|i| i.generation)
+        .filter(|&h| {
+            let mut at = parent(h);
+            // Parents are older generations; the bound stops a damaged loop.
+            for _ in 0..gens.len() {
+                match at {
+                    Some(p) if p == g => return true,
+                    Some(p) if p < h => at = parent(p),
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
+/// What removing `generation` (or the whole capture) takes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RmPlan {
+    pub name: String,
+    pub remove: Vec<u32>,
+    pub finished: Vec<u32>,
+    pub whole: bool,
+}
+
+/// Decide what `rm` removes; refuses finished data without `force`.
+pub fn plan_rm(
+    store: &mut dyn Store,
+    name: &str,
+    generation: Option<u32>,
+    force: bool,
+) -> anyhow::Result<RmPlan> {
+    let captures = image_format::list_captures(store)?;
+    let Some(cap) = captures.iter().find(|c| c.name.eq_ignore_ascii_case(name)) else {
+        let have: Vec<&str> = captures.iter().map(|c| c.name.as_str()).collect();
+        return Err(usage(format!(
+            "there is no capture {name} on this medium (it holds: {})",
+            if have.is_empty() {
+                "nothing".to_string()
+            } else {
+                have.join(", ")
+            }
+        )));
+    };
+    let gens = &cap.generations;
+    let remove: Vec<u32> = match generation {
+        None => gens.iter().map(|g| g.generation).collect(),
+        Some(g) => {
+            if !gens.iter().any(|i| i.generation == g) {
+                return Err(usage(format!(
+                    "capture {} has no generation {g} (it has: {})",
+                    cap.name,
+                    gens.iter()
+                        .map(|i| i.generation.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let mut v = vec![g];
+            v.extend(dependents(gens, g));
+            v.sort_unstable();
+            v
+        }
+    };
+    let finished: Vec<u32> = gens
+        .iter()
+        .filter(|i| remove.contains(&i.generation) && i.state == GenerationState::Complete)
+        .map(|i| i.generation)
+        .collect();
+    if !finished.is_empty() && !force {
+        let deps: Vec<u32> = generation
+            .map(|g| remove.iter().copied().filter(|&x| x != g).collect())
+            .unwrap_or_default();
+        let dep_txt = if deps.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; generation {} depends on it (delta{}) and would go too",
+                list(&deps),
+                if deps.len() == 1 { "" } else { "s" }
+            )
+        };
+        return Err(usage(format!(
+            "capture {} generation {} {} finished{dep_txt}: removing it destroys data the target \
+             may still need; pass --force if you really mean it",
+            cap.name,
+            list(&finished),
+            if finished.len() == 1 { "is" } else { "are" }
+        )));
+    }
+    let whole = remove.len() == gens.len();
+    Ok(RmPlan {
+        name: cap.name.clone(),
+        remove,
+        finished,
+        whole,
+    })
+}
+
+fn list(v: &[u32]) -> String {
+    v.iter()
+        .map(|g| g.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Turn a read-only refusal into the sealed-medium message.
+fn sealed(e: StoreError, path: &str) -> anyhow::Error {
+    match e {
+        StoreError::ReadOnly => coded(
+            FOUND,
+            "the medium is read-only (a sealed or locked appliance): nothing on a sealed \
+             shipment is ever removed; unlock an unsealed appliance with `mgear appliance unlock` first",
+        ),
+        other => anyhow::Error::new(other).context(format!("removing {path}")),
+    }
+}
+
+/// Remove every file of directory `dir` (one level) and then `dir`; returns bytes freed.
+fn remove_tree(store: &mut dyn Store, dir: &str) -> anyhow::Result<u64> {
+    let mut freed = 0;
+    let entries = match store.list(dir) {
+        Ok(v) => v,
+        Err(StoreError::NotFound) => return Ok(0),
+        Err(e) => return Err(sealed(e, dir)),
+    };
+    for e in entries {
+        let p = format!("{dir}/{}", e.name);
+        match e.kind {
+            EntryKind::File => {
+                store.remove_file(&p).map_err(|x| sealed(x, &p))?;
+                freed += e.len;
+            }
+            EntryKind::Dir => freed += remove_tree(store, &p)?,
+        }
+    }
+    store.remove_dir(dir).map_err(|x| sealed(x, dir))?;
+    Ok(freed)
+}
+
+/// Make the removals durable. A FAT store flushes everything on any
+/// sync; a mounted directory syncs the directory named (and its parent).
+fn flush(store: &mut dyn Store) -> anyhow::Result<()> {
+    match store.sync(layout::ROOT_DIR) {
+        Ok(()) | Err(StoreError::NotFound) => Ok(()),
+        Err(e) => Err(sealed(e, "the medium")),
+    }
+}
+
+/// Carry out `plan`: newest generation first, so an interruption never
+/// leaves a delta without its parent. Returns bytes freed.
+pub fn execute(store: &mut dyn Store, plan: &RmPlan) -> anyhow::Result<u64> {
+    let mut freed = 0;
+    for &g in plan.remove.iter().rev() {
+        freed += remove_tree(store, &layout::generation_dir(&plan.name, g))?;
+    }
+    if plan.whole {
+        freed += remove_tree(store, &layout::capture_dir(&plan.name))?;
+    }
+    flush(store)?;
+    Ok(freed)
+}
+
+/// `capture --abort`: remove the unfinished generation of `name`. Refuses
+/// when the newest generation is finished (that is `medium rm --force`).
+pub fn abort(store: &mut dyn Store, name: &str) -> anyhow::Result<RmPlan> {
+    let caps = image_format::list_captures(store)?;
+    let cap = caps
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            usage(format!(
+                "there is no capture {name} on this medium to abort"
+            ))
+        })?;
+    let unfinished: Vec<u32> = cap
+        .generations
+        .iter()
+        .filter(|i| i.state != GenerationState::Complete)
+        .map(|i| i.generation)
+        .collect();
+    if unfinished.is_empty() {
+        let newest = cap.generations.last().map_or(0, |g| g.generation);
+        return Err(usage(format!(
+            "capture {} has no unfinished generation to abort (generation {newest} is finished); \
+             to remove finished data use `mgear medium rm --name {} --generation {newest} --force`",
+            cap.name, cap.name
+        )));
+    }
+    let plan = RmPlan {
+        name: cap.name.clone(),
+        whole: unfinished.len() == cap.generations.len(),
+        remove: unfinished,
+        finished: Vec::new(),
+    };
+    execute(store, &plan)?;
+    Ok(plan)
+}
+
+/// Run `mgear medium rm`.
+pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
+    let mut medium = args.medium.open()?;
+    let result = (|| {
+        let plan = plan_rm(medium.store(), &args.name, args.generation, args.force)?;
+        let freed = execute(medium.store(), &plan)?;
+        Ok::<_, anyhow::Error>((plan, freed))
+    })();
+    let (plan, freed) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = medium.close();
+            return Err(e);
+        }
+    };
+    medium.close()?;
+    let report = RmReport {
+        command: "medium rm",
+        name: plan.name.clone(),
+        removed: plan.remove.clone(),
+        finished: plan.finished.clone(),
+        capture_removed: plan.whole,
+        bytes_freed: freed,
+    };
+    if args.json {
+        crate::progress::print_json(&report)?;
+    } else {
+        println!(
+            "removed {} generation {} ({} freed){}",
+            report.name,
+            list(&report.removed),
+            human_bytes(freed),
+            if report.capture_removed {
+                "; no generation is left, so the capture and its key slots are gone too"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(OK)
+}
+
+/// One thing `fsck` found.
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Path on the medium.
+    pub path: String,
+    /// `damaged-generation`, `unfinished-generation`, `temporary-file`,
+    /// `orphan-segment`, `empty-capture`, `unknown-file`.
+    pub kind: &'static str,
+    pub what: String,
+    /// Whether `--repair` removes it.
+    pub repairable: bool,
+    /// Removed by this run.
+    pub repaired: bool,
+}
+
+/// What `medium fsck --json` prints.
+#[derive(Debug, Serialize)]
+pub struct FsckReport {
+    pub command: &'static str,
+    pub medium: String,
+    pub findings: Vec<Finding>,
+    /// `fsck.fat -n` output summary: None when not run (not a fat: medium,
+    /// or dosfstools missing).
+    pub fsck_fat: Option<FatCheck>,
+    pub clean: bool,
+}
+
+/// The result of `fsck.fat -n`.
+#[derive(Debug, Serialize)]
+pub struct FatCheck {
+    pub ok: bool,
+    /// `--repair` ran `fsck.fat -a` and it corrected something.
+    pub repaired: bool,
+    pub output: String,
+}
+
+/// Known file names inside a generation directory.
+fn known_generation_file(name: &str) -> bool {
+    [
+        MANIFEST_FILE,
+        INDEX_FILE,
+        IPART_FILE,
+        JOURNAL_A,
+        JOURNAL_B,
+        COMMIT_FILE,
+    ]
+    .contains(&name)
+        || layout::parse_segment_name(name).is_some()
+}
+
+/// Look for leftovers (keyless).
+pub fn scan(store: &mut dyn Store) -> anyhow::Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    let finding = |path: String, kind, what: String, repairable| Finding {
+        path,
+        kind,
+        what,
+        repairable,
+        repaired: false,
+    };
+    for cap in image_format::list_captures(store)? {
+        let dir = layout::capture_dir(&cap.name);
+        let entries = store.list(&dir).map_err(|e| sealed(e, &dir))?;
+        for e in &entries {
+            let path = format!("{dir}/{}", e.name);
+            if e.kind == EntryKind::File && e.name.ends_with(".TMP") {
+                out.push(finding(
+                    path,
+                    "temporary-file",
+                    "left by an interrupted write".into(),
+                    true,
+                ));
+            } else if e.kind == EntryKind::File
+                && ![KEYS_FILE, KEYPASS_FILE].contains(&e.name.as_str())
+            {
+                out.push(finding(
+                    path,
+                    "unknown-file",
+                    "not part of the format (left as is)".into(),
+                    false,
+                ));
+            }
+        }
+        if cap.generations.is_empty() {
+            out.push(finding(
+                dir.clone(),
+                "empty-capture",
+                format!(
+                    "capture {} has no generation{}",
+                    cap.name,
+                    if cap.recipient_slot || cap.passphrase_slot {
+                        " (only key slots)"
+                    } else {
+                        ""
+                    }
+                ),
+                true,
+            ));
+            continue;
+        }
+        for g in &cap.generations {
+            let gdir = layout::generation_dir(&cap.name, g.generation);
+            match &g.state {
+                GenerationState::Damaged(why) => {
+                    out.push(finding(
+                        gdir.clone(),
+                        "damaged-generation",
+                        format!(
+                            "generation {} of {} has no MANIFEST and no valid journal ({}): nothing can resume or read it",
+                            g.generation,
+                            cap.name,
+                            if why.is_empty() { "empty" } else { why.as_str() }
+                        ),
+                        // Only a generation that never finished: a damaged
+                        // MANIFEST is evidence for verify, not a leftover.
+                        store.len(&format!("{gdir}/{MANIFEST_FILE}"))?.is_none(),
+                    ));
+                    continue;
+                }
+                GenerationState::Unfinished { next_chunk } => out.push(finding(
+                    gdir.clone(),
+                    "unfinished-generation",
+                    format!(
+                        "generation {} of {} is unfinished (chunk {next_chunk} of {}): re-run the same \
+                         capture command to resume it, or remove it with \
+                         `mgear capture --abort --medium MEDIUM --name {}`",
+                        g.generation, cap.name, g.chunk_count, cap.name
+                    ),
+                    false,
+                )),
+                GenerationState::Complete => {}
+            }
+            let files = match store.list(&gdir) {
+                Ok(v) => v,
+                Err(StoreError::NotFound) => continue,
+                Err(e) => return Err(sealed(e, &gdir)),
+            };
+            for f in files {
+                let path = format!("{gdir}/{}", f.name);
+                if f.kind == EntryKind::File && f.name.ends_with(".TMP") {
+                    out.push(finding(
+                        path,
+                        "temporary-file",
+                        "left by an interrupted write".into(),
+                        true,
+                    ));
+                } else if g.state == GenerationState::Complete
+                    && layout::parse_segment_name(&f.name).is_some_and(|s| s >= g.segments)
+                {
+                    out.push(finding(
+                        path,
+                        "orphan-segment",
+                        format!(
+                            "segment not referenced by the MANIFEST ({} segments)",
+                            g.segments
+                        ),
+                        true,
+                    ));
+                } else if f.kind == EntryKind::Dir || !known_generation_file(&f.name) {
+                    out.push(finding(
+                        path,
+                        "unknown-file",
+                        "not part of the format (left as is)".into(),
+                        false,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Scan and remove the repairable findings until none is left (removing a
+/// capture's last damaged generation leaves an empty capture, removed on
+/// the next pass); returns every finding, the removed ones marked.
+pub fn scan_and_repair(store: &mut dyn Store) -> anyhow::Result<Vec<Finding>> {
+    let mut all: Vec<Finding> = Vec::new();
+    for _ in 0..3 {
+        let mut found = scan(store)?;
+        found.retain(|f| !all.iter().any(|a| a.path == f.path && a.kind == f.kind));
+        if !found.iter().any(|f| f.repairable) {
+            all.extend(found);
+            break;
+        }
+        repair(store, &mut found)?;
+        all.extend(found);
+    }
+    Ok(all)
+}
+
+/// Remove the repairable findings; marks them repaired.
+pub fn repair(store: &mut dyn Store, findings: &mut [Finding]) -> anyhow::Result<()> {
+    for f in findings.iter_mut().filter(|f| f.repairable) {
+        match f.kind {
+            "damaged-generation" | "empty-capture" => {
+                remove_tree(store, &f.path)?;
+            }
+            _ => store.remove_file(&f.path).map_err(|e| sealed(e, &f.path))?,
+        }
+        f.repaired = true;
+    }
+    flush(store)?;
+    Ok(())
+}
+
+/// `fsck.fat -n` (or with `repair`, `fsck.fat -a`: reclaim the clusters a
+/// crash leaked, fix the free count) on an image or device, if dosfstools
+/// is installed. The medium lock is held meanwhile, so no capture starts.
+fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> anyhow::Result<Option<FatCheck>> {
+    let Some(tool) = crate::tools::which("fsck.fat") else {
+        return Ok(None);
+    };
+    let _lock = crate::lock::lock(path, repair, spec)?;
+    let out = std::process::Command::new(tool)
+        .arg(if repair { "-a" } else { "-n" })
+        .arg(path)
+        .output()
+        .with_context(|| format!("running fsck.fat -n {}", path.display()))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    // fsck.fat -a exits 1 when it corrected something: that is a success.
+    let ok = out.status.success() || (repair && out.status.code() == Some(1));
+    Ok(Some(FatCheck {
+        repaired: repair && out.status.code() == Some(1),
+        ok,
+        output: text.trim().to_string(),
+    }))
+}
+
+/// Run `mgear medium fsck`.
+pub fn fsck(args: FsckArgs) -> anyhow::Result<i32> {
+    let mut medium = if args.repair {
+        args.medium.open()?
+    } else {
+        args.medium.open_read_only()?
+    };
+    let result = if args.repair {
+        scan_and_repair(medium.store())
+    } else {
+        scan(medium.store())
+    };
+    let findings = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = medium.close();
+            return Err(e);
+        }
+    };
+    medium.close()?;
+    // After closing: fsck.fat reads the volume as it now is on the device.
+    let fat = match args.medium.medium.as_deref().map(MediumSpec::parse) {
+        Some(Ok(MediumSpec::Fat(path))) => fsck_fat(&path, &args.medium.describe(), args.repair)?,
+        _ => None,
+    };
+    let clean = findings.iter().all(|f| f.repaired) && fat.as_ref().is_none_or(|c| c.ok);
+    let report = FsckReport {
+        command: "medium fsck",
+        medium: args.medium.describe(),
+        findings,
+        fsck_fat: fat,
+        clean,
+    };
+    if args.json {
+        crate::progress::print_json(&report)?;
+    } else {
+        print_fsck(&report, args.repair);
+    }
+    Ok(if report.clean { OK } else { FOUND })
+}
+
+fn print_fsck(r: &FsckReport, repair: bool) {
+    if r.findings.is_empty() {
+        println!("{}: no leftovers", r.medium);
+    }
+    for f in &r.findings {
+        let tag = if f.repaired {
+            "removed"
+        } else if f.repairable {
+            "leftover"
+        } else {
+            "note"
+        };
+        println!("{tag:<9} {}: {}", f.path, f.what);
+    }
+    let left = r
+        .findings
+        .iter()
+        .filter(|f| f.repairable && !f.repaired)
+        .count();
+    if left > 0 && !repair {
+        println!("{left} leftover(s) can be removed: run again with --repair");
+    }
+    match &r.fsck_fat {
+        Some(c) if c.repaired => println!("fsck.fat -a repaired the FAT volume:\n{}", c.output),
+        Some(c) if c.ok => println!("fsck.fat: clean"),
+        Some(c) => println!(
+            "fsck.fat found problems{}:\n{}",
+            if repair {
+                ""
+            } else {
+                " (--repair lets fsck.fat -a fix them)"
+            },
+            c.output
+        ),
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image_format::store::MemStore;
+
+    fn info(g: u32, parent: Option<u32>, done: bool) -> GenerationInfo {
+        GenerationInfo {
+            generation: g,
+            state: if done {
+                GenerationState::Complete
+            } else {
+                GenerationState::Unfinished { next_chunk: 0 }
+            },
+            parent,
+            chunk_size: 0,
+            disk_size: 0,
+            chunk_count: 0,
+            stored_chunks: 0,
+            zero_chunks: 0,
+            dedup_chunks: 0,
+            stored_bytes: 0,
+            segments: 0,
+            created_unix: 0,
+            appliance_id: None,
+            source_desc: String::new(),
+            manifest_root: None,
+        }
+    }
+
+    #[test]
+    fn dependents_follow_the_parent_chain() {
+        // 1 full, 2 delta on 1, 3 delta on 2, 4 full, 5 delta on 4.
+        let g = vec![
+            info(1, None, true),
+            info(2, Some(1), true),
+            info(3, Some(2), false),
+            info(4, None, true),
+            info(5, Some(4), true),
+        ];
+        assert_eq!(dependents(&g, 1), vec![2, 3]);
+        assert_eq!(dependents(&g, 2), vec![3]);
+        assert_eq!(dependents(&g, 3), Vec::<u32>::new());
+        assert_eq!(dependents(&g, 4), vec![5]);
+        // A damaged loop ends.
+        let looped = vec![info(1, Some(2), true), info(2, Some(1), true)];
+        assert!(dependents(&looped, 3).is_empty());
+    }
+
+    #[test]
+    fn scan_and_repair_remove_only_what_nothing_can_use() {
+        let mut s = MemStore::new();
+        // A generation directory with nothing durable, a stray TMP file and
+        // a capture directory holding no generation.
+        s.create_dir_all("MGEAR/web01/G0001").unwrap();
+        s.write_at("MGEAR/web01/G0001/SEG-00000", 0, b"x").unwrap();
+        s.write_at("MGEAR/web01/KEYS.TMP", 0, b"x").unwrap();
+        s.create_dir_all("MGEAR/db02").unwrap();
+        let mut f = scan(&mut s).unwrap();
+        let kinds: Vec<&str> = f.iter().map(|x| x.kind).collect();
+        assert_eq!(
+            kinds,
+            ["empty-capture", "temporary-file", "damaged-generation"],
+            "{f:?}"
+        );
+        assert!(f.iter().all(|x| x.repairable));
+        f = scan_and_repair(&mut s).unwrap();
+        assert!(f.iter().all(|x| x.repaired), "{f:?}");
+        // web01's only generation was damaged: its directory went on the second pass.
+        assert_eq!(f.len(), 4, "{f:?}");
+        assert!(scan(&mut s).unwrap().is_empty());
+        assert!(image_format::list_captures(&mut s).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,512 @@
+//! Check before writing: what `mgear capture` finds out about the source
+//! and the medium before the first byte goes onto the medium.
+//!
+//! - a disk-image container (qcow2, VMDK, VHDX, VHD, VDI) given as a raw
+//!   source is refused: its bytes are not the disk, and the capture would
+//!   never boot. The message says how to export it raw with `qemu-nbd`;
+//! - a source mounted read-write (the device, one of its partitions, or a
+//!   loop device backed by the image file) is warned about: the capture
+//!   may not match any moment of the disk;
+//! - the stored size is estimated from evenly spaced samples (zero chunks
+//!   cost nothing, others what zstd makes of them) and the time from
+//!   `--rate-limit` or the read speed measured on the samples;
+//! - the medium's free space is compared with that estimate: a capture
+//!   that cannot fit is refused before anything is written.
+//!
+//! `capture --dry-run` prints this plan and writes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::exit::usage;
+use crate::source::Source;
+use crate::units::human_bytes;
+
+/// A disk-image container format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Container {
+    Qcow2,
+    Vmdk,
+    Vhdx,
+    Vhd,
+    Vdi,
+}
+
+impl Container {
+    /// The name `qemu-nbd -f` / `qemu-img -f` knows it by.
+    pub fn qemu_format(self) -> &'static str {
+        match self {
+            Container::Qcow2 => "qcow2",
+            Container::Vmdk => "vmdk",
+            Container::Vhdx => "vhdx",
+            Container::Vhd => "vpc",
+            Container::Vdi => "vdi",
+        }
+    }
+
+    /// Human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Container::Qcow2 => "qcow2",
+            Container::Vmdk => "VMDK",
+            Container::Vhdx => "VHDX",
+            Container::Vhd => "VHD",
+            Container::Vdi => "VDI",
+        }
+    }
+}
+
+/// Bytes of the head [`detect_container`] looks at.
+pub const HEAD_LEN: usize = 4096;
+/// Bytes of the tail (a VHD footer).
+pub const TAIL_LEN: usize = 512;
+
+/// The container `head` (first bytes) and `tail` (last 512 bytes) belong
+/// to, by magic number; `None` for anything else (a raw disk).
+pub fn detect_container(head: &[u8], tail: &[u8]) -> Option<Container> {
+    let at = |b: &[u8], off: usize, magic: &[u8]| b.get(off..off + magic.len()) == Some(magic);
+    if at(head, 0, b"QFI\xfb") {
+        Some(Container::Qcow2)
+    } else if at(head, 0, b"KDMV") || at(head, 0, b"COWD") || at(head, 0, b"# Disk DescriptorFile")
+    {
+        Some(Container::Vmdk)
+    } else if at(head, 0, b"vhdxfile") {
+        Some(Container::Vhdx)
+    } else if at(head, 0x40, &0xbeda_107f_u32.to_le_bytes()) {
+        Some(Container::Vdi)
+    } else if at(head, 0, b"conectix") || at(tail, 0, b"conectix") {
+        // A dynamic VHD starts with a copy of its footer; a fixed one has
+        // it only in the last 512 bytes.
+        Some(Container::Vhd)
+    } else {
+        None
+    }
+}
+
+/// Refuse a container with the way to capture it.
+pub fn refuse_container(spec: &str, c: Container) -> anyhow::Error {
+    let fmt = c.qemu_format();
+    usage(format!(
+        "{spec} is a {} disk image, not a raw disk: capturing its bytes would store the container, \
+         which never boots. Export it raw and capture that:\n  \
+         qemu-nbd -r -f {fmt} --socket /tmp/mgear-src.sock {spec} &\n  \
+         mgear capture --source 'nbd+unix:///?socket=/tmp/mgear-src.sock' ...\n\
+         (or convert it first: qemu-img convert -f {fmt} -O raw {spec} disk.raw)",
+        c.name()
+    ))
+}
+
+/// Read the head and tail of `source` and refuse a container.
+pub fn check_container(source: &mut dyn Source, spec: &str) -> anyhow::Result<()> {
+    let size = source.len();
+    let mut head = vec![0u8; (HEAD_LEN as u64).min(size) as usize];
+    source.read_exact_at(0, &mut head)?;
+    let mut tail = vec![0u8; (TAIL_LEN as u64).min(size) as usize];
+    source.read_exact_at(size - tail.len() as u64, &mut tail)?;
+    match detect_container(&head, &tail) {
+        Some(c) => Err(refuse_container(spec, c)),
+        None => Ok(()),
+    }
+}
+
+/// One line of `/proc/self/mountinfo`, the fields we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub dev: (u32, u32),
+    pub mount_point: String,
+    pub read_write: bool,
+    pub fs_source: String,
+}
+
+/// Parse `/proc/self/mountinfo` (proc(5)): `ID PARENT MAJ:MIN ROOT
+/// MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS`.
+/// Malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (maj, min) = f.get(2)?.split_once(':')?;
+            let dash = f.iter().position(|x| *x == "-")?;
+            Some(Mount {
+                dev: (maj.parse().ok()?, min.parse().ok()?),
+                mount_point: unescape(f.get(4)?),
+                read_write: f.get(5)?.split(',').any(|o| o == "rw"),
+                fs_source: f.get(dash + 2).map(|s| unescape(s)).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `major:minor` of a Linux `dev_t` (glibc's encoding).
+pub fn split_dev(dev: u64) -> (u32, u32) {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    (major as u32, minor as u32)
+}
+
+fn read_dev(file: &Path) -> Option<(u32, u32)> {
+    let t = std::fs::read_to_string(file).ok()?;
+    let (a, b) = t.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The block devices whose mounts matter for `dev`: itself and its
+/// partitions (sysfs).
+fn with_partitions(dev: (u32, u32)) -> Vec<(u32, u32)> {
+    let mut out = vec![dev];
+    let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", dev.0, dev.1));
+    if let Ok(rd) = std::fs::read_dir(&sys) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.join("partition").exists() {
+                if let Some(d) = read_dev(&p.join("dev")) {
+                    out.push(d);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Loop devices backed by `file` (sysfs `loop/backing_file`).
+fn loop_devices_of(file: &Path) -> Vec<(u32, u32)> {
+    let Ok(want) = std::fs::canonicalize(file) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/block") {
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(back) = std::fs::read_to_string(p.join("loop/backing_file")) else {
+                continue;
+            };
+            if Path::new(back.trim()) == want {
+                if let Some(d) = read_dev(&p.join("dev")) {
+                    out.extend(with_partitions(d));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Read-write mounts of the source at `path` (a block device, a partition
+/// of it, or a loop device over the image file); empty if none or unknown.
+pub fn rw_mounts_of(path: &Path) -> Vec<Mount> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let devs = if meta.file_type().is_block_device() {
+        with_partitions(split_dev(meta.rdev()))
+    } else if meta.is_file() {
+        loop_devices_of(path)
+    } else {
+        Vec::new()
+    };
+    if devs.is_empty() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| m.read_write && devs.contains(&m.dev))
+        .collect()
+}
+
+/// What sampling the source found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Estimate {
+    /// Chunks sampled.
+    pub samples: u64,
+    /// Of those, all zeros (holes included).
+    pub zero_samples: u64,
+    /// Stored bytes / plain bytes over the non-zero samples (1.0 without compression).
+    pub ratio: f64,
+    /// Source bytes this run will read (the rest of a resumed capture).
+    pub to_read: u64,
+    /// Bytes the capture is expected to store on the medium.
+    pub stored_bytes: u64,
+    /// Read speed measured on the samples (bytes/s), if any were read.
+    pub measured_bytes_per_s: Option<f64>,
+    /// Seconds at `--rate-limit`, else at the measured speed.
+    pub seconds: Option<f64>,
+}
+
+/// Per stored chunk: the record header and the AEAD tag.
+const RECORD_OVERHEAD: u64 = 64 + 16;
+/// Per chunk, stored or not: its entry in INDEX and in IPART.
+const INDEX_OVERHEAD: u64 = 2 * 64;
+/// Journal slots, MANIFEST, key slots, segment headers and trailers, and
+/// FAT rounding of a few files: a fixed allowance.
+const FIXED_OVERHEAD: u64 = 1 << 20;
+
+/// Bytes a capture of `to_read` bytes (in chunks of `chunk_size`) stores
+/// when a `zero_fraction` of its chunks are zero and the rest shrink to
+/// `ratio` of their size.
+pub fn stored_estimate(to_read: u64, chunk_size: u32, zero_fraction: f64, ratio: f64) -> u64 {
+    let chunks = to_read.div_ceil(u64::from(chunk_size.max(1)));
+    let data = to_read as f64 * (1.0 - zero_fraction.clamp(0.0, 1.0));
+    let stored_chunks = (chunks as f64 * (1.0 - zero_fraction.clamp(0.0, 1.0))).ceil() as u64;
+    (data * ratio.max(0.0)).ceil() as u64
+        + stored_chunks * RECORD_OVERHEAD
+        + chunks * INDEX_OVERHEAD
+        + FIXED_OVERHEAD
+}
+
+/// Sample `samples` evenly spaced chunks from chunk `first` on.
+pub fn estimate(
+    source: &mut dyn Source,
+    chunk_size: u32,
+    first_chunk: u64,
+    compress: bool,
+    samples: u64,
+    rate: Option<f64>,
+) -> anyhow::Result<Estimate> {
+    let size = source.len();
+    let count = image_format::layout::chunk_count(size, chunk_size);
+    let start = first_chunk.min(count);
+    let left = count - start;
+    let to_read = size.saturating_sub(start.saturating_mul(u64::from(chunk_size)));
+    let n = samples.min(left);
+    let (mut zero, mut plain, mut stored, mut read, mut secs) = (0u64, 0u64, 0u64, 0u64, 0f64);
+    let mut buf = Vec::new();
+    for k in 0..n {
+        // Spread over the whole rest of the disk, the last sample included.
+        let index = start + if n > 1 { k * (left - 1) / (n - 1) } else { 0 };
+        let len = image_format::layout::chunk_len(size, chunk_size, index) as usize;
+        let offset = index * u64::from(chunk_size);
+        if source.is_hole(offset, len as u64)? {
+            zero += 1;
+            continue;
+        }
+        buf.resize(len, 0);
+        let t = Instant::now();
+        source.read_exact_at(offset, &mut buf)?;
+        secs += t.elapsed().as_secs_f64();
+        read += len as u64;
+        if buf.iter().all(|&b| b == 0) {
+            zero += 1;
+            continue;
+        }
+        plain += len as u64;
+        stored += if compress {
+            zstd::bulk::compress(&buf, 3).map_or(len, |c| c.len().min(len)) as u64
+        } else {
+            len as u64
+        };
+    }
+    let zero_fraction = if n == 0 { 0.0 } else { zero as f64 / n as f64 };
+    let ratio = if plain == 0 {
+        1.0
+    } else {
+        stored as f64 / plain as f64
+    };
+    let measured = (read > 0 && secs > 0.0).then(|| read as f64 / secs);
+    let seconds = rate.or(measured).map(|r| to_read as f64 / r.max(1.0));
+    Ok(Estimate {
+        samples: n,
+        zero_samples: zero,
+        ratio,
+        to_read,
+        stored_bytes: stored_estimate(to_read, chunk_size, zero_fraction, ratio),
+        measured_bytes_per_s: measured,
+        seconds,
+    })
+}
+
+/// Refuse a capture that cannot fit (exit 3, the medium-full class).
+pub fn check_space(need: u64, free: Option<u64>) -> anyhow::Result<()> {
+    match free {
+        Some(free) if need > free => Err(crate::exit::coded(
+            crate::exit::IO,
+            format!(
+                "the medium cannot hold this capture: it needs about {} and {} are free \
+                 ({} missing); nothing was written. Use a larger medium, remove captures \
+                 that are no longer needed (`mgear medium rm`), or pass --skip-space-check \
+                 if you know the disk stores smaller than the sampled estimate",
+                human_bytes(need),
+                human_bytes(free),
+                human_bytes(need - free)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Human duration.
+pub fn human_seconds(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_are_known_by_their_magic() {
+        let mut head = vec![0u8; HEAD_LEN];
+        let tail = vec![0u8; TAIL_LEN];
+        assert_eq!(detect_container(&head, &tail), None, "zeros are raw");
+        // An MBR disk is raw.
+        head[510] = 0x55;
+        head[511] = 0xaa;
+        assert_eq!(detect_container(&head, &tail), None);
+        let with = |magic: &[u8], at: usize| {
+            let mut h = vec![0u8; HEAD_LEN];
+            h[at..at + magic.len()].copy_from_slice(magic);
+            detect_container(&h, &tail)
+        };
+        assert_eq!(with(b"QFI\xfb\0\0\0\x03", 0), Some(Container::Qcow2));
+        assert_eq!(with(b"KDMV", 0), Some(Container::Vmdk));
+        assert_eq!(with(b"# Disk DescriptorFile\n", 0), Some(Container::Vmdk));
+        assert_eq!(with(b"vhdxfile", 0), Some(Container::Vhdx));
+        assert_eq!(with(&[0x7f, 0x10, 0xda, 0xbe], 0x40), Some(Container::Vdi));
+        assert_eq!(with(b"conectix", 0), Some(Container::Vhd));
+        // A fixed VHD: raw data and a footer at the end.
+        let mut t = vec![0u8; TAIL_LEN];
+        t[..8].copy_from_slice(b"conectix");
+        assert_eq!(detect_container(&head, &t), Some(Container::Vhd));
+        // Short sources (smaller than the head) are not misread.
+        assert_eq!(detect_container(b"QF", b""), None);
+        assert_eq!(Container::Vhd.qemu_format(), "vpc");
+        let e = refuse_container("web.qcow2", Container::Qcow2).to_string();
+        assert!(e.contains("qemu-nbd -r -f qcow2"), "{e}");
+        assert_eq!(
+            crate::exit::code_of(&refuse_container("x", Container::Vmdk)),
+            crate::exit::USAGE
+        );
+    }
+
+    #[test]
+    fn mountinfo_lines_are_parsed() {
+        let text = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
+36 22 7:0 / /mnt/my\\040disk rw,nosuid - ext4 /dev/loop0 rw
+37 22 8:17 / /media/ro ro,relatime - vfat /dev/sdb1 ro
+garbage line
+";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].dev, (8, 1));
+        assert!(m[0].read_write);
+        assert_eq!(m[1].mount_point, "/mnt/my disk");
+        assert_eq!(m[1].fs_source, "/dev/loop0");
+        assert!(!m[2].read_write);
+    }
+
+    #[test]
+    fn dev_numbers_split_like_glibc() {
+        // glibc's makedev, spelled out.
+        fn makedev(major: u64, minor: u64) -> u64 {
+            ((major & 0xfff) << 8)
+                | ((major & !0xfff) << 32)
+                | (minor & 0xff)
+                | ((minor & !0xff) << 12)
+        }
+        assert_eq!(split_dev(makedev(8, 17)), (8, 17));
+        assert_eq!(split_dev(makedev(259, 65536)), (259, 65536));
+        assert_eq!(split_dev(makedev(4095, 255)), (4095, 255));
+    }
+
+    #[test]
+    fn estimate_math() {
+        const MIB: u64 = 1 << 20;
+        // All zeros: only the index and the fixed allowance.
+        assert_eq!(
+            stored_estimate(64 * MIB, MIB as u32, 1.0, 1.0),
+            64 * INDEX_OVERHEAD + FIXED_OVERHEAD
+        );
+        // Half zeros, the rest halved by compression.
+        assert_eq!(
+            stored_estimate(64 * MIB, MIB as u32, 0.5, 0.5),
+            16 * MIB + 32 * RECORD_OVERHEAD + 64 * INDEX_OVERHEAD + FIXED_OVERHEAD
+        );
+        // Incompressible: never smaller than the data.
+        assert!(stored_estimate(100 * MIB, MIB as u32, 0.0, 1.0) > 100 * MIB);
+    }
+
+    /// A source of `chunks` chunks: even ones zero, odd ones random.
+    struct Striped(Vec<u8>);
+    impl Source for Striped {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+            let o = offset as usize;
+            buf.copy_from_slice(&self.0[o..o + buf.len()]);
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "striped".into()
+        }
+    }
+
+    #[test]
+    fn sampling_sees_zeros_and_random_data() {
+        let cs = 64 * 1024usize;
+        let mut data = vec![0u8; 16 * cs];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for c in (1..16).step_by(2) {
+            for b in &mut data[c * cs..(c + 1) * cs] {
+                // xorshift64: incompressible enough for zstd.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = (x >> 24) as u8;
+            }
+        }
+        let mut s = Striped(data);
+        let e = estimate(&mut s, cs as u32, 0, true, 16, Some(1e6)).unwrap();
+        assert_eq!((e.samples, e.zero_samples), (16, 8));
+        assert!(e.ratio > 0.99, "random data does not compress: {}", e.ratio);
+        let half = 8 * cs as u64;
+        assert!(
+            e.stored_bytes >= half && e.stored_bytes < half + (2 << 20),
+            "{e:?}"
+        );
+        assert_eq!(e.seconds, Some(16.0 * cs as f64 / 1e6));
+        // Resumed at chunk 8: only the second half is left to read.
+        let e = estimate(&mut s, cs as u32, 8, false, 4, None).unwrap();
+        assert_eq!(e.to_read, half);
+        assert_eq!(e.samples, 4);
+        assert_eq!(e.ratio, 1.0);
+    }
+
+    #[test]
+    fn space_check_says_what_is_missing() {
+        check_space(10, Some(10)).unwrap();
+        check_space(10, None).unwrap();
+        let e = check_space(3 << 20, Some(1 << 20)).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::IO);
+        assert!(e.to_string().contains("2.00 MiB missing"), "{e}");
+    }
+}

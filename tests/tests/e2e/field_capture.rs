@@ -1,0 +1,527 @@
+//! Field-proof capture (issue 13): the mistakes a new field engineer makes
+//! end in a clear refusal before anything is written, or can be undone.
+//!
+//! - check before writing: a directory, a qcow2/VMDK container and a disk
+//!   too large for the medium are refused with the medium byte-for-byte
+//!   unchanged; `--dry-run` prints the plan and writes nothing;
+//! - undo: `capture --abort`, `medium rm` (finished data and dependent
+//!   deltas need `--force`), `medium fsck [--repair]`;
+//! - keys by capture id: `web01` on a second medium leaves the first's
+//!   deltas and syncs working; `keys list|forget`; `--name WEB01` beside
+//!   `web01` is named as the same capture;
+//! - guard rails: a finished capture is not stored twice; `sync` from the
+//!   wrong disk is refused before it sends anything;
+//! - appliance commands report the state they really left the appliance in.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+
+use mgear_tests::{output_text, Env};
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+fn random_disk(path: &Path, bytes: usize, seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut disk = vec![0u8; bytes];
+    rng.fill_bytes(&mut disk);
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    fs::write(path, disk).unwrap();
+}
+
+fn sha(path: &Path) -> Vec<u8> {
+    Sha256::digest(fs::read(path).unwrap()).to_vec()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn capture(e: &Env, source: &str, medium: &str, name: &str, extra: &[&str]) -> Output {
+    let mut a = vec![
+        "capture",
+        "--source",
+        source,
+        "--medium",
+        medium,
+        "--name",
+        name,
+        "--recipient",
+        "target.pub",
+    ];
+    a.extend_from_slice(extra);
+    e.run(&a)
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+#[test]
+fn check_before_writing_refuses_and_plans_without_writing() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("m.img", "64MiB");
+    let img = e.p("m.img");
+    let before = sha(&img);
+
+    // A directory: refused by name, nothing written.
+    fs::create_dir(e.p("srcdir")).unwrap();
+    let o = capture(&e, "srcdir", &m, "web01", &[]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(err(&o).contains("is a directory"), "{}", output_text(&o));
+    assert_eq!(sha(&img), before, "a refused directory changed the medium");
+
+    // Containers: refused with the way to capture them.
+    let mut q = b"QFI\xfb\0\0\0\x03".to_vec();
+    q.resize(2 << 20, 0);
+    fs::write(e.p("web.qcow2"), &q).unwrap();
+    let o = capture(&e, "web.qcow2", &m, "web01", &[]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("qcow2") && err(&o).contains("qemu-nbd -r -f qcow2"),
+        "{}",
+        output_text(&o)
+    );
+    let mut v = b"KDMV".to_vec();
+    v.resize(1 << 20, 0);
+    fs::write(e.p("web.vmdk"), &v).unwrap();
+    let o = capture(&e, "web.vmdk", &m, "web01", &[]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(err(&o).contains("-f vmdk"), "{}", output_text(&o));
+    assert_eq!(sha(&img), before, "a refused container changed the medium");
+
+    // The plan of a disk that fits: printed, nothing written.
+    random_disk(&e.p("disk.raw"), 8 << 20, 1);
+    let o = capture(&e, "disk.raw", &m, "web01", &["--dry-run"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    assert!(
+        out(&o).contains("nothing written") && out(&o).contains("fits"),
+        "{}",
+        output_text(&o)
+    );
+    let plan = e.json(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--dry-run",
+    ]);
+    assert_eq!(plan["kind"], "new");
+    assert_eq!(plan["fits"], true);
+    let est = plan["estimate"]["stored_bytes"].as_u64().unwrap();
+    // Random data does not compress: the estimate is the disk and a little.
+    assert!((8 << 20..12 << 20).contains(&est), "{plan}");
+    assert_eq!(sha(&img), before, "--dry-run changed the medium");
+
+    // A disk that cannot fit: refused before writing, saying how much is missing.
+    random_disk(&e.p("big.raw"), 80 << 20, 2);
+    let o = capture(&e, "big.raw", &m, "big", &["--dry-run"]);
+    assert_eq!(code(&o), Some(3), "{}", output_text(&o));
+    assert!(out(&o).contains("DOES NOT FIT"), "{}", output_text(&o));
+    let o = capture(&e, "big.raw", &m, "big", &[]);
+    assert_eq!(code(&o), Some(3), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("missing") && err(&o).contains("nothing was written"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        sha(&img),
+        before,
+        "a capture that cannot fit changed the medium"
+    );
+    let o = e.ok(&["inspect", "--medium", &m]);
+    assert!(out(&o).contains("0 capture"), "{}", output_text(&o));
+}
+
+#[test]
+fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("m.img", "40MiB");
+    // Too big for the medium, forced past the space check: it fills the
+    // medium and leaves an unfinished generation.
+    random_disk(&e.p("big.raw"), 48 << 20, 3);
+    let o = capture(
+        &e,
+        "big.raw",
+        &m,
+        "big",
+        &["--skip-space-check", "--checkpoint-bytes", "1MiB"],
+    );
+    assert_eq!(code(&o), Some(3), "{}", output_text(&o));
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    assert!(
+        out(&o).contains("mgear capture --abort") || err(&o).contains("mgear capture --abort"),
+        "verify names the command that removes it: {}",
+        output_text(&o)
+    );
+    // A re-run with other parameters names the command too.
+    let o = capture(
+        &e,
+        "big.raw",
+        &m,
+        "big",
+        &["--skip-space-check", "--chunk-size", "64KiB"],
+    );
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("mgear capture --abort"),
+        "{}",
+        output_text(&o)
+    );
+    let o = e.ok(&["capture", "--abort", "--medium", &m, "--name", "big"]);
+    assert!(out(&o).contains("aborted big"), "{}", output_text(&o));
+    let o = e.ok(&["inspect", "--medium", &m]);
+    assert!(out(&o).contains("0 capture"), "{}", output_text(&o));
+    // The full medium leaked clusters: --repair has fsck.fat reclaim them.
+    e.ok(&["medium", "fsck", "--medium", &m, "--repair"]);
+    let o = e.ok(&["medium", "fsck", "--medium", &m]);
+    assert!(out(&o).contains("no leftovers"), "{}", output_text(&o));
+
+    // A finished capture with a delta on it: removing the parent needs
+    // --force and names the delta; --force removes both.
+    random_disk(&e.p("disk.raw"), 4 << 20, 4);
+    assert_eq!(code(&capture(&e, "disk.raw", &m, "web01", &[])), Some(0));
+    let mut d = fs::read(e.p("disk.raw")).unwrap();
+    d[3 << 20] ^= 0xff;
+    fs::write(e.p("disk.raw"), d).unwrap();
+    let o = capture(&e, "disk.raw", &m, "web01", &["--delta"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    let before = sha(&e.p("m.img"));
+    let o = e.run(&[
+        "medium",
+        "rm",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--generation",
+        "1",
+    ]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("generation 2 depends on it") && err(&o).contains("--force"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        sha(&e.p("m.img")),
+        before,
+        "a refused rm changed the medium"
+    );
+    let r = e.json(&[
+        "medium",
+        "rm",
+        "--medium",
+        &m,
+        "--name",
+        "WEB01",
+        "--generation",
+        "1",
+        "--force",
+    ]);
+    assert_eq!(r["removed"], serde_json::json!([1, 2]), "{r}");
+    assert_eq!(r["capture_removed"], true, "{r}");
+    let o = e.ok(&["inspect", "--medium", &m]);
+    assert!(out(&o).contains("0 capture"), "{}", output_text(&o));
+    // fsck.fat agrees the volume is clean after the removals.
+    let o = e.ok(&["medium", "fsck", "--medium", &m]);
+    assert!(
+        out(&o).contains("no leftovers")
+            && (out(&o).contains("fsck.fat: clean") || which("fsck.fat").is_none()),
+        "{}",
+        output_text(&o)
+    );
+
+    // Crash leftovers on a mounted-directory medium: a generation with
+    // nothing durable, a half-written replacement, an empty capture.
+    fs::create_dir_all(e.p("mnt/MGEAR/db02/G0001")).unwrap();
+    fs::create_dir_all(e.p("mnt/MGEAR/app03")).unwrap();
+    fs::write(e.p("mnt/MGEAR/db02/G0001/SEG-00000"), b"torn").unwrap();
+    assert_eq!(
+        code(&capture(&e, "disk.raw", "dir:mnt", "web01", &[])),
+        Some(0)
+    );
+    fs::write(e.p("mnt/MGEAR/web01/G0001/COMMIT.TMP"), b"half").unwrap();
+    let o = e.run(&["medium", "fsck", "--medium", "dir:mnt"]);
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    for what in ["MGEAR/db02/G0001", "COMMIT.TMP", "MGEAR/app03", "--repair"] {
+        assert!(out(&o).contains(what), "{what}: {}", output_text(&o));
+    }
+    let o = e.ok(&["medium", "fsck", "--medium", "dir:mnt", "--repair"]);
+    assert!(out(&o).contains("removed"), "{}", output_text(&o));
+    assert!(!e.p("mnt/MGEAR/db02").exists() && !e.p("mnt/MGEAR/app03").exists());
+    assert!(!e.p("mnt/MGEAR/web01/G0001/COMMIT.TMP").exists());
+    let o = e.ok(&["medium", "fsck", "--medium", "dir:mnt"]);
+    assert!(out(&o).contains("no leftovers"), "{}", output_text(&o));
+    // The finished capture is untouched and still verifies.
+    e.ok(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--identity",
+        "target.key",
+        "--allow-untrusted",
+    ]);
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn keys_are_kept_by_capture_id_and_names_ignore_case() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 4 << 20, 5);
+    fs::create_dir_all(e.p("a")).unwrap();
+    fs::create_dir_all(e.p("b")).unwrap();
+    assert_eq!(
+        code(&capture(&e, "disk.raw", "dir:a", "web01", &[])),
+        Some(0)
+    );
+    // The same machine onto a second medium: another capture, its own key.
+    assert_eq!(
+        code(&capture(&e, "disk.raw", "dir:b", "web01", &[])),
+        Some(0)
+    );
+    let list = e.json(&["keys", "list"]);
+    let keys = list["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{list}");
+    assert_ne!(keys[0]["capture_id"], keys[1]["capture_id"], "{list}");
+
+    // The first medium's delta still finds its key.
+    let mut d = fs::read(e.p("disk.raw")).unwrap();
+    d[2 << 20] ^= 0xff;
+    fs::write(e.p("disk.raw"), d).unwrap();
+    let o = capture(&e, "disk.raw", "dir:a", "web01", &["--delta", "--json"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["generation"], 2, "{r}");
+    let id_a = r["receipt"]["capture_id"].as_str().unwrap().to_string();
+
+    // Another case of the name is the same capture, and says so.
+    let o = capture(&e, "disk.raw", "dir:a", "WEB01", &["--delta"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("without case") && err(&o).contains("--name web01"),
+        "{}",
+        output_text(&o)
+    );
+
+    // forget: refuses to guess between the two, forgets the one named.
+    let o = e.run(&["keys", "forget", "--name", "web01"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    e.ok(&["keys", "forget", "--capture-id", &id_a]);
+    let list = e.json(&["keys", "list"]);
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
+    let o = capture(&e, "disk.raw", "dir:a", "web01", &["--delta"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("not in the key cache"),
+        "{}",
+        output_text(&o)
+    );
+    // Medium b's key is still there.
+    let o = capture(&e, "disk.raw", "dir:b", "web01", &["--delta"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+}
+
+/// Kills a background `mgear serve` when the test ends.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(e: &Env) -> (Bg, String) {
+    let mut child = e
+        .cmd(&[
+            "serve",
+            "--target",
+            "file:vol.raw",
+            "--medium",
+            "fat:m.img",
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--listen",
+            "127.0.0.1:0",
+            "--trust",
+            "site.pub",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve said {line:?}"))
+        .to_string();
+    (Bg(child), addr)
+}
+
+#[test]
+fn guard_rails_refuse_a_second_full_copy_and_a_sync_from_the_wrong_disk() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 8 << 20, 6);
+    assert_eq!(code(&capture(&e, "disk.raw", &m, "web01", &[])), Some(0));
+
+    // Re-running the finished capture does not store a second copy.
+    let before = sha(&e.p("m.img"));
+    let o = capture(&e, "disk.raw", &m, "web01", &[]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("already captured as generation 1") && err(&o).contains("--delta"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        sha(&e.p("m.img")),
+        before,
+        "a refused re-capture changed the medium"
+    );
+    // A bare rate stays an error.
+    let o = capture(&e, "disk.raw", &m, "db02", &["--rate-limit", "50"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+
+    e.ok(&[
+        "ingest",
+        "--allow-untrusted",
+        "--allow-unsealed",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol.raw",
+    ]);
+    // web01 captured again onto a second medium: a second key of that name
+    // in the cache; sync picks the one whose capture id the target serves.
+    e.fat("second.img", "64MiB");
+    assert_eq!(
+        code(&capture(&e, "disk.raw", "fat:second.img", "web01", &[])),
+        Some(0)
+    );
+    let vol = fs::read(e.p("vol.raw")).unwrap();
+    let (_serve, addr) = serve(&e);
+
+    // The wrong disk (same size): refused before anything is sent.
+    random_disk(&e.p("other.raw"), 8 << 20, 7);
+    let sync = |src: &str, extra: &[&str]| {
+        let mut a = vec![
+            "sync",
+            "--source",
+            src,
+            "--to",
+            &addr,
+            "--name",
+            "web01",
+            "--sign",
+            "site.key",
+            "--retries",
+            "0",
+        ];
+        a.extend_from_slice(extra);
+        e.run(&a)
+    };
+    let o = sync("other.raw", &[]);
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("does not look like the disk captured as web01")
+            && !out(&o).contains("verified"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(fs::read(e.p("vol.raw")).unwrap(), vol, "the volume changed");
+
+    // The right disk, changed a little: synced and verified.
+    let mut d = fs::read(e.p("disk.raw")).unwrap();
+    d[5 << 20] ^= 0xff;
+    fs::write(e.p("disk.raw"), &d).unwrap();
+    let o = sync("disk.raw", &[]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    assert!(out(&o).contains("chunk ids match"), "{}", output_text(&o));
+    assert_eq!(fs::read(e.p("vol.raw")).unwrap(), d);
+    // --force takes the operator's word for a rewritten disk.
+    let o = sync("other.raw", &["--force"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    assert_eq!(
+        fs::read(e.p("vol.raw")).unwrap(),
+        fs::read(e.p("other.raw")).unwrap()
+    );
+}
+
+#[test]
+fn appliance_commands_report_the_state_they_left() {
+    use crate::appliance_util::Lab;
+    let mut lab = Lab::new(64);
+    lab.start();
+    let o = lab.appliance_ok(&["provision", "--pin-file", "pin"]);
+    assert!(
+        out(&o).contains("appliance state: locked"),
+        "{}",
+        output_text(&o)
+    );
+    let o = lab.appliance_ok(&["unlock", "--pin-file", "pin"]);
+    assert!(
+        out(&o).contains("appliance state: unlocked"),
+        "{}",
+        output_text(&o)
+    );
+    let o = lab.appliance_ok(&["lock"]);
+    assert!(
+        out(&o).contains("appliance state: locked"),
+        "{}",
+        output_text(&o)
+    );
+    let o = lab.appliance_ok(&["erase", "--yes", "--pin-file", "pin"]);
+    let t = out(&o);
+    assert!(t.contains("appliance state: erased"), "{}", output_text(&o));
+    assert!(!t.contains("factory reset"), "{t}");
+    // Every command the next step names exists.
+    let help = out(&lab.run(&["appliance", "--help"]));
+    for cmd in ["log", "attestations", "provision"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    // After an erase, unlock is refused and the true state is named.
+    let o = lab.appliance(&["unlock", "--pin-file", "pin"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(!out(&o).contains("unlocked"), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("the appliance is erased"),
+        "{}",
+        output_text(&o)
+    );
+    lab.stop();
+}
