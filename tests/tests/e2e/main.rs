@@ -26,6 +26,7 @@ mod nbd_interop;
 mod sync_e2e;
 mod trust_e2e;
 mod virt_libvirt;
+mod volume_scratch;
 mod wire_cli;
 
 /// The libvirt scenarios (`virt_libvirt`, `wire_cli`) tell their domains apart
