@@ -513,31 +513,20 @@ pub fn write_volume<S: image_format::Store>(
     let desc = vol.describe();
     let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
     let state_path = plan.state_dir.join(format!("{}.ingest", vol.state_key()));
-    // lstat, not stat: a dangling symlink counts as something being there.
-    let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
     let found = vol.found();
-    if found
-        == (Found::Unfinished {
-            adopt_without_state: false,
-        })
-        && !present(&state_path)
-    {
-        // Without its state nothing says what this volume holds or who wrote it.
-        return Err(usage(format!(
-            "an unfinished {desc} (.partial) exists but its ingest state {} does not: \
-             refusing to adopt a partial volume nothing vouches for; remove {desc}.partial \
-             and run again",
-            state_path.display()
-        )));
-    }
-    if vol.size() < size {
-        return Err(usage(format!(
-            "{desc} is {} but the disk is {}: give a target of at least {size} bytes",
-            human_bytes(vol.size()),
-            human_bytes(size)
-        )));
-    }
-    let mut state = State::open(state_path, &header, found == Found::New)?;
+    let mut state = match open_state(&*vol, found, size, state_path, &header) {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing was written: a volume this run created must not stay
+            // behind as an unfinished one nothing vouches for.
+            if found == Found::New {
+                if let Err(d) = vol.discard() {
+                    eprintln!("mgear: could not remove the new target again: {d}");
+                }
+            }
+            return Err(e);
+        }
+    };
 
     let resumed = state.done;
     let mut limiter = plan
@@ -690,6 +679,40 @@ pub fn write_volume<S: image_format::Store>(
         },
         finished,
     ))
+}
+
+/// Check the volume can take the disk and open (or resume) its state.
+fn open_state(
+    vol: &dyn Volume,
+    found: Found,
+    size: u64,
+    state_path: PathBuf,
+    header: &[u8],
+) -> anyhow::Result<State> {
+    let desc = vol.describe();
+    // lstat, not stat: a dangling symlink counts as something being there.
+    let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let adoptable = found
+        != (Found::Unfinished {
+            adopt_without_state: false,
+        });
+    if !adoptable && !present(&state_path) {
+        // Without its state nothing says what this volume holds or who wrote it.
+        return Err(usage(format!(
+            "an unfinished {desc} (.partial) exists but its ingest state {} does not: \
+             refusing to adopt a partial volume nothing vouches for; remove {desc}.partial \
+             and run again",
+            state_path.display()
+        )));
+    }
+    if vol.size() < size {
+        return Err(usage(format!(
+            "{desc} is {} but the disk is {}: give a target of at least {size} bytes",
+            human_bytes(vol.size()),
+            human_bytes(size)
+        )));
+    }
+    State::open(state_path, header, found == Found::New)
 }
 
 /// Hand the collected writes to the volume as one batch.

@@ -294,6 +294,13 @@ impl Volume for FileVolume {
             volume: None,
         })
     }
+    fn discard(self: Box<Self>) -> Result<()> {
+        if self.found == Found::New && self.rename_to.is_some() {
+            std::fs::remove_file(&self.raw.path)
+                .map_err(|e| Error::io(format!("removing {}", self.raw.path.display()), e))?;
+        }
+        Ok(())
+    }
 }
 
 /// A block device; see the module doc.
@@ -388,6 +395,12 @@ impl Volume for DeviceVolume {
             format: "raw",
             volume: None,
         })
+    }
+    fn discard(self: Box<Self>) -> Result<()> {
+        if self.found == Found::New {
+            self.marker.remove()?;
+        }
+        Ok(())
     }
 }
 

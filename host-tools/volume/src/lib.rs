@@ -223,6 +223,15 @@ pub trait Volume: Send {
     /// Make the verified volume final (rename, marker removed, helper
     /// processes stopped). Called once, after the read-back check passed.
     fn finish(self: Box<Self>) -> Result<Finished>;
+
+    /// The pipeline stopped before writing anything (its resume state could
+    /// not be created, say): undo what opening a [`Found::New`] volume
+    /// created (a new `.partial`, pool volume or marker), so a re-run does
+    /// not meet an unfinished volume nothing vouches for. A volume an
+    /// earlier run left is kept. The default keeps everything.
+    fn discard(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A name safe as one file name in the state dir, derived from `s`.

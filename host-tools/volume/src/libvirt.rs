@@ -26,6 +26,7 @@ use crate::{key_of, Error, Finished, Found, Prepare, Result, Volume};
 #[derive(Debug)]
 pub struct LibvirtVolume {
     raw: Raw,
+    conn: String,
     pool: String,
     name: String,
     marker: Marker,
@@ -135,6 +136,7 @@ impl LibvirtVolume {
         }
         Ok(LibvirtVolume {
             raw,
+            conn: conn.into(),
             pool: pool.into(),
             name: name.into(),
             marker,
@@ -184,6 +186,17 @@ impl Volume for LibvirtVolume {
             format: "raw",
             volume: Some(self.raw.path.display().to_string()),
         })
+    }
+    fn discard(self: Box<Self>) -> Result<()> {
+        if self.found == Found::New {
+            let virsh = Virsh {
+                bin: require("virsh", "libvirt-clients")?,
+                conn: self.conn.clone(),
+            };
+            virsh.run(&["vol-delete", "--pool", &self.pool, &self.name])?;
+            self.marker.remove()?;
+        }
+        Ok(())
     }
 }
 
