@@ -465,6 +465,24 @@ mod tests {
     }
 
     #[test]
+    fn discard_removes_only_what_this_run_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.raw");
+        let partial = dir.path().join("v.raw.partial");
+        let p = prep(dir.path(), 4096);
+        Box::new(FileVolume::create(&target, &p).unwrap())
+            .discard()
+            .unwrap();
+        assert!(!partial.exists(), "a new partial goes again");
+        drop(FileVolume::create(&target, &p).unwrap());
+        // An earlier run's partial is kept.
+        Box::new(FileVolume::create(&target, &p).unwrap())
+            .discard()
+            .unwrap();
+        assert!(partial.exists());
+    }
+
+    #[test]
     fn partial_symlink_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("v.raw");
