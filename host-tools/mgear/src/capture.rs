@@ -987,15 +987,13 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
 
 /// Chunk indexes the dirty bitmap `bitmap` of NBD source `spec` marks dirty.
 fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec<u64>> {
-    if !(spec.starts_with("nbd://") || spec.starts_with("nbd+unix://")) {
+    if !crate::spec::is_nbd(spec) {
         return Err(usage(format!(
             "--dirty-bitmap needs an NBD source (nbd://... or nbd+unix://...), not {spec}: \
              export the qcow2 with `qemu-nbd -r -f qcow2 -B {bitmap} ...`"
         )));
     }
-    let url: mgear_nbd::NbdUrl = spec
-        .parse()
-        .map_err(|e| usage(format!("--source {spec}: {e}")))?;
+    let url = crate::spec::nbd_url("--source", spec)?;
     let opts = mgear_nbd::ConnectOptions {
         meta_contexts: vec![format!("qemu:dirty-bitmap:{bitmap}")],
         read_only: true,

@@ -549,31 +549,20 @@ pub fn write_volume<S: image_format::Store>(
     let desc = vol.describe();
     let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
     let state_path = plan.state_dir.join(format!("{}.ingest", vol.state_key()));
-    // lstat, not stat: a dangling symlink counts as something being there.
-    let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
     let found = vol.found();
-    if found
-        == (Found::Unfinished {
-            adopt_without_state: false,
-        })
-        && !present(&state_path)
-    {
-        // Without its state nothing says what this volume holds or who wrote it.
-        return Err(usage(format!(
-            "an unfinished {desc} (.partial) exists but its ingest state {} does not: \
-             refusing to adopt a partial volume nothing vouches for; remove {desc}.partial \
-             and run again",
-            state_path.display()
-        )));
-    }
-    if vol.size() < size {
-        return Err(usage(format!(
-            "{desc} is {} but the disk is {}: give a target of at least {size} bytes",
-            human_bytes(vol.size()),
-            human_bytes(size)
-        )));
-    }
-    let mut state = State::open(state_path, &header, found == Found::New)?;
+    let mut state = match open_state(&*vol, found, size, state_path, &header) {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing was written: a volume this run created must not stay
+            // behind as an unfinished one nothing vouches for.
+            if found == Found::New {
+                if let Err(d) = vol.discard() {
+                    eprintln!("mgear: could not remove the new target again: {d}");
+                }
+            }
+            return Err(e);
+        }
+    };
 
     let resumed = state.done;
     let mut limiter = plan
@@ -726,6 +715,40 @@ pub fn write_volume<S: image_format::Store>(
         },
         finished,
     ))
+}
+
+/// Check the volume can take the disk and open (or resume) its state.
+fn open_state(
+    vol: &dyn Volume,
+    found: Found,
+    size: u64,
+    state_path: PathBuf,
+    header: &[u8],
+) -> anyhow::Result<State> {
+    let desc = vol.describe();
+    // lstat, not stat: a dangling symlink counts as something being there.
+    let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let adoptable = found
+        != (Found::Unfinished {
+            adopt_without_state: false,
+        });
+    if !adoptable && !present(&state_path) {
+        // Without its state nothing says what this volume holds or who wrote it.
+        return Err(usage(format!(
+            "an unfinished {desc} (.partial) exists but its ingest state {} does not: \
+             refusing to adopt a partial volume nothing vouches for; remove {desc}.partial \
+             and run again",
+            state_path.display()
+        )));
+    }
+    if vol.size() < size {
+        return Err(usage(format!(
+            "{desc} is {} but the disk is {}: give a target of at least {size} bytes",
+            human_bytes(vol.size()),
+            human_bytes(size)
+        )));
+    }
+    State::open(state_path, header, found == Found::New)
 }
 
 /// Hand the collected writes to the volume as one batch.
@@ -965,6 +988,138 @@ mod tests {
             first_mismatch(&mut vol, &key, &mut zeros, C as u64, &batch[..2], 2).unwrap(),
             Some((1, C))
         );
+    }
+
+    /// A capture of `disk` in memory (64 KiB chunks) and its data key.
+    fn mem_capture(disk: &[u8]) -> (image_format::store::MemStore, image_format::DataKey) {
+        let mut store = image_format::store::MemStore::new();
+        let mut p = image_format::CaptureParams::new("web01", disk.len() as u64);
+        p.chunk_size = 64 * 1024;
+        p.recipients = vec![age::x25519::Identity::generate().to_public()];
+        let key = image_format::DataKey::from_bytes([5; 32]);
+        let mut w = image_format::CaptureWriter::begin(&mut store, p, Some(key.clone())).unwrap();
+        let enc = w.encoder();
+        for i in 0..w.chunk_count() {
+            let s = (i * 65536) as usize;
+            let e = (s + 65536).min(disk.len());
+            w.append(enc.encode(i, &disk[s..e]).unwrap()).unwrap();
+        }
+        w.finish().unwrap();
+        (store, key)
+    }
+
+    fn reader_of<'a>(
+        store: &'a mut image_format::store::MemStore,
+        key: &image_format::DataKey,
+    ) -> CaptureReader<&'a mut image_format::store::MemStore> {
+        CaptureReader::open_with_key(store, "web01", None, key).unwrap()
+    }
+
+    fn plan(dir: &Path) -> Plan {
+        Plan {
+            name: "web01".into(),
+            target: "fake".into(),
+            state_dir: dir.to_owned(),
+            checkpoint_bytes: 1,
+            // Paced (absurdly fast): one chunk per batch, one checkpoint per chunk.
+            rate: Some(1e15),
+            json: true,
+        }
+    }
+
+    #[test]
+    fn a_volume_failing_mid_way_resumes_from_what_was_durable() {
+        use mgear_volume::FakeVolume;
+        const C: usize = 65536;
+        let mut disk: Vec<u8> = (0..10 * C + 1000)
+            .map(|i| (i * 31 % 253) as u8 + 1)
+            .collect();
+        disk[3 * C..5 * C].fill(0);
+        let (mut store, key) = mem_capture(&disk);
+        let dir = tempfile::tempdir().unwrap();
+
+        // Writes go 1, 2, 3 (zeroes), 4 (zeroes), 5: the fifth fails.
+        let (fake, data) = FakeVolume::new(disk.len(), Some(5));
+        let err = write_volume(
+            &plan(dir.path()),
+            Box::new(fake),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("injected fault"), "{err:#}");
+        assert_eq!(crate::exit::code_of(&err), IO);
+        let state = dir.path().join("fake.ingest");
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().len(),
+            STATE_HEADER + 4 * 32,
+            "the four durable chunks are recorded, the failed one is not"
+        );
+        // Chunk 0 (the boot sector) was never written.
+        assert!(data.lock().unwrap()[..C].iter().all(|&b| b == 0));
+
+        // The same target again: resumed after the four, verified by read-back.
+        let (fake, data) = FakeVolume::over(data, None);
+        let fake = fake.with_found(Found::Unfinished {
+            adopt_without_state: true,
+        });
+        let (r, _) = write_volume(
+            &plan(dir.path()),
+            Box::new(fake),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(r.resumed_chunks, 4);
+        assert_eq!(
+            r.zero_chunks, 0,
+            "the zero chunks were done before the resume"
+        );
+        assert!(r.verified);
+        assert!(*data.lock().unwrap() == disk);
+        assert!(!state.exists(), "the state goes once the volume is final");
+
+        // A volume that cannot read back is trusted with what was sent.
+        let (fake, data) = FakeVolume::new(disk.len(), None);
+        let (r, _) = write_volume(
+            &plan(dir.path()),
+            Box::new(fake.without_read_back()),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!((r.resumed_chunks, r.zero_chunks), (0, 2));
+        assert!(*data.lock().unwrap() == disk);
+    }
+
+    #[test]
+    fn a_partial_without_state_is_not_adopted_and_a_small_volume_is_refused() {
+        use mgear_volume::FakeVolume;
+        let disk = vec![7u8; 3 * 65536];
+        let (mut store, key) = mem_capture(&disk);
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, _) = FakeVolume::new(disk.len(), None);
+        let fake = fake.with_found(Found::Unfinished {
+            adopt_without_state: false,
+        });
+        let err = write_volume(
+            &plan(dir.path()),
+            Box::new(fake),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("refusing to adopt"), "{err}");
+        assert_eq!(crate::exit::code_of(&err), USAGE);
+        let (small, _) = FakeVolume::new(disk.len() - 1, None);
+        let err = write_volume(
+            &plan(dir.path()),
+            Box::new(small),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert_eq!(crate::exit::code_of(&err), USAGE, "{err}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl MediumSpec {
             Ok(MediumSpec::Fat(PathBuf::from(p)))
         } else if let Some(p) = text.strip_prefix("dir:") {
             Ok(MediumSpec::Dir(PathBuf::from(p)))
-        } else if text.starts_with("nbd://") || text.starts_with("nbd+unix://") {
+        } else if crate::spec::is_nbd(text) {
             Ok(MediumSpec::Nbd(text.to_owned()))
         } else {
             Err(usage(format!(

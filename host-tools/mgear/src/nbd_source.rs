@@ -27,30 +27,28 @@ pub struct NbdSource {
     win_end: u64,
 }
 
-/// Open an NBD URL as a source.
-pub fn open(spec: &str) -> anyhow::Result<Box<dyn Source>> {
-    let url: NbdUrl = spec
-        .parse()
-        .map_err(|e| crate::exit::usage(format!("--source {spec}: {e}")))?;
+/// Open an NBD URL (parsed by `crate::spec`) as a source.
+pub fn open(url: &NbdUrl) -> anyhow::Result<Box<dyn Source>> {
+    let spec = url.to_string();
     let with_map = ConnectOptions {
         meta_contexts: vec![BASE_ALLOCATION.to_owned()],
         read_only: true,
     };
-    let (client, allocation) = match Client::connect(&url, &with_map) {
+    let (client, allocation) = match Client::connect(url, &with_map) {
         Ok(c) => (c, true),
         Err(_) => {
             let plain = ConnectOptions {
                 meta_contexts: Vec::new(),
                 read_only: true,
             };
-            let c = Client::connect(&url, &plain)
+            let c = Client::connect(url, &plain)
                 .with_context(|| format!("connecting to NBD source {spec}"))?;
             (c, false)
         }
     };
     let size = client.size();
     Ok(Box::new(NbdSource {
-        url: spec.to_owned(),
+        url: spec,
         client,
         size,
         allocation,

@@ -46,12 +46,12 @@ pub trait ConcurrentRead: Send + Sync {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()>;
 }
 
-/// Open `--source`.
+/// Open `--source` (parsed by `crate::spec`).
 pub fn open(spec: &str) -> anyhow::Result<Box<dyn Source>> {
-    if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
-        return crate::nbd_source::open(spec);
+    match crate::spec::Source::parse(spec)? {
+        crate::spec::Source::Nbd(url) => crate::nbd_source::open(&url),
+        crate::spec::Source::Path(p) => Ok(Box::new(FileSource::open(p)?)),
     }
-    Ok(Box::new(FileSource::open(PathBuf::from(spec))?))
 }
 
 /// A regular file or block device.

@@ -23,6 +23,12 @@
 //!
 //! An NBD URL is an export; anything else (with or without `file:`/`raw:`/
 //! `dev:`) is a local file or block device.
+//!
+//! # `--medium`
+//!
+//! `fat:IMAGE-OR-DEVICE`, `dir:MOUNTPOINT` or an NBD URL of a FAT volume:
+//! [`Medium`] (parsed in `crate::medium`, which owns the medium flags, with
+//! the NBD test from here).
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +39,8 @@ use mgear_volume::{
 };
 
 use crate::exit::{coded, usage, IO};
+
+pub use crate::medium::MediumSpec as Medium;
 
 /// Kinds that are reserved for targets still to come.
 const NOT_YET: [&str; 3] = ["rbd:", "cinder:", "ebs-snapshot:"];

@@ -294,6 +294,13 @@ impl Volume for FileVolume {
             volume: None,
         })
     }
+    fn discard(self: Box<Self>) -> Result<()> {
+        if self.found == Found::New && self.rename_to.is_some() {
+            std::fs::remove_file(&self.raw.path)
+                .map_err(|e| Error::io(format!("removing {}", self.raw.path.display()), e))?;
+        }
+        Ok(())
+    }
 }
 
 /// A block device; see the module doc.
@@ -402,6 +409,12 @@ impl Volume for DeviceVolume {
             volume: None,
         })
     }
+    fn discard(self: Box<Self>) -> Result<()> {
+        if self.found == Found::New {
+            self.marker.remove()?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -462,6 +475,24 @@ mod tests {
         );
         let forced = Prepare { force: true, ..p };
         assert!(FileVolume::create(&target, &forced).is_ok());
+    }
+
+    #[test]
+    fn discard_removes_only_what_this_run_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.raw");
+        let partial = dir.path().join("v.raw.partial");
+        let p = prep(dir.path(), 4096);
+        Box::new(FileVolume::create(&target, &p).unwrap())
+            .discard()
+            .unwrap();
+        assert!(!partial.exists(), "a new partial goes again");
+        drop(FileVolume::create(&target, &p).unwrap());
+        // An earlier run's partial is kept.
+        Box::new(FileVolume::create(&target, &p).unwrap())
+            .discard()
+            .unwrap();
+        assert!(partial.exists());
     }
 
     #[test]

@@ -28,6 +28,15 @@
 //! - [`Volume::finish`] is called only after the read-back check passed, and
 //!   is what makes the volume look complete (rename, marker removed).
 //!   Dropping a volume without `finish` leaves it unfinished and resumable.
+//!
+//! The other positional block I/O traits have different contracts and stay
+//! where they are: `mgear::source::Source` (what capture reads: read-only,
+//! may shrink under us, reports holes), `mgear_boot::ReadAt` (inspection
+//! reads of an image or export), `mgear_nbd::BlockBackend` (what our NBD
+//! server exports: `Sync`, shared by connections), the FAT medium's
+//! `image_format::store::fat::BlockDevice` (`Read + Write + Seek`) and the
+//! firmware's `BlockDevice` (whole blocks, `no_std`). Ingest and sync
+//! targets, the one writable-target contract, are only this trait.
 
 use std::path::PathBuf;
 
@@ -223,6 +232,15 @@ pub trait Volume: Send {
     /// Make the verified volume final (rename, marker removed, helper
     /// processes stopped). Called once, after the read-back check passed.
     fn finish(self: Box<Self>) -> Result<Finished>;
+
+    /// The pipeline stopped before writing anything (its resume state could
+    /// not be created, say): undo what opening a [`Found::New`] volume
+    /// created (a new `.partial`, pool volume or marker), so a re-run does
+    /// not meet an unfinished volume nothing vouches for. A volume an
+    /// earlier run left is kept. The default keeps everything.
+    fn discard(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A name safe as one file name in the state dir, derived from `s`.

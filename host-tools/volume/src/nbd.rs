@@ -187,6 +187,12 @@ impl Volume for NbdVolume {
             volume: None,
         })
     }
+    fn discard(self: Box<Self>) -> Result<()> {
+        match &self.marker {
+            Some(m) if self.found == Found::New => m.remove(),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

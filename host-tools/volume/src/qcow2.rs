@@ -284,6 +284,17 @@ impl Volume for Qcow2Volume {
             volume: None,
         })
     }
+    fn discard(mut self: Box<Self>) -> Result<()> {
+        if let Some(mut n) = self.nbd.take() {
+            let _ = n.close();
+        }
+        self.stop_server()?;
+        if self.found == Found::New {
+            std::fs::remove_file(&self.partial)
+                .map_err(|e| Error::io(format!("removing {}", self.partial.display()), e))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub(crate) fn require(tool: &str, package: &str) -> Result<PathBuf> {
 }
 
 /// Run `cmd`; its stdout, or an error carrying its stderr.
-pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
     let out = cmd
         .output()
         .map_err(|e| Error::io(format!("running {what}"), e))?;
@@ -33,5 +33,5 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }

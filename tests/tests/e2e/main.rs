@@ -30,6 +30,7 @@ mod readme_examples;
 mod sync_e2e;
 mod trust_e2e;
 mod virt_libvirt;
+mod volume_scratch;
 mod wire_cli;
 
 /// The libvirt scenarios (`virt_libvirt`, `wire_cli`) tell their domains apart

@@ -10,12 +10,11 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use image_format::{layout, DataKey};
-use mgear_nbd::{Client, ConnectOptions, NbdUrl};
+use mgear_nbd::{Client, ConnectOptions};
 
 use super::session::{self, IdKey, Role, Session};
 use super::wire::{self, err, ty, Fields};
@@ -33,8 +32,7 @@ pub enum Disk {
 impl Disk {
     /// Open `--source`; `bitmap` needs an NBD export that has it.
     pub fn open(spec: &str, bitmap: Option<&str>) -> anyhow::Result<Self> {
-        if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
-            let url = NbdUrl::from_str(spec).map_err(|e| usage(format!("--source {spec}: {e}")))?;
+        if let crate::spec::Source::Nbd(url) = crate::spec::Source::parse(spec)? {
             let opts = ConnectOptions {
                 meta_contexts: bitmap
                     .map(|b| format!("qemu:dirty-bitmap:{b}"))
