@@ -324,6 +324,38 @@ fn salts(store: &mut MemStore) -> Vec<[u8; 32]> {
 }
 
 #[test]
+fn capture_id_is_read_without_a_key_from_manifest_or_journal() {
+    let mut f = fixture();
+    let finished = crate::verify::capture_id(&mut f.store, "web01").unwrap();
+    assert!(finished.is_some());
+    assert_eq!(
+        crate::verify::capture_id(&mut f.store, "db02").unwrap(),
+        None
+    );
+    // A second capture cut mid-way: only its journal records its id, which
+    // is its own (a capture id is never shared between captures).
+    let data = disk(3, 14, 0);
+    let p = || params("db02", data.len() as u64, &f.id);
+    let mut counter = MemStore::new();
+    capture(&mut counter, p(), None, &data).unwrap();
+    let mut faulty = MemStore::new();
+    faulty.cut_power_after(counter.writes * 3 / 4);
+    assert!(capture(&mut faulty, p(), None, &data).is_err());
+    let mut medium = faulty.after_power_loss();
+    let caps = crate::verify::list_captures(&mut medium).unwrap();
+    assert!(
+        matches!(
+            caps[0].generations[0].state,
+            crate::verify::GenerationState::Unfinished { .. }
+        ),
+        "{caps:?}"
+    );
+    let unfinished = crate::verify::capture_id(&mut medium, "db02").unwrap();
+    assert!(unfinished.is_some());
+    assert_ne!(unfinished, finished);
+}
+
+#[test]
 fn power_cut_at_every_write_then_resume() {
     let id = identity();
     let data = disk(7, 14, 999);

@@ -28,7 +28,18 @@
 //! Key cache: a new capture's random data key is wrapped on the medium only
 //! for the target (public key / passphrase). A later `--delta` (or a
 //! resume) needs that key to compute the same keyed chunk ids, so it is also
-//! kept on the capture host in `--key-cache` (0600), never on the medium.
+//! kept on the capture host in `--key-cache` (0600), never on the medium,
+//! one file per capture id (`crate::keys::cache_file`): the same name on
+//! another medium is another capture with its own key.
+//!
+//! Check before writing (`crate::preflight`): on a read-only view of the
+//! medium, capture refuses a directory or a disk-image container as the
+//! source, a name that differs only in case from a capture on the medium,
+//! and a second full copy of a finished capture; warns about a source
+//! mounted read-write; samples the source to estimate the stored size and
+//! time, and refuses when the medium cannot hold it. `--dry-run` prints that
+//! plan and stops; `--abort` removes an unfinished generation instead
+//! (`crate::medium_admin`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -198,6 +198,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn remove_dir_removes_only_empty_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = DirStore::open(tmp.path()).unwrap();
+        s.create_dir_all("MGEAR/web01/G0001").unwrap();
+        s.write_at("MGEAR/web01/G0001/JRNL-A", 0, b"j").unwrap();
+        assert!(s.remove_dir("MGEAR/web01/G0001").is_err(), "not empty");
+        s.remove_file("MGEAR/web01/G0001/JRNL-A").unwrap();
+        s.remove_dir("MGEAR/web01/G0001").unwrap();
+        assert!(s.list("MGEAR/web01").unwrap().is_empty());
+        s.remove_dir("MGEAR/web01/G0001").unwrap();
+    }
+
+    #[test]
     fn round_trip_and_listing() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = DirStore::open(tmp.path()).unwrap();

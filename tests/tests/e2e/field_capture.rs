@@ -525,3 +525,51 @@ fn appliance_commands_report_the_state_they_left() {
     );
     lab.stop();
 }
+
+/// Unmounts when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_source_mounted_read_write_is_warned_about() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("m.img", "64MiB");
+    let img = e.p("ext4.img");
+    fs::write(&img, vec![0u8; 8 << 20]).unwrap();
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg(&img)
+        .status();
+    fs::create_dir(e.p("mnt")).unwrap();
+    // Loop mounts need root and a kernel that allows them (not every CI
+    // container does): without them there is nothing to observe.
+    let mounted = mkfs.is_ok_and(|s| s.success())
+        && std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(e.p("mnt"))
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot loop-mount an ext4 image here");
+        return;
+    }
+    let _guard = Mounted(e.p("mnt"));
+    let o = capture(&e, "ext4.img", &m, "e1", &["--dry-run"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    assert!(
+        out(&o).contains("is mounted read-write at") && out(&o).contains("/mnt"),
+        "{}",
+        output_text(&o)
+    );
+    let o = capture(&e, "ext4.img", &m, "e1", &[]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    assert!(err(&o).contains("warning") && err(&o).contains("mounted read-write"));
+}

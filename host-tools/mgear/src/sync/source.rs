@@ -341,8 +341,7 @@ impl Run<'_> {
     }
 
     /// Before sending anything: read a few chunks the target holds data
-    /// for (and, with a dirty bitmap, that the bitmap calls unchanged) and
-    /// compare their keyed ids with the target's. None matching means this
+    /// for and compare their keyed ids with the target's. None matching means this
     /// is not the disk that was captured (a wrong `--source`): refuse,
     /// rather than overwrite the volume and report it "verified".
     fn check_identity(
@@ -354,23 +353,17 @@ impl Run<'_> {
         chunk_size: u32,
         name: &str,
     ) -> Result<(), Fail> {
-        let count = ids.len() as u64;
-        let dirty: std::collections::HashSet<u64> = if self.plan.bitmap.is_some() {
-            candidates.iter().copied().collect()
-        } else {
-            Default::default()
-        };
         let mut zero_ids: HashMap<u32, [u8; 32]> = HashMap::new();
         let mut pool = Vec::new();
-        for index in 0..count {
-            if dirty.contains(&index) {
+        for &index in candidates {
+            let Some(&have) = ids.get(index as usize) else {
                 continue;
-            }
+            };
             let len = layout::chunk_len(size, chunk_size, index);
             let zero = *zero_ids
                 .entry(len)
                 .or_insert_with(|| id_key.id(&vec![0u8; len as usize]));
-            if ids[index as usize] != zero {
+            if have != zero {
                 pool.push(index);
             }
         }
@@ -402,14 +395,9 @@ impl Run<'_> {
                 FOUND,
                 format!(
                     "{} does not look like the disk captured as {name}: none of {n} sampled chunks \
-                     {}matches the target's volume, so nothing was sent. Check --source (the wrong \
+                     matches the target's volume, so nothing was sent. Check --source (the wrong \
                      disk?); if the whole disk really was rewritten since the capture, pass --force",
                     self.disk.describe(),
-                    if self.plan.bitmap.is_some() {
-                        "the dirty bitmap calls unchanged "
-                    } else {
-                        ""
-                    }
                 ),
             )));
         }
@@ -562,7 +550,10 @@ impl Run<'_> {
                 .map(|rate| RateLimiter::new(rate, chunk_size as u64));
         }
         let candidates = self.candidates.clone().unwrap_or_default();
-        if !self.identity_checked && !self.plan.force {
+        // With a dirty bitmap the check is skipped: reading clean ranges is
+        // what changed-block tracking avoids, and the bitmap itself belongs
+        // to the captured disk's image (another disk does not export it).
+        if !self.identity_checked && !self.plan.force && self.plan.bitmap.is_none() {
             self.check_identity(&id_key, &ids, &candidates, size, chunk_size, &name)?;
         }
         self.identity_checked = true;
