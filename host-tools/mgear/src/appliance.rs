@@ -431,7 +431,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
         Cmd::Verify => match c.call_progress(&Request::Verify, &mut progress_printer(json))? {
             Response::Verified(r) => {
                 if json {
-                    print_json(&r)?;
+                    render::emit(r.ok(), &r)?;
                 } else {
                     print_report(&r);
                     println!(
@@ -493,7 +493,8 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                 }
             }
             if json {
-                print_json(
+                render::emit(
+                    attestation.is_some() && problems.is_empty(),
                     &serde_json::json!({"attestation": attestation, "problems": problems, "challenge": hex(&challenge)}),
                 )?;
             } else {
