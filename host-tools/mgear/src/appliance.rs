@@ -795,8 +795,12 @@ fn check_attested_log(
     records: &[LogRecord],
     key: &[u8; 32],
 ) -> Result<(), String> {
-    verify_attestation(att, key)
-        .map_err(|e| format!("stored {:?} attestation: {e}", att.body.kind))?;
+    verify_attestation(att, key).map_err(|e| {
+        format!(
+            "stored {} attestation: {e}",
+            crate::output::serde_name(&att.body.kind).to_lowercase()
+        )
+    })?;
     check_log_covers(att, records).map_err(|e| e.to_string())
 }
 
