@@ -604,7 +604,9 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
             }
             // An unlocked appliance already has the PIN; a sealed one never
             // unlocks, so the PIN travels with the request.
-            let pin = match (pin_file, info(c)?.state) {
+            // The medium id is gone after the erase: the certificate names it from here.
+            let before = info(c)?;
+            let pin = match (pin_file, before.state) {
                 (Some(f), _) => Some(read_pin(Some(&f), false)?),
                 (None, DeviceState::Unlocked) => None,
                 (None, _) => Some(read_pin(None, false)?),
@@ -618,7 +620,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                     medium_overwritten,
                 } => {
                     if let Some(path) = certificate {
-                        let (cert, verified) = erase_certificate(c)?;
+                        let (cert, verified) = erase_certificate(c, before.medium_id)?;
                         crate::report::write_json_and_text(
                             &path,
                             &cert,
@@ -678,7 +680,10 @@ fn expect_simple(c: &mut Client, req: &Request, json: bool, text: &str) -> anyho
 /// here. The protocol has no "sign this certificate" request, so the
 /// appliance's signature is the one on that custody record. Returns the
 /// certificate and whether the record verified.
-fn erase_certificate(c: &mut Client) -> anyhow::Result<(serde_json::Value, bool)> {
+fn erase_certificate(
+    c: &mut Client,
+    medium_id: Option<[u8; 16]>,
+) -> anyhow::Result<(serde_json::Value, bool)> {
     let i = info(c)?;
     let records = fetch_log(c)?;
     let key = i.identity_pubkey;
@@ -717,7 +722,7 @@ fn erase_certificate(c: &mut Client) -> anyhow::Result<(serde_json::Value, bool)
             "state": i.state.as_str(),
         },
         "medium": {
-            "id": i.medium_id.map(|m| hex(&m)),
+            "id": i.medium_id.or(medium_id).map(|m| hex(&m)),
             "bytes": i.medium_bytes,
         },
         "custody_log_records": records.len(),
