@@ -509,7 +509,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
         Cmd::Verify => match c.call_progress(&Request::Verify, &mut progress_printer(json))? {
             Response::Verified(r) => {
                 if json {
-                    print_json(&r)?;
+                    render::emit(r.ok(), &r)?;
                 } else {
                     print_report(&r);
                     println!(
@@ -571,7 +571,8 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                 }
             }
             if json {
-                print_json(
+                render::emit(
+                    attestation.is_some() && problems.is_empty(),
                     &serde_json::json!({"attestation": attestation, "problems": problems, "challenge": hex(&challenge)}),
                 )?;
             } else {
@@ -681,7 +682,9 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
             }
             // An unlocked appliance already has the PIN; a sealed one never
             // unlocks, so the PIN travels with the request.
-            let pin = match (pin_file, info(c)?.state) {
+            // The medium id is gone after the erase: the certificate names it from here.
+            let before = info(c)?;
+            let pin = match (pin_file, before.state) {
                 (Some(f), _) => Some(read_pin(Some(&f), false)?),
                 (None, DeviceState::Unlocked) => None,
                 (None, _) => Some(read_pin(None, false)?),
@@ -695,7 +698,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
                     medium_overwritten,
                 } => {
                     if let Some(path) = certificate {
-                        let (cert, verified) = erase_certificate(c)?;
+                        let (cert, verified) = erase_certificate(c, before.medium_id)?;
                         crate::report::write_json_and_text(
                             &path,
                             &cert,
@@ -755,7 +758,10 @@ fn expect_simple(c: &mut Client, req: &Request, json: bool, text: &str) -> anyho
 /// here. The protocol has no "sign this certificate" request, so the
 /// appliance's signature is the one on that custody record. Returns the
 /// certificate and whether the record verified.
-fn erase_certificate(c: &mut Client) -> anyhow::Result<(serde_json::Value, bool)> {
+fn erase_certificate(
+    c: &mut Client,
+    medium_id: Option<[u8; 16]>,
+) -> anyhow::Result<(serde_json::Value, bool)> {
     let i = info(c)?;
     let records = fetch_log(c)?;
     let key = i.identity_pubkey;
@@ -794,7 +800,7 @@ fn erase_certificate(c: &mut Client) -> anyhow::Result<(serde_json::Value, bool)
             "state": i.state.as_str(),
         },
         "medium": {
-            "id": i.medium_id.map(|m| hex(&m)),
+            "id": i.medium_id.or(medium_id).map(|m| hex(&m)),
             "bytes": i.medium_bytes,
         },
         "custody_log_records": records.len(),
@@ -872,8 +878,12 @@ fn check_attested_log(
     records: &[LogRecord],
     key: &[u8; 32],
 ) -> Result<(), String> {
-    verify_attestation(att, key)
-        .map_err(|e| format!("stored {:?} attestation: {e}", att.body.kind))?;
+    verify_attestation(att, key).map_err(|e| {
+        format!(
+            "stored {} attestation: {e}",
+            crate::output::serde_name(&att.body.kind).to_lowercase()
+        )
+    })?;
     check_log_covers(att, records).map_err(|e| e.to_string())
 }
 

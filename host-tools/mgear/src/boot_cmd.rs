@@ -366,7 +366,7 @@ fn check(target: Target, name: &str, json: bool) -> anyhow::Result<i32> {
         for f in &findings {
             println!(
                 "  {:5} {}: {}",
-                format!("{:?}", f.severity).to_lowercase(),
+                crate::output::serde_name(&f.severity),
                 f.code,
                 f.message
             );

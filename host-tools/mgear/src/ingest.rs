@@ -315,7 +315,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         crate::report::write(p, &crate::report::ingest(&r, &args.medium.describe())?)?;
     }
     if args.json {
-        progress::print_json(&r)?;
+        // `ok` is false when --boot did not prove the boot (exit 1).
+        crate::output::emit_ok(code == OK, &r)?;
     } else {
         println!(
             "ingested {} generation {} into {}: verified bit-for-bit against what was authenticated",

@@ -289,6 +289,7 @@ mod fields {
         assert_eq!(cert["verified"], true, "{cert}");
         assert_eq!(cert["appliance"]["fingerprint"], fp.as_str(), "{cert}");
         assert_eq!(cert["appliance"]["state"], "erased", "{cert}");
+        assert!(is_hex(&cert["medium"]["id"], 32), "{cert}");
         assert!(is_hex(&cert["erase_record"]["signature"], 128), "{cert}");
         assert!(is_iso_utc(&cert["issued"]), "{cert}");
         assert!(
