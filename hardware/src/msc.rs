@@ -1,5 +1,5 @@
 //! USB mass storage (Bulk-Only Transport + a SCSI block-command subset) over
-//! the firmware core's block service: how the board exposes the medium to
+//! the firmware core's block service (`mgear_firmware::block::BlockService`): how the board exposes the medium to
 //! the host, with every READ and WRITE going through
 //! `Appliance::block_read` / `block_write`, so writes are refused (SCSI
 //! DATA PROTECT) while the appliance is locked or sealed, and MODE SENSE
@@ -40,8 +40,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use embedded_io::{Read, ReadReady, Write};
-use mgear_firmware::hal::Platform;
-use mgear_firmware::{Appliance, BlockError};
+use mgear_firmware::block::{BlockError, BlockService};
 
 const CBW_SIGNATURE: u32 = 0x4342_5355;
 const CSW_SIGNATURE: u32 = 0x5342_5355;
@@ -50,35 +49,6 @@ const CBW_LEN: usize = 31;
 pub const BLOCK: usize = 512;
 /// Bytes moved per block-service call during READ/WRITE.
 const CHUNK: usize = 16 * 1024;
-
-/// What the SCSI target needs from the appliance.
-pub trait BlockService {
-    /// Size of the medium in bytes.
-    fn capacity(&mut self) -> u64;
-    /// Whether writes are accepted right now.
-    fn writable(&self) -> bool;
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError>;
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError>;
-    fn flush(&mut self) -> Result<(), BlockError>;
-}
-
-impl<P: Platform> BlockService for Appliance<P> {
-    fn capacity(&mut self) -> u64 {
-        self.medium_bytes()
-    }
-    fn writable(&self) -> bool {
-        self.medium_writable()
-    }
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        self.block_read(offset, buf)
-    }
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
-        self.block_write(offset, data)
-    }
-    fn flush(&mut self) -> Result<(), BlockError> {
-        self.block_flush()
-    }
-}
 
 /// SCSI sense data: key, additional sense code and qualifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,6 +464,7 @@ fn finish_without_data<IO: Read + Write>(
 mod tests {
     use super::*;
     use core::convert::Infallible;
+    use mgear_firmware::Appliance;
 
     /// Host side of the link in memory: `input` is what the host sent.
     struct Link {

@@ -53,6 +53,7 @@ use image_format::store::EntryKind;
 use image_format::{layout, Store, StoreError};
 
 use crate::attest::{self, Attestation, AttestationBody, AttestationKind};
+pub use crate::block::BlockError;
 use crate::custody::{self, CustodyLog, EraseReason, Event};
 use crate::hal::{
     BlockDevice, Clock, HwError, Indicators, Key, LedState, LogStorage, Platform, Readout,
@@ -115,18 +116,6 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         Error::Store(e)
     }
-}
-
-/// A block-service request that was not carried out.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BlockError {
-    /// Writes are refused in this state (the simulator answers EPERM).
-    #[error("the medium is write-protected: the appliance is {0}")]
-    WriteProtected(DeviceState),
-    #[error("request beyond the end of the medium")]
-    OutOfRange,
-    #[error("medium failure: {0}")]
-    Hw(HwError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,10 +8,11 @@
 //! record:   len: u32 LE      length of body (1..=MAX_RECORD_LEN)
 //!           crc: u32 LE      CRC-32/ISO-HDLC of body
 //!           body: [u8; len]  postcard(SignedEntry)
-//! SignedEntry { entry: LogEntry, signature: [u8; 64] }
-//! signature = Ed25519(identity, "MGEAR-CUSTODY-v1\0" || postcard(entry))
-//! entry.prev = SHA-256(body of the previous record), zeros for record 0
 //! ```
+//!
+//! The body (a signed, hash-chained entry) and its verification are the
+//! appliance API's (`mgear_appliance_api::custody`, re-exported here): the
+//! host checks logs with the same code.
 //!
 //! # Crash safety
 //!
@@ -25,208 +26,17 @@
 //! The CRC only finds torn writes; the hash chain and signatures are what
 //! make tampering evident (`verify_log`).
 
-use alloc::string::String;
 use alloc::vec::Vec;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use serde::{Deserialize, Serialize};
+use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
 use crate::hal::{HwError, LogStorage};
 
-/// Largest record body.
-pub const MAX_RECORD_LEN: usize = 4096;
-/// Longest free text kept in an event (longer text is cut).
-pub const MAX_TEXT: usize = 200;
+pub use mgear_appliance_api::custody::*;
 
-const DOMAIN: &[u8] = b"MGEAR-CUSTODY-v1\0";
 const HEADER: u64 = 8;
 const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-
-/// Why the appliance crypto-erased.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EraseReason {
-    /// The operator asked (`erase`).
-    Requested,
-    /// Too many wrong PINs.
-    PinLockout,
-}
-
-/// What happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Event {
-    /// The identity was created; the log starts here.
-    Provisioned {
-        #[serde(with = "serde_bytes")]
-        identity: [u8; 32],
-    },
-    /// Power-up number `boot`.
-    PowerUp {
-        boot: u64,
-    },
-    /// Recovery dropped a torn last record of `bytes` bytes.
-    TornTailDropped {
-        bytes: u64,
-    },
-    Unlock,
-    /// A wrong PIN; `failures` in a row so far.
-    WrongPin {
-        failures: u32,
-    },
-    Lock,
-    CaptureBegin {
-        name: String,
-    },
-    CaptureCommit {
-        name: String,
-        generation: u64,
-    },
-    /// A keyless verification: `problems` found, the first one described.
-    Verify {
-        problems: u64,
-        first: Option<String>,
-    },
-    /// Sealed; `attestation` is the seal's digest.
-    Seal {
-        counter: u64,
-        #[serde(with = "serde_bytes")]
-        attestation: [u8; 32],
-    },
-    /// Arrival check; `attestation` present if it passed, else the first problem.
-    Arrival {
-        #[serde(with = "serde_bytes")]
-        attestation: Option<[u8; 32]>,
-        problems: u64,
-        first: Option<String>,
-    },
-    /// Crypto-erase: identity zeroized, `key_slots` key-slot files overwritten.
-    Erase {
-        reason: EraseReason,
-        key_slots: u64,
-        overwrite_medium: bool,
-    },
-}
-
-/// One log entry (what is signed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogEntry {
-    pub index: u64,
-    #[serde(with = "serde_bytes")]
-    pub prev: [u8; 32],
-    pub uptime_ms: u64,
-    pub unix_time: Option<u64>,
-    pub event: Event,
-}
-
-/// An entry with its signature (what a record body holds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedEntry {
-    pub entry: LogEntry,
-    #[serde(with = "serde_bytes")]
-    pub signature: [u8; 64],
-}
-
-/// A record as read from storage and sent to the host: undecoded, so the
-/// host checks exactly the stored bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogRecord {
-    pub index: u64,
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
-}
-
-impl LogRecord {
-    /// SHA-256 of the body: the next entry's `prev`.
-    pub fn hash(&self) -> [u8; 32] {
-        Sha256::digest(&self.body).into()
-    }
-
-    /// Decode the body.
-    pub fn decode(&self) -> Result<SignedEntry, LogErrorKind> {
-        match postcard::take_from_bytes::<SignedEntry>(&self.body) {
-            Ok((e, [])) => Ok(e),
-            Ok(_) => Err(LogErrorKind::Malformed(
-                "trailing bytes after the entry".into(),
-            )),
-            Err(e) => Err(LogErrorKind::Malformed(alloc::format!("{e}"))),
-        }
-    }
-}
-
-/// What is wrong with a log record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LogErrorKind {
-    #[error("record does not decode: {0}")]
-    Malformed(String),
-    #[error("record index {found} out of sequence")]
-    OutOfSequence { found: u64 },
-    #[error("hash chain broken: the previous record was altered, removed or inserted")]
-    BrokenChain,
-    #[error("signature does not verify: the record was altered or forged")]
-    BadSignature,
-    #[error("the public key is not a valid Ed25519 key")]
-    BadKey,
-}
-
-/// `verify_log` failure: the first bad record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("custody log record {index}: {kind}")]
-pub struct LogError {
-    pub index: u64,
-    pub kind: LogErrorKind,
-}
-
-fn signed_bytes(entry: &LogEntry) -> Vec<u8> {
-    let mut msg = DOMAIN.to_vec();
-    msg.extend_from_slice(&postcard::to_allocvec(entry).unwrap_or_default());
-    msg
-}
-
-/// Check a whole log (records `0..n`, as returned by the `Log` request):
-/// sequence, hash chain and every signature against `pubkey`. Returns the
-/// decoded entries.
-pub fn verify_log(records: &[LogRecord], pubkey: &[u8; 32]) -> Result<Vec<LogEntry>, LogError> {
-    let key = VerifyingKey::from_bytes(pubkey).map_err(|_| LogError {
-        index: 0,
-        kind: LogErrorKind::BadKey,
-    })?;
-    let mut prev = [0u8; 32];
-    let mut out = Vec::with_capacity(records.len());
-    for (i, rec) in records.iter().enumerate() {
-        let i = i as u64;
-        let fail = |kind| LogError { index: i, kind };
-        if rec.index != i {
-            return Err(fail(LogErrorKind::OutOfSequence { found: rec.index }));
-        }
-        let signed = rec.decode().map_err(fail)?;
-        if signed.entry.index != i {
-            return Err(fail(LogErrorKind::OutOfSequence {
-                found: signed.entry.index,
-            }));
-        }
-        if signed.entry.prev != prev {
-            return Err(fail(LogErrorKind::BrokenChain));
-        }
-        let sig = Signature::from_bytes(&signed.signature);
-        key.verify(&signed_bytes(&signed.entry), &sig)
-            .map_err(|_| fail(LogErrorKind::BadSignature))?;
-        prev = rec.hash();
-        out.push(signed.entry);
-    }
-    Ok(out)
-}
-
-/// Cut `s` to at most [`MAX_TEXT`] bytes on a character boundary.
-pub fn clip(s: &str) -> String {
-    if s.len() <= MAX_TEXT {
-        return s.into();
-    }
-    let mut end = MAX_TEXT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].into()
-}
 
 /// The open log: where each record starts, and the chain head.
 #[derive(Debug)]
@@ -350,8 +160,7 @@ impl CustodyLog {
             unix_time,
             event,
         };
-        let signature = key.sign(&signed_bytes(&entry)).to_bytes();
-        let body = postcard::to_allocvec(&SignedEntry { entry, signature })
+        let body = postcard::to_allocvec(&entry.sign(key))
             .map_err(|e| HwError::Io(alloc::format!("custody record: {e}")))?;
         if body.len() > MAX_RECORD_LEN {
             return Err(HwError::Io("custody record too large".into()));
@@ -531,14 +340,6 @@ mod tests {
         assert_eq!(page.len() + rest.len(), 10);
         assert!(log.read(&mut s, 10, 300).unwrap().is_empty());
         assert!(log.read(&mut s, u64::MAX, 300).unwrap().is_empty());
-    }
-
-    #[test]
-    fn clip_respects_char_boundaries() {
-        let s = "é".repeat(300);
-        let c = clip(&s);
-        assert!(c.len() <= MAX_TEXT);
-        assert!(s.starts_with(&c));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! the simulator, and nothing more.
 //!
 //! The core is generic over [`Platform`], which bundles one implementation
-//! of each trait. The simulator (`mgear-hardware`, feature `sim`) implements
-//! them over files, a pty, a Unix socket and the host clock; the reference
+//! of each trait. The simulator (`mgear-appliance-sim`, `firmware/sim`)
+//! implements them over files, a pty, a Unix socket and the host clock; the reference
 //! board over USB, flash and its peripherals; `crate::testing` over memory,
 //! with fault injection.
 //!

@@ -2,13 +2,15 @@
 //!
 //! `no_std` + `alloc`, generic over the hardware traits in [`hal`]. The same
 //! code runs on the reference board and, with feature `std`, in the
-//! simulator; the host tools use [`protocol`], [`custody::verify_log`] and
-//! [`attest::verify_attestation`] from it.
+//! simulator (`firmware/sim`). The host tools do not link it: what they
+//! share with it (console protocol, attestations, custody-log records and
+//! their verification) is the appliance API crate `mgear-appliance-api`,
+//! re-exported here as [`protocol`] and [`attest`] and inside [`custody`].
 //!
-//! Modules: [`hal`] (traits), [`protocol`] (console framing and messages),
-//! [`custody`] (hash-chained signed log), [`attest`] (seal/arrival
-//! attestations), [`pin`] (PIN hashing and back-off), [`appliance`] (state
-//! machine, command handler, block service).
+//! Modules: [`hal`] (traits), [`block`] (the block service every transport
+//! serves: USB mass storage on the board, NBD in the simulator),
+//! [`custody`] (the log's storage), [`pin`] (PIN hashing and back-off),
+//! [`appliance`] (state machine, command handler, block service).
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
 extern crate alloc;
@@ -17,14 +19,16 @@ extern crate alloc;
 mod fmt;
 
 pub mod appliance;
-pub mod attest;
+pub mod block;
 pub mod custody;
 pub mod hal;
 pub mod pin;
-pub mod protocol;
 mod verify;
 
-pub use appliance::{Appliance, BlockError, Config, Error};
+pub use mgear_appliance_api::{attest, protocol};
+
+pub use appliance::{Appliance, Config, Error};
+pub use block::{BlockError, BlockService};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

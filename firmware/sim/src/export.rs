@@ -1,34 +1,31 @@
-//! The medium's NBD export: every block read and write a host makes goes
-//! through the firmware core's block service ([`Appliance::block_read`] /
-//! [`Appliance::block_write`]), which refuses writes unless the appliance is
-//! unlocked and not sealed. A refused write reaches the NBD client as
-//! `EPERM`, so `qemu-io`, `nbdcopy` or the kernel see a plain I/O error.
+//! The medium's NBD export, the simulator's stand-in for the board's USB
+//! mass storage: every block read and write a host makes goes through the
+//! firmware core's [`BlockService`] (the same contract `mgear_hardware::msc`
+//! serves over USB), which refuses writes unless the appliance is unlocked
+//! and not sealed. A refused write reaches the NBD client as `EPERM`, so
+//! `qemu-io`, `nbdcopy` or the kernel see a plain I/O error.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mgear_firmware::appliance::{Appliance, BlockError};
-use mgear_nbd::BlockBackend;
+use mgear_firmware::block::{BlockError, BlockService};
+use mgear_nbd_proto::BlockBackend;
 
-use crate::platform::SimPlatform;
-
-/// The shared firmware core.
-pub type Shared = Arc<Mutex<Appliance<SimPlatform>>>;
-
-/// [`BlockBackend`] over the firmware's block service.
-pub struct Export {
-    app: Shared,
+/// [`BlockBackend`] over a block service shared with the console loop
+/// (in the simulator: the `Appliance`).
+pub struct Export<S> {
+    app: Arc<Mutex<S>>,
     size: u64,
 }
 
-impl Export {
-    pub fn new(app: Shared) -> io::Result<Export> {
-        let size = lock(&app)?.medium_bytes();
+impl<S: BlockService> Export<S> {
+    pub fn new(app: Arc<Mutex<S>>) -> io::Result<Export<S>> {
+        let size = lock(&app)?.capacity();
         Ok(Export { app, size })
     }
 }
 
-fn lock(app: &Shared) -> io::Result<MutexGuard<'_, Appliance<SimPlatform>>> {
+fn lock<S>(app: &Mutex<S>) -> io::Result<MutexGuard<'_, S>> {
     // A panic while holding the lock is a firmware bug; serving on would
     // risk acting on half-updated state, so report I/O errors instead.
     app.lock()
@@ -45,21 +42,21 @@ fn to_io(e: BlockError) -> io::Error {
     }
 }
 
-impl BlockBackend for Export {
+impl<S: BlockService + Send> BlockBackend for Export<S> {
     fn size(&self) -> u64 {
         self.size
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        lock(&self.app)?.block_read(offset, buf).map_err(to_io)
+        lock(&self.app)?.read(offset, buf).map_err(to_io)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        lock(&self.app)?.block_write(offset, data).map_err(to_io)
+        lock(&self.app)?.write(offset, data).map_err(to_io)
     }
 
     fn flush(&self) -> io::Result<()> {
-        lock(&self.app)?.block_flush().map_err(to_io)
+        lock(&self.app)?.flush().map_err(to_io)
     }
 
     fn writable(&self) -> bool {

@@ -14,17 +14,13 @@
 //!   socket `--nbd` through the firmware's block service (writes refused
 //!   with EPERM unless unlocked and not sealed). `qemu-img`, `qemu-io`,
 //!   `nbdinfo` and `nbdcopy` can use `nbd+unix:///?socket=./appliance.sock`.
-//! - Secret store and custody log: files in `--state` (layout in
-//!   `mgear_hardware::sim`).
+//! - Secret store and custody log: files in `--state` (layout in the
+//!   crate's library doc, `mgear_appliance_sim`).
 //!
 //! SIGTERM/SIGINT stop it cleanly (counters saved, medium flushed, socket
 //! and link removed). SIGKILL is the simulated power cut: every state write
 //! is atomic or an fsynced append, so the next start recovers (a torn last
 //! custody record is dropped and logged).
-
-mod export;
-mod platform;
-mod pty;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,12 +29,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
+use mgear_appliance_sim::pty::{self, ConsoleLink, Pty};
+use mgear_appliance_sim::{Export, SimPlatform};
 use mgear_firmware::appliance::{Appliance, Config};
-use mgear_hardware::sim::{FileLog, FileMedium, FileSecrets, HostClock, SimIndicators};
-
-use crate::export::Export;
-use crate::platform::SimPlatform;
-use crate::pty::{ConsoleLink, Pty};
 
 /// Run the appliance firmware on the host: console on a pty, medium over NBD.
 #[derive(Parser, Debug)]
@@ -79,13 +72,6 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    // The state holds the identity seed and PIN verifier: private (0700).
-    mgear_hardware::sim::files::private_dir(&args.state)
-        .with_context(|| format!("state directory {}", args.state.display()))?;
-    let medium = FileMedium::open(&args.medium).map_err(|e| anyhow!("{e}"))?;
-    let secrets =
-        FileSecrets::open(&platform::secrets_dir(&args.state)).map_err(|e| anyhow!("{e}"))?;
-    let log = FileLog::open(&platform::log_path(&args.state)).map_err(|e| anyhow!("{e}"))?;
     let console = Pty::open()?;
     let slave = console.slave_path().to_path_buf();
     let waiter = console.waiter()?;
@@ -100,16 +86,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         cfg.backoff_base_ms = 5;
         cfg.backoff_max_ms = 50;
     }
-    let platform = SimPlatform {
-        console,
-        medium,
-        secrets,
-        log,
-        clock: HostClock::new(),
-        rng: rand_core::OsRng,
-        indicators: SimIndicators::default(),
-        nbd_socket: nbd_socket.clone(),
-    };
+    let platform = SimPlatform::open(&args.state, &args.medium, console, nbd_socket.clone())
+        .map_err(|e| anyhow!("{e}"))?;
     let app = Appliance::new(platform, cfg).map_err(|e| anyhow!("starting the firmware: {e}"))?;
     log::info!("firmware up, state {}", app.state());
     let app = Arc::new(Mutex::new(app));
@@ -125,7 +103,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let export = Export::new(Arc::clone(&app)).context("reading the medium size")?;
-    let server = mgear_nbd::serve_unix(&nbd_socket, "", Arc::new(export))
+    let server = mgear_nbd_proto::serve_unix(&nbd_socket, "", Arc::new(export))
         .with_context(|| format!("serving the medium on {}", nbd_socket.display()))?;
     // Last: the link's appearance tells scripts the appliance is ready.
     let link = ConsoleLink::create(&args.console_link, &slave)?;

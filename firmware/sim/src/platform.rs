@@ -1,21 +1,22 @@
-//! The simulator's [`Platform`]: the parts from `mgear_hardware::sim`
-//! (medium file, secret files, custody-log file, host clock, LED), the
-//! console pty, the operating system's randomness, and the FAT32 view of
-//! the medium for the firmware's file-level work (verify, seal, erase).
+//! The simulator's [`Platform`]: the medium file, secret files, custody-log
+//! file, host clock and LED of this crate, a console (the pty in the
+//! simulator, any byte stream in tests), the operating system's
+//! randomness, and the board's FAT32 engine for the firmware's file-level
+//! work (verify, seal, arrival, erase).
 
 use std::path::{Path, PathBuf};
 
 use image_format::StoreError;
-use mgear_firmware::hal::{FilesFn, Platform};
+use mgear_firmware::hal::{Console, FilesFn, HwError, Platform};
 use mgear_hardware::fat::FatFiles;
-use mgear_hardware::sim::{FileLog, FileMedium, FileSecrets, HostClock, SimIndicators};
 use rand_core::OsRng;
 
 use crate::pty::Pty;
+use crate::{FileLog, FileMedium, FileSecrets, HostClock, SimIndicators};
 
 /// Everything the firmware core runs on in the simulator.
-pub struct SimPlatform {
-    pub console: Pty,
+pub struct SimPlatform<C = Pty> {
+    pub console: C,
     pub medium: FileMedium,
     pub secrets: FileSecrets,
     pub log: FileLog,
@@ -26,7 +27,7 @@ pub struct SimPlatform {
     pub nbd_socket: PathBuf,
 }
 
-/// Paths inside the state directory (layout documented in `mgear_hardware::sim`).
+/// Paths inside the state directory (layout documented in the crate root).
 pub fn secrets_dir(state: &Path) -> PathBuf {
     state.join("secrets")
 }
@@ -36,8 +37,34 @@ pub fn log_path(state: &Path) -> PathBuf {
     state.join("custody.log")
 }
 
-impl Platform for SimPlatform {
-    type Console = Pty;
+impl<C: Console> SimPlatform<C> {
+    /// Open the parts kept on disk: the medium image, and the secret store
+    /// and custody log in the state directory (created private, 0700, if
+    /// missing). Reopening after a kill is the simulated power cycle.
+    pub fn open(
+        state: &Path,
+        medium: &Path,
+        console: C,
+        nbd_socket: PathBuf,
+    ) -> Result<SimPlatform<C>, HwError> {
+        // The state holds the identity seed and PIN verifier: private.
+        crate::files::private_dir(state)
+            .map_err(|e| HwError::Io(format!("state directory {}: {e}", state.display())))?;
+        Ok(SimPlatform {
+            console,
+            medium: FileMedium::open(medium)?,
+            secrets: FileSecrets::open(&secrets_dir(state))?,
+            log: FileLog::open(&log_path(state))?,
+            clock: HostClock::new(),
+            rng: OsRng,
+            indicators: SimIndicators::default(),
+            nbd_socket,
+        })
+    }
+}
+
+impl<C: Console> Platform for SimPlatform<C> {
+    type Console = C;
     type Medium = FileMedium;
     type Secrets = FileSecrets;
     type Log = FileLog;
@@ -45,7 +72,7 @@ impl Platform for SimPlatform {
     type Rng = OsRng;
     type Indicators = SimIndicators;
 
-    fn console(&mut self) -> &mut Pty {
+    fn console(&mut self) -> &mut C {
         &mut self.console
     }
     fn medium(&mut self) -> &mut FileMedium {
@@ -67,7 +94,7 @@ impl Platform for SimPlatform {
         &mut self.indicators
     }
 
-    fn with_files(&mut self, f: &mut FilesFn<'_, Pty>) -> Result<(), StoreError> {
+    fn with_files(&mut self, f: &mut FilesFn<'_, C>) -> Result<(), StoreError> {
         // The board's FAT engine (lamfat + the shared direct cluster path),
         // so seal and arrival run here exactly as on the board. It writes
         // nothing on mount, and on unmount only what changed (FSInfo, the
@@ -80,7 +107,7 @@ impl Platform for SimPlatform {
     }
 
     fn medium_locator(&self) -> String {
-        mgear_nbd::NbdUrl::Unix {
+        mgear_nbd_proto::NbdUrl::Unix {
             socket: self.nbd_socket.clone(),
             export: String::new(),
         }

@@ -44,9 +44,13 @@ use anyhow::{anyhow, bail, Context};
 use crate::exit::{coded, coded_hint, usage, FOUND, USAGE};
 use image_format::store::{FatStore, FlushIsDurable};
 use image_format::Store;
-use mgear_firmware::attest::{check_log_covers, full_fingerprint, verify_attestation, Attestation};
-use mgear_firmware::custody::{verify_log, Event, LogRecord};
-use mgear_firmware::protocol::{DeviceState, Info, Pin, Problem, Request, Response, VerifyReport};
+use mgear_appliance_api::attest::{
+    check_log_covers, fingerprint, full_fingerprint, verify_attestation, Attestation,
+};
+use mgear_appliance_api::custody::{verify_log, Event, LogRecord};
+use mgear_appliance_api::protocol::{
+    DeviceState, Info, Pin, Problem, Request, Response, VerifyReport,
+};
 use zeroize::Zeroizing;
 
 pub use client::{ApplianceError, Client};
@@ -818,7 +822,7 @@ fn verify_custody(
     c: &mut Client,
     records: &[LogRecord],
     pinned: Option<&str>,
-) -> anyhow::Result<Result<Vec<mgear_firmware::custody::LogEntry>, String>> {
+) -> anyhow::Result<Result<Vec<mgear_appliance_api::custody::LogEntry>, String>> {
     let reported = info(c)?.identity_pubkey;
     let key = match pinned {
         Some(fp) => {
@@ -1041,8 +1045,8 @@ pub fn witness_commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mgear_firmware::attest::{AttestationBody, AttestationKind};
-    use mgear_firmware::protocol::{decode_frame, encode_frame};
+    use mgear_appliance_api::attest::{AttestationBody, AttestationKind};
+    use mgear_appliance_api::protocol::{decode_frame, encode_frame};
     use std::io::{Read, Write};
 
     /// A fake appliance answering `Arrival` with an attestation whose

@@ -81,7 +81,7 @@ pub fn read_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
 /// Full fingerprint of an Ed25519 public key: SHA-256 of its 32 bytes, hex
 /// (the same form that names an appliance identity).
 pub fn fingerprint(public: &[u8; 32]) -> String {
-    mgear_firmware::attest::full_fingerprint(public)
+    mgear_appliance_api::attest::full_fingerprint(public)
 }
 
 /// Parse a fingerprint given on the command line (hex; `:` and spaces

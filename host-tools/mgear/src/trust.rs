@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use image_format::commit::{self, CommitFile, SignerRole};
 use image_format::layout;
 use image_format::Store;
-use mgear_firmware::attest::{self, Attestation};
+use mgear_appliance_api::attest::{self, Attestation};
 
 use crate::exit::{coded, FOUND};
 use crate::sitekey;

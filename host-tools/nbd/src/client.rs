@@ -7,25 +7,21 @@
 //! crosses the socket); their replies are matched by cookie in whatever
 //! order they come. Every reply is checked against the request it answers;
 //! anything out of step poisons the connection instead of returning wrong
-//! data. Message layouts are documented in [`crate::proto`].
+//! data. Message layouts are documented in [`crate::proto`] (`mgear-nbd-proto`).
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 
-use crate::error::{Error, Result};
-use crate::proto::{self, *};
-use crate::transport::Sock;
-use crate::url::NbdUrl;
+use mgear_nbd_proto::proto::{self, *};
+use mgear_nbd_proto::transport::Sock;
+use mgear_nbd_proto::{Error, NbdUrl, Result, BASE_ALLOCATION};
 
 /// Requests in flight at once for a large read or write.
 const PIPELINE_DEPTH: usize = 4;
 /// Transfers are not split below this size: smaller requests cost more in
 /// per-request overhead than pipelining wins back.
 const MIN_PIECE: usize = 256 * 1024;
-
-/// The metadata context reporting allocation (holes and zeroes).
-pub const BASE_ALLOCATION: &str = "base:allocation";
 
 /// What to negotiate when connecting.
 #[derive(Debug, Clone, Default)]
@@ -1119,7 +1115,7 @@ impl Drop for Client {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     //! The client against scripted servers: byte streams built here, so
     //! every malformed reply can be produced on purpose.
 
@@ -1388,19 +1384,7 @@ pub(crate) mod tests {
         ));
     }
 
-    /// Seeded xorshift: reproducible "random" mutations without a dependency.
-    pub(crate) struct Rng(pub u64);
-    impl Rng {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        pub(crate) fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use mgear_nbd_proto::testing::XorShift as Rng;
 
     #[test]
     fn mutated_server_streams_never_panic() {

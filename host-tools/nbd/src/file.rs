@@ -97,11 +97,12 @@ impl Seek for NbdFile {
 
 #[cfg(test)]
 mod tests {
-    //! Cursor semantics of [`NbdFile`] against our own server.
+    //! Cursor semantics of [`NbdFile`] against our own server (`mgear-nbd-proto`).
 
     use super::*;
     use crate::client::ConnectOptions;
-    use crate::server::{serve_unix, tests::Mem};
+    use mgear_nbd_proto::serve_unix;
+    use mgear_nbd_proto::testing::MemExport as Mem;
 
     #[test]
     fn behaves_like_a_fixed_size_file() {

@@ -1,15 +1,16 @@
-//! NBD (Network Block Device) protocol client and server for MotionGear,
-//! std-only, blocking I/O, a thread per connection.
+//! NBD (Network Block Device) client for MotionGear, std-only, blocking I/O.
 //!
 //! - [`Client`] reads capture sources and writes ingest targets exported by
 //!   `qemu-nbd`, `nbdkit` or our own server; it negotiates structured replies
 //!   and metadata contexts (`base:allocation` for holes,
 //!   `qemu:dirty-bitmap:NAME` for changed-block tracking).
 //! - [`NbdFile`] turns a client into `Read + Write + Seek` for `fatfs`.
-//! - [`serve_unix`] / [`serve_tcp`] export a [`BlockBackend`] (the appliance
-//!   simulator's medium) to any NBD client.
 //!
-//! Wire layouts are documented in [`proto`].
+//! The wire layouts ([`proto`]), URLs, the error enum and the export
+//! (server) side are the protocol crate `mgear-nbd-proto` (under
+//! `firmware/`), shared with the appliance simulator, whose NBD export of
+//! the medium is the simulator's stand-in for USB mass storage; this crate
+//! re-exports what a client needs.
 //!
 //! ```no_run
 //! use mgear_nbd::{Client, ConnectOptions, NbdUrl, BASE_ALLOCATION};
@@ -33,15 +34,9 @@
 //! ```
 
 mod client;
-mod error;
 mod file;
-pub mod proto;
-mod server;
-mod transport;
-mod url;
 
-pub use client::{Client, ConnectOptions, Extent, BASE_ALLOCATION};
-pub use error::{Error, Result};
+pub use client::{Client, ConnectOptions, Extent};
 pub use file::NbdFile;
-pub use server::{serve_stream, serve_tcp, serve_unix, BlockBackend, ServerHandle};
-pub use url::{NbdUrl, DEFAULT_PORT};
+pub use mgear_nbd_proto::proto;
+pub use mgear_nbd_proto::{Error, NbdUrl, Result, BASE_ALLOCATION, DEFAULT_PORT};

@@ -2,7 +2,7 @@
 //! never crash the appliance: hand-made bad frames, a seeded stream of
 //! random bytes, unknown commands, and the human line mode.
 
-use mgear_firmware::protocol::{decode_frame, encode_frame, ErrorCode, Request, Response};
+use mgear_appliance_api::protocol::{decode_frame, encode_frame, ErrorCode, Request, Response};
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::appliance_util::*;
@@ -70,7 +70,7 @@ fn appliance_console_malformed_input_gets_errors_never_a_crash() {
 
     // A valid frame whose payload is no request.
     let body = {
-        let mut b = vec![mgear_firmware::protocol::PROTOCOL_VERSION];
+        let mut b = vec![mgear_appliance_api::protocol::PROTOCOL_VERSION];
         b.extend_from_slice(&7u32.to_le_bytes());
         b.extend_from_slice(&[0xee, 0xff, 0x13]);
         let crc = crc32(&b);

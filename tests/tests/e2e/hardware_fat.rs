@@ -1,8 +1,10 @@
 //! The board's FAT32 layer (`mgear_hardware::fat::FatFiles`, what the board
-//! firmware's `with_files` mounts) against media made and read by the real
-//! CLI: it reads a medium written by `mgear medium format` + `mgear capture`
-//! exactly as the host's `FatStore` does and verifies it keylessly, and what
-//! it writes, `fsck.fat` finds clean and `mgear verify` still reads.
+//! firmware's and the simulator's `with_files` mount) against media made and
+//! read by the real CLI: mounted over the simulator's medium
+//! (`mgear_appliance_sim::FileMedium`, the image file as a block device), it
+//! reads a medium written by `mgear medium format` + `mgear capture` exactly
+//! as the host's `FatStore` does and verifies it keylessly, and what it
+//! writes, `fsck.fat` finds clean and `mgear verify` still reads.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,47 +14,9 @@ use std::process::Command;
 use image_format::store::fat::FatStore;
 use image_format::store::EntryKind;
 use image_format::{verify_keyless, NoProgress, Store};
-use mgear_firmware::hal::{BlockDevice, HwError};
+use mgear_appliance_sim::FileMedium;
 use mgear_hardware::fat::FatFiles;
 use mgear_tests::Env;
-
-/// The medium image in RAM, as the board's SD card.
-struct RamDisk(Vec<u8>);
-
-impl RamDisk {
-    fn span(&self, lba: u64, len: usize) -> Result<std::ops::Range<usize>, HwError> {
-        let start = usize::try_from(lba)
-            .ok()
-            .and_then(|l| l.checked_mul(512))
-            .ok_or(HwError::OutOfRange)?;
-        match start.checked_add(len) {
-            Some(end) if end <= self.0.len() && len.is_multiple_of(512) => Ok(start..end),
-            _ => Err(HwError::OutOfRange),
-        }
-    }
-}
-
-impl BlockDevice for RamDisk {
-    fn block_size(&self) -> usize {
-        512
-    }
-    fn block_count(&self) -> u64 {
-        (self.0.len() / 512) as u64
-    }
-    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), HwError> {
-        let r = self.span(lba, buf.len())?;
-        buf.copy_from_slice(&self.0[r]);
-        Ok(())
-    }
-    fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<(), HwError> {
-        let r = self.span(lba, data.len())?;
-        self.0[r].copy_from_slice(data);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), HwError> {
-        Ok(())
-    }
-}
 
 /// Every directory (`path/`) and file with its content.
 fn walk(s: &mut dyn Store, dir: &str, out: &mut BTreeMap<String, Vec<u8>>) {
@@ -116,7 +80,7 @@ fn board_fat_layer_reads_cli_media_and_the_cli_reads_what_it_writes() {
     let host_report = verify_keyless(&mut host, &mut NoProgress).unwrap();
     drop(host);
 
-    let mut dev = RamDisk(fs::read(&img).unwrap());
+    let mut dev = FileMedium::open(&img).unwrap();
     {
         let mut ours = FatFiles::mount(&mut dev).unwrap();
         let mut seen = BTreeMap::new();
@@ -142,7 +106,7 @@ fn board_fat_layer_reads_cli_media_and_the_cli_reads_what_it_writes() {
         .unwrap();
         ours.unmount().unwrap();
     }
-    fs::write(&img, &dev.0).unwrap();
+    drop(dev);
 
     let out = Command::new("fsck.fat")
         .arg("-n")

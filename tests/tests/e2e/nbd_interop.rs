@@ -1,6 +1,6 @@
 //! Interoperability of `mgear-nbd` with real NBD peers: our client against
 //! `qemu-nbd` (qcow2, vmdk, vhdx; Unix socket and TCP) and `nbdkit`, and our
-//! server against `qemu-img`, `qemu-io`, `nbdinfo` and `nbdcopy`.
+//! server (`mgear-nbd-proto`, the simulator's export) against `qemu-img`, `qemu-io`, `nbdinfo` and `nbdcopy`.
 //!
 //! Needs qemu-utils, nbdkit and libnbd-bin installed. Every peer runs on a
 //! Unix socket in a temp dir or on 127.0.0.1 with a free port, and is killed
@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mgear_nbd::{
-    serve_tcp, serve_unix, BlockBackend, Client, ConnectOptions, Error, NbdFile, NbdUrl,
-    BASE_ALLOCATION,
-};
+use mgear_nbd::{Client, ConnectOptions, Error, NbdFile, NbdUrl, BASE_ALLOCATION};
+use mgear_nbd_proto::{serve_tcp, serve_unix, BlockBackend};
 
 const MIB: u64 = 1024 * 1024;
 

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use mgear_firmware::attest::{Attestation, AttestationBody, AttestationKind, FileDigest};
+use mgear_appliance_api::attest::{Attestation, AttestationBody, AttestationKind, FileDigest};
 use mgear_tests::{output_text, same_file, Env};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};

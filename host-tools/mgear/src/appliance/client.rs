@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use mgear_firmware::protocol::{encode_frame, ErrorCode, FrameDecoder, Request, Response};
+use mgear_appliance_api::protocol::{encode_frame, ErrorCode, FrameDecoder, Request, Response};
 
 /// How long to wait for any sign of life (a reply or progress) before
 /// giving up. Long operations send progress frames, which restart it.
@@ -199,8 +199,8 @@ mod tests {
         fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
             let mut rx = self.rx.lock().unwrap();
             rx.extend_from_slice(data);
-            let (id, req): (u32, Request) =
-                mgear_firmware::protocol::decode_frame(&rx).expect("client sent a valid frame");
+            let (id, req): (u32, Request) = mgear_appliance_api::protocol::decode_frame(&rx)
+                .expect("client sent a valid frame");
             rx.clear();
             let out = (self.script)(id, req);
             self.pending.extend(out);
@@ -265,7 +265,7 @@ mod tests {
         let mut c = Client::over(Box::new(fake));
         let err = c
             .call(&Request::Unlock {
-                pin: mgear_firmware::protocol::Pin::new("1"),
+                pin: mgear_appliance_api::protocol::Pin::new("1"),
             })
             .unwrap_err();
         let ae = err.downcast_ref::<ApplianceError>().unwrap();

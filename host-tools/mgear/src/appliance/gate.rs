@@ -8,7 +8,7 @@
 //! `--appliance PORT`, ingest asks it. A datacenter that reads the medium
 //! without the appliance uses copies saved as files: `mgear appliance
 //! attestations --out DIR` writes `DIR/SEAL` and `DIR/ARRIVAL` (postcard
-//! encoding of `mgear_firmware::attest::Attestation`, the same bytes the
+//! encoding of `mgear_appliance_api::attest::Attestation`, the same bytes the
 //! console carries), given to ingest as `--attestations DIR`. Otherwise the
 //! gate looks for them on the medium itself at `MGEAR/ATTEST/SEAL` and
 //! `MGEAR/ATTEST/ARRIVAL` (same encoding).
@@ -24,8 +24,8 @@ use std::io::Read;
 
 use anyhow::{anyhow, bail};
 use image_format::Store;
-use mgear_firmware::attest::Attestation;
-use mgear_firmware::protocol::{Request, Response};
+use mgear_appliance_api::attest::Attestation;
+use mgear_appliance_api::protocol::{Request, Response};
 use sha2::{Digest, Sha256};
 
 use super::client::Client;

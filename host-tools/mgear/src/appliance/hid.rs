@@ -71,7 +71,7 @@ pub fn from_report(report: &[u8]) -> Result<&[u8], ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mgear_firmware::protocol::{encode_frame, ConsoleDecoder, Input, Pin, Request};
+    use mgear_appliance_api::protocol::{encode_frame, ConsoleDecoder, Input, Pin, Request};
 
     fn decode_all(stream: &[u8]) -> Vec<Input> {
         let mut d = ConsoleDecoder::new();

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use std::{env, fs, thread};
 
-use mgear_nbd::{serve_stream, BlockBackend, Client, ConnectOptions, BASE_ALLOCATION};
+use mgear_nbd::{Client, ConnectOptions, BASE_ALLOCATION};
+use mgear_nbd_proto::{serve_stream, BlockBackend};
 
 /// The server target's export: 64 KiB, writable.
 const DISK: usize = 64 * 1024;

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
-use mgear_nbd::{serve_stream, BlockBackend};
+use mgear_nbd_proto::{serve_stream, BlockBackend};
 
 /// A small writable disk so reads and writes reach real code paths.
 struct Disk(Mutex<Vec<u8>>);

@@ -1,7 +1,8 @@
 //! NBD server exporting one [`BlockBackend`] over a Unix socket or TCP, a
-//! thread per connection. The appliance simulator exports its FAT32 medium
-//! through it, so every read and write of the medium passes the firmware's
-//! block service (which can refuse writes after sealing).
+//! thread per connection. The appliance simulator (`firmware/sim`) exports
+//! its medium through it, adapting the firmware core's block service to
+//! [`BlockBackend`], so every read and write of the medium passes the
+//! service's policy (writes refused unless unlocked and not sealed).
 //!
 //! Spoken: fixed newstyle handshake; options EXPORT_NAME, ABORT, LIST, INFO,
 //! GO, STRUCTURED_REPLY, LIST/SET_META_CONTEXT (`base:allocation`, reported
@@ -19,11 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::client::BASE_ALLOCATION;
 use crate::error::{Error, Result};
 use crate::proto::{self, *};
 use crate::transport::Sock;
 use crate::url::NbdUrl;
+use crate::BASE_ALLOCATION;
 
 /// The storage behind an export. Shared by all connections, hence `Sync`.
 pub trait BlockBackend: Send + Sync {
@@ -772,66 +773,13 @@ pub fn serve_tcp(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    //! Our server against our client, and against hostile byte streams.
+mod tests {
+    //! The server against hand-built and hostile byte streams. Round trips
+    //! with a real client are the client crate's tests
+    //! (`host-tools/nbd/tests/our_server.rs`) and the appliance scenarios.
 
     use super::*;
-    use crate::client::{Client, ConnectOptions};
-    use std::os::unix::net::UnixStream;
-
-    /// An in-memory disk whose writability can be flipped while serving.
-    pub(crate) struct Mem {
-        data: Mutex<Vec<u8>>,
-        writable: AtomicBool,
-        flushes: AtomicU64,
-    }
-
-    impl Mem {
-        pub(crate) fn new(size: usize) -> Arc<Mem> {
-            let data = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-            Arc::new(Mem {
-                data: Mutex::new(data),
-                writable: AtomicBool::new(true),
-                flushes: AtomicU64::new(0),
-            })
-        }
-        fn snapshot(&self) -> Vec<u8> {
-            self.data.lock().unwrap().clone()
-        }
-    }
-
-    impl BlockBackend for Mem {
-        fn size(&self) -> u64 {
-            self.data.lock().unwrap().len() as u64
-        }
-        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-            let d = self.data.lock().unwrap();
-            buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
-            Ok(())
-        }
-        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-            if !self.writable.load(Ordering::SeqCst) {
-                return Err(io::ErrorKind::PermissionDenied.into());
-            }
-            let mut d = self.data.lock().unwrap();
-            d[offset as usize..offset as usize + data.len()].copy_from_slice(data);
-            Ok(())
-        }
-        fn flush(&self) -> io::Result<()> {
-            self.flushes.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn writable(&self) -> bool {
-            self.writable.load(Ordering::SeqCst)
-        }
-    }
-
-    fn opts(ctx: &[&str]) -> ConnectOptions {
-        ConnectOptions {
-            meta_contexts: ctx.iter().map(|s| s.to_string()).collect(),
-            read_only: false,
-        }
-    }
+    use crate::testing::{MemExport as Mem, XorShift as Rng};
 
     #[test]
     fn backend_errors_map_to_nbd_error_numbers() {
@@ -842,145 +790,6 @@ pub(crate) mod tests {
         assert_eq!(kind(io::ErrorKind::InvalidInput), EINVAL);
         assert_eq!(kind(io::ErrorKind::Unsupported), ENOTSUP);
         assert_eq!(kind(io::ErrorKind::UnexpectedEof), EIO);
-    }
-
-    #[test]
-    fn unix_round_trip_of_every_command() {
-        let dir = tempfile::tempdir().unwrap();
-        let mem = Mem::new(1 << 20);
-        let srv = serve_unix(&dir.path().join("s"), "medium", mem.clone()).unwrap();
-        let mut c = Client::connect(&srv.url(), &opts(&[BASE_ALLOCATION])).unwrap();
-        assert_eq!(c.size(), 1 << 20);
-        assert!(!c.read_only());
-
-        let mut buf = vec![0u8; 5000];
-        c.read_at(1000, &mut buf).unwrap();
-        assert_eq!(buf, mem.snapshot()[1000..6000]);
-
-        c.write_at(4095, b"hello across a block boundary").unwrap();
-        c.write_zeroes(100_000, 70_000).unwrap();
-        c.flush().unwrap();
-        assert!(mem.flushes.load(Ordering::SeqCst) >= 1);
-        let snap = mem.snapshot();
-        assert_eq!(&snap[4095..4124], b"hello across a block boundary");
-        assert!(snap[100_000..170_000].iter().all(|&b| b == 0));
-        assert_ne!(snap[99_999], 0);
-
-        assert_eq!(
-            c.allocated_ranges(0, 1 << 20).unwrap(),
-            vec![(0, 1 << 20, true, false)]
-        );
-        c.disconnect().unwrap();
-        srv.stop();
-        assert!(!dir.path().join("s").exists());
-    }
-
-    #[test]
-    fn large_pipelined_transfers_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let mem = Mem::new(8 << 20);
-        let srv = serve_unix(&dir.path().join("s"), "m", mem.clone()).unwrap();
-        let mut c = Client::connect(&srv.url(), &opts(&[])).unwrap();
-        let big: Vec<u8> = (0..(5u32 << 20) + 3).map(|i| (i % 239) as u8).collect();
-        c.write_at(1, &big).unwrap();
-        assert!(mem.snapshot()[1..big.len() + 1] == big[..]);
-        let mut back = vec![0u8; big.len()];
-        c.read_at(1, &mut back).unwrap();
-        assert!(back == big);
-
-        // A refusal in the middle of a window is reported, and the
-        // connection stays usable.
-        mem.writable.store(false, Ordering::SeqCst);
-        let e = c.write_at(0, &big).unwrap_err();
-        assert!(matches!(e, Error::Command { code: EPERM, .. }), "{e}");
-        c.read_at(1, &mut back[..4096]).unwrap();
-        assert!(back[..4096] == big[..4096]);
-    }
-
-    #[test]
-    fn writes_refused_with_eperm_when_backend_turns_read_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let mem = Mem::new(4096);
-        let srv = serve_unix(&dir.path().join("s"), "m", mem.clone()).unwrap();
-        let mut c = Client::connect(&srv.url(), &opts(&[])).unwrap();
-        mem.writable.store(false, Ordering::SeqCst);
-        let e = c.write_at(0, b"x").unwrap_err();
-        assert!(matches!(e, Error::Command { code: EPERM, .. }), "{e}");
-        // Still in step after the refusal.
-        let mut b = [0u8; 4];
-        c.read_at(0, &mut b).unwrap();
-        // A new client is told read-only at handshake and refuses locally.
-        let mut c2 = Client::connect(&srv.url(), &opts(&[])).unwrap();
-        assert!(c2.read_only());
-        assert!(matches!(c2.write_at(0, b"x"), Err(Error::ReadOnly { .. })));
-    }
-
-    #[test]
-    fn tcp_serves_concurrent_clients_and_names_unknown_exports() {
-        let mem = Mem::new(256 * 1024);
-        let srv = serve_tcp("127.0.0.1:0".parse().unwrap(), "disk", mem.clone()).unwrap();
-        let url = srv.url();
-        let workers: Vec<_> = (0..4u8)
-            .map(|i| {
-                let url = url.clone();
-                std::thread::spawn(move || {
-                    let mut c = Client::connect(&url, &opts(&[])).unwrap();
-                    let data = vec![i + 1; 65536];
-                    c.write_at(u64::from(i) * 65536, &data).unwrap();
-                    let mut back = vec![0u8; 65536];
-                    c.read_at(u64::from(i) * 65536, &mut back).unwrap();
-                    assert_eq!(back, data);
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
-        let snap = mem.snapshot();
-        for i in 0..4usize {
-            assert!(snap[i * 65536..(i + 1) * 65536]
-                .iter()
-                .all(|&b| b == i as u8 + 1));
-        }
-        let NbdUrl::Tcp { host, port, .. } = url else {
-            panic!("tcp url expected")
-        };
-        let wrong = NbdUrl::Tcp {
-            host,
-            port,
-            export: "nope".into(),
-        };
-        let e = Client::connect(&wrong, &opts(&[])).unwrap_err();
-        assert!(e.to_string().contains("no export 'nope'"), "{e}");
-        assert!(e.to_string().contains("'disk'"), "{e}");
-    }
-
-    #[test]
-    fn stop_closes_connected_clients() {
-        let dir = tempfile::tempdir().unwrap();
-        let srv = serve_unix(&dir.path().join("s"), "m", Mem::new(4096)).unwrap();
-        let mut c = Client::connect(&srv.url(), &opts(&[])).unwrap();
-        srv.stop();
-        let mut b = [0u8; 4];
-        assert!(c.read_at(0, &mut b).is_err());
-    }
-
-    #[test]
-    fn stop_returns_even_if_the_socket_file_is_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        let srv = serve_unix(&path, "m", Mem::new(512)).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        srv.stop();
-        // And a server bound over a stale socket file replaces it.
-        let srv = serve_unix(&path, "m", Mem::new(512)).unwrap();
-        // Dropping a listener leaves its socket file behind.
-        drop(UnixListener::bind(dir.path().join("stale")).unwrap());
-        assert!(dir.path().join("stale").exists());
-        let again = serve_unix(&dir.path().join("stale"), "m", Mem::new(512)).unwrap();
-        Client::connect(&again.url(), &opts(&[])).unwrap();
-        drop(again);
-        drop(srv);
     }
 
     /// A valid client prologue: greeting answer, structured replies, GO.
@@ -1112,7 +921,7 @@ pub(crate) mod tests {
         // The unmutated stream must work, or the mutations prove nothing.
         serve_stream(&valid[..], io::sink(), "m", mem.as_ref(), "t").unwrap();
         assert_eq!(&mem.snapshot()[16..20], b"abcd");
-        let mut rng = crate::client::tests::Rng(0xdead_beef_cafe_f00d);
+        let mut rng = Rng(0xdead_beef_cafe_f00d);
         for round in 0..4000 {
             let mut bytes = if round % 4 == 0 {
                 (0..rng.below(300)).map(|_| rng.next() as u8).collect()
@@ -1134,23 +943,5 @@ pub(crate) mod tests {
             }
             let _ = serve_stream(&bytes[..], io::sink(), "m", mem.as_ref(), "fuzz");
         }
-    }
-
-    #[test]
-    fn garbage_on_the_socket_leaves_the_server_serving() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s");
-        let srv = serve_unix(&path, "m", Mem::new(4096)).unwrap();
-        let mut rng = crate::client::tests::Rng(42);
-        for _ in 0..20 {
-            let mut s = UnixStream::connect(&path).unwrap();
-            let junk: Vec<u8> = (0..rng.below(2000)).map(|_| rng.next() as u8).collect();
-            // The server may hang up mid-write; that is its right.
-            let _ = s.write_all(&junk);
-        }
-        let mut c = Client::connect(&srv.url(), &opts(&[])).unwrap();
-        let mut b = [0u8; 8];
-        c.read_at(0, &mut b).unwrap();
-        assert_eq!(b, [0, 7, 14, 21, 28, 35, 42, 49]);
     }
 }

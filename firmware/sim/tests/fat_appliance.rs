@@ -1,122 +1,58 @@
-//! The firmware core's verify, seal, arrival and crypto-erase running on the
-//! board's FAT32 layer (`mgear_hardware::fat::FatFiles`) instead of the
-//! host's `FatStore`: a platform that is the core's fake platform except for
-//! the medium, a FAT32 image in RAM (formatted and captured onto by the
-//! host's `FatStore`, as `mgear medium format` + `mgear capture` do) mounted
-//! with `FatFiles` exactly as the board's `with_files` does. Its medium has
-//! power-on hardware write protection, like an eMMC, so the core's use of
-//! `BlockDevice::set_write_protect` is checked too.
+//! The firmware core's verify, seal, arrival and crypto-erase on the
+//! simulator's platform (`SimPlatform`: medium image file, secret and
+//! custody-log files), which mounts the medium with the board's FAT32 layer
+//! (`mgear_hardware::fat::FatFiles`) exactly as the board's `with_files`
+//! does. The medium is formatted and captured onto by the host's `FatStore`
+//! (as `mgear medium format` + `mgear capture` do), so this is the board's
+//! FAT code reading what the host's engine wrote. The simulator's medium
+//! has power-on hardware write protection, like an eMMC, so the core's use
+//! of `BlockDevice::set_write_protect` is checked too; a reboot is a new
+//! platform opened on the same files, as after a power cut.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image_format::age::secrecy::SecretString;
 use image_format::store::fat::{FatStore, FormatOptions, MIN_FAT32_BYTES};
 use image_format::{CaptureParams, CaptureWriter, Store};
-use mgear_firmware::hal::{
-    BlockDevice, FilesFn, HwError, Platform, StoreError, DEFAULT_MAX_TRANSFER,
-};
+use mgear_appliance_sim::SimPlatform;
+use mgear_firmware::hal::{BlockDevice, HwError};
 use mgear_firmware::protocol::{DeviceState, ErrorCode, Pin, Place, Request, Response};
-use mgear_firmware::testing::{
-    FakeClock, FakePlatform, MemConsole, MemDisk, MemIndicators, MemLog, MemSecrets, TestRng,
-};
+use mgear_firmware::testing::MemConsole;
 use mgear_firmware::{Appliance, BlockError, Config};
-use mgear_hardware::fat::FatFiles;
+use tempfile::TempDir;
 
 const PIN: &str = "314159";
 const SEG0: &str = "MGEAR/web01/G0001/SEG-00000";
 
-/// RAM medium with power-on write protection (lost at power-up).
-struct WpDisk {
-    disk: MemDisk,
-    protected: bool,
+type Sim = Appliance<SimPlatform<MemConsole>>;
+
+fn medium_path(dir: &Path) -> PathBuf {
+    dir.join("medium.img")
 }
 
-impl BlockDevice for WpDisk {
-    fn block_size(&self) -> usize {
-        self.disk.block_size()
-    }
-    fn block_count(&self) -> u64 {
-        self.disk.block_count()
-    }
-    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), HwError> {
-        self.disk.read_blocks(lba, buf)
-    }
-    fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<(), HwError> {
-        if self.protected {
-            return Err(HwError::WriteProtected);
-        }
-        self.disk.write_blocks(lba, data)
-    }
-    fn flush(&mut self) -> Result<(), HwError> {
-        self.disk.flush()
-    }
-    fn max_transfer(&self) -> usize {
-        2 * DEFAULT_MAX_TRANSFER
-    }
-    fn set_write_protect(&mut self, on: bool) -> Result<bool, HwError> {
-        self.protected = on;
-        Ok(true)
-    }
+/// The simulator's platform on `dir`'s medium and state, console in memory.
+fn platform(dir: &Path) -> SimPlatform<MemConsole> {
+    SimPlatform::open(
+        &dir.join("state"),
+        &medium_path(dir),
+        MemConsole::default(),
+        dir.join("appliance.sock"),
+    )
+    .unwrap()
 }
 
-/// The fake platform with the board's file layer over a FAT32 medium.
-struct BoardLike {
-    fake: FakePlatform,
-    medium: WpDisk,
-}
-
-impl BoardLike {
-    fn after_power_loss(&self, seed: u64) -> BoardLike {
-        BoardLike {
-            fake: self.fake.after_power_loss(seed),
-            medium: WpDisk {
-                disk: self.medium.disk.clone(),
-                protected: false,
-            },
-        }
-    }
-}
-
-impl Platform for BoardLike {
-    type Console = MemConsole;
-    type Medium = WpDisk;
-    type Secrets = MemSecrets;
-    type Log = MemLog;
-    type Clock = FakeClock;
-    type Rng = TestRng;
-    type Indicators = MemIndicators;
-
-    fn console(&mut self) -> &mut MemConsole {
-        &mut self.fake.console
-    }
-    fn medium(&mut self) -> &mut WpDisk {
-        &mut self.medium
-    }
-    fn secrets(&mut self) -> &mut MemSecrets {
-        &mut self.fake.secrets
-    }
-    fn log_storage(&mut self) -> &mut MemLog {
-        &mut self.fake.log
-    }
-    fn clock(&mut self) -> &mut FakeClock {
-        &mut self.fake.clock
-    }
-    fn rng(&mut self) -> &mut TestRng {
-        &mut self.fake.rng
-    }
-    fn indicators(&mut self) -> &mut MemIndicators {
-        &mut self.fake.indicators
-    }
-    // What hardware/src/board/platform.rs does.
-    fn with_files(&mut self, f: &mut FilesFn<'_, MemConsole>) -> Result<(), StoreError> {
-        let mut files = FatFiles::mount(&mut self.medium)?;
-        let result = f(&mut files, &mut self.fake.console);
-        let unmounted = files.unmount();
-        result.and(unmounted)
-    }
-    fn medium_locator(&self) -> String {
-        "test:fat".into()
+/// Whether the medium refuses block writes below the block service (the
+/// hardware write protection): writes block 0 back unchanged, so probing
+/// an unprotected medium changes nothing.
+fn hw_write_protected(a: &mut Sim) -> bool {
+    let m = &mut a.platform_mut().medium;
+    let mut b0 = vec![0u8; m.block_size()];
+    m.read_blocks(0, &mut b0).unwrap();
+    match m.write_blocks(0, &b0) {
+        Ok(()) => false,
+        Err(HwError::WriteProtected) => true,
+        Err(e) => panic!("probing write protection: {e}"),
     }
 }
 
@@ -136,10 +72,10 @@ fn open_rw(p: &Path) -> std::fs::File {
         .unwrap()
 }
 
-/// A FAT32 image holding one capture `web01` written by the host side.
-fn captured_medium() -> MemDisk {
-    let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("medium.img");
+/// `dir`'s medium: a FAT32 image holding one capture `web01` written by
+/// the host side.
+fn captured_medium(dir: &Path) {
+    let p = medium_path(dir);
     std::fs::File::create(&p)
         .unwrap()
         .set_len(MIN_FAT32_BYTES + (2 << 20))
@@ -162,29 +98,21 @@ fn captured_medium() -> MemDisk {
     }
     w.finish().unwrap();
     host.unmount().unwrap();
-    MemDisk {
-        data: std::fs::read(&p).unwrap(),
-        ..MemDisk::new(0)
-    }
 }
 
-fn unlock(a: &mut Appliance<BoardLike>) {
+fn unlock(a: &mut Sim) {
     assert_eq!(
         a.handle(Request::Unlock { pin: Pin::new(PIN) }),
         Response::Unlocked
     );
 }
 
-/// Provisioned, unlocked, verified and sealed over the FAT layer.
-fn sealed(seed: u64) -> Appliance<BoardLike> {
-    let p = BoardLike {
-        fake: FakePlatform::new(0, seed),
-        medium: WpDisk {
-            disk: captured_medium(),
-            protected: false,
-        },
-    };
-    let mut a = Appliance::new(p, cfg()).unwrap();
+/// A scratch directory with a captured medium, and the appliance on it
+/// provisioned, unlocked, verified and sealed over the FAT layer.
+fn sealed() -> (TempDir, Sim) {
+    let dir = tempfile::tempdir().unwrap();
+    captured_medium(dir.path());
+    let mut a = Appliance::new(platform(dir.path()), cfg()).unwrap();
     assert!(matches!(
         a.handle(Request::Provision { pin: Pin::new(PIN) }),
         Response::Provisioned { .. }
@@ -212,30 +140,28 @@ fn sealed(seed: u64) -> Appliance<BoardLike> {
         "{paths:?}"
     );
     assert_eq!(a.state(), DeviceState::Sealed);
-    a
+    (dir, a)
 }
 
-fn reboot(mut a: Appliance<BoardLike>, seed: u64) -> Appliance<BoardLike> {
-    let p = a.platform_mut().after_power_loss(seed);
-    Appliance::new(p, cfg()).unwrap()
+/// Power cut and power-up: the platform is opened again on the same files.
+fn reboot(a: Sim, dir: &Path) -> Sim {
+    drop(a);
+    Appliance::new(platform(dir), cfg()).unwrap()
 }
 
 #[test]
 fn seal_engages_write_protection_and_arrival_passes_over_the_board_fat_layer() {
-    let mut a = sealed(1);
-    assert!(
-        a.platform_mut().medium.protected,
-        "seal engaged hardware WP"
-    );
+    let (dir, mut a) = sealed();
+    assert!(hw_write_protected(&mut a), "seal engaged hardware WP");
     assert_eq!(
         a.platform_mut().medium.write_blocks(0, &[0u8; 512]),
         Err(HwError::WriteProtected)
     );
-    let medium_at_seal = a.platform_mut().medium.disk.data.clone();
+    let medium_at_seal = std::fs::read(medium_path(dir.path())).unwrap();
 
     // Power-on protection is lost at power-up; the core engages it again.
-    let mut a = reboot(a, 2);
-    assert!(a.platform_mut().medium.protected, "re-engaged at power-up");
+    let mut a = reboot(a, dir.path());
+    assert!(hw_write_protected(&mut a), "re-engaged at power-up");
     assert_eq!(
         a.block_write(0, &[0u8; 512]),
         Err(BlockError::WriteProtected(DeviceState::Sealed))
@@ -253,25 +179,21 @@ fn seal_engages_write_protection_and_arrival_passes_over_the_board_fat_layer() {
     assert!(problems.is_empty(), "{problems:?}");
     assert!(arrival.body.records >= 4);
     assert_eq!(a.state(), DeviceState::Arrived);
-    assert!(a.platform_mut().medium.disk.data == medium_at_seal);
+    assert!(std::fs::read(medium_path(dir.path())).unwrap() == medium_at_seal);
 }
 
 #[test]
 fn a_tampered_record_is_named_at_arrival() {
-    let mut a = sealed(3);
+    let (dir, mut a) = sealed();
     // Someone rewrites one stored byte of the first record with a host FAT
     // driver behind the appliance's back (card pulled and re-inserted).
-    let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join("tampered.img");
-    std::fs::write(&img, &a.platform_mut().medium.disk.data).unwrap();
     {
-        let mut host = FatStore::open(open_rw(&img)).unwrap();
+        let mut host = FatStore::open(open_rw(&medium_path(dir.path()))).unwrap();
         let mut b = [0u8; 1];
         host.read_exact_at(SEG0, 300, &mut b).unwrap();
         host.write_at(SEG0, 300, &[b[0] ^ 1]).unwrap();
         host.unmount().unwrap();
     }
-    a.platform_mut().medium.disk.data = std::fs::read(&img).unwrap();
 
     let r = a.handle(Request::Arrival { challenge: [1; 32] });
     let Response::Arrival {
@@ -298,7 +220,7 @@ fn a_tampered_record_is_named_at_arrival() {
 
 #[test]
 fn erase_of_a_sealed_medium_releases_write_protection_and_removes_key_slots() {
-    let mut a = sealed(4);
+    let (dir, mut a) = sealed();
     // A sealed appliance refuses unlock: the PIN comes with the erase.
     let r = a.handle(Request::Erase {
         overwrite: false,
@@ -315,7 +237,7 @@ fn erase_of_a_sealed_medium_releases_write_protection_and_removes_key_slots() {
         key_slots >= 2,
         "recipient and passphrase slots: {key_slots}"
     );
-    assert!(!a.platform_mut().medium.protected, "erase released WP");
+    assert!(!hw_write_protected(&mut a), "erase released WP");
     let r = a.handle(Request::Seal);
     assert!(
         matches!(&r, Response::Error { code: ErrorCode::Erased, message }
@@ -324,9 +246,7 @@ fn erase_of_a_sealed_medium_releases_write_protection_and_removes_key_slots() {
     );
 
     // The host sees a clean volume with the capture but no key slots.
-    let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join("erased.img");
-    std::fs::write(&img, &a.platform_mut().medium.disk.data).unwrap();
+    let img = medium_path(dir.path());
     let out = Command::new("fsck.fat")
         .arg("-n")
         .arg(&img)

@@ -26,7 +26,7 @@
 //! input is discarded up to the next `0x00` and answered with an error. A long operation (verify, seal, arrival) may send
 //! [`Response::Progress`] frames with the request's id before the final reply.
 //!
-//! The host tools use this very module (`mgear-firmware` with feature `std`).
+//! The firmware core and the host tools both use this very module.
 
 use alloc::string::String;
 use alloc::vec::Vec;

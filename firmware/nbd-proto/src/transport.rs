@@ -7,13 +7,13 @@ use std::os::unix::net::UnixStream;
 
 /// A connected TCP or Unix stream socket.
 #[derive(Debug)]
-pub(crate) enum Sock {
+pub enum Sock {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
 impl Sock {
-    pub(crate) fn try_clone(&self) -> io::Result<Sock> {
+    pub fn try_clone(&self) -> io::Result<Sock> {
         Ok(match self {
             Sock::Tcp(s) => Sock::Tcp(s.try_clone()?),
             Sock::Unix(s) => Sock::Unix(s.try_clone()?),
@@ -21,7 +21,7 @@ impl Sock {
     }
 
     /// Closes both directions, waking any thread blocked reading it.
-    pub(crate) fn shutdown(&self) {
+    pub fn shutdown(&self) {
         // Already-closed sockets report an error here; nothing is left to do then.
         let _ = match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Both),

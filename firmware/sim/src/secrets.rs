@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use mgear_firmware::hal::{HwError, SecretSlot, SecretStore};
 
-use super::files::{
+use crate::files::{
     atomic_write, private_dir, private_options, read_optional, remove_durable, tighten,
 };
 
