@@ -6,7 +6,9 @@
 //! Resume. [`SnapshotWriter::flush`] waits for every put in flight and makes durable, in the
 //! state directory, everything a re-run needs to go on in the same snapshot: so the caller flushes
 //! before it records its own checkpoint, and on resume rewrites from that checkpoint on (a re-put
-//! of a block is idempotent: same index, same bytes).
+//! of a block is idempotent: same index, same bytes). A resumed writer also puts a block of zeros
+//! where an earlier run put data and the disk now has zeros, so going on in a pending snapshot is
+//! correct whatever the earlier run wrote.
 //!
 //! State files (`KEY` is the caller's state key), all 0600:
 //!
@@ -133,6 +135,9 @@ pub struct SnapshotWriter {
     workers: Vec<JoinHandle<()>>,
     flight: Arc<(Mutex<Flight>, Condvar)>,
     zero_blocks: u64,
+    /// Blocks an earlier run put (bit per block), when resumed: such a block that is zero now is
+    /// put as zeros, so the snapshot holds the disk even if the earlier run wrote other data.
+    prior: Vec<u64>,
 }
 
 impl std::fmt::Debug for SnapshotWriter {
@@ -296,7 +301,7 @@ impl SnapshotWriter {
                 cv.notify_all();
             }));
         }
-        Ok(SnapshotWriter {
+        let mut w = SnapshotWriter {
             client,
             opts,
             snapshot_id,
@@ -308,7 +313,15 @@ impl SnapshotWriter {
             workers,
             flight,
             zero_blocks: 0,
-        })
+            prior: Vec::new(),
+        };
+        if resumed {
+            w.prior = vec![0u64; blocks.div_ceil(64) as usize];
+            for (i, _) in w.acknowledged()? {
+                w.prior[(i / 64) as usize] |= 1 << (i % 64);
+            }
+        }
+        Ok(w)
     }
 
     /// The snapshot being written.
@@ -367,7 +380,7 @@ impl SnapshotWriter {
                         block[..n].copy_from_slice(s);
                         self.send(index, block)?;
                     }
-                    _ => self.zero_blocks += 1,
+                    _ => self.zero_block(index)?,
                 }
             } else {
                 let p = self.partial.entry(index).or_insert_with(Partial::new);
@@ -381,13 +394,27 @@ impl SnapshotWriter {
                     if p.data.iter().any(|&b| b != 0) {
                         self.send(index, p.data)?;
                     } else {
-                        self.zero_blocks += 1;
+                        self.zero_block(index)?;
                     }
                 }
             }
             pos += n as u64;
         }
         Ok(())
+    }
+
+    /// Block `index` is all zeros: nothing to send, unless an earlier run put something there.
+    fn zero_block(&mut self, index: u64) -> Result<()> {
+        let earlier = self
+            .prior
+            .get((index / 64) as usize)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0);
+        if earlier {
+            self.send(index, vec![0u8; BLOCK_SIZE])
+        } else {
+            self.zero_blocks += 1;
+            Ok(())
+        }
     }
 
     /// Bytes of block `index` that belong to the disk (the last block may be short; the rest of
@@ -496,7 +523,13 @@ impl SnapshotWriter {
     /// non-zero block of the disk the caller authenticated. `Err` names the first difference.
     pub fn verify_sent(&mut self, expected: &BTreeMap<u64, [u8; 32]>) -> Result<u64> {
         self.flush()?;
-        let got = self.acknowledged()?;
+        let zero = block_digest(&[0u8; BLOCK_SIZE]);
+        // Zero blocks put over an earlier run's data read as the disk's zeros.
+        let got: Vec<_> = self
+            .acknowledged()?
+            .into_iter()
+            .filter(|(_, d)| *d != zero)
+            .collect();
         let mut want = expected.iter();
         for (index, d) in &got {
             match want.next() {
@@ -536,7 +569,7 @@ impl SnapshotWriter {
             if p.data.iter().any(|&b| b != 0) {
                 self.send(index, p.data)?;
             } else {
-                self.zero_blocks += 1;
+                self.zero_block(index)?;
             }
         }
         self.flush()?;
@@ -800,6 +833,32 @@ mod tests {
         })
         .unwrap();
         assert!(back == data);
+        assert!(d0.rejections().is_empty(), "{:?}", d0.rejections());
+    }
+
+    #[test]
+    fn a_resumed_run_overwrites_what_an_earlier_run_put_where_the_disk_is_now_zero() {
+        let d0 = Double::start(DoubleConfig::default());
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4 * BLOCK_SIZE;
+        let client = EbsClient::new(d0.aws_config());
+        {
+            let mut w =
+                SnapshotWriter::open(client.clone(), opts(dir.path(), size as u64), true).unwrap();
+            w.write_at(0, &vec![5u8; 2 * BLOCK_SIZE]).unwrap();
+            w.flush().unwrap();
+        }
+        // The re-run writes a disk whose block 1 is zero (and block 0 still data).
+        let mut w = SnapshotWriter::open(client, opts(dir.path(), size as u64), true).unwrap();
+        assert!(w.resumed());
+        w.write_at(0, &vec![5u8; BLOCK_SIZE]).unwrap();
+        w.write_zeroes(BLOCK_SIZE as u64, 3 * BLOCK_SIZE as u64)
+            .unwrap();
+        let done = w.finish().unwrap();
+        let blocks = d0.snapshot(&done.snapshot_id).unwrap().blocks;
+        assert_eq!(blocks[&0], vec![5u8; BLOCK_SIZE]);
+        assert_eq!(blocks[&1], vec![0u8; BLOCK_SIZE]);
+        assert_eq!(blocks.len(), 2);
         assert!(d0.rejections().is_empty(), "{:?}", d0.rejections());
     }
 
