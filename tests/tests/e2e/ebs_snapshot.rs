@@ -157,7 +157,7 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
     let vol = r["volume"].as_str().expect("snapshot id in the report");
     let id = vol.split_whitespace().next().unwrap().to_string();
     assert!(id.starts_with("snap-"), "{r}");
-    assert_eq!(d.snapshot_ids(), [id.clone()]);
+    assert_eq!(d.snapshot_ids(), std::slice::from_ref(&id));
     check_snapshot(&e, &d, &id);
     assert!(d.throttled() > 0);
     // The AMI points at the snapshot.
