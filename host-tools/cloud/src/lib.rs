@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod cinder;
+pub mod ebs;
 mod http;
 pub mod nova;
 #[cfg(test)]

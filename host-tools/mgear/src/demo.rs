@@ -413,6 +413,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 identity: Some(key.clone()),
                 passphrase_file: None,
                 target: format!("file:{}", vol.display()),
+                register_image: false,
                 generation: None,
                 state_dir: Some(work.join("ingest-state")),
                 force: true,

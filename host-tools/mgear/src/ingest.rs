@@ -5,6 +5,7 @@
 //! mgear ingest ... --target qcow2:web01.qcow2      # needs qemu-img (Debian: qemu-utils)
 //! mgear ingest ... --target dev:/dev/vdb          # a cloud volume attached to this host
 //! mgear ingest ... --target libvirt:mgear/web01    # a volume in a libvirt storage pool
+//! mgear ingest ... --target ebs-snapshot:web01 --register-image   # AWS: a snapshot and an AMI
 //! mgear ingest ... --target file:web01.raw --boot --wait-for 'login:' --timeout 300
 //! mgear ingest ... --target file:web01.raw --adapt --boot --boot-bus virtio
 //! ```
@@ -114,9 +115,13 @@ pub struct Args {
     /// Passphrase file (if the capture was made with one).
     #[arg(long, conflicts_with = "identity")]
     pub passphrase_file: Option<PathBuf>,
-    /// Where to write: file:PATH (sparse raw), qcow2:PATH, dev:/dev/DEVICE, or libvirt:POOL/NAME.
+    /// Where to write: file:PATH (sparse raw), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME,
+    /// an NBD URL, or ebs-snapshot:NAME.
     #[arg(long)]
     pub target: String,
+    /// With ebs-snapshot:NAME: register an AMI from the completed snapshot.
+    #[arg(long)]
+    pub register_image: bool,
     /// Generation to ingest [default: newest finished].
     #[arg(long)]
     pub generation: Option<u32>,
@@ -410,7 +415,23 @@ fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> anyhow::Res
 /// Do the ingest.
 pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let target = Target::parse(&args.target, Bare::Refuse)?;
+    let mut target = Target::parse(&args.target, Bare::Refuse)?;
+    if args.register_image {
+        match &mut target {
+            Target::EbsSnapshot { opts, .. } => opts.register_image = true,
+            other => {
+                return Err(usage(format!(
+                    "--register-image needs an ebs-snapshot:NAME target, not {other}"
+                )))
+            }
+        }
+    }
+    if args.boot && matches!(target, Target::EbsSnapshot { .. }) {
+        return Err(usage(
+            "--boot cannot boot an EBS snapshot here: launch an instance from the AMI \
+             (--register-image) to prove it boots",
+        ));
+    }
     let unlock =
         crate::verify::unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?
             .ok_or_else(|| {
@@ -419,7 +440,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     if args.adapt {
         if !target.is_local() {
             return Err(usage(format!(
-                "--adapt needs a local volume to run {} on, and {target} is an NBD export: \
+                "--adapt needs a local volume to run {} on, and {target} is not one: \
                  ingest into file:/qcow2:/dev:/libvirt:, adapt, then copy",
                 mgear_boot::adapt::TOOL
             )));

@@ -12,7 +12,8 @@
 //! | `dev:/dev/DEVICE` | a block device |
 //! | `libvirt:POOL/NAME` | a volume of a libvirt storage pool on `qemu:///system` |
 //! | `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` | any NBD export |
-//! | `rbd:POOL/IMAGE?conf=..&id=..`, `cinder:NAME`, `ebs-snapshot:NAME` | reserved: not supported yet |
+//! | `ebs-snapshot:NAME[?register-image=1&arch=..&boot-mode=..&root-device=..]` | a new AWS EBS snapshot, through the EBS direct APIs (ingest only) |
+//! | `rbd:POOL/IMAGE?conf=..&id=..`, `cinder:NAME` | reserved: not supported yet |
 //!
 //! A bare `PATH` (no kind) means the file or device that is already there,
 //! where a command only reads it or writes it in place (`boot`, `serve`):
@@ -35,7 +36,8 @@ use std::path::{Path, PathBuf};
 use mgear_boot::LibvirtTarget;
 use mgear_nbd::NbdUrl;
 use mgear_volume::{
-    DeviceVolume, FileVolume, LibvirtVolume, NbdVolume, Prepare, Qcow2Volume, Volume,
+    DeviceVolume, EbsOptions, EbsSnapshotVolume, FileVolume, LibvirtVolume, NbdVolume, Prepare,
+    Qcow2Volume, Volume,
 };
 
 use crate::exit::{coded, usage, IO};
@@ -43,7 +45,7 @@ use crate::exit::{coded, usage, IO};
 pub use crate::medium::MediumSpec as Medium;
 
 /// Kinds that are reserved for targets still to come.
-const NOT_YET: [&str; 3] = ["rbd:", "cinder:", "ebs-snapshot:"];
+const NOT_YET: [&str; 2] = ["rbd:", "cinder:"];
 
 const TARGET_KINDS: &str =
     "file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME or nbd://HOST:PORT/EXPORT";
@@ -80,6 +82,11 @@ pub enum Target {
     Libvirt(LibvirtTarget),
     /// Any NBD export: qemu-nbd or nbdkit serving rbd, vmdk, a cloud volume, ...
     Nbd(NbdUrl),
+    /// A new AWS EBS snapshot named NAME (EBS direct APIs).
+    EbsSnapshot {
+        name: String,
+        opts: EbsOptions,
+    },
 }
 
 fn nonempty(spec: &str, p: &str) -> anyhow::Result<PathBuf> {
@@ -102,6 +109,20 @@ impl Target {
                 "--target {s}: {} targets are not supported yet; use {TARGET_KINDS}",
                 kind.trim_end_matches(':')
             )));
+        }
+        if let Some(rest) = s.strip_prefix("ebs-snapshot:") {
+            let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
+            if name.is_empty() {
+                return Err(usage(format!(
+                    "--target {s} has no name: use ebs-snapshot:NAME"
+                )));
+            }
+            let opts =
+                EbsOptions::parse_query(query).map_err(|e| usage(format!("--target {s}: {e}")))?;
+            return Ok(Target::EbsSnapshot {
+                name: name.to_string(),
+                opts,
+            });
         }
         if let Some(t) = LibvirtTarget::parse_prefixed(s) {
             return Ok(Target::Libvirt(t.map_err(crate::boot_cmd::lib_err)?));
@@ -141,14 +162,14 @@ impl Target {
             Target::Qcow2(p) => mgear_boot::Target::Qcow2(p.clone()),
             Target::Dev(p) => mgear_boot::Target::Dev(p.clone()),
             Target::Nbd(u) => mgear_boot::Target::Nbd(u.to_string()),
-            Target::Libvirt(_) => return None,
+            Target::Libvirt(_) | Target::EbsSnapshot { .. } => return None,
         })
     }
 
     /// Whether the ingested volume is a local file or device afterwards
     /// (what `--adapt` needs).
     pub fn is_local(&self) -> bool {
-        !matches!(self, Target::Nbd(_))
+        !matches!(self, Target::Nbd(_) | Target::EbsSnapshot { .. })
     }
 
     /// Open the target for an ingest (create it, or reopen what an
@@ -170,6 +191,9 @@ impl Target {
                 LibvirtVolume::open(mgear_boot::libvirt::DEFAULT_CONN, &t.pool, &t.name, prep)
                     .map_err(volume_err)?,
             ),
+            Target::EbsSnapshot { name, opts } => {
+                Box::new(EbsSnapshotVolume::open(name, opts.clone(), prep).map_err(volume_err)?)
+            }
         };
         Ok(v)
     }
@@ -191,6 +215,10 @@ impl Target {
                 "--target {t}: serve the volume's path (virsh vol-path --pool {} {}) as file:PATH",
                 t.pool, t.name
             ))),
+            Target::EbsSnapshot { name, .. } => Err(usage(format!(
+                "--target ebs-snapshot:{name}: a snapshot is written once, by ingest; \
+                 serve into a volume created from it instead"
+            ))),
         }
     }
 }
@@ -203,6 +231,7 @@ impl std::fmt::Display for Target {
             Target::Dev(p) => write!(f, "dev:{}", p.display()),
             Target::Libvirt(t) => write!(f, "{t}"),
             Target::Nbd(u) => write!(f, "{u}"),
+            Target::EbsSnapshot { name, .. } => write!(f, "ebs-snapshot:{name}"),
         }
     }
 }
@@ -288,14 +317,34 @@ mod tests {
             let e = Target::parse(bad, r).unwrap_err();
             assert_eq!(code_of(&e), 2, "{bad}: {e}");
         }
-        for later in [
-            "rbd:pool/img?conf=/etc/ceph.conf&id=admin",
-            "cinder:vol",
-            "ebs-snapshot:s",
-        ] {
+        for later in ["rbd:pool/img?conf=/etc/ceph.conf&id=admin", "cinder:vol"] {
             let e = Target::parse(later, r).unwrap_err();
             assert!(e.to_string().contains("not supported yet"), "{e}");
             assert_eq!(code_of(&e), 2);
+        }
+    }
+
+    #[test]
+    fn ebs_snapshot_targets_parse_with_options() {
+        let r = Bare::Refuse;
+        let Target::EbsSnapshot { name, opts } =
+            Target::parse("ebs-snapshot:web01?register-image=1&boot-mode=uefi", r).unwrap()
+        else {
+            panic!("not an EBS snapshot");
+        };
+        assert_eq!(name, "web01");
+        assert!(opts.register_image);
+        assert_eq!(opts.boot_mode.as_deref(), Some("uefi"));
+        let t = Target::parse("ebs-snapshot:db", r).unwrap();
+        assert!(!t.is_local() && t.boot_target().is_none());
+        assert_eq!(t.to_string(), "ebs-snapshot:db");
+        for bad in [
+            "ebs-snapshot:",
+            "ebs-snapshot:x?colour=1",
+            "ebs-snapshot:x?arch=mips",
+        ] {
+            let e = Target::parse(bad, r).unwrap_err();
+            assert_eq!(code_of(&e), 2, "{bad}: {e}");
         }
     }
 

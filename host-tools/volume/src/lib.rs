@@ -14,6 +14,7 @@
 //! | qcow2 image (served by `qemu-nbd` on a unix socket) | [`qcow2`] | the image, through NBD |
 //! | libvirt pool volume (`virsh vol-create-as`) | [`libvirt`] | the volume's host path |
 //! | fake that fails at its N-th write (fault tests) | [`fake`] | memory |
+//! | AWS EBS snapshot (EBS direct APIs, 512 KiB blocks, no read-back) | [`ebs`] | the snapshot |
 //!
 //! No volume stages a raw copy anywhere: local scratch is O(one batch of
 //! chunks) whatever the volume size.
@@ -40,6 +41,7 @@
 
 use std::path::PathBuf;
 
+pub mod ebs;
 pub mod fake;
 pub mod file;
 pub mod libvirt;
@@ -48,6 +50,7 @@ pub mod nbd;
 pub mod qcow2;
 mod tool;
 
+pub use ebs::{EbsOptions, EbsSnapshotVolume};
 pub use fake::FakeVolume;
 pub use file::{DeviceVolume, FileVolume};
 pub use libvirt::LibvirtVolume;

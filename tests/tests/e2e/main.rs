@@ -19,6 +19,7 @@ mod cbt_capture;
 mod cli_e2e;
 mod field_media;
 mod field_capture;
+mod ebs_snapshot;
 mod format_media;
 mod golden;
 mod hardware_board;

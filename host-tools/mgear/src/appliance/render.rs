@@ -7,8 +7,8 @@
 //! shared envelope (`output.rs`), with every key, digest, id and signature
 //! as a hex string ([`BYTE_FIELDS`]).
 
-use mgear_firmware::attest::{fingerprint, full_fingerprint, Attestation};
-use mgear_firmware::custody::{EraseReason, Event, LogEntry};
+use mgear_appliance_api::attest::{fingerprint, full_fingerprint, Attestation};
+use mgear_appliance_api::custody::{EraseReason, Event, LogEntry};
 use serde::Serialize;
 
 use crate::output::{hex, iso_time};

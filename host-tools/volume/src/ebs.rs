@@ -1,0 +1,341 @@
+//! `ebs-snapshot:NAME`: an AWS EBS snapshot written straight through the EBS direct APIs
+//! (`mgear_cloud::ebs`), no EC2 instance, no attached volume, no staging copy.
+//!
+//! Writes go into 512 KiB blocks; all-zero blocks are never sent; several puts are in flight.
+//! [`Volume::flush`] waits for them and records in the state dir what a resume needs (the
+//! pending snapshot's id, each acknowledged block's SHA-256, the few partly written blocks), so
+//! a killed ingest goes on in the same snapshot. [`Volume::finish`] sends CompleteSnapshot with
+//! the block count and the LINEAR aggregated checksum, and, when asked, waits for `completed`
+//! and registers an AMI from it.
+//!
+//! Read-back: the direct APIs read only completed snapshots, and completing is final, so this
+//! volume cannot be read back before [`Volume::finish`] (`can_read_back` is false). Instead every
+//! PutSnapshotBlock carries the block's SHA-256, EBS recomputes it from the bytes it received and
+//! answers it, and we compare; CompleteSnapshot's aggregate then binds the set of blocks. What
+//! was sent is what was authenticated, chunk by chunk, and each block's bytes are what EBS holds.
+
+use mgear_cloud::ebs::ec2::NewImage;
+use mgear_cloud::ebs::{self, AwsConfig, EbsClient, SnapshotWriter, WriterOptions};
+use mgear_cloud::CloudError;
+
+use crate::{key_of, Error, Finished, Found, Geometry, Prepare, Result, Volume};
+
+/// What `ebs-snapshot:NAME?...` asks for beyond the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EbsOptions {
+    /// Register an AMI from the completed snapshot.
+    pub register_image: bool,
+    /// `x86_64` (default) or `arm64`.
+    pub architecture: Option<String>,
+    /// `legacy-bios` (default), `uefi` or `uefi-preferred`.
+    pub boot_mode: Option<String>,
+    /// Root device name (default `/dev/xvda`).
+    pub root_device: Option<String>,
+}
+
+impl EbsOptions {
+    /// Parse the query of `ebs-snapshot:NAME?register-image=1&arch=..&boot-mode=..&root-device=..`.
+    pub fn parse_query(q: &str) -> std::result::Result<EbsOptions, String> {
+        let mut o = EbsOptions::default();
+        for kv in q.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            match k {
+                "register-image" => o.register_image = matches!(v, "1" | "true" | "yes"),
+                "arch" => o.architecture = Some(v.to_string()),
+                "boot-mode" => o.boot_mode = Some(v.to_string()),
+                "root-device" => o.root_device = Some(v.to_string()),
+                other => {
+                    return Err(format!(
+                        "unknown option {other:?} (register-image, arch, boot-mode, root-device)"
+                    ))
+                }
+            }
+        }
+        if let Some(a) = &o.architecture {
+            if !["x86_64", "arm64"].contains(&a.as_str()) {
+                return Err(format!("arch={a}: use x86_64 or arm64"));
+            }
+        }
+        if let Some(b) = &o.boot_mode {
+            if !["legacy-bios", "uefi", "uefi-preferred"].contains(&b.as_str()) {
+                return Err(format!(
+                    "boot-mode={b}: use legacy-bios, uefi or uefi-preferred"
+                ));
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// A pending EBS snapshot as a [`Volume`].
+pub struct EbsSnapshotVolume {
+    name: String,
+    client: EbsClient,
+    writer: SnapshotWriter,
+    opts: EbsOptions,
+    found: Found,
+    key: String,
+    disk_size: u64,
+    threads: usize,
+}
+
+fn cloud(e: CloudError) -> Error {
+    match e {
+        CloudError::Config(m) => Error::Usage(m),
+        other => Error::Tool(other.to_string()),
+    }
+}
+
+impl EbsSnapshotVolume {
+    /// Start (or go on with) the snapshot `name`, credentials and region from the AWS environment.
+    pub fn open(name: &str, opts: EbsOptions, prep: &Prepare) -> Result<EbsSnapshotVolume> {
+        let cfg = AwsConfig::from_env().map_err(cloud)?;
+        EbsSnapshotVolume::open_with(name, opts, prep, EbsClient::new(cfg))
+    }
+
+    /// [`EbsSnapshotVolume::open`] with a given client (tests).
+    pub fn open_with(
+        name: &str,
+        opts: EbsOptions,
+        prep: &Prepare,
+        client: EbsClient,
+    ) -> Result<EbsSnapshotVolume> {
+        if name.is_empty() || name.len() > 120 || name.chars().any(|c| c.is_control()) {
+            return Err(Error::Usage(format!(
+                "ebs-snapshot:{name}: the name must be 1 to 120 printable characters"
+            )));
+        }
+        if prep.disk_size > ebs::MAX_VOLUME_GIB << 30 {
+            return Err(Error::Usage(format!(
+                "the disk is {} bytes: an EBS snapshot holds at most 64 TiB",
+                prep.disk_size
+            )));
+        }
+        let key = format!("ebs-snapshot_{}", key_of(name));
+        let found = if prep.state_dir.join(format!("{key}.ebs")).exists() {
+            // Going on in the pending snapshot is safe even without the pipeline's state: the
+            // pipeline then rewrites every block, and the writer puts zeros over whatever an
+            // earlier run wrote where the disk is zero.
+            Found::Unfinished {
+                adopt_without_state: true,
+            }
+        } else {
+            Found::New
+        };
+        let threads = 8;
+        let mut description = format!("{} into ebs-snapshot:{name}", prep.what);
+        description.truncate(255);
+        let writer = SnapshotWriter::open(
+            client.clone(),
+            WriterOptions {
+                disk_size: prep.disk_size,
+                description,
+                tags: vec![
+                    ("Name".into(), name.to_string()),
+                    ("mgear:what".into(), prep.what.chars().take(255).collect()),
+                ],
+                state_dir: prep.state_dir.clone(),
+                state_key: key.clone(),
+                threads,
+                // A killed ingest may resume within a day; AWS cancels a pending snapshot
+                // that long without a write.
+                timeout_minutes: 1440,
+            },
+            found != Found::New,
+        )
+        .map_err(cloud)?;
+        Ok(EbsSnapshotVolume {
+            name: name.to_string(),
+            client,
+            writer,
+            opts,
+            found,
+            key,
+            disk_size: prep.disk_size,
+            threads,
+        })
+    }
+
+    /// The pending snapshot's id.
+    pub fn snapshot_id(&self) -> &str {
+        self.writer.snapshot_id()
+    }
+}
+
+impl Volume for EbsSnapshotVolume {
+    fn size(&self) -> u64 {
+        ebs::volume_gib(self.disk_size) << 30
+    }
+
+    fn describe(&self) -> String {
+        format!("ebs-snapshot:{} ({})", self.name, self.writer.snapshot_id())
+    }
+
+    fn state_key(&self) -> String {
+        self.key.clone()
+    }
+
+    fn found(&self) -> Found {
+        self.found
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            block: ebs::BLOCK_SIZE as u32,
+            max_in_flight: self.threads,
+        }
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.writer.write_at(offset, data).map_err(cloud)
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.writer.write_zeroes(offset, len).map_err(cloud)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(cloud)
+    }
+
+    fn can_read_back(&self) -> bool {
+        false
+    }
+
+    fn read_at(&mut self, _offset: u64, _buf: &mut [u8]) -> Result<()> {
+        Err(Error::Usage(format!(
+            "{} cannot be read back before it is completed",
+            self.describe()
+        )))
+    }
+
+    fn finish(self: Box<Self>) -> Result<Finished> {
+        let this = *self;
+        let sent = this.writer.blocks_sent();
+        let done = this.writer.finish().map_err(cloud)?;
+        eprintln!(
+            "mgear: EBS acknowledged every block with the SHA-256 we computed ({sent} put by this \
+             run, {} in the snapshot) and accepted the aggregated checksum {}: snapshot {} is {}",
+            done.changed_blocks, done.checksum, done.snapshot_id, done.status
+        );
+        let mut volume = done.snapshot_id.clone();
+        if this.opts.register_image {
+            this.client
+                .wait_completed(&done.snapshot_id, std::time::Duration::from_secs(3600))
+                .map_err(cloud)?;
+            let ami = this
+                .client
+                .register_image(
+                    &done.snapshot_id,
+                    &NewImage {
+                        name: format!("{}-{}", this.name, done.snapshot_id),
+                        description: format!("mgear ebs-snapshot:{}", this.name),
+                        architecture: this
+                            .opts
+                            .architecture
+                            .clone()
+                            .unwrap_or_else(|| "x86_64".into()),
+                        root_device: this
+                            .opts
+                            .root_device
+                            .clone()
+                            .unwrap_or_else(|| "/dev/xvda".into()),
+                        boot_mode: this
+                            .opts
+                            .boot_mode
+                            .clone()
+                            .unwrap_or_else(|| "legacy-bios".into()),
+                        ena_support: true,
+                        volume_type: "gp3".into(),
+                    },
+                )
+                .map_err(cloud)?;
+            eprintln!(
+                "mgear: registered image {ami} from snapshot {}",
+                done.snapshot_id
+            );
+            volume = format!("{} {ami}", done.snapshot_id);
+        }
+        Ok(Finished {
+            path: None,
+            format: "raw",
+            volume: Some(volume),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mgear_cloud::ebs::double::{Double, DoubleConfig};
+
+    fn prep(dir: &std::path::Path, size: u64) -> Prepare {
+        Prepare {
+            disk_size: size,
+            head_len: 1 << 20,
+            state_dir: dir.to_path_buf(),
+            force: false,
+            what: "mgear ingest of capture t generation 1".into(),
+        }
+    }
+
+    #[test]
+    fn options_parse_and_refuse_unknowns() {
+        let o = EbsOptions::parse_query("register-image=1&arch=arm64&boot-mode=uefi").unwrap();
+        assert!(o.register_image);
+        assert_eq!(o.architecture.as_deref(), Some("arm64"));
+        assert!(EbsOptions::parse_query("arch=mips").is_err());
+        assert!(EbsOptions::parse_query("colour=blue").is_err());
+        assert_eq!(EbsOptions::parse_query("").unwrap(), EbsOptions::default());
+    }
+
+    #[test]
+    fn a_volume_writes_completes_and_registers() {
+        let d = Double::start(DoubleConfig::default());
+        let dir = tempfile::tempdir().unwrap();
+        let size = 3 * ebs::BLOCK_SIZE as u64;
+        let client = EbsClient::new(d.aws_config());
+        let opts = EbsOptions {
+            register_image: true,
+            ..EbsOptions::default()
+        };
+        let mut v: Box<dyn Volume> = Box::new(
+            EbsSnapshotVolume::open_with(
+                "web01",
+                opts.clone(),
+                &prep(dir.path(), size),
+                client.clone(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(v.found(), Found::New);
+        assert!(!v.can_read_back());
+        assert_eq!(v.size(), 1 << 30);
+        v.write_at(4096, &[7u8; 8192]).unwrap();
+        v.write_zeroes(0, 4096).unwrap();
+        v.flush().unwrap();
+        // A second open finds the pending snapshot.
+        let again =
+            EbsSnapshotVolume::open_with("web01", opts, &prep(dir.path(), size), client).unwrap();
+        assert_eq!(
+            again.found(),
+            Found::Unfinished {
+                adopt_without_state: true
+            }
+        );
+        drop(again);
+        v.write_zeroes(12288, size - 12288).unwrap();
+        let f = v.finish().unwrap();
+        let vol = f.volume.unwrap();
+        let ids = d.snapshot_ids();
+        assert_eq!(ids.len(), 1);
+        assert!(vol.starts_with(&ids[0]), "{vol}");
+        let snap = d.snapshot(&ids[0]).unwrap();
+        assert_eq!(snap.blocks.len(), 1);
+        assert_eq!(&snap.blocks[&0][4096..12288], &[7u8; 8192][..]);
+        let images = d.images();
+        assert_eq!(images.len(), 1);
+        assert!(vol.ends_with(images.keys().next().unwrap().as_str()));
+        assert!(d.rejections().is_empty(), "{:?}", d.rejections());
+    }
+}

@@ -1,0 +1,251 @@
+//! `mgear ingest --target ebs-snapshot:NAME` into the strict offline EBS double
+//! (`mgear_cloud::ebs::double`): every request mgear sends must pass the checker (SigV4, block
+//! size, checksums, counts), the snapshot must hold exactly the disk's non-zero 512 KiB blocks,
+//! equal to the source, and a killed ingest must resume into the same snapshot.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use mgear_cloud::ebs::double::{Double, DoubleConfig};
+use mgear_tests::{output_text, Env};
+
+const BLOCK: usize = 512 * 1024;
+const GIB: u64 = 1 << 30;
+
+/// A 1 GiB sparse disk: a boot region, scattered data runs (some not block-aligned, one a
+/// single byte in an otherwise empty block), the last bytes of the disk, holes everywhere else.
+fn disk_with_holes(path: &Path) {
+    let mut f = fs::File::create(path).unwrap();
+    f.set_len(GIB).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8 | 1
+            })
+            .collect()
+    };
+    let runs: [(u64, usize); 7] = [
+        (0, 1 << 20),
+        (3 << 20, 2 << 20),
+        ((100 << 20) + 4096, 700 << 10),
+        (333 << 20, 1),
+        ((512 << 20) - 100, 200),
+        (900 << 20, 3 << 20),
+        (GIB - 8192, 8192),
+    ];
+    for (off, len) in runs {
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.write_all(&noise(len)).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// The disk's non-zero blocks, as EBS must hold them.
+fn nonzero_blocks(path: &Path) -> BTreeMap<u64, Vec<u8>> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).unwrap();
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; BLOCK];
+    let mut i = 0u64;
+    loop {
+        buf.fill(0);
+        let mut n = 0;
+        while n < BLOCK {
+            match f.read(&mut buf[n..]).unwrap() {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            return out;
+        }
+        if buf.iter().any(|&b| b != 0) {
+            out.insert(i, buf.clone());
+        }
+        i += 1;
+    }
+}
+
+fn captured(e: &Env) {
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    disk_with_holes(&e.p("disk.raw"));
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--sign",
+        "site.key",
+    ]);
+}
+
+fn ingest_args(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut a = vec![
+        "ingest",
+        "--trust",
+        "site.pub",
+        "--allow-unsealed",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--target",
+        "ebs-snapshot:web01",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+fn with_double(e: &Env, d: &Double, args: &[&str]) -> std::process::Command {
+    let mut c = e.cmd(args);
+    for (k, v) in d.env() {
+        c.env(k, v);
+    }
+    c.env_remove("AWS_PROFILE")
+        .env("HOME", e.p("home"))
+        .env_remove("AWS_SESSION_TOKEN");
+    c
+}
+
+fn check_snapshot(e: &Env, d: &Double, id: &str) {
+    let rejected = d.rejections();
+    assert!(rejected.is_empty(), "the checker refused: {rejected:#?}");
+    let snap = d.snapshot(id).expect("the snapshot mgear reported exists");
+    assert_eq!(snap.status, "completed");
+    assert_eq!(snap.volume_gib, 1);
+    let want = nonzero_blocks(&e.p("disk.raw"));
+    assert_eq!(
+        snap.blocks.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "the snapshot must hold exactly the non-zero blocks"
+    );
+    for (i, b) in &want {
+        assert!(&snap.blocks[i] == b, "block {i} differs from the source");
+    }
+}
+
+#[test]
+fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig {
+        // Throttle some puts: mgear must retry them, as AWS asks.
+        throttle_every: 7,
+        ..DoubleConfig::default()
+    });
+    let out = with_double(&e, &d, &ingest_args(&["--register-image", "--json"]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // "snap-... ami-...": the snapshot, then the image registered from it.
+    let vol = r["volume"].as_str().expect("snapshot id in the report");
+    let id = vol.split_whitespace().next().unwrap().to_string();
+    assert!(id.starts_with("snap-"), "{r}");
+    assert_eq!(d.snapshot_ids(), std::slice::from_ref(&id));
+    check_snapshot(&e, &d, &id);
+    assert!(d.throttled() > 0);
+    // The AMI points at the snapshot.
+    let images = d.images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let (ami, (_, snap)) = images.iter().next().unwrap();
+    assert_eq!(snap, &id);
+    assert!(vol.ends_with(ami.as_str()), "{r}");
+    // Nothing of the disk stays in the state dir.
+    let left: Vec<_> = walk(&e.p("state"));
+    assert!(
+        left.iter().all(|(_, len)| *len < 4 << 20),
+        "state dir holds large files: {left:?}"
+    );
+}
+
+#[test]
+fn ebs_snapshot_killed_ingest_resumes_into_the_same_snapshot() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig::default());
+    let slow = ingest_args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let mut child = with_double(&e, &d, &slow)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once some blocks are in (and a checkpoint or two recorded).
+    loop {
+        let puts = d.accepted().get("PutSnapshotBlock").copied().unwrap_or(0);
+        if puts >= 6 {
+            break;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("ingest ended before it could be killed: {st}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ids = d.snapshot_ids();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(d.snapshot(&ids[0]).unwrap().status, "pending");
+
+    let out = with_double(&e, &d, &ingest_args(&["--json"]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["resumed_chunks"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["volume"].as_str(), Some(ids[0].as_str()), "{r}");
+    assert_eq!(d.snapshot_ids(), ids, "no second snapshot");
+    check_snapshot(&e, &d, &ids[0]);
+}
+
+#[test]
+fn ebs_snapshot_bad_credentials_are_a_clear_error() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig::default());
+    let out = with_double(&e, &d, &ingest_args(&[]))
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("StartSnapshot") && err.contains("InvalidSignatureException"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(d.snapshot_ids().is_empty());
+}
+
+fn walk(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for f in rd.flatten() {
+            let p = f.path();
+            match f.metadata() {
+                Ok(m) if m.is_dir() => out.extend(walk(&p)),
+                Ok(m) => {
+                    use std::os::unix::fs::MetadataExt;
+                    out.push((p.display().to_string(), m.blocks() * 512));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    out
+}
