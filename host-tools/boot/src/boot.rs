@@ -341,7 +341,7 @@ const OVMF_PAIRS: [(&str, &str); 2] = [
 
 /// Remove ANSI escape sequences and carriage returns (GRUB and OVMF paint the
 /// screen with them) so the regex and the report see plain text.
-pub(crate) fn clean_console(raw: &[u8]) -> String {
+pub fn clean_console(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();

@@ -17,6 +17,7 @@ mod boot_e2e;
 mod boot_readiness;
 mod cbt_capture;
 mod cli_e2e;
+mod cloud_lab;
 mod format_media;
 mod hardware_board;
 mod hardware_fat;

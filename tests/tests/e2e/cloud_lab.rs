@@ -1,18 +1,22 @@
 //! Against the real cloud lab (`scripts/cloud-lab.sh start`: Ceph, Cinder, Nova on this
-//! machine): a volume is created through Cinder, lands as an RBD image, is written through
-//! qemu's rbd driver, read back bit for bit, marked bootable, and a Nova server boots from it
-//! and prints the sample disk's marker on its console.
+//! machine; `./test.sh` starts it): a volume is created through Cinder with the metadata a
+//! re-run finds it by, Cinder names its RBD image, it is written through qemu's rbd driver,
+//! read back bit for bit, marked bootable, and a Nova server boots from it and prints the
+//! sample disk's marker on its console.
 //!
 //! Skipped, with the reason printed, unless `MGEAR_CLOUD_LAB` names the lab's work dir (the
 //! lab's `env` prints it). The endpoints and project come from the `OS_*` variables, or from
 //! `$MGEAR_CLOUD_LAB/env` when they are not exported.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mgear_cloud::{Auth, Cinder, CloudError, NewVolume, Nova, Session};
+use mgear_cloud::cinder::meta;
+use mgear_cloud::{
+    boot_from_volume, Auth, Cinder, CloudError, Nova, NovaBootSpec, Session, VolumeFor,
+};
 
 struct Lab {
     dir: PathBuf,
@@ -131,34 +135,6 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn wait_for_file_text(path: &Path, needle: &str, deadline: Duration) -> Result<String, String> {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read(path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if text.contains(needle) {
-            return Ok(text);
-        }
-        if start.elapsed() >= deadline {
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(2000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            return Err(format!(
-                "{needle:?} not in {} within {} s; its end:\n{tail}",
-                path.display(),
-                deadline.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 #[test]
 fn volume_written_through_rbd_boots_through_nova() {
     let Some(lab) = Lab::from_env() else { return };
@@ -172,35 +148,56 @@ fn volume_written_through_rbd_boots_through_nova() {
         volume: None,
     };
 
-    // A 1 GiB volume carrying the metadata a re-run would look it up by.
-    let meta: BTreeMap<String, String> = [
-        ("mgear.test".to_string(), id.clone()),
-        ("mgear.capture".to_string(), "lab-test".to_string()),
-    ]
-    .into();
-    let created = cinder
-        .create(&NewVolume {
-            name: format!("mgear-lab-{id}"),
-            size_gib: 1,
-            metadata: meta.clone(),
-            ..NewVolume::default()
-        })
+    // The volume an ingest of 1 GiB + 1 byte wants: 2 GiB, found again by its metadata.
+    let want = VolumeFor {
+        name: format!("mgear-lab-{id}"),
+        size_bytes: (1 << 30) + 1,
+        capture_id: format!("capture-{id}"),
+        generation: 2,
+        manifest_root: "ab".repeat(32),
+        ..VolumeFor::default()
+    };
+    let ensured = cinder
+        .ensure_volume(&want, Duration::from_secs(120))
         .unwrap();
-    cleanup.volume = Some(created.id.clone());
-    let vol = cinder
-        .wait_status(&created.id, "available", Duration::from_secs(120))
-        .unwrap();
-    assert_eq!(vol.size, 1);
+    cleanup.volume = Some(ensured.volume.id.clone());
+    assert!(ensured.created);
+    let vol = ensured.volume;
+    assert_eq!(vol.status, "available");
+    assert_eq!(vol.size, 2);
     assert!(!vol.is_bootable());
-    let found = cinder.find_by_metadata(&meta).unwrap();
     assert_eq!(
-        found.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
-        [vol.id.as_str()]
+        vol.metadata.get(meta::STATE).map(String::as_str),
+        Some(meta::WRITING)
     );
-    let other: BTreeMap<String, String> = [("mgear.test".to_string(), format!("{id}-x"))].into();
-    assert!(cinder.find_by_metadata(&other).unwrap().is_empty());
+    assert_eq!(
+        vol.metadata.get(meta::GENERATION).map(String::as_str),
+        Some("2")
+    );
+    let again = cinder
+        .ensure_volume(&want, Duration::from_secs(120))
+        .unwrap();
+    assert!(!again.created, "a re-run must find its volume");
+    assert_eq!(again.volume.id, vol.id);
+    let other = VolumeFor {
+        generation: 3,
+        ..want.clone()
+    };
+    assert!(cinder
+        .find_by_metadata(&other.identity())
+        .unwrap()
+        .is_empty());
 
-    // Cinder's RBD backend made the image the volume is.
+    // Cinder tells where its RBD backend keeps the volume, as it tells a compute host.
+    let img = cinder.rbd_image(&vol, None).unwrap();
+    assert_eq!(img.source, "connection-info");
+    assert_eq!(img.pool, lab.var("MGEAR_CLOUD_RBD_POOL"));
+    assert_eq!(img.image, format!("volume-{}", vol.id));
+    assert_eq!(
+        img.user.as_deref(),
+        Some(lab.var("MGEAR_CLOUD_RBD_USER").as_str())
+    );
+    assert_eq!(img.monitors, ["127.0.0.1:6789"]);
     let info = lab.rbd_info(&vol.id);
     assert!(
         info.status.success(),
@@ -208,7 +205,7 @@ fn volume_written_through_rbd_boots_through_nova() {
         vol.id,
         String::from_utf8_lossy(&info.stderr)
     );
-    assert!(String::from_utf8_lossy(&info.stdout).contains("size 1 GiB"));
+    assert!(String::from_utf8_lossy(&info.stdout).contains("size 2 GiB"));
 
     // Write a bootable disk into it the way a storage-side helper does, and read it back.
     let tmp = tempfile::tempdir().unwrap();
@@ -227,7 +224,7 @@ fn volume_written_through_rbd_boots_through_nova() {
         .args(["convert", "-n", "-W", "-m", "16", "-f", "raw", "-O", "raw"])
         .arg(&disk)
         .arg(&rbd));
-    // compare: the sample's bytes equal, the rest of the 1 GiB volume zero.
+    // compare: the sample's bytes equal, the rest of the volume zero.
     run(Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "raw"])
         .arg(&disk)
@@ -236,27 +233,46 @@ fn volume_written_through_rbd_boots_through_nova() {
     cinder.set_bootable(&vol.id, true).unwrap();
     assert!(cinder.get(&vol.id).unwrap().is_bootable());
 
-    // Boot it as the cloud does.
-    let flavor = nova.ensure_flavor("mgear.lab", 512, 1, 0).unwrap();
-    assert_eq!(
-        nova.ensure_flavor("mgear.lab", 512, 1, 0).unwrap().id,
-        flavor.id
+    // Boot it as the cloud does, and prove it from the console.
+    let booted = {
+        let _one_guest_at_a_time = crate::LIBVIRT.lock().unwrap_or_else(|e| e.into_inner());
+        boot_from_volume(
+            &session,
+            &NovaBootSpec {
+                server_name: format!("mgear-lab-{id}"),
+                volume_id: vol.id.clone(),
+                flavor: "mgear.lab".into(),
+                create_flavor: Some((512, 1)),
+                // The marker line is letters, digits, '-' and '.': a regex matching itself.
+                wait_for: sample.marker_line.clone(),
+                active_timeout: Duration::from_secs(300),
+                timeout: Duration::from_secs(300),
+                console_dir: Some(PathBuf::from(lab.var("MGEAR_CLOUD_NOVA_INSTANCES"))),
+            },
+        )
+        .unwrap()
+    };
+    cleanup.server = Some(booted.server_id.clone());
+    assert!(
+        booted.report.booted(),
+        "{}\n{}",
+        booted.report.detail,
+        booted.report.console_tail(30)
     );
-    let server = nova
-        .create_server_from_volume(&format!("mgear-lab-{id}"), &flavor.id, &vol.id)
-        .unwrap();
-    cleanup.server = Some(server.clone());
-    nova.wait_active(&server, Duration::from_secs(300)).unwrap();
-    let console = Path::new(&lab.var("MGEAR_CLOUD_NOVA_INSTANCES"))
-        .join(&server)
-        .join("console.log");
-    let text = wait_for_file_text(&console, &sample.marker_line, Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!text.contains(mgear_boot::sample::FAIL_PREFIX), "{text}");
-    // (The sample guest powers off right after its marker, and Nova serves
-    // os-getConsoleOutput only for a running guest: the log file is the proof here.)
+    assert_eq!(booted.report.driver, "openstack-nova");
+    assert!(booted.active_after_secs.is_some());
+    assert!(!booted
+        .report
+        .console_log
+        .contains(mgear_boot::sample::FAIL_PREFIX));
+    // The flavor made for the first boot is found by name the next time.
+    assert_eq!(
+        nova.find_flavor("mgear.lab").unwrap().map(|f| f.id),
+        Some(booted.flavor_id.clone())
+    );
 
     // Tear down through the APIs: the volume survives its server and is deleted with its image.
+    let server = booted.server_id;
     nova.delete_server(&server).unwrap();
     nova.wait_server_gone(&server, Duration::from_secs(180))
         .unwrap();
