@@ -1,81 +1,123 @@
 #!/usr/bin/env bash
 # Runs the whole MotionGear test suite: formatting, lints, unit tests and the
-# end-to-end scenarios (which drive the real binaries, QEMU and NBD peers, and
-# the cloud lab: Ceph + Cinder + Nova on this machine, scripts/cloud-lab.sh).
-# Installs what it needs first.
+# end-to-end scenarios (which drive the real binaries, QEMU, NBD peers,
+# libvirt and the cloud lab). Installs what it needs first.
+#
+# The slow set-up that does not need the CPU (Debian packages, the Debian
+# fixture of the driver-adaptation test, which is built once per machine, and
+# the cloud lab: Ceph + Cinder + Nova, scripts/cloud-lab.sh) runs in the
+# background while cargo lints and builds; the tests wait for it.
+# Arguments are passed to `cargo test` (e.g. `./test.sh --no-fail-fast` or
+# `./test.sh -p mgear-tests --test e2e -- cli_e2e::`).
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/deps.sh test
 
-# The cloud lab takes minutes to come up (longer the first time: its packages).
-# It starts here, in the background, so it comes up while cargo builds; the
-# tests wait for it only right before `cargo test`. A lab that already runs
-# (a developer's own, `scripts/cloud-lab.sh start`) is used and left running;
-# one started here is stopped on every exit path.
-LAB_DIR=${MGEAR_CLOUD_LAB_DIR:-/var/tmp/mgear-cloud-lab}
-LAB_LOG=$(mktemp -t mgear-cloud-lab-start.XXXXXX)
-LAB_PID=""
-LAB_OURS=0
+logs=target/test-logs
+mkdir -p "$logs"
+started=$SECONDS
+step() { echo "==> [$((SECONDS - started)) s] $*"; }
+
+if ! command -v cargo >/dev/null; then
+    echo "MotionGear is built with Rust (cargo 1.80 or newer), which is not installed." >&2
+    echo "    install it with rustup (https://rustup.rs) or: sudo apt-get install cargo" >&2
+    exit 1
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "./test.sh runs as root: the cloud lab (Ceph, Cinder, Nova) and libvirt's system daemon need it" >&2
+    exit 1
+fi
+
+# Background set-up: packages first (apt holds one lock), then what needs them.
+step "set-up in the background (log: $logs/setup.log): Debian packages, test fixture"
+rm -f "$logs/deps.done"
+(
+    set -e
+    scripts/deps.sh test
+    touch "$logs/deps.done"
+    scripts/debian-fixture.sh
+) >"$logs/setup.log" 2>&1 &
+setup_pid=$!
+
+wait_setup() {
+    step "waiting for the background set-up"
+    if ! wait "$setup_pid"; then
+        echo "the background set-up failed; its log ($logs/setup.log) ends with:" >&2
+        tail -n 30 "$logs/setup.log" >&2
+        exit 1
+    fi
+}
+
+# The cloud lab: its packages (apt, so after deps.sh) and its start take minutes; they run
+# meanwhile. A lab that already runs (a developer's `scripts/cloud-lab.sh start`) is used and
+# left running; one started here is stopped on every exit path.
+lab_pid=""
+lab_ours=0
 stop_lab() {
     local rc=$?
-    if [[ -n "$LAB_PID" ]] && kill -0 "$LAB_PID" 2>/dev/null; then
-        # Still starting: end the start script (a running apt-get finishes on its own),
-        # then stop whatever daemons it spawned.
-        kill "$LAB_PID" 2>/dev/null || true
-        wait "$LAB_PID" 2>/dev/null || true
+    if [[ -n "$lab_pid" ]] && kill -0 "$lab_pid" 2>/dev/null; then
+        # Still starting: end it (a running apt-get finishes on its own), then stop what it spawned.
+        kill "$lab_pid" 2>/dev/null || true
+        wait "$lab_pid" 2>/dev/null || true
     fi
-    if [[ "$LAB_OURS" == 1 ]]; then
-        echo "==> stopping the cloud lab"
-        scripts/cloud-lab.sh stop || true
+    if [[ "$lab_ours" == 1 ]]; then
+        step "stopping the cloud lab"
+        scripts/cloud-lab.sh stop >>"$logs/cloud-lab.log" 2>&1 || true
     fi
-    rm -f "$LAB_LOG"
     exit "$rc"
 }
 trap stop_lab EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-if [[ $(id -u) -ne 0 ]]; then
-    echo "the cloud lab (scripts/cloud-lab.sh) needs root: run ./test.sh as root" >&2
-    exit 1
-fi
 if scripts/cloud-lab.sh status >/dev/null 2>&1; then
-    echo "==> cloud lab: already running in $LAB_DIR, using it (left running)"
+    step "cloud lab: already running, using it (left running)"
 else
-    echo "==> starting the cloud lab in the background (log: $LAB_LOG)"
-    LAB_OURS=1
-    # The lab's own waits each have a deadline; this caps the whole start (packages included).
-    timeout --kill-after=10 2400 scripts/cloud-lab.sh start >"$LAB_LOG" 2>&1 &
-    LAB_PID=$!
+    step "cloud lab in the background (log: $logs/cloud-lab.log)"
+    lab_ours=1
+    (
+        # apt holds one lock: the lab's packages go in after deps.sh's.
+        until [[ -e "$logs/deps.done" ]]; do
+            kill -0 "$setup_pid" 2>/dev/null || {
+                echo "the package set-up failed before the cloud lab could install (see $logs/setup.log)"
+                exit 1
+            }
+            sleep 1
+        done
+        # libvirtd first, from here only: two concurrent starts of it could race.
+        scripts/libvirtd.sh
+        # The lab's own waits each have a deadline; this caps the whole start, packages included.
+        exec timeout --kill-after=10 2400 scripts/cloud-lab.sh start
+    ) >"$logs/cloud-lab.log" 2>&1 &
+    lab_pid=$!
 fi
-LAB_T0=$(date +%s)
 
-echo "==> starting libvirtd (no systemd here; the libvirt tests need it)"
-scripts/libvirtd.sh
-echo "==> cargo fmt --check"
-cargo fmt --all --check
-echo "==> cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-echo "==> firmware core builds without std"
-firmware/check-no-std.sh
-echo "==> cargo build (the end-to-end tests drive the built binaries)"
-cargo build --workspace --bins
-
-if [[ -n "$LAB_PID" ]]; then
-    echo "==> waiting for the cloud lab"
-    WAIT_T0=$(date +%s)
-    lab_rc=0
-    wait "$LAB_PID" || lab_rc=$?
-    LAB_PID=""
-    if [[ "$lab_rc" != 0 ]]; then
-        echo "the cloud lab did not start (exit $lab_rc; 124 = over 40 min); its output:" >&2
-        cat "$LAB_LOG" >&2
+wait_lab() {
+    [[ -n "$lab_pid" ]] || return 0
+    step "waiting for the cloud lab"
+    local rc=0
+    wait "$lab_pid" || rc=$?
+    lab_pid=""
+    if [[ "$rc" != 0 ]]; then
+        echo "the cloud lab did not start (exit $rc; 124: not within 40 min); its log ($logs/cloud-lab.log) ends with:" >&2
+        tail -n 30 "$logs/cloud-lab.log" >&2
         exit 1
     fi
-    echo "==> cloud lab up $(($(date +%s) - LAB_T0)) s after its start;" \
-        "the tests waited $(($(date +%s) - WAIT_T0)) s for it"
-fi
+    grep -h '^cloud-lab: up in' "$logs/cloud-lab.log" || true
+}
+
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+step "firmware core builds without std"
+firmware/check-no-std.sh
+step "cargo build (the end-to-end tests drive the built binaries)"
+cargo build --workspace --bins --tests
+wait_setup
+step "starting libvirtd (no systemd here; the libvirt tests need it)"
+scripts/libvirtd.sh
+wait_lab
 # CEPH_CONF, OS_*, MGEAR_CLOUD_LAB...: the cloud_lab scenarios run when MGEAR_CLOUD_LAB is set.
 eval "$(scripts/cloud-lab.sh env)"
-
-echo "==> cargo test"
+step "cargo test"
 cargo test --workspace "$@"
+step "done"

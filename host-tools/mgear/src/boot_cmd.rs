@@ -34,8 +34,7 @@ use mgear_boot::{
     boot::{Boot, Bus, Firmware, Outcome, Target},
     inspect_path,
     libvirt::DEFAULT_CONN,
-    BootError, BootReport, BootSpec, Drivers, LibvirtBoot, LibvirtTarget, SampleDiskOptions,
-    Severity, VolumeRef,
+    BootError, BootReport, BootSpec, Drivers, LibvirtBoot, SampleDiskOptions, Severity, VolumeRef,
 };
 
 use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
@@ -203,16 +202,22 @@ impl Resolved {
     }
 }
 
-/// Parse a `--target`; a `libvirt:POOL/NAME` volume is looked up on the daemon.
+/// Parse a `--target` (`crate::spec`; a bare path is the file or device
+/// there); a `libvirt:POOL/NAME` volume is looked up on the daemon.
 pub fn resolve(s: &str) -> anyhow::Result<Resolved> {
-    match LibvirtTarget::parse_prefixed(s) {
-        Some(t) => {
-            let t = t.map_err(lib_err)?;
+    resolve_spec(&crate::spec::Target::parse(s, crate::spec::Bare::Existing)?)
+}
+
+/// [`resolve`] for a parsed spec.
+pub fn resolve_spec(t: &crate::spec::Target) -> anyhow::Result<Resolved> {
+    match (t, t.boot_target()) {
+        (_, Some(local)) => Ok(Resolved::Local(local)),
+        (crate::spec::Target::Libvirt(t), None) => {
             let vol = VolumeRef::lookup(DEFAULT_CONN, &t.pool, &t.name)
                 .map_err(|e| libvirt_err(e, &format!("looking up volume {t}")))?;
             Ok(Resolved::Libvirt(vol))
         }
-        None => Ok(Resolved::Local(s.parse().map_err(lib_err)?)),
+        (other, None) => Err(usage(format!("--target {other}: cannot be booted"))),
     }
 }
 

@@ -9,10 +9,14 @@
 //! mgear ingest ... --target file:web01.raw --adapt --boot --boot-bus virtio
 //! ```
 //!
-//! `libvirt:POOL/NAME` ingests into a raw file in the state dir (with every
-//! check a `file:` target gets), uploads it as a new volume of POOL on the
-//! system libvirt daemon (`qemu:///system`, see `scripts/libvirtd.sh`) and
-//! deletes the file. An existing volume is only replaced with `--force`.
+//! Every target is a [`mgear_volume::Volume`] (see `crate::spec` for the
+//! `--target` kinds): this module is the pipeline above that seam and knows
+//! nothing target-specific. Every target is written directly, with no
+//! staging copy: `qcow2:` through `qemu-nbd` on a unix socket in the state
+//! dir, `libvirt:POOL/NAME` into a new volume of POOL (`virsh
+//! vol-create-as`) on the system libvirt daemon (`qemu:///system`, see
+//! `scripts/libvirtd.sh`), an NBD export through our client. An existing
+//! target (file or libvirt volume) is only replaced with `--force`.
 //!
 //! `--boot` then proves the ingested volume boots (local QEMU, or a libvirt
 //! domain for `libvirt:`), always with the guest's writes discarded so the
@@ -27,21 +31,26 @@
 //! and before `--boot` (and before a `libvirt:` upload or NBD copy), so the
 //! guest boots on virtio: it changes the volume, which is then no longer the
 //! captured disk bit for bit, by design. A missing `virt-v2v-in-place` is
-//! reported before anything is decrypted. If the adaptation fails the verified
-//! volume stays in place, unadapted, and the message says so.
+//! reported before anything is decrypted, and so is an NBD target (there is
+//! no local volume to adapt). If the adaptation fails the verified volume
+//! stays in place, unadapted, and the message says so.
 //!
 //! Every chunk is authenticated as it is read (the keyed reader checks
 //! record hash, position, AEAD and keyed chunk id against the index, whose
-//! digest the manifest MAC covers). Zero chunks are not written: file
-//! targets are sparse, and a device region is only written if it does not
-//! already read as zeros. At the end the whole volume is read back and
-//! compared with what was authenticated, chunk by chunk.
+//! digest the manifest MAC covers). Zero chunks become `write_zeroes`: file
+//! targets stay sparse (hole punch), NBD and qcow2 get `WRITE_ZEROES`, and a
+//! device region is only written if it does not already read as zeros. At
+//! the end the whole volume is read back (ranges the volume reports as holes
+//! are not read) and compared with what was authenticated, chunk by chunk; a
+//! volume that cannot read back (say, a snapshot API) is trusted with what
+//! was authenticated and sent.
 //!
 //! A target never looks complete before it is:
 //! - `file:`/`qcow2:` targets are written as `NAME.partial` and renamed at the end;
-//! - `dev:` targets get chunk 0 (partition table, boot sector) written last,
-//!   and a marker `<state-dir>/<dev>.mgear-incomplete` exists until the
-//!   read-back check passed.
+//! - every target gets chunk 0 (partition table, boot sector) written last;
+//!   `dev:`, `libvirt:` and NBD targets, which have no unfinished name, have a
+//!   marker `<state-dir>/<name>.mgear-incomplete` until the read-back check
+//!   passed, and a new ingest clears their chunk 0 region first.
 //!
 //! Decrypted data never reaches another user: the `.partial` (and the
 //! volume it becomes), the state dir (0700), the state file and the device
@@ -72,23 +81,20 @@
 //! so the count of whole entries is the verified progress; a torn last entry
 //! is ignored.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use image_format::{CaptureReader, ChunkData};
+use mgear_volume::{Finished, Found, Prepare, Volume, WriteAt};
 use serde::Serialize;
-
-use mgear_boot::libvirt::DEFAULT_CONN;
-use mgear_boot::{LibvirtTarget, VolumeRef};
 
 use crate::boot_cmd::{self, BootOptions, Resolved};
 use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 use crate::progress::{self, Progress};
+use crate::spec::{volume_err, Bare, Target};
 use crate::units::human_bytes;
 
 const STATE_MAGIC: &[u8; 8] = b"MGINGST2";
@@ -179,92 +185,6 @@ pub struct Report {
     pub adapt: Option<mgear_boot::AdaptReport>,
 }
 
-/// A parsed `--target`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    File(PathBuf),
-    Qcow2(PathBuf),
-    Dev(PathBuf),
-    Libvirt(LibvirtTarget),
-    /// Any NBD export (`nbd://HOST:PORT/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`):
-    /// qemu-nbd or nbdkit serving rbd, vmdk, a cloud volume, ...
-    Nbd(mgear_nbd::NbdUrl),
-}
-
-impl Target {
-    /// Parse `file:`, `qcow2:`, `dev:` or `libvirt:`.
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        if s.starts_with("nbd://") || s.starts_with("nbd+unix://") {
-            return s.parse().map(Target::Nbd).map_err(|e| {
-                usage(format!(
-                    "bad NBD target {s:?}: {e} (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)"
-                ))
-            });
-        }
-        if let Some(t) = LibvirtTarget::parse_prefixed(s) {
-            Ok(Target::Libvirt(t.map_err(boot_cmd::lib_err)?))
-        } else if let Some(p) = s.strip_prefix("file:") {
-            Ok(Target::File(p.into()))
-        } else if let Some(p) = s.strip_prefix("qcow2:") {
-            Ok(Target::Qcow2(p.into()))
-        } else if let Some(p) = s.strip_prefix("dev:") {
-            Ok(Target::Dev(p.into()))
-        } else {
-            Err(usage(format!(
-                "--target {s}: say which kind: file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE or libvirt:POOL/NAME"
-            )))
-        }
-    }
-
-    /// The file or device written; for `libvirt:` the raw file in the state
-    /// dir that is uploaded afterwards.
-    fn path(&self, sdir: &Path) -> PathBuf {
-        match self {
-            Target::File(p) | Target::Qcow2(p) | Target::Dev(p) => p.clone(),
-            Target::Libvirt(t) => sdir.join(format!("libvirt_{}_{}.raw", t.pool, t.name)),
-            Target::Nbd(u) => {
-                let h = blake3::hash(u.to_string().as_bytes());
-                sdir.join(format!("nbd_{}.raw", &h.to_hex()[..16]))
-            }
-        }
-    }
-}
-
-/// Fail early, before any decryption, if the daemon or pool is missing or the
-/// volume exists (without `--force`). Returns the volume to replace, if any.
-fn libvirt_precheck(t: &LibvirtTarget, force: bool) -> anyhow::Result<Option<VolumeRef>> {
-    crate::tools::require("virsh", "libvirt-clients")?;
-    let out = Command::new("virsh")
-        .args(["-c", DEFAULT_CONN, "pool-info", &t.pool])
-        .output()
-        .context("running virsh")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("connect") {
-            return Err(coded(
-                IO,
-                format!(
-                    "libvirtd is not reachable at {DEFAULT_CONN} ({}): start it: scripts/libvirtd.sh (or `libvirtd -d` as root)",
-                    err.trim()
-                ),
-            ));
-        }
-        return Err(usage(format!(
-            "libvirt pool {} not found on {DEFAULT_CONN} ({}): scripts/libvirtd.sh creates the pool `mgear`",
-            t.pool,
-            err.trim()
-        )));
-    }
-    match VolumeRef::lookup(DEFAULT_CONN, &t.pool, &t.name) {
-        Ok(v) if force => Ok(Some(v)),
-        Ok(_) => Err(usage(format!(
-            "volume {} already exists in pool {}: pass --force to replace it",
-            t.name, t.pool
-        ))),
-        Err(_) => Ok(None),
-    }
-}
-
 fn state_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let dir = match arg {
         Some(d) => d,
@@ -279,28 +199,6 @@ fn state_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     image_format::private::create_dir(&dir)
         .with_context(|| format!("creating state dir {} (0700)", dir.display()))?;
     Ok(dir)
-}
-
-/// A file name for `path` inside the state dir.
-fn state_key(path: &Path) -> String {
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    abs.to_string_lossy()
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// The order chunks are written in: 1..n, then 0 (the boot sector last).
@@ -504,23 +402,23 @@ fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> anyhow::Res
 /// Do the ingest.
 pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let target = Target::parse(&args.target)?;
+    let target = Target::parse(&args.target, Bare::Refuse)?;
     let unlock =
         crate::verify::unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?
             .ok_or_else(|| {
                 usage("ingest needs the key: --identity TARGET.key or --passphrase-file FILE")
             })?;
-    if let Target::Qcow2(_) = target {
-        crate::tools::require("qemu-img", "qemu-utils")?;
-    }
     if args.adapt {
+        if !target.is_local() {
+            return Err(usage(format!(
+                "--adapt needs a local volume to run {} on, and {target} is an NBD export: \
+                 ingest into file:/qcow2:/dev:/libvirt:, adapt, then copy",
+                mgear_boot::adapt::TOOL
+            )));
+        }
         // Say what to install before spending time on the ingest.
         mgear_boot::adapt::find_adapter().map_err(boot_cmd::lib_err)?;
     }
-    let replace = match &target {
-        Target::Libvirt(t) => libvirt_precheck(t, args.force)?,
-        _ => None,
-    };
     let policy = args.trust.policy(args.allow_unsealed)?;
     let sdir = state_dir(args.state_dir.clone())?;
     let mut medium = args.medium.open_read_only()?;
@@ -541,158 +439,114 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         );
     }
     let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
-    let mut report = write_volume(args, &target, &sdir, reader, started)?;
+    let prep = Prepare {
+        disk_size: reader.disk_size(),
+        head_len: u64::from(image_format::layout::chunk_len(
+            reader.disk_size(),
+            reader.chunk_size(),
+            0,
+        )),
+        state_dir: sdir.clone(),
+        force: args.force,
+        what: format!(
+            "mgear ingest of capture {} generation {}",
+            args.name,
+            reader.generation()
+        ),
+    };
+    let vol = target.open_for_ingest(&prep)?;
+    let plan = Plan {
+        name: args.name.clone(),
+        target: args.target.clone(),
+        state_dir: sdir,
+        checkpoint_bytes: crate::units::parse_size(&args.checkpoint_bytes)?.max(1),
+        rate: args
+            .rate_limit
+            .as_deref()
+            .map(crate::units::parse_rate)
+            .transpose()?,
+        json: args.json,
+    };
+    let (mut report, finished) = write_volume(&plan, vol, reader, started)?;
     medium.close()?;
+    report.volume = finished.volume.clone();
     if args.adapt {
-        report.adapt = Some(adapt_volume(&target, &sdir)?);
-    }
-    if let Target::Nbd(u) = &target {
-        let raw = target.path(&sdir);
-        let copied = copy_to_nbd(u, &raw);
-        // As for libvirt: the verified bytes are on the export now, or a
-        // re-run starts over; the temporary copy must not pile up.
-        std::fs::remove_file(&raw)
-            .with_context(|| format!("removing temporary volume {}", raw.display()))?;
-        copied?;
-    }
-    if let Target::Libvirt(t) = &target {
-        let raw = target.path(&sdir);
-        let uploaded = (|| {
-            if let Some(old) = &replace {
-                old.delete()
-                    .map_err(|e| boot_cmd::libvirt_err(e, "deleting the old volume"))?;
-            }
-            upload_volume(t, &raw)
-        })();
-        // The verified bytes now live in the pool (or the upload failed and a
-        // re-run starts over): either way the temporary copy must not pile up.
-        std::fs::remove_file(&raw)
-            .with_context(|| format!("removing temporary volume {}", raw.display()))?;
-        report.volume = Some(uploaded?.path.display().to_string());
+        report.adapt = Some(adapt_volume(&finished)?);
     }
     Ok(report)
 }
 
-fn write_volume<S: image_format::Store>(
-    args: &Args,
-    target: &Target,
-    sdir: &Path,
+/// What [`write_volume`] needs from the command line, typed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Capture name (for the report).
+    pub name: String,
+    /// The target as the operator wrote it (for the report).
+    pub target: String,
+    /// Private directory of the resume state.
+    pub state_dir: PathBuf,
+    /// Make writes durable and record progress after this many bytes.
+    pub checkpoint_bytes: u64,
+    /// Average write rate to hold, bytes per second.
+    pub rate: Option<f64>,
+    /// No progress bars (JSON output).
+    pub json: bool,
+}
+
+/// The pipeline above the [`Volume`] seam: authenticate and decrypt every
+/// chunk, write it (zero chunks as `write_zeroes`, chunk 0 last), make it
+/// durable and record it in the resume state, then read everything back and
+/// compare with what was authenticated. Nothing here knows what kind of
+/// volume it writes; local scratch is one batch of chunks in memory.
+pub fn write_volume<S: image_format::Store>(
+    plan: &Plan,
+    mut vol: Box<dyn Volume>,
     mut reader: CaptureReader<S>,
     started: Instant,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, Finished)> {
     let size = reader.disk_size();
     let chunk = reader.chunk_size();
     let count = reader.chunk_count();
     let generation = reader.generation();
     let root = *blake3::hash(&reader.manifest().signed_bytes()).as_bytes();
     let header = State::header(&root, size, chunk, generation);
-    let final_path = target.path(sdir);
-
-    // Where the raw bytes go.
-    let (work_path, is_dev) = match target {
-        Target::File(_) | Target::Libvirt(_) | Target::Nbd(_) => {
-            (with_suffix(&final_path, ".partial"), false)
-        }
-        Target::Qcow2(p) => (with_suffix(p, ".raw.partial"), false),
-        Target::Dev(p) => (p.clone(), true),
-    };
-    // A leftover libvirt temporary file is ours to replace.
-    let ours = matches!(target, Target::Libvirt(_) | Target::Nbd(_));
-    if !is_dev && !ours && final_path.exists() && !args.force {
-        return Err(usage(format!(
-            "{} exists: pass --force to replace it",
-            final_path.display()
-        )));
-    }
-    if is_dev {
-        let md = std::fs::metadata(&work_path)
-            .with_context(|| format!("target device {}", work_path.display()))?;
-        if !md.file_type().is_block_device() {
-            return Err(usage(format!(
-                "{} is not a block device: use file:PATH for image files",
-                work_path.display()
-            )));
-        }
-    }
-    let dev_name = final_path
-        .file_name()
-        .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
-    let marker = sdir.join(format!("{dev_name}.mgear-incomplete"));
-    let state_path = sdir.join(format!("{}.ingest", state_key(&final_path)));
+    let desc = vol.describe();
+    let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
+    let state_path = plan.state_dir.join(format!("{}.ingest", vol.state_key()));
     // lstat, not stat: a dangling symlink counts as something being there.
     let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
-    let fresh = if is_dev {
-        !present(&marker)
-    } else {
-        !present(&work_path)
-    };
-    if !is_dev && !fresh && !present(&state_path) {
-        // Without its state nothing says what this file holds or who wrote it.
+    let found = vol.found();
+    if found
+        == (Found::Unfinished {
+            adopt_without_state: false,
+        })
+        && !present(&state_path)
+    {
+        // Without its state nothing says what this volume holds or who wrote it.
         return Err(usage(format!(
-            "{} exists but its ingest state {} does not: refusing to adopt a partial volume \
-             nothing vouches for; remove {} and run again",
-            work_path.display(),
-            state_path.display(),
-            work_path.display()
+            "an unfinished {desc} (.partial) exists but its ingest state {} does not: \
+             refusing to adopt a partial volume nothing vouches for; remove {desc}.partial \
+             and run again",
+            state_path.display()
         )));
     }
-    let mut state = State::open(state_path, &header, fresh)?;
-
-    // Decrypted data goes only into a file this run created (0600, O_EXCL,
-    // no symlinks) or one it created earlier, reopened without following links.
-    let mut vol = if is_dev {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&work_path)
-            .with_context(|| format!("opening target {}", work_path.display()))?
-    } else if fresh {
-        image_format::private::create(&work_path)
-            .with_context(|| format!("creating target {} (new, 0600)", work_path.display()))?
-    } else {
-        open_private(&work_path, "partial target")?
-            .ok_or_else(|| usage(format!("{} vanished", work_path.display())))?
-    };
-    let vol_len = vol.seek(SeekFrom::End(0))?;
-    if is_dev {
-        if vol_len < size {
-            return Err(usage(format!(
-                "device {} is {} but the disk is {}: attach a volume of at least {size} bytes",
-                work_path.display(),
-                human_bytes(vol_len),
-                human_bytes(size)
-            )));
-        }
-        if fresh {
-            image_format::private::create(&marker)
-                .and_then(|mut m| m.write_all(format!("mgear ingest of capture {} generation {generation} into {} is incomplete: do not use this volume\n", args.name, work_path.display()).as_bytes()))
-                .with_context(|| format!("writing marker {}", marker.display()))?;
-            // Whatever the device held before must not look like a bootable disk meanwhile.
-            let first = image_format::layout::chunk_len(size, chunk, 0) as usize;
-            vol.write_all_at(&vec![0u8; first], 0)?;
-            vol.sync_data()?;
-        }
-    } else if vol_len != size {
-        // A new partial file: sparse, all zeros.
-        vol.set_len(size)?;
+    if vol.size() < size {
+        return Err(usage(format!(
+            "{desc} is {} but the disk is {}: give a target of at least {size} bytes",
+            human_bytes(vol.size()),
+            human_bytes(size)
+        )));
     }
+    let mut state = State::open(state_path, &header, found == Found::New)?;
 
     let resumed = state.done;
-    let batch_limit = crate::units::parse_size(&args.checkpoint_bytes)?.max(1);
-    let mut limiter = args
-        .rate_limit
-        .as_deref()
-        .map(crate::units::parse_rate)
-        .transpose()?
+    let mut limiter = plan
+        .rate
         .map(|r| crate::ratelimit::RateLimiter::new(r, u64::from(chunk)));
-    let bar = Progress::new("ingest", size, args.json);
+    let bar = Progress::new("ingest", size, plan.json);
     let mut written = 0u64;
     let mut zeros = 0u64;
-    let mut batch_hashes = Vec::new();
-    let mut batch_bytes = 0u64;
-    let mut zero_buf = Vec::new();
     let id_key = reader.chunk_id_key();
-    let mut zero_ids = ZeroIds::new(&id_key);
     let mut done_bytes = 0u64;
     for k in 0..state.done.min(count) {
         done_bytes += u64::from(image_format::layout::chunk_len(
@@ -703,141 +557,176 @@ fn write_volume<S: image_format::Store>(
     }
     bar.start_at(done_bytes);
     // Records are authenticated in batches on every core (see
-    // `CaptureReader::read_chunks`), then written in order.
+    // `CaptureReader::read_chunks`), then handed to the volume as one batch
+    // (a deep-queue volume writes it concurrently).
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Rate-limited ingests go chunk by chunk, so the limiter paces every
     // chunk as it is read (a batch would be one burst).
     let batch_chunks = if limiter.is_some() {
         1
     } else {
-        ((16u64 << 20) / u64::from(chunk)).max(threads as u64)
+        let depth = vol.geometry().max_in_flight.max(threads) as u64;
+        ((16u64 << 20) / u64::from(chunk)).max(depth)
+    };
+    // Ids of chunks written but not yet durable; recorded at the next checkpoint.
+    let mut pending_ids: Vec<u8> = Vec::new();
+    let mut pending_bytes = 0u64;
+    // "Make the volume durable, then record these chunks done": the state
+    // never claims a chunk before its bytes are on the volume.
+    let checkpoint = |vol: &mut Box<dyn Volume>,
+                      state: &mut State,
+                      ids: &mut Vec<u8>,
+                      bytes: &mut u64|
+     -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        vol.flush().map_err(volume_err)?;
+        state.append(ids)?;
+        ids.clear();
+        *bytes = 0;
+        Ok(())
     };
     let mut next_k = state.done;
-    let (vol_ref, state_ref) = (&vol, &mut state);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        // Syncs run beside the next batches' reads, decryption and writes: each
-        // message is "make the volume durable, then record these chunks done",
-        // so the state never claims a chunk before its bytes are on disk.
-        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
-        let (ack_tx, ack_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
-        scope.spawn(move || {
-            for hashes in sync_rx {
-                let r = vol_ref
-                    .sync_data()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|()| state_ref.append(&hashes));
-                let failed = r.is_err();
-                if ack_tx.send(r).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        let mut in_flight = 0usize;
-        // Waits for every queued sync; the first failure is the error.
-        let settle = |in_flight: &mut usize| -> anyhow::Result<()> {
-            while *in_flight > 0 {
-                ack_rx
-                    .recv()
-                    .map_err(|_| anyhow::anyhow!("the volume sync thread stopped"))??;
-                *in_flight -= 1;
-            }
-            Ok(())
-        };
-        while next_k < count {
-            if crate::signals::stop_requested() {
-                // Ctrl-C / SIGTERM: record what is durable, then say how to go on.
-                if sync_tx.send(std::mem::take(&mut batch_hashes)).is_ok() {
-                    in_flight += 1;
-                }
-                settle(&mut in_flight)?;
-                return Err(crate::signals::stopped(done_bytes, size));
-            }
-            let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
-            next_k += ks.len() as u64;
-            let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();
-            if let Some(l) = limiter.as_mut() {
-                let bytes: u64 = indices
-                    .iter()
-                    .map(|&i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
-                    .sum();
-                l.acquire(bytes);
-            }
-            let datas = reader.read_chunks(&indices, threads)?;
-            for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
-                let len = image_format::layout::chunk_len(size, chunk, index) as usize;
-                let offset = index * u64::from(chunk);
-                if k + 1 == count {
-                    // Chunk 0 (the boot sector) goes last, once all else is durable.
-                    settle(&mut in_flight)?;
-                }
-                // The id the reader just checked this chunk's plaintext against.
-                let id = *reader
-                    .entry(index)
-                    .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
-                    .chunk_id();
-                match data {
-                    ChunkData::Zero { len } => {
-                        zeros += 1;
-                        let len = len as usize;
-                        if zero_buf.len() < len {
-                            zero_buf.resize(len, 0);
-                        }
-                        // File targets are sparse: nothing to write. A device is only
-                        // written where it does not already read as zeros.
-                        if is_dev {
-                            let mut cur = vec![0u8; len];
-                            vol.read_exact_at(&mut cur, offset)?;
-                            if cur.iter().any(|&b| b != 0) {
-                                vol.write_all_at(&zero_buf[..len], offset)?;
-                                written += len as u64;
-                            }
-                        }
-                    }
-                    ChunkData::Data(data) => {
-                        if data.len() != len {
-                            bail!(
-                                "chunk {index} decoded to {} bytes, expected {len}",
-                                data.len()
-                            );
-                        }
-                        vol.write_all_at(&data, offset).map_err(|e| {
-                            coded(
-                                IO,
-                                format!("writing {} at byte {offset}: {e}", work_path.display()),
-                            )
-                        })?;
-                        written += len as u64;
-                    }
-                }
-                batch_hashes.extend_from_slice(&id);
-                batch_bytes += len as u64;
-                done_bytes += len as u64;
-                bar.set(done_bytes);
-                if batch_bytes >= batch_limit || k + 2 >= count {
-                    if sync_tx.send(std::mem::take(&mut batch_hashes)).is_err() {
-                        in_flight += 1; // the thread stopped on an error: report it
-                        settle(&mut in_flight)?;
-                    }
-                    in_flight += 1;
-                    batch_bytes = 0;
-                }
-            }
+    while next_k < count {
+        if crate::signals::stop_requested() {
+            // Ctrl-C / SIGTERM: record what is durable, then say how to go on.
+            checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
+            return Err(crate::signals::stopped(done_bytes, size));
         }
-        if sync_tx.send(std::mem::take(&mut batch_hashes)).is_ok() {
-            in_flight += 1;
+        let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
+        next_k += ks.len() as u64;
+        let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();
+        if let Some(l) = limiter.as_mut() {
+            let bytes: u64 = indices
+                .iter()
+                .map(|&i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
+                .sum();
+            l.acquire(bytes);
         }
-        drop(sync_tx);
-        settle(&mut in_flight)
-    })?;
+        let datas = reader.read_chunks(&indices, threads)?;
+        let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(indices.len());
+        let mut batch_ids: Vec<u8> = Vec::with_capacity(indices.len() * 32);
+        for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
+            let len = image_format::layout::chunk_len(size, chunk, index) as usize;
+            let offset = index * u64::from(chunk);
+            if k + 1 == count {
+                // Chunk 0 (the boot sector) goes last, once all else is durable.
+                write_batch(&mut *vol, &mut batch)?;
+                pending_ids.append(&mut batch_ids);
+                checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
+            }
+            // The id the reader just checked this chunk's plaintext against.
+            let id = *reader
+                .entry(index)
+                .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
+                .chunk_id();
+            match data {
+                ChunkData::Zero { len } => {
+                    zeros += 1;
+                    vol.write_zeroes(offset, u64::from(len))
+                        .map_err(volume_err)?;
+                }
+                ChunkData::Data(data) => {
+                    if data.len() != len {
+                        bail!(
+                            "chunk {index} decoded to {} bytes, expected {len}",
+                            data.len()
+                        );
+                    }
+                    written += len as u64;
+                    batch.push((offset, data));
+                }
+            }
+            batch_ids.extend_from_slice(&id);
+            pending_bytes += len as u64;
+            done_bytes += len as u64;
+        }
+        write_batch(&mut *vol, &mut batch)?;
+        pending_ids.append(&mut batch_ids);
+        bar.set(done_bytes);
+        if pending_bytes >= plan.checkpoint_bytes || next_k >= count {
+            checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
+        }
+    }
+    checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
     bar.finish();
 
-    // Read everything back and compare with the ids of authenticated data,
-    // a batch at a time, hashed on every core.
-    let check = Progress::new("re-read", size, args.json);
+    if vol.can_read_back() {
+        let checked = read_back(&mut *vol, &state, &id_key, size, chunk, threads, plan.json);
+        if checked.is_err() {
+            // Do not leave something that might boot.
+            let _ = vol.write_zeroes(0, head_len);
+            let _ = vol.flush();
+        }
+        checked?;
+    } else {
+        eprintln!(
+            "mgear: {desc} cannot be read back: what was written is what was authenticated, \
+             chunk by chunk"
+        );
+    }
+    let finished = vol.finish().map_err(volume_err)?;
+    std::fs::remove_file(&state.path)?;
+    let secs = started.elapsed().as_secs_f64();
+    Ok((
+        Report {
+            command: "ingest",
+            name: plan.name.clone(),
+            generation,
+            target: plan.target.clone(),
+            disk_size: size,
+            chunks: count,
+            zero_chunks: zeros,
+            resumed_chunks: resumed,
+            bytes_written: written,
+            verified: true,
+            seconds: secs,
+            mb_per_s: progress::mb_per_s(size, secs),
+            volume: None,
+            booted: None,
+            boot_report: None,
+            adapt: None,
+        },
+        finished,
+    ))
+}
+
+/// Hand the collected writes to the volume as one batch.
+fn write_batch(vol: &mut dyn Volume, batch: &mut Vec<(u64, Vec<u8>)>) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let writes: Vec<WriteAt<'_>> = batch
+        .iter()
+        .map(|(offset, data)| WriteAt {
+            offset: *offset,
+            data,
+        })
+        .collect();
+    vol.write_batch(&writes).map_err(volume_err)?;
+    batch.clear();
+    Ok(())
+}
+
+/// Read everything back and compare with the ids of authenticated data, a
+/// batch at a time (reads in order, hashes on every core).
+fn read_back(
+    vol: &mut dyn Volume,
+    state: &State,
+    id_key: &image_format::ChunkIdKey,
+    size: u64,
+    chunk: u32,
+    threads: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let count = image_format::layout::chunk_count(size, chunk);
+    let check = Progress::new("re-read", size, json);
     let mut hashes = BufReader::new(File::open(&state.path)?);
     hashes.seek(SeekFrom::Start(STATE_HEADER))?;
+    let mut zero_ids = ZeroIds::new(id_key);
     let mut checked = 0u64;
-    let per_batch = ((64u64 << 20) / u64::from(chunk)).max(threads as u64);
+    let per_batch = ((16u64 << 20) / u64::from(chunk)).max(threads as u64);
     let mut k = 0;
     while k < count {
         let mut batch = Vec::new();
@@ -846,21 +735,17 @@ fn write_volume<S: image_format::Store>(
             let len = image_format::layout::chunk_len(size, chunk, index) as usize;
             let mut want = [0u8; 32];
             hashes.read_exact(&mut want)?;
-            // A hole of the (sparse) target reads as zeros by the file
-            // system's guarantee: compare without reading it.
-            let hole = crate::source::range_is_hole(&vol, index * u64::from(chunk), len as u64);
-            let zero = if hole { Some(zero_ids.get(len)) } else { None };
-            batch.push((index, len, want, zero));
+            batch.push(Recheck { index, len, want });
             k += 1;
         }
-        let bad = first_mismatch(&vol, &id_key, u64::from(chunk), &batch, threads)?;
-        if let Some((index, len)) = bad {
-            if is_dev {
-                // Do not leave something that might boot.
-                let first = image_format::layout::chunk_len(size, chunk, 0) as usize;
-                let _ = vol.write_all_at(&vec![0u8; first], 0);
-                let _ = vol.sync_data();
-            }
+        if let Some((index, len)) = first_mismatch(
+            vol,
+            id_key,
+            &mut zero_ids,
+            u64::from(chunk),
+            &batch,
+            threads,
+        )? {
             return Err(coded(
                 FOUND,
                 format!(
@@ -868,83 +753,16 @@ fn write_volume<S: image_format::Store>(
                      the target is left incomplete (remove {} and re-run)",
                     index * u64::from(chunk),
                     index * u64::from(chunk) + len as u64,
-                    work_path.display(),
+                    vol.describe(),
                     state.path.display()
                 ),
             ));
         }
-        checked += batch.iter().map(|b| b.1 as u64).sum::<u64>();
+        checked += batch.iter().map(|b| b.len as u64).sum::<u64>();
         check.set(checked);
     }
     check.finish();
-    drop(vol);
-
-    match target {
-        Target::File(_) | Target::Libvirt(_) | Target::Nbd(_) => {
-            let p = &final_path;
-            std::fs::rename(&work_path, p)
-                .with_context(|| format!("renaming {} to {}", work_path.display(), p.display()))?;
-            sync_parent(p)?;
-        }
-        Target::Qcow2(p) => {
-            let tmp = with_suffix(p, ".partial");
-            // qemu-img writes into a private file this run created (it
-            // truncates and keeps the mode): never through a planted link.
-            if std::fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
-                std::fs::remove_file(&tmp)
-                    .with_context(|| format!("removing stale {}", tmp.display()))?;
-            }
-            drop(
-                image_format::private::create(&tmp)
-                    .with_context(|| format!("creating {} (new, 0600)", tmp.display()))?,
-            );
-            crate::tools::run(
-                Command::new("qemu-img")
-                    .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-                    .arg(&work_path)
-                    .arg(&tmp),
-            )?;
-            crate::tools::run(
-                Command::new("qemu-img")
-                    .args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
-                    .arg(&work_path)
-                    .arg(&tmp),
-            )
-            .map_err(|e| {
-                coded(
-                    FOUND,
-                    format!("the qcow2 image differs from the verified raw volume: {e:#}"),
-                )
-            })?;
-            std::fs::rename(&tmp, p)?;
-            sync_parent(p)?;
-            std::fs::remove_file(&work_path)?;
-        }
-        Target::Dev(_) => {
-            std::fs::remove_file(&marker)
-                .with_context(|| format!("removing marker {}", marker.display()))?;
-        }
-    }
-    std::fs::remove_file(&state.path)?;
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Report {
-        command: "ingest",
-        name: args.name.clone(),
-        generation,
-        target: args.target.clone(),
-        disk_size: size,
-        chunks: count,
-        zero_chunks: zeros,
-        resumed_chunks: resumed,
-        bytes_written: written,
-        verified: true,
-        seconds: secs,
-        mb_per_s: progress::mb_per_s(size, secs),
-        volume: None,
-        booted: None,
-        boot_report: None,
-        adapt: None,
-    })
+    Ok(())
 }
 
 /// Keyed ids of all-zero chunks, by length (a disk has at most two lengths:
@@ -972,160 +790,84 @@ impl<'a> ZeroIds<'a> {
     }
 }
 
-/// One chunk of the read-back: index, length, the id it must have, and the
-/// zero id if the target has a hole there (then it is not read).
-type Recheck = (u64, usize, [u8; 32], Option<[u8; 32]>);
+/// One chunk of the read-back: index, length and the id it must have.
+#[derive(Debug, Clone, Copy)]
+struct Recheck {
+    index: u64,
+    len: usize,
+    want: [u8; 32],
+}
 
-/// Reads `batch` back from `vol` on up to `threads` threads and returns the
-/// first chunk (index, length) whose keyed id is not the one authenticated.
+/// What the read-back found for one chunk.
+enum ReadBack {
+    /// The bytes read.
+    Bytes(Vec<u8>),
+    /// The volume reports the range as zeros: the zero id, nothing read.
+    Zeros([u8; 32]),
+}
+
+/// Reads `batch` back from `vol` and returns the first chunk (index,
+/// length) whose keyed id is not the one authenticated. Ranges the volume
+/// knows read as zeros (holes) are not read; the hashing runs on up to
+/// `threads` threads.
 fn first_mismatch(
-    vol: &File,
+    vol: &mut dyn Volume,
     key: &image_format::ChunkIdKey,
+    zero_ids: &mut ZeroIds<'_>,
     chunk: u64,
     batch: &[Recheck],
     threads: usize,
 ) -> anyhow::Result<Option<(u64, usize)>> {
-    let check = |part: &[Recheck]| -> std::io::Result<Option<(u64, usize)>> {
-        let mut buf = Vec::new();
-        for &(index, len, want, zero) in part {
-            let got = match zero {
-                Some(z) => z,
-                None => {
-                    buf.resize(len, 0);
-                    vol.read_exact_at(&mut buf[..len], index * chunk)?;
-                    key.id(&buf[..len])
-                }
-            };
-            if got != want {
-                return Ok(Some((index, len)));
-            }
-        }
-        Ok(None)
-    };
-    // One run of chunks per thread, so each reuses one read buffer.
-    let per = batch.len().div_ceil(threads.max(1)).max(1);
-    let parts: Vec<&[Recheck]> = batch.chunks(per).collect();
-    let results = image_format::parallel::map_in_order(&parts, threads, |p| check(p))?;
-    for r in results {
-        if let Some(bad) = r? {
-            return Ok(Some(bad));
+    // Each entry: the chunk and either its bytes or the zero id.
+    let mut got: Vec<(Recheck, ReadBack)> = Vec::with_capacity(batch.len());
+    for r in batch {
+        let at = r.index * chunk;
+        if vol.reads_as_zeros(at, r.len as u64) {
+            got.push((*r, ReadBack::Zeros(zero_ids.get(r.len))));
+        } else {
+            let mut buf = vec![0u8; r.len];
+            vol.read_at(at, &mut buf).map_err(volume_err)?;
+            got.push((*r, ReadBack::Bytes(buf)));
         }
     }
-    Ok(None)
+    let ok = image_format::parallel::map_in_order(&got, threads, |(r, data)| {
+        let id = match data {
+            ReadBack::Bytes(bytes) => key.id(bytes),
+            ReadBack::Zeros(zero) => *zero,
+        };
+        id == r.want
+    })?;
+    Ok(got
+        .iter()
+        .zip(ok)
+        .find(|(_, ok)| !*ok)
+        .map(|((r, _), _)| (r.index, r.len)))
 }
 
-/// `--adapt`: run virt-v2v-in-place on the verified volume (for `libvirt:`
-/// and NBD targets, on the raw file before it is uploaded or copied).
-fn adapt_volume(target: &Target, sdir: &Path) -> anyhow::Result<mgear_boot::AdaptReport> {
-    let path = target.path(sdir);
-    let format = if matches!(target, Target::Qcow2(_)) {
-        "qcow2"
-    } else {
-        "raw"
-    };
+/// `--adapt`: run virt-v2v-in-place on the verified volume.
+fn adapt_volume(done: &Finished) -> anyhow::Result<mgear_boot::AdaptReport> {
+    let path = done
+        .path
+        .as_deref()
+        .ok_or_else(|| usage("--adapt needs a local volume: this target has no host path"))?;
     eprintln!(
         "adapting {} with {} (under TCG: this takes minutes)",
         path.display(),
         mgear_boot::adapt::TOOL
     );
-    mgear_boot::adapt(&path, format).map_err(|e| {
-        let temporary = matches!(target, Target::Libvirt(_) | Target::Nbd(_));
-        let left = if temporary {
-            // Nothing was uploaded or copied; a re-run starts over.
-            let _ = std::fs::remove_file(&path);
-            "nothing was uploaded".to_string()
-        } else {
-            format!(
-                "the verified volume {} is left as ingested, NOT adapted",
-                path.display()
-            )
-        };
+    mgear_boot::adapt(path, done.format).map_err(|e| {
         let code = match e {
             mgear_boot::BootError::Usage(_) | mgear_boot::BootError::Unsupported(_) => USAGE,
             _ => IO,
         };
-        coded(code, format!("driver adaptation failed ({left}): {e}"))
+        coded(
+            code,
+            format!(
+                "driver adaptation failed (the verified volume {} is left as ingested, NOT adapted): {e}",
+                path.display()
+            ),
+        )
     })
-}
-
-/// Copy the verified raw file onto an NBD export, then read it back and
-/// compare. Zero runs become `NBD_CMD_WRITE_ZEROES` where the server offers
-/// it, so thin exports stay thin. An export larger than the disk keeps its
-/// tail (a cloud volume may be bigger than the source disk).
-fn copy_to_nbd(url: &mgear_nbd::NbdUrl, raw: &Path) -> anyhow::Result<()> {
-    let io = |e: mgear_nbd::Error| coded(IO, format!("NBD target {url}: {e}"));
-    let mut client =
-        mgear_nbd::Client::connect(url, &mgear_nbd::ConnectOptions::default()).map_err(io)?;
-    let mut src = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
-    let len = src.metadata()?.len();
-    if client.read_only() {
-        return Err(coded(IO, format!("NBD target {url} is read-only")));
-    }
-    if client.size() < len {
-        return Err(coded(
-            IO,
-            format!(
-                "NBD target {url} holds {} bytes but the disk has {len}: give a larger export",
-                client.size()
-            ),
-        ));
-    }
-    let mut buf = vec![0u8; 4 << 20];
-    let mut off = 0u64;
-    while off < len {
-        let n = (len - off).min(buf.len() as u64) as usize;
-        src.read_exact(&mut buf[..n])?;
-        let zero = buf[..n].iter().all(|b| *b == 0);
-        if !(zero && client.write_zeroes(off, n as u64).is_ok()) {
-            client.write_at(off, &buf[..n]).map_err(io)?;
-        }
-        off += n as u64;
-    }
-    client.flush().map_err(io)?;
-    // Read back what the export now holds.
-    src.seek(SeekFrom::Start(0))?;
-    let mut back = vec![0u8; buf.len()];
-    off = 0;
-    while off < len {
-        let n = (len - off).min(buf.len() as u64) as usize;
-        src.read_exact(&mut buf[..n])?;
-        client.read_at(off, &mut back[..n]).map_err(io)?;
-        if buf[..n] != back[..n] {
-            return Err(coded(
-                FOUND,
-                format!("NBD target {url} reads back different data near byte {off}"),
-            ));
-        }
-        off += n as u64;
-    }
-    client.disconnect().map_err(io)?;
-    Ok(())
-}
-
-/// Upload the verified raw file and check the volume has its size.
-fn upload_volume(t: &LibvirtTarget, raw: &Path) -> anyhow::Result<VolumeRef> {
-    let vol = mgear_boot::upload_volume(DEFAULT_CONN, &t.pool, &t.name, raw)
-        .map_err(|e| boot_cmd::libvirt_err(e, &format!("uploading to {t}")))?;
-    let len = std::fs::metadata(raw)?.len();
-    if vol.capacity != len {
-        return Err(coded(
-            IO,
-            format!(
-                "volume {t} holds {} bytes but the verified image has {len}: delete it (virsh vol-delete --pool {} {}) and re-run",
-                vol.capacity, t.pool, t.name
-            ),
-        ));
-    }
-    Ok(vol)
-}
-
-fn sync_parent(p: &Path) -> anyhow::Result<()> {
-    let dir = p
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1142,39 +884,49 @@ mod tests {
             *b = (i * 7 % 251) as u8;
         }
         disk[3 * C..4 * C].fill(0);
-        std::fs::write(&path, &disk).unwrap();
         let key =
             image_format::ChunkIdKey::derive(&image_format::DataKey::from_bytes([9; 32]), &[1; 16]);
-        let mut zeros = ZeroIds::new(&key);
         let batch: Vec<Recheck> = (0..5u64)
-            .map(|i| {
-                let c = &disk[i as usize * C..(i as usize + 1) * C];
-                let zero = (i == 3).then(|| zeros.get(C));
-                (i, C, key.id(c), zero)
+            .map(|i| Recheck {
+                index: i,
+                len: C,
+                want: key.id(&disk[i as usize * C..(i as usize + 1) * C]),
             })
             .collect();
-        let vol = File::open(&path).unwrap();
+        // A sparse file: chunk 3 is a hole the read-back does not read.
+        let prep = Prepare {
+            disk_size: disk.len() as u64,
+            head_len: C as u64,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        let mut vol = mgear_volume::FileVolume::create(&path, &prep).unwrap();
+        for i in [0usize, 1, 2, 4] {
+            vol.write_at((i * C) as u64, &disk[i * C..(i + 1) * C])
+                .unwrap();
+        }
+        assert!(vol.reads_as_zeros(3 * C as u64, C as u64));
+        let mut zeros = ZeroIds::new(&key);
         for threads in [1, 2, 3] {
             assert_eq!(
-                first_mismatch(&vol, &key, C as u64, &batch, threads).unwrap(),
+                first_mismatch(&mut vol, &key, &mut zeros, C as u64, &batch, threads).unwrap(),
                 None
             );
         }
         // One flipped byte in chunk 2, another in chunk 4: chunk 2 is named.
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.write_all_at(&[0xff], 2 * C as u64 + 5).unwrap();
-        f.write_all_at(&[0xff], 4 * C as u64 + 5).unwrap();
+        vol.write_at(2 * C as u64 + 5, &[0xff]).unwrap();
+        vol.write_at(4 * C as u64 + 5, &[0xff]).unwrap();
         for threads in [1, 2, 3] {
             assert_eq!(
-                first_mismatch(&vol, &key, C as u64, &batch, threads).unwrap(),
+                first_mismatch(&mut vol, &key, &mut zeros, C as u64, &batch, threads).unwrap(),
                 Some((2, C))
             );
         }
         // A chunk that should hold data but reads as a hole is caught too.
-        let mut holey = batch.clone();
-        holey[1].3 = Some(zeros.get(C));
+        vol.write_zeroes(C as u64, C as u64).unwrap();
         assert_eq!(
-            first_mismatch(&vol, &key, C as u64, &holey[..2], 2).unwrap(),
+            first_mismatch(&mut vol, &key, &mut zeros, C as u64, &batch[..2], 2).unwrap(),
             Some((1, C))
         );
     }
@@ -1184,31 +936,6 @@ mod tests {
         let order: Vec<u64> = (0..5).map(|k| chunk_at(k, 5)).collect();
         assert_eq!(order, vec![1, 2, 3, 4, 0]);
         assert_eq!(chunk_at(0, 1), 0);
-    }
-
-    #[test]
-    fn targets() {
-        assert_eq!(
-            Target::parse("file:a.raw").unwrap(),
-            Target::File("a.raw".into())
-        );
-        assert_eq!(
-            Target::parse("dev:/dev/vdb").unwrap(),
-            Target::Dev("/dev/vdb".into())
-        );
-        assert_eq!(
-            crate::exit::code_of(&Target::parse("a.raw").unwrap_err()),
-            2
-        );
-        let t = Target::parse("libvirt:mgear/web01").unwrap();
-        assert_eq!(
-            t.path(Path::new("/s")),
-            PathBuf::from("/s/libvirt_mgear_web01.raw")
-        );
-        assert_eq!(
-            crate::exit::code_of(&Target::parse("libvirt:nopool").unwrap_err()),
-            2
-        );
     }
 
     #[test]

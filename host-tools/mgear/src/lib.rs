@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod signals;
 pub mod sitekey;
 pub mod source;
+pub mod spec;
 pub mod sync;
 pub mod tools;
 pub mod trust;

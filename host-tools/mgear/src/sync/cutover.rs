@@ -12,7 +12,6 @@
 //! serves again; the target volume is left as the last sync wrote it.
 
 use std::process::Command;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -66,20 +65,22 @@ fn rollback(a: &CutoverArgs, e: anyhow::Error) -> anyhow::Error {
 
 /// `mgear cutover`.
 pub fn cutover(a: CutoverArgs) -> anyhow::Result<i32> {
-    let target =
-        Target::from_str(&a.boot_target).map_err(|e| usage(format!("--boot-target: {e}")))?;
-    let mut spec = BootSpec::new(target, a.wait_for.clone());
+    let target = crate::spec::Target::parse(&a.boot_target, crate::spec::Bare::Existing)?
+        .boot_target()
+        .ok_or_else(|| {
+            usage(format!(
+                "--boot-target {}: cutover boots with local QEMU: give file:, qcow2:, dev: or an NBD URL",
+                a.boot_target
+            ))
+        })?;
+    let mut spec = BootSpec::new(target.clone(), a.wait_for.clone());
     spec.timeout = Duration::from_secs(a.boot_timeout);
     if a.wait_for.is_empty() {
         return Err(usage(
             "--wait-for must not be empty: give a regex that proves the boot, e.g. 'login:'",
         ));
     }
-    if let Some(p) = a
-        .boot_target
-        .strip_prefix("file:")
-        .or_else(|| a.boot_target.strip_prefix("qcow2:"))
-    {
+    if let Target::File(p) | Target::Qcow2(p) = &target {
         // Find a typo before the source is quiesced, not after.
         std::fs::metadata(p)
             .with_context(|| format!("--boot-target {}: cannot find the volume", a.boot_target))?;

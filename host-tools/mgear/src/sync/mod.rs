@@ -43,7 +43,7 @@ pub use source::Stats;
 /// Arguments of `mgear serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The ingested volume to keep in sync: file:PATH (raw) or dev:/dev/DEVICE.
+    /// The ingested volume to keep in sync: file:PATH (raw), dev:/dev/DEVICE or an NBD URL (a bare PATH is the file or device there).
     #[arg(long)]
     pub target: String,
     #[command(flatten)]
@@ -184,7 +184,7 @@ fn seconds(v: f64, what: &str) -> anyhow::Result<Duration> {
 
 /// `mgear serve`.
 pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
-    let path = target::target_path(&a.target)?;
+    let spec = crate::spec::Target::parse(&a.target, crate::spec::Bare::Existing)?;
     let limits = target::Limits {
         handshake: seconds(a.handshake_timeout, "--handshake-timeout")?,
         idle: seconds(a.idle_timeout, "--idle-timeout")?,
@@ -214,7 +214,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         eprintln!(
             "mgear serve: WARNING: --allow-untrusted: syncs that no pinned capture site signed are \
              ACCEPTED; anyone holding this capture's data key can rewrite {}",
-            path.display()
+            spec
         );
     }
     let unlock = crate::verify::unlock_from(a.identity.as_deref(), a.passphrase_file.as_deref())?
@@ -235,10 +235,9 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     }
     let started = Instant::now();
     let id_key = session::IdKey::derive(&key, &m.capture_id);
-    let vol = target::Volume::open(path.clone(), m.chunk_size, id_key)?;
+    let vol = target::ServedVolume::open(spec.open_in_place()?, m.chunk_size, id_key)?;
     eprintln!(
-        "mgear serve: hashed {} ({}) in {:.1} s",
-        path.display(),
+        "mgear serve: hashed {spec} ({}) in {:.1} s",
         human_bytes(vol.size()),
         started.elapsed().as_secs_f64()
     );
@@ -270,7 +269,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         "mgear serve: applied {} chunks ({}) to {}",
         total.chunks,
         human_bytes(total.bytes),
-        path.display()
+        spec
     );
     Ok(OK)
 }

@@ -11,12 +11,8 @@
 //! the volume again, so unsynced writes that were lost are simply sent again.
 
 use std::cell::Cell;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -45,9 +41,9 @@ pub struct Served {
 }
 
 /// The volume being kept in sync, with the keyed id of every chunk on it.
-pub struct Volume {
-    file: File,
-    path: PathBuf,
+pub struct ServedVolume {
+    vol: Box<dyn mgear_volume::Volume>,
+    desc: String,
     size: u64,
     chunk_size: u32,
     ids: Vec<[u8; 32]>,
@@ -62,57 +58,34 @@ pub struct Applied {
     pub bytes: u64,
 }
 
-/// Parse `--target file:PATH` or `dev:PATH`.
-pub fn target_path(spec: &str) -> anyhow::Result<PathBuf> {
-    if let Some(p) = spec
-        .strip_prefix("file:")
-        .or_else(|| spec.strip_prefix("dev:"))
-    {
-        if !p.is_empty() {
-            return Ok(PathBuf::from(p));
-        }
-    }
-    if let Some(q) = spec.strip_prefix("qcow2:") {
-        return Err(usage(format!(
-            "--target {spec}: serve writes raw volumes only; export the qcow2 with \
-             `qemu-nbd -c /dev/nbd0 {q}` and serve dev:/dev/nbd0"
-        )));
-    }
-    Err(usage(format!(
-        "--target {spec}: use file:PATH (the raw volume written by ingest) or dev:/dev/DEVICE"
-    )))
-}
-
-impl Volume {
-    /// Open a raw volume read-write and hash every chunk.
-    pub fn open(path: PathBuf, chunk_size: u32, id_key: IdKey) -> anyhow::Result<Self> {
+impl ServedVolume {
+    /// Take an open volume (see `crate::spec::Target::open_in_place`) and
+    /// hash every chunk on it.
+    pub fn open(
+        mut vol: Box<dyn mgear_volume::Volume>,
+        chunk_size: u32,
+        id_key: IdKey,
+    ) -> anyhow::Result<Self> {
         if !layout::valid_chunk_size(chunk_size) {
             return Err(usage(format!(
                 "chunk size {chunk_size} is not valid for a capture"
             )));
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open target volume {} for writing", path.display()))?;
-        let size = file
-            .seek(SeekFrom::End(0))
-            .with_context(|| format!("cannot find the size of {}", path.display()))?;
+        let desc = vol.describe();
+        let size = vol.size();
         let count = layout::chunk_count(size, chunk_size);
         let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         let mut buf = vec![0u8; chunk_size as usize];
         for i in 0..count {
             let len = layout::chunk_len(size, chunk_size, i) as usize;
-            file.read_exact_at(&mut buf[..len], i * chunk_size as u64)
-                .with_context(|| {
-                    format!("reading target volume {} at chunk {i}", path.display())
-                })?;
+            vol.read_at(i * chunk_size as u64, &mut buf[..len])
+                .map_err(crate::spec::volume_err)
+                .with_context(|| format!("reading target volume {desc} at chunk {i}"))?;
             ids.push(id_key.id(&buf[..len]));
         }
-        Ok(Volume {
-            file,
-            path,
+        Ok(ServedVolume {
+            vol,
+            desc,
             size,
             chunk_size,
             ids,
@@ -129,12 +102,14 @@ impl Volume {
     /// Write chunk `index` (already authenticated) and record its id.
     fn apply(&mut self, index: u64, data: &[u8], id: [u8; 32]) -> anyhow::Result<()> {
         let at = index * self.chunk_size as u64;
-        let ctx = || format!("writing chunk {index} to {}", self.path.display());
-        if session::is_zero(data) && self.punch(at, data.len() as u64) {
-            // A hole reads as zeros; nothing else to write.
+        let ctx = || format!("writing chunk {index} to {}", self.desc);
+        let written = if session::is_zero(data) {
+            // Thin targets stay thin: a hole (or NBD WRITE_ZEROES) reads as zeros.
+            self.vol.write_zeroes(at, data.len() as u64)
         } else {
-            self.file.write_all_at(data, at).with_context(ctx)?;
-        }
+            self.vol.write_at(at, data)
+        };
+        written.map_err(crate::spec::volume_err).with_context(ctx)?;
         self.unsynced += data.len() as u64;
         if let Some(slot) = usize::try_from(index)
             .ok()
@@ -148,21 +123,12 @@ impl Volume {
         Ok(())
     }
 
-    /// Deallocate a range so a zero chunk stays sparse; false if the file system cannot.
-    fn punch(&self, at: u64, len: u64) -> bool {
-        use nix::fcntl::{fallocate, FallocateFlags};
-        let (Ok(off), Ok(len)) = (i64::try_from(at), i64::try_from(len)) else {
-            return false;
-        };
-        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        fallocate(self.file.as_fd(), flags, off, len).is_ok()
-    }
-
     /// Make every write so far durable.
     pub fn sync(&mut self) -> anyhow::Result<()> {
-        self.file
-            .sync_data()
-            .with_context(|| format!("syncing target volume {}", self.path.display()))?;
+        self.vol
+            .flush()
+            .map_err(crate::spec::volume_err)
+            .with_context(|| format!("syncing target volume {}", self.desc))?;
         self.unsynced = 0;
         Ok(())
     }
@@ -304,7 +270,7 @@ pub fn session<R: Read, W: Write>(
     w: W,
     peer: &str,
     cap: &Served,
-    vol: &Mutex<Volume>,
+    vol: &Mutex<ServedVolume>,
     applied: &mut Applied,
     on_auth: &mut dyn FnMut(),
 ) -> anyhow::Result<()> {
@@ -592,7 +558,12 @@ impl Timed {
 }
 
 /// Run one accepted connection to its end and log the outcome.
-fn handle(conn: TcpStream, cap: &Served, vol: &Mutex<Volume>, limits: Limits) -> Option<Applied> {
+fn handle(
+    conn: TcpStream,
+    cap: &Served,
+    vol: &Mutex<ServedVolume>,
+    limits: Limits,
+) -> Option<Applied> {
     let peer = conn
         .peer_addr()
         .map(|a| a.to_string())
@@ -650,7 +621,7 @@ fn handle(conn: TcpStream, cap: &Served, vol: &Mutex<Volume>, limits: Limits) ->
 pub fn serve_loop(
     listener: TcpListener,
     cap: &Served,
-    vol: Volume,
+    vol: ServedVolume,
     once: bool,
     limits: Limits,
 ) -> anyhow::Result<Applied> {
@@ -717,40 +688,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_parse() {
-        assert_eq!(
-            target_path("file:vol.raw").unwrap(),
-            PathBuf::from("vol.raw")
-        );
-        assert_eq!(
-            target_path("dev:/dev/vdb").unwrap(),
-            PathBuf::from("/dev/vdb")
-        );
-        assert!(target_path("qcow2:v.qcow2")
-            .unwrap_err()
-            .to_string()
-            .contains("qemu-nbd"));
-        assert!(target_path("vol.raw").is_err());
-        assert!(target_path("file:").is_err());
-    }
-
-    #[test]
     fn volume_ids_follow_writes_and_zero_chunks_stay_sparse() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("v.raw");
         let cs = 65536u32;
         std::fs::write(&p, vec![1u8; 2 * cs as usize + 10]).unwrap();
         let key = IdKey::derive(&DataKey::from_bytes([1; 32]), &[2; 16]);
-        let mut v = Volume::open(p.clone(), cs, key.clone()).unwrap();
+        let open = |p: &std::path::Path| {
+            let vol = mgear_volume::FileVolume::open_in_place(p).unwrap();
+            ServedVolume::open(Box::new(vol), cs, key.clone()).unwrap()
+        };
+        let mut v = open(&p);
         assert_eq!(v.ids.len(), 3);
         assert_eq!(v.ids[2], key.id(&[1u8; 10]));
         let zeros = vec![0u8; cs as usize];
         v.apply(1, &zeros, key.id(&zeros)).unwrap();
         v.sync().unwrap();
-        let again = Volume::open(p.clone(), cs, key.clone()).unwrap();
+        let again = open(&p);
         assert_eq!(again.ids, v.ids);
         let back = std::fs::read(&p).unwrap();
         assert!(back[cs as usize..2 * cs as usize].iter().all(|&b| b == 0));
+        // The zero chunk was punched out, not written: the file holds less.
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(&p).unwrap();
+        assert!(
+            md.blocks() * 512 < 2 * u64::from(cs) + 4096,
+            "{}",
+            md.blocks()
+        );
         assert!(back[..cs as usize].iter().all(|&b| b == 1));
     }
 }

@@ -13,7 +13,12 @@ use image_format::DataKey;
 
 use super::session::IdKey;
 use super::source::{self, Conn, Disk, Plan};
-use super::target::{self, Applied, Served, Volume};
+use super::target::{self, Applied, Served, ServedVolume as Volume};
+
+/// An existing raw file as the volume `serve` writes in place.
+fn in_place(p: &std::path::Path) -> Box<dyn mgear_volume::Volume> {
+    Box::new(mgear_volume::FileVolume::open_in_place(p).unwrap())
+}
 use crate::exit::{code_of, FOUND, USAGE};
 use crate::ratelimit::Bucket;
 use crate::source::FileSource;
@@ -87,7 +92,7 @@ impl Fixture {
 
     fn volume(&self) -> Volume {
         Volume::open(
-            self.vol.clone(),
+            in_place(&self.vol.clone()),
             CS,
             IdKey::derive(&self.key, &self.capture_id),
         )
@@ -910,7 +915,7 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
             allow_untrusted: true,
         },
     };
-    let volume = Volume::open(vol.clone(), cs, IdKey::derive(&key, &[4; 16])).unwrap();
+    let volume = Volume::open(in_place(&vol.clone()), cs, IdKey::derive(&key, &[4; 16])).unwrap();
     let (l, addr) = listen();
     let server = serve(l, served, volume, 1);
     let plan = Plan {

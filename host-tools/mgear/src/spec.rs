@@ -1,0 +1,321 @@
+//! One parser for every disk spec on the command line: `--target` (ingest,
+//! boot, serve), `--source` (capture, sync) and the `nbd://` test that
+//! decides whether a string names an export. Commands get typed specs and
+//! never look at prefixes themselves.
+//!
+//! # `--target`
+//!
+//! | spec | what |
+//! |---|---|
+//! | `file:PATH` (alias `raw:PATH`) | a raw image file (ingest creates it sparse, as `PATH.partial` until verified) |
+//! | `qcow2:PATH` | a qcow2 image (ingest writes it through `qemu-nbd`) |
+//! | `dev:/dev/DEVICE` | a block device |
+//! | `libvirt:POOL/NAME` | a volume of a libvirt storage pool on `qemu:///system` |
+//! | `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` | any NBD export |
+//! | `rbd:POOL/IMAGE?conf=..&id=..`, `cinder:NAME`, `ebs-snapshot:NAME` | reserved: not supported yet |
+//!
+//! A bare `PATH` (no kind) means the file or device that is already there,
+//! where a command only reads it or writes it in place (`boot`, `serve`):
+//! a block device is `dev:`, anything else `file:`. `ingest` creates its
+//! target, so it wants the kind spelled out and refuses a bare path.
+//!
+//! # `--source`
+//!
+//! An NBD URL is an export; anything else (with or without `file:`/`raw:`/
+//! `dev:`) is a local file or block device.
+
+use std::path::{Path, PathBuf};
+
+use mgear_boot::LibvirtTarget;
+use mgear_nbd::NbdUrl;
+use mgear_volume::{
+    DeviceVolume, FileVolume, LibvirtVolume, NbdVolume, Prepare, Qcow2Volume, Volume,
+};
+
+use crate::exit::{coded, usage, IO};
+
+/// Kinds that are reserved for targets still to come.
+const NOT_YET: [&str; 3] = ["rbd:", "cinder:", "ebs-snapshot:"];
+
+const TARGET_KINDS: &str =
+    "file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME or nbd://HOST:PORT/EXPORT";
+
+/// True if `s` is an NBD URL (the one place that knows the schemes).
+pub fn is_nbd(s: &str) -> bool {
+    s.starts_with("nbd://") || s.starts_with("nbd+unix://")
+}
+
+/// Parse an NBD URL with a message naming the flag.
+pub fn nbd_url(flag: &str, s: &str) -> anyhow::Result<NbdUrl> {
+    s.parse().map_err(|e| {
+        usage(format!(
+            "{flag} {s:?}: {e} (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)"
+        ))
+    })
+}
+
+/// Whether a bare path (no `kind:`) is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bare {
+    /// The path names an existing file or device (boot, serve).
+    Existing,
+    /// The command creates its target: the kind must be spelled out.
+    Refuse,
+}
+
+/// A parsed `--target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    File(PathBuf),
+    Qcow2(PathBuf),
+    Dev(PathBuf),
+    Libvirt(LibvirtTarget),
+    /// Any NBD export: qemu-nbd or nbdkit serving rbd, vmdk, a cloud volume, ...
+    Nbd(NbdUrl),
+}
+
+fn nonempty(spec: &str, p: &str) -> anyhow::Result<PathBuf> {
+    if p.is_empty() {
+        return Err(usage(format!(
+            "--target {spec} has no path: use {TARGET_KINDS}"
+        )));
+    }
+    Ok(PathBuf::from(p))
+}
+
+impl Target {
+    /// Parse a `--target` spec; see the module doc.
+    pub fn parse(s: &str, bare: Bare) -> anyhow::Result<Self> {
+        if is_nbd(s) {
+            return nbd_url("--target", s).map(Target::Nbd);
+        }
+        if let Some(kind) = NOT_YET.iter().find(|k| s.starts_with(**k)) {
+            return Err(usage(format!(
+                "--target {s}: {} targets are not supported yet; use {TARGET_KINDS}",
+                kind.trim_end_matches(':')
+            )));
+        }
+        if let Some(t) = LibvirtTarget::parse_prefixed(s) {
+            return Ok(Target::Libvirt(t.map_err(crate::boot_cmd::lib_err)?));
+        }
+        if let Some(p) = s.strip_prefix("file:").or_else(|| s.strip_prefix("raw:")) {
+            return Ok(Target::File(nonempty(s, p)?));
+        }
+        if let Some(p) = s.strip_prefix("qcow2:") {
+            return Ok(Target::Qcow2(nonempty(s, p)?));
+        }
+        if let Some(p) = s.strip_prefix("dev:") {
+            return Ok(Target::Dev(nonempty(s, p)?));
+        }
+        let looks_like_kind = s
+            .split_once(':')
+            .is_some_and(|(k, _)| !k.is_empty() && !k.contains('/'));
+        if bare == Bare::Refuse || looks_like_kind || s.is_empty() {
+            return Err(usage(format!(
+                "--target {s}: say which kind: {TARGET_KINDS}"
+            )));
+        }
+        use std::os::unix::fs::FileTypeExt;
+        let p = PathBuf::from(s);
+        let device = std::fs::metadata(&p).is_ok_and(|m| m.file_type().is_block_device());
+        Ok(if device {
+            Target::Dev(p)
+        } else {
+            Target::File(p)
+        })
+    }
+
+    /// The target as boot sees it (`None` for `libvirt:`, which boot looks up
+    /// on the daemon).
+    pub fn boot_target(&self) -> Option<mgear_boot::Target> {
+        Some(match self {
+            Target::File(p) => mgear_boot::Target::File(p.clone()),
+            Target::Qcow2(p) => mgear_boot::Target::Qcow2(p.clone()),
+            Target::Dev(p) => mgear_boot::Target::Dev(p.clone()),
+            Target::Nbd(u) => mgear_boot::Target::Nbd(u.to_string()),
+            Target::Libvirt(_) => return None,
+        })
+    }
+
+    /// Whether the ingested volume is a local file or device afterwards
+    /// (what `--adapt` needs).
+    pub fn is_local(&self) -> bool {
+        !matches!(self, Target::Nbd(_))
+    }
+
+    /// Open the target for an ingest (create it, or reopen what an
+    /// interrupted run left); the one place that maps kinds to volumes.
+    pub fn open_for_ingest(&self, prep: &Prepare) -> anyhow::Result<Box<dyn Volume>> {
+        let v: Box<dyn Volume> = match self {
+            Target::File(p) => Box::new(FileVolume::create(p, prep).map_err(volume_err)?),
+            Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep).map_err(volume_err)?),
+            Target::Dev(p) => Box::new(DeviceVolume::open(p, prep).map_err(volume_err)?),
+            Target::Nbd(u) => Box::new(NbdVolume::open(u, prep).map_err(volume_err)?),
+            Target::Libvirt(t) => Box::new(
+                LibvirtVolume::open(mgear_boot::libvirt::DEFAULT_CONN, &t.pool, &t.name, prep)
+                    .map_err(volume_err)?,
+            ),
+        };
+        Ok(v)
+    }
+
+    /// Open an existing volume to write in place (`mgear serve`).
+    pub fn open_in_place(&self) -> anyhow::Result<Box<dyn Volume>> {
+        match self {
+            Target::File(p) | Target::Dev(p) => {
+                Ok(Box::new(FileVolume::open_in_place(p).map_err(volume_err)?))
+            }
+            Target::Nbd(u) => Ok(Box::new(NbdVolume::connect(u).map_err(volume_err)?)),
+            Target::Qcow2(q) => Err(usage(format!(
+                "--target qcow2:{}: serve writes raw volumes and NBD exports; serve the image with \
+                 `qemu-nbd -k /tmp/v.sock {}` and give nbd+unix:///?socket=/tmp/v.sock",
+                q.display(),
+                q.display()
+            ))),
+            Target::Libvirt(t) => Err(usage(format!(
+                "--target {t}: serve the volume's path (virsh vol-path --pool {} {}) as file:PATH",
+                t.pool, t.name
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::File(p) => write!(f, "file:{}", p.display()),
+            Target::Qcow2(p) => write!(f, "qcow2:{}", p.display()),
+            Target::Dev(p) => write!(f, "dev:{}", p.display()),
+            Target::Libvirt(t) => write!(f, "{t}"),
+            Target::Nbd(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// A volume error with the CLI's exit code: what the operator fixes on the
+/// command line is 2, everything else (the target failed) 3.
+pub fn volume_err(e: mgear_volume::Error) -> anyhow::Error {
+    if e.is_usage() {
+        usage(e.to_string())
+    } else {
+        coded(IO, e.to_string())
+    }
+}
+
+/// A parsed `--source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A raw image file or block device.
+    Path(PathBuf),
+    /// An NBD export.
+    Nbd(NbdUrl),
+}
+
+impl Source {
+    /// Parse a `--source` spec; see the module doc.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        if is_nbd(s) {
+            return nbd_url("--source", s).map(Source::Nbd);
+        }
+        let p = ["file:", "raw:", "dev:"]
+            .iter()
+            .find_map(|k| s.strip_prefix(k))
+            .unwrap_or(s);
+        if p.is_empty() {
+            return Err(usage(format!(
+                "--source {s:?} has no path: give a file, a block device or an NBD URL"
+            )));
+        }
+        Ok(Source::Path(Path::new(p).to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::code_of;
+
+    #[test]
+    fn targets_parse_into_kinds() {
+        let r = Bare::Refuse;
+        assert_eq!(
+            Target::parse("file:a.raw", r).unwrap(),
+            Target::File("a.raw".into())
+        );
+        assert_eq!(
+            Target::parse("raw:a.raw", r).unwrap(),
+            Target::File("a.raw".into())
+        );
+        assert_eq!(
+            Target::parse("qcow2:x.q", r).unwrap(),
+            Target::Qcow2("x.q".into())
+        );
+        assert_eq!(
+            Target::parse("dev:/dev/vdb", r).unwrap(),
+            Target::Dev("/dev/vdb".into())
+        );
+        assert!(matches!(
+            Target::parse("nbd+unix:///e?socket=/s", r).unwrap(),
+            Target::Nbd(_)
+        ));
+        let Target::Libvirt(t) = Target::parse("libvirt:mgear/web01", r).unwrap() else {
+            panic!("not libvirt");
+        };
+        assert_eq!((t.pool.as_str(), t.name.as_str()), ("mgear", "web01"));
+        for bad in [
+            "a.raw",
+            "file:",
+            "libvirt:nopool",
+            "vmdk:x",
+            "s3://b/x",
+            "nbd://",
+        ] {
+            let e = Target::parse(bad, r).unwrap_err();
+            assert_eq!(code_of(&e), 2, "{bad}: {e}");
+        }
+        for later in [
+            "rbd:pool/img?conf=/etc/ceph.conf&id=admin",
+            "cinder:vol",
+            "ebs-snapshot:s",
+        ] {
+            let e = Target::parse(later, r).unwrap_err();
+            assert!(e.to_string().contains("not supported yet"), "{e}");
+            assert_eq!(code_of(&e), 2);
+        }
+    }
+
+    #[test]
+    fn bare_paths_name_what_is_there() {
+        let e = Bare::Existing;
+        assert_eq!(
+            Target::parse("vol.raw", e).unwrap(),
+            Target::File("vol.raw".into())
+        );
+        // A bare path that looks like a kind is a typo, not a file name.
+        assert!(Target::parse("vmdk:x", e).is_err());
+        if Path::new("/dev/loop0").exists() {
+            assert_eq!(
+                Target::parse("/dev/loop0", e).unwrap(),
+                Target::Dev("/dev/loop0".into())
+            );
+        }
+    }
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            Source::parse("d.raw").unwrap(),
+            Source::Path("d.raw".into())
+        );
+        assert_eq!(
+            Source::parse("raw:d.raw").unwrap(),
+            Source::Path("d.raw".into())
+        );
+        assert!(matches!(
+            Source::parse("nbd://127.0.0.1:10809/x").unwrap(),
+            Source::Nbd(_)
+        ));
+        assert_eq!(code_of(&Source::parse("nbd://").unwrap_err()), 2);
+        assert!(Source::parse("file:").is_err());
+    }
+}

@@ -1,0 +1,493 @@
+//! Raw image files and block devices.
+//!
+//! - [`FileVolume`]: a sparse raw image, written as `NAME.partial` (created
+//!   new, 0600, never through a symlink: it holds decrypted data) and
+//!   renamed to `NAME` by [`finish`](crate::Volume::finish). An existing
+//!   `NAME` is replaced only with `--force`. Zero ranges are punched out, so
+//!   the file stays as thin as the disk.
+//! - [`DeviceVolume`]: a block device (a cloud volume attached to this
+//!   host). A marker in the state dir exists until the volume is verified,
+//!   and the first `head_len` bytes are cleared when a new ingest starts, so
+//!   whatever the device held before never looks bootable meanwhile. Zero
+//!   ranges are written only where the device does not already read as zeros.
+//! - [`FileVolume::open_in_place`]: an existing raw file or device written
+//!   in place (`mgear serve` keeps such a volume in sync).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use crate::marker::Marker;
+use crate::{key_of, Error, Finished, Found, Prepare, Result, Volume};
+
+/// An open raw file or device and how to zero a range of it.
+#[derive(Debug)]
+pub(crate) struct Raw {
+    pub file: File,
+    pub path: PathBuf,
+    pub size: u64,
+    /// A block device: zeroing writes (no holes), no `SEEK_DATA`.
+    pub device: bool,
+}
+
+impl Raw {
+    /// Open an existing file or device read-write, never through a symlink.
+    pub fn open(path: &Path) -> Result<Raw> {
+        let mut file = image_format::private::open_existing(path).map_err(|e| {
+            if image_format::private::is_symlink_refusal(&e) {
+                Error::Usage(format!(
+                    "{} is a symlink: refusing to write through it (someone may have planted \
+                     it); remove it and run again",
+                    path.display()
+                ))
+            } else {
+                Error::io(format!("opening target {}", path.display()), e)
+            }
+        })?;
+        Self::from_file(&mut file, path).map(|(size, device)| Raw {
+            file,
+            path: path.to_owned(),
+            size,
+            device,
+        })
+    }
+
+    fn from_file(file: &mut File, path: &Path) -> Result<(u64, bool)> {
+        let device = file
+            .metadata()
+            .map_err(|e| Error::io(format!("target {}", path.display()), e))?
+            .file_type()
+            .is_block_device();
+        // Seeking to the end answers for block devices as BLKGETSIZE64 does.
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::io(format!("finding the size of {}", path.display()), e))?;
+        Ok((size, device))
+    }
+
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file.write_all_at(data, offset).map_err(|e| {
+            Error::io(
+                format!("writing {} at byte {offset}", self.path.display()),
+                e,
+            )
+        })
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading {} bytes of {} at byte {offset}",
+                    buf.len(),
+                    self.path.display()
+                ),
+                e,
+            )
+        })
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+
+    /// Punch a hole (files), else write zeros where the range does not
+    /// already read as zeros (devices, file systems without hole punching).
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.device && self.punch(offset, len) {
+            return Ok(());
+        }
+        const STEP: u64 = 1 << 20;
+        let mut buf = vec![0u8; STEP.min(len) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(STEP) as usize;
+            self.read_at(offset + done, &mut buf[..n])?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                buf[..n].fill(0);
+                self.write_at(offset + done, &buf[..n])?;
+            }
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn punch(&self, offset: u64, len: u64) -> bool {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return false;
+        };
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        fallocate(self.file.as_fd(), flags, off, len).is_ok()
+    }
+
+    /// A hole of a sparse file reads as zeros by the file system's guarantee.
+    pub fn reads_as_zeros(&self, offset: u64, len: u64) -> bool {
+        if self.device {
+            return false;
+        }
+        let Ok(at) = i64::try_from(offset) else {
+            return false;
+        };
+        let end = offset.saturating_add(len);
+        if self.file.metadata().map_or(true, |m| m.len() < end) {
+            return false;
+        }
+        match nix::unistd::lseek(self.file.as_fd(), at, nix::unistd::Whence::SeekData) {
+            Ok(next) => u64::try_from(next).is_ok_and(|n| n >= end),
+            // No data at or after `offset`: the rest of the file is a hole.
+            Err(nix::errno::Errno::ENXIO) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn absolute_key(p: &Path) -> String {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    key_of(&abs.to_string_lossy())
+}
+
+/// Make a rename durable.
+pub(crate) fn sync_parent(p: &Path) -> Result<()> {
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// A raw image file; see the module doc.
+#[derive(Debug)]
+pub struct FileVolume {
+    raw: Raw,
+    /// `Some(final path)` while written as `.partial`; `None` in place.
+    rename_to: Option<PathBuf>,
+    found: Found,
+}
+
+impl FileVolume {
+    /// Create (or, after an interruption, reopen) `PATH.partial` for an
+    /// ingest into `path`.
+    pub fn create(path: &Path, prep: &Prepare) -> Result<Self> {
+        if path.exists() && !prep.force {
+            return Err(Error::Usage(format!(
+                "{} exists: pass --force to replace it",
+                path.display()
+            )));
+        }
+        let partial = with_suffix(path, ".partial");
+        let found = if std::fs::symlink_metadata(&partial).is_ok() {
+            Found::Unfinished {
+                adopt_without_state: false,
+            }
+        } else {
+            // Decrypted data goes only into a file this run created.
+            drop(image_format::private::create(&partial).map_err(|e| {
+                Error::io(
+                    format!("creating target {} (new, 0600)", partial.display()),
+                    e,
+                )
+            })?);
+            Found::New
+        };
+        let raw = Raw::open(&partial)?;
+        if raw.device {
+            return Err(Error::Usage(format!(
+                "{} is a block device: use dev:{}",
+                partial.display(),
+                partial.display()
+            )));
+        }
+        if raw.size != prep.disk_size {
+            // A new partial file: sparse, all zeros.
+            raw.file
+                .set_len(prep.disk_size)
+                .map_err(|e| Error::io(format!("sizing {}", partial.display()), e))?;
+        }
+        Ok(FileVolume {
+            raw: Raw {
+                size: prep.disk_size,
+                ..raw
+            },
+            rename_to: Some(path.to_owned()),
+            found,
+        })
+    }
+
+    /// Open an existing raw file or block device to write in place (sync).
+    pub fn open_in_place(path: &Path) -> Result<Self> {
+        Ok(FileVolume {
+            raw: Raw::open(path)?,
+            rename_to: None,
+            found: Found::New,
+        })
+    }
+
+    /// The file (or device) being written.
+    pub fn path(&self) -> &Path {
+        &self.raw.path
+    }
+}
+
+impl Volume for FileVolume {
+    fn size(&self) -> u64 {
+        self.raw.size
+    }
+    fn describe(&self) -> String {
+        self.rename_to
+            .as_deref()
+            .unwrap_or(&self.raw.path)
+            .display()
+            .to_string()
+    }
+    fn state_key(&self) -> String {
+        absolute_key(self.rename_to.as_deref().unwrap_or(&self.raw.path))
+    }
+    fn found(&self) -> Found {
+        self.found
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.raw.write_at(offset, data)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.raw.write_zeroes(offset, len)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.raw.flush()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.raw.read_at(offset, buf)
+    }
+    fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+        self.raw.reads_as_zeros(offset, len)
+    }
+    fn finish(self: Box<Self>) -> Result<Finished> {
+        self.raw.flush()?;
+        let path = match &self.rename_to {
+            Some(to) => {
+                std::fs::rename(&self.raw.path, to).map_err(|e| {
+                    Error::io(
+                        format!("renaming {} to {}", self.raw.path.display(), to.display()),
+                        e,
+                    )
+                })?;
+                sync_parent(to)?;
+                to.clone()
+            }
+            None => self.raw.path.clone(),
+        };
+        Ok(Finished {
+            path: Some(path),
+            format: "raw",
+            volume: None,
+        })
+    }
+}
+
+/// A block device; see the module doc.
+#[derive(Debug)]
+pub struct DeviceVolume {
+    raw: Raw,
+    marker: Marker,
+    found: Found,
+}
+
+impl DeviceVolume {
+    /// Open `path` (must be a block device of at least the disk's size).
+    pub fn open(path: &Path, prep: &Prepare) -> Result<Self> {
+        let md = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("target device {}", path.display()), e))?;
+        if !md.file_type().is_block_device() {
+            return Err(Error::Usage(format!(
+                "{} is not a block device: use file:PATH for image files",
+                path.display()
+            )));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening target {}", path.display()), e))?;
+        let mut file = file;
+        let (size, _) = Raw::from_file(&mut file, path)?;
+        if size < prep.disk_size {
+            return Err(Error::Usage(format!(
+                "device {} is {size} bytes but the disk is {}: attach a volume of at least {} bytes",
+                path.display(),
+                prep.disk_size,
+                prep.disk_size
+            )));
+        }
+        let raw = Raw {
+            file,
+            path: path.to_owned(),
+            size,
+            device: true,
+        };
+        let name = path
+            .file_name()
+            .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
+        let marker = Marker::new(&prep.state_dir, &name);
+        let found = if marker.exists() {
+            Found::Unfinished {
+                adopt_without_state: true,
+            }
+        } else {
+            marker.create(&format!("{} into {}", prep.what, path.display()))?;
+            let head = vec![0u8; prep.head_len.min(size) as usize];
+            raw.write_at(0, &head)?;
+            raw.flush()?;
+            Found::New
+        };
+        Ok(DeviceVolume { raw, marker, found })
+    }
+}
+
+impl Volume for DeviceVolume {
+    fn size(&self) -> u64 {
+        self.raw.size
+    }
+    fn describe(&self) -> String {
+        self.raw.path.display().to_string()
+    }
+    fn state_key(&self) -> String {
+        absolute_key(&self.raw.path)
+    }
+    fn found(&self) -> Found {
+        self.found
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.raw.write_at(offset, data)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.raw.write_zeroes(offset, len)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.raw.flush()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.raw.read_at(offset, buf)
+    }
+    fn finish(self: Box<Self>) -> Result<Finished> {
+        self.raw.flush()?;
+        self.marker.remove()?;
+        Ok(Finished {
+            path: Some(self.raw.path.clone()),
+            format: "raw",
+            volume: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prep(dir: &Path, size: u64) -> Prepare {
+        Prepare {
+            disk_size: size,
+            head_len: 4096,
+            state_dir: dir.to_owned(),
+            force: false,
+            what: "test".into(),
+        }
+    }
+
+    #[test]
+    fn file_is_partial_sparse_and_renamed_on_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.raw");
+        let p = prep(dir.path(), 8 << 20);
+        let mut v = FileVolume::create(&target, &p).unwrap();
+        assert_eq!(v.found(), Found::New);
+        assert_eq!(v.size(), 8 << 20);
+        v.write_at(1 << 20, &[7u8; 4096]).unwrap();
+        v.write_at(3 << 20, &[9u8; 1 << 20]).unwrap();
+        // Zeroing a written range punches it out again: it reads as zeros and is a hole.
+        v.write_zeroes(3 << 20, 1 << 20).unwrap();
+        assert!(v.reads_as_zeros(3 << 20, 1 << 20));
+        assert!(!v.reads_as_zeros(1 << 20, 4096));
+        let mut b = vec![1u8; 4096];
+        v.read_at(3 << 20, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        v.flush().unwrap();
+        assert!(!target.exists(), "unfinished volume must not look complete");
+        drop(v);
+        // Reopened: an earlier run's partial, not adoptable without state.
+        let v = FileVolume::create(&target, &p).unwrap();
+        assert_eq!(
+            v.found(),
+            Found::Unfinished {
+                adopt_without_state: false
+            }
+        );
+        let done = Box::new(v).finish().unwrap();
+        assert_eq!(done.path.as_deref(), Some(target.as_path()));
+        let back = std::fs::read(&target).unwrap();
+        assert_eq!(back.len(), 8 << 20);
+        assert!(back[1 << 20..(1 << 20) + 4096].iter().all(|&x| x == 7));
+        // Sparse: far less allocated than the size.
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&target).unwrap().blocks() * 512 < 1 << 20);
+        // An existing target is replaced only with --force.
+        let err = FileVolume::create(&target, &p).unwrap_err();
+        assert!(
+            err.is_usage() && err.to_string().contains("--force"),
+            "{err}"
+        );
+        let forced = Prepare { force: true, ..p };
+        assert!(FileVolume::create(&target, &forced).is_ok());
+    }
+
+    #[test]
+    fn partial_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.raw");
+        std::os::unix::fs::symlink(
+            dir.path().join("elsewhere"),
+            dir.path().join("v.raw.partial"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("elsewhere"), b"x").unwrap();
+        let err = FileVolume::create(&target, &prep(dir.path(), 4096)).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join("elsewhere")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn device_refuses_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("img");
+        std::fs::write(&f, vec![0u8; 4096]).unwrap();
+        let err = DeviceVolume::open(&f, &prep(dir.path(), 4096)).unwrap_err();
+        assert!(err.is_usage() && err.to_string().contains("not a block device"));
+    }
+
+    #[test]
+    fn in_place_zeroing_without_holes_writes_only_non_zero_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("img");
+        std::fs::write(&f, vec![5u8; 3 << 20]).unwrap();
+        let mut v = FileVolume::open_in_place(&f).unwrap();
+        assert_eq!(v.size(), 3 << 20);
+        // Force the zero-writing path as a device would take it.
+        v.raw.device = true;
+        v.write_zeroes(1 << 20, (1 << 20) + 7).unwrap();
+        let back = std::fs::read(&f).unwrap();
+        assert!(back[..1 << 20].iter().all(|&x| x == 5));
+        assert!(back[1 << 20..(2 << 20) + 7].iter().all(|&x| x == 0));
+        assert!(back[(2 << 20) + 7..].iter().all(|&x| x == 5));
+    }
+}

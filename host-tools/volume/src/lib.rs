@@ -1,0 +1,258 @@
+//! The target-volume seam: one trait, [`Volume`], for every disk that ingest
+//! and sync write a verified capture into, and its implementations.
+//!
+//! The pipeline above the trait (decrypt, authenticate, write, read back,
+//! resume state) is written once, in `mgear`'s ingest and sync; everything a
+//! kind of target needs (how it is created, named while unfinished, made
+//! durable, and made final) lives below it, here:
+//!
+//! | volume | module | writes into |
+//! |---|---|---|
+//! | raw image file (sparse, private `.partial`, renamed when verified) | [`file`] | the file |
+//! | block device (marker in the state dir until verified) | [`file`] | the device |
+//! | NBD export (`WRITE_ZEROES` keeps thin exports thin) | [`nbd`] | the export |
+//! | qcow2 image (served by `qemu-nbd` on a unix socket) | [`qcow2`] | the image, through NBD |
+//! | libvirt pool volume (`virsh vol-create-as`) | [`libvirt`] | the volume's host path |
+//! | fake that fails at its N-th write (fault tests) | [`fake`] | memory |
+//!
+//! No volume stages a raw copy anywhere: local scratch is O(one batch of
+//! chunks) whatever the volume size.
+//!
+//! Contract (what the pipeline relies on):
+//! - writes are positional and idempotent (the same bytes at the same offset
+//!   may be written again after a resume);
+//! - after [`Volume::flush`] returns, every completed write is durable;
+//! - [`Volume::write_zeroes`] leaves the range reading as zeros and keeps a
+//!   thin target thin where the backend allows (hole punch, NBD
+//!   `WRITE_ZEROES`);
+//! - [`Volume::finish`] is called only after the read-back check passed, and
+//!   is what makes the volume look complete (rename, marker removed).
+//!   Dropping a volume without `finish` leaves it unfinished and resumable.
+
+use std::path::PathBuf;
+
+pub mod fake;
+pub mod file;
+pub mod libvirt;
+mod marker;
+pub mod nbd;
+pub mod qcow2;
+mod tool;
+
+pub use fake::FakeVolume;
+pub use file::{DeviceVolume, FileVolume};
+pub use libvirt::LibvirtVolume;
+pub use nbd::NbdVolume;
+pub use qcow2::Qcow2Volume;
+
+/// Everything that can go wrong with a target volume.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operator asked for something this volume cannot do as given
+    /// (it exists without `--force`, too small, not a block device, ...).
+    #[error("{0}")]
+    Usage(String),
+    /// Reading, writing or creating the volume failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The NBD export failed or refused.
+    #[error("NBD target {url}: {source}")]
+    Nbd {
+        url: String,
+        #[source]
+        source: Box<mgear_nbd::Error>,
+    },
+    /// A volume that cannot be written (a read-only export).
+    #[error("{0} is read-only: give a writable target")]
+    ReadOnly(String),
+    /// An external tool (qemu-img, qemu-nbd, virsh) is missing or failed, or
+    /// a service it needs is not running.
+    #[error("{0}")]
+    Tool(String),
+    /// [`FakeVolume`]'s injected fault.
+    #[error("injected fault: write number {0} fails")]
+    Injected(u64),
+}
+
+impl Error {
+    fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// True for errors the operator fixes by changing the command line
+    /// (the CLI maps them to its usage exit code).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Usage(_))
+    }
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a volume found when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing of an earlier run: the pipeline starts at chunk one.
+    New,
+    /// An unfinished write of an earlier run, which the pipeline may resume
+    /// from its state file. `adopt_without_state` is false where the volume
+    /// holds decrypted data in a file of ours (`.partial`): without the
+    /// state nothing vouches for it, so the pipeline refuses to adopt it.
+    Unfinished { adopt_without_state: bool },
+}
+
+/// What the pipeline tells a volume when opening it.
+#[derive(Debug, Clone)]
+pub struct Prepare {
+    /// Bytes of the disk being written; the volume must hold at least this.
+    pub disk_size: u64,
+    /// Length of the region written last (chunk 0: partition table, boot
+    /// sector). A volume that may hold old data clears it when it starts
+    /// new, so the volume never looks bootable before it is complete.
+    pub head_len: u64,
+    /// Private directory (0700) for markers and sockets.
+    pub state_dir: PathBuf,
+    /// Replace an existing finished target.
+    pub force: bool,
+    /// One line saying what is being written (goes into markers).
+    pub what: String,
+}
+
+/// What a finished volume became.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// The local file or device now holding the disk, if there is one
+    /// (for `--adapt` and `--boot`).
+    pub path: Option<PathBuf>,
+    /// Its format for QEMU tools: `raw` or `qcow2`.
+    pub format: &'static str,
+    /// A volume identity worth reporting (a libvirt volume's host path).
+    pub volume: Option<String>,
+}
+
+/// Hints that let the pipeline drive a volume well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Preferred write size and alignment in bytes (a power of two; 512 KiB
+    /// for EBS direct APIs). Writes of other sizes must still work.
+    pub block: u32,
+    /// How many writes the backend can usefully have in flight at once; a
+    /// latency-bound backend (Ceph RBD) overrides [`Volume::write_batch`]
+    /// and says how deep it goes. 1 = no gain from batching.
+    pub max_in_flight: usize,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Geometry {
+            block: 4096,
+            max_in_flight: 1,
+        }
+    }
+}
+
+/// One write of a batch: bytes at an offset.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteAt<'a> {
+    pub offset: u64,
+    pub data: &'a [u8],
+}
+
+/// A writable target volume. See the module doc for the contract.
+pub trait Volume: Send {
+    /// Usable size in bytes (may exceed the disk: a larger cloud volume
+    /// keeps its tail).
+    fn size(&self) -> u64;
+
+    /// Human description for messages (`file:web01.raw`, an NBD URL, ...).
+    fn describe(&self) -> String;
+
+    /// A stable name for this target's resume state in the state dir.
+    fn state_key(&self) -> String;
+
+    /// Whether an earlier run left an unfinished write here.
+    fn found(&self) -> Found;
+
+    /// Transfer hints; see [`Geometry`].
+    fn geometry(&self) -> Geometry {
+        Geometry::default()
+    }
+
+    /// Write `data` at `offset`.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Write a batch; it is complete (not necessarily durable) when this
+    /// returns. Backends with deep queues issue the writes concurrently;
+    /// the default writes them one after the other.
+    fn write_batch(&mut self, writes: &[WriteAt<'_>]) -> Result<()> {
+        for w in writes {
+            self.write_at(w.offset, w.data)?;
+        }
+        Ok(())
+    }
+
+    /// Make `[offset, offset+len)` read as zeros, keeping thin targets thin.
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
+
+    /// Make every completed write durable.
+    fn flush(&mut self) -> Result<()>;
+
+    /// Whether [`read_at`](Self::read_at) returns what is on the volume.
+    /// A volume that cannot read back (EBS direct APIs) says false; ingest
+    /// then relies on what it authenticated and sent.
+    fn can_read_back(&self) -> bool {
+        true
+    }
+
+    /// Fill `buf` from `offset`.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Whether the range is known to read as zeros without reading it (a
+    /// hole); `false` when unknown.
+    fn reads_as_zeros(&mut self, _offset: u64, _len: u64) -> bool {
+        false
+    }
+
+    /// Make the verified volume final (rename, marker removed, helper
+    /// processes stopped). Called once, after the read-back check passed.
+    fn finish(self: Box<Self>) -> Result<Finished>;
+}
+
+/// A name safe as one file name in the state dir, derived from `s`.
+pub fn key_of(s: &str) -> String {
+    s.trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A short hash of `s` for names that must stay short (sockets).
+fn short_hash(s: &str) -> String {
+    blake3::hash(s.as_bytes()).to_hex()[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_single_file_names() {
+        assert_eq!(key_of("/a/b c/d.raw"), "a_b_c_d.raw");
+        assert!(!key_of("nbd+unix:///x?socket=/s").contains('/'));
+        assert_eq!(short_hash("x").len(), 16);
+        assert_ne!(short_hash("x"), short_hash("y"));
+    }
+}

@@ -1,0 +1,44 @@
+//! "Incomplete" markers in the state dir, for volumes that have no
+//! unfinished name of their own (a device, an NBD export, a pool volume):
+//! the marker exists from before the first write until the read-back check
+//! passed, so an earlier run's unfinished write is recognised and the
+//! operator can see the volume must not be used.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// A marker file `<state-dir>/<name>.mgear-incomplete`.
+#[derive(Debug)]
+pub(crate) struct Marker {
+    pub path: PathBuf,
+}
+
+impl Marker {
+    pub fn new(state_dir: &Path, name: &str) -> Self {
+        Marker {
+            path: state_dir.join(format!("{name}.mgear-incomplete")),
+        }
+    }
+
+    /// lstat, not stat: a dangling symlink counts as something being there.
+    pub fn exists(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok()
+    }
+
+    /// Create it (new, 0600, never through a symlink) saying what is incomplete.
+    pub fn create(&self, what: &str) -> Result<()> {
+        image_format::private::create(&self.path)
+            .and_then(|mut m| {
+                m.write_all(format!("{what} is incomplete: do not use this volume\n").as_bytes())?;
+                m.sync_all()
+            })
+            .map_err(|e| Error::io(format!("writing marker {}", self.path.display()), e))
+    }
+
+    pub fn remove(&self) -> Result<()> {
+        std::fs::remove_file(&self.path)
+            .map_err(|e| Error::io(format!("removing marker {}", self.path.display()), e))
+    }
+}

@@ -1,0 +1,343 @@
+//! qcow2 images, written directly: `qemu-img create` makes `NAME.partial`
+//! (a private file this run created), `qemu-nbd` serves it on a unix socket
+//! in the state dir, and the pipeline writes through NBD like any other
+//! export (zero ranges become qcow2 zero clusters: the image stays thin).
+//! [`finish`](crate::Volume::finish) flushes, disconnects, waits for
+//! `qemu-nbd` to exit and renames `NAME.partial` to `NAME`. No raw copy is
+//! staged anywhere.
+//!
+//! `qemu-nbd` runs without `--persistent`: it exits when its one client
+//! disconnects, also when mgear is killed, so nothing is left running and a
+//! re-run can open the image again (qemu's image lock is free).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::file::sync_parent;
+use crate::nbd::NbdVolume;
+use crate::tool::{require, run};
+use crate::{key_of, short_hash, Error, Finished, Found, Geometry, Prepare, Result, Volume};
+
+/// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A qcow2 image served by our own `qemu-nbd`; see the module doc.
+#[derive(Debug)]
+pub struct Qcow2Volume {
+    nbd: Option<NbdVolume>,
+    server: Option<Child>,
+    partial: PathBuf,
+    final_path: PathBuf,
+    sock: PathBuf,
+    found: Found,
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+impl Qcow2Volume {
+    /// Create (or reopen after an interruption) `PATH.partial` and serve it.
+    pub fn create(path: &Path, prep: &Prepare) -> Result<Self> {
+        let qemu_img = require("qemu-img", "qemu-utils")?;
+        let qemu_nbd = require("qemu-nbd", "qemu-utils")?;
+        if path.exists() && !prep.force {
+            return Err(Error::Usage(format!(
+                "{} exists: pass --force to replace it",
+                path.display()
+            )));
+        }
+        let partial = with_suffix(path, ".partial");
+        let sock = prep.state_dir.join(format!(
+            "qcow2_{}.sock",
+            short_hash(&key_of(&partial.to_string_lossy()))
+        ));
+        if sock.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::Usage(format!(
+                "the state dir {} is too long a path for qemu-nbd's unix socket: pass a shorter --state-dir",
+                prep.state_dir.display()
+            )));
+        }
+        let found = match std::fs::symlink_metadata(&partial) {
+            Ok(m) if m.is_file() => Found::Unfinished {
+                adopt_without_state: false,
+            },
+            Ok(_) => {
+                return Err(Error::Usage(format!(
+                    "{} is not a regular file (a symlink?): refusing to write through it; remove it and run again",
+                    partial.display()
+                )))
+            }
+            Err(_) => {
+                // qemu-img writes into a private file this run created (it
+                // truncates and keeps the mode): never through a planted link.
+                drop(image_format::private::create(&partial).map_err(|e| {
+                    Error::io(format!("creating {} (new, 0600)", partial.display()), e)
+                })?);
+                let size = prep.disk_size.to_string();
+                let made = run(
+                    Command::new(&qemu_img)
+                        .args(["create", "-q", "-f", "qcow2"])
+                        .arg(&partial)
+                        .arg(&size),
+                    "qemu-img create",
+                );
+                if let Err(e) = made {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+                Found::New
+            }
+        };
+        let mut v = Qcow2Volume {
+            nbd: None,
+            server: None,
+            partial,
+            final_path: path.to_owned(),
+            sock,
+            found,
+        };
+        v.serve(&qemu_nbd)?;
+        let nbd = v
+            .nbd
+            .as_ref()
+            .ok_or_else(|| Error::Tool("qemu-nbd did not serve".into()))?;
+        nbd.check_size(prep.disk_size)?;
+        Ok(v)
+    }
+
+    /// Start qemu-nbd and connect. A qemu-nbd of a killed earlier run may
+    /// still hold the image lock for a moment: retry briefly.
+    fn serve(&mut self, qemu_nbd: &Path) -> Result<()> {
+        let url: mgear_nbd::NbdUrl = format!("nbd+unix:///?socket={}", self.sock.display())
+            .parse()
+            .map_err(|e| Error::Usage(format!("socket path {}: {e}", self.sock.display())))?;
+        let mut last = String::new();
+        for _attempt in 0..10 {
+            if std::fs::symlink_metadata(&self.sock).is_ok() {
+                let _ = std::fs::remove_file(&self.sock);
+            }
+            let mut child = Command::new(qemu_nbd)
+                .args(["-f", "qcow2", "--cache=writeback", "--discard=unmap", "-k"])
+                .arg(&self.sock)
+                .arg(&self.partial)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| Error::io("starting qemu-nbd", e))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    last = format!("qemu-nbd exited ({status}): {}", err.trim());
+                    break;
+                }
+                if std::fs::symlink_metadata(&self.sock).is_ok() {
+                    match NbdVolume::connect(&url) {
+                        Ok(mut nbd) => {
+                            nbd.set_found(self.found);
+                            self.nbd = Some(nbd);
+                            self.server = Some(child);
+                            return Ok(());
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::Tool(format!(
+                        "qemu-nbd did not serve {} within 30 s: {last}",
+                        self.partial.display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(Error::Tool(format!(
+            "qemu-nbd could not serve {}: {last}",
+            self.partial.display()
+        )))
+    }
+
+    fn nbd(&mut self) -> Result<&mut NbdVolume> {
+        self.nbd
+            .as_mut()
+            .ok_or_else(|| Error::Tool("qemu-nbd connection already closed".into()))
+    }
+
+    /// Wait for qemu-nbd to exit after the disconnect; stop it if it does not.
+    fn stop_server(&mut self) -> Result<()> {
+        let Some(mut child) = self.server.take() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => {
+                    return Err(Error::Tool(format!("qemu-nbd ended with {status}")));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    terminate(&mut child);
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.sock);
+        Ok(())
+    }
+}
+
+/// SIGTERM (qemu-nbd flushes and exits), then wait.
+fn terminate(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let _ = child.wait();
+}
+
+impl Drop for Qcow2Volume {
+    fn drop(&mut self) {
+        // Unfinished: disconnect (qemu-nbd then exits on its own) and reap it.
+        drop(self.nbd.take());
+        if let Some(mut child) = self.server.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            terminate(&mut child);
+            let _ = std::fs::remove_file(&self.sock);
+        }
+    }
+}
+
+impl Volume for Qcow2Volume {
+    fn size(&self) -> u64 {
+        self.nbd.as_ref().map_or(0, NbdVolume::size)
+    }
+    fn describe(&self) -> String {
+        self.final_path.display().to_string()
+    }
+    fn state_key(&self) -> String {
+        let abs = std::path::absolute(&self.final_path).unwrap_or_else(|_| self.final_path.clone());
+        key_of(&abs.to_string_lossy())
+    }
+    fn found(&self) -> Found {
+        self.found
+    }
+    fn geometry(&self) -> Geometry {
+        self.nbd
+            .as_ref()
+            .map(NbdVolume::geometry)
+            .unwrap_or_default()
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.nbd()?.write_at(offset, data)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.nbd()?.write_zeroes(offset, len)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.nbd()?.flush()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.nbd()?.read_at(offset, buf)
+    }
+    fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+        self.nbd
+            .as_mut()
+            .is_some_and(|n| n.reads_as_zeros(offset, len))
+    }
+    fn finish(mut self: Box<Self>) -> Result<Finished> {
+        self.nbd()?.close()?;
+        self.nbd = None;
+        self.stop_server()?;
+        std::fs::rename(&self.partial, &self.final_path).map_err(|e| {
+            Error::io(
+                format!(
+                    "renaming {} to {}",
+                    self.partial.display(),
+                    self.final_path.display()
+                ),
+                e,
+            )
+        })?;
+        sync_parent(&self.final_path)?;
+        Ok(Finished {
+            path: Some(self.final_path.clone()),
+            format: "qcow2",
+            volume: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_through_qemu_nbd_and_renames_on_finish() {
+        if require("qemu-nbd", "qemu-utils").is_err() {
+            eprintln!("skipped: qemu-utils not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.qcow2");
+        let prep = Prepare {
+            disk_size: 4 << 20,
+            head_len: 65536,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        let mut v = Qcow2Volume::create(&target, &prep).unwrap();
+        assert_eq!(v.found(), Found::New);
+        v.write_at(1 << 20, &[0x5a; 65536]).unwrap();
+        v.write_zeroes(2 << 20, 1 << 20).unwrap();
+        assert!(v.reads_as_zeros(2 << 20, 1 << 20));
+        drop(v);
+        // Killed before finishing: the partial is reopened, not replaced.
+        let mut v = Qcow2Volume::create(&target, &prep).unwrap();
+        assert!(matches!(v.found(), Found::Unfinished { .. }));
+        let mut b = vec![0u8; 65536];
+        v.read_at(1 << 20, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0x5a));
+        let done = Box::new(v).finish().unwrap();
+        assert_eq!(done.format, "qcow2");
+        assert!(target.exists() && !dir.path().join("v.qcow2.partial").exists());
+        let raw = dir.path().join("back.raw");
+        run(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "qcow2", "-O", "raw"])
+                .arg(&target)
+                .arg(&raw),
+            "qemu-img convert",
+        )
+        .unwrap();
+        let back = std::fs::read(&raw).unwrap();
+        assert_eq!(back.len(), 4 << 20);
+        assert!(back[1 << 20..(1 << 20) + 65536].iter().all(|&x| x == 0x5a));
+        assert!(back[..1 << 20].iter().all(|&x| x == 0));
+        // No socket or server left behind.
+        assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".sock")));
+    }
+}
