@@ -12,7 +12,9 @@
 //! | `dev:/dev/DEVICE` | a block device |
 //! | `libvirt:POOL/NAME` | a volume of a libvirt storage pool on `qemu:///system` |
 //! | `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` | any NBD export |
-//! | `rbd:POOL/IMAGE?conf=..&id=..`, `cinder:NAME`, `ebs-snapshot:NAME` | reserved: not supported yet |
+//! | `rbd:POOL/IMAGE[?conf=PATH&id=USER]` | a Ceph RBD image (created at the disk's size unless it exists; written through qemu's rbd driver; conf and user default to `CEPH_CONF`/`CEPH_ARGS`) |
+//! | `cinder:NAME` | an OpenStack Cinder volume found by its capture metadata or created (`OS_*`/`clouds.yaml`), written through its RBD image (`crate::cloud_target`) |
+//! | `ebs-snapshot:NAME` | reserved: not supported yet |
 //!
 //! A bare `PATH` (no kind) means the file or device that is already there,
 //! where a command only reads it or writes it in place (`boot`, `serve`):
@@ -29,16 +31,18 @@ use std::path::{Path, PathBuf};
 use mgear_boot::LibvirtTarget;
 use mgear_nbd::NbdUrl;
 use mgear_volume::{
-    DeviceVolume, FileVolume, LibvirtVolume, NbdVolume, Prepare, Qcow2Volume, Volume,
+    DeviceVolume, Existing, FileVolume, LibvirtVolume, NbdVolume, Prepare, Qcow2Volume, RbdSpec,
+    RbdVolume, Volume,
 };
 
 use crate::exit::{coded, usage, IO};
 
 /// Kinds that are reserved for targets still to come.
-const NOT_YET: [&str; 3] = ["rbd:", "cinder:", "ebs-snapshot:"];
+const NOT_YET: [&str; 1] = ["ebs-snapshot:"];
 
 const TARGET_KINDS: &str =
-    "file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME or nbd://HOST:PORT/EXPORT";
+    "file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME, nbd://HOST:PORT/EXPORT, \
+     rbd:POOL/IMAGE or cinder:NAME";
 
 /// True if `s` is an NBD URL (the one place that knows the schemes).
 pub fn is_nbd(s: &str) -> bool {
@@ -72,6 +76,10 @@ pub enum Target {
     Libvirt(LibvirtTarget),
     /// Any NBD export: qemu-nbd or nbdkit serving rbd, vmdk, a cloud volume, ...
     Nbd(NbdUrl),
+    /// A Ceph RBD image.
+    Rbd(RbdSpec),
+    /// An OpenStack Cinder volume, by machine name.
+    Cinder(String),
 }
 
 fn nonempty(spec: &str, p: &str) -> anyhow::Result<PathBuf> {
@@ -88,6 +96,12 @@ impl Target {
     pub fn parse(s: &str, bare: Bare) -> anyhow::Result<Self> {
         if is_nbd(s) {
             return nbd_url("--target", s).map(Target::Nbd);
+        }
+        if s.starts_with("rbd:") {
+            return RbdSpec::parse(s).map(Target::Rbd).map_err(volume_err);
+        }
+        if let Some(name) = s.strip_prefix("cinder:") {
+            return crate::cloud_target::check_name(name).map(|()| Target::Cinder(name.into()));
         }
         if let Some(kind) = NOT_YET.iter().find(|k| s.starts_with(**k)) {
             return Err(usage(format!(
@@ -133,19 +147,25 @@ impl Target {
             Target::Qcow2(p) => mgear_boot::Target::Qcow2(p.clone()),
             Target::Dev(p) => mgear_boot::Target::Dev(p.clone()),
             Target::Nbd(u) => mgear_boot::Target::Nbd(u.to_string()),
-            Target::Libvirt(_) => return None,
+            Target::Rbd(r) => mgear_boot::Target::Rbd(r.qemu_filename()),
+            Target::Libvirt(_) | Target::Cinder(_) => return None,
         })
     }
 
     /// Whether the ingested volume is a local file or device afterwards
     /// (what `--adapt` needs).
     pub fn is_local(&self) -> bool {
-        !matches!(self, Target::Nbd(_))
+        !matches!(self, Target::Nbd(_) | Target::Rbd(_) | Target::Cinder(_))
     }
 
     /// Open the target for an ingest (create it, or reopen what an
     /// interrupted run left); the one place that maps kinds to volumes.
-    pub fn open_for_ingest(&self, prep: &Prepare) -> anyhow::Result<Box<dyn Volume>> {
+    /// `capture` names what is written (a Cinder volume carries it as metadata).
+    pub fn open_for_ingest(
+        &self,
+        prep: &Prepare,
+        capture: &crate::cloud_target::CaptureFacts,
+    ) -> anyhow::Result<Box<dyn Volume>> {
         let v: Box<dyn Volume> = match self {
             Target::File(p) => Box::new(FileVolume::create(p, prep).map_err(volume_err)?),
             Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep).map_err(volume_err)?),
@@ -155,6 +175,10 @@ impl Target {
                 LibvirtVolume::open(mgear_boot::libvirt::DEFAULT_CONN, &t.pool, &t.name, prep)
                     .map_err(volume_err)?,
             ),
+            Target::Rbd(r) => {
+                Box::new(RbdVolume::open(r, prep, Existing::CreateOrForce).map_err(volume_err)?)
+            }
+            Target::Cinder(name) => crate::cloud_target::open(name, prep, capture)?,
         };
         Ok(v)
     }
@@ -176,6 +200,10 @@ impl Target {
                 "--target {t}: serve the volume's path (virsh vol-path --pool {} {}) as file:PATH",
                 t.pool, t.name
             ))),
+            Target::Rbd(_) | Target::Cinder(_) => Err(usage(format!(
+                "--target {self}: serve writes raw volumes and NBD exports; serve the image with \
+                 `qemu-nbd -k /tmp/v.sock rbd:POOL/IMAGE` and give nbd+unix:///?socket=/tmp/v.sock"
+            ))),
         }
     }
 }
@@ -188,6 +216,8 @@ impl std::fmt::Display for Target {
             Target::Dev(p) => write!(f, "dev:{}", p.display()),
             Target::Libvirt(t) => write!(f, "{t}"),
             Target::Nbd(u) => write!(f, "{u}"),
+            Target::Rbd(r) => write!(f, "{r}"),
+            Target::Cinder(n) => write!(f, "cinder:{n}"),
         }
     }
 }
@@ -273,15 +303,25 @@ mod tests {
             let e = Target::parse(bad, r).unwrap_err();
             assert_eq!(code_of(&e), 2, "{bad}: {e}");
         }
-        for later in [
-            "rbd:pool/img?conf=/etc/ceph.conf&id=admin",
-            "cinder:vol",
-            "ebs-snapshot:s",
-        ] {
-            let e = Target::parse(later, r).unwrap_err();
-            assert!(e.to_string().contains("not supported yet"), "{e}");
-            assert_eq!(code_of(&e), 2);
+        let Target::Rbd(t) = Target::parse("rbd:pool/img?conf=/etc/ceph.conf&id=admin", r).unwrap()
+        else {
+            panic!("not rbd");
+        };
+        assert_eq!(
+            t.qemu_filename(),
+            "rbd:pool/img:conf=/etc/ceph.conf:id=admin"
+        );
+        assert_eq!(
+            Target::parse("cinder:web01", r).unwrap(),
+            Target::Cinder("web01".into())
+        );
+        for bad in ["rbd:pool", "rbd:p/i?x=1", "cinder:", "cinder:a\nb"] {
+            let e = Target::parse(bad, r).unwrap_err();
+            assert_eq!(code_of(&e), 2, "{bad}: {e}");
         }
+        let e = Target::parse("ebs-snapshot:s", r).unwrap_err();
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+        assert_eq!(code_of(&e), 2);
     }
 
     #[test]
