@@ -39,8 +39,8 @@ use crate::{
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
-/// NBD connections to `qemu-nbd`, i.e. writes in flight. Measured on the cloud lab: 1 gives
-/// about a third of what 8 give; beyond 8 nothing more.
+/// NBD connections to `qemu-nbd`, i.e. writes in flight (the `-m 16` of a tuned `qemu-img
+/// convert` is the same idea). Not tuned yet: see `mgear bench --rbd`.
 const CONNECTIONS: usize = 8;
 /// Every Ceph CLI call gives up after this instead of hanging on an unreachable monitor.
 const MOUNT_TIMEOUT_SECS: &str = "30";
