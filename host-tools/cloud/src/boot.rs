@@ -181,7 +181,9 @@ pub fn boot_from_volume(session: &Session, spec: &NovaBootSpec) -> Result<NovaBo
             "server {server_id} shut off after {elapsed:.1} s without printing {:?}",
             spec.wait_for
         ),
-        Outcome::QemuFailed => format!("server {server_id} failed to build: {failure}"),
+        // QemuFailed is the only other outcome this driver produces (a failed build); written
+        // as a catch-all so outcomes the local drivers add need no arm here.
+        _ => format!("server {server_id} failed to build: {failure}"),
     };
     let mut cut = console.len().saturating_sub(LOG_CAP);
     while !console.is_char_boundary(cut) {
