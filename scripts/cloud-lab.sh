@@ -169,7 +169,14 @@ EOF
             rm -f /usr/sbin/policy-rc.d
         fi
     fi
-    [ "$rc" = 0 ] || die "apt-get install failed (exit $rc); read $LAB/logs/apt.log (try apt-get update first)"
+    [ "$rc" = 0 ] && return 0
+    # Say exactly which packages are still missing: the test suite fails on this, it never skips.
+    local still=()
+    for p in "${missing[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || still+=("$p")
+    done
+    tail -n 15 "$LAB/logs/apt.log" >&2 || true
+    die "apt-get install failed (exit $rc); still missing: ${still[*]}; read $LAB/logs/apt.log (try apt-get update first)"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ pub enum Target {
     Dev(PathBuf),
     /// NBD export URL (`nbd://host:port/export`, `nbd+unix:///export?socket=PATH`).
     Nbd(String),
+    /// Ceph RBD image in qemu's rbd syntax (`rbd:POOL/IMAGE[:conf=PATH][:id=USER]`): a network
+    /// disk of protocol rbd, the way OpenStack's compute attaches Cinder volumes.
+    Rbd(String),
 }
 
 impl std::fmt::Display for Target {
@@ -44,7 +47,7 @@ impl std::fmt::Display for Target {
             Target::File(p) => write!(f, "file:{}", p.display()),
             Target::Qcow2(p) => write!(f, "qcow2:{}", p.display()),
             Target::Dev(p) => write!(f, "dev:{}", p.display()),
-            Target::Nbd(u) => write!(f, "{u}"),
+            Target::Nbd(u) | Target::Rbd(u) => write!(f, "{u}"),
         }
     }
 }
@@ -55,7 +58,7 @@ impl Target {
         match self {
             Target::File(p) | Target::Dev(p) => ("raw", p.display().to_string()),
             Target::Qcow2(p) => ("qcow2", p.display().to_string()),
-            Target::Nbd(u) => ("raw", u.clone()),
+            Target::Nbd(u) | Target::Rbd(u) => ("raw", u.clone()),
         }
     }
 
@@ -68,7 +71,9 @@ impl Target {
                 s.push(".boot-report.json");
                 PathBuf::from(s)
             }
-            Target::Dev(_) | Target::Nbd(_) => PathBuf::from("mgear-boot-report.json"),
+            Target::Dev(_) | Target::Nbd(_) | Target::Rbd(_) => {
+                PathBuf::from("mgear-boot-report.json")
+            }
         }
     }
 
@@ -79,7 +84,7 @@ impl Target {
             Target::File(p) | Target::Qcow2(p) | Target::Dev(p) => std::fs::metadata(p)
                 .map(|_| ())
                 .map_err(|e| BootError::io(format!("volume {}", p.display()), e)),
-            Target::Nbd(_) => Ok(()),
+            Target::Nbd(_) | Target::Rbd(_) => Ok(()),
         }
     }
 }
@@ -338,7 +343,7 @@ const OVMF_PAIRS: [(&str, &str); 2] = [
 
 /// Remove ANSI escape sequences and carriage returns (GRUB and OVMF paint the
 /// screen with them) so the regex and the report see plain text.
-pub(crate) fn clean_console(raw: &[u8]) -> String {
+pub fn clean_console(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -473,7 +478,7 @@ fn read_head(target: &Target) -> Result<(Vec<u8>, u64)> {
             f.read_exact_at(0, &mut head)?;
             Ok((head, size))
         }
-        Target::Qcow2(_) | Target::Nbd(_) => {
+        Target::Qcow2(_) | Target::Nbd(_) | Target::Rbd(_) => {
             let qemu_img = find_tool("qemu-img", "qemu-utils")?;
             let (fmt, loc) = target.qemu_drive();
             let info = run_tool(

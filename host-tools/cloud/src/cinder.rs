@@ -16,6 +16,99 @@ use crate::auth::{Service, Session};
 use crate::{CloudError, Result};
 
 const POLL: Duration = Duration::from_millis(500);
+const GIB: u64 = 1 << 30;
+
+/// Cinder sizes volumes in whole GiB: the smallest volume that holds `bytes` (at least 1 GiB).
+pub fn gib_for(bytes: u64) -> u64 {
+    bytes.div_ceil(GIB).max(1)
+}
+
+/// Metadata keys MotionGear puts on the volumes it ingests into. The first four say what the
+/// volume holds and are how a re-run finds it again; [`meta::STATE`] says whether the ingest
+/// finished.
+pub mod meta {
+    /// The machine name given on the command line (`cinder:NAME`).
+    pub const NAME: &str = "mgear.name";
+    /// Capture id (hex).
+    pub const CAPTURE: &str = "mgear.capture";
+    /// Generation number of the capture written.
+    pub const GENERATION: &str = "mgear.generation";
+    /// Manifest root (hex) of that generation.
+    pub const MANIFEST_ROOT: &str = "mgear.manifest_root";
+    /// `writing` while chunks go in, `complete` once written and read back.
+    pub const STATE: &str = "mgear.state";
+    /// [`STATE`] value while writing.
+    pub const WRITING: &str = "writing";
+    /// [`STATE`] value once the volume holds the capture, verified.
+    pub const COMPLETE: &str = "complete";
+}
+
+/// The volume an ingest wants: what it holds (the identity a re-run finds it by) and its shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeFor {
+    /// Machine (and volume) name.
+    pub name: String,
+    /// Disk size in bytes; the volume is rounded up to whole GiB ([`gib_for`]).
+    pub size_bytes: u64,
+    /// Volume type; the cloud's default when `None`.
+    pub volume_type: Option<String>,
+    /// Availability zone; the cloud's default when `None`.
+    pub availability_zone: Option<String>,
+    /// Capture id.
+    pub capture_id: String,
+    /// Generation.
+    pub generation: u64,
+    /// Manifest root of that generation.
+    pub manifest_root: String,
+}
+
+impl VolumeFor {
+    /// The metadata that names what the volume holds; a re-run looks its volume up by it.
+    pub fn identity(&self) -> BTreeMap<String, String> {
+        [
+            (meta::NAME, self.name.clone()),
+            (meta::CAPTURE, self.capture_id.clone()),
+            (meta::GENERATION, self.generation.to_string()),
+            (meta::MANIFEST_ROOT, self.manifest_root.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// What [`Cinder::ensure_volume`] found or made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ensured {
+    /// The volume, `available`.
+    pub volume: Volume,
+    /// True when it was created by this call, false when a previous run's was found.
+    pub created: bool,
+}
+
+/// Where a volume's bytes live in Ceph, from Cinder's connection info (or the RBD driver's
+/// `volume-<id>` naming).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdImage {
+    /// Pool (`volumes` in the lab).
+    pub pool: String,
+    /// Image name (`volume-<id>`).
+    pub image: String,
+    /// Ceph user Cinder hands to compute hosts (`cinder`), when it said.
+    pub user: Option<String>,
+    /// Monitor addresses `host:port` from the connection info (empty when unknown: the local
+    /// ceph.conf then names them).
+    pub monitors: Vec<String>,
+    /// How it was learned: `connection-info` or `naming-convention`.
+    pub source: &'static str,
+}
+
+impl RbdImage {
+    /// `POOL/IMAGE`.
+    pub fn spec(&self) -> String {
+        format!("{}/{}", self.pool, self.image)
+    }
+}
 
 /// What to create.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +146,13 @@ pub struct Volume {
     /// Metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// `host@backend#pool` of the volume service holding it (admins only; empty otherwise).
+    #[serde(
+        default,
+        rename = "os-vol-host-attr:host",
+        deserialize_with = "null_as_empty"
+    )]
+    pub host: String,
 }
 
 impl Volume {
@@ -233,6 +333,117 @@ impl<'a> Cinder<'a> {
         Ok(())
     }
 
+    /// The `available` volume holding `want`: the one a previous run created (found by
+    /// [`VolumeFor::identity`]), or a new one of [`gib_for`] its size, its metadata set to the
+    /// identity and [`meta::STATE`] `writing`. Waits for `available` at most `deadline`.
+    ///
+    /// Refused, with what to do: two volumes carrying the identity, a found volume that is
+    /// smaller than the disk, or one attached to a server (`in-use`: a booted machine is not
+    /// written under its feet).
+    pub fn ensure_volume(&self, want: &VolumeFor, deadline: Duration) -> Result<Ensured> {
+        let identity = want.identity();
+        let size_gib = gib_for(want.size_bytes);
+        let found = self.find_by_metadata(&identity)?;
+        if found.len() > 1 {
+            let ids: Vec<&str> = found.iter().map(|v| v.id.as_str()).collect();
+            return Err(CloudError::Config(format!(
+                "{} volumes carry the metadata of {:?} (capture {}, generation {}): {}; \
+                 delete the ones not wanted",
+                found.len(),
+                want.name,
+                want.capture_id,
+                want.generation,
+                ids.join(", ")
+            )));
+        }
+        if let Some(v) = found.into_iter().next() {
+            if v.size < size_gib {
+                return Err(CloudError::Config(format!(
+                    "volume {} ({:?}) holding this capture is {} GiB, the disk needs {size_gib} GiB: \
+                     extend it (cinder extend) or delete it",
+                    v.id, v.name, v.size
+                )));
+            }
+            if v.status == "in-use" {
+                return Err(CloudError::Config(format!(
+                    "volume {} ({:?}) is attached to a server (in-use): delete or shelve the server \
+                     before writing the volume again",
+                    v.id, v.name
+                )));
+            }
+            let volume = self.wait_status(&v.id, "available", deadline)?;
+            return Ok(Ensured {
+                volume,
+                created: false,
+            });
+        }
+        let mut metadata = identity;
+        metadata.insert(meta::STATE.into(), meta::WRITING.into());
+        let created = self.create(&NewVolume {
+            name: want.name.clone(),
+            size_gib,
+            volume_type: want.volume_type.clone(),
+            metadata,
+            availability_zone: want.availability_zone.clone(),
+        })?;
+        let volume = self.wait_status(&created.id, "available", deadline)?;
+        Ok(Ensured {
+            volume,
+            created: true,
+        })
+    }
+
+    /// Where the volume lives in Ceph. Asks Cinder for its connection info the way a compute
+    /// host does (`os-initialize_connection` with this host as connector, then
+    /// `os-terminate_connection`); an RBD backend answers `driver_volume_type: rbd` with
+    /// `data.name = POOL/IMAGE`. When that call is refused (a policy that keeps it for admins),
+    /// the RBD driver's naming is used: `volume-<id>` in `fallback_pool`, if given.
+    ///
+    /// Other backends answer `iscsi`, `nvmeof`, `fibre_channel`...: writing those needs the
+    /// volume attached to this host (an initiator/NQN connector, `os-reserve`,
+    /// `os-initialize_connection`, the session logged in with iscsiadm or nvme-cli,
+    /// `os-attach`), after which the block device is a `dev:` target. That is reported as
+    /// [`CloudError::Unsupported`].
+    pub fn rbd_image(&self, volume: &Volume, fallback_pool: Option<&str>) -> Result<RbdImage> {
+        let path = format!("/volumes/{}/action", volume.id);
+        let connector = json!({"connector": {
+            "host": hostname(),
+            "ip": "127.0.0.1",
+            "platform": "x86_64",
+            "os_type": "linux",
+            "multipath": false,
+        }});
+        let asked = self.call(
+            "POST",
+            &path,
+            Some(&json!({ "os-initialize_connection": connector })),
+        );
+        match asked {
+            Ok(body) => {
+                // Nothing is held by RBD connections; terminating keeps the books tidy.
+                let _ = self.call(
+                    "POST",
+                    &path,
+                    Some(&json!({ "os-terminate_connection": connector })),
+                );
+                rbd_from_connection_info(&volume.id, &body)
+            }
+            Err(e @ CloudError::Http { status, .. }) if status == 403 || status == 404 => {
+                match fallback_pool {
+                    Some(pool) => Ok(RbdImage {
+                        pool: pool.to_string(),
+                        image: format!("volume-{}", volume.id),
+                        user: None,
+                        monitors: vec![],
+                        source: "naming-convention",
+                    }),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Delete a volume (asynchronous: see [`Cinder::wait_deleted`]).
     pub fn delete(&self, id: &str) -> Result<()> {
         self.call("DELETE", &format!("/volumes/{id}"), None)?;
@@ -265,6 +476,88 @@ impl<'a> Cinder<'a> {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// The RBD location in an `os-initialize_connection` answer
+/// (`{"connection_info": {"driver_volume_type": "rbd", "data": {"name": "POOL/IMAGE",
+/// "hosts": [..], "ports": [..], "auth_username": ..}}}`).
+fn rbd_from_connection_info(id: &str, body: &Value) -> Result<RbdImage> {
+    let what = format!("os-initialize_connection of volume {id}");
+    let info = body
+        .get("connection_info")
+        .ok_or_else(|| CloudError::BadResponse {
+            what: what.clone(),
+            detail: "no \"connection_info\" in the answer".into(),
+        })?;
+    let kind = info
+        .get("driver_volume_type")
+        .and_then(Value::as_str)
+        .unwrap_or("(none)");
+    if kind != "rbd" {
+        return Err(CloudError::Unsupported(format!(
+            "volume {id} is served over {kind:?}, not Ceph RBD: attach it to this host \
+             (os-brick/iscsiadm/nvme-cli) and ingest into dev:/dev/... instead"
+        )));
+    }
+    let data = info.get("data").unwrap_or(&Value::Null);
+    let name = data
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CloudError::BadResponse {
+            what: what.clone(),
+            detail: "rbd connection info without data.name".into(),
+        })?;
+    let (pool, image) = name
+        .split_once('/')
+        .filter(|(p, i)| !p.is_empty() && !i.is_empty() && !i.contains('/'))
+        .ok_or_else(|| CloudError::BadResponse {
+            what,
+            detail: format!("rbd data.name {name:?} is not POOL/IMAGE"),
+        })?;
+    let strings = |k: &str| -> Vec<String> {
+        data.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let hosts = strings("hosts");
+    let ports = strings("ports");
+    let monitors = hosts
+        .iter()
+        .zip(ports.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(h, p)| match p {
+            Some(p) if h.contains(':') => format!("[{h}]:{p}"),
+            Some(p) => format!("{h}:{p}"),
+            None => h.clone(),
+        })
+        .collect();
+    Ok(RbdImage {
+        pool: pool.to_string(),
+        image: image.to_string(),
+        user: data
+            .get("auth_username")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string),
+        monitors,
+        source: "connection-info",
+    })
+}
+
+/// This host's name for the connector (what Cinder logs the connection under).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "mgear-ingest".into())
 }
 
 /// The path and query of a `volumes_links` `next` entry (the host part is the endpoint's).
@@ -455,6 +748,146 @@ mod tests {
         );
         assert_eq!(reqs[1].method, "DELETE");
         assert_eq!(reqs[1].path, "/v3/abc123/volumes/v1");
+    }
+
+    #[test]
+    fn sizes_round_up_to_whole_gib() {
+        assert_eq!(gib_for(0), 1);
+        assert_eq!(gib_for(1), 1);
+        assert_eq!(gib_for(1 << 30), 1);
+        assert_eq!(gib_for((1 << 30) + 1), 2);
+        assert_eq!(gib_for(10 * (1 << 30) - 512), 10);
+    }
+
+    fn want() -> VolumeFor {
+        VolumeFor {
+            name: "web01".into(),
+            size_bytes: (2 << 30) + 4096,
+            volume_type: None,
+            availability_zone: None,
+            capture_id: "c1".into(),
+            generation: 3,
+            manifest_root: "ab".into(),
+        }
+    }
+
+    #[test]
+    fn ensure_volume_creates_with_identity_and_writing_state_then_waits() {
+        let srv = TestServer::start(vec![
+            Canned::json(200, json!({"volumes": []})),
+            Canned::json(202, json!({"volume": vol("n1", "creating", json!({}))})),
+            Canned::json(200, json!({"volume": vol("n1", "creating", json!({}))})),
+            Canned::json(200, json!({"volume": vol("n1", "available", json!({}))})),
+        ]);
+        let s = session(&srv.url());
+        let got = Cinder::new(&s)
+            .ensure_volume(&want(), Duration::from_secs(10))
+            .unwrap();
+        assert!(got.created);
+        assert_eq!(got.volume.status, "available");
+        let reqs = srv.requests();
+        assert!(reqs[0]
+            .path
+            .starts_with("/v3/abc123/volumes/detail?metadata="));
+        assert!(
+            reqs[0].path.contains("mgear.generation%22%3A%223%22"),
+            "{}",
+            reqs[0].path
+        );
+        assert_eq!(
+            reqs[1].json(),
+            json!({"volume": {"name": "web01", "size": 3, "metadata": {
+                "mgear.name": "web01", "mgear.capture": "c1", "mgear.generation": "3",
+                "mgear.manifest_root": "ab", "mgear.state": "writing"}}})
+        );
+        assert_eq!(reqs.len(), 4);
+    }
+
+    #[test]
+    fn ensure_volume_finds_a_previous_runs_volume_and_refuses_what_it_must_not_write() {
+        let m = json!({"mgear.name": "web01", "mgear.capture": "c1", "mgear.generation": "3",
+                       "mgear.manifest_root": "ab"});
+        let mut big = vol("old", "available", m.clone());
+        big["size"] = json!(3);
+        let mut in_use = big.clone();
+        in_use["status"] = json!("in-use");
+        let small = vol("tiny", "available", m.clone());
+        let srv = TestServer::start(vec![
+            Canned::json(200, json!({"volumes": [big.clone()]})),
+            Canned::json(200, json!({"volume": big.clone()})),
+            Canned::json(200, json!({"volumes": [small]})),
+            Canned::json(200, json!({"volumes": [in_use]})),
+            Canned::json(
+                200,
+                json!({"volumes": [big.clone(), vol("x", "available", m)]}),
+            ),
+        ]);
+        let s = session(&srv.url());
+        let c = Cinder::new(&s);
+        let got = c.ensure_volume(&want(), Duration::from_secs(10)).unwrap();
+        assert!(!got.created);
+        assert_eq!(got.volume.id, "old");
+        let e = c
+            .ensure_volume(&want(), Duration::from_secs(10))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("is 2 GiB, the disk needs 3 GiB"),
+            "{e}"
+        );
+        let e = c
+            .ensure_volume(&want(), Duration::from_secs(10))
+            .unwrap_err();
+        assert!(e.to_string().contains("in-use"), "{e}");
+        let e = c
+            .ensure_volume(&want(), Duration::from_secs(10))
+            .unwrap_err();
+        assert!(e.to_string().contains("old, x"), "{e}");
+        // No volume was created along the way.
+        assert!(srv.requests().iter().all(|r| r.method == "GET"));
+    }
+
+    #[test]
+    fn rbd_image_from_connection_info_or_naming_convention() {
+        let v: Volume = serde_json::from_value(vol("v1", "available", json!({}))).unwrap();
+        let srv = TestServer::start(vec![
+            Canned::json(
+                200,
+                json!({"connection_info": {"driver_volume_type": "rbd", "data": {
+                    "name": "volumes/volume-v1", "hosts": ["127.0.0.1", "::1"],
+                    "ports": ["6789", "6789"], "auth_username": "cinder",
+                    "secret_uuid": "u", "cluster_name": "ceph"}}}),
+            ),
+            Canned::json(202, Value::Null),
+            Canned::json(
+                403,
+                json!({"forbidden": {"message": "Policy doesn't allow it"}}),
+            ),
+            Canned::json(
+                200,
+                json!({"connection_info": {"driver_volume_type": "iscsi", "data": {}}}),
+            ),
+            Canned::json(202, Value::Null),
+        ]);
+        let s = session(&srv.url());
+        let c = Cinder::new(&s);
+        let img = c.rbd_image(&v, None).unwrap();
+        assert_eq!(img.spec(), "volumes/volume-v1");
+        assert_eq!(img.user.as_deref(), Some("cinder"));
+        assert_eq!(img.monitors, ["127.0.0.1:6789", "[::1]:6789"]);
+        assert_eq!(img.source, "connection-info");
+        let img = c.rbd_image(&v, Some("vols")).unwrap();
+        assert_eq!(img.spec(), "vols/volume-v1");
+        assert_eq!(img.source, "naming-convention");
+        let e = c.rbd_image(&v, Some("vols")).unwrap_err();
+        assert!(matches!(e, CloudError::Unsupported(_)), "{e}");
+        assert!(e.to_string().contains("\"iscsi\""), "{e}");
+        let reqs = srv.requests();
+        assert_eq!(reqs[0].path, "/v3/abc123/volumes/v1/action");
+        assert_eq!(
+            reqs[0].json()["os-initialize_connection"]["connector"]["os_type"],
+            "linux"
+        );
+        assert!(reqs[1].json().get("os-terminate_connection").is_some());
     }
 
     #[test]

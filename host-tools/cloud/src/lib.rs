@@ -5,7 +5,10 @@
 //!   standard `OS_*` variables or `clouds.yaml`, or the no-auth modes of a lab
 //!   (`X-Auth-Token: admin:<project>`, see `scripts/cloud-lab.sh`).
 //! - [`cinder`]: create a volume (size, type, metadata, bootable), wait for a status with a
-//!   deadline, find one by metadata (how a re-run finds its volume), delete.
+//!   deadline, find one by metadata (how a re-run finds its volume: [`Cinder::ensure_volume`]),
+//!   tell its RBD image ([`Cinder::rbd_image`]), delete.
+//! - [`boot`]: boot from a volume through Nova and prove it from the console, returning the
+//!   same `BootReport` as `mgear boot`'s local drivers.
 //! - [`nova`]: flavors, a server booted from a volume with networks "none" (microversion 2.37),
 //!   waiting for ACTIVE through the instance actions when `GET /servers/{id}` fails for lack of
 //!   Neutron, console output, delete.
@@ -14,6 +17,7 @@
 //! error says which service, which URL and what the cloud answered.
 
 pub mod auth;
+pub mod boot;
 pub mod cinder;
 pub mod ebs;
 mod http;
@@ -22,7 +26,8 @@ pub mod nova;
 mod testserver;
 
 pub use auth::{Auth, Endpoints, Keystone, NoAuth, Session};
-pub use cinder::{Cinder, NewVolume, Volume};
+pub use boot::{boot_from_volume, NovaBoot, NovaBootSpec};
+pub use cinder::{gib_for, Cinder, Ensured, NewVolume, RbdImage, Volume, VolumeFor};
 pub use nova::{Flavor, InstanceAction, Nova, ServerState};
 
 use std::time::Duration;
@@ -94,6 +99,9 @@ pub enum CloudError {
         /// Its status.
         status: String,
     },
+    /// The cloud serves what was asked in a way this client cannot write (e.g. an iSCSI volume).
+    #[error("{0}")]
+    Unsupported(String),
     /// A server failed to build or went to ERROR.
     #[error("server {id} failed: {message}")]
     ServerFailed {

@@ -114,6 +114,18 @@ impl<'a> Nova<'a> {
         })
     }
 
+    /// The flavor whose id or name is `name_or_id`, if the cloud has one.
+    pub fn find_flavor(&self, name_or_id: &str) -> Result<Option<Flavor>> {
+        let what = "GET /flavors/detail";
+        let body = self.call("GET", "/flavors/detail?is_public=None", None)?;
+        let flavors: Vec<Flavor> = Self::field(what, &body, "flavors")?;
+        Ok(flavors
+            .iter()
+            .find(|f| f.id == name_or_id)
+            .or_else(|| flavors.iter().find(|f| f.name == name_or_id))
+            .cloned())
+    }
+
     /// The flavor named `name`, created with `ram_mib`, `vcpus` and `disk_gib` if missing.
     /// An existing flavor of that name is used as it is (creating needs admin rights).
     pub fn ensure_flavor(

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! mgear bench [--size 4GiB] [--pattern random|mix|zeros|sparse|both|all]
-//!             [--medium fat|dir|both] [--workdir DIR] [--json]
+//!             [--medium fat|dir|both] [--workdir DIR] [--rbd POOL] [--json]
 //! ```
 //!
 //! For each pattern a source file is generated (`random`: incompressible;
@@ -19,7 +19,10 @@
 //!   bytes of the image as the capture stored);
 //! - `mgear ingest` back to a raw file (verifying every record and the
 //!   written volume);
-//! - `qemu-img convert -O qcow2` of the source, for reference.
+//! - `qemu-img convert -O qcow2` of the source, for reference;
+//! - with `--rbd POOL`: `mgear ingest` into a new RBD image of POOL against
+//!   `qemu-img convert -W -m 16` of the raw source into the same pool, in the
+//!   same run (its `x` ratio is against that convert, not dd).
 //!
 //! Ratios are throughput relative to the matching `dd` baseline (MB/s of
 //! disk bytes for mgear, MB/s of the bytes dd moved for dd), so 1.0 or more
@@ -59,6 +62,11 @@ pub struct Args {
     /// Work directory (needs about 3x --size free) [default: a temporary directory].
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Also ingest into a Ceph RBD image in this pool and time `qemu-img convert` of the same
+    /// raw disk into the same pool (cluster from CEPH_CONF, user from CEPH_ARGS, e.g. `--id
+    /// cinder`; the cloud lab's are in `scripts/cloud-lab.sh env`).
+    #[arg(long, value_name = "POOL")]
+    pub rbd: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -437,6 +445,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     wait_for: String::new(),
                     timeout: 0,
                     boot_bus: "auto".into(),
+                    flavor: None,
                     adapt: false,
                     medium: medium.clone(),
                     name: "bench".into(),
@@ -472,6 +481,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 output_bytes: None,
             });
             std::fs::remove_file(&vol)?;
+            if let (Some(pool), "dir") = (&args.rbd, *kind) {
+                timings.extend(rbd_rows(pool, &src, &medium, &key, &work, size)?);
+            }
             let _ = std::fs::remove_dir_all(&medium_dir);
             let _ = std::fs::remove_file(&medium_img);
         }
@@ -520,8 +532,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 t.what,
                 t.mb_per_s,
                 t.seconds,
-                t.vs_dd
-                    .map_or(String::new(), |v| format!("  x{v:.2} vs dd")),
+                t.vs_dd.map_or(String::new(), |v| format!(
+                    "  x{v:.2} vs {}",
+                    if t.what.starts_with("rbd:") {
+                        "convert"
+                    } else {
+                        "dd"
+                    }
+                )),
                 t.cpu_seconds
                     .map_or(String::new(), |c| format!("  cpu {c:.2} s")),
                 t.cpu_s_per_gib
@@ -553,6 +571,106 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(crate::exit::OK)
 }
 
+/// The RBD row: `mgear ingest` into a new image of `pool` against `qemu-img convert` of the
+/// raw source into another (both created by the step, `-W -m 16` as the cloud lab measured
+/// qemu-img at its best), on the same cluster, in this run. Both images are removed.
+fn rbd_rows(
+    pool: &str,
+    src: &Path,
+    medium: &Where,
+    key: &Path,
+    work: &Path,
+    size: u64,
+) -> anyhow::Result<Vec<Timing>> {
+    let base = format!("mgear-bench-{}", std::process::id());
+    let spec = |suffix: &str| -> anyhow::Result<mgear_volume::RbdSpec> {
+        mgear_volume::RbdSpec::parse(&format!("rbd:{pool}/{base}-{suffix}"))
+            .map_err(crate::spec::volume_err)
+    };
+    let (ours, theirs) = (spec("ingest")?, spec("convert")?);
+    let remove = |s: &mgear_volume::RbdSpec| {
+        let mut c = Command::new("rbd");
+        if let Some(conf) = &s.conf {
+            c.arg("-c").arg(conf);
+        }
+        if let Some(u) = &s.user {
+            c.args(["--id", u.as_str()]);
+        }
+        let _ = c
+            .args(["rm", "--no-progress", &s.image_spec()])
+            .stdin(std::process::Stdio::null())
+            .output();
+    };
+    let ingest = timed(|| {
+        crate::ingest::ingest(&crate::ingest::Args {
+            boot: false,
+            wait_for: String::new(),
+            timeout: 0,
+            boot_bus: "auto".into(),
+            flavor: None,
+            adapt: false,
+            medium: medium.clone(),
+            name: "bench".into(),
+            identity: Some(key.to_owned()),
+            passphrase_file: None,
+            target: ours.to_string(),
+            generation: None,
+            state_dir: Some(work.join("ingest-state-rbd")),
+            force: true,
+            allow_unsealed: true,
+            trust: crate::trust::TrustArgs {
+                allow_untrusted: true,
+                ..Default::default()
+            },
+            rate_limit: None,
+            checkpoint_bytes: "64MiB".into(),
+            json: true,
+        })
+        .map(|_| ())
+    });
+    remove(&ours);
+    let ingest = ingest?;
+    let convert = timed(|| {
+        crate::tools::run(
+            Command::new("qemu-img")
+                .args(["convert", "-W", "-m", "16", "-f", "raw", "-O", "raw"])
+                .arg(src)
+                .arg(theirs.qemu_filename()),
+        )
+    });
+    remove(&theirs);
+    let convert = convert?;
+    let (ingest_rate, convert_rate) = (
+        crate::progress::mb_per_s(size, ingest),
+        crate::progress::mb_per_s(size, convert),
+    );
+    Ok(vec![
+        Timing {
+            what: "rbd: qemu-img convert -W -m 16 -> rbd".into(),
+            seconds: convert,
+            mb_per_s: convert_rate,
+            vs_dd: None,
+            cpu_seconds: None,
+            cpu_s_per_gib: None,
+            output_bytes: None,
+        },
+        Timing {
+            what: "rbd: mgear ingest -> rbd (verifies, reads back)".into(),
+            seconds: ingest,
+            mb_per_s: ingest_rate,
+            // Here the baseline is qemu-img convert into the same pool, not dd.
+            vs_dd: Some(if convert_rate > 0.0 {
+                ingest_rate / convert_rate
+            } else {
+                0.0
+            }),
+            cpu_seconds: None,
+            cpu_s_per_gib: None,
+            output_bytes: None,
+        },
+    ])
+}
+
 /// Checks the issue's targets against the figures of this run.
 fn targets(report: &Report) -> Vec<Target> {
     let mut out = Vec::new();
@@ -578,6 +696,16 @@ fn targets(report: &Report) -> Vec<Target> {
                     met: v >= 0.85,
                 });
             }
+        }
+    }
+    for pattern in ["random", "mix"] {
+        if let Some(v) = find(pattern, "rbd: mgear ingest").and_then(|t| t.vs_dd) {
+            out.push(Target {
+                what: format!("ingest of {pattern} data into RBD vs qemu-img convert"),
+                wanted: ">= x1.00".into(),
+                measured: format!("x{v:.2}"),
+                met: v >= 1.0,
+            });
         }
     }
     for pattern in ["zeros", "sparse"] {

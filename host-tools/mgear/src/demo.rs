@@ -407,6 +407,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 wait_for: String::new(),
                 timeout: 0,
                 boot_bus: "auto".into(),
+                flavor: None,
                 adapt: false,
                 medium: medium.clone(),
                 name: "demo".into(),

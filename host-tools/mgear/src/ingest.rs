@@ -6,6 +6,8 @@
 //! mgear ingest ... --target dev:/dev/vdb          # a cloud volume attached to this host
 //! mgear ingest ... --target libvirt:mgear/web01    # a volume in a libvirt storage pool
 //! mgear ingest ... --target ebs-snapshot:web01 --register-image   # AWS: a snapshot and an AMI
+//! mgear ingest ... --target rbd:volumes/web01      # a Ceph RBD image (CEPH_CONF, CEPH_ARGS)
+//! mgear ingest ... --target cinder:web01 --boot --flavor m1.small   # OpenStack (OS_*)
 //! mgear ingest ... --target file:web01.raw --boot --wait-for 'login:' --timeout 300
 //! mgear ingest ... --target file:web01.raw --adapt --boot --boot-bus virtio
 //! ```
@@ -116,7 +118,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "identity")]
     pub passphrase_file: Option<PathBuf>,
     /// Where to write: file:PATH (sparse raw), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME,
-    /// an NBD URL, or ebs-snapshot:NAME.
+    /// nbd://..., rbd:POOL/IMAGE[?conf=PATH&id=USER], cinder:NAME or ebs-snapshot:NAME.
     #[arg(long)]
     pub target: String,
     /// With ebs-snapshot:NAME: register an AMI from the completed snapshot.
@@ -141,6 +143,9 @@ pub struct Args {
     /// Seconds to wait for the regex.
     #[arg(long, default_value_t = 300, requires = "boot")]
     pub timeout: u64,
+    /// Nova flavor (name or id) the server of a cinder: target boots with (--boot).
+    #[arg(long, requires = "boot")]
+    pub flavor: Option<String>,
     /// Disk bus for --boot: virtio, ide, sata, nvme or auto.
     #[arg(long, default_value = "auto", requires = "boot")]
     pub boot_bus: String,
@@ -186,6 +191,8 @@ pub struct Report {
     pub mb_per_s: f64,
     /// Host path of the uploaded volume (`libvirt:` targets).
     pub volume: Option<String>,
+    /// Nova server booted from the volume (`cinder:` targets with `--boot`), left running.
+    pub server: Option<String>,
     /// Did the volume boot (`--boot` only)?
     pub booted: Option<bool>,
     /// Where the boot report was written (`--boot` only).
@@ -311,9 +318,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .boot_bus
         .parse::<mgear_boot::Bus>()
         .map_err(boot_cmd::lib_err)?;
+    let cinder = args.target.starts_with("cinder:");
+    if args.boot && cinder && args.flavor.is_none() {
+        return Err(usage(
+            "--boot of a cinder: target creates a Nova server: give its --flavor NAME",
+        ));
+    }
     let mut r = ingest(&args)?;
     let mut code = OK;
-    if args.boot {
+    if args.boot && cinder {
+        code = boot_cinder(&args, &mut r)?;
+    } else if args.boot {
         code = boot_volume(&args, bus, &mut r)?;
     }
     if let Some(p) = &args.report {
@@ -347,6 +362,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if let Some(v) = &r.volume {
             println!("  {:<14} {v}", "volume");
         }
+        if let Some(s) = &r.server {
+            println!("  {:<14} {s} (Nova, left running)", "server");
+        }
         if let Some(a) = &r.adapt {
             // The names --json uses ("root-fs", ...).
             let presence = |p: Option<mgear_boot::inspect::DriverPresence>| {
@@ -372,6 +390,43 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// `--boot` of a `cinder:` target: a Nova server from the volume, proven from its console;
+/// 0 booted, 1 not. The report goes into the state dir.
+fn boot_cinder(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
+    let volume_id = r
+        .volume
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the cinder: target reported no volume id"))?;
+    let name = args.target.trim_start_matches("cinder:").to_string();
+    let booted = crate::cloud_target::boot(&crate::cloud_target::BootArgs {
+        name: name.clone(),
+        volume_id,
+        flavor: args.flavor.clone().unwrap_or_default(),
+        wait_for: args.wait_for.clone(),
+        timeout: args.timeout,
+    })?;
+    let report = booted.report;
+    let report_path = state_dir(args.state_dir.clone())?
+        .join(format!("cinder_{}.boot-report.json", booted.server_id));
+    let saved = report.write_json(&report_path);
+    r.server = Some(booted.server_id.clone());
+    r.booted = Some(report.booted());
+    r.boot_report = Some(report_path.display().to_string());
+    saved.map_err(boot_cmd::lib_err)?;
+    if report.booted() {
+        Ok(OK)
+    } else {
+        eprintln!(
+            "mgear: server {} from {} did not boot: {}\n{}",
+            booted.server_id,
+            args.target,
+            report.detail,
+            report.console_tail(20)
+        );
+        Ok(FOUND)
+    }
 }
 
 /// `--boot`: boot what was just ingested; 0 booted, 1 not.
@@ -495,7 +550,10 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
             verdict.trusted_by.join(", ")
         );
     }
-    let reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
+    let mut reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
+    if matches!(target, Target::Cinder(_)) {
+        crate::cloud_target::check_openstack_ready(&mut reader)?;
+    }
     crate::report::note_manifest(reader.manifest());
     let prep = Prepare {
         disk_size: reader.disk_size(),
@@ -512,7 +570,8 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
             reader.generation()
         ),
     };
-    let vol = target.open_for_ingest(&prep)?;
+    let facts = crate::cloud_target::CaptureFacts::of(reader.manifest());
+    let vol = target.open_for_ingest(&prep, &facts)?;
     let plan = Plan {
         name: args.name.clone(),
         target: args.target.clone(),
@@ -731,6 +790,7 @@ pub fn write_volume<S: image_format::Store>(
             seconds: secs,
             mb_per_s: progress::mb_per_s(size, secs),
             volume: None,
+            server: None,
             booted: None,
             boot_report: None,
             adapt: None,

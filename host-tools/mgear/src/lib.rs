@@ -6,6 +6,7 @@ pub mod appliance;
 pub mod bench;
 pub mod boot_cmd;
 pub mod capture;
+pub mod cloud_target;
 pub mod demo;
 pub mod exit;
 pub mod guard;

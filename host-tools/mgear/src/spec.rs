@@ -13,7 +13,8 @@
 //! | `libvirt:POOL/NAME` | a volume of a libvirt storage pool on `qemu:///system` |
 //! | `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` | any NBD export |
 //! | `ebs-snapshot:NAME[?register-image=1&arch=..&boot-mode=..&root-device=..]` | a new AWS EBS snapshot, through the EBS direct APIs (ingest only) |
-//! | `rbd:POOL/IMAGE?conf=..&id=..`, `cinder:NAME` | reserved: not supported yet |
+//! | `rbd:POOL/IMAGE[?conf=PATH&id=USER]` | a Ceph RBD image (created at the disk's size unless it exists; written through qemu's rbd driver; conf and user default to `CEPH_CONF`/`CEPH_ARGS`) |
+//! | `cinder:NAME` | an OpenStack Cinder volume found by its capture metadata or created (`OS_*`/`clouds.yaml`), written through its RBD image (`crate::cloud_target`) |
 //!
 //! A bare `PATH` (no kind) means the file or device that is already there,
 //! where a command only reads it or writes it in place (`boot`, `serve`):
@@ -36,19 +37,17 @@ use std::path::{Path, PathBuf};
 use mgear_boot::LibvirtTarget;
 use mgear_nbd::NbdUrl;
 use mgear_volume::{
-    DeviceVolume, EbsOptions, EbsSnapshotVolume, FileVolume, LibvirtVolume, NbdVolume, Prepare,
-    Qcow2Volume, Volume,
+    DeviceVolume, EbsOptions, EbsSnapshotVolume, Existing, FileVolume, LibvirtVolume, NbdVolume,
+    Prepare, Qcow2Volume, RbdSpec, RbdVolume, Volume,
 };
 
 use crate::exit::{coded, usage, IO};
 
 pub use crate::medium::MediumSpec as Medium;
 
-/// Kinds that are reserved for targets still to come.
-const NOT_YET: [&str; 2] = ["rbd:", "cinder:"];
-
 const TARGET_KINDS: &str =
-    "file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME or nbd://HOST:PORT/EXPORT";
+    "file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME, nbd://HOST:PORT/EXPORT, \
+     rbd:POOL/IMAGE, cinder:NAME or ebs-snapshot:NAME";
 
 /// True if `s` is an NBD URL (the one place that knows the schemes).
 pub fn is_nbd(s: &str) -> bool {
@@ -87,6 +86,10 @@ pub enum Target {
         name: String,
         opts: EbsOptions,
     },
+    /// A Ceph RBD image.
+    Rbd(RbdSpec),
+    /// An OpenStack Cinder volume, by machine name.
+    Cinder(String),
 }
 
 fn nonempty(spec: &str, p: &str) -> anyhow::Result<PathBuf> {
@@ -104,11 +107,11 @@ impl Target {
         if is_nbd(s) {
             return nbd_url("--target", s).map(Target::Nbd);
         }
-        if let Some(kind) = NOT_YET.iter().find(|k| s.starts_with(**k)) {
-            return Err(usage(format!(
-                "--target {s}: {} targets are not supported yet; use {TARGET_KINDS}",
-                kind.trim_end_matches(':')
-            )));
+        if s.starts_with("rbd:") {
+            return RbdSpec::parse(s).map(Target::Rbd).map_err(volume_err);
+        }
+        if let Some(name) = s.strip_prefix("cinder:") {
+            return crate::cloud_target::check_name(name).map(|()| Target::Cinder(name.into()));
         }
         if let Some(rest) = s.strip_prefix("ebs-snapshot:") {
             let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -162,19 +165,28 @@ impl Target {
             Target::Qcow2(p) => mgear_boot::Target::Qcow2(p.clone()),
             Target::Dev(p) => mgear_boot::Target::Dev(p.clone()),
             Target::Nbd(u) => mgear_boot::Target::Nbd(u.to_string()),
-            Target::Libvirt(_) | Target::EbsSnapshot { .. } => return None,
+            Target::Rbd(r) => mgear_boot::Target::Rbd(r.qemu_filename()),
+            Target::Libvirt(_) | Target::Cinder(_) | Target::EbsSnapshot { .. } => return None,
         })
     }
 
     /// Whether the ingested volume is a local file or device afterwards
     /// (what `--adapt` needs).
     pub fn is_local(&self) -> bool {
-        !matches!(self, Target::Nbd(_) | Target::EbsSnapshot { .. })
+        !matches!(
+            self,
+            Target::Nbd(_) | Target::Rbd(_) | Target::Cinder(_) | Target::EbsSnapshot { .. }
+        )
     }
 
     /// Open the target for an ingest (create it, or reopen what an
     /// interrupted run left); the one place that maps kinds to volumes.
-    pub fn open_for_ingest(&self, prep: &Prepare) -> anyhow::Result<Box<dyn Volume>> {
+    /// `capture` names what is written (a Cinder volume carries it as metadata).
+    pub fn open_for_ingest(
+        &self,
+        prep: &Prepare,
+        capture: &crate::cloud_target::CaptureFacts,
+    ) -> anyhow::Result<Box<dyn Volume>> {
         let v: Box<dyn Volume> = match self {
             Target::File(p) => Box::new(FileVolume::create(p, prep).map_err(volume_err)?),
             Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep).map_err(volume_err)?),
@@ -194,6 +206,10 @@ impl Target {
             Target::EbsSnapshot { name, opts } => {
                 Box::new(EbsSnapshotVolume::open(name, opts.clone(), prep).map_err(volume_err)?)
             }
+            Target::Rbd(r) => {
+                Box::new(RbdVolume::open(r, prep, Existing::CreateOrForce).map_err(volume_err)?)
+            }
+            Target::Cinder(name) => crate::cloud_target::open(name, prep, capture)?,
         };
         Ok(v)
     }
@@ -218,6 +234,9 @@ impl Target {
             Target::EbsSnapshot { name, .. } => Err(usage(format!(
                 "--target ebs-snapshot:{name}: a snapshot is written once, by ingest; \
                  serve into a volume created from it instead"
+            Target::Rbd(_) | Target::Cinder(_) => Err(usage(format!(
+                "--target {self}: serve writes raw volumes and NBD exports; serve the image with \
+                 `qemu-nbd -k /tmp/v.sock rbd:POOL/IMAGE` and give nbd+unix:///?socket=/tmp/v.sock"
             ))),
         }
     }
@@ -232,6 +251,8 @@ impl std::fmt::Display for Target {
             Target::Libvirt(t) => write!(f, "{t}"),
             Target::Nbd(u) => write!(f, "{u}"),
             Target::EbsSnapshot { name, .. } => write!(f, "ebs-snapshot:{name}"),
+            Target::Rbd(r) => write!(f, "{r}"),
+            Target::Cinder(n) => write!(f, "cinder:{n}"),
         }
     }
 }
@@ -317,10 +338,21 @@ mod tests {
             let e = Target::parse(bad, r).unwrap_err();
             assert_eq!(code_of(&e), 2, "{bad}: {e}");
         }
-        for later in ["rbd:pool/img?conf=/etc/ceph.conf&id=admin", "cinder:vol"] {
-            let e = Target::parse(later, r).unwrap_err();
-            assert!(e.to_string().contains("not supported yet"), "{e}");
-            assert_eq!(code_of(&e), 2);
+        let Target::Rbd(t) = Target::parse("rbd:pool/img?conf=/etc/ceph.conf&id=admin", r).unwrap()
+        else {
+            panic!("not rbd");
+        };
+        assert_eq!(
+            t.qemu_filename(),
+            "rbd:pool/img:conf=/etc/ceph.conf:id=admin"
+        );
+        assert_eq!(
+            Target::parse("cinder:web01", r).unwrap(),
+            Target::Cinder("web01".into())
+        );
+        for bad in ["rbd:pool", "rbd:p/i?x=1", "cinder:", "cinder:a\nb"] {
+            let e = Target::parse(bad, r).unwrap_err();
+            assert_eq!(code_of(&e), 2, "{bad}: {e}");
         }
     }
 

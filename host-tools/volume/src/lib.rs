@@ -12,6 +12,7 @@
 //! | block device (marker in the state dir until verified) | [`file`] | the device |
 //! | NBD export (`WRITE_ZEROES` keeps thin exports thin) | [`nbd`] | the export |
 //! | qcow2 image (served by `qemu-nbd` on a unix socket) | [`qcow2`] | the image, through NBD |
+//! | Ceph RBD image (qemu's rbd driver served by `qemu-nbd`; several connections in flight) | [`rbd`] | the image, through NBD |
 //! | libvirt pool volume (`virsh vol-create-as`) | [`libvirt`] | the volume's host path |
 //! | fake that fails at its N-th write (fault tests) | [`fake`] | memory |
 //! | AWS EBS snapshot (EBS direct APIs, 512 KiB blocks, no read-back) | [`ebs`] | the snapshot |
@@ -48,6 +49,7 @@ pub mod libvirt;
 mod marker;
 pub mod nbd;
 pub mod qcow2;
+pub mod rbd;
 mod tool;
 
 pub use ebs::{EbsOptions, EbsSnapshotVolume};
@@ -56,6 +58,7 @@ pub use file::{DeviceVolume, FileVolume};
 pub use libvirt::LibvirtVolume;
 pub use nbd::NbdVolume;
 pub use qcow2::Qcow2Volume;
+pub use rbd::{Existing, RbdSpec, RbdVolume};
 
 /// Everything that can go wrong with a target volume.
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,7 @@ mod cli_e2e;
 mod field_media;
 mod field_capture;
 mod ebs_snapshot;
+mod cloud_lab;
 mod format_media;
 mod golden;
 mod hardware_board;

@@ -1,0 +1,355 @@
+//! Boot a machine from its Cinder volume through Nova, the way the cloud runs it, and prove it
+//! came up: the same proof as `mgear boot` (a regex on the serial console within a deadline),
+//! returned as the same [`mgear_boot::BootReport`].
+//!
+//! The server gets the flavor asked for, networks `"none"` and the volume at boot index 0
+//! ([`Nova::create_server_from_volume`]); ACTIVE is awaited (through the instance actions when
+//! Nova cannot show the server without Neutron). The console comes from
+//! `os-getConsoleOutput`; libvirt-based Nova stops serving it once the guest powers off, so a
+//! guest that prints its marker and powers off at once (the sample disk) is only seen reliably
+//! on the compute host's `instances/<server id>/console.log`: give [`NovaBootSpec::console_dir`]
+//! when this host is the compute host (the cloud lab's `MGEAR_CLOUD_NOVA_INSTANCES`).
+//!
+//! The server is left running when the proof succeeds (it is the migrated machine); the caller
+//! deletes it when it only wanted the proof.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mgear_boot::boot::clean_console;
+use mgear_boot::{BootReport, Bus, Firmware, Outcome};
+
+use crate::nova::{Nova, ServerState};
+use crate::{CloudError, Result, Session};
+
+const POLL: Duration = Duration::from_secs(2);
+/// Console text kept in the report (the same cap as the local drivers).
+const LOG_CAP: usize = 256 * 1024;
+
+/// What to boot and how to decide it came up.
+#[derive(Debug, Clone)]
+pub struct NovaBootSpec {
+    /// Server name.
+    pub server_name: String,
+    /// The bootable volume.
+    pub volume_id: String,
+    /// Flavor name or id. It must exist unless [`NovaBootSpec::create_flavor`] is set.
+    pub flavor: String,
+    /// Create the flavor with this RAM (MiB) and vCPUs, disk 0, when it does not exist.
+    pub create_flavor: Option<(u64, u64)>,
+    /// Regex that proves the boot when it appears on the console.
+    pub wait_for: String,
+    /// Deadline for ACTIVE.
+    pub active_timeout: Duration,
+    /// Deadline for the regex, counted from ACTIVE.
+    pub timeout: Duration,
+    /// The compute host's instances directory, when it is readable here.
+    pub console_dir: Option<PathBuf>,
+}
+
+/// A server booted from a volume, with its proof.
+#[derive(Debug, Clone)]
+pub struct NovaBoot {
+    /// Server id (left running when booted).
+    pub server_id: String,
+    /// Flavor id used.
+    pub flavor_id: String,
+    /// Seconds from `POST /servers` to ACTIVE, when it got there.
+    pub active_after_secs: Option<f64>,
+    /// The proof, in the shape every boot driver reports.
+    pub report: BootReport,
+}
+
+/// Create a server from `spec.volume_id` and watch its console for `spec.wait_for`.
+///
+/// `Err` means the attempt could not be made (bad regex, no such flavor, the API refused the
+/// server); a server that failed to build or a guest that did not print the regex is `Ok` with
+/// an outcome other than [`Outcome::Booted`] and the server id (for the caller to delete).
+pub fn boot_from_volume(session: &Session, spec: &NovaBootSpec) -> Result<NovaBoot> {
+    let re = regex::Regex::new(&spec.wait_for)
+        .map_err(|e| CloudError::Config(format!("--wait-for is not a valid regex: {e}")))?;
+    let nova = Nova::new(session);
+    let flavor = match (nova.find_flavor(&spec.flavor)?, spec.create_flavor) {
+        (Some(f), _) => f,
+        (None, Some((ram, vcpus))) => nova.ensure_flavor(&spec.flavor, ram, vcpus, 0)?,
+        (None, None) => {
+            return Err(CloudError::Config(format!(
+                "no flavor {:?} in this cloud: name an existing one (openstack flavor list)",
+                spec.flavor
+            )))
+        }
+    };
+    let start = Instant::now();
+    let server_id =
+        nova.create_server_from_volume(&spec.server_name, &flavor.id, &spec.volume_id)?;
+    let command = vec![
+        "POST /servers".to_string(),
+        format!("name={}", spec.server_name),
+        format!("flavorRef={} ({})", flavor.id, flavor.name),
+        "networks=none".to_string(),
+        format!(
+            "block_device_mapping_v2[0]=volume {} boot_index 0",
+            spec.volume_id
+        ),
+    ];
+    let mut console = String::new();
+    let mut matched = None;
+    let mut time_to_marker = None;
+    let mut active_after = None;
+    let mut failure = String::new();
+
+    let outcome = match nova.wait_active(&server_id, spec.active_timeout) {
+        Err(CloudError::ServerFailed { message, .. }) => {
+            failure = message;
+            Outcome::QemuFailed
+        }
+        Err(CloudError::Timeout { last, .. }) => {
+            failure = format!(
+                "not ACTIVE within {} s ({last})",
+                spec.active_timeout.as_secs()
+            );
+            Outcome::TimedOut
+        }
+        Err(e) => return Err(e),
+        Ok(()) => {
+            active_after = Some(start.elapsed().as_secs_f64());
+            let watch_start = Instant::now();
+            let mut unavailable = 0u32;
+            loop {
+                let from_api = match nova.console_output(&server_id, None) {
+                    Ok(text) => {
+                        unavailable = 0;
+                        Some(text)
+                    }
+                    // 404 "Guest does not have a console available" / 409 "not running":
+                    // the guest stopped, or its console is not there yet.
+                    Err(CloudError::Http { status, .. }) if status == 404 || status == 409 => {
+                        unavailable += 1;
+                        None
+                    }
+                    Err(e) => return Err(e),
+                };
+                let from_file = spec
+                    .console_dir
+                    .as_ref()
+                    .and_then(|d| std::fs::read(d.join(&server_id).join("console.log")).ok())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                // The longer view is the fuller one (the API may cut to the last lines).
+                let latest = [from_api, from_file]
+                    .into_iter()
+                    .flatten()
+                    .map(|t| clean_console(t.as_bytes()))
+                    .max_by_key(String::len);
+                if let Some(t) = latest {
+                    if t.len() >= console.len() {
+                        console = t;
+                    }
+                }
+                if let Some(m) = re.find(&console) {
+                    matched = Some(m.as_str().to_string());
+                    time_to_marker = Some(start.elapsed().as_secs_f64());
+                    break Outcome::Booted;
+                }
+                if unavailable >= 2 {
+                    if let ServerState::Other(status) = nova.server_state(&server_id)? {
+                        if status == "SHUTOFF" {
+                            break Outcome::GuestStopped;
+                        }
+                    }
+                }
+                if watch_start.elapsed() >= spec.timeout {
+                    break Outcome::TimedOut;
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    let detail = match outcome {
+        Outcome::Booted => format!(
+            "server {server_id} printed {:?} {:.1} s after it was requested",
+            matched.as_deref().unwrap_or_default(),
+            time_to_marker.unwrap_or_default()
+        ),
+        Outcome::TimedOut if !failure.is_empty() => format!("server {server_id} {failure}"),
+        Outcome::TimedOut => format!(
+            "no match for {:?} on the console of server {server_id} within {} s of ACTIVE",
+            spec.wait_for,
+            spec.timeout.as_secs()
+        ),
+        Outcome::GuestStopped => format!(
+            "server {server_id} shut off after {elapsed:.1} s without printing {:?}",
+            spec.wait_for
+        ),
+        // QemuFailed is the only other outcome this driver produces (a failed build); written
+        // as a catch-all so outcomes the local drivers add need no arm here.
+        _ => format!("server {server_id} failed to build: {failure}"),
+    };
+    let mut cut = console.len().saturating_sub(LOG_CAP);
+    while !console.is_char_boundary(cut) {
+        cut += 1;
+    }
+    Ok(NovaBoot {
+        server_id: server_id.clone(),
+        flavor_id: flavor.id,
+        active_after_secs: active_after,
+        report: BootReport {
+            driver: "openstack-nova".into(),
+            target: format!("cinder:{} (server {server_id})", spec.volume_id),
+            firmware: Firmware::Bios,
+            firmware_reason: "Nova's default (the volume sets no hw_firmware_type)".into(),
+            bus: Bus::Virtio,
+            bus_reason: "Nova's libvirt driver attaches volumes on virtio (no hw_disk_bus)".into(),
+            wait_for: spec.wait_for.clone(),
+            outcome,
+            matched,
+            time_to_marker_secs: time_to_marker,
+            elapsed_secs: elapsed,
+            detail,
+            console_log: console[cut..].to_string(),
+            qemu_stderr: String::new(),
+            command,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testserver::{Canned, TestServer};
+    use crate::{Auth, Endpoints, NoAuth};
+    use serde_json::json;
+
+    fn session(url: &str) -> Session {
+        Session::connect(
+            Auth::NoAuth(NoAuth {
+                user: "admin".into(),
+                project: "abc123".into(),
+                endpoints: Endpoints {
+                    volume: None,
+                    compute: Some(format!("{url}/v2.1")),
+                },
+            }),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
+    fn spec(dir: Option<PathBuf>) -> NovaBootSpec {
+        NovaBootSpec {
+            server_name: "web01".into(),
+            volume_id: "v1".into(),
+            flavor: "mgear.small".into(),
+            create_flavor: None,
+            wait_for: "MGEAR-BOOT-OK [a-z0-9]+".into(),
+            active_timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+            console_dir: dir,
+        }
+    }
+
+    fn flavors() -> Canned {
+        Canned::json(
+            200,
+            json!({"flavors": [{"id": "7", "name": "mgear.small", "ram": 512, "vcpus": 1, "disk": 0}]}),
+        )
+    }
+
+    #[test]
+    fn marker_on_the_api_console_proves_the_boot() {
+        let srv = TestServer::start(vec![
+            flavors(),
+            Canned::json(202, json!({"server": {"id": "s1"}})),
+            Canned::json(200, json!({"server": {"id": "s1", "status": "ACTIVE"}})),
+            Canned::json(200, json!({"output": "SeaBIOS\r\n\x1b[2Jbooting\r\n"})),
+            Canned::json(
+                200,
+                json!({"output": "SeaBIOS\r\nbooting\r\nMGEAR-BOOT-OK web01\r\n"}),
+            ),
+        ]);
+        let s = session(&srv.url());
+        let b = boot_from_volume(&s, &spec(None)).unwrap();
+        assert_eq!(b.server_id, "s1");
+        assert_eq!(b.flavor_id, "7");
+        assert!(b.report.booted(), "{}", b.report.detail);
+        assert_eq!(b.report.matched.as_deref(), Some("MGEAR-BOOT-OK web01"));
+        assert!(!b.report.console_log.contains('\r'));
+        let reqs = srv.requests();
+        assert_eq!(reqs[1].json()["server"]["flavorRef"], "7");
+        assert_eq!(
+            reqs[3].json(),
+            json!({"os-getConsoleOutput": {}}),
+            "whole console asked for"
+        );
+        assert_eq!(reqs.len(), 5);
+    }
+
+    #[test]
+    fn a_guest_that_powered_off_is_read_from_the_compute_hosts_log_or_reported_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("s1")).unwrap();
+        std::fs::write(
+            dir.path().join("s1/console.log"),
+            "Linux\nMGEAR-BOOT-OK web01\nreboot: Power down\n",
+        )
+        .unwrap();
+        let gone = || {
+            Canned::json(
+                404,
+                json!({"itemNotFound": {"message": "Guest does not have a console available."}}),
+            )
+        };
+        let srv = TestServer::start(vec![
+            flavors(),
+            Canned::json(202, json!({"server": {"id": "s1"}})),
+            Canned::json(200, json!({"server": {"id": "s1", "status": "ACTIVE"}})),
+            gone(),
+            // Second server: no compute-host log, the guest is off without the marker.
+            flavors(),
+            Canned::json(202, json!({"server": {"id": "s2"}})),
+            Canned::json(200, json!({"server": {"id": "s2", "status": "ACTIVE"}})),
+            Canned::json(200, json!({"output": "kernel panic\n"})),
+            gone(),
+            gone(),
+            Canned::json(200, json!({"server": {"id": "s2", "status": "SHUTOFF"}})),
+        ]);
+        let s = session(&srv.url());
+        let b = boot_from_volume(&s, &spec(Some(dir.path().to_path_buf()))).unwrap();
+        assert!(b.report.booted(), "{}", b.report.detail);
+        let b = boot_from_volume(&s, &spec(None)).unwrap();
+        assert_eq!(b.report.outcome, Outcome::GuestStopped);
+        assert!(b.report.detail.contains("shut off"), "{}", b.report.detail);
+        assert!(b.report.console_log.contains("kernel panic"));
+    }
+
+    #[test]
+    fn a_failed_build_is_reported_and_a_missing_flavor_refused_before_any_server() {
+        let srv = TestServer::start(vec![
+            Canned::json(200, json!({"flavors": []})),
+            flavors(),
+            Canned::json(202, json!({"server": {"id": "s3"}})),
+            Canned::json(
+                200,
+                json!({"server": {"id": "s3", "status": "ERROR",
+                    "fault": {"message": "No valid host was found."}}}),
+            ),
+        ]);
+        let s = session(&srv.url());
+        let e = boot_from_volume(&s, &spec(None)).unwrap_err();
+        assert!(e.to_string().contains("no flavor \"mgear.small\""), "{e}");
+        let b = boot_from_volume(&s, &spec(None)).unwrap();
+        assert_eq!(b.report.outcome, Outcome::QemuFailed);
+        assert!(
+            b.report.detail.contains("No valid host"),
+            "{}",
+            b.report.detail
+        );
+        assert!(b.report.require_booted().is_err());
+        assert_eq!(b.server_id, "s3");
+        let bad = NovaBootSpec {
+            wait_for: "(".into(),
+            ..spec(None)
+        };
+        assert!(boot_from_volume(&s, &bad).is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! `--target cinder:NAME`: ingest into an OpenStack Cinder volume and, with `--boot`, boot it
+//! through Nova, the way the cloud runs the migrated machine.
+//!
+//! ```text
+//! mgear ingest ... --target cinder:web01                     # OS_* or OS_CLOUD (clouds.yaml)
+//! mgear ingest ... --target cinder:web01 --boot --flavor m1.small --wait-for 'login:'
+//! ```
+//!
+//! 1. The session comes from the standard `OS_*` variables or `clouds.yaml` (Keystone v3), or
+//!    the no-auth mode of a lab (`OS_AUTH_TYPE=noauth`; see `mgear_cloud::auth`).
+//! 2. The volume is found by its metadata (`mgear.name`, `mgear.capture`, `mgear.generation`,
+//!    `mgear.manifest_root`): a re-run, after a kill too, finds the same volume and resumes into
+//!    it. Otherwise it is created with the disk's size rounded up to whole GiB (Cinder's unit)
+//!    and `mgear.state=writing`, and awaited until `available`.
+//! 3. Cinder is asked where the volume lives, as a compute host asks it
+//!    (`os-initialize_connection`): a Ceph backend answers `rbd` and `POOL/volume-<id>`, and the
+//!    chunks are written straight into that RBD image ([`mgear_volume::RbdVolume`]), with the
+//!    user Cinder names (`rbd_user`, e.g. `cinder`), `CEPH_CONF` and that user's keyring on this
+//!    host, as on a compute host. Other backends (iSCSI, NVMe-oF, FC) answer another
+//!    `driver_volume_type`: they need the volume attached to this host (an initiator/NQN
+//!    connector, `os-reserve`, `os-initialize_connection`, the session logged in with iscsiadm
+//!    or nvme-cli, `os-attach`), after which the device is a `dev:` target; `cinder:` says so.
+//! 4. After the read-back check the volume is marked bootable and `mgear.state=complete`.
+//! 5. `--boot` creates a server from the volume (`--flavor`, networks `"none"`), waits for
+//!    ACTIVE and proves the boot from the console (`mgear_cloud::boot_from_volume`; on the
+//!    compute host itself, e.g. the cloud lab, `MGEAR_CLOUD_NOVA_INSTANCES` names the instances
+//!    directory whose `console.log` shows a guest that powered off at once). The server is left
+//!    running: it is the migrated machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mgear_cloud::cinder::meta;
+use mgear_cloud::{
+    boot_from_volume, Auth, Cinder, CloudError, NovaBoot, NovaBootSpec, Session, VolumeFor,
+};
+use mgear_volume::{
+    Existing, Finished, Found, Geometry, Prepare, RbdSpec, RbdVolume, Volume, WriteAt,
+};
+
+use crate::exit::{coded, usage, IO};
+use crate::spec::volume_err;
+
+/// How long a new volume may take to become `available`.
+const AVAILABLE_WITHIN: Duration = Duration::from_secs(300);
+
+/// What a capture generation is, as a volume's metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureFacts {
+    /// Capture id, hex.
+    pub capture_id: String,
+    /// Generation.
+    pub generation: u32,
+    /// Manifest root (blake3 of the signed manifest bytes), hex.
+    pub manifest_root: String,
+}
+
+impl CaptureFacts {
+    /// The facts of the generation `manifest` describes.
+    pub fn of(manifest: &image_format::layout::Manifest) -> Self {
+        CaptureFacts {
+            capture_id: hex(&manifest.capture_id),
+            generation: manifest.generation,
+            manifest_root: blake3::hash(&manifest.signed_bytes()).to_hex().to_string(),
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A Cinder volume name: 1-255 characters, no control characters.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err(usage(format!(
+            "--target cinder:{name:?}: give a volume name of 1-255 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A cloud error with the CLI's exit code: settings the operator fixes are 2, the cloud
+/// failing or refusing is 3.
+pub fn cloud_err(e: CloudError) -> anyhow::Error {
+    match e {
+        CloudError::Config(_) | CloudError::Unsupported(_) => usage(e.to_string()),
+        _ => coded(IO, e.to_string()),
+    }
+}
+
+/// A session from the environment (`OS_*`, `OS_CLOUD`).
+pub fn session() -> anyhow::Result<Session> {
+    let auth = Auth::from_env().map_err(cloud_err)?;
+    Session::connect(auth, Duration::from_secs(120)).map_err(cloud_err)
+}
+
+/// Find or create the volume of `name` for this capture and open its RBD image for writing.
+pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> anyhow::Result<Box<dyn Volume>> {
+    let session = session()?;
+    let cinder = Cinder::new(&session);
+    let want = VolumeFor {
+        name: name.to_string(),
+        size_bytes: prep.disk_size,
+        volume_type: std::env::var("OS_VOLUME_TYPE")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        availability_zone: None,
+        capture_id: capture.capture_id.clone(),
+        generation: u64::from(capture.generation),
+        manifest_root: capture.manifest_root.clone(),
+    };
+    let ensured = cinder
+        .ensure_volume(&want, AVAILABLE_WITHIN)
+        .map_err(cloud_err)?;
+    let volume = ensured.volume;
+    eprintln!(
+        "mgear: Cinder volume {} ({}, {} GiB) {}",
+        volume.id,
+        name,
+        volume.size,
+        if ensured.created {
+            "created"
+        } else {
+            "found by its capture metadata: resuming into it"
+        }
+    );
+    // Where the backend keeps it; the RBD driver's naming in the pool the operator names when
+    // the connection info is kept for admins.
+    let fallback_pool = std::env::var("MGEAR_CINDER_RBD_POOL").ok();
+    let img = cinder
+        .rbd_image(&volume, fallback_pool.as_deref())
+        .map_err(cloud_err)?;
+    let user = img
+        .user
+        .clone()
+        .or_else(|| std::env::var("MGEAR_CLOUD_RBD_USER").ok());
+    let spec = RbdSpec::parse(&format!(
+        "rbd:{}/{}{}",
+        img.pool,
+        img.image,
+        user.map(|u| format!("?id={u}")).unwrap_or_default()
+    ))
+    .map_err(volume_err)?;
+    let rbd = RbdVolume::open(&spec, prep, Existing::Open).map_err(volume_err)?;
+    Ok(Box::new(CinderVolume {
+        rbd,
+        session,
+        name: name.to_string(),
+        volume_id: volume.id,
+    }))
+}
+
+/// A Cinder volume written through its RBD image; finishing marks it bootable and complete.
+struct CinderVolume {
+    rbd: RbdVolume,
+    session: Session,
+    name: String,
+    volume_id: String,
+}
+
+impl Volume for CinderVolume {
+    fn size(&self) -> u64 {
+        self.rbd.size()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "cinder:{} (volume {}, {})",
+            self.name,
+            self.volume_id,
+            self.rbd.describe()
+        )
+    }
+    fn state_key(&self) -> String {
+        format!("cinder_{}", self.volume_id)
+    }
+    fn found(&self) -> Found {
+        self.rbd.found()
+    }
+    fn geometry(&self) -> Geometry {
+        self.rbd.geometry()
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> mgear_volume::Result<()> {
+        self.rbd.write_at(offset, data)
+    }
+    fn write_batch(&mut self, writes: &[WriteAt<'_>]) -> mgear_volume::Result<()> {
+        self.rbd.write_batch(writes)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> mgear_volume::Result<()> {
+        self.rbd.write_zeroes(offset, len)
+    }
+    fn flush(&mut self) -> mgear_volume::Result<()> {
+        self.rbd.flush()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> mgear_volume::Result<()> {
+        self.rbd.read_at(offset, buf)
+    }
+    fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+        self.rbd.reads_as_zeros(offset, len)
+    }
+    fn finish(self: Box<Self>) -> mgear_volume::Result<Finished> {
+        let CinderVolume {
+            rbd,
+            session,
+            volume_id,
+            ..
+        } = *self;
+        let mut done = Box::new(rbd).finish()?;
+        let cinder = Cinder::new(&session);
+        let cloud = |e: CloudError| mgear_volume::Error::Tool(e.to_string());
+        cinder.set_bootable(&volume_id, true).map_err(cloud)?;
+        cinder
+            .set_metadata(
+                &volume_id,
+                &[(meta::STATE.to_string(), meta::COMPLETE.to_string())].into(),
+            )
+            .map_err(cloud)?;
+        done.volume = Some(volume_id);
+        Ok(done)
+    }
+}
+
+/// The capture's disk, decrypted chunk by chunk on demand (the last chunk cached), as
+/// `mgear_boot` reads a disk: what the readiness check looks at before anything is written.
+struct CaptureDisk<'a, S: image_format::Store> {
+    reader: &'a mut image_format::CaptureReader<S>,
+    cached: Option<(u64, Vec<u8>)>,
+}
+
+impl<S: image_format::Store> mgear_boot::ReadAt for CaptureDisk<'_, S> {
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> mgear_boot::Result<()> {
+        let size = self.reader.disk_size();
+        let chunk = u64::from(self.reader.chunk_size()).max(1);
+        let fits = offset
+            .checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= size);
+        if !fits {
+            return Err(mgear_boot::BootError::Format(format!(
+                "{} bytes at offset {offset} lie beyond the {size}-byte disk",
+                buf.len()
+            )));
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let index = pos / chunk;
+            let within = (pos % chunk) as usize;
+            if self.cached.as_ref().map(|c| c.0) != Some(index) {
+                let data = self
+                    .reader
+                    .read_chunks(&[index], 1)
+                    .map_err(|e| {
+                        mgear_boot::BootError::Format(format!(
+                            "reading chunk {index} of the capture: {e}"
+                        ))
+                    })?
+                    .pop();
+                let bytes = match data {
+                    Some(image_format::ChunkData::Data(d)) => d,
+                    Some(image_format::ChunkData::Zero { len }) => vec![0; len as usize],
+                    None => {
+                        return Err(mgear_boot::BootError::Format(format!(
+                            "chunk {index} of the capture could not be read"
+                        )))
+                    }
+                };
+                self.cached = Some((index, bytes));
+            }
+            let Some((_, bytes)) = &self.cached else {
+                break;
+            };
+            let n = bytes.len().saturating_sub(within).min(buf.len() - done);
+            if n == 0 {
+                return Err(mgear_boot::BootError::Format(format!(
+                    "chunk {index} of the capture is shorter than its place on the disk"
+                )));
+            }
+            buf[done..done + n].copy_from_slice(&bytes[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Check the capture against the `openstack` readiness profile (bus virtio, BIOS or UEFI
+/// firmware, size in whole GiB) before anything is written to a Cinder volume: an error
+/// finding (the guest will not boot there) refuses the ingest (exit 1) with what to do;
+/// warnings are printed. The size rounding is no finding here: the volume is rounded up.
+pub fn check_openstack_ready<S: image_format::Store>(
+    reader: &mut image_format::CaptureReader<S>,
+) -> anyhow::Result<()> {
+    let profile = mgear_boot::profile_by_name("openstack")
+        .ok_or_else(|| anyhow::anyhow!("the openstack readiness profile is missing"))?;
+    let size = reader.disk_size();
+    let facts = mgear_boot::inspect_disk(
+        &mut CaptureDisk {
+            reader,
+            cached: None,
+        },
+        size,
+    )
+    .map_err(crate::boot_cmd::lib_err)?;
+    let findings: Vec<_> = mgear_boot::check_profile(&facts, profile)
+        .into_iter()
+        .filter(|f| f.severity > mgear_boot::Severity::Info && f.code != "size")
+        .collect();
+    for f in &findings {
+        eprintln!(
+            "mgear: openstack readiness: {:?} {}: {}",
+            f.severity, f.code, f.message
+        );
+    }
+    let errors: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == mgear_boot::Severity::Error)
+        .map(|f| format!("{}: {}", f.code, f.message))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(coded(
+            crate::exit::FOUND,
+            format!(
+                "the disk is not ready for OpenStack: {}; ingest into file:/dev: with --adapt \
+                 (or fix the source) and upload that instead",
+                errors.join("; ")
+            ),
+        ))
+    }
+}
+
+/// What `ingest --boot` needs for a Cinder target.
+#[derive(Debug, Clone)]
+pub struct BootArgs {
+    /// Machine name (the server's name too).
+    pub name: String,
+    /// The ingested volume.
+    pub volume_id: String,
+    /// Flavor name or id.
+    pub flavor: String,
+    /// Regex proving the boot.
+    pub wait_for: String,
+    /// Seconds for the regex (and for ACTIVE).
+    pub timeout: u64,
+}
+
+/// Boot the volume through Nova; the server is left running.
+pub fn boot(args: &BootArgs) -> anyhow::Result<NovaBoot> {
+    let session = session()?;
+    let timeout = Duration::from_secs(args.timeout);
+    boot_from_volume(
+        &session,
+        &NovaBootSpec {
+            server_name: args.name.clone(),
+            volume_id: args.volume_id.clone(),
+            flavor: args.flavor.clone(),
+            create_flavor: None,
+            wait_for: args.wait_for.clone(),
+            active_timeout: timeout,
+            timeout,
+            console_dir: std::env::var_os("MGEAR_CLOUD_NOVA_INSTANCES")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+        },
+    )
+    .map_err(cloud_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::code_of;
+
+    #[test]
+    fn names_and_errors_map_to_exit_codes() {
+        assert!(check_name("web01").is_ok());
+        assert!(check_name(&"x".repeat(255)).is_ok());
+        for bad in ["", "a\tb", &"x".repeat(256)] {
+            assert_eq!(code_of(&check_name(bad).unwrap_err()), 2, "{bad:?}");
+        }
+        assert_eq!(
+            code_of(&cloud_err(CloudError::Unsupported("iscsi".into()))),
+            2
+        );
+        assert_eq!(
+            code_of(&cloud_err(CloudError::Transport {
+                method: "GET".into(),
+                url: "u".into(),
+                message: "refused".into()
+            })),
+            3
+        );
+    }
+
+    #[test]
+    fn capture_facts_name_id_generation_and_root_in_hex() {
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
+}

@@ -1,0 +1,751 @@
+//! Ceph RBD images (`rbd:POOL/IMAGE[?conf=PATH&id=USER]`), written straight into the cluster.
+//!
+//! There is no kernel rbd or nbd module on the ingest hosts, and no nbdkit rbd plugin in
+//! Debian: qemu's rbd block driver (Debian `qemu-block-extra`) does the librbd side, served by
+//! our own `qemu-nbd` on a unix socket in the state dir, and the pipeline writes through NBD.
+//! RBD is latency-bound (each write is a round trip to an OSD), so the volume opens several NBD
+//! connections to that one `qemu-nbd` (one block backend: every connection sees every write)
+//! and [`Volume::write_batch`] spreads a batch over them: that many writes are in flight.
+//! Zero ranges become `NBD_CMD_WRITE_ZEROES`, which qemu turns into librbd write-zeroes /
+//! discards: the image stays thin (`rbd du` shows only what holds data).
+//!
+//! Which image: an existing one is written only when asked for ([`Existing::Open`], e.g. the
+//! image Cinder made for a volume) or with `--force`; otherwise it is created with
+//! `qemu-img create` at the disk's size. An image has no unfinished name, so a marker in the
+//! state dir (`rbd_<hash>.mgear-incomplete`) exists from before the first write until the
+//! read-back passed: a re-run with the same state dir resumes into the same image.
+//!
+//! Cluster settings: `conf=` and `id=` in the spec, else `CEPH_CONF` and the `--id`/`--user`/
+//! `--name client.X` of `CEPH_ARGS`, else librados' defaults (`/etc/ceph/ceph.conf`,
+//! `client.admin`). The keyring is found the way every Ceph client finds it (the conf's
+//! `keyring`, `/etc/ceph/ceph.client.USER.keyring`).
+//!
+//! `qemu-nbd` runs without `--persistent`: it exits when the last connection closes, also when
+//! mgear is killed, so nothing is left holding the image.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::marker::Marker;
+use crate::nbd::NbdVolume;
+use crate::tool::{require, run};
+use crate::{
+    key_of, short_hash, Error, Finished, Found, Geometry, Prepare, Result, Volume, WriteAt,
+};
+
+/// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// NBD connections to `qemu-nbd`, i.e. writes in flight (the `-m 16` of a tuned `qemu-img
+/// convert` is the same idea). Not tuned yet: see `mgear bench --rbd`.
+const CONNECTIONS: usize = 8;
+/// Every Ceph CLI call gives up after this instead of hanging on an unreachable monitor.
+const MOUNT_TIMEOUT_SECS: &str = "30";
+
+/// Where an RBD image is and how to reach its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdSpec {
+    /// Pool.
+    pub pool: String,
+    /// Image.
+    pub image: String,
+    /// ceph.conf to use (`conf=`, else `CEPH_CONF`); librados' default when `None`.
+    pub conf: Option<PathBuf>,
+    /// Ceph user without `client.` (`id=`, else from `CEPH_ARGS`); `admin` when `None`.
+    pub user: Option<String>,
+}
+
+fn check_name(what: &str, s: &str, spec: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "rbd target {spec:?}: {what} {s:?} must be letters, digits, '.', '_' or '-' \
+             (use rbd:POOL/IMAGE[?conf=PATH&id=USER])"
+        )))
+    }
+}
+
+impl RbdSpec {
+    /// Parse `POOL/IMAGE[?conf=PATH&id=USER]` (the part after `rbd:`; a leading `rbd:` is
+    /// accepted too). Settings missing from the spec come from `env` (`CEPH_CONF`,
+    /// `CEPH_ARGS`).
+    pub fn parse_with_env(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let body = s.strip_prefix("rbd:").unwrap_or(s);
+        let (path, query) = body.split_once('?').unwrap_or((body, ""));
+        let (pool, image) = path.split_once('/').ok_or_else(|| {
+            Error::Usage(format!(
+                "rbd target {s:?} names no image: use rbd:POOL/IMAGE[?conf=PATH&id=USER]"
+            ))
+        })?;
+        check_name("pool", pool, s)?;
+        check_name("image", image, s)?;
+        let mut conf = None;
+        let mut user = None;
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            match kv.split_once('=') {
+                Some(("conf", v)) if !v.is_empty() => conf = Some(PathBuf::from(v)),
+                Some(("id", v)) if !v.is_empty() => user = Some(v.to_string()),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "rbd target {s:?}: unknown setting {kv:?} (known: conf=PATH, id=USER)"
+                    )))
+                }
+            }
+        }
+        if conf.is_none() {
+            conf = env("CEPH_CONF")
+                .filter(|c| !c.is_empty())
+                .map(PathBuf::from);
+        }
+        if user.is_none() {
+            user = env("CEPH_ARGS").and_then(|a| user_from_ceph_args(&a));
+        }
+        if let Some(c) = &conf {
+            // qemu's rbd filename separates its options with ':'.
+            if c.to_string_lossy().contains(':') {
+                return Err(Error::Usage(format!(
+                    "ceph.conf path {} contains ':', which qemu's rbd driver cannot take: \
+                     use a path without it",
+                    c.display()
+                )));
+            }
+        }
+        if let Some(u) = &user {
+            check_name("user", u, s)?;
+        }
+        Ok(RbdSpec {
+            pool: pool.to_string(),
+            image: image.to_string(),
+            conf,
+            user,
+        })
+    }
+
+    /// [`RbdSpec::parse_with_env`] with the process environment.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::parse_with_env(s, |k| std::env::var(k).ok())
+    }
+
+    /// `POOL/IMAGE`.
+    pub fn image_spec(&self) -> String {
+        format!("{}/{}", self.pool, self.image)
+    }
+
+    /// The image as qemu's rbd driver takes it: `rbd:POOL/IMAGE[:conf=PATH][:id=USER]`
+    /// (for `qemu-img`, `qemu-nbd` and `-drive file=`).
+    pub fn qemu_filename(&self) -> String {
+        let mut s = format!("rbd:{}", self.image_spec());
+        if let Some(c) = &self.conf {
+            s.push_str(&format!(":conf={}", c.display()));
+        }
+        if let Some(u) = &self.user {
+            s.push_str(&format!(":id={u}"));
+        }
+        s
+    }
+
+    /// Arguments every `rbd` CLI call gets: the conf, the user, a mount timeout.
+    fn cli_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        if let Some(c) = &self.conf {
+            a.push("-c".into());
+            a.push(c.into());
+        }
+        if let Some(u) = &self.user {
+            a.push("--id".into());
+            a.push(u.into());
+        }
+        a.push("--client_mount_timeout".into());
+        a.push(MOUNT_TIMEOUT_SECS.into());
+        a
+    }
+}
+
+impl std::fmt::Display for RbdSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rbd:{}", self.image_spec())?;
+        let mut sep = '?';
+        if let Some(c) = &self.conf {
+            write!(f, "{sep}conf={}", c.display())?;
+            sep = '&';
+        }
+        if let Some(u) = &self.user {
+            write!(f, "{sep}id={u}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The user of `--id X`, `--user X`, `--name client.X`, `-n client.X` (also `--id=X`).
+fn user_from_ceph_args(args: &str) -> Option<String> {
+    let words: Vec<&str> = args.split_whitespace().collect();
+    let mut found = None;
+    for (i, w) in words.iter().enumerate() {
+        let (key, val) = match w.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (*w, words.get(i + 1).copied()),
+        };
+        match (key, val) {
+            ("--id" | "--user" | "-i", Some(v)) => found = Some(v.to_string()),
+            ("--name" | "-n", Some(v)) => {
+                found = Some(v.strip_prefix("client.").unwrap_or(v).to_string())
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// What to do with an image that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Create the image when missing; an existing one (not ours to resume) needs `--force`.
+    CreateOrForce,
+    /// The image must exist and is written (Cinder made it for its volume).
+    Open,
+}
+
+/// An RBD image written through qemu-nbd; see the module doc.
+#[derive(Debug)]
+pub struct RbdVolume {
+    spec: RbdSpec,
+    conns: Vec<NbdVolume>,
+    server: Option<Child>,
+    sock: PathBuf,
+    marker: Marker,
+    found: Found,
+}
+
+/// `rbd info` of an image: its size, or `None` when it does not exist.
+fn image_size(rbd: &Path, spec: &RbdSpec) -> Result<Option<u64>> {
+    let out = Command::new(rbd)
+        .args(spec.cli_args())
+        .args(["info", "--format", "json"])
+        .arg(spec.image_spec())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::io("running rbd info", e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") || out.status.code() == Some(2) {
+            return Ok(None);
+        }
+        return Err(Error::Tool(format!(
+            "rbd info {} failed ({}): {} (is the cluster reachable? conf {}, user {})",
+            spec.image_spec(),
+            out.status,
+            err.trim(),
+            spec.conf
+                .as_ref()
+                .map_or("default".into(), |c| c.display().to_string()),
+            spec.user.as_deref().unwrap_or("admin")
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let size = text
+        .split("\"size\":")
+        .nth(1)
+        .and_then(|r| {
+            let digits: String = r
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<u64>().ok()
+        })
+        .ok_or_else(|| {
+            Error::Tool(format!(
+                "rbd info {}: no size in {text:?}",
+                spec.image_spec()
+            ))
+        })?;
+    Ok(Some(size))
+}
+
+impl RbdVolume {
+    /// Open (or create) the image for an ingest of `prep.disk_size` bytes and serve it.
+    pub fn open(spec: &RbdSpec, prep: &Prepare, existing: Existing) -> Result<Self> {
+        let rbd = require("rbd", "ceph-common")?;
+        let qemu_img = require("qemu-img", "qemu-utils")?;
+        let qemu_nbd = require("qemu-nbd", "qemu-utils")?;
+        let key = short_hash(&spec.image_spec());
+        let marker = Marker::new(&prep.state_dir, &format!("rbd_{key}"));
+        // qemu-nbd takes only an absolute socket path.
+        let sock = std::path::absolute(&prep.state_dir)
+            .map_err(|e| Error::io(format!("resolving {}", prep.state_dir.display()), e))?
+            .join(format!("rbd_{key}.sock"));
+        if sock.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(Error::Usage(format!(
+                "the state dir {} is too long a path for qemu-nbd's unix socket: pass a shorter --state-dir",
+                prep.state_dir.display()
+            )));
+        }
+        let found = match (image_size(&rbd, spec)?, existing) {
+            (None, Existing::Open) => {
+                return Err(Error::Usage(format!(
+                    "RBD image {} does not exist (rbd ls {})",
+                    spec.image_spec(),
+                    spec.pool
+                )))
+            }
+            (None, Existing::CreateOrForce) => {
+                // (A marker without its image: an earlier run died before creating it.)
+                if !marker.exists() {
+                    marker.create(&format!("{} into {spec}", prep.what))?;
+                }
+                run(
+                    Command::new(&qemu_img)
+                        .args(["create", "-q", "-f", "raw"])
+                        .arg(spec.qemu_filename())
+                        .arg(prep.disk_size.to_string()),
+                    "qemu-img create (rbd)",
+                )?;
+                Found::New
+            }
+            (Some(size), _) if size < prep.disk_size => {
+                return Err(Error::Usage(format!(
+                    "RBD image {} holds {size} bytes but the disk has {}: resize it \
+                     (rbd resize --size {}B) or name another image",
+                    spec.image_spec(),
+                    prep.disk_size,
+                    prep.disk_size
+                )))
+            }
+            (Some(_), _) if marker.exists() => Found::Unfinished {
+                adopt_without_state: true,
+            },
+            (Some(_), Existing::CreateOrForce) if !prep.force => {
+                return Err(Error::Usage(format!(
+                    "RBD image {} exists: pass --force to overwrite it",
+                    spec.image_spec()
+                )))
+            }
+            (Some(_), _) => {
+                marker.create(&format!("{} into {spec}", prep.what))?;
+                Found::New
+            }
+        };
+        let mut v = RbdVolume {
+            spec: spec.clone(),
+            conns: Vec::new(),
+            server: None,
+            sock,
+            marker,
+            found,
+        };
+        v.serve(&qemu_nbd)?;
+        if found == Found::New && prep.head_len > 0 {
+            // An image that may hold old data must not look bootable before it is complete.
+            let head = prep.head_len.min(v.size());
+            v.write_zeroes(0, head)?;
+            v.flush()?;
+        }
+        Ok(v)
+    }
+
+    /// The image.
+    pub fn spec(&self) -> &RbdSpec {
+        &self.spec
+    }
+
+    /// Start qemu-nbd on the image and open [`CONNECTIONS`] connections to it.
+    fn serve(&mut self, qemu_nbd: &Path) -> Result<()> {
+        let url: mgear_nbd::NbdUrl = format!("nbd+unix:///?socket={}", self.sock.display())
+            .parse()
+            .map_err(|e| Error::Usage(format!("socket path {}: {e}", self.sock.display())))?;
+        if std::fs::symlink_metadata(&self.sock).is_ok() {
+            let _ = std::fs::remove_file(&self.sock);
+        }
+        let mut cmd = Command::new(qemu_nbd);
+        // If mgear is killed, qemu-nbd goes too (it would also exit once its connections
+        // close, but a write in flight to a slow cluster can keep it a while).
+        // SAFETY: the closure runs in the forked child before exec and only makes the
+        // async-signal-safe prctl(2) call.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd
+            .args(["-f", "raw", "--cache=writeback", "--discard=unmap"])
+            .arg(format!("--shared={CONNECTIONS}"))
+            .arg("-k")
+            .arg(&self.sock)
+            .arg(self.spec.qemu_filename())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io("starting qemu-nbd", e))?;
+        // Connecting to the cluster takes a moment; an unreachable one makes qemu-nbd exit.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(Error::Tool(format!(
+                    "qemu-nbd could not serve {} ({status}): {}",
+                    self.spec,
+                    err.trim()
+                )));
+            }
+            if std::fs::symlink_metadata(&self.sock).is_ok() {
+                match NbdVolume::connect(&url) {
+                    Ok(mut first) => {
+                        first.set_found(self.found);
+                        self.conns.push(first);
+                        break;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if Instant::now() > deadline {
+                terminate(&mut child);
+                return Err(Error::Tool(format!(
+                    "qemu-nbd did not serve {} within 60 s: {last}",
+                    self.spec
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.server = Some(child);
+        // The first connection keeps qemu-nbd up while the others join.
+        for _ in 1..CONNECTIONS {
+            self.conns.push(NbdVolume::connect(&url)?);
+        }
+        Ok(())
+    }
+
+    fn first(&mut self) -> Result<&mut NbdVolume> {
+        self.conns
+            .first_mut()
+            .ok_or_else(|| Error::Tool("qemu-nbd connections already closed".into()))
+    }
+
+    /// Wait for qemu-nbd to exit after the last disconnect; stop it if it does not.
+    fn stop_server(&mut self) -> Result<()> {
+        let Some(mut child) = self.server.take() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => {
+                    return Err(Error::Tool(format!("qemu-nbd ended with {status}")));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    terminate(&mut child);
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.sock);
+        Ok(())
+    }
+}
+
+/// SIGTERM (qemu-nbd flushes and exits), then wait.
+fn terminate(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let _ = child.wait();
+}
+
+impl Drop for RbdVolume {
+    fn drop(&mut self) {
+        // Unfinished: disconnect (qemu-nbd then exits on its own) and reap it.
+        self.conns.clear();
+        if let Some(mut child) = self.server.take() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            terminate(&mut child);
+            let _ = std::fs::remove_file(&self.sock);
+        }
+    }
+}
+
+impl Volume for RbdVolume {
+    fn size(&self) -> u64 {
+        self.conns.first().map_or(0, NbdVolume::size)
+    }
+    fn describe(&self) -> String {
+        self.spec.to_string()
+    }
+    fn state_key(&self) -> String {
+        format!("rbd_{}", key_of(&self.spec.image_spec()))
+    }
+    fn found(&self) -> Found {
+        self.found
+    }
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            // RBD objects are 4 MiB; writes within one object go to one OSD.
+            block: self.conns.first().map_or(4096, |c| c.geometry().block),
+            max_in_flight: self.conns.len().max(1),
+        }
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.first()?.write_at(offset, data)
+    }
+    /// One thread per connection, each writing its share of the batch in order: as many
+    /// writes in flight as there are connections.
+    fn write_batch(&mut self, writes: &[WriteAt<'_>]) -> Result<()> {
+        let n = self.conns.len();
+        if n <= 1 || writes.len() <= 1 {
+            for w in writes {
+                self.write_at(w.offset, w.data)?;
+            }
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .conns
+                .iter_mut()
+                .enumerate()
+                .map(|(i, conn)| {
+                    s.spawn(move || -> Result<()> {
+                        for w in writes.iter().skip(i).step_by(n) {
+                            conn.write_at(w.offset, w.data)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            let mut first_err = None;
+            for h in handles {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Tool("an RBD writer thread panicked".into())));
+                if let (Err(e), None) = (r, &first_err) {
+                    first_err = Some(e);
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.first()?.write_zeroes(offset, len)
+    }
+    /// Every write was answered before this is sent, and all connections share one block
+    /// backend in qemu-nbd: one flush makes them all durable.
+    fn flush(&mut self) -> Result<()> {
+        self.first()?.flush()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.first()?.read_at(offset, buf)
+    }
+    fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+        self.conns
+            .first_mut()
+            .is_some_and(|c| c.reads_as_zeros(offset, len))
+    }
+    fn finish(mut self: Box<Self>) -> Result<Finished> {
+        self.flush()?;
+        for mut c in std::mem::take(&mut self.conns) {
+            c.close()?;
+        }
+        self.stop_server()?;
+        self.marker.remove()?;
+        Ok(Finished {
+            path: None,
+            format: "raw",
+            volume: Some(self.spec.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn parses_specs_and_takes_missing_settings_from_the_environment() {
+        let s = RbdSpec::parse_with_env("rbd:volumes/web01?conf=/etc/c.conf&id=cinder", env(&[]))
+            .unwrap();
+        assert_eq!(s.image_spec(), "volumes/web01");
+        assert_eq!(s.conf.as_deref(), Some(Path::new("/etc/c.conf")));
+        assert_eq!(s.user.as_deref(), Some("cinder"));
+        assert_eq!(
+            s.qemu_filename(),
+            "rbd:volumes/web01:conf=/etc/c.conf:id=cinder"
+        );
+        assert_eq!(
+            s.to_string(),
+            "rbd:volumes/web01?conf=/etc/c.conf&id=cinder"
+        );
+
+        let e = [
+            ("CEPH_CONF", "/lab/ceph.conf"),
+            ("CEPH_ARGS", "--keyring /k -n client.ops"),
+        ];
+        let s = RbdSpec::parse_with_env("volumes/web01", env(&e)).unwrap();
+        assert_eq!(
+            s.qemu_filename(),
+            "rbd:volumes/web01:conf=/lab/ceph.conf:id=ops"
+        );
+        let s = RbdSpec::parse_with_env("rbd:p/i?id=me", env(&e)).unwrap();
+        assert_eq!(
+            s.user.as_deref(),
+            Some("me"),
+            "the spec wins over CEPH_ARGS"
+        );
+        let s = RbdSpec::parse_with_env("rbd:p/i", env(&[("CEPH_ARGS", "--id=x")])).unwrap();
+        assert_eq!(s.user.as_deref(), Some("x"));
+        let s = RbdSpec::parse_with_env("rbd:p/i", env(&[])).unwrap();
+        assert_eq!(s.qemu_filename(), "rbd:p/i");
+        assert_eq!(s.to_string(), "rbd:p/i");
+    }
+
+    #[test]
+    fn refuses_specs_qemu_or_rbd_would_misread() {
+        for bad in [
+            "rbd:volumes",
+            "rbd:/img",
+            "rbd:pool/",
+            "rbd:pool/a/b",
+            "rbd:pool/im:age",
+            "rbd:pool/-x",
+            "rbd:pool/img?conf=/a:b",
+            "rbd:pool/img?foo=1",
+            "rbd:pool/img?id=a b",
+        ] {
+            let e = RbdSpec::parse_with_env(bad, env(&[])).unwrap_err();
+            assert!(e.is_usage(), "{bad}: {e}");
+        }
+    }
+
+    /// Against the cloud lab's Ceph (`MGEAR_CLOUD_LAB` set, `CEPH_CONF` its conf).
+    #[test]
+    fn writes_thin_in_parallel_reads_back_and_resumes_on_the_lab_cluster() {
+        let (Ok(_), Ok(conf), Ok(pool), Ok(user)) = (
+            std::env::var("MGEAR_CLOUD_LAB"),
+            std::env::var("CEPH_CONF"),
+            std::env::var("MGEAR_CLOUD_RBD_POOL"),
+            std::env::var("MGEAR_CLOUD_RBD_USER"),
+        ) else {
+            eprintln!("SKIPPED: MGEAR_CLOUD_LAB is not set (scripts/cloud-lab.sh start)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let image = format!("mgear-vol-test-{}", std::process::id());
+        let spec =
+            RbdSpec::parse_with_env(&format!("rbd:{pool}/{image}?conf={conf}&id={user}"), |_| {
+                None
+            })
+            .unwrap();
+        let prep = Prepare {
+            disk_size: 64 << 20,
+            head_len: 65536,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        let rbd = require("rbd", "ceph-common").unwrap();
+        /// Removes the test image however the test ends.
+        struct Cleanup(PathBuf, RbdSpec);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = Command::new(&self.0)
+                    .args(self.1.cli_args())
+                    .args(["rm", "--no-progress"])
+                    .arg(self.1.image_spec())
+                    .output();
+            }
+        }
+        let _cleanup = Cleanup(rbd.clone(), spec.clone());
+        let mut v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
+        assert_eq!(v.found(), Found::New);
+        assert_eq!(v.size(), 64 << 20);
+        assert_eq!(v.geometry().max_in_flight, CONNECTIONS);
+        let blocks: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i + 1; 1 << 20]).collect();
+        let writes: Vec<WriteAt> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| WriteAt {
+                offset: (i as u64) * (2 << 20),
+                data: b,
+            })
+            .collect();
+        v.write_batch(&writes).unwrap();
+        v.write_zeroes(40 << 20, 16 << 20).unwrap();
+        v.flush().unwrap();
+        drop(v); // killed before finishing
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".mgear-incomplete")),
+            "the marker says the image is unfinished"
+        );
+        // Re-run: the same image is resumed, not refused or recreated.
+        let mut v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
+        assert!(matches!(v.found(), Found::Unfinished { .. }));
+        for (i, b) in blocks.iter().enumerate() {
+            let mut back = vec![0u8; 1 << 20];
+            v.read_at((i as u64) * (2 << 20), &mut back).unwrap();
+            assert!(back == *b, "block {i} read back wrong");
+        }
+        let done = Box::new(v).finish().unwrap();
+        assert_eq!(done.volume.as_deref(), Some(spec.to_string().as_str()));
+        let du = run(
+            Command::new(&rbd)
+                .args(spec.cli_args())
+                .args(["du", "--format", "json"])
+                .arg(spec.image_spec()),
+            "rbd du",
+        )
+        .unwrap();
+        let used: u64 = du
+            .split("\"used_size\":")
+            .nth(1)
+            .and_then(|r| {
+                r.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .ok()
+            })
+            .unwrap();
+        // RBD allocates 4 MiB objects: the data touched the first 32 MiB (8 objects); the
+        // zeroed 16 MiB and the never-written rest must not be allocated.
+        assert!(
+            used <= 32 << 20,
+            "rbd du says {used} bytes used: not thin ({du})"
+        );
+        // Finished: a new ingest into it needs --force; no socket or marker left.
+        let e = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("--force"), "{e}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
+}

@@ -1,0 +1,686 @@
+//! Against the real cloud lab (`scripts/cloud-lab.sh start`: Ceph, Cinder, Nova on this
+//! machine; `./test.sh` starts it): a volume is created through Cinder with the metadata a
+//! re-run finds it by, Cinder names its RBD image, it is written through qemu's rbd driver,
+//! read back bit for bit, marked bootable, and a Nova server boots from it and prints the
+//! sample disk's marker on its console.
+//!
+//! Skipped, with the reason printed, unless `MGEAR_CLOUD_LAB` names the lab's work dir (the
+//! lab's `env` prints it). The endpoints and project come from the `OS_*` variables, or from
+//! `$MGEAR_CLOUD_LAB/env` when they are not exported.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mgear_cloud::cinder::meta;
+use mgear_cloud::{
+    boot_from_volume, Auth, Cinder, CloudError, Nova, NovaBootSpec, Session, VolumeFor,
+};
+use mgear_tests::{output_text, Env};
+
+struct Lab {
+    dir: PathBuf,
+    vars: HashMap<String, String>,
+}
+
+impl Lab {
+    fn from_env() -> Option<Lab> {
+        let Some(dir) = std::env::var_os("MGEAR_CLOUD_LAB") else {
+            eprintln!(
+                "SKIPPED: MGEAR_CLOUD_LAB is not set; run `eval \"$(scripts/cloud-lab.sh start)\"` \
+                 (as root) to test against the real Ceph + Cinder + Nova lab"
+            );
+            return None;
+        };
+        let dir = PathBuf::from(dir);
+        // The lab's env file first, the process environment over it.
+        let mut vars = HashMap::new();
+        let env_file = dir.join("env");
+        let text = std::fs::read_to_string(&env_file).unwrap_or_else(|e| {
+            panic!(
+                "MGEAR_CLOUD_LAB={} but {}: {e}",
+                dir.display(),
+                env_file.display()
+            )
+        });
+        for line in text.lines() {
+            if let Some((k, v)) = line
+                .trim()
+                .strip_prefix("export ")
+                .and_then(|l| l.split_once('='))
+            {
+                vars.insert(k.to_string(), v.to_string());
+            }
+        }
+        for (k, v) in std::env::vars() {
+            if k.starts_with("OS_") || k.starts_with("MGEAR_CLOUD") || k == "CEPH_CONF" {
+                vars.insert(k, v);
+            }
+        }
+        Some(Lab { dir, vars })
+    }
+
+    fn var(&self, k: &str) -> String {
+        self.vars
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} is not in the lab's env ({})", self.dir.display()))
+    }
+
+    fn session(&self) -> Session {
+        let auth = Auth::from_vars(|k| self.vars.get(k).cloned()).expect("lab auth settings");
+        Session::connect(auth, Duration::from_secs(120)).expect("lab session")
+    }
+
+    fn rbd_spec(&self, volume_id: &str) -> String {
+        format!(
+            "rbd:{}/volume-{volume_id}:conf={}:id={}",
+            self.var("MGEAR_CLOUD_RBD_POOL"),
+            self.var("CEPH_CONF"),
+            self.var("MGEAR_CLOUD_RBD_USER")
+        )
+    }
+
+    fn rbd_info(&self, volume_id: &str) -> std::process::Output {
+        Command::new("rbd")
+            .args([
+                "-c",
+                &self.var("CEPH_CONF"),
+                "--id",
+                &self.var("MGEAR_CLOUD_RBD_USER"),
+            ])
+            .args([
+                "info",
+                &format!("{}/volume-{volume_id}", self.var("MGEAR_CLOUD_RBD_POOL")),
+            ])
+            .output()
+            .expect("run rbd")
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn unique() -> String {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{}-{}", t.as_secs(), std::process::id())
+}
+
+/// Deletes what a failed test left behind (server first: the volume is attached to it).
+struct Cleanup<'a> {
+    session: &'a Session,
+    server: Option<String>,
+    volume: Option<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            let nova = Nova::new(self.session);
+            let _ = nova.delete_server(&s);
+            let _ = nova.wait_server_gone(&s, Duration::from_secs(120));
+        }
+        if let Some(v) = self.volume.take() {
+            let cinder = Cinder::new(self.session);
+            let _ = cinder.wait_status(&v, "available", Duration::from_secs(60));
+            let _ = cinder.delete(&v);
+        }
+    }
+}
+
+#[test]
+fn volume_written_through_rbd_boots_through_nova() {
+    let Some(lab) = Lab::from_env() else { return };
+    let session = lab.session();
+    let cinder = Cinder::new(&session);
+    let nova = Nova::new(&session);
+    let id = unique();
+    let mut cleanup = Cleanup {
+        session: &session,
+        server: None,
+        volume: None,
+    };
+
+    // The volume an ingest of 1 GiB + 1 byte wants: 2 GiB, found again by its metadata.
+    let want = VolumeFor {
+        name: format!("mgear-lab-{id}"),
+        size_bytes: (1 << 30) + 1,
+        capture_id: format!("capture-{id}"),
+        generation: 2,
+        manifest_root: "ab".repeat(32),
+        ..VolumeFor::default()
+    };
+    let ensured = cinder
+        .ensure_volume(&want, Duration::from_secs(120))
+        .unwrap();
+    cleanup.volume = Some(ensured.volume.id.clone());
+    assert!(ensured.created);
+    let vol = ensured.volume;
+    assert_eq!(vol.status, "available");
+    assert_eq!(vol.size, 2);
+    assert!(!vol.is_bootable());
+    assert_eq!(
+        vol.metadata.get(meta::STATE).map(String::as_str),
+        Some(meta::WRITING)
+    );
+    assert_eq!(
+        vol.metadata.get(meta::GENERATION).map(String::as_str),
+        Some("2")
+    );
+    let again = cinder
+        .ensure_volume(&want, Duration::from_secs(120))
+        .unwrap();
+    assert!(!again.created, "a re-run must find its volume");
+    assert_eq!(again.volume.id, vol.id);
+    let other = VolumeFor {
+        generation: 3,
+        ..want.clone()
+    };
+    assert!(cinder
+        .find_by_metadata(&other.identity())
+        .unwrap()
+        .is_empty());
+
+    // Cinder tells where its RBD backend keeps the volume, as it tells a compute host.
+    let img = cinder.rbd_image(&vol, None).unwrap();
+    assert_eq!(img.source, "connection-info");
+    assert_eq!(img.pool, lab.var("MGEAR_CLOUD_RBD_POOL"));
+    assert_eq!(img.image, format!("volume-{}", vol.id));
+    assert_eq!(
+        img.user.as_deref(),
+        Some(lab.var("MGEAR_CLOUD_RBD_USER").as_str())
+    );
+    assert_eq!(img.monitors, ["127.0.0.1:6789"]);
+    let info = lab.rbd_info(&vol.id);
+    assert!(
+        info.status.success(),
+        "rbd info volume-{}: {}",
+        vol.id,
+        String::from_utf8_lossy(&info.stderr)
+    );
+    assert!(String::from_utf8_lossy(&info.stdout).contains("size 2 GiB"));
+
+    // Write a bootable disk into it the way a storage-side helper does, and read it back.
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("sample.raw");
+    let marker = format!("lab-{id}");
+    let sample = mgear_boot::build_sample_disk(
+        &disk,
+        &mgear_boot::SampleDiskOptions {
+            marker_id: Some(marker.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let rbd = lab.rbd_spec(&vol.id);
+    run(Command::new("qemu-img")
+        .args(["convert", "-n", "-W", "-m", "16", "-f", "raw", "-O", "raw"])
+        .arg(&disk)
+        .arg(&rbd));
+    // compare: the sample's bytes equal, the rest of the volume zero.
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&disk)
+        .arg(&rbd));
+
+    cinder.set_bootable(&vol.id, true).unwrap();
+    assert!(cinder.get(&vol.id).unwrap().is_bootable());
+
+    // Boot it as the cloud does, and prove it from the console.
+    let booted = {
+        let _one_guest_at_a_time = crate::LIBVIRT.lock().unwrap_or_else(|e| e.into_inner());
+        boot_from_volume(
+            &session,
+            &NovaBootSpec {
+                server_name: format!("mgear-lab-{id}"),
+                volume_id: vol.id.clone(),
+                flavor: "mgear.lab".into(),
+                create_flavor: Some((512, 1)),
+                // The marker line is letters, digits, '-' and '.': a regex matching itself.
+                wait_for: sample.marker_line.clone(),
+                active_timeout: Duration::from_secs(300),
+                timeout: Duration::from_secs(300),
+                console_dir: Some(PathBuf::from(lab.var("MGEAR_CLOUD_NOVA_INSTANCES"))),
+            },
+        )
+        .unwrap()
+    };
+    cleanup.server = Some(booted.server_id.clone());
+    assert!(
+        booted.report.booted(),
+        "{}\n{}",
+        booted.report.detail,
+        booted.report.console_tail(30)
+    );
+    assert_eq!(booted.report.driver, "openstack-nova");
+    assert!(booted.active_after_secs.is_some());
+    assert!(!booted
+        .report
+        .console_log
+        .contains(mgear_boot::sample::FAIL_PREFIX));
+    // The flavor made for the first boot is found by name the next time.
+    assert_eq!(
+        nova.find_flavor("mgear.lab").unwrap().map(|f| f.id),
+        Some(booted.flavor_id.clone())
+    );
+
+    // Tear down through the APIs: the volume survives its server and is deleted with its image.
+    let server = booted.server_id;
+    nova.delete_server(&server).unwrap();
+    nova.wait_server_gone(&server, Duration::from_secs(180))
+        .unwrap();
+    cleanup.server = None;
+    cinder
+        .wait_status(&vol.id, "available", Duration::from_secs(120))
+        .unwrap();
+    cinder.delete(&vol.id).unwrap();
+    cinder
+        .wait_deleted(&vol.id, Duration::from_secs(120))
+        .unwrap();
+    cleanup.volume = None;
+    assert!(
+        !lab.rbd_info(&vol.id).status.success(),
+        "volume-{} survived its volume",
+        vol.id
+    );
+}
+
+#[test]
+fn lab_errors_name_the_call_and_the_clouds_message() {
+    let Some(lab) = Lab::from_env() else { return };
+    let session = lab.session();
+    let e = Cinder::new(&session)
+        .get("00000000-0000-0000-0000-000000000000")
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Http { status: 404, .. }), "{e}");
+    assert!(e.to_string().contains("could not be found"), "{e}");
+    let e = Cinder::new(&session)
+        .wait_status(
+            "00000000-0000-0000-0000-000000000000",
+            "available",
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("GET "), "{e}");
+}
+
+/// The largest single file and the largest total seen in a directory tree, sampled from a
+/// thread until dropped: what the state dir held while an ingest ran.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl Sampler {
+    fn start(dir: PathBuf) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut max_file, mut max_total) = (0u64, 0u64);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut total = 0;
+                for f in files_under(&dir) {
+                    let len = std::fs::symlink_metadata(&f).map(|m| m.len()).unwrap_or(0);
+                    max_file = max_file.max(len);
+                    total += len;
+                }
+                max_total = max_total.max(total);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (max_file, max_total)
+        });
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// (largest file, largest total) in bytes.
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Deletes every volume carrying `mgear.name = name` however the test ends (an ingest killed
+/// before the test learnt its volume's id leaves one).
+struct NamedVolumes<'a> {
+    session: &'a Session,
+    name: String,
+}
+
+impl Drop for NamedVolumes<'_> {
+    fn drop(&mut self) {
+        let cinder = Cinder::new(self.session);
+        let wanted = [(meta::NAME.to_string(), self.name.clone())].into();
+        for v in cinder.find_by_metadata(&wanted).unwrap_or_default() {
+            let _ = cinder.wait_status(&v.id, "available", Duration::from_secs(60));
+            let _ = cinder.delete(&v.id);
+        }
+    }
+}
+
+/// Removes an RBD image however the test ends.
+struct RbdCleanup<'a>(&'a Lab, String);
+
+impl Drop for RbdCleanup<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("rbd")
+            .args([
+                "-c",
+                &self.0.var("CEPH_CONF"),
+                "--id",
+                &self.0.var("MGEAR_CLOUD_RBD_USER"),
+            ])
+            .args(["rm", "--no-progress", &self.1])
+            .output();
+    }
+}
+
+#[test]
+fn ingest_into_cinder_resumes_after_a_kill_and_boots_through_nova_and_into_rbd_directly() {
+    let Some(lab) = Lab::from_env() else { return };
+    let session = lab.session();
+    let cinder = Cinder::new(&session);
+    let nova = Nova::new(&session);
+    let id = unique();
+    let e = Env::new();
+    // mgear reads the cloud's settings from the environment, as an operator's shell has them.
+    let with_lab = |mut c: Command| {
+        c.envs(lab.vars.iter());
+        c
+    };
+    let run_ok = |c: Command| {
+        let mut c = with_lab(c);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{c:?}: {}", output_text(&o));
+        o
+    };
+
+    let sample = mgear_boot::build_sample_disk(
+        &e.p("disk.raw"),
+        &mgear_boot::SampleDiskOptions {
+            marker_id: Some(format!("ingest-{id}")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    std::fs::create_dir(e.p("mnt")).unwrap();
+    let cap = e.json(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--sign",
+        "site.key",
+    ]);
+    let chunk = cap["chunk_size"].as_u64().unwrap();
+    let manifest_root = cap["manifest_root"].as_str().unwrap().to_string();
+    nova.ensure_flavor("mgear.lab", 512, 1, 0).unwrap();
+    let name = format!("web01-{id}");
+    let _leftovers = NamedVolumes {
+        session: &session,
+        name: name.clone(),
+    };
+    let target = format!("cinder:{name}");
+    let ingest_args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "ingest",
+            "--medium",
+            "dir:mnt",
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--trust",
+            "site.pub",
+            "--state-dir",
+            "state",
+            "--target",
+            &target,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+
+    // 1. An ingest into Cinder, slowed down and killed (SIGKILL) half-way.
+    let sampler = Sampler::start(e.p("state"));
+    let args = ingest_args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = with_lab(e.cmd(&args))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let progressed = loop {
+        let entries = files_under(&e.p("state"))
+            .iter()
+            .filter(|f| f.extension().is_some_and(|x| x == "ingest"))
+            .map(|f| {
+                std::fs::metadata(f)
+                    .map(|m| m.len().saturating_sub(64) / 32)
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        if entries >= 4 {
+            break true;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        progressed,
+        "the ingest recorded no progress before it ended"
+    );
+    let identity: std::collections::BTreeMap<String, String> =
+        [(meta::NAME.to_string(), name.clone())].into();
+    let found = cinder.find_by_metadata(&identity).unwrap();
+    assert_eq!(found.len(), 1, "one volume for {name}: {found:?}");
+    let vol_id = found[0].id.clone();
+    let mut cleanup = Cleanup {
+        session: &session,
+        server: None,
+        volume: Some(vol_id.clone()),
+    };
+    assert_eq!(found[0].metadata[meta::STATE], meta::WRITING);
+    assert!(
+        !found[0].is_bootable(),
+        "not bootable before it is complete"
+    );
+
+    // 2. The same command again (with --boot): it finds the volume and resumes into it.
+    let marker_re = sample.marker_line.clone();
+    let args = ingest_args(&[
+        "--boot",
+        "--flavor",
+        "mgear.lab",
+        "--wait-for",
+        &marker_re,
+        "--timeout",
+        "300",
+        "--json",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = {
+        let _one_guest_at_a_time = crate::LIBVIRT.lock().unwrap_or_else(|e| e.into_inner());
+        run_ok(e.cmd(&args))
+    };
+    let (max_file, max_total) = sampler.finish();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    cleanup.server = r["server"].as_str().map(str::to_string);
+    assert_eq!(
+        r["volume"],
+        vol_id.as_str(),
+        "resumed into the same volume: {r}"
+    );
+    assert!(r["resumed_chunks"].as_u64().unwrap() >= 4, "{r}");
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["booted"], true, "{r}");
+    let report: serde_json::Value =
+        // (Relative to the scratch directory, as --state-dir was.)
+        serde_json::from_slice(&std::fs::read(e.p(r["boot_report"].as_str().unwrap())).unwrap())
+            .unwrap();
+    assert_eq!(report["driver"], "openstack-nova");
+    assert_eq!(report["matched"], sample.marker_line.as_str());
+    // The state dir held the resume state, a marker and a socket: never a few chunks' worth.
+    assert!(
+        max_file < 2 * chunk && max_total < 4 * chunk,
+        "state dir held {max_file} bytes in one file, {max_total} in all (chunk {chunk})"
+    );
+
+    // The volume: available again after its server is gone, bootable, named, bit for bit.
+    let v = cinder.get(&vol_id).unwrap();
+    assert!(v.is_bootable());
+    assert_eq!(v.size, 1, "a 64 MiB disk rounds up to 1 GiB");
+    assert_eq!(v.metadata[meta::STATE], meta::COMPLETE);
+    assert_eq!(v.metadata[meta::NAME], name);
+    assert_eq!(v.metadata[meta::GENERATION], "1");
+    assert_eq!(v.metadata[meta::MANIFEST_ROOT], manifest_root);
+    assert_eq!(v.metadata[meta::CAPTURE].len(), 32);
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(e.p("disk.raw"))
+        .arg(lab.rbd_spec(&vol_id)));
+    let server = cleanup.server.clone().unwrap();
+    nova.delete_server(&server).unwrap();
+    nova.wait_server_gone(&server, Duration::from_secs(180))
+        .unwrap();
+    cleanup.server = None;
+    cinder
+        .wait_status(&vol_id, "available", Duration::from_secs(120))
+        .unwrap();
+    // Ingesting it again finds the same volume: nothing new is created.
+    assert_eq!(cinder.find_by_metadata(&identity).unwrap().len(), 1);
+    drop(cleanup);
+
+    // 3. Straight into an RBD image, then booted the way compute attaches it (-drive rbd:).
+    let pool = lab.var("MGEAR_CLOUD_RBD_POOL");
+    let image = format!("mgear-e2e-{id}");
+    let _rbd_cleanup = RbdCleanup(&lab, format!("{pool}/{image}"));
+    let rbd_target = format!(
+        "rbd:{pool}/{image}?conf={}&id={}",
+        lab.var("CEPH_CONF"),
+        lab.var("MGEAR_CLOUD_RBD_USER")
+    );
+    let c = e.cmd(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--state-dir",
+        "state2",
+        "--target",
+        &rbd_target,
+        "--json",
+    ]);
+    let out = run_ok(c);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["verified"], true);
+    let qemu_name = format!(
+        "rbd:{pool}/{image}:conf={}:id={}",
+        lab.var("CEPH_CONF"),
+        lab.var("MGEAR_CLOUD_RBD_USER")
+    );
+    run(Command::new("qemu-img")
+        // Same size, same bytes (not -s: that compares allocation, and holes are the point).
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(e.p("disk.raw"))
+        .arg(&qemu_name));
+    // Thin: the mostly empty sample disk uses a fraction of its size in the pool.
+    let du = String::from_utf8(
+        with_lab({
+            let mut c = Command::new("rbd");
+            c.args([
+                "-c",
+                &lab.var("CEPH_CONF"),
+                "--id",
+                &lab.var("MGEAR_CLOUD_RBD_USER"),
+            ])
+            .args(["du", "--format", "json", &format!("{pool}/{image}")]);
+            c
+        })
+        .output()
+        .unwrap()
+        .stdout,
+    )
+    .unwrap();
+    let used: u64 = serde_json::from_str::<serde_json::Value>(&du).unwrap()["images"][0]
+        ["used_size"]
+        .as_u64()
+        .unwrap();
+    // RBD allocates 4 MiB objects: only those holding a non-zero byte of the disk may exist.
+    let disk = std::fs::read(e.p("disk.raw")).unwrap();
+    let with_data = disk
+        .chunks(4 << 20)
+        .filter(|o| o.iter().any(|&b| b != 0))
+        .count() as u64;
+    assert!(
+        used <= with_data * (4 << 20) && used < sample.size,
+        "rbd du: {used} of {} bytes used, only {with_data} 4 MiB objects hold data: {du}",
+        sample.size
+    );
+    let out = {
+        let _one_guest_at_a_time = crate::LIBVIRT.lock().unwrap_or_else(|e| e.into_inner());
+        run_ok(e.cmd(&[
+            "boot",
+            "--target",
+            &rbd_target,
+            "--snapshot",
+            "--wait-for",
+            &marker_re,
+            "--json",
+        ]))
+    };
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "booted", "{report}");
+    assert!(
+        report["command"]
+            .to_string()
+            .contains(&format!("file={qemu_name}")),
+        "booted as a network disk of protocol rbd: {report}"
+    );
+}
