@@ -45,7 +45,7 @@ use crate::exit::{coded, coded_hint, usage, FOUND, USAGE};
 use image_format::store::{FatStore, FlushIsDurable};
 use image_format::Store;
 use mgear_appliance_api::attest::{
-    check_log_covers, fingerprint, full_fingerprint, verify_attestation, Attestation,
+    check_log_covers, full_fingerprint, verify_attestation, Attestation,
 };
 use mgear_appliance_api::custody::{verify_log, Event, LogRecord};
 use mgear_appliance_api::protocol::{

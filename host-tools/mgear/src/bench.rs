@@ -608,6 +608,8 @@ fn rbd_rows(
             timeout: 0,
             boot_bus: "auto".into(),
             flavor: None,
+            register_image: false,
+            report: None,
             adapt: false,
             medium: medium.clone(),
             name: "bench".into(),

@@ -205,7 +205,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let report = capture(&args)?;
     if let Some(p) = &args.report {
-        let r = crate::report::capture(&report, &args.source, &args.medium.describe())?;
+        let r = crate::report::capture(
+            &report,
+            args.source.as_deref().unwrap_or(""),
+            &args.medium.describe(),
+        )?;
         crate::report::write(p, &r)?;
     }
     if args.json {

@@ -234,6 +234,7 @@ impl Target {
             Target::EbsSnapshot { name, .. } => Err(usage(format!(
                 "--target ebs-snapshot:{name}: a snapshot is written once, by ingest; \
                  serve into a volume created from it instead"
+            ))),
             Target::Rbd(_) | Target::Cinder(_) => Err(usage(format!(
                 "--target {self}: serve writes raw volumes and NBD exports; serve the image with \
                  `qemu-nbd -k /tmp/v.sock rbd:POOL/IMAGE` and give nbd+unix:///?socket=/tmp/v.sock"

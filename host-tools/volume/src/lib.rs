@@ -34,7 +34,7 @@
 //! The other positional block I/O traits have different contracts and stay
 //! where they are: `mgear::source::Source` (what capture reads: read-only,
 //! may shrink under us, reports holes), `mgear_boot::ReadAt` (inspection
-//! reads of an image or export), `mgear_nbd::BlockBackend` (what our NBD
+//! reads of an image or export), `mgear_nbd_proto::BlockBackend` (what our NBD
 //! server exports: `Sync`, shared by connections), the FAT medium's
 //! `image_format::store::fat::BlockDevice` (`Read + Write + Seek`) and the
 //! firmware's `BlockDevice` (whole blocks, `no_std`). Ingest and sync

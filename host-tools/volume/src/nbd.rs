@@ -204,7 +204,7 @@ mod tests {
     /// An in-memory export served by our own NBD server.
     struct Mem(Mutex<Vec<u8>>, bool);
 
-    impl mgear_nbd::BlockBackend for Mem {
+    impl mgear_nbd_proto::BlockBackend for Mem {
         fn size(&self) -> u64 {
             self.0.lock().unwrap().len() as u64
         }
@@ -230,9 +230,9 @@ mod tests {
         dir: &std::path::Path,
         data: Vec<u8>,
         writable: bool,
-    ) -> (mgear_nbd::ServerHandle, Arc<Mem>) {
+    ) -> (mgear_nbd_proto::ServerHandle, Arc<Mem>) {
         let mem = Arc::new(Mem(Mutex::new(data), writable));
-        let h = mgear_nbd::serve_unix(&dir.join("s.sock"), "v", mem.clone()).unwrap();
+        let h = mgear_nbd_proto::serve_unix(&dir.join("s.sock"), "v", mem.clone()).unwrap();
         (h, mem)
     }
 

@@ -726,7 +726,7 @@ mod tests {
             "rbd du",
         )
         .unwrap();
-        let used: u64 = du
+        let used: u64 = String::from_utf8_lossy(&du)
             .split("\"used_size\":")
             .nth(1)
             .and_then(|r| {
@@ -741,7 +741,8 @@ mod tests {
         // zeroed 16 MiB and the never-written rest must not be allocated.
         assert!(
             used <= 32 << 20,
-            "rbd du says {used} bytes used: not thin ({du})"
+            "rbd du says {used} bytes used: not thin ({})",
+            String::from_utf8_lossy(&du)
         );
         // Finished: a new ingest into it needs --force; no socket or marker left.
         let e = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap_err();
