@@ -678,7 +678,7 @@ fn ingest_into_cinder_resumes_after_a_kill_and_boots_through_nova_and_into_rbd_d
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["outcome"], "booted", "{report}");
     assert!(
-        report["command"]
+        report["qemu_command"]
             .to_string()
             .contains(&format!("file={qemu_name}")),
         "booted as a network disk of protocol rbd: {report}"
