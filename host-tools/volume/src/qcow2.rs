@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::file::sync_parent;
 use crate::nbd::NbdVolume;
-use crate::tool::{require, run};
+use crate::tool::{reap_qemu_nbd, require, run, stop_qemu_nbd};
 use crate::{key_of, short_hash, Error, Finished, Found, Geometry, Prepare, Result, Volume};
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
@@ -177,52 +177,15 @@ impl Qcow2Volume {
 
     /// Wait for qemu-nbd to exit after the disconnect; stop it if it does not.
     fn stop_server(&mut self) -> Result<()> {
-        let Some(mut child) = self.server.take() else {
-            return Ok(());
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => break,
-                Ok(Some(status)) => {
-                    return Err(Error::Tool(format!("qemu-nbd ended with {status}")));
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    terminate(&mut child);
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&self.sock);
-        Ok(())
+        stop_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(30))
     }
-}
-
-/// SIGTERM (qemu-nbd flushes and exits), then wait.
-fn terminate(child: &mut Child) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    let _ = child.wait();
 }
 
 impl Drop for Qcow2Volume {
     fn drop(&mut self) {
         // Unfinished: disconnect (qemu-nbd then exits on its own) and reap it.
         drop(self.nbd.take());
-        if let Some(mut child) = self.server.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            terminate(&mut child);
-            let _ = std::fs::remove_file(&self.sock);
-        }
+        reap_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(10));
     }
 }
 

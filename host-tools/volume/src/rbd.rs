@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::marker::Marker;
 use crate::nbd::NbdVolume;
-use crate::tool::{require, run};
+use crate::tool::{reap_qemu_nbd, require, run, stop_qemu_nbd, terminate};
 use crate::{
     key_of, short_hash, Error, Finished, Found, Geometry, Prepare, Result, Volume, WriteAt,
 };
@@ -436,52 +436,15 @@ impl RbdVolume {
 
     /// Wait for qemu-nbd to exit after the last disconnect; stop it if it does not.
     fn stop_server(&mut self) -> Result<()> {
-        let Some(mut child) = self.server.take() else {
-            return Ok(());
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => break,
-                Ok(Some(status)) => {
-                    return Err(Error::Tool(format!("qemu-nbd ended with {status}")));
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    terminate(&mut child);
-                    break;
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&self.sock);
-        Ok(())
+        stop_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(60))
     }
-}
-
-/// SIGTERM (qemu-nbd flushes and exits), then wait.
-fn terminate(child: &mut Child) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    let _ = child.wait();
 }
 
 impl Drop for RbdVolume {
     fn drop(&mut self) {
         // Unfinished: disconnect (qemu-nbd then exits on its own) and reap it.
         self.conns.clear();
-        if let Some(mut child) = self.server.take() {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            terminate(&mut child);
-            let _ = std::fs::remove_file(&self.sock);
-        }
+        reap_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(20));
     }
 }
 

@@ -1,8 +1,9 @@
 //! Running external tools (qemu-img, qemu-nbd, virsh) with errors that
 //! name the Debian package to install.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
@@ -34,4 +35,57 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
         )));
     }
     Ok(out.stdout)
+}
+
+/// Stop the `qemu-nbd` that served a volume once its clients disconnected:
+/// wait up to `grace` for it to exit on its own (it flushes first), SIGTERM
+/// it if it does not, and remove its socket. A non-zero exit is an error
+/// (the image may not hold every write).
+pub(crate) fn stop_qemu_nbd(
+    server: &mut Option<Child>,
+    sock: &Path,
+    grace: Duration,
+) -> Result<()> {
+    let Some(mut child) = server.take() else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break,
+            Ok(Some(status)) => {
+                return Err(Error::Tool(format!("qemu-nbd ended with {status}")));
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                terminate(&mut child);
+                break;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(sock);
+    Ok(())
+}
+
+/// The drop path of a volume served by `qemu-nbd`: the same as
+/// [`stop_qemu_nbd`] without an error to report.
+pub(crate) fn reap_qemu_nbd(server: &mut Option<Child>, sock: &Path, grace: Duration) {
+    if let Some(mut child) = server.take() {
+        let deadline = Instant::now() + grace;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        terminate(&mut child);
+        let _ = std::fs::remove_file(sock);
+    }
+}
+
+/// SIGTERM (qemu-nbd flushes and exits), then wait.
+pub(crate) fn terminate(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let _ = child.wait();
 }
