@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 
 use crate::file::Raw;
 use crate::marker::Marker;
-use crate::tool::{require, run};
+use crate::tool::{require, run, succeeded};
 use crate::{key_of, Error, Finished, Found, Prepare, Result, Volume, WriteAt};
 
 /// How much the stream read-back fetches per `virsh vol-download`.
@@ -96,13 +96,7 @@ impl Stream {
         let out = child
             .wait_with_output()
             .map_err(|e| Error::io(format!("running {what}"), e))?;
-        if !out.status.success() {
-            return Err(Error::Tool(format!(
-                "{what} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        succeeded(out, &what)?;
         sent.map_err(|e| Error::io(format!("piping {what}"), e))
     }
 

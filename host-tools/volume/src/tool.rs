@@ -2,7 +2,7 @@
 //! name the Debian package to install.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
@@ -27,6 +27,11 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
     let out = cmd
         .output()
         .map_err(|e| Error::io(format!("running {what}"), e))?;
+    succeeded(out, what).map(|o| o.stdout)
+}
+
+/// The output of a finished `what`, or an error carrying its stderr.
+pub(crate) fn succeeded(out: Output, what: &str) -> Result<Output> {
     if !out.status.success() {
         return Err(Error::Tool(format!(
             "{what} failed ({}): {}",
@@ -34,7 +39,7 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(out.stdout)
+    Ok(out)
 }
 
 /// Stop the `qemu-nbd` that served a volume once its clients disconnected:
