@@ -367,7 +367,7 @@ pub fn unlock_data_key<S: Store + ?Sized>(
     name: &str,
     unlock: &Unlock,
 ) -> Result<(DataKey, Option<[u8; 16]>)> {
-    layout::validate_name(name)?;
+    let name = &crate::verify::stored_name(store, name)?;
     let (file, identity): (&str, Box<dyn age::Identity>) = match unlock {
         Unlock::Key(k) => return Ok((k.clone(), None)),
         Unlock::Identity(id) => (KEYS_FILE, Box::new(id.clone())),

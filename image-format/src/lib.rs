@@ -36,8 +36,9 @@ mod writer;
 pub use error::{Error, Location, Result};
 pub use store::{Store, StoreError};
 pub use verify::{
-    capture_id, list_captures, medium_digests, verify_capture_keyless, verify_keyless, CaptureInfo,
-    GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
+    capture_id, list_captures, medium_digests, stored_name, verify_capture_keyless, verify_keyless,
+    CaptureInfo, GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver,
+    VerifyReport,
 };
 
 #[cfg(feature = "crypto")]

@@ -137,7 +137,7 @@ impl<S: Store> CaptureReader<S> {
         generation: Option<u32>,
         unlock: &Unlock,
     ) -> Result<Self> {
-        layout::validate_name(name)?;
+        let name = &verify::stored_name(&mut store, name)?;
         let f = find_manifest(&mut store, name, generation)?;
         let (key, slot_id) = keys::unlock_data_key(&mut store, name, unlock)?;
         if slot_id.is_some_and(|id| id != f.manifest.capture_id) {
@@ -153,7 +153,7 @@ impl<S: Store> CaptureReader<S> {
         generation: Option<u32>,
         key: &DataKey,
     ) -> Result<Self> {
-        layout::validate_name(name)?;
+        let name = &verify::stored_name(&mut store, name)?;
         let f = find_manifest(&mut store, name, generation)?;
         Self::open_manifest(store, name, f, key)
     }
@@ -182,6 +182,12 @@ impl<S: Store> CaptureReader<S> {
             entries,
             ciphers: HashMap::new(),
         })
+    }
+
+    /// The capture's name as stored on the medium (the spelling its
+    /// manifest binds, whatever case the caller asked with).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Size of the captured disk in bytes.

@@ -122,7 +122,19 @@ pub fn verify_keyless<S: Store + ?Sized>(
             );
         }
     }
-    for n in &names {
+    for (i, n) in names.iter().enumerate() {
+        let same: Vec<String> = names
+            .iter()
+            .filter(|m| m.eq_ignore_ascii_case(n))
+            .cloned()
+            .collect();
+        // Reported once, at the first of the clashing names.
+        if same.len() > 1 && names[..i].iter().all(|m| !m.eq_ignore_ascii_case(n)) {
+            cx.problem(
+                Location::capture(n).file(layout::ROOT_DIR),
+                name_clash(&same),
+            );
+        }
         verify_capture_into(store, n, &mut cx)?;
     }
     Ok(cx.report)
@@ -134,7 +146,7 @@ pub fn verify_capture_keyless<S: Store + ?Sized>(
     name: &str,
     obs: &mut dyn VerifyObserver,
 ) -> Result<VerifyReport> {
-    layout::validate_name(name)?;
+    let name = &stored_name(store, name)?;
     if medium::generations(store, name)?.is_empty() {
         return Err(Error::NoCapture { name: name.into() });
     }
@@ -534,12 +546,56 @@ pub struct GenerationInfo {
     pub manifest_root: Option<[u8; 32]>,
 }
 
+/// The spelling capture `name` is stored under on this medium.
+///
+/// Capture names are compared without case everywhere: FAT keeps one
+/// directory for `web01` and `WEB01`, so a medium that travelled as FAT and
+/// was copied to a case-sensitive file system (a `dir:` medium) must answer
+/// to the same names. The manifest MAC and AAD bind the stored spelling, so
+/// every reader resolves the user's spelling to it before reading anything;
+/// otherwise a case difference would read like a moved or replayed file.
+///
+/// Returns `name` itself when no capture directory matches (the caller then
+/// reports that there is no such capture). Two directories that differ only
+/// by case (possible only on a case-sensitive medium, made by hand) are an
+/// error naming both: nothing can say which one `name` means.
+pub fn stored_name<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<String> {
+    layout::validate_name(name)?;
+    let mut matches: Vec<String> = medium::list_or_empty(store, layout::ROOT_DIR)?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir && e.name.eq_ignore_ascii_case(name))
+        .map(|e| e.name)
+        .filter(|n| layout::validate_name(n).is_ok())
+        .collect();
+    matches.sort();
+    match matches.as_slice() {
+        [] => Ok(name.into()),
+        [one] => Ok(one.clone()),
+        many => Err(Error::corrupt(
+            Location::capture(name).file(layout::ROOT_DIR),
+            name_clash(many),
+        )),
+    }
+}
+
+/// The message for capture directories that differ only by case.
+fn name_clash(names: &[String]) -> String {
+    let dirs: Vec<String> = names.iter().map(|n| layout::capture_dir(n)).collect();
+    alloc::format!(
+        "the medium holds capture directories {}, whose names differ only by case; capture \
+         names are compared without case (FAT keeps one directory for both), so none of them \
+         can be chosen by name: move all but one away (by hand, on this copy of the medium)",
+        dirs.join(" and ")
+    )
+}
+
 /// The capture id of capture `name` without any key: from its newest
 /// generation's MANIFEST, else from an unfinished generation's journal;
 /// `Ok(None)` when neither holds one (no such capture, or nothing durable).
 /// The source-side key cache is keyed by it, so two media holding a capture
 /// of one name never share (or overwrite) each other's data key.
 pub fn capture_id<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Option<[u8; 16]>> {
+    let name = &stored_name(store, name)?;
     for g in medium::generations(store, name)?.into_iter().rev() {
         match medium::read_manifest(store, name, g) {
             Ok(Some(f)) => return Ok(Some(f.manifest.capture_id)),
@@ -679,4 +735,124 @@ pub fn medium_digests<S: Store + ?Sized>(store: &mut S) -> Result<Vec<(String, [
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(all(test, feature = "crypto"))]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use crate::{
+        unlock_data_key, verify_full, CaptureParams, CaptureReader, CaptureWriter, ChunkData,
+        Unlock,
+    };
+
+    const CS: u32 = 64 * 1024;
+
+    /// A case-sensitive medium (like a `dir:` one) holding capture `web01`
+    /// of `disk`, and the identity that opens it.
+    fn medium(disk: &[u8]) -> (MemStore, age::x25519::Identity) {
+        let id = age::x25519::Identity::generate();
+        let mut p = CaptureParams::new("web01", disk.len() as u64);
+        p.chunk_size = CS;
+        p.recipients = vec![id.to_public()];
+        let mut store = MemStore::new();
+        let mut w = CaptureWriter::begin(&mut store, p, None).unwrap();
+        let enc = w.encoder();
+        for i in 0..w.chunk_count() {
+            let s = (i * u64::from(CS)) as usize;
+            let e = (s + CS as usize).min(disk.len());
+            w.append(enc.encode(i, &disk[s..e]).unwrap()).unwrap();
+        }
+        w.finish().unwrap();
+        (store, id)
+    }
+
+    fn disk() -> Vec<u8> {
+        (0..3 * CS + 100).map(|i| (i * 7 / 3) as u8).collect()
+    }
+
+    /// Copies the tree `from` to `to` file by file (what a user doing it by
+    /// hand on a case-sensitive file system would get).
+    fn copy_tree(store: &mut MemStore, from: &str, to: &str) {
+        store.create_dir_all(to).unwrap();
+        for e in store.list(from).unwrap() {
+            let (f, t) = (format!("{from}/{}", e.name), format!("{to}/{}", e.name));
+            match e.kind {
+                EntryKind::Dir => copy_tree(store, &f, &t),
+                EntryKind::File => {
+                    let mut buf = vec![0u8; store.len(&f).unwrap().unwrap() as usize];
+                    store.read_exact_at(&f, 0, &mut buf).unwrap();
+                    store.write_at(&t, 0, &buf).unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_case_of_a_name_finds_the_stored_capture() {
+        let data = disk();
+        let (mut store, id) = medium(&data);
+        let unlock = Unlock::Identity(id);
+        for asked in ["web01", "WEB01", "Web01"] {
+            assert_eq!(stored_name(&mut store, asked).unwrap(), "web01");
+            let mut r = CaptureReader::open(&mut store, asked, None, &unlock).unwrap();
+            assert_eq!(r.name(), "web01");
+            let mut out = Vec::new();
+            for i in 0..r.chunk_count() {
+                match r.read_chunk(i).unwrap() {
+                    ChunkData::Zero { len } => out.resize(out.len() + len as usize, 0),
+                    ChunkData::Data(d) => out.extend_from_slice(&d),
+                }
+            }
+            assert_eq!(out, data, "{asked}");
+            drop(r);
+            let (key, slot_id) = unlock_data_key(&mut store, asked, &unlock).unwrap();
+            assert_eq!(slot_id, capture_id(&mut store, "web01").unwrap());
+            assert_eq!(capture_id(&mut store, asked).unwrap(), slot_id);
+            let r = CaptureReader::open_with_key(&mut store, asked, Some(1), &key).unwrap();
+            assert_eq!(r.generation(), 1);
+            let keyless = verify_capture_keyless(&mut store, asked, &mut NoProgress).unwrap();
+            assert!(keyless.is_ok() && keyless.records > 0, "{keyless:?}");
+            let full = verify_full(&mut store, asked, None, &unlock, &mut NoProgress).unwrap();
+            assert!(full.is_ok(), "{asked}: {:?}", full.problems);
+        }
+        // A name that is not there stays as asked: the callers say "not found".
+        assert_eq!(stored_name(&mut store, "WEB02").unwrap(), "WEB02");
+        assert!(matches!(
+            CaptureReader::open(&mut store, "WEB02", None, &unlock),
+            Err(Error::NoCapture { name }) if name == "WEB02"
+        ));
+        assert!(matches!(
+            stored_name(&mut store, "web/01"),
+            Err(Error::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn names_differing_only_by_case_are_refused_naming_both() {
+        let (mut store, id) = medium(&disk());
+        copy_tree(&mut store, "MGEAR/web01", "MGEAR/WEB01");
+        for asked in ["web01", "WEB01", "wEb01"] {
+            let e = stored_name(&mut store, asked).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(e, Error::Corrupt { .. })
+                    && msg.contains("MGEAR/WEB01 and MGEAR/web01")
+                    && msg.contains("differ only by case"),
+                "{msg}"
+            );
+            let unlock = Unlock::Identity(id.clone());
+            assert!(CaptureReader::open(&mut store, asked, None, &unlock).is_err());
+            assert!(verify_capture_keyless(&mut store, asked, &mut NoProgress).is_err());
+        }
+        // The whole-medium check reports the clash once, beside checking both.
+        let report = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert_eq!(report.captures, 2);
+        let clashes: Vec<_> = report
+            .problems
+            .iter()
+            .filter(|p| p.what.contains("differ only by case"))
+            .collect();
+        assert_eq!(clashes.len(), 1, "{:?}", report.problems);
+    }
 }

@@ -187,6 +187,10 @@ pub struct Report {
     pub resumed_chunks: u64,
     pub bytes_written: u64,
     pub verified: bool,
+    /// SHA-256 (hex) of the whole volume as read back after writing, what
+    /// `sha256sum` of the written disk prints; `None` when the target
+    /// cannot be read back (`ebs-snapshot:`). Taken before `--adapt`.
+    pub volume_sha256: Option<String>,
     pub seconds: f64,
     pub mb_per_s: f64,
     /// Host path of the uploaded volume (`libvirt:` targets).
@@ -522,7 +526,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         Ok(v) => v,
         // A name that is not on the medium is a usage error, not a refusal.
         Err(e) => match image_format::list_captures(medium.store()) {
-            Ok(caps) if !caps.iter().any(|c| c.name == args.name) => {
+            Ok(caps) if !caps.iter().any(|c| c.name.eq_ignore_ascii_case(&args.name)) => {
                 let names: Vec<&str> = caps.iter().map(|c| c.name.as_str()).collect();
                 return Err(crate::exit::coded_hint(
                     crate::exit::USAGE,
@@ -566,14 +570,15 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         force: args.force,
         what: format!(
             "mgear ingest of capture {} generation {}",
-            args.name,
+            reader.name(),
             reader.generation()
         ),
     };
     let facts = crate::cloud_target::CaptureFacts::of(reader.manifest());
     let vol = target.open_for_ingest(&prep, &facts)?;
     let plan = Plan {
-        name: args.name.clone(),
+        // The stored spelling, whatever case --name was given in.
+        name: reader.name().to_string(),
         target: args.target.clone(),
         state_dir: sdir,
         checkpoint_bytes: crate::units::parse_size(&args.checkpoint_bytes)?.max(1),
@@ -758,6 +763,7 @@ pub fn write_volume<S: image_format::Store>(
     checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
     bar.finish();
 
+    let mut volume_sha256 = None;
     if vol.can_read_back() {
         let checked = read_back(&mut *vol, &state, &id_key, size, chunk, threads, plan.json);
         if checked.is_err() {
@@ -765,7 +771,7 @@ pub fn write_volume<S: image_format::Store>(
             let _ = vol.write_zeroes(0, head_len);
             let _ = vol.flush();
         }
-        checked?;
+        volume_sha256 = Some(crate::output::hex(&checked?));
     } else {
         eprintln!(
             "mgear: {desc} cannot be read back: what was written is what was authenticated, \
@@ -787,6 +793,7 @@ pub fn write_volume<S: image_format::Store>(
             resumed_chunks: resumed,
             bytes_written: written,
             verified: true,
+            volume_sha256,
             seconds: secs,
             mb_per_s: progress::mb_per_s(size, secs),
             volume: None,
@@ -860,7 +867,8 @@ fn read_back(
     chunk: u32,
     threads: usize,
     json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<[u8; 32]> {
+    use sha2::Digest as _;
     let count = image_format::layout::chunk_count(size, chunk);
     let check = Progress::new("re-read", size, json);
     let mut hashes = BufReader::new(File::open(&state.path)?);
@@ -868,6 +876,19 @@ fn read_back(
     let mut zero_ids = ZeroIds::new(id_key);
     let mut checked = 0u64;
     let per_batch = ((16u64 << 20) / u64::from(chunk)).max(threads as u64);
+    // The SHA-256 of the volume runs in disk order, but chunk 0 is checked
+    // last (it was written last): it is read first, hashed, and these same
+    // bytes are checked against its id at the end.
+    let mut sha = sha2::Sha256::new();
+    let head = Recheck {
+        index: 0,
+        len: image_format::layout::chunk_len(size, chunk, 0) as usize,
+        want: [0; 32],
+    };
+    let mut head = read_batch(vol, &mut zero_ids, u64::from(chunk), &[head])?.pop();
+    if let Some((r, data)) = &head {
+        sha_update(&mut sha, r.len, data);
+    }
     let mut k = 0;
     while k < count {
         let mut batch = Vec::new();
@@ -879,14 +900,17 @@ fn read_back(
             batch.push(Recheck { index, len, want });
             k += 1;
         }
-        if let Some((index, len)) = first_mismatch(
-            vol,
-            id_key,
-            &mut zero_ids,
-            u64::from(chunk),
-            &batch,
-            threads,
-        )? {
+        let rest: Vec<Recheck> = batch.iter().copied().filter(|r| r.index != 0).collect();
+        let mut got = read_batch(vol, &mut zero_ids, u64::from(chunk), &rest)?;
+        for (r, data) in &got {
+            sha_update(&mut sha, r.len, data);
+        }
+        if let Some(r) = batch.iter().find(|r| r.index == 0) {
+            if let Some((_, data)) = head.take() {
+                got.push((*r, data));
+            }
+        }
+        if let Some((index, len)) = mismatch_in(&got, id_key, threads)? {
             return Err(coded(
                 FOUND,
                 format!(
@@ -903,7 +927,24 @@ fn read_back(
         check.set(checked);
     }
     check.finish();
-    Ok(())
+    Ok(sha.finalize().into())
+}
+
+/// Feeds one read-back chunk to the volume's SHA-256 (a hole as zeros).
+fn sha_update(sha: &mut sha2::Sha256, len: usize, data: &ReadBack) {
+    use sha2::Digest as _;
+    match data {
+        ReadBack::Bytes(b) => sha.update(b),
+        ReadBack::Zeros(_) => {
+            const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(ZEROS.len());
+                sha.update(&ZEROS[..n]);
+                left -= n;
+            }
+        }
+    }
 }
 
 /// Keyed ids of all-zero chunks, by length (a disk has at most two lengths:
@@ -950,7 +991,9 @@ enum ReadBack {
 /// Reads `batch` back from `vol` and returns the first chunk (index,
 /// length) whose keyed id is not the one authenticated. Ranges the volume
 /// knows read as zeros (holes) are not read; the hashing runs on up to
-/// `threads` threads.
+/// `threads` threads. (`read_back` uses the two halves itself, to hash
+/// what it read.)
+#[cfg(test)]
 fn first_mismatch(
     vol: &mut dyn Volume,
     key: &image_format::ChunkIdKey,
@@ -959,7 +1002,18 @@ fn first_mismatch(
     batch: &[Recheck],
     threads: usize,
 ) -> anyhow::Result<Option<(u64, usize)>> {
-    // Each entry: the chunk and either its bytes or the zero id.
+    let got = read_batch(vol, zero_ids, chunk, batch)?;
+    mismatch_in(&got, key, threads)
+}
+
+/// Reads `batch` back from `vol`: each chunk's bytes, or the zero id where
+/// the volume knows the range reads as zeros (a hole, not read).
+fn read_batch(
+    vol: &mut dyn Volume,
+    zero_ids: &mut ZeroIds<'_>,
+    chunk: u64,
+    batch: &[Recheck],
+) -> anyhow::Result<Vec<(Recheck, ReadBack)>> {
     let mut got: Vec<(Recheck, ReadBack)> = Vec::with_capacity(batch.len());
     for r in batch {
         let at = r.index * chunk;
@@ -971,7 +1025,17 @@ fn first_mismatch(
             got.push((*r, ReadBack::Bytes(buf)));
         }
     }
-    let ok = image_format::parallel::map_in_order(&got, threads, |(r, data)| {
+    Ok(got)
+}
+
+/// The first chunk of `got` (index, length) whose keyed id is not the
+/// one authenticated; hashed on up to `threads` threads.
+fn mismatch_in(
+    got: &[(Recheck, ReadBack)],
+    key: &image_format::ChunkIdKey,
+    threads: usize,
+) -> anyhow::Result<Option<(u64, usize)>> {
+    let ok = image_format::parallel::map_in_order(got, threads, |(r, data)| {
         let id = match data {
             ReadBack::Bytes(bytes) => key.id(bytes),
             ReadBack::Zeros(zero) => *zero,

@@ -1,11 +1,12 @@
 //! `mgear inspect`: what is on a medium, without any key.
 //!
 //! ```text
-//! mgear inspect --medium fat:/dev/sdb [--json]
+//! mgear inspect --medium fat:/dev/sdb [--name web01] [--json]
 //! ```
 //!
 //! Lists captures, their key slots and generations (state, parent, sizes,
 //! chunk counts, source, appliance) from the cleartext parts of the format.
+//! `--name` shows one capture (names are compared without case).
 
 use serde::Serialize;
 
@@ -16,6 +17,9 @@ use crate::units::human_bytes;
 pub struct Args {
     #[command(flatten)]
     pub medium: crate::medium::Where,
+    /// Only this capture (compared without case, as FAT does).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -70,7 +74,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let mut medium = args.medium.open_read_only()?;
     let store = medium.store();
     let free = store.free_space().ok().flatten();
-    let caps = image_format::list_captures(store)?;
+    let mut caps = image_format::list_captures(store)?;
+    if let Some(asked) = &args.name {
+        let name = image_format::stored_name(store, asked)?;
+        if !caps.iter().any(|c| c.name == name) {
+            let have: Vec<&str> = caps.iter().map(|c| c.name.as_str()).collect();
+            let _ = medium.close();
+            return Err(crate::exit::usage(format!(
+                "there is no capture {asked} on {} (captures: {})",
+                args.medium.describe(),
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            )));
+        }
+        caps.retain(|c| c.name == name);
+    }
     medium.close()?;
     let hex = crate::capture::hex;
     let report = Report {

@@ -89,11 +89,13 @@ pub struct RmReport {
 
 /// The capture directory on the medium whose name equals `name` ignoring
 /// case (FAT keeps one directory for `web01` and `WEB01`).
+/// Two directories differing only by case are an error naming both.
 pub fn find_capture(store: &mut dyn Store, name: &str) -> anyhow::Result<Option<String>> {
+    let stored = image_format::stored_name(store, name)?;
     Ok(image_format::list_captures(store)?
         .into_iter()
         .map(|c| c.name)
-        .find(|n| n.eq_ignore_ascii_case(name)))
+        .find(|n| *n == stored))
 }
 
 /// Generations whose records may point into `g`: deltas whose parent
@@ -137,8 +139,9 @@ pub fn plan_rm(
     generation: Option<u32>,
     force: bool,
 ) -> anyhow::Result<RmPlan> {
+    let stored = image_format::stored_name(store, name)?;
     let captures = image_format::list_captures(store)?;
-    let Some(cap) = captures.iter().find(|c| c.name.eq_ignore_ascii_case(name)) else {
+    let Some(cap) = captures.iter().find(|c| c.name == stored) else {
         let have: Vec<&str> = captures.iter().map(|c| c.name.as_str()).collect();
         return Err(usage(format!(
             "there is no capture {name} on this medium (it holds: {})",
@@ -271,15 +274,13 @@ pub fn execute(store: &mut dyn Store, plan: &RmPlan) -> anyhow::Result<u64> {
 /// `capture --abort`: remove the unfinished generation of `name`. Refuses
 /// when the newest generation is finished (that is `medium rm --force`).
 pub fn abort(store: &mut dyn Store, name: &str) -> anyhow::Result<RmPlan> {
+    let stored = image_format::stored_name(store, name)?;
     let caps = image_format::list_captures(store)?;
-    let cap = caps
-        .iter()
-        .find(|c| c.name.eq_ignore_ascii_case(name))
-        .ok_or_else(|| {
-            usage(format!(
-                "there is no capture {name} on this medium to abort"
-            ))
-        })?;
+    let cap = caps.iter().find(|c| c.name == stored).ok_or_else(|| {
+        usage(format!(
+            "there is no capture {name} on this medium to abort"
+        ))
+    })?;
     let unfinished: Vec<u32> = cap
         .generations
         .iter()

@@ -13,10 +13,21 @@
 //! | `started`, `finished`, `duration_seconds` | ISO-8601 UTC and seconds |
 //! | `source`, `medium`, `target` | what was read and written (as given) |
 //! | `throughput_mb_per_s` | 10^6 bytes per second, as `dd` prints |
-//! | `digests` | `capture_id`, `manifest_root` (what COMMIT signs), `commit_digest` (capture), `disk_digest` (ingest: the manifest's keyed whole-disk digest the volume was checked against), `volume_sha256` when computed (hex) |
+//! | `digests` | `capture_id`, `manifest_root` (what COMMIT signs), `commit_digest` (capture), `disk_digest` (ingest: the manifest's keyed whole-disk digest the volume was checked against), `volume_sha256` (ingest, hex: see below) |
 //! | `signatures` | each signature checked or made: `role`, `fingerprint`, `via`, `verdict` |
 //! | `warnings` | overrides taken (`--allow-untrusted`, ...) |
 //! | `result` | the command's own `--json` report, unchanged |
+//!
+//! `volume_sha256` is the SHA-256 of the whole volume as ingest read it back
+//! after writing (in disk order, holes as zeros): what `sha256sum` of the
+//! written disk prints, so the datacenter can check the volume later with
+//! common tools. Ingest reads back every byte of every target that can be
+//! read (`file:`, `qcow2:` as its raw disk, `dev:`, `libvirt:`, `nbd:`, `rbd:`,
+//! `cinder:`), including on a resumed run. It is `null` only for
+//! `ebs-snapshot:` (the EBS direct APIs give no read-back here; each block's
+//! SHA-256 was checked by AWS on upload instead). It is taken before
+//! `--adapt` changes the volume. A capture report carries no such field: a
+//! resumed, delta or dirty-bitmap capture does not read the whole disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -140,7 +151,6 @@ pub fn capture(
         "manifest_root": get(&result, &["manifest_root"]),
         "commit_digest": get(&result, &["receipt", "commit_digest"]),
         "capture_id": get(&result, &["receipt", "capture_id"]),
-        "volume_sha256": Value::Null,
     });
     let signers: Vec<Value> = get(&result, &["receipt", "signers"])
         .and_then(Value::as_array)

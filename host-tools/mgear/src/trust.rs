@@ -174,7 +174,8 @@ pub fn check_generation(
     policy: &Policy,
     attestations: Option<&Attestations>,
 ) -> anyhow::Result<Verdict> {
-    layout::validate_name(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The spelling on the medium: its COMMIT and seal bind that one.
+    let name = &image_format::stored_name(medium, name)?;
     let (_, finished) = generations(medium, name)?;
     let newest = finished.last().copied();
     let g = match (generation, newest) {

@@ -141,8 +141,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         bar: Progress::new("verify", total_bytes.max(1), json),
         json,
     };
+    // The spelling on the medium (names are compared without case): the
+    // trust lines and problems then name the capture as stored.
+    let name = args
+        .name
+        .as_deref()
+        .map(|n| image_format::stored_name(store, n))
+        .transpose()?;
     let mut report = VerifyReport::default();
-    match (&unlock, &args.name) {
+    match (&unlock, &name) {
         (None, None) => report = image_format::verify_keyless(store, &mut obs)?,
         (None, Some(name)) => {
             report = image_format::verify_capture_keyless(store, name, &mut obs)?;
@@ -179,7 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             t.attestations.as_deref(),
             store,
         );
-        let names: Vec<String> = match &args.name {
+        let names: Vec<String> = match &name {
             Some(n) => vec![n.clone()],
             None => captures.iter().map(|c| c.name.clone()).collect(),
         };

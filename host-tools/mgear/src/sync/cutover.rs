@@ -137,7 +137,7 @@ pub fn cutover(a: CutoverArgs) -> anyhow::Result<i32> {
         boot_target: a.boot_target.clone(),
         boot_matched: report.matched.clone(),
     };
-    if a.sync.json {
+    if a.sync.json || crate::output::json() {
         crate::output::emit(&r)?;
     } else {
         if let Some(p) = &r.presync {

@@ -239,6 +239,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let (key, slot_id) = image_format::unlock_data_key(medium.store(), &a.name, &unlock)?;
     let reader = CaptureReader::open_with_key(medium.store(), &a.name, None, &key)?;
     let m = reader.manifest().clone();
+    // The spelling on the medium, whatever case --name was given in.
+    let name = reader.name().to_string();
     drop(reader);
     medium.close()?;
     if slot_id.is_some_and(|id| id != m.capture_id) {
@@ -277,7 +279,7 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     use std::io::Write as _;
     std::io::stdout().flush().context("writing to stdout")?;
     let served = target::Served {
-        name: a.name.clone(),
+        name,
         key,
         capture_id: m.capture_id,
         chunk_size: m.chunk_size,
@@ -285,6 +287,17 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         trust,
     };
     let total = target::serve_loop(listener, &served, vol, a.once, limits)?;
+    if crate::output::json() {
+        // A stream of events in the envelope: `listening`, then `stopped`.
+        crate::output::emit(&serde_json::json!({
+            "event": "stopped",
+            "name": served.name,
+            "target": spec.to_string(),
+            "chunks": total.chunks,
+            "bytes": total.bytes,
+            "seconds": started.elapsed().as_secs_f64(),
+        }))?;
+    }
     eprintln!(
         "mgear serve: applied {} chunks ({}) to {}",
         total.chunks,
@@ -297,6 +310,9 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
 /// What `sync --json` prints.
 #[derive(Debug, Serialize)]
 pub struct SyncReport {
+    /// The envelope names the command (`sync`); a sync inside `cutover`'s
+    /// report carries none of its own.
+    #[serde(skip)]
     pub command: &'static str,
     pub name: String,
     pub source: String,
@@ -456,7 +472,7 @@ fn print_summary(r: &SyncReport) {
 /// `mgear sync`.
 pub fn sync(a: SyncArgs) -> anyhow::Result<i32> {
     let r = run_sync(&a)?;
-    if a.json {
+    if a.json || crate::output::json() {
         crate::output::emit(&r)?;
     } else {
         print_summary(&r);

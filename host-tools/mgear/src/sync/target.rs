@@ -289,7 +289,9 @@ pub fn session<R: Read, W: Write>(
     let size = f.u64()?;
     let source_nonce: [u8; 32] = f.array()?;
     f.end()?;
-    if name != cap.name {
+    // Names are compared without case (FAT keeps one directory for both);
+    // the key proofs below bind the source's spelling, which both sides hold.
+    if !name.eq_ignore_ascii_case(&cap.name) {
         return Err(refuse(
             &mut w,
             None,
@@ -327,7 +329,7 @@ pub fn session<R: Read, W: Write>(
     welcome.extend_from_slice(&cap.volume_size.to_le_bytes());
     welcome.extend_from_slice(&count.to_le_bytes());
     welcome.extend_from_slice(&target_nonce);
-    welcome.extend_from_slice(s.proof("target", &cap.name).as_bytes());
+    welcome.extend_from_slice(s.proof("target", &name).as_bytes());
     wire::send(&mut w, ty::WELCOME, &welcome)?;
     w.flush()?;
 
@@ -375,7 +377,7 @@ pub fn session<R: Read, W: Write>(
         other => bail!("PROOF has signature kind {other}, which this mgear does not know"),
     };
     f.end()?;
-    if s.proof("source", &cap.name) != blake3::Hash::from_bytes(proof) {
+    if s.proof("source", &name) != blake3::Hash::from_bytes(proof) {
         return Err(refuse(
             &mut w,
             Some(&mut s),
