@@ -21,6 +21,8 @@ mod cloud_lab;
 mod ebs_snapshot;
 mod field_capture;
 mod field_media;
+mod field_names;
+mod field_output;
 mod format_media;
 mod golden;
 mod hardware_board;

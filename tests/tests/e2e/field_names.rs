@@ -1,0 +1,253 @@
+//! Capture names are compared without case everywhere (#13): a capture
+//! stored as `web01` answers to `--name WEB01` in verify (keyless and
+//! keyed), ingest, serve/sync, keys and medium rm, on a case-sensitive
+//! `dir:` medium and on FAT, and nothing reports tampering because of the
+//! case (the manifest binds the stored spelling). Two capture directories
+//! differing only by case (made by hand on a `dir:` medium) are refused
+//! with an error naming both.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Output, Stdio};
+
+use mgear_tests::{output_text, same_file, Env};
+use rand::{RngCore, SeedableRng};
+use serde_json::Value;
+
+/// Kills a background `mgear serve` when the test ends, however it ends.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn random_disk(e: &Env, name: &str, mib: usize, seed: u64) {
+    let mut d = vec![0u8; mib << 20];
+    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut d[..(mib << 20) / 2]);
+    std::fs::write(e.p(name), d).unwrap();
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Keys, a medium of `kind` (`dir` or `fat`) holding `disk.raw` as `web01`
+/// (signed by `site.key`); returns the medium spec.
+fn captured(e: &Env, kind: &str) -> String {
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    random_disk(e, "disk.raw", 4, 7);
+    let m = match kind {
+        "dir" => {
+            std::fs::create_dir_all(e.p("mnt")).unwrap();
+            "dir:mnt".to_string()
+        }
+        _ => e.fat("medium.img", "64MiB"),
+    };
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--sign",
+        "site.key",
+    ]);
+    m
+}
+
+/// `mgear serve --once` of `vol.raw` for `name`; returns it and its address.
+fn serve(e: &Env, m: &str, name: &str) -> (Bg, String) {
+    let mut child = e
+        .cmd(&[
+            "serve",
+            "--target",
+            "file:vol.raw",
+            "--medium",
+            m,
+            "--name",
+            name,
+            "--identity",
+            "target.key",
+            "--trust",
+            "site.pub",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("serve prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve said {line:?}"))
+        .to_string();
+    (Bg(child), addr)
+}
+
+/// Every command that takes `--name` finds `web01` as `WEB01` on `kind`.
+fn any_case_finds_the_capture(kind: &str) {
+    let e = Env::new();
+    let m = captured(&e, kind);
+
+    let i = e.json(&["inspect", "--medium", &m, "--name", "WEB01"]);
+    assert_eq!(i["captures"][0]["name"], "web01", "{kind}: {i}");
+    let o = e.run(&["inspect", "--medium", &m, "--name", "web02"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(err(&o).contains("captures: web01"), "{}", output_text(&o));
+
+    let v = e.json(&["verify", "--medium", &m, "--name", "WEB01"]);
+    assert_eq!(v["ok"], true, "{kind}: {v}");
+    assert_eq!(v["problems"], serde_json::json!([]), "{kind}: {v}");
+    let v = e.json(&[
+        "verify",
+        "--medium",
+        &m,
+        "--name",
+        "WEB01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    assert_eq!(v["ok"], true, "{kind}: {v}");
+    assert_eq!(v["trust"][0]["capture"], "web01", "{kind}: {v}");
+    assert_eq!(v["trust"][0]["trusted"], true, "{kind}: {v}");
+
+    let i = e.json(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "WEB01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--expect-generation",
+        "1",
+        "--target",
+        "file:vol.raw",
+    ]);
+    assert_eq!(i["name"], "web01", "{kind}: {i}");
+    assert_eq!(i["verified"], true, "{kind}: {i}");
+    same_file(&e.p("disk.raw"), &e.p("vol.raw"));
+
+    // The source changes; serve and sync both spelled WEB01 catch it up.
+    let mut d = std::fs::read(e.p("disk.raw")).unwrap();
+    d[3 << 20] ^= 0x5a;
+    std::fs::write(e.p("disk.raw"), d).unwrap();
+    let (mut server, addr) = serve(&e, &m, "WEB01");
+    let s = e.json(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "Web01", "--sign", "site.key",
+    ]);
+    assert_eq!(
+        (s["verified"].clone(), s["chunks_sent"].clone()),
+        (true.into(), 1.into()),
+        "{kind}: {s}"
+    );
+    assert!(server.0.wait().unwrap().success(), "{kind}: serve --once");
+    same_file(&e.p("disk.raw"), &e.p("vol.raw"));
+
+    // keys: the cached key of web01 is found (and forgotten) as WEB01.
+    let k = e.json(&["keys", "list"]);
+    assert_eq!(k["keys"][0]["name"], "web01", "{kind}: {k}");
+    e.ok(&["keys", "forget", "--name", "WEB01"]);
+    let k = e.json(&["keys", "list"]);
+    assert_eq!(k["keys"], serde_json::json!([]), "{kind}: {k}");
+
+    // medium rm finds it too, and says what it removed by its stored name.
+    let r = e.json(&["medium", "rm", "--medium", &m, "--name", "WEB01", "--force"]);
+    assert_eq!(r["name"], "web01", "{kind}: {r}");
+    assert_eq!(r["capture_removed"], true, "{kind}: {r}");
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert_eq!(i["captures"], serde_json::json!([]), "{kind}: {i}");
+}
+
+#[test]
+fn names_ignore_case_on_a_dir_medium() {
+    any_case_finds_the_capture("dir");
+}
+
+#[test]
+fn names_ignore_case_on_a_fat_medium() {
+    any_case_finds_the_capture("fat");
+}
+
+#[test]
+fn two_directories_differing_only_by_case_are_named() {
+    let e = Env::new();
+    let m = captured(&e, "dir");
+    // Only by hand: a copy of the capture under another case.
+    let o = std::process::Command::new("cp")
+        .args(["-a", "mnt/MGEAR/web01", "mnt/MGEAR/WEB01"])
+        .current_dir(e.p(""))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let both = "MGEAR/WEB01 and MGEAR/web01";
+    for args in [
+        vec!["verify", "--medium", &m, "--name", "web01"],
+        vec![
+            "verify",
+            "--medium",
+            &m,
+            "--name",
+            "Web01",
+            "--identity",
+            "target.key",
+        ],
+        vec![
+            "ingest",
+            "--medium",
+            &m,
+            "--name",
+            "WEB01",
+            "--identity",
+            "target.key",
+            "--trust",
+            "site.pub",
+            "--target",
+            "file:vol.raw",
+        ],
+        vec!["medium", "rm", "--medium", &m, "--name", "web01", "--force"],
+        vec!["inspect", "--medium", &m, "--name", "WEB01"],
+    ] {
+        let o = e.run(&args);
+        assert_eq!(code(&o), Some(1), "{args:?}: {}", output_text(&o));
+        assert!(
+            err(&o).contains(both) && err(&o).contains("differ only by case"),
+            "{args:?}: {}",
+            output_text(&o)
+        );
+    }
+    assert!(!e.p("vol.raw").exists());
+    // Nothing was removed; the whole-medium check names the clash once.
+    let o = e.run(&["verify", "--medium", &m, "--json"]);
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let clashes: Vec<&Value> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p.to_string().contains(both))
+        .collect();
+    assert_eq!(clashes.len(), 1, "{v}");
+    assert!(e.p("mnt/MGEAR/web01/G0001/MANIFEST").exists());
+}

@@ -1,0 +1,326 @@
+//! Output a ticket can rely on (#13): the ingest report's `volume_sha256`
+//! is what `sha256sum` of the written volume prints, and `serve`, `sync`
+//! and `cutover` speak the one `--json` style of every command (envelope
+//! with `ok` and `command` first, errors as one JSON object with the exit
+//! code).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+use mgear_tests::{output_text, Env};
+use rand::{RngCore, SeedableRng};
+use serde_json::Value;
+
+/// Kills a background `mgear serve` when the test ends, however it ends.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A 6 MiB disk: random data, a zero hole (a sparse range on the volume)
+/// and a short tail chunk.
+fn disk(e: &Env, name: &str) {
+    let mut d = vec![0u8; (6 << 20) + 12345];
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(13);
+    rng.fill_bytes(&mut d[..2 << 20]);
+    rng.fill_bytes(&mut d[4 << 20..]);
+    std::fs::write(e.p(name), d).unwrap();
+}
+
+fn sha256sum(e: &Env, name: &str) -> String {
+    let o = Command::new("sha256sum")
+        .arg(e.p(name))
+        .output()
+        .expect("sha256sum (coreutils)");
+    assert!(o.status.success(), "{}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// One JSON object on stdout, in the envelope.
+fn envelope(o: &Output, command: &str) -> Value {
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", output_text(o)));
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys[..2], ["ok", "command"], "{v}");
+    assert_eq!(v["command"], command, "{v}");
+    assert_eq!(v["ok"], o.status.success(), "{v}");
+    v
+}
+
+/// A failed command's JSON error, with its exit code and class.
+fn json_error(o: &Output, command: &str, code: i32, kind: &str) -> Value {
+    assert_eq!(o.status.code(), Some(code), "{}", output_text(o));
+    let v = envelope(o, command);
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert_eq!(v["error"]["kind"], kind, "{v}");
+    assert!(!v["error"]["hint"].as_str().unwrap().is_empty(), "{v}");
+    v
+}
+
+fn capture_and_ingest(e: &Env) {
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    let m = e.fat("medium.img", "256MiB");
+    e.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        "target.pub",
+        "--sign",
+        "site.key",
+    ]);
+    e.ok(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--target",
+        "file:vol.raw",
+        "--report",
+        "ingest.json",
+    ]);
+}
+
+#[test]
+fn ingest_report_carries_the_sha256_of_the_volume() {
+    let e = Env::new();
+    disk(&e, "disk.raw");
+    capture_and_ingest(&e);
+    let sum = sha256sum(&e, "vol.raw");
+    assert_eq!(sum, sha256sum(&e, "disk.raw"));
+    let r: Value = serde_json::from_slice(&std::fs::read(e.p("ingest.json")).unwrap()).unwrap();
+    assert_eq!(r["digests"]["volume_sha256"], sum.as_str(), "{r}");
+    assert_eq!(r["result"]["volume_sha256"], sum.as_str(), "{r}");
+    let txt = std::fs::read_to_string(e.p("ingest.txt")).unwrap();
+    assert!(txt.contains(&format!("volume sha256   {sum}")), "{txt}");
+
+    // A qcow2 target: the digest is of the disk it holds, not of the container.
+    std::fs::remove_file(e.p("vol.raw")).unwrap();
+    let o = e.run(&[
+        "ingest",
+        "--medium",
+        "fat:medium.img",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--target",
+        "qcow2:vol.qcow2",
+        "--json",
+    ]);
+    let v = envelope(&o, "ingest");
+    let o = Command::new("qemu-img")
+        .args(["convert", "-O", "raw", "vol.qcow2", "back.raw"])
+        .current_dir(e.p(""))
+        .output()
+        .expect("qemu-img");
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(
+        v["volume_sha256"],
+        sha256sum(&e, "back.raw").as_str(),
+        "{v}"
+    );
+    assert_eq!(v["volume_sha256"], sum.as_str(), "{v}");
+}
+
+/// `mgear serve ... --json` in the background: its first line is the
+/// `listening` event in the envelope; returns it, its address and the rest
+/// of its stdout (read once it has exited).
+fn serve(e: &Env, extra: &[&str]) -> (Bg, String, BufReader<std::process::ChildStdout>) {
+    let mut args = vec![
+        "serve",
+        "--target",
+        "file:vol.raw",
+        "--medium",
+        "fat:medium.img",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = e
+        .cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).expect("serve prints a line");
+    let v = event(&line);
+    assert_eq!(v["event"], "listening", "{v}");
+    let addr = v["address"].as_str().unwrap().to_string();
+    (Bg(child), addr, out)
+}
+
+/// One line of `serve --json`: an event in the envelope.
+fn event(line: &str) -> Value {
+    let v: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys[..2], ["ok", "command"], "{v}");
+    assert_eq!(v["command"], "serve", "{v}");
+    v
+}
+
+#[test]
+fn serve_sync_and_cutover_speak_the_one_json_style() {
+    let e = Env::new();
+    let sample = e.p("disk.raw");
+    e.ok(&[
+        "boot",
+        "--build-sample",
+        sample.to_str().unwrap(),
+        "--marker",
+        "before",
+    ]);
+    capture_and_ingest(&e);
+    e.ok(&[
+        "boot",
+        "--build-sample",
+        sample.to_str().unwrap(),
+        "--marker",
+        "after",
+    ]);
+
+    // sync --json: one object in the envelope.
+    let (mut served, addr, mut rest) = serve(&e, &["--once"]);
+    let o = e.run(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
+        "--json",
+    ]);
+    let s = envelope(&o, "sync");
+    assert_eq!(s["verified"], true, "{s}");
+    assert!(s["chunks_sent"].as_u64().unwrap() > 0, "{s}");
+    assert!(served.0.wait().unwrap().success());
+    // serve's last event says what it applied.
+    let mut lines = String::new();
+    std::io::Read::read_to_string(&mut rest, &mut lines).unwrap();
+    let last: Vec<Value> = lines.lines().map(event).collect();
+    assert_eq!(last.len(), 1, "{lines}");
+    assert_eq!(last[0]["event"], "stopped", "{lines}");
+    assert_eq!(last[0]["ok"], true, "{lines}");
+    assert_eq!(last[0]["chunks"], s["chunks_sent"], "{lines}");
+
+    // Errors as JSON: a refused sync (no key for that name) and a usage error.
+    let o = e.run(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "db02", "--json",
+    ]);
+    let v = json_error(&o, "sync", 2, "usage");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("key cache"),
+        "{v}"
+    );
+    let o = e.run(&[
+        "serve",
+        "--target",
+        "file:vol.raw",
+        "--medium",
+        "fat:medium.img",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--listen",
+        "nowhere",
+        "--json",
+    ]);
+    json_error(&o, "serve", 2, "usage");
+    // Nobody listens there any more: an I/O error.
+    let o = e.run(&[
+        "sync",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--sign",
+        "site.key",
+        "--retries",
+        "0",
+        "--json",
+    ]);
+    json_error(&o, "sync", 3, "io");
+
+    // cutover --json: one object; the syncs inside carry no envelope of their own.
+    let (_served, addr, _) = serve(&e, &[]);
+    let o = e.run(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--quiesce",
+        "true",
+        "--boot-target",
+        "file:vol.raw",
+        "--wait-for",
+        "MGEAR-BOOT-OK after",
+        "--boot-timeout",
+        "300",
+        "--sign",
+        "site.key",
+        "--json",
+    ]);
+    let c = envelope(&o, "cutover");
+    assert_eq!(c["final_sync"]["verified"], true, "{c}");
+    assert!(c["downtime_seconds"].as_f64().unwrap() > 0.0, "{c}");
+    assert!(c["final_sync"].get("command").is_none(), "{c}");
+    // A quiesce hook that fails is a usage error, as JSON too.
+    let o = e.run(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--quiesce",
+        "false",
+        "--boot-target",
+        "file:vol.raw",
+        "--no-presync",
+        "--sign",
+        "site.key",
+        "--json",
+    ]);
+    let v = json_error(&o, "cutover", 2, "usage");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("quiesce"),
+        "{v}"
+    );
+}
