@@ -936,7 +936,7 @@ fn sha_update(sha: &mut sha2::Sha256, len: usize, data: &ReadBack) {
     match data {
         ReadBack::Bytes(b) => sha.update(b),
         ReadBack::Zeros(_) => {
-            const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+            static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
             let mut left = len;
             while left > 0 {
                 let n = left.min(ZEROS.len());
