@@ -91,7 +91,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use image_format::{CaptureReader, ChunkData};
-use mgear_volume::{Finished, Found, Prepare, Volume, WriteAt};
+use mgear_volume::{Finished, Found, Prepare, ReadAt, Volume, WriteAt};
 use serde::Serialize;
 
 use crate::boot_cmd::{self, BootOptions, Resolved};
@@ -622,7 +622,7 @@ pub struct Plan {
 /// volume it writes; local scratch is one batch of chunks in memory.
 pub fn write_volume<S: image_format::Store>(
     plan: &Plan,
-    mut vol: Box<dyn Volume>,
+    vol: Box<dyn Volume>,
     mut reader: CaptureReader<S>,
     started: Instant,
 ) -> anyhow::Result<(Report, Finished)> {
@@ -636,7 +636,7 @@ pub fn write_volume<S: image_format::Store>(
     let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
     let state_path = plan.state_dir.join(format!("{}.ingest", vol.state_key()));
     let found = vol.found();
-    let mut state = match open_state(&*vol, found, size, state_path, &header) {
+    let state = match open_state(&*vol, found, size, state_path, &header) {
         Ok(s) => s,
         Err(e) => {
             // Nothing was written: a volume this run created must not stay
@@ -679,88 +679,86 @@ pub fn write_volume<S: image_format::Store>(
         let depth = vol.geometry().max_in_flight.max(threads) as u64;
         ((16u64 << 20) / u64::from(chunk)).max(depth)
     };
-    // Ids of chunks written but not yet durable; recorded at the next checkpoint.
-    let mut pending_ids: Vec<u8> = Vec::new();
-    let mut pending_bytes = 0u64;
-    // "Make the volume durable, then record these chunks done": the state
-    // never claims a chunk before its bytes are on the volume.
-    let checkpoint = |vol: &mut Box<dyn Volume>,
-                      state: &mut State,
-                      ids: &mut Vec<u8>,
-                      bytes: &mut u64|
-     -> anyhow::Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        vol.flush().map_err(volume_err)?;
-        state.append(ids)?;
-        ids.clear();
-        *bytes = 0;
-        Ok(())
-    };
-    let mut next_k = state.done;
-    while next_k < count {
-        if crate::signals::stop_requested() {
-            // Ctrl-C / SIGTERM: record what is durable, then say how to go on.
-            checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
-            return Err(crate::signals::stopped(done_bytes, size));
-        }
-        let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
-        next_k += ks.len() as u64;
-        let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();
-        if let Some(l) = limiter.as_mut() {
-            let bytes: u64 = indices
-                .iter()
-                .map(|&i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
-                .sum();
-            l.acquire(bytes);
-        }
-        let datas = reader.read_chunks(&indices, threads)?;
-        let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(indices.len());
-        let mut batch_ids: Vec<u8> = Vec::with_capacity(indices.len() * 32);
-        for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
-            let len = image_format::layout::chunk_len(size, chunk, index) as usize;
-            let offset = index * u64::from(chunk);
-            if k + 1 == count {
-                // Chunk 0 (the boot sector) goes last, once all else is durable.
-                write_batch(&mut *vol, &mut batch)?;
-                pending_ids.append(&mut batch_ids);
-                checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
-            }
-            // The id the reader just checked this chunk's plaintext against.
-            let id = *reader
-                .entry(index)
-                .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
-                .chunk_id();
-            match data {
-                ChunkData::Zero { len } => {
-                    zeros += 1;
-                    vol.write_zeroes(offset, u64::from(len))
-                        .map_err(volume_err)?;
+    // Decrypting the next batch overlaps writing this one: the volume and the
+    // resume state live on a writer thread fed one batch ahead, so a
+    // latency-bound volume (RBD) does not wait on the CPU, nor the CPU on it.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+    let checkpoint_bytes = plan.checkpoint_bytes;
+    let fed_to_writer = std::thread::scope(|s| -> anyhow::Result<_> {
+        let writer = s.spawn(move || write_batches(vol, state, rx, checkpoint_bytes));
+        let fed = (|| -> anyhow::Result<()> {
+            let tx = tx;
+            let send = |b: Batch| {
+                tx.send(b)
+                    .map_err(|_| anyhow::anyhow!("the volume writer stopped"))
+            };
+            let mut next_k = resumed;
+            while next_k < count {
+                if crate::signals::stop_requested() {
+                    // Ctrl-C / SIGTERM: the writer records what is durable when
+                    // the channel closes; then say how to go on.
+                    return Err(crate::signals::stopped(done_bytes, size));
                 }
-                ChunkData::Data(data) => {
-                    if data.len() != len {
-                        bail!(
-                            "chunk {index} decoded to {} bytes, expected {len}",
-                            data.len()
-                        );
+                let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
+                next_k += ks.len() as u64;
+                let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();
+                if let Some(l) = limiter.as_mut() {
+                    let bytes: u64 = indices
+                        .iter()
+                        .map(|&i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
+                        .sum();
+                    l.acquire(bytes);
+                }
+                let datas = reader.read_chunks(&indices, threads)?;
+                let mut batch = Batch::default();
+                for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
+                    let len = image_format::layout::chunk_len(size, chunk, index) as usize;
+                    let offset = index * u64::from(chunk);
+                    if k + 1 == count {
+                        // Chunk 0 (the boot sector) goes last, once all else is durable.
+                        batch.checkpoint = true;
+                        send(std::mem::take(&mut batch))?;
+                        batch.checkpoint = true;
                     }
-                    written += len as u64;
-                    batch.push((offset, data));
+                    // The id the reader just checked this chunk's plaintext against.
+                    let id = *reader
+                        .entry(index)
+                        .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
+                        .chunk_id();
+                    match data {
+                        ChunkData::Zero { len } => {
+                            zeros += 1;
+                            batch.zero(offset, u64::from(len));
+                        }
+                        ChunkData::Data(data) => {
+                            if data.len() != len {
+                                bail!(
+                                    "chunk {index} decoded to {} bytes, expected {len}",
+                                    data.len()
+                                );
+                            }
+                            written += len as u64;
+                            batch.writes.push((offset, data));
+                        }
+                    }
+                    batch.ids.extend_from_slice(&id);
+                    batch.bytes += len as u64;
+                    done_bytes += len as u64;
                 }
+                send(batch)?;
+                bar.set(done_bytes);
             }
-            batch_ids.extend_from_slice(&id);
-            pending_bytes += len as u64;
-            done_bytes += len as u64;
-        }
-        write_batch(&mut *vol, &mut batch)?;
-        pending_ids.append(&mut batch_ids);
-        bar.set(done_bytes);
-        if pending_bytes >= plan.checkpoint_bytes || next_k >= count {
-            checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
-        }
-    }
-    checkpoint(&mut vol, &mut state, &mut pending_ids, &mut pending_bytes)?;
+            Ok(())
+        })();
+        let finished = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the volume writer thread panicked"))?;
+        // A failed write is the cause when both sides stopped.
+        let (vol, state) = finished?;
+        fed?;
+        Ok((vol, state))
+    });
+    let (mut vol, state) = fed_to_writer?;
     bar.finish();
 
     let mut volume_sha256 = None;
@@ -838,6 +836,69 @@ fn open_state(
         )));
     }
     State::open(state_path, header, found == Found::New)
+}
+
+/// What the decrypting side hands the volume writer: one batch of chunks.
+#[derive(Default)]
+struct Batch {
+    /// Data chunks: offset and plaintext.
+    writes: Vec<(u64, Vec<u8>)>,
+    /// Zero chunks as runs (offset, length): neighbours go as one request,
+    /// a round trip each on RBD.
+    zeros: Vec<(u64, u64)>,
+    /// Keyed ids of every chunk of the batch, in order: what the resume state
+    /// records once they are durable.
+    ids: Vec<u8>,
+    /// Disk bytes the batch covers.
+    bytes: u64,
+    /// Make everything durable and record it after this batch.
+    checkpoint: bool,
+}
+
+impl Batch {
+    fn zero(&mut self, offset: u64, len: u64) {
+        match self.zeros.last_mut() {
+            Some((at, n)) if *at + *n == offset => *n += len,
+            _ => self.zeros.push((offset, len)),
+        }
+    }
+}
+
+/// The writer thread: writes each batch, and every `checkpoint_bytes` (and
+/// where a batch asks) makes the volume durable before the state records
+/// the chunks, so the state never claims a chunk before its bytes are on the
+/// volume. When the feeding side stops (done, an error, a signal) it records
+/// what was written, and hands volume and state back.
+fn write_batches(
+    mut vol: Box<dyn Volume>,
+    mut state: State,
+    batches: std::sync::mpsc::Receiver<Batch>,
+    checkpoint_bytes: u64,
+) -> anyhow::Result<(Box<dyn Volume>, State)> {
+    let mut pending_ids: Vec<u8> = Vec::new();
+    let mut pending_bytes = 0u64;
+    let mut checkpoint = |vol: &mut dyn Volume, ids: &mut Vec<u8>| -> anyhow::Result<()> {
+        if !ids.is_empty() {
+            vol.flush().map_err(volume_err)?;
+            state.append(ids)?;
+            ids.clear();
+        }
+        Ok(())
+    };
+    for mut b in batches {
+        for (offset, len) in b.zeros {
+            vol.write_zeroes(offset, len).map_err(volume_err)?;
+        }
+        write_batch(&mut *vol, &mut b.writes)?;
+        pending_ids.append(&mut b.ids);
+        pending_bytes += b.bytes;
+        if b.checkpoint || pending_bytes >= checkpoint_bytes {
+            checkpoint(&mut *vol, &mut pending_ids)?;
+            pending_bytes = 0;
+        }
+    }
+    checkpoint(&mut *vol, &mut pending_ids)?;
+    Ok((vol, state))
 }
 
 /// Hand the collected writes to the volume as one batch.
@@ -1016,15 +1077,28 @@ fn read_batch(
 ) -> anyhow::Result<Vec<(Recheck, ReadBack)>> {
     let mut got: Vec<(Recheck, ReadBack)> = Vec::with_capacity(batch.len());
     for r in batch {
-        let at = r.index * chunk;
-        if vol.reads_as_zeros(at, r.len as u64) {
-            got.push((*r, ReadBack::Zeros(zero_ids.get(r.len))));
+        // Only a chunk that must be zeros is worth a hole query (a round trip,
+        // and on RBD a walk of the object map); a data chunk is read anyway.
+        let zero = zero_ids.get(r.len);
+        if r.want == zero && vol.reads_as_zeros(r.index * chunk, r.len as u64) {
+            got.push((*r, ReadBack::Zeros(zero)));
         } else {
-            let mut buf = vec![0u8; r.len];
-            vol.read_at(at, &mut buf).map_err(volume_err)?;
-            got.push((*r, ReadBack::Bytes(buf)));
+            got.push((*r, ReadBack::Bytes(vec![0u8; r.len])));
         }
     }
+    // One batch of reads: a deep-queue volume (RBD) has them all in flight at once.
+    let mut reads: Vec<ReadAt<'_>> = got
+        .iter_mut()
+        .filter_map(|(r, data)| match data {
+            ReadBack::Bytes(buf) => Some(ReadAt {
+                offset: r.index * chunk,
+                buf,
+            }),
+            ReadBack::Zeros(_) => None,
+        })
+        .collect();
+    vol.read_batch(&mut reads).map_err(volume_err)?;
+    drop(reads);
     Ok(got)
 }
 

@@ -180,6 +180,13 @@ pub struct WriteAt<'a> {
     pub data: &'a [u8],
 }
 
+/// One read of a batch: fill `buf` from `offset`.
+#[derive(Debug)]
+pub struct ReadAt<'a> {
+    pub offset: u64,
+    pub buf: &'a mut [u8],
+}
+
 /// A writable target volume. See the module doc for the contract.
 pub trait Volume: Send {
     /// Usable size in bytes (may exceed the disk: a larger cloud volume
@@ -228,6 +235,16 @@ pub trait Volume: Send {
 
     /// Fill `buf` from `offset`.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Read a batch (the read-back check). Backends with deep queues issue
+    /// the reads concurrently, as they do writes; the default reads them one
+    /// after the other.
+    fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()> {
+        for r in reads {
+            self.read_at(r.offset, r.buf)?;
+        }
+        Ok(())
+    }
 
     /// Whether the range is known to read as zeros without reading it (a
     /// hole); `false` when unknown.

@@ -5,7 +5,8 @@
 //! our own `qemu-nbd` on a unix socket in the state dir, and the pipeline writes through NBD.
 //! RBD is latency-bound (each write is a round trip to an OSD), so the volume opens several NBD
 //! connections to that one `qemu-nbd` (one block backend: every connection sees every write)
-//! and [`Volume::write_batch`] spreads a batch over them: that many writes are in flight.
+//! and [`Volume::write_batch`] / [`Volume::read_batch`] spread a batch over them: that many
+//! writes (and, for the read-back check, reads) are in flight.
 //! Zero ranges become `NBD_CMD_WRITE_ZEROES`, which qemu turns into librbd write-zeroes /
 //! discards: the image stays thin (`rbd du` shows only what holds data).
 //!
@@ -34,7 +35,7 @@ use crate::marker::Marker;
 use crate::nbd::NbdVolume;
 use crate::tool::{reap_qemu_nbd, require, run, stop_qemu_nbd, terminate};
 use crate::{
-    key_of, short_hash, Error, Finished, Found, Geometry, Prepare, Result, Volume, WriteAt,
+    key_of, short_hash, Error, Finished, Found, Geometry, Prepare, ReadAt, Result, Volume, WriteAt,
 };
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
@@ -448,6 +449,49 @@ impl Drop for RbdVolume {
     }
 }
 
+/// Deals `jobs` round-robin over the connections and runs each connection's share on its own
+/// thread: as many requests in flight as there are connections (RBD is latency-bound). One
+/// connection, or one job, runs inline. The first error wins; the other lanes finish.
+fn fan_out<T: Send>(
+    conns: &mut [NbdVolume],
+    jobs: impl Iterator<Item = T>,
+    op: impl Fn(&mut NbdVolume, T) -> Result<()> + Sync,
+) -> Result<()> {
+    let n = conns.len().max(1);
+    let mut lanes: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, job) in jobs.enumerate() {
+        lanes[i % n].push(job);
+    }
+    if conns.len() <= 1 || lanes[1].is_empty() {
+        let mut jobs = lanes.into_iter().flatten().peekable();
+        if jobs.peek().is_none() {
+            return Ok(());
+        }
+        let conn = conns
+            .first_mut()
+            .ok_or_else(|| Error::Tool("qemu-nbd connections already closed".into()))?;
+        return jobs.try_for_each(|job| op(conn, job));
+    }
+    let op = &op;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = conns
+            .iter_mut()
+            .zip(lanes)
+            .map(|(conn, lane)| s.spawn(move || lane.into_iter().try_for_each(|job| op(conn, job))))
+            .collect();
+        let mut first_err = None;
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::Tool("an RBD I/O thread panicked".into())));
+            if let (Err(e), None) = (r, &first_err) {
+                first_err = Some(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    })
+}
+
 impl Volume for RbdVolume {
     fn size(&self) -> u64 {
         self.conns.first().map_or(0, NbdVolume::size)
@@ -474,37 +518,8 @@ impl Volume for RbdVolume {
     /// One thread per connection, each writing its share of the batch in order: as many
     /// writes in flight as there are connections.
     fn write_batch(&mut self, writes: &[WriteAt<'_>]) -> Result<()> {
-        let n = self.conns.len();
-        if n <= 1 || writes.len() <= 1 {
-            for w in writes {
-                self.write_at(w.offset, w.data)?;
-            }
-            return Ok(());
-        }
-        std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .conns
-                .iter_mut()
-                .enumerate()
-                .map(|(i, conn)| {
-                    s.spawn(move || -> Result<()> {
-                        for w in writes.iter().skip(i).step_by(n) {
-                            conn.write_at(w.offset, w.data)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            let mut first_err = None;
-            for h in handles {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::Tool("an RBD writer thread panicked".into())));
-                if let (Err(e), None) = (r, &first_err) {
-                    first_err = Some(e);
-                }
-            }
-            first_err.map_or(Ok(()), Err)
+        fan_out(&mut self.conns, writes.iter(), |conn, w| {
+            conn.write_at(w.offset, w.data)
         })
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -517,6 +532,11 @@ impl Volume for RbdVolume {
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.first()?.read_at(offset, buf)
+    }
+    fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()> {
+        fan_out(&mut self.conns, reads.iter_mut(), |conn, r| {
+            conn.read_at(r.offset, r.buf)
+        })
     }
     fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
         self.conns

@@ -2,7 +2,9 @@
 //! machine; `./test.sh` starts it): a volume is created through Cinder with the metadata a
 //! re-run finds it by, Cinder names its RBD image, it is written through qemu's rbd driver,
 //! read back bit for bit, marked bootable, and a Nova server boots from it and prints the
-//! sample disk's marker on its console.
+//! sample disk's marker on its console. The full journey captures the disk through the
+//! appliance simulator, seals it, attests its arrival and ingests from the appliance (pinned
+//! by its fingerprint) into Cinder (killed half-way and resumed), then into RBD directly.
 //!
 //! Skipped, with the reason printed, unless `MGEAR_CLOUD_LAB` names the lab's work dir (the
 //! lab's `env` prints it). The endpoints and project come from the `OS_*` variables, or from
@@ -401,7 +403,8 @@ impl Drop for RbdCleanup<'_> {
 }
 
 #[test]
-fn ingest_into_cinder_resumes_after_a_kill_and_boots_through_nova_and_into_rbd_directly() {
+fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through_nova_and_into_rbd()
+{
     let Some(lab) = Lab::from_env() else { return };
     let session = lab.session();
     let cinder = Cinder::new(&session);
@@ -430,13 +433,18 @@ fn ingest_into_cinder_resumes_after_a_kill_and_boots_through_nova_and_into_rbd_d
     .unwrap();
     e.keygen();
     e.ok(&["keygen", "--signing", "--out", "site.key"]);
-    std::fs::create_dir(e.p("mnt")).unwrap();
+    // The disk travels the way users ship it: captured through the appliance (the simulator:
+    // real pty console, real NBD medium), sealed, and attested on arrival at the target.
+    let mut appliance = crate::appliance_util::Lab::new(128);
+    appliance.start();
+    appliance.provision_and_unlock();
+    let tty = appliance.tty();
     let cap = e.json(&[
         "capture",
         "--source",
         "disk.raw",
-        "--medium",
-        "dir:mnt",
+        "--appliance",
+        &tty,
         "--name",
         "web01",
         "--recipient",
@@ -446,6 +454,15 @@ fn ingest_into_cinder_resumes_after_a_kill_and_boots_through_nova_and_into_rbd_d
     ]);
     let chunk = cap["chunk_size"].as_u64().unwrap();
     let manifest_root = cap["manifest_root"].as_str().unwrap().to_string();
+    let seal = appliance.appliance_json(&["seal"]);
+    assert_eq!(seal["attestation"]["body"]["kind"], "Seal", "{seal}");
+    let arrival = appliance.appliance_json(&["arrival"]);
+    assert!(
+        arrival["problems"].as_array().unwrap().is_empty(),
+        "{arrival}"
+    );
+    // The target pins the appliance by the fingerprint it was told out of band.
+    let fingerprint = appliance.fingerprint();
     nova.ensure_flavor("mgear.lab", 512, 1, 0).unwrap();
     let name = format!("web01-{id}");
     let _leftovers = NamedVolumes {
@@ -456,8 +473,10 @@ fn ingest_into_cinder_resumes_after_a_kill_and_boots_through_nova_and_into_rbd_d
     let ingest_args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [
             "ingest",
-            "--medium",
-            "dir:mnt",
+            "--appliance",
+            &tty,
+            "--trust-appliance",
+            &fingerprint,
             "--name",
             "web01",
             "--identity",
@@ -603,8 +622,10 @@ fn ingest_into_cinder_resumes_after_a_kill_and_boots_through_nova_and_into_rbd_d
     );
     let c = e.cmd(&[
         "ingest",
-        "--medium",
-        "dir:mnt",
+        "--appliance",
+        &tty,
+        "--trust-appliance",
+        &fingerprint,
         "--name",
         "web01",
         "--identity",
