@@ -350,15 +350,17 @@ pub fn expected_commit<S: Store + ?Sized>(
         // A machine set's generation is signed over its set manifest; the
         // set has no key slots of its own (each disk stream's COMMIT covers
         // that stream's).
-        return Ok(crate::set::read_set(store, name, generation)?.map(|f| Commit {
-            capture_id: f.set.capture_id,
-            name: f.set.name,
-            generation,
-            parent: f.set.parent,
-            manifest_root: f.root,
-            keys_hash: [0; 32],
-            keypass_hash: [0; 32],
-        }));
+        return Ok(
+            crate::set::read_set(store, name, generation)?.map(|f| Commit {
+                capture_id: f.set.capture_id,
+                name: f.set.name,
+                generation,
+                parent: f.set.parent,
+                manifest_root: f.root,
+                keys_hash: [0; 32],
+                keypass_hash: [0; 32],
+            }),
+        );
     };
     let dir = layout::capture_dir(name);
     let mut slot = |file: &str| -> Result<Option<[u8; 32]>> {

@@ -206,7 +206,9 @@ impl SetManifest {
             body.extend_from_slice(&d.size.to_le_bytes());
             body.extend_from_slice(&d.sector_size.to_le_bytes());
             body.push(d.table.to_byte());
-            body.push(u8::from(d.boot) | (u8::from(d.bios_boot) << 1) | (u8::from(d.efi_boot) << 2));
+            body.push(
+                u8::from(d.boot) | (u8::from(d.bios_boot) << 1) | (u8::from(d.efi_boot) << 2),
+            );
             body.extend_from_slice(&[0, 0]);
             body.extend_from_slice(&d.manifest_root);
             let os = clip(&d.os, MAX_OS);
@@ -427,7 +429,11 @@ pub fn read_set<S: Store + ?Sized>(
 }
 
 /// Writes a set manifest atomically (`SET.TMP`, sync, rename, sync).
-pub fn write_set<S: Store + ?Sized>(store: &mut S, set: &SetManifest, mac: &[u8; 32]) -> Result<()> {
+pub fn write_set<S: Store + ?Sized>(
+    store: &mut S,
+    set: &SetManifest,
+    mac: &[u8; 32],
+) -> Result<()> {
     layout::validate_plain_name(&set.name)?;
     let dir = layout::generation_dir(&set.name, set.generation);
     store.create_dir_all(&dir).at(&dir)?;
@@ -645,7 +651,9 @@ pub fn open_set<S: Store + ?Sized>(
                 why: alloc::format!("set generation {g} has no set manifest on this medium"),
             })
         }
-        None => *gens.last().ok_or_else(|| Error::NoCapture { name: name.into() })?,
+        None => *gens
+            .last()
+            .ok_or_else(|| Error::NoCapture { name: name.into() })?,
     };
     let f = read_set(store, name, g)?.ok_or_else(|| Error::NoCapture { name: name.into() })?;
     let (key, _) = crate::keys::unlock_data_key(store, &disk_stream_name(name, 0), unlock)?;
@@ -677,7 +685,9 @@ mod tests {
         assert_eq!(disk_stream_name("db01", 3), "db01.d3");
         assert_eq!(parse_disk_stream_name("db01.d3"), Some(("db01", 3)));
         assert_eq!(parse_disk_stream_name("a.b.d63"), None);
-        for bad in ["db01", "db01.d", "db01.d64", "db01.d03", ".d1", "db01.dx", "db 1.d1"] {
+        for bad in [
+            "db01", "db01.d", "db01.d64", "db01.d03", ".d1", "db01.dx", "db 1.d1",
+        ] {
             assert_eq!(parse_disk_stream_name(bad), None, "{bad}");
         }
         layout::validate_name("db01.d1").unwrap();
@@ -717,7 +727,11 @@ mod tests {
             bios_boot: boot,
             efi_boot: false,
             manifest_root: [0; 32],
-            os: if boot { "Debian GNU/Linux 12".into() } else { String::new() },
+            os: if boot {
+                "Debian GNU/Linux 12".into()
+            } else {
+                String::new()
+            },
             source_desc: "file disk.raw".into(),
         };
         let set = SetManifest {
@@ -785,7 +799,9 @@ mod tests {
         remove_tree(&mut store, "MGEAR/db01.d1");
         let problems = keyless_problems(&mut store);
         assert!(
-            problems.iter().any(|p| p.contains("disk 1 of set db01") && p.contains("dropped")),
+            problems
+                .iter()
+                .any(|p| p.contains("disk 1 of set db01") && p.contains("dropped")),
             "{problems:?}"
         );
         let e = open_set(&mut store, "db01", None, &Unlock::Key(key)).unwrap_err();
