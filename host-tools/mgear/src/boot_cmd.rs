@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! mgear boot --target file:vol.raw --wait-for 'login:|BOOT-OK' --timeout 300
+//! mgear boot --target file:root.raw --target file:srv.raw   # a machine of two disks
 //! ```
 //! QEMU always runs with `-accel tcg -nic none` (never KVM, never a guest
 //! network). The boot counts only when the `--wait-for` regex appears on the

@@ -410,7 +410,6 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
         a.name = set::disk_stream_name(&name, k);
         a.source = Some(src.clone());
         a.delta = args.delta && g > 1;
-        a.json = true; // no per-disk summary on stdout; the set prints one
         eprintln!(
             "mgear capture: set {name} disk {k} of {}: {src}",
             sources.len()

@@ -102,6 +102,19 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     // Keyless verify covers the set and both streams.
     let v = e.json(&["verify", "--medium", &m]);
     assert_eq!(v["ok"], true, "{v}");
+    // Keyed: every disk decrypts, the set's MAC and binding hold, the set
+    // and both disks are vouched for by the pinned site key.
+    let v = e.json(&[
+        "verify",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v.to_string().contains("db01.d1"), "{v}");
 
     // inspect shows the set, its disks in order, and one machine.
     let i = e.json(&["inspect", "--medium", &m]);
@@ -242,6 +255,17 @@ fn a_set_with_a_dropped_disk_is_refused() {
     assert!(c.status.success(), "{}", output_text(&c));
     std::fs::remove_dir_all(dir.join("MGEAR/db01.d1")).unwrap();
     let v = e.run(&["verify", "--medium", &spec, "--json"]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(output_text(&v).contains("dropped"), "{}", output_text(&v));
+    let v = e.run(&[
+        "verify",
+        "--medium",
+        &spec,
+        "--identity",
+        "target.key",
+        "--name",
+        "db01",
+    ]);
     assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
     assert!(output_text(&v).contains("dropped"), "{}", output_text(&v));
     let o = e.run(&[
