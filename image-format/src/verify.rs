@@ -179,7 +179,9 @@ fn verify_unbound_streams<S: Store + ?Sized>(
                 cx.problem(
                     Location::capture(n).generation(g),
                     alloc::format!(
-                        "disk stream of set {set_name}: generation {g} is not bound by a set                          manifest (MGEAR/{set_name}/G{g:04}/SET is missing): the set capture did                          not finish; re-run it"
+                        "disk stream of set {set_name}: generation {g} is not bound by a set \
+                         manifest (MGEAR/{set_name}/G{g:04}/SET is missing): the set capture did \
+                         not finish; re-run it"
                     ),
                 );
             }

@@ -320,3 +320,60 @@ fn a_two_disk_set_boots_with_both_disks_attached() {
         "{cmd:?}"
     );
 }
+
+#[test]
+fn an_interrupted_set_capture_resumes_with_the_same_command() {
+    let e = machine();
+    let m = e.fat("m.img", "256MiB");
+    // Disk 1 is unreadable the first time: disk 0 is captured, the set is not.
+    std::fs::rename(e.p("disk1.raw"), e.p("away.raw")).unwrap();
+    let (d0, d1) = (e.s("disk0.raw"), e.s("disk1.raw"));
+    let args = [
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "db01",
+        "--source",
+        &d0,
+        "--source",
+        &d1,
+        "--recipient",
+        "target.pub",
+        "--sign",
+        "site.key",
+        "--json",
+    ];
+    let o = e.run(&args);
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    // Not a set yet: keyless verify says so, inspect lists it as unfinished.
+    let v = e.run(&["verify", "--medium", &m]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(
+        output_text(&v).contains("not bound by a set manifest"),
+        "{}",
+        output_text(&v)
+    );
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert_eq!(i["shipment"]["machines"][0]["name"], "db01", "{i}");
+    assert_eq!(
+        i["shipment"]["machines"][0]["generations"][0]["state"], "unfinished",
+        "{i}"
+    );
+    assert_eq!(i["shipment"]["complete"], false, "{i}");
+
+    // The same command again: disk 0 is not read again, disk 1 is captured.
+    std::fs::rename(e.p("away.raw"), e.p("disk1.raw")).unwrap();
+    let o = e.ok(&args);
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["generation"], 1, "{c}");
+    assert!(
+        c["captured"][0].is_null(),
+        "disk 0 was already captured: {c}"
+    );
+    assert!(c["captured"][1].is_object(), "{c}");
+    assert_eq!(e.json(&["verify", "--medium", &m])["ok"], true);
+    ingest(&e, &m, &["--target", "file:out-{disk}.raw"]);
+    same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
+    same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+}
