@@ -377,3 +377,62 @@ fn an_interrupted_set_capture_resumes_with_the_same_command() {
     same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
     same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
 }
+
+#[test]
+fn a_set_captured_through_the_appliance_is_witnessed_disk_by_disk_and_as_a_set() {
+    use crate::appliance_util::Lab;
+    let mut lab = Lab::new(64);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.keygen();
+    lab.make_disk(4, 11);
+    std::fs::write(lab.p("disk1.raw"), data_disk(3)).unwrap();
+    let tty = lab.tty();
+    let out = lab.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--source",
+        "disk1.raw",
+        "--appliance",
+        &tty,
+        "--name",
+        "db01",
+        "--recipient",
+        "target.pub",
+        "--json",
+    ]);
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fp = lab.fingerprint();
+    // The set's COMMIT carries the appliance's witness signature.
+    let signers = c["receipt"]["signers"].to_string();
+    assert!(signers.contains("appliance"), "{c}");
+    for d in 0..2 {
+        assert!(
+            c["captured"][d]["receipt"]["signers"]
+                .to_string()
+                .contains("appliance"),
+            "disk {d}: {c}"
+        );
+    }
+    // Ingest through the appliance, trusting only its pinned fingerprint.
+    let o = lab.run(&[
+        "ingest",
+        "--trust-appliance",
+        &fp,
+        "--appliance",
+        &tty,
+        "--name",
+        "db01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol-{disk}.raw",
+        "--allow-unsealed",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&lab.p("vol-0.raw"), &lab.p("disk.raw"));
+    same_file(&lab.p("vol-1.raw"), &lab.p("disk1.raw"));
+    lab.stop();
+}
