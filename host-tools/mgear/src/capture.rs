@@ -218,6 +218,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         return crate::machine::run_capture(&args, &sources);
     }
     args.source = sources.into_iter().next();
+    if let (Some((set, _)), false, false) = (
+        image_format::set::parse_disk_stream_name(&args.name),
+        args.abort,
+        args.dry_run,
+    ) {
+        return Err(usage(format!(
+            "{} is a disk of machine set {set}: capture the set with every disk (--name {set} \
+             --source DISK0 --source DISK1 ...), so its disks stay one point in time",
+            args.name
+        )));
+    }
     if args.abort {
         return abort(&args);
     }

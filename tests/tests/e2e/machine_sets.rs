@@ -202,6 +202,16 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(output_text(&o).contains("--delta"), "{}", output_text(&o));
+    // Nor is one disk of the set captured alone.
+    let o = e.run(&[
+        "capture", "--medium", &m, "--name", "db01.d1", "--source", &d1p, "--delta",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("machine set db01"),
+        "{}",
+        output_text(&o)
+    );
 
     // A shipment of two media: the set here, a single-disk capture there.
     let m2 = e.fat("m2.img", "64MiB");
