@@ -338,15 +338,29 @@ pub fn read_commit<S: Store + ?Sized>(
 }
 
 /// The commit the medium's current files make for a generation: its
-/// manifest and the capture's key-slot files as they are now. `Ok(None)` if
-/// the generation has no MANIFEST (unfinished).
+/// manifest and the capture's key-slot files as they are now, or for a
+/// machine set its set manifest (`crate::set`). `Ok(None)` if the
+/// generation has neither (unfinished).
 pub fn expected_commit<S: Store + ?Sized>(
     store: &mut S,
     name: &str,
     generation: u32,
 ) -> Result<Option<Commit>> {
     let Some(mf) = medium::read_manifest(store, name, generation)? else {
-        return Ok(None);
+        // A machine set's generation is signed over its set manifest; the
+        // set has no key slots of its own (each disk stream's COMMIT covers
+        // that stream's).
+        return Ok(
+            crate::set::read_set(store, name, generation)?.map(|f| Commit {
+                capture_id: f.set.capture_id,
+                name: f.set.name,
+                generation,
+                parent: f.set.parent,
+                manifest_root: f.root,
+                keys_hash: [0; 32],
+                keypass_hash: [0; 32],
+            }),
+        );
     };
     let dir = layout::capture_dir(name);
     let mut slot = |file: &str| -> Result<Option<[u8; 32]>> {

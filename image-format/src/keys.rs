@@ -185,7 +185,7 @@ impl core::fmt::Debug for Unlock {
 }
 
 /// Random bytes from the operating system.
-pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
+pub fn random<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
     getrandom::getrandom(&mut b)
         .map_err(|e| Error::Backend(format!("no randomness from the OS: {e}")))?;

@@ -66,8 +66,18 @@ pub const IPART_FILE: &str = "IPART";
 pub const JOURNAL_A: &str = "JRNL-A";
 pub const JOURNAL_B: &str = "JRNL-B";
 
-/// Checks a capture name: ASCII letters, digits, '-', '_', 1..=32 chars.
+/// Checks a capture name: ASCII letters, digits, '-', '_', 1..=32 chars,
+/// or the disk stream `<name>.d<k>` of a machine set (`crate::set`).
 pub fn validate_name(name: &str) -> Result<()> {
+    if crate::set::parse_disk_stream_name(name).is_some() {
+        return Ok(());
+    }
+    validate_plain_name(name)
+}
+
+/// Checks a name a user chooses (a capture or a set): ASCII letters,
+/// digits, '-', '_', 1..=32 chars.
+pub fn validate_plain_name(name: &str) -> Result<()> {
     let why = if name.is_empty() {
         "it is empty"
     } else if name.len() > 32 {

@@ -15,6 +15,7 @@ pub mod layout;
 mod medium;
 #[cfg(feature = "std")]
 pub mod parallel;
+pub mod set;
 pub mod store;
 pub mod verify;
 

@@ -19,6 +19,7 @@ use crate::layout::{
     TRAILER_LEN, TRAILER_MAGIC,
 };
 use crate::medium;
+use crate::set;
 use crate::store::{EntryKind, Store};
 
 /// One thing found wrong, and where.
@@ -135,9 +136,70 @@ pub fn verify_keyless<S: Store + ?Sized>(
                 name_clash(&same),
             );
         }
-        verify_capture_into(store, n, &mut cx)?;
+        if set::is_set(store, n)? {
+            verify_set_into(store, n, &mut cx)?;
+        } else {
+            verify_capture_into(store, n, &mut cx)?;
+        }
     }
+    verify_unbound_streams(store, &names, &mut cx)?;
     Ok(cx.report)
+}
+
+/// A machine set (`crate::set`) without any key: every generation's set
+/// manifest decodes, binds exactly the disk streams it lists, and its
+/// COMMIT (when present) matches and verifies. The streams themselves are
+/// verified as the captures they are.
+fn verify_set_into<S: Store + ?Sized>(store: &mut S, name: &str, cx: &mut Ctx<'_>) -> Result<()> {
+    for g in medium::generations(store, name)? {
+        let at = Location::capture(name).generation(g);
+        match set::read_set(store, name, g) {
+            Ok(Some(f)) => {
+                for (at, what) in set::check_set(store, &f)? {
+                    cx.problem(at, what);
+                }
+                verify_commit(store, name, g, &mut *cx)?;
+            }
+            Ok(None) => cx.problem(
+                at,
+                "set generation without a set manifest (SET): re-run the set capture to finish it",
+            ),
+            Err(Error::Corrupt { at, what }) => cx.problem(*at, what),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Finished generations of disk streams that no set manifest binds: a set
+/// capture that stopped before writing its SET (re-running it finishes it).
+fn verify_unbound_streams<S: Store + ?Sized>(
+    store: &mut S,
+    names: &[String],
+    cx: &mut Ctx<'_>,
+) -> Result<()> {
+    for n in names {
+        let Some((set_name, _)) = set::parse_disk_stream_name(n) else {
+            continue;
+        };
+        for g in medium::generations(store, n)? {
+            let finished = store
+                .len(&layout::generation_file(n, g, MANIFEST_FILE))
+                .at(n)?
+                .is_some();
+            if finished && store.len(&set::set_path(set_name, g)).at(n)?.is_none() {
+                cx.problem(
+                    Location::capture(n).generation(g),
+                    alloc::format!(
+                        "disk stream of set {set_name}: generation {g} is not bound by a set \
+                         manifest (MGEAR/{set_name}/G{g:04}/SET is missing): the set capture did \
+                         not finish; re-run it"
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Verifies one capture (all its generations) without any key.
@@ -150,14 +212,35 @@ pub fn verify_capture_keyless<S: Store + ?Sized>(
     if medium::generations(store, name)?.is_empty() {
         return Err(Error::NoCapture { name: name.into() });
     }
-    let total = tree_len(store, &layout::capture_dir(name))?;
+    // A set is verified with every disk stream it has.
+    let mut names = alloc::vec![String::from(name)];
+    let is_set = set::is_set(store, name)?;
+    if is_set {
+        for n in medium::capture_names(store)? {
+            if set::parse_disk_stream_name(&n).is_some_and(|(s, _)| s == name) {
+                names.push(n);
+            }
+        }
+    }
+    let mut total = 0;
+    for n in &names {
+        total += tree_len(store, &layout::capture_dir(n))?;
+    }
     let mut cx = Ctx {
         report: VerifyReport::default(),
         obs,
         total,
         buf: alloc::vec![0u8; BUF_LEN],
     };
-    verify_capture_into(store, name, &mut cx)?;
+    if is_set {
+        verify_set_into(store, name, &mut cx)?;
+        for n in &names[1..] {
+            verify_capture_into(store, n, &mut cx)?;
+        }
+        verify_unbound_streams(store, &names, &mut cx)?;
+    } else {
+        verify_capture_into(store, name, &mut cx)?;
+    }
     Ok(cx.report)
 }
 
@@ -613,6 +696,10 @@ pub fn capture_id<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Option
 pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo>> {
     let mut out = Vec::new();
     for name in medium::capture_names(store)? {
+        // A set directory is not a capture: `crate::set::list_sets` lists it.
+        if set::is_set(store, &name)? {
+            continue;
+        }
         let dir = layout::capture_dir(&name);
         let recipient_slot = store
             .len(&alloc::format!("{dir}/{KEYS_FILE}"))
@@ -698,7 +785,8 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
 }
 
 /// blake3 of every file the appliance signs at seal: each capture's key
-/// slots, and each generation's MANIFEST, COMMIT, INDEX and segments, sorted by path.
+/// slots, and each generation's MANIFEST (or set manifest SET), COMMIT,
+/// INDEX and segments, sorted by path.
 /// Keyless; the appliance signs this list.
 pub fn medium_digests<S: Store + ?Sized>(store: &mut S) -> Result<Vec<(String, [u8; 32])>> {
     let mut out = Vec::new();
@@ -718,6 +806,7 @@ pub fn medium_digests<S: Store + ?Sized>(store: &mut S) -> Result<Vec<(String, [
                 .filter(|e| {
                     e.kind == EntryKind::File
                         && (e.name == MANIFEST_FILE
+                            || e.name == set::SET_FILE
                             || e.name == commit::COMMIT_FILE
                             || e.name == INDEX_FILE
                             || layout::parse_segment_name(&e.name).is_some())

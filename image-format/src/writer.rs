@@ -55,6 +55,9 @@ pub struct CaptureParams {
     pub created_unix: u64,
     /// Largest segment file; [`layout::MAX_SEGMENT`] (1 GiB) by default.
     pub max_segment_bytes: u64,
+    /// Capture id of a new capture; `None` draws a random one. The disk
+    /// streams of a machine set (`crate::set`) share one, with one data key.
+    pub capture_id: Option<[u8; 16]>,
 }
 
 impl CaptureParams {
@@ -73,6 +76,7 @@ impl CaptureParams {
             appliance_id: None,
             created_unix: 0,
             max_segment_bytes: layout::MAX_SEGMENT,
+            capture_id: None,
         }
     }
 
@@ -340,7 +344,10 @@ impl<S: Store> CaptureWriter<S> {
                     Some(k) => k,
                     None => DataKey::generate()?,
                 };
-                let capture_id = keys::random::<16>()?;
+                let capture_id = match params.capture_id {
+                    Some(id) => id,
+                    None => keys::random::<16>()?,
+                };
                 store
                     .create_dir_all(&layout::capture_dir(&name))
                     .at(&layout::capture_dir(&name))?;

@@ -166,6 +166,9 @@ pub struct BootSpec {
     /// changing the volume. On by default: only an explicit `false`
     /// (`mgear boot --write`) lets the guest write to the volume.
     pub snapshot: bool,
+    /// The machine's other disks, attached after `target` in this order on
+    /// the same bus (a machine set; local QEMU only).
+    pub data_disks: Vec<Target>,
 }
 
 impl BootSpec {
@@ -179,6 +182,7 @@ impl BootSpec {
             firmware: Firmware::Auto,
             memory_mib: 512,
             snapshot: true,
+            data_disks: Vec::new(),
         }
     }
 }
@@ -651,6 +655,24 @@ impl LocalQemu {
                 "nvme,drive=disk0,serial=mgear0".into(),
             ]),
         }
+        for (i, disk) in spec.data_disks.iter().enumerate() {
+            let (fmt, loc) = disk.qemu_drive();
+            let file = format!("file={},format={fmt}", qemu_escape(&loc));
+            let n = i + 1;
+            match bus {
+                Bus::Virtio | Bus::Auto => a.extend(["-drive".into(), format!("{file},if=virtio")]),
+                Bus::Ide | Bus::Sata => a.extend([
+                    "-drive".into(),
+                    format!("{file},if=ide,index={n},media=disk"),
+                ]),
+                Bus::Nvme => a.extend([
+                    "-drive".into(),
+                    format!("{file},if=none,id=disk{n}"),
+                    "-device".into(),
+                    format!("nvme,drive=disk{n},serial=mgear{n}"),
+                ]),
+            }
+        }
         if firmware == Firmware::Uefi {
             let (code, _) = OVMF_PAIRS
                 .iter()
@@ -687,6 +709,9 @@ impl Boot for LocalQemu {
         let re = regex::Regex::new(&spec.wait_for)
             .map_err(|e| BootError::Usage(format!("--wait-for is not a valid regex: {e}")))?;
         spec.target.check_exists()?;
+        for d in &spec.data_disks {
+            d.check_exists()?;
+        }
         let (firmware, firmware_reason) = resolve_firmware(spec)?;
         let (bus, bus_reason) = resolve_bus(spec);
         // OVMF writes its variable store: give it a private copy per boot.

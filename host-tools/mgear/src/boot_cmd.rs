@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! mgear boot --target file:vol.raw --wait-for 'login:|BOOT-OK' --timeout 300
+//! mgear boot --target file:root.raw --target file:srv.raw   # a machine of two disks
 //! ```
 //! QEMU always runs with `-accel tcg -nic none` (never KVM, never a guest
 //! network). The boot counts only when the `--wait-for` regex appears on the
@@ -46,8 +47,10 @@ use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Volume to boot: file:PATH, qcow2:PATH, dev:PATH, nbd://HOST:PORT/EXPORT or libvirt:POOL/NAME.
+    /// Repeat it for a machine of several disks: the first boots, the others
+    /// are attached after it in order (local QEMU).
     #[arg(long)]
-    target: Option<String>,
+    target: Vec<String>,
     /// Regex that proves the boot when it appears on the serial console.
     #[arg(long, default_value = "login:|MGEAR-BOOT-OK")]
     wait_for: String,
@@ -128,11 +131,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             drivers.name(),
             disk.marker_line
         );
-        if args.target.is_none() {
+        if args.target.is_empty() {
             return Ok(OK);
         }
     }
-    let Some(target) = &args.target else {
+    let Some(target) = args.target.first() else {
         return Err(usage(
             "nothing to do: give --target (or --build-sample PATH)",
         ));
@@ -154,7 +157,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         memory_mib: args.memory,
         snapshot: args.snapshot || !args.write,
     };
-    let report = boot_resolved(&target, &opts)?;
+    let mut all = vec![target];
+    for t in &args.target[1..] {
+        all.push(resolve(t)?);
+    }
+    let report = boot_resolved_all(&all, &opts)?;
+    let target = &all[0];
     let report_path = args
         .report
         .clone()
@@ -277,6 +285,20 @@ pub fn libvirt_err(e: BootError, what: &str) -> anyhow::Error {
 
 /// Boot with the driver the target needs.
 pub fn boot_resolved(target: &Resolved, opts: &BootOptions) -> anyhow::Result<BootReport> {
+    boot_resolved_all(std::slice::from_ref(target), opts)
+}
+
+/// Boot a machine of several disks: `targets[0]` boots, the others are
+/// attached after it in order (local QEMU only).
+pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> anyhow::Result<BootReport> {
+    let Some(target) = targets.first() else {
+        return Err(usage("nothing to boot: give --target"));
+    };
+    if targets.len() > 1 && targets.iter().any(|t| matches!(t, Resolved::Libvirt(_))) {
+        return Err(usage(
+            "a machine of several disks boots under local QEMU: give file:, qcow2:, dev: or nbd              targets (libvirt: volumes boot one disk)",
+        ));
+    }
     let spec = BootSpec {
         target: target.local(),
         wait_for: opts.wait_for.clone(),
@@ -285,6 +307,7 @@ pub fn boot_resolved(target: &Resolved, opts: &BootOptions) -> anyhow::Result<Bo
         firmware: opts.firmware,
         memory_mib: opts.memory_mib,
         snapshot: opts.snapshot,
+        data_disks: targets[1..].iter().map(Resolved::local).collect(),
     };
     match target {
         Resolved::Local(_) => mgear_boot::boot(&spec).map_err(lib_err),

@@ -57,11 +57,27 @@ use crate::progress::{self, Progress};
 use crate::ratelimit::RateLimiter;
 use crate::units::{human_bytes, parse_rate, parse_size};
 
-/// Arguments of `mgear capture`.
+/// `mgear capture` as parsed: one `--source` per disk of the machine.
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct Cli {
     /// Disk to read: a file, a block device, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
-    #[arg(long, required_unless_present = "abort")]
+    /// Repeat it once per disk of a machine, in the machine's disk order: the
+    /// disks are captured as one set (see `mgear inspect`).
+    #[arg(
+        long = "source",
+        value_name = "SOURCE",
+        required_unless_present = "abort"
+    )]
+    pub sources: Vec<String>,
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// Arguments of the capture of one disk (`Cli` with its one `--source`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The disk (set from `Cli::sources`).
+    #[arg(skip)]
     pub source: Option<String>,
     #[command(flatten)]
     pub medium: crate::medium::Where,
@@ -195,8 +211,24 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Run `mgear capture`.
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::signals::install();
+    let Cli { sources, mut args } = cli;
+    if sources.len() > 1 && !args.abort {
+        return crate::machine::run_capture(&args, &sources);
+    }
+    args.source = sources.into_iter().next();
+    if let (Some((set, _)), false, false) = (
+        image_format::set::parse_disk_stream_name(&args.name),
+        args.abort,
+        args.dry_run,
+    ) {
+        return Err(usage(format!(
+            "{} is a disk of machine set {set}: capture the set with every disk (--name {set} \
+             --source DISK0 --source DISK1 ...), so its disks stay one point in time",
+            args.name
+        )));
+    }
     if args.abort {
         return abort(&args);
     }
@@ -296,7 +328,7 @@ fn print_receipt(r: &Receipt) {
 /// Sign generation `generation` of `name`: build its commit from the medium
 /// (MANIFEST and key slots as written), add this site's signature to its
 /// COMMIT (kept signatures of others), write it atomically. Returns the receipt.
-fn sign_generation(
+pub(crate) fn sign_generation(
     store: &mut dyn image_format::Store,
     name: &str,
     generation: u32,
@@ -352,7 +384,7 @@ fn receipt_of(file: &image_format::commit::CommitFile) -> Receipt {
 /// the capture) and verifies over the commit the host computes from the
 /// medium, so a swapped appliance or a commit over other content never
 /// reaches the COMMIT file.
-fn witness_generation(
+pub(crate) fn witness_generation(
     args: &Args,
     port: &std::path::Path,
     identity: &[u8; 32],
@@ -598,7 +630,7 @@ fn print_plan(p: &Plan) {
     }
 }
 
-fn chunk_size_arg(text: &str) -> anyhow::Result<u32> {
+pub(crate) fn chunk_size_arg(text: &str) -> anyhow::Result<u32> {
     u32::try_from(parse_size(text)?)
         .ok()
         .filter(|c| image_format::layout::valid_chunk_size(*c))
@@ -723,6 +755,18 @@ fn preflight(
 
 /// Do the capture; returns the report.
 pub fn capture(args: &Args) -> anyhow::Result<Report> {
+    capture_disk(args, None)
+}
+
+/// The data key and capture id every disk of a machine set shares.
+pub struct Shared {
+    pub key: DataKey,
+    pub capture_id: [u8; 16],
+}
+
+/// Capture one disk; `shared`: it is a disk stream of a machine set
+/// (`crate::machine`), created with the set's key and capture id.
+pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Report> {
     let started = Instant::now();
     let cpu0 = progress::cpu_seconds();
     let chunk_size = chunk_size_arg(&args.chunk_size)?;
@@ -867,7 +911,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     };
     let key = match &cached {
         Some(c) => Some(DataKey::load_cache(&c.path, &c.name)?),
-        None => None,
+        None => shared.map(|s| s.key.clone()),
     };
     if exists && key.is_none() && passphrase.is_none() {
         let _ = medium.close();
@@ -887,6 +931,7 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
     params.passphrase = passphrase;
     params.passphrase_work_factor = work_factor;
     params.delta = args.delta;
+    params.capture_id = shared.map(|s| s.capture_id);
     params.appliance_id = appliance_id;
     params.source_desc = source.describe();
     params.created_unix = std::time::SystemTime::now()

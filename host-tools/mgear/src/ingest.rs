@@ -103,8 +103,25 @@ use crate::units::human_bytes;
 const STATE_MAGIC: &[u8; 8] = b"MGINGST2";
 const STATE_HEADER: u64 = 64;
 
-/// Arguments of `mgear ingest`.
+/// `mgear ingest` as parsed: the targets of a machine set and the disk to
+/// ingest, around the arguments of one disk's ingest.
 #[derive(clap::Args, Debug)]
+pub struct Cli {
+    #[command(flatten)]
+    pub args: Args,
+    /// Where to write: file:PATH (sparse raw), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME,
+    /// nbd://..., rbd:POOL/IMAGE[?conf=PATH&id=USER], cinder:NAME or ebs-snapshot:NAME.
+    /// For a machine set (several disks): one --target per disk in order, or one
+    /// with `{disk}` in it (the disk's index 0, 1, ...), e.g. file:db01-{disk}.raw.
+    #[arg(long = "target", value_name = "TARGET", required = true)]
+    pub targets: Vec<String>,
+    /// Of a machine set, ingest only disk N (0 = the first) into the one --target.
+    #[arg(long, value_name = "N")]
+    pub disk: Option<usize>,
+}
+
+/// Arguments of `mgear ingest` of one disk (`Cli` with its one `--target`).
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     #[command(flatten)]
     pub medium: crate::medium::Where,
@@ -117,9 +134,8 @@ pub struct Args {
     /// Passphrase file (if the capture was made with one).
     #[arg(long, conflicts_with = "identity")]
     pub passphrase_file: Option<PathBuf>,
-    /// Where to write: file:PATH (sparse raw), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME,
-    /// nbd://..., rbd:POOL/IMAGE[?conf=PATH&id=USER], cinder:NAME or ebs-snapshot:NAME.
-    #[arg(long)]
+    /// The target (set from `Cli::targets`).
+    #[arg(skip)]
     pub target: String,
     /// With ebs-snapshot:NAME: register an AMI from the completed snapshot.
     #[arg(long)]
@@ -315,8 +331,17 @@ fn open_private(path: &Path, what: &str) -> anyhow::Result<Option<File>> {
 }
 
 /// Run `mgear ingest`.
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::signals::install();
+    let Cli {
+        mut args,
+        targets,
+        disk,
+    } = cli;
+    if targets.len() > 1 || disk.is_some() || targets.iter().any(|t| t.contains("{disk}")) {
+        return crate::machine::run_ingest(&args, &targets, disk);
+    }
+    args.target = targets.into_iter().next().unwrap_or_default();
     // A bad --boot-bus must be reported before a long ingest, not after it.
     let bus = args
         .boot_bus
@@ -510,6 +535,19 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     let policy = args.trust.policy(args.allow_unsealed)?;
     let sdir = state_dir(args.state_dir.clone())?;
     let mut medium = args.medium.open_read_only()?;
+    if image_format::set::is_set(medium.store(), &args.name).unwrap_or(false) {
+        let _ = medium.close();
+        return Err(crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!(
+                "{} is a machine set of several disks: say where each disk goes with a --target \
+                 holding {{disk}} (file:{}-{{disk}}.raw), one --target per disk in order, or \
+                 --disk N and one --target",
+                args.name, args.name
+            ),
+            "`mgear inspect --medium ...` lists the set's disks",
+        ));
+    }
     let verdict = crate::appliance::ingest_gate(
         args.medium.appliance.as_deref(),
         args.trust.attestations.as_deref(),

@@ -2,11 +2,18 @@
 //!
 //! ```text
 //! mgear inspect --medium fat:/dev/sdb [--name web01] [--json]
+//! mgear inspect --medium fat:A.img --medium fat:B.img --json   # a shipment of several media
 //! ```
 //!
 //! Lists captures, their key slots and generations (state, parent, sizes,
-//! chunk counts, source, appliance) from the cleartext parts of the format.
-//! `--name` shows one capture (names are compared without case).
+//! chunk counts, source, appliance) from the cleartext parts of the format,
+//! and machine sets (`crate::machine`): each generation's disks in order
+//! (size, sector size, partition table, which one boots, OS) and whether
+//! every disk is there and matches the set manifest. Over several media
+//! `--json` prints each medium and a shipment listing: every machine (a set,
+//! or a single-disk capture), its disks, its generations on each medium and
+//! whether its newest generation is complete. `--name` shows one capture or
+//! machine (names are compared without case).
 
 use serde::Serialize;
 
@@ -15,9 +22,13 @@ use crate::units::human_bytes;
 /// Arguments of `mgear inspect`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[command(flatten)]
-    pub medium: crate::medium::Where,
-    /// Only this capture (compared without case, as FAT does).
+    /// Medium: fat:IMAGE-OR-DEVICE or dir:MOUNTPOINT; repeat it to list a shipment of several media.
+    #[arg(long, required_unless_present = "appliance")]
+    pub medium: Vec<String>,
+    /// Reach the medium through the appliance on this console port.
+    #[arg(long, conflicts_with = "medium")]
+    pub appliance: Option<std::path::PathBuf>,
+    /// Only this capture or machine set (compared without case, as FAT does).
     #[arg(long)]
     pub name: Option<String>,
     /// Print one JSON object.
@@ -26,7 +37,7 @@ pub struct Args {
 }
 
 /// One generation in `inspect --json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct GenJson {
     pub generation: u32,
     /// "complete", "unfinished" or "damaged".
@@ -53,7 +64,7 @@ pub struct GenJson {
 }
 
 /// One capture in `inspect --json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CaptureJson {
     pub name: String,
     pub recipient_slot: bool,
@@ -61,28 +72,123 @@ pub struct CaptureJson {
     pub generations: Vec<GenJson>,
 }
 
-/// What `inspect --json` prints.
+/// What `inspect --json` prints for one medium.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub command: &'static str,
     pub free_bytes: Option<u64>,
+    /// Captures (the disk streams of a set, `NAME.dK`, included).
     pub captures: Vec<CaptureJson>,
+    /// Machine sets.
+    pub sets: Vec<crate::machine::SetJson>,
+    /// The machines on this medium.
+    pub shipment: crate::machine::Shipment,
+}
+
+/// What `inspect --json` prints for several media.
+#[derive(Debug, Serialize)]
+pub struct ShipmentReport {
+    pub command: &'static str,
+    pub media: Vec<MediumJson>,
+    pub shipment: crate::machine::Shipment,
+}
+
+/// One medium of a shipment.
+#[derive(Debug, Serialize)]
+pub struct MediumJson {
+    pub medium: String,
+    pub free_bytes: Option<u64>,
+    pub captures: Vec<CaptureJson>,
+    pub sets: Vec<crate::machine::SetJson>,
 }
 
 /// Run `mgear inspect`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let mut medium = args.medium.open_read_only()?;
+    let wheres: Vec<crate::medium::Where> = match &args.appliance {
+        Some(port) => vec![crate::medium::Where {
+            medium: None,
+            appliance: Some(port.clone()),
+        }],
+        None => args
+            .medium
+            .iter()
+            .map(|m| crate::medium::Where {
+                medium: Some(m.clone()),
+                appliance: None,
+            })
+            .collect(),
+    };
+    let mut media = Vec::new();
+    for w in &wheres {
+        media.push(medium_json(w, args.name.as_deref())?);
+    }
+    let ship = crate::machine::shipment(
+        &media
+            .iter()
+            .map(|m| (m.medium.clone(), m.captures.clone(), m.sets.clone()))
+            .collect::<Vec<_>>(),
+    );
+    if media.len() > 1 {
+        if args.json || crate::output::json() {
+            crate::progress::print_json(&ShipmentReport {
+                command: "inspect",
+                media,
+                shipment: ship,
+            })?;
+        } else {
+            for m in &media {
+                print_medium(m);
+            }
+            print_shipment(&ship);
+        }
+        return Ok(crate::exit::OK);
+    }
+    let m = media.remove(0);
+    let report = Report {
+        command: "inspect",
+        free_bytes: m.free_bytes,
+        captures: m.captures,
+        sets: m.sets,
+        shipment: ship,
+    };
+    if args.json || crate::output::json() {
+        crate::progress::print_json(&report)?;
+        return Ok(crate::exit::OK);
+    }
+    print_medium(&MediumJson {
+        medium: wheres[0].describe(),
+        free_bytes: report.free_bytes,
+        captures: report.captures,
+        sets: report.sets,
+    });
+    Ok(crate::exit::OK)
+}
+
+/// One medium's captures and sets, keyless.
+/// With `name`, only that capture or set (and a set's disk streams).
+fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<MediumJson> {
+    let mut medium = w.open_read_only()?;
     let store = medium.store();
     let free = store.free_space().ok().flatten();
-    let mut caps = image_format::list_captures(store)?;
-    if let Some(asked) = &args.name {
-        let name = image_format::stored_name(store, asked)?;
-        if !caps.iter().any(|c| c.name == name) {
-            let have: Vec<&str> = caps.iter().map(|c| c.name.as_str()).collect();
-            let _ = medium.close();
+    let listed = image_format::list_captures(store).map_err(anyhow::Error::from);
+    let sets = crate::machine::sets_of(store);
+    let stored = name.map(|n| image_format::stored_name(store, n));
+    medium.close()?;
+    let mut caps = listed?;
+    let mut sets = sets?;
+    if let (Some(asked), Some(stored)) = (name, stored) {
+        let stored = stored?;
+        let disk_prefix = format!("{}.d", stored.to_ascii_lowercase());
+        let wanted = |c: &str| {
+            c == stored || c.to_ascii_lowercase().starts_with(&disk_prefix)
+        };
+        let have: Vec<String> = caps.iter().map(|c| c.name.clone()).collect();
+        caps.retain(|c| wanted(&c.name));
+        sets.retain(|s| s.name.eq_ignore_ascii_case(&stored));
+        if caps.is_empty() && sets.is_empty() {
             return Err(crate::exit::usage(format!(
                 "there is no capture {asked} on {} (captures: {})",
-                args.medium.describe(),
+                w.describe(),
                 if have.is_empty() {
                     "none".to_string()
                 } else {
@@ -90,13 +196,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 }
             )));
         }
-        caps.retain(|c| c.name == name);
     }
-    medium.close()?;
     let hex = crate::capture::hex;
-    let report = Report {
-        command: "inspect",
+    Ok(MediumJson {
+        medium: w.describe(),
         free_bytes: free,
+        sets,
         captures: caps
             .into_iter()
             .map(|c| CaptureJson {
@@ -140,17 +245,61 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     .collect(),
             })
             .collect(),
-    };
-    if args.json || crate::output::json() {
-        crate::progress::print_json(&report)?;
-        return Ok(crate::exit::OK);
-    }
+    })
+}
+
+fn print_medium(report: &MediumJson) {
     println!(
-        "medium {}: {} capture(s){}",
-        args.medium.describe(),
+        "medium {}: {} capture(s){}{}",
+        report.medium,
         report.captures.len(),
-        free.map_or(String::new(), |f| format!(", {} free", human_bytes(f)))
+        if report.sets.is_empty() {
+            String::new()
+        } else {
+            format!(", {} machine set(s)", report.sets.len())
+        },
+        report
+            .free_bytes
+            .map_or(String::new(), |f| format!(", {} free", human_bytes(f)))
     );
+    for s in &report.sets {
+        println!("set {} (a machine: one capture per disk, NAME.dK)", s.name);
+        for g in &s.generations {
+            println!(
+                "  G{:04} {}{}: created {}, {} disk(s)",
+                g.generation,
+                if g.complete { "complete" } else { "INCOMPLETE" },
+                g.parent
+                    .map(|p| format!(" delta on G{p:04}"))
+                    .unwrap_or_default(),
+                g.created,
+                g.disks.len()
+            );
+            for d in &g.disks {
+                println!(
+                    "    disk {} {:<12} {:>10}  sector {}, table {}{}{}, source {}",
+                    d.disk,
+                    d.stream,
+                    human_bytes(d.size),
+                    d.sector_size,
+                    d.table,
+                    if d.boot { ", boots" } else { "" },
+                    if d.os.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", d.os)
+                    },
+                    d.source
+                );
+            }
+            for p in &g.problems {
+                println!("    PROBLEM: {p}");
+            }
+        }
+        for (g, why) in &s.damaged {
+            println!("  G{g:04} DAMAGED: {why}");
+        }
+    }
     for c in &report.captures {
         let slots: Vec<&str> = [
             c.recipient_slot.then_some("recipient"),
@@ -182,5 +331,33 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             );
         }
     }
-    Ok(crate::exit::OK)
+}
+
+fn print_shipment(s: &crate::machine::Shipment) {
+    println!(
+        "shipment of {} media: {} machine(s), {}",
+        s.media,
+        s.machines.len(),
+        if s.complete {
+            "every machine complete"
+        } else {
+            "NOT every machine complete"
+        }
+    );
+    for m in &s.machines {
+        println!(
+            "  {} ({}, {} disk(s)): {}",
+            m.name,
+            m.kind,
+            m.disks,
+            if m.complete {
+                "newest generation complete"
+            } else {
+                "newest generation NOT complete"
+            }
+        );
+        for g in &m.generations {
+            println!("    G{:04} {} on {}", g.generation, g.state, g.medium);
+        }
+    }
 }

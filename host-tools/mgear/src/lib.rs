@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod inspect;
 pub mod keys;
 pub mod lock;
+pub mod machine;
 pub mod medium;
 pub mod medium_admin;
 pub mod nbd_source;

@@ -40,11 +40,11 @@ enum Cmd {
     /// Create or prepare a medium (FAT32 image or device).
     Medium(medium::MediumArgs),
     /// Capture a disk onto the medium (encrypted; resumable: re-run the same command).
-    Capture(capture::Args),
+    Capture(capture::Cli),
     /// Check a medium: keyless, or with --identity/--passphrase-file decrypting everything (exit 1 if bad).
     Verify(verify::Args),
     /// Verify, decrypt and write a capture onto a volume (file:, qcow2:, dev:); resumable.
-    Ingest(ingest::Args),
+    Ingest(ingest::Cli),
     /// List the captures on a medium (no key needed).
     Inspect(inspect::Args),
     /// The whole journey on this machine: sample disk, keygen, medium, capture, verify, ingest, compare, boot.

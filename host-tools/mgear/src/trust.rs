@@ -139,7 +139,24 @@ fn refuse(msg: String) -> anyhow::Error {
     coded(FOUND, msg)
 }
 
-/// Generations of `name` present on the medium, and those with a MANIFEST.
+/// The file whose presence finishes a generation: its MANIFEST, or for a
+/// machine set (`image_format::set`) its set manifest.
+fn finishing_file(medium: &mut dyn Store, name: &str, g: u32) -> anyhow::Result<Option<String>> {
+    for f in [layout::MANIFEST_FILE, image_format::set::SET_FILE] {
+        let p = layout::generation_file(name, g, f);
+        if medium
+            .len(&p)
+            .map_err(|e| anyhow::anyhow!("{p}: {e}"))?
+            .is_some()
+        {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Generations of `name` present on the medium, and those with a MANIFEST
+/// (a set: a set manifest).
 fn generations(medium: &mut dyn Store, name: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
     let dir = layout::capture_dir(name);
     let entries = medium
@@ -152,12 +169,7 @@ fn generations(medium: &mut dyn Store, name: &str) -> anyhow::Result<(Vec<u32>, 
     all.sort_unstable();
     let mut finished = Vec::new();
     for &g in &all {
-        let p = layout::generation_file(name, g, layout::MANIFEST_FILE);
-        if medium
-            .len(&p)
-            .map_err(|e| anyhow::anyhow!("{p}: {e}"))?
-            .is_some()
-        {
+        if finishing_file(medium, name, g)?.is_some() {
             finished.push(g);
         }
     }
@@ -359,7 +371,9 @@ fn check_seal(
         .iter()
         .filter(|f| f.path.starts_with(&prefix))
         .collect();
-    let mut must = vec![layout::generation_file(name, g, layout::MANIFEST_FILE)];
+    let mut must = vec![finishing_file(medium, name, g)
+        .map_err(|e| format!("{e:#}"))?
+        .unwrap_or_else(|| layout::generation_file(name, g, layout::MANIFEST_FILE))];
     if has_commit {
         must.push(commit::commit_path(name, g));
     }

@@ -122,6 +122,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let store = medium.store();
     let mut total_bytes = 0u64;
     let captures = image_format::list_captures(store)?;
+    // Machine sets (`crate::machine`) and the disk streams of one.
+    let sets: Vec<String> = image_format::set::list_sets(store)?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let streams_of = |set: &str| -> Vec<String> {
+        captures
+            .iter()
+            .filter(|c| {
+                image_format::set::parse_disk_stream_name(&c.name).is_some_and(|(s, _)| s == set)
+            })
+            .map(|c| c.name.clone())
+            .collect()
+    };
     if captures.is_empty() {
         return Err(crate::exit::coded(
             FOUND,
@@ -156,9 +170,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         (Some(unlock), name) => {
             let names: Vec<String> = match name {
+                Some(n) if sets.contains(n) => streams_of(n),
                 Some(n) => vec![n.clone()],
                 None => captures.iter().map(|c| c.name.clone()).collect(),
             };
+            // A machine set: its manifest's MAC and its binding to the disks.
+            for s in sets
+                .iter()
+                .filter(|s| name.as_ref().is_none_or(|n| n == *s))
+            {
+                if let Err(e) = image_format::set::open_set(store, s, args.generation, unlock) {
+                    report.problems.push(image_format::Problem {
+                        at: image_format::Location::capture(s),
+                        what: e.to_string(),
+                    });
+                }
+            }
             for n in names {
                 let r = image_format::verify_full(store, &n, args.generation, unlock, &mut obs)?;
                 report.captures += r.captures;
@@ -187,8 +214,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             store,
         );
         let names: Vec<String> = match &name {
+            Some(n) if sets.contains(n) => {
+                std::iter::once(n.clone()).chain(streams_of(n)).collect()
+            }
             Some(n) => vec![n.clone()],
-            None => captures.iter().map(|c| c.name.clone()).collect(),
+            None => sets
+                .iter()
+                .cloned()
+                .chain(captures.iter().map(|c| c.name.clone()))
+                .collect(),
         };
         for n in names {
             let verdict = match &atts {

@@ -29,6 +29,7 @@ mod hardware_board;
 mod hardware_fat;
 mod hardware_flash;
 mod hygiene_e2e;
+mod machine_sets;
 mod nbd_interop;
 mod readme_examples;
 mod sync_e2e;

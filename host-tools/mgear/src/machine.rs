@@ -1,0 +1,999 @@
+//! Machine sets: every disk of a machine captured at one point in time,
+//! ingested and booted together.
+//!
+//! ```text
+//! mgear capture --medium fat:m.img --name db01 --source disk0.raw --source disk1.raw --recipient target.pub
+//! mgear capture ... --delta                        # the changes of every disk since the last set
+//! mgear ingest  --medium fat:m.img --name db01 --identity target.key --target file:db01-{disk}.raw
+//! mgear ingest  ... --target file:root.raw --target file:srv.raw --boot   # one target per disk, in order
+//! mgear ingest  ... --disk 1 --target file:srv.raw                        # one disk of the set
+//! mgear inspect --medium fat:m.img                                       # the set, its disks
+//! ```
+//!
+//! A set is stored as one ordinary capture per disk, the *disk stream*
+//! `<name>.d<k>` (so resume, delta, rate limit, the appliance path, keyless
+//! verify, seal and arrival work per disk exactly as for one disk), bound
+//! by a set manifest per generation (`image_format::set`): it lists the
+//! disks in order with size, sector size, partition table, which one boots
+//! and the OS found, and each disk's manifest root, so no disk can be
+//! dropped, swapped or reordered undetected. All disks share the capture
+//! id and data key of the set (one key cache entry, under the set's name).
+//!
+//! Capture takes the disks in order; an interrupted set capture resumes
+//! with the same command (disks already finished in this generation are
+//! skipped, the interrupted one resumes), and the set manifest is written
+//! (and signed with `--sign`, witnessed by the appliance) once every disk
+//! is finished. One `--source` is today's single-disk capture, unchanged.
+//!
+//! Ingest checks the set first (trust gate over its COMMIT, set manifest
+//! MAC and binding), then ingests each disk as the capture it is (its own
+//! trust gate, authenticated decryption, read-back check) and `--boot`s
+//! the machine with every disk attached in order.
+
+use std::path::Path;
+
+use anyhow::Context;
+use image_format::set::{self, SetDisk, SetFile, SetManifest, TableKind};
+use image_format::DataKey;
+use serde::Serialize;
+
+use crate::capture::{self, hex, Receipt, Shared};
+use crate::exit::{coded, coded_hint, usage, FOUND, OK, USAGE};
+use crate::units::human_bytes;
+
+/// One disk in a set report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskJson {
+    pub disk: usize,
+    /// The disk stream holding it (`db01.d1`).
+    pub stream: String,
+    pub size: u64,
+    pub sector_size: u32,
+    /// `unknown`, `none`, `mbr` or `gpt`.
+    pub table: &'static str,
+    /// The disk the machine boots from.
+    pub boot: bool,
+    pub bios_boot: bool,
+    pub efi_boot: bool,
+    /// Operating system found on it (empty if not told).
+    pub os: String,
+    pub source: String,
+    pub manifest_root: String,
+}
+
+impl DiskJson {
+    fn of(name: &str, k: usize, d: &SetDisk) -> Self {
+        DiskJson {
+            disk: k,
+            stream: set::disk_stream_name(name, k),
+            size: d.size,
+            sector_size: d.sector_size,
+            table: d.table.as_str(),
+            boot: d.boot,
+            bios_boot: d.bios_boot,
+            efi_boot: d.efi_boot,
+            os: d.os.clone(),
+            source: d.source_desc.clone(),
+            manifest_root: hex(&d.manifest_root),
+        }
+    }
+}
+
+/// What `capture` of a set prints (`--json`).
+#[derive(Debug, Serialize)]
+pub struct CaptureReport {
+    pub command: &'static str,
+    pub name: String,
+    pub generation: u32,
+    pub parent: Option<u32>,
+    pub disks: Vec<DiskJson>,
+    /// Per disk in order: what this run captured (`null`: the disk was
+    /// already finished in this generation by an earlier, interrupted run).
+    pub captured: Vec<Option<capture::Report>>,
+    /// Root hash of the set manifest (what the set's COMMIT signs).
+    pub set_root: String,
+    /// The set's receipt (its COMMIT).
+    pub receipt: Receipt,
+}
+
+/// `mgear capture` with several `--source`s.
+pub fn run_capture(args: &capture::Args, sources: &[String]) -> anyhow::Result<i32> {
+    let r = capture_set(args, sources)?;
+    if args.json {
+        crate::progress::print_json(&r)?;
+        return Ok(OK);
+    }
+    println!(
+        "captured set {} generation {}{}: {} disks",
+        r.name,
+        r.generation,
+        r.parent
+            .map(|p| format!(" (delta on {p})"))
+            .unwrap_or_default(),
+        r.disks.len()
+    );
+    for (d, c) in r.disks.iter().zip(&r.captured) {
+        println!(
+            "  disk {} {:<10} {:>10}  {}{}{}  {}",
+            d.disk,
+            d.stream,
+            human_bytes(d.size),
+            d.table,
+            if d.boot { ", boots" } else { "" },
+            if d.os.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", d.os)
+            },
+            match c {
+                Some(c) => format!(
+                    "read {}, stored {} ({} zero, {} dedup, {} stored chunks)",
+                    human_bytes(c.bytes_read),
+                    human_bytes(c.stored_bytes),
+                    c.zero_chunks,
+                    c.dedup_chunks,
+                    c.stored_chunks
+                ),
+                None => "already captured".into(),
+            }
+        );
+    }
+    println!("  {:<14} {}", "set root", r.set_root);
+    println!(
+        "receipt (send it to the target; ingest --expect-generation {}):",
+        r.generation
+    );
+    println!("  {:<14} {}", "set", r.receipt.name);
+    println!("  {:<14} {}", "capture id", r.receipt.capture_id);
+    match &r.receipt.commit_digest {
+        Some(d) => println!("  {:<14} {d}", "commit"),
+        None => println!(
+            "  {:<14} NOT SIGNED (capture with --sign SITE.key)",
+            "commit"
+        ),
+    }
+    for s in &r.receipt.signers {
+        println!("  {:<14} {s}", "signed by");
+    }
+    Ok(OK)
+}
+
+/// Where the set stands on the medium before this run.
+struct State {
+    generation: u32,
+    /// Capture id of the set, if it exists (or a disk of it does).
+    capture_id: Option<[u8; 16]>,
+    /// Disks already finished in `generation`.
+    done: Vec<bool>,
+    /// The set manifest of `generation` is written: only signatures may be missing.
+    sealed: bool,
+}
+
+fn state(
+    store: &mut dyn image_format::Store,
+    args: &capture::Args,
+    n: usize,
+) -> anyhow::Result<State> {
+    let name = &args.name;
+    let caps = image_format::list_captures(store)?;
+    if let Some(c) = caps.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
+        return Err(usage(format!(
+            "this medium holds a single-disk capture {}: a machine set needs its own name \
+             (--name), or capture that machine's one disk with one --source",
+            c.name
+        )));
+    }
+    let sets = set::set_generations(store, name)?;
+    let newest = sets.last().copied();
+    let last = match newest {
+        Some(g) => set::read_set(store, name, g)?,
+        None => None,
+    };
+    if let Some(l) = &last {
+        if l.set.disks.len() != n {
+            return Err(usage(format!(
+                "set {name} has {} disks: capture it with {} --source, in the same order",
+                l.set.disks.len(),
+                l.set.disks.len()
+            )));
+        }
+    }
+    // A stream holding a generation newer than the newest set manifest: a
+    // set capture that did not finish.
+    let base = newest.unwrap_or(0);
+    let mut in_progress = false;
+    let mut capture_id = last.as_ref().map(|l| l.set.capture_id);
+    for c in &caps {
+        if let Some((s, k)) = set::parse_disk_stream_name(&c.name) {
+            if s != name.as_str() {
+                continue;
+            }
+            if k >= n {
+                return Err(usage(format!(
+                    "this medium holds disk {k} of set {name} ({}): give all {} disks of the \
+                     machine as --source, in order",
+                    c.name,
+                    k + 1
+                )));
+            }
+            in_progress |= c.generations.iter().any(|g| g.generation > base);
+            if capture_id.is_none() {
+                capture_id = image_format::capture_id(store, &c.name)?;
+            }
+        }
+    }
+    let (generation, sealed) = match (in_progress, newest) {
+        (true, _) => (base + 1, false),
+        (false, None) => (1, false),
+        (false, Some(g)) if args.delta => (g + 1, false),
+        (false, Some(g)) if args.sign.is_some() => (g, true),
+        (false, Some(g)) => {
+            return Err(usage(format!(
+                "set {name} is already captured as generation {g} on this medium (finished): use \
+                 --delta to add the changes of every disk since"
+            )))
+        }
+    };
+    let mut done = vec![false; n];
+    for (k, d) in done.iter_mut().enumerate() {
+        let stream = set::disk_stream_name(name, k);
+        *d = caps.iter().any(|c| {
+            c.name == stream
+                && c.generations.iter().any(|g| {
+                    g.generation == generation && g.state == image_format::GenerationState::Complete
+                })
+        });
+    }
+    Ok(State {
+        generation,
+        capture_id,
+        done,
+        sealed,
+    })
+}
+
+/// The set's shared data key and capture id: from the key cache (under the
+/// set's name or a disk's), else the passphrase slot of disk 0; a new set
+/// gets a fresh key and id, cached at once.
+fn shared_key(
+    store: &mut dyn image_format::Store,
+    args: &capture::Args,
+    capture_id: Option<[u8; 16]>,
+) -> anyhow::Result<Shared> {
+    let name = &args.name;
+    let dir = capture::key_cache_dir(args.key_cache.clone())?;
+    let Some(id) = capture_id else {
+        let key = DataKey::generate()?;
+        let id = image_format::keys::random::<16>()?;
+        image_format::private::create_dir(&dir)
+            .with_context(|| format!("creating key cache {}", dir.display()))?;
+        key.save_cache_with_id(&crate::keys::cache_file(&dir, name, &id), name, &id)?;
+        return Ok(Shared {
+            key,
+            capture_id: id,
+        });
+    };
+    for n in [name.clone(), set::disk_stream_name(name, 0)] {
+        if let Some(c) = crate::keys::find_cached(&dir, &n, &id)? {
+            let key = DataKey::load_cache(&c.path, &c.name)?;
+            return Ok(Shared {
+                key,
+                capture_id: id,
+            });
+        }
+    }
+    if let Some(f) = &args.passphrase_file {
+        let p = crate::keys::read_passphrase(f)?;
+        let unlock = image_format::Unlock::Passphrase(
+            image_format::age::secrecy::SecretString::from(p.to_string()),
+        );
+        let (key, _) =
+            image_format::unlock_data_key(store, &set::disk_stream_name(name, 0), &unlock)?;
+        return Ok(Shared {
+            key,
+            capture_id: id,
+        });
+    }
+    Err(usage(format!(
+        "set {name} (capture id {}) already exists on the medium and its data key is not in the \
+         key cache {} (a delta or resume must run on the host that made the first capture, or \
+         pass --key-cache DIR or --passphrase-file)",
+        hex(&id),
+        dir.display()
+    )))
+}
+
+/// What the capture host can tell about a disk before reading it all:
+/// logical sector size, partition table, boot code, OS (`mgear_boot::inspect`).
+/// NBD exports are not inspected (unknown).
+pub fn disk_facts(spec: &str) -> SetDisk {
+    let mut d = SetDisk {
+        size: 0,
+        sector_size: 0,
+        table: TableKind::Unknown,
+        boot: false,
+        bios_boot: false,
+        efi_boot: false,
+        manifest_root: [0; 32],
+        os: String::new(),
+        source_desc: spec.to_string(),
+    };
+    let Ok(crate::spec::Source::Path(p)) = crate::spec::Source::parse(spec) else {
+        return d;
+    };
+    d.sector_size = sector_size(&p);
+    if let Ok(f) = mgear_boot::inspect_path(&p) {
+        d.table = match f.table {
+            mgear_boot::partition::TableKind::None => TableKind::None,
+            mgear_boot::partition::TableKind::Mbr => TableKind::Mbr,
+            mgear_boot::partition::TableKind::Gpt => TableKind::Gpt,
+        };
+        d.bios_boot = f.bios_bootable;
+        d.efi_boot = f.uefi_bootable;
+        d.os = match (f.linux.and_then(|l| l.os_name), f.os) {
+            (Some(n), _) => n,
+            (None, mgear_boot::inspect::OsFamily::Linux) => "Linux".into(),
+            (None, mgear_boot::inspect::OsFamily::Windows) => "Windows".into(),
+            (None, mgear_boot::inspect::OsFamily::Unknown) => String::new(),
+        };
+    }
+    d
+}
+
+/// Logical sector size: the kernel's for a block device, 512 for an image file.
+fn sector_size(p: &Path) -> u32 {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata(p) else {
+        return 0;
+    };
+    if !meta.file_type().is_block_device() {
+        return 512;
+    }
+    let dev = std::fs::canonicalize(p).ok();
+    let name = dev
+        .as_deref()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::read_to_string(format!("/sys/class/block/{name}/queue/logical_block_size"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Capture every disk of a machine as one set; see the module doc.
+pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<CaptureReport> {
+    let name = args.name.clone();
+    image_format::layout::validate_plain_name(&name).map_err(|e| usage(e.to_string()))?;
+    if sources.len() > set::MAX_SET_DISKS {
+        return Err(usage(format!(
+            "a machine set has at most {} disks, not {}",
+            set::MAX_SET_DISKS,
+            sources.len()
+        )));
+    }
+    if args.dry_run {
+        return Err(usage(
+            "--dry-run plans one disk: run it once per --source (with --name NAME.dK for disk K)",
+        ));
+    }
+    let mut facts: Vec<SetDisk> = sources.iter().map(|s| disk_facts(s)).collect();
+    // The machine boots from its first bootable disk.
+    if let Some(d) = facts.iter_mut().find(|d| d.bios_boot || d.efi_boot) {
+        d.boot = true;
+    }
+    let (st, shared) = {
+        let mut ro = args.medium.open_read_only()?;
+        let r = (|| {
+            let st = state(ro.store(), args, sources.len())?;
+            let shared = shared_key(ro.store(), args, st.capture_id)?;
+            Ok::<_, anyhow::Error>((st, shared))
+        })();
+        let closed = ro.close();
+        let r = r?;
+        closed?;
+        r
+    };
+    let g = st.generation;
+    let sign_key = args
+        .sign
+        .as_deref()
+        .map(crate::sitekey::read_signing_key)
+        .transpose()?;
+    let mut captured = Vec::new();
+    for (k, src) in sources.iter().enumerate() {
+        if st.done[k] || st.sealed {
+            captured.push(None);
+            continue;
+        }
+        let mut a = args.clone();
+        a.name = set::disk_stream_name(&name, k);
+        a.source = Some(src.clone());
+        a.delta = args.delta && g > 1;
+        eprintln!(
+            "mgear capture: set {name} disk {k} of {}: {src}",
+            sources.len()
+        );
+        let r = capture::capture_disk(&a, Some(&shared))
+            .with_context(|| format!("capturing disk {k} ({src}) of set {name}"))?;
+        if r.generation != g {
+            return Err(usage(format!(
+                "disk {k} of set {name} was captured as generation {} but the set is at \
+                 generation {g}: the disks' generations diverged (a disk stream was removed or \
+                 captured alone); remove the set's newest generation from every disk and capture \
+                 again",
+                r.generation
+            )));
+        }
+        captured.push(Some(r));
+    }
+
+    // Every disk is finished: bind them.
+    let mut medium = args.medium.open()?;
+    let result = (|| {
+        let store = medium.store();
+        let infos = image_format::list_captures(store)?;
+        let info0 = infos
+            .iter()
+            .find(|c| c.name == set::disk_stream_name(&name, 0))
+            .and_then(|c| c.generations.iter().find(|i| i.generation == g))
+            .ok_or_else(|| anyhow::anyhow!("disk 0 of set {name} generation {g} is missing"))?;
+        let file = match set::read_set(store, &name, g)? {
+            Some(f) if st.sealed => f,
+            _ => {
+                let m = SetManifest {
+                    capture_id: shared.capture_id,
+                    generation: g,
+                    parent: info0.parent.unwrap_or(0),
+                    name: name.clone(),
+                    created_unix: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    appliance_id: info0.appliance_id,
+                    key_check: [0; 32],
+                    disks: facts.clone(),
+                };
+                set::write_set_of_streams(store, m, &shared.key)?
+            }
+        };
+        let mut receipt = Receipt {
+            name: name.clone(),
+            capture_id: hex(&shared.capture_id),
+            generation: g,
+            manifest_root: hex(&file.root),
+            ..Default::default()
+        };
+        if let Some(key) = &sign_key {
+            if st.sealed {
+                // A re-run with --sign: sign what lacks this site's signature.
+                for k in 0..sources.len() {
+                    let stream = set::disk_stream_name(&name, k);
+                    capture::sign_generation(store, &stream, g, key)?;
+                }
+            }
+            receipt = capture::sign_generation(store, &name, g, key)
+                .context("signing the set's COMMIT (re-run the same command with --sign)")?;
+        }
+        Ok::<_, anyhow::Error>((file, receipt))
+    })();
+    let closed = medium.close();
+    let (file, mut receipt) = result?;
+    closed?;
+    if let Some(port) = &args.medium.appliance {
+        let identity = crate::appliance::appliance_identity(port)?;
+        crate::appliance::capture_begin(port, &name)?;
+        receipt = capture::witness_generation(args, port, &identity, &name, g)
+            .context("the set is captured, but the appliance could not witness its manifest")?;
+    }
+    Ok(CaptureReport {
+        command: "capture",
+        name: name.clone(),
+        generation: g,
+        parent: (file.set.parent != 0).then_some(file.set.parent),
+        disks: file
+            .set
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(k, d)| DiskJson::of(&name, k, d))
+            .collect(),
+        captured,
+        set_root: hex(&file.root),
+        receipt,
+    })
+}
+
+// ---------------------------------------------------------------- ingest
+
+/// One disk in a set ingest report.
+#[derive(Debug, Serialize)]
+pub struct IngestedDisk {
+    pub disk: usize,
+    #[serde(flatten)]
+    pub report: crate::ingest::Report,
+}
+
+/// What `ingest` of a set prints (`--json`).
+#[derive(Debug, Serialize)]
+pub struct IngestReport {
+    pub command: &'static str,
+    pub name: String,
+    pub generation: u32,
+    pub disks: Vec<IngestedDisk>,
+    pub booted: Option<bool>,
+    pub boot_report: Option<String>,
+}
+
+/// The target of each disk to ingest, in order: `{disk}` in a target is
+/// the disk's index; `only`: just that disk.
+pub fn targets_of(
+    targets: &[String],
+    disks: usize,
+    only: Option<usize>,
+) -> anyhow::Result<Vec<(usize, String)>> {
+    let expand = |t: &str, k: usize| t.replace("{disk}", &k.to_string());
+    if let Some(k) = only {
+        if k >= disks {
+            return Err(usage(format!(
+                "--disk {k}: the set has {disks} disks (0 to {})",
+                disks - 1
+            )));
+        }
+        return match targets {
+            [t] => Ok(vec![(k, expand(t, k))]),
+            _ => Err(usage("--disk N writes one disk: give one --target")),
+        };
+    }
+    match targets {
+        [t] if t.contains("{disk}") => Ok((0..disks).map(|k| (k, expand(t, k))).collect()),
+        ts if ts.len() == disks && !ts.iter().any(|t| t.contains("{disk}")) => {
+            Ok(ts.iter().cloned().enumerate().collect())
+        }
+        ts => Err(usage(format!(
+            "the set has {disks} disks but {} --target given: give one --target per disk in \
+             order, one with {{disk}} in it (file:NAME-{{disk}}.raw), or --disk N with one --target",
+            ts.len()
+        ))),
+    }
+}
+
+/// `mgear ingest` of a machine set (several targets, a `{disk}` pattern or `--disk`).
+pub fn run_ingest(
+    args: &crate::ingest::Args,
+    targets: &[String],
+    only: Option<usize>,
+) -> anyhow::Result<i32> {
+    let r = ingest_set(args, targets, only)?;
+    let code = match r.booted {
+        Some(false) => FOUND,
+        _ => OK,
+    };
+    if args.json {
+        crate::output::emit_ok(code == OK, &r)?;
+        return Ok(code);
+    }
+    println!(
+        "ingested set {} generation {}: {} disk(s), each verified bit-for-bit against what was authenticated",
+        r.name,
+        r.generation,
+        r.disks.len()
+    );
+    for d in &r.disks {
+        println!(
+            "  disk {} {:>10} into {} ({} written, {} chunks, {} zero)",
+            d.disk,
+            human_bytes(d.report.disk_size),
+            d.report.target,
+            human_bytes(d.report.bytes_written),
+            d.report.chunks,
+            d.report.zero_chunks
+        );
+    }
+    if let (Some(b), Some(p)) = (r.booted, &r.boot_report) {
+        println!(
+            "  {:<14} {} (report {p})",
+            "boot",
+            if b { "booted" } else { "did NOT boot" }
+        );
+    }
+    Ok(code)
+}
+
+/// Ingest the disks of set `args.name`; see the module doc.
+pub fn ingest_set(
+    args: &crate::ingest::Args,
+    targets: &[String],
+    only: Option<usize>,
+) -> anyhow::Result<IngestReport> {
+    if args.adapt {
+        return Err(usage(
+            "--adapt of a machine set is not supported yet (the converter must see every disk at \
+             once): ingest the set, then run virt-v2v-in-place over all its volumes",
+        ));
+    }
+    if args.boot && only.is_some() {
+        return Err(usage(
+            "--boot needs every disk of the machine: drop --disk, or boot the volumes with \
+             `mgear boot --target A --target B ...`",
+        ));
+    }
+    let unlock =
+        crate::verify::unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?
+            .ok_or_else(|| {
+                usage("ingest needs the key: --identity TARGET.key or --passphrase-file FILE")
+            })?;
+    let policy = args.trust.policy(args.allow_unsealed)?;
+    let mut medium = args.medium.open_read_only()?;
+    let checked = (|| {
+        let store = medium.store();
+        if !set::is_set(store, &args.name)? {
+            return Err(coded_hint(
+                USAGE,
+                format!(
+                    "there is no machine set {:?} on {}: several --target, a {{disk}} pattern \
+                     and --disk are for sets",
+                    args.name,
+                    args.medium.describe()
+                ),
+                "`mgear inspect --medium ...` lists sets and captures; a single-disk capture \
+                 takes one --target",
+            ));
+        }
+        // Who vouches for the set manifest (its COMMIT, the seal)...
+        let verdict = crate::appliance::ingest_gate(
+            args.medium.appliance.as_deref(),
+            args.trust.attestations.as_deref(),
+            store,
+            &args.name,
+            args.generation,
+            &policy,
+        )
+        .map_err(|e| {
+            let code = crate::exit::classified(&e).unwrap_or(FOUND);
+            coded(code, format!("ingest refused: set {}: {e:#}", args.name))
+        })?;
+        crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
+        // ...and that it is intact and binds exactly the disks on the medium.
+        let (file, _) = set::open_set(store, &args.name, Some(verdict.generation), &unlock)
+            .map_err(|e| coded(FOUND, format!("ingest refused: set {}: {e}", args.name)))?;
+        Ok(file)
+    })();
+    let closed = medium.close();
+    let file: SetFile = checked?;
+    closed?;
+    let g = file.set.generation;
+    let plan = targets_of(targets, file.set.disks.len(), only)?;
+    let mut disks = Vec::new();
+    for (k, target) in &plan {
+        let mut a = args.clone();
+        a.name = set::disk_stream_name(&args.name, *k);
+        a.target = target.clone();
+        a.generation = Some(g);
+        a.boot = false;
+        eprintln!(
+            "mgear ingest: set {} disk {k} of {} into {target}",
+            args.name,
+            file.set.disks.len()
+        );
+        let report = crate::ingest::ingest(&a)
+            .with_context(|| format!("ingesting disk {k} of set {} into {target}", args.name))?;
+        disks.push(IngestedDisk { disk: *k, report });
+    }
+    let mut out = IngestReport {
+        command: "ingest",
+        name: args.name.clone(),
+        generation: g,
+        disks,
+        booted: None,
+        boot_report: None,
+    };
+    if args.boot {
+        let bus = args
+            .boot_bus
+            .parse::<mgear_boot::Bus>()
+            .map_err(crate::boot_cmd::lib_err)?;
+        // The boot disk first (the firmware boots the first disk), the
+        // others after it in the machine's order.
+        let boot = file.set.disks.iter().position(|d| d.boot).unwrap_or(0);
+        let mut order: Vec<usize> = vec![boot];
+        order.extend((0..plan.len()).filter(|k| *k != boot));
+        let resolved = order
+            .iter()
+            .map(|k| crate::boot_cmd::resolve(&plan[*k].1))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut opts = crate::boot_cmd::BootOptions::new(
+            args.wait_for.clone(),
+            std::time::Duration::from_secs(args.timeout),
+            true,
+        );
+        opts.bus = bus;
+        let report = crate::boot_cmd::boot_resolved_all(&resolved, &opts)?;
+        let path = resolved[0].default_report_path();
+        let saved = report.write_json(&path);
+        out.booted = Some(report.booted());
+        out.boot_report = Some(path.display().to_string());
+        saved.map_err(crate::boot_cmd::lib_err)?;
+        if !report.booted() {
+            eprintln!(
+                "mgear: set {} did not boot: {}\n{}",
+                args.name,
+                report.detail,
+                report.console_tail(20)
+            );
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- inspect
+
+/// One set generation in `inspect --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetGenJson {
+    pub generation: u32,
+    pub parent: Option<u32>,
+    pub created: String,
+    pub capture_id: String,
+    pub set_root: String,
+    /// Every disk stream holds this generation, finished, and matches the set manifest.
+    pub complete: bool,
+    /// What is wrong when it is not complete.
+    pub problems: Vec<String>,
+    pub disks: Vec<DiskJson>,
+}
+
+/// One set in `inspect --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetJson {
+    pub name: String,
+    pub generations: Vec<SetGenJson>,
+    /// Generations whose set manifest is damaged or missing, with why.
+    pub damaged: Vec<(u32, String)>,
+}
+
+/// The sets on a medium (keyless), and the disk streams not yet bound by a
+/// set manifest (a set capture under way) as unfinished generations.
+pub fn sets_of(store: &mut dyn image_format::Store) -> anyhow::Result<Vec<SetJson>> {
+    let mut out = Vec::new();
+    for s in set::list_sets(store)? {
+        let mut gens = Vec::new();
+        for f in &s.generations {
+            let problems = set::check_set(store, f)?
+                .into_iter()
+                .map(|(at, what)| format!("{at}: {what}"))
+                .collect::<Vec<_>>();
+            gens.push(SetGenJson {
+                generation: f.set.generation,
+                parent: (f.set.parent != 0).then_some(f.set.parent),
+                created: crate::output::iso_time(f.set.created_unix),
+                capture_id: hex(&f.set.capture_id),
+                set_root: hex(&f.root),
+                complete: problems.is_empty(),
+                problems,
+                disks: f
+                    .set
+                    .disks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| DiskJson::of(&s.name, k, d))
+                    .collect(),
+            });
+        }
+        out.push(SetJson {
+            name: s.name,
+            generations: gens,
+            damaged: s.damaged,
+        });
+    }
+    Ok(out)
+}
+
+/// A disk of a machine in the shipment listing.
+#[derive(Debug, Serialize)]
+pub struct ShipDisk {
+    pub disk: usize,
+    pub stream: String,
+    pub size: u64,
+    pub boot: bool,
+    pub os: String,
+}
+
+/// One generation of a machine on one medium.
+#[derive(Debug, Serialize)]
+pub struct ShipGeneration {
+    pub generation: u32,
+    pub medium: String,
+    /// `complete`, `unfinished` or `damaged`.
+    pub state: &'static str,
+    pub problems: Vec<String>,
+    pub disks: Vec<ShipDisk>,
+}
+
+/// A machine in the shipment listing: a set, or a single-disk capture.
+#[derive(Debug, Serialize)]
+pub struct ShipMachine {
+    pub name: String,
+    /// `set` or `disk` (a single-disk capture).
+    pub kind: &'static str,
+    pub disks: usize,
+    pub generations: Vec<ShipGeneration>,
+    /// The newest generation is complete on some medium.
+    pub complete: bool,
+}
+
+/// What `inspect --json` over several media adds: every machine of the shipment.
+#[derive(Debug, Serialize)]
+pub struct Shipment {
+    pub media: usize,
+    pub machines: Vec<ShipMachine>,
+    /// Every machine's newest generation is complete.
+    pub complete: bool,
+}
+
+/// The shipment listing of several media's captures and sets.
+pub fn shipment(media: &[(String, Vec<crate::inspect::CaptureJson>, Vec<SetJson>)]) -> Shipment {
+    fn entry(
+        machines: &mut Vec<ShipMachine>,
+        name: &str,
+        kind: &'static str,
+        disks: usize,
+    ) -> usize {
+        if let Some(i) = machines.iter().position(|m| m.name == name) {
+            machines[i].disks = machines[i].disks.max(disks);
+            return i;
+        }
+        machines.push(ShipMachine {
+            name: name.into(),
+            kind,
+            disks,
+            generations: Vec::new(),
+            complete: false,
+        });
+        machines.len() - 1
+    }
+    let mut machines: Vec<ShipMachine> = Vec::new();
+    for (medium, caps, sets) in media {
+        for s in sets {
+            for g in &s.generations {
+                let i = entry(&mut machines, &s.name, "set", g.disks.len());
+                machines[i].generations.push(ShipGeneration {
+                    generation: g.generation,
+                    medium: medium.clone(),
+                    state: if g.complete { "complete" } else { "damaged" },
+                    problems: g.problems.clone(),
+                    disks: g
+                        .disks
+                        .iter()
+                        .map(|d| ShipDisk {
+                            disk: d.disk,
+                            stream: d.stream.clone(),
+                            size: d.size,
+                            boot: d.boot,
+                            os: d.os.clone(),
+                        })
+                        .collect(),
+                });
+            }
+            for (g, why) in &s.damaged {
+                let i = entry(&mut machines, &s.name, "set", 0);
+                machines[i].generations.push(ShipGeneration {
+                    generation: *g,
+                    medium: medium.clone(),
+                    state: "damaged",
+                    problems: vec![why.clone()],
+                    disks: Vec::new(),
+                });
+            }
+        }
+        for c in caps {
+            // A disk stream belongs to its set; one whose set generation has
+            // no set manifest yet is an unfinished generation of the set.
+            if let Some((set_name, k)) = set::parse_disk_stream_name(&c.name) {
+                for g in &c.generations {
+                    let bound = sets.iter().any(|s| {
+                        s.name == set_name
+                            && s.generations.iter().any(|sg| sg.generation == g.generation)
+                    });
+                    if bound {
+                        continue;
+                    }
+                    let i = entry(&mut machines, set_name, "set", 0);
+                    let m = &mut machines[i];
+                    let at = match m
+                        .generations
+                        .iter()
+                        .position(|x| x.generation == g.generation && x.medium == *medium)
+                    {
+                        Some(p) => p,
+                        None => {
+                            m.generations.push(ShipGeneration {
+                                generation: g.generation,
+                                medium: medium.clone(),
+                                state: "unfinished",
+                                problems: vec!["no set manifest yet: the set capture did not \
+                                                finish"
+                                    .into()],
+                                disks: Vec::new(),
+                            });
+                            m.generations.len() - 1
+                        }
+                    };
+                    m.generations[at].disks.push(ShipDisk {
+                        disk: k,
+                        stream: c.name.clone(),
+                        size: g.disk_size,
+                        boot: false,
+                        os: String::new(),
+                    });
+                    m.disks = m.disks.max(k + 1);
+                }
+                continue;
+            }
+            let i = entry(&mut machines, &c.name, "disk", 1);
+            for g in &c.generations {
+                machines[i].generations.push(ShipGeneration {
+                    generation: g.generation,
+                    medium: medium.clone(),
+                    state: g.state,
+                    problems: g.damage.clone().into_iter().collect(),
+                    disks: vec![ShipDisk {
+                        disk: 0,
+                        stream: c.name.clone(),
+                        size: g.disk_size,
+                        boot: false,
+                        os: String::new(),
+                    }],
+                });
+            }
+        }
+    }
+    for m in &mut machines {
+        m.generations
+            .sort_by(|a, b| (a.generation, &a.medium).cmp(&(b.generation, &b.medium)));
+        let newest = m.generations.iter().map(|g| g.generation).max();
+        m.complete = m
+            .generations
+            .iter()
+            .any(|g| Some(g.generation) == newest && g.state == "complete");
+    }
+    machines.sort_by(|a, b| a.name.cmp(&b.name));
+    Shipment {
+        media: media.len(),
+        complete: machines.iter().all(|m| m.complete),
+        machines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_expand_a_pattern_a_list_or_one_disk() {
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            targets_of(&t(&["file:db-{disk}.raw"]), 2, None).unwrap(),
+            [
+                (0, "file:db-0.raw".to_string()),
+                (1, "file:db-1.raw".to_string())
+            ]
+        );
+        assert_eq!(
+            targets_of(&t(&["file:a", "file:b"]), 2, None).unwrap(),
+            [(0, "file:a".to_string()), (1, "file:b".to_string())]
+        );
+        assert_eq!(
+            targets_of(&t(&["file:db-{disk}.raw"]), 2, Some(1)).unwrap(),
+            [(1, "file:db-1.raw".to_string())]
+        );
+        for (ts, only) in [
+            (t(&["file:a"]), None),
+            (t(&["file:a", "file:b", "file:c"]), None),
+            (t(&["file:a", "file:b"]), Some(0)),
+            (t(&["file:a"]), Some(2)),
+        ] {
+            let e = targets_of(&ts, 2, only).unwrap_err().to_string();
+            assert!(e.contains("--target") || e.contains("--disk"), "{e}");
+        }
+    }
+}

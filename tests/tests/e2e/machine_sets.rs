@@ -1,0 +1,448 @@
+//! Machine sets end to end (issue #15): a two-disk machine (the sample
+//! bootable disk as disk 0, a data disk as disk 1) captured as one set,
+//! signed; keyless verify; `inspect` of the set; ingest with a `{disk}`
+//! pattern (both volumes bit-identical to the sources), `--disk 1` alone,
+//! a delta of the set, a tampered set refused; a shipment listing over two
+//! media; and the two-disk machine booted under QEMU TCG with both disks.
+//!
+//! Needs the sample disk's tools (busybox-static, linux-image-amd64,
+//! grub-pc-bin, e2fsprogs, fdisk), qemu-system-x86 for the boot, and
+//! `cargo build --workspace` first.
+
+use mgear_tests::{output_text, same_file, Env};
+
+/// A data disk with text, random-looking bytes and zero runs.
+fn data_disk(seed: u8) -> Vec<u8> {
+    let mut d = vec![0u8; 6 << 20];
+    for (i, b) in d[..1 << 20].iter_mut().enumerate() {
+        *b = b"MotionGear /srv data "[i % 21];
+    }
+    let mut x = u32::from(seed) | 1;
+    for b in d[3 << 20..4 << 20].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    d
+}
+
+/// Env with target key, site key, the sample disk 0 and a data disk 1.
+fn machine() -> Env {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    let d0 = e.s("disk0.raw");
+    e.ok(&["boot", "--build-sample", &d0, "--marker", "set-e2e"]);
+    std::fs::write(e.p("disk1.raw"), data_disk(7)).unwrap();
+    e
+}
+
+fn capture(e: &Env, m: &str, extra: &[&str]) -> serde_json::Value {
+    let (d0, d1) = (e.s("disk0.raw"), e.s("disk1.raw"));
+    let mut a = vec![
+        "capture",
+        "--medium",
+        m,
+        "--name",
+        "db01",
+        "--source",
+        &d0,
+        "--source",
+        &d1,
+        "--recipient",
+        "target.pub",
+        "--sign",
+        "site.key",
+    ];
+    a.extend_from_slice(extra);
+    e.json(&a)
+}
+
+fn ingest(e: &Env, m: &str, extra: &[&str]) -> serde_json::Value {
+    let mut a = vec![
+        "ingest",
+        "--medium",
+        m,
+        "--name",
+        "db01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ];
+    a.extend_from_slice(extra);
+    e.json(&a)
+}
+
+#[test]
+fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
+    let e = machine();
+    let m = e.fat("m.img", "256MiB");
+
+    let c = capture(&e, &m, &[]);
+    assert_eq!(c["generation"], 1, "{c}");
+    let disks = c["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2, "{c}");
+    assert_eq!(disks[0]["stream"], "db01.d0");
+    assert_eq!(disks[1]["stream"], "db01.d1");
+    // The sample disk boots (MBR, GRUB) and holds Linux; the data disk does not boot.
+    assert_eq!(disks[0]["boot"], true, "{c}");
+    assert_eq!(disks[0]["table"], "mbr", "{c}");
+    assert!(!disks[0]["os"].as_str().unwrap().is_empty(), "{c}");
+    assert_eq!(disks[1]["boot"], false, "{c}");
+    assert_eq!(disks[1]["table"], "none", "{c}");
+    assert_eq!(disks[1]["size"], 6 << 20);
+    assert_eq!(disks[0]["sector_size"], 512);
+    assert!(
+        c["receipt"]["commit_digest"].is_string(),
+        "the set is signed: {c}"
+    );
+
+    // Keyless verify covers the set and both streams.
+    let v = e.json(&["verify", "--medium", &m]);
+    assert_eq!(v["ok"], true, "{v}");
+    // Keyed: every disk decrypts, the set's MAC and binding hold, the set
+    // and both disks are vouched for by the pinned site key.
+    let v = e.json(&[
+        "verify",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v.to_string().contains("db01.d1"), "{v}");
+
+    // inspect shows the set, its disks in order, and one machine.
+    let i = e.json(&["inspect", "--medium", &m]);
+    let s = &i["sets"][0];
+    assert_eq!(s["name"], "db01", "{i}");
+    assert_eq!(s["generations"][0]["complete"], true, "{i}");
+    assert_eq!(s["generations"][0]["disks"][1]["stream"], "db01.d1", "{i}");
+    let ship = &i["shipment"]["machines"];
+    assert_eq!(ship.as_array().unwrap().len(), 1, "{i}");
+    assert_eq!(ship[0]["kind"], "set");
+    assert_eq!(ship[0]["disks"], 2);
+    let text = String::from_utf8_lossy(&e.ok(&["inspect", "--medium", &m]).stdout).into_owned();
+    assert!(text.contains("set db01"), "{text}");
+    assert!(text.contains("disk 1 db01.d1"), "{text}");
+
+    // Ingest with a pattern: both volumes are the sources, bit for bit.
+    let r = ingest(&e, &m, &["--target", "file:out-{disk}.raw"]);
+    assert_eq!(r["disks"].as_array().unwrap().len(), 2, "{r}");
+    same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
+    same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+
+    // One disk of the set alone.
+    let r = ingest(&e, &m, &["--disk", "1", "--target", "file:only1.raw"]);
+    assert_eq!(r["disks"][0]["disk"], 1, "{r}");
+    same_file(&e.p("only1.raw"), &e.p("disk1.raw"));
+    assert!(!e.p("only0.raw").exists());
+
+    // A plain --target for a set says what to do instead.
+    let o = e.run(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "db01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--target",
+        "file:x.raw",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(output_text(&o).contains("{disk}"), "{}", output_text(&o));
+
+    // A delta of the set: disk 1 changed, disk 0 did not.
+    let mut d1 = data_disk(7);
+    d1[5 << 20..(5 << 20) + 4096].fill(0xab);
+    std::fs::write(e.p("disk1.raw"), &d1).unwrap();
+    let c2 = capture(&e, &m, &["--delta"]);
+    assert_eq!(c2["generation"], 2, "{c2}");
+    assert_eq!(c2["parent"], 1, "{c2}");
+    let stored: Vec<u64> = c2["captured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["stored_chunks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        stored,
+        [0, 1],
+        "only the changed chunk of disk 1 is stored: {c2}"
+    );
+    assert_eq!(e.json(&["verify", "--medium", &m])["ok"], true);
+    ingest(
+        &e,
+        &m,
+        &["--target", "file:g2-{disk}.raw", "--expect-generation", "2"],
+    );
+    same_file(&e.p("g2-0.raw"), &e.p("disk0.raw"));
+    same_file(&e.p("g2-1.raw"), &e.p("disk1.raw"));
+    // A full copy again is refused: the set is captured.
+    let (d0, d1p) = (e.s("disk0.raw"), e.s("disk1.raw"));
+    let o = e.run(&[
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "db01",
+        "--source",
+        &d0,
+        "--source",
+        &d1p,
+        "--recipient",
+        "target.pub",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(output_text(&o).contains("--delta"), "{}", output_text(&o));
+    // Nor is one disk of the set captured alone.
+    let o = e.run(&[
+        "capture", "--medium", &m, "--name", "db01.d1", "--source", &d1p, "--delta",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("machine set db01"),
+        "{}",
+        output_text(&o)
+    );
+
+    // A shipment of two media: the set here, a single-disk capture there.
+    let m2 = e.fat("m2.img", "64MiB");
+    let d1s = e.s("disk1.raw");
+    e.json(&[
+        "capture",
+        "--medium",
+        &m2,
+        "--name",
+        "web01",
+        "--source",
+        &d1s,
+        "--recipient",
+        "target.pub",
+    ]);
+    let i = e.json(&["inspect", "--medium", &m, "--medium", &m2]);
+    assert_eq!(i["shipment"]["media"], 2, "{i}");
+    let machines = i["shipment"]["machines"].as_array().unwrap();
+    let names: Vec<&str> = machines
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db01", "web01"], "{i}");
+    assert_eq!(machines[0]["generations"].as_array().unwrap().len(), 2);
+    assert_eq!(machines[1]["kind"], "disk");
+    assert_eq!(i["shipment"]["complete"], true, "{i}");
+}
+
+#[test]
+fn a_set_with_a_dropped_disk_is_refused() {
+    let e = machine();
+    // A dir: medium, so a disk can be dropped with a plain rm.
+    let dir = e.p("medium-dir");
+    std::fs::create_dir(&dir).unwrap();
+    let spec = format!("dir:{}", dir.display());
+    let c = e.run(&[
+        "capture",
+        "--medium",
+        &spec,
+        "--name",
+        "db01",
+        "--source",
+        &e.s("disk0.raw"),
+        "--source",
+        &e.s("disk1.raw"),
+        "--recipient",
+        "target.pub",
+        "--sign",
+        "site.key",
+    ]);
+    assert!(c.status.success(), "{}", output_text(&c));
+    std::fs::remove_dir_all(dir.join("MGEAR/db01.d1")).unwrap();
+    let v = e.run(&["verify", "--medium", &spec, "--json"]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(output_text(&v).contains("dropped"), "{}", output_text(&v));
+    let v = e.run(&[
+        "verify",
+        "--medium",
+        &spec,
+        "--identity",
+        "target.key",
+        "--name",
+        "db01",
+    ]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(output_text(&v).contains("dropped"), "{}", output_text(&v));
+    let o = e.run(&[
+        "ingest",
+        "--medium",
+        &spec,
+        "--name",
+        "db01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--target",
+        "file:out-{disk}.raw",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(!e.p("out-0.raw").exists(), "nothing is written");
+}
+
+#[test]
+fn a_two_disk_set_boots_with_both_disks_attached() {
+    let e = machine();
+    let m = e.fat("m.img", "256MiB");
+    capture(&e, &m, &[]);
+    let r = ingest(
+        &e,
+        &m,
+        &[
+            "--target",
+            "file:vm-{disk}.raw",
+            "--boot",
+            "--wait-for",
+            "MGEAR-BOOT-OK set-e2e",
+            "--timeout",
+            "300",
+        ],
+    );
+    assert_eq!(r["booted"], true, "{r}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.p(r["boot_report"].as_str().unwrap())).unwrap())
+            .unwrap();
+    let cmd: Vec<&str> = report["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let drives: Vec<&&str> = cmd.iter().filter(|a| a.contains("if=virtio")).collect();
+    assert_eq!(drives.len(), 2, "both disks attached: {cmd:?}");
+    assert!(
+        drives[0].contains("vm-0.raw") && drives[1].contains("vm-1.raw"),
+        "{cmd:?}"
+    );
+}
+
+#[test]
+fn an_interrupted_set_capture_resumes_with_the_same_command() {
+    let e = machine();
+    let m = e.fat("m.img", "256MiB");
+    // Disk 1 is unreadable the first time: disk 0 is captured, the set is not.
+    std::fs::rename(e.p("disk1.raw"), e.p("away.raw")).unwrap();
+    let (d0, d1) = (e.s("disk0.raw"), e.s("disk1.raw"));
+    let args = [
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "db01",
+        "--source",
+        &d0,
+        "--source",
+        &d1,
+        "--recipient",
+        "target.pub",
+        "--sign",
+        "site.key",
+        "--json",
+    ];
+    let o = e.run(&args);
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    // Not a set yet: keyless verify says so, inspect lists it as unfinished.
+    let v = e.run(&["verify", "--medium", &m]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(
+        output_text(&v).contains("not bound by a set manifest"),
+        "{}",
+        output_text(&v)
+    );
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert_eq!(i["shipment"]["machines"][0]["name"], "db01", "{i}");
+    assert_eq!(
+        i["shipment"]["machines"][0]["generations"][0]["state"], "unfinished",
+        "{i}"
+    );
+    assert_eq!(i["shipment"]["complete"], false, "{i}");
+
+    // The same command again: disk 0 is not read again, disk 1 is captured.
+    std::fs::rename(e.p("away.raw"), e.p("disk1.raw")).unwrap();
+    let o = e.ok(&args);
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["generation"], 1, "{c}");
+    assert!(
+        c["captured"][0].is_null(),
+        "disk 0 was already captured: {c}"
+    );
+    assert!(c["captured"][1].is_object(), "{c}");
+    assert_eq!(e.json(&["verify", "--medium", &m])["ok"], true);
+    ingest(&e, &m, &["--target", "file:out-{disk}.raw"]);
+    same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
+    same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+}
+
+#[test]
+fn a_set_captured_through_the_appliance_is_witnessed_disk_by_disk_and_as_a_set() {
+    use crate::appliance_util::Lab;
+    let mut lab = Lab::new(64);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.keygen();
+    lab.make_disk(4, 11);
+    std::fs::write(lab.p("disk1.raw"), data_disk(3)).unwrap();
+    let tty = lab.tty();
+    let out = lab.ok(&[
+        "capture",
+        "--source",
+        "disk.raw",
+        "--source",
+        "disk1.raw",
+        "--appliance",
+        &tty,
+        "--name",
+        "db01",
+        "--recipient",
+        "target.pub",
+        "--json",
+    ]);
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fp = lab.fingerprint();
+    // The set's COMMIT carries the appliance's witness signature.
+    let signers = c["receipt"]["signers"].to_string();
+    assert!(signers.contains("appliance"), "{c}");
+    for d in 0..2 {
+        assert!(
+            c["captured"][d]["receipt"]["signers"]
+                .to_string()
+                .contains("appliance"),
+            "disk {d}: {c}"
+        );
+    }
+    // Ingest through the appliance, trusting only its pinned fingerprint.
+    let o = lab.run(&[
+        "ingest",
+        "--trust-appliance",
+        &fp,
+        "--appliance",
+        &tty,
+        "--name",
+        "db01",
+        "--identity",
+        "target.key",
+        "--target",
+        "file:vol-{disk}.raw",
+        "--allow-unsealed",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&lab.p("vol-0.raw"), &lab.p("disk.raw"));
+    same_file(&lab.p("vol-1.raw"), &lab.p("disk1.raw"));
+    lab.stop();
+}
