@@ -59,9 +59,10 @@ declare -A dir_of=(
     [console]=firmware/fuzz
     [custody_log]=firmware/fuzz
     [attestation]=firmware/fuzz
+    [sync_wire]=host-tools/mgear/fuzz
 )
 all=(decode_structures verify_medium read_capture client server url
-    frame_decoder console custody_log attestation)
+    frame_decoder console custody_log attestation sync_wire)
 ((${#targets[@]})) || targets=("${all[@]}")
 for t in "${targets[@]}"; do
     if [[ -z "${dir_of[$t]:-}" ]]; then

@@ -29,6 +29,8 @@ pub mod keys;
 pub mod private;
 #[cfg(feature = "crypto")]
 mod reader;
+#[cfg(feature = "crypto")]
+pub mod record;
 #[cfg(all(test, feature = "crypto"))]
 mod scenarios;
 #[cfg(feature = "crypto")]
@@ -50,5 +52,7 @@ pub use encode::{ChunkEncoder, Cipher, EncodedChunk};
 pub use keys::{derive_subkey, unlock_data_key, ChunkIdKey, DataKey, Unlock};
 #[cfg(feature = "crypto")]
 pub use reader::{verify_full, CaptureReader, ChunkData};
+#[cfg(feature = "crypto")]
+pub use record::{RecordOpener, RecordSealer, StreamPlace};
 #[cfg(feature = "crypto")]
 pub use writer::{Appended, CaptureParams, CaptureSummary, CaptureWriter};

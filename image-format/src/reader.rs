@@ -407,7 +407,7 @@ impl<S: Store> CaptureReader<S> {
 
 /// Authenticates a fetched record (header already matched to the index):
 /// stored-bytes hash, AES-GCM under its segment key, zstd, keyed chunk id.
-fn open_fetched(
+pub(crate) fn open_fetched(
     cipher: &Cipher,
     chunk_id_key: &[u8; 32],
     capture_id: &[u8; 16],

@@ -154,31 +154,31 @@ pub struct CaptureSummary {
 
 /// Where a new record goes: its segment, record number and byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Position {
-    segment: u32,
-    record: u32,
-    offset: u64,
+pub(crate) struct Position {
+    pub(crate) segment: u32,
+    pub(crate) record: u32,
+    pub(crate) offset: u64,
 }
 
 /// A record ready to write: header and ciphertext, already decoded back.
-struct Sealed {
+pub(crate) struct Sealed {
     index: u64,
     pos: Position,
     flags: u8,
-    bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// What sealing a record needs from the writer (shared by sealing threads).
-struct SealCtx<'a> {
-    cipher: &'a Cipher,
-    capture_id: &'a [u8; 16],
-    generation: u32,
+pub(crate) struct SealCtx<'a> {
+    pub(crate) cipher: &'a Cipher,
+    pub(crate) capture_id: &'a [u8; 16],
+    pub(crate) generation: u32,
 }
 
 impl SealCtx<'_> {
     /// Encrypts `chunk` as the record at `pos`, then decodes the result
     /// exactly as a reader would and refuses it unless it gives the input back.
-    fn seal(&self, chunk: &EncodedChunk, pos: Position) -> Result<Sealed> {
+    pub(crate) fn seal(&self, chunk: &EncodedChunk, pos: Position) -> Result<Sealed> {
         let (payload, compressed) = match &chunk.body {
             Body::Data { bytes, compressed } => (bytes, *compressed),
             Body::Zero => {

@@ -2,9 +2,13 @@
 //!
 //! A boot counts only when a regex (a login prompt, the sample disk's
 //! `MGEAR-BOOT-OK` marker) appears on the guest's serial console before the
-//! deadline. Boot drivers implement [`Boot`]: [`LocalQemu`] now (QEMU with
-//! `-accel tcg -nic none`, ALWAYS: never KVM, never a guest network); libvirt,
-//! OpenStack and AWS later, one module each, returning the same [`BootReport`].
+//! deadline. This module holds what every driver shares (the target, the
+//! options, the [`BootReport`]) and the local driver, [`LocalQemu`] (QEMU with
+//! `-accel tcg -nic none`, ALWAYS: never KVM, never a guest network). Drivers
+//! implement only [`crate::Guest`] (start, console, state, stop); the proof
+//! itself (console watch, deadline, outcome, report) is
+//! [`crate::proof::prove_boot`], one routine for local QEMU, libvirt
+//! (`crate::libvirt`) and OpenStack Nova (`mgear_cloud::boot`).
 //!
 //! QEMU is killed on every exit path ([`QemuGuard`]'s `Drop`), including
 //! errors and panics in the watcher.
@@ -15,11 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::partition::{read_table, TableKind};
+use crate::proof::{prove_boot, ConsoleRead, Expectation, Guest, GuestState, Setup, Start};
 use crate::sample::{find_tool, run_tool};
 use crate::{inspect, BootError, ReadAt, Result};
 
@@ -300,16 +305,6 @@ impl BootReport {
     }
 }
 
-/// A way to boot a volume somewhere and watch it come up.
-pub trait Boot {
-    /// Driver name recorded in reports.
-    fn name(&self) -> &'static str;
-    /// Boot `spec.target` and wait for `spec.wait_for`. `Err` means the attempt
-    /// could not be made (usage, missing tool, I/O); a guest that did not come
-    /// up is `Ok` with an outcome other than [`Outcome::Booted`].
-    fn boot(&self, spec: &BootSpec) -> Result<BootReport>;
-}
-
 /// Boot with the embedded default driver, [`LocalQemu`].
 pub fn boot(spec: &BootSpec) -> Result<BootReport> {
     LocalQemu::new()?.boot(spec)
@@ -330,8 +325,6 @@ impl Drop for QemuGuard {
         let _ = self.0.wait();
     }
 }
-
-const LOG_CAP: usize = 256 * 1024;
 
 /// OVMF code and variable-template files, newest layout first.
 const OVMF_PAIRS: [(&str, &str); 2] = [
@@ -376,97 +369,6 @@ pub fn clean_console(raw: &[u8]) -> String {
         }
     }
     out
-}
-
-/// The serial console as clean text, built incrementally as QEMU writes it.
-#[derive(Default)]
-struct Console {
-    /// Bytes not yet cleaned: an escape sequence or UTF-8 character cut by a read.
-    pending: Vec<u8>,
-    /// Cleaned text; the front is dropped beyond twice [`LOG_CAP`].
-    text: String,
-    /// How far the regex has searched.
-    searched: usize,
-}
-
-/// Length of `b` up to an incomplete escape sequence or UTF-8 character at its end.
-fn complete_prefix(b: &[u8]) -> usize {
-    let mut cut = b.len();
-    if let Some(esc) = b.iter().rposition(|&c| c == 0x1b) {
-        let rest = &b[esc + 1..];
-        let complete = match rest.first() {
-            None => false,
-            Some(b'[') => rest[1..]
-                .iter()
-                .any(|c| c.is_ascii_alphabetic() || *c == b'~'),
-            Some(b'(' | b')') => rest.len() >= 2,
-            Some(_) => true,
-        };
-        if !complete {
-            cut = esc;
-        }
-    }
-    match std::str::from_utf8(&b[..cut]) {
-        Err(e) if e.error_len().is_none() => e.valid_up_to(),
-        _ => cut,
-    }
-}
-
-impl Console {
-    fn push(&mut self, chunk: &[u8]) {
-        self.pending.extend_from_slice(chunk);
-        let cut = complete_prefix(&self.pending);
-        let done: Vec<u8> = self.pending.drain(..cut).collect();
-        self.append(&done);
-    }
-
-    /// Clean whatever is pending (at the end of the stream).
-    fn flush(&mut self) {
-        let rest = std::mem::take(&mut self.pending);
-        self.append(&rest);
-    }
-
-    fn append(&mut self, raw: &[u8]) {
-        self.text.push_str(&clean_console(raw));
-        if self.text.len() > 2 * LOG_CAP {
-            let mut cut = self.text.len() - LOG_CAP;
-            while !self.text.is_char_boundary(cut) {
-                cut += 1;
-            }
-            self.text.drain(..cut);
-            self.searched = self.searched.saturating_sub(cut);
-        }
-    }
-
-    /// Search the text added since the last call (and a little before it, so a
-    /// match split across reads is still found).
-    fn find_new(&mut self, re: &regex::Regex) -> Option<String> {
-        let mut from = self.searched.saturating_sub(512).min(self.text.len());
-        while !self.text.is_char_boundary(from) {
-            from -= 1;
-        }
-        self.searched = self.text.len();
-        re.find(&self.text[from..]).map(|m| m.as_str().to_string())
-    }
-
-    /// The text of the last few KiB, where a firmware message that just
-    /// arrived is (a whole line split across reads included).
-    fn recent(&self) -> &str {
-        let mut cut = self.text.len().saturating_sub(4096);
-        while !self.text.is_char_boundary(cut) {
-            cut += 1;
-        }
-        &self.text[cut..]
-    }
-
-    /// The last `cap` bytes of text (cut at a character boundary).
-    fn tail(&self, cap: usize) -> String {
-        let mut cut = self.text.len().saturating_sub(cap);
-        while !self.text.is_char_boundary(cut) {
-            cut += 1;
-        }
-        self.text[cut..].to_string()
-    }
 }
 
 /// Read the first MiB and the size of a target, to look at its partition table.
@@ -700,14 +602,19 @@ impl LocalQemu {
     }
 }
 
-impl Boot for LocalQemu {
-    fn name(&self) -> &'static str {
-        "local-qemu"
+impl LocalQemu {
+    /// Boot `spec.target` and prove it came up ([`prove_boot`] over a [`QemuGuest`]).
+    /// `Err` means the attempt could not be made (usage, missing tool, I/O); a
+    /// guest that did not come up is `Ok` with an outcome other than [`Outcome::Booted`].
+    pub fn boot(&self, spec: &BootSpec) -> Result<BootReport> {
+        let expect = Expectation::new(&spec.wait_for, spec.timeout)?;
+        let mut guest = self.guest(spec)?;
+        prove_boot(&mut guest, &expect)
     }
 
-    fn boot(&self, spec: &BootSpec) -> Result<BootReport> {
-        let re = regex::Regex::new(&spec.wait_for)
-            .map_err(|e| BootError::Usage(format!("--wait-for is not a valid regex: {e}")))?;
+    /// The machine that boots `spec.target`, ready to start: firmware and bus
+    /// resolved, the QEMU command line built, UEFI's variable store copied.
+    pub fn guest(&self, spec: &BootSpec) -> Result<QemuGuest> {
         spec.target.check_exists()?;
         for d in &spec.data_disks {
             d.check_exists()?;
@@ -734,10 +641,61 @@ impl Boot for LocalQemu {
         let args = self.command(spec, firmware, bus, vars.as_deref())?;
         let mut command = vec![self.qemu.display().to_string()];
         command.extend(args.iter().cloned());
+        Ok(QemuGuest {
+            qemu: self.qemu.clone(),
+            args,
+            setup: Setup {
+                driver: "local-qemu".into(),
+                target: spec.target.to_string(),
+                firmware,
+                firmware_reason,
+                bus,
+                bus_reason,
+                command,
+                subject: "guest".into(),
+                console: "the serial console".into(),
+            },
+            _vars_dir: tmp,
+            child: None,
+            console: None,
+            reader: None,
+            err_reader: None,
+            ended: false,
+            stderr: String::new(),
+        })
+    }
+}
 
-        let start = Instant::now();
+/// One local QEMU process: its serial console is its stdout, a byte stream.
+/// QEMU is killed on every exit path ([`QemuGuard`]'s `Drop`).
+pub struct QemuGuest {
+    qemu: PathBuf,
+    args: Vec<String>,
+    setup: Setup,
+    /// Holds OVMF's variable store while QEMU runs.
+    _vars_dir: tempfile::TempDir,
+    child: Option<QemuGuard>,
+    console: Option<mpsc::Receiver<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    err_reader: Option<std::thread::JoinHandle<String>>,
+    /// stdout reached its end: QEMU exited or is exiting.
+    ended: bool,
+    stderr: String,
+}
+
+impl QemuGuest {
+    /// QEMU's stderr, once QEMU has closed it.
+    fn collect_stderr(&mut self) {
+        if let Some(h) = self.err_reader.take() {
+            self.stderr = h.join().unwrap_or_default();
+        }
+    }
+}
+
+impl Guest for QemuGuest {
+    fn start(&mut self) -> Result<Start> {
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(&args)
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -754,135 +712,95 @@ impl Boot for LocalQemu {
         let child = cmd
             .spawn()
             .map_err(|e| BootError::io(format!("starting {}", self.qemu.display()), e))?;
-        let mut guard = QemuGuard(child);
+        let guard = self.child.insert(QemuGuard(child));
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
         let mut stdout = guard
             .0
             .stdout
             .take()
             .ok_or_else(|| BootError::Format("QEMU stdout was not captured".into()))?;
-        let reader = std::thread::spawn(move || {
+        let mut stderr_pipe = guard
+            .0
+            .stderr
+            .take()
+            .ok_or_else(|| BootError::Format("QEMU stderr was not captured".into()))?;
+        self.reader = Some(std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = stdout.read(&mut buf) {
                 if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
                     break;
                 }
             }
-        });
-        let mut stderr_pipe = guard
-            .0
-            .stderr
-            .take()
-            .ok_or_else(|| BootError::Format("QEMU stderr was not captured".into()))?;
-        let err_reader = std::thread::spawn(move || {
+        }));
+        self.err_reader = Some(std::thread::spawn(move || {
             let mut s = Vec::new();
             let _ = stderr_pipe.read_to_end(&mut s);
             String::from_utf8_lossy(&s).into_owned()
-        });
+        }));
+        self.console = Some(rx);
+        Ok(Start::Running)
+    }
 
-        let mut console = Console::default();
-        let mut matched = None;
-        let mut time_to_marker = None;
-        let mut no_boot = None;
-        let outcome = loop {
-            let left = spec.timeout.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                break Outcome::TimedOut;
-            }
-            match rx.recv_timeout(left) {
-                Ok(chunk) => {
-                    console.push(&chunk);
-                    if let Some(m) = console.find_new(&re) {
-                        matched = Some(m);
-                        time_to_marker = Some(start.elapsed().as_secs_f64());
-                        break Outcome::Booted;
-                    }
-                    if let Some(line) = nothing_bootable(console.recent()) {
-                        no_boot = Some(line);
-                        break Outcome::NothingBootable;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => break Outcome::TimedOut,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = guard
-                        .0
-                        .wait()
-                        .map_err(|e| BootError::io("waiting for QEMU", e))?;
-                    console.flush();
-                    if let Some(m) = console.find_new(&re) {
-                        matched = Some(m);
-                        time_to_marker = Some(start.elapsed().as_secs_f64());
-                        break Outcome::Booted;
-                    }
-                    break if status.success() {
-                        Outcome::GuestStopped
-                    } else {
-                        Outcome::QemuFailed
-                    };
-                }
-            }
+    fn console(&mut self, wait: Duration) -> Result<ConsoleRead> {
+        let Some(rx) = &self.console else {
+            return Ok(ConsoleRead::Ended);
         };
-        if outcome == Outcome::Booted {
-            // Let the matched line finish, for the log only (at most 1 s).
-            let grace = Instant::now() + Duration::from_secs(1);
-            while !console.text.ends_with('\n') {
-                let left = grace.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(chunk) if !left.is_zero() => console.push(&chunk),
-                    _ => break,
-                }
+        match rx.recv_timeout(wait) {
+            Ok(chunk) => Ok(ConsoleRead::Bytes(chunk)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(ConsoleRead::Nothing),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                self.ended = true;
+                Ok(ConsoleRead::Ended)
             }
         }
-        let status = guard.0.try_wait().ok().flatten();
-        drop(guard);
-        let _ = reader.join();
-        let qemu_stderr = err_reader.join().unwrap_or_default();
-        let elapsed = start.elapsed().as_secs_f64();
-        console.flush();
-        let console_log = console.tail(LOG_CAP);
-        let detail = match outcome {
-            Outcome::Booted => format!(
-                "guest printed {:?} after {:.1} s",
-                matched.as_deref().unwrap_or_default(),
-                time_to_marker.unwrap_or_default()
-            ),
-            Outcome::TimedOut => format!(
-                "no match for {:?} on the serial console within {} s",
-                spec.wait_for,
-                spec.timeout.as_secs()
-            ),
-            Outcome::GuestStopped => format!(
-                "the guest powered off or rebooted after {elapsed:.1} s without printing {:?}",
-                spec.wait_for
-            ),
-            Outcome::NothingBootable => {
-                nothing_bootable_detail(no_boot.as_deref().unwrap_or_default(), elapsed)
-            }
-            Outcome::QemuFailed => format!(
-                "QEMU exited with {}: {}",
-                status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "an error".into()),
-                qemu_stderr.trim()
-            ),
+    }
+
+    fn state(&mut self) -> Result<GuestState> {
+        // Until stdout ends, QEMU may still have console output on its way.
+        if !self.ended {
+            return Ok(GuestState::Running);
+        }
+        let Some(guard) = self.child.as_mut() else {
+            return Ok(GuestState::Stopped {
+                how: "QEMU was not running".into(),
+            });
         };
-        Ok(BootReport {
-            driver: self.name().into(),
-            target: spec.target.to_string(),
-            firmware,
-            firmware_reason,
-            bus,
-            bus_reason,
-            wait_for: spec.wait_for.clone(),
-            outcome,
-            matched,
-            time_to_marker_secs: time_to_marker,
-            elapsed_secs: elapsed,
-            detail,
-            console_log,
-            qemu_stderr,
-            command,
+        let status = guard
+            .0
+            .wait()
+            .map_err(|e| BootError::io("waiting for QEMU", e))?;
+        self.collect_stderr();
+        Ok(if status.success() {
+            GuestState::Stopped {
+                how: "the guest powered off or rebooted".into(),
+            }
+        } else {
+            GuestState::Failed {
+                detail: format!("QEMU exited with {status}: {}", self.stderr.trim()),
+            }
         })
+    }
+
+    fn stop(&mut self) {
+        drop(self.child.take());
+        drop(self.console.take());
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+        self.collect_stderr();
+    }
+
+    fn log(&mut self) -> String {
+        self.stderr.clone()
+    }
+
+    fn setup(&self) -> Setup {
+        self.setup.clone()
+    }
+
+    fn grace(&self) -> Duration {
+        // The rest of the matched line is usually in QEMU's next write.
+        Duration::from_secs(1)
     }
 }
 
@@ -986,24 +904,5 @@ mod tests {
             assert_eq!(fw, Firmware::Bios);
             assert!(why.contains("MBR"), "{why}");
         }
-    }
-
-    #[test]
-    fn console_handles_split_escapes_and_characters() {
-        let re = regex::Regex::new("login: $").unwrap();
-        let mut c = Console::default();
-        c.push(b"Debian \x1b[");
-        assert_eq!(c.find_new(&re), None);
-        c.push(b"1mGNU\x1b[0m \xC3");
-        c.push(b"\xA9 login: ");
-        assert_eq!(c.find_new(&re).as_deref(), Some("login: "));
-        assert_eq!(c.tail(1000), "Debian GNU \u{e9} login: ");
-        // Bytes held back at the end of the stream are cleaned by flush.
-        let mut c = Console::default();
-        c.push(b"OK \xC3");
-        assert_eq!(c.tail(100), "OK ");
-        c.flush();
-        assert!(c.pending.is_empty());
-        assert_eq!(c.tail(100), "OK \u{fffd}");
     }
 }

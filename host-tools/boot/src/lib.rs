@@ -2,12 +2,15 @@
 //!
 //! - [`sample`]: build a small bootable Linux disk (MBR, ext4, GRUB, Debian kernel,
 //!   busybox initramfs that mounts the disk and prints a marker) without root.
-//! - [`boot`]: boot a volume under a [`boot::Boot`] driver (local QEMU, TCG only,
-//!   no guest network) and prove it came up by a regex on the serial console.
+//! - [`proof`]: the boot proof, once for every driver: [`prove_boot`] starts a
+//!   [`Guest`] (a driver's machine: start, console, state, stop), watches its
+//!   console for a regex until the deadline and writes the [`BootReport`].
+//! - [`boot`]: targets, options and reports, and [`LocalQemu`], the local
+//!   driver (TCG only, no guest network).
 //! - [`inspect`] and [`profile`]: read a disk's partition table, filesystems and
 //!   Linux driver set, and check them against a target cloud's profile before shipping.
 //! - [`libvirt`]: the `libvirt:POOL/NAME` target (upload to a storage pool) and
-//!   [`LibvirtBoot`], the same boot proof as a libvirt domain.
+//!   [`LibvirtBoot`], whose [`Guest`] is a libvirt domain.
 //! - [`adapt`]: driver adaptation through `virt-v2v-in-place`.
 
 pub mod adapt;
@@ -17,15 +20,17 @@ pub mod inspect;
 pub mod libvirt;
 pub mod partition;
 pub mod profile;
+pub mod proof;
 pub mod sample;
 
 pub use adapt::{adapt, AdaptReport};
-pub use boot::{boot, Boot, BootReport, BootSpec, Bus, Firmware, LocalQemu, Outcome, Target};
+pub use boot::{boot, BootReport, BootSpec, Bus, Firmware, LocalQemu, Outcome, QemuGuest, Target};
 pub use inspect::{inspect_disk, inspect_path, DiskFacts};
-pub use libvirt::{upload_volume, LibvirtBoot, LibvirtTarget, VolumeRef};
+pub use libvirt::{upload_volume, LibvirtBoot, LibvirtGuest, LibvirtTarget, VolumeRef};
 pub use profile::{
     check_profile, profile_by_name, profile_names, Finding, Severity, TargetProfile,
 };
+pub use proof::{prove_boot, ConsoleRead, Expectation, Guest, GuestState, Setup, Start};
 pub use sample::{build_sample_disk, Drivers, SampleDisk, SampleDiskOptions};
 
 use std::io::{Read, Seek, SeekFrom};

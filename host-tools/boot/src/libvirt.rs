@@ -5,29 +5,25 @@
 //! libvirt headers are needed to build. The domain is always `type='qemu'`
 //! (TCG, never KVM), has no network interface at all (libvirt starts QEMU with
 //! `-nodefaults`, so none appears implicitly), and writes its serial console
-//! to a file that [`LibvirtBoot`] polls for the marker regex. The domain is
-//! destroyed and undefined on every exit path ([`DomainGuard`]) unless
+//! to a file that [`LibvirtGuest`] polls; [`crate::prove_boot`] watches it for
+//! the marker regex like every driver's console. The domain is destroyed and
+//! undefined on every exit path ([`LibvirtGuest`]'s `stop` and `Drop`) unless
 //! [`LibvirtBoot::keep_domain`] asks to keep it.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::boot::{
-    bus_for, clean_console, nothing_bootable, nothing_bootable_detail, Boot, BootReport, BootSpec,
-    Bus, Firmware, Outcome, Target,
-};
+use crate::boot::{bus_for, BootReport, BootSpec, Bus, Firmware, Outcome, Target};
 use crate::inspect;
+use crate::proof::{prove_boot, ConsoleRead, Expectation, Guest, GuestState, Setup, Start};
 use crate::sample::{find_tool, run_tool};
 use crate::{BootError, Result};
 
 /// The system libvirt daemon, the one `scripts/libvirtd.sh` starts.
 pub const DEFAULT_CONN: &str = "qemu:///system";
-
-/// Console text kept in the report (the last 256 KiB), as for local QEMU.
-const LOG_CAP: usize = 256 * 1024;
 
 /// How often the serial log and the domain state are polled.
 const POLL: Duration = Duration::from_millis(200);
@@ -229,22 +225,6 @@ impl LibvirtBoot {
     }
 }
 
-/// Destroys and undefines the domain when dropped, whatever path leaves `boot`.
-struct DomainGuard<'a> {
-    conn: &'a str,
-    name: String,
-    keep: bool,
-}
-
-impl Drop for DomainGuard<'_> {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = virsh(self.conn, &["destroy", &self.name]);
-            let _ = virsh(self.conn, &["undefine", "--nvram", &self.name]);
-        }
-    }
-}
-
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -343,22 +323,19 @@ fn resolve_firmware(spec: &BootSpec, facts: Option<&inspect::DiskFacts>) -> (Fir
 }
 
 /// Read what was appended to the serial log since `offset`.
-fn read_new(path: &Path, offset: &mut u64, into: &mut Vec<u8>) -> Result<()> {
+fn read_new(path: &Path, offset: &mut u64) -> Result<Vec<u8>> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         // libvirt creates the file when QEMU starts.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(BootError::io(format!("opening {}", path.display()), e)),
     };
+    let mut new = Vec::new();
     f.seek(SeekFrom::Start(*offset))
-        .and_then(|_| f.read_to_end(into))
+        .and_then(|_| f.read_to_end(&mut new))
         .map(|n| *offset += n as u64)
         .map_err(|e| BootError::io(format!("reading {}", path.display()), e))?;
-    // Keep twice the cap so a marker split at the cut is still seen whole.
-    if into.len() > 2 * LOG_CAP {
-        into.drain(..into.len() - LOG_CAP);
-    }
-    Ok(())
+    Ok(new)
 }
 
 fn tail_str(s: &str, cap: usize) -> String {
@@ -378,16 +355,19 @@ fn domain_name() -> String {
     format!("mgear-boot-{}-{nanos}", std::process::id())
 }
 
-impl Boot for LibvirtBoot {
-    fn name(&self) -> &'static str {
-        "libvirt"
+impl LibvirtBoot {
+    /// Boot `spec.target` as a libvirt domain and prove it came up
+    /// ([`prove_boot`] over a [`LibvirtGuest`]). `spec.target` must be the
+    /// host path of a pool volume, e.g. [`VolumeRef::target`];
+    /// `spec.snapshot` boots it as a transient disk.
+    pub fn boot(&self, spec: &BootSpec) -> Result<BootReport> {
+        let expect = Expectation::new(&spec.wait_for, spec.timeout)?;
+        let mut guest = self.guest(spec)?;
+        prove_boot(&mut guest, &expect)
     }
 
-    /// `spec.target` must be the host path of a pool volume, e.g.
-    /// [`VolumeRef::target`]; `spec.snapshot` boots it as a transient disk.
-    fn boot(&self, spec: &BootSpec) -> Result<BootReport> {
-        let re = regex::Regex::new(&spec.wait_for)
-            .map_err(|e| BootError::Usage(format!("--wait-for is not a valid regex: {e}")))?;
+    /// The domain that boots `spec.target`, ready to define and start.
+    pub fn guest(&self, spec: &BootSpec) -> Result<LibvirtGuest> {
         let path = match &spec.target {
             Target::File(p) => p,
             other => {
@@ -427,116 +407,154 @@ impl Boot for LibvirtBoot {
         let xml_path = tmp.path().join("domain.xml");
         std::fs::write(&xml_path, &xml)
             .map_err(|e| BootError::io(format!("writing {}", xml_path.display()), e))?;
-        let xml_arg = path_arg(&xml_path)?;
-        let command: Vec<String> = ["virsh", "-c", &self.conn, "define", xml_arg]
+        let command: Vec<String> = ["virsh", "-c", &self.conn, "define", path_arg(&xml_path)?]
             .map(String::from)
             .to_vec();
-
-        virsh(&self.conn, &["define", xml_arg])?;
-        let guard = DomainGuard {
-            conn: &self.conn,
-            name: name.clone(),
+        Ok(LibvirtGuest {
+            conn: self.conn.clone(),
+            name,
             keep: self.keep_domain,
-        };
-        if self.keep_domain {
-            // The log must outlive this call when the domain does.
-            let _ = tmp.keep();
-        }
-        let start = Instant::now();
-        let started = virsh(&self.conn, &["start", &name]);
+            tmp: Some(tmp),
+            serial_log,
+            xml_path,
+            setup: Setup {
+                driver: "libvirt".into(),
+                target: format!("libvirt:{}/{}", vol.pool, vol.name),
+                firmware,
+                firmware_reason,
+                bus,
+                bus_reason,
+                command,
+                subject: "guest".into(),
+                console: "the serial console".into(),
+            },
+            defined: false,
+            offset: 0,
+            start_error: String::new(),
+            log: String::new(),
+        })
+    }
+}
 
-        let mut raw = Vec::new();
-        let mut offset = 0u64;
-        let mut matched = None;
-        let mut time_to_marker = None;
-        let mut start_error = String::new();
-        let outcome = if let Err(e) = started {
-            start_error = e.to_string();
-            Outcome::QemuFailed
-        } else {
-            loop {
-                read_new(&serial_log, &mut offset, &mut raw)?;
-                if let Some(m) = re.find(&clean_console(&raw)) {
-                    matched = Some(m.as_str().to_string());
-                    time_to_marker = Some(start.elapsed().as_secs_f64());
-                    break Outcome::Booted;
-                }
-                if nothing_bootable(&clean_console(&raw)).is_some() {
-                    break Outcome::NothingBootable;
-                }
-                let state = virsh(&self.conn, &["domstate", &name]).unwrap_or_default();
-                if !state.trim().starts_with("running") {
-                    // Whatever the guest printed before stopping counts.
-                    read_new(&serial_log, &mut offset, &mut raw)?;
-                    if let Some(m) = re.find(&clean_console(&raw)) {
-                        matched = Some(m.as_str().to_string());
-                        time_to_marker = Some(start.elapsed().as_secs_f64());
-                        break Outcome::Booted;
-                    }
-                    break if state.contains("crashed") {
-                        Outcome::QemuFailed
-                    } else {
-                        Outcome::GuestStopped
-                    };
-                }
-                if start.elapsed() >= spec.timeout {
-                    break Outcome::TimedOut;
-                }
-                std::thread::sleep(POLL);
-            }
-        };
-        drop(guard);
-        let elapsed = start.elapsed().as_secs_f64();
-        let console_log = tail_str(&clean_console(&raw), LOG_CAP);
-        // libvirt (through virtlogd) keeps QEMU's stderr in its per-domain log.
-        let qemu_log = std::fs::read(format!("/var/log/libvirt/qemu/{name}.log"))
+/// One libvirt domain (TCG, no network) whose serial console is a file
+/// polled every 200 ms. Destroyed and undefined when stopped or dropped,
+/// unless [`LibvirtBoot::keep_domain`] asked to keep it.
+pub struct LibvirtGuest {
+    conn: String,
+    name: String,
+    keep: bool,
+    /// Holds the domain XML and the serial log (kept on disk with the domain).
+    tmp: Option<tempfile::TempDir>,
+    serial_log: PathBuf,
+    xml_path: PathBuf,
+    setup: Setup,
+    /// Defined and not yet cleaned up.
+    defined: bool,
+    /// How far the serial log has been read.
+    offset: u64,
+    start_error: String,
+    log: String,
+}
+
+impl LibvirtGuest {
+    /// libvirt (through virtlogd) keeps QEMU's stderr in its per-domain log.
+    fn qemu_log(&self) -> String {
+        std::fs::read(format!("/var/log/libvirt/qemu/{}.log", self.name))
             .map(|b| tail_str(&String::from_utf8_lossy(&b), 16 * 1024))
-            .unwrap_or_default();
-        let qemu_stderr = if start_error.is_empty() {
+            .unwrap_or_default()
+    }
+
+    fn log_now(&self) -> String {
+        let qemu_log = self.qemu_log();
+        if self.start_error.is_empty() {
             qemu_log
         } else {
-            format!("{start_error}\n{qemu_log}")
-        };
-        let detail = match outcome {
-            Outcome::Booted => format!(
-                "guest printed {:?} after {:.1} s",
-                matched.as_deref().unwrap_or_default(),
-                time_to_marker.unwrap_or_default()
-            ),
-            Outcome::TimedOut => format!(
-                "no match for {:?} on the serial console within {} s",
-                spec.wait_for,
-                spec.timeout.as_secs()
-            ),
-            Outcome::GuestStopped => format!(
-                "the guest powered off or rebooted after {elapsed:.1} s without printing {:?}",
-                spec.wait_for
-            ),
-            Outcome::NothingBootable => nothing_bootable_detail(
-                &nothing_bootable(&console_log).unwrap_or_default(),
-                elapsed,
-            ),
-            Outcome::QemuFailed => {
-                format!("libvirt could not run the domain: {}", qemu_stderr.trim())
+            format!("{}\n{qemu_log}", self.start_error)
+        }
+    }
+
+    fn undefine(&mut self) {
+        if self.defined && !self.keep {
+            let _ = virsh(&self.conn, &["destroy", &self.name]);
+            let _ = virsh(&self.conn, &["undefine", "--nvram", &self.name]);
+        }
+        self.defined = false;
+    }
+}
+
+impl Guest for LibvirtGuest {
+    fn start(&mut self) -> Result<Start> {
+        virsh(&self.conn, &["define", path_arg(&self.xml_path)?])?;
+        self.defined = true;
+        if self.keep {
+            // The log must outlive this call when the domain does.
+            if let Some(tmp) = self.tmp.take() {
+                let _ = tmp.keep();
             }
-        };
-        Ok(BootReport {
-            driver: self.name().into(),
-            target: format!("libvirt:{}/{}", vol.pool, vol.name),
-            firmware,
-            firmware_reason,
-            bus,
-            bus_reason,
-            wait_for: spec.wait_for.clone(),
-            outcome,
-            matched,
-            time_to_marker_secs: time_to_marker,
-            elapsed_secs: elapsed,
-            detail,
-            console_log,
-            qemu_stderr,
-            command,
+        }
+        match virsh(&self.conn, &["start", &self.name]) {
+            Ok(_) => Ok(Start::Running),
+            Err(e) => {
+                self.start_error = e.to_string();
+                Ok(Start::NotRunning {
+                    outcome: Outcome::QemuFailed,
+                    detail: format!(
+                        "libvirt could not run the domain: {}",
+                        self.log_now().trim()
+                    ),
+                })
+            }
+        }
+    }
+
+    fn console(&mut self, wait: Duration) -> Result<ConsoleRead> {
+        let mut new = read_new(&self.serial_log, &mut self.offset)?;
+        if new.is_empty() && !wait.is_zero() {
+            std::thread::sleep(wait.min(POLL));
+            new = read_new(&self.serial_log, &mut self.offset)?;
+        }
+        Ok(if new.is_empty() {
+            ConsoleRead::Nothing
+        } else {
+            ConsoleRead::Bytes(new)
         })
+    }
+
+    fn state(&mut self) -> Result<GuestState> {
+        let state = virsh(&self.conn, &["domstate", &self.name]).unwrap_or_default();
+        Ok(if state.trim().starts_with("running") {
+            GuestState::Running
+        } else if state.contains("crashed") {
+            GuestState::Failed {
+                detail: format!(
+                    "libvirt could not run the domain: {}",
+                    self.log_now().trim()
+                ),
+            }
+        } else {
+            GuestState::Stopped {
+                how: "the guest powered off or rebooted".into(),
+            }
+        })
+    }
+
+    fn stop(&mut self) {
+        self.undefine();
+        self.log = self.log_now();
+    }
+
+    fn log(&mut self) -> String {
+        self.log.clone()
+    }
+
+    fn setup(&self) -> Setup {
+        self.setup.clone()
+    }
+}
+
+impl Drop for LibvirtGuest {
+    fn drop(&mut self) {
+        self.undefine();
     }
 }
 
@@ -615,14 +633,6 @@ mod tests {
             ),
             Err(BootError::Unsupported(_))
         ));
-    }
-
-    #[test]
-    fn console_cleaning_strips_escapes() {
-        assert_eq!(
-            clean_console(b"\x1b[2J\x1b[01;01HGRUB\r\nMGEAR-BOOT-OK x\r\n"),
-            "GRUB\nMGEAR-BOOT-OK x\n"
-        );
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Boot a machine from its Cinder volume through Nova, the way the cloud runs it, and prove it
-//! came up: the same proof as `mgear boot` (a regex on the serial console within a deadline),
-//! returned as the same [`mgear_boot::BootReport`].
+//! came up: the same proof as `mgear boot` ([`mgear_boot::prove_boot`]: a regex on the console
+//! within a deadline) over a Nova server as its [`Guest`], returned as the same
+//! [`mgear_boot::BootReport`].
 //!
 //! The server gets the flavor asked for, networks `"none"` and the volume at boot index 0
 //! ([`Nova::create_server_from_volume`]); ACTIVE is awaited (through the instance actions when
-//! Nova cannot show the server without Neutron). The console comes from
-//! `os-getConsoleOutput`; libvirt-based Nova stops serving it once the guest powers off, so a
-//! guest that prints its marker and powers off at once (the sample disk) is only seen reliably
-//! on the compute host's `instances/<server id>/console.log`: give [`NovaBootSpec::console_dir`]
-//! when this host is the compute host (the cloud lab's `MGEAR_CLOUD_NOVA_INSTANCES`).
+//! Nova cannot show the server without Neutron) in [`Guest::start`], so the regex's deadline
+//! counts from ACTIVE. The console comes from `os-getConsoleOutput`, polled every 2 s as the
+//! whole text; libvirt-based Nova stops serving it once the guest powers off, so a guest that
+//! prints its marker and powers off at once (the sample disk) is only seen reliably on the
+//! compute host's `instances/<server id>/console.log`: give [`NovaBootSpec::console_dir`] when
+//! this host is the compute host (the cloud lab's `MGEAR_CLOUD_NOVA_INSTANCES`).
 //!
 //! The server is left running when the proof succeeds (it is the migrated machine); the caller
 //! deletes it when it only wanted the proof.
@@ -17,14 +19,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mgear_boot::boot::clean_console;
-use mgear_boot::{BootReport, Bus, Firmware, Outcome};
+use mgear_boot::{
+    prove_boot, BootError, BootReport, Bus, ConsoleRead, Expectation, Firmware, Guest, GuestState,
+    Outcome, Setup, Start,
+};
 
-use crate::nova::{Nova, ServerState};
+use crate::nova::{Flavor, Nova, ServerState};
 use crate::{CloudError, Result, Session};
 
 const POLL: Duration = Duration::from_secs(2);
-/// Console text kept in the report (the same cap as the local drivers).
-const LOG_CAP: usize = 256 * 1024;
 
 /// What to boot and how to decide it came up.
 #[derive(Debug, Clone)]
@@ -66,8 +69,8 @@ pub struct NovaBoot {
 /// server); a server that failed to build or a guest that did not print the regex is `Ok` with
 /// an outcome other than [`Outcome::Booted`] and the server id (for the caller to delete).
 pub fn boot_from_volume(session: &Session, spec: &NovaBootSpec) -> Result<NovaBoot> {
-    let re = regex::Regex::new(&spec.wait_for)
-        .map_err(|e| CloudError::Config(format!("--wait-for is not a valid regex: {e}")))?;
+    let expect = Expectation::new(&spec.wait_for, spec.timeout)
+        .map_err(|e| CloudError::Config(e.to_string()))?;
     let nova = Nova::new(session);
     let flavor = match (nova.find_flavor(&spec.flavor)?, spec.create_flavor) {
         (Some(f), _) => f,
@@ -79,138 +82,177 @@ pub fn boot_from_volume(session: &Session, spec: &NovaBootSpec) -> Result<NovaBo
             )))
         }
     };
-    let start = Instant::now();
-    let server_id =
-        nova.create_server_from_volume(&spec.server_name, &flavor.id, &spec.volume_id)?;
-    let command = vec![
-        "POST /servers".to_string(),
-        format!("name={}", spec.server_name),
-        format!("flavorRef={} ({})", flavor.id, flavor.name),
-        "networks=none".to_string(),
-        format!(
-            "block_device_mapping_v2[0]=volume {} boot_index 0",
-            spec.volume_id
-        ),
-    ];
-    let mut console = String::new();
-    let mut matched = None;
-    let mut time_to_marker = None;
-    let mut active_after = None;
-    let mut failure = String::new();
+    let mut guest = NovaGuest {
+        nova,
+        spec,
+        flavor,
+        server_id: None,
+        active_after: None,
+        polled: false,
+        unavailable: 0,
+        shut_off: false,
+        error: None,
+    };
+    let proved = prove_boot(&mut guest, &expect);
+    if let Some(e) = guest.error.take() {
+        return Err(e);
+    }
+    let report = proved.map_err(|e| CloudError::Config(e.to_string()))?;
+    Ok(NovaBoot {
+        server_id: guest.server_id.unwrap_or_default(),
+        flavor_id: guest.flavor.id,
+        active_after_secs: guest.active_after,
+        report,
+    })
+}
 
-    let outcome = match nova.wait_active(&server_id, spec.active_timeout) {
-        Err(CloudError::ServerFailed { message, .. }) => {
-            failure = message;
-            Outcome::QemuFailed
+/// A Nova server booting from its volume, as a [`Guest`] of the boot proof.
+struct NovaGuest<'a> {
+    nova: Nova<'a>,
+    spec: &'a NovaBootSpec,
+    flavor: Flavor,
+    server_id: Option<String>,
+    active_after: Option<f64>,
+    /// The console was read at least once (later reads wait a poll interval first).
+    polled: bool,
+    /// Console requests in a row that found no console (404/409).
+    unavailable: u32,
+    shut_off: bool,
+    /// The API error that ended the attempt, returned as it is.
+    error: Option<CloudError>,
+}
+
+impl NovaGuest<'_> {
+    /// Keep `e` for the caller; the proof gets a description of it.
+    fn fail(&mut self, e: CloudError) -> BootError {
+        let b = BootError::ToolFailed {
+            tool: "OpenStack Nova".into(),
+            detail: e.to_string(),
+        };
+        self.error = Some(e);
+        b
+    }
+
+    fn id(&self) -> &str {
+        self.server_id.as_deref().unwrap_or("(not created)")
+    }
+}
+
+impl Guest for NovaGuest<'_> {
+    fn start(&mut self) -> mgear_boot::Result<Start> {
+        let t0 = Instant::now();
+        let id = self
+            .nova
+            .create_server_from_volume(
+                &self.spec.server_name,
+                &self.flavor.id,
+                &self.spec.volume_id,
+            )
+            .map_err(|e| self.fail(e))?;
+        self.server_id = Some(id.clone());
+        match self.nova.wait_active(&id, self.spec.active_timeout) {
+            Ok(()) => {
+                self.active_after = Some(t0.elapsed().as_secs_f64());
+                Ok(Start::Running)
+            }
+            Err(CloudError::ServerFailed { message, .. }) => Ok(Start::NotRunning {
+                outcome: Outcome::QemuFailed,
+                detail: format!("server {id} failed to build: {message}"),
+            }),
+            Err(CloudError::Timeout { last, .. }) => Ok(Start::NotRunning {
+                outcome: Outcome::TimedOut,
+                detail: format!(
+                    "server {id} not ACTIVE within {} s ({last})",
+                    self.spec.active_timeout.as_secs()
+                ),
+            }),
+            Err(e) => Err(self.fail(e)),
         }
-        Err(CloudError::Timeout { last, .. }) => {
-            failure = format!(
-                "not ACTIVE within {} s ({last})",
-                spec.active_timeout.as_secs()
-            );
-            Outcome::TimedOut
+    }
+
+    fn console(&mut self, wait: Duration) -> mgear_boot::Result<ConsoleRead> {
+        if self.shut_off {
+            return Ok(ConsoleRead::Nothing);
         }
-        Err(e) => return Err(e),
-        Ok(()) => {
-            active_after = Some(start.elapsed().as_secs_f64());
-            let watch_start = Instant::now();
-            let mut unavailable = 0u32;
-            loop {
-                let from_api = match nova.console_output(&server_id, None) {
-                    Ok(text) => {
-                        unavailable = 0;
-                        Some(text)
-                    }
-                    // 404 "Guest does not have a console available" / 409 "not running":
-                    // the guest stopped, or its console is not there yet.
-                    Err(CloudError::Http { status, .. }) if status == 404 || status == 409 => {
-                        unavailable += 1;
-                        None
-                    }
-                    Err(e) => return Err(e),
-                };
-                let from_file = spec
-                    .console_dir
-                    .as_ref()
-                    .and_then(|d| std::fs::read(d.join(&server_id).join("console.log")).ok())
-                    .map(|b| String::from_utf8_lossy(&b).into_owned());
-                // The longer view is the fuller one (the API may cut to the last lines).
-                let latest = [from_api, from_file]
-                    .into_iter()
-                    .flatten()
-                    .map(|t| clean_console(t.as_bytes()))
-                    .max_by_key(String::len);
-                if let Some(t) = latest {
-                    if t.len() >= console.len() {
-                        console = t;
-                    }
+        if self.polled {
+            std::thread::sleep(wait.min(POLL));
+        }
+        self.polled = true;
+        let id = self.id().to_string();
+        let from_api = match self.nova.console_output(&id, None) {
+            Ok(text) => {
+                self.unavailable = 0;
+                Some(text)
+            }
+            // 404 "Guest does not have a console available" / 409 "not running":
+            // the guest stopped, or its console is not there yet.
+            Err(CloudError::Http { status, .. }) if status == 404 || status == 409 => {
+                self.unavailable += 1;
+                None
+            }
+            Err(e) => return Err(self.fail(e)),
+        };
+        let from_file = self
+            .spec
+            .console_dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.join(&id).join("console.log")).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        // The longer view is the fuller one (the API may cut to the last lines).
+        let latest = [from_api, from_file]
+            .into_iter()
+            .flatten()
+            .max_by_key(|t| clean_console(t.as_bytes()).len());
+        Ok(match latest {
+            Some(t) => ConsoleRead::Whole(t.into_bytes()),
+            None => ConsoleRead::Nothing,
+        })
+    }
+
+    fn state(&mut self) -> mgear_boot::Result<GuestState> {
+        if self.unavailable >= 2 {
+            let id = self.id().to_string();
+            match self.nova.server_state(&id) {
+                Ok(ServerState::Other(status)) if status == "SHUTOFF" => {
+                    self.shut_off = true;
+                    return Ok(GuestState::Stopped {
+                        how: format!("server {id} shut off"),
+                    });
                 }
-                if let Some(m) = re.find(&console) {
-                    matched = Some(m.as_str().to_string());
-                    time_to_marker = Some(start.elapsed().as_secs_f64());
-                    break Outcome::Booted;
-                }
-                if unavailable >= 2 {
-                    if let ServerState::Other(status) = nova.server_state(&server_id)? {
-                        if status == "SHUTOFF" {
-                            break Outcome::GuestStopped;
-                        }
-                    }
-                }
-                if watch_start.elapsed() >= spec.timeout {
-                    break Outcome::TimedOut;
-                }
-                std::thread::sleep(POLL);
+                Ok(_) => {}
+                Err(e) => return Err(self.fail(e)),
             }
         }
-    };
-    let elapsed = start.elapsed().as_secs_f64();
-    let detail = match outcome {
-        Outcome::Booted => format!(
-            "server {server_id} printed {:?} {:.1} s after it was requested",
-            matched.as_deref().unwrap_or_default(),
-            time_to_marker.unwrap_or_default()
-        ),
-        Outcome::TimedOut if !failure.is_empty() => format!("server {server_id} {failure}"),
-        Outcome::TimedOut => format!(
-            "no match for {:?} on the console of server {server_id} within {} s of ACTIVE",
-            spec.wait_for,
-            spec.timeout.as_secs()
-        ),
-        Outcome::GuestStopped => format!(
-            "server {server_id} shut off after {elapsed:.1} s without printing {:?}",
-            spec.wait_for
-        ),
-        // QemuFailed is the only other outcome this driver produces (a failed build); written
-        // as a catch-all so outcomes the local drivers add need no arm here.
-        _ => format!("server {server_id} failed to build: {failure}"),
-    };
-    let mut cut = console.len().saturating_sub(LOG_CAP);
-    while !console.is_char_boundary(cut) {
-        cut += 1;
+        Ok(GuestState::Running)
     }
-    Ok(NovaBoot {
-        server_id: server_id.clone(),
-        flavor_id: flavor.id,
-        active_after_secs: active_after,
-        report: BootReport {
+
+    /// The server stays: when it booted it is the migrated machine, and
+    /// when it did not, the caller deletes it by its id.
+    fn stop(&mut self) {}
+
+    fn setup(&self) -> Setup {
+        let id = self.id();
+        Setup {
             driver: "openstack-nova".into(),
-            target: format!("cinder:{} (server {server_id})", spec.volume_id),
+            target: format!("cinder:{} (server {id})", self.spec.volume_id),
             firmware: Firmware::Bios,
             firmware_reason: "Nova's default (the volume sets no hw_firmware_type)".into(),
             bus: Bus::Virtio,
             bus_reason: "Nova's libvirt driver attaches volumes on virtio (no hw_disk_bus)".into(),
-            wait_for: spec.wait_for.clone(),
-            outcome,
-            matched,
-            time_to_marker_secs: time_to_marker,
-            elapsed_secs: elapsed,
-            detail,
-            console_log: console[cut..].to_string(),
-            qemu_stderr: String::new(),
-            command,
-        },
-    })
+            command: vec![
+                "POST /servers".to_string(),
+                format!("name={}", self.spec.server_name),
+                format!("flavorRef={} ({})", self.flavor.id, self.flavor.name),
+                "networks=none".to_string(),
+                format!(
+                    "block_device_mapping_v2[0]=volume {} boot_index 0",
+                    self.spec.volume_id
+                ),
+            ],
+            subject: format!("server {id}"),
+            console: format!("the console of server {id}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,10 +35,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mgear_boot::{
-    boot::{Boot, Bus, Firmware, Outcome, Target},
+    boot::{Bus, Firmware, Outcome, Target},
     inspect_path,
     libvirt::DEFAULT_CONN,
-    BootError, BootReport, BootSpec, Drivers, LibvirtBoot, SampleDiskOptions, Severity, VolumeRef,
+    prove_boot, BootError, BootReport, BootSpec, Drivers, Expectation, Guest, LibvirtBoot,
+    LocalQemu, SampleDiskOptions, Severity, VolumeRef,
 };
 
 use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
@@ -283,7 +284,8 @@ pub fn libvirt_err(e: BootError, what: &str) -> anyhow::Error {
     }
 }
 
-/// Boot with the driver the target needs.
+/// Boot with the driver the target needs: each driver only gives its
+/// [`Guest`]; the proof is the boot library's one routine.
 pub fn boot_resolved(target: &Resolved, opts: &BootOptions) -> anyhow::Result<BootReport> {
     boot_resolved_all(std::slice::from_ref(target), opts)
 }
@@ -309,11 +311,24 @@ pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> anyhow::Re
         snapshot: opts.snapshot,
         data_disks: targets[1..].iter().map(Resolved::local).collect(),
     };
+    let expect = Expectation::new(&spec.wait_for, spec.timeout).map_err(lib_err)?;
+    let libvirt = |e| libvirt_err(e, "booting the libvirt domain");
+    let mut guest: Box<dyn Guest> = match target {
+        Resolved::Local(_) => Box::new(
+            LocalQemu::new()
+                .and_then(|q| q.guest(&spec))
+                .map_err(lib_err)?,
+        ),
+        Resolved::Libvirt(_) => Box::new(
+            LibvirtBoot::new(DEFAULT_CONN)
+                .guest(&spec)
+                .map_err(libvirt)?,
+        ),
+    };
+    let proved = prove_boot(guest.as_mut(), &expect);
     match target {
-        Resolved::Local(_) => mgear_boot::boot(&spec).map_err(lib_err),
-        Resolved::Libvirt(_) => LibvirtBoot::new(DEFAULT_CONN)
-            .boot(&spec)
-            .map_err(|e| libvirt_err(e, "booting the libvirt domain")),
+        Resolved::Local(_) => proved.map_err(lib_err),
+        Resolved::Libvirt(_) => proved.map_err(libvirt),
     }
 }
 

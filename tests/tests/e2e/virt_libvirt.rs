@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mgear_boot::libvirt::DEFAULT_CONN;
 use mgear_boot::{
-    build_sample_disk, upload_volume, Boot, BootSpec, Bus, Drivers, LibvirtBoot, LibvirtTarget,
-    Outcome, SampleDiskOptions, VolumeRef,
+    build_sample_disk, upload_volume, BootSpec, Bus, Drivers, LibvirtBoot, LibvirtTarget, Outcome,
+    SampleDiskOptions, VolumeRef,
 };
 
 const POOL: &str = "mgear";

@@ -24,7 +24,7 @@ mod cutover;
 mod session;
 mod source;
 mod target;
-mod wire;
+pub mod wire;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

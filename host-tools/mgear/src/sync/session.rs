@@ -13,9 +13,13 @@
 //!   nonce ‖ target nonce): one AES-256-GCM key per direction and a proof key.
 //! - Key proofs: keyed blake3 (proof subkey) of "target"/"source" ‖ 0 ‖ name.
 //!   A side with a different data key learns it before any data moves.
+//! - Chunks travel as the format's own sealed records ([`record_place`]):
+//!   sealed by image-format's writer code (with its decode-back self-check)
+//!   under a segment key whose salt is fresh per session, opened by its
+//!   reader code (record number, stored hash, AEAD, zstd, keyed id).
 //! - After HELLO and WELCOME every frame is SEALED (see `wire.rs`): the
-//!   message type and payload (chunk index, length, flags, keyed id, data,
-//!   the id list, the final digest) are encrypted and authenticated, and the
+//!   message type and payload (chunk index, keyed id, record, the id list,
+//!   the final digest) are encrypted and authenticated, and the
 //!   n-th sealed frame of a direction only opens as the n-th, so nothing can
 //!   be dropped, replayed, reordered or moved into another session.
 //! - Origin: the source may sign the session ([`transcript`]) with the
@@ -32,15 +36,10 @@
 //!
 //! `n` counts sealed frames in that direction from 0; it is not sent.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use image_format::{derive_subkey, DataKey};
 use zeroize::Zeroizing;
 
-/// CHUNK flag: payload is zstd-compressed.
-pub const FLAG_ZSTD: u8 = 1;
-/// CHUNK flag: the chunk is all zeros; the payload is empty.
-pub const FLAG_ZERO: u8 = 2;
-const ZSTD_LEVEL: i32 = 3;
 /// What the source's Ed25519 signature covers, before the transcript hash.
 pub const SIGN_CONTEXT: &[u8] = b"MotionGear sync v2 session\0";
 
@@ -191,34 +190,23 @@ pub fn is_zero(b: &[u8]) -> bool {
     b.iter().all(|&x| x == 0)
 }
 
-/// Payload and flags for a chunk's plaintext: empty for zeros, zstd if smaller.
-pub fn pack(plaintext: &[u8]) -> anyhow::Result<(u8, Vec<u8>)> {
-    if is_zero(plaintext) {
-        return Ok((FLAG_ZERO, Vec::new()));
-    }
-    let c = zstd::bulk::compress(plaintext, ZSTD_LEVEL).context("zstd compression failed")?;
-    if c.len() < plaintext.len() {
-        Ok((FLAG_ZSTD, c))
-    } else {
-        Ok((0, plaintext.to_vec()))
-    }
-}
+/// Generation number of every sync record stream: no medium reaches it
+/// (generations count up from 1), so a sync record names no medium position.
+pub const SYNC_GENERATION: u32 = u32::MAX;
 
-/// Plaintext of an authenticated payload; fails if it does not give exactly `plain_len` bytes.
-pub fn unpack(flags: u8, payload: Vec<u8>, plain_len: u32) -> anyhow::Result<Vec<u8>> {
-    let want = plain_len as usize;
-    let out = match flags {
-        FLAG_ZERO if payload.is_empty() => vec![0u8; want],
-        FLAG_ZSTD => {
-            zstd::bulk::decompress(&payload, want).context("zstd payload does not decompress")?
-        }
-        0 => payload,
-        other => bail!("unknown chunk flags {other:#x}"),
-    };
-    if out.len() != want {
-        bail!("payload gives {} bytes, the record says {want}", out.len());
+/// Where the session's records sit in the format's key schedule: segment 0
+/// of [`SYNC_GENERATION`], under a segment key salted with both sides'
+/// fresh nonces. The source's nonce is new for every session, so the
+/// segment key, and with it every (key, record nonce) pair, is too.
+pub fn record_place(source_nonce: &[u8; 32], target_nonce: &[u8; 32]) -> image_format::StreamPlace {
+    let mut h = blake3::Hasher::new_derive_key("MotionGear sync v3 record stream salt");
+    h.update(source_nonce);
+    h.update(target_nonce);
+    image_format::StreamPlace {
+        generation: SYNC_GENERATION,
+        segment: 0,
+        salt: *h.finalize().as_bytes(),
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -307,24 +295,5 @@ mod tests {
         assert_ne!(t, transcript(b"hello", b"welcomf"));
         assert_ne!(t, transcript(b"hellow", b"elcome"));
         assert!(signed_message(&t).starts_with(SIGN_CONTEXT));
-    }
-
-    #[test]
-    fn pack_round_trips() {
-        let text: Vec<u8> = b"motiongear ".iter().cycle().take(65536).copied().collect();
-        let (f, p) = pack(&text).unwrap();
-        assert_eq!(f, FLAG_ZSTD);
-        assert!(p.len() < 1000);
-        assert_eq!(unpack(f, p, 65536).unwrap(), text);
-        let (f, p) = pack(&[0u8; 4096]).unwrap();
-        assert_eq!((f, p.len()), (FLAG_ZERO, 0));
-        assert_eq!(unpack(f, p, 4096).unwrap(), vec![0u8; 4096]);
-        let noise: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        let (f, p) = pack(&noise).unwrap();
-        assert_eq!(unpack(f, p, 4096).unwrap(), noise);
-        assert!(unpack(0, vec![1, 2], 3).is_err());
-        assert!(unpack(0x80, vec![], 0).is_err());
     }
 }

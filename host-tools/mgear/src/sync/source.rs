@@ -1,7 +1,8 @@
 //! The source side (`mgear sync`): read the disk (all of it, or only the
 //! chunks a qemu dirty bitmap marks), compare keyed ids with the target's,
-//! and send the chunks that differ as authenticated encrypted records,
-//! paced by a token bucket on bytes sent.
+//! and send the chunks that differ as the format's own sealed records
+//! (`image_format::RecordSealer`: the capture writer's sealing with its
+//! decode-back self-check), paced by a token bucket on bytes sent.
 //!
 //! A dropped connection is retried (`--retries`): the target's id list on
 //! reconnect already reflects what it applied, and chunks whose id this run
@@ -13,11 +14,13 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use image_format::{layout, DataKey};
+use image_format::{layout, DataKey, RecordSealer};
 use mgear_nbd::{Client, ConnectOptions};
 
 use super::session::{self, IdKey, Role, Session};
-use super::wire::{self, err, ty, Fields};
+use super::wire::{
+    self, err, ty, Applied, Chunk, ChunkBody, Done, Hello, Ids, Proof, Refusal, Welcome, WireError,
+};
 use crate::exit::{coded, usage, FOUND, IO, USAGE};
 use crate::ratelimit::RateLimiter;
 
@@ -260,10 +263,13 @@ pub fn run(
 
 /// Turn an ERROR frame from the target into a fatal error with the right exit code.
 fn refused(p: &[u8], peer: &str) -> Fail {
-    match wire::parse_error(p) {
+    match Refusal::decode(p) {
         // A full target frees a slot soon: like a dropped connection, retry.
-        Ok((err::BUSY, m)) => Fail::Retry(anyhow::anyhow!("the target {peer} is busy: {m}")),
-        Ok((code, m)) => {
+        Ok(Refusal {
+            code: err::BUSY,
+            message: m,
+        }) => Fail::Retry(anyhow::anyhow!("the target {peer} is busy: {m}")),
+        Ok(Refusal { code, message: m }) => {
             let exit = match code {
                 err::BAD_RECORD | err::UNTRUSTED => FOUND,
                 err::IO => IO,
@@ -274,7 +280,7 @@ fn refused(p: &[u8], peer: &str) -> Fail {
                 format!("the target {peer} refused the sync: {m}"),
             ))
         }
-        Err(e) => Fail::Fatal(e),
+        Err(e) => Fail::Fatal(coded(USAGE, format!("{peer}: {e}"))),
     }
 }
 
@@ -307,10 +313,10 @@ fn recv_sealed(r: &mut impl Read, s: &mut Session, peer: &str) -> Result<(u8, Ve
 /// Receive a frame; a protocol mismatch is fatal, a broken connection is not.
 fn recv(r: &mut impl Read, peer: &str) -> Result<(u8, Vec<u8>), Fail> {
     wire::recv(r, peer).map_err(|e| {
-        if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some()) {
-            Fail::Retry(e)
+        if e.is_transport() {
+            Fail::Retry(e.into())
         } else {
-            Fail::Fatal(coded(USAGE, format!("{e:#}")))
+            Fail::Fatal(coded(USAGE, e.to_string()))
         }
     })
 }
@@ -414,10 +420,12 @@ impl Run<'_> {
         let mut w = BufWriter::with_capacity(64 * 1024, w);
         let size = self.disk.size();
         let source_nonce = session::nonce().map_err(Fail::Fatal)?;
-        let mut hello = Vec::new();
-        wire::put_str(&mut hello, &name);
-        hello.extend_from_slice(&size.to_le_bytes());
-        hello.extend_from_slice(&source_nonce);
+        let hello = Hello {
+            name: name.clone(),
+            size,
+            nonce: source_nonce,
+        }
+        .encode();
         self.send(&mut w, ty::HELLO, &hello)?;
         w.flush()?;
 
@@ -437,19 +445,15 @@ impl Run<'_> {
             }
         }
         let fatal = |e: anyhow::Error| Fail::Fatal(coded(USAGE, format!("{peer}: {e:#}")));
-        let mut f = Fields::new(p, "WELCOME");
-        let capture_id: [u8; 16] = f.array().map_err(fatal)?;
-        let chunk_size = f.u32().map_err(fatal)?;
-        let vol_size = f.u64().map_err(fatal)?;
-        let count = f.u64().map_err(fatal)?;
-        let target_nonce: [u8; 32] = f.array().map_err(fatal)?;
-        let proof: [u8; 32] = f.array().map_err(fatal)?;
-        f.end().map_err(fatal)?;
-        if !layout::valid_chunk_size(chunk_size)
-            || count != layout::chunk_count(vol_size, chunk_size)
-        {
-            return Err(fatal(anyhow::anyhow!("WELCOME describes an impossible volume ({vol_size} bytes, chunk size {chunk_size}, {count} chunks)")));
-        }
+        let malformed = |e: WireError| fatal(e.into());
+        let Welcome {
+            capture_id,
+            chunk_size,
+            volume_size: vol_size,
+            chunk_count: count,
+            nonce: target_nonce,
+            proof,
+        } = Welcome::decode(p).map_err(malformed)?;
         let key = self.plan.key_for(&capture_id).cloned();
         if let (None, Some(mine)) = (&key, self.plan.capture_id) {
             let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
@@ -485,23 +489,32 @@ impl Run<'_> {
                 "the data key in the key cache for {name} does not open the target's capture {name} \
                  (a key cache from another capture, or the target ingested a different capture of that name)"
             );
-            let _ = wire::send(&mut w, ty::ERROR, &wire::error_payload(err::WRONG_KEY, &m))
-                .and_then(|_| w.flush());
+            let _ = wire::send(
+                &mut w,
+                ty::ERROR,
+                &Refusal::new(err::WRONG_KEY, &m).encode(),
+            )
+            .and_then(|_| w.flush());
             return Err(Fail::Fatal(coded(USAGE, m)));
         }
         let id_key = IdKey::derive(&key, &capture_id);
-        let mut proof = s.proof("source", &name).as_bytes().to_vec();
-        match &self.plan.signer {
-            Some(k) => {
+        let mut records = RecordSealer::new(
+            &key,
+            capture_id,
+            session::record_place(&source_nonce, &target_nonce),
+            chunk_size,
+            size,
+        )
+        .map_err(|e| fatal(e.into()))?;
+        let proof = Proof {
+            proof: *s.proof("source", &name).as_bytes(),
+            signed: self.plan.signer.as_ref().map(|k| {
                 use ed25519_dalek::Signer;
                 let m = session::signed_message(&session::transcript(&hello, &welcome));
-                proof.push(1);
-                proof.extend_from_slice(k.verifying_key().as_bytes());
-                proof.extend_from_slice(&k.sign(&m).to_bytes());
-            }
-            None => proof.push(0),
-        }
-        self.send_sealed(&mut w, &mut s, ty::PROOF, &proof)?;
+                (k.verifying_key().to_bytes(), k.sign(&m).to_bytes())
+            }),
+        };
+        self.send_sealed(&mut w, &mut s, ty::PROOF, &proof.encode())?;
         w.flush()?;
 
         let mut ids: Vec<[u8; 32]> = Vec::new();
@@ -517,19 +530,15 @@ impl Run<'_> {
                     )))
                 }
             }
-            let mut f = Fields::new(&p, "IDS");
-            let first = f.u64().map_err(fatal)?;
-            let n = f.u32().map_err(fatal)? as u64;
-            if first != ids.len() as u64 || n == 0 || n > count - first {
+            let part = Ids::decode(&p).map_err(malformed)?;
+            let (first, n) = (part.first, part.ids.len() as u64);
+            if first != ids.len() as u64 || n > count - first {
                 return Err(fatal(anyhow::anyhow!(
                     "IDS frame for chunks {first}..{} out of order",
-                    first + n
+                    first.saturating_add(n)
                 )));
             }
-            for _ in 0..n {
-                ids.push(f.array().map_err(fatal)?);
-            }
-            f.end().map_err(fatal)?;
+            ids.extend(part.ids);
         }
 
         self.stats.disk_size = size;
@@ -589,15 +598,22 @@ impl Run<'_> {
             let id = id_key.id(data);
             self.known.insert(index, id);
             if id != have {
-                let (flags, payload) = session::pack(data).map_err(Fail::Fatal)?;
+                let encoded = records
+                    .encoder()
+                    .encode(index, data)
+                    .map_err(|e| Fail::Fatal(e.into()))?;
+                let body = if encoded.is_zero() {
+                    ChunkBody::Zero
+                } else {
+                    ChunkBody::Record(records.seal(&encoded).map_err(|e| Fail::Fatal(e.into()))?)
+                };
                 seq += 1;
-                let mut p = Vec::with_capacity(45 + payload.len());
-                p.extend_from_slice(&index.to_le_bytes());
-                p.extend_from_slice(&len.to_le_bytes());
-                p.push(flags);
-                p.extend_from_slice(&id);
-                p.extend_from_slice(&payload);
-                self.send_sealed(&mut w, &mut s, ty::CHUNK, &p)?;
+                let chunk = Chunk {
+                    index,
+                    chunk_id: id,
+                    body,
+                };
+                self.send_sealed(&mut w, &mut s, ty::CHUNK, &chunk.encode())?;
                 self.stats.chunks_sent += 1;
                 self.stats.chunk_bytes_sent += len as u64;
                 if let Some(slot) = usize::try_from(index)
@@ -611,10 +627,8 @@ impl Run<'_> {
         }
         self.stats.bytes_skipped = size.saturating_sub(self.stats.bytes_read);
         let digest = session::volume_digest(size, chunk_size, &expected);
-        let mut done = Vec::with_capacity(40);
-        done.extend_from_slice(&seq.to_le_bytes());
-        done.extend_from_slice(&digest);
-        self.send_sealed(&mut w, &mut s, ty::DONE, &done)?;
+        let done = Done { sent: seq, digest };
+        self.send_sealed(&mut w, &mut s, ty::DONE, &done.encode())?;
         w.flush()?;
         let (t, p) = recv_sealed(&mut r, &mut s, &peer)?;
         match t {
@@ -627,11 +641,7 @@ impl Run<'_> {
                 )))
             }
         }
-        let mut f = Fields::new(&p, "APPLIED");
-        let _applied = f.u64().map_err(fatal)?;
-        let _bytes = f.u64().map_err(fatal)?;
-        let theirs: [u8; 32] = f.array().map_err(fatal)?;
-        f.end().map_err(fatal)?;
+        let theirs = Applied::decode(&p).map_err(malformed)?.digest;
         if theirs != digest {
             return Err(Fail::Fatal(coded(
                 FOUND,

@@ -1,5 +1,6 @@
 //! The target side (`mgear serve`): holds the ingested volume, tells the
-//! source which keyed chunk ids it has, and applies authenticated chunks.
+//! source which keyed chunk ids it has, and applies the chunks whose records
+//! image-format's record decoder (`image_format::RecordOpener`) opened.
 //!
 //! The id list is computed from the volume itself when `serve` starts (one
 //! full read) and updated after every chunk written, so it always describes
@@ -19,10 +20,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use image_format::{layout, DataKey};
+use image_format::{layout, DataKey, RecordOpener};
 
 use super::session::{self, IdKey, Role, Session};
-use super::wire::{self, err, ty, Fields};
+use super::wire::{self, err, ty, Chunk, ChunkBody, Done, Hello, Ids, Proof, Refusal, Welcome};
 use crate::exit::{coded, usage, FOUND, IO, USAGE};
 
 /// Sync the volume after this many bytes written.
@@ -137,7 +138,7 @@ impl ServedVolume {
 /// Send an ERROR to the peer (best effort; sealed once a session exists)
 /// and return the matching local error.
 fn refuse(w: &mut impl Write, s: Option<&mut Session>, code: u8, message: String) -> anyhow::Error {
-    let p = wire::error_payload(code, &message);
+    let p = Refusal::new(code, message.as_str()).encode();
     let sent = match s {
         Some(s) => s
             .seal(ty::ERROR, &p)
@@ -284,11 +285,11 @@ pub fn session<R: Read, W: Write>(
             format!("expected HELLO, got {}", wire::type_name(t)),
         ));
     }
-    let mut f = Fields::new(&hello, "HELLO");
-    let name = f.str()?;
-    let size = f.u64()?;
-    let source_nonce: [u8; 32] = f.array()?;
-    f.end()?;
+    let Hello {
+        name,
+        size,
+        nonce: source_nonce,
+    } = Hello::decode(&hello)?;
     // Names are compared without case (FAT keeps one directory for both);
     // the key proofs below bind the source's spelling, which both sides hold.
     if !name.eq_ignore_ascii_case(&cap.name) {
@@ -323,13 +324,15 @@ pub fn session<R: Read, W: Write>(
         Role::Target,
     );
     let count = layout::chunk_count(cap.volume_size, cap.chunk_size);
-    let mut welcome = Vec::with_capacity(132);
-    welcome.extend_from_slice(&cap.capture_id);
-    welcome.extend_from_slice(&cap.chunk_size.to_le_bytes());
-    welcome.extend_from_slice(&cap.volume_size.to_le_bytes());
-    welcome.extend_from_slice(&count.to_le_bytes());
-    welcome.extend_from_slice(&target_nonce);
-    welcome.extend_from_slice(s.proof("target", &name).as_bytes());
+    let welcome = Welcome {
+        capture_id: cap.capture_id,
+        chunk_size: cap.chunk_size,
+        volume_size: cap.volume_size,
+        chunk_count: count,
+        nonce: target_nonce,
+        proof: *s.proof("target", &name).as_bytes(),
+    }
+    .encode();
     wire::send(&mut w, ty::WELCOME, &welcome)?;
     w.flush()?;
 
@@ -337,7 +340,7 @@ pub fn session<R: Read, W: Write>(
     match t {
         ty::SEALED => {}
         ty::ERROR => {
-            let (_, m) = wire::parse_error(&p)?;
+            let m = Refusal::decode(&p)?.message;
             bail!("the source gave up: {m}");
         }
         other => {
@@ -369,14 +372,7 @@ pub fn session<R: Read, W: Write>(
             format!("expected PROOF, got {}", wire::type_name(t)),
         ));
     }
-    let mut f = Fields::new(&p, "PROOF");
-    let proof: [u8; 32] = f.array()?;
-    let signed = match f.u8()? {
-        0 => None,
-        1 => Some((f.array::<32>()?, f.array::<64>()?)),
-        other => bail!("PROOF has signature kind {other}, which this mgear does not know"),
-    };
-    f.end()?;
+    let Proof { proof, signed } = Proof::decode(&p)?;
     if s.proof("source", &name) != blake3::Hash::from_bytes(proof) {
         return Err(refuse(
             &mut w,
@@ -396,15 +392,20 @@ pub fn session<R: Read, W: Write>(
         Err(why) => return Err(refuse(&mut w, Some(&mut s), err::UNTRUSTED, why)),
     }
     on_auth();
+    let mut records = RecordOpener::new(
+        &cap.key,
+        cap.capture_id,
+        session::record_place(&source_nonce, &target_nonce),
+        &format!("{} (sync from {peer})", cap.name),
+    );
     // One authenticated sync writes at a time; others wait here (bounded by their idle timeout).
     let mut vol = vol.lock().unwrap_or_else(|p| p.into_inner());
     for (n, part) in vol.ids.chunks(wire::IDS_PER_FRAME as usize).enumerate() {
-        let mut p = Vec::with_capacity(12 + part.len() * 32);
-        p.extend_from_slice(&(n as u64 * wire::IDS_PER_FRAME as u64).to_le_bytes());
-        p.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        for id in part {
-            p.extend_from_slice(id);
+        let p = Ids {
+            first: n as u64 * wire::IDS_PER_FRAME as u64,
+            ids: part.to_vec(),
         }
+        .encode();
         let sealed = s.seal(ty::IDS, &p)?;
         wire::send(&mut w, ty::SEALED, &sealed)?;
     }
@@ -414,43 +415,50 @@ pub fn session<R: Read, W: Write>(
         let (t, p) = recv_sealed(r, &mut w, &mut s, peer)?;
         match t {
             ty::CHUNK => {
-                let mut f = Fields::new(&p, "CHUNK");
-                let index = f.u64()?;
-                let plain_len = f.u32()?;
-                let flags = f.u8()?;
-                let chunk_id: [u8; 32] = f.array()?;
-                let payload = f.rest().to_vec();
-                if index >= count
-                    || plain_len != layout::chunk_len(cap.volume_size, cap.chunk_size, index)
-                {
-                    return Err(refuse(
-                        &mut w,
-                        Some(&mut s),
-                        err::BAD_RECORD,
-                        format!(
-                            "chunk {index} of {plain_len} bytes does not fit a volume of {count} chunks"
-                        ),
-                    ));
-                }
-                let data = match session::unpack(flags, payload, plain_len) {
-                    Ok(d) => d,
+                let Chunk {
+                    index,
+                    chunk_id,
+                    body,
+                } = match Chunk::decode(&p) {
+                    Ok(c) => c,
                     Err(e) => {
-                        return Err(refuse(
-                            &mut w,
-                            Some(&mut s),
-                            err::BAD_RECORD,
-                            format!("chunk {index}: {e:#}"),
-                        ))
+                        return Err(refuse(&mut w, Some(&mut s), err::PROTOCOL, e.to_string()))
                     }
                 };
-                if vol.id_key.id(&data) != chunk_id {
+                if index >= count {
                     return Err(refuse(
                         &mut w,
                         Some(&mut s),
                         err::BAD_RECORD,
-                        format!("chunk {index} does not match its keyed id"),
+                        format!("chunk {index} does not fit a volume of {count} chunks"),
                     ));
                 }
+                let plain_len = layout::chunk_len(cap.volume_size, cap.chunk_size, index);
+                let data = match body {
+                    ChunkBody::Zero => {
+                        let zeros = vec![0u8; plain_len as usize];
+                        if vol.id_key.id(&zeros) != chunk_id {
+                            return Err(refuse(
+                                &mut w,
+                                Some(&mut s),
+                                err::BAD_RECORD,
+                                format!("chunk {index} does not match its keyed id"),
+                            ));
+                        }
+                        zeros
+                    }
+                    ChunkBody::Record(rec) => match records.open(&chunk_id, plain_len, &rec) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            return Err(refuse(
+                                &mut w,
+                                Some(&mut s),
+                                err::BAD_RECORD,
+                                format!("chunk {index}: {e}"),
+                            ))
+                        }
+                    },
+                };
                 if let Err(e) = vol.apply(index, &data, chunk_id) {
                     return Err(refuse(&mut w, Some(&mut s), err::IO, format!("{e:#}")));
                 }
@@ -458,25 +466,23 @@ pub fn session<R: Read, W: Write>(
                 applied.bytes += data.len() as u64;
             }
             ty::DONE => {
-                let mut f = Fields::new(&p, "DONE");
-                let _sent = f.u64()?;
-                let _expected: [u8; 32] = f.array()?;
-                f.end()?;
+                Done::decode(&p)?;
                 if let Err(e) = vol.sync() {
                     return Err(refuse(&mut w, Some(&mut s), err::IO, format!("{e:#}")));
                 }
-                let mut a = Vec::with_capacity(48);
-                a.extend_from_slice(&applied.chunks.to_le_bytes());
-                a.extend_from_slice(&applied.bytes.to_le_bytes());
-                let digest = session::volume_digest(vol.size, cap.chunk_size, &vol.ids);
-                a.extend_from_slice(&digest);
+                let a = wire::Applied {
+                    chunks: applied.chunks,
+                    bytes: applied.bytes,
+                    digest: session::volume_digest(vol.size, cap.chunk_size, &vol.ids),
+                }
+                .encode();
                 let sealed = s.seal(ty::APPLIED, &a)?;
                 wire::send(&mut w, ty::SEALED, &sealed)?;
                 w.flush()?;
                 return Ok(());
             }
             ty::ERROR => {
-                let (_, m) = wire::parse_error(&p)?;
+                let m = Refusal::decode(&p)?.message;
                 bail!("the source gave up: {m}");
             }
             other => {
@@ -663,7 +669,11 @@ pub fn serve_loop(
                 );
                 let _ = conn.set_nonblocking(false);
                 let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-                let _ = wire::send(&mut &conn, ty::ERROR, &wire::error_payload(err::BUSY, &m));
+                let _ = wire::send(
+                    &mut &conn,
+                    ty::ERROR,
+                    &Refusal::new(err::BUSY, m.as_str()).encode(),
+                );
                 continue;
             }
             active.fetch_add(1, Ordering::SeqCst);

@@ -704,6 +704,167 @@ fn the_wire_carries_no_chunk_ids_indexes_or_data_in_clear() {
     assert!(t[1..].iter().all(|&x| x == ty::SEALED), "{t:?}");
 }
 
+/// What a session sends, read back with the target's keys: every changed
+/// chunk is the format's own record (header, record number, zstd when
+/// smaller), and image-format's record decoder gives the source's bytes back.
+#[test]
+fn chunks_travel_as_the_formats_own_records() {
+    use super::session::{record_place, Role, Session};
+    use super::wire::{ty, Chunk, ChunkBody, Hello, Message, Welcome};
+    use image_format::layout::{RecordHeader, FLAG_ZSTD, REC_HEADER_LEN};
+    let fx = fixture(&[]);
+    let mut disk = std::fs::read(&fx.src).unwrap();
+    let cs = CS as usize;
+    for (i, b) in disk[8 * cs..9 * cs].iter_mut().enumerate() {
+        *b = b"motiongear sync "[i % 16];
+    }
+    disk[12 * cs..13 * cs].fill(0);
+    disk[20 * cs..21 * cs].copy_from_slice(&noise(777, cs));
+    std::fs::write(&fx.src, &disk).unwrap();
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("web01"), fx.volume(), 1);
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut connect = || -> io::Result<Conn> {
+        let (r, w) = source::tcp(&addr)?;
+        Ok((
+            Box::new(RecordRead {
+                inner: r,
+                seen: got.clone(),
+            }) as Box<dyn io::Read + Send>,
+            Box::new(Record {
+                inner: w,
+                seen: sent.clone(),
+            }) as Box<dyn Write + Send>,
+        ))
+    };
+    source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut connect).unwrap();
+    server.join().unwrap();
+    let sent = sent.lock().unwrap().clone();
+    let got = got.lock().unwrap().clone();
+    let (mut sent, mut got) = (&sent[..], &got[..]);
+    let (t, hello) = super::wire::recv(&mut sent, "source").unwrap();
+    assert_eq!(t, ty::HELLO);
+    let (t, welcome) = super::wire::recv(&mut got, "target").unwrap();
+    assert_eq!(t, ty::WELCOME);
+    let (sn, tn) = (
+        Hello::decode(&hello).unwrap().nonce,
+        Welcome::decode(&welcome).unwrap().nonce,
+    );
+    let mut s = Session::new(&fx.key, &fx.capture_id, &sn, &tn, Role::Target);
+    let mut records =
+        image_format::RecordOpener::new(&fx.key, fx.capture_id, record_place(&sn, &tn), "web01");
+    let (mut seen, mut next_record) = (Vec::new(), 0u32);
+    while let Ok((t, p)) = super::wire::recv(&mut sent, "source") {
+        assert_eq!(t, ty::SEALED);
+        let (t, p) = s.open(&p).expect("opens as the next sealed frame");
+        let Message::Chunk(Chunk {
+            index,
+            chunk_id,
+            body,
+        }) = Message::decode(t, &p).unwrap()
+        else {
+            continue;
+        };
+        let plain = &disk[index as usize * cs..(index as usize + 1) * cs];
+        match body {
+            ChunkBody::Zero => assert!(plain.iter().all(|&b| b == 0), "chunk {index}"),
+            ChunkBody::Record(rec) => {
+                let h = RecordHeader::decode(&rec).unwrap();
+                // Numbered in the order sent; a zero chunk has no record.
+                assert_eq!(h.record, next_record);
+                next_record += 1;
+                assert_eq!(rec.len(), REC_HEADER_LEN + h.stored_len as usize);
+                assert_eq!(
+                    h.flags == FLAG_ZSTD,
+                    index == 8,
+                    "only the text chunk compresses"
+                );
+                assert_eq!(records.open(&chunk_id, CS, &rec).unwrap(), plain);
+            }
+        }
+        seen.push(index);
+    }
+    assert_eq!(seen, [8, 12, 20]);
+}
+
+/// A record altered inside a validly sealed frame (stored hash and header CRC
+/// recomputed, so only the record's AEAD can tell) is refused as a bad record
+/// and nothing is written.
+#[test]
+fn a_record_altered_inside_a_valid_seal_is_refused() {
+    use super::session::{record_place, Role, Session};
+    use super::wire::{err, ty, Chunk, ChunkBody, Hello, Proof, Refusal, Welcome};
+    let fx = fixture(&[3]);
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("web01"), fx.volume(), 1);
+    let conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let (mut r, mut w) = (&conn, &conn);
+    let sn = [1u8; 32];
+    let hello = Hello {
+        name: "web01".into(),
+        size: SIZE,
+        nonce: sn,
+    };
+    super::wire::send(&mut w, ty::HELLO, &hello.encode()).unwrap();
+    let (t, p) = super::wire::recv(&mut r, "target").unwrap();
+    assert_eq!(t, ty::WELCOME);
+    let tn = Welcome::decode(&p).unwrap().nonce;
+    let mut s = Session::new(&fx.key, &fx.capture_id, &sn, &tn, Role::Source);
+    let proof = Proof {
+        proof: *s.proof("source", "web01").as_bytes(),
+        signed: None,
+    };
+    let sealed = s.seal(ty::PROOF, &proof.encode()).unwrap();
+    super::wire::send(&mut w, ty::SEALED, &sealed).unwrap();
+    let (_, p) = super::wire::recv(&mut r, "target").unwrap();
+    assert_eq!(s.open(&p).unwrap().0, ty::IDS);
+
+    let src = std::fs::read(&fx.src).unwrap();
+    let data = &src[3 * CS as usize..4 * CS as usize];
+    let mut sealer =
+        image_format::RecordSealer::new(&fx.key, fx.capture_id, record_place(&sn, &tn), CS, SIZE)
+            .unwrap();
+    let encoded = sealer.encoder().encode(3, data).unwrap();
+    let mut rec = sealer.seal(&encoded).unwrap();
+    let n = rec.len();
+    rec[n - 20] ^= 1;
+    let hash = blake3::hash(&rec[64..]);
+    rec[20..52].copy_from_slice(hash.as_bytes());
+    let crc = crc32fast::hash(&rec[..60]);
+    rec[60..64].copy_from_slice(&crc.to_le_bytes());
+    let chunk = Chunk {
+        index: 3,
+        chunk_id: IdKey::derive(&fx.key, &fx.capture_id).id(data),
+        body: ChunkBody::Record(rec),
+    };
+    let sealed = s.seal(ty::CHUNK, &chunk.encode()).unwrap();
+    super::wire::send(&mut w, ty::SEALED, &sealed).unwrap();
+
+    let (t, p) = super::wire::recv(&mut r, "target").unwrap();
+    assert_eq!(t, ty::SEALED);
+    let (t, p) = s.open(&p).unwrap();
+    assert_eq!(t, ty::ERROR);
+    let refusal = Refusal::decode(&p).unwrap();
+    assert_eq!(refusal.code, err::BAD_RECORD);
+    assert!(
+        refusal.message.contains("chunk 3") && refusal.message.contains("authentication"),
+        "{}",
+        refusal.message
+    );
+    let results = server.join().unwrap();
+    assert!(results[0].0.is_err());
+    assert_eq!(results[0].1.chunks, 0);
+    let vol = std::fs::read(&fx.vol).unwrap();
+    assert_ne!(
+        &vol[3 * CS as usize..4 * CS as usize],
+        data,
+        "nothing written"
+    );
+}
+
 #[test]
 fn an_idle_connection_neither_blocks_a_sync_nor_stays() {
     let fx = fixture(&[5, 9]);
@@ -724,10 +885,12 @@ fn an_idle_connection_neither_blocks_a_sync_nor_stays() {
     let mut half = std::net::TcpStream::connect(&addr).unwrap();
     half.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let mut hello = Vec::new();
-    super::wire::put_str(&mut hello, "web01");
-    hello.extend_from_slice(&SIZE.to_le_bytes());
-    hello.extend_from_slice(&[0; 32]);
+    let hello = super::wire::Hello {
+        name: "web01".into(),
+        size: SIZE,
+        nonce: [0; 32],
+    }
+    .encode();
     super::wire::send(&mut half, super::wire::ty::HELLO, &hello).unwrap();
     let stats = source::run(&fx.plan(fx.key.clone()), &mut fx.disk(), &mut || {
         source::tcp(&addr)
