@@ -179,9 +179,7 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
     if let (Some(asked), Some(stored)) = (name, stored) {
         let stored = stored?;
         let disk_prefix = format!("{}.d", stored.to_ascii_lowercase());
-        let wanted = |c: &str| {
-            c == stored || c.to_ascii_lowercase().starts_with(&disk_prefix)
-        };
+        let wanted = |c: &str| c == stored || c.to_ascii_lowercase().starts_with(&disk_prefix);
         let have: Vec<String> = caps.iter().map(|c| c.name.clone()).collect();
         caps.retain(|c| wanted(&c.name));
         sets.retain(|s| s.name.eq_ignore_ascii_case(&stored));
