@@ -225,7 +225,7 @@ impl SealCtx<'_> {
         };
         rec[..REC_HEADER_LEN].copy_from_slice(&header.encode());
         let check = RecordHeader::decode(&rec).ok().filter(|h| *h == header);
-        let reopened_ok = pos.record % REOPEN_EVERY != 0
+        let reopened_ok = !pos.record.is_multiple_of(REOPEN_EVERY)
             || encode::open_record(self.cipher, &aad, &rec[REC_HEADER_LEN..]).as_deref()
                 == Some(payload.as_slice());
         if check.is_none() || !reopened_ok {
