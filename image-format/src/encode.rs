@@ -480,6 +480,32 @@ pub(crate) fn open_record(cipher: &Cipher, aad: &RecordAad<'_>, stored: &[u8]) -
     cipher.open(record_nonce(aad.record), &aad.bytes(), stored)
 }
 
+/// Decrypts the record payload in `rec[from..]` in place, moving the
+/// plaintext to the front of `rec` (ring does it in the same pass), and
+/// truncates `rec` to it: no copy of the record on the read path. False if
+/// authentication fails (`rec` then holds no usable bytes).
+pub(crate) fn open_record_within(
+    cipher: &Cipher,
+    aad: &RecordAad<'_>,
+    rec: &mut Vec<u8>,
+    from: usize,
+) -> bool {
+    if from > rec.len() {
+        return false;
+    }
+    let n = match cipher.0.open_within(
+        Nonce::assume_unique_for_key(record_nonce(aad.record)),
+        Aad::from(&aad.bytes()),
+        rec,
+        from..,
+    ) {
+        Ok(plain) => plain.len(),
+        Err(_) => return false,
+    };
+    rec.truncate(n);
+    true
+}
+
 /// Seals a whole index blob (INDEX file or IPART batch): nonce 0 is safe
 /// because every blob has its own key from a fresh random salt.
 pub(crate) fn seal_blob(cipher: &Cipher, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {

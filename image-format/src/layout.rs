@@ -38,8 +38,35 @@ pub const VERSION_MINOR: u16 = 0;
 /// Incompatible feature: records may be zstd-compressed. A reader that does
 /// not know a set incompatible bit must refuse the file.
 pub const INCOMPAT_ZSTD: u32 = 1;
+/// Incompatible feature: a segment's digest (its trailer hash and the
+/// manifest's) is blake3 of its headers only (the segment header, then
+/// every record header, each holding blake3 of its record's stored bytes),
+/// not of the whole file: one hash pass per stored byte instead of two, on
+/// capture and on the appliance's verify (FORMAT.md §5).
+pub const INCOMPAT_HEADER_DIGEST: u32 = 2;
 /// Incompatible features this code understands.
-pub const INCOMPAT_KNOWN: u32 = INCOMPAT_ZSTD;
+pub const INCOMPAT_KNOWN: u32 = INCOMPAT_ZSTD | INCOMPAT_HEADER_DIGEST;
+
+/// Key-derivation context of the headers-only segment digest
+/// ([`INCOMPAT_HEADER_DIGEST`]): a different hash function from the
+/// whole-file one, so neither digest can stand for the other.
+pub const HEADER_DIGEST_CONTEXT: &str = "MotionGear segment header digest v1";
+
+/// The hasher a segment's digest starts from, for a segment written with
+/// `incompat` feature bits. Feed it the segment header, then per record
+/// its header (and, without [`INCOMPAT_HEADER_DIGEST`], its stored bytes).
+pub fn segment_hasher(incompat: u32) -> blake3::Hasher {
+    if incompat & INCOMPAT_HEADER_DIGEST != 0 {
+        blake3::Hasher::new_derive_key(HEADER_DIGEST_CONTEXT)
+    } else {
+        blake3::Hasher::new()
+    }
+}
+
+/// True if a segment written with `incompat` digests its headers only.
+pub fn header_digest(incompat: u32) -> bool {
+    incompat & INCOMPAT_HEADER_DIGEST != 0
+}
 /// Compatible features this code writes (none defined yet; unknown ones are ignored).
 pub const COMPAT_NONE: u32 = 0;
 

@@ -35,6 +35,44 @@ pub fn map_in_order<T: Sync, R: Send>(
     })
 }
 
+/// [`map_in_order`] for items `f` takes by value (say, a buffer it then
+/// decrypts in place and returns).
+pub fn map_owned_in_order<T: Send, R: Send>(
+    items: Vec<T>,
+    threads: usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Result<Vec<R>> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return Ok(items.into_iter().map(f).collect());
+    }
+    let per = items.len().div_ceil(threads);
+    let mut parts: Vec<Vec<T>> = Vec::with_capacity(threads);
+    let mut rest = items.into_iter();
+    loop {
+        let part: Vec<T> = rest.by_ref().take(per).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| Error::Backend("a worker thread panicked".into()))?,
+            );
+        }
+        Ok(out)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +85,13 @@ mod tests {
             assert_eq!(got, items.iter().map(|x| x * 2).collect::<Vec<_>>());
         }
         assert!(map_in_order(&[] as &[u32], 4, |x| *x).unwrap().is_empty());
+        for threads in [0, 1, 2, 3, 8, 100] {
+            let got = map_owned_in_order(items.clone(), threads, |x| x * 2).unwrap();
+            assert_eq!(got, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        }
+        assert!(map_owned_in_order(Vec::<u32>::new(), 4, |x| x)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

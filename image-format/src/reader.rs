@@ -306,14 +306,44 @@ impl<S: Store> CaptureReader<S> {
             .ciphers
             .get(&(l.generation, l.segment))
             .ok_or_else(|| Error::Backend("segment cipher cache lost an entry".into()))?;
-        open_fetched(
+        match open_fetched(
             cipher,
             &self.keys.chunk_id,
             &self.manifest.capture_id,
             at,
             l,
-            &rec,
-        )
+            rec,
+        ) {
+            Ok(plain) => Ok(plain),
+            Err(fail) => Err(self.diagnose(index, l, fail)),
+        }
+    }
+
+    /// The error for a record that failed to open: if it failed
+    /// authentication, fetch it again and say whether its stored bytes
+    /// changed (a corrupted record) or not (tampered, swapped or replayed).
+    /// Only failures pay for this hash; a good record is hashed nowhere on
+    /// the read path (AES-GCM authenticates the same bytes).
+    fn diagnose(&mut self, index: u64, l: &RecordLoc, fail: OpenFail) -> Error {
+        let at = match fail {
+            OpenFail::Other(e) => return e,
+            OpenFail::Auth(at) => at,
+        };
+        let rec = match self.fetch_record(index, l) {
+            Ok(rec) => rec,
+            Err(e) => return e,
+        };
+        let stored = rec.get(REC_HEADER_LEN..).unwrap_or_default();
+        match RecordHeader::decode(&rec) {
+            Ok(h) if blake3::hash(stored).as_bytes() != &h.stored_hash => corrupt(
+                at,
+                "stored bytes do not match the record's hash (corrupted record)",
+            ),
+            _ => corrupt(
+                at,
+                "record fails authentication (tampered, swapped or replayed)",
+            ),
+        }
     }
 
     /// Reads chunks `indices` (in that order), fully authenticated like
@@ -322,8 +352,8 @@ impl<S: Store> CaptureReader<S> {
     /// in `indices` order.
     ///
     /// Why: reading is I/O on one medium, but authenticating a record is
-    /// several passes over it (hash, AES-GCM, zstd, keyed id); done one by
-    /// one it was ingest's bottleneck.
+    /// CPU (AES-GCM, zstd, keyed id); done one by one it was ingest's
+    /// bottleneck.
     pub fn read_chunks(&mut self, indices: &[u64], threads: usize) -> Result<Vec<ChunkData>> {
         enum Got {
             Zero(u32),
@@ -352,22 +382,33 @@ impl<S: Store> CaptureReader<S> {
             &self.keys.chunk_id,
             &self.manifest.capture_id,
         );
-        let open = |g: &Got| -> Result<ChunkData> {
+        let open = |g: Got| -> core::result::Result<ChunkData, OpenFail> {
             match g {
-                Got::Zero(len) => Ok(ChunkData::Zero { len: *len }),
+                Got::Zero(len) => Ok(ChunkData::Zero { len }),
                 Got::Record(place, rec) => {
-                    let (at, l) = &**place;
+                    let (at, l) = *place;
                     let cipher = ciphers.get(&(l.generation, l.segment)).ok_or_else(|| {
-                        Error::Backend("segment cipher cache lost an entry".into())
+                        OpenFail::Other(Error::Backend("segment cipher cache lost an entry".into()))
                     })?;
-                    open_fetched(cipher, chunk_id_key, capture_id, at.clone(), l, rec)
-                        .map(ChunkData::Data)
+                    open_fetched(cipher, chunk_id_key, capture_id, at, &l, rec).map(ChunkData::Data)
                 }
             }
         };
-        crate::parallel::map_in_order(&got, threads, open)?
-            .into_iter()
-            .collect()
+        let opened = crate::parallel::map_owned_in_order(got, threads, open)?;
+        let mut out = Vec::with_capacity(opened.len());
+        for (&index, r) in indices.iter().zip(opened) {
+            match r {
+                Ok(d) => out.push(d),
+                Err(fail) => {
+                    let l = match self.entry(index) {
+                        Some(IndexEntry::Stored(l)) => *l,
+                        _ => return Err(fail.into_error()),
+                    };
+                    return Err(self.diagnose(index, &l, fail));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Reads record `l` of chunk `index` and checks its header against the
@@ -405,24 +446,40 @@ impl<S: Store> CaptureReader<S> {
     }
 }
 
-/// Authenticates a fetched record (header already matched to the index):
-/// stored-bytes hash, AES-GCM under its segment key, zstd, keyed chunk id.
+/// Why a fetched record did not open.
+pub(crate) enum OpenFail {
+    /// AES-GCM refused it: [`CaptureReader::diagnose`] says why.
+    Auth(Location),
+    /// Anything else, already described.
+    Other(Error),
+}
+
+impl OpenFail {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            OpenFail::Auth(at) => corrupt(
+                at,
+                "record fails authentication (tampered, swapped or replayed)",
+            ),
+            OpenFail::Other(e) => e,
+        }
+    }
+}
+
+/// Authenticates a fetched record (header already matched to the index)
+/// in one pass: AES-GCM under its segment key decrypts in place, then zstd
+/// and the keyed chunk id. The stored-bytes hash is not computed: it
+/// covers the same bytes AES-GCM authenticates, and serves keyless checks
+/// (and the diagnosis of a failure, [`CaptureReader::diagnose`]).
 pub(crate) fn open_fetched(
     cipher: &Cipher,
     chunk_id_key: &[u8; 32],
     capture_id: &[u8; 16],
     at: Location,
     l: &RecordLoc,
-    rec: &[u8],
-) -> Result<Vec<u8>> {
-    let h = RecordHeader::decode(rec).map_err(|w| corrupt(at.clone(), w))?;
-    let stored = rec.get(REC_HEADER_LEN..).unwrap_or_default();
-    if blake3::hash(stored).as_bytes() != &h.stored_hash {
-        return Err(corrupt(
-            at,
-            "stored bytes do not match the record's hash (corrupted record)",
-        ));
-    }
+    mut rec: Vec<u8>,
+) -> core::result::Result<Vec<u8>, OpenFail> {
+    RecordHeader::decode(&rec).map_err(|w| OpenFail::Other(corrupt(at.clone(), w)))?;
     let aad = RecordAad {
         capture_id,
         generation: l.generation,
@@ -433,20 +490,20 @@ pub(crate) fn open_fetched(
         stored_len: l.stored_len,
         flags: l.flags,
     };
-    let payload = encode::open_record(cipher, &aad, stored).ok_or_else(|| {
-        corrupt(
-            at.clone(),
-            "record fails authentication (tampered, swapped or replayed)",
-        )
-    })?;
+    if !encode::open_record_within(cipher, &aad, &mut rec, REC_HEADER_LEN) {
+        return Err(OpenFail::Auth(at));
+    }
     let plain = if l.flags & FLAG_ZSTD != 0 {
-        encode::decompress(&payload, l.plain_len as usize)
-            .map_err(|e| corrupt(at.clone(), e.to_string()))?
+        encode::decompress(&rec, l.plain_len as usize)
+            .map_err(|e| OpenFail::Other(corrupt(at.clone(), e.to_string())))?
     } else {
-        payload
+        rec
     };
     if plain.len() != l.plain_len as usize || encode::chunk_id(chunk_id_key, &plain) != l.chunk_id {
-        return Err(corrupt(at, "decrypted chunk does not match its id"));
+        return Err(OpenFail::Other(corrupt(
+            at,
+            "decrypted chunk does not match its id",
+        )));
     }
     Ok(plain)
 }

@@ -212,8 +212,9 @@ impl RecordOpener {
             &self.capture_id,
             at,
             &loc,
-            record,
-        )?;
+            record.to_vec(),
+        )
+        .map_err(crate::reader::OpenFail::into_error)?;
         self.next += 1;
         Ok(plain)
     }

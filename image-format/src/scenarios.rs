@@ -525,6 +525,83 @@ fn record_offsets(file: &[u8]) -> Vec<(u64, RecordHeader)> {
     out
 }
 
+/// A segment file's digest as FORMAT.md §5 defines it: with
+/// `INCOMPAT_HEADER_DIGEST`, derive-key blake3 over the segment header and
+/// every record header; without, blake3 of every byte before the trailer.
+fn spec_digest(seg: &[u8], incompat: u32) -> [u8; 32] {
+    let end = seg.len() - layout::TRAILER_LEN;
+    if incompat & layout::INCOMPAT_HEADER_DIGEST == 0 {
+        return *blake3::hash(&seg[..end]).as_bytes();
+    }
+    let mut h = blake3::Hasher::new_derive_key("MotionGear segment header digest v1");
+    h.update(&seg[..SEG_HEADER_LEN]);
+    for (off, _) in record_offsets(&seg[..end]) {
+        h.update(&seg[off as usize..off as usize + REC_HEADER_LEN]);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// Every segment of generation 1 has feature bits `incompat` in its header
+/// and the digest §5 defines for them in its trailer.
+fn assert_segment_digests(store: &mut MemStore, segments: u32, incompat: u32) {
+    for s in 0..segments {
+        let b = file(store, &seg(1, s));
+        let h = SegmentHeader::decode(&b).unwrap();
+        assert_eq!(h.incompat, incompat, "segment {s}");
+        let t = layout::SegmentTrailer::decode(&b[b.len() - layout::TRAILER_LEN..]).unwrap();
+        assert_eq!(t.hash, spec_digest(&b, incompat), "segment {s}");
+    }
+}
+
+/// New media digest segment headers only (one hash pass per stored byte);
+/// media written before that (whole-file digests, bit 1 clear) still verify
+/// and read, and a resumed old generation keeps its digest.
+#[test]
+fn segment_digest_is_over_headers_and_older_media_still_verify() {
+    let mut f = fixture();
+    assert_segment_digests(
+        &mut f.store,
+        f.summary.segments,
+        layout::INCOMPAT_ZSTD | layout::INCOMPAT_HEADER_DIGEST,
+    );
+
+    let id = identity();
+    let data = disk(1, 20, 1234);
+    let old = |store: &mut MemStore| -> crate::Result<CaptureSummary> {
+        let mut w = CaptureWriter::begin(store, params("web01", data.len() as u64, &id), None)?;
+        w.use_feature_bits(layout::INCOMPAT_ZSTD);
+        write_chunks(&mut w, &data, 3)?;
+        w.finish()
+    };
+    let mut store = MemStore::new();
+    let s = old(&mut store).unwrap();
+    assert_segment_digests(&mut store, s.segments, layout::INCOMPAT_ZSTD);
+    let r = keyless(&mut store);
+    assert!(r.is_ok(), "{:?}", r.problems);
+    let unlock = Unlock::Identity(id.clone());
+    let r = verify_full(&mut store, "web01", None, &unlock, &mut NoProgress).unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
+    assert_eq!(read_all(&mut store, "web01", None, &unlock).unwrap(), data);
+
+    // An old generation cut half way, resumed by this writer.
+    let mut counter = MemStore::new();
+    old(&mut counter).unwrap();
+    let mut faulty = MemStore::new();
+    faulty.cut_power_after(counter.writes / 2);
+    assert!(old(&mut faulty).is_err());
+    let mut medium = faulty.after_power_loss();
+    let key = capture_key(&mut medium, &id);
+    let mut w =
+        CaptureWriter::begin(&mut medium, params("web01", data.len() as u64, &id), key).unwrap();
+    assert_eq!(w.generation(), 1, "the cut generation is resumed");
+    write_chunks(&mut w, &data, 3).unwrap();
+    let s = w.finish().unwrap();
+    assert_segment_digests(&mut medium, s.segments, layout::INCOMPAT_ZSTD);
+    let r = keyless(&mut medium);
+    assert!(r.is_ok(), "{:?}", r.problems);
+    assert_eq!(read_all(&mut medium, "web01", None, &unlock).unwrap(), data);
+}
+
 fn full(f: &mut Fixture) -> VerifyReport {
     verify_full(
         &mut f.store,
@@ -679,7 +756,7 @@ fn replayed_segment_and_record_from_elsewhere_are_caught() {
     let t = layout::SegmentTrailer {
         records: r1.len() as u32,
         data_end: tpos as u64,
-        hash: *blake3::hash(&m[..tpos]).as_bytes(),
+        hash: spec_digest(&m, layout::INCOMPAT_HEADER_DIGEST),
     };
     m[tpos..].copy_from_slice(&t.encode());
     *f.store.file_mut(&seg(1, 1)).unwrap() = m;

@@ -323,7 +323,7 @@ fn verify_capture_into<S: Store + ?Sized>(
         verify_index(store, name, &m, cx)?;
         verify_commit(store, name, g, &mut *cx)?;
         for (s, d) in m.segments.iter().enumerate() {
-            verify_segment(store, name, g, s as u32, &m.capture_id, d, cx)?;
+            verify_segment(store, name, g, s as u32, &m.capture_id, m.incompat, d, cx)?;
         }
         for e in medium::list_or_empty(store, &layout::generation_dir(name, g))? {
             if let Some(s) = layout::parse_segment_name(&e.name) {
@@ -422,13 +422,86 @@ fn verify_index<S: Store + ?Sized>(
     Ok(())
 }
 
-/// Checks one segment's framing record by record.
+/// Reads one file front to back through the verifier's buffer: record
+/// headers come out of the same large reads as the bytes around them, so a
+/// segment costs one device request per buffer, not three per record.
+struct SeqRead<'b> {
+    buf: &'b mut [u8],
+    /// File offset of `buf[0]`.
+    at: u64,
+    /// Bytes of `buf` holding file data, and how many of them were used.
+    filled: usize,
+    used: usize,
+    /// Never read at or past this offset (the file's length).
+    end: u64,
+}
+
+impl<'b> SeqRead<'b> {
+    fn new(buf: &'b mut [u8], from: u64, end: u64) -> Self {
+        SeqRead {
+            buf,
+            at: from,
+            filled: 0,
+            used: 0,
+            end,
+        }
+    }
+
+    /// Feeds the next `n` bytes to `f`, in pieces.
+    fn feed<S: Store + ?Sized>(
+        &mut self,
+        store: &mut S,
+        path: &str,
+        mut n: u64,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        while n > 0 {
+            if self.used == self.filled {
+                self.at += self.filled as u64;
+                let want = (self.end.saturating_sub(self.at)).min(self.buf.len() as u64) as usize;
+                if want == 0 {
+                    return Err(Error::corrupt(
+                        Location::default().file(path),
+                        "read past the end of the file",
+                    ));
+                }
+                store
+                    .read_exact_at(path, self.at, &mut self.buf[..want])
+                    .at(path)?;
+                self.filled = want;
+                self.used = 0;
+            }
+            let k = ((self.filled - self.used) as u64).min(n) as usize;
+            f(&self.buf[self.used..self.used + k]);
+            self.used += k;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// The next `out.len()` bytes.
+    fn read<S: Store + ?Sized>(&mut self, store: &mut S, path: &str, out: &mut [u8]) -> Result<()> {
+        let mut got = 0;
+        self.feed(store, path, out.len() as u64, |b| {
+            out[got..got + b.len()].copy_from_slice(b);
+            got += b.len();
+        })
+    }
+}
+
+/// Checks one segment's framing record by record, reading it once, front
+/// to back, in large reads. Each stored byte is hashed once (its record's
+/// hash); the segment digest is over the headers
+/// ([`layout::INCOMPAT_HEADER_DIGEST`]), or, for segments written before
+/// it, over every byte as well.
+#[allow(clippy::too_many_arguments)]
 fn verify_segment<S: Store + ?Sized>(
     store: &mut S,
     name: &str,
     generation: u32,
     segment: u32,
     capture_id: &[u8; 16],
+    incompat: u32,
     digest: &SegmentDigest,
     cx: &mut Ctx<'_>,
 ) -> Result<()> {
@@ -446,7 +519,6 @@ fn verify_segment<S: Store + ?Sized>(
             alloc::format!("segment is {len} bytes, the manifest says {}", digest.len),
         );
     }
-    let mut hdr = [0u8; SEG_HEADER_LEN];
     if len < (SEG_HEADER_LEN + TRAILER_LEN) as u64 {
         cx.problem(
             at.bytes(0..len),
@@ -454,11 +526,44 @@ fn verify_segment<S: Store + ?Sized>(
         );
         return Ok(());
     }
-    store.read_exact_at(&path, 0, &mut hdr).at(&path)?;
-    match SegmentHeader::decode(&hdr) {
+    let mut buf = core::mem::take(&mut cx.buf);
+    let mut input = SeqRead::new(&mut buf, 0, len);
+    let mut hdr = [0u8; SEG_HEADER_LEN];
+    if let Err(e) = input.read(store, &path, &mut hdr) {
+        cx.buf = buf;
+        return Err(e);
+    }
+    let result = walk_segment(
+        store, &path, &at, generation, segment, capture_id, incompat, digest, len, &hdr,
+        &mut input, cx,
+    );
+    cx.buf = buf;
+    if let Some((at, what)) = result? {
+        cx.problem(at, what);
+    }
+    Ok(())
+}
+
+/// The record walk of [`verify_segment`], after its header was read:
+/// the problem that ends the walk, if any.
+#[allow(clippy::too_many_arguments)]
+fn walk_segment<S: Store + ?Sized>(
+    store: &mut S,
+    path: &str,
+    at: &Location,
+    generation: u32,
+    segment: u32,
+    capture_id: &[u8; 16],
+    incompat: u32,
+    digest: &SegmentDigest,
+    len: u64,
+    hdr: &[u8; SEG_HEADER_LEN],
+    input: &mut SeqRead<'_>,
+    cx: &mut Ctx<'_>,
+) -> Result<Option<(Location, String)>> {
+    match SegmentHeader::decode(hdr) {
         Err(w) => {
-            cx.problem(at.bytes(0..SEG_HEADER_LEN as u64), w);
-            return Ok(());
+            return Ok(Some((at.clone().bytes(0..SEG_HEADER_LEN as u64), w.into())));
         }
         Ok(h)
             if h.capture_id != *capture_id
@@ -476,13 +581,13 @@ fn verify_segment<S: Store + ?Sized>(
         }
         Ok(_) => {}
     }
-    let mut seg_hash = blake3::Hasher::new();
-    seg_hash.update(&hdr);
+    let headers_only = layout::header_digest(incompat);
+    let mut seg_hash = layout::segment_hasher(incompat);
+    seg_hash.update(hdr);
     cx.advance(SEG_HEADER_LEN as u64);
     let mut off = SEG_HEADER_LEN as u64;
     let mut expect: u32 = 0;
-    let mut buf = core::mem::take(&mut cx.buf);
-    let result = loop {
+    loop {
         // Built only when a problem is reported: no allocation per record.
         let rat = |range: core::ops::Range<u64>| {
             let mut l = at.clone().bytes(range);
@@ -490,22 +595,22 @@ fn verify_segment<S: Store + ?Sized>(
             l
         };
         if off + REC_HEADER_LEN as u64 > len {
-            break Some((
+            return Ok(Some((
                 rat(off..len),
                 "segment ends without a trailer (truncated)".into(),
-            ));
+            )));
         }
         let mut rh = [0u8; REC_HEADER_LEN];
-        store.read_exact_at(&path, off, &mut rh).at(&path)?;
+        input.read(store, path, &mut rh)?;
         if rh[..4] == TRAILER_MAGIC {
             let tat = at.clone().bytes(off..off + TRAILER_LEN as u64);
             let t = match SegmentTrailer::decode(&rh) {
                 Ok(t) => t,
-                Err(w) => break Some((tat, w.into())),
+                Err(w) => return Ok(Some((tat, w.into()))),
             };
             let h = *seg_hash.finalize().as_bytes();
             cx.advance(TRAILER_LEN as u64);
-            break if t.data_end != off || t.records != expect {
+            return Ok(if t.data_end != off || t.records != expect {
                 Some((
                     tat,
                     alloc::format!(
@@ -531,19 +636,19 @@ fn verify_segment<S: Store + ?Sized>(
                 ))
             } else {
                 None
-            };
+            });
         }
         let h = match RecordHeader::decode(&rh) {
             Ok(h) => h,
-            Err(w) => break Some((rat(off..off + REC_HEADER_LEN as u64), w.into())),
+            Err(w) => return Ok(Some((rat(off..off + REC_HEADER_LEN as u64), w.into()))),
         };
         let end = off + REC_HEADER_LEN as u64 + u64::from(h.stored_len);
         let rrange = off..end;
         if end + TRAILER_LEN as u64 > len {
-            break Some((
+            return Ok(Some((
                 rat(rrange),
                 "record runs past the end of the segment (truncated)".into(),
-            ));
+            )));
         }
         if h.record != expect {
             cx.problem(
@@ -556,17 +661,12 @@ fn verify_segment<S: Store + ?Sized>(
         }
         seg_hash.update(&rh);
         let mut rec_hash = blake3::Hasher::new();
-        medium::stream(
-            store,
-            &path,
-            off + REC_HEADER_LEN as u64,
-            end,
-            &mut buf,
-            |b| {
-                rec_hash.update(b);
+        input.feed(store, path, u64::from(h.stored_len), |b| {
+            rec_hash.update(b);
+            if !headers_only {
                 seg_hash.update(b);
-            },
-        )?;
+            }
+        })?;
         cx.report.records += 1;
         cx.advance(end - off);
         if rec_hash.finalize().as_bytes() != &h.stored_hash {
@@ -577,12 +677,7 @@ fn verify_segment<S: Store + ?Sized>(
         }
         off = end;
         expect = expect.saturating_add(1);
-    };
-    cx.buf = buf;
-    if let Some((at, what)) = result {
-        cx.problem(at, what);
     }
-    Ok(())
 }
 
 /// A capture as listed without any key.

@@ -1,6 +1,9 @@
 //! Glue between the appliance and the format's keyless verifier
 //! (`image_format::verify::verify_keyless`): throttled progress reporting
 //! and the mapping of the format's problem locations to console [`Place`]s.
+//! The verifier reads each segment once, front to back in large reads, and
+//! hashes each stored byte once (image-format FORMAT.md §5, §11); seal and
+//! arrival then add the attestation's file and region hashes.
 
 use alloc::string::String;
 

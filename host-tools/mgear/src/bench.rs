@@ -2,8 +2,9 @@
 //! measured in the same run, on the same files, plus peak memory.
 //!
 //! ```text
-//! mgear bench [--size 4GiB] [--pattern random|mix|zeros|sparse|both|all]
-//!             [--medium fat|dir|both] [--workdir DIR] [--rbd POOL] [--json]
+//! mgear bench [--size 1GiB] [--pattern random|mix|zeros|sparse|both|all]
+//!             [--medium fat|dir|both] [--threads N] [--scale 256MiB,1GiB|off]
+//!             [--no-appliance] [--workdir DIR] [--rbd POOL] [--json]
 //! ```
 //!
 //! For each pattern a source file is generated (`random`: incompressible;
@@ -20,6 +21,15 @@
 //! - `mgear ingest` back to a raw file (verifying every record and the
 //!   written volume);
 //! - `qemu-img convert -O qcow2` of the source, for reference;
+//! - on random data, once (with the FAT medium): a capture held to 50 MiB/s
+//!   (its CPU time over wall time over cores: its share of the machine,
+//!   next to `dd`'s at that rate, from `dd`'s CPU per GiB in this run); the
+//!   random captures of `--scale SMALL,LARGE` onto FAT images, each against
+//!   `dd` of its own source (the CPU per byte must not grow with size); and,
+//!   when `mgear-appliance-sim` is next to `mgear` or on PATH, a capture
+//!   through its NBD export (against the direct `fat:` capture) and its seal
+//!   (keyless verify, file and region hashes) against `dd` reading the
+//!   medium image, with the simulator's CPU and peak RSS;
 //! - with `--rbd POOL`: `mgear ingest` into a new RBD image of POOL against
 //!   `qemu-img convert -W -m 16` of the raw source into the same pool, in the
 //!   same run (its `x` ratio is against that convert, not dd).
@@ -32,6 +42,7 @@
 //! The source is freshly written, so every reader sees it equally in the
 //! page cache; the figures compare the pipelines, not the disk.
 //! Peak RSS is the process's VmHWM (capture and ingest run in-process).
+//! The baselines' CPU (`dd`, `cat`) is their rusage as children.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,7 +60,7 @@ use crate::units::{human_bytes, parse_size};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Size of the generated source disk.
-    #[arg(long, default_value = "4GiB")]
+    #[arg(long, default_value = "1GiB")]
     pub size: String,
     /// Data pattern: random, mix (40% zeros / 30% text / 30% random), zeros
     /// (written), sparse (one hole), both (random and mix) or all.
@@ -67,6 +78,17 @@ pub struct Args {
     /// cinder`; the cloud lab's are in `scripts/cloud-lab.sh env`).
     #[arg(long, value_name = "POOL")]
     pub rbd: Option<String>,
+    /// Encoder threads for every capture [default: number of CPUs]; compare `--threads 1`
+    /// with `--threads 2` to see how capture scales.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Sizes of the two random captures onto a FAT32 image whose CPU cost per byte is
+    /// compared (the issue's target is 256MiB,4GiB; `off` skips them).
+    #[arg(long, default_value = "256MiB,1GiB", value_name = "SMALL,LARGE")]
+    pub scale: String,
+    /// Skip the rows that run `mgear-appliance-sim` (capture through its NBD export, seal).
+    #[arg(long)]
+    pub no_appliance: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -78,14 +100,22 @@ pub struct Timing {
     pub what: String,
     pub seconds: f64,
     pub mb_per_s: f64,
-    /// Throughput relative to the matching `dd` baseline (1.0 = as fast as dd).
+    /// Throughput relative to the matching baseline (1.0 = as fast as it):
+    /// `dd` unless `baseline` names another row.
     pub vs_dd: Option<f64>,
+    /// The row `vs_dd` compares with when it is not the `dd` baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
     /// CPU seconds (user + system) the step took, when it ran in-process.
     pub cpu_seconds: Option<f64>,
     /// `cpu_seconds` per GiB of source disk.
     pub cpu_s_per_gib: Option<f64>,
     /// Bytes the result occupies (medium bytes for capture).
     pub output_bytes: Option<u64>,
+    /// Share of the whole machine (all cores) the step's CPU time is over
+    /// its wall time, for the rate-limited capture.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_share: Option<f64>,
 }
 
 /// Results for one pattern.
@@ -102,6 +132,10 @@ pub struct Report {
     pub command: &'static str,
     pub patterns: Vec<PatternReport>,
     pub peak_rss_bytes: Option<u64>,
+    /// Peak RSS of `mgear-appliance-sim` during the appliance rows.
+    pub sim_peak_rss_bytes: Option<u64>,
+    /// What this run could not measure, and why.
+    pub notes: Vec<String>,
     /// The issue's targets, each with whether this run met it.
     pub targets: Vec<Target>,
 }
@@ -303,6 +337,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         command: "bench",
         patterns: Vec::new(),
         peak_rss_bytes: None,
+        sim_peak_rss_bytes: None,
+        notes: Vec::new(),
         targets: Vec::new(),
     };
     for pattern in patterns {
@@ -320,19 +356,25 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let mut timings = Vec::new();
 
         let mut dd_rate = None;
+        let mut dd_cpu_per_gib = None;
         if dd.is_some() {
             let out = work.join("dd.out");
+            let cpu = children_cpu_seconds();
             let secs = dd_files(std::slice::from_ref(&src), &out)?;
+            let dd_cpu = children_cpu_seconds() - cpu;
             std::fs::remove_file(&out)?;
             dd_rate = Some(crate::progress::mb_per_s(size, secs));
+            dd_cpu_per_gib = Some(dd_cpu / gib(size));
             timings.push(Timing {
                 what: "dd source -> medium (fsync)".into(),
                 seconds: secs,
                 mb_per_s: crate::progress::mb_per_s(size, secs),
                 vs_dd: Some(1.0),
-                cpu_seconds: None,
-                cpu_s_per_gib: None,
+                baseline: None,
+                cpu_seconds: Some(dd_cpu),
+                cpu_s_per_gib: Some(dd_cpu / gib(size)),
                 output_bytes: Some(size),
+                cpu_share: None,
             });
         }
         // mgear's throughput over the baseline's: above 1.0 is faster than dd.
@@ -346,53 +388,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let prefix = if *kind == "fat" { "fat: " } else { "" };
             let medium_dir = work.join("medium");
             let medium_img = work.join("medium.img");
-            let _ = std::fs::remove_dir_all(&medium_dir);
-            let _ = std::fs::remove_file(&medium_img);
-            let medium = if *kind == "fat" {
-                // Room for incompressible data plus records, index and FAT.
-                let bytes = size + size / 8 + (64 << 20);
-                crate::medium::format_fat(&medium_img, Some(bytes), true)?;
-                Where {
-                    medium: Some(format!("fat:{}", medium_img.display())),
-                    appliance: None,
-                }
-            } else {
-                std::fs::create_dir_all(&medium_dir)?;
-                Where {
-                    medium: Some(format!("dir:{}", medium_dir.display())),
-                    appliance: None,
-                }
-            };
-            let _ = std::fs::remove_dir_all(work.join("keys"));
-
-            let cpu = crate::progress::cpu_seconds();
-            let secs = timed(|| {
-                crate::capture::capture(&crate::capture::Args {
-                    dirty_bitmap: None,
-                    source: Some(src.display().to_string()),
-                    medium: medium.clone(),
-                    name: "bench".into(),
-                    recipient: vec![crate::keys::pub_path(&key).display().to_string()],
-                    passphrase_file: None,
-                    passphrase_generate: false,
-                    delta: false,
-                    rate_limit: None,
-                    key_cache: Some(work.join("keys")),
-                    chunk_size: "1MiB".into(),
-                    no_compress: false,
-                    threads: None,
-                    json: true,
-                    report: None,
-                    checkpoint_bytes: "64MiB".into(),
-                    passphrase_work_factor: None,
-                    dry_run: false,
-                    abort: false,
-                    skip_space_check: false,
-                    sign: None,
-                })
-                .map(|_| ())
-            })?;
-            let capture_cpu = crate::progress::cpu_seconds() - cpu;
+            let medium = fresh_medium(&work, kind, size)?;
+            let (secs, capture_cpu) =
+                capture_timed(&src, &medium, &key, &work, None, args.threads)?;
             let medium_bytes = if *kind == "fat" {
                 let mut m = medium.open_read_only()?;
                 let n = store_bytes(m.store(), "");
@@ -407,9 +405,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 seconds: secs,
                 mb_per_s: rate,
                 vs_dd: ratio(dd_rate, rate),
+                baseline: None,
                 cpu_seconds: Some(capture_cpu),
                 cpu_s_per_gib: per_gib(capture_cpu),
                 output_bytes: Some(medium_bytes),
+                cpu_share: None,
             });
 
             let mut dd_medium_rate = None;
@@ -417,6 +417,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             // it is no baseline for ingest, which writes (sparsely) the whole disk.
             if dd.is_some() && !matches!(pattern, "zeros" | "sparse") {
                 let out = work.join("dd-medium.out");
+                let cpu = children_cpu_seconds();
                 let secs = if *kind == "fat" {
                     // As many bytes of the image as the capture stored.
                     dd_prefix(&medium_img, medium_bytes, &out)?
@@ -425,6 +426,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     files_under(&medium_dir.join("MGEAR"), &mut files);
                     dd_files(&files, &out)?
                 };
+                let dd_cpu = children_cpu_seconds() - cpu;
                 std::fs::remove_file(&out)?;
                 dd_medium_rate = Some(crate::progress::mb_per_s(medium_bytes, secs));
                 timings.push(Timing {
@@ -432,9 +434,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     seconds: secs,
                     mb_per_s: crate::progress::mb_per_s(medium_bytes, secs),
                     vs_dd: Some(1.0),
-                    cpu_seconds: None,
-                    cpu_s_per_gib: None,
+                    baseline: None,
+                    cpu_seconds: Some(dd_cpu),
+                    cpu_s_per_gib: Some(dd_cpu / gib(medium_bytes)),
                     output_bytes: Some(medium_bytes),
+                    cpu_share: None,
                 });
             }
 
@@ -472,13 +476,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let ingest_cpu = crate::progress::cpu_seconds() - cpu;
             let rate = crate::progress::mb_per_s(size, secs);
             timings.push(Timing {
-                what: format!("{prefix}mgear ingest (verifies, then reads back)"),
+                what: format!("{prefix}mgear ingest (verifies, reads back)"),
                 seconds: secs,
                 mb_per_s: rate,
                 vs_dd: ratio(dd_medium_rate, rate),
+                baseline: None,
                 cpu_seconds: Some(ingest_cpu),
                 cpu_s_per_gib: per_gib(ingest_cpu),
                 output_bytes: None,
+                cpu_share: None,
             });
             std::fs::remove_file(&vol)?;
             if let (Some(pool), "dir") = (&args.rbd, *kind) {
@@ -486,6 +492,36 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
             let _ = std::fs::remove_dir_all(&medium_dir);
             let _ = std::fs::remove_file(&medium_img);
+        }
+
+        if pattern == "random" && media.contains(&"fat") {
+            let fat_rate = timings
+                .iter()
+                .find(|t| t.what == "fat: mgear capture")
+                .map(|t| t.mb_per_s);
+            let extra = Extra {
+                work: &work,
+                key: &key,
+                threads: args.threads,
+                dd_cpu_per_gib,
+                json: args.json,
+            };
+            timings.extend(extra.rate_limited(size)?);
+            if let Some((small, large)) = scale_sizes(&args.scale)? {
+                timings.extend(extra.scale(small, large)?);
+            }
+            if !args.no_appliance {
+                match sim_binary() {
+                    Some(sim) => {
+                        let (rows, rss) = extra.appliance(&sim, &src, size, fat_rate)?;
+                        timings.extend(rows);
+                        report.sim_peak_rss_bytes = rss;
+                    }
+                    None => report.notes.push(
+                        "mgear-appliance-sim not found next to mgear or on PATH (cargo build --release -p mgear-appliance-sim): no appliance rows".into(),
+                    ),
+                }
+            }
         }
 
         if qemu_img.is_some() {
@@ -506,9 +542,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 seconds: secs,
                 mb_per_s: rate,
                 vs_dd: ratio(dd_rate, rate),
+                baseline: None,
                 cpu_seconds: None,
                 cpu_s_per_gib: None,
                 output_bytes: bytes,
+                cpu_share: None,
             });
         }
         std::fs::remove_file(&src)?;
@@ -528,24 +566,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!("pattern {} ({}):", p.pattern, human_bytes(p.size));
         for t in &p.timings {
             println!(
-                "  {:<47} {:>8.1} MB/s {:>7.2} s{}{}{}{}",
+                "  {:<52} {:>8.1} MB/s {:>7.2} s{}{}{}{}{}",
                 t.what,
                 t.mb_per_s,
                 t.seconds,
                 t.vs_dd.map_or(String::new(), |v| format!(
                     "  x{v:.2} vs {}",
-                    if t.what.starts_with("rbd:") {
-                        "convert"
-                    } else {
-                        "dd"
-                    }
+                    t.baseline.as_deref().unwrap_or("dd")
                 )),
                 t.cpu_seconds
                     .map_or(String::new(), |c| format!("  cpu {c:.2} s")),
                 t.cpu_s_per_gib
-                    .map_or(String::new(), |c| format!(" ({c:.1} CPU-s/GiB)")),
+                    .map_or(String::new(), |c| format!(" ({c:.2} CPU-s/GiB)")),
                 t.output_bytes
-                    .map_or(String::new(), |b| format!("  output {}", human_bytes(b)))
+                    .map_or(String::new(), |b| format!("  output {}", human_bytes(b))),
+                t.cpu_share.map_or(String::new(), |c| format!(
+                    "  {:.1}% of the machine",
+                    c * 100.0
+                ))
             );
         }
     }
@@ -558,6 +596,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(r) = report.peak_rss_bytes {
         println!("peak RSS: {}", human_bytes(r));
     }
+    if let Some(r) = report.sim_peak_rss_bytes {
+        println!("peak RSS of mgear-appliance-sim: {}", human_bytes(r));
+    }
+    for n in &report.notes {
+        println!("note: {n}");
+    }
     println!("targets:");
     for t in &report.targets {
         println!(
@@ -569,6 +613,435 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         );
     }
     Ok(crate::exit::OK)
+}
+
+/// `bytes` in GiB.
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// CPU seconds (user + system) of this process's finished children: what
+/// `dd`, `cat` and `qemu-img` cost, for the baselines' CPU.
+fn children_cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// An empty medium of `kind` (`fat`: a FAT32 image with room for `size`
+/// bytes of incompressible data; `dir`: a directory) under `work`, and a
+/// fresh key cache.
+fn fresh_medium(work: &Path, kind: &str, size: u64) -> anyhow::Result<Where> {
+    let medium_dir = work.join("medium");
+    let medium_img = work.join("medium.img");
+    let _ = std::fs::remove_dir_all(&medium_dir);
+    let _ = std::fs::remove_file(&medium_img);
+    let _ = std::fs::remove_dir_all(work.join("keys"));
+    Ok(if kind == "fat" {
+        // Room for incompressible data plus records, index and FAT.
+        crate::medium::format_fat(&medium_img, Some(fat_bytes(size)), true)?;
+        Where {
+            medium: Some(format!("fat:{}", medium_img.display())),
+            appliance: None,
+        }
+    } else {
+        std::fs::create_dir_all(&medium_dir)?;
+        Where {
+            medium: Some(format!("dir:{}", medium_dir.display())),
+            appliance: None,
+        }
+    })
+}
+
+/// Size of a FAT32 image that holds a capture of `size` random bytes.
+fn fat_bytes(size: u64) -> u64 {
+    size + size / 8 + (64 << 20)
+}
+
+/// `mgear capture` of `src` onto `medium`, in this process: wall and CPU seconds.
+fn capture_timed(
+    src: &Path,
+    medium: &Where,
+    key: &Path,
+    work: &Path,
+    rate_limit: Option<&str>,
+    threads: Option<usize>,
+) -> anyhow::Result<(f64, f64)> {
+    let cpu = crate::progress::cpu_seconds();
+    let secs = timed(|| {
+        crate::capture::capture(&crate::capture::Args {
+            dirty_bitmap: None,
+            source: Some(src.display().to_string()),
+            medium: medium.clone(),
+            name: "bench".into(),
+            recipient: vec![crate::keys::pub_path(key).display().to_string()],
+            passphrase_file: None,
+            passphrase_generate: false,
+            delta: false,
+            rate_limit: rate_limit.map(str::to_string),
+            key_cache: Some(work.join("keys")),
+            chunk_size: "1MiB".into(),
+            no_compress: false,
+            threads,
+            json: true,
+            report: None,
+            checkpoint_bytes: "64MiB".into(),
+            passphrase_work_factor: None,
+            dry_run: false,
+            abort: false,
+            skip_space_check: false,
+            sign: None,
+        })
+        .map(|_| ())
+    })?;
+    Ok((secs, crate::progress::cpu_seconds() - cpu))
+}
+
+/// `--scale SMALL,LARGE`, or `None` for `off`.
+fn scale_sizes(text: &str) -> anyhow::Result<Option<(u64, u64)>> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let bad = || {
+        crate::exit::usage(format!(
+            "--scale {text}: give two sizes, SMALL,LARGE (e.g. 256MiB,4GiB), or off"
+        ))
+    };
+    let (a, b) = text.split_once(',').ok_or_else(bad)?;
+    let (a, b) = (parse_size(a.trim())?, parse_size(b.trim())?);
+    if a < (1 << 20) || b <= a {
+        return Err(bad());
+    }
+    Ok(Some((a, b)))
+}
+
+/// `mgear-appliance-sim` next to this executable (a cargo build puts both
+/// in the same target directory), else on PATH.
+fn sim_binary() -> Option<PathBuf> {
+    const SIM: &str = "mgear-appliance-sim";
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(SIM)))
+        .filter(|p| p.is_file())
+        .or_else(|| crate::tools::which(SIM))
+}
+
+/// CPU seconds (user + system) and peak RSS of a running process, from /proc.
+fn proc_usage(pid: u32) -> (f64, Option<u64>) {
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces), which ends at the last ')'.
+            let rest = s.get(s.rfind(')')? + 2..)?.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    (cpu, rss)
+}
+
+/// The rows measured once, on random data: a rate-limited capture, the
+/// per-byte cost at two sizes, and the appliance simulator.
+struct Extra<'a> {
+    work: &'a Path,
+    key: &'a Path,
+    threads: Option<usize>,
+    /// `dd`'s CPU seconds per GiB copying the source, this run.
+    dd_cpu_per_gib: Option<f64>,
+    json: bool,
+}
+
+/// The rate of the rate-limited capture, in bytes per second and as given.
+const LIMIT: (f64, &str) = (50.0 * 1024.0 * 1024.0, "50MiB/s");
+
+impl Extra<'_> {
+    fn say(&self, what: &str) {
+        if !self.json {
+            eprintln!("{what} ...");
+        }
+    }
+
+    /// A capture held to 50 MiB/s, the way a production source is captured:
+    /// its CPU time over its wall time over the cores is its share of the
+    /// machine; the baseline is `dd`'s CPU per byte of this run at the same rate.
+    fn rate_limited(&self, size: u64) -> anyhow::Result<Vec<Timing>> {
+        let n = size.min(256 << 20);
+        self.say(&format!(
+            "capture of {} held to {}",
+            human_bytes(n),
+            LIMIT.1
+        ));
+        let src = self.work.join("source-rate.raw");
+        generate(&src, n, "random")?;
+        let medium = fresh_medium(self.work, "fat", n)?;
+        let (secs, cpu) = capture_timed(
+            &src,
+            &medium,
+            self.key,
+            self.work,
+            Some(LIMIT.1),
+            self.threads,
+        )?;
+        std::fs::remove_file(&src)?;
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+        let share = cpu / secs / cores;
+        let mut rows = vec![Timing {
+            what: format!("fat: mgear capture --rate-limit {}", LIMIT.1),
+            seconds: secs,
+            mb_per_s: crate::progress::mb_per_s(n, secs),
+            vs_dd: None,
+            baseline: None,
+            cpu_seconds: Some(cpu),
+            cpu_s_per_gib: Some(cpu / gib(n)),
+            output_bytes: None,
+            cpu_share: Some(share),
+        }];
+        if let Some(dd) = self.dd_cpu_per_gib {
+            // dd's CPU per byte at the same byte rate.
+            let dd_share = dd * gib(LIMIT.0 as u64) / cores;
+            rows.push(Timing {
+                what: format!("dd of the same bytes at {} (computed)", LIMIT.1),
+                seconds: secs,
+                mb_per_s: crate::progress::mb_per_s(n, secs),
+                vs_dd: None,
+                baseline: None,
+                cpu_seconds: Some(dd * gib(n)),
+                cpu_s_per_gib: Some(dd),
+                output_bytes: None,
+                cpu_share: Some(dd_share),
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Random captures of `small` and `large` bytes onto a FAT32 image, each
+    /// against `dd` of its own source: the per-byte cost must not grow with size.
+    fn scale(&self, small: u64, large: u64) -> anyhow::Result<Vec<Timing>> {
+        let mut rows = Vec::new();
+        for n in [small, large] {
+            self.say(&format!("capture of {} for the scale rows", human_bytes(n)));
+            let src = self.work.join("source-scale.raw");
+            generate(&src, n, "random")?;
+            let out = self.work.join("dd.out");
+            let cpu = children_cpu_seconds();
+            let dd_secs = dd_files(std::slice::from_ref(&src), &out)?;
+            let dd_cpu = children_cpu_seconds() - cpu;
+            std::fs::remove_file(&out)?;
+            let medium = fresh_medium(self.work, "fat", n)?;
+            let (secs, cpu) =
+                capture_timed(&src, &medium, self.key, self.work, None, self.threads)?;
+            std::fs::remove_file(&src)?;
+            let _ = std::fs::remove_file(self.work.join("medium.img"));
+            let label = human_bytes(n);
+            rows.push(Timing {
+                what: format!("scale: dd {label} -> medium (fsync)"),
+                seconds: dd_secs,
+                mb_per_s: crate::progress::mb_per_s(n, dd_secs),
+                vs_dd: Some(1.0),
+                baseline: None,
+                cpu_seconds: Some(dd_cpu),
+                cpu_s_per_gib: Some(dd_cpu / gib(n)),
+                output_bytes: None,
+                cpu_share: None,
+            });
+            let rate = crate::progress::mb_per_s(n, secs);
+            let dd_rate = crate::progress::mb_per_s(n, dd_secs);
+            rows.push(Timing {
+                what: format!("scale: fat: mgear capture {label}"),
+                seconds: secs,
+                mb_per_s: rate,
+                vs_dd: Some(if dd_rate > 0.0 { rate / dd_rate } else { 0.0 }),
+                baseline: None,
+                cpu_seconds: Some(cpu),
+                cpu_s_per_gib: Some(cpu / gib(n)),
+                output_bytes: None,
+                cpu_share: None,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Capture of `src` through `mgear-appliance-sim`'s NBD export (against
+    /// the direct `fat:` capture of this run, `fat_rate`), then its seal
+    /// (keyless verify and region hashes) against `dd` reading the medium
+    /// image. Returns the rows and the simulator's peak RSS.
+    fn appliance(
+        &self,
+        sim: &Path,
+        src: &Path,
+        size: u64,
+        fat_rate: Option<f64>,
+    ) -> anyhow::Result<(Vec<Timing>, Option<u64>)> {
+        self.say("capture through mgear-appliance-sim, then seal");
+        let dir = self.work.join("appliance");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let img = dir.join("medium.img");
+        crate::medium::format_fat(&img, Some(fat_bytes(size)), true)?;
+        let tty = dir.join("appliance.tty");
+        let log = std::fs::File::create(dir.join("sim.log"))?;
+        let child = Command::new(sim)
+            .arg("--medium")
+            .arg(&img)
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--console-link")
+            .arg(&tty)
+            .arg("--nbd")
+            .arg(dir.join("appliance.sock"))
+            // Fast PIN hashing: the PIN is not what is measured here.
+            .arg("--test-timing")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", sim.display()))?;
+        let mut sim_proc = SimGuard(child);
+        let result = self.appliance_steps(&mut sim_proc, &dir, &tty, &img, src, size, fat_rate);
+        let rss = proc_usage(sim_proc.0.id()).1;
+        drop(sim_proc);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok((result?, rss))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn appliance_steps(
+        &self,
+        sim: &mut SimGuard,
+        dir: &Path,
+        tty: &Path,
+        img: &Path,
+        src: &Path,
+        size: u64,
+        fat_rate: Option<f64>,
+    ) -> anyhow::Result<Vec<Timing>> {
+        let t0 = Instant::now();
+        while std::fs::symlink_metadata(tty).is_err() {
+            if let Some(st) = sim.0.try_wait()? {
+                anyhow::bail!(
+                    "mgear-appliance-sim exited at start ({st}): see {}",
+                    dir.join("sim.log").display()
+                );
+            }
+            if t0.elapsed().as_secs() > 30 {
+                anyhow::bail!("mgear-appliance-sim did not come up within 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let exe = std::env::current_exe()?;
+        let pin = dir.join("pin");
+        std::fs::write(&pin, "4711-2468\n")?;
+        for step in ["provision", "unlock"] {
+            crate::tools::run(
+                Command::new(&exe)
+                    .arg("appliance")
+                    .arg("--port")
+                    .arg(tty)
+                    .args([step, "--pin-file"])
+                    .arg(&pin)
+                    .stdout(std::process::Stdio::null()),
+            )
+            .with_context(|| format!("mgear appliance {step}"))?;
+        }
+        let medium = Where {
+            medium: None,
+            appliance: Some(tty.to_path_buf()),
+        };
+        let _ = std::fs::remove_dir_all(self.work.join("keys"));
+        let sim_cpu = proc_usage(sim.0.id()).0;
+        let (secs, cpu) = capture_timed(src, &medium, self.key, self.work, None, self.threads)?;
+        let sim_cpu = proc_usage(sim.0.id()).0 - sim_cpu;
+        let rate = crate::progress::mb_per_s(size, secs);
+        let mut rows = vec![Timing {
+            what: "appliance: mgear capture (simulator's NBD export)".into(),
+            seconds: secs,
+            mb_per_s: rate,
+            vs_dd: fat_rate.map(|f| if f > 0.0 { rate / f } else { 0.0 }),
+            baseline: Some("fat: capture".into()),
+            cpu_seconds: Some(cpu + sim_cpu),
+            cpu_s_per_gib: Some((cpu + sim_cpu) / gib(size)),
+            output_bytes: None,
+            cpu_share: None,
+        }];
+        let img_len = std::fs::metadata(img)?.len();
+        let cpu = children_cpu_seconds();
+        let read_secs = timed(|| {
+            crate::tools::run(
+                Command::new("dd")
+                    .arg(format!("if={}", img.display()))
+                    .args(["of=/dev/null", "bs=4M", "status=none"]),
+            )
+        })?;
+        let read_cpu = children_cpu_seconds() - cpu;
+        let read_rate = crate::progress::mb_per_s(img_len, read_secs);
+        rows.push(Timing {
+            what: "appliance: dd medium image -> /dev/null".into(),
+            seconds: read_secs,
+            mb_per_s: read_rate,
+            vs_dd: Some(1.0),
+            baseline: None,
+            cpu_seconds: Some(read_cpu),
+            cpu_s_per_gib: Some(read_cpu / gib(img_len)),
+            output_bytes: None,
+            cpu_share: None,
+        });
+        let sim_cpu = proc_usage(sim.0.id()).0;
+        let seal_secs = timed(|| {
+            crate::tools::run(
+                Command::new(&exe)
+                    .arg("appliance")
+                    .arg("--port")
+                    .arg(tty)
+                    .args(["--json", "seal"])
+                    .stdout(std::process::Stdio::null()),
+            )
+            .context("mgear appliance seal")
+        })?;
+        let sim_cpu = proc_usage(sim.0.id()).0 - sim_cpu;
+        let seal_rate = crate::progress::mb_per_s(img_len, seal_secs);
+        rows.push(Timing {
+            what: "appliance: seal (verify + region hashes)".into(),
+            seconds: seal_secs,
+            mb_per_s: seal_rate,
+            vs_dd: Some(if read_rate > 0.0 {
+                seal_rate / read_rate
+            } else {
+                0.0
+            }),
+            baseline: Some("dd read of the medium".into()),
+            cpu_seconds: Some(sim_cpu),
+            cpu_s_per_gib: Some(sim_cpu / gib(img_len)),
+            output_bytes: None,
+            cpu_share: None,
+        });
+        Ok(rows)
+    }
+}
+
+/// The running simulator: stopped (SIGTERM, then waited for) when dropped.
+struct SimGuard(std::process::Child);
+
+impl Drop for SimGuard {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.0.wait();
+    }
 }
 
 /// The RBD row: `mgear ingest` into a new image of `pool` against `qemu-img convert` of the
@@ -652,9 +1125,11 @@ fn rbd_rows(
             seconds: convert,
             mb_per_s: convert_rate,
             vs_dd: None,
+            baseline: None,
             cpu_seconds: None,
             cpu_s_per_gib: None,
             output_bytes: None,
+            cpu_share: None,
         },
         Timing {
             what: "rbd: mgear ingest -> rbd (verifies, reads back)".into(),
@@ -666,9 +1141,11 @@ fn rbd_rows(
             } else {
                 0.0
             }),
+            baseline: Some("convert".into()),
             cpu_seconds: None,
             cpu_s_per_gib: None,
             output_bytes: None,
+            cpu_share: None,
         },
     ])
 }
@@ -698,6 +1175,65 @@ fn targets(report: &Report) -> Vec<Target> {
                     met: v >= 0.85,
                 });
             }
+        }
+    }
+    for (what, label, max) in [
+        ("mgear capture", "capture", 1.5),
+        ("fat: mgear capture", "fat: capture", 1.5),
+        ("mgear ingest", "ingest", 1.0),
+        ("fat: mgear ingest", "fat: ingest", 1.0),
+    ] {
+        if let Some(c) = find("random", what).and_then(|t| t.cpu_s_per_gib) {
+            out.push(Target {
+                what: format!("{label} CPU of random data"),
+                wanted: format!("<= {max:.1} CPU-s/GiB"),
+                measured: format!("{c:.2} CPU-s/GiB"),
+                met: c <= max,
+            });
+        }
+    }
+    if let Some(share) = find("random", "fat: mgear capture --rate-limit").and_then(|t| t.cpu_share)
+    {
+        out.push(Target {
+            what: format!("capture held to {}: share of the machine", LIMIT.1),
+            wanted: "<= 5%".into(),
+            measured: format!("{:.1}%", share * 100.0),
+            met: share <= 0.05,
+        });
+    }
+    let scale: Vec<&Timing> = report
+        .patterns
+        .iter()
+        .filter(|p| p.pattern == "random")
+        .flat_map(|p| p.timings.iter())
+        .filter(|t| t.what.starts_with("scale: fat: mgear capture"))
+        .collect();
+    if let [small, large] = scale[..] {
+        if let (Some(a), Some(b)) = (small.cpu_s_per_gib, large.cpu_s_per_gib) {
+            let r = if a > 0.0 { b / a } else { 0.0 };
+            out.push(Target {
+                what: "CPU per byte, large capture over small".into(),
+                wanted: "<= x1.30".into(),
+                measured: format!("x{r:.2}"),
+                met: r <= 1.3,
+            });
+        }
+    }
+    for (what, label, min) in [
+        (
+            "appliance: mgear capture",
+            "capture through the simulator vs fat:",
+            0.8,
+        ),
+        ("appliance: seal", "seal vs a read of the medium", 0.5),
+    ] {
+        if let Some(v) = find("random", what).and_then(|t| t.vs_dd) {
+            out.push(Target {
+                what: label.into(),
+                wanted: format!(">= x{min:.2}"),
+                measured: format!("x{v:.2}"),
+                met: v >= min,
+            });
         }
     }
     for pattern in ["random", "mix"] {
