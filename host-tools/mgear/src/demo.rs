@@ -1,7 +1,7 @@
 //! `mgear demo`: the whole journey on one machine, in a minute or two.
 //!
 //! ```text
-//! mgear demo [--workdir DIR] [--keep]
+//! mgear demo [--workdir DIR] [--keep] [--cloud]
 //! ```
 //!
 //! Builds a small bootable Linux disk (MBR, ext4, GRUB, the host's Debian
@@ -14,6 +14,13 @@
 //! attestations), compare the volume with the disk bit for bit, and boot the
 //! volume under QEMU (TCG, no network) until the marker appears. Every step
 //! is timed.
+//!
+//! `--cloud` takes the journey into a real cloud instead (the cloud lab of
+//! `scripts/cloud-lab.sh`, or any OpenStack from the `OS_*` environment):
+//! the last steps ingest into a Cinder volume (written straight into its
+//! Ceph RBD image), check the volume's SHA-256 as read back against the
+//! disk's, and boot a Nova server from the volume until the marker shows on
+//! its console. It then removes the server and the volume, unless `--keep`.
 //!
 //! Tools: qemu-system-x86_64 (qemu-system-x86), mkfs.ext4 (e2fsprogs),
 //! grub-mkimage (grub-pc-bin), busybox (busybox-static), a kernel in /boot
@@ -123,7 +130,15 @@ pub struct Args {
     /// Seconds to wait for the boot marker.
     #[arg(long, default_value_t = 300)]
     pub boot_timeout: u64,
+    /// Ingest into OpenStack Cinder (on Ceph) and boot through Nova, with the
+    /// cloud's settings from the environment (`eval "$(scripts/cloud-lab.sh
+    /// start)"` prints them for the local lab), instead of a raw volume and QEMU.
+    #[arg(long)]
+    pub cloud: bool,
 }
+
+/// The flavor `demo --cloud` boots with (created if the cloud lacks it).
+const CLOUD_FLAVOR: &str = "mgear.demo";
 
 /// Debian packages the demo needs, by the program it runs.
 const TOOLS: &[(&str, &str)] = &[
@@ -197,6 +212,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "the demo needs more tools: apt-get install {} busybox-static linux-image-amd64",
             missing.join(" ")
         )));
+    }
+    if args.cloud {
+        // Before minutes of work: the cloud must be reachable as configured.
+        crate::cloud_target::session().map_err(|e| {
+            crate::exit::usage(format!(
+                "demo --cloud needs an OpenStack cloud with Cinder on Ceph and Nova: {e:#}; for \
+                 the local lab run `eval \"$(scripts/cloud-lab.sh start)\"` (as root) first, \
+                 or export the OS_* settings of your cloud"
+            ))
+        })?;
     }
     let mut temp = None;
     let work: PathBuf = match &args.workdir {
@@ -398,6 +423,15 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
             Ok(())
         },
     )?;
+    if args.cloud {
+        let trust = crate::trust::TrustArgs {
+            trust: vec![crate::keys::pub_path(&site_key)],
+            trust_appliance: vec![appliance_fp.clone()],
+            expect_generation: Some(1),
+            ..Default::default()
+        };
+        return demo_cloud(work, args, &medium, &key, trust, &disk, &sample, sim);
+    }
     step(
         10,
         "ingest into a raw volume (pinned site key and appliance; seal and arrival)",
@@ -466,6 +500,132 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
         report.time_to_marker_secs.unwrap_or(0.0)
     );
     Ok(OK)
+}
+
+/// Steps 10-12 of `demo --cloud`: into Cinder, checked, booted through Nova.
+#[allow(clippy::too_many_arguments)]
+fn demo_cloud(
+    work: &Path,
+    args: &Args,
+    medium: &Where,
+    key: &Path,
+    trust: crate::trust::TrustArgs,
+    disk: &Path,
+    sample: &mgear_boot::SampleDisk,
+    sim: Simulator,
+) -> anyhow::Result<i32> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = format!("mgear-demo-{stamp}");
+    let ingest_args = crate::ingest::Args {
+        boot: true,
+        wait_for: sample.marker_line.clone(),
+        timeout: args.boot_timeout,
+        boot_bus: "auto".into(),
+        flavor: Some(CLOUD_FLAVOR.into()),
+        adapt: false,
+        medium: medium.clone(),
+        name: "demo".into(),
+        identity: Some(key.to_path_buf()),
+        passphrase_file: None,
+        target: format!("cinder:{name}"),
+        register_image: false,
+        generation: None,
+        state_dir: Some(work.join("ingest-state")),
+        force: false,
+        allow_unsealed: false,
+        trust,
+        rate_limit: None,
+        checkpoint_bytes: "64MiB".into(),
+        json: false,
+        report: None,
+    };
+    let mut report = step(
+        10,
+        "ingest into a new Cinder volume, straight into its Ceph RBD image (pinned site key and appliance; seal and arrival)",
+        || crate::ingest::ingest(&ingest_args),
+    )?;
+    drop(sim);
+    let volume = report.volume.clone().unwrap_or_default();
+    println!("    volume {volume} ({name})");
+    step(
+        11,
+        "check the volume's SHA-256, read back through librbd, against the disk",
+        || {
+            let want = file_sha256(disk)?;
+            match report.volume_sha256.as_deref() {
+                Some(got) if got == want => {
+                    println!("    sha256 {got}");
+                    Ok(())
+                }
+                got => Err(coded(
+                    FOUND,
+                    format!(
+                        "the volume reads back as sha256 {}, the disk is {want}",
+                        got.unwrap_or("(not read back)")
+                    ),
+                )),
+            }
+        },
+    )?;
+    let code = step(
+        12,
+        "boot a Nova server from the volume and wait for the marker on its console",
+        || {
+            let session = crate::cloud_target::session()?;
+            mgear_cloud::Nova::new(&session)
+                .ensure_flavor(CLOUD_FLAVOR, 512, 1, 0)
+                .map_err(crate::cloud_target::cloud_err)?;
+            crate::ingest::boot_cinder(&ingest_args, &mut report)
+        },
+    )?;
+    if let Some(server) = &report.server {
+        println!("    server {server}");
+    }
+    if args.keep {
+        println!("    kept: server and volume {volume} (--keep)");
+    } else {
+        step(
+            13,
+            "remove the server and the volume (--keep keeps them)",
+            || {
+                let session = crate::cloud_target::session()?;
+                let wait = std::time::Duration::from_secs(300);
+                if let Some(server) = &report.server {
+                    let nova = mgear_cloud::Nova::new(&session);
+                    nova.delete_server(server)
+                        .and_then(|()| nova.wait_server_gone(server, wait))
+                        .map_err(crate::cloud_target::cloud_err)?;
+                }
+                let cinder = mgear_cloud::Cinder::new(&session);
+                cinder
+                    .wait_status(&volume, "available", wait)
+                    .and_then(|_| cinder.delete(&volume))
+                    .map_err(crate::cloud_target::cloud_err)
+            },
+        )?;
+    }
+    if code != OK {
+        return Err(coded(FOUND, "the server did not boot from the volume"));
+    }
+    Ok(OK)
+}
+
+/// SHA-256 (hex) of a file, as `sha256sum` prints it.
+fn file_sha256(p: &Path) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut sha = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    Ok(crate::capture::hex(&sha.finalize()))
 }
 
 /// Compare two files; an error names the first differing byte.

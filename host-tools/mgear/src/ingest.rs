@@ -423,7 +423,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// `--boot` of a `cinder:` target: a Nova server from the volume, proven from its console;
 /// 0 booted, 1 not. The report goes into the state dir.
-fn boot_cinder(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
+pub(crate) fn boot_cinder(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
     let volume_id = r
         .volume
         .clone()

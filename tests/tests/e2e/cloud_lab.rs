@@ -705,3 +705,60 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
         "booted as a network disk of protocol rbd: {report}"
     );
 }
+
+/// `mgear demo --cloud`: the whole journey (sample disk, appliance simulator, seal, arrival)
+/// into the lab's Cinder and Nova: the volume reads back with the disk's SHA-256 and a server
+/// boots from it and prints the marker; then the demo removes the server and the volume.
+#[test]
+fn demo_cloud_takes_the_journey_into_cinder_and_nova() {
+    let Some(lab) = Lab::from_env() else { return };
+    let session = lab.session();
+    let e = Env::new();
+    let out = {
+        let _one_guest_at_a_time = crate::LIBVIRT.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = e.cmd(&["demo", "--cloud", "--workdir", "demo"]);
+        c.envs(lab.vars.iter());
+        c.output().unwrap()
+    };
+    let text = output_text(&out);
+    // What the demo left in the cloud, named on its stdout; removed whatever the outcome.
+    let word_after = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|rest| rest.split([' ', ';']).next())
+            .map(str::to_string)
+    };
+    let _cleanup = Cleanup {
+        session: &session,
+        server: word_after("server "),
+        volume: word_after("volume "),
+    };
+    assert!(out.status.success(), "demo --cloud failed:\n{text}");
+    for step in [
+        "[10] ingest into a new Cinder volume",
+        "[11] check the volume's SHA-256",
+        "[12] boot a Nova server from the volume and wait for the marker on its console: done",
+        "[13] remove the server and the volume (--keep keeps them): done",
+        "demo finished in",
+    ] {
+        assert!(text.contains(step), "missing {step:?}:\n{text}");
+    }
+    let disk = std::fs::read(e.p("demo/disk.raw")).unwrap();
+    let sha = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&disk)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert!(
+        text.contains(&format!("sha256 {sha}")),
+        "the volume's digest is the disk's ({sha}):\n{text}"
+    );
+    // Without --keep the demo removes what it made: the volume is gone (or on its way).
+    let volume = word_after("volume ").expect("the demo names its volume");
+    match Cinder::new(&session).get(&volume) {
+        Err(_) => {}
+        Ok(v) => assert!(v.status.starts_with("delet"), "left behind: {v:?}"),
+    }
+}
