@@ -186,6 +186,33 @@ fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
+/// Why the trailer of a signed file (a manifest, a set manifest) is bad.
+pub(crate) enum TrailerFault {
+    Truncated,
+    Crc,
+    Root,
+}
+
+/// Checks the trailer that ends a manifest and a set manifest: after the
+/// signed bytes `b[..signed_len]` come their BLAKE3 root (32 bytes), the MAC
+/// (32, checked by the caller with the key) and a CRC-32 of everything before
+/// it (4). Returns the root and the MAC.
+pub(crate) fn check_trailer(
+    b: &[u8],
+    signed_len: usize,
+) -> Result<([u8; 32], [u8; 32]), TrailerFault> {
+    let trailer = b
+        .get(signed_len..signed_len.saturating_add(68))
+        .ok_or(TrailerFault::Truncated)?;
+    check_crc(b, signed_len + 64).map_err(|_| TrailerFault::Crc)?;
+    let (root, mac) = (&trailer[..32], &trailer[32..64]);
+    if blake3::hash(&b[..signed_len]).as_bytes() != root {
+        return Err(TrailerFault::Root);
+    }
+    let arr = |x: &[u8]| x.try_into().map_err(|_| TrailerFault::Truncated);
+    Ok((arr(root)?, arr(mac)?))
+}
+
 /// Little-endian reader over untrusted bytes; every read is bounds-checked.
 pub(crate) struct Rd<'a> {
     buf: &'a [u8],
@@ -876,16 +903,11 @@ impl Manifest {
         if b.len() != signed_len + 68 {
             return Err("manifest length does not match its header");
         }
-        check_crc(b, signed_len + 64).map_err(|_| "manifest CRC mismatch")?;
-        let root: [u8; 32] = b[signed_len..signed_len + 32]
-            .try_into()
-            .map_err(|_| "truncated")?;
-        let mac: [u8; 32] = b[signed_len + 32..signed_len + 64]
-            .try_into()
-            .map_err(|_| "truncated")?;
-        if blake3::hash(&b[..signed_len]).as_bytes() != &root {
-            return Err("manifest root hash mismatch");
-        }
+        let (root, mac) = check_trailer(b, signed_len).map_err(|f| match f {
+            TrailerFault::Truncated => "truncated",
+            TrailerFault::Crc => "manifest CRC mismatch",
+            TrailerFault::Root => "manifest root hash mismatch",
+        })?;
         let mut r = Rd::new(&b[24..signed_len]);
         let capture_id = r.arr()?;
         let generation = r.u32()?;

@@ -53,7 +53,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::error::{Error, Location, Result, StoreCtx};
-use crate::layout::{self, Rd, MANIFEST_FILE, VERSION_MAJOR, VERSION_MINOR};
+use crate::layout::{
+    self, check_trailer, Rd, TrailerFault, MANIFEST_FILE, VERSION_MAJOR, VERSION_MINOR,
+};
 use crate::medium;
 use crate::store::{EntryKind, Store};
 
@@ -283,20 +285,11 @@ impl SetFile {
         if b.len() != signed_len.saturating_add(68) {
             return Err("set manifest length does not match its header");
         }
-        let crc_at = signed_len + 64;
-        let stored = u32::from_le_bytes([b[crc_at], b[crc_at + 1], b[crc_at + 2], b[crc_at + 3]]);
-        if crc32fast::hash(&b[..crc_at]) != stored {
-            return Err("set manifest CRC mismatch");
-        }
-        let root: [u8; 32] = b[signed_len..signed_len + 32]
-            .try_into()
-            .map_err(|_| "truncated")?;
-        let mac: [u8; 32] = b[signed_len + 32..signed_len + 64]
-            .try_into()
-            .map_err(|_| "truncated")?;
-        if blake3::hash(&b[..signed_len]).as_bytes() != &root {
-            return Err("set manifest root hash mismatch");
-        }
+        let (root, mac) = check_trailer(b, signed_len).map_err(|f| match f {
+            TrailerFault::Truncated => "set manifest truncated",
+            TrailerFault::Crc => "set manifest CRC mismatch",
+            TrailerFault::Root => "set manifest root hash mismatch",
+        })?;
         let mut r = Rd::new(&b[24..signed_len]);
         let capture_id = r.arr()?;
         let generation = r.u32()?;
