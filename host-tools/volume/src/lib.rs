@@ -36,8 +36,9 @@
 //! may shrink under us, reports holes), `mgear_boot::ReadAt` (inspection
 //! reads of an image or export), `mgear_nbd_proto::BlockBackend` (what our NBD
 //! server exports: `Sync`, shared by connections), the FAT medium's
-//! `image_format::store::fat::BlockDevice` (`Read + Write + Seek`) and the
-//! firmware's `BlockDevice` (whole blocks, `no_std`). Ingest and sync
+//! `image_format::store::FatDevice` (`Read + Write + Seek`: a byte stream
+//! holding a FAT32 volume) and the firmware's `hal::BlockDevice` (whole
+//! blocks, `no_std`). Ingest and sync
 //! targets, the one writable-target contract, are only this trait.
 
 use std::path::PathBuf;

@@ -41,12 +41,12 @@ use super::{Entry, EntryKind, Store, StoreError};
 
 /// A device holding a FAT32 volume: a raw image file, a block device, or an
 /// NBD export. `sync_device` must make every completed write durable.
-pub trait BlockDevice: Read + Write + Seek + Send {
+pub trait FatDevice: Read + Write + Seek + Send {
     /// Make all completed writes durable (fsync, NBD flush, ...).
     fn sync_device(&mut self) -> io::Result<()>;
 }
 
-impl BlockDevice for std::fs::File {
+impl FatDevice for std::fs::File {
     fn sync_device(&mut self) -> io::Result<()> {
         self.sync_data()
     }
@@ -75,7 +75,7 @@ impl<T: Seek> Seek for FlushIsDurable<T> {
         self.0.seek(pos)
     }
 }
-impl<T: Read + Write + Seek + Send> BlockDevice for FlushIsDurable<T> {
+impl<T: Read + Write + Seek + Send> FatDevice for FlushIsDurable<T> {
     fn sync_device(&mut self) -> io::Result<()> {
         self.0.flush()
     }
@@ -102,7 +102,7 @@ fn read_only_error() -> io::Error {
     )
 }
 
-impl<D: BlockDevice> CacheInner<D> {
+impl<D: FatDevice> CacheInner<D> {
     fn dev_read(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.dev.seek(SeekFrom::Start(off))?;
         self.dev.read_exact(buf)
@@ -251,7 +251,7 @@ impl<D: BlockDevice> CacheInner<D> {
     }
 }
 
-/// A write-back block cache in front of a [`BlockDevice`], shared between
+/// A write-back block cache in front of a [`FatDevice`], shared between
 /// the `fatfs` file system (which owns one handle and does positional I/O
 /// through it) and [`FatStore`] (which keeps another to make writes durable).
 pub struct BlockCache<D> {
@@ -268,7 +268,7 @@ impl<D> Clone for BlockCache<D> {
     }
 }
 
-impl<D: BlockDevice> BlockCache<D> {
+impl<D: FatDevice> BlockCache<D> {
     /// Put a cache in front of `dev`; the device's size is found by seeking to its end.
     pub fn new(dev: D) -> io::Result<Self> {
         Self::with_mode(dev, false)
@@ -316,7 +316,7 @@ impl<D: BlockDevice> BlockCache<D> {
     }
 }
 
-impl<D: BlockDevice> Read for BlockCache<D> {
+impl<D: FatDevice> Read for BlockCache<D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut g = self.lock()?;
         let n = (g.size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
@@ -327,7 +327,7 @@ impl<D: BlockDevice> Read for BlockCache<D> {
     }
 }
 
-impl<D: BlockDevice> Write for BlockCache<D> {
+impl<D: FatDevice> Write for BlockCache<D> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.lock()?.write_at(self.pos, buf)?;
         self.pos += buf.len() as u64;
@@ -338,7 +338,7 @@ impl<D: BlockDevice> Write for BlockCache<D> {
     }
 }
 
-impl<D: BlockDevice> Seek for BlockCache<D> {
+impl<D: FatDevice> Seek for BlockCache<D> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         let size = self.lock()?.size;
         let new = match pos {
@@ -501,7 +501,7 @@ struct SkipZeros<D> {
     skip: bool,
 }
 
-impl<D: BlockDevice> Read for SkipZeros<D> {
+impl<D: FatDevice> Read for SkipZeros<D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.dev.seek(SeekFrom::Start(self.pos))?;
         let n = self.dev.read(buf)?;
@@ -510,7 +510,7 @@ impl<D: BlockDevice> Read for SkipZeros<D> {
     }
 }
 
-impl<D: BlockDevice> Write for SkipZeros<D> {
+impl<D: FatDevice> Write for SkipZeros<D> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (start, end) = (self.pos, self.pos + buf.len() as u64);
         let untouched = !self.written.iter().any(|&(s, e)| s < end && start < e);
@@ -527,21 +527,21 @@ impl<D: BlockDevice> Write for SkipZeros<D> {
     }
 }
 
-impl<D: BlockDevice> Seek for SkipZeros<D> {
+impl<D: FatDevice> Seek for SkipZeros<D> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.pos = self.dev.seek(pos)?;
         Ok(self.pos)
     }
 }
 
-impl<D: BlockDevice> BlockDevice for SkipZeros<D> {
+impl<D: FatDevice> FatDevice for SkipZeros<D> {
     fn sync_device(&mut self) -> io::Result<()> {
         self.dev.sync_device()
     }
 }
 
 /// A FAT32 volume used as a medium.
-pub struct FatStore<D: BlockDevice> {
+pub struct FatStore<D: FatDevice> {
     fs: fatfs::FileSystem<BlockCache<D>>,
     cache: BlockCache<D>,
     read_only: bool,
@@ -557,7 +557,7 @@ pub struct FatStore<D: BlockDevice> {
 }
 
 /// `read(offset, buf)` on the cache, for [`fatmap`].
-fn cache_reader<D: BlockDevice>(
+fn cache_reader<D: FatDevice>(
     cache: &BlockCache<D>,
 ) -> impl FnMut(u64, &mut [u8]) -> Result<(), StoreError> + '_ {
     move |off, buf| {
@@ -569,7 +569,7 @@ fn cache_reader<D: BlockDevice>(
 }
 
 /// `write(offset, bytes)` on the cache, for [`fatmap`].
-fn cache_writer<D: BlockDevice>(
+fn cache_writer<D: FatDevice>(
     cache: &BlockCache<D>,
 ) -> impl FnMut(u64, &[u8]) -> Result<(), StoreError> + '_ {
     move |off, buf| {
@@ -612,7 +612,7 @@ fn check_path(path: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl<D: BlockDevice> FatStore<D> {
+impl<D: FatDevice> FatStore<D> {
     /// Create a FAT32 file system on the device (destroys its contents),
     /// laid out by [`FatLayout::for_size`]: the whole device, or its first
     /// [`MAX_FAT32_BYTES`] when it is larger. FSInfo gets the true free
@@ -862,7 +862,7 @@ struct Geometry {
 impl Geometry {
     /// Parse the BPB fields this module needs (FAT32 layout, offsets per the
     /// Microsoft FAT specification).
-    fn read<D: BlockDevice>(cache: &BlockCache<D>) -> io::Result<Geometry> {
+    fn read<D: FatDevice>(cache: &BlockCache<D>) -> io::Result<Geometry> {
         let mut bs = [0u8; 512];
         cache.lock()?.read_at(0, &mut bs)?;
         let u16at = |o: usize| u16::from_le_bytes([bs[o], bs[o + 1]]) as u64;
@@ -894,7 +894,7 @@ impl Geometry {
 /// slots are rewritten to what the FAT specification requires. The new
 /// directory's cluster is the one that went from free to allocated in the
 /// FAT and starts with that entry pattern.
-fn repair_new_dir<D: BlockDevice>(
+fn repair_new_dir<D: FatDevice>(
     cache: &BlockCache<D>,
     geo: &Geometry,
     free_before: &[u64],
@@ -936,7 +936,7 @@ fn repair_new_dir<D: BlockDevice>(
 
 /// Call `f(cluster, entry)` for every FAT entry, reading the FAT in 1 MiB
 /// pieces so memory stays small whatever the medium size.
-fn scan_fat<D: BlockDevice>(
+fn scan_fat<D: FatDevice>(
     cache: &BlockCache<D>,
     geo: &Geometry,
     mut f: impl FnMut(usize, u32),
@@ -958,7 +958,7 @@ fn scan_fat<D: BlockDevice>(
 }
 
 /// One bit per cluster, set where the FAT marks the cluster free.
-fn free_bitmap<D: BlockDevice>(cache: &BlockCache<D>, geo: &Geometry) -> io::Result<Vec<u64>> {
+fn free_bitmap<D: FatDevice>(cache: &BlockCache<D>, geo: &Geometry) -> io::Result<Vec<u64>> {
     let mut bits = vec![0u64; (geo.fat_bytes / 4).div_ceil(64) as usize];
     scan_fat(cache, geo, |c, e| {
         if e == 0 {
@@ -980,7 +980,7 @@ fn check_fat_size(path: &str, end: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl<D: BlockDevice> Store for FatStore<D> {
+impl<D: FatDevice> Store for FatStore<D> {
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
         let d = self.dir(dir)?;
         let mut out = Vec::new();

@@ -19,7 +19,7 @@ pub mod mem;
 #[cfg(feature = "std")]
 pub use dir::DirStore;
 #[cfg(feature = "fat")]
-pub use fat::{BlockDevice, FatStore, FlushIsDurable};
+pub use fat::{FatDevice, FatStore, FlushIsDurable};
 pub use mem::MemStore;
 
 use alloc::string::String;
