@@ -410,13 +410,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 presence(a.virtio_after)
             );
         }
-        if let (Some(b), Some(p)) = (r.booted, &r.boot_report) {
-            println!(
-                "  {:<14} {} (report {p})",
-                "boot",
-                if b { "booted" } else { "did NOT boot" }
-            );
-        }
+        print_boot_line(r.booted, r.boot_report.as_deref());
     }
     Ok(code)
 }
@@ -840,6 +834,17 @@ pub fn write_volume<S: image_format::Store>(
         },
         finished,
     ))
+}
+
+/// The summary line of `--boot`: booted or not, and where its report is.
+pub(crate) fn print_boot_line(booted: Option<bool>, report: Option<&str>) {
+    if let (Some(b), Some(p)) = (booted, report) {
+        println!(
+            "  {:<14} {} (report {p})",
+            "boot",
+            if b { "booted" } else { "did NOT boot" }
+        );
+    }
 }
 
 /// Check the volume can take the disk and open (or resume) its state.

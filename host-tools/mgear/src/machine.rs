@@ -589,13 +589,7 @@ pub fn run_ingest(
             d.report.zero_chunks
         );
     }
-    if let (Some(b), Some(p)) = (r.booted, &r.boot_report) {
-        println!(
-            "  {:<14} {} (report {p})",
-            "boot",
-            if b { "booted" } else { "did NOT boot" }
-        );
-    }
+    crate::ingest::print_boot_line(r.booted, r.boot_report.as_deref());
     Ok(code)
 }
 
