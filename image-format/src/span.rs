@@ -316,21 +316,23 @@ pub struct SpanOptions {
 }
 
 /// One medium as the span store holds it.
-pub struct Attached<'a> {
-    pub ordinal: u16,
-    pub store: &'a mut dyn Store,
+struct Attached<M> {
+    ordinal: u16,
+    store: M,
 }
 
 /// Several media seen as one [`Store`]: segments placed, the rest mirrored.
-pub struct SpanStore<'a> {
+/// It owns the media (`M`: a store, or `&mut dyn Store`) and gives them
+/// back with [`into_media`](Self::into_media) so they can be closed.
+pub struct SpanStore<M> {
     id: [u8; 16],
-    media: Vec<Attached<'a>>,
+    media: Vec<Attached<M>>,
     map: SpanMap,
     opts: SpanOptions,
     writable: bool,
 }
 
-impl<'a> SpanStore<'a> {
+impl<M: Store> SpanStore<M> {
     /// Opens media for writing a span. Media that carry a span label must
     /// all be of one span and every member of it not declared lost must be
     /// given (a mirrored file is only consistent when every copy is written);
@@ -342,14 +344,14 @@ impl<'a> SpanStore<'a> {
     /// joined with, or `#N`): they are declared lost, and a delta written
     /// now captures again what they held.
     pub fn join(
-        media: Vec<(&'a mut dyn Store, String)>,
+        media: Vec<(M, String)>,
         new_id: [u8; 16],
         opts: SpanOptions,
         lost: &[String],
     ) -> Result<Self> {
         let mut found = Vec::new();
-        for (store, name) in media {
-            let info = read_span(store)?;
+        for (mut store, name) in media {
+            let info = read_span(&mut store)?;
             found.push((store, name, info));
         }
         let mut id = None;
@@ -484,15 +486,15 @@ impl<'a> SpanStore<'a> {
     /// Opens media for reading (ingest, verify, inspect): every medium must
     /// carry a label of one span; members may be missing
     /// ([`missing`](Self::missing) says which).
-    pub fn open(media: Vec<(&'a mut dyn Store, String)>) -> Result<Self> {
+    pub fn open(media: Vec<(M, String)>) -> Result<Self> {
         let mut id = None;
         let mut attached = Vec::new();
         let mut maps = Vec::new();
-        for (store, name) in media {
+        for (mut store, name) in media {
             let Some(SpanInfo {
                 label: Some(l),
                 map,
-            }) = read_span(store)?
+            }) = read_span(&mut store)?
             else {
                 return Err(Error::Usage(format!(
                     "{name} is not part of a span (it has no MGEAR/SPAN label): several --medium \
@@ -511,7 +513,7 @@ impl<'a> SpanStore<'a> {
             }
             if attached
                 .iter()
-                .any(|a: &Attached<'_>| a.ordinal == l.ordinal)
+                .any(|a: &Attached<M>| a.ordinal == l.ordinal)
             {
                 return Err(Error::Usage(format!(
                     "medium #{} of the span is given twice ({name}): give each medium once",
@@ -543,6 +545,11 @@ impl<'a> SpanStore<'a> {
             },
             writable: false,
         })
+    }
+
+    /// Gives the media back (in ordinal order), e.g. to close them.
+    pub fn into_media(self) -> Vec<M> {
+        self.media.into_iter().map(|a| a.store).collect()
     }
 
     /// The span's id.
@@ -613,7 +620,7 @@ impl<'a> SpanStore<'a> {
         let mut segments: Vec<(String, u16)> = Vec::new();
         for (i, a) in self.media.iter_mut().enumerate() {
             let mut files = Vec::new();
-            walk(&mut *a.store, ROOT_DIR, &mut files)?;
+            walk(&mut a.store, ROOT_DIR, &mut files)?;
             for f in files {
                 if f == SPAN_FILE || f == SPANMAP_FILE {
                     continue;
@@ -762,19 +769,19 @@ impl<'a> SpanStore<'a> {
 
     fn all<F>(&mut self, mut f: F) -> core::result::Result<(), StoreError>
     where
-        F: FnMut(&mut dyn Store) -> core::result::Result<(), StoreError>,
+        F: FnMut(&mut M) -> core::result::Result<(), StoreError>,
     {
         if !self.writable {
             return Err(StoreError::ReadOnly);
         }
         for a in &mut self.media {
-            f(&mut *a.store)?;
+            f(&mut a.store)?;
         }
         Ok(())
     }
 }
 
-fn walk(store: &mut dyn Store, dir: &str, out: &mut Vec<String>) -> Result<()> {
+fn walk<M: Store>(store: &mut M, dir: &str, out: &mut Vec<String>) -> Result<()> {
     let entries = match store.list(dir) {
         Ok(e) => e,
         Err(StoreError::NotFound) => return Ok(()),
@@ -795,8 +802,8 @@ fn walk(store: &mut dyn Store, dir: &str, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn same(
-    media: &mut [Attached<'_>],
+fn same<M: Store>(
+    media: &mut [Attached<M>],
     a: usize,
     b: usize,
     path: &str,
@@ -824,8 +831,8 @@ fn same(
     Ok(true)
 }
 
-fn copy(
-    media: &mut [Attached<'_>],
+fn copy<M: Store>(
+    media: &mut [Attached<M>],
     from: usize,
     to: usize,
     path: &str,
@@ -850,7 +857,7 @@ fn copy(
     Ok(())
 }
 
-impl Store for SpanStore<'_> {
+impl<M: Store> Store for SpanStore<M> {
     fn list(&mut self, dir: &str) -> core::result::Result<Vec<Entry>, StoreError> {
         let mut out: Vec<Entry> = Vec::new();
         let mut any = false;
