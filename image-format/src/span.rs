@@ -485,56 +485,80 @@ impl<M: Store> SpanStore<M> {
 
     /// Opens media for reading (ingest, verify, inspect): every medium must
     /// carry a label of one span; members may be missing
-    /// ([`missing`](Self::missing) says which).
-    pub fn open(media: Vec<(M, String)>) -> Result<Self> {
+    /// ([`missing`](Self::missing) says which). With `strict` false (a
+    /// capture looking at media it is about to join), media without a label
+    /// are accepted beside the span's and read as if they had joined.
+    pub fn open(media: Vec<(M, String)>, strict: bool) -> Result<Self> {
         let mut id = None;
-        let mut attached = Vec::new();
-        let mut maps = Vec::new();
+        let mut found = Vec::new();
         for (mut store, name) in media {
-            let Some(SpanInfo {
-                label: Some(l),
-                map,
-            }) = read_span(&mut store)?
-            else {
-                return Err(Error::Usage(format!(
-                    "{name} is not part of a span (it has no MGEAR/SPAN label): several --medium \
-                     are for one capture spanning media; give a medium that stands alone on its own"
-                )));
-            };
-            match id {
-                None => id = Some(l.id),
-                Some(i) if i != l.id => {
+            let info = read_span(&mut store)?;
+            if let Some(SpanInfo { label: Some(l), .. }) = &info {
+                match id {
+                    None => id = Some(l.id),
+                    Some(i) if i != l.id => {
+                        return Err(Error::Usage(format!(
+                            "{name} belongs to another span than the media before it: give only \
+                             the media of one capture's span"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            found.push((store, name, info));
+        }
+        let mut attached: Vec<Attached<M>> = Vec::new();
+        let mut maps = Vec::new();
+        let mut unlabelled = Vec::new();
+        for (store, name, info) in found {
+            match info {
+                Some(SpanInfo {
+                    label: Some(l),
+                    map,
+                }) => {
+                    if attached.iter().any(|a| a.ordinal == l.ordinal) {
+                        return Err(Error::Usage(format!(
+                            "medium #{} of the span is given twice ({name}): give each medium once",
+                            l.ordinal
+                        )));
+                    }
+                    maps.push(map);
+                    attached.push(Attached {
+                        ordinal: l.ordinal,
+                        store,
+                    });
+                }
+                _ if id.is_some() && strict => {
                     return Err(Error::Usage(format!(
-                        "{name} belongs to another span than the media before it: give only the \
-                         media of one capture's span"
+                        "{name} is not part of the span of the other media given (it has no \
+                         MGEAR/SPAN label): give only the media of one capture's span, or this \
+                         medium on its own"
                     )))
                 }
-                Some(_) => {}
+                _ => unlabelled.push(store),
             }
-            if attached
-                .iter()
-                .any(|a: &Attached<M>| a.ordinal == l.ordinal)
-            {
-                return Err(Error::Usage(format!(
-                    "medium #{} of the span is given twice ({name}): give each medium once",
-                    l.ordinal
-                )));
-            }
-            maps.push((l.ordinal, map));
-            attached.push(Attached {
-                ordinal: l.ordinal,
-                store,
-            });
         }
-        attached.sort_by_key(|a| a.ordinal);
-        maps.sort_by_key(|(o, _)| *o);
         // The longest map knows most (a medium that left the span early
         // has an older copy).
         let map = maps
             .into_iter()
-            .map(|(_, m)| m)
             .max_by_key(|m| m.members.len() + m.placed.len())
             .unwrap_or_default();
+        let mut next = map
+            .members
+            .iter()
+            .map(|m| m.ordinal + 1)
+            .chain(attached.iter().map(|a| a.ordinal + 1))
+            .max()
+            .unwrap_or(0);
+        for store in unlabelled {
+            attached.push(Attached {
+                ordinal: next,
+                store,
+            });
+            next = next.saturating_add(1);
+        }
+        attached.sort_by_key(|a| a.ordinal);
         Ok(SpanStore {
             id: id.unwrap_or_default(),
             media: attached,
@@ -1114,7 +1138,7 @@ mod tests {
         let mut span = SpanStore::open(alloc::vec![
             (&mut b as &mut dyn Store, "B".into()),
             (&mut a as &mut dyn Store, "A".into())
-        ])
+        ], true)
         .unwrap();
         assert_eq!(span.attached(), alloc::vec![0, 1]);
         assert_eq!(read_back(&mut span, "web01", &id).unwrap(), data);
@@ -1123,7 +1147,7 @@ mod tests {
         drop(span);
         // One medium only: the reader fails on a segment that is elsewhere,
         // and the span says which medium holds it.
-        let span = SpanStore::open(alloc::vec![(&mut b as &mut dyn Store, "B".into())]).unwrap();
+        let span = SpanStore::open(alloc::vec![(&mut b as &mut dyn Store, "B".into())], true).unwrap();
         let missing = span.missing();
         assert_eq!(missing.len(), 1);
         assert_eq!(missing[0].label, "A");
@@ -1180,7 +1204,7 @@ mod tests {
         let err = SpanStore::open(alloc::vec![
             (&mut a as &mut dyn Store, "A".into()),
             (&mut other as &mut dyn Store, "O".into())
-        ])
+        ], true)
         .err()
         .unwrap()
         .to_string();
@@ -1269,7 +1293,7 @@ mod tests {
         let on_b: Vec<u64> = {
             let map = span_map_of(&mut a);
             let mut span =
-                SpanStore::open(alloc::vec![(&mut a as &mut dyn Store, "A".into())]).unwrap();
+                SpanStore::open(alloc::vec![(&mut a as &mut dyn Store, "A".into())], true).unwrap();
             let r = CaptureReader::open(&mut span, "web01", None, &Unlock::Identity(id.clone()))
                 .unwrap();
 

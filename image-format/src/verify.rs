@@ -549,6 +549,7 @@ fn verify_segment<S: Store + ?Sized>(
             .and_then(|s| Some((s.elsewhere(&path)?, s)))
         {
             let medium = span.map.describe(o);
+            cx.report.segments -= 1;
             cx.report.elsewhere.push(Elsewhere {
                 path,
                 ordinal: o,

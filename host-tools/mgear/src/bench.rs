@@ -642,16 +642,10 @@ fn fresh_medium(work: &Path, kind: &str, size: u64) -> anyhow::Result<Where> {
     Ok(if kind == "fat" {
         // Room for incompressible data plus records, index and FAT.
         crate::medium::format_fat(&medium_img, Some(fat_bytes(size)), true)?;
-        Where {
-            medium: Some(format!("fat:{}", medium_img.display())),
-            appliance: None,
-        }
+        Where::one(format!("fat:{}", medium_img.display()))
     } else {
         std::fs::create_dir_all(&medium_dir)?;
-        Where {
-            medium: Some(format!("dir:{}", medium_dir.display())),
-            appliance: None,
-        }
+        Where::one(format!("dir:{}", medium_dir.display()))
     })
 }
 
@@ -692,6 +686,8 @@ fn capture_timed(
             dry_run: false,
             abort: false,
             skip_space_check: false,
+            replace_medium: Vec::new(),
+            span_total: None,
             sign: None,
         })
         .map(|_| ())
@@ -954,10 +950,7 @@ impl Extra<'_> {
             )
             .with_context(|| format!("mgear appliance {step}"))?;
         }
-        let medium = Where {
-            medium: None,
-            appliance: Some(tty.to_path_buf()),
-        };
+        let medium = Where::appliance_at(tty.to_path_buf());
         let _ = std::fs::remove_dir_all(self.work.join("keys"));
         let sim_cpu = proc_usage(sim.0.id()).0;
         let (secs, cpu) = capture_timed(src, &medium, self.key, self.work, None, self.threads)?;

@@ -383,7 +383,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
         d.boot = true;
     }
     let (st, shared) = {
-        let mut ro = args.medium.open_read_only()?;
+        let mut ro = args.medium.open_before_capture()?;
         let r = (|| {
             let st = state(ro.store(), args, sources.len())?;
             let shared = shared_key(ro.store(), args, st.capture_id)?;
@@ -410,6 +410,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
         a.name = set::disk_stream_name(&name, k);
         a.source = Some(src.clone());
         a.delta = args.delta && g > 1;
+        a.span_total = Some(facts.iter().map(|d| d.size).sum());
         eprintln!(
             "mgear capture: set {name} disk {k} of {}: {src}",
             sources.len()
@@ -479,7 +480,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
     let closed = medium.close();
     let (file, mut receipt) = result?;
     closed?;
-    if let Some(port) = &args.medium.appliance {
+    if let Some(port) = args.medium.first_appliance() {
         let identity = crate::appliance::appliance_identity(port)?;
         crate::appliance::capture_begin(port, &name)?;
         receipt = capture::witness_generation(args, port, &identity, &name, g)
@@ -635,7 +636,7 @@ pub fn ingest_set(
         }
         // Who vouches for the set manifest (its COMMIT, the seal)...
         let verdict = crate::appliance::ingest_gate(
-            args.medium.appliance.as_deref(),
+            args.medium.first_appliance(),
             args.trust.attestations.as_deref(),
             store,
             &args.name,

@@ -597,7 +597,7 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<i32> {
     };
     medium.close()?;
     // After closing: fsck.fat reads the volume as it now is on the device.
-    let fat = match args.medium.medium.as_deref().map(MediumSpec::parse) {
+    let fat = match args.medium.single_medium().map(MediumSpec::parse) {
         Some(Ok(MediumSpec::Fat(path))) => fsck_fat(&path, &args.medium.describe(), args.repair)?,
         _ => None,
     };
