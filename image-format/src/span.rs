@@ -1135,10 +1135,13 @@ mod tests {
             assert_eq!(info.map.members.len(), 2);
         }
         // Read back through the union, media given in reverse order.
-        let mut span = SpanStore::open(alloc::vec![
-            (&mut b as &mut dyn Store, "B".into()),
-            (&mut a as &mut dyn Store, "A".into())
-        ], true)
+        let mut span = SpanStore::open(
+            alloc::vec![
+                (&mut b as &mut dyn Store, "B".into()),
+                (&mut a as &mut dyn Store, "A".into())
+            ],
+            true,
+        )
         .unwrap();
         assert_eq!(span.attached(), alloc::vec![0, 1]);
         assert_eq!(read_back(&mut span, "web01", &id).unwrap(), data);
@@ -1147,7 +1150,8 @@ mod tests {
         drop(span);
         // One medium only: the reader fails on a segment that is elsewhere,
         // and the span says which medium holds it.
-        let span = SpanStore::open(alloc::vec![(&mut b as &mut dyn Store, "B".into())], true).unwrap();
+        let span =
+            SpanStore::open(alloc::vec![(&mut b as &mut dyn Store, "B".into())], true).unwrap();
         let missing = span.missing();
         assert_eq!(missing.len(), 1);
         assert_eq!(missing[0].label, "A");
@@ -1201,10 +1205,13 @@ mod tests {
             .unwrap();
             capture(&mut s, "db01", &data[..CS as usize], &id).unwrap();
         }
-        let err = SpanStore::open(alloc::vec![
-            (&mut a as &mut dyn Store, "A".into()),
-            (&mut other as &mut dyn Store, "O".into())
-        ], true)
+        let err = SpanStore::open(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut other as &mut dyn Store, "O".into())
+            ],
+            true,
+        )
         .err()
         .unwrap()
         .to_string();

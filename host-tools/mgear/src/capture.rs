@@ -660,9 +660,9 @@ fn finished_error(args: &Args, generation: u32) -> anyhow::Error {
     usage(format!(
         "{} is already captured as generation {generation} on this medium (finished): a second \
          full copy would only use space. Use --delta to add the changes since, or remove \
-         it first (`mgear medium rm --medium {} --name {} --generation {generation} --force`)",
+         it first (`mgear medium rm {} --name {} --generation {generation} --force`)",
         args.name,
-        args.medium.describe(),
+        args.medium.as_args(),
         args.name,
     ))
 }
@@ -1435,9 +1435,9 @@ fn medium_full(
         format!(
             "medium full: about {needed} bytes ({}) more needed{free_txt}; free space (or use a larger medium \
              holding the same files) then re-run the same command to resume, or remove this unfinished \
-             capture with `mgear capture --abort --medium {} --name {}` ({err:#})",
+             capture with `mgear capture --abort {} --name {}` ({err:#})",
             human_bytes(needed),
-            args.medium.describe(),
+            args.medium.as_args(),
             args.name
         ),
     )

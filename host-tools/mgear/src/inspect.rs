@@ -204,7 +204,12 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
                 ordinal: m.ordinal,
                 label: m.label.clone(),
                 lost: m.lost,
-                segments: sp.map().placed.values().filter(|o| **o == m.ordinal).count(),
+                segments: sp
+                    .map()
+                    .placed
+                    .values()
+                    .filter(|o| **o == m.ordinal)
+                    .count(),
             })
             .collect(),
     });

@@ -16,8 +16,8 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use image_format::store::fat::{FormatOptions, Formatted, MAX_FAT32_BYTES, MIN_FAT32_BYTES};
 use image_format::span::{SpanOptions, SpanStore};
+use image_format::store::fat::{FormatOptions, Formatted, MAX_FAT32_BYTES, MIN_FAT32_BYTES};
 use image_format::store::{DirStore, Entry, FatStore, FlushIsDurable};
 use image_format::{Store, StoreError};
 use mgear_nbd::NbdFile;
@@ -319,6 +319,17 @@ impl Where {
             crate::exit::coded(code, format!("{}: {e}", self.describe()))
         })?;
         Ok(Kind::Span(Box::new(span)).into())
+    }
+
+    /// The options that name these media again, for commands a message suggests.
+    pub fn as_args(&self) -> String {
+        let mut all: Vec<String> = self
+            .appliance
+            .iter()
+            .map(|p| format!("--appliance {}", p.display()))
+            .collect();
+        all.extend(self.medium.iter().map(|m| format!("--medium {m}")));
+        all.join(" ")
     }
 
     /// Human description: the media given, in order.

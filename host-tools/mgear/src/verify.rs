@@ -317,9 +317,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             *far.entry(e.medium.as_str()).or_default() += 1;
         }
         for (m, n) in far {
-            println!(
-                "{n} segment(s) are on another medium of this span, {m}: verify it there"
-            );
+            println!("{n} segment(s) are on another medium of this span, {m}: verify it there");
         }
         for x in &out.trust {
             println!(
