@@ -667,82 +667,6 @@ fn run_format(file: File, zeroed: bool) -> Result<Formatted, image_format::Store
     FatStore::format(file, &opts)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    use crate::exit::{code_of, USAGE};
-
-    #[test]
-    fn specs() {
-        assert_eq!(
-            MediumSpec::parse("fat:/dev/sdb").unwrap(),
-            MediumSpec::Fat("/dev/sdb".into())
-        );
-        assert_eq!(
-            MediumSpec::parse("dir:/mnt/a").unwrap(),
-            MediumSpec::Dir("/mnt/a".into())
-        );
-        assert_eq!(
-            crate::exit::code_of(&MediumSpec::parse("/mnt/a").unwrap_err()),
-            crate::exit::USAGE
-        );
-    }
-
-    #[test]
-    fn format_small_and_large() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.img");
-        assert_eq!(format_fat(&p, Some(64 << 20), false).unwrap(), 64 << 20);
-        // Refuses to replace without --force (naming what is there), and too-small images.
-        let e = format_fat(&p, Some(64 << 20), false).unwrap_err();
-        assert_eq!(code_of(&e), USAGE);
-        assert!(e.to_string().contains("FAT32 file system"), "{e}");
-        assert_eq!(
-            code_of(&format_fat(&p, Some(8 << 20), true).unwrap_err()),
-            USAGE
-        );
-        let mut m = open_mode(&format!("fat:{}", p.display()), false).unwrap();
-        m.store().create_dir_all("x/y").unwrap();
-        m.close().unwrap();
-        let mut m = open_mode(&format!("fat:{}", p.display()), false).unwrap();
-        assert_eq!(m.store().list("x").unwrap().len(), 1);
-        m.close().unwrap();
-    }
-
-    #[test]
-    fn too_large_is_refused_before_any_file_exists() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.img");
-        let e = format_fat(&p, Some(17 << 40), false).unwrap_err();
-        assert_eq!(code_of(&e), USAGE);
-        assert!(e.to_string().contains("16 TiB"), "{e}");
-        assert!(!p.exists());
-        // 16 TiB exactly is the 16 TiB - 4 KiB FAT32 can address.
-        assert_eq!(image_size(16 << 40).unwrap(), MAX_FAT32_BYTES);
-    }
-
-    #[test]
-    fn in_place_needs_force_over_data_and_serials_differ() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
-        let fa = format_medium(&a, Some(64 << 20), false).unwrap();
-        let fb = format_medium(&b, Some(64 << 20), false).unwrap();
-        assert_ne!(fa.formatted.volume_id, fb.formatted.volume_id);
-        assert_ne!(fa.formatted.volume_id, 0x1234_5678);
-        // In place (no --size): the FAT32 it holds needs --force, and is wiped.
-        let e = format_medium(&a, None, false).unwrap_err();
-        assert_eq!(code_of(&e), USAGE);
-        let again = format_medium(&a, None, true).unwrap();
-        assert_eq!(again.wiped.len(), 1, "{:?}", again.wiped);
-        assert_eq!(again.bytes, 64 << 20);
-        // A blank file of the right size formats in place without --force.
-        let c = dir.path().join("c.img");
-        File::create(&c).unwrap().set_len(64 << 20).unwrap();
-        assert!(format_medium(&c, None, false).unwrap().wiped.is_empty());
-    }
-}
-
 /// Segments of a span that live on media not given, found before a read so
 /// ingest can say which chunks are missing and where they are instead of
 /// failing on the first one.
@@ -820,5 +744,81 @@ impl Gaps {
                  `mgear inspect --medium M` shows the span a medium belongs to"
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::exit::{code_of, USAGE};
+
+    #[test]
+    fn specs() {
+        assert_eq!(
+            MediumSpec::parse("fat:/dev/sdb").unwrap(),
+            MediumSpec::Fat("/dev/sdb".into())
+        );
+        assert_eq!(
+            MediumSpec::parse("dir:/mnt/a").unwrap(),
+            MediumSpec::Dir("/mnt/a".into())
+        );
+        assert_eq!(
+            crate::exit::code_of(&MediumSpec::parse("/mnt/a").unwrap_err()),
+            crate::exit::USAGE
+        );
+    }
+
+    #[test]
+    fn format_small_and_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.img");
+        assert_eq!(format_fat(&p, Some(64 << 20), false).unwrap(), 64 << 20);
+        // Refuses to replace without --force (naming what is there), and too-small images.
+        let e = format_fat(&p, Some(64 << 20), false).unwrap_err();
+        assert_eq!(code_of(&e), USAGE);
+        assert!(e.to_string().contains("FAT32 file system"), "{e}");
+        assert_eq!(
+            code_of(&format_fat(&p, Some(8 << 20), true).unwrap_err()),
+            USAGE
+        );
+        let mut m = open_mode(&format!("fat:{}", p.display()), false).unwrap();
+        m.store().create_dir_all("x/y").unwrap();
+        m.close().unwrap();
+        let mut m = open_mode(&format!("fat:{}", p.display()), false).unwrap();
+        assert_eq!(m.store().list("x").unwrap().len(), 1);
+        m.close().unwrap();
+    }
+
+    #[test]
+    fn too_large_is_refused_before_any_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.img");
+        let e = format_fat(&p, Some(17 << 40), false).unwrap_err();
+        assert_eq!(code_of(&e), USAGE);
+        assert!(e.to_string().contains("16 TiB"), "{e}");
+        assert!(!p.exists());
+        // 16 TiB exactly is the 16 TiB - 4 KiB FAT32 can address.
+        assert_eq!(image_size(16 << 40).unwrap(), MAX_FAT32_BYTES);
+    }
+
+    #[test]
+    fn in_place_needs_force_over_data_and_serials_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        let fa = format_medium(&a, Some(64 << 20), false).unwrap();
+        let fb = format_medium(&b, Some(64 << 20), false).unwrap();
+        assert_ne!(fa.formatted.volume_id, fb.formatted.volume_id);
+        assert_ne!(fa.formatted.volume_id, 0x1234_5678);
+        // In place (no --size): the FAT32 it holds needs --force, and is wiped.
+        let e = format_medium(&a, None, false).unwrap_err();
+        assert_eq!(code_of(&e), USAGE);
+        let again = format_medium(&a, None, true).unwrap();
+        assert_eq!(again.wiped.len(), 1, "{:?}", again.wiped);
+        assert_eq!(again.bytes, 64 << 20);
+        // A blank file of the right size formats in place without --force.
+        let c = dir.path().join("c.img");
+        File::create(&c).unwrap().set_len(64 << 20).unwrap();
+        assert!(format_medium(&c, None, false).unwrap().wiped.is_empty());
     }
 }
