@@ -226,6 +226,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if !args.replace_medium.is_empty() {
         args.delta = true;
     }
+    if sources.len() > 1 && args.dry_run {
+        return dry_run_set(&args, &sources);
+    }
     if sources.len() > 1 && !args.abort {
         return crate::machine::run_capture(&args, &sources);
     }
@@ -564,6 +567,117 @@ fn dry_run(args: &Args) -> anyhow::Result<i32> {
         print_plan(&plan);
     }
     Ok(if plan.fits == Some(false) {
+        crate::exit::IO
+    } else {
+        crate::exit::OK
+    })
+}
+
+/// The plan of every disk of a machine set (each as its stream `NAME.dK`),
+/// and what they need together on the media.
+pub struct SetPlan {
+    pub disks: Vec<Plan>,
+    pub needed: u64,
+    pub medium_free: Option<u64>,
+}
+
+impl SetPlan {
+    /// Whether the media hold every disk, if their free space is known.
+    pub fn fits(&self) -> Option<bool> {
+        self.medium_free.map(|f| self.needed <= f)
+    }
+}
+
+/// Plans every disk of set `args.name` from `sources`, reading only samples.
+pub fn plan_set(args: &Args, sources: &[String]) -> anyhow::Result<SetPlan> {
+    let chunk_size = chunk_size_arg(&args.chunk_size)?;
+    let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
+    let mut medium = args.medium.open_before_capture()?;
+    let planned = (|| {
+        let mut disks = Vec::new();
+        for (k, src) in sources.iter().enumerate() {
+            let mut a = args.clone();
+            a.name = image_format::set::disk_stream_name(&args.name, k);
+            a.source = Some(src.clone());
+            // A disk an interrupted set capture already finished is not planned again.
+            let finished = !a.delta
+                && image_format::list_captures(medium.store())?
+                    .iter()
+                    .find(|c| c.name.eq_ignore_ascii_case(&a.name))
+                    .and_then(|c| c.generations.last())
+                    .is_some_and(|g| g.state == image_format::GenerationState::Complete);
+            if finished {
+                continue;
+            }
+            // A source that cannot be opened now is reported when its disk's
+            // turn comes (the disks before it are captured and resumable).
+            let Ok(mut source) = crate::source::open(src) else {
+                continue;
+            };
+            if source.len() == 0 {
+                return Err(usage(format!("source {src} (disk {k}) is empty")));
+            }
+            disks.push(preflight(
+                &a,
+                &mut *source,
+                medium.store(),
+                chunk_size,
+                rate,
+            )?);
+        }
+        Ok(disks)
+    })();
+    let free = medium.store().free_space().ok().flatten();
+    medium.close()?;
+    let disks = planned?;
+    let needed = disks
+        .iter()
+        .filter(|p| p.kind != "sign")
+        .map(|p| p.needed)
+        .sum();
+    Ok(SetPlan {
+        disks,
+        needed,
+        medium_free: free,
+    })
+}
+
+/// `capture --dry-run` of a machine set: each disk's plan and the sum.
+pub fn dry_run_set(args: &Args, sources: &[String]) -> anyhow::Result<i32> {
+    let plan = plan_set(args, sources)?;
+    if args.json {
+        progress::print_json(&serde_json::json!({
+            "command": "capture --dry-run",
+            "set": args.name,
+            "disks": plan.disks,
+            "needed": plan.needed,
+            "medium_free": plan.medium_free,
+            "fits": plan.fits(),
+        }))?;
+    } else {
+        for p in &plan.disks {
+            print_plan(p);
+        }
+        println!(
+            "set {}: {} disks need about {} on the media{}",
+            args.name,
+            plan.disks.len(),
+            human_bytes(plan.needed),
+            match plan.medium_free {
+                Some(f) => format!(
+                    ", {} free: {}",
+                    human_bytes(f),
+                    if plan.needed <= f {
+                        "fits"
+                    } else {
+                        "DOES NOT FIT (give one more medium: the capture spans them)"
+                    }
+                ),
+                None => String::new(),
+            }
+        );
+    }
+    Ok(if plan.fits() == Some(false) {
         crate::exit::IO
     } else {
         crate::exit::OK

@@ -374,8 +374,14 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
     }
     if args.dry_run {
         return Err(usage(
-            "--dry-run plans one disk: run it once per --source (with --name NAME.dK for disk K)",
+            "--dry-run of a set is `capture --dry-run` with every --source (crate::capture::dry_run_set)",
         ));
+    }
+    if !args.skip_space_check {
+        // Every disk together, before the first is written: a set that cannot
+        // fit is refused whole rather than failing on its last disk.
+        let plan = capture::plan_set(args, sources)?;
+        crate::preflight::check_space(plan.needed, plan.medium_free)?;
     }
     let mut facts: Vec<SetDisk> = sources.iter().map(|s| disk_facts(s)).collect();
     // The machine boots from its first bootable disk.

@@ -130,7 +130,7 @@ fn json(lab: &Lab, args: &[&str]) -> serde_json::Value {
 }
 
 /// Pseudo-random, incompressible.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
