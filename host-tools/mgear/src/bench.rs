@@ -710,6 +710,7 @@ fn capture_disks_timed(
             abort: false,
             skip_space_check: false,
             replace_medium: Vec::new(),
+            no_dedup_across_disks: false,
             span_total: None,
             sign: None,
         };
