@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mgear_firmware::hal::{BlockDevice, HwError, RegionJob};
 use mgear_firmware::regions::hash_regions;
@@ -54,10 +54,15 @@ impl RegionThread {
         let handle = std::thread::Builder::new()
             .name("region-hashes".into())
             .spawn(move || {
+                let t0 = Instant::now();
                 let r = hash_regions(&mut dev, region, chunk, &mut |n, _| {
                     d.store(n, Ordering::Relaxed);
                     !s.load(Ordering::Relaxed)
                 });
+                log::debug!(
+                    "region hashes of {total} bytes took {} ms",
+                    t0.elapsed().as_millis()
+                );
                 let _ = tx.send(r);
             })
             .map_err(|e| HwError::Io(format!("starting the region-hash thread: {e}")))?;
@@ -81,6 +86,7 @@ impl RegionJob for RegionThread {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Vec<[u8; 32]>, HwError> {
         let mut reported = 0;
+        let t0 = Instant::now();
         let hashes = loop {
             match self.result.recv_timeout(TICK) {
                 Ok(r) => break r?,
@@ -99,6 +105,10 @@ impl RegionJob for RegionThread {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+        log::debug!(
+            "the file walk waited {} ms for the region hashes",
+            t0.elapsed().as_millis()
+        );
         let hashes = match hashes {
             Some(h) if self.medium.writes() == self.writes_at_start => h,
             _ => {
