@@ -242,15 +242,15 @@ enum DiskSource<'a> {
     TransientFile(&'a Path),
 }
 
-/// Domain XML. Layout: `type='qemu'` (TCG); BIOS or EFI firmware; the one
-/// disk; serial port 0 (and the console) to `serial_log`; no `<interface>`;
+/// Domain XML. Layout: `type='qemu'` (TCG); BIOS or EFI firmware; the
+/// disks in order (the first boots); serial port 0 (and the console) to `serial_log`; no `<interface>`;
 /// power-off, reboot and crash all end the domain (like QEMU `-no-reboot`).
 fn domain_xml(
     name: &str,
     spec: &BootSpec,
     firmware: Firmware,
     bus: Bus,
-    disk: &DiskSource,
+    disks: &[DiskSource],
     serial_log: &Path,
 ) -> Result<String> {
     let (machine, dev, bus_name) = match bus {
@@ -272,19 +272,25 @@ fn domain_xml(
             format!("<os><type arch='x86_64' machine='{machine}'>hvm</type><boot dev='hd'/></os>")
         }
     };
-    let source = match disk {
-        DiskSource::Volume(v) => format!(
-            "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
-             <source pool='{}' volume='{}'/><target dev='{dev}' bus='{bus_name}'/></disk>",
-            xml_escape(&v.pool),
-            xml_escape(&v.name)
-        ),
-        DiskSource::TransientFile(p) => format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
-             <source file='{}'/><target dev='{dev}' bus='{bus_name}'/><transient/></disk>",
-            xml_escape(path_arg(p)?)
-        ),
-    };
+    let mut source = String::new();
+    for (i, disk) in disks.iter().enumerate() {
+        // vda, vdb, ... in the machine's order: the first one boots.
+        let letter = char::from(b'a' + u8::try_from(i).unwrap_or(25).min(25));
+        let dev = format!("{}{letter}", &dev[..2]);
+        source.push_str(&match disk {
+            DiskSource::Volume(v) => format!(
+                "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
+                 <source pool='{}' volume='{}'/><target dev='{dev}' bus='{bus_name}'/></disk>",
+                xml_escape(&v.pool),
+                xml_escape(&v.name)
+            ),
+            DiskSource::TransientFile(p) => format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+                 <source file='{}'/><target dev='{dev}' bus='{bus_name}'/><transient/></disk>",
+                xml_escape(path_arg(p)?)
+            ),
+        });
+    }
     let log = xml_escape(path_arg(serial_log)?);
     Ok(format!(
         "<domain type='qemu'>\n\
@@ -366,7 +372,23 @@ impl LibvirtBoot {
         prove_boot(&mut guest, &expect)
     }
 
-    /// The domain that boots `spec.target`, ready to define and start.
+    /// The pool volume whose file is `path` (virsh accepts a volume's path
+    /// in place of its name).
+    fn volume_of(&self, path: &Path) -> Result<VolumeRef> {
+        let path_s = path_arg(path)?;
+        let pool = virsh(&self.conn, &["vol-pool", path_s]).map_err(|e| {
+            BootError::Usage(format!(
+                "{} is not a volume of a libvirt pool on {} ({e}): upload it first (libvirt:POOL/NAME)",
+                path.display(),
+                self.conn
+            ))
+        })?;
+        let vol_name = virsh(&self.conn, &["vol-name", path_s])?;
+        VolumeRef::lookup(&self.conn, pool.trim(), vol_name.trim())
+    }
+
+    /// The domain that boots `spec.target` with `spec.data_disks` attached
+    /// after it, ready to define and start.
     pub fn guest(&self, spec: &BootSpec) -> Result<LibvirtGuest> {
         let path = match &spec.target {
             Target::File(p) => p,
@@ -376,17 +398,19 @@ impl LibvirtBoot {
                 )))
             }
         };
-        let path_s = path_arg(path)?;
-        // virsh accepts a volume's path in place of its name.
-        let pool = virsh(&self.conn, &["vol-pool", path_s]).map_err(|e| {
-            BootError::Usage(format!(
-                "{} is not a volume of a libvirt pool on {} ({e}): upload it first (libvirt:POOL/NAME)",
-                path.display(),
-                self.conn
-            ))
-        })?;
-        let vol_name = virsh(&self.conn, &["vol-name", path_s])?;
-        let vol = VolumeRef::lookup(&self.conn, pool.trim(), vol_name.trim())?;
+        let vol = self.volume_of(path)?;
+        let mut data = Vec::new();
+        for d in &spec.data_disks {
+            match d {
+                Target::File(p) => data.push(self.volume_of(p)?),
+                other => {
+                    return Err(BootError::Usage(format!(
+                        "the libvirt driver attaches pool volumes, not {other}: upload it first \
+                         (libvirt:POOL/NAME)"
+                    )))
+                }
+            }
+        }
 
         let facts = inspect::inspect_path(&vol.path).ok();
         let (firmware, firmware_reason) = resolve_firmware(spec, facts.as_ref());
@@ -398,12 +422,17 @@ impl LibvirtBoot {
             .tempdir()
             .map_err(|e| BootError::io("creating a temporary directory", e))?;
         let serial_log = tmp.path().join("serial.log");
-        let disk = if spec.snapshot {
-            DiskSource::TransientFile(&vol.path)
-        } else {
-            DiskSource::Volume(&vol)
-        };
-        let xml = domain_xml(&name, spec, firmware, bus, &disk, &serial_log)?;
+        let disks: Vec<DiskSource> = std::iter::once(&vol)
+            .chain(data.iter())
+            .map(|v| {
+                if spec.snapshot {
+                    DiskSource::TransientFile(&v.path)
+                } else {
+                    DiskSource::Volume(v)
+                }
+            })
+            .collect();
+        let xml = domain_xml(&name, spec, firmware, bus, &disks, &serial_log)?;
         let xml_path = tmp.path().join("domain.xml");
         std::fs::write(&xml_path, &xml)
             .map_err(|e| BootError::io(format!("writing {}", xml_path.display()), e))?;
@@ -601,11 +630,20 @@ mod tests {
             &spec,
             Firmware::Bios,
             Bus::Virtio,
-            &DiskSource::Volume(&vol),
+            &[
+                DiskSource::Volume(&vol),
+                DiskSource::TransientFile(Path::new("/p/srv.raw")),
+            ],
             log,
         )
         .unwrap();
         assert!(xml.starts_with("<domain type='qemu'>"));
+        // The machine's disks in order: the first boots, the second is vdb.
+        let (a, b) = (
+            xml.find("dev='vda'").unwrap(),
+            xml.find("dev='vdb'").unwrap(),
+        );
+        assert!(a < b && xml.contains("<source file='/p/srv.raw'/>"));
         assert!(!xml.contains("kvm"));
         assert!(!xml.contains("<interface"));
         assert!(xml.contains("<source pool='mgear' volume='v.raw'/>"));
@@ -616,7 +654,7 @@ mod tests {
             &spec,
             Firmware::Uefi,
             Bus::Sata,
-            &DiskSource::TransientFile(&vol.path),
+            &[DiskSource::TransientFile(&vol.path)],
             log,
         )
         .unwrap();
@@ -628,7 +666,7 @@ mod tests {
                 &spec,
                 Firmware::Bios,
                 Bus::Nvme,
-                &DiskSource::Volume(&vol),
+                &[DiskSource::Volume(&vol)],
                 log
             ),
             Err(BootError::Unsupported(_))

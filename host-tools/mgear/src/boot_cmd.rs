@@ -49,7 +49,7 @@ use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 pub struct Args {
     /// Volume to boot: file:PATH, qcow2:PATH, dev:PATH, nbd://HOST:PORT/EXPORT or libvirt:POOL/NAME.
     /// Repeat it for a machine of several disks: the first boots, the others
-    /// are attached after it in order (local QEMU).
+    /// are attached after it in order (a local QEMU or one libvirt domain).
     #[arg(long)]
     target: Vec<String>,
     /// Regex that proves the boot when it appears on the serial console.
@@ -307,14 +307,19 @@ pub fn boot_resolved(target: &Resolved, opts: &BootOptions) -> anyhow::Result<Bo
 }
 
 /// Boot a machine of several disks: `targets[0]` boots, the others are
-/// attached after it in order (local QEMU only).
+/// attached after it in order (a local QEMU, or one libvirt domain).
 pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> anyhow::Result<BootReport> {
     let Some(target) = targets.first() else {
         return Err(usage("nothing to boot: give --target"));
     };
-    if targets.len() > 1 && targets.iter().any(|t| matches!(t, Resolved::Libvirt(_))) {
+    if targets.len() > 1
+        && targets
+            .iter()
+            .any(|t| matches!(t, Resolved::Libvirt(_)) != matches!(target, Resolved::Libvirt(_)))
+    {
         return Err(usage(
-            "a machine of several disks boots under local QEMU: give file:, qcow2:, dev: or nbd              targets (libvirt: volumes boot one disk)",
+            "the disks of one machine boot together: give all of them as libvirt: pool volumes, \
+             or all as file:, qcow2:, dev: or nbd targets",
         ));
     }
     let spec = BootSpec {

@@ -187,3 +187,80 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// A machine of two disks ingested into two pool volumes and booted as one
+/// libvirt domain: the sample's fstab mounts /srv by UUID from the second.
+#[test]
+fn a_two_disk_set_ingested_into_a_pool_boots_as_one_domain() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    start_libvirtd();
+    let e = mgear_tests::Env::new();
+    e.keygen();
+    let (d0, d1) = (e.s("d0.raw"), e.s("d1.raw"));
+    e.ok(&[
+        "boot",
+        "--build-sample",
+        &d0,
+        "--marker",
+        "virt-set",
+        "--data-disk",
+        &d1,
+    ]);
+    let m = e.fat("m.img", "256MiB");
+    e.ok(&[
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "vm01",
+        "--source",
+        &d0,
+        "--source",
+        &d1,
+        "--recipient",
+        "target.pub",
+    ]);
+    let base = unique("set").trim_end_matches(".raw").to_string();
+    let vols: Vec<String> = (0..2).map(|k| format!("{base}-{k}.raw")).collect();
+    struct Gone(Vec<String>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for v in &self.0 {
+                let _ = virsh(&["vol-delete", "--pool", POOL, v]);
+            }
+        }
+    }
+    let _gone = Gone(vols.clone());
+    let target = format!("libvirt:{POOL}/{base}-{{disk}}.raw");
+    let r = e.json(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "vm01",
+        "--identity",
+        "target.key",
+        "--allow-untrusted",
+        "--target",
+        &target,
+        "--boot",
+        "--wait-for",
+        "MGEAR-SRV-OK virt-set-srv",
+        "--timeout",
+        "300",
+    ]);
+    assert_eq!(r["booted"], true, "{r}");
+    for (k, src) in [&d0, &d1].iter().enumerate() {
+        let back = e.p(&format!("back-{k}.raw"));
+        VolumeRef::lookup(DEFAULT_CONN, POOL, &vols[k])
+            .unwrap()
+            .download(&back)
+            .unwrap();
+        mgear_tests::same_file(&back, Path::new(src));
+    }
+    assert!(
+        our_domains().is_empty(),
+        "domain left behind: {:?}",
+        our_domains()
+    );
+}
