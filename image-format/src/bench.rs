@@ -25,6 +25,16 @@ pub struct BenchRow {
     pub delta_bytes: u64,
 }
 
+/// `len` incompressible bytes, the same for the same `seed` (BLAKE3's
+/// output stream): test disks that must store at their full size.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    let mut v = vec![0u8; len];
+    h.finalize_xof().fill(&mut v);
+    v
+}
+
 /// A deterministic disk image made of regions of random length (4 KiB to
 /// 4 MiB, as file system extents are): random (incompressible), text-like
 /// (compressible), sparse (one 4 KiB block in zeros), zero, and copies of

@@ -245,15 +245,7 @@ mod tests {
     }
 
     fn noise() -> Vec<u8> {
-        let mut x = 0x9e37_79b9u32;
-        (0..CS)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
+        crate::bench::noise(CS as usize, 9)
     }
 
     #[test]

@@ -1043,15 +1043,7 @@ mod tests {
 
     /// Incompressible, so it needs about its size on the media.
     fn disk(len: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::bench::noise(len, 1)
     }
 
     fn small(cap: u64) -> MemStore {

@@ -173,13 +173,19 @@ fn build_data_disk(mkfs: &Path, out: &Path, size: u64, marker: &str, tmp: &Path)
     f.set_len(size)
         .map_err(|e| BootError::io("sizing the data disk", e))?;
     drop(f);
+    mkfs_ext4(mkfs, "mgear-srv", SRV_UUID, &dir, out)
+}
+
+/// `mkfs.ext4 -d DIR` into `out` with a fixed label, UUID, hash seed and
+/// time, so equal inputs give equal bytes.
+fn mkfs_ext4(mkfs: &Path, label: &str, uuid: &str, dir: &Path, out: &Path) -> Result<()> {
     run_tool(
         Command::new(mkfs)
-            .args(["-q", "-F", "-t", "ext4", "-L", "mgear-srv", "-U", SRV_UUID])
+            .args(["-q", "-F", "-t", "ext4", "-L", label, "-U", uuid])
             .arg("-E")
-            .arg(format!("hash_seed={SRV_UUID},root_owner=0:0"))
+            .arg(format!("hash_seed={uuid},root_owner=0:0"))
             .arg("-d")
-            .arg(&dir)
+            .arg(dir)
             .arg(out)
             .env("E2FSPROGS_FAKE_TIME", "1767225600"),
         "mkfs.ext4",
@@ -577,17 +583,7 @@ pub fn build_sample_disk(out: &Path, opts: &SampleDiskOptions) -> Result<SampleD
     f.set_len(fs_size)
         .map_err(|e| BootError::io("sizing fs image", e))?;
     drop(f);
-    run_tool(
-        Command::new(&mkfs)
-            .args(["-q", "-F", "-t", "ext4", "-L", ROOT_LABEL, "-U", FS_UUID])
-            .arg("-E")
-            .arg(format!("hash_seed={FS_UUID},root_owner=0:0"))
-            .arg("-d")
-            .arg(&root)
-            .arg(&fs_img)
-            .env("E2FSPROGS_FAKE_TIME", "1767225600"),
-        "mkfs.ext4",
-    )?;
+    mkfs_ext4(&mkfs, ROOT_LABEL, FS_UUID, &root, &fs_img)?;
 
     let core = tmp.path().join("core.img");
     run_tool(

@@ -131,15 +131,7 @@ fn json(lab: &Lab, args: &[&str]) -> serde_json::Value {
 
 /// Pseudo-random, incompressible.
 pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    image_format::bench::noise(len, seed)
 }
 
 #[test]

@@ -29,15 +29,7 @@ const SIZE: u64 = CHUNKS * CS as u64 + 1000;
 
 /// Incompressible bytes, different per seed.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    image_format::bench::noise(len, seed)
 }
 
 struct Fixture {
