@@ -1125,11 +1125,83 @@ enum Expect {
 
 /// What the read-back hands the check.
 enum ReadBatch {
-    /// Chunks and what was read for each: the bytes, or `None` where the
-    /// volume reported a hole (reads as zeros) for a chunk that must be zeros.
-    Chunks(Vec<(Check, Option<Vec<u8>>)>),
+    /// The batch's chunks in runs, in order.
+    Runs(Vec<Run>),
     /// As [`Written::Barrier`].
     Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Neighbouring chunks read back with one request: `data` holds them one
+/// after the other, or is `None` for a single chunk that must be zeros and
+/// that the volume reports as a hole (not read).
+struct Run {
+    checks: Vec<Check>,
+    data: Option<Vec<u8>>,
+}
+
+impl Run {
+    /// Each chunk with the bytes read for it (`None`: a hole, or past what
+    /// was read).
+    fn chunks(&self) -> Vec<(&Check, Option<&[u8]>)> {
+        let mut at = 0;
+        self.checks
+            .iter()
+            .map(|c| {
+                let data = self.data.as_ref().and_then(|d| d.get(at..at + c.len));
+                at += c.len;
+                (c, data)
+            })
+            .collect()
+    }
+}
+
+/// The longest run the read-back reads with one request; runs do not cross a
+/// multiple of it. RBD stores an image in 4 MiB objects: one request per
+/// object (one OSD operation) instead of one per 1 MiB chunk.
+const READ_RUN: u64 = 4 << 20;
+
+/// Groups the chunks of a batch into runs: a chunk that must be zeros and
+/// that `is_hole` says reads as zeros stands alone, unread; others join the
+/// run before them when they follow it on the disk, it stays within
+/// [`READ_RUN`] and they do not start a new multiple of it.
+fn runs_of(checks: Vec<Check>, chunk: u64, mut is_hole: impl FnMut(&Check) -> bool) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut run_len = 0u64;
+    for c in checks {
+        let offset = c.index * chunk;
+        if is_hole(&c) {
+            runs.push(Run {
+                checks: vec![c],
+                data: None,
+            });
+            continue;
+        }
+        let len = c.len as u64;
+        match runs.last_mut() {
+            Some(run)
+                if run.data.is_some()
+                    && run.checks.first().map(|f| f.index * chunk + run_len) == Some(offset)
+                    && offset % READ_RUN != 0
+                    && run_len + len <= READ_RUN =>
+            {
+                run.checks.push(c);
+                run_len += len;
+            }
+            _ => {
+                runs.push(Run {
+                    checks: vec![c],
+                    data: Some(Vec::new()),
+                });
+                run_len = len;
+            }
+        }
+    }
+    for run in &mut runs {
+        if let Some(d) = &mut run.data {
+            *d = vec![0u8; run.checks.iter().map(|c| c.len).sum()];
+        }
+    }
+    runs
 }
 
 /// Chunk 0's authenticated plaintext (decrypted ahead of the others).
@@ -1164,8 +1236,7 @@ fn read_back_beside(
     let mut zero_ids = ZeroIds::new(key);
     let stopped = || anyhow::anyhow!("the read-back check stopped");
     let mut read = |checks: Vec<Check>| -> anyhow::Result<()> {
-        let mut got: Vec<(Check, Option<Vec<u8>>)> = Vec::with_capacity(checks.len());
-        for c in checks {
+        let mut runs = runs_of(checks, r.chunk, |c| {
             // Only a chunk that must be zeros is worth a hole query (a round
             // trip, and on RBD a walk of the object map).
             let zero = match &c.expect {
@@ -1173,25 +1244,18 @@ fn read_back_beside(
                 Expect::Id(id) => *id == zero_ids.get(c.len),
                 Expect::Bytes(_) => false,
             };
-            if zero && rd.reads_as_zeros(c.index * r.chunk, c.len as u64) {
-                got.push((c, None));
-            } else {
-                let buf = vec![0u8; c.len];
-                got.push((c, Some(buf)));
-            }
-        }
-        let mut reads: Vec<ReadAt<'_>> = got
+            zero && rd.reads_as_zeros(c.index * r.chunk, c.len as u64)
+        });
+        let mut reads: Vec<ReadAt<'_>> = runs
             .iter_mut()
-            .filter_map(|(c, buf)| {
-                buf.as_mut().map(|buf| ReadAt {
-                    offset: c.index * r.chunk,
-                    buf,
-                })
+            .filter_map(|run| {
+                let offset = run.checks.first()?.index * r.chunk;
+                run.data.as_mut().map(|buf| ReadAt { offset, buf })
             })
             .collect();
         rd.read_batch(&mut reads).map_err(volume_err)?;
         drop(reads);
-        out.send(ReadBatch::Chunks(got)).map_err(|_| stopped())
+        out.send(ReadBatch::Runs(runs)).map_err(|_| stopped())
     };
     let mut hashes = BufReader::new(File::open(&r.state_path)?);
     hashes.seek(SeekFrom::Start(STATE_HEADER))?;
@@ -1241,48 +1305,52 @@ fn check_beside(
     sha.update(head);
     let mut checked = 0u64;
     for batch in got {
-        let chunks = match batch {
+        let runs = match batch {
             ReadBatch::Barrier(ack) => {
                 let _ = ack.send(());
                 continue;
             }
-            ReadBatch::Chunks(c) => c,
+            ReadBatch::Runs(runs) => runs,
         };
-        let ok = image_format::parallel::map_in_order(&chunks, threads, |(c, data)| {
-            let right = match (&c.expect, data) {
-                (Expect::Bytes(want), Some(b)) => b == want,
-                (Expect::Zeros, Some(b)) => b.iter().all(|&x| x == 0),
-                (Expect::Id(want), Some(b)) => key.id(b) == *want,
-                // A hole is reported only for chunks that must be zeros.
-                (Expect::Zeros | Expect::Id(_), None) => true,
-                (Expect::Bytes(_), None) => false,
-            };
-            let head_right = c.index != 0
-                || match data {
-                    Some(b) => b == head,
-                    None => head.iter().all(|&x| x == 0),
+        let bad = image_format::parallel::map_in_order(&runs, threads, |run| {
+            run.chunks().into_iter().find_map(|(c, data)| {
+                let right = match (&c.expect, data) {
+                    (Expect::Bytes(want), Some(b)) => b == want.as_slice(),
+                    (Expect::Zeros, Some(b)) => b.iter().all(|&x| x == 0),
+                    (Expect::Id(want), Some(b)) => key.id(b) == *want,
+                    // A hole is reported only for chunks that must be zeros.
+                    (Expect::Zeros | Expect::Id(_), None) => run.data.is_none(),
+                    (Expect::Bytes(_), None) => false,
                 };
-            right && head_right
+                let head_right = c.index != 0
+                    || match data {
+                        Some(b) => b == head,
+                        None => run.data.is_none() && head.iter().all(|&x| x == 0),
+                    };
+                (!(right && head_right)).then_some((c.index, c.len))
+            })
         })?;
-        if let Some(((c, _), _)) = chunks.iter().zip(&ok).find(|(_, ok)| !**ok) {
+        if let Some((index, len)) = bad.into_iter().flatten().next() {
             return Err(coded(
                 FOUND,
                 format!(
                     "read-back check failed: disk bytes {}..{} on {desc} differ from what was \
                      authenticated; the target is left incomplete (remove {} and re-run)",
-                    c.index * r.chunk,
-                    c.index * r.chunk + c.len as u64,
+                    index * r.chunk,
+                    index * r.chunk + len as u64,
                     r.state_path.display()
                 ),
             ));
         }
-        for (c, data) in &chunks {
-            // Chunk 0 is already in the digest (as `head`, which it equals).
-            if c.index != 0 {
-                sha_update(&mut sha, c.len, data.as_deref());
+        for run in &runs {
+            for (c, data) in run.chunks() {
+                // Chunk 0 is already in the digest (as `head`, which it equals).
+                if c.index != 0 {
+                    sha_update(&mut sha, c.len, data);
+                }
+                checked += 1;
             }
         }
-        checked += chunks.len() as u64;
     }
     Ok((checked == r.count).then(|| sha.finalize().into()))
 }
@@ -1871,6 +1939,44 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(crate::exit::code_of(&err), USAGE, "{err}");
+    }
+
+    #[test]
+    fn read_back_runs_follow_the_disk_within_4_mib_objects_and_holes_stand_alone() {
+        const M: u64 = 1 << 20;
+        let check = |index: u64| Check {
+            index,
+            len: M as usize,
+            expect: if index == 6 {
+                Expect::Zeros
+            } else {
+                Expect::Bytes(Vec::new())
+            },
+        };
+        // Chunks 1..=10 and then 0, as written; 6 is a hole.
+        let checks: Vec<Check> = (1..=10).chain([0]).map(check).collect();
+        let runs = runs_of(checks, M, |c| matches!(c.expect, Expect::Zeros));
+        let shape: Vec<(Vec<u64>, Option<usize>)> = runs
+            .iter()
+            .map(|r| {
+                (
+                    r.checks.iter().map(|c| c.index).collect(),
+                    r.data.as_ref().map(Vec::len),
+                )
+            })
+            .collect();
+        let m = M as usize;
+        assert_eq!(
+            shape,
+            vec![
+                (vec![1, 2, 3], Some(3 * m)),
+                (vec![4, 5], Some(2 * m)),
+                (vec![6], None),
+                (vec![7], Some(m)),
+                (vec![8, 9, 10], Some(3 * m)),
+                (vec![0], Some(m)),
+            ]
+        );
     }
 
     #[test]
