@@ -1181,7 +1181,7 @@ fn runs_of(checks: Vec<Check>, chunk: u64, mut is_hole: impl FnMut(&Check) -> bo
             Some(run)
                 if run.data.is_some()
                     && run.checks.first().map(|f| f.index * chunk + run_len) == Some(offset)
-                    && offset % READ_RUN != 0
+                    && !offset.is_multiple_of(READ_RUN)
                     && run_len + len <= READ_RUN =>
             {
                 run.checks.push(c);
