@@ -750,13 +750,18 @@ pub fn write_volume<S: image_format::Store>(
     let fed_to_writer = std::thread::scope(|s| -> anyhow::Result<_> {
         let (verify, checking) = match (beside, head_plain.as_deref()) {
             (Some(rd), Some(head)) => {
-                let (wtx, wrx) = std::sync::mpsc::sync_channel::<Written>(1);
-                let (gtx, grx) = std::sync::mpsc::sync_channel::<ReadBatch>(1);
+                let (wtx, wrx) = std::sync::mpsc::sync_channel::<Written>(0);
+                let (gtx, grx) = std::sync::mpsc::sync_channel::<ReadBatch>(0);
                 let recheck = &recheck;
-                let reading = s.spawn(move || read_back_beside(rd, recheck, id_key_ref, wrx, gtx));
+                // Read buffers go back to the reading side once checked: no
+                // fresh pages (faults, zeroing) for every run of every batch.
+                let (spare_tx, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+                let reading =
+                    s.spawn(move || read_back_beside(rd, recheck, id_key_ref, wrx, gtx, spare));
                 let desc = desc.as_str();
-                let checking =
-                    s.spawn(move || check_beside(grx, head, recheck, id_key_ref, threads, desc));
+                let checking = s.spawn(move || {
+                    check_beside(grx, head, recheck, id_key_ref, threads, desc, spare_tx)
+                });
                 (Some(wtx), Some((reading, checking)))
             }
             _ => (None, None),
@@ -1163,8 +1168,14 @@ const READ_RUN: u64 = 4 << 20;
 /// Groups the chunks of a batch into runs: a chunk that must be zeros and
 /// that `is_hole` says reads as zeros stands alone, unread; others join the
 /// run before them when they follow it on the disk, it stays within
-/// [`READ_RUN`] and they do not start a new multiple of it.
-fn runs_of(checks: Vec<Check>, chunk: u64, mut is_hole: impl FnMut(&Check) -> bool) -> Vec<Run> {
+/// [`READ_RUN`] and they do not start a new multiple of it. `buffer(n)`
+/// gives each run its buffer of `n` bytes.
+fn runs_of(
+    checks: Vec<Check>,
+    chunk: u64,
+    mut is_hole: impl FnMut(&Check) -> bool,
+    mut buffer: impl FnMut(usize) -> Vec<u8>,
+) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut run_len = 0u64;
     for c in checks {
@@ -1198,7 +1209,7 @@ fn runs_of(checks: Vec<Check>, chunk: u64, mut is_hole: impl FnMut(&Check) -> bo
     }
     for run in &mut runs {
         if let Some(d) = &mut run.data {
-            *d = vec![0u8; run.checks.iter().map(|c| c.len).sum()];
+            *d = buffer(run.checks.iter().map(|c| c.len).sum());
         }
     }
     runs
@@ -1232,20 +1243,34 @@ fn read_back_beside(
     key: &image_format::ChunkIdKey,
     written: std::sync::mpsc::Receiver<Written>,
     out: std::sync::mpsc::SyncSender<ReadBatch>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> anyhow::Result<()> {
     let mut zero_ids = ZeroIds::new(key);
     let stopped = || anyhow::anyhow!("the read-back check stopped");
     let mut read = |checks: Vec<Check>| -> anyhow::Result<()> {
-        let mut runs = runs_of(checks, r.chunk, |c| {
-            // Only a chunk that must be zeros is worth a hole query (a round
-            // trip, and on RBD a walk of the object map).
-            let zero = match &c.expect {
-                Expect::Zeros => true,
-                Expect::Id(id) => *id == zero_ids.get(c.len),
-                Expect::Bytes(_) => false,
-            };
-            zero && rd.reads_as_zeros(c.index * r.chunk, c.len as u64)
-        });
+        let mut runs = runs_of(
+            checks,
+            r.chunk,
+            |c| {
+                // Only a chunk that must be zeros is worth a hole query (a round
+                // trip, and on RBD a walk of the object map).
+                let zero = match &c.expect {
+                    Expect::Zeros => true,
+                    Expect::Id(id) => *id == zero_ids.get(c.len),
+                    Expect::Bytes(_) => false,
+                };
+                zero && rd.reads_as_zeros(c.index * r.chunk, c.len as u64)
+            },
+            // A checked run's buffer, if one came back: the volume's read
+            // fills all of it (or fails), so nothing of its old bytes stays.
+            |n| match spare.try_recv() {
+                Ok(mut b) => {
+                    b.resize(n, 0);
+                    b
+                }
+                Err(_) => vec![0u8; n],
+            },
+        );
         let mut reads: Vec<ReadAt<'_>> = runs
             .iter_mut()
             .filter_map(|run| {
@@ -1299,6 +1324,7 @@ fn check_beside(
     key: &image_format::ChunkIdKey,
     threads: usize,
     desc: &str,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
 ) -> anyhow::Result<Option<[u8; 32]>> {
     use sha2::Digest as _;
     let mut sha = sha2::Sha256::new();
@@ -1349,6 +1375,12 @@ fn check_beside(
                     sha_update(&mut sha, c.len, data);
                 }
                 checked += 1;
+            }
+        }
+        for run in runs {
+            if let Some(d) = run.data {
+                // The reading side may have finished: then the buffer is just freed.
+                let _ = spare.send(d);
             }
         }
     }
@@ -1955,7 +1987,12 @@ mod tests {
         };
         // Chunks 1..=10 and then 0, as written; 6 is a hole.
         let checks: Vec<Check> = (1..=10).chain([0]).map(check).collect();
-        let runs = runs_of(checks, M, |c| matches!(c.expect, Expect::Zeros));
+        let runs = runs_of(
+            checks,
+            M,
+            |c| matches!(c.expect, Expect::Zeros),
+            |n| vec![0; n],
+        );
         let shape: Vec<(Vec<u64>, Option<usize>)> = runs
             .iter()
             .map(|r| {
