@@ -1046,7 +1046,9 @@ impl Drop for SimGuard {
 
 /// The RBD row: `mgear ingest` into a new image of `pool` against `qemu-img convert` of the
 /// raw source into another (both created by the step, `-W -m 16` as the cloud lab measured
-/// qemu-img at its best), on the same cluster, in this run. Both images are removed.
+/// qemu-img at its best), on the same cluster, in this run. Both images are removed. The CPU
+/// of each is the client side's (ingest: this process and its `qemu-nbd`s; convert: the
+/// `qemu-img`), not the cluster's.
 fn rbd_rows(
     pool: &str,
     src: &Path,
@@ -1074,6 +1076,7 @@ fn rbd_rows(
             .stdin(std::process::Stdio::null())
             .output();
     };
+    let cpu = crate::progress::cpu_seconds() + children_cpu_seconds();
     let ingest = timed(|| {
         crate::ingest::ingest(&crate::ingest::Args {
             boot: false,
@@ -1103,8 +1106,10 @@ fn rbd_rows(
         })
         .map(|_| ())
     });
+    let ingest_cpu = crate::progress::cpu_seconds() + children_cpu_seconds() - cpu;
     remove(&ours);
     let ingest = ingest?;
+    let cpu = children_cpu_seconds();
     let convert = timed(|| {
         crate::tools::run(
             Command::new("qemu-img")
@@ -1113,6 +1118,7 @@ fn rbd_rows(
                 .arg(theirs.qemu_filename()),
         )
     });
+    let convert_cpu = children_cpu_seconds() - cpu;
     remove(&theirs);
     let convert = convert?;
     let (ingest_rate, convert_rate) = (
@@ -1126,8 +1132,8 @@ fn rbd_rows(
             mb_per_s: convert_rate,
             vs_dd: None,
             baseline: None,
-            cpu_seconds: None,
-            cpu_s_per_gib: None,
+            cpu_seconds: Some(convert_cpu),
+            cpu_s_per_gib: Some(convert_cpu / gib(size)),
             output_bytes: None,
             cpu_share: None,
         },
@@ -1142,8 +1148,8 @@ fn rbd_rows(
                 0.0
             }),
             baseline: Some("convert".into()),
-            cpu_seconds: None,
-            cpu_s_per_gib: None,
+            cpu_seconds: Some(ingest_cpu),
+            cpu_s_per_gib: Some(ingest_cpu / gib(size)),
             output_bytes: None,
             cpu_share: None,
         },
