@@ -588,8 +588,16 @@ impl VolumeReader for RbdReader {
 
 impl Drop for RbdReader {
     fn drop(&mut self) {
-        // Read-only: nothing to flush; qemu-nbd exits once its connections close.
+        // Read-only: nothing to flush. qemu-nbd exits once its connections close; one that
+        // never had a connection (the ingest stopped first) would wait for one: stop it.
+        let connected = !self.conns.is_empty();
         self.conns.clear();
+        if !connected {
+            if let Some(mut child) = self.server.take() {
+                terminate(&mut child);
+                let _ = std::fs::remove_file(&self.sock);
+            }
+        }
         reap_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(20));
     }
 }
