@@ -16,6 +16,7 @@ mod medium;
 #[cfg(feature = "std")]
 pub mod parallel;
 pub mod set;
+pub mod span;
 pub mod store;
 pub mod verify;
 
@@ -40,7 +41,7 @@ pub use error::{Error, Location, Result};
 pub use store::{Store, StoreError};
 pub use verify::{
     capture_id, list_captures, medium_digests, stored_name, verify_capture_keyless, verify_keyless,
-    CaptureInfo, GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver,
+    CaptureInfo, Elsewhere, GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver,
     VerifyReport,
 };
 

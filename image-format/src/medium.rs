@@ -209,6 +209,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).free_space()
     }
+    fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        (**self).room(path)
+    }
 }
 
 impl<T: Store + ?Sized> Store for Box<T> {
@@ -244,5 +247,8 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).free_space()
+    }
+    fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        (**self).room(path)
     }
 }

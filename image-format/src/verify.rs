@@ -20,6 +20,7 @@ use crate::layout::{
 };
 use crate::medium;
 use crate::set;
+use crate::span;
 use crate::store::{EntryKind, Store};
 
 /// One thing found wrong, and where.
@@ -45,6 +46,20 @@ pub struct VerifyReport {
     /// Bytes read and checked.
     pub bytes: u64,
     pub problems: Vec<Problem>,
+    /// Segments the manifests list that are not on this medium because the
+    /// capture spans several media (`crate::span`) and they live on another.
+    pub elsewhere: Vec<Elsewhere>,
+}
+
+/// A segment that lives on another medium of the span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// Its path (the same on every medium).
+    pub path: String,
+    /// Ordinal of the medium holding it.
+    pub ordinal: u16,
+    /// "medium #1 (fat:/dev/sdc)".
+    pub medium: String,
 }
 
 impl VerifyReport {
@@ -87,6 +102,20 @@ struct Ctx<'a> {
     obs: &'a mut dyn VerifyObserver,
     total: u64,
     buf: Vec<u8>,
+    /// The span this medium belongs to, if any: segments on other media
+    /// are not missing.
+    span: Option<span::SpanInfo>,
+}
+
+/// The span a medium belongs to; a damaged label or map is a problem to
+/// report (the data is still checked: the manifests do not depend on it).
+fn span_of<S: Store + ?Sized>(store: &mut S, cx: &mut Ctx<'_>) -> Result<()> {
+    match span::read_span(store) {
+        Ok(s) => cx.span = s,
+        Err(Error::Corrupt { at, what }) => cx.problem(*at, what),
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
 impl Ctx<'_> {
@@ -114,7 +143,9 @@ pub fn verify_keyless<S: Store + ?Sized>(
         obs,
         total,
         buf: alloc::vec![0u8; BUF_LEN],
+        span: None,
     };
+    span_of(store, &mut cx)?;
     for e in medium::list_or_empty(store, layout::ROOT_DIR)? {
         if e.kind == EntryKind::Dir && layout::validate_name(&e.name).is_err() {
             cx.problem(
@@ -231,7 +262,9 @@ pub fn verify_capture_keyless<S: Store + ?Sized>(
         obs,
         total,
         buf: alloc::vec![0u8; BUF_LEN],
+        span: None,
     };
+    span_of(store, &mut cx)?;
     if is_set {
         verify_set_into(store, name, &mut cx)?;
         for n in &names[1..] {
@@ -510,6 +543,20 @@ fn verify_segment<S: Store + ?Sized>(
     let mut at = Location::capture(name).generation(generation).file(&path);
     at.segment = Some(segment);
     let Some(len) = store.len(&path).at(&path)? else {
+        if let Some((o, span)) = cx
+            .span
+            .as_ref()
+            .and_then(|s| Some((s.elsewhere(&path)?, s)))
+        {
+            let medium = span.map.describe(o);
+            cx.report.segments -= 1;
+            cx.report.elsewhere.push(Elsewhere {
+                path,
+                ordinal: o,
+                medium,
+            });
+            return Ok(());
+        }
         cx.problem(at, "segment listed in the manifest is missing");
         return Ok(());
     };

@@ -254,6 +254,9 @@ struct OpenSegment {
     len: u64,
     records: u32,
     hasher: blake3::Hasher,
+    /// Where this segment is closed: the format's limit, or less when the
+    /// medium holding it has less room ([`Store::room`], a span of media).
+    limit: u64,
 }
 
 #[derive(Default)]
@@ -288,6 +291,10 @@ pub struct CaptureWriter<S: Store> {
     dedup: HashMap<[u8; 32], RecordLoc>,
     /// The parent generation's index (a delta only), for [`Self::append_unchanged`].
     parent_entries: Vec<IndexEntry>,
+    /// Segments of earlier generations that are not on the medium (a
+    /// medium of a span declared lost, `crate::span`): a delta never points
+    /// into them, so what they held is captured again.
+    unavailable: std::collections::HashSet<(u32, u32)>,
     closed: Vec<SegmentDigest>,
     open: Option<OpenSegment>,
     ipart_len: u64,
@@ -421,6 +428,7 @@ impl<S: Store> CaptureWriter<S> {
             entries: Vec::new(),
             dedup: HashMap::new(),
             parent_entries: Vec::new(),
+            unavailable: Default::default(),
             closed: Vec::new(),
             open: None,
             ipart_len: 0,
@@ -571,7 +579,7 @@ impl<S: Store> CaptureWriter<S> {
                         None
                     } else {
                         let rec_size = (REC_HEADER_LEN + bytes.len() + TAG_LEN) as u64;
-                        if len + rec_size + TRAILER_LEN as u64 > self.params.max_segment_bytes {
+                        if len + rec_size + TRAILER_LEN as u64 > seg.limit {
                             break;
                         }
                         let pos = Position {
@@ -658,7 +666,7 @@ impl<S: Store> CaptureWriter<S> {
         let stored_len = payload_len + TAG_LEN;
         let rec_size = (REC_HEADER_LEN + stored_len) as u64;
         if let Some(seg) = &self.open {
-            if seg.len + rec_size + TRAILER_LEN as u64 > self.params.max_segment_bytes {
+            if seg.len + rec_size + TRAILER_LEN as u64 > seg.limit {
                 self.close_segment()?;
                 self.checkpoint()?;
             }
@@ -669,6 +677,13 @@ impl<S: Store> CaptureWriter<S> {
         let Some(seg) = self.open.as_ref() else {
             return Err(Error::Usage("no open segment".into()));
         };
+        if seg.records == 0 && seg.len + rec_size + TRAILER_LEN as u64 > seg.limit {
+            // A fresh segment without room for one record: the medium is full.
+            return Err(Error::Store {
+                path: seg.path.clone(),
+                error: crate::store::StoreError::NoSpace,
+            });
+        }
         let here = Position {
             segment: seg.no,
             record: seg.records,
@@ -785,6 +800,11 @@ impl<S: Store> CaptureWriter<S> {
         }
         let want = layout::chunk_len(self.params.source_size, self.params.chunk_size, index);
         let e = *self.parent_entries.get(usize::try_from(index).ok()?)?;
+        if let IndexEntry::Stored(l) = e {
+            if self.unavailable.contains(&(l.generation, l.segment)) {
+                return None;
+            }
+        }
         (e.plain_len() == want).then_some(e)
     }
 
@@ -988,9 +1008,18 @@ impl<S: Store> CaptureWriter<S> {
             )));
         }
         let entries = reader::load_index(&mut self.store, &self.params.name, parent, &self.keys)?;
+        let mut checked = std::collections::HashSet::new();
         for e in &entries {
             if let IndexEntry::Stored(l) = e {
-                self.dedup.entry(l.chunk_id).or_insert(*l);
+                if checked.insert((l.generation, l.segment)) {
+                    let path = layout::segment_path(&self.params.name, l.generation, l.segment);
+                    if self.store.len(&path).at(&path)?.is_none() {
+                        self.unavailable.insert((l.generation, l.segment));
+                    }
+                }
+                if !self.unavailable.contains(&(l.generation, l.segment)) {
+                    self.dedup.entry(l.chunk_id).or_insert(*l);
+                }
             }
         }
         self.parent_entries = entries;
@@ -1253,7 +1282,14 @@ impl<S: Store> CaptureWriter<S> {
         self.store.write_at(&path, 0, &header).at(&path)?;
         let mut hasher = layout::segment_hasher(self.incompat);
         hasher.update(&header);
+        let limit = match self.store.room(&path).at(&path)? {
+            Some(room) => (SEG_HEADER_LEN as u64)
+                .saturating_add(room)
+                .min(self.params.max_segment_bytes),
+            None => self.params.max_segment_bytes,
+        };
         self.open = Some(OpenSegment {
+            limit,
             no,
             cipher: self.keys.segment_cipher(&salt, self.generation, no),
             path,

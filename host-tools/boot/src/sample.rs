@@ -49,6 +49,10 @@ const FIRST_LBA: u64 = 2048;
 const MIB: u64 = 1024 * 1024;
 /// Fixed filesystem UUID (and directory hash seed) so equal options give equal metadata.
 const FS_UUID: &str = "6d676561-722d-4000-8000-73616d706c65";
+/// The data disk's file system UUID (what the sample's fstab names).
+pub const SRV_UUID: &str = "6d676561-722d-4000-8000-737276000001";
+/// Prefix of the line the sample prints after mounting /srv from the data disk.
+pub const SRV_PREFIX: &str = "MGEAR-SRV-OK";
 const DISK_SIGNATURE: u32 = 0x4D47_4541; // "MGEA"
 
 /// Which disk drivers the sample initramfs carries.
@@ -101,6 +105,11 @@ pub struct SampleDiskOptions {
     pub marker_id: Option<String>,
     /// Disk size in bytes (rounded up to MiB); at least 32 MiB.
     pub size: u64,
+    /// Also build a data disk here (a whole-disk ext4 file system, mounted by
+    /// the sample's `/etc/fstab` at `/srv` by UUID), of this size: the sample
+    /// then boots only with it attached and prints `MGEAR-SRV-OK <id>-srv`
+    /// with the id read from it. Half of it is incompressible filler.
+    pub data_disk: Option<(PathBuf, u64)>,
 }
 
 impl Default for SampleDiskOptions {
@@ -109,6 +118,7 @@ impl Default for SampleDiskOptions {
             drivers: Drivers::All,
             marker_id: None,
             size: 64 * MIB,
+            data_disk: None,
         }
     }
 }
@@ -139,6 +149,42 @@ pub struct SampleDisk {
     pub modules: Vec<String>,
     /// Drivers option used.
     pub drivers: Drivers,
+}
+
+/// The sample's data disk: a whole-disk ext4 file system with UUID
+/// [`SRV_UUID`] holding `mgear-marker` and incompressible filler (half the
+/// disk), so a capture of it stores about that much.
+fn build_data_disk(mkfs: &Path, out: &Path, size: u64, marker: &str, tmp: &Path) -> Result<()> {
+    let size = size.div_ceil(MIB).max(8) * MIB;
+    let dir = tmp.join("srv");
+    write(&dir.join("mgear-marker"), format!("{marker}\n").as_bytes())?;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let fill: Vec<u8> = (0..size / 2)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    write(&dir.join("filler.bin"), &fill)?;
+    let _ = fs::remove_file(out);
+    let f = fs::File::create(out).map_err(|e| BootError::io("creating the data disk", e))?;
+    f.set_len(size)
+        .map_err(|e| BootError::io("sizing the data disk", e))?;
+    drop(f);
+    run_tool(
+        Command::new(mkfs)
+            .args(["-q", "-F", "-t", "ext4", "-L", "mgear-srv", "-U", SRV_UUID])
+            .arg("-E")
+            .arg(format!("hash_seed={SRV_UUID},root_owner=0:0"))
+            .arg("-d")
+            .arg(&dir)
+            .arg(out)
+            .env("E2FSPROGS_FAKE_TIME", "1767225600"),
+        "mkfs.ext4",
+    )?;
+    Ok(())
 }
 
 /// Find a program in PATH or the sbin directories (mkfs lives there and PATH
@@ -350,6 +396,29 @@ if ! mount -t ext4 -o ro "$dev" /mnt; then
   poweroff -f
 fi
 echo "MGEAR: root filesystem $dev mounted"
+# /srv as the root file system's fstab says: by UUID, on another disk.
+srv=$(sed -n 's|^UUID=\([^ ]*\)  */srv .*|\1|p' /mnt/etc/fstab 2>/dev/null)
+if [ -n "$srv" ]; then
+  sdev=
+  i=0
+  while [ $i -lt 100 ]; do
+    sdev=$(findfs UUID=$srv 2>/dev/null) && break
+    sdev=
+    sleep 0.2
+    i=$((i+1))
+  done
+  if [ -z "$sdev" ]; then
+    echo "{FAIL_PREFIX} /srv: no disk with file system UUID $srv (fstab); block devices: $(ls /sys/block | tr '\n' ' ')"
+    poweroff -f
+  fi
+  mkdir -p /srv
+  if ! mount -t ext4 -o ro "$sdev" /srv; then
+    echo "{FAIL_PREFIX} cannot mount $sdev at /srv"
+    poweroff -f
+  fi
+  echo "{SRV_PREFIX} $(cat /srv/mgear-marker) from $sdev"
+  umount /srv
+fi
 id=$(cat /mnt/mgear-marker)
 echo "{MARKER_PREFIX} $id"
 umount /mnt
@@ -482,6 +551,21 @@ pub fn build_sample_disk(out: &Path, opts: &SampleDiskOptions) -> Result<SampleD
         write(
             &root.join(format!("lib/modules/{ver}/modules.builtin")),
             &read(&builtin)?,
+        )?;
+    }
+
+    if let Some((data, data_size)) = &opts.data_disk {
+        write(
+            &root.join("etc/fstab"),
+            format!("UUID={SRV_UUID} /srv ext4 ro 0 2\n").as_bytes(),
+        )?;
+        fs::create_dir_all(root.join("srv")).map_err(|e| BootError::io("creating /srv", e))?;
+        build_data_disk(
+            &mkfs,
+            data,
+            *data_size,
+            &format!("{marker_id}-srv"),
+            tmp.path(),
         )?;
     }
 

@@ -25,7 +25,9 @@
 //!   (its CPU time over wall time over cores: its share of the machine,
 //!   next to `dd`'s at that rate, from `dd`'s CPU per GiB in this run); the
 //!   random captures of `--scale SMALL,LARGE` onto FAT images, each against
-//!   `dd` of its own source (the CPU per byte must not grow with size); and,
+//!   `dd` of its own source (the CPU per byte must not grow with size); a
+//!   machine set of two disks against one disk of the same bytes (a set must
+//!   capture at the same throughput per byte); and,
 //!   when `mgear-appliance-sim` is next to `mgear` or on PATH, a capture
 //!   through its NBD export (against the direct `fat:` capture) and its seal
 //!   (keyless verify, file and region hashes) against `dd` reading the
@@ -507,6 +509,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 json: args.json,
             };
             timings.extend(extra.rate_limited(size)?);
+            timings.extend(extra.set(size)?);
             if let Some((small, large)) = scale_sizes(&args.scale)? {
                 timings.extend(extra.scale(small, large)?);
             }
@@ -642,16 +645,10 @@ fn fresh_medium(work: &Path, kind: &str, size: u64) -> anyhow::Result<Where> {
     Ok(if kind == "fat" {
         // Room for incompressible data plus records, index and FAT.
         crate::medium::format_fat(&medium_img, Some(fat_bytes(size)), true)?;
-        Where {
-            medium: Some(format!("fat:{}", medium_img.display())),
-            appliance: None,
-        }
+        Where::one(format!("fat:{}", medium_img.display()))
     } else {
         std::fs::create_dir_all(&medium_dir)?;
-        Where {
-            medium: Some(format!("dir:{}", medium_dir.display())),
-            appliance: None,
-        }
+        Where::one(format!("dir:{}", medium_dir.display()))
     })
 }
 
@@ -669,11 +666,31 @@ fn capture_timed(
     rate_limit: Option<&str>,
     threads: Option<usize>,
 ) -> anyhow::Result<(f64, f64)> {
+    capture_disks_timed(
+        std::slice::from_ref(&src.to_path_buf()),
+        medium,
+        key,
+        work,
+        rate_limit,
+        threads,
+    )
+}
+
+/// `mgear capture` of the disks `srcs` onto `medium` (several: one machine
+/// set), in this process: wall and CPU seconds.
+fn capture_disks_timed(
+    srcs: &[PathBuf],
+    medium: &Where,
+    key: &Path,
+    work: &Path,
+    rate_limit: Option<&str>,
+    threads: Option<usize>,
+) -> anyhow::Result<(f64, f64)> {
     let cpu = crate::progress::cpu_seconds();
     let secs = timed(|| {
-        crate::capture::capture(&crate::capture::Args {
+        let args = crate::capture::Args {
             dirty_bitmap: None,
-            source: Some(src.display().to_string()),
+            source: Some(srcs[0].display().to_string()),
             medium: medium.clone(),
             name: "bench".into(),
             recipient: vec![crate::keys::pub_path(key).display().to_string()],
@@ -692,9 +709,16 @@ fn capture_timed(
             dry_run: false,
             abort: false,
             skip_space_check: false,
+            replace_medium: Vec::new(),
+            span_total: None,
             sign: None,
-        })
-        .map(|_| ())
+        };
+        if srcs.len() > 1 {
+            let names: Vec<String> = srcs.iter().map(|p| p.display().to_string()).collect();
+            crate::machine::capture_set(&args, &names).map(|_| ())
+        } else {
+            crate::capture::capture(&args).map(|_| ())
+        }
     })?;
     Ok((secs, crate::progress::cpu_seconds() - cpu))
 }
@@ -761,6 +785,9 @@ struct Extra<'a> {
     dd_cpu_per_gib: Option<f64>,
     json: bool,
 }
+
+/// Disks of the machine set in the set rows.
+const SET_DISKS: usize = 2;
 
 /// The rate of the rate-limited capture, in bytes per second and as given.
 const LIMIT: (f64, &str) = (50.0 * 1024.0 * 1024.0, "50MiB/s");
@@ -872,6 +899,75 @@ impl Extra<'_> {
         Ok(rows)
     }
 
+    /// One disk of `n` bytes, then a machine set of [`SET_DISKS`] disks of
+    /// `n / SET_DISKS` bytes each, onto FAT images: a set must capture at
+    /// the throughput per byte of one disk (its `x` is against the one disk).
+    fn set(&self, size: u64) -> anyhow::Result<Vec<Timing>> {
+        let n = size.min(256 << 20);
+        let part = (n / SET_DISKS as u64) & !((1 << 20) - 1);
+        self.say(&format!(
+            "capture of one disk of {} and of a set of {SET_DISKS} disks of {}",
+            human_bytes(n),
+            human_bytes(part)
+        ));
+        let one = self.work.join("source-one.raw");
+        generate(&one, part * SET_DISKS as u64, "random")?;
+        let medium = fresh_medium(self.work, "fat", n)?;
+        let (one_secs, one_cpu) =
+            capture_timed(&one, &medium, self.key, self.work, None, self.threads)?;
+        std::fs::remove_file(&one)?;
+        let disks: Vec<PathBuf> = (0..SET_DISKS)
+            .map(|k| self.work.join(format!("source-set-{k}.raw")))
+            .collect();
+        for d in &disks {
+            generate(d, part, "random")?;
+        }
+        let medium = fresh_medium(self.work, "fat", n)?;
+        let (set_secs, set_cpu) =
+            capture_disks_timed(&disks, &medium, self.key, self.work, None, self.threads)?;
+        for d in &disks {
+            std::fs::remove_file(d)?;
+        }
+        let _ = std::fs::remove_file(self.work.join("medium.img"));
+        let total = part * SET_DISKS as u64;
+        let one_rate = crate::progress::mb_per_s(total, one_secs);
+        let set_rate = crate::progress::mb_per_s(total, set_secs);
+        Ok(vec![
+            Timing {
+                what: format!(
+                    "set: fat: mgear capture of one disk of {}",
+                    human_bytes(total)
+                ),
+                seconds: one_secs,
+                mb_per_s: one_rate,
+                vs_dd: None,
+                baseline: None,
+                cpu_seconds: Some(one_cpu),
+                cpu_s_per_gib: Some(one_cpu / gib(total)),
+                output_bytes: None,
+                cpu_share: None,
+            },
+            Timing {
+                what: format!(
+                    "set: fat: mgear capture of a set of {SET_DISKS} disks of {}",
+                    human_bytes(part)
+                ),
+                seconds: set_secs,
+                mb_per_s: set_rate,
+                vs_dd: Some(if one_rate > 0.0 {
+                    set_rate / one_rate
+                } else {
+                    0.0
+                }),
+                baseline: Some("set: fat: mgear capture of one disk".into()),
+                cpu_seconds: Some(set_cpu),
+                cpu_s_per_gib: Some(set_cpu / gib(total)),
+                output_bytes: None,
+                cpu_share: None,
+            },
+        ])
+    }
+
     /// Capture of `src` through `mgear-appliance-sim`'s NBD export (against
     /// the direct `fat:` capture of this run, `fat_rate`), then its seal
     /// (keyless verify and region hashes) against `dd` reading the medium
@@ -954,10 +1050,7 @@ impl Extra<'_> {
             )
             .with_context(|| format!("mgear appliance {step}"))?;
         }
-        let medium = Where {
-            medium: None,
-            appliance: Some(tty.to_path_buf()),
-        };
+        let medium = Where::appliance_at(tty.to_path_buf());
         let _ = std::fs::remove_dir_all(self.work.join("keys"));
         let sim_cpu = proc_usage(sim.0.id()).0;
         let (secs, cpu) = capture_timed(src, &medium, self.key, self.work, None, self.threads)?;
@@ -1224,6 +1317,14 @@ fn targets(report: &Report) -> Vec<Target> {
                 met: r <= 1.3,
             });
         }
+    }
+    if let Some(v) = find("random", "set: fat: mgear capture of a set").and_then(|t| t.vs_dd) {
+        out.push(Target {
+            what: format!("a set of {SET_DISKS} disks vs one disk of the same bytes, per byte"),
+            wanted: ">= x0.90".into(),
+            measured: format!("x{v:.2}"),
+            met: v >= 0.9,
+        });
     }
     for (what, label, min) in [
         (

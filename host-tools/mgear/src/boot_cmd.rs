@@ -90,6 +90,18 @@ pub struct Args {
     /// Sample disk marker id (default: sample-<drivers>).
     #[arg(long, requires = "build_sample")]
     marker: Option<String>,
+    /// Also build the sample's data disk here: ext4 mounted by the sample's fstab at /srv by
+    /// UUID; the sample then prints MGEAR-SRV-OK <marker>-srv from it at boot (a two-disk machine).
+    #[arg(long, value_name = "PATH", requires = "build_sample")]
+    data_disk: Option<PathBuf>,
+    /// Size of --data-disk (half of it incompressible filler).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "32MiB",
+        requires = "data_disk"
+    )]
+    data_size: String,
     /// Check readiness for a target profile instead of booting.
     #[arg(long, value_name = "PROFILE", conflicts_with = "build_sample")]
     check_profile: Option<String>,
@@ -121,6 +133,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let opts = SampleDiskOptions {
             drivers,
             marker_id: args.marker.clone(),
+            data_disk: match &args.data_disk {
+                Some(p) => Some((p.clone(), crate::units::parse_size(&args.data_size)?)),
+                None => None,
+            },
             ..Default::default()
         };
         let disk = mgear_boot::build_sample_disk(path, &opts).map_err(lib_err)?;

@@ -133,6 +133,15 @@ pub struct Args {
     /// of capturing (a capture started by mistake; no --source needed).
     #[arg(long, conflicts_with_all = ["delta", "dry_run"])]
     pub abort: bool,
+    /// A medium of this capture's span is lost (name it as it was given when it joined, e.g.
+    /// fat:/dev/sdc, or as #N from `mgear inspect`): capture a delta that stores again what it
+    /// held (and what changed since), onto the media given. Implies --delta.
+    #[arg(long, value_name = "MEDIUM")]
+    pub replace_medium: Vec<String>,
+    /// Bytes of every disk this capture belongs to (a machine set), so each medium of a span
+    /// keeps room for all their indexes.
+    #[arg(skip)]
+    pub span_total: Option<u64>,
     /// Capture even when the sampled estimate says the medium is too small.
     #[arg(long)]
     pub skip_space_check: bool,
@@ -214,6 +223,12 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::signals::install();
     let Cli { sources, mut args } = cli;
+    if !args.replace_medium.is_empty() {
+        args.delta = true;
+    }
+    if sources.len() > 1 && args.dry_run {
+        return dry_run_set(&args, &sources);
+    }
     if sources.len() > 1 && !args.abort {
         return crate::machine::run_capture(&args, &sources);
     }
@@ -542,7 +557,7 @@ fn dry_run(args: &Args) -> anyhow::Result<i32> {
     if source.len() == 0 {
         return Err(usage(format!("source {spec} is empty")));
     }
-    let mut medium = args.medium.open_read_only()?;
+    let mut medium = args.medium.open_before_capture()?;
     let plan = preflight(args, &mut *source, medium.store(), chunk_size, rate);
     medium.close()?;
     let plan = plan?;
@@ -552,6 +567,117 @@ fn dry_run(args: &Args) -> anyhow::Result<i32> {
         print_plan(&plan);
     }
     Ok(if plan.fits == Some(false) {
+        crate::exit::IO
+    } else {
+        crate::exit::OK
+    })
+}
+
+/// The plan of every disk of a machine set (each as its stream `NAME.dK`),
+/// and what they need together on the media.
+pub struct SetPlan {
+    pub disks: Vec<Plan>,
+    pub needed: u64,
+    pub medium_free: Option<u64>,
+}
+
+impl SetPlan {
+    /// Whether the media hold every disk, if their free space is known.
+    pub fn fits(&self) -> Option<bool> {
+        self.medium_free.map(|f| self.needed <= f)
+    }
+}
+
+/// Plans every disk of set `args.name` from `sources`, reading only samples.
+pub fn plan_set(args: &Args, sources: &[String]) -> anyhow::Result<SetPlan> {
+    let chunk_size = chunk_size_arg(&args.chunk_size)?;
+    let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
+    let mut medium = args.medium.open_before_capture()?;
+    let planned = (|| {
+        let mut disks = Vec::new();
+        for (k, src) in sources.iter().enumerate() {
+            let mut a = args.clone();
+            a.name = image_format::set::disk_stream_name(&args.name, k);
+            a.source = Some(src.clone());
+            // A disk an interrupted set capture already finished is not planned again.
+            let finished = !a.delta
+                && image_format::list_captures(medium.store())?
+                    .iter()
+                    .find(|c| c.name.eq_ignore_ascii_case(&a.name))
+                    .and_then(|c| c.generations.last())
+                    .is_some_and(|g| g.state == image_format::GenerationState::Complete);
+            if finished {
+                continue;
+            }
+            // A source that cannot be opened now is reported when its disk's
+            // turn comes (the disks before it are captured and resumable).
+            let Ok(mut source) = crate::source::open(src) else {
+                continue;
+            };
+            if source.len() == 0 {
+                return Err(usage(format!("source {src} (disk {k}) is empty")));
+            }
+            disks.push(preflight(
+                &a,
+                &mut *source,
+                medium.store(),
+                chunk_size,
+                rate,
+            )?);
+        }
+        Ok(disks)
+    })();
+    let free = medium.store().free_space().ok().flatten();
+    medium.close()?;
+    let disks = planned?;
+    let needed = disks
+        .iter()
+        .filter(|p| p.kind != "sign")
+        .map(|p| p.needed)
+        .sum();
+    Ok(SetPlan {
+        disks,
+        needed,
+        medium_free: free,
+    })
+}
+
+/// `capture --dry-run` of a machine set: each disk's plan and the sum.
+pub fn dry_run_set(args: &Args, sources: &[String]) -> anyhow::Result<i32> {
+    let plan = plan_set(args, sources)?;
+    if args.json {
+        progress::print_json(&serde_json::json!({
+            "command": "capture --dry-run",
+            "set": args.name,
+            "disks": plan.disks,
+            "needed": plan.needed,
+            "medium_free": plan.medium_free,
+            "fits": plan.fits(),
+        }))?;
+    } else {
+        for p in &plan.disks {
+            print_plan(p);
+        }
+        println!(
+            "set {}: {} disks need about {} on the media{}",
+            args.name,
+            plan.disks.len(),
+            human_bytes(plan.needed),
+            match plan.medium_free {
+                Some(f) => format!(
+                    ", {} free: {}",
+                    human_bytes(f),
+                    if plan.needed <= f {
+                        "fits"
+                    } else {
+                        "DOES NOT FIT (give one more medium: the capture spans them)"
+                    }
+                ),
+                None => String::new(),
+            }
+        );
+    }
+    Ok(if plan.fits() == Some(false) {
         crate::exit::IO
     } else {
         crate::exit::OK
@@ -648,9 +774,9 @@ fn finished_error(args: &Args, generation: u32) -> anyhow::Error {
     usage(format!(
         "{} is already captured as generation {generation} on this medium (finished): a second \
          full copy would only use space. Use --delta to add the changes since, or remove \
-         it first (`mgear medium rm --medium {} --name {} --generation {generation} --force`)",
+         it first (`mgear medium rm {} --name {} --generation {generation} --force`)",
         args.name,
-        args.medium.describe(),
+        args.medium.as_args(),
         args.name,
     ))
 }
@@ -825,7 +951,7 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
     // Check before writing, on a read-only view of the medium: a refusal
     // leaves it byte-for-byte as it was.
     let (exists, on_medium) = {
-        let mut ro = args.medium.open_read_only()?;
+        let mut ro = args.medium.open_before_capture()?;
         let checked = (|| {
             let exists = image_format::list_captures(ro.store())?
                 .iter()
@@ -856,14 +982,16 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
         }
     };
 
-    let appliance_id = match &args.medium.appliance {
+    let appliance_id = match args.medium.first_appliance() {
         Some(port) => Some(crate::appliance::appliance_identity(port)?),
         None => None,
     };
-    if let Some(port) = &args.medium.appliance {
+    if let Some(port) = args.medium.first_appliance() {
         crate::appliance::capture_begin(port, &args.name)?;
     }
-    let mut medium = args.medium.open()?;
+    let mut medium = args
+        .medium
+        .open_for_capture(&span_plan(args, size, chunk_size))?;
     if let (Some(key), true, false) = (&sign_key, exists, args.delta) {
         if let Some(receipt) = sign_missing(medium.store(), &args.name, key)? {
             medium.close()?;
@@ -1005,7 +1133,7 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
         },
     };
     medium.close()?;
-    let receipt = match (&args.medium.appliance, appliance_id) {
+    let receipt = match (args.medium.first_appliance(), appliance_id) {
         (Some(port), Some(identity)) => {
             witness_generation(args, port, &identity, &summary.name, summary.generation).context(
                 "the generation is captured, but the appliance's witness signature could \
@@ -1369,6 +1497,20 @@ fn worker(
     }
 }
 
+/// How each medium of a span is kept usable: room for the mirrored files
+/// every medium gets (two copies of the index while unfinished, IPART and
+/// INDEX, for every disk of the machine, plus manifests, journal and key
+/// slots) and segments large enough for one record.
+fn span_plan(args: &Args, size: u64, chunk_size: u32) -> crate::medium::SpanPlan {
+    let total = args.span_total.unwrap_or(size).max(size);
+    let chunks = total.div_ceil(u64::from(chunk_size.max(1)));
+    crate::medium::SpanPlan {
+        reserve: chunks.saturating_mul(2 * 64 + 64).saturating_add(8 << 20),
+        min_room: 2 * u64::from(chunk_size) + (1 << 20),
+        lost: args.replace_medium.clone(),
+    }
+}
+
 /// Turn a no-space error into the message a field engineer can act on,
 /// estimating what the rest of the disk needs from the ratio so far.
 fn medium_full(
@@ -1390,14 +1532,26 @@ fn medium_full(
     };
     let needed = (left as f64 * ratio) as u64 + (16 << 20);
     let free_txt = free.map_or(String::new(), |f| format!(" ({} free now)", human_bytes(f)));
+    if args.medium.medium.len() + args.medium.appliance.len() > 1 {
+        return crate::exit::coded(
+            crate::exit::IO,
+            format!(
+                "every medium given is full ({}): about {} more needed; attach another medium and \
+                 re-run the same command with it added (one more --medium or --appliance): the \
+                 capture continues on it where it stopped ({err:#})",
+                args.medium.describe(),
+                human_bytes(needed),
+            ),
+        );
+    }
     crate::exit::coded(
         crate::exit::IO,
         format!(
             "medium full: about {needed} bytes ({}) more needed{free_txt}; free space (or use a larger medium \
              holding the same files) then re-run the same command to resume, or remove this unfinished \
-             capture with `mgear capture --abort --medium {} --name {}` ({err:#})",
+             capture with `mgear capture --abort {} --name {}` ({err:#})",
             human_bytes(needed),
-            args.medium.describe(),
+            args.medium.as_args(),
             args.name
         ),
     )

@@ -338,10 +338,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
             )
         },
     )?;
-    let medium = Where {
-        medium: None,
-        appliance: Some(port.clone()),
-    };
+    let medium = Where::appliance_at(port.clone());
     // What the target pins when it ships the appliance out: its full fingerprint.
     let appliance_fp = crate::sitekey::fingerprint(&crate::appliance::appliance_identity(&port)?);
     println!("    appliance fingerprint {appliance_fp}");
@@ -370,6 +367,8 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 dry_run: false,
                 abort: false,
                 skip_space_check: false,
+                replace_medium: Vec::new(),
+                span_total: None,
                 sign: Some(site_key.clone()),
             })?;
             println!(

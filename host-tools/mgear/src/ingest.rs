@@ -550,7 +550,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         ));
     }
     let verdict = crate::appliance::ingest_gate(
-        args.medium.appliance.as_deref(),
+        args.medium.first_appliance(),
         args.trust.attestations.as_deref(),
         medium.store(),
         &args.name,
@@ -593,7 +593,11 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
             verdict.trusted_by.join(", ")
         );
     }
+    let gaps = crate::medium::Gaps::of(&medium, &args.medium.describe());
     let mut reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
+    if let Some(g) = &gaps {
+        g.check(&reader)?;
+    }
     if matches!(target, Target::Cinder(_)) {
         crate::cloud_target::check_openstack_ready(&mut reader)?;
     }

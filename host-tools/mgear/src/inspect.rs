@@ -77,6 +77,8 @@ pub struct CaptureJson {
 pub struct Report {
     pub command: &'static str,
     pub free_bytes: Option<u64>,
+    /// The span this medium belongs to, if any.
+    pub span: Option<SpanJson>,
     /// Captures (the disk streams of a set, `NAME.dK`, included).
     pub captures: Vec<CaptureJson>,
     /// Machine sets.
@@ -93,11 +95,33 @@ pub struct ShipmentReport {
     pub shipment: crate::machine::Shipment,
 }
 
+/// A medium's span: which span, which medium of it, and where every segment is.
+#[derive(Debug, Serialize)]
+pub struct SpanJson {
+    pub id: String,
+    /// This medium's ordinal in the span.
+    pub this: Vec<u16>,
+    pub media: Vec<SpanMemberJson>,
+}
+
+/// One medium of a span, as the span's map knows it.
+#[derive(Debug, Serialize)]
+pub struct SpanMemberJson {
+    pub ordinal: u16,
+    /// How the medium was named when it joined.
+    pub label: String,
+    pub lost: bool,
+    /// Segment files it holds.
+    pub segments: usize,
+}
+
 /// One medium of a shipment.
 #[derive(Debug, Serialize)]
 pub struct MediumJson {
     pub medium: String,
     pub free_bytes: Option<u64>,
+    /// The span this medium belongs to (a capture continued over several media), if any.
+    pub span: Option<SpanJson>,
     pub captures: Vec<CaptureJson>,
     pub sets: Vec<crate::machine::SetJson>,
 }
@@ -105,17 +129,11 @@ pub struct MediumJson {
 /// Run `mgear inspect`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let wheres: Vec<crate::medium::Where> = match &args.appliance {
-        Some(port) => vec![crate::medium::Where {
-            medium: None,
-            appliance: Some(port.clone()),
-        }],
+        Some(port) => vec![crate::medium::Where::appliance_at(port.clone())],
         None => args
             .medium
             .iter()
-            .map(|m| crate::medium::Where {
-                medium: Some(m.clone()),
-                appliance: None,
-            })
+            .map(|m| crate::medium::Where::one(m.clone()))
             .collect(),
     };
     let mut media = Vec::new();
@@ -147,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let report = Report {
         command: "inspect",
         free_bytes: m.free_bytes,
+        span: m.span,
         captures: m.captures,
         sets: m.sets,
         shipment: ship,
@@ -158,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     print_medium(&MediumJson {
         medium: wheres[0].describe(),
         free_bytes: report.free_bytes,
+        span: report.span,
         captures: report.captures,
         sets: report.sets,
     });
@@ -173,6 +193,26 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
     let listed = image_format::list_captures(store).map_err(anyhow::Error::from);
     let sets = crate::machine::sets_of(store);
     let stored = name.map(|n| image_format::stored_name(store, n));
+    let span = medium.span().map(|sp| SpanJson {
+        id: crate::capture::hex(&sp.id()),
+        this: sp.attached(),
+        media: sp
+            .map()
+            .members
+            .iter()
+            .map(|m| SpanMemberJson {
+                ordinal: m.ordinal,
+                label: m.label.clone(),
+                lost: m.lost,
+                segments: sp
+                    .map()
+                    .placed
+                    .values()
+                    .filter(|o| **o == m.ordinal)
+                    .count(),
+            })
+            .collect(),
+    });
     medium.close()?;
     let mut caps = listed?;
     let mut sets = sets?;
@@ -199,6 +239,7 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
     Ok(MediumJson {
         medium: w.describe(),
         free_bytes: free,
+        span,
         sets,
         captures: caps
             .into_iter()
@@ -260,6 +301,24 @@ fn print_medium(report: &MediumJson) {
             .free_bytes
             .map_or(String::new(), |f| format!(", {} free", human_bytes(f)))
     );
+    if let Some(sp) = &report.span {
+        let this: Vec<String> = sp.this.iter().map(|o| format!("#{o}")).collect();
+        println!(
+            "span {}: this is medium {} of {}; the captures continue over these media:",
+            sp.id,
+            this.join(", "),
+            sp.media.len()
+        );
+        for m in &sp.media {
+            println!(
+                "  #{} {}: {} segment(s){}",
+                m.ordinal,
+                m.label,
+                m.segments,
+                if m.lost { " (declared lost)" } else { "" }
+            );
+        }
+    }
     for s in &report.sets {
         println!("set {} (a machine: one capture per disk, NAME.dK)", s.name);
         for g in &s.generations {

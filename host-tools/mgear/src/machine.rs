@@ -374,8 +374,14 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
     }
     if args.dry_run {
         return Err(usage(
-            "--dry-run plans one disk: run it once per --source (with --name NAME.dK for disk K)",
+            "--dry-run of a set is `capture --dry-run` with every --source (crate::capture::dry_run_set)",
         ));
+    }
+    if !args.skip_space_check {
+        // Every disk together, before the first is written: a set that cannot
+        // fit is refused whole rather than failing on its last disk.
+        let plan = capture::plan_set(args, sources)?;
+        crate::preflight::check_space(plan.needed, plan.medium_free)?;
     }
     let mut facts: Vec<SetDisk> = sources.iter().map(|s| disk_facts(s)).collect();
     // The machine boots from its first bootable disk.
@@ -383,7 +389,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
         d.boot = true;
     }
     let (st, shared) = {
-        let mut ro = args.medium.open_read_only()?;
+        let mut ro = args.medium.open_before_capture()?;
         let r = (|| {
             let st = state(ro.store(), args, sources.len())?;
             let shared = shared_key(ro.store(), args, st.capture_id)?;
@@ -410,6 +416,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
         a.name = set::disk_stream_name(&name, k);
         a.source = Some(src.clone());
         a.delta = args.delta && g > 1;
+        a.span_total = Some(facts.iter().map(|d| d.size).sum());
         eprintln!(
             "mgear capture: set {name} disk {k} of {}: {src}",
             sources.len()
@@ -479,7 +486,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
     let closed = medium.close();
     let (file, mut receipt) = result?;
     closed?;
-    if let Some(port) = &args.medium.appliance {
+    if let Some(port) = args.medium.first_appliance() {
         let identity = crate::appliance::appliance_identity(port)?;
         crate::appliance::capture_begin(port, &name)?;
         receipt = capture::witness_generation(args, port, &identity, &name, g)
@@ -635,7 +642,7 @@ pub fn ingest_set(
         }
         // Who vouches for the set manifest (its COMMIT, the seal)...
         let verdict = crate::appliance::ingest_gate(
-            args.medium.appliance.as_deref(),
+            args.medium.first_appliance(),
             args.trust.attestations.as_deref(),
             store,
             &args.name,

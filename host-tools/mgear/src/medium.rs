@@ -13,12 +13,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use image_format::span::{SpanOptions, SpanStore};
 use image_format::store::fat::{FormatOptions, Formatted, MAX_FAT32_BYTES, MIN_FAT32_BYTES};
-use image_format::store::{DirStore, FatStore, FlushIsDurable};
-use image_format::Store;
+use image_format::store::{DirStore, Entry, FatStore, FlushIsDurable};
+use image_format::{Store, StoreError};
 use mgear_nbd::NbdFile;
 
 use crate::exit::usage;
@@ -77,6 +78,48 @@ enum Kind {
     Nbd(FatStore<FlushIsDurable<NbdFile>>),
     /// The appliance's medium reached through its console (`--appliance PORT`).
     Appliance(Box<dyn Store>),
+    /// Several media holding one span (`image_format::span`): given as
+    /// several `--medium`/`--appliance`, or one medium that carries a span label.
+    Span(Box<SpanStore<Medium>>),
+}
+
+impl Store for Medium {
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
+        self.store().list(dir)
+    }
+    fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        self.store().len(path)
+    }
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        self.store().read_at(path, offset, buf)
+    }
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.store().write_at(path, offset, data)
+    }
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
+        self.store().set_len(path, len)
+    }
+    fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
+        self.store().create_dir_all(path)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.store().rename(from, to)
+    }
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
+        self.store().remove_file(path)
+    }
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        self.store().remove_dir(path)
+    }
+    fn sync(&mut self, path: &str) -> Result<(), StoreError> {
+        self.store().sync(path)
+    }
+    fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
+        self.store().free_space()
+    }
+    fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        self.store().room(path)
+    }
 }
 
 impl Medium {
@@ -87,6 +130,15 @@ impl Medium {
             Kind::Dir(s) => s,
             Kind::Nbd(s) => s,
             Kind::Appliance(s) => s.as_mut(),
+            Kind::Span(s) => s.as_mut(),
+        }
+    }
+
+    /// The span, when this medium is one (several media, or one medium of a span).
+    pub fn span(&self) -> Option<&SpanStore<Medium>> {
+        match &self.kind {
+            Kind::Span(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -106,20 +158,45 @@ impl Medium {
             Kind::Appliance(mut s) => s
                 .sync("")
                 .map_err(|e| anyhow::anyhow!("syncing the appliance's medium: {e}")),
+            Kind::Span(s) => {
+                // Close every medium even when one fails; report the first failure.
+                let mut first = Ok(());
+                for m in s.into_media() {
+                    let r = m.close();
+                    if first.is_ok() {
+                        first = r;
+                    }
+                }
+                first
+            }
         }
     }
 }
 
-/// Where the medium is: `--medium SPEC` or `--appliance PORT`.
-#[derive(clap::Args, Debug, Clone)]
-#[group(required = true, multiple = false)]
+/// How a capture sizes the media of a span: see `image_format::span::SpanOptions`.
+#[derive(Debug, Clone, Default)]
+pub struct SpanPlan {
+    /// Bytes every medium keeps free for the mirrored files still to come.
+    pub reserve: u64,
+    /// Least room a new segment needs (one record of the largest chunk).
+    pub min_room: u64,
+    /// Members declared lost (`capture --replace-medium`).
+    pub lost: Vec<String>,
+}
+
+/// Where the medium is: `--medium SPEC` or `--appliance PORT`; several of
+/// them (in any order) for a capture that spans media.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[group(required = true, multiple = true)]
 pub struct Where {
-    /// Medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb) or dir:MOUNTPOINT.
+    /// Medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb) or dir:MOUNTPOINT; repeat it for a capture
+    /// spanning several media (capture continues on the next when one fills).
     #[arg(long)]
-    pub medium: Option<String>,
-    /// Reach the medium through the appliance on this console port (e.g. /dev/ttyACM0).
+    pub medium: Vec<String>,
+    /// Reach the medium through the appliance on this console port (e.g. /dev/ttyACM0); repeat it
+    /// for a span over several appliances.
     #[arg(long)]
-    pub appliance: Option<PathBuf>,
+    pub appliance: Vec<PathBuf>,
 }
 
 impl Where {
@@ -135,23 +212,135 @@ impl Where {
         self.open_mode(true)
     }
 
+    /// Open it for a capture: several media (or one medium of a span) are
+    /// joined into one span store sized by `plan`.
+    pub fn open_for_capture(&self, plan: &SpanPlan) -> anyhow::Result<Medium> {
+        self.open_with(false, Some(plan))
+    }
+
     fn open_mode(&self, read_only: bool) -> anyhow::Result<Medium> {
-        match (&self.medium, &self.appliance) {
-            (_, Some(port)) => Ok(Kind::Appliance(crate::appliance::open_medium(port)?).into()),
-            (Some(spec), None) => open_mode(spec, read_only),
-            (None, None) => Err(usage(
-                "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
-            )),
+        self.open_with(read_only, None)
+    }
+
+    /// Open it read-only for a capture's checks before it writes: media
+    /// that are about to join a span are read beside the span's.
+    pub fn open_before_capture(&self) -> anyhow::Result<Medium> {
+        self.open_with(true, Some(&SpanPlan::default()))
+    }
+
+    /// A single medium: `--medium fat:A.img` (not a span).
+    pub fn one(spec: impl Into<String>) -> Self {
+        Where {
+            medium: vec![spec.into()],
+            appliance: Vec::new(),
         }
     }
 
-    /// Human description.
-    pub fn describe(&self) -> String {
-        match (&self.medium, &self.appliance) {
-            (_, Some(p)) => format!("appliance at {}", p.display()),
-            (Some(s), None) => s.clone(),
-            (None, None) => String::new(),
+    /// A single appliance's medium.
+    pub fn appliance_at(port: impl Into<PathBuf>) -> Self {
+        Where {
+            medium: Vec::new(),
+            appliance: vec![port.into()],
         }
+    }
+
+    /// The appliance that witnesses and records events: the first one given.
+    pub fn first_appliance(&self) -> Option<&Path> {
+        self.appliance.first().map(|p| p.as_path())
+    }
+
+    /// The single `--medium` spec, when exactly one medium and no appliance is given.
+    pub fn single_medium(&self) -> Option<&str> {
+        match (self.medium.as_slice(), self.appliance.is_empty()) {
+            ([one], true) => Some(one),
+            _ => None,
+        }
+    }
+
+    fn open_with(&self, read_only: bool, plan: Option<&SpanPlan>) -> anyhow::Result<Medium> {
+        let mut media = Vec::new();
+        for port in &self.appliance {
+            let m: Medium = Kind::Appliance(crate::appliance::open_medium(port)?).into();
+            media.push((m, format!("appliance at {}", port.display())));
+        }
+        for spec in &self.medium {
+            media.push((open_mode(spec, read_only)?, spec.clone()));
+        }
+        if media.is_empty() {
+            return Err(usage(
+                "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
+            ));
+        }
+        if media.len() == 1 {
+            let (mut m, _) = media.remove(0);
+            let labelled = m
+                .store()
+                .len(image_format::span::SPAN_FILE)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.describe()))?
+                .is_some();
+            if !labelled && plan.is_none_or(|p| p.lost.is_empty()) {
+                return Ok(m);
+            }
+            media.push((m, self.describe()));
+        }
+        let span = if read_only {
+            SpanStore::open(media, plan.is_none())
+        } else if let Some(plan) = plan {
+            let id = image_format::keys::random::<16>()?;
+            SpanStore::join(
+                media,
+                id,
+                SpanOptions {
+                    reserve: plan.reserve,
+                    min_room: plan.min_room,
+                },
+                &plan.lost,
+            )
+        } else {
+            // Writers that place no segments (medium rm, capture --abort)
+            // still write every mirrored copy.
+            let id = image_format::keys::random::<16>()?;
+            SpanStore::join(
+                media,
+                id,
+                SpanOptions {
+                    reserve: 0,
+                    min_room: 0,
+                },
+                &[],
+            )
+        };
+        let span = span.map_err(|e| {
+            let code = if matches!(e, image_format::Error::Usage(_)) {
+                crate::exit::USAGE
+            } else {
+                crate::exit::IO
+            };
+            crate::exit::coded(code, format!("{}: {e}", self.describe()))
+        })?;
+        Ok(Kind::Span(Box::new(span)).into())
+    }
+
+    /// The options that name these media again, for commands a message suggests.
+    pub fn as_args(&self) -> String {
+        let mut all: Vec<String> = self
+            .appliance
+            .iter()
+            .map(|p| format!("--appliance {}", p.display()))
+            .collect();
+        all.extend(self.medium.iter().map(|m| format!("--medium {m}")));
+        all.join(" ")
+    }
+
+    /// Human description: the media given, in order.
+    pub fn describe(&self) -> String {
+        let mut all: Vec<String> = self
+            .appliance
+            .iter()
+            .map(|p| format!("appliance at {}", p.display()))
+            .collect();
+        all.extend(self.medium.iter().cloned());
+        all.join(" + ")
     }
 }
 
@@ -476,6 +665,86 @@ fn run_format(file: File, zeroed: bool) -> Result<Formatted, image_format::Store
         device_is_zeroed: zeroed,
     };
     FatStore::format(file, &opts)
+}
+
+/// Segments of a span that live on media not given, found before a read so
+/// ingest can say which chunks are missing and where they are instead of
+/// failing on the first one.
+pub struct Gaps {
+    far: std::collections::HashMap<String, u16>,
+    map: image_format::span::SpanMap,
+    given: String,
+}
+
+impl Gaps {
+    /// The gaps of `medium` (none when it is not a span or every medium is there).
+    pub fn of(medium: &Medium, given: &str) -> Option<Gaps> {
+        let span = medium.span()?;
+        let far: std::collections::HashMap<String, u16> = span.unreachable().into_iter().collect();
+        if far.is_empty() {
+            return None;
+        }
+        Some(Gaps {
+            far,
+            map: span.map().clone(),
+            given: given.to_string(),
+        })
+    }
+
+    /// Fails, naming every medium still needed and the chunks it holds,
+    /// when a chunk of `reader`'s generation lives on a medium not given.
+    pub fn check<S: Store>(&self, reader: &image_format::CaptureReader<S>) -> anyhow::Result<()> {
+        use image_format::layout::{segment_path, IndexEntry};
+        let name = reader.name().to_string();
+        // medium ordinal -> (chunks, bytes, first chunk, last chunk)
+        let mut need: std::collections::BTreeMap<u16, (u64, u64, u64, u64)> = Default::default();
+        for i in 0..reader.chunk_count() {
+            if let Some(IndexEntry::Stored(l)) = reader.entry(i) {
+                if let Some(o) = self.far.get(&segment_path(&name, l.generation, l.segment)) {
+                    let e = need.entry(*o).or_insert((0, 0, i, i));
+                    e.0 += 1;
+                    e.1 += u64::from(l.plain_len);
+                    e.3 = i;
+                }
+            }
+        }
+        if need.is_empty() {
+            return Ok(());
+        }
+        let cs = u64::from(reader.chunk_size());
+        let lines: Vec<String> = need
+            .iter()
+            .map(|(o, (n, bytes, first, last))| {
+                format!(
+                    "{n} chunk(s) ({}, between disk bytes {} and {}) are on {}",
+                    human_bytes(*bytes),
+                    first * cs,
+                    (last + 1) * cs,
+                    self.map.describe(*o)
+                )
+            })
+            .collect();
+        let lost = need
+            .keys()
+            .any(|o| self.map.member(*o).is_some_and(|m| m.lost));
+        Err(crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!(
+                "capture {name} generation {} spans several media and not all of them are given \
+                 ({}): {}",
+                reader.generation(),
+                self.given,
+                lines.join("; ")
+            ),
+            if lost {
+                "a medium declared lost holds part of this generation: ingest the newer generation \
+                 its replacement wrote (`mgear inspect` lists the generations)"
+            } else {
+                "give every medium of the span, in any order (one --medium or --appliance each); \
+                 `mgear inspect --medium M` shows the span a medium belongs to"
+            },
+        ))
+    }
 }
 
 #[cfg(test)]

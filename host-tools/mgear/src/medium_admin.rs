@@ -271,9 +271,151 @@ pub fn execute(store: &mut dyn Store, plan: &RmPlan) -> anyhow::Result<u64> {
     Ok(freed)
 }
 
+/// The disk streams (`NAME.dK`) of machine set `name` on the medium and the
+/// set's own directory name as stored; `None` when `name` is no set.
+fn set_members(store: &mut dyn Store, name: &str) -> anyhow::Result<Option<(String, Vec<String>)>> {
+    if image_format::set::parse_disk_stream_name(name).is_some() {
+        return Ok(None);
+    }
+    let mut streams = Vec::new();
+    let mut set_name = None;
+    for c in image_format::list_captures(store)? {
+        if let Some((set, _)) = image_format::set::parse_disk_stream_name(&c.name) {
+            if set.eq_ignore_ascii_case(name) {
+                set_name.get_or_insert_with(|| set.to_string());
+                streams.push(c.name.clone());
+            }
+        }
+    }
+    let Some(set_name) = set_name else {
+        return Ok(None);
+    };
+    Ok(Some((set_name, streams)))
+}
+
+/// Generation directories of the set directory itself.
+fn set_dir_generations(store: &mut dyn Store, set: &str) -> anyhow::Result<Vec<u32>> {
+    let dir = layout::capture_dir(set);
+    let entries = match store.list(&dir) {
+        Ok(v) => v,
+        Err(StoreError::NotFound) => return Ok(Vec::new()),
+        Err(e) => return Err(sealed(e, &dir)),
+    };
+    let mut g: Vec<u32> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .filter_map(|e| layout::parse_generation_dir(&e.name))
+        .collect();
+    g.sort_unstable();
+    Ok(g)
+}
+
+/// Removes what a set's plans say: every disk stream's generations, then
+/// the same generations of the set directory (and the directory once empty).
+fn execute_set(store: &mut dyn Store, set: &str, plans: &[RmPlan]) -> anyhow::Result<u64> {
+    let mut freed = 0;
+    for p in plans {
+        freed += execute(store, p)?;
+    }
+    let gens: std::collections::BTreeSet<u32> = plans
+        .iter()
+        .flat_map(|p| p.remove.iter().copied())
+        .collect();
+    for g in set_dir_generations(store, set)? {
+        if gens.contains(&g) {
+            freed += remove_tree(store, &layout::generation_dir(set, g))?;
+        }
+    }
+    if set_dir_generations(store, set)?.is_empty() {
+        freed += remove_tree(store, &layout::capture_dir(set))?;
+    }
+    flush(store)?;
+    Ok(freed)
+}
+
+/// One plan for a whole set, for reports: the generations removed and
+/// whether nothing of the set is left.
+fn set_summary(set: &str, plans: &[RmPlan]) -> RmPlan {
+    let mut remove: Vec<u32> = plans
+        .iter()
+        .flat_map(|p| p.remove.iter().copied())
+        .collect();
+    remove.sort_unstable();
+    remove.dedup();
+    let mut finished: Vec<u32> = plans
+        .iter()
+        .flat_map(|p| p.finished.iter().copied())
+        .collect();
+    finished.sort_unstable();
+    finished.dedup();
+    RmPlan {
+        name: set.to_string(),
+        remove,
+        finished,
+        whole: plans.iter().all(|p| p.whole),
+    }
+}
+
+/// `capture --abort` of machine set `set`: every disk stream generation the
+/// set did not bind (an interrupted set capture: some disks finished, the
+/// set manifest not written), and the set's own unfinished generation.
+fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> anyhow::Result<RmPlan> {
+    let bound = image_format::set::set_generations(store, set)?
+        .last()
+        .copied()
+        .unwrap_or(0);
+    let caps = image_format::list_captures(store)?;
+    let mut plans = Vec::new();
+    for s in streams {
+        let Some(cap) = caps.iter().find(|c| &c.name == s) else {
+            continue;
+        };
+        let remove: Vec<u32> = cap
+            .generations
+            .iter()
+            .map(|g| g.generation)
+            .filter(|g| *g > bound)
+            .collect();
+        if !remove.is_empty() {
+            plans.push(RmPlan {
+                name: s.clone(),
+                whole: remove.len() == cap.generations.len(),
+                remove,
+                finished: Vec::new(),
+            });
+        }
+    }
+    let loose: Vec<u32> = set_dir_generations(store, set)?
+        .into_iter()
+        .filter(|g| *g > bound)
+        .collect();
+    if plans.is_empty() && loose.is_empty() {
+        return Err(usage(format!(
+            "machine set {set} has no unfinished generation to abort (generation {bound} is \
+             complete); to remove finished data use `mgear medium rm --name {set} --generation \
+             {bound} --force`"
+        )));
+    }
+    let mut summary = set_summary(set, &plans);
+    summary.remove.extend(loose.iter().copied());
+    summary.remove.sort_unstable();
+    summary.remove.dedup();
+    // The set directory's own unbound generations (a SET-less one) go too.
+    for g in loose {
+        remove_tree(store, &layout::generation_dir(set, g))?;
+    }
+    execute_set(store, set, &plans)?;
+    summary.whole = bound == 0;
+    Ok(summary)
+}
+
 /// `capture --abort`: remove the unfinished generation of `name`. Refuses
 /// when the newest generation is finished (that is `medium rm --force`).
+/// For a machine set, every disk of it.
 pub fn abort(store: &mut dyn Store, name: &str) -> anyhow::Result<RmPlan> {
+    if let Some((set, streams)) = set_members(store, name)? {
+        return abort_set(store, &set, &streams);
+    }
     let stored = image_format::stored_name(store, name)?;
     let caps = image_format::list_captures(store)?;
     let cap = caps.iter().find(|c| c.name == stored).ok_or_else(|| {
@@ -309,8 +451,18 @@ pub fn abort(store: &mut dyn Store, name: &str) -> anyhow::Result<RmPlan> {
 pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
     let mut medium = args.medium.open()?;
     let result = (|| {
-        let plan = plan_rm(medium.store(), &args.name, args.generation, args.force)?;
-        let freed = execute(medium.store(), &plan)?;
+        let store = medium.store();
+        if let Some((set, streams)) = set_members(store, &args.name)? {
+            // A machine set: the same generation(s) of every disk and of the set.
+            let mut plans = Vec::new();
+            for s in &streams {
+                plans.push(plan_rm(store, s, args.generation, args.force)?);
+            }
+            let freed = execute_set(store, &set, &plans)?;
+            return Ok::<_, anyhow::Error>((set_summary(&set, &plans), freed));
+        }
+        let plan = plan_rm(store, &args.name, args.generation, args.force)?;
+        let freed = execute(store, &plan)?;
         Ok::<_, anyhow::Error>((plan, freed))
     })();
     let (plan, freed) = match result {
@@ -597,7 +749,7 @@ pub fn fsck(args: FsckArgs) -> anyhow::Result<i32> {
     };
     medium.close()?;
     // After closing: fsck.fat reads the volume as it now is on the device.
-    let fat = match args.medium.medium.as_deref().map(MediumSpec::parse) {
+    let fat = match args.medium.single_medium().map(MediumSpec::parse) {
         Some(Ok(MediumSpec::Fat(path))) => fsck_fat(&path, &args.medium.describe(), args.repair)?,
         _ => None,
     };

@@ -345,9 +345,10 @@ pub fn check_space(need: u64, free: Option<u64>) -> anyhow::Result<()> {
             crate::exit::IO,
             format!(
                 "the medium cannot hold this capture: it needs about {} and {} are free \
-                 ({} missing); nothing was written. Use a larger medium, remove captures \
-                 that are no longer needed (`mgear medium rm`), or pass --skip-space-check \
-                 if you know the disk stores smaller than the sampled estimate",
+                 ({} missing); nothing was written. Give one more medium (another --medium or \
+                 --appliance: the capture continues on it when the first fills), use a larger \
+                 medium, remove captures that are no longer needed (`mgear medium rm`), or pass \
+                 --skip-space-check if you know the disk stores smaller than the sampled estimate",
                 human_bytes(need),
                 human_bytes(free),
                 human_bytes(need - free)

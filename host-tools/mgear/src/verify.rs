@@ -68,6 +68,13 @@ pub struct ProblemJson {
     pub message: String,
 }
 
+/// A segment on another medium of the span, as `verify --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ElsewhereJson {
+    pub path: String,
+    pub medium: String,
+}
+
 /// What `verify --json` prints.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -80,6 +87,9 @@ pub struct Report {
     pub records: u64,
     pub bytes: u64,
     pub problems: Vec<ProblemJson>,
+    /// Segments of a capture spanning several media that are on other media than the ones
+    /// given (not checked here; each medium verifies on its own).
+    pub elsewhere: Vec<ElsewhereJson>,
     /// Checked with a key or trust flags: is each capture signed by a pinned key?
     pub trust: Vec<TrustJson>,
 }
@@ -209,7 +219,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         // verify asks "who vouches for it?"; a missing seal is reported, not fatal.
         let policy = t.policy(true)?;
         let atts = crate::appliance::find_attestations(
-            args.medium.appliance.as_deref(),
+            args.medium.first_appliance(),
             t.attestations.as_deref(),
             store,
         );
@@ -279,6 +289,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 message: p.to_string(),
             })
             .collect(),
+        elsewhere: report
+            .elsewhere
+            .iter()
+            .map(|e| ElsewhereJson {
+                path: e.path.clone(),
+                medium: e.medium.clone(),
+            })
+            .collect(),
         trust,
     };
     if json {
@@ -294,6 +312,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             out.records,
             crate::units::human_bytes(out.bytes)
         );
+        let mut far: std::collections::BTreeMap<&str, usize> = Default::default();
+        for e in &out.elsewhere {
+            *far.entry(e.medium.as_str()).or_default() += 1;
+        }
+        for (m, n) in far {
+            println!("{n} segment(s) are on another medium of this span, {m}: verify it there");
+        }
         for x in &out.trust {
             println!(
                 "{} {}{}: {}",

@@ -106,6 +106,14 @@ pub trait Store {
     fn sync(&mut self, path: &str) -> Result<(), StoreError>;
     /// Free bytes left on the medium, if known.
     fn free_space(&mut self) -> Result<Option<u64>, StoreError>;
+    /// How many more bytes file `path` may grow by, when something other
+    /// than the format's own limits bounds it: a span of several media
+    /// ([`crate::span::SpanStore`]) says how much room the medium holding a
+    /// segment has left, and the writer closes the segment there and
+    /// continues on the next medium. `None` (the default): no such bound.
+    fn room(&mut self, _path: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 
     /// Read exactly `buf.len()` bytes at `offset`.
     fn read_exact_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {

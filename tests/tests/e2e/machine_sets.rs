@@ -446,3 +446,90 @@ fn a_set_captured_through_the_appliance_is_witnessed_disk_by_disk_and_as_a_set()
     same_file(&lab.p("vol-1.raw"), &lab.p("disk1.raw"));
     lab.stop();
 }
+
+#[test]
+fn a_set_is_planned_aborted_and_removed_as_one() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("a.raw"), data_disk(1)).unwrap();
+    std::fs::write(e.p("b.raw"), data_disk(2)).unwrap();
+    let m = e.fat("m.img", "64MiB");
+    let set = |extra: &[&str]| {
+        let mut v = vec![
+            "capture",
+            "--medium",
+            &m,
+            "--name",
+            "db01",
+            "--source",
+            "a.raw",
+            "--source",
+            "b.raw",
+            "--recipient",
+            "target.pub",
+            "--json",
+        ];
+        v.extend_from_slice(extra);
+        e.run(&v)
+    };
+    // The plan covers every disk and their sum.
+    let o = set(&["--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["disks"].as_array().unwrap().len(), 2, "{p}");
+    assert_eq!(p["disks"][1]["name"], "db01.d1", "{p}");
+    let sum = p["disks"][0]["needed"].as_u64().unwrap() + p["disks"][1]["needed"].as_u64().unwrap();
+    assert_eq!(p["needed"].as_u64().unwrap(), sum, "{p}");
+    assert_eq!(p["fits"], true, "{p}");
+    // Interrupted after disk 0: --abort removes the whole unfinished set generation.
+    std::fs::rename(e.p("b.raw"), e.p("away.raw")).unwrap();
+    assert_ne!(set(&[]).status.code(), Some(0));
+    let o = e.run(&[
+        "capture", "--abort", "--medium", &m, "--name", "db01", "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert!(i["captures"].as_array().unwrap().is_empty(), "{i}");
+    // A finished set is removed with every disk by one `medium rm --force`.
+    std::fs::rename(e.p("away.raw"), e.p("b.raw")).unwrap();
+    assert_eq!(set(&[]).status.code(), Some(0));
+    let o = e.run(&["medium", "rm", "--medium", &m, "--name", "db01"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "finished data needs --force: {}",
+        output_text(&o)
+    );
+    e.ok(&["medium", "rm", "--medium", &m, "--name", "db01", "--force"]);
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert!(
+        i["captures"].as_array().unwrap().is_empty() && i["sets"].as_array().unwrap().is_empty(),
+        "{i}"
+    );
+    // A set too big for the medium is refused whole, before anything is written.
+    std::fs::write(e.p("c.raw"), super::spanning::noise(70 << 20, 3)).unwrap();
+    let o = e.run(&[
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "big",
+        "--source",
+        "a.raw",
+        "--source",
+        "c.raw",
+        "--recipient",
+        "target.pub",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("Give one more medium"),
+        "{}",
+        output_text(&o)
+    );
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert!(
+        i["captures"].as_array().unwrap().is_empty(),
+        "nothing written: {i}"
+    );
+}

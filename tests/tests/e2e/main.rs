@@ -32,6 +32,7 @@ mod hygiene_e2e;
 mod machine_sets;
 mod nbd_interop;
 mod readme_examples;
+mod spanning;
 mod sync_e2e;
 mod trust_e2e;
 mod virt_libvirt;

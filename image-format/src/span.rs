@@ -1,0 +1,1402 @@
+//! Spanning several media: one capture (or a machine set) whose data does
+//! not fit on one medium continues on the next.
+//!
+//! The unit that moves between media is the **segment file**: every
+//! `SEG-nnnnn` lives on exactly one medium of the span, and every other file
+//! of the format (key slots, journal, IPART, INDEX, MANIFEST, SET, COMMIT) is
+//! **mirrored** on every medium. So each medium alone knows the whole
+//! capture (its manifest lists every segment's length and digest, its
+//! encrypted index every chunk's place), verifies on its own without a key
+//! (segments that live on another medium are reported as such, not as
+//! missing), is sealed on its own by its appliance, and ingest can say from
+//! any one medium exactly which chunks are still missing and on which medium
+//! they are. The writer, the reader and the keyless verifier are unchanged:
+//! they see the span as one [`Store`] ([`SpanStore`]), which places each new
+//! segment on the first medium with room and tells the writer how far that
+//! segment may grow ([`Store::room`]).
+//!
+//! Nothing here is trusted for integrity: the signed, MACed MANIFEST and SET
+//! bind every segment's digest wherever it lives. The files below only say
+//! where to look.
+//!
+//! # Byte layout (little-endian; FORMAT.md "Spanning several media")
+//!
+//! `MGEAR/SPAN`, one per medium, never mirrored (64 bytes):
+//!
+//! ```text
+//! 0    8  SPAN_MAGIC = blake3("MotionGear span label v1")[0..8]
+//! 8   12  version block: major u16 (1), minor u16 (0), incompat u32 (0), compat u32 (0)
+//! 20  16  span id (random, the same on every medium of the span)
+//! 36   2  ordinal of this medium in the span (0, 1, ... in the order they joined)
+//! 38  22  reserved, zero
+//! 60   4  crc32 of bytes 0..60
+//! ```
+//!
+//! `MGEAR/SPANMAP`, mirrored on every medium, append-only, 128-byte entries:
+//!
+//! ```text
+//! 0    1  kind: 1 medium joined (text = its label as given at capture),
+//!               2 file placed on a medium (text = the file's path),
+//!               3 medium declared lost (text = why)
+//! 1    1  text length n (<= 120)
+//! 2    2  ordinal of the medium the entry is about
+//! 4  120  text (UTF-8), zero-padded
+//! 124  4  crc32 of bytes 0..124
+//! ```
+//!
+//! A later "placed" entry for the same path wins (a segment removed by a
+//! resume and written again). A torn last entry (a crash while appending) is
+//! ignored; a bad entry before the last is corruption.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::error::{Error, Location, Result, StoreCtx};
+use crate::layout::{self, ROOT_DIR};
+use crate::store::{Entry, EntryKind, Store, StoreError};
+
+/// Path of the per-medium label.
+pub const SPAN_FILE: &str = "MGEAR/SPAN";
+/// Path of the mirrored placement map.
+pub const SPANMAP_FILE: &str = "MGEAR/SPANMAP";
+
+// DO NOT MODIFY (see layout.rs): blake3("MotionGear span label v1")[0..8]
+/// blake3("MotionGear span label v1")[0..8]
+pub const SPAN_MAGIC: [u8; 8] = [0x5b, 0x1d, 0x0c, 0x93, 0x6e, 0x2a, 0xf4, 0x47];
+
+const LABEL_LEN: usize = 64;
+const ENTRY_LEN: usize = 128;
+const TEXT_MAX: usize = 120;
+/// Most media in one span (ordinals are u16; a shipment is never near this).
+pub const MAX_MEDIA: usize = 256;
+
+const KIND_JOINED: u8 = 1;
+const KIND_PLACED: u8 = 2;
+const KIND_LOST: u8 = 3;
+
+/// A medium's label: which span it belongs to and its place in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanLabel {
+    pub id: [u8; 16],
+    pub ordinal: u16,
+}
+
+impl SpanLabel {
+    /// The 64 bytes of `MGEAR/SPAN`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(LABEL_LEN);
+        v.extend_from_slice(&SPAN_MAGIC);
+        v.extend_from_slice(&layout::VERSION_MAJOR.to_le_bytes());
+        v.extend_from_slice(&layout::VERSION_MINOR.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&self.id);
+        v.extend_from_slice(&self.ordinal.to_le_bytes());
+        v.resize(60, 0);
+        let c = crc32fast::hash(&v);
+        v.extend_from_slice(&c.to_le_bytes());
+        v
+    }
+
+    /// Parses `MGEAR/SPAN`.
+    pub fn decode(b: &[u8]) -> core::result::Result<Self, &'static str> {
+        if b.len() != LABEL_LEN {
+            return Err("the span label is not 64 bytes long");
+        }
+        if b[..8] != SPAN_MAGIC {
+            return Err("not a span label (bad magic)");
+        }
+        if crc32fast::hash(&b[..60]).to_le_bytes() != b[60..64] {
+            return Err("the span label's CRC does not match");
+        }
+        if u16::from_le_bytes([b[8], b[9]]) != layout::VERSION_MAJOR {
+            return Err("the span label was written by an unsupported major version");
+        }
+        if u32::from_le_bytes([b[12], b[13], b[14], b[15]]) != 0 {
+            return Err("the span label uses incompatible features this version does not know");
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[20..36]);
+        Ok(SpanLabel {
+            id,
+            ordinal: u16::from_le_bytes([b[36], b[37]]),
+        })
+    }
+}
+
+/// One medium of a span as the map knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub ordinal: u16,
+    /// How the medium was named when it joined (`fat:/dev/sdb`, `appliance 3f2a…`).
+    pub label: String,
+    /// Declared lost (`capture --replace-medium`): nothing is expected from it.
+    pub lost: bool,
+}
+
+/// The placement map: the media of a span and which one holds each segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpanMap {
+    pub members: Vec<Member>,
+    /// Segment path → ordinal of the medium holding it.
+    pub placed: BTreeMap<String, u16>,
+}
+
+impl SpanMap {
+    /// Parses `MGEAR/SPANMAP`; a torn last entry is ignored.
+    pub fn decode(b: &[u8]) -> core::result::Result<Self, String> {
+        let mut map = SpanMap::default();
+        let whole = b.len() / ENTRY_LEN;
+        for (i, e) in b.chunks(ENTRY_LEN).enumerate() {
+            let last = i + 1 >= whole;
+            if e.len() < ENTRY_LEN || crc32fast::hash(&e[..124]).to_le_bytes() != e[124..128] {
+                if last {
+                    break;
+                }
+                return Err(format!("entry {i} is damaged (CRC mismatch)"));
+            }
+            let n = e[1] as usize;
+            if n > TEXT_MAX {
+                return Err(format!("entry {i}: text length {n} is over {TEXT_MAX}"));
+            }
+            let ordinal = u16::from_le_bytes([e[2], e[3]]);
+            let text = core::str::from_utf8(&e[4..4 + n])
+                .map_err(|_| format!("entry {i}: text is not UTF-8"))?
+                .to_string();
+            match e[0] {
+                KIND_JOINED => {
+                    if map.member(ordinal).is_some() {
+                        return Err(format!("entry {i}: medium #{ordinal} joined twice"));
+                    }
+                    if map.members.len() >= MAX_MEDIA {
+                        return Err(format!("more than {MAX_MEDIA} media"));
+                    }
+                    map.members.push(Member {
+                        ordinal,
+                        label: text,
+                        lost: false,
+                    });
+                }
+                KIND_PLACED => {
+                    if map.member(ordinal).is_none() {
+                        return Err(format!(
+                            "entry {i}: {text} is placed on medium #{ordinal}, which never joined"
+                        ));
+                    }
+                    map.placed.insert(text, ordinal);
+                }
+                KIND_LOST => match map.members.iter_mut().find(|m| m.ordinal == ordinal) {
+                    Some(m) => m.lost = true,
+                    None => return Err(format!("entry {i}: unknown medium #{ordinal} lost")),
+                },
+                k => return Err(format!("entry {i}: unknown kind {k}")),
+            }
+        }
+        Ok(map)
+    }
+
+    /// The member with `ordinal`.
+    pub fn member(&self, ordinal: u16) -> Option<&Member> {
+        self.members.iter().find(|m| m.ordinal == ordinal)
+    }
+
+    /// Which medium holds `path` (a segment), if the map says.
+    pub fn holder(&self, path: &str) -> Option<&Member> {
+        self.member(*self.placed.get(path)?)
+    }
+
+    /// "medium #1 (fat:/dev/sdc)".
+    pub fn describe(&self, ordinal: u16) -> String {
+        match self.member(ordinal) {
+            Some(m) if m.lost => format!("medium #{ordinal} ({}, declared lost)", m.label),
+            Some(m) => format!("medium #{ordinal} ({})", m.label),
+            None => format!("medium #{ordinal}"),
+        }
+    }
+}
+
+fn entry(kind: u8, ordinal: u16, text: &str) -> Vec<u8> {
+    // Labels are cut at a character boundary; paths are ASCII and short.
+    let mut n = text.len().min(TEXT_MAX);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    let mut v = Vec::with_capacity(ENTRY_LEN);
+    v.push(kind);
+    v.push(n as u8);
+    v.extend_from_slice(&ordinal.to_le_bytes());
+    v.extend_from_slice(&text.as_bytes()[..n]);
+    v.resize(124, 0);
+    let c = crc32fast::hash(&v);
+    v.extend_from_slice(&c.to_le_bytes());
+    v
+}
+
+/// What one medium says about the span it belongs to (keyless).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanInfo {
+    /// This medium's label; `None` when read through a [`SpanStore`] (the
+    /// union of several media has no single label).
+    pub label: Option<SpanLabel>,
+    pub map: SpanMap,
+}
+
+impl SpanInfo {
+    /// Whether segment `path`, absent from the store this was read from,
+    /// lives on another medium of the span (and which).
+    pub fn elsewhere(&self, path: &str) -> Option<u16> {
+        let o = *self.map.placed.get(path)?;
+        match self.label {
+            Some(l) if l.ordinal == o => None,
+            _ => Some(o),
+        }
+    }
+}
+
+/// Reads the span label and map of a medium (or of a [`SpanStore`]);
+/// `None` when the medium is not part of a span.
+pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
+    let label = match read_small(store, SPAN_FILE, LABEL_LEN as u64)? {
+        Some(b) => Some(
+            SpanLabel::decode(&b)
+                .map_err(|why| Error::corrupt(Location::default().file(SPAN_FILE), why))?,
+        ),
+        None => None,
+    };
+    let map = match read_small(store, SPANMAP_FILE, (MAX_MEDIA * 4096 * ENTRY_LEN) as u64)? {
+        Some(b) => Some(
+            SpanMap::decode(&b)
+                .map_err(|why| Error::corrupt(Location::default().file(SPANMAP_FILE), why))?,
+        ),
+        None => None,
+    };
+    Ok(match (label, map) {
+        (None, None) => None,
+        (label, map) => Some(SpanInfo {
+            label,
+            map: map.unwrap_or_default(),
+        }),
+    })
+}
+
+fn read_small<S: Store + ?Sized>(store: &mut S, path: &str, max: u64) -> Result<Option<Vec<u8>>> {
+    let Some(len) = store.len(path).at(path)? else {
+        return Ok(None);
+    };
+    if len > max {
+        return Err(Error::corrupt(
+            Location::default().file(path),
+            format!("{len} bytes, more than any valid one ({max})"),
+        ));
+    }
+    let mut b = alloc::vec![0u8; len as usize];
+    store.read_exact_at(path, 0, &mut b).at(path)?;
+    Ok(Some(b))
+}
+
+/// Whether `path` is a placed file (a segment) rather than a mirrored one.
+pub fn is_placed(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    layout::parse_segment_name(base).is_some()
+}
+
+/// How a [`SpanStore`] sizes what it places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanOptions {
+    /// Bytes kept free on every medium for the mirrored files still to
+    /// come (journal, IPART, INDEX, MANIFEST, SET, COMMIT of every capture
+    /// written): a medium is full for segments when less than this plus
+    /// `min_room` is free.
+    pub reserve: u64,
+    /// Least room a new segment must have: at least one record of the
+    /// largest chunk plus header and trailer.
+    pub min_room: u64,
+}
+
+/// One medium as the span store holds it.
+struct Attached<M> {
+    ordinal: u16,
+    store: M,
+}
+
+/// Several media seen as one [`Store`]: segments placed, the rest mirrored.
+/// It owns the media (`M`: a store, or `&mut dyn Store`) and gives them
+/// back with [`into_media`](Self::into_media) so they can be closed.
+pub struct SpanStore<M> {
+    id: [u8; 16],
+    media: Vec<Attached<M>>,
+    map: SpanMap,
+    opts: SpanOptions,
+    writable: bool,
+}
+
+impl<M: Store> SpanStore<M> {
+    /// Opens media for writing a span. Media that carry a span label must
+    /// all be of one span and every member of it not declared lost must be
+    /// given (a mirrored file is only consistent when every copy is written);
+    /// media without a label join it, in the order given, taking a copy of
+    /// every mirrored file. `new_id` names the span when none of the media
+    /// has a label yet. The string beside each medium says how it was named
+    /// (kept in the map so messages can name a medium that is not attached).
+    /// `lost` names members that are gone for good (by the label they
+    /// joined with, or `#N`): they are declared lost, and a delta written
+    /// now captures again what they held.
+    pub fn join(
+        media: Vec<(M, String)>,
+        new_id: [u8; 16],
+        opts: SpanOptions,
+        lost: &[String],
+    ) -> Result<Self> {
+        let mut found = Vec::new();
+        for (mut store, name) in media {
+            let info = read_span(&mut store)?;
+            found.push((store, name, info));
+        }
+        let mut id = None;
+        for (_, name, info) in &found {
+            if let Some(SpanInfo { label: Some(l), .. }) = info {
+                match id {
+                    None => id = Some(l.id),
+                    Some(i) if i != l.id => {
+                        return Err(Error::Usage(format!(
+                            "{name} belongs to another span than the media before it: give only \
+                             the media of one capture's span (`mgear inspect` shows a medium's span)"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let id = id.unwrap_or(new_id);
+        // The map of the lowest labelled ordinal is the newest (mirrored
+        // writes go in ordinal order).
+        let mut labelled: Vec<_> = found
+            .iter()
+            .filter_map(|(_, _, i)| {
+                i.as_ref()
+                    .and_then(|i| i.label.map(|l| (l.ordinal, i.map.clone())))
+            })
+            .collect();
+        labelled.sort_by_key(|(o, _)| *o);
+        let mut map = labelled.first().map(|(_, m)| m.clone()).unwrap_or_default();
+        let mut newly_lost = Vec::new();
+        for name in lost {
+            let Some(m) = map
+                .members
+                .iter_mut()
+                .find(|m| m.label == *name || format!("#{}", m.ordinal) == *name)
+            else {
+                let known: Vec<String> = map
+                    .members
+                    .iter()
+                    .map(|m| format!("#{} '{}'", m.ordinal, m.label))
+                    .collect();
+                return Err(Error::Usage(format!(
+                    "--replace-medium {name}: the span of these media has no such medium (it has:                      {}); name it as it was given when it joined, or as #N",
+                    if known.is_empty() { "no media yet".into() } else { known.join(", ") }
+                )));
+            };
+            if !m.lost {
+                m.lost = true;
+                newly_lost.push(m.ordinal);
+            }
+        }
+        let mut seen: Vec<u16> = Vec::new();
+        for (o, _) in &labelled {
+            if seen.contains(o) {
+                return Err(Error::Usage(format!(
+                    "medium #{o} of the span is given twice: give each medium once"
+                )));
+            }
+            seen.push(*o);
+        }
+        for m in &map.members {
+            if m.lost && seen.contains(&m.ordinal) {
+                return Err(Error::Usage(format!(
+                    "{} is attached, so it is not lost: drop --replace-medium for it",
+                    map.describe(m.ordinal)
+                )));
+            }
+            if !m.lost && !seen.contains(&m.ordinal) {
+                return Err(Error::Usage(format!(
+                    "{} of this span is not attached: a spanned capture writes every medium of \
+                     its span (each holds a copy of the index and manifests); attach it and give \
+                     it with --medium too, or if it is lost re-capture its share with \
+                     `--replace-medium '{}'`",
+                    map.describe(m.ordinal),
+                    m.label
+                )));
+            }
+        }
+        let mut next = map.members.iter().map(|m| m.ordinal + 1).max().unwrap_or(0);
+        let mut media = Vec::new();
+        let mut joining = Vec::new();
+        for (store, name, info) in found {
+            match info.and_then(|i| i.label) {
+                Some(l) => media.push((
+                    Attached {
+                        ordinal: l.ordinal,
+                        store,
+                    },
+                    None,
+                )),
+                None => {
+                    if usize::from(next) >= MAX_MEDIA {
+                        return Err(Error::Limit(format!(
+                            "a span has at most {MAX_MEDIA} media"
+                        )));
+                    }
+                    joining.push(next);
+                    media.push((
+                        Attached {
+                            ordinal: next,
+                            store,
+                        },
+                        Some(name),
+                    ));
+                    next += 1;
+                }
+            }
+        }
+        media.sort_by_key(|(a, _)| a.ordinal);
+        let mut span = SpanStore {
+            id,
+            media: Vec::new(),
+            map,
+            opts,
+            writable: true,
+        };
+        let mut names = Vec::new();
+        for (a, name) in media {
+            names.push((a.ordinal, name));
+            span.media.push(a);
+        }
+        if joining.is_empty() {
+            for o in newly_lost {
+                span.append_map(&entry(KIND_LOST, o, "replaced"))?;
+            }
+            return Ok(span);
+        }
+        span.take_in(&names)?;
+        Ok(span)
+    }
+
+    /// Opens media for reading (ingest, verify, inspect): every medium must
+    /// carry a label of one span; members may be missing
+    /// ([`missing`](Self::missing) says which). With `strict` false (a
+    /// capture looking at media it is about to join), media without a label
+    /// are accepted beside the span's and read as if they had joined.
+    pub fn open(media: Vec<(M, String)>, strict: bool) -> Result<Self> {
+        let mut id = None;
+        let mut found = Vec::new();
+        for (mut store, name) in media {
+            let info = read_span(&mut store)?;
+            if let Some(SpanInfo { label: Some(l), .. }) = &info {
+                match id {
+                    None => id = Some(l.id),
+                    Some(i) if i != l.id => {
+                        return Err(Error::Usage(format!(
+                            "{name} belongs to another span than the media before it: give only \
+                             the media of one capture's span"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            found.push((store, name, info));
+        }
+        let mut attached: Vec<Attached<M>> = Vec::new();
+        let mut maps = Vec::new();
+        let mut unlabelled = Vec::new();
+        for (store, name, info) in found {
+            match info {
+                Some(SpanInfo {
+                    label: Some(l),
+                    map,
+                }) => {
+                    if attached.iter().any(|a| a.ordinal == l.ordinal) {
+                        return Err(Error::Usage(format!(
+                            "medium #{} of the span is given twice ({name}): give each medium once",
+                            l.ordinal
+                        )));
+                    }
+                    maps.push(map);
+                    attached.push(Attached {
+                        ordinal: l.ordinal,
+                        store,
+                    });
+                }
+                _ if id.is_some() && strict => {
+                    return Err(Error::Usage(format!(
+                        "{name} is not part of the span of the other media given (it has no \
+                         MGEAR/SPAN label): give only the media of one capture's span, or this \
+                         medium on its own"
+                    )))
+                }
+                _ => unlabelled.push(store),
+            }
+        }
+        // The longest map knows most (a medium that left the span early
+        // has an older copy).
+        let map = maps
+            .into_iter()
+            .max_by_key(|m| m.members.len() + m.placed.len())
+            .unwrap_or_default();
+        let mut next = map
+            .members
+            .iter()
+            .map(|m| m.ordinal + 1)
+            .chain(attached.iter().map(|a| a.ordinal + 1))
+            .max()
+            .unwrap_or(0);
+        for store in unlabelled {
+            attached.push(Attached {
+                ordinal: next,
+                store,
+            });
+            next = next.saturating_add(1);
+        }
+        attached.sort_by_key(|a| a.ordinal);
+        Ok(SpanStore {
+            id: id.unwrap_or_default(),
+            media: attached,
+            map,
+            opts: SpanOptions {
+                reserve: 0,
+                min_room: 0,
+            },
+            writable: false,
+        })
+    }
+
+    /// Gives the media back (in ordinal order), e.g. to close them.
+    pub fn into_media(self) -> Vec<M> {
+        self.media.into_iter().map(|a| a.store).collect()
+    }
+
+    /// The span's id.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    /// The placement map.
+    pub fn map(&self) -> &SpanMap {
+        &self.map
+    }
+
+    /// Ordinals of the attached media.
+    pub fn attached(&self) -> Vec<u16> {
+        self.media.iter().map(|a| a.ordinal).collect()
+    }
+
+    /// Members of the span that are not attached (lost ones included).
+    pub fn missing(&self) -> Vec<Member> {
+        self.map
+            .members
+            .iter()
+            .filter(|m| !self.media.iter().any(|a| a.ordinal == m.ordinal))
+            .cloned()
+            .collect()
+    }
+
+    /// Declares medium `ordinal` lost: its segments are no longer expected
+    /// (a delta re-captures what they held). Appends to the map everywhere.
+    pub fn declare_lost(&mut self, ordinal: u16, why: &str) -> Result<()> {
+        if self.map.member(ordinal).is_none() {
+            return Err(Error::Usage(format!("the span has no medium #{ordinal}")));
+        }
+        self.append_map(&entry(KIND_LOST, ordinal, why))?;
+        if let Some(m) = self.map.members.iter_mut().find(|m| m.ordinal == ordinal) {
+            m.lost = true;
+        }
+        Ok(())
+    }
+
+    /// Segment paths the map places on media that are not attached.
+    pub fn unreachable(&self) -> Vec<(String, u16)> {
+        self.map
+            .placed
+            .iter()
+            .filter(|(_, o)| !self.media.iter().any(|a| a.ordinal == **o))
+            .map(|(p, o)| (p.clone(), *o))
+            .collect()
+    }
+
+    /// Labels the joining media, records them in the map and gives them a
+    /// copy of every mirrored file and the map; registers segments already
+    /// on any medium.
+    fn take_in(&mut self, names: &[(u16, Option<String>)]) -> Result<()> {
+        let mut joining = Vec::new();
+        for (o, name) in names {
+            if let Some(name) = name {
+                self.map.members.push(Member {
+                    ordinal: *o,
+                    label: name.clone(),
+                    lost: false,
+                });
+                joining.push(*o);
+            }
+        }
+        // Mirror every file that is not a segment onto every medium.
+        let mut mirrored: BTreeMap<String, usize> = BTreeMap::new();
+        let mut segments: Vec<(String, u16)> = Vec::new();
+        for (i, a) in self.media.iter_mut().enumerate() {
+            let mut files = Vec::new();
+            walk(&mut a.store, ROOT_DIR, &mut files)?;
+            for f in files {
+                if f == SPAN_FILE || f == SPANMAP_FILE {
+                    continue;
+                }
+                if is_placed(&f) {
+                    segments.push((f, a.ordinal));
+                } else {
+                    mirrored.entry(f).or_insert(i);
+                }
+            }
+        }
+        let mut buf = alloc::vec![0u8; 1 << 20];
+        for (path, from) in &mirrored {
+            let len = self.media[*from].store.len(path).at(path)?.unwrap_or(0);
+            for to in 0..self.media.len() {
+                if to == *from {
+                    continue;
+                }
+                if let Some(have) = self.media[to].store.len(path).at(path)? {
+                    if have == len && same(&mut self.media, *from, to, path, len, &mut buf)? {
+                        continue;
+                    }
+                    let new = |i: usize| joining.contains(&self.media[i].ordinal);
+                    if new(to) || new(*from) {
+                        // Two media that never were one span, both holding
+                        // this file with other contents.
+                        return Err(Error::Usage(format!(
+                            "{path} is on two of the media given, with different contents: \
+                             these media are not one capture's span; give them one at a time"
+                        )));
+                    }
+                }
+                copy(&mut self.media, *from, to, path, len, &mut buf)?;
+            }
+        }
+        // The map: members, then every segment where it is.
+        let mut bytes = Vec::new();
+        for m in &self.map.members {
+            bytes.extend_from_slice(&entry(KIND_JOINED, m.ordinal, &m.label));
+            if m.lost {
+                bytes.extend_from_slice(&entry(KIND_LOST, m.ordinal, "lost"));
+            }
+        }
+        for (p, o) in &self.map.placed {
+            if !segments.iter().any(|(sp, _)| sp == p) {
+                bytes.extend_from_slice(&entry(KIND_PLACED, *o, p));
+            }
+        }
+        for (p, o) in &segments {
+            bytes.extend_from_slice(&entry(KIND_PLACED, *o, p));
+            self.map.placed.insert(p.clone(), *o);
+        }
+        for a in &mut self.media {
+            a.store.create_dir_all(ROOT_DIR).at(ROOT_DIR)?;
+            a.store.set_len(SPANMAP_FILE, 0).at(SPANMAP_FILE)?;
+            a.store.write_at(SPANMAP_FILE, 0, &bytes).at(SPANMAP_FILE)?;
+            a.store.sync(SPANMAP_FILE).at(SPANMAP_FILE)?;
+            let label = SpanLabel {
+                id: self.id,
+                ordinal: a.ordinal,
+            };
+            a.store
+                .write_at(SPAN_FILE, 0, &label.encode())
+                .at(SPAN_FILE)?;
+            a.store.sync(SPAN_FILE).at(SPAN_FILE)?;
+        }
+        Ok(())
+    }
+
+    fn append_map(&mut self, e: &[u8]) -> Result<()> {
+        for a in &mut self.media {
+            let at = a.store.len(SPANMAP_FILE).at(SPANMAP_FILE)?.unwrap_or(0);
+            // Drop a torn tail first, so entries stay aligned.
+            let at = at - at % ENTRY_LEN as u64;
+            a.store.set_len(SPANMAP_FILE, at).at(SPANMAP_FILE)?;
+            a.store.write_at(SPANMAP_FILE, at, e).at(SPANMAP_FILE)?;
+            a.store.sync(SPANMAP_FILE).at(SPANMAP_FILE)?;
+        }
+        Ok(())
+    }
+
+    fn index_of(&self, ordinal: u16) -> Option<usize> {
+        self.media.iter().position(|a| a.ordinal == ordinal)
+    }
+
+    /// The medium holding segment `path`: by the map, else by looking.
+    fn holder(&mut self, path: &str) -> core::result::Result<Option<usize>, StoreError> {
+        if let Some(o) = self.map.placed.get(path) {
+            return Ok(self.index_of(*o));
+        }
+        for (i, a) in self.media.iter_mut().enumerate() {
+            if a.store.len(path)?.is_some() {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first medium (in ordinal order) holding mirrored file `path`.
+    fn first_with(&mut self, path: &str) -> core::result::Result<Option<usize>, StoreError> {
+        for (i, a) in self.media.iter_mut().enumerate() {
+            if a.store.len(path)?.is_some() {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Room for segments on medium `i`.
+    fn room_on(&mut self, i: usize) -> core::result::Result<u64, StoreError> {
+        Ok(match self.media[i].store.free_space()? {
+            Some(f) => f.saturating_sub(self.opts.reserve),
+            None => u64::MAX,
+        })
+    }
+
+    /// Places new segment `path` on the first medium with room.
+    fn place(&mut self, path: &str) -> core::result::Result<usize, StoreError> {
+        for i in 0..self.media.len() {
+            let o = self.media[i].ordinal;
+            if self.map.member(o).is_some_and(|m| m.lost) {
+                continue;
+            }
+            if self.room_on(i)? >= self.opts.min_room {
+                let e = entry(KIND_PLACED, o, path);
+                self.append_map(&e).map_err(|e| match e {
+                    Error::Store { error, .. } => error,
+                    other => StoreError::Io(other.to_string()),
+                })?;
+                self.map.placed.insert(path.into(), o);
+                return Ok(i);
+            }
+        }
+        Err(StoreError::NoSpace)
+    }
+
+    fn placed_target(&mut self, path: &str) -> core::result::Result<usize, StoreError> {
+        if !self.writable {
+            return Err(StoreError::ReadOnly);
+        }
+        match self.holder(path)? {
+            Some(i) => Ok(i),
+            None => self.place(path),
+        }
+    }
+
+    fn all<F>(&mut self, mut f: F) -> core::result::Result<(), StoreError>
+    where
+        F: FnMut(&mut M) -> core::result::Result<(), StoreError>,
+    {
+        if !self.writable {
+            return Err(StoreError::ReadOnly);
+        }
+        for a in &mut self.media {
+            f(&mut a.store)?;
+        }
+        Ok(())
+    }
+}
+
+fn walk<M: Store>(store: &mut M, dir: &str, out: &mut Vec<String>) -> Result<()> {
+    let entries = match store.list(dir) {
+        Ok(e) => e,
+        Err(StoreError::NotFound) => return Ok(()),
+        Err(e) => {
+            return Err(Error::Store {
+                path: dir.into(),
+                error: e,
+            })
+        }
+    };
+    for e in entries {
+        let p = format!("{dir}/{}", e.name);
+        match e.kind {
+            EntryKind::File => out.push(p),
+            EntryKind::Dir => walk(store, &p, out)?,
+        }
+    }
+    Ok(())
+}
+
+fn same<M: Store>(
+    media: &mut [Attached<M>],
+    a: usize,
+    b: usize,
+    path: &str,
+    len: u64,
+    buf: &mut [u8],
+) -> Result<bool> {
+    let half = buf.len() / 2;
+    let (x, y) = buf.split_at_mut(half);
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(half as u64) as usize;
+        media[a]
+            .store
+            .read_exact_at(path, off, &mut x[..n])
+            .at(path)?;
+        media[b]
+            .store
+            .read_exact_at(path, off, &mut y[..n])
+            .at(path)?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
+}
+
+fn copy<M: Store>(
+    media: &mut [Attached<M>],
+    from: usize,
+    to: usize,
+    path: &str,
+    len: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    if let Some((dir, _)) = path.rsplit_once('/') {
+        media[to].store.create_dir_all(dir).at(dir)?;
+    }
+    media[to].store.set_len(path, 0).at(path)?;
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        media[from]
+            .store
+            .read_exact_at(path, off, &mut buf[..n])
+            .at(path)?;
+        media[to].store.write_at(path, off, &buf[..n]).at(path)?;
+        off += n as u64;
+    }
+    media[to].store.sync(path).at(path)?;
+    Ok(())
+}
+
+impl<M: Store> Store for SpanStore<M> {
+    fn list(&mut self, dir: &str) -> core::result::Result<Vec<Entry>, StoreError> {
+        let mut out: Vec<Entry> = Vec::new();
+        let mut any = false;
+        for a in &mut self.media {
+            match a.store.list(dir) {
+                Ok(entries) => {
+                    any = true;
+                    for e in entries {
+                        if dir == ROOT_DIR && (e.name == "SPAN" || e.name == "SPANMAP") {
+                            continue;
+                        }
+                        if !out.iter().any(|o| o.name == e.name) {
+                            out.push(e);
+                        }
+                    }
+                }
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !any {
+            return Err(StoreError::NotFound);
+        }
+        Ok(out)
+    }
+
+    fn len(&mut self, path: &str) -> core::result::Result<Option<u64>, StoreError> {
+        if path == SPAN_FILE {
+            return Ok(None);
+        }
+        let i = if is_placed(path) {
+            self.holder(path)?
+        } else {
+            self.first_with(path)?
+        };
+        match i {
+            Some(i) => self.media[i].store.len(path),
+            None => Ok(None),
+        }
+    }
+
+    fn read_at(
+        &mut self,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> core::result::Result<usize, StoreError> {
+        if path == SPAN_FILE {
+            return Err(StoreError::NotFound);
+        }
+        let i = if is_placed(path) {
+            self.holder(path)?
+        } else {
+            self.first_with(path)?
+        };
+        match i {
+            Some(i) => self.media[i].store.read_at(path, offset, buf),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    fn write_at(
+        &mut self,
+        path: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> core::result::Result<(), StoreError> {
+        if is_placed(path) {
+            let i = self.placed_target(path)?;
+            return self.media[i].store.write_at(path, offset, data);
+        }
+        self.all(|s| s.write_at(path, offset, data))
+    }
+
+    fn set_len(&mut self, path: &str, len: u64) -> core::result::Result<(), StoreError> {
+        if is_placed(path) {
+            let i = self.placed_target(path)?;
+            return self.media[i].store.set_len(path, len);
+        }
+        self.all(|s| s.set_len(path, len))
+    }
+
+    fn create_dir_all(&mut self, path: &str) -> core::result::Result<(), StoreError> {
+        self.all(|s| s.create_dir_all(path))
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> core::result::Result<(), StoreError> {
+        if !self.writable {
+            return Err(StoreError::ReadOnly);
+        }
+        for a in &mut self.media {
+            if a.store.len(from)?.is_some() {
+                a.store.rename(from, to)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_file(&mut self, path: &str) -> core::result::Result<(), StoreError> {
+        self.all(|s| s.remove_file(path))?;
+        // Written again later (a resume cuts back to its checkpoint), a
+        // segment is placed afresh where there is room; its new entry wins.
+        self.map.placed.remove(path);
+        Ok(())
+    }
+
+    fn remove_dir(&mut self, path: &str) -> core::result::Result<(), StoreError> {
+        self.all(|s| s.remove_dir(path))
+    }
+
+    fn sync(&mut self, path: &str) -> core::result::Result<(), StoreError> {
+        if is_placed(path) {
+            if let Some(i) = self.holder(path)? {
+                return self.media[i].store.sync(path);
+            }
+            return Ok(());
+        }
+        for a in &mut self.media {
+            a.store.sync(path)?;
+        }
+        Ok(())
+    }
+
+    fn free_space(&mut self) -> core::result::Result<Option<u64>, StoreError> {
+        let mut sum = 0u64;
+        for i in 0..self.media.len() {
+            match self.media[i].store.free_space()? {
+                Some(f) => sum = sum.saturating_add(f.saturating_sub(self.opts.reserve)),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(sum.saturating_add(self.opts.reserve)))
+    }
+
+    fn room(&mut self, path: &str) -> core::result::Result<Option<u64>, StoreError> {
+        if !is_placed(path) {
+            return Ok(None);
+        }
+        match self.holder(path)? {
+            Some(i) => Ok(Some(self.room_on(i)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(all(test, feature = "crypto"))]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+    use crate::{
+        verify_keyless, CaptureParams, CaptureReader, CaptureWriter, ChunkData, NoProgress, Unlock,
+    };
+
+    const CS: u32 = 64 * 1024;
+    const OPTS: SpanOptions = SpanOptions {
+        reserve: 64 * 1024,
+        min_room: 2 * CS as u64,
+    };
+
+    /// Incompressible, so it needs about its size on the media.
+    fn disk(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn small(cap: u64) -> MemStore {
+        let mut s = MemStore::new();
+        s.set_capacity(Some(cap));
+        s
+    }
+
+    fn capture(
+        store: &mut dyn Store,
+        name: &str,
+        data: &[u8],
+        id: &age::x25519::Identity,
+    ) -> Result<()> {
+        let mut p = CaptureParams::new(name, data.len() as u64);
+        p.chunk_size = CS;
+        p.recipients = alloc::vec![id.to_public()];
+        let key = match crate::unlock_data_key(store, name, &Unlock::Identity(id.clone())) {
+            Ok((k, _)) => Some(k),
+            Err(_) => None,
+        };
+        let mut w = CaptureWriter::begin(store, p, key)?;
+        let enc = w.encoder();
+        for i in w.resume_from()..w.chunk_count() {
+            let s = (i * u64::from(CS)) as usize;
+            let e = (s + CS as usize).min(data.len());
+            w.append(enc.encode(i, &data[s..e])?)?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+
+    fn read_back(store: &mut dyn Store, name: &str, id: &age::x25519::Identity) -> Result<Vec<u8>> {
+        let mut r = CaptureReader::open(store, name, None, &Unlock::Identity(id.clone()))?;
+        let mut out = Vec::new();
+        for i in 0..r.chunk_count() {
+            match r.read_chunk(i)? {
+                ChunkData::Zero { len } => out.resize(out.len() + len as usize, 0),
+                ChunkData::Data(d) => out.extend_from_slice(&d),
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_capture_too_big_for_one_medium_spans_two_and_reads_back_in_any_order() {
+        let data = disk(40 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b) = (small(1_600_000), small(3_000_000));
+        {
+            let span = SpanStore::join(
+                alloc::vec![
+                    (&mut a as &mut dyn Store, "A".into()),
+                    (&mut b as &mut dyn Store, "B".into())
+                ],
+                [7; 16],
+                OPTS,
+                &[],
+            );
+            let mut span = span.unwrap();
+            capture(&mut span, "web01", &data, &id).unwrap();
+            assert!(span.unreachable().is_empty());
+            let on: Vec<u16> = span.map().placed.values().copied().collect();
+            assert!(
+                on.contains(&0) && on.contains(&1),
+                "segments on both media: {on:?}"
+            );
+        }
+        // Each medium verifies alone: no problem, the other's segments named.
+        for (m, other) in [(&mut a, 1u16), (&mut b, 0u16)] {
+            let r = verify_keyless(m, &mut NoProgress).unwrap();
+            assert!(r.is_ok(), "{:?}", r.problems);
+            assert!(!r.elsewhere.is_empty());
+            assert!(
+                r.elsewhere.iter().all(|e| e.ordinal == other),
+                "{:?}",
+                r.elsewhere
+            );
+            let info = read_span(m).unwrap().unwrap();
+            assert_eq!(info.label.unwrap().id, [7; 16]);
+            assert_eq!(info.map.members.len(), 2);
+        }
+        // Read back through the union, media given in reverse order.
+        let mut span = SpanStore::open(
+            alloc::vec![
+                (&mut b as &mut dyn Store, "B".into()),
+                (&mut a as &mut dyn Store, "A".into())
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(span.attached(), alloc::vec![0, 1]);
+        assert_eq!(read_back(&mut span, "web01", &id).unwrap(), data);
+        let r = verify_keyless(&mut span, &mut NoProgress).unwrap();
+        assert!(r.is_ok() && r.elsewhere.is_empty(), "{r:?}");
+        drop(span);
+        // One medium only: the reader fails on a segment that is elsewhere,
+        // and the span says which medium holds it.
+        let span =
+            SpanStore::open(alloc::vec![(&mut b as &mut dyn Store, "B".into())], true).unwrap();
+        let missing = span.missing();
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].label, "A");
+        let far = span.unreachable();
+        assert!(!far.is_empty() && far.iter().all(|(_, o)| *o == 0));
+    }
+
+    #[test]
+    fn writing_needs_every_medium_of_the_span_and_one_span_only() {
+        let data = disk(30 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b) = (small(1_200_000), small(3_000_000));
+        {
+            let mut span = SpanStore::join(
+                alloc::vec![
+                    (&mut a as &mut dyn Store, "A".into()),
+                    (&mut b as &mut dyn Store, "B".into())
+                ],
+                [1; 16],
+                OPTS,
+                &[],
+            )
+            .unwrap();
+            capture(&mut span, "web01", &data, &id).unwrap();
+        }
+        let err = SpanStore::join(
+            alloc::vec![(&mut b as &mut dyn Store, "B".into())],
+            [2; 16],
+            OPTS,
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("medium #0 (A)") && err.contains("not attached"),
+            "{err}"
+        );
+        let mut other = small(3_000_000);
+        {
+            let mut c = MemStore::new();
+            let mut s = SpanStore::join(
+                alloc::vec![
+                    (&mut other as &mut dyn Store, "O".into()),
+                    (&mut c as &mut dyn Store, "C".into())
+                ],
+                [3; 16],
+                OPTS,
+                &[],
+            )
+            .unwrap();
+            capture(&mut s, "db01", &data[..CS as usize], &id).unwrap();
+        }
+        let err = SpanStore::open(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut other as &mut dyn Store, "O".into())
+            ],
+            true,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("another span"), "{err}");
+    }
+
+    #[test]
+    fn a_full_span_stops_resumably_and_a_third_medium_finishes_it() {
+        let data = disk(40 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b, mut c) = (small(1_000_000), small(1_000_000), small(3_000_000));
+        {
+            let mut span = SpanStore::join(
+                alloc::vec![
+                    (&mut a as &mut dyn Store, "A".into()),
+                    (&mut b as &mut dyn Store, "B".into())
+                ],
+                [4; 16],
+                OPTS,
+                &[],
+            )
+            .unwrap();
+            let err = capture(&mut span, "web01", &data, &id).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Store {
+                        error: StoreError::NoSpace,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        // The same capture with one more medium resumes and finishes.
+        {
+            let mut span = SpanStore::join(
+                alloc::vec![
+                    (&mut c as &mut dyn Store, "C".into()),
+                    (&mut a as &mut dyn Store, "A".into()),
+                    (&mut b as &mut dyn Store, "B".into()),
+                ],
+                [9; 16],
+                OPTS,
+                &[],
+            )
+            .unwrap();
+            assert_eq!(span.id(), [4; 16]);
+            let mut p = CaptureParams::new("web01", data.len() as u64);
+            p.chunk_size = CS;
+            p.recipients = alloc::vec![id.to_public()];
+            let (key, _) =
+                crate::unlock_data_key(&mut span, "web01", &Unlock::Identity(id.clone())).unwrap();
+            let w = CaptureWriter::begin(&mut span, p, Some(key)).unwrap();
+            assert!(w.resume_from() > 0, "resumed, not restarted");
+            drop(w);
+            capture(&mut span, "web01", &data, &id).unwrap();
+            assert_eq!(read_back(&mut span, "web01", &id).unwrap(), data);
+            assert_eq!(span.map().member(2).unwrap().label, "C");
+        }
+        for m in [&mut a, &mut b, &mut c] {
+            let r = verify_keyless(m, &mut NoProgress).unwrap();
+            assert!(r.is_ok(), "{:?}", r.problems);
+        }
+    }
+
+    #[test]
+    fn a_lost_medium_is_replaced_by_capturing_again_only_what_it_held() {
+        let mut data = disk(40 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b, mut c) = (small(1_600_000), small(3_000_000), small(3_000_000));
+        {
+            let mut span = SpanStore::join(
+                alloc::vec![
+                    (&mut a as &mut dyn Store, "A".into()),
+                    (&mut b as &mut dyn Store, "B".into())
+                ],
+                [6; 16],
+                OPTS,
+                &[],
+            )
+            .unwrap();
+            capture(&mut span, "web01", &data, &id).unwrap();
+        }
+        // The chunks whose records went to B.
+        let on_b: Vec<u64> = {
+            let map = span_map_of(&mut a);
+            let mut span =
+                SpanStore::open(alloc::vec![(&mut a as &mut dyn Store, "A".into())], true).unwrap();
+            let r = CaptureReader::open(&mut span, "web01", None, &Unlock::Identity(id.clone()))
+                .unwrap();
+
+            (0..r.chunk_count())
+                .filter(|&i| match r.entry(i) {
+                    Some(crate::layout::IndexEntry::Stored(l)) => {
+                        let p = layout::segment_path("web01", l.generation, l.segment);
+                        map.placed.get(&p) == Some(&1)
+                    }
+                    _ => false,
+                })
+                .collect()
+        };
+        assert!(!on_b.is_empty() && on_b.len() < 40, "{on_b:?}");
+        drop(b);
+        // B is lost: without saying so, the span cannot be written.
+        let err = SpanStore::join(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut c as &mut dyn Store, "C".into())
+            ],
+            [0; 16],
+            OPTS,
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("--replace-medium 'B'"), "{err}");
+        // The source kept running: chunk 0 changed meanwhile.
+        data[0] ^= 0xff;
+        let mut span = SpanStore::join(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut c as &mut dyn Store, "C".into())
+            ],
+            [0; 16],
+            OPTS,
+            &["B".into()],
+        )
+        .unwrap();
+        let mut p = CaptureParams::new("web01", data.len() as u64);
+        p.chunk_size = CS;
+        p.recipients = alloc::vec![id.to_public()];
+        p.delta = true;
+        let (key, _) =
+            crate::unlock_data_key(&mut span, "web01", &Unlock::Identity(id.clone())).unwrap();
+        let mut w = CaptureWriter::begin(&mut span, p, Some(key)).unwrap();
+        let enc = w.encoder();
+        for i in 0..w.chunk_count() {
+            let s = (i * u64::from(CS)) as usize;
+            w.append(enc.encode(i, &data[s..s + CS as usize]).unwrap())
+                .unwrap();
+        }
+        let sum = w.finish().unwrap();
+        assert_eq!(sum.generation, 2);
+        // Exactly B's share and the changed chunk were stored again.
+        let again = on_b.len() as u64 + u64::from(!on_b.contains(&0));
+        assert_eq!(sum.stored_chunks, again);
+        assert_eq!(read_back(&mut span, "web01", &id).unwrap(), data);
+        assert!(span.map().member(1).unwrap().lost);
+        drop(span);
+        let r = verify_keyless(&mut c, &mut NoProgress).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert!(
+            r.elsewhere
+                .iter()
+                .any(|e| e.medium.contains("declared lost")),
+            "{:?}",
+            r.elsewhere
+        );
+    }
+
+    fn span_map_of(m: &mut MemStore) -> SpanMap {
+        read_span(m).unwrap().unwrap().map
+    }
+
+    #[test]
+    fn a_torn_last_map_entry_is_ignored_and_damage_before_it_is_not() {
+        let mut b = entry(KIND_JOINED, 0, "A");
+        b.extend_from_slice(&entry(KIND_PLACED, 0, "MGEAR/x/G0001/SEG-00000"));
+        let full = b.clone();
+        b.extend_from_slice(&entry(KIND_JOINED, 1, "B")[..50]);
+        let m = SpanMap::decode(&b).unwrap();
+        assert_eq!(m.members.len(), 1);
+        assert_eq!(m.holder("MGEAR/x/G0001/SEG-00000").unwrap().label, "A");
+        let mut bad = full;
+        bad[5] ^= 1;
+        assert!(SpanMap::decode(&bad).is_err());
+        let l = SpanLabel {
+            id: [5; 16],
+            ordinal: 3,
+        };
+        assert_eq!(SpanLabel::decode(&l.encode()).unwrap(), l);
+        let mut e = l.encode();
+        e[30] ^= 1;
+        assert!(SpanLabel::decode(&e).is_err());
+    }
+}
