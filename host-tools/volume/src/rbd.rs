@@ -300,6 +300,8 @@ fn create_image(qemu_img: &Path, spec: &RbdSpec, size: u64) -> Result<bool> {
         .args(["create", "-q", "-f", "raw"])
         .arg(spec.qemu_filename())
         .arg(size.to_string())
+        // "File exists" below is strerror(EEXIST) in the C locale.
+        .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| Error::io("running qemu-img create (rbd)", e))?;
