@@ -44,8 +44,12 @@ pub const INCOMPAT_ZSTD: u32 = 1;
 /// not of the whole file: one hash pass per stored byte instead of two, on
 /// capture and on the appliance's verify (FORMAT.md §5).
 pub const INCOMPAT_HEADER_DIGEST: u32 = 2;
+/// Incompatible feature: index entries may point at a record of another
+/// disk stream of the same machine set (entry bytes 2..4, FORMAT.md §6 and
+/// §14): identical chunks of a machine's disks are stored once.
+pub const INCOMPAT_CROSS_STREAM: u32 = 4;
 /// Incompatible features this code understands.
-pub const INCOMPAT_KNOWN: u32 = INCOMPAT_ZSTD | INCOMPAT_HEADER_DIGEST;
+pub const INCOMPAT_KNOWN: u32 = INCOMPAT_ZSTD | INCOMPAT_HEADER_DIGEST | INCOMPAT_CROSS_STREAM;
 
 /// Key-derivation context of the headers-only segment digest
 /// ([`INCOMPAT_HEADER_DIGEST`]): a different hash function from the
@@ -470,6 +474,9 @@ pub struct RecordLoc {
     pub offset: u64,
     /// Keyed id of the plaintext.
     pub chunk_id: [u8; 32],
+    /// Which stream's segment holds the record: 0 = this capture's own; k + 1
+    /// = disk stream k of the same machine set ([`INCOMPAT_CROSS_STREAM`]).
+    pub stream: u16,
 }
 
 impl IndexEntry {
@@ -503,13 +510,14 @@ impl IndexEntry {
                     stored_len: 0,
                     offset: 0,
                     chunk_id,
+                    stream: 0,
                 },
             ),
             IndexEntry::Stored(l) => (1u8, l),
         };
         v.push(kind);
         v.push(l.flags);
-        v.extend_from_slice(&[0u8; 2]);
+        v.extend_from_slice(&l.stream.to_le_bytes());
         v.extend_from_slice(&l.plain_len.to_le_bytes());
         v.extend_from_slice(&l.generation.to_le_bytes());
         v.extend_from_slice(&l.segment.to_le_bytes());
@@ -523,8 +531,9 @@ impl IndexEntry {
         let mut r = Rd::new(b);
         let kind = r.u8()?;
         let flags = r.u8()?;
-        r.bytes(2)?;
+        let stream = r.u16()?;
         let l = RecordLoc {
+            stream,
             flags,
             plain_len: r.u32()?,
             generation: r.u32()?,
@@ -1174,6 +1183,7 @@ mod tests {
             stored_len: 400,
             offset: 96,
             chunk_id: [1; 32],
+            stream: 2,
         });
         let mut v = Vec::new();
         e.encode_into(&mut v);

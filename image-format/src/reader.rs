@@ -92,6 +92,11 @@ pub(crate) fn load_index<S: Store + ?Sized>(
             IndexEntry::decode(e).map_err(|w| corrupt(at.clone(), format!("entry {i}: {w}")))?;
         let want = layout::chunk_len(m.disk_size, m.chunk_size, i as u64);
         let bad_loc = match &e {
+            IndexEntry::Stored(l) if l.stream != 0 => {
+                // Another disk's record: checked where it is read (its
+                // segment header must match); only with the feature bit.
+                l.generation > m.generation || m.incompat & layout::INCOMPAT_CROSS_STREAM == 0
+            }
             IndexEntry::Stored(l) => {
                 l.generation > m.generation
                     || (l.generation == m.generation && l.segment as usize >= m.segments.len())
@@ -116,7 +121,7 @@ pub struct CaptureReader<S: Store> {
     manifest: Manifest,
     keys: Subkeys,
     entries: Vec<IndexEntry>,
-    ciphers: HashMap<(u32, u32), Cipher>,
+    ciphers: HashMap<(u16, u32, u32), Cipher>,
 }
 
 impl<S: Store> core::fmt::Debug for CaptureReader<S> {
@@ -254,6 +259,14 @@ impl<S: Store> CaptureReader<S> {
         }
     }
 
+    /// The segment file holding record `l` (in another disk stream of the
+    /// set for a cross-stream entry).
+    fn record_path(&self, l: &RecordLoc) -> String {
+        let name = crate::set::record_stream(&self.name, l.stream)
+            .unwrap_or_else(|| alloc::format!("{}<stream {}>", self.name, l.stream));
+        layout::segment_path(&name, l.generation, l.segment)
+    }
+
     fn location(&self, index: u64, l: &RecordLoc) -> Location {
         let start = index.saturating_mul(u64::from(self.manifest.chunk_size));
         Location {
@@ -261,7 +274,7 @@ impl<S: Store> CaptureReader<S> {
             generation: Some(l.generation),
             segment: Some(l.segment),
             record: Some(l.record),
-            file: Some(layout::segment_path(&self.name, l.generation, l.segment)),
+            file: Some(self.record_path(l)),
             file_range: Some(
                 l.offset..l.offset + (REC_HEADER_LEN as u64) + u64::from(l.stored_len),
             ),
@@ -269,9 +282,16 @@ impl<S: Store> CaptureReader<S> {
         }
     }
 
-    fn cipher(&mut self, at: &Location, generation: u32, segment: u32) -> Result<&Cipher> {
-        if !self.ciphers.contains_key(&(generation, segment)) {
-            let path = layout::segment_path(&self.name, generation, segment);
+    fn cipher(&mut self, at: &Location, l: &RecordLoc) -> Result<&Cipher> {
+        let (stream, generation, segment) = (l.stream, l.generation, l.segment);
+        if crate::set::record_stream(&self.name, stream).is_none() {
+            return Err(corrupt(
+                at.clone(),
+                "index entry points at another disk stream, but this capture is not a disk of a machine set",
+            ));
+        }
+        if !self.ciphers.contains_key(&(stream, generation, segment)) {
+            let path = self.record_path(l);
             let mut hb = [0u8; SEG_HEADER_LEN];
             match self.store.len(&path).at(&path)? {
                 Some(n) if n >= SEG_HEADER_LEN as u64 => {}
@@ -289,22 +309,22 @@ impl<S: Store> CaptureReader<S> {
                 ));
             }
             self.ciphers.insert(
-                (generation, segment),
+                (stream, generation, segment),
                 self.keys.segment_cipher(&h.salt, generation, segment),
             );
         }
         self.ciphers
-            .get(&(generation, segment))
+            .get(&(stream, generation, segment))
             .ok_or_else(|| Error::Backend("segment cipher cache lost an entry".into()))
     }
 
     fn read_record(&mut self, index: u64, l: &RecordLoc) -> Result<Vec<u8>> {
         let rec = self.fetch_record(index, l)?;
         let at = self.location(index, l);
-        self.cipher(&at, l.generation, l.segment)?;
+        self.cipher(&at, l)?;
         let cipher = self
             .ciphers
-            .get(&(l.generation, l.segment))
+            .get(&(l.stream, l.generation, l.segment))
             .ok_or_else(|| Error::Backend("segment cipher cache lost an entry".into()))?;
         match open_fetched(
             cipher,
@@ -372,7 +392,7 @@ impl<S: Store> CaptureReader<S> {
                 IndexEntry::Stored(l) => {
                     let rec = self.fetch_record(index, &l)?;
                     let at = self.location(index, &l);
-                    self.cipher(&at, l.generation, l.segment)?;
+                    self.cipher(&at, &l)?;
                     got.push(Got::Record(Box::new((at, l)), rec));
                 }
             }
@@ -387,9 +407,13 @@ impl<S: Store> CaptureReader<S> {
                 Got::Zero(len) => Ok(ChunkData::Zero { len }),
                 Got::Record(place, rec) => {
                     let (at, l) = *place;
-                    let cipher = ciphers.get(&(l.generation, l.segment)).ok_or_else(|| {
-                        OpenFail::Other(Error::Backend("segment cipher cache lost an entry".into()))
-                    })?;
+                    let cipher = ciphers
+                        .get(&(l.stream, l.generation, l.segment))
+                        .ok_or_else(|| {
+                            OpenFail::Other(Error::Backend(
+                                "segment cipher cache lost an entry".into(),
+                            ))
+                        })?;
                     open_fetched(cipher, chunk_id_key, capture_id, at, &l, rec).map(ChunkData::Data)
                 }
             }
@@ -415,7 +439,7 @@ impl<S: Store> CaptureReader<S> {
     /// index (the cheap, I/O half of reading a record).
     fn fetch_record(&mut self, index: u64, l: &RecordLoc) -> Result<Vec<u8>> {
         let at = self.location(index, l);
-        let path = layout::segment_path(&self.name, l.generation, l.segment);
+        let path = self.record_path(l);
         let total = REC_HEADER_LEN + l.stored_len as usize;
         let flen = self.store.len(&path).at(&path)?.unwrap_or(0);
         if l.offset

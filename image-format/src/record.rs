@@ -205,6 +205,7 @@ impl RecordOpener {
             stored_len: h.stored_len,
             offset: 0,
             chunk_id: *chunk_id,
+            stream: 0,
         };
         let plain = crate::reader::open_fetched(
             &self.cipher,

@@ -94,6 +94,26 @@ pub fn parse_disk_stream_name(name: &str) -> Option<(&str, usize)> {
     (k < MAX_SET_DISKS && layout::validate_plain_name(set).is_ok()).then_some((set, k))
 }
 
+/// The capture whose segment holds a record an index entry of capture
+/// `own` points at: `own` itself for stream 0, disk stream k of the same set
+/// for stream k + 1 (`layout::INCOMPAT_CROSS_STREAM`); `None` when `own` is
+/// not a disk stream or k is out of range.
+pub fn record_stream(own: &str, stream: u16) -> Option<String> {
+    if stream == 0 {
+        return Some(own.into());
+    }
+    let (set, _) = parse_disk_stream_name(own)?;
+    let k = usize::from(stream) - 1;
+    (k < MAX_SET_DISKS).then(|| disk_stream_name(set, k))
+}
+
+/// The stream number an index entry of another disk uses for disk stream
+/// `name` (its disk index + 1).
+pub fn stream_number(name: &str) -> Option<u16> {
+    let (_, k) = parse_disk_stream_name(name)?;
+    u16::try_from(k + 1).ok()
+}
+
 /// `MGEAR/<set>/G<nnnn>/SET`
 pub fn set_path(set: &str, generation: u32) -> String {
     layout::generation_file(set, generation, SET_FILE)
@@ -685,6 +705,89 @@ mod tests {
         }
         layout::validate_name("db01.d1").unwrap();
         assert!(layout::validate_plain_name("db01.d1").is_err());
+    }
+
+    /// Captures `data` as disk stream `name` of a set sharing `key`.
+    fn stream(
+        store: &mut MemStore,
+        name: &str,
+        data: &[u8],
+        key: &DataKey,
+        delta: bool,
+        dedup_with: &[&str],
+    ) -> crate::CaptureSummary {
+        let mut p = CaptureParams::new(name, data.len() as u64);
+        p.chunk_size = CS;
+        p.recipients = vec![age::x25519::Identity::generate().to_public()];
+        p.capture_id = Some([9; 16]);
+        p.delta = delta;
+        p.dedup_with = dedup_with.iter().map(|s| s.to_string()).collect();
+        let mut w = CaptureWriter::begin(&mut *store, p, Some(key.clone())).unwrap();
+        let enc = w.encoder();
+        for i in 0..w.chunk_count() {
+            let s = (i * u64::from(CS)) as usize;
+            let e = (s + CS as usize).min(data.len());
+            w.append(enc.encode(i, &data[s..e]).unwrap()).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn read_all(store: &mut MemStore, name: &str, g: Option<u32>, key: &DataKey) -> Vec<u8> {
+        let mut r = crate::CaptureReader::open_with_key(&mut *store, name, g, key).unwrap();
+        let mut out = Vec::new();
+        for i in 0..r.chunk_count() {
+            match r.read_chunk(i).unwrap() {
+                crate::ChunkData::Zero { len } => out.resize(out.len() + len as usize, 0),
+                crate::ChunkData::Data(d) => out.extend_from_slice(&d),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn identical_chunks_of_a_machine_s_disks_are_stored_once() {
+        let mut store = MemStore::new();
+        let key = DataKey::generate().unwrap();
+        let d0: Vec<u8> = (0..6 * CS)
+            .map(|i| (i / 7) as u8 ^ (i >> 16) as u8)
+            .collect();
+        // Disk 1: the same first four chunks, then its own.
+        let mut d1 = d0[..4 * CS as usize].to_vec();
+        d1.extend((0..3 * CS).map(|i| (i * 13 / 5) as u8));
+        let s0 = stream(&mut store, "db01.d0", &d0, &key, false, &[]);
+        assert_eq!(s0.stored_chunks, 6);
+        let s1 = stream(&mut store, "db01.d1", &d1, &key, false, &["db01.d0"]);
+        assert_eq!((s1.stored_chunks, s1.dedup_chunks), (3, 4), "{s1:?}");
+        assert_eq!(read_all(&mut store, "db01.d1", None, &key), d1);
+        assert_eq!(read_all(&mut store, "db01.d0", None, &key), d0);
+        let v = crate::verify_full(
+            &mut store,
+            "db01.d1",
+            None,
+            &Unlock::Key(key.clone()),
+            &mut NoProgress,
+        );
+        assert!(v.is_ok_and(|r| r.is_ok()));
+        // A delta of disk 1 keeps pointing at disk 0's records.
+        let s1b = stream(&mut store, "db01.d1", &d1, &key, true, &[]);
+        assert_eq!(s1b.stored_chunks, 0, "{s1b:?}");
+        assert_eq!(read_all(&mut store, "db01.d1", Some(2), &key), d1);
+        // Without disk 0's segments the records are gone: the read fails, it
+        // is never served from somewhere else.
+        store.remove_file("MGEAR/db01.d0/G0001/SEG-00000").unwrap();
+        let mut r =
+            crate::CaptureReader::open_with_key(&mut store, "db01.d1", Some(1), &key).unwrap();
+        assert!(r.read_chunk(0).is_err());
+        assert!(r.read_chunk(5).is_ok(), "its own records still read");
+    }
+
+    #[test]
+    fn a_capture_that_is_no_disk_of_a_set_cannot_point_into_another_stream() {
+        assert_eq!(record_stream("web01", 1), None);
+        assert_eq!(record_stream("web01", 0).as_deref(), Some("web01"));
+        assert_eq!(record_stream("db01.d3", 1).as_deref(), Some("db01.d0"));
+        assert_eq!(record_stream("db01.d3", 65), None);
+        assert_eq!(stream_number("db01.d2"), Some(3));
     }
 
     /// A medium with set `db01` generation 1 over two disks, and its key.

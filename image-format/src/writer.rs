@@ -58,6 +58,11 @@ pub struct CaptureParams {
     /// Capture id of a new capture; `None` draws a random one. The disk
     /// streams of a machine set (`crate::set`) share one, with one data key.
     pub capture_id: Option<[u8; 16]>,
+    /// Other disk streams of the same machine set whose generation of the
+    /// same number is finished: a chunk one of them already stored is not
+    /// stored again, the index points at their record
+    /// ([`layout::INCOMPAT_CROSS_STREAM`]).
+    pub dedup_with: Vec<String>,
 }
 
 impl CaptureParams {
@@ -77,6 +82,7 @@ impl CaptureParams {
             created_unix: 0,
             max_segment_bytes: layout::MAX_SEGMENT,
             capture_id: None,
+            dedup_with: Vec::new(),
         }
     }
 
@@ -295,6 +301,8 @@ pub struct CaptureWriter<S: Store> {
     /// medium of a span declared lost, `crate::span`): a delta never points
     /// into them, so what they held is captured again.
     unavailable: std::collections::HashSet<(u32, u32)>,
+    /// The same for other disk streams' segments, by path.
+    unavailable_paths: std::collections::HashSet<String>,
     closed: Vec<SegmentDigest>,
     open: Option<OpenSegment>,
     ipart_len: u64,
@@ -429,6 +437,7 @@ impl<S: Store> CaptureWriter<S> {
             dedup: HashMap::new(),
             parent_entries: Vec::new(),
             unavailable: Default::default(),
+            unavailable_paths: Default::default(),
             closed: Vec::new(),
             open: None,
             ipart_len: 0,
@@ -725,6 +734,7 @@ impl<S: Store> CaptureWriter<S> {
             stored_len: stored_len as u32,
             offset: seg.len,
             chunk_id: chunk.chunk_id,
+            stream: 0,
         };
         seg.len += rec.len() as u64;
         seg.records += 1;
@@ -801,7 +811,13 @@ impl<S: Store> CaptureWriter<S> {
         let want = layout::chunk_len(self.params.source_size, self.params.chunk_size, index);
         let e = *self.parent_entries.get(usize::try_from(index).ok()?)?;
         if let IndexEntry::Stored(l) = e {
-            if self.unavailable.contains(&(l.generation, l.segment)) {
+            if l.stream != 0 {
+                let holder = crate::set::record_stream(&self.params.name, l.stream)?;
+                let path = layout::segment_path(&holder, l.generation, l.segment);
+                if self.unavailable_paths.contains(&path) {
+                    return None;
+                }
+            } else if self.unavailable.contains(&(l.generation, l.segment)) {
                 return None;
             }
         }
@@ -859,6 +875,15 @@ impl<S: Store> CaptureWriter<S> {
             )));
         }
         self.close_segment()?;
+        // An entry pointing at another disk's record (found now, or copied
+        // from a parent that had one) needs a reader that knows the feature.
+        if self
+            .entries
+            .iter()
+            .any(|e| matches!(e, IndexEntry::Stored(l) if l.stream != 0))
+        {
+            self.incompat |= layout::INCOMPAT_CROSS_STREAM;
+        }
         // INDEX
         let ih = IndexHeader {
             incompat: self.incompat,
@@ -1011,6 +1036,20 @@ impl<S: Store> CaptureWriter<S> {
         let mut checked = std::collections::HashSet::new();
         for e in &entries {
             if let IndexEntry::Stored(l) = e {
+                if l.stream != 0 {
+                    // Another disk's record: usable if its segment is here.
+                    let Some(holder) = crate::set::record_stream(&self.params.name, l.stream)
+                    else {
+                        continue;
+                    };
+                    let path = layout::segment_path(&holder, l.generation, l.segment);
+                    if self.store.len(&path).at(&path)?.is_none() {
+                        self.unavailable_paths.insert(path);
+                    } else {
+                        self.dedup.entry(l.chunk_id).or_insert(*l);
+                    }
+                    continue;
+                }
                 if checked.insert((l.generation, l.segment)) {
                     let path = layout::segment_path(&self.params.name, l.generation, l.segment);
                     if self.store.len(&path).at(&path)?.is_none() {
@@ -1027,6 +1066,51 @@ impl<S: Store> CaptureWriter<S> {
         Ok(())
     }
 
+    /// Records of the other disks of the set in this generation, for dedup
+    /// ([`CaptureParams::dedup_with`]). Own records stay preferred (they were
+    /// inserted first).
+    fn load_siblings(&mut self) -> Result<()> {
+        for other in self.params.dedup_with.clone() {
+            let Some(stream) = crate::set::stream_number(&other) else {
+                return Err(Error::Usage(format!(
+                    "{other} is not a disk stream of a machine set: only disks of one set share records"
+                )));
+            };
+            let Some(f) = medium::read_manifest(&mut self.store, &other, self.generation)? else {
+                continue;
+            };
+            if f.manifest.capture_id != self.capture_id
+                || f.manifest.chunk_size != self.params.chunk_size
+            {
+                continue;
+            }
+            reader::check_manifest_mac(&other, &f, &self.keys)?;
+            let entries = reader::load_index(&mut self.store, &other, &f.manifest, &self.keys)?;
+            let mut checked = std::collections::HashSet::new();
+            for e in entries {
+                let IndexEntry::Stored(mut l) = e else {
+                    continue;
+                };
+                if l.stream == 0 {
+                    l.stream = stream;
+                }
+                // Only records that are on the media (a span may lack a lost medium's).
+                let Some(holder) = crate::set::record_stream(&other, l.stream) else {
+                    continue;
+                };
+                let path = layout::segment_path(&holder, l.generation, l.segment);
+                if checked.insert(path.clone()) && self.store.len(&path).at(&path)?.is_none() {
+                    self.unavailable_paths.insert(path.clone());
+                }
+                if self.unavailable_paths.contains(&path) {
+                    continue;
+                }
+                self.dedup.entry(l.chunk_id).or_insert(l);
+            }
+        }
+        Ok(())
+    }
+
     fn start(&mut self, generation: u32, last_done: Option<&ManifestFile>) -> Result<()> {
         self.generation = generation;
         if self.params.delta {
@@ -1040,6 +1124,7 @@ impl<S: Store> CaptureWriter<S> {
             reader::check_manifest_mac(&self.params.name, p, &self.keys)?;
             self.load_parent(&p.manifest)?;
         }
+        self.load_siblings()?;
         let dir = layout::generation_dir(&self.params.name, generation);
         self.store.create_dir_all(&dir).at(&dir)?;
         self.write_journal(JournalState::InProgress)
@@ -1206,7 +1291,10 @@ impl<S: Store> CaptureWriter<S> {
             match e {
                 IndexEntry::Zero { .. } => self.stats.zero_chunks += 1,
                 IndexEntry::Stored(l) => {
-                    if l.generation == generation && own.insert((l.segment, l.record)) {
+                    if l.stream == 0
+                        && l.generation == generation
+                        && own.insert((l.segment, l.record))
+                    {
                         self.stats.stored_chunks += 1;
                         self.stats.stored_bytes += (REC_HEADER_LEN + l.stored_len as usize) as u64;
                     } else {
@@ -1218,6 +1306,7 @@ impl<S: Store> CaptureWriter<S> {
         }
         self.checkpointed = self.entries.len() as u64;
         self.resume_from = self.checkpointed;
+        self.load_siblings()?;
         self.write_journal(JournalState::InProgress)
     }
 

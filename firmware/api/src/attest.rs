@@ -21,6 +21,11 @@
 //! attestation also carries the digest of the seal attestation it was
 //! compared with, and the challenge the host sent for it.
 //!
+//! The appliance takes the file digests from the keyless verifier's own
+//! reads ([`FileDigests`]: each file is read once for both) and hashes the
+//! raw regions in a pass of its own (`mgear_firmware::regions`); what is
+//! signed is the same as separate passes compute ([`file_digests`]).
+//!
 //! Every attestation pins the custody log as it stood when it was signed:
 //! `log_records` records whose last one hashes (SHA-256 of its stored
 //! body, the next record's `prev`) to `log_head`. The record that follows
@@ -29,6 +34,7 @@
 //! its records up to there must hash to: cutting records off the end of
 //! the log, or replacing them, is detected ([`check_log_covers`]).
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
@@ -37,7 +43,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use image_format::store::EntryKind;
+use image_format::store::{Entry, EntryKind};
 use image_format::{layout, Store, StoreError};
 
 use crate::protocol::{Place, Problem};
@@ -204,42 +210,168 @@ const FILE_READ_BYTES: usize = 256 * 1024;
 /// counts bytes hashed; it is called at least every [`PROGRESS_BYTES`] and
 /// after each file, so a console host sees signs of life even inside a
 /// 1 GiB segment on a slow card.
+///
+/// Seal and arrival take the same digests from the keyless verifier's reads
+/// instead ([`FileDigests`]), so that they read each file once.
 pub fn file_digests(
     store: &mut dyn Store,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<FileDigest>, StoreError> {
-    let files = list_files(store)?;
-    let total: u64 = files.iter().map(|(_, len)| *len).sum();
-    let mut out = Vec::with_capacity(files.len());
-    // Large requests: the FAT stores read a contiguous run of clusters in
-    // one device transfer, so the hash, not the request count, sets the pace.
-    let mut buf = alloc::vec![0u8; FILE_READ_BYTES];
-    let mut done = 0u64;
-    let mut next = PROGRESS_BYTES;
-    for (path, _) in files {
-        let mut h = Sha256::new();
-        let mut off = 0u64;
-        loop {
-            let n = store.read_at(&path, off, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n.min(buf.len())]);
-            off += n as u64;
-            done += n as u64;
-            if done >= next {
-                progress(done.min(total), total);
-                next = done + PROGRESS_BYTES;
-            }
-        }
-        out.push(FileDigest {
-            path,
-            len: off,
-            sha256: h.finalize().into(),
-        });
-        progress(done.min(total), total);
+    FileDigests::new().finish(store, progress)
+}
+
+/// [`file_digests`] taken from the reads of another walk over the medium
+/// (the keyless verifier's), so that seal and arrival read each file once
+/// instead of twice: run the walk on [`FileDigests::tee`] of the store, then
+/// [`FileDigests::finish`] reads only what the walk did not and returns
+/// exactly what [`file_digests`] returns for the same medium.
+///
+/// A file's SHA-256 takes its bytes in order, so a read feeds it only where
+/// it starts at or before the end of what is hashed so far and reaches past
+/// it; a file the walk reads only in part (a key slot's header) or from the
+/// middle is finished by reading the rest. The walk must not change the
+/// files it reads (a write through the tee drops everything hashed so far,
+/// which `finish` then reads again).
+#[derive(Default)]
+pub struct FileDigests {
+    /// Per path: the hash of the file's first `.1` bytes.
+    partial: BTreeMap<String, (Sha256, u64)>,
+}
+
+impl FileDigests {
+    pub fn new() -> Self {
+        Self::default()
     }
-    Ok(out)
+
+    /// `store`, with every read also fed to these digests.
+    pub fn tee<'a>(&'a mut self, store: &'a mut dyn Store) -> Tee<'a> {
+        Tee {
+            store,
+            digests: self,
+        }
+    }
+
+    /// Bytes of file contents hashed so far.
+    pub fn hashed_bytes(&self) -> u64 {
+        self.partial.values().map(|(_, at)| *at).sum()
+    }
+
+    fn observe(&mut self, path: &str, offset: u64, data: &[u8]) {
+        let end = offset.saturating_add(data.len() as u64);
+        match self.partial.get_mut(path) {
+            Some((h, at)) if offset <= *at && *at < end => {
+                h.update(&data[(*at - offset) as usize..]);
+                *at = end;
+            }
+            Some(_) => {}
+            None if offset == 0 && !data.is_empty() => {
+                let mut h = Sha256::new();
+                h.update(data);
+                self.partial.insert(path.into(), (h, end));
+            }
+            None => {}
+        }
+    }
+
+    /// A change through the tee: paths may name one file in more than one
+    /// spelling (FAT ignores case), so nothing hashed so far is trusted.
+    fn forget_all(&mut self) {
+        self.partial.clear();
+    }
+
+    /// Length and SHA-256 of every file on the medium, sorted by path (the
+    /// `files` of an [`AttestationBody`]), reading each file from where the
+    /// walk's reads left its hash to its end. `progress(done, total)` counts
+    /// the bytes read here, as [`file_digests`] does.
+    pub fn finish(
+        mut self,
+        store: &mut dyn Store,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<FileDigest>, StoreError> {
+        let files = list_files(store)?;
+        let hashed = |p: &String| self.partial.get(p).map_or(0, |(_, at)| *at);
+        let total: u64 = files
+            .iter()
+            .map(|(p, len)| len.saturating_sub(hashed(p)))
+            .sum();
+        let mut out = Vec::with_capacity(files.len());
+        // Large requests: the FAT stores read a contiguous run of clusters in
+        // one device transfer, so the hash, not the request count, sets the pace.
+        let mut buf = alloc::vec![0u8; FILE_READ_BYTES];
+        let mut done = 0u64;
+        let mut next = PROGRESS_BYTES;
+        for (path, _) in files {
+            let (mut h, mut off) = self.partial.remove(&path).unwrap_or_default();
+            loop {
+                let n = store.read_at(&path, off, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n.min(buf.len())]);
+                off += n as u64;
+                done += n as u64;
+                if done >= next {
+                    progress(done.min(total), total);
+                    next = done + PROGRESS_BYTES;
+                }
+            }
+            out.push(FileDigest {
+                path,
+                len: off,
+                sha256: h.finalize().into(),
+            });
+            progress(done.min(total), total);
+        }
+        Ok(out)
+    }
+}
+
+/// A [`Store`] whose reads also feed a [`FileDigests`] ([`FileDigests::tee`]).
+pub struct Tee<'a> {
+    store: &'a mut dyn Store,
+    digests: &'a mut FileDigests,
+}
+
+impl Store for Tee<'_> {
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
+        self.store.list(dir)
+    }
+    fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
+        self.store.len(path)
+    }
+    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let n = self.store.read_at(path, offset, buf)?;
+        self.digests.observe(path, offset, &buf[..n.min(buf.len())]);
+        Ok(n)
+    }
+    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.digests.forget_all();
+        self.store.write_at(path, offset, data)
+    }
+    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
+        self.digests.forget_all();
+        self.store.set_len(path, len)
+    }
+    fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
+        self.store.create_dir_all(path)
+    }
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        self.digests.forget_all();
+        self.store.rename(from, to)
+    }
+    fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
+        self.digests.forget_all();
+        self.store.remove_file(path)
+    }
+    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
+        self.store.remove_dir(path)
+    }
+    fn sync(&mut self, path: &str) -> Result<(), StoreError> {
+        self.store.sync(path)
+    }
+    fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
+        self.store.free_space()
+    }
 }
 
 /// Most bytes a long operation processes between two progress reports.
@@ -672,5 +804,118 @@ mod tests {
             }
         }
         assert!(decoded > 0);
+    }
+
+    /// A medium with files of several sizes (one larger than a read), an
+    /// empty one and one outside the captures.
+    fn medium_files() -> (image_format::store::MemStore, Vec<(&'static str, Vec<u8>)>) {
+        let big: Vec<u8> = (0..700_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let files = vec![
+            ("MGEAR/web01/G0001/SEG-00000", big.clone()),
+            ("MGEAR/web01/G0001/SEG-00001", big[..300_001].to_vec()),
+            ("MGEAR/web01/G0001/MANIFEST", b"manifest bytes".to_vec()),
+            ("MGEAR/web01/KEYS", big[1000..6000].to_vec()),
+            ("MGEAR/EMPTY", Vec::new()),
+            ("README.TXT", b"hello".to_vec()),
+        ];
+        let mut store = image_format::store::MemStore::new();
+        for (path, data) in &files {
+            if let Some(i) = path.rfind('/') {
+                store.create_dir_all(&path[..i]).unwrap();
+            }
+            store.set_len(path, 0).unwrap();
+            store.write_at(path, 0, data).unwrap();
+        }
+        (store, files)
+    }
+
+    /// The reads a keyless verify makes: files front to back in pieces, a
+    /// header and then the whole file again from 0, only a file's head, a
+    /// read from the middle, and files not read at all.
+    fn verifier_like_walk(s: &mut dyn Store) {
+        let mut buf = vec![0u8; 100_000];
+        let mut off = 0;
+        loop {
+            let n = s
+                .read_at("MGEAR/web01/G0001/SEG-00000", off, &mut buf)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            off += n as u64;
+        }
+        s.read_exact_at("MGEAR/web01/G0001/SEG-00001", 0, &mut buf[..64])
+            .unwrap();
+        for at in (0..300_001u64).step_by(65_536) {
+            let n = (300_001 - at).min(65_536) as usize;
+            s.read_exact_at("MGEAR/web01/G0001/SEG-00001", at, &mut buf[..n])
+                .unwrap();
+        }
+        s.read_exact_at("MGEAR/web01/KEYS", 0, &mut buf[..21])
+            .unwrap();
+        s.read_exact_at("MGEAR/web01/G0001/MANIFEST", 5, &mut buf[..4])
+            .unwrap();
+    }
+
+    fn fused(store: &mut image_format::store::MemStore) -> (Vec<FileDigest>, u64) {
+        let mut sums = FileDigests::new();
+        verifier_like_walk(&mut sums.tee(store));
+        let mut reread = 0;
+        let out = sums.finish(store, &mut |done, _| reread = done).unwrap();
+        (out, reread)
+    }
+
+    #[test]
+    fn digests_from_a_walk_equal_a_separate_pass() {
+        let (mut store, files) = medium_files();
+        let separate = file_digests(&mut store, &mut |_, _| {}).unwrap();
+        let (together, reread) = fused(&mut store);
+        assert_eq!(together, separate);
+        // Only what the walk did not read from the start is read again:
+        // the key slot after its header, the manifest, the readme.
+        assert_eq!(reread, (5000 - 21) + 14 + 5);
+        // Each is the SHA-256 and length of the file's bytes.
+        let mut want: Vec<(&str, Vec<u8>)> = files.clone();
+        want.sort();
+        for (d, (path, data)) in together.iter().zip(&want) {
+            assert_eq!((d.path.as_str(), d.len), (*path, data.len() as u64));
+            assert_eq!(d.sha256, <[u8; 32]>::from(Sha256::digest(data)), "{path}");
+        }
+
+        // A changed byte: both ways see it, the same, in that file only.
+        let path = "MGEAR/web01/G0001/SEG-00001";
+        let byte = files[1].1[123_456] ^ 1;
+        store.write_at(path, 123_456, &[byte]).unwrap();
+        let separate2 = file_digests(&mut store, &mut |_, _| {}).unwrap();
+        let (together2, _) = fused(&mut store);
+        assert_eq!(together2, separate2);
+        let changed: Vec<&str> = together
+            .iter()
+            .zip(&together2)
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.path.as_str())
+            .collect();
+        assert_eq!(changed, [path]);
+    }
+
+    #[test]
+    fn a_write_through_the_tee_drops_what_was_hashed() {
+        let (mut store, _) = medium_files();
+        let mut sums = FileDigests::new();
+        {
+            let mut tee = sums.tee(&mut store);
+            verifier_like_walk(&mut tee);
+            tee.write_at("MGEAR/web01/G0001/SEG-00000", 7, b"new")
+                .unwrap();
+        }
+        assert_eq!(sums.hashed_bytes(), 0);
+        let mut reread = 0;
+        let out = sums
+            .finish(&mut store, &mut |done, _| reread = done)
+            .unwrap();
+        assert_eq!(out, file_digests(&mut store, &mut |_, _| {}).unwrap());
+        assert_eq!(reread, 700_000 + 300_001 + 14 + 5000 + 5);
     }
 }

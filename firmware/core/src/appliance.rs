@@ -41,6 +41,7 @@
 //!   forgiven after a match, so cutting power during the check gains nothing;
 //! * a boot that finds the failure limit reached finishes the crypto-erase.
 
+use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt::Write as _;
@@ -52,18 +53,19 @@ use zeroize::{Zeroize, Zeroizing};
 use image_format::store::EntryKind;
 use image_format::{layout, Store, StoreError};
 
-use crate::attest::{self, Attestation, AttestationBody, AttestationKind};
+use crate::attest::{self, Attestation, AttestationBody, AttestationKind, FileDigests};
 pub use crate::block::BlockError;
 use crate::custody::{self, CustodyLog, EraseReason, Event};
 use crate::hal::{
     BlockDevice, Clock, HwError, Indicators, Key, LedState, LogStorage, Platform, Readout,
-    SecretSlot, SecretStore,
+    RegionJob, SecretSlot, SecretStore,
 };
 use crate::pin::{self, PinVerifier};
 use crate::protocol::{
     encode_frame, ConsoleDecoder, Counters, DeviceState, ErrorCode, Info, Input, Pin, Place,
     Problem, Request, Response, VerifyReport, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
+use crate::regions::RegionHasher;
 use crate::verify;
 
 /// Tunables. The defaults are the production values; tests and the
@@ -155,6 +157,8 @@ enum Reply {
     Line,
 }
 
+/// What progress messages of the region hashes say.
+const REGIONS_WHAT: &str = "hashing medium (bytes)";
 /// Custody log pages stay small enough for a host with the device's limits.
 const LOG_PAGE_BYTES: usize = 2 * MAX_REQUEST_LEN;
 /// Most regions in an attestation: the region size doubles until the
@@ -1025,7 +1029,10 @@ impl<P: Platform> Appliance<P> {
     }
 
     /// Mount the medium, run the keyless verifier and (if asked) hash every
-    /// file. A medium that does not mount is reported as a problem.
+    /// file. The file digests come from the verifier's own reads
+    /// ([`FileDigests`]): only what it does not read whole (key slots, files
+    /// outside the captures) is read again. A medium that does not mount is
+    /// reported as a problem.
     fn verify_and_digest(
         &mut self,
         digests: bool,
@@ -1035,14 +1042,17 @@ impl<P: Platform> Appliance<P> {
         let mut report = VerifyReport::default();
         let mut files = Vec::new();
         let res = self.p.with_files(&mut |store, console| {
-            report = verify::verify_medium(store, &mut |what, done, total| {
-                emit_progress(console, reply, what, done, total)
-            })?;
-            if digests {
-                files = attest::file_digests(store, &mut |done, total| {
-                    emit_progress(console, reply, "hashing files (bytes)", done, total)
-                })?;
+            let mut progress =
+                |what: &str, done, total| emit_progress(console, reply, what, done, total);
+            if !digests {
+                report = verify::verify_medium(store, &mut progress)?;
+                return Ok(());
             }
+            let mut sums = FileDigests::new();
+            report = verify::verify_medium(&mut sums.tee(store), &mut progress)?;
+            files = sums.finish(store, &mut |done, total| {
+                progress("hashing files (bytes)", done, total)
+            })?;
             Ok(())
         });
         if let Err(e) = res {
@@ -1070,47 +1080,42 @@ impl<P: Platform> Appliance<P> {
         region
     }
 
-    /// SHA-256 of every region of the raw medium.
+    /// SHA-256 of every region of the raw medium, hashed here, now.
     fn region_hashes(&mut self) -> Result<Vec<[u8; 32]>, Error> {
-        use sha2::{Digest, Sha256};
         self.p.indicators().set_led(LedState::Busy);
-        let total = self.medium_bytes();
-        let bs = self.p.medium().block_size().max(1);
         let region = self.region_size();
         let chunk = self.io_chunk();
-        let mut buf = alloc::vec![0u8; chunk];
-        let count = total.div_ceil(region);
-        let mut out = Vec::with_capacity(count as usize);
+        let mut h = RegionHasher::new(self.p.medium(), region, chunk);
         let mut next_report = attest::PROGRESS_BYTES;
-        for r in 0..count {
-            let start = r * region;
-            let end = (start + region).min(total);
-            let mut h = Sha256::new();
-            let mut pos = start;
-            while pos < end {
-                let n = ((end - pos) as usize).min(chunk);
-                // Region and chunk sizes are block multiples except a last partial block.
-                let nb = n.div_ceil(bs) * bs;
-                buf.resize(nb.max(chunk), 0);
-                self.p
-                    .medium()
-                    .read_blocks(pos / bs as u64, &mut buf[..nb])?;
-                h.update(&buf[..n]);
-                pos += n as u64;
-                if pos >= next_report || pos == total {
-                    emit_progress(
-                        self.p.console(),
-                        self.reply,
-                        "hashing medium (bytes)",
-                        pos,
-                        total,
-                    );
-                    next_report = pos + attest::PROGRESS_BYTES;
-                }
+        loop {
+            let more = h.step(self.p.medium())?;
+            let (pos, total) = (h.done(), h.total());
+            if pos >= next_report || !more {
+                emit_progress(self.p.console(), self.reply, REGIONS_WHAT, pos, total);
+                next_report = pos + attest::PROGRESS_BYTES;
             }
-            out.push(h.finalize().into());
+            if !more {
+                break;
+            }
         }
-        Ok(out)
+        Ok(h.finish())
+    }
+
+    /// Start the region hashes on the platform's spare core, if it has one
+    /// ([`Platform::start_region_hashes`]).
+    fn start_region_hashes(&mut self) -> Option<Box<dyn RegionJob>> {
+        let region = self.region_size();
+        let chunk = self.io_chunk();
+        self.p.start_region_hashes(region, chunk)
+    }
+
+    /// The region hashes of `job`, reporting progress while waiting for them.
+    fn finish_region_hashes(&mut self, job: Box<dyn RegionJob>) -> Result<Vec<[u8; 32]>, Error> {
+        self.p.indicators().set_led(LedState::Busy);
+        let reply = self.reply;
+        let console = self.p.console();
+        Ok(job
+            .finish(&mut |done, total| emit_progress(console, reply, REGIONS_WHAT, done, total))?)
     }
 
     fn body(
@@ -1157,6 +1162,11 @@ impl<P: Platform> Appliance<P> {
             return Ok(r);
         }
         self.p.medium().flush()?;
+        // The regions are hashed beside the file walk where the platform
+        // has a spare core, else after it (the walk leaves every byte as it
+        // was, see `Platform::with_files`). A refused seal drops the job,
+        // which stops it.
+        let job = self.start_region_hashes();
         let (report, files) = self.verify_and_digest(true)?;
         self.record(Event::Verify {
             problems: report.problems.len() as u64,
@@ -1174,7 +1184,10 @@ impl<P: Platform> Appliance<P> {
                 ),
             ));
         }
-        let regions = self.region_hashes()?;
+        let regions = match job {
+            Some(job) => self.finish_region_hashes(job)?,
+            None => self.region_hashes()?,
+        };
         self.st.counters.attestations += 1;
         let body = self.body(AttestationKind::Seal, &report, files, regions, None, None);
         let Some(key) = self.key.as_ref() else {
@@ -1214,9 +1227,18 @@ impl<P: Platform> Appliance<P> {
                 why: "missing".into(),
             },
         )?;
-        // Raw regions first, before anything mounts the medium.
-        let regions = self.region_hashes()?;
-        let (report, files) = self.verify_and_digest(true)?;
+        // Raw regions first, before anything mounts the medium: on a spare
+        // core they are read from here on, beside the file walk.
+        let (regions, (report, files)) = match self.start_region_hashes() {
+            Some(job) => {
+                let walked = self.verify_and_digest(true)?;
+                (self.finish_region_hashes(job)?, walked)
+            }
+            None => {
+                let regions = self.region_hashes()?;
+                (regions, self.verify_and_digest(true)?)
+            }
+        };
         let body = self.body(
             AttestationKind::Arrival,
             &report,

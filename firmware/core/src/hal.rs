@@ -225,6 +225,23 @@ pub enum Readout {
     RestartNeeded,
 }
 
+/// Region hashes being computed beside the core's file walk
+/// ([`Platform::start_region_hashes`]). Dropping a job before
+/// [`finish`](Self::finish) stops it.
+pub trait RegionJob {
+    /// Wait for the hashes. `progress(done, total)` (bytes hashed) is called
+    /// while waiting, at least every second or so, so a host waiting on the
+    /// console sees the seal advance.
+    ///
+    /// The hashes are those of the medium as it is when this returns: a
+    /// platform that saw the medium written while the job ran (it should
+    /// not: the core's walk only reads) hashes it again.
+    fn finish(
+        self: alloc::boxed::Box<Self>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<[u8; 32]>, HwError>;
+}
+
 /// The work [`Platform::with_files`] runs on the mounted medium.
 pub type FilesFn<'a, C> = dyn FnMut(&mut dyn Store, &mut C) -> Result<(), StoreError> + 'a;
 
@@ -271,5 +288,24 @@ pub trait Platform {
     /// refused rather than creating a key that could be read out.
     fn secure_readout(&mut self) -> Result<Readout, HwError> {
         Ok(Readout::NotApplicable)
+    }
+
+    /// Start hashing the raw medium by regions of `region` bytes, `chunk`
+    /// bytes per read, with [`crate::regions::hash_regions`], on another
+    /// core, and return at once: seal and arrival then walk the files while
+    /// the regions are hashed, and take as long as the longer of the two
+    /// instead of their sum. The simulator does this on a thread with its own
+    /// handle on the medium image; a board with a hash engine could feed it
+    /// by DMA.
+    ///
+    /// `None` (the default): no spare core; the core hashes the regions
+    /// itself, before or after the walk.
+    fn start_region_hashes(
+        &mut self,
+        region: u64,
+        chunk: usize,
+    ) -> Option<alloc::boxed::Box<dyn RegionJob>> {
+        let _ = (region, chunk);
+        None
     }
 }

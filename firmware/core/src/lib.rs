@@ -10,6 +10,7 @@
 //! Modules: [`hal`] (traits), [`block`] (the block service every transport
 //! serves: USB mass storage on the board, NBD in the simulator),
 //! [`custody`] (the log's storage), [`pin`] (PIN hashing and back-off),
+//! [`regions`] (the attestation's raw region hashes),
 //! [`appliance`] (state machine, command handler, block service).
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 
@@ -23,6 +24,7 @@ pub mod block;
 pub mod custody;
 pub mod hal;
 pub mod pin;
+pub mod regions;
 mod verify;
 
 pub use mgear_appliance_api::{attest, protocol};

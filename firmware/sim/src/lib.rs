@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | medium | [`medium::FileMedium`]: an image file, with power-on write protection | SD card |
 //! | file view of the medium | `mgear_hardware::fat::FatFiles` (the board's FAT engine, shared) | the same |
+//! | spare core for seal's region hashes | [`regions::RegionThread`]: a thread | none (hashed after the walk) |
 //! | secret store | [`secrets::FileSecrets`]: one file per slot | flash pages |
 //! | custody-log storage | [`log::FileLog`]: append + fsync | flash pages |
 //! | clock | [`clock::HostClock`] | RTC + SysTick |
@@ -39,6 +40,7 @@ pub mod log;
 pub mod medium;
 pub mod platform;
 pub mod pty;
+pub mod regions;
 pub mod secrets;
 
 pub use clock::HostClock;

@@ -11,17 +11,27 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use mgear_firmware::hal::{BlockDevice, HwError};
 
 /// Block size of the simulated medium (that of an SD card).
 pub const BLOCK_SIZE: usize = 512;
 
+/// Largest transfer the core and the FAT layer make in one call: reads
+/// and writes of an image file cost one system call each, so seal and
+/// arrival read 1 MiB at a time (the core's cap) instead of the default
+/// 64 KiB of a USB or SD device.
+pub const MAX_TRANSFER: usize = 1024 * 1024;
+
 /// A medium image file as a block device.
 pub struct FileMedium {
     file: File,
     blocks: u64,
     write_protected: bool,
+    /// Block writes so far, shared by every handle ([`FileMedium::try_clone`]).
+    writes: Arc<AtomicU64>,
 }
 
 impl FileMedium {
@@ -48,7 +58,27 @@ impl FileMedium {
             file,
             blocks: len / BLOCK_SIZE as u64,
             write_protected: false,
+            writes: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// A second handle on the same image (for the thread that hashes its
+    /// regions, `crate::regions`), sharing the write counter.
+    pub fn try_clone(&self) -> Result<FileMedium, HwError> {
+        Ok(FileMedium {
+            file: self
+                .file
+                .try_clone()
+                .map_err(|e| HwError::Io(format!("medium: a second handle: {e}")))?,
+            blocks: self.blocks,
+            write_protected: self.write_protected,
+            writes: Arc::clone(&self.writes),
+        })
+    }
+
+    /// Block writes made through any handle on this image so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
     }
 
     fn range(&self, lba: u64, len: usize) -> Result<u64, HwError> {
@@ -86,6 +116,7 @@ impl BlockDevice for FileMedium {
         if self.write_protected {
             return Err(HwError::WriteProtected);
         }
+        self.writes.fetch_add(1, Ordering::SeqCst);
         self.file
             .write_all_at(data, off)
             .map_err(|e| HwError::Io(format!("medium write at byte {off}: {e}")))
@@ -95,6 +126,10 @@ impl BlockDevice for FileMedium {
         self.file
             .sync_data()
             .map_err(|e| HwError::Io(format!("medium flush: {e}")))
+    }
+
+    fn max_transfer(&self) -> usize {
+        MAX_TRANSFER
     }
 
     fn set_write_protect(&mut self, on: bool) -> Result<bool, HwError> {

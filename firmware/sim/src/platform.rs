@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use image_format::StoreError;
-use mgear_firmware::hal::{Console, FilesFn, HwError, Platform};
+use mgear_firmware::hal::{Console, FilesFn, HwError, Platform, RegionJob};
 use mgear_hardware::fat::FatFiles;
 use rand_core::OsRng;
 
@@ -104,6 +104,23 @@ impl<C: Console> Platform for SimPlatform<C> {
         let result = f(&mut store, &mut self.console);
         let unmounted = store.unmount();
         result.and(unmounted)
+    }
+
+    fn start_region_hashes(&mut self, region: u64, chunk: usize) -> Option<Box<dyn RegionJob>> {
+        // The host has cores to spare: the regions are hashed on a thread
+        // while the core walks the files. If it cannot start, the core
+        // hashes them itself.
+        match self
+            .medium
+            .try_clone()
+            .and_then(|m| crate::regions::RegionThread::start(m, region, chunk))
+        {
+            Ok(job) => Some(Box::new(job)),
+            Err(e) => {
+                log::warn!("hashing the regions on the main thread: {e}");
+                None
+            }
+        }
     }
 
     fn medium_locator(&self) -> String {

@@ -15,11 +15,14 @@ use std::process::Command;
 use image_format::age::secrecy::SecretString;
 use image_format::store::fat::{FatStore, FormatOptions, MIN_FAT32_BYTES};
 use image_format::{CaptureParams, CaptureWriter, Store};
-use mgear_appliance_sim::SimPlatform;
+use mgear_appliance_sim::{FileMedium, SimPlatform};
+use mgear_firmware::attest::file_digests;
 use mgear_firmware::hal::{BlockDevice, HwError};
 use mgear_firmware::protocol::{DeviceState, ErrorCode, Pin, Place, Request, Response};
+use mgear_firmware::regions::hash_regions;
 use mgear_firmware::testing::MemConsole;
 use mgear_firmware::{Appliance, BlockError, Config};
+use mgear_hardware::fat::FatFiles;
 use tempfile::TempDir;
 
 const PIN: &str = "314159";
@@ -269,4 +272,33 @@ fn erase_of_a_sealed_medium_releases_write_protection_and_removes_key_slots() {
         "key slots left: {names:?}"
     );
     assert!(host.len(SEG0).unwrap().is_some());
+}
+
+#[test]
+fn seal_digests_equal_the_separate_passes_over_the_medium() {
+    // The simulator hashes the regions on a second thread beside the file
+    // walk, and takes the file digests from the verifier's reads: the
+    // attestation must hold exactly what the separate passes compute.
+    let (dir, mut a) = sealed();
+    let Response::Attestations {
+        seal: Some(seal), ..
+    } = a.handle(Request::GetAttestations)
+    else {
+        panic!("no seal attestation")
+    };
+    let body = &seal.body;
+    let mut raw = FileMedium::open(&medium_path(dir.path())).unwrap();
+    let regions = hash_regions(&mut raw, body.region_size, 64 * 1024, &mut |_, _| true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(body.regions, regions);
+    assert_eq!(
+        regions.len() as u64,
+        body.medium_bytes.div_ceil(body.region_size)
+    );
+    let mut files = FatFiles::mount(&mut raw).unwrap();
+    let digests = file_digests(&mut files, &mut |_, _| {}).unwrap();
+    files.unmount().unwrap();
+    assert_eq!(body.files, digests);
+    assert!(digests.iter().any(|d| d.path == SEG0 && d.len > 0));
 }

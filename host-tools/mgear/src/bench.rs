@@ -4,7 +4,8 @@
 //! ```text
 //! mgear bench [--size 1GiB] [--pattern random|mix|zeros|sparse|both|all]
 //!             [--medium fat|dir|both] [--threads N] [--scale 256MiB,1GiB|off]
-//!             [--no-appliance] [--workdir DIR] [--rbd POOL] [--json]
+//!             [--no-appliance | --appliance-only] [--workdir DIR] [--rbd POOL]
+//!             [--json]
 //! ```
 //!
 //! For each pattern a source file is generated (`random`: incompressible;
@@ -91,6 +92,10 @@ pub struct Args {
     /// Skip the rows that run `mgear-appliance-sim` (capture through its NBD export, seal).
     #[arg(long)]
     pub no_appliance: bool,
+    /// Run only the appliance rows (capture through `mgear-appliance-sim`, a read of its medium,
+    /// its seal) on random data: the seal's figures without the rest of the bench.
+    #[arg(long, conflicts_with = "no_appliance")]
+    pub appliance_only: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -304,6 +309,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return Err(crate::exit::usage("--size must be at least 1MiB"));
     }
     let patterns: Vec<&str> = match args.pattern.as_str() {
+        // The appliance rows run on random data only.
+        _ if args.appliance_only => vec!["random"],
         "all" => vec!["random", "mix", "zeros", "sparse"],
         "both" => vec!["random", "mix"],
         p @ ("random" | "mix" | "zeros" | "sparse") => vec![p],
@@ -314,6 +321,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     let media: Vec<&str> = match args.medium.as_str() {
+        _ if args.appliance_only => vec![],
         "both" => vec!["dir", "fat"],
         m @ ("dir" | "fat") => vec![m],
         other => {
@@ -359,7 +367,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
         let mut dd_rate = None;
         let mut dd_cpu_per_gib = None;
-        if dd.is_some() {
+        if dd.is_some() && !args.appliance_only {
             let out = work.join("dd.out");
             let cpu = children_cpu_seconds();
             let secs = dd_files(std::slice::from_ref(&src), &out)?;
@@ -496,7 +504,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let _ = std::fs::remove_file(&medium_img);
         }
 
-        if pattern == "random" && media.contains(&"fat") {
+        if pattern == "random" && (media.contains(&"fat") || args.appliance_only) {
             let fat_rate = timings
                 .iter()
                 .find(|t| t.what == "fat: mgear capture")
@@ -508,10 +516,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 dd_cpu_per_gib,
                 json: args.json,
             };
-            timings.extend(extra.rate_limited(size)?);
-            timings.extend(extra.set(size)?);
-            if let Some((small, large)) = scale_sizes(&args.scale)? {
-                timings.extend(extra.scale(small, large)?);
+            if !args.appliance_only {
+                timings.extend(extra.rate_limited(size)?);
+                timings.extend(extra.set(size)?);
+                if let Some((small, large)) = scale_sizes(&args.scale)? {
+                    timings.extend(extra.scale(small, large)?);
+                }
             }
             if !args.no_appliance {
                 match sim_binary() {
@@ -527,7 +537,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
 
-        if qemu_img.is_some() {
+        if qemu_img.is_some() && !args.appliance_only {
             let out = work.join("convert.qcow2");
             let secs = timed(|| {
                 crate::tools::run(
@@ -710,6 +720,7 @@ fn capture_disks_timed(
             abort: false,
             skip_space_check: false,
             replace_medium: Vec::new(),
+            no_dedup_across_disks: false,
             span_total: None,
             sign: None,
         };

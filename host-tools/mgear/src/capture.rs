@@ -138,6 +138,11 @@ pub struct Args {
     /// held (and what changed since), onto the media given. Implies --delta.
     #[arg(long, value_name = "MEDIUM")]
     pub replace_medium: Vec<String>,
+    /// Store every disk of a machine set on its own, even chunks another of its disks already
+    /// stored (by default identical chunks are stored once; a set so captured needs a reader of
+    /// format feature CROSS_STREAM).
+    #[arg(long)]
+    pub no_dedup_across_disks: bool,
     /// Bytes of every disk this capture belongs to (a machine set), so each medium of a span
     /// keeps room for all their indexes.
     #[arg(skip)]
@@ -888,6 +893,9 @@ pub fn capture(args: &Args) -> anyhow::Result<Report> {
 pub struct Shared {
     pub key: DataKey,
     pub capture_id: [u8; 16],
+    /// Disk streams of the set captured before this one in this generation:
+    /// chunks they stored are not stored again (dedup across the disks).
+    pub dedup_with: Vec<String>,
 }
 
 /// Capture one disk; `shared`: it is a disk stream of a machine set
@@ -1060,6 +1068,7 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
     params.passphrase_work_factor = work_factor;
     params.delta = args.delta;
     params.capture_id = shared.map(|s| s.capture_id);
+    params.dedup_with = shared.map(|s| s.dedup_with.clone()).unwrap_or_default();
     params.appliance_id = appliance_id;
     params.source_desc = source.describe();
     params.created_unix = std::time::SystemTime::now()

@@ -368,6 +368,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 abort: false,
                 skip_space_check: false,
                 replace_medium: Vec::new(),
+                no_dedup_across_disks: false,
                 span_total: None,
                 sign: Some(site_key.clone()),
             })?;

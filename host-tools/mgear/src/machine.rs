@@ -269,6 +269,7 @@ fn shared_key(
             .with_context(|| format!("creating key cache {}", dir.display()))?;
         key.save_cache_with_id(&crate::keys::cache_file(&dir, name, &id), name, &id)?;
         return Ok(Shared {
+            dedup_with: Vec::new(),
             key,
             capture_id: id,
         });
@@ -277,6 +278,7 @@ fn shared_key(
         if let Some(c) = crate::keys::find_cached(&dir, &n, &id)? {
             let key = DataKey::load_cache(&c.path, &c.name)?;
             return Ok(Shared {
+                dedup_with: Vec::new(),
                 key,
                 capture_id: id,
             });
@@ -290,6 +292,7 @@ fn shared_key(
         let (key, _) =
             image_format::unlock_data_key(store, &set::disk_stream_name(name, 0), &unlock)?;
         return Ok(Shared {
+            dedup_with: Vec::new(),
             key,
             capture_id: id,
         });
@@ -421,6 +424,16 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
             "mgear capture: set {name} disk {k} of {}: {src}",
             sources.len()
         );
+        // Disks before this one are finished in generation g: share their records.
+        let shared = capture::Shared {
+            key: shared.key.clone(),
+            capture_id: shared.capture_id,
+            dedup_with: if args.no_dedup_across_disks {
+                Vec::new()
+            } else {
+                (0..k).map(|j| set::disk_stream_name(&name, j)).collect()
+            },
+        };
         let r = capture::capture_disk(&a, Some(&shared))
             .with_context(|| format!("capturing disk {k} ({src}) of set {name}"))?;
         if r.generation != g {

@@ -700,7 +700,12 @@ impl Gaps {
         let mut need: std::collections::BTreeMap<u16, (u64, u64, u64, u64)> = Default::default();
         for i in 0..reader.chunk_count() {
             if let Some(IndexEntry::Stored(l)) = reader.entry(i) {
-                if let Some(o) = self.far.get(&segment_path(&name, l.generation, l.segment)) {
+                let holder = image_format::set::record_stream(&name, l.stream)
+                    .unwrap_or_else(|| name.clone());
+                if let Some(o) = self
+                    .far
+                    .get(&segment_path(&holder, l.generation, l.segment))
+                {
                     let e = need.entry(*o).or_insert((0, 0, i, i));
                     e.0 += 1;
                     e.1 += u64::from(l.plain_len);

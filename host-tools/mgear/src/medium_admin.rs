@@ -461,6 +461,14 @@ pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
             let freed = execute_set(store, &set, &plans)?;
             return Ok::<_, anyhow::Error>((set_summary(&set, &plans), freed));
         }
+        if let Some((set, _)) = image_format::set::parse_disk_stream_name(&args.name) {
+            // Its records may be what another disk of the set points at.
+            return Err(usage(format!(
+                "{} is one disk of machine set {set}: remove the set's generation with every \
+                 disk (`mgear medium rm --name {set} ...`)",
+                args.name
+            )));
+        }
         let plan = plan_rm(store, &args.name, args.generation, args.force)?;
         let freed = execute(store, &plan)?;
         Ok::<_, anyhow::Error>((plan, freed))

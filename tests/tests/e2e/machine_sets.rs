@@ -492,7 +492,26 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
     assert!(i["captures"].as_array().unwrap().is_empty(), "{i}");
     // A finished set is removed with every disk by one `medium rm --force`.
     std::fs::rename(e.p("away.raw"), e.p("b.raw")).unwrap();
-    assert_eq!(set(&[]).status.code(), Some(0));
+    let o = set(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    // The text MiB both disks hold is stored once: disk 1 points at disk 0's record.
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["captured"][1]["dedup_chunks"], 1, "{c}");
+    e.ok(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "db01",
+        "--identity",
+        "target.key",
+        "--allow-untrusted",
+        "--disk",
+        "1",
+        "--target",
+        "file:only-1.raw",
+    ]);
+    same_file(&e.p("only-1.raw"), &e.p("b.raw"));
     let o = e.run(&["medium", "rm", "--medium", &m, "--name", "db01"]);
     assert_eq!(
         o.status.code(),

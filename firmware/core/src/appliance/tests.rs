@@ -1211,3 +1211,60 @@ fn capture_commit_is_witnessed_over_the_commit_the_host_computes() {
         .collect();
     assert_eq!(committed, [1]);
 }
+
+#[test]
+fn file_digests_from_the_verifier_walk_equal_a_separate_pass() {
+    // Seal takes the file digests from the keyless verifier's reads: on a
+    // real capture, plus a file outside it, they must equal the separate
+    // pass, with and without a changed stored byte.
+    let mut p = platform(42);
+    p.files.write_at("NOTES.TXT", 0, b"field notes").unwrap();
+    let seg_len = p.files.len(SEG0).unwrap().unwrap();
+    let mut before = Vec::new();
+    for tamper in [false, true] {
+        if tamper {
+            let mut b = [0u8; 1];
+            p.files.read_exact_at(SEG0, 300, &mut b).unwrap();
+            p.files.write_at(SEG0, 300, &[b[0] ^ 1]).unwrap();
+        }
+        let separate = attest::file_digests(&mut p.files, &mut |_, _| {}).unwrap();
+        let mut sums = FileDigests::new();
+        let report = verify::verify_medium(&mut sums.tee(&mut p.files), &mut |_, _, _| {}).unwrap();
+        assert_eq!(report.ok(), !tamper, "{report:?}");
+        let mut reread = 0;
+        let fused = sums
+            .finish(&mut p.files, &mut |done, _| reread = done)
+            .unwrap();
+        assert_eq!(fused, separate);
+        // The segment was hashed from the verifier's reads, not read again.
+        let total: u64 = fused.iter().map(|d| d.len).sum();
+        assert!(reread + seg_len <= total, "{reread} of {total} read again");
+        if tamper {
+            let changed: Vec<&str> = before
+                .iter()
+                .zip(&fused)
+                .filter(|(a, b): &(&attest::FileDigest, &attest::FileDigest)| a != b)
+                .map(|(a, _)| a.path.as_str())
+                .collect();
+            assert_eq!(changed, [SEG0]);
+        }
+        before = fused;
+    }
+}
+
+#[test]
+fn seal_regions_are_the_raw_medium_hashes() {
+    let mut a = sealed(43);
+    let Response::Attestations {
+        seal: Some(seal), ..
+    } = a.handle(Request::GetAttestations)
+    else {
+        panic!("no seal attestation")
+    };
+    let want = crate::regions::hash_regions(&mut a.p.disk, 64 * 1024, 4096, &mut |_, _| true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(seal.body.regions, want);
+    let files = attest::file_digests(&mut a.p.files, &mut |_, _| {}).unwrap();
+    assert_eq!(seal.body.files, files);
+}
