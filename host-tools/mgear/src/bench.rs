@@ -1150,7 +1150,9 @@ impl Drop for SimGuard {
 
 /// The RBD row: `mgear ingest` into a new image of `pool` against `qemu-img convert` of the
 /// raw source into another (both created by the step, `-W -m 16` as the cloud lab measured
-/// qemu-img at its best), on the same cluster, in this run. Both images are removed.
+/// qemu-img at its best), on the same cluster, in this run. Both images are removed. The CPU
+/// of each is the client side's (ingest: this process and its `qemu-nbd`s; convert: the
+/// `qemu-img`), not the cluster's.
 fn rbd_rows(
     pool: &str,
     src: &Path,
@@ -1178,6 +1180,7 @@ fn rbd_rows(
             .stdin(std::process::Stdio::null())
             .output();
     };
+    let cpu = crate::progress::cpu_seconds() + children_cpu_seconds();
     let ingest = timed(|| {
         crate::ingest::ingest(&crate::ingest::Args {
             boot: false,
@@ -1207,8 +1210,10 @@ fn rbd_rows(
         })
         .map(|_| ())
     });
+    let ingest_cpu = crate::progress::cpu_seconds() + children_cpu_seconds() - cpu;
     remove(&ours);
     let ingest = ingest?;
+    let cpu = children_cpu_seconds();
     let convert = timed(|| {
         crate::tools::run(
             Command::new("qemu-img")
@@ -1217,6 +1222,7 @@ fn rbd_rows(
                 .arg(theirs.qemu_filename()),
         )
     });
+    let convert_cpu = children_cpu_seconds() - cpu;
     remove(&theirs);
     let convert = convert?;
     let (ingest_rate, convert_rate) = (
@@ -1230,8 +1236,8 @@ fn rbd_rows(
             mb_per_s: convert_rate,
             vs_dd: None,
             baseline: None,
-            cpu_seconds: None,
-            cpu_s_per_gib: None,
+            cpu_seconds: Some(convert_cpu),
+            cpu_s_per_gib: Some(convert_cpu / gib(size)),
             output_bytes: None,
             cpu_share: None,
         },
@@ -1246,8 +1252,8 @@ fn rbd_rows(
                 0.0
             }),
             baseline: Some("convert".into()),
-            cpu_seconds: None,
-            cpu_s_per_gib: None,
+            cpu_seconds: Some(ingest_cpu),
+            cpu_s_per_gib: Some(ingest_cpu / gib(size)),
             output_bytes: None,
             cpu_share: None,
         },

@@ -198,6 +198,11 @@ impl Volume for CinderVolume {
     fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
         self.rbd.reads_as_zeros(offset, len)
     }
+    fn concurrent_reader(
+        &mut self,
+    ) -> mgear_volume::Result<Option<Box<dyn mgear_volume::VolumeReader>>> {
+        self.rbd.concurrent_reader()
+    }
     fn finish(self: Box<Self>) -> mgear_volume::Result<Finished> {
         let CinderVolume {
             rbd,

@@ -46,7 +46,14 @@
 //! the end the whole volume is read back (ranges the volume reports as holes
 //! are not read) and compared with what was authenticated, chunk by chunk; a
 //! volume that cannot read back (say, a snapshot API) is trusted with what
-//! was authenticated and sent.
+//! was authenticated and sent. Where the volume offers a reader of its own
+//! (`Volume::concurrent_reader`; RBD: a second, read-only, uncached
+//! `qemu-nbd`), the read-back runs beside the writes instead: each batch is
+//! read back through that reader once it was written and flushed, while the
+//! next batch is written, and chunk 0 is written only after everything else
+//! read back right. Either way every byte is read back from the volume after
+//! its flush, and `volume_sha256` is the SHA-256 of the volume as read back,
+//! in disk order.
 //!
 //! A target never looks complete before it is:
 //! - `file:`/`qcow2:` targets are written as `NAME.partial` and renamed at the end;
@@ -658,7 +665,7 @@ pub struct Plan {
 /// volume it writes; local scratch is one batch of chunks in memory.
 pub fn write_volume<S: image_format::Store>(
     plan: &Plan,
-    vol: Box<dyn Volume>,
+    mut vol: Box<dyn Volume>,
     mut reader: CaptureReader<S>,
     started: Instant,
 ) -> anyhow::Result<(Report, Finished)> {
@@ -715,13 +722,55 @@ pub fn write_volume<S: image_format::Store>(
         let depth = vol.geometry().max_in_flight.max(threads) as u64;
         ((16u64 << 20) / u64::from(chunk)).max(depth)
     };
+    // Where the volume offers a reader of its own (RBD), the read-back check
+    // runs beside the writes: batch k is read back (after its flush) while
+    // batch k+1 is written. It hashes the volume in disk order, but chunk 0 is
+    // written last: its authenticated plaintext, decrypted now, starts the
+    // SHA-256 and is compared with chunk 0 as read back at the end, so the
+    // digest is still that of the bytes read back.
+    let beside = if vol.can_read_back() {
+        vol.concurrent_reader().map_err(volume_err)?
+    } else {
+        None
+    };
+    let head_plain = match &beside {
+        Some(_) => Some(head_plaintext(&mut reader, size, chunk, threads)?),
+        None => None,
+    };
+    let recheck = ReadBackPlan {
+        state_path: state.path.clone(),
+        resumed,
+        count,
+        size,
+        chunk: u64::from(chunk),
+        per_batch: ((16u64 << 20) / u64::from(chunk)).max(threads as u64),
+    };
     // Decrypting the next batch overlaps writing this one: the volume and the
     // resume state live on a writer thread fed one batch ahead, so a
     // latency-bound volume (RBD) does not wait on the CPU, nor the CPU on it.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
     let checkpoint_bytes = plan.checkpoint_bytes;
+    let id_key_ref = &id_key;
     let fed_to_writer = std::thread::scope(|s| -> anyhow::Result<_> {
-        let writer = s.spawn(move || write_batches(vol, state, rx, checkpoint_bytes));
+        let (verify, checking) = match (beside, head_plain.as_deref()) {
+            (Some(rd), Some(head)) => {
+                let (wtx, wrx) = std::sync::mpsc::sync_channel::<Written>(0);
+                let (gtx, grx) = std::sync::mpsc::sync_channel::<ReadBatch>(0);
+                let recheck = &recheck;
+                // Read buffers go back to the reading side once checked: no
+                // fresh pages (faults, zeroing) for every run of every batch.
+                let (spare_tx, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+                let reading =
+                    s.spawn(move || read_back_beside(rd, recheck, id_key_ref, wrx, gtx, spare));
+                let desc = desc.as_str();
+                let checking = s.spawn(move || {
+                    check_beside(grx, head, recheck, id_key_ref, threads, desc, spare_tx)
+                });
+                (Some(wtx), Some((reading, checking)))
+            }
+            _ => (None, None),
+        };
+        let writer = s.spawn(move || write_batches(vol, state, rx, checkpoint_bytes, verify));
         let fed = (|| -> anyhow::Result<()> {
             let tx = tx;
             let send = |b: Batch| {
@@ -751,16 +800,21 @@ pub fn write_volume<S: image_format::Store>(
                     let len = image_format::layout::chunk_len(size, chunk, index) as usize;
                     let offset = index * u64::from(chunk);
                     if k + 1 == count {
-                        // Chunk 0 (the boot sector) goes last, once all else is durable.
+                        // Chunk 0 (the boot sector) goes last, once all else is durable
+                        // (and, with the read-back beside the writes, verified).
                         batch.checkpoint = true;
                         send(std::mem::take(&mut batch))?;
                         batch.checkpoint = true;
+                        batch.head = true;
                     }
                     // The id the reader just checked this chunk's plaintext against.
                     let id = *reader
                         .entry(index)
                         .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
                         .chunk_id();
+                    batch
+                        .chunks
+                        .push((index, len, matches!(data, ChunkData::Zero { .. })));
                     match data {
                         ChunkData::Zero { len } => {
                             zeros += 1;
@@ -789,16 +843,41 @@ pub fn write_volume<S: image_format::Store>(
         let finished = writer
             .join()
             .map_err(|_| anyhow::anyhow!("the volume writer thread panicked"))?;
+        let mut digest = None;
+        if let Some((reading, checking)) = checking {
+            let read = reading
+                .join()
+                .map_err(|_| anyhow::anyhow!("the read-back thread panicked"))?;
+            let checked = checking
+                .join()
+                .map_err(|_| anyhow::anyhow!("the read-back check thread panicked"))?;
+            // A failed check is the cause when everything stopped (the others
+            // stop because it did); the boot sector may have been written.
+            if let Err(e) = checked {
+                if let Ok((vol, _)) = finished {
+                    zero_head(vol, head_len);
+                }
+                return Err(e);
+            }
+            read?;
+            digest = Some(checked?);
+        }
         // A failed write is the cause when both sides stopped.
         let (vol, state) = finished?;
         fed?;
-        Ok((vol, state))
+        Ok((vol, state, digest))
     });
-    let (mut vol, state) = fed_to_writer?;
+    let (mut vol, state, beside_digest) = fed_to_writer?;
     bar.finish();
 
     let mut volume_sha256 = None;
-    if vol.can_read_back() {
+    if let Some(digest) = beside_digest {
+        let Some(digest) = digest else {
+            zero_head(vol, head_len);
+            bail!("the read-back check ended before every chunk was read back (a bug): the target is left incomplete");
+        };
+        volume_sha256 = Some(crate::output::hex(&digest));
+    } else if vol.can_read_back() {
         let checked = read_back(&mut *vol, &state, &id_key, size, chunk, threads, plan.json);
         if checked.is_err() {
             // Do not leave something that might boot.
@@ -900,6 +979,11 @@ struct Batch {
     bytes: u64,
     /// Make everything durable and record it after this batch.
     checkpoint: bool,
+    /// Every chunk of the batch in order: index, length, whether it is a
+    /// zero chunk (the data of the others is in `writes`, in the same order).
+    chunks: Vec<(u64, usize, bool)>,
+    /// The batch holding chunk 0 (the boot sector), written last.
+    head: bool,
 }
 
 impl Batch {
@@ -909,6 +993,24 @@ impl Batch {
             _ => self.zeros.push((offset, len)),
         }
     }
+
+    /// What each chunk of the written batch must read back as: its plaintext
+    /// (moved, not copied) or zeros.
+    fn into_checks(self) -> Vec<Check> {
+        let mut data = self.writes.into_iter().map(|(_, d)| d);
+        self.chunks
+            .into_iter()
+            .map(|(index, len, zero)| Check {
+                index,
+                len,
+                expect: if zero {
+                    Expect::Zeros
+                } else {
+                    Expect::Bytes(data.next().unwrap_or_default())
+                },
+            })
+            .collect()
+    }
 }
 
 /// The writer thread: writes each batch, and every `checkpoint_bytes` (and
@@ -916,11 +1018,16 @@ impl Batch {
 /// the chunks, so the state never claims a chunk before its bytes are on the
 /// volume. When the feeding side stops (done, an error, a signal) it records
 /// what was written, and hands volume and state back.
+///
+/// With `verify` (the read-back beside the writes) every batch is flushed
+/// and then handed to the read-back, and the batch holding chunk 0 waits
+/// until everything before it was read back and found right.
 fn write_batches(
     mut vol: Box<dyn Volume>,
     mut state: State,
     batches: std::sync::mpsc::Receiver<Batch>,
     checkpoint_bytes: u64,
+    verify: Option<std::sync::mpsc::SyncSender<Written>>,
 ) -> anyhow::Result<(Box<dyn Volume>, State)> {
     let mut pending_ids: Vec<u8> = Vec::new();
     let mut pending_bytes = 0u64;
@@ -932,16 +1039,31 @@ fn write_batches(
         }
         Ok(())
     };
+    let stopped = || anyhow::anyhow!("the read-back check stopped");
     for mut b in batches {
-        for (offset, len) in b.zeros {
+        if let (true, Some(v)) = (b.head, &verify) {
+            let (ack, acked) = std::sync::mpsc::sync_channel(1);
+            v.send(Written::Barrier(ack)).map_err(|_| stopped())?;
+            acked.recv().map_err(|_| stopped())?;
+        }
+        for (offset, len) in std::mem::take(&mut b.zeros) {
             vol.write_zeroes(offset, len).map_err(volume_err)?;
         }
-        write_batch(&mut *vol, &mut b.writes)?;
+        write_batch(&mut *vol, &b.writes)?;
         pending_ids.append(&mut b.ids);
         pending_bytes += b.bytes;
         if b.checkpoint || pending_bytes >= checkpoint_bytes {
             checkpoint(&mut *vol, &mut pending_ids)?;
             pending_bytes = 0;
+        } else if verify.is_some() && !b.chunks.is_empty() {
+            // The read-back reads only what a flush made durable.
+            vol.flush().map_err(volume_err)?;
+        }
+        if let Some(v) = &verify {
+            if !b.chunks.is_empty() {
+                v.send(Written::Chunks(b.into_checks()))
+                    .map_err(|_| stopped())?;
+            }
         }
     }
     checkpoint(&mut *vol, &mut pending_ids)?;
@@ -949,7 +1071,7 @@ fn write_batches(
 }
 
 /// Hand the collected writes to the volume as one batch.
-fn write_batch(vol: &mut dyn Volume, batch: &mut Vec<(u64, Vec<u8>)>) -> anyhow::Result<()> {
+fn write_batch(vol: &mut dyn Volume, batch: &[(u64, Vec<u8>)]) -> anyhow::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -960,9 +1082,313 @@ fn write_batch(vol: &mut dyn Volume, batch: &mut Vec<(u64, Vec<u8>)>) -> anyhow:
             data,
         })
         .collect();
-    vol.write_batch(&writes).map_err(volume_err)?;
-    batch.clear();
+    vol.write_batch(&writes).map_err(volume_err)
+}
+
+/// Clear the boot sector region of a volume that failed its check, so it
+/// does not look bootable (best effort: the failure is already being reported).
+fn zero_head(mut vol: Box<dyn Volume>, head_len: u64) {
+    let _ = vol.write_zeroes(0, head_len);
+    let _ = vol.flush();
+}
+
+/// What the read-back beside the writes needs to know of the ingest.
+struct ReadBackPlan {
+    /// The resume state, whose first `resumed` ids are the chunks an earlier
+    /// run wrote (read back first, against their ids).
+    state_path: PathBuf,
+    resumed: u64,
+    count: u64,
+    size: u64,
+    chunk: u64,
+    /// Chunks read back per batch.
+    per_batch: u64,
+}
+
+/// What the writer hands the read-back beside it.
+enum Written {
+    /// A batch that was written and flushed, chunk by chunk in write order.
+    Chunks(Vec<Check>),
+    /// Answer once everything handed over before was read back and found
+    /// right (the writer waits for it before writing chunk 0).
+    Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+/// One chunk to read back and what it must read as.
+struct Check {
+    index: u64,
+    len: usize,
+    expect: Expect,
+}
+
+/// What a chunk must read back as.
+enum Expect {
+    /// The authenticated plaintext that was written.
+    Bytes(Vec<u8>),
+    /// Zeros (a zero chunk, written as `write_zeroes`).
+    Zeros,
+    /// Bytes whose keyed id is this (chunks an earlier run wrote, known by
+    /// the ids in the resume state).
+    Id([u8; 32]),
+}
+
+/// What the read-back hands the check.
+enum ReadBatch {
+    /// The batch's chunks in runs, in order.
+    Runs(Vec<Run>),
+    /// As [`Written::Barrier`].
+    Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Neighbouring chunks read back with one request: `data` holds them one
+/// after the other, or is `None` for a single chunk that must be zeros and
+/// that the volume reports as a hole (not read).
+struct Run {
+    checks: Vec<Check>,
+    data: Option<Vec<u8>>,
+}
+
+impl Run {
+    /// Each chunk with the bytes read for it (`None`: a hole, or past what
+    /// was read).
+    fn chunks(&self) -> Vec<(&Check, Option<&[u8]>)> {
+        let mut at = 0;
+        self.checks
+            .iter()
+            .map(|c| {
+                let data = self.data.as_ref().and_then(|d| d.get(at..at + c.len));
+                at += c.len;
+                (c, data)
+            })
+            .collect()
+    }
+}
+
+/// The longest run the read-back reads with one request; runs do not cross a
+/// multiple of it. RBD stores an image in 4 MiB objects: one request per
+/// object (one OSD operation) instead of one per 1 MiB chunk.
+const READ_RUN: u64 = 4 << 20;
+
+/// Groups the chunks of a batch into runs: a chunk that must be zeros and
+/// that `is_hole` says reads as zeros stands alone, unread; others join the
+/// run before them when they follow it on the disk, it stays within
+/// [`READ_RUN`] and they do not start a new multiple of it. `buffer(n)`
+/// gives each run its buffer of `n` bytes.
+fn runs_of(
+    checks: Vec<Check>,
+    chunk: u64,
+    mut is_hole: impl FnMut(&Check) -> bool,
+    mut buffer: impl FnMut(usize) -> Vec<u8>,
+) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut run_len = 0u64;
+    for c in checks {
+        let offset = c.index * chunk;
+        if is_hole(&c) {
+            runs.push(Run {
+                checks: vec![c],
+                data: None,
+            });
+            continue;
+        }
+        let len = c.len as u64;
+        match runs.last_mut() {
+            Some(run)
+                if run.data.is_some()
+                    && run.checks.first().map(|f| f.index * chunk + run_len) == Some(offset)
+                    && !offset.is_multiple_of(READ_RUN)
+                    && run_len + len <= READ_RUN =>
+            {
+                run.checks.push(c);
+                run_len += len;
+            }
+            _ => {
+                runs.push(Run {
+                    checks: vec![c],
+                    data: Some(Vec::new()),
+                });
+                run_len = len;
+            }
+        }
+    }
+    for run in &mut runs {
+        if let Some(d) = &mut run.data {
+            *d = buffer(run.checks.iter().map(|c| c.len).sum());
+        }
+    }
+    runs
+}
+
+/// Chunk 0's authenticated plaintext (decrypted ahead of the others).
+fn head_plaintext<S: image_format::Store>(
+    reader: &mut CaptureReader<S>,
+    size: u64,
+    chunk: u32,
+    threads: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let len = image_format::layout::chunk_len(size, chunk, 0) as usize;
+    let data = reader
+        .read_chunks(&[0], threads)?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("chunk 0 could not be read"))?;
+    match data {
+        ChunkData::Zero { .. } => Ok(vec![0; len]),
+        ChunkData::Data(d) if d.len() == len => Ok(d),
+        ChunkData::Data(d) => bail!("chunk 0 decoded to {} bytes, expected {len}", d.len()),
+    }
+}
+
+/// The read-back beside the writes, its reading half: first the chunks an
+/// earlier run wrote (from the resume state), then each batch the writer
+/// hands over after flushing it, read through the volume's own reader.
+fn read_back_beside(
+    mut rd: Box<dyn mgear_volume::VolumeReader>,
+    r: &ReadBackPlan,
+    key: &image_format::ChunkIdKey,
+    written: std::sync::mpsc::Receiver<Written>,
+    out: std::sync::mpsc::SyncSender<ReadBatch>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> anyhow::Result<()> {
+    let mut zero_ids = ZeroIds::new(key);
+    let stopped = || anyhow::anyhow!("the read-back check stopped");
+    let mut read = |checks: Vec<Check>| -> anyhow::Result<()> {
+        let mut runs = runs_of(
+            checks,
+            r.chunk,
+            |c| {
+                // Only a chunk that must be zeros is worth a hole query (a round
+                // trip, and on RBD a walk of the object map).
+                let zero = match &c.expect {
+                    Expect::Zeros => true,
+                    Expect::Id(id) => *id == zero_ids.get(c.len),
+                    Expect::Bytes(_) => false,
+                };
+                zero && rd.reads_as_zeros(c.index * r.chunk, c.len as u64)
+            },
+            // A checked run's buffer, if one came back: the volume's read
+            // fills all of it (or fails), so nothing of its old bytes stays.
+            |n| match spare.try_recv() {
+                Ok(mut b) => {
+                    b.resize(n, 0);
+                    b
+                }
+                Err(_) => vec![0u8; n],
+            },
+        );
+        let mut reads: Vec<ReadAt<'_>> = runs
+            .iter_mut()
+            .filter_map(|run| {
+                let offset = run.checks.first()?.index * r.chunk;
+                run.data.as_mut().map(|buf| ReadAt { offset, buf })
+            })
+            .collect();
+        rd.read_batch(&mut reads).map_err(volume_err)?;
+        drop(reads);
+        out.send(ReadBatch::Runs(runs)).map_err(|_| stopped())
+    };
+    let mut hashes = BufReader::new(File::open(&r.state_path)?);
+    hashes.seek(SeekFrom::Start(STATE_HEADER))?;
+    let mut k = 0;
+    while k < r.resumed {
+        if crate::signals::stop_requested() {
+            return Ok(());
+        }
+        let mut checks = Vec::new();
+        while k < r.resumed && (checks.len() as u64) < r.per_batch {
+            let index = chunk_at(k, r.count);
+            let mut want = [0u8; 32];
+            hashes.read_exact(&mut want)?;
+            checks.push(Check {
+                index,
+                len: image_format::layout::chunk_len(r.size, r.chunk as u32, index) as usize,
+                expect: Expect::Id(want),
+            });
+            k += 1;
+        }
+        read(checks)?;
+    }
+    for w in written {
+        match w {
+            Written::Chunks(checks) => read(checks)?,
+            Written::Barrier(ack) => out.send(ReadBatch::Barrier(ack)).map_err(|_| stopped())?,
+        }
+    }
     Ok(())
+}
+
+/// The read-back beside the writes, its checking half: compares every chunk
+/// read back with what it must be (on up to `threads` threads) and hashes
+/// the volume in disk order, starting with chunk 0's authenticated
+/// plaintext `head`, which chunk 0 must read back as. The SHA-256 when every
+/// chunk was checked, `None` when the writes stopped before.
+fn check_beside(
+    got: std::sync::mpsc::Receiver<ReadBatch>,
+    head: &[u8],
+    r: &ReadBackPlan,
+    key: &image_format::ChunkIdKey,
+    threads: usize,
+    desc: &str,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
+) -> anyhow::Result<Option<[u8; 32]>> {
+    use sha2::Digest as _;
+    let mut sha = sha2::Sha256::new();
+    sha.update(head);
+    let mut checked = 0u64;
+    for batch in got {
+        let runs = match batch {
+            ReadBatch::Barrier(ack) => {
+                let _ = ack.send(());
+                continue;
+            }
+            ReadBatch::Runs(runs) => runs,
+        };
+        let bad = image_format::parallel::map_in_order(&runs, threads, |run| {
+            run.chunks().into_iter().find_map(|(c, data)| {
+                let right = match (&c.expect, data) {
+                    (Expect::Bytes(want), Some(b)) => b == want.as_slice(),
+                    (Expect::Zeros, Some(b)) => b.iter().all(|&x| x == 0),
+                    (Expect::Id(want), Some(b)) => key.id(b) == *want,
+                    // A hole is reported only for chunks that must be zeros.
+                    (Expect::Zeros | Expect::Id(_), None) => run.data.is_none(),
+                    (Expect::Bytes(_), None) => false,
+                };
+                let head_right = c.index != 0
+                    || match data {
+                        Some(b) => b == head,
+                        None => run.data.is_none() && head.iter().all(|&x| x == 0),
+                    };
+                (!(right && head_right)).then_some((c.index, c.len))
+            })
+        })?;
+        if let Some((index, len)) = bad.into_iter().flatten().next() {
+            return Err(coded(
+                FOUND,
+                format!(
+                    "read-back check failed: disk bytes {}..{} on {desc} differ from what was \
+                     authenticated; the target is left incomplete (remove {} and re-run)",
+                    index * r.chunk,
+                    index * r.chunk + len as u64,
+                    r.state_path.display()
+                ),
+            ));
+        }
+        for run in &runs {
+            for (c, data) in run.chunks() {
+                // Chunk 0 is already in the digest (as `head`, which it equals).
+                if c.index != 0 {
+                    sha_update(&mut sha, c.len, data);
+                }
+                checked += 1;
+            }
+        }
+        for run in runs {
+            if let Some(d) = run.data {
+                // The reading side may have finished: then the buffer is just freed.
+                let _ = spare.send(d);
+            }
+        }
+    }
+    Ok((checked == r.count).then(|| sha.finalize().into()))
 }
 
 /// Read everything back and compare with the ids of authenticated data, a
@@ -995,7 +1421,7 @@ fn read_back(
     };
     let mut head = read_batch(vol, &mut zero_ids, u64::from(chunk), &[head])?.pop();
     if let Some((r, data)) = &head {
-        sha_update(&mut sha, r.len, data);
+        sha_update(&mut sha, r.len, data.bytes());
     }
     let mut k = 0;
     while k < count {
@@ -1011,7 +1437,7 @@ fn read_back(
         let rest: Vec<Recheck> = batch.iter().copied().filter(|r| r.index != 0).collect();
         let mut got = read_batch(vol, &mut zero_ids, u64::from(chunk), &rest)?;
         for (r, data) in &got {
-            sha_update(&mut sha, r.len, data);
+            sha_update(&mut sha, r.len, data.bytes());
         }
         if let Some(r) = batch.iter().find(|r| r.index == 0) {
             if let Some((_, data)) = head.take() {
@@ -1038,12 +1464,12 @@ fn read_back(
     Ok(sha.finalize().into())
 }
 
-/// Feeds one read-back chunk to the volume's SHA-256 (a hole as zeros).
-fn sha_update(sha: &mut sha2::Sha256, len: usize, data: &ReadBack) {
+/// Feeds one read-back chunk to the volume's SHA-256 (a hole, `None`, as zeros).
+fn sha_update(sha: &mut sha2::Sha256, len: usize, data: Option<&[u8]>) {
     use sha2::Digest as _;
     match data {
-        ReadBack::Bytes(b) => sha.update(b),
-        ReadBack::Zeros(_) => {
+        Some(b) => sha.update(b),
+        None => {
             static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
             let mut left = len;
             while left > 0 {
@@ -1094,6 +1520,16 @@ enum ReadBack {
     Bytes(Vec<u8>),
     /// The volume reports the range as zeros: the zero id, nothing read.
     Zeros([u8; 32]),
+}
+
+impl ReadBack {
+    /// The bytes read; `None` for a hole.
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            ReadBack::Bytes(b) => Some(b),
+            ReadBack::Zeros(_) => None,
+        }
+    }
 }
 
 /// Reads `batch` back from `vol` and returns the first chunk (index,
@@ -1359,6 +1795,158 @@ mod tests {
         assert!(*data.lock().unwrap() == disk);
     }
 
+    /// Ten 64 KiB chunks and a short eleventh, chunks 3 and 4 all zeros.
+    fn sample_disk() -> Vec<u8> {
+        const C: usize = 65536;
+        let mut disk: Vec<u8> = (0..10 * C + 1000)
+            .map(|i| (i * 31 % 253) as u8 + 1)
+            .collect();
+        disk[3 * C..5 * C].fill(0);
+        disk
+    }
+
+    fn sha256_hex(b: &[u8]) -> String {
+        use sha2::Digest as _;
+        let d: [u8; 32] = sha2::Sha256::digest(b).into();
+        crate::output::hex(&d)
+    }
+
+    #[test]
+    fn the_read_back_beside_the_writes_reads_flushed_bytes_and_hashes_in_disk_order() {
+        use mgear_volume::FakeVolume;
+        let disk = sample_disk();
+        let (mut store, key) = mem_capture(&disk);
+        let dir = tempfile::tempdir().unwrap();
+        // One chunk per batch and no checkpoint before chunk 0: only the
+        // writer's flush of each batch lets the reader (which sees flushed
+        // bytes only) find the chunk; then the same with one big batch.
+        for rate in [Some(1e15), None] {
+            let mut p = plan(dir.path());
+            p.rate = rate;
+            p.checkpoint_bytes = u64::MAX;
+            let (fake, data) = FakeVolume::new(disk.len(), None);
+            let (r, _) = write_volume(
+                &p,
+                Box::new(fake.with_concurrent_reader()),
+                reader_of(&mut store, &key),
+                Instant::now(),
+            )
+            .unwrap();
+            assert!(r.verified);
+            assert_eq!(r.volume_sha256, Some(sha256_hex(&disk)), "rate {rate:?}");
+            assert!(*data.lock().unwrap() == disk);
+        }
+    }
+
+    #[test]
+    fn a_killed_ingest_resumes_with_the_read_back_beside_the_writes() {
+        use mgear_volume::FakeVolume;
+        const C: usize = 65536;
+        let disk = sample_disk();
+        let (mut store, key) = mem_capture(&disk);
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, data) = FakeVolume::new(disk.len(), Some(5));
+        let err = write_volume(
+            &plan(dir.path()),
+            Box::new(fake.with_concurrent_reader()),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("injected fault"), "{err:#}");
+        assert!(data.lock().unwrap()[..C].iter().all(|&b| b == 0));
+        // The second run reads back what the first wrote (known by the ids
+        // in the resume state) as well as what it writes itself.
+        let (fake, data) = FakeVolume::over(data, None);
+        let fake = fake
+            .with_found(Found::Unfinished {
+                adopt_without_state: true,
+            })
+            .with_concurrent_reader();
+        let (r, _) = write_volume(
+            &plan(dir.path()),
+            Box::new(fake),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(r.resumed_chunks, 4);
+        assert_eq!(r.volume_sha256, Some(sha256_hex(&disk)));
+        assert!(*data.lock().unwrap() == disk);
+
+        // A chunk of the first run that now reads back wrong is caught.
+        let (fake, _) = FakeVolume::new(disk.len(), Some(5));
+        write_volume(
+            &plan(dir.path()),
+            Box::new(fake.with_concurrent_reader()),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap_err();
+        let (fake, _) = FakeVolume::over(data, None);
+        let fake = fake
+            .with_found(Found::Unfinished {
+                adopt_without_state: true,
+            })
+            .with_concurrent_reader()
+            .corrupting_reads(2 * C as u64 + 7, 1);
+        let err = write_volume(
+            &plan(dir.path()),
+            Box::new(fake),
+            reader_of(&mut store, &key),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert_eq!(crate::exit::code_of(&err), FOUND, "{err:#}");
+        assert!(err.to_string().contains("131072..196608"), "{err}");
+    }
+
+    #[test]
+    fn a_volume_that_reads_back_other_bytes_fails_the_ingest_and_never_looks_bootable() {
+        use mgear_volume::FakeVolume;
+        const C: u64 = 65536;
+        let disk = sample_disk();
+        let (mut store, key) = mem_capture(&disk);
+        // Chunk 1 is written first, chunk 0 (the boot sector) last; chunk 3
+        // is a zero chunk (written as zeroes); either way of reading back.
+        for beside in [true, false] {
+            for (bad, range) in [
+                (C + 10, "65536..131072"),
+                (5, "0..65536"),
+                (3 * C, "196608..262144"),
+            ] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut p = plan(dir.path());
+                p.rate = None;
+                let (fake, data) = FakeVolume::new(disk.len(), None);
+                let mut fake = fake.corrupting_reads(bad, 1);
+                if beside {
+                    fake = fake.with_concurrent_reader();
+                }
+                let err = write_volume(
+                    &p,
+                    Box::new(fake),
+                    reader_of(&mut store, &key),
+                    Instant::now(),
+                )
+                .unwrap_err();
+                assert_eq!(crate::exit::code_of(&err), FOUND, "{err:#}");
+                assert!(
+                    err.to_string().contains(&format!("disk bytes {range} ")),
+                    "beside {beside}, byte {bad}: {err}"
+                );
+                assert!(
+                    data.lock().unwrap()[..C as usize].iter().all(|&b| b == 0),
+                    "beside {beside}, byte {bad}: the boot sector is not left on the volume"
+                );
+                assert!(
+                    dir.path().join("fake.ingest").exists(),
+                    "the target stays incomplete"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_partial_without_state_is_not_adopted_and_a_small_volume_is_refused() {
         use mgear_volume::FakeVolume;
@@ -1387,6 +1975,49 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(crate::exit::code_of(&err), USAGE, "{err}");
+    }
+
+    #[test]
+    fn read_back_runs_follow_the_disk_within_4_mib_objects_and_holes_stand_alone() {
+        const M: u64 = 1 << 20;
+        let check = |index: u64| Check {
+            index,
+            len: M as usize,
+            expect: if index == 6 {
+                Expect::Zeros
+            } else {
+                Expect::Bytes(Vec::new())
+            },
+        };
+        // Chunks 1..=10 and then 0, as written; 6 is a hole.
+        let checks: Vec<Check> = (1..=10).chain([0]).map(check).collect();
+        let runs = runs_of(
+            checks,
+            M,
+            |c| matches!(c.expect, Expect::Zeros),
+            |n| vec![0; n],
+        );
+        let shape: Vec<(Vec<u64>, Option<usize>)> = runs
+            .iter()
+            .map(|r| {
+                (
+                    r.checks.iter().map(|c| c.index).collect(),
+                    r.data.as_ref().map(Vec::len),
+                )
+            })
+            .collect();
+        let m = M as usize;
+        assert_eq!(
+            shape,
+            vec![
+                (vec![1, 2, 3], Some(3 * m)),
+                (vec![4, 5], Some(2 * m)),
+                (vec![6], None),
+                (vec![7], Some(m)),
+                (vec![8, 9, 10], Some(3 * m)),
+                (vec![0], Some(m)),
+            ]
+        );
     }
 
     #[test]

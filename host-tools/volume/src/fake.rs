@@ -1,10 +1,17 @@
 //! An in-memory volume that fails at its N-th write: the fault-injecting
 //! fake for tests of the pipeline above the trait (what happens to the
 //! resume state, the marker, the exit code when a target fails mid-way).
+//!
+//! It can also offer a [`VolumeReader`] (as RBD does, for a read-back that
+//! overlaps the writes) which sees only what was flushed: bytes written but
+//! not yet flushed read as they were at the last flush, so a pipeline that
+//! reads a range back before flushing it fails its check. And it can lie on
+//! read-back (a range reads with its bits flipped, through every read path),
+//! as a volume that lost data would.
 
 use std::sync::{Arc, Mutex};
 
-use crate::{Error, Finished, Found, Result, Volume};
+use crate::{Error, Finished, Found, ReadAt, Result, Volume, VolumeReader};
 
 /// The bytes of a [`FakeVolume`], shared with the test that made it so it
 /// can look at them after the volume was moved into the pipeline.
@@ -21,6 +28,11 @@ pub struct FakeVolume {
     found: Found,
     read_back: bool,
     pub flushes: u64,
+    /// What a [`FakeReader`] sees: the bytes as of the last flush (`Some`
+    /// when the volume offers a concurrent reader).
+    flushed: Option<Shared>,
+    /// Bytes `[start, end)` read back with their bits flipped.
+    corrupt: Option<(u64, u64)>,
 }
 
 impl FakeVolume {
@@ -39,6 +51,8 @@ impl FakeVolume {
                 found: Found::New,
                 read_back: true,
                 flushes: 0,
+                flushed: None,
+                corrupt: None,
             },
             data,
         )
@@ -53,6 +67,19 @@ impl FakeVolume {
     /// A volume that cannot read back (as EBS).
     pub fn without_read_back(mut self) -> Self {
         self.read_back = false;
+        self
+    }
+
+    /// Offer a concurrent reader that sees only flushed bytes.
+    pub fn with_concurrent_reader(mut self) -> Self {
+        let now = self.bytes().clone();
+        self.flushed = Some(std::sync::Arc::new(Mutex::new(now)));
+        self
+    }
+
+    /// Read `[offset, offset+len)` back with every bit flipped (both read paths).
+    pub fn corrupting_reads(mut self, offset: u64, len: u64) -> Self {
+        self.corrupt = Some((offset, offset + len));
         self
     }
 
@@ -106,6 +133,10 @@ impl Volume for FakeVolume {
     }
     fn flush(&mut self) -> Result<()> {
         self.flushes += 1;
+        if let Some(f) = &self.flushed {
+            let now = self.bytes().clone();
+            *f.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        }
         Ok(())
     }
     fn can_read_back(&self) -> bool {
@@ -114,7 +145,16 @@ impl Volume for FakeVolume {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let r = self.range(offset, buf.len())?;
         buf.copy_from_slice(&self.bytes()[r]);
+        corrupt(self.corrupt, offset, buf);
         Ok(())
+    }
+    fn concurrent_reader(&mut self) -> Result<Option<Box<dyn VolumeReader>>> {
+        Ok(self.flushed.clone().map(|flushed| {
+            Box::new(FakeReader {
+                flushed,
+                corrupt: self.corrupt,
+            }) as Box<dyn VolumeReader>
+        }))
     }
     fn finish(self: Box<Self>) -> Result<Finished> {
         Ok(Finished {
@@ -122,6 +162,47 @@ impl Volume for FakeVolume {
             format: "raw",
             volume: None,
         })
+    }
+}
+
+/// Flip the bits of what `buf` (read at `offset`) holds of the corrupt range.
+fn corrupt(range: Option<(u64, u64)>, offset: u64, buf: &mut [u8]) {
+    if let Some((start, end)) = range {
+        for (i, b) in buf.iter_mut().enumerate() {
+            if (start..end).contains(&(offset + i as u64)) {
+                *b = !*b;
+            }
+        }
+    }
+}
+
+/// A [`FakeVolume`]'s concurrent reader: the bytes as of the volume's last flush.
+#[derive(Debug)]
+pub struct FakeReader {
+    flushed: Shared,
+    corrupt: Option<(u64, u64)>,
+}
+
+impl VolumeReader for FakeReader {
+    fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()> {
+        let bytes = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
+        for r in reads {
+            let start = usize::try_from(r.offset).unwrap_or(usize::MAX);
+            let src = start
+                .checked_add(r.buf.len())
+                .and_then(|end| bytes.get(start..end))
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "fake volume: {} bytes at {} are past its end ({})",
+                        r.buf.len(),
+                        r.offset,
+                        bytes.len()
+                    ))
+                })?;
+            r.buf.copy_from_slice(src);
+            corrupt(self.corrupt, r.offset, r.buf);
+        }
+        Ok(())
     }
 }
 
@@ -138,5 +219,40 @@ mod tests {
         v.write_at(8, &[5]).unwrap();
         assert_eq!(&data.lock().unwrap()[..9], &[0, 2, 0, 0, 0, 0, 0, 0, 5]);
         assert!(v.write_at(15, &[1, 1]).is_err(), "past the end");
+    }
+
+    #[test]
+    fn the_concurrent_reader_sees_only_flushed_bytes_and_corruption_shows_everywhere() {
+        let (v, _) = FakeVolume::new(8, None);
+        let mut v = v.with_concurrent_reader().corrupting_reads(6, 1);
+        let mut r = v.concurrent_reader().unwrap().unwrap();
+        v.write_at(0, &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        let mut buf = [9u8; 4];
+        r.read_batch(&mut [ReadAt {
+            offset: 0,
+            buf: &mut buf,
+        }])
+        .unwrap();
+        assert_eq!(buf, [0; 4], "not flushed yet");
+        v.flush().unwrap();
+        let mut buf = [0u8; 4];
+        r.read_batch(&mut [ReadAt {
+            offset: 4,
+            buf: &mut buf,
+        }])
+        .unwrap();
+        assert_eq!(buf, [5, 6, !7, 8]);
+        let mut buf = [0u8; 2];
+        v.read_at(6, &mut buf).unwrap();
+        assert_eq!(buf, [!7, 8]);
+        let mut buf = [0u8; 2];
+        assert!(r
+            .read_batch(&mut [ReadAt {
+                offset: 7,
+                buf: &mut buf
+            }])
+            .is_err());
+        let (mut plain, _) = FakeVolume::new(8, None);
+        assert!(plain.concurrent_reader().unwrap().is_none());
     }
 }

@@ -59,7 +59,7 @@ pub use file::{DeviceVolume, FileVolume};
 pub use libvirt::LibvirtVolume;
 pub use nbd::NbdVolume;
 pub use qcow2::Qcow2Volume;
-pub use rbd::{Existing, RbdSpec, RbdVolume};
+pub use rbd::{Existing, RbdReader, RbdSpec, RbdVolume};
 
 /// Everything that can go wrong with a target volume.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +253,16 @@ pub trait Volume: Send {
         false
     }
 
+    /// A second, independent reader of this volume for the read-back check,
+    /// so that it can run beside the writes (batch k is verified while batch
+    /// k+1 is written) instead of after all of them. `None` (the default):
+    /// the pipeline reads back through [`Volume::read_batch`] once everything
+    /// is written. See [`VolumeReader`] for what a reader promises. Drop it
+    /// before [`Volume::finish`].
+    fn concurrent_reader(&mut self) -> Result<Option<Box<dyn VolumeReader>>> {
+        Ok(None)
+    }
+
     /// Make the verified volume final (rename, marker removed, helper
     /// processes stopped). Called once, after the read-back check passed.
     fn finish(self: Box<Self>) -> Result<Finished>;
@@ -264,6 +274,25 @@ pub trait Volume: Send {
     /// earlier run left is kept. The default keeps everything.
     fn discard(self: Box<Self>) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Reads a volume while its [`Volume`] writes it (see
+/// [`Volume::concurrent_reader`]): the read-back check's own way to the bytes.
+///
+/// Contract: a read sent after [`Volume::flush`] returned sees every write
+/// completed before that flush, and it is served from where the volume keeps
+/// its data (the image, the cluster), never from a cache of the writer's or
+/// from the pipeline's buffers: the read-back is the proof that the bytes
+/// are on the volume.
+pub trait VolumeReader: Send {
+    /// Read a batch (reads may be issued concurrently).
+    fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()>;
+
+    /// As [`Volume::reads_as_zeros`]: the range is known to read as zeros
+    /// (a hole) without reading it; `false` when unknown.
+    fn reads_as_zeros(&mut self, _offset: u64, _len: u64) -> bool {
+        false
     }
 }
 

@@ -34,23 +34,35 @@ impl std::fmt::Debug for NbdVolume {
 impl NbdVolume {
     /// Connect to a writable export (no marker: the caller tracks completion).
     pub fn connect(url: &NbdUrl) -> Result<Self> {
+        Self::connect_with(url, false)
+    }
+
+    /// Connect to an export only to read it (a read-only export is fine).
+    pub(crate) fn connect_read_only(url: &NbdUrl) -> Result<Self> {
+        Self::connect_with(url, true)
+    }
+
+    fn connect_with(url: &NbdUrl, read_only: bool) -> Result<Self> {
         let err = |source| Error::Nbd {
             url: url.to_string(),
             source: Box::new(source),
         };
         let with_alloc = ConnectOptions {
             meta_contexts: vec![mgear_nbd::BASE_ALLOCATION.to_string()],
-            read_only: false,
+            read_only,
+        };
+        let plain = ConnectOptions {
+            read_only,
+            ..ConnectOptions::default()
         };
         let (client, allocation) = match Client::connect(url, &with_alloc) {
             Ok(c) => (c, true),
-            Err(mgear_nbd::Error::MetaContextUnsupported { .. }) => (
-                Client::connect(url, &ConnectOptions::default()).map_err(err)?,
-                false,
-            ),
+            Err(mgear_nbd::Error::MetaContextUnsupported { .. }) => {
+                (Client::connect(url, &plain).map_err(err)?, false)
+            }
             Err(e) => return Err(err(e)),
         };
-        if client.read_only() {
+        if client.read_only() && !read_only {
             return Err(Error::ReadOnly(format!("NBD target {url}")));
         }
         Ok(NbdVolume {

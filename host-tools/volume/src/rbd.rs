@@ -23,6 +23,16 @@
 //!
 //! `qemu-nbd` runs without `--persistent`: it exits when the last connection closes, also when
 //! mgear is killed, so nothing is left holding the image.
+//!
+//! The read-back check runs beside the writes through an [`RbdReader`]
+//! ([`Volume::concurrent_reader`]): a second `qemu-nbd`, read-only and with `--cache=none`
+//! (qemu then sets `rbd_cache=false`), on its own socket and with its own connections. Its
+//! reads go to the OSDs, never to a cache of the writing client (whatever `rbd_cache_policy`
+//! the cluster sets), and it never takes the image's exclusive lock (only writers do), so the
+//! writer keeps it. Set-up is kept short because it is paid on every ingest: a new image is
+//! created without asking `rbd info` first (`qemu-img create` says when it exists), a
+//! just-created image is not zeroed again (it reads as zeros), and the connections are opened
+//! in parallel.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -33,9 +43,10 @@ use std::time::{Duration, Instant};
 
 use crate::marker::Marker;
 use crate::nbd::NbdVolume;
-use crate::tool::{reap_qemu_nbd, require, run, stop_qemu_nbd, terminate};
+use crate::tool::{reap_qemu_nbd, require, stop_qemu_nbd, terminate};
 use crate::{
-    key_of, short_hash, Error, Finished, Found, Geometry, Prepare, ReadAt, Result, Volume, WriteAt,
+    key_of, short_hash, Error, Finished, Found, Geometry, Prepare, ReadAt, Result, Volume,
+    VolumeReader, WriteAt,
 };
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
@@ -223,6 +234,7 @@ pub struct RbdVolume {
     sock: PathBuf,
     marker: Marker,
     found: Found,
+    qemu_nbd: PathBuf,
 }
 
 /// `rbd info` of an image: its size, or `None` when it does not exist.
@@ -271,6 +283,147 @@ fn image_size(rbd: &Path, spec: &RbdSpec) -> Result<Option<u64>> {
     Ok(Some(size))
 }
 
+/// The refusal of an image smaller than the disk.
+fn too_small(spec: &RbdSpec, size: u64, prep: &Prepare) -> Error {
+    Error::Usage(format!(
+        "RBD image {} holds {size} bytes but the disk has {}: resize it \
+         (rbd resize --size {}B) or name another image",
+        spec.image_spec(),
+        prep.disk_size,
+        prep.disk_size
+    ))
+}
+
+/// `qemu-img create` the image: `true` when it was created, `false` when it already exists.
+fn create_image(qemu_img: &Path, spec: &RbdSpec, size: u64) -> Result<bool> {
+    let out = Command::new(qemu_img)
+        .args(["create", "-q", "-f", "raw"])
+        .arg(spec.qemu_filename())
+        .arg(size.to_string())
+        // "File exists" below is strerror(EEXIST) in the C locale.
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::io("running qemu-img create (rbd)", e))?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("File exists") {
+        return Ok(false);
+    }
+    Err(Error::Tool(format!(
+        "qemu-img create {} failed ({}): {} (is the cluster reachable? conf {}, user {})",
+        spec.image_spec(),
+        out.status,
+        err.trim(),
+        spec.conf
+            .as_ref()
+            .map_or("default".into(), |c| c.display().to_string()),
+        spec.user.as_deref().unwrap_or("admin")
+    )))
+}
+
+/// Start `qemu-nbd` serving the image on `sock` (read-only and uncached for a reader).
+fn spawn_qemu_nbd(qemu_nbd: &Path, spec: &RbdSpec, sock: &Path, reader: bool) -> Result<Child> {
+    if std::fs::symlink_metadata(sock).is_ok() {
+        let _ = std::fs::remove_file(sock);
+    }
+    let mut cmd = Command::new(qemu_nbd);
+    // If mgear is killed, qemu-nbd goes too (it would also exit once its connections
+    // close, but a write in flight to a slow cluster can keep it a while).
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe prctl(2) call.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    if reader {
+        // No librbd cache: what the read-back reads comes from the OSDs.
+        cmd.args(["-r", "-f", "raw", "--cache=none"]);
+    } else {
+        cmd.args(["-f", "raw", "--cache=writeback", "--discard=unmap"]);
+    }
+    cmd.arg(format!("--shared={CONNECTIONS}"))
+        .arg("-k")
+        .arg(sock)
+        .arg(spec.qemu_filename())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("starting qemu-nbd", e))
+}
+
+/// Wait for the `qemu-nbd` of `child` to listen on `sock` and open [`CONNECTIONS`]
+/// connections to it (the first alone, the others in parallel). On failure the child is
+/// stopped.
+fn connect_all(
+    child: &mut Child,
+    spec: &RbdSpec,
+    sock: &Path,
+    read_only: bool,
+) -> Result<Vec<NbdVolume>> {
+    let url: mgear_nbd::NbdUrl = format!("nbd+unix:///?socket={}", sock.display())
+        .parse()
+        .map_err(|e| Error::Usage(format!("socket path {}: {e}", sock.display())))?;
+    let connect = |url: &mgear_nbd::NbdUrl| {
+        if read_only {
+            NbdVolume::connect_read_only(url)
+        } else {
+            NbdVolume::connect(url)
+        }
+    };
+    // Connecting to the cluster takes a moment; an unreachable one makes qemu-nbd exit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    let first = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(Error::Tool(format!(
+                "qemu-nbd could not serve {spec} ({status}): {}",
+                err.trim()
+            )));
+        }
+        if std::fs::symlink_metadata(sock).is_ok() {
+            match connect(&url) {
+                Ok(first) => break first,
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if Instant::now() > deadline {
+            terminate(child);
+            return Err(Error::Tool(format!(
+                "qemu-nbd did not serve {spec} within 60 s: {last}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The first connection keeps qemu-nbd up while the others join.
+    let rest: Vec<Result<NbdVolume>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..CONNECTIONS)
+            .map(|_| s.spawn(|| connect(&url)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Tool("an NBD connect thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut conns = vec![first];
+    for c in rest {
+        conns.push(c?);
+    }
+    Ok(conns)
+}
+
 impl RbdVolume {
     /// Open (or create) the image for an ingest of `prep.disk_size` bytes and serve it.
     pub fn open(spec: &RbdSpec, prep: &Prepare, existing: Existing) -> Result<Self> {
@@ -283,56 +436,59 @@ impl RbdVolume {
         let sock = std::path::absolute(&prep.state_dir)
             .map_err(|e| Error::io(format!("resolving {}", prep.state_dir.display()), e))?
             .join(format!("rbd_{key}.sock"));
-        if sock.as_os_str().len() > MAX_SOCKET_PATH {
+        // The reader's socket (`.r.sock`) is the longer one.
+        if sock.as_os_str().len() + 2 > MAX_SOCKET_PATH {
             return Err(Error::Usage(format!(
                 "the state dir {} is too long a path for qemu-nbd's unix socket: pass a shorter --state-dir",
                 prep.state_dir.display()
             )));
         }
-        let found = match (image_size(&rbd, spec)?, existing) {
-            (None, Existing::Open) => {
-                return Err(Error::Usage(format!(
-                    "RBD image {} does not exist (rbd ls {})",
-                    spec.image_spec(),
-                    spec.pool
-                )))
-            }
-            (None, Existing::CreateOrForce) => {
-                // (A marker without its image: an earlier run died before creating it.)
-                if !marker.exists() {
+        // Whether the image needs its head cleared: it may hold an older disk.
+        let mut old_content = false;
+        let found = match existing {
+            Existing::CreateOrForce => {
+                // Creating first saves asking `rbd info` on every new image; a marker
+                // without its image means an earlier run died before creating it.
+                let had_marker = marker.exists();
+                if !had_marker {
                     marker.create(&format!("{} into {spec}", prep.what))?;
                 }
-                run(
-                    Command::new(&qemu_img)
-                        .args(["create", "-q", "-f", "raw"])
-                        .arg(spec.qemu_filename())
-                        .arg(prep.disk_size.to_string()),
-                    "qemu-img create (rbd)",
-                )?;
-                Found::New
+                match create_image(&qemu_img, spec, prep.disk_size)? {
+                    true => Found::New,
+                    false if had_marker => Found::Unfinished {
+                        adopt_without_state: true,
+                    },
+                    false if !prep.force => {
+                        marker.remove()?;
+                        return Err(Error::Usage(format!(
+                            "RBD image {} exists: pass --force to overwrite it",
+                            spec.image_spec()
+                        )));
+                    }
+                    false => {
+                        old_content = true;
+                        Found::New
+                    }
+                }
             }
-            (Some(size), _) if size < prep.disk_size => {
-                return Err(Error::Usage(format!(
-                    "RBD image {} holds {size} bytes but the disk has {}: resize it \
-                     (rbd resize --size {}B) or name another image",
-                    spec.image_spec(),
-                    prep.disk_size,
-                    prep.disk_size
-                )))
-            }
-            (Some(_), _) if marker.exists() => Found::Unfinished {
-                adopt_without_state: true,
+            Existing::Open => match image_size(&rbd, spec)? {
+                None => {
+                    return Err(Error::Usage(format!(
+                        "RBD image {} does not exist (rbd ls {})",
+                        spec.image_spec(),
+                        spec.pool
+                    )))
+                }
+                Some(size) if size < prep.disk_size => return Err(too_small(spec, size, prep)),
+                Some(_) if marker.exists() => Found::Unfinished {
+                    adopt_without_state: true,
+                },
+                Some(_) => {
+                    marker.create(&format!("{} into {spec}", prep.what))?;
+                    old_content = true;
+                    Found::New
+                }
             },
-            (Some(_), Existing::CreateOrForce) if !prep.force => {
-                return Err(Error::Usage(format!(
-                    "RBD image {} exists: pass --force to overwrite it",
-                    spec.image_spec()
-                )))
-            }
-            (Some(_), _) => {
-                marker.create(&format!("{} into {spec}", prep.what))?;
-                Found::New
-            }
         };
         let mut v = RbdVolume {
             spec: spec.clone(),
@@ -341,9 +497,17 @@ impl RbdVolume {
             sock,
             marker,
             found,
+            qemu_nbd,
         };
-        v.serve(&qemu_nbd)?;
-        if found == Found::New && prep.head_len > 0 {
+        v.serve()?;
+        // (An existing image was not sized above when it was created over.)
+        if v.size() < prep.disk_size {
+            if v.found == Found::New {
+                v.marker.remove()?;
+            }
+            return Err(too_small(spec, v.size(), prep));
+        }
+        if old_content && prep.head_len > 0 {
             // An image that may hold old data must not look bootable before it is complete.
             let head = prep.head_len.min(v.size());
             v.write_zeroes(0, head)?;
@@ -358,74 +522,19 @@ impl RbdVolume {
     }
 
     /// Start qemu-nbd on the image and open [`CONNECTIONS`] connections to it.
-    fn serve(&mut self, qemu_nbd: &Path) -> Result<()> {
-        let url: mgear_nbd::NbdUrl = format!("nbd+unix:///?socket={}", self.sock.display())
-            .parse()
-            .map_err(|e| Error::Usage(format!("socket path {}: {e}", self.sock.display())))?;
-        if std::fs::symlink_metadata(&self.sock).is_ok() {
-            let _ = std::fs::remove_file(&self.sock);
-        }
-        let mut cmd = Command::new(qemu_nbd);
-        // If mgear is killed, qemu-nbd goes too (it would also exit once its connections
-        // close, but a write in flight to a slow cluster can keep it a while).
-        // SAFETY: the closure runs in the forked child before exec and only makes the
-        // async-signal-safe prctl(2) call.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cmd
-            .args(["-f", "raw", "--cache=writeback", "--discard=unmap"])
-            .arg(format!("--shared={CONNECTIONS}"))
-            .arg("-k")
-            .arg(&self.sock)
-            .arg(self.spec.qemu_filename())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::io("starting qemu-nbd", e))?;
-        // Connecting to the cluster takes a moment; an unreachable one makes qemu-nbd exit.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = String::new();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Err(Error::Tool(format!(
-                    "qemu-nbd could not serve {} ({status}): {}",
-                    self.spec,
-                    err.trim()
-                )));
+    fn serve(&mut self) -> Result<()> {
+        let mut child = spawn_qemu_nbd(&self.qemu_nbd, &self.spec, &self.sock, false)?;
+        let mut conns = match connect_all(&mut child, &self.spec, &self.sock, false) {
+            Ok(c) => c,
+            Err(e) => {
+                // Closing what connected lets qemu-nbd exit; then it is reaped.
+                self.server = Some(child);
+                return Err(e);
             }
-            if std::fs::symlink_metadata(&self.sock).is_ok() {
-                match NbdVolume::connect(&url) {
-                    Ok(mut first) => {
-                        first.set_found(self.found);
-                        self.conns.push(first);
-                        break;
-                    }
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            if Instant::now() > deadline {
-                terminate(&mut child);
-                return Err(Error::Tool(format!(
-                    "qemu-nbd did not serve {} within 60 s: {last}",
-                    self.spec
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        };
+        conns[0].set_found(self.found);
+        self.conns = conns;
         self.server = Some(child);
-        // The first connection keeps qemu-nbd up while the others join.
-        for _ in 1..CONNECTIONS {
-            self.conns.push(NbdVolume::connect(&url)?);
-        }
         Ok(())
     }
 
@@ -438,6 +547,60 @@ impl RbdVolume {
     /// Wait for qemu-nbd to exit after the last disconnect; stop it if it does not.
     fn stop_server(&mut self) -> Result<()> {
         stop_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(60))
+    }
+}
+
+/// The read-back side of an [`RbdVolume`]: its own read-only, uncached `qemu-nbd` on the image
+/// (see the module doc), connected on its first use so that its set-up overlaps the first
+/// writes.
+#[derive(Debug)]
+pub struct RbdReader {
+    spec: RbdSpec,
+    sock: PathBuf,
+    server: Option<Child>,
+    conns: Vec<NbdVolume>,
+}
+
+impl RbdReader {
+    fn connected(&mut self) -> Result<&mut [NbdVolume]> {
+        if self.conns.is_empty() {
+            let child = self
+                .server
+                .as_mut()
+                .ok_or_else(|| Error::Tool("the read-back qemu-nbd is gone".into()))?;
+            self.conns = connect_all(child, &self.spec, &self.sock, true)?;
+        }
+        Ok(&mut self.conns)
+    }
+}
+
+impl VolumeReader for RbdReader {
+    fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()> {
+        fan_out(self.connected()?, reads.iter_mut(), |conn, r| {
+            conn.read_at(r.offset, r.buf)
+        })
+    }
+    fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+        self.connected()
+            .ok()
+            .and_then(|c| c.first_mut())
+            .is_some_and(|c| c.reads_as_zeros(offset, len))
+    }
+}
+
+impl Drop for RbdReader {
+    fn drop(&mut self) {
+        // Read-only: nothing to flush. qemu-nbd exits once its connections close; one that
+        // never had a connection (the ingest stopped first) would wait for one: stop it.
+        let connected = !self.conns.is_empty();
+        self.conns.clear();
+        if !connected {
+            if let Some(mut child) = self.server.take() {
+                terminate(&mut child);
+                let _ = std::fs::remove_file(&self.sock);
+            }
+        }
+        reap_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(20));
     }
 }
 
@@ -543,6 +706,17 @@ impl Volume for RbdVolume {
             .first_mut()
             .is_some_and(|c| c.reads_as_zeros(offset, len))
     }
+    /// A second qemu-nbd, read-only and uncached, started now and connected on first use.
+    fn concurrent_reader(&mut self) -> Result<Option<Box<dyn VolumeReader>>> {
+        let sock = self.sock.with_extension("r.sock");
+        let child = spawn_qemu_nbd(&self.qemu_nbd, &self.spec, &sock, true)?;
+        Ok(Some(Box::new(RbdReader {
+            spec: self.spec.clone(),
+            sock,
+            server: Some(child),
+            conns: Vec::new(),
+        })))
+    }
     fn finish(mut self: Box<Self>) -> Result<Finished> {
         self.flush()?;
         for mut c in std::mem::take(&mut self.conns) {
@@ -561,6 +735,7 @@ impl Volume for RbdVolume {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tool::run;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {
@@ -679,9 +854,44 @@ mod tests {
                 data: b,
             })
             .collect();
+        let mut rd = v
+            .concurrent_reader()
+            .unwrap()
+            .expect("RBD reads back beside the writes");
         v.write_batch(&writes).unwrap();
         v.write_zeroes(40 << 20, 16 << 20).unwrap();
         v.flush().unwrap();
+        // The reader (its own read-only, uncached qemu-nbd) sees what was flushed, also a
+        // write made after it connected, and the zeroed range as a hole.
+        let mut back = vec![0u8; 1 << 20];
+        let mut zeros = vec![1u8; 1 << 20];
+        rd.read_batch(&mut [
+            ReadAt {
+                offset: 2 << 20,
+                buf: &mut back,
+            },
+            ReadAt {
+                offset: 40 << 20,
+                buf: &mut zeros,
+            },
+        ])
+        .unwrap();
+        assert!(back == blocks[1] && zeros.iter().all(|&b| b == 0));
+        assert!(rd.reads_as_zeros(40 << 20, 16 << 20));
+        assert!(!rd.reads_as_zeros(0, 1 << 20));
+        v.write_at(1 << 20, &[0xab; 65536]).unwrap();
+        v.flush().unwrap();
+        let mut later = vec![0u8; 65536];
+        rd.read_batch(&mut [ReadAt {
+            offset: 1 << 20,
+            buf: &mut later,
+        }])
+        .unwrap();
+        assert!(
+            later.iter().all(|&b| b == 0xab),
+            "the reader sees a later write"
+        );
+        drop(rd);
         drop(v); // killed before finishing
         assert!(
             std::fs::read_dir(dir.path()).unwrap().any(|e| e
