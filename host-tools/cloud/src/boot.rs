@@ -36,6 +36,8 @@ pub struct NovaBootSpec {
     pub server_name: String,
     /// The bootable volume.
     pub volume_id: String,
+    /// The machine's other disks, attached after it in order.
+    pub data_volumes: Vec<String>,
     /// Flavor name or id. It must exist unless [`NovaBootSpec::create_flavor`] is set.
     pub flavor: String,
     /// Create the flavor with this RAM (MiB) and vCPUs, disk 0, when it does not exist.
@@ -147,6 +149,7 @@ impl Guest for NovaGuest<'_> {
                 &self.spec.server_name,
                 &self.flavor.id,
                 &self.spec.volume_id,
+                &self.spec.data_volumes,
             )
             .map_err(|e| self.fail(e))?;
         self.server_id = Some(id.clone());
@@ -239,7 +242,7 @@ impl Guest for NovaGuest<'_> {
             firmware_reason: "Nova's default (the volume sets no hw_firmware_type)".into(),
             bus: Bus::Virtio,
             bus_reason: "Nova's libvirt driver attaches volumes on virtio (no hw_disk_bus)".into(),
-            command: vec![
+            command: [
                 "POST /servers".to_string(),
                 format!("name={}", self.spec.server_name),
                 format!("flavorRef={} ({})", self.flavor.id, self.flavor.name),
@@ -248,7 +251,16 @@ impl Guest for NovaGuest<'_> {
                     "block_device_mapping_v2[0]=volume {} boot_index 0",
                     self.spec.volume_id
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                self.spec
+                    .data_volumes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("block_device_mapping_v2[{}]=volume {v}", i + 1)),
+            )
+            .collect(),
             subject: format!("server {id}"),
             console: format!("the console of server {id}"),
         }
@@ -281,6 +293,7 @@ mod tests {
         NovaBootSpec {
             server_name: "web01".into(),
             volume_id: "v1".into(),
+            data_volumes: Vec::new(),
             flavor: "mgear.small".into(),
             create_flavor: None,
             wait_for: "MGEAR-BOOT-OK [a-z0-9]+".into(),

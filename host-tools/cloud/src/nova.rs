@@ -149,25 +149,37 @@ impl<'a> Nova<'a> {
         Self::field("POST /flavors", &body, "flavor")
     }
 
-    /// Create server `name` of `flavor_id` booting from `volume_id`, with no networks.
+    /// Create server `name` of `flavor_id` booting from `volume_id`, with `data_volumes`
+    /// attached after it in order (a machine of several disks), and no networks.
     /// Returns the server id; the build goes on asynchronously ([`Nova::wait_active`]).
     pub fn create_server_from_volume(
         &self,
         name: &str,
         flavor_id: &str,
         volume_id: &str,
+        data_volumes: &[String],
     ) -> Result<String> {
+        let mut bdm = vec![json!({
+            "boot_index": 0,
+            "uuid": volume_id,
+            "source_type": "volume",
+            "destination_type": "volume",
+            "delete_on_termination": false,
+        })];
+        // Not bootable (no boot_index); Nova attaches them in the order given.
+        bdm.extend(data_volumes.iter().map(|v| {
+            json!({
+                "uuid": v,
+                "source_type": "volume",
+                "destination_type": "volume",
+                "delete_on_termination": false,
+            })
+        }));
         let body = json!({"server": {
             "name": name,
             "flavorRef": flavor_id,
             "networks": "none",
-            "block_device_mapping_v2": [{
-                "boot_index": 0,
-                "uuid": volume_id,
-                "source_type": "volume",
-                "destination_type": "volume",
-                "delete_on_termination": false,
-            }],
+            "block_device_mapping_v2": bdm,
         }});
         let reply = self.call("POST", "/servers", Some(&body))?;
         reply
@@ -375,7 +387,7 @@ mod tests {
         let srv = TestServer::start(vec![Canned::json(202, json!({"server": {"id": "s1"}}))]);
         let s = session(&srv.url());
         let id = Nova::new(&s)
-            .create_server_from_volume("web01", "f1", "v1")
+            .create_server_from_volume("web01", "f1", "v1", &["v2".into()])
             .unwrap();
         assert_eq!(id, "s1");
         let r = &srv.requests()[0];
@@ -390,7 +402,9 @@ mod tests {
             r.json(),
             json!({"server": {"name": "web01", "flavorRef": "f1", "networks": "none",
                 "block_device_mapping_v2": [{"boot_index": 0, "uuid": "v1", "source_type": "volume",
-                    "destination_type": "volume", "delete_on_termination": false}]}})
+                    "destination_type": "volume", "delete_on_termination": false},
+                    {"uuid": "v2", "source_type": "volume", "destination_type": "volume",
+                    "delete_on_termination": false}]}})
         );
     }
 

@@ -341,6 +341,8 @@ pub struct BootArgs {
     pub name: String,
     /// The ingested volume.
     pub volume_id: String,
+    /// The machine's other ingested volumes, attached after it in order.
+    pub data_volumes: Vec<String>,
     /// Flavor name or id.
     pub flavor: String,
     /// Regex proving the boot.
@@ -358,6 +360,7 @@ pub fn boot(args: &BootArgs) -> anyhow::Result<NovaBoot> {
         &NovaBootSpec {
             server_name: args.name.clone(),
             volume_id: args.volume_id.clone(),
+            data_volumes: args.data_volumes.clone(),
             flavor: args.flavor.clone(),
             create_flavor: None,
             wait_for: args.wait_for.clone(),

@@ -425,6 +425,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 /// `--boot` of a `cinder:` target: a Nova server from the volume, proven from its console;
 /// 0 booted, 1 not. The report goes into the state dir.
 pub(crate) fn boot_cinder(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
+    boot_cinder_with(args, r, Vec::new())
+}
+
+/// [`boot_cinder`] of a machine whose other disks are the Cinder volumes
+/// `data_volumes` (attached after the boot volume, in order).
+pub(crate) fn boot_cinder_with(
+    args: &Args,
+    r: &mut Report,
+    data_volumes: Vec<String>,
+) -> anyhow::Result<i32> {
     let volume_id = r
         .volume
         .clone()
@@ -433,6 +443,7 @@ pub(crate) fn boot_cinder(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
     let booted = crate::cloud_target::boot(&crate::cloud_target::BootArgs {
         name: name.clone(),
         volume_id,
+        data_volumes,
         flavor: args.flavor.clone().unwrap_or_default(),
         wait_for: args.wait_for.clone(),
         timeout: args.timeout,

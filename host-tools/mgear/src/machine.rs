@@ -711,6 +711,42 @@ pub fn ingest_set(
         let boot = file.set.disks.iter().position(|d| d.boot).unwrap_or(0);
         let mut order: Vec<usize> = vec![boot];
         order.extend((0..plan.len()).filter(|k| *k != boot));
+        let cinder = plan
+            .iter()
+            .filter(|(_, t)| t.starts_with("cinder:"))
+            .count();
+        if cinder == plan.len() {
+            // The cloud boots it: one server from the boot volume, the
+            // others attached in the machine's order.
+            let volume = |k: usize| {
+                out.disks
+                    .iter()
+                    .find(|d| d.disk == k)
+                    .and_then(|d| d.report.volume.clone())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("disk {k}'s cinder: target reported no volume id")
+                    })
+            };
+            let data = order[1..]
+                .iter()
+                .map(|k| volume(*k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut a = args.clone();
+            a.target = plan[boot].1.clone();
+            let Some(first) = out.disks.iter_mut().find(|d| d.disk == boot) else {
+                anyhow::bail!("the boot disk {boot} was not ingested");
+            };
+            crate::ingest::boot_cinder_with(&a, &mut first.report, data)?;
+            out.booted = first.report.booted;
+            out.boot_report = first.report.boot_report.clone();
+            return Ok(out);
+        }
+        if cinder > 0 {
+            return Err(usage(
+                "the disks of one machine boot together: give every disk a cinder: target, or \
+                 none",
+            ));
+        }
         let resolved = order
             .iter()
             .map(|k| crate::boot_cmd::resolve(&plan[*k].1))
