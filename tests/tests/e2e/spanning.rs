@@ -1,7 +1,7 @@
 //! Captures that span several media (issue #15, item 3): a two-disk machine
 //! (the sample boot disk, whose fstab mounts /srv by UUID from disk 1)
 //! captured as one set through two appliance simulators whose media are too
-//! small to hold it alone, each medium verified on its own, the media
+//! small to hold it alone, each medium verified and sealed on its own, the media
 //! ingested in reverse order and the machine booted under QEMU TCG printing
 //! the marker it read from /srv on disk 1; and, on FAT images, a span that
 //! fills up and continues on a third medium, and a lost medium replaced by
@@ -70,6 +70,17 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
                 .all(|e| e["medium"].as_str().unwrap().contains(other)),
             "{v}"
         );
+    }
+    // Each appliance seals its own medium: its firmware's verifier checks the
+    // segments it holds and knows the rest are on the other medium.
+    for lab in [&a, &b] {
+        let s = lab.appliance_json(&["seal"]);
+        assert_eq!(s["attestation"]["body"]["kind"], "Seal", "{s}");
+        assert!(
+            s["report"]["problems"].as_array().unwrap().is_empty(),
+            "{s}"
+        );
+        assert_eq!(lab.state(), "Sealed");
     }
     let i = json(&a, &["inspect", "--appliance", &tb, "--json"]);
     assert_eq!(i["span"]["media"].as_array().unwrap().len(), 2, "{i}");
