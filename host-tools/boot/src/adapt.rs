@@ -76,47 +76,111 @@ fn find_in(path: Option<OsString>) -> Result<PathBuf> {
 /// Runs under TCG: expect minutes, most of them in the guest's own
 /// `update-initramfs` (Linux) inside libguestfs' appliance.
 pub fn adapt(volume: &Path, format: &str) -> Result<AdaptReport> {
+    adapt_machine(&[(volume.to_path_buf(), format.to_string())])
+}
+
+/// What a volume's newest kernel has of virtio before the adaptation (raw
+/// Linux volumes), refusing what cannot be adapted: the sample disk, a disk
+/// without an OS, a format virt-v2v does not take.
+fn precheck(volume: &Path, format: &str) -> Result<Option<DriverPresence>> {
     if format != "raw" && format != "qcow2" {
         return Err(BootError::Usage(format!(
             "cannot adapt a {format:?} volume: use raw or qcow2"
         )));
     }
-    let virtio_before = if format == "raw" {
-        let facts = inspect_path(volume)?;
-        let sample = facts
-            .linux
-            .as_ref()
-            .and_then(|l| l.os_name.as_deref())
-            .is_some_and(|n| n.starts_with("MotionGear sample"));
-        if sample {
-            return Err(BootError::Unsupported(
-                "this is a MotionGear sample disk (busybox, not a distribution): \
-                 virt-v2v-in-place cannot adapt it and mgear does not re-implement driver \
-                 injection. Build it with all drivers (Drivers::All / `--drivers all`) instead"
-                    .into(),
-            ));
-        }
-        let no_fs = matches!(facts.whole_disk_fs, None | Some(FsType::Unknown));
-        if facts.partitions.is_empty() && no_fs {
-            return Err(BootError::Unsupported(format!(
-                "{} has no partition table and no filesystem: there is no operating system to adapt",
-                volume.display()
+    if format != "raw" {
+        return Ok(None);
+    }
+    let facts = inspect_path(volume)?;
+    let sample = facts
+        .linux
+        .as_ref()
+        .and_then(|l| l.os_name.as_deref())
+        .is_some_and(|n| n.starts_with("MotionGear sample"));
+    if sample {
+        return Err(BootError::Unsupported(
+            "this is a MotionGear sample disk (busybox, not a distribution): \
+             virt-v2v-in-place cannot adapt it and mgear does not re-implement driver \
+             injection. Build it with all drivers (Drivers::All / `--drivers all`) instead"
+                .into(),
+        ));
+    }
+    let no_fs = matches!(facts.whole_disk_fs, None | Some(FsType::Unknown));
+    if facts.partitions.is_empty() && no_fs {
+        return Err(BootError::Unsupported(format!(
+            "{} has no partition table and no filesystem: there is no operating system to adapt",
+            volume.display()
+        )));
+    }
+    Ok(facts.linux.map(|l| l.virtio))
+}
+
+/// The guest description `virt-v2v-in-place -i libvirtxml` reads for a
+/// machine of several disks: every disk in the machine's order (sda, sdb,
+/// ...), so its inspection sees the whole guest (a root on one disk, /srv or
+/// /var on another, fstab naming them).
+fn machine_xml(volumes: &[(PathBuf, String)]) -> Result<String> {
+    let mut disks = String::new();
+    for (i, (path, format)) in volumes.iter().enumerate() {
+        let letter = char::from(b'a' + u8::try_from(i.min(25)).unwrap_or(25));
+        let path = path
+            .to_str()
+            .ok_or_else(|| BootError::Usage(format!("{} is not a UTF-8 path", path.display())))?;
+        let esc = path
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('\'', "&apos;");
+        disks.push_str(&format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='{format}'/>\
+             <source file='{esc}'/><target dev='sd{letter}' bus='sata'/></disk>\n"
+        ));
+    }
+    Ok(format!(
+        "<domain type='kvm'>\n<name>mgear-adapt</name>\n<memory unit='MiB'>1024</memory>\n\
+         <vcpu>1</vcpu>\n<os><type arch='x86_64'>hvm</type></os>\n<devices>\n{disks}</devices>\n\
+         </domain>\n"
+    ))
+}
+
+/// Adapt the disks of one machine together (`volumes[0]` boots; raw or
+/// qcow2 each): one disk goes to `virt-v2v-in-place -i disk`, several to
+/// `-i libvirtxml` with all of them. The boot disk's virtio is checked after.
+pub fn adapt_machine(volumes: &[(PathBuf, String)]) -> Result<AdaptReport> {
+    let Some((boot, boot_format)) = volumes.first() else {
+        return Err(BootError::Usage("nothing to adapt".into()));
+    };
+    let virtio_before = precheck(boot, boot_format)?;
+    for (v, f) in &volumes[1..] {
+        if f != "raw" && f != "qcow2" {
+            return Err(BootError::Usage(format!(
+                "cannot adapt {} ({f:?}): use raw or qcow2",
+                v.display()
             )));
         }
-        facts.linux.map(|l| l.virtio)
-    } else {
-        None
-    };
+    }
     let tool = find_adapter()?;
-    let args = ["-i", "disk", "-if", format];
+    let tmp =
+        tempfile::tempdir().map_err(|e| BootError::io("creating a temporary directory", e))?;
+    let args: Vec<String> = if volumes.len() == 1 {
+        vec![
+            "-i".into(),
+            "disk".into(),
+            "-if".into(),
+            boot_format.clone(),
+            boot.display().to_string(),
+        ]
+    } else {
+        let xml = tmp.path().join("machine.xml");
+        std::fs::write(&xml, machine_xml(volumes)?)
+            .map_err(|e| BootError::io(format!("writing {}", xml.display()), e))?;
+        vec!["-i".into(), "libvirtxml".into(), xml.display().to_string()]
+    };
     let command = std::iter::once(tool.display().to_string())
-        .chain(args.map(String::from))
-        .chain(std::iter::once(volume.display().to_string()))
+        .chain(args.iter().cloned())
         .collect();
     let started = Instant::now();
     let out = Command::new(&tool)
-        .args(args)
-        .arg(volume)
+        .args(&args)
         .env("LIBGUESTFS_BACKEND", "direct")
         .env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
         .output()
@@ -133,8 +197,8 @@ pub fn adapt(volume: &Path, format: &str) -> Result<AdaptReport> {
             detail: format!("{}:\n{}", out.status, tail(&output, ERROR_TAIL_LINES)),
         });
     }
-    let virtio_after = if format == "raw" {
-        inspect_path(volume)?.linux.map(|l| l.virtio)
+    let virtio_after = if boot_format == "raw" {
+        inspect_path(boot)?.linux.map(|l| l.virtio)
     } else {
         None
     };
@@ -149,7 +213,7 @@ pub fn adapt(volume: &Path, format: &str) -> Result<AdaptReport> {
             detail: format!(
                 "it reported success but the newest kernel's initramfs on {} still has no \
                  virtio drivers, so the volume will not boot on virtio:\n{}",
-                volume.display(),
+                boot.display(),
                 tail(&output, ERROR_TAIL_LINES)
             ),
         });
@@ -174,6 +238,26 @@ fn tail(text: &str, n: usize) -> String {
 mod tests {
     use super::*;
     use crate::{build_sample_disk, Drivers, SampleDiskOptions};
+
+    #[test]
+    fn a_machine_is_described_with_every_disk_in_order() {
+        let xml = machine_xml(&[
+            ("/v/root.raw".into(), "raw".into()),
+            ("/v/s&rv.qcow2".into(), "qcow2".into()),
+        ])
+        .unwrap();
+        let (a, b) = (
+            xml.find("dev='sda'").unwrap(),
+            xml.find("dev='sdb'").unwrap(),
+        );
+        assert!(a < b, "{xml}");
+        assert!(xml.contains("<source file='/v/root.raw'/>"), "{xml}");
+        assert!(
+            xml.contains("type='qcow2'/><source file='/v/s&amp;rv.qcow2'/>"),
+            "{xml}"
+        );
+        assert!(!xml.contains("<interface"), "{xml}");
+    }
 
     #[test]
     fn refuses_the_sample_disk_honestly() {

@@ -23,7 +23,7 @@ pub mod profile;
 pub mod proof;
 pub mod sample;
 
-pub use adapt::{adapt, AdaptReport};
+pub use adapt::{adapt, adapt_machine, AdaptReport};
 pub use boot::{boot, BootReport, BootSpec, Bus, Firmware, LocalQemu, Outcome, QemuGuest, Target};
 pub use inspect::{inspect_disk, inspect_path, DiskFacts};
 pub use libvirt::{upload_volume, LibvirtBoot, LibvirtGuest, LibvirtTarget, VolumeRef};

@@ -30,7 +30,7 @@
 //! trust gate, authenticated decryption, read-back check) and `--boot`s
 //! the machine with every disk attached in order.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use image_format::set::{self, SetDisk, SetFile, SetManifest, TableKind};
@@ -542,6 +542,26 @@ pub struct IngestReport {
     pub disks: Vec<IngestedDisk>,
     pub booted: Option<bool>,
     pub boot_report: Option<String>,
+    /// What the driver adaptation of the whole machine did (`--adapt`).
+    pub adapt: Option<mgear_boot::AdaptReport>,
+}
+
+/// The host path and format of an ingested volume, for `--adapt`.
+fn local_volume(target: &str) -> anyhow::Result<(PathBuf, String)> {
+    use crate::boot_cmd::Resolved;
+    use mgear_boot::Target;
+    Ok(match crate::boot_cmd::resolve(target)? {
+        Resolved::Local(Target::File(p) | Target::Dev(p)) => (p, "raw".into()),
+        Resolved::Local(Target::Qcow2(p)) => (p, "qcow2".into()),
+        Resolved::Libvirt(v) => (v.path, "raw".into()),
+        Resolved::Local(other) => {
+            return Err(usage(format!(
+                "--adapt needs local volumes to run {} on, and {other} is not one: ingest into \
+                 file:/qcow2:/dev:/libvirt:, adapt, then copy",
+                mgear_boot::adapt::TOOL
+            )))
+        }
+    })
 }
 
 /// The target of each disk to ingest, in order: `{disk}` in a target is
@@ -620,10 +640,14 @@ pub fn ingest_set(
     only: Option<usize>,
 ) -> anyhow::Result<IngestReport> {
     if args.adapt {
-        return Err(usage(
-            "--adapt of a machine set is not supported yet (the converter must see every disk at \
-             once): ingest the set, then run virt-v2v-in-place over all its volumes",
-        ));
+        // Say what to install before anything is decrypted.
+        mgear_boot::adapt::find_adapter().map_err(crate::boot_cmd::lib_err)?;
+        if only.is_some() {
+            return Err(usage(
+                "--adapt converts the whole machine at once (virt-v2v must see every disk): \
+                 drop --disk",
+            ));
+        }
     }
     if args.boot && only.is_some() {
         return Err(usage(
@@ -677,6 +701,19 @@ pub fn ingest_set(
     closed?;
     let g = file.set.generation;
     let plan = targets_of(targets, file.set.disks.len(), only)?;
+    if args.adapt {
+        let local = ["file:", "qcow2:", "dev:", "libvirt:"];
+        if let Some((_, t)) = plan
+            .iter()
+            .find(|(_, t)| !local.iter().any(|p| t.starts_with(p)))
+        {
+            return Err(usage(format!(
+                "--adapt needs local volumes to run {} on, and {t} is not one: ingest into \
+                 file:/qcow2:/dev:/libvirt:, adapt, then copy",
+                mgear_boot::adapt::TOOL
+            )));
+        }
+    }
     let mut disks = Vec::new();
     for (k, target) in &plan {
         let mut a = args.clone();
@@ -684,6 +721,7 @@ pub fn ingest_set(
         a.target = target.clone();
         a.generation = Some(g);
         a.boot = false;
+        a.adapt = false;
         eprintln!(
             "mgear ingest: set {} disk {k} of {} into {target}",
             args.name,
@@ -700,15 +738,43 @@ pub fn ingest_set(
         disks,
         booted: None,
         boot_report: None,
+        adapt: None,
     };
+    // The boot disk first (the firmware boots the first disk), the others
+    // after it in the machine's order: for the adaptation as for the boot.
+    let boot = file.set.disks.iter().position(|d| d.boot).unwrap_or(0);
+    if args.adapt {
+        let mut volumes = Vec::new();
+        for k in std::iter::once(boot).chain((0..plan.len()).filter(|k| *k != boot)) {
+            volumes.push(local_volume(&plan[k].1)?);
+        }
+        eprintln!(
+            "adapting set {} ({} disks) with {} (under TCG: this takes minutes)",
+            args.name,
+            volumes.len(),
+            mgear_boot::adapt::TOOL
+        );
+        let adapted = mgear_boot::adapt_machine(&volumes).map_err(|e| {
+            let code = match e {
+                mgear_boot::BootError::Usage(_) | mgear_boot::BootError::Unsupported(_) => USAGE,
+                _ => crate::exit::IO,
+            };
+            coded(
+                code,
+                format!(
+                    "driver adaptation of set {} failed (the verified volumes are left as \
+                     ingested, NOT adapted): {e}",
+                    args.name
+                ),
+            )
+        })?;
+        out.adapt = Some(adapted);
+    }
     if args.boot {
         let bus = args
             .boot_bus
             .parse::<mgear_boot::Bus>()
             .map_err(crate::boot_cmd::lib_err)?;
-        // The boot disk first (the firmware boots the first disk), the
-        // others after it in the machine's order.
-        let boot = file.set.disks.iter().position(|d| d.boot).unwrap_or(0);
         let mut order: Vec<usize> = vec![boot];
         order.extend((0..plan.len()).filter(|k| *k != boot));
         let cinder = plan
