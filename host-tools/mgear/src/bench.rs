@@ -388,8 +388,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             });
         }
         // mgear's throughput over the baseline's: above 1.0 is faster than dd.
-        let ratio =
-            |base: Option<f64>, rate: f64| base.map(|b| if b > 0.0 { rate / b } else { 0.0 });
+        let ratio = |base: Option<f64>, rate: f64| base.map(|b| ratio(rate, b));
         let per_gib = |cpu: f64| Some(cpu / (size as f64 / (1u64 << 30) as f64));
 
         for kind in &media {
@@ -629,6 +628,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 /// `bytes` in GiB.
+/// `rate` over `base` (1.0 = as fast as the baseline); 0 when the baseline
+/// measured nothing.
+fn ratio(rate: f64, base: f64) -> f64 {
+    if base > 0.0 {
+        rate / base
+    } else {
+        0.0
+    }
+}
+
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
@@ -899,7 +908,7 @@ impl Extra<'_> {
                 what: format!("scale: fat: mgear capture {label}"),
                 seconds: secs,
                 mb_per_s: rate,
-                vs_dd: Some(if dd_rate > 0.0 { rate / dd_rate } else { 0.0 }),
+                vs_dd: Some(ratio(rate, dd_rate)),
                 baseline: None,
                 cpu_seconds: Some(cpu),
                 cpu_s_per_gib: Some(cpu / gib(n)),
@@ -965,11 +974,7 @@ impl Extra<'_> {
                 ),
                 seconds: set_secs,
                 mb_per_s: set_rate,
-                vs_dd: Some(if one_rate > 0.0 {
-                    set_rate / one_rate
-                } else {
-                    0.0
-                }),
+                vs_dd: Some(ratio(set_rate, one_rate)),
                 baseline: Some("set: fat: mgear capture of one disk".into()),
                 cpu_seconds: Some(set_cpu),
                 cpu_s_per_gib: Some(set_cpu / gib(total)),
@@ -1071,7 +1076,7 @@ impl Extra<'_> {
             what: "appliance: mgear capture (simulator's NBD export)".into(),
             seconds: secs,
             mb_per_s: rate,
-            vs_dd: fat_rate.map(|f| if f > 0.0 { rate / f } else { 0.0 }),
+            vs_dd: fat_rate.map(|f| ratio(rate, f)),
             baseline: Some("fat: capture".into()),
             cpu_seconds: Some(cpu + sim_cpu),
             cpu_s_per_gib: Some((cpu + sim_cpu) / gib(size)),
@@ -1118,11 +1123,7 @@ impl Extra<'_> {
             what: "appliance: seal (verify + region hashes)".into(),
             seconds: seal_secs,
             mb_per_s: seal_rate,
-            vs_dd: Some(if read_rate > 0.0 {
-                seal_rate / read_rate
-            } else {
-                0.0
-            }),
+            vs_dd: Some(ratio(seal_rate, read_rate)),
             baseline: Some("dd read of the medium".into()),
             cpu_seconds: Some(sim_cpu),
             cpu_s_per_gib: Some(sim_cpu / gib(img_len)),
@@ -1246,11 +1247,7 @@ fn rbd_rows(
             seconds: ingest,
             mb_per_s: ingest_rate,
             // Here the baseline is qemu-img convert into the same pool, not dd.
-            vs_dd: Some(if convert_rate > 0.0 {
-                ingest_rate / convert_rate
-            } else {
-                0.0
-            }),
+            vs_dd: Some(ratio(ingest_rate, convert_rate)),
             baseline: Some("convert".into()),
             cpu_seconds: Some(ingest_cpu),
             cpu_s_per_gib: Some(ingest_cpu / gib(size)),
@@ -1320,7 +1317,7 @@ fn targets(report: &Report) -> Vec<Target> {
         .collect();
     if let [small, large] = scale[..] {
         if let (Some(a), Some(b)) = (small.cpu_s_per_gib, large.cpu_s_per_gib) {
-            let r = if a > 0.0 { b / a } else { 0.0 };
+            let r = ratio(b, a);
             out.push(Target {
                 what: "CPU per byte, large capture over small".into(),
                 wanted: "<= x1.30".into(),
