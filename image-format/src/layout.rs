@@ -48,8 +48,35 @@ pub const INCOMPAT_HEADER_DIGEST: u32 = 2;
 /// disk stream of the same machine set (entry bytes 2..4, FORMAT.md §6 and
 /// §14): identical chunks of a machine's disks are stored once.
 pub const INCOMPAT_CROSS_STREAM: u32 = 4;
+/// Incompatible feature: the MANIFEST ends with a peer list and index
+/// entries may point at records of another machine captured under the same
+/// data key (streams from [`PEER_STREAM_BASE`], FORMAT.md §14 "Dedup across
+/// machines"): an explicit opt-in, `capture --dedup-across-machines`.
+pub const INCOMPAT_PEERS: u32 = 8;
 /// Incompatible features this code understands.
-pub const INCOMPAT_KNOWN: u32 = INCOMPAT_ZSTD | INCOMPAT_HEADER_DIGEST | INCOMPAT_CROSS_STREAM;
+pub const INCOMPAT_KNOWN: u32 =
+    INCOMPAT_ZSTD | INCOMPAT_HEADER_DIGEST | INCOMPAT_CROSS_STREAM | INCOMPAT_PEERS;
+
+/// Index entry stream numbers from here on name peer `stream - PEER_STREAM_BASE`
+/// of the generation's MANIFEST peer list ([`INCOMPAT_PEERS`]); 1..=64 are
+/// the disk streams of the own machine set, 65..0x100 are invalid.
+pub const PEER_STREAM_BASE: u16 = 0x100;
+/// Most peers one MANIFEST lists (each a capture and generation whose
+/// records its index points at).
+pub const MAX_PEERS: usize = 256;
+
+/// A capture generation of another machine whose records an index points
+/// at ([`INCOMPAT_PEERS`]), pinned by its MANIFEST root: a peer that was
+/// removed, replaced or re-captured no longer matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// The capture holding the records (`web01`, or a disk stream `web01.d0`).
+    pub name: String,
+    /// Its generation whose segments hold them.
+    pub generation: u32,
+    /// Root hash of that generation's MANIFEST.
+    pub root: [u8; 32],
+}
 
 /// Key-derivation context of the headers-only segment digest
 /// ([`INCOMPAT_HEADER_DIGEST`]): a different hash function from the
@@ -475,7 +502,8 @@ pub struct RecordLoc {
     /// Keyed id of the plaintext.
     pub chunk_id: [u8; 32],
     /// Which stream's segment holds the record: 0 = this capture's own; k + 1
-    /// = disk stream k of the same machine set ([`INCOMPAT_CROSS_STREAM`]).
+    /// = disk stream k of the same machine set ([`INCOMPAT_CROSS_STREAM`]);
+    /// [`PEER_STREAM_BASE`] + i = peer i of the MANIFEST ([`INCOMPAT_PEERS`]).
     pub stream: u16,
 }
 
@@ -825,6 +853,9 @@ pub struct Manifest {
     pub index_len: u64,
     pub index_hash: [u8; 32],
     pub segments: Vec<SegmentDigest>,
+    /// Other machines' generations whose records the index points at
+    /// (present in the file only with [`INCOMPAT_PEERS`], then 1..=[`MAX_PEERS`]).
+    pub peers: Vec<Peer>,
 }
 
 /// A decoded manifest file: the body plus its framing values.
@@ -876,6 +907,17 @@ impl Manifest {
         for s in &self.segments {
             body.extend_from_slice(&s.len.to_le_bytes());
             body.extend_from_slice(&s.hash);
+        }
+        if self.incompat & INCOMPAT_PEERS != 0 {
+            let peers = &self.peers[..self.peers.len().min(MAX_PEERS)];
+            body.extend_from_slice(&(peers.len() as u16).to_le_bytes());
+            for p in peers {
+                let n = p.name.as_bytes();
+                body.push(n.len().min(255) as u8);
+                body.extend_from_slice(&n[..n.len().min(255)]);
+                body.extend_from_slice(&p.generation.to_le_bytes());
+                body.extend_from_slice(&p.root);
+            }
         }
         let mut v = Vec::with_capacity(24 + body.len() + 68);
         v.extend_from_slice(&MANIFEST_MAGIC);
@@ -975,7 +1017,12 @@ impl Manifest {
                 }
                 segs
             },
+            peers: Vec::new(),
         };
+        let mut m = m;
+        if incompat & INCOMPAT_PEERS != 0 {
+            m.peers = decode_peers(&mut r, &m.name)?;
+        }
         if r.pos() != body_len {
             return Err("manifest body has trailing bytes");
         }
@@ -992,6 +1039,43 @@ impl Manifest {
             signed_len,
         })
     }
+}
+
+/// The peer list at the end of a MANIFEST body ([`INCOMPAT_PEERS`]):
+/// count u16 (1..=[`MAX_PEERS`]), then per peer: name length u8, name,
+/// generation u32, manifest root (32). A peer is never the capture itself
+/// and never listed twice.
+fn decode_peers(r: &mut Rd<'_>, own: &str) -> Result<Vec<Peer>, &'static str> {
+    let n = r.u16()? as usize;
+    if n == 0 || n > MAX_PEERS {
+        return Err("manifest peer list is empty or longer than allowed");
+    }
+    let mut peers: Vec<Peer> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.u8()? as usize;
+        let name =
+            core::str::from_utf8(r.bytes(len)?).map_err(|_| "manifest peer name is not UTF-8")?;
+        if validate_name(name).is_err() || name.eq_ignore_ascii_case(own) {
+            return Err("manifest peer list holds an invalid capture name");
+        }
+        let generation = r.u32()?;
+        if generation == 0 || generation > MAX_GENERATIONS {
+            return Err("manifest peer generation out of range");
+        }
+        let root = r.arr()?;
+        if peers
+            .iter()
+            .any(|p| p.generation == generation && p.name.eq_ignore_ascii_case(name))
+        {
+            return Err("manifest peer list names a generation twice");
+        }
+        peers.push(Peer {
+            name: name.into(),
+            generation,
+            root,
+        });
+    }
+    Ok(peers)
 }
 
 /// The 56-byte payload inside each key slot (age) file.
@@ -1160,6 +1244,7 @@ mod tests {
                 len: 10,
                 hash: [9; 32]
             }],
+            peers: Vec::new(),
         };
         let b = m.encode(&[1; 32]);
         let f = Manifest::decode(&b).unwrap();
@@ -1169,6 +1254,42 @@ mod tests {
             let mut x = b.clone();
             x[i] ^= 1;
             assert!(Manifest::decode(&x).is_err(), "flip at {i} accepted");
+        }
+        // With a peer list (dedup across machines).
+        let mut p = m.clone();
+        p.incompat |= INCOMPAT_PEERS;
+        p.peers = alloc::vec![
+            Peer {
+                name: "db01.d0".into(),
+                generation: 3,
+                root: [10; 32],
+            },
+            Peer {
+                name: "db01.d1".into(),
+                generation: 3,
+                root: [11; 32],
+            },
+        ];
+        let b = p.encode(&[1; 32]);
+        assert_eq!(Manifest::decode(&b).unwrap().manifest, p);
+        for i in 0..b.len() {
+            let mut x = b.clone();
+            x[i] ^= 1;
+            assert!(Manifest::decode(&x).is_err(), "flip at {i} accepted");
+        }
+        // A peer that is the capture itself, twice the same, or none at all.
+        for bad in [
+            alloc::vec![Peer {
+                name: "WEB01".into(),
+                generation: 1,
+                root: [0; 32],
+            }],
+            alloc::vec![p.peers[0].clone(), p.peers[0].clone()],
+            Vec::new(),
+        ] {
+            let mut q = p.clone();
+            q.peers = bad;
+            assert!(Manifest::decode(&q.encode(&[1; 32])).is_err(), "{q:?}");
         }
     }
 

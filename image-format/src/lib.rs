@@ -15,6 +15,7 @@ pub mod layout;
 mod medium;
 #[cfg(feature = "std")]
 pub mod parallel;
+pub mod peers;
 pub mod set;
 pub mod span;
 pub mod store;

@@ -92,10 +92,20 @@ pub(crate) fn load_index<S: Store + ?Sized>(
             IndexEntry::decode(e).map_err(|w| corrupt(at.clone(), format!("entry {i}: {w}")))?;
         let want = layout::chunk_len(m.disk_size, m.chunk_size, i as u64);
         let bad_loc = match &e {
+            IndexEntry::Stored(l) if l.stream >= layout::PEER_STREAM_BASE => {
+                // Another machine's record: in exactly the generation of
+                // the peer the MANIFEST pins (checked before reading), and
+                // its segment header must match where it is read.
+                m.peers
+                    .get(usize::from(l.stream - layout::PEER_STREAM_BASE))
+                    .is_none_or(|p| p.generation != l.generation)
+            }
             IndexEntry::Stored(l) if l.stream != 0 => {
                 // Another disk's record: checked where it is read (its
                 // segment header must match); only with the feature bit.
-                l.generation > m.generation || m.incompat & layout::INCOMPAT_CROSS_STREAM == 0
+                l.generation > m.generation
+                    || m.incompat & layout::INCOMPAT_CROSS_STREAM == 0
+                    || usize::from(l.stream) > crate::set::MAX_SET_DISKS
             }
             IndexEntry::Stored(l) => {
                 l.generation > m.generation
@@ -167,6 +177,7 @@ impl<S: Store> CaptureReader<S> {
         let keys = Subkeys::derive(key, &f.manifest.capture_id);
         check_manifest_mac(name, &f, &keys)?;
         let m = f.manifest;
+        check_peers_pinned(&mut store, name, &m)?;
         let entries = load_index(&mut store, name, &m, &keys)?;
         let digest = medium::disk_digest(
             m.disk_size,
@@ -259,10 +270,18 @@ impl<S: Store> CaptureReader<S> {
         }
     }
 
+    /// The capture whose segment holds record `l`: this one, another disk
+    /// stream of its machine set, or a peer machine the MANIFEST pins
+    /// (dedup across machines); `None` for a stream the index may not use.
+    pub fn record_capture(&self, l: &RecordLoc) -> Option<String> {
+        crate::peers::record_holder(&self.name, &self.manifest.peers, l.stream)
+    }
+
     /// The segment file holding record `l` (in another disk stream of the
-    /// set for a cross-stream entry).
+    /// set, or a peer, for a cross-stream entry).
     fn record_path(&self, l: &RecordLoc) -> String {
-        let name = crate::set::record_stream(&self.name, l.stream)
+        let name = self
+            .record_capture(l)
             .unwrap_or_else(|| alloc::format!("{}<stream {}>", self.name, l.stream));
         layout::segment_path(&name, l.generation, l.segment)
     }
@@ -284,10 +303,10 @@ impl<S: Store> CaptureReader<S> {
 
     fn cipher(&mut self, at: &Location, l: &RecordLoc) -> Result<&Cipher> {
         let (stream, generation, segment) = (l.stream, l.generation, l.segment);
-        if crate::set::record_stream(&self.name, stream).is_none() {
+        if self.record_capture(l).is_none() {
             return Err(corrupt(
                 at.clone(),
-                "index entry points at another disk stream, but this capture is not a disk of a machine set",
+                "index entry points at another stream, but this capture is neither a disk of a machine set nor pins such a peer",
             ));
         }
         if !self.ciphers.contains_key(&(stream, generation, segment)) {
@@ -532,6 +551,39 @@ pub(crate) fn open_fetched(
     Ok(plain)
 }
 
+/// Refuses to read a generation whose peers (dedup across machines) are
+/// not exactly the pinned ones: a missing peer names what to give or keep,
+/// a replaced one is a corrupt medium.
+fn check_peers_pinned<S: Store + ?Sized>(store: &mut S, name: &str, m: &Manifest) -> Result<()> {
+    for p in &m.peers {
+        let Some(why) = crate::peers::peer_problem(store, m, p)? else {
+            continue;
+        };
+        let missing = medium::read_manifest(store, &p.name, p.generation)
+            .ok()
+            .flatten()
+            .is_none();
+        let machine = crate::peers::machine_of(&p.name);
+        let what = format!(
+            "generation {} borrows records from machine {machine} (captured with \
+             --dedup-across-machines {machine}): {why}",
+            m.generation,
+        );
+        return Err(if missing {
+            Error::NoGeneration {
+                name: name.into(),
+                why: format!(
+                    "{what}. Give the medium that holds {machine} too (every medium of the \
+                     shipment), or ingest from a copy where it was not removed"
+                ),
+            }
+        } else {
+            corrupt(Location::capture(name).generation(m.generation), what)
+        });
+    }
+    Ok(())
+}
+
 fn find_manifest<S: Store + ?Sized>(
     store: &mut S,
     name: &str,
@@ -600,7 +652,7 @@ pub fn verify_full<S: Store + ?Sized>(
         };
         done += u64::from(e.plain_len());
         if let IndexEntry::Stored(l) = e {
-            if seen.insert((l.generation, l.segment, l.record)) {
+            if seen.insert((l.stream, l.generation, l.segment, l.record)) {
                 match reader.read_chunk(i) {
                     Ok(_) => {}
                     Err(Error::Corrupt { at, what }) => report.problem(obs, *at, what),

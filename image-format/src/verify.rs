@@ -354,6 +354,9 @@ fn verify_capture_into<S: Store + ?Sized>(
             );
         }
         verify_index(store, name, &m, cx)?;
+        for (at, what) in crate::peers::check_peers(store, name, &m)? {
+            cx.problem(at, what);
+        }
         verify_commit(store, name, g, &mut *cx)?;
         for (s, d) in m.segments.iter().enumerate() {
             verify_segment(store, name, g, s as u32, &m.capture_id, m.incompat, d, cx)?;
@@ -769,6 +772,9 @@ pub struct GenerationInfo {
     pub source_desc: String,
     /// Root hash of the manifest (complete generations).
     pub manifest_root: Option<[u8; 32]>,
+    /// Other machines' generations whose records this one points at (dedup
+    /// across machines), as its manifest pins them.
+    pub peers: Vec<layout::Peer>,
 }
 
 /// The spelling capture `name` is stored under on this medium.
@@ -869,6 +875,7 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
                 appliance_id: None,
                 source_desc: String::new(),
                 manifest_root: None,
+                peers: Vec::new(),
             };
             let info = match medium::read_manifest(store, &name, g) {
                 Ok(Some(f)) => {
@@ -888,6 +895,7 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
                         appliance_id: m.appliance_id,
                         source_desc: m.source_desc,
                         manifest_root: Some(f.root),
+                        peers: m.peers,
                         ..blank
                     }
                 }

@@ -19,7 +19,7 @@ use crate::error::{Error, Location, Result, StoreCtx};
 use crate::keys::{self, DataKey, Subkeys, Unlock};
 use crate::layout::{
     self, IndexEntry, IndexHeader, IpartHeader, Journal, JournalState, Manifest, ManifestFile,
-    RecordHeader, RecordLoc, SegmentDigest, SegmentHeader, SegmentTrailer, ENTRY_LEN,
+    Peer, RecordHeader, RecordLoc, SegmentDigest, SegmentHeader, SegmentTrailer, ENTRY_LEN,
     INCOMPAT_HEADER_DIGEST, INCOMPAT_ZSTD, INDEX_FILE, IPART_FILE, IPART_HEADER_LEN, JOURNAL_A,
     JOURNAL_B, KEYPASS_FILE, MANIFEST_FILE, REC_HEADER_LEN, SEG_HEADER_LEN, TAG_LEN, TRAILER_LEN,
 };
@@ -63,6 +63,14 @@ pub struct CaptureParams {
     /// stored again, the index points at their record
     /// ([`layout::INCOMPAT_CROSS_STREAM`]).
     pub dedup_with: Vec<String>,
+    /// Dedup across machines, an explicit opt-in (`capture
+    /// --dedup-across-machines`): finished generations of *other machines'*
+    /// captures (name, generation), captured under this capture's data key
+    /// and capture id, whose records this one points at instead of storing
+    /// them again. The generation's MANIFEST then pins every peer it uses
+    /// by manifest root ([`layout::INCOMPAT_PEERS`]). A delta inherits its
+    /// parent's peers without this.
+    pub peers: Vec<(String, u32)>,
 }
 
 impl CaptureParams {
@@ -83,6 +91,7 @@ impl CaptureParams {
             max_segment_bytes: layout::MAX_SEGMENT,
             capture_id: None,
             dedup_with: Vec::new(),
+            peers: Vec::new(),
         }
     }
 
@@ -98,6 +107,14 @@ impl CaptureParams {
         h.update(self.source_desc.as_bytes());
         h.update(&self.appliance_id.unwrap_or([0; 32]));
         h.update(&self.max_segment_bytes.to_le_bytes());
+        // Only when given, so captures without peers resume as before. A
+        // resume must see the same peers: the index parts already written
+        // number them in the order they were found.
+        for (name, g) in &self.peers {
+            h.update(&(name.len() as u32).to_le_bytes());
+            h.update(name.as_bytes());
+            h.update(&g.to_le_bytes());
+        }
         *h.finalize().as_bytes()
     }
 }
@@ -123,6 +140,7 @@ impl core::fmt::Debug for CaptureParams {
             .field("delta", &self.delta)
             .field("source_size", &self.source_size)
             .field("source_desc", &self.source_desc)
+            .field("peers", &self.peers)
             .finish_non_exhaustive()
     }
 }
@@ -303,6 +321,15 @@ pub struct CaptureWriter<S: Store> {
     unavailable: std::collections::HashSet<(u32, u32)>,
     /// The same for other disk streams' segments, by path.
     unavailable_paths: std::collections::HashSet<String>,
+    /// Every other machine's capture generation whose records this one may
+    /// point at, in the order found: index entry stream
+    /// `PEER_STREAM_BASE + i` names entry i until [`Self::finish`] keeps
+    /// only the peers used (and renumbers). Rebuilt in the same order on
+    /// resume (parent, disks of the set, then `params.peers`), which the
+    /// index parts rely on.
+    peer_table: Vec<Peer>,
+    /// (capture, generation) → its stream number, `None` = not usable.
+    peer_slots: HashMap<(String, u32), Option<u16>>,
     closed: Vec<SegmentDigest>,
     open: Option<OpenSegment>,
     ipart_len: u64,
@@ -438,6 +465,8 @@ impl<S: Store> CaptureWriter<S> {
             parent_entries: Vec::new(),
             unavailable: Default::default(),
             unavailable_paths: Default::default(),
+            peer_table: Vec::new(),
+            peer_slots: HashMap::new(),
             closed: Vec::new(),
             open: None,
             ipart_len: 0,
@@ -812,7 +841,7 @@ impl<S: Store> CaptureWriter<S> {
         let e = *self.parent_entries.get(usize::try_from(index).ok()?)?;
         if let IndexEntry::Stored(l) = e {
             if l.stream != 0 {
-                let holder = crate::set::record_stream(&self.params.name, l.stream)?;
+                let holder = self.holder(l.stream)?;
                 let path = layout::segment_path(&holder, l.generation, l.segment);
                 if self.unavailable_paths.contains(&path) {
                     return None;
@@ -877,12 +906,14 @@ impl<S: Store> CaptureWriter<S> {
         self.close_segment()?;
         // An entry pointing at another disk's record (found now, or copied
         // from a parent that had one) needs a reader that knows the feature.
-        if self
-            .entries
-            .iter()
-            .any(|e| matches!(e, IndexEntry::Stored(l) if l.stream != 0))
-        {
+        if self.entries.iter().any(|e| {
+            matches!(e, IndexEntry::Stored(l) if l.stream != 0 && l.stream < layout::PEER_STREAM_BASE)
+        }) {
             self.incompat |= layout::INCOMPAT_CROSS_STREAM;
+        }
+        let peers = self.used_peers()?;
+        if !peers.is_empty() {
+            self.incompat |= layout::INCOMPAT_PEERS;
         }
         // INDEX
         let ih = IndexHeader {
@@ -932,6 +963,7 @@ impl<S: Store> CaptureWriter<S> {
             index_len: index.len() as u64,
             index_hash: *blake3::hash(&index).as_bytes(),
             segments: self.closed.clone(),
+            peers,
         };
         let mac = self.keys.manifest_mac(&m.signed_bytes());
         let bytes = m.encode(&mac);
@@ -1032,14 +1064,28 @@ impl<S: Store> CaptureWriter<S> {
                 parent.chunk_size, parent.generation, self.params.chunk_size
             )));
         }
-        let entries = reader::load_index(&mut self.store, &self.params.name, parent, &self.keys)?;
+        let mut entries =
+            reader::load_index(&mut self.store, &self.params.name, parent, &self.keys)?;
         let mut checked = std::collections::HashSet::new();
-        for e in &entries {
+        for e in &mut entries {
             if let IndexEntry::Stored(l) = e {
+                if l.stream >= layout::PEER_STREAM_BASE {
+                    // Another machine's record: numbered in this generation's
+                    // peer list, if that peer is still the one pinned.
+                    let p = parent
+                        .peers
+                        .get(usize::from(l.stream - layout::PEER_STREAM_BASE))
+                        .cloned();
+                    l.stream = match p {
+                        Some(p) => self
+                            .peer_stream(&p.name, p.generation, Some(p.root))?
+                            .unwrap_or(UNUSABLE),
+                        None => UNUSABLE,
+                    };
+                }
                 if l.stream != 0 {
                     // Another disk's record: usable if its segment is here.
-                    let Some(holder) = crate::set::record_stream(&self.params.name, l.stream)
-                    else {
+                    let Some(holder) = self.holder(l.stream) else {
                         continue;
                     };
                     let path = layout::segment_path(&holder, l.generation, l.segment);
@@ -1093,9 +1139,23 @@ impl<S: Store> CaptureWriter<S> {
                 };
                 if l.stream == 0 {
                     l.stream = stream;
+                } else if l.stream >= layout::PEER_STREAM_BASE {
+                    // That disk borrowed it from another machine: so may this one.
+                    let Some(p) = f
+                        .manifest
+                        .peers
+                        .get(usize::from(l.stream - layout::PEER_STREAM_BASE))
+                        .cloned()
+                    else {
+                        continue;
+                    };
+                    match self.peer_stream(&p.name, p.generation, Some(p.root))? {
+                        Some(s) => l.stream = s,
+                        None => continue,
+                    }
                 }
                 // Only records that are on the media (a span may lack a lost medium's).
-                let Some(holder) = crate::set::record_stream(&other, l.stream) else {
+                let Some(holder) = self.holder(l.stream) else {
                     continue;
                 };
                 let path = layout::segment_path(&holder, l.generation, l.segment);
@@ -1109,6 +1169,173 @@ impl<S: Store> CaptureWriter<S> {
             }
         }
         Ok(())
+    }
+
+    /// The capture whose segment holds records of index stream `stream`:
+    /// this one (0), a disk of its set (1..=64), or a peer of the table.
+    fn holder(&self, stream: u16) -> Option<String> {
+        if stream >= layout::PEER_STREAM_BASE {
+            return self
+                .peer_table
+                .get(usize::from(stream - layout::PEER_STREAM_BASE))
+                .map(|p| p.name.clone());
+        }
+        crate::set::record_stream(&self.params.name, stream)
+    }
+
+    /// The stream number of records in generation `generation` of capture
+    /// `name` of another machine, adding it to the peer table; `None` when
+    /// they cannot be used: `name` is of this machine (its records are
+    /// reached as its own or its set's, and `medium rm` knows those
+    /// dependencies), it is not finished here, it is not the generation
+    /// `pinned` (a peer's peer that was replaced), it has another capture id,
+    /// or the table is full.
+    fn peer_stream(
+        &mut self,
+        name: &str,
+        generation: u32,
+        pinned: Option<[u8; 32]>,
+    ) -> Result<Option<u16>> {
+        let key = (String::from(name), generation);
+        if let Some(s) = self.peer_slots.get(&key) {
+            return Ok(*s);
+        }
+        let own = crate::peers::machine_of(&self.params.name);
+        let slot = if crate::peers::machine_of(name).eq_ignore_ascii_case(own)
+            || self.peer_table.len() >= layout::MAX_PEERS
+        {
+            None
+        } else {
+            match medium::read_manifest(&mut self.store, name, generation) {
+                Ok(Some(f))
+                    if f.manifest.capture_id == self.capture_id
+                        && pinned.is_none_or(|r| r == f.root) =>
+                {
+                    self.peer_table.push(Peer {
+                        name: name.into(),
+                        generation,
+                        root: f.root,
+                    });
+                    Some(layout::PEER_STREAM_BASE + (self.peer_table.len() - 1) as u16)
+                }
+                Ok(_) | Err(Error::Corrupt { .. }) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        self.peer_slots.insert(key, slot);
+        Ok(slot)
+    }
+
+    /// Records of other machines' captures ([`CaptureParams::peers`]), for
+    /// dedup across machines. Own and set records stay preferred (they were
+    /// inserted first). Records those captures borrowed from a third machine
+    /// are usable too, pinned as that machine's.
+    fn load_peers(&mut self) -> Result<()> {
+        for (name, g) in self.params.peers.clone() {
+            let own = crate::peers::machine_of(&self.params.name);
+            if crate::peers::machine_of(&name).eq_ignore_ascii_case(own) {
+                return Err(Error::InvalidParams(format!(
+                    "{name} is of the same machine as {}: dedup across machines is with another machine",
+                    self.params.name
+                )));
+            }
+            let Some(f) = medium::read_manifest(&mut self.store, &name, g)? else {
+                return Err(Error::NoGeneration {
+                    name: name.clone(),
+                    why: format!(
+                        "generation {g} is not finished on this medium, so {} cannot borrow its records",
+                        self.params.name
+                    ),
+                });
+            };
+            if f.manifest.capture_id != self.capture_id {
+                return Err(Error::InvalidParams(format!(
+                    "{name} has another capture id and data key than {}: machines share records \
+                     only when the second was captured under the first one's key from its first \
+                     generation (capture it under a new name with --dedup-across-machines)",
+                    self.params.name
+                )));
+            }
+            if f.manifest.chunk_size != self.params.chunk_size {
+                return Err(Error::InvalidParams(format!(
+                    "{name} was captured with chunks of {} bytes, this capture uses {}: identical \
+                     content is found only at the same chunk size (give --chunk-size {})",
+                    f.manifest.chunk_size, self.params.chunk_size, f.manifest.chunk_size
+                )));
+            }
+            reader::check_manifest_mac(&name, &f, &self.keys)?;
+            let entries = reader::load_index(&mut self.store, &name, &f.manifest, &self.keys)?;
+            let mut checked = std::collections::HashSet::new();
+            for e in entries {
+                let IndexEntry::Stored(mut l) = e else {
+                    continue;
+                };
+                let (holder, generation, pinned) = if l.stream >= layout::PEER_STREAM_BASE {
+                    let Some(p) = f
+                        .manifest
+                        .peers
+                        .get(usize::from(l.stream - layout::PEER_STREAM_BASE))
+                    else {
+                        continue;
+                    };
+                    (p.name.clone(), p.generation, Some(p.root))
+                } else {
+                    let Some(h) = crate::set::record_stream(&name, l.stream) else {
+                        continue;
+                    };
+                    let pinned = (l.stream == 0 && l.generation == g).then_some(f.root);
+                    (h, l.generation, pinned)
+                };
+                let Some(s) = self.peer_stream(&holder, generation, pinned)? else {
+                    continue;
+                };
+                l.stream = s;
+                let path = layout::segment_path(&holder, l.generation, l.segment);
+                if checked.insert(path.clone()) && self.store.len(&path).at(&path)?.is_none() {
+                    self.unavailable_paths.insert(path.clone());
+                }
+                if self.unavailable_paths.contains(&path) {
+                    continue;
+                }
+                self.dedup.entry(l.chunk_id).or_insert(l);
+            }
+        }
+        Ok(())
+    }
+
+    /// The peers the index uses, in order of first use, with every entry
+    /// renumbered to its place in that list: the MANIFEST pins only what
+    /// the generation really borrows, so `medium rm` of a machine it shares
+    /// nothing with is not refused.
+    fn used_peers(&mut self) -> Result<Vec<Peer>> {
+        let mut renumber: Vec<Option<u16>> = alloc::vec![None; self.peer_table.len()];
+        let mut used = Vec::new();
+        for e in &mut self.entries {
+            let IndexEntry::Stored(l) = e else {
+                continue;
+            };
+            if l.stream < layout::PEER_STREAM_BASE {
+                continue;
+            }
+            let i = usize::from(l.stream - layout::PEER_STREAM_BASE);
+            let Some(slot) = renumber.get_mut(i) else {
+                return Err(Error::Backend(format!(
+                    "index entry names peer {i}, but only {} are known",
+                    self.peer_table.len()
+                )));
+            };
+            let n = match *slot {
+                Some(n) => n,
+                None => {
+                    let n = layout::PEER_STREAM_BASE + used.len() as u16;
+                    used.push(self.peer_table[i].clone());
+                    *slot = Some(n);
+                    n
+                }
+            };
+            l.stream = n;
+        }
+        Ok(used)
     }
 
     fn start(&mut self, generation: u32, last_done: Option<&ManifestFile>) -> Result<()> {
@@ -1125,6 +1352,7 @@ impl<S: Store> CaptureWriter<S> {
             self.load_parent(&p.manifest)?;
         }
         self.load_siblings()?;
+        self.load_peers()?;
         let dir = layout::generation_dir(&self.params.name, generation);
         self.store.create_dir_all(&dir).at(&dir)?;
         self.write_journal(JournalState::InProgress)
@@ -1307,6 +1535,7 @@ impl<S: Store> CaptureWriter<S> {
         self.checkpointed = self.entries.len() as u64;
         self.resume_from = self.checkpointed;
         self.load_siblings()?;
+        self.load_peers()?;
         self.write_journal(JournalState::InProgress)
     }
 
@@ -1410,6 +1639,10 @@ impl<S: Store> CaptureWriter<S> {
         Ok(())
     }
 }
+
+/// Stream number of a parent entry whose peer is no longer the one pinned:
+/// no holder, so it is neither copied nor deduplicated against.
+const UNUSABLE: u16 = u16::MAX;
 
 fn has_file<S: Store + ?Sized>(store: &mut S, name: &str, file: &str) -> Result<bool> {
     let p = format!("{}/{file}", layout::capture_dir(name));
