@@ -730,6 +730,7 @@ fn capture_disks_timed(
             skip_space_check: false,
             replace_medium: Vec::new(),
             no_dedup_across_disks: false,
+            dedup_across_machines: None,
             span_total: None,
             sign: None,
         };

@@ -143,6 +143,17 @@ pub struct Args {
     /// format feature CROSS_STREAM).
     #[arg(long)]
     pub no_dedup_across_disks: bool,
+    /// Opt in to dedup with another machine on the medium (a capture or machine set, e.g.
+    /// web01): capture this one under MACHINE's data key and capture id, and store only
+    /// chunks MACHINE's newest finished generation does not hold. The cost: both machines
+    /// then share one data key, so anyone who can open one (any target key or passphrase
+    /// of either, the key cache here) can open both, and whoever holds the key can tell
+    /// which content they share. Only for machines of one owner, from this machine's
+    /// first capture on (needs MACHINE's key in the key cache, or --passphrase-file with
+    /// its passphrase). MACHINE cannot be removed from the medium while this one borrows
+    /// from it, and ingest needs both on the media given.
+    #[arg(long, value_name = "MACHINE")]
+    pub dedup_across_machines: Option<String>,
     /// Bytes of every disk this capture belongs to (a machine set), so each medium of a span
     /// keeps room for all their indexes.
     #[arg(skip)]
@@ -187,6 +198,9 @@ pub struct Report {
     /// cpu_seconds / seconds: the share of one core the capture cost the source host.
     pub cpu_share: f64,
     pub manifest_root: String,
+    /// Other machines' generations this one borrows records from
+    /// (`--dedup-across-machines`; a delta keeps its parent's): `web01 G0001`.
+    pub borrows_from: Vec<String>,
     /// The receipt the field engineer sends to the target.
     pub receipt: Receipt,
 }
@@ -310,6 +324,13 @@ fn print_summary(r: &Report) {
         )
     );
     progress::line("stored", r.stored_bytes);
+    if !r.borrows_from.is_empty() {
+        println!(
+            "  {:<14} {} (dedup across machines: one data key)",
+            "borrows from",
+            r.borrows_from.join(", ")
+        );
+    }
     println!("  {:<14} {:>14.3}", "ratio", r.ratio);
     println!(
         "  {:<14} {:>10.1} MB/s ({:.1} s)",
@@ -896,6 +917,137 @@ pub struct Shared {
     /// Disk streams of the set captured before this one in this generation:
     /// chunks they stored are not stored again (dedup across the disks).
     pub dedup_with: Vec<String>,
+    /// Other machines' captures (name, generation) whose records may be
+    /// borrowed (`--dedup-across-machines`).
+    pub peers: Vec<(String, u32)>,
+}
+
+/// What `--dedup-across-machines MACHINE` resolves to on the medium.
+pub struct Borrow {
+    /// MACHINE as stored on the medium.
+    pub machine: String,
+    /// Its capture id, which the borrowing capture takes.
+    pub capture_id: [u8; 16],
+    /// Its captures to borrow from: its newest finished generation (every
+    /// disk stream of a set), as (capture, generation).
+    pub peers: Vec<(String, u32)>,
+}
+
+/// Resolves `--dedup-across-machines MACHINE` for capture `own` (a machine
+/// name): MACHINE's newest finished generation on the medium, refused with
+/// a message saying what to do when there is none or it is not another
+/// machine.
+pub fn resolve_borrow(
+    store: &mut dyn image_format::Store,
+    machine: &str,
+    own: &str,
+) -> anyhow::Result<Borrow> {
+    use image_format::set;
+    if let Some((m, _)) = set::parse_disk_stream_name(machine) {
+        return Err(usage(format!(
+            "--dedup-across-machines names a machine, not one disk of it: give {m}"
+        )));
+    }
+    if machine.eq_ignore_ascii_case(own) {
+        return Err(usage(format!(
+            "--dedup-across-machines {machine} names this machine itself: its own generations \
+             already deduplicate (use --delta)"
+        )));
+    }
+    let stored = image_format::stored_name(store, machine)?;
+    if set::is_set(store, &stored)? {
+        let g = set::set_generations(store, &stored)?
+            .last()
+            .copied()
+            .ok_or_else(|| usage(format!("machine set {stored} has no finished generation")))?;
+        let f = set::read_set(store, &stored, g)?.ok_or_else(|| {
+            usage(format!(
+                "machine set {stored} generation {g} has no set manifest"
+            ))
+        })?;
+        if let Some((_, what)) = set::check_set(store, &f)?.into_iter().next() {
+            return Err(usage(format!(
+                "cannot borrow from machine set {stored}: {what}"
+            )));
+        }
+        return Ok(Borrow {
+            machine: stored.clone(),
+            capture_id: f.set.capture_id,
+            peers: (0..f.set.disks.len())
+                .map(|k| (set::disk_stream_name(&stored, k), g))
+                .collect(),
+        });
+    }
+    let caps = image_format::list_captures(store)?;
+    let Some(cap) = caps.iter().find(|c| c.name == stored) else {
+        let mut have: Vec<String> = caps
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|n| set::parse_disk_stream_name(n).is_none())
+            .collect();
+        have.extend(set::list_sets(store)?.into_iter().map(|s| s.name));
+        return Err(usage(format!(
+            "--dedup-across-machines {machine}: there is no such machine on this medium (it \
+             holds: {}); both machines must be on the same medium or span",
+            if have.is_empty() {
+                "nothing".to_string()
+            } else {
+                have.join(", ")
+            }
+        )));
+    };
+    let g = cap
+        .generations
+        .iter()
+        .rev()
+        .find(|g| g.state == image_format::GenerationState::Complete)
+        .map(|g| g.generation)
+        .ok_or_else(|| {
+            usage(format!(
+                "{stored} has no finished generation on this medium: finish its capture first"
+            ))
+        })?;
+    let capture_id = image_format::capture_id(store, &stored)?
+        .ok_or_else(|| usage(format!("{stored} has no capture id on this medium")))?;
+    Ok(Borrow {
+        machine: stored.clone(),
+        capture_id,
+        peers: vec![(stored, g)],
+    })
+}
+
+/// The data key of the machine `b` borrows from: from the key cache (by
+/// its capture id), else its passphrase slot with `--passphrase-file`.
+pub fn borrow_key(
+    store: &mut dyn image_format::Store,
+    args: &Args,
+    b: &Borrow,
+) -> anyhow::Result<DataKey> {
+    let dir = key_cache_dir(args.key_cache.clone())?;
+    if let Some(c) = crate::keys::find_cached(&dir, &b.machine, &b.capture_id)? {
+        return Ok(DataKey::load_cache(&c.path, &c.name)?);
+    }
+    if let Some(f) = &args.passphrase_file {
+        let slot = &b.peers[0].0;
+        let has_slot = image_format::list_captures(store)?
+            .iter()
+            .any(|c| &c.name == slot && c.passphrase_slot);
+        if has_slot && f.exists() {
+            let p = crate::keys::read_passphrase(f)?;
+            let unlock = image_format::Unlock::Passphrase(SecretString::from(p.to_string()));
+            return Ok(image_format::unlock_data_key(store, slot, &unlock)?.0);
+        }
+    }
+    Err(usage(format!(
+        "--dedup-across-machines {}: its data key (capture id {}) is not in the key cache {}: \
+         run on the host that captured {}, pass --key-cache DIR, or --passphrase-file with {}'s \
+         passphrase",
+        b.machine,
+        hex(&b.capture_id),
+        dir.display(),
+        b.machine,
+        b.machine
+    )))
 }
 
 /// Capture one disk; `shared`: it is a disk stream of a machine set
@@ -958,7 +1110,7 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
         .transpose()?;
     // Check before writing, on a read-only view of the medium: a refusal
     // leaves it byte-for-byte as it was.
-    let (exists, on_medium) = {
+    let (exists, on_medium, borrow) = {
         let mut ro = args.medium.open_before_capture()?;
         let checked = (|| {
             let exists = image_format::list_captures(ro.store())?
@@ -976,7 +1128,26 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
             if !args.skip_space_check && plan.kind != "sign" {
                 crate::preflight::check_space(plan.needed, plan.medium_free)?;
             }
-            Ok((exists, image_format::capture_id(ro.store(), &args.name)?))
+            let on_medium = image_format::capture_id(ro.store(), &args.name)?;
+            // A disk of a set gets its machine's borrow through `shared`.
+            let borrow = match (&args.dedup_across_machines, shared) {
+                (Some(m), None) => {
+                    let b = resolve_borrow(ro.store(), m, &args.name)?;
+                    if on_medium.is_some_and(|id| id != b.capture_id) {
+                        return Err(usage(format!(
+                            "{} was first captured with its own data key, so it cannot share \
+                             records with {}: machines share records only when captured under \
+                             one key from the first generation (capture it under a new name \
+                             with --dedup-across-machines {})",
+                            args.name, b.machine, b.machine
+                        )));
+                    }
+                    let key = borrow_key(ro.store(), args, &b)?;
+                    Some((b, key))
+                }
+                _ => None,
+            };
+            Ok((exists, on_medium, borrow))
         })();
         match checked {
             Ok(v) => {
@@ -1024,6 +1195,7 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
                 cpu_seconds: 0.0,
                 cpu_share: 0.0,
                 manifest_root: receipt.manifest_root.clone(),
+                borrows_from: Vec::new(),
                 receipt,
             });
         }
@@ -1047,7 +1219,9 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
     };
     let key = match &cached {
         Some(c) => Some(DataKey::load_cache(&c.path, &c.name)?),
-        None => shared.map(|s| s.key.clone()),
+        None => shared
+            .map(|s| s.key.clone())
+            .or_else(|| borrow.as_ref().map(|(_, k)| k.clone())),
     };
     if exists && key.is_none() && passphrase.is_none() {
         let _ = medium.close();
@@ -1067,8 +1241,15 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
     params.passphrase = passphrase;
     params.passphrase_work_factor = work_factor;
     params.delta = args.delta;
-    params.capture_id = shared.map(|s| s.capture_id);
+    params.capture_id = shared
+        .map(|s| s.capture_id)
+        .or(borrow.as_ref().map(|(b, _)| b.capture_id));
     params.dedup_with = shared.map(|s| s.dedup_with.clone()).unwrap_or_default();
+    params.peers = match (shared, &borrow) {
+        (Some(s), _) => s.peers.clone(),
+        (None, Some((b, _))) => b.peers.clone(),
+        (None, None) => Vec::new(),
+    };
     params.appliance_id = appliance_id;
     params.source_desc = source.describe();
     params.created_unix = std::time::SystemTime::now()
@@ -1119,6 +1300,12 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
         }
     };
     let bytes_read = stats.read;
+    let borrows_from: Vec<String> =
+        image_format::peers::peers_of(medium.store(), &summary.name, summary.generation)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| format!("{} G{:04}", p.name, p.generation))
+            .collect();
     // MANIFEST is on the medium (the writer finished); COMMIT comes after it.
     let receipt = match &sign_key {
         Some(key) => sign_generation(medium.store(), &summary.name, summary.generation, key)
@@ -1178,6 +1365,7 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
         cpu_seconds,
         cpu_share: cpu_seconds / secs.max(1e-9),
         manifest_root: hex(&summary.manifest_root),
+        borrows_from,
         receipt,
     })
 }

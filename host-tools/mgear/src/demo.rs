@@ -369,6 +369,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 skip_space_check: false,
                 replace_medium: Vec::new(),
                 no_dedup_across_disks: false,
+                dedup_across_machines: None,
                 span_total: None,
                 sign: Some(site_key.clone()),
             })?;

@@ -13,7 +13,9 @@
 //! `--json` prints each medium and a shipment listing: every machine (a set,
 //! or a single-disk capture), its disks, its generations on each medium and
 //! whether its newest generation is complete. `--name` shows one capture or
-//! machine (names are compared without case).
+//! machine (names are compared without case). A generation captured with
+//! `--dedup-across-machines` lists the other machines' generations it
+//! borrows records from (`borrows_from`).
 
 use serde::Serialize;
 
@@ -61,6 +63,9 @@ pub struct GenJson {
     pub source: String,
     pub appliance_id: Option<String>,
     pub manifest_root: Option<String>,
+    /// Other machines' generations whose records this one points at (dedup
+    /// across machines, pinned by manifest root): `web01 G0001`.
+    pub borrows_from: Vec<String>,
 }
 
 /// One capture in `inspect --json`.
@@ -279,6 +284,11 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
                             source: g.source_desc,
                             appliance_id: g.appliance_id.map(|a| hex(&a)),
                             manifest_root: g.manifest_root.map(|r| hex(&r)),
+                            borrows_from: g
+                                .peers
+                                .iter()
+                                .map(|p| format!("{} G{:04}", p.name, p.generation))
+                                .collect(),
                         }
                     })
                     .collect(),
@@ -386,6 +396,12 @@ fn print_medium(report: &MediumJson) {
                 g.segments,
                 if g.source.is_empty() { "?" } else { &g.source }
             );
+            if !g.borrows_from.is_empty() {
+                println!(
+                    "    borrows records from {} (dedup across machines: one data key)",
+                    g.borrows_from.join(", ")
+                );
+            }
         }
     }
 }

@@ -262,14 +262,33 @@ fn shared_key(
 ) -> anyhow::Result<Shared> {
     let name = &args.name;
     let dir = capture::key_cache_dir(args.key_cache.clone())?;
+    // --dedup-across-machines: the set takes the other machine's key and id.
+    let borrow = match &args.dedup_across_machines {
+        Some(m) => Some(capture::resolve_borrow(store, m, name)?),
+        None => None,
+    };
+    let peers = borrow.as_ref().map(|b| b.peers.clone()).unwrap_or_default();
+    if let (Some(b), Some(id)) = (&borrow, capture_id) {
+        if id != b.capture_id {
+            return Err(usage(format!(
+                "set {name} was first captured with its own data key, so it cannot share records \
+                 with {}: machines share records only when captured under one key from the first \
+                 generation (capture it under a new name with --dedup-across-machines {})",
+                b.machine, b.machine
+            )));
+        }
+    }
     let Some(id) = capture_id else {
-        let key = DataKey::generate()?;
-        let id = image_format::keys::random::<16>()?;
+        let (key, id) = match &borrow {
+            Some(b) => (capture::borrow_key(store, args, b)?, b.capture_id),
+            None => (DataKey::generate()?, image_format::keys::random::<16>()?),
+        };
         image_format::private::create_dir(&dir)
             .with_context(|| format!("creating key cache {}", dir.display()))?;
         key.save_cache_with_id(&crate::keys::cache_file(&dir, name, &id), name, &id)?;
         return Ok(Shared {
             dedup_with: Vec::new(),
+            peers,
             key,
             capture_id: id,
         });
@@ -279,6 +298,7 @@ fn shared_key(
             let key = DataKey::load_cache(&c.path, &c.name)?;
             return Ok(Shared {
                 dedup_with: Vec::new(),
+                peers,
                 key,
                 capture_id: id,
             });
@@ -293,6 +313,7 @@ fn shared_key(
             image_format::unlock_data_key(store, &set::disk_stream_name(name, 0), &unlock)?;
         return Ok(Shared {
             dedup_with: Vec::new(),
+            peers,
             key,
             capture_id: id,
         });
@@ -433,6 +454,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
             } else {
                 (0..k).map(|j| set::disk_stream_name(&name, j)).collect()
             },
+            peers: shared.peers.clone(),
         };
         let r = capture::capture_disk(&a, Some(&shared))
             .with_context(|| format!("capturing disk {k} ({src}) of set {name}"))?;

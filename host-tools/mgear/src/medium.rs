@@ -700,8 +700,7 @@ impl Gaps {
         let mut need: std::collections::BTreeMap<u16, (u64, u64, u64, u64)> = Default::default();
         for i in 0..reader.chunk_count() {
             if let Some(IndexEntry::Stored(l)) = reader.entry(i) {
-                let holder = image_format::set::record_stream(&name, l.stream)
-                    .unwrap_or_else(|| name.clone());
+                let holder = reader.record_capture(l).unwrap_or_else(|| name.clone());
                 if let Some(o) = self
                     .far
                     .get(&segment_path(&holder, l.generation, l.segment))

@@ -13,6 +13,9 @@
 //! a generation later deltas depend on (their records deduplicate against
 //! it) takes those deltas with it, and the refusal names them. When no
 //! generation is left, the capture's key slots and directory go too. A
+//! generation another machine borrows records from (`capture
+//! --dedup-across-machines`) is never removed, even with `--force`: the
+//! refusal names the borrower, which must go first. A
 //! sealed appliance refuses every write, so a sealed shipment is never
 //! changed (the error says so).
 //!
@@ -447,6 +450,49 @@ pub fn abort(store: &mut dyn Store, name: &str) -> anyhow::Result<RmPlan> {
     Ok(plan)
 }
 
+/// Refuses removing generations of machine `machine` (`plans`, one per
+/// capture of it) that another machine's finished generation borrows
+/// records from (dedup across machines): removing them would leave that
+/// machine unreadable. Names every borrower and what to do.
+pub fn refuse_if_borrowed(
+    store: &mut dyn Store,
+    machine: &str,
+    plans: &[RmPlan],
+) -> anyhow::Result<()> {
+    let removed = |capture: &str, g: u32| {
+        plans
+            .iter()
+            .any(|p| p.name.eq_ignore_ascii_case(capture) && p.remove.contains(&g))
+    };
+    let mut by: Vec<String> = image_format::peers::borrowers_of(store, machine)?
+        .into_iter()
+        .filter(|b| removed(&b.peer.name, b.peer.generation))
+        .map(|b| {
+            format!(
+                "{} generation {} (borrows from {} generation {})",
+                image_format::peers::machine_of(&b.capture),
+                b.generation,
+                b.peer.name,
+                b.peer.generation
+            )
+        })
+        .collect();
+    by.dedup();
+    if by.is_empty() {
+        return Ok(());
+    }
+    let borrowers: std::collections::BTreeSet<&str> =
+        by.iter().filter_map(|b| b.split(' ').next()).collect();
+    Err(usage(format!(
+        "{machine} cannot be removed: another machine was captured with \
+         --dedup-across-machines {machine} and its index points at {machine}'s records instead of \
+         storing them: {}. Remove {} first (`mgear medium rm --name NAME --force`), or keep \
+         {machine} on the medium",
+        by.join("; "),
+        borrowers.into_iter().collect::<Vec<_>>().join(" and ")
+    )))
+}
+
 /// Run `mgear medium rm`.
 pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
     let mut medium = args.medium.open()?;
@@ -458,6 +504,7 @@ pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
             for s in &streams {
                 plans.push(plan_rm(store, s, args.generation, args.force)?);
             }
+            refuse_if_borrowed(store, &set, &plans)?;
             let freed = execute_set(store, &set, &plans)?;
             return Ok::<_, anyhow::Error>((set_summary(&set, &plans), freed));
         }
@@ -470,6 +517,7 @@ pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
             )));
         }
         let plan = plan_rm(store, &args.name, args.generation, args.force)?;
+        refuse_if_borrowed(store, &plan.name, std::slice::from_ref(&plan))?;
         let freed = execute(store, &plan)?;
         Ok::<_, anyhow::Error>((plan, freed))
     })();
@@ -841,6 +889,7 @@ mod tests {
             appliance_id: None,
             source_desc: String::new(),
             manifest_root: None,
+            peers: Vec::new(),
         }
     }
 

@@ -4,6 +4,9 @@
 //! pattern (both volumes bit-identical to the sources), `--disk 1` alone,
 //! a delta of the set, a tampered set refused; a shipment listing over two
 //! media; and the two-disk machine booted under QEMU TCG with both disks.
+//! Dedup across machines (opt-in): a second machine captured with
+//! `--dedup-across-machines` stores only what the first did not, both ingest
+//! bit for bit, and the first cannot be removed while the second borrows.
 //!
 //! Needs the sample disk's tools (busybox-static, linux-image-amd64,
 //! grub-pc-bin, e2fsprogs, fdisk), qemu-system-x86 for the boot, and
@@ -551,4 +554,144 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
         i["captures"].as_array().unwrap().is_empty(),
         "nothing written: {i}"
     );
+}
+
+#[test]
+fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
+    let e = Env::new();
+    e.keygen();
+    // web01: one disk. web02: a set whose disk 0 is web01's disk with 100
+    // bytes of its text MiB changed (its random MiB, the costly one, is
+    // web01's), and a small disk of its own.
+    std::fs::write(e.p("web01.raw"), data_disk(7)).unwrap();
+    let mut d0 = data_disk(7);
+    d0[100..200].fill(0x5a);
+    std::fs::write(e.p("web02-0.raw"), &d0).unwrap();
+    std::fs::write(e.p("web02-1.raw"), &data_disk(9)[2 << 20..4 << 20]).unwrap();
+    let m = e.fat("m.img", "64MiB");
+    let c1 = e.json(&[
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--source",
+        "web01.raw",
+        "--recipient",
+        "target.pub",
+    ]);
+    let web01_stored = c1["stored_bytes"].as_u64().unwrap();
+    assert!(c1["borrows_from"].as_array().unwrap().is_empty(), "{c1}");
+    let set = |extra: &[&str]| {
+        let mut a = vec![
+            "capture",
+            "--medium",
+            &m,
+            "--name",
+            "web02",
+            "--source",
+            "web02-0.raw",
+            "--source",
+            "web02-1.raw",
+            "--recipient",
+            "target.pub",
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let a = set(&["--dedup-across-machines", "WEB01"]);
+    let c2 = e.json(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let disk0 = &c2["captured"][0];
+    // Only the changed chunk of disk 0 is stored: the rest is web01's.
+    assert_eq!(disk0["stored_chunks"], 1, "{c2}");
+    assert_eq!(disk0["borrows_from"][0], "web01 G0001", "{c2}");
+    let stored0 = disk0["stored_bytes"].as_u64().unwrap();
+    assert!(
+        stored0 * 4 < web01_stored,
+        "web02's disk 0 stores {stored0} bytes, web01 stored {web01_stored}: {c2}"
+    );
+    // inspect (keyless) shows what it borrows; verify checks the pin.
+    let i = e.json(&["inspect", "--medium", &m, "--name", "web02"]);
+    let d0 = i["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "web02.d0")
+        .unwrap_or_else(|| panic!("{i}"));
+    assert_eq!(
+        d0["generations"][0]["borrows_from"][0], "web01 G0001",
+        "{i}"
+    );
+    assert_eq!(e.json(&["verify", "--medium", &m])["ok"], true);
+
+    // Both machines ingest bit for bit (web02 reads web01's records).
+    let ingest = |name: &str, target: &str| {
+        e.json(&[
+            "ingest",
+            "--medium",
+            &m,
+            "--name",
+            name,
+            "--identity",
+            "target.key",
+            "--allow-untrusted",
+            "--target",
+            target,
+        ])
+    };
+    ingest("web02", "file:out2-{disk}.raw");
+    same_file(&e.p("out2-0.raw"), &e.p("web02-0.raw"));
+    same_file(&e.p("out2-1.raw"), &e.p("web02-1.raw"));
+    ingest("web01", "file:out1.raw");
+    same_file(&e.p("out1.raw"), &e.p("web01.raw"));
+
+    // web01 cannot go while web02 borrows from it, even with --force.
+    let o = e.run(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let text = output_text(&o);
+    assert!(
+        text.contains("web02 generation 1") && text.contains("Remove web02 first"),
+        "{text}"
+    );
+    assert_eq!(e.json(&["verify", "--medium", &m])["ok"], true);
+
+    // Without the opt-in, a third machine shares nothing (its own key).
+    std::fs::write(e.p("web03.raw"), data_disk(7)).unwrap();
+    let c3 = e.json(&[
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "web03",
+        "--source",
+        "web03.raw",
+        "--recipient",
+        "target.pub",
+    ]);
+    assert_eq!(c3["dedup_chunks"], 0, "{c3}");
+    assert_eq!(c3["stored_bytes"], web01_stored, "{c3}");
+    // ... and cannot opt in later: its key is its own.
+    let o = e.run(&[
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "web03",
+        "--source",
+        "web03.raw",
+        "--delta",
+        "--dedup-across-machines",
+        "web01",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("its own data key"),
+        "{}",
+        output_text(&o)
+    );
+
+    // Once the borrower is gone, web01 can go.
+    e.ok(&["medium", "rm", "--medium", &m, "--name", "web02", "--force"]);
+    e.ok(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
+    assert_eq!(e.json(&["verify", "--medium", &m])["ok"], true);
 }
