@@ -694,4 +694,55 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
     e.ok(&["medium", "rm", "--medium", &m, "--name", "web02", "--force"]);
     e.ok(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
     assert_eq!(e.json(&["verify", "--medium", &m])["ok"], true);
+
+    // A copy from which web01 was removed by hand (here a dir: medium):
+    // keyless verify names the missing peer, ingest of web02 refuses.
+    std::fs::create_dir(e.p("mnt")).unwrap();
+    for (name, src, extra) in [
+        ("web01", "web01.raw", None),
+        ("web02", "web02-0.raw", Some("web01")),
+    ] {
+        let mut a = vec![
+            "capture",
+            "--medium",
+            "dir:mnt",
+            "--name",
+            name,
+            "--source",
+            src,
+            "--recipient",
+            "target.pub",
+        ];
+        if let Some(m) = extra {
+            a.extend(["--dedup-across-machines", m]);
+        }
+        e.ok(&a);
+    }
+    std::fs::remove_dir_all(e.p("mnt/MGEAR/web01")).unwrap();
+    let o = e.run(&["verify", "--medium", "dir:mnt"]);
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("peer web01 generation 1 is not on the media"),
+        "{}",
+        output_text(&o)
+    );
+    let o = e.run(&[
+        "ingest",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web02",
+        "--identity",
+        "target.key",
+        "--allow-untrusted",
+        "--target",
+        "file:gone.raw",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("borrows records from machine web01"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("gone.raw").exists(), "nothing written");
 }
