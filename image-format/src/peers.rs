@@ -361,6 +361,26 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_stores_again_what_a_replaced_peer_held() {
+        let (mut store, key, _, web02) = two_machines();
+        capture(
+            &mut store,
+            params("web02", &web02, &[("web01", 1)]),
+            &web02,
+            &key,
+        )
+        .unwrap();
+        store.remove_file("MGEAR/web01/G0001/MANIFEST").unwrap();
+        let mut p = params("web02", &web02, &[]);
+        p.delta = true;
+        let s = capture(&mut store, p, &web02, &key).unwrap();
+        assert_eq!((s.stored_chunks, s.dedup_chunks), (4, 3), "{s:?}");
+        let m = manifest(&mut store, "web02", 2).manifest;
+        assert!(m.peers.is_empty() && m.incompat & INCOMPAT_PEERS == 0);
+        assert_eq!(read_all(&mut store, "web02", Some(2), &key), web02);
+    }
+
+    #[test]
     fn a_swapped_peer_segment_never_reads_as_other_bytes() {
         // Another capture under the same key, with other content: its
         // segment copied over web01's has other records and another salt.
