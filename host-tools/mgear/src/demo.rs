@@ -463,6 +463,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 checkpoint_bytes: "64MiB".into(),
                 json: false,
                 report: None,
+                hold: false,
             })?;
             Ok(())
         },
@@ -540,6 +541,7 @@ fn demo_cloud(
         checkpoint_bytes: "64MiB".into(),
         json: false,
         report: None,
+        hold: false,
     };
     let mut report = step(
         10,
