@@ -315,12 +315,13 @@ impl State {
     /// one, or start fresh (`fresh` = no partial target exists, so old state
     /// is meaningless).
     fn open(path: PathBuf, header: &[u8], count: u64, fresh: bool) -> anyhow::Result<Self> {
+        let found = match fresh {
+            true => None,
+            false => open_private(&path, "ingest state")?,
+        };
+        let resuming = found.is_some();
         let mut state = State {
-            file: match fresh {
-                true => None,
-                false => open_private(&path, "ingest state")?,
-            }
-            .map_or_else(|| State::create(&path, header, count), Ok)?,
+            file: found.map_or_else(|| State::create(&path, header, count), Ok)?,
             path,
             count,
             done: Bits::new(count),
@@ -337,12 +338,14 @@ impl State {
                 state.path.display()
             );
         }
-        let mut slots = BufReader::with_capacity(1 << 20, &state.file);
-        let mut id = [0u8; 32];
-        for i in 0..count {
-            slots.read_exact(&mut id)?;
-            if id != [0; 32] {
-                state.done.set(i);
+        if resuming {
+            let mut slots = BufReader::with_capacity(1 << 20, &state.file);
+            let mut id = [0u8; 32];
+            for i in 0..count {
+                slots.read_exact(&mut id)?;
+                if id != [0; 32] {
+                    state.done.set(i);
+                }
             }
         }
         Ok(state)
