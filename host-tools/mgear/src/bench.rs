@@ -479,6 +479,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     checkpoint_bytes: "64MiB".into(),
                     json: true,
                     report: None,
+                    hold: false,
                 })
                 .map(|_| ())
             })?;
@@ -1192,6 +1193,7 @@ fn rbd_rows(
             flavor: None,
             register_image: false,
             report: None,
+            hold: false,
             adapt: false,
             medium: medium.clone(),
             name: "bench".into(),

@@ -464,6 +464,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 checkpoint_bytes: "64MiB".into(),
                 json: false,
                 report: None,
+                hold: false,
             })?;
             Ok(())
         },
@@ -541,6 +542,7 @@ fn demo_cloud(
         checkpoint_bytes: "64MiB".into(),
         json: false,
         report: None,
+        hold: false,
     };
     let mut report = step(
         10,

@@ -6,6 +6,7 @@
 //! | 1 | a failure was found: `verify` found a bad record, `ingest` met a record that does not authenticate, a volume does not match its digest |
 //! | 2 | usage or key error: bad arguments, a key that does not open the capture, an unreadable key file |
 //! | 3 | I/O error: source, medium or target could not be read or written (includes "medium full") |
+//! | 4 | pending: `ingest` wrote what the media given hold; the rest is on media still to come |
 //!
 //! Commands raise a [`Coded`] error where they know the class; otherwise the
 //! error chain is inspected (image-format errors by kind: a wrong key is 2,
@@ -24,6 +25,8 @@ pub const FOUND: i32 = 1;
 pub const USAGE: i32 = 2;
 /// I/O error.
 pub const IO: i32 = 3;
+/// Ingest wrote what the media given hold and waits for the others.
+pub const PENDING: i32 = 4;
 
 /// An error that carries its exit code (and, when the raiser knows it, the
 /// next step for the user).
@@ -88,6 +91,7 @@ pub fn kind(code: i32) -> &'static str {
     match code {
         FOUND => "failure",
         USAGE => "usage",
+        PENDING => "pending",
         _ => "io",
     }
 }
@@ -194,8 +198,8 @@ mod tests {
             "check the arguments and key files: `mgear verify --help`"
         );
         assert_eq!(
-            [kind(FOUND), kind(USAGE), kind(IO)],
-            ["failure", "usage", "io"]
+            [kind(FOUND), kind(USAGE), kind(IO), kind(PENDING)],
+            ["failure", "usage", "io", "pending"]
         );
     }
 }

@@ -70,26 +70,39 @@
 //!
 //! Resume: progress is recorded in a state file (`--state-dir`, default
 //! `$XDG_STATE_HOME/mgear/ingest`). After an interruption, re-run the same
-//! command: it continues after the last synced batch.
+//! command: it continues with the chunks not yet recorded.
+//!
+//! Media that arrive one by one: when a capture spans several media (FORMAT.md
+//! §15) and only some of them are given, ingest writes every chunk those media
+//! hold (and every zero chunk), records them, and stops with exit code 4
+//! (`pending`), naming the chunks still missing and the medium each is on. The
+//! same command with the next medium (alone, or with the others) continues with
+//! what that medium holds; the run that completes the disk writes chunk 0 and
+//! reads the whole volume back. Until then the target stays unfinished, as
+//! after an interruption.
 //!
 //! # State file layout (`<state-dir>/<target>.ingest`, little-endian)
 //!
 //! ```text
-//! 0   8  magic "MGINGST2"
+//! 0   8  magic "MGINGST3"
 //! 8   32 manifest root hash of the generation being ingested (blake3, FORMAT.md)
 //! 40  8  disk size in bytes
 //! 48  4  chunk size in bytes
 //! 52  4  generation
 //! 56  8  reserved (0)
-//! 64  .. one 32-byte keyed chunk id per finished chunk, in write order
-//!        (chunks 1, 2, ..., n-1, then 0): the index's id of the plaintext
+//! 64  .. one 32-byte slot per chunk, chunk i at 64 + 32 i: zero until the chunk
+//!        is durable on the volume, then the index's keyed id of the plaintext
 //!        written (blake3 keyed with the capture's chunk-id key), which the
 //!        reader checked when it authenticated the chunk
 //! ```
 //!
-//! Hashes are appended only after the target data they describe was synced,
-//! so the count of whole entries is the verified progress; a torn last entry
-//! is ignored.
+//! The file is created at its full size (sparse), so the header and size are
+//! durable before any slot is written. A slot is written only after the
+//! volume data it describes was flushed, and synced before anything else
+//! happens; slots are 32-byte aligned and never straddle a 512-byte sector,
+//! so after a power cut each reads as zero (not done) or as its id. Slots by
+//! index, not a log in write order, let runs write chunks in any order (the
+//! media of a span arriving one by one).
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -107,7 +120,7 @@ use crate::progress::{self, Progress};
 use crate::spec::{volume_err, Bare, Target};
 use crate::units::human_bytes;
 
-const STATE_MAGIC: &[u8; 8] = b"MGINGST2";
+const STATE_MAGIC: &[u8; 8] = b"MGINGST3";
 const STATE_HEADER: u64 = 64;
 
 /// `mgear ingest` as parsed: the targets of a machine set and the disk to
@@ -195,7 +208,30 @@ pub struct Args {
     /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Write every chunk but leave the volume unfinished ([`Held`]): a disk of
+    /// a machine whose other disks still wait for media (set by `machine`).
+    #[arg(skip)]
+    pub hold: bool,
 }
+
+/// The outcome of an ingest with [`Args::hold`]: every chunk of the disk is
+/// durable and recorded, and the volume is left unfinished until an ingest
+/// without `hold` reads it back and finishes it.
+#[derive(Debug)]
+pub struct Held {
+    /// Bytes of data chunks this run wrote.
+    pub bytes_written: u64,
+    /// Zero chunks this run wrote.
+    pub zero_chunks: u64,
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("every chunk is written; the volume is finished with the machine's other disks")
+    }
+}
+
+impl std::error::Error for Held {}
 
 /// What `ingest --json` prints.
 #[derive(Debug, Serialize)]
@@ -253,10 +289,14 @@ fn chunk_at(k: u64, count: u64) -> u64 {
     }
 }
 
+/// The resume state: which chunks are durable on the volume, with the keyed
+/// id of what was written (layout in the module doc).
 struct State {
     file: File,
     path: PathBuf,
-    done: u64,
+    count: u64,
+    /// Chunk i is durable on the volume and its slot holds its id.
+    done: Bits,
 }
 
 impl State {
@@ -271,54 +311,167 @@ impl State {
         h
     }
 
-    /// Open the state for this ingest: resume a matching one, or start fresh
-    /// (`fresh` = no partial target exists, so old state is meaningless).
-    fn open(path: PathBuf, header: &[u8], fresh: bool) -> anyhow::Result<Self> {
-        if !fresh {
-            if let Some(mut f) = open_private(&path, "ingest state")? {
-                let mut h = vec![0u8; header.len()];
-                let len = f.seek(SeekFrom::End(0))?;
-                f.seek(SeekFrom::Start(0))?;
-                if len >= STATE_HEADER && f.read_exact(&mut h).is_ok() && h == header {
-                    let done = (len - STATE_HEADER) / 32;
-                    f.set_len(STATE_HEADER + done * 32)?;
-                    return Ok(State {
-                        file: f,
-                        path,
-                        done,
-                    });
+    /// Open the state for this ingest of `count` chunks: resume a matching
+    /// one, or start fresh (`fresh` = no partial target exists, so old state
+    /// is meaningless).
+    fn open(path: PathBuf, header: &[u8], count: u64, fresh: bool) -> anyhow::Result<Self> {
+        let found = match fresh {
+            true => None,
+            false => open_private(&path, "ingest state")?,
+        };
+        let resuming = found.is_some();
+        let mut state = State {
+            file: found.map_or_else(|| State::create(&path, header, count), Ok)?,
+            path,
+            count,
+            done: Bits::new(count),
+        };
+        let len = state.file.seek(SeekFrom::End(0))?;
+        let mut h = vec![0u8; header.len()];
+        state.file.seek(SeekFrom::Start(0))?;
+        if len != STATE_HEADER + count * 32 || state.file.read_exact(&mut h).is_err() || h != header
+        {
+            bail!(
+                "{} records an unfinished ingest of a different capture or generation into this \
+                 target (or one by another version of mgear): remove it and the partial target to \
+                 start over",
+                state.path.display()
+            );
+        }
+        if resuming {
+            let mut slots = BufReader::with_capacity(1 << 20, &state.file);
+            let mut id = [0u8; 32];
+            for i in 0..count {
+                slots.read_exact(&mut id)?;
+                if id != [0; 32] {
+                    state.done.set(i);
                 }
-                bail!(
-                    "{} records an unfinished ingest of a different capture or generation into this target: \
-                     remove it and the partial target to start over",
-                    path.display()
-                );
             }
         }
-        // Old state for a target that no longer exists is meaningless; a
-        // symlink there is someone else's doing and is left alone.
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("removing stale ingest state {}", path.display()))?;
-        }
-        let mut f = image_format::private::create(&path)
-            .with_context(|| format!("creating ingest state {} (new, 0600)", path.display()))?;
-        f.write_all(header)?;
-        f.sync_all()?;
-        Ok(State {
-            file: f,
-            path,
-            done: 0,
-        })
+        Ok(state)
     }
 
-    fn append(&mut self, hashes: &[u8]) -> anyhow::Result<()> {
-        self.file
-            .seek(SeekFrom::Start(STATE_HEADER + self.done * 32))?;
-        self.file.write_all(hashes)?;
+    /// A new state file: the header and one empty (zero, sparse) slot per chunk.
+    fn create(path: &Path, header: &[u8], count: u64) -> anyhow::Result<File> {
+        // Old state for a target that no longer exists is meaningless; a
+        // symlink there is someone else's doing and is left alone.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale ingest state {}", path.display()))?;
+        }
+        let mut f = image_format::private::create(path)
+            .with_context(|| format!("creating ingest state {} (new, 0600)", path.display()))?;
+        f.write_all(header)?;
+        f.set_len(STATE_HEADER + count * 32)?;
+        f.sync_all()?;
+        Ok(f)
+    }
+
+    fn is_done(&self, index: u64) -> bool {
+        self.done.get(index)
+    }
+
+    fn done_count(&self) -> u64 {
+        self.done.count()
+    }
+
+    /// Records chunks whose bytes were made durable on the volume: each
+    /// keyed id into its chunk's slot, then synced.
+    fn record(&mut self, ids: &[(u64, [u8; 32])]) -> anyhow::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        // Neighbouring chunks (the usual case) go as one write.
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0;
+        let flush = |run: &mut Vec<u8>, at: u64| -> std::io::Result<()> {
+            if !run.is_empty() {
+                self.file.write_all_at(run, STATE_HEADER + at * 32)?;
+                run.clear();
+            }
+            Ok(())
+        };
+        for (i, (index, id)) in ids.iter().enumerate() {
+            if i > 0 && *index != run_start + (run.len() / 32) as u64 {
+                flush(&mut run, run_start)?;
+            }
+            if run.is_empty() {
+                run_start = *index;
+            }
+            run.extend_from_slice(id);
+        }
+        flush(&mut run, run_start)?;
         self.file.sync_data()?;
-        self.done += (hashes.len() / 32) as u64;
+        for (index, _) in ids {
+            self.done.set(*index);
+        }
         Ok(())
+    }
+
+    /// Chunks done, in write order from the start, before the first one
+    /// that is not: all of them when the earlier runs wrote in write order
+    /// (each given every chunk).
+    fn done_prefix(&self) -> u64 {
+        (0..self.count)
+            .find(|&k| !self.is_done(chunk_at(k, self.count)))
+            .unwrap_or(self.count)
+    }
+}
+
+/// One bit per chunk.
+struct Bits {
+    words: Vec<u64>,
+    len: u64,
+    ones: u64,
+}
+
+impl Bits {
+    fn new(len: u64) -> Self {
+        Bits {
+            words: vec![0; len.div_ceil(64) as usize],
+            len,
+            ones: 0,
+        }
+    }
+
+    fn from_fn(len: u64, f: impl Fn(u64) -> bool) -> Self {
+        let mut b = Bits::new(len);
+        for i in (0..len).filter(|&i| f(i)) {
+            b.set(i);
+        }
+        b
+    }
+
+    fn get(&self, i: u64) -> bool {
+        i < self.len && self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    fn set(&mut self, i: u64) {
+        if i < self.len && !self.get(i) {
+            self.words[(i / 64) as usize] |= 1 << (i % 64);
+            self.ones += 1;
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.ones
+    }
+}
+
+/// Reads the ids recorded in a state file by chunk index (the read-back's
+/// own handle, beside the writer's).
+struct Slots(File);
+
+impl Slots {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        Ok(Slots(File::open(path).with_context(|| {
+            format!("opening ingest state {}", path.display())
+        })?))
+    }
+
+    fn id(&self, index: u64) -> anyhow::Result<[u8; 32]> {
+        use std::os::unix::fs::FileExt as _;
+        let mut id = [0u8; 32];
+        self.0.read_exact_at(&mut id, STATE_HEADER + index * 32)?;
+        Ok(id)
     }
 }
 
@@ -607,10 +760,19 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
     let gaps = crate::medium::Gaps::of(&medium, &args.medium.describe());
     let mut reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
     if let Some(g) = &gaps {
-        g.check(&reader)?;
+        g.refuse_lost(&reader)?;
     }
     if matches!(target, Target::Cinder(_)) {
-        crate::cloud_target::check_openstack_ready(&mut reader)?;
+        if gaps.is_none() {
+            crate::cloud_target::check_openstack_ready(&mut reader)?;
+        } else {
+            // It reads the disk's partitions and boot files, which may be on
+            // a medium still to come.
+            eprintln!(
+                "mgear: openstack readiness is not checked: part of the capture is on media not \
+                 given (ingest with every medium to have it checked)"
+            );
+        }
     }
     crate::report::note_manifest(reader.manifest());
     let prep = Prepare {
@@ -642,8 +804,9 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
             .map(crate::units::parse_rate)
             .transpose()?,
         json: args.json,
+        hold: args.hold,
     };
-    let (mut report, finished) = write_volume(&plan, vol, reader, started)?;
+    let (mut report, finished) = write_volume(&plan, vol, reader, gaps.as_ref(), started)?;
     medium.close()?;
     report.volume = finished.volume.clone();
     if args.adapt {
@@ -667,6 +830,9 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// No progress bars (JSON output).
     pub json: bool,
+    /// Write every chunk, then stop with [`Held`] instead of reading back and
+    /// finishing the volume.
+    pub hold: bool,
 }
 
 /// The pipeline above the [`Volume`] seam: authenticate and decrypt every
@@ -678,6 +844,7 @@ pub fn write_volume<S: image_format::Store>(
     plan: &Plan,
     mut vol: Box<dyn Volume>,
     mut reader: CaptureReader<S>,
+    gaps: Option<&crate::medium::Gaps>,
     started: Instant,
 ) -> anyhow::Result<(Report, Finished)> {
     let size = reader.disk_size();
@@ -690,7 +857,7 @@ pub fn write_volume<S: image_format::Store>(
     let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
     let state_path = plan.state_dir.join(format!("{}.ingest", vol.state_key()));
     let found = vol.found();
-    let state = match open_state(&*vol, found, size, state_path, &header) {
+    let state = match open_state(&*vol, found, size, count, state_path, &header) {
         Ok(s) => s,
         Err(e) => {
             // Nothing was written: a volume this run created must not stay
@@ -704,7 +871,17 @@ pub fn write_volume<S: image_format::Store>(
         }
     };
 
-    let resumed = state.done;
+    let resumed = state.done_count();
+    // Chunks on media not given (a span arriving medium by medium) wait for
+    // a later run; chunk 0 is written only once nothing else is missing.
+    let far = Bits::from_fn(count, |i| {
+        gaps.is_some_and(|g| g.holder(&reader, i).is_some()) && !state.is_done(i)
+    });
+    let far_missing = far.count();
+    // What this run writes, fixed before the state moves to the writer.
+    let todo = Bits::from_fn(count, |i| {
+        !state.is_done(i) && !far.get(i) && (i != 0 || far_missing == 0)
+    });
     let mut limiter = plan
         .rate
         .map(|r| crate::ratelimit::RateLimiter::new(r, u64::from(chunk)));
@@ -712,14 +889,10 @@ pub fn write_volume<S: image_format::Store>(
     let mut written = 0u64;
     let mut zeros = 0u64;
     let id_key = reader.chunk_id_key();
-    let mut done_bytes = 0u64;
-    for k in 0..state.done.min(count) {
-        done_bytes += u64::from(image_format::layout::chunk_len(
-            size,
-            chunk,
-            chunk_at(k, count),
-        ));
-    }
+    let mut done_bytes: u64 = (0..count)
+        .filter(|&i| state.is_done(i))
+        .map(|i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
+        .sum();
     bar.start_at(done_bytes);
     // Records are authenticated in batches on every core (see
     // `CaptureReader::read_chunks`), then handed to the volume as one batch
@@ -739,7 +912,16 @@ pub fn write_volume<S: image_format::Store>(
     // written last: its authenticated plaintext, decrypted now, starts the
     // SHA-256 and is compared with chunk 0 as read back at the end, so the
     // digest is still that of the bytes read back.
-    let beside = if vol.can_read_back() {
+    // It needs the disk order: earlier runs that wrote in write order (the
+    // usual resume) and every remaining chunk here.
+    // Not when everything was written before (chunk 0 included: its medium
+    // may not be here now, and the read-back after the writes needs only the
+    // volume and the state) nor when this run does not finish the volume.
+    let in_order = far_missing == 0
+        && state.done_prefix() == state.done_count()
+        && state.done_count() < count
+        && !plan.hold;
+    let beside = if vol.can_read_back() && in_order {
         vol.concurrent_reader().map_err(volume_err)?
     } else {
         None
@@ -788,16 +970,17 @@ pub fn write_volume<S: image_format::Store>(
                 tx.send(b)
                     .map_err(|_| anyhow::anyhow!("the volume writer stopped"))
             };
-            let mut next_k = resumed;
-            while next_k < count {
+            let mut order = (0..count)
+                .map(|k| chunk_at(k, count))
+                .filter(|&i| todo.get(i))
+                .peekable();
+            while order.peek().is_some() {
                 if crate::signals::stop_requested() {
                     // Ctrl-C / SIGTERM: the writer records what is durable when
                     // the channel closes; then say how to go on.
                     return Err(crate::signals::stopped(done_bytes, size));
                 }
-                let ks: Vec<u64> = (next_k..count.min(next_k + batch_chunks)).collect();
-                next_k += ks.len() as u64;
-                let indices: Vec<u64> = ks.iter().map(|&k| chunk_at(k, count)).collect();
+                let indices: Vec<u64> = order.by_ref().take(batch_chunks as usize).collect();
                 if let Some(l) = limiter.as_mut() {
                     let bytes: u64 = indices
                         .iter()
@@ -807,10 +990,10 @@ pub fn write_volume<S: image_format::Store>(
                 }
                 let datas = reader.read_chunks(&indices, threads)?;
                 let mut batch = Batch::default();
-                for ((k, index), data) in ks.into_iter().zip(indices).zip(datas) {
+                for (index, data) in indices.into_iter().zip(datas) {
                     let len = image_format::layout::chunk_len(size, chunk, index) as usize;
                     let offset = index * u64::from(chunk);
-                    if k + 1 == count {
+                    if index == 0 {
                         // Chunk 0 (the boot sector) goes last, once all else is durable
                         // (and, with the read-back beside the writes, verified).
                         batch.checkpoint = true;
@@ -842,7 +1025,7 @@ pub fn write_volume<S: image_format::Store>(
                             batch.writes.push((offset, data));
                         }
                     }
-                    batch.ids.extend_from_slice(&id);
+                    batch.ids.push((index, id));
                     batch.bytes += len as u64;
                     done_bytes += len as u64;
                 }
@@ -880,6 +1063,22 @@ pub fn write_volume<S: image_format::Store>(
     });
     let (mut vol, state, beside_digest) = fed_to_writer?;
     bar.finish();
+    if far_missing > 0 {
+        // Everything the given media hold is durable and recorded; the rest
+        // waits for its medium, the target stays unfinished until then.
+        drop(vol);
+        let written_now = state.done_count() - resumed;
+        let Some(g) = gaps else {
+            bail!("chunks are missing but no medium is (a bug)");
+        };
+        return Err(g.pending(&reader, |i| !state.is_done(i), written_now, &desc));
+    }
+    if plan.hold {
+        return Err(anyhow::Error::new(Held {
+            bytes_written: written,
+            zero_chunks: zeros,
+        }));
+    }
 
     let mut volume_sha256 = None;
     if let Some(digest) = beside_digest {
@@ -889,7 +1088,15 @@ pub fn write_volume<S: image_format::Store>(
         };
         volume_sha256 = Some(crate::output::hex(&digest));
     } else if vol.can_read_back() {
-        let checked = read_back(&mut *vol, &state, &id_key, size, chunk, threads, plan.json);
+        let checked = read_back(
+            &mut *vol,
+            &state.path,
+            &id_key,
+            size,
+            chunk,
+            threads,
+            plan.json,
+        );
         if checked.is_err() {
             // Do not leave something that might boot.
             let _ = vol.write_zeroes(0, head_len);
@@ -946,6 +1153,7 @@ fn open_state(
     vol: &dyn Volume,
     found: Found,
     size: u64,
+    count: u64,
     state_path: PathBuf,
     header: &[u8],
 ) -> anyhow::Result<State> {
@@ -972,7 +1180,7 @@ fn open_state(
             human_bytes(size)
         )));
     }
-    State::open(state_path, header, found == Found::New)
+    State::open(state_path, header, count, found == Found::New)
 }
 
 /// What the decrypting side hands the volume writer: one batch of chunks.
@@ -983,9 +1191,9 @@ struct Batch {
     /// Zero chunks as runs (offset, length): neighbours go as one request,
     /// a round trip each on RBD.
     zeros: Vec<(u64, u64)>,
-    /// Keyed ids of every chunk of the batch, in order: what the resume state
-    /// records once they are durable.
-    ids: Vec<u8>,
+    /// Index and keyed id of every chunk of the batch, in order: what the
+    /// resume state records once they are durable.
+    ids: Vec<(u64, [u8; 32])>,
     /// Disk bytes the batch covers.
     bytes: u64,
     /// Make everything durable and record it after this batch.
@@ -1040,16 +1248,17 @@ fn write_batches(
     checkpoint_bytes: u64,
     verify: Option<std::sync::mpsc::SyncSender<Written>>,
 ) -> anyhow::Result<(Box<dyn Volume>, State)> {
-    let mut pending_ids: Vec<u8> = Vec::new();
+    let mut pending_ids: Vec<(u64, [u8; 32])> = Vec::new();
     let mut pending_bytes = 0u64;
-    let mut checkpoint = |vol: &mut dyn Volume, ids: &mut Vec<u8>| -> anyhow::Result<()> {
-        if !ids.is_empty() {
-            vol.flush().map_err(volume_err)?;
-            state.append(ids)?;
-            ids.clear();
-        }
-        Ok(())
-    };
+    let mut checkpoint =
+        |vol: &mut dyn Volume, ids: &mut Vec<(u64, [u8; 32])>| -> anyhow::Result<()> {
+            if !ids.is_empty() {
+                vol.flush().map_err(volume_err)?;
+                state.record(ids)?;
+                ids.clear();
+            }
+            Ok(())
+        };
     let stopped = || anyhow::anyhow!("the read-back check stopped");
     for mut b in batches {
         if let (true, Some(v)) = (b.head, &verify) {
@@ -1105,8 +1314,8 @@ fn zero_head(mut vol: Box<dyn Volume>, head_len: u64) {
 
 /// What the read-back beside the writes needs to know of the ingest.
 struct ReadBackPlan {
-    /// The resume state, whose first `resumed` ids are the chunks an earlier
-    /// run wrote (read back first, against their ids).
+    /// The resume state, whose slots of the first `resumed` chunks in write
+    /// order hold the ids of what earlier runs wrote (read back first).
     state_path: PathBuf,
     resumed: u64,
     count: u64,
@@ -1297,8 +1506,7 @@ fn read_back_beside(
         drop(reads);
         out.send(ReadBatch::Runs(runs)).map_err(|_| stopped())
     };
-    let mut hashes = BufReader::new(File::open(&r.state_path)?);
-    hashes.seek(SeekFrom::Start(STATE_HEADER))?;
+    let slots = Slots::open(&r.state_path)?;
     let mut k = 0;
     while k < r.resumed {
         if crate::signals::stop_requested() {
@@ -1307,12 +1515,10 @@ fn read_back_beside(
         let mut checks = Vec::new();
         while k < r.resumed && (checks.len() as u64) < r.per_batch {
             let index = chunk_at(k, r.count);
-            let mut want = [0u8; 32];
-            hashes.read_exact(&mut want)?;
             checks.push(Check {
                 index,
                 len: image_format::layout::chunk_len(r.size, r.chunk as u32, index) as usize,
-                expect: Expect::Id(want),
+                expect: Expect::Id(slots.id(index)?),
             });
             k += 1;
         }
@@ -1406,7 +1612,7 @@ fn check_beside(
 /// batch at a time (reads in order, hashes on every core).
 fn read_back(
     vol: &mut dyn Volume,
-    state: &State,
+    state_path: &Path,
     id_key: &image_format::ChunkIdKey,
     size: u64,
     chunk: u32,
@@ -1416,45 +1622,24 @@ fn read_back(
     use sha2::Digest as _;
     let count = image_format::layout::chunk_count(size, chunk);
     let check = Progress::new("re-read", size, json);
-    let mut hashes = BufReader::new(File::open(&state.path)?);
-    hashes.seek(SeekFrom::Start(STATE_HEADER))?;
+    // The slots, in disk order: the order the volume is read and hashed in.
+    let mut ids = BufReader::with_capacity(1 << 20, File::open(state_path)?);
+    ids.seek(SeekFrom::Start(STATE_HEADER))?;
     let mut zero_ids = ZeroIds::new(id_key);
     let mut checked = 0u64;
     let per_batch = ((16u64 << 20) / u64::from(chunk)).max(threads as u64);
-    // The SHA-256 of the volume runs in disk order, but chunk 0 is checked
-    // last (it was written last): it is read first, hashed, and these same
-    // bytes are checked against its id at the end.
     let mut sha = sha2::Sha256::new();
-    let head = Recheck {
-        index: 0,
-        len: image_format::layout::chunk_len(size, chunk, 0) as usize,
-        want: [0; 32],
-    };
-    let mut head = read_batch(vol, &mut zero_ids, u64::from(chunk), &[head])?.pop();
-    if let Some((r, data)) = &head {
-        sha_update(&mut sha, r.len, data.bytes());
-    }
-    let mut k = 0;
-    while k < count {
+    let mut index = 0;
+    while index < count {
         let mut batch = Vec::new();
-        while k < count && (batch.len() as u64) < per_batch {
-            let index = chunk_at(k, count);
+        while index < count && (batch.len() as u64) < per_batch {
             let len = image_format::layout::chunk_len(size, chunk, index) as usize;
             let mut want = [0u8; 32];
-            hashes.read_exact(&mut want)?;
+            ids.read_exact(&mut want)?;
             batch.push(Recheck { index, len, want });
-            k += 1;
+            index += 1;
         }
-        let rest: Vec<Recheck> = batch.iter().copied().filter(|r| r.index != 0).collect();
-        let mut got = read_batch(vol, &mut zero_ids, u64::from(chunk), &rest)?;
-        for (r, data) in &got {
-            sha_update(&mut sha, r.len, data.bytes());
-        }
-        if let Some(r) = batch.iter().find(|r| r.index == 0) {
-            if let Some((_, data)) = head.take() {
-                got.push((*r, data));
-            }
-        }
+        let got = read_batch(vol, &mut zero_ids, u64::from(chunk), &batch)?;
         if let Some((index, len)) = mismatch_in(&got, id_key, threads)? {
             return Err(coded(
                 FOUND,
@@ -1464,9 +1649,12 @@ fn read_back(
                     index * u64::from(chunk),
                     index * u64::from(chunk) + len as u64,
                     vol.describe(),
-                    state.path.display()
+                    state_path.display()
                 ),
             ));
+        }
+        for (r, data) in &got {
+            sha_update(&mut sha, r.len, data.bytes());
         }
         checked += batch.iter().map(|b| b.len as u64).sum::<u64>();
         check.set(checked);
@@ -1706,9 +1894,18 @@ mod tests {
 
     /// A capture of `disk` in memory (64 KiB chunks) and its data key.
     fn mem_capture(disk: &[u8]) -> (image_format::store::MemStore, image_format::DataKey) {
+        mem_capture_in(disk, image_format::layout::MAX_SEGMENT)
+    }
+
+    /// [`mem_capture`] with segments of at most `segment` bytes.
+    fn mem_capture_in(
+        disk: &[u8],
+        segment: u64,
+    ) -> (image_format::store::MemStore, image_format::DataKey) {
         let mut store = image_format::store::MemStore::new();
         let mut p = image_format::CaptureParams::new("web01", disk.len() as u64);
         p.chunk_size = 64 * 1024;
+        p.max_segment_bytes = segment;
         p.recipients = vec![age::x25519::Identity::generate().to_public()];
         let key = image_format::DataKey::from_bytes([5; 32]);
         let mut w = image_format::CaptureWriter::begin(&mut store, p, Some(key.clone())).unwrap();
@@ -1738,6 +1935,7 @@ mod tests {
             // Paced (absurdly fast): one chunk per batch, one checkpoint per chunk.
             rate: Some(1e15),
             json: true,
+            hold: false,
         }
     }
 
@@ -1758,15 +1956,18 @@ mod tests {
             &plan(dir.path()),
             Box::new(fake),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("injected fault"), "{err:#}");
         assert_eq!(crate::exit::code_of(&err), IO);
         let state = dir.path().join("fake.ingest");
+        let slots = Slots::open(&state).unwrap();
+        let recorded: Vec<bool> = (0..11).map(|i| slots.id(i).unwrap() != [0; 32]).collect();
         assert_eq!(
-            std::fs::metadata(&state).unwrap().len(),
-            STATE_HEADER + 4 * 32,
+            recorded,
+            [false, true, true, true, true, false, false, false, false, false, false],
             "the four durable chunks are recorded, the failed one is not"
         );
         // Chunk 0 (the boot sector) was never written.
@@ -1781,6 +1982,7 @@ mod tests {
             &plan(dir.path()),
             Box::new(fake),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap();
@@ -1799,6 +2001,7 @@ mod tests {
             &plan(dir.path()),
             Box::new(fake.without_read_back()),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap();
@@ -1840,6 +2043,7 @@ mod tests {
                 &p,
                 Box::new(fake.with_concurrent_reader()),
                 reader_of(&mut store, &key),
+                None,
                 Instant::now(),
             )
             .unwrap();
@@ -1861,6 +2065,7 @@ mod tests {
             &plan(dir.path()),
             Box::new(fake.with_concurrent_reader()),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap_err();
@@ -1878,6 +2083,7 @@ mod tests {
             &plan(dir.path()),
             Box::new(fake),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap();
@@ -1891,6 +2097,7 @@ mod tests {
             &plan(dir.path()),
             Box::new(fake.with_concurrent_reader()),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap_err();
@@ -1905,6 +2112,7 @@ mod tests {
             &plan(dir.path()),
             Box::new(fake),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap_err();
@@ -1938,6 +2146,7 @@ mod tests {
                     &p,
                     Box::new(fake),
                     reader_of(&mut store, &key),
+                    None,
                     Instant::now(),
                 )
                 .unwrap_err();
@@ -1958,6 +2167,93 @@ mod tests {
         }
     }
 
+    /// Gaps that place the segments of `reader`'s chunks for which `far`
+    /// holds on medium #0 ("A"), and the others nowhere (given).
+    fn gaps_where<S: image_format::Store>(
+        reader: &CaptureReader<S>,
+        far: impl Fn(u64) -> bool,
+    ) -> crate::medium::Gaps {
+        use image_format::layout::{segment_path, IndexEntry};
+        let mut map = image_format::span::SpanMap::default();
+        map.members.push(image_format::span::Member {
+            ordinal: 0,
+            label: "A".into(),
+            lost: false,
+        });
+        let far = (0..reader.chunk_count())
+            .filter(|&i| far(i))
+            .filter_map(|i| match reader.entry(i) {
+                Some(IndexEntry::Stored(l)) => Some((segment_path("web01", 1, l.segment), 0)),
+                _ => None,
+            })
+            .collect();
+        crate::medium::Gaps::new(far, map, "fat:B.img").unwrap()
+    }
+
+    #[test]
+    fn media_arriving_one_by_one_are_ingested_as_they_come_and_chunk_0_goes_last() {
+        use mgear_volume::FakeVolume;
+        const C: usize = 65536;
+        let disk = sample_disk();
+        // Two data chunks per segment: chunks 0 and 1 share segment 1 (on
+        // medium A, not yet here), the rest are in later segments.
+        let (mut store, key) = mem_capture_in(&disk, 2 * C as u64 + 4096);
+        for beside in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let fake_of = |fake: FakeVolume| match beside {
+                true => fake.with_concurrent_reader(),
+                false => fake,
+            };
+            // First only medium B: everything but chunks 0 and 1.
+            let reader = reader_of(&mut store, &key);
+            let on_a = |i: u64| i <= 1;
+            let gaps = gaps_where(&reader, on_a);
+            let (fake, data) = FakeVolume::new(disk.len(), None);
+            let err = write_volume(
+                &plan(dir.path()),
+                Box::new(fake_of(fake)),
+                reader,
+                Some(&gaps),
+                Instant::now(),
+            )
+            .unwrap_err();
+            assert_eq!(crate::exit::code_of(&err), crate::exit::PENDING, "{err:#}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("wrote the 9 chunk(s)")
+                    && msg.contains("2 chunk(s) (128.00 KiB, between disk bytes 0 and 131072) are on medium #0 (A)"),
+                "{msg}"
+            );
+            {
+                let d = data.lock().unwrap();
+                assert!(
+                    d[..2 * C].iter().all(|&b| b == 0),
+                    "chunks 0 and 1 wait for A"
+                );
+                assert!(d[2 * C..] == disk[2 * C..], "B's share is written");
+            }
+            // Then medium A alone (B's segments are now the ones not here).
+            let reader = reader_of(&mut store, &key);
+            let gaps = gaps_where(&reader, |i| !on_a(i));
+            let (fake, data) = FakeVolume::over(data, None);
+            let fake = fake.with_found(Found::Unfinished {
+                adopt_without_state: true,
+            });
+            let (r, _) = write_volume(
+                &plan(dir.path()),
+                Box::new(fake_of(fake)),
+                reader,
+                Some(&gaps),
+                Instant::now(),
+            )
+            .unwrap();
+            assert_eq!(r.resumed_chunks, 9, "beside {beside}");
+            assert_eq!(r.volume_sha256, Some(sha256_hex(&disk)));
+            assert!(*data.lock().unwrap() == disk);
+            assert!(!dir.path().join("fake.ingest").exists());
+        }
+    }
+
     #[test]
     fn a_partial_without_state_is_not_adopted_and_a_small_volume_is_refused() {
         use mgear_volume::FakeVolume;
@@ -1972,6 +2268,7 @@ mod tests {
             &plan(dir.path()),
             Box::new(fake),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap_err();
@@ -1982,6 +2279,7 @@ mod tests {
             &plan(dir.path()),
             Box::new(small),
             reader_of(&mut store, &key),
+            None,
             Instant::now(),
         )
         .unwrap_err();
@@ -2039,23 +2337,29 @@ mod tests {
     }
 
     #[test]
-    fn state_resumes_only_matching_ingests() {
+    fn state_resumes_only_matching_ingests_and_knows_chunks_in_any_order() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
         let h = State::header(&[1; 32], 10, 4, 1);
-        let mut s = State::open(p.clone(), &h, true).unwrap();
-        s.append(&[7u8; 64]).unwrap();
+        let mut s = State::open(p.clone(), &h, 3, true).unwrap();
+        s.record(&[(2, [7; 32]), (1, [8; 32])]).unwrap();
+        assert_eq!(s.done_prefix(), 2);
         drop(s);
-        // A torn third entry is dropped.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .unwrap()
-            .write_all(&[1; 5])
-            .unwrap();
-        assert_eq!(State::open(p.clone(), &h, false).unwrap().done, 2);
+        let s = State::open(p.clone(), &h, 3, false).unwrap();
+        assert_eq!(
+            (s.done_count(), s.is_done(0), s.is_done(1), s.is_done(2)),
+            (2, false, true, true)
+        );
+        assert_eq!(Slots::open(&p).unwrap().id(2).unwrap(), [7; 32]);
+        // Out of write order: chunk 2 alone is no prefix.
+        let q = dir.path().join("q");
+        let mut s = State::open(q, &h, 3, true).unwrap();
+        s.record(&[(2, [7; 32])]).unwrap();
+        assert_eq!((s.done_count(), s.done_prefix()), (1, 0));
+        // Another capture, generation or size is not resumed.
         let other = State::header(&[2; 32], 10, 4, 1);
-        assert!(State::open(p.clone(), &other, false).is_err());
-        assert_eq!(State::open(p, &other, true).unwrap().done, 0);
+        assert!(State::open(p.clone(), &other, 3, false).is_err());
+        assert!(State::open(p.clone(), &h, 4, false).is_err());
+        assert_eq!(State::open(p, &other, 3, true).unwrap().done_count(), 0);
     }
 }

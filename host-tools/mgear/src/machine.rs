@@ -28,7 +28,12 @@
 //! Ingest checks the set first (trust gate over its COMMIT, set manifest
 //! MAC and binding), then ingests each disk as the capture it is (its own
 //! trust gate, authenticated decryption, read-back check) and `--boot`s
-//! the machine with every disk attached in order.
+//! the machine with every disk attached in order. When the set spans media
+//! and only some are given, each disk is written as far as they allow and
+//! none is finished (exit 4, naming what is missing): a re-run with the
+//! media still to come completes every disk, then reads each back and
+//! finishes them together, so a finished volume always belongs to a
+//! complete machine.
 
 use std::path::{Path, PathBuf};
 
@@ -718,6 +723,10 @@ pub fn ingest_set(
             .map_err(|e| coded(FOUND, format!("ingest refused: set {}: {e}", args.name)))?;
         Ok(file)
     })();
+    // Media still to come: every disk is written as far as the media given
+    // allow, and finished only once none waits (a finished volume is a
+    // complete disk; a machine is complete when all are).
+    let spread = crate::medium::Gaps::of(&medium, "").is_some();
     let closed = medium.close();
     let file: SetFile = checked?;
     closed?;
@@ -736,22 +745,79 @@ pub fn ingest_set(
             )));
         }
     }
+    let hold = spread && plan.len() > 1;
     let mut disks = Vec::new();
-    for (k, target) in &plan {
+    let mut held = Vec::new();
+    let mut pending = Vec::new();
+    let ingest_disk = |k: usize, target: &str, hold: bool| {
         let mut a = args.clone();
-        a.name = set::disk_stream_name(&args.name, *k);
-        a.target = target.clone();
+        a.name = set::disk_stream_name(&args.name, k);
+        a.target = target.to_string();
         a.generation = Some(g);
         a.boot = false;
         a.adapt = false;
+        a.hold = hold;
+        crate::ingest::ingest(&a)
+    };
+    for (k, target) in &plan {
         eprintln!(
             "mgear ingest: set {} disk {k} of {} into {target}",
             args.name,
             file.set.disks.len()
         );
-        let report = crate::ingest::ingest(&a)
-            .with_context(|| format!("ingesting disk {k} of set {} into {target}", args.name))?;
-        disks.push(IngestedDisk { disk: *k, report });
+        match ingest_disk(*k, target, hold) {
+            Ok(report) => disks.push(IngestedDisk { disk: *k, report }),
+            Err(e) if e.downcast_ref::<crate::ingest::Held>().is_some() => {
+                held.push((*k, e.downcast::<crate::ingest::Held>()?));
+            }
+            // The other disks get what the media given hold, too.
+            Err(e) if crate::exit::classified(&e) == Some(crate::exit::PENDING) => {
+                eprintln!("mgear: disk {k}: {e}");
+                pending.push((*k, e.to_string()));
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "ingesting disk {k} of set {} into {target}",
+                    args.name
+                )))
+            }
+        }
+    }
+    if !pending.is_empty() {
+        return Err(coded_hint(
+            crate::exit::PENDING,
+            format!(
+                "set {} is not complete on the media given: {} of {} disk(s) wait for chunks on \
+                 other media; {}",
+                args.name,
+                pending.len(),
+                plan.len(),
+                pending
+                    .iter()
+                    .map(|(k, e)| format!("disk {k}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            "when the media named arrive, run the same command with them as --medium (or \
+             --appliance): every disk goes on from where it stopped (the media given now are \
+             not needed again), and the volumes are finished once the machine is complete",
+        ));
+    }
+    if hold {
+        // Every disk is written: read each back and finish it.
+        for (k, h) in held {
+            let target = &plan
+                .iter()
+                .find(|(d, _)| *d == k)
+                .ok_or_else(|| anyhow::anyhow!("disk {k} is not in the plan (a bug)"))?
+                .1;
+            let mut report = ingest_disk(k, target, false)
+                .with_context(|| format!("finishing disk {k} of set {} in {target}", args.name))?;
+            report.bytes_written += h.bytes_written;
+            report.zero_chunks += h.zero_chunks;
+            disks.push(IngestedDisk { disk: k, report });
+        }
+        disks.sort_by_key(|d| d.disk);
     }
     let mut out = IngestReport {
         command: "ingest",

@@ -16,9 +16,10 @@ Exit codes:
      an appliance check or the custody log failed; the machine did not boot)
   2  usage or key error (bad arguments, a key, PIN or trust file that is missing or does not fit)
   3  I/O error (source, medium, target, appliance or peer unreadable/unwritable/unreachable, medium full)
+  4  pending: ingest wrote what the media given hold; the rest is on media still to come
 
 With --json every command prints one JSON object on stdout, errors included:
-  {\"ok\":false,\"command\":...,\"error\":{\"code\":N,\"kind\":\"failure|usage|io\",\"message\":...,\"hint\":...}}";
+  {\"ok\":false,\"command\":...,\"error\":{\"code\":N,\"kind\":\"failure|usage|io|pending\",\"message\":...,\"hint\":...}}";
 
 /// MotionGear: capture disks onto an encrypted, verifiable appliance medium and ingest them at the target.
 #[derive(Parser, Debug)]

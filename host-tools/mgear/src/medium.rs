@@ -667,57 +667,94 @@ fn run_format(file: File, zeroed: bool) -> Result<Formatted, image_format::Store
     FatStore::format(file, &opts)
 }
 
-/// Segments of a span that live on media not given, found before a read so
-/// ingest can say which chunks are missing and where they are instead of
-/// failing on the first one.
+/// Segments of a span that live on media not given: which chunks of a
+/// generation they hold, so ingest writes what the given media hold and says
+/// which chunks are still missing and where they are.
+#[derive(Debug, Clone)]
 pub struct Gaps {
     far: std::collections::HashMap<String, u16>,
     map: image_format::span::SpanMap,
     given: String,
 }
 
+/// Chunks of one medium still needed: count, plaintext bytes, first and last index.
+type Need = std::collections::BTreeMap<u16, (u64, u64, u64, u64)>;
+
 impl Gaps {
     /// The gaps of `medium` (none when it is not a span or every medium is there).
     pub fn of(medium: &Medium, given: &str) -> Option<Gaps> {
         let span = medium.span()?;
         let far: std::collections::HashMap<String, u16> = span.unreachable().into_iter().collect();
-        if far.is_empty() {
-            return None;
-        }
-        Some(Gaps {
+        Gaps::new(far, span.map().clone(), given)
+    }
+
+    /// Gaps from segment paths not reachable (path → medium ordinal), the
+    /// span's map and how the media given are described; `None` if nothing
+    /// is unreachable.
+    pub fn new(
+        far: std::collections::HashMap<String, u16>,
+        map: image_format::span::SpanMap,
+        given: &str,
+    ) -> Option<Gaps> {
+        (!far.is_empty()).then(|| Gaps {
             far,
-            map: span.map().clone(),
+            map,
             given: given.to_string(),
         })
     }
 
-    /// Fails, naming every medium still needed and the chunks it holds,
-    /// when a chunk of `reader`'s generation lives on a medium not given.
-    pub fn check<S: Store>(&self, reader: &image_format::CaptureReader<S>) -> anyhow::Result<()> {
+    /// The medium (ordinal) holding chunk `index` of `reader`'s generation,
+    /// when it is not among the media given.
+    pub fn holder<S: Store>(
+        &self,
+        reader: &image_format::CaptureReader<S>,
+        index: u64,
+    ) -> Option<u16> {
+        self.place(reader, index).map(|(o, _)| o)
+    }
+
+    /// [`Gaps::holder`] and the chunk's plaintext length.
+    fn place<S: Store>(
+        &self,
+        reader: &image_format::CaptureReader<S>,
+        index: u64,
+    ) -> Option<(u16, u32)> {
         use image_format::layout::{segment_path, IndexEntry};
-        let name = reader.name().to_string();
-        // medium ordinal -> (chunks, bytes, first chunk, last chunk)
-        let mut need: std::collections::BTreeMap<u16, (u64, u64, u64, u64)> = Default::default();
-        for i in 0..reader.chunk_count() {
-            if let Some(IndexEntry::Stored(l)) = reader.entry(i) {
-                let holder = reader.record_capture(l).unwrap_or_else(|| name.clone());
-                if let Some(o) = self
-                    .far
-                    .get(&segment_path(&holder, l.generation, l.segment))
-                {
-                    let e = need.entry(*o).or_insert((0, 0, i, i));
-                    e.0 += 1;
-                    e.1 += u64::from(l.plain_len);
-                    e.3 = i;
-                }
+        let IndexEntry::Stored(l) = reader.entry(index)? else {
+            return None;
+        };
+        let own = reader.name();
+        // Another disk of the set, or a peer machine (dedup across machines).
+        let holder = reader.record_capture(l);
+        let stream = holder.as_deref().unwrap_or(own);
+        let o = self
+            .far
+            .get(&segment_path(stream, l.generation, l.segment))?;
+        Some((*o, l.plain_len))
+    }
+
+    /// The chunks `missing` says are still missing, by the medium holding them.
+    fn need<S: Store>(
+        &self,
+        reader: &image_format::CaptureReader<S>,
+        missing: impl Fn(u64) -> bool,
+    ) -> Need {
+        let mut need = Need::new();
+        for i in (0..reader.chunk_count()).filter(|&i| missing(i)) {
+            if let Some((o, len)) = self.place(reader, i) {
+                let e = need.entry(o).or_insert((0, 0, i, i));
+                e.0 += 1;
+                e.1 += u64::from(len);
+                e.3 = i;
             }
         }
-        if need.is_empty() {
-            return Ok(());
-        }
+        need
+    }
+
+    /// One line per medium: "N chunk(s) (…, between disk bytes a and b) are on medium #k (label)".
+    fn lines<S: Store>(&self, reader: &image_format::CaptureReader<S>, need: &Need) -> String {
         let cs = u64::from(reader.chunk_size());
-        let lines: Vec<String> = need
-            .iter()
+        need.iter()
             .map(|(o, (n, bytes, first, last))| {
                 format!(
                     "{n} chunk(s) ({}, between disk bytes {} and {}) are on {}",
@@ -727,27 +764,66 @@ impl Gaps {
                     self.map.describe(*o)
                 )
             })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Refuses before anything is written when chunks of `reader`'s
+    /// generation are on a medium declared lost: they will never arrive.
+    pub fn refuse_lost<S: Store>(
+        &self,
+        reader: &image_format::CaptureReader<S>,
+    ) -> anyhow::Result<()> {
+        let need: Need = self
+            .need(reader, |_| true)
+            .into_iter()
+            .filter(|(o, _)| self.map.member(*o).is_some_and(|m| m.lost))
             .collect();
-        let lost = need
-            .keys()
-            .any(|o| self.map.member(*o).is_some_and(|m| m.lost));
+        if need.is_empty() {
+            return Ok(());
+        }
         Err(crate::exit::coded_hint(
             crate::exit::USAGE,
             format!(
-                "capture {name} generation {} spans several media and not all of them are given \
-                 ({}): {}",
+                "capture {} generation {} cannot be ingested: {}",
+                reader.name(),
+                reader.generation(),
+                self.lines(reader, &need)
+            ),
+            "a medium declared lost holds part of this generation: ingest the newer generation \
+             its replacement wrote (`mgear inspect` lists the generations)",
+        ))
+    }
+
+    /// The error of an ingest that wrote what the given media hold
+    /// (`written` chunks in this run, into `target`) and still misses the
+    /// chunks `missing` says: which, and on which medium (exit code 4).
+    pub fn pending<S: Store>(
+        &self,
+        reader: &image_format::CaptureReader<S>,
+        missing: impl Fn(u64) -> bool,
+        written: u64,
+        target: &str,
+    ) -> anyhow::Error {
+        let need = self.need(reader, missing);
+        let labels: Vec<String> = need.keys().map(|o| self.map.describe(*o)).collect();
+        crate::exit::coded_hint(
+            crate::exit::PENDING,
+            format!(
+                "capture {} generation {} spans several media and not all of them are given ({}): \
+                 wrote the {written} chunk(s) those hold into {target}; still missing: {}",
+                reader.name(),
                 reader.generation(),
                 self.given,
-                lines.join("; ")
+                self.lines(reader, &need)
             ),
-            if lost {
-                "a medium declared lost holds part of this generation: ingest the newer generation \
-                 its replacement wrote (`mgear inspect` lists the generations)"
-            } else {
-                "give every medium of the span, in any order (one --medium or --appliance each); \
-                 `mgear inspect --medium M` shows the span a medium belongs to"
-            },
-        ))
+            format!(
+                "when {} arrives, run the same command with it as --medium (or --appliance): \
+                 ingest goes on from here (the media given now are not needed again); until then \
+                 the target stays unfinished",
+                labels.join(" and ")
+            ),
+        )
     }
 }
 

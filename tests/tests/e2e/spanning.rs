@@ -85,7 +85,8 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     let i = json(&a, &["inspect", "--appliance", &tb, "--json"]);
     assert_eq!(i["span"]["media"].as_array().unwrap().len(), 2, "{i}");
     assert_eq!(i["span"]["this"][0], 1, "{i}");
-    // Only the second medium at the target: ingest names what is missing and where.
+    // The second medium arrives first: ingest writes what it holds, names
+    // what is missing and where, and finishes nothing.
     let fp = a.fingerprint();
     let base = [
         "ingest",
@@ -102,21 +103,36 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     let mut only_b = base.to_vec();
     only_b.extend_from_slice(&["--appliance", &tb]);
     let o = a.run(&only_b);
-    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
     let t = output_text(&o);
     assert!(
-        t.contains("not all of them are given") && t.contains("medium #0 (appliance at"),
+        t.contains("not all of them are given")
+            && t.contains("wrote the ")
+            && t.contains("are on medium #0 (appliance at"),
         "{t}"
     );
+    let partial = a.p("vm-1.raw.partial");
     assert!(
-        !a.p("vm-0.raw").exists(),
-        "nothing written before every medium is there"
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0),
+        "medium #1's share of disk 1 is written"
     );
-    // Both, in reverse order: the machine boots and reads /srv from disk 1 by UUID.
-    let mut both = base.to_vec();
-    both.extend_from_slice(&[
-        "--appliance",
-        &tb,
+    let d1 = std::fs::read(a.p("disk1.raw")).unwrap();
+    let got = std::fs::read(&partial).unwrap();
+    assert!(
+        (1..d1.len() / (1 << 20)).any(|c| {
+            let r = c << 20..(c + 1) << 20;
+            got[r.clone()] == d1[r.clone()] && d1[r].iter().any(|&b| b != 0)
+        }),
+        "some data of disk 1 came from the medium given"
+    );
+    assert!(
+        !a.p("vm-0.raw").exists() && !a.p("vm-1.raw").exists(),
+        "no volume is finished while the machine is incomplete"
+    );
+    // Then the first medium alone: the machine is completed, finished, and
+    // boots reading /srv from disk 1 by UUID.
+    let mut first = base.to_vec();
+    first.extend_from_slice(&[
         "--appliance",
         &ta,
         "--boot",
@@ -126,7 +142,7 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
         "300",
         "--json",
     ]);
-    let o = a.ok(&both);
+    let o = a.ok(&first);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["booted"], true, "{r}");
     same_file(&a.p("vm-0.raw"), &a.p("disk0.raw"));
