@@ -263,7 +263,7 @@ fn volume_written_through_rbd_boots_through_nova() {
         booted.report.detail,
         booted.report.console_tail(30)
     );
-    assert_eq!(booted.report.driver, "openstack-nova");
+    assert_eq!(booted.report.setup.driver, "openstack-nova");
     assert!(booted.active_after_secs.is_some());
     assert!(!booted
         .report

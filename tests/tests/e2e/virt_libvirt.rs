@@ -115,9 +115,9 @@ fn libvirt_volume_keeps_its_bits_and_boots_with_marker() {
         report.detail,
         report.console_tail(40)
     );
-    assert_eq!(report.driver, "libvirt");
-    assert_eq!(report.bus, Bus::Virtio);
-    assert_eq!(report.target, format!("libvirt:{POOL}/{name}"));
+    assert_eq!(report.setup.driver, "libvirt");
+    assert_eq!(report.setup.bus, Bus::Virtio);
+    assert_eq!(report.setup.target, format!("libvirt:{POOL}/{name}"));
     assert_eq!(report.matched.as_deref(), Some(marker.as_str()));
     assert!(
         our_domains().is_empty(),
