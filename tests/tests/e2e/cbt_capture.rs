@@ -88,21 +88,12 @@ fn cbt_delta_reads_only_dirty_chunks() {
         dir,
     );
     fs::create_dir(e.p("mnt")).unwrap();
-    let common = [
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "vm1",
-        "--recipient",
-        "target.pub",
-    ];
+    let capture = || e.capture("dir:mnt", "vm1");
 
     // Generation 1: a full capture; the bitmap starts tracking right after.
     {
         let (_server, url) = serve(&e, "s1.sock", &[]);
-        let mut a = vec!["capture", "--source", url.as_str()];
-        a.extend_from_slice(&common);
-        let c = e.json(&a);
+        let c = capture().source(&url).json();
         assert_eq!(c["generation"], 1);
         assert_eq!(c["bytes_read"], size);
     }
@@ -126,19 +117,13 @@ fn cbt_delta_reads_only_dirty_chunks() {
     {
         let (_server, url) = serve(&e, "s2.sock", &["-B", "b0"]);
         // Without --delta, or from a file, the option is refused.
-        let mut a = vec!["capture", "--source", url.as_str(), "--dirty-bitmap", "b0"];
-        a.extend_from_slice(&common);
-        assert!(!e.run(&a).status.success());
-        let mut a = vec![
-            "capture",
-            "--source",
-            "disk.raw",
-            "--delta",
-            "--dirty-bitmap",
-            "b0",
-        ];
-        a.extend_from_slice(&common);
-        let out = e.run(&a);
+        let bitmap = ["--dirty-bitmap", "b0"];
+        assert!(!capture().source(&url).args(&bitmap).run().status.success());
+        let out = capture()
+            .source("disk.raw")
+            .arg("--delta")
+            .args(&bitmap)
+            .run();
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("needs an NBD source"),
@@ -146,16 +131,10 @@ fn cbt_delta_reads_only_dirty_chunks() {
             String::from_utf8_lossy(&out.stderr)
         );
         // A bitmap the export does not have: a clear error, nothing written.
-        let mut a = vec![
-            "capture",
-            "--source",
-            url.as_str(),
-            "--delta",
-            "--dirty-bitmap",
-            "nope",
-        ];
-        a.extend_from_slice(&common);
-        let out = e.run(&a);
+        let out = capture()
+            .source(&url)
+            .args(&["--delta", "--dirty-bitmap", "nope"])
+            .run();
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("does not export dirty bitmap nope"),
@@ -163,16 +142,10 @@ fn cbt_delta_reads_only_dirty_chunks() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let mut a = vec![
-            "capture",
-            "--source",
-            url.as_str(),
-            "--delta",
-            "--dirty-bitmap",
-            "b0",
-        ];
-        a.extend_from_slice(&common);
-        let c = e.json(&a);
+        let c = capture()
+            .source(&url)
+            .args(&["--delta", "--dirty-bitmap", "b0"])
+            .json();
         assert_eq!(
             (c["generation"].clone(), c["parent"].clone()),
             (2.into(), 1.into())
@@ -199,18 +172,10 @@ fn cbt_delta_reads_only_dirty_chunks() {
         ],
         dir,
     );
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "vm1",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v.raw",
-    ]);
+    e.ingest("dir:mnt", "vm1")
+        .untrusted()
+        .target("file:v.raw")
+        .ok();
     same_file(&e.p("changed.raw"), &e.p("v.raw"));
     // The changed disk really differs from generation 1.
     assert_ne!(

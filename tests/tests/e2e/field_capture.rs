@@ -44,19 +44,7 @@ fn out(o: &Output) -> String {
 }
 
 fn capture(e: &Env, source: &str, medium: &str, name: &str, extra: &[&str]) -> Output {
-    let mut a = vec![
-        "capture",
-        "--source",
-        source,
-        "--medium",
-        medium,
-        "--name",
-        name,
-        "--recipient",
-        "target.pub",
-    ];
-    a.extend_from_slice(extra);
-    e.run(&a)
+    e.capture(medium, name).source(source).args(extra).run()
 }
 
 fn code(o: &Output) -> Option<i32> {
@@ -106,18 +94,11 @@ fn check_before_writing_refuses_and_plans_without_writing() {
         "{}",
         output_text(&o)
     );
-    let plan = e.json(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--dry-run",
-    ]);
+    let plan = e
+        .capture(&m, "web01")
+        .source("disk.raw")
+        .arg("--dry-run")
+        .json();
     assert_eq!(plan["kind"], "new");
     assert_eq!(plan["fits"], true);
     let est = plan["estimate"]["stored_bytes"].as_u64().unwrap();
@@ -413,19 +394,11 @@ fn guard_rails_refuse_a_second_full_copy_and_a_sync_from_the_wrong_disk() {
     let o = capture(&e, "disk.raw", &m, "db02", &["--rate-limit", "50"]);
     assert_eq!(code(&o), Some(2), "{}", output_text(&o));
 
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--allow-unsealed",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol.raw",
-    ]);
+    e.ingest(&m, "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .ok();
     // web01 captured again onto a second medium: a second key of that name
     // in the cache; sync picks the one whose capture id the target serves.
     e.fat("second.img", "64MiB");

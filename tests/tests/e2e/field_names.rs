@@ -50,19 +50,10 @@ fn captured(e: &Env, kind: &str) -> String {
         }
         _ => e.fat("medium.img", "64MiB"),
     };
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
     m
 }
 
@@ -130,21 +121,12 @@ fn any_case_finds_the_capture(kind: &str) {
     assert_eq!(v["trust"][0]["capture"], "web01", "{kind}: {v}");
     assert_eq!(v["trust"][0]["trusted"], true, "{kind}: {v}");
 
-    let i = e.json(&[
-        "ingest",
-        "--medium",
-        &m,
-        "--name",
-        "WEB01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--expect-generation",
-        "1",
-        "--target",
-        "file:vol.raw",
-    ]);
+    let i = e
+        .ingest(&m, "WEB01")
+        .trust("site.pub")
+        .args(&["--expect-generation", "1"])
+        .target("file:vol.raw")
+        .json();
     assert_eq!(i["name"], "web01", "{kind}: {i}");
     assert_eq!(i["verified"], true, "{kind}: {i}");
     same_file(&e.p("disk.raw"), &e.p("vol.raw"));

@@ -71,34 +71,15 @@ fn capture_and_ingest(e: &Env) {
     e.keygen();
     e.ok(&["keygen", "--signing", "--out", "site.key"]);
     let m = e.fat("medium.img", "256MiB");
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
-    e.ok(&[
-        "ingest",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--target",
-        "file:vol.raw",
-        "--report",
-        "ingest.json",
-    ]);
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
+    e.ingest(&m, "web01")
+        .trust("site.pub")
+        .target("file:vol.raw")
+        .args(&["--report", "ingest.json"])
+        .ok();
 }
 
 #[test]
@@ -116,20 +97,12 @@ fn ingest_report_carries_the_sha256_of_the_volume() {
 
     // A qcow2 target: the digest is of the disk it holds, not of the container.
     std::fs::remove_file(e.p("vol.raw")).unwrap();
-    let o = e.run(&[
-        "ingest",
-        "--medium",
-        "fat:medium.img",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--target",
-        "qcow2:vol.qcow2",
-        "--json",
-    ]);
+    let o = e
+        .ingest("fat:medium.img", "web01")
+        .trust("site.pub")
+        .target("qcow2:vol.qcow2")
+        .arg("--json")
+        .run();
     let v = envelope(&o, "ingest");
     // qcow2 rounds its virtual size up to whole sectors: the digest covers
     // the disk's own bytes.

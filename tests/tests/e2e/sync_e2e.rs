@@ -6,19 +6,15 @@
 //! attacker's data key, unsigned or unpinned sessions are refused, and idle
 //! connections neither block a sync nor stay.
 
-use mgear_tests::output_text as text;
+use mgear_tests::{output_text as text, Env};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 
 const MIB: usize = 1 << 20;
-
-struct Env {
-    dir: tempfile::TempDir,
-}
 
 /// Kills a background `mgear serve` when the test ends, however it ends.
 struct Bg(Child);
@@ -30,69 +26,28 @@ impl Drop for Bg {
     }
 }
 
-impl Env {
-    fn new() -> Self {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
+/// What the sync scenarios do again and again, on the shared scratch [`Env`].
+trait SyncEnv {
+    fn capture_and_ingest(&self, medium_size: &str);
+    fn serve(&self, extra: &[&str]) -> (Bg, String);
+    fn serve_raw(&self, extra: &[&str]) -> (Bg, String);
+}
 
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(mgear_tests::bin("mgear"));
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("XDG_STATE_HOME", self.p("state"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let o = self.cmd(args).output().expect("run mgear");
-        assert!(o.status.success(), "mgear {args:?}: {}", text(&o));
-        o
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let o = self.ok(&a);
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)))
-    }
-
+impl SyncEnv for Env {
     /// keygen (target and capture site), FAT medium, capture `disk.raw` as
     /// web01, ingest into `vol.raw`.
     fn capture_and_ingest(&self, medium_size: &str) {
         self.ok(&["keygen", "--out", "target.key"]);
         self.ok(&["keygen", "--signing", "--out", "site.key"]);
         self.ok(&["medium", "format", "fat:medium.img", "--size", medium_size]);
-        self.ok(&[
-            "capture",
-            "--source",
-            "disk.raw",
-            "--medium",
-            "fat:medium.img",
-            "--name",
-            "web01",
-            "--recipient",
-            "target.pub",
-        ]);
-        self.ok(&[
-            "ingest",
-            "--allow-untrusted",
-            "--medium",
-            "fat:medium.img",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--target",
-            "file:vol.raw",
-            "--allow-unsealed",
-        ]);
+        self.capture("fat:medium.img", "web01")
+            .source("disk.raw")
+            .ok();
+        self.ingest("fat:medium.img", "web01")
+            .untrusted()
+            .target("file:vol.raw")
+            .unsealed()
+            .ok();
         assert_eq!(
             std::fs::read(self.p("vol.raw")).unwrap(),
             std::fs::read(self.p("disk.raw")).unwrap()
@@ -479,19 +434,10 @@ fn serve_applies_only_pinned_signed_syncs_and_drops_idle_peers() {
     // its data key does not open the served capture, even under the pinned signature.
     write_disk(&e.p("evil.raw"), 8, 66);
     std::fs::create_dir(e.p("evil")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "evil.raw",
-        "--medium",
-        "dir:evil",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--key-cache",
-        "evil-keys",
-    ]);
+    e.capture("dir:evil", "web01")
+        .source("evil.raw")
+        .args(&["--key-cache", "evil-keys"])
+        .ok();
     let evil = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
     let o = sync_from(
         "evil.raw",

@@ -115,17 +115,7 @@ fn captured(e: &Env) {
     e.keygen();
     sparse_disk(&e.p("disk.raw"));
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "big",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture("dir:mnt", "big").source("disk.raw").ok();
 }
 
 /// Ingest into `target` with its own state dir, sampled all along; returns
@@ -133,20 +123,12 @@ fn captured(e: &Env) {
 fn ingest_sampled(e: &Env, target: &str, state: &str) -> serde_json::Value {
     let sdir = e.p(state);
     let sampler = Sampler::start(sdir.clone());
-    let r = e.json(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "big",
-        "--identity",
-        "target.key",
-        "--target",
-        target,
-        "--state-dir",
-        &sdir.display().to_string(),
-    ]);
+    let r = e
+        .ingest("dir:mnt", "big")
+        .untrusted()
+        .target(target)
+        .args(&["--state-dir", &sdir.display().to_string()])
+        .json();
     let (max, samples) = sampler.finish();
     assert!(samples >= 2, "the sampler did not run during the ingest");
     assert_eq!(r["verified"], true, "{r}");
