@@ -5,8 +5,10 @@
 //! an integration test, so the test command builds the workspace first
 //! (`cargo build --workspace`) and [`bin`] finds them next to the test.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Where a scenario runs `mgear`: the scratch [`Env`], or a scenario's own
 /// lab (an appliance simulator's directory). [`Line`] runs through it.
@@ -178,6 +180,29 @@ impl<'r> Line<'r> {
         out
     }
 
+    /// Start this `mgear serve` line in the background and wait for its
+    /// first line, `listening on ADDR`; returns the server and ADDR.
+    pub fn listen(&self) -> (Background, String) {
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mgear serve");
+        let out = child.stdout.take().expect("serve stdout");
+        let server = Background(child);
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("serve prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("mgear {:?} said {line:?}", self.argv()))
+            .to_string();
+        (server, addr)
+    }
+
     /// Run with `--json` appended, require exit 0, parse stdout.
     pub fn json(&self) -> serde_json::Value {
         let line = self.clone().arg("--json");
@@ -285,6 +310,16 @@ impl Env {
         Line::ingest(self, name).medium(medium)
     }
 
+    /// `mgear serve --target file:vol.raw --medium MEDIUM --name NAME
+    /// --identity target.key --listen 127.0.0.1:0`: add the trust and the
+    /// rest; start it with [`Line::listen`].
+    pub fn serve(&self, medium: &str, name: &str) -> Line<'_> {
+        Line::new(self, &["serve", "--target", "file:vol.raw"])
+            .medium(medium)
+            .args(&["--name", name, "--identity", "target.key"])
+            .args(&["--listen", "127.0.0.1:0"])
+    }
+
     /// The two-disk sample machine in `d0.raw` and `d1.raw` (see
     /// [`Line::sample_machine`]); returns their paths.
     pub fn sample_machine(&self, marker: &str) -> (String, String) {
@@ -303,6 +338,41 @@ impl Env {
         self.ok(&["medium", "format", &format!("fat:{name}"), "--size", size]);
         format!("fat:{name}")
     }
+}
+
+/// A process a scenario started in the background (a server), killed and
+/// reaped when dropped, however the test ends.
+pub struct Background(pub Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `qemu-nbd ARGS -k SOCK IMAGE` in the background, once its Unix socket exists.
+pub fn qemu_nbd(args: &[&str], sock: &Path, image: &Path) -> Background {
+    let server = Background(
+        Command::new("qemu-nbd")
+            .args(args)
+            .arg("-k")
+            .arg(sock)
+            .arg(image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd (Debian: qemu-utils)"),
+    );
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
 }
 
 /// Asserts that files `a` and `b` hold the same bytes, naming the first difference.

@@ -4,49 +4,20 @@
 //!
 //! Needs qemu-img, qemu-io and qemu-nbd (Debian: qemu-utils).
 
-use mgear_tests::{same_file, Env};
+use mgear_tests::{qemu_nbd, same_file, Background, Env};
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use rand::{RngCore, SeedableRng};
 
 const MIB: u64 = 1 << 20;
 
-/// A qemu-nbd server, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Serve `disk.qcow2` read-only on a fresh socket, with extra qemu-nbd args.
-fn serve(e: &Env, sock: &str, extra: &[&str]) -> (Server, String) {
+fn serve(e: &Env, sock: &str, extra: &[&str]) -> (Background, String) {
     let sock = e.p(sock);
-    let server = Server(
-        Command::new("qemu-nbd")
-            .args(["-r", "-t", "-f", "qcow2"])
-            .args(extra)
-            .arg("-k")
-            .arg(&sock)
-            .arg(e.p("disk.qcow2"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd (Debian: qemu-utils)"),
-    );
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let args = [&["-r", "-t", "-f", "qcow2"], extra].concat();
+    let server = qemu_nbd(&args, &sock, &e.p("disk.qcow2"));
     (server, format!("nbd+unix:///?socket={}", sock.display()))
 }
 

@@ -5,7 +5,7 @@
 //! medium-full scenarios use a rate limit or a filler file so that the
 //! interruption lands mid-way.
 
-use mgear_tests::{same_file, Env, Line};
+use mgear_tests::{qemu_nbd, same_file, Env, Line};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -580,40 +580,6 @@ fn cli_help_documents_exit_codes_and_usage_errors_exit_2() {
         "fast",
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-}
-
-/// Kills the child on drop (servers started by a test).
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Serve `image` with `qemu-nbd ARGS -k SOCK` and wait until the socket exists.
-fn qemu_nbd(args: &[&str], sock: &Path, image: &Path) -> Server {
-    let server = Server(
-        Command::new("qemu-nbd")
-            .args(args)
-            .arg("-k")
-            .arg(sock)
-            .arg(image)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd (Debian: qemu-utils)"),
-    );
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
 }
 
 #[test]

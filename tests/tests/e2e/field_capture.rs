@@ -14,11 +14,10 @@
 //! - appliance commands report the state they really left the appliance in.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use mgear_tests::{output_text, Env};
+use mgear_tests::{output_text, Background, Env};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
@@ -324,47 +323,9 @@ fn keys_are_kept_by_capture_id_and_names_ignore_case() {
     assert_eq!(code(&o), Some(0), "{}", output_text(&o));
 }
 
-/// Kills a background `mgear serve` when the test ends.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(e: &Env) -> (Bg, String) {
-    let mut child = e
-        .cmd(&[
-            "serve",
-            "--target",
-            "file:vol.raw",
-            "--medium",
-            "fat:m.img",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--listen",
-            "127.0.0.1:0",
-            "--trust",
-            "site.pub",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve said {line:?}"))
-        .to_string();
-    (Bg(child), addr)
+/// `mgear serve` of web01 on `m.img`, pinning `site.pub`, in the background.
+fn serve(e: &Env) -> (Background, String) {
+    e.serve("fat:m.img", "web01").trust("site.pub").listen()
 }
 
 #[test]
