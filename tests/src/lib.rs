@@ -5,8 +5,217 @@
 //! an integration test, so the test command builds the workspace first
 //! (`cargo build --workspace`) and [`bin`] finds them next to the test.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where a scenario runs `mgear`: the scratch [`Env`], or a scenario's own
+/// lab (an appliance simulator's directory). [`Line`] runs through it.
+pub trait Runner {
+    /// `mgear ARGS`, ready to run the way this runner runs it (working
+    /// directory, state directory, environment, no stdin).
+    fn mgear(&self, args: &[&str]) -> Command;
+
+    /// What a failure message adds after mgear's output (a simulator's log).
+    fn failure_context(&self) -> String {
+        String::new()
+    }
+}
+
+impl Runner for Env {
+    fn mgear(&self, args: &[&str]) -> Command {
+        self.cmd(args)
+    }
+}
+
+/// One `mgear` command line, built from the parts scenarios share (the
+/// capture and ingest flags every scenario writes, the sample machine) plus
+/// whatever a scenario adds, and run through a [`Runner`]. The run methods
+/// take `&self`, so a line can be run again (a resumed capture).
+#[must_use = "a Line does nothing until it is run"]
+#[derive(Clone)]
+pub struct Line<'r> {
+    runner: &'r dyn Runner,
+    args: Vec<String>,
+}
+
+impl<'r> Line<'r> {
+    /// `mgear ARGS`.
+    pub fn new(runner: &'r dyn Runner, args: &[&str]) -> Self {
+        Line {
+            runner,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// `mgear capture --name NAME --recipient target.pub`: add where it
+    /// writes (`medium`, `appliance`) and its `source`s.
+    pub fn capture(runner: &'r dyn Runner, name: &str) -> Self {
+        Line::new(
+            runner,
+            &["capture", "--name", name, "--recipient", "target.pub"],
+        )
+    }
+
+    /// `mgear ingest --name NAME --identity target.key`: add where it reads
+    /// (`medium`, `appliance`), the trust and the `target`.
+    pub fn ingest(runner: &'r dyn Runner, name: &str) -> Self {
+        Line::new(
+            runner,
+            &["ingest", "--name", name, "--identity", "target.key"],
+        )
+    }
+
+    /// `mgear boot --build-sample D0 --marker MARKER --data-disk D1`: the
+    /// two-disk sample machine. D0 boots (MBR, GRUB, Linux); its fstab mounts
+    /// /srv by UUID from D1 (an ext4 data disk, half incompressible filler),
+    /// so it boots only with D1 attached and then prints
+    /// `MGEAR-SRV-OK MARKER-srv`. Add `--data-size` and the rest.
+    pub fn sample_machine(runner: &'r dyn Runner, d0: &str, d1: &str, marker: &str) -> Self {
+        Line::new(
+            runner,
+            &[
+                "boot",
+                "--build-sample",
+                d0,
+                "--marker",
+                marker,
+                "--data-disk",
+                d1,
+            ],
+        )
+    }
+
+    /// Append `a`.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_string());
+        self
+    }
+
+    /// Append `more`.
+    pub fn args(mut self, more: &[&str]) -> Self {
+        self.args.extend(more.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// `--medium SPEC`.
+    pub fn medium(self, spec: &str) -> Self {
+        self.args(&["--medium", spec])
+    }
+
+    /// `--appliance TTY`.
+    pub fn appliance(self, tty: &str) -> Self {
+        self.args(&["--appliance", tty])
+    }
+
+    /// `--source SPEC`.
+    pub fn source(self, spec: &str) -> Self {
+        self.args(&["--source", spec])
+    }
+
+    /// One `--source` per disk, in order (a machine set).
+    pub fn sources(self, specs: &[&str]) -> Self {
+        specs.iter().fold(self, |l, s| l.source(s))
+    }
+
+    /// `--sign KEY` (a capture site's signing key).
+    pub fn sign(self, key: &str) -> Self {
+        self.args(&["--sign", key])
+    }
+
+    /// `--trust PUB` (the pinned capture-site key).
+    pub fn trust(self, public: &str) -> Self {
+        self.args(&["--trust", public])
+    }
+
+    /// `--allow-untrusted`.
+    pub fn untrusted(self) -> Self {
+        self.arg("--allow-untrusted")
+    }
+
+    /// `--allow-unsealed` (an ingest of a medium no appliance sealed).
+    pub fn unsealed(self) -> Self {
+        self.arg("--allow-unsealed")
+    }
+
+    /// `--target SPEC`.
+    pub fn target(self, spec: &str) -> Self {
+        self.args(&["--target", spec])
+    }
+
+    /// The arguments after `mgear`.
+    pub fn argv(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+
+    /// The command, ready to run (to add environment or a timeout).
+    pub fn command(&self) -> Command {
+        self.runner.mgear(&self.argv())
+    }
+
+    /// Run to completion.
+    pub fn run(&self) -> Output {
+        self.command().output().expect("run mgear")
+    }
+
+    /// Run and require exit 0.
+    pub fn ok(&self) -> Output {
+        let out = self.run();
+        if !out.status.success() {
+            let context = self.runner.failure_context();
+            panic!(
+                "mgear {:?} failed ({:?}):\nstdout: {}\nstderr: {}{}",
+                self.argv(),
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                if context.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{context}")
+                }
+            );
+        }
+        out
+    }
+
+    /// Start this `mgear serve` line in the background and wait for its
+    /// first line, `listening on ADDR`; returns the server and ADDR.
+    pub fn listen(&self) -> (Background, String) {
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mgear serve");
+        let out = child.stdout.take().expect("serve stdout");
+        let server = Background(child);
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("serve prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("mgear {:?} said {line:?}", self.argv()))
+            .to_string();
+        (server, addr)
+    }
+
+    /// Run with `--json` appended, require exit 0, parse stdout.
+    pub fn json(&self) -> serde_json::Value {
+        let line = self.clone().arg("--json");
+        let out = line.ok();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "mgear {:?}: stdout is not JSON ({e}): {}",
+                line.argv(),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
 
 /// Path of a workspace binary built in the same profile as this test.
 ///
@@ -71,33 +280,52 @@ impl Env {
 
     /// Run `mgear ARGS` to completion.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run mgear")
+        self.line(args).run()
     }
 
     /// Run and require exit 0.
     pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "mgear {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        self.line(args).ok()
     }
 
     /// Run with `--json` appended, require exit 0, parse stdout.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.ok(&a);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "mgear {a:?}: stdout is not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.line(args).json()
+    }
+
+    /// `mgear ARGS` as a [`Line`] to add flags to.
+    pub fn line(&self, args: &[&str]) -> Line<'_> {
+        Line::new(self, args)
+    }
+
+    /// `mgear capture --medium MEDIUM --name NAME --recipient target.pub`
+    /// (the key [`keygen`](Self::keygen) wrote); add `--source`s and the rest.
+    pub fn capture(&self, medium: &str, name: &str) -> Line<'_> {
+        Line::capture(self, name).medium(medium)
+    }
+
+    /// `mgear ingest --medium MEDIUM --name NAME --identity target.key`; add
+    /// the trust (`trust`, `untrusted`), the `--target` and the rest.
+    pub fn ingest(&self, medium: &str, name: &str) -> Line<'_> {
+        Line::ingest(self, name).medium(medium)
+    }
+
+    /// `mgear serve --target file:vol.raw --medium MEDIUM --name NAME
+    /// --identity target.key --listen 127.0.0.1:0`: add the trust and the
+    /// rest; start it with [`Line::listen`].
+    pub fn serve(&self, medium: &str, name: &str) -> Line<'_> {
+        Line::new(self, &["serve", "--target", "file:vol.raw"])
+            .medium(medium)
+            .args(&["--name", name, "--identity", "target.key"])
+            .args(&["--listen", "127.0.0.1:0"])
+    }
+
+    /// The two-disk sample machine in `d0.raw` and `d1.raw` (see
+    /// [`Line::sample_machine`]); returns their paths.
+    pub fn sample_machine(&self, marker: &str) -> (String, String) {
+        let (d0, d1) = (self.s("d0.raw"), self.s("d1.raw"));
+        Line::sample_machine(self, &d0, &d1, marker).ok();
+        (d0, d1)
     }
 
     /// `mgear keygen --out target.key` (also writes target.pub).
@@ -110,6 +338,41 @@ impl Env {
         self.ok(&["medium", "format", &format!("fat:{name}"), "--size", size]);
         format!("fat:{name}")
     }
+}
+
+/// A process a scenario started in the background (a server), killed and
+/// reaped when dropped, however the test ends.
+pub struct Background(pub Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `qemu-nbd ARGS -k SOCK IMAGE` in the background, once its Unix socket exists.
+pub fn qemu_nbd(args: &[&str], sock: &Path, image: &Path) -> Background {
+    let server = Background(
+        Command::new("qemu-nbd")
+            .args(args)
+            .arg("-k")
+            .arg(sock)
+            .arg(image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd (Debian: qemu-utils)"),
+    );
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
 }
 
 /// Asserts that files `a` and `b` hold the same bytes, naming the first difference.

@@ -238,18 +238,11 @@ pub fn nothing_bootable_detail(line: &str, elapsed: f64) -> String {
 /// Record of one boot attempt, written as JSON next to the volume.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootReport {
-    /// Boot driver ("local-qemu").
-    pub driver: String,
-    /// The volume.
-    pub target: String,
-    /// Firmware used (resolved from auto).
-    pub firmware: Firmware,
-    /// Why that firmware.
-    pub firmware_reason: String,
-    /// Bus used (resolved from auto).
-    pub bus: Bus,
-    /// Why that bus.
-    pub bus_reason: String,
+    /// Where and how the machine ran, as its driver set it up; serialized at
+    /// the report's top level (`driver`, `target`, `firmware`, `bus`,
+    /// `command`, ...).
+    #[serde(flatten)]
+    pub setup: Setup,
     /// Regex waited for.
     pub wait_for: String,
     /// Result.
@@ -266,8 +259,6 @@ pub struct BootReport {
     pub console_log: String,
     /// QEMU's stderr.
     pub qemu_stderr: String,
-    /// The QEMU command line.
-    pub command: Vec<String>,
 }
 
 impl BootReport {

@@ -11,6 +11,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::boot::{
     clean_console, nothing_bootable, nothing_bootable_detail, BootReport, Bus, Firmware, Outcome,
 };
@@ -95,25 +97,30 @@ pub enum Start {
 }
 
 /// The parts of the report the driver knows: where and how the machine ran.
-#[derive(Debug, Clone)]
+/// [`BootReport`] holds it flattened, so the report's JSON carries these
+/// fields at its top level (`subject` and `console` only phrase the outcome's
+/// detail and stay out of it).
+#[derive(Debug, Clone, Serialize)]
 pub struct Setup {
     /// Driver name ("local-qemu", "libvirt", "openstack-nova").
     pub driver: String,
     /// The volume.
     pub target: String,
-    /// Firmware used.
+    /// Firmware used (resolved from auto).
     pub firmware: Firmware,
     /// Why that firmware.
     pub firmware_reason: String,
-    /// Bus used.
+    /// Bus used (resolved from auto).
     pub bus: Bus,
     /// Why that bus.
     pub bus_reason: String,
     /// How the machine was started (QEMU argv, virsh command, API request).
     pub command: Vec<String>,
     /// Who prints, in the report's words ("guest", "server 1f2e...").
+    #[serde(skip)]
     pub subject: String,
     /// Where it prints ("the serial console", "the console of server 1f2e...").
+    #[serde(skip)]
     pub console: String,
 }
 
@@ -362,12 +369,6 @@ pub fn prove_boot(guest: &mut dyn Guest, expect: &Expectation) -> Result<BootRep
         End::NotRunning(outcome, detail) => (outcome, None, None, detail),
     };
     Ok(BootReport {
-        driver: setup.driver,
-        target: setup.target,
-        firmware: setup.firmware,
-        firmware_reason: setup.firmware_reason,
-        bus: setup.bus,
-        bus_reason: setup.bus_reason,
         wait_for: expect.wait_for().to_string(),
         outcome,
         matched,
@@ -376,7 +377,7 @@ pub fn prove_boot(guest: &mut dyn Guest, expect: &Expectation) -> Result<BootRep
         detail,
         console_log: console.tail(LOG_CAP),
         qemu_stderr: log,
-        command: setup.command,
+        setup,
     })
 }
 
@@ -534,11 +535,49 @@ mod tests {
             .starts_with("guest printed \"MGEAR-BOOT-OK web01\""));
         assert_eq!(r.console_log, "SeaBIOS\nLinux\nMGEAR-BOOT-OK web01\nmore\n");
         assert_eq!(
-            (r.driver.as_str(), r.qemu_stderr.as_str()),
+            (r.setup.driver.as_str(), r.qemu_stderr.as_str()),
             ("scripted", "hypervisor log")
         );
         assert_eq!(g.stops, 1);
         assert!(r.require_booted().is_ok());
+    }
+
+    /// The report's JSON keeps the driver's setup at its top level, as
+    /// `mgear boot --json`, the e2e tests and users' scripts read it, and
+    /// leaves out what only phrases the detail.
+    #[test]
+    fn the_json_report_carries_the_setup_at_its_top_level() {
+        let mut g = Scripted::new(vec![(bytes("MGEAR-BOOT-OK web01\n"), GuestState::Running)]);
+        let r = prove_boot(&mut g, &expect(60_000)).unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut want = vec![
+            "driver",
+            "target",
+            "firmware",
+            "firmware_reason",
+            "bus",
+            "bus_reason",
+            "wait_for",
+            "outcome",
+            "matched",
+            "time_to_marker_secs",
+            "elapsed_secs",
+            "detail",
+            "console_log",
+            "qemu_stderr",
+            "command",
+        ];
+        want.sort_unstable();
+        assert_eq!(keys, want, "{v}");
+        assert_eq!(v["driver"], "scripted");
+        assert_eq!(v["target"], "file:vol.raw");
+        assert_eq!(v["firmware"], "bios");
+        assert_eq!(v["bus"], "virtio");
+        assert_eq!(v["bus_reason"], "requested");
+        assert_eq!(v["command"], serde_json::json!(["fake"]));
+        assert_eq!(v["outcome"], "booted");
     }
 
     #[test]

@@ -375,11 +375,11 @@ pub fn finish(
         use crate::output::serde_name;
         println!(
             "target {}: {} (driver {}, firmware {}, bus {})",
-            report.target,
+            report.setup.target,
             serde_name(&report.outcome),
-            report.driver,
-            serde_name(&report.firmware),
-            serde_name(&report.bus)
+            report.setup.driver,
+            serde_name(&report.setup.firmware),
+            serde_name(&report.setup.bus)
         );
         println!("{}", report.detail);
         if saved.is_ok() {

@@ -29,17 +29,7 @@ fn capture(e: &Env, disk: &Path, name: &str) {
     e.ok(&["keygen", "--out", "target.key"]);
     fs::create_dir(e.p("mnt")).unwrap();
     let disk = disk.to_str().expect("utf-8 path");
-    e.ok(&[
-        "capture",
-        "--source",
-        disk,
-        "--medium",
-        "dir:mnt",
-        "--name",
-        name,
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture("dir:mnt", name).source(disk).ok();
 }
 
 /// The cached Debian fixture, built on first use (needs root).
@@ -117,28 +107,23 @@ fn debian_ingest_adapt_boots_on_virtio() {
     let disk = fixture();
     let e = Env::new();
     capture(&e, &disk, "deb12");
-    let out = e.run(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "deb12",
-        "--identity",
-        "target.key",
-        "--allow-unsealed",
-        "--target",
-        "file:vol.raw",
-        "--adapt",
-        "--boot",
-        "--boot-bus",
-        "virtio",
-        "--wait-for",
-        "MGEAR-FIXTURE-UP root=/dev/vda1",
-        "--timeout",
-        "600",
-        "--json",
-    ]);
+    let out = e
+        .ingest("dir:mnt", "deb12")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .args(&[
+            "--adapt",
+            "--boot",
+            "--boot-bus",
+            "virtio",
+            "--wait-for",
+            "MGEAR-FIXTURE-UP root=/dev/vda1",
+            "--timeout",
+            "600",
+            "--json",
+        ])
+        .run();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(r["verified"], true, "{r}");
@@ -199,20 +184,12 @@ fn ingest_adapt_without_virt_v2v_says_what_to_install_before_writing() {
     let empty = e.p("empty-bin");
     fs::create_dir(&empty).unwrap();
     let out = e
-        .cmd(&[
-            "ingest",
-            "--allow-untrusted",
-            "--medium",
-            "dir:mnt",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--allow-unsealed",
-            "--target",
-            "file:vol.raw",
-            "--adapt",
-        ])
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .arg("--adapt")
+        .command()
         .env("PATH", &empty)
         .output()
         .expect("run mgear");
@@ -233,20 +210,13 @@ fn ingest_adapt_refuses_a_disk_without_an_os_and_keeps_the_verified_volume() {
     let e = Env::new();
     small_disk(&e.p("disk.raw"));
     capture(&e, &e.p("disk.raw"), "web01");
-    let out = e.run(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--allow-unsealed",
-        "--target",
-        "file:vol.raw",
-        "--adapt",
-    ]);
+    let out = e
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .arg("--adapt")
+        .run();
     // Whether or not virt-v2v is installed here, a disk with no partition
     // table and no filesystem is refused before it runs (exit 2), and the
     // verified volume is left as ingested and says so.
@@ -269,22 +239,13 @@ fn ingest_refuses_a_bad_boot_bus_before_writing() {
     let e = Env::new();
     small_disk(&e.p("disk.raw"));
     capture(&e, &e.p("disk.raw"), "web01");
-    let out = e.run(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--allow-unsealed",
-        "--target",
-        "file:vol.raw",
-        "--boot",
-        "--boot-bus",
-        "floppy",
-    ]);
+    let out = e
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .args(&["--boot", "--boot-bus", "floppy"])
+        .run();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(!e.p("vol.raw").exists());
     assert!(!e.p("vol.raw.partial").exists());
@@ -314,40 +275,23 @@ fn a_two_disk_machine_is_adapted_as_one_guest_and_boots_on_virtio() {
         .expect("mkfs.ext4 (e2fsprogs)");
     assert!(st.success());
     let (d0, d1) = (disk.to_str().unwrap(), data.to_str().unwrap());
-    e.ok(&[
-        "capture",
-        "--source",
-        d0,
-        "--source",
-        d1,
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "deb12",
-        "--recipient",
-        "target.pub",
-    ]);
-    let out = e.run(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "deb12",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vm-{disk}.raw",
-        "--adapt",
-        "--boot",
-        "--boot-bus",
-        "virtio",
-        "--wait-for",
-        "MGEAR-FIXTURE-UP root=/dev/vda1",
-        "--timeout",
-        "600",
-        "--json",
-    ]);
+    e.capture("dir:mnt", "deb12").sources(&[d0, d1]).ok();
+    let out = e
+        .ingest("dir:mnt", "deb12")
+        .untrusted()
+        .target("file:vm-{disk}.raw")
+        .args(&[
+            "--adapt",
+            "--boot",
+            "--boot-bus",
+            "virtio",
+            "--wait-for",
+            "MGEAR-FIXTURE-UP root=/dev/vda1",
+            "--timeout",
+            "600",
+            "--json",
+        ])
+        .run();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(r["booted"], true, "{r}");

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::appliance_util::*;
+use mgear_tests::Line;
 
 #[test]
 fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {
@@ -70,19 +71,12 @@ fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {
     }
     // Even with the target key and without the attestation gate, nothing decrypts.
     let m = format!("fat:{}", lab.s("medium.img"));
-    let out = lab.run(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol.raw",
-        "--allow-unsealed",
-    ]);
+    let out = Line::ingest(&lab, "web01")
+        .medium(&m)
+        .untrusted()
+        .target("file:vol.raw")
+        .unsealed()
+        .run();
     assert!(!out.status.success(), "ingest after crypto-erase succeeded");
     assert!(
         !lab.p("vol.raw").exists()

@@ -14,10 +14,10 @@ fn appliance_sigkill_mid_capture_resume_identical() {
     lab.start();
     lab.provision_and_unlock();
 
-    let mut args = lab.capture_args();
-    args.extend(["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"].map(String::from));
     let mut capture = lab
-        .mgear(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+        .capture_line()
+        .args(&["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"])
+        .command()
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1800));

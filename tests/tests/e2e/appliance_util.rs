@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mgear_tests::{Line, Runner};
 use rand::{RngCore, SeedableRng};
 
 pub const PIN: &str = "4711-2468";
@@ -18,6 +19,16 @@ pub const PIN: &str = "4711-2468";
 pub struct Lab {
     pub dir: tempfile::TempDir,
     sim: Option<Child>,
+}
+
+impl Runner for Lab {
+    fn mgear(&self, args: &[&str]) -> Command {
+        Lab::mgear(self, args)
+    }
+
+    fn failure_context(&self) -> String {
+        format!("simulator:\n{}", self.sim_log())
+    }
 }
 
 impl Lab {
@@ -163,21 +174,12 @@ impl Lab {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.mgear(args).output().expect("run mgear")
+        Line::new(self, args).run()
     }
 
-    /// Run and require exit 0.
+    /// Run and require exit 0 (a failure shows the simulator's log).
     pub fn ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "mgear {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\nsimulator:\n{}",
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr),
-            self.sim_log()
-        );
-        out
+        Line::new(self, args).ok()
     }
 
     /// `mgear appliance --port TTY ARGS...`
@@ -224,29 +226,16 @@ impl Lab {
         self.ok(&["keygen", "--out", "target.key"]);
     }
 
-    /// Capture `disk.raw` as `web01` through the appliance.
-    pub fn capture_args(&self) -> Vec<String> {
-        [
-            "capture",
-            "--source",
-            "disk.raw",
-            "--appliance",
-            &self.tty(),
-            "--name",
-            "web01",
-            "--recipient",
-            "target.pub",
-            "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    /// Capture `disk.raw` as `web01` through the appliance, `--json`.
+    pub fn capture_line(&self) -> Line<'_> {
+        Line::capture(self, "web01")
+            .source("disk.raw")
+            .appliance(&self.tty())
+            .arg("--json")
     }
 
     pub fn capture(&self) -> serde_json::Value {
-        let args = self.capture_args();
-        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let out = self.ok(&args);
+        let out = self.capture_line().ok();
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("capture JSON ({e}): {}", text(&out.stdout)))
     }
@@ -262,24 +251,13 @@ impl Lab {
     /// Ingest `web01` through the appliance into `vol.raw`, trusting this
     /// appliance (pinned by its full fingerprint).
     pub fn ingest(&self, extra: &[&str]) -> Output {
-        let tty = self.tty();
-        let fp = self.fingerprint();
-        let mut args = vec![
-            "ingest",
-            "--trust-appliance",
-            fp.as_str(),
-            "--appliance",
-            tty.as_str(),
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--target",
-            "file:vol.raw",
-            "--force",
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args)
+        Line::ingest(self, "web01")
+            .args(&["--trust-appliance", &self.fingerprint()])
+            .appliance(&self.tty())
+            .target("file:vol.raw")
+            .arg("--force")
+            .args(extra)
+            .run()
     }
 
     /// A test disk of `mib` MiB: random data with some zero and repeated

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use mgear_tests::{bin, output_text as text};
+use mgear_tests::{bin, output_text as text, qemu_nbd};
 
 fn mgear(args: &[&str]) -> Output {
     Command::new(bin("mgear"))
@@ -224,20 +224,7 @@ fn gpt_esp_disk_over_nbd_boots_with_uefi_firmware_automatically() {
     // Served over NBD (qemu-nbd on a Unix socket): the firmware is detected
     // through the export and QEMU opens the nbd+unix URL itself.
     let sock = dir.path().join("nbd.sock");
-    let server = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-x", "vol", "-t", "--socket"])
-        .arg(&sock)
-        .arg(&disk)
-        .spawn()
-        .expect("qemu-nbd (qemu-utils)");
-    let _server = Killer(server);
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(sock.exists(), "qemu-nbd did not create its socket");
+    let _server = qemu_nbd(&["-f", "raw", "-x", "vol", "-t"], &sock, &disk);
     let url = format!("nbd+unix:///vol?socket={}", sock.display());
     let report = dir.path().join("nbd-report.json");
     // No OS on the disk: the proof is OVMF's boot manager starting, which only
@@ -268,16 +255,6 @@ fn gpt_esp_disk_over_nbd_boots_with_uefi_firmware_automatically() {
         .iter()
         .any(|a| a.as_str().unwrap().contains("OVMF_CODE")));
     assert!(report.exists());
-}
-
-/// Kills and reaps a helper process when dropped.
-struct Killer(std::process::Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The README's first command: `mgear demo` runs the whole journey (sample

@@ -4,49 +4,20 @@
 //!
 //! Needs qemu-img, qemu-io and qemu-nbd (Debian: qemu-utils).
 
-use mgear_tests::{same_file, Env};
+use mgear_tests::{qemu_nbd, same_file, Background, Env};
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use rand::{RngCore, SeedableRng};
 
 const MIB: u64 = 1 << 20;
 
-/// A qemu-nbd server, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Serve `disk.qcow2` read-only on a fresh socket, with extra qemu-nbd args.
-fn serve(e: &Env, sock: &str, extra: &[&str]) -> (Server, String) {
+fn serve(e: &Env, sock: &str, extra: &[&str]) -> (Background, String) {
     let sock = e.p(sock);
-    let server = Server(
-        Command::new("qemu-nbd")
-            .args(["-r", "-t", "-f", "qcow2"])
-            .args(extra)
-            .arg("-k")
-            .arg(&sock)
-            .arg(e.p("disk.qcow2"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd (Debian: qemu-utils)"),
-    );
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let args = [&["-r", "-t", "-f", "qcow2"], extra].concat();
+    let server = qemu_nbd(&args, &sock, &e.p("disk.qcow2"));
     (server, format!("nbd+unix:///?socket={}", sock.display()))
 }
 
@@ -88,21 +59,12 @@ fn cbt_delta_reads_only_dirty_chunks() {
         dir,
     );
     fs::create_dir(e.p("mnt")).unwrap();
-    let common = [
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "vm1",
-        "--recipient",
-        "target.pub",
-    ];
+    let capture = || e.capture("dir:mnt", "vm1");
 
     // Generation 1: a full capture; the bitmap starts tracking right after.
     {
         let (_server, url) = serve(&e, "s1.sock", &[]);
-        let mut a = vec!["capture", "--source", url.as_str()];
-        a.extend_from_slice(&common);
-        let c = e.json(&a);
+        let c = capture().source(&url).json();
         assert_eq!(c["generation"], 1);
         assert_eq!(c["bytes_read"], size);
     }
@@ -126,19 +88,13 @@ fn cbt_delta_reads_only_dirty_chunks() {
     {
         let (_server, url) = serve(&e, "s2.sock", &["-B", "b0"]);
         // Without --delta, or from a file, the option is refused.
-        let mut a = vec!["capture", "--source", url.as_str(), "--dirty-bitmap", "b0"];
-        a.extend_from_slice(&common);
-        assert!(!e.run(&a).status.success());
-        let mut a = vec![
-            "capture",
-            "--source",
-            "disk.raw",
-            "--delta",
-            "--dirty-bitmap",
-            "b0",
-        ];
-        a.extend_from_slice(&common);
-        let out = e.run(&a);
+        let bitmap = ["--dirty-bitmap", "b0"];
+        assert!(!capture().source(&url).args(&bitmap).run().status.success());
+        let out = capture()
+            .source("disk.raw")
+            .arg("--delta")
+            .args(&bitmap)
+            .run();
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("needs an NBD source"),
@@ -146,16 +102,10 @@ fn cbt_delta_reads_only_dirty_chunks() {
             String::from_utf8_lossy(&out.stderr)
         );
         // A bitmap the export does not have: a clear error, nothing written.
-        let mut a = vec![
-            "capture",
-            "--source",
-            url.as_str(),
-            "--delta",
-            "--dirty-bitmap",
-            "nope",
-        ];
-        a.extend_from_slice(&common);
-        let out = e.run(&a);
+        let out = capture()
+            .source(&url)
+            .args(&["--delta", "--dirty-bitmap", "nope"])
+            .run();
         assert!(!out.status.success());
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("does not export dirty bitmap nope"),
@@ -163,16 +113,10 @@ fn cbt_delta_reads_only_dirty_chunks() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let mut a = vec![
-            "capture",
-            "--source",
-            url.as_str(),
-            "--delta",
-            "--dirty-bitmap",
-            "b0",
-        ];
-        a.extend_from_slice(&common);
-        let c = e.json(&a);
+        let c = capture()
+            .source(&url)
+            .args(&["--delta", "--dirty-bitmap", "b0"])
+            .json();
         assert_eq!(
             (c["generation"].clone(), c["parent"].clone()),
             (2.into(), 1.into())
@@ -199,18 +143,10 @@ fn cbt_delta_reads_only_dirty_chunks() {
         ],
         dir,
     );
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "vm1",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v.raw",
-    ]);
+    e.ingest("dir:mnt", "vm1")
+        .untrusted()
+        .target("file:v.raw")
+        .ok();
     same_file(&e.p("changed.raw"), &e.p("v.raw"));
     // The changed disk really differs from generation 1.
     assert_ne!(

@@ -5,7 +5,7 @@
 //! medium-full scenarios use a rate limit or a filler file so that the
 //! interruption lands mid-way.
 
-use mgear_tests::{same_file, Env};
+use mgear_tests::{qemu_nbd, same_file, Env, Line};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -102,17 +102,7 @@ fn cli_fat_round_trip_bit_identical() {
     e.keygen();
     make_disk(&e.p("disk.raw"), 9, 1);
     let m = e.fat("medium.img", "64MiB");
-    let c = e.json(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
+    let c = e.capture(&m, "web01").source("disk.raw").json();
     assert_eq!(c["generation"], 1);
     assert!(c["zero_chunks"].as_u64().unwrap() >= 2, "{c}");
     assert!(c["dedup_chunks"].as_u64().unwrap() >= 1, "{c}");
@@ -145,19 +135,12 @@ fn cli_fat_round_trip_bit_identical() {
     assert_eq!(i["captures"][0]["name"], "web01");
     assert_eq!(i["captures"][0]["generations"][0]["state"], "complete");
 
-    let r = e.json(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol.raw",
-        INGEST_UNSEALED,
-    ]);
+    let r = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:vol.raw")
+        .unsealed()
+        .json();
     assert_eq!(r["verified"], true);
     same_file(&e.p("disk.raw"), &e.p("vol.raw"));
     assert!(!e.p("vol.raw.partial").exists());
@@ -177,29 +160,12 @@ fn cli_direct_capture_ingests_without_a_seal_and_says_so() {
     e.keygen();
     make_disk(&e.p("disk.raw"), 2, 2);
     let m = e.fat("medium.img", "40MiB");
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
-    let out = e.run(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol.raw",
-    ]);
+    e.capture(&m, "web01").source("disk.raw").ok();
+    let out = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:vol.raw")
+        .run();
     // Unsigned and written without an appliance: nothing proves its origin,
     // so ingest goes ahead only with --allow-untrusted and says so loudly
     // (pinned trust is played in tests/trust_e2e.rs).
@@ -284,17 +250,7 @@ fn cli_wrong_identity_exits_2() {
     e.ok(&["keygen", "--out", "other.key"]);
     make_disk(&e.p("disk.raw"), 2, 4);
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
     for args in [
         vec![
             "verify",
@@ -341,17 +297,7 @@ fn cli_corrupted_record_is_named() {
     e.keygen();
     random_disk(&e.p("disk.raw"), 3 << 20, 5);
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
     let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
     let mut bytes = fs::read(&seg).unwrap();
     // Somewhere inside the second record's payload (records are ~1 MiB).
@@ -380,19 +326,12 @@ fn cli_corrupted_record_is_named() {
     assert_eq!(v["ok"], false);
     assert_eq!(v["problems"][0]["record"], 1, "{v}");
     // Ingest refuses the damaged chunk (exit 1) and leaves no complete-looking target.
-    let out = e.run(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v.raw",
-        INGEST_UNSEALED,
-    ]);
+    let out = e
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .unsealed()
+        .run();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!e.p("v.raw").exists());
 }
@@ -403,17 +342,7 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
     e.keygen();
     make_disk(&e.p("disk.raw"), 8, 6);
     let m = e.fat("medium.img", "64MiB");
-    let full = e.json(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
+    let full = e.capture(&m, "web01").source("disk.raw").json();
     // Change two chunks.
     let mut disk = fs::read(e.p("disk.raw")).unwrap();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(66);
@@ -422,18 +351,11 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
     }
     disk[(5 << 20) + 7] ^= 1;
     fs::write(e.p("disk.raw"), &disk).unwrap();
-    let delta = e.json(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--delta",
-    ]);
+    let delta = e
+        .capture(&m, "web01")
+        .source("disk.raw")
+        .arg("--delta")
+        .json();
     assert_eq!(delta["generation"], 2);
     assert_eq!(delta["parent"], 1);
     assert_eq!(delta["stored_chunks"], 2, "{delta}");
@@ -441,35 +363,18 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
         delta["stored_bytes"].as_u64().unwrap() * 2 < full["stored_bytes"].as_u64().unwrap(),
         "delta {delta} vs full {full}"
     );
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v2.raw",
-        INGEST_UNSEALED,
-    ]);
+    e.ingest(&m, "web01")
+        .untrusted()
+        .target("file:v2.raw")
+        .unsealed()
+        .ok();
     same_file(&e.p("disk.raw"), &e.p("v2.raw"));
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v1.raw",
-        "--generation",
-        "1",
-        INGEST_UNSEALED,
-    ]);
+    e.ingest(&m, "web01")
+        .untrusted()
+        .target("file:v1.raw")
+        .args(&["--generation", "1"])
+        .unsealed()
+        .ok();
     let v1 = fs::read(e.p("v1.raw")).unwrap();
     assert_ne!(v1, disk);
     assert_eq!(v1[(5 << 20) + 7], disk[(5 << 20) + 7] ^ 1);
@@ -477,8 +382,8 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
 }
 
 /// Start `args`, wait until `ready` is true (or the process ends), SIGKILL it.
-fn kill_when(e: &Env, args: &[&str], ready: impl Fn() -> bool) {
-    let mut child = start_when(e, args, ready);
+fn kill_when(line: &Line, ready: impl Fn() -> bool) {
+    let mut child = start_when(line, ready);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 }
@@ -489,24 +394,13 @@ fn cli_capture_resumes_after_sigkill() {
     e.keygen();
     random_disk(&e.p("disk.raw"), 12 << 20, 7);
     fs::create_dir(e.p("mnt")).unwrap();
-    let args = [
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--rate-limit",
-        "3MiB/s",
-        "--checkpoint-bytes",
-        "1MiB",
-    ];
+    let capture = e.capture("dir:mnt", "web01").source("disk.raw");
+    let slow = capture
+        .clone()
+        .args(&["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"]);
     // Kill once a few chunks are durable (the journal is written at each checkpoint).
     let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
-    kill_when(&e, &args, || {
+    kill_when(&slow, || {
         fs::metadata(&seg)
             .map(|m| m.len() > 4 << 20)
             .unwrap_or(false)
@@ -514,9 +408,7 @@ fn cli_capture_resumes_after_sigkill() {
     let i = e.json(&["inspect", "--medium", "dir:mnt"]);
     let g = &i["captures"][0]["generations"][0];
     assert_eq!(g["state"], "unfinished", "{i}");
-    let mut rerun = args.to_vec();
-    rerun.truncate(rerun.len() - 4); // same command, no rate limit: finish quickly
-    let r = e.json(&rerun);
+    let r = capture.json(); // same command, no rate limit: finish quickly
     assert!(r["resumed_from_chunk"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["generation"], 1);
     e.ok(&[
@@ -527,19 +419,11 @@ fn cli_capture_resumes_after_sigkill() {
         "--identity",
         "target.key",
     ]);
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v.raw",
-        INGEST_UNSEALED,
-    ]);
+    e.ingest("dir:mnt", "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .unsealed()
+        .ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
 
@@ -549,45 +433,24 @@ fn cli_ingest_resumes_after_sigkill() {
     e.keygen();
     random_disk(&e.p("disk.raw"), 12 << 20, 8);
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
-    let args = [
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v.raw",
-        INGEST_UNSEALED,
-        "--rate-limit",
-        "3MiB/s",
-        "--checkpoint-bytes",
-        "1MiB",
-    ];
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
+    let ingest = e
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .unsealed();
+    let slow = ingest
+        .clone()
+        .args(&["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"]);
     let state = e.p("state/mgear/ingest");
     let progressed = || recorded_chunks(&state) >= 4;
-    kill_when(&e, &args, progressed);
+    kill_when(&slow, progressed);
     assert!(
         !e.p("v.raw").exists(),
         "an interrupted ingest must not leave a complete-looking target"
     );
     assert!(e.p("v.raw.partial").exists());
-    let mut rerun = args.to_vec();
-    rerun.truncate(rerun.len() - 4);
-    let r = e.json(&rerun);
+    let r = ingest.json();
     assert!(r["resumed_chunks"].as_u64().unwrap() >= 4, "{r}");
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
@@ -624,19 +487,9 @@ fn cli_medium_full_then_resume_after_freeing() {
         .status()
         .expect("mcopy (Debian: mtools)");
     assert!(st.success());
-    let args = [
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ];
+    let capture = e.capture(&m, "web01").source("disk.raw");
     // Capture refuses before writing when its estimate does not fit...
-    let out = e.run(&args);
+    let out = capture.run();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("nothing was written"),
@@ -645,8 +498,8 @@ fn cli_medium_full_then_resume_after_freeing() {
     );
     // ...and when the medium fills anyway (an estimate overruled), it stops
     // cleanly and resumes once space is freed.
-    let args = [&args[..], &["--skip-space-check"]].concat();
-    let out = e.run(&args);
+    let capture = capture.arg("--skip-space-check");
+    let out = capture.run();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -659,21 +512,13 @@ fn cli_medium_full_then_resume_after_freeing() {
         .status()
         .unwrap();
     assert!(st.success());
-    let r = e.json(&args);
+    let r = capture.json();
     assert_eq!(r["generation"], 1);
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v.raw",
-        INGEST_UNSEALED,
-    ]);
+    e.ingest(&m, "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .unsealed()
+        .ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
     fsck_clean(&e.p("medium.img"));
 }
@@ -684,30 +529,12 @@ fn cli_qcow2_target_round_trip() {
     e.keygen();
     make_disk(&e.p("disk.raw"), 6, 11);
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "qcow2:v.qcow2",
-        INGEST_UNSEALED,
-    ]);
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
+    e.ingest("dir:mnt", "web01")
+        .untrusted()
+        .target("qcow2:v.qcow2")
+        .unsealed()
+        .ok();
     let info = Command::new("qemu-img")
         .args(["info", &e.s("v.qcow2")])
         .output()
@@ -764,40 +591,6 @@ fn cli_help_documents_exit_codes_and_usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
-/// Kills the child on drop (servers started by a test).
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Serve `image` with `qemu-nbd ARGS -k SOCK` and wait until the socket exists.
-fn qemu_nbd(args: &[&str], sock: &Path, image: &Path) -> Server {
-    let server = Server(
-        Command::new("qemu-nbd")
-            .args(args)
-            .arg("-k")
-            .arg(sock)
-            .arg(image)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-nbd (Debian: qemu-utils)"),
-    );
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
-}
-
 #[test]
 fn cli_nbd_source_skips_holes() {
     let e = Env::new();
@@ -823,32 +616,14 @@ fn cli_nbd_source_skips_holes() {
     let _server = qemu_nbd(&["-r", "-t", "-f", "qcow2"], &sock, &e.p("disk.qcow2"));
     fs::create_dir(e.p("mnt")).unwrap();
     let url = format!("nbd+unix:///?socket={}", sock.display());
-    let c = e.json(&[
-        "capture",
-        "--source",
-        &url,
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "thin",
-        "--recipient",
-        "target.pub",
-    ]);
+    let c = e.capture("dir:mnt", "thin").source(&url).json();
     assert_eq!(c["disk_size"], 16 << 20);
     assert!(c["holes_skipped"].as_u64().unwrap() >= 12 << 20, "{c}");
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "thin",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v.raw",
-        INGEST_UNSEALED,
-    ]);
+    e.ingest("dir:mnt", "thin")
+        .untrusted()
+        .target("file:v.raw")
+        .unsealed()
+        .ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
 
@@ -883,17 +658,7 @@ fn cli_dev_target_writes_chunk_zero_last_and_clears_marker() {
     e.keygen();
     make_disk(&e.p("disk.raw"), 5, 13);
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
     // A used "cloud volume", one MiB larger than the disk, full of old data.
     let mut old = vec![0u8; 6 << 20];
     rand::rngs::SmallRng::seed_from_u64(14).fill_bytes(&mut old);
@@ -908,16 +673,19 @@ fn cli_dev_target_writes_chunk_zero_last_and_clears_marker() {
     let marker = state.join(format!("{name}.mgear-incomplete"));
     let target = format!("dev:{}", dev.0);
     let state_arg = state.display().to_string();
-    #[rustfmt::skip]
-    let args = [
-        "ingest", "--allow-untrusted", "--medium", "dir:mnt", "--name", "web01", "--identity", "target.key",
-        "--target", &target, "--state-dir", &state_arg, INGEST_UNSEALED,
-        "--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB",
-    ];
+    let ingest = e
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .target(&target)
+        .args(&["--state-dir", &state_arg])
+        .unsealed();
+    let slow = ingest
+        .clone()
+        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"]);
     // Interrupted half-way: the marker says so and the first chunk (the
     // partition table) is not there yet, so the volume does not look bootable.
     let progressed = || recorded_chunks(&state) >= 2;
-    kill_when(&e, &args, progressed);
+    kill_when(&slow, progressed);
     assert!(
         marker.exists(),
         "an interrupted device ingest must keep its marker"
@@ -934,9 +702,7 @@ fn cli_dev_target_writes_chunk_zero_last_and_clears_marker() {
         first.iter().all(|&b| b == 0),
         "chunk 0 must be written last"
     );
-    let mut rerun = args.to_vec();
-    rerun.truncate(rerun.len() - 4);
-    let r = e.json(&rerun);
+    let r = ingest.json();
     assert_eq!(r["verified"], true);
     assert!(r["resumed_chunks"].as_u64().unwrap() >= 1, "{r}");
     assert!(!marker.exists(), "marker must be gone after success");
@@ -972,10 +738,7 @@ fn cli_rate_limit_holds_the_average_and_empty_media_are_reported() {
     // 3 MiB at 1 MiB/s cannot take less than about 3 s (the bucket starts
     // empty). Only this lower bound is asserted: a loaded machine may be slower.
     #[rustfmt::skip]
-    let c = e.json(&[
-        "capture", "--source", "disk.raw", "--medium", &m, "--name", "slow",
-        "--recipient", "target.pub", "--rate-limit", "1MiB/s",
-    ]);
+    let c = e.capture(&m, "slow").source("disk.raw").args(&["--rate-limit", "1MiB/s"]).json();
     let secs = c["seconds"].as_f64().unwrap();
     assert!(secs >= 2.7, "3 MiB at 1 MiB/s took only {secs:.2} s");
 }
@@ -990,17 +753,11 @@ fn cli_fat_medium_over_nbd() {
     let server = qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("medium.img"));
     let url = format!("nbd+unix:///?socket={}", sock.display());
     #[rustfmt::skip]
-    e.ok(&[
-        "capture", "--source", "disk.raw", "--medium", &url, "--name", "web01",
-        "--recipient", "target.pub",
-    ]);
+    e.capture(&url, "web01").source("disk.raw").ok();
     drop(server);
     fsck_clean(&e.p("medium.img"));
     #[rustfmt::skip]
-    e.ok(&[
-        "ingest", "--allow-untrusted", "--medium", "fat:medium.img", "--name", "web01", "--identity", "target.key",
-        "--target", "file:v.raw", INGEST_UNSEALED,
-    ]);
+    e.ingest("fat:medium.img", "web01").untrusted().target("file:v.raw").unsealed().ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
 
@@ -1012,17 +769,7 @@ fn cli_nbd_target_round_trip() {
     e.keygen();
     make_disk(&e.p("disk.raw"), 6, 21);
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "nbdvol",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture("dir:mnt", "nbdvol").source("disk.raw").ok();
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", &e.s("vol.qcow2"), "8M"])
         .status()
@@ -1031,20 +778,12 @@ fn cli_nbd_target_round_trip() {
     let sock = e.p("target.sock");
     let server = qemu_nbd(&["-t", "-f", "qcow2"], &sock, &e.p("vol.qcow2"));
     let url = format!("nbd+unix:///?socket={}", sock.display());
-    let r = e.json(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "nbdvol",
-        "--identity",
-        "target.key",
-        "--target",
-        &url,
-        "--state-dir",
-        "state",
-    ]);
+    let r = e
+        .ingest("dir:mnt", "nbdvol")
+        .untrusted()
+        .target(&url)
+        .args(&["--state-dir", "state"])
+        .json();
     assert_eq!(r["verified"], true, "{r}");
     drop(server);
     let st = Command::new("qemu-img")
@@ -1082,20 +821,12 @@ fn cli_nbd_target_round_trip() {
         &e.p("ro.sock"),
         &e.p("vol.qcow2"),
     );
-    let out = e.run(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "nbdvol",
-        "--identity",
-        "target.key",
-        "--target",
-        &format!("nbd+unix:///?socket={}", e.p("ro.sock").display()),
-        "--state-dir",
-        "state",
-    ]);
+    let out = e
+        .ingest("dir:mnt", "nbdvol")
+        .untrusted()
+        .target(&format!("nbd+unix:///?socket={}", e.p("ro.sock").display()))
+        .args(&["--state-dir", "state"])
+        .run();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
 }
@@ -1179,13 +910,11 @@ fn cli_source_that_shrinks_mid_capture_is_a_clear_error_and_resumable() {
     random_disk(&e.p("disk.raw"), 8 << 20, 21);
     let original = fs::read(e.p("disk.raw")).unwrap();
     fs::create_dir(e.p("mnt")).unwrap();
-    #[rustfmt::skip]
-    let args = [
-        "capture", "--source", "disk.raw", "--medium", "dir:mnt", "--name", "web01",
-        "--recipient", "target.pub", "--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB",
-    ];
-    let child = e
-        .cmd(&args)
+    let capture = e.capture("dir:mnt", "web01").source("disk.raw");
+    let child = capture
+        .clone()
+        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1215,28 +944,21 @@ fn cli_source_that_shrinks_mid_capture_is_a_clear_error_and_resumable() {
     assert!(err.contains("shrank") && err.contains("disk.raw"), "{err}");
     // Whole again: the same command resumes and the result is the disk.
     fs::write(e.p("disk.raw"), &original).unwrap();
-    let c = e.json(&args[..args.len() - 4]);
+    let c = capture.json();
     assert!(c["resumed_from_chunk"].as_u64().unwrap() >= 1, "{c}");
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol.raw",
-        INGEST_UNSEALED,
-    ]);
+    e.ingest("dir:mnt", "web01")
+        .untrusted()
+        .target("file:vol.raw")
+        .unsealed()
+        .ok();
     same_file(&e.p("disk.raw"), &e.p("vol.raw"));
 }
 
-/// Start `mgear ARGS` and wait until `ready()`; the child is still running.
-fn start_when(e: &Env, args: &[&str], ready: impl Fn() -> bool) -> std::process::Child {
-    let mut child = e
-        .cmd(args)
+/// Start `line` and wait until `ready()`; the child is still running.
+fn start_when(line: &Line, ready: impl Fn() -> bool) -> std::process::Child {
+    let args = line.argv();
+    let mut child = line
+        .command()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1263,37 +985,18 @@ fn cli_second_writer_on_a_medium_is_refused_before_writing() {
     random_disk(&e.p("a.raw"), 12 << 20, 31);
     random_disk(&e.p("b.raw"), 4 << 20, 32);
     let medium = e.fat("m.img", "64MiB");
-    let first = [
-        "capture",
-        "--source",
-        "a.raw",
-        "--medium",
-        &medium,
-        "--name",
-        "disk0",
-        "--recipient",
-        "target.pub",
-        "--rate-limit",
-        "3MiB/s",
-    ];
+    let first = e
+        .capture(&medium, "disk0")
+        .source("a.raw")
+        .args(&["--rate-limit", "3MiB/s"]);
     let seg = e.p("m.img");
     let before = fs::read(&seg).unwrap();
-    let child = start_when(&e, &first, || {
+    let child = start_when(&first, || {
         fs::read(&seg).map(|now| now != before).unwrap_or(false)
     });
     // A second capture (another disk of the machine) and a reader are refused
     // at once, naming the holder, and exit 3 without touching the medium.
-    let second = e.run(&[
-        "capture",
-        "--source",
-        "b.raw",
-        "--medium",
-        &medium,
-        "--name",
-        "disk1",
-        "--recipient",
-        "target.pub",
-    ]);
+    let second = e.capture(&medium, "disk1").source("b.raw").run();
     assert_eq!(second.status.code(), Some(3), "{}", stderr(&second));
     let msg = stderr(&second);
     assert!(msg.contains("is in use by pid"), "{msg}");
@@ -1306,17 +1009,7 @@ fn cli_second_writer_on_a_medium_is_refused_before_writing() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     // Serialised, both captures succeed and the medium is clean.
-    e.ok(&[
-        "capture",
-        "--source",
-        "b.raw",
-        "--medium",
-        &medium,
-        "--name",
-        "disk1",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture(&medium, "disk1").source("b.raw").ok();
     e.ok(&["verify", "--medium", &medium]);
     fsck_clean(&e.p("m.img"));
 }
@@ -1327,21 +1020,9 @@ fn cli_sigterm_stops_capture_and_ingest_at_a_checkpoint_and_they_resume() {
     e.keygen();
     random_disk(&e.p("disk.raw"), 12 << 20, 33);
     fs::create_dir(e.p("mnt")).unwrap();
-    let capture = [
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--rate-limit",
-        "3MiB/s",
-    ];
+    let capture = e.capture("dir:mnt", "web01").source("disk.raw");
     let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
-    let child = start_when(&e, &capture, || {
+    let child = start_when(&capture.clone().args(&["--rate-limit", "3MiB/s"]), || {
         fs::metadata(&seg)
             .map(|m| m.len() > 2 << 20)
             .unwrap_or(false)
@@ -1355,28 +1036,19 @@ fn cli_sigterm_stops_capture_and_ingest_at_a_checkpoint_and_they_resume() {
         "{msg}"
     );
     assert!(msg.contains("of 12.00 MiB done)"), "{msg}");
-    let again = e.json(&capture[..capture.len() - 2]);
+    let again = capture.json();
     assert!(again["resumed_from_chunk"].as_u64().unwrap() > 0, "{again}");
 
-    let ingest = [
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:v.raw",
-        "--rate-limit",
-        "3MiB/s",
-        "--checkpoint-bytes",
-        "1MiB",
-    ];
+    let ingest = e
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .target("file:v.raw");
+    let slow = ingest
+        .clone()
+        .args(&["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"]);
     let partial = e.p("v.raw.partial");
     // Stop a second and a half after the volume appears: mid-way at 3 MiB/s.
-    let child = start_when(&e, &ingest, || fs::metadata(&partial).is_ok());
+    let child = start_when(&slow, || fs::metadata(&partial).is_ok());
     std::thread::sleep(Duration::from_millis(1500));
     nix_kill(child.id(), "INT");
     let out = child.wait_with_output().unwrap();
@@ -1390,7 +1062,7 @@ fn cli_sigterm_stops_capture_and_ingest_at_a_checkpoint_and_they_resume() {
         !e.p("v.raw").exists(),
         "a stopped ingest never looks finished"
     );
-    e.ok(&ingest[..ingest.len() - 4]);
+    ingest.ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
 
@@ -1409,19 +1081,11 @@ fn cli_rate_without_a_unit_is_refused() {
     e.keygen();
     random_disk(&e.p("disk.raw"), 1 << 20, 34);
     fs::create_dir(e.p("mnt")).unwrap();
-    let out = e.run(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--rate-limit",
-        "50",
-    ]);
+    let out = e
+        .capture("dir:mnt", "web01")
+        .source("disk.raw")
+        .args(&["--rate-limit", "50"])
+        .run();
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("has no unit: write e.g. 50MiB/s"),

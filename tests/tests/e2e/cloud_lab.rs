@@ -19,7 +19,7 @@ use mgear_cloud::cinder::meta;
 use mgear_cloud::{
     boot_from_volume, Auth, Cinder, CloudError, Nova, NovaBootSpec, Session, VolumeFor,
 };
-use mgear_tests::{output_text, Env};
+use mgear_tests::{output_text, Env, Line};
 
 struct Lab {
     dir: PathBuf,
@@ -263,7 +263,7 @@ fn volume_written_through_rbd_boots_through_nova() {
         booted.report.detail,
         booted.report.console_tail(30)
     );
-    assert_eq!(booted.report.driver, "openstack-nova");
+    assert_eq!(booted.report.setup.driver, "openstack-nova");
     assert!(booted.active_after_secs.is_some());
     assert!(!booted
         .report
@@ -447,19 +447,11 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
     appliance.start();
     appliance.provision_and_unlock();
     let tty = appliance.tty();
-    let cap = e.json(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--appliance",
-        &tty,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
+    let cap = Line::capture(&e, "web01")
+        .source("disk.raw")
+        .appliance(&tty)
+        .sign("site.key")
+        .json();
     let chunk = cap["chunk_size"].as_u64().unwrap();
     let manifest_root = cap["manifest_root"].as_str().unwrap().to_string();
     let seal = appliance.appliance_json(&["seal"]);
@@ -478,36 +470,21 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
         name: name.clone(),
     };
     let target = format!("cinder:{name}");
-    let ingest_args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "ingest",
-            "--appliance",
-            &tty,
-            "--trust-appliance",
-            &fingerprint,
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--trust",
-            "site.pub",
-            "--state-dir",
-            "state",
-            "--target",
-            &target,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
+    // Pinned twice: the appliance that witnessed it and the site that signed it.
+    let ingest = |state: &str, target: &str| {
+        Line::ingest(&e, "web01")
+            .appliance(&tty)
+            .args(&["--trust-appliance", &fingerprint])
+            .trust("site.pub")
+            .args(&["--state-dir", state])
+            .target(target)
     };
 
     // 1. An ingest into Cinder, slowed down and killed (SIGKILL) half-way.
     let sampler = Sampler::start(e.p("state"));
-    let args = ingest_args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = with_lab(e.cmd(&args))
+    let slow =
+        ingest("state", &target).args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let mut child = with_lab(slow.command())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -556,7 +533,7 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
 
     // 2. The same command again (with --boot): it finds the volume and resumes into it.
     let marker_re = sample.marker_line.clone();
-    let args = ingest_args(&[
+    let again = ingest("state", &target).args(&[
         "--boot",
         "--flavor",
         "mgear.lab",
@@ -566,10 +543,9 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
         "300",
         "--json",
     ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = {
         let _one_guest_at_a_time = crate::LIBVIRT.lock().unwrap_or_else(|e| e.into_inner());
-        run_ok(e.cmd(&args))
+        run_ok(again.command())
     };
     let (max_file, max_total) = sampler.finish();
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -628,25 +604,7 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
         lab.var("CEPH_CONF"),
         lab.var("MGEAR_CLOUD_RBD_USER")
     );
-    let c = e.cmd(&[
-        "ingest",
-        "--appliance",
-        &tty,
-        "--trust-appliance",
-        &fingerprint,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--state-dir",
-        "state2",
-        "--target",
-        &rbd_target,
-        "--json",
-    ]);
-    let out = run_ok(c);
+    let out = run_ok(ingest("state2", &rbd_target).arg("--json").command());
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["verified"], true);
     let qemu_name = format!(
@@ -788,30 +746,9 @@ fn a_two_disk_machine_boots_as_one_nova_server_with_both_volumes() {
     let id = unique();
     let e = Env::new();
     e.keygen();
-    let (d0, d1) = (e.s("d0.raw"), e.s("d1.raw"));
-    e.ok(&[
-        "boot",
-        "--build-sample",
-        &d0,
-        "--marker",
-        &format!("nova-set-{id}"),
-        "--data-disk",
-        &d1,
-    ]);
+    let (d0, d1) = e.sample_machine(&format!("nova-set-{id}"));
     let m = e.fat("m.img", "256MiB");
-    e.ok(&[
-        "capture",
-        "--medium",
-        &m,
-        "--name",
-        "db01",
-        "--source",
-        &d0,
-        "--source",
-        &d1,
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture(&m, "db01").sources(&[&d0, &d1]).ok();
     nova.ensure_flavor("mgear.lab", 512, 1, 0).unwrap();
     let name = format!("db01-{id}");
     let _leftovers: Vec<NamedVolumes> = (0..2)
@@ -822,26 +759,21 @@ fn a_two_disk_machine_boots_as_one_nova_server_with_both_volumes() {
         .collect();
     let target = format!("cinder:{name}-{{disk}}");
     let wait = format!("MGEAR-SRV-OK nova-set-{id}-srv");
-    let mut c = e.cmd(&[
-        "ingest",
-        "--medium",
-        &m,
-        "--name",
-        "db01",
-        "--identity",
-        "target.key",
-        "--allow-untrusted",
-        "--target",
-        &target,
-        "--boot",
-        "--flavor",
-        "mgear.lab",
-        "--wait-for",
-        &wait,
-        "--timeout",
-        "300",
-        "--json",
-    ]);
+    let mut c = e
+        .ingest(&m, "db01")
+        .untrusted()
+        .target(&target)
+        .args(&[
+            "--boot",
+            "--flavor",
+            "mgear.lab",
+            "--wait-for",
+            &wait,
+            "--timeout",
+            "300",
+            "--json",
+        ])
+        .command();
     c.envs(lab.vars.iter());
     let out = {
         let _one_guest_at_a_time = crate::LIBVIRT.lock().unwrap_or_else(|e| e.into_inner());

@@ -9,7 +9,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use mgear_cloud::ebs::double::{Double, DoubleConfig};
-use mgear_tests::{output_text, Env};
+use mgear_tests::{output_text, Env, Line};
 
 const BLOCK: usize = 512 * 1024;
 const GIB: u64 = 1 << 30;
@@ -77,42 +77,22 @@ fn captured(e: &Env) {
     e.ok(&["keygen", "--signing", "--out", "site.key"]);
     disk_with_holes(&e.p("disk.raw"));
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
+    e.capture("dir:mnt", "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
 }
 
-fn ingest_args(extra: &[&'static str]) -> Vec<&'static str> {
-    let mut a = vec![
-        "ingest",
-        "--trust",
-        "site.pub",
-        "--allow-unsealed",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "ebs-snapshot:web01",
-    ];
-    a.extend_from_slice(extra);
-    a
+fn ingest<'e>(e: &'e Env, extra: &[&str]) -> Line<'e> {
+    e.ingest("dir:mnt", "web01")
+        .trust("site.pub")
+        .unsealed()
+        .target("ebs-snapshot:web01")
+        .args(extra)
 }
 
-fn with_double(e: &Env, d: &Double, args: &[&str]) -> std::process::Command {
-    let mut c = e.cmd(args);
+fn with_double(e: &Env, d: &Double, line: &Line) -> std::process::Command {
+    let mut c = line.command();
     for (k, v) in d.env() {
         c.env(k, v);
     }
@@ -148,7 +128,7 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
         throttle_every: 7,
         ..DoubleConfig::default()
     });
-    let out = with_double(&e, &d, &ingest_args(&["--register-image", "--json"]))
+    let out = with_double(&e, &d, &ingest(&e, &["--register-image", "--json"]))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
@@ -179,7 +159,10 @@ fn ebs_snapshot_killed_ingest_resumes_into_the_same_snapshot() {
     let e = Env::new();
     captured(&e);
     let d = Double::start(DoubleConfig::default());
-    let slow = ingest_args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let slow = ingest(
+        &e,
+        &["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"],
+    );
     let mut child = with_double(&e, &d, &slow)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -202,7 +185,7 @@ fn ebs_snapshot_killed_ingest_resumes_into_the_same_snapshot() {
     assert_eq!(ids.len(), 1);
     assert_eq!(d.snapshot(&ids[0]).unwrap().status, "pending");
 
-    let out = with_double(&e, &d, &ingest_args(&["--json"]))
+    let out = with_double(&e, &d, &ingest(&e, &["--json"]))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
@@ -218,7 +201,7 @@ fn ebs_snapshot_bad_credentials_are_a_clear_error() {
     let e = Env::new();
     captured(&e);
     let d = Double::start(DoubleConfig::default());
-    let out = with_double(&e, &d, &ingest_args(&[]))
+    let out = with_double(&e, &d, &ingest(&e, &[]))
         .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
         .output()
         .unwrap();

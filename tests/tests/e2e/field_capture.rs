@@ -14,11 +14,10 @@
 //! - appliance commands report the state they really left the appliance in.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use mgear_tests::{output_text, Env};
+use mgear_tests::{output_text, Background, Env};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
@@ -44,19 +43,7 @@ fn out(o: &Output) -> String {
 }
 
 fn capture(e: &Env, source: &str, medium: &str, name: &str, extra: &[&str]) -> Output {
-    let mut a = vec![
-        "capture",
-        "--source",
-        source,
-        "--medium",
-        medium,
-        "--name",
-        name,
-        "--recipient",
-        "target.pub",
-    ];
-    a.extend_from_slice(extra);
-    e.run(&a)
+    e.capture(medium, name).source(source).args(extra).run()
 }
 
 fn code(o: &Output) -> Option<i32> {
@@ -106,18 +93,11 @@ fn check_before_writing_refuses_and_plans_without_writing() {
         "{}",
         output_text(&o)
     );
-    let plan = e.json(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--dry-run",
-    ]);
+    let plan = e
+        .capture(&m, "web01")
+        .source("disk.raw")
+        .arg("--dry-run")
+        .json();
     assert_eq!(plan["kind"], "new");
     assert_eq!(plan["fits"], true);
     let est = plan["estimate"]["stored_bytes"].as_u64().unwrap();
@@ -343,47 +323,9 @@ fn keys_are_kept_by_capture_id_and_names_ignore_case() {
     assert_eq!(code(&o), Some(0), "{}", output_text(&o));
 }
 
-/// Kills a background `mgear serve` when the test ends.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(e: &Env) -> (Bg, String) {
-    let mut child = e
-        .cmd(&[
-            "serve",
-            "--target",
-            "file:vol.raw",
-            "--medium",
-            "fat:m.img",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--listen",
-            "127.0.0.1:0",
-            "--trust",
-            "site.pub",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve said {line:?}"))
-        .to_string();
-    (Bg(child), addr)
+/// `mgear serve` of web01 on `m.img`, pinning `site.pub`, in the background.
+fn serve(e: &Env) -> (Background, String) {
+    e.serve("fat:m.img", "web01").trust("site.pub").listen()
 }
 
 #[test]
@@ -413,19 +355,11 @@ fn guard_rails_refuse_a_second_full_copy_and_a_sync_from_the_wrong_disk() {
     let o = capture(&e, "disk.raw", &m, "db02", &["--rate-limit", "50"]);
     assert_eq!(code(&o), Some(2), "{}", output_text(&o));
 
-    e.ok(&[
-        "ingest",
-        "--allow-untrusted",
-        "--allow-unsealed",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol.raw",
-    ]);
+    e.ingest(&m, "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .ok();
     // web01 captured again onto a second medium: a second key of that name
     // in the cache; sync picks the one whose capture id the target serves.
     e.fat("second.img", "64MiB");

@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use mgear_tests::{output_text as text, same_file, Env};
+use mgear_tests::{output_text as text, same_file, Env, Line};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
@@ -83,13 +83,11 @@ fn journey(e: &Env, name: &str, size: &str) -> String {
     let f = e.ok(&["medium", "format", &format!("fat:{name}"), "--size", size]);
     let m = format!("fat:{name}");
     #[rustfmt::skip]
-    e.ok(&["capture", "--source", "disk.raw", "--medium", &m, "--name", "web01",
-           "--recipient", "target.pub", "--sign", "site.key"]);
+    e.capture(&m, "web01").source("disk.raw").sign("site.key").ok();
     e.ok(&["verify", "--medium", &m, "--trust", "site.pub"]);
     let vol = format!("file:{name}.vol");
     #[rustfmt::skip]
-    e.ok(&["ingest", "--medium", &m, "--name", "web01", "--identity", "target.key",
-           "--target", &vol, "--trust", "site.pub", "--allow-unsealed"]);
+    e.ingest(&m, "web01").target(&vol).trust("site.pub").unsealed().ok();
     same_file(&e.p("disk.raw"), &e.p(&format!("{name}.vol")));
     assert!(
         allocated(&e.p(name)) < 64 << 20,
@@ -244,8 +242,7 @@ fn field_media_ingest_onto_a_partitioned_device_needs_force() {
     random_disk(&e.p("disk.raw"), 3, 2);
     fs::create_dir(e.p("mnt")).unwrap();
     #[rustfmt::skip]
-    e.ok(&["capture", "--source", "disk.raw", "--medium", "dir:mnt", "--name", "web01",
-           "--recipient", "target.pub", "--sign", "site.key"]);
+    e.capture("dir:mnt", "web01").source("disk.raw").sign("site.key").ok();
     // A "cloud volume" that still holds someone's MBR partition table.
     fs::File::create(e.p("vol.img"))
         .unwrap()
@@ -268,11 +265,14 @@ fn field_media_ingest_onto_a_partitioned_device_needs_force() {
     let dev = Loop::attach(&e.p("vol.img"));
     let target = format!("dev:{}", dev.0);
     let state = e.s("ingest-state");
-    #[rustfmt::skip]
-    let args = ["ingest", "--medium", "dir:mnt", "--name", "web01", "--identity", "target.key",
-                "--target", &target, "--trust", "site.pub", "--allow-unsealed", "--state-dir", &state];
+    let ingest = e
+        .ingest("dir:mnt", "web01")
+        .target(&target)
+        .trust("site.pub")
+        .unsealed()
+        .args(&["--state-dir", &state]);
     let before = sha(Path::new(&dev.0));
-    let o = e.run(&args);
+    let o = ingest.run();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("MBR partition table"), "{}", text(&o));
     assert_eq!(
@@ -280,9 +280,7 @@ fn field_media_ingest_onto_a_partitioned_device_needs_force() {
         before,
         "a refused ingest wrote to the device"
     );
-    let mut forced = args.to_vec();
-    forced.push("--force");
-    e.ok(&forced);
+    ingest.arg("--force").ok();
     drop(dev);
     let vol = fs::read(e.p("vol.img")).unwrap();
     assert!(vol[..3 << 20] == fs::read(e.p("disk.raw")).unwrap()[..]);
@@ -351,9 +349,12 @@ fn field_media_appliance_simulator_on_a_4_tib_medium() {
     lab.stop();
     let m = format!("fat:{img}");
     lab.ok(&["verify", "--medium", &m, "--allow-untrusted"]);
-    #[rustfmt::skip]
-    lab.ok(&["ingest", "--medium", &m, "--name", "web01", "--identity", "target.key",
-             "--target", "file:vol.raw", "--allow-untrusted", "--allow-unsealed"]);
+    Line::ingest(&lab, "web01")
+        .medium(&m)
+        .target("file:vol.raw")
+        .untrusted()
+        .unsealed()
+        .ok();
     same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
     assert!(allocated(&lab.p("medium.img")) < 64 << 20);
 }

@@ -6,22 +6,11 @@
 //! differing only by case (made by hand on a `dir:` medium) are refused
 //! with an error naming both.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 
-use mgear_tests::{output_text, same_file, Env};
+use mgear_tests::{output_text, same_file, Background, Env};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
-
-/// Kills a background `mgear serve` when the test ends, however it ends.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn random_disk(e: &Env, name: &str, mib: usize, seed: u64) {
     let mut d = vec![0u8; mib << 20];
@@ -50,55 +39,16 @@ fn captured(e: &Env, kind: &str) -> String {
         }
         _ => e.fat("medium.img", "64MiB"),
     };
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
     m
 }
 
 /// `mgear serve --once` of `vol.raw` for `name`; returns it and its address.
-fn serve(e: &Env, m: &str, name: &str) -> (Bg, String) {
-    let mut child = e
-        .cmd(&[
-            "serve",
-            "--target",
-            "file:vol.raw",
-            "--medium",
-            m,
-            "--name",
-            name,
-            "--identity",
-            "target.key",
-            "--trust",
-            "site.pub",
-            "--listen",
-            "127.0.0.1:0",
-            "--once",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("serve prints its address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve said {line:?}"))
-        .to_string();
-    (Bg(child), addr)
+fn serve(e: &Env, m: &str, name: &str) -> (Background, String) {
+    e.serve(m, name).trust("site.pub").arg("--once").listen()
 }
 
 /// Every command that takes `--name` finds `web01` as `WEB01` on `kind`.
@@ -130,21 +80,12 @@ fn any_case_finds_the_capture(kind: &str) {
     assert_eq!(v["trust"][0]["capture"], "web01", "{kind}: {v}");
     assert_eq!(v["trust"][0]["trusted"], true, "{kind}: {v}");
 
-    let i = e.json(&[
-        "ingest",
-        "--medium",
-        &m,
-        "--name",
-        "WEB01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--expect-generation",
-        "1",
-        "--target",
-        "file:vol.raw",
-    ]);
+    let i = e
+        .ingest(&m, "WEB01")
+        .trust("site.pub")
+        .args(&["--expect-generation", "1"])
+        .target("file:vol.raw")
+        .json();
     assert_eq!(i["name"], "web01", "{kind}: {i}");
     assert_eq!(i["verified"], true, "{kind}: {i}");
     same_file(&e.p("disk.raw"), &e.p("vol.raw"));

@@ -5,21 +5,11 @@
 //! code).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-use mgear_tests::{output_text, Env};
+use mgear_tests::{output_text, Background, Env};
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
-
-/// Kills a background `mgear serve` when the test ends, however it ends.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A 6 MiB disk: random data, a zero hole (a sparse range on the volume)
 /// and a short tail chunk.
@@ -71,34 +61,15 @@ fn capture_and_ingest(e: &Env) {
     e.keygen();
     e.ok(&["keygen", "--signing", "--out", "site.key"]);
     let m = e.fat("medium.img", "256MiB");
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
-    e.ok(&[
-        "ingest",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--target",
-        "file:vol.raw",
-        "--report",
-        "ingest.json",
-    ]);
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
+    e.ingest(&m, "web01")
+        .trust("site.pub")
+        .target("file:vol.raw")
+        .args(&["--report", "ingest.json"])
+        .ok();
 }
 
 #[test]
@@ -116,20 +87,12 @@ fn ingest_report_carries_the_sha256_of_the_volume() {
 
     // A qcow2 target: the digest is of the disk it holds, not of the container.
     std::fs::remove_file(e.p("vol.raw")).unwrap();
-    let o = e.run(&[
-        "ingest",
-        "--medium",
-        "fat:medium.img",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--target",
-        "qcow2:vol.qcow2",
-        "--json",
-    ]);
+    let o = e
+        .ingest("fat:medium.img", "web01")
+        .trust("site.pub")
+        .target("qcow2:vol.qcow2")
+        .arg("--json")
+        .run();
     let v = envelope(&o, "ingest");
     // qcow2 rounds its virtual size up to whole sectors: the digest covers
     // the disk's own bytes.
@@ -156,26 +119,13 @@ fn ingest_report_carries_the_sha256_of_the_volume() {
 /// `mgear serve ... --json` in the background: its first line is the
 /// `listening` event in the envelope; returns it, its address and the rest
 /// of its stdout (read once it has exited).
-fn serve(e: &Env, extra: &[&str]) -> (Bg, String, BufReader<std::process::ChildStdout>) {
-    let mut args = vec![
-        "serve",
-        "--target",
-        "file:vol.raw",
-        "--medium",
-        "fat:medium.img",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
+fn serve(e: &Env, extra: &[&str]) -> (Background, String, BufReader<std::process::ChildStdout>) {
     let mut child = e
-        .cmd(&args)
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .arg("--json")
+        .args(extra)
+        .command()
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -186,7 +136,7 @@ fn serve(e: &Env, extra: &[&str]) -> (Bg, String, BufReader<std::process::ChildS
     let v = event(&line);
     assert_eq!(v["event"], "listening", "{v}");
     let addr = v["address"].as_str().unwrap().to_string();
-    (Bg(child), addr, out)
+    (Background(child), addr, out)
 }
 
 /// One line of `serve --json`: an event in the envelope.

@@ -203,19 +203,10 @@ fn read_only_commands_leave_a_fat_medium_byte_for_byte_unchanged() {
     e.ok(&["keygen", "--signing", "--out", "site.key"]);
     std::fs::write(e.p("disk.raw"), disk(12, 3 << 20)).unwrap();
     let m = e.fat("medium.img", "64MiB");
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
     let img = e.p("medium.img");
     let before = sha256(&img);
     let commands: [&[&str]; 4] = [

@@ -57,42 +57,22 @@ mod fields {
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         std::fs::write(env.p("disk.raw"), &disk).unwrap();
-        let c = env.json(&[
-            "capture",
-            "--source",
-            "disk.raw",
-            "--medium",
-            &m,
-            "--name",
-            "web01",
-            "--recipient",
-            "target.pub",
-            "--sign",
-            "site.key",
-            "--report",
-            "capture.json",
-        ]);
+        let c = env
+            .capture(&m, "web01")
+            .source("disk.raw")
+            .sign("site.key")
+            .args(&["--report", "capture.json"])
+            .json();
         assert_eq!(
             (c["ok"].clone(), c["command"].clone()),
             (true.into(), "capture".into())
         );
-        env.ok(&[
-            "ingest",
-            "--medium",
-            &m,
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--trust",
-            "site.pub",
-            "--expect-generation",
-            "1",
-            "--target",
-            "file:web01.raw",
-            "--report",
-            "ingest.json",
-        ]);
+        env.ingest(&m, "web01")
+            .trust("site.pub")
+            .args(&["--expect-generation", "1"])
+            .target("file:web01.raw")
+            .args(&["--report", "ingest.json"])
+            .ok();
         mgear_tests::same_file(&env.p("disk.raw"), &env.p("web01.raw"));
         let i = env.json(&["inspect", "--medium", &m]);
         let root = i["captures"][0]["generations"][0]["manifest_root"].clone();
@@ -158,19 +138,10 @@ mod fields {
         env.ok(&["keygen", "--signing", "--out", "site.key"]);
         let m = env.fat("medium.img", "64MiB");
         std::fs::write(env.p("disk.raw"), vec![7u8; 1 << 20]).unwrap();
-        env.ok(&[
-            "capture",
-            "--source",
-            "disk.raw",
-            "--medium",
-            &m,
-            "--name",
-            "web01",
-            "--recipient",
-            "target.pub",
-            "--sign",
-            "site.key",
-        ]);
+        env.capture(&m, "web01")
+            .source("disk.raw")
+            .sign("site.key")
+            .ok();
         let ingest = |name: &str, trust: bool| {
             let mut a = vec![
                 "ingest",

@@ -56,17 +56,7 @@ fn board_fat_layer_reads_cli_media_and_the_cli_reads_what_it_writes() {
     disk[2 << 20..3 << 20].fill(0);
     fs::write(e.p("disk.raw"), &disk).unwrap();
     let m = e.fat("medium.img", "40MiB");
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture(&m, "web01").source("disk.raw").ok();
     let img = e.p("medium.img");
 
     let mut host = FatStore::open(open_rw(&img)).unwrap();

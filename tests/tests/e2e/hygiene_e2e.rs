@@ -38,38 +38,19 @@ fn captured() -> Env {
     e.keygen();
     e.ok(&["keygen", "--signing", "--out", "site.key"]);
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
+    e.capture("dir:mnt", "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
     e
 }
 
 fn ingest(e: &Env, extra: &[&str]) -> std::process::Output {
-    let mut a = vec![
-        "ingest",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol.raw",
-        "--trust",
-        "site.pub",
-    ];
-    a.extend_from_slice(extra);
-    e.run(&a)
+    e.ingest("dir:mnt", "web01")
+        .target("file:vol.raw")
+        .trust("site.pub")
+        .args(extra)
+        .run()
 }
 
 /// Where ingest keeps the state of a `file:vol.raw` target (its naming rule).
@@ -156,17 +137,7 @@ fn planted_symlinks_never_redirect_a_write() {
 
     // At the key cache path, before a capture writes it.
     symlink(&victim, e.p("state/mgear/keys/db02.key")).unwrap();
-    let o = e.run(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "db02",
-        "--recipient",
-        "target.pub",
-    ]);
+    let o = e.capture("dir:mnt", "db02").source("disk.raw").run();
     refused(&o);
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("symlink"),

@@ -12,7 +12,7 @@
 //! grub-pc-bin, e2fsprogs, fdisk), qemu-system-x86 for the boot, and
 //! `cargo build --workspace` first.
 
-use mgear_tests::{output_text, same_file, Env};
+use mgear_tests::{output_text, same_file, Env, Line};
 
 /// A data disk with text, random-looking bytes and zero runs.
 fn data_disk(seed: u8) -> Vec<u8> {
@@ -41,41 +41,18 @@ fn machine() -> Env {
     e
 }
 
+/// `capture` of both disks as set db01, unsigned.
+fn set_capture<'e>(e: &'e Env, m: &str) -> Line<'e> {
+    e.capture(m, "db01")
+        .sources(&[&e.s("disk0.raw"), &e.s("disk1.raw")])
+}
+
 fn capture(e: &Env, m: &str, extra: &[&str]) -> serde_json::Value {
-    let (d0, d1) = (e.s("disk0.raw"), e.s("disk1.raw"));
-    let mut a = vec![
-        "capture",
-        "--medium",
-        m,
-        "--name",
-        "db01",
-        "--source",
-        &d0,
-        "--source",
-        &d1,
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ];
-    a.extend_from_slice(extra);
-    e.json(&a)
+    set_capture(e, m).sign("site.key").args(extra).json()
 }
 
 fn ingest(e: &Env, m: &str, extra: &[&str]) -> serde_json::Value {
-    let mut a = vec![
-        "ingest",
-        "--medium",
-        m,
-        "--name",
-        "db01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-    ];
-    a.extend_from_slice(extra);
-    e.json(&a)
+    e.ingest(m, "db01").trust("site.pub").args(extra).json()
 }
 
 #[test]
@@ -146,19 +123,11 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     assert!(!e.p("only0.raw").exists());
 
     // A plain --target for a set says what to do instead.
-    let o = e.run(&[
-        "ingest",
-        "--medium",
-        &m,
-        "--name",
-        "db01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--target",
-        "file:x.raw",
-    ]);
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:x.raw")
+        .run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(output_text(&o).contains("{disk}"), "{}", output_text(&o));
 
@@ -189,23 +158,11 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     same_file(&e.p("g2-0.raw"), &e.p("disk0.raw"));
     same_file(&e.p("g2-1.raw"), &e.p("disk1.raw"));
     // A full copy again is refused: the set is captured.
-    let (d0, d1p) = (e.s("disk0.raw"), e.s("disk1.raw"));
-    let o = e.run(&[
-        "capture",
-        "--medium",
-        &m,
-        "--name",
-        "db01",
-        "--source",
-        &d0,
-        "--source",
-        &d1p,
-        "--recipient",
-        "target.pub",
-    ]);
+    let o = set_capture(&e, &m).run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(output_text(&o).contains("--delta"), "{}", output_text(&o));
     // Nor is one disk of the set captured alone.
+    let d1p = e.s("disk1.raw");
     let o = e.run(&[
         "capture", "--medium", &m, "--name", "db01.d1", "--source", &d1p, "--delta",
     ]);
@@ -218,18 +175,7 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
 
     // A shipment of two media: the set here, a single-disk capture there.
     let m2 = e.fat("m2.img", "64MiB");
-    let d1s = e.s("disk1.raw");
-    e.json(&[
-        "capture",
-        "--medium",
-        &m2,
-        "--name",
-        "web01",
-        "--source",
-        &d1s,
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture(&m2, "web01").source(&d1p).json();
     let i = e.json(&["inspect", "--medium", &m, "--medium", &m2]);
     assert_eq!(i["shipment"]["media"], 2, "{i}");
     let machines = i["shipment"]["machines"].as_array().unwrap();
@@ -250,21 +196,7 @@ fn a_set_with_a_dropped_disk_is_refused() {
     let dir = e.p("medium-dir");
     std::fs::create_dir(&dir).unwrap();
     let spec = format!("dir:{}", dir.display());
-    let c = e.run(&[
-        "capture",
-        "--medium",
-        &spec,
-        "--name",
-        "db01",
-        "--source",
-        &e.s("disk0.raw"),
-        "--source",
-        &e.s("disk1.raw"),
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-    ]);
+    let c = set_capture(&e, &spec).sign("site.key").run();
     assert!(c.status.success(), "{}", output_text(&c));
     std::fs::remove_dir_all(dir.join("MGEAR/db01.d1")).unwrap();
     let v = e.run(&["verify", "--medium", &spec, "--json"]);
@@ -281,19 +213,11 @@ fn a_set_with_a_dropped_disk_is_refused() {
     ]);
     assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
     assert!(output_text(&v).contains("dropped"), "{}", output_text(&v));
-    let o = e.run(&[
-        "ingest",
-        "--medium",
-        &spec,
-        "--name",
-        "db01",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--target",
-        "file:out-{disk}.raw",
-    ]);
+    let o = e
+        .ingest(&spec, "db01")
+        .trust("site.pub")
+        .target("file:out-{disk}.raw")
+        .run();
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(!e.p("out-0.raw").exists(), "nothing is written");
 }
@@ -340,24 +264,8 @@ fn an_interrupted_set_capture_resumes_with_the_same_command() {
     let m = e.fat("m.img", "256MiB");
     // Disk 1 is unreadable the first time: disk 0 is captured, the set is not.
     std::fs::rename(e.p("disk1.raw"), e.p("away.raw")).unwrap();
-    let (d0, d1) = (e.s("disk0.raw"), e.s("disk1.raw"));
-    let args = [
-        "capture",
-        "--medium",
-        &m,
-        "--name",
-        "db01",
-        "--source",
-        &d0,
-        "--source",
-        &d1,
-        "--recipient",
-        "target.pub",
-        "--sign",
-        "site.key",
-        "--json",
-    ];
-    let o = e.run(&args);
+    let args = set_capture(&e, &m).sign("site.key").arg("--json");
+    let o = args.run();
     assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
     // Not a set yet: keyless verify says so, inspect lists it as unfinished.
     let v = e.run(&["verify", "--medium", &m]);
@@ -377,7 +285,7 @@ fn an_interrupted_set_capture_resumes_with_the_same_command() {
 
     // The same command again: disk 0 is not read again, disk 1 is captured.
     std::fs::rename(e.p("away.raw"), e.p("disk1.raw")).unwrap();
-    let o = e.ok(&args);
+    let o = args.ok();
     let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(c["generation"], 1, "{c}");
     assert!(
@@ -458,22 +366,11 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
     std::fs::write(e.p("b.raw"), data_disk(2)).unwrap();
     let m = e.fat("m.img", "64MiB");
     let set = |extra: &[&str]| {
-        let mut v = vec![
-            "capture",
-            "--medium",
-            &m,
-            "--name",
-            "db01",
-            "--source",
-            "a.raw",
-            "--source",
-            "b.raw",
-            "--recipient",
-            "target.pub",
-            "--json",
-        ];
-        v.extend_from_slice(extra);
-        e.run(&v)
+        e.capture(&m, "db01")
+            .sources(&["a.raw", "b.raw"])
+            .arg("--json")
+            .args(extra)
+            .run()
     };
     // The plan covers every disk and their sum.
     let o = set(&["--dry-run"]);
@@ -500,20 +397,11 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
     // The text MiB both disks hold is stored once: disk 1 points at disk 0's record.
     let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(c["captured"][1]["dedup_chunks"], 1, "{c}");
-    e.ok(&[
-        "ingest",
-        "--medium",
-        &m,
-        "--name",
-        "db01",
-        "--identity",
-        "target.key",
-        "--allow-untrusted",
-        "--disk",
-        "1",
-        "--target",
-        "file:only-1.raw",
-    ]);
+    e.ingest(&m, "db01")
+        .untrusted()
+        .args(&["--disk", "1"])
+        .target("file:only-1.raw")
+        .ok();
     same_file(&e.p("only-1.raw"), &e.p("b.raw"));
     let o = e.run(&["medium", "rm", "--medium", &m, "--name", "db01"]);
     assert_eq!(
@@ -530,19 +418,7 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
     );
     // A set too big for the medium is refused whole, before anything is written.
     std::fs::write(e.p("c.raw"), super::spanning::noise(70 << 20, 3)).unwrap();
-    let o = e.run(&[
-        "capture",
-        "--medium",
-        &m,
-        "--name",
-        "big",
-        "--source",
-        "a.raw",
-        "--source",
-        "c.raw",
-        "--recipient",
-        "target.pub",
-    ]);
+    let o = e.capture(&m, "big").sources(&["a.raw", "c.raw"]).run();
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("Give one more medium"),

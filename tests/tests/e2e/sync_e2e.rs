@@ -6,139 +6,50 @@
 //! attacker's data key, unsigned or unpinned sessions are refused, and idle
 //! connections neither block a sync nor stay.
 
-use mgear_tests::output_text as text;
+use mgear_tests::{output_text as text, Background, Env};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 
 const MIB: usize = 1 << 20;
 
-struct Env {
-    dir: tempfile::TempDir,
+/// What the sync scenarios do again and again, on the shared scratch [`Env`].
+trait SyncEnv {
+    fn capture_and_ingest(&self, medium_size: &str);
+    fn listen(&self, extra: &[&str]) -> (Background, String);
 }
 
-/// Kills a background `mgear serve` when the test ends, however it ends.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Env {
-    fn new() -> Self {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(mgear_tests::bin("mgear"));
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("XDG_STATE_HOME", self.p("state"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let o = self.cmd(args).output().expect("run mgear");
-        assert!(o.status.success(), "mgear {args:?}: {}", text(&o));
-        o
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let o = self.ok(&a);
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&o)))
-    }
-
+impl SyncEnv for Env {
     /// keygen (target and capture site), FAT medium, capture `disk.raw` as
     /// web01, ingest into `vol.raw`.
     fn capture_and_ingest(&self, medium_size: &str) {
         self.ok(&["keygen", "--out", "target.key"]);
         self.ok(&["keygen", "--signing", "--out", "site.key"]);
         self.ok(&["medium", "format", "fat:medium.img", "--size", medium_size]);
-        self.ok(&[
-            "capture",
-            "--source",
-            "disk.raw",
-            "--medium",
-            "fat:medium.img",
-            "--name",
-            "web01",
-            "--recipient",
-            "target.pub",
-        ]);
-        self.ok(&[
-            "ingest",
-            "--allow-untrusted",
-            "--medium",
-            "fat:medium.img",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--target",
-            "file:vol.raw",
-            "--allow-unsealed",
-        ]);
+        self.capture("fat:medium.img", "web01")
+            .source("disk.raw")
+            .ok();
+        self.ingest("fat:medium.img", "web01")
+            .untrusted()
+            .target("file:vol.raw")
+            .unsealed()
+            .ok();
         assert_eq!(
             std::fs::read(self.p("vol.raw")).unwrap(),
             std::fs::read(self.p("disk.raw")).unwrap()
         );
     }
 
-    /// Start `mgear serve` pinning `site.pub`; returns it and its address.
-    fn serve(&self, extra: &[&str]) -> (Bg, String) {
-        let mut a = vec!["--trust", "site.pub"];
-        a.extend_from_slice(extra);
-        self.serve_raw(&a)
-    }
-
-    /// Start `mgear serve` with exactly `extra` besides target, medium and key.
-    fn serve_raw(&self, extra: &[&str]) -> (Bg, String) {
-        let mut args = vec![
-            "serve",
-            "--target",
-            "file:vol.raw",
-            "--medium",
-            "fat:medium.img",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        let mut child = self
-            .cmd(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn serve");
-        let out: ChildStdout = child.stdout.take().expect("serve stdout");
-        let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .expect("serve prints its address");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("serve said {line:?}"))
-            .to_string();
-        (Bg(child), addr)
+    /// Start `mgear serve` of web01 into `vol.raw`, pinning `site.pub`;
+    /// returns it and its address.
+    fn listen(&self, extra: &[&str]) -> (Background, String) {
+        self.serve("fat:medium.img", "web01")
+            .trust("site.pub")
+            .args(extra)
+            .listen()
     }
 }
 
@@ -185,7 +96,7 @@ fn sync_after_ingest_makes_the_volume_equal_the_changed_source() {
     write_disk(&e.p("disk.raw"), 16, 1);
     e.capture_and_ingest("64MiB");
     change_chunks(&e.p("disk.raw"), &[3, 9, 15], 2);
-    let (mut serve, addr) = e.serve(&["--once"]);
+    let (mut serve, addr) = e.listen(&["--once"]);
     let r = e.json(&[
         "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
     ]);
@@ -209,7 +120,7 @@ fn sync_after_ingest_makes_the_volume_equal_the_changed_source() {
     );
 
     // The human summary names read, skipped, sent and CPU share.
-    let (_serve, addr) = e.serve(&["--once"]);
+    let (_serve, addr) = e.listen(&["--once"]);
     let o = e.ok(&[
         "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
     ]);
@@ -232,7 +143,7 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
     e.capture_and_ingest("64MiB");
     let changed = [0, 1, 2, 5, 6, 7, 8, 10];
     change_chunks(&e.p("disk.raw"), &changed, 4);
-    let (_serve, addr) = e.serve(&[]);
+    let (_serve, addr) = e.listen(&[]);
 
     // A slow sync, killed once the first changed chunk reached the volume.
     let mut first = e
@@ -369,7 +280,7 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
         std::fs::read(e.p("vol.raw")).unwrap(),
         std::fs::read(&disk).unwrap()
     );
-    let (_serve, addr) = e.serve(&[]);
+    let (_serve, addr) = e.listen(&[]);
     let o = e.ok(&[
         "cutover",
         "--source",
@@ -413,22 +324,7 @@ fn serve_applies_only_pinned_signed_syncs_and_drops_idle_peers() {
     let before = read_volume(&e);
 
     // serve must be told whose syncs to accept.
-    let o = e
-        .cmd(&[
-            "serve",
-            "--target",
-            "file:vol.raw",
-            "--medium",
-            "fat:medium.img",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let o = e.serve("fat:medium.img", "web01").run();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("--trust"),
@@ -436,7 +332,7 @@ fn serve_applies_only_pinned_signed_syncs_and_drops_idle_peers() {
         text(&o)
     );
 
-    let (_serve, addr) = e.serve(&["--handshake-timeout", "2"]);
+    let (_serve, addr) = e.listen(&["--handshake-timeout", "2"]);
     // A connection that never says anything is open the whole time.
     let mut idle = std::net::TcpStream::connect(&addr).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(120)))
@@ -479,19 +375,10 @@ fn serve_applies_only_pinned_signed_syncs_and_drops_idle_peers() {
     // its data key does not open the served capture, even under the pinned signature.
     write_disk(&e.p("evil.raw"), 8, 66);
     std::fs::create_dir(e.p("evil")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "evil.raw",
-        "--medium",
-        "dir:evil",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--key-cache",
-        "evil-keys",
-    ]);
+    e.capture("dir:evil", "web01")
+        .source("evil.raw")
+        .args(&["--key-cache", "evil-keys"])
+        .ok();
     let evil = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
     let o = sync_from(
         "evil.raw",
@@ -550,21 +437,9 @@ fn allow_untrusted_is_an_explicit_loud_override() {
     e.capture_and_ingest("64MiB");
     change_chunks(&e.p("disk.raw"), &[2], 8);
     let mut child = e
-        .cmd(&[
-            "serve",
-            "--target",
-            "file:vol.raw",
-            "--medium",
-            "fat:medium.img",
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-untrusted",
-            "--once",
-        ])
+        .serve("fat:medium.img", "web01")
+        .args(&["--allow-untrusted", "--once"])
+        .command()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

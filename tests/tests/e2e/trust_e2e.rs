@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use mgear_appliance_api::attest::{Attestation, AttestationBody, AttestationKind, FileDigest};
-use mgear_tests::{output_text, same_file, Env};
+use mgear_tests::{output_text, same_file, Env, Line};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
@@ -34,38 +34,19 @@ fn site() -> Env {
 }
 
 fn capture(e: &Env, disk: &str, extra: &[&str]) -> serde_json::Value {
-    let mut a = vec![
-        "capture",
-        "--source",
-        disk,
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-        "--chunk-size",
-        "256KiB",
-    ];
-    a.extend_from_slice(extra);
-    e.json(&a)
+    e.capture("dir:mnt", "web01")
+        .source(disk)
+        .args(&["--chunk-size", "256KiB"])
+        .args(extra)
+        .json()
 }
 
 fn ingest(e: &Env, extra: &[&str]) -> Output {
-    let mut a = vec![
-        "ingest",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol.raw",
-        "--force",
-    ];
-    a.extend_from_slice(extra);
-    e.run(&a)
+    e.ingest("dir:mnt", "web01")
+        .target("file:vol.raw")
+        .arg("--force")
+        .args(extra)
+        .run()
 }
 
 fn refused(o: &Output, what: &[&str]) {
@@ -307,10 +288,7 @@ fn appliance_seal_catches_a_deleted_generation() {
     lab.provision_and_unlock();
     lab.capture();
     lab.make_disk(3, 2);
-    let mut args = lab.capture_args();
-    args.push("--delta".into());
-    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    lab.ok(&args);
+    lab.capture_line().arg("--delta").ok();
     lab.appliance_ok(&["seal"]);
     lab.appliance_ok(&["arrival"]);
     let fp = lab.fingerprint();
@@ -341,21 +319,11 @@ fn appliance_seal_catches_a_deleted_generation() {
         fs.root_dir().remove("MGEAR/web01/G0002").unwrap();
         fs.unmount().unwrap();
     }
-    let out = lab.run(&[
-        "ingest",
-        "--medium",
-        "fat:medium.img",
-        "--attestations",
-        "att",
-        "--trust-appliance",
-        &fp,
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--target",
-        "file:vol2.raw",
-    ]);
+    let out = Line::ingest(&lab, "web01")
+        .medium("fat:medium.img")
+        .args(&["--attestations", "att", "--trust-appliance", &fp])
+        .target("file:vol2.raw")
+        .run();
     let t = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("G0002") && t.contains("missing now"), "{t}");
@@ -399,21 +367,12 @@ fn appliance_witness_alone_vouches_for_an_unsigned_capture() {
     let other = fingerprint(&ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
     let tty = lab.tty();
     let ingest_other = |extra: &[&str]| {
-        let mut a = vec![
-            "ingest",
-            "--trust-appliance",
-            other.as_str(),
-            "--appliance",
-            tty.as_str(),
-            "--name",
-            "web01",
-            "--identity",
-            "target.key",
-            "--target",
-            "file:vol2.raw",
-        ];
-        a.extend_from_slice(extra);
-        lab.run(&a)
+        Line::ingest(&lab, "web01")
+            .args(&["--trust-appliance", &other])
+            .appliance(&tty)
+            .target("file:vol2.raw")
+            .args(extra)
+            .run()
     };
     refused(
         &ingest_other(&["--allow-unsealed"]),

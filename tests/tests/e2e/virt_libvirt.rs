@@ -115,9 +115,9 @@ fn libvirt_volume_keeps_its_bits_and_boots_with_marker() {
         report.detail,
         report.console_tail(40)
     );
-    assert_eq!(report.driver, "libvirt");
-    assert_eq!(report.bus, Bus::Virtio);
-    assert_eq!(report.target, format!("libvirt:{POOL}/{name}"));
+    assert_eq!(report.setup.driver, "libvirt");
+    assert_eq!(report.setup.bus, Bus::Virtio);
+    assert_eq!(report.setup.target, format!("libvirt:{POOL}/{name}"));
     assert_eq!(report.matched.as_deref(), Some(marker.as_str()));
     assert!(
         our_domains().is_empty(),
@@ -196,30 +196,9 @@ fn a_two_disk_set_ingested_into_a_pool_boots_as_one_domain() {
     start_libvirtd();
     let e = mgear_tests::Env::new();
     e.keygen();
-    let (d0, d1) = (e.s("d0.raw"), e.s("d1.raw"));
-    e.ok(&[
-        "boot",
-        "--build-sample",
-        &d0,
-        "--marker",
-        "virt-set",
-        "--data-disk",
-        &d1,
-    ]);
+    let (d0, d1) = e.sample_machine("virt-set");
     let m = e.fat("m.img", "256MiB");
-    e.ok(&[
-        "capture",
-        "--medium",
-        &m,
-        "--name",
-        "vm01",
-        "--source",
-        &d0,
-        "--source",
-        &d1,
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture(&m, "vm01").sources(&[&d0, &d1]).ok();
     let base = unique("set").trim_end_matches(".raw").to_string();
     let vols: Vec<String> = (0..2).map(|k| format!("{base}-{k}.raw")).collect();
     struct Gone(Vec<String>);
@@ -232,23 +211,18 @@ fn a_two_disk_set_ingested_into_a_pool_boots_as_one_domain() {
     }
     let _gone = Gone(vols.clone());
     let target = format!("libvirt:{POOL}/{base}-{{disk}}.raw");
-    let r = e.json(&[
-        "ingest",
-        "--medium",
-        &m,
-        "--name",
-        "vm01",
-        "--identity",
-        "target.key",
-        "--allow-untrusted",
-        "--target",
-        &target,
-        "--boot",
-        "--wait-for",
-        "MGEAR-SRV-OK virt-set-srv",
-        "--timeout",
-        "300",
-    ]);
+    let r = e
+        .ingest(&m, "vm01")
+        .untrusted()
+        .target(&target)
+        .args(&[
+            "--boot",
+            "--wait-for",
+            "MGEAR-SRV-OK virt-set-srv",
+            "--timeout",
+            "300",
+        ])
+        .json();
     assert_eq!(r["booted"], true, "{r}");
     for (k, src) in [&d0, &d1].iter().enumerate() {
         let back = e.p(&format!("back-{k}.raw"));

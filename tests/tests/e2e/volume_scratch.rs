@@ -11,12 +11,12 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mgear_tests::{output_text, Env};
+use mgear_tests::{output_text, qemu_nbd, Env};
 use rand::{RngCore, SeedableRng};
 
 const DISK: u64 = 4 << 30;
@@ -115,17 +115,7 @@ fn captured(e: &Env) {
     e.keygen();
     sparse_disk(&e.p("disk.raw"));
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "big",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture("dir:mnt", "big").source("disk.raw").ok();
 }
 
 /// Ingest into `target` with its own state dir, sampled all along; returns
@@ -133,20 +123,12 @@ fn captured(e: &Env) {
 fn ingest_sampled(e: &Env, target: &str, state: &str) -> serde_json::Value {
     let sdir = e.p(state);
     let sampler = Sampler::start(sdir.clone());
-    let r = e.json(&[
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "big",
-        "--identity",
-        "target.key",
-        "--target",
-        target,
-        "--state-dir",
-        &sdir.display().to_string(),
-    ]);
+    let r = e
+        .ingest("dir:mnt", "big")
+        .untrusted()
+        .target(target)
+        .args(&["--state-dir", &sdir.display().to_string()])
+        .json();
     let (max, samples) = sampler.finish();
     assert!(samples >= 2, "the sampler did not run during the ingest");
     assert_eq!(r["verified"], true, "{r}");
@@ -209,26 +191,10 @@ fn ingest_into_nbd_and_qcow2_keeps_scratch_to_a_few_chunks() {
         .unwrap();
     assert!(st.success());
     let sock = e.p("export.sock");
-    let mut server = Command::new("qemu-nbd")
-        .args(["-t", "-f", "qcow2", "-k"])
-        .arg(&sock)
-        .arg(e.p("export.qcow2"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-nbd (Debian: qemu-utils)");
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = qemu_nbd(&["-t", "-f", "qcow2"], &sock, &e.p("export.qcow2"));
     let url = format!("nbd+unix:///?socket={}", sock.display());
     let ingested = std::panic::catch_unwind(|| ingest_sampled(&e, &url, "state-nbd"));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     ingested.unwrap();
     same_contents(&e.p("disk.raw"), &e.p("export.qcow2"), "qcow2");
     assert!(

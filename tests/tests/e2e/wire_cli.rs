@@ -7,7 +7,7 @@
 //! qemu-system-x86, busybox-static, linux-image-amd64, grub-pc-bin, e2fsprogs.
 //! Volumes are deleted however a test ends. Boots run one at a time (two cores).
 
-use mgear_tests::{same_file, Env};
+use mgear_tests::{same_file, Env, Line};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -23,34 +23,15 @@ fn captured_sample(e: &Env, marker: &str) -> String {
     e.ok(&["keygen", "--out", "target.key"]);
     e.ok(&["boot", "--build-sample", "disk.raw", "--marker", marker]);
     fs::create_dir(e.p("mnt")).unwrap();
-    e.ok(&[
-        "capture",
-        "--source",
-        "disk.raw",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--recipient",
-        "target.pub",
-    ]);
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
     format!("MGEAR-BOOT-OK {marker}")
 }
 
-fn ingest_args(target: &str) -> Vec<&str> {
-    vec![
-        "ingest",
-        "--allow-untrusted",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web01",
-        "--identity",
-        "target.key",
-        "--allow-unsealed",
-        "--target",
-        target,
-    ]
+fn ingest<'e>(e: &'e Env, target: &str) -> Line<'e> {
+    e.ingest("dir:mnt", "web01")
+        .untrusted()
+        .unsealed()
+        .target(target)
 }
 
 fn text(b: &[u8]) -> String {
@@ -104,9 +85,9 @@ fn wire_ingest_to_libvirt_round_trips_boots_and_refuses_overwrite() {
     let target = format!("libvirt:{POOL}/{name}");
 
     // Ingest, then boot the pool volume as a libvirt domain.
-    let mut a = ingest_args(&target);
-    a.extend(["--boot", "--wait-for", &marker, "--timeout", "300"]);
-    let r = e.json(&a);
+    let r = ingest(&e, &target)
+        .args(&["--boot", "--wait-for", &marker, "--timeout", "300"])
+        .json();
     assert_eq!(r["verified"], true, "{r}");
     assert_eq!(r["booted"], true, "{r}");
     let vol_path = r["volume"].as_str().expect("volume path").to_string();
@@ -158,7 +139,7 @@ fn wire_ingest_to_libvirt_round_trips_boots_and_refuses_overwrite() {
     assert_eq!(report["matched"], marker.as_str(), "{report}");
 
     // A second ingest into the same volume is refused without --force.
-    let out = e.run(&ingest_args(&target));
+    let out = ingest(&e, &target).run();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("--force"),
@@ -186,9 +167,9 @@ fn wire_ingest_boot_local_passes_and_fails_with_exit_1() {
     let e = Env::new();
     let marker = captured_sample(&e, "wire-local");
 
-    let mut a = ingest_args("file:vol.raw");
-    a.extend(["--boot", "--wait-for", &marker, "--timeout", "300"]);
-    let r = e.json(&a);
+    let r = ingest(&e, "file:vol.raw")
+        .args(&["--boot", "--wait-for", &marker, "--timeout", "300"])
+        .json();
     assert_eq!(
         (r["verified"].clone(), r["booted"].clone()),
         (true.into(), true.into()),
@@ -204,15 +185,15 @@ fn wire_ingest_boot_local_passes_and_fails_with_exit_1() {
     same_file(&e.p("disk.raw"), &e.p("vol.raw"));
 
     // A marker that never appears: ingested and verified, but exit 1.
-    let mut a = ingest_args("file:vol2.raw");
-    a.extend([
-        "--boot",
-        "--wait-for",
-        "WIRE-NEVER-PRINTED",
-        "--timeout",
-        "20",
-    ]);
-    let out = e.run(&a);
+    let out = ingest(&e, "file:vol2.raw")
+        .args(&[
+            "--boot",
+            "--wait-for",
+            "WIRE-NEVER-PRINTED",
+            "--timeout",
+            "20",
+        ])
+        .run();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("did NOT boot"),
