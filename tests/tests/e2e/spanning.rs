@@ -12,7 +12,7 @@
 //! `cargo build --workspace` first.
 
 use crate::appliance_util::Lab;
-use mgear_tests::{output_text, same_file, Env};
+use mgear_tests::{output_text, same_file, Env, Line};
 
 #[test]
 fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse() {
@@ -26,42 +26,22 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     a.keygen();
     let (d0, d1) = (a.s("disk0.raw"), a.s("disk1.raw"));
     // Disk 1 holds 24 MiB of incompressible filler: the set needs more than one medium.
-    a.ok(&[
-        "boot",
-        "--build-sample",
-        &d0,
-        "--marker",
-        "span-e2e",
-        "--data-disk",
-        &d1,
-        "--data-size",
-        "48MiB",
-    ]);
+    Line::sample_machine(&a, &d0, &d1, "span-e2e")
+        .args(&["--data-size", "48MiB"])
+        .ok();
     let (ta, tb) = (a.tty(), b.tty());
-    let c = a.ok(&[
-        "capture",
-        "--name",
-        "db01",
-        "--source",
-        &d0,
-        "--source",
-        &d1,
-        "--appliance",
-        &ta,
-        "--appliance",
-        &tb,
-        "--recipient",
-        "target.pub",
-        "--json",
-    ]);
-    let c: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    let c = Line::capture(&a, "db01")
+        .sources(&[&d0, &d1])
+        .appliance(&ta)
+        .appliance(&tb)
+        .json();
     assert!(
         c["receipt"]["signers"].to_string().contains("appliance"),
         "the first appliance witnessed the set: {c}"
     );
     // Each medium verifies alone and names what the other holds.
     for (tty, other) in [(&ta, "#1"), (&tb, "#0")] {
-        let v = json(&a, &["verify", "--appliance", tty, "--json"]);
+        let v = Line::new(&a, &["verify", "--appliance", tty]).json();
         assert_eq!(v["ok"], true, "{v}");
         let far = v["elsewhere"].as_array().unwrap();
         assert!(!far.is_empty(), "{v}");
@@ -82,27 +62,17 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
         );
         assert_eq!(lab.state(), "Sealed");
     }
-    let i = json(&a, &["inspect", "--appliance", &tb, "--json"]);
+    let i = Line::new(&a, &["inspect", "--appliance", &tb]).json();
     assert_eq!(i["span"]["media"].as_array().unwrap().len(), 2, "{i}");
     assert_eq!(i["span"]["this"][0], 1, "{i}");
     // The second medium arrives first: ingest writes what it holds, names
     // what is missing and where, and finishes nothing.
     let fp = a.fingerprint();
-    let base = [
-        "ingest",
-        "--name",
-        "db01",
-        "--identity",
-        "target.key",
-        "--trust-appliance",
-        &fp,
-        "--allow-unsealed",
-        "--target",
-        "file:vm-{disk}.raw",
-    ];
-    let mut only_b = base.to_vec();
-    only_b.extend_from_slice(&["--appliance", &tb]);
-    let o = a.run(&only_b);
+    let ingest = Line::ingest(&a, "db01")
+        .args(&["--trust-appliance", &fp])
+        .unsealed()
+        .target("file:vm-{disk}.raw");
+    let o = ingest.clone().appliance(&tb).run();
     assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
     let t = output_text(&o);
     assert!(
@@ -131,29 +101,21 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     );
     // Then the first medium alone: the machine is completed, finished, and
     // boots reading /srv from disk 1 by UUID.
-    let mut first = base.to_vec();
-    first.extend_from_slice(&[
-        "--appliance",
-        &ta,
-        "--boot",
-        "--wait-for",
-        "MGEAR-SRV-OK span-e2e-srv",
-        "--timeout",
-        "300",
-        "--json",
-    ]);
-    let o = a.ok(&first);
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = ingest
+        .appliance(&ta)
+        .args(&[
+            "--boot",
+            "--wait-for",
+            "MGEAR-SRV-OK span-e2e-srv",
+            "--timeout",
+            "300",
+        ])
+        .json();
     assert_eq!(r["booted"], true, "{r}");
     same_file(&a.p("vm-0.raw"), &a.p("disk0.raw"));
     same_file(&a.p("vm-1.raw"), &a.p("disk1.raw"));
     a.stop();
     b.stop();
-}
-
-fn json(lab: &Lab, args: &[&str]) -> serde_json::Value {
-    let o = lab.ok(args);
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)))
 }
 
 /// Pseudo-random, incompressible.
@@ -173,21 +135,12 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         e.fat("c.img", "40MiB"),
     );
     let cap = |media: &[&str], extra: &[&str]| {
-        let mut v = vec![
-            "capture",
-            "--name",
-            "web01",
-            "--source",
-            "disk.raw",
-            "--recipient",
-        ];
-        v.push("target.pub");
-        for m in media {
-            v.extend_from_slice(&["--medium", m]);
-        }
-        v.extend_from_slice(extra);
-        v.push("--json");
-        e.run(&v)
+        let line = media
+            .iter()
+            .fold(Line::capture(&e, "web01").source("disk.raw"), |l, m| {
+                l.medium(m)
+            });
+        line.args(extra).arg("--json").run()
     };
     // Two media are too small; past the estimate the span fills and says what to do.
     let o = cap(&[&a, &b], &["--skip-space-check"]);
@@ -203,15 +156,14 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(r["resumed_from_chunk"].as_u64().unwrap() > 0, "{r}");
     let ingest = |media: &[&str], out: &str, extra: &[&str]| {
-        let mut v = vec!["ingest", "--name", "web01", "--identity", "target.key"];
-        v.extend_from_slice(&["--allow-untrusted", "--target"]);
-        let t = format!("file:{out}");
-        v.push(&t);
-        for m in media {
-            v.extend_from_slice(&["--medium", m]);
-        }
-        v.extend_from_slice(extra);
-        e.run(&v)
+        let line = Line::ingest(&e, "web01")
+            .untrusted()
+            .target(&format!("file:{out}"));
+        media
+            .iter()
+            .fold(line, |l, m| l.medium(m))
+            .args(extra)
+            .run()
     };
     let o = ingest(&[&b, &c, &a], "one.raw", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
