@@ -150,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .iter()
             .map(|m| (m.medium.clone(), m.captures.clone(), m.sets.clone()))
             .collect::<Vec<_>>(),
+        args.name.is_none(),
     );
     if media.len() > 1 {
         if args.json || crate::output::json() {

@@ -1007,7 +1007,9 @@ pub struct ShipDisk {
 pub struct ShipGeneration {
     pub generation: u32,
     pub medium: String,
-    /// `complete`, `unfinished` or `damaged`.
+    /// `complete`, `unfinished`, `damaged`, or `lender-missing` (it borrows
+    /// records from another machine's generation, dedup across machines,
+    /// that is complete on none of the media listed).
     pub state: &'static str,
     pub problems: Vec<String>,
     pub disks: Vec<ShipDisk>,
@@ -1034,8 +1036,13 @@ pub struct Shipment {
     pub complete: bool,
 }
 
-/// The shipment listing of several media's captures and sets.
-pub fn shipment(media: &[(String, Vec<crate::inspect::CaptureJson>, Vec<SetJson>)]) -> Shipment {
+/// The shipment listing of several media's captures and sets. `whole`:
+/// the captures are all those of the media (no name filter), so a lender
+/// (dedup across machines) missing from them is missing from the media.
+pub fn shipment(
+    media: &[(String, Vec<crate::inspect::CaptureJson>, Vec<SetJson>)],
+    whole: bool,
+) -> Shipment {
     fn entry(
         machines: &mut Vec<ShipMachine>,
         name: &str,
@@ -1149,6 +1156,59 @@ pub fn shipment(media: &[(String, Vec<crate::inspect::CaptureJson>, Vec<SetJson>
                     }],
                 });
             }
+        }
+    }
+    // Dedup across machines: a generation is usable only with the
+    // generations it borrows records from.
+    let here: std::collections::HashSet<(&str, u32)> = media
+        .iter()
+        .flat_map(|(_, caps, _)| caps)
+        .flat_map(|c| {
+            c.generations
+                .iter()
+                .filter(|g| g.state == "complete")
+                .map(|g| (c.name.as_str(), g.generation))
+        })
+        .collect();
+    let borrows: std::collections::HashMap<(&str, u32), &[String]> = media
+        .iter()
+        .flat_map(|(_, caps, _)| caps)
+        .flat_map(|c| {
+            c.generations
+                .iter()
+                .map(|g| ((c.name.as_str(), g.generation), g.borrows_from.as_slice()))
+        })
+        .collect();
+    for g in machines
+        .iter_mut()
+        .flat_map(|m| &mut m.generations)
+        .filter(|_| whole)
+    {
+        let mut missing: Vec<String> = Vec::new();
+        for d in &g.disks {
+            for lender in borrows
+                .get(&(d.stream.as_str(), g.generation))
+                .into_iter()
+                .copied()
+                .flatten()
+            {
+                let found = lender
+                    .rsplit_once(" G")
+                    .and_then(|(n, k)| Some((n, k.parse::<u32>().ok()?)))
+                    .is_some_and(|key| here.contains(&key));
+                if !found && !missing.contains(lender) {
+                    missing.push(lender.clone());
+                }
+            }
+        }
+        if !missing.is_empty() && g.state == "complete" {
+            g.state = "lender-missing";
+        }
+        for lender in missing {
+            g.problems.push(format!(
+                "borrows records from {lender} (dedup across machines), which is complete on \
+                 none of the media listed"
+            ));
         }
     }
     for m in &mut machines {

@@ -499,6 +499,8 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
         "{i}"
     );
     assert_eq!(e.json(&["verify", "--medium", &m])["ok"], true);
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert_eq!(i["shipment"]["complete"], true, "{i}");
 
     // Both machines ingest bit for bit (web02 reads web01's records).
     let ingest = |name: &str, target: &str| {
@@ -621,4 +623,22 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
         output_text(&o)
     );
     assert!(!e.p("gone.raw").exists(), "nothing written");
+    // The shipment listing says the borrower is not usable from these media.
+    let i = e.json(&["inspect", "--medium", "dir:mnt"]);
+    let web02 = i["shipment"]["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "web02")
+        .unwrap_or_else(|| panic!("{i}"));
+    assert_eq!(web02["complete"], false, "{i}");
+    assert_eq!(web02["generations"][0]["state"], "lender-missing", "{i}");
+    assert!(
+        web02["generations"][0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("borrows records from web01 G0001"),
+        "{i}"
+    );
+    assert_eq!(i["shipment"]["complete"], false, "{i}");
 }
