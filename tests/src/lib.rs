@@ -376,6 +376,23 @@ pub fn qemu_nbd(args: &[&str], sock: &Path, image: &Path) -> Background {
 }
 
 /// Asserts that files `a` and `b` hold the same bytes, naming the first difference.
+/// How many chunks the ingest state file at `path` records as durable on
+/// its volume: its non-zero 32-byte slots after the 64-byte header (layout:
+/// the ingest module doc of host-tools/mgear); 0 if it cannot be read.
+pub fn recorded_chunks(path: &std::path::Path) -> usize {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| {
+            Some(
+                b.get(64..)?
+                    .chunks(32)
+                    .filter(|s| s.iter().any(|&x| x != 0))
+                    .count(),
+            )
+        })
+        .unwrap_or(0)
+}
+
 pub fn same_file(a: &std::path::Path, b: &std::path::Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert_eq!(

@@ -455,21 +455,13 @@ fn cli_ingest_resumes_after_sigkill() {
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
 
-/// The most chunks an ingest state file in `dir` records as durable: its
-/// non-zero 32-byte slots after the 64-byte header (layout: the ingest
-/// module doc of host-tools/mgear).
+/// The most chunks an ingest state file in `dir` records as durable.
 fn recorded_chunks(dir: &Path) -> usize {
     let Ok(d) = fs::read_dir(dir) else { return 0 };
     d.flatten()
-        .filter(|f| f.path().extension().is_some_and(|x| x == "ingest"))
-        .filter_map(|f| fs::read(f.path()).ok())
-        .map(|b| {
-            b.get(64..)
-                .unwrap_or_default()
-                .chunks(32)
-                .filter(|s| s.iter().any(|&x| x != 0))
-                .count()
-        })
+        .map(|f| f.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ingest"))
+        .map(|p| mgear_tests::recorded_chunks(&p))
         .max()
         .unwrap_or(0)
 }

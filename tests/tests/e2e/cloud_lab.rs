@@ -494,11 +494,7 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
         let entries = files_under(&e.p("state"))
             .iter()
             .filter(|f| f.extension().is_some_and(|x| x == "ingest"))
-            .map(|f| {
-                std::fs::metadata(f)
-                    .map(|m| m.len().saturating_sub(64) / 32)
-                    .unwrap_or(0)
-            })
+            .map(|f| mgear_tests::recorded_chunks(f))
             .max()
             .unwrap_or(0);
         if entries >= 4 {

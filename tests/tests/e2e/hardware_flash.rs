@@ -436,27 +436,3 @@ fn simulator_arguments_need_sim() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("add --sim"));
 }
-
-/// CI's "the core builds without std" check, through the script the firmware
-/// core ships (firmware/check-no-std.sh).
-#[test]
-fn firmware_core_builds_without_std() {
-    let script = repo().join("firmware/check-no-std.sh");
-    assert!(script.exists(), "{} is missing", script.display());
-    let out = Command::new("bash")
-        .arg(&script)
-        .current_dir(repo())
-        // A target dir of its own: the one running this test may be locked.
-        .env(
-            "CARGO_TARGET_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-std-check"),
-        )
-        .output()
-        .expect("run check-no-std.sh");
-    assert!(
-        out.status.success(),
-        "check-no-std.sh failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
