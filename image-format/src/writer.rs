@@ -1158,15 +1158,28 @@ impl<S: Store> CaptureWriter<S> {
                 let Some(holder) = self.holder(l.stream) else {
                     continue;
                 };
-                let path = layout::segment_path(&holder, l.generation, l.segment);
-                if checked.insert(path.clone()) && self.store.len(&path).at(&path)?.is_none() {
-                    self.unavailable_paths.insert(path.clone());
-                }
-                if self.unavailable_paths.contains(&path) {
-                    continue;
-                }
-                self.dedup.entry(l.chunk_id).or_insert(l);
+                self.offer_record(l, &holder, &mut checked)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Offers a record another stream stored (`l`, renumbered for this
+    /// capture's index; its segment in `holder`) to the dedup table, when
+    /// its segment is on the media (a span may lack a lost medium's).
+    /// `checked`: segments already looked for.
+    fn offer_record(
+        &mut self,
+        l: RecordLoc,
+        holder: &str,
+        checked: &mut std::collections::HashSet<String>,
+    ) -> Result<()> {
+        let path = layout::segment_path(holder, l.generation, l.segment);
+        if checked.insert(path.clone()) && self.store.len(&path).at(&path)?.is_none() {
+            self.unavailable_paths.insert(path.clone());
+        }
+        if !self.unavailable_paths.contains(&path) {
+            self.dedup.entry(l.chunk_id).or_insert(l);
         }
         Ok(())
     }
@@ -1290,14 +1303,7 @@ impl<S: Store> CaptureWriter<S> {
                     continue;
                 };
                 l.stream = s;
-                let path = layout::segment_path(&holder, l.generation, l.segment);
-                if checked.insert(path.clone()) && self.store.len(&path).at(&path)?.is_none() {
-                    self.unavailable_paths.insert(path.clone());
-                }
-                if self.unavailable_paths.contains(&path) {
-                    continue;
-                }
-                self.dedup.entry(l.chunk_id).or_insert(l);
+                self.offer_record(l, &holder, &mut checked)?;
             }
         }
         Ok(())

@@ -445,38 +445,14 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
     std::fs::write(e.p("web02-0.raw"), &d0).unwrap();
     std::fs::write(e.p("web02-1.raw"), &data_disk(9)[2 << 20..4 << 20]).unwrap();
     let m = e.fat("m.img", "64MiB");
-    let c1 = e.json(&[
-        "capture",
-        "--medium",
-        &m,
-        "--name",
-        "web01",
-        "--source",
-        "web01.raw",
-        "--recipient",
-        "target.pub",
-    ]);
+    let c1 = e.capture(&m, "web01").source("web01.raw").json();
     let web01_stored = c1["stored_bytes"].as_u64().unwrap();
     assert!(c1["borrows_from"].as_array().unwrap().is_empty(), "{c1}");
-    let set = |extra: &[&str]| {
-        let mut a = vec![
-            "capture",
-            "--medium",
-            &m,
-            "--name",
-            "web02",
-            "--source",
-            "web02-0.raw",
-            "--source",
-            "web02-1.raw",
-            "--recipient",
-            "target.pub",
-        ];
-        a.extend_from_slice(extra);
-        a.iter().map(|s| s.to_string()).collect::<Vec<String>>()
-    };
-    let a = set(&["--dedup-across-machines", "WEB01"]);
-    let c2 = e.json(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let c2 = e
+        .capture(&m, "web02")
+        .sources(&["web02-0.raw", "web02-1.raw"])
+        .args(&["--dedup-across-machines", "WEB01"])
+        .json();
     let disk0 = &c2["captured"][0];
     // Only the changed chunk of disk 0 is stored: the rest is web01's.
     assert_eq!(disk0["stored_chunks"], 1, "{c2}");
@@ -503,20 +479,7 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
     assert_eq!(i["shipment"]["complete"], true, "{i}");
 
     // Both machines ingest bit for bit (web02 reads web01's records).
-    let ingest = |name: &str, target: &str| {
-        e.json(&[
-            "ingest",
-            "--medium",
-            &m,
-            "--name",
-            name,
-            "--identity",
-            "target.key",
-            "--allow-untrusted",
-            "--target",
-            target,
-        ])
-    };
+    let ingest = |name: &str, target: &str| e.ingest(&m, name).untrusted().target(target).json();
     ingest("web02", "file:out2-{disk}.raw");
     same_file(&e.p("out2-0.raw"), &e.p("web02-0.raw"));
     same_file(&e.p("out2-1.raw"), &e.p("web02-1.raw"));
@@ -535,32 +498,15 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
 
     // Without the opt-in, a third machine shares nothing (its own key).
     std::fs::write(e.p("web03.raw"), data_disk(7)).unwrap();
-    let c3 = e.json(&[
-        "capture",
-        "--medium",
-        &m,
-        "--name",
-        "web03",
-        "--source",
-        "web03.raw",
-        "--recipient",
-        "target.pub",
-    ]);
+    let c3 = e.capture(&m, "web03").source("web03.raw").json();
     assert_eq!(c3["dedup_chunks"], 0, "{c3}");
     assert_eq!(c3["stored_bytes"], web01_stored, "{c3}");
     // ... and cannot opt in later: its key is its own.
-    let o = e.run(&[
-        "capture",
-        "--medium",
-        &m,
-        "--name",
-        "web03",
-        "--source",
-        "web03.raw",
-        "--delta",
-        "--dedup-across-machines",
-        "web01",
-    ]);
+    let o = e
+        .capture(&m, "web03")
+        .source("web03.raw")
+        .args(&["--delta", "--dedup-across-machines", "web01"])
+        .run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("its own data key"),
@@ -580,21 +526,11 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
         ("web01", "web01.raw", None),
         ("web02", "web02-0.raw", Some("web01")),
     ] {
-        let mut a = vec![
-            "capture",
-            "--medium",
-            "dir:mnt",
-            "--name",
-            name,
-            "--source",
-            src,
-            "--recipient",
-            "target.pub",
-        ];
-        if let Some(m) = extra {
-            a.extend(["--dedup-across-machines", m]);
-        }
-        e.ok(&a);
+        let line = e.capture("dir:mnt", name).source(src);
+        match extra {
+            Some(m) => line.args(&["--dedup-across-machines", m]).ok(),
+            None => line.ok(),
+        };
     }
     std::fs::remove_dir_all(e.p("mnt/MGEAR/web01")).unwrap();
     let o = e.run(&["verify", "--medium", "dir:mnt"]);
@@ -604,18 +540,11 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
         "{}",
         output_text(&o)
     );
-    let o = e.run(&[
-        "ingest",
-        "--medium",
-        "dir:mnt",
-        "--name",
-        "web02",
-        "--identity",
-        "target.key",
-        "--allow-untrusted",
-        "--target",
-        "file:gone.raw",
-    ]);
+    let o = e
+        .ingest("dir:mnt", "web02")
+        .untrusted()
+        .target("file:gone.raw")
+        .run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("borrows records from machine web01"),
