@@ -161,6 +161,7 @@ mod tests {
     use super::*;
     use crate::layout::INCOMPAT_PEERS;
     use crate::store::{MemStore, Store};
+    use crate::verify::keyless_problems;
     use crate::{CaptureParams, CaptureReader, CaptureWriter, DataKey, NoProgress, Unlock};
 
     const CS: u32 = 64 * 1024;
@@ -212,15 +213,6 @@ mod tests {
 
     fn manifest(store: &mut MemStore, name: &str, g: u32) -> crate::layout::ManifestFile {
         medium::read_manifest(store, name, g).unwrap().unwrap()
-    }
-
-    fn keyless_problems(store: &mut MemStore) -> Vec<String> {
-        crate::verify_keyless(store, &mut NoProgress)
-            .unwrap()
-            .problems
-            .iter()
-            .map(|p| p.to_string())
-            .collect()
     }
 
     /// web01 (six chunks), and web02: four of web01's chunks and three of its own.

@@ -681,6 +681,7 @@ pub fn open_set<S: Store + ?Sized>(
 mod tests {
     use super::*;
     use crate::store::MemStore;
+    use crate::verify::keyless_problems;
     use crate::{CaptureParams, CaptureWriter, DataKey, NoProgress, Unlock};
 
     const CS: u32 = 64 * 1024;
@@ -842,15 +843,6 @@ mod tests {
         };
         let f = write_set_of_streams(&mut store, set, &key).unwrap();
         (store, key, f)
-    }
-
-    fn keyless_problems(store: &mut MemStore) -> Vec<String> {
-        crate::verify_keyless(store, &mut NoProgress)
-            .unwrap()
-            .problems
-            .iter()
-            .map(|p| p.to_string())
-            .collect()
     }
 
     #[test]

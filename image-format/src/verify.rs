@@ -128,6 +128,18 @@ impl Ctx<'_> {
     }
 }
 
+/// The problems the keyless verifier finds on `store`, as text (tests).
+#[cfg(test)]
+pub(crate) fn keyless_problems<S: Store + ?Sized>(store: &mut S) -> Vec<String> {
+    use alloc::string::ToString as _;
+    verify_keyless(store, &mut crate::NoProgress)
+        .expect("the keyless verifier runs")
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
 /// Verifies every capture on the medium without any key.
 pub fn verify_keyless<S: Store + ?Sized>(
     store: &mut S,
