@@ -161,7 +161,7 @@ mod tests {
     use super::*;
     use crate::layout::INCOMPAT_PEERS;
     use crate::store::{MemStore, Store};
-    use crate::verify::keyless_problems;
+    use crate::verify::{assert_keyless_problem, keyless_problems};
     use crate::{CaptureParams, CaptureReader, CaptureWriter, DataKey, NoProgress, Unlock};
 
     const CS: u32 = 64 * 1024;
@@ -302,13 +302,12 @@ mod tests {
         )
         .unwrap();
         store.remove_file("MGEAR/web01/G0001/MANIFEST").unwrap();
-        let problems = keyless_problems(&mut store);
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.contains("capture web02 generation 1")
-                    && p.contains("peer web01 generation 1 is not on the media")),
-            "{problems:?}"
+        assert_keyless_problem(
+            &mut store,
+            &[
+                "capture web02 generation 1",
+                "peer web01 generation 1 is not on the media",
+            ],
         );
         let e = CaptureReader::open_with_key(&mut store, "web02", None, &key).unwrap_err();
         assert!(matches!(e, crate::Error::NoGeneration { .. }), "{e}");
@@ -340,12 +339,9 @@ mod tests {
         store
             .write_at("MGEAR/web01/G0001/MANIFEST", 0, &bytes)
             .unwrap();
-        let problems = keyless_problems(&mut store);
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.contains("peer web01 generation 1 is not the one pinned")),
-            "{problems:?}"
+        assert_keyless_problem(
+            &mut store,
+            &["peer web01 generation 1 is not the one pinned"],
         );
         let e = CaptureReader::open_with_key(&mut store, "web02", None, &key).unwrap_err();
         assert!(matches!(e, crate::Error::Corrupt { .. }), "{e}");
@@ -395,13 +391,7 @@ mod tests {
         assert!(r.read_chunk(0).is_err());
         assert!(r.read_chunk(5).is_ok(), "its own records still read");
         drop(r);
-        let problems = keyless_problems(&mut store);
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.contains("capture web01 generation 1")),
-            "{problems:?}"
-        );
+        assert_keyless_problem(&mut store, &["capture web01 generation 1"]);
     }
 
     #[test]

@@ -140,6 +140,20 @@ pub(crate) fn keyless_problems<S: Store + ?Sized>(store: &mut S) -> Vec<String> 
         .collect()
 }
 
+/// Asserts that one problem the keyless verifier finds on `store` names
+/// every one of `needles` (tests).
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn assert_keyless_problem<S: Store + ?Sized>(store: &mut S, needles: &[&str]) {
+    let problems = keyless_problems(store);
+    assert!(
+        problems
+            .iter()
+            .any(|p| needles.iter().all(|n| p.contains(n))),
+        "no problem names all of {needles:?}: {problems:?}"
+    );
+}
+
 /// Verifies every capture on the medium without any key.
 pub fn verify_keyless<S: Store + ?Sized>(
     store: &mut S,
