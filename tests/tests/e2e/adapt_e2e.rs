@@ -24,6 +24,19 @@ use rand::{RngCore, SeedableRng};
 /// What the fixture prints once systemd reached multi-user, with its root device.
 const UP: &str = "MGEAR-FIXTURE-UP root=";
 
+/// `ingest` flags: adapt the fixture, then prove it boots on virtio (its root as vda1).
+const ADAPT_AND_BOOT_ON_VIRTIO: &[&str] = &[
+    "--adapt",
+    "--boot",
+    "--boot-bus",
+    "virtio",
+    "--wait-for",
+    "MGEAR-FIXTURE-UP root=/dev/vda1",
+    "--timeout",
+    "600",
+    "--json",
+];
+
 /// Capture `disk` onto the dir: medium `mnt` as `name`, for a fresh target key.
 fn capture(e: &Env, disk: &Path, name: &str) {
     e.ok(&["keygen", "--out", "target.key"]);
@@ -112,17 +125,7 @@ fn debian_ingest_adapt_boots_on_virtio() {
         .untrusted()
         .unsealed()
         .target("file:vol.raw")
-        .args(&[
-            "--adapt",
-            "--boot",
-            "--boot-bus",
-            "virtio",
-            "--wait-for",
-            "MGEAR-FIXTURE-UP root=/dev/vda1",
-            "--timeout",
-            "600",
-            "--json",
-        ])
+        .args(ADAPT_AND_BOOT_ON_VIRTIO)
         .run();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
@@ -280,17 +283,7 @@ fn a_two_disk_machine_is_adapted_as_one_guest_and_boots_on_virtio() {
         .ingest("dir:mnt", "deb12")
         .untrusted()
         .target("file:vm-{disk}.raw")
-        .args(&[
-            "--adapt",
-            "--boot",
-            "--boot-bus",
-            "virtio",
-            "--wait-for",
-            "MGEAR-FIXTURE-UP root=/dev/vda1",
-            "--timeout",
-            "600",
-            "--json",
-        ])
+        .args(ADAPT_AND_BOOT_ON_VIRTIO)
         .run();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
