@@ -1167,7 +1167,7 @@ fn rbd_rows(
     let base = format!("mgear-bench-{}", std::process::id());
     let spec = |suffix: &str| -> anyhow::Result<mgear_volume::RbdSpec> {
         mgear_volume::RbdSpec::parse(&format!("rbd:{pool}/{base}-{suffix}"))
-            .map_err(crate::spec::volume_err)
+            .map_err(crate::exit::volume_err)
     };
     let (ours, theirs) = (spec("ingest")?, spec("convert")?);
     let remove = |s: &mgear_volume::RbdSpec| {

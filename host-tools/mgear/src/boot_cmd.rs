@@ -42,7 +42,7 @@ use mgear_boot::{
     LocalQemu, SampleDiskOptions, Severity, VolumeRef,
 };
 
-use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
+use crate::exit::{boot_err, coded, usage, FOUND, IO, OK, USAGE};
 
 /// Arguments of `mgear boot`.
 #[derive(clap::Args, Debug)]
@@ -107,17 +107,6 @@ pub struct Args {
     check_profile: Option<String>,
 }
 
-/// Map a library error to the exit code classes of `mgear`.
-pub fn lib_err(e: BootError) -> anyhow::Error {
-    let code = match e {
-        BootError::Usage(_) => USAGE,
-        BootError::Unsupported(_) => USAGE,
-        BootError::NotBooted(_) => FOUND,
-        _ => IO,
-    };
-    coded(code, e.to_string())
-}
-
 /// Run `mgear boot`; returns the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(path) = &args.build_sample {
@@ -139,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             },
             ..Default::default()
         };
-        let disk = mgear_boot::build_sample_disk(path, &opts).map_err(lib_err)?;
+        let disk = mgear_boot::build_sample_disk(path, &opts).map_err(boot_err)?;
         eprintln!(
             "sample disk {} ({} MiB, Linux {}, drivers {}): boots to \"{}\"",
             disk.path.display(),
@@ -169,8 +158,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let opts = BootOptions {
         wait_for: args.wait_for.clone(),
         timeout: Duration::from_secs(args.timeout),
-        bus: args.bus.parse::<Bus>().map_err(lib_err)?,
-        firmware: args.firmware.parse::<Firmware>().map_err(lib_err)?,
+        bus: args.bus.parse::<Bus>().map_err(boot_err)?,
+        firmware: args.firmware.parse::<Firmware>().map_err(boot_err)?,
         memory_mib: args.memory,
         snapshot: args.snapshot || !args.write,
     };
@@ -332,13 +321,13 @@ pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> anyhow::Re
         snapshot: opts.snapshot,
         data_disks: targets[1..].iter().map(Resolved::local).collect(),
     };
-    let expect = Expectation::new(&spec.wait_for, spec.timeout).map_err(lib_err)?;
+    let expect = Expectation::new(&spec.wait_for, spec.timeout).map_err(boot_err)?;
     let libvirt = |e| libvirt_err(e, "booting the libvirt domain");
     let mut guest: Box<dyn Guest> = match target {
         Resolved::Local(_) => Box::new(
             LocalQemu::new()
                 .and_then(|q| q.guest(&spec))
-                .map_err(lib_err)?,
+                .map_err(boot_err)?,
         ),
         Resolved::Libvirt(_) => Box::new(
             LibvirtBoot::new(DEFAULT_CONN)
@@ -348,7 +337,7 @@ pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> anyhow::Re
     };
     let proved = prove_boot(guest.as_mut(), &expect);
     match target {
-        Resolved::Local(_) => proved.map_err(lib_err),
+        Resolved::Local(_) => proved.map_err(boot_err),
         Resolved::Libvirt(_) => proved.map_err(libvirt),
     }
 }
@@ -386,7 +375,7 @@ pub fn finish(
             println!("boot report: {}", report_path.display());
         }
     }
-    saved.map_err(lib_err)?;
+    saved.map_err(boot_err)?;
     match report.require_booted() {
         Ok(()) => Ok(OK),
         // QEMU itself failed (image unreadable or locked, firmware missing):
@@ -410,7 +399,7 @@ fn check(target: Target, name: &str, json: bool) -> anyhow::Result<i32> {
         Target::File(p) | Target::Dev(p) => p,
         _ => return Err(usage("--check-profile reads file: and dev: targets only")),
     };
-    let facts = inspect_path(path).map_err(lib_err)?;
+    let facts = inspect_path(path).map_err(boot_err)?;
     let findings = mgear_boot::check_profile(&facts, profile);
     let failed = findings.iter().any(|f| f.severity == Severity::Error);
     if json || crate::output::json() {

@@ -38,8 +38,7 @@ use mgear_volume::{
     Existing, Finished, Found, Geometry, Prepare, RbdSpec, RbdVolume, Volume, WriteAt,
 };
 
-use crate::exit::{coded, usage, IO};
-use crate::spec::volume_err;
+use crate::exit::{boot_err, coded, usage, volume_err, IO};
 
 /// How long a new volume may take to become `available`.
 const AVAILABLE_WITHIN: Duration = Duration::from_secs(300);
@@ -304,7 +303,7 @@ pub fn check_openstack_ready<S: image_format::Store>(
         },
         size,
     )
-    .map_err(crate::boot_cmd::lib_err)?;
+    .map_err(boot_err)?;
     let findings: Vec<_> = mgear_boot::check_profile(&facts, profile)
         .into_iter()
         .filter(|f| f.severity > mgear_boot::Severity::Info && f.code != "size")

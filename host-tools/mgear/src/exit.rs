@@ -135,6 +135,28 @@ fn format_code(e: &image_format::Error) -> i32 {
     }
 }
 
+/// A boot library error with the CLI's exit code: a bad option or an
+/// unsupported guest is 2, a guest that did not come up 1, the rest 3.
+pub fn boot_err(e: mgear_boot::BootError) -> anyhow::Error {
+    use mgear_boot::BootError as E;
+    let code = match e {
+        E::Usage(_) | E::Unsupported(_) => USAGE,
+        E::NotBooted(_) => FOUND,
+        _ => IO,
+    };
+    coded(code, e.to_string())
+}
+
+/// A volume error with the CLI's exit code: what the operator fixes on the
+/// command line is 2, everything else (the target failed) 3.
+pub fn volume_err(e: mgear_volume::Error) -> anyhow::Error {
+    if e.is_usage() {
+        usage(e.to_string())
+    } else {
+        coded(IO, e.to_string())
+    }
+}
+
 /// Whether `err` says the medium is full.
 pub fn is_no_space(err: &anyhow::Error) -> bool {
     use image_format::StoreError;

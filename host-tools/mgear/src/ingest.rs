@@ -115,9 +115,9 @@ use mgear_volume::{Finished, Found, Prepare, ReadAt, Volume, WriteAt};
 use serde::Serialize;
 
 use crate::boot_cmd::{self, BootOptions, Resolved};
-use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
+use crate::exit::{boot_err, coded, usage, volume_err, FOUND, IO, OK, USAGE};
 use crate::progress::{self, Progress};
-use crate::spec::{volume_err, Bare, Target};
+use crate::spec::{Bare, Target};
 use crate::units::human_bytes;
 
 const STATE_MAGIC: &[u8; 8] = b"MGINGST3";
@@ -503,10 +503,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     args.target = targets.into_iter().next().unwrap_or_default();
     // A bad --boot-bus must be reported before a long ingest, not after it.
-    let bus = args
-        .boot_bus
-        .parse::<mgear_boot::Bus>()
-        .map_err(boot_cmd::lib_err)?;
+    let bus = args.boot_bus.parse::<mgear_boot::Bus>().map_err(boot_err)?;
     let cinder = args.target.starts_with("cinder:");
     if args.boot && cinder && args.flavor.is_none() {
         return Err(usage(
@@ -608,7 +605,7 @@ pub(crate) fn boot_cinder_with(
     r.server = Some(booted.server_id.clone());
     r.booted = Some(report.booted());
     r.boot_report = Some(report_path.display().to_string());
-    saved.map_err(boot_cmd::lib_err)?;
+    saved.map_err(boot_err)?;
     if report.booted() {
         Ok(OK)
     } else {
@@ -641,7 +638,7 @@ fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> anyhow::Res
     let saved = report.write_json(&report_path);
     r.booted = Some(report.booted());
     r.boot_report = Some(report_path.display().to_string());
-    saved.map_err(boot_cmd::lib_err)?;
+    saved.map_err(boot_err)?;
     if report.outcome == mgear_boot::Outcome::QemuFailed {
         return Err(coded(
             IO,
@@ -695,7 +692,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
             )));
         }
         // Say what to install before spending time on the ingest.
-        mgear_boot::adapt::find_adapter().map_err(boot_cmd::lib_err)?;
+        mgear_boot::adapt::find_adapter().map_err(boot_err)?;
     }
     let policy = args.trust.policy(args.allow_unsealed)?;
     let sdir = state_dir(args.state_dir.clone())?;

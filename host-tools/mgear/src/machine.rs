@@ -43,7 +43,7 @@ use image_format::DataKey;
 use serde::Serialize;
 
 use crate::capture::{self, hex, Receipt, Shared};
-use crate::exit::{coded, coded_hint, usage, FOUND, OK, USAGE};
+use crate::exit::{boot_err, coded, coded_hint, usage, FOUND, OK, USAGE};
 use crate::units::human_bytes;
 
 /// One disk in a set report.
@@ -668,7 +668,7 @@ pub fn ingest_set(
 ) -> anyhow::Result<IngestReport> {
     if args.adapt {
         // Say what to install before anything is decrypted.
-        mgear_boot::adapt::find_adapter().map_err(crate::boot_cmd::lib_err)?;
+        mgear_boot::adapt::find_adapter().map_err(boot_err)?;
         if only.is_some() {
             return Err(usage(
                 "--adapt converts the whole machine at once (virt-v2v must see every disk): \
@@ -859,10 +859,7 @@ pub fn ingest_set(
         out.adapt = Some(adapted);
     }
     if args.boot {
-        let bus = args
-            .boot_bus
-            .parse::<mgear_boot::Bus>()
-            .map_err(crate::boot_cmd::lib_err)?;
+        let bus = args.boot_bus.parse::<mgear_boot::Bus>().map_err(boot_err)?;
         let mut order: Vec<usize> = vec![boot];
         order.extend((0..plan.len()).filter(|k| *k != boot));
         let cinder = plan
@@ -916,7 +913,7 @@ pub fn ingest_set(
         let saved = report.write_json(&path);
         out.booted = Some(report.booted());
         out.boot_report = Some(path.display().to_string());
-        saved.map_err(crate::boot_cmd::lib_err)?;
+        saved.map_err(boot_err)?;
         if !report.booted() {
             eprintln!(
                 "mgear: set {} did not boot: {}\n{}",

@@ -41,7 +41,7 @@ use mgear_volume::{
     Prepare, Qcow2Volume, RbdSpec, RbdVolume, Volume,
 };
 
-use crate::exit::{coded, usage, IO};
+use crate::exit::{boot_err, usage, volume_err};
 
 pub use crate::medium::MediumSpec as Medium;
 
@@ -128,7 +128,7 @@ impl Target {
             });
         }
         if let Some(t) = LibvirtTarget::parse_prefixed(s) {
-            return Ok(Target::Libvirt(t.map_err(crate::boot_cmd::lib_err)?));
+            return Ok(Target::Libvirt(t.map_err(boot_err)?));
         }
         if let Some(p) = s.strip_prefix("file:").or_else(|| s.strip_prefix("raw:")) {
             return Ok(Target::File(nonempty(s, p)?));
@@ -255,16 +255,6 @@ impl std::fmt::Display for Target {
             Target::Rbd(r) => write!(f, "{r}"),
             Target::Cinder(n) => write!(f, "cinder:{n}"),
         }
-    }
-}
-
-/// A volume error with the CLI's exit code: what the operator fixes on the
-/// command line is 2, everything else (the target failed) 3.
-pub fn volume_err(e: mgear_volume::Error) -> anyhow::Error {
-    if e.is_usage() {
-        usage(e.to_string())
-    } else {
-        coded(IO, e.to_string())
     }
 }
 

@@ -24,7 +24,7 @@ use image_format::{layout, DataKey, RecordOpener};
 
 use super::session::{self, IdKey, Role, Session};
 use super::wire::{self, err, ty, Chunk, ChunkBody, Done, Hello, Ids, Proof, Refusal, Welcome};
-use crate::exit::{coded, usage, FOUND, IO, USAGE};
+use crate::exit::{coded, usage, volume_err, FOUND, IO, USAGE};
 
 /// Sync the volume after this many bytes written.
 pub const SYNC_EVERY: u64 = 64 << 20;
@@ -80,7 +80,7 @@ impl ServedVolume {
         for i in 0..count {
             let len = layout::chunk_len(size, chunk_size, i) as usize;
             vol.read_at(i * chunk_size as u64, &mut buf[..len])
-                .map_err(crate::spec::volume_err)
+                .map_err(volume_err)
                 .with_context(|| format!("reading target volume {desc} at chunk {i}"))?;
             ids.push(id_key.id(&buf[..len]));
         }
@@ -110,7 +110,7 @@ impl ServedVolume {
         } else {
             self.vol.write_at(at, data)
         };
-        written.map_err(crate::spec::volume_err).with_context(ctx)?;
+        written.map_err(volume_err).with_context(ctx)?;
         self.unsynced += data.len() as u64;
         if let Some(slot) = usize::try_from(index)
             .ok()
@@ -128,7 +128,7 @@ impl ServedVolume {
     pub fn sync(&mut self) -> anyhow::Result<()> {
         self.vol
             .flush()
-            .map_err(crate::spec::volume_err)
+            .map_err(volume_err)
             .with_context(|| format!("syncing target volume {}", self.desc))?;
         self.unsynced = 0;
         Ok(())
