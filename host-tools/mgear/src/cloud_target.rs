@@ -39,6 +39,7 @@ use mgear_volume::{
 };
 
 use crate::exit::{boot_err, coded, usage, volume_err, IO};
+use crate::output::hex;
 
 /// How long a new volume may take to become `available`.
 const AVAILABLE_WITHIN: Duration = Duration::from_secs(300);
@@ -63,20 +64,6 @@ impl CaptureFacts {
             manifest_root: blake3::hash(&manifest.signed_bytes()).to_hex().to_string(),
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A Cinder volume name: 1-255 characters, no control characters.
-pub fn check_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
-        return Err(usage(format!(
-            "--target cinder:{name:?}: give a volume name of 1-255 printable characters"
-        )));
-    }
-    Ok(())
 }
 
 /// A cloud error with the CLI's exit code: settings the operator fixes are 2, the cloud
@@ -379,12 +366,7 @@ mod tests {
     use crate::exit::code_of;
 
     #[test]
-    fn names_and_errors_map_to_exit_codes() {
-        assert!(check_name("web01").is_ok());
-        assert!(check_name(&"x".repeat(255)).is_ok());
-        for bad in ["", "a\tb", &"x".repeat(256)] {
-            assert_eq!(code_of(&check_name(bad).unwrap_err()), 2, "{bad:?}");
-        }
+    fn errors_map_to_exit_codes() {
         assert_eq!(
             code_of(&cloud_err(CloudError::Unsupported("iscsi".into()))),
             2
@@ -397,10 +379,5 @@ mod tests {
             })),
             3
         );
-    }
-
-    #[test]
-    fn capture_facts_name_id_generation_and_root_in_hex() {
-        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
     }
 }

@@ -788,7 +788,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
         ),
     };
     let facts = crate::cloud_target::CaptureFacts::of(reader.manifest());
-    let vol = target.open_for_ingest(&prep, &facts)?;
+    let vol = crate::target::open_for_ingest(&target, &prep, &facts)?;
     let plan = Plan {
         // The stored spelling, whatever case --name was given in.
         name: reader.name().to_string(),

@@ -28,6 +28,7 @@ pub mod sitekey;
 pub mod source;
 pub mod spec;
 pub mod sync;
+pub mod target;
 pub mod tools;
 pub mod trust;
 pub mod units;

@@ -23,36 +23,8 @@ use image_format::{Store, StoreError};
 use mgear_nbd::NbdFile;
 
 use crate::exit::usage;
+use crate::spec::Medium as MediumSpec;
 use crate::units::{human_bytes, parse_size};
-
-/// A parsed `--medium` argument.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MediumSpec {
-    /// A FAT image file or device.
-    Fat(PathBuf),
-    /// A mounted directory.
-    Dir(PathBuf),
-    /// A FAT volume exported over NBD (e.g. the appliance simulator's medium).
-    Nbd(String),
-}
-
-impl MediumSpec {
-    /// Parse `fat:PATH` or `dir:PATH`.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        if let Some(p) = text.strip_prefix("fat:") {
-            Ok(MediumSpec::Fat(PathBuf::from(p)))
-        } else if let Some(p) = text.strip_prefix("dir:") {
-            Ok(MediumSpec::Dir(PathBuf::from(p)))
-        } else if crate::spec::is_nbd(text) {
-            Ok(MediumSpec::Nbd(text.to_owned()))
-        } else {
-            Err(usage(format!(
-                "--medium {text}: say which kind of medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb), \
-                 dir:MOUNTPOINT (e.g. dir:/mnt/appliance) or an NBD export of a FAT volume (nbd://HOST:PORT/EXPORT)"
-            )))
-        }
-    }
-}
 
 /// An open medium. Call [`Medium::close`]: the FAT writer clears the
 /// volume's dirty flag and reports flush errors only there. An image,
@@ -832,22 +804,6 @@ mod tests {
     use super::*;
 
     use crate::exit::{code_of, USAGE};
-
-    #[test]
-    fn specs() {
-        assert_eq!(
-            MediumSpec::parse("fat:/dev/sdb").unwrap(),
-            MediumSpec::Fat("/dev/sdb".into())
-        );
-        assert_eq!(
-            MediumSpec::parse("dir:/mnt/a").unwrap(),
-            MediumSpec::Dir("/mnt/a".into())
-        );
-        assert_eq!(
-            crate::exit::code_of(&MediumSpec::parse("/mnt/a").unwrap_err()),
-            crate::exit::USAGE
-        );
-    }
 
     #[test]
     fn format_small_and_large() {

@@ -40,7 +40,8 @@ use image_format::{GenerationInfo, GenerationState, Store, StoreError};
 use serde::Serialize;
 
 use crate::exit::{coded, usage, FOUND, OK};
-use crate::medium::{MediumSpec, Where};
+use crate::medium::Where;
+use crate::spec::Medium as MediumSpec;
 use crate::units::human_bytes;
 
 /// Arguments of `mgear medium rm`.

@@ -29,21 +29,19 @@
 //! # `--medium`
 //!
 //! `fat:IMAGE-OR-DEVICE`, `dir:MOUNTPOINT` or an NBD URL of a FAT volume:
-//! [`Medium`] (parsed in `crate::medium`, which owns the medium flags, with
-//! the NBD test from here).
+//! [`Medium`] (`crate::medium` opens it and owns the medium flags).
+//!
+//! This module only parses: it sits at the bottom of the library (it needs
+//! nothing but `crate::exit`), so every command can use it. Opening a parsed
+//! target as a volume is `crate::target`.
 
 use std::path::{Path, PathBuf};
 
 use mgear_boot::LibvirtTarget;
 use mgear_nbd::NbdUrl;
-use mgear_volume::{
-    DeviceVolume, EbsOptions, EbsSnapshotVolume, Existing, FileVolume, LibvirtVolume, NbdVolume,
-    Prepare, Qcow2Volume, RbdSpec, RbdVolume, Volume,
-};
+use mgear_volume::{EbsOptions, RbdSpec};
 
 use crate::exit::{boot_err, usage, volume_err};
-
-pub use crate::medium::MediumSpec as Medium;
 
 const TARGET_KINDS: &str =
     "file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME, nbd://HOST:PORT/EXPORT, \
@@ -101,6 +99,16 @@ fn nonempty(spec: &str, p: &str) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(p))
 }
 
+/// A Cinder volume name: 1-255 characters, no control characters.
+fn check_cinder_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err(usage(format!(
+            "--target cinder:{name:?}: give a volume name of 1-255 printable characters"
+        )));
+    }
+    Ok(())
+}
+
 impl Target {
     /// Parse a `--target` spec; see the module doc.
     pub fn parse(s: &str, bare: Bare) -> anyhow::Result<Self> {
@@ -111,7 +119,7 @@ impl Target {
             return RbdSpec::parse(s).map(Target::Rbd).map_err(volume_err);
         }
         if let Some(name) = s.strip_prefix("cinder:") {
-            return crate::cloud_target::check_name(name).map(|()| Target::Cinder(name.into()));
+            return check_cinder_name(name).map(|()| Target::Cinder(name.into()));
         }
         if let Some(rest) = s.strip_prefix("ebs-snapshot:") {
             let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -178,69 +186,6 @@ impl Target {
             Target::Nbd(_) | Target::Rbd(_) | Target::Cinder(_) | Target::EbsSnapshot { .. }
         )
     }
-
-    /// Open the target for an ingest (create it, or reopen what an
-    /// interrupted run left); the one place that maps kinds to volumes.
-    /// `capture` names what is written (a Cinder volume carries it as metadata).
-    pub fn open_for_ingest(
-        &self,
-        prep: &Prepare,
-        capture: &crate::cloud_target::CaptureFacts,
-    ) -> anyhow::Result<Box<dyn Volume>> {
-        let v: Box<dyn Volume> = match self {
-            Target::File(p) => Box::new(FileVolume::create(p, prep).map_err(volume_err)?),
-            Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep).map_err(volume_err)?),
-            Target::Dev(p) => {
-                // Whatever the device holds is checked before the first byte
-                // is written (open zeroes the head of a fresh device).
-                if !DeviceVolume::unfinished(p, prep) {
-                    crate::guard::refuse_if_holds_data(p, prep.force, "ingest")?;
-                }
-                Box::new(DeviceVolume::open(p, prep).map_err(volume_err)?)
-            }
-            Target::Nbd(u) => Box::new(NbdVolume::open(u, prep).map_err(volume_err)?),
-            Target::Libvirt(t) => Box::new(
-                LibvirtVolume::open(mgear_boot::libvirt::DEFAULT_CONN, &t.pool, &t.name, prep)
-                    .map_err(volume_err)?,
-            ),
-            Target::EbsSnapshot { name, opts } => {
-                Box::new(EbsSnapshotVolume::open(name, opts.clone(), prep).map_err(volume_err)?)
-            }
-            Target::Rbd(r) => {
-                Box::new(RbdVolume::open(r, prep, Existing::CreateOrForce).map_err(volume_err)?)
-            }
-            Target::Cinder(name) => crate::cloud_target::open(name, prep, capture)?,
-        };
-        Ok(v)
-    }
-
-    /// Open an existing volume to write in place (`mgear serve`).
-    pub fn open_in_place(&self) -> anyhow::Result<Box<dyn Volume>> {
-        match self {
-            Target::File(p) | Target::Dev(p) => {
-                Ok(Box::new(FileVolume::open_in_place(p).map_err(volume_err)?))
-            }
-            Target::Nbd(u) => Ok(Box::new(NbdVolume::connect(u).map_err(volume_err)?)),
-            Target::Qcow2(q) => Err(usage(format!(
-                "--target qcow2:{}: serve writes raw volumes and NBD exports; serve the image with \
-                 `qemu-nbd -k /tmp/v.sock {}` and give nbd+unix:///?socket=/tmp/v.sock",
-                q.display(),
-                q.display()
-            ))),
-            Target::Libvirt(t) => Err(usage(format!(
-                "--target {t}: serve the volume's path (virsh vol-path --pool {} {}) as file:PATH",
-                t.pool, t.name
-            ))),
-            Target::EbsSnapshot { name, .. } => Err(usage(format!(
-                "--target ebs-snapshot:{name}: a snapshot is written once, by ingest; \
-                 serve into a volume created from it instead"
-            ))),
-            Target::Rbd(_) | Target::Cinder(_) => Err(usage(format!(
-                "--target {self}: serve writes raw volumes and NBD exports; serve the image with \
-                 `qemu-nbd -k /tmp/v.sock rbd:POOL/IMAGE` and give nbd+unix:///?socket=/tmp/v.sock"
-            ))),
-        }
-    }
 }
 
 impl std::fmt::Display for Target {
@@ -283,6 +228,35 @@ impl Source {
             )));
         }
         Ok(Source::Path(Path::new(p).to_owned()))
+    }
+}
+
+/// A parsed `--medium`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Medium {
+    /// A FAT image file or device.
+    Fat(PathBuf),
+    /// A mounted directory.
+    Dir(PathBuf),
+    /// A FAT volume exported over NBD (e.g. the appliance simulator's medium).
+    Nbd(String),
+}
+
+impl Medium {
+    /// Parse `fat:PATH`, `dir:PATH` or an NBD URL.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if let Some(p) = text.strip_prefix("fat:") {
+            Ok(Medium::Fat(PathBuf::from(p)))
+        } else if let Some(p) = text.strip_prefix("dir:") {
+            Ok(Medium::Dir(PathBuf::from(p)))
+        } else if is_nbd(text) {
+            Ok(Medium::Nbd(text.to_owned()))
+        } else {
+            Err(usage(format!(
+                "--medium {text}: say which kind of medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb), \
+                 dir:MOUNTPOINT (e.g. dir:/mnt/appliance) or an NBD export of a FAT volume (nbd://HOST:PORT/EXPORT)"
+            )))
+        }
     }
 }
 
@@ -404,5 +378,31 @@ mod tests {
         ));
         assert_eq!(code_of(&Source::parse("nbd://").unwrap_err()), 2);
         assert!(Source::parse("file:").is_err());
+    }
+
+    #[test]
+    fn media() {
+        assert_eq!(
+            Medium::parse("fat:/dev/sdb").unwrap(),
+            Medium::Fat("/dev/sdb".into())
+        );
+        assert_eq!(
+            Medium::parse("dir:/mnt/a").unwrap(),
+            Medium::Dir("/mnt/a".into())
+        );
+        assert!(matches!(
+            Medium::parse("nbd+unix:///m?socket=/s").unwrap(),
+            Medium::Nbd(_)
+        ));
+        assert_eq!(code_of(&Medium::parse("/mnt/a").unwrap_err()), 2);
+    }
+
+    #[test]
+    fn cinder_names() {
+        assert!(check_cinder_name("web01").is_ok());
+        assert!(check_cinder_name(&"x".repeat(255)).is_ok());
+        for bad in ["", "a\tb", &"x".repeat(256)] {
+            assert_eq!(code_of(&check_cinder_name(bad).unwrap_err()), 2, "{bad:?}");
+        }
     }
 }

@@ -251,7 +251,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     }
     let started = Instant::now();
     let id_key = session::IdKey::derive(&key, &m.capture_id);
-    let vol = target::ServedVolume::open(spec.open_in_place()?, m.chunk_size, id_key)?;
+    let vol =
+        target::ServedVolume::open(crate::target::open_in_place(&spec)?, m.chunk_size, id_key)?;
     eprintln!(
         "mgear serve: hashed {spec} ({}) in {:.1} s",
         human_bytes(vol.size()),

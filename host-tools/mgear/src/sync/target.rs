@@ -60,7 +60,7 @@ pub struct Applied {
 }
 
 impl ServedVolume {
-    /// Take an open volume (see `crate::spec::Target::open_in_place`) and
+    /// Take an open volume (see `crate::target::open_in_place`) and
     /// hash every chunk on it.
     pub fn open(
         mut vol: Box<dyn mgear_volume::Volume>,

@@ -1,0 +1,77 @@
+//! Opening a parsed `--target` ([`crate::spec::Target`]) as a writable
+//! volume: the one place that maps target kinds to `mgear_volume`'s
+//! implementations (and `cinder:` to `crate::cloud_target`). Parsing stays in
+//! `crate::spec`, at the bottom of the library; opening needs the cloud and
+//! the device guard, so it sits above them, below `ingest` and `serve`.
+
+use mgear_volume::{
+    DeviceVolume, EbsSnapshotVolume, Existing, FileVolume, LibvirtVolume, NbdVolume, Prepare,
+    Qcow2Volume, RbdVolume, Volume,
+};
+
+use crate::cloud_target::CaptureFacts;
+use crate::exit::{usage, volume_err};
+use crate::spec::Target;
+
+/// Open the target for an ingest (create it, or reopen what an
+/// interrupted run left); the one place that maps kinds to volumes.
+/// `capture` names what is written (a Cinder volume carries it as metadata).
+pub fn open_for_ingest(
+    target: &Target,
+    prep: &Prepare,
+    capture: &CaptureFacts,
+) -> anyhow::Result<Box<dyn Volume>> {
+    let v: Box<dyn Volume> = match target {
+        Target::File(p) => Box::new(FileVolume::create(p, prep).map_err(volume_err)?),
+        Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep).map_err(volume_err)?),
+        Target::Dev(p) => {
+            // Whatever the device holds is checked before the first byte
+            // is written (open zeroes the head of a fresh device).
+            if !DeviceVolume::unfinished(p, prep) {
+                crate::guard::refuse_if_holds_data(p, prep.force, "ingest")?;
+            }
+            Box::new(DeviceVolume::open(p, prep).map_err(volume_err)?)
+        }
+        Target::Nbd(u) => Box::new(NbdVolume::open(u, prep).map_err(volume_err)?),
+        Target::Libvirt(t) => Box::new(
+            LibvirtVolume::open(mgear_boot::libvirt::DEFAULT_CONN, &t.pool, &t.name, prep)
+                .map_err(volume_err)?,
+        ),
+        Target::EbsSnapshot { name, opts } => {
+            Box::new(EbsSnapshotVolume::open(name, opts.clone(), prep).map_err(volume_err)?)
+        }
+        Target::Rbd(r) => {
+            Box::new(RbdVolume::open(r, prep, Existing::CreateOrForce).map_err(volume_err)?)
+        }
+        Target::Cinder(name) => crate::cloud_target::open(name, prep, capture)?,
+    };
+    Ok(v)
+}
+
+/// Open an existing volume to write in place (`mgear serve`).
+pub fn open_in_place(target: &Target) -> anyhow::Result<Box<dyn Volume>> {
+    match target {
+        Target::File(p) | Target::Dev(p) => {
+            Ok(Box::new(FileVolume::open_in_place(p).map_err(volume_err)?))
+        }
+        Target::Nbd(u) => Ok(Box::new(NbdVolume::connect(u).map_err(volume_err)?)),
+        Target::Qcow2(q) => Err(usage(format!(
+            "--target qcow2:{}: serve writes raw volumes and NBD exports; serve the image with \
+             `qemu-nbd -k /tmp/v.sock {}` and give nbd+unix:///?socket=/tmp/v.sock",
+            q.display(),
+            q.display()
+        ))),
+        Target::Libvirt(t) => Err(usage(format!(
+            "--target {t}: serve the volume's path (virsh vol-path --pool {} {}) as file:PATH",
+            t.pool, t.name
+        ))),
+        Target::EbsSnapshot { name, .. } => Err(usage(format!(
+            "--target ebs-snapshot:{name}: a snapshot is written once, by ingest; \
+             serve into a volume created from it instead"
+        ))),
+        Target::Rbd(_) | Target::Cinder(_) => Err(usage(format!(
+            "--target {target}: serve writes raw volumes and NBD exports; serve the image with \
+             `qemu-nbd -k /tmp/v.sock rbd:POOL/IMAGE` and give nbd+unix:///?socket=/tmp/v.sock"
+        ))),
+    }
+}
