@@ -361,7 +361,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         generate(&src, size, pattern)?;
         let key = work.join("bench.key");
         let _ = std::fs::remove_file(&key);
-        let _ = std::fs::remove_file(crate::keys::pub_path(&key));
+        let _ = std::fs::remove_file(crate::keyfile::pub_path(&key));
         crate::keys::keygen_quiet(&key)?;
         let mut timings = Vec::new();
 
@@ -713,7 +713,7 @@ fn capture_disks_timed(
             source: Some(srcs[0].display().to_string()),
             medium: medium.clone(),
             name: "bench".into(),
-            recipient: vec![crate::keys::pub_path(key).display().to_string()],
+            recipient: vec![crate::keyfile::pub_path(key).display().to_string()],
             passphrase_file: None,
             passphrase_generate: false,
             delta: false,

@@ -53,6 +53,8 @@ use image_format::{Appended, CaptureParams, CaptureWriter, DataKey, EncodedChunk
 use serde::Serialize;
 
 use crate::exit::usage;
+use crate::keys::key_cache_dir;
+use crate::output::hex;
 use crate::progress::{self, Progress};
 use crate::ratelimit::RateLimiter;
 use crate::units::{human_bytes, parse_rate, parse_size};
@@ -218,19 +220,6 @@ pub struct Receipt {
     pub signers: Vec<String>,
     /// True when this run only added a missing signature to a finished generation.
     pub signed_only: bool,
-}
-
-/// The key cache directory.
-pub fn key_cache_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(d) = arg {
-        return Ok(d);
-    }
-    if let Some(s) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
-        return Ok(PathBuf::from(s).join("mgear/keys"));
-    }
-    let home = std::env::var_os("HOME")
-        .ok_or_else(|| usage("neither XDG_STATE_HOME nor HOME is set: pass --key-cache DIR"))?;
-    Ok(PathBuf::from(home).join(".local/state/mgear/keys"))
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -1395,11 +1384,6 @@ fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec
         .disconnect()
         .with_context(|| format!("disconnecting from NBD source {spec}"))?;
     Ok(dirty)
-}
-
-/// Lower-case hex.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// An encoded chunk, or `None` for a chunk not read because it is unchanged.

@@ -274,7 +274,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
     let key = work.join("target.key");
     let img = work.join("medium.img");
     let vol = work.join("vol.raw");
-    for p in [&key, &crate::keys::pub_path(&key), &img, &vol] {
+    for p in [&key, &crate::keyfile::pub_path(&key), &img, &vol] {
         let _ = std::fs::remove_file(p);
     }
     let sample = step(1, "build a small bootable Linux disk", || {
@@ -351,7 +351,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 source: Some(disk.display().to_string()),
                 medium: medium.clone(),
                 name: "demo".into(),
-                recipient: vec![crate::keys::pub_path(&key).display().to_string()],
+                recipient: vec![crate::keyfile::pub_path(&key).display().to_string()],
                 passphrase_file: None,
                 passphrase_generate: false,
                 delta: false,
@@ -412,7 +412,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 generation: None,
                 json: false,
                 trust: crate::trust::TrustArgs {
-                    trust: vec![crate::keys::pub_path(&site_key)],
+                    trust: vec![crate::keyfile::pub_path(&site_key)],
                     trust_appliance: vec![appliance_fp.clone()],
                     expect_generation: Some(1),
                     ..Default::default()
@@ -426,7 +426,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
     )?;
     if args.cloud {
         let trust = crate::trust::TrustArgs {
-            trust: vec![crate::keys::pub_path(&site_key)],
+            trust: vec![crate::keyfile::pub_path(&site_key)],
             trust_appliance: vec![appliance_fp.clone()],
             expect_generation: Some(1),
             ..Default::default()
@@ -455,7 +455,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 force: true,
                 allow_unsealed: false,
                 trust: crate::trust::TrustArgs {
-                    trust: vec![crate::keys::pub_path(&site_key)],
+                    trust: vec![crate::keyfile::pub_path(&site_key)],
                     trust_appliance: vec![appliance_fp.clone()],
                     expect_generation: Some(1),
                     ..Default::default()
@@ -628,7 +628,7 @@ fn file_sha256(p: &Path) -> anyhow::Result<String> {
         }
         sha.update(&buf[..n]);
     }
-    Ok(crate::capture::hex(&sha.finalize()))
+    Ok(crate::output::hex(&sha.finalize()))
 }
 
 /// Compare two files; an error names the first differing byte.

@@ -200,7 +200,7 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
     let sets = crate::machine::sets_of(store);
     let stored = name.map(|n| image_format::stored_name(store, n));
     let span = medium.span().map(|sp| SpanJson {
-        id: crate::capture::hex(&sp.id()),
+        id: crate::output::hex(&sp.id()),
         this: sp.attached(),
         media: sp
             .map()
@@ -241,7 +241,7 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
             )));
         }
     }
-    let hex = crate::capture::hex;
+    let hex = crate::output::hex;
     Ok(MediumJson {
         medium: w.describe(),
         free_bytes: free,

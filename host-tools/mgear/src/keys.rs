@@ -5,9 +5,8 @@
 //! the same layout as `age-keygen` so the `age` CLI reads it too) and
 //! `target.pub` (the recipient `age1...`), which is all the capture site needs.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -16,6 +15,7 @@ use anyhow::Context;
 use zeroize::Zeroizing;
 
 use crate::exit::usage;
+use crate::keyfile::{pub_path, write_new};
 
 /// Arguments of `mgear keygen`.
 #[derive(clap::Args, Debug)]
@@ -30,38 +30,6 @@ pub struct KeygenArgs {
     /// KEY.pub: give it to the target, which pins it with `--trust`).
     #[arg(long)]
     pub signing: bool,
-}
-
-/// The `.pub` path next to a key file: `target.key` -> `target.pub`.
-pub fn pub_path(key: &Path) -> PathBuf {
-    key.with_extension("pub")
-}
-
-/// Write `contents` to `path` with mode `mode`, refusing to overwrite unless `force`.
-pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> anyhow::Result<()> {
-    if !force && path.exists() {
-        return Err(usage(format!(
-            "{} already exists: refusing to overwrite a key (use --force if you really mean it)",
-            path.display()
-        )));
-    }
-    if force {
-        let _ = fs::remove_file(path);
-    }
-    let created = if mode == image_format::private::FILE_MODE {
-        image_format::private::create(path)
-    } else {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-    };
-    let mut f = created.with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(contents)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 /// `mgear keygen`.
@@ -270,6 +238,19 @@ pub fn capture_work_factor(asked: Option<u8>) -> anyhow::Result<Option<u8>> {
     }
 }
 
+/// The key cache directory.
+pub fn key_cache_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = arg {
+        return Ok(d);
+    }
+    if let Some(s) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return Ok(PathBuf::from(s).join("mgear/keys"));
+    }
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| usage("neither XDG_STATE_HOME nor HOME is set: pass --key-cache DIR"))?;
+    Ok(PathBuf::from(home).join(".local/state/mgear/keys"))
+}
+
 /// The source-side data key cache, keyed by capture id.
 ///
 /// One file per capture, `DIR/<name>-<capture id>.key` (0600), holding
@@ -290,7 +271,7 @@ pub struct CachedKey {
 
 /// The cache file for capture `id` of `name`.
 pub fn cache_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
-    dir.join(format!("{name}-{}.key", crate::capture::hex(id)))
+    dir.join(format!("{name}-{}.key", crate::output::hex(id)))
 }
 
 /// Every key cache file in `dir` (none if `dir` does not exist), by name then id.
@@ -330,7 +311,7 @@ pub fn cached_keys(dir: &Path) -> anyhow::Result<Vec<CachedKey>> {
         let capture_id = image_format::DataKey::cached_capture_id(&path)
             .ok()
             .flatten()
-            .map(|id| crate::capture::hex(&id));
+            .map(|id| crate::output::hex(&id));
         let modified_unix = fs::metadata(&path)
             .and_then(|m| m.modified())
             .ok()
@@ -351,7 +332,7 @@ pub fn cached_keys(dir: &Path) -> anyhow::Result<Vec<CachedKey>> {
 /// without case): the file with that id line, else an older release's
 /// `name.key` without an id line (the key check at capture decides).
 pub fn find_cached(dir: &Path, name: &str, id: &[u8; 16]) -> anyhow::Result<Option<CachedKey>> {
-    let want = crate::capture::hex(id);
+    let want = crate::output::hex(id);
     let all = cached_keys(dir)?;
     if let Some(k) = all
         .iter()
@@ -404,7 +385,7 @@ pub enum KeysCmd {
 pub fn keys(args: KeysArgs) -> anyhow::Result<i32> {
     match args.cmd {
         KeysCmd::List { key_cache, json } => {
-            let dir = crate::capture::key_cache_dir(key_cache)?;
+            let dir = key_cache_dir(key_cache)?;
             let keys = cached_keys(&dir)?;
             if json {
                 crate::progress::print_json(&serde_json::json!({
@@ -433,7 +414,7 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<i32> {
             name,
             all,
         } => {
-            let dir = crate::capture::key_cache_dir(key_cache)?;
+            let dir = key_cache_dir(key_cache)?;
             let keys = cached_keys(&dir)?;
             let chosen: Vec<&CachedKey> = keys
                 .iter()
@@ -529,7 +510,7 @@ mod tests {
         keys(KeysArgs {
             cmd: KeysCmd::Forget {
                 key_cache: Some(dir.path().into()),
-                capture_id: Some(crate::capture::hex(&a)),
+                capture_id: Some(crate::output::hex(&a)),
                 name: None,
                 all: false,
             },

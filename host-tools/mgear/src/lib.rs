@@ -12,6 +12,7 @@ pub mod exit;
 pub mod guard;
 pub mod ingest;
 pub mod inspect;
+pub mod keyfile;
 pub mod keys;
 pub mod lock;
 pub mod machine;

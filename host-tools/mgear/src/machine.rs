@@ -42,8 +42,9 @@ use image_format::set::{self, SetDisk, SetFile, SetManifest, TableKind};
 use image_format::DataKey;
 use serde::Serialize;
 
-use crate::capture::{self, hex, Receipt, Shared};
+use crate::capture::{self, Receipt, Shared};
 use crate::exit::{boot_err, coded, coded_hint, usage, FOUND, OK, USAGE};
+use crate::output::hex;
 use crate::units::human_bytes;
 
 /// One disk in a set report.
@@ -266,7 +267,7 @@ fn shared_key(
     capture_id: Option<[u8; 16]>,
 ) -> anyhow::Result<Shared> {
     let name = &args.name;
-    let dir = capture::key_cache_dir(args.key_cache.clone())?;
+    let dir = crate::keys::key_cache_dir(args.key_cache.clone())?;
     // --dedup-across-machines: the set takes the other machine's key and id.
     let borrow = match &args.dedup_across_machines {
         Some(m) => Some(capture::resolve_borrow(store, m, name)?),

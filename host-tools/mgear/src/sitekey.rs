@@ -26,7 +26,7 @@ use crate::exit::usage;
 
 /// Create `out` (secret, 0600) and `out.pub`; refuses to overwrite unless `force`.
 pub fn generate(out: &Path, force: bool) -> anyhow::Result<VerifyingKey> {
-    let pub_file = crate::keys::pub_path(out);
+    let pub_file = crate::keyfile::pub_path(out);
     if pub_file == out {
         return Err(usage(
             "--out must not end in .pub (the public key is written there)",
@@ -45,8 +45,8 @@ pub fn generate(out: &Path, force: bool) -> anyhow::Result<VerifyingKey> {
         .verifying_key()
         .to_public_key_pem(Default::default())
         .map_err(|e| anyhow::anyhow!("encoding the public key: {e}"))?;
-    crate::keys::write_new(out, secret.as_bytes(), 0o600, force)?;
-    crate::keys::write_new(&pub_file, public.as_bytes(), 0o644, force)?;
+    crate::keyfile::write_new(out, secret.as_bytes(), 0o600, force)?;
+    crate::keyfile::write_new(&pub_file, public.as_bytes(), 0o644, force)?;
     Ok(key.verifying_key())
 }
 

@@ -339,7 +339,7 @@ pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
     }
     // Every cached key of this name (captures on several media): the one
     // whose capture id the target serves is chosen after the handshake.
-    let dir = crate::capture::key_cache_dir(a.key_cache.clone())?;
+    let dir = crate::keys::key_cache_dir(a.key_cache.clone())?;
     let mut keys = Vec::new();
     for k in crate::keys::cached_keys(&dir)?
         .into_iter()
