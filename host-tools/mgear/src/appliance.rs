@@ -54,7 +54,7 @@ use mgear_appliance_api::protocol::{
 use zeroize::Zeroizing;
 
 pub use client::{ApplianceError, Client};
-pub use gate::{find_attestations, ingest_gate, sha256_file};
+pub use gate::{find_attestations, ingest_gate};
 
 /// Arguments of `mgear appliance`.
 #[derive(clap::Args, Debug)]

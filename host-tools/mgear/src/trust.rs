@@ -25,10 +25,12 @@
 
 use std::path::PathBuf;
 
+use anyhow::{anyhow, bail};
 use image_format::commit::{self, CommitFile, SignerRole};
 use image_format::layout;
 use image_format::Store;
 use mgear_appliance_api::attest::{self, Attestation};
+use sha2::{Digest, Sha256};
 
 use crate::exit::{coded, FOUND};
 use crate::sitekey;
@@ -407,10 +409,7 @@ fn check_seal(
                 ))
             }
             Some(len) => {
-                if crate::appliance::sha256_file(medium, &f.path, len)
-                    .map_err(|e| format!("{e:#}"))?
-                    != f.sha256
-                {
+                if sha256_file(medium, &f.path, len).map_err(|e| format!("{e:#}"))? != f.sha256 {
                     return Err(format!(
                         "{} ({}) changed since the seal: its content differs",
                         f.path,
@@ -421,4 +420,40 @@ fn check_seal(
         }
     }
     Ok((fp, pinned))
+}
+
+/// Read a whole file of at most `max` bytes; a larger one (a huge sparse
+/// file planted to stall the gate) is refused without reading it.
+pub fn read_capped(medium: &mut dyn Store, path: &str, max: u64) -> anyhow::Result<Vec<u8>> {
+    let len = medium
+        .len(path)
+        .map_err(|e| anyhow!("{path}: {e}"))?
+        .ok_or_else(|| anyhow!("{path} is missing"))?;
+    if len > max {
+        bail!(
+            "{path} is {len} bytes, more than the {max} a valid file of its kind can be: \
+             refusing to read it (planted or damaged file)"
+        );
+    }
+    let mut buf = vec![0u8; len as usize];
+    medium
+        .read_exact_at(path, 0, &mut buf)
+        .map_err(|e| anyhow!("{path}: {e}"))?;
+    Ok(buf)
+}
+
+/// SHA-256 of the first `len` bytes of `path`.
+pub fn sha256_file(medium: &mut dyn Store, path: &str, len: u64) -> anyhow::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        medium
+            .read_exact_at(path, off, &mut buf[..n])
+            .map_err(|e| anyhow!("{path}: {e}"))?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize().into())
 }

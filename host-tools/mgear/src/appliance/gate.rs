@@ -26,11 +26,10 @@ use anyhow::{anyhow, bail};
 use image_format::Store;
 use mgear_appliance_api::attest::Attestation;
 use mgear_appliance_api::protocol::{Request, Response};
-use sha2::{Digest, Sha256};
 
 use super::client::Client;
 use crate::exit::{coded, usage, FOUND};
-use crate::trust::{self, Attestations, Policy, Verdict, MAX_ATTESTATION_LEN};
+use crate::trust::{self, read_capped, Attestations, Policy, Verdict, MAX_ATTESTATION_LEN};
 
 /// Directory on the medium where attestation copies may be stored.
 pub const ATTEST_DIR: &str = "MGEAR/ATTEST";
@@ -38,42 +37,6 @@ pub const ATTEST_DIR: &str = "MGEAR/ATTEST";
 pub const SEAL_FILE: &str = "SEAL";
 /// File name of the arrival attestation.
 pub const ARRIVAL_FILE: &str = "ARRIVAL";
-
-/// Read a whole file of at most `max` bytes; a larger one (a huge sparse
-/// file planted to stall the gate) is refused without reading it.
-pub fn read_capped(medium: &mut dyn Store, path: &str, max: u64) -> anyhow::Result<Vec<u8>> {
-    let len = medium
-        .len(path)
-        .map_err(|e| anyhow!("{path}: {e}"))?
-        .ok_or_else(|| anyhow!("{path} is missing"))?;
-    if len > max {
-        bail!(
-            "{path} is {len} bytes, more than the {max} a valid file of its kind can be: \
-             refusing to read it (planted or damaged file)"
-        );
-    }
-    let mut buf = vec![0u8; len as usize];
-    medium
-        .read_exact_at(path, 0, &mut buf)
-        .map_err(|e| anyhow!("{path}: {e}"))?;
-    Ok(buf)
-}
-
-/// SHA-256 of the first `len` bytes of `path`.
-pub fn sha256_file(medium: &mut dyn Store, path: &str, len: u64) -> anyhow::Result<[u8; 32]> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1024 * 1024];
-    let mut off = 0u64;
-    while off < len {
-        let n = (len - off).min(buf.len() as u64) as usize;
-        medium
-            .read_exact_at(path, off, &mut buf[..n])
-            .map_err(|e| anyhow!("{path}: {e}"))?;
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(h.finalize().into())
-}
 
 /// Decode an attestation file (postcard, as on the console).
 pub fn decode_attestation(bytes: &[u8], what: &str) -> anyhow::Result<Attestation> {
