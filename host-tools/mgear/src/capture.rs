@@ -1379,7 +1379,7 @@ fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec
         )),
         other => anyhow::Error::new(other).context(format!("connecting to NBD source {spec}")),
     })?;
-    let dirty = crate::sync::dirty_chunks(&mut client, bitmap, chunk_size)?;
+    let dirty = crate::source::nbd::dirty_chunks(&mut client, bitmap, chunk_size)?;
     client
         .disconnect()
         .with_context(|| format!("disconnecting from NBD source {spec}"))?;

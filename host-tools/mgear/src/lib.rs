@@ -18,7 +18,6 @@ pub mod lock;
 pub mod machine;
 pub mod medium;
 pub mod medium_admin;
-pub mod nbd_source;
 pub mod output;
 pub mod preflight;
 pub mod progress;

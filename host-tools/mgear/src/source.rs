@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+pub mod nbd;
+
 /// A disk to capture.
 #[allow(clippy::len_without_is_empty)] // a disk of size zero is refused before capture
 pub trait Source: Send {
@@ -49,7 +51,7 @@ pub trait ConcurrentRead: Send + Sync {
 /// Open `--source` (parsed by `crate::spec`).
 pub fn open(spec: &str) -> anyhow::Result<Box<dyn Source>> {
     match crate::spec::Source::parse(spec)? {
-        crate::spec::Source::Nbd(url) => crate::nbd_source::open(&url),
+        crate::spec::Source::Nbd(url) => nbd::open(&url),
         crate::spec::Source::Path(p) => Ok(Box::new(FileSource::open(p)?)),
     }
 }

@@ -35,6 +35,8 @@ use image_format::{CaptureReader, DataKey};
 use serde::Serialize;
 
 use crate::exit::{usage, OK};
+// The source side (`source.rs`) and the tests call it as `super::dirty_chunks`.
+use crate::source::nbd::dirty_chunks;
 use crate::units::{human_bytes, parse_rate};
 
 pub use cutover::cutover;
@@ -145,37 +147,6 @@ pub struct CutoverArgs {
     /// Skip the warm sync before quiescing (it shortens the downtime).
     #[arg(long)]
     pub no_presync: bool,
-}
-
-/// Chunk indexes touched by the ranges `qemu:dirty-bitmap:<bitmap>` marks
-/// dirty (sorted, each once). The client must have negotiated that context.
-pub fn dirty_chunks(
-    client: &mut mgear_nbd::Client,
-    bitmap: &str,
-    chunk_size: u32,
-) -> anyhow::Result<Vec<u64>> {
-    if chunk_size == 0 {
-        return Err(usage("chunk size must not be 0"));
-    }
-    let cs = chunk_size as u64;
-    let ranges = client
-        .dirty_ranges(bitmap, 0, client.size())
-        .with_context(|| format!("reading dirty bitmap {bitmap}"))?;
-    let mut out: Vec<u64> = Vec::new();
-    for (off, len) in ranges {
-        if len == 0 {
-            continue;
-        }
-        let first = off / cs;
-        let last = (off + len - 1) / cs;
-        for c in first..=last {
-            match out.last() {
-                Some(&l) if c <= l => {}
-                _ => out.push(c),
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Seconds from a command-line option.

@@ -6,11 +6,15 @@
 //! zero are not transferred at all: thin disks capture at the speed of their
 //! data, not of their size. The map is fetched a window at a time so a
 //! huge disk does not need one huge reply.
+//!
+//! [`dirty_chunks`] reads a `qemu:dirty-bitmap:NAME` context (changed-block
+//! tracking) as chunk indexes, for `capture --dirty-bitmap` and `sync`.
 
 use anyhow::Context;
 use mgear_nbd::{Client, ConnectOptions, NbdUrl, BASE_ALLOCATION};
 
-use crate::source::Source;
+use super::Source;
+use crate::exit::usage;
 
 /// Allocation map fetched per request.
 const WINDOW: u64 = 256 << 20;
@@ -97,4 +101,35 @@ impl Source for NbdSource {
     fn describe(&self) -> String {
         self.url.clone()
     }
+}
+
+/// Chunk indexes touched by the ranges `qemu:dirty-bitmap:<bitmap>` marks
+/// dirty (sorted, each once). The client must have negotiated that context.
+pub fn dirty_chunks(
+    client: &mut mgear_nbd::Client,
+    bitmap: &str,
+    chunk_size: u32,
+) -> anyhow::Result<Vec<u64>> {
+    if chunk_size == 0 {
+        return Err(usage("chunk size must not be 0"));
+    }
+    let cs = chunk_size as u64;
+    let ranges = client
+        .dirty_ranges(bitmap, 0, client.size())
+        .with_context(|| format!("reading dirty bitmap {bitmap}"))?;
+    let mut out: Vec<u64> = Vec::new();
+    for (off, len) in ranges {
+        if len == 0 {
+            continue;
+        }
+        let first = off / cs;
+        let last = (off + len - 1) / cs;
+        for c in first..=last {
+            match out.last() {
+                Some(&l) if c <= l => {}
+                _ => out.push(c),
+            }
+        }
+    }
+    Ok(out)
 }
