@@ -3,8 +3,8 @@
 //! The thin binary over the `mgear` library (`lib.rs`): one module per
 //! subcommand; each module's `//!` doc explains it for users.
 use mgear::{
-    appliance, bench, boot_cmd, capture, demo, exit, ingest, inspect, keys, medium, output, sync,
-    verify,
+    appliance, bench, boot_cmd, capture, demo, exit, ingest, inspect, keys, medium_admin, output,
+    sync, verify,
 };
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -39,7 +39,7 @@ enum Cmd {
     /// The data keys this capture host keeps for deltas and syncs: list, forget.
     Keys(keys::KeysArgs),
     /// Create or prepare a medium (FAT32 image or device).
-    Medium(medium::MediumArgs),
+    Medium(medium_admin::MediumArgs),
     /// Capture a disk onto the medium (encrypted; resumable: re-run the same command).
     Capture(capture::Cli),
     /// Check a medium: keyless, or with --identity/--passphrase-file decrypting everything (exit 1 if bad).
@@ -164,7 +164,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(a),
         Cmd::Keys(a) => keys::keys(a),
-        Cmd::Medium(a) => medium::run(a),
+        Cmd::Medium(a) => medium_admin::run(a),
         Cmd::Capture(a) => capture::run(a),
         Cmd::Verify(a) => verify::run(a),
         Cmd::Ingest(a) => ingest::run(a),

@@ -1,4 +1,5 @@
-//! Media: what `--medium` can name, and `mgear medium format`.
+//! Media: what `--medium` can name, opened as one store, and the FAT32
+//! formatter behind `mgear medium format` (whose command is `crate::medium_admin`).
 //!
 //! - `fat:PATH`: a FAT32 image file or a raw device (the appliance's USB
 //!   storage seen as `/dev/sdX`), opened with the `fatfs` crate: no mount, no root;
@@ -24,7 +25,7 @@ use mgear_nbd::NbdFile;
 
 use crate::exit::usage;
 use crate::spec::Medium as MediumSpec;
-use crate::units::{human_bytes, parse_size};
+use crate::units::human_bytes;
 
 /// An open medium. Call [`Medium::close`]: the FAT writer clears the
 /// volume's dirty flag and reports flush errors only there. An image,
@@ -367,104 +368,6 @@ fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> anyhow::Result<
             }
             .map_err(|e| anyhow::anyhow!("opening medium {url}: {e}"))?;
             Ok(Kind::Nbd(store))
-        }
-    }
-}
-
-/// Arguments of `mgear medium`.
-#[derive(clap::Args, Debug)]
-pub struct MediumArgs {
-    #[command(subcommand)]
-    pub cmd: MediumCmd,
-}
-
-/// `mgear medium ...` subcommands.
-#[derive(clap::Subcommand, Debug)]
-pub enum MediumCmd {
-    /// Create a FAT32 file system on an image file (created at --size, or an
-    /// existing one at its size) or a device (whole device), up to 16 TiB.
-    Format {
-        /// fat:IMAGE or fat:/dev/sdX.
-        medium: String,
-        /// Size of a new image file, e.g. 2GiB or 16TiB (sparse; not used for devices).
-        #[arg(long)]
-        size: Option<String>,
-        /// Overwrite an image or device that holds a file system, a partition
-        /// table or another image (its old signatures are wiped).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Remove an unfinished or unwanted capture or generation (finished ones need --force).
-    Rm(crate::medium_admin::RmArgs),
-    /// List (and with --repair remove) what a crash left on the medium; runs fsck.fat -n on fat: media.
-    Fsck(crate::medium_admin::FsckArgs),
-}
-
-/// Run `mgear medium`.
-pub fn run(args: MediumArgs) -> anyhow::Result<i32> {
-    match args.cmd {
-        MediumCmd::Rm(a) => crate::medium_admin::rm(a),
-        MediumCmd::Fsck(a) => crate::medium_admin::fsck(a),
-        MediumCmd::Format {
-            medium,
-            size,
-            force,
-        } => {
-            let path = match MediumSpec::parse(&medium)? {
-                MediumSpec::Fat(p) => p,
-                MediumSpec::Nbd(_) => {
-                    return Err(usage(
-                        "an NBD export is formatted by its owner (the appliance); format a device or image with fat:PATH",
-                    ))
-                }
-                MediumSpec::Dir(_) => {
-                    return Err(usage(
-                        "dir: media are already-mounted file systems: format the device with \
-                         `mgear medium format fat:/dev/sdX` (or mkfs.fat -F 32) instead",
-                    ))
-                }
-            };
-            let size = size.as_deref().map(parse_size).transpose()?;
-            let done = format_medium(&path, size, force)?;
-            let f = &done.formatted;
-            if crate::output::json() {
-                crate::output::emit(&serde_json::json!({
-                    "medium": format!("fat:{}", path.display()),
-                    "file_system": "FAT32",
-                    "size_bytes": f.volume_bytes,
-                    "device_bytes": done.bytes,
-                    "sector_bytes": f.sector_bytes,
-                    "cluster_bytes": f.cluster_bytes,
-                    "volume_serial": format!("{:04X}-{:04X}", f.volume_id >> 16, f.volume_id & 0xffff),
-                    "wiped": crate::guard::describe(&done.wiped),
-                }))?;
-                return Ok(crate::exit::OK);
-            }
-            if !done.wiped.is_empty() {
-                println!(
-                    "wiped {} from {}",
-                    crate::guard::describe(&done.wiped),
-                    path.display()
-                );
-            }
-            println!(
-                "formatted {} as FAT32 ({}; {}-byte sectors, {} clusters, serial {:04X}-{:04X})",
-                path.display(),
-                human_bytes(f.volume_bytes),
-                f.sector_bytes,
-                human_bytes(f.cluster_bytes),
-                f.volume_id >> 16,
-                f.volume_id & 0xffff
-            );
-            // (A 2 TiB medium leaves its last 512 bytes out: not worth a word.)
-            if done.bytes.saturating_sub(f.volume_bytes) >= 1 << 20 {
-                println!(
-                    "note: the device is {}; FAT32 covers its first {} (the largest FAT32 volume), the rest is unused",
-                    human_bytes(done.bytes),
-                    human_bytes(f.volume_bytes)
-                );
-            }
-            Ok(crate::exit::OK)
         }
     }
 }

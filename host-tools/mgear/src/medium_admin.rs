@@ -1,7 +1,9 @@
-//! `mgear medium rm` and `mgear medium fsck`: undo a capture, and clean up
-//! what a crash left on a medium.
+//! `mgear medium`: `format` a medium (the FAT32 formatter is
+//! `crate::medium::format_medium`), `rm` to undo a capture, and `fsck` to
+//! clean up what a crash left on a medium.
 //!
 //! ```text
+//! mgear medium format fat:m.img --size 2GiB                             # or fat:/dev/sdX
 //! mgear medium rm   --medium fat:/dev/sdc --name web01                  # an unfinished capture
 //! mgear medium rm   --medium fat:/dev/sdc --name web01 --generation 3   # one generation
 //! mgear medium rm   --medium fat:/dev/sdc --name web01 --force          # finished data too
@@ -42,7 +44,105 @@ use serde::Serialize;
 use crate::exit::{coded, usage, FOUND, OK};
 use crate::medium::Where;
 use crate::spec::Medium as MediumSpec;
-use crate::units::human_bytes;
+use crate::units::{human_bytes, parse_size};
+
+/// Arguments of `mgear medium`.
+#[derive(clap::Args, Debug)]
+pub struct MediumArgs {
+    #[command(subcommand)]
+    pub cmd: MediumCmd,
+}
+
+/// `mgear medium ...` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum MediumCmd {
+    /// Create a FAT32 file system on an image file (created at --size, or an
+    /// existing one at its size) or a device (whole device), up to 16 TiB.
+    Format {
+        /// fat:IMAGE or fat:/dev/sdX.
+        medium: String,
+        /// Size of a new image file, e.g. 2GiB or 16TiB (sparse; not used for devices).
+        #[arg(long)]
+        size: Option<String>,
+        /// Overwrite an image or device that holds a file system, a partition
+        /// table or another image (its old signatures are wiped).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove an unfinished or unwanted capture or generation (finished ones need --force).
+    Rm(RmArgs),
+    /// List (and with --repair remove) what a crash left on the medium; runs fsck.fat -n on fat: media.
+    Fsck(FsckArgs),
+}
+
+/// Run `mgear medium`.
+pub fn run(args: MediumArgs) -> anyhow::Result<i32> {
+    match args.cmd {
+        MediumCmd::Rm(a) => rm(a),
+        MediumCmd::Fsck(a) => fsck(a),
+        MediumCmd::Format {
+            medium,
+            size,
+            force,
+        } => {
+            let path = match MediumSpec::parse(&medium)? {
+                MediumSpec::Fat(p) => p,
+                MediumSpec::Nbd(_) => {
+                    return Err(usage(
+                        "an NBD export is formatted by its owner (the appliance); format a device or image with fat:PATH",
+                    ))
+                }
+                MediumSpec::Dir(_) => {
+                    return Err(usage(
+                        "dir: media are already-mounted file systems: format the device with \
+                         `mgear medium format fat:/dev/sdX` (or mkfs.fat -F 32) instead",
+                    ))
+                }
+            };
+            let size = size.as_deref().map(parse_size).transpose()?;
+            let done = crate::medium::format_medium(&path, size, force)?;
+            let f = &done.formatted;
+            if crate::output::json() {
+                crate::output::emit(&serde_json::json!({
+                    "medium": format!("fat:{}", path.display()),
+                    "file_system": "FAT32",
+                    "size_bytes": f.volume_bytes,
+                    "device_bytes": done.bytes,
+                    "sector_bytes": f.sector_bytes,
+                    "cluster_bytes": f.cluster_bytes,
+                    "volume_serial": format!("{:04X}-{:04X}", f.volume_id >> 16, f.volume_id & 0xffff),
+                    "wiped": crate::guard::describe(&done.wiped),
+                }))?;
+                return Ok(crate::exit::OK);
+            }
+            if !done.wiped.is_empty() {
+                println!(
+                    "wiped {} from {}",
+                    crate::guard::describe(&done.wiped),
+                    path.display()
+                );
+            }
+            println!(
+                "formatted {} as FAT32 ({}; {}-byte sectors, {} clusters, serial {:04X}-{:04X})",
+                path.display(),
+                human_bytes(f.volume_bytes),
+                f.sector_bytes,
+                human_bytes(f.cluster_bytes),
+                f.volume_id >> 16,
+                f.volume_id & 0xffff
+            );
+            // (A 2 TiB medium leaves its last 512 bytes out: not worth a word.)
+            if done.bytes.saturating_sub(f.volume_bytes) >= 1 << 20 {
+                println!(
+                    "note: the device is {}; FAT32 covers its first {} (the largest FAT32 volume), the rest is unused",
+                    human_bytes(done.bytes),
+                    human_bytes(f.volume_bytes)
+                );
+            }
+            Ok(crate::exit::OK)
+        }
+    }
+}
 
 /// Arguments of `mgear medium rm`.
 #[derive(clap::Args, Debug)]
