@@ -17,8 +17,10 @@
 //! `--dedup-across-machines` lists the other machines' generations it
 //! borrows records from (`borrows_from`).
 
+use image_format::set::{self, SetDisk};
 use serde::Serialize;
 
+use crate::output::hex;
 use crate::units::human_bytes;
 
 /// Arguments of `mgear inspect`.
@@ -87,9 +89,9 @@ pub struct Report {
     /// Captures (the disk streams of a set, `NAME.dK`, included).
     pub captures: Vec<CaptureJson>,
     /// Machine sets.
-    pub sets: Vec<crate::machine::SetJson>,
+    pub sets: Vec<SetJson>,
     /// The machines on this medium.
-    pub shipment: crate::machine::Shipment,
+    pub shipment: Shipment,
 }
 
 /// What `inspect --json` prints for several media.
@@ -97,7 +99,7 @@ pub struct Report {
 pub struct ShipmentReport {
     pub command: &'static str,
     pub media: Vec<MediumJson>,
-    pub shipment: crate::machine::Shipment,
+    pub shipment: Shipment,
 }
 
 /// A medium's span: which span, which medium of it, and where every segment is.
@@ -128,7 +130,7 @@ pub struct MediumJson {
     /// The span this medium belongs to (a capture continued over several media), if any.
     pub span: Option<SpanJson>,
     pub captures: Vec<CaptureJson>,
-    pub sets: Vec<crate::machine::SetJson>,
+    pub sets: Vec<SetJson>,
 }
 
 /// Run `mgear inspect`.
@@ -145,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     for w in &wheres {
         media.push(medium_json(w, args.name.as_deref())?);
     }
-    let ship = crate::machine::shipment(
+    let ship = shipment(
         &media
             .iter()
             .map(|m| (m.medium.clone(), m.captures.clone(), m.sets.clone()))
@@ -197,10 +199,10 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
     let store = medium.store();
     let free = store.free_space().ok().flatten();
     let listed = image_format::list_captures(store).map_err(anyhow::Error::from);
-    let sets = crate::machine::sets_of(store);
+    let sets = sets_of(store);
     let stored = name.map(|n| image_format::stored_name(store, n));
     let span = medium.span().map(|sp| SpanJson {
-        id: crate::output::hex(&sp.id()),
+        id: hex(&sp.id()),
         this: sp.attached(),
         media: sp
             .map()
@@ -241,7 +243,6 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<M
             )));
         }
     }
-    let hex = crate::output::hex;
     Ok(MediumJson {
         medium: w.describe(),
         free_bytes: free,
@@ -407,7 +408,7 @@ fn print_medium(report: &MediumJson) {
     }
 }
 
-fn print_shipment(s: &crate::machine::Shipment) {
+fn print_shipment(s: &Shipment) {
     println!(
         "shipment of {} media: {} machine(s), {}",
         s.media,
@@ -433,5 +434,338 @@ fn print_shipment(s: &crate::machine::Shipment) {
         for g in &m.generations {
             println!("    G{:04} {} on {}", g.generation, g.state, g.medium);
         }
+    }
+}
+
+/// One disk in a set report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskJson {
+    pub disk: usize,
+    /// The disk stream holding it (`db01.d1`).
+    pub stream: String,
+    pub size: u64,
+    pub sector_size: u32,
+    /// `unknown`, `none`, `mbr` or `gpt`.
+    pub table: &'static str,
+    /// The disk the machine boots from.
+    pub boot: bool,
+    pub bios_boot: bool,
+    pub efi_boot: bool,
+    /// Operating system found on it (empty if not told).
+    pub os: String,
+    pub source: String,
+    pub manifest_root: String,
+}
+
+impl DiskJson {
+    /// Disk `k` of set `name`.
+    pub fn of(name: &str, k: usize, d: &SetDisk) -> Self {
+        DiskJson {
+            disk: k,
+            stream: set::disk_stream_name(name, k),
+            size: d.size,
+            sector_size: d.sector_size,
+            table: d.table.as_str(),
+            boot: d.boot,
+            bios_boot: d.bios_boot,
+            efi_boot: d.efi_boot,
+            os: d.os.clone(),
+            source: d.source_desc.clone(),
+            manifest_root: hex(&d.manifest_root),
+        }
+    }
+}
+
+/// One set generation in `inspect --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetGenJson {
+    pub generation: u32,
+    pub parent: Option<u32>,
+    pub created: String,
+    pub capture_id: String,
+    pub set_root: String,
+    /// Every disk stream holds this generation, finished, and matches the set manifest.
+    pub complete: bool,
+    /// What is wrong when it is not complete.
+    pub problems: Vec<String>,
+    pub disks: Vec<DiskJson>,
+}
+
+/// One set in `inspect --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetJson {
+    pub name: String,
+    pub generations: Vec<SetGenJson>,
+    /// Generations whose set manifest is damaged or missing, with why.
+    pub damaged: Vec<(u32, String)>,
+}
+
+/// The sets on a medium (keyless), and the disk streams not yet bound by a
+/// set manifest (a set capture under way) as unfinished generations.
+pub fn sets_of(store: &mut dyn image_format::Store) -> anyhow::Result<Vec<SetJson>> {
+    let mut out = Vec::new();
+    for s in set::list_sets(store)? {
+        let mut gens = Vec::new();
+        for f in &s.generations {
+            let problems = set::check_set(store, f)?
+                .into_iter()
+                .map(|(at, what)| format!("{at}: {what}"))
+                .collect::<Vec<_>>();
+            gens.push(SetGenJson {
+                generation: f.set.generation,
+                parent: (f.set.parent != 0).then_some(f.set.parent),
+                created: crate::output::iso_time(f.set.created_unix),
+                capture_id: hex(&f.set.capture_id),
+                set_root: hex(&f.root),
+                complete: problems.is_empty(),
+                problems,
+                disks: f
+                    .set
+                    .disks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| DiskJson::of(&s.name, k, d))
+                    .collect(),
+            });
+        }
+        out.push(SetJson {
+            name: s.name,
+            generations: gens,
+            damaged: s.damaged,
+        });
+    }
+    Ok(out)
+}
+
+/// A disk of a machine in the shipment listing.
+#[derive(Debug, Serialize)]
+pub struct ShipDisk {
+    pub disk: usize,
+    pub stream: String,
+    pub size: u64,
+    pub boot: bool,
+    pub os: String,
+}
+
+/// One generation of a machine on one medium.
+#[derive(Debug, Serialize)]
+pub struct ShipGeneration {
+    pub generation: u32,
+    pub medium: String,
+    /// `complete`, `unfinished`, `damaged`, or `lender-missing` (it borrows
+    /// records from another machine's generation, dedup across machines,
+    /// that is complete on none of the media listed).
+    pub state: &'static str,
+    pub problems: Vec<String>,
+    pub disks: Vec<ShipDisk>,
+}
+
+/// A machine in the shipment listing: a set, or a single-disk capture.
+#[derive(Debug, Serialize)]
+pub struct ShipMachine {
+    pub name: String,
+    /// `set` or `disk` (a single-disk capture).
+    pub kind: &'static str,
+    pub disks: usize,
+    pub generations: Vec<ShipGeneration>,
+    /// The newest generation is complete on some medium.
+    pub complete: bool,
+}
+
+/// What `inspect --json` over several media adds: every machine of the shipment.
+#[derive(Debug, Serialize)]
+pub struct Shipment {
+    pub media: usize,
+    pub machines: Vec<ShipMachine>,
+    /// Every machine's newest generation is complete.
+    pub complete: bool,
+}
+
+/// The shipment listing of several media's captures and sets. `whole`:
+/// the captures are all those of the media (no name filter), so a lender
+/// (dedup across machines) missing from them is missing from the media.
+pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool) -> Shipment {
+    fn entry(
+        machines: &mut Vec<ShipMachine>,
+        name: &str,
+        kind: &'static str,
+        disks: usize,
+    ) -> usize {
+        if let Some(i) = machines.iter().position(|m| m.name == name) {
+            machines[i].disks = machines[i].disks.max(disks);
+            return i;
+        }
+        machines.push(ShipMachine {
+            name: name.into(),
+            kind,
+            disks,
+            generations: Vec::new(),
+            complete: false,
+        });
+        machines.len() - 1
+    }
+    let mut machines: Vec<ShipMachine> = Vec::new();
+    for (medium, caps, sets) in media {
+        for s in sets {
+            for g in &s.generations {
+                let i = entry(&mut machines, &s.name, "set", g.disks.len());
+                machines[i].generations.push(ShipGeneration {
+                    generation: g.generation,
+                    medium: medium.clone(),
+                    state: if g.complete { "complete" } else { "damaged" },
+                    problems: g.problems.clone(),
+                    disks: g
+                        .disks
+                        .iter()
+                        .map(|d| ShipDisk {
+                            disk: d.disk,
+                            stream: d.stream.clone(),
+                            size: d.size,
+                            boot: d.boot,
+                            os: d.os.clone(),
+                        })
+                        .collect(),
+                });
+            }
+            for (g, why) in &s.damaged {
+                let i = entry(&mut machines, &s.name, "set", 0);
+                machines[i].generations.push(ShipGeneration {
+                    generation: *g,
+                    medium: medium.clone(),
+                    state: "damaged",
+                    problems: vec![why.clone()],
+                    disks: Vec::new(),
+                });
+            }
+        }
+        for c in caps {
+            // A disk stream belongs to its set; one whose set generation has
+            // no set manifest yet is an unfinished generation of the set.
+            if let Some((set_name, k)) = set::parse_disk_stream_name(&c.name) {
+                for g in &c.generations {
+                    let bound = sets.iter().any(|s| {
+                        s.name == set_name
+                            && s.generations.iter().any(|sg| sg.generation == g.generation)
+                    });
+                    if bound {
+                        continue;
+                    }
+                    let i = entry(&mut machines, set_name, "set", 0);
+                    let m = &mut machines[i];
+                    let at = match m
+                        .generations
+                        .iter()
+                        .position(|x| x.generation == g.generation && x.medium == *medium)
+                    {
+                        Some(p) => p,
+                        None => {
+                            m.generations.push(ShipGeneration {
+                                generation: g.generation,
+                                medium: medium.clone(),
+                                state: "unfinished",
+                                problems: vec!["no set manifest yet: the set capture did not \
+                                                finish"
+                                    .into()],
+                                disks: Vec::new(),
+                            });
+                            m.generations.len() - 1
+                        }
+                    };
+                    m.generations[at].disks.push(ShipDisk {
+                        disk: k,
+                        stream: c.name.clone(),
+                        size: g.disk_size,
+                        boot: false,
+                        os: String::new(),
+                    });
+                    m.disks = m.disks.max(k + 1);
+                }
+                continue;
+            }
+            let i = entry(&mut machines, &c.name, "disk", 1);
+            for g in &c.generations {
+                machines[i].generations.push(ShipGeneration {
+                    generation: g.generation,
+                    medium: medium.clone(),
+                    state: g.state,
+                    problems: g.damage.clone().into_iter().collect(),
+                    disks: vec![ShipDisk {
+                        disk: 0,
+                        stream: c.name.clone(),
+                        size: g.disk_size,
+                        boot: false,
+                        os: String::new(),
+                    }],
+                });
+            }
+        }
+    }
+    // Dedup across machines: a generation is usable only with the
+    // generations it borrows records from.
+    let here: std::collections::HashSet<(&str, u32)> = media
+        .iter()
+        .flat_map(|(_, caps, _)| caps)
+        .flat_map(|c| {
+            c.generations
+                .iter()
+                .filter(|g| g.state == "complete")
+                .map(|g| (c.name.as_str(), g.generation))
+        })
+        .collect();
+    let borrows: std::collections::HashMap<(&str, u32), &[String]> = media
+        .iter()
+        .flat_map(|(_, caps, _)| caps)
+        .flat_map(|c| {
+            c.generations
+                .iter()
+                .map(|g| ((c.name.as_str(), g.generation), g.borrows_from.as_slice()))
+        })
+        .collect();
+    for g in machines
+        .iter_mut()
+        .flat_map(|m| &mut m.generations)
+        .filter(|_| whole)
+    {
+        let mut missing: Vec<String> = Vec::new();
+        for d in &g.disks {
+            for lender in borrows
+                .get(&(d.stream.as_str(), g.generation))
+                .into_iter()
+                .copied()
+                .flatten()
+            {
+                let found = lender
+                    .rsplit_once(" G")
+                    .and_then(|(n, k)| Some((n, k.parse::<u32>().ok()?)))
+                    .is_some_and(|key| here.contains(&key));
+                if !found && !missing.contains(lender) {
+                    missing.push(lender.clone());
+                }
+            }
+        }
+        if !missing.is_empty() && g.state == "complete" {
+            g.state = "lender-missing";
+        }
+        for lender in missing {
+            g.problems.push(format!(
+                "borrows records from {lender} (dedup across machines), which is complete on \
+                 none of the media listed"
+            ));
+        }
+    }
+    for m in &mut machines {
+        m.generations
+            .sort_by(|a, b| (a.generation, &a.medium).cmp(&(b.generation, &b.medium)));
+        let newest = m.generations.iter().map(|g| g.generation).max();
+        m.complete = m
+            .generations
+            .iter()
+            .any(|g| Some(g.generation) == newest && g.state == "complete");
+    }
+    machines.sort_by(|a, b| a.name.cmp(&b.name));
+    Shipment {
+        media: media.len(),
+        complete: machines.iter().all(|m| m.complete),
+        machines,
     }
 }
