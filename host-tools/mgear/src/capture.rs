@@ -227,18 +227,25 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating key cache {}", dir.display()))
 }
 
-/// Run `mgear capture`.
+impl Cli {
+    /// The sources and the arguments, with what the flags imply
+    /// (`--replace-medium` continues the capture: it is a delta).
+    pub fn into_parts(self) -> (Vec<String>, Args) {
+        let Cli { sources, mut args } = self;
+        if !args.replace_medium.is_empty() {
+            args.delta = true;
+        }
+        (sources, args)
+    }
+}
+
+/// Run `mgear capture` of one disk (and `--dry-run` or `--abort` of a set);
+/// `crate::machine::capture` runs a set and calls this for the rest.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::signals::install();
-    let Cli { sources, mut args } = cli;
-    if !args.replace_medium.is_empty() {
-        args.delta = true;
-    }
+    let (sources, mut args) = cli.into_parts();
     if sources.len() > 1 && args.dry_run {
         return dry_run_set(&args, &sources);
-    }
-    if sources.len() > 1 && !args.abort {
-        return crate::machine::run_capture(&args, &sources);
     }
     args.source = sources.into_iter().next();
     if let (Some((set, _)), false, false) = (

@@ -490,17 +490,13 @@ fn open_private(path: &Path, what: &str) -> anyhow::Result<Option<File>> {
     }
 }
 
-/// Run `mgear ingest`.
+/// Run `mgear ingest` of one disk; `crate::machine::ingest` runs a set and
+/// calls this for the rest.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::signals::install();
     let Cli {
-        mut args,
-        targets,
-        disk,
+        mut args, targets, ..
     } = cli;
-    if targets.len() > 1 || disk.is_some() || targets.iter().any(|t| t.contains("{disk}")) {
-        return crate::machine::run_ingest(&args, &targets, disk);
-    }
     args.target = targets.into_iter().next().unwrap_or_default();
     // A bad --boot-bus must be reported before a long ingest, not after it.
     let bus = args.boot_bus.parse::<mgear_boot::Bus>().map_err(boot_err)?;

@@ -65,6 +65,18 @@ pub struct CaptureReport {
     pub receipt: Receipt,
 }
 
+/// Run `mgear capture`: a machine set (several `--source`s) here, one disk
+/// (and a set's `--dry-run` or `--abort`) in [`capture::run`]. The
+/// command enters above both, so capture never calls up into this module.
+pub fn capture(cli: capture::Cli) -> anyhow::Result<i32> {
+    if cli.sources.len() < 2 || cli.args.abort || cli.args.dry_run {
+        return capture::run(cli);
+    }
+    crate::signals::install();
+    let (sources, args) = cli.into_parts();
+    run_capture(&args, &sources)
+}
+
 /// `mgear capture` with several `--source`s.
 pub fn run_capture(args: &capture::Args, sources: &[String]) -> anyhow::Result<i32> {
     let r = capture_set(args, sources)?;
@@ -586,6 +598,19 @@ pub fn targets_of(
             ts.len()
         ))),
     }
+}
+
+/// Run `mgear ingest`: a machine set (several targets, a `{disk}` pattern or
+/// `--disk`) here, one disk in [`crate::ingest::run`].
+pub fn ingest(cli: crate::ingest::Cli) -> anyhow::Result<i32> {
+    let set = cli.targets.len() > 1
+        || cli.disk.is_some()
+        || cli.targets.iter().any(|t| t.contains("{disk}"));
+    if !set {
+        return crate::ingest::run(cli);
+    }
+    crate::signals::install();
+    run_ingest(&cli.args, &cli.targets, cli.disk)
 }
 
 /// `mgear ingest` of a machine set (several targets, a `{disk}` pattern or `--disk`).

@@ -3,8 +3,8 @@
 //! The thin binary over the `mgear` library (`lib.rs`): one module per
 //! subcommand; each module's `//!` doc explains it for users.
 use mgear::{
-    appliance, bench, boot_cmd, capture, demo, exit, ingest, inspect, keys, medium_admin, output,
-    sync, verify,
+    appliance, bench, boot_cmd, capture, demo, exit, ingest, inspect, keys, machine, medium_admin,
+    output, sync, verify,
 };
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -165,9 +165,9 @@ fn main() {
         Cmd::Keygen(a) => keys::keygen(a),
         Cmd::Keys(a) => keys::keys(a),
         Cmd::Medium(a) => medium_admin::run(a),
-        Cmd::Capture(a) => capture::run(a),
+        Cmd::Capture(a) => machine::capture(a),
         Cmd::Verify(a) => verify::run(a),
-        Cmd::Ingest(a) => ingest::run(a),
+        Cmd::Ingest(a) => machine::ingest(a),
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
