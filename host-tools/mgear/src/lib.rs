@@ -14,6 +14,8 @@ pub mod ingest;
 pub mod inspect;
 pub mod keyfile;
 pub mod keys;
+#[cfg(test)]
+mod layering;
 pub mod lock;
 pub mod machine;
 pub mod medium;
