@@ -7,6 +7,10 @@
 //! naming every cycle with the line of each edge, so the change that brings
 //! one back is refused with the place to fix.
 //!
+//! The same holds one level up, between the workspace's crates: libraries
+//! never depend on a tool crate (`mgear`, the appliance simulator, the
+//! end-to-end tests), checked from `cargo metadata`.
+//!
 //! Only code counts: comments, doc comments and string literals are blanked
 //! first (a doc link to a higher module is not an import). `lib.rs` and
 //! `main.rs` are not modules of the graph: the crate root declares every
@@ -435,4 +439,51 @@ fn a_cycle_is_found_and_named_with_its_lines() {
     assert!(cycles(&g).is_empty());
     let l = layers(&g);
     assert_eq!((l["c"], l["b"], l["a"], l["d"]), (0, 1, 2, 0));
+}
+
+/// The workspace's tool crates: programs (and the tests driving them) that
+/// sit above every library.
+const TOOL_CRATES: [&str; 3] = ["mgear", "mgear-appliance-sim", "mgear-tests"];
+
+#[test]
+fn no_crate_depends_on_a_tool_crate() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = meta["packages"].as_array().unwrap();
+    let names: BTreeSet<&str> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(
+        TOOL_CRATES.iter().all(|t| names.contains(t)) && names.contains("mgear-image-format"),
+        "cargo metadata lists {names:?}"
+    );
+    let mut reaching_up = Vec::new();
+    for p in packages {
+        let from = p["name"].as_str().unwrap();
+        for d in p["dependencies"].as_array().unwrap() {
+            let to = d["name"].as_str().unwrap();
+            // Only the end-to-end tests may pull the tools in (to run them).
+            if TOOL_CRATES.contains(&to) && from != "mgear-tests" {
+                reaching_up.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    assert!(
+        reaching_up.is_empty(),
+        "crates depending on a tool crate (move what they need into a library crate): {}",
+        reaching_up.join(", ")
+    );
 }
