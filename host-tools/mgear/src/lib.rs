@@ -2,6 +2,13 @@
 //! (capture, verify, ingest, appliance client, boot, sync, bench, demo) as
 //! modules other programs and the end-to-end tests can call. `main.rs` only
 //! parses the command line and maps results to exit codes.
+//!
+//! The modules are layered without import cycles (`layering.rs` checks it;
+//! README.md, "Layers of the `mgear` library", lists the layers): `exit`,
+//! `output` and the other helpers at the bottom, then `spec` (parsing only),
+//! sources, keys, trust and targets, the appliance client, `medium`, the
+//! one-medium commands, the one-disk pipelines, `machine`, and `demo`/`bench`
+//! on top.
 pub mod appliance;
 pub mod bench;
 pub mod boot_cmd;
