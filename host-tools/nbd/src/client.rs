@@ -742,11 +742,12 @@ impl Client {
                 .in_flight
                 .iter()
                 .any(|w| w.offset < end && at < w.offset + u64::from(w.len));
-            if overlaps
-                || self.in_flight.len() >= MAX_IN_FLIGHT
+            if overlaps {
+                self.settle()?;
+            } else if self.in_flight.len() >= MAX_IN_FLIGHT
                 || self.in_flight_bytes + n as u64 > self.write_behind
             {
-                self.settle()?;
+                self.make_room(n as u64)?;
             }
             let len = n as u32;
             let cookie = self.send_request(CMD_WRITE, 0, at, len, Some(chunk))?;
@@ -804,6 +805,48 @@ impl Client {
             .collect();
         self.in_flight_bytes = 0;
         self.await_replies(&mut pending)
+    }
+
+    /// Collects replies to writes in flight until `n` more bytes fit the
+    /// window: only as many as needed, so the server always has the next
+    /// write queued while we wait (a server working in order answers the
+    /// oldest first). A refused write among them is the error.
+    fn make_room(&mut self, n: u64) -> Result<()> {
+        self.check_usable()?;
+        let (window, total) = (self.write_behind, self.in_flight_bytes);
+        let mut pending: Vec<Pending<'_>> = self
+            .in_flight
+            .iter()
+            .map(|w| Pending::new(w.cookie, CMD_WRITE, w.offset, w.len, ReplyBody::Nothing))
+            .collect();
+        let enough = |p: &[Pending<'_>]| {
+            let answered: u64 = p.iter().filter(|p| p.done).map(|p| u64::from(p.len)).sum();
+            let waiting = p.iter().filter(|p| !p.done).count();
+            total - answered + n <= window && waiting < MAX_IN_FLIGHT
+        };
+        if let Err(e) = self.collect_replies_until(&mut pending, &enough) {
+            self.poisoned = true;
+            self.in_flight.clear();
+            self.in_flight_bytes = 0;
+            return Err(e);
+        }
+        let mut refused = None;
+        let mut still = Vec::with_capacity(self.in_flight.len());
+        for (w, p) in self.in_flight.iter().zip(pending.iter_mut()) {
+            if !p.done {
+                still.push(*w);
+            } else if let (None, Some((code, message))) = (&refused, p.error.take()) {
+                refused = Some((*w, code, message));
+            }
+        }
+        self.in_flight_bytes = still.iter().map(|w| u64::from(w.len)).sum();
+        self.in_flight = still;
+        match refused {
+            None => Ok(()),
+            Some((w, code, message)) => {
+                Err(self.command_error(CMD_WRITE, w.offset, u64::from(w.len), code, &message))
+            }
+        }
     }
 
     /// Makes `len` bytes at `offset` read as zeroes: NBD_CMD_WRITE_ZEROES when
@@ -1034,26 +1077,40 @@ impl Client {
         }
         for p in pending.iter_mut() {
             if let Some((code, message)) = p.error.take() {
-                return Err(Error::Command {
-                    server: self.peer.clone(),
-                    command: cmd_name(p.cmd),
-                    offset: p.offset,
-                    len: u64::from(p.len),
-                    code,
-                    name: errno_name(code),
-                    message: if message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {message}")
-                    },
-                });
+                return Err(self.command_error(p.cmd, p.offset, u64::from(p.len), code, &message));
             }
         }
         Ok(())
     }
 
+    /// The error for a command the server refused with `code`.
+    fn command_error(&self, cmd: u16, offset: u64, len: u64, code: u32, message: &str) -> Error {
+        Error::Command {
+            server: self.peer.clone(),
+            command: cmd_name(cmd),
+            offset,
+            len,
+            code,
+            name: errno_name(code),
+            message: if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            },
+        }
+    }
+
     fn collect_replies(&mut self, pending: &mut [Pending<'_>]) -> Result<()> {
-        while pending.iter().any(|p| !p.done) {
+        self.collect_replies_until(pending, &|_| false)
+    }
+
+    /// Reads replies for `pending` until all are done or `enough` says so.
+    fn collect_replies_until(
+        &mut self,
+        pending: &mut [Pending<'_>],
+        enough: &dyn Fn(&[Pending<'_>]) -> bool,
+    ) -> Result<()> {
+        while pending.iter().any(|p| !p.done) && !enough(pending) {
             let magic = proto::read_u32(&mut self.reader).map_err(|e| self.io(e))?;
             if magic == SIMPLE_REPLY_MAGIC {
                 let err = proto::read_u32(&mut self.reader).map_err(|e| self.io(e))?;
@@ -1101,7 +1158,7 @@ impl Client {
             }
             self.chunk(p, flags, kind, plen)?;
         }
-        for p in pending.iter() {
+        for p in pending.iter().filter(|p| p.done) {
             self.check_complete(p)?;
         }
         Ok(())
@@ -1259,7 +1316,7 @@ fn pieces(offset: u64, len: usize, piece: usize, align: u64, max: usize) -> Vec<
     let end = offset + len as u64;
     while at < end {
         let mut next = at + (end - at).min(piece.max(1) as u64);
-        if next < end && next % align != 0 {
+        if next < end && !next.is_multiple_of(align) {
             let up = (next.div_ceil(align) * align).min(end);
             let down = next - next % align;
             if up - at <= max as u64 {
@@ -1552,6 +1609,29 @@ mod tests {
         assert_eq!(&b, b"ab");
         let reads: Vec<usize> = reads_at.lock().unwrap().clone();
         assert!(reads.contains(&(sent0 + 3 * 36)), "{reads:?}");
+    }
+
+    #[test]
+    fn a_full_write_behind_window_waits_only_for_the_oldest_replies() {
+        let script = Script::default().negotiated(&[], 4096);
+        let script = simple(simple(simple(script, 1, 0), 2, 0), 3, 0);
+        let (mut c, sent, reads_at) = trickle(script);
+        c.set_write_behind(16).unwrap();
+        let sent0 = sent.lock().unwrap().len();
+        c.write_at(0, b"abcdefgh").unwrap();
+        c.write_at(8, b"ijklmnop").unwrap();
+        // The window is full: the first reply makes room, the second is
+        // left for later.
+        c.write_at(16, b"qrstuvwx").unwrap();
+        let reads: Vec<usize> = reads_at.lock().unwrap().clone();
+        assert_eq!(
+            reads.iter().filter(|&&n| n == sent0 + 2 * 36).count(),
+            16,
+            "exactly one 16-byte reply read before the third write: {reads:?}"
+        );
+        c.settle().unwrap();
+        let reads: Vec<usize> = reads_at.lock().unwrap().clone();
+        assert_eq!(reads.iter().filter(|&&n| n == sent0 + 3 * 36).count(), 32);
     }
 
     #[test]

@@ -16,9 +16,9 @@
 //!   image file is;
 //! - every write waited for its reply. Here writes run ahead of their
 //!   replies ([`WRITE_BEHIND`], `mgear_nbd::Client::set_write_behind`):
-//!   a read, a sync, an overlapping write or a full window collects them, and
-//!   a refused write (a sealed or locked appliance answers EPERM) fails that
-//!   call;
+//!   a read, a sync or an overlapping write collects them, a full window
+//!   waits for the oldest, and a refused write (a sealed or locked appliance
+//!   answers EPERM) fails the call that collects its reply;
 //! - after every append the engine re-reads the FAT window it allocates
 //!   from and the file's directory block (64 KiB and 4 KiB, too large or
 //!   evicted for its own cache); on an image file those come from the page
