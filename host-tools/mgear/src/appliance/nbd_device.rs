@@ -84,3 +84,57 @@ impl FatDevice for NbdDevice {
         self.0.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image_format::store::fat::FormatOptions;
+    use image_format::store::FatStore;
+    use image_format::Store;
+    use mgear_nbd::{Client, ConnectOptions};
+    use mgear_nbd_proto::testing::MemExport;
+
+    fn device(url: &mgear_nbd::NbdUrl) -> NbdDevice {
+        let c = Client::connect(url, &ConnectOptions::default()).unwrap();
+        NbdDevice::new(NbdFile::new(c)).unwrap()
+    }
+
+    #[test]
+    fn the_fat_engine_syncs_the_export_only_when_the_format_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = MemExport::new(48 << 20);
+        let srv = mgear_nbd_proto::serve_unix(&dir.path().join("s"), "", mem.clone()).unwrap();
+        FatStore::format(device(&srv.url()), &FormatOptions::default()).unwrap();
+
+        let mut fat = FatStore::open(device(&srv.url())).unwrap();
+        let flushes = mem.flushes();
+        fat.create_dir_all("MGEAR/web01").unwrap();
+        // Small files through fatfs (each write flushes its block cache)
+        // and a file appended in records, as a capture writes its segment.
+        for i in 0..20u8 {
+            fat.write_at(&format!("MGEAR/web01/J{i}"), 0, &[i; 700])
+                .unwrap();
+        }
+        let record: Vec<u8> = (0..(1 << 20) + 123).map(|i| (i % 251) as u8).collect();
+        for k in 0..6u64 {
+            fat.write_at("MGEAR/web01/SEG", k * record.len() as u64, &record)
+                .unwrap();
+        }
+        assert_eq!(mem.flushes(), flushes, "no NBD flush before a sync");
+        fat.sync("MGEAR/web01/SEG").unwrap();
+        assert_eq!(mem.flushes(), flushes + 1);
+        fat.unmount().unwrap();
+
+        // Another handle reads back what was written.
+        let mut again = FatStore::open(device(&srv.url())).unwrap();
+        let mut back = vec![0u8; record.len()];
+        again
+            .read_at("MGEAR/web01/SEG", 5 * record.len() as u64, &mut back)
+            .unwrap();
+        assert!(back == record);
+        let mut small = [0u8; 700];
+        again.read_at("MGEAR/web01/J7", 0, &mut small).unwrap();
+        assert_eq!(small, [7u8; 700]);
+        again.unmount().unwrap();
+    }
+}
