@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -28,6 +28,8 @@ pub const MAX_TRANSFER: usize = 1024 * 1024;
 /// A medium image file as a block device.
 pub struct FileMedium {
     file: File,
+    /// For [`FileMedium::reopen`].
+    path: PathBuf,
     blocks: u64,
     write_protected: bool,
     /// Block writes so far, shared by every handle ([`FileMedium::try_clone`]).
@@ -56,20 +58,43 @@ impl FileMedium {
         }
         Ok(FileMedium {
             file,
+            path: path.to_path_buf(),
             blocks: len / BLOCK_SIZE as u64,
             write_protected: false,
             writes: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// A second handle on the same image (for the thread that hashes its
-    /// regions, `crate::regions`), sharing the write counter.
+    /// A second handle on the same open image, sharing the write counter
+    /// and the file position state (`dup`).
     pub fn try_clone(&self) -> Result<FileMedium, HwError> {
         Ok(FileMedium {
             file: self
                 .file
                 .try_clone()
                 .map_err(|e| HwError::Io(format!("medium: a second handle: {e}")))?,
+            path: self.path.clone(),
+            blocks: self.blocks,
+            write_protected: self.write_protected,
+            writes: Arc::clone(&self.writes),
+        })
+    }
+
+    /// The image opened again, sharing the write counter: a handle of its
+    /// own for a thread that reads the image front to back beside another
+    /// (`crate::regions`). The kernel keeps read-ahead state per open file,
+    /// so two sequential readers on one `dup`ed handle look like one
+    /// reader jumping back and forth and get no read-ahead at all; on a
+    /// cold cache each then waits for every read.
+    pub fn reopen(&self) -> Result<FileMedium, HwError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| HwError::Io(format!("reopening medium {}: {e}", self.path.display())))?;
+        Ok(FileMedium {
+            file,
+            path: self.path.clone(),
             blocks: self.blocks,
             write_protected: self.write_protected,
             writes: Arc::clone(&self.writes),
@@ -174,6 +199,18 @@ mod tests {
         m.write_blocks(6, &vec![0xeeu8; 2 * BLOCK_SIZE]).unwrap();
         m.read_blocks(6, &mut back).unwrap();
         assert_eq!(back, vec![0xeeu8; 2 * BLOCK_SIZE]);
+
+        // A reopened handle reads the same bytes through a file of its
+        // own and shares the write counter (the region thread relies on it).
+        let mut again = m.reopen().unwrap();
+        let writes = m.writes();
+        again.read_blocks(6, &mut back).unwrap();
+        assert_eq!(back, vec![0xeeu8; 2 * BLOCK_SIZE]);
+        again.write_blocks(0, &[1u8; BLOCK_SIZE]).unwrap();
+        assert_eq!(m.writes(), writes + 1);
+        let mut first = [0u8; BLOCK_SIZE];
+        m.read_blocks(0, &mut first).unwrap();
+        assert_eq!(first, [1u8; BLOCK_SIZE]);
 
         std::fs::write(&p, vec![0u8; 1000]).unwrap();
         assert!(FileMedium::open(&p).is_err());

@@ -100,9 +100,11 @@ impl<C: Console> Platform for SimPlatform<C> {
         // nothing on mount, and on unmount only what changed (FSInfo, the
         // dirty bit), so a read-only walk leaves every byte of the medium as
         // it was: the seal's region hashes depend on that.
+        let t0 = std::time::Instant::now();
         let mut store = FatFiles::mount(&mut self.medium)?;
         let result = f(&mut store, &mut self.console);
         let unmounted = store.unmount();
+        log::debug!("the file walk took {} ms", t0.elapsed().as_millis());
         result.and(unmounted)
     }
 
@@ -112,7 +114,7 @@ impl<C: Console> Platform for SimPlatform<C> {
         // hashes them itself.
         match self
             .medium
-            .try_clone()
+            .reopen()
             .and_then(|m| crate::regions::RegionThread::start(m, region, chunk))
         {
             Ok(job) => Some(Box::new(job)),

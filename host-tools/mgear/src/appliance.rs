@@ -31,6 +31,7 @@
 mod client;
 mod discover;
 mod gate;
+mod nbd_device;
 mod render;
 // The HID transport's framing; the hidapi transport that uses it on a real
 // board is not written yet, so it is compiled for its tests only.
@@ -42,7 +43,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context};
 
 use crate::exit::{coded, coded_hint, usage, FOUND, USAGE};
-use image_format::store::{FatStore, FlushIsDurable};
+use image_format::store::FatStore;
 use image_format::Store;
 use mgear_appliance_api::attest::{
     check_log_covers, full_fingerprint, verify_attestation, Attestation,
@@ -906,12 +907,13 @@ pub fn open_medium(port: &Path) -> anyhow::Result<Box<dyn Store>> {
     })?;
     let client = mgear_nbd::Client::connect(&url, &mgear_nbd::ConnectOptions::default())
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
-    let file = FlushIsDurable(mgear_nbd::NbdFile::new(client));
+    let file = nbd_device::NbdDevice::new(mgear_nbd::NbdFile::new(client))
+        .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
     let store = FatStore::open(file).map_err(|e| anyhow!("opening the appliance's medium: {e}"))?;
     Ok(Box::new(ApplianceMedium(Some(store))))
 }
 
-type NbdFat = FatStore<FlushIsDurable<mgear_nbd::NbdFile>>;
+type NbdFat = FatStore<nbd_device::NbdDevice>;
 
 /// The appliance's FAT volume, unmounted when dropped.
 ///

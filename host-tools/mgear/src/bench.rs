@@ -30,9 +30,13 @@
 //!   machine set of two disks against one disk of the same bytes (a set must
 //!   capture at the same throughput per byte); and,
 //!   when `mgear-appliance-sim` is next to `mgear` or on PATH, a capture
-//!   through its NBD export (against the direct `fat:` capture) and its seal
-//!   (keyless verify, file and region hashes) against `dd` reading the
-//!   medium image, with the simulator's CPU and peak RSS;
+//!   through its NBD export (against the direct `fat:` capture of this run,
+//!   which `--appliance-only` makes for the purpose) and its seal (keyless
+//!   verify, file and region hashes) against `dd` reading the medium image,
+//!   with the simulator's CPU and peak RSS. Both the read and the seal
+//!   start with none of the image in the page cache (it is synced and its
+//!   pages dropped, `posix_fadvise(DONTNEED)`): a medium arrives as a USB
+//!   disk or the appliance's storage, not as cached memory;
 //! - with `--rbd POOL`: `mgear ingest` into a new RBD image of POOL against
 //!   `qemu-img convert -W -m 16` of the raw source into the same pool, in the
 //!   same run (its `x` ratio is against that convert, not dd).
@@ -987,9 +991,10 @@ impl Extra<'_> {
     }
 
     /// Capture of `src` through `mgear-appliance-sim`'s NBD export (against
-    /// the direct `fat:` capture of this run, `fat_rate`), then its seal
-    /// (keyless verify and region hashes) against `dd` reading the medium
-    /// image. Returns the rows and the simulator's peak RSS.
+    /// the direct `fat:` capture of this run, `fat_rate`, or one made here
+    /// when there is none), then its seal (keyless verify and region
+    /// hashes) against `dd` reading the medium image, both from a cold page
+    /// cache. Returns the rows and the simulator's peak RSS.
     fn appliance(
         &self,
         sim: &Path,
@@ -997,10 +1002,21 @@ impl Extra<'_> {
         size: u64,
         fat_rate: Option<f64>,
     ) -> anyhow::Result<(Vec<Timing>, Option<u64>)> {
-        self.say("capture through mgear-appliance-sim, then seal");
         let dir = self.work.join("appliance");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        let mut rows = Vec::new();
+        let fat_rate = match fat_rate {
+            Some(r) => r,
+            None => {
+                self.say("direct fat: capture (the simulator's baseline)");
+                let row = self.direct_fat(&dir, src, size)?;
+                let r = row.mb_per_s;
+                rows.push(row);
+                r
+            }
+        };
+        self.say("capture through mgear-appliance-sim, then seal");
         let img = dir.join("medium.img");
         crate::medium::format_fat(&img, Some(fat_bytes(size)), true)?;
         let tty = dir.join("appliance.tty");
@@ -1026,7 +1042,31 @@ impl Extra<'_> {
         let rss = proc_usage(sim_proc.0.id()).1;
         drop(sim_proc);
         let _ = std::fs::remove_dir_all(&dir);
-        Ok((result?, rss))
+        rows.extend(result?);
+        Ok((rows, rss))
+    }
+
+    /// A direct capture of `src` onto a fresh FAT32 image under `dir`: the
+    /// baseline of the capture through the simulator when the run has no
+    /// `fat:` capture of its own (`--appliance-only`).
+    fn direct_fat(&self, dir: &Path, src: &Path, size: u64) -> anyhow::Result<Timing> {
+        let img = dir.join("direct.img");
+        crate::medium::format_fat(&img, Some(fat_bytes(size)), true)?;
+        let medium = Where::one(format!("fat:{}", img.display()));
+        let _ = std::fs::remove_dir_all(self.work.join("keys"));
+        let (secs, cpu) = capture_timed(src, &medium, self.key, self.work, None, self.threads)?;
+        std::fs::remove_file(&img)?;
+        Ok(Timing {
+            what: "appliance baseline: fat: mgear capture".into(),
+            seconds: secs,
+            mb_per_s: crate::progress::mb_per_s(size, secs),
+            vs_dd: None,
+            baseline: None,
+            cpu_seconds: Some(cpu),
+            cpu_s_per_gib: Some(cpu / gib(size)),
+            output_bytes: None,
+            cpu_share: None,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1038,7 +1078,7 @@ impl Extra<'_> {
         img: &Path,
         src: &Path,
         size: u64,
-        fat_rate: Option<f64>,
+        fat_rate: f64,
     ) -> anyhow::Result<Vec<Timing>> {
         let t0 = Instant::now();
         while std::fs::symlink_metadata(tty).is_err() {
@@ -1078,7 +1118,7 @@ impl Extra<'_> {
             what: "appliance: mgear capture (simulator's NBD export)".into(),
             seconds: secs,
             mb_per_s: rate,
-            vs_dd: fat_rate.map(|f| ratio(rate, f)),
+            vs_dd: Some(ratio(rate, fat_rate)),
             baseline: Some("fat: capture".into()),
             cpu_seconds: Some(cpu + sim_cpu),
             cpu_s_per_gib: Some((cpu + sim_cpu) / gib(size)),
@@ -1086,6 +1126,7 @@ impl Extra<'_> {
             cpu_share: None,
         }];
         let img_len = std::fs::metadata(img)?.len();
+        drop_from_page_cache(img)?;
         let cpu = children_cpu_seconds();
         let read_secs = timed(|| {
             crate::tools::run(
@@ -1097,7 +1138,7 @@ impl Extra<'_> {
         let read_cpu = children_cpu_seconds() - cpu;
         let read_rate = crate::progress::mb_per_s(img_len, read_secs);
         rows.push(Timing {
-            what: "appliance: dd medium image -> /dev/null".into(),
+            what: "appliance: dd medium image -> /dev/null (cold)".into(),
             seconds: read_secs,
             mb_per_s: read_rate,
             vs_dd: Some(1.0),
@@ -1107,6 +1148,7 @@ impl Extra<'_> {
             output_bytes: None,
             cpu_share: None,
         });
+        drop_from_page_cache(img)?;
         let sim_cpu = proc_usage(sim.0.id()).0;
         let seal_secs = timed(|| {
             crate::tools::run(
@@ -1122,7 +1164,7 @@ impl Extra<'_> {
         let sim_cpu = proc_usage(sim.0.id()).0 - sim_cpu;
         let seal_rate = crate::progress::mb_per_s(img_len, seal_secs);
         rows.push(Timing {
-            what: "appliance: seal (verify + region hashes)".into(),
+            what: "appliance: seal (verify + region hashes, cold)".into(),
             seconds: seal_secs,
             mb_per_s: seal_rate,
             vs_dd: Some(ratio(seal_rate, read_rate)),
@@ -1134,6 +1176,20 @@ impl Extra<'_> {
         });
         Ok(rows)
     }
+}
+
+/// Write `path`'s dirty pages and drop all its pages from the page cache,
+/// so that the next reader reads the disk: the medium's baseline read and
+/// the seal start alike, from the device, as on a medium that arrives.
+fn drop_from_page_cache(path: &Path) -> anyhow::Result<()> {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // Dirty pages are not dropped: write them first.
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+        .with_context(|| format!("dropping {} from the page cache", path.display()))?;
+    Ok(())
 }
 
 /// The running simulator: stopped (SIGTERM, then waited for) when dropped.

@@ -8,6 +8,12 @@
 //! order they come. Every reply is checked against the request it answers;
 //! anything out of step poisons the connection instead of returning wrong
 //! data. Message layouts are documented in [`crate::proto`] (`mgear-nbd-proto`).
+//!
+//! A client may also let writes run ahead of their replies
+//! ([`Client::set_write_behind`]): a writer that streams data (the host's
+//! FAT engine appending to a capture on the appliance's medium) then waits
+//! for the server once per window instead of once per write, which is what
+//! a round trip through a busy machine's scheduler costs most.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
@@ -16,12 +22,23 @@ use std::os::unix::net::UnixStream;
 use mgear_nbd_proto::proto::{self, *};
 use mgear_nbd_proto::transport::Sock;
 use mgear_nbd_proto::{Error, NbdUrl, Result, BASE_ALLOCATION};
+use nix::sys::socket::{setsockopt, sockopt};
 
 /// Requests in flight at once for a large read or write.
 const PIPELINE_DEPTH: usize = 4;
 /// Transfers are not split below this size: smaller requests cost more in
 /// per-request overhead than pipelining wins back.
 const MIN_PIECE: usize = 256 * 1024;
+/// Pieces of a split transfer start on multiples of this (relative to the
+/// export), so that only the first and the last piece of an unaligned
+/// transfer are partial blocks: a server that stores whole blocks (the
+/// appliance's block service, 512-byte sectors) reads and rewrites a
+/// partial one for every piece that starts or ends inside a block.
+const PIECE_ALIGN: u64 = 4096;
+/// Write requests in flight at most with write-behind: their replies (16
+/// bytes each, or a structured chunk) must fit the server's socket buffer
+/// while we are still sending payload, or both sides would block.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// What to negotiate when connecting.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +55,14 @@ pub struct ConnectOptions {
 pub struct Extent {
     pub len: u64,
     pub flags: u32,
+}
+
+/// A write sent and not answered yet (write-behind).
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    cookie: u64,
+    offset: u64,
+    len: u32,
 }
 
 /// A negotiated connection to one export.
@@ -58,6 +83,11 @@ pub struct Client {
     next_cookie: u64,
     poisoned: bool,
     disconnected: bool,
+    /// Bytes of writes that may be in flight unanswered; 0: every write
+    /// waits for its reply.
+    write_behind: u64,
+    in_flight: Vec<InFlight>,
+    in_flight_bytes: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -207,6 +237,9 @@ impl Client {
             next_cookie: 1,
             poisoned: false,
             disconnected: false,
+            write_behind: 0,
+            in_flight: Vec::new(),
+            in_flight_bytes: 0,
         };
         let e = c.negotiate(export, opts);
         match e {
@@ -553,6 +586,9 @@ impl Client {
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_usable()?;
         self.check_range(offset, buf.len() as u64)?;
+        // The server may answer requests in any order: a read must not
+        // overtake a write it could overlap.
+        self.settle()?;
         let min = u64::from(self.min_block);
         if min > 1 && (offset | buf.len() as u64) & (min - 1) != 0 {
             // The server insists on aligned requests: read the covering blocks.
@@ -581,16 +617,32 @@ impl Client {
             .min(max)
     }
 
+    /// Where pieces of a split transfer may end: [`PIECE_ALIGN`], or the
+    /// server's minimum block if that is larger (both powers of two).
+    fn piece_align(&self) -> u64 {
+        PIECE_ALIGN.max(u64::from(self.min_block))
+    }
+
     /// Reads with up to [`PIPELINE_DEPTH`] requests in flight, so the server
     /// fetches the next piece while the previous one crosses the socket.
     /// Read requests carry no payload, so sending a window of them before
     /// reading any reply cannot deadlock.
     fn read_aligned(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let piece = self.piece_size(buf.len());
+        let lens = pieces(
+            offset,
+            buf.len(),
+            piece,
+            self.piece_align(),
+            self.max_payload as usize,
+        );
         let mut at = offset;
-        for window in buf.chunks_mut(piece * PIPELINE_DEPTH) {
+        let mut rest = buf;
+        for window in lens.chunks(PIPELINE_DEPTH) {
             let mut pending = Vec::with_capacity(PIPELINE_DEPTH);
-            for chunk in window.chunks_mut(piece) {
+            for &n in window {
+                let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                rest = tail;
                 let len = chunk.len() as u32;
                 let cookie = self.send_request(CMD_READ, 0, at, len, None)?;
                 pending.push(Pending::new(
@@ -617,13 +669,16 @@ impl Client {
         Ok(())
     }
 
-    /// Writes `data` at `offset`.
+    /// Writes `data` at `offset`. With write-behind on
+    /// ([`set_write_behind`](Self::set_write_behind)) it returns once the
+    /// request is sent; a failure is reported by a later call.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_writable()?;
         self.check_range(offset, data.len() as u64)?;
         let min = u64::from(self.min_block);
         if min > 1 && (offset | data.len() as u64) & (min - 1) != 0 {
             // Read-modify-write of the covering blocks for strict servers.
+            self.settle()?;
             let start = offset / min * min;
             let end = (offset + data.len() as u64).div_ceil(min) * min;
             let mut tmp = vec![0u8; (end - start) as usize];
@@ -635,15 +690,33 @@ impl Client {
         self.write_aligned(offset, data)
     }
 
-    /// Writes with up to [`PIPELINE_DEPTH`] requests in flight. Replies to
-    /// writes are a few bytes, so a server never blocks sending replies we
-    /// have not read yet while we are still sending payload: no deadlock.
+    /// Writes with up to [`PIPELINE_DEPTH`] requests in flight (or, with
+    /// write-behind, the window's worth). Replies to writes are a few
+    /// bytes, so a server never blocks sending replies we have not read yet
+    /// while we are still sending payload: no deadlock.
     fn write_aligned(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if self.write_behind > 0 {
+            // Writes already overlap across calls: split only at the
+            // server's limit (fewer requests, replies and wake-ups).
+            let max = self.max_payload as usize;
+            let lens = pieces(offset, data.len(), max, self.piece_align(), max);
+            return self.write_behind_pieces(offset, data, &lens);
+        }
         let piece = self.piece_size(data.len());
+        let lens = pieces(
+            offset,
+            data.len(),
+            piece,
+            self.piece_align(),
+            self.max_payload as usize,
+        );
         let mut at = offset;
-        for window in data.chunks(piece * PIPELINE_DEPTH) {
+        let mut rest = data;
+        for window in lens.chunks(PIPELINE_DEPTH) {
             let mut pending = Vec::with_capacity(PIPELINE_DEPTH);
-            for chunk in window.chunks(piece) {
+            for &n in window {
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
                 let len = chunk.len() as u32;
                 let cookie = self.send_request(CMD_WRITE, 0, at, len, Some(chunk))?;
                 pending.push(Pending::new(cookie, CMD_WRITE, at, len, ReplyBody::Nothing));
@@ -652,6 +725,128 @@ impl Client {
             self.await_replies(&mut pending)?;
         }
         Ok(())
+    }
+
+    /// Sends the pieces of a write without waiting for their replies,
+    /// collecting replies first when the window is full or a piece would
+    /// overlap a write still in flight (the server may reorder requests,
+    /// and the later bytes must win).
+    fn write_behind_pieces(&mut self, offset: u64, data: &[u8], lens: &[usize]) -> Result<()> {
+        let mut at = offset;
+        let mut rest = data;
+        for &n in lens {
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let end = at + n as u64;
+            let overlaps = self
+                .in_flight
+                .iter()
+                .any(|w| w.offset < end && at < w.offset + u64::from(w.len));
+            if overlaps {
+                self.settle()?;
+            } else if self.in_flight.len() >= MAX_IN_FLIGHT
+                || self.in_flight_bytes + n as u64 > self.write_behind
+            {
+                self.make_room(n as u64)?;
+            }
+            let len = n as u32;
+            let cookie = self.send_request(CMD_WRITE, 0, at, len, Some(chunk))?;
+            self.in_flight.push(InFlight {
+                cookie,
+                offset: at,
+                len,
+            });
+            self.in_flight_bytes += n as u64;
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Lets writes return once sent, with up to `bytes` of them unanswered
+    /// (0, the default, turns it off: each write waits for its replies).
+    /// Their replies are collected before any other command goes out (a
+    /// read, flush, write-zeroes or block status), before a write that
+    /// overlaps one in flight, and when the window is full; a write the
+    /// server refused fails the call that collects its reply, naming the
+    /// write's offset and length. [`flush`](Self::flush) collects them
+    /// first (NBD's flush covers only answered writes), so a flush that
+    /// succeeds still means every earlier write is durable. Turning it off
+    /// collects what is in flight.
+    pub fn set_write_behind(&mut self, bytes: u64) -> Result<()> {
+        self.write_behind = bytes;
+        if bytes == 0 {
+            return self.settle();
+        }
+        // A socket buffer smaller than the window makes every send wait
+        // for the server to read (a Unix socket's default is 208 KiB, less
+        // than one 256 KiB piece). The kernel caps the size (net.core.
+        // wmem_max); a refusal only costs speed.
+        let want = usize::try_from(bytes).unwrap_or(usize::MAX).min(1 << 30);
+        let _ = match &self.sock {
+            Some(Sock::Unix(s)) => setsockopt(s, sockopt::SndBuf, &want),
+            Some(Sock::Tcp(s)) => setsockopt(s, sockopt::SndBuf, &want),
+            None => Ok(()),
+        };
+        Ok(())
+    }
+
+    /// Waits for the replies to every write still in flight
+    /// ([`set_write_behind`](Self::set_write_behind)); the first refused
+    /// one is the error.
+    pub fn settle(&mut self) -> Result<()> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        self.check_usable()?;
+        let mut pending: Vec<Pending<'_>> = self
+            .in_flight
+            .drain(..)
+            .map(|w| Pending::new(w.cookie, CMD_WRITE, w.offset, w.len, ReplyBody::Nothing))
+            .collect();
+        self.in_flight_bytes = 0;
+        self.await_replies(&mut pending)
+    }
+
+    /// Collects replies to writes in flight until `n` more bytes fit the
+    /// window: only as many as needed, so the server always has the next
+    /// write queued while we wait (a server working in order answers the
+    /// oldest first). A refused write among them is the error.
+    fn make_room(&mut self, n: u64) -> Result<()> {
+        self.check_usable()?;
+        let (window, total) = (self.write_behind, self.in_flight_bytes);
+        let mut pending: Vec<Pending<'_>> = self
+            .in_flight
+            .iter()
+            .map(|w| Pending::new(w.cookie, CMD_WRITE, w.offset, w.len, ReplyBody::Nothing))
+            .collect();
+        let enough = |p: &[Pending<'_>]| {
+            let answered: u64 = p.iter().filter(|p| p.done).map(|p| u64::from(p.len)).sum();
+            let waiting = p.iter().filter(|p| !p.done).count();
+            total - answered + n <= window && waiting < MAX_IN_FLIGHT
+        };
+        if let Err(e) = self.collect_replies_until(&mut pending, &enough) {
+            self.poisoned = true;
+            self.in_flight.clear();
+            self.in_flight_bytes = 0;
+            return Err(e);
+        }
+        let mut refused = None;
+        let mut still = Vec::with_capacity(self.in_flight.len());
+        for (w, p) in self.in_flight.iter().zip(pending.iter_mut()) {
+            if !p.done {
+                still.push(*w);
+            } else if let (None, Some((code, message))) = (&refused, p.error.take()) {
+                refused = Some((*w, code, message));
+            }
+        }
+        self.in_flight_bytes = still.iter().map(|w| u64::from(w.len)).sum();
+        self.in_flight = still;
+        match refused {
+            None => Ok(()),
+            Some((w, code, message)) => {
+                Err(self.command_error(CMD_WRITE, w.offset, u64::from(w.len), code, &message))
+            }
+        }
     }
 
     /// Makes `len` bytes at `offset` read as zeroes: NBD_CMD_WRITE_ZEROES when
@@ -804,9 +999,11 @@ impl Client {
         Ok(out)
     }
 
-    /// Ends the session politely (NBD_CMD_DISC) and closes the connection.
+    /// Ends the session politely (NBD_CMD_DISC) and closes the connection,
+    /// after collecting the replies to writes still in flight.
     pub fn disconnect(mut self) -> Result<()> {
         self.check_usable()?;
+        self.settle()?;
         self.disconnected = true;
         let req = Request {
             flags: 0,
@@ -852,7 +1049,8 @@ impl Client {
         Ok(cookie)
     }
 
-    /// Sends one command and reads its whole reply.
+    /// Sends one command and reads its whole reply (after the replies to
+    /// writes still in flight: see [`Client::set_write_behind`]).
     fn command(
         &mut self,
         cmd: u16,
@@ -862,6 +1060,7 @@ impl Client {
         payload: Option<&[u8]>,
         body: ReplyBody<'_>,
     ) -> Result<()> {
+        self.settle()?;
         let cookie = self.send_request(cmd, flags, offset, len, payload)?;
         let mut pending = [Pending::new(cookie, cmd, offset, len, body)];
         self.await_replies(&mut pending)
@@ -878,26 +1077,40 @@ impl Client {
         }
         for p in pending.iter_mut() {
             if let Some((code, message)) = p.error.take() {
-                return Err(Error::Command {
-                    server: self.peer.clone(),
-                    command: cmd_name(p.cmd),
-                    offset: p.offset,
-                    len: u64::from(p.len),
-                    code,
-                    name: errno_name(code),
-                    message: if message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {message}")
-                    },
-                });
+                return Err(self.command_error(p.cmd, p.offset, u64::from(p.len), code, &message));
             }
         }
         Ok(())
     }
 
+    /// The error for a command the server refused with `code`.
+    fn command_error(&self, cmd: u16, offset: u64, len: u64, code: u32, message: &str) -> Error {
+        Error::Command {
+            server: self.peer.clone(),
+            command: cmd_name(cmd),
+            offset,
+            len,
+            code,
+            name: errno_name(code),
+            message: if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            },
+        }
+    }
+
     fn collect_replies(&mut self, pending: &mut [Pending<'_>]) -> Result<()> {
-        while pending.iter().any(|p| !p.done) {
+        self.collect_replies_until(pending, &|_| false)
+    }
+
+    /// Reads replies for `pending` until all are done or `enough` says so.
+    fn collect_replies_until(
+        &mut self,
+        pending: &mut [Pending<'_>],
+        enough: &dyn Fn(&[Pending<'_>]) -> bool,
+    ) -> Result<()> {
+        while pending.iter().any(|p| !p.done) && !enough(pending) {
             let magic = proto::read_u32(&mut self.reader).map_err(|e| self.io(e))?;
             if magic == SIMPLE_REPLY_MAGIC {
                 let err = proto::read_u32(&mut self.reader).map_err(|e| self.io(e))?;
@@ -945,7 +1158,7 @@ impl Client {
             }
             self.chunk(p, flags, kind, plen)?;
         }
-        for p in pending.iter() {
+        for p in pending.iter().filter(|p| p.done) {
             self.check_complete(p)?;
         }
         Ok(())
@@ -1090,6 +1303,32 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Lengths of the pieces of a transfer of `len` bytes at `offset`, about
+/// `piece` bytes each and at most `max`: a piece that would end inside an
+/// `align` block ends at the block's end instead (or its start, if `max`
+/// does not allow that), so an unaligned transfer has partial blocks at its
+/// two ends only and still goes out as the same number of pieces.
+fn pieces(offset: u64, len: usize, piece: usize, align: u64, max: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(len.div_ceil(piece.max(1)) + 1);
+    let mut at = offset;
+    let end = offset + len as u64;
+    while at < end {
+        let mut next = at + (end - at).min(piece.max(1) as u64);
+        if next < end && !next.is_multiple_of(align) {
+            let up = (next.div_ceil(align) * align).min(end);
+            let down = next - next % align;
+            if up - at <= max as u64 {
+                next = up;
+            } else if down > at {
+                next = down;
+            }
+        }
+        out.push((next - at) as usize);
+        at = next;
+    }
+    out
 }
 
 impl Drop for Client {
@@ -1243,6 +1482,181 @@ mod tests {
         let mut small = [0u8; 2];
         c.read_at(0, &mut small).unwrap();
         assert_eq!(&small, b"ok");
+    }
+
+    /// A scripted server that hands the client one byte per read and notes,
+    /// for each read, how many bytes the client had sent by then: when the
+    /// client waited for a reply, relative to the requests it sent.
+    struct Trickle {
+        script: io::Cursor<Vec<u8>>,
+        sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        reads_at: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(1);
+            let k = self.script.read(&mut buf[..n])?;
+            if k > 0 {
+                let sent = self.sent.lock().unwrap().len();
+                self.reads_at.lock().unwrap().push(sent);
+            }
+            Ok(k)
+        }
+    }
+
+    struct Sent(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Sent {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `script` served by a [`Trickle`]: the client, the bytes it sends, and
+    /// the sent-count at each of its reads.
+    #[allow(clippy::type_complexity)]
+    fn trickle(
+        script: Script,
+    ) -> (
+        Client,
+        std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    ) {
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reads_at = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = Trickle {
+            script: io::Cursor::new(script.0),
+            sent: sent.clone(),
+            reads_at: reads_at.clone(),
+        };
+        let c = Client::handshake(
+            Box::new(r),
+            Box::new(Sent(sent.clone())),
+            "scripted",
+            "",
+            &ConnectOptions::default(),
+        )
+        .unwrap();
+        (c, sent, reads_at)
+    }
+
+    fn simple(mut s: Script, cookie: u64, error: u32) -> Script {
+        proto::write_simple_reply(&mut s.0, error, cookie).unwrap();
+        s
+    }
+
+    #[test]
+    fn write_behind_sends_without_waiting_and_reports_a_refusal_later() {
+        let script = simple(
+            simple(Script::default().negotiated(&[], 4096), 1, 0),
+            2,
+            EPERM,
+        );
+        let (mut c, sent, reads_at) = trickle(script);
+        c.set_write_behind(1 << 20).unwrap();
+        let (sent0, reads0) = (sent.lock().unwrap().len(), reads_at.lock().unwrap().len());
+        c.write_at(0, b"abcdefgh").unwrap();
+        c.write_at(100, b"ijklmnop").unwrap();
+        // Both requests (28-byte header + 8 bytes each) went out, and the
+        // client read nothing: it did not wait for either reply.
+        assert_eq!(sent.lock().unwrap().len(), sent0 + 2 * 36);
+        assert_eq!(reads_at.lock().unwrap().len(), reads0);
+        // The refusal of the second write fails the call that collects it,
+        // naming that write; the flush itself is not sent.
+        let e = c.flush().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Command {
+                    command: "NBD_CMD_WRITE",
+                    code: EPERM,
+                    offset: 100,
+                    len: 8,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(sent.lock().unwrap().len(), sent0 + 2 * 36);
+        // Nothing is in flight any more.
+        c.settle().unwrap();
+    }
+
+    #[test]
+    fn write_behind_waits_before_an_overlapping_write_or_a_read() {
+        let script = Script::default().negotiated(&[], 4096);
+        let script = simple(simple(simple(script, 1, 0), 2, 0), 3, 0);
+        let script = script.data(D, 4, 0, b"ab");
+        let (mut c, sent, reads_at) = trickle(script);
+        c.set_write_behind(1 << 20).unwrap();
+        let sent0 = sent.lock().unwrap().len();
+        c.write_at(0, b"abcdefgh").unwrap();
+        c.write_at(8, b"ijklmnop").unwrap();
+        // Overlaps the first: its reply must be read before this goes out
+        // (the server may reorder requests in flight).
+        c.write_at(4, b"QRSTUVWX").unwrap();
+        let reads: Vec<usize> = reads_at.lock().unwrap().clone();
+        assert!(reads.contains(&(sent0 + 2 * 36)), "{reads:?}");
+        assert!(!reads.iter().any(|&n| n > sent0 && n < sent0 + 2 * 36));
+        // A read collects the third write's reply before it is sent.
+        let mut b = [0u8; 2];
+        c.read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"ab");
+        let reads: Vec<usize> = reads_at.lock().unwrap().clone();
+        assert!(reads.contains(&(sent0 + 3 * 36)), "{reads:?}");
+    }
+
+    #[test]
+    fn a_full_write_behind_window_waits_only_for_the_oldest_replies() {
+        let script = Script::default().negotiated(&[], 4096);
+        let script = simple(simple(simple(script, 1, 0), 2, 0), 3, 0);
+        let (mut c, sent, reads_at) = trickle(script);
+        c.set_write_behind(16).unwrap();
+        let sent0 = sent.lock().unwrap().len();
+        c.write_at(0, b"abcdefgh").unwrap();
+        c.write_at(8, b"ijklmnop").unwrap();
+        // The window is full: the first reply makes room, the second is
+        // left for later.
+        c.write_at(16, b"qrstuvwx").unwrap();
+        let reads: Vec<usize> = reads_at.lock().unwrap().clone();
+        assert_eq!(
+            reads.iter().filter(|&&n| n == sent0 + 2 * 36).count(),
+            16,
+            "exactly one 16-byte reply read before the third write: {reads:?}"
+        );
+        c.settle().unwrap();
+        let reads: Vec<usize> = reads_at.lock().unwrap().clone();
+        assert_eq!(reads.iter().filter(|&&n| n == sent0 + 3 * 36).count(), 32);
+    }
+
+    #[test]
+    fn transfers_split_at_aligned_boundaries() {
+        const K: usize = 1024;
+        const A: u64 = PIECE_ALIGN;
+        // Aligned: plain pieces.
+        assert_eq!(pieces(0, 1024 * K, 256 * K, A, 32 << 20), vec![256 * K; 4]);
+        // Unaligned start: the first piece runs on to the next boundary,
+        // every later piece starts on one, and there are still four.
+        let p = pieces(100, 1024 * K, 256 * K, A, 32 << 20);
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(p.iter().sum::<usize>(), 1024 * K);
+        let mut at = 100u64;
+        for n in &p[..3] {
+            at += *n as u64;
+            assert_eq!(at % A, 0, "{p:?}");
+        }
+        // A server maximum below the rounded-up piece: round down instead.
+        let p = pieces(100, 3 * 4096, 4096, A, 4096);
+        assert!(p.iter().all(|&n| n <= 4096), "{p:?}");
+        assert_eq!(p.iter().sum::<usize>(), 3 * 4096);
+        // Short transfers are one piece.
+        assert_eq!(pieces(4095, 2, 256 * K, A, 32 << 20), vec![2]);
+        assert!(pieces(7, 0, 256 * K, A, 32 << 20).is_empty());
     }
 
     #[test]

@@ -1,24 +1,40 @@
 //! [`NbdFile`]: an NBD export as a `Read + Write + Seek` file, so code written
 //! for files (the `fatfs` crate opening a FAT32 medium) can use an export
-//! directly. Every call goes to the server; callers wanting fewer round trips
-//! put a cache or `BufReader` in front.
+//! directly. Every call goes to the server unless the caller owns the
+//! export and says so ([`NbdFile::cache_small_reads`]); callers wanting
+//! fewer round trips otherwise put a cache or `BufReader` in front.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
 
 use crate::client::Client;
 use crate::proto::MAX_PAYLOAD;
+
+/// Block size of the small-read cache.
+const CACHE_BLOCK: u64 = 4096;
+/// Reads up to this size go through the small-read cache; larger ones
+/// (file data) go to the server.
+const CACHE_MAX_READ: usize = 64 * 1024;
 
 /// A [`Client`] with a position cursor.
 #[derive(Debug)]
 pub struct NbdFile {
     client: Client,
     pos: u64,
+    /// Blocks this handle read or wrote, while it owns the export.
+    cache: Option<LruCache<u64, Vec<u8>>>,
 }
 
 impl NbdFile {
     /// Wraps a connected client; the cursor starts at offset 0.
     pub fn new(client: Client) -> Self {
-        NbdFile { client, pos: 0 }
+        NbdFile {
+            client,
+            pos: 0,
+            cache: None,
+        }
     }
 
     /// The underlying connection (e.g. for block status).
@@ -30,6 +46,103 @@ impl NbdFile {
     pub fn into_inner(self) -> Client {
         self.client
     }
+
+    /// Keep up to `blocks` 4 KiB blocks of what small reads (64 KiB at
+    /// most) fetched, and answer later small reads from them; writes made
+    /// through this handle update the blocks they touch. Only for an export
+    /// nobody else writes while this handle is open (the host's FAT engine
+    /// on the appliance's medium: it re-reads the same FAT window and
+    /// directory blocks after every append, each a round trip). 0 turns
+    /// the cache off.
+    pub fn cache_small_reads(&mut self, blocks: usize) {
+        self.cache = NonZeroUsize::new(blocks).map(LruCache::new);
+    }
+
+    /// Length of cache block `b` (the export's last block may be short).
+    fn block_len(&self, b: u64) -> usize {
+        (self.client.size() - b * CACHE_BLOCK).min(CACHE_BLOCK) as usize
+    }
+
+    /// Fill `buf` (at most [`CACHE_MAX_READ`] bytes at `self.pos`, within
+    /// the export) from the cache, fetching the covering blocks in one
+    /// request when any is missing.
+    fn cached_read(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let (first, last) = (
+            self.pos / CACHE_BLOCK,
+            (self.pos + buf.len() as u64).div_ceil(CACHE_BLOCK),
+        );
+        let Some(cache) = self.cache.as_mut() else {
+            return Err(io::Error::other("small-read cache is off"));
+        };
+        if !(first..last).all(|b| cache.contains(&b)) {
+            let start = first * CACHE_BLOCK;
+            let end = (last * CACHE_BLOCK).min(self.client.size());
+            let mut tmp = vec![0u8; (end - start) as usize];
+            if let Err(e) = self.client.read_at(start, &mut tmp) {
+                self.forget();
+                return Err(io::Error::other(e));
+            }
+            let lens: Vec<usize> = (first..last).map(|b| self.block_len(b)).collect();
+            let Some(cache) = self.cache.as_mut() else {
+                return Err(io::Error::other("small-read cache is off"));
+            };
+            let mut at = 0;
+            for (b, n) in (first..last).zip(lens) {
+                cache.put(b, tmp[at..at + n].to_vec());
+                at += n;
+            }
+        }
+        let Some(cache) = self.cache.as_mut() else {
+            return Err(io::Error::other("small-read cache is off"));
+        };
+        let mut done = 0;
+        for b in first..last {
+            let Some(block) = cache.get(&b) else {
+                return Err(io::Error::other(
+                    "small-read cache lost a block just loaded",
+                ));
+            };
+            let pos = self.pos + done as u64;
+            let within = (pos - b * CACHE_BLOCK) as usize;
+            let n = (block.len() - within).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&block[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Drop every cached block: after a failed request (with write-behind
+    /// a refused write fails a later call) the export's bytes are not known.
+    fn forget(&mut self) {
+        if let Some(c) = self.cache.as_mut() {
+            c.clear();
+        }
+    }
+
+    /// Waits for the replies to writes still in flight
+    /// ([`Client::set_write_behind`]); the first refused one is the error.
+    pub fn settle(&mut self) -> io::Result<()> {
+        self.client.settle().map_err(|e| {
+            self.forget();
+            io::Error::other(e)
+        })
+    }
+
+    /// Patch the cached blocks that `data`, written at `at`, overlaps.
+    fn update_cache(&mut self, at: u64, data: &[u8]) {
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        let end = at + data.len() as u64;
+        for b in at / CACHE_BLOCK..end.div_ceil(CACHE_BLOCK) {
+            if let Some(block) = cache.peek_mut(&b) {
+                let bs = b * CACHE_BLOCK;
+                let (s, e) = (bs.max(at), (bs + block.len() as u64).min(end));
+                block[(s - bs) as usize..(e - bs) as usize]
+                    .copy_from_slice(&data[(s - at) as usize..(e - at) as usize]);
+            }
+        }
+    }
 }
 
 impl Read for NbdFile {
@@ -39,9 +152,14 @@ impl Read for NbdFile {
         if n == 0 {
             return Ok(0);
         }
-        self.client
-            .read_at(self.pos, &mut buf[..n])
-            .map_err(io::Error::other)?;
+        if self.cache.is_some() && n <= CACHE_MAX_READ {
+            self.cached_read(&mut buf[..n])?;
+        } else {
+            if let Err(e) = self.client.read_at(self.pos, &mut buf[..n]) {
+                self.forget();
+                return Err(io::Error::other(e));
+            }
+        }
         self.pos += n as u64;
         Ok(n)
     }
@@ -64,16 +182,21 @@ impl Write for NbdFile {
                 ),
             ));
         }
-        self.client
-            .write_at(self.pos, &data[..n])
-            .map_err(io::Error::other)?;
+        if let Err(e) = self.client.write_at(self.pos, &data[..n]) {
+            self.forget();
+            return Err(io::Error::other(e));
+        }
+        self.update_cache(self.pos, &data[..n]);
         self.pos += n as u64;
         Ok(n)
     }
 
     /// Sends NBD_CMD_FLUSH: data written so far becomes durable on the server.
     fn flush(&mut self) -> io::Result<()> {
-        self.client.flush().map_err(io::Error::other)
+        self.client.flush().map_err(|e| {
+            self.forget();
+            io::Error::other(e)
+        })
     }
 }
 
@@ -133,5 +256,52 @@ mod tests {
         let mut b = [0u8; 4];
         f.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"taXY");
+    }
+
+    #[test]
+    fn small_reads_come_from_the_cache_and_writes_keep_it_current() {
+        use mgear_nbd_proto::BlockBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Mem::new(300_000);
+        let srv = serve_unix(&dir.path().join("s"), "m", mem.clone()).unwrap();
+        let c = Client::connect(&srv.url(), &ConnectOptions::default()).unwrap();
+        let mut f = NbdFile::new(c);
+        f.cache_small_reads(8);
+        let orig = mem.snapshot();
+
+        let mut small = [0u8; 100];
+        f.seek(SeekFrom::Start(5000)).unwrap();
+        f.read_exact(&mut small).unwrap();
+        assert_eq!(small[..], orig[5000..5100]);
+        // Changed behind the handle's back (what the cache rules out): a
+        // small read still answers from the blocks it fetched...
+        mem.write_at(5000, &[0xAA; 100]).unwrap();
+        f.seek(SeekFrom::Start(5000)).unwrap();
+        f.read_exact(&mut small).unwrap();
+        assert_eq!(small[..], orig[5000..5100]);
+        // ...while a large read goes to the export.
+        let mut large = vec![0u8; 70_000];
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_exact(&mut large).unwrap();
+        assert_eq!(large[5000..5100], [0xAA; 100]);
+
+        // A write through the handle updates the cached block it touches,
+        // including one it only partly covers.
+        f.seek(SeekFrom::Start(5050)).unwrap();
+        f.write_all(&[0x55; 3000]).unwrap();
+        f.seek(SeekFrom::Start(4990)).unwrap();
+        let mut back = [0u8; 100];
+        f.read_exact(&mut back).unwrap();
+        // (Bytes 5000..5050 are still the cached ones, not the 0xAA.)
+        assert_eq!(back[..60], orig[4990..5050]);
+        assert_eq!(back[60..], [0x55; 40]);
+        assert_eq!(mem.snapshot()[5050..8050], [0x55; 3000]);
+
+        // The export's last, short block.
+        f.seek(SeekFrom::Start(299_990)).unwrap();
+        let mut tail = [0u8; 10];
+        f.read_exact(&mut tail).unwrap();
+        assert_eq!(tail[..], orig[299_990..]);
+        assert_eq!(f.read(&mut tail).unwrap(), 0);
     }
 }

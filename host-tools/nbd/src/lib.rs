@@ -5,6 +5,11 @@
 //!   and metadata contexts (`base:allocation` for holes,
 //!   `qemu:dirty-bitmap:NAME` for changed-block tracking).
 //! - [`NbdFile`] turns a client into `Read + Write + Seek` for `fatfs`.
+//! - A writer that owns the export (the host's FAT engine on the appliance's
+//!   medium) can let writes run ahead of their replies
+//!   ([`Client::set_write_behind`]) and answer small reads from what it read
+//!   or wrote ([`NbdFile::cache_small_reads`]), so it waits on the server at
+//!   syncs and reads, not on every write.
 //!
 //! The wire layouts ([`proto`]), URLs, the error enum and the export
 //! (server) side are the protocol crate `mgear-nbd-proto` (under

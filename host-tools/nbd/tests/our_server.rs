@@ -175,3 +175,49 @@ fn garbage_on_the_socket_leaves_the_server_serving() {
     c.read_at(0, &mut b).unwrap();
     assert_eq!(b, [0, 7, 14, 21, 28, 35, 42, 49]);
 }
+
+#[test]
+fn write_behind_round_trips_and_reports_a_refusal_on_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Mem::new(8 << 20);
+    let srv = serve_unix(&dir.path().join("s"), "m", mem.clone()).unwrap();
+    let mut c = Client::connect(&srv.url(), &opts(&[])).unwrap();
+    c.set_write_behind(2 << 20).unwrap();
+    // Many unaligned writes, more than the window, some overwriting
+    // earlier ones still in flight: the export ends up as if each had
+    // waited for its reply.
+    let mut want = mem.snapshot();
+    let mut rng = XorShift(7);
+    for i in 0..64u32 {
+        let len = 1 + rng.below(600 * 1024);
+        let at = rng.below(want.len() - len);
+        let data: Vec<u8> = (0..len).map(|k| (k as u32 * 31 + i) as u8).collect();
+        c.write_at(at as u64, &data).unwrap();
+        want[at..at + len].copy_from_slice(&data);
+    }
+    let mut back = vec![0u8; want.len()];
+    c.read_at(0, &mut back).unwrap();
+    assert!(back == want);
+    c.flush().unwrap();
+    assert!(mem.snapshot() == want);
+
+    // A refused write returns Ok; the next call reports it, and the
+    // connection stays in step.
+    mem.set_writable(false);
+    c.write_at(4096, b"refused").unwrap();
+    let e = c.read_at(0, &mut back[..16]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Command {
+                code: EPERM,
+                offset: 4096,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    c.read_at(4096, &mut back[..7]).unwrap();
+    assert_eq!(back[..7], want[4096..4103]);
+    c.disconnect().unwrap();
+}
