@@ -480,6 +480,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     json: true,
                     report: None,
                     hold: false,
+                    volume_sha256: false,
                 })
                 .map(|_| ())
             })?;
@@ -1194,6 +1195,7 @@ fn rbd_rows(
             register_image: false,
             report: None,
             hold: false,
+            volume_sha256: false,
             adapt: false,
             medium: medium.clone(),
             name: "bench".into(),
