@@ -484,6 +484,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     json: true,
                     report: None,
                     hold: false,
+                    volume_sha256: false,
                 })
                 .map(|_| ())
             })?;
@@ -1250,6 +1251,7 @@ fn rbd_rows(
             register_image: false,
             report: None,
             hold: false,
+            volume_sha256: false,
             adapt: false,
             medium: medium.clone(),
             name: "bench".into(),

@@ -465,6 +465,7 @@ fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
                 json: false,
                 report: None,
                 hold: false,
+                volume_sha256: false,
             })?;
             Ok(())
         },
@@ -543,6 +544,7 @@ fn demo_cloud(
         json: false,
         report: None,
         hold: false,
+        volume_sha256: true,
     };
     let mut report = step(
         10,

@@ -18,13 +18,13 @@
 //! | `warnings` | overrides taken (`--allow-untrusted`, ...) |
 //! | `result` | the command's own `--json` report, unchanged |
 //!
-//! `volume_sha256` is the SHA-256 of the whole volume as ingest read it back
-//! after writing (its `disk_size` bytes in order, holes as zeros): what
+//! `volume_sha256` (with `ingest --volume-sha256`; `null` without) is the
+//! SHA-256 of the whole volume as ingest read it back after writing (its `disk_size` bytes in order, holes as zeros): what
 //! `sha256sum` of the written disk prints (of a `qcow2:` target, of the raw
 //! disk it holds, whose virtual size qcow2 rounds up to whole sectors), so the datacenter can check the volume later with
 //! common tools. Ingest reads back every byte of every target that can be
 //! read (`file:`, `qcow2:` as its raw disk, `dev:`, `libvirt:`, `nbd:`, `rbd:`,
-//! `cinder:`), including on a resumed run. It is `null` only for
+//! `cinder:`), including on a resumed run. With the flag it is `null` only for
 //! `ebs-snapshot:` (the EBS direct APIs give no read-back here; each block's
 //! SHA-256 was checked by AWS on upload instead). It is taken before
 //! `--adapt` changes the volume. A capture report carries no such field: a

@@ -12,15 +12,115 @@
 //!   ranges are written only where the device does not already read as zeros.
 //! - [`FileVolume::open_in_place`]: an existing raw file or device written
 //!   in place (`mgear serve` keeps such a volume in sync).
+//!
+//! Whole 4 KiB-aligned blocks are written and read with `O_DIRECT` (a second
+//! descriptor of the same open file, reopened through `/proc/self/fd`, so no
+//! path is looked up twice), through one reused aligned bounce buffer: the
+//! bytes skip the page cache. Three reasons: the read-back check then reads
+//! what the disk holds, not the page cache's copy of what was just written;
+//! an ingest of terabytes does not push every other program's data out of
+//! memory; and the kernel's copy into freshly allocated page-cache pages is
+//! what an ingest spent most of its CPU on (on the 2-core VM of the
+//! benchmarks, writing 1 GiB through the page cache cost `dd` 5-7
+//! CPU-seconds, the copy into our warm bounce buffer a tenth of that).
+//! Unaligned heads and tails, and file systems that refuse `O_DIRECT`
+//! (tmpfs), take the buffered descriptor; the kernel keeps the two coherent
+//! (a direct read or write first writes back and drops cached pages of its
+//! range). `flush` still syncs: `O_DIRECT` bypasses the page cache, not the
+//! device's cache, and block allocation in a sparse file is metadata.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::marker::Marker;
 use crate::{key_of, Error, Finished, Found, Prepare, Result, Volume};
+
+/// Alignment of direct I/O: offsets, lengths and buffer addresses (a
+/// multiple of every logical block size, 512 and 4096).
+const ALIGN: usize = 4096;
+/// Largest direct transfer, and so the bounce buffer's size.
+const DIRECT_MAX: usize = 4 << 20;
+
+/// The `O_DIRECT` descriptor of a [`Raw`] and its aligned bounce buffer.
+#[derive(Debug)]
+struct Direct {
+    file: File,
+    /// Over-allocated by [`ALIGN`]: the aligned window is found in it.
+    bounce: Mutex<Vec<u8>>,
+}
+
+impl Direct {
+    /// The same open file again with `O_DIRECT`, or `None` where the file
+    /// system refuses it.
+    fn reopen(file: &File) -> Option<Direct> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .ok()?;
+        Some(Direct {
+            file,
+            bounce: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Whether a transfer of `len` bytes at `offset` can go direct.
+    fn fits(offset: u64, len: usize) -> bool {
+        len > 0 && offset % ALIGN as u64 == 0 && len % ALIGN == 0
+    }
+
+    /// Runs `io` on aligned windows of at most [`DIRECT_MAX`] bytes covering
+    /// `len` bytes from `offset`.
+    fn each_window(
+        &self,
+        offset: u64,
+        len: usize,
+        mut io: impl FnMut(&File, &mut [u8], u64, usize) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut bounce = self
+            .bounce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if bounce.len() < DIRECT_MAX.min(len) + ALIGN {
+            bounce.resize(DIRECT_MAX.min(len) + ALIGN, 0);
+        }
+        let start = bounce.as_ptr().align_offset(ALIGN);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(DIRECT_MAX);
+            io(
+                &self.file,
+                &mut bounce[start..start + n],
+                offset + done as u64,
+                done,
+            )?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.each_window(offset, data.len(), |f, window, at, done| {
+            window.copy_from_slice(&data[done..done + window.len()]);
+            f.write_all_at(window, at)
+        })
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.each_window(offset, buf.len(), |f, window, at, done| {
+            f.read_exact_at(window, at)?;
+            buf[done..done + window.len()].copy_from_slice(window);
+            Ok(())
+        })
+    }
+}
 
 /// An open raw file or device and how to zero a range of it.
 #[derive(Debug)]
@@ -30,6 +130,8 @@ pub(crate) struct Raw {
     pub size: u64,
     /// A block device: zeroing writes (no holes), no `SEEK_DATA`.
     pub device: bool,
+    /// Direct I/O for whole aligned blocks; see the module doc.
+    direct: Option<Direct>,
 }
 
 impl Raw {
@@ -46,12 +148,18 @@ impl Raw {
                 Error::io(format!("opening target {}", path.display()), e)
             }
         })?;
-        Self::from_file(&mut file, path).map(|(size, device)| Raw {
+        let (size, device) = Self::from_file(&mut file, path)?;
+        Ok(Raw::new(file, path, size, device))
+    }
+
+    fn new(file: File, path: &Path, size: u64, device: bool) -> Raw {
+        Raw {
+            direct: Direct::reopen(&file),
             file,
             path: path.to_owned(),
             size,
             device,
-        })
+        }
     }
 
     fn from_file(file: &mut File, path: &Path) -> Result<(u64, bool)> {
@@ -68,7 +176,19 @@ impl Raw {
     }
 
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file.write_all_at(data, offset).map_err(|e| {
+        let direct = match &self.direct {
+            // A file system may accept O_DIRECT at open and refuse a write
+            // (EINVAL): the buffered descriptor writes it then.
+            Some(d) if Direct::fits(offset, data.len()) => d.write_at(offset, data).or_else(|e| {
+                if e.raw_os_error() == Some(nix::libc::EINVAL) {
+                    self.file.write_all_at(data, offset)
+                } else {
+                    Err(e)
+                }
+            }),
+            _ => self.file.write_all_at(data, offset),
+        };
+        direct.map_err(|e| {
             Error::io(
                 format!("writing {} at byte {offset}", self.path.display()),
                 e,
@@ -77,7 +197,15 @@ impl Raw {
     }
 
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| {
+        let read = match &self.direct {
+            // Past the end of a file whose size is not block-aligned a direct
+            // read comes up short: the buffered one reads the tail.
+            Some(d) if Direct::fits(offset, buf.len()) => d
+                .read_at(offset, buf)
+                .or_else(|_| self.file.read_exact_at(buf, offset)),
+            _ => self.file.read_exact_at(buf, offset),
+        };
+        read.map_err(|e| {
             Error::io(
                 format!(
                     "reading {} bytes of {} at byte {offset}",
@@ -337,12 +465,7 @@ impl DeviceVolume {
                 prep.disk_size
             )));
         }
-        let raw = Raw {
-            file,
-            path: path.to_owned(),
-            size,
-            device: true,
-        };
+        let raw = Raw::new(file, path, size, true);
         let marker = Self::marker(path, prep);
         let found = if marker.exists() {
             Found::Unfinished {
@@ -420,6 +543,7 @@ impl Volume for DeviceVolume {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn prep(dir: &Path, size: u64) -> Prepare {
         Prepare {
@@ -475,6 +599,58 @@ mod tests {
         );
         let forced = Prepare { force: true, ..p };
         assert!(FileVolume::create(&target, &forced).is_ok());
+    }
+
+    #[test]
+    fn direct_and_buffered_transfers_see_each_others_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("img");
+        // A size that is not block-aligned: the last block is partly past the end.
+        let size = (3 << 20) + 1000;
+        std::fs::write(&f, vec![0u8; size]).unwrap();
+        let raw = Raw::open(&f).unwrap();
+        // tmpfs refuses O_DIRECT; everything below must hold either way.
+        eprintln!("direct I/O: {}", raw.direct.is_some());
+        let block: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        raw.write_at(1 << 20, &block).unwrap(); // aligned: direct
+        raw.write_at((1 << 20) + 10, b"buffered").unwrap(); // unaligned: buffered
+        let mut back = vec![0u8; 1 << 20];
+        raw.read_at(1 << 20, &mut back).unwrap(); // aligned: direct
+        assert_eq!(&back[..10], &block[..10]);
+        assert_eq!(&back[10..18], b"buffered");
+        assert_eq!(&back[18..], &block[18..]);
+        // Larger than the bounce buffer, and reading into the unaligned tail.
+        let big = vec![7u8; 2 * DIRECT_MAX.min(1 << 20) + ALIGN];
+        raw.write_at(0, &big[..size.min(big.len()) / ALIGN * ALIGN])
+            .unwrap();
+        let tail_at = (size / ALIGN * ALIGN) as u64;
+        raw.write_at(tail_at, &vec![9u8; size % ALIGN]).unwrap();
+        let mut tail = vec![0u8; ALIGN];
+        // A whole block whose end lies past the end of the file cannot be read.
+        assert!(raw.read_at(tail_at, &mut tail).is_err());
+        let mut tail = vec![0u8; size % ALIGN];
+        raw.read_at(tail_at, &mut tail).unwrap();
+        assert!(tail.iter().all(|&b| b == 9));
+        raw.flush().unwrap();
+        let on_disk = std::fs::read(&f).unwrap();
+        assert_eq!(on_disk.len(), size);
+        assert!(on_disk[..big.len().min(tail_at as usize)]
+            .iter()
+            .all(|&b| b == 7));
+    }
+
+    #[test]
+    fn direct_io_is_used_where_the_file_system_allows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("img");
+        std::fs::write(&f, vec![0u8; 1 << 20]).unwrap();
+        let raw = Raw::open(&f).unwrap();
+        let refused = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&f)
+            .is_err();
+        assert_eq!(raw.direct.is_none(), refused);
     }
 
     #[test]

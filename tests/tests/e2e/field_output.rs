@@ -1,5 +1,6 @@
 //! Output a ticket can rely on (#13): the ingest report's `volume_sha256`
-//! is what `sha256sum` of the written volume prints, and `serve`, `sync`
+//! (asked for with `--volume-sha256`) is what `sha256sum` of the written
+//! volume prints, and `serve`, `sync`
 //! and `cutover` speak the one `--json` style of every command (envelope
 //! with `ok` and `command` first, errors as one JSON object with the exit
 //! code).
@@ -68,7 +69,7 @@ fn capture_and_ingest(e: &Env) {
     e.ingest(&m, "web01")
         .trust("site.pub")
         .target("file:vol.raw")
-        .args(&["--report", "ingest.json"])
+        .args(&["--report", "ingest.json", "--volume-sha256"])
         .ok();
 }
 
@@ -91,7 +92,7 @@ fn ingest_report_carries_the_sha256_of_the_volume() {
         .ingest("fat:medium.img", "web01")
         .trust("site.pub")
         .target("qcow2:vol.qcow2")
-        .arg("--json")
+        .args(&["--json", "--volume-sha256"])
         .run();
     let v = envelope(&o, "ingest");
     // qcow2 rounds its virtual size up to whole sectors: the digest covers
@@ -114,6 +115,20 @@ fn ingest_report_carries_the_sha256_of_the_volume() {
         "{v}"
     );
     assert_eq!(v["volume_sha256"], sum.as_str(), "{v}");
+
+    // Without --volume-sha256 every byte is still read back and compared,
+    // and the report says so without a digest.
+    std::fs::remove_file(e.p("vol.raw")).unwrap();
+    let o = e
+        .ingest("fat:medium.img", "web01")
+        .trust("site.pub")
+        .target("file:vol.raw")
+        .arg("--json")
+        .run();
+    let v = envelope(&o, "ingest");
+    assert_eq!(v["verified"], true, "{v}");
+    assert!(v["volume_sha256"].is_null(), "{v}");
+    assert_eq!(sha256sum(&e, "vol.raw"), sum);
 }
 
 /// `mgear serve ... --json` in the background: its first line is the
