@@ -149,29 +149,24 @@ impl<D: FatDevice> CacheInner<D> {
         }
     }
 
-    /// Write back dirty cached blocks overlapping `[off, off+len)`.
-    fn write_back_range(&mut self, off: u64, len: usize) -> io::Result<()> {
-        let (first, last) = (off / BLOCK, (off + len as u64).div_ceil(BLOCK));
-        for b in first..last {
-            let dirty = match self.blocks.peek_mut(&b) {
-                Some((data, dirty)) if *dirty => {
-                    *dirty = false;
-                    Some(data.clone())
-                }
-                _ => None,
-            };
-            if let Some(data) = dirty {
-                self.dev_write(b * BLOCK, &data)?;
-            }
-        }
-        Ok(())
-    }
-
     fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check_range(off, buf.len())?;
         if buf.len() >= BYPASS {
-            self.write_back_range(off, buf.len())?;
-            return self.dev_read(off, buf);
+            // Dirty blocks are laid over what the device holds instead of
+            // being written back first: the FAT is read in 64 KiB windows
+            // after every allocation, and writing its blocks out each time
+            // turned each record appended into small device writes.
+            self.dev_read(off, buf)?;
+            let end = off + buf.len() as u64;
+            for b in off / BLOCK..end.div_ceil(BLOCK) {
+                if let Some((data, true)) = self.blocks.peek(&b) {
+                    let bs = b * BLOCK;
+                    let (s, e) = (bs.max(off), (bs + data.len() as u64).min(end));
+                    buf[(s - off) as usize..(e - off) as usize]
+                        .copy_from_slice(&data[(s - bs) as usize..(e - bs) as usize]);
+                }
+            }
+            return Ok(());
         }
         let mut done = 0usize;
         while done < buf.len() {
