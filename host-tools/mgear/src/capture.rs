@@ -1674,9 +1674,8 @@ fn worker(
                 .map_err(anyhow::Error::from),
             Job::Read { src, offset, len } => {
                 let mut buf = std::mem::take(&mut mine);
-                // Overwritten whole by the read: a reused buffer is not zeroed.
-                buf.resize(len, 0);
-                src.read_exact_at(offset, &mut buf).and_then(|()| {
+                // Filled by the read, never zeroed first.
+                src.read_vec(offset, len, &mut buf).and_then(|()| {
                     let (chunk, back) = enc.encode_owned(index, buf)?;
                     mine = back.unwrap_or_default();
                     Ok(Some(chunk))
