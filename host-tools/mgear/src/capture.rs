@@ -1543,6 +1543,9 @@ fn pump<S: image_format::Store>(
         let mut next = start;
         let mut since_checkpoint = 0u64;
         let mut stored_since_checkpoint = 0u64;
+        // A checkpoint that is due runs with the next batch, whose records
+        // are sealed while it waits for the medium's syncs.
+        let mut checkpoint_due = false;
         let appended = (|| -> anyhow::Result<()> {
             while next < count {
                 let Ok((index, enc)) = enc_rx.recv() else {
@@ -1573,9 +1576,12 @@ fn pump<S: image_format::Store>(
                     if !batch.is_empty() {
                         let lens: Vec<u64> =
                             batch.iter().map(|c| u64::from(c.plain_len())).collect();
-                        for (what, len) in
-                            writer.append_batch(batch, threads)?.into_iter().zip(lens)
-                        {
+                        let done = if std::mem::take(&mut checkpoint_due) {
+                            writer.checkpoint_then_append(batch, threads)?
+                        } else {
+                            writer.append_batch(batch, threads)?
+                        };
+                        for (what, len) in done.into_iter().zip(lens) {
                             if let Appended::Stored { stored_bytes } = what {
                                 stats.stored += stored_bytes;
                                 stats.stored_plain += len;
@@ -1585,6 +1591,9 @@ fn pump<S: image_format::Store>(
                             len_done += len;
                         }
                     } else if let Some(None) = pending.remove(&next) {
+                        if std::mem::take(&mut checkpoint_due) {
+                            writer.checkpoint()?;
+                        }
                         writer.append_unchanged(next)?;
                         let len =
                             u64::from(image_format::layout::chunk_len(size, chunk_size, next));
@@ -1597,7 +1606,7 @@ fn pump<S: image_format::Store>(
                     if stored_since_checkpoint >= checkpoint_bytes
                         || since_checkpoint >= checkpoint_bytes.saturating_mul(16)
                     {
-                        writer.checkpoint()?;
+                        checkpoint_due = true;
                         since_checkpoint = 0;
                         stored_since_checkpoint = 0;
                     }

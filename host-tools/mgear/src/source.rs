@@ -213,6 +213,9 @@ impl ConcurrentRead for OpenFile {
 
     fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> anyhow::Result<()> {
         out.clear();
+        // Room for the AES-GCM tag: the writer seals the chunk in this
+        // buffer when it stores it uncompressed.
+        out.reserve(len + 64);
         let n = self.read_direct(offset, len, |got| out.extend_from_slice(got))?;
         out.resize(len, 0);
         self.read_buffered(offset + n as u64, &mut out[n..])

@@ -173,19 +173,23 @@ impl Failure {
     }
 }
 
-/// A job for the I/O thread: write `len` bytes of `buf` at `at`.
+/// A job for the I/O thread: write `len` bytes of `buf` at `at`, or
+/// (`read`) read ahead `len` bytes from `at` into it.
 struct Job {
     at: u64,
     buf: AlignedBuf,
     len: usize,
+    read: bool,
 }
 
 /// What the I/O thread gives back: the buffer, and whether the write failed
-/// or had to go through the page cache.
+/// or had to go through the page cache; for a read ahead, the bytes read
+/// (`None`: it failed, and the read it was for will say why).
 struct Done {
     buf: AlignedBuf,
     result: Result<(), Failure>,
     refused: bool,
+    read: Option<Option<usize>>,
 }
 
 /// Writes the jobs in order. `refuse_all` plays a file system that opens
@@ -198,6 +202,24 @@ fn io_thread(
     refuse_all: bool,
 ) {
     for job in jobs {
+        if job.read {
+            let mut buf = job.buf;
+            let n = if refuse_all {
+                None
+            } else {
+                read_direct(&direct, job.at, job.len, &mut buf).ok()
+            };
+            let back = Done {
+                buf,
+                result: Ok(()),
+                refused: false,
+                read: Some(n),
+            };
+            if done.send(back).is_err() {
+                return;
+            }
+            continue;
+        }
         let data = &job.buf.as_slice()[..job.len];
         let mut refused = false;
         let tried = if refuse_all {
@@ -221,6 +243,7 @@ fn io_thread(
             buf: job.buf,
             result,
             refused,
+            read: None,
         };
         if done.send(back).is_err() {
             return;
@@ -256,6 +279,12 @@ struct Direct {
     window: AlignedBuf,
     window_at: u64,
     window_len: usize,
+    /// The next window, read by the I/O thread while the caller works
+    /// through this one: its range while in flight, then its bytes.
+    ahead_pending: Option<u64>,
+    ahead_ready: Option<(AlignedBuf, u64, usize)>,
+    /// Buffer for the next read ahead.
+    ahead_spare: Option<AlignedBuf>,
 }
 
 impl Drop for Direct {
@@ -355,6 +384,9 @@ impl DirectFile {
             window: AlignedBuf::new(ALIGN),
             window_at: 0,
             window_len: 0,
+            ahead_pending: None,
+            ahead_ready: None,
+            ahead_spare: None,
         })
     }
 
@@ -386,6 +418,14 @@ impl DirectFile {
         let Ok(done) = done else {
             return Err(self.fail(io::Error::other("the medium's I/O thread stopped")));
         };
+        if let Some(read) = done.read {
+            let at = d.ahead_pending.take().unwrap_or(0);
+            match read {
+                Some(n) => d.ahead_ready = Some((done.buf, at, n)),
+                None => d.ahead_spare = Some(done.buf),
+            }
+            return Ok(());
+        }
         d.spare.push(done.buf);
         d.refused |= done.refused;
         match done.result {
@@ -427,10 +467,13 @@ impl DirectFile {
         let Some(d) = self.direct.as_mut() else {
             return Err(io::Error::other("direct I/O is off"));
         };
-        let sent = d
-            .jobs
-            .as_ref()
-            .is_some_and(|j| j.send(Job { at, buf, len }).is_ok());
+        let job = Job {
+            at,
+            buf,
+            len,
+            read: false,
+        };
+        let sent = d.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
         if !sent {
             return Err(self.fail(io::Error::other("the medium's I/O thread stopped")));
         }
@@ -511,10 +554,55 @@ impl DirectFile {
         self.file.write_all_at(data, off).map_err(|e| self.fail(e))
     }
 
+    /// Start reading the window after the current one, when nothing is
+    /// being written (ingest, verify: reads in order through a segment).
+    fn read_ahead(&mut self) {
+        let Some(d) = self.direct.as_mut() else {
+            return;
+        };
+        let idle = d.stage.is_none() && d.in_flight == 0 && !d.refused;
+        if !idle || d.ahead_ready.is_some() || d.window_len < WINDOW {
+            return;
+        }
+        let at = (d.window_at + d.window_len as u64) / ALIGN as u64 * ALIGN as u64;
+        let buf = d
+            .ahead_spare
+            .take()
+            .unwrap_or_else(|| AlignedBuf::new(WINDOW));
+        let job = Job {
+            at,
+            buf,
+            len: WINDOW,
+            read: true,
+        };
+        if d.jobs.as_ref().is_some_and(|j| j.send(job).is_ok()) {
+            d.in_flight += 1;
+            d.ahead_pending = Some(at);
+        }
+    }
+
+    /// Forget what was read ahead (a write may change those bytes).
+    fn drop_read_ahead(&mut self) -> io::Result<()> {
+        if self
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.ahead_pending.is_some())
+        {
+            self.drain()?;
+        }
+        if let Some(d) = self.direct.as_mut() {
+            if let Some((buf, _, _)) = d.ahead_ready.take() {
+                d.ahead_spare = Some(buf);
+            }
+        }
+        Ok(())
+    }
+
     /// Write `data` at device offset `off` (see the module doc).
     pub fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
         self.check()?;
         self.stop_direct_if_refused()?;
+        self.drop_read_ahead()?;
         let Some(d) = self.direct.as_mut() else {
             return self.file.write_all_at(data, off).map_err(|e| self.fail(e));
         };
@@ -595,6 +683,38 @@ impl DirectFile {
             buf.copy_from_slice(&d.window.as_slice()[from..from + buf.len()]);
             return Ok(buf.len());
         }
+        let end = off + buf.len() as u64;
+        let w_end = w_at + w_len as u64;
+        // Reading on past this window, into the one being read ahead.
+        let into = |a: u64| end <= a + WINDOW as u64 && (off >= a || (off >= w_at && a <= w_end));
+        if d.ahead_pending.is_some_and(into) {
+            self.drain()?;
+        }
+        let Some(d) = self.direct.as_mut() else {
+            return self.file.read_at(buf, off);
+        };
+        let ready = d.ahead_ready.as_ref().map(|(_, a, n)| (*a, *n));
+        if let Some((a, n)) = ready {
+            let in_window = off >= w_at && off < w_end && a <= w_end;
+            if end <= a + n as u64 && (off >= a || in_window) {
+                // The part before the next window comes from this one.
+                let split = a.saturating_sub(off) as usize;
+                if split > 0 {
+                    let from = (off - w_at) as usize;
+                    buf[..split].copy_from_slice(&d.window.as_slice()[from..from + split]);
+                }
+                if let Some((next, a, n)) = d.ahead_ready.take() {
+                    d.ahead_spare = Some(core::mem::replace(&mut d.window, next));
+                    d.window_at = a;
+                    d.window_len = n;
+                    let from = (off + split as u64 - a) as usize;
+                    let rest = buf.len() - split;
+                    buf[split..].copy_from_slice(&d.window.as_slice()[from..from + rest]);
+                    self.read_ahead();
+                    return Ok(buf.len());
+                }
+            }
+        }
         if buf.len() < DIRECT_MIN {
             return self.file.read_at(buf, off).map_err(|e| self.fail(e));
         }
@@ -613,6 +733,7 @@ impl DirectFile {
                 d.window_len = n;
                 let k = (n - skip).min(buf.len());
                 buf[..k].copy_from_slice(&d.window.as_slice()[skip..skip + k]);
+                self.read_ahead();
                 Ok(k)
             }
             // At or past the end, or refused: let the page cache answer.
@@ -782,6 +903,39 @@ mod tests {
         assert_eq!(dev.is_direct(), can);
         exercise(&mut dev, &p, 1);
         assert_eq!(dev.is_direct(), can);
+    }
+
+    #[test]
+    fn reads_in_order_are_read_ahead_and_writes_are_seen() {
+        let (_t, p) = image(0);
+        let mut model: Vec<u8> = (0..(30u32 << 20) + 999).map(|i| (i % 249) as u8).collect();
+        std::fs::write(&p, &model).unwrap();
+        let mut dev = DirectFile::new(open_rw(&p));
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(4);
+        for pass in 0..3u8 {
+            let mut at = [0usize, 4096 * 5 + 3, 77][pass as usize];
+            while at < model.len() {
+                let len = [(1 << 20) + 80, 200, 70_000][rng.gen_range(0..3)].min(model.len() - at);
+                let mut back = vec![0u8; len];
+                dev.seek(SeekFrom::Start(at as u64)).unwrap();
+                dev.read_exact(&mut back).unwrap();
+                assert!(
+                    back == model[at..at + len],
+                    "pass {pass}: read at {at}+{len}"
+                );
+                if rng.gen_range(0..5) == 0 {
+                    // Ahead of the reader, inside what may be read ahead.
+                    let off = (at + len + rng.gen_range(0..(6 << 20))).min(model.len() - 300);
+                    let w = [pass + 1; 300];
+                    dev.seek(SeekFrom::Start(off as u64)).unwrap();
+                    dev.write_all(&w).unwrap();
+                    model[off..off + 300].copy_from_slice(&w);
+                }
+                at += len;
+            }
+        }
+        dev.sync_device().unwrap();
+        assert!(std::fs::read(&p).unwrap() == model);
     }
 
     #[test]
