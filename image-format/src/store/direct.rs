@@ -141,7 +141,7 @@ pub fn read_direct(
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        if done % ALIGN != 0 {
+        if !done.is_multiple_of(ALIGN) {
             // A short read not on a block boundary is the end of the file.
             break;
         }

@@ -5,7 +5,9 @@
 //! `fatfs` 0.3 has no cache of its own and re-reads FAT sectors and directory
 //! entries on every operation, so the device sits behind [`BlockCache`], a
 //! small write-back LRU cache of 4 KiB blocks. Large transfers (segment data)
-//! bypass the cache so they stay one sequential I/O each.
+//! bypass the cache so they stay one sequential I/O each; on the host, an
+//! image or device is a [`super::DirectFile`], which does them with
+//! `O_DIRECT` (no copy through the page cache).
 //!
 //! File data does not go through `fatfs`: it walks a file's cluster chain
 //! from the first cluster on every seek and moves one cluster per request,
