@@ -10,8 +10,10 @@
 //! Pipeline: the main thread reads chunks in order (paced by `--rate-limit`)
 //! into a bounded channel; worker threads run `ChunkEncoder::encode` (zero
 //! detection, keyed id, zstd); the main thread appends the results in order
-//! and checkpoints every 64 MiB. Every channel is bounded, so memory stays
-//! a few dozen MiB whatever the disk size.
+//! and checkpoints every 64 MiB, together with the next batch, whose records
+//! are sealed on the other threads while the checkpoint's syncs wait for the
+//! medium (`CaptureWriter::checkpoint_then_append`). Every channel is
+//! bounded, so memory stays a few dozen MiB whatever the disk size.
 //!
 //! Changed-block tracking: with `--dirty-bitmap NAME` (a delta from an NBD
 //! source exporting `qemu:dirty-bitmap:NAME`, e.g. `qemu-nbd -B NAME` over a
