@@ -10,8 +10,10 @@
 //! Pipeline: the main thread reads chunks in order (paced by `--rate-limit`)
 //! into a bounded channel; worker threads run `ChunkEncoder::encode` (zero
 //! detection, keyed id, zstd); the main thread appends the results in order
-//! and checkpoints every 64 MiB. Every channel is bounded, so memory stays
-//! a few dozen MiB whatever the disk size.
+//! and checkpoints every 64 MiB, together with the next batch, whose records
+//! are sealed on the other threads while the checkpoint's syncs wait for the
+//! medium (`CaptureWriter::checkpoint_then_append`). Every channel is
+//! bounded, so memory stays a few dozen MiB whatever the disk size.
 //!
 //! Changed-block tracking: with `--dirty-bitmap NAME` (a delta from an NBD
 //! source exporting `qemu:dirty-bitmap:NAME`, e.g. `qemu-nbd -B NAME` over a
@@ -1534,6 +1536,9 @@ fn pump<S: image_format::Store>(
         let mut next = start;
         let mut since_checkpoint = 0u64;
         let mut stored_since_checkpoint = 0u64;
+        // A checkpoint that is due runs with the next batch, whose records
+        // are sealed while it waits for the medium's syncs.
+        let mut checkpoint_due = false;
         let appended = (|| -> anyhow::Result<()> {
             while next < count {
                 let Ok((index, enc)) = enc_rx.recv() else {
@@ -1564,9 +1569,12 @@ fn pump<S: image_format::Store>(
                     if !batch.is_empty() {
                         let lens: Vec<u64> =
                             batch.iter().map(|c| u64::from(c.plain_len())).collect();
-                        for (what, len) in
-                            writer.append_batch(batch, threads)?.into_iter().zip(lens)
-                        {
+                        let done = if std::mem::take(&mut checkpoint_due) {
+                            writer.checkpoint_then_append(batch, threads)?
+                        } else {
+                            writer.append_batch(batch, threads)?
+                        };
+                        for (what, len) in done.into_iter().zip(lens) {
                             if let Appended::Stored { stored_bytes } = what {
                                 stats.stored += stored_bytes;
                                 stats.stored_plain += len;
@@ -1576,6 +1584,9 @@ fn pump<S: image_format::Store>(
                             len_done += len;
                         }
                     } else if let Some(None) = pending.remove(&next) {
+                        if std::mem::take(&mut checkpoint_due) {
+                            writer.checkpoint()?;
+                        }
                         writer.append_unchanged(next)?;
                         let len =
                             u64::from(image_format::layout::chunk_len(size, chunk_size, next));
@@ -1588,7 +1599,7 @@ fn pump<S: image_format::Store>(
                     if stored_since_checkpoint >= checkpoint_bytes
                         || since_checkpoint >= checkpoint_bytes.saturating_mul(16)
                     {
-                        writer.checkpoint()?;
+                        checkpoint_due = true;
                         since_checkpoint = 0;
                         stored_since_checkpoint = 0;
                     }
@@ -1665,9 +1676,8 @@ fn worker(
                 .map_err(anyhow::Error::from),
             Job::Read { src, offset, len } => {
                 let mut buf = std::mem::take(&mut mine);
-                // Overwritten whole by the read: a reused buffer is not zeroed.
-                buf.resize(len, 0);
-                src.read_exact_at(offset, &mut buf).and_then(|()| {
+                // Filled by the read, never zeroed first.
+                src.read_vec(offset, len, &mut buf).and_then(|()| {
                     let (chunk, back) = enc.encode_owned(index, buf)?;
                     mine = back.unwrap_or_default();
                     Ok(Some(chunk))

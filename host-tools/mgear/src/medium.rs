@@ -43,8 +43,8 @@ impl From<Kind> for Medium {
 }
 
 enum Kind {
-    /// A FAT image or device opened with `fatfs`.
-    Fat(FatStore<File>),
+    /// A FAT image or device opened with `fatfs`, large transfers with `O_DIRECT`.
+    Fat(FatStore<image_format::store::DirectFile>),
     /// A mounted directory.
     Dir(DirStore),
     /// A FAT volume over NBD.
@@ -346,10 +346,11 @@ fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> anyhow::Result<
                 .write(!read_only)
                 .open(&path)
                 .with_context(|| format!("cannot open medium {}", path.display()))?;
+            let dev = image_format::store::DirectFile::new(file);
             let store = if read_only {
-                FatStore::open_read_only(file)
+                FatStore::open_read_only(dev)
             } else {
-                FatStore::open(file)
+                FatStore::open(dev)
             }
             .map_err(|e| anyhow::anyhow!("opening medium {}: {e}", path.display()))?;
             Ok(Kind::Fat(store))

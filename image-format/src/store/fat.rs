@@ -5,7 +5,9 @@
 //! `fatfs` 0.3 has no cache of its own and re-reads FAT sectors and directory
 //! entries on every operation, so the device sits behind [`BlockCache`], a
 //! small write-back LRU cache of 4 KiB blocks. Large transfers (segment data)
-//! bypass the cache so they stay one sequential I/O each.
+//! bypass the cache so they stay one sequential I/O each; on the host, an
+//! image or device is a [`super::DirectFile`], which does them with
+//! `O_DIRECT` (no copy through the page cache).
 //!
 //! File data does not go through `fatfs`: it walks a file's cluster chain
 //! from the first cluster on every seek and moves one cluster per request,
@@ -149,29 +151,24 @@ impl<D: FatDevice> CacheInner<D> {
         }
     }
 
-    /// Write back dirty cached blocks overlapping `[off, off+len)`.
-    fn write_back_range(&mut self, off: u64, len: usize) -> io::Result<()> {
-        let (first, last) = (off / BLOCK, (off + len as u64).div_ceil(BLOCK));
-        for b in first..last {
-            let dirty = match self.blocks.peek_mut(&b) {
-                Some((data, dirty)) if *dirty => {
-                    *dirty = false;
-                    Some(data.clone())
-                }
-                _ => None,
-            };
-            if let Some(data) = dirty {
-                self.dev_write(b * BLOCK, &data)?;
-            }
-        }
-        Ok(())
-    }
-
     fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check_range(off, buf.len())?;
         if buf.len() >= BYPASS {
-            self.write_back_range(off, buf.len())?;
-            return self.dev_read(off, buf);
+            // Dirty blocks are laid over what the device holds instead of
+            // being written back first: the FAT is read in 64 KiB windows
+            // after every allocation, and writing its blocks out each time
+            // turned each record appended into small device writes.
+            self.dev_read(off, buf)?;
+            let end = off + buf.len() as u64;
+            for b in off / BLOCK..end.div_ceil(BLOCK) {
+                if let Some((data, true)) = self.blocks.peek(&b) {
+                    let bs = b * BLOCK;
+                    let (s, e) = (bs.max(off), (bs + data.len() as u64).min(end));
+                    buf[(s - off) as usize..(e - off) as usize]
+                        .copy_from_slice(&data[(s - bs) as usize..(e - bs) as usize]);
+                }
+            }
+            return Ok(());
         }
         let mut done = 0usize;
         while done < buf.len() {

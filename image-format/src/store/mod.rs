@@ -12,12 +12,16 @@
 #[cfg(feature = "std")]
 pub mod dir;
 #[cfg(feature = "fat")]
+pub mod direct;
+#[cfg(feature = "fat")]
 pub mod fat;
 pub mod fatmap;
 pub mod mem;
 
 #[cfg(feature = "std")]
 pub use dir::DirStore;
+#[cfg(feature = "fat")]
+pub use direct::DirectFile;
 #[cfg(feature = "fat")]
 pub use fat::{FatDevice, FatStore, FlushIsDurable};
 pub use mem::MemStore;
