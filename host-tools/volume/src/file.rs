@@ -73,7 +73,7 @@ impl Direct {
 
     /// Whether a transfer of `len` bytes at `offset` can go direct.
     fn fits(offset: u64, len: usize) -> bool {
-        len > 0 && offset % ALIGN as u64 == 0 && len % ALIGN == 0
+        len > 0 && offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN)
     }
 
     /// Runs `io` on aligned windows of at most [`DIRECT_MAX`] bytes covering
