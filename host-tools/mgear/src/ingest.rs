@@ -1642,6 +1642,7 @@ fn read_back(
     let mut checked = 0u64;
     let per_batch = ((16u64 << 20) / u64::from(chunk)).max(threads as u64);
     let mut sha = sha256.then(sha2::Sha256::new);
+    let mut spare = Vec::new();
     let mut index = 0;
     while index < count {
         let mut batch = Vec::new();
@@ -1652,7 +1653,7 @@ fn read_back(
             batch.push(Recheck { index, len, want });
             index += 1;
         }
-        let got = read_batch(vol, &mut zero_ids, u64::from(chunk), &batch)?;
+        let got = read_batch(vol, &mut zero_ids, u64::from(chunk), &batch, &mut spare)?;
         if let Some((index, len)) = mismatch_in(&got, id_key, threads)? {
             return Err(coded(
                 FOUND,
@@ -1673,6 +1674,10 @@ fn read_back(
         }
         checked += batch.iter().map(|b| b.len as u64).sum::<u64>();
         check.set(checked);
+        spare.extend(got.into_iter().filter_map(|(_, data)| match data {
+            ReadBack::Bytes(b) => Some(b),
+            ReadBack::Zeros(_) => None,
+        }));
     }
     check.finish();
     Ok(sha.map(|s| s.finalize().into()))
@@ -1760,7 +1765,7 @@ fn first_mismatch(
     batch: &[Recheck],
     threads: usize,
 ) -> anyhow::Result<Option<(u64, usize)>> {
-    let got = read_batch(vol, zero_ids, chunk, batch)?;
+    let got = read_batch(vol, zero_ids, chunk, batch, &mut Vec::new())?;
     mismatch_in(&got, key, threads)
 }
 
@@ -1771,6 +1776,7 @@ fn read_batch(
     zero_ids: &mut ZeroIds<'_>,
     chunk: u64,
     batch: &[Recheck],
+    spare: &mut Vec<Vec<u8>>,
 ) -> anyhow::Result<Vec<(Recheck, ReadBack)>> {
     let mut got: Vec<(Recheck, ReadBack)> = Vec::with_capacity(batch.len());
     for r in batch {
@@ -1780,7 +1786,11 @@ fn read_batch(
         if r.want == zero && vol.reads_as_zeros(r.index * chunk, r.len as u64) {
             got.push((*r, ReadBack::Zeros(zero)));
         } else {
-            got.push((*r, ReadBack::Bytes(vec![0u8; r.len])));
+            // A buffer of an earlier batch: the read fills all of it (or
+            // fails), and fresh pages cost a fault and a zeroing each.
+            let mut b = spare.pop().unwrap_or_default();
+            b.resize(r.len, 0);
+            got.push((*r, ReadBack::Bytes(b)));
         }
     }
     // One batch of reads: a deep-queue volume (RBD) has them all in flight at once.
