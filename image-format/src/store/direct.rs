@@ -993,16 +993,7 @@ mod tests {
         assert!(back == data);
         s.unmount().unwrap();
         // What a plain descriptor (and fsck) sees after unmount.
-        let out = std::process::Command::new("fsck.fat")
-            .arg("-n")
-            .arg(&p)
-            .output()
-            .expect("fsck.fat from dosfstools (./test.sh installs it)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        crate::store::fat::tests::fsck(&p);
         let mut s = FatStore::open_read_only(open_rw(&p)).unwrap();
         let mut back = vec![0u8; data.len()];
         s.read_exact_at("MGEAR/G1/SEG-00000", 0, &mut back).unwrap();

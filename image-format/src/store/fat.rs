@@ -1149,7 +1149,7 @@ impl<D: FatDevice> Store for FatStore<D> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::Command;
 
@@ -1203,16 +1203,7 @@ mod tests {
         s.unmount().unwrap();
 
         // The image must be a clean FAT32 volume for standard tools.
-        let out = Command::new("fsck.fat")
-            .arg("-n")
-            .arg(&p)
-            .output()
-            .expect("fsck.fat from dosfstools (./test.sh installs it)");
-        assert!(
-            out.status.success(),
-            "fsck.fat: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        fsck(&p);
         // And reopening sees the same data.
         let mut s = FatStore::open(open_rw(&p)).unwrap();
         let mut b = [0u8; 7];
@@ -1221,7 +1212,8 @@ mod tests {
         assert_eq!(&b, b"journal");
     }
 
-    fn fsck(p: &std::path::Path) {
+    /// `fsck.fat -n` finds the image clean (also used by `direct`'s tests).
+    pub(crate) fn fsck(p: &std::path::Path) {
         let out = Command::new("fsck.fat")
             .arg("-n")
             .arg(p)
