@@ -117,8 +117,7 @@ fn ingest_report_carries_the_sha256_of_the_volume() {
     assert_eq!(v["volume_sha256"], sum.as_str(), "{v}");
 
     // Without --volume-sha256 every byte is still read back and compared,
-    // and the report says so without a digest.
-    std::fs::remove_file(e.p("vol.raw")).unwrap();
+    // and the report says so without a digest (vol.raw was removed above).
     let o = e
         .ingest("fat:medium.img", "web01")
         .trust("site.pub")
