@@ -788,16 +788,7 @@ impl Seek for DirectFile {
             // Works for block devices too, whose metadata says 0 bytes.
             SeekFrom::End(d) => (&self.file).seek(SeekFrom::End(0))?.checked_add_signed(d),
         };
-        match new {
-            Some(p) => {
-                self.pos = p;
-                Ok(p)
-            }
-            None => Err(io::Error::new(
-                ErrorKind::InvalidInput,
-                "seek before the start of the medium",
-            )),
-        }
+        super::fat::seek_to(&mut self.pos, new)
     }
 }
 

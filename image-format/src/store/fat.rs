@@ -343,17 +343,21 @@ impl<D: FatDevice> Seek for BlockCache<D> {
             SeekFrom::End(d) => size.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        match new {
-            Some(p) => {
-                self.pos = p;
-                Ok(p)
-            }
-            None => Err(io::Error::new(
-                ErrorKind::InvalidInput,
-                "seek before the start of the medium",
-            )),
-        }
+        seek_to(&mut self.pos, new)
     }
+}
+
+/// Moves a medium device's position to `new`, the target a `Seek::seek`
+/// computed (`None`: it overflowed or lay before byte 0).
+pub(crate) fn seek_to(pos: &mut u64, new: Option<u64>) -> io::Result<u64> {
+    let p = new.ok_or_else(|| {
+        io::Error::new(
+            ErrorKind::InvalidInput,
+            "seek before the start of the medium",
+        )
+    })?;
+    *pos = p;
+    Ok(p)
 }
 
 /// Options for [`FatStore::format`].
