@@ -940,6 +940,7 @@ pub fn write_volume<S: image_format::Store>(
         size,
         chunk: u64::from(chunk),
         per_batch: ((16u64 << 20) / u64::from(chunk)).max(threads as u64),
+        sha256: plan.volume_sha256,
     };
     // Decrypting the next batch overlaps writing this one: the volume and the
     // resume state live on a writer thread fed one batch ahead, so a
@@ -959,9 +960,8 @@ pub fn write_volume<S: image_format::Store>(
                 let reading =
                     s.spawn(move || read_back_beside(rd, recheck, id_key_ref, wrx, gtx, spare));
                 let desc = desc.as_str();
-                let sha = plan.volume_sha256;
                 let checking = s.spawn(move || {
-                    check_beside(grx, head, recheck, id_key_ref, threads, desc, spare_tx, sha)
+                    check_beside(grx, head, recheck, id_key_ref, threads, desc, spare_tx)
                 });
                 (Some(wtx), Some((reading, checking)))
             }
@@ -1328,6 +1328,8 @@ struct ReadBackPlan {
     chunk: u64,
     /// Chunks read back per batch.
     per_batch: u64,
+    /// Hash the volume as read back with SHA-256 (`--volume-sha256`).
+    sha256: bool,
 }
 
 /// What the writer hands the read-back beside it.
@@ -1540,11 +1542,10 @@ fn read_back_beside(
 
 /// The read-back beside the writes, its checking half: compares every chunk
 /// read back with what it must be (on up to `threads` threads) and, with
-/// `sha256`, hashes the volume in disk order, starting with chunk 0's
+/// `r.sha256`, hashes the volume in disk order, starting with chunk 0's
 /// authenticated plaintext `head`, which chunk 0 must read back as.
 /// `Some(digest)` when every chunk was checked (the digest `None` without
-/// `sha256`), `None` when the writes stopped before.
-#[allow(clippy::too_many_arguments)]
+/// `r.sha256`), `None` when the writes stopped before.
 fn check_beside(
     got: std::sync::mpsc::Receiver<ReadBatch>,
     head: &[u8],
@@ -1553,10 +1554,9 @@ fn check_beside(
     threads: usize,
     desc: &str,
     spare: std::sync::mpsc::Sender<Vec<u8>>,
-    sha256: bool,
 ) -> anyhow::Result<Option<Option<[u8; 32]>>> {
     use sha2::Digest as _;
-    let mut sha = sha256.then(sha2::Sha256::new);
+    let mut sha = r.sha256.then(sha2::Sha256::new);
     if let Some(sha) = sha.as_mut() {
         sha.update(head);
     }
