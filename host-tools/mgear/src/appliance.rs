@@ -40,7 +40,8 @@ mod hid;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context};
+use crate::error::Context;
+use crate::{bail, err};
 
 use crate::exit::{coded, coded_hint, usage, FOUND, USAGE};
 use image_format::store::FatStore;
@@ -138,7 +139,7 @@ pub enum Cmd {
 }
 
 /// Run `mgear appliance`; returns the process exit code.
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub fn run(args: Args) -> crate::Result<i32> {
     let json = args.json || crate::output::json();
     if let Cmd::Erase { yes: false, .. } = args.cmd {
         // Refuse before looking for the appliance: a usage error stays one.
@@ -182,7 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         },
         // The appliance refused (wrong PIN, wrong state): exit 2, with its
         // reason and the state it is really in.
-        Err(e) => match e.downcast_ref::<ApplianceError>() {
+        Err(e) => match e.find::<ApplianceError>() {
             Some(ae) => {
                 let mut msg = ae.to_string();
                 if let Ok(i) = info(&mut c) {
@@ -228,7 +229,7 @@ fn state_after(
     json: bool,
     code: i32,
     want: Option<DeviceState>,
-) -> anyhow::Result<i32> {
+) -> crate::Result<i32> {
     let now = info(c)
         .context("reading the appliance's state back after the command")?
         .state;
@@ -255,14 +256,14 @@ fn state_after(
     Ok(code)
 }
 
-fn resolve_port(port: Option<&Path>) -> anyhow::Result<PathBuf> {
+fn resolve_port(port: Option<&Path>) -> crate::Result<PathBuf> {
     match port {
         Some(p) => Ok(p.to_path_buf()),
         None => discover::find_one(),
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+fn print_json<T: serde::Serialize>(v: &T) -> crate::Result<()> {
     render::emit(true, v)
 }
 
@@ -333,7 +334,7 @@ fn human_secs(s: u64) -> String {
     }
 }
 
-fn read_pin(pin_file: Option<&Path>, confirm: bool) -> anyhow::Result<Pin> {
+fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
     let text = match pin_file {
         Some(f) => {
             // Like a key file: one that cannot be read is a usage error (2).
@@ -433,7 +434,7 @@ fn print_problems(problems: &[Problem]) {
     }
 }
 
-fn info(c: &mut Client) -> anyhow::Result<Info> {
+fn info(c: &mut Client) -> crate::Result<Info> {
     match c.call(&Request::Info)? {
         Response::Info(i) => Ok(i),
         other => bail!("unexpected reply to Info: {other:?}"),
@@ -441,7 +442,7 @@ fn info(c: &mut Client) -> anyhow::Result<Info> {
 }
 
 /// Every custody-log record, page by page.
-pub fn fetch_log(c: &mut Client) -> anyhow::Result<Vec<LogRecord>> {
+pub fn fetch_log(c: &mut Client) -> crate::Result<Vec<LogRecord>> {
     let mut all: Vec<LogRecord> = Vec::new();
     loop {
         match c.call(&Request::Log {
@@ -462,7 +463,7 @@ pub fn fetch_log(c: &mut Client) -> anyhow::Result<Vec<LogRecord>> {
     Ok(all)
 }
 
-fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
+fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> crate::Result<i32> {
     match cmd {
         Cmd::List => unreachable!("handled before opening a port"),
         Cmd::Info => {
@@ -744,7 +745,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> anyhow::Result<i32> {
     }
 }
 
-fn expect_simple(c: &mut Client, req: &Request, json: bool, text: &str) -> anyhow::Result<i32> {
+fn expect_simple(c: &mut Client, req: &Request, json: bool, text: &str) -> crate::Result<i32> {
     let r = c.call(req)?;
     if !matches!(r, Response::Unlocked | Response::Locked) {
         bail!("unexpected reply: {r:?}");
@@ -766,7 +767,7 @@ fn expect_simple(c: &mut Client, req: &Request, json: bool, text: &str) -> anyho
 fn erase_certificate(
     c: &mut Client,
     medium_id: Option<[u8; 16]>,
-) -> anyhow::Result<(serde_json::Value, bool)> {
+) -> crate::Result<(serde_json::Value, bool)> {
     let i = info(c)?;
     let records = fetch_log(c)?;
     let key = i.identity_pubkey;
@@ -823,7 +824,7 @@ fn verify_custody(
     c: &mut Client,
     records: &[LogRecord],
     pinned: Option<&str>,
-) -> anyhow::Result<Result<Vec<mgear_appliance_api::custody::LogEntry>, String>> {
+) -> crate::Result<Result<Vec<mgear_appliance_api::custody::LogEntry>, String>> {
     let reported = info(c)?.identity_pubkey;
     let key = match pinned {
         Some(fp) => {
@@ -860,7 +861,7 @@ fn verify_custody(
             key
         }
         None => reported
-            .ok_or_else(|| anyhow!("the appliance has no identity: nothing to verify against"))?,
+            .ok_or_else(|| err!("the appliance has no identity: nothing to verify against"))?,
     };
     let entries = match verify_log(records, &key) {
         Ok(e) => e,
@@ -895,11 +896,11 @@ fn check_attested_log(
 /// The appliance's medium, reached through its block service: asks `info`
 /// for the locator (the simulator's `nbd+unix://` socket), connects with
 /// `mgear_nbd::NbdFile` and opens the FAT32 volume.
-pub fn open_medium(port: &Path) -> anyhow::Result<Box<dyn Store>> {
+pub fn open_medium(port: &Path) -> crate::Result<Box<dyn Store>> {
     let mut c = Client::open(port)?;
     let i = info(&mut c)?;
     let url: mgear_nbd::NbdUrl = i.medium_locator.parse().map_err(|e| {
-        anyhow!(
+        err!(
             "the appliance's medium is at {:?}, which this host cannot reach as NBD ({e}); \
              on a board the medium is a USB mass-storage device: use --medium fat:/dev/sdX",
             i.medium_locator
@@ -909,7 +910,7 @@ pub fn open_medium(port: &Path) -> anyhow::Result<Box<dyn Store>> {
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
     let file = nbd_device::NbdDevice::new(mgear_nbd::NbdFile::new(client))
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
-    let store = FatStore::open(file).map_err(|e| anyhow!("opening the appliance's medium: {e}"))?;
+    let store = FatStore::open(file).map_err(|e| err!("opening the appliance's medium: {e}"))?;
     Ok(Box::new(ApplianceMedium(Some(store))))
 }
 
@@ -988,10 +989,10 @@ impl Store for ApplianceMedium {
 }
 
 /// The appliance's Ed25519 public key (recorded in the manifest at capture).
-pub fn appliance_identity(port: &Path) -> anyhow::Result<[u8; 32]> {
+pub fn appliance_identity(port: &Path) -> crate::Result<[u8; 32]> {
     let mut c = Client::open(port)?;
     info(&mut c)?.identity_pubkey.ok_or_else(|| {
-        anyhow!(
+        err!(
             "the appliance at {} is not provisioned: run `mgear appliance provision`",
             port.display()
         )
@@ -999,7 +1000,7 @@ pub fn appliance_identity(port: &Path) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Record in the appliance's custody log that capture `name` starts writing.
-pub fn capture_begin(port: &Path, name: &str) -> anyhow::Result<()> {
+pub fn capture_begin(port: &Path, name: &str) -> crate::Result<()> {
     let mut c = Client::open(port)?;
     let req = Request::CaptureBegin {
         name: name.to_string(),
@@ -1019,7 +1020,7 @@ pub fn witness_commit(
     port: &Path,
     name: &str,
     generation: u32,
-) -> anyhow::Result<image_format::commit::CommitSignature> {
+) -> crate::Result<image_format::commit::CommitSignature> {
     let mut c = Client::open(port)?;
     let req = Request::CaptureCommit {
         name: name.to_string(),

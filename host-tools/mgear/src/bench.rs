@@ -56,7 +56,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::Context;
+use crate::error::Context;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
@@ -183,7 +183,7 @@ fn store_bytes(store: &mut dyn image_format::Store, dir: &str) -> u64 {
 
 /// `dd` of the first `bytes` of `image` into `target` with fsync: the
 /// ingest baseline on a FAT image (the capture's files fill its start).
-fn dd_prefix(image: &Path, bytes: u64, target: &Path) -> anyhow::Result<f64> {
+fn dd_prefix(image: &Path, bytes: u64, target: &Path) -> crate::Result<f64> {
     timed(|| {
         crate::tools::run(
             Command::new("sh")
@@ -206,7 +206,7 @@ pub fn peak_rss() -> Option<u64> {
 }
 
 /// Write `size` bytes of `pattern` to `path`, one MiB at a time.
-pub fn generate(path: &Path, size: u64, pattern: &str) -> anyhow::Result<()> {
+pub fn generate(path: &Path, size: u64, pattern: &str) -> crate::Result<()> {
     if pattern == "sparse" {
         let f =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -260,7 +260,7 @@ pub fn generate(path: &Path, size: u64, pattern: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+fn timed(f: impl FnOnce() -> crate::Result<()>) -> crate::Result<f64> {
     let t = Instant::now();
     f()?;
     Ok(t.elapsed().as_secs_f64())
@@ -293,7 +293,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// `dd`'s time to move `files` (concatenated) into `target` with fsync.
-fn dd_files(files: &[PathBuf], target: &Path) -> anyhow::Result<f64> {
+fn dd_files(files: &[PathBuf], target: &Path) -> crate::Result<f64> {
     timed(|| {
         crate::tools::run(
             Command::new("sh")
@@ -307,7 +307,7 @@ fn dd_files(files: &[PathBuf], target: &Path) -> anyhow::Result<f64> {
 }
 
 /// Run `mgear bench`.
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub fn run(args: Args) -> crate::Result<i32> {
     let size = parse_size(&args.size)?;
     if size < (1 << 20) {
         return Err(crate::exit::usage("--size must be at least 1MiB"));
@@ -661,7 +661,7 @@ fn children_cpu_seconds() -> f64 {
 /// An empty medium of `kind` (`fat`: a FAT32 image with room for `size`
 /// bytes of incompressible data; `dir`: a directory) under `work`, and a
 /// fresh key cache.
-fn fresh_medium(work: &Path, kind: &str, size: u64) -> anyhow::Result<Where> {
+fn fresh_medium(work: &Path, kind: &str, size: u64) -> crate::Result<Where> {
     let medium_dir = work.join("medium");
     let medium_img = work.join("medium.img");
     let _ = std::fs::remove_dir_all(&medium_dir);
@@ -690,7 +690,7 @@ fn capture_timed(
     work: &Path,
     rate_limit: Option<&str>,
     threads: Option<usize>,
-) -> anyhow::Result<(f64, f64)> {
+) -> crate::Result<(f64, f64)> {
     capture_disks_timed(
         std::slice::from_ref(&src.to_path_buf()),
         medium,
@@ -710,7 +710,7 @@ fn capture_disks_timed(
     work: &Path,
     rate_limit: Option<&str>,
     threads: Option<usize>,
-) -> anyhow::Result<(f64, f64)> {
+) -> crate::Result<(f64, f64)> {
     let cpu = crate::progress::cpu_seconds();
     let secs = timed(|| {
         let args = crate::capture::Args {
@@ -751,7 +751,7 @@ fn capture_disks_timed(
 }
 
 /// `--scale SMALL,LARGE`, or `None` for `off`.
-fn scale_sizes(text: &str) -> anyhow::Result<Option<(u64, u64)>> {
+fn scale_sizes(text: &str) -> crate::Result<Option<(u64, u64)>> {
     if text == "off" {
         return Ok(None);
     }
@@ -829,7 +829,7 @@ impl Extra<'_> {
     /// A capture held to 50 MiB/s, the way a production source is captured:
     /// its CPU time over its wall time over the cores is its share of the
     /// machine; the baseline is `dd`'s CPU per byte of this run at the same rate.
-    fn rate_limited(&self, size: u64) -> anyhow::Result<Vec<Timing>> {
+    fn rate_limited(&self, size: u64) -> crate::Result<Vec<Timing>> {
         let n = size.min(256 << 20);
         self.say(&format!(
             "capture of {} held to {}",
@@ -881,7 +881,7 @@ impl Extra<'_> {
 
     /// Random captures of `small` and `large` bytes onto a FAT32 image, each
     /// against `dd` of its own source: the per-byte cost must not grow with size.
-    fn scale(&self, small: u64, large: u64) -> anyhow::Result<Vec<Timing>> {
+    fn scale(&self, small: u64, large: u64) -> crate::Result<Vec<Timing>> {
         let mut rows = Vec::new();
         for n in [small, large] {
             self.say(&format!("capture of {} for the scale rows", human_bytes(n)));
@@ -929,7 +929,7 @@ impl Extra<'_> {
     /// One disk of `n` bytes, then a machine set of [`SET_DISKS`] disks of
     /// `n / SET_DISKS` bytes each, onto FAT images: a set must capture at
     /// the throughput per byte of one disk (its `x` is against the one disk).
-    fn set(&self, size: u64) -> anyhow::Result<Vec<Timing>> {
+    fn set(&self, size: u64) -> crate::Result<Vec<Timing>> {
         let n = size.min(256 << 20);
         let part = (n / SET_DISKS as u64) & !((1 << 20) - 1);
         self.say(&format!(
@@ -1002,7 +1002,7 @@ impl Extra<'_> {
         src: &Path,
         size: u64,
         fat_rate: Option<f64>,
-    ) -> anyhow::Result<(Vec<Timing>, Option<u64>)> {
+    ) -> crate::Result<(Vec<Timing>, Option<u64>)> {
         let dir = self.work.join("appliance");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -1050,7 +1050,7 @@ impl Extra<'_> {
     /// A direct capture of `src` onto a fresh FAT32 image under `dir`: the
     /// baseline of the capture through the simulator when the run has no
     /// `fat:` capture of its own (`--appliance-only`).
-    fn direct_fat(&self, dir: &Path, src: &Path, size: u64) -> anyhow::Result<Timing> {
+    fn direct_fat(&self, dir: &Path, src: &Path, size: u64) -> crate::Result<Timing> {
         let img = dir.join("direct.img");
         crate::medium::format_fat(&img, Some(fat_bytes(size)), true)?;
         let medium = Where::one(format!("fat:{}", img.display()));
@@ -1080,17 +1080,17 @@ impl Extra<'_> {
         src: &Path,
         size: u64,
         fat_rate: f64,
-    ) -> anyhow::Result<Vec<Timing>> {
+    ) -> crate::Result<Vec<Timing>> {
         let t0 = Instant::now();
         while std::fs::symlink_metadata(tty).is_err() {
             if let Some(st) = sim.0.try_wait()? {
-                anyhow::bail!(
+                crate::bail!(
                     "mgear-appliance-sim exited at start ({st}): see {}",
                     dir.join("sim.log").display()
                 );
             }
             if t0.elapsed().as_secs() > 30 {
-                anyhow::bail!("mgear-appliance-sim did not come up within 30 s");
+                crate::bail!("mgear-appliance-sim did not come up within 30 s");
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -1182,7 +1182,7 @@ impl Extra<'_> {
 /// Write `path`'s dirty pages and drop all its pages from the page cache,
 /// so that the next reader reads the disk: the medium's baseline read and
 /// the seal start alike, from the device, as on a medium that arrives.
-fn drop_from_page_cache(path: &Path) -> anyhow::Result<()> {
+fn drop_from_page_cache(path: &Path) -> crate::Result<()> {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     // Dirty pages are not dropped: write them first.
@@ -1220,11 +1220,12 @@ fn rbd_rows(
     key: &Path,
     work: &Path,
     size: u64,
-) -> anyhow::Result<Vec<Timing>> {
+) -> crate::Result<Vec<Timing>> {
     let base = format!("mgear-bench-{}", std::process::id());
-    let spec = |suffix: &str| -> anyhow::Result<mgear_volume::RbdSpec> {
-        mgear_volume::RbdSpec::parse(&format!("rbd:{pool}/{base}-{suffix}"))
-            .map_err(crate::exit::volume_err)
+    let spec = |suffix: &str| -> crate::Result<mgear_volume::RbdSpec> {
+        Ok(mgear_volume::RbdSpec::parse(&format!(
+            "rbd:{pool}/{base}-{suffix}"
+        ))?)
     };
     let (ours, theirs) = (spec("ingest")?, spec("convert")?);
     let remove = |s: &mgear_volume::RbdSpec| {

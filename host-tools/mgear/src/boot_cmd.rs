@@ -33,7 +33,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::Context;
 use mgear_boot::{
     boot::{Bus, Firmware, Outcome, Target},
     inspect_path,
@@ -42,7 +42,7 @@ use mgear_boot::{
     LocalQemu, SampleDiskOptions, Severity, VolumeRef,
 };
 
-use crate::exit::{boot_err, coded, usage, FOUND, IO, OK, USAGE};
+use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 
 /// Arguments of `mgear boot`.
 #[derive(clap::Args, Debug)]
@@ -108,7 +108,7 @@ pub struct Args {
 }
 
 /// Run `mgear boot`; returns the process exit code.
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub fn run(args: Args) -> crate::Result<i32> {
     if let Some(path) = &args.build_sample {
         let drivers = match args.drivers.as_str() {
             "all" => Drivers::All,
@@ -128,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             },
             ..Default::default()
         };
-        let disk = mgear_boot::build_sample_disk(path, &opts).map_err(boot_err)?;
+        let disk = mgear_boot::build_sample_disk(path, &opts)?;
         eprintln!(
             "sample disk {} ({} MiB, Linux {}, drivers {}): boots to \"{}\"",
             disk.path.display(),
@@ -158,8 +158,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let opts = BootOptions {
         wait_for: args.wait_for.clone(),
         timeout: Duration::from_secs(args.timeout),
-        bus: args.bus.parse::<Bus>().map_err(boot_err)?,
-        firmware: args.firmware.parse::<Firmware>().map_err(boot_err)?,
+        bus: args.bus.parse::<Bus>()?,
+        firmware: args.firmware.parse::<Firmware>()?,
         memory_mib: args.memory,
         snapshot: args.snapshot || !args.write,
     };
@@ -231,12 +231,12 @@ impl Resolved {
 
 /// Parse a `--target` (`crate::spec`; a bare path is the file or device
 /// there); a `libvirt:POOL/NAME` volume is looked up on the daemon.
-pub fn resolve(s: &str) -> anyhow::Result<Resolved> {
+pub fn resolve(s: &str) -> crate::Result<Resolved> {
     resolve_spec(&crate::spec::Target::parse(s, crate::spec::Bare::Existing)?)
 }
 
 /// [`resolve`] for a parsed spec.
-pub fn resolve_spec(t: &crate::spec::Target) -> anyhow::Result<Resolved> {
+pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
     match (t, t.boot_target()) {
         (_, Some(local)) => Ok(Resolved::Local(local)),
         (crate::spec::Target::Libvirt(t), None) => {
@@ -268,7 +268,7 @@ pub fn libvirtd_unreachable() -> Option<std::io::Error> {
 }
 
 /// A libvirt failure, with the way out when the daemon is simply not running.
-pub fn libvirt_err(e: BootError, what: &str) -> anyhow::Error {
+pub fn libvirt_err(e: BootError, what: &str) -> crate::Error {
     let text = e.to_string();
     if let Some(why) = libvirtd_unreachable() {
         coded(
@@ -291,13 +291,13 @@ pub fn libvirt_err(e: BootError, what: &str) -> anyhow::Error {
 
 /// Boot with the driver the target needs: each driver only gives its
 /// [`Guest`]; the proof is the boot library's one routine.
-pub fn boot_resolved(target: &Resolved, opts: &BootOptions) -> anyhow::Result<BootReport> {
+pub fn boot_resolved(target: &Resolved, opts: &BootOptions) -> crate::Result<BootReport> {
     boot_resolved_all(std::slice::from_ref(target), opts)
 }
 
 /// Boot a machine of several disks: `targets[0]` boots, the others are
 /// attached after it in order (a local QEMU, or one libvirt domain).
-pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> anyhow::Result<BootReport> {
+pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> crate::Result<BootReport> {
     let Some(target) = targets.first() else {
         return Err(usage("nothing to boot: give --target"));
     };
@@ -321,14 +321,10 @@ pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> anyhow::Re
         snapshot: opts.snapshot,
         data_disks: targets[1..].iter().map(Resolved::local).collect(),
     };
-    let expect = Expectation::new(&spec.wait_for, spec.timeout).map_err(boot_err)?;
+    let expect = Expectation::new(&spec.wait_for, spec.timeout)?;
     let libvirt = |e| libvirt_err(e, "booting the libvirt domain");
     let mut guest: Box<dyn Guest> = match target {
-        Resolved::Local(_) => Box::new(
-            LocalQemu::new()
-                .and_then(|q| q.guest(&spec))
-                .map_err(boot_err)?,
-        ),
+        Resolved::Local(_) => Box::new(LocalQemu::new().and_then(|q| q.guest(&spec))?),
         Resolved::Libvirt(_) => Box::new(
             LibvirtBoot::new(DEFAULT_CONN)
                 .guest(&spec)
@@ -337,7 +333,7 @@ pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> anyhow::Re
     };
     let proved = prove_boot(guest.as_mut(), &expect);
     match target {
-        Resolved::Local(_) => proved.map_err(boot_err),
+        Resolved::Local(_) => Ok(proved?),
         Resolved::Libvirt(_) => proved.map_err(libvirt),
     }
 }
@@ -348,7 +344,7 @@ pub fn finish(
     report: &BootReport,
     report_path: &std::path::Path,
     json: bool,
-) -> anyhow::Result<i32> {
+) -> crate::Result<i32> {
     // Show the result even when the report cannot be saved; then fail on that.
     let saved = report.write_json(report_path);
     if json || crate::output::json() {
@@ -375,7 +371,7 @@ pub fn finish(
             println!("boot report: {}", report_path.display());
         }
     }
-    saved.map_err(boot_err)?;
+    saved?;
     match report.require_booted() {
         Ok(()) => Ok(OK),
         // QEMU itself failed (image unreadable or locked, firmware missing):
@@ -388,7 +384,7 @@ pub fn finish(
     }
 }
 
-fn check(target: Target, name: &str, json: bool) -> anyhow::Result<i32> {
+fn check(target: Target, name: &str, json: bool) -> crate::Result<i32> {
     let profile = mgear_boot::profile_by_name(name).ok_or_else(|| {
         usage(format!(
             "unknown profile {name:?}: use one of {}",
@@ -399,7 +395,7 @@ fn check(target: Target, name: &str, json: bool) -> anyhow::Result<i32> {
         Target::File(p) | Target::Dev(p) => p,
         _ => return Err(usage("--check-profile reads file: and dev: targets only")),
     };
-    let facts = inspect_path(path).map_err(boot_err)?;
+    let facts = inspect_path(path)?;
     let findings = mgear_boot::check_profile(&facts, profile);
     let failed = findings.iter().any(|f| f.severity == Severity::Error);
     if json || crate::output::json() {

@@ -49,7 +49,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::Context;
+use crate::error::Context;
 use image_format::age::secrecy::SecretString;
 use image_format::{Appended, CaptureParams, CaptureWriter, DataKey, EncodedChunk};
 use serde::Serialize;
@@ -224,7 +224,7 @@ pub struct Receipt {
     pub signed_only: bool,
 }
 
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+fn create_private_dir(dir: &std::path::Path) -> crate::Result<()> {
     image_format::private::create_dir(dir)
         .with_context(|| format!("creating key cache {}", dir.display()))
 }
@@ -243,7 +243,7 @@ impl Cli {
 
 /// Run `mgear capture` of one disk (and `--dry-run` or `--abort` of a set);
 /// `crate::machine::capture` runs a set and calls this for the rest.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
+pub fn run(cli: Cli) -> crate::Result<i32> {
     crate::signals::install();
     let (sources, mut args) = cli.into_parts();
     if sources.len() > 1 && args.dry_run {
@@ -372,10 +372,10 @@ pub(crate) fn sign_generation(
     name: &str,
     generation: u32,
     key: &ed25519_dalek::SigningKey,
-) -> anyhow::Result<Receipt> {
+) -> crate::Result<Receipt> {
     use image_format::commit::{self, CommitFile, SignerRole};
     let expected = commit::expected_commit(store, name, generation)?.ok_or_else(|| {
-        anyhow::anyhow!("{name} generation {generation} has no MANIFEST: nothing to sign")
+        crate::err!("{name} generation {generation} has no MANIFEST: nothing to sign")
     })?;
     let mut file = match commit::read_commit(store, name, generation) {
         Ok(Some(f)) if f.commit == expected => f,
@@ -387,7 +387,7 @@ pub(crate) fn sign_generation(
         },
     };
     file.add(expected.sign(SignerRole::Site, key))
-        .map_err(|e| anyhow::anyhow!("{name} generation {generation}: {e}"))?;
+        .map_err(|e| crate::err!("{name} generation {generation}: {e}"))?;
     commit::write_commit(store, &file)?;
     Ok(receipt_of(&file))
 }
@@ -429,11 +429,11 @@ pub(crate) fn witness_generation(
     identity: &[u8; 32],
     name: &str,
     generation: u32,
-) -> anyhow::Result<Receipt> {
+) -> crate::Result<Receipt> {
     use image_format::commit::{self, CommitFile};
     let sig = crate::appliance::witness_commit(port, name, generation)?;
     if sig.public_key != *identity {
-        anyhow::bail!(
+        crate::bail!(
             "the appliance signed with identity {}, not {} it reported before the capture; \
              check which appliance is connected",
             crate::sitekey::fingerprint(&sig.public_key),
@@ -444,10 +444,10 @@ pub(crate) fn witness_generation(
     let result = (|| {
         let store = medium.store();
         let expected = commit::expected_commit(store, name, generation)?.ok_or_else(|| {
-            anyhow::anyhow!("{name} generation {generation} has no MANIFEST on the medium")
+            crate::err!("{name} generation {generation} has no MANIFEST on the medium")
         })?;
         if !expected.verifies(&sig) {
-            anyhow::bail!(
+            crate::bail!(
                 "the appliance's witness signature does not verify over {name} generation \
                  {generation} as it is on the medium (the appliance saw other content); run \
                  `mgear verify` on the medium"
@@ -463,7 +463,7 @@ pub(crate) fn witness_generation(
             },
         };
         file.add(sig)
-            .map_err(|e| anyhow::anyhow!("{name} generation {generation}: {e}"))?;
+            .map_err(|e| crate::err!("{name} generation {generation}: {e}"))?;
         commit::write_commit(store, &file)?;
         Ok(receipt_of(&file))
     })();
@@ -480,7 +480,7 @@ fn sign_missing(
     store: &mut dyn image_format::Store,
     name: &str,
     key: &ed25519_dalek::SigningKey,
-) -> anyhow::Result<Option<Receipt>> {
+) -> crate::Result<Option<Receipt>> {
     use image_format::commit;
     let Some(info) = image_format::list_captures(store)?
         .into_iter()
@@ -535,7 +535,7 @@ pub struct Plan {
 }
 
 /// `capture --abort`.
-fn abort(args: &Args) -> anyhow::Result<i32> {
+fn abort(args: &Args) -> crate::Result<i32> {
     let mut medium = args.medium.open()?;
     let plan = match crate::medium_admin::abort(medium.store(), &args.name) {
         Ok(p) => p,
@@ -573,7 +573,7 @@ fn abort(args: &Args) -> anyhow::Result<i32> {
 }
 
 /// `capture --dry-run`: the plan, nothing written (the medium is opened read-only).
-fn dry_run(args: &Args) -> anyhow::Result<i32> {
+fn dry_run(args: &Args) -> crate::Result<i32> {
     let chunk_size = chunk_size_arg(&args.chunk_size)?;
     let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
     let spec = source_spec(args)?;
@@ -613,7 +613,7 @@ impl SetPlan {
 }
 
 /// Plans every disk of set `args.name` from `sources`, reading only samples.
-pub fn plan_set(args: &Args, sources: &[String]) -> anyhow::Result<SetPlan> {
+pub fn plan_set(args: &Args, sources: &[String]) -> crate::Result<SetPlan> {
     let chunk_size = chunk_size_arg(&args.chunk_size)?;
     let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
     let mut medium = args.medium.open_before_capture()?;
@@ -667,7 +667,7 @@ pub fn plan_set(args: &Args, sources: &[String]) -> anyhow::Result<SetPlan> {
 }
 
 /// `capture --dry-run` of a machine set: each disk's plan and the sum.
-pub fn dry_run_set(args: &Args, sources: &[String]) -> anyhow::Result<i32> {
+pub fn dry_run_set(args: &Args, sources: &[String]) -> crate::Result<i32> {
     let plan = plan_set(args, sources)?;
     if args.json {
         progress::print_json(&serde_json::json!({
@@ -780,21 +780,21 @@ fn print_plan(p: &Plan) {
     }
 }
 
-pub(crate) fn chunk_size_arg(text: &str) -> anyhow::Result<u32> {
+pub(crate) fn chunk_size_arg(text: &str) -> crate::Result<u32> {
     u32::try_from(parse_size(text)?)
         .ok()
         .filter(|c| image_format::layout::valid_chunk_size(*c))
         .ok_or_else(|| usage("--chunk-size must be a power of two from 64KiB to 16MiB"))
 }
 
-fn source_spec(args: &Args) -> anyhow::Result<&str> {
+fn source_spec(args: &Args) -> crate::Result<&str> {
     args.source
         .as_deref()
         .ok_or_else(|| usage("say which disk to capture: --source DISK"))
 }
 
 /// The refusal of a second full copy of a finished capture.
-fn finished_error(args: &Args, generation: u32) -> anyhow::Error {
+fn finished_error(args: &Args, generation: u32) -> crate::Error {
     usage(format!(
         "{} is already captured as generation {generation} on this medium (finished): a second \
          full copy would only use space. Use --delta to add the changes since, or remove \
@@ -819,7 +819,7 @@ fn preflight(
     store: &mut dyn image_format::Store,
     chunk_size: u32,
     rate: Option<f64>,
-) -> anyhow::Result<Plan> {
+) -> crate::Result<Plan> {
     let spec = source_spec(args)?;
     let captures = image_format::list_captures(store)?;
     let existing = captures
@@ -904,7 +904,7 @@ fn preflight(
 }
 
 /// Do the capture; returns the report.
-pub fn capture(args: &Args) -> anyhow::Result<Report> {
+pub fn capture(args: &Args) -> crate::Result<Report> {
     capture_disk(args, None)
 }
 
@@ -939,7 +939,7 @@ pub fn resolve_borrow(
     store: &mut dyn image_format::Store,
     machine: &str,
     own: &str,
-) -> anyhow::Result<Borrow> {
+) -> crate::Result<Borrow> {
     use image_format::set;
     if let Some((m, _)) = set::parse_disk_stream_name(machine) {
         return Err(usage(format!(
@@ -1020,7 +1020,7 @@ pub fn borrow_key(
     store: &mut dyn image_format::Store,
     args: &Args,
     b: &Borrow,
-) -> anyhow::Result<DataKey> {
+) -> crate::Result<DataKey> {
     let dir = key_cache_dir(args.key_cache.clone())?;
     if let Some(c) = crate::keys::find_cached(&dir, &b.machine, &b.capture_id)? {
         return Ok(DataKey::load_cache(&c.path, &c.name)?);
@@ -1050,7 +1050,7 @@ pub fn borrow_key(
 
 /// Capture one disk; `shared`: it is a disk stream of a machine set
 /// (`crate::machine`), created with the set's key and capture id.
-pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Report> {
+pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> crate::Result<Report> {
     let started = Instant::now();
     let cpu0 = progress::cpu_seconds();
     let chunk_size = chunk_size_arg(&args.chunk_size)?;
@@ -1059,7 +1059,7 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
         .recipient
         .iter()
         .map(|r| crate::keys::read_recipient(r))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<crate::Result<Vec<_>>>()?;
     let passphrase = match args.passphrase_file.as_deref() {
         Some(f) if args.passphrase_generate => {
             let p = crate::keys::generate_passphrase(f)?;
@@ -1369,7 +1369,7 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> anyhow::Result<Repo
 }
 
 /// Chunk indexes the dirty bitmap `bitmap` of NBD source `spec` marks dirty.
-fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec<u64>> {
+fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> crate::Result<Vec<u64>> {
     if !crate::spec::is_nbd(spec) {
         return Err(usage(format!(
             "--dirty-bitmap needs an NBD source (nbd://... or nbd+unix://...), not {spec}: \
@@ -1386,7 +1386,7 @@ fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec
             "{spec} does not export dirty bitmap {bitmap}: {e} (export it with `qemu-nbd -B {bitmap}`, \
              create it with `qemu-img bitmap --add --enable DISK {bitmap}` before the parent capture)"
         )),
-        other => anyhow::Error::new(other).context(format!("connecting to NBD source {spec}")),
+        other => crate::Error::from(other).context(format!("connecting to NBD source {spec}")),
     })?;
     let dirty = crate::source::nbd::dirty_chunks(&mut client, bitmap, chunk_size)?;
     client
@@ -1396,7 +1396,7 @@ fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> anyhow::Result<Vec
 }
 
 /// An encoded chunk, or `None` for a chunk not read because it is unchanged.
-type Encoded = (u64, anyhow::Result<Option<EncodedChunk>>);
+type Encoded = (u64, crate::Result<Option<EncodedChunk>>);
 
 /// Counters of this run, kept outside the pipeline so a failure can still
 /// say how far it got (the medium-full estimate needs them).
@@ -1432,7 +1432,7 @@ fn pump<S: image_format::Store>(
     pace: &Pace,
     dirty: Option<&[u64]>,
     stats: &mut RunStats,
-) -> anyhow::Result<image_format::CaptureSummary> {
+) -> crate::Result<image_format::CaptureSummary> {
     let Pace {
         chunk_size,
         rate,
@@ -1466,7 +1466,7 @@ fn pump<S: image_format::Store>(
     let shared = source.concurrent();
     let depth = ((8usize << 20) / chunk_size as usize).clamp(1, 64);
     let batch_max = depth.max(threads);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    std::thread::scope(|scope| -> crate::Result<()> {
         let (raw_tx, raw_rx) = sync_channel::<(u64, Job)>(depth);
         // Buffers the encoders did not keep, back to the reader.
         let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(depth + threads);
@@ -1489,7 +1489,7 @@ fn pump<S: image_format::Store>(
         // The reader runs on its own thread so reading, encoding and
         // appending overlap; it stops early if the appender hangs up.
         // Returns the bytes skipped as holes (never read from the source).
-        let reader = scope.spawn(move || -> anyhow::Result<u64> {
+        let reader = scope.spawn(move || -> crate::Result<u64> {
             let mut holes = 0u64;
             for (index, copy) in
                 (start..count).zip(unchanged.into_iter().chain(std::iter::repeat(false)))
@@ -1539,7 +1539,7 @@ fn pump<S: image_format::Store>(
         // A checkpoint that is due runs with the next batch, whose records
         // are sealed while it waits for the medium's syncs.
         let mut checkpoint_due = false;
-        let appended = (|| -> anyhow::Result<()> {
+        let appended = (|| -> crate::Result<()> {
             while next < count {
                 let Ok((index, enc)) = enc_rx.recv() else {
                     break; // workers gone: the reader failed; its error is reported below
@@ -1617,11 +1617,11 @@ fn pump<S: image_format::Store>(
         drop(enc_rx);
         let read_result = reader
             .join()
-            .map_err(|_| anyhow::anyhow!("the source reader thread panicked"))?;
+            .map_err(|_| crate::err!("the source reader thread panicked"))?;
         appended?;
         stats.holes = read_result?;
         if next < count {
-            anyhow::bail!("capture stopped at chunk {next} of {count}");
+            crate::bail!("capture stopped at chunk {next} of {count}");
         }
         Ok(())
     })?;
@@ -1673,7 +1673,7 @@ fn worker(
                     }
                     Some(chunk)
                 })
-                .map_err(anyhow::Error::from),
+                .map_err(crate::Error::from),
             Job::Read { src, offset, len } => {
                 let mut buf = std::mem::take(&mut mine);
                 // Filled by the read, never zeroed first.
@@ -1683,10 +1683,7 @@ fn worker(
                     Ok(Some(chunk))
                 })
             }
-            Job::Hole => enc
-                .encode_zero(index)
-                .map(Some)
-                .map_err(anyhow::Error::from),
+            Job::Hole => enc.encode_zero(index).map(Some).map_err(crate::Error::from),
             Job::Unchanged => Ok(None),
         };
         if tx.send((index, out)).is_err() {
@@ -1713,12 +1710,12 @@ fn span_plan(args: &Args, size: u64, chunk_size: u32) -> crate::medium::SpanPlan
 /// estimating what the rest of the disk needs from the ratio so far.
 fn medium_full(
     args: &Args,
-    err: anyhow::Error,
+    err: crate::Error,
     stats: &RunStats,
     size: u64,
     chunk_size: u32,
     free: Option<u64>,
-) -> anyhow::Error {
+) -> crate::Error {
     let done = (stats.first_chunk * u64::from(chunk_size))
         .saturating_add(stats.read)
         .saturating_add(stats.unchanged);

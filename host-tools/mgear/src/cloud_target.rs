@@ -38,7 +38,7 @@ use mgear_volume::{
     Existing, Finished, Found, Geometry, Prepare, RbdSpec, RbdVolume, Volume, WriteAt,
 };
 
-use crate::exit::{boot_err, coded, usage, volume_err, IO};
+use crate::exit::{coded, usage, IO};
 use crate::output::hex;
 
 /// How long a new volume may take to become `available`.
@@ -68,7 +68,7 @@ impl CaptureFacts {
 
 /// A cloud error with the CLI's exit code: settings the operator fixes are 2, the cloud
 /// failing or refusing is 3.
-pub fn cloud_err(e: CloudError) -> anyhow::Error {
+pub fn cloud_err(e: CloudError) -> crate::Error {
     match e {
         CloudError::Config(_) | CloudError::Unsupported(_) => usage(e.to_string()),
         _ => coded(IO, e.to_string()),
@@ -76,13 +76,13 @@ pub fn cloud_err(e: CloudError) -> anyhow::Error {
 }
 
 /// A session from the environment (`OS_*`, `OS_CLOUD`).
-pub fn session() -> anyhow::Result<Session> {
+pub fn session() -> crate::Result<Session> {
     let auth = Auth::from_env().map_err(cloud_err)?;
     Session::connect(auth, Duration::from_secs(120)).map_err(cloud_err)
 }
 
 /// Find or create the volume of `name` for this capture and open its RBD image for writing.
-pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> anyhow::Result<Box<dyn Volume>> {
+pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result<Box<dyn Volume>> {
     let session = session()?;
     let cinder = Cinder::new(&session);
     let want = VolumeFor {
@@ -126,9 +126,8 @@ pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> anyhow::Resul
         img.pool,
         img.image,
         user.map(|u| format!("?id={u}")).unwrap_or_default()
-    ))
-    .map_err(volume_err)?;
-    let rbd = RbdVolume::open(&spec, prep, Existing::Open).map_err(volume_err)?;
+    ))?;
+    let rbd = RbdVolume::open(&spec, prep, Existing::Open)?;
     Ok(Box::new(CinderVolume {
         rbd,
         session,
@@ -279,9 +278,9 @@ impl<S: image_format::Store> mgear_boot::ReadAt for CaptureDisk<'_, S> {
 /// warnings are printed. The size rounding is no finding here: the volume is rounded up.
 pub fn check_openstack_ready<S: image_format::Store>(
     reader: &mut image_format::CaptureReader<S>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let profile = mgear_boot::profile_by_name("openstack")
-        .ok_or_else(|| anyhow::anyhow!("the openstack readiness profile is missing"))?;
+        .ok_or_else(|| crate::err!("the openstack readiness profile is missing"))?;
     let size = reader.disk_size();
     let facts = mgear_boot::inspect_disk(
         &mut CaptureDisk {
@@ -289,8 +288,7 @@ pub fn check_openstack_ready<S: image_format::Store>(
             cached: None,
         },
         size,
-    )
-    .map_err(boot_err)?;
+    )?;
     let findings: Vec<_> = mgear_boot::check_profile(&facts, profile)
         .into_iter()
         .filter(|f| f.severity > mgear_boot::Severity::Info && f.code != "size")
@@ -338,7 +336,7 @@ pub struct BootArgs {
 }
 
 /// Boot the volume through Nova; the server is left running.
-pub fn boot(args: &BootArgs) -> anyhow::Result<NovaBoot> {
+pub fn boot(args: &BootArgs) -> crate::Result<NovaBoot> {
     let session = session()?;
     let timeout = Duration::from_secs(args.timeout);
     boot_from_volume(

@@ -30,7 +30,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
+use crate::error::Context;
 
 use crate::exit::{coded, FOUND, IO, OK};
 use crate::medium::Where;
@@ -42,7 +42,7 @@ struct Simulator {
 }
 
 impl Simulator {
-    fn start(work: &Path, img: &Path) -> anyhow::Result<Simulator> {
+    fn start(work: &Path, img: &Path) -> crate::Result<Simulator> {
         let exe = std::env::current_exe().context("finding the mgear executable")?;
         let sim = exe.with_file_name("mgear-appliance-sim");
         if !sim.exists() {
@@ -106,7 +106,7 @@ impl Drop for Simulator {
 }
 
 /// Run one `mgear appliance` command against the simulator.
-fn appliance(port: &Path, cmd: crate::appliance::Cmd) -> anyhow::Result<()> {
+fn appliance(port: &Path, cmd: crate::appliance::Cmd) -> crate::Result<()> {
     let code = crate::appliance::run(crate::appliance::Args {
         port: Some(port.to_owned()),
         json: false,
@@ -150,7 +150,7 @@ const TOOLS: &[(&str, &str)] = &[
 /// Steps done so far and their seconds, for `demo --json`.
 static STEPS: std::sync::Mutex<Vec<(u32, String, f64)>> = std::sync::Mutex::new(Vec::new());
 
-fn step<T>(n: u32, what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn step<T>(n: u32, what: &str, f: impl FnOnce() -> crate::Result<T>) -> crate::Result<T> {
     println!("[{n}] {what} ...");
     let t = Instant::now();
     let r = f().with_context(|| format!("demo step {n} ({what})"))?;
@@ -168,7 +168,7 @@ fn step<T>(n: u32, what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow:
 struct StdoutToStderr(Option<std::os::fd::OwnedFd>);
 
 impl StdoutToStderr {
-    fn new(active: bool) -> anyhow::Result<Self> {
+    fn new(active: bool) -> crate::Result<Self> {
         use std::io::Write;
         use std::os::fd::AsFd;
         if !active {
@@ -201,7 +201,7 @@ impl Drop for StdoutToStderr {
 }
 
 /// Run `mgear demo`.
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub fn run(args: Args) -> crate::Result<i32> {
     let missing: Vec<&str> = TOOLS
         .iter()
         .filter(|(t, _)| crate::tools::which(t).is_none())
@@ -269,7 +269,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-fn demo(work: &Path, args: &Args) -> anyhow::Result<i32> {
+fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
     let disk = work.join("disk.raw");
     let key = work.join("target.key");
     let img = work.join("medium.img");
@@ -516,7 +516,7 @@ fn demo_cloud(
     disk: &Path,
     sample: &mgear_boot::SampleDisk,
     sim: Simulator,
-) -> anyhow::Result<i32> {
+) -> crate::Result<i32> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -618,7 +618,7 @@ fn demo_cloud(
 }
 
 /// SHA-256 (hex) of a file, as `sha256sum` prints it.
-fn file_sha256(p: &Path) -> anyhow::Result<String> {
+fn file_sha256(p: &Path) -> crate::Result<String> {
     use sha2::Digest as _;
     let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut sha = sha2::Sha256::new();
@@ -634,7 +634,7 @@ fn file_sha256(p: &Path) -> anyhow::Result<String> {
 }
 
 /// Compare two files; an error names the first differing byte.
-pub fn compare(a: &Path, b: &Path) -> anyhow::Result<()> {
+pub fn compare(a: &Path, b: &Path) -> crate::Result<()> {
     let open =
         |p: &Path| std::fs::File::open(p).with_context(|| format!("opening {}", p.display()));
     let (mut fa, mut fb) = (open(a)?, open(b)?);

@@ -15,7 +15,7 @@
 //! always the environment. [`kind`] names the class for `--json` errors
 //! (`failure`, `usage`, `io`) and [`hint`] says what to do next.
 
-use std::fmt;
+use crate::Error;
 
 /// Success.
 pub const OK: i32 = 0;
@@ -28,61 +28,46 @@ pub const IO: i32 = 3;
 /// Ingest wrote what the media given hold and waits for the others.
 pub const PENDING: i32 = 4;
 
-/// An error that carries its exit code (and, when the raiser knows it, the
-/// next step for the user).
-#[derive(Debug)]
-pub struct Coded {
-    pub code: i32,
-    pub message: String,
-    /// What to do next; `None` falls back to the class's generic hint.
-    pub hint: Option<String>,
-}
-
-impl fmt::Display for Coded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Coded {}
-
 /// An error with exit code `code`.
-pub fn coded(code: i32, message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(Coded {
+pub fn coded(code: i32, message: impl Into<String>) -> Error {
+    Error::Coded {
         code,
         message: message.into(),
         hint: None,
-    })
+    }
 }
 
 /// An error with exit code `code` and the next step `hint`.
-pub fn coded_hint(code: i32, message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(Coded {
+pub fn coded_hint(code: i32, message: impl Into<String>, hint: impl Into<String>) -> Error {
+    Error::Coded {
         code,
         message: message.into(),
         hint: Some(hint.into()),
-    })
+    }
 }
 
 /// Shorthand for a usage/key error (exit 2).
-pub fn usage(message: impl Into<String>) -> anyhow::Error {
+pub fn usage(message: impl Into<String>) -> Error {
     coded(USAGE, message)
 }
 
 /// The exit code for `err`: from the outermost [`Coded`] or image-format
 /// error in its chain, else 3.
-pub fn code_of(err: &anyhow::Error) -> i32 {
+pub fn code_of(err: &Error) -> i32 {
     classified(err).unwrap_or(IO)
 }
 
 /// The exit code `err` was classified with, if any error in its chain says:
 /// for callers that wrap errors and must keep a usage or I/O class while
 /// defaulting the rest to their own (e.g. a refused ingest is 1).
-pub fn classified(err: &anyhow::Error) -> Option<i32> {
+pub fn classified(err: &Error) -> Option<i32> {
     err.chain().find_map(|e| {
-        e.downcast_ref::<Coded>()
-            .map(|c| c.code)
-            .or_else(|| e.downcast_ref::<image_format::Error>().map(format_code))
+        coded_of(e).map(|(code, _)| code).or_else(|| {
+            e.downcast_ref::<image_format::Error>()
+                .map(format_code)
+                .or_else(|| e.downcast_ref::<mgear_boot::BootError>().map(boot_code))
+                .or_else(|| e.downcast_ref::<mgear_volume::Error>().map(volume_code))
+        })
     })
 }
 
@@ -98,10 +83,10 @@ pub fn kind(code: i32) -> &'static str {
 
 /// What the user should do next: the raiser's hint if it gave one, else
 /// the generic next step for the error's class.
-pub fn hint(err: &anyhow::Error, command: &str) -> String {
+pub fn hint(err: &Error, command: &str) -> String {
     if let Some(h) = err
         .chain()
-        .find_map(|e| e.downcast_ref::<Coded>().and_then(|c| c.hint.clone()))
+        .find_map(|e| coded_of(e).and_then(|(_, hint)| hint.clone()))
     {
         return h;
     }
@@ -135,30 +120,37 @@ fn format_code(e: &image_format::Error) -> i32 {
     }
 }
 
-/// A boot library error with the CLI's exit code: a bad option or an
-/// unsupported guest is 2, a guest that did not come up 1, the rest 3.
-pub fn boot_err(e: mgear_boot::BootError) -> anyhow::Error {
+/// A link of an error chain that is a [`Error::Coded`]: its code and hint.
+fn coded_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<(i32, &'a Option<String>)> {
+    match e.downcast_ref::<Error>() {
+        Some(Error::Coded { code, hint, .. }) => Some((*code, hint)),
+        _ => None,
+    }
+}
+
+/// The exit code a boot library error calls for: a bad option or an unsupported guest is 2, a
+/// guest that did not come up 1, the rest 3.
+fn boot_code(e: &mgear_boot::BootError) -> i32 {
     use mgear_boot::BootError as E;
-    let code = match e {
+    match e {
         E::Usage(_) | E::Unsupported(_) => USAGE,
         E::NotBooted(_) => FOUND,
         _ => IO,
-    };
-    coded(code, e.to_string())
+    }
 }
 
-/// A volume error with the CLI's exit code: what the operator fixes on the
-/// command line is 2, everything else (the target failed) 3.
-pub fn volume_err(e: mgear_volume::Error) -> anyhow::Error {
+/// The exit code a volume error calls for: what the operator fixes on the command line is 2,
+/// everything else (the target failed) 3.
+fn volume_code(e: &mgear_volume::Error) -> i32 {
     if e.is_usage() {
-        usage(e.to_string())
+        USAGE
     } else {
-        coded(IO, e.to_string())
+        IO
     }
 }
 
 /// Whether `err` says the medium is full.
-pub fn is_no_space(err: &anyhow::Error) -> bool {
+pub fn is_no_space(err: &Error) -> bool {
     use image_format::StoreError;
     err.chain().any(|e| {
         if let Some(image_format::Error::Store { error, .. }) = e.downcast_ref() {
@@ -176,17 +168,17 @@ pub fn is_no_space(err: &anyhow::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::Context;
+    use crate::error::Context;
 
     #[test]
     fn code_survives_context() {
-        let e: anyhow::Result<()> = Err(usage("bad key"));
+        let e: crate::Result<()> = Err(usage("bad key"));
         let e = e.context("opening web01").unwrap_err();
         assert_eq!(code_of(&e), USAGE);
-        let io: anyhow::Error = std::io::Error::other("disk").into();
+        let io: crate::Error = std::io::Error::other("disk").into();
         assert_eq!(code_of(&io), IO);
         assert_eq!(code_of(&coded(FOUND, "bad record")), FOUND);
-        let wrong = anyhow::Error::from(image_format::Error::WrongKey {
+        let wrong = crate::Error::from(image_format::Error::WrongKey {
             name: "web01".into(),
         })
         .context("opening the medium");
@@ -197,20 +189,20 @@ mod tests {
                 .count(),
             1
         );
-        let full = anyhow::Error::from(image_format::Error::Store {
+        let full = crate::Error::from(image_format::Error::Store {
             path: "x".into(),
             error: image_format::StoreError::NoSpace,
         });
         assert!(is_no_space(&full));
         assert_eq!(code_of(&full), IO);
         assert!(hint(&full, "capture").contains("free space"));
-        let enospc: anyhow::Error = std::io::Error::from_raw_os_error(28).into();
+        let enospc: crate::Error = std::io::Error::from_raw_os_error(28).into();
         assert!(is_no_space(&enospc.context("writing SEG-00001")));
     }
 
     #[test]
     fn classes_and_hints() {
-        assert_eq!(classified(&anyhow::anyhow!("plain")), None);
+        assert_eq!(classified(&crate::err!("plain")), None);
         let wrapped =
             coded_hint(USAGE, "no capture web9", "run `mgear inspect`").context("ingest refused");
         assert_eq!(classified(&wrapped), Some(USAGE));

@@ -33,7 +33,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use anyhow::Context;
+use crate::error::Context;
 
 use crate::exit::usage;
 
@@ -183,7 +183,7 @@ pub fn refuse_if_holds_data(
     path: &Path,
     force: bool,
     doing: &str,
-) -> anyhow::Result<Vec<Signature>> {
+) -> crate::Result<Vec<Signature>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let found = signatures(&file)
         .with_context(|| format!("reading the start and end of {}", path.display()))?;

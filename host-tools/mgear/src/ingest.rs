@@ -109,13 +109,14 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use crate::bail;
+use crate::error::Context;
 use image_format::{CaptureReader, ChunkData};
 use mgear_volume::{Finished, Found, Prepare, ReadAt, Volume, WriteAt};
 use serde::Serialize;
 
 use crate::boot_cmd::{self, BootOptions, Resolved};
-use crate::exit::{boot_err, coded, usage, volume_err, FOUND, IO, OK, USAGE};
+use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 use crate::progress::{self, Progress};
 use crate::spec::{Bare, Target};
 use crate::units::human_bytes;
@@ -271,7 +272,7 @@ pub struct Report {
     pub adapt: Option<mgear_boot::AdaptReport>,
 }
 
-fn state_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+fn state_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
     let dir = match arg {
         Some(d) => d,
         None => match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
@@ -321,7 +322,7 @@ impl State {
     /// Open the state for this ingest of `count` chunks: resume a matching
     /// one, or start fresh (`fresh` = no partial target exists, so old state
     /// is meaningless).
-    fn open(path: PathBuf, header: &[u8], count: u64, fresh: bool) -> anyhow::Result<Self> {
+    fn open(path: PathBuf, header: &[u8], count: u64, fresh: bool) -> crate::Result<Self> {
         let found = match fresh {
             true => None,
             false => open_private(&path, "ingest state")?,
@@ -359,7 +360,7 @@ impl State {
     }
 
     /// A new state file: the header and one empty (zero, sparse) slot per chunk.
-    fn create(path: &Path, header: &[u8], count: u64) -> anyhow::Result<File> {
+    fn create(path: &Path, header: &[u8], count: u64) -> crate::Result<File> {
         // Old state for a target that no longer exists is meaningless; a
         // symlink there is someone else's doing and is left alone.
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
@@ -384,7 +385,7 @@ impl State {
 
     /// Records chunks whose bytes were made durable on the volume: each
     /// keyed id into its chunk's slot, then synced.
-    fn record(&mut self, ids: &[(u64, [u8; 32])]) -> anyhow::Result<()> {
+    fn record(&mut self, ids: &[(u64, [u8; 32])]) -> crate::Result<()> {
         use std::os::unix::fs::FileExt as _;
         // Neighbouring chunks (the usual case) go as one write.
         let mut run: Vec<u8> = Vec::new();
@@ -468,13 +469,13 @@ impl Bits {
 struct Slots(File);
 
 impl Slots {
-    fn open(path: &Path) -> anyhow::Result<Self> {
+    fn open(path: &Path) -> crate::Result<Self> {
         Ok(Slots(File::open(path).with_context(|| {
             format!("opening ingest state {}", path.display())
         })?))
     }
 
-    fn id(&self, index: u64) -> anyhow::Result<[u8; 32]> {
+    fn id(&self, index: u64) -> crate::Result<[u8; 32]> {
         use std::os::unix::fs::FileExt as _;
         let mut id = [0u8; 32];
         self.0.read_exact_at(&mut id, STATE_HEADER + index * 32)?;
@@ -484,7 +485,7 @@ impl Slots {
 
 /// Open an existing file of ours read-write, never through a symlink;
 /// `None` if there is nothing at `path`.
-fn open_private(path: &Path, what: &str) -> anyhow::Result<Option<File>> {
+fn open_private(path: &Path, what: &str) -> crate::Result<Option<File>> {
     match image_format::private::open_existing(path) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -493,20 +494,20 @@ fn open_private(path: &Path, what: &str) -> anyhow::Result<Option<File>> {
              remove it and run again",
             path.display()
         ))),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("opening {what} {}", path.display()))),
+        Err(e) => Err(crate::Error::from(e).context(format!("opening {what} {}", path.display()))),
     }
 }
 
 /// Run `mgear ingest` of one disk; `crate::machine::ingest` runs a set and
 /// calls this for the rest.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
+pub fn run(cli: Cli) -> crate::Result<i32> {
     crate::signals::install();
     let Cli {
         mut args, targets, ..
     } = cli;
     args.target = targets.into_iter().next().unwrap_or_default();
     // A bad --boot-bus must be reported before a long ingest, not after it.
-    let bus = args.boot_bus.parse::<mgear_boot::Bus>().map_err(boot_err)?;
+    let bus = args.boot_bus.parse::<mgear_boot::Bus>()?;
     let cinder = args.target.starts_with("cinder:");
     if args.boot && cinder && args.flavor.is_none() {
         return Err(usage(
@@ -577,7 +578,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// `--boot` of a `cinder:` target: a Nova server from the volume, proven from its console;
 /// 0 booted, 1 not. The report goes into the state dir.
-pub(crate) fn boot_cinder(args: &Args, r: &mut Report) -> anyhow::Result<i32> {
+pub(crate) fn boot_cinder(args: &Args, r: &mut Report) -> crate::Result<i32> {
     boot_cinder_with(args, r, Vec::new())
 }
 
@@ -587,11 +588,11 @@ pub(crate) fn boot_cinder_with(
     args: &Args,
     r: &mut Report,
     data_volumes: Vec<String>,
-) -> anyhow::Result<i32> {
+) -> crate::Result<i32> {
     let volume_id = r
         .volume
         .clone()
-        .ok_or_else(|| anyhow::anyhow!("the cinder: target reported no volume id"))?;
+        .ok_or_else(|| crate::err!("the cinder: target reported no volume id"))?;
     let name = args.target.trim_start_matches("cinder:").to_string();
     let booted = crate::cloud_target::boot(&crate::cloud_target::BootArgs {
         name: name.clone(),
@@ -608,7 +609,7 @@ pub(crate) fn boot_cinder_with(
     r.server = Some(booted.server_id.clone());
     r.booted = Some(report.booted());
     r.boot_report = Some(report_path.display().to_string());
-    saved.map_err(boot_err)?;
+    saved?;
     if report.booted() {
         Ok(OK)
     } else {
@@ -624,7 +625,7 @@ pub(crate) fn boot_cinder_with(
 }
 
 /// `--boot`: boot what was just ingested; 0 booted, 1 not.
-fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> anyhow::Result<i32> {
+fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> crate::Result<i32> {
     let resolved = boot_cmd::resolve(&args.target)?;
     let report_path = match &resolved {
         Resolved::Libvirt(v) => state_dir(args.state_dir.clone())?
@@ -641,7 +642,7 @@ fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> anyhow::Res
     let saved = report.write_json(&report_path);
     r.booted = Some(report.booted());
     r.boot_report = Some(report_path.display().to_string());
-    saved.map_err(boot_err)?;
+    saved?;
     if report.outcome == mgear_boot::Outcome::QemuFailed {
         return Err(coded(
             IO,
@@ -662,7 +663,7 @@ fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> anyhow::Res
 }
 
 /// Do the ingest.
-pub fn ingest(args: &Args) -> anyhow::Result<Report> {
+pub fn ingest(args: &Args) -> crate::Result<Report> {
     let started = Instant::now();
     let mut target = Target::parse(&args.target, Bare::Refuse)?;
     if args.register_image {
@@ -695,7 +696,7 @@ pub fn ingest(args: &Args) -> anyhow::Result<Report> {
             )));
         }
         // Say what to install before spending time on the ingest.
-        mgear_boot::adapt::find_adapter().map_err(boot_err)?;
+        mgear_boot::adapt::find_adapter()?;
     }
     let policy = args.trust.policy(args.allow_unsealed)?;
     let sdir = state_dir(args.state_dir.clone())?;
@@ -849,7 +850,7 @@ pub fn write_volume<S: image_format::Store>(
     mut reader: CaptureReader<S>,
     gaps: Option<&crate::medium::Gaps>,
     started: Instant,
-) -> anyhow::Result<(Report, Finished)> {
+) -> crate::Result<(Report, Finished)> {
     let size = reader.disk_size();
     let chunk = reader.chunk_size();
     let count = reader.chunk_count();
@@ -925,7 +926,7 @@ pub fn write_volume<S: image_format::Store>(
         && state.done_count() < count
         && !plan.hold;
     let beside = if vol.can_read_back() && in_order {
-        vol.concurrent_reader().map_err(volume_err)?
+        vol.concurrent_reader()?
     } else {
         None
     };
@@ -948,7 +949,7 @@ pub fn write_volume<S: image_format::Store>(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
     let checkpoint_bytes = plan.checkpoint_bytes;
     let id_key_ref = &id_key;
-    let fed_to_writer = std::thread::scope(|s| -> anyhow::Result<_> {
+    let fed_to_writer = std::thread::scope(|s| -> crate::Result<_> {
         let (verify, checking) = match (beside, head_plain.as_deref()) {
             (Some(rd), Some(head)) => {
                 let (wtx, wrx) = std::sync::mpsc::sync_channel::<Written>(0);
@@ -968,11 +969,11 @@ pub fn write_volume<S: image_format::Store>(
             _ => (None, None),
         };
         let writer = s.spawn(move || write_batches(vol, state, rx, checkpoint_bytes, verify));
-        let fed = (|| -> anyhow::Result<()> {
+        let fed = (|| -> crate::Result<()> {
             let tx = tx;
             let send = |b: Batch| {
                 tx.send(b)
-                    .map_err(|_| anyhow::anyhow!("the volume writer stopped"))
+                    .map_err(|_| crate::err!("the volume writer stopped"))
             };
             let mut order = (0..count)
                 .map(|k| chunk_at(k, count))
@@ -1008,7 +1009,7 @@ pub fn write_volume<S: image_format::Store>(
                     // The id the reader just checked this chunk's plaintext against.
                     let id = *reader
                         .entry(index)
-                        .ok_or_else(|| anyhow::anyhow!("chunk {index} has no index entry"))?
+                        .ok_or_else(|| crate::err!("chunk {index} has no index entry"))?
                         .chunk_id();
                     batch
                         .chunks
@@ -1040,15 +1041,15 @@ pub fn write_volume<S: image_format::Store>(
         })();
         let finished = writer
             .join()
-            .map_err(|_| anyhow::anyhow!("the volume writer thread panicked"))?;
+            .map_err(|_| crate::err!("the volume writer thread panicked"))?;
         let mut digest = None;
         if let Some((reading, checking)) = checking {
             let read = reading
                 .join()
-                .map_err(|_| anyhow::anyhow!("the read-back thread panicked"))?;
+                .map_err(|_| crate::err!("the read-back thread panicked"))?;
             let checked = checking
                 .join()
-                .map_err(|_| anyhow::anyhow!("the read-back check thread panicked"))?;
+                .map_err(|_| crate::err!("the read-back check thread panicked"))?;
             // A failed check is the cause when everything stopped (the others
             // stop because it did); the boot sector may have been written.
             if let Err(e) = checked {
@@ -1078,7 +1079,7 @@ pub fn write_volume<S: image_format::Store>(
         return Err(g.pending(&reader, |i| !state.is_done(i), written_now, &desc));
     }
     if plan.hold {
-        return Err(anyhow::Error::new(Held {
+        return Err(crate::Error::other(Held {
             bytes_written: written,
             zero_chunks: zeros,
         }));
@@ -1114,7 +1115,7 @@ pub fn write_volume<S: image_format::Store>(
              chunk by chunk"
         );
     }
-    let finished = vol.finish().map_err(volume_err)?;
+    let finished = vol.finish()?;
     std::fs::remove_file(&state.path)?;
     let secs = started.elapsed().as_secs_f64();
     Ok((
@@ -1161,7 +1162,7 @@ fn open_state(
     count: u64,
     state_path: PathBuf,
     header: &[u8],
-) -> anyhow::Result<State> {
+) -> crate::Result<State> {
     let desc = vol.describe();
     // lstat, not stat: a dangling symlink counts as something being there.
     let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
@@ -1252,19 +1253,19 @@ fn write_batches(
     batches: std::sync::mpsc::Receiver<Batch>,
     checkpoint_bytes: u64,
     verify: Option<std::sync::mpsc::SyncSender<Written>>,
-) -> anyhow::Result<(Box<dyn Volume>, State)> {
+) -> crate::Result<(Box<dyn Volume>, State)> {
     let mut pending_ids: Vec<(u64, [u8; 32])> = Vec::new();
     let mut pending_bytes = 0u64;
     let mut checkpoint =
-        |vol: &mut dyn Volume, ids: &mut Vec<(u64, [u8; 32])>| -> anyhow::Result<()> {
+        |vol: &mut dyn Volume, ids: &mut Vec<(u64, [u8; 32])>| -> crate::Result<()> {
             if !ids.is_empty() {
-                vol.flush().map_err(volume_err)?;
+                vol.flush()?;
                 state.record(ids)?;
                 ids.clear();
             }
             Ok(())
         };
-    let stopped = || anyhow::anyhow!("the read-back check stopped");
+    let stopped = || crate::err!("the read-back check stopped");
     for mut b in batches {
         if let (true, Some(v)) = (b.head, &verify) {
             let (ack, acked) = std::sync::mpsc::sync_channel(1);
@@ -1272,7 +1273,7 @@ fn write_batches(
             acked.recv().map_err(|_| stopped())?;
         }
         for (offset, len) in std::mem::take(&mut b.zeros) {
-            vol.write_zeroes(offset, len).map_err(volume_err)?;
+            vol.write_zeroes(offset, len)?;
         }
         write_batch(&mut *vol, &b.writes)?;
         pending_ids.append(&mut b.ids);
@@ -1282,7 +1283,7 @@ fn write_batches(
             pending_bytes = 0;
         } else if verify.is_some() && !b.chunks.is_empty() {
             // The read-back reads only what a flush made durable.
-            vol.flush().map_err(volume_err)?;
+            vol.flush()?;
         }
         if let Some(v) = &verify {
             if !b.chunks.is_empty() {
@@ -1296,7 +1297,7 @@ fn write_batches(
 }
 
 /// Hand the collected writes to the volume as one batch.
-fn write_batch(vol: &mut dyn Volume, batch: &[(u64, Vec<u8>)]) -> anyhow::Result<()> {
+fn write_batch(vol: &mut dyn Volume, batch: &[(u64, Vec<u8>)]) -> crate::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -1307,7 +1308,7 @@ fn write_batch(vol: &mut dyn Volume, batch: &[(u64, Vec<u8>)]) -> anyhow::Result
             data,
         })
         .collect();
-    vol.write_batch(&writes).map_err(volume_err)
+    Ok(vol.write_batch(&writes)?)
 }
 
 /// Clear the boot sector region of a volume that failed its check, so it
@@ -1452,12 +1453,12 @@ fn head_plaintext<S: image_format::Store>(
     size: u64,
     chunk: u32,
     threads: usize,
-) -> anyhow::Result<Vec<u8>> {
+) -> crate::Result<Vec<u8>> {
     let len = image_format::layout::chunk_len(size, chunk, 0) as usize;
     let data = reader
         .read_chunks(&[0], threads)?
         .pop()
-        .ok_or_else(|| anyhow::anyhow!("chunk 0 could not be read"))?;
+        .ok_or_else(|| crate::err!("chunk 0 could not be read"))?;
     match data {
         ChunkData::Zero { .. } => Ok(vec![0; len]),
         ChunkData::Data(d) if d.len() == len => Ok(d),
@@ -1475,10 +1476,10 @@ fn read_back_beside(
     written: std::sync::mpsc::Receiver<Written>,
     out: std::sync::mpsc::SyncSender<ReadBatch>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let mut zero_ids = ZeroIds::new(key);
-    let stopped = || anyhow::anyhow!("the read-back check stopped");
-    let mut read = |checks: Vec<Check>| -> anyhow::Result<()> {
+    let stopped = || crate::err!("the read-back check stopped");
+    let mut read = |checks: Vec<Check>| -> crate::Result<()> {
         let mut runs = runs_of(
             checks,
             r.chunk,
@@ -1509,7 +1510,7 @@ fn read_back_beside(
                 run.data.as_mut().map(|buf| ReadAt { offset, buf })
             })
             .collect();
-        rd.read_batch(&mut reads).map_err(volume_err)?;
+        rd.read_batch(&mut reads)?;
         drop(reads);
         out.send(ReadBatch::Runs(runs)).map_err(|_| stopped())
     };
@@ -1554,7 +1555,7 @@ fn check_beside(
     threads: usize,
     desc: &str,
     spare: std::sync::mpsc::Sender<Vec<u8>>,
-) -> anyhow::Result<Option<Option<[u8; 32]>>> {
+) -> crate::Result<Option<Option<[u8; 32]>>> {
     use sha2::Digest as _;
     let mut sha = r.sha256.then(sha2::Sha256::new);
     if let Some(sha) = sha.as_mut() {
@@ -1631,7 +1632,7 @@ fn read_back(
     threads: usize,
     json: bool,
     sha256: bool,
-) -> anyhow::Result<Option<[u8; 32]>> {
+) -> crate::Result<Option<[u8; 32]>> {
     use sha2::Digest as _;
     let count = image_format::layout::chunk_count(size, chunk);
     let check = Progress::new("re-read", size, json);
@@ -1764,7 +1765,7 @@ fn first_mismatch(
     chunk: u64,
     batch: &[Recheck],
     threads: usize,
-) -> anyhow::Result<Option<(u64, usize)>> {
+) -> crate::Result<Option<(u64, usize)>> {
     let got = read_batch(vol, zero_ids, chunk, batch, &mut Vec::new())?;
     mismatch_in(&got, key, threads)
 }
@@ -1777,7 +1778,7 @@ fn read_batch(
     chunk: u64,
     batch: &[Recheck],
     spare: &mut Vec<Vec<u8>>,
-) -> anyhow::Result<Vec<(Recheck, ReadBack)>> {
+) -> crate::Result<Vec<(Recheck, ReadBack)>> {
     let mut got: Vec<(Recheck, ReadBack)> = Vec::with_capacity(batch.len());
     for r in batch {
         // Only a chunk that must be zeros is worth a hole query (a round trip,
@@ -1804,7 +1805,7 @@ fn read_batch(
             ReadBack::Zeros(_) => None,
         })
         .collect();
-    vol.read_batch(&mut reads).map_err(volume_err)?;
+    vol.read_batch(&mut reads)?;
     drop(reads);
     Ok(got)
 }
@@ -1815,7 +1816,7 @@ fn mismatch_in(
     got: &[(Recheck, ReadBack)],
     key: &image_format::ChunkIdKey,
     threads: usize,
-) -> anyhow::Result<Option<(u64, usize)>> {
+) -> crate::Result<Option<(u64, usize)>> {
     let ok = image_format::parallel::map_in_order(got, threads, |(r, data)| {
         let id = match data {
             ReadBack::Bytes(bytes) => key.id(bytes),
@@ -1831,7 +1832,7 @@ fn mismatch_in(
 }
 
 /// `--adapt`: run virt-v2v-in-place on the verified volume.
-fn adapt_volume(done: &Finished) -> anyhow::Result<mgear_boot::AdaptReport> {
+fn adapt_volume(done: &Finished) -> crate::Result<mgear_boot::AdaptReport> {
     let path = done
         .path
         .as_deref()

@@ -134,7 +134,7 @@ pub struct MediumJson {
 }
 
 /// Run `mgear inspect`.
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub fn run(args: Args) -> crate::Result<i32> {
     let wheres: Vec<crate::medium::Where> = match &args.appliance {
         Some(port) => vec![crate::medium::Where::appliance_at(port.clone())],
         None => args
@@ -194,11 +194,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 /// One medium's captures and sets, keyless.
 /// With `name`, only that capture or set (and a set's disk streams).
-fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> anyhow::Result<MediumJson> {
+fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> crate::Result<MediumJson> {
     let mut medium = w.open_read_only()?;
     let store = medium.store();
     let free = store.free_space().ok().flatten();
-    let listed = image_format::list_captures(store).map_err(anyhow::Error::from);
+    let listed = image_format::list_captures(store).map_err(crate::Error::from);
     let sets = sets_of(store);
     let stored = name.map(|n| image_format::stored_name(store, n));
     let span = medium.span().map(|sp| SpanJson {
@@ -502,7 +502,7 @@ pub struct SetJson {
 
 /// The sets on a medium (keyless), and the disk streams not yet bound by a
 /// set manifest (a set capture under way) as unfinished generations.
-pub fn sets_of(store: &mut dyn image_format::Store) -> anyhow::Result<Vec<SetJson>> {
+pub fn sets_of(store: &mut dyn image_format::Store) -> crate::Result<Vec<SetJson>> {
     let mut out = Vec::new();
     for s in set::list_sets(store)? {
         let mut gens = Vec::new();

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::Context;
 
 use crate::exit::usage;
 
@@ -18,7 +18,7 @@ pub fn pub_path(key: &Path) -> PathBuf {
 }
 
 /// Write `contents` to `path` with mode `mode`, refusing to overwrite unless `force`.
-pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> anyhow::Result<()> {
+pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> crate::Result<()> {
     if !force && path.exists() {
         return Err(usage(format!(
             "{} already exists: refusing to overwrite a key (use --force if you really mean it)",

@@ -10,8 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::error::Context;
 use age::secrecy::ExposeSecret;
-use anyhow::Context;
 use zeroize::Zeroizing;
 
 use crate::exit::usage;
@@ -33,7 +33,7 @@ pub struct KeygenArgs {
 }
 
 /// `mgear keygen`.
-pub fn keygen(args: KeygenArgs) -> anyhow::Result<i32> {
+pub fn keygen(args: KeygenArgs) -> crate::Result<i32> {
     let json = crate::output::json();
     if args.signing {
         let public = crate::sitekey::generate(&args.out, args.force)?;
@@ -81,12 +81,12 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<i32> {
 }
 
 /// Write a key pair at `out` without printing (bench); refuses to overwrite.
-pub fn keygen_quiet(out: &Path) -> anyhow::Result<()> {
+pub fn keygen_quiet(out: &Path) -> crate::Result<()> {
     write_key_pair(out, false).map(|_| ())
 }
 
 /// Write `out` and `out.pub`; returns the recipient.
-fn write_key_pair(out: &Path, force: bool) -> anyhow::Result<String> {
+fn write_key_pair(out: &Path, force: bool) -> crate::Result<String> {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let secret = Zeroizing::new(format!(
@@ -112,7 +112,7 @@ fn key_line(text: &str) -> Option<&str> {
 }
 
 /// Read an age X25519 identity file.
-pub fn read_identity(path: &Path) -> anyhow::Result<age::x25519::Identity> {
+pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
     let text = Zeroizing::new(
         fs::read_to_string(path)
             .map_err(|e| usage(format!("cannot read identity {}: {e}", path.display())))?,
@@ -132,7 +132,7 @@ pub fn read_identity(path: &Path) -> anyhow::Result<age::x25519::Identity> {
 }
 
 /// Read a recipient: a file holding `age1...`, or the `age1...` string itself.
-pub fn read_recipient(arg: &str) -> anyhow::Result<age::x25519::Recipient> {
+pub fn read_recipient(arg: &str) -> crate::Result<age::x25519::Recipient> {
     let text = if arg.starts_with("age1") {
         arg.to_owned()
     } else {
@@ -148,7 +148,7 @@ pub fn read_recipient(arg: &str) -> anyhow::Result<age::x25519::Recipient> {
 }
 
 /// Read a passphrase file (first line, without the newline).
-pub fn read_passphrase(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
         usage(format!(
             "cannot read passphrase file {}: {e}",
@@ -174,7 +174,7 @@ pub const MIN_WORK_FACTOR: u8 = 18;
 
 /// Refuse a passphrase an offline guesser would find: the passphrase slot
 /// is on the medium, and a courier can try guesses at leisure.
-pub fn check_strength(pass: &str, path: &Path) -> anyhow::Result<()> {
+pub fn check_strength(pass: &str, path: &Path) -> crate::Result<()> {
     let chars = pass.chars().count();
     let mut distinct: Vec<char> = pass.chars().collect();
     distinct.sort_unstable();
@@ -198,10 +198,10 @@ const PASS_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 /// Write a new random passphrase (130 bits: 26 symbols of 5 bits, in groups
 /// of 5 and 6) to `path`, which must not exist (created 0600, O_EXCL, never
 /// through a symlink), and return it.
-pub fn generate_passphrase(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+pub fn generate_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     let mut raw = Zeroizing::new([0u8; 26]);
     getrandom::getrandom(&mut raw[..])
-        .map_err(|e| anyhow::anyhow!("the operating system's random generator failed: {e}"))?;
+        .map_err(|e| crate::err!("the operating system's random generator failed: {e}"))?;
     let mut pass = Zeroizing::new(String::with_capacity(32));
     for (i, b) in raw.iter().enumerate() {
         if i > 0 && i % 5 == 0 && i < 25 {
@@ -225,7 +225,7 @@ pub fn generate_passphrase(path: &Path) -> anyhow::Result<Zeroizing<String>> {
 /// The scrypt work factor a capture writes: age's default unless asked;
 /// asking for less than 2^18 is allowed only in debug builds (the tests,
 /// where each unlock would otherwise cost a second).
-pub fn capture_work_factor(asked: Option<u8>) -> anyhow::Result<Option<u8>> {
+pub fn capture_work_factor(asked: Option<u8>) -> crate::Result<Option<u8>> {
     match asked {
         Some(n) if n < MIN_WORK_FACTOR && !cfg!(debug_assertions) => Err(usage(format!(
             "--passphrase-work-factor {n} is below the floor of {MIN_WORK_FACTOR} (2^{MIN_WORK_FACTOR}): \
@@ -239,7 +239,7 @@ pub fn capture_work_factor(asked: Option<u8>) -> anyhow::Result<Option<u8>> {
 }
 
 /// The key cache directory.
-pub fn key_cache_dir(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub fn key_cache_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
     if let Some(d) = arg {
         return Ok(d);
     }
@@ -275,7 +275,7 @@ pub fn cache_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
 }
 
 /// Every key cache file in `dir` (none if `dir` does not exist), by name then id.
-pub fn cached_keys(dir: &Path) -> anyhow::Result<Vec<CachedKey>> {
+pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -331,7 +331,7 @@ pub fn cached_keys(dir: &Path) -> anyhow::Result<Vec<CachedKey>> {
 /// The cache file holding the key of capture `id` (named `name`, compared
 /// without case): the file with that id line, else an older release's
 /// `name.key` without an id line (the key check at capture decides).
-pub fn find_cached(dir: &Path, name: &str, id: &[u8; 16]) -> anyhow::Result<Option<CachedKey>> {
+pub fn find_cached(dir: &Path, name: &str, id: &[u8; 16]) -> crate::Result<Option<CachedKey>> {
     let want = crate::output::hex(id);
     let all = cached_keys(dir)?;
     if let Some(k) = all
@@ -382,7 +382,7 @@ pub enum KeysCmd {
 }
 
 /// Run `mgear keys`.
-pub fn keys(args: KeysArgs) -> anyhow::Result<i32> {
+pub fn keys(args: KeysArgs) -> crate::Result<i32> {
     match args.cmd {
         KeysCmd::List { key_cache, json } => {
             let dir = key_cache_dir(key_cache)?;

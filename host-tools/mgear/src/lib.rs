@@ -15,6 +15,7 @@ pub mod boot_cmd;
 pub mod capture;
 pub mod cloud_target;
 pub mod demo;
+pub mod error;
 pub mod exit;
 pub mod guard;
 pub mod ingest;
@@ -42,3 +43,5 @@ pub mod tools;
 pub mod trust;
 pub mod units;
 pub mod verify;
+
+pub use error::{Error, Result};

@@ -25,7 +25,7 @@ pub struct MediumLock {
 
 /// Lock the medium at `path` (file, device or directory): `exclusive` for
 /// commands that write it. Fails with exit 3 and names the holder.
-pub fn lock(path: &Path, exclusive: bool, spec: &str) -> anyhow::Result<MediumLock> {
+pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLock> {
     let file = File::open(path).map_err(|e| {
         coded(
             crate::exit::IO,

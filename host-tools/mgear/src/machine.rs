@@ -37,13 +37,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::Context;
 use image_format::set::{self, SetDisk, SetFile, SetManifest, TableKind};
 use image_format::DataKey;
 use serde::Serialize;
 
 use crate::capture::{self, Receipt, Shared};
-use crate::exit::{boot_err, coded, coded_hint, usage, FOUND, OK, USAGE};
+use crate::exit::{coded, coded_hint, usage, FOUND, OK, USAGE};
 use crate::inspect::DiskJson;
 use crate::output::hex;
 use crate::units::human_bytes;
@@ -68,7 +68,7 @@ pub struct CaptureReport {
 /// Run `mgear capture`: a machine set (several `--source`s) here, one disk
 /// (and a set's `--dry-run` or `--abort`) in [`capture::run`]. The
 /// command enters above both, so capture never calls up into this module.
-pub fn capture(cli: capture::Cli) -> anyhow::Result<i32> {
+pub fn capture(cli: capture::Cli) -> crate::Result<i32> {
     if cli.sources.len() < 2 || cli.args.abort || cli.args.dry_run {
         return capture::run(cli);
     }
@@ -78,7 +78,7 @@ pub fn capture(cli: capture::Cli) -> anyhow::Result<i32> {
 }
 
 /// `mgear capture` with several `--source`s.
-pub fn run_capture(args: &capture::Args, sources: &[String]) -> anyhow::Result<i32> {
+pub fn run_capture(args: &capture::Args, sources: &[String]) -> crate::Result<i32> {
     let r = capture_set(args, sources)?;
     if args.json {
         crate::progress::print_json(&r)?;
@@ -154,7 +154,7 @@ fn state(
     store: &mut dyn image_format::Store,
     args: &capture::Args,
     n: usize,
-) -> anyhow::Result<State> {
+) -> crate::Result<State> {
     let name = &args.name;
     let caps = image_format::list_captures(store)?;
     if let Some(c) = caps.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
@@ -240,7 +240,7 @@ fn shared_key(
     store: &mut dyn image_format::Store,
     args: &capture::Args,
     capture_id: Option<[u8; 16]>,
-) -> anyhow::Result<Shared> {
+) -> crate::Result<Shared> {
     let name = &args.name;
     let dir = crate::keys::key_cache_dir(args.key_cache.clone())?;
     // --dedup-across-machines: the set takes the other machine's key and id.
@@ -367,7 +367,7 @@ fn sector_size(p: &Path) -> u32 {
 }
 
 /// Capture every disk of a machine as one set; see the module doc.
-pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<CaptureReport> {
+pub fn capture_set(args: &capture::Args, sources: &[String]) -> crate::Result<CaptureReport> {
     let name = args.name.clone();
     image_format::layout::validate_plain_name(&name).map_err(|e| usage(e.to_string()))?;
     if sources.len() > set::MAX_SET_DISKS {
@@ -398,7 +398,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
         let r = (|| {
             let st = state(ro.store(), args, sources.len())?;
             let shared = shared_key(ro.store(), args, st.capture_id)?;
-            Ok::<_, anyhow::Error>((st, shared))
+            Ok::<_, crate::Error>((st, shared))
         })();
         let closed = ro.close();
         let r = r?;
@@ -460,7 +460,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
             .iter()
             .find(|c| c.name == set::disk_stream_name(&name, 0))
             .and_then(|c| c.generations.iter().find(|i| i.generation == g))
-            .ok_or_else(|| anyhow::anyhow!("disk 0 of set {name} generation {g} is missing"))?;
+            .ok_or_else(|| crate::err!("disk 0 of set {name} generation {g} is missing"))?;
         let file = match set::read_set(store, &name, g)? {
             Some(f) if st.sealed => f,
             _ => {
@@ -497,7 +497,7 @@ pub fn capture_set(args: &capture::Args, sources: &[String]) -> anyhow::Result<C
             receipt = capture::sign_generation(store, &name, g, key)
                 .context("signing the set's COMMIT (re-run the same command with --sign)")?;
         }
-        Ok::<_, anyhow::Error>((file, receipt))
+        Ok::<_, crate::Error>((file, receipt))
     })();
     let closed = medium.close();
     let (file, mut receipt) = result?;
@@ -550,7 +550,7 @@ pub struct IngestReport {
 }
 
 /// The host path and format of an ingested volume, for `--adapt`.
-fn local_volume(target: &str) -> anyhow::Result<(PathBuf, String)> {
+fn local_volume(target: &str) -> crate::Result<(PathBuf, String)> {
     use crate::boot_cmd::Resolved;
     use mgear_boot::Target;
     Ok(match crate::boot_cmd::resolve(target)? {
@@ -573,7 +573,7 @@ pub fn targets_of(
     targets: &[String],
     disks: usize,
     only: Option<usize>,
-) -> anyhow::Result<Vec<(usize, String)>> {
+) -> crate::Result<Vec<(usize, String)>> {
     let expand = |t: &str, k: usize| t.replace("{disk}", &k.to_string());
     if let Some(k) = only {
         if k >= disks {
@@ -602,7 +602,7 @@ pub fn targets_of(
 
 /// Run `mgear ingest`: a machine set (several targets, a `{disk}` pattern or
 /// `--disk`) here, one disk in [`crate::ingest::run`].
-pub fn ingest(cli: crate::ingest::Cli) -> anyhow::Result<i32> {
+pub fn ingest(cli: crate::ingest::Cli) -> crate::Result<i32> {
     let set = cli.targets.len() > 1
         || cli.disk.is_some()
         || cli.targets.iter().any(|t| t.contains("{disk}"));
@@ -618,7 +618,7 @@ pub fn run_ingest(
     args: &crate::ingest::Args,
     targets: &[String],
     only: Option<usize>,
-) -> anyhow::Result<i32> {
+) -> crate::Result<i32> {
     let r = ingest_set(args, targets, only)?;
     let code = match r.booted {
         Some(false) => FOUND,
@@ -654,10 +654,10 @@ pub fn ingest_set(
     args: &crate::ingest::Args,
     targets: &[String],
     only: Option<usize>,
-) -> anyhow::Result<IngestReport> {
+) -> crate::Result<IngestReport> {
     if args.adapt {
         // Say what to install before anything is decrypted.
-        mgear_boot::adapt::find_adapter().map_err(boot_err)?;
+        mgear_boot::adapt::find_adapter()?;
         if only.is_some() {
             return Err(usage(
                 "--adapt converts the whole machine at once (virt-v2v must see every disk): \
@@ -756,8 +756,8 @@ pub fn ingest_set(
         );
         match ingest_disk(*k, target, hold) {
             Ok(report) => disks.push(IngestedDisk { disk: *k, report }),
-            Err(e) if e.downcast_ref::<crate::ingest::Held>().is_some() => {
-                held.push((*k, e.downcast::<crate::ingest::Held>()?));
+            Err(e) if matches!(&e, crate::Error::Other(o) if o.is::<crate::ingest::Held>()) => {
+                held.push((*k, e.take::<crate::ingest::Held>()?));
             }
             // The other disks get what the media given hold, too.
             Err(e) if crate::exit::classified(&e) == Some(crate::exit::PENDING) => {
@@ -798,7 +798,7 @@ pub fn ingest_set(
             let target = &plan
                 .iter()
                 .find(|(d, _)| *d == k)
-                .ok_or_else(|| anyhow::anyhow!("disk {k} is not in the plan (a bug)"))?
+                .ok_or_else(|| crate::err!("disk {k} is not in the plan (a bug)"))?
                 .1;
             let mut report = ingest_disk(k, target, false)
                 .with_context(|| format!("finishing disk {k} of set {} in {target}", args.name))?;
@@ -848,7 +848,7 @@ pub fn ingest_set(
         out.adapt = Some(adapted);
     }
     if args.boot {
-        let bus = args.boot_bus.parse::<mgear_boot::Bus>().map_err(boot_err)?;
+        let bus = args.boot_bus.parse::<mgear_boot::Bus>()?;
         let mut order: Vec<usize> = vec![boot];
         order.extend((0..plan.len()).filter(|k| *k != boot));
         let cinder = plan
@@ -863,18 +863,16 @@ pub fn ingest_set(
                     .iter()
                     .find(|d| d.disk == k)
                     .and_then(|d| d.report.volume.clone())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("disk {k}'s cinder: target reported no volume id")
-                    })
+                    .ok_or_else(|| crate::err!("disk {k}'s cinder: target reported no volume id"))
             };
             let data = order[1..]
                 .iter()
                 .map(|k| volume(*k))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .collect::<crate::Result<Vec<_>>>()?;
             let mut a = args.clone();
             a.target = plan[boot].1.clone();
             let Some(first) = out.disks.iter_mut().find(|d| d.disk == boot) else {
-                anyhow::bail!("the boot disk {boot} was not ingested");
+                crate::bail!("the boot disk {boot} was not ingested");
             };
             crate::ingest::boot_cinder_with(&a, &mut first.report, data)?;
             out.booted = first.report.booted;
@@ -890,7 +888,7 @@ pub fn ingest_set(
         let resolved = order
             .iter()
             .map(|k| crate::boot_cmd::resolve(&plan[*k].1))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         let mut opts = crate::boot_cmd::BootOptions::new(
             args.wait_for.clone(),
             std::time::Duration::from_secs(args.timeout),
@@ -902,7 +900,7 @@ pub fn ingest_set(
         let saved = report.write_json(&path);
         out.booted = Some(report.booted());
         out.boot_report = Some(path.display().to_string());
-        saved.map_err(boot_err)?;
+        saved?;
         if !report.booted() {
             eprintln!(
                 "mgear: set {} did not boot: {}\n{}",

@@ -16,7 +16,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::Context;
 use image_format::span::{SpanOptions, SpanStore};
 use image_format::store::fat::{FormatOptions, Formatted, MAX_FAT32_BYTES, MIN_FAT32_BYTES};
 use image_format::store::{DirStore, Entry, FatStore, FlushIsDurable};
@@ -116,21 +116,21 @@ impl Medium {
     }
 
     /// Flush and close, reporting any error.
-    pub fn close(self) -> anyhow::Result<()> {
+    pub fn close(self) -> crate::Result<()> {
         match self.kind {
             Kind::Fat(s) => s
                 .unmount()
-                .map_err(|e| anyhow::anyhow!("closing the FAT medium: {e}")),
+                .map_err(|e| crate::err!("closing the FAT medium: {e}")),
             Kind::Nbd(s) => s
                 .unmount()
-                .map_err(|e| anyhow::anyhow!("closing the FAT medium over NBD: {e}")),
+                .map_err(|e| crate::err!("closing the FAT medium over NBD: {e}")),
             // DirStore makes each file durable when the format syncs it.
             Kind::Dir(_) => Ok(()),
             // The boxed FAT store cannot be unmounted through `dyn Store`;
             // sync flushes its data and metadata, and the appliance owns the volume.
             Kind::Appliance(mut s) => s
                 .sync("")
-                .map_err(|e| anyhow::anyhow!("syncing the appliance's medium: {e}")),
+                .map_err(|e| crate::err!("syncing the appliance's medium: {e}")),
             Kind::Span(s) => {
                 // Close every medium even when one fails; report the first failure.
                 let mut first = Ok(());
@@ -174,30 +174,30 @@ pub struct Where {
 
 impl Where {
     /// Open it.
-    pub fn open(&self) -> anyhow::Result<Medium> {
+    pub fn open(&self) -> crate::Result<Medium> {
         self.open_mode(false)
     }
 
     /// Open it for a command that only reads (inspect, verify, ingest,
     /// serve): a `fat:` or NBD medium is opened read-only, so it is
     /// byte-for-byte the same afterwards (its sha256 does not change).
-    pub fn open_read_only(&self) -> anyhow::Result<Medium> {
+    pub fn open_read_only(&self) -> crate::Result<Medium> {
         self.open_mode(true)
     }
 
     /// Open it for a capture: several media (or one medium of a span) are
     /// joined into one span store sized by `plan`.
-    pub fn open_for_capture(&self, plan: &SpanPlan) -> anyhow::Result<Medium> {
+    pub fn open_for_capture(&self, plan: &SpanPlan) -> crate::Result<Medium> {
         self.open_with(false, Some(plan))
     }
 
-    fn open_mode(&self, read_only: bool) -> anyhow::Result<Medium> {
+    fn open_mode(&self, read_only: bool) -> crate::Result<Medium> {
         self.open_with(read_only, None)
     }
 
     /// Open it read-only for a capture's checks before it writes: media
     /// that are about to join a span are read beside the span's.
-    pub fn open_before_capture(&self) -> anyhow::Result<Medium> {
+    pub fn open_before_capture(&self) -> crate::Result<Medium> {
         self.open_with(true, Some(&SpanPlan::default()))
     }
 
@@ -230,7 +230,7 @@ impl Where {
         }
     }
 
-    fn open_with(&self, read_only: bool, plan: Option<&SpanPlan>) -> anyhow::Result<Medium> {
+    fn open_with(&self, read_only: bool, plan: Option<&SpanPlan>) -> crate::Result<Medium> {
         let mut media = Vec::new();
         for port in &self.appliance {
             let m: Medium = Kind::Appliance(crate::appliance::open_medium(port)?).into();
@@ -249,7 +249,7 @@ impl Where {
             let labelled = m
                 .store()
                 .len(image_format::span::SPAN_FILE)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.describe()))?
+                .map_err(|e| crate::err!("reading {}: {e}", self.describe()))?
                 .is_some();
             if !labelled && plan.is_none_or(|p| p.lost.is_empty()) {
                 return Ok(m);
@@ -319,7 +319,7 @@ impl Where {
 
 /// Open the medium `spec`; `read_only`: an image or device is opened
 /// O_RDONLY and the FAT store refuses every write, so nothing on it changes.
-fn open_mode(spec: &str, read_only: bool) -> anyhow::Result<Medium> {
+fn open_mode(spec: &str, read_only: bool) -> crate::Result<Medium> {
     let parsed = MediumSpec::parse(spec)?;
     // Two writers on one FAT volume overwrite each other's clusters: lock
     // before the first byte is read. (An NBD medium is guarded by its server.)
@@ -333,11 +333,11 @@ fn open_mode(spec: &str, read_only: bool) -> anyhow::Result<Medium> {
     Ok(Medium { kind, _lock: lock })
 }
 
-fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> anyhow::Result<Kind> {
+fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<Kind> {
     match parsed {
         MediumSpec::Dir(path) => {
             let store =
-                DirStore::open(&path).map_err(|e| anyhow::anyhow!("opening medium {spec}: {e}"))?;
+                DirStore::open(&path).map_err(|e| crate::err!("opening medium {spec}: {e}"))?;
             Ok(Kind::Dir(store))
         }
         MediumSpec::Fat(path) => {
@@ -352,7 +352,7 @@ fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> anyhow::Result<
             } else {
                 FatStore::open(dev)
             }
-            .map_err(|e| anyhow::anyhow!("opening medium {}: {e}", path.display()))?;
+            .map_err(|e| crate::err!("opening medium {}: {e}", path.display()))?;
             Ok(Kind::Fat(store))
         }
         MediumSpec::Nbd(url) => {
@@ -367,7 +367,7 @@ fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> anyhow::Result<
             } else {
                 FatStore::open(dev)
             }
-            .map_err(|e| anyhow::anyhow!("opening medium {url}: {e}"))?;
+            .map_err(|e| crate::err!("opening medium {url}: {e}"))?;
             Ok(Kind::Nbd(store))
         }
     }
@@ -386,7 +386,7 @@ pub struct FormatDone {
 
 /// Format `path` (a new image of `size` bytes, or an existing device) with
 /// FAT32; returns the size.
-pub fn format_fat(path: &std::path::Path, size: Option<u64>, force: bool) -> anyhow::Result<u64> {
+pub fn format_fat(path: &std::path::Path, size: Option<u64>, force: bool) -> crate::Result<u64> {
     Ok(format_medium(path, size, force)?.bytes)
 }
 
@@ -394,7 +394,7 @@ pub fn format_fat(path: &std::path::Path, size: Option<u64>, force: bool) -> any
 /// at most 16 TiB. A request for exactly 16 TiB (or anything between
 /// [`MAX_FAT32_BYTES`] and 16 TiB) makes an image of [`MAX_FAT32_BYTES`],
 /// the 4 KiB FAT32 cannot address (and ext4 cannot hold in one file).
-fn image_size(size: u64) -> anyhow::Result<u64> {
+fn image_size(size: u64) -> crate::Result<u64> {
     if size < MIN_FAT32_BYTES {
         return Err(usage(format!(
             "--size {}: a FAT32 medium needs at least {}",
@@ -421,7 +421,7 @@ pub fn format_medium(
     path: &std::path::Path,
     size: Option<u64>,
     force: bool,
-) -> anyhow::Result<FormatDone> {
+) -> crate::Result<FormatDone> {
     let meta = std::fs::metadata(path).ok();
     let is_dev = meta
         .as_ref()
@@ -460,7 +460,7 @@ pub fn format_medium(
                 .with_context(|| format!("wiping old signatures on {}", path.display()))?;
         }
         let formatted = run_format(file, !is_dev)
-            .map_err(|e| anyhow::anyhow!("formatting {}: {e}", path.display()))?;
+            .map_err(|e| crate::err!("formatting {}: {e}", path.display()))?;
         return Ok(FormatDone {
             bytes,
             formatted,
@@ -496,7 +496,7 @@ pub fn format_medium(
     };
     // Truncating to zero and growing again drops every old byte (and
     // signature): the new image reads as zeros and stays sparse.
-    let made = (|| -> anyhow::Result<Formatted> {
+    let made = (|| -> crate::Result<Formatted> {
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -515,7 +515,7 @@ pub fn format_medium(
                 ),
             )
         })?;
-        run_format(f, true).map_err(|e| anyhow::anyhow!("formatting {}: {e}", path.display()))
+        run_format(f, true).map_err(|e| crate::err!("formatting {}: {e}", path.display()))
     })();
     match made {
         Ok(formatted) => Ok(FormatDone {
@@ -649,7 +649,7 @@ impl Gaps {
     pub fn refuse_lost<S: Store>(
         &self,
         reader: &image_format::CaptureReader<S>,
-    ) -> anyhow::Result<()> {
+    ) -> crate::Result<()> {
         let need: Need = self
             .need(reader, |_| true)
             .into_iter()
@@ -680,7 +680,7 @@ impl Gaps {
         missing: impl Fn(u64) -> bool,
         written: u64,
         target: &str,
-    ) -> anyhow::Error {
+    ) -> crate::Error {
         let need = self.need(reader, missing);
         let labels: Vec<String> = need.keys().map(|o| self.map.describe(*o)).collect();
         crate::exit::coded_hint(

@@ -33,7 +33,7 @@
 //! `--repair` `fsck.fat -a`, which reclaims the clusters a crash or a full
 //! medium leaked. Exit 0: clean; 1: something is left.
 
-use anyhow::Context;
+use crate::error::Context;
 use image_format::commit::COMMIT_FILE;
 use image_format::layout::{self, JOURNAL_A, JOURNAL_B, KEYPASS_FILE, KEYS_FILE, MANIFEST_FILE};
 use image_format::layout::{INDEX_FILE, IPART_FILE};
@@ -76,7 +76,7 @@ pub enum MediumCmd {
 }
 
 /// Run `mgear medium`.
-pub fn run(args: MediumArgs) -> anyhow::Result<i32> {
+pub fn run(args: MediumArgs) -> crate::Result<i32> {
     match args.cmd {
         MediumCmd::Rm(a) => rm(a),
         MediumCmd::Fsck(a) => fsck(a),
@@ -194,7 +194,7 @@ pub struct RmReport {
 /// The capture directory on the medium whose name equals `name` ignoring
 /// case (FAT keeps one directory for `web01` and `WEB01`).
 /// Two directories differing only by case are an error naming both.
-pub fn find_capture(store: &mut dyn Store, name: &str) -> anyhow::Result<Option<String>> {
+pub fn find_capture(store: &mut dyn Store, name: &str) -> crate::Result<Option<String>> {
     let stored = image_format::stored_name(store, name)?;
     Ok(image_format::list_captures(store)?
         .into_iter()
@@ -242,7 +242,7 @@ pub fn plan_rm(
     name: &str,
     generation: Option<u32>,
     force: bool,
-) -> anyhow::Result<RmPlan> {
+) -> crate::Result<RmPlan> {
     let stored = image_format::stored_name(store, name)?;
     let captures = image_format::list_captures(store)?;
     let Some(cap) = captures.iter().find(|c| c.name == stored) else {
@@ -319,19 +319,19 @@ fn list(v: &[u32]) -> String {
 }
 
 /// Turn a read-only refusal into the sealed-medium message.
-fn sealed(e: StoreError, path: &str) -> anyhow::Error {
+fn sealed(e: StoreError, path: &str) -> crate::Error {
     match e {
         StoreError::ReadOnly => coded(
             FOUND,
             "the medium is read-only (a sealed or locked appliance): nothing on a sealed \
              shipment is ever removed; unlock an unsealed appliance with `mgear appliance unlock` first",
         ),
-        other => anyhow::Error::new(other).context(format!("removing {path}")),
+        other => crate::Error::from(other).context(format!("removing {path}")),
     }
 }
 
 /// Remove every file of directory `dir` (one level) and then `dir`; returns bytes freed.
-fn remove_tree(store: &mut dyn Store, dir: &str) -> anyhow::Result<u64> {
+fn remove_tree(store: &mut dyn Store, dir: &str) -> crate::Result<u64> {
     let mut freed = 0;
     let entries = match store.list(dir) {
         Ok(v) => v,
@@ -354,7 +354,7 @@ fn remove_tree(store: &mut dyn Store, dir: &str) -> anyhow::Result<u64> {
 
 /// Make the removals durable. A FAT store flushes everything on any
 /// sync; a mounted directory syncs the directory named (and its parent).
-fn flush(store: &mut dyn Store) -> anyhow::Result<()> {
+fn flush(store: &mut dyn Store) -> crate::Result<()> {
     match store.sync(layout::ROOT_DIR) {
         Ok(()) | Err(StoreError::NotFound) => Ok(()),
         Err(e) => Err(sealed(e, "the medium")),
@@ -363,7 +363,7 @@ fn flush(store: &mut dyn Store) -> anyhow::Result<()> {
 
 /// Carry out `plan`: newest generation first, so an interruption never
 /// leaves a delta without its parent. Returns bytes freed.
-pub fn execute(store: &mut dyn Store, plan: &RmPlan) -> anyhow::Result<u64> {
+pub fn execute(store: &mut dyn Store, plan: &RmPlan) -> crate::Result<u64> {
     let mut freed = 0;
     for &g in plan.remove.iter().rev() {
         freed += remove_tree(store, &layout::generation_dir(&plan.name, g))?;
@@ -377,7 +377,7 @@ pub fn execute(store: &mut dyn Store, plan: &RmPlan) -> anyhow::Result<u64> {
 
 /// The disk streams (`NAME.dK`) of machine set `name` on the medium and the
 /// set's own directory name as stored; `None` when `name` is no set.
-fn set_members(store: &mut dyn Store, name: &str) -> anyhow::Result<Option<(String, Vec<String>)>> {
+fn set_members(store: &mut dyn Store, name: &str) -> crate::Result<Option<(String, Vec<String>)>> {
     if image_format::set::parse_disk_stream_name(name).is_some() {
         return Ok(None);
     }
@@ -398,7 +398,7 @@ fn set_members(store: &mut dyn Store, name: &str) -> anyhow::Result<Option<(Stri
 }
 
 /// Generation directories of the set directory itself.
-fn set_dir_generations(store: &mut dyn Store, set: &str) -> anyhow::Result<Vec<u32>> {
+fn set_dir_generations(store: &mut dyn Store, set: &str) -> crate::Result<Vec<u32>> {
     let dir = layout::capture_dir(set);
     let entries = match store.list(&dir) {
         Ok(v) => v,
@@ -416,7 +416,7 @@ fn set_dir_generations(store: &mut dyn Store, set: &str) -> anyhow::Result<Vec<u
 
 /// Removes what a set's plans say: every disk stream's generations, then
 /// the same generations of the set directory (and the directory once empty).
-fn execute_set(store: &mut dyn Store, set: &str, plans: &[RmPlan]) -> anyhow::Result<u64> {
+fn execute_set(store: &mut dyn Store, set: &str, plans: &[RmPlan]) -> crate::Result<u64> {
     let mut freed = 0;
     for p in plans {
         freed += execute(store, p)?;
@@ -463,7 +463,7 @@ fn set_summary(set: &str, plans: &[RmPlan]) -> RmPlan {
 /// `capture --abort` of machine set `set`: every disk stream generation the
 /// set did not bind (an interrupted set capture: some disks finished, the
 /// set manifest not written), and the set's own unfinished generation.
-fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> anyhow::Result<RmPlan> {
+fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> crate::Result<RmPlan> {
     let bound = image_format::set::set_generations(store, set)?
         .last()
         .copied()
@@ -516,7 +516,7 @@ fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> anyhow::Re
 /// `capture --abort`: remove the unfinished generation of `name`. Refuses
 /// when the newest generation is finished (that is `medium rm --force`).
 /// For a machine set, every disk of it.
-pub fn abort(store: &mut dyn Store, name: &str) -> anyhow::Result<RmPlan> {
+pub fn abort(store: &mut dyn Store, name: &str) -> crate::Result<RmPlan> {
     if let Some((set, streams)) = set_members(store, name)? {
         return abort_set(store, &set, &streams);
     }
@@ -559,7 +559,7 @@ pub fn refuse_if_borrowed(
     store: &mut dyn Store,
     machine: &str,
     plans: &[RmPlan],
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let removed = |capture: &str, g: u32| {
         plans
             .iter()
@@ -595,7 +595,7 @@ pub fn refuse_if_borrowed(
 }
 
 /// Run `mgear medium rm`.
-pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
+pub fn rm(args: RmArgs) -> crate::Result<i32> {
     let mut medium = args.medium.open()?;
     let result = (|| {
         let store = medium.store();
@@ -607,7 +607,7 @@ pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
             }
             refuse_if_borrowed(store, &set, &plans)?;
             let freed = execute_set(store, &set, &plans)?;
-            return Ok::<_, anyhow::Error>((set_summary(&set, &plans), freed));
+            return Ok::<_, crate::Error>((set_summary(&set, &plans), freed));
         }
         if let Some((set, _)) = image_format::set::parse_disk_stream_name(&args.name) {
             // Its records may be what another disk of the set points at.
@@ -620,7 +620,7 @@ pub fn rm(args: RmArgs) -> anyhow::Result<i32> {
         let plan = plan_rm(store, &args.name, args.generation, args.force)?;
         refuse_if_borrowed(store, &plan.name, std::slice::from_ref(&plan))?;
         let freed = execute(store, &plan)?;
-        Ok::<_, anyhow::Error>((plan, freed))
+        Ok::<_, crate::Error>((plan, freed))
     })();
     let (plan, freed) = match result {
         Ok(v) => v,
@@ -707,7 +707,7 @@ fn known_generation_file(name: &str) -> bool {
 }
 
 /// Look for leftovers (keyless).
-pub fn scan(store: &mut dyn Store) -> anyhow::Result<Vec<Finding>> {
+pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
     let mut out = Vec::new();
     let finding = |path: String, kind, what: String, repairable| Finding {
         path,
@@ -831,7 +831,7 @@ pub fn scan(store: &mut dyn Store) -> anyhow::Result<Vec<Finding>> {
 /// Scan and remove the repairable findings until none is left (removing a
 /// capture's last damaged generation leaves an empty capture, removed on
 /// the next pass); returns every finding, the removed ones marked.
-pub fn scan_and_repair(store: &mut dyn Store) -> anyhow::Result<Vec<Finding>> {
+pub fn scan_and_repair(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
     let mut all: Vec<Finding> = Vec::new();
     for _ in 0..3 {
         let mut found = scan(store)?;
@@ -847,7 +847,7 @@ pub fn scan_and_repair(store: &mut dyn Store) -> anyhow::Result<Vec<Finding>> {
 }
 
 /// Remove the repairable findings; marks them repaired.
-pub fn repair(store: &mut dyn Store, findings: &mut [Finding]) -> anyhow::Result<()> {
+pub fn repair(store: &mut dyn Store, findings: &mut [Finding]) -> crate::Result<()> {
     for f in findings.iter_mut().filter(|f| f.repairable) {
         match f.kind {
             "damaged-generation" | "empty-capture" => {
@@ -864,7 +864,7 @@ pub fn repair(store: &mut dyn Store, findings: &mut [Finding]) -> anyhow::Result
 /// `fsck.fat -n` (or with `repair`, `fsck.fat -a`: reclaim the clusters a
 /// crash leaked, fix the free count) on an image or device, if dosfstools
 /// is installed. The medium lock is held meanwhile, so no capture starts.
-fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> anyhow::Result<Option<FatCheck>> {
+fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> crate::Result<Option<FatCheck>> {
     let Some(tool) = crate::tools::which("fsck.fat") else {
         return Ok(None);
     };
@@ -886,7 +886,7 @@ fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> anyhow::Result<
 }
 
 /// Run `mgear medium fsck`.
-pub fn fsck(args: FsckArgs) -> anyhow::Result<i32> {
+pub fn fsck(args: FsckArgs) -> crate::Result<i32> {
     let mut medium = if args.repair {
         args.medium.open()?
     } else {

@@ -54,7 +54,7 @@ struct Envelope<'a> {
 /// value that is not an object goes under `"result"`; an `ok` or `command`
 /// field of its own is replaced (a false `ok` of the value wins: verify
 /// reports its own verdict).
-fn parts<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<(bool, Map<String, Value>)> {
+fn parts<T: Serialize>(ok: bool, value: &T) -> crate::Result<(bool, Map<String, Value>)> {
     let mut rest = match serde_json::to_value(value)? {
         Value::Object(m) => m,
         other => {
@@ -72,7 +72,7 @@ fn parts<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<(bool, Map<String,
 }
 
 /// `value` in the envelope, as one line of JSON with `ok` and `command` first.
-pub fn envelope_line<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<String> {
+pub fn envelope_line<T: Serialize>(ok: bool, value: &T) -> crate::Result<String> {
     let (ok, rest) = parts(ok, value)?;
     Ok(serde_json::to_string(&Envelope {
         ok,
@@ -82,12 +82,12 @@ pub fn envelope_line<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<String
 }
 
 /// Print `value` in the envelope as one JSON line on stdout (`ok` from the value, else true).
-pub fn emit<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub fn emit<T: Serialize>(value: &T) -> crate::Result<()> {
     emit_ok(true, value)
 }
 
 /// [`emit`] with an explicit verdict (false for a command that exits non-zero).
-pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<()> {
+pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> crate::Result<()> {
     println!("{}", envelope_line(ok, value)?);
     Ok(())
 }

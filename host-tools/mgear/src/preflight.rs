@@ -86,7 +86,7 @@ pub fn detect_container(head: &[u8], tail: &[u8]) -> Option<Container> {
 }
 
 /// Refuse a container with the way to capture it.
-pub fn refuse_container(spec: &str, c: Container) -> anyhow::Error {
+pub fn refuse_container(spec: &str, c: Container) -> crate::Error {
     let fmt = c.qemu_format();
     usage(format!(
         "{spec} is a {} disk image, not a raw disk: capturing its bytes would store the container, \
@@ -99,7 +99,7 @@ pub fn refuse_container(spec: &str, c: Container) -> anyhow::Error {
 }
 
 /// Read the head and tail of `source` and refuse a container.
-pub fn check_container(source: &mut dyn Source, spec: &str) -> anyhow::Result<()> {
+pub fn check_container(source: &mut dyn Source, spec: &str) -> crate::Result<()> {
     let size = source.len();
     let mut head = vec![0u8; (HEAD_LEN as u64).min(size) as usize];
     source.read_exact_at(0, &mut head)?;
@@ -285,7 +285,7 @@ pub fn estimate(
     compress: bool,
     samples: u64,
     rate: Option<f64>,
-) -> anyhow::Result<Estimate> {
+) -> crate::Result<Estimate> {
     let size = source.len();
     let count = image_format::layout::chunk_count(size, chunk_size);
     let start = first_chunk.min(count);
@@ -339,7 +339,7 @@ pub fn estimate(
 }
 
 /// Refuse a capture that cannot fit (exit 3, the medium-full class).
-pub fn check_space(need: u64, free: Option<u64>) -> anyhow::Result<()> {
+pub fn check_space(need: u64, free: Option<u64>) -> crate::Result<()> {
     match free {
         Some(free) if need > free => Err(crate::exit::coded(
             crate::exit::IO,
@@ -461,7 +461,7 @@ garbage line
         fn len(&self) -> u64 {
             self.0.len() as u64
         }
-        fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+        fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
             let o = offset as usize;
             buf.copy_from_slice(&self.0[o..o + buf.len()]);
             Ok(())

@@ -78,7 +78,7 @@ pub fn mb_per_s(bytes: u64, secs: f64) -> f64 {
 
 /// Print `value` as one JSON line on stdout, in the envelope every command
 /// shares (`"ok"`, `"command"` first: see `output.rs`).
-pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub fn print_json<T: Serialize>(value: &T) -> crate::Result<()> {
     crate::output::emit(value)
 }
 

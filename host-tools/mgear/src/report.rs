@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
+use crate::error::Context;
 use serde_json::{json, Value};
 
 use crate::output::iso;
@@ -136,11 +136,7 @@ fn size(v: &Value, path: &[&str]) -> String {
 }
 
 /// The capture report for `result` (capture's `--json` report).
-pub fn capture(
-    result: &impl serde::Serialize,
-    source: &str,
-    medium: &str,
-) -> anyhow::Result<Value> {
+pub fn capture(result: &impl serde::Serialize, source: &str, medium: &str) -> crate::Result<Value> {
     let result = serde_json::to_value(result)?;
     let seconds = get(&result, &["seconds"])
         .and_then(Value::as_f64)
@@ -172,7 +168,7 @@ pub fn capture(
 }
 
 /// The ingest report for `result` (ingest's `--json` report).
-pub fn ingest(result: &impl serde::Serialize, medium: &str) -> anyhow::Result<Value> {
+pub fn ingest(result: &impl serde::Serialize, medium: &str) -> crate::Result<Value> {
     let result = serde_json::to_value(result)?;
     let seconds = get(&result, &["seconds"])
         .and_then(Value::as_f64)
@@ -289,13 +285,13 @@ pub fn summary(v: &Value) -> String {
 
 /// Write `v` (in the `--json` envelope) to `path` and its summary to
 /// [`text_path`]`(path)`.
-pub fn write(path: &Path, v: &Value) -> anyhow::Result<()> {
+pub fn write(path: &Path, v: &Value) -> crate::Result<()> {
     write_json_and_text(path, v, &summary(v))
 }
 
 /// Write `v` (in the `--json` envelope, `ok` from `v["verified"]` if it has
 /// one) to `path` and `text` to [`text_path`]`(path)`.
-pub fn write_json_and_text(path: &Path, v: &Value, text: &str) -> anyhow::Result<()> {
+pub fn write_json_and_text(path: &Path, v: &Value, text: &str) -> crate::Result<()> {
     let line = crate::output::envelope_line(v["verified"] != false, v)?;
     std::fs::write(path, line + "\n")
         .with_context(|| format!("writing report {}", path.display()))?;

@@ -39,7 +39,7 @@ pub fn stop_requested() -> bool {
 
 /// The error a pipeline returns once it stopped on request (exit 3: the
 /// work is incomplete, nothing is damaged).
-pub fn stopped(done: u64, total: u64) -> anyhow::Error {
+pub fn stopped(done: u64, total: u64) -> crate::Error {
     crate::exit::coded(
         crate::exit::IO,
         format!(

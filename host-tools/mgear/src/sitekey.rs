@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 use crate::exit::usage;
 
 /// Create `out` (secret, 0600) and `out.pub`; refuses to overwrite unless `force`.
-pub fn generate(out: &Path, force: bool) -> anyhow::Result<VerifyingKey> {
+pub fn generate(out: &Path, force: bool) -> crate::Result<VerifyingKey> {
     let pub_file = crate::keyfile::pub_path(out);
     if pub_file == out {
         return Err(usage(
@@ -40,18 +40,18 @@ pub fn generate(out: &Path, force: bool) -> anyhow::Result<VerifyingKey> {
         public_key: None,
     }
     .to_pkcs8_pem(Default::default())
-    .map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
+    .map_err(|e| crate::err!("encoding the signing key: {e}"))?;
     let public = key
         .verifying_key()
         .to_public_key_pem(Default::default())
-        .map_err(|e| anyhow::anyhow!("encoding the public key: {e}"))?;
+        .map_err(|e| crate::err!("encoding the public key: {e}"))?;
     crate::keyfile::write_new(out, secret.as_bytes(), 0o600, force)?;
     crate::keyfile::write_new(&pub_file, public.as_bytes(), 0o644, force)?;
     Ok(key.verifying_key())
 }
 
 /// Read a capture site's secret signing key (`site.key`).
-pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
     let text = Zeroizing::new(
         fs::read_to_string(path)
             .map_err(|e| usage(format!("cannot read signing key {}: {e}", path.display())))?,
@@ -66,7 +66,7 @@ pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 /// Read a capture site's public key (`site.pub`).
-pub fn read_public_key(path: &Path) -> anyhow::Result<VerifyingKey> {
+pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
     let text = fs::read_to_string(path)
         .map_err(|e| usage(format!("cannot read public key {}: {e}", path.display())))?;
     VerifyingKey::from_public_key_pem(&text).map_err(|e| {
@@ -87,7 +87,7 @@ pub fn fingerprint(public: &[u8; 32]) -> String {
 /// Parse a fingerprint given on the command line (hex; `:` and spaces
 /// ignored). Only the full 64-digit form is accepted: a short one could be
 /// matched by a key made for the purpose.
-pub fn parse_fingerprint(text: &str) -> anyhow::Result<[u8; 32]> {
+pub fn parse_fingerprint(text: &str) -> crate::Result<[u8; 32]> {
     let hex: String = text
         .chars()
         .filter(|c| *c != ':' && !c.is_whitespace())

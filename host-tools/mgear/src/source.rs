@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use image_format::store::direct::{self, AlignedBuf, ALIGN};
 
-use anyhow::Context;
+use crate::error::Context;
 
 pub mod nbd;
 
@@ -46,10 +46,10 @@ pub trait Source: Send {
     /// Size in bytes, as seen when the capture started.
     fn len(&self) -> u64;
     /// Fill `buf` from byte `offset`; an early end is an error (the source shrank).
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()>;
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> crate::Result<()>;
     /// Whether `[offset, offset+len)` is known to read as zeros without reading it
     /// (a hole reported by the source); `false` when unknown.
-    fn is_hole(&mut self, _offset: u64, _len: u64) -> anyhow::Result<bool> {
+    fn is_hole(&mut self, _offset: u64, _len: u64) -> crate::Result<bool> {
         Ok(false)
     }
     /// Human description for messages.
@@ -65,19 +65,19 @@ pub trait Source: Send {
 /// Positional reads from many threads at once.
 pub trait ConcurrentRead: Send + Sync {
     /// As [`Source::read_exact_at`].
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()>;
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()>;
 
     /// `len` bytes at `offset` into `out` (resized to `len`; what it held
     /// is overwritten). Sources that read into a buffer of their own
     /// override it to skip zeroing `out` first.
-    fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> crate::Result<()> {
         out.resize(len, 0);
         self.read_exact_at(offset, out)
     }
 }
 
 /// Open `--source` (parsed by `crate::spec`).
-pub fn open(spec: &str) -> anyhow::Result<Box<dyn Source>> {
+pub fn open(spec: &str) -> crate::Result<Box<dyn Source>> {
     match crate::spec::Source::parse(spec)? {
         crate::spec::Source::Nbd(url) => nbd::open(&url),
         crate::spec::Source::Path(p) => Ok(Box::new(FileSource::open(p)?)),
@@ -108,7 +108,7 @@ thread_local! {
 
 impl FileSource {
     /// Open read-only and take the size.
-    pub fn open(path: PathBuf) -> anyhow::Result<Self> {
+    pub fn open(path: PathBuf) -> crate::Result<Self> {
         // A directory opens fine and "seeks" to 2^63: refuse it by name.
         if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
             return Err(crate::exit::usage(format!(
@@ -145,7 +145,7 @@ impl OpenFile {
         offset: u64,
         len: usize,
         take: impl FnOnce(&[u8]),
-    ) -> anyhow::Result<usize> {
+    ) -> crate::Result<usize> {
         let Some(d) = self.direct.as_ref() else {
             return Ok(0);
         };
@@ -163,7 +163,7 @@ impl OpenFile {
                     self.direct_ok.store(false, Ordering::Relaxed);
                     Ok(0)
                 }
-                Err(e) => Err(anyhow::Error::new(e).context(format!(
+                Err(e) => Err(crate::Error::from(e).context(format!(
                     "reading source {} at byte {offset}",
                     self.path.display()
                 ))),
@@ -173,7 +173,7 @@ impl OpenFile {
 
     /// Read `buf` at `offset` through the page cache, then drop those
     /// pages from it (see the module doc).
-    fn read_buffered(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+    fn read_buffered(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
@@ -182,7 +182,7 @@ impl OpenFile {
                 .read_at(&mut buf[done..], at)
                 .with_context(|| format!("reading source {} at byte {at}", self.path.display()))?;
             if n == 0 {
-                anyhow::bail!(
+                crate::bail!(
                     "source {} shrank during capture: it was {} bytes when the capture started \
                      but ends at byte {at}; capture from a snapshot or a disk that is not being resized",
                     self.path.display(),
@@ -207,13 +207,13 @@ impl OpenFile {
 }
 
 impl ConcurrentRead for OpenFile {
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
         let len = buf.len();
         let n = self.read_direct(offset, len, |got| buf[..got.len()].copy_from_slice(got))?;
         self.read_buffered(offset + n as u64, &mut buf[n..])
     }
 
-    fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> crate::Result<()> {
         out.clear();
         // Room for the AES-GCM tag: the writer seals the chunk in this
         // buffer when it stores it uncompressed.
@@ -252,13 +252,13 @@ impl Source for FileSource {
         self.inner.len
     }
 
-    fn is_hole(&mut self, offset: u64, len: u64) -> anyhow::Result<bool> {
+    fn is_hole(&mut self, offset: u64, len: u64) -> crate::Result<bool> {
         // Past the end is not a hole: reading there must report the shrink.
         Ok(offset.saturating_add(len) <= self.inner.len
             && range_is_hole(&self.inner.file, offset, len))
     }
 
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
         self.inner.read_exact_at(offset, buf)
     }
 

@@ -41,7 +41,7 @@ use mgear_boot::LibvirtTarget;
 use mgear_nbd::NbdUrl;
 use mgear_volume::{EbsOptions, RbdSpec};
 
-use crate::exit::{boot_err, usage, volume_err};
+use crate::exit::usage;
 
 const TARGET_KINDS: &str =
     "file:PATH (raw image), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME, nbd://HOST:PORT/EXPORT, \
@@ -53,7 +53,7 @@ pub fn is_nbd(s: &str) -> bool {
 }
 
 /// Parse an NBD URL with a message naming the flag.
-pub fn nbd_url(flag: &str, s: &str) -> anyhow::Result<NbdUrl> {
+pub fn nbd_url(flag: &str, s: &str) -> crate::Result<NbdUrl> {
     s.parse().map_err(|e| {
         usage(format!(
             "{flag} {s:?}: {e} (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)"
@@ -90,7 +90,7 @@ pub enum Target {
     Cinder(String),
 }
 
-fn nonempty(spec: &str, p: &str) -> anyhow::Result<PathBuf> {
+fn nonempty(spec: &str, p: &str) -> crate::Result<PathBuf> {
     if p.is_empty() {
         return Err(usage(format!(
             "--target {spec} has no path: use {TARGET_KINDS}"
@@ -100,7 +100,7 @@ fn nonempty(spec: &str, p: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// A Cinder volume name: 1-255 characters, no control characters.
-fn check_cinder_name(name: &str) -> anyhow::Result<()> {
+fn check_cinder_name(name: &str) -> crate::Result<()> {
     if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
         return Err(usage(format!(
             "--target cinder:{name:?}: give a volume name of 1-255 printable characters"
@@ -111,12 +111,12 @@ fn check_cinder_name(name: &str) -> anyhow::Result<()> {
 
 impl Target {
     /// Parse a `--target` spec; see the module doc.
-    pub fn parse(s: &str, bare: Bare) -> anyhow::Result<Self> {
+    pub fn parse(s: &str, bare: Bare) -> crate::Result<Self> {
         if is_nbd(s) {
             return nbd_url("--target", s).map(Target::Nbd);
         }
         if s.starts_with("rbd:") {
-            return RbdSpec::parse(s).map(Target::Rbd).map_err(volume_err);
+            return Ok(RbdSpec::parse(s).map(Target::Rbd)?);
         }
         if let Some(name) = s.strip_prefix("cinder:") {
             return check_cinder_name(name).map(|()| Target::Cinder(name.into()));
@@ -136,7 +136,7 @@ impl Target {
             });
         }
         if let Some(t) = LibvirtTarget::parse_prefixed(s) {
-            return Ok(Target::Libvirt(t.map_err(boot_err)?));
+            return Ok(Target::Libvirt(t?));
         }
         if let Some(p) = s.strip_prefix("file:").or_else(|| s.strip_prefix("raw:")) {
             return Ok(Target::File(nonempty(s, p)?));
@@ -214,7 +214,7 @@ pub enum Source {
 
 impl Source {
     /// Parse a `--source` spec; see the module doc.
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
+    pub fn parse(s: &str) -> crate::Result<Self> {
         if is_nbd(s) {
             return nbd_url("--source", s).map(Source::Nbd);
         }
@@ -244,7 +244,7 @@ pub enum Medium {
 
 impl Medium {
     /// Parse `fat:PATH`, `dir:PATH` or an NBD URL.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
+    pub fn parse(text: &str) -> crate::Result<Self> {
         if let Some(p) = text.strip_prefix("fat:") {
             Ok(Medium::Fat(PathBuf::from(p)))
         } else if let Some(p) = text.strip_prefix("dir:") {

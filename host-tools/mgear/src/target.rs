@@ -10,7 +10,7 @@ use mgear_volume::{
 };
 
 use crate::cloud_target::CaptureFacts;
-use crate::exit::{usage, volume_err};
+use crate::exit::usage;
 use crate::spec::Target;
 
 /// Open the target for an ingest (create it, or reopen what an
@@ -20,41 +20,39 @@ pub fn open_for_ingest(
     target: &Target,
     prep: &Prepare,
     capture: &CaptureFacts,
-) -> anyhow::Result<Box<dyn Volume>> {
+) -> crate::Result<Box<dyn Volume>> {
     let v: Box<dyn Volume> = match target {
-        Target::File(p) => Box::new(FileVolume::create(p, prep).map_err(volume_err)?),
-        Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep).map_err(volume_err)?),
+        Target::File(p) => Box::new(FileVolume::create(p, prep)?),
+        Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep)?),
         Target::Dev(p) => {
             // Whatever the device holds is checked before the first byte
             // is written (open zeroes the head of a fresh device).
             if !DeviceVolume::unfinished(p, prep) {
                 crate::guard::refuse_if_holds_data(p, prep.force, "ingest")?;
             }
-            Box::new(DeviceVolume::open(p, prep).map_err(volume_err)?)
+            Box::new(DeviceVolume::open(p, prep)?)
         }
-        Target::Nbd(u) => Box::new(NbdVolume::open(u, prep).map_err(volume_err)?),
-        Target::Libvirt(t) => Box::new(
-            LibvirtVolume::open(mgear_boot::libvirt::DEFAULT_CONN, &t.pool, &t.name, prep)
-                .map_err(volume_err)?,
-        ),
+        Target::Nbd(u) => Box::new(NbdVolume::open(u, prep)?),
+        Target::Libvirt(t) => Box::new(LibvirtVolume::open(
+            mgear_boot::libvirt::DEFAULT_CONN,
+            &t.pool,
+            &t.name,
+            prep,
+        )?),
         Target::EbsSnapshot { name, opts } => {
-            Box::new(EbsSnapshotVolume::open(name, opts.clone(), prep).map_err(volume_err)?)
+            Box::new(EbsSnapshotVolume::open(name, opts.clone(), prep)?)
         }
-        Target::Rbd(r) => {
-            Box::new(RbdVolume::open(r, prep, Existing::CreateOrForce).map_err(volume_err)?)
-        }
+        Target::Rbd(r) => Box::new(RbdVolume::open(r, prep, Existing::CreateOrForce)?),
         Target::Cinder(name) => crate::cloud_target::open(name, prep, capture)?,
     };
     Ok(v)
 }
 
 /// Open an existing volume to write in place (`mgear serve`).
-pub fn open_in_place(target: &Target) -> anyhow::Result<Box<dyn Volume>> {
+pub fn open_in_place(target: &Target) -> crate::Result<Box<dyn Volume>> {
     match target {
-        Target::File(p) | Target::Dev(p) => {
-            Ok(Box::new(FileVolume::open_in_place(p).map_err(volume_err)?))
-        }
-        Target::Nbd(u) => Ok(Box::new(NbdVolume::connect(u).map_err(volume_err)?)),
+        Target::File(p) | Target::Dev(p) => Ok(Box::new(FileVolume::open_in_place(p)?)),
+        Target::Nbd(u) => Ok(Box::new(NbdVolume::connect(u)?)),
         Target::Qcow2(q) => Err(usage(format!(
             "--target qcow2:{}: serve writes raw volumes and NBD exports; serve the image with \
              `qemu-nbd -k /tmp/v.sock {}` and give nbd+unix:///?socket=/tmp/v.sock",

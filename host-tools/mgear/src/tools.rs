@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::Context;
+use crate::error::Context;
 
 /// The full path of `tool` on `PATH`, if any.
 pub fn which(tool: &str) -> Option<PathBuf> {
@@ -15,7 +15,7 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// Fail unless `tool` is installed, naming the Debian package that has it.
-pub fn require(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
+pub fn require(tool: &str, package: &str) -> crate::Result<PathBuf> {
     which(tool).ok_or_else(|| {
         crate::exit::usage(format!(
             "{tool} is not installed: install it with `apt-get install {package}`"
@@ -24,12 +24,12 @@ pub fn require(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Run a command; a non-zero exit is an error carrying its stderr.
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub fn run(cmd: &mut Command) -> crate::Result<()> {
     let out = cmd
         .output()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
     if !out.status.success() {
-        anyhow::bail!(
+        crate::bail!(
             "{:?} failed ({}): {}",
             cmd.get_program(),
             out.status,

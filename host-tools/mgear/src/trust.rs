@@ -25,7 +25,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail};
+use crate::{bail, err};
 use image_format::commit::{self, CommitFile, SignerRole};
 use image_format::layout;
 use image_format::Store;
@@ -72,17 +72,17 @@ pub struct Policy {
 
 impl TrustArgs {
     /// Read the pinned keys (exit 2 on an unreadable key or a short fingerprint).
-    pub fn policy(&self, allow_unsealed: bool) -> anyhow::Result<Policy> {
+    pub fn policy(&self, allow_unsealed: bool) -> crate::Result<Policy> {
         let sites = self
             .trust
             .iter()
             .map(|p| sitekey::read_public_key(p).map(|k| k.to_bytes()))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         let appliances = self
             .trust_appliance
             .iter()
             .map(|f| sitekey::parse_fingerprint(f))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<crate::Result<Vec<_>>>()?;
         Ok(Policy {
             sites,
             appliances,
@@ -137,18 +137,18 @@ impl Policy {
     }
 }
 
-fn refuse(msg: String) -> anyhow::Error {
+fn refuse(msg: String) -> crate::Error {
     coded(FOUND, msg)
 }
 
 /// The file whose presence finishes a generation: its MANIFEST, or for a
 /// machine set (`image_format::set`) its set manifest.
-fn finishing_file(medium: &mut dyn Store, name: &str, g: u32) -> anyhow::Result<Option<String>> {
+fn finishing_file(medium: &mut dyn Store, name: &str, g: u32) -> crate::Result<Option<String>> {
     for f in [layout::MANIFEST_FILE, image_format::set::SET_FILE] {
         let p = layout::generation_file(name, g, f);
         if medium
             .len(&p)
-            .map_err(|e| anyhow::anyhow!("{p}: {e}"))?
+            .map_err(|e| crate::err!("{p}: {e}"))?
             .is_some()
         {
             return Ok(Some(p));
@@ -159,11 +159,11 @@ fn finishing_file(medium: &mut dyn Store, name: &str, g: u32) -> anyhow::Result<
 
 /// Generations of `name` present on the medium, and those with a MANIFEST
 /// (a set: a set manifest).
-fn generations(medium: &mut dyn Store, name: &str) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+fn generations(medium: &mut dyn Store, name: &str) -> crate::Result<(Vec<u32>, Vec<u32>)> {
     let dir = layout::capture_dir(name);
     let entries = medium
         .list(&dir)
-        .map_err(|e| anyhow::anyhow!("capture {name}: listing {dir}: {e}"))?;
+        .map_err(|e| crate::err!("capture {name}: listing {dir}: {e}"))?;
     let mut all: Vec<u32> = entries
         .iter()
         .filter_map(|e| layout::parse_generation_dir(&e.name))
@@ -187,7 +187,7 @@ pub fn check_generation(
     generation: Option<u32>,
     policy: &Policy,
     attestations: Option<&Attestations>,
-) -> anyhow::Result<Verdict> {
+) -> crate::Result<Verdict> {
     // The spelling on the medium: its COMMIT and seal bind that one.
     let name = &image_format::stored_name(medium, name)?;
     let (_, finished) = generations(medium, name)?;
@@ -330,7 +330,7 @@ pub fn check_generation(
 
 /// The appliance identity the manifest names (a hint: it says a seal is
 /// expected, never which key to trust).
-fn medium_hint(medium: &mut dyn Store, name: &str, g: u32) -> anyhow::Result<Option<[u8; 32]>> {
+fn medium_hint(medium: &mut dyn Store, name: &str, g: u32) -> crate::Result<Option<[u8; 32]>> {
     let list =
         image_format::list_captures(medium).map_err(|e| refuse(format!("capture {name}: {e}")))?;
     Ok(list
@@ -424,11 +424,11 @@ fn check_seal(
 
 /// Read a whole file of at most `max` bytes; a larger one (a huge sparse
 /// file planted to stall the gate) is refused without reading it.
-pub fn read_capped(medium: &mut dyn Store, path: &str, max: u64) -> anyhow::Result<Vec<u8>> {
+pub fn read_capped(medium: &mut dyn Store, path: &str, max: u64) -> crate::Result<Vec<u8>> {
     let len = medium
         .len(path)
-        .map_err(|e| anyhow!("{path}: {e}"))?
-        .ok_or_else(|| anyhow!("{path} is missing"))?;
+        .map_err(|e| err!("{path}: {e}"))?
+        .ok_or_else(|| err!("{path} is missing"))?;
     if len > max {
         bail!(
             "{path} is {len} bytes, more than the {max} a valid file of its kind can be: \
@@ -438,12 +438,12 @@ pub fn read_capped(medium: &mut dyn Store, path: &str, max: u64) -> anyhow::Resu
     let mut buf = vec![0u8; len as usize];
     medium
         .read_exact_at(path, 0, &mut buf)
-        .map_err(|e| anyhow!("{path}: {e}"))?;
+        .map_err(|e| err!("{path}: {e}"))?;
     Ok(buf)
 }
 
 /// SHA-256 of the first `len` bytes of `path`.
-pub fn sha256_file(medium: &mut dyn Store, path: &str, len: u64) -> anyhow::Result<[u8; 32]> {
+pub fn sha256_file(medium: &mut dyn Store, path: &str, len: u64) -> crate::Result<[u8; 32]> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1024 * 1024];
     let mut off = 0u64;
@@ -451,7 +451,7 @@ pub fn sha256_file(medium: &mut dyn Store, path: &str, len: u64) -> anyhow::Resu
         let n = (len - off).min(buf.len() as u64) as usize;
         medium
             .read_exact_at(path, off, &mut buf[..n])
-            .map_err(|e| anyhow!("{path}: {e}"))?;
+            .map_err(|e| err!("{path}: {e}"))?;
         h.update(&buf[..n]);
         off += n as u64;
     }

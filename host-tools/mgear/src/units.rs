@@ -8,7 +8,7 @@
 use crate::exit::usage;
 
 /// Parse a byte size such as `2GiB`, `64M`, `1.5GB` or `4096`.
-pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+pub fn parse_size(text: &str) -> crate::Result<u64> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -39,7 +39,7 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
 }
 
 /// Parse a rate such as `50MiB/s`, `400Mbit/s`, `10MB/s`; returns bytes per second.
-pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
+pub fn parse_rate(text: &str) -> crate::Result<f64> {
     let t = text.trim();
     let body = t
         .strip_suffix("/s")

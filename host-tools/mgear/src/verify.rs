@@ -114,7 +114,7 @@ impl VerifyObserver for Observer {
 pub fn unlock_from(
     identity: Option<&std::path::Path>,
     passphrase_file: Option<&std::path::Path>,
-) -> anyhow::Result<Option<Unlock>> {
+) -> crate::Result<Option<Unlock>> {
     if let Some(p) = identity {
         return Ok(Some(Unlock::Identity(crate::keys::read_identity(p)?)));
     }
@@ -126,7 +126,7 @@ pub fn unlock_from(
 }
 
 /// Run `mgear verify`.
-pub fn run(args: Args) -> anyhow::Result<i32> {
+pub fn run(args: Args) -> crate::Result<i32> {
     let unlock = unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?;
     let mut medium = args.medium.open_read_only()?;
     let store = medium.store();
@@ -239,7 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 Ok(a) => {
                     crate::trust::check_generation(store, &n, args.generation, &policy, a.as_ref())
                 }
-                Err(e) => Err(anyhow::anyhow!("attestations: {e:#}")),
+                Err(e) => Err(crate::err!("attestations: {e:#}")),
             };
             trust.push(match verdict {
                 Ok(v) => TrustJson {

@@ -11,7 +11,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use crate::error::Context;
+use crate::{bail, err};
 use mgear_appliance_api::protocol::{encode_frame, ErrorCode, FrameDecoder, Request, Response};
 
 /// How long to wait for any sign of life (a reply or progress) before
@@ -30,6 +31,14 @@ impl<T: Read + Write + Send> Link for T {}
 pub struct ApplianceError {
     pub code: ErrorCode,
     pub message: String,
+}
+
+/// The appliance's refusal travels as a typed outcome: `appliance` finds it in the chain to add
+/// the state the appliance is really in.
+impl From<ApplianceError> for crate::Error {
+    fn from(e: ApplianceError) -> crate::Error {
+        crate::Error::other(e)
+    }
 }
 
 impl std::fmt::Display for ApplianceError {
@@ -54,10 +63,10 @@ pub struct Client {
 
 impl Client {
     /// Open the serial port at `port` (a tty device or a symlink to one).
-    pub fn open(port: &Path) -> anyhow::Result<Client> {
+    pub fn open(port: &Path) -> crate::Result<Client> {
         let name = port
             .to_str()
-            .ok_or_else(|| anyhow!("port path {} is not UTF-8", port.display()))?;
+            .ok_or_else(|| err!("port path {} is not UTF-8", port.display()))?;
         if !port.exists() {
             bail!(
                 "no appliance console at {}: is the appliance (or mgear-appliance-sim) running?",
@@ -99,7 +108,7 @@ impl Client {
         &mut self,
         req: &Request,
         progress: &mut dyn FnMut(&str, u64, u64),
-    ) -> anyhow::Result<Response> {
+    ) -> crate::Result<Response> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         self.link
@@ -157,7 +166,7 @@ impl Client {
     }
 
     /// Send `req`; an `Error` reply becomes an [`ApplianceError`].
-    pub fn call(&mut self, req: &Request) -> anyhow::Result<Response> {
+    pub fn call(&mut self, req: &Request) -> crate::Result<Response> {
         self.call_progress(req, &mut |_, _, _| {})
     }
 
@@ -166,7 +175,7 @@ impl Client {
         &mut self,
         req: &Request,
         progress: &mut dyn FnMut(&str, u64, u64),
-    ) -> anyhow::Result<Response> {
+    ) -> crate::Result<Response> {
         match self.call_with(req, progress)? {
             Response::Error { code, message } => Err(ApplianceError { code, message }.into()),
             r => Ok(r),
@@ -268,7 +277,7 @@ mod tests {
                 pin: mgear_appliance_api::protocol::Pin::new("1"),
             })
             .unwrap_err();
-        let ae = err.downcast_ref::<ApplianceError>().unwrap();
+        let ae = err.find::<ApplianceError>().unwrap();
         assert_eq!(ae.code, ErrorCode::WrongPin);
     }
 }

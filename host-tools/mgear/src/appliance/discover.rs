@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use crate::bail;
 
 /// USB vendor id of the appliance (pid.codes, the open-source hardware vendor id).
 pub const USB_VID: u16 = 0x1209;
@@ -20,9 +20,9 @@ pub struct Found {
 }
 
 /// Every attached appliance's console, from the system's serial port list.
-pub fn list() -> anyhow::Result<Vec<Found>> {
+pub fn list() -> crate::Result<Vec<Found>> {
     let ports =
-        serialport::available_ports().map_err(|e| anyhow::anyhow!("listing serial ports: {e}"))?;
+        serialport::available_ports().map_err(|e| crate::err!("listing serial ports: {e}"))?;
     Ok(ports
         .into_iter()
         .filter_map(|p| match p.port_type {
@@ -38,11 +38,11 @@ pub fn list() -> anyhow::Result<Vec<Found>> {
 }
 
 /// The one attached appliance, or a clear error saying none (or several) are attached.
-pub fn find_one() -> anyhow::Result<PathBuf> {
+pub fn find_one() -> crate::Result<PathBuf> {
     choose(list()?)
 }
 
-fn choose(found: Vec<Found>) -> anyhow::Result<PathBuf> {
+fn choose(found: Vec<Found>) -> crate::Result<PathBuf> {
     match found.len() {
         0 => bail!(
             "no appliance attached: no USB serial device with id {USB_VID:04x}:{USB_PID:04x} was found. \

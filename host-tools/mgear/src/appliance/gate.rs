@@ -22,7 +22,7 @@ use std::path::Path;
 
 use std::io::Read;
 
-use anyhow::{anyhow, bail};
+use crate::{bail, err};
 use image_format::Store;
 use mgear_appliance_api::attest::Attestation;
 use mgear_appliance_api::protocol::{Request, Response};
@@ -39,7 +39,7 @@ pub const SEAL_FILE: &str = "SEAL";
 pub const ARRIVAL_FILE: &str = "ARRIVAL";
 
 /// Decode an attestation file (postcard, as on the console).
-pub fn decode_attestation(bytes: &[u8], what: &str) -> anyhow::Result<Attestation> {
+pub fn decode_attestation(bytes: &[u8], what: &str) -> crate::Result<Attestation> {
     match postcard::from_bytes::<Attestation>(bytes) {
         Ok(a) => Ok(a),
         Err(e) => bail!("{what} is not an attestation: {e}"),
@@ -58,7 +58,7 @@ pub fn find_attestations(
     port: Option<&Path>,
     dir: Option<&Path>,
     medium: &mut dyn Store,
-) -> anyhow::Result<Option<Attestations>> {
+) -> crate::Result<Option<Attestations>> {
     if let Some(port) = port {
         let mut c = Client::open(port)?;
         return match c.call(&Request::GetAttestations)? {
@@ -75,7 +75,7 @@ pub fn find_attestations(
         };
     }
     if let Some(dir) = dir {
-        let get = |file: &str| -> anyhow::Result<Attestation> {
+        let get = |file: &str| -> crate::Result<Attestation> {
             let path = dir.join(file);
             let f = std::fs::File::open(&path).map_err(|e| {
                 usage(format!(
@@ -85,7 +85,7 @@ pub fn find_attestations(
             })?;
             let len = f
                 .metadata()
-                .map_err(|e| anyhow!("{}: {e}", path.display()))?
+                .map_err(|e| err!("{}: {e}", path.display()))?
                 .len();
             if len > MAX_ATTESTATION_LEN {
                 bail!(
@@ -97,7 +97,7 @@ pub fn find_attestations(
             let mut bytes = Vec::with_capacity(len as usize);
             f.take(MAX_ATTESTATION_LEN)
                 .read_to_end(&mut bytes)
-                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                .map_err(|e| err!("{}: {e}", path.display()))?;
             decode_attestation(&bytes, &path.display().to_string())
         };
         return Ok(Some(Attestations {
@@ -108,8 +108,8 @@ pub fn find_attestations(
     }
     let seal_path = format!("{ATTEST_DIR}/{SEAL_FILE}");
     let arrival_path = format!("{ATTEST_DIR}/{ARRIVAL_FILE}");
-    let present = |medium: &mut dyn Store, p: &str| -> anyhow::Result<bool> {
-        Ok(medium.len(p).map_err(|e| anyhow!("{p}: {e}"))?.is_some())
+    let present = |medium: &mut dyn Store, p: &str| -> crate::Result<bool> {
+        Ok(medium.len(p).map_err(|e| err!("{p}: {e}"))?.is_some())
     };
     if !present(medium, &seal_path)? && !present(medium, &arrival_path)? {
         return Ok(None);
@@ -133,7 +133,7 @@ pub fn ingest_gate(
     name: &str,
     generation: Option<u32>,
     policy: &Policy,
-) -> anyhow::Result<Verdict> {
+) -> crate::Result<Verdict> {
     let atts = find_attestations(port, attestations_dir, medium)
         .map_err(|e| coded(FOUND, format!("{e:#}")))?;
     let verdict = trust::check_generation(medium, name, generation, policy, atts.as_ref())?;

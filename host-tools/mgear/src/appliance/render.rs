@@ -31,7 +31,7 @@ pub const BYTE_FIELDS: &[&str] = &[
 ];
 
 /// Print `value` in the `--json` envelope with byte fields as hex.
-pub fn emit<T: Serialize>(ok: bool, value: &T) -> anyhow::Result<()> {
+pub fn emit<T: Serialize>(ok: bool, value: &T) -> crate::Result<()> {
     let mut v = serde_json::to_value(value)?;
     crate::output::hex_fields(&mut v, BYTE_FIELDS);
     crate::output::emit_ok(ok, &v)

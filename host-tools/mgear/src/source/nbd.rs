@@ -10,7 +10,7 @@
 //! [`dirty_chunks`] reads a `qemu:dirty-bitmap:NAME` context (changed-block
 //! tracking) as chunk indexes, for `capture --dirty-bitmap` and `sync`.
 
-use anyhow::Context;
+use crate::error::Context;
 use mgear_nbd::{Client, ConnectOptions, NbdUrl, BASE_ALLOCATION};
 
 use super::Source;
@@ -32,7 +32,7 @@ pub struct NbdSource {
 }
 
 /// Open an NBD URL (parsed by `crate::spec`) as a source.
-pub fn open(url: &NbdUrl) -> anyhow::Result<Box<dyn Source>> {
+pub fn open(url: &NbdUrl) -> crate::Result<Box<dyn Source>> {
     let spec = url.to_string();
     let with_map = ConnectOptions {
         meta_contexts: vec![BASE_ALLOCATION.to_owned()],
@@ -67,16 +67,16 @@ impl Source for NbdSource {
         self.size
     }
 
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
         if offset + buf.len() as u64 > self.size {
-            anyhow::bail!("read past the end of NBD source {}", self.url);
+            crate::bail!("read past the end of NBD source {}", self.url);
         }
         self.client
             .read_at(offset, buf)
             .with_context(|| format!("reading NBD source {} at byte {offset}", self.url))
     }
 
-    fn is_hole(&mut self, offset: u64, len: u64) -> anyhow::Result<bool> {
+    fn is_hole(&mut self, offset: u64, len: u64) -> crate::Result<bool> {
         if !self.allocation {
             return Ok(false);
         }
@@ -109,7 +109,7 @@ pub fn dirty_chunks(
     client: &mut mgear_nbd::Client,
     bitmap: &str,
     chunk_size: u32,
-) -> anyhow::Result<Vec<u64>> {
+) -> crate::Result<Vec<u64>> {
     if chunk_size == 0 {
         return Err(usage("chunk size must not be 0"));
     }

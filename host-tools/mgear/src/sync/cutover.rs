@@ -14,7 +14,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::error::Context;
 use mgear_boot::{BootSpec, Target};
 use serde::Serialize;
 
@@ -37,7 +37,7 @@ pub struct CutoverReport {
 }
 
 /// Run a user hook through `sh -c`.
-fn hook(what: &str, cmd: &str) -> anyhow::Result<()> {
+fn hook(what: &str, cmd: &str) -> crate::Result<()> {
     let status = Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -53,7 +53,7 @@ fn hook(what: &str, cmd: &str) -> anyhow::Result<()> {
 }
 
 /// Run `--resume` after a failure, keeping the original error.
-fn rollback(a: &CutoverArgs, e: anyhow::Error) -> anyhow::Error {
+fn rollback(a: &CutoverArgs, e: crate::Error) -> crate::Error {
     if let Some(cmd) = &a.resume {
         if let Err(r) = hook("resume", cmd) {
             return e.context(format!("and resuming the source failed too: {r:#}"));
@@ -64,7 +64,7 @@ fn rollback(a: &CutoverArgs, e: anyhow::Error) -> anyhow::Error {
 }
 
 /// `mgear cutover`.
-pub fn cutover(a: CutoverArgs) -> anyhow::Result<i32> {
+pub fn cutover(a: CutoverArgs) -> crate::Result<i32> {
     let target = crate::spec::Target::parse(&a.boot_target, crate::spec::Bare::Existing)?
         .boot_target()
         .ok_or_else(|| {
@@ -109,7 +109,7 @@ pub fn cutover(a: CutoverArgs) -> anyhow::Result<i32> {
     );
     let boot_start = Instant::now();
     let report = mgear_boot::boot(&spec)
-        .map_err(|e| rollback(&a, anyhow::Error::new(e).context("booting the target")))?;
+        .map_err(|e| rollback(&a, crate::Error::from(e).context("booting the target")))?;
     if !report.booted() {
         return Err(rollback(
             &a,

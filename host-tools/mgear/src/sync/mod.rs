@@ -30,7 +30,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::error::Context;
 use image_format::{CaptureReader, DataKey};
 use serde::Serialize;
 
@@ -150,7 +150,7 @@ pub struct CutoverArgs {
 }
 
 /// Seconds from a command-line option.
-fn seconds(v: f64, what: &str) -> anyhow::Result<Duration> {
+fn seconds(v: f64, what: &str) -> crate::Result<Duration> {
     if !v.is_finite() || v <= 0.0 || v > 1e6 {
         return Err(usage(format!("{what} must be a number of seconds above 0")));
     }
@@ -158,7 +158,7 @@ fn seconds(v: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 /// `mgear serve`.
-pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
+pub fn serve(a: ServeArgs) -> crate::Result<i32> {
     // A bad --listen is a usage error, found before the volume is hashed.
     if a.listen
         .rsplit_once(':')
@@ -303,7 +303,7 @@ pub struct SyncReport {
 }
 
 /// Run one sync as `a` says; shared by `sync` and `cutover`.
-pub fn run_sync(a: &SyncArgs) -> anyhow::Result<SyncReport> {
+pub fn run_sync(a: &SyncArgs) -> crate::Result<SyncReport> {
     let rate = a.rate_limit.as_deref().map(parse_rate).transpose()?;
     if !a.retry_wait.is_finite() || a.retry_wait < 0.0 {
         return Err(usage("--retry-wait must be a number of seconds >= 0"));
@@ -442,7 +442,7 @@ fn print_summary(r: &SyncReport) {
 }
 
 /// `mgear sync`.
-pub fn sync(a: SyncArgs) -> anyhow::Result<i32> {
+pub fn sync(a: SyncArgs) -> crate::Result<i32> {
     let r = run_sync(&a)?;
     if a.json || crate::output::json() {
         crate::output::emit(&r)?;

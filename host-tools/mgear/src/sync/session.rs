@@ -36,7 +36,7 @@
 //!
 //! `n` counts sealed frames in that direction from 0; it is not sent.
 
-use anyhow::Context;
+use crate::error::Context;
 use image_format::{derive_subkey, DataKey};
 use zeroize::Zeroizing;
 
@@ -77,7 +77,7 @@ pub fn signed_message(transcript: &[u8; 32]) -> Vec<u8> {
 }
 
 /// 32 random bytes from the operating system.
-pub fn nonce() -> anyhow::Result<[u8; 32]> {
+pub fn nonce() -> crate::Result<[u8; 32]> {
     let mut n = [0u8; 32];
     getrandom::getrandom(&mut n).context("the operating system's random generator failed")?;
     Ok(n)
@@ -153,7 +153,7 @@ impl Session {
     }
 
     /// The SEALED payload carrying message `t` with `payload`.
-    pub fn seal(&mut self, t: u8, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    pub fn seal(&mut self, t: u8, payload: &[u8]) -> crate::Result<Vec<u8>> {
         let (dir, cipher) = match self.role {
             Role::Source => (S2T, &self.to_target),
             Role::Target => (T2S, &self.to_source),

@@ -13,7 +13,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::error::Context;
 use image_format::{layout, DataKey, RecordSealer};
 use mgear_nbd::{Client, ConnectOptions};
 
@@ -34,7 +34,7 @@ pub enum Disk {
 
 impl Disk {
     /// Open `--source`; `bitmap` needs an NBD export that has it.
-    pub fn open(spec: &str, bitmap: Option<&str>) -> anyhow::Result<Self> {
+    pub fn open(spec: &str, bitmap: Option<&str>) -> crate::Result<Self> {
         if let crate::spec::Source::Nbd(url) = crate::spec::Source::parse(spec)? {
             let opts = ConnectOptions {
                 meta_contexts: bitmap
@@ -49,7 +49,7 @@ impl Disk {
                      create it with `qemu-img bitmap --add`)",
                     bitmap.unwrap_or("")
                 )),
-                other => anyhow::Error::new(other).context(format!("connecting to source {spec}")),
+                other => crate::Error::from(other).context(format!("connecting to source {spec}")),
             })?;
             return Ok(Disk::Nbd {
                 client: Box::new(client),
@@ -74,7 +74,7 @@ impl Disk {
         }
     }
 
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
         match self {
             Disk::File(s) => s.read_exact_at(offset, buf),
             Disk::Nbd { client, url } => client
@@ -166,9 +166,9 @@ pub struct Stats {
 /// Why an attempt failed.
 enum Fail {
     /// The connection broke: reconnect and continue.
-    Retry(anyhow::Error),
+    Retry(crate::Error),
     /// The target refused or something local failed: stop.
-    Fatal(anyhow::Error),
+    Fatal(crate::Error),
 }
 
 impl From<io::Error> for Fail {
@@ -217,7 +217,7 @@ pub fn run(
     plan: &Plan,
     disk: &mut Disk,
     connect: &mut dyn FnMut() -> io::Result<Conn>,
-) -> anyhow::Result<Stats> {
+) -> crate::Result<Stats> {
     let mut run = Run {
         plan,
         disk,
@@ -233,7 +233,7 @@ pub fn run(
         let result = match connect() {
             Ok((r, w)) => run.attempt(r, w),
             Err(e) => Err(Fail::Retry(
-                anyhow::Error::new(e).context(format!("cannot connect to {}", plan.peer)),
+                crate::Error::from(e).context(format!("cannot connect to {}", plan.peer)),
             )),
         };
         match result {
@@ -268,7 +268,7 @@ fn refused(p: &[u8], peer: &str) -> Fail {
         Ok(Refusal {
             code: err::BUSY,
             message: m,
-        }) => Fail::Retry(anyhow::anyhow!("the target {peer} is busy: {m}")),
+        }) => Fail::Retry(crate::err!("the target {peer} is busy: {m}")),
         Ok(Refusal { code, message: m }) => {
             let exit = match code {
                 err::BAD_RECORD | err::UNTRUSTED => FOUND,
@@ -444,7 +444,7 @@ impl Run<'_> {
                 )))
             }
         }
-        let fatal = |e: anyhow::Error| Fail::Fatal(coded(USAGE, format!("{peer}: {e:#}")));
+        let fatal = |e: crate::Error| Fail::Fatal(coded(USAGE, format!("{peer}: {e:#}")));
         let malformed = |e: WireError| fatal(e.into());
         let Welcome {
             capture_id,
@@ -473,7 +473,7 @@ impl Run<'_> {
             ))));
         };
         if vol_size != size {
-            return Err(fatal(anyhow::anyhow!(
+            return Err(fatal(crate::err!(
                 "the target volume is {vol_size} bytes, the source {size}: sync cannot resize"
             )));
         }
@@ -524,7 +524,7 @@ impl Run<'_> {
                 ty::IDS => {}
                 ty::ERROR => return Err(refused(&p, &peer)),
                 other => {
-                    return Err(fatal(anyhow::anyhow!(
+                    return Err(fatal(crate::err!(
                         "expected IDS, got {}",
                         wire::type_name(other)
                     )))
@@ -533,7 +533,7 @@ impl Run<'_> {
             let part = Ids::decode(&p).map_err(malformed)?;
             let (first, n) = (part.first, part.ids.len() as u64);
             if first != ids.len() as u64 || n > count - first {
-                return Err(fatal(anyhow::anyhow!(
+                return Err(fatal(crate::err!(
                     "IDS frame for chunks {first}..{} out of order",
                     first.saturating_add(n)
                 )));
@@ -635,7 +635,7 @@ impl Run<'_> {
             ty::APPLIED => {}
             ty::ERROR => return Err(refused(&p, &peer)),
             other => {
-                return Err(fatal(anyhow::anyhow!(
+                return Err(fatal(crate::err!(
                     "expected APPLIED, got {}",
                     wire::type_name(other)
                 )))

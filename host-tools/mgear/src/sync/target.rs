@@ -19,12 +19,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use crate::bail;
+use crate::error::Context;
 use image_format::{layout, DataKey, RecordOpener};
 
 use super::session::{self, IdKey, Role, Session};
 use super::wire::{self, err, ty, Chunk, ChunkBody, Done, Hello, Ids, Proof, Refusal, Welcome};
-use crate::exit::{coded, usage, volume_err, FOUND, IO, USAGE};
+use crate::exit::{coded, usage, FOUND, IO, USAGE};
 
 /// Sync the volume after this many bytes written.
 pub const SYNC_EVERY: u64 = 64 << 20;
@@ -66,7 +67,7 @@ impl ServedVolume {
         mut vol: Box<dyn mgear_volume::Volume>,
         chunk_size: u32,
         id_key: IdKey,
-    ) -> anyhow::Result<Self> {
+    ) -> crate::Result<Self> {
         if !layout::valid_chunk_size(chunk_size) {
             return Err(usage(format!(
                 "chunk size {chunk_size} is not valid for a capture"
@@ -80,7 +81,6 @@ impl ServedVolume {
         for i in 0..count {
             let len = layout::chunk_len(size, chunk_size, i) as usize;
             vol.read_at(i * chunk_size as u64, &mut buf[..len])
-                .map_err(volume_err)
                 .with_context(|| format!("reading target volume {desc} at chunk {i}"))?;
             ids.push(id_key.id(&buf[..len]));
         }
@@ -101,7 +101,7 @@ impl ServedVolume {
     }
 
     /// Write chunk `index` (already authenticated) and record its id.
-    fn apply(&mut self, index: u64, data: &[u8], id: [u8; 32]) -> anyhow::Result<()> {
+    fn apply(&mut self, index: u64, data: &[u8], id: [u8; 32]) -> crate::Result<()> {
         let at = index * self.chunk_size as u64;
         let ctx = || format!("writing chunk {index} to {}", self.desc);
         let written = if session::is_zero(data) {
@@ -110,7 +110,7 @@ impl ServedVolume {
         } else {
             self.vol.write_at(at, data)
         };
-        written.map_err(volume_err).with_context(ctx)?;
+        written.with_context(ctx)?;
         self.unsynced += data.len() as u64;
         if let Some(slot) = usize::try_from(index)
             .ok()
@@ -125,10 +125,9 @@ impl ServedVolume {
     }
 
     /// Make every write so far durable.
-    pub fn sync(&mut self) -> anyhow::Result<()> {
+    pub fn sync(&mut self) -> crate::Result<()> {
         self.vol
             .flush()
-            .map_err(volume_err)
             .with_context(|| format!("syncing target volume {}", self.desc))?;
         self.unsynced = 0;
         Ok(())
@@ -137,7 +136,7 @@ impl ServedVolume {
 
 /// Send an ERROR to the peer (best effort; sealed once a session exists)
 /// and return the matching local error.
-fn refuse(w: &mut impl Write, s: Option<&mut Session>, code: u8, message: String) -> anyhow::Error {
+fn refuse(w: &mut impl Write, s: Option<&mut Session>, code: u8, message: String) -> crate::Error {
     let p = Refusal::new(code, message.as_str()).encode();
     let sent = match s {
         Some(s) => s
@@ -161,7 +160,7 @@ fn recv_sealed<R: Read, W: Write>(
     w: &mut W,
     s: &mut Session,
     peer: &str,
-) -> anyhow::Result<(u8, Vec<u8>)> {
+) -> crate::Result<(u8, Vec<u8>)> {
     let (t, p) = wire::recv(r, peer)?;
     if t != ty::SEALED {
         return Err(refuse(
@@ -274,7 +273,7 @@ pub fn session<R: Read, W: Write>(
     vol: &Mutex<ServedVolume>,
     applied: &mut Applied,
     on_auth: &mut dyn FnMut(),
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let mut w = BufWriter::with_capacity(256 * 1024, w);
     let (t, hello) = wire::recv(r, peer)?;
     if t != ty::HELLO {
@@ -632,7 +631,7 @@ pub fn serve_loop(
     vol: ServedVolume,
     once: bool,
     limits: Limits,
-) -> anyhow::Result<Applied> {
+) -> crate::Result<Applied> {
     let vol = Mutex::new(vol);
     let total = Mutex::new(Applied {
         chunks: 0,

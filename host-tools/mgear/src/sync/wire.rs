@@ -212,6 +212,12 @@ impl WireError {
 }
 
 /// Result of wire decoding.
+impl From<WireError> for crate::Error {
+    fn from(e: WireError) -> crate::Error {
+        crate::Error::other(e)
+    }
+}
+
 pub type Result<T> = std::result::Result<T, WireError>;
 
 /// Human name of a message type, for errors.
