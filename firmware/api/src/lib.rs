@@ -11,7 +11,7 @@
 //! its wire types; with feature `std` the host tools (`mgear`, the test
 //! harness) use it instead of linking the firmware's state machine. The
 //! host's console client sits in `mgear` (`appliance::client`) because it
-//! owns a serial port, a process-wide timeout policy and `anyhow` context:
+//! owns a serial port, a process-wide timeout policy and the library's error type:
 //! it depends on this crate only.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
 

@@ -16,7 +16,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
@@ -32,20 +31,31 @@ pub struct Pty {
     abandoned: Option<Instant>,
 }
 
+/// `e` with what was being done in front of it (the binary prints the message as is).
+fn context(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// A nix call's error as an I/O error with what was being done in front of it.
+fn nix_context(what: &str) -> impl FnOnce(nix::Error) -> io::Error + '_ {
+    move |e| context(what)(io::Error::from(e))
+}
+
 impl Pty {
     /// Open a new pty pair with the slave in raw mode.
-    pub fn open() -> anyhow::Result<Pty> {
-        let pair = nix::pty::openpty(None, None).context("openpty")?;
-        let slave_path =
-            nix::unistd::ttyname(pair.slave.as_fd()).context("ttyname of pty slave")?;
-        set_raw(pair.slave.as_fd()).context("putting the console pty in raw mode")?;
-        set_raw(pair.master.as_fd()).context("putting the console pty master in raw mode")?;
-        let flags = fcntl(&pair.master, FcntlArg::F_GETFL).context("fcntl")?;
+    pub fn open() -> io::Result<Pty> {
+        let pair = nix::pty::openpty(None, None).map_err(nix_context("openpty"))?;
+        let slave_path = nix::unistd::ttyname(pair.slave.as_fd())
+            .map_err(nix_context("ttyname of pty slave"))?;
+        set_raw(pair.slave.as_fd()).map_err(nix_context("putting the console pty in raw mode"))?;
+        set_raw(pair.master.as_fd())
+            .map_err(nix_context("putting the console pty master in raw mode"))?;
+        let flags = fcntl(&pair.master, FcntlArg::F_GETFL).map_err(nix_context("fcntl"))?;
         fcntl(
             &pair.master,
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         )
-        .context("making the console pty non-blocking")?;
+        .map_err(nix_context("making the console pty non-blocking"))?;
         Ok(Pty {
             master: File::from(pair.master),
             slave: pair.slave,
@@ -61,10 +71,10 @@ impl Pty {
 
     /// A second handle on the master side, for waiting until input arrives
     /// (see [`wait_readable`]) while the firmware core owns this `Pty`.
-    pub fn waiter(&self) -> anyhow::Result<File> {
+    pub fn waiter(&self) -> io::Result<File> {
         self.master
             .try_clone()
-            .context("duplicating the console pty handle")
+            .map_err(context("duplicating the console pty handle"))
     }
 }
 
@@ -171,24 +181,26 @@ impl ConsoleLink {
     ///
     /// Refuses to replace anything that is not a symlink: `--console-link`
     /// pointing at a regular file by mistake must not delete that file.
-    pub fn create(link: &Path, target: &Path) -> anyhow::Result<ConsoleLink> {
+    pub fn create(link: &Path, target: &Path) -> io::Result<ConsoleLink> {
         match std::fs::symlink_metadata(link) {
-            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link)
-                .with_context(|| format!("removing stale console link {}", link.display()))?,
-            Ok(_) => bail!(
-                "{} exists and is not a symlink; choose another --console-link or remove it",
-                link.display()
-            ),
+            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link).map_err(context(
+                format_args!("removing stale console link {}", link.display()),
+            ))?,
+            Ok(_) => return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a symlink; choose another --console-link or remove it",
+                    link.display()
+                ),
+            )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("checking {}", link.display())),
+            Err(e) => return Err(context(format_args!("checking {}", link.display()))(e)),
         }
-        std::os::unix::fs::symlink(target, link).with_context(|| {
-            format!(
-                "creating console link {} -> {}",
-                link.display(),
-                target.display()
-            )
-        })?;
+        std::os::unix::fs::symlink(target, link).map_err(context(format_args!(
+            "creating console link {} -> {}",
+            link.display(),
+            target.display()
+        )))?;
         Ok(ConsoleLink {
             link: link.to_path_buf(),
         })

@@ -8,11 +8,11 @@
 //! | 3 | I/O error: source, medium or target could not be read or written (includes "medium full") |
 //! | 4 | pending: `ingest` wrote what the media given hold; the rest is on media still to come |
 //!
-//! Commands raise a [`Coded`] error where they know the class; otherwise the
-//! error chain is inspected (image-format errors by kind: a wrong key is 2,
-//! corrupt data 1; `std::io` errors by kind: a missing or unreadable file is
-//! 3) and anything left is 3, because an unclassified failure is almost
-//! always the environment. [`kind`] names the class for `--json` errors
+//! Commands raise an [`Error::Coded`] where they know the class ([`coded`],
+//! [`usage`]); otherwise the links of the error's chain are matched by type
+//! (image-format errors by kind: a wrong key is 2, corrupt data 1; a boot
+//! error's and a volume error's own classes) and anything left is 3, because
+//! an unclassified failure is almost always the environment. [`kind`] names the class for `--json` errors
 //! (`failure`, `usage`, `io`) and [`hint`] says what to do next.
 
 use crate::Error;
