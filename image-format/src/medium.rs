@@ -212,6 +212,10 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
     }
+    // `close` keeps the default: a borrowed store is closed by its owner.
+    fn span(&self) -> Option<&dyn crate::span::SpanView> {
+        (**self).span()
+    }
 }
 
 impl<T: Store + ?Sized> Store for Box<T> {
@@ -250,5 +254,11 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
+    }
+    fn close(self: Box<Self>) -> Result<(), StoreError> {
+        T::close(*self)
+    }
+    fn span(&self) -> Option<&dyn crate::span::SpanView> {
+        (**self).span()
     }
 }

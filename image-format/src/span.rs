@@ -48,6 +48,7 @@
 //! resume and written again). A torn last entry (a crash while appending) is
 //! ignored; a bad entry before the last is corruption.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -576,21 +577,6 @@ impl<M: Store> SpanStore<M> {
         self.media.into_iter().map(|a| a.store).collect()
     }
 
-    /// The span's id.
-    pub fn id(&self) -> [u8; 16] {
-        self.id
-    }
-
-    /// The placement map.
-    pub fn map(&self) -> &SpanMap {
-        &self.map
-    }
-
-    /// Ordinals of the attached media.
-    pub fn attached(&self) -> Vec<u16> {
-        self.media.iter().map(|a| a.ordinal).collect()
-    }
-
     /// Members of the span that are not attached (lost ones included).
     pub fn missing(&self) -> Vec<Member> {
         self.map
@@ -612,16 +598,6 @@ impl<M: Store> SpanStore<M> {
             m.lost = true;
         }
         Ok(())
-    }
-
-    /// Segment paths the map places on media that are not attached.
-    pub fn unreachable(&self) -> Vec<(String, u16)> {
-        self.map
-            .placed
-            .iter()
-            .filter(|(_, o)| !self.media.iter().any(|a| a.ordinal == **o))
-            .map(|(p, o)| (p.clone(), *o))
-            .collect()
     }
 
     /// Labels the joining media, records them in the map and gives them a
@@ -881,6 +857,42 @@ fn copy<M: Store>(
     Ok(())
 }
 
+/// What a span tells about itself through [`Store::span`], whatever the type of its media:
+/// its id, its map, which members are attached and which segments are out of reach.
+pub trait SpanView {
+    /// The span's id.
+    fn id(&self) -> [u8; 16];
+    /// The placement map.
+    fn map(&self) -> &SpanMap;
+    /// Ordinals of the attached media.
+    fn attached(&self) -> Vec<u16>;
+    /// Segment paths the map places on media that are not attached.
+    fn unreachable(&self) -> Vec<(String, u16)>;
+}
+
+impl<M: Store> SpanView for SpanStore<M> {
+    fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    fn map(&self) -> &SpanMap {
+        &self.map
+    }
+
+    fn attached(&self) -> Vec<u16> {
+        self.media.iter().map(|a| a.ordinal).collect()
+    }
+
+    fn unreachable(&self) -> Vec<(String, u16)> {
+        self.map
+            .placed
+            .iter()
+            .filter(|(_, o)| !self.media.iter().any(|a| a.ordinal == **o))
+            .map(|(p, o)| (p.clone(), *o))
+            .collect()
+    }
+}
+
 impl<M: Store> Store for SpanStore<M> {
     fn list(&mut self, dir: &str) -> core::result::Result<Vec<Entry>, StoreError> {
         let mut out: Vec<Entry> = Vec::new();
@@ -1024,6 +1036,22 @@ impl<M: Store> Store for SpanStore<M> {
             Some(i) => Ok(Some(self.room_on(i)?)),
             None => Ok(None),
         }
+    }
+
+    /// Closes every medium, also when one fails; reports the first failure.
+    fn close(self: Box<Self>) -> core::result::Result<(), StoreError> {
+        let mut first = Ok(());
+        for m in self.into_media() {
+            let r = Box::new(m).close();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    fn span(&self) -> Option<&dyn SpanView> {
+        Some(self)
     }
 }
 

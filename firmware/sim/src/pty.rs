@@ -186,13 +186,15 @@ impl ConsoleLink {
             Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link).map_err(context(
                 format_args!("removing stale console link {}", link.display()),
             ))?,
-            Ok(_) => return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
                     "{} exists and is not a symlink; choose another --console-link or remove it",
                     link.display()
                 ),
-            )),
+                ))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(context(format_args!("checking {}", link.display()))(e)),
         }

@@ -17,132 +17,54 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Context;
-use image_format::span::{SpanOptions, SpanStore};
+use image_format::span::{SpanOptions, SpanStore, SpanView};
 use image_format::store::fat::{FormatOptions, Formatted, MAX_FAT32_BYTES, MIN_FAT32_BYTES};
-use image_format::store::{DirStore, Entry, FatStore, FlushIsDurable};
-use image_format::{Store, StoreError};
+use image_format::store::{DirStore, FatStore, FlushIsDurable};
+use image_format::Store;
 use mgear_nbd::NbdFile;
 
 use crate::exit::usage;
 use crate::spec::Medium as MediumSpec;
 use crate::units::human_bytes;
 
-/// An open medium. Call [`Medium::close`]: the FAT writer clears the
-/// volume's dirty flag and reports flush errors only there. An image,
-/// device or directory stays locked while it is open ([`crate::lock`]):
-/// exclusively for writers, shared for readers.
+/// An open medium: one store (a FAT image or device opened with `fatfs`, large transfers with
+/// `O_DIRECT`; a mounted directory; a FAT volume over NBD; the appliance's medium reached through
+/// its console) or a span of several (`image_format::span`: given as several
+/// `--medium`/`--appliance`, or one medium that carries a span label). Call [`Medium::close`]:
+/// the FAT writer clears the volume's dirty flag and reports flush errors only there
+/// (`Store::close`). An image, device or directory stays locked while it is open
+/// ([`crate::lock`]): exclusively for writers, shared for readers; a span holds its members'
+/// locks.
 pub struct Medium {
-    kind: Kind,
-    _lock: Option<crate::lock::MediumLock>,
-}
-
-impl From<Kind> for Medium {
-    fn from(kind: Kind) -> Self {
-        Medium { kind, _lock: None }
-    }
-}
-
-enum Kind {
-    /// A FAT image or device opened with `fatfs`, large transfers with `O_DIRECT`.
-    Fat(FatStore<image_format::store::DirectFile>),
-    /// A mounted directory.
-    Dir(DirStore),
-    /// A FAT volume over NBD.
-    Nbd(FatStore<FlushIsDurable<NbdFile>>),
-    /// The appliance's medium reached through its console (`--appliance PORT`).
-    Appliance(Box<dyn Store>),
-    /// Several media holding one span (`image_format::span`): given as
-    /// several `--medium`/`--appliance`, or one medium that carries a span label.
-    Span(Box<SpanStore<Medium>>),
-}
-
-impl Store for Medium {
-    fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
-        self.store().list(dir)
-    }
-    fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
-        self.store().len(path)
-    }
-    fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
-        self.store().read_at(path, offset, buf)
-    }
-    fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        self.store().write_at(path, offset, data)
-    }
-    fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
-        self.store().set_len(path, len)
-    }
-    fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
-        self.store().create_dir_all(path)
-    }
-    fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
-        self.store().rename(from, to)
-    }
-    fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
-        self.store().remove_file(path)
-    }
-    fn remove_dir(&mut self, path: &str) -> Result<(), StoreError> {
-        self.store().remove_dir(path)
-    }
-    fn sync(&mut self, path: &str) -> Result<(), StoreError> {
-        self.store().sync(path)
-    }
-    fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
-        self.store().free_space()
-    }
-    fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
-        self.store().room(path)
-    }
+    store: Box<dyn Store>,
+    /// Dropped after `store` (field order): the lock outlives the last write.
+    _locks: Vec<crate::lock::MediumLock>,
 }
 
 impl Medium {
-    /// The store the format reads and writes.
-    pub fn store(&mut self) -> &mut dyn Store {
-        match &mut self.kind {
-            Kind::Fat(s) => s,
-            Kind::Dir(s) => s,
-            Kind::Nbd(s) => s,
-            Kind::Appliance(s) => s.as_mut(),
-            Kind::Span(s) => s.as_mut(),
+    fn new(store: impl Store + 'static, lock: Option<crate::lock::MediumLock>) -> Medium {
+        Medium {
+            store: Box::new(store),
+            _locks: lock.into_iter().collect(),
         }
     }
 
+    /// The store the format reads and writes.
+    pub fn store(&mut self) -> &mut dyn Store {
+        self.store.as_mut()
+    }
+
     /// The span, when this medium is one (several media, or one medium of a span).
-    pub fn span(&self) -> Option<&SpanStore<Medium>> {
-        match &self.kind {
-            Kind::Span(s) => Some(s),
-            _ => None,
-        }
+    pub fn span(&self) -> Option<&dyn SpanView> {
+        self.store.span()
     }
 
     /// Flush and close, reporting any error.
     pub fn close(self) -> crate::Result<()> {
-        match self.kind {
-            Kind::Fat(s) => s
-                .unmount()
-                .map_err(|e| crate::err!("closing the FAT medium: {e}")),
-            Kind::Nbd(s) => s
-                .unmount()
-                .map_err(|e| crate::err!("closing the FAT medium over NBD: {e}")),
-            // DirStore makes each file durable when the format syncs it.
-            Kind::Dir(_) => Ok(()),
-            // The boxed FAT store cannot be unmounted through `dyn Store`;
-            // sync flushes its data and metadata, and the appliance owns the volume.
-            Kind::Appliance(mut s) => s
-                .sync("")
-                .map_err(|e| crate::err!("syncing the appliance's medium: {e}")),
-            Kind::Span(s) => {
-                // Close every medium even when one fails; report the first failure.
-                let mut first = Ok(());
-                for m in s.into_media() {
-                    let r = m.close();
-                    if first.is_ok() {
-                        first = r;
-                    }
-                }
-                first
-            }
-        }
+        let Medium { store, _locks } = self;
+        store
+            .close()
+            .map_err(|e| crate::err!("closing the medium: {e}"))
     }
 }
 
@@ -233,7 +155,7 @@ impl Where {
     fn open_with(&self, read_only: bool, plan: Option<&SpanPlan>) -> crate::Result<Medium> {
         let mut media = Vec::new();
         for port in &self.appliance {
-            let m: Medium = Kind::Appliance(crate::appliance::open_medium(port)?).into();
+            let m = Medium::new(crate::appliance::open_medium(port)?, None);
             media.push((m, format!("appliance at {}", port.display())));
         }
         for spec in &self.medium {
@@ -256,6 +178,15 @@ impl Where {
             }
             media.push((m, self.describe()));
         }
+        // The span owns the members' stores; the new Medium holds their locks.
+        let mut locks = Vec::new();
+        let media: Vec<(Box<dyn Store>, String)> = media
+            .into_iter()
+            .map(|(m, label)| {
+                locks.extend(m._locks);
+                (m.store, label)
+            })
+            .collect();
         let span = if read_only {
             SpanStore::open(media, plan.is_none())
         } else if let Some(plan) = plan {
@@ -291,7 +222,10 @@ impl Where {
             };
             crate::exit::coded(code, format!("{}: {e}", self.describe()))
         })?;
-        Ok(Kind::Span(Box::new(span)).into())
+        Ok(Medium {
+            store: Box::new(span),
+            _locks: locks,
+        })
     }
 
     /// The options that name these media again, for commands a message suggests.
@@ -329,16 +263,19 @@ fn open_mode(spec: &str, read_only: bool) -> crate::Result<Medium> {
         }
         _ => None,
     };
-    let kind = open_kind(parsed, spec, read_only)?;
-    Ok(Medium { kind, _lock: lock })
+    let store = open_store(parsed, spec, read_only)?;
+    Ok(Medium {
+        store,
+        _locks: lock.into_iter().collect(),
+    })
 }
 
-fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<Kind> {
+fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<Box<dyn Store>> {
     match parsed {
         MediumSpec::Dir(path) => {
             let store =
                 DirStore::open(&path).map_err(|e| crate::err!("opening medium {spec}: {e}"))?;
-            Ok(Kind::Dir(store))
+            Ok(Box::new(store))
         }
         MediumSpec::Fat(path) => {
             let file = OpenOptions::new()
@@ -353,7 +290,7 @@ fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<K
                 FatStore::open(dev)
             }
             .map_err(|e| crate::err!("opening medium {}: {e}", path.display()))?;
-            Ok(Kind::Fat(store))
+            Ok(Box::new(store))
         }
         MediumSpec::Nbd(url) => {
             let parsed: mgear_nbd::NbdUrl = url
@@ -368,7 +305,7 @@ fn open_kind(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<K
                 FatStore::open(dev)
             }
             .map_err(|e| crate::err!("opening medium {url}: {e}"))?;
-            Ok(Kind::Nbd(store))
+            Ok(Box::new(store))
         }
     }
 }

@@ -982,6 +982,10 @@ fn check_fat_size(path: &str, end: u64) -> Result<(), StoreError> {
 }
 
 impl<D: FatDevice> Store for FatStore<D> {
+    /// [`FatStore::unmount`]: the free count is written and the dirty flag cleared.
+    fn close(self: Box<Self>) -> Result<(), StoreError> {
+        (*self).unmount()
+    }
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
         let d = self.dir(dir)?;
         let mut out = Vec::new();

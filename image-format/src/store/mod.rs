@@ -26,6 +26,7 @@ pub use direct::DirectFile;
 pub use fat::{FatDevice, FatStore, FlushIsDurable};
 pub use mem::MemStore;
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -117,6 +118,19 @@ pub trait Store {
     /// continues on the next medium. `None` (the default): no such bound.
     fn room(&mut self, _path: &str) -> Result<Option<u64>, StoreError> {
         Ok(None)
+    }
+    /// Flush and release the medium, reporting what only closing reveals: a FAT volume
+    /// writes its free-cluster count and clears its dirty flag here, a span closes every
+    /// medium it holds. Whoever opened a store closes it this way, whatever its type. The
+    /// default suits stores whose writes are durable once synced (a directory, memory, a
+    /// borrowed store): nothing is left to do.
+    fn close(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The span this store is (several media seen as one), to list its members and what is
+    /// not attached; `None` (the default) for one medium.
+    fn span(&self) -> Option<&dyn crate::span::SpanView> {
+        None
     }
 
     /// Read exactly `buf.len()` bytes at `offset`.
