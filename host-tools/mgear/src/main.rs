@@ -1,7 +1,10 @@
 //! `mgear`: MotionGear host tools.
 //!
-//! The thin binary over the `mgear` library (`lib.rs`): one module per
-//! subcommand; each module's `//!` doc explains it for users.
+//! The thin binary over the `mgear` library (`lib.rs`): the clap tree (the
+//! subcommands here, their flags in `cli/`, one file per command), which
+//! turns the command line into the library's typed plans; usage errors,
+//! `--json` errors and exit codes. Each library module's `//!` doc explains
+//! its command for users.
 use mgear::{
     appliance, bench, boot_cmd, demo, exit, inspect, keys, machine, medium_admin, output, sync,
     verify,
