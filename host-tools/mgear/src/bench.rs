@@ -63,6 +63,88 @@ use serde::Serialize;
 use crate::medium::Where;
 use crate::units::{human_bytes, parse_size};
 
+/// The data patterns `bench` generates (`--pattern`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patterns {
+    Random,
+    Mix,
+    Zeros,
+    Sparse,
+    /// Random and mix.
+    Both,
+    /// Every pattern.
+    All,
+}
+
+impl std::str::FromStr for Patterns {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "random" => Patterns::Random,
+            "mix" => Patterns::Mix,
+            "zeros" => Patterns::Zeros,
+            "sparse" => Patterns::Sparse,
+            "both" => Patterns::Both,
+            "all" => Patterns::All,
+            other => {
+                return Err(crate::exit::usage(format!(
+                    "--pattern {other}: use random, mix, zeros, sparse, both or all"
+                )))
+            }
+        })
+    }
+}
+
+impl Patterns {
+    /// The patterns, in the order the bench runs them.
+    fn names(self) -> Vec<&'static str> {
+        match self {
+            Patterns::Random => vec!["random"],
+            Patterns::Mix => vec!["mix"],
+            Patterns::Zeros => vec!["zeros"],
+            Patterns::Sparse => vec!["sparse"],
+            Patterns::Both => vec!["random", "mix"],
+            Patterns::All => vec!["random", "mix", "zeros", "sparse"],
+        }
+    }
+}
+
+/// The media `bench` captures onto and ingests from (`--medium`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// A FAT32 image, as users carry.
+    Fat,
+    /// A directory.
+    Dir,
+    Both,
+}
+
+impl std::str::FromStr for Media {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "fat" => Media::Fat,
+            "dir" => Media::Dir,
+            "both" => Media::Both,
+            other => {
+                return Err(crate::exit::usage(format!(
+                    "--medium {other}: use fat, dir or both"
+                )))
+            }
+        })
+    }
+}
+
+impl Media {
+    fn names(self) -> Vec<&'static str> {
+        match self {
+            Media::Fat => vec!["fat"],
+            Media::Dir => vec!["dir"],
+            Media::Both => vec!["dir", "fat"],
+        }
+    }
+}
+
 /// `mgear bench`, typed (the binary's `cli::bench` parses the flags into it).
 #[derive(Debug)]
 pub struct Plan {
@@ -70,10 +152,10 @@ pub struct Plan {
     pub size: u64,
     /// Data pattern: random, mix (40% zeros / 30% text / 30% random), zeros
     /// (written), sparse (one hole), both (random and mix) or all.
-    pub pattern: String,
+    pub pattern: Patterns,
     /// Medium to capture onto and ingest from: fat (a FAT32 image, as users
     /// carry), dir (a directory) or both.
-    pub medium: String,
+    pub medium: Media,
     /// Work directory (needs about 3x --size free) [default: a temporary directory].
     pub workdir: Option<PathBuf>,
     /// Also ingest into a Ceph RBD image in this pool and time `qemu-img convert` of the same
@@ -302,27 +384,11 @@ pub fn run(args: Plan) -> anyhow::Result<i32> {
     if size < (1 << 20) {
         return Err(crate::exit::usage("--size must be at least 1MiB"));
     }
-    let patterns: Vec<&str> = match args.pattern.as_str() {
+    let (patterns, media) = if args.appliance_only {
         // The appliance rows run on random data only.
-        _ if args.appliance_only => vec!["random"],
-        "all" => vec!["random", "mix", "zeros", "sparse"],
-        "both" => vec!["random", "mix"],
-        p @ ("random" | "mix" | "zeros" | "sparse") => vec![p],
-        other => {
-            return Err(crate::exit::usage(format!(
-                "--pattern {other}: use random, mix, zeros, sparse, both or all"
-            )))
-        }
-    };
-    let media: Vec<&str> = match args.medium.as_str() {
-        _ if args.appliance_only => vec![],
-        "both" => vec!["dir", "fat"],
-        m @ ("dir" | "fat") => vec![m],
-        other => {
-            return Err(crate::exit::usage(format!(
-                "--medium {other}: use fat, dir or both"
-            )))
-        }
+        (vec!["random"], vec![])
+    } else {
+        (args.pattern.names(), args.medium.names())
     };
     let dd = crate::tools::which("dd");
     let qemu_img = crate::tools::which("qemu-img");

@@ -39,7 +39,7 @@ use mgear_boot::{
     inspect_path,
     libvirt::DEFAULT_CONN,
     prove_boot, BootError, BootReport, BootSpec, Drivers, Expectation, Guest, LibvirtBoot,
-    LocalQemu, SampleDiskOptions, Severity, VolumeRef,
+    LocalQemu, SampleDiskOptions, Severity, TargetProfile, VolumeRef,
 };
 
 use crate::exit::{boot_err, coded, usage, FOUND, IO, OK, USAGE};
@@ -83,7 +83,7 @@ pub struct Plan {
     /// Size of --data-disk in bytes (half of it incompressible filler).
     pub data_size: u64,
     /// Check readiness for a target profile instead of booting.
-    pub check_profile: Option<String>,
+    pub check_profile: Option<&'static TargetProfile>,
 }
 
 /// Run `mgear boot`; returns the process exit code.
@@ -123,8 +123,8 @@ pub fn run(args: Plan) -> anyhow::Result<i32> {
         ));
     }
     let target = resolve(target)?;
-    if let Some(name) = &args.check_profile {
-        return check(target.local(), name, args.json);
+    if let Some(profile) = args.check_profile {
+        return check(target.local(), profile, args.json);
     }
     let opts = BootOptions {
         wait_for: args.wait_for.clone(),
@@ -359,13 +359,17 @@ pub fn finish(
     }
 }
 
-fn check(target: Target, name: &str, json: bool) -> anyhow::Result<i32> {
-    let profile = mgear_boot::profile_by_name(name).ok_or_else(|| {
+/// The readiness profile named `name` (`--check-profile`; exit 2 if unknown).
+pub fn profile(name: &str) -> anyhow::Result<&'static TargetProfile> {
+    mgear_boot::profile_by_name(name).ok_or_else(|| {
         usage(format!(
             "unknown profile {name:?}: use one of {}",
             mgear_boot::profile_names().join(", ")
         ))
-    })?;
+    })
+}
+
+fn check(target: Target, profile: &TargetProfile, json: bool) -> anyhow::Result<i32> {
     let path = match &target {
         Target::File(p) | Target::Dev(p) => p,
         _ => return Err(usage("--check-profile reads file: and dev: targets only")),

@@ -47,15 +47,17 @@ pub struct Args {
 }
 
 impl Args {
-    /// The typed plan: sizes parsed (exit 2 on a bad one).
+    /// The typed plan: sizes and choices parsed (exit 2 on a bad one).
     pub fn into_plan(self) -> anyhow::Result<bench::Plan> {
         let a = self;
         let size = parse_size(&a.size)?;
+        let pattern = a.pattern.parse::<bench::Patterns>()?;
+        let medium = a.medium.parse::<bench::Media>()?;
         let scale = bench::scale_sizes(&a.scale)?;
         Ok(bench::Plan {
             size,
-            pattern: a.pattern,
-            medium: a.medium,
+            pattern,
+            medium,
             workdir: a.workdir,
             rbd: a.rbd,
             threads: a.threads,

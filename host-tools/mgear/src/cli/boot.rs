@@ -70,8 +70,8 @@ pub struct Args {
 }
 
 impl Args {
-    /// The typed plan: bus, firmware, sample drivers and sizes parsed (exit 2
-    /// on a bad one).
+    /// The typed plan: bus, firmware, sample drivers, the profile and sizes
+    /// parsed (exit 2 on a bad one).
     pub fn into_plan(self) -> anyhow::Result<boot_cmd::Plan> {
         let a = self;
         let drivers = match a.drivers.as_str() {
@@ -86,6 +86,11 @@ impl Args {
         let data_size = parse_size(&a.data_size)?;
         let bus = a.bus.parse::<Bus>().map_err(boot_err)?;
         let firmware = a.firmware.parse::<Firmware>().map_err(boot_err)?;
+        let check_profile = a
+            .check_profile
+            .as_deref()
+            .map(boot_cmd::profile)
+            .transpose()?;
         Ok(boot_cmd::Plan {
             target: a.target,
             wait_for: a.wait_for,
@@ -102,7 +107,7 @@ impl Args {
             marker: a.marker,
             data_disk: a.data_disk,
             data_size,
-            check_profile: a.check_profile,
+            check_profile,
         })
     }
 }
