@@ -58,35 +58,30 @@ use zeroize::Zeroizing;
 pub use client::{ApplianceError, Client};
 pub use gate::{find_attestations, ingest_gate};
 
-/// Arguments of `mgear appliance`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// `mgear appliance`, typed (the binary's `cli::appliance` fills it in from the flags).
+#[derive(Debug)]
+pub struct Plan {
     /// The appliance's console: a serial device or the simulator's
     /// --console-link. Default: the one attached appliance found by USB id.
-    #[arg(long, global = true, env = "MGEAR_APPLIANCE")]
     pub port: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
     pub json: bool,
-    #[command(subcommand)]
     pub cmd: Cmd,
 }
 
 /// What to ask the appliance.
-#[derive(clap::Subcommand, Debug)]
+#[derive(Debug)]
 pub enum Cmd {
     /// State, identity, medium and counters.
     Info,
     /// First use: set the PIN and create the appliance's Ed25519 identity.
     Provision {
         /// Read the PIN from this file (first line) instead of the terminal.
-        #[arg(long)]
         pin_file: Option<PathBuf>,
     },
     /// Enter the PIN: the medium accepts writes until `lock` or `seal`.
     Unlock {
         /// Read the PIN from this file (first line) instead of the terminal.
-        #[arg(long)]
         pin_file: Option<PathBuf>,
     },
     /// Make the medium read-only again.
@@ -100,19 +95,16 @@ pub enum Cmd {
     /// Show the stored attestations, or save them as files for ingest.
     Attestations {
         /// Write DIR/SEAL and DIR/ARRIVAL (what `mgear ingest` checks).
-        #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Print the custody log.
     Log {
         /// Check the hash chain, every signature, and that the log still
         /// holds every record the stored attestations pin.
-        #[arg(long)]
         verify: bool,
         /// Verify against this pinned identity (the 64-hex-digit fingerprint
         /// `appliance info` printed when you provisioned it) instead of the
         /// key the device reports.
-        #[arg(long, value_name = "FINGERPRINT", requires = "verify")]
         trust_appliance: Option<String>,
     },
     /// Crypto-erase: destroy the key slots on the medium and the appliance's
@@ -120,18 +112,14 @@ pub enum Cmd {
     /// always on a sealed appliance).
     Erase {
         /// Also overwrite the whole medium afterwards.
-        #[arg(long)]
         overwrite: bool,
         /// Read the PIN from this file (first line) instead of the terminal.
-        #[arg(long)]
         pin_file: Option<PathBuf>,
         /// Confirm: this cannot be undone.
-        #[arg(long)]
         yes: bool,
         /// Write an erase certificate: FILE (JSON) and FILE with `.txt`: the
         /// appliance's identity, what was erased and when, and the custody
         /// record of the erase, signed by the appliance and checked here.
-        #[arg(long, value_name = "FILE")]
         certificate: Option<PathBuf>,
     },
     /// List attached appliances (USB serial devices with MotionGear's id).
@@ -139,7 +127,7 @@ pub enum Cmd {
 }
 
 /// Run `mgear appliance`; returns the process exit code.
-pub fn run(args: Args) -> crate::Result<i32> {
+pub fn run(args: Plan) -> crate::Result<i32> {
     let json = args.json || crate::output::json();
     if let Cmd::Erase { yes: false, .. } = args.cmd {
         // Refuse before looking for the appliance: a usage error stays one.

@@ -63,45 +63,117 @@ use serde::Serialize;
 use crate::medium::Where;
 use crate::units::{human_bytes, parse_size};
 
-/// Arguments of `mgear bench`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Size of the generated source disk.
-    #[arg(long, default_value = "1GiB")]
-    pub size: String,
+/// The data patterns `bench` generates (`--pattern`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patterns {
+    Random,
+    Mix,
+    Zeros,
+    Sparse,
+    /// Random and mix.
+    Both,
+    /// Every pattern.
+    All,
+}
+
+impl std::str::FromStr for Patterns {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Ok(match s {
+            "random" => Patterns::Random,
+            "mix" => Patterns::Mix,
+            "zeros" => Patterns::Zeros,
+            "sparse" => Patterns::Sparse,
+            "both" => Patterns::Both,
+            "all" => Patterns::All,
+            other => {
+                return Err(crate::exit::usage(format!(
+                    "--pattern {other}: use random, mix, zeros, sparse, both or all"
+                )))
+            }
+        })
+    }
+}
+
+impl Patterns {
+    /// The patterns, in the order the bench runs them.
+    fn names(self) -> Vec<&'static str> {
+        match self {
+            Patterns::Random => vec!["random"],
+            Patterns::Mix => vec!["mix"],
+            Patterns::Zeros => vec!["zeros"],
+            Patterns::Sparse => vec!["sparse"],
+            Patterns::Both => vec!["random", "mix"],
+            Patterns::All => vec!["random", "mix", "zeros", "sparse"],
+        }
+    }
+}
+
+/// The media `bench` captures onto and ingests from (`--medium`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// A FAT32 image, as users carry.
+    Fat,
+    /// A directory.
+    Dir,
+    Both,
+}
+
+impl std::str::FromStr for Media {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Ok(match s {
+            "fat" => Media::Fat,
+            "dir" => Media::Dir,
+            "both" => Media::Both,
+            other => {
+                return Err(crate::exit::usage(format!(
+                    "--medium {other}: use fat, dir or both"
+                )))
+            }
+        })
+    }
+}
+
+impl Media {
+    fn names(self) -> Vec<&'static str> {
+        match self {
+            Media::Fat => vec!["fat"],
+            Media::Dir => vec!["dir"],
+            Media::Both => vec!["dir", "fat"],
+        }
+    }
+}
+
+/// `mgear bench`, typed (the binary's `cli::bench` parses the flags into it).
+#[derive(Debug)]
+pub struct Plan {
+    /// Size of the generated source disk, bytes (at least 1 MiB).
+    pub size: u64,
     /// Data pattern: random, mix (40% zeros / 30% text / 30% random), zeros
     /// (written), sparse (one hole), both (random and mix) or all.
-    #[arg(long, default_value = "all")]
-    pub pattern: String,
+    pub pattern: Patterns,
     /// Medium to capture onto and ingest from: fat (a FAT32 image, as users
     /// carry), dir (a directory) or both.
-    #[arg(long, default_value = "both")]
-    pub medium: String,
+    pub medium: Media,
     /// Work directory (needs about 3x --size free) [default: a temporary directory].
-    #[arg(long)]
     pub workdir: Option<PathBuf>,
     /// Also ingest into a Ceph RBD image in this pool and time `qemu-img convert` of the same
     /// raw disk into the same pool (cluster from CEPH_CONF, user from CEPH_ARGS, e.g. `--id
     /// cinder`; the cloud lab's are in `scripts/cloud-lab.sh env`).
-    #[arg(long, value_name = "POOL")]
     pub rbd: Option<String>,
     /// Encoder threads for every capture [default: number of CPUs]; compare `--threads 1`
     /// with `--threads 2` to see how capture scales.
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Sizes of the two random captures onto a FAT32 image whose CPU cost per byte is
-    /// compared (the target is 256MiB,4GiB; `off` skips them).
-    #[arg(long, default_value = "256MiB,1GiB", value_name = "SMALL,LARGE")]
-    pub scale: String,
+    /// compared (the target is 256MiB,4GiB; `None` skips them): [`scale_sizes`].
+    pub scale: Option<(u64, u64)>,
     /// Skip the rows that run `mgear-appliance-sim` (capture through its NBD export, seal).
-    #[arg(long)]
     pub no_appliance: bool,
     /// Run only the appliance rows (capture through `mgear-appliance-sim`, a read of its medium,
     /// its seal) on random data: the seal's figures without the rest of the bench.
-    #[arg(long, conflicts_with = "no_appliance")]
     pub appliance_only: bool,
     /// Print one JSON object.
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -307,32 +379,16 @@ fn dd_files(files: &[PathBuf], target: &Path) -> crate::Result<f64> {
 }
 
 /// Run `mgear bench`.
-pub fn run(args: Args) -> crate::Result<i32> {
-    let size = parse_size(&args.size)?;
+pub fn run(args: Plan) -> crate::Result<i32> {
+    let size = args.size;
     if size < (1 << 20) {
         return Err(crate::exit::usage("--size must be at least 1MiB"));
     }
-    let patterns: Vec<&str> = match args.pattern.as_str() {
+    let (patterns, media) = if args.appliance_only {
         // The appliance rows run on random data only.
-        _ if args.appliance_only => vec!["random"],
-        "all" => vec!["random", "mix", "zeros", "sparse"],
-        "both" => vec!["random", "mix"],
-        p @ ("random" | "mix" | "zeros" | "sparse") => vec![p],
-        other => {
-            return Err(crate::exit::usage(format!(
-                "--pattern {other}: use random, mix, zeros, sparse, both or all"
-            )))
-        }
-    };
-    let media: Vec<&str> = match args.medium.as_str() {
-        _ if args.appliance_only => vec![],
-        "both" => vec!["dir", "fat"],
-        m @ ("dir" | "fat") => vec![m],
-        other => {
-            return Err(crate::exit::usage(format!(
-                "--medium {other}: use fat, dir or both"
-            )))
-        }
+        (vec!["random"], vec![])
+    } else {
+        (args.pattern.names(), args.medium.names())
     };
     let dd = crate::tools::which("dd");
     let qemu_img = crate::tools::which("qemu-img");
@@ -457,11 +513,11 @@ pub fn run(args: Args) -> crate::Result<i32> {
 
             let cpu = crate::progress::cpu_seconds();
             let secs = timed(|| {
-                crate::ingest::ingest(&crate::ingest::Args {
+                crate::ingest::ingest(&crate::ingest::Plan {
                     boot: false,
                     wait_for: String::new(),
                     timeout: 0,
-                    boot_bus: "auto".into(),
+                    boot_bus: mgear_boot::Bus::Auto,
                     flavor: None,
                     adapt: false,
                     medium: medium.clone(),
@@ -475,12 +531,12 @@ pub fn run(args: Args) -> crate::Result<i32> {
                     force: true,
                     allow_unsealed: true,
                     // A benchmark measures speed, not origin.
-                    trust: crate::trust::TrustArgs {
+                    trust: crate::trust::Pins {
                         allow_untrusted: true,
                         ..Default::default()
                     },
                     rate_limit: None,
-                    checkpoint_bytes: "64MiB".into(),
+                    checkpoint_bytes: 64 << 20,
                     json: true,
                     report: None,
                     hold: false,
@@ -524,7 +580,7 @@ pub fn run(args: Args) -> crate::Result<i32> {
             if !args.appliance_only {
                 timings.extend(extra.rate_limited(size)?);
                 timings.extend(extra.set(size)?);
-                if let Some((small, large)) = scale_sizes(&args.scale)? {
+                if let Some((small, large)) = args.scale {
                     timings.extend(extra.scale(small, large)?);
                 }
             }
@@ -688,7 +744,7 @@ fn capture_timed(
     medium: &Where,
     key: &Path,
     work: &Path,
-    rate_limit: Option<&str>,
+    rate_limit: Option<f64>,
     threads: Option<usize>,
 ) -> crate::Result<(f64, f64)> {
     capture_disks_timed(
@@ -708,28 +764,30 @@ fn capture_disks_timed(
     medium: &Where,
     key: &Path,
     work: &Path,
-    rate_limit: Option<&str>,
+    rate_limit: Option<f64>,
     threads: Option<usize>,
 ) -> crate::Result<(f64, f64)> {
     let cpu = crate::progress::cpu_seconds();
+    let recipient =
+        crate::keys::read_recipient(&crate::keyfile::pub_path(key).display().to_string())?;
     let secs = timed(|| {
-        let args = crate::capture::Args {
+        let args = crate::capture::Plan {
             dirty_bitmap: None,
             source: Some(srcs[0].display().to_string()),
             medium: medium.clone(),
             name: "bench".into(),
-            recipient: vec![crate::keyfile::pub_path(key).display().to_string()],
+            recipient: vec![recipient.clone()],
             passphrase_file: None,
             passphrase_generate: false,
             delta: false,
-            rate_limit: rate_limit.map(str::to_string),
+            rate_limit,
             key_cache: Some(work.join("keys")),
-            chunk_size: "1MiB".into(),
+            chunk_size: 1 << 20,
             no_compress: false,
             threads,
             json: true,
             report: None,
-            checkpoint_bytes: "64MiB".into(),
+            checkpoint_bytes: 64 << 20,
             passphrase_work_factor: None,
             dry_run: false,
             abort: false,
@@ -751,7 +809,8 @@ fn capture_disks_timed(
 }
 
 /// `--scale SMALL,LARGE`, or `None` for `off`.
-fn scale_sizes(text: &str) -> crate::Result<Option<(u64, u64)>> {
+/// Parse `--scale SMALL,LARGE` (or `off`).
+pub fn scale_sizes(text: &str) -> crate::Result<Option<(u64, u64)>> {
     if text == "off" {
         return Ok(None);
     }
@@ -844,7 +903,7 @@ impl Extra<'_> {
             &medium,
             self.key,
             self.work,
-            Some(LIMIT.1),
+            Some(LIMIT.0),
             self.threads,
         )?;
         std::fs::remove_file(&src)?;
@@ -1243,11 +1302,11 @@ fn rbd_rows(
     };
     let cpu = crate::progress::cpu_seconds() + children_cpu_seconds();
     let ingest = timed(|| {
-        crate::ingest::ingest(&crate::ingest::Args {
+        crate::ingest::ingest(&crate::ingest::Plan {
             boot: false,
             wait_for: String::new(),
             timeout: 0,
-            boot_bus: "auto".into(),
+            boot_bus: mgear_boot::Bus::Auto,
             flavor: None,
             register_image: false,
             report: None,
@@ -1263,12 +1322,12 @@ fn rbd_rows(
             state_dir: Some(work.join("ingest-state-rbd")),
             force: true,
             allow_unsealed: true,
-            trust: crate::trust::TrustArgs {
+            trust: crate::trust::Pins {
                 allow_untrusted: true,
                 ..Default::default()
             },
             rate_limit: None,
-            checkpoint_bytes: "64MiB".into(),
+            checkpoint_bytes: 64 << 20,
             json: true,
         })
         .map(|_| ())

@@ -39,91 +39,62 @@ use mgear_boot::{
     inspect_path,
     libvirt::DEFAULT_CONN,
     prove_boot, BootError, BootReport, BootSpec, Drivers, Expectation, Guest, LibvirtBoot,
-    LocalQemu, SampleDiskOptions, Severity, VolumeRef,
+    LocalQemu, SampleDiskOptions, Severity, TargetProfile, VolumeRef,
 };
 
 use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 
-/// Arguments of `mgear boot`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// `mgear boot`, typed (the binary's `cli::boot` parses the flags into it).
+#[derive(Debug)]
+pub struct Plan {
     /// Volume to boot: file:PATH, qcow2:PATH, dev:PATH, nbd://HOST:PORT/EXPORT or libvirt:POOL/NAME.
     /// Repeat it for a machine of several disks: the first boots, the others
     /// are attached after it in order (a local QEMU or one libvirt domain).
-    #[arg(long)]
-    target: Vec<String>,
+    pub target: Vec<String>,
     /// Regex that proves the boot when it appears on the serial console.
-    #[arg(long, default_value = "login:|MGEAR-BOOT-OK")]
-    wait_for: String,
+    pub wait_for: String,
     /// Seconds to wait for the regex.
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
+    pub timeout: u64,
     /// Disk bus: virtio, ide, sata, nvme or auto.
-    #[arg(long, default_value = "auto")]
-    bus: String,
+    pub bus: Bus,
     /// Firmware: bios, uefi or auto (from the partition table).
-    #[arg(long, default_value = "auto")]
-    firmware: String,
+    pub firmware: Firmware,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 512)]
-    memory: u32,
+    pub memory: u32,
     /// Let the guest write to the volume. Without it the guest's writes go to
     /// a throw-away overlay (QEMU -snapshot) and the verified volume stays
     /// bit-identical.
-    #[arg(long)]
-    write: bool,
+    pub write: bool,
     /// Accepted for older scripts: discarding the guest's writes is the default.
-    #[arg(long, hide = true, conflicts_with = "write")]
-    snapshot: bool,
+    pub snapshot: bool,
     /// Where to write the JSON boot report.
-    #[arg(long)]
-    report: Option<PathBuf>,
+    pub report: Option<PathBuf>,
     /// Print the boot report as JSON on stdout instead of text.
-    #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// Build the sample bootable disk at this path (see --drivers, --marker).
-    #[arg(long, value_name = "PATH")]
-    build_sample: Option<PathBuf>,
+    pub build_sample: Option<PathBuf>,
     /// Sample disk drivers: all or ide-only.
-    #[arg(long, default_value = "all", requires = "build_sample")]
-    drivers: String,
+    pub drivers: Drivers,
     /// Sample disk marker id (default: sample-<drivers>).
-    #[arg(long, requires = "build_sample")]
-    marker: Option<String>,
+    pub marker: Option<String>,
     /// Also build the sample's data disk here: ext4 mounted by the sample's fstab at /srv by
     /// UUID; the sample then prints MGEAR-SRV-OK <marker>-srv from it at boot (a two-disk machine).
-    #[arg(long, value_name = "PATH", requires = "build_sample")]
-    data_disk: Option<PathBuf>,
-    /// Size of --data-disk (half of it incompressible filler).
-    #[arg(
-        long,
-        value_name = "SIZE",
-        default_value = "32MiB",
-        requires = "data_disk"
-    )]
-    data_size: String,
+    pub data_disk: Option<PathBuf>,
+    /// Size of --data-disk in bytes (half of it incompressible filler).
+    pub data_size: u64,
     /// Check readiness for a target profile instead of booting.
-    #[arg(long, value_name = "PROFILE", conflicts_with = "build_sample")]
-    check_profile: Option<String>,
+    pub check_profile: Option<&'static TargetProfile>,
 }
 
 /// Run `mgear boot`; returns the process exit code.
-pub fn run(args: Args) -> crate::Result<i32> {
+pub fn run(args: Plan) -> crate::Result<i32> {
     if let Some(path) = &args.build_sample {
-        let drivers = match args.drivers.as_str() {
-            "all" => Drivers::All,
-            "ide-only" => Drivers::IdeOnly,
-            d => {
-                return Err(usage(format!(
-                    "unknown --drivers {d:?}: use all or ide-only"
-                )))
-            }
-        };
+        let drivers = args.drivers;
         let opts = SampleDiskOptions {
             drivers,
             marker_id: args.marker.clone(),
             data_disk: match &args.data_disk {
-                Some(p) => Some((p.clone(), crate::units::parse_size(&args.data_size)?)),
+                Some(p) => Some((p.clone(), args.data_size)),
                 None => None,
             },
             ..Default::default()
@@ -152,14 +123,14 @@ pub fn run(args: Args) -> crate::Result<i32> {
         ));
     }
     let target = resolve(target)?;
-    if let Some(name) = &args.check_profile {
-        return check(target.local(), name, args.json);
+    if let Some(profile) = args.check_profile {
+        return check(target.local(), profile, args.json);
     }
     let opts = BootOptions {
         wait_for: args.wait_for.clone(),
         timeout: Duration::from_secs(args.timeout),
-        bus: args.bus.parse::<Bus>()?,
-        firmware: args.firmware.parse::<Firmware>()?,
+        bus: args.bus,
+        firmware: args.firmware,
         memory_mib: args.memory,
         snapshot: args.snapshot || !args.write,
     };
@@ -384,13 +355,17 @@ pub fn finish(
     }
 }
 
-fn check(target: Target, name: &str, json: bool) -> crate::Result<i32> {
-    let profile = mgear_boot::profile_by_name(name).ok_or_else(|| {
+/// The readiness profile named `name` (`--check-profile`; exit 2 if unknown).
+pub fn profile(name: &str) -> crate::Result<&'static TargetProfile> {
+    mgear_boot::profile_by_name(name).ok_or_else(|| {
         usage(format!(
             "unknown profile {name:?}: use one of {}",
             mgear_boot::profile_names().join(", ")
         ))
-    })?;
+    })
+}
+
+fn check(target: Target, profile: &TargetProfile, json: bool) -> crate::Result<i32> {
     let path = match &target {
         Target::File(p) | Target::Dev(p) => p,
         _ => return Err(usage("--check-profile reads file: and dev: targets only")),

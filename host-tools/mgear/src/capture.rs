@@ -59,93 +59,68 @@ use crate::keys::key_cache_dir;
 use crate::output::hex;
 use crate::progress::{self, Progress};
 use crate::ratelimit::RateLimiter;
-use crate::units::{human_bytes, parse_rate, parse_size};
+use crate::units::{human_bytes, parse_size};
 
-/// `mgear capture` as parsed: one `--source` per disk of the machine.
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// Disk to read: a file, a block device, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
-    /// Repeat it once per disk of a machine, in the machine's disk order: the
-    /// disks are captured as one set (see `mgear inspect`).
-    #[arg(
-        long = "source",
-        value_name = "SOURCE",
-        required_unless_present = "abort"
-    )]
+/// `mgear capture`: one source per disk of the machine, and the plan they
+/// are captured by (`crate::machine::capture` runs it).
+#[derive(Debug)]
+pub struct Request {
+    /// Disks to read (file, block device or NBD URL), in the machine's disk
+    /// order: several are captured as one set.
     pub sources: Vec<String>,
-    #[command(flatten)]
-    pub args: Args,
+    pub plan: Plan,
 }
 
-/// Arguments of the capture of one disk (`Cli` with its one `--source`).
-#[derive(clap::Args, Debug, Clone)]
-pub struct Args {
-    /// The disk (set from `Cli::sources`).
-    #[arg(skip)]
+/// The capture of one disk, typed: what `mgear capture`'s flags say (the
+/// binary's `cli::capture` parses them; demo and bench fill it in directly).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The disk (set from `Request::sources`).
     pub source: Option<String>,
-    #[command(flatten)]
     pub medium: crate::medium::Where,
     /// Capture name (1-32 letters, digits, '-', '_'), e.g. the host name.
-    #[arg(long)]
     pub name: String,
-    /// Target public key (a .pub file from `mgear keygen`, or age1...); repeatable.
-    #[arg(long)]
-    pub recipient: Vec<String>,
+    /// Target public keys (`keys::read_recipient` of a .pub file from `mgear keygen`, or age1...).
+    pub recipient: Vec<age::x25519::Recipient>,
     /// File whose first line is a passphrase that can also open the capture.
-    #[arg(long)]
     pub passphrase_file: Option<PathBuf>,
     /// Create --passphrase-file (it must not exist) holding a new random
     /// passphrase (130 bits, 0600) and use it; send that file to the target by
     /// a channel other than the courier.
-    #[arg(long, requires = "passphrase_file")]
     pub passphrase_generate: bool,
     /// Store only chunks that changed since the newest finished capture of this name.
-    #[arg(long)]
     pub delta: bool,
     /// With --delta and an NBD source: read only chunks the qemu dirty bitmap NAME marks dirty (qemu-nbd -B NAME).
-    #[arg(long, value_name = "NAME", requires = "delta")]
     pub dirty_bitmap: Option<String>,
-    /// Hold the average source read rate, e.g. 50MiB/s, 400Mbit/s.
-    #[arg(long)]
-    pub rate_limit: Option<String>,
+    /// Hold the average source read rate, bytes per second (`units::parse_rate`).
+    pub rate_limit: Option<f64>,
     /// Where data keys are kept for later deltas [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
-    #[arg(long)]
     pub key_cache: Option<PathBuf>,
-    /// Chunk size (64KiB..16MiB, power of two).
-    #[arg(long, default_value = "1MiB")]
-    pub chunk_size: String,
+    /// Chunk size in bytes (64KiB..16MiB, power of two: [`chunk_size_arg`]).
+    pub chunk_size: u32,
     /// Store chunks uncompressed.
-    #[arg(long)]
     pub no_compress: bool,
     /// Encoder threads [default: number of CPUs].
-    #[arg(long)]
     pub threads: Option<usize>,
     /// Sign each generation's COMMIT with this capture-site key (`mgear keygen --signing`).
-    #[arg(long, value_name = "SITE.key")]
     pub sign: Option<PathBuf>,
     /// Print the summary as one JSON object.
-    #[arg(long)]
     pub json: bool,
     /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
-    #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Inspect the source and the medium, print the plan (what is written,
     /// estimated size and time, free space) and write nothing.
-    #[arg(long)]
     pub dry_run: bool,
     /// Remove the unfinished generation of --name from the medium instead
     /// of capturing (a capture started by mistake; no --source needed).
-    #[arg(long, conflicts_with_all = ["delta", "dry_run"])]
     pub abort: bool,
     /// A medium of this capture's span is lost (name it as it was given when it joined, e.g.
     /// fat:/dev/sdc, or as #N from `mgear inspect`): capture a delta that stores again what it
     /// held (and what changed since), onto the media given. Implies --delta.
-    #[arg(long, value_name = "MEDIUM")]
     pub replace_medium: Vec<String>,
     /// Store every disk of a machine set on its own, even chunks another of its disks already
     /// stored (by default identical chunks are stored once; a set so captured needs a reader of
     /// format feature CROSS_STREAM).
-    #[arg(long)]
     pub no_dedup_across_disks: bool,
     /// Opt in to dedup with another machine on the medium (a capture or machine set, e.g.
     /// web01): capture this one under MACHINE's data key and capture id, and store only
@@ -156,22 +131,17 @@ pub struct Args {
     /// first capture on (needs MACHINE's key in the key cache, or --passphrase-file with
     /// its passphrase). MACHINE cannot be removed from the medium while this one borrows
     /// from it, and ingest needs both on the media given.
-    #[arg(long, value_name = "MACHINE")]
     pub dedup_across_machines: Option<String>,
     /// Bytes of every disk this capture belongs to (a machine set), so each medium of a span
     /// keeps room for all their indexes.
-    #[arg(skip)]
     pub span_total: Option<u64>,
     /// Capture even when the sampled estimate says the medium is too small.
-    #[arg(long)]
     pub skip_space_check: bool,
     /// Checkpoint after this much data stored on the medium, or 16 times as
     /// much source progress (zeros, dedup): a checkpoint costs three fsyncs,
     /// which zero regions should not pay every 64 MiB (tests use small values).
-    #[arg(long, hide = true, default_value = "64MiB")]
-    pub checkpoint_bytes: String,
+    pub checkpoint_bytes: u64,
     /// scrypt work factor (log2 N) for the passphrase slot; lower is faster and weaker (tests).
-    #[arg(long, hide = true)]
     pub passphrase_work_factor: Option<u8>,
 }
 
@@ -229,11 +199,14 @@ fn create_private_dir(dir: &std::path::Path) -> crate::Result<()> {
         .with_context(|| format!("creating key cache {}", dir.display()))
 }
 
-impl Cli {
-    /// The sources and the arguments, with what the flags imply
+impl Request {
+    /// The sources and the plan, with what the flags imply
     /// (`--replace-medium` continues the capture: it is a delta).
-    pub fn into_parts(self) -> (Vec<String>, Args) {
-        let Cli { sources, mut args } = self;
+    pub fn into_parts(self) -> (Vec<String>, Plan) {
+        let Request {
+            sources,
+            plan: mut args,
+        } = self;
         if !args.replace_medium.is_empty() {
             args.delta = true;
         }
@@ -243,7 +216,7 @@ impl Cli {
 
 /// Run `mgear capture` of one disk (and `--dry-run` or `--abort` of a set);
 /// `crate::machine::capture` runs a set and calls this for the rest.
-pub fn run(cli: Cli) -> crate::Result<i32> {
+pub fn run(cli: Request) -> crate::Result<i32> {
     crate::signals::install();
     let (sources, mut args) = cli.into_parts();
     if sources.len() > 1 && args.dry_run {
@@ -424,7 +397,7 @@ fn receipt_of(file: &image_format::commit::CommitFile) -> Receipt {
 /// medium, so a swapped appliance or a commit over other content never
 /// reaches the COMMIT file.
 pub(crate) fn witness_generation(
-    args: &Args,
+    args: &Plan,
     port: &std::path::Path,
     identity: &[u8; 32],
     name: &str,
@@ -512,7 +485,7 @@ fn sign_missing(
 
 /// What `capture --dry-run` prints: the checks made before writing.
 #[derive(Debug, Serialize)]
-pub struct Plan {
+pub struct Preview {
     pub command: &'static str,
     pub name: String,
     pub source: String,
@@ -535,7 +508,7 @@ pub struct Plan {
 }
 
 /// `capture --abort`.
-fn abort(args: &Args) -> crate::Result<i32> {
+fn abort(args: &Plan) -> crate::Result<i32> {
     let mut medium = args.medium.open()?;
     let plan = match crate::medium_admin::abort(medium.store(), &args.name) {
         Ok(p) => p,
@@ -573,9 +546,8 @@ fn abort(args: &Args) -> crate::Result<i32> {
 }
 
 /// `capture --dry-run`: the plan, nothing written (the medium is opened read-only).
-fn dry_run(args: &Args) -> crate::Result<i32> {
-    let chunk_size = chunk_size_arg(&args.chunk_size)?;
-    let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
+fn dry_run(args: &Plan) -> crate::Result<i32> {
+    let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
     let spec = source_spec(args)?;
     let mut source = crate::source::open(spec)?;
     if source.len() == 0 {
@@ -600,7 +572,7 @@ fn dry_run(args: &Args) -> crate::Result<i32> {
 /// The plan of every disk of a machine set (each as its stream `NAME.dK`),
 /// and what they need together on the media.
 pub struct SetPlan {
-    pub disks: Vec<Plan>,
+    pub disks: Vec<Preview>,
     pub needed: u64,
     pub medium_free: Option<u64>,
 }
@@ -613,9 +585,8 @@ impl SetPlan {
 }
 
 /// Plans every disk of set `args.name` from `sources`, reading only samples.
-pub fn plan_set(args: &Args, sources: &[String]) -> crate::Result<SetPlan> {
-    let chunk_size = chunk_size_arg(&args.chunk_size)?;
-    let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
+pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
+    let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
     let mut medium = args.medium.open_before_capture()?;
     let planned = (|| {
         let mut disks = Vec::new();
@@ -667,7 +638,7 @@ pub fn plan_set(args: &Args, sources: &[String]) -> crate::Result<SetPlan> {
 }
 
 /// `capture --dry-run` of a machine set: each disk's plan and the sum.
-pub fn dry_run_set(args: &Args, sources: &[String]) -> crate::Result<i32> {
+pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
     let plan = plan_set(args, sources)?;
     if args.json {
         progress::print_json(&serde_json::json!({
@@ -708,7 +679,7 @@ pub fn dry_run_set(args: &Args, sources: &[String]) -> crate::Result<i32> {
     })
 }
 
-fn print_plan(p: &Plan) {
+fn print_plan(p: &Preview) {
     let what = match p.kind {
         "resume" => format!(
             "resume {} generation {} at chunk {}",
@@ -780,21 +751,22 @@ fn print_plan(p: &Plan) {
     }
 }
 
-pub(crate) fn chunk_size_arg(text: &str) -> crate::Result<u32> {
+/// Parse `--chunk-size`: a size that is a power of two from 64KiB to 16MiB.
+pub fn chunk_size_arg(text: &str) -> crate::Result<u32> {
     u32::try_from(parse_size(text)?)
         .ok()
         .filter(|c| image_format::layout::valid_chunk_size(*c))
         .ok_or_else(|| usage("--chunk-size must be a power of two from 64KiB to 16MiB"))
 }
 
-fn source_spec(args: &Args) -> crate::Result<&str> {
+fn source_spec(args: &Plan) -> crate::Result<&str> {
     args.source
         .as_deref()
         .ok_or_else(|| usage("say which disk to capture: --source DISK"))
 }
 
 /// The refusal of a second full copy of a finished capture.
-fn finished_error(args: &Args, generation: u32) -> crate::Error {
+fn finished_error(args: &Plan, generation: u32) -> crate::Error {
     usage(format!(
         "{} is already captured as generation {generation} on this medium (finished): a second \
          full copy would only use space. Use --delta to add the changes since, or remove \
@@ -814,12 +786,12 @@ const ESTIMATE_SAMPLES: u64 = 32;
 /// estimate and the free space. Errors when capture must not go on; the
 /// space verdict is left to the caller (a dry run prints it).
 fn preflight(
-    args: &Args,
+    args: &Plan,
     source: &mut dyn crate::source::Source,
     store: &mut dyn image_format::Store,
     chunk_size: u32,
     rate: Option<f64>,
-) -> crate::Result<Plan> {
+) -> crate::Result<Preview> {
     let spec = source_spec(args)?;
     let captures = image_format::list_captures(store)?;
     let existing = captures
@@ -884,7 +856,7 @@ fn preflight(
         estimate.stored_bytes
     };
     let free = store.free_space().ok().flatten();
-    Ok(Plan {
+    Ok(Preview {
         command: "capture --dry-run",
         name: args.name.clone(),
         source: source.describe(),
@@ -904,7 +876,7 @@ fn preflight(
 }
 
 /// Do the capture; returns the report.
-pub fn capture(args: &Args) -> crate::Result<Report> {
+pub fn capture(args: &Plan) -> crate::Result<Report> {
     capture_disk(args, None)
 }
 
@@ -1018,7 +990,7 @@ pub fn resolve_borrow(
 /// its capture id), else its passphrase slot with `--passphrase-file`.
 pub fn borrow_key(
     store: &mut dyn image_format::Store,
-    args: &Args,
+    args: &Plan,
     b: &Borrow,
 ) -> crate::Result<DataKey> {
     let dir = key_cache_dir(args.key_cache.clone())?;
@@ -1050,16 +1022,12 @@ pub fn borrow_key(
 
 /// Capture one disk; `shared`: it is a disk stream of a machine set
 /// (`crate::machine`), created with the set's key and capture id.
-pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> crate::Result<Report> {
+pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Report> {
     let started = Instant::now();
     let cpu0 = progress::cpu_seconds();
-    let chunk_size = chunk_size_arg(&args.chunk_size)?;
+    let chunk_size = args.chunk_size;
     let spec = source_spec(args)?;
-    let recipients = args
-        .recipient
-        .iter()
-        .map(|r| crate::keys::read_recipient(r))
-        .collect::<crate::Result<Vec<_>>>()?;
+    let recipients = args.recipient.clone();
     let passphrase = match args.passphrase_file.as_deref() {
         Some(f) if args.passphrase_generate => {
             let p = crate::keys::generate_passphrase(f)?;
@@ -1079,8 +1047,8 @@ pub fn capture_disk(args: &Args, shared: Option<&Shared>) -> crate::Result<Repor
     }
     .map(|p| SecretString::from(p.to_string()));
     let work_factor = crate::keys::capture_work_factor(args.passphrase_work_factor)?;
-    let rate = args.rate_limit.as_deref().map(parse_rate).transpose()?;
-    let checkpoint_bytes = parse_size(&args.checkpoint_bytes)?.max(1);
+    let rate = args.rate_limit;
+    let checkpoint_bytes = args.checkpoint_bytes.max(1);
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -1696,7 +1664,7 @@ fn worker(
 /// every medium gets (two copies of the index while unfinished, IPART and
 /// INDEX, for every disk of the machine, plus manifests, journal and key
 /// slots) and segments large enough for one record.
-fn span_plan(args: &Args, size: u64, chunk_size: u32) -> crate::medium::SpanPlan {
+fn span_plan(args: &Plan, size: u64, chunk_size: u32) -> crate::medium::SpanPlan {
     let total = args.span_total.unwrap_or(size).max(size);
     let chunks = total.div_ceil(u64::from(chunk_size.max(1)));
     crate::medium::SpanPlan {
@@ -1709,7 +1677,7 @@ fn span_plan(args: &Args, size: u64, chunk_size: u32) -> crate::medium::SpanPlan
 /// Turn a no-space error into the message a field engineer can act on,
 /// estimating what the rest of the disk needs from the ratio so far.
 fn medium_full(
-    args: &Args,
+    args: &Plan,
     err: crate::Error,
     stats: &RunStats,
     size: u64,

@@ -107,7 +107,7 @@ impl Drop for Simulator {
 
 /// Run one `mgear appliance` command against the simulator.
 fn appliance(port: &Path, cmd: crate::appliance::Cmd) -> crate::Result<()> {
-    let code = crate::appliance::run(crate::appliance::Args {
+    let code = crate::appliance::run(crate::appliance::Plan {
         port: Some(port.to_owned()),
         json: false,
         cmd,
@@ -118,22 +118,18 @@ fn appliance(port: &Path, cmd: crate::appliance::Cmd) -> crate::Result<()> {
     Ok(())
 }
 
-/// Arguments of `mgear demo`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// `mgear demo`, typed (the binary's `cli::demo` fills it in from the flags).
+#[derive(Debug)]
+pub struct Plan {
     /// Work directory [default: a new temporary directory].
-    #[arg(long)]
     pub workdir: Option<PathBuf>,
     /// Keep the work directory (a temporary one is removed otherwise).
-    #[arg(long)]
     pub keep: bool,
     /// Seconds to wait for the boot marker.
-    #[arg(long, default_value_t = 300)]
     pub boot_timeout: u64,
     /// Ingest into OpenStack Cinder (on Ceph) and boot through Nova, with the
     /// cloud's settings from the environment (`eval "$(scripts/cloud-lab.sh
     /// start)"` prints them for the local lab), instead of a raw volume and QEMU.
-    #[arg(long)]
     pub cloud: bool,
 }
 
@@ -201,7 +197,7 @@ impl Drop for StdoutToStderr {
 }
 
 /// Run `mgear demo`.
-pub fn run(args: Args) -> crate::Result<i32> {
+pub fn run(args: Plan) -> crate::Result<i32> {
     let missing: Vec<&str> = TOOLS
         .iter()
         .filter(|(t, _)| crate::tools::which(t).is_none())
@@ -269,7 +265,7 @@ pub fn run(args: Args) -> crate::Result<i32> {
     Ok(code)
 }
 
-fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
+fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
     let disk = work.join("disk.raw");
     let key = work.join("target.key");
     let img = work.join("medium.img");
@@ -294,12 +290,12 @@ fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
         2,
         "make the target key pair, and the capture site's signing key",
         || {
-            crate::keys::keygen(crate::keys::KeygenArgs {
+            crate::keys::keygen(crate::keys::Keygen {
                 out: key.clone(),
                 force: true,
                 signing: false,
             })?;
-            crate::keys::keygen(crate::keys::KeygenArgs {
+            crate::keys::keygen(crate::keys::Keygen {
                 out: site_key.clone(),
                 force: true,
                 signing: true,
@@ -346,23 +342,25 @@ fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
         6,
         "capture the disk through the appliance, signed with site.key",
         || {
-            let r = crate::capture::capture(&crate::capture::Args {
+            let r = crate::capture::capture(&crate::capture::Plan {
                 dirty_bitmap: None,
                 source: Some(disk.display().to_string()),
                 medium: medium.clone(),
                 name: "demo".into(),
-                recipient: vec![crate::keyfile::pub_path(&key).display().to_string()],
+                recipient: vec![crate::keys::read_recipient(
+                    &crate::keyfile::pub_path(&key).display().to_string(),
+                )?],
                 passphrase_file: None,
                 passphrase_generate: false,
                 delta: false,
                 rate_limit: None,
                 key_cache: Some(work.join("keys")),
-                chunk_size: "1MiB".into(),
+                chunk_size: 1 << 20,
                 no_compress: false,
                 threads: None,
                 json: false,
                 report: None,
-                checkpoint_bytes: "64MiB".into(),
+                checkpoint_bytes: 64 << 20,
                 passphrase_work_factor: None,
                 dry_run: false,
                 abort: false,
@@ -404,14 +402,14 @@ fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
         9,
         "verify the medium with the key (decrypt everything)",
         || {
-            let code = crate::verify::run(crate::verify::Args {
+            let code = crate::verify::run(crate::verify::Plan {
                 medium: medium.clone(),
                 identity: Some(key.clone()),
                 passphrase_file: None,
                 name: None,
                 generation: None,
                 json: false,
-                trust: crate::trust::TrustArgs {
+                trust: crate::trust::Pins {
                     trust: vec![crate::keyfile::pub_path(&site_key)],
                     trust_appliance: vec![appliance_fp.clone()],
                     expect_generation: Some(1),
@@ -425,7 +423,7 @@ fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
         },
     )?;
     if args.cloud {
-        let trust = crate::trust::TrustArgs {
+        let trust = crate::trust::Pins {
             trust: vec![crate::keyfile::pub_path(&site_key)],
             trust_appliance: vec![appliance_fp.clone()],
             expect_generation: Some(1),
@@ -437,11 +435,11 @@ fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
         10,
         "ingest into a raw volume (pinned site key and appliance; seal and arrival)",
         || {
-            crate::ingest::ingest(&crate::ingest::Args {
+            crate::ingest::ingest(&crate::ingest::Plan {
                 boot: false,
                 wait_for: String::new(),
                 timeout: 0,
-                boot_bus: "auto".into(),
+                boot_bus: mgear_boot::Bus::Auto,
                 flavor: None,
                 adapt: false,
                 medium: medium.clone(),
@@ -454,14 +452,14 @@ fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
                 state_dir: Some(work.join("ingest-state")),
                 force: true,
                 allow_unsealed: false,
-                trust: crate::trust::TrustArgs {
+                trust: crate::trust::Pins {
                     trust: vec![crate::keyfile::pub_path(&site_key)],
                     trust_appliance: vec![appliance_fp.clone()],
                     expect_generation: Some(1),
                     ..Default::default()
                 },
                 rate_limit: None,
-                checkpoint_bytes: "64MiB".into(),
+                checkpoint_bytes: 64 << 20,
                 json: false,
                 report: None,
                 hold: false,
@@ -509,10 +507,10 @@ fn demo(work: &Path, args: &Args) -> crate::Result<i32> {
 #[allow(clippy::too_many_arguments)]
 fn demo_cloud(
     work: &Path,
-    args: &Args,
+    args: &Plan,
     medium: &Where,
     key: &Path,
-    trust: crate::trust::TrustArgs,
+    trust: crate::trust::Pins,
     disk: &Path,
     sample: &mgear_boot::SampleDisk,
     sim: Simulator,
@@ -521,11 +519,11 @@ fn demo_cloud(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let name = format!("mgear-demo-{stamp}");
-    let ingest_args = crate::ingest::Args {
+    let ingest_args = crate::ingest::Plan {
         boot: true,
         wait_for: sample.marker_line.clone(),
         timeout: args.boot_timeout,
-        boot_bus: "auto".into(),
+        boot_bus: mgear_boot::Bus::Auto,
         flavor: Some(CLOUD_FLAVOR.into()),
         adapt: false,
         medium: medium.clone(),
@@ -540,7 +538,7 @@ fn demo_cloud(
         allow_unsealed: false,
         trust,
         rate_limit: None,
-        checkpoint_bytes: "64MiB".into(),
+        checkpoint_bytes: 64 << 20,
         json: false,
         report: None,
         hold: false,

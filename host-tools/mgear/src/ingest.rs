@@ -124,104 +124,79 @@ use crate::units::human_bytes;
 const STATE_MAGIC: &[u8; 8] = b"MGINGST3";
 const STATE_HEADER: u64 = 64;
 
-/// `mgear ingest` as parsed: the targets of a machine set and the disk to
-/// ingest, around the arguments of one disk's ingest.
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    #[command(flatten)]
-    pub args: Args,
+/// `mgear ingest`: the targets of a machine set and the disk to ingest,
+/// around the plan of one disk's ingest (`crate::machine::ingest` runs it).
+#[derive(Debug)]
+pub struct Request {
+    pub plan: Plan,
     /// Where to write: file:PATH (sparse raw), qcow2:PATH, dev:/dev/DEVICE, libvirt:POOL/NAME,
     /// nbd://..., rbd:POOL/IMAGE[?conf=PATH&id=USER], cinder:NAME or ebs-snapshot:NAME.
     /// For a machine set (several disks): one --target per disk in order, or one
     /// with `{disk}` in it (the disk's index 0, 1, ...), e.g. file:db01-{disk}.raw.
-    #[arg(long = "target", value_name = "TARGET", required = true)]
     pub targets: Vec<String>,
     /// Of a machine set, ingest only disk N (0 = the first) into the one --target.
-    #[arg(long, value_name = "N")]
     pub disk: Option<usize>,
 }
 
-/// Arguments of `mgear ingest` of one disk (`Cli` with its one `--target`).
-#[derive(clap::Args, Debug, Clone)]
-pub struct Args {
-    #[command(flatten)]
+/// The ingest of one disk, typed: what `mgear ingest`'s flags say (the
+/// binary's `cli::ingest` parses them; demo and bench fill it in directly).
+#[derive(Debug, Clone)]
+pub struct Plan {
     pub medium: crate::medium::Where,
     /// Capture name.
-    #[arg(long)]
     pub name: String,
     /// Target identity (secret key from `mgear keygen`).
-    #[arg(long)]
     pub identity: Option<PathBuf>,
     /// Passphrase file (if the capture was made with one).
-    #[arg(long, conflicts_with = "identity")]
     pub passphrase_file: Option<PathBuf>,
-    /// The target (set from `Cli::targets`).
-    #[arg(skip)]
+    /// The target as the operator wrote it (set from `Request::targets`).
     pub target: String,
     /// With ebs-snapshot:NAME: register an AMI from the completed snapshot.
-    #[arg(long)]
     pub register_image: bool,
     /// Generation to ingest [default: newest finished].
-    #[arg(long)]
     pub generation: Option<u32>,
     /// Where resume state and device markers live [default: $XDG_STATE_HOME/mgear/ingest].
-    #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Replace an existing target file (or libvirt volume); overwrite a dev:
     /// device that holds a file system or partition table.
-    #[arg(long)]
     pub force: bool,
     /// After the ingest, boot the volume (guest writes discarded) and prove it came up.
-    #[arg(long)]
     pub boot: bool,
     /// Regex that proves the boot when it appears on the serial console.
-    #[arg(long, default_value = "login:|MGEAR-BOOT-OK", requires = "boot")]
     pub wait_for: String,
     /// Seconds to wait for the regex.
-    #[arg(long, default_value_t = 300, requires = "boot")]
     pub timeout: u64,
     /// Nova flavor (name or id) the server of a cinder: target boots with (--boot).
-    #[arg(long, requires = "boot")]
     pub flavor: Option<String>,
     /// Disk bus for --boot: virtio, ide, sata, nvme or auto.
-    #[arg(long, default_value = "auto", requires = "boot")]
-    pub boot_bus: String,
+    pub boot_bus: mgear_boot::Bus,
     /// Make the guest boot on virtio: run virt-v2v-in-place on the verified
     /// volume (Debian: apt-get install virt-v2v), before --boot.
-    #[arg(long)]
     pub adapt: bool,
     /// Ingest even without valid seal/arrival attestations of an appliance
     /// capture (loud warning). Trust still needs a pinned key (--trust).
-    #[arg(long)]
     pub allow_unsealed: bool,
     /// Pinned trust: --trust, --trust-appliance, --allow-untrusted, --attestations, --expect-generation.
-    #[command(flatten)]
-    pub trust: crate::trust::TrustArgs,
-    /// Hold the average write rate, e.g. 100MiB/s (spare a shared storage backend).
-    #[arg(long)]
-    pub rate_limit: Option<String>,
-    /// Sync and record progress after this much data (tests use small values).
-    #[arg(long, hide = true, default_value = "64MiB")]
-    pub checkpoint_bytes: String,
+    pub trust: crate::trust::Pins,
+    /// Hold the average write rate, bytes per second (spare a shared storage backend).
+    pub rate_limit: Option<f64>,
+    /// Sync and record progress after this many bytes of data (tests use small values).
+    pub checkpoint_bytes: u64,
     /// Also report the SHA-256 of the volume as read back (`volume_sha256`,
     /// what `sha256sum` of the written disk prints). Every byte is compared
     /// with what was authenticated either way; the digest costs about 0.8
     /// CPU-seconds per GiB more.
-    #[arg(long)]
     pub volume_sha256: bool,
     /// Print the summary as one JSON object.
-    #[arg(long)]
     pub json: bool,
     /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
-    #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Write every chunk but leave the volume unfinished ([`Held`]): a disk of
     /// a machine whose other disks still wait for media (set by `machine`).
-    #[arg(skip)]
     pub hold: bool,
 }
 
-/// The outcome of an ingest with [`Args::hold`]: every chunk of the disk is
+/// The outcome of an ingest with [`Plan::hold`]: every chunk of the disk is
 /// durable and recorded, and the volume is left unfinished until an ingest
 /// without `hold` reads it back and finishes it.
 #[derive(Debug)]
@@ -500,14 +475,15 @@ fn open_private(path: &Path, what: &str) -> crate::Result<Option<File>> {
 
 /// Run `mgear ingest` of one disk; `crate::machine::ingest` runs a set and
 /// calls this for the rest.
-pub fn run(cli: Cli) -> crate::Result<i32> {
+pub fn run(cli: Request) -> crate::Result<i32> {
     crate::signals::install();
-    let Cli {
-        mut args, targets, ..
+    let Request {
+        plan: mut args,
+        targets,
+        ..
     } = cli;
     args.target = targets.into_iter().next().unwrap_or_default();
-    // A bad --boot-bus must be reported before a long ingest, not after it.
-    let bus = args.boot_bus.parse::<mgear_boot::Bus>()?;
+    let bus = args.boot_bus;
     let cinder = args.target.starts_with("cinder:");
     if args.boot && cinder && args.flavor.is_none() {
         return Err(usage(
@@ -578,14 +554,14 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
 
 /// `--boot` of a `cinder:` target: a Nova server from the volume, proven from its console;
 /// 0 booted, 1 not. The report goes into the state dir.
-pub(crate) fn boot_cinder(args: &Args, r: &mut Report) -> crate::Result<i32> {
+pub(crate) fn boot_cinder(args: &Plan, r: &mut Report) -> crate::Result<i32> {
     boot_cinder_with(args, r, Vec::new())
 }
 
 /// [`boot_cinder`] of a machine whose other disks are the Cinder volumes
 /// `data_volumes` (attached after the boot volume, in order).
 pub(crate) fn boot_cinder_with(
-    args: &Args,
+    args: &Plan,
     r: &mut Report,
     data_volumes: Vec<String>,
 ) -> crate::Result<i32> {
@@ -625,7 +601,7 @@ pub(crate) fn boot_cinder_with(
 }
 
 /// `--boot`: boot what was just ingested; 0 booted, 1 not.
-fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> crate::Result<i32> {
+fn boot_volume(args: &Plan, bus: mgear_boot::Bus, r: &mut Report) -> crate::Result<i32> {
     let resolved = boot_cmd::resolve(&args.target)?;
     let report_path = match &resolved {
         Resolved::Libvirt(v) => state_dir(args.state_dir.clone())?
@@ -663,7 +639,7 @@ fn boot_volume(args: &Args, bus: mgear_boot::Bus, r: &mut Report) -> crate::Resu
 }
 
 /// Do the ingest.
-pub fn ingest(args: &Args) -> crate::Result<Report> {
+pub fn ingest(args: &Plan) -> crate::Result<Report> {
     let started = Instant::now();
     let mut target = Target::parse(&args.target, Bare::Refuse)?;
     if args.register_image {
@@ -793,17 +769,13 @@ pub fn ingest(args: &Args) -> crate::Result<Report> {
     };
     let facts = crate::cloud_target::CaptureFacts::of(reader.manifest());
     let vol = crate::target::open_for_ingest(&target, &prep, &facts)?;
-    let plan = Plan {
+    let plan = WritePlan {
         // The stored spelling, whatever case --name was given in.
         name: reader.name().to_string(),
         target: args.target.clone(),
         state_dir: sdir,
-        checkpoint_bytes: crate::units::parse_size(&args.checkpoint_bytes)?.max(1),
-        rate: args
-            .rate_limit
-            .as_deref()
-            .map(crate::units::parse_rate)
-            .transpose()?,
+        checkpoint_bytes: args.checkpoint_bytes.max(1),
+        rate: args.rate_limit,
         json: args.json,
         hold: args.hold,
         volume_sha256: args.volume_sha256,
@@ -819,7 +791,7 @@ pub fn ingest(args: &Args) -> crate::Result<Report> {
 
 /// What [`write_volume`] needs from the command line, typed.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct WritePlan {
     /// Capture name (for the report).
     pub name: String,
     /// The target as the operator wrote it (for the report).
@@ -845,7 +817,7 @@ pub struct Plan {
 /// compare with what was authenticated. Nothing here knows what kind of
 /// volume it writes; local scratch is one batch of chunks in memory.
 pub fn write_volume<S: image_format::Store>(
-    plan: &Plan,
+    plan: &WritePlan,
     mut vol: Box<dyn Volume>,
     mut reader: CaptureReader<S>,
     gaps: Option<&crate::medium::Gaps>,
@@ -1952,8 +1924,8 @@ mod tests {
         CaptureReader::open_with_key(store, "web01", None, key).unwrap()
     }
 
-    fn plan(dir: &Path) -> Plan {
-        Plan {
+    fn plan(dir: &Path) -> WritePlan {
+        WritePlan {
             name: "web01".into(),
             target: "fake".into(),
             state_dir: dir.to_owned(),

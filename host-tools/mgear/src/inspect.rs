@@ -23,20 +23,16 @@ use serde::Serialize;
 use crate::output::hex;
 use crate::units::human_bytes;
 
-/// Arguments of `mgear inspect`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// `mgear inspect`, typed (the binary's `cli::inspect` fills it in from the flags).
+#[derive(Debug)]
+pub struct Request {
     /// Medium: fat:IMAGE-OR-DEVICE or dir:MOUNTPOINT; repeat it to list a shipment of several media.
-    #[arg(long, required_unless_present = "appliance")]
     pub medium: Vec<String>,
     /// Reach the medium through the appliance on this console port.
-    #[arg(long, conflicts_with = "medium")]
     pub appliance: Option<std::path::PathBuf>,
     /// Only this capture or machine set (compared without case, as FAT does).
-    #[arg(long)]
     pub name: Option<String>,
     /// Print one JSON object.
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -134,7 +130,7 @@ pub struct MediumJson {
 }
 
 /// Run `mgear inspect`.
-pub fn run(args: Args) -> crate::Result<i32> {
+pub fn run(args: Request) -> crate::Result<i32> {
     let wheres: Vec<crate::medium::Where> = match &args.appliance {
         Some(port) => vec![crate::medium::Where::appliance_at(port.clone())],
         None => args

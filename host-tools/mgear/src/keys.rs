@@ -17,23 +17,20 @@ use zeroize::Zeroizing;
 use crate::exit::usage;
 use crate::keyfile::{pub_path, write_new};
 
-/// Arguments of `mgear keygen`.
-#[derive(clap::Args, Debug)]
-pub struct KeygenArgs {
+/// `mgear keygen`, typed (the binary's `cli::keys` fills it in from the flags).
+#[derive(Debug)]
+pub struct Keygen {
     /// Where to write the secret identity (0600); the public key goes next to it with `.pub`.
-    #[arg(long)]
     pub out: PathBuf,
     /// Overwrite existing key files.
-    #[arg(long)]
     pub force: bool,
     /// Make a capture site's Ed25519 signing key instead (KEY: PKCS#8 PEM, 0600;
     /// KEY.pub: give it to the target, which pins it with `--trust`).
-    #[arg(long)]
     pub signing: bool,
 }
 
 /// `mgear keygen`.
-pub fn keygen(args: KeygenArgs) -> crate::Result<i32> {
+pub fn keygen(args: Keygen) -> crate::Result<i32> {
     let json = crate::output::json();
     if args.signing {
         let public = crate::sitekey::generate(&args.out, args.force)?;
@@ -345,46 +342,33 @@ pub fn find_cached(dir: &Path, name: &str, id: &[u8; 16]) -> crate::Result<Optio
         .find(|k| k.capture_id.is_none() && k.name.eq_ignore_ascii_case(name)))
 }
 
-/// Arguments of `mgear keys`.
-#[derive(clap::Args, Debug)]
-pub struct KeysArgs {
-    #[command(subcommand)]
-    pub cmd: KeysCmd,
-}
-
 /// `mgear keys ...`: the data keys this capture host keeps for deltas and syncs.
-#[derive(clap::Subcommand, Debug)]
-pub enum KeysCmd {
+#[derive(Debug)]
+pub enum Request {
     /// List the cached data keys: capture name, capture id, file.
     List {
         /// Key cache directory [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
-        #[arg(long)]
         key_cache: Option<PathBuf>,
         /// Print one JSON object.
-        #[arg(long)]
         json: bool,
     },
     /// Delete cached data keys: no delta or sync of that capture can run here afterwards.
     Forget {
         /// Key cache directory [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
-        #[arg(long)]
         key_cache: Option<PathBuf>,
         /// The capture id (as `keys list` or the capture receipt shows it).
-        #[arg(long, required_unless_present = "name")]
         capture_id: Option<String>,
         /// Every key of this capture name (case-insensitive); with several, also --all.
-        #[arg(long)]
         name: Option<String>,
         /// With --name: forget all of that name's captures.
-        #[arg(long)]
         all: bool,
     },
 }
 
 /// Run `mgear keys`.
-pub fn keys(args: KeysArgs) -> crate::Result<i32> {
-    match args.cmd {
-        KeysCmd::List { key_cache, json } => {
+pub fn keys(request: Request) -> crate::Result<i32> {
+    match request {
+        Request::List { key_cache, json } => {
             let dir = key_cache_dir(key_cache)?;
             let keys = cached_keys(&dir)?;
             if json {
@@ -408,7 +392,7 @@ pub fn keys(args: KeysArgs) -> crate::Result<i32> {
             }
             Ok(crate::exit::OK)
         }
-        KeysCmd::Forget {
+        Request::Forget {
             key_cache,
             capture_id,
             name,
@@ -497,23 +481,19 @@ mod tests {
         );
         assert!(find_cached(dir.path(), "db03", &[3; 16]).unwrap().is_none());
         // forget refuses to guess between two captures of one name.
-        let e = keys(KeysArgs {
-            cmd: KeysCmd::Forget {
-                key_cache: Some(dir.path().into()),
-                capture_id: None,
-                name: Some("web01".into()),
-                all: false,
-            },
+        let e = keys(Request::Forget {
+            key_cache: Some(dir.path().into()),
+            capture_id: None,
+            name: Some("web01".into()),
+            all: false,
         })
         .unwrap_err();
         assert!(e.to_string().contains("--capture-id"), "{e}");
-        keys(KeysArgs {
-            cmd: KeysCmd::Forget {
-                key_cache: Some(dir.path().into()),
-                capture_id: Some(crate::output::hex(&a)),
-                name: None,
-                all: false,
-            },
+        keys(Request::Forget {
+            key_cache: Some(dir.path().into()),
+            capture_id: Some(crate::output::hex(&a)),
+            name: None,
+            all: false,
         })
         .unwrap();
         assert!(find_cached(dir.path(), "web01", &a).unwrap().is_none());
@@ -524,7 +504,7 @@ mod tests {
     fn keygen_writes_a_usable_pair() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("t.key");
-        keygen(KeygenArgs {
+        keygen(Keygen {
             out: key.clone(),
             force: false,
             signing: false,
@@ -536,7 +516,7 @@ mod tests {
         let rcpt = read_recipient(pub_path(&key).to_str().unwrap()).unwrap();
         assert_eq!(id.to_public().to_string(), rcpt.to_string());
         // A second keygen without --force must not clobber the key.
-        let err = keygen(KeygenArgs {
+        let err = keygen(Keygen {
             out: key.clone(),
             force: false,
             signing: false,

@@ -14,7 +14,14 @@
 //! Only code counts: comments, doc comments and string literals are blanked
 //! first (a doc link to a higher module is not an import). `lib.rs` and
 //! `main.rs` are not modules of the graph: the crate root declares every
-//! module and the binary sits above them all (nor is this test).
+//! module and the binary sits above them all (nor is this test, nor the
+//! binary's `cli/` tree).
+//!
+//! The library does not parse command lines (issue #11: "clap lives in the
+//! binary only"): its pipelines take typed plans, and the clap structs are
+//! in `src/cli/`, which only `main.rs` declares. Its errors are one typed
+//! enum (`crate::Error`), not `anyhow`. A third test fails naming the
+//! `file:line` of any library code that names `clap` or `anyhow` again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -230,7 +237,7 @@ fn module_graph(src: &Path) -> Graph {
     let modules: BTreeSet<String> = all
         .iter()
         .map(|p| module_of(p).0)
-        .filter(|m| !["lib", "main", "layering"].contains(&m.as_str()))
+        .filter(|m| !["lib", "main", "layering", "cli"].contains(&m.as_str()))
         .collect();
     let mut graph: Graph = modules
         .iter()
@@ -439,6 +446,95 @@ fn a_cycle_is_found_and_named_with_its_lines() {
     assert!(cycles(&g).is_empty());
     let l = layers(&g);
     assert_eq!((l["c"], l["b"], l["a"], l["d"]), (0, 1, 2, 0));
+}
+
+/// Every `file:line` under `src` outside the binary (`main.rs`, `cli/`)
+/// whose code (not comments or strings) names the identifier `name`.
+fn named_in_the_library(src: &Path, name: &str) -> Vec<String> {
+    fn walk(dir: &Path, src: &Path, name: &str, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(src).unwrap();
+            if rel == Path::new("main.rs") || rel == Path::new("cli") {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, src, name, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let code = blank_comments_and_strings(&std::fs::read_to_string(&p).unwrap());
+                let ident = |c: char| c.is_alphanumeric() || c == '_';
+                for (n, line) in code.lines().enumerate() {
+                    let named = line.match_indices(name).any(|(i, _)| {
+                        !line[..i].ends_with(ident) && !line[i + name.len()..].starts_with(ident)
+                    });
+                    if named {
+                        out.push(format!("{}:{}", rel.display(), n + 1));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(src, src, name, &mut out);
+    out
+}
+
+#[test]
+fn the_library_uses_neither_clap_nor_anyhow() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    assert!(
+        src.join("cli").is_dir() && src.join("capture.rs").is_file(),
+        "no sources at {}",
+        src.display()
+    );
+    let found = named_in_the_library(&src, "clap");
+    assert!(
+        found.is_empty(),
+        "library code names clap (flags belong in the binary's src/cli/, which parses them \
+         into the library's typed plans): {}",
+        found.join(", ")
+    );
+    let found = named_in_the_library(&src, "anyhow");
+    assert!(
+        found.is_empty(),
+        "library code names anyhow (the library's errors are crate::Error, src/error.rs): {}",
+        found.join(", ")
+    );
+}
+
+#[test]
+fn clap_outside_the_binary_is_found_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    let write = |p: &str, text: &str| {
+        let p = src.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    // The binary may use clap; comments, strings and longer identifiers
+    // are no use of it.
+    write("main.rs", "mod cli;\nuse clap::Parser;\n");
+    write("cli/capture.rs", "#[derive(clap::Args)]\npub struct Cli;\n");
+    write(
+        "capture.rs",
+        "//! not clap: a comment\nfn f() { let _ = \"clap\"; }\nfn clapper() {}\n\
+         #[derive(Debug, clap::Args)]\npub struct Args;\n",
+    );
+    write("sync/mod.rs", "pub struct A;\nuse clap::Subcommand;\n");
+    assert_eq!(
+        named_in_the_library(src, "clap"),
+        ["capture.rs:4", "sync/mod.rs:2"]
+    );
+    write(
+        "ingest.rs",
+        "fn f() -> anyhow::Result<()> { Ok(()) }
+",
+    );
+    assert_eq!(named_in_the_library(src, "anyhow"), ["ingest.rs:1"]);
 }
 
 /// The workspace's tool crates: programs (and the tests driving them) that

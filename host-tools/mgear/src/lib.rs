@@ -1,7 +1,11 @@
 //! The MotionGear host library: every pipeline the `mgear` binary runs
 //! (capture, verify, ingest, appliance client, boot, sync, bench, demo) as
-//! modules other programs and the end-to-end tests can call. `main.rs` only
-//! parses the command line and maps results to exit codes.
+//! modules other programs and the end-to-end tests can call. Commands take
+//! typed plans (`capture::Plan`, `ingest::Plan`, `verify::Plan`, ...: sizes,
+//! rates, keys and choices already parsed), never command-line flags: the
+//! binary (`main.rs` and its `cli/` tree, behind the `cli` feature) parses
+//! the command line into them and maps results to exit codes, and the
+//! library builds without clap.
 //!
 //! The modules are layered without import cycles (`layering.rs` checks it;
 //! README.md, "Layers of the `mgear` library", lists the layers): `exit`,

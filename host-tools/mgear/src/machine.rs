@@ -68,8 +68,8 @@ pub struct CaptureReport {
 /// Run `mgear capture`: a machine set (several `--source`s) here, one disk
 /// (and a set's `--dry-run` or `--abort`) in [`capture::run`]. The
 /// command enters above both, so capture never calls up into this module.
-pub fn capture(cli: capture::Cli) -> crate::Result<i32> {
-    if cli.sources.len() < 2 || cli.args.abort || cli.args.dry_run {
+pub fn capture(cli: capture::Request) -> crate::Result<i32> {
+    if cli.sources.len() < 2 || cli.plan.abort || cli.plan.dry_run {
         return capture::run(cli);
     }
     crate::signals::install();
@@ -78,7 +78,7 @@ pub fn capture(cli: capture::Cli) -> crate::Result<i32> {
 }
 
 /// `mgear capture` with several `--source`s.
-pub fn run_capture(args: &capture::Args, sources: &[String]) -> crate::Result<i32> {
+pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i32> {
     let r = capture_set(args, sources)?;
     if args.json {
         crate::progress::print_json(&r)?;
@@ -152,7 +152,7 @@ struct State {
 
 fn state(
     store: &mut dyn image_format::Store,
-    args: &capture::Args,
+    args: &capture::Plan,
     n: usize,
 ) -> crate::Result<State> {
     let name = &args.name;
@@ -238,7 +238,7 @@ fn state(
 /// gets a fresh key and id, cached at once.
 fn shared_key(
     store: &mut dyn image_format::Store,
-    args: &capture::Args,
+    args: &capture::Plan,
     capture_id: Option<[u8; 16]>,
 ) -> crate::Result<Shared> {
     let name = &args.name;
@@ -367,7 +367,7 @@ fn sector_size(p: &Path) -> u32 {
 }
 
 /// Capture every disk of a machine as one set; see the module doc.
-pub fn capture_set(args: &capture::Args, sources: &[String]) -> crate::Result<CaptureReport> {
+pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<CaptureReport> {
     let name = args.name.clone();
     image_format::layout::validate_plain_name(&name).map_err(|e| usage(e.to_string()))?;
     if sources.len() > set::MAX_SET_DISKS {
@@ -602,7 +602,7 @@ pub fn targets_of(
 
 /// Run `mgear ingest`: a machine set (several targets, a `{disk}` pattern or
 /// `--disk`) here, one disk in [`crate::ingest::run`].
-pub fn ingest(cli: crate::ingest::Cli) -> crate::Result<i32> {
+pub fn ingest(cli: crate::ingest::Request) -> crate::Result<i32> {
     let set = cli.targets.len() > 1
         || cli.disk.is_some()
         || cli.targets.iter().any(|t| t.contains("{disk}"));
@@ -610,12 +610,12 @@ pub fn ingest(cli: crate::ingest::Cli) -> crate::Result<i32> {
         return crate::ingest::run(cli);
     }
     crate::signals::install();
-    run_ingest(&cli.args, &cli.targets, cli.disk)
+    run_ingest(&cli.plan, &cli.targets, cli.disk)
 }
 
 /// `mgear ingest` of a machine set (several targets, a `{disk}` pattern or `--disk`).
 pub fn run_ingest(
-    args: &crate::ingest::Args,
+    args: &crate::ingest::Plan,
     targets: &[String],
     only: Option<usize>,
 ) -> crate::Result<i32> {
@@ -651,7 +651,7 @@ pub fn run_ingest(
 
 /// Ingest the disks of set `args.name`; see the module doc.
 pub fn ingest_set(
-    args: &crate::ingest::Args,
+    args: &crate::ingest::Plan,
     targets: &[String],
     only: Option<usize>,
 ) -> crate::Result<IngestReport> {
@@ -848,7 +848,7 @@ pub fn ingest_set(
         out.adapt = Some(adapted);
     }
     if args.boot {
-        let bus = args.boot_bus.parse::<mgear_boot::Bus>()?;
+        let bus = args.boot_bus;
         let mut order: Vec<usize> = vec![boot];
         order.extend((0..plan.len()).filter(|k| *k != boot));
         let cinder = plan

@@ -1,13 +1,18 @@
 //! `mgear`: MotionGear host tools.
 //!
-//! The thin binary over the `mgear` library (`lib.rs`): one module per
-//! subcommand; each module's `//!` doc explains it for users.
+//! The thin binary over the `mgear` library (`lib.rs`): the clap tree (the
+//! subcommands here, their flags in `cli/`, one file per command), which
+//! turns the command line into the library's typed plans; usage errors,
+//! `--json` errors and exit codes. Each library module's `//!` doc explains
+//! its command for users.
 use mgear::{
-    appliance, bench, boot_cmd, capture, demo, exit, ingest, inspect, keys, machine, medium_admin,
-    output, sync, verify,
+    appliance, bench, boot_cmd, demo, exit, inspect, keys, machine, medium_admin, output, sync,
+    verify,
 };
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+mod cli;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -35,33 +40,33 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create a target key pair (KEY 0600 + KEY.pub for the capture site), or with --signing a capture site's signing key.
-    Keygen(keys::KeygenArgs),
+    Keygen(cli::keys::KeygenArgs),
     /// The data keys this capture host keeps for deltas and syncs: list, forget.
-    Keys(keys::KeysArgs),
+    Keys(cli::keys::KeysArgs),
     /// Create or prepare a medium (FAT32 image or device).
-    Medium(medium_admin::MediumArgs),
+    Medium(cli::medium::MediumArgs),
     /// Capture a disk onto the medium (encrypted; resumable: re-run the same command).
-    Capture(capture::Cli),
+    Capture(cli::capture::Cli),
     /// Check a medium: keyless, or with --identity/--passphrase-file decrypting everything (exit 1 if bad).
-    Verify(verify::Args),
+    Verify(cli::verify::Args),
     /// Verify, decrypt and write a capture onto a volume (file:, qcow2:, dev:); resumable.
-    Ingest(ingest::Cli),
+    Ingest(cli::ingest::Cli),
     /// List the captures on a medium (no key needed).
-    Inspect(inspect::Args),
+    Inspect(cli::inspect::Args),
     /// The whole journey on this machine: sample disk, keygen, medium, capture, verify, ingest, compare, boot.
-    Demo(demo::Args),
+    Demo(cli::demo::Args),
     /// Benchmark capture and ingest against dd and qemu-img on a generated disk; prints peak RSS.
-    Bench(bench::Args),
+    Bench(cli::bench::Args),
     /// Talk to the appliance over its console.
-    Appliance(appliance::Args),
+    Appliance(cli::appliance::Args),
     /// Boot a volume under QEMU and prove it came up.
-    Boot(boot_cmd::Args),
+    Boot(cli::boot::Args),
     /// Target: keep an ingested volume in sync with its running source (see `mgear sync`).
-    Serve(sync::ServeArgs),
+    Serve(cli::sync::ServeArgs),
     /// Source: send the chunks that changed since the capture to `mgear serve`.
-    Sync(sync::SyncArgs),
+    Sync(cli::sync::SyncArgs),
     /// Final sync with the source quiesced, then boot the target and report the downtime.
-    Cutover(sync::CutoverArgs),
+    Cutover(cli::sync::CutoverArgs),
 }
 
 /// Keep chunk-sized buffers on the heap. Capture, ingest and sync allocate
@@ -162,20 +167,20 @@ fn main() {
     quiet_broken_pipe();
     let cli = parse(wants_json());
     let result = match cli.cmd {
-        Cmd::Keygen(a) => keys::keygen(a),
-        Cmd::Keys(a) => keys::keys(a),
-        Cmd::Medium(a) => medium_admin::run(a),
-        Cmd::Capture(a) => machine::capture(a),
-        Cmd::Verify(a) => verify::run(a),
-        Cmd::Ingest(a) => machine::ingest(a),
-        Cmd::Inspect(a) => inspect::run(a),
-        Cmd::Demo(a) => demo::run(a),
-        Cmd::Bench(a) => bench::run(a),
-        Cmd::Appliance(a) => appliance::run(a),
-        Cmd::Boot(a) => boot_cmd::run(a),
-        Cmd::Serve(a) => sync::serve(a),
-        Cmd::Sync(a) => sync::sync(a),
-        Cmd::Cutover(a) => sync::cutover(a),
+        Cmd::Keygen(a) => keys::keygen(a.into_plan()),
+        Cmd::Keys(a) => keys::keys(a.into_plan()),
+        Cmd::Medium(a) => a.into_plan().and_then(medium_admin::run),
+        Cmd::Capture(a) => a.into_plan().and_then(machine::capture),
+        Cmd::Verify(a) => verify::run(a.into_plan()),
+        Cmd::Ingest(a) => a.into_plan().and_then(machine::ingest),
+        Cmd::Inspect(a) => inspect::run(a.into_plan()),
+        Cmd::Demo(a) => demo::run(a.into_plan()),
+        Cmd::Bench(a) => a.into_plan().and_then(bench::run),
+        Cmd::Appliance(a) => appliance::run(a.into_plan()),
+        Cmd::Boot(a) => a.into_plan().and_then(boot_cmd::run),
+        Cmd::Serve(a) => sync::serve(a.into_plan()),
+        Cmd::Sync(a) => a.into_plan().and_then(sync::sync),
+        Cmd::Cutover(a) => a.into_plan().and_then(sync::cutover),
     };
     let code = match result {
         Ok(code) => code,

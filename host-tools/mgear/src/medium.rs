@@ -81,16 +81,13 @@ pub struct SpanPlan {
 
 /// Where the medium is: `--medium SPEC` or `--appliance PORT`; several of
 /// them (in any order) for a capture that spans media.
-#[derive(clap::Args, Debug, Clone, Default)]
-#[group(required = true, multiple = true)]
+#[derive(Debug, Clone, Default)]
 pub struct Where {
     /// Medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb) or dir:MOUNTPOINT; repeat it for a capture
     /// spanning several media (capture continues on the next when one fills).
-    #[arg(long)]
     pub medium: Vec<String>,
     /// Reach the medium through the appliance on this console port (e.g. /dev/ttyACM0); repeat it
     /// for a span over several appliances.
-    #[arg(long)]
     pub appliance: Vec<PathBuf>,
 }
 

@@ -44,48 +44,39 @@ use serde::Serialize;
 use crate::exit::{coded, usage, FOUND, OK};
 use crate::medium::Where;
 use crate::spec::Medium as MediumSpec;
-use crate::units::{human_bytes, parse_size};
+use crate::units::human_bytes;
 
-/// Arguments of `mgear medium`.
-#[derive(clap::Args, Debug)]
-pub struct MediumArgs {
-    #[command(subcommand)]
-    pub cmd: MediumCmd,
-}
-
-/// `mgear medium ...` subcommands.
-#[derive(clap::Subcommand, Debug)]
-pub enum MediumCmd {
+/// `mgear medium ...`, typed (the binary's `cli::medium` fills it in from the flags).
+#[derive(Debug)]
+pub enum Request {
     /// Create a FAT32 file system on an image file (created at --size, or an
     /// existing one at its size) or a device (whole device), up to 16 TiB.
     Format {
-        /// fat:IMAGE or fat:/dev/sdX.
-        medium: String,
-        /// Size of a new image file, e.g. 2GiB or 16TiB (sparse; not used for devices).
-        #[arg(long)]
-        size: Option<String>,
+        /// fat:IMAGE or fat:/dev/sdX (the other kinds are refused).
+        medium: MediumSpec,
+        /// Size in bytes of a new image file (sparse; not used for devices).
+        size: Option<u64>,
         /// Overwrite an image or device that holds a file system, a partition
         /// table or another image (its old signatures are wiped).
-        #[arg(long)]
         force: bool,
     },
     /// Remove an unfinished or unwanted capture or generation (finished ones need --force).
-    Rm(RmArgs),
+    Rm(Rm),
     /// List (and with --repair remove) what a crash left on the medium; runs fsck.fat -n on fat: media.
-    Fsck(FsckArgs),
+    Fsck(Fsck),
 }
 
 /// Run `mgear medium`.
-pub fn run(args: MediumArgs) -> crate::Result<i32> {
-    match args.cmd {
-        MediumCmd::Rm(a) => rm(a),
-        MediumCmd::Fsck(a) => fsck(a),
-        MediumCmd::Format {
+pub fn run(request: Request) -> crate::Result<i32> {
+    match request {
+        Request::Rm(a) => rm(a),
+        Request::Fsck(a) => fsck(a),
+        Request::Format {
             medium,
             size,
             force,
         } => {
-            let path = match MediumSpec::parse(&medium)? {
+            let path = match medium {
                 MediumSpec::Fat(p) => p,
                 MediumSpec::Nbd(_) => {
                     return Err(usage(
@@ -99,7 +90,6 @@ pub fn run(args: MediumArgs) -> crate::Result<i32> {
                     ))
                 }
             };
-            let size = size.as_deref().map(parse_size).transpose()?;
             let done = crate::medium::format_medium(&path, size, force)?;
             let f = &done.formatted;
             if crate::output::json() {
@@ -144,35 +134,27 @@ pub fn run(args: MediumArgs) -> crate::Result<i32> {
     }
 }
 
-/// Arguments of `mgear medium rm`.
-#[derive(clap::Args, Debug)]
-pub struct RmArgs {
-    #[command(flatten)]
+/// `mgear medium rm`, typed.
+#[derive(Debug)]
+pub struct Rm {
     pub medium: Where,
     /// Capture name (compared case-insensitively, as FAT does).
-    #[arg(long)]
     pub name: String,
     /// Remove only this generation (and the deltas built on it, with --force).
-    #[arg(long)]
     pub generation: Option<u32>,
     /// Also remove finished generations (data the target may still need).
-    #[arg(long)]
     pub force: bool,
     /// Print the result as one JSON object.
-    #[arg(long)]
     pub json: bool,
 }
 
-/// Arguments of `mgear medium fsck`.
-#[derive(clap::Args, Debug)]
-pub struct FsckArgs {
-    #[command(flatten)]
+/// `mgear medium fsck`, typed.
+#[derive(Debug)]
+pub struct Fsck {
     pub medium: Where,
     /// Remove the leftovers nothing can use (never an unfinished generation).
-    #[arg(long)]
     pub repair: bool,
     /// Print the result as one JSON object.
-    #[arg(long)]
     pub json: bool,
 }
 
@@ -595,7 +577,7 @@ pub fn refuse_if_borrowed(
 }
 
 /// Run `mgear medium rm`.
-pub fn rm(args: RmArgs) -> crate::Result<i32> {
+pub fn rm(args: Rm) -> crate::Result<i32> {
     let mut medium = args.medium.open()?;
     let result = (|| {
         let store = medium.store();
@@ -886,7 +868,7 @@ fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> crate::Result<O
 }
 
 /// Run `mgear medium fsck`.
-pub fn fsck(args: FsckArgs) -> crate::Result<i32> {
+pub fn fsck(args: Fsck) -> crate::Result<i32> {
     let mut medium = if args.repair {
         args.medium.open()?
     } else {

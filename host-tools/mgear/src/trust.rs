@@ -21,7 +21,7 @@
 //! COMMIT a few KiB, attestations [`MAX_ATTESTATION_LEN`]), so a huge sparse
 //! file is refused at once. [`check_generation`] is the one entry point; `mgear
 //! ingest` and `mgear verify` call it, and `mgear serve` can (build a
-//! [`Policy`] from [`TrustArgs`]).
+//! [`Policy`] from [`Pins`]).
 
 use std::path::PathBuf;
 
@@ -38,23 +38,20 @@ use crate::sitekey;
 /// Largest attestation file read (a 2 TB medium's region list is 4 MiB).
 pub const MAX_ATTESTATION_LEN: u64 = 32 * 1024 * 1024;
 
-/// The trust flags of `ingest` and `verify`.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct TrustArgs {
+/// What `ingest` and `verify` are told to trust (`--trust`, `--trust-appliance`,
+/// `--allow-untrusted`, `--attestations`, `--expect-generation`), before the
+/// keys are read ([`Pins::policy`]).
+#[derive(Debug, Clone, Default)]
+pub struct Pins {
     /// Trust generations signed by this capture site (its .pub from `mgear keygen --signing`); repeatable.
-    #[arg(long = "trust", value_name = "SITE.pub")]
     pub trust: Vec<PathBuf>,
     /// Trust this appliance (full fingerprint from `mgear appliance info`): its commit witness or seal + arrival; repeatable.
-    #[arg(long = "trust-appliance", value_name = "FINGERPRINT")]
     pub trust_appliance: Vec<String>,
     /// Install even without a signature by a pinned key (loud warning). Nothing then proves who wrote the capture.
-    #[arg(long)]
     pub allow_untrusted: bool,
     /// Seal and arrival attestations exported by `mgear appliance attestations --out DIR`.
-    #[arg(long, value_name = "DIR")]
     pub attestations: Option<PathBuf>,
     /// Refuse a generation older than N (the generation on the capture receipt).
-    #[arg(long, value_name = "N")]
     pub expect_generation: Option<u32>,
 }
 
@@ -70,7 +67,7 @@ pub struct Policy {
     pub expect_generation: Option<u32>,
 }
 
-impl TrustArgs {
+impl Pins {
     /// Read the pinned keys (exit 2 on an unreadable key or a short fingerprint).
     pub fn policy(&self, allow_unsealed: bool) -> crate::Result<Policy> {
         let sites = self

@@ -20,29 +20,22 @@ use serde::Serialize;
 use crate::exit::{FOUND, OK};
 use crate::progress::{self, Progress};
 
-/// Arguments of `mgear verify`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(flatten)]
+/// `mgear verify`, typed (the binary's `cli::verify` fills it in from the flags).
+#[derive(Debug)]
+pub struct Plan {
     pub medium: crate::medium::Where,
     /// Target identity (from `mgear keygen`): also decrypt and check every chunk.
-    #[arg(long)]
     pub identity: Option<PathBuf>,
     /// Passphrase file: also decrypt and check every chunk.
-    #[arg(long, conflicts_with = "identity")]
     pub passphrase_file: Option<PathBuf>,
     /// Only this capture.
-    #[arg(long)]
     pub name: Option<String>,
     /// Generation to decrypt with a key [default: newest].
-    #[arg(long)]
     pub generation: Option<u32>,
     /// Print the result as one JSON object.
-    #[arg(long)]
     pub json: bool,
     /// Pinned trust (checked with a key or with any of these flags).
-    #[command(flatten)]
-    pub trust: crate::trust::TrustArgs,
+    pub trust: crate::trust::Pins,
 }
 
 /// Trust status of one capture, as `verify --json` prints it.
@@ -126,7 +119,7 @@ pub fn unlock_from(
 }
 
 /// Run `mgear verify`.
-pub fn run(args: Args) -> crate::Result<i32> {
+pub fn run(args: Plan) -> crate::Result<i32> {
     let unlock = unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?;
     let mut medium = args.medium.open_read_only()?;
     let store = medium.store();

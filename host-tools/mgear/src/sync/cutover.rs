@@ -18,7 +18,7 @@ use crate::error::Context;
 use mgear_boot::{BootSpec, Target};
 use serde::Serialize;
 
-use super::{print_summary, run_sync, CutoverArgs, SyncReport};
+use super::{print_summary, run_sync, Cutover, SyncReport};
 use crate::exit::{coded, usage, FOUND, OK, USAGE};
 
 /// What `cutover --json` prints.
@@ -53,7 +53,7 @@ fn hook(what: &str, cmd: &str) -> crate::Result<()> {
 }
 
 /// Run `--resume` after a failure, keeping the original error.
-fn rollback(a: &CutoverArgs, e: crate::Error) -> crate::Error {
+fn rollback(a: &Cutover, e: crate::Error) -> crate::Error {
     if let Some(cmd) = &a.resume {
         if let Err(r) = hook("resume", cmd) {
             return e.context(format!("and resuming the source failed too: {r:#}"));
@@ -64,7 +64,7 @@ fn rollback(a: &CutoverArgs, e: crate::Error) -> crate::Error {
 }
 
 /// `mgear cutover`.
-pub fn cutover(a: CutoverArgs) -> crate::Result<i32> {
+pub fn cutover(a: Cutover) -> crate::Result<i32> {
     let target = crate::spec::Target::parse(&a.boot_target, crate::spec::Bare::Existing)?
         .boot_target()
         .ok_or_else(|| {

@@ -1,0 +1,36 @@
+//! The pinned-trust flags of `ingest` and `verify`.
+use std::path::PathBuf;
+
+use mgear::trust;
+
+/// The trust flags of `ingest` and `verify`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrustArgs {
+    /// Trust generations signed by this capture site (its .pub from `mgear keygen --signing`); repeatable.
+    #[arg(long = "trust", value_name = "SITE.pub")]
+    pub trust: Vec<PathBuf>,
+    /// Trust this appliance (full fingerprint from `mgear appliance info`): its commit witness or seal + arrival; repeatable.
+    #[arg(long = "trust-appliance", value_name = "FINGERPRINT")]
+    pub trust_appliance: Vec<String>,
+    /// Install even without a signature by a pinned key (loud warning). Nothing then proves who wrote the capture.
+    #[arg(long)]
+    pub allow_untrusted: bool,
+    /// Seal and arrival attestations exported by `mgear appliance attestations --out DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub attestations: Option<PathBuf>,
+    /// Refuse a generation older than N (the generation on the capture receipt).
+    #[arg(long, value_name = "N")]
+    pub expect_generation: Option<u32>,
+}
+
+impl From<TrustArgs> for trust::Pins {
+    fn from(t: TrustArgs) -> Self {
+        trust::Pins {
+            trust: t.trust,
+            trust_appliance: t.trust_appliance,
+            allow_untrusted: t.allow_untrusted,
+            attestations: t.attestations,
+            expect_generation: t.expect_generation,
+        }
+    }
+}
