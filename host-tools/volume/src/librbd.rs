@@ -90,6 +90,8 @@ api! {
     rbd fn rbd_diff_iterate2(ImageT, *const c_char, u64, u64, u8, u8, Option<DiffCb>, *mut c_void) -> c_int;
     rbd fn rbd_aio_create_completion(*mut c_void, CallbackT, *mut CompletionT) -> c_int;
     rbd fn rbd_aio_write2(ImageT, u64, usize, *const c_char, CompletionT, c_int) -> c_int;
+    rbd fn rbd_aio_writev(ImageT, *const nix::libc::iovec, c_int, u64, CompletionT) -> c_int;
+    rbd fn rbd_get_stripe_unit(ImageT, *mut u64) -> c_int;
     rbd fn rbd_aio_write_zeroes(ImageT, u64, usize, CompletionT, c_int, c_int) -> c_int;
     rbd fn rbd_aio_read2(ImageT, u64, usize, *mut c_char, CompletionT, c_int) -> c_int;
     rbd fn rbd_aio_wait_for_complete(CompletionT) -> c_int;
@@ -389,9 +391,23 @@ unsafe impl Send for Image {}
 /// One request of [`Image::run`]: its buffer is borrowed until the request completes.
 #[derive(Debug)]
 pub(crate) enum Op<'a> {
-    Write { offset: u64, data: &'a [u8] },
-    Zeroes { offset: u64, len: u64 },
-    Read { offset: u64, buf: &'a mut [u8] },
+    Write {
+        offset: u64,
+        data: &'a [u8],
+    },
+    /// Neighbouring buffers written as one request (one OSD operation per object).
+    WriteV {
+        offset: u64,
+        parts: Vec<&'a [u8]>,
+    },
+    Zeroes {
+        offset: u64,
+        len: u64,
+    },
+    Read {
+        offset: u64,
+        buf: &'a mut [u8],
+    },
 }
 
 /// A submitted request: its completion and what it must return.
@@ -402,6 +418,8 @@ struct Pending {
     len: usize,
     /// Reads must return their whole length.
     want_len: bool,
+    /// A vectored write's iovec array, kept until the request completed.
+    _iov: Vec<nix::libc::iovec>,
 }
 
 /// The requests in flight of one [`Image::run`]. Dropping it waits for every one of them, so
@@ -487,6 +505,15 @@ impl Image {
         Ok(s)
     }
 
+    /// The object size (the stripe unit of an image that is not striped).
+    pub fn object_size(&self) -> Result<u64> {
+        let mut s = 0u64;
+        // SAFETY: an open image and a valid out pointer.
+        let r = unsafe { (self.api().rbd_get_stripe_unit)(self.h, &mut s) };
+        check("rbd_get_stripe_unit", &self.name, r)?;
+        Ok(s)
+    }
+
     /// Make every completed write durable (and flush a writer's cache).
     pub fn flush(&self) -> Result<()> {
         // SAFETY: an open image.
@@ -511,6 +538,7 @@ impl Image {
             // SAFETY: a valid out pointer; no callback (the ring waits for each completion).
             let r = unsafe { (api.rbd_aio_create_completion)(std::ptr::null_mut(), None, &mut c) };
             check("rbd_aio_create_completion", &self.name, r)?;
+            let mut iov: Vec<nix::libc::iovec> = Vec::new();
             let (call, offset, len, want_len, r) = match op {
                 // SAFETY (the three arms): an open image and a fresh completion; the buffer is
                 // borrowed for `'a`, and `ring`, which waits for this request before it goes,
@@ -518,6 +546,21 @@ impl Image {
                 Op::Write { offset, data } => {
                     ("rbd_aio_write2", offset, data.len(), false, unsafe {
                         (api.rbd_aio_write2)(h, offset, data.len(), data.as_ptr().cast(), c, 0)
+                    })
+                }
+                Op::WriteV { offset, parts } => {
+                    iov = parts
+                        .iter()
+                        .map(|p| nix::libc::iovec {
+                            iov_base: p.as_ptr() as *mut c_void,
+                            iov_len: p.len(),
+                        })
+                        .collect();
+                    let len = parts.iter().map(|p| p.len()).sum();
+                    let n = c_int::try_from(iov.len()).unwrap_or(c_int::MAX);
+                    // librbd only reads through the iovecs (the `*mut` is the C type's).
+                    ("rbd_aio_writev", offset, len, false, unsafe {
+                        (api.rbd_aio_writev)(h, iov.as_ptr(), n, offset, c)
                     })
                 }
                 Op::Zeroes { offset, len } => {
@@ -557,6 +600,7 @@ impl Image {
                 offset,
                 len,
                 want_len,
+                _iov: iov,
             });
             Ok(())
         };
