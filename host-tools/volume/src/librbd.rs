@@ -540,10 +540,10 @@ impl Image {
             check("rbd_aio_create_completion", &self.name, r)?;
             let mut iov: Vec<nix::libc::iovec> = Vec::new();
             let (call, offset, len, want_len, r) = match op {
-                // SAFETY (the three arms): an open image and a fresh completion; the buffer is
-                // borrowed for `'a`, and `ring`, which waits for this request before it goes,
-                // does not outlive this call, so the buffer outlives the request.
                 Op::Write { offset, data } => {
+                    // SAFETY: an open image and a fresh completion; `data` is borrowed for
+                    // `'a`, and `ring`, which waits for this request before it goes, does not
+                    // outlive this call, so the buffer outlives the request.
                     ("rbd_aio_write2", offset, data.len(), false, unsafe {
                         (api.rbd_aio_write2)(h, offset, data.len(), data.as_ptr().cast(), c, 0)
                     })
@@ -558,7 +558,9 @@ impl Image {
                         .collect();
                     let len = parts.iter().map(|p| p.len()).sum();
                     let n = c_int::try_from(iov.len()).unwrap_or(c_int::MAX);
-                    // librbd only reads through the iovecs (the `*mut` is the C type's).
+                    // SAFETY: as for a write, for every part; librbd only reads through the
+                    // iovecs (the `*mut` is the C type's), and the iovec array moves into the
+                    // ring's `Pending` (its heap buffer stays put) until the request completed.
                     ("rbd_aio_writev", offset, len, false, unsafe {
                         (api.rbd_aio_writev)(h, iov.as_ptr(), n, offset, c)
                     })
@@ -576,13 +578,18 @@ impl Image {
                         }
                     };
                     // 0 zero flags: thin (whole objects are removed, not written with zeros).
+                    // SAFETY: an open image and a fresh completion; no buffer.
                     ("rbd_aio_write_zeroes", offset, n, false, unsafe {
                         (api.rbd_aio_write_zeroes)(h, offset, n, c, 0, 0)
                     })
                 }
-                Op::Read { offset, buf } => ("rbd_aio_read2", offset, buf.len(), true, unsafe {
-                    (api.rbd_aio_read2)(h, offset, buf.len(), buf.as_mut_ptr().cast(), c, 0)
-                }),
+                Op::Read { offset, buf } => {
+                    // SAFETY: as for a write; `buf` is borrowed mutably for `'a`, so nothing
+                    // else reads or writes it while librbd fills it.
+                    ("rbd_aio_read2", offset, buf.len(), true, unsafe {
+                        (api.rbd_aio_read2)(h, offset, buf.len(), buf.as_mut_ptr().cast(), c, 0)
+                    })
+                }
             };
             if r < 0 {
                 // SAFETY: the request was refused, so the completion was never handed to
