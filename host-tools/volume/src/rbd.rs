@@ -665,6 +665,68 @@ mod tests {
         }
     }
 
+    /// Against the cloud lab's Ceph: what goes wrong says what is wrong, and leaves no marker.
+    #[test]
+    fn lab_errors_name_the_call_and_what_to_do() {
+        let (Ok(_), Ok(conf), Ok(pool), Ok(user)) = (
+            std::env::var("MGEAR_CLOUD_LAB"),
+            std::env::var("CEPH_CONF"),
+            std::env::var("MGEAR_CLOUD_RBD_POOL"),
+            std::env::var("MGEAR_CLOUD_RBD_USER"),
+        ) else {
+            eprintln!("SKIPPED: MGEAR_CLOUD_LAB is not set (scripts/cloud-lab.sh start)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let prep = Prepare {
+            disk_size: 1 << 20,
+            head_len: 4096,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        let open = |spec: &str, existing| {
+            let spec = RbdSpec::parse_with_env(spec, |_| None).unwrap();
+            RbdVolume::open(&spec, &prep, existing)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = open(
+            &format!(
+                "rbd:no-such-pool-{}/x?conf={conf}&id={user}",
+                std::process::id()
+            ),
+            Existing::CreateOrForce,
+        );
+        assert!(
+            e.contains("rados_ioctx_create") && e.contains("pool not found"),
+            "{e}"
+        );
+        let e = open(
+            &format!(
+                "rbd:{pool}/no-such-image-{}?conf={conf}&id={user}",
+                std::process::id()
+            ),
+            Existing::Open,
+        );
+        assert!(e.contains("does not exist"), "{e}");
+        let e = open(
+            &format!(
+                "rbd:{pool}/x?conf={}/no-such.conf&id={user}",
+                dir.path().display()
+            ),
+            Existing::CreateOrForce,
+        );
+        assert!(
+            e.contains("rados_conf_read_file") && e.contains("CEPH_CONF"),
+            "{e}"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "a failed open leaves no marker"
+        );
+    }
+
     /// Against the cloud lab's Ceph (`MGEAR_CLOUD_LAB` set, `CEPH_CONF` its conf).
     #[test]
     fn writes_thin_in_parallel_reads_back_and_resumes_on_the_lab_cluster() {
