@@ -12,7 +12,7 @@
 //! | block device (marker in the state dir until verified) | [`file`] | the device |
 //! | NBD export (`WRITE_ZEROES` keeps thin exports thin) | [`nbd`] | the export |
 //! | qcow2 image (served by `qemu-nbd` on a unix socket) | [`qcow2`] | the image, through NBD |
-//! | Ceph RBD image (qemu's rbd driver served by `qemu-nbd`; several connections in flight) | [`rbd`] | the image, through NBD |
+//! | Ceph RBD image (librbd in the process, loaded at run time; many requests in flight) | [`rbd`] | the image |
 //! | libvirt pool volume (`virsh vol-create-as`) | [`libvirt`] | the volume's host path |
 //! | fake that fails at its N-th write (fault tests) | [`fake`] | memory |
 //! | AWS EBS snapshot (EBS direct APIs, 512 KiB blocks, no read-back) | [`ebs`] | the snapshot |
@@ -46,6 +46,7 @@ use std::path::PathBuf;
 pub mod ebs;
 pub mod fake;
 pub mod file;
+mod librbd;
 pub mod libvirt;
 mod marker;
 pub mod nbd;
@@ -89,6 +90,15 @@ pub enum Error {
     /// a service it needs is not running.
     #[error("{0}")]
     Tool(String),
+    /// A librados or librbd call failed: which call, on what, its negative errno and what
+    /// that means for the operator.
+    #[error("{call} {what}: {meaning}")]
+    Ceph {
+        call: &'static str,
+        what: String,
+        errno: i32,
+        meaning: String,
+    },
     /// [`FakeVolume`]'s injected fault.
     #[error("injected fault: write number {0} fails")]
     Injected(u64),

@@ -37,11 +37,6 @@ impl NbdVolume {
         Self::connect_with(url, false)
     }
 
-    /// Connect to an export only to read it (a read-only export is fine).
-    pub(crate) fn connect_read_only(url: &NbdUrl) -> Result<Self> {
-        Self::connect_with(url, true)
-    }
-
     fn connect_with(url: &NbdUrl, read_only: bool) -> Result<Self> {
         let err = |source| Error::Nbd {
             url: url.to_string(),

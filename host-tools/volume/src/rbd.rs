@@ -1,60 +1,67 @@
-//! Ceph RBD images (`rbd:POOL/IMAGE[?conf=PATH&id=USER]`), written straight into the cluster.
+//! Ceph RBD images (`rbd:POOL/IMAGE[?conf=PATH&id=USER]`), written straight into the cluster
+//! through librbd in this process.
 //!
-//! There is no kernel rbd or nbd module on the ingest hosts, and no nbdkit rbd plugin in
-//! Debian: qemu's rbd block driver (Debian `qemu-block-extra`) does the librbd side, served by
-//! our own `qemu-nbd` on a unix socket in the state dir, and the pipeline writes through NBD.
-//! RBD is latency-bound (each write is a round trip to an OSD), so the volume opens several NBD
-//! connections to that one `qemu-nbd` (one block backend: every connection sees every write)
-//! and [`Volume::write_batch`] / [`Volume::read_batch`] spread a batch over them: that many
-//! writes (and, for the read-back check, reads) are in flight.
-//! Zero ranges become `NBD_CMD_WRITE_ZEROES`, which qemu turns into librbd write-zeroes /
-//! discards: the image stays thin (`rbd du` shows only what holds data).
+//! librbd and librados (Debian `librbd1`) are loaded at run time ([`crate::librbd`] says why:
+//! `mgear` builds and runs without Ceph; only these targets need it, and a host without it
+//! gets an error naming the package). No `qemu-nbd`, no `qemu-img`, no `rbd` CLI and no kernel
+//! rbd/nbd module is involved in an ingest. RBD is latency-bound (each write is a round trip
+//! to an OSD), so [`Volume::write_batch`] keeps [`DEPTH`] asynchronous writes in flight (the
+//! batch's buffers are borrowed until each write completed; neighbouring chunks go as one
+//! vectored request of up to 2 MiB within one object), and [`VolumeReader::read_batch`] does
+//! the same with reads of 512 KiB. Zero ranges become librbd write-zeroes, which removes whole
+//! objects and zeroes parts of others: the image stays thin (`rbd du` shows only what holds
+//! data). [`Volume::flush`] is `rbd_flush`: every completed write is then on the OSDs.
 //!
 //! Which image: an existing one is written only when asked for ([`Existing::Open`], e.g. the
-//! image Cinder made for a volume) or with `--force`; otherwise it is created with
-//! `qemu-img create` at the disk's size. An image has no unfinished name, so a marker in the
-//! state dir (`rbd_<hash>.mgear-incomplete`) exists from before the first write until the
-//! read-back passed: a re-run with the same state dir resumes into the same image.
+//! image Cinder made for a volume) or with `--force`; otherwise it is created (`rbd_create`:
+//! the cluster's default format and features, as `rbd create` and `qemu-img create` make it)
+//! at the disk's size. An image has no unfinished name, so a marker in the state dir
+//! (`rbd_<hash>.mgear-incomplete`) exists from before the first write until the read-back
+//! passed: a re-run with the same state dir resumes into the same image.
 //!
 //! Cluster settings: `conf=` and `id=` in the spec, else `CEPH_CONF` and the `--id`/`--user`/
 //! `--name client.X` of `CEPH_ARGS`, else librados' defaults (`/etc/ceph/ceph.conf`,
-//! `client.admin`). The keyring is found the way every Ceph client finds it (the conf's
-//! `keyring`, `/etc/ceph/ceph.client.USER.keyring`).
-//!
-//! `qemu-nbd` runs without `--persistent`: it exits when the last connection closes, also when
-//! mgear is killed, so nothing is left holding the image.
+//! `client.admin`); the rest of `CEPH_ARGS` (`--keyring`, `--mon_host`, ...) is applied as
+//! every Ceph tool applies it. The keyring is found the way every Ceph client finds it (the
+//! conf's `keyring`, `/etc/ceph/ceph.client.USER.keyring`). Connecting gives up after
+//! `client_mount_timeout` = 30 s instead of hanging on an unreachable monitor.
 //!
 //! The read-back check runs beside the writes through an [`RbdReader`]
-//! ([`Volume::concurrent_reader`]): a second `qemu-nbd`, read-only and with `--cache=none`
-//! (qemu then sets `rbd_cache=false`), on its own socket and with its own connections. Its
-//! reads go to the OSDs, never to a cache of the writing client (whatever `rbd_cache_policy`
-//! the cluster sets), and it never takes the image's exclusive lock (only writers do), so the
-//! writer keeps it. Set-up is kept short because it is paid on every ingest: a new image is
-//! created without asking `rbd info` first (`qemu-img create` says when it exists), a
-//! just-created image is not zeroed again (it reads as zeros), and the connections are opened
-//! in parallel.
+//! ([`Volume::concurrent_reader`]): a second rados client of its own, with `rbd_cache=false`,
+//! which opens the image read-only. Its reads go to the OSDs, never to the writing client's
+//! cache (whatever `rbd_cache_policy` the cluster sets), and it never takes the image's
+//! exclusive lock (only writers do), so the writer keeps it. It connects on a thread of its
+//! own as soon as it is asked for, so that its set-up overlaps the first writes.
+//!
+//! A killed ingest (SIGKILL) leaves the image's exclusive lock with a client that is gone;
+//! the resumed ingest's first write waits until the cluster notices (the dead client's watch
+//! times out, about 30 s) and librbd takes the lock over. Stopped with Ctrl-C or SIGTERM, the
+//! image is closed and its lock released.
+//!
+//! `mgear boot --target rbd:` still boots through QEMU's rbd driver ([`RbdSpec::qemu_filename`]).
 
-use std::ffi::OsString;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
 
+use crate::librbd::{Cluster, Connect, Image, Op};
 use crate::marker::Marker;
-use crate::nbd::NbdVolume;
-use crate::tool::{reap_qemu_nbd, require, stop_qemu_nbd, terminate};
 use crate::{
     key_of, short_hash, Error, Finished, Found, Geometry, Prepare, ReadAt, Result, Volume,
     VolumeReader, WriteAt,
 };
 
-/// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
-const MAX_SOCKET_PATH: usize = 107;
-/// NBD connections to `qemu-nbd`, i.e. writes in flight (the `-m 16` of a tuned `qemu-img
-/// convert` is the same idea). Not tuned yet: see `mgear bench --rbd`.
-const CONNECTIONS: usize = 8;
-/// Every Ceph CLI call gives up after this instead of hanging on an unreachable monitor.
+/// Requests in flight per image (the `-m 16` of a tuned `qemu-img convert` is the same idea).
+/// Measured with `mgear bench --rbd` (README.md): 32 and 64 were slower, as the pipeline's
+/// batches grow with the depth and the read-back beside the writes then overlaps less.
+pub const DEPTH: usize = 16;
+/// Neighbouring chunks are written as one request of up to this many bytes within one object
+/// (fewer OSD operations; 4 MiB requests left too few in flight, 1 MiB made twice the
+/// operations).
+const WRITE_MAX: u64 = 2 << 20;
+/// The read-back's runs (up to an object) are read as requests of this size: more reads in
+/// flight, measured faster than 1 MiB or whole runs.
+const READ_MAX: usize = 512 << 10;
+/// Connecting gives up after this instead of hanging on an unreachable monitor.
 const MOUNT_TIMEOUT_SECS: &str = "30";
 
 /// Where an RBD image is and how to reach its cluster.
@@ -152,7 +159,7 @@ impl RbdSpec {
     }
 
     /// The image as qemu's rbd driver takes it: `rbd:POOL/IMAGE[:conf=PATH][:id=USER]`
-    /// (for `qemu-img`, `qemu-nbd` and `-drive file=`).
+    /// (for `mgear boot`'s `-drive file=` and `qemu-img`).
     pub fn qemu_filename(&self) -> String {
         let mut s = format!("rbd:{}", self.image_spec());
         if let Some(c) = &self.conf {
@@ -164,20 +171,17 @@ impl RbdSpec {
         s
     }
 
-    /// Arguments every `rbd` CLI call gets: the conf, the user, a mount timeout.
-    fn cli_args(&self) -> Vec<OsString> {
-        let mut a: Vec<OsString> = Vec::new();
-        if let Some(c) = &self.conf {
-            a.push("-c".into());
-            a.push(c.into());
+    /// How librados reaches the cluster; `options` win over the conf and `CEPH_ARGS`.
+    fn connect(&self, options: Vec<(&'static str, String)>) -> Connect {
+        let mut options = options;
+        options.insert(0, ("client_mount_timeout", MOUNT_TIMEOUT_SECS.to_string()));
+        Connect {
+            conf: self.conf.clone(),
+            user: self.user.clone(),
+            pool: self.pool.clone(),
+            options,
+            what: self.to_string(),
         }
-        if let Some(u) = &self.user {
-            a.push("--id".into());
-            a.push(u.into());
-        }
-        a.push("--client_mount_timeout".into());
-        a.push(MOUNT_TIMEOUT_SECS.into());
-        a
     }
 }
 
@@ -225,64 +229,16 @@ pub enum Existing {
     Open,
 }
 
-/// An RBD image written through qemu-nbd; see the module doc.
+/// An RBD image written through librbd; see the module doc.
 #[derive(Debug)]
 pub struct RbdVolume {
     spec: RbdSpec,
-    conns: Vec<NbdVolume>,
-    server: Option<Child>,
-    sock: PathBuf,
+    image: Option<Image>,
+    size: u64,
+    object: u64,
     marker: Marker,
     found: Found,
-    qemu_nbd: PathBuf,
 }
-
-/// `rbd info` of an image: its size, or `None` when it does not exist.
-fn image_size(rbd: &Path, spec: &RbdSpec) -> Result<Option<u64>> {
-    let out = Command::new(rbd)
-        .args(spec.cli_args())
-        .args(["info", "--format", "json"])
-        .arg(spec.image_spec())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::io("running rbd info", e))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") || out.status.code() == Some(2) {
-            return Ok(None);
-        }
-        return Err(Error::Tool(format!(
-            "rbd info {} failed ({}): {} (is the cluster reachable? conf {}, user {})",
-            spec.image_spec(),
-            out.status,
-            err.trim(),
-            spec.conf
-                .as_ref()
-                .map_or("default".into(), |c| c.display().to_string()),
-            spec.user.as_deref().unwrap_or("admin")
-        )));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let size = text
-        .split("\"size\":")
-        .nth(1)
-        .and_then(|r| {
-            let digits: String = r
-                .trim_start()
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse::<u64>().ok()
-        })
-        .ok_or_else(|| {
-            Error::Tool(format!(
-                "rbd info {}: no size in {text:?}",
-                spec.image_spec()
-            ))
-        })?;
-    Ok(Some(size))
-}
-
 /// The refusal of an image smaller than the disk.
 fn too_small(spec: &RbdSpec, size: u64, prep: &Prepare) -> Error {
     Error::Usage(format!(
@@ -294,166 +250,32 @@ fn too_small(spec: &RbdSpec, size: u64, prep: &Prepare) -> Error {
     ))
 }
 
-/// `qemu-img create` the image: `true` when it was created, `false` when it already exists.
-fn create_image(qemu_img: &Path, spec: &RbdSpec, size: u64) -> Result<bool> {
-    let out = Command::new(qemu_img)
-        .args(["create", "-q", "-f", "raw"])
-        .arg(spec.qemu_filename())
-        .arg(size.to_string())
-        // "File exists" below is strerror(EEXIST) in the C locale.
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::io("running qemu-img create (rbd)", e))?;
-    if out.status.success() {
-        return Ok(true);
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("File exists") {
-        return Ok(false);
-    }
-    Err(Error::Tool(format!(
-        "qemu-img create {} failed ({}): {} (is the cluster reachable? conf {}, user {})",
-        spec.image_spec(),
-        out.status,
-        err.trim(),
-        spec.conf
-            .as_ref()
-            .map_or("default".into(), |c| c.display().to_string()),
-        spec.user.as_deref().unwrap_or("admin")
-    )))
-}
-
-/// Start `qemu-nbd` serving the image on `sock` (read-only and uncached for a reader).
-fn spawn_qemu_nbd(qemu_nbd: &Path, spec: &RbdSpec, sock: &Path, reader: bool) -> Result<Child> {
-    if std::fs::symlink_metadata(sock).is_ok() {
-        let _ = std::fs::remove_file(sock);
-    }
-    let mut cmd = Command::new(qemu_nbd);
-    // If mgear is killed, qemu-nbd goes too (it would also exit once its connections
-    // close, but a write in flight to a slow cluster can keep it a while).
-    // SAFETY: the closure runs in the forked child before exec and only makes the
-    // async-signal-safe prctl(2) call.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                .map_err(std::io::Error::from)
-        });
-    }
-    if reader {
-        // No librbd cache: what the read-back reads comes from the OSDs.
-        cmd.args(["-r", "-f", "raw", "--cache=none"]);
-    } else {
-        cmd.args(["-f", "raw", "--cache=writeback", "--discard=unmap"]);
-    }
-    cmd.arg(format!("--shared={CONNECTIONS}"))
-        .arg("-k")
-        .arg(sock)
-        .arg(spec.qemu_filename())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io("starting qemu-nbd", e))
-}
-
-/// Wait for the `qemu-nbd` of `child` to listen on `sock` and open [`CONNECTIONS`]
-/// connections to it (the first alone, the others in parallel). On failure the child is
-/// stopped.
-fn connect_all(
-    child: &mut Child,
-    spec: &RbdSpec,
-    sock: &Path,
-    read_only: bool,
-) -> Result<Vec<NbdVolume>> {
-    let url: mgear_nbd::NbdUrl = format!("nbd+unix:///?socket={}", sock.display())
-        .parse()
-        .map_err(|e| Error::Usage(format!("socket path {}: {e}", sock.display())))?;
-    let connect = |url: &mgear_nbd::NbdUrl| {
-        if read_only {
-            NbdVolume::connect_read_only(url)
-        } else {
-            NbdVolume::connect(url)
-        }
-    };
-    // Connecting to the cluster takes a moment; an unreachable one makes qemu-nbd exit.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    let first = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return Err(Error::Tool(format!(
-                "qemu-nbd could not serve {spec} ({status}): {}",
-                err.trim()
-            )));
-        }
-        if std::fs::symlink_metadata(sock).is_ok() {
-            match connect(&url) {
-                Ok(first) => break first,
-                Err(e) => last = e.to_string(),
-            }
-        }
-        if Instant::now() > deadline {
-            terminate(child);
-            return Err(Error::Tool(format!(
-                "qemu-nbd did not serve {spec} within 60 s: {last}"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // The first connection keeps qemu-nbd up while the others join.
-    let rest: Vec<Result<NbdVolume>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..CONNECTIONS)
-            .map(|_| s.spawn(|| connect(&url)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Tool("an NBD connect thread panicked".into())))
-            })
-            .collect()
-    });
-    let mut conns = vec![first];
-    for c in rest {
-        conns.push(c?);
-    }
-    Ok(conns)
-}
-
 impl RbdVolume {
-    /// Open (or create) the image for an ingest of `prep.disk_size` bytes and serve it.
+    /// Open (or create) the image for an ingest of `prep.disk_size` bytes.
     pub fn open(spec: &RbdSpec, prep: &Prepare, existing: Existing) -> Result<Self> {
-        let rbd = require("rbd", "ceph-common")?;
-        let qemu_img = require("qemu-img", "qemu-utils")?;
-        let qemu_nbd = require("qemu-nbd", "qemu-utils")?;
         let key = short_hash(&spec.image_spec());
         let marker = Marker::new(&prep.state_dir, &format!("rbd_{key}"));
-        // qemu-nbd takes only an absolute socket path.
-        let sock = std::path::absolute(&prep.state_dir)
-            .map_err(|e| Error::io(format!("resolving {}", prep.state_dir.display()), e))?
-            .join(format!("rbd_{key}.sock"));
-        // The reader's socket (`.r.sock`) is the longer one.
-        if sock.as_os_str().len() + 2 > MAX_SOCKET_PATH {
-            return Err(Error::Usage(format!(
-                "the state dir {} is too long a path for qemu-nbd's unix socket: pass a shorter --state-dir",
-                prep.state_dir.display()
-            )));
-        }
+        let cluster = Cluster::connect(&spec.connect(Vec::new()))?;
         // Whether the image needs its head cleared: it may hold an older disk.
         let mut old_content = false;
-        let found = match existing {
+        let (image, found) = match existing {
             Existing::CreateOrForce => {
-                // Creating first saves asking `rbd info` on every new image; a marker
-                // without its image means an earlier run died before creating it.
+                // Creating first saves a look-up on every new image; a marker without its
+                // image means an earlier run died before creating it.
                 let had_marker = marker.exists();
                 if !had_marker {
                     marker.create(&format!("{} into {spec}", prep.what))?;
                 }
-                match create_image(&qemu_img, spec, prep.disk_size)? {
+                let created = match cluster.create(&spec.image, prep.disk_size) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if !had_marker {
+                            marker.remove()?;
+                        }
+                        return Err(e);
+                    }
+                };
+                let found = match created {
                     true => Found::New,
                     false if had_marker => Found::Unfinished {
                         adopt_without_state: true,
@@ -469,47 +291,65 @@ impl RbdVolume {
                         old_content = true;
                         Found::New
                     }
-                }
+                };
+                let image = match cluster.open(&spec.image, false) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        if found == Found::New {
+                            marker.remove()?;
+                        }
+                        return Err(e);
+                    }
+                };
+                (image, found)
             }
-            Existing::Open => match image_size(&rbd, spec)? {
-                None => {
-                    return Err(Error::Usage(format!(
-                        "RBD image {} does not exist (rbd ls {})",
-                        spec.image_spec(),
-                        spec.pool
-                    )))
+            Existing::Open => {
+                let image = cluster.open(&spec.image, false).map_err(|e| match e {
+                    Error::Ceph { errno, .. } if errno == -(nix::errno::Errno::ENOENT as i32) => {
+                        Error::Usage(format!(
+                            "RBD image {} does not exist (rbd ls {})",
+                            spec.image_spec(),
+                            spec.pool
+                        ))
+                    }
+                    e => e,
+                })?;
+                let size = image.size()?;
+                if size < prep.disk_size {
+                    return Err(too_small(spec, size, prep));
                 }
-                Some(size) if size < prep.disk_size => return Err(too_small(spec, size, prep)),
-                Some(_) if marker.exists() => Found::Unfinished {
-                    adopt_without_state: true,
-                },
-                Some(_) => {
+                let found = if marker.exists() {
+                    Found::Unfinished {
+                        adopt_without_state: true,
+                    }
+                } else {
                     marker.create(&format!("{} into {spec}", prep.what))?;
                     old_content = true;
                     Found::New
-                }
-            },
+                };
+                (image, found)
+            }
         };
+        let size = image.size()?;
+        let object = image.object_size()?.max(4096);
         let mut v = RbdVolume {
             spec: spec.clone(),
-            conns: Vec::new(),
-            server: None,
-            sock,
+            image: Some(image),
+            size,
+            object,
             marker,
             found,
-            qemu_nbd,
         };
-        v.serve()?;
         // (An existing image was not sized above when it was created over.)
-        if v.size() < prep.disk_size {
+        if v.size < prep.disk_size {
             if v.found == Found::New {
                 v.marker.remove()?;
             }
-            return Err(too_small(spec, v.size(), prep));
+            return Err(too_small(spec, v.size, prep));
         }
         if old_content && prep.head_len > 0 {
             // An image that may hold old data must not look bootable before it is complete.
-            let head = prep.head_len.min(v.size());
+            let head = prep.head_len.min(v.size);
             v.write_zeroes(0, head)?;
             v.flush()?;
         }
@@ -521,143 +361,116 @@ impl RbdVolume {
         &self.spec
     }
 
-    /// Start qemu-nbd on the image and open [`CONNECTIONS`] connections to it.
-    fn serve(&mut self) -> Result<()> {
-        let mut child = spawn_qemu_nbd(&self.qemu_nbd, &self.spec, &self.sock, false)?;
-        let mut conns = match connect_all(&mut child, &self.spec, &self.sock, false) {
-            Ok(c) => c,
-            Err(e) => {
-                // Closing what connected lets qemu-nbd exit; then it is reaped.
-                self.server = Some(child);
-                return Err(e);
-            }
-        };
-        conns[0].set_found(self.found);
-        self.conns = conns;
-        self.server = Some(child);
-        Ok(())
-    }
-
-    fn first(&mut self) -> Result<&mut NbdVolume> {
-        self.conns
-            .first_mut()
-            .ok_or_else(|| Error::Tool("qemu-nbd connections already closed".into()))
-    }
-
-    /// Wait for qemu-nbd to exit after the last disconnect; stop it if it does not.
-    fn stop_server(&mut self) -> Result<()> {
-        stop_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(60))
+    fn image(&self) -> Result<&Image> {
+        self.image
+            .as_ref()
+            .ok_or_else(|| Error::Tool(format!("{} is already closed", self.spec)))
     }
 }
 
-/// The read-back side of an [`RbdVolume`]: its own read-only, uncached `qemu-nbd` on the image
-/// (see the module doc), connected on its first use so that its set-up overlaps the first
-/// writes.
+/// Neighbouring writes as one request of at most `max` bytes that stays within one object.
+fn merged<'a>(writes: &[WriteAt<'a>], object: u64, max: u64) -> Vec<Op<'a>> {
+    let mut ops: Vec<Op<'a>> = Vec::new();
+    let mut run: Vec<&'a [u8]> = Vec::new();
+    let (mut start, mut end) = (0u64, 0u64);
+    let flush = |ops: &mut Vec<Op<'a>>, run: &mut Vec<&'a [u8]>, start: u64| match run.len() {
+        0 => {}
+        1 => ops.push(Op::Write {
+            offset: start,
+            data: run.pop().unwrap_or_default(),
+        }),
+        _ => ops.push(Op::WriteV {
+            offset: start,
+            parts: std::mem::take(run),
+        }),
+    };
+    for w in writes {
+        let len = w.data.len() as u64;
+        let joins = !run.is_empty()
+            && w.offset == end
+            && end - start + len <= max
+            && start / object == (w.offset + len - 1) / object;
+        if !joins {
+            flush(&mut ops, &mut run, start);
+            start = w.offset;
+            end = w.offset;
+        }
+        run.push(w.data);
+        end += len;
+    }
+    flush(&mut ops, &mut run, start);
+    ops
+}
+
+/// The read-back side of an [`RbdVolume`]: its own rados client without librbd's cache and
+/// the image opened read-only (see the module doc), connected on a thread of its own from
+/// the moment it is asked for.
 #[derive(Debug)]
 pub struct RbdReader {
     spec: RbdSpec,
-    sock: PathBuf,
-    server: Option<Child>,
-    conns: Vec<NbdVolume>,
+    opening: Option<JoinHandle<Result<Image>>>,
+    image: Option<Image>,
 }
 
 impl RbdReader {
-    fn connected(&mut self) -> Result<&mut [NbdVolume]> {
-        if self.conns.is_empty() {
-            let child = self
-                .server
-                .as_mut()
-                .ok_or_else(|| Error::Tool("the read-back qemu-nbd is gone".into()))?;
-            self.conns = connect_all(child, &self.spec, &self.sock, true)?;
+    fn new(spec: &RbdSpec) -> Self {
+        let connect = spec.connect(vec![("rbd_cache", "false".to_string())]);
+        let name = spec.image.clone();
+        let opening = std::thread::spawn(move || Cluster::connect(&connect)?.open(&name, true));
+        RbdReader {
+            spec: spec.clone(),
+            opening: Some(opening),
+            image: None,
         }
-        Ok(&mut self.conns)
+    }
+
+    fn image(&mut self) -> Result<&Image> {
+        if let Some(h) = self.opening.take() {
+            let image = h.join().unwrap_or_else(|_| {
+                Err(Error::Tool(format!(
+                    "opening {} for the read-back panicked",
+                    self.spec
+                )))
+            })?;
+            self.image = Some(image);
+        }
+        self.image
+            .as_ref()
+            .ok_or_else(|| Error::Tool(format!("the read-back of {} could not open it", self.spec)))
     }
 }
 
 impl VolumeReader for RbdReader {
     fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()> {
-        fan_out(self.connected()?, reads.iter_mut(), |conn, r| {
-            conn.read_at(r.offset, r.buf)
-        })
+        let ops = reads.iter_mut().flat_map(|r| {
+            let offset = r.offset;
+            r.buf
+                .chunks_mut(READ_MAX)
+                .enumerate()
+                .map(move |(i, b)| Op::Read {
+                    offset: offset + (i * READ_MAX) as u64,
+                    buf: b,
+                })
+        });
+        self.image()?.run(ops, DEPTH)
     }
     fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
-        self.connected()
-            .ok()
-            .and_then(|c| c.first_mut())
-            .is_some_and(|c| c.reads_as_zeros(offset, len))
+        self.image().is_ok_and(|i| i.reads_as_zeros(offset, len))
     }
 }
 
 impl Drop for RbdReader {
     fn drop(&mut self) {
-        // Read-only: nothing to flush. qemu-nbd exits once its connections close; one that
-        // never had a connection (the ingest stopped first) would wait for one: stop it.
-        let connected = !self.conns.is_empty();
-        self.conns.clear();
-        if !connected {
-            if let Some(mut child) = self.server.take() {
-                terminate(&mut child);
-                let _ = std::fs::remove_file(&self.sock);
-            }
+        // A connect still under way is waited for, so its client is shut down, not leaked.
+        if let Some(h) = self.opening.take() {
+            let _ = h.join();
         }
-        reap_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(20));
     }
-}
-
-impl Drop for RbdVolume {
-    fn drop(&mut self) {
-        // Unfinished: disconnect (qemu-nbd then exits on its own) and reap it.
-        self.conns.clear();
-        reap_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(20));
-    }
-}
-
-/// Deals `jobs` round-robin over the connections and runs each connection's share on its own
-/// thread: as many requests in flight as there are connections (RBD is latency-bound). One
-/// connection, or one job, runs inline. The first error wins; the other lanes finish.
-fn fan_out<T: Send>(
-    conns: &mut [NbdVolume],
-    jobs: impl Iterator<Item = T>,
-    op: impl Fn(&mut NbdVolume, T) -> Result<()> + Sync,
-) -> Result<()> {
-    let n = conns.len().max(1);
-    let mut lanes: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
-    for (i, job) in jobs.enumerate() {
-        lanes[i % n].push(job);
-    }
-    if conns.len() <= 1 || lanes[1].is_empty() {
-        let mut jobs = lanes.into_iter().flatten().peekable();
-        if jobs.peek().is_none() {
-            return Ok(());
-        }
-        let conn = conns
-            .first_mut()
-            .ok_or_else(|| Error::Tool("qemu-nbd connections already closed".into()))?;
-        return jobs.try_for_each(|job| op(conn, job));
-    }
-    let op = &op;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = conns
-            .iter_mut()
-            .zip(lanes)
-            .map(|(conn, lane)| s.spawn(move || lane.into_iter().try_for_each(|job| op(conn, job))))
-            .collect();
-        let mut first_err = None;
-        for h in handles {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(Error::Tool("an RBD I/O thread panicked".into())));
-            if let (Err(e), None) = (r, &first_err) {
-                first_err = Some(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    })
 }
 
 impl Volume for RbdVolume {
     fn size(&self) -> u64 {
-        self.conns.first().map_or(0, NbdVolume::size)
+        self.size
     }
     fn describe(&self) -> String {
         self.spec.to_string()
@@ -670,59 +483,47 @@ impl Volume for RbdVolume {
     }
     fn geometry(&self) -> Geometry {
         Geometry {
-            // RBD objects are 4 MiB; writes within one object go to one OSD.
-            block: self.conns.first().map_or(4096, |c| c.geometry().block),
-            max_in_flight: self.conns.len().max(1),
+            block: 4096,
+            max_in_flight: DEPTH,
         }
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.first()?.write_at(offset, data)
+        self.image()?.run([Op::Write { offset, data }], 1)
     }
-    /// One thread per connection, each writing its share of the batch in order: as many
-    /// writes in flight as there are connections.
+    /// [`DEPTH`] writes in flight; returns when every write of the batch completed.
     fn write_batch(&mut self, writes: &[WriteAt<'_>]) -> Result<()> {
-        fan_out(&mut self.conns, writes.iter(), |conn, w| {
-            conn.write_at(w.offset, w.data)
-        })
+        let ops = merged(writes, self.object, WRITE_MAX);
+        self.image()?.run(ops, DEPTH)
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        self.first()?.write_zeroes(offset, len)
+        // One request: librbd splits it over the objects it covers and sends those at once.
+        self.image()?.run([Op::Zeroes { offset, len }], 1)
     }
-    /// Every write was answered before this is sent, and all connections share one block
-    /// backend in qemu-nbd: one flush makes them all durable.
     fn flush(&mut self) -> Result<()> {
-        self.first()?.flush()
+        self.image()?.flush()
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.first()?.read_at(offset, buf)
+        self.image()?.run([Op::Read { offset, buf }], 1)
     }
     fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()> {
-        fan_out(&mut self.conns, reads.iter_mut(), |conn, r| {
-            conn.read_at(r.offset, r.buf)
-        })
+        let ops = reads.iter_mut().map(|r| Op::Read {
+            offset: r.offset,
+            buf: &mut *r.buf,
+        });
+        self.image()?.run(ops, DEPTH)
     }
     fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
-        self.conns
-            .first_mut()
-            .is_some_and(|c| c.reads_as_zeros(offset, len))
+        self.image().is_ok_and(|i| i.reads_as_zeros(offset, len))
     }
-    /// A second qemu-nbd, read-only and uncached, started now and connected on first use.
+    /// A second client, uncached and read-only, connecting now on a thread of its own.
     fn concurrent_reader(&mut self) -> Result<Option<Box<dyn VolumeReader>>> {
-        let sock = self.sock.with_extension("r.sock");
-        let child = spawn_qemu_nbd(&self.qemu_nbd, &self.spec, &sock, true)?;
-        Ok(Some(Box::new(RbdReader {
-            spec: self.spec.clone(),
-            sock,
-            server: Some(child),
-            conns: Vec::new(),
-        })))
+        Ok(Some(Box::new(RbdReader::new(&self.spec))))
     }
     fn finish(mut self: Box<Self>) -> Result<Finished> {
         self.flush()?;
-        for mut c in std::mem::take(&mut self.conns) {
-            c.close()?;
+        if let Some(image) = self.image.take() {
+            image.close()?;
         }
-        self.stop_server()?;
         self.marker.remove()?;
         Ok(Finished {
             path: None,
@@ -731,11 +532,27 @@ impl Volume for RbdVolume {
         })
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tool::run;
+    use crate::tool::{require, run};
+    use std::ffi::OsString;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Arguments for the `rbd` CLI the lab test checks the image with.
+    fn cli_args(spec: &RbdSpec) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        if let Some(c) = &spec.conf {
+            a.push("-c".into());
+            a.push(c.into());
+        }
+        if let Some(u) = &spec.user {
+            a.push("--id".into());
+            a.push(u.into());
+        }
+        a
+    }
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {
@@ -785,6 +602,52 @@ mod tests {
     }
 
     #[test]
+    fn neighbouring_writes_merge_within_an_object_up_to_the_limit() {
+        let bufs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 1 << 20]).collect();
+        let at = |i: usize, off: u64| WriteAt {
+            offset: off << 20,
+            data: &bufs[i],
+        };
+        // 0-1 join; 2 starts a new object (the 4 MiB boundary) and joins 3; 4 and 5 each
+        // follow a gap.
+        let writes = [at(0, 2), at(1, 3), at(2, 4), at(3, 5), at(4, 7), at(5, 9)];
+        let ops = merged(&writes, 4 << 20, 2 << 20);
+        let shape: Vec<(u64, usize, usize)> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Write { offset, data } => (*offset >> 20, 1, data.len()),
+                Op::WriteV { offset, parts } => (
+                    *offset >> 20,
+                    parts.len(),
+                    parts.iter().map(|p| p.len()).sum(),
+                ),
+                _ => panic!("not a write: {op:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (2, 2, 2 << 20),
+                (4, 2, 2 << 20),
+                (7, 1, 1 << 20),
+                (9, 1, 1 << 20)
+            ]
+        );
+        // The limit: three adjacent 1 MiB writes in one object make a 2 MiB and a 1 MiB request.
+        let writes = [at(0, 0), at(1, 1), at(2, 2)];
+        let ops = merged(&writes, 4 << 20, 2 << 20);
+        assert_eq!(ops.len(), 2);
+        assert!(matches!(&ops[1], Op::Write { offset, .. } if *offset == 2 << 20));
+        // Unmerged (limit below two chunks): one request per write, in order, bytes untouched.
+        let ops = merged(&writes, 4 << 20, 1 << 20);
+        assert_eq!(ops.len(), 3);
+        for (i, op) in ops.iter().enumerate() {
+            assert!(matches!(op, Op::Write { data, .. } if data[0] == i as u8));
+        }
+        assert!(merged(&[], 4 << 20, 2 << 20).is_empty());
+    }
+
+    #[test]
     fn refuses_specs_qemu_or_rbd_would_misread() {
         for bad in [
             "rbd:volumes",
@@ -800,6 +663,68 @@ mod tests {
             let e = RbdSpec::parse_with_env(bad, env(&[])).unwrap_err();
             assert!(e.is_usage(), "{bad}: {e}");
         }
+    }
+
+    /// Against the cloud lab's Ceph: what goes wrong says what is wrong, and leaves no marker.
+    #[test]
+    fn lab_errors_name_the_call_and_what_to_do() {
+        let (Ok(_), Ok(conf), Ok(pool), Ok(user)) = (
+            std::env::var("MGEAR_CLOUD_LAB"),
+            std::env::var("CEPH_CONF"),
+            std::env::var("MGEAR_CLOUD_RBD_POOL"),
+            std::env::var("MGEAR_CLOUD_RBD_USER"),
+        ) else {
+            eprintln!("SKIPPED: MGEAR_CLOUD_LAB is not set (scripts/cloud-lab.sh start)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let prep = Prepare {
+            disk_size: 1 << 20,
+            head_len: 4096,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        let open = |spec: &str, existing| {
+            let spec = RbdSpec::parse_with_env(spec, |_| None).unwrap();
+            RbdVolume::open(&spec, &prep, existing)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = open(
+            &format!(
+                "rbd:no-such-pool-{}/x?conf={conf}&id={user}",
+                std::process::id()
+            ),
+            Existing::CreateOrForce,
+        );
+        assert!(
+            e.contains("rados_ioctx_create") && e.contains("pool not found"),
+            "{e}"
+        );
+        let e = open(
+            &format!(
+                "rbd:{pool}/no-such-image-{}?conf={conf}&id={user}",
+                std::process::id()
+            ),
+            Existing::Open,
+        );
+        assert!(e.contains("does not exist"), "{e}");
+        let e = open(
+            &format!(
+                "rbd:{pool}/x?conf={}/no-such.conf&id={user}",
+                dir.path().display()
+            ),
+            Existing::CreateOrForce,
+        );
+        assert!(
+            e.contains("rados_conf_read_file") && e.contains("CEPH_CONF"),
+            "{e}"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "a failed open leaves no marker"
+        );
     }
 
     /// Against the cloud lab's Ceph (`MGEAR_CLOUD_LAB` set, `CEPH_CONF` its conf).
@@ -834,7 +759,7 @@ mod tests {
         impl Drop for Cleanup {
             fn drop(&mut self) {
                 let _ = Command::new(&self.0)
-                    .args(self.1.cli_args())
+                    .args(cli_args(&self.1))
                     .args(["rm", "--no-progress"])
                     .arg(self.1.image_spec())
                     .output();
@@ -844,7 +769,7 @@ mod tests {
         let mut v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
         assert_eq!(v.found(), Found::New);
         assert_eq!(v.size(), 64 << 20);
-        assert_eq!(v.geometry().max_in_flight, CONNECTIONS);
+        assert_eq!(v.geometry().max_in_flight, DEPTH);
         let blocks: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i + 1; 1 << 20]).collect();
         let writes: Vec<WriteAt> = blocks
             .iter()
@@ -861,7 +786,7 @@ mod tests {
         v.write_batch(&writes).unwrap();
         v.write_zeroes(40 << 20, 16 << 20).unwrap();
         v.flush().unwrap();
-        // The reader (its own read-only, uncached qemu-nbd) sees what was flushed, also a
+        // The reader (its own uncached client, the image read-only) sees what was flushed, also a
         // write made after it connected, and the zeroed range as a hole.
         let mut back = vec![0u8; 1 << 20];
         let mut zeros = vec![1u8; 1 << 20];
@@ -913,7 +838,7 @@ mod tests {
         assert_eq!(done.volume.as_deref(), Some(spec.to_string().as_str()));
         let du = run(
             Command::new(&rbd)
-                .args(spec.cli_args())
+                .args(cli_args(&spec))
                 .args(["du", "--format", "json"])
                 .arg(spec.image_spec()),
             "rbd du",

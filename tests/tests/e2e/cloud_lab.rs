@@ -1,8 +1,9 @@
 //! Against the real cloud lab (`scripts/cloud-lab.sh start`: Ceph, Cinder, Nova on this
 //! machine; `./test.sh` starts it): a volume is created through Cinder with the metadata a
-//! re-run finds it by, Cinder names its RBD image, it is written through qemu's rbd driver,
-//! read back bit for bit, marked bootable, and a Nova server boots from it and prints the
-//! sample disk's marker on its console. The full journey captures the disk through the
+//! re-run finds it by, Cinder names its RBD image, it is written (by `mgear`: through librbd
+//! in its process; by the client scenario: through qemu's rbd driver), read back bit for bit,
+//! marked bootable, and a Nova server boots from it and prints the sample disk's marker on its
+//! console. The full journey captures the disk through the
 //! appliance simulator, seals it, attests its arrival and ingests from the appliance (pinned
 //! by its fingerprint) into Cinder (killed half-way and resumed), then into RBD directly.
 //!
@@ -480,7 +481,9 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
             .target(target)
     };
 
-    // 1. An ingest into Cinder, slowed down and killed (SIGKILL) half-way.
+    // 1. An ingest into Cinder, slowed down and killed (SIGKILL) half-way. Its librbd client
+    // dies holding the image's exclusive lock: the resumed run's first write waits until the
+    // cluster lets go of it (about 30 s).
     let sampler = Sampler::start(e.p("state"));
     let slow =
         ingest("state", &target).args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
@@ -560,7 +563,7 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
             .unwrap();
     assert_eq!(report["driver"], "openstack-nova");
     assert_eq!(report["matched"], sample.marker_line.as_str());
-    // The state dir held the resume state, a marker and a socket: never a few chunks' worth.
+    // The state dir held the resume state and a marker: never a few chunks' worth.
     assert!(
         max_file < 2 * chunk && max_total < 4 * chunk,
         "state dir held {max_file} bytes in one file, {max_total} in all (chunk {chunk})"

@@ -1,0 +1,800 @@
+//! The C API of librados and librbd (Ceph 16), loaded at run time: the only unsafe code of
+//! the RBD volume, kept here and small.
+//!
+//! Why loaded at run time (with the `libloading` crate) and not linked: `mgear` builds and
+//! runs on hosts without Ceph (no `-dev` packages, no bindgen/libclang at build time), and
+//! only an `rbd:`/`cinder:` ingest needs librbd; a host without it gets an error naming the
+//! package (`apt-get install librbd1`). There is no maintained Rust binding to link instead
+//! (`librbd-sys` 0.1.0 dates from 2016; `ceph-rbd` is half stubs). Only the functions used are
+//! declared, with the signatures of `rados/librados.h` and `rbd/librbd.h`.
+//!
+//! What it offers: a [`Cluster`] (a connected rados client and one pool's I/O context), an
+//! [`Image`] opened read-write or read-only, and [`Image::run`], which keeps up to `depth`
+//! asynchronous requests (writes, write-zeroes, reads) in flight: RBD is latency-bound, one
+//! request at a time is far below what the cluster takes.
+
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
+
+use libloading::Library;
+
+use crate::{Error, Result};
+
+type RadosT = *mut c_void;
+type IoctxT = *mut c_void;
+type ImageT = *mut c_void;
+type CompletionT = *mut c_void;
+type CallbackT = Option<unsafe extern "C" fn(CompletionT, *mut c_void)>;
+type DiffCb = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+
+/// `RBD_FEATURE_FAST_DIFF`: the object map can say which objects exist.
+const FEATURE_FAST_DIFF: u64 = 1 << 4;
+/// `RBD_FLAG_FAST_DIFF_INVALID`: the object map cannot be trusted (rebuild it).
+const FLAG_FAST_DIFF_INVALID: u64 = 1 << 1;
+/// What a diff callback returns to stop the walk early (any negative value does; this one is
+/// not an errno librbd would return itself).
+const STOP_WALK: c_int = -9000;
+
+/// Declares the functions used and loads them out of the two libraries.
+macro_rules! api {
+    ($( $lib:ident fn $name:ident ( $($arg:ty),* ) $(-> $ret:ty)? ; )*) => {
+        /// The C functions used, resolved once.
+        struct Api {
+            $( $name: unsafe extern "C" fn($($arg),*) $(-> $ret)?, )*
+        }
+
+        impl Api {
+            fn load(rados: &Library, rbd: &Library) -> std::result::Result<Api, String> {
+                Ok(Api {
+                    $( $name: {
+                        let lib = match stringify!($lib) {
+                            "rados" => rados,
+                            _ => rbd,
+                        };
+                        // SAFETY: the type is the function's signature in the Ceph 16 header
+                        // (rados/librados.h, rbd/librbd.h); the pointer is copied out, and the
+                        // libraries it points into stay loaded for the life of the process
+                        // (`LIBS` is never dropped).
+                        unsafe {
+                            *lib.get::<unsafe extern "C" fn($($arg),*) $(-> $ret)?>(
+                                concat!(stringify!($name), "\0").as_bytes(),
+                            )
+                            .map_err(|e| format!("{} has no {}: {e}", stringify!($lib), stringify!($name)))?
+                        }
+                    }, )*
+                })
+            }
+        }
+    };
+}
+
+api! {
+    rados fn rados_create(*mut RadosT, *const c_char) -> c_int;
+    rados fn rados_conf_read_file(RadosT, *const c_char) -> c_int;
+    rados fn rados_conf_parse_env(RadosT, *const c_char) -> c_int;
+    rados fn rados_conf_set(RadosT, *const c_char, *const c_char) -> c_int;
+    rados fn rados_connect(RadosT) -> c_int;
+    rados fn rados_ioctx_create(RadosT, *const c_char, *mut IoctxT) -> c_int;
+    rados fn rados_ioctx_destroy(IoctxT);
+    rados fn rados_shutdown(RadosT);
+    rbd fn rbd_create(IoctxT, *const c_char, u64, *mut c_int) -> c_int;
+    rbd fn rbd_open(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
+    rbd fn rbd_open_read_only(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
+    rbd fn rbd_close(ImageT) -> c_int;
+    rbd fn rbd_get_size(ImageT, *mut u64) -> c_int;
+    rbd fn rbd_get_features(ImageT, *mut u64) -> c_int;
+    rbd fn rbd_get_flags(ImageT, *mut u64) -> c_int;
+    rbd fn rbd_flush(ImageT) -> c_int;
+    rbd fn rbd_diff_iterate2(ImageT, *const c_char, u64, u64, u8, u8, Option<DiffCb>, *mut c_void) -> c_int;
+    rbd fn rbd_aio_create_completion(*mut c_void, CallbackT, *mut CompletionT) -> c_int;
+    rbd fn rbd_aio_write2(ImageT, u64, usize, *const c_char, CompletionT, c_int) -> c_int;
+    rbd fn rbd_aio_writev(ImageT, *const nix::libc::iovec, c_int, u64, CompletionT) -> c_int;
+    rbd fn rbd_get_stripe_unit(ImageT, *mut u64) -> c_int;
+    rbd fn rbd_aio_write_zeroes(ImageT, u64, usize, CompletionT, c_int, c_int) -> c_int;
+    rbd fn rbd_aio_read2(ImageT, u64, usize, *mut c_char, CompletionT, c_int) -> c_int;
+    rbd fn rbd_aio_wait_for_complete(CompletionT) -> c_int;
+    rbd fn rbd_aio_get_return_value(CompletionT) -> isize;
+    rbd fn rbd_aio_release(CompletionT);
+}
+
+/// The loaded libraries (kept so the function pointers stay valid) and their functions.
+struct Libs {
+    _rados: Library,
+    _rbd: Library,
+    api: Api,
+}
+
+static LIBS: OnceLock<std::result::Result<Libs, String>> = OnceLock::new();
+
+/// The API, loading the libraries on first use.
+fn api() -> Result<&'static Api> {
+    LIBS.get_or_init(|| load("librados.so.2", "librbd.so.1"))
+        .as_ref()
+        .map(|l| &l.api)
+        .map_err(|e| Error::Usage(e.clone()))
+}
+
+/// Load the two libraries and resolve the functions; the error names the package to install.
+fn load(rados: &str, rbd: &str) -> std::result::Result<Libs, String> {
+    let open = |name: &str| {
+        // SAFETY: loading runs the library's initialisers; librados and librbd are the
+        // distribution's Ceph client libraries, whose initialisers only set up their own state.
+        unsafe { Library::new(name) }.map_err(|e| {
+            format!(
+                "{name} could not be loaded ({e}): rbd: and cinder: targets need Ceph's client \
+                 libraries: install them with `apt-get install librbd1`"
+            )
+        })
+    };
+    let rados = open(rados)?;
+    let rbd = open(rbd)?;
+    let api = Api::load(&rados, &rbd).map_err(|e| {
+        format!("{e}: the installed librbd1 is too old (Ceph 16 or newer is needed)")
+    })?;
+    Ok(Libs {
+        _rados: rados,
+        _rbd: rbd,
+        api,
+    })
+}
+
+/// What a negative errno from `call` means for the operator, and what to do about it.
+pub(crate) fn explain(call: &str, errno: i32) -> String {
+    let e = nix::errno::Errno::from_raw(errno.saturating_neg());
+    let meaning = match (e, call) {
+        (nix::errno::Errno::ENOENT, "rbd_open" | "rbd_open_read_only") => {
+            "image not found: check the name (rbd ls POOL)".to_string()
+        }
+        (nix::errno::Errno::ENOENT, "rados_ioctx_create") => {
+            "pool not found: check the pool name (ceph osd pool ls)".to_string()
+        }
+        (nix::errno::Errno::ENOENT, "rados_conf_read_file") => {
+            "ceph.conf not found: give conf=PATH or set CEPH_CONF".to_string()
+        }
+        (nix::errno::Errno::ENOENT, "rados_connect") => {
+            "no monitor address or no keyring: check mon_host and keyring in ceph.conf \
+             (or CEPH_ARGS), and that the user's keyring exists"
+                .to_string()
+        }
+        (nix::errno::Errno::EEXIST, _) => "image already exists".to_string(),
+        (nix::errno::Errno::EACCES | nix::errno::Errno::EPERM, _) => {
+            "permission denied: check the user's keyring and capabilities \
+             (ceph auth get client.USER; rbd needs `profile rbd pool=POOL`)"
+                .to_string()
+        }
+        (nix::errno::Errno::ETIMEDOUT, _) => {
+            "timed out: the cluster did not answer within 30 s: check mon_host in ceph.conf \
+             and that the cluster is up (ceph -s)"
+                .to_string()
+        }
+        // librados' EBLOCKLISTED is ESHUTDOWN.
+        (nix::errno::Errno::ESHUTDOWN, _) => {
+            "this client was blocklisted (another client took the image's lock): \
+             run the ingest again"
+                .to_string()
+        }
+        (nix::errno::Errno::EROFS, _) => {
+            "the image is read-only (a snapshot, or opened read-only)".to_string()
+        }
+        (nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT, _) => {
+            "the pool is full or over its quota: free space or raise the quota".to_string()
+        }
+        (nix::errno::Errno::EBUSY, _) => {
+            "the image is busy (locked or in use by another client)".to_string()
+        }
+        _ => std::io::Error::from_raw_os_error(errno.saturating_neg()).to_string(),
+    };
+    format!("{meaning} (-{e:?})")
+}
+
+/// A librados/librbd call's negative return value as this crate's error.
+fn ceph_err(call: &'static str, what: &str, ret: i64) -> Error {
+    let errno = i32::try_from(ret).unwrap_or(i32::MIN);
+    Error::Ceph {
+        call,
+        what: what.to_string(),
+        errno,
+        meaning: explain(call, errno),
+    }
+}
+
+/// `Ok` for a non-negative return value.
+fn check(call: &'static str, what: &str, ret: c_int) -> Result<()> {
+    if ret < 0 {
+        Err(ceph_err(call, what, ret.into()))
+    } else {
+        Ok(())
+    }
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::Usage(format!("{what} {s:?} contains a NUL byte")))
+}
+
+/// How to reach a cluster.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Connect {
+    /// ceph.conf; librados' default search (`/etc/ceph/ceph.conf`, ...) when `None`.
+    pub conf: Option<std::path::PathBuf>,
+    /// The user without `client.`; `admin` when `None`.
+    pub user: Option<String>,
+    /// Pool.
+    pub pool: String,
+    /// Options set after the conf and `CEPH_ARGS` (they win over both).
+    pub options: Vec<(&'static str, String)>,
+    /// For messages: which cluster this is (the target spec).
+    pub what: String,
+}
+
+/// A connected rados client with one pool's I/O context. Shut down when the last
+/// [`Image`] of it is closed.
+#[derive(Debug)]
+struct ClusterInner {
+    rados: RadosT,
+    io: IoctxT,
+    api: &'static Api,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("librbd")
+    }
+}
+
+// SAFETY: librados handles may be used from any thread (the library locks internally); the
+// pointers are owned by this value and freed once, in its Drop.
+unsafe impl Send for ClusterInner {}
+// SAFETY: as above: every librados call through a shared handle is thread-safe.
+unsafe impl Sync for ClusterInner {}
+
+impl Drop for ClusterInner {
+    fn drop(&mut self) {
+        // SAFETY: the handles were created by `Cluster::connect` (the I/O context may not have
+        // been) and are destroyed once, here, after every image opened through them was closed
+        // (images hold an `Arc` of this).
+        unsafe {
+            if !self.io.is_null() {
+                (self.api.rados_ioctx_destroy)(self.io);
+            }
+            (self.api.rados_shutdown)(self.rados);
+        }
+    }
+}
+
+/// A connected cluster and pool; see the module doc.
+#[derive(Debug, Clone)]
+pub(crate) struct Cluster(Arc<ClusterInner>);
+
+impl Cluster {
+    /// Connect: the conf (`c.conf` or librados' default), `CEPH_ARGS`, then `c.options`.
+    pub fn connect(c: &Connect) -> Result<Cluster> {
+        let api = api()?;
+        let user = c.user.as_deref().map(|u| cstring("user", u)).transpose()?;
+        let conf = c
+            .conf
+            .as_ref()
+            .map(|p| cstring("ceph.conf path", &p.to_string_lossy()))
+            .transpose()?;
+        let pool = cstring("pool", &c.pool)?;
+        let mut rados: RadosT = std::ptr::null_mut();
+        // SAFETY: `rados` is a valid out pointer; `user` is NUL-terminated or null (admin).
+        let r = unsafe {
+            (api.rados_create)(
+                &mut rados,
+                user.as_ref().map_or(std::ptr::null(), |u| u.as_ptr()),
+            )
+        };
+        check("rados_create", &c.what, r)?;
+        // From here the handle is shut down on every path (also before it connected).
+        let mut inner = ClusterInner {
+            rados,
+            io: std::ptr::null_mut(),
+            api,
+        };
+        // SAFETY: `rados` is the handle just created; the path is NUL-terminated or null
+        // (the default search).
+        let r = unsafe {
+            (api.rados_conf_read_file)(
+                rados,
+                conf.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
+            )
+        };
+        // Without conf= or CEPH_CONF the cluster may be named in CEPH_ARGS alone; a missing
+        // default conf is then no error (connecting says what is missing).
+        if r < 0 && (conf.is_some() || r != -(nix::errno::Errno::ENOENT as c_int)) {
+            let what = match &c.conf {
+                Some(p) => format!("{} ({})", c.what, p.display()),
+                None => c.what.clone(),
+            };
+            return Err(ceph_err("rados_conf_read_file", &what, r.into()));
+        }
+        // SAFETY: a null variable name means CEPH_ARGS, as every Ceph tool reads it.
+        let r = unsafe { (api.rados_conf_parse_env)(rados, std::ptr::null()) };
+        if r < 0 {
+            return Err(ceph_err("rados_conf_parse_env", "CEPH_ARGS", r.into()));
+        }
+        for (k, v) in &c.options {
+            let (key, val) = (cstring("option", k)?, cstring("option value", v)?);
+            // SAFETY: both strings are NUL-terminated and outlive the call.
+            let r = unsafe { (api.rados_conf_set)(rados, key.as_ptr(), val.as_ptr()) };
+            if r < 0 {
+                return Err(ceph_err("rados_conf_set", k, r.into()));
+            }
+        }
+        // SAFETY: the configured handle, not yet connected.
+        let r = unsafe { (api.rados_connect)(rados) };
+        if r < 0 {
+            return Err(ceph_err("rados_connect", &c.what, r.into()));
+        }
+        let mut io: IoctxT = std::ptr::null_mut();
+        // SAFETY: a connected handle, a NUL-terminated pool name and a valid out pointer.
+        let r = unsafe { (api.rados_ioctx_create)(rados, pool.as_ptr(), &mut io) };
+        if r < 0 {
+            return Err(ceph_err("rados_ioctx_create", &c.pool, r.into()));
+        }
+        inner.io = io;
+        Ok(Cluster(Arc::new(inner)))
+    }
+
+    /// Create the image `name` of `size` bytes with the cluster's default format and features
+    /// (as `rbd create` and `qemu-img create` do): `false` when it already exists.
+    pub fn create(&self, name: &str, size: u64) -> Result<bool> {
+        let n = cstring("image", name)?;
+        // 0: the default object size (4 MiB).
+        let mut order: c_int = 0;
+        // SAFETY: a live I/O context, a NUL-terminated name and a valid `order` pointer.
+        let r = unsafe { (self.0.api.rbd_create)(self.0.io, n.as_ptr(), size, &mut order) };
+        if r == -(nix::errno::Errno::EEXIST as c_int) {
+            return Ok(false);
+        }
+        check("rbd_create", name, r)?;
+        Ok(true)
+    }
+
+    /// Open the image `name`, read-write or read-only (a read-only image never takes the
+    /// exclusive lock, so a writer keeps it).
+    pub fn open(&self, name: &str, read_only: bool) -> Result<Image> {
+        let n = cstring("image", name)?;
+        let mut h: ImageT = std::ptr::null_mut();
+        let (call, f) = if read_only {
+            ("rbd_open_read_only", self.0.api.rbd_open_read_only)
+        } else {
+            ("rbd_open", self.0.api.rbd_open)
+        };
+        // SAFETY: a live I/O context, a NUL-terminated name, a valid out pointer and a null
+        // snapshot name (the image's head).
+        let r = unsafe { f(self.0.io, n.as_ptr(), &mut h, std::ptr::null()) };
+        check(call, name, r)?;
+        Ok(Image {
+            h,
+            name: name.to_string(),
+            cluster: self.clone(),
+        })
+    }
+}
+
+/// An open RBD image; closed when dropped (a writer's cache is flushed by librbd then).
+#[derive(Debug)]
+pub(crate) struct Image {
+    h: ImageT,
+    name: String,
+    // Keeps the rados client up until the image is closed (field order: dropped after).
+    cluster: Cluster,
+}
+
+// SAFETY: librbd image handles may be used from any thread; this one is owned here and
+// closed once, in Drop.
+unsafe impl Send for Image {}
+
+/// One request of [`Image::run`]: its buffer is borrowed until the request completes.
+#[derive(Debug)]
+pub(crate) enum Op<'a> {
+    Write {
+        offset: u64,
+        data: &'a [u8],
+    },
+    /// Neighbouring buffers written as one request (one OSD operation per object).
+    WriteV {
+        offset: u64,
+        parts: Vec<&'a [u8]>,
+    },
+    Zeroes {
+        offset: u64,
+        len: u64,
+    },
+    Read {
+        offset: u64,
+        buf: &'a mut [u8],
+    },
+}
+
+/// A submitted request: its completion and what it must return.
+struct Pending {
+    c: CompletionT,
+    call: &'static str,
+    offset: u64,
+    len: usize,
+    /// Reads must return their whole length.
+    want_len: bool,
+    /// A vectored write's iovec array, kept until the request completed.
+    _iov: Vec<nix::libc::iovec>,
+}
+
+/// The requests in flight of one [`Image::run`]. Dropping it waits for every one of them, so
+/// no buffer is given back to its owner while librbd may still read or fill it, whatever
+/// path (error, panic) leaves `run`.
+struct Ring<'a> {
+    api: &'static Api,
+    q: VecDeque<Pending>,
+    first_err: Option<Error>,
+    image: &'a str,
+    _buffers: PhantomData<&'a mut [u8]>,
+}
+
+impl Ring<'_> {
+    /// Wait for the oldest request and release it; its error is kept if it is the first.
+    fn reap_one(&mut self) {
+        let Some(p) = self.q.pop_front() else { return };
+        // SAFETY: `p.c` is a completion of a submitted request, waited for and released
+        // exactly once, here.
+        let ret = unsafe {
+            (self.api.rbd_aio_wait_for_complete)(p.c);
+            let ret = (self.api.rbd_aio_get_return_value)(p.c);
+            (self.api.rbd_aio_release)(p.c);
+            ret
+        };
+        if self.first_err.is_some() {
+            return;
+        }
+        let what = format!("{} at {} (+{})", self.image, p.offset, p.len);
+        if ret < 0 {
+            self.first_err = Some(ceph_err(p.call, &what, ret as i64));
+        } else if p.want_len && ret as usize != p.len {
+            self.first_err = Some(Error::Tool(format!(
+                "{}: {what}: {ret} bytes read of {}: the image ends early",
+                p.call, p.len
+            )));
+        }
+    }
+}
+
+impl Drop for Ring<'_> {
+    fn drop(&mut self) {
+        while !self.q.is_empty() {
+            self.reap_one();
+        }
+    }
+}
+
+/// Up to `depth` requests in flight: submitted in order, reaped oldest first (they are of
+/// similar sizes, so the oldest is usually the first done). The bookkeeping without librbd,
+/// so that it can be tested: `submit(op)` starts one, `reap()` waits for the oldest.
+pub(crate) fn in_flight<T>(
+    ops: impl IntoIterator<Item = T>,
+    depth: usize,
+    mut submit: impl FnMut(T) -> Result<()>,
+    mut pending: impl FnMut() -> usize,
+    mut reap: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let depth = depth.max(1);
+    for op in ops {
+        while pending() >= depth {
+            reap()?;
+        }
+        submit(op)?;
+    }
+    while pending() > 0 {
+        reap()?;
+    }
+    Ok(())
+}
+
+impl Image {
+    fn api(&self) -> &'static Api {
+        self.cluster.0.api
+    }
+
+    /// The image's size in bytes.
+    pub fn size(&self) -> Result<u64> {
+        let mut s = 0u64;
+        // SAFETY: an open image and a valid out pointer.
+        let r = unsafe { (self.api().rbd_get_size)(self.h, &mut s) };
+        check("rbd_get_size", &self.name, r)?;
+        Ok(s)
+    }
+
+    /// The object size (the stripe unit of an image that is not striped).
+    pub fn object_size(&self) -> Result<u64> {
+        let mut s = 0u64;
+        // SAFETY: an open image and a valid out pointer.
+        let r = unsafe { (self.api().rbd_get_stripe_unit)(self.h, &mut s) };
+        check("rbd_get_stripe_unit", &self.name, r)?;
+        Ok(s)
+    }
+
+    /// Make every completed write durable (and flush a writer's cache).
+    pub fn flush(&self) -> Result<()> {
+        // SAFETY: an open image.
+        let r = unsafe { (self.api().rbd_flush)(self.h) };
+        check("rbd_flush", &self.name, r)
+    }
+
+    /// Run `ops` with up to `depth` of them in flight; returns when all completed. The first
+    /// failure is returned once every request submitted before it completed.
+    pub fn run<'a>(&self, ops: impl IntoIterator<Item = Op<'a>>, depth: usize) -> Result<()> {
+        let api = self.api();
+        let ring = std::cell::RefCell::new(Ring {
+            api,
+            q: VecDeque::new(),
+            first_err: None,
+            image: &self.name,
+            _buffers: PhantomData,
+        });
+        let h = self.h;
+        let submit = |op: Op<'a>| -> Result<()> {
+            let mut c: CompletionT = std::ptr::null_mut();
+            // SAFETY: a valid out pointer; no callback (the ring waits for each completion).
+            let r = unsafe { (api.rbd_aio_create_completion)(std::ptr::null_mut(), None, &mut c) };
+            check("rbd_aio_create_completion", &self.name, r)?;
+            let mut iov: Vec<nix::libc::iovec> = Vec::new();
+            let (call, offset, len, want_len, r) = match op {
+                Op::Write { offset, data } => {
+                    // SAFETY: an open image and a fresh completion; `data` is borrowed for
+                    // `'a`, and `ring`, which waits for this request before it goes, does not
+                    // outlive this call, so the buffer outlives the request.
+                    ("rbd_aio_write2", offset, data.len(), false, unsafe {
+                        (api.rbd_aio_write2)(h, offset, data.len(), data.as_ptr().cast(), c, 0)
+                    })
+                }
+                Op::WriteV { offset, parts } => {
+                    iov = parts
+                        .iter()
+                        .map(|p| nix::libc::iovec {
+                            iov_base: p.as_ptr() as *mut c_void,
+                            iov_len: p.len(),
+                        })
+                        .collect();
+                    let len = parts.iter().map(|p| p.len()).sum();
+                    let n = c_int::try_from(iov.len()).unwrap_or(c_int::MAX);
+                    // SAFETY: as for a write, for every part; librbd only reads through the
+                    // iovecs (the `*mut` is the C type's), and the iovec array moves into the
+                    // ring's `Pending` (its heap buffer stays put) until the request completed.
+                    ("rbd_aio_writev", offset, len, false, unsafe {
+                        (api.rbd_aio_writev)(h, iov.as_ptr(), n, offset, c)
+                    })
+                }
+                Op::Zeroes { offset, len } => {
+                    let n = usize::try_from(len).map_err(|_| {
+                        Error::Usage(format!("a zero range of {len} bytes is too long"))
+                    });
+                    let n = match n {
+                        Ok(n) => n,
+                        Err(e) => {
+                            // SAFETY: the fresh completion, never submitted, released once.
+                            unsafe { (api.rbd_aio_release)(c) };
+                            return Err(e);
+                        }
+                    };
+                    // 0 zero flags: thin (whole objects are removed, not written with zeros).
+                    // SAFETY: an open image and a fresh completion; no buffer.
+                    ("rbd_aio_write_zeroes", offset, n, false, unsafe {
+                        (api.rbd_aio_write_zeroes)(h, offset, n, c, 0, 0)
+                    })
+                }
+                Op::Read { offset, buf } => {
+                    // SAFETY: as for a write; `buf` is borrowed mutably for `'a`, so nothing
+                    // else reads or writes it while librbd fills it.
+                    ("rbd_aio_read2", offset, buf.len(), true, unsafe {
+                        (api.rbd_aio_read2)(h, offset, buf.len(), buf.as_mut_ptr().cast(), c, 0)
+                    })
+                }
+            };
+            if r < 0 {
+                // SAFETY: the request was refused, so the completion was never handed to
+                // librbd's I/O path: release it once, here.
+                unsafe { (api.rbd_aio_release)(c) };
+                return Err(ceph_err(
+                    call,
+                    &format!("{} at {offset}", self.name),
+                    r.into(),
+                ));
+            }
+            ring.borrow_mut().q.push_back(Pending {
+                c,
+                call,
+                offset,
+                len,
+                want_len,
+                _iov: iov,
+            });
+            Ok(())
+        };
+        let reap = || -> Result<()> {
+            let mut r = ring.borrow_mut();
+            r.reap_one();
+            match r.first_err.take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        };
+        let result = in_flight(ops, depth, submit, || ring.borrow().q.len(), reap);
+        // Every request (also those after a failure) is waited for before the buffers go back.
+        let mut ring = ring.into_inner();
+        while !ring.q.is_empty() {
+            ring.reap_one();
+        }
+        result?;
+        match ring.first_err.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `[offset, offset+len)` is known to hold no data (no object of it exists), from
+    /// the object map; `false` when unknown (no `fast-diff` feature, or the map is invalid).
+    /// As qemu's rbd driver answers block-status queries.
+    pub fn reads_as_zeros(&self, offset: u64, len: u64) -> bool {
+        let api = self.api();
+        let (mut features, mut flags) = (0u64, 0u64);
+        // SAFETY: an open image and valid out pointers.
+        let known = unsafe {
+            (api.rbd_get_features)(self.h, &mut features) == 0
+                && (api.rbd_get_flags)(self.h, &mut flags) == 0
+        };
+        if !known || features & FEATURE_FAST_DIFF == 0 || flags & FLAG_FAST_DIFF_INVALID != 0 {
+            return false;
+        }
+        extern "C" fn saw(_off: u64, _len: usize, exists: c_int, arg: *mut c_void) -> c_int {
+            if exists != 0 {
+                // SAFETY: `arg` is the `&mut bool` passed below, alive for the walk.
+                unsafe { *arg.cast::<bool>() = true };
+                return STOP_WALK;
+            }
+            0
+        }
+        let mut data = false;
+        // SAFETY: an open image; a null snapshot (from the beginning); include the parent,
+        // whole objects (the object map); the callback gets `&mut data`, which outlives the
+        // synchronous walk.
+        let r = unsafe {
+            (api.rbd_diff_iterate2)(
+                self.h,
+                std::ptr::null(),
+                offset,
+                len,
+                1,
+                1,
+                Some(saw),
+                (&mut data as *mut bool).cast(),
+            )
+        };
+        (r == 0 || r == STOP_WALK) && !data
+    }
+
+    /// Close the image, reporting librbd's error (a failed final flush).
+    pub fn close(mut self) -> Result<()> {
+        let h = std::mem::replace(&mut self.h, std::ptr::null_mut());
+        // SAFETY: the open handle, closed once (Drop skips the null left behind).
+        let r = unsafe { (self.api().rbd_close)(h) };
+        check("rbd_close", &self.name, r)
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if !self.h.is_null() {
+            // SAFETY: the open handle, closed once, here (`close` leaves a null).
+            unsafe {
+                (self.api().rbd_close)(self.h);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_is_wrong_and_what_to_do() {
+        let e = explain("rbd_open", -2);
+        assert!(
+            e.contains("image not found") && e.contains("-ENOENT"),
+            "{e}"
+        );
+        assert!(explain("rados_ioctx_create", -2).contains("pool not found"));
+        assert!(explain("rados_conf_read_file", -2).contains("CEPH_CONF"));
+        assert!(explain("rados_connect", -110).contains("did not answer"));
+        assert!(explain("rados_connect", -13).contains("keyring"));
+        assert!(explain("rbd_aio_write2", -28).contains("full"));
+        assert!(explain("rbd_aio_write2", -108).contains("blocklisted"));
+        // An errno without a special meaning still names itself.
+        let e = explain("rbd_aio_read2", -5);
+        assert!(e.contains("-EIO"), "{e}");
+        let err = ceph_err("rbd_open", "volumes/web01", -2);
+        let text = err.to_string();
+        assert!(
+            text.contains("rbd_open")
+                && text.contains("volumes/web01")
+                && text.contains("not found"),
+            "{text}"
+        );
+        assert!(matches!(err, Error::Ceph { errno: -2, .. }));
+    }
+
+    /// The ring never has more than `depth` requests out, submits in order, waits for every
+    /// request it started, and stops submitting at the first failure.
+    #[test]
+    fn in_flight_keeps_the_depth_and_drains() {
+        use std::cell::RefCell;
+        for depth in [1, 3, 8] {
+            let out = RefCell::new(VecDeque::new());
+            let (max, submitted, reaped) =
+                (RefCell::new(0), RefCell::new(vec![]), RefCell::new(vec![]));
+            in_flight(
+                0..10u32,
+                depth,
+                |i| {
+                    out.borrow_mut().push_back(i);
+                    submitted.borrow_mut().push(i);
+                    let n = out.borrow().len();
+                    let mut m = max.borrow_mut();
+                    *m = (*m).max(n);
+                    Ok(())
+                },
+                || out.borrow().len(),
+                || {
+                    reaped
+                        .borrow_mut()
+                        .push(out.borrow_mut().pop_front().unwrap());
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(*max.borrow(), depth.min(10), "depth {depth}");
+            assert_eq!(*submitted.borrow(), (0..10).collect::<Vec<_>>());
+            assert_eq!(*reaped.borrow(), (0..10).collect::<Vec<_>>());
+        }
+        // The third reap fails: no request is submitted after it.
+        let out = RefCell::new(VecDeque::new());
+        let reaps = RefCell::new(0);
+        let e = in_flight(
+            0..10u32,
+            2,
+            |i| {
+                out.borrow_mut().push_back(i);
+                Ok(())
+            },
+            || out.borrow().len(),
+            || {
+                *reaps.borrow_mut() += 1;
+                let i = out.borrow_mut().pop_front().unwrap();
+                if *reaps.borrow() == 3 {
+                    Err(Error::Tool(format!("request {i} failed")))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("request 2 failed"), "{e}");
+        assert_eq!(
+            out.borrow().len(),
+            1,
+            "one request left for the caller to drain"
+        );
+    }
+
+    #[test]
+    fn a_missing_library_names_the_package() {
+        let e = load("librados-not-here.so.2", "librbd-not-here.so.1")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            e.contains("librados-not-here.so.2") && e.contains("apt-get install librbd1"),
+            "{e}"
+        );
+    }
+}
