@@ -2225,6 +2225,128 @@ mod tests {
         }
     }
 
+    /// A file volume that flips one byte on its disk right after the write
+    /// covering it (through a descriptor of its own, synced): what the disk
+    /// holds is then not what was written.
+    struct FlipOnDisk(mgear_volume::FileVolume, u64);
+
+    impl Volume for FlipOnDisk {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn state_key(&self) -> String {
+            "flip".into()
+        }
+        fn found(&self) -> Found {
+            self.0.found()
+        }
+        fn write_at(&mut self, offset: u64, data: &[u8]) -> mgear_volume::Result<()> {
+            use std::os::unix::fs::FileExt;
+            self.0.write_at(offset, data)?;
+            if (offset..offset + data.len() as u64).contains(&self.1) {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.0.path())
+                    .unwrap();
+                let mut b = [0u8];
+                f.read_exact_at(&mut b, self.1).unwrap();
+                f.write_all_at(&[!b[0]], self.1).unwrap();
+                f.sync_all().unwrap();
+            }
+            Ok(())
+        }
+        fn write_zeroes(&mut self, offset: u64, len: u64) -> mgear_volume::Result<()> {
+            self.0.write_zeroes(offset, len)
+        }
+        fn flush(&mut self) -> mgear_volume::Result<()> {
+            self.0.flush()
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> mgear_volume::Result<()> {
+            self.0.read_at(offset, buf)
+        }
+        fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+            self.0.reads_as_zeros(offset, len)
+        }
+        fn concurrent_reader(
+            &mut self,
+        ) -> mgear_volume::Result<Option<Box<dyn mgear_volume::VolumeReader>>> {
+            self.0.concurrent_reader()
+        }
+        fn finish(self: Box<Self>) -> mgear_volume::Result<Finished> {
+            Box::new(self.0).finish()
+        }
+    }
+
+    #[test]
+    fn a_file_volume_whose_disk_holds_a_flipped_byte_fails_with_that_chunk() {
+        const C: u64 = 65536;
+        let disk = sample_disk();
+        let (mut store, key) = mem_capture(&disk);
+        // A chunk in the middle, the boot sector (written last) and the
+        // short last chunk (read back buffered: its length is not aligned).
+        for (bad, range) in [
+            (C + 10, "65536..131072"),
+            (5, "0..65536"),
+            (10 * C + 500, "655360..656360"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("vol.raw");
+            let prep = Prepare {
+                disk_size: disk.len() as u64,
+                head_len: C,
+                state_dir: dir.path().to_owned(),
+                force: false,
+                what: "test".into(),
+            };
+            let vol = mgear_volume::FileVolume::create(&target, &prep).unwrap();
+            let mut p = plan(dir.path());
+            p.rate = None;
+            p.volume_sha256 = false;
+            let err = write_volume(
+                &p,
+                Box::new(FlipOnDisk(vol, bad)),
+                reader_of(&mut store, &key),
+                None,
+                Instant::now(),
+            )
+            .unwrap_err();
+            assert_eq!(crate::exit::code_of(&err), FOUND, "{err:#}");
+            assert!(
+                err.to_string().contains(&format!("disk bytes {range} ")),
+                "byte {bad}: {err}"
+            );
+            assert!(!target.exists(), "byte {bad}: the target stays unfinished");
+        }
+        // Untouched, the same ingest into a file volume verifies.
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("vol.raw");
+        let prep = Prepare {
+            disk_size: disk.len() as u64,
+            head_len: C,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        let vol = mgear_volume::FileVolume::create(&target, &prep).unwrap();
+        let mut p = plan(dir.path());
+        p.rate = None;
+        let (r, _) = write_volume(
+            &p,
+            Box::new(vol),
+            reader_of(&mut store, &key),
+            None,
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(r.verified);
+        assert_eq!(r.volume_sha256, Some(sha256_hex(&disk)));
+        assert!(std::fs::read(&target).unwrap() == disk);
+    }
+
     /// Gaps that place the segments of `reader`'s chunks for which `far`
     /// holds on medium #0 ("A"), and the others nowhere (given).
     fn gaps_where<S: image_format::Store>(
