@@ -110,7 +110,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use image_format::{CaptureReader, ChunkData};
+use image_format::{CaptureReader, ChunkBuf, ChunkData};
 use mgear_volume::{Finished, Found, Prepare, ReadAt, Volume, WriteAt};
 use serde::Serialize;
 
@@ -941,6 +941,7 @@ pub fn write_volume<S: image_format::Store>(
         chunk: u64::from(chunk),
         per_batch: ((16u64 << 20) / u64::from(chunk)).max(threads as u64),
         sha256: plan.volume_sha256,
+        buffers: reader.record_buffers(),
     };
     // Decrypting the next batch overlaps writing this one: the volume and the
     // resume state live on a writer thread fed one batch ahead, so a
@@ -956,7 +957,7 @@ pub fn write_volume<S: image_format::Store>(
                 let recheck = &recheck;
                 // Read buffers go back to the reading side once checked: no
                 // fresh pages (faults, zeroing) for every run of every batch.
-                let (spare_tx, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+                let (spare_tx, spare) = std::sync::mpsc::channel::<ChunkBuf>();
                 let reading =
                     s.spawn(move || read_back_beside(rd, recheck, id_key_ref, wrx, gtx, spare));
                 let desc = desc.as_str();
@@ -1192,7 +1193,7 @@ fn open_state(
 #[derive(Default)]
 struct Batch {
     /// Data chunks: offset and plaintext.
-    writes: Vec<(u64, Vec<u8>)>,
+    writes: Vec<(u64, ChunkBuf)>,
     /// Zero chunks as runs (offset, length): neighbours go as one request,
     /// a round trip each on RBD.
     zeros: Vec<(u64, u64)>,
@@ -1296,7 +1297,7 @@ fn write_batches(
 }
 
 /// Hand the collected writes to the volume as one batch.
-fn write_batch(vol: &mut dyn Volume, batch: &[(u64, Vec<u8>)]) -> anyhow::Result<()> {
+fn write_batch(vol: &mut dyn Volume, batch: &[(u64, ChunkBuf)]) -> anyhow::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -1330,6 +1331,8 @@ struct ReadBackPlan {
     per_batch: u64,
     /// Hash the volume as read back with SHA-256 (`--volume-sha256`).
     sha256: bool,
+    /// Where checked plaintext goes back to the capture reader.
+    buffers: image_format::RecordBuffers,
 }
 
 /// What the writer hands the read-back beside it.
@@ -1351,7 +1354,7 @@ struct Check {
 /// What a chunk must read back as.
 enum Expect {
     /// The authenticated plaintext that was written.
-    Bytes(Vec<u8>),
+    Bytes(ChunkBuf),
     /// Zeros (a zero chunk, written as `write_zeroes`).
     Zeros,
     /// Bytes whose keyed id is this (chunks an earlier run wrote, known by
@@ -1372,7 +1375,7 @@ enum ReadBatch {
 /// that the volume reports as a hole (not read).
 struct Run {
     checks: Vec<Check>,
-    data: Option<Vec<u8>>,
+    data: Option<ChunkBuf>,
 }
 
 impl Run {
@@ -1405,7 +1408,7 @@ fn runs_of(
     checks: Vec<Check>,
     chunk: u64,
     mut is_hole: impl FnMut(&Check) -> bool,
-    mut buffer: impl FnMut(usize) -> Vec<u8>,
+    mut buffer: impl FnMut(usize) -> ChunkBuf,
 ) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut run_len = 0u64;
@@ -1432,7 +1435,7 @@ fn runs_of(
             _ => {
                 runs.push(Run {
                     checks: vec![c],
-                    data: Some(Vec::new()),
+                    data: Some(ChunkBuf::default()),
                 });
                 run_len = len;
             }
@@ -1460,7 +1463,7 @@ fn head_plaintext<S: image_format::Store>(
         .ok_or_else(|| anyhow::anyhow!("chunk 0 could not be read"))?;
     match data {
         ChunkData::Zero { .. } => Ok(vec![0; len]),
-        ChunkData::Data(d) if d.len() == len => Ok(d),
+        ChunkData::Data(d) if d.len() == len => Ok(d.into_vec()),
         ChunkData::Data(d) => bail!("chunk 0 decoded to {} bytes, expected {len}", d.len()),
     }
 }
@@ -1474,7 +1477,7 @@ fn read_back_beside(
     key: &image_format::ChunkIdKey,
     written: std::sync::mpsc::Receiver<Written>,
     out: std::sync::mpsc::SyncSender<ReadBatch>,
-    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    spare: std::sync::mpsc::Receiver<ChunkBuf>,
 ) -> anyhow::Result<()> {
     let mut zero_ids = ZeroIds::new(key);
     let stopped = || anyhow::anyhow!("the read-back check stopped");
@@ -1496,10 +1499,10 @@ fn read_back_beside(
             // fills all of it (or fails), so nothing of its old bytes stays.
             |n| match spare.try_recv() {
                 Ok(mut b) => {
-                    b.resize(n, 0);
+                    b.resize(n);
                     b
                 }
-                Err(_) => vec![0u8; n],
+                Err(_) => ChunkBuf::zeroed(n),
             },
         );
         let mut reads: Vec<ReadAt<'_>> = runs
@@ -1553,7 +1556,7 @@ fn check_beside(
     key: &image_format::ChunkIdKey,
     threads: usize,
     desc: &str,
-    spare: std::sync::mpsc::Sender<Vec<u8>>,
+    spare: std::sync::mpsc::Sender<ChunkBuf>,
 ) -> anyhow::Result<Option<Option<[u8; 32]>>> {
     use sha2::Digest as _;
     let mut sha = r.sha256.then(sha2::Sha256::new);
@@ -1612,6 +1615,11 @@ fn check_beside(
             if let Some(d) = run.data {
                 // The reading side may have finished: then the buffer is just freed.
                 let _ = spare.send(d);
+            }
+            for c in run.checks {
+                if let Expect::Bytes(b) = c.expect {
+                    r.buffers.put(b);
+                }
             }
         }
     }
@@ -2475,7 +2483,7 @@ mod tests {
             expect: if index == 6 {
                 Expect::Zeros
             } else {
-                Expect::Bytes(Vec::new())
+                Expect::Bytes(ChunkBuf::default())
             },
         };
         // Chunks 1..=10 and then 0, as written; 6 is a hole.
@@ -2484,14 +2492,14 @@ mod tests {
             checks,
             M,
             |c| matches!(c.expect, Expect::Zeros),
-            |n| vec![0; n],
+            ChunkBuf::zeroed,
         );
         let shape: Vec<(Vec<u64>, Option<usize>)> = runs
             .iter()
             .map(|r| {
                 (
                     r.checks.iter().map(|c| c.index).collect(),
-                    r.data.as_ref().map(Vec::len),
+                    r.data.as_ref().map(|d| d.len()),
                 )
             })
             .collect();
