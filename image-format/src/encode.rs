@@ -361,6 +361,27 @@ pub(crate) fn decompress(c: &[u8], plain_len: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Decompresses a record payload into `out`, which it must fill exactly.
+#[cfg(feature = "zstd")]
+pub(crate) fn decompress_into(c: &[u8], out: &mut [u8]) -> Result<()> {
+    let n = zstd::bulk::decompress_to_buffer(c, out)
+        .map_err(|e| Error::Backend(format!("zstd: {e}")))?;
+    if n != out.len() {
+        return Err(Error::Backend(format!(
+            "zstd gave {n} bytes, expected {}",
+            out.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "zstd"))]
+pub(crate) fn decompress_into(_c: &[u8], _out: &mut [u8]) -> Result<()> {
+    Err(Error::Backend(
+        "record is zstd-compressed but this build has no zstd feature".into(),
+    ))
+}
+
 #[cfg(not(feature = "zstd"))]
 pub(crate) fn decompress(_c: &[u8], _plain_len: usize) -> Result<Vec<u8>> {
     Err(Error::Backend(
@@ -481,29 +502,28 @@ pub(crate) fn open_record(cipher: &Cipher, aad: &RecordAad<'_>, stored: &[u8]) -
 }
 
 /// Decrypts the record payload in `rec[from..]` in place, moving the
-/// plaintext to the front of `rec` (ring does it in the same pass), and
-/// truncates `rec` to it: no copy of the record on the read path. False if
+/// plaintext to the front of `rec` (ring does it in the same pass): no copy
+/// of the record on the read path. The plaintext's length, `None` if
 /// authentication fails (`rec` then holds no usable bytes).
-pub(crate) fn open_record_within(
+pub(crate) fn open_record_in(
     cipher: &Cipher,
     aad: &RecordAad<'_>,
-    rec: &mut Vec<u8>,
+    rec: &mut [u8],
     from: usize,
-) -> bool {
+) -> Option<usize> {
     if from > rec.len() {
-        return false;
+        return None;
     }
-    let n = match cipher.0.open_within(
-        Nonce::assume_unique_for_key(record_nonce(aad.record)),
-        Aad::from(&aad.bytes()),
-        rec,
-        from..,
-    ) {
-        Ok(plain) => plain.len(),
-        Err(_) => return false,
-    };
-    rec.truncate(n);
-    true
+    cipher
+        .0
+        .open_within(
+            Nonce::assume_unique_for_key(record_nonce(aad.record)),
+            Aad::from(&aad.bytes()),
+            rec,
+            from..,
+        )
+        .ok()
+        .map(|plain| plain.len())
 }
 
 /// Seals a whole index blob (INDEX file or IPART batch): nonce 0 is safe

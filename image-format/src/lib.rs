@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+mod chunkbuf;
 pub mod commit;
 pub mod error;
 pub mod layout;
@@ -38,6 +39,7 @@ mod scenarios;
 #[cfg(feature = "crypto")]
 mod writer;
 
+pub use chunkbuf::{ChunkBuf, CHUNK_ALIGN};
 pub use error::{Error, Location, Result};
 pub use store::{Store, StoreError};
 pub use verify::{
@@ -53,7 +55,7 @@ pub use encode::{ChunkEncoder, Cipher, EncodedChunk};
 #[cfg(feature = "crypto")]
 pub use keys::{derive_subkey, unlock_data_key, ChunkIdKey, DataKey, Unlock};
 #[cfg(feature = "crypto")]
-pub use reader::{verify_full, CaptureReader, ChunkData};
+pub use reader::{verify_full, CaptureReader, ChunkData, RecordBuffers};
 #[cfg(feature = "crypto")]
 pub use record::{RecordOpener, RecordSealer, StreamPlace};
 #[cfg(feature = "crypto")]

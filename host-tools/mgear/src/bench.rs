@@ -1270,7 +1270,7 @@ impl Drop for SimGuard {
 /// The RBD row: `mgear ingest` into a new image of `pool` against `qemu-img convert` of the
 /// raw source into another (both created by the step, `-W -m 16` as the cloud lab measured
 /// qemu-img at its best), on the same cluster, in this run. Both images are removed. The CPU
-/// of each is the client side's (ingest: this process and its `qemu-nbd`s; convert: the
+/// of each is the client side's (ingest: this process, librbd's threads included; convert: the
 /// `qemu-img`), not the cluster's.
 fn rbd_rows(
     pool: &str,

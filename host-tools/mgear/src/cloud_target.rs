@@ -246,7 +246,7 @@ impl<S: image_format::Store> mgear_boot::ReadAt for CaptureDisk<'_, S> {
                     })?
                     .pop();
                 let bytes = match data {
-                    Some(image_format::ChunkData::Data(d)) => d,
+                    Some(image_format::ChunkData::Data(d)) => d.into_vec(),
                     Some(image_format::ChunkData::Zero { len }) => vec![0; len as usize],
                     None => {
                         return Err(mgear_boot::BootError::Format(format!(

@@ -47,8 +47,11 @@
 //! are not read) and compared with what was authenticated, chunk by chunk; a
 //! volume that cannot read back (say, a snapshot API) is trusted with what
 //! was authenticated and sent. Where the volume offers a reader of its own
-//! (`Volume::concurrent_reader`; RBD: a second, read-only, uncached
-//! `qemu-nbd`), the read-back runs beside the writes instead: each batch is
+//! (`Volume::concurrent_reader`; RBD: a second librbd client, uncached, with
+//! the image opened read-only; `file:`/`dev:`: a read-only `O_DIRECT`
+//! descriptor, so the disk is read, not the page cache), the read-back runs
+//! beside the writes instead and compares the bytes with the authenticated
+//! plaintext still in memory (no second hash of them): each batch is
 //! read back through that reader once it was written and flushed, while the
 //! next batch is written, and chunk 0 is written only after everything else
 //! read back right. Either way every byte is read back from the volume after
@@ -111,7 +114,7 @@ use std::time::Instant;
 
 use crate::bail;
 use crate::error::Context;
-use image_format::{CaptureReader, ChunkData};
+use image_format::{CaptureReader, ChunkBuf, ChunkData};
 use mgear_volume::{Finished, Found, Prepare, ReadAt, Volume, WriteAt};
 use serde::Serialize;
 
@@ -914,6 +917,7 @@ pub fn write_volume<S: image_format::Store>(
         chunk: u64::from(chunk),
         per_batch: ((16u64 << 20) / u64::from(chunk)).max(threads as u64),
         sha256: plan.volume_sha256,
+        buffers: reader.record_buffers(),
     };
     // Decrypting the next batch overlaps writing this one: the volume and the
     // resume state live on a writer thread fed one batch ahead, so a
@@ -929,7 +933,7 @@ pub fn write_volume<S: image_format::Store>(
                 let recheck = &recheck;
                 // Read buffers go back to the reading side once checked: no
                 // fresh pages (faults, zeroing) for every run of every batch.
-                let (spare_tx, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+                let (spare_tx, spare) = std::sync::mpsc::channel::<ChunkBuf>();
                 let reading =
                     s.spawn(move || read_back_beside(rd, recheck, id_key_ref, wrx, gtx, spare));
                 let desc = desc.as_str();
@@ -1165,7 +1169,7 @@ fn open_state(
 #[derive(Default)]
 struct Batch {
     /// Data chunks: offset and plaintext.
-    writes: Vec<(u64, Vec<u8>)>,
+    writes: Vec<(u64, ChunkBuf)>,
     /// Zero chunks as runs (offset, length): neighbours go as one request,
     /// a round trip each on RBD.
     zeros: Vec<(u64, u64)>,
@@ -1269,7 +1273,7 @@ fn write_batches(
 }
 
 /// Hand the collected writes to the volume as one batch.
-fn write_batch(vol: &mut dyn Volume, batch: &[(u64, Vec<u8>)]) -> crate::Result<()> {
+fn write_batch(vol: &mut dyn Volume, batch: &[(u64, ChunkBuf)]) -> crate::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -1303,6 +1307,8 @@ struct ReadBackPlan {
     per_batch: u64,
     /// Hash the volume as read back with SHA-256 (`--volume-sha256`).
     sha256: bool,
+    /// Where checked plaintext goes back to the capture reader.
+    buffers: image_format::RecordBuffers,
 }
 
 /// What the writer hands the read-back beside it.
@@ -1324,7 +1330,7 @@ struct Check {
 /// What a chunk must read back as.
 enum Expect {
     /// The authenticated plaintext that was written.
-    Bytes(Vec<u8>),
+    Bytes(ChunkBuf),
     /// Zeros (a zero chunk, written as `write_zeroes`).
     Zeros,
     /// Bytes whose keyed id is this (chunks an earlier run wrote, known by
@@ -1345,7 +1351,7 @@ enum ReadBatch {
 /// that the volume reports as a hole (not read).
 struct Run {
     checks: Vec<Check>,
-    data: Option<Vec<u8>>,
+    data: Option<ChunkBuf>,
 }
 
 impl Run {
@@ -1378,7 +1384,7 @@ fn runs_of(
     checks: Vec<Check>,
     chunk: u64,
     mut is_hole: impl FnMut(&Check) -> bool,
-    mut buffer: impl FnMut(usize) -> Vec<u8>,
+    mut buffer: impl FnMut(usize) -> ChunkBuf,
 ) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut run_len = 0u64;
@@ -1405,7 +1411,7 @@ fn runs_of(
             _ => {
                 runs.push(Run {
                     checks: vec![c],
-                    data: Some(Vec::new()),
+                    data: Some(ChunkBuf::default()),
                 });
                 run_len = len;
             }
@@ -1433,7 +1439,7 @@ fn head_plaintext<S: image_format::Store>(
         .ok_or_else(|| crate::err!("chunk 0 could not be read"))?;
     match data {
         ChunkData::Zero { .. } => Ok(vec![0; len]),
-        ChunkData::Data(d) if d.len() == len => Ok(d),
+        ChunkData::Data(d) if d.len() == len => Ok(d.into_vec()),
         ChunkData::Data(d) => bail!("chunk 0 decoded to {} bytes, expected {len}", d.len()),
     }
 }
@@ -1447,7 +1453,7 @@ fn read_back_beside(
     key: &image_format::ChunkIdKey,
     written: std::sync::mpsc::Receiver<Written>,
     out: std::sync::mpsc::SyncSender<ReadBatch>,
-    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    spare: std::sync::mpsc::Receiver<ChunkBuf>,
 ) -> crate::Result<()> {
     let mut zero_ids = ZeroIds::new(key);
     let stopped = || crate::err!("the read-back check stopped");
@@ -1469,10 +1475,10 @@ fn read_back_beside(
             // fills all of it (or fails), so nothing of its old bytes stays.
             |n| match spare.try_recv() {
                 Ok(mut b) => {
-                    b.resize(n, 0);
+                    b.resize(n);
                     b
                 }
-                Err(_) => vec![0u8; n],
+                Err(_) => ChunkBuf::zeroed(n),
             },
         );
         let mut reads: Vec<ReadAt<'_>> = runs
@@ -1526,7 +1532,7 @@ fn check_beside(
     key: &image_format::ChunkIdKey,
     threads: usize,
     desc: &str,
-    spare: std::sync::mpsc::Sender<Vec<u8>>,
+    spare: std::sync::mpsc::Sender<ChunkBuf>,
 ) -> crate::Result<Option<Option<[u8; 32]>>> {
     use sha2::Digest as _;
     let mut sha = r.sha256.then(sha2::Sha256::new);
@@ -1585,6 +1591,11 @@ fn check_beside(
             if let Some(d) = run.data {
                 // The reading side may have finished: then the buffer is just freed.
                 let _ = spare.send(d);
+            }
+            for c in run.checks {
+                if let Expect::Bytes(b) = c.expect {
+                    r.buffers.put(b);
+                }
             }
         }
     }
@@ -2198,6 +2209,128 @@ mod tests {
         }
     }
 
+    /// A file volume that flips one byte on its disk right after the write
+    /// covering it (through a descriptor of its own, synced): what the disk
+    /// holds is then not what was written.
+    struct FlipOnDisk(mgear_volume::FileVolume, u64);
+
+    impl Volume for FlipOnDisk {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn state_key(&self) -> String {
+            "flip".into()
+        }
+        fn found(&self) -> Found {
+            self.0.found()
+        }
+        fn write_at(&mut self, offset: u64, data: &[u8]) -> mgear_volume::Result<()> {
+            use std::os::unix::fs::FileExt;
+            self.0.write_at(offset, data)?;
+            if (offset..offset + data.len() as u64).contains(&self.1) {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.0.path())
+                    .unwrap();
+                let mut b = [0u8];
+                f.read_exact_at(&mut b, self.1).unwrap();
+                f.write_all_at(&[!b[0]], self.1).unwrap();
+                f.sync_all().unwrap();
+            }
+            Ok(())
+        }
+        fn write_zeroes(&mut self, offset: u64, len: u64) -> mgear_volume::Result<()> {
+            self.0.write_zeroes(offset, len)
+        }
+        fn flush(&mut self) -> mgear_volume::Result<()> {
+            self.0.flush()
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> mgear_volume::Result<()> {
+            self.0.read_at(offset, buf)
+        }
+        fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+            self.0.reads_as_zeros(offset, len)
+        }
+        fn concurrent_reader(
+            &mut self,
+        ) -> mgear_volume::Result<Option<Box<dyn mgear_volume::VolumeReader>>> {
+            self.0.concurrent_reader()
+        }
+        fn finish(self: Box<Self>) -> mgear_volume::Result<Finished> {
+            Box::new(self.0).finish()
+        }
+    }
+
+    #[test]
+    fn a_file_volume_whose_disk_holds_a_flipped_byte_fails_with_that_chunk() {
+        const C: u64 = 65536;
+        let disk = sample_disk();
+        let (mut store, key) = mem_capture(&disk);
+        // A chunk in the middle, the boot sector (written last) and the
+        // short last chunk (read back buffered: its length is not aligned).
+        for (bad, range) in [
+            (C + 10, "65536..131072"),
+            (5, "0..65536"),
+            (10 * C + 500, "655360..656360"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("vol.raw");
+            let prep = Prepare {
+                disk_size: disk.len() as u64,
+                head_len: C,
+                state_dir: dir.path().to_owned(),
+                force: false,
+                what: "test".into(),
+            };
+            let vol = mgear_volume::FileVolume::create(&target, &prep).unwrap();
+            let mut p = plan(dir.path());
+            p.rate = None;
+            p.volume_sha256 = false;
+            let err = write_volume(
+                &p,
+                Box::new(FlipOnDisk(vol, bad)),
+                reader_of(&mut store, &key),
+                None,
+                Instant::now(),
+            )
+            .unwrap_err();
+            assert_eq!(crate::exit::code_of(&err), FOUND, "{err:#}");
+            assert!(
+                err.to_string().contains(&format!("disk bytes {range} ")),
+                "byte {bad}: {err}"
+            );
+            assert!(!target.exists(), "byte {bad}: the target stays unfinished");
+        }
+        // Untouched, the same ingest into a file volume verifies.
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("vol.raw");
+        let prep = Prepare {
+            disk_size: disk.len() as u64,
+            head_len: C,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        let vol = mgear_volume::FileVolume::create(&target, &prep).unwrap();
+        let mut p = plan(dir.path());
+        p.rate = None;
+        let (r, _) = write_volume(
+            &p,
+            Box::new(vol),
+            reader_of(&mut store, &key),
+            None,
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(r.verified);
+        assert_eq!(r.volume_sha256, Some(sha256_hex(&disk)));
+        assert!(std::fs::read(&target).unwrap() == disk);
+    }
+
     /// Gaps that place the segments of `reader`'s chunks for which `far`
     /// holds on medium #0 ("A"), and the others nowhere (given).
     fn gaps_where<S: image_format::Store>(
@@ -2326,7 +2459,7 @@ mod tests {
             expect: if index == 6 {
                 Expect::Zeros
             } else {
-                Expect::Bytes(Vec::new())
+                Expect::Bytes(ChunkBuf::default())
             },
         };
         // Chunks 1..=10 and then 0, as written; 6 is a hole.
@@ -2335,14 +2468,14 @@ mod tests {
             checks,
             M,
             |c| matches!(c.expect, Expect::Zeros),
-            |n| vec![0; n],
+            ChunkBuf::zeroed,
         );
         let shape: Vec<(Vec<u64>, Option<usize>)> = runs
             .iter()
             .map(|r| {
                 (
                     r.checks.iter().map(|c| c.index).collect(),
-                    r.data.as_ref().map(Vec::len),
+                    r.data.as_ref().map(|d| d.len()),
                 )
             })
             .collect();

@@ -27,7 +27,19 @@
 //! (tmpfs), take the buffered descriptor; the kernel keeps the two coherent
 //! (a direct read or write first writes back and drops cached pages of its
 //! range). `flush` still syncs: `O_DIRECT` bypasses the page cache, not the
-//! device's cache, and block allocation in a sparse file is metadata.
+//! device's cache, and block allocation in a sparse file is metadata. A
+//! caller's buffer that is itself aligned skips the bounce buffer.
+//!
+//! The read-back check runs beside the writes through a [`RawReader`]
+//! ([`Volume::concurrent_reader`]): a third descriptor, read-only and
+//! `O_DIRECT`, with its own bounce buffer. It reads what the disk holds after
+//! the writer's flush, and the pipeline compares those bytes with the
+//! authenticated plaintext still in memory, instead of reading everything
+//! again after the writes and hashing it with the keyed chunk id (a second
+//! BLAKE3 pass over every byte). What goes buffered on its way back (an
+//! unaligned tail, a file system without `O_DIRECT`) is first dropped from
+//! the page cache (`POSIX_FADV_DONTNEED`: the flush left those pages clean),
+//! so it too is read from where the file system keeps it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -37,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::marker::Marker;
-use crate::{key_of, Error, Finished, Found, Prepare, Result, Volume};
+use crate::{key_of, Error, Finished, Found, Prepare, ReadAt, Result, Volume, VolumeReader};
 
 /// Alignment of direct I/O: offsets, lengths and buffer addresses (a
 /// multiple of every logical block size, 512 and 4096).
@@ -54,14 +66,14 @@ struct Direct {
 }
 
 impl Direct {
-    /// The same open file again with `O_DIRECT`, or `None` where the file
-    /// system refuses it.
-    fn reopen(file: &File) -> Option<Direct> {
+    /// The same open file again with `O_DIRECT` (read-write, or read-only
+    /// for a [`RawReader`]), or `None` where the file system refuses it.
+    fn reopen(file: &File, write: bool) -> Option<Direct> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(write)
             .custom_flags(nix::libc::O_DIRECT)
             .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .ok()?;
@@ -74,6 +86,12 @@ impl Direct {
     /// Whether a transfer of `len` bytes at `offset` can go direct.
     fn fits(offset: u64, len: usize) -> bool {
         len > 0 && offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN)
+    }
+
+    /// Whether the caller's buffer itself may take a direct transfer (no
+    /// bounce copy).
+    fn aligned(buf: &[u8]) -> bool {
+        (buf.as_ptr() as usize).is_multiple_of(ALIGN)
     }
 
     /// Runs `io` on aligned windows of at most [`DIRECT_MAX`] bytes covering
@@ -107,6 +125,9 @@ impl Direct {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if Self::aligned(data) {
+            return self.file.write_all_at(data, offset);
+        }
         self.each_window(offset, data.len(), |f, window, at, done| {
             window.copy_from_slice(&data[done..done + window.len()]);
             f.write_all_at(window, at)
@@ -114,6 +135,9 @@ impl Direct {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if Self::aligned(buf) {
+            return self.file.read_exact_at(buf, offset);
+        }
         self.each_window(offset, buf.len(), |f, window, at, done| {
             f.read_exact_at(window, at)?;
             buf[done..done + window.len()].copy_from_slice(window);
@@ -154,7 +178,7 @@ impl Raw {
 
     fn new(file: File, path: &Path, size: u64, device: bool) -> Raw {
         Raw {
-            direct: Direct::reopen(&file),
+            direct: Direct::reopen(&file, true),
             file,
             path: path.to_owned(),
             size,
@@ -255,22 +279,106 @@ impl Raw {
 
     /// A hole of a sparse file reads as zeros by the file system's guarantee.
     pub fn reads_as_zeros(&self, offset: u64, len: u64) -> bool {
-        if self.device {
-            return false;
-        }
-        let Ok(at) = i64::try_from(offset) else {
-            return false;
+        !self.device && is_hole(&self.file, offset, len)
+    }
+
+    /// A reader of its own for the read-back check beside the writes; see
+    /// [`RawReader`].
+    pub fn reader(&self) -> Result<RawReader> {
+        let file = self.file.try_clone().map_err(|e| {
+            Error::io(
+                format!("opening {} again to read it back", self.path.display()),
+                e,
+            )
+        })?;
+        Ok(RawReader {
+            direct: Direct::reopen(&file, false),
+            file,
+            path: self.path.clone(),
+            device: self.device,
+        })
+    }
+}
+
+/// Whether `[offset, offset+len)` of a regular file lies in a hole
+/// (`SEEK_DATA`); `false` when unknown.
+fn is_hole(file: &File, offset: u64, len: u64) -> bool {
+    let Ok(at) = i64::try_from(offset) else {
+        return false;
+    };
+    let end = offset.saturating_add(len);
+    if file.metadata().map_or(true, |m| m.len() < end) {
+        return false;
+    }
+    match nix::unistd::lseek(file.as_fd(), at, nix::unistd::Whence::SeekData) {
+        Ok(next) => u64::try_from(next).is_ok_and(|n| n >= end),
+        // No data at or after `offset`: the rest of the file is a hole.
+        Err(nix::errno::Errno::ENXIO) => true,
+        Err(_) => false,
+    }
+}
+
+/// The read-back side of a raw file or device (see the module doc): its own
+/// read-only `O_DIRECT` descriptor and bounce buffer, so it reads beside the
+/// writer's thread without sharing a lock with it, and what it reads comes
+/// from the disk, never from a page-cache copy of what was just written.
+#[derive(Debug)]
+pub struct RawReader {
+    /// A duplicate of the writer's buffered descriptor: unaligned ranges.
+    file: File,
+    /// `None` where the file system refuses `O_DIRECT`.
+    direct: Option<Direct>,
+    path: PathBuf,
+    device: bool,
+}
+
+impl RawReader {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let read = match &self.direct {
+            Some(d) if Direct::fits(offset, buf.len()) => d
+                .read_at(offset, buf)
+                .or_else(|_| self.read_buffered(offset, buf)),
+            _ => self.read_buffered(offset, buf),
         };
-        let end = offset.saturating_add(len);
-        if self.file.metadata().map_or(true, |m| m.len() < end) {
-            return false;
+        read.map_err(|e| {
+            Error::io(
+                format!(
+                    "reading back {} bytes of {} at byte {offset}",
+                    buf.len(),
+                    self.path.display()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// A read through the page cache whose cached pages of the range are
+    /// dropped first (the writer's flush left them clean), so it reads
+    /// what the file system holds.
+    fn read_buffered(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        if let (Ok(at), Ok(len)) = (i64::try_from(offset), i64::try_from(buf.len())) {
+            // Advice only: where it is refused the read still happens.
+            let _ = posix_fadvise(
+                self.file.as_fd(),
+                at,
+                len,
+                PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
         }
-        match nix::unistd::lseek(self.file.as_fd(), at, nix::unistd::Whence::SeekData) {
-            Ok(next) => u64::try_from(next).is_ok_and(|n| n >= end),
-            // No data at or after `offset`: the rest of the file is a hole.
-            Err(nix::errno::Errno::ENXIO) => true,
-            Err(_) => false,
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+impl VolumeReader for RawReader {
+    fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()> {
+        for r in reads {
+            self.read_at(r.offset, r.buf)?;
         }
+        Ok(())
+    }
+    fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+        !self.device && is_hole(&self.file, offset, len)
     }
 }
 
@@ -401,6 +509,11 @@ impl Volume for FileVolume {
     fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
         self.raw.reads_as_zeros(offset, len)
     }
+    /// A [`RawReader`]: the read-back compares with the plaintext beside the
+    /// writes instead of hashing everything again after them.
+    fn concurrent_reader(&mut self) -> Result<Option<Box<dyn VolumeReader>>> {
+        Ok(Some(Box::new(self.raw.reader()?)))
+    }
     fn finish(self: Box<Self>) -> Result<Finished> {
         self.raw.flush()?;
         let path = match &self.rename_to {
@@ -523,6 +636,10 @@ impl Volume for DeviceVolume {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.raw.read_at(offset, buf)
     }
+    /// As for [`FileVolume`]: a [`RawReader`] of the device.
+    fn concurrent_reader(&mut self) -> Result<Option<Box<dyn VolumeReader>>> {
+        Ok(Some(Box::new(self.raw.reader()?)))
+    }
     fn finish(self: Box<Self>) -> Result<Finished> {
         self.raw.flush()?;
         self.marker.remove()?;
@@ -637,6 +754,80 @@ mod tests {
         assert!(on_disk[..big.len().min(tail_at as usize)]
             .iter()
             .all(|&b| b == 7));
+    }
+
+    /// `len` bytes of `backing` starting at a multiple of [`ALIGN`].
+    fn aligned_slice(backing: &mut Vec<u8>, len: usize) -> &mut [u8] {
+        backing.resize(len + ALIGN, 0);
+        let at = backing.as_ptr().align_offset(ALIGN);
+        &mut backing[at..at + len]
+    }
+
+    #[test]
+    fn the_concurrent_reader_reads_what_the_disk_holds_after_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.raw");
+        // Not block-aligned: the tail goes buffered both ways.
+        let size = (2 << 20) + 1000;
+        let mut v = FileVolume::create(&target, &prep(dir.path(), size)).unwrap();
+        let mut r = v
+            .concurrent_reader()
+            .unwrap()
+            .expect("file volumes read back beside");
+        let data: Vec<u8> = (0..size as usize).map(|i| (i * 13 % 251) as u8).collect();
+        // An unaligned buffer (bounce) and an aligned one (no bounce).
+        v.write_at(0, &data[..1 << 20]).unwrap();
+        let mut backing = Vec::new();
+        let aligned = aligned_slice(&mut backing, 1 << 20);
+        aligned.copy_from_slice(&data[1 << 20..2 << 20]);
+        v.write_at(1 << 20, aligned).unwrap();
+        v.write_at(2 << 20, &data[2 << 20..]).unwrap();
+        v.flush().unwrap();
+        // Another writer changes one byte of each part behind the volume's back.
+        let other = OpenOptions::new().write(true).open(v.path()).unwrap();
+        let mut want = data.clone();
+        for at in [7usize, (1 << 20) + 9, (2 << 20) + 999] {
+            want[at] = !want[at];
+            other.write_all_at(&want[at..at + 1], at as u64).unwrap();
+        }
+        other.sync_all().unwrap();
+        let mut first = vec![0u8; 1 << 20];
+        let mut backing = Vec::new();
+        let second = aligned_slice(&mut backing, 1 << 20);
+        let mut tail = vec![0u8; 1000];
+        r.read_batch(&mut [
+            ReadAt {
+                offset: 0,
+                buf: &mut first,
+            },
+            ReadAt {
+                offset: 1 << 20,
+                buf: second,
+            },
+            ReadAt {
+                offset: 2 << 20,
+                buf: &mut tail,
+            },
+        ])
+        .unwrap();
+        assert!(first == want[..1 << 20]);
+        assert!(*second == want[1 << 20..2 << 20]);
+        assert!(tail == want[2 << 20..]);
+        // Reading past the end is an error naming the file, not a short read.
+        let mut past = vec![0u8; 4096];
+        let err = r
+            .read_batch(&mut [ReadAt {
+                offset: 2 << 20,
+                buf: &mut past,
+            }])
+            .unwrap_err();
+        assert!(err.to_string().contains("v.raw.partial"), "{err}");
+        // Holes are known without reading them.
+        v.write_zeroes(0, 1 << 20).unwrap();
+        assert!(r.reads_as_zeros(0, 1 << 20));
+        assert!(!r.reads_as_zeros(1 << 20, 4096));
+        drop(r);
+        assert!(Box::new(v).finish().is_ok());
     }
 
     #[test]

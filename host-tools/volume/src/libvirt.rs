@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use crate::file::Raw;
 use crate::marker::Marker;
 use crate::tool::{require, run, succeeded};
-use crate::{key_of, Error, Finished, Found, Prepare, Result, Volume, WriteAt};
+use crate::{key_of, Error, Finished, Found, Prepare, Result, Volume, VolumeReader, WriteAt};
 
 /// How much the stream read-back fetches per `virsh vol-download`.
 const STREAM_WINDOW: u64 = 16 << 20;
@@ -352,6 +352,14 @@ impl Volume for LibvirtVolume {
         match &mut self.access {
             Access::Path(raw) => raw.read_at(offset, buf),
             Access::Stream(st) => st.read_at(offset, buf),
+        }
+    }
+    /// A path-backed pool volume is read back like a `file:` one (its own `O_DIRECT`
+    /// descriptor, beside the writes); a streamed one reads through `virsh` after them.
+    fn concurrent_reader(&mut self) -> Result<Option<Box<dyn VolumeReader>>> {
+        match &self.access {
+            Access::Path(raw) => Ok(Some(Box::new(raw.reader()?))),
+            Access::Stream(_) => Ok(None),
         }
     }
     fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
