@@ -51,7 +51,9 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 
-use image_format::store::fatmap::{self, FileMap, MapCache};
+use image_format::store::fatmap::{
+    self, check_fat_size, check_path, split_parent, FileMap, MapCache,
+};
 use image_format::store::{Entry, EntryKind, Store, StoreError};
 use lamfat::{IoBase, IoError, LossyOemCpConverter, NullTimeProvider, Read, Seek, SeekFrom, Write};
 use mgear_firmware::hal::{BlockDevice, HwError};
@@ -438,37 +440,6 @@ fn fat_err(path: &str, e: lamfat::Error<DevError>) -> StoreError {
 
 fn hw_err(what: &str, e: HwError) -> StoreError {
     fat_err(what, lamfat::Error::Io(DevError(e)))
-}
-
-/// Split `a/b/c` into (`a/b`, `c`).
-fn split_parent(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => ("", path),
-    }
-}
-
-fn check_path(path: &str) -> Result<(), StoreError> {
-    if !path.is_empty()
-        && path
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(StoreError::Io(format!(
-            "invalid medium path {path:?}: only plain relative names are allowed"
-        )));
-    }
-    Ok(())
-}
-
-/// FAT32 file sizes are 32-bit.
-fn check_fat_size(path: &str, end: u64) -> Result<(), StoreError> {
-    if end > u64::from(u32::MAX) {
-        return Err(StoreError::Io(format!(
-            "{path}: a FAT32 file cannot grow to {end} bytes (limit 4 GiB - 1)"
-        )));
-    }
-    Ok(())
 }
 
 /// Append `count` zero bytes at the file's current position.

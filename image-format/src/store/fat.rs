@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
 
-use super::fatmap::{self, FileMap, MapCache};
+use super::fatmap::{self, check_fat_size, check_path, split_parent, FileMap, MapCache};
 use super::{Entry, EntryKind, Store, StoreError};
 
 /// A device holding a FAT32 volume: a raw image file, a block device, or an
@@ -592,27 +592,6 @@ fn fat_err(path: &str, e: io::Error) -> StoreError {
     }
 }
 
-/// Split `a/b/c` into (`a/b`, `c`).
-fn split_parent(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => ("", path),
-    }
-}
-
-fn check_path(path: &str) -> Result<(), StoreError> {
-    if path
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-        && !path.is_empty()
-    {
-        return Err(StoreError::Io(format!(
-            "invalid medium path {path:?}: only plain relative names are allowed"
-        )));
-    }
-    Ok(())
-}
-
 impl<D: FatDevice> FatStore<D> {
     /// Create a FAT32 file system on the device (destroys its contents),
     /// laid out by [`FatLayout::for_size`]: the whole device, or its first
@@ -969,16 +948,6 @@ fn free_bitmap<D: FatDevice>(cache: &BlockCache<D>, geo: &Geometry) -> io::Resul
         }
     })?;
     Ok(bits)
-}
-
-/// FAT32 file sizes are 32-bit.
-fn check_fat_size(path: &str, end: u64) -> Result<(), StoreError> {
-    if end > u32::MAX as u64 {
-        return Err(StoreError::Io(format!(
-            "{path}: a FAT32 file cannot grow to {end} bytes (limit 4 GiB - 1)"
-        )));
-    }
-    Ok(())
 }
 
 impl<D: FatDevice> Store for FatStore<D> {

@@ -705,3 +705,37 @@ impl MapCache {
         self.maps.clear();
     }
 }
+
+// Path rules both engines apply before touching the volume.
+
+/// `path` is a plain relative name (`a/b`, or `` for the root): no empty, `.` or `..` part.
+pub fn check_path(path: &str) -> Result<(), StoreError> {
+    if !path.is_empty()
+        && path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(StoreError::Io(format!(
+            "invalid medium path {path:?}: only plain relative names are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// FAT32 file sizes are 32-bit.
+pub fn check_fat_size(path: &str, end: u64) -> Result<(), StoreError> {
+    if end > u64::from(u32::MAX) {
+        return Err(StoreError::Io(format!(
+            "{path}: a FAT32 file cannot grow to {end} bytes (limit 4 GiB - 1)"
+        )));
+    }
+    Ok(())
+}
+
+/// Split `a/b/c` into (`a/b`, `c`).
+pub fn split_parent(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    }
+}
