@@ -1087,6 +1087,14 @@ impl<D: FatDevice> Store for FatStore<D> {
     fn rename(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
         check_path(from)?;
         check_path(to)?;
+        if from.eq_ignore_ascii_case(to) {
+            // One entry on FAT (names compare without case): removing `to` first would delete
+            // the file itself. The board's engine (`FatFiles`) does the same.
+            return match self.len(from)? {
+                Some(_) => Ok(()),
+                None => Err(StoreError::NotFound),
+            };
+        }
         self.maps.clear();
         let root = self.fs.root_dir();
         match root.remove(to) {
@@ -1187,6 +1195,26 @@ pub(crate) mod tests {
         s.read_exact_at("MGEAR/web01/G0001/JRNL-B", 100, &mut b)
             .unwrap();
         assert_eq!(&b, b"journal");
+    }
+
+    #[test]
+    fn a_rename_onto_its_own_name_keeps_the_file() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/web01").unwrap();
+        s.write_at("MGEAR/web01/JRNL-A", 0, b"journal").unwrap();
+        s.rename("MGEAR/web01/JRNL-A", "MGEAR/web01/JRNL-A")
+            .unwrap();
+        s.rename("MGEAR/web01/JRNL-A", "MGEAR/web01/jrnl-a")
+            .unwrap();
+        assert_eq!(s.len("MGEAR/web01/JRNL-A").unwrap(), Some(7));
+        assert_eq!(
+            s.rename("MGEAR/web01/GONE", "MGEAR/web01/gone"),
+            Err(StoreError::NotFound)
+        );
+        s.unmount().unwrap();
+        fsck(&p);
     }
 
     /// `fsck.fat -n` finds the image clean (also used by `direct`'s tests).
