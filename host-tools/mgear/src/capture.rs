@@ -549,7 +549,7 @@ fn abort(args: &Plan) -> crate::Result<i32> {
 fn dry_run(args: &Plan) -> crate::Result<i32> {
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
     let spec = source_spec(args)?;
-    let mut source = crate::source::open(spec)?;
+    let mut source = crate::source::open(spec, None)?;
     if source.len() == 0 {
         return Err(usage(format!("source {spec} is empty")));
     }
@@ -606,7 +606,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
             }
             // A source that cannot be opened now is reported when its disk's
             // turn comes (the disks before it are captured and resumable).
-            let Ok(mut source) = crate::source::open(src) else {
+            let Ok(mut source) = crate::source::open(src, None) else {
                 continue;
             };
             if source.len() == 0 {
@@ -1054,13 +1054,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .clamp(1, 64);
 
-    // The bitmap is read on its own connection, closed before the source is
-    // opened: qemu-nbd serves one client at a time by default.
-    let dirty = match &args.dirty_bitmap {
-        Some(bitmap) => Some(dirty_chunks(spec, bitmap, chunk_size)?),
-        None => None,
-    };
-    let mut source = crate::source::open(spec)?;
+    let mut source = crate::source::open(spec, args.dirty_bitmap.as_deref())?;
+    let dirty = source.dirty_chunks(chunk_size)?;
     let size = source.len();
     if size == 0 {
         return Err(usage(format!("source {spec} is empty")));
@@ -1334,33 +1329,6 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         borrows_from,
         receipt,
     })
-}
-
-/// Chunk indexes the dirty bitmap `bitmap` of NBD source `spec` marks dirty.
-fn dirty_chunks(spec: &str, bitmap: &str, chunk_size: u32) -> crate::Result<Vec<u64>> {
-    if !crate::spec::is_nbd(spec) {
-        return Err(usage(format!(
-            "--dirty-bitmap needs an NBD source (nbd://... or nbd+unix://...), not {spec}: \
-             export the qcow2 with `qemu-nbd -r -f qcow2 -B {bitmap} ...`"
-        )));
-    }
-    let url = crate::spec::nbd_url("--source", spec)?;
-    let opts = mgear_nbd::ConnectOptions {
-        meta_contexts: vec![format!("qemu:dirty-bitmap:{bitmap}")],
-        read_only: true,
-    };
-    let mut client = mgear_nbd::Client::connect(&url, &opts).map_err(|e| match e {
-        mgear_nbd::Error::MetaContextUnsupported { .. } => usage(format!(
-            "{spec} does not export dirty bitmap {bitmap}: {e} (export it with `qemu-nbd -B {bitmap}`, \
-             create it with `qemu-img bitmap --add --enable DISK {bitmap}` before the parent capture)"
-        )),
-        other => crate::Error::from(other).context(format!("connecting to NBD source {spec}")),
-    })?;
-    let dirty = crate::source::nbd::dirty_chunks(&mut client, bitmap, chunk_size)?;
-    client
-        .disconnect()
-        .with_context(|| format!("disconnecting from NBD source {spec}"))?;
-    Ok(dirty)
 }
 
 /// An encoded chunk, or `None` for a chunk not read because it is unchanged.

@@ -60,6 +60,12 @@ pub trait Source: Send {
     fn concurrent(&self) -> Option<Arc<dyn ConcurrentRead>> {
         None
     }
+    /// Chunk indexes (of `chunk_size` bytes) that the changed-block-tracking bitmap this
+    /// source was opened with ([`open`]'s `bitmap`) marks dirty, sorted, each once; `None`
+    /// when it was opened without one. Only NBD exports carry such a bitmap (`qemu-nbd -B`).
+    fn dirty_chunks(&mut self, _chunk_size: u32) -> crate::Result<Option<Vec<u64>>> {
+        Ok(None)
+    }
 }
 
 /// Positional reads from many threads at once.
@@ -77,9 +83,19 @@ pub trait ConcurrentRead: Send + Sync {
 }
 
 /// Open `--source` (parsed by `crate::spec`).
-pub fn open(spec: &str) -> crate::Result<Box<dyn Source>> {
+///
+/// With `bitmap`, the source also answers [`Source::dirty_chunks`] from the qemu dirty bitmap
+/// of that name (`capture --delta --dirty-bitmap`, `mgear sync --dirty-bitmap`): only an NBD
+/// export can carry one, and one that lacks it is refused here, with what to do.
+pub fn open(spec: &str, bitmap: Option<&str>) -> crate::Result<Box<dyn Source>> {
     match crate::spec::Source::parse(spec)? {
-        crate::spec::Source::Nbd(url) => nbd::open(&url),
+        crate::spec::Source::Nbd(url) => nbd::open(&url, bitmap),
+        crate::spec::Source::Path(_) if bitmap.is_some() => Err(crate::exit::usage(format!(
+            "--dirty-bitmap needs an NBD source that exports the bitmap (e.g. `qemu-nbd -r -f \
+             qcow2 -B {b} --socket S disk.qcow2` and --source 'nbd+unix:///?socket=S'); {spec} \
+             is a file or device: leave out --dirty-bitmap to read every chunk",
+            b = bitmap.unwrap_or_default()
+        ))),
         crate::spec::Source::Path(p) => Ok(Box::new(FileSource::open(p)?)),
     }
 }

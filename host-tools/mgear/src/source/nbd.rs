@@ -7,8 +7,11 @@
 //! data, not of their size. The map is fetched a window at a time so a
 //! huge disk does not need one huge reply.
 //!
-//! [`dirty_chunks`] reads a `qemu:dirty-bitmap:NAME` context (changed-block
-//! tracking) as chunk indexes, for `capture --dirty-bitmap` and `sync`.
+//! Opened with a bitmap, the one connection also negotiates its
+//! `qemu:dirty-bitmap:NAME` context (changed-block tracking; `qemu-nbd` serves
+//! one client at a time, so it cannot be a second connection), and
+//! [`Source::dirty_chunks`] reads it as chunk indexes ([`dirty_chunks`]), for
+//! `capture --dirty-bitmap` and `sync`.
 
 use crate::error::Context;
 use mgear_nbd::{Client, ConnectOptions, NbdUrl, BASE_ALLOCATION};
@@ -29,27 +32,43 @@ pub struct NbdSource {
     zeros: Vec<(u64, u64)>,
     win_start: u64,
     win_end: u64,
+    /// The dirty bitmap negotiated with the export, if one was asked for.
+    bitmap: Option<String>,
 }
 
-/// Open an NBD URL (parsed by `crate::spec`) as a source.
-pub fn open(url: &NbdUrl) -> crate::Result<Box<dyn Source>> {
+/// Open an NBD URL (parsed by `crate::spec`) as a source, with the dirty bitmap `bitmap`
+/// negotiated when one is given (refused, with what to do, when the export lacks it).
+pub fn open(url: &NbdUrl, bitmap: Option<&str>) -> crate::Result<Box<dyn Source>> {
     let spec = url.to_string();
-    let with_map = ConnectOptions {
-        meta_contexts: vec![BASE_ALLOCATION.to_owned()],
-        read_only: true,
-    };
-    let (client, allocation) = match Client::connect(url, &with_map) {
-        Ok(c) => (c, true),
-        Err(_) => {
-            let plain = ConnectOptions {
-                meta_contexts: Vec::new(),
-                read_only: true,
-            };
-            let c = Client::connect(url, &plain)
-                .with_context(|| format!("connecting to NBD source {spec}"))?;
-            (c, false)
+    let tracked: Vec<String> = bitmap
+        .map(|b| format!("qemu:dirty-bitmap:{b}"))
+        .into_iter()
+        .collect();
+    let connect = |with_map: bool| {
+        let mut meta_contexts = tracked.clone();
+        if with_map {
+            meta_contexts.push(BASE_ALLOCATION.to_owned());
         }
+        Client::connect(
+            url,
+            &ConnectOptions {
+                meta_contexts,
+                read_only: true,
+            },
+        )
     };
+    // The allocation map is a bonus: an export without it is read whole.
+    let client = match connect(true) {
+        Ok(c) => c,
+        Err(_) => connect(false).map_err(|e| match (e, bitmap) {
+            (e @ mgear_nbd::Error::MetaContextUnsupported { .. }, Some(b)) => usage(format!(
+                "{spec} does not export dirty bitmap {b}: {e} (export it with `qemu-nbd -B {b}`, \
+                 create it with `qemu-img bitmap --add --enable DISK {b}` before the parent capture)"
+            )),
+            (other, _) => crate::Error::from(other).context(format!("connecting to NBD source {spec}")),
+        })?,
+    };
+    let allocation = client.meta_contexts().iter().any(|c| c == BASE_ALLOCATION);
     let size = client.size();
     Ok(Box::new(NbdSource {
         url: spec,
@@ -59,6 +78,7 @@ pub fn open(url: &NbdUrl) -> crate::Result<Box<dyn Source>> {
         zeros: Vec::new(),
         win_start: 0,
         win_end: 0,
+        bitmap: bitmap.map(str::to_owned),
     }))
 }
 
@@ -101,11 +121,18 @@ impl Source for NbdSource {
     fn describe(&self) -> String {
         self.url.clone()
     }
+
+    fn dirty_chunks(&mut self, chunk_size: u32) -> crate::Result<Option<Vec<u64>>> {
+        match self.bitmap.clone() {
+            Some(b) => dirty_chunks(&mut self.client, &b, chunk_size).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Chunk indexes touched by the ranges `qemu:dirty-bitmap:<bitmap>` marks
 /// dirty (sorted, each once). The client must have negotiated that context.
-pub fn dirty_chunks(
+fn dirty_chunks(
     client: &mut mgear_nbd::Client,
     bitmap: &str,
     chunk_size: u32,

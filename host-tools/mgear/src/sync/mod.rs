@@ -35,8 +35,6 @@ use image_format::{CaptureReader, DataKey};
 use serde::Serialize;
 
 use crate::exit::{usage, OK};
-// The source side (`source.rs`) and the tests call it as `super::dirty_chunks`.
-use crate::source::nbd::dirty_chunks;
 use crate::units::human_bytes;
 
 pub use cutover::cutover;
@@ -306,7 +304,7 @@ pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
         .as_deref()
         .map(crate::sitekey::read_signing_key)
         .transpose()?;
-    let mut disk = source::Disk::open(&a.source, a.dirty_bitmap.as_deref())?;
+    let mut disk = crate::source::open(&a.source, a.dirty_bitmap.as_deref())?;
     let plan = source::Plan {
         name: a.name.clone(),
         key,

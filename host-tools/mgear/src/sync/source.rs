@@ -13,9 +13,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::error::Context;
 use image_format::{layout, DataKey, RecordSealer};
-use mgear_nbd::{Client, ConnectOptions};
 
 use super::session::{self, IdKey, Role, Session};
 use super::wire::{
@@ -24,73 +22,9 @@ use super::wire::{
 use crate::exit::{coded, usage, FOUND, IO, USAGE};
 use crate::ratelimit::RateLimiter;
 
-/// The disk being synced.
-pub enum Disk {
-    /// A file or block device (through the capture sources).
-    File(Box<dyn crate::source::Source>),
-    /// An NBD export, with the dirty bitmap context negotiated if one was asked for.
-    Nbd { client: Box<Client>, url: String },
-}
-
-impl Disk {
-    /// Open `--source`; `bitmap` needs an NBD export that has it.
-    pub fn open(spec: &str, bitmap: Option<&str>) -> crate::Result<Self> {
-        if let crate::spec::Source::Nbd(url) = crate::spec::Source::parse(spec)? {
-            let opts = ConnectOptions {
-                meta_contexts: bitmap
-                    .map(|b| format!("qemu:dirty-bitmap:{b}"))
-                    .into_iter()
-                    .collect(),
-                read_only: true,
-            };
-            let client = Client::connect(&url, &opts).map_err(|e| match e {
-                mgear_nbd::Error::MetaContextUnsupported { .. } => usage(format!(
-                    "{spec} does not export dirty bitmap {}: {e} (export it with `qemu-nbd -B NAME`, \
-                     create it with `qemu-img bitmap --add`)",
-                    bitmap.unwrap_or("")
-                )),
-                other => crate::Error::from(other).context(format!("connecting to source {spec}")),
-            })?;
-            return Ok(Disk::Nbd {
-                client: Box::new(client),
-                url: spec.to_string(),
-            });
-        }
-        if bitmap.is_some() {
-            return Err(usage(format!(
-                "--dirty-bitmap needs an NBD source that exports the bitmap (e.g. \
-                 `qemu-nbd -r -B NAME --socket S disk.qcow2` and --source 'nbd+unix:///?socket=S'); \
-                 {spec} is a file or device: leave out --dirty-bitmap to compare every chunk"
-            )));
-        }
-        Ok(Disk::File(crate::source::open(spec)?))
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        match self {
-            Disk::File(s) => s.len(),
-            Disk::Nbd { client, .. } => client.size(),
-        }
-    }
-
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
-        match self {
-            Disk::File(s) => s.read_exact_at(offset, buf),
-            Disk::Nbd { client, url } => client
-                .read_at(offset, buf)
-                .with_context(|| format!("reading source {url} at byte {offset}")),
-        }
-    }
-
-    /// Human description.
-    pub fn describe(&self) -> String {
-        match self {
-            Disk::File(s) => s.describe(),
-            Disk::Nbd { url, .. } => url.clone(),
-        }
-    }
-}
+/// The disk being synced: a capture source (`crate::source::open`), opened with the dirty
+/// bitmap when `--dirty-bitmap` names one.
+pub type Disk = Box<dyn crate::source::Source>;
 
 /// What to sync and how.
 pub struct Plan {
@@ -384,7 +318,7 @@ impl Run<'_> {
             let len = layout::chunk_len(size, chunk_size, index) as usize;
             buf.resize(len, 0);
             self.disk
-                .read(index * u64::from(chunk_size), &mut buf[..len])
+                .read_exact_at(index * u64::from(chunk_size), &mut buf[..len])
                 .map_err(Fail::Fatal)?;
             let id = id_key.id(&buf[..len]);
             if !self.known.contains_key(&index) {
@@ -418,7 +352,7 @@ impl Run<'_> {
         let peer = self.plan.peer.clone();
         let name = self.plan.name.clone();
         let mut w = BufWriter::with_capacity(64 * 1024, w);
-        let size = self.disk.size();
+        let size = self.disk.len();
         let source_nonce = session::nonce().map_err(Fail::Fatal)?;
         let hello = Hello {
             name: name.clone(),
@@ -545,11 +479,10 @@ impl Run<'_> {
         self.stats.chunk_size = chunk_size;
         self.stats.chunks = count;
         if self.candidates.is_none() {
-            self.candidates = Some(match (&self.plan.bitmap, &mut *self.disk) {
-                (Some(b), Disk::Nbd { client, .. }) => {
-                    super::dirty_chunks(client, b, chunk_size).map_err(Fail::Fatal)?
-                }
-                _ => (0..count).collect(),
+            self.candidates = Some(match self.disk.dirty_chunks(chunk_size) {
+                Ok(Some(dirty)) => dirty,
+                Ok(None) => (0..count).collect(),
+                Err(e) => return Err(Fail::Fatal(e)),
             });
         }
         if self.limiter.is_none() {
@@ -587,7 +520,7 @@ impl Run<'_> {
             let mut buf = std::mem::take(&mut self.buf);
             let data = &mut buf[..len as usize];
             let started = Instant::now();
-            let read = self.disk.read(index * chunk_size as u64, data);
+            let read = self.disk.read_exact_at(index * chunk_size as u64, data);
             self.stats.read_seconds += started.elapsed().as_secs_f64();
             if let Err(e) = read {
                 return Err(Fail::Fatal(e));
