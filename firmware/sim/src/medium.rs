@@ -309,7 +309,7 @@ mod tests {
                 })
                 .collect()
         };
-        let mut check = |m: &mut FileMedium, image: &[u8]| {
+        let check = |m: &mut FileMedium, image: &[u8]| {
             let mut back = vec![0u8; size];
             m.read_blocks(0, &mut back).unwrap();
             assert!(back == image, "the image reads back as written");
