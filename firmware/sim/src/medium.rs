@@ -7,6 +7,23 @@
 //! every later block write fail with [`HwError::WriteProtected`] until it is
 //! released or the simulator restarts (a power cycle), so the core's seal,
 //! boot and erase paths that drive it are exercised end to end.
+//!
+//! Large writes skip the page cache: the image has a second descriptor
+//! opened with `O_DIRECT`, and the 4 KiB-aligned part of a write of at
+//! least [`DIRECT_MIN`] bytes from 4 KiB-aligned memory goes through it
+//! (the NBD server lands a write's payload so that it is, see
+//! `mgear_nbd_proto::server`). Through the page cache a capture's bytes
+//! were copied once more and written out again at the next flush, where
+//! the host's direct `fat:` capture writes them once (`O_DIRECT` on an I/O
+//! thread). Small and unaligned pieces (FAT sectors, directory blocks, the
+//! ragged ends of a transfer) and every read keep to the page cache: reads
+//! want the kernel's read-ahead (seal and arrival read the image front to
+//! back while hashing), and the kernel keeps both descriptors coherent
+//! (a direct write drops the cached pages it covers). Durability is
+//! unchanged: [`BlockDevice::flush`] is an `fdatasync` of the image, which
+//! covers both descriptors' writes (and the device's write cache). Where
+//! the file system refuses `O_DIRECT` (tmpfs) or a direct write
+//! (`EINVAL`), the page cache does everything.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -14,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use image_format::store::direct::{refused_direct, reopen_direct, ALIGN};
 use mgear_firmware::hal::{BlockDevice, HwError};
 
 /// Block size of the simulated medium (that of an SD card).
@@ -25,9 +43,16 @@ pub const BLOCK_SIZE: usize = 512;
 /// 64 KiB of a USB or SD device.
 pub const MAX_TRANSFER: usize = 1024 * 1024;
 
+/// Writes at least this large go direct; smaller ones are FAT sectors and
+/// directory blocks, rewritten often and read back soon (page cache).
+pub const DIRECT_MIN: usize = 64 * 1024;
+
 /// A medium image file as a block device.
 pub struct FileMedium {
     file: File,
+    /// The image opened again with `O_DIRECT`, for large aligned writes;
+    /// `None` where refused (the module doc).
+    direct: Option<File>,
     /// For [`FileMedium::reopen`].
     path: PathBuf,
     blocks: u64,
@@ -57,6 +82,7 @@ impl FileMedium {
             )));
         }
         Ok(FileMedium {
+            direct: reopen_direct(&file),
             file,
             path: path.to_path_buf(),
             blocks: len / BLOCK_SIZE as u64,
@@ -68,11 +94,19 @@ impl FileMedium {
     /// A second handle on the same open image, sharing the write counter
     /// and the file position state (`dup`).
     pub fn try_clone(&self) -> Result<FileMedium, HwError> {
+        let direct = match &self.direct {
+            Some(d) => Some(
+                d.try_clone()
+                    .map_err(|e| HwError::Io(format!("medium: a second handle: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(FileMedium {
             file: self
                 .file
                 .try_clone()
                 .map_err(|e| HwError::Io(format!("medium: a second handle: {e}")))?,
+            direct,
             path: self.path.clone(),
             blocks: self.blocks,
             write_protected: self.write_protected,
@@ -93,12 +127,47 @@ impl FileMedium {
             .open(&self.path)
             .map_err(|e| HwError::Io(format!("reopening medium {}: {e}", self.path.display())))?;
         Ok(FileMedium {
+            direct: self.direct.as_ref().and_then(|_| reopen_direct(&file)),
             file,
             path: self.path.clone(),
             blocks: self.blocks,
             write_protected: self.write_protected,
             writes: Arc::clone(&self.writes),
         })
+    }
+
+    /// Whether large aligned writes go around the page cache (`O_DIRECT`).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Writes `data` at byte `off`: its 4 KiB-aligned middle with
+    /// `O_DIRECT` when it is large and its memory is aligned alike, the
+    /// rest through the page cache.
+    fn write_at(&mut self, data: &[u8], off: u64) -> std::io::Result<()> {
+        let Some(direct) = &self.direct else {
+            return self.file.write_all_at(data, off);
+        };
+        let head = ((ALIGN as u64 - off % ALIGN as u64) % ALIGN as u64) as usize;
+        let body = data.len().saturating_sub(head) / ALIGN * ALIGN;
+        if body < DIRECT_MIN || !(data.as_ptr() as usize + head).is_multiple_of(ALIGN) {
+            return self.file.write_all_at(data, off);
+        }
+        self.file.write_all_at(&data[..head], off)?;
+        match direct.write_all_at(&data[head..head + body], off + head as u64) {
+            Ok(()) => {}
+            Err(e) if refused_direct(&e) => {
+                // The file system takes O_DIRECT opens but not these
+                // writes: stop trying, the page cache does them.
+                log::debug!("medium: direct write refused ({e}); using the page cache");
+                self.direct = None;
+                self.file
+                    .write_all_at(&data[head..head + body], off + head as u64)?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.file
+            .write_all_at(&data[head + body..], off + (head + body) as u64)
     }
 
     /// Block writes made through any handle on this image so far.
@@ -142,8 +211,7 @@ impl BlockDevice for FileMedium {
             return Err(HwError::WriteProtected);
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
-        self.file
-            .write_all_at(data, off)
+        self.write_at(data, off)
             .map_err(|e| HwError::Io(format!("medium write at byte {off}: {e}")))
     }
 
@@ -215,5 +283,77 @@ mod tests {
         std::fs::write(&p, vec![0u8; 1000]).unwrap();
         assert!(FileMedium::open(&p).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn large_writes_go_direct_and_read_back_through_any_handle() {
+        use image_format::store::direct::AlignedBuf;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.img");
+        let size = 8 << 20;
+        std::fs::write(&p, vec![0u8; size]).unwrap();
+        let mut m = FileMedium::open(&p).unwrap();
+        // Direct wherever the file system takes O_DIRECT (not tmpfs).
+        let fs_takes_direct = reopen_direct(&File::open(&p).unwrap()).is_some();
+        assert_eq!(m.is_direct(), fs_takes_direct);
+
+        let mut image = vec![0u8; size];
+        let mut seed = 1u32;
+        let mut fill = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect()
+        };
+        let check = |m: &mut FileMedium, image: &[u8]| {
+            let mut back = vec![0u8; size];
+            m.read_blocks(0, &mut back).unwrap();
+            assert!(back == image, "the image reads back as written");
+        };
+
+        // Through the page cache first, so a direct write over cached
+        // pages must not leave them stale.
+        let small = fill(3 * BLOCK_SIZE);
+        m.write_blocks(9, &small).unwrap();
+        image[9 * BLOCK_SIZE..][..small.len()].copy_from_slice(&small);
+        let mut warm = vec![0u8; 1 << 20];
+        m.read_blocks(0, &mut warm).unwrap();
+
+        // Page-aligned in memory as on the image (the NBD server's layout):
+        // a 4 KiB-aligned transfer, and one starting and ending mid-page
+        // (ragged ends through the page cache, the middle direct).
+        for (off, len) in [(0usize, 1 << 20), (4096 * 70 + 1536, (1 << 20) + 3584)] {
+            let data = fill(len);
+            let mut buf = AlignedBuf::new(len + ALIGN);
+            let at = off % ALIGN;
+            buf.as_mut_slice()[at..at + len].copy_from_slice(&data);
+            m.write_blocks((off / BLOCK_SIZE) as u64, &buf.as_slice()[at..at + len])
+                .unwrap();
+            image[off..off + len].copy_from_slice(&data);
+            check(&mut m, &image);
+        }
+        // Memory not aligned like the image: all through the page cache.
+        let data = fill((1 << 20) + 512);
+        let odd = &data[512..];
+        m.write_blocks(4096, odd).unwrap();
+        image[4096 * BLOCK_SIZE..][..odd.len()].copy_from_slice(odd);
+        check(&mut m, &image);
+        assert_eq!(m.writes(), 4);
+
+        // Every handle and a fresh open after flush see the same bytes.
+        m.flush().unwrap();
+        let mut again = m.reopen().unwrap();
+        check(&mut again, &image);
+        let mut clone = m.try_clone().unwrap();
+        assert_eq!(clone.is_direct(), fs_takes_direct);
+        check(&mut clone, &image);
+        drop((m, again, clone));
+        assert!(std::fs::read(&p).unwrap() == image);
+        let mut reopened = FileMedium::open(&p).unwrap();
+        check(&mut reopened, &image);
     }
 }
