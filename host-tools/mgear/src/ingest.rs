@@ -2270,13 +2270,8 @@ mod tests {
         const C: u64 = 65536;
         let disk = sample_disk();
         let (mut store, key) = mem_capture(&disk);
-        // A chunk in the middle, the boot sector (written last) and the
-        // short last chunk (read back buffered: its length is not aligned).
-        for (bad, range) in [
-            (C + 10, "65536..131072"),
-            (5, "0..65536"),
-            (10 * C + 500, "655360..656360"),
-        ] {
+        // A new file volume of the disk's size in a directory of its own (state dir too).
+        let file_volume = || {
             let dir = tempfile::tempdir().unwrap();
             let target = dir.path().join("vol.raw");
             let prep = Prepare {
@@ -2287,6 +2282,16 @@ mod tests {
                 what: "test".into(),
             };
             let vol = mgear_volume::FileVolume::create(&target, &prep).unwrap();
+            (dir, target, vol)
+        };
+        // A chunk in the middle, the boot sector (written last) and the
+        // short last chunk (read back buffered: its length is not aligned).
+        for (bad, range) in [
+            (C + 10, "65536..131072"),
+            (5, "0..65536"),
+            (10 * C + 500, "655360..656360"),
+        ] {
+            let (dir, target, vol) = file_volume();
             let mut p = plan(dir.path());
             p.rate = None;
             p.volume_sha256 = false;
@@ -2306,16 +2311,7 @@ mod tests {
             assert!(!target.exists(), "byte {bad}: the target stays unfinished");
         }
         // Untouched, the same ingest into a file volume verifies.
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("vol.raw");
-        let prep = Prepare {
-            disk_size: disk.len() as u64,
-            head_len: C,
-            state_dir: dir.path().to_owned(),
-            force: false,
-            what: "test".into(),
-        };
-        let vol = mgear_volume::FileVolume::create(&target, &prep).unwrap();
+        let (dir, target, vol) = file_volume();
         let mut p = plan(dir.path());
         p.rate = None;
         let (r, _) = write_volume(

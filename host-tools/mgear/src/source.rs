@@ -240,29 +240,6 @@ impl ConcurrentRead for OpenFile {
     }
 }
 
-/// Whether `file` has no data in `offset..offset + len` (a hole of a sparse
-/// file: it reads as zeros without being stored). Asks the file system with
-/// `SEEK_DATA`; where it cannot say (block devices, old file systems), the
-/// answer is "not a hole" and the caller reads the bytes as usual.
-pub fn range_is_hole(file: &File, offset: u64, len: u64) -> bool {
-    use std::os::fd::AsFd;
-    let Ok(at) = i64::try_from(offset) else {
-        return false;
-    };
-    // Past the current end is no hole: the file shrank, and reading there
-    // must say so instead of storing zeros.
-    let end = offset.saturating_add(len);
-    if file.metadata().map_or(true, |m| m.len() < end) {
-        return false;
-    }
-    match nix::unistd::lseek(file.as_fd(), at, nix::unistd::Whence::SeekData) {
-        Ok(next) => u64::try_from(next).is_ok_and(|n| n >= end),
-        // No data at or after `offset`: the rest of the file is a hole.
-        Err(nix::errno::Errno::ENXIO) => true,
-        Err(_) => false,
-    }
-}
-
 impl Source for FileSource {
     fn len(&self) -> u64 {
         self.inner.len
@@ -271,7 +248,7 @@ impl Source for FileSource {
     fn is_hole(&mut self, offset: u64, len: u64) -> crate::Result<bool> {
         // Past the end is not a hole: reading there must report the shrink.
         Ok(offset.saturating_add(len) <= self.inner.len
-            && range_is_hole(&self.inner.file, offset, len))
+            && mgear_volume::file::range_is_hole(&self.inner.file, offset, len))
     }
 
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {

@@ -279,7 +279,7 @@ impl Raw {
 
     /// A hole of a sparse file reads as zeros by the file system's guarantee.
     pub fn reads_as_zeros(&self, offset: u64, len: u64) -> bool {
-        !self.device && is_hole(&self.file, offset, len)
+        !self.device && range_is_hole(&self.file, offset, len)
     }
 
     /// A reader of its own for the read-back check beside the writes; see
@@ -300,9 +300,13 @@ impl Raw {
     }
 }
 
-/// Whether `[offset, offset+len)` of a regular file lies in a hole
-/// (`SEEK_DATA`); `false` when unknown.
-fn is_hole(file: &File, offset: u64, len: u64) -> bool {
+/// Whether `[offset, offset+len)` of a regular file lies in a hole: it reads
+/// as zeros without being stored (a capture source skips it, a volume need
+/// not zero it). Asks the file system with `SEEK_DATA`; where it cannot say
+/// (block devices, old file systems) the answer is "not a hole". A range past
+/// the current end is no hole either: the file shrank, and reading there
+/// must say so.
+pub fn range_is_hole(file: &File, offset: u64, len: u64) -> bool {
     let Ok(at) = i64::try_from(offset) else {
         return false;
     };
@@ -378,7 +382,7 @@ impl VolumeReader for RawReader {
         Ok(())
     }
     fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
-        !self.device && is_hole(&self.file, offset, len)
+        !self.device && range_is_hole(&self.file, offset, len)
     }
 }
 

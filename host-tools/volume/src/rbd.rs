@@ -665,9 +665,9 @@ mod tests {
         }
     }
 
-    /// Against the cloud lab's Ceph: what goes wrong says what is wrong, and leaves no marker.
-    #[test]
-    fn lab_errors_name_the_call_and_what_to_do() {
+    /// The cloud lab's ceph.conf, pool and user when `MGEAR_CLOUD_LAB` is set (`eval
+    /// "$(scripts/cloud-lab.sh env)"`); otherwise says the test is skipped.
+    fn lab() -> Option<(String, String, String)> {
         let (Ok(_), Ok(conf), Ok(pool), Ok(user)) = (
             std::env::var("MGEAR_CLOUD_LAB"),
             std::env::var("CEPH_CONF"),
@@ -675,6 +675,15 @@ mod tests {
             std::env::var("MGEAR_CLOUD_RBD_USER"),
         ) else {
             eprintln!("SKIPPED: MGEAR_CLOUD_LAB is not set (scripts/cloud-lab.sh start)");
+            return None;
+        };
+        Some((conf, pool, user))
+    }
+
+    /// Against the cloud lab's Ceph: what goes wrong says what is wrong, and leaves no marker.
+    #[test]
+    fn lab_errors_name_the_call_and_what_to_do() {
+        let Some((conf, pool, user)) = lab() else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -730,13 +739,7 @@ mod tests {
     /// Against the cloud lab's Ceph (`MGEAR_CLOUD_LAB` set, `CEPH_CONF` its conf).
     #[test]
     fn writes_thin_in_parallel_reads_back_and_resumes_on_the_lab_cluster() {
-        let (Ok(_), Ok(conf), Ok(pool), Ok(user)) = (
-            std::env::var("MGEAR_CLOUD_LAB"),
-            std::env::var("CEPH_CONF"),
-            std::env::var("MGEAR_CLOUD_RBD_POOL"),
-            std::env::var("MGEAR_CLOUD_RBD_USER"),
-        ) else {
-            eprintln!("SKIPPED: MGEAR_CLOUD_LAB is not set (scripts/cloud-lab.sh start)");
+        let Some((conf, pool, user)) = lab() else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
