@@ -399,15 +399,18 @@ fn the_library_modules_import_each_other_without_cycles() {
     }
 }
 
+/// Writes `text` as `src/p` of a fixture source tree, creating its folders.
+fn write_fixture(src: &Path, p: &str, text: &str) {
+    let p = src.join(p);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
 #[test]
 fn a_cycle_is_found_and_named_with_its_lines() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path();
-    let write = |p: &str, text: &str| {
-        let p = src.join(p);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let write = |p: &str, text: &str| write_fixture(src, p, text);
     write("lib.rs", "pub mod a;\npub mod b;\npub mod c;\npub mod d;\n");
     // a -> b through a group import; b -> c through `super::super::` from
     // b's child module; c -> a through a plain path. Comments, doc links,
@@ -510,11 +513,7 @@ fn the_library_uses_neither_clap_nor_anyhow() {
 fn clap_outside_the_binary_is_found_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path();
-    let write = |p: &str, text: &str| {
-        let p = src.join(p);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let write = |p: &str, text: &str| write_fixture(src, p, text);
     // The binary may use clap; comments, strings and longer identifiers
     // are no use of it.
     write("main.rs", "mod cli;\nuse clap::Parser;\n");

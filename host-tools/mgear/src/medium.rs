@@ -42,10 +42,13 @@ pub struct Medium {
 }
 
 impl Medium {
-    fn new(store: impl Store + 'static, lock: Option<crate::lock::MediumLock>) -> Medium {
+    /// `store` held with the locks of the media under it (none for the appliance's medium,
+    /// which its server guards; one for an image, device or directory; every member's for a
+    /// span).
+    fn new(store: Box<dyn Store>, locks: Vec<crate::lock::MediumLock>) -> Medium {
         Medium {
-            store: Box::new(store),
-            _locks: lock.into_iter().collect(),
+            store,
+            _locks: locks,
         }
     }
 
@@ -152,7 +155,7 @@ impl Where {
     fn open_with(&self, read_only: bool, plan: Option<&SpanPlan>) -> crate::Result<Medium> {
         let mut media = Vec::new();
         for port in &self.appliance {
-            let m = Medium::new(crate::appliance::open_medium(port)?, None);
+            let m = Medium::new(crate::appliance::open_medium(port)?, Vec::new());
             media.push((m, format!("appliance at {}", port.display())));
         }
         for spec in &self.medium {
@@ -219,10 +222,7 @@ impl Where {
             };
             crate::exit::coded(code, format!("{}: {e}", self.describe()))
         })?;
-        Ok(Medium {
-            store: Box::new(span),
-            _locks: locks,
-        })
+        Ok(Medium::new(Box::new(span), locks))
     }
 
     /// The options that name these media again, for commands a message suggests.
@@ -261,10 +261,7 @@ fn open_mode(spec: &str, read_only: bool) -> crate::Result<Medium> {
         _ => None,
     };
     let store = open_store(parsed, spec, read_only)?;
-    Ok(Medium {
-        store,
-        _locks: lock.into_iter().collect(),
-    })
+    Ok(Medium::new(store, lock.into_iter().collect()))
 }
 
 fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<Box<dyn Store>> {
