@@ -212,6 +212,14 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
     }
+    fn locate(
+        &mut self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<crate::store::Located>, StoreError> {
+        (**self).locate(path, offset, len)
+    }
     // `close` keeps the default: a borrowed store is closed by its owner.
     fn span(&self) -> Option<&dyn crate::span::SpanView> {
         (**self).span()
@@ -254,6 +262,14 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
+    }
+    fn locate(
+        &mut self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<crate::store::Located>, StoreError> {
+        (**self).locate(path, offset, len)
     }
     fn close(self: Box<Self>) -> Result<(), StoreError> {
         T::close(*self)

@@ -1235,6 +1235,87 @@ fn parallel_reads_match_single_reads_and_name_bad_records() {
     );
 }
 
+/// On a FAT image behind `DirectFile`, `read_chunks` reads each record on
+/// an opening thread straight from the device (`Store::locate`): the same
+/// chunks as `read_chunk`, which reads through the store, and a record
+/// whose stored bytes changed on the image, or whose header did, is named.
+#[cfg(feature = "fat")]
+#[test]
+fn located_records_read_like_fetched_ones_and_name_bad_records() {
+    use crate::store::{DirectFile, FatStore};
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("medium.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap()
+    };
+    FatStore::format(open(), &Default::default()).unwrap();
+    let id = identity();
+    let data = disk(1, 20, 1234);
+    let mut store = FatStore::open(DirectFile::new(open())).unwrap();
+    let p = params("web01", data.len() as u64, &id);
+    capture(&mut store, p, None, &data).unwrap();
+    store.unmount().unwrap();
+    let unlock = Unlock::Identity(id.clone());
+    let reopen = || FatStore::open_read_only(DirectFile::new(open())).unwrap();
+    let mut store = reopen();
+    let single: Vec<ChunkData> = {
+        let mut r = CaptureReader::open(&mut store, "web01", None, &unlock).unwrap();
+        (0..r.chunk_count())
+            .map(|i| r.read_chunk(i).unwrap())
+            .collect()
+    };
+    let order: Vec<u64> = (1..21).chain([0]).collect();
+    for threads in [1, 3] {
+        let mut r = CaptureReader::open(&mut store, "web01", None, &unlock).unwrap();
+        let got = r.read_chunks(&order, threads).unwrap();
+        for (i, g) in order.iter().zip(&got) {
+            assert_eq!(g, &single[*i as usize], "chunk {i}, {threads} threads");
+        }
+    }
+    let path = seg(1, 1);
+    let mut bytes = vec![0u8; store.len(&path).unwrap().unwrap() as usize];
+    store.read_exact_at(&path, 0, &mut bytes).unwrap();
+    let (off, h) = record_offsets(&bytes)[1].clone();
+    let total = (REC_HEADER_LEN + h.stored_len as usize) as u64;
+    let at = store
+        .locate(&path, off, total)
+        .unwrap()
+        .expect("a record on a FAT image is located")
+        .at;
+    drop(store);
+    let flip = |pos: u64| {
+        let f = open();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, pos).unwrap();
+        f.write_all_at(&[b[0] ^ 0x40], pos).unwrap();
+    };
+    let read = || {
+        let mut store = reopen();
+        let mut r = CaptureReader::open(&mut store, "web01", None, &unlock).unwrap();
+        r.read_chunks(&order, 3).unwrap_err().to_string()
+    };
+    flip(at + REC_HEADER_LEN as u64 + 7);
+    let e = read();
+    assert!(
+        e.contains("segment 1 record 1") && e.contains("do not match the record's hash"),
+        "{e}"
+    );
+    flip(at + REC_HEADER_LEN as u64 + 7);
+    // The header's record number (bytes 4..8 after the magic): another record's.
+    flip(at + 6);
+    let e = read();
+    assert!(e.contains("segment 1") && e.contains("header"), "{e}");
+}
+
 #[test]
 fn commit_is_checked_by_the_keyless_verifier_and_absent_is_fine() {
     use crate::commit::{self, CommitFile, SignerRole};

@@ -955,6 +955,26 @@ impl<M: Store> Store for SpanStore<M> {
         }
     }
 
+    fn locate(
+        &mut self,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> core::result::Result<Option<crate::store::Located>, StoreError> {
+        if path == SPAN_FILE {
+            return Ok(None);
+        }
+        let i = if is_placed(path) {
+            self.holder(path)?
+        } else {
+            self.first_with(path)?
+        };
+        match i {
+            Some(i) => self.media[i].store.locate(path, offset, len),
+            None => Ok(None),
+        }
+    }
+
     fn write_at(
         &mut self,
         path: &str,

@@ -37,10 +37,13 @@ use std::fs::File;
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::fat::FatDevice;
+use super::{RangeRead, StoreError};
 
 /// Alignment of direct transfers: offsets, lengths and buffer addresses.
 /// 4096 covers devices with 512-byte and 4 KiB logical blocks; a device
@@ -263,6 +266,8 @@ struct Stage {
 struct Direct {
     /// `O_DIRECT` descriptor for reads (writes use the I/O thread's clone).
     file: File,
+    /// Reads for other threads ([`FatDevice::range_reader`]).
+    shared: Arc<DirectRange>,
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
     thread: Option<JoinHandle<()>>,
@@ -364,6 +369,11 @@ impl DirectFile {
         let direct = reopen_direct(file)?;
         let writer = direct.try_clone().ok()?;
         let buffered = file.try_clone().ok()?;
+        let shared = Arc::new(DirectRange {
+            direct: direct.try_clone().ok()?,
+            buffered: file.try_clone().ok()?,
+            refused: AtomicBool::new(refuse_all),
+        });
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(BUFFERS);
         let (done_tx, done_rx) = sync_channel::<Done>(BUFFERS);
         let thread = std::thread::Builder::new()
@@ -372,6 +382,7 @@ impl DirectFile {
             .ok()?;
         Some(Direct {
             file: direct,
+            shared,
             jobs: Some(jobs_tx),
             done: done_rx,
             thread: Some(thread),
@@ -800,6 +811,62 @@ impl FatDevice for DirectFile {
         self.check()?;
         self.file.sync_data().map_err(|e| self.fail(e))
     }
+
+    /// The shared direct reader, once nothing staged or in flight overlaps
+    /// the range (a direct read does not see the staging buffer).
+    fn range_reader(&mut self, at: u64, len: u64) -> io::Result<Option<Arc<dyn RangeRead>>> {
+        self.check()?;
+        self.stop_direct_if_refused()?;
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        if self.direct.is_none() {
+            return Ok(None);
+        }
+        self.settle(at, len)?;
+        Ok(self
+            .direct
+            .as_ref()
+            .map(|d| Arc::clone(&d.shared) as Arc<dyn RangeRead>))
+    }
+}
+
+/// [`RangeRead`] of a [`DirectFile`]: positional `O_DIRECT` reads into the
+/// caller's aligned buffer, safe from any thread; through the page cache
+/// once the file system refuses a direct read.
+struct DirectRange {
+    direct: File,
+    buffered: File,
+    refused: AtomicBool,
+}
+
+impl RangeRead for DirectRange {
+    fn read_aligned(&self, at: u64, buf: &mut [u8]) -> Result<usize, StoreError> {
+        let file = if self.refused.load(Ordering::Relaxed) {
+            &self.buffered
+        } else {
+            &self.direct
+        };
+        match read_all_at(file, at, buf) {
+            Err(e) if refused_direct(&e) && !self.refused.swap(true, Ordering::Relaxed) => {
+                read_all_at(&self.buffered, at, buf)
+            }
+            r => r,
+        }
+        .map_err(|e| StoreError::Io(format!("reading the medium at byte {at}: {e}")))
+    }
+}
+
+/// `buf.len()` bytes at `at`, fewer only at the end of the file.
+fn read_all_at(file: &File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -992,5 +1059,57 @@ mod tests {
         let mut ip = [0u8; 50];
         s.read_exact_at("MGEAR/G1/IPART", 100, &mut ip).unwrap();
         assert_eq!(ip, [2u8; 50]);
+    }
+
+    /// `locate` hands out ranges whose direct read gives what was written,
+    /// staged bytes included (they are written out first); a range split
+    /// over two runs, past the file's end or on a plain `File` is not
+    /// located.
+    #[test]
+    fn located_ranges_read_back_what_was_written() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &Default::default()).unwrap();
+        let mut s = FatStore::open(DirectFile::new(open_rw(&p))).unwrap();
+        s.create_dir_all("MGEAR/G1").unwrap();
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        s.write_at("MGEAR/G1/SEG-00000", 0, &data[..4096]).unwrap();
+        // Another file's cluster after the first: the segment's next bytes
+        // go to a second run.
+        s.write_at("MGEAR/G1/IPART", 0, &[9u8; 100]).unwrap();
+        s.write_at("MGEAR/G1/SEG-00000", 4096, &data[4096..])
+            .unwrap();
+        let mut located = 0;
+        for (off, len) in [
+            (4173u64, (1u64 << 20) + 80),
+            (3_000_001, 1_999_999),
+            (40_000, 3),
+        ] {
+            let Some(l) = s.locate("MGEAR/G1/SEG-00000", off, len).unwrap() else {
+                continue;
+            };
+            located += 1;
+            let start = l.at / ALIGN as u64 * ALIGN as u64;
+            let lead = (l.at - start) as usize;
+            let mut buf = crate::ChunkBuf::zeroed((lead + len as usize).div_ceil(ALIGN) * ALIGN);
+            let n = l.device.read_aligned(start, &mut buf).unwrap();
+            assert!(n >= lead + len as usize);
+            let (o, n) = (off as usize, len as usize);
+            assert!(buf[lead..lead + n] == data[o..o + n], "range at {off}");
+        }
+        assert_eq!(located, 3, "ranges inside one run are located");
+        // The segment's first 4096 bytes are a run of their own (the IPART's
+        // cluster follows them): a range across the break is not located.
+        assert!(s.locate("MGEAR/G1/SEG-00000", 4000, 200).unwrap().is_none());
+        assert!(s
+            .locate("MGEAR/G1/SEG-00000", 4_999_999, 2)
+            .unwrap()
+            .is_none());
+        assert!(s.locate("MGEAR/G1/NOPE", 0, 2).unwrap().is_none());
+        s.unmount().unwrap();
+        let mut plain = FatStore::open_read_only(open_rw(&p)).unwrap();
+        assert!(plain
+            .locate("MGEAR/G1/SEG-00000", 4173, 100)
+            .unwrap()
+            .is_none());
     }
 }

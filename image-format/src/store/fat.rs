@@ -39,13 +39,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use lru::LruCache;
 
 use super::fatmap::{self, check_fat_size, check_path, split_parent, FileMap, MapCache};
-use super::{Entry, EntryKind, Store, StoreError};
+use super::{Entry, EntryKind, Located, RangeRead, Store, StoreError};
 
 /// A device holding a FAT32 volume: a raw image file, a block device, or an
 /// NBD export. `sync_device` must make every completed write durable.
 pub trait FatDevice: Read + Write + Seek + Send {
     /// Make all completed writes durable (fsync, NBD flush, ...).
     fn sync_device(&mut self) -> io::Result<()>;
+
+    /// A reader of device bytes `at..at + len` for other threads, once
+    /// everything written there can be read back through it
+    /// ([`Store::locate`]); `None` (the default) where the device has none.
+    fn range_reader(&mut self, _at: u64, _len: u64) -> io::Result<Option<Arc<dyn RangeRead>>> {
+        Ok(None)
+    }
 }
 
 impl FatDevice for std::fs::File {
@@ -149,6 +156,20 @@ impl<D: FatDevice> CacheInner<D> {
                 ),
             )),
         }
+    }
+
+    /// The device's reader of `off..off + len`, unless a dirty block of
+    /// this cache covers part of it (only [`Self::read_at`] lays those over
+    /// the device's bytes).
+    fn range_reader(&mut self, off: u64, len: u64) -> io::Result<Option<Arc<dyn RangeRead>>> {
+        self.check_range(off, len as usize)?;
+        let end = off + len;
+        let dirty = (off / BLOCK..end.div_ceil(BLOCK))
+            .any(|b| self.blocks.peek(&b).is_some_and(|(_, dirty)| *dirty));
+        if dirty {
+            return Ok(None);
+        }
+        self.dev.range_reader(off, len)
     }
 
     fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -985,6 +1006,32 @@ impl<D: FatDevice> Store for FatStore<D> {
             Some(_) => Err(StoreError::Io(format!("{path} is a directory"))),
             None => Ok(None),
         }
+    }
+
+    fn locate(&mut self, path: &str, offset: u64, len: u64) -> Result<Option<Located>, StoreError> {
+        check_path(path)?;
+        let Some(geo) = self.geo.clone() else {
+            return Ok(None);
+        };
+        let cache = self.cache.clone();
+        let Some(map) = self.map(path)? else {
+            return Ok(None);
+        };
+        let end = offset.checked_add(len);
+        if end.is_none_or(|e| e > map.size || e > map.clusters() * geo.cluster_bytes) {
+            return Ok(None);
+        }
+        let [(at, n)] = map.pieces(&geo, offset, len)[..] else {
+            return Ok(None);
+        };
+        if n != len {
+            return Ok(None);
+        }
+        let device = cache
+            .lock()
+            .and_then(|mut g| g.range_reader(at, len))
+            .map_err(|e| fat_err(path, e))?;
+        Ok(device.map(|device| Located { device, at }))
     }
 
     fn read_at(&mut self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, StoreError> {

@@ -28,6 +28,7 @@ pub use mem::MemStore;
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 /// Why a store operation failed. Kept small and `no_std`: the host turns it
@@ -72,6 +73,32 @@ pub struct Entry {
     pub kind: EntryKind,
     /// File size in bytes (0 for directories).
     pub len: u64,
+}
+
+/// Reads a medium's device straight into the caller's buffers, from any
+/// thread: what [`Store::locate`] hands out so a reader fetches records on
+/// its decrypting threads into buffers that then go on to the volume, with
+/// no copy on the way (the FAT store's own reads go through a read-ahead
+/// window and copy out of it).
+pub trait RangeRead: Send + Sync {
+    /// Fills `buf` from device byte `at`. `at`, `buf.len()` and `buf`'s
+    /// address are multiples of [`crate::CHUNK_ALIGN`]. Returns the bytes
+    /// read: fewer than `buf.len()` only at the end of the device.
+    fn read_aligned(&self, at: u64, buf: &mut [u8]) -> Result<usize, StoreError>;
+}
+
+/// Where a file's byte range lies on the medium's device: one contiguous
+/// run starting at device byte `at`, read with `device`.
+#[derive(Clone)]
+pub struct Located {
+    pub device: Arc<dyn RangeRead>,
+    pub at: u64,
+}
+
+impl core::fmt::Debug for Located {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Located").field("at", &self.at).finish()
+    }
 }
 
 /// File-level access to a medium.
@@ -131,6 +158,20 @@ pub trait Store {
     /// not attached; `None` (the default) for one medium.
     fn span(&self) -> Option<&dyn crate::span::SpanView> {
         None
+    }
+
+    /// Where bytes `offset..offset + len` of file `path` lie on the device,
+    /// when they lie in one run of it and the device can be read from other
+    /// threads with nothing written but not yet readable there (a FAT image
+    /// or device: see [`RangeRead`]). `None` (the default): read through
+    /// [`read_at`](Self::read_at). Valid until the next write to the store.
+    fn locate(
+        &mut self,
+        _path: &str,
+        _offset: u64,
+        _len: u64,
+    ) -> Result<Option<Located>, StoreError> {
+        Ok(None)
     }
 
     /// Read exactly `buf.len()` bytes at `offset`.
