@@ -1286,7 +1286,7 @@ fn rbd_rows(
             "rbd:{pool}/{base}-{suffix}"
         ))?)
     };
-    let (ours, theirs) = (spec("ingest")?, spec("convert")?);
+    let (ours, bytes, theirs) = (spec("ingest")?, spec("sha")?, spec("convert")?);
     let remove = |s: &mgear_volume::RbdSpec| {
         let mut c = Command::new("rbd");
         if let Some(conf) = &s.conf {
@@ -1300,42 +1300,51 @@ fn rbd_rows(
             .stdin(std::process::Stdio::null())
             .output();
     };
-    let cpu = crate::progress::cpu_seconds() + children_cpu_seconds();
-    let ingest = timed(|| {
-        crate::ingest::ingest(&crate::ingest::Plan {
-            boot: false,
-            wait_for: String::new(),
-            timeout: 0,
-            boot_bus: mgear_boot::Bus::Auto,
-            flavor: None,
-            register_image: false,
-            report: None,
-            hold: false,
-            volume_sha256: false,
-            adapt: false,
-            medium: medium.clone(),
-            name: "bench".into(),
-            identity: Some(key.to_owned()),
-            passphrase_file: None,
-            target: ours.to_string(),
-            generation: None,
-            state_dir: Some(work.join("ingest-state-rbd")),
-            force: true,
-            allow_unsealed: true,
-            trust: crate::trust::Pins {
-                allow_untrusted: true,
-                ..Default::default()
-            },
-            rate_limit: None,
-            checkpoint_bytes: 64 << 20,
-            json: true,
-        })
-        .map(|_| ())
-    });
-    let ingest_cpu = crate::progress::cpu_seconds() + children_cpu_seconds() - cpu;
-    remove(&ours);
-    let ingest = ingest?;
-    let cpu = children_cpu_seconds();
+    // One ingest into `spec`: wall seconds, the process's CPU seconds and the
+    // CPU seconds of this machine's OSDs (the cloud lab's; 0 for a remote cluster).
+    let ingest_into = |spec: &mgear_volume::RbdSpec, volume_sha256: bool, state: &str| {
+        let (cpu, osd) = (
+            crate::progress::cpu_seconds() + children_cpu_seconds(),
+            osd_cpu_seconds(),
+        );
+        let secs = timed(|| {
+            crate::ingest::ingest(&crate::ingest::Plan {
+                boot: false,
+                wait_for: String::new(),
+                timeout: 0,
+                boot_bus: mgear_boot::Bus::Auto,
+                flavor: None,
+                register_image: false,
+                report: None,
+                hold: false,
+                volume_sha256,
+                adapt: false,
+                medium: medium.clone(),
+                name: "bench".into(),
+                identity: Some(key.to_owned()),
+                passphrase_file: None,
+                target: spec.to_string(),
+                generation: None,
+                state_dir: Some(work.join(state)),
+                force: true,
+                allow_unsealed: true,
+                trust: crate::trust::Pins {
+                    allow_untrusted: true,
+                    ..Default::default()
+                },
+                rate_limit: None,
+                checkpoint_bytes: 64 << 20,
+                json: true,
+            })
+            .map(|_| ())
+        });
+        let cpu = crate::progress::cpu_seconds() + children_cpu_seconds() - cpu;
+        remove(spec);
+        secs.map(|secs| (secs, cpu, osd_cpu_seconds() - osd))
+    };
+    let (ingest, ingest_cpu, ingest_osd) = ingest_into(&ours, false, "ingest-state-rbd")?;
+    let (read, read_cpu, read_osd) = ingest_into(&bytes, true, "ingest-state-rbd-sha")?;
+    let (cpu, osd) = (children_cpu_seconds(), osd_cpu_seconds());
     let convert = timed(|| {
         crate::tools::run(
             Command::new("qemu-img")
@@ -1344,16 +1353,20 @@ fn rbd_rows(
                 .arg(theirs.qemu_filename()),
         )
     });
-    let convert_cpu = children_cpu_seconds() - cpu;
+    let (convert_cpu, convert_osd) = (children_cpu_seconds() - cpu, osd_cpu_seconds() - osd);
     remove(&theirs);
     let convert = convert?;
     let (ingest_rate, convert_rate) = (
         crate::progress::mb_per_s(size, ingest),
         crate::progress::mb_per_s(size, convert),
     );
+    let osd = |cpu: f64| match cpu > 0.0 {
+        true => format!(", OSDs here {cpu:.2} CPU-s"),
+        false => String::new(),
+    };
     Ok(vec![
         Timing {
-            what: "rbd: qemu-img convert -W -m 16 -> rbd".into(),
+            what: format!("rbd: qemu-img convert -W -m 16 -> rbd{}", osd(convert_osd)),
             seconds: convert,
             mb_per_s: convert_rate,
             vs_dd: None,
@@ -1364,7 +1377,10 @@ fn rbd_rows(
             cpu_share: None,
         },
         Timing {
-            what: "rbd: mgear ingest -> rbd (verifies, reads back)".into(),
+            what: format!(
+                "rbd: mgear ingest -> rbd (verifies, digests on the OSDs{})",
+                osd(ingest_osd)
+            ),
             seconds: ingest,
             mb_per_s: ingest_rate,
             // Here the baseline is qemu-img convert into the same pool, not dd.
@@ -1375,7 +1391,42 @@ fn rbd_rows(
             output_bytes: None,
             cpu_share: None,
         },
+        Timing {
+            what: format!(
+                "rbd: mgear ingest --volume-sha256 (reads every byte back{})",
+                osd(read_osd)
+            ),
+            seconds: read,
+            mb_per_s: crate::progress::mb_per_s(size, read),
+            vs_dd: Some(ratio(crate::progress::mb_per_s(size, read), convert_rate)),
+            baseline: Some("convert".into()),
+            cpu_seconds: Some(read_cpu),
+            cpu_s_per_gib: Some(read_cpu / gib(size)),
+            output_bytes: None,
+            cpu_share: None,
+        },
     ])
+}
+
+/// CPU seconds of this machine's `ceph-osd` processes so far (from /proc; 0
+/// when none runs here).
+fn osd_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "ceph-osd")
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .map(|pid| proc_usage(pid).0)
+        .sum()
 }
 
 /// Checks the targets against the figures of this run.

@@ -928,7 +928,7 @@ pub fn write_volume<S: image_format::Store>(
     let fed_to_writer = std::thread::scope(|s| -> crate::Result<_> {
         let (verify, checking) = match (beside, head_plain.as_deref()) {
             (Some(rd), Some(head)) => {
-                let (wtx, wrx) = std::sync::mpsc::sync_channel::<Written>(0);
+                let (wtx, wrx) = std::sync::mpsc::sync_channel::<Written>(2);
                 let (gtx, grx) = std::sync::mpsc::sync_channel::<ReadBatch>(0);
                 let recheck = &recheck;
                 // Read buffers go back to the reading side once checked: no
@@ -1342,6 +1342,9 @@ enum Expect {
 enum ReadBatch {
     /// The batch's chunks in runs, in order.
     Runs(Vec<Run>),
+    /// The batch's chunks (their plaintext or zeros) and the volume's digests
+    /// of what it stores over the same bytes ([`digest_ranges`]).
+    Digests(Vec<Check>, Vec<mgear_volume::StoredDigest>),
     /// As [`Written::Barrier`].
     Barrier(std::sync::mpsc::SyncSender<()>),
 }
@@ -1457,7 +1460,19 @@ fn read_back_beside(
 ) -> crate::Result<()> {
     let mut zero_ids = ZeroIds::new(key);
     let stopped = || crate::err!("the read-back check stopped");
+    // Where the storage digests what it holds (RBD: the OSDs), chunks whose
+    // plaintext is at hand are checked by digest instead of being read back;
+    // not for the volume's SHA-256, which needs the bytes.
+    let unit = if r.sha256 { None } else { rd.digest_unit() };
     let mut read = |checks: Vec<Check>| -> crate::Result<()> {
+        let known = checks.iter().all(|c| !matches!(c.expect, Expect::Id(_)));
+        if let Some(unit) = unit.filter(|_| known) {
+            let mut digests = digest_ranges(&checks, r.chunk, unit);
+            rd.stored_digests(&mut digests)?;
+            return out
+                .send(ReadBatch::Digests(checks, digests))
+                .map_err(|_| stopped());
+        }
         let mut runs = runs_of(
             checks,
             r.chunk,
@@ -1547,6 +1562,28 @@ fn check_beside(
                 continue;
             }
             ReadBatch::Runs(runs) => runs,
+            ReadBatch::Digests(checks, digests) => {
+                if let Some(bad) = digests_differ(&checks, &digests, r.chunk, head, threads)? {
+                    return Err(coded(
+                        FOUND,
+                        format!(
+                            "read-back check failed: disk bytes {}..{} on {desc} differ from \
+                             what was authenticated (the storage's digest of them does not \
+                             match); the target is left incomplete (remove {} and re-run)",
+                            bad.start,
+                            bad.end,
+                            r.state_path.display()
+                        ),
+                    ));
+                }
+                checked += checks.len() as u64;
+                for c in checks {
+                    if let Expect::Bytes(b) = c.expect {
+                        r.buffers.put(b);
+                    }
+                }
+                continue;
+            }
         };
         let bad = image_format::parallel::map_in_order(&runs, threads, |run| {
             run.chunks().into_iter().find_map(|(c, data)| {
@@ -1600,6 +1637,107 @@ fn check_beside(
         }
     }
     Ok((checked == r.count).then(|| sha.map(|s| s.finalize().into())))
+}
+
+/// The ranges the storage digests for `checks` (chunks of `chunk` bytes, in
+/// write order): each chunk's bytes, cut where a multiple of `unit` falls
+/// and joined with the previous chunk's when they follow each other within
+/// one unit (one request per object).
+fn digest_ranges(checks: &[Check], chunk: u64, unit: u64) -> Vec<mgear_volume::StoredDigest> {
+    let mut out: Vec<mgear_volume::StoredDigest> = Vec::new();
+    for c in checks {
+        let (mut at, end) = (c.index * chunk, c.index * chunk + c.len as u64);
+        while at < end {
+            let piece_end = end.min((at / unit + 1) * unit);
+            match out.last_mut() {
+                Some(d) if d.offset + d.len == at && d.offset / unit == at / unit => {
+                    d.len += piece_end - at;
+                }
+                _ => out.push(mgear_volume::StoredDigest {
+                    offset: at,
+                    len: piece_end - at,
+                    stored: None,
+                }),
+            }
+            at = piece_end;
+        }
+    }
+    out
+}
+
+/// The first of `digests` (as [`digest_ranges`] made them for `checks`) whose
+/// stored bytes are not what the chunks must hold (their plaintext, or
+/// zeros), as a range of the disk; chunk 0 must also be `head`. Digests are
+/// computed on up to `threads` threads.
+fn digests_differ(
+    checks: &[Check],
+    digests: &[mgear_volume::StoredDigest],
+    chunk: u64,
+    head: &[u8],
+    threads: usize,
+) -> crate::Result<Option<std::ops::Range<u64>>> {
+    for c in checks.iter().filter(|c| c.index == 0) {
+        let right = match &c.expect {
+            Expect::Bytes(b) => b.as_slice() == head,
+            Expect::Zeros => head.iter().all(|&x| x == 0),
+            Expect::Id(_) => false,
+        };
+        if !right {
+            return Ok(Some(0..c.len as u64));
+        }
+    }
+    let by_offset: std::collections::BTreeMap<u64, &Check> =
+        checks.iter().map(|c| (c.index * chunk, c)).collect();
+    // The bytes the chunks must hold in `at..end`, piece by piece (`None`: zeros).
+    let pieces = |at: u64, end: u64, each: &mut dyn FnMut(Option<&[u8]>, usize)| {
+        for (&start, c) in by_offset.range(..end) {
+            let stop = start + c.len as u64;
+            if stop <= at {
+                continue;
+            }
+            let (from, to) = (
+                (at.max(start) - start) as usize,
+                (end.min(stop) - start) as usize,
+            );
+            match &c.expect {
+                Expect::Bytes(b) => each(b.get(from..to), to - from),
+                _ => each(None, to - from),
+            }
+        }
+    };
+    let bad = image_format::parallel::map_in_order(digests, threads, |d| {
+        let end = d.offset + d.len;
+        let (n, want) = d
+            .stored
+            .unwrap_or((0, mgear_volume::DigestHasher::new().finish()));
+        let mut hasher = mgear_volume::DigestHasher::new();
+        let mut covered = 0u64;
+        let mut ok = true;
+        pieces(d.offset, end, &mut |bytes, len| {
+            // The first `n` bytes are hashed; the rest must be zeros.
+            let split = (n.saturating_sub(covered) as usize).min(len);
+            match bytes {
+                Some(b) if b.len() == len => {
+                    hasher.update(&b[..split]);
+                    ok &= b[split..].iter().all(|&x| x == 0);
+                }
+                Some(_) => ok = false,
+                None => {
+                    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+                    let mut left = split;
+                    while left > 0 {
+                        let k = left.min(ZEROS.len());
+                        hasher.update(&ZEROS[..k]);
+                        left -= k;
+                    }
+                }
+            }
+            covered += len as u64;
+        });
+        let right = ok && covered == d.len && n <= d.len && hasher.finish() == want;
+        (!right).then_some(d.offset..end)
+    })?;
+    Ok(bad.into_iter().flatten().next())
 }
 
 /// Read everything back and compare with the ids of authenticated data, a
@@ -2091,6 +2229,75 @@ mod tests {
             assert_eq!(r.volume_sha256, None, "beside {beside}");
             assert!(*data.lock().unwrap() == disk, "beside {beside}");
         }
+    }
+
+    /// Where the volume's storage digests what it holds (RBD's OSDs), the
+    /// check beside the writes compares digests instead of reading the bytes
+    /// back: units cut through chunks, units stored only up to their last
+    /// non-zero byte and units not stored at all pass; a byte the storage
+    /// holds wrong is named; `--volume-sha256`, which needs the bytes,
+    /// reads them back.
+    #[test]
+    fn a_volume_that_digests_what_it_stores_is_checked_by_digest() {
+        use mgear_volume::FakeVolume;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        const C: u64 = 65536;
+        let disk = sample_disk();
+        let (mut store, key) = mem_capture(&disk);
+        let run = |unit: u64,
+                   sha: bool,
+                   corrupt: Option<u64>,
+                   store: &mut image_format::store::MemStore| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut p = plan(dir.path());
+            p.rate = None;
+            p.volume_sha256 = sha;
+            let asked = Arc::new(AtomicU64::new(0));
+            let (fake, data) = FakeVolume::new(disk.len(), None);
+            let mut fake = fake
+                .with_concurrent_reader()
+                .with_digests(unit, asked.clone());
+            if let Some(at) = corrupt {
+                fake = fake.corrupting_reads(at, 1);
+            }
+            let got = write_volume(
+                &p,
+                Box::new(fake),
+                reader_of(store, &key),
+                None,
+                Instant::now(),
+            );
+            let data = data.lock().unwrap().clone();
+            (got.map(|(r, _)| r), asked.load(Ordering::Relaxed), data)
+        };
+        for unit in [3 * C, 100_000, 1 << 20] {
+            let (r, asked, data) = run(unit, false, None, &mut store);
+            let r = r.unwrap();
+            assert!(r.verified && asked > 0, "unit {unit}: asked {asked}");
+            assert!(data == disk, "unit {unit}");
+        }
+        for (unit, at) in [(3 * C, 2 * C + 7), (100_000, 9 * C + 5), (100_000, 199_999)] {
+            let (r, _, _) = run(unit, false, Some(at), &mut store);
+            let err = r.unwrap_err();
+            assert_eq!(crate::exit::code_of(&err), FOUND, "{err:#}");
+            let msg = err.to_string();
+            let range = msg
+                .split("disk bytes ")
+                .nth(1)
+                .and_then(|m| m.split(' ').next())
+                .and_then(|m| m.split_once(".."))
+                .map(|(a, b)| (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()))
+                .unwrap_or_else(|| panic!("no range in {msg}"));
+            assert!(
+                range.0 <= at && at < range.1 && range.1 - range.0 <= unit,
+                "{msg}"
+            );
+        }
+        let (r, asked, _) = run(3 * C, true, None, &mut store);
+        let r = r.unwrap();
+        assert_eq!(asked, 0, "the SHA-256 of the volume needs its bytes");
+        assert_eq!(r.volume_sha256, Some(sha256_hex(&disk)));
     }
 
     #[test]

@@ -7,11 +7,15 @@
 //! not yet flushed read as they were at the last flush, so a pipeline that
 //! reads a range back before flushing it fails its check. And it can lie on
 //! read-back (a range reads with its bits flipped, through every read path),
-//! as a volume that lost data would.
+//! as a volume that lost data would. Its reader can digest what it holds
+//! the way Ceph's OSDs do ([`FakeVolume::with_digests`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::{Error, Finished, Found, ReadAt, Result, Volume, VolumeReader};
+use crate::{
+    DigestHasher, Error, Finished, Found, ReadAt, Result, StoredDigest, Volume, VolumeReader,
+};
 
 /// The bytes of a [`FakeVolume`], shared with the test that made it so it
 /// can look at them after the volume was moved into the pipeline.
@@ -33,6 +37,8 @@ pub struct FakeVolume {
     flushed: Option<Shared>,
     /// Bytes `[start, end)` read back with their bits flipped.
     corrupt: Option<(u64, u64)>,
+    /// The reader digests ranges within units of this size, counting the calls.
+    digests: Option<(u64, Arc<AtomicU64>)>,
 }
 
 impl FakeVolume {
@@ -53,6 +59,7 @@ impl FakeVolume {
                 flushes: 0,
                 flushed: None,
                 corrupt: None,
+                digests: None,
             },
             data,
         )
@@ -74,6 +81,15 @@ impl FakeVolume {
     pub fn with_concurrent_reader(mut self) -> Self {
         let now = self.bytes().clone();
         self.flushed = Some(std::sync::Arc::new(Mutex::new(now)));
+        self
+    }
+
+    /// Its concurrent reader digests what it holds in units of `unit` bytes,
+    /// as an RBD image's objects on the OSDs: a unit whose bytes are all
+    /// zeros is not stored, and a unit is stored up to its last non-zero
+    /// byte. `asked` counts the calls.
+    pub fn with_digests(mut self, unit: u64, asked: Arc<AtomicU64>) -> Self {
+        self.digests = Some((unit, asked));
         self
     }
 
@@ -153,6 +169,7 @@ impl Volume for FakeVolume {
             Box::new(FakeReader {
                 flushed,
                 corrupt: self.corrupt,
+                digests: self.digests.clone(),
             }) as Box<dyn VolumeReader>
         }))
     }
@@ -181,6 +198,7 @@ fn corrupt(range: Option<(u64, u64)>, offset: u64, buf: &mut [u8]) {
 pub struct FakeReader {
     flushed: Shared,
     corrupt: Option<(u64, u64)>,
+    digests: Option<(u64, Arc<AtomicU64>)>,
 }
 
 impl VolumeReader for FakeReader {
@@ -201,6 +219,44 @@ impl VolumeReader for FakeReader {
                 })?;
             r.buf.copy_from_slice(src);
             corrupt(self.corrupt, r.offset, r.buf);
+        }
+        Ok(())
+    }
+
+    fn digest_unit(&mut self) -> Option<u64> {
+        self.digests.as_ref().map(|(unit, _)| *unit)
+    }
+
+    fn stored_digests(&mut self, digests: &mut [StoredDigest]) -> Result<()> {
+        let Some((unit, asked)) = self.digests.clone() else {
+            return Err(Error::Usage("fake volume: no digests".into()));
+        };
+        asked.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
+        for d in digests {
+            let start = d.offset / unit * unit;
+            if d.offset + d.len > start + unit {
+                return Err(Error::Usage(format!(
+                    "fake volume: digest range at {} (+{}) crosses a unit",
+                    d.offset, d.len
+                )));
+            }
+            let end = (start + unit).min(bytes.len() as u64);
+            let mut object = bytes
+                .get(start as usize..end as usize)
+                .ok_or_else(|| Error::Usage(format!("fake volume: {start} is past its end")))?
+                .to_vec();
+            corrupt(self.corrupt, start, &mut object);
+            // Stored up to its last non-zero byte; nothing stored when all zeros.
+            let Some(size) = object.iter().rposition(|&b| b != 0).map(|i| i as u64 + 1) else {
+                d.stored = None;
+                continue;
+            };
+            let within = d.offset - start;
+            let n = d.len.min(size.saturating_sub(within));
+            let mut h = DigestHasher::new();
+            h.update(&object[within as usize..(within + n) as usize]);
+            d.stored = Some((n, h.finish()));
         }
         Ok(())
     }

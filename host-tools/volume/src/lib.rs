@@ -287,6 +287,45 @@ pub trait Volume: Send {
     }
 }
 
+/// A range's digest computed where the volume keeps its bytes (see
+/// [`VolumeReader::stored_digests`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredDigest {
+    /// Volume offset of the range.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// Filled in: `None` when nothing is stored there (the range reads as
+    /// zeros); `Some((n, h))` when the volume holds the range's first `n`
+    /// bytes (the rest reads as zeros) and `h` is their [`DigestHasher`] digest.
+    pub stored: Option<(u64, u64)>,
+}
+
+/// The digest of [`StoredDigest`]: XXH64 with seed 0, the checksum Ceph's
+/// OSDs compute over an object range. Not a cryptographic hash, and it need
+/// not be one: it compares bytes just written (and authenticated on the way)
+/// with what the storage holds, as a read-back compare would.
+#[derive(Clone)]
+pub struct DigestHasher(xxhash_rust::xxh64::Xxh64);
+
+impl DigestHasher {
+    pub fn new() -> Self {
+        DigestHasher(xxhash_rust::xxh64::Xxh64::new(0))
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    pub fn finish(&self) -> u64 {
+        self.0.digest()
+    }
+}
+
+impl Default for DigestHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Reads a volume while its [`Volume`] writes it (see
 /// [`Volume::concurrent_reader`]): the read-back check's own way to the bytes.
 ///
@@ -303,6 +342,24 @@ pub trait VolumeReader: Send {
     /// (a hole) without reading it; `false` when unknown.
     fn reads_as_zeros(&mut self, _offset: u64, _len: u64) -> bool {
         false
+    }
+
+    /// When the volume's storage can digest what it holds
+    /// ([`stored_digests`](Self::stored_digests)): the ranges given must not
+    /// cross a multiple of this (an RBD object). `None` (the default): read
+    /// the bytes back.
+    fn digest_unit(&mut self) -> Option<u64> {
+        None
+    }
+
+    /// Has the storage digest each range where it keeps the bytes (the OSDs
+    /// of a Ceph cluster): the read-back check without the bytes crossing
+    /// the network. The same contract as a read: it sees every write
+    /// completed before the last flush, from where the data is kept.
+    fn stored_digests(&mut self, _digests: &mut [StoredDigest]) -> Result<()> {
+        Err(Error::Usage(
+            "this volume cannot digest what it stores: read it back".into(),
+        ))
     }
 }
 

@@ -11,7 +11,9 @@
 //! What it offers: a [`Cluster`] (a connected rados client and one pool's I/O context), an
 //! [`Image`] opened read-write or read-only, and [`Image::run`], which keeps up to `depth`
 //! asynchronous requests (writes, write-zeroes, reads) in flight: RBD is latency-bound, one
-//! request at a time is far below what the cluster takes.
+//! request at a time is far below what the cluster takes. [`Image::stored_digests`] has the
+//! OSDs checksum object ranges (rados read operations: stat + XXH64 checksum), the read-back
+//! without the bytes.
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -20,12 +22,13 @@ use std::sync::{Arc, OnceLock};
 
 use libloading::Library;
 
-use crate::{Error, Result};
+use crate::{DigestHasher, Error, Result, StoredDigest};
 
 type RadosT = *mut c_void;
 type IoctxT = *mut c_void;
 type ImageT = *mut c_void;
 type CompletionT = *mut c_void;
+type ReadOpT = *mut c_void;
 type CallbackT = Option<unsafe extern "C" fn(CompletionT, *mut c_void)>;
 type DiffCb = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
 
@@ -79,6 +82,16 @@ api! {
     rados fn rados_ioctx_create(RadosT, *const c_char, *mut IoctxT) -> c_int;
     rados fn rados_ioctx_destroy(IoctxT);
     rados fn rados_shutdown(RadosT);
+    rados fn rados_ioctx_get_id(IoctxT) -> i64;
+    rados fn rados_create_read_op() -> ReadOpT;
+    rados fn rados_release_read_op(ReadOpT);
+    rados fn rados_read_op_stat(ReadOpT, *mut u64, *mut nix::libc::time_t, *mut c_int);
+    rados fn rados_read_op_checksum(ReadOpT, c_int, *const c_char, usize, u64, usize, usize, *mut c_char, usize, *mut c_int);
+    rados fn rados_aio_create_completion2(*mut c_void, CallbackT, *mut CompletionT) -> c_int;
+    rados fn rados_aio_read_op_operate(ReadOpT, IoctxT, CompletionT, *const c_char, c_int) -> c_int;
+    rados fn rados_aio_wait_for_complete(CompletionT) -> c_int;
+    rados fn rados_aio_get_return_value(CompletionT) -> c_int;
+    rados fn rados_aio_release(CompletionT);
     rbd fn rbd_create(IoctxT, *const c_char, u64, *mut c_int) -> c_int;
     rbd fn rbd_open(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
     rbd fn rbd_open_read_only(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
@@ -97,6 +110,38 @@ api! {
     rbd fn rbd_aio_wait_for_complete(CompletionT) -> c_int;
     rbd fn rbd_aio_get_return_value(CompletionT) -> isize;
     rbd fn rbd_aio_release(CompletionT);
+    rbd fn rbd_get_block_name_prefix(ImageT, *mut c_char, usize) -> c_int;
+    rbd fn rbd_get_stripe_count(ImageT, *mut u64) -> c_int;
+    rbd fn rbd_get_data_pool_id(ImageT) -> i64;
+    rbd fn rbd_get_overlap(ImageT, *mut u64) -> c_int;
+}
+
+/// `LIBRADOS_CHECKSUM_TYPE_XXHASH64`.
+const CHECKSUM_XXHASH64: c_int = 1;
+
+/// Where an image's data is, as objects: `{prefix}.{object number:016x}` of `object_size`
+/// bytes each, in the image's own pool (see [`Image::object_layout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ObjectLayout {
+    pub prefix: String,
+    pub object_size: u64,
+}
+
+/// The buffers one asynchronous stat + checksum request fills: boxed, so they stay where
+/// librados writes until the request completed.
+struct DigestSlot {
+    index: usize,
+    oid: CString,
+    within: u64,
+    len: u64,
+    op: ReadOpT,
+    c: CompletionT,
+    size: u64,
+    mtime: nix::libc::time_t,
+    stat_rval: c_int,
+    sum_rval: c_int,
+    /// A le32 count of checksums, then each (one le64 here).
+    out: [u8; 16],
 }
 
 /// The loaded libraries (kept so the function pointers stay valid) and their functions.
@@ -673,12 +718,228 @@ impl Image {
         (r == 0 || r == STOP_WALK) && !data
     }
 
+    /// Where the image's data objects are, when they can be digested on the OSDs: `None` for
+    /// any layout but the plain one (fancy striping, a parent image whose objects it reads
+    /// through, a separate data pool, an old format 1 image), whose read-back reads the bytes.
+    pub fn object_layout(&self) -> Option<ObjectLayout> {
+        let api = self.api();
+        let (mut count, mut overlap, mut prefix) = (0u64, 0u64, [0u8; 128]);
+        let object_size = self.object_size().ok()?;
+        // SAFETY: an open image, valid out pointers and the prefix buffer's true length.
+        let (striped, parent, data_pool, named, pool) = unsafe {
+            (
+                (api.rbd_get_stripe_count)(self.h, &mut count) != 0 || count != 1,
+                (api.rbd_get_overlap)(self.h, &mut overlap) != 0 || overlap != 0,
+                (api.rbd_get_data_pool_id)(self.h),
+                (api.rbd_get_block_name_prefix)(self.h, prefix.as_mut_ptr().cast(), prefix.len()),
+                (api.rados_ioctx_get_id)(self.cluster.0.io),
+            )
+        };
+        if striped || parent || data_pool != pool || named != 0 || object_size == 0 {
+            return None;
+        }
+        let end = prefix.iter().position(|&b| b == 0)?;
+        let prefix = std::str::from_utf8(&prefix[..end]).ok()?.to_string();
+        prefix.starts_with("rbd_data.").then_some(ObjectLayout {
+            prefix,
+            object_size,
+        })
+    }
+
+    /// Has the OSDs compute the XXH64 of each of `digests`' ranges (each within one object of
+    /// `layout`) over what they store, with up to `depth` requests in flight: the read-back
+    /// without the bytes crossing the network (each request is one stat and one checksum
+    /// operation on the object). Fills in `stored`.
+    pub fn stored_digests(
+        &self,
+        layout: &ObjectLayout,
+        digests: &mut [StoredDigest],
+        depth: usize,
+    ) -> Result<()> {
+        let api = self.api();
+        let io = self.cluster.0.io;
+        let name = &self.name;
+        let mut ring = DigestRing {
+            api,
+            q: VecDeque::new(),
+        };
+        let ranges: Vec<(u64, u64)> = digests.iter().map(|d| (d.offset, d.len)).collect();
+        let mut first_err: Option<Error> = None;
+        let mut finish = |slot: Box<DigestSlot>, ret: c_int, first_err: &mut Option<Error>| match (
+            slot.digest(name, ret),
+            digests.get_mut(slot.index),
+        ) {
+            (Ok(stored), Some(d)) => d.stored = stored,
+            (Err(e), _) if first_err.is_none() => *first_err = Some(e),
+            _ => {}
+        };
+        let depth = depth.max(1);
+        for (i, &(offset, dlen)) in ranges.iter().enumerate() {
+            while ring.q.len() >= depth {
+                if let Some((slot, ret)) = ring.reap_one() {
+                    finish(slot, ret, &mut first_err);
+                }
+            }
+            if first_err.is_some() {
+                break;
+            }
+            let (object, within) = (offset / layout.object_size, offset % layout.object_size);
+            let len = usize::try_from(dlen).unwrap_or(usize::MAX);
+            if within + dlen > layout.object_size {
+                first_err = Some(Error::Usage(format!(
+                    "{name}: digest range at {offset} (+{dlen}) crosses an object boundary"
+                )));
+                break;
+            }
+            let mut slot = Box::new(DigestSlot {
+                index: i,
+                oid: cstring("object", &format!("{}.{object:016x}", layout.prefix))?,
+                within,
+                len: dlen,
+                op: std::ptr::null_mut(),
+                c: std::ptr::null_mut(),
+                size: 0,
+                mtime: 0,
+                stat_rval: 0,
+                sum_rval: 0,
+                out: [0; 16],
+            });
+            let seed = [0u8; 8];
+            // SAFETY: the read op is created here and released once (after its request
+            // completed, or below if it was refused); every out pointer points into the boxed
+            // slot, which the ring keeps (and waits for) until the request completed; the seed
+            // is copied by librados when the operation is set up.
+            let r = unsafe {
+                slot.op = (api.rados_create_read_op)();
+                (api.rados_read_op_stat)(
+                    slot.op,
+                    &mut slot.size,
+                    &mut slot.mtime,
+                    &mut slot.stat_rval,
+                );
+                (api.rados_read_op_checksum)(
+                    slot.op,
+                    CHECKSUM_XXHASH64,
+                    seed.as_ptr().cast(),
+                    seed.len(),
+                    within,
+                    len,
+                    0,
+                    slot.out.as_mut_ptr().cast(),
+                    slot.out.len(),
+                    &mut slot.sum_rval,
+                );
+                let r = (api.rados_aio_create_completion2)(std::ptr::null_mut(), None, &mut slot.c);
+                if r < 0 {
+                    r
+                } else {
+                    (api.rados_aio_read_op_operate)(slot.op, io, slot.c, slot.oid.as_ptr(), 0)
+                }
+            };
+            if r < 0 {
+                // SAFETY: the request was never submitted: release what was created, once.
+                unsafe {
+                    if !slot.c.is_null() {
+                        (api.rados_aio_release)(slot.c);
+                    }
+                    (api.rados_release_read_op)(slot.op);
+                }
+                first_err = Some(ceph_err(
+                    "rados_aio_read_op_operate",
+                    &format!("{name}: object {:?}", slot.oid),
+                    r.into(),
+                ));
+                break;
+            }
+            ring.q.push_back(slot);
+        }
+        while let Some((slot, ret)) = ring.reap_one() {
+            finish(slot, ret, &mut first_err);
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Close the image, reporting librbd's error (a failed final flush).
     pub fn close(mut self) -> Result<()> {
         let h = std::mem::replace(&mut self.h, std::ptr::null_mut());
         // SAFETY: the open handle, closed once (Drop skips the null left behind).
         let r = unsafe { (self.api().rbd_close)(h) };
         check("rbd_close", &self.name, r)
+    }
+}
+
+impl DigestSlot {
+    /// What the completed request says is stored in the slot's range (see [`StoredDigest`]).
+    fn digest(&self, image: &str, ret: c_int) -> Result<Option<(u64, u64)>> {
+        let what = || format!("{image}: object {:?}", self.oid);
+        if ret == -(nix::errno::Errno::ENOENT as c_int) {
+            return Ok(None);
+        }
+        if ret < 0 {
+            return Err(ceph_err("rados_aio_read_op_operate", &what(), ret.into()));
+        }
+        if self.stat_rval < 0 {
+            return Err(ceph_err(
+                "rados_read_op_stat",
+                &what(),
+                self.stat_rval.into(),
+            ));
+        }
+        // The OSD checksums the range up to the object's end; past it the image reads zeros.
+        let n = self.len.min(self.size.saturating_sub(self.within));
+        if n == 0 {
+            return Ok(Some((0, DigestHasher::new().finish())));
+        }
+        if self.sum_rval < 0 {
+            return Err(ceph_err(
+                "rados_read_op_checksum",
+                &what(),
+                self.sum_rval.into(),
+            ));
+        }
+        let (mut count, mut sum) = ([0u8; 4], [0u8; 8]);
+        count.copy_from_slice(&self.out[..4]);
+        sum.copy_from_slice(&self.out[4..12]);
+        match u32::from_le_bytes(count) {
+            1 => Ok(Some((n, u64::from_le_bytes(sum)))),
+            k => Err(Error::Tool(format!(
+                "rados_read_op_checksum: {}: the OSD gave {k} checksums, not one",
+                what()
+            ))),
+        }
+    }
+}
+
+/// The stat + checksum requests of one [`Image::stored_digests`] in flight. Dropping it waits
+/// for every one, so no slot is freed while librados may still fill it.
+struct DigestRing {
+    api: &'static Api,
+    q: VecDeque<Box<DigestSlot>>,
+}
+
+impl DigestRing {
+    /// Wait for the oldest request; its slot and return value.
+    fn reap_one(&mut self) -> Option<(Box<DigestSlot>, c_int)> {
+        let slot = self.q.pop_front()?;
+        // SAFETY: a submitted request's completion and read op, waited for and released
+        // exactly once, here.
+        let ret = unsafe {
+            (self.api.rados_aio_wait_for_complete)(slot.c);
+            let ret = (self.api.rados_aio_get_return_value)(slot.c);
+            (self.api.rados_aio_release)(slot.c);
+            (self.api.rados_release_read_op)(slot.op);
+            ret
+        };
+        Some((slot, ret))
+    }
+}
+
+impl Drop for DigestRing {
+    fn drop(&mut self) {
+        while self.reap_one().is_some() {}
     }
 }
 
@@ -785,6 +1046,53 @@ mod tests {
             1,
             "one request left for the caller to drain"
         );
+    }
+
+    /// The OSD's reply to a stat + checksum request, as the read-back uses it: a missing
+    /// object and a range past the object's end hold nothing; a range the object ends in is
+    /// hashed up to its end; failures and odd replies are errors.
+    #[test]
+    fn digest_replies_are_read_as_the_osd_gives_them() {
+        let slot = |size: u64, within: u64, out: [u8; 16], sum_rval: c_int| DigestSlot {
+            index: 0,
+            oid: CString::new("rbd_data.1.0000000000000000").unwrap(),
+            within,
+            len: 10,
+            op: std::ptr::null_mut(),
+            c: std::ptr::null_mut(),
+            size,
+            mtime: 0,
+            stat_rval: 0,
+            sum_rval,
+            out,
+        };
+        let mut one = [0u8; 16];
+        one[..4].copy_from_slice(&1u32.to_le_bytes());
+        one[4..12].copy_from_slice(&0x1234_5678_9abc_def0u64.to_le_bytes());
+        let empty = DigestHasher::new().finish();
+        assert_eq!(slot(0, 0, [0; 16], 0).digest("img", -2).unwrap(), None);
+        assert_eq!(
+            slot(100, 200, [0; 16], 0).digest("img", 0).unwrap(),
+            Some((0, empty))
+        );
+        assert_eq!(
+            slot(105, 100, one, 0).digest("img", 0).unwrap(),
+            Some((5, 0x1234_5678_9abc_def0))
+        );
+        assert_eq!(
+            slot(4096, 100, one, 0).digest("img", 0).unwrap(),
+            Some((10, 0x1234_5678_9abc_def0))
+        );
+        assert!(slot(4096, 0, one, -22).digest("img", 0).is_err());
+        assert!(
+            slot(4096, 0, [0; 16], 0).digest("img", 0).is_err(),
+            "no checksum given"
+        );
+        let e = slot(4096, 0, one, 0)
+            .digest("img", -5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rbd_data.1.0000000000000000"), "{e}");
     }
 
     #[test]
