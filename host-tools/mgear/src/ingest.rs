@@ -1463,15 +1463,25 @@ fn read_back_beside(
     // Where the storage digests what it holds (RBD: the OSDs), chunks whose
     // plaintext is at hand are checked by digest instead of being read back;
     // not for the volume's SHA-256, which needs the bytes.
-    let unit = if r.sha256 { None } else { rd.digest_unit() };
+    let mut unit = match r.sha256 {
+        true => None,
+        false => rd.digest_unit().filter(|&u| u > 0),
+    };
     let mut read = |checks: Vec<Check>| -> crate::Result<()> {
         let known = checks.iter().all(|c| !matches!(c.expect, Expect::Id(_)));
-        if let Some(unit) = unit.filter(|_| known) {
-            let mut digests = digest_ranges(&checks, r.chunk, unit);
-            rd.stored_digests(&mut digests)?;
-            return out
-                .send(ReadBatch::Digests(checks, digests))
-                .map_err(|_| stopped());
+        if let Some(u) = unit.filter(|_| known) {
+            let mut digests = digest_ranges(&checks, r.chunk, u);
+            match rd.stored_digests(&mut digests) {
+                Ok(()) => {
+                    return out
+                        .send(ReadBatch::Digests(checks, digests))
+                        .map_err(|_| stopped());
+                }
+                // A storage that refuses to digest (an OSD without the checksum
+                // operation) is read back instead, from this batch on.
+                Err(e) if e.is_unsupported() => unit = None,
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut runs = runs_of(
             checks,
@@ -2298,6 +2308,41 @@ mod tests {
         let r = r.unwrap();
         assert_eq!(asked, 0, "the SHA-256 of the volume needs its bytes");
         assert_eq!(r.volume_sha256, Some(sha256_hex(&disk)));
+        // A storage that refuses to digest is read back instead; what it holds
+        // wrong is still caught.
+        for corrupt in [None, Some(6 * C + 3)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut p = plan(dir.path());
+            (p.rate, p.volume_sha256) = (None, false);
+            let asked = Arc::new(AtomicU64::new(0));
+            let (fake, data) = FakeVolume::new(disk.len(), None);
+            let mut fake = fake
+                .with_concurrent_reader()
+                .with_digests(3 * C, asked.clone())
+                .refusing_digests();
+            if let Some(at) = corrupt {
+                fake = fake.corrupting_reads(at, 1);
+            }
+            let got = write_volume(
+                &p,
+                Box::new(fake),
+                reader_of(&mut store, &key),
+                None,
+                Instant::now(),
+            );
+            assert!(asked.load(Ordering::Relaxed) > 0, "digests were asked for");
+            match corrupt {
+                None => {
+                    assert!(got.unwrap().0.verified);
+                    assert!(*data.lock().unwrap() == disk);
+                }
+                Some(_) => {
+                    let err = got.unwrap_err();
+                    assert_eq!(crate::exit::code_of(&err), FOUND, "{err:#}");
+                    assert!(err.to_string().contains("393216..458752"), "{err}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub struct FakeVolume {
     corrupt: Option<(u64, u64)>,
     /// The reader digests ranges within units of this size, counting the calls.
     digests: Option<(u64, Arc<AtomicU64>)>,
+    refuse_digests: bool,
 }
 
 impl FakeVolume {
@@ -60,6 +61,7 @@ impl FakeVolume {
                 flushed: None,
                 corrupt: None,
                 digests: None,
+                refuse_digests: false,
             },
             data,
         )
@@ -90,6 +92,13 @@ impl FakeVolume {
     /// byte. `asked` counts the calls.
     pub fn with_digests(mut self, unit: u64, asked: Arc<AtomicU64>) -> Self {
         self.digests = Some((unit, asked));
+        self
+    }
+
+    /// Its reader offers digests but refuses each request as an OSD without
+    /// the checksum operation would (`EOPNOTSUPP`).
+    pub fn refusing_digests(mut self) -> Self {
+        self.refuse_digests = true;
         self
     }
 
@@ -170,6 +179,7 @@ impl Volume for FakeVolume {
                 flushed,
                 corrupt: self.corrupt,
                 digests: self.digests.clone(),
+                refuse_digests: self.refuse_digests,
             }) as Box<dyn VolumeReader>
         }))
     }
@@ -199,6 +209,7 @@ pub struct FakeReader {
     flushed: Shared,
     corrupt: Option<(u64, u64)>,
     digests: Option<(u64, Arc<AtomicU64>)>,
+    refuse_digests: bool,
 }
 
 impl VolumeReader for FakeReader {
@@ -232,6 +243,14 @@ impl VolumeReader for FakeReader {
             return Err(Error::Usage("fake volume: no digests".into()));
         };
         asked.fetch_add(1, Ordering::Relaxed);
+        if self.refuse_digests {
+            return Err(Error::Ceph {
+                call: "rados_read_op_checksum",
+                what: "fake volume".into(),
+                errno: -(nix::errno::Errno::EOPNOTSUPP as i32),
+                meaning: "operation not supported".into(),
+            });
+        }
         let bytes = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
         for d in digests {
             let start = d.offset / unit * unit;

@@ -117,6 +117,12 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         matches!(self, Error::Usage(_))
     }
+
+    /// True when the storage does not offer what was asked (an OSD that
+    /// refuses the checksum operation): the caller takes another way.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Error::Ceph { errno, .. } if *errno == -(nix::errno::Errno::EOPNOTSUPP as i32))
+    }
 }
 
 /// Result with this crate's [`Error`].
