@@ -474,9 +474,13 @@ impl<S: Store> CaptureReader<S> {
     pub fn read_chunks(&mut self, indices: &[u64], threads: usize) -> Result<Vec<ChunkData>> {
         enum Got {
             Zero(u32),
-            Record(Box<(Location, RecordLoc)>, ChunkBuf),
-            /// Read on the opening thread, straight into its buffer.
-            Direct(Box<(Location, RecordLoc)>, Located),
+            Record(Box<(Location, RecordLoc)>, Fetch),
+        }
+        enum Fetch {
+            /// Read through the store.
+            Read(ChunkBuf),
+            /// To be read on the opening thread, straight into its buffer.
+            Located(Located),
         }
         let mut got = Vec::with_capacity(indices.len());
         for &index in indices {
@@ -489,21 +493,13 @@ impl<S: Store> CaptureReader<S> {
             match e {
                 IndexEntry::Zero { plain_len, .. } => got.push(Got::Zero(plain_len)),
                 IndexEntry::Stored(l) => {
-                    let located = self.locate_record(index, &l)?;
-                    let rec = match located {
-                        Some(_) => None,
-                        None => Some(self.fetch_record(index, &l)?),
+                    let fetch = match self.locate_record(index, &l)? {
+                        Some(dev) => Fetch::Located(dev),
+                        None => Fetch::Read(self.fetch_record(index, &l)?),
                     };
                     let at = self.location(index, &l);
                     self.cipher(&at, &l)?;
-                    let place = Box::new((at, l));
-                    got.push(match (rec, located) {
-                        (Some(rec), _) => Got::Record(place, rec),
-                        (None, Some(dev)) => Got::Direct(place, dev),
-                        (None, None) => {
-                            return Err(Error::Backend("record neither read nor located".into()))
-                        }
-                    });
+                    got.push(Got::Record(Box::new((at, l)), fetch));
                 }
             }
         }
@@ -514,39 +510,29 @@ impl<S: Store> CaptureReader<S> {
             &self.buffers,
         );
         let open = |g: Got| -> core::result::Result<ChunkData, OpenFail> {
-            match g {
-                Got::Zero(len) => Ok(ChunkData::Zero { len }),
-                Got::Record(place, rec) => {
-                    let (at, l) = *place;
-                    let cipher = ciphers
-                        .get(&(l.stream, l.generation, l.segment))
-                        .ok_or_else(|| {
-                            OpenFail::Other(Error::Backend(
-                                "segment cipher cache lost an entry".into(),
-                            ))
-                        })?;
-                    open_fetched_buf(cipher, chunk_id_key, capture_id, at, &l, rec, 0, buffers)
-                        .map(ChunkData::Data)
-                }
-                Got::Direct(place, dev) => {
-                    let (at, l) = *place;
-                    let cipher = ciphers
-                        .get(&(l.stream, l.generation, l.segment))
-                        .ok_or_else(|| {
-                            OpenFail::Other(Error::Backend(
-                                "segment cipher cache lost an entry".into(),
-                            ))
-                        })?;
-                    let (rec, lead) = read_located(&dev, &at, &l, buffers)?;
-                    open_fetched_buf(cipher, chunk_id_key, capture_id, at, &l, rec, lead, buffers)
-                        .map(ChunkData::Data)
-                }
-            }
+            let (place, fetch) = match g {
+                Got::Zero(len) => return Ok(ChunkData::Zero { len }),
+                Got::Record(place, fetch) => (place, fetch),
+            };
+            let (at, l) = *place;
+            let cipher = ciphers
+                .get(&(l.stream, l.generation, l.segment))
+                .ok_or_else(|| {
+                    OpenFail::Other(Error::Backend("segment cipher cache lost an entry".into()))
+                })?;
+            let (rec, lead) = match fetch {
+                Fetch::Read(rec) => (rec, 0),
+                Fetch::Located(dev) => read_located(&dev, &at, &l, buffers)?,
+            };
+            open_fetched_buf(cipher, chunk_id_key, capture_id, at, &l, rec, lead, buffers)
+                .map(ChunkData::Data)
         };
         // Records read on the opening threads wait on the device there: two
         // more threads than cores keep reads in flight while the others
         // decrypt (a direct read has no kernel read-ahead).
-        let direct = got.iter().any(|g| matches!(g, Got::Direct(..)));
+        let direct = got
+            .iter()
+            .any(|g| matches!(g, Got::Record(_, Fetch::Located(_))));
         let threads = if direct { threads + 2 } else { threads };
         let opened = crate::parallel::map_owned_in_order(got, threads, open)?;
         let mut out = Vec::with_capacity(opened.len());

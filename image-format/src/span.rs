@@ -707,6 +707,20 @@ impl<M: Store> SpanStore<M> {
     }
 
     /// The medium holding segment `path`: by the map, else by looking.
+    /// The member a read of `path` goes to: the one holding a placed file,
+    /// else the first holding it; `None` for the span label itself (never
+    /// read through the span) and for a file no member holds.
+    fn reading(&mut self, path: &str) -> core::result::Result<Option<usize>, StoreError> {
+        if path == SPAN_FILE {
+            return Ok(None);
+        }
+        if is_placed(path) {
+            self.holder(path)
+        } else {
+            self.first_with(path)
+        }
+    }
+
     fn holder(&mut self, path: &str) -> core::result::Result<Option<usize>, StoreError> {
         if let Some(o) = self.map.placed.get(path) {
             return Ok(self.index_of(*o));
@@ -921,15 +935,7 @@ impl<M: Store> Store for SpanStore<M> {
     }
 
     fn len(&mut self, path: &str) -> core::result::Result<Option<u64>, StoreError> {
-        if path == SPAN_FILE {
-            return Ok(None);
-        }
-        let i = if is_placed(path) {
-            self.holder(path)?
-        } else {
-            self.first_with(path)?
-        };
-        match i {
+        match self.reading(path)? {
             Some(i) => self.media[i].store.len(path),
             None => Ok(None),
         }
@@ -941,15 +947,7 @@ impl<M: Store> Store for SpanStore<M> {
         offset: u64,
         buf: &mut [u8],
     ) -> core::result::Result<usize, StoreError> {
-        if path == SPAN_FILE {
-            return Err(StoreError::NotFound);
-        }
-        let i = if is_placed(path) {
-            self.holder(path)?
-        } else {
-            self.first_with(path)?
-        };
-        match i {
+        match self.reading(path)? {
             Some(i) => self.media[i].store.read_at(path, offset, buf),
             None => Err(StoreError::NotFound),
         }
@@ -961,15 +959,7 @@ impl<M: Store> Store for SpanStore<M> {
         offset: u64,
         len: u64,
     ) -> core::result::Result<Option<crate::store::Located>, StoreError> {
-        if path == SPAN_FILE {
-            return Ok(None);
-        }
-        let i = if is_placed(path) {
-            self.holder(path)?
-        } else {
-            self.first_with(path)?
-        };
-        match i {
+        match self.reading(path)? {
             Some(i) => self.media[i].store.locate(path, offset, len),
             None => Ok(None),
         }

@@ -513,35 +513,13 @@ pub fn run(args: Plan) -> crate::Result<i32> {
 
             let cpu = crate::progress::cpu_seconds();
             let secs = timed(|| {
-                crate::ingest::ingest(&crate::ingest::Plan {
-                    boot: false,
-                    wait_for: String::new(),
-                    timeout: 0,
-                    boot_bus: mgear_boot::Bus::Auto,
-                    flavor: None,
-                    adapt: false,
-                    medium: medium.clone(),
-                    name: "bench".into(),
-                    identity: Some(key.clone()),
-                    passphrase_file: None,
-                    target: format!("file:{}", vol.display()),
-                    register_image: false,
-                    generation: None,
-                    state_dir: Some(work.join("ingest-state")),
-                    force: true,
-                    allow_unsealed: true,
-                    // A benchmark measures speed, not origin.
-                    trust: crate::trust::Pins {
-                        allow_untrusted: true,
-                        ..Default::default()
-                    },
-                    rate_limit: None,
-                    checkpoint_bytes: 64 << 20,
-                    json: true,
-                    report: None,
-                    hold: false,
-                    volume_sha256: false,
-                })
+                crate::ingest::ingest(&ingest_plan(
+                    &medium,
+                    &key,
+                    format!("file:{}", vol.display()),
+                    work.join("ingest-state"),
+                    false,
+                ))
                 .map(|_| ())
             })?;
             let ingest_cpu = crate::progress::cpu_seconds() - cpu;
@@ -1308,34 +1286,13 @@ fn rbd_rows(
             osd_cpu_seconds(),
         );
         let secs = timed(|| {
-            crate::ingest::ingest(&crate::ingest::Plan {
-                boot: false,
-                wait_for: String::new(),
-                timeout: 0,
-                boot_bus: mgear_boot::Bus::Auto,
-                flavor: None,
-                register_image: false,
-                report: None,
-                hold: false,
+            crate::ingest::ingest(&ingest_plan(
+                medium,
+                key,
+                spec.to_string(),
+                work.join(state),
                 volume_sha256,
-                adapt: false,
-                medium: medium.clone(),
-                name: "bench".into(),
-                identity: Some(key.to_owned()),
-                passphrase_file: None,
-                target: spec.to_string(),
-                generation: None,
-                state_dir: Some(work.join(state)),
-                force: true,
-                allow_unsealed: true,
-                trust: crate::trust::Pins {
-                    allow_untrusted: true,
-                    ..Default::default()
-                },
-                rate_limit: None,
-                checkpoint_bytes: 64 << 20,
-                json: true,
-            })
+            ))
             .map(|_| ())
         });
         let cpu = crate::progress::cpu_seconds() + children_cpu_seconds() - cpu;
@@ -1406,6 +1363,45 @@ fn rbd_rows(
             cpu_share: None,
         },
     ])
+}
+
+/// The benchmark's ingest of its capture into `target`: untrusted (a benchmark measures
+/// speed, not origin), unsealed, resume state in `state_dir`.
+fn ingest_plan(
+    medium: &Where,
+    key: &Path,
+    target: String,
+    state_dir: PathBuf,
+    volume_sha256: bool,
+) -> crate::ingest::Plan {
+    crate::ingest::Plan {
+        boot: false,
+        wait_for: String::new(),
+        timeout: 0,
+        boot_bus: mgear_boot::Bus::Auto,
+        flavor: None,
+        register_image: false,
+        report: None,
+        hold: false,
+        volume_sha256,
+        adapt: false,
+        medium: medium.clone(),
+        name: "bench".into(),
+        identity: Some(key.to_owned()),
+        passphrase_file: None,
+        target,
+        generation: None,
+        state_dir: Some(state_dir),
+        force: true,
+        allow_unsealed: true,
+        trust: crate::trust::Pins {
+            allow_untrusted: true,
+            ..Default::default()
+        },
+        rate_limit: None,
+        checkpoint_bytes: 64 << 20,
+        json: true,
+    }
 }
 
 /// CPU seconds of this machine's `ceph-osd` processes so far (from /proc; 0
