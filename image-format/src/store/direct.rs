@@ -865,6 +865,11 @@ fn read_all_at(file: &File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+        if !done.is_multiple_of(ALIGN) {
+            // A short read not on a block boundary is the end of the file (a
+            // direct read from there would be refused as unaligned).
+            break;
+        }
     }
     Ok(done)
 }
