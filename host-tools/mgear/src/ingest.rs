@@ -928,7 +928,7 @@ pub fn write_volume<S: image_format::Store>(
     let fed_to_writer = std::thread::scope(|s| -> crate::Result<_> {
         let (verify, checking) = match (beside, head_plain.as_deref()) {
             (Some(rd), Some(head)) => {
-                let (wtx, wrx) = std::sync::mpsc::sync_channel::<Written>(2);
+                let (wtx, wrx) = std::sync::mpsc::sync_channel::<Written>(0);
                 let (gtx, grx) = std::sync::mpsc::sync_channel::<ReadBatch>(0);
                 let recheck = &recheck;
                 // Read buffers go back to the reading side once checked: no
