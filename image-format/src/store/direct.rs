@@ -135,21 +135,7 @@ pub fn read_direct(
 ) -> io::Result<usize> {
     let len = want.div_ceil(ALIGN) * ALIGN;
     buf.reserve(len);
-    let dst = &mut buf.as_mut_slice()[..len];
-    let mut done = 0usize;
-    while done < want {
-        match direct.read_at(&mut dst[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-        if !done.is_multiple_of(ALIGN) {
-            // A short read not on a block boundary is the end of the file.
-            break;
-        }
-    }
-    Ok(done.min(want))
+    Ok(read_all_at(direct, offset, &mut buf.as_mut_slice()[..len])?.min(want))
 }
 
 /// An error kept to be returned again (`io::Error` is not `Clone`).
