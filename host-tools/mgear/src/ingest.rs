@@ -2259,6 +2259,7 @@ mod tests {
         let run = |unit: u64,
                    sha: bool,
                    corrupt: Option<u64>,
+                   refuse: bool,
                    store: &mut image_format::store::MemStore| {
             let dir = tempfile::tempdir().unwrap();
             let mut p = plan(dir.path());
@@ -2272,6 +2273,9 @@ mod tests {
             if let Some(at) = corrupt {
                 fake = fake.corrupting_reads(at, 1);
             }
+            if refuse {
+                fake = fake.refusing_digests();
+            }
             let got = write_volume(
                 &p,
                 Box::new(fake),
@@ -2283,13 +2287,13 @@ mod tests {
             (got.map(|(r, _)| r), asked.load(Ordering::Relaxed), data)
         };
         for unit in [3 * C, 100_000, 1 << 20] {
-            let (r, asked, data) = run(unit, false, None, &mut store);
+            let (r, asked, data) = run(unit, false, None, false, &mut store);
             let r = r.unwrap();
             assert!(r.verified && asked > 0, "unit {unit}: asked {asked}");
             assert!(data == disk, "unit {unit}");
         }
         for (unit, at) in [(3 * C, 2 * C + 7), (100_000, 9 * C + 5), (100_000, 199_999)] {
-            let (r, _, _) = run(unit, false, Some(at), &mut store);
+            let (r, _, _) = run(unit, false, Some(at), false, &mut store);
             let err = r.unwrap_err();
             assert_eq!(crate::exit::code_of(&err), FOUND, "{err:#}");
             let msg = err.to_string();
@@ -2305,40 +2309,22 @@ mod tests {
                 "{msg}"
             );
         }
-        let (r, asked, _) = run(3 * C, true, None, &mut store);
+        let (r, asked, _) = run(3 * C, true, None, false, &mut store);
         let r = r.unwrap();
         assert_eq!(asked, 0, "the SHA-256 of the volume needs its bytes");
         assert_eq!(r.volume_sha256, Some(sha256_hex(&disk)));
         // A storage that refuses to digest is read back instead; what it holds
         // wrong is still caught.
         for corrupt in [None, Some(6 * C + 3)] {
-            let dir = tempfile::tempdir().unwrap();
-            let mut p = plan(dir.path());
-            (p.rate, p.volume_sha256) = (None, false);
-            let asked = Arc::new(AtomicU64::new(0));
-            let (fake, data) = FakeVolume::new(disk.len(), None);
-            let mut fake = fake
-                .with_concurrent_reader()
-                .with_digests(3 * C, asked.clone())
-                .refusing_digests();
-            if let Some(at) = corrupt {
-                fake = fake.corrupting_reads(at, 1);
-            }
-            let got = write_volume(
-                &p,
-                Box::new(fake),
-                reader_of(&mut store, &key),
-                None,
-                Instant::now(),
-            );
-            assert!(asked.load(Ordering::Relaxed) > 0, "digests were asked for");
+            let (r, asked, data) = run(3 * C, false, corrupt, true, &mut store);
+            assert!(asked > 0, "digests were asked for");
             match corrupt {
                 None => {
-                    assert!(got.unwrap().0.verified);
-                    assert!(*data.lock().unwrap() == disk);
+                    assert!(r.unwrap().verified);
+                    assert!(data == disk);
                 }
                 Some(_) => {
-                    let err = got.unwrap_err();
+                    let err = r.unwrap_err();
                     assert_eq!(crate::exit::code_of(&err), FOUND, "{err:#}");
                     assert!(err.to_string().contains("393216..458752"), "{err}");
                 }
