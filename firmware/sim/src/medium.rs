@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use image_format::store::direct::{refused_direct, reopen_direct, ALIGN};
+use image_format::store::aligned::{refused_direct, reopen_direct, ALIGN};
 use mgear_firmware::hal::{BlockDevice, HwError};
 
 /// Block size of the simulated medium (that of an SD card).
@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn large_writes_go_direct_and_read_back_through_any_handle() {
-        use image_format::store::direct::AlignedBuf;
+        use image_format::store::aligned::AlignedBuf;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.img");
         let size = 8 << 20;

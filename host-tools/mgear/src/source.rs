@@ -11,7 +11,7 @@
 //! error rather than storing a disk that never existed.
 //!
 //! Files and block devices are read with `O_DIRECT` (a second descriptor,
-//! `image_format::store::direct::reopen_direct`) into an aligned buffer per
+//! `image_format::store::aligned::reopen_direct`) into an aligned buffer per
 //! thread, then copied into the chunk. Why direct rather than reading
 //! through the page cache and dropping it behind the reader with
 //! `posix_fadvise(DONTNEED)`: the source is a production server's disk, and
@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use image_format::store::direct::{self, AlignedBuf, ALIGN};
+use image_format::store::aligned::{self as direct, AlignedBuf, ALIGN};
 
 use crate::error::Context;
 

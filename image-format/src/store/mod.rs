@@ -10,6 +10,8 @@
 //! where the format chooses them, so FAT32 long-name support is not required.
 
 #[cfg(feature = "std")]
+pub mod aligned;
+#[cfg(feature = "std")]
 pub mod dir;
 #[cfg(feature = "fat")]
 pub mod direct;
