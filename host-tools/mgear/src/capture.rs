@@ -1402,6 +1402,17 @@ fn pump<S: image_format::Store>(
     let shared = source.concurrent();
     let depth = ((8usize << 20) / chunk_size as usize).clamp(1, 64);
     let batch_max = depth.max(threads);
+    // Chunks dispatched but not yet appended, at most `window`: the reader
+    // takes a credit per chunk and the appender returns it once the chunk is
+    // appended. Without it, while one chunk was late (its worker descheduled:
+    // 8 encoder threads on 2 cores) the others' output piled up out of order
+    // waiting for it, and peak RSS reached 400-550 MiB.
+    let window = 2 * depth + threads;
+    let (credit_tx, credit_rx) = sync_channel::<()>(window);
+    for _ in 0..window {
+        // Cannot fail: the channel has room for every credit.
+        let _ = credit_tx.try_send(());
+    }
     std::thread::scope(|scope| -> crate::Result<()> {
         let (raw_tx, raw_rx) = sync_channel::<(u64, Job)>(depth);
         // Buffers the encoders did not keep, back to the reader.
@@ -1430,6 +1441,9 @@ fn pump<S: image_format::Store>(
             for (index, copy) in
                 (start..count).zip(unchanged.into_iter().chain(std::iter::repeat(false)))
             {
+                if credit_rx.recv().is_err() {
+                    break; // the appender stopped
+                }
                 if copy {
                     if raw_tx.send((index, Job::Unchanged)).is_err() {
                         break;
@@ -1477,6 +1491,7 @@ fn pump<S: image_format::Store>(
         let mut checkpoint_due = false;
         let appended = (|| -> crate::Result<()> {
             while next < count {
+                let before = next;
                 let Ok((index, enc)) = enc_rx.recv() else {
                     break; // workers gone: the reader failed; its error is reported below
                 };
@@ -1546,11 +1561,16 @@ fn pump<S: image_format::Store>(
                         return Err(crate::signals::stopped(done, size));
                     }
                 }
+                for _ in before..next {
+                    // One credit per appended chunk: never more than were taken.
+                    let _ = credit_tx.try_send(());
+                }
             }
             Ok(())
         })();
         // Unblock the reader and workers before joining them.
         drop(enc_rx);
+        drop(credit_tx);
         let read_result = reader
             .join()
             .map_err(|_| crate::err!("the source reader thread panicked"))?;
@@ -1686,4 +1706,133 @@ fn medium_full(
             args.name
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Condvar;
+    use std::time::{Duration, Instant};
+
+    /// A source in memory whose first chunk is read only once the other
+    /// reads stop coming (or far more of them came than the window allows):
+    /// it counts the reads that started while the first was held back.
+    struct Gated {
+        data: Vec<u8>,
+        chunk: u64,
+        /// Reads started while chunk 0 was held, and whether it still is.
+        state: Mutex<(usize, bool)>,
+        moved: Condvar,
+    }
+
+    impl Gated {
+        fn hold_first(&self, limit: usize) {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            st.1 = true;
+            let mut quiet_since = Instant::now();
+            let mut seen = st.0;
+            // Released when nothing new started for 300 ms (the pipeline is
+            // stalled on this chunk, as it must be) or past `limit` reads.
+            while st.0 <= limit && quiet_since.elapsed() < Duration::from_millis(300) {
+                let Ok((g, _)) = self.moved.wait_timeout(st, Duration::from_millis(20)) else {
+                    return;
+                };
+                st = g;
+                if st.0 != seen {
+                    seen = st.0;
+                    quiet_since = Instant::now();
+                }
+            }
+            st.1 = false;
+        }
+    }
+
+    impl crate::source::ConcurrentRead for Gated {
+        fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
+            if offset == 0 {
+                self.hold_first(usize::MAX / 2);
+            } else if let Ok(mut st) = self.state.lock() {
+                if st.1 {
+                    st.0 += 1;
+                    self.moved.notify_all();
+                }
+            }
+            let at = offset as usize;
+            buf.copy_from_slice(&self.data[at..at + buf.len()]);
+            Ok(())
+        }
+    }
+
+    struct Source(Arc<Gated>);
+
+    impl crate::source::Source for Source {
+        fn len(&self) -> u64 {
+            self.0.data.len() as u64
+        }
+        fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
+            crate::source::ConcurrentRead::read_exact_at(&*self.0, offset, buf)
+        }
+        fn describe(&self) -> String {
+            "gated test source".into()
+        }
+        fn concurrent(&self) -> Option<Arc<dyn crate::source::ConcurrentRead>> {
+            Some(Arc::clone(&self.0) as Arc<dyn crate::source::ConcurrentRead>)
+        }
+    }
+
+    /// While one chunk is late, the chunks after it are read and encoded
+    /// only up to the pipeline's window, not the whole rest of the disk held
+    /// in memory until the late one arrives; the capture still completes.
+    #[test]
+    fn a_late_chunk_holds_back_reads_beyond_the_window() {
+        let chunk = 1u64 << 20;
+        let chunks = 96u64;
+        let data: Vec<u8> = (0..chunk * chunks).map(|i| (i % 251) as u8).collect();
+        let gated = Arc::new(Gated {
+            data,
+            chunk,
+            state: Mutex::new((0, false)),
+            moved: Condvar::new(),
+        });
+        let mut params = CaptureParams::new("late", gated.data.len() as u64);
+        params.chunk_size = gated.chunk as u32;
+        params.compress = false;
+        params.passphrase = Some(SecretString::from("late chunk".to_string()));
+        params.passphrase_work_factor = Some(2);
+        let key = DataKey::generate().unwrap();
+        let writer =
+            CaptureWriter::begin(image_format::store::MemStore::new(), params, Some(key)).unwrap();
+        let threads = 4;
+        let pace = Pace {
+            chunk_size: chunk as u32,
+            rate: None,
+            threads,
+            checkpoint_bytes: 64 << 20,
+            json: true,
+        };
+        let mut stats = RunStats::default();
+        let summary = pump(
+            writer,
+            &mut Source(Arc::clone(&gated)),
+            &pace,
+            None,
+            &mut stats,
+        )
+        .unwrap();
+        assert_eq!(stats.read, chunk * chunks, "{summary:?}");
+        let started = gated.state.lock().unwrap().0;
+        // The window: 2 x 8 chunks of 1 MiB queued plus one per thread,
+        // chunk 0 among them.
+        let window = 2 * 8 + threads;
+        assert!(
+            started < window,
+            "{started} reads started while chunk 0 was late (window {window})"
+        );
+        assert!(
+            started >= threads - 1,
+            "the other workers went on reading: {started}"
+        );
+    }
 }
