@@ -39,7 +39,9 @@
 //!   disk or the appliance's storage, not as cached memory;
 //! - with `--rbd POOL`: `mgear ingest` into a new RBD image of POOL against
 //!   `qemu-img convert -W -m 16` of the raw source into the same pool, in the
-//!   same run (its `x` ratio is against that convert, not dd).
+//!   same run (its `x` ratio is against that convert, not dd), and that
+//!   convert followed by `qemu-img compare` of the image with the source (a
+//!   convert checked as ingest always checks what it writes);
 //!
 //! Ratios are throughput relative to the matching `dd` baseline (MB/s of
 //! disk bytes for mgear, MB/s of the bytes dd moved for dd), so 1.0 or more
@@ -1311,8 +1313,25 @@ fn rbd_rows(
         )
     });
     let (convert_cpu, convert_osd) = (children_cpu_seconds() - cpu, osd_cpu_seconds() - osd);
+    // What an operator who checks a convert does next: read the image back
+    // against the source. Ingest always checks what it wrote; this is the
+    // like-for-like baseline for that (not the target's).
+    let (cpu, osd) = (children_cpu_seconds(), osd_cpu_seconds());
+    let compare = match convert {
+        Ok(_) => timed(|| {
+            crate::tools::run(
+                Command::new("qemu-img")
+                    .args(["compare", "-f", "raw", "-F", "raw"])
+                    .arg(src)
+                    .arg(theirs.qemu_filename()),
+            )
+        }),
+        Err(_) => Ok(0.0),
+    };
+    let (compare_cpu, compare_osd) = (children_cpu_seconds() - cpu, osd_cpu_seconds() - osd);
     remove(&theirs);
     let convert = convert?;
+    let checked = convert + compare?;
     let (ingest_rate, convert_rate) = (
         crate::progress::mb_per_s(size, ingest),
         crate::progress::mb_per_s(size, convert),
@@ -1330,6 +1349,23 @@ fn rbd_rows(
             baseline: None,
             cpu_seconds: Some(convert_cpu),
             cpu_s_per_gib: Some(convert_cpu / gib(size)),
+            output_bytes: None,
+            cpu_share: None,
+        },
+        Timing {
+            what: format!(
+                "rbd: qemu-img convert, then qemu-img compare{}",
+                osd(convert_osd + compare_osd)
+            ),
+            seconds: checked,
+            mb_per_s: crate::progress::mb_per_s(size, checked),
+            vs_dd: Some(ratio(
+                crate::progress::mb_per_s(size, checked),
+                convert_rate,
+            )),
+            baseline: Some("convert".into()),
+            cpu_seconds: Some(convert_cpu + compare_cpu),
+            cpu_s_per_gib: Some((convert_cpu + compare_cpu) / gib(size)),
             output_bytes: None,
             cpu_share: None,
         },
