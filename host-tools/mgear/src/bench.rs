@@ -50,7 +50,8 @@
 //! at least 0.85x `dd`, zero regions at least 5 GB/s, peak RSS at most 256 MiB.
 //! The source is freshly written, so every reader sees it equally in the
 //! page cache; the figures compare the pipelines, not the disk.
-//! Peak RSS is the process's VmHWM (capture and ingest run in-process).
+//! Peak RSS is the process's VmHWM (capture and ingest run in-process; what
+//! earlier steps freed is returned to the system before each step, see `timed`).
 //! The baselines' CPU (`dd`, `cat`) is their rusage as children.
 
 use std::io::Write;
@@ -334,7 +335,20 @@ pub fn generate(path: &Path, size: u64, pattern: &str) -> crate::Result<()> {
     Ok(())
 }
 
+/// Seconds `f` took. Memory the steps before freed goes back to the system
+/// first (not timed): every step runs in this one process, and glibc keeps
+/// freed memory in each thread's arena (up to `M_TRIM_THRESHOLD`, 64 MiB,
+/// see `tune_allocator` in main.rs), so the peak RSS of the whole bench
+/// counted what earlier steps' threads had kept on top of the step that
+/// peaked (258 MiB once, where no step alone needs 130): not what a user's
+/// `mgear capture` or `mgear ingest`, each a process of its own, ever holds.
 fn timed(f: impl FnOnce() -> crate::Result<()>) -> crate::Result<f64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of glibc's arenas to the
+    // system; it is safe to call at any time from any thread.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
     let t = Instant::now();
     f()?;
     Ok(t.elapsed().as_secs_f64())
