@@ -336,7 +336,9 @@ pub fn generate(path: &Path, size: u64, pattern: &str) -> crate::Result<()> {
 }
 
 /// Seconds `f` took. Memory the steps before freed goes back to the system
-/// first (not timed): every step runs in this one process, and glibc keeps
+/// first (outside the seconds; its few milliseconds of CPU count against a
+/// step that read its CPU before calling this): every step runs in this one
+/// process, and glibc keeps
 /// freed memory in each thread's arena (up to `M_TRIM_THRESHOLD`, 64 MiB,
 /// see `tune_allocator` in main.rs), so the peak RSS of the whole bench
 /// counted what earlier steps' threads had kept on top of the step that

@@ -1,8 +1,8 @@
 //! Aligned buffers and `O_DIRECT` reads shared by the host's media and
-//! sources: what a FAT image ([`super::direct`]), a mounted directory
-//! ([`super::DirStore::locate`]) and the capture source read with.
+//! sources: what a FAT image (`store::direct`, feature `fat`), a mounted
+//! directory ([`super::DirStore`]'s `locate`) and the capture source read with.
 //!
-//! Why `O_DIRECT` at all: see [`super::direct`]'s module doc (copies through
+//! Why `O_DIRECT` at all: see `store::direct`'s module doc (copies through
 //! the page cache cost more CPU than sealing the data). Every helper falls
 //! back to the page cache where the file system refuses a direct transfer
 //! (tmpfs before Linux 6.6, some FUSE and network file systems).
@@ -103,8 +103,8 @@ pub fn read_direct(
 /// A [`RangeRead`] over one file or device: positional `O_DIRECT` reads
 /// into the caller's aligned buffer, safe from any thread; through the page
 /// cache where the file system refuses a direct read (at open or on the
-/// first read). What a FAT image's [`super::DirectFile`] hands out for its
-/// device, and what a [`super::DirStore`] hands out for a segment file.
+/// first read). What a FAT image's `DirectFile` hands out for its device,
+/// and what a [`super::DirStore`] hands out for a segment file.
 #[derive(Debug)]
 pub struct FileRange {
     direct: Option<File>,
@@ -154,7 +154,7 @@ impl RangeRead for FileRange {
 }
 
 /// `buf.len()` bytes at `at`, fewer only at the end of the file.
-pub fn read_all_at(file: &File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
+fn read_all_at(file: &File, at: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0usize;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], at + done as u64) {
