@@ -706,7 +706,6 @@ impl<M: Store> SpanStore<M> {
         self.media.iter().position(|a| a.ordinal == ordinal)
     }
 
-    /// The medium holding segment `path`: by the map, else by looking.
     /// The member a read of `path` goes to: the one holding a placed file,
     /// else the first holding it; `None` for the span label itself (never
     /// read through the span) and for a file no member holds.
@@ -721,6 +720,7 @@ impl<M: Store> SpanStore<M> {
         }
     }
 
+    /// The medium holding segment `path`: by the map, else by looking.
     fn holder(&mut self, path: &str) -> core::result::Result<Option<usize>, StoreError> {
         if let Some(o) = self.map.placed.get(path) {
             return Ok(self.index_of(*o));
