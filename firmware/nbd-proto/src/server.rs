@@ -1,8 +1,10 @@
 //! NBD server exporting one [`BlockBackend`] over a Unix socket or TCP, a
-//! thread per connection. The appliance simulator (`firmware/sim`) exports
-//! its medium through it, adapting the firmware core's block service to
-//! [`BlockBackend`], so every read and write of the medium passes the
-//! service's policy (writes refused unless unlocked and not sealed).
+//! thread per connection carrying out its requests in order and one more
+//! reading the next requests ahead of it (see `serve_socket`). The
+//! appliance simulator (`firmware/sim`) exports its medium through it,
+//! adapting the firmware core's block service to [`BlockBackend`], so every
+//! read and write of the medium passes the service's policy (writes refused
+//! unless unlocked and not sealed).
 //!
 //! Spoken: fixed newstyle handshake; options EXPORT_NAME, ABORT, LIST, INFO,
 //! GO, STRUCTURED_REPLY, LIST/SET_META_CONTEXT (`base:allocation`, reported
@@ -384,20 +386,32 @@ impl<R: Read, W: Write> Session<'_, R, W> {
                 Err(e) => return Err(self.io(e)),
             }
             let req = Request::decode(&hdr).ok_or_else(|| self.protocol("bad request magic"))?;
-            match req.command {
-                CMD_DISC => return Ok(()),
-                CMD_READ => self.read(&req)?,
-                CMD_WRITE => self.write(&req)?,
-                CMD_FLUSH => match self.backend.flush() {
-                    Ok(()) => self.ok_reply(&req)?,
-                    Err(e) => self.error_reply(&req, errno_of(&e), "flush failed")?,
-                },
-                CMD_WRITE_ZEROES => self.write_zeroes(&req)?,
-                CMD_BLOCK_STATUS => self.block_status(&req)?,
-                _ => self.error_reply(&req, EINVAL, "unsupported command")?,
+            if !self.execute(&req, None)? {
+                return Ok(());
             }
-            self.flush()?;
         }
+    }
+
+    /// Carry out `req` and send its reply; `false` after DISC. A write's
+    /// payload is `payload` when it was read ahead, else it is read here.
+    fn execute(&mut self, req: &Request, payload: Option<&mut Payload>) -> Result<bool> {
+        match req.command {
+            CMD_DISC => return Ok(false),
+            CMD_READ => self.read(req)?,
+            CMD_WRITE => match payload {
+                Some(p) => self.apply_write(req, p)?,
+                None => self.write(req)?,
+            },
+            CMD_FLUSH => match self.backend.flush() {
+                Ok(()) => self.ok_reply(req)?,
+                Err(e) => self.error_reply(req, errno_of(&e), "flush failed")?,
+            },
+            CMD_WRITE_ZEROES => self.write_zeroes(req)?,
+            CMD_BLOCK_STATUS => self.block_status(req)?,
+            _ => self.error_reply(req, EINVAL, "unsupported command")?,
+        }
+        self.flush()?;
+        Ok(true)
     }
 
     fn read(&mut self, req: &Request) -> Result<()> {
@@ -440,17 +454,27 @@ impl<R: Read, W: Write> Session<'_, R, W> {
             // We will not buffer it, and skipping it blindly could hide a desync.
             return Err(self.protocol(format!("write of {} bytes exceeds the maximum", req.length)));
         }
-        let n = req.length as usize;
-        let data = self.payload.for_write(req.offset, n);
-        let r = self.r.read_exact(data);
-        r.map_err(|e| self.io(e))?;
+        let mut payload = std::mem::take(&mut self.payload);
+        let got = self
+            .r
+            .read_exact(payload.for_write(req.offset, req.length as usize));
+        let done = match got {
+            Ok(()) => self.apply_write(req, &mut payload),
+            Err(e) => Err(self.io(e)),
+        };
+        self.payload = payload;
+        done
+    }
+
+    /// A write whose payload (`req.length` bytes) is in `payload`.
+    fn apply_write(&mut self, req: &Request, payload: &mut Payload) -> Result<()> {
         if !self.backend.writable() {
             return self.error_reply(req, EPERM, "export is read-only");
         }
         if let Some(e) = self.out_of_range(req, ENOSPC) {
             return self.error_reply(req, e, "write beyond the end of the export");
         }
-        let data = self.payload.for_write(req.offset, n);
+        let data = payload.for_write(req.offset, req.length as usize);
         let mut done = self.backend.write_at(req.offset, data);
         if done.is_ok() && req.flags & CMD_FLAG_FUA != 0 {
             done = self.backend.flush();
@@ -541,6 +565,149 @@ pub fn serve_stream<R: Read, W: Write>(
             s.transmit()
         }
     }
+}
+
+/// Requests read ahead of the one being carried out on a socket.
+const READ_AHEAD: usize = 2;
+
+/// What a connection's reading thread hands the thread carrying out requests.
+enum Incoming {
+    /// A request, with its payload when it is a write.
+    Request(Request, Option<Payload>),
+    /// The client closed the connection between requests.
+    End,
+    /// The stream failed or fell out of step.
+    Failed(Error),
+}
+
+/// Read requests (and write payloads) from `r` and hand them over in order,
+/// until DISC, the end of the stream, an error or a closed receiver.
+fn read_requests<R: Read>(
+    mut r: R,
+    peer: &str,
+    to: &std::sync::mpsc::SyncSender<Incoming>,
+    spare: &std::sync::mpsc::Receiver<Payload>,
+) {
+    let io_err = |source| Error::Io {
+        peer: peer.to_string(),
+        source,
+    };
+    let protocol = |detail: String| Error::Protocol {
+        peer: peer.to_string(),
+        detail,
+    };
+    loop {
+        let mut hdr = [0u8; 28];
+        let next = match r.read_exact(&mut hdr) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Incoming::End,
+            Err(e) => Incoming::Failed(io_err(e)),
+            Ok(()) => match Request::decode(&hdr) {
+                None => Incoming::Failed(protocol("bad request magic".into())),
+                Some(req) if req.command == CMD_WRITE && req.length > MAX_PAYLOAD => {
+                    Incoming::Failed(protocol(format!(
+                        "write of {} bytes exceeds the maximum",
+                        req.length
+                    )))
+                }
+                Some(req) if req.command == CMD_WRITE => {
+                    let mut p = spare.try_recv().unwrap_or_default();
+                    match r.read_exact(p.for_write(req.offset, req.length as usize)) {
+                        Ok(()) => Incoming::Request(req, Some(p)),
+                        Err(e) => Incoming::Failed(io_err(e)),
+                    }
+                }
+                Some(req) => Incoming::Request(req, None),
+            },
+        };
+        let last = !matches!(&next, Incoming::Request(req, _) if req.command != CMD_DISC);
+        if to.send(next).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Serves a connected socket like [`serve_stream`], but reads each request
+/// (and a write's payload) on a thread of its own while the one before is
+/// carried out: receiving a 4 MiB write and writing the medium take turns
+/// otherwise (the appliance simulator's capture spent as long in `recv` as
+/// in its medium writes, one after the other). Requests are still carried
+/// out and answered one at a time, in order.
+fn serve_socket(
+    sock: &Sock,
+    export_name: &str,
+    backend: &dyn BlockBackend,
+    peer: &str,
+) -> Result<()> {
+    let (r, w) = match (sock.try_clone(), sock.try_clone()) {
+        (Ok(r), Ok(w)) => (r, w),
+        (Err(source), _) | (_, Err(source)) => {
+            return Err(Error::Io {
+                peer: peer.to_string(),
+                source,
+            })
+        }
+    };
+    let mut s = Session {
+        r: BufReader::with_capacity(READ_BUFFER, r),
+        w: BufWriter::with_capacity(256 * 1024, w),
+        export: export_name,
+        backend,
+        peer,
+        structured: false,
+        base_allocation: false,
+        buf: Vec::new(),
+        payload: Payload::default(),
+    };
+    match s.negotiate()? {
+        Next::Close => return Ok(()),
+        Next::Transmit => s.flush()?,
+    }
+    let Session {
+        r,
+        w,
+        structured,
+        base_allocation,
+        buf,
+        ..
+    } = s;
+    let mut exec = Session {
+        r: io::empty(),
+        w,
+        export: export_name,
+        backend,
+        peer,
+        structured,
+        base_allocation,
+        buf,
+        payload: Payload::default(),
+    };
+    let (to, from) = std::sync::mpsc::sync_channel(READ_AHEAD);
+    let (give_back, spare) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(move || read_requests(r, peer, &to, &spare));
+        let result = (|| {
+            for next in &from {
+                match next {
+                    Incoming::Request(req, mut payload) => {
+                        if !exec.execute(&req, payload.as_mut())? {
+                            return Ok(());
+                        }
+                        if let Some(p) = payload {
+                            let _ = give_back.send(p);
+                        }
+                    }
+                    Incoming::End => return Ok(()),
+                    Incoming::Failed(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })();
+        // The reader may be blocked reading a client that sends nothing
+        // more: closing the socket ends it, so the scope can end.
+        drop(from);
+        sock.shutdown();
+        result
+    })
 }
 
 enum Listener {
@@ -701,8 +868,7 @@ fn accept_loop(listener: Listener, export: &str, backend: Arc<dyn BlockBackend>,
             }
         };
         threads.retain(|t| !t.is_finished());
-        let (Ok(r), Ok(w), Ok(keep)) = (sock.try_clone(), sock.try_clone(), sock.try_clone())
-        else {
+        let Ok(keep) = sock.try_clone() else {
             continue;
         };
         let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
@@ -716,13 +882,7 @@ fn accept_loop(listener: Listener, export: &str, backend: Arc<dyn BlockBackend>,
             .name("nbd-conn".into())
             .spawn(move || {
                 // A misbehaving client only loses its own connection.
-                let _ = serve_stream(
-                    BufReader::with_capacity(READ_BUFFER, r),
-                    BufWriter::with_capacity(256 * 1024, w),
-                    &export,
-                    backend.as_ref(),
-                    &peer,
-                );
+                let _ = serve_socket(&sock, &export, backend.as_ref(), &peer);
                 sock.shutdown();
                 if let Ok(mut conns) = sh2.conns.lock() {
                     conns.remove(&id);
@@ -892,17 +1052,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_writes_payload_lands_at_its_offsets_place_in_a_page() {
-        let land = Landing {
-            mem: Mem::new(4 << 20),
-            seen: Mutex::new(Vec::new()),
-        };
+    /// A client's whole stream: writes (aligned, unaligned, larger than the
+    /// last so the buffer grows, and smaller again, each behind bytes of the
+    /// connection's read buffer), then a read of bytes the third wrote.
+    /// Returns it, the writes and what the export must hold.
+    fn writes_then_a_read(land: &Landing) -> (Vec<u8>, Vec<(u64, u32)>, Vec<u8>) {
         let mut input = FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
         proto::write_option(&mut input, OPT_EXPORT_NAME, b"m").unwrap();
-        // Aligned, unaligned, larger than the last (the buffer grows) and
-        // smaller again, each behind bytes of the connection's read buffer.
-        let writes = [
+        let writes = vec![
             (0u64, 8192u32),
             (512, 300),
             (4096 * 3 + 1000, 1 << 20),
@@ -924,9 +1081,18 @@ mod tests {
             expect[offset as usize..][..length as usize].copy_from_slice(&data);
             input.extend_from_slice(&data);
         }
-        let mut out = Vec::new();
-        serve_stream(&input[..], &mut out, "m", &land, "t").unwrap();
+        let r = Request {
+            flags: 0,
+            command: CMD_READ,
+            cookie: 99,
+            offset: 1 << 19,
+            length: 512,
+        };
+        input.extend_from_slice(&r.encode());
+        (input, writes, expect)
+    }
 
+    fn check_landing(land: &Landing, writes: &[(u64, u32)], expect: &[u8], out: &[u8]) {
         let seen = land.seen.lock().unwrap().clone();
         let want: Vec<(u64, usize, usize)> = writes
             .iter()
@@ -937,6 +1103,43 @@ mod tests {
             land.mem.snapshot() == expect,
             "the export holds what was written"
         );
+        // The last reply is the read's: it saw the write before it.
+        assert!(out[out.len() - 512..] == expect[1 << 19..(1 << 19) + 512]);
+    }
+
+    #[test]
+    fn a_writes_payload_lands_at_its_offsets_place_in_a_page() {
+        let land = Landing {
+            mem: Mem::new(4 << 20),
+            seen: Mutex::new(Vec::new()),
+        };
+        let (input, writes, expect) = writes_then_a_read(&land);
+        let mut out = Vec::new();
+        serve_stream(&input[..], &mut out, "m", &land, "t").unwrap();
+        check_landing(&land, &writes, &expect, &out);
+    }
+
+    /// The same through a socket, where requests are read ahead of the one
+    /// carried out: still each in its place, in order.
+    #[test]
+    fn a_socket_reads_ahead_and_still_serves_in_order() {
+        let land = Landing {
+            mem: Mem::new(4 << 20),
+            seen: Mutex::new(Vec::new()),
+        };
+        let (input, writes, expect) = writes_then_a_read(&land);
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut s = theirs;
+            s.write_all(&input).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).unwrap();
+            out
+        });
+        serve_socket(&Sock::Unix(ours), "m", &land, "t").unwrap();
+        let out = client.join().unwrap();
+        check_landing(&land, &writes, &expect, &out);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct MemExport {
     data: Mutex<Vec<u8>>,
     writable: AtomicBool,
     flushes: AtomicU64,
+    /// Offset and length of every write, in the order served.
+    writes: Mutex<Vec<(u64, usize)>>,
 }
 
 impl MemExport {
@@ -23,6 +25,7 @@ impl MemExport {
             data: Mutex::new(data),
             writable: AtomicBool::new(true),
             flushes: AtomicU64::new(0),
+            writes: Mutex::new(Vec::new()),
         })
     }
 
@@ -34,6 +37,11 @@ impl MemExport {
     /// Accept (`true`) or refuse (EPERM) writes from now on.
     pub fn set_writable(&self, on: bool) {
         self.writable.store(on, Ordering::SeqCst);
+    }
+
+    /// Offset and length of every write served so far, in order.
+    pub fn writes(&self) -> Vec<(u64, usize)> {
+        self.writes.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     /// How many flushes the server passed on.
@@ -63,6 +71,10 @@ impl BlockBackend for MemExport {
         let mut d = self.data.lock().map_err(|_| poisoned())?;
         let at = offset as usize;
         d[at..at + data.len()].copy_from_slice(data);
+        self.writes
+            .lock()
+            .map_err(|_| poisoned())?
+            .push((offset, data.len()));
         Ok(())
     }
     fn flush(&self) -> io::Result<()> {

@@ -17,6 +17,11 @@ const CACHE_BLOCK: u64 = 4096;
 /// Reads up to this size go through the small-read cache; larger ones
 /// (file data) go to the server.
 const CACHE_MAX_READ: usize = 64 * 1024;
+/// A small read that misses fetches at least this much from its first
+/// missing block on: the FAT engine's reads walk forward through the FAT
+/// (its allocation window moves a few bytes per record), and each read
+/// that goes to the server first waits for every write in flight.
+const CACHE_READ_AHEAD: u64 = 256 * 1024;
 
 /// A [`Client`] with a position cursor.
 #[derive(Debug)]
@@ -58,14 +63,10 @@ impl NbdFile {
         self.cache = NonZeroUsize::new(blocks).map(LruCache::new);
     }
 
-    /// Length of cache block `b` (the export's last block may be short).
-    fn block_len(&self, b: u64) -> usize {
-        (self.client.size() - b * CACHE_BLOCK).min(CACHE_BLOCK) as usize
-    }
-
     /// Fill `buf` (at most [`CACHE_MAX_READ`] bytes at `self.pos`, within
-    /// the export) from the cache, fetching the covering blocks in one
-    /// request when any is missing.
+    /// the export) from the cache; from its first missing block on, from
+    /// one request for the rest of the read and [`CACHE_READ_AHEAD`] more,
+    /// whose blocks the cache then keeps.
     fn cached_read(&mut self, buf: &mut [u8]) -> io::Result<()> {
         let (first, last) = (
             self.pos / CACHE_BLOCK,
@@ -74,39 +75,48 @@ impl NbdFile {
         let Some(cache) = self.cache.as_mut() else {
             return Err(io::Error::other("small-read cache is off"));
         };
-        if !(first..last).all(|b| cache.contains(&b)) {
-            let start = first * CACHE_BLOCK;
-            let end = (last * CACHE_BLOCK).min(self.client.size());
-            let mut tmp = vec![0u8; (end - start) as usize];
-            if let Err(e) = self.client.read_at(start, &mut tmp) {
-                self.forget();
-                return Err(io::Error::other(e));
-            }
-            let lens: Vec<usize> = (first..last).map(|b| self.block_len(b)).collect();
-            let Some(cache) = self.cache.as_mut() else {
-                return Err(io::Error::other("small-read cache is off"));
-            };
-            let mut at = 0;
-            for (b, n) in (first..last).zip(lens) {
-                cache.put(b, tmp[at..at + n].to_vec());
-                at += n;
-            }
-        }
-        let Some(cache) = self.cache.as_mut() else {
-            return Err(io::Error::other("small-read cache is off"));
-        };
+        // The blocks held, up to the first missing one, copied out before
+        // fetched blocks may evict them.
         let mut done = 0;
+        let mut miss = None;
         for b in first..last {
             let Some(block) = cache.get(&b) else {
-                return Err(io::Error::other(
-                    "small-read cache lost a block just loaded",
-                ));
+                miss = Some(b);
+                break;
             };
             let pos = self.pos + done as u64;
             let within = (pos - b * CACHE_BLOCK) as usize;
             let n = (block.len() - within).min(buf.len() - done);
             buf[done..done + n].copy_from_slice(&block[within..within + n]);
             done += n;
+        }
+        let Some(miss) = miss else {
+            return Ok(());
+        };
+        let size = self.client.size();
+        // A read-ahead that fills the cache would evict what it is for.
+        let room = (cache.cap().get() / 4) as u64;
+        let ahead = (miss + (CACHE_READ_AHEAD / CACHE_BLOCK).min(room))
+            .max(last)
+            .min(size.div_ceil(CACHE_BLOCK));
+        let start = miss * CACHE_BLOCK;
+        let mut tmp = vec![0u8; ((ahead * CACHE_BLOCK).min(size) - start) as usize];
+        if let Err(e) = self.client.read_at(start, &mut tmp) {
+            self.forget();
+            return Err(io::Error::other(e));
+        }
+        let from = (self.pos + done as u64 - start) as usize;
+        let rest = buf.len() - done;
+        buf[done..].copy_from_slice(&tmp[from..from + rest]);
+        // Every write through this handle was answered before the read
+        // (`Client::read_at` collects them), so these are the export's bytes.
+        let Some(cache) = self.cache.as_mut() else {
+            return Err(io::Error::other("small-read cache is off"));
+        };
+        // Last to first: the blocks this read wanted end up the most recent.
+        let blocks: Vec<&[u8]> = tmp.chunks(CACHE_BLOCK as usize).collect();
+        for (i, block) in blocks.iter().enumerate().rev() {
+            cache.put(miss + i as u64, block.to_vec());
         }
         Ok(())
     }
@@ -256,6 +266,38 @@ mod tests {
         let mut b = [0u8; 4];
         f.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"taXY");
+    }
+
+    #[test]
+    fn a_small_read_that_misses_reads_ahead() {
+        use mgear_nbd_proto::BlockBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Mem::new(2 << 20);
+        let srv = serve_unix(&dir.path().join("s"), "m", mem.clone()).unwrap();
+        let c = Client::connect(&srv.url(), &ConnectOptions::default()).unwrap();
+        let mut f = NbdFile::new(c);
+        f.cache_small_reads(1024);
+        let orig = mem.snapshot();
+        let mut small = [0u8; 100];
+        f.seek(SeekFrom::Start(5000)).unwrap();
+        f.read_exact(&mut small).unwrap();
+        // Changed behind the handle's back: blocks up to 256 KiB past the
+        // read came with it and answer from the cache; beyond, the export.
+        for at in [60_000usize, 4096 + 250_000, 4096 + 270_000] {
+            mem.write_at(at as u64, &[0xAA; 100]).unwrap();
+        }
+        for (at, ahead) in [
+            (60_000usize, true),
+            (4096 + 250_000, true),
+            (4096 + 270_000, false),
+        ] {
+            f.seek(SeekFrom::Start(at as u64)).unwrap();
+            f.read_exact(&mut small).unwrap();
+            match ahead {
+                true => assert_eq!(small[..], orig[at..at + 100], "{at}"),
+                false => assert_eq!(small, [0xAA; 100], "{at}"),
+            }
+        }
     }
 
     #[test]

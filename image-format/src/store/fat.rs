@@ -102,6 +102,12 @@ struct CacheInner<D> {
     blocks: LruCache<u64, (Box<[u8]>, bool)>,
     /// Opened read-only: every write is refused before it reaches the cache.
     read_only: bool,
+    /// End of the last write that went straight to the device: a write
+    /// that starts there continues a stream (a segment's records, each a
+    /// small header and then its body) and goes to the device too, so the
+    /// device sees one run of appends it can gather into large aligned
+    /// writes rather than bodies with cached headers between them.
+    stream_end: Option<u64>,
 }
 
 fn read_only_error() -> io::Error {
@@ -212,7 +218,7 @@ impl<D: FatDevice> CacheInner<D> {
             return Err(read_only_error());
         }
         self.check_range(off, buf.len())?;
-        if buf.len() >= BYPASS {
+        if buf.len() >= BYPASS || self.stream_end == Some(off) {
             // Keep cached copies coherent: drop blocks the write covers,
             // patch the partly covered ones (their dirty state is unchanged).
             let end = off + buf.len() as u64;
@@ -226,7 +232,10 @@ impl<D: FatDevice> CacheInner<D> {
                         .copy_from_slice(&buf[(s - off) as usize..(e - off) as usize]);
                 }
             }
-            return self.dev_write(off, buf);
+            self.stream_end = None;
+            self.dev_write(off, buf)?;
+            self.stream_end = Some(off + buf.len() as u64);
+            return Ok(());
         }
         let mut done = 0usize;
         while done < buf.len() {
@@ -306,6 +315,7 @@ impl<D: FatDevice> BlockCache<D> {
                 size,
                 blocks: LruCache::new(cap),
                 read_only,
+                stream_end: None,
             })),
             pos: 0,
         })
