@@ -1,5 +1,6 @@
 //! The NBD (Network Block Device) protocol as MotionGear speaks it, and the
-//! export (server) side: std-only, blocking I/O, a thread per connection.
+//! export (server) side: std-only, blocking I/O, two threads per connection
+//! (one reads requests ahead, one carries them out in order).
 //!
 //! - [`proto`]: wire constants and byte layouts, shared by both sides.
 //! - [`NbdUrl`]: `nbd://HOST[:PORT]/EXPORT` and `nbd+unix:///EXPORT?socket=PATH`.
