@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! mgear bench [--size 1GiB] [--pattern random|mix|zeros|sparse|both|all]
-//!             [--medium fat|dir|both] [--threads N] [--scale 256MiB,1GiB|off]
+//!             [--medium fat|dir|both] [--threads N] [--scale 256MiB,4GiB|off]
 //!             [--no-appliance | --appliance-only] [--workdir DIR] [--rbd POOL]
 //!             [--json]
 //! ```
@@ -169,7 +169,7 @@ pub struct Plan {
     /// with `--threads 2` to see how capture scales.
     pub threads: Option<usize>,
     /// Sizes of the two random captures onto a FAT32 image whose CPU cost per byte is
-    /// compared (the issue's target is 256MiB,4GiB; `None` skips them): [`scale_sizes`].
+    /// compared (default 256MiB,4GiB, the issue's target; `None` skips them): [`scale_sizes`].
     pub scale: Option<(u64, u64)>,
     /// Skip the rows that run `mgear-appliance-sim` (capture through its NBD export, seal).
     pub no_appliance: bool,

@@ -834,6 +834,8 @@ fn cli_bench_reports_ratios_against_dd_and_targets() {
         "4MiB",
         "--pattern",
         "all",
+        "--scale",
+        "8MiB,16MiB",
         "--workdir",
         "work",
     ]);
@@ -883,6 +885,7 @@ fn cli_bench_reports_ratios_against_dd_and_targets() {
         "capture of random data vs dd",
         "ingest of mix data vs dd",
         "capture of zeros (zero regions)",
+        "CPU per byte, large capture over small",
         "peak RSS",
     ] {
         assert!(targets.contains(&t), "{t} missing from {targets:?}");
