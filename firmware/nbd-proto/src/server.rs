@@ -115,6 +115,23 @@ enum Next {
     Close,
 }
 
+impl<'a, R, W> Session<'a, R, W> {
+    /// A connection before the handshake: nothing negotiated yet.
+    fn new(r: R, w: W, export: &'a str, backend: &'a dyn BlockBackend, peer: &'a str) -> Self {
+        Session {
+            r,
+            w,
+            export,
+            backend,
+            peer,
+            structured: false,
+            base_allocation: false,
+            buf: Vec::new(),
+            payload: Payload::default(),
+        }
+    }
+}
+
 impl<R: Read, W: Write> Session<'_, R, W> {
     fn io(&self, source: io::Error) -> Error {
         Error::Io {
@@ -547,17 +564,7 @@ pub fn serve_stream<R: Read, W: Write>(
     backend: &dyn BlockBackend,
     peer: &str,
 ) -> Result<()> {
-    let mut s = Session {
-        r: reader,
-        w: writer,
-        export: export_name,
-        backend,
-        peer,
-        structured: false,
-        base_allocation: false,
-        buf: Vec::new(),
-        payload: Payload::default(),
-    };
+    let mut s = Session::new(reader, writer, export_name, backend, peer);
     match s.negotiate()? {
         Next::Close => Ok(()),
         Next::Transmit => {
@@ -647,17 +654,13 @@ fn serve_socket(
             })
         }
     };
-    let mut s = Session {
-        r: BufReader::with_capacity(READ_BUFFER, r),
-        w: BufWriter::with_capacity(256 * 1024, w),
-        export: export_name,
+    let mut s = Session::new(
+        BufReader::with_capacity(READ_BUFFER, r),
+        BufWriter::with_capacity(256 * 1024, w),
+        export_name,
         backend,
         peer,
-        structured: false,
-        base_allocation: false,
-        buf: Vec::new(),
-        payload: Payload::default(),
-    };
+    );
     match s.negotiate()? {
         Next::Close => return Ok(()),
         Next::Transmit => s.flush()?,
@@ -670,17 +673,9 @@ fn serve_socket(
         buf,
         ..
     } = s;
-    let mut exec = Session {
-        r: io::empty(),
-        w,
-        export: export_name,
-        backend,
-        peer,
-        structured,
-        base_allocation,
-        buf,
-        payload: Payload::default(),
-    };
+    // The same connection, negotiated, without its reader.
+    let mut exec = Session::new(io::empty(), w, export_name, backend, peer);
+    (exec.structured, exec.base_allocation, exec.buf) = (structured, base_allocation, buf);
     let (to, from) = std::sync::mpsc::sync_channel(READ_AHEAD);
     let (give_back, spare) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {

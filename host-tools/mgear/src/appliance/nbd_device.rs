@@ -273,6 +273,20 @@ mod tests {
     use mgear_nbd::{Client, ConnectOptions};
     use mgear_nbd_proto::testing::MemExport;
 
+    /// An in-memory export of `size` bytes served on a Unix socket.
+    fn served(
+        size: usize,
+    ) -> (
+        tempfile::TempDir,
+        std::sync::Arc<MemExport>,
+        mgear_nbd_proto::ServerHandle,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = MemExport::new(size);
+        let srv = mgear_nbd_proto::serve_unix(&dir.path().join("s"), "", mem.clone()).unwrap();
+        (dir, mem, srv)
+    }
+
     fn device(url: &mgear_nbd::NbdUrl) -> NbdDevice {
         let c = Client::connect(url, &ConnectOptions::default()).unwrap();
         NbdDevice::new(NbdFile::new(c)).unwrap()
@@ -280,9 +294,7 @@ mod tests {
 
     #[test]
     fn the_fat_engine_syncs_the_export_only_when_the_format_syncs() {
-        let dir = tempfile::tempdir().unwrap();
-        let mem = MemExport::new(48 << 20);
-        let srv = mgear_nbd_proto::serve_unix(&dir.path().join("s"), "", mem.clone()).unwrap();
+        let (_dir, mem, srv) = served(48 << 20);
         FatStore::format(device(&srv.url()), &FormatOptions::default()).unwrap();
 
         let mut fat = FatStore::open(device(&srv.url())).unwrap();
@@ -319,9 +331,7 @@ mod tests {
 
     #[test]
     fn appended_records_leave_as_whole_aligned_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mem = MemExport::new(64 << 20);
-        let srv = mgear_nbd_proto::serve_unix(&dir.path().join("s"), "", mem.clone()).unwrap();
+        let (_dir, mem, srv) = served(64 << 20);
         FatStore::format(device(&srv.url()), &FormatOptions::default()).unwrap();
         let mut fat = FatStore::open(device(&srv.url())).unwrap();
         fat.create_dir_all("MGEAR/web01").unwrap();
@@ -365,9 +375,7 @@ mod tests {
 
     #[test]
     fn a_refused_write_fails_a_later_call_and_every_call_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mem = MemExport::new(32 << 20);
-        let srv = mgear_nbd_proto::serve_unix(&dir.path().join("s"), "", mem.clone()).unwrap();
+        let (_dir, mem, srv) = served(32 << 20);
         let orig = mem.snapshot();
         let mut dev = device(&srv.url());
         let data = vec![7u8; 3 << 20];
@@ -394,10 +402,8 @@ mod tests {
     #[test]
     fn staged_writes_read_back_and_reach_the_export() {
         use mgear_nbd_proto::testing::XorShift;
-        let dir = tempfile::tempdir().unwrap();
         let size = 24usize << 20;
-        let mem = MemExport::new(size);
-        let srv = mgear_nbd_proto::serve_unix(&dir.path().join("s"), "", mem.clone()).unwrap();
+        let (_dir, mem, srv) = served(size);
         let mut model = mem.snapshot();
         let mut dev = device(&srv.url());
         let mut rng = XorShift(0x05ee_d0f5_7a9e);
