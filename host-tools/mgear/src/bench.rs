@@ -335,6 +335,38 @@ pub fn generate(path: &Path, size: u64, pattern: &str) -> crate::Result<()> {
     Ok(())
 }
 
+/// Refuse to start a run that cannot fit in `work`: at its fullest a
+/// pattern holds its source, the medium, `dd`'s copy and the volume (about
+/// four times `--size`), and the large scale capture its source and a FAT
+/// image (a little over twice its size) beside the random source. A run
+/// that fills the file system half-way wastes minutes and says less.
+fn check_room(work: &Path, size: u64, scale_large: Option<u64>) -> crate::Result<()> {
+    let need = (size.saturating_mul(4)).max(
+        scale_large
+            .map(|l| size.saturating_add(l.saturating_mul(2)))
+            .unwrap_or(0),
+    );
+    let Ok(st) = nix::sys::statvfs::statvfs(work) else {
+        return Ok(()); // nothing to go by; the steps report their own errors
+    };
+    let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+    if free < need {
+        crate::bail!(
+            "the work directory {} has {} free; this run needs about {} (--size {}{}): free \
+             space there, give --workdir on a larger file system, or make the run smaller \
+             (--scale off or --scale 256MiB,1GiB, a smaller --size)",
+            work.display(),
+            human_bytes(free),
+            human_bytes(need),
+            human_bytes(size),
+            scale_large
+                .map(|l| format!(", a scale capture of {}", human_bytes(l)))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 /// Seconds `f` took. Memory the steps before freed goes back to the system
 /// first (outside the seconds; its few milliseconds of CPU count against a
 /// step that read its CPU before calling this): every step runs in this one
@@ -421,6 +453,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             temp.path().to_owned()
         }
     };
+    check_room(&work, size, args.scale.map(|(_, large)| large))?;
     let mut report = Report {
         command: "bench",
         patterns: Vec::new(),
@@ -1601,4 +1634,28 @@ fn targets(report: &Report) -> Vec<Target> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_cannot_fit_is_refused_before_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        check_room(dir.path(), 1 << 20, Some(2 << 20)).unwrap();
+        // More than any file system here holds: 4 x 1 PiB.
+        let e = check_room(dir.path(), 1 << 50, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("needs about 4096.00 TiB") && e.contains("--workdir"),
+            "{e}"
+        );
+        // The scale capture's share counts too.
+        let e = check_room(dir.path(), 1 << 20, Some(1 << 50))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a scale capture of 1024.00 TiB"), "{e}");
+    }
 }
