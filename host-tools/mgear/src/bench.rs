@@ -349,6 +349,8 @@ fn check_room(work: &Path, size: u64, scale_large: Option<u64>) -> crate::Result
     let Ok(st) = nix::sys::statvfs::statvfs(work) else {
         return Ok(()); // nothing to go by; the steps report their own errors
     };
+    // `fsblkcnt_t` and `c_ulong` are u64 here, narrower on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
     let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
     if free < need {
         crate::bail!(
