@@ -395,30 +395,28 @@ impl<R: Read, W: Write> Session<'_, R, W> {
     /// The transmission phase: one request at a time until DISC or EOF.
     fn transmit(&mut self) -> Result<()> {
         loop {
-            let mut hdr = [0u8; 28];
-            match self.r.read_exact(&mut hdr) {
-                Ok(()) => {}
-                // A client vanishing between requests is a normal end.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(self.io(e)),
-            }
-            let req = Request::decode(&hdr).ok_or_else(|| self.protocol("bad request magic"))?;
-            if !self.execute(&req, None)? {
-                return Ok(());
+            let spare = std::mem::take(&mut self.payload);
+            match next_request(&mut self.r, self.peer, spare) {
+                Incoming::Request(req, mut payload) => {
+                    let more = self.execute(&req, &mut payload);
+                    self.payload = payload;
+                    if !more? {
+                        return Ok(());
+                    }
+                }
+                Incoming::End => return Ok(()),
+                Incoming::Failed(e) => return Err(e),
             }
         }
     }
 
     /// Carry out `req` and send its reply; `false` after DISC. A write's
-    /// payload is `payload` when it was read ahead, else it is read here.
-    fn execute(&mut self, req: &Request, payload: Option<&mut Payload>) -> Result<bool> {
+    /// bytes are in `payload` ([`next_request`] read them).
+    fn execute(&mut self, req: &Request, payload: &mut Payload) -> Result<bool> {
         match req.command {
             CMD_DISC => return Ok(false),
             CMD_READ => self.read(req)?,
-            CMD_WRITE => match payload {
-                Some(p) => self.apply_write(req, p)?,
-                None => self.write(req)?,
-            },
+            CMD_WRITE => self.write(req, payload)?,
             CMD_FLUSH => match self.backend.flush() {
                 Ok(()) => self.ok_reply(req)?,
                 Err(e) => self.error_reply(req, errno_of(&e), "flush failed")?,
@@ -466,25 +464,8 @@ impl<R: Read, W: Write> Session<'_, R, W> {
         r.map_err(|e| self.io(e))
     }
 
-    fn write(&mut self, req: &Request) -> Result<()> {
-        if req.length > MAX_PAYLOAD {
-            // We will not buffer it, and skipping it blindly could hide a desync.
-            return Err(self.protocol(format!("write of {} bytes exceeds the maximum", req.length)));
-        }
-        let mut payload = std::mem::take(&mut self.payload);
-        let got = self
-            .r
-            .read_exact(payload.for_write(req.offset, req.length as usize));
-        let done = match got {
-            Ok(()) => self.apply_write(req, &mut payload),
-            Err(e) => Err(self.io(e)),
-        };
-        self.payload = payload;
-        done
-    }
-
     /// A write whose payload (`req.length` bytes) is in `payload`.
-    fn apply_write(&mut self, req: &Request, payload: &mut Payload) -> Result<()> {
+    fn write(&mut self, req: &Request, payload: &mut Payload) -> Result<()> {
         if !self.backend.writable() {
             return self.error_reply(req, EPERM, "export is read-only");
         }
@@ -579,53 +560,61 @@ const READ_AHEAD: usize = 2;
 
 /// What a connection's reading thread hands the thread carrying out requests.
 enum Incoming {
-    /// A request, with its payload when it is a write.
-    Request(Request, Option<Payload>),
+    /// A request, and the payload buffer (holding the bytes of a write).
+    Request(Request, Payload),
     /// The client closed the connection between requests.
     End,
     /// The stream failed or fell out of step.
     Failed(Error),
 }
 
-/// Read requests (and write payloads) from `r` and hand them over in order,
-/// until DISC, the end of the stream, an error or a closed receiver.
+/// The next request from `r`, a write's payload read into `payload` (a
+/// buffer to reuse; it comes back with every request). A write larger than
+/// we buffer is a protocol error: skipping it blindly could hide a desync.
+fn next_request<R: Read>(r: &mut R, peer: &str, mut payload: Payload) -> Incoming {
+    let io_err = |source| {
+        Incoming::Failed(Error::Io {
+            peer: peer.to_string(),
+            source,
+        })
+    };
+    let protocol = |detail: String| {
+        Incoming::Failed(Error::Protocol {
+            peer: peer.to_string(),
+            detail,
+        })
+    };
+    let mut hdr = [0u8; 28];
+    match r.read_exact(&mut hdr) {
+        Ok(()) => {}
+        // A client vanishing between requests is a normal end.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Incoming::End,
+        Err(e) => return io_err(e),
+    }
+    let Some(req) = Request::decode(&hdr) else {
+        return protocol("bad request magic".into());
+    };
+    if req.command == CMD_WRITE {
+        if req.length > MAX_PAYLOAD {
+            return protocol(format!("write of {} bytes exceeds the maximum", req.length));
+        }
+        if let Err(e) = r.read_exact(payload.for_write(req.offset, req.length as usize)) {
+            return io_err(e);
+        }
+    }
+    Incoming::Request(req, payload)
+}
+
+/// Read requests from `r` and hand them over in order, until DISC, the end
+/// of the stream, an error or a closed receiver.
 fn read_requests<R: Read>(
     mut r: R,
     peer: &str,
     to: &std::sync::mpsc::SyncSender<Incoming>,
     spare: &std::sync::mpsc::Receiver<Payload>,
 ) {
-    let io_err = |source| Error::Io {
-        peer: peer.to_string(),
-        source,
-    };
-    let protocol = |detail: String| Error::Protocol {
-        peer: peer.to_string(),
-        detail,
-    };
     loop {
-        let mut hdr = [0u8; 28];
-        let next = match r.read_exact(&mut hdr) {
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Incoming::End,
-            Err(e) => Incoming::Failed(io_err(e)),
-            Ok(()) => match Request::decode(&hdr) {
-                None => Incoming::Failed(protocol("bad request magic".into())),
-                Some(req) if req.command == CMD_WRITE && req.length > MAX_PAYLOAD => {
-                    Incoming::Failed(protocol(format!(
-                        "write of {} bytes exceeds the maximum",
-                        req.length
-                    )))
-                }
-                Some(req) if req.command == CMD_WRITE => {
-                    let mut p = spare.try_recv().unwrap_or_default();
-                    match r.read_exact(p.for_write(req.offset, req.length as usize)) {
-                        Ok(()) => Incoming::Request(req, Some(p)),
-                        Err(e) => Incoming::Failed(io_err(e)),
-                    }
-                }
-                Some(req) => Incoming::Request(req, None),
-            },
-        };
+        let next = next_request(&mut r, peer, spare.try_recv().unwrap_or_default());
         let last = !matches!(&next, Incoming::Request(req, _) if req.command != CMD_DISC);
         if to.send(next).is_err() || last {
             return;
@@ -684,12 +673,10 @@ fn serve_socket(
             for next in &from {
                 match next {
                     Incoming::Request(req, mut payload) => {
-                        if !exec.execute(&req, payload.as_mut())? {
+                        if !exec.execute(&req, &mut payload)? {
                             return Ok(());
                         }
-                        if let Some(p) = payload {
-                            let _ = give_back.send(p);
-                        }
+                        let _ = give_back.send(payload);
                     }
                     Incoming::End => return Ok(()),
                     Incoming::Failed(e) => return Err(e),
