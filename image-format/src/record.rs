@@ -311,4 +311,34 @@ mod tests {
         assert!(corrupt(o.open(&ids.id(&b), CS, &rb)));
         assert!(RecordSealer::new(&key, [1; 16], place(3), 1000, 1).is_err());
     }
+
+    /// The reader hashes a compressed chunk's plaintext to its id, and
+    /// trusts AES-GCM for a record stored as is (reader::check_chunk_id):
+    /// both must still refuse a record opened as another chunk.
+    #[test]
+    fn a_record_opens_only_as_the_chunk_it_was_sealed_as() {
+        let key = DataKey::from_bytes([7; 32]);
+        let ids = crate::ChunkIdKey::derive(&key, &[1; 16]);
+        let mut s = RecordSealer::new(&key, [1; 16], place(3), CS, 3 * CS as u64).unwrap();
+        let (a, b) = (text(), noise());
+        let ra = s.seal(&s.encoder().encode(0, &a).unwrap()).unwrap();
+        let rb = s.seal(&s.encoder().encode(1, &b).unwrap()).unwrap();
+        assert_eq!(RecordHeader::decode(&rb).unwrap().flags, 0, "stored as is");
+        // Stored as is, claimed as the other chunk: the AAD names the id.
+        let mut o = RecordOpener::new(&key, [1; 16], place(3), "web01");
+        assert_eq!(o.open(&ids.id(&a), CS, &ra).unwrap(), a);
+        let err = o.open(&ids.id(&a), CS, &rb).unwrap_err().to_string();
+        assert!(err.contains("fails authentication"), "{err}");
+        // A compressed chunk sealed under another chunk's id (a capture that
+        // mislabelled it): AES-GCM passes, the hash of zstd's output does not.
+        let mut c = s.encoder().encode(2, &a).unwrap();
+        c.chunk_id = ids.id(&b);
+        let rc = s.seal(&c).unwrap();
+        assert_eq!(RecordHeader::decode(&rc).unwrap().flags, layout::FLAG_ZSTD);
+        let mut o = RecordOpener::new(&key, [1; 16], place(3), "web01");
+        o.open(&ids.id(&a), CS, &ra).unwrap();
+        o.open(&ids.id(&b), CS, &rb).unwrap();
+        let err = o.open(&ids.id(&b), CS, &rc).unwrap_err().to_string();
+        assert!(err.contains("does not match its id"), "{err}");
+    }
 }
