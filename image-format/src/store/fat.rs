@@ -108,6 +108,10 @@ struct CacheInner<D> {
     /// device sees one run of appends it can gather into large aligned
     /// writes rather than bodies with cached headers between them.
     stream_end: Option<u64>,
+    /// While set, the start offsets of writes that begin in this byte range
+    /// (the first FAT) are collected: which clusters fatfs allocated, known
+    /// without scanning the FAT ([`FatStore::create_dir_all`]).
+    watch: Option<(core::ops::Range<u64>, Vec<u64>)>,
 }
 
 fn read_only_error() -> io::Error {
@@ -218,6 +222,12 @@ impl<D: FatDevice> CacheInner<D> {
             return Err(read_only_error());
         }
         self.check_range(off, buf.len())?;
+        if let Some((range, seen)) = &mut self.watch {
+            let end = off + buf.len() as u64;
+            if off < range.end && end > range.start {
+                seen.push(off.max(range.start));
+            }
+        }
         if buf.len() >= BYPASS || self.stream_end == Some(off) {
             // Keep cached copies coherent: drop blocks the write covers,
             // patch the partly covered ones (their dirty state is unchanged).
@@ -316,6 +326,7 @@ impl<D: FatDevice> BlockCache<D> {
                 blocks: LruCache::new(cap),
                 read_only,
                 stream_end: None,
+                watch: None,
             })),
             pos: 0,
         })
@@ -586,6 +597,22 @@ pub struct FatStore<D: FatDevice> {
     raw_allocated: u64,
     /// Where the direct path looks for free clusters for an empty file.
     next_free: u32,
+    /// The free clusters as counted by one scan of the FAT, and both
+    /// allocators' counts then: later counts move it by what each did
+    /// since, instead of reading the whole FAT again (up to 1 GiB on a
+    /// large medium; a capture asked for it five times or more).
+    counted: Option<FreeCount>,
+}
+
+/// See [`FatStore::free_clusters`].
+#[derive(Debug, Clone, Copy)]
+struct FreeCount {
+    /// Free clusters in the FAT when it was scanned.
+    free: u64,
+    /// fatfs's own free count then (it counts its allocations and frees).
+    fatfs_free: u32,
+    /// [`FatStore::raw_allocated`] then (the direct path only allocates).
+    raw_allocated: u64,
 }
 
 /// `read(offset, buf)` on the cache, for [`fatmap`].
@@ -732,6 +759,7 @@ impl<D: FatDevice> FatStore<D> {
             maps: MapCache::new(),
             raw_allocated: 0,
             next_free: 2,
+            counted: None,
         })
     }
 
@@ -763,7 +791,11 @@ impl<D: FatDevice> FatStore<D> {
         let had = map.clusters();
         let need = end.div_ceil(geo.cluster_bytes).saturating_sub(had);
         let (mut rd, mut wr) = (cache_reader(&cache), cache_writer(&cache));
-        fatmap::extend(&geo, &mut rd, &mut wr, map, need, &mut hint)?;
+        if let Err(e) = fatmap::extend(&geo, &mut rd, &mut wr, map, need, &mut hint) {
+            // It may have taken some clusters: count again when asked.
+            self.counted = None;
+            return Err(e);
+        }
         let mut done = 0usize;
         for (at, n) in map.pieces(&geo, offset, data.len() as u64) {
             wr(at, &data[done..done + n as usize])?;
@@ -785,14 +817,45 @@ impl<D: FatDevice> FatStore<D> {
         Ok(true)
     }
 
+    /// Free clusters of the volume (FAT32 with direct allocations): one scan
+    /// of the FAT per mount, then that count moved by fatfs's own count (it
+    /// knows its allocations and frees, not the direct path's) and by the
+    /// direct path's allocations since. fatfs's count may be wrong as a
+    /// whole (an FSInfo another system left stale) but not in how it moves.
+    fn free_clusters(&mut self, geo: &fatmap::Geometry) -> Result<u64, StoreError> {
+        let fatfs_free = self
+            .fs
+            .stats()
+            .map_err(|e| fat_err("free space", e))?
+            .free_clusters();
+        if let Some(c) = self.counted {
+            let free = c.free as i128 + i128::from(fatfs_free)
+                - i128::from(c.fatfs_free)
+                - i128::from(self.raw_allocated - c.raw_allocated);
+            if let Ok(free) = u64::try_from(free) {
+                return Ok(free);
+            }
+        }
+        let free = fatmap::count_free(geo, &mut cache_reader(&self.cache))?;
+        self.counted = Some(FreeCount {
+            free,
+            fatfs_free,
+            raw_allocated: self.raw_allocated,
+        });
+        Ok(free)
+    }
+
     /// Flush everything, clear the volume's dirty flag and close it.
-    pub fn unmount(self) -> Result<(), StoreError> {
+    pub fn unmount(mut self) -> Result<(), StoreError> {
+        let free = match (self.geo.clone(), self.read_only) {
+            (Some(geo), false) if self.raw_allocated > 0 => Some(self.free_clusters(&geo)?),
+            _ => None,
+        };
         let FatStore {
             fs,
             cache,
             read_only,
             geo,
-            raw_allocated,
             next_free,
             ..
         } = self;
@@ -804,8 +867,7 @@ impl<D: FatDevice> FatStore<D> {
             return Ok(());
         }
         fs.unmount().map_err(|e| fat_err("unmount", e))?;
-        if let (Some(geo), true) = (&geo, raw_allocated > 0) {
-            let free = fatmap::count_free(geo, &mut cache_reader(&cache))?;
+        if let (Some(geo), Some(free)) = (&geo, free) {
             fatmap::write_fsinfo(
                 geo,
                 &mut cache_reader(&cache),
@@ -903,25 +965,33 @@ impl Geometry {
 /// not yet released). `fsck.fat` and other systems treat such directories
 /// as damaged, so after each `create_dir` the new directory's first four
 /// slots are rewritten to what the FAT specification requires. The new
-/// directory's cluster is the one that went from free to allocated in the
-/// FAT and starts with that entry pattern.
+/// directory's cluster is one whose FAT entry fatfs wrote meanwhile
+/// (`fat_writes`: offsets into the first FAT) and that starts with that
+/// entry pattern.
 fn repair_new_dir<D: FatDevice>(
     cache: &BlockCache<D>,
     geo: &Geometry,
-    free_before: &[u64],
+    fat_writes: &[u64],
     parent_is_root: bool,
 ) -> io::Result<()> {
-    let mut newly_allocated = Vec::new();
-    scan_fat(cache, geo, |c, e| {
-        let was_free = free_before
-            .get(c / 64)
-            .is_some_and(|w| w & (1 << (c % 64)) != 0);
-        if was_free && e != 0 && c >= 2 {
-            newly_allocated.push(c as u64);
-        }
-    })?;
+    // The clusters whose first-FAT entry fatfs wrote while creating the
+    // directory (it writes an entry at a time): the new directory's, and a
+    // cluster its parent grew by, if any. Found from the writes, not by
+    // scanning the FAT before and after (two reads of a FAT of up to 1 GiB
+    // per directory made, on a large medium).
+    let mut newly_allocated: Vec<u64> = fat_writes
+        .iter()
+        .map(|off| (off - geo.fat_offset) / 4)
+        .filter(|&c| c >= 2 && c < geo.fat_bytes / 4)
+        .collect();
+    let size = cache.size()?;
+    newly_allocated.sort_unstable();
+    newly_allocated.dedup();
     for c in newly_allocated {
         let off = geo.data_offset + (c - 2) * geo.cluster_bytes;
+        if off + 128 > size {
+            continue;
+        }
         let mut slots = [0u8; 128];
         cache.lock()?.read_at(off, &mut slots)?;
         // LFN entries have attribute 0x0f at byte 11 of the slot.
@@ -943,42 +1013,6 @@ fn repair_new_dir<D: FatDevice>(
         cache.lock()?.write_at(off, &fixed)?;
     }
     Ok(())
-}
-
-/// Call `f(cluster, entry)` for every FAT entry, reading the FAT in 1 MiB
-/// pieces so memory stays small whatever the medium size.
-fn scan_fat<D: FatDevice>(
-    cache: &BlockCache<D>,
-    geo: &Geometry,
-    mut f: impl FnMut(usize, u32),
-) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    while done < geo.fat_bytes {
-        let n = (geo.fat_bytes - done).min(buf.len() as u64) as usize;
-        cache
-            .lock()?
-            .read_at(geo.fat_offset + done, &mut buf[..n])?;
-        for (i, e) in buf[..n].chunks_exact(4).enumerate() {
-            let v = u32::from_le_bytes([e[0], e[1], e[2], e[3]]) & 0x0fff_ffff;
-            f((done / 4) as usize + i, v);
-        }
-        done += n as u64;
-    }
-    Ok(())
-}
-
-/// One bit per cluster, set where the FAT marks the cluster free.
-fn free_bitmap<D: FatDevice>(cache: &BlockCache<D>, geo: &Geometry) -> io::Result<Vec<u64>> {
-    let mut bits = vec![0u64; (geo.fat_bytes / 4).div_ceil(64) as usize];
-    scan_fat(cache, geo, |c, e| {
-        if e == 0 {
-            if let Some(w) = bits.get_mut(c / 64) {
-                *w |= 1 << (c % 64);
-            }
-        }
-    })?;
-    Ok(bits)
 }
 
 impl<D: FatDevice> Store for FatStore<D> {
@@ -1129,9 +1163,20 @@ impl<D: FatDevice> Store for FatStore<D> {
                 Ok(d) => d,
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     let geo = Geometry::read(&self.cache).map_err(|e| fat_err(path, e))?;
-                    let free = free_bitmap(&self.cache, &geo).map_err(|e| fat_err(path, e))?;
-                    let d = dir.create_dir(part).map_err(|e| fat_err(path, e))?;
-                    repair_new_dir(&self.cache, &geo, &free, depth == 0)
+                    let fat = geo.fat_offset..geo.fat_offset + geo.fat_bytes;
+                    self.cache.lock().map_err(|e| fat_err(path, e))?.watch =
+                        Some((fat, Vec::new()));
+                    let made = dir.create_dir(part);
+                    let written = self
+                        .cache
+                        .lock()
+                        .map_err(|e| fat_err(path, e))?
+                        .watch
+                        .take()
+                        .map(|(_, w)| w)
+                        .unwrap_or_default();
+                    let d = made.map_err(|e| fat_err(path, e))?;
+                    repair_new_dir(&self.cache, &geo, &written, depth == 0)
                         .map_err(|e| fat_err(path, e))?;
                     d
                 }
@@ -1180,9 +1225,9 @@ impl<D: FatDevice> Store for FatStore<D> {
     }
 
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
-        if let (Some(geo), true) = (&self.geo, self.raw_allocated > 0) {
+        if let (Some(geo), true) = (self.geo.clone(), self.raw_allocated > 0) {
             // fatfs's count misses the direct path's allocations.
-            let free = fatmap::count_free(geo, &mut cache_reader(&self.cache))?;
+            let free = self.free_clusters(&geo)?;
             return Ok(Some(free * geo.cluster_bytes));
         }
         let st = self.fs.stats().map_err(|e| fat_err("free space", e))?;
@@ -1254,6 +1299,43 @@ pub(crate) mod tests {
         assert_eq!(&b, b"journal");
     }
 
+    /// Every new directory is repaired (see `repair_new_dir`), also when
+    /// making it grows its parent by a cluster, and on a FAT fatfs must
+    /// search for a free cluster in.
+    #[test]
+    fn many_directories_in_one_parent_stay_fsck_clean() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.write_at("FILLER", 0, &vec![7u8; 300_000]).unwrap();
+        // 4 KiB clusters hold 128 slots; each of these names takes 3.
+        for i in 0..100 {
+            s.create_dir_all(&format!("MGEAR/generation-number-{i:04}/G0001"))
+                .unwrap();
+        }
+        let geo = Geometry::read(&s.cache).unwrap();
+        s.unmount().unwrap();
+        fsck(&p);
+        // fsck.fat 4.2 accepts fatfs's layout: look at the slots. Every `.`
+        // entry opens its cluster, and `..` follows it.
+        let img = std::fs::read(&p).unwrap();
+        let dots: Vec<usize> = (geo.data_offset as usize..img.len() - 64)
+            .step_by(32)
+            .filter(|&o| &img[o..o + 11] == b".          " && img[o + 11] == 0x10)
+            .collect();
+        assert_eq!(dots.len(), 1 + 2 * 100, "MGEAR, and two levels per name");
+        for o in dots {
+            assert_eq!(
+                (o - geo.data_offset as usize) % geo.cluster_bytes as usize,
+                0
+            );
+            assert_eq!(&img[o + 32..o + 43], b"..         ");
+        }
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        assert_eq!(s.list("MGEAR").unwrap().len(), 100);
+        assert_eq!(s.list("MGEAR/generation-number-0099").unwrap().len(), 1);
+    }
+
     #[test]
     fn a_rename_onto_its_own_name_keeps_the_file() {
         let (_t, p) = image(64 << 20);
@@ -1286,6 +1368,42 @@ pub(crate) mod tests {
             "fsck.fat: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+    }
+
+    /// The free count kept between scans (`FatStore::free_clusters`) is the
+    /// FAT's, whichever allocator took or gave back clusters.
+    #[test]
+    fn the_kept_free_count_is_what_a_scan_of_the_fat_finds() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let geo = s.geo.clone().unwrap();
+        let check = |s: &mut FatStore<_>, step: &str| {
+            let scanned = fatmap::count_free(&geo, &mut cache_reader(&s.cache)).unwrap();
+            let kept = s.free_space().unwrap().unwrap() / geo.cluster_bytes;
+            assert_eq!(kept, scanned, "after {step}");
+        };
+        s.create_dir_all("MGEAR/G1").unwrap();
+        let piece = vec![5u8; 300_001];
+        for i in 0..6u64 {
+            // The first write creates the file (fatfs), the rest append on
+            // the direct path; the small file grows through fatfs between.
+            s.write_at("MGEAR/G1/SEG-00000", i * 300_001, &piece)
+                .unwrap();
+            s.write_at("MGEAR/G1/IPART", i * 5000, &[1; 5000]).unwrap();
+            check(&mut s, &format!("append {i}"));
+        }
+        assert!(s.raw_allocated > 0, "appends must take the direct path");
+        s.create_dir_all("MGEAR/G2/X").unwrap();
+        check(&mut s, "making directories");
+        s.set_len("MGEAR/G1/SEG-00000", 100_000).unwrap();
+        check(&mut s, "a truncation");
+        s.remove_file("MGEAR/G1/IPART").unwrap();
+        check(&mut s, "a removal");
+        s.write_at("MGEAR/G1/SEG-00000", 100_000, &piece).unwrap();
+        check(&mut s, "appending again");
+        s.unmount().unwrap();
+        fsck(&p);
     }
 
     #[test]
