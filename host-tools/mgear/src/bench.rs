@@ -50,9 +50,11 @@
 //! at least 0.85x `dd`, zero regions at least 5 GB/s, peak RSS at most 256 MiB.
 //! The source is freshly written, so every reader sees it equally in the
 //! page cache; the figures compare the pipelines, not the disk.
-//! Peak RSS is the process's VmHWM (capture and ingest run in-process; what
-//! earlier steps freed is returned to the system before each step, see `timed`).
-//! The baselines' CPU (`dd`, `cat`) is their rusage as children.
+//! Every capture and ingest runs as a child `mgear` process, as a user runs
+//! it; its CPU seconds and peak RSS are its own rusage (`mgear_step`), and
+//! the peak RSS printed is the largest of them (or of the bench's own
+//! process, if larger). The baselines' CPU (`dd`, `cat`) is their rusage as
+//! children too.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -369,25 +371,106 @@ fn check_room(work: &Path, size: u64, scale_large: Option<u64>) -> crate::Result
     Ok(())
 }
 
-/// Seconds `f` took. Memory the steps before freed goes back to the system
-/// first (outside the seconds; its few milliseconds of CPU count against a
-/// step that read its CPU before calling this): every step runs in this one
-/// process, and glibc keeps
-/// freed memory in each thread's arena (up to `M_TRIM_THRESHOLD`, 64 MiB,
-/// see `tune_allocator` in main.rs), so the peak RSS of the whole bench
-/// counted what earlier steps' threads had kept on top of the step that
-/// peaked (258 MiB once, where no step alone needs 130): not what a user's
-/// `mgear capture` or `mgear ingest`, each a process of its own, ever holds.
+/// Seconds `f` took.
 fn timed(f: impl FnOnce() -> crate::Result<()>) -> crate::Result<f64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of glibc's arenas to the
-    // system; it is safe to call at any time from any thread.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
     let t = Instant::now();
     f()?;
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// What one `mgear` step cost, run as a process of its own.
+struct Step {
+    /// Wall seconds, from spawning it to reaping it.
+    secs: f64,
+    /// Its user + system CPU seconds (its threads', librbd's included).
+    cpu: f64,
+}
+
+/// The largest peak RSS of the `mgear` steps run so far (bytes).
+static PEAK_STEP_RSS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Runs `mgear ARGS` (this executable) as a child, the way a user runs a
+/// capture or an ingest, and takes its CPU time and peak RSS from its own
+/// rusage when it is reaped; its stderr goes to `work/step.log`, shown if it
+/// fails.
+///
+/// Why a process per step, not a call in this one: glibc keeps what a
+/// thread's arena freed (up to `M_TRIM_THRESHOLD`, see `tune_allocator` in
+/// main.rs), so steps run in one process summed their arenas' tops into one
+/// peak (221-247 MiB, where no step alone needs 130), more so with more
+/// cores, and each step's CPU counted its predecessors' leftovers.
+fn mgear_step(args: &[std::ffi::OsString], work: &Path) -> crate::Result<Step> {
+    let exe = std::env::current_exe()?;
+    let log_path = work.join("step.log");
+    let log = std::fs::File::create(&log_path)?;
+    let t = Instant::now();
+    let child = Command::new(&exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let (status, usage) = wait_with_usage(child.id())?;
+    let secs = t.elapsed().as_secs_f64();
+    let what = args
+        .first()
+        .map(|a| a.to_string_lossy())
+        .unwrap_or_default();
+    if !status.success() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        crate::bail!(
+            "mgear {what} failed in the benchmark ({status}): {}",
+            log.trim()
+        );
+    }
+    let tv = |t: nix::libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    // ru_maxrss is in KiB on Linux.
+    let rss = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    PEAK_STEP_RSS.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+    Ok(Step {
+        secs,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+    })
+}
+
+/// Waits for child `pid` and returns how it ended and its own rusage
+/// (`wait4`: `std` and `nix` reap without it; `RUSAGE_CHILDREN` would mix in
+/// every other child's peak RSS).
+fn wait_with_usage(pid: u32) -> crate::Result<(std::process::ExitStatus, nix::libc::rusage)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = nix::libc::pid_t::try_from(pid)
+        .map_err(|_| crate::error::Error::msg("child pid out of range"))?;
+    let mut status: nix::libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of that plain C struct.
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 writes only the status and rusage we pass, both
+        // live locals; `pid` is our own child, which `std` has not reaped
+        // (its `Child` is dropped unwaited by the caller).
+        let r = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            return Ok((std::process::ExitStatus::from_raw(status), usage));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("waiting for a benchmark step");
+        }
+    }
+}
+
+/// `--medium`/`--appliance` arguments naming `medium`.
+fn medium_args(medium: &Where) -> Vec<std::ffi::OsString> {
+    let mut a = Vec::new();
+    for m in &medium.medium {
+        a.push("--medium".into());
+        a.push(m.into());
+    }
+    for p in &medium.appliance {
+        a.push("--appliance".into());
+        a.push(p.into());
+    }
+    a
 }
 
 /// Bytes of all files under `dir`.
@@ -564,18 +647,17 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 });
             }
 
-            let cpu = crate::progress::cpu_seconds();
-            let secs = timed(|| {
-                crate::ingest::ingest(&ingest_plan(
-                    &medium,
-                    &key,
-                    format!("file:{}", vol.display()),
-                    work.join("ingest-state"),
-                    false,
-                ))
-                .map(|_| ())
-            })?;
-            let ingest_cpu = crate::progress::cpu_seconds() - cpu;
+            let Step {
+                secs,
+                cpu: ingest_cpu,
+            } = ingest_timed(
+                &medium,
+                &key,
+                &format!("file:{}", vol.display()),
+                &work.join("ingest-state"),
+                false,
+                &work,
+            )?;
             let rate = crate::progress::mb_per_s(size, secs);
             timings.push(Timing {
                 what: format!("{prefix}mgear ingest (verifies, reads back)"),
@@ -661,7 +743,8 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             timings,
         });
     }
-    report.peak_rss_bytes = peak_rss();
+    report.peak_rss_bytes =
+        peak_rss().map(|own| own.max(PEAK_STEP_RSS.load(std::sync::atomic::Ordering::Relaxed)));
     report.targets = targets(&report);
     if args.json {
         crate::progress::print_json(&report)?;
@@ -769,13 +852,13 @@ fn fat_bytes(size: u64) -> u64 {
     size + size / 8 + (64 << 20)
 }
 
-/// `mgear capture` of `src` onto `medium`, in this process: wall and CPU seconds.
+/// `mgear capture` of `src` onto `medium`, as a child process: wall and CPU seconds.
 fn capture_timed(
     src: &Path,
     medium: &Where,
     key: &Path,
     work: &Path,
-    rate_limit: Option<f64>,
+    rate_limit: Option<&str>,
     threads: Option<usize>,
 ) -> crate::Result<(f64, f64)> {
     capture_disks_timed(
@@ -789,54 +872,34 @@ fn capture_timed(
 }
 
 /// `mgear capture` of the disks `srcs` onto `medium` (several: one machine
-/// set), in this process: wall and CPU seconds.
+/// set), as a child process: wall and CPU seconds.
 fn capture_disks_timed(
     srcs: &[PathBuf],
     medium: &Where,
     key: &Path,
     work: &Path,
-    rate_limit: Option<f64>,
+    rate_limit: Option<&str>,
     threads: Option<usize>,
 ) -> crate::Result<(f64, f64)> {
-    let cpu = crate::progress::cpu_seconds();
-    let recipient =
-        crate::keys::read_recipient(&crate::keyfile::pub_path(key).display().to_string())?;
-    let secs = timed(|| {
-        let args = crate::capture::Plan {
-            dirty_bitmap: None,
-            source: Some(srcs[0].display().to_string()),
-            medium: medium.clone(),
-            name: "bench".into(),
-            recipient: vec![recipient.clone()],
-            passphrase_file: None,
-            passphrase_generate: false,
-            delta: false,
-            rate_limit,
-            key_cache: Some(work.join("keys")),
-            chunk_size: 1 << 20,
-            no_compress: false,
-            threads,
-            json: true,
-            report: None,
-            checkpoint_bytes: 64 << 20,
-            passphrase_work_factor: None,
-            dry_run: false,
-            abort: false,
-            skip_space_check: false,
-            replace_medium: Vec::new(),
-            no_dedup_across_disks: false,
-            dedup_across_machines: None,
-            span_total: None,
-            sign: None,
-        };
-        if srcs.len() > 1 {
-            let names: Vec<String> = srcs.iter().map(|p| p.display().to_string()).collect();
-            crate::machine::capture_set(&args, &names).map(|_| ())
-        } else {
-            crate::capture::capture(&args).map(|_| ())
-        }
-    })?;
-    Ok((secs, crate::progress::cpu_seconds() - cpu))
+    let mut args: Vec<std::ffi::OsString> = vec!["capture".into()];
+    for s in srcs {
+        args.push("--source".into());
+        args.push(s.into());
+    }
+    args.extend(medium_args(medium));
+    args.extend(["--name".into(), "bench".into(), "--recipient".into()]);
+    args.push(crate::keyfile::pub_path(key).into());
+    args.push("--key-cache".into());
+    args.push(work.join("keys").into());
+    args.push("--json".into());
+    if let Some(r) = rate_limit {
+        args.extend(["--rate-limit".into(), r.into()]);
+    }
+    if let Some(t) = threads {
+        args.extend(["--threads".into(), t.to_string().into()]);
+    }
+    let step = mgear_step(&args, work)?;
+    Ok((step.secs, step.cpu))
 }
 
 /// `--scale SMALL,LARGE`, or `None` for `off`.
@@ -934,7 +997,7 @@ impl Extra<'_> {
             &medium,
             self.key,
             self.work,
-            Some(LIMIT.0),
+            Some(LIMIT.1),
             self.threads,
         )?;
         std::fs::remove_file(&src)?;
@@ -1334,23 +1397,17 @@ fn rbd_rows(
     // One ingest into `spec`: wall seconds, the process's CPU seconds and the
     // CPU seconds of this machine's OSDs (the cloud lab's; 0 for a remote cluster).
     let ingest_into = |spec: &mgear_volume::RbdSpec, volume_sha256: bool, state: &str| {
-        let (cpu, osd) = (
-            crate::progress::cpu_seconds() + children_cpu_seconds(),
-            osd_cpu_seconds(),
+        let osd = osd_cpu_seconds();
+        let step = ingest_timed(
+            medium,
+            key,
+            &spec.to_string(),
+            &work.join(state),
+            volume_sha256,
+            work,
         );
-        let secs = timed(|| {
-            crate::ingest::ingest(&ingest_plan(
-                medium,
-                key,
-                spec.to_string(),
-                work.join(state),
-                volume_sha256,
-            ))
-            .map(|_| ())
-        });
-        let cpu = crate::progress::cpu_seconds() + children_cpu_seconds() - cpu;
         remove(spec);
-        secs.map(|secs| (secs, cpu, osd_cpu_seconds() - osd))
+        step.map(|s| (s.secs, s.cpu, osd_cpu_seconds() - osd))
     };
     let (ingest, ingest_cpu, ingest_osd) = ingest_into(&ours, false, "ingest-state-rbd")?;
     let (read, read_cpu, read_osd) = ingest_into(&bytes, true, "ingest-state-rbd-sha")?;
@@ -1452,43 +1509,30 @@ fn rbd_rows(
     ])
 }
 
-/// The benchmark's ingest of its capture into `target`: untrusted (a benchmark measures
-/// speed, not origin), unsealed, resume state in `state_dir`.
-fn ingest_plan(
+/// `mgear ingest` of the benchmark's capture into `target`, as a child
+/// process: untrusted (a benchmark measures speed, not origin), unsealed,
+/// resume state in `state_dir`.
+fn ingest_timed(
     medium: &Where,
     key: &Path,
-    target: String,
-    state_dir: PathBuf,
+    target: &str,
+    state_dir: &Path,
     volume_sha256: bool,
-) -> crate::ingest::Plan {
-    crate::ingest::Plan {
-        boot: false,
-        wait_for: String::new(),
-        timeout: 0,
-        boot_bus: mgear_boot::Bus::Auto,
-        flavor: None,
-        register_image: false,
-        report: None,
-        hold: false,
-        volume_sha256,
-        adapt: false,
-        medium: medium.clone(),
-        name: "bench".into(),
-        identity: Some(key.to_owned()),
-        passphrase_file: None,
-        target,
-        generation: None,
-        state_dir: Some(state_dir),
-        force: true,
-        allow_unsealed: true,
-        trust: crate::trust::Pins {
-            allow_untrusted: true,
-            ..Default::default()
-        },
-        rate_limit: None,
-        checkpoint_bytes: 64 << 20,
-        json: true,
+    work: &Path,
+) -> crate::Result<Step> {
+    let mut args: Vec<std::ffi::OsString> = vec!["ingest".into()];
+    args.extend(medium_args(medium));
+    args.extend(["--name".into(), "bench".into(), "--identity".into()]);
+    args.push(key.into());
+    args.extend(["--target".into(), target.into(), "--state-dir".into()]);
+    args.push(state_dir.into());
+    for flag in ["--force", "--allow-unsealed", "--allow-untrusted", "--json"] {
+        args.push(flag.into());
     }
+    if volume_sha256 {
+        args.push("--volume-sha256".into());
+    }
+    mgear_step(&args, work)
 }
 
 /// CPU seconds of this machine's `ceph-osd` processes so far (from /proc; 0
@@ -1641,6 +1685,30 @@ fn targets(report: &Report) -> Vec<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A step's peak RSS and exit status are its own, from its rusage.
+    #[test]
+    fn a_child_is_reaped_with_its_own_usage() {
+        let child = Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                "of=/dev/null",
+                "bs=48M",
+                "count=1",
+                "status=none",
+            ])
+            .spawn()
+            .unwrap();
+        let (status, usage) = wait_with_usage(child.id()).unwrap();
+        assert!(status.success());
+        // dd's one 48 MiB buffer, touched; ru_maxrss is in KiB.
+        assert!(usage.ru_maxrss >= 48 << 10, "{}", usage.ru_maxrss);
+        assert!(usage.ru_maxrss < 200 << 10, "{}", usage.ru_maxrss);
+        let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let (status, usage) = wait_with_usage(child.id()).unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(usage.ru_maxrss < 48 << 10, "{}", usage.ru_maxrss);
+    }
 
     #[test]
     fn a_run_that_cannot_fit_is_refused_before_it_starts() {
