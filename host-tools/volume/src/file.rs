@@ -146,6 +146,53 @@ impl Direct {
     }
 }
 
+/// `pwritev` of all of `bufs` from `offset`, however many calls it takes
+/// (at most `IOV_MAX` slices each).
+fn write_all_vectored_at(file: &File, bufs: &[&[u8]], offset: u64) -> std::io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+    let mut left: &mut [std::io::IoSlice<'_>] = &mut slices;
+    let mut at = offset;
+    while !left.is_empty() {
+        let n = left.len().min(IOV_MAX);
+        let off =
+            i64::try_from(at).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EINVAL))?;
+        let wrote = nix::sys::uio::pwritev(file.as_fd(), &left[..n], off)?;
+        if wrote == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        at += wrote as u64;
+        std::io::IoSlice::advance_slices(&mut left, wrote);
+    }
+    Ok(())
+}
+
+/// A batch's writes (its chunks, in disk order) to `raw`, each run of
+/// adjacent ones, up to 16 MiB, as one [`Raw::write_run`].
+fn write_runs(raw: &Raw, writes: &[crate::WriteAt<'_>]) -> Result<()> {
+    const RUN_MAX: usize = 16 << 20;
+    let mut i = 0;
+    while i < writes.len() {
+        let start = writes[i].offset;
+        let mut run = vec![writes[i].data];
+        let mut end = start + writes[i].data.len() as u64;
+        let mut len = writes[i].data.len();
+        i += 1;
+        while let Some(w) = writes.get(i) {
+            if w.offset != end || len + w.data.len() > RUN_MAX {
+                break;
+            }
+            run.push(w.data);
+            end += w.data.len() as u64;
+            len += w.data.len();
+            i += 1;
+        }
+        raw.write_run(start, &run)?;
+    }
+    Ok(())
+}
+
 /// An open raw file or device and how to zero a range of it.
 #[derive(Debug)]
 pub(crate) struct Raw {
@@ -218,6 +265,42 @@ impl Raw {
                 e,
             )
         })
+    }
+
+    /// Writes `bufs` back to back from `offset`: a run of adjacent chunks
+    /// as one vectored direct write where each is aligned (the kernel
+    /// splits it into requests the device takes concurrently), else one
+    /// write each. Why: chunk-sized direct writes reach the disk one at a
+    /// time (queue depth one), a third slower than `dd`'s buffered copy.
+    pub fn write_run(&self, offset: u64, bufs: &[&[u8]]) -> Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let vectored = bufs.len() > 1
+            && Direct::fits(offset, total)
+            && bufs
+                .iter()
+                .all(|b| Direct::aligned(b) && Direct::fits(0, b.len()));
+        if let (Some(d), true) = (&self.direct, vectored) {
+            match write_all_vectored_at(&d.file, bufs, offset) {
+                Ok(()) => return Ok(()),
+                // Refused as a whole (EINVAL: the file system will not take
+                // this one direct): each piece takes the single-write path,
+                // which knows the fallbacks. Rewriting a partly written run
+                // writes the same bytes again.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("writing {} at byte {offset}", self.path.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(at, b)?;
+            at += b.len() as u64;
+        }
+        Ok(())
     }
 
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -501,6 +584,10 @@ impl Volume for FileVolume {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.raw.write_at(offset, data)
     }
+    /// Runs of adjacent writes go out as one vectored write each: [`write_runs`].
+    fn write_batch(&mut self, writes: &[crate::WriteAt<'_>]) -> Result<()> {
+        write_runs(&self.raw, writes)
+    }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.raw.write_zeroes(offset, len)
     }
@@ -631,6 +718,10 @@ impl Volume for DeviceVolume {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.raw.write_at(offset, data)
     }
+    /// Runs of adjacent writes go out as one vectored write each: [`write_runs`].
+    fn write_batch(&mut self, writes: &[crate::WriteAt<'_>]) -> Result<()> {
+        write_runs(&self.raw, writes)
+    }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.raw.write_zeroes(offset, len)
     }
@@ -674,6 +765,62 @@ mod tests {
             force: false,
             what: "test".into(),
         }
+    }
+
+    /// A batch's adjacent aligned chunks go out as one vectored write; a
+    /// gap, an unaligned buffer or an odd length falls back to single
+    /// writes; every byte lands where it belongs.
+    #[test]
+    fn a_batch_is_written_as_runs_and_lands_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.raw");
+        let mut v = FileVolume::create(&target, &prep(dir.path(), 16 << 20)).unwrap();
+        // One over-allocated buffer: pieces cut at aligned offsets of it.
+        let mut raw = vec![0u8; (6 << 20) + ALIGN];
+        let base = raw.as_ptr().align_offset(ALIGN);
+        for (i, b) in raw[base..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let al = &raw[base..base + (6 << 20)];
+        let odd = vec![5u8; 1000];
+        let writes = [
+            // Adjacent and aligned: one run of 3 MiB.
+            crate::WriteAt {
+                offset: 0,
+                data: &al[..1 << 20],
+            },
+            crate::WriteAt {
+                offset: 1 << 20,
+                data: &al[1 << 20..2 << 20],
+            },
+            crate::WriteAt {
+                offset: 2 << 20,
+                data: &al[2 << 20..3 << 20],
+            },
+            // A gap, then an unaligned buffer adjacent to an aligned one.
+            crate::WriteAt {
+                offset: 5 << 20,
+                data: &al[3 << 20..4 << 20],
+            },
+            crate::WriteAt {
+                offset: 6 << 20,
+                data: &raw[base + 1..base + 1 + (1 << 20)],
+            },
+            // An odd length at the end.
+            crate::WriteAt {
+                offset: 9 << 20,
+                data: &odd,
+            },
+        ];
+        v.write_batch(&writes).unwrap();
+        v.flush().unwrap();
+        let back = std::fs::read(dir.path().join("v.raw.partial"))
+            .unwrap_or_else(|_| std::fs::read(&target).unwrap());
+        for w in &writes {
+            let at = w.offset as usize;
+            assert!(back[at..at + w.data.len()] == *w.data, "at {at}");
+        }
+        assert!(back[3 << 20..5 << 20].iter().all(|&b| b == 0));
     }
 
     #[test]

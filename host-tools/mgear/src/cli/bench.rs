@@ -42,6 +42,11 @@ pub struct Args {
     /// its seal) on random data: the seal's figures without the rest of the bench.
     #[arg(long, conflicts_with = "no_appliance")]
     pub appliance_only: bool,
+    /// Run each timed capture and ingest (and their `dd` baselines, and the capture through
+    /// the simulator) this many times and report the shortest time and the least CPU: on a
+    /// shared machine noise only ever adds to either.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub repeat: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -55,6 +60,9 @@ impl Args {
         let pattern = a.pattern.parse::<bench::Patterns>()?;
         let medium = a.medium.parse::<bench::Media>()?;
         let scale = bench::scale_sizes(&a.scale)?;
+        if a.repeat == 0 {
+            return Err(mgear::exit::usage("--repeat must be at least 1"));
+        }
         Ok(bench::Plan {
             size,
             pattern,
@@ -65,6 +73,7 @@ impl Args {
             scale,
             no_appliance: a.no_appliance,
             appliance_only: a.appliance_only,
+            repeat: a.repeat,
             json: a.json,
         })
     }
