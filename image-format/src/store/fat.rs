@@ -112,6 +112,11 @@ struct CacheInner<D> {
     /// (the first FAT) are collected: which clusters fatfs allocated, known
     /// without scanning the FAT ([`FatStore::create_dir_all`]).
     watch: Option<(core::ops::Range<u64>, Vec<u64>)>,
+    /// Something was written since the last successful sync: a sync with
+    /// nothing new to make durable asks the device for nothing (on the
+    /// appliance each device sync is a round trip that drains the writes in
+    /// flight, an `fdatasync` and a save of its counters).
+    unsynced: bool,
 }
 
 fn read_only_error() -> io::Error {
@@ -222,6 +227,7 @@ impl<D: FatDevice> CacheInner<D> {
             return Err(read_only_error());
         }
         self.check_range(off, buf.len())?;
+        self.unsynced = true;
         if let Some((range, seen)) = &mut self.watch {
             let end = off + buf.len() as u64;
             if off < range.end && end > range.start {
@@ -327,6 +333,7 @@ impl<D: FatDevice> BlockCache<D> {
                 read_only,
                 stream_end: None,
                 watch: None,
+                unsynced: false,
             })),
             pos: 0,
         })
@@ -346,12 +353,15 @@ impl<D: FatDevice> BlockCache<D> {
     /// Write back every dirty block and make it durable on the device.
     pub fn sync(&self) -> io::Result<()> {
         let mut g = self.lock()?;
-        if g.read_only {
-            // Nothing can be dirty; a read-only device may refuse fsync.
+        if g.read_only || !g.unsynced {
+            // Nothing can be dirty (a read-only device may refuse fsync), or
+            // nothing was written since the last sync made it all durable.
             return Ok(());
         }
         g.flush_all()?;
-        g.dev.sync_device()
+        g.dev.sync_device()?;
+        g.unsynced = false;
+        Ok(())
     }
 }
 
@@ -1368,6 +1378,67 @@ pub(crate) mod tests {
             "fsck.fat: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+    }
+
+    /// A file that counts its device syncs.
+    struct CountingSyncs(std::fs::File, Arc<std::sync::atomic::AtomicUsize>);
+    impl Read for CountingSyncs {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for CountingSyncs {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+    impl Seek for CountingSyncs {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.0.seek(pos)
+        }
+    }
+    impl FatDevice for CountingSyncs {
+        fn sync_device(&mut self) -> io::Result<()> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.sync_data()
+        }
+    }
+
+    /// A sync asks the device for one only when something was written
+    /// since the last one (a checkpoint syncs its segment, then its IPART:
+    /// on FAT the first covers both).
+    #[test]
+    fn a_sync_with_nothing_new_asks_the_device_for_nothing() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = || syncs.load(std::sync::atomic::Ordering::SeqCst);
+        let dev = CountingSyncs(open_rw(&p), syncs.clone());
+        let mut s = FatStore::open(dev).unwrap();
+        s.create_dir_all("MGEAR/G1").unwrap();
+        s.write_at("MGEAR/G1/SEG-00000", 0, &[1; 100_000]).unwrap();
+        s.write_at("MGEAR/G1/IPART", 0, &[2; 500]).unwrap();
+        let before = count();
+        s.sync("MGEAR/G1/SEG-00000").unwrap();
+        assert_eq!(count(), before + 1);
+        s.sync("MGEAR/G1/IPART").unwrap();
+        assert_eq!(count(), before + 1, "nothing new since the last sync");
+        // A direct append and a small cached write each need one again.
+        s.write_at("MGEAR/G1/SEG-00000", 100_000, &[3; 100_000])
+            .unwrap();
+        s.sync("MGEAR/G1/SEG-00000").unwrap();
+        assert_eq!(count(), before + 2);
+        s.write_at("MGEAR/G1/IPART", 500, &[4; 10]).unwrap();
+        s.sync("MGEAR/G1/IPART").unwrap();
+        assert_eq!(count(), before + 3);
+        s.unmount().unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let mut b = [0u8; 10];
+        s.read_exact_at("MGEAR/G1/IPART", 500, &mut b).unwrap();
+        assert_eq!(b, [4; 10]);
     }
 
     /// The free count kept between scans (`FatStore::free_clusters`) is the
