@@ -638,11 +638,12 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             let medium_dir = work.join("medium");
             let medium_img = work.join("medium.img");
             // Each run onto a fresh medium; the last one's is ingested.
-            let mut medium = fresh_medium(&work, kind, size)?;
+            let mut last = None;
             let (secs, capture_cpu) = best_of(args.repeat, || {
-                medium = fresh_medium(&work, kind, size)?;
-                capture_timed(&src, &medium, &key, &work, None, args.threads)
+                let m = last.insert(fresh_medium(&work, kind, size)?);
+                capture_timed(&src, m, &key, &work, None, args.threads)
             })?;
+            let medium = last.ok_or_else(|| crate::err!("the capture ran no time"))?;
             let medium_bytes = if *kind == "fat" {
                 let mut m = medium.open_read_only()?;
                 let n = store_bytes(m.store(), "");
