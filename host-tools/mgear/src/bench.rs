@@ -413,28 +413,21 @@ fn best_of(
     Ok((secs, cpu))
 }
 
-/// What one `mgear` step cost, run as a process of its own.
-struct Step {
-    /// Wall seconds, from spawning it to reaping it.
-    secs: f64,
-    /// Its user + system CPU seconds (its threads', librbd's included).
-    cpu: f64,
-}
-
 /// The largest peak RSS of the `mgear` steps run so far (bytes).
 static PEAK_STEP_RSS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Runs `mgear ARGS` (this executable) as a child, the way a user runs a
-/// capture or an ingest, and takes its CPU time and peak RSS from its own
-/// rusage when it is reaped; its stderr goes to `work/step.log`, shown if it
-/// fails.
+/// capture or an ingest: its wall seconds (spawn to reap) and CPU seconds
+/// (user + system, its threads' and librbd's included), both from its own
+/// rusage when it is reaped, which also gives its peak RSS; its stderr goes
+/// to `work/step.log`, shown if it fails.
 ///
 /// Why a process per step, not a call in this one: glibc keeps what a
 /// thread's arena freed (up to `M_TRIM_THRESHOLD`, see `tune_allocator` in
 /// main.rs), so steps run in one process summed their arenas' tops into one
 /// peak (221-247 MiB, where no step alone needs 130), more so with more
 /// cores, and each step's CPU counted its predecessors' leftovers.
-fn mgear_step(args: &[std::ffi::OsString], work: &Path) -> crate::Result<Step> {
+fn mgear_step(args: &[std::ffi::OsString], work: &Path) -> crate::Result<(f64, f64)> {
     let exe = std::env::current_exe()?;
     let log_path = work.join("step.log");
     let log = std::fs::File::create(&log_path)?;
@@ -466,10 +459,7 @@ fn mgear_step(args: &[std::ffi::OsString], work: &Path) -> crate::Result<Step> {
     // the report takes into its maximum anyway.
     let rss = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
     PEAK_STEP_RSS.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
-    Ok(Step {
-        secs,
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-    })
+    Ok((secs, tv(usage.ru_utime) + tv(usage.ru_stime)))
 }
 
 /// Waits for `child` and returns how it ended and its own rusage
@@ -704,15 +694,14 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 let state = work.join("ingest-state");
                 let _ = std::fs::remove_dir_all(&state);
                 let _ = std::fs::remove_file(&vol);
-                let step = ingest_timed(
+                ingest_timed(
                     &medium,
                     &key,
                     &format!("file:{}", vol.display()),
                     &state,
                     false,
                     &work,
-                )?;
-                Ok((step.secs, step.cpu))
+                )
             })?;
             let rate = crate::progress::mb_per_s(size, secs);
             timings.push(Timing {
@@ -963,8 +952,7 @@ fn capture_disks_timed(
     if let Some(t) = threads {
         args.extend(["--threads".into(), t.to_string().into()]);
     }
-    let step = mgear_step(&args, work)?;
-    Ok((step.secs, step.cpu))
+    mgear_step(&args, work)
 }
 
 /// `--scale SMALL,LARGE`, or `None` for `off`.
@@ -1499,7 +1487,7 @@ fn rbd_rows(
             work,
         );
         remove(spec);
-        step.map(|s| (s.secs, s.cpu, osd_cpu_seconds() - osd))
+        step.map(|(secs, cpu)| (secs, cpu, osd_cpu_seconds() - osd))
     };
     let (ingest, ingest_cpu, ingest_osd) = ingest_into(&ours, false, "ingest-state-rbd")?;
     let (read, read_cpu, read_osd) = ingest_into(&bytes, true, "ingest-state-rbd-sha")?;
@@ -1603,7 +1591,7 @@ fn rbd_rows(
 
 /// `mgear ingest` of the benchmark's capture into `target`, as a child
 /// process: untrusted (a benchmark measures speed, not origin), unsealed,
-/// resume state in `state_dir`.
+/// resume state in `state_dir`: wall and CPU seconds.
 fn ingest_timed(
     medium: &Where,
     key: &Path,
@@ -1611,7 +1599,7 @@ fn ingest_timed(
     state_dir: &Path,
     volume_sha256: bool,
     work: &Path,
-) -> crate::Result<Step> {
+) -> crate::Result<(f64, f64)> {
     let mut args: Vec<std::ffi::OsString> = vec!["ingest".into()];
     args.extend(medium_args(medium));
     args.extend(["--name".into(), "bench".into(), "--identity".into()]);

@@ -108,8 +108,8 @@ struct CacheInner<D> {
     /// device sees one run of appends it can gather into large aligned
     /// writes rather than bodies with cached headers between them.
     stream_end: Option<u64>,
-    /// While set, the start offsets of writes that begin in this byte range
-    /// (the first FAT) are collected: which clusters fatfs allocated, known
+    /// While set, where each write that touches this byte range (the first
+    /// FAT) starts in it is collected: which clusters fatfs allocated, known
     /// without scanning the FAT ([`FatStore::create_dir_all`]).
     watch: Option<(core::ops::Range<u64>, Vec<u64>)>,
     /// Something was written since the last successful sync: a sync with
