@@ -52,14 +52,18 @@ impl Qcow2Volume {
             )));
         }
         let partial = with_suffix(path, ".partial");
-        let sock = prep.state_dir.join(format!(
+        // qemu-nbd takes only an absolute socket path (a relative
+        // --state-dir, say `--state-dir st`, made it refuse to start).
+        let state_dir = std::path::absolute(&prep.state_dir)
+            .map_err(|e| Error::io(format!("the state dir {}", prep.state_dir.display()), e))?;
+        let sock = state_dir.join(format!(
             "qcow2_{}.sock",
             short_hash(&key_of(&partial.to_string_lossy()))
         ));
         if sock.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(Error::Usage(format!(
                 "the state dir {} is too long a path for qemu-nbd's unix socket: pass a shorter --state-dir",
-                prep.state_dir.display()
+                state_dir.display()
             )));
         }
         let found = match std::fs::symlink_metadata(&partial) {

@@ -522,9 +522,11 @@ fn cli_qcow2_target_round_trip() {
     make_disk(&e.p("disk.raw"), 6, 11);
     fs::create_dir(e.p("mnt")).unwrap();
     e.capture("dir:mnt", "web01").source("disk.raw").ok();
+    // A relative state dir: qemu-nbd takes only an absolute socket path.
     e.ingest("dir:mnt", "web01")
         .untrusted()
         .target("qcow2:v.qcow2")
+        .args(&["--state-dir", "st"])
         .unsealed()
         .ok();
     let info = Command::new("qemu-img")
