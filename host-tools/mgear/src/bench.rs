@@ -49,9 +49,15 @@
 //! The issue's targets are printed next to the figures: capture and ingest
 //! at least 0.85x `dd`, zero regions at least 5 GB/s, peak RSS at most 256 MiB.
 //! The source is freshly written, so every reader sees it equally in the
-//! page cache; the figures compare the pipelines, not the disk.
-//! The main captures and ingests, their `dd` baselines, and the capture
-//! through the simulator and its direct baseline run `--repeat` times (3):
+//! page cache; the figures compare the pipelines, not the disk. The
+//! medium, on the contrary, is dropped from the page cache before each
+//! ingest and each `dd` of it (`medium_cold`): both read it from the disk.
+//! Each `dd` of the medium is followed by a direct read of its copy, and a
+//! note gives ingest against that sum (read, write, read back: the passes
+//! ingest makes; not one of the issue's targets).
+//! The main captures and ingests, their `dd` baselines, the capture held
+//! to 50 MiB/s, and the capture through the simulator and its direct
+//! baseline run `--repeat` times (3):
 //! each row gives the shortest time and the least CPU of its runs
 //! ([`best_of`]).
 //! Every capture and ingest runs as a child `mgear` process, as a user runs
@@ -278,6 +284,18 @@ fn dd_prefix(image: &Path, bytes: u64, target: &Path) -> crate::Result<f64> {
                 .arg(bytes.to_string())
                 .arg(image)
                 .arg(target),
+        )
+    })
+}
+
+/// `dd`'s time to read `path` with `O_DIRECT` (from the disk, not the page
+/// cache), as ingest reads back what it wrote.
+fn dd_read_direct(path: &Path) -> crate::Result<f64> {
+    timed(|| {
+        crate::tools::run(
+            Command::new("dd")
+                .arg(format!("if={}", path.display()))
+                .args(["of=/dev/null", "bs=4M", "iflag=direct", "status=none"]),
         )
     })
 }
@@ -656,11 +674,15 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             });
 
             let mut dd_medium_rate = None;
+            // The dd copy followed by a direct read of what it wrote: the
+            // three passes of an ingest (read, write, read back), best of runs.
+            let mut checked_secs = f64::INFINITY;
             // For an all-zero source the medium holds almost nothing: a dd of
             // it is no baseline for ingest, which writes (sparsely) the whole disk.
             if dd.is_some() && !matches!(pattern, "zeros" | "sparse") {
                 let out = work.join("dd-medium.out");
                 let (secs, dd_cpu) = best_of(args.repeat, || {
+                    medium_cold(kind, &medium_img, &medium_dir)?;
                     let cpu = children_cpu_seconds();
                     let secs = if *kind == "fat" {
                         // As many bytes of the image as the capture stored.
@@ -671,6 +693,8 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                         dd_files(&files, &out)?
                     };
                     let dd_cpu = children_cpu_seconds() - cpu;
+                    let back = dd_read_direct(&out)?;
+                    checked_secs = checked_secs.min(secs + back);
                     std::fs::remove_file(&out)?;
                     Ok((secs, dd_cpu))
                 })?;
@@ -694,6 +718,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 let state = work.join("ingest-state");
                 let _ = std::fs::remove_dir_all(&state);
                 let _ = std::fs::remove_file(&vol);
+                medium_cold(kind, &medium_img, &medium_dir)?;
                 ingest_timed(
                     &medium,
                     &key,
@@ -704,6 +729,15 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 )
             })?;
             let rate = crate::progress::mb_per_s(size, secs);
+            if checked_secs.is_finite() {
+                // Not a target: what the read-back costs, on this disk, now.
+                let checked_rate = crate::progress::mb_per_s(medium_bytes, checked_secs);
+                report.notes.push(format!(
+                    "{prefix}ingest of {pattern} data vs dd and then a direct read of its copy \
+                     (the same three passes over the disk): x{:.2} (that dd: {checked_secs:.2} s)",
+                    ratio(Some(checked_rate), rate).unwrap_or(0.0),
+                ));
+            }
             timings.push(Timing {
                 what: format!("{prefix}mgear ingest (verifies, reads back)"),
                 seconds: secs,
@@ -798,7 +832,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     }
     if args.repeat > 1 {
         println!(
-            "capture, ingest, their dd baselines and the appliance capture: best of {} runs",
+            "capture, ingest, their dd baselines, the rate-limited and the appliance capture: best of {} runs",
             args.repeat
         );
     }
@@ -1008,13 +1042,14 @@ fn proc_usage(pid: u32) -> (f64, Option<u64>) {
     (cpu, rss)
 }
 
-/// The rows measured once, on random data: a rate-limited capture, the
+/// The rows measured on random data only: a rate-limited capture, the
 /// per-byte cost at two sizes, and the appliance simulator.
 struct Extra<'a> {
     work: &'a Path,
     key: &'a Path,
     threads: Option<usize>,
-    /// Runs of the capture through the simulator and of its baseline.
+    /// Runs of the rate-limited capture, of the capture through the
+    /// simulator and of its baseline (the least time and CPU count).
     repeat: usize,
     /// `dd`'s CPU seconds per GiB copying the source, this run.
     dd_cpu_per_gib: Option<f64>,
@@ -1046,15 +1081,19 @@ impl Extra<'_> {
         ));
         let src = self.work.join("source-rate.raw");
         generate(&src, n, "random")?;
-        let medium = fresh_medium(self.work, "fat", n)?;
-        let (secs, cpu) = capture_timed(
-            &src,
-            &medium,
-            self.key,
-            self.work,
-            Some(LIMIT.1),
-            self.threads,
-        )?;
+        // Least CPU of `--repeat` runs, as for the other captures: a single
+        // run read 3.5 % once and 6.1 % the next on this shared VM.
+        let (secs, cpu) = best_of(self.repeat, || {
+            let medium = fresh_medium(self.work, "fat", n)?;
+            capture_timed(
+                &src,
+                &medium,
+                self.key,
+                self.work,
+                Some(LIMIT.1),
+                self.threads,
+            )
+        })?;
         std::fs::remove_file(&src)?;
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
         let share = cpu / secs / cores;
@@ -1424,6 +1463,22 @@ fn drop_from_page_cache(path: &Path) -> crate::Result<()> {
     posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
         .with_context(|| format!("dropping {} from the page cache", path.display()))?;
     Ok(())
+}
+
+/// Drops the medium of a `kind` (`fat`/`dir`) row from the page cache
+/// before each ingest and each `dd` of it, so that both read it from the
+/// disk, as a medium that arrives is read. Without it only the first of the
+/// repeated `dd` runs read the disk and the best of them was a copy from
+/// memory (the medium was in the cache after it), while ingest reads a
+/// `fat:` medium with `O_DIRECT` every time: against `dd` at 640-840 MB/s
+/// ingest read x0.54-0.79, against a cold `dd` x1.1-1.2.
+fn medium_cold(kind: &str, image: &Path, dir: &Path) -> crate::Result<()> {
+    if kind == "fat" {
+        return drop_from_page_cache(image);
+    }
+    let mut files = Vec::new();
+    files_under(dir, &mut files);
+    files.iter().try_for_each(|f| drop_from_page_cache(f))
 }
 
 /// The running simulator: stopped (SIGTERM, then waited for) when dropped.

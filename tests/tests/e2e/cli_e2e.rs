@@ -877,6 +877,15 @@ fn cli_bench_reports_ratios_against_dd_and_targets() {
     let ddm = step(random, "dd medium files");
     let want = ing["mb_per_s"].as_f64().unwrap() / ddm["mb_per_s"].as_f64().unwrap();
     assert!((ing["vs_dd"].as_f64().unwrap() - want).abs() < 1e-9 * want.max(1.0));
+    // And, as a note, against that dd followed by a direct read of its copy.
+    let notes = r["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .starts_with("ingest of random data vs dd and then a direct read of its copy")),
+        "{r}"
+    );
     let targets: Vec<&str> = r["targets"]
         .as_array()
         .unwrap()
