@@ -1467,11 +1467,9 @@ fn drop_from_page_cache(path: &Path) -> crate::Result<()> {
 
 /// Drops the medium of a `kind` (`fat`/`dir`) row from the page cache
 /// before each ingest and each `dd` of it, so that both read it from the
-/// disk, as a medium that arrives is read. Without it only the first of the
-/// repeated `dd` runs read the disk and the best of them was a copy from
-/// memory (the medium was in the cache after it), while ingest reads a
-/// `fat:` medium with `O_DIRECT` every time: against `dd` at 640-840 MB/s
-/// ingest read x0.54-0.79, against a cold `dd` x1.1-1.2.
+/// disk, as a medium that arrives is read. Without it the first `dd` run
+/// read the disk and left the medium cached for the later `dd` runs and
+/// every ingest run, so the rows depended on their order.
 fn medium_cold(kind: &str, image: &Path, dir: &Path) -> crate::Result<()> {
     if kind == "fat" {
         return drop_from_page_cache(image);
