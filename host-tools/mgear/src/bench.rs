@@ -41,7 +41,9 @@
 //!   `qemu-img convert -W -m 16` of the raw source into the same pool, in the
 //!   same run (its `x` ratio is against that convert, not dd), and that
 //!   convert followed by `qemu-img compare` of the image with the source (a
-//!   convert checked as ingest always checks what it writes);
+//!   convert checked as ingest always checks what it writes). Convert reads
+//!   the raw source from the disk (dropped from the page cache first), as
+//!   ingest reads the medium;
 //!
 //! Ratios are throughput relative to the matching `dd` baseline (MB/s of
 //! disk bytes for mgear, MB/s of the bytes dd moved for dd), so 1.0 or more
@@ -1544,6 +1546,9 @@ fn rbd_rows(
     };
     let (ingest, ingest_cpu, ingest_osd) = ingest_into(&ours, false, "ingest-state-rbd")?;
     let (read, read_cpu, read_osd) = ingest_into(&bytes, true, "ingest-state-rbd-sha")?;
+    // Convert reads its raw disk from the disk, as ingest reads its medium:
+    // the capture left the source in the page cache.
+    drop_from_page_cache(src)?;
     let (cpu, osd) = (children_cpu_seconds(), osd_cpu_seconds());
     let convert = timed(|| {
         crate::tools::run(
