@@ -587,6 +587,9 @@ impl SetPlan {
 /// Plans every disk of set `args.name` from `sources`, reading only samples.
 pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
+    for s in sources {
+        refuse_source_on_medium(&args.medium, s)?;
+    }
     let mut medium = args.medium.open_before_capture()?;
     let planned = (|| {
         let mut disks = Vec::new();
@@ -760,9 +763,25 @@ pub fn chunk_size_arg(text: &str) -> crate::Result<u32> {
 }
 
 fn source_spec(args: &Plan) -> crate::Result<&str> {
-    args.source
+    let spec = args
+        .source
         .as_deref()
-        .ok_or_else(|| usage("say which disk to capture: --source DISK"))
+        .ok_or_else(|| usage("say which disk to capture: --source DISK"))?;
+    refuse_source_on_medium(&args.medium, spec)?;
+    Ok(spec)
+}
+
+/// Refuse (exit 2) a source that is the medium itself (or a partition of
+/// it, or a file among a directory medium's captures).
+pub fn refuse_source_on_medium(medium: &crate::medium::Where, spec: &str) -> crate::Result<()> {
+    if let Ok(crate::spec::Source::Path(p)) = crate::spec::Source::parse(spec) {
+        medium.refuse_overlap(
+            &format!("--source {spec}"),
+            &p,
+            "capture would read the medium it writes",
+        )?;
+    }
+    Ok(())
 }
 
 /// The refusal of a second full copy of a finished capture.
@@ -793,6 +812,15 @@ fn preflight(
     rate: Option<f64>,
 ) -> crate::Result<Preview> {
     let spec = source_spec(args)?;
+    // A set's directory holds its set manifests, not a capture: one disk
+    // captured under its name would begin a generation there and wipe them.
+    let stored = image_format::stored_name(store, &args.name)?;
+    if image_format::set::is_set(store, &stored)? {
+        return Err(usage(format!(
+            "this medium holds machine set {stored}: a single-disk capture needs its own name \
+             (--name), or capture the set with every disk as --source, in order"
+        )));
+    }
     let captures = image_format::list_captures(store)?;
     let existing = captures
         .iter()

@@ -1,5 +1,6 @@
 //! Guard rails before a command destroys what a device or image holds
-//! (`mgear medium format`, `mgear ingest --target dev:`).
+//! (`mgear medium format`, `mgear ingest --target dev:`), and [`overlaps`]:
+//! whether a target or source is the medium itself.
 //!
 //! [`signatures`] looks for the magic numbers `blkid` would find, read
 //! straight from the device (no util-linux needed at run time): ext2/3/4,
@@ -31,14 +32,14 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::Context;
 
 use crate::exit::usage;
 
 /// Bytes read (and wiped) at each end of the device.
-const EDGE: u64 = 1 << 20;
+pub const EDGE: u64 = 1 << 20;
 
 /// What was found on a device: a name a person recognises.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +210,59 @@ pub fn wipe(file: &File) -> io::Result<()> {
     file.sync_data()
 }
 
+/// Whether writing `a` could change `b` (or reading `a` would read what is
+/// being written to `b`): the same file (device and inode, so another
+/// spelling, a symlink or a hard link of it too), the same block device, a
+/// partition and the disk it is on, or `a` inside directory `b`. A path
+/// that does not exist yet overlaps only by lying inside `b`.
+pub fn overlaps(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(mb) = std::fs::metadata(b) else {
+        return false;
+    };
+    if mb.is_dir() {
+        let Ok(dir) = b.canonicalize() else {
+            return false;
+        };
+        // A path that does not exist yet: where it would be created.
+        let full = a.canonicalize().or_else(|_| {
+            let parent = match a.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            parent
+                .canonicalize()
+                .map(|p| p.join(a.file_name().unwrap_or_default()))
+        });
+        return full.is_ok_and(|f| f.starts_with(&dir));
+    }
+    let Ok(ma) = std::fs::metadata(a) else {
+        return false;
+    };
+    if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+        return true;
+    }
+    let (ta, tb) = (ma.file_type(), mb.file_type());
+    if ta.is_block_device() && tb.is_block_device() {
+        let (ra, rb) = (ma.rdev(), mb.rdev());
+        return ra == rb || whole_disk(ra) == Some(rb) || whole_disk(rb) == Some(ra);
+    }
+    false
+}
+
+/// The disk a partition (device number `rdev`) is on, from sysfs; `None`
+/// for a whole disk or where sysfs does not say.
+fn whole_disk(rdev: u64) -> Option<u64> {
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let dir = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if !dir.join("partition").exists() {
+        return None;
+    }
+    let parent = std::fs::read_to_string(dir.join("../dev")).ok()?;
+    let (ma, mi) = parent.trim().split_once(':')?;
+    Some(nix::sys::stat::makedev(ma.parse().ok()?, mi.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +273,38 @@ mod tests {
             .into_iter()
             .map(|s| s.what)
             .collect()
+    }
+
+    #[test]
+    fn a_file_overlaps_itself_under_any_name_and_what_lies_in_a_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let (m, other) = (d.path().join("m.img"), d.path().join("other.img"));
+        std::fs::write(&m, b"medium").unwrap();
+        std::fs::write(&other, b"medium").unwrap();
+        std::fs::hard_link(&m, d.path().join("hard.img")).unwrap();
+        std::os::unix::fs::symlink(&m, d.path().join("soft.img")).unwrap();
+        let spelled = d.path().join(".").join("sub/../m.img");
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        for same in [
+            &m,
+            &d.path().join("hard.img"),
+            &d.path().join("soft.img"),
+            &spelled,
+        ] {
+            assert!(overlaps(same, &m), "{}", same.display());
+        }
+        // Equal bytes are not the same file; what does not exist is not either.
+        assert!(!overlaps(&other, &m));
+        assert!(!overlaps(&d.path().join("new.img"), &m));
+        assert!(!overlaps(&m, &d.path().join("gone.img")));
+        // Inside a directory, existing or to be created, and not outside it.
+        assert!(overlaps(&d.path().join("sub/new.raw"), d.path()));
+        assert!(overlaps(&m, d.path()));
+        assert!(!overlaps(
+            &d.path().join("sub/new.raw"),
+            &d.path().join("other")
+        ));
+        assert!(!overlaps(Path::new("/dev/null"), d.path()));
     }
 
     #[test]

@@ -642,9 +642,35 @@ fn boot_volume(args: &Plan, bus: mgear_boot::Bus, r: &mut Report) -> crate::Resu
 }
 
 /// Do the ingest.
+/// Refuse (exit 2), before anything is read or written, a local target that
+/// cannot be a volume: the medium itself (`--force` would replace the
+/// shipment with one of its disks) or a directory (found only at the final
+/// rename, after the whole ingest).
+pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Result<()> {
+    if let Ok(Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) =
+        Target::parse(spec, Bare::Refuse)
+    {
+        medium.refuse_overlap(
+            &format!("--target {spec}"),
+            &p,
+            "ingest would overwrite the shipment it reads",
+        )?;
+        if p.is_dir() {
+            return Err(usage(format!(
+                "--target {spec}: {} is a directory; give the path of the volume file to \
+                 create in it (e.g. {}/disk.raw)",
+                p.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub fn ingest(args: &Plan) -> crate::Result<Report> {
     let started = Instant::now();
     let mut target = Target::parse(&args.target, Bare::Refuse)?;
+    refuse_bad_target(&args.medium, &args.target)?;
     if args.register_image {
         match &mut target {
             Target::EbsSnapshot { opts, .. } => opts.register_image = true,

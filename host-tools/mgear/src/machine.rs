@@ -377,6 +377,9 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
             sources.len()
         )));
     }
+    for s in sources {
+        capture::refuse_source_on_medium(&args.medium, s)?;
+    }
     if args.dry_run {
         return Err(usage(
             "--dry-run of a set is `capture --dry-run` with every --source (crate::capture::dry_run_set)",
@@ -600,6 +603,57 @@ pub fn targets_of(
     }
 }
 
+/// Refuse (exit 2) two disks ingested into one volume, however its name is
+/// spelled (`file:a.raw`, `file:./a.raw`, `qcow2:/abs/a.raw`): the second
+/// would overwrite the first, and the machine would miss a disk.
+fn distinct_targets(plan: &[(usize, String)]) -> crate::Result<()> {
+    let mut seen: Vec<(String, usize, &str)> = Vec::new();
+    for (k, t) in plan {
+        let key = volume_key(t);
+        if let Some((_, first, spelled)) = seen.iter().find(|(s, ..)| *s == key) {
+            return Err(usage(format!(
+                "disks {first} and {k} have the same target ({spelled} and {t}): each disk \
+                 needs a volume of its own; give one --target per disk, or one with {{disk}} \
+                 in it (file:NAME-{{disk}}.raw)"
+            )));
+        }
+        seen.push((key, *k, t));
+    }
+    Ok(())
+}
+
+/// What volume a target names, comparable across spellings: an existing
+/// local file or device by its device and inode, a new one by its absolute
+/// path, any other kind by its canonical text.
+fn volume_key(t: &str) -> String {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match crate::spec::Target::parse(t, crate::spec::Bare::Refuse) {
+        Ok(
+            crate::spec::Target::File(p)
+            | crate::spec::Target::Qcow2(p)
+            | crate::spec::Target::Dev(p),
+        ) => match std::fs::metadata(&p) {
+            Ok(m) if m.file_type().is_block_device() => format!("block {}", m.rdev()),
+            Ok(m) => format!("inode {} {}", m.dev(), m.ino()),
+            Err(_) => {
+                let parent = match p.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => std::path::Path::new("."),
+                };
+                let dir = parent
+                    .canonicalize()
+                    .unwrap_or_else(|_| parent.to_path_buf());
+                format!(
+                    "path {}",
+                    dir.join(p.file_name().unwrap_or_default()).display()
+                )
+            }
+        },
+        Ok(other) => other.to_string(),
+        Err(_) => t.to_string(),
+    }
+}
+
 /// Run `mgear ingest`: a machine set (several targets, a `{disk}` pattern or
 /// `--disk`) here, one disk in [`crate::ingest::run`].
 pub fn ingest(cli: crate::ingest::Request) -> crate::Result<i32> {
@@ -721,6 +775,11 @@ pub fn ingest_set(
     closed?;
     let g = file.set.generation;
     let plan = targets_of(targets, file.set.disks.len(), only)?;
+    // Every target is checked before the first disk is written.
+    distinct_targets(&plan)?;
+    for (_, t) in &plan {
+        crate::ingest::refuse_bad_target(&args.medium, t)?;
+    }
     if args.adapt {
         let local = ["file:", "qcow2:", "dev:", "libvirt:"];
         if let Some((_, t)) = plan
@@ -944,5 +1003,47 @@ mod tests {
             let e = targets_of(&ts, 2, only).unwrap_err().to_string();
             assert!(e.contains("--target") || e.contains("--disk"), "{e}");
         }
+    }
+
+    #[test]
+    fn one_volume_for_two_disks_is_refused_however_it_is_spelled() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        std::fs::write(d.path().join("same.raw"), b"x").unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let plan =
+            |ts: &[String]| -> Vec<(usize, String)> { ts.iter().cloned().enumerate().collect() };
+        for (a, b) in [
+            // An existing file, by another spelling and by another kind.
+            (
+                format!("file:{dir}/same.raw"),
+                format!("file:{dir}/./same.raw"),
+            ),
+            (
+                format!("file:{dir}/same.raw"),
+                format!("qcow2:{dir}/sub/../same.raw"),
+            ),
+            // One that does not exist yet.
+            (
+                format!("file:{dir}/new.raw"),
+                format!("file:{dir}/sub/../new.raw"),
+            ),
+            ("rbd:volumes/a".to_string(), "rbd:volumes/a".to_string()),
+        ] {
+            let e = distinct_targets(&plan(&[a.clone(), b.clone()]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("disks 0 and 1 have the same target"),
+                "{a} {b}: {e}"
+            );
+        }
+        distinct_targets(&plan(&[
+            format!("file:{dir}/same.raw"),
+            format!("file:{dir}/new.raw"),
+            "rbd:volumes/a".to_string(),
+            "rbd:volumes/b".to_string(),
+        ]))
+        .unwrap();
     }
 }

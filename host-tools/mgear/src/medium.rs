@@ -225,6 +225,28 @@ impl Where {
         Ok(Medium::new(Box::new(span), locks))
     }
 
+    /// Refuse (exit 2) a local `path` given as `what` (`--target file:X`,
+    /// `--source X`) that is one of these media (the same file or device,
+    /// however spelled, or a partition of it) or lies among a directory
+    /// medium's captures: `doing` ("ingest would overwrite the shipment it
+    /// reads") says what would go wrong.
+    pub fn refuse_overlap(&self, what: &str, path: &Path, doing: &str) -> crate::Result<()> {
+        for spec in &self.medium {
+            let on = match MediumSpec::parse(spec) {
+                Ok(MediumSpec::Fat(p)) => p,
+                Ok(MediumSpec::Dir(p)) => p.join(image_format::layout::ROOT_DIR),
+                _ => continue,
+            };
+            if crate::guard::overlaps(path, &on) {
+                return Err(usage(format!(
+                    "{what} is the medium {spec}, or lies on it: {doing}. Give a path that is \
+                     not the medium"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The options that name these media again, for commands a message suggests.
     pub fn as_args(&self) -> String {
         let mut all: Vec<String> = self

@@ -32,7 +32,19 @@ pub fn open_for_ingest(
             }
             Box::new(DeviceVolume::open(p, prep)?)
         }
-        Target::Nbd(u) => Box::new(NbdVolume::open(u, prep)?),
+        // An export always exists: what it holds is checked, as a dev:'s is,
+        // before the first byte is written (unless this ingest wrote it).
+        Target::Nbd(u) => Box::new(NbdVolume::open(u, prep, |head, tail, size| {
+            let found = crate::guard::scan(head, tail, size);
+            match found.is_empty() || prep.force {
+                true => Ok(()),
+                false => Err(mgear_volume::Error::Usage(format!(
+                    "NBD target {u} holds {}: ingest would destroy it. Check that this is the \
+                     right export, then pass --force",
+                    crate::guard::describe(&found)
+                ))),
+            }
+        })?),
         Target::Libvirt(t) => Box::new(LibvirtVolume::open(
             mgear_boot::libvirt::DEFAULT_CONN,
             &t.pool,
@@ -47,6 +59,9 @@ pub fn open_for_ingest(
     };
     Ok(v)
 }
+
+// The guard finds every signature it knows within this much of either end.
+const _: () = assert!(crate::guard::EDGE == mgear_volume::nbd::FRESH_EDGE);
 
 /// Open an existing volume to write in place (`mgear serve`).
 pub fn open_in_place(target: &Target) -> crate::Result<Box<dyn Volume>> {

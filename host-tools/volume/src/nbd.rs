@@ -16,6 +16,10 @@ use mgear_nbd::{Client, ConnectOptions, NbdUrl};
 use crate::marker::Marker;
 use crate::{short_hash, Error, Finished, Found, Geometry, Prepare, Result, Volume};
 
+/// Bytes at each end of an export [`NbdVolume::open`] shows to its check
+/// (where the file system and partition table signatures live).
+pub const FRESH_EDGE: u64 = 1 << 20;
+
 /// An NBD export; see the module doc.
 pub struct NbdVolume {
     client: Option<Client>,
@@ -70,8 +74,15 @@ impl NbdVolume {
     }
 
     /// Connect for an ingest: check the size, and track completion with a
-    /// marker in the state dir.
-    pub fn open(url: &NbdUrl, prep: &Prepare) -> Result<Self> {
+    /// marker in the state dir. An export this ingest has not started
+    /// writing is shown first to `fresh` (its first and last
+    /// [`FRESH_EDGE`] bytes and its size), which may refuse it, before
+    /// anything is written: an export always exists, so it may hold a disk.
+    pub fn open(
+        url: &NbdUrl,
+        prep: &Prepare,
+        fresh: impl FnOnce(&[u8], &[u8], u64) -> Result<()>,
+    ) -> Result<Self> {
         let mut v = Self::connect(url)?;
         v.check_size(prep.disk_size)?;
         let marker = Marker::new(
@@ -83,6 +94,12 @@ impl NbdVolume {
                 adopt_without_state: true,
             };
         } else {
+            let size = v.size();
+            let edge = size.min(FRESH_EDGE);
+            let (mut head, mut tail) = (vec![0u8; edge as usize], vec![0u8; edge as usize]);
+            v.read_at(0, &mut head)?;
+            v.read_at(size - edge, &mut tail)?;
+            fresh(&head, &tail, size)?;
             marker.create(&format!("{} into {url}", prep.what))?;
             let head = prep.head_len.min(v.size());
             if head > 0 {
@@ -254,12 +271,39 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_export_is_checked_before_its_head_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, mem) = serve(dir.path(), vec![0xaa; 3 << 20], true);
+        let p = prep(dir.path(), 512 << 10);
+        let err = NbdVolume::open(&h.url(), &p, |head, tail, size| {
+            assert_eq!((head.len(), tail.len(), size), (1 << 20, 1 << 20, 3 << 20));
+            assert!(head.iter().chain(tail).all(|&b| b == 0xaa));
+            Err(Error::Usage("holds data".into()))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("holds data"), "{err}");
+        assert!(
+            mem.0.lock().unwrap().iter().all(|&b| b == 0xaa),
+            "a refused export was written"
+        );
+        // No marker is left either: the next open checks again.
+        let mut called = false;
+        let v = NbdVolume::open(&h.url(), &p, |_, _, _| {
+            called = true;
+            Ok(())
+        })
+        .unwrap();
+        assert!(called);
+        Box::new(v).finish().unwrap();
+    }
+
+    #[test]
     fn writes_zeroes_reads_back_and_marks_until_finished() {
         let dir = tempfile::tempdir().unwrap();
         let (h, mem) = serve(dir.path(), vec![0xaa; 1 << 20], true);
         let url = h.url();
         let p = prep(dir.path(), 512 << 10);
-        let mut v = NbdVolume::open(&url, &p).unwrap();
+        let mut v = NbdVolume::open(&url, &p, |_, _, _| Ok(())).unwrap();
         assert_eq!(v.found(), Found::New);
         // The head of the old content is cleared before anything else.
         assert!(mem.0.lock().unwrap()[..4096].iter().all(|&b| b == 0));
@@ -273,7 +317,7 @@ mod tests {
         assert!(mem.0.lock().unwrap()[65536..131072].iter().all(|&b| b == 0));
         drop(v);
         // A second open sees the earlier run's marker.
-        let v = NbdVolume::open(&url, &p).unwrap();
+        let v = NbdVolume::open(&url, &p, |_, _, _| Ok(())).unwrap();
         assert_eq!(
             v.found(),
             Found::Unfinished {
@@ -295,12 +339,12 @@ mod tests {
     fn read_only_and_small_exports_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (h, _) = serve(dir.path(), vec![0; 4096], false);
-        let err = NbdVolume::open(&h.url(), &prep(dir.path(), 4096)).unwrap_err();
+        let err = NbdVolume::open(&h.url(), &prep(dir.path(), 4096), |_, _, _| Ok(())).unwrap_err();
         assert!(matches!(err, Error::ReadOnly(_)), "{err}");
         assert!(err.to_string().contains("read-only"));
         h.stop();
         let (h, _) = serve(dir.path(), vec![0; 4096], true);
-        let err = NbdVolume::open(&h.url(), &prep(dir.path(), 8192)).unwrap_err();
+        let err = NbdVolume::open(&h.url(), &prep(dir.path(), 8192), |_, _, _| Ok(())).unwrap_err();
         assert!(
             err.is_usage() && err.to_string().contains("larger export"),
             "{err}"

@@ -21,6 +21,7 @@ mod cloud_lab;
 mod ebs_snapshot;
 mod field_capture;
 mod field_media;
+mod field_mistakes;
 mod field_names;
 mod field_output;
 mod format_media;

@@ -1,0 +1,253 @@
+//! Operator mistakes that used to destroy data, found by trying the CLI as a
+//! new user would (session 11). Each is now refused (exit 2) before anything
+//! is written, and what was there is byte-for-byte unchanged:
+//!
+//! - a single-disk capture under the name of a machine set (with or without
+//!   `--delta`) would begin a generation in the set's directory and wipe its
+//!   set manifest and COMMIT;
+//! - `ingest --force` with the medium as its target would replace the
+//!   shipment with one of its disks; a capture with the medium as its
+//!   source would read what it writes; a target among a `dir:` medium's
+//!   captures;
+//! - one volume given as the target of two disks of a set (however spelled)
+//!   kept only the last disk, with exit 0;
+//! - an NBD export holding a partition table or a file system was
+//!   overwritten without `--force`, where `dev:` refuses.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+use mgear_tests::{output_text, qemu_nbd, Env};
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+fn random_disk(path: &Path, bytes: usize, seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut disk = vec![0u8; bytes];
+    rng.fill_bytes(&mut disk);
+    fs::write(path, disk).unwrap();
+}
+
+/// SHA-256 of every file under `dir` (or of the file `dir`), by path.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if dir.is_file() {
+        out.push((
+            String::new(),
+            Sha256::digest(fs::read(dir).unwrap()).to_vec(),
+        ));
+        return out;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, Sha256::digest(fs::read(&p).unwrap()).to_vec()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn refused(o: &Output, says: &str) {
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(says), "wanted {says:?} in: {}", output_text(o));
+}
+
+#[test]
+fn a_single_disk_capture_under_a_sets_name_is_refused_and_the_set_survives() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    random_disk(&e.p("root.raw"), 2 << 20, 1);
+    random_disk(&e.p("srv.raw"), 1 << 20, 2);
+    random_disk(&e.p("other.raw"), 1 << 20, 3);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "db01")
+        .sources(&["root.raw", "srv.raw"])
+        .sign("site.key")
+        .ok();
+    let before = tree(&e.p("m"));
+
+    // The set's name in another case is the same name on the medium.
+    for (name, extra) in [
+        ("db01", &[][..]),
+        ("DB01", &[][..]),
+        ("db01", &["--delta"][..]),
+    ] {
+        let o = e
+            .capture("dir:m", name)
+            .source("other.raw")
+            .sign("site.key")
+            .args(extra)
+            .run();
+        refused(&o, "this medium holds machine set db01");
+        assert_eq!(
+            tree(&e.p("m")),
+            before,
+            "a refused capture changed the medium"
+        );
+    }
+    // --dry-run says the same, before the real run would.
+    let o = e
+        .capture("dir:m", "db01")
+        .source("other.raw")
+        .arg("--dry-run")
+        .run();
+    refused(&o, "machine set db01");
+
+    // The set still verifies and ingests bit for bit.
+    e.ok(&["verify", "--medium", "dir:m"]);
+    e.ingest("dir:m", "db01")
+        .trust("site.pub")
+        .target("file:db01-{disk}.raw")
+        .ok();
+    assert_eq!(
+        fs::read(e.p("db01-0.raw")).unwrap(),
+        fs::read(e.p("root.raw")).unwrap()
+    );
+    assert_eq!(
+        fs::read(e.p("db01-1.raw")).unwrap(),
+        fs::read(e.p("srv.raw")).unwrap()
+    );
+}
+
+#[test]
+fn the_medium_is_never_its_own_target_or_source() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 4);
+    let m = e.fat("medium.img", "40MiB");
+    e.capture(&m, "web01").source("d.raw").ok();
+    let before = tree(&e.p("medium.img"));
+
+    // The FAT image as the target, however it is spelled, even with --force.
+    fs::create_dir(e.p("sub")).unwrap();
+    std::os::unix::fs::symlink(e.p("medium.img"), e.p("link.img")).unwrap();
+    for target in [
+        "file:medium.img".to_string(),
+        format!("file:{}", e.s("sub/../medium.img")),
+        "qcow2:link.img".to_string(),
+    ] {
+        let o = e
+            .ingest(&m, "web01")
+            .untrusted()
+            .target(&target)
+            .arg("--force")
+            .run();
+        refused(&o, "ingest would overwrite the shipment it reads");
+        assert_eq!(
+            tree(&e.p("medium.img")),
+            before,
+            "{target} changed the medium"
+        );
+    }
+    // The medium as the source of a capture onto itself.
+    let o = e.capture(&m, "self").source("medium.img").run();
+    refused(&o, "capture would read the medium it writes");
+    assert_eq!(tree(&e.p("medium.img")), before);
+
+    // A dir: medium: a target among its captures is refused, one beside
+    // them (the mount point's top) is an ordinary file.
+    fs::create_dir(e.p("dm")).unwrap();
+    e.capture("dir:dm", "web01").source("d.raw").ok();
+    let before = tree(&e.p("dm"));
+    let seg = fs::read_dir(e.p("dm/MGEAR/web01/G0001"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.is_file())
+        .unwrap();
+    for target in [
+        format!("file:{}", seg.display()),
+        "file:dm/MGEAR/new.raw".into(),
+    ] {
+        let o = e
+            .ingest("dir:dm", "web01")
+            .untrusted()
+            .target(&target)
+            .arg("--force")
+            .run();
+        refused(&o, "is the medium dir:dm, or lies on it");
+        assert_eq!(tree(&e.p("dm")), before, "{target} changed the medium");
+    }
+    e.ingest("dir:dm", "web01")
+        .untrusted()
+        .target("file:dm/web01.raw")
+        .ok();
+    assert_eq!(
+        fs::read(e.p("dm/web01.raw")).unwrap(),
+        fs::read(e.p("d.raw")).unwrap()
+    );
+
+    // A directory as a file target is refused before the ingest, not at its rename.
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:sub")
+        .arg("--force")
+        .run();
+    refused(&o, "is a directory");
+    assert!(!e.p("sub.partial").exists());
+}
+
+#[test]
+fn two_disks_of_a_set_into_one_volume_are_refused_before_writing() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 1 << 20, 5);
+    random_disk(&e.p("b.raw"), 1 << 20, 6);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "m1").sources(&["a.raw", "b.raw"]).ok();
+    let same = e.s("same.raw");
+    for force in [false, true] {
+        let o = e
+            .ingest("dir:m", "m1")
+            .untrusted()
+            .target("file:same.raw")
+            .target(&format!("file:{same}"))
+            .args(if force { &["--force"][..] } else { &[][..] })
+            .run();
+        refused(&o, "disks 0 and 1 have the same target");
+        assert!(!e.p("same.raw").exists() && !e.p("same.raw.partial").exists());
+    }
+}
+
+#[test]
+fn an_nbd_export_that_holds_a_disk_needs_force() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 7);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("d.raw").ok();
+    // A volume with an MBR partition table: a disk someone still needs.
+    let mut vol = vec![0u8; 4 << 20];
+    vol[446 + 4] = 0x83;
+    vol[510..512].copy_from_slice(&[0x55, 0xaa]);
+    fs::write(e.p("vol.raw"), &vol).unwrap();
+    let sock = e.p("v.sock");
+    let _server = qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("vol.raw"));
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+
+    let o = e.ingest("dir:m", "web01").untrusted().target(&url).run();
+    refused(&o, "holds an MBR partition table: ingest would destroy it");
+    assert_eq!(
+        fs::read(e.p("vol.raw")).unwrap(),
+        vol,
+        "a refused export was written"
+    );
+
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target(&url)
+        .arg("--force")
+        .ok();
+    let got = fs::read(e.p("vol.raw")).unwrap();
+    assert_eq!(&got[..2 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
+}
