@@ -138,6 +138,13 @@ fn refuse(msg: String) -> crate::Error {
     coded(FOUND, msg)
 }
 
+/// What the medium could not give: its own class kept (a medium that
+/// cannot be read is an I/O error, 3; a damaged file a finding, 1), as
+/// `verify` reports the same error.
+fn unreadable(e: image_format::Error, name: &str, g: u32) -> crate::Error {
+    crate::Error::from(e).context(format!("capture {name} generation {g}"))
+}
+
 /// The file whose presence finishes a generation: its MANIFEST, or for a
 /// machine set (`image_format::set`) its set manifest.
 fn finishing_file(medium: &mut dyn Store, name: &str, g: u32) -> crate::Result<Option<String>> {
@@ -216,7 +223,7 @@ pub fn check_generation(
     }
     // Manifest and key slots as the medium holds them now (size-capped reads).
     let expected = commit::expected_commit(medium, name, g)
-        .map_err(|e| refuse(format!("capture {name} generation {g}: {e}")))?
+        .map_err(|e| unreadable(e, name, g))?
         .ok_or_else(|| {
             refuse(format!(
                 "capture {name} generation {g} is not finished (no MANIFEST)"
@@ -228,8 +235,8 @@ pub fn check_generation(
     let mut found = Vec::new();
 
     // 1. COMMIT signatures.
-    let commit_file: Option<CommitFile> = commit::read_commit(medium, name, g)
-        .map_err(|e| refuse(format!("capture {name} generation {g}: {e}")))?;
+    let commit_file: Option<CommitFile> =
+        commit::read_commit(medium, name, g).map_err(|e| unreadable(e, name, g))?;
     match &commit_file {
         None => found.push(format!(
             "no COMMIT in generation {g} (captured without --sign)"

@@ -12,7 +12,9 @@
 //! - one volume given as the target of two disks of a set (however spelled)
 //!   kept only the last disk, with exit 0;
 //! - an NBD export holding a partition table or a file system was
-//!   overwritten without `--force`, where `dev:` refuses.
+//!   overwritten without `--force`, where `dev:` refuses;
+//! - and a medium cut short exited 1 from ingest ("refused") where verify
+//!   said 3 (I/O).
 
 use std::fs;
 use std::path::Path;
@@ -250,4 +252,40 @@ fn an_nbd_export_that_holds_a_disk_needs_force() {
         .ok();
     let got = fs::read(e.p("vol.raw")).unwrap();
     assert_eq!(&got[..2 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
+}
+
+/// The exit code says which it is, for ingest as for verify: a medium that
+/// cannot be read (cut short) is an I/O error, 3; a damaged file a finding, 1.
+#[test]
+fn a_medium_cut_short_is_an_io_error_and_a_damaged_one_a_finding() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 8);
+    let m = e.fat("t.img", "40MiB");
+    e.capture(&m, "web01").source("d.raw").ok();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("t.img"))
+        .unwrap();
+    f.set_len(1 << 20).unwrap();
+    let verify = e.run(&["verify", "--medium", &m]);
+    assert_eq!(verify.status.code(), Some(3), "{}", output_text(&verify));
+    let ingest = e.ingest(&m, "web01").untrusted().target("file:o.raw").run();
+    assert_eq!(ingest.status.code(), Some(3), "{}", output_text(&ingest));
+
+    fs::create_dir(e.p("dm")).unwrap();
+    e.capture("dir:dm", "web01").source("d.raw").ok();
+    let manifest = e.p("dm/MGEAR/web01/G0001/MANIFEST");
+    let mut bytes = fs::read(&manifest).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(&manifest, bytes).unwrap();
+    let verify = e.run(&["verify", "--medium", "dir:dm"]);
+    assert_eq!(verify.status.code(), Some(1), "{}", output_text(&verify));
+    let ingest = e
+        .ingest("dir:dm", "web01")
+        .untrusted()
+        .target("file:o.raw")
+        .run();
+    assert_eq!(ingest.status.code(), Some(1), "{}", output_text(&ingest));
 }
