@@ -213,13 +213,28 @@ pub fn wipe(file: &File) -> io::Result<()> {
 /// Whether writing `a` could change `b` (or reading `a` would read what is
 /// being written to `b`): the same file (device and inode, so another
 /// spelling, a symlink or a hard link of it too), the same block device, a
-/// partition and the disk it is on, or `a` inside directory `b`. A path
-/// that does not exist yet overlaps only by lying inside `b`.
+/// partition and the disk it is on, a block device and a file or directory
+/// on a file system it holds (`/dev/sdb` and a medium mounted from
+/// `/dev/sdb1`), or `a` inside directory `b`. A path that does not exist
+/// yet overlaps only by lying inside `b`.
 pub fn overlaps(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok(mb) = std::fs::metadata(b) else {
         return false;
     };
+    // A block device (by its number) and a file system's device (st_dev).
+    let holds = |device: u64, fs: u64| {
+        device == fs || whole_disk(fs) == Some(device) || whole_disk(device) == Some(fs)
+    };
+    if let Ok(ma) = std::fs::metadata(a) {
+        let (ta, tb) = (ma.file_type(), mb.file_type());
+        if ta.is_block_device() && !tb.is_block_device() && holds(ma.rdev(), mb.dev()) {
+            return true;
+        }
+        if tb.is_block_device() && !ta.is_block_device() && holds(mb.rdev(), ma.dev()) {
+            return true;
+        }
+    }
     if mb.is_dir() {
         let Ok(dir) = b.canonicalize() else {
             return false;
@@ -305,6 +320,41 @@ mod tests {
             &d.path().join("other")
         ));
         assert!(!overlaps(Path::new("/dev/null"), d.path()));
+    }
+
+    #[test]
+    fn a_block_device_overlaps_the_files_on_its_file_system() {
+        use nix::sys::stat::{mknod, Mode, SFlag};
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let fs_dev = std::fs::metadata(d.path()).unwrap().dev();
+        std::fs::write(d.path().join("m.img"), b"medium").unwrap();
+        // A device node for the file system the directory is on (root may make
+        // one anywhere), and one for a device that holds nothing here.
+        // The nodes live apart: a path inside the directory overlaps it anyway.
+        let n = tempfile::tempdir().unwrap();
+        let node = n.path().join("fs.node");
+        mknod(
+            &node,
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o600),
+            fs_dev,
+        )
+        .unwrap();
+        let other = n.path().join("other.node");
+        let unrelated = nix::sys::stat::makedev(7, 250);
+        mknod(
+            &other,
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o600),
+            unrelated,
+        )
+        .unwrap();
+        assert!(overlaps(&node, d.path()));
+        assert!(overlaps(&node, &d.path().join("m.img")));
+        assert!(overlaps(&d.path().join("m.img"), &node));
+        assert!(!overlaps(&other, d.path()));
+        assert!(!overlaps(&d.path().join("m.img"), &other));
     }
 
     #[test]
