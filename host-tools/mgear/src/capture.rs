@@ -721,14 +721,17 @@ pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
         crate::exit::OK
     };
     if args.json {
-        crate::output::emit_ok(code == crate::exit::OK, &serde_json::json!({
-            "command": "capture --dry-run",
-            "set": args.name,
-            "disks": plan.disks,
-            "needed": plan.needed,
-            "medium_free": plan.medium_free,
-            "fits": plan.fits(),
-        }))?;
+        crate::output::emit_ok(
+            code == crate::exit::OK,
+            &serde_json::json!({
+                "command": "capture --dry-run",
+                "set": args.name,
+                "disks": plan.disks,
+                "needed": plan.needed,
+                "medium_free": plan.medium_free,
+                "fits": plan.fits(),
+            }),
+        )?;
     } else {
         for p in &plan.disks {
             print_plan(p);
@@ -1313,15 +1316,13 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             delta: params.delta,
         };
         let writer = CaptureWriter::begin(medium.store(), params, key).map_err(|e| match e {
-            image_format::Error::ResumeMismatch { name, generation } => {
-                resume_mismatch(
-                    &name,
-                    generation,
-                    unfinished.as_ref(),
-                    &now,
-                    &args.medium.as_args(),
-                )
-            }
+            image_format::Error::ResumeMismatch { name, generation } => resume_mismatch(
+                &name,
+                generation,
+                unfinished.as_ref(),
+                &now,
+                &args.medium.as_args(),
+            ),
             e => e.into(),
         })?;
         create_private_dir(&cache_dir)?;
@@ -1838,7 +1839,10 @@ mod tests {
              capture --abort --medium dir:m --name big`"
         );
         let e = resume_mismatch("big", 1, Some(&then), &then, "--medium dir:m").to_string();
-        assert!(e.contains("so one of these differs: the source as named"), "{e}");
+        assert!(
+            e.contains("so one of these differs: the source as named"),
+            "{e}"
+        );
     }
     use std::time::{Duration, Instant};
 

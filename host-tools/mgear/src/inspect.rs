@@ -257,8 +257,7 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> crate::Result<Me
                     .generations
                     .into_iter()
                     .map(|g| {
-                        let complete =
-                            matches!(g.state, image_format::GenerationState::Complete);
+                        let complete = matches!(g.state, image_format::GenerationState::Complete);
                         let (state, next_chunk, damage) = match g.state {
                             image_format::GenerationState::Complete => ("complete", None, None),
                             image_format::GenerationState::Unfinished { next_chunk } => {

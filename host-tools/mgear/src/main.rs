@@ -298,7 +298,8 @@ mod tests {
 
     #[test]
     fn json_usage_errors_name_the_missing_arguments_and_the_command() {
-        let (named, msg, hint) = usage_error(&["--json", "capture", "--medium", "dir:m", "--name", "x"]);
+        let (named, msg, hint) =
+            usage_error(&["--json", "capture", "--medium", "dir:m", "--name", "x"]);
         assert_eq!(named, ["capture"]);
         assert_eq!(
             msg,
@@ -315,9 +316,15 @@ mod tests {
         assert_eq!(msg, "`mgear keys` needs a subcommand: list, forget");
         let (named, msg, _) = usage_error(&["medium", "--json"]);
         assert_eq!(named, ["medium"]);
-        assert!(msg.starts_with("`mgear medium` needs a subcommand: format, "), "{msg}");
+        assert!(
+            msg.starts_with("`mgear medium` needs a subcommand: format, "),
+            "{msg}"
+        );
         let (named, msg, _) = usage_error(&["--json", "inspect", "--bogus"]);
         assert_eq!(named, ["inspect"]);
-        assert!(msg.starts_with("unexpected argument '--bogus' found"), "{msg}");
+        assert!(
+            msg.starts_with("unexpected argument '--bogus' found"),
+            "{msg}"
+        );
     }
 }

@@ -759,7 +759,10 @@ mod tests {
         let p = dir.path().join("m.img");
         format_fat(&p, Some(64 << 20), false).unwrap();
         let e = format_fat(&p, None, false).unwrap_err().to_string();
-        assert!(e.contains(&format!("(`blkid {0}` or `file {0}`)", p.display())), "{e}");
+        assert!(
+            e.contains(&format!("(`blkid {0}` or `file {0}`)", p.display())),
+            "{e}"
+        );
         assert!(!e.contains("lsblk"), "{e}");
     }
 

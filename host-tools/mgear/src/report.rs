@@ -328,7 +328,11 @@ pub fn check_writable(path: &Path, flag: &str) -> crate::Result<()> {
             Err(e) => {
                 return Err(crate::exit::coded_hint(
                     crate::exit::IO,
-                    format!("{flag} {}: cannot create {}: {e}", path.display(), partial.display()),
+                    format!(
+                        "{flag} {}: cannot create {}: {e}",
+                        path.display(),
+                        partial.display()
+                    ),
                     hint,
                 ))
             }
@@ -420,7 +424,11 @@ mod tests {
         let missing = dir.path().join("nope/r.json");
         let e = check_writable(&missing, "--report").unwrap_err();
         assert_eq!(crate::exit::code_of(&e), crate::exit::IO, "{e}");
-        assert!(e.to_string().starts_with(&format!("--report {}: cannot create", missing.display())), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("--report {}: cannot create", missing.display())),
+            "{e}"
+        );
         assert!(crate::exit::hint(&e, "capture").contains("nothing was done yet"));
         let e = check_writable(dir.path(), "--report").unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");

@@ -373,7 +373,9 @@ mod tests {
             .expect("opening a FIFO source hung")
             .expect("refused");
         assert!(e.contains("is a FIFO"), "{e}");
-        let e = FileSource::open(dir.path().to_owned()).err().expect("refused");
+        let e = FileSource::open(dir.path().to_owned())
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains("is a directory, not a disk"), "{e}");
     }
 

@@ -491,13 +491,19 @@ mod tests {
     #[test]
     fn a_generation_that_does_not_exist_is_a_usage_error_naming_those_that_do() {
         let mut m = MemStore::new();
-        m.create_dir_all(&layout::generation_dir("web01", 1)).unwrap();
-        m.write_at(&layout::generation_file("web01", 1, layout::MANIFEST_FILE), 0, b"x")
+        m.create_dir_all(&layout::generation_dir("web01", 1))
             .unwrap();
-        m.create_dir_all(&layout::generation_dir("web01", 2)).unwrap();
+        m.write_at(
+            &layout::generation_file("web01", 1, layout::MANIFEST_FILE),
+            0,
+            b"x",
+        )
+        .unwrap();
+        m.create_dir_all(&layout::generation_dir("web01", 2))
+            .unwrap();
         for g in [5, 0] {
-            let e = check_generation(&mut m, "web01", Some(g), &Policy::default(), None)
-                .unwrap_err();
+            let e =
+                check_generation(&mut m, "web01", Some(g), &Policy::default(), None).unwrap_err();
             assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
             assert_eq!(
                 e.to_string(),

@@ -207,7 +207,10 @@ pub(crate) fn stderr_tail(stderr: &str) -> String {
     if lines.is_empty() {
         return "it printed nothing".into();
     }
-    format!("it printed: {}", lines[lines.len().saturating_sub(3)..].join(" / "))
+    format!(
+        "it printed: {}",
+        lines[lines.len().saturating_sub(3)..].join(" / ")
+    )
 }
 
 #[cfg(test)]
@@ -297,17 +300,24 @@ mod tests {
             .by_ref()
             .map_while(std::result::Result::ok)
             // libtest prints `test NAME ... ` before it on the same line.
-            .find_map(|l| l.split_once("tied pid ").map(|(_, p)| p.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.split_once("tied pid ")
+                    .map(|(_, p)| p.trim().parse().unwrap())
+            })
             .expect("the helper printed its child's pid");
         // SIGKILL: no Drop runs, only the kernel can stop the child now.
         helper.kill().unwrap();
         helper.wait().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         // Gone, or a zombie nobody reaps (PID 1 of a container may not).
-        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
-        {
-            assert!(Instant::now() < deadline, "the tied child {pid} outlived its killed parent");
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the tied child {pid} outlived its killed parent"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

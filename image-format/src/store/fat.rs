@@ -1766,7 +1766,10 @@ pub(crate) mod tests {
         assert!(e.contains("bytes per sector"), "{e}");
         let (_t, p) = image(8 << 20);
         std::fs::write(&p, vec![0xa7u8; 8 << 20]).unwrap();
-        let e = FatStore::open(open_rw(&p)).err().expect("refused").to_string();
+        let e = FatStore::open(open_rw(&p))
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("no boot sector signature"), "{e}");
     }
 
