@@ -674,6 +674,10 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> crate::Result<i32> {
             if !yes {
                 return Err(usage("erase destroys the key slots on the medium (the capture can no longer be decrypted, even with target.key) and the appliance identity for good; add --yes to confirm"));
             }
+            // Before erasing: an erase cannot be re-run for its certificate.
+            if let Some(p) = &certificate {
+                crate::report::check_writable(p, "--certificate")?;
+            }
             // An unlocked appliance already has the PIN; a sealed one never
             // unlocks, so the PIN travels with the request.
             // The medium id is gone after the erase: the certificate names it from here.

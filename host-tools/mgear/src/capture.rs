@@ -240,6 +240,9 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     if args.dry_run {
         return dry_run(&args);
     }
+    if let Some(p) = &args.report {
+        crate::report::check_writable(p, "--report")?;
+    }
     let report = capture(&args)?;
     if let Some(p) = &args.report {
         let r = crate::report::capture(
@@ -545,6 +548,75 @@ fn abort(args: &Plan) -> crate::Result<i32> {
     Ok(crate::exit::OK)
 }
 
+/// The parameters of a capture run a resume must repeat, as far as the
+/// medium records them in the clear (the journal keeps the rest only as a
+/// hash: the source's name, compression, appliance, peers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Started {
+    source_size: u64,
+    chunk_size: u32,
+    delta: bool,
+}
+
+/// The writer refused to resume generation `generation` (its parameters'
+/// hash differs): say which parameter differs, old and new, where the
+/// medium recorded it; else which ones can.
+fn resume_mismatch(
+    name: &str,
+    generation: u32,
+    then: Option<&Started>,
+    now: &Started,
+    medium_args: &str,
+) -> crate::Error {
+    let mut differs = Vec::new();
+    if let Some(t) = then {
+        if t.source_size != now.source_size {
+            differs.push(format!(
+                "the source size was {} ({} bytes), now it is {} ({} bytes)",
+                human_bytes(t.source_size),
+                t.source_size,
+                human_bytes(now.source_size),
+                now.source_size
+            ));
+        }
+        if t.chunk_size != now.chunk_size {
+            differs.push(format!(
+                "the chunk size was {}, now it is {} (--chunk-size)",
+                human_bytes(u64::from(t.chunk_size)),
+                human_bytes(u64::from(now.chunk_size))
+            ));
+        }
+        if t.delta != now.delta {
+            differs.push(format!(
+                "it was started {} --delta",
+                if t.delta { "with" } else { "without" }
+            ));
+        }
+    }
+    let detail = if differs.is_empty() {
+        "its source size, chunk size and --delta are the same, so one of these differs: the \
+         source as named (--source, a different path or name for the disk), --no-compress, \
+         the appliance it goes through, or the machines it deduplicates with"
+            .to_string()
+    } else {
+        differs.join("; ")
+    };
+    let remedy = format!(
+        "rerun with the same parameters to resume it, or remove it with `mgear capture --abort \
+         {medium_args} --name {name}`"
+    );
+    crate::exit::coded_hint(
+        crate::exit::USAGE,
+        format!(
+            "capture {name} generation {generation} is unfinished and was started with \
+             different parameters: {detail}. {}{}",
+            remedy[..1].to_uppercase(),
+            &remedy[1..]
+        ),
+        remedy,
+    )
+}
+
 /// `capture --dry-run`: the plan, nothing written (the medium is opened read-only).
 fn dry_run(args: &Plan) -> crate::Result<i32> {
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
@@ -557,16 +629,18 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
     let plan = preflight(args, &mut *source, medium.store(), chunk_size, rate);
     medium.close()?;
     let plan = plan?;
-    if args.json {
-        progress::print_json(&plan)?;
-    } else {
-        print_plan(&plan);
-    }
-    Ok(if plan.fits == Some(false) {
+    // Exit 3 when it does not fit: `ok` says the same.
+    let code = if plan.fits == Some(false) {
         crate::exit::IO
     } else {
         crate::exit::OK
-    })
+    };
+    if args.json {
+        crate::output::emit_ok(code == crate::exit::OK, &plan)?;
+    } else {
+        print_plan(&plan);
+    }
+    Ok(code)
 }
 
 /// The plan of every disk of a machine set (each as its stream `NAME.dK`),
@@ -643,15 +717,24 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
 /// `capture --dry-run` of a machine set: each disk's plan and the sum.
 pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
     let plan = plan_set(args, sources)?;
+    // Exit 3 when it does not fit: `ok` says the same.
+    let code = if plan.fits() == Some(false) {
+        crate::exit::IO
+    } else {
+        crate::exit::OK
+    };
     if args.json {
-        progress::print_json(&serde_json::json!({
-            "command": "capture --dry-run",
-            "set": args.name,
-            "disks": plan.disks,
-            "needed": plan.needed,
-            "medium_free": plan.medium_free,
-            "fits": plan.fits(),
-        }))?;
+        crate::output::emit_ok(
+            code == crate::exit::OK,
+            &serde_json::json!({
+                "command": "capture --dry-run",
+                "set": args.name,
+                "disks": plan.disks,
+                "needed": plan.needed,
+                "medium_free": plan.medium_free,
+                "fits": plan.fits(),
+            }),
+        )?;
     } else {
         for p in &plan.disks {
             print_plan(p);
@@ -675,11 +758,7 @@ pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
             }
         );
     }
-    Ok(if plan.fits() == Some(false) {
-        crate::exit::IO
-    } else {
-        crate::exit::OK
-    })
+    Ok(code)
 }
 
 fn print_plan(p: &Preview) {
@@ -1200,6 +1279,18 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         let _ = medium.close();
         return Err(finished_error(args, g.generation));
     }
+    // What the unfinished generation a resume continues was started with:
+    // to say which parameter differs if the writer refuses the resume.
+    let unfinished = image_format::list_captures(medium.store())?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
+        .and_then(|c| c.generations.last().cloned())
+        .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }))
+        .map(|g| Started {
+            source_size: g.disk_size,
+            chunk_size: g.chunk_size,
+            delta: g.parent.is_some(),
+        });
     // The data key of the capture already on this medium, found by its
     // capture id: another medium's capture of the same name has its own.
     let cached = match &on_medium {
@@ -1247,7 +1338,21 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
 
     let mut stats = RunStats::default();
     let result = (|| {
-        let writer = CaptureWriter::begin(medium.store(), params, key)?;
+        let now = Started {
+            source_size: params.source_size,
+            chunk_size: params.chunk_size,
+            delta: params.delta,
+        };
+        let writer = CaptureWriter::begin(medium.store(), params, key).map_err(|e| match e {
+            image_format::Error::ResumeMismatch { name, generation } => resume_mismatch(
+                &name,
+                generation,
+                unfinished.as_ref(),
+                &now,
+                &args.medium.as_args(),
+            ),
+            e => e.into(),
+        })?;
         create_private_dir(&cache_dir)?;
         let id = writer.capture_id();
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
@@ -1740,6 +1845,33 @@ fn medium_full(
 mod tests {
     use super::*;
     use std::sync::Condvar;
+
+    #[test]
+    fn a_refused_resume_names_the_parameter_that_differs() {
+        let then = Started {
+            source_size: 30 << 20,
+            chunk_size: 1 << 20,
+            delta: false,
+        };
+        let now = Started {
+            source_size: 20 << 20,
+            ..then.clone()
+        };
+        let e = resume_mismatch("big", 1, Some(&then), &now, "--medium dir:m");
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert_eq!(
+            e.to_string(),
+            "capture big generation 1 is unfinished and was started with different parameters: \
+             the source size was 30.00 MiB (31457280 bytes), now it is 20.00 MiB (20971520 \
+             bytes). Rerun with the same parameters to resume it, or remove it with `mgear \
+             capture --abort --medium dir:m --name big`"
+        );
+        let e = resume_mismatch("big", 1, Some(&then), &then, "--medium dir:m").to_string();
+        assert!(
+            e.contains("so one of these differs: the source as named"),
+            "{e}"
+        );
+    }
     use std::time::{Duration, Instant};
 
     /// A source in memory whose first chunk is read only once the other

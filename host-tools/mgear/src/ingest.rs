@@ -493,6 +493,9 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             "--boot of a cinder: target creates a Nova server: give its --flavor NAME",
         ));
     }
+    if let Some(p) = &args.report {
+        crate::report::check_writable(p, "--report")?;
+    }
     let mut r = ingest(&args)?;
     let mut code = OK;
     if args.boot && cinder {
@@ -727,9 +730,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         args.generation,
         &policy,
     )
-    .map_err(|e| {
-        let code = crate::exit::classified(&e).unwrap_or(FOUND);
-        coded(code, format!("ingest refused: {e:#}"))
+    .map_err(|e| match crate::exit::classified(&e) {
+        // A usage error (`--generation 5` that does not exist) is no
+        // refusal of the data: as raised, with its hint.
+        Some(USAGE) => e,
+        code => coded(code.unwrap_or(FOUND), format!("ingest refused: {e:#}")),
     });
     let verdict = match verdict {
         Ok(v) => v,

@@ -55,10 +55,13 @@ pub struct GenJson {
     pub dedup_chunks: u64,
     pub stored_bytes: u64,
     pub segments: u32,
-    pub created_unix: u64,
-    /// `created_unix` as ISO-8601 UTC.
-    pub created: String,
-    pub source: String,
+    /// When it finished (its manifest's time); `None` (null) for an
+    /// unfinished or damaged generation, which has no manifest to say.
+    pub created_unix: Option<u64>,
+    /// `created_unix` as ISO-8601 UTC; `None` (null) likewise.
+    pub created: Option<String>,
+    /// What was captured, as the manifest records it; `None` (null) likewise.
+    pub source: Option<String>,
     pub appliance_id: Option<String>,
     pub manifest_root: Option<String>,
     /// Other machines' generations whose records this one points at (dedup
@@ -254,6 +257,7 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> crate::Result<Me
                     .generations
                     .into_iter()
                     .map(|g| {
+                        let complete = matches!(g.state, image_format::GenerationState::Complete);
                         let (state, next_chunk, damage) = match g.state {
                             image_format::GenerationState::Complete => ("complete", None, None),
                             image_format::GenerationState::Unfinished { next_chunk } => {
@@ -277,9 +281,11 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> crate::Result<Me
                             dedup_chunks: g.dedup_chunks,
                             stored_bytes: g.stored_bytes,
                             segments: g.segments,
-                            created_unix: g.created_unix,
-                            created: crate::output::iso_time(g.created_unix),
-                            source: g.source_desc,
+                            // An unfinished generation has no manifest: its
+                            // time is not 0 (1970), it is not known yet.
+                            created_unix: complete.then_some(g.created_unix),
+                            created: complete.then(|| crate::output::iso_time(g.created_unix)),
+                            source: complete.then_some(g.source_desc),
                             appliance_id: g.appliance_id.map(|a| hex(&a)),
                             manifest_root: g.manifest_root.map(|r| hex(&r)),
                             borrows_from: g
@@ -375,25 +381,7 @@ fn print_medium(report: &MediumJson) {
         .collect();
         println!("capture {} (key slots: {})", c.name, slots.join(", "));
         for g in &c.generations {
-            let state = match (g.state, g.next_chunk, &g.damage) {
-                ("unfinished", Some(n), _) => format!("unfinished at chunk {n}/{}", g.chunk_count),
-                ("damaged", _, Some(w)) => format!("DAMAGED: {w}"),
-                (s, _, _) => s.to_owned(),
-            };
-            println!(
-                "  G{:04} {state}{}: created {}, disk {}, {} chunks ({} stored, {} zero, {} dedup), {} stored in {} segment(s), source {}",
-                g.generation,
-                g.parent.map(|p| format!(" delta on G{p:04}")).unwrap_or_default(),
-                g.created,
-                human_bytes(g.disk_size),
-                g.chunk_count,
-                g.stored_chunks,
-                g.zero_chunks,
-                g.dedup_chunks,
-                human_bytes(g.stored_bytes),
-                g.segments,
-                if g.source.is_empty() { "?" } else { &g.source }
-            );
+            println!("{}", generation_line(g));
             if !g.borrows_from.is_empty() {
                 println!(
                     "    borrows records from {} (dedup across machines: one data key)",
@@ -402,6 +390,41 @@ fn print_medium(report: &MediumJson) {
             }
         }
     }
+}
+
+/// One generation of `inspect`'s human output. An unfinished generation
+/// says so where a finished one gives its date and source: it has neither
+/// until its manifest is written.
+fn generation_line(g: &GenJson) -> String {
+    let state = match (g.state, g.next_chunk, &g.damage) {
+        ("unfinished", Some(n), _) => format!("unfinished at chunk {n}/{}", g.chunk_count),
+        ("damaged", _, Some(w)) => format!("DAMAGED: {w}"),
+        (s, _, _) => s.to_owned(),
+    };
+    let created = match (&g.created, g.state) {
+        (Some(c), _) => format!("created {c}"),
+        (None, "unfinished") => {
+            "not finished (date and source are recorded when it finishes)".to_string()
+        }
+        (None, _) => "no manifest (no date or source)".to_string(),
+    };
+    let source = match g.source.as_deref() {
+        Some("") => ", source ?".to_string(),
+        Some(src) => format!(", source {src}"),
+        None => String::new(),
+    };
+    format!(
+        "  G{:04} {state}{}: {created}, disk {}, {} chunks ({} stored, {} zero, {} dedup), {} stored in {} segment(s){source}",
+        g.generation,
+        g.parent.map(|p| format!(" delta on G{p:04}")).unwrap_or_default(),
+        human_bytes(g.disk_size),
+        g.chunk_count,
+        g.stored_chunks,
+        g.zero_chunks,
+        g.dedup_chunks,
+        human_bytes(g.stored_bytes),
+        g.segments,
+    )
 }
 
 fn print_shipment(s: &Shipment) {
@@ -763,5 +786,55 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
         media: media.len(),
         complete: machines.iter().all(|m| m.complete),
         machines,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generation(state: &'static str, created: Option<&str>, source: Option<&str>) -> GenJson {
+        GenJson {
+            generation: 1,
+            state,
+            next_chunk: (state == "unfinished").then_some(3),
+            damage: None,
+            parent: None,
+            chunk_size: 1 << 20,
+            disk_size: 30 << 20,
+            chunk_count: 30,
+            stored_chunks: 3,
+            zero_chunks: 0,
+            dedup_chunks: 0,
+            stored_bytes: 3 << 20,
+            segments: 1,
+            created_unix: created.map(|_| 1_796_196_193),
+            created: created.map(String::from),
+            source: source.map(String::from),
+            appliance_id: None,
+            manifest_root: None,
+            borrows_from: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_unfinished_generation_shows_no_epoch_date_and_no_unknown_source() {
+        let line = generation_line(&generation("unfinished", None, None));
+        assert_eq!(
+            line,
+            "  G0001 unfinished at chunk 3/30: not finished (date and source are recorded when \
+             it finishes), disk 30.00 MiB, 30 chunks (3 stored, 0 zero, 0 dedup), 3.00 MiB \
+             stored in 1 segment(s)"
+        );
+        let line = generation_line(&generation(
+            "complete",
+            Some("2026-12-02T07:23:13Z"),
+            Some("d.raw"),
+        ));
+        assert!(
+            line.starts_with("  G0001 complete: created 2026-12-02T07:23:13Z, disk 30.00 MiB"),
+            "{line}"
+        );
+        assert!(line.ends_with(", source d.raw"), "{line}");
     }
 }

@@ -125,8 +125,82 @@ fn command_name(m: &clap::ArgMatches) -> String {
     names.join(" ")
 }
 
-/// Parse the command line; a usage error is exit 2 (as JSON with `--json`),
-/// `--help` and `--version` print and exit 0.
+/// The subcommands named on the command line (`["appliance", "log"]`), as
+/// far as they exist in `cmd`'s tree: what a usage error is about, when
+/// clap could not parse far enough to say.
+fn named_subcommands(cmd: &clap::Command, args: &[std::ffi::OsString]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut cur = cmd;
+    for a in args.iter().take_while(|a| *a != "--") {
+        let Some(a) = a.to_str().filter(|a| !a.starts_with('-')) else {
+            continue;
+        };
+        // Other words are option values or operands, not subcommands.
+        if let Some(sub) = cur.find_subcommand(a) {
+            names.push(sub.get_name().to_string());
+            cur = sub;
+        }
+    }
+    names
+}
+
+/// A clap error as one `--json` message and hint. clap renders a message
+/// over several lines (`the following required arguments were not
+/// provided:` and the arguments below it), then a blank line and a usage;
+/// the message keeps all of the first part. A missing subcommand renders
+/// the command's whole help: say which subcommands exist instead.
+fn usage_message(e: &clap::Error, cmd: &clap::Command, named: &[String]) -> (String, String) {
+    use clap::error::ErrorKind;
+    let mut leaf = cmd;
+    for n in named {
+        leaf = leaf.find_subcommand(n).unwrap_or(leaf);
+    }
+    let path = std::iter::once("mgear")
+        .chain(named.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let help = format!("see `{path} --help`");
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+    ) && leaf.has_subcommands()
+    {
+        let subs: Vec<&str> = leaf
+            .get_subcommands()
+            .map(clap::Command::get_name)
+            .filter(|n| *n != "help")
+            .collect();
+        let msg = format!("`{path}` needs a subcommand: {}", subs.join(", "));
+        let hint = format!("e.g. `{path} {}`; {help}", subs.first().unwrap_or(&"help"));
+        return (msg, hint);
+    }
+    let rendered = e.to_string();
+    let mut parts = rendered.split("\n\n");
+    let msg = parts
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string();
+    let msg = if msg.is_empty() {
+        "bad arguments".to_string()
+    } else {
+        msg
+    };
+    let hint = match rendered.lines().find_map(|l| l.strip_prefix("Usage: ")) {
+        Some(usage) => format!("usage: {}; {help}", usage.trim()),
+        None => help,
+    };
+    (msg, hint)
+}
+
+/// Parse the command line; a usage error is exit 2 (as JSON with `--json`,
+/// and the `mgear: error:` line on stderr), `--help` and `--version` print
+/// and exit 0.
 fn parse(json: bool) -> Cli {
     use clap::error::ErrorKind;
     let parsed = Cli::command()
@@ -143,20 +217,20 @@ fn parse(json: bool) -> Cli {
             e.exit()
         }
         Err(e) => {
-            let rendered = e.to_string();
-            let text = rendered
-                .lines()
-                .next()
-                .unwrap_or("bad arguments")
-                .trim_start_matches("error: ");
-            println!(
-                "{}",
-                output::error_line(
-                    exit::USAGE,
-                    text,
-                    "run `mgear --help` (or `mgear COMMAND --help`)"
-                )
+            let cmd = Cli::command();
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            let named = named_subcommands(&cmd, &args);
+            let (message, hint) = usage_message(&e, &cmd, &named);
+            output::init(
+                &if named.is_empty() {
+                    "mgear".to_string()
+                } else {
+                    named.join(" ")
+                },
+                true,
             );
+            println!("{}", output::error_line(exit::USAGE, &message, &hint));
+            eprintln!("mgear: error: {message}");
             std::process::exit(exit::USAGE);
         }
     }
@@ -183,7 +257,16 @@ fn main() {
         Cmd::Cutover(a) => a.into_plan().and_then(sync::cutover),
     };
     let code = match result {
-        Ok(code) => code,
+        Ok(code) => {
+            // `ok` is true only on exit 0: a command that exits non-zero
+            // must print its verdict with `output::emit_ok`.
+            debug_assert!(
+                code == exit::OK || !output::emitted_ok(),
+                "{} printed \"ok\":true and exits {code}",
+                output::command()
+            );
+            code
+        }
         Err(err) => {
             let code = exit::code_of(&err);
             if output::json() {
@@ -195,4 +278,53 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage_error(args: &[&str]) -> (Vec<String>, String, String) {
+        let cmd = Cli::command();
+        let e = cmd
+            .clone()
+            .try_get_matches_from(std::iter::once("mgear").chain(args.iter().copied()))
+            .unwrap_err();
+        let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let named = named_subcommands(&cmd, &args);
+        let (msg, hint) = usage_message(&e, &cmd, &named);
+        (named, msg, hint)
+    }
+
+    #[test]
+    fn json_usage_errors_name_the_missing_arguments_and_the_command() {
+        let (named, msg, hint) =
+            usage_error(&["--json", "capture", "--medium", "dir:m", "--name", "x"]);
+        assert_eq!(named, ["capture"]);
+        assert_eq!(
+            msg,
+            "the following required arguments were not provided: --source <SOURCE>"
+        );
+        assert!(hint.starts_with("usage: mgear capture "), "{hint}");
+        assert!(hint.ends_with("see `mgear capture --help`"), "{hint}");
+    }
+
+    #[test]
+    fn json_usage_errors_list_the_subcommands_of_a_bare_group() {
+        let (named, msg, _) = usage_error(&["--json", "keys"]);
+        assert_eq!(named, ["keys"]);
+        assert_eq!(msg, "`mgear keys` needs a subcommand: list, forget");
+        let (named, msg, _) = usage_error(&["medium", "--json"]);
+        assert_eq!(named, ["medium"]);
+        assert!(
+            msg.starts_with("`mgear medium` needs a subcommand: format, "),
+            "{msg}"
+        );
+        let (named, msg, _) = usage_error(&["--json", "inspect", "--bogus"]);
+        assert_eq!(named, ["inspect"]);
+        assert!(
+            msg.starts_with("unexpected argument '--bogus' found"),
+            "{msg}"
+        );
+    }
 }

@@ -152,7 +152,48 @@ impl Where {
         }
     }
 
+    /// Refuse a medium given twice (`--medium fat:a.img --medium fat:./a.img`,
+    /// a device under two names, an appliance port twice): its second
+    /// opening would otherwise be refused as "in use by another command",
+    /// by this command's own lock on the first.
+    fn refuse_duplicates(&self) -> crate::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let mut check = |key: String, given: String| -> crate::Result<()> {
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                return Err(usage(format!(
+                    "the same medium is given twice: {first} and {given}; give each medium \
+                     once (several --medium/--appliance are the media of one span)"
+                )));
+            }
+            seen.push((key, given));
+            Ok(())
+        };
+        for port in &self.appliance {
+            let key = std::fs::canonicalize(port).unwrap_or_else(|_| port.clone());
+            check(
+                format!("appliance {}", key.display()),
+                format!("--appliance {}", port.display()),
+            )?;
+        }
+        for spec in &self.medium {
+            let key = match MediumSpec::parse(spec)? {
+                MediumSpec::Dir(p) | MediumSpec::Fat(p) => match std::fs::metadata(&p) {
+                    // A device by any of its names (/dev/sdb, /dev/disk/by-id/...).
+                    Ok(m) if m.file_type().is_block_device() => format!("device {}", m.rdev()),
+                    Ok(m) => format!("inode {}:{}", m.dev(), m.ino()),
+                    // Not there: opening it says so.
+                    Err(_) => format!("path {}", p.display()),
+                },
+                MediumSpec::Nbd(url) => format!("nbd {url}"),
+            };
+            check(key, format!("--medium {spec}"))?;
+        }
+        Ok(())
+    }
+
     fn open_with(&self, read_only: bool, plan: Option<&SpanPlan>) -> crate::Result<Medium> {
+        self.refuse_duplicates()?;
         let mut media = Vec::new();
         for port in &self.appliance {
             let m = Medium::new(crate::appliance::open_medium(port)?, Vec::new());
@@ -337,6 +378,29 @@ pub struct FormatDone {
     pub wiped: Vec<crate::guard::Signature>,
 }
 
+/// `guard::refuse_if_holds_data` for an image file: the same refusal, with
+/// a check that reads a file (`lsblk -f`, which that one suggests for a
+/// device, lists block devices only and says nothing of an image).
+fn refuse_image_if_holds_data(
+    path: &Path,
+    force: bool,
+) -> crate::Result<Vec<crate::guard::Signature>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let found = crate::guard::signatures(&file)
+        .with_context(|| format!("reading the start and end of {}", path.display()))?;
+    if !found.is_empty() && !force {
+        return Err(usage(format!(
+            "{} holds {}: formatting would destroy it. Check that this is the right image \
+             (`blkid {}` or `file {}`), then pass --force",
+            path.display(),
+            crate::guard::describe(&found),
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(found)
+}
+
 /// Format `path` (a new image of `size` bytes, or an existing device) with
 /// FAT32; returns the size.
 pub fn format_fat(path: &std::path::Path, size: Option<u64>, force: bool) -> crate::Result<u64> {
@@ -387,7 +451,11 @@ pub fn format_medium(
                 path.display()
             )));
         }
-        let found = crate::guard::refuse_if_holds_data(path, force, "formatting")?;
+        let found = if is_dev {
+            crate::guard::refuse_if_holds_data(path, force, "formatting")?
+        } else {
+            refuse_image_if_holds_data(path, force)?
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -681,6 +749,43 @@ mod tests {
         let mut m = open_mode(&format!("fat:{}", p.display()), false).unwrap();
         assert_eq!(m.store().list("x").unwrap().len(), 1);
         m.close().unwrap();
+    }
+
+    #[test]
+    fn the_same_medium_twice_is_named_as_such_not_as_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.img");
+        format_fat(&p, Some(64 << 20), false).unwrap();
+        let a = format!("fat:{}", p.display());
+        let dotted = format!("fat:{}/./a.img", dir.path().display());
+        let twice = Where {
+            medium: vec![a.clone(), dotted.clone()],
+            appliance: Vec::new(),
+        };
+        for r in [twice.open().err(), twice.open_read_only().err()] {
+            let e = r.expect("refused");
+            assert_eq!(code_of(&e), USAGE, "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "the same medium is given twice: --medium {a} and --medium {dotted}; give \
+                     each medium once (several --medium/--appliance are the media of one span)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn formatting_an_image_in_place_suggests_a_check_that_reads_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.img");
+        format_fat(&p, Some(64 << 20), false).unwrap();
+        let e = format_fat(&p, None, false).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("(`blkid {0}` or `file {0}`)", p.display())),
+            "{e}"
+        );
+        assert!(!e.contains("lsblk"), "{e}");
     }
 
     #[test]

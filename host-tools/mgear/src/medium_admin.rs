@@ -901,7 +901,8 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
         clean,
     };
     if args.json {
-        crate::progress::print_json(&report)?;
+        // Exit 1 with leftovers: `ok` says the same.
+        crate::output::emit_ok(report.clean, &report)?;
     } else {
         print_fsck(&report, args.repair);
     }

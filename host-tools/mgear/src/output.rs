@@ -81,15 +81,35 @@ pub fn envelope_line<T: Serialize>(ok: bool, value: &T) -> crate::Result<String>
     })?)
 }
 
-/// Print `value` in the envelope as one JSON line on stdout (`ok` from the value, else true).
+/// Print `value` in the envelope as one JSON line on stdout (`ok` from the
+/// value, else true): for a command that then exits 0. One that may exit
+/// non-zero calls [`emit_ok`] with its verdict.
 pub fn emit<T: Serialize>(value: &T) -> crate::Result<()> {
     emit_ok(true, value)
 }
 
 /// [`emit`] with an explicit verdict (false for a command that exits non-zero).
 pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> crate::Result<()> {
-    println!("{}", envelope_line(ok, value)?);
+    let (ok, rest) = parts(ok, value)?;
+    if ok {
+        EMITTED_OK.store(true, Ordering::Relaxed);
+    }
+    let line = serde_json::to_string(&Envelope {
+        ok,
+        command: command(),
+        rest,
+    })?;
+    println!("{line}");
     Ok(())
+}
+
+/// Set once an envelope with `"ok":true` was printed.
+static EMITTED_OK: AtomicBool = AtomicBool::new(false);
+
+/// Was an envelope with `"ok":true` printed? `main.rs` checks that a
+/// command exiting non-zero printed none (README: `ok` is true only on exit 0).
+pub fn emitted_ok() -> bool {
+    EMITTED_OK.load(Ordering::Relaxed)
 }
 
 /// The `--json` form of a failed command (one line).

@@ -289,15 +289,76 @@ pub fn write(path: &Path, v: &Value) -> crate::Result<()> {
     write_json_and_text(path, v, &summary(v))
 }
 
+/// `r.json` → `r.json.partial`: where a report is written before it is
+/// renamed into place, so a reader never sees half a report.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// Check, before the command does any work, that the report `path` and its
+/// [`text_path`] twin can be written: found only at the end, a capture was
+/// already recorded on the medium (a re-run is refused as already captured)
+/// and an ingest already written. Creates each file's `.partial` (what
+/// [`write_json_and_text`] writes and renames) and removes it again.
+pub fn check_writable(path: &Path, flag: &str) -> crate::Result<()> {
+    for p in [path.to_path_buf(), text_path(path)] {
+        let hint = format!(
+            "give {flag} a file in an existing directory you can write to (nothing was done yet)"
+        );
+        if p.is_dir() {
+            return Err(crate::exit::coded_hint(
+                crate::exit::USAGE,
+                format!("{flag} {}: {} is a directory", path.display(), p.display()),
+                hint,
+            ));
+        }
+        let partial = partial_path(&p);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)
+        {
+            Ok(f) => {
+                drop(f);
+                let _ = std::fs::remove_file(&partial);
+            }
+            Err(e) => {
+                return Err(crate::exit::coded_hint(
+                    crate::exit::IO,
+                    format!(
+                        "{flag} {}: cannot create {}: {e}",
+                        path.display(),
+                        partial.display()
+                    ),
+                    hint,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write `contents` to `path` atomically: into its `.partial`, then renamed.
+fn write_atomic(path: &Path, contents: &[u8], what: &str) -> crate::Result<()> {
+    let partial = partial_path(path);
+    std::fs::write(&partial, contents)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            crate::Error::from(e)
+        })
+        .with_context(|| format!("writing {what} {}", path.display()))
+}
+
 /// Write `v` (in the `--json` envelope, `ok` from `v["verified"]` if it has
-/// one) to `path` and `text` to [`text_path`]`(path)`.
+/// one) to `path` and `text` to [`text_path`]`(path)`, each atomically.
 pub fn write_json_and_text(path: &Path, v: &Value, text: &str) -> crate::Result<()> {
     let line = crate::output::envelope_line(v["verified"] != false, v)?;
-    std::fs::write(path, line + "\n")
-        .with_context(|| format!("writing report {}", path.display()))?;
-    let txt = text_path(path);
-    std::fs::write(&txt, text)
-        .with_context(|| format!("writing report summary {}", txt.display()))?;
+    write_atomic(path, (line + "\n").as_bytes(), "report")?;
+    write_atomic(&text_path(path), text.as_bytes(), "report summary")?;
     Ok(())
 }
 
@@ -355,5 +416,32 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("ingest.txt")).unwrap();
         assert!(text.contains("WARNING"), "{text}");
         assert!(text.contains("verified        yes"), "{text}");
+    }
+
+    #[test]
+    fn an_unwritable_report_path_is_refused_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope/r.json");
+        let e = check_writable(&missing, "--report").unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::IO, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("--report {}: cannot create", missing.display())),
+            "{e}"
+        );
+        assert!(crate::exit::hint(&e, "capture").contains("nothing was done yet"));
+        let e = check_writable(dir.path(), "--report").unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let ok = dir.path().join("r.json");
+        check_writable(&ok, "--report").unwrap();
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_json_and_text(&ok, &json!({"a": 1}), "text").unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["r.json", "r.txt"]);
     }
 }

@@ -132,10 +132,17 @@ thread_local! {
 impl FileSource {
     /// Open read-only and take the size.
     pub fn open(path: PathBuf) -> crate::Result<Self> {
-        // A directory opens fine and "seeks" to 2^63: refuse it by name.
-        if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+        // Only a regular file or a block device has a size and can be read
+        // at any offset. A directory opens fine and "seeks" to 2^63; a
+        // character device (/dev/zero) seeks to 0 and read as "empty"; a
+        // FIFO blocks in open(2) until a writer comes, forever. Refuse them
+        // by name before opening.
+        if let Some(what) = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| not_a_disk(m.file_type()))
+        {
             return Err(crate::exit::usage(format!(
-                "source {} is a directory, not a disk: give a block device (e.g. /dev/sdb), \
+                "source {} is {what}, not a disk: give a block device (e.g. /dev/sdb), \
                  a raw disk image file, or an NBD export (nbd://HOST:PORT/EXPORT)",
                 path.display()
             )));
@@ -155,6 +162,25 @@ impl FileSource {
                 direct,
             }),
         })
+    }
+}
+
+/// What a file of type `t` is when it is not something a capture can read
+/// as a disk (a regular file or a block device).
+fn not_a_disk(t: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if t.is_file() || t.is_block_device() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_char_device() {
+        Some("a character device (it has no size and no blocks to read at an offset)")
+    } else if t.is_fifo() {
+        Some("a FIFO (a named pipe: it has no size and cannot be read at an offset)")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file or block device")
     }
 }
 
@@ -323,6 +349,35 @@ impl Source for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn character_devices_fifos_and_directories_are_refused_by_name() {
+        let e = FileSource::open("/dev/zero".into()).err().expect("refused");
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(
+            e.to_string()
+                .starts_with("source /dev/zero is a character device (it has no size"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("a raw disk image file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Opening a FIFO blocks until a writer comes: refused before that.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(FileSource::open(fifo).err().map(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO source hung")
+            .expect("refused");
+        assert!(e.contains("is a FIFO"), "{e}");
+        let e = FileSource::open(dir.path().to_owned())
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("is a directory, not a disk"), "{e}");
+    }
 
     #[test]
     fn file_source_reads_and_detects_shrink() {

@@ -182,6 +182,31 @@ fn generations(medium: &mut dyn Store, name: &str) -> crate::Result<(Vec<u32>, V
     Ok((all, finished))
 }
 
+/// `--generation g` names a generation `name` does not have (a usage
+/// error, not an unfinished one): say which it has.
+fn no_such_generation(name: &str, g: u32, all: &[u32], finished: &[u32]) -> crate::Error {
+    let have = if all.is_empty() {
+        "none".to_string()
+    } else {
+        all.iter()
+            .map(|n| {
+                if finished.contains(n) {
+                    n.to_string()
+                } else {
+                    format!("{n} (unfinished)")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    crate::exit::coded_hint(
+        crate::exit::USAGE,
+        format!("capture {name} has no generation {g} on this medium; its generations: {have}"),
+        "give --generation one of those (or leave it out for the newest finished one); \
+         `mgear inspect --medium ... --name NAME` lists them",
+    )
+}
+
 /// Check generation `generation` (default: newest finished) of capture `name`
 /// against `policy`. `Ok` means it may be installed (print the warnings);
 /// a refusal is exit 1 with what was expected and what was found.
@@ -194,8 +219,11 @@ pub fn check_generation(
 ) -> crate::Result<Verdict> {
     // The spelling on the medium: its COMMIT and seal bind that one.
     let name = &image_format::stored_name(medium, name)?;
-    let (_, finished) = generations(medium, name)?;
+    let (all, finished) = generations(medium, name)?;
     let newest = finished.last().copied();
+    if let Some(g) = generation.filter(|g| !all.contains(g)) {
+        return Err(no_such_generation(name, g, &all, &finished));
+    }
     let g = match (generation, newest) {
         (Some(g), _) => g,
         (None, Some(g)) => g,
@@ -460,4 +488,39 @@ pub fn sha256_file(medium: &mut dyn Store, path: &str, len: u64) -> crate::Resul
         off += n as u64;
     }
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image_format::store::MemStore;
+
+    #[test]
+    fn a_generation_that_does_not_exist_is_a_usage_error_naming_those_that_do() {
+        let mut m = MemStore::new();
+        m.create_dir_all(&layout::generation_dir("web01", 1))
+            .unwrap();
+        m.write_at(
+            &layout::generation_file("web01", 1, layout::MANIFEST_FILE),
+            0,
+            b"x",
+        )
+        .unwrap();
+        m.create_dir_all(&layout::generation_dir("web01", 2))
+            .unwrap();
+        for g in [5, 0] {
+            let e =
+                check_generation(&mut m, "web01", Some(g), &Policy::default(), None).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "capture web01 has no generation {g} on this medium; its generations: 1, 2 (unfinished)"
+                )
+            );
+        }
+        // An existing but unfinished one is still refused as unfinished.
+        let e = check_generation(&mut m, "web01", Some(2), &Policy::default(), None).unwrap_err();
+        assert!(e.to_string().contains("is not finished"), "{e}");
+    }
 }

@@ -8,7 +8,11 @@
 //!
 //! `qemu-nbd` runs without `--persistent`: it exits when its one client
 //! disconnects, also when mgear is killed, so nothing is left running and a
-//! re-run can open the image again (qemu's image lock is free).
+//! re-run can open the image again (qemu's image lock is free). One started
+//! but not yet connected to (mgear killed during start-up) would wait for a
+//! client forever, holding the lock: it is tied to mgear and gets SIGTERM
+//! when mgear dies ([`spawn_tied`]). A re-run that still finds the lock
+//! taken names the process that holds it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -17,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use crate::file::sync_parent;
 use crate::nbd::NbdVolume;
-use crate::tool::{reap_qemu_nbd, require, run, stop_qemu_nbd};
+use crate::tool::{
+    holders_of, reap_qemu_nbd, require, run, spawn_tied, stderr_tail, stop_qemu_nbd, Tie,
+};
 use crate::{key_of, short_hash, Error, Finished, Found, Geometry, Prepare, Result, Volume};
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
@@ -28,6 +34,8 @@ const MAX_SOCKET_PATH: usize = 107;
 pub struct Qcow2Volume {
     nbd: Option<NbdVolume>,
     server: Option<Child>,
+    /// Keeps `server` tied to this process; dropped after it is reaped.
+    tie: Option<Tie>,
     partial: PathBuf,
     final_path: PathBuf,
     sock: PathBuf,
@@ -100,6 +108,7 @@ impl Qcow2Volume {
         let mut v = Qcow2Volume {
             nbd: None,
             server: None,
+            tie: None,
             partial,
             final_path: path.to_owned(),
             sock,
@@ -115,7 +124,8 @@ impl Qcow2Volume {
     }
 
     /// Start qemu-nbd and connect. A qemu-nbd of a killed earlier run may
-    /// still hold the image lock for a moment: retry briefly.
+    /// still hold the image lock for a moment: retry briefly, then say who
+    /// holds it.
     fn serve(&mut self, qemu_nbd: &Path) -> Result<()> {
         let url: mgear_nbd::NbdUrl = format!("nbd+unix:///?socket={}", self.sock.display())
             .parse()
@@ -125,15 +135,17 @@ impl Qcow2Volume {
             if std::fs::symlink_metadata(&self.sock).is_ok() {
                 let _ = std::fs::remove_file(&self.sock);
             }
-            let mut child = Command::new(qemu_nbd)
-                .args(["-f", "qcow2", "--cache=writeback", "--discard=unmap", "-k"])
+            let mut cmd = Command::new(qemu_nbd);
+            cmd.args(["-f", "qcow2", "--cache=writeback", "--discard=unmap", "-k"])
                 .arg(&self.sock)
                 .arg(&self.partial)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| Error::io("starting qemu-nbd", e))?;
+                .stderr(Stdio::piped());
+            // Tied: a SIGKILLed mgear takes its qemu-nbd with it. Before,
+            // one killed during start-up (before it connected) waited for
+            // a client forever, holding the image's write lock.
+            let (mut child, tie) = spawn_tied(cmd, "qemu-nbd")?;
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -141,7 +153,7 @@ impl Qcow2Volume {
                     if let Some(mut e) = child.stderr.take() {
                         let _ = e.read_to_string(&mut err);
                     }
-                    last = format!("qemu-nbd exited ({status}): {}", err.trim());
+                    last = format!("qemu-nbd exited ({status}); {}", stderr_tail(&err));
                     break;
                 }
                 if std::fs::symlink_metadata(&self.sock).is_ok() {
@@ -150,6 +162,7 @@ impl Qcow2Volume {
                             nbd.set_found(self.found);
                             self.nbd = Some(nbd);
                             self.server = Some(child);
+                            self.tie = Some(tie);
                             return Ok(());
                         }
                         Err(e) => last = e.to_string(),
@@ -158,14 +171,31 @@ impl Qcow2Volume {
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
                     return Err(Error::Tool(format!(
-                        "qemu-nbd did not serve {} within 30 s: {last}",
-                        self.partial.display()
+                        "qemu-nbd did not serve {} within 30 s: {}",
+                        self.partial.display(),
+                        timeout_reason(&last, &err, &self.sock)
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(500));
+            if last.contains("lock") {
+                std::thread::sleep(Duration::from_millis(500));
+            } else {
+                // Not a lock still being released: trying again will not help.
+                break;
+            }
+        }
+        if last.contains("lock") {
+            return Err(Error::Tool(locked_message(
+                &self.partial,
+                &holders_of(&self.partial),
+                &last,
+            )));
         }
         Err(Error::Tool(format!(
             "qemu-nbd could not serve {}: {last}",
@@ -183,6 +213,46 @@ impl Qcow2Volume {
     fn stop_server(&mut self) -> Result<()> {
         stop_qemu_nbd(&mut self.server, &self.sock, Duration::from_secs(30))
     }
+}
+
+/// Why qemu-nbd did not serve within the deadline: the last connection
+/// error, else what it printed, else that its socket never appeared.
+fn timeout_reason(last: &str, stderr: &str, sock: &Path) -> String {
+    let printed = stderr_tail(stderr);
+    match (last.is_empty(), stderr.trim().is_empty()) {
+        (false, true) => last.to_string(),
+        (false, false) => format!("{last}; {printed}"),
+        (true, _) => format!(
+            "its socket {} never accepted a connection; {printed}",
+            sock.display()
+        ),
+    }
+}
+
+/// qemu-nbd could not take the image's write lock: who holds it (`holders`,
+/// from [`holders_of`]) and what to do.
+fn locked_message(partial: &Path, holders: &[String], qemu_said: &str) -> String {
+    let pids: Vec<&str> = holders
+        .iter()
+        .filter_map(|h| h.rsplit_once("(pid ").map(|(_, p)| p.trim_end_matches(')')))
+        .collect();
+    let who = if holders.is_empty() {
+        "another process holds its write lock (none of this user's processes has it open: a VM \
+         or a qemu-nbd of another user, or another host on a shared file system?); stop it and \
+         run the same command again"
+            .to_string()
+    } else {
+        format!(
+            "{} holds its write lock (a qemu-nbd left serving by an earlier run that was killed \
+             waits for a client forever): stop it (`kill {}`) and run the same command again",
+            holders.join(", "),
+            pids.join(" ")
+        )
+    };
+    format!(
+        "cannot open {} through qemu-nbd: {who} ({qemu_said})",
+        partial.display()
+    )
 }
 
 impl Drop for Qcow2Volume {
@@ -317,5 +387,68 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .ends_with(".sock")));
+    }
+
+    #[test]
+    fn timeouts_and_lock_failures_name_a_reason() {
+        let sock = Path::new("/st/q.sock");
+        assert_eq!(
+            timeout_reason("", "", sock),
+            "its socket /st/q.sock never accepted a connection; it printed nothing"
+        );
+        assert_eq!(
+            timeout_reason("", "boom\n", sock),
+            "its socket /st/q.sock never accepted a connection; it printed: boom"
+        );
+        assert_eq!(timeout_reason("refused", "", sock), "refused");
+        let m = locked_message(
+            Path::new("v.qcow2.partial"),
+            &["qemu-nbd (pid 42)".into()],
+            "Failed to get \"write\" lock",
+        );
+        assert!(m.contains("qemu-nbd (pid 42) holds its write lock"), "{m}");
+        assert!(m.contains("`kill 42`"), "{m}");
+        let m = locked_message(Path::new("v.qcow2.partial"), &[], "lock");
+        assert!(m.contains("another process holds its write lock"), "{m}");
+    }
+
+    #[test]
+    fn a_resume_names_the_stale_qemu_nbd_that_holds_the_lock() {
+        if require("qemu-nbd", "qemu-utils").is_err() {
+            eprintln!("skipped: qemu-utils not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.qcow2");
+        let prep = Prepare {
+            disk_size: 1 << 20,
+            head_len: 65536,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        drop(Qcow2Volume::create(&target, &prep).unwrap());
+        // What a killed run of an older mgear left: a qemu-nbd serving the
+        // partial, waiting for a client that never comes.
+        let partial = dir.path().join("v.qcow2.partial");
+        let mut orphan = Command::new("qemu-nbd")
+            .args(["-f", "qcow2", "-k"])
+            .arg(dir.path().join("orphan.sock"))
+            .arg(&partial)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.path().join("orphan.sock").exists() {
+            assert!(Instant::now() < deadline, "the orphan did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let err = Qcow2Volume::create(&target, &prep).unwrap_err().to_string();
+        let _ = orphan.kill();
+        let _ = orphan.wait();
+        assert!(
+            err.contains(&format!("(pid {}) holds its write lock", orphan.id())),
+            "{err}"
+        );
+        assert!(err.contains(&format!("`kill {}`", orphan.id())), "{err}");
     }
 }

@@ -1738,8 +1738,39 @@ pub(crate) mod tests {
         // A FAT beyond the limit is refused before the engine sees it.
         let mut boot = [0u8; 512];
         boot[0x0b..0x0d].copy_from_slice(&4096u16.to_le_bytes());
+        boot[0x0d] = 8;
+        boot[0x10] = 2;
         boot[0x24..0x28].copy_from_slice(&(1u32 << 17).to_le_bytes());
-        assert!(fat_size_supported(&boot).is_err());
+        boot[510] = 0x55;
+        boot[511] = 0xaa;
+        let e = fat_size_supported(&boot).unwrap_err().to_string();
+        assert!(e.starts_with("the medium's FAT is "), "{e}");
+    }
+
+    #[test]
+    fn random_bytes_are_not_a_fat_file_system_before_any_size_check() {
+        // Bytes whose FAT size field reads as terabytes: the missing
+        // signature is what the user must hear about.
+        let mut boot = [0xa7u8; 512];
+        boot[0x24..0x28].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = fat_size_supported(&boot).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the medium does not hold a FAT32 file system (no boot sector signature"),
+            "{e}"
+        );
+        assert!(e.contains("mgear medium format"), "{e}");
+        // Signed, but a BPB no FAT has.
+        boot[510] = 0x55;
+        boot[511] = 0xaa;
+        let e = fat_size_supported(&boot).unwrap_err().to_string();
+        assert!(e.contains("bytes per sector"), "{e}");
+        let (_t, p) = image(8 << 20);
+        std::fs::write(&p, vec![0xa7u8; 8 << 20]).unwrap();
+        let e = FatStore::open(open_rw(&p))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("no boot sector signature"), "{e}");
     }
 
     #[test]

@@ -41,16 +41,50 @@ pub const MAX_FAT_BYTES: u64 = (1 << 29) - 4096;
 
 /// Whether a FAT32 boot sector describes FATs the engines can handle
 /// ([`MAX_FAT_BYTES`]); checked before either engine parses the volume.
+///
+/// The boot sector signature and the basic BPB fields are checked first:
+/// a medium that holds no FAT file system at all (random bytes, another
+/// file system, the wrong path) must be told as such, not as a FAT too
+/// large for the engines read from bytes that are no FAT. A FAT12/16 boot
+/// sector passes (its sectors-per-FAT field is elsewhere); the engine
+/// decides about it.
 pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
-    if boot.len() < 0x28 {
+    if boot.len() < 512 {
         return Ok(());
     }
-    let bps = u64::from(u16::from_le_bytes([boot[0x0b], boot[0x0c]]));
-    let fat_sectors = u64::from(u32::from_le_bytes([
-        boot[0x24], boot[0x25], boot[0x26], boot[0x27],
-    ]));
+    let not_fat = |why: String| {
+        StoreError::Io(alloc::format!(
+            "the medium does not hold a FAT32 file system ({why}); create one with \
+             `mgear medium format fat:PATH`, or check that the path names the medium"
+        ))
+    };
+    if boot[510] != 0x55 || boot[511] != 0xaa {
+        return Err(not_fat(alloc::format!(
+            "no boot sector signature 55 aa at byte 510, found {:02x} {:02x}",
+            boot[510],
+            boot[511]
+        )));
+    }
+    let bps = le16(boot, 0x0b);
+    let spc = boot[0x0d];
+    let fats = boot[0x10];
+    if !(512..=4096).contains(&bps) || !bps.is_power_of_two() {
+        return Err(not_fat(alloc::format!(
+            "its boot sector gives {bps} bytes per sector"
+        )));
+    }
+    if spc == 0 || !spc.is_power_of_two() || fats == 0 {
+        return Err(not_fat(alloc::format!(
+            "its boot sector gives {spc} sectors per cluster and {fats} FATs"
+        )));
+    }
+    if le16(boot, 0x16) != 0 {
+        // FAT12/16: no 32-bit FAT size field.
+        return Ok(());
+    }
+    let fat_sectors = u64::from(le32(boot, 0x24));
     if fat_sectors * bps > MAX_FAT_BYTES {
-        return Err(StoreError::Io(format!(
+        return Err(StoreError::Io(alloc::format!(
             "the medium's FAT is {} bytes; the FAT32 engines read at most {MAX_FAT_BYTES} \
              (a medium formatted by `mgear medium format` always fits)",
             fat_sectors * bps

@@ -110,6 +110,15 @@ fn check_before_writing_refuses_and_plans_without_writing() {
     let o = capture(&e, "big.raw", &m, "big", &["--dry-run"]);
     assert_eq!(code(&o), Some(3), "{}", output_text(&o));
     assert!(out(&o).contains("DOES NOT FIT"), "{}", output_text(&o));
+    // `ok` follows the exit code (README): false with exit 3.
+    let o = capture(&e, "big.raw", &m, "big", &["--dry-run", "--json"]);
+    assert_eq!(code(&o), Some(3), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("one JSON object");
+    assert_eq!(
+        (&v["ok"], &v["fits"]),
+        (&false.into(), &false.into()),
+        "{v}"
+    );
     let o = capture(&e, "big.raw", &m, "big", &[]);
     assert_eq!(code(&o), Some(3), "{}", output_text(&o));
     assert!(
@@ -242,6 +251,14 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
     for what in ["MGEAR/db02/G0001", "COMMIT.TMP", "MGEAR/app03", "--repair"] {
         assert!(out(&o).contains(what), "{what}: {}", output_text(&o));
     }
+    let o = e.run(&["medium", "fsck", "--medium", "dir:mnt", "--json"]);
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("one JSON object");
+    assert_eq!(
+        (&v["ok"], &v["clean"]),
+        (&false.into(), &false.into()),
+        "{v}"
+    );
     let o = e.ok(&["medium", "fsck", "--medium", "dir:mnt", "--repair"]);
     assert!(out(&o).contains("removed"), "{}", output_text(&o));
     assert!(!e.p("mnt/MGEAR/db02").exists() && !e.p("mnt/MGEAR/app03").exists());
