@@ -996,13 +996,36 @@ pub fn appliance_identity(port: &Path) -> crate::Result<[u8; 32]> {
     })
 }
 
+/// Refuse (exit 2), before a capture plans or reads anything, an appliance
+/// that is not unlocked: only an unlocked one takes writes (a locked one
+/// waits for its PIN, a sealed or erased one never takes any again).
+pub fn ready_to_capture(port: &Path) -> crate::Result<()> {
+    let mut c = Client::open(port)?;
+    let state = info(&mut c)?.state;
+    if state != DeviceState::Unlocked {
+        return Err(usage(format!(
+            "the appliance at {} is {}: it takes a capture only when unlocked; next: {}",
+            port.display(),
+            state.as_str(),
+            next_step(state)
+        )));
+    }
+    Ok(())
+}
+
 /// Record in the appliance's custody log that capture `name` starts writing.
 pub fn capture_begin(port: &Path, name: &str) -> crate::Result<()> {
     let mut c = Client::open(port)?;
     let req = Request::CaptureBegin {
         name: name.to_string(),
     };
-    match c.call(&req)? {
+    // A refusal (its state changed since `ready_to_capture`) is the
+    // operator's to act on, as every appliance refusal is: exit 2.
+    let reply = c.call(&req).map_err(|e| match e.find::<ApplianceError>() {
+        Some(ae) => usage(ae.to_string()),
+        None => e,
+    })?;
+    match reply {
         Response::Recorded { .. } => Ok(()),
         other => bail!("unexpected reply to a capture event: {other:?}"),
     }

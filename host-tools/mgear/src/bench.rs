@@ -580,7 +580,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     let temp;
     let work = match &args.workdir {
         Some(d) => {
-            std::fs::create_dir_all(d)?;
+            crate::demo::claim_workdir(d, "bench")?;
             d.clone()
         }
         None => {

@@ -621,6 +621,7 @@ fn resume_mismatch(
 fn dry_run(args: &Plan) -> crate::Result<i32> {
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
     let spec = source_spec(args)?;
+    args.medium.ready_to_capture()?;
     let mut source = crate::source::open(spec, None)?;
     if source.len() == 0 {
         return Err(usage(format!("source {spec} is empty")));
@@ -664,6 +665,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
     for s in sources {
         refuse_source_on_medium(&args.medium, s)?;
     }
+    args.medium.ready_to_capture()?;
     let mut medium = args.medium.open_before_capture()?;
     let planned = (|| {
         let mut disks = Vec::new();
@@ -1176,6 +1178,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         .as_deref()
         .map(crate::sitekey::read_signing_key)
         .transpose()?;
+    args.medium.ready_to_capture()?;
     // Check before writing, on a read-only view of the medium: a refusal
     // leaves it byte-for-byte as it was.
     let (exists, on_medium, borrow) = {

@@ -222,7 +222,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     let mut temp = None;
     let work: PathBuf = match &args.workdir {
         Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            claim_workdir(d, "demo")?;
             d.clone()
         }
         None => {
@@ -263,6 +263,40 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         println!("demo finished in {seconds:.1} s");
     }
     Ok(code)
+}
+
+/// Make `dir` the `--workdir` of `mgear COMMAND` (demo, bench): create it,
+/// or take it when it is empty or an earlier run's (it holds the marker
+/// `.mgear-COMMAND`). Refuse (exit 2) a directory that holds anything else:
+/// the run writes and removes files by fixed names there (`target.key`,
+/// `medium.img`, `vol.raw`, `keys/`), which must never be the user's.
+pub fn claim_workdir(dir: &Path, command: &str) -> crate::Result<()> {
+    let marker = dir.join(format!(".mgear-{command}"));
+    if dir.exists() && !dir.is_dir() {
+        return Err(crate::exit::usage(format!(
+            "--workdir {} is not a directory: give a new or empty directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !marker.exists() {
+        let first = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next();
+        if let Some(entry) = first {
+            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+            return Err(crate::exit::usage(format!(
+                "--workdir {} already holds files (e.g. {}): mgear {command} writes and removes \
+                 files by fixed names in its work directory (target.key, medium.img, vol.raw, \
+                 keys/, ...). Give a new or empty directory",
+                dir.display(),
+                entry.file_name().to_string_lossy()
+            )));
+        }
+        std::fs::write(&marker, format!("work directory of mgear {command}\n"))
+            .with_context(|| format!("writing {}", marker.display()))?;
+    }
+    Ok(())
 }
 
 fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
@@ -665,5 +699,41 @@ pub fn compare(a: &Path, b: &Path) -> crate::Result<()> {
             ));
         }
         off += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workdir_is_taken_only_when_new_empty_or_an_earlier_runs() {
+        let d = tempfile::tempdir().unwrap();
+        // The user's files: refused, untouched.
+        let mine = d.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::write(mine.join("target.key"), b"the only key").unwrap();
+        let e = claim_workdir(&mine, "bench").unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(
+            e.to_string()
+                .contains("already holds files (e.g. target.key)"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(mine.join("target.key")).unwrap(),
+            b"the only key"
+        );
+        assert!(!mine.join(".mgear-bench").exists());
+        // New, then again (the earlier run's files are its own).
+        let new = d.path().join("new/work");
+        claim_workdir(&new, "demo").unwrap();
+        std::fs::write(new.join("medium.img"), b"x").unwrap();
+        claim_workdir(&new, "demo").unwrap();
+        // Another command's work directory is not this one's.
+        assert!(claim_workdir(&new, "bench").is_err());
+        // A file is not a directory.
+        let e = claim_workdir(&mine.join("target.key"), "demo").unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
     }
 }

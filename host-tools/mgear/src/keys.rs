@@ -15,7 +15,7 @@ use age::secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::exit::usage;
-use crate::keyfile::{pub_path, write_new};
+use crate::keyfile::pub_path;
 
 /// `mgear keygen`, typed (the binary's `cli::keys` fills it in from the flags).
 #[derive(Debug)]
@@ -96,8 +96,12 @@ fn write_key_pair(out: &Path, force: bool) -> crate::Result<String> {
             "--out must not end in .pub (the public key is written there)",
         ));
     }
-    write_new(out, secret.as_bytes(), 0o600, force)?;
-    write_new(&pub_file, format!("{recipient}\n").as_bytes(), 0o644, force)?;
+    crate::keyfile::write_pair(
+        out,
+        secret.as_bytes(),
+        format!("{recipient}\n").as_bytes(),
+        force,
+    )?;
     Ok(recipient)
 }
 

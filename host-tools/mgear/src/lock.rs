@@ -1,5 +1,5 @@
 //! One writer per medium: an advisory lock held for as long as a command
-//! has the medium open.
+//! has the medium open; and one `mgear serve` per volume.
 //!
 //! Two captures onto one FAT medium at once each keep their own copy of the
 //! FAT in memory and overwrite each other's clusters: both print "captured",
@@ -26,12 +26,32 @@ pub struct MediumLock {
 /// Lock the medium at `path` (file, device or directory): `exclusive` for
 /// commands that write it. Fails with exit 3 and names the holder.
 pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLock> {
-    let file = File::open(path).map_err(|e| {
-        coded(
-            crate::exit::IO,
-            format!("opening medium {spec} to lock it: {e}"),
-        )
-    })?;
+    take(
+        path,
+        exclusive,
+        &format!("medium {spec}"),
+        "one command writes a medium at a time. Wait for it to finish (or stop it: it resumes \
+         later), then run this again",
+    )
+}
+
+/// Lock a volume `mgear serve` writes in place (a `file:` or `dev:` target)
+/// for as long as it serves: a second serve would answer syncs from its own
+/// view of the volume, taken when it started, and call a stale volume
+/// verified.
+pub fn lock_volume(path: &Path, spec: &str) -> crate::Result<MediumLock> {
+    take(
+        path,
+        true,
+        &format!("target {spec}"),
+        "one serve writes a volume at a time. Stop the other serve (or point the sync at it), \
+         then run this again",
+    )
+}
+
+fn take(path: &Path, exclusive: bool, what: &str, why: &str) -> crate::Result<MediumLock> {
+    let file = File::open(path)
+        .map_err(|e| coded(crate::exit::IO, format!("opening {what} to lock it: {e}")))?;
     let inode = file.metadata().map(|m| m.ino()).ok();
     let arg = if exclusive {
         FlockArg::LockExclusiveNonblock
@@ -47,16 +67,10 @@ pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLoc
                 .unwrap_or_default();
             Err(coded(
                 crate::exit::IO,
-                format!(
-                    "medium {spec} is in use{holder}: one command writes a medium at a time. \
-                     Wait for it to finish (or stop it: it resumes later), then run this again"
-                ),
+                format!("{what} is in use{holder}: {why}"),
             ))
         }
-        Err((_, errno)) => Err(coded(
-            crate::exit::IO,
-            format!("locking medium {spec}: {errno}"),
-        )),
+        Err((_, errno)) => Err(coded(crate::exit::IO, format!("locking {what}: {errno}"))),
     }
 }
 

@@ -288,6 +288,15 @@ impl Where {
         Ok(())
     }
 
+    /// Refuse (exit 2) a capture onto an appliance that is not unlocked,
+    /// before anything is planned (a sealed appliance's full medium would
+    /// otherwise be reported as full, not as sealed).
+    pub fn ready_to_capture(&self) -> crate::Result<()> {
+        self.appliance
+            .iter()
+            .try_for_each(|port| crate::appliance::ready_to_capture(port))
+    }
+
     /// The options that name these media again, for commands a message suggests.
     pub fn as_args(&self) -> String {
         let mut all: Vec<String> = self
@@ -440,6 +449,17 @@ pub fn format_medium(
     force: bool,
 ) -> crate::Result<FormatDone> {
     let meta = std::fs::metadata(path).ok();
+    if meta.as_ref().is_some_and(|m| m.is_dir()) {
+        // Not even with --force: a directory is a `dir:` medium as it is.
+        return Err(usage(format!(
+            "{} is a directory: `medium format` makes a FAT32 image file or formats a device; \
+             give a new image path (e.g. {}/medium.img), or use the directory as it is with \
+             --medium dir:{}",
+            path.display(),
+            path.display(),
+            path.display()
+        )));
+    }
     let is_dev = meta
         .as_ref()
         .is_some_and(|m| m.file_type().is_block_device());
@@ -786,6 +806,18 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("lsblk"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_is_not_formatted_even_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keep"), b"x").unwrap();
+        for force in [false, true] {
+            let e = format_fat(dir.path(), Some(64 << 20), force).unwrap_err();
+            assert_eq!(code_of(&e), USAGE);
+            assert!(e.to_string().contains("is a directory"), "{e}");
+        }
+        assert_eq!(std::fs::read(dir.path().join("keep")).unwrap(), b"x");
     }
 
     #[test]

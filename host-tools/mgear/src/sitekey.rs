@@ -45,8 +45,7 @@ pub fn generate(out: &Path, force: bool) -> crate::Result<VerifyingKey> {
         .verifying_key()
         .to_public_key_pem(Default::default())
         .map_err(|e| crate::err!("encoding the public key: {e}"))?;
-    crate::keyfile::write_new(out, secret.as_bytes(), 0o600, force)?;
-    crate::keyfile::write_new(&pub_file, public.as_bytes(), 0o644, force)?;
+    crate::keyfile::write_pair(out, secret.as_bytes(), public.as_bytes(), force)?;
     Ok(key.verifying_key())
 }
 

@@ -38,6 +38,9 @@ pub fn parse_size(text: &str) -> crate::Result<u64> {
     Ok(bytes.round() as u64)
 }
 
+/// The slowest rate a limit may be, in bytes per second.
+pub const MIN_RATE: f64 = 1024.0;
+
 /// Parse a rate such as `50MiB/s`, `400Mbit/s`, `10MB/s`; returns bytes per second.
 pub fn parse_rate(text: &str) -> crate::Result<f64> {
     let t = text.trim();
@@ -57,6 +60,11 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
     let per_sec = match unit.trim() {
         // A bare number once meant bytes per second: `--rate-limit 50` then
         // crawled at 50 B/s without a word. Rates need a unit.
+        "" if value <= 0.0 => {
+            return Err(usage(format!(
+                "rate `{text}` must be a positive number with a unit, e.g. 50MiB/s or 10Mbit/s"
+            )))
+        }
         "" => {
             return Err(usage(format!(
                 "rate `{text}` has no unit: write e.g. {num}MiB/s, {num}MB/s or {num}Mbit/s"
@@ -85,6 +93,14 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
     let rate = value * per_sec;
     if !rate.is_finite() || rate <= 0.0 {
         return Err(usage(format!("rate `{text}` must be a positive number")));
+    }
+    // Below this a 1 MiB chunk takes over 17 minutes: a slip of the unit
+    // (`1B/s` for 1 MB/s), not a link anyone runs.
+    if rate < MIN_RATE {
+        return Err(usage(format!(
+            "rate `{text}` is below 1 KiB/s, where one 1 MiB chunk takes over 17 minutes: \
+             check the unit (e.g. 1MB/s, 1Mbit/s)"
+        )));
     }
     Ok(rate)
 }
@@ -128,6 +144,14 @@ mod tests {
         assert_eq!(parse_rate("512KiB/s").unwrap(), 512.0 * 1024.0);
         assert_eq!(parse_rate("1Gbps").unwrap(), 125e6);
         assert!(parse_rate("0MB/s").is_err());
+        let zero = parse_rate("0").unwrap_err().to_string();
+        assert!(
+            zero.contains("positive") && !zero.contains("0MiB/s"),
+            "{zero}"
+        );
+        let slip = parse_rate("1B/s").unwrap_err().to_string();
+        assert!(slip.contains("below 1 KiB/s"), "{slip}");
+        assert_eq!(parse_rate("1KiB/s").unwrap(), 1024.0);
         assert_eq!(parse_rate("4096B/s").unwrap(), 4096.0);
         let bare = parse_rate("50").unwrap_err();
         assert_eq!(crate::exit::code_of(&bare), 2);

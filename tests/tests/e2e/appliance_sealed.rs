@@ -47,6 +47,17 @@ fn appliance_sealed_lockout_spares_the_shipment() {
     assert!(err.contains("sealed") && err.contains("read-only"), "{err}");
     assert_eq!(lab.state(), "Sealed");
 
+    // A capture onto it: refused for what it is (sealed, exit 2), before any
+    // plan (it used to exit 3, or call the sealed medium full).
+    let out = lab.capture_line().run();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is sealed: it takes a capture only when unlocked"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(lab.p("medium.img")).unwrap(), sealed_medium);
+
     // Erase without the PIN and without a terminal: told to use --pin-file.
     let out = lab.appliance(&["erase", "--yes"]);
     assert_eq!(out.status.code(), Some(2));

@@ -14,7 +14,9 @@
 //! - an NBD export holding a partition table or a file system was
 //!   overwritten without `--force`, where `dev:` refuses;
 //! - and a medium cut short exited 1 from ingest ("refused") where verify
-//!   said 3 (I/O).
+//!   said 3 (I/O);
+//! - two `mgear serve`s of one volume both ran, and a sync through the
+//!   stale one was reported verified.
 
 use std::fs;
 use std::path::Path;
@@ -288,4 +290,46 @@ fn a_medium_cut_short_is_an_io_error_and_a_damaged_one_a_finding() {
         .target("file:o.raw")
         .run();
     assert_eq!(ingest.status.code(), Some(1), "{}", output_text(&ingest));
+}
+
+/// A second `mgear serve` of one volume would answer syncs from its own view
+/// of it, hashed at its start, and call a stale volume verified: refused
+/// while the first serves, naming it.
+#[test]
+fn one_serve_per_volume() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 9);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("d.raw").ok();
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:vol.raw")
+        .ok();
+    let (_first, _addr) = e.serve("dir:m", "web01").untrusted().listen();
+    // Spawned with a deadline: a second serve that is not refused serves on.
+    let mut second = e
+        .serve("dir:m", "web01")
+        .untrusted()
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while second.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = second.kill();
+            panic!("a second serve of vol.raw was not refused");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = second.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("target file:vol.raw is in use by pid") && err.contains("one serve writes"),
+        "{}",
+        output_text(&o)
+    );
 }

@@ -190,6 +190,13 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
     }
     let started = Instant::now();
     let id_key = session::IdKey::derive(&key, &m.capture_id);
+    // Held while this serve runs: it answers from the chunk ids it hashed now.
+    let _lock = match &spec {
+        crate::spec::Target::File(p) | crate::spec::Target::Dev(p) => {
+            Some(crate::lock::lock_volume(p, &spec.to_string())?)
+        }
+        _ => None,
+    };
     let vol =
         target::ServedVolume::open(crate::target::open_in_place(&spec)?, m.chunk_size, id_key)?;
     eprintln!(
