@@ -29,6 +29,7 @@ pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLoc
     take(
         path,
         exclusive,
+        std::time::Duration::ZERO,
         &format!("medium {spec}"),
         "one command writes a medium at a time. Wait for it to finish (or stop it: it resumes \
          later), then run this again",
@@ -40,17 +41,26 @@ pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLoc
 /// view of the volume, taken when it started, and call a stale volume
 /// verified.
 pub fn lock_volume(path: &Path, spec: &str) -> crate::Result<MediumLock> {
+    // A serve that just answered its last sync (`--once`) may still be
+    // exiting when a script starts the next one: give it a moment.
     take(
         path,
         true,
+        std::time::Duration::from_secs(5),
         &format!("target {spec}"),
         "one serve writes a volume at a time. Stop the other serve (or point the sync at it), \
          then run this again",
     )
 }
 
-fn take(path: &Path, exclusive: bool, what: &str, why: &str) -> crate::Result<MediumLock> {
-    let file = File::open(path)
+fn take(
+    path: &Path,
+    exclusive: bool,
+    patience: std::time::Duration,
+    what: &str,
+    why: &str,
+) -> crate::Result<MediumLock> {
+    let mut file = File::open(path)
         .map_err(|e| coded(crate::exit::IO, format!("opening {what} to lock it: {e}")))?;
     let inode = file.metadata().map(|m| m.ino()).ok();
     let arg = if exclusive {
@@ -58,7 +68,20 @@ fn take(path: &Path, exclusive: bool, what: &str, why: &str) -> crate::Result<Me
     } else {
         FlockArg::LockSharedNonblock
     };
-    match Flock::lock(file, arg) {
+    let deadline = std::time::Instant::now() + patience;
+    let taken = loop {
+        match Flock::lock(file, arg) {
+            Err((f, errno))
+                if errno == nix::errno::Errno::EWOULDBLOCK
+                    && std::time::Instant::now() < deadline =>
+            {
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    match taken {
         Ok(lock) => Ok(MediumLock { _lock: lock }),
         Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
             let holder = inode

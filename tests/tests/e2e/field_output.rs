@@ -250,7 +250,7 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
     json_error(&o, "sync", 3, "io");
 
     // cutover --json: one object; the syncs inside carry no envelope of their own.
-    let (_served, addr, _) = serve(&e, &[]);
+    let (mut served, addr, mut rest) = serve(&e, &[]);
     let o = e.run(&[
         "cutover",
         "--source",
@@ -298,4 +298,19 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
         v["error"]["message"].as_str().unwrap().contains("quiesce"),
         "{v}"
     );
+
+    // The serve, stopped by SIGTERM (as a service manager stops it), ends
+    // its stream with `stopped` and exit 0.
+    let term = Command::new("kill")
+        .args(["-TERM", &served.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(served.0.wait().unwrap().success());
+    let mut lines = String::new();
+    std::io::Read::read_to_string(&mut rest, &mut lines).unwrap();
+    let last: Vec<Value> = lines.lines().map(event).collect();
+    assert_eq!(last.len(), 1, "{lines}");
+    assert_eq!(last[0]["event"], "stopped", "{lines}");
+    assert!(last[0]["chunks"].is_u64(), "{lines}");
 }

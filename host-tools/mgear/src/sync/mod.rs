@@ -212,6 +212,7 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
             m.disk_size
         );
     }
+    crate::signals::install();
     let listener =
         TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr().context("listening address")?;

@@ -644,7 +644,9 @@ pub fn serve_loop(
         .set_nonblocking(true)
         .context("configuring the listening socket")?;
     std::thread::scope(|scope| {
-        while !finished.load(Ordering::SeqCst) {
+        // SIGTERM/SIGINT: accept no more syncs, let the ones under way end,
+        // and report (a second signal ends the process at once).
+        while !finished.load(Ordering::SeqCst) && !crate::signals::stop_requested() {
             let conn = match listener.accept() {
                 Ok((c, _)) => c,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
