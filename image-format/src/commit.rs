@@ -378,6 +378,24 @@ pub fn expected_commit<S: Store + ?Sized>(
 /// what the medium holds (`expected`), and every signature in it must verify.
 /// Which keys are trusted is the target's decision, not checked here.
 pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<&'static str> {
+    let none = [0u8; 32];
+    let slots_gone = expected.keys_hash == none
+        && expected.keypass_hash == none
+        && (file.commit.keys_hash != none || file.commit.keypass_hash != none)
+        && Commit {
+            keys_hash: none,
+            keypass_hash: none,
+            ..file.commit.clone()
+        } == *expected;
+    if slots_gone {
+        // What an appliance's erase (or PIN lockout) leaves: everything as
+        // signed but the key slots, which nobody can decrypt without.
+        return Some(
+            "the capture's key slots are gone from the medium (as a crypto-erase or a PIN \
+             lockout leaves it: `mgear appliance info` says); everything else is as signed, but \
+             nothing can decrypt it any more",
+        );
+    }
     if file.commit != *expected {
         return Some(
             "COMMIT does not match the manifest and key slots on the medium \
@@ -453,6 +471,38 @@ mod tests {
         let mut other = c;
         other.manifest_root[0] ^= 1;
         assert!(!other.verifies(&f.signatures[0]));
+    }
+
+    #[test]
+    fn erased_key_slots_are_told_from_a_replaced_generation() {
+        let c = sample();
+        let f = CommitFile {
+            signatures: vec![c.sign(SignerRole::Site, &SigningKey::from_bytes(&[9; 32]))],
+            commit: c.clone(),
+        };
+        assert_eq!(check_commit(&f, &c), None);
+        let erased = Commit {
+            keys_hash: [0; 32],
+            ..c.clone()
+        };
+        assert!(check_commit(&f, &erased)
+            .unwrap()
+            .contains("key slots are gone"));
+        // Slots gone and the manifest changed too: tampering, said as such.
+        let replaced = Commit {
+            manifest_root: [7; 32],
+            ..erased
+        };
+        assert!(check_commit(&f, &replaced)
+            .unwrap()
+            .contains("replaced after"));
+        let other_slots = Commit {
+            keys_hash: [6; 32],
+            ..c
+        };
+        assert!(check_commit(&f, &other_slots)
+            .unwrap()
+            .contains("replaced after"));
     }
 
     #[test]

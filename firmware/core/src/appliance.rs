@@ -690,6 +690,13 @@ impl<P: Platform> Appliance<P> {
     }
 
     fn provision(&mut self, pin: &Pin) -> Result<Response, Error> {
+        if self.st.lifecycle == Lifecycle::Erased {
+            return Ok(Response::error(
+                ErrorCode::AlreadyProvisioned,
+                "the appliance was crypto-erased: it is never provisioned again (its custody \
+                 log would lose its history); return it to the datacenter that issued it",
+            ));
+        }
         if self.st.lifecycle != Lifecycle::Factory {
             return Ok(Response::error(
                 ErrorCode::AlreadyProvisioned,

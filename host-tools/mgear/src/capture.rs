@@ -1834,9 +1834,10 @@ fn medium_full(
     crate::exit::coded(
         crate::exit::IO,
         format!(
-            "medium full: about {needed} bytes ({}) more needed{free_txt}; free space (or use a larger medium \
-             holding the same files) then re-run the same command to resume, or remove this unfinished \
-             capture with `mgear capture --abort {} --name {}` ({err:#})",
+            "medium full: about {needed} bytes ({}) more needed{free_txt}; re-run the same command \
+             with one more --medium (or --appliance) added: the capture continues on it where it \
+             stopped; or free space (or use a larger medium holding the same files) and re-run it; \
+             or remove this unfinished capture with `mgear capture --abort {} --name {}` ({err:#})",
             human_bytes(needed),
             args.medium.as_args(),
             args.name

@@ -253,6 +253,15 @@ fn ten_wrong_pins_crypto_erase() {
     assert!(!a.p.secrets.slots.contains_key(SecretSlot::PinHash.name()));
     assert_eq!(pubkey(&mut a), pk);
     assert_eq!(code(&unlock(&mut a, PIN)), Some(ErrorCode::Erased));
+    // Never provisioned again, and it says so (not "already provisioned").
+    match a.handle(Request::Provision { pin: Pin::new(PIN) }) {
+        Response::Error { code, message } => {
+            assert_eq!(code, ErrorCode::AlreadyProvisioned);
+            assert!(message.contains("crypto-erased"), "{message}");
+        }
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(a.state(), DeviceState::Erased);
     assert!(a.block_write(0, &[0; 512]).is_err());
     let events: Vec<_> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
     assert_eq!(

@@ -309,8 +309,13 @@ pub fn session<R: Read, W: Write>(
             err::SIZE,
             format!(
                 "the source disk is {size} bytes but the target volume is {} bytes; \
-                 sync cannot resize volumes (grow the volume, or take a new capture)",
-                cap.volume_size
+                 sync cannot resize volumes ({}, or take a new capture)",
+                cap.volume_size,
+                if size > cap.volume_size {
+                    "grow the volume to the disk's size"
+                } else {
+                    "the disk shrank: a sync cannot drop the volume's end"
+                }
             ),
         ));
     }
