@@ -647,18 +647,31 @@ fn boot_volume(args: &Plan, bus: mgear_boot::Bus, r: &mut Report) -> crate::Resu
 /// Do the ingest.
 /// Refuse (exit 2), before anything is read or written, a local target that
 /// cannot be a volume: the medium itself (`--force` would replace the
-/// shipment with one of its disks) or a directory (found only at the final
-/// rename, after the whole ingest).
+/// shipment with one of its disks), a directory (found only at the final
+/// rename, after the whole ingest), a device node as a `file:`/`qcow2:`
+/// target (`--force` would replace the node with a regular file and the disk
+/// would get nothing), or a `dev:` that is mounted or held (the kernel would
+/// write its own metadata over the verified volume).
 pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Result<()> {
-    if let Ok(Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) =
-        Target::parse(spec, Bare::Refuse)
-    {
-        medium.refuse_overlap(
-            &format!("--target {spec}"),
-            &p,
-            "ingest would overwrite the shipment it reads",
-        )?;
-        if p.is_dir() {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(target) = Target::parse(spec, Bare::Refuse) else {
+        return Ok(());
+    };
+    let (Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) = &target else {
+        return Ok(());
+    };
+    medium.refuse_overlap(
+        &format!("--target {spec}"),
+        p,
+        "ingest would overwrite the shipment it reads",
+    )?;
+    let kind = std::fs::symlink_metadata(p)
+        .ok()
+        .map(|m| m.file_type())
+        .filter(|t| !t.is_symlink())
+        .or_else(|| std::fs::metadata(p).ok().map(|m| m.file_type()));
+    if let Some(t) = kind {
+        if t.is_dir() {
             return Err(usage(format!(
                 "--target {spec}: {} is a directory; give the path of the volume file to \
                  create in it (e.g. {}/disk.raw)",
@@ -666,8 +679,52 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
                 p.display()
             )));
         }
+        let node = if t.is_block_device() {
+            Some("a block device")
+        } else if t.is_char_device() {
+            Some("a character device")
+        } else if t.is_fifo() || t.is_socket() {
+            Some("a FIFO or socket")
+        } else {
+            None
+        };
+        match (node, &target) {
+            (Some(what), Target::File(_) | Target::Qcow2(_)) => {
+                return Err(usage(format!(
+                    "--target {spec}: {} is {what}, not a file: a file or qcow2 target would \
+                     replace the node with a regular file (even with --force). For a disk give \
+                     dev:{}",
+                    p.display(),
+                    p.display()
+                )));
+            }
+            (Some(_), Target::Dev(_)) if t.is_block_device() => refuse_busy_device(spec, p)?,
+            _ => {}
+        }
     }
     Ok(())
+}
+
+/// A block device that is mounted (or held by LVM, RAID, a swap area or a
+/// running VM) cannot be opened exclusively: refuse it (exit 2), even with
+/// `--force`, rather than write a volume the kernel then writes over.
+fn refuse_busy_device(spec: &str, p: &Path) -> crate::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_EXCL)
+        .open(p)
+    {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => Err(usage(format!(
+            "--target {spec}: {} is in use (mounted, or held by LVM, RAID, swap or a running \
+             VM): the kernel would write over the volume. Unmount it or stop what holds it \
+             (`lsblk {}`, `findmnt {}`), then run this again",
+            p.display(),
+            p.display(),
+            p.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub fn ingest(args: &Plan) -> crate::Result<Report> {

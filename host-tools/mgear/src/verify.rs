@@ -165,6 +165,27 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         .as_deref()
         .map(|n| image_format::stored_name(store, n))
         .transpose()?;
+    // A generation the named capture does not have is a usage error, with
+    // or without a key (keyless verify once ignored it and said OK).
+    if let (Some(g), Some(n)) = (args.generation, &name) {
+        if let Some(c) = captures.iter().find(|c| &c.name == n) {
+            if !c.generations.iter().any(|x| x.generation == g) {
+                let have: Vec<String> = c
+                    .generations
+                    .iter()
+                    .map(|x| x.generation.to_string())
+                    .collect();
+                return Err(crate::exit::usage(format!(
+                    "capture {n} has no generation {g} on this medium; its generations: {}",
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
+                )));
+            }
+        }
+    }
     let mut report = VerifyReport::default();
     match (&unlock, &name) {
         (None, None) => report = image_format::verify_keyless(store, &mut obs)?,
@@ -211,11 +232,15 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     if check_trust {
         // verify asks "who vouches for it?"; a missing seal is reported, not fatal.
         let policy = t.policy(true)?;
-        let atts = crate::appliance::find_attestations(
+        let atts = match crate::appliance::find_attestations(
             args.medium.first_appliance(),
             t.attestations.as_deref(),
             store,
-        );
+        ) {
+            // A missing --attestations file says nothing about the data: exit 2.
+            Err(e) if crate::exit::classified(&e) == Some(crate::exit::USAGE) => return Err(e),
+            other => other,
+        };
         let names: Vec<String> = match &name {
             Some(n) if sets.contains(n) => {
                 std::iter::once(n.clone()).chain(streams_of(n)).collect()

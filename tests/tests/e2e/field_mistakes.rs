@@ -16,7 +16,10 @@
 //! - and a medium cut short exited 1 from ingest ("refused") where verify
 //!   said 3 (I/O);
 //! - two `mgear serve`s of one volume both ran, and a sync through the
-//!   stale one was reported verified.
+//!   stale one was reported verified;
+//! - a device node as a `file:` target with `--force` was replaced by a
+//!   regular file, and a mounted `dev:` was written and then overwritten by
+//!   the kernel.
 
 use std::fs;
 use std::path::Path;
@@ -332,4 +335,150 @@ fn one_serve_per_volume() {
         "{}",
         output_text(&o)
     );
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup (Debian: mount)");
+        assert!(
+            out.status.success(),
+            "losetup (needs root): {}",
+            output_text(&out)
+        );
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// A device node is never a `file:`/`qcow2:` target (`--force` replaced the
+/// node with a regular file and the disk got nothing), and a mounted device
+/// is never a `dev:` target (the kernel wrote its metadata over the volume).
+#[test]
+fn a_device_is_written_only_as_dev_and_only_when_nothing_holds_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 10);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("d.raw").ok();
+    fs::write(e.p("back.img"), vec![0u8; 8 << 20]).unwrap();
+    let dev = Loop::attach(&e.p("back.img"));
+    for kind in ["file", "qcow2"] {
+        let o = e
+            .ingest("dir:m", "web01")
+            .untrusted()
+            .target(&format!("{kind}:{}", dev.0))
+            .arg("--force")
+            .run();
+        refused(&o, "is a block device, not a file");
+        let t = fs::metadata(&dev.0).unwrap().file_type();
+        assert!(t.is_block_device(), "{kind}: the device node was replaced");
+        assert!(!Path::new(&format!("{}.partial", dev.0)).exists());
+    }
+    // Mounted: refused even with --force, the file system intact.
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", &dev.0])
+        .status()
+        .expect("mkfs.ext4 (Debian: e2fsprogs)");
+    assert!(st.success());
+    fs::create_dir(e.p("mnt")).unwrap();
+    let st = std::process::Command::new("mount")
+        .arg(&dev.0)
+        .arg(e.p("mnt"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .target(&format!("dev:{}", dev.0))
+        .arg("--force")
+        .run();
+    refused(&o, "is in use (mounted");
+    let st = std::process::Command::new("umount")
+        .arg(e.p("mnt"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let fsck = std::process::Command::new("fsck.ext4")
+        .args(["-n", &dev.0])
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{}", output_text(&fsck));
+    // Unmounted, with --force: written and verified.
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target(&format!("dev:{}", dev.0))
+        .arg("--force")
+        .ok();
+    let got = fs::read(e.p("back.img")).unwrap();
+    assert_eq!(&got[..2 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
+}
+
+/// What the operator gave wrong is exit 2, never "the data did not check
+/// out": a missing `--attestations` directory (verify and ingest called a
+/// signed, pinned capture untrusted, exit 1) and a `--generation` the
+/// capture does not have (keyless verify ignored it and said OK).
+#[test]
+fn a_wrong_trust_file_or_generation_is_a_usage_error_not_a_finding() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    random_disk(&e.p("d.raw"), 2 << 20, 11);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01")
+        .source("d.raw")
+        .sign("site.key")
+        .ok();
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:m",
+        "--trust",
+        "site.pub",
+        "--attestations",
+        "no-such-dir",
+    ]);
+    refused(&o, "--attestations: cannot open");
+    let o = e
+        .ingest("dir:m", "web01")
+        .trust("site.pub")
+        .args(&["--attestations", "no-such-dir", "--allow-unsealed"])
+        .target("file:o.raw")
+        .run();
+    refused(&o, "--attestations: cannot open");
+    assert!(!e.p("o.raw").exists());
+
+    for extra in [&[][..], &["--trust", "site.pub"][..]] {
+        let mut args = vec![
+            "verify",
+            "--medium",
+            "dir:m",
+            "--name",
+            "web01",
+            "--generation",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let o = e.run(&args);
+        refused(
+            &o,
+            "capture web01 has no generation 5 on this medium; its generations: 1",
+        );
+    }
 }

@@ -134,8 +134,15 @@ pub fn ingest_gate(
     generation: Option<u32>,
     policy: &Policy,
 ) -> crate::Result<Verdict> {
-    let atts = find_attestations(port, attestations_dir, medium)
-        .map_err(|e| coded(FOUND, format!("{e:#}")))?;
+    // A missing or unreadable --attestations file is the operator's to fix
+    // (exit 2); an attestation that does not check out is a finding (1).
+    let atts =
+        find_attestations(port, attestations_dir, medium).map_err(
+            |e| match crate::exit::classified(&e) {
+                Some(code) if code != FOUND => e,
+                _ => coded(FOUND, format!("{e:#}")),
+            },
+        )?;
     let verdict = trust::check_generation(medium, name, generation, policy, atts.as_ref())?;
     for w in &verdict.warnings {
         eprintln!("mgear: WARNING: {w}");
