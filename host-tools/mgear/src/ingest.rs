@@ -765,6 +765,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     }
     let policy = args.trust.policy(args.allow_unsealed)?;
     let sdir = state_dir(args.state_dir.clone())?;
+    let _one_ingest = crate::lock::lock_ingest_target(
+        &sdir,
+        &crate::spec::volume_key(&args.target),
+        &args.target,
+    )?;
     let mut medium = args.medium.open_read_only()?;
     if image_format::set::is_set(medium.store(), &args.name).unwrap_or(false) {
         let _ = medium.close();
@@ -1667,7 +1672,8 @@ fn check_beside(
                         format!(
                             "read-back check failed: disk bytes {}..{} on {desc} differ from \
                              what was authenticated (the storage's digest of them does not \
-                             match); the target is left incomplete (remove {} and re-run)",
+                             match); the target is left incomplete (remove {} and the unfinished \
+                             volume, for a file: or qcow2: target its .partial, then re-run)",
                             bad.start,
                             bad.end,
                             r.state_path.display()
@@ -1706,7 +1712,8 @@ fn check_beside(
                 FOUND,
                 format!(
                     "read-back check failed: disk bytes {}..{} on {desc} differ from what was \
-                     authenticated; the target is left incomplete (remove {} and re-run)",
+                     authenticated; the target is left incomplete (remove {} and the unfinished \
+                             volume, for a file: or qcow2: target its .partial, then re-run)",
                     index * r.chunk,
                     index * r.chunk + len as u64,
                     r.state_path.display()
@@ -1880,7 +1887,8 @@ fn read_back(
                 FOUND,
                 format!(
                     "read-back check failed: disk bytes {}..{} on {} differ from what was authenticated; \
-                     the target is left incomplete (remove {} and re-run)",
+                     the target is left incomplete (remove {} and the unfinished \
+                             volume, for a file: or qcow2: target its .partial, then re-run)",
                     index * u64::from(chunk),
                     index * u64::from(chunk) + len as u64,
                     vol.describe(),

@@ -1,5 +1,5 @@
 //! One writer per medium: an advisory lock held for as long as a command
-//! has the medium open; and one `mgear serve` per volume.
+//! has the medium open; and one `mgear serve` or `mgear ingest` per volume.
 //!
 //! Two captures onto one FAT medium at once each keep their own copy of the
 //! FAT in memory and overwrite each other's clusters: both print "captured",
@@ -50,6 +50,32 @@ pub fn lock_volume(path: &Path, spec: &str) -> crate::Result<MediumLock> {
         &format!("target {spec}"),
         "one serve writes a volume at a time. Stop the other serve (or point the sync at it), \
          then run this again",
+    )
+}
+
+/// Lock the target of an ingest for as long as it writes: `key` names the
+/// volume however it was spelled (`crate::spec::volume_key`); the lock file
+/// lives in the ingest's state directory. A second ingest into the same
+/// volume would adopt the first one's unfinished volume and finish it under
+/// its feet.
+pub fn lock_ingest_target(state_dir: &Path, key: &str, spec: &str) -> crate::Result<MediumLock> {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let path = state_dir.join(format!("target-{name}.lock"));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| coded(crate::exit::IO, format!("creating {}: {e}", path.display())))?;
+    take(
+        &path,
+        true,
+        std::time::Duration::ZERO,
+        &format!("target {spec}"),
+        "one ingest writes a volume at a time. Wait for it to finish (or stop it: it resumes \
+         later), then run this again",
     )
 }
 

@@ -609,7 +609,7 @@ pub fn targets_of(
 fn distinct_targets(plan: &[(usize, String)]) -> crate::Result<()> {
     let mut seen: Vec<(String, usize, &str)> = Vec::new();
     for (k, t) in plan {
-        let key = volume_key(t);
+        let key = crate::spec::volume_key(t);
         if let Some((_, first, spelled)) = seen.iter().find(|(s, ..)| *s == key) {
             return Err(usage(format!(
                 "disks {first} and {k} have the same target ({spelled} and {t}): each disk \
@@ -620,38 +620,6 @@ fn distinct_targets(plan: &[(usize, String)]) -> crate::Result<()> {
         seen.push((key, *k, t));
     }
     Ok(())
-}
-
-/// What volume a target names, comparable across spellings: an existing
-/// local file or device by its device and inode, a new one by its absolute
-/// path, any other kind by its canonical text.
-fn volume_key(t: &str) -> String {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    match crate::spec::Target::parse(t, crate::spec::Bare::Refuse) {
-        Ok(
-            crate::spec::Target::File(p)
-            | crate::spec::Target::Qcow2(p)
-            | crate::spec::Target::Dev(p),
-        ) => match std::fs::metadata(&p) {
-            Ok(m) if m.file_type().is_block_device() => format!("block {}", m.rdev()),
-            Ok(m) => format!("inode {} {}", m.dev(), m.ino()),
-            Err(_) => {
-                let parent = match p.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d,
-                    _ => std::path::Path::new("."),
-                };
-                let dir = parent
-                    .canonicalize()
-                    .unwrap_or_else(|_| parent.to_path_buf());
-                format!(
-                    "path {}",
-                    dir.join(p.file_name().unwrap_or_default()).display()
-                )
-            }
-        },
-        Ok(other) => other.to_string(),
-        Err(_) => t.to_string(),
-    }
 }
 
 /// Run `mgear ingest`: a machine set (several targets, a `{disk}` pattern or

@@ -260,6 +260,34 @@ impl Medium {
     }
 }
 
+/// What volume a target names, comparable across spellings: an existing
+/// local file or device by its device and inode, a new one by its absolute
+/// path, any other kind by its canonical text.
+pub fn volume_key(t: &str) -> String {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match Target::parse(t, Bare::Refuse) {
+        Ok(Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) => match std::fs::metadata(&p) {
+            Ok(m) if m.file_type().is_block_device() => format!("block {}", m.rdev()),
+            Ok(m) => format!("inode {} {}", m.dev(), m.ino()),
+            Err(_) => {
+                let parent = match p.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => std::path::Path::new("."),
+                };
+                let dir = parent
+                    .canonicalize()
+                    .unwrap_or_else(|_| parent.to_path_buf());
+                format!(
+                    "path {}",
+                    dir.join(p.file_name().unwrap_or_default()).display()
+                )
+            }
+        },
+        Ok(other) => other.to_string(),
+        Err(_) => t.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

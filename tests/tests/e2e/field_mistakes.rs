@@ -19,7 +19,9 @@
 //!   stale one was reported verified;
 //! - a device node as a `file:` target with `--force` was replaced by a
 //!   regular file, and a mounted `dev:` was written and then overwritten by
-//!   the kernel.
+//!   the kernel;
+//! - a second ingest into a volume another was writing finished it under
+//!   the first one's feet.
 
 use std::fs;
 use std::path::Path;
@@ -481,4 +483,57 @@ fn a_wrong_trust_file_or_generation_is_a_usage_error_not_a_finding() {
             "capture web01 has no generation 5 on this medium; its generations: 1",
         );
     }
+}
+
+/// A second ingest into a volume another ingest is writing adopted its
+/// unfinished volume and renamed it into place under its feet: refused,
+/// naming the first, however the target is spelled.
+#[test]
+fn one_ingest_per_volume() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 8 << 20, 12);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("d.raw").ok();
+    let first = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:t.raw")
+        .args(&["--rate-limit", "1MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let mut child = first
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !e.p("t.raw.partial").exists() {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the first ingest did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .target(&format!("file:{}", e.s("t.raw")))
+        .run();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is in use by pid"),
+        "{}",
+        output_text(&o)
+    );
+    // The first, killed, resumes with the same command and finishes whole.
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:t.raw")
+        .ok();
+    assert_eq!(
+        fs::read(e.p("t.raw")).unwrap(),
+        fs::read(e.p("d.raw")).unwrap()
+    );
 }
