@@ -142,9 +142,29 @@ pub fn run(args: Request) -> crate::Result<i32> {
             .map(|m| crate::medium::Where::one(m.clone()))
             .collect(),
     };
+    // Each medium is listed on its own, but one given twice would be listed
+    // twice as a shipment of two.
+    crate::medium::Where {
+        medium: args.medium.clone(),
+        appliance: Vec::new(),
+    }
+    .refuse_duplicates()?;
+    let several = wheres.len() > 1;
     let mut media = Vec::new();
     for w in &wheres {
-        media.push(medium_json(w, args.name.as_deref())?);
+        media.push(medium_json(w, args.name.as_deref(), several)?);
+    }
+    // Over several media a name need only be on one of them.
+    if let (Some(asked), true) = (&args.name, several) {
+        if media
+            .iter()
+            .all(|m| m.captures.is_empty() && m.sets.is_empty())
+        {
+            return Err(crate::exit::usage(format!(
+                "there is no capture {asked} on any of the {} media given",
+                media.len()
+            )));
+        }
     }
     let ship = shipment(
         &media
@@ -193,7 +213,12 @@ pub fn run(args: Request) -> crate::Result<i32> {
 
 /// One medium's captures and sets, keyless.
 /// With `name`, only that capture or set (and a set's disk streams).
-fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> crate::Result<MediumJson> {
+/// `several`: one medium of several (a name missing here is not an error).
+fn medium_json(
+    w: &crate::medium::Where,
+    name: Option<&str>,
+    several: bool,
+) -> crate::Result<MediumJson> {
     let mut medium = w.open_read_only()?;
     let store = medium.store();
     let free = store.free_space().ok().flatten();
@@ -230,7 +255,7 @@ fn medium_json(w: &crate::medium::Where, name: Option<&str>) -> crate::Result<Me
         let have: Vec<String> = caps.iter().map(|c| c.name.clone()).collect();
         caps.retain(|c| wanted(&c.name));
         sets.retain(|s| s.name.eq_ignore_ascii_case(&stored));
-        if caps.is_empty() && sets.is_empty() {
+        if caps.is_empty() && sets.is_empty() && !several {
             return Err(crate::exit::usage(format!(
                 "there is no capture {asked} on {} (captures: {})",
                 w.describe(),

@@ -156,7 +156,7 @@ impl Where {
     /// a device under two names, an appliance port twice): its second
     /// opening would otherwise be refused as "in use by another command",
     /// by this command's own lock on the first.
-    fn refuse_duplicates(&self) -> crate::Result<()> {
+    pub fn refuse_duplicates(&self) -> crate::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
         let mut seen: Vec<(String, String)> = Vec::new();
         let mut check = |key: String, given: String| -> crate::Result<()> {

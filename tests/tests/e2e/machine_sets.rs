@@ -187,6 +187,34 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     assert_eq!(machines[0]["generations"].as_array().unwrap().len(), 2);
     assert_eq!(machines[1]["kind"], "disk");
     assert_eq!(i["shipment"]["complete"], true, "{i}");
+    // --name over several media: found on the one that holds it.
+    let i = e.json(&[
+        "inspect", "--medium", &m, "--medium", &m2, "--name", "WEB01",
+    ]);
+    let per: Vec<usize> = i["media"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["captures"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(per, [0, 1], "{i}");
+    let o = e.run(&[
+        "inspect", "--medium", &m, "--medium", &m2, "--name", "nothere",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("on any of the 2 media"),
+        "{}",
+        output_text(&o)
+    );
+    // One medium twice is not a shipment of two.
+    let o = e.run(&["inspect", "--medium", &m, "--medium", &m]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("given twice"),
+        "{}",
+        output_text(&o)
+    );
 }
 
 #[test]
