@@ -58,7 +58,7 @@ pub fn lock_volume(path: &Path, spec: &str) -> crate::Result<MediumLock> {
 /// lives in the ingest's state directory. A second ingest into the same
 /// volume would adopt the first one's unfinished volume and finish it under
 /// its feet.
-pub fn lock_ingest_target(state_dir: &Path, key: &str, spec: &str) -> crate::Result<MediumLock> {
+pub fn lock_ingest_target(state_dir: &Path, key: &str, spec: &str) -> crate::Result<IngestLock> {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(key.as_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -69,14 +69,30 @@ pub fn lock_ingest_target(state_dir: &Path, key: &str, spec: &str) -> crate::Res
         .write(true)
         .open(&path)
         .map_err(|e| coded(crate::exit::IO, format!("creating {}: {e}", path.display())))?;
-    take(
+    let lock = take(
         &path,
         true,
         std::time::Duration::ZERO,
         &format!("target {spec}"),
         "one ingest writes a volume at a time. Wait for it to finish (or stop it: it resumes \
          later), then run this again",
-    )
+    )?;
+    Ok(IngestLock { _lock: lock, path })
+}
+
+/// A held ingest lock: its file is removed when the ingest ends (the state
+/// dir keeps nothing of a finished ingest); a killed one leaves an empty
+/// file that the next run takes and removes.
+pub struct IngestLock {
+    _lock: MediumLock,
+    path: std::path::PathBuf,
+}
+
+impl Drop for IngestLock {
+    fn drop(&mut self) {
+        // Removed while still locked: the lock itself goes with the field.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn take(
