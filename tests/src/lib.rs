@@ -416,3 +416,33 @@ pub fn output_text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// A loop device over a file (`losetup --find --show`; needs root), unmounted
+/// if a test mounted it and detached on drop.
+pub struct Loop(pub String);
+
+impl Loop {
+    pub fn attach(file: &Path) -> Loop {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup (Debian: mount)");
+        assert!(
+            out.status.success(),
+            "losetup failed (needs root and loop devices): {}",
+            output_text(&out)
+        );
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}

@@ -5,7 +5,7 @@
 //! medium-full scenarios use a rate limit or a filler file so that the
 //! interruption lands mid-way.
 
-use mgear_tests::{qemu_nbd, same_file, Env, Line};
+use mgear_tests::{qemu_nbd, same_file, Env, Line, Loop};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -619,31 +619,6 @@ fn cli_nbd_source_skips_holes() {
         .unsealed()
         .ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
-}
-
-/// A loop device over `file`, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Loop {
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .expect("losetup (Debian: mount)");
-        assert!(
-            out.status.success(),
-            "losetup failed (the dev: target test needs root and loop devices): {}",
-            stderr(&out)
-        );
-        Loop(stdout(&out).trim().to_owned())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
 }
 
 #[test]

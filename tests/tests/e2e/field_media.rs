@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use mgear_tests::{output_text as text, same_file, Env, Line};
+use mgear_tests::{output_text as text, same_file, Env, Line, Loop};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
@@ -142,31 +142,6 @@ fn field_media_impossible_size_is_refused_before_any_file_exists() {
     let o = e.run(&["medium", "format", "fat:small.img", "--size", "10MiB"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(!e.p("small.img").exists());
-}
-
-/// A loop device over `file`, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Loop {
-        let o = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .expect("losetup (Debian: mount)");
-        assert!(
-            o.status.success(),
-            "losetup failed (needs root and loop devices): {}",
-            text(&o)
-        );
-        Loop(out(&o).trim().to_owned())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
 }
 
 fn mkfs_ext4(p: &Path, mib: u64) {

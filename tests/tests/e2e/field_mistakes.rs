@@ -27,7 +27,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use mgear_tests::{output_text, qemu_nbd, Env};
+use mgear_tests::{output_text, qemu_nbd, Env, Loop};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
@@ -337,34 +337,6 @@ fn one_serve_per_volume() {
         "{}",
         output_text(&o)
     );
-}
-
-/// A loop device over a file, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Loop {
-        let out = std::process::Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .expect("losetup (Debian: mount)");
-        assert!(
-            out.status.success(),
-            "losetup (needs root): {}",
-            output_text(&out)
-        );
-        Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
-    }
 }
 
 /// A device node is never a `file:`/`qcow2:` target (`--force` replaced the
