@@ -239,17 +239,7 @@ pub fn overlaps(a: &Path, b: &Path) -> bool {
         let Ok(dir) = b.canonicalize() else {
             return false;
         };
-        // A path that does not exist yet: where it would be created.
-        let full = a.canonicalize().or_else(|_| {
-            let parent = match a.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            parent
-                .canonicalize()
-                .map(|p| p.join(a.file_name().unwrap_or_default()))
-        });
-        return full.is_ok_and(|f| f.starts_with(&dir));
+        return resolved(a).is_some_and(|f| f.starts_with(&dir));
     }
     let Ok(ma) = std::fs::metadata(a) else {
         return false;
@@ -263,6 +253,20 @@ pub fn overlaps(a: &Path, b: &Path) -> bool {
         return ra == rb || whole_disk(ra) == Some(rb) || whole_disk(rb) == Some(ra);
     }
     false
+}
+
+/// The absolute path `p` names with its symlinks resolved, also for a path
+/// that does not exist yet (where it would be created: its directory
+/// resolved); `None` when not even its directory exists.
+pub fn resolved(p: &Path) -> Option<PathBuf> {
+    p.canonicalize().ok().or_else(|| {
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let dir = parent.canonicalize().ok()?;
+        Some(dir.join(p.file_name().unwrap_or_default()))
+    })
 }
 
 /// The disk a partition (device number `rdev`) is on, from sysfs; `None`

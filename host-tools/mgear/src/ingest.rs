@@ -665,11 +665,7 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         p,
         "ingest would overwrite the shipment it reads",
     )?;
-    let kind = std::fs::symlink_metadata(p)
-        .ok()
-        .map(|m| m.file_type())
-        .filter(|t| !t.is_symlink())
-        .or_else(|| std::fs::metadata(p).ok().map(|m| m.file_type()));
+    let kind = std::fs::metadata(p).ok().map(|m| m.file_type());
     if let Some(t) = kind {
         if t.is_dir() {
             return Err(usage(format!(

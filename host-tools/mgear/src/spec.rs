@@ -269,19 +269,7 @@ pub fn volume_key(t: &str) -> String {
         Ok(Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) => match std::fs::metadata(&p) {
             Ok(m) if m.file_type().is_block_device() => format!("block {}", m.rdev()),
             Ok(m) => format!("inode {} {}", m.dev(), m.ino()),
-            Err(_) => {
-                let parent = match p.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d,
-                    _ => std::path::Path::new("."),
-                };
-                let dir = parent
-                    .canonicalize()
-                    .unwrap_or_else(|_| parent.to_path_buf());
-                format!(
-                    "path {}",
-                    dir.join(p.file_name().unwrap_or_default()).display()
-                )
-            }
+            Err(_) => format!("path {}", crate::guard::resolved(&p).unwrap_or(p).display()),
         },
         Ok(other) => other.to_string(),
         Err(_) => t.to_string(),

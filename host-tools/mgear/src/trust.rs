@@ -184,7 +184,7 @@ fn generations(medium: &mut dyn Store, name: &str) -> crate::Result<(Vec<u32>, V
 
 /// `--generation g` names a generation `name` does not have (a usage
 /// error, not an unfinished one): say which it has.
-fn no_such_generation(name: &str, g: u32, all: &[u32], finished: &[u32]) -> crate::Error {
+pub fn no_such_generation(name: &str, g: u32, all: &[u32], finished: &[u32]) -> crate::Error {
     let have = if all.is_empty() {
         "none".to_string()
     } else {

@@ -170,19 +170,14 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     if let (Some(g), Some(n)) = (args.generation, &name) {
         if let Some(c) = captures.iter().find(|c| &c.name == n) {
             if !c.generations.iter().any(|x| x.generation == g) {
-                let have: Vec<String> = c
+                let all: Vec<u32> = c.generations.iter().map(|x| x.generation).collect();
+                let finished: Vec<u32> = c
                     .generations
                     .iter()
-                    .map(|x| x.generation.to_string())
+                    .filter(|x| x.state == image_format::GenerationState::Complete)
+                    .map(|x| x.generation)
                     .collect();
-                return Err(crate::exit::usage(format!(
-                    "capture {n} has no generation {g} on this medium; its generations: {}",
-                    if have.is_empty() {
-                        "none".to_string()
-                    } else {
-                        have.join(", ")
-                    }
-                )));
+                return Err(crate::trust::no_such_generation(n, g, &all, &finished));
             }
         }
     }

@@ -338,6 +338,17 @@ impl Volume for Qcow2Volume {
 mod tests {
     use super::*;
 
+    /// A fresh ingest of a `size`-byte disk with its state in `dir`.
+    fn prep(dir: &Path, size: u64) -> Prepare {
+        Prepare {
+            disk_size: size,
+            head_len: 65536,
+            state_dir: dir.to_owned(),
+            force: false,
+            what: "test".into(),
+        }
+    }
+
     #[test]
     fn writes_through_qemu_nbd_and_renames_on_finish() {
         if require("qemu-nbd", "qemu-utils").is_err() {
@@ -346,13 +357,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("v.qcow2");
-        let prep = Prepare {
-            disk_size: 4 << 20,
-            head_len: 65536,
-            state_dir: dir.path().to_owned(),
-            force: false,
-            what: "test".into(),
-        };
+        let prep = prep(dir.path(), 4 << 20);
         let mut v = Qcow2Volume::create(&target, &prep).unwrap();
         assert_eq!(v.found(), Found::New);
         v.write_at(1 << 20, &[0x5a; 65536]).unwrap();
@@ -420,13 +425,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("v.qcow2");
-        let prep = Prepare {
-            disk_size: 1 << 20,
-            head_len: 65536,
-            state_dir: dir.path().to_owned(),
-            force: false,
-            what: "test".into(),
-        };
+        let prep = prep(dir.path(), 1 << 20);
         drop(Qcow2Volume::create(&target, &prep).unwrap());
         // What a killed run of an older mgear left: a qemu-nbd serving the
         // partial, waiting for a client that never comes.

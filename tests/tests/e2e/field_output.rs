@@ -164,6 +164,17 @@ fn event(line: &str) -> Value {
     v
 }
 
+/// What an exited `serve --json` printed after `listening`: exactly one
+/// event, `stopped`; returns it.
+fn stopped_event(rest: &mut BufReader<std::process::ChildStdout>) -> Value {
+    let mut lines = String::new();
+    std::io::Read::read_to_string(rest, &mut lines).unwrap();
+    let events: Vec<Value> = lines.lines().map(event).collect();
+    assert_eq!(events.len(), 1, "{lines}");
+    assert_eq!(events[0]["event"], "stopped", "{lines}");
+    events[0].clone()
+}
+
 #[test]
 fn serve_sync_and_cutover_speak_the_one_json_style() {
     let e = Env::new();
@@ -195,13 +206,9 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
     assert!(s["chunks_sent"].as_u64().unwrap() > 0, "{s}");
     assert!(served.0.wait().unwrap().success());
     // serve's last event says what it applied.
-    let mut lines = String::new();
-    std::io::Read::read_to_string(&mut rest, &mut lines).unwrap();
-    let last: Vec<Value> = lines.lines().map(event).collect();
-    assert_eq!(last.len(), 1, "{lines}");
-    assert_eq!(last[0]["event"], "stopped", "{lines}");
-    assert_eq!(last[0]["ok"], true, "{lines}");
-    assert_eq!(last[0]["chunks"], s["chunks_sent"], "{lines}");
+    let last = stopped_event(&mut rest);
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(last["chunks"], s["chunks_sent"], "{last}");
 
     // Errors as JSON: a refused sync (no key for that name) and a usage error.
     let o = e.run(&[
@@ -307,10 +314,6 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
         .unwrap();
     assert!(term.success());
     assert!(served.0.wait().unwrap().success());
-    let mut lines = String::new();
-    std::io::Read::read_to_string(&mut rest, &mut lines).unwrap();
-    let last: Vec<Value> = lines.lines().map(event).collect();
-    assert_eq!(last.len(), 1, "{lines}");
-    assert_eq!(last[0]["event"], "stopped", "{lines}");
-    assert!(last[0]["chunks"].is_u64(), "{lines}");
+    let last = stopped_event(&mut rest);
+    assert!(last["chunks"].is_u64(), "{last}");
 }
