@@ -91,7 +91,13 @@ impl FromStr for NbdUrl {
             let mut socket = None;
             for pair in query.split('&') {
                 match pair.split_once('=') {
-                    Some(("socket", path)) if !path.is_empty() => {
+                    Some(("socket", "")) => {
+                        return Err(invalid(
+                            url,
+                            "'socket=' names no socket: give the path of the server's Unix socket",
+                        ))
+                    }
+                    Some(("socket", path)) => {
                         socket = Some(PathBuf::from(percent_decode(url, path)?))
                     }
                     _ => {
@@ -287,5 +293,7 @@ mod tests {
             let e = s.parse::<NbdUrl>().expect_err(s);
             assert!(matches!(e, Error::InvalidUrl { .. }), "{s}: {e}");
         }
+        let e = "nbd+unix:///x?socket=".parse::<NbdUrl>().unwrap_err();
+        assert!(e.to_string().contains("names no socket"), "{e}");
     }
 }

@@ -373,6 +373,25 @@ pub fn check_profile(facts: &DiskFacts, p: &TargetProfile) -> Vec<Finding> {
     out
 }
 
+/// Check a disk attached after the boot disk against a target profile: what the cloud needs of
+/// any volume (its size, its table), without the findings about booting (firmware, boot code,
+/// the guest's drivers), which belong to the boot disk alone.
+pub fn check_data_disk(facts: &DiskFacts, p: &TargetProfile) -> Vec<Finding> {
+    check_profile(facts, p)
+        .into_iter()
+        .filter(|f| !BOOT_CODES.contains(&f.code))
+        .collect()
+}
+
+/// Finding codes about the guest booting from the disk.
+const BOOT_CODES: &[&str] = &[
+    "firmware",
+    "not-bootable",
+    "disk-driver",
+    "network-driver",
+    "os",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,5 +477,19 @@ mod tests {
         let v = check_profile(&d, profile_by_name("aws-nitro").unwrap());
         assert!(errors(&v).contains(&"size"));
         assert!(errors(&v).contains(&"mbr-size"));
+    }
+
+    #[test]
+    fn a_data_disk_is_checked_for_size_not_for_booting() {
+        let mut d = linux_disk(DriverPresence::Missing, false, true);
+        let bios = profile_by_name("kvm-virtio-bios").unwrap();
+        assert_eq!(
+            errors(&check_profile(&d, bios)),
+            ["firmware", "disk-driver"]
+        );
+        assert!(errors(&check_data_disk(&d, bios)).is_empty());
+        d.size = 65 * TIB;
+        let v = check_data_disk(&d, profile_by_name("aws-nitro").unwrap());
+        assert_eq!(errors(&v), ["size"]);
     }
 }

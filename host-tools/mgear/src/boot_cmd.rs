@@ -122,10 +122,15 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             "--timeout 0 gives the guest no time to boot: give the seconds to wait for --wait-for",
         ));
     }
-    let target = resolve(target)?;
     if let Some(profile) = args.check_profile {
-        return check(target.local(), profile, args.json);
+        let disks = args
+            .target
+            .iter()
+            .map(|t| resolve(t).map(|r| r.local()))
+            .collect::<crate::Result<Vec<_>>>()?;
+        return check(&disks, profile, args.json);
     }
+    let target = resolve(target)?;
     let opts = BootOptions {
         wait_for: args.wait_for.clone(),
         timeout: Duration::from_secs(args.timeout),
@@ -365,35 +370,70 @@ pub fn profile(name: &str) -> crate::Result<&'static TargetProfile> {
     })
 }
 
-fn check(target: Target, profile: &TargetProfile, json: bool) -> crate::Result<i32> {
-    let path = match &target {
-        Target::File(p) | Target::Dev(p) => p,
-        _ => return Err(usage("--check-profile reads file: and dev: targets only")),
-    };
-    let facts = inspect_path(path)?;
-    let findings = mgear_boot::check_profile(&facts, profile);
-    let failed = findings.iter().any(|f| f.severity == Severity::Error);
+/// Checks every disk of the machine against `profile`: the first as its boot disk, the
+/// others as the disks attached after it (for what any volume needs, not for booting).
+fn check(disks: &[Target], profile: &TargetProfile, json: bool) -> crate::Result<i32> {
+    let mut checked = Vec::with_capacity(disks.len());
+    for (i, target) in disks.iter().enumerate() {
+        let path = match target {
+            Target::File(p) | Target::Dev(p) => p,
+            _ => {
+                return Err(usage(format!(
+                    "--check-profile reads file: and dev: targets only, not {target}"
+                )))
+            }
+        };
+        let facts = inspect_path(path)?;
+        let findings = if i == 0 {
+            mgear_boot::check_profile(&facts, profile)
+        } else {
+            mgear_boot::check_data_disk(&facts, profile)
+        };
+        checked.push((target, facts, findings));
+    }
+    let failed = checked
+        .iter()
+        .flat_map(|(_, _, findings)| findings)
+        .any(|f| f.severity == Severity::Error);
     if json || crate::output::json() {
-        let v =
-            serde_json::json!({ "profile": profile.name, "facts": facts, "findings": findings });
+        // One disk keeps the shape scripts already read; a machine lists its disks in order.
+        let v = match checked.as_slice() {
+            [(_, facts, findings)] => {
+                serde_json::json!({ "profile": profile.name, "facts": facts, "findings": findings })
+            }
+            _ => serde_json::json!({
+                "profile": profile.name,
+                "disks": checked
+                    .iter()
+                    .map(|(target, facts, findings)| serde_json::json!({
+                        "target": target.to_string(),
+                        "facts": facts,
+                        "findings": findings,
+                    }))
+                    .collect::<Vec<_>>(),
+            }),
+        };
         crate::output::emit_ok(!failed, &v)?;
     } else {
-        println!(
-            "{} against {} ({}):",
-            target, profile.name, profile.description
-        );
-        for f in &findings {
+        for (i, (target, _, findings)) in checked.iter().enumerate() {
+            let role = match (checked.len(), i) {
+                (1, _) => String::new(),
+                (_, 0) => " (disk 0, the boot disk)".to_string(),
+                (_, i) => format!(" (disk {i})"),
+            };
             println!(
-                "  {:5} {}: {}",
-                crate::output::serde_name(&f.severity),
-                f.code,
-                f.message
+                "{target}{role} against {} ({}):",
+                profile.name, profile.description
             );
+            for f in findings {
+                println!(
+                    "  {:5} {}: {}",
+                    crate::output::serde_name(&f.severity),
+                    f.code,
+                    f.message
+                );
+            }
         }
     }
-    if findings.iter().any(|f| f.severity == Severity::Error) {
-        Ok(FOUND)
-    } else {
-        Ok(OK)
-    }
+    Ok(if failed { FOUND } else { OK })
 }

@@ -55,6 +55,12 @@ pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
         fs::read_to_string(path)
             .map_err(|e| usage(format!("cannot read signing key {}: {e}", path.display())))?,
     );
+    if text.trim().is_empty() {
+        return Err(usage(format!(
+            "{} is empty: give the .key file written by `mgear keygen --signing`",
+            path.display()
+        )));
+    }
     SigningKey::from_pkcs8_pem(&text).map_err(|e| {
         usage(format!(
             "{} is not an Ed25519 signing key ({e}): give the .key file written by \
@@ -68,6 +74,13 @@ pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
 pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
     let text = fs::read_to_string(path)
         .map_err(|e| usage(format!("cannot read public key {}: {e}", path.display())))?;
+    if text.trim().is_empty() {
+        return Err(usage(format!(
+            "{} is empty: give the .pub file written by `mgear keygen --signing` (a copy cut \
+             short on the way holds nothing)",
+            path.display()
+        )));
+    }
     VerifyingKey::from_public_key_pem(&text).map_err(|e| {
         usage(format!(
             "{} is not an Ed25519 public key ({e}): give the .pub file written by \
@@ -144,6 +157,18 @@ mod tests {
         // No silent overwrite of a signing key.
         let err = generate(&key_path, false).unwrap_err();
         assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
+    }
+
+    #[test]
+    fn empty_key_files_are_called_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.pub");
+        fs::write(&path, "\n").unwrap();
+        let e = read_public_key(&path).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(e.to_string().contains("site.pub is empty"), "{e}");
+        let e = read_signing_key(&path).unwrap_err();
+        assert!(e.to_string().contains("site.pub is empty"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,27 @@ fn check(disk: &Path, profile: &str) -> (Output, serde_json::Value) {
     (o, v)
 }
 
+/// `--check-profile` of a machine: one `--target` per disk, the boot disk first.
+fn check_machine(disks: &[&Path], profile: &str) -> (Output, serde_json::Value) {
+    let mut cmd = Command::new(bin("mgear"));
+    cmd.arg("boot");
+    for d in disks {
+        cmd.arg("--target").arg(format!("file:{}", d.display()));
+    }
+    let o = cmd
+        .args(["--check-profile", profile, "--json"])
+        .output()
+        .expect("run mgear");
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o, v)
+}
+
 fn error_codes(v: &serde_json::Value) -> Vec<String> {
     v["findings"]
         .as_array()
@@ -105,4 +126,21 @@ fn sample_disks_against_virtio_profile() {
     // The IDE-only disk is fine where the disk is emulated IDE/SATA.
     let (o, v) = check(&ide, "generic");
     assert_eq!(o.status.code(), Some(0), "{v}");
+
+    // A machine: every disk is checked, the first as the boot disk. The IDE-only disk as a
+    // data disk behind the good one is fine (its drivers are not the guest's); as the boot
+    // disk it fails, and the failure is reported on it.
+    let (o, v) = check_machine(&[&all, &ide], "kvm-virtio-bios");
+    assert_eq!(o.status.code(), Some(0), "{v}");
+    let disks = v["disks"].as_array().expect("a machine lists its disks");
+    assert_eq!(disks.len(), 2, "{v}");
+    assert_eq!(disks[1]["target"], format!("file:{}", ide.display()));
+    assert!(
+        error_codes(&disks[0]).is_empty() && error_codes(&disks[1]).is_empty(),
+        "{v}"
+    );
+    let (o, v) = check_machine(&[&ide, &all], "kvm-virtio-bios");
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(error_codes(&v["disks"][0]), ["disk-driver"], "{v}");
+    assert!(error_codes(&v["disks"][1]).is_empty(), "{v}");
 }
