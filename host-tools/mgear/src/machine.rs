@@ -79,7 +79,20 @@ pub fn capture(cli: capture::Request) -> crate::Result<i32> {
 
 /// `mgear capture` with several `--source`s.
 pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i32> {
+    if let Some(p) = &args.report {
+        crate::report::check_writable(p, "--report")?;
+    }
+    let started = std::time::Instant::now();
     let r = capture_set(args, sources)?;
+    if let Some(p) = &args.report {
+        let v = crate::report::capture_set(
+            &r,
+            sources,
+            &args.medium.describe(),
+            started.elapsed().as_secs_f64(),
+        )?;
+        crate::report::write(p, &v)?;
+    }
     if args.json {
         crate::progress::print_json(&r)?;
         return Ok(OK);
@@ -537,6 +550,9 @@ pub struct IngestedDisk {
     pub disk: usize,
     #[serde(flatten)]
     pub report: crate::ingest::Report,
+    /// Its manifest's digests for the `--report` ([`crate::report::noted_manifest`]).
+    #[serde(skip)]
+    pub manifest: Option<[String; 3]>,
 }
 
 /// What `ingest` of a set prints (`--json`).
@@ -641,7 +657,21 @@ pub fn run_ingest(
     targets: &[String],
     only: Option<usize>,
 ) -> crate::Result<i32> {
+    if let Some(p) = &args.report {
+        crate::report::check_writable(p, "--report")?;
+    }
+    let started = std::time::Instant::now();
     let r = ingest_set(args, targets, only)?;
+    if let Some(p) = &args.report {
+        let manifests: Vec<_> = r.disks.iter().map(|d| d.manifest.clone()).collect();
+        let v = crate::report::ingest_set(
+            &r,
+            &manifests,
+            &args.medium.describe(),
+            started.elapsed().as_secs_f64(),
+        )?;
+        crate::report::write(p, &v)?;
+    }
     let code = match r.booted {
         Some(false) => FOUND,
         _ => OK,
@@ -782,7 +812,11 @@ pub fn ingest_set(
             file.set.disks.len()
         );
         match ingest_disk(*k, target, hold) {
-            Ok(report) => disks.push(IngestedDisk { disk: *k, report }),
+            Ok(report) => disks.push(IngestedDisk {
+                disk: *k,
+                report,
+                manifest: crate::report::noted_manifest(),
+            }),
             Err(e) if matches!(&e, crate::Error::Other(o) if o.is::<crate::ingest::Held>()) => {
                 held.push((*k, e.take::<crate::ingest::Held>()?));
             }
@@ -831,7 +865,11 @@ pub fn ingest_set(
                 .with_context(|| format!("finishing disk {k} of set {} in {target}", args.name))?;
             report.bytes_written += h.bytes_written;
             report.zero_chunks += h.zero_chunks;
-            disks.push(IngestedDisk { disk: k, report });
+            disks.push(IngestedDisk {
+                disk: k,
+                report,
+                manifest: crate::report::noted_manifest(),
+            });
         }
         disks.sort_by_key(|d| d.disk);
     }

@@ -11,9 +11,10 @@
 //! | `report` | `"mgear-capture-report/1"` or `"mgear-ingest-report/1"` |
 //! | `mgear_version`, `host` | who wrote it, where |
 //! | `started`, `finished`, `duration_seconds` | ISO-8601 UTC and seconds |
-//! | `source`, `medium`, `target` | what was read and written (as given) |
+//! | `source`, `medium`, `target` | what was read and written (as given; for a machine set `source` (capture) and `target` (ingest) list its disks in order) |
 //! | `throughput_mb_per_s` | 10^6 bytes per second, as `dd` prints |
 //! | `digests` | `capture_id`, `manifest_root` (what COMMIT signs), `commit_digest` (capture), `disk_digest` (ingest: the manifest's keyed whole-disk digest the volume was checked against), `volume_sha256` (ingest, hex: see below) |
+//! | `digests.set_root`, `digests.disks` | a machine set: the root its COMMIT signs, and each disk's digests as above with its `disk` number |
 //! | `signatures` | each signature checked or made: `role`, `fingerprint`, `via`, `verdict` |
 //! | `warnings` | overrides taken (`--allow-untrusted`, ...) |
 //! | `result` | the command's own `--json` report, unchanged |
@@ -149,7 +150,57 @@ pub fn capture(result: &impl serde::Serialize, source: &str, medium: &str) -> cr
         "commit_digest": get(&result, &["receipt", "commit_digest"]),
         "capture_id": get(&result, &["receipt", "capture_id"]),
     });
-    let signers: Vec<Value> = get(&result, &["receipt", "signers"])
+    v["signatures"] = commit_signatures(&result);
+    v["warnings"] = json!([]);
+    Ok(v)
+}
+
+/// The capture report of a machine set: `result` is the set capture's `--json` report,
+/// `sources` its disks in order, `seconds` the whole run. `digests` holds the set's
+/// (`set_root`, what its COMMIT signs) and each disk's `manifest_root` under `disks`.
+pub fn capture_set(
+    result: &impl serde::Serialize,
+    sources: &[String],
+    medium: &str,
+    seconds: f64,
+) -> crate::Result<Value> {
+    let result = serde_json::to_value(result)?;
+    let mut v = frame("capture", &result, seconds);
+    let read: u64 = each(&result, "captured")
+        .filter_map(|c| get(c, &["bytes_read"]).and_then(Value::as_u64))
+        .sum();
+    v["throughput_mb_per_s"] = json!(mb_per_s(read, seconds));
+    v["source"] = json!(sources);
+    v["medium"] = json!(medium);
+    v["digests"] = json!({
+        "set_root": get(&result, &["set_root"]),
+        "commit_digest": get(&result, &["receipt", "commit_digest"]),
+        "capture_id": get(&result, &["receipt", "capture_id"]),
+        "disks": each(&result, "disks")
+            .map(|d| json!({"disk": d["disk"], "manifest_root": d["manifest_root"]}))
+            .collect::<Vec<_>>(),
+    });
+    v["signatures"] = commit_signatures(&result);
+    v["warnings"] = json!([]);
+    Ok(v)
+}
+
+/// The items of the array `result[key]` (none if it is not one).
+fn each<'a>(result: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    result[key].as_array().into_iter().flatten()
+}
+
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 / seconds / 1e6
+    } else {
+        0.0
+    }
+}
+
+/// The signatures a capture's COMMIT carries (its receipt's `signers`).
+fn commit_signatures(result: &Value) -> Value {
+    let signers: Vec<Value> = get(result, &["receipt", "signers"])
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -162,9 +213,7 @@ pub fn capture(result: &impl serde::Serialize, source: &str, medium: &str) -> cr
                 .collect()
         })
         .unwrap_or_default();
-    v["signatures"] = json!(signers);
-    v["warnings"] = json!([]);
-    Ok(v)
+    json!(signers)
 }
 
 /// The ingest report for `result` (ingest's `--json` report).
@@ -174,27 +223,74 @@ pub fn ingest(result: &impl serde::Serialize, medium: &str) -> crate::Result<Val
         .and_then(Value::as_f64)
         .unwrap_or(0.0);
     let mut v = frame("ingest", &result, seconds);
-    let (trusted_by, warnings) = noted_trust();
     v["medium"] = json!(medium);
     v["target"] = get(&result, &["target"]).cloned().unwrap_or(Value::Null);
-    let [capture_id, manifest_root, disk_digest] = MANIFEST
-        .lock()
-        .ok()
-        .and_then(|m| m.clone())
-        .map(|m| m.map(Value::String))
-        .unwrap_or([Value::Null, Value::Null, Value::Null]);
-    v["digests"] = json!({
+    let mut digests = manifest_digests(noted_manifest());
+    digests["volume_sha256"] = json!(get(&result, &["volume_sha256"]));
+    v["digests"] = digests;
+    trust_fields(&mut v);
+    Ok(v)
+}
+
+/// The ingest report of a machine set: `result` is the set ingest's `--json` report,
+/// `manifests` what [`noted_manifest`] gave after each of its disks (in `result`'s order),
+/// `seconds` the whole run. `target` lists the volumes in disk order and `digests.disks`
+/// each disk's digests, as [`ingest`] gives them for one.
+pub fn ingest_set(
+    result: &impl serde::Serialize,
+    manifests: &[Option<[String; 3]>],
+    medium: &str,
+    seconds: f64,
+) -> crate::Result<Value> {
+    let result = serde_json::to_value(result)?;
+    let mut v = frame("ingest", &result, seconds);
+    let written: u64 = each(&result, "disks")
+        .filter_map(|d| get(d, &["bytes_written"]).and_then(Value::as_u64))
+        .sum();
+    v["throughput_mb_per_s"] = json!(mb_per_s(written, seconds));
+    v["medium"] = json!(medium);
+    v["target"] = json!(each(&result, "disks")
+        .map(|d| d["target"].clone())
+        .collect::<Vec<_>>());
+    let disks: Vec<Value> = each(&result, "disks")
+        .enumerate()
+        .map(|(i, d)| {
+            let mut digests = manifest_digests(manifests.get(i).cloned().flatten());
+            digests["disk"] = d["disk"].clone();
+            digests["volume_sha256"] = json!(get(d, &["volume_sha256"]));
+            digests
+        })
+        .collect();
+    v["digests"] = json!({ "disks": disks });
+    trust_fields(&mut v);
+    Ok(v)
+}
+
+/// The manifest digests [`note_manifest`] recorded last, taken (each disk of a set notes its own).
+pub fn noted_manifest() -> Option<[String; 3]> {
+    MANIFEST.lock().ok().and_then(|mut m| m.take())
+}
+
+fn manifest_digests(noted: Option<[String; 3]>) -> Value {
+    let [capture_id, manifest_root, disk_digest] =
+        noted
+            .map(|m| m.map(Value::String))
+            .unwrap_or([Value::Null, Value::Null, Value::Null]);
+    json!({
         "capture_id": capture_id,
         "manifest_root": manifest_root,
         "disk_digest": disk_digest,
-        "volume_sha256": get(&result, &["volume_sha256"]),
-    });
+    })
+}
+
+/// Who vouched for what was ingested (`signatures`) and the overrides taken (`warnings`).
+fn trust_fields(v: &mut Value) {
+    let (trusted_by, warnings) = noted_trust();
     v["signatures"] = json!(trusted_by
         .iter()
         .map(|t| signature(t, "pinned, signature valid"))
         .collect::<Vec<_>>());
     v["warnings"] = json!(warnings);
-    Ok(v)
 }
 
 /// The short human summary of a report made by [`capture`] or [`ingest`].
@@ -207,15 +303,26 @@ pub fn summary(v: &Value) -> String {
     };
     let mut out = vec![format!("MotionGear {kind} report ({})", s(v, &["report"]))];
     let mut line = |k: &str, val: String| out.push(format!("  {k:<15} {val}"));
+    let disks: Vec<&Value> = each(r, "disks").collect();
+    let set = !disks.is_empty();
     line(
         "capture",
-        format!("{} generation {}", s(r, &["name"]), s(r, &["generation"])),
+        format!(
+            "{} generation {}{}",
+            s(r, &["name"]),
+            s(r, &["generation"]),
+            if set {
+                format!(" (a machine of {} disks)", disks.len())
+            } else {
+                String::new()
+            }
+        ),
     );
-    if kind == "capture" {
+    if kind == "capture" && !set {
         line("source", s(v, &["source"]));
     }
     line("medium", s(v, &["medium"]));
-    if kind == "ingest" {
+    if kind == "ingest" && !set {
         line("target", s(v, &["target"]));
     }
     line(
@@ -228,38 +335,78 @@ pub fn summary(v: &Value) -> String {
         format!(
             "{} ({:.1} s)",
             s(v, &["finished"]),
-            r["seconds"].as_f64().unwrap_or(0.0)
+            v["duration_seconds"].as_f64().unwrap_or(0.0)
         ),
     );
-    line("disk size", size(r, &["disk_size"]));
-    if kind == "capture" {
-        line("read", size(r, &["bytes_read"]));
-        line("stored", size(r, &["stored_bytes"]));
-    } else {
-        line("written", size(r, &["bytes_written"]));
-        line(
-            "verified",
-            if r["verified"] == true {
-                "yes, bit for bit against what was authenticated".into()
-            } else {
-                "NO".into()
-            },
-        );
+    let verified = |d: &Value| {
+        if d["verified"] == true {
+            "yes, bit for bit against what was authenticated"
+        } else {
+            "NO"
+        }
+    };
+    if !set {
+        line("disk size", size(r, &["disk_size"]));
+        if kind == "capture" {
+            line("read", size(r, &["bytes_read"]));
+            line("stored", size(r, &["stored_bytes"]));
+        } else {
+            line("written", size(r, &["bytes_written"]));
+            line("verified", verified(r).into());
+        }
+    }
+    for (i, d) in disks.iter().enumerate() {
+        let label = format!("disk {}", s(d, &["disk"]));
+        if kind == "capture" {
+            let done = match r["captured"].get(i).filter(|c| !c.is_null()) {
+                Some(c) => format!(
+                    "read {}, stored {}",
+                    size(c, &["bytes_read"]),
+                    size(c, &["stored_bytes"])
+                ),
+                None => "captured by an earlier run of this generation".into(),
+            };
+            line(
+                &label,
+                format!("{} ({}): {done}", s(d, &["source"]), size(d, &["size"])),
+            );
+        } else {
+            line(
+                &label,
+                format!(
+                    "{} into {}: written {}, verified {}",
+                    size(d, &["disk_size"]),
+                    s(d, &["target"]),
+                    size(d, &["bytes_written"]),
+                    verified(d)
+                ),
+            );
+        }
     }
     line(
         "throughput",
-        format!("{:.1} MB/s", r["mb_per_s"].as_f64().unwrap_or(0.0)),
+        format!(
+            "{:.1} MB/s",
+            v["throughput_mb_per_s"].as_f64().unwrap_or(0.0)
+        ),
     );
-    for (k, label) in [
-        ("capture_id", "capture id"),
-        ("manifest_root", "manifest root"),
-        ("commit_digest", "commit digest"),
-        ("disk_digest", "disk digest"),
-        ("volume_sha256", "volume sha256"),
-    ] {
-        if let Some(d) = get(v, &["digests", k]) {
-            line(label, s(d, &[]));
+    let digest_lines = |digests: &Value, prefix: &str, line: &mut dyn FnMut(&str, String)| {
+        for (k, label) in [
+            ("set_root", "set root"),
+            ("capture_id", "capture id"),
+            ("manifest_root", "manifest root"),
+            ("commit_digest", "commit digest"),
+            ("disk_digest", "disk digest"),
+            ("volume_sha256", "volume sha256"),
+        ] {
+            if let Some(d) = get(digests, &[k]) {
+                line(&format!("{prefix}{label}"), s(d, &[]));
+            }
         }
+    };
+    digest_lines(&v["digests"], "", &mut line);
+    for d in each(&v["digests"], "disks") {
+        digest_lines(d, &format!("disk {} ", s(d, &["disk"])), &mut line);
     }
     let sigs = v["signatures"].as_array().cloned().unwrap_or_default();
     if sigs.is_empty() {
@@ -416,6 +563,63 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("ingest.txt")).unwrap();
         assert!(text.contains("WARNING"), "{text}");
         assert!(text.contains("verified        yes"), "{text}");
+    }
+
+    #[test]
+    fn set_reports_list_every_disk_with_its_digests() {
+        let result = json!({
+            "command": "capture", "name": "db01", "generation": 1, "set_root": "11".repeat(32),
+            "disks": [
+                {"disk": 0, "source": "a.raw", "size": 1048576, "manifest_root": "aa".repeat(32)},
+                {"disk": 1, "source": "b.raw", "size": 2097152, "manifest_root": "bb".repeat(32)},
+            ],
+            "captured": [{"bytes_read": 1048576, "stored_bytes": 4096}, null],
+            "receipt": {"capture_id": "cd".repeat(16), "commit_digest": "ef".repeat(32),
+                        "signers": ["site 0123 (COMMIT)"]},
+        });
+        let sources = ["a.raw".to_string(), "b.raw".to_string()];
+        let v = capture_set(&result, &sources, "dir:m", 2.0).unwrap();
+        assert_eq!(v["source"], json!(["a.raw", "b.raw"]));
+        assert_eq!(v["digests"]["set_root"], "11".repeat(32));
+        assert_eq!(v["digests"]["disks"][1]["manifest_root"], "bb".repeat(32));
+        assert_eq!(v["signatures"][0]["via"], "COMMIT");
+        assert_eq!(v["throughput_mb_per_s"], 1048576.0 / 2.0 / 1e6);
+        let text = summary(&v);
+        assert!(
+            text.contains("db01 generation 1 (a machine of 2 disks)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("disk 0          a.raw (1.00 MiB (1048576 bytes)): read"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "disk 1          b.raw (2.00 MiB (2097152 bytes)): captured by an earlier run"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("disk 1 manifest root {}", "bb".repeat(32))),
+            "{text}"
+        );
+
+        let result = json!({
+            "command": "ingest", "name": "db01", "generation": 1,
+            "disks": [
+                {"disk": 0, "target": "file:a", "disk_size": 10, "bytes_written": 10, "verified": true},
+                {"disk": 1, "target": "file:b", "disk_size": 20, "bytes_written": 20, "verified": true,
+                 "volume_sha256": "ff".repeat(32)},
+            ],
+        });
+        let manifests = [Some(["c0".into(), "r0".into(), "d0".into()]), None];
+        let v = ingest_set(&result, &manifests, "dir:m", 1.0).unwrap();
+        assert_eq!(v["target"], json!(["file:a", "file:b"]));
+        assert_eq!(v["digests"]["disks"][0]["manifest_root"], "r0");
+        assert_eq!(v["digests"]["disks"][1]["manifest_root"], Value::Null);
+        assert_eq!(v["digests"]["disks"][1]["volume_sha256"], "ff".repeat(32));
+        let text = summary(&v);
+        assert!(text.contains("disk 1          20 B (20 bytes) into file:b: written 20 B (20 bytes), verified yes"), "{text}");
     }
 
     #[test]

@@ -60,8 +60,24 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     let e = machine();
     let m = e.fat("m.img", "256MiB");
 
-    let c = capture(&e, &m, &[]);
+    let c = capture(&e, &m, &["--report", "cap.json"]);
     assert_eq!(c["generation"], 1, "{c}");
+    // The ticket report of a set names both disks and their digests.
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.p("cap.json")).expect("capture --report of a set"))
+            .unwrap();
+    assert_eq!(rep["report"], "mgear-capture-report/1", "{rep}");
+    assert_eq!(rep["digests"]["set_root"], c["set_root"], "{rep}");
+    assert_eq!(
+        rep["digests"]["disks"][1]["manifest_root"], c["disks"][1]["manifest_root"],
+        "{rep}"
+    );
+    assert_eq!(rep["signatures"][0]["role"], "site", "{rep}");
+    let text = std::fs::read_to_string(e.p("cap.txt")).unwrap();
+    assert!(
+        text.contains("(a machine of 2 disks)") && text.contains("disk 1"),
+        "{text}"
+    );
     let disks = c["disks"].as_array().unwrap();
     assert_eq!(disks.len(), 2, "{c}");
     assert_eq!(disks[0]["stream"], "db01.d0");
@@ -111,10 +127,46 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     assert!(text.contains("disk 1 db01.d1"), "{text}");
 
     // Ingest with a pattern: both volumes are the sources, bit for bit.
-    let r = ingest(&e, &m, &["--target", "file:out-{disk}.raw"]);
+    let r = ingest(
+        &e,
+        &m,
+        &[
+            "--target",
+            "file:out-{disk}.raw",
+            "--volume-sha256",
+            "--report",
+            "in.json",
+        ],
+    );
     assert_eq!(r["disks"].as_array().unwrap().len(), 2, "{r}");
     same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
     same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.p("in.json")).expect("ingest --report of a set"))
+            .unwrap();
+    assert_eq!(rep["report"], "mgear-ingest-report/1", "{rep}");
+    assert_eq!(rep["target"][1], "file:out-1.raw", "{rep}");
+    assert_eq!(
+        rep["digests"]["disks"][1]["manifest_root"], c["disks"][1]["manifest_root"],
+        "{rep}"
+    );
+    assert_eq!(
+        rep["digests"]["disks"][0]["volume_sha256"], r["disks"][0]["volume_sha256"],
+        "{rep}"
+    );
+    assert!(
+        rep["digests"]["disks"][0]["volume_sha256"].is_string(),
+        "{rep}"
+    );
+    // A report that cannot be written is refused before anything is read.
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:never-{disk}.raw")
+        .args(&["--report", "no/such/dir/r.json"])
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(!e.p("never-0.raw").exists());
 
     // One disk of the set alone.
     let r = ingest(&e, &m, &["--disk", "1", "--target", "file:only1.raw"]);
