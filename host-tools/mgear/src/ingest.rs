@@ -767,6 +767,19 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         &args.target,
     )?;
     let mut medium = args.medium.open_read_only()?;
+    // Names are compared without case: go on with the spelling on the medium (a set's
+    // manifest, a stream's name and the trust checks all name it so).
+    let stored = image_format::stored_name(medium.store(), &args.name)?;
+    let renamed;
+    let args = if stored == args.name {
+        args
+    } else {
+        renamed = Plan {
+            name: stored,
+            ..args.clone()
+        };
+        &renamed
+    };
     if image_format::set::is_set(medium.store(), &args.name).unwrap_or(false) {
         let _ = medium.close();
         return Err(crate::exit::coded_hint(

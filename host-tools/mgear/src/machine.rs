@@ -69,12 +69,29 @@ pub struct CaptureReport {
 /// (and a set's `--dry-run` or `--abort`) in [`capture::run`]. The
 /// command enters above both, so capture never calls up into this module.
 pub fn capture(cli: capture::Request) -> crate::Result<i32> {
+    let mut cli = cli;
+    if cli.sources.len() >= 2 {
+        // Names are compared without case: a set's delta, dry run or abort given as `DB01`
+        // goes on with the `db01` on the medium (its disk streams are `db01.dK`).
+        if let Some(stored) = stored_name(&cli.plan) {
+            cli.plan.name = stored;
+        }
+    }
     if cli.sources.len() < 2 || cli.plan.abort || cli.plan.dry_run {
         return capture::run(cli);
     }
     crate::signals::install();
     let (sources, args) = cli.into_parts();
     run_capture(&args, &sources)
+}
+
+/// How the medium spells capture `plan.name`, if it holds one by that name in any case (none
+/// when the medium cannot be read now: the capture then says why, in its own words).
+fn stored_name(plan: &capture::Plan) -> Option<String> {
+    let mut ro = plan.medium.open_before_capture().ok()?;
+    let stored = image_format::stored_name(ro.store(), &plan.name).ok();
+    ro.close().ok()?;
+    stored
 }
 
 /// `mgear capture` with several `--source`s.
@@ -730,6 +747,19 @@ pub fn ingest_set(
             })?;
     let policy = args.trust.policy(args.allow_unsealed)?;
     let mut medium = args.medium.open_read_only()?;
+    // Names are compared without case: go on with the spelling on the medium (a set's
+    // manifest, a stream's name and the trust checks all name it so).
+    let stored = image_format::stored_name(medium.store(), &args.name)?;
+    let renamed;
+    let args = if stored == args.name {
+        args
+    } else {
+        renamed = crate::ingest::Plan {
+            name: stored,
+            ..args.clone()
+        };
+        &renamed
+    };
     let checked = (|| {
         let store = medium.store();
         if !set::is_set(store, &args.name)? {

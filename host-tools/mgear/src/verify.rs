@@ -165,20 +165,46 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         .as_deref()
         .map(|n| image_format::stored_name(store, n))
         .transpose()?;
-    // A generation the named capture does not have is a usage error, with
-    // or without a key (keyless verify once ignored it and said OK).
-    if let (Some(g), Some(n)) = (args.generation, &name) {
-        if let Some(c) = captures.iter().find(|c| &c.name == n) {
-            if !c.generations.iter().any(|x| x.generation == g) {
-                let all: Vec<u32> = c.generations.iter().map(|x| x.generation).collect();
-                let finished: Vec<u32> = c
-                    .generations
-                    .iter()
-                    .filter(|x| x.state == image_format::GenerationState::Complete)
-                    .map(|x| x.generation)
-                    .collect();
-                return Err(crate::trust::no_such_generation(n, g, &all, &finished));
+    // A generation that is not there is a usage error, with or without a key (keyless verify
+    // once ignored it and said OK): for the named capture or set (a set's generations are its
+    // disk streams'), or, with no name, for every capture on the medium.
+    if let Some(g) = args.generation {
+        let generations_of = |c: &image_format::CaptureInfo| -> (Vec<u32>, Vec<u32>) {
+            let all = c.generations.iter().map(|x| x.generation).collect();
+            let finished = c
+                .generations
+                .iter()
+                .filter(|x| x.state == image_format::GenerationState::Complete)
+                .map(|x| x.generation)
+                .collect();
+            (all, finished)
+        };
+        let has = |c: &image_format::CaptureInfo| c.generations.iter().any(|x| x.generation == g);
+        match &name {
+            Some(n) => {
+                let stream = match sets.contains(n) {
+                    true => streams_of(n).into_iter().next(),
+                    false => Some(n.clone()),
+                };
+                if let Some(c) = captures.iter().find(|c| Some(&c.name) == stream.as_ref()) {
+                    if !has(c) {
+                        let (all, finished) = generations_of(c);
+                        return Err(crate::trust::no_such_generation(n, g, &all, &finished));
+                    }
+                }
             }
+            None if !captures.iter().any(has) => {
+                return Err(crate::exit::coded_hint(
+                    crate::exit::USAGE,
+                    format!(
+                        "no capture on {} has a generation {g}",
+                        args.medium.describe()
+                    ),
+                    "`mgear inspect --medium ...` lists each capture's generations; give \
+                     --name with --generation to verify one",
+                ));
+            }
+            None => {}
         }
     }
     let mut report = VerifyReport::default();
@@ -206,6 +232,21 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 }
             }
             for n in names {
+                // A capture stopped before its first generation has nothing to decrypt: a
+                // problem of the medium, not a reason to verify nothing else.
+                if captures
+                    .iter()
+                    .any(|c| c.name == n && c.generations.is_empty())
+                {
+                    report.problems.push(image_format::Problem {
+                        at: image_format::Location::capture(&n),
+                        what: format!(
+                            "holds no generation (a capture stopped at its start leaves this): \
+                             `mgear medium rm --name {n}` removes it"
+                        ),
+                    });
+                    continue;
+                }
                 let r = image_format::verify_full(store, &n, args.generation, unlock, &mut obs)?;
                 report.captures += r.captures;
                 report.generations += r.generations;

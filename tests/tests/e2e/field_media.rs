@@ -333,3 +333,32 @@ fn field_media_appliance_simulator_on_a_4_tib_medium() {
     same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
     assert!(allocated(&lab.p("medium.img")) < 64 << 20);
 }
+
+/// A capture directory left with no generation (a capture stopped at its very start, or a
+/// stray directory) is one problem of the medium: keyed verify reports it and still checks
+/// everything else, where it once stopped at "capture zz not found".
+#[test]
+fn field_media_an_empty_capture_directory_does_not_stop_a_keyed_verify() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 3, 5);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
+    fs::create_dir(e.p("mnt/MGEAR/zz")).unwrap();
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--identity",
+        "target.key",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains("zz") && problems.contains("holds no generation"),
+        "{v}"
+    );
+    assert!(v["records"].as_u64() >= Some(1), "web01 was still checked: {v}");
+}

@@ -131,6 +131,60 @@ fn names_ignore_case_on_a_fat_medium() {
     any_case_finds_the_capture("fat");
 }
 
+/// A machine set answers to any case too: a delta of `DB01` continues `db01`, ingest of
+/// `DB01` writes both disks (on FAT it once cried "moved or replayed file"), and a
+/// generation the set lacks is a usage error even without a key.
+fn a_set_answers_to_any_case(kind: &str) {
+    let e = Env::new();
+    let m = captured(&e, kind);
+    random_disk(&e, "d1.raw", 2, 8);
+    let set = |name: &str, extra: &[&str]| {
+        e.capture(&m, name)
+            .sources(&["disk.raw", "d1.raw"])
+            .sign("site.key")
+            .args(extra)
+            .json()
+    };
+    set("db01", &[]);
+    random_disk(&e, "d1.raw", 2, 9);
+    let c = set("DB01", &["--delta"]);
+    assert_eq!(
+        (c["name"].clone(), c["generation"].clone()),
+        ("db01".into(), 2.into()),
+        "{kind}: {c}"
+    );
+    let i = e
+        .ingest(&m, "DB01")
+        .trust("site.pub")
+        .target("file:out-{disk}.raw")
+        .json();
+    assert_eq!(i["name"], "db01", "{kind}: {i}");
+    same_file(&e.p("out-1.raw"), &e.p("d1.raw"));
+    same_file(&e.p("out-0.raw"), &e.p("disk.raw"));
+    for args in [
+        &["--name", "DB01", "--generation", "9"][..],
+        &["--generation", "9"],
+    ] {
+        let o = e.run(&[&["verify", "--medium", &m][..], args].concat());
+        assert_eq!(code(&o), Some(2), "{kind} {args:?}: {}", output_text(&o));
+        assert!(
+            err(&o).contains("generation 9"),
+            "{kind}: {}",
+            output_text(&o)
+        );
+    }
+}
+
+#[test]
+fn sets_ignore_case_on_a_dir_medium() {
+    a_set_answers_to_any_case("dir");
+}
+
+#[test]
+fn sets_ignore_case_on_a_fat_medium() {
+    a_set_answers_to_any_case("fat");
+}
+
 #[test]
 fn two_directories_differing_only_by_case_are_named() {
     let e = Env::new();
