@@ -1748,6 +1748,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_root_cluster_outside_the_volume_is_named_not_panicked_on() {
+        use std::io::{Seek, SeekFrom, Write};
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        for root in [0u32, 1, 0x0FFF_FFF0] {
+            let mut f = open_rw(&p);
+            f.seek(SeekFrom::Start(0x2c)).unwrap();
+            f.write_all(&root.to_le_bytes()).unwrap();
+            let e = FatStore::open(open_rw(&p)).err().expect("refused").to_string();
+            assert!(
+                e.contains(&format!("root directory starts at cluster {root},")),
+                "{root}: {e}"
+            );
+            assert!(e.contains("fsck.fat -n"), "{e}");
+        }
+    }
+
+    #[test]
     fn random_bytes_are_not_a_fat_file_system_before_any_size_check() {
         // Bytes whose FAT size field reads as terabytes: the missing
         // signature is what the user must hear about.

@@ -90,6 +90,24 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
             fat_sectors * bps
         )));
     }
+    // The root directory's first cluster must be a data cluster: `fatfs` subtracts 2 from it
+    // unchecked (cluster 0 or 1 panicked), and one past the end read as an empty root ("no
+    // MGEAR directory": the wrong medium, the user was told, not a damaged one).
+    let root = le32(boot, 0x2c);
+    let total = match le16(boot, 0x13) {
+        0 => u64::from(le32(boot, 0x20)),
+        t => t,
+    };
+    let meta = le16(boot, 0x0e) + u64::from(fats) * fat_sectors;
+    let clusters = total.saturating_sub(meta) / u64::from(spc);
+    if root < 2 || u64::from(root) >= clusters + 2 {
+        return Err(StoreError::Io(alloc::format!(
+            "the medium's FAT32 boot sector is damaged: its root directory starts at cluster \
+             {root}, outside the volume's data clusters 2..{}; check it with `fsck.fat -n` \
+             (it may repair it from the backup boot sector)",
+            clusters + 2
+        )));
+    }
     Ok(())
 }
 
