@@ -87,10 +87,11 @@ fn tune_allocator() {
     }
 }
 
-/// `mgear appliance log | head`: once the reader is gone, `println!` panics
-/// with EPIPE (Rust ignores SIGPIPE). End quietly instead, with exit 3 (the
-/// output could not be written), and keep real panics loud.
-fn quiet_broken_pipe() {
+/// `println!` panics when standard output cannot be written: EPIPE once the
+/// reader is gone (`mgear appliance log | head`; Rust ignores SIGPIPE), ENOSPC
+/// or EIO for a full or failing output file. End with exit 3 (the output could
+/// not be written) instead, quietly for EPIPE, and keep real panics loud.
+fn stdout_failures() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let text = info
@@ -99,7 +100,19 @@ fn quiet_broken_pipe() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+        if text.contains("failed printing to stdout") {
+            // A reader that went away (`| head`) needs no message; a full or failing
+            // output file does: exit 101 and a backtrace after a finished capture or
+            // ingest read as "it failed", and its re-run is refused as already done.
+            if !text.contains("Broken pipe") {
+                let why = text.trim_start_matches("failed printing to stdout: ");
+                eprintln!(
+                    "mgear: error: could not write the output to standard output ({why}): what \
+                     the command did before that stands (a capture on its medium, an ingested \
+                     volume); only its printed report is lost: `mgear inspect` shows the medium, \
+                     and --report FILE keeps a report on a disk with room"
+                );
+            }
             std::process::exit(exit::IO);
         }
         default(info);
@@ -238,7 +251,7 @@ fn parse(json: bool) -> Cli {
 
 fn main() {
     tune_allocator();
-    quiet_broken_pipe();
+    stdout_failures();
     let cli = parse(wants_json());
     let result = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(a.into_plan()),

@@ -1756,7 +1756,10 @@ pub(crate) mod tests {
             let mut f = open_rw(&p);
             f.seek(SeekFrom::Start(0x2c)).unwrap();
             f.write_all(&root.to_le_bytes()).unwrap();
-            let e = FatStore::open(open_rw(&p)).err().expect("refused").to_string();
+            let e = FatStore::open(open_rw(&p))
+                .err()
+                .expect("refused")
+                .to_string();
             assert!(
                 e.contains(&format!("root directory starts at cluster {root},")),
                 "{root}: {e}"

@@ -360,5 +360,8 @@ fn field_media_an_empty_capture_directory_does_not_stop_a_keyed_verify() {
         problems.contains("zz") && problems.contains("holds no generation"),
         "{v}"
     );
-    assert!(v["records"].as_u64() >= Some(1), "web01 was still checked: {v}");
+    assert!(
+        v["records"].as_u64() >= Some(1),
+        "web01 was still checked: {v}"
+    );
 }

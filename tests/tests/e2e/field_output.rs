@@ -317,3 +317,34 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
     let last = stopped_event(&mut rest);
     assert!(last["chunks"].is_u64(), "{last}");
 }
+
+/// A standard output that cannot be written (a full disk: `/dev/full`) ends with exit 3 and
+/// says so, after the work is done: a key pair written by `keygen` stays, and nothing panics
+/// (exit 101 with a backtrace once read as "keygen failed", and its re-run was refused).
+#[test]
+fn a_full_standard_output_is_an_io_error_not_a_panic() {
+    let e = Env::new();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let o = e
+        .cmd(&["keygen", "--out", "t.key"])
+        .stdout(full())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("could not write the output"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(e.p("t.key").exists() && e.p("t.pub").exists());
+    // With --json (whose errors go to stdout too) the same exit.
+    let o = e
+        .cmd(&["keys", "list", "--json"])
+        .stdout(full())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+}
