@@ -369,9 +369,14 @@ pub trait VolumeReader: Send {
     }
 }
 
-/// A name safe as one file name in the state dir, derived from `s`.
+/// A name safe as one file name in the state dir, derived from `s`: its
+/// readable part (what a person looking at the state dir recognises) and a
+/// hash of all of `s`, so that two volumes never share one name (`/a/b_c` and
+/// `/a/b/c` once both became `a_b_c`, and one ingest then overwrote and
+/// deleted the other's resume state).
 pub fn key_of(s: &str) -> String {
-    s.trim_start_matches('/')
+    let readable: String = s
+        .trim_start_matches('/')
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -380,7 +385,11 @@ pub fn key_of(s: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .collect();
+    // The file name stays far below NAME_MAX (255) whatever the path: keep its end (the
+    // volume's own name) when it is long.
+    let tail = readable.len().saturating_sub(120);
+    format!("{}-{}", &readable[tail..], short_hash(s))
 }
 
 /// A short hash of `s` for names that must stay short (sockets).
@@ -394,7 +403,11 @@ mod tests {
 
     #[test]
     fn keys_are_single_file_names() {
-        assert_eq!(key_of("/a/b c/d.raw"), "a_b_c_d.raw");
+        assert!(key_of("/a/b c/d.raw").starts_with("a_b_c_d.raw-"));
+        assert_ne!(key_of("/t/p/q.raw"), key_of("/t/p_q.raw"));
+        assert_eq!(key_of("/t/p/q.raw"), key_of("/t/p/q.raw"));
+        let long = format!("/{}/vol.raw", "d".repeat(400));
+        assert!(key_of(&long).len() < 160 && key_of(&long).contains("vol.raw-"));
         assert!(!key_of("nbd+unix:///x?socket=/s").contains('/'));
         assert_eq!(short_hash("x").len(), 16);
         assert_ne!(short_hash("x"), short_hash("y"));

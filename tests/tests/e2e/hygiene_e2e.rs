@@ -56,18 +56,7 @@ fn ingest(e: &Env, extra: &[&str]) -> std::process::Output {
 /// Where ingest keeps the state of a `file:vol.raw` target (its naming rule).
 fn state_file(e: &Env) -> PathBuf {
     let abs = fs::canonicalize(e.p(".")).unwrap().join("vol.raw");
-    let key: String = abs
-        .to_string_lossy()
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let key = mgear_volume::key_of(&abs.to_string_lossy());
     e.p("state/mgear/ingest").join(format!("{key}.ingest"))
 }
 
