@@ -234,6 +234,34 @@ pub fn check_generation(
         }
     };
     let mut warnings = Vec::new();
+    if generation.is_none() {
+        // Generations above the newest finished one: a capture stopped before it finished is
+        // normal (it resumes), but one that was signed (its COMMIT is there) was finished, and
+        // its MANIFEST is gone since: falling back to the one below would ingest an older
+        // disk than the capture site shipped, and say nothing.
+        for &later in all.iter().filter(|&&a| newest.is_none_or(|n| a > n)) {
+            let commit_path = layout::generation_file(name, later, commit::COMMIT_FILE);
+            let signed = medium
+                .len(&commit_path)
+                .map_err(|e| crate::err!("{commit_path}: {e}"))?
+                .is_some();
+            if signed {
+                return Err(refuse(format!(
+                    "capture {name} generation {later} was finished and signed (its COMMIT is \
+                     there) but its MANIFEST is missing: the medium was damaged since; the \
+                     newest intact generation is {}. Give --generation with it to ingest that \
+                     one on purpose, or ask the capture site for generation {later} again",
+                    newest.map_or("none".into(), |n| n.to_string())
+                )));
+            }
+            if let Some(n) = newest {
+                warnings.push(format!(
+                    "capture {name} generation {later} is not finished (no MANIFEST: a capture \
+                     stopped before its end); generation {n}, the newest finished one, is used"
+                ));
+            }
+        }
+    }
     if let Some(want) = policy.expect_generation {
         if g < want {
             return Err(refuse(format!(

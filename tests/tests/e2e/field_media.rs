@@ -365,3 +365,38 @@ fn field_media_an_empty_capture_directory_does_not_stop_a_keyed_verify() {
         "web01 was still checked: {v}"
     );
 }
+
+/// The newest generation's MANIFEST lost after it was signed: ingest without --generation
+/// refuses (it once went back to generation 1 silently, exit 0), names the intact one, and
+/// ingests that one when asked for it by number.
+#[test]
+fn field_media_a_signed_generation_that_lost_its_manifest_is_not_skipped_silently() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 3, 6);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
+    fs::copy(e.p("disk.raw"), e.p("g1.raw")).unwrap();
+    random_disk(&e.p("disk.raw"), 3, 7);
+    #[rustfmt::skip]
+    e.capture("dir:mnt", "web01").source("disk.raw").sign("site.key").arg("--delta").ok();
+    fs::remove_file(e.p("mnt/MGEAR/web01/G0002/MANIFEST")).unwrap();
+    let o = e
+        .ingest("dir:mnt", "web01")
+        .target("file:vol.raw")
+        .trust("site.pub")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("generation 2 was finished and signed"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("vol.raw").exists());
+    #[rustfmt::skip]
+    e.ingest("dir:mnt", "web01").target("file:vol.raw").trust("site.pub").arg("--generation").arg("1").ok();
+    same_file(&e.p("vol.raw"), &e.p("g1.raw"));
+}
