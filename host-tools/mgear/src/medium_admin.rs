@@ -305,8 +305,9 @@ fn sealed(e: StoreError, path: &str) -> crate::Error {
     match e {
         StoreError::ReadOnly => coded(
             FOUND,
-            "the medium is read-only (a sealed or locked appliance): nothing on a sealed \
-             shipment is ever removed; unlock an unsealed appliance with `mgear appliance unlock` first",
+            "the medium is read-only: on a sealed appliance nothing is ever removed (the \
+             shipment is sealed), a locked one needs `mgear appliance unlock` first, and a \
+             directory or image mounted or made read-only needs to be writable again",
         ),
         other => crate::Error::from(other).context(format!("removing {path}")),
     }
@@ -623,10 +624,15 @@ pub fn rm(args: Rm) -> crate::Result<i32> {
     if args.json {
         crate::progress::print_json(&report)?;
     } else {
+        // A capture stopped before its first generation has none to name.
+        let what = match report.removed.as_slice() {
+            [] => "(no generation: what a capture stopped at its start left)".to_string(),
+            [g] => format!("generation {g}"),
+            many => format!("generations {}", list(many)),
+        };
         println!(
-            "removed {} generation {} ({} freed){}",
+            "removed {} {what} ({} freed){}",
             report.name,
-            list(&report.removed),
             human_bytes(freed),
             if report.capture_removed {
                 "; no generation is left, so the capture and its key slots are gone too"

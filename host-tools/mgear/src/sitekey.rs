@@ -81,9 +81,22 @@ pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
             path.display()
         )));
     }
+    if text.trim_start().starts_with("age1") {
+        return Err(usage(format!(
+            "{} is the target's encryption key (an age recipient, from `mgear keygen`), not a \
+             capture site's signing key: --trust takes the site.pub written by `mgear keygen \
+             --signing` at the capture site",
+            path.display()
+        )));
+    }
     VerifyingKey::from_public_key_pem(&text).map_err(|e| {
+        let why = if text.contains("-----BEGIN") {
+            e.to_string()
+        } else {
+            "no PEM block: no -----BEGIN PUBLIC KEY----- line".into()
+        };
         usage(format!(
-            "{} is not an Ed25519 public key ({e}): give the .pub file written by \
+            "{} is not an Ed25519 public key ({why}): give the .pub file written by \
              `mgear keygen --signing`",
             path.display()
         ))
@@ -169,6 +182,20 @@ mod tests {
         assert!(e.to_string().contains("site.pub is empty"), "{e}");
         let e = read_signing_key(&path).unwrap_err();
         assert!(e.to_string().contains("site.pub is empty"), "{e}");
+        // The target's age key where the site's signing key belongs is named as such.
+        fs::write(
+            &path,
+            "age1f7ndpj5fxef4l677rtjt324ahk0ajgqxtxh6lcpcg7l3ql7zhsuqwn22wy\n",
+        )
+        .unwrap();
+        let e = read_public_key(&path).unwrap_err();
+        assert!(
+            e.to_string().contains("encryption key (an age recipient"),
+            "{e}"
+        );
+        fs::write(&path, "hello\n").unwrap();
+        let e = read_public_key(&path).unwrap_err();
+        assert!(e.to_string().contains("no PEM block"), "{e}");
     }
 
     #[test]
