@@ -317,12 +317,14 @@ impl State {
         state.file.seek(SeekFrom::Start(0))?;
         if len != STATE_HEADER + count * 32 || state.file.read_exact(&mut h).is_err() || h != header
         {
-            bail!(
+            // A conflict of the operator's asking (this target is half-way through another
+            // ingest), not a failing disk: exit 2.
+            return Err(usage(format!(
                 "{} records an unfinished ingest of a different capture or generation into this \
-                 target (or one by another version of mgear): remove it and the partial target to \
-                 start over",
+                 target (or one by another version of mgear): finish that one (the same command \
+                 it was started with), or remove this file and the partial target to start over",
                 state.path.display()
-            );
+            )));
         }
         if resuming {
             let mut slots = BufReader::with_capacity(1 << 20, &state.file);
@@ -2862,7 +2864,10 @@ mod tests {
         assert_eq!((s.done_count(), s.done_prefix()), (1, 0));
         // Another capture, generation or size is not resumed.
         let other = State::header(&[2; 32], 10, 4, 1);
-        assert!(State::open(p.clone(), &other, 3, false).is_err());
+        let e = State::open(p.clone(), &other, 3, false)
+            .err()
+            .expect("refused");
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
         assert!(State::open(p.clone(), &h, 4, false).is_err());
         assert_eq!(State::open(p, &other, 3, true).unwrap().done_count(), 0);
     }
