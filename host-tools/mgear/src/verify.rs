@@ -247,6 +247,25 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                     });
                     continue;
                 }
+                // Only unfinished generations: nothing to decrypt yet, which is a finding (as
+                // keyless verify says), not a usage error that stops the other captures.
+                if args.generation.is_none()
+                    && captures.iter().any(|c| {
+                        c.name == n
+                            && c.generations
+                                .iter()
+                                .all(|g| g.state != image_format::GenerationState::Complete)
+                    })
+                {
+                    report.problems.push(image_format::Problem {
+                        at: image_format::Location::capture(&n),
+                        what: format!(
+                            "has no finished generation: resume its capture with the same \
+                             command, or remove it with `mgear capture --abort --name {n}`"
+                        ),
+                    });
+                    continue;
+                }
                 let r = image_format::verify_full(store, &n, args.generation, unlock, &mut obs)?;
                 report.captures += r.captures;
                 report.generations += r.generations;

@@ -345,6 +345,8 @@ fn field_media_an_empty_capture_directory_does_not_stop_a_keyed_verify() {
     fs::create_dir(e.p("mnt")).unwrap();
     e.capture("dir:mnt", "web01").source("disk.raw").ok();
     fs::create_dir(e.p("mnt/MGEAR/zz")).unwrap();
+    // And one whose only generation never finished: a finding too (it was exit 2).
+    fs::create_dir_all(e.p("mnt/MGEAR/yy/G0001")).unwrap();
     let o = e.run(&[
         "verify",
         "--medium",
