@@ -43,9 +43,9 @@ pub use chunkbuf::{ChunkBuf, CHUNK_ALIGN};
 pub use error::{Error, Location, Result};
 pub use store::{Store, StoreError};
 pub use verify::{
-    capture_id, list_captures, medium_digests, stored_name, verify_capture_keyless, verify_keyless,
-    CaptureInfo, Elsewhere, GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver,
-    VerifyReport,
+    capture_id, finished_evidence, list_captures, medium_digests, stored_name,
+    verify_capture_keyless, verify_keyless, CaptureInfo, Elsewhere, GenerationInfo,
+    GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
 };
 
 #[cfg(feature = "crypto")]

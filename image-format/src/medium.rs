@@ -119,6 +119,57 @@ pub(crate) fn read_journal<S: Store + ?Sized>(
     Ok(best)
 }
 
+/// Cuts what unfinished generations wrote after their last checkpoint:
+/// the open segment's tail past the journal's `open_len`, segments started
+/// after it, and IPART past `ipart_len`. Keyless, and exactly what the
+/// writer's resume cuts first (it would never read those bytes), done
+/// earlier: a medium that filled up gets that room back before a capture
+/// joins it to a span, which has to write the span's map onto it. Returns
+/// the bytes freed.
+pub fn cut_uncommitted<S: Store + ?Sized>(store: &mut S) -> Result<u64> {
+    let mut freed = 0u64;
+    for name in capture_names(store)? {
+        let Some(&g) = generations(store, &name)?.last() else {
+            continue;
+        };
+        let manifest = layout::generation_file(&name, g, MANIFEST_FILE);
+        if store.len(&manifest).at(&manifest)?.is_some() {
+            continue;
+        }
+        let Some(j) = read_journal(store, &name, g)? else {
+            continue;
+        };
+        if j.state != layout::JournalState::InProgress {
+            continue;
+        }
+        // Segments 0..closed are closed; `closed` is open when open_len > 0.
+        let keep = j.closed_segments + u32::from(j.open_len > 0);
+        let dir = layout::generation_dir(&name, g);
+        for e in list_or_empty(store, &dir)? {
+            let path = alloc::format!("{dir}/{}", e.name);
+            match layout::parse_segment_name(&e.name) {
+                Some(s) if s >= keep => {
+                    store.remove_file(&path).at(&path)?;
+                    freed += e.len;
+                }
+                Some(s) if s == j.closed_segments && e.len > j.open_len => {
+                    store.set_len(&path, j.open_len).at(&path)?;
+                    freed += e.len - j.open_len;
+                }
+                _ if e.name == layout::IPART_FILE && e.len > j.ipart_len => {
+                    store.set_len(&path, j.ipart_len).at(&path)?;
+                    freed += e.len - j.ipart_len;
+                }
+                _ => {}
+            }
+        }
+        if freed > 0 {
+            store.sync(&dir).at(&dir)?;
+        }
+    }
+    Ok(freed)
+}
+
 /// Streams `path[range]` through `f` in pieces of `buf`'s size.
 pub(crate) fn stream<S: Store + ?Sized>(
     store: &mut S,

@@ -562,15 +562,12 @@ impl<S: Store> CaptureReader<S> {
         let at = self.location(index, l);
         let path = self.record_path(l);
         let total = REC_HEADER_LEN + l.stored_len as usize;
-        let flen = self.store.len(&path).at(&path)?.unwrap_or(0);
+        let flen = self.store.len(&path).at(&path)?;
         if l.offset
             .checked_add(total as u64)
-            .is_none_or(|end| end > flen)
+            .is_none_or(|end| end > flen.unwrap_or(0))
         {
-            return Err(corrupt(
-                at,
-                "record lies past the end of its segment (truncated segment)",
-            ));
+            return Err(self.record_missing(index, l, flen.is_some()));
         }
         // Every byte of it is read over (or the read fails and it is dropped).
         let mut rec = self.buffers.take(total);
@@ -589,14 +586,46 @@ impl<S: Store> CaptureReader<S> {
     fn locate_record(&mut self, index: u64, l: &RecordLoc) -> Result<Option<Located>> {
         let path = self.record_path(l);
         let total = (REC_HEADER_LEN + l.stored_len as usize) as u64;
-        let flen = self.store.len(&path).at(&path)?.unwrap_or(0);
-        if l.offset.checked_add(total).is_none_or(|end| end > flen) {
-            return Err(corrupt(
-                self.location(index, l),
-                "record lies past the end of its segment (truncated segment)",
-            ));
+        let flen = self.store.len(&path).at(&path)?;
+        if l.offset
+            .checked_add(total)
+            .is_none_or(|end| end > flen.unwrap_or(0))
+        {
+            return Err(self.record_missing(index, l, flen.is_some()));
         }
         self.store.locate(&path, l.offset, total).at(&path)
+    }
+
+    /// The error for record `l` that its segment does not hold. A record of
+    /// an older generation of this capture whose segment is gone means that
+    /// generation is missing (removed, or never copied): say so, since
+    /// "truncated segment" would send the reader looking at this delta.
+    fn record_missing(&mut self, index: u64, l: &RecordLoc, segment_exists: bool) -> Error {
+        let g = l.generation;
+        let older = l.stream == 0 && g != self.manifest.generation;
+        let gone = older
+            && !segment_exists
+            && !matches!(
+                crate::medium::generations(&mut self.store, &self.name).map(|v| v.contains(&g)),
+                Ok(true)
+            );
+        corrupt(
+            self.location(index, l),
+            if gone {
+                format!(
+                    "parent generation {g} is missing: this delta keeps unchanged chunks in \
+                     generation {g}, which is not on the medium (removed?); ingest generation {g} \
+                     from another copy of the shipment, or capture again"
+                )
+            } else if older && !segment_exists {
+                format!(
+                    "the segment of generation {g} that holds this chunk is missing (generation \
+                     {g} is damaged)"
+                )
+            } else {
+                "record lies past the end of its segment (truncated segment)".into()
+            },
+        )
     }
 }
 

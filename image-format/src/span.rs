@@ -572,6 +572,13 @@ impl<M: Store> SpanStore<M> {
         })
     }
 
+    /// Sizes what [`Store::free_space`] reports as a capture with `opts`
+    /// would place segments: a capture's checks before it writes (`--dry-run`,
+    /// the space check) read the media with the reserve it will keep.
+    pub fn plan_with(&mut self, opts: SpanOptions) {
+        self.opts = opts;
+    }
+
     /// Gives the media back (in ordinal order), e.g. to close them.
     pub fn into_media(self) -> Vec<M> {
         self.media.into_iter().map(|a| a.store).collect()
@@ -604,6 +611,67 @@ impl<M: Store> SpanStore<M> {
     /// copy of every mirrored file and the map; registers segments already
     /// on any medium.
     fn take_in(&mut self, names: &[(u16, Option<String>)]) -> Result<()> {
+        // A medium that filled up holds the tail an interrupted capture
+        // wrote after its last checkpoint; its resume cuts it anyway. Cut it
+        // first: joining writes the span's map onto every medium, and on a
+        // full one that write would fail every time.
+        for a in &mut self.media {
+            crate::medium::cut_uncommitted(&mut a.store)?;
+        }
+        let mut copied: Vec<(usize, String)> = Vec::new();
+        let result = self.take_in_tracked(names, &mut copied);
+        if result.is_err() {
+            self.undo_join(names, &copied);
+        }
+        result
+    }
+
+    /// Takes back what a failed join wrote onto the media that were joining
+    /// (they were no span's before it): the copies of mirrored files, then
+    /// the directories that held only those, the map and the label. Best
+    /// effort: the join's own error is what the caller reports.
+    fn undo_join(&mut self, names: &[(u16, Option<String>)], copied: &[(usize, String)]) {
+        let joining: Vec<u16> = names
+            .iter()
+            .filter(|(_, n)| n.is_some())
+            .map(|(o, _)| *o)
+            .collect();
+        let mut dirs: Vec<(usize, String)> = Vec::new();
+        for (i, path) in copied {
+            let _ = self.media[*i].store.remove_file(path);
+            let mut at = path.as_str();
+            while let Some((dir, _)) = at.rsplit_once('/') {
+                if dir == ROOT_DIR || dir.is_empty() {
+                    break;
+                }
+                dirs.push((*i, dir.to_string()));
+                at = dir;
+            }
+        }
+        // Deepest first; a directory that holds anything else stays.
+        dirs.sort_by(|(i, a), (j, b)| {
+            (b.matches('/').count(), i, a).cmp(&(a.matches('/').count(), j, b))
+        });
+        dirs.dedup();
+        for (i, d) in dirs {
+            let _ = self.media[i].store.remove_dir(&d);
+        }
+        for a in &mut self.media {
+            if joining.contains(&a.ordinal) {
+                let _ = a.store.remove_file(SPAN_FILE);
+                let _ = a.store.remove_file(SPANMAP_FILE);
+                // Only if empty: a medium holding captures keeps it.
+                let _ = a.store.remove_dir(ROOT_DIR);
+                let _ = a.store.sync(ROOT_DIR);
+            }
+        }
+    }
+
+    fn take_in_tracked(
+        &mut self,
+        names: &[(u16, Option<String>)],
+        copied: &mut Vec<(usize, String)>,
+    ) -> Result<()> {
         let mut joining = Vec::new();
         for (o, name) in names {
             if let Some(name) = name {
@@ -652,6 +720,10 @@ impl<M: Store> SpanStore<M> {
                              these media are not one capture's span; give them one at a time"
                         )));
                     }
+                }
+                let fresh = self.media[to].store.len(path).at(path)?.is_none();
+                if fresh && joining.contains(&self.media[to].ordinal) {
+                    copied.push((to, path.clone()));
                 }
                 copy(&mut self.media, *from, to, path, len, &mut buf)?;
             }
@@ -1027,15 +1099,28 @@ impl<M: Store> Store for SpanStore<M> {
         Ok(())
     }
 
+    /// Room for segments over the whole span: on each medium what is free
+    /// beyond its reserve, when that is enough to start a segment (a medium
+    /// with less gets no new segment: see `place`). The reserve holds the
+    /// medium's copy of the index, manifests and journal, so it is no room
+    /// for records on any medium; counting it once (as this did before)
+    /// let a `--dry-run` promise a fit the capture then could not keep.
     fn free_space(&mut self) -> core::result::Result<Option<u64>, StoreError> {
         let mut sum = 0u64;
         for i in 0..self.media.len() {
-            match self.media[i].store.free_space()? {
-                Some(f) => sum = sum.saturating_add(f.saturating_sub(self.opts.reserve)),
-                None => return Ok(None),
+            if self.media[i].store.free_space()?.is_none() {
+                return Ok(None);
+            }
+            let o = self.media[i].ordinal;
+            if self.map.member(o).is_some_and(|m| m.lost) {
+                continue;
+            }
+            let room = self.room_on(i)?;
+            if room >= self.opts.min_room {
+                sum = sum.saturating_add(room);
             }
         }
-        Ok(Some(sum.saturating_add(self.opts.reserve)))
+        Ok(Some(sum))
     }
 
     fn room(&mut self, path: &str) -> core::result::Result<Option<u64>, StoreError> {
@@ -1401,6 +1486,93 @@ mod tests {
                 .any(|e| e.medium.contains("declared lost")),
             "{:?}",
             r.elsewhere
+        );
+    }
+
+    #[test]
+    fn a_medium_a_capture_filled_joins_a_span_after_its_uncommitted_tail_is_cut() {
+        let data = disk(40 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b) = (small(1_000_000), small(4_000_000));
+        // Alone, the capture fills A; its only checkpoint is at chunk 0.
+        let err = capture(&mut a, "web01", &data, &id).unwrap_err();
+        assert!(err.to_string().contains("no space"), "{err}");
+        // Not one byte left (a file outside the format takes the rest).
+        let free = a.free_space().unwrap().unwrap();
+        a.write_at("FILLER", 0, &alloc::vec![0u8; free as usize])
+            .unwrap();
+        assert_eq!(a.free_space().unwrap(), Some(0));
+        // "Add one more medium and re-run": joining writes the span's map
+        // onto A, which needs the uncommitted tail cut back first.
+        let mut span = SpanStore::join(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut b as &mut dyn Store, "B".into())
+            ],
+            [5; 16],
+            OPTS,
+            &[],
+        )
+        .unwrap();
+        capture(&mut span, "web01", &data, &id).unwrap();
+        assert_eq!(read_back(&mut span, "web01", &id).unwrap(), data);
+    }
+
+    #[test]
+    fn a_join_that_fails_leaves_nothing_on_the_media_that_were_joining() {
+        let data = disk(200 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let mut a = MemStore::new();
+        capture(&mut a, "web01", &data, &id).unwrap();
+        // Room for the label and the map, not for a copy of web01's index.
+        let mut b = small(4096);
+        let err = SpanStore::join(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut b as &mut dyn Store, "B".into())
+            ],
+            [6; 16],
+            OPTS,
+            &[],
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("no space"), "{err}");
+        for m in [&mut a, &mut b] {
+            assert_eq!(m.len(SPAN_FILE).unwrap(), None);
+            assert_eq!(m.len(SPANMAP_FILE).unwrap(), None);
+        }
+        let mut left = Vec::new();
+        walk(&mut b, ROOT_DIR, &mut left).unwrap();
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(b.free_space().unwrap(), Some(4096));
+        // A is as it was: its capture still reads back alone.
+        assert_eq!(read_back(&mut a, "web01", &id).unwrap(), data);
+    }
+
+    #[test]
+    fn free_space_counts_only_what_segments_can_use_on_each_medium() {
+        let (mut a, mut b) = (small(1_000_000), small(150_000));
+        let mut span = SpanStore::open(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut b as &mut dyn Store, "B".into())
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            span.free_space().unwrap(),
+            Some(1_150_000),
+            "no plan: all of it"
+        );
+        span.plan_with(OPTS);
+        // A keeps its reserve; B, once its reserve is kept, has less room
+        // than a segment needs, so it takes none.
+        assert_eq!(
+            span.free_space().unwrap(),
+            Some(1_000_000 - OPTS.reserve),
+            "a capture's reserve on every medium"
         );
     }
 

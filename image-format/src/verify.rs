@@ -357,6 +357,18 @@ fn verify_capture_into<S: Store + ?Sized>(
         let m = match medium::read_manifest(store, name, g) {
             Ok(Some(f)) => f.manifest,
             Ok(None) => {
+                if let Some(why) = finished_evidence(store, name, g, &gens)? {
+                    cx.problem(
+                        at,
+                        alloc::format!(
+                            "damaged generation: its MANIFEST is missing although it was finished \
+                             ({why}), so its data cannot be read; do not abort or remove it (later \
+                             generations may need its records): ingest from another copy of the \
+                             shipment, or capture again"
+                        ),
+                    );
+                    continue;
+                }
                 cx.problem(
                     at,
                     alloc::format!(
@@ -866,6 +878,46 @@ pub fn capture_id<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Option
     Ok(None)
 }
 
+/// Why generation `g` of capture `name`, which has no readable MANIFEST,
+/// was nevertheless finished once; `None` when nothing says so (a capture
+/// interrupted before its MANIFEST, which a re-run resumes or `capture
+/// --abort` removes). `gens` are the capture's generations.
+///
+/// Why this matters: a generation that was finished holds records that
+/// later deltas point at and a COMMIT someone may have signed, so losing
+/// its MANIFEST makes it damaged data, never a leftover. Resume, abort and
+/// `medium fsck --repair` must not treat it as one: removing it would take
+/// every delta built on it with it.
+pub fn finished_evidence<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    g: u32,
+    gens: &[u32],
+) -> Result<Option<String>> {
+    // A capture never starts a generation over an unfinished one (it
+    // resumes it), so any later generation proves this one was finished.
+    if let Some(later) = gens.iter().copied().filter(|&x| x > g).min() {
+        return Ok(Some(alloc::format!(
+            "generation {later} was captured after it"
+        )));
+    }
+    let file = |f: &str| layout::generation_file(name, g, f);
+    let manifest = file(MANIFEST_FILE);
+    if store.len(&manifest).at(&manifest)?.is_some() {
+        return Ok(Some("its MANIFEST is there but does not read back".into()));
+    }
+    let commit = file(commit::COMMIT_FILE);
+    if store.len(&commit).at(&commit)?.is_some() {
+        return Ok(Some("its COMMIT is written".into()));
+    }
+    if let Ok(Some(j)) = medium::read_journal(store, name, g) {
+        if j.state == layout::JournalState::Finished {
+            return Ok(Some("its journal says it finished".into()));
+        }
+    }
+    Ok(None)
+}
+
 /// Lists captures and their generations without any key.
 pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo>> {
     let mut out = Vec::new();
@@ -884,7 +936,8 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
             .at(&dir)?
             .is_some();
         let mut generations = Vec::new();
-        for g in medium::generations(store, &name)? {
+        let all = medium::generations(store, &name)?;
+        for &g in &all {
             let blank = GenerationInfo {
                 generation: g,
                 state: GenerationState::Damaged(String::new()),
@@ -925,8 +978,17 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
                         ..blank
                     }
                 }
-                Ok(None) => match medium::read_journal(store, &name, g)? {
-                    Some(j) => GenerationInfo {
+                Ok(None) => match (
+                    finished_evidence(store, &name, g, &all)?,
+                    medium::read_journal(store, &name, g)?,
+                ) {
+                    (Some(why), _) => GenerationInfo {
+                        state: GenerationState::Damaged(alloc::format!(
+                            "its MANIFEST is missing although it was finished ({why})"
+                        )),
+                        ..blank
+                    },
+                    (None, Some(j)) => GenerationInfo {
                         state: GenerationState::Unfinished {
                             next_chunk: j.next_chunk,
                         },
@@ -937,7 +999,7 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
                         segments: j.closed_segments + u32::from(j.open_len > 0),
                         ..blank
                     },
-                    None => GenerationInfo {
+                    (None, None) => GenerationInfo {
                         state: GenerationState::Damaged("no manifest and no valid journal".into()),
                         ..blank
                     },

@@ -535,15 +535,23 @@ fn abort(args: &Plan) -> crate::Result<i32> {
             "capture_removed": plan.whole,
         }))?;
     } else {
-        println!(
-            "aborted {}: removed unfinished generation {gens}{}",
-            plan.name,
-            if plan.whole {
-                " (it was the only one: the capture is gone from the medium)"
-            } else {
-                ""
-            }
-        );
+        if plan.remove.is_empty() {
+            println!(
+                "aborted {}: removed its capture directory (the capture stopped before it wrote \
+                 any generation)",
+                plan.name
+            );
+        } else {
+            println!(
+                "aborted {}: removed unfinished generation {gens}{}",
+                plan.name,
+                if plan.whole {
+                    " (it was the only one: the capture is gone from the medium)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     Ok(crate::exit::OK)
 }
@@ -626,7 +634,9 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
     if source.len() == 0 {
         return Err(usage(format!("source {spec} is empty")));
     }
-    let mut medium = args.medium.open_before_capture()?;
+    let mut medium =
+        args.medium
+            .open_before_capture_for(&span_plan(args, source.len(), chunk_size))?;
     let plan = preflight(args, &mut *source, medium.store(), chunk_size, rate);
     medium.close()?;
     let plan = plan?;
@@ -666,7 +676,16 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
         refuse_source_on_medium(&args.medium, s)?;
     }
     args.medium.ready_to_capture()?;
-    let mut medium = args.medium.open_before_capture()?;
+    // The reserve each medium keeps grows with every disk of the machine.
+    let total: u64 = sources
+        .iter()
+        .filter_map(|s| crate::source::open(s, None).ok().map(|s| s.len()))
+        .sum();
+    let mut whole = args.clone();
+    whole.span_total = Some(total);
+    let mut medium = args
+        .medium
+        .open_before_capture_for(&span_plan(&whole, total, chunk_size))?;
     let planned = (|| {
         let mut disks = Vec::new();
         for (k, src) in sources.iter().enumerate() {
@@ -932,8 +951,28 @@ fn preflight(
             image_format::GenerationState::Complete => {
                 return Err(finished_error(args, g.generation))
             }
-            // Nothing durable: the writer starts this generation afresh.
-            image_format::GenerationState::Damaged(_) => ("new", g.generation, None, 0),
+            image_format::GenerationState::Damaged(ref why) => {
+                let c = existing.map(|c| c.name.as_str()).unwrap_or(&args.name);
+                let gens: Vec<u32> = existing
+                    .map(|c| c.generations.iter().map(|i| i.generation).collect())
+                    .unwrap_or_default();
+                // A generation that was finished once is damaged data, not
+                // an interrupted start: never write over it.
+                if image_format::finished_evidence(store, c, g.generation, &gens)?.is_some() {
+                    return Err(crate::exit::coded(
+                        crate::exit::FOUND,
+                        format!(
+                            "capture {c} generation {} is damaged ({why}): a capture does not \
+                             write over it. `mgear verify` says what is wrong; to replace it, \
+                             `mgear medium rm --name {c} --generation {} --force`, then run this \
+                             command again",
+                            g.generation, g.generation
+                        ),
+                    ));
+                }
+                // Nothing durable: the writer starts this generation afresh.
+                ("new", g.generation, None, 0)
+            }
         },
     };
     crate::preflight::check_container(source, spec)?;
@@ -1182,11 +1221,19 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     // Check before writing, on a read-only view of the medium: a refusal
     // leaves it byte-for-byte as it was.
     let (exists, on_medium, borrow) = {
-        let mut ro = args.medium.open_before_capture()?;
+        let mut ro = args
+            .medium
+            .open_before_capture_for(&span_plan(args, size, chunk_size))?;
         let checked = (|| {
             let exists = image_format::list_captures(ro.store())?
                 .iter()
                 .any(|c| c.name.eq_ignore_ascii_case(&args.name));
+            // A capture directory with no generation holding a manifest or
+            // journal is what a first capture stopped at its very start
+            // leaves (key slots at most): nothing there can be resumed or
+            // read, so this run starts it over as a new capture (the writer
+            // writes new key slots over it).
+            let exists = exists && image_format::capture_id(ro.store(), &args.name)?.is_some();
             if !exists && recipients.is_empty() && passphrase.is_none() {
                 return Err(usage(
                     "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the target) and/or --passphrase-file",
@@ -1300,12 +1347,31 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         Some(id) => crate::keys::find_cached(&cache_dir, &args.name, id)?,
         None => None,
     };
-    let key = match &cached {
+    let mut key = match &cached {
         Some(c) => Some(DataKey::load_cache(&c.path, &c.name)?),
         None => shared
             .map(|s| s.key.clone())
             .or_else(|| borrow.as_ref().map(|(_, k)| k.clone())),
     };
+    // A new capture's key goes into the key cache before anything of it is
+    // on the medium: a run stopped anywhere after that (SIGKILL, a full
+    // disk) leaves a medium whose capture id the cache knows, so the same
+    // command resumes it. The other order left a journal whose key was
+    // nowhere but in the target's slot, and the re-run was refused.
+    let mut fresh_id = None;
+    if !exists && key.is_none() && shared.is_none() && borrow.is_none() {
+        let k = DataKey::generate()?;
+        let id = image_format::keys::random::<16>()?;
+        create_private_dir(&cache_dir)?;
+        crate::keys::remove_stale_temp(&cache_dir, &args.name);
+        k.save_cache_with_id(
+            &crate::keys::cache_file(&cache_dir, &args.name, &id),
+            &args.name,
+            &id,
+        )?;
+        key = Some(k);
+        fresh_id = Some(id);
+    }
     if exists && key.is_none() && passphrase.is_none() {
         let _ = medium.close();
         return Err(usage(format!(
@@ -1326,7 +1392,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     params.delta = args.delta;
     params.capture_id = shared
         .map(|s| s.capture_id)
-        .or(borrow.as_ref().map(|(b, _)| b.capture_id));
+        .or(borrow.as_ref().map(|(b, _)| b.capture_id))
+        .or(fresh_id);
     params.dedup_with = shared.map(|s| s.dedup_with.clone()).unwrap_or_default();
     params.peers = match (shared, &borrow) {
         (Some(s), _) => s.peers.clone(),
@@ -1359,9 +1426,12 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         create_private_dir(&cache_dir)?;
         let id = writer.capture_id();
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
-        writer
-            .data_key()
-            .save_cache_with_id(&cache_file, &args.name, &id)?;
+        if fresh_id != Some(id) {
+            crate::keys::remove_stale_temp(&cache_dir, &args.name);
+            writer
+                .data_key()
+                .save_cache_with_id(&cache_file, &args.name, &id)?;
+        }
         // An older release's `NAME.key` of this capture is now kept by id.
         if let Some(old) = cached.as_ref().filter(|c| c.path != cache_file) {
             let _ = std::fs::remove_file(&old.path);
@@ -1817,17 +1887,48 @@ fn medium_full(
     } else {
         (stats.stored as f64 / stats.read as f64).max(0.01)
     };
-    let needed = (left as f64 * ratio) as u64 + (16 << 20);
+    coded_full(
+        args,
+        &err,
+        left_to_store(left, ratio, chunk_size),
+        span_plan(args, size, chunk_size).reserve,
+        free,
+    )
+}
+
+/// Bytes of records the `left` bytes of disk still to read need at `ratio`.
+fn left_to_store(left: u64, ratio: f64, chunk_size: u32) -> u64 {
+    crate::preflight::stored_estimate(left, chunk_size, 0.0, ratio)
+}
+
+/// The medium-full error: `needed` is what the rest of the disk stores,
+/// `reserve` what a medium joining the span keeps for its copy of the index
+/// and manifests. A re-run resumes from the last checkpoint (every
+/// `--checkpoint` bytes of disk), not from the chunk that failed, so the
+/// message says that (a capture smaller than one checkpoint starts over).
+fn coded_full(
+    args: &Plan,
+    err: &crate::Error,
+    needed: u64,
+    reserve: u64,
+    free: Option<u64>,
+) -> crate::Error {
     let free_txt = free.map_or(String::new(), |f| format!(" ({} free now)", human_bytes(f)));
+    let resume = format!(
+        "the capture continues from its last checkpoint (one every {} of disk)",
+        human_bytes(args.checkpoint_bytes.max(1))
+    );
     if args.medium.medium.len() + args.medium.appliance.len() > 1 {
         return crate::exit::coded(
             crate::exit::IO,
             format!(
-                "every medium given is full ({}): about {} more needed; attach another medium and \
-                 re-run the same command with it added (one more --medium or --appliance): the \
-                 capture continues on it where it stopped ({err:#})",
+                "every medium given is full ({}): about {} more needed for the rest of the disk; \
+                 attach another medium with room for that plus about {} (its copy of the index \
+                 and manifests) and re-run the same command with it added (one more --medium or \
+                 --appliance): {resume} ({err:#})",
                 args.medium.describe(),
                 human_bytes(needed),
+                human_bytes(reserve),
             ),
         );
     }
@@ -1835,10 +1936,12 @@ fn medium_full(
         crate::exit::IO,
         format!(
             "medium full: about {needed} bytes ({}) more needed{free_txt}; re-run the same command \
-             with one more --medium (or --appliance) added: the capture continues on it where it \
-             stopped; or free space (or use a larger medium holding the same files) and re-run it; \
-             or remove this unfinished capture with `mgear capture --abort {} --name {}` ({err:#})",
+             with one more --medium (or --appliance) added, with room for that plus about {} (its \
+             copy of the index and manifests): {resume}; or free space (or use a larger medium \
+             holding the same files) and re-run it; or remove this unfinished capture with \
+             `mgear capture --abort {} --name {}` ({err:#})",
             human_bytes(needed),
+            human_bytes(reserve),
             args.medium.as_args(),
             args.name
         ),

@@ -275,6 +275,24 @@ pub fn cache_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
     dir.join(format!("{name}-{}.key", crate::output::hex(id)))
 }
 
+/// Removes `NAME-*.key.*.new` in `dir`: what a run killed while writing a
+/// key cache file of capture `name` leaves (the file is written under that
+/// name, synced, then renamed). Best effort: a leftover is only clutter.
+pub fn remove_stale_temp(dir: &Path, name: &str) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{name}-");
+    for e in rd.flatten() {
+        let file = e.file_name();
+        let file = file.to_string_lossy();
+        // `image_format::private::replace` names it `NAME-ID.key.RANDOM.new`.
+        if file.starts_with(&prefix) && file.contains(".key.") && file.ends_with(".new") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Every key cache file in `dir` (none if `dir` does not exist), by name then id.
 pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
     let rd = match fs::read_dir(dir) {

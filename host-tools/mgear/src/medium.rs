@@ -123,6 +123,14 @@ impl Where {
         self.open_with(true, Some(&SpanPlan::default()))
     }
 
+    /// Like [`open_before_capture`](Self::open_before_capture), with the
+    /// free space of a span counted as a capture sized by `plan` will use
+    /// it (each medium's reserve and least room for a segment left out), so
+    /// the space check and `--dry-run` promise only what the capture keeps.
+    pub fn open_before_capture_for(&self, plan: &SpanPlan) -> crate::Result<Medium> {
+        self.open_with(true, Some(plan))
+    }
+
     /// A single medium: `--medium fat:A.img` (not a span).
     pub fn one(spec: impl Into<String>) -> Self {
         Where {
@@ -229,7 +237,15 @@ impl Where {
             })
             .collect();
         let span = if read_only {
-            SpanStore::open(media, plan.is_none())
+            SpanStore::open(media, plan.is_none()).map(|mut s| {
+                if let Some(p) = plan {
+                    s.plan_with(SpanOptions {
+                        reserve: p.reserve,
+                        min_room: p.min_room,
+                    });
+                }
+                s
+            })
         } else if let Some(plan) = plan {
             let id = image_format::keys::random::<16>()?;
             SpanStore::join(

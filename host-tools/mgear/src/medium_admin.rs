@@ -258,11 +258,21 @@ pub fn plan_rm(
             v
         }
     };
-    let finished: Vec<u32> = gens
-        .iter()
-        .filter(|i| remove.contains(&i.generation) && i.state == GenerationState::Complete)
-        .map(|i| i.generation)
-        .collect();
+    // A damaged generation that was once finished counts as finished data.
+    let numbers: Vec<u32> = gens.iter().map(|i| i.generation).collect();
+    let mut finished = Vec::new();
+    for i in gens.iter().filter(|i| remove.contains(&i.generation)) {
+        let done = match i.state {
+            GenerationState::Complete => true,
+            GenerationState::Unfinished { .. } => false,
+            GenerationState::Damaged(_) => {
+                image_format::finished_evidence(store, &cap.name, i.generation, &numbers)?.is_some()
+            }
+        };
+        if done {
+            finished.push(i.generation);
+        }
+    }
     if !finished.is_empty() && !force {
         let deps: Vec<u32> = generation
             .map(|g| remove.iter().copied().filter(|&x| x != g).collect())
@@ -496,9 +506,17 @@ fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> crate::Res
     Ok(summary)
 }
 
-/// `capture --abort`: remove the unfinished generation of `name`. Refuses
-/// when the newest generation is finished (that is `medium rm --force`).
-/// For a machine set, every disk of it.
+/// `capture --abort`: remove the unfinished generation of `name`. For a
+/// machine set, every disk of it.
+///
+/// Only the newest generation is ever removed, and only when it never
+/// finished: a capture resumes or starts a generation only on top of
+/// finished ones, so an older generation without a MANIFEST is one that
+/// lost it (damage), and later deltas may point into its records. Removing
+/// it would make them unreadable; that is `medium rm --force`'s decision,
+/// which names what depends on it. A capture directory holding no
+/// generation at all (a first capture stopped before it wrote one) has
+/// nothing anyone could need and goes whole.
 pub fn abort(store: &mut dyn Store, name: &str) -> crate::Result<RmPlan> {
     if let Some((set, streams)) = set_members(store, name)? {
         return abort_set(store, &set, &streams);
@@ -510,24 +528,42 @@ pub fn abort(store: &mut dyn Store, name: &str) -> crate::Result<RmPlan> {
             "there is no capture {name} on this medium to abort"
         ))
     })?;
-    let unfinished: Vec<u32> = cap
-        .generations
-        .iter()
-        .filter(|i| i.state != GenerationState::Complete)
-        .map(|i| i.generation)
-        .collect();
-    if unfinished.is_empty() {
-        let newest = cap.generations.last().map_or(0, |g| g.generation);
-        return Err(usage(format!(
-            "capture {} has no unfinished generation to abort (generation {newest} is finished); \
-             to remove finished data use `mgear medium rm --name {} --generation {newest} --force`",
-            cap.name, cap.name
-        )));
+    let Some(newest) = cap.generations.last() else {
+        let plan = RmPlan {
+            name: cap.name.clone(),
+            remove: Vec::new(),
+            finished: Vec::new(),
+            whole: true,
+        };
+        execute(store, &plan)?;
+        return Ok(plan);
+    };
+    let g = newest.generation;
+    match &newest.state {
+        GenerationState::Complete => {
+            return Err(usage(format!(
+                "capture {} has no unfinished generation to abort (generation {g} is finished); \
+                 to remove finished data use `mgear medium rm --name {} --generation {g} --force`",
+                cap.name, cap.name
+            )))
+        }
+        GenerationState::Unfinished { .. } => {}
+        GenerationState::Damaged(why) => {
+            let gens: Vec<u32> = cap.generations.iter().map(|i| i.generation).collect();
+            if image_format::finished_evidence(store, &cap.name, g, &gens)?.is_some() {
+                return Err(usage(format!(
+                    "capture {} generation {g} is damaged, not unfinished ({why}): `capture \
+                     --abort` removes only an interrupted capture. `mgear verify` says what is \
+                     wrong; to remove it anyway: `mgear medium rm --name {} --generation {g} --force`",
+                    cap.name, cap.name
+                )));
+            }
+        }
     }
     let plan = RmPlan {
         name: cap.name.clone(),
-        whole: unfinished.len() == cap.generations.len(),
-        remove: unfinished,
+        whole: cap.generations.len() == 1,
+        remove: vec![g],
         finished: Vec::new(),
     };
     execute(store, &plan)?;
@@ -748,18 +784,36 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
             let gdir = layout::generation_dir(&cap.name, g.generation);
             match &g.state {
                 GenerationState::Damaged(why) => {
-                    out.push(finding(
-                        gdir.clone(),
-                        "damaged-generation",
-                        format!(
+                    let numbers: Vec<u32> =
+                        cap.generations.iter().map(|i| i.generation).collect();
+                    // Only a generation that never finished is a leftover:
+                    // one that did (a later generation on it, its COMMIT, a
+                    // damaged MANIFEST) is evidence for verify, and deltas
+                    // may need its records.
+                    let finished = image_format::finished_evidence(
+                        store,
+                        &cap.name,
+                        g.generation,
+                        &numbers,
+                    )?;
+                    let what = match &finished {
+                        Some(_) => format!(
+                            "generation {} of {} is damaged ({why}): it is not a leftover and is \
+                             kept; `mgear verify` says what is wrong",
+                            g.generation, cap.name
+                        ),
+                        None => format!(
                             "generation {} of {} has no MANIFEST and no valid journal ({}): nothing can resume or read it",
                             g.generation,
                             cap.name,
                             if why.is_empty() { "empty" } else { why.as_str() }
                         ),
-                        // Only a generation that never finished: a damaged
-                        // MANIFEST is evidence for verify, not a leftover.
-                        store.len(&format!("{gdir}/{MANIFEST_FILE}"))?.is_none(),
+                    };
+                    out.push(finding(
+                        gdir.clone(),
+                        "damaged-generation",
+                        what,
+                        finished.is_none(),
                     ));
                     continue;
                 }
@@ -1000,6 +1054,31 @@ mod tests {
         // A damaged loop ends.
         let looped = vec![info(1, Some(2), true), info(2, Some(1), true)];
         assert!(dependents(&looped, 3).is_empty());
+    }
+
+    #[test]
+    fn abort_removes_only_the_newest_generation_and_fsck_keeps_one_built_on() {
+        let mut s = MemStore::new();
+        // G0001 lost everything (a later generation proves it was
+        // finished); G0002 is a start that never reached a checkpoint.
+        s.create_dir_all("MGEAR/web01/G0001").unwrap();
+        s.write_at("MGEAR/web01/G0001/SEG-00000", 0, b"x").unwrap();
+        s.create_dir_all("MGEAR/web01/G0002").unwrap();
+        let f = scan(&mut s).unwrap();
+        let g1 = f.iter().find(|x| x.path == "MGEAR/web01/G0001").unwrap();
+        assert!(!g1.repairable && g1.what.contains("damaged"), "{g1:?}");
+        let plan = abort(&mut s, "web01").unwrap();
+        assert_eq!(plan.remove, vec![2]);
+        assert_eq!(s.len("MGEAR/web01/G0001/SEG-00000").unwrap(), Some(1));
+        // Now G0001 is the newest: with nothing saying it ever finished,
+        // it is an interrupted start, and the capture goes with it.
+        let plan = abort(&mut s, "web01").unwrap();
+        assert!(plan.whole && plan.remove == vec![1], "{plan:?}");
+        // A capture directory without any generation goes whole.
+        s.create_dir_all("MGEAR/b").unwrap();
+        let plan = abort(&mut s, "b").unwrap();
+        assert!(plan.whole && plan.remove.is_empty(), "{plan:?}");
+        assert!(image_format::list_captures(&mut s).unwrap().is_empty());
     }
 
     #[test]

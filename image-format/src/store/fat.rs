@@ -1632,6 +1632,15 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(err, Some(StoreError::NoSpace));
+        // The volume stays consistent: the file's size matches its cluster
+        // chain, no cluster leaked, FSInfo's free count right.
+        s.unmount().unwrap();
+        fsck(&p);
+        // Freeing the file gives every cluster back.
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.remove_file("BIG").unwrap();
+        s.unmount().unwrap();
+        fsck(&p);
     }
 
     #[test]

@@ -509,3 +509,146 @@ fn one_ingest_per_volume() {
         fs::read(e.p("d.raw")).unwrap()
     );
 }
+
+/// `capture --abort` removed a finished generation whose MANIFEST was lost
+/// (deleted, or a flipped byte) while a delta depended on it, with exit 0:
+/// the delta became unreadable. Abort now removes only the newest generation
+/// and only one that never finished; verify and fsck call such a generation
+/// damaged, and neither advises removing it.
+#[test]
+fn abort_never_removes_a_generation_a_delta_builds_on() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 3 << 20, 21);
+    fs::create_dir(e.p("med")).unwrap();
+    e.capture("dir:med", "a").source("d.raw").ok();
+    let mut disk = fs::read(e.p("d.raw")).unwrap();
+    disk[(2 << 20) + 5] ^= 0xff;
+    fs::write(e.p("d.raw"), &disk).unwrap();
+    e.capture("dir:med", "a")
+        .source("d.raw")
+        .arg("--delta")
+        .ok();
+    for damage in ["remove", "flip"] {
+        let manifest = e.p("med/MGEAR/a/G0001/MANIFEST");
+        let saved = fs::read(&manifest).unwrap();
+        if damage == "remove" {
+            fs::remove_file(&manifest).unwrap();
+        } else {
+            let mut b = saved.clone();
+            let at = b.len() / 2;
+            b[at] ^= 0x40;
+            fs::write(&manifest, b).unwrap();
+        }
+        let before = tree(&e.p("med"));
+        let abort = e.run(&["capture", "--abort", "--medium", "dir:med", "--name", "a"]);
+        assert_eq!(
+            abort.status.code(),
+            Some(2),
+            "{damage}: {}",
+            output_text(&abort)
+        );
+        let text = output_text(&abort);
+        assert!(
+            text.contains("generation 2 is finished"),
+            "{damage}: {text}"
+        );
+        assert_eq!(
+            tree(&e.p("med")),
+            before,
+            "{damage}: abort changed the medium"
+        );
+        let verify = e.run(&["verify", "--medium", "dir:med"]);
+        let text = output_text(&verify);
+        assert!(!text.contains("capture --abort"), "{damage}: {text}");
+        let fsck = e.run(&["medium", "fsck", "--medium", "dir:med", "--repair"]);
+        let text = output_text(&fsck);
+        assert!(!text.contains("capture --abort"), "{damage}: {text}");
+        assert!(
+            e.p("med/MGEAR/a/G0001").exists(),
+            "{damage}: fsck removed it"
+        );
+        fs::write(&manifest, saved).unwrap();
+    }
+    // With G0001 whole again, the delta still reads back.
+    e.ingest("dir:med", "a")
+        .untrusted()
+        .target("file:out.raw")
+        .ok();
+    assert_eq!(fs::read(e.p("out.raw")).unwrap(), disk);
+    // Removed by hand, the delta's ingest names the missing parent.
+    fs::remove_dir_all(e.p("med/MGEAR/a/G0001")).unwrap();
+    let ingest = e
+        .ingest("dir:med", "a")
+        .untrusted()
+        .target("file:o2.raw")
+        .run();
+    let text = output_text(&ingest);
+    assert!(text.contains("parent generation 1 is missing"), "{text}");
+}
+
+/// A first capture killed at its very start (between creating its directory
+/// on the medium and writing the key cache) left a medium the same command
+/// refused ("its data key is not in the key cache"), and `capture --abort`
+/// pointed at `medium rm --generation 0`, which failed. The README promises
+/// "run the same command again".
+#[test]
+fn a_first_capture_killed_at_its_start_runs_again() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 3 << 20, 22);
+    let strace = std::process::Command::new("strace").arg("-V").output();
+    assert!(
+        strace.is_ok_and(|o| o.status.success()),
+        "strace (./test.sh installs it)"
+    );
+    for when in 1..=8 {
+        let m = format!("m{when}");
+        fs::create_dir(e.p(&m)).unwrap();
+        let medium = format!("dir:{m}");
+        let line = e.capture(&medium, "b").source("d.raw");
+        let mut killed = std::process::Command::new("strace");
+        killed
+            .args([
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=fsync,fdatasync",
+            ])
+            .arg("-e")
+            .arg(format!("inject=fsync,fdatasync:signal=KILL:when={when}"))
+            .arg(mgear_tests::bin("mgear"))
+            .args(line.argv())
+            .current_dir(e.dir.path())
+            .env("XDG_STATE_HOME", e.p("state"))
+            .stdin(std::process::Stdio::null());
+        let _ = killed.output().unwrap();
+        // The same command again finishes it, whatever the kill left.
+        line.ok();
+        e.ingest(&medium, "b")
+            .untrusted()
+            .target(&format!("file:{m}.raw"))
+            .ok();
+        assert_eq!(
+            fs::read(e.p(&format!("{m}.raw"))).unwrap(),
+            fs::read(e.p("d.raw")).unwrap(),
+            "kill at sync {when}"
+        );
+    }
+    let keys = e.p("state/mgear/keys");
+    for f in fs::read_dir(&keys).unwrap() {
+        let f = f.unwrap().file_name().to_string_lossy().to_string();
+        assert!(!f.ends_with(".new"), "left in the key cache: {f}");
+    }
+    // A capture directory with nothing in it yet: abort removes it.
+    fs::create_dir_all(e.p("m0/MGEAR/b")).unwrap();
+    let abort = e.ok(&["capture", "--abort", "--medium", "dir:m0", "--name", "b"]);
+    assert!(
+        output_text(&abort).contains("removed its capture directory"),
+        "{}",
+        output_text(&abort)
+    );
+    assert!(!e.p("m0/MGEAR/b").exists());
+}
