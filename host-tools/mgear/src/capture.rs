@@ -177,6 +177,10 @@ pub struct Report {
     pub borrows_from: Vec<String>,
     /// The receipt the field engineer sends to the target.
     pub receipt: Receipt,
+    /// What the field engineer should look at (also printed on stderr): a delta none of
+    /// whose chunks matched its parent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// What the target needs to pin this generation (`ingest --expect-generation`).
@@ -1315,6 +1319,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 manifest_root: receipt.manifest_root.clone(),
                 borrows_from: Vec::new(),
                 receipt,
+                warnings: Vec::new(),
             });
         }
     }
@@ -1507,6 +1512,31 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     };
     let secs = started.elapsed().as_secs_f64();
     let cpu_seconds = (progress::cpu_seconds() - cpu0).max(0.0);
+    let mut warnings = Vec::new();
+    // A delta of the disk it continues shares most chunks with its parent; one sharing none
+    // (a few stored chunks are no sign: a small disk, or one rewritten by an erase) is most
+    // likely another disk given as --source, or a set's disks given in another order. Said
+    // after the fact, with how to undo it: the parent is untouched.
+    if let Some(parent) = summary.parent {
+        let unchanged = summary.dedup_chunks + stats.unchanged;
+        if unchanged == 0 && summary.stored_chunks >= 8 && summary.resumed_from == 0 {
+            warnings.push(format!(
+                "none of the {} chunks {} stored matches generation {parent} of {}: this delta \
+                 holds the whole disk again. If it is not the disk captured as {} (the wrong \
+                 --source, or a set's --source in another order), remove this generation with \
+                 `mgear medium rm --name {} --generation {}` and capture the right disk",
+                summary.stored_chunks,
+                args.source.as_deref().unwrap_or("the source"),
+                summary.name,
+                summary.name,
+                summary.name,
+                summary.generation
+            ));
+        }
+    }
+    for w in &warnings {
+        eprintln!("mgear: WARNING: {w}");
+    }
     Ok(Report {
         command: "capture",
         name: summary.name.clone(),
@@ -1534,6 +1564,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         manifest_root: hex(&summary.manifest_root),
         borrows_from,
         receipt,
+        warnings,
     })
 }
 

@@ -652,3 +652,54 @@ fn a_first_capture_killed_at_its_start_runs_again() {
     );
     assert!(!e.p("m0/MGEAR/b").exists());
 }
+
+/// A delta whose source shares no chunk with the generation it continues (another disk given
+/// as `--source`, a set's disks in another order) is captured (the parent is untouched) but
+/// warned about, on stderr and in `--json`, with how to remove it; a real delta is not.
+#[test]
+fn a_delta_of_another_disk_is_warned_about() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 12 << 20, 1);
+    random_disk(&e.p("b.raw"), 12 << 20, 2);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "web01").source("a.raw").ok();
+    let o = e
+        .capture("dir:mnt", "web01")
+        .source("b.raw")
+        .args(&["--delta", "--json"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = v["warnings"][0].as_str().unwrap_or_default();
+    assert!(w.contains("matches generation 1 of web01"), "{v}");
+    assert!(w.contains("--generation 2"), "{v}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("WARNING: none of the 12 chunks"),
+        "{}",
+        output_text(&o)
+    );
+    // The disk itself, a little changed: no warning.
+    let mut d = fs::read(e.p("b.raw")).unwrap();
+    d[5 << 20] ^= 1;
+    fs::write(e.p("b.raw"), d).unwrap();
+    let v = e
+        .capture("dir:mnt", "web01")
+        .source("b.raw")
+        .arg("--delta")
+        .json();
+    assert!(v.get("warnings").is_none(), "{v}");
+
+    // A set's disks swapped: both disks are warned about.
+    e.capture("dir:mnt", "db01")
+        .sources(&["a.raw", "b.raw"])
+        .ok();
+    let o = e
+        .capture("dir:mnt", "db01")
+        .sources(&["b.raw", "a.raw"])
+        .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("WARNING: none of the").count(), 2, "{err}");
+}
