@@ -1438,7 +1438,12 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 .save_cache_with_id(&cache_file, &args.name, &id)?;
         }
         // An older release's `NAME.key` of this capture is now kept by id.
-        if let Some(old) = cached.as_ref().filter(|c| c.path != cache_file) {
+        // Only that: a file with an id line is another name's key of this capture id (a
+        // machine set's disks share its key and id), which must stay.
+        if let Some(old) = cached
+            .as_ref()
+            .filter(|c| c.path != cache_file && c.capture_id.is_none())
+        {
             let _ = std::fs::remove_file(&old.path);
         }
         let pace = Pace {

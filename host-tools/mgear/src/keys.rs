@@ -429,35 +429,47 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                         k.capture_id
                             .as_deref()
                             .is_some_and(|c| c.eq_ignore_ascii_case(id.trim()))
-                    }) && name
-                        .as_deref()
-                        .is_none_or(|n| k.name.eq_ignore_ascii_case(n))
+                    }) && name.as_deref().is_none_or(|n| {
+                        // A machine set's name covers its disks' entries (`db01.d0`, ...).
+                        k.name.eq_ignore_ascii_case(n)
+                            || image_format::set::parse_disk_stream_name(&k.name)
+                                .is_some_and(|(set, _)| set.eq_ignore_ascii_case(n))
+                    })
                 })
                 .collect();
+            // One capture (a set: its disks' entries too) is one key: counted by id.
+            let mut ids: Vec<&str> = chosen
+                .iter()
+                .map(|k| k.capture_id.as_deref().unwrap_or("none"))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
             if chosen.is_empty() {
                 return Err(usage(format!(
                     "no cached key matches in {} (see `mgear keys list`)",
                     dir.display()
                 )));
             }
-            if chosen.len() > 1 && capture_id.is_none() && !all {
+            if ids.len() > 1 && capture_id.is_none() && !all {
                 return Err(usage(format!(
                     "{} cached keys have that name (capture ids {}): pass --capture-id ID, or --all to forget every one",
-                    chosen.len(),
-                    chosen
-                        .iter()
-                        .map(|k| k.capture_id.as_deref().unwrap_or("none"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    ids.len(),
+                    ids.join(", ")
                 )));
             }
-            for k in chosen {
+            for k in &chosen {
                 fs::remove_file(&k.path)
                     .with_context(|| format!("removing {}", k.path.display()))?;
+            }
+            for id in ids {
+                let names: Vec<&str> = chosen
+                    .iter()
+                    .filter(|k| k.capture_id.as_deref().unwrap_or("none") == id)
+                    .map(|k| k.name.as_str())
+                    .collect();
                 println!(
-                    "forgot the data key of {} (capture id {}): deltas and syncs of it can no longer run on this host",
-                    k.name,
-                    k.capture_id.as_deref().unwrap_or("none")
+                    "forgot the data key of {} (capture id {id}): deltas and syncs of it can no longer run on this host",
+                    names.join(", ")
                 );
             }
             Ok(crate::exit::OK)

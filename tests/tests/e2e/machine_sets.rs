@@ -651,3 +651,48 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
     );
     assert_eq!(i["shipment"]["complete"], false, "{i}");
 }
+
+/// A set's data key is cached under the set and each disk (one capture id); a delta keeps
+/// every entry (it once deleted the set's and disk 0's as "older releases' files"), and
+/// `keys forget --name SET` forgets them all, so no delta of it can run here afterwards.
+#[test]
+fn a_sets_cached_key_survives_deltas_and_is_forgotten_whole() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("a.raw"), data_disk(3)).unwrap();
+    std::fs::write(e.p("b.raw"), data_disk(4)).unwrap();
+    std::fs::create_dir(e.p("mnt")).unwrap();
+    let set = |extra: &[&str]| {
+        e.capture("dir:mnt", "db01")
+            .sources(&["a.raw", "b.raw"])
+            .args(extra)
+            .run()
+    };
+    assert!(set(&[]).status.success());
+    let names = || -> Vec<String> {
+        let k = e.json(&["keys", "list"]);
+        let mut v: Vec<String> = k["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), ["db01", "db01.d0", "db01.d1"]);
+    let o = set(&["--delta"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(names(), ["db01", "db01.d0", "db01.d1"], "after a delta");
+    let o = e.ok(&["keys", "forget", "--name", "DB01"]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("db01, db01.d0, db01.d1"), "{said}");
+    assert!(names().is_empty());
+    let o = set(&["--delta"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("not in the key cache"),
+        "{}",
+        output_text(&o)
+    );
+}
