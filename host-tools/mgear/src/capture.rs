@@ -893,7 +893,8 @@ fn finished_error(args: &Plan, generation: u32) -> crate::Error {
     usage(format!(
         "{} is already captured as generation {generation} on this medium (finished): a second \
          full copy would only use space. Use --delta to add the changes since, or remove \
-         it first (`mgear medium rm {} --name {} --generation {generation} --force`)",
+         the capture with every generation first to replace it (`mgear medium rm {} --name {} \
+         --force`)",
         args.name,
         args.medium.as_args(),
         args.name,
@@ -1525,16 +1526,20 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     if let Some(parent) = summary.parent {
         let unchanged = summary.dedup_chunks + stats.unchanged;
         if unchanged == 0 && summary.stored_chunks >= 8 && summary.resumed_from == 0 {
+            // A set's generation is removed as the set's, with every disk.
+            let owner = image_format::set::parse_disk_stream_name(&summary.name)
+                .map_or(summary.name.clone(), |(set, _)| set.to_string());
             warnings.push(format!(
                 "none of the {} chunks {} stored matches generation {parent} of {}: this delta \
                  holds the whole disk again. If it is not the disk captured as {} (the wrong \
                  --source, or a set's --source in another order), remove this generation with \
-                 `mgear medium rm --name {} --generation {}` and capture the right disk",
+                 `mgear medium rm {} --name {owner} --generation {} --force` and capture the \
+                 right disk",
                 summary.stored_chunks,
                 args.source.as_deref().unwrap_or("the source"),
                 summary.name,
                 summary.name,
-                summary.name,
+                args.medium.as_args(),
                 summary.generation
             ));
         }

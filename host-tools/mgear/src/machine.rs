@@ -69,12 +69,17 @@ pub struct CaptureReport {
 /// (and a set's `--dry-run` or `--abort`) in [`capture::run`]. The
 /// command enters above both, so capture never calls up into this module.
 pub fn capture(cli: capture::Request) -> crate::Result<i32> {
-    let mut cli = cli;
     if cli.sources.len() >= 2 {
-        // Names are compared without case: a set's delta, dry run or abort given as `DB01`
-        // goes on with the `db01` on the medium (its disk streams are `db01.dK`).
-        if let Some(stored) = stored_name(&cli.plan) {
-            cli.plan.name = stored;
+        // Names are compared without case, and a capture writes the name it is given: as for
+        // one disk, `DB01` where the medium holds `db01` is refused with the spelling to use
+        // (the per-disk check would suggest `db01.d0`, which is no name a user can give).
+        if let Some(stored) = stored_name(&cli.plan).filter(|s| *s != cli.plan.name) {
+            return Err(usage(format!(
+                "this medium already holds capture {stored}, and capture names are compared \
+                 without case (FAT keeps one directory for both): --name {} is the same capture. \
+                 Use --name {stored} (with --delta to add the changes), or choose another name",
+                cli.plan.name
+            )));
         }
     }
     if cli.sources.len() < 2 || cli.plan.abort || cli.plan.dry_run {
@@ -85,8 +90,9 @@ pub fn capture(cli: capture::Request) -> crate::Result<i32> {
     run_capture(&args, &sources)
 }
 
-/// How the medium spells capture `plan.name`, if it holds one by that name in any case (none
-/// when the medium cannot be read now: the capture then says why, in its own words).
+/// How the medium spells capture `plan.name`, if it holds one by that name in any case (the
+/// name itself if none; nothing when the medium cannot be read now: the capture then says
+/// why, in its own words).
 fn stored_name(plan: &capture::Plan) -> Option<String> {
     let mut ro = plan.medium.open_before_capture().ok()?;
     let stored = image_format::stored_name(ro.store(), &plan.name).ok();
@@ -241,7 +247,9 @@ fn state(
         (false, Some(g)) => {
             return Err(usage(format!(
                 "set {name} is already captured as generation {g} on this medium (finished): use \
-                 --delta to add the changes of every disk since"
+                 --delta to add the changes of every disk since, or remove the set with every \
+                 generation first to replace it (`mgear medium rm {} --name {name} --force`)",
+                args.medium.as_args()
             )))
         }
     };

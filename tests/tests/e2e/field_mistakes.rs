@@ -673,7 +673,21 @@ fn a_delta_of_another_disk_is_warned_about() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let w = v["warnings"][0].as_str().unwrap_or_default();
     assert!(w.contains("matches generation 1 of web01"), "{v}");
-    assert!(w.contains("--generation 2"), "{v}");
+    assert!(w.contains("--generation 2 --force"), "{v}");
+    // The advice works as written: the generation goes, generation 1 stays.
+    let cmd = w.split('`').nth(1).unwrap();
+    let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+    e.ok(&args);
+    let i = e.json(&["inspect", "--medium", "dir:mnt", "--name", "web01"]);
+    assert_eq!(
+        i["captures"][0]["generations"].as_array().unwrap().len(),
+        1,
+        "{i}"
+    );
+    e.capture("dir:mnt", "web01")
+        .source("b.raw")
+        .arg("--delta")
+        .ok();
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("WARNING: none of the 12 chunks"),
         "{}",
@@ -702,4 +716,5 @@ fn a_delta_of_another_disk_is_warned_about() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("WARNING: none of the").count(), 2, "{err}");
+    assert!(err.contains("--name db01 --generation 2 --force"), "{err}");
 }

@@ -131,7 +131,8 @@ fn names_ignore_case_on_a_fat_medium() {
     any_case_finds_the_capture("fat");
 }
 
-/// A machine set answers to any case too: a delta of `DB01` continues `db01`, ingest of
+/// A machine set answers to any case too (a delta of `DB01` is told to say `db01`, as one
+/// disk is), ingest of
 /// `DB01` writes both disks (on FAT it once cried "moved or replayed file"), and a
 /// generation the set lacks is a usage error even without a key.
 fn a_set_answers_to_any_case(kind: &str) {
@@ -147,7 +148,19 @@ fn a_set_answers_to_any_case(kind: &str) {
     };
     set("db01", &[]);
     random_disk(&e, "d1.raw", 2, 9);
-    let c = set("DB01", &["--delta"]);
+    // A capture writes the name it is given: the other spelling is refused with the one to use.
+    let o = e
+        .capture(&m, "DB01")
+        .sources(&["disk.raw", "d1.raw"])
+        .arg("--delta")
+        .run();
+    assert_eq!(code(&o), Some(2), "{kind}: {}", output_text(&o));
+    assert!(
+        err(&o).contains("Use --name db01 (with --delta"),
+        "{kind}: {}",
+        output_text(&o)
+    );
+    let c = set("db01", &["--delta"]);
     assert_eq!(
         (c["name"].clone(), c["generation"].clone()),
         ("db01".into(), 2.into()),
