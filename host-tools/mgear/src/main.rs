@@ -43,13 +43,13 @@ enum Cmd {
     Keygen(cli::keys::KeygenArgs),
     /// The data keys this capture host keeps for deltas and syncs: list, forget.
     Keys(cli::keys::KeysArgs),
-    /// Create or prepare a medium (FAT32 image or device).
+    /// Format a medium (FAT32 image or device), remove captures from it (rm), check it (fsck).
     Medium(cli::medium::MediumArgs),
     /// Capture a disk onto the medium (encrypted; resumable: re-run the same command).
     Capture(cli::capture::Cli),
     /// Check a medium: keyless, or with --identity/--passphrase-file decrypting everything (exit 1 if bad).
     Verify(cli::verify::Args),
-    /// Verify, decrypt and write a capture onto a volume (file:, qcow2:, dev:); resumable.
+    /// Verify, decrypt and write a capture onto a volume (file:, qcow2:, dev:, nbd://, libvirt:, rbd:, cinder:, ebs-snapshot:); resumable.
     Ingest(cli::ingest::Cli),
     /// List the captures on a medium (no key needed).
     Inspect(cli::inspect::Args),

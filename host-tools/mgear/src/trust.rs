@@ -47,7 +47,7 @@ pub struct Pins {
     pub trust: Vec<PathBuf>,
     /// Trust this appliance (full fingerprint from `mgear appliance info`): its commit witness or seal + arrival; repeatable.
     pub trust_appliance: Vec<String>,
-    /// Install even without a signature by a pinned key (loud warning). Nothing then proves who wrote the capture.
+    /// Accept a capture without a signature by a pinned key (loud warning): ingest installs it, verify passes it. Nothing then proves who wrote it.
     pub allow_untrusted: bool,
     /// Seal and arrival attestations exported by `mgear appliance attestations --out DIR`.
     pub attestations: Option<PathBuf>,
@@ -378,7 +378,7 @@ pub fn check_generation(
             )));
         }
         warnings.push(format!(
-            "--allow-untrusted: installing a capture NOBODY TRUSTED VOUCHES FOR: {msg}"
+            "--allow-untrusted: accepting a capture NOBODY TRUSTED VOUCHES FOR: {msg}"
         ));
     }
     Ok(Verdict {

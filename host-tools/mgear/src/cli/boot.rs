@@ -9,7 +9,7 @@ use mgear_boot::{Bus, Drivers, Firmware};
 /// Arguments of `mgear boot`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Volume to boot: file:PATH, qcow2:PATH, dev:PATH, nbd://HOST:PORT/EXPORT or libvirt:POOL/NAME.
+    /// Volume to boot: file:PATH, qcow2:PATH, dev:PATH, nbd://HOST:PORT/EXPORT, libvirt:POOL/NAME or rbd:POOL/IMAGE.
     /// Repeat it for a machine of several disks: the first boots, the others
     /// are attached after it in order (a local QEMU or one libvirt domain).
     #[arg(long)]

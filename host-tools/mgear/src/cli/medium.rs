@@ -11,7 +11,7 @@ use mgear::{medium, medium_admin};
 #[group(required = true, multiple = true)]
 pub struct Where {
     /// Medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb) or dir:MOUNTPOINT; repeat it for a capture
-    /// spanning several media (capture continues on the next when one fills).
+    /// spanning several media (give them all, in any order).
     #[arg(long)]
     pub medium: Vec<String>,
     /// Reach the medium through the appliance on this console port (e.g. /dev/ttyACM0); repeat it

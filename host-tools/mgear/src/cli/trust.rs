@@ -12,7 +12,7 @@ pub struct TrustArgs {
     /// Trust this appliance (full fingerprint from `mgear appliance info`): its commit witness or seal + arrival; repeatable.
     #[arg(long = "trust-appliance", value_name = "FINGERPRINT")]
     pub trust_appliance: Vec<String>,
-    /// Install even without a signature by a pinned key (loud warning). Nothing then proves who wrote the capture.
+    /// Accept a capture without a signature by a pinned key (loud warning): ingest installs it, verify passes it. Nothing then proves who wrote it.
     #[arg(long)]
     pub allow_untrusted: bool,
     /// Seal and arrival attestations exported by `mgear appliance attestations --out DIR`.
