@@ -155,12 +155,13 @@ pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i3
             }
         );
     }
-    println!("  {:<14} {}", "set root", r.set_root);
     println!(
         "receipt (send it to the target; ingest --expect-generation {}):",
         r.generation
     );
     println!("  {:<14} {}", "set", r.receipt.name);
+    println!("  {:<14} {}", "generation", r.generation);
+    println!("  {:<14} {}", "set root", r.set_root);
     println!("  {:<14} {}", "capture id", r.receipt.capture_id);
     match &r.receipt.commit_digest {
         Some(d) => println!("  {:<14} {d}", "commit"),
