@@ -744,10 +744,15 @@ impl Gaps {
             crate::exit::PENDING,
             format!(
                 "capture {} generation {} spans several media and not all of them are given ({}): \
-                 wrote the {written} chunk(s) those hold into {target}; still missing: {}",
+                 {} into {target}; still missing: {}",
                 reader.name(),
                 reader.generation(),
                 self.given,
+                match written {
+                    // A re-run with the same media: an earlier run wrote what they hold.
+                    0 => "what those hold is already written".to_string(),
+                    n => format!("wrote the {n} chunk(s) those hold"),
+                },
                 self.lines(reader, &need)
             ),
             format!(
