@@ -17,7 +17,10 @@
 //! existing file (`offset <= size`) write straight to its clusters;
 //! clusters past its end are allocated contiguously after its last one
 //! (FAT entries in every copy first, then the link, then the data, then the
-//! size in the directory entry). `fatfs` still creates files and
+//! size in the directory entry). An append the medium has no room for
+//! takes no cluster, and one whose data or size then fails to reach the
+//! device gives its clusters back, so a failed write leaves every file's
+//! chain as long as its size needs. `fatfs` still creates files and
 //! directories, fills gaps, truncates, renames and removes; maps are
 //! dropped whenever it touches a file. FSInfo's free count is recounted at
 //! [`FatStore::unmount`] when the direct path allocated clusters.
@@ -802,29 +805,62 @@ impl<D: FatDevice> FatStore<D> {
         let need = end.div_ceil(geo.cluster_bytes).saturating_sub(had);
         let (mut rd, mut wr) = (cache_reader(&cache), cache_writer(&cache));
         if let Err(e) = fatmap::extend(&geo, &mut rd, &mut wr, map, need, &mut hint) {
-            // It may have taken some clusters: count again when asked.
+            // No room takes nothing, but a device error part-way may have
+            // taken some clusters: count again when asked.
             self.counted = None;
             return Err(e);
         }
+        if let Err(e) = Self::fill(&geo, &mut rd, &mut wr, map, offset, data, had == 0) {
+            // The data or the size did not get there: the clusters taken for
+            // them go back, so the chain stays what the entry's size needs
+            // (fsck: "cluster chain length is ...") and none is left taken
+            // in no file's use. What fails here is the device, so the undo
+            // may fail too: then the map no longer matches the FAT, and the
+            // next count of free clusters scans it.
+            let undone = need == 0 || fatmap::release(&geo, &mut rd, &mut wr, map, had).is_ok();
+            self.counted = None;
+            if !undone {
+                self.maps.forget(path);
+            }
+            return Err(e);
+        }
+        self.raw_allocated += need;
+        self.next_free = hint;
+        Ok(true)
+    }
+
+    /// The data half of [`Self::write_direct`]: `data` into the file's
+    /// clusters at `offset`, then its directory entry (size, and the first
+    /// cluster when the file `was_empty`) when the file grew. `map` keeps
+    /// its size unless the entry was written.
+    fn fill(
+        geo: &fatmap::Geometry,
+        rd: &mut impl FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+        wr: &mut impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+        map: &mut FileMap,
+        offset: u64,
+        data: &[u8],
+        was_empty: bool,
+    ) -> Result<(), StoreError> {
+        let end = offset + data.len() as u64;
         let mut done = 0usize;
-        for (at, n) in map.pieces(&geo, offset, data.len() as u64) {
+        for (at, n) in map.pieces(geo, offset, data.len() as u64) {
             wr(at, &data[done..done + n as usize])?;
             done += n as usize;
         }
-        if end > map.size || (had == 0 && need > 0) {
+        if end > map.size || (was_empty && !map.runs.is_empty()) {
             let mut e = [0u8; 32];
             rd(map.entry_offset, &mut e)?;
             if let Some(first) = map.runs.first().map(|r| r.cluster) {
                 e[20..22].copy_from_slice(&((first >> 16) as u16).to_le_bytes());
                 e[26..28].copy_from_slice(&(first as u16).to_le_bytes());
             }
-            map.size = map.size.max(end);
-            e[28..32].copy_from_slice(&(map.size as u32).to_le_bytes());
+            let size = map.size.max(end);
+            e[28..32].copy_from_slice(&(size as u32).to_le_bytes());
             wr(map.entry_offset, &e)?;
+            map.size = size;
         }
-        self.raw_allocated += need;
-        self.next_free = hint;
-        Ok(true)
+        Ok(())
     }
 
     /// Free clusters of the volume (FAT32 with direct allocations): one scan
@@ -1639,6 +1675,135 @@ pub(crate) mod tests {
         // Freeing the file gives every cluster back.
         let mut s = FatStore::open(open_rw(&p)).unwrap();
         s.remove_file("BIG").unwrap();
+        s.unmount().unwrap();
+        fsck(&p);
+    }
+
+    /// A capture appends records to its segment until the medium is full. When the
+    /// append that fails needed a few clusters more than were free, and those free
+    /// clusters lay at the end of the volume right after the segment, the direct
+    /// path's allocator counted them twice: the append "succeeded", the segment's
+    /// size went past its cluster chain, and clusters were left marked used but
+    /// in no chain (fsck: "File size is ..., cluster chain length is ...",
+    /// "Reclaimed ... unused clusters", a wrong free count).
+    #[test]
+    fn an_append_a_little_larger_than_the_free_space_fails_and_leaves_the_fat_clean() {
+        let (_t, p) = image(MIN_FAT32_BYTES);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/G1").unwrap();
+        let seg = "MGEAR/G1/SEG-00000";
+        let cb = s.geo.clone().unwrap().cluster_bytes;
+        // Created by fatfs, then appended to through the direct path, as a capture does.
+        s.write_at(seg, 0, &[1u8; 100]).unwrap();
+        let free = |s: &mut FatStore<std::fs::File>| s.free_space().unwrap().unwrap() / cb;
+        let mut len = 100u64;
+        let chunk = vec![0x5au8; 1 << 20];
+        // Fill up to `leave` free clusters, all of them right after the segment.
+        let leave = 8;
+        loop {
+            let room = (free(&mut s) - leave) * cb + (cb - len % cb) % cb;
+            if room == 0 {
+                break;
+            }
+            let n = room.min(chunk.len() as u64) as usize;
+            s.write_at(seg, len, &chunk[..n]).unwrap();
+            len += n as u64;
+        }
+        assert_eq!(free(&mut s), leave);
+        // One cluster more than is free: refused, nothing taken.
+        let too_much = vec![7u8; ((leave + 1) * cb) as usize];
+        assert_eq!(s.write_at(seg, len, &too_much), Err(StoreError::NoSpace));
+        assert_eq!(s.len(seg).unwrap(), Some(len));
+        assert_eq!(free(&mut s), leave);
+        // A record header that fits, then a body that does not (mid-record).
+        s.write_at(seg, len, &[9u8; 64]).unwrap();
+        len += 64;
+        assert_eq!(
+            s.write_at(seg, len, &too_much[..(leave * cb) as usize]),
+            Err(StoreError::NoSpace)
+        );
+        assert_eq!(s.len(seg).unwrap(), Some(len));
+        s.unmount().unwrap();
+        fsck(&p);
+        // The uncommitted tail cut back and the rest removed (capture --abort):
+        // every cluster comes back and the volume stays clean.
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.set_len(seg, 100).unwrap();
+        s.unmount().unwrap();
+        fsck(&p);
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.remove_file(seg).unwrap();
+        s.remove_file("MGEAR/G1").unwrap();
+        s.remove_file("MGEAR").unwrap();
+        let all = s.geo.clone().unwrap().cluster_count as u64 - 1;
+        assert_eq!(free(&mut s), all);
+        s.unmount().unwrap();
+        fsck(&p);
+    }
+
+    /// A device that refuses large writes (a segment's data) while `.1` is set,
+    /// as a sparse image on a full host file system does.
+    struct RefusesData(std::fs::File, Arc<std::sync::atomic::AtomicBool>);
+    impl Read for RefusesData {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for RefusesData {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if buf.len() >= BYPASS && self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(28));
+            }
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+    impl Seek for RefusesData {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.0.seek(pos)
+        }
+    }
+    impl FatDevice for RefusesData {
+        fn sync_device(&mut self) -> io::Result<()> {
+            self.0.sync_data()
+        }
+    }
+
+    /// An append whose data the device refuses after its clusters were taken gives
+    /// them back: the chain stays as long as the file's size, nothing leaks, the
+    /// free count holds, and the next append goes where the failed one would have.
+    #[test]
+    fn an_append_the_device_refuses_gives_its_clusters_back() {
+        let (_t, p) = image(MIN_FAT32_BYTES);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut s = FatStore::open(RefusesData(open_rw(&p), refuse.clone())).unwrap();
+        s.create_dir_all("MGEAR/G1").unwrap();
+        let (seg, empty) = ("MGEAR/G1/SEG-00000", "MGEAR/G1/SEG-00001");
+        s.write_at(seg, 0, &[1u8; 100]).unwrap();
+        s.write_at(seg, 100, &[2u8; 300_000]).unwrap();
+        // An empty file: its first clusters come from the direct path too.
+        s.set_len(empty, 0).unwrap();
+        let free = s.free_space().unwrap();
+        refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        let piece = vec![3u8; 1 << 20];
+        assert_eq!(s.write_at(seg, 300_100, &piece), Err(StoreError::NoSpace));
+        assert_eq!(s.write_at(empty, 0, &piece), Err(StoreError::NoSpace));
+        assert_eq!(s.len(seg).unwrap(), Some(300_100));
+        assert_eq!(s.len(empty).unwrap(), Some(0));
+        assert_eq!(s.free_space().unwrap(), free);
+        refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        s.unmount().unwrap();
+        fsck(&p);
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.write_at(seg, 300_100, &piece).unwrap();
+        assert_eq!(s.map(seg).unwrap().unwrap().runs.len(), 1);
+        let mut back = vec![0u8; piece.len()];
+        s.read_exact_at(seg, 300_100, &mut back).unwrap();
+        assert!(back == piece);
         s.unmount().unwrap();
         fsck(&p);
     }

@@ -570,15 +570,25 @@ where
     // (cluster, its old raw entry) for each cluster taken, in chain order.
     let mut found: Vec<(u32, u32)> = Vec::new();
     let mut window = vec![0u8; FAT_WINDOW];
+    let total = u64::from(geo.cluster_count);
+    let end_cluster = total + 2;
     let mut c = start;
     let mut scanned = 0u64;
     while (found.len() as u64) < count {
-        if scanned >= u64::from(geo.cluster_count) {
+        if scanned >= total {
             return Err(StoreError::NoSpace);
         }
         let at = u64::from(c) * 4;
-        let end_cluster = u64::from(geo.cluster_count) + 2;
-        let n = ((end_cluster - u64::from(c)) * 4).min(FAT_WINDOW as u64) as usize;
+        // Every cluster is looked at once: after wrapping round, the last
+        // window stops where the search started. A window reaching past it
+        // found the free clusters there a second time, so an append a few
+        // clusters larger than the free space "got" them twice: the file's
+        // size went past its chain and the clusters between were left
+        // marked used in no chain (a medium-full capture left the FAT so).
+        let entries = (end_cluster - u64::from(c))
+            .min(total - scanned)
+            .min(FAT_WINDOW as u64 / 4);
+        let n = (entries * 4) as usize;
         read(geo.fat_offset + at, &mut window[..n])?;
         for e in window[..n].chunks_exact(4) {
             let raw = le32(e, 0);
@@ -634,6 +644,80 @@ where
             2
         };
     }
+    Ok(())
+}
+
+/// Give back the clusters of `map`'s chain past its first `keep` (what
+/// [`extend`] appended for a write that then failed), so a failed append
+/// leaves the chain no longer than the file's size needs and no cluster
+/// taken. The kept chain is ended first, in every FAT copy, then the rest
+/// freed: a power cut in between leaves lost clusters (`fsck.fat` reclaims
+/// them), never a chain into free ones. On an error `map` is left as it
+/// was and no longer matches the FAT: the caller drops it.
+pub fn release<R, W>(
+    geo: &Geometry,
+    read: &mut R,
+    write: &mut W,
+    map: &mut FileMap,
+    keep: u64,
+) -> Result<(), StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
+{
+    let (mut kept, mut freed) = (Vec::new(), Vec::new());
+    let mut left = keep;
+    for r in &map.runs {
+        let k = left.min(u64::from(r.clusters)) as u32;
+        left -= u64::from(k);
+        if k > 0 {
+            kept.push(Run {
+                cluster: r.cluster,
+                clusters: k,
+            });
+        }
+        if k < r.clusters {
+            freed.push(Run {
+                cluster: r.cluster + k,
+                clusters: r.clusters - k,
+            });
+        }
+    }
+    if freed.is_empty() {
+        return Ok(());
+    }
+    if let Some(last) = kept.last().map(|r| r.cluster + r.clusters - 1) {
+        let mut old = [0u8; 4];
+        read(geo.fat_offset + u64::from(last) * 4, &mut old)?;
+        let v = (le32(&old, 0) & 0xF000_0000) | 0x0FFF_FFFF;
+        for f in 0..geo.fats {
+            write(
+                geo.fat_offset + f * geo.fat_bytes + u64::from(last) * 4,
+                &v.to_le_bytes(),
+            )?;
+        }
+    }
+    let mut window = vec![0u8; FAT_WINDOW];
+    for r in &freed {
+        let (mut c, end) = (
+            u64::from(r.cluster),
+            u64::from(r.cluster) + u64::from(r.clusters),
+        );
+        while c < end {
+            let n = ((end - c) * 4).min(FAT_WINDOW as u64) as usize;
+            read(geo.fat_offset + c * 4, &mut window[..n])?;
+            // The top four bits of an entry are reserved: kept as they were.
+            for e in window[..n].chunks_exact_mut(4) {
+                let v = le32(e, 0) & 0xF000_0000;
+                e.copy_from_slice(&v.to_le_bytes());
+            }
+            for f in 0..geo.fats {
+                write(geo.fat_offset + f * geo.fat_bytes + c * 4, &window[..n])?;
+            }
+            c += n as u64 / 4;
+        }
+    }
+    map.runs = kept;
     Ok(())
 }
 
@@ -789,5 +873,162 @@ pub fn split_parent(path: &str) -> (&str, &str) {
     match path.rfind('/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => ("", path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FAT32 layout with one FAT of `clusters` entries at byte 0 and no data region
+    /// (extend only reads and writes the FAT).
+    fn geo(clusters: u32) -> Geometry {
+        Geometry {
+            fat_offset: 0,
+            fat_bytes: (u64::from(clusters) + 2) * 4,
+            fats: 1,
+            data_offset: 0,
+            cluster_bytes: 512,
+            root_cluster: 2,
+            cluster_count: clusters,
+            fsinfo_offset: 0,
+        }
+    }
+
+    fn entry(fat: &[u8], c: u32) -> u32 {
+        le32(fat, c as usize * 4)
+    }
+
+    fn extend_on(
+        fat: &mut [u8],
+        g: &Geometry,
+        map: &mut FileMap,
+        count: u64,
+    ) -> Result<(), StoreError> {
+        let cell = core::cell::RefCell::new(fat);
+        let mut read = |off: u64, buf: &mut [u8]| {
+            let f = cell.borrow();
+            buf.copy_from_slice(&f[off as usize..off as usize + buf.len()]);
+            Ok::<(), StoreError>(())
+        };
+        let mut write = |off: u64, buf: &[u8]| {
+            cell.borrow_mut()[off as usize..off as usize + buf.len()].copy_from_slice(buf);
+            Ok::<(), StoreError>(())
+        };
+        let mut hint = 2;
+        extend(g, &mut read, &mut write, map, count, &mut hint)
+    }
+
+    /// A file of clusters `2..2 + used` (one chain), everything after it free.
+    fn volume(clusters: u32, used: u32) -> (Geometry, Vec<u8>, FileMap) {
+        let g = geo(clusters);
+        let mut fat = vec![0u8; g.fat_bytes as usize];
+        fat[..8].copy_from_slice(&[0xf8, 0xff, 0xff, 0x0f, 0xff, 0xff, 0xff, 0x0f]);
+        for c in 2..2 + used {
+            let next = if c + 1 == 2 + used {
+                0x0FFF_FFFF
+            } else {
+                c + 1
+            };
+            fat[c as usize * 4..c as usize * 4 + 4].copy_from_slice(&next.to_le_bytes());
+        }
+        let map = FileMap {
+            size: u64::from(used) * g.cluster_bytes,
+            entry_offset: 0,
+            runs: vec![Run {
+                cluster: 2,
+                clusters: used,
+            }],
+        };
+        (g, fat, map)
+    }
+
+    /// The free clusters lie right after the file, in the search's last FAT window
+    /// after it wrapped round: they were found a second time, and a request for a
+    /// few more than were free "succeeded" with the same clusters in it twice.
+    #[test]
+    fn a_request_above_the_free_count_takes_nothing_even_when_the_scan_wraps() {
+        let window = (FAT_WINDOW / 4) as u32;
+        // The scan starts 100 clusters before the end of its second window from cluster 2.
+        let clusters = 2 * window + 5_000;
+        let used = 2 * window - 100;
+        let free = clusters - used;
+        for extra in [1, 50, 100] {
+            let (g, mut fat, mut map) = volume(clusters, used);
+            let before = (fat.clone(), map.clone());
+            let got = extend_on(&mut fat, &g, &mut map, u64::from(free + extra));
+            assert_eq!(got, Err(StoreError::NoSpace), "{extra} more than free");
+            assert!(fat == before.0, "the FAT changed on a refused request");
+            assert_eq!(map, before.1);
+        }
+    }
+
+    /// What an append took for a write that then failed goes back: the FAT and the
+    /// map are as before it, whether the file had clusters or none.
+    #[test]
+    fn release_gives_back_what_extend_took() {
+        for used in [0, 1, 300] {
+            let (g, mut fat, mut map) = volume(40_000, used);
+            if used == 0 {
+                map.runs.clear();
+            }
+            // Some clusters taken elsewhere so the new ones come in several runs.
+            for c in [used + 5, used + 9, used + 10] {
+                fat[c as usize * 4..c as usize * 4 + 4]
+                    .copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
+            }
+            let before = (fat.clone(), map.clone());
+            extend_on(&mut fat, &g, &mut map, 20).unwrap();
+            assert!(map.runs.len() > before.1.runs.len());
+            let cell = core::cell::RefCell::new(&mut fat);
+            release(
+                &g,
+                &mut |off: u64, buf: &mut [u8]| {
+                    let f = cell.borrow();
+                    buf.copy_from_slice(&f[off as usize..off as usize + buf.len()]);
+                    Ok(())
+                },
+                &mut |off: u64, buf: &[u8]| {
+                    cell.borrow_mut()[off as usize..off as usize + buf.len()].copy_from_slice(buf);
+                    Ok(())
+                },
+                &mut map,
+                u64::from(used),
+            )
+            .unwrap();
+            assert!(fat == before.0, "{used} clusters: the FAT is not as before");
+            assert_eq!(map, before.1);
+        }
+    }
+
+    /// Exactly the free clusters: all taken, each once, in one chain ending the file's.
+    #[test]
+    fn the_last_free_clusters_are_all_taken_once() {
+        let window = (FAT_WINDOW / 4) as u32;
+        let clusters = 2 * window + 5_000;
+        let used = 2 * window - 100;
+        let free = clusters - used;
+        let (g, mut fat, mut map) = volume(clusters, used);
+        extend_on(&mut fat, &g, &mut map, u64::from(free)).unwrap();
+        assert_eq!(map.clusters(), u64::from(clusters));
+        assert_eq!(map.runs.len(), 1);
+        let mut c = 2;
+        let mut n = 1;
+        while entry(&fat, c) & 0x0FFF_FFFF < END_OF_CHAIN {
+            c = entry(&fat, c) & 0x0FFF_FFFF;
+            n += 1;
+            assert!(n <= clusters, "the chain loops");
+        }
+        assert_eq!(n, clusters);
+        let mut read = |off: u64, buf: &mut [u8]| {
+            buf.copy_from_slice(&fat[off as usize..off as usize + buf.len()]);
+            Ok::<(), StoreError>(())
+        };
+        assert_eq!(count_free(&g, &mut read).unwrap(), 0);
+        // Nothing left: one more cluster is refused.
+        assert_eq!(
+            extend_on(&mut fat, &g, &mut map, 1),
+            Err(StoreError::NoSpace)
+        );
     }
 }

@@ -234,6 +234,12 @@ fn a_medium_filled_to_the_last_byte_continues_on_one_more() {
     let f3 = e.fat("f3.img", "64MiB");
     let f4 = e.fat("f4.img", "128MiB");
     e.capture(&f3, "a").source("a.raw").ok();
+    let free = |m: &str| e.json(&["inspect", "--medium", m])["free_bytes"].clone();
+    let free_before = free(&f3);
+    assert!(
+        free_before.is_u64(),
+        "inspect gives the free space: {free_before}"
+    );
     let full = e
         .capture(&f3, "c")
         .source("d.raw")
@@ -242,6 +248,22 @@ fn a_medium_filled_to_the_last_byte_continues_on_one_more() {
     assert_eq!(full.status.code(), Some(3), "{}", output_text(&full));
     let text = output_text(&full);
     assert!(text.contains("from its last checkpoint"), "{text}");
+    // The medium-full error leaves the FAT consistent: the append that did not fit
+    // took no cluster (it took the last free ones twice, leaving a segment larger
+    // than its cluster chain and clusters in no chain).
+    fsck_clean(&e, "f3.img");
+    // Given up instead (on a copy), the capture gives every cluster back.
+    std::fs::copy(e.p("f3.img"), e.p("f5.img")).unwrap();
+    e.ok(&[
+        "capture",
+        "--abort",
+        "--medium",
+        "fat:f5.img",
+        "--name",
+        "c",
+    ]);
+    fsck_clean(&e, "f5.img");
+    assert_eq!(free("fat:f5.img"), free_before);
     let o = e
         .capture(&f3, "c")
         .medium(&f4)
@@ -249,8 +271,7 @@ fn a_medium_filled_to_the_last_byte_continues_on_one_more() {
         .arg("--skip-space-check")
         .run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
-    // f3.img is not checked: the medium-full error still leaves a segment
-    // whose size exceeds its cluster chain there (not fixed yet).
+    fsck_clean(&e, "f3.img");
     fsck_clean(&e, "f4.img");
     e.ingest(&f3, "c")
         .medium(&f4)
