@@ -143,6 +143,15 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     for t in &args.target[1..] {
         all.push(resolve(t)?);
     }
+    if !opts.snapshot {
+        // A guest writing a volume `mgear serve` keeps would leave serve answering syncs
+        // from chunk ids the volume no longer has.
+        for (r, spec) in all.iter().zip(&args.target) {
+            if let Resolved::Local(Target::File(p) | Target::Dev(p)) = r {
+                crate::lock::refuse_served_volume(p, spec)?;
+            }
+        }
+    }
     let report = boot_resolved_all(&all, &opts)?;
     let target = &all[0];
     let report_path = args

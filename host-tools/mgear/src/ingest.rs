@@ -699,6 +699,9 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
             (Some(_), Target::Dev(_)) if t.is_block_device() => refuse_busy_device(spec, p)?,
             _ => {}
         }
+        if matches!(target, Target::File(_) | Target::Dev(_)) {
+            crate::lock::refuse_served_volume(p, spec)?;
+        }
     }
     Ok(())
 }

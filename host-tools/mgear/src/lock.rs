@@ -53,6 +53,25 @@ pub fn lock_volume(path: &Path, spec: &str) -> crate::Result<MediumLock> {
     )
 }
 
+/// Refuse a volume `mgear serve` holds ([`lock_volume`]): an ingest would rename a new file
+/// over it while serve kept writing syncs into the old one, deleted, and called them
+/// verified. Nothing is held afterwards (the ingest's own lock is
+/// [`lock_ingest_target`]); a volume that does not exist yet is nobody's.
+pub fn refuse_served_volume(path: &Path, spec: &str) -> crate::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    take(
+        path,
+        true,
+        std::time::Duration::ZERO,
+        &format!("target {spec}"),
+        "`mgear serve` keeps this volume for syncs: stop it (Ctrl-C) before ingesting into the \
+         volume again, or ingest into another",
+    )
+    .map(drop)
+}
+
 /// Lock the target of an ingest for as long as it writes: `key` names the
 /// volume however it was spelled (`crate::spec::volume_key`); the lock file
 /// lives in the ingest's state directory. A second ingest into the same

@@ -311,7 +311,7 @@ fn one_serve_per_volume() {
         .untrusted()
         .target("file:vol.raw")
         .ok();
-    let (_first, _addr) = e.serve("dir:m", "web01").untrusted().listen();
+    let (_first, addr) = e.serve("dir:m", "web01").untrusted().listen();
     // Spawned with a deadline: a second serve that is not refused serves on.
     let mut second = e
         .serve("dir:m", "web01")
@@ -334,6 +334,54 @@ fn one_serve_per_volume() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("target file:vol.raw is in use by pid") && err.contains("one serve writes"),
+        "{}",
+        output_text(&o)
+    );
+    // Nor does an ingest replace the volume under the serve (it renamed a new file over it,
+    // and the serve's later syncs went into the deleted one, "verified").
+    let before = fs::metadata(e.p("vol.raw")).unwrap();
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:vol.raw")
+        .arg("--force")
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("`mgear serve` keeps this volume"),
+        "{}",
+        output_text(&o)
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(e.p("vol.raw")).unwrap().ino(), before.ino());
+    // Nor does a guest booted to write it (refused before QEMU starts).
+    let o = e.run(&[
+        "boot",
+        "--target",
+        "file:vol.raw",
+        "--write",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("`mgear serve` keeps this volume"),
+        "{}",
+        output_text(&o)
+    );
+    // Another file put at its path by hand: the serve applies nothing more (its syncs would
+    // land in the old, deleted file) and says why.
+    fs::copy(e.p("vol.raw"), e.p("copy.raw")).unwrap();
+    fs::rename(e.p("copy.raw"), e.p("vol.raw")).unwrap();
+    let mut d = fs::read(e.p("d.raw")).unwrap();
+    d[1 << 20] ^= 0xff;
+    fs::write(e.p("d.raw"), d).unwrap();
+    let o = e.run(&[
+        "sync", "--source", "d.raw", "--to", &addr, "--name", "web01",
+    ]);
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("was replaced by another file"),
         "{}",
         output_text(&o)
     );

@@ -197,6 +197,10 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
         }
         _ => None,
     };
+    let fence = match &spec {
+        crate::spec::Target::File(p) => Some(target::Fence::of(p)?),
+        _ => None,
+    };
     let vol =
         target::ServedVolume::open(crate::target::open_in_place(&spec)?, m.chunk_size, id_key)?;
     eprintln!(
@@ -233,6 +237,7 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
         chunk_size: m.chunk_size,
         volume_size: vol.size(),
         trust,
+        fence,
     };
     let total = target::serve_loop(listener, &served, vol, a.once, limits)?;
     if crate::output::json() {

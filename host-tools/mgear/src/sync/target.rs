@@ -40,6 +40,51 @@ pub struct Served {
     pub volume_size: u64,
     /// Whose signed sessions are accepted.
     pub trust: Trust,
+    /// The volume file as serve opened it, when it is one.
+    pub fence: Option<Fence>,
+}
+
+/// The file a serve opened, by device and inode: the chunk ids it answers
+/// with describe that file. Another file put at its path (an ingest renamed
+/// over it, a copy) would make every later sync land in the old, deleted one
+/// and be called verified, so no session is served once the path names
+/// another file.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Fence {
+    /// The file at `path` now.
+    pub fn of(path: &std::path::Path) -> crate::Result<Fence> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Fence {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Why the path no longer names the file served, if it does not.
+    fn broken(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == (self.dev, self.ino) => None,
+            Ok(_) => Some(format!(
+                "{} was replaced by another file since this serve started (an ingest or a copy \
+                 put there): nothing more is applied to the old one; stop this serve and start it \
+                 again on the new volume",
+                self.path.display()
+            )),
+            Err(e) => Some(format!(
+                "{} is gone since this serve started ({e}): stop this serve",
+                self.path.display()
+            )),
+        }
+    }
 }
 
 /// The volume being kept in sync, with the keyed id of every chunk on it.
@@ -585,6 +630,17 @@ fn handle(
         chunks: 0,
         bytes: 0,
     };
+    if let Some(why) = cap.fence.as_ref().and_then(Fence::broken) {
+        eprintln!("mgear serve: refused {peer}: {why}");
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = wire::send(
+            &mut &conn,
+            ty::ERROR,
+            &Refusal::new(err::IO, why.as_str()).encode(),
+        );
+        return None;
+    }
     let deadline = Rc::new(Cell::new(Some(started + limits.handshake)));
     let result = conn
         .set_nonblocking(false)

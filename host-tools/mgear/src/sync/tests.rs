@@ -79,6 +79,7 @@ impl Fixture {
                 keys: Vec::new(),
                 allow_untrusted: true,
             },
+            fence: None,
         }
     }
 
@@ -1066,6 +1067,7 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
             keys: Vec::new(),
             allow_untrusted: true,
         },
+        fence: None,
     };
     let volume = Volume::open(in_place(&vol.clone()), cs, IdKey::derive(&key, &[4; 16])).unwrap();
     let (l, addr) = listen();
