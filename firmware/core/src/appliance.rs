@@ -39,7 +39,12 @@
 //!   (the commit point); a cut before it leaves a factory appliance;
 //! * a PIN attempt counts as a failure *before* the PIN is checked, and is
 //!   forgiven after a match, so cutting power during the check gains nothing;
-//! * a boot that finds the failure limit reached finishes the crypto-erase.
+//! * a boot that finds the failure limit reached finishes the crypto-erase;
+//! * a crypto-erase writes its custody record and the `Erasing` lifecycle
+//!   before it touches the first key slot: a boot that finds `Erasing`
+//!   overwrites the slots left and destroys the identity (a cut while the
+//!   slots went once left the old state, slots gone, nothing logged). The
+//!   state stays `Erasing` (shown as erased) until every slot is gone.
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -127,6 +132,9 @@ enum Lifecycle {
     Sealed,
     Arrived,
     Erased,
+    /// A crypto-erase that destroys key slots has begun (its custody record is written);
+    /// power-up finishes it. Last, so states saved before it existed decode as they were.
+    Erasing,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,6 +337,16 @@ impl<P: Platform> Appliance<P> {
                 app.last_failure_ms = Some(now);
             }
         }
+        if app.st.lifecycle == Lifecycle::Erasing {
+            // A crypto-erase cut short while it overwrote the key slots (its record is in the
+            // log): overwrite what is left, then destroy the identity. A medium that cannot
+            // be read now keeps what is left of its slots; the identity goes anyway.
+            match app.overwrite_key_slots() {
+                Ok(_) | Err(Error::Store(_)) => {}
+                Err(e) => return Err(e),
+            }
+            app.destroy_secrets()?;
+        }
         if app.st.lifecycle == Lifecycle::Erased {
             // Finish an erase cut short after its commit point (idempotent).
             for slot in [SecretSlot::Identity, SecretSlot::PinHash] {
@@ -361,7 +379,7 @@ impl<P: Platform> Appliance<P> {
             Lifecycle::Ready => DeviceState::Locked,
             Lifecycle::Sealed => DeviceState::Sealed,
             Lifecycle::Arrived => DeviceState::Arrived,
-            Lifecycle::Erased => DeviceState::Erased,
+            Lifecycle::Erased | Lifecycle::Erasing => DeviceState::Erased,
         }
     }
 
@@ -680,7 +698,9 @@ impl<P: Platform> Appliance<P> {
                 ErrorCode::NotProvisioned,
                 "the appliance is not provisioned: run 'mgear appliance provision' first",
             )),
-            Lifecycle::Erased => Some(Response::error(ErrorCode::Erased, ERASED_NEXT_STEP)),
+            Lifecycle::Erased | Lifecycle::Erasing => {
+                Some(Response::error(ErrorCode::Erased, ERASED_NEXT_STEP))
+            }
             _ if need_unlock && !self.unlocked => Some(Response::error(
                 ErrorCode::Locked,
                 "the appliance is locked: unlock it with the PIN first",
@@ -1331,18 +1351,57 @@ impl<P: Platform> Appliance<P> {
         }
     }
 
-    /// Overwrite every key-slot file on the medium (random, then zeros, then
-    /// remove), log it, destroy the identity and PIN, then optionally zero
+    /// Log the erase, then overwrite every key-slot file on the medium (random,
+    /// then zeros, then remove), destroy the identity and PIN, then optionally zero
     /// the whole medium. Returns (key-slot files overwritten, medium zeroed).
+    ///
+    /// The custody record and the `Erasing` state are saved before the first slot
+    /// is touched: a power cut while the slots go leaves an appliance that says it
+    /// is erased, logged it, and finishes at power-up (it once came back in its old
+    /// state, slots gone, with no record of the erase).
     fn crypto_erase(&mut self, reason: EraseReason, overwrite: bool) -> Result<(u64, bool), Error> {
         self.p.indicators().set_led(LedState::Busy);
+        // A sealed medium may be hardware write-protected: the erase writes it.
+        self.hardware_write_protect(false);
+        let mut planned = 0u64;
+        let listed = self.p.with_files(&mut |store, _| {
+            planned = key_slot_files(store)?.len() as u64;
+            Ok(())
+        });
+        let _ = self.record(Event::Erase {
+            reason,
+            key_slots: planned,
+            overwrite_medium: overwrite,
+        });
+        self.st.lifecycle = Lifecycle::Erasing;
+        self.save()?;
+        let res = listed
+            .map_err(Error::from)
+            .and_then(|_| self.overwrite_key_slots());
+        self.destroy_secrets()?;
+        if res.is_err() {
+            error!("crypto-erase: key slots could not all be overwritten");
+            // The identity is gone; the slots left are overwritten at the next power-up.
+            self.st.lifecycle = Lifecycle::Erasing;
+            self.save()?;
+        }
+        warn!("crypto-erased");
+        let slots = res?;
+        if overwrite {
+            self.overwrite_medium()?;
+        }
+        Ok((slots, overwrite))
+    }
+
+    /// Overwrite every key-slot file on the medium (random, then zeros, then
+    /// remove); returns how many.
+    fn overwrite_key_slots(&mut self) -> Result<u64, Error> {
         let mut noise = Zeroizing::new(alloc::vec![0u8; 4096]);
         rand_core::RngCore::fill_bytes(self.p.rng(), &mut noise);
         let mut slots = 0u64;
         let reply = self.reply;
-        // A sealed medium may be hardware write-protected: the erase writes it.
         self.hardware_write_protect(false);
-        let res = self.p.with_files(&mut |store, console| {
+        self.p.with_files(&mut |store, console| {
             let paths = key_slot_files(store)?;
             for (i, (path, len)) in paths.iter().enumerate() {
                 overwrite_file(store, path, *len, &noise)?;
@@ -1358,23 +1417,8 @@ impl<P: Platform> Appliance<P> {
                 );
             }
             Ok(())
-        });
-        if let Err(e) = &res {
-            error!("crypto-erase: key slots could not all be overwritten");
-            let _ = e;
-        }
-        let _ = self.record(Event::Erase {
-            reason,
-            key_slots: slots,
-            overwrite_medium: overwrite,
-        });
-        self.destroy_secrets()?;
-        warn!("crypto-erased");
-        res?;
-        if overwrite {
-            self.overwrite_medium()?;
-        }
-        Ok((slots, overwrite))
+        })?;
+        Ok(slots)
     }
 
     /// Destroy the identity seed and PIN verifier and enter `erased`. The

@@ -576,6 +576,38 @@ fn erase_on_request_overwrites_medium() {
     );
 }
 
+/// The power goes while the key slots are being overwritten: the erase is already in the
+/// custody log, and the appliance comes back erased (finishing the slots and the identity),
+/// never in its old state with its slots gone and no record of why.
+#[test]
+fn erase_cut_while_the_key_slots_go_is_logged_and_finished_at_power_up() {
+    let mut a = provisioned(53);
+    unlock(&mut a, PIN);
+    // The first overwrite of the first slot file lands, then the medium loses power.
+    a.p.files.cut_power_after(1);
+    let r = a.handle(Request::Erase {
+        overwrite: false,
+        pin: None,
+    });
+    assert_eq!(code(&r), Some(ErrorCode::Storage), "{r:?}");
+    let mut a = reboot(a, 54);
+    assert_eq!(a.state(), DeviceState::Erased);
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
+    assert!(key_slot_files(&mut a.p.files).unwrap().is_empty());
+    let erases: Vec<_> = log_entries(&mut a)
+        .into_iter()
+        .filter(|e| matches!(e.event, custody::Event::Erase { .. }))
+        .collect();
+    assert_eq!(
+        erases.iter().map(|e| &e.event).collect::<Vec<_>>(),
+        [&custody::Event::Erase {
+            reason: EraseReason::Requested,
+            key_slots: 2,
+            overwrite_medium: false
+        }]
+    );
+}
+
 #[test]
 fn torn_log_append_recovers_on_reboot() {
     let mut a = provisioned(18);
