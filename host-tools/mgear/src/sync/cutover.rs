@@ -157,5 +157,11 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
             r.downtime_seconds, r.quiesce_seconds, r.final_sync.seconds, r.boot_seconds
         );
     }
+    // The serve does not know this was the last sync: a stray one (a cron job at the old
+    // source) would still change what is now the machine's disk.
+    eprintln!(
+        "mgear cutover: next: stop `mgear serve` at the target now (Ctrl-C): the volume is the \
+         machine's disk from here, and the serve would still apply a later sync to it"
+    );
     Ok(OK)
 }
