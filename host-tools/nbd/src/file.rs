@@ -103,7 +103,7 @@ impl NbdFile {
         let mut tmp = vec![0u8; ((ahead * CACHE_BLOCK).min(size) - start) as usize];
         if let Err(e) = self.client.read_at(start, &mut tmp) {
             self.forget();
-            return Err(io::Error::other(e));
+            return Err(to_io(e));
         }
         let from = (self.pos + done as u64 - start) as usize;
         let rest = buf.len() - done;
@@ -134,7 +134,7 @@ impl NbdFile {
     pub fn settle(&mut self) -> io::Result<()> {
         self.client.settle().map_err(|e| {
             self.forget();
-            io::Error::other(e)
+            to_io(e)
         })
     }
 
@@ -167,7 +167,7 @@ impl Read for NbdFile {
         } else {
             if let Err(e) = self.client.read_at(self.pos, &mut buf[..n]) {
                 self.forget();
-                return Err(io::Error::other(e));
+                return Err(to_io(e));
             }
         }
         self.pos += n as u64;
@@ -194,7 +194,7 @@ impl Write for NbdFile {
         }
         if let Err(e) = self.client.write_at(self.pos, &data[..n]) {
             self.forget();
-            return Err(io::Error::other(e));
+            return Err(to_io(e));
         }
         self.update_cache(self.pos, &data[..n]);
         self.pos += n as u64;
@@ -205,7 +205,7 @@ impl Write for NbdFile {
     fn flush(&mut self) -> io::Result<()> {
         self.client.flush().map_err(|e| {
             self.forget();
-            io::Error::other(e)
+            to_io(e)
         })
     }
 }
@@ -226,6 +226,20 @@ impl Seek for NbdFile {
         self.pos = target;
         Ok(target)
     }
+}
+
+/// An NBD error as the `io::Error` a file would give: a write the server refuses with EPERM
+/// (a sealed or locked appliance, a read-only export) reads as `PermissionDenied` and one past
+/// its space as `StorageFull`, so the layers above tell "read-only" and "full" from a failing
+/// disk; the message keeps the command, range and code.
+fn to_io(e: crate::Error) -> io::Error {
+    use mgear_nbd_proto::proto::{ENOSPC, EPERM};
+    let kind = match &e {
+        crate::Error::Command { code: EPERM, .. } => io::ErrorKind::PermissionDenied,
+        crate::Error::Command { code: ENOSPC, .. } => io::ErrorKind::StorageFull,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
 }
 
 #[cfg(test)]
