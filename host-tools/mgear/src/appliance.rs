@@ -817,7 +817,8 @@ fn verify_custody(
     records: &[LogRecord],
     pinned: Option<&str>,
 ) -> crate::Result<Result<Vec<mgear_appliance_api::custody::LogEntry>, String>> {
-    let reported = info(c)?.identity_pubkey;
+    let i = info(c)?;
+    let reported = i.identity_pubkey;
     let key = match pinned {
         Some(fp) => {
             let want = crate::sitekey::parse_fingerprint(fp)?;
@@ -859,6 +860,9 @@ fn verify_custody(
         Ok(e) => e,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    if let Some(why) = missing_power_ups(&entries, i.counters.boots) {
+        return Ok(Err(why));
+    }
     let (seal, arrival) = match c.call(&Request::GetAttestations)? {
         Response::Attestations { seal, arrival } => (seal, arrival),
         other => bail!("unexpected reply to GetAttestations: {other:?}"),
@@ -869,6 +873,45 @@ fn verify_custody(
         }
     }
     Ok(Ok(entries))
+}
+
+/// Records cut from the log, told by its power-ups: every boot after the one that
+/// provisioned the appliance (boot 1, logged as `provisioned`) counts itself and then logs
+/// `power-up #N`. A number skipped with no `torn tail dropped` between (a power cut that tore
+/// that boot's record) or a last one below the appliance's count means records were removed
+/// (a chain checks only the records that are there).
+fn missing_power_ups(
+    entries: &[mgear_appliance_api::custody::LogEntry],
+    boots: u64,
+) -> Option<String> {
+    let mut last = 1u64;
+    let mut torn = false;
+    for e in entries {
+        match e.event {
+            Event::TornTailDropped { .. } => torn = true,
+            Event::PowerUp { boot } => {
+                if boot > last + 1 && !torn {
+                    let from = match last {
+                        1 => "provisioning (boot 1)".to_string(),
+                        n => format!("power-up #{n}"),
+                    };
+                    return Some(format!(
+                        "the log goes from {from} to power-up #{boot}: the records of the boots \
+                         between were cut from it"
+                    ));
+                }
+                last = boot;
+                torn = false;
+            }
+            _ => {}
+        }
+    }
+    (boots > last).then(|| {
+        format!(
+            "the log's last power-up is #{last} but the appliance counted {boots} boots: records \
+             were cut from the end of the log"
+        )
+    })
 }
 
 fn check_attested_log(
@@ -1068,6 +1111,33 @@ pub fn witness_commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn power_ups_tell_records_cut_from_the_log() {
+        use mgear_appliance_api::custody::LogEntry;
+        let entry = |event| LogEntry {
+            index: 0,
+            prev: [0; 32],
+            uptime_ms: 0,
+            unix_time: None,
+            event,
+        };
+        let up = |boot| entry(Event::PowerUp { boot });
+        let torn = entry(Event::TornTailDropped { bytes: 7 });
+        // Provisioned at boot 1, then boots 2 and 3: whole.
+        assert_eq!(missing_power_ups(&[up(2), up(3)], 3), None);
+        assert_eq!(missing_power_ups(&[], 1), None);
+        // A torn record of boot 3, dropped at boot 4: no cut.
+        assert_eq!(missing_power_ups(&[up(2), torn, up(4)], 4), None);
+        // Boots 3 and 4 cut out, or the last boots cut off the end.
+        let gap = missing_power_ups(&[up(2), up(5)], 5).unwrap();
+        assert!(gap.contains("from power-up #2 to power-up #5"), "{gap}");
+        let end = missing_power_ups(&[up(2), up(3)], 5).unwrap();
+        assert!(
+            end.contains("last power-up is #3") && end.contains("5 boots"),
+            "{end}"
+        );
+    }
     use mgear_appliance_api::attest::{AttestationBody, AttestationKind};
     use mgear_appliance_api::protocol::{decode_frame, encode_frame};
     use std::io::{Read, Write};

@@ -65,3 +65,36 @@ fn appliance_custody_log_verifies_survives_power_cut_and_detects_tampering() {
     );
     lab.stop();
 }
+
+/// Records cut from the end of the custody log (with the appliance off) still chain, but the
+/// power-ups tell: the next boot's `power-up` skips the numbers of the boots removed, and
+/// `log --verify` fails naming them.
+#[test]
+fn appliance_custody_records_cut_from_the_end_are_detected() {
+    let mut lab = Lab::new(41);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.stop();
+    lab.start(); // power-up #2
+    lab.appliance_ok(&["log", "--verify"]);
+    lab.stop();
+    // Drop the last record (power-up #2, and what followed it).
+    let path = lab.p("state/custody.log");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut offs = vec![0usize];
+    while *offs.last().unwrap() < bytes.len() {
+        let off = *offs.last().unwrap();
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        offs.push(off + 8 + len);
+    }
+    std::fs::write(&path, &bytes[..offs[offs.len() - 2]]).unwrap();
+    lab.start(); // power-up #3
+    let out = lab.appliance(&["log", "--verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("from provisioning (boot 1) to power-up #3"),
+        "{}",
+        text(&out.stdout)
+    );
+    lab.stop();
+}
