@@ -1169,6 +1169,23 @@ mod tests {
         crate::bench::noise(len, 1)
     }
 
+    /// Media `a` and `b` joined as one span (labelled A and B), none declared lost.
+    fn join_ab<'m>(
+        a: &'m mut MemStore,
+        b: &'m mut MemStore,
+        id: [u8; 16],
+    ) -> Result<SpanStore<&'m mut dyn Store>> {
+        SpanStore::join(
+            alloc::vec![
+                (a as &mut dyn Store, "A".into()),
+                (b as &mut dyn Store, "B".into())
+            ],
+            id,
+            OPTS,
+            &[],
+        )
+    }
+
     fn small(cap: u64) -> MemStore {
         let mut s = MemStore::new();
         s.set_capacity(Some(cap));
@@ -1217,15 +1234,7 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let (mut a, mut b) = (small(1_600_000), small(3_000_000));
         {
-            let span = SpanStore::join(
-                alloc::vec![
-                    (&mut a as &mut dyn Store, "A".into()),
-                    (&mut b as &mut dyn Store, "B".into())
-                ],
-                [7; 16],
-                OPTS,
-                &[],
-            );
+            let span = join_ab(&mut a, &mut b, [7; 16]);
             let mut span = span.unwrap();
             capture(&mut span, "web01", &data, &id).unwrap();
             assert!(span.unreachable().is_empty());
@@ -1280,16 +1289,7 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let (mut a, mut b) = (small(1_200_000), small(3_000_000));
         {
-            let mut span = SpanStore::join(
-                alloc::vec![
-                    (&mut a as &mut dyn Store, "A".into()),
-                    (&mut b as &mut dyn Store, "B".into())
-                ],
-                [1; 16],
-                OPTS,
-                &[],
-            )
-            .unwrap();
+            let mut span = join_ab(&mut a, &mut b, [1; 16]).unwrap();
             capture(&mut span, "web01", &data, &id).unwrap();
         }
         let err = SpanStore::join(
@@ -1339,16 +1339,7 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let (mut a, mut b, mut c) = (small(1_000_000), small(1_000_000), small(3_000_000));
         {
-            let mut span = SpanStore::join(
-                alloc::vec![
-                    (&mut a as &mut dyn Store, "A".into()),
-                    (&mut b as &mut dyn Store, "B".into())
-                ],
-                [4; 16],
-                OPTS,
-                &[],
-            )
-            .unwrap();
+            let mut span = join_ab(&mut a, &mut b, [4; 16]).unwrap();
             let err = capture(&mut span, "web01", &data, &id).unwrap_err();
             assert!(
                 matches!(
@@ -1399,16 +1390,7 @@ mod tests {
         let id = age::x25519::Identity::generate();
         let (mut a, mut b, mut c) = (small(1_600_000), small(3_000_000), small(3_000_000));
         {
-            let mut span = SpanStore::join(
-                alloc::vec![
-                    (&mut a as &mut dyn Store, "A".into()),
-                    (&mut b as &mut dyn Store, "B".into())
-                ],
-                [6; 16],
-                OPTS,
-                &[],
-            )
-            .unwrap();
+            let mut span = join_ab(&mut a, &mut b, [6; 16]).unwrap();
             capture(&mut span, "web01", &data, &id).unwrap();
         }
         // The chunks whose records went to B.
@@ -1504,16 +1486,7 @@ mod tests {
         assert_eq!(a.free_space().unwrap(), Some(0));
         // "Add one more medium and re-run": joining writes the span's map
         // onto A, which needs the uncommitted tail cut back first.
-        let mut span = SpanStore::join(
-            alloc::vec![
-                (&mut a as &mut dyn Store, "A".into()),
-                (&mut b as &mut dyn Store, "B".into())
-            ],
-            [5; 16],
-            OPTS,
-            &[],
-        )
-        .unwrap();
+        let mut span = join_ab(&mut a, &mut b, [5; 16]).unwrap();
         capture(&mut span, "web01", &data, &id).unwrap();
         assert_eq!(read_back(&mut span, "web01", &id).unwrap(), data);
     }
@@ -1526,17 +1499,7 @@ mod tests {
         capture(&mut a, "web01", &data, &id).unwrap();
         // Room for the label and the map, not for a copy of web01's index.
         let mut b = small(4096);
-        let err = SpanStore::join(
-            alloc::vec![
-                (&mut a as &mut dyn Store, "A".into()),
-                (&mut b as &mut dyn Store, "B".into())
-            ],
-            [6; 16],
-            OPTS,
-            &[],
-        )
-        .err()
-        .unwrap();
+        let err = join_ab(&mut a, &mut b, [6; 16]).err().unwrap();
         assert!(err.to_string().contains("no space"), "{err}");
         for m in [&mut a, &mut b] {
             assert_eq!(m.len(SPAN_FILE).unwrap(), None);

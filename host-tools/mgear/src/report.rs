@@ -165,11 +165,7 @@ pub fn capture_set(
     seconds: f64,
 ) -> crate::Result<Value> {
     let result = serde_json::to_value(result)?;
-    let mut v = frame("capture", &result, seconds);
-    let read: u64 = each(&result, "captured")
-        .filter_map(|c| get(c, &["bytes_read"]).and_then(Value::as_u64))
-        .sum();
-    v["throughput_mb_per_s"] = json!(mb_per_s(read, seconds));
+    let mut v = set_frame("capture", &result, seconds, "captured", "bytes_read");
     v["source"] = json!(sources);
     v["medium"] = json!(medium);
     v["digests"] = json!({
@@ -183,6 +179,17 @@ pub fn capture_set(
     v["signatures"] = commit_signatures(&result);
     v["warnings"] = json!([]);
     Ok(v)
+}
+
+/// [`frame`] for a machine set, whose throughput is the sum of `bytes` over the disks
+/// listed in `result[list]` over the whole run's `seconds`.
+fn set_frame(kind: &str, result: &Value, seconds: f64, list: &str, bytes: &str) -> Value {
+    let mut v = frame(kind, result, seconds);
+    let total: u64 = each(result, list)
+        .filter_map(|d| get(d, &[bytes]).and_then(Value::as_u64))
+        .sum();
+    v["throughput_mb_per_s"] = json!(mb_per_s(total, seconds));
+    v
 }
 
 /// The items of the array `result[key]` (none if it is not one).
@@ -243,11 +250,7 @@ pub fn ingest_set(
     seconds: f64,
 ) -> crate::Result<Value> {
     let result = serde_json::to_value(result)?;
-    let mut v = frame("ingest", &result, seconds);
-    let written: u64 = each(&result, "disks")
-        .filter_map(|d| get(d, &["bytes_written"]).and_then(Value::as_u64))
-        .sum();
-    v["throughput_mb_per_s"] = json!(mb_per_s(written, seconds));
+    let mut v = set_frame("ingest", &result, seconds, "disks", "bytes_written");
     v["medium"] = json!(medium);
     v["target"] = json!(each(&result, "disks")
         .map(|d| d["target"].clone())

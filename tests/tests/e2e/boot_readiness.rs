@@ -12,20 +12,7 @@ use std::process::{Command, Output, Stdio};
 use mgear_tests::bin;
 
 fn check(disk: &Path, profile: &str) -> (Output, serde_json::Value) {
-    let o = Command::new(bin("mgear"))
-        .args(["boot", "--target"])
-        .arg(format!("file:{}", disk.display()))
-        .args(["--check-profile", profile, "--json"])
-        .output()
-        .expect("run mgear");
-    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    (o, v)
+    check_machine(&[disk], profile)
 }
 
 /// `--check-profile` of a machine: one `--target` per disk, the boot disk first.
