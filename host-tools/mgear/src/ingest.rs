@@ -728,6 +728,23 @@ fn refuse_busy_device(spec: &str, p: &Path) -> crate::Result<()> {
     }
 }
 
+/// `args` with its capture named as the medium spells it: names are compared without case,
+/// and a set's manifest, a stream's name and the trust checks all use the stored spelling.
+pub(crate) fn as_stored<'a>(
+    args: &'a Plan,
+    store: &mut dyn image_format::Store,
+) -> crate::Result<std::borrow::Cow<'a, Plan>> {
+    let stored = image_format::stored_name(store, &args.name)?;
+    Ok(if stored == args.name {
+        std::borrow::Cow::Borrowed(args)
+    } else {
+        std::borrow::Cow::Owned(Plan {
+            name: stored,
+            ..args.clone()
+        })
+    })
+}
+
 pub fn ingest(args: &Plan) -> crate::Result<Report> {
     let started = Instant::now();
     let mut target = Target::parse(&args.target, Bare::Refuse)?;
@@ -772,19 +789,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         &args.target,
     )?;
     let mut medium = args.medium.open_read_only()?;
-    // Names are compared without case: go on with the spelling on the medium (a set's
-    // manifest, a stream's name and the trust checks all name it so).
-    let stored = image_format::stored_name(medium.store(), &args.name)?;
-    let renamed;
-    let args = if stored == args.name {
-        args
-    } else {
-        renamed = Plan {
-            name: stored,
-            ..args.clone()
-        };
-        &renamed
-    };
+    let args = &*as_stored(args, medium.store())?;
     if image_format::set::is_set(medium.store(), &args.name).unwrap_or(false) {
         let _ = medium.close();
         return Err(crate::exit::coded_hint(

@@ -756,19 +756,7 @@ pub fn ingest_set(
             })?;
     let policy = args.trust.policy(args.allow_unsealed)?;
     let mut medium = args.medium.open_read_only()?;
-    // Names are compared without case: go on with the spelling on the medium (a set's
-    // manifest, a stream's name and the trust checks all name it so).
-    let stored = image_format::stored_name(medium.store(), &args.name)?;
-    let renamed;
-    let args = if stored == args.name {
-        args
-    } else {
-        renamed = crate::ingest::Plan {
-            name: stored,
-            ..args.clone()
-        };
-        &renamed
-    };
+    let args = &*crate::ingest::as_stored(args, medium.store())?;
     let checked = (|| {
         let store = medium.store();
         if !set::is_set(store, &args.name)? {

@@ -232,37 +232,34 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 }
             }
             for n in names {
-                // A capture stopped before its first generation has nothing to decrypt: a
-                // problem of the medium, not a reason to verify nothing else.
-                if captures
+                // Nothing to decrypt is a finding of the medium (as keyless verify says), not a
+                // usage error that stops the other captures: no generation at all (a capture
+                // stopped at its start), or only unfinished ones.
+                let gens = captures
                     .iter()
-                    .any(|c| c.name == n && c.generations.is_empty())
-                {
-                    report.problems.push(image_format::Problem {
-                        at: image_format::Location::capture(&n),
-                        what: format!(
-                            "holds no generation (a capture stopped at its start leaves this): \
-                             `mgear medium rm --name {n}` removes it"
-                        ),
-                    });
-                    continue;
-                }
-                // Only unfinished generations: nothing to decrypt yet, which is a finding (as
-                // keyless verify says), not a usage error that stops the other captures.
-                if args.generation.is_none()
-                    && captures.iter().any(|c| {
-                        c.name == n
-                            && c.generations
-                                .iter()
-                                .all(|g| g.state != image_format::GenerationState::Complete)
-                    })
-                {
-                    report.problems.push(image_format::Problem {
-                        at: image_format::Location::capture(&n),
-                        what: format!(
+                    .find(|c| c.name == n)
+                    .map(|c| c.generations.as_slice());
+                let nothing = match gens {
+                    Some([]) => Some(format!(
+                        "holds no generation (a capture stopped at its start leaves this): \
+                         `mgear medium rm --name {n}` removes it"
+                    )),
+                    Some(g)
+                        if args.generation.is_none()
+                            && g.iter()
+                                .all(|g| g.state != image_format::GenerationState::Complete) =>
+                    {
+                        Some(format!(
                             "has no finished generation: resume its capture with the same \
                              command, or remove it with `mgear capture --abort --name {n}`"
-                        ),
+                        ))
+                    }
+                    _ => None,
+                };
+                if let Some(what) = nothing {
+                    report.problems.push(image_format::Problem {
+                        at: image_format::Location::capture(&n),
+                        what,
                     });
                     continue;
                 }
