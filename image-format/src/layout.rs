@@ -114,6 +114,10 @@ pub const TAG_LEN: usize = 16;
 
 /// Top-level directory of the format on the medium.
 pub const ROOT_DIR: &str = "MGEAR";
+/// `MGEAR/ATTEST`: where copies of an appliance's seal and arrival
+/// attestations may be kept on the medium. Not a capture: the name is
+/// reserved.
+pub const ATTEST_NAME: &str = "ATTEST";
 /// Key slot file wrapped to X25519 recipients (a plain age file).
 pub const KEYS_FILE: &str = "KEYS";
 /// Key slot file wrapped to a passphrase (a plain age scrypt file).
@@ -145,6 +149,8 @@ pub fn validate_plain_name(name: &str) -> Result<()> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         "it contains a character other than ASCII letters, digits, '-' or '_'"
+    } else if name.eq_ignore_ascii_case(ATTEST_NAME) {
+        "it is reserved: MGEAR/ATTEST holds copies of the appliance's attestations"
     } else {
         return Ok(());
     };

@@ -41,11 +41,12 @@ mod writer;
 
 pub use chunkbuf::{ChunkBuf, CHUNK_ALIGN};
 pub use error::{Error, Location, Result};
+pub use medium::{capture_names, generations as capture_generations};
 pub use store::{Store, StoreError};
 pub use verify::{
     capture_id, finished_evidence, list_captures, medium_digests, stored_name,
-    verify_capture_keyless, verify_keyless, CaptureInfo, Elsewhere, GenerationInfo,
-    GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
+    verify_capture_keyless, verify_keyless, verify_structure, CaptureInfo, Elsewhere,
+    GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
 };
 
 #[cfg(feature = "crypto")]

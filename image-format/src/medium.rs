@@ -25,7 +25,7 @@ pub(crate) fn list_or_empty<S: Store + ?Sized>(store: &mut S, dir: &str) -> Resu
 }
 
 /// Names of capture directories under `MGEAR/`, sorted (valid names only).
-pub(crate) fn capture_names<S: Store + ?Sized>(store: &mut S) -> Result<Vec<String>> {
+pub fn capture_names<S: Store + ?Sized>(store: &mut S) -> Result<Vec<String>> {
     let mut v: Vec<String> = list_or_empty(store, layout::ROOT_DIR)?
         .into_iter()
         .filter(|e| e.kind == EntryKind::Dir && layout::validate_name(&e.name).is_ok())
@@ -36,7 +36,7 @@ pub(crate) fn capture_names<S: Store + ?Sized>(store: &mut S) -> Result<Vec<Stri
 }
 
 /// Generation numbers present for capture `name`, ascending.
-pub(crate) fn generations<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Vec<u32>> {
+pub fn generations<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Vec<u32>> {
     let mut v: Vec<u32> = list_or_empty(store, &layout::capture_dir(name))?
         .into_iter()
         .filter(|e| e.kind == EntryKind::Dir)

@@ -200,6 +200,8 @@ pub(crate) fn load_index<S: Store + ?Sized>(
 pub struct CaptureReader<S: Store> {
     store: S,
     name: String,
+    /// Root hash of the MANIFEST opened.
+    root: [u8; 32],
     manifest: Manifest,
     keys: Subkeys,
     entries: Vec<IndexEntry>,
@@ -249,6 +251,7 @@ impl<S: Store> CaptureReader<S> {
     fn open_manifest(mut store: S, name: &str, f: ManifestFile, key: &DataKey) -> Result<Self> {
         let keys = Subkeys::derive(key, &f.manifest.capture_id);
         check_manifest_mac(name, &f, &keys)?;
+        let root = f.root;
         let m = f.manifest;
         check_peers_pinned(&mut store, name, &m)?;
         let entries = load_index(&mut store, name, &m, &keys)?;
@@ -266,6 +269,7 @@ impl<S: Store> CaptureReader<S> {
         Ok(CaptureReader {
             store,
             name: name.into(),
+            root,
             manifest: m,
             keys,
             entries,
@@ -298,6 +302,14 @@ impl<S: Store> CaptureReader<S> {
     /// The generation being read.
     pub fn generation(&self) -> u32 {
         self.manifest.generation
+    }
+
+    /// The root hash of the MANIFEST this reader opened (what a COMMIT
+    /// signs): a caller that checked a signature over the medium's files
+    /// before opening compares the two, so a medium that answers one read
+    /// differently from the next cannot slip other data in between.
+    pub fn manifest_root(&self) -> &[u8; 32] {
+        &self.root
     }
 
     /// The (MAC-verified) manifest.

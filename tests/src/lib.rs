@@ -183,10 +183,15 @@ impl<'r> Line<'r> {
     /// Start this `mgear serve` line in the background and wait for its
     /// first line, `listening on ADDR`; returns the server and ADDR.
     pub fn listen(&self) -> (Background, String) {
+        self.listen_logging(Stdio::inherit())
+    }
+
+    /// [`Self::listen`] with the server's log (its stderr) going to `log`.
+    pub fn listen_logging(&self, log: impl Into<Stdio>) -> (Background, String) {
         let mut child = self
             .command()
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawn mgear serve");
         let out = child.stdout.take().expect("serve stdout");

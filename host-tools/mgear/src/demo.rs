@@ -497,6 +497,7 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
                 json: false,
                 report: None,
                 hold: false,
+                expect_root: None,
                 volume_sha256: false,
             })?;
             Ok(())
@@ -576,6 +577,7 @@ fn demo_cloud(
         json: false,
         report: None,
         hold: false,
+        expect_root: None,
         volume_sha256: true,
     };
     let mut report = step(

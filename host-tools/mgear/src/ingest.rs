@@ -197,6 +197,9 @@ pub struct Plan {
     /// Write every chunk but leave the volume unfinished ([`Held`]): a disk of
     /// a machine whose other disks still wait for media (set by `machine`).
     pub hold: bool,
+    /// The manifest root this capture must have: a disk of a machine set,
+    /// the root its set manifest binds (set by `machine`).
+    pub expect_root: Option<[u8; 32]>,
 }
 
 /// The outcome of an ingest with [`Plan::hold`]: every chunk of the disk is
@@ -850,7 +853,32 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         );
     }
     let gaps = crate::medium::Gaps::of(&medium, &args.medium.describe());
-    let mut reader = CaptureReader::open(medium.store(), &args.name, args.generation, &unlock)?;
+    // The generation the gate accepted, and no other.
+    let mut reader = CaptureReader::open(
+        medium.store(),
+        &args.name,
+        Some(verdict.generation),
+        &unlock,
+    )?;
+    crate::trust::same_as_checked(
+        &verdict,
+        reader.name(),
+        reader.generation(),
+        reader.manifest_root(),
+    )?;
+    if let Some(want) = args.expect_root.filter(|r| r != reader.manifest_root()) {
+        return Err(coded(
+            FOUND,
+            format!(
+                "ingest refused: {} generation {} has manifest root {}, but its set manifest \
+                 binds {}: the medium changed under the ingest, or is damaged; do not use it",
+                reader.name(),
+                reader.generation(),
+                crate::output::hex(reader.manifest_root()),
+                crate::output::hex(&want)
+            ),
+        ));
+    }
     if let Some(g) = &gaps {
         g.refuse_lost(&reader)?;
     }
@@ -2209,6 +2237,7 @@ mod tests {
             rate: Some(1e15),
             json: true,
             hold: false,
+            expect_root: None,
             volume_sha256: true,
         }
     }

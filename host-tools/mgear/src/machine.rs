@@ -789,6 +789,7 @@ pub fn ingest_set(
         // ...and that it is intact and binds exactly the disks on the medium.
         let (file, _) = set::open_set(store, &args.name, Some(verdict.generation), &unlock)
             .map_err(|e| coded(FOUND, format!("ingest refused: set {}: {e}", args.name)))?;
+        crate::trust::same_as_checked(&verdict, &args.name, file.set.generation, &file.root)?;
         Ok(file)
     })();
     // Media still to come: every disk is written as far as the media given
@@ -827,6 +828,7 @@ pub fn ingest_set(
         a.name = set::disk_stream_name(&args.name, k);
         a.target = target.to_string();
         a.generation = Some(g);
+        a.expect_root = file.set.disks.get(k).map(|d| d.manifest_root);
         a.boot = false;
         a.adapt = false;
         a.hold = hold;

@@ -101,6 +101,9 @@ pub struct Attestations {
 #[derive(Debug)]
 pub struct Verdict {
     pub generation: u32,
+    /// The root of the manifest (a set: set manifest) the verdict is about:
+    /// the reader opened afterwards must find the same one.
+    pub manifest_root: [u8; 32],
     /// Who vouches for it, e.g. `site 3fa2…` (empty when untrusted and overridden).
     pub trusted_by: Vec<String>,
     /// Loud warnings the caller must print (overrides taken).
@@ -235,32 +238,7 @@ pub fn check_generation(
     };
     let mut warnings = Vec::new();
     if generation.is_none() {
-        // Generations above the newest finished one: a capture stopped before it finished is
-        // normal (it resumes), but one that was signed (its COMMIT is there) was finished, and
-        // its MANIFEST is gone since: falling back to the one below would ingest an older
-        // disk than the capture site shipped, and say nothing.
-        for &later in all.iter().filter(|&&a| newest.is_none_or(|n| a > n)) {
-            let commit_path = layout::generation_file(name, later, commit::COMMIT_FILE);
-            let signed = medium
-                .len(&commit_path)
-                .map_err(|e| crate::err!("{commit_path}: {e}"))?
-                .is_some();
-            if signed {
-                return Err(refuse(format!(
-                    "capture {name} generation {later} was finished and signed (its COMMIT is \
-                     there) but its MANIFEST is missing: the medium was damaged since; the \
-                     newest intact generation is {}. Give --generation with it to ingest that \
-                     one on purpose, or ask the capture site for generation {later} again",
-                    newest.map_or("none".into(), |n| n.to_string())
-                )));
-            }
-            if let Some(n) = newest {
-                warnings.push(format!(
-                    "capture {name} generation {later} is not finished (no MANIFEST: a capture \
-                     stopped before its end); generation {n}, the newest finished one, is used"
-                ));
-            }
-        }
+        later_than_newest(medium, name, &all, newest, &mut warnings)?;
     }
     if let Some(want) = policy.expect_generation {
         if g < want {
@@ -325,8 +303,17 @@ pub fn check_generation(
     // 2. Seal and arrival. They count as trust only under a pinned key; for
     //    an appliance capture (manifest hint) a valid seal is also required
     //    unless --allow-unsealed.
+    let ours = match attestations {
+        Some(a) => seal_is_of_this_medium(medium, name, a)?,
+        None => false,
+    };
     let seal = match attestations {
         None => Err("no seal/arrival attestations found".to_string()),
+        Some(a) if !ours => Err(format!(
+            "the seal + arrival ({}) are of another medium: none of capture {name}'s sealed \
+             manifests is on this one",
+            a.from
+        )),
         Some(a) => check_seal(medium, name, g, commit_file.is_some(), a, policy, manifest),
     };
     match &seal {
@@ -341,7 +328,7 @@ pub fn check_generation(
     // or changed since the seal (a deleted newer generation) is a refusal,
     // whatever else vouches for the generation.
     let pinned_sealer =
-        attestations.is_some_and(|a| policy.pinned_appliance(&a.seal.body.identity));
+        ours && attestations.is_some_and(|a| policy.pinned_appliance(&a.seal.body.identity));
     if let (true, Err(e)) = (manifest.is_some() || pinned_sealer, &seal) {
         let msg = match manifest {
             Some(hint) => format!(
@@ -383,9 +370,129 @@ pub fn check_generation(
     }
     Ok(Verdict {
         generation: g,
+        manifest_root: expected.manifest_root,
         trusted_by,
         warnings,
     })
+}
+
+/// Generations above the newest finished one (`newest`) of capture `name`
+/// (`all`: its generations), and for a machine set those of its disk
+/// streams. A capture stopped before it finished is normal (it resumes): a
+/// warning. But one that was finished (signed, its journal says so, a later
+/// generation exists, or a set's disk stream has its MANIFEST) and lost its
+/// MANIFEST or set manifest since is a refusal: falling back to the one below
+/// would ingest an older disk than the capture site shipped, and say nothing.
+fn later_than_newest(
+    medium: &mut dyn Store,
+    name: &str,
+    all: &[u32],
+    newest: Option<u32>,
+    warnings: &mut Vec<String>,
+) -> crate::Result<()> {
+    let intact = newest.map_or("none".into(), |n| n.to_string());
+    let streams = streams_of_set(medium, name)?;
+    let lost = if streams.is_empty() {
+        "MANIFEST"
+    } else {
+        "set manifest (SET)"
+    };
+    let damaged = |later: u32, why: String| {
+        refuse(format!(
+            "capture {name} generation {later} was finished ({why}) but its {lost} is missing: \
+             the medium was damaged since; the newest intact generation is {intact}. Give \
+             --generation with it to ingest that one on purpose, or ask the capture site for \
+             generation {later} again"
+        ))
+    };
+    for &later in all.iter().filter(|&&a| newest.is_none_or(|n| a > n)) {
+        let evidence = image_format::finished_evidence(medium, name, later, all)
+            .map_err(|e| unreadable(e, name, later))?;
+        if let Some(why) = evidence {
+            return Err(damaged(later, why));
+        }
+        if let Some(n) = newest {
+            warnings.push(format!(
+                "capture {name} generation {later} is not finished (no MANIFEST: a capture \
+                 stopped before its end); generation {n}, the newest finished one, is used"
+            ));
+        }
+    }
+    // A set generation's directory (and its SET) is written last, once
+    // every disk finished: disks' generations above the newest set
+    // generation are a set capture that stopped before binding them (it
+    // resumes), unless the set went on to a later generation since, which it
+    // does only over a finished one.
+    let mut warned = false;
+    for stream in streams {
+        let gens = image_format::capture_generations(medium, &stream)
+            .map_err(|e| unreadable(e, &stream, 0))?;
+        let Some(&last) = gens.last() else { continue };
+        for &later in gens
+            .iter()
+            .filter(|&&a| newest.is_none_or(|n| a > n) && !all.contains(&a))
+        {
+            if later < last {
+                return Err(damaged(
+                    later,
+                    format!("disk stream {stream} has generation {last}, captured after it"),
+                ));
+            }
+            let manifest = layout::generation_file(&stream, later, layout::MANIFEST_FILE);
+            let disk_done = medium
+                .len(&manifest)
+                .map_err(|e| crate::err!("{manifest}: {e}"))?
+                .is_some();
+            if let (true, false, Some(n)) = (disk_done, warned, newest) {
+                warned = true;
+                warnings.push(format!(
+                    "set {name} generation {later} is not finished: disk stream {stream} holds \
+                     generation {later} but no set manifest binds it (a set capture stopped \
+                     before its end, or its SET was removed since); generation {n}, the newest \
+                     finished one, is used. If the capture receipt says generation {later}, give \
+                     --expect-generation {later} and this medium is refused"
+                ));
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The disk streams (`NAME.dN`) of machine set `name`; empty for a capture
+/// that is not a set.
+fn streams_of_set(medium: &mut dyn Store, name: &str) -> crate::Result<Vec<String>> {
+    if !image_format::set::is_set(medium, name).map_err(|e| unreadable(e, name, 0))? {
+        return Ok(Vec::new());
+    }
+    Ok(image_format::capture_names(medium)
+        .map_err(|e| unreadable(e, name, 0))?
+        .into_iter()
+        .filter(|n| image_format::set::parse_disk_stream_name(n).is_some_and(|(s, _)| s == name))
+        .collect())
+}
+
+/// Refuse data read after the gate that is not what the gate checked: the
+/// MANIFEST (or set manifest) opened for reading must be the one whose
+/// signatures and seal were checked (a medium answering the same read
+/// differently, e.g. a malicious USB device or NBD export).
+pub fn same_as_checked(
+    verdict: &Verdict,
+    name: &str,
+    generation: u32,
+    root: &[u8; 32],
+) -> crate::Result<()> {
+    if generation != verdict.generation || root != &verdict.manifest_root {
+        return Err(refuse(format!(
+            "capture {name}: the medium returned generation {generation} with manifest root {} \
+             for reading, but the trust check moments before was of generation {} with root {}: \
+             a failing or tampered medium answers the same read differently; do not use it",
+            crate::output::hex(root),
+            verdict.generation,
+            crate::output::hex(&verdict.manifest_root)
+        )));
+    }
+    Ok(())
 }
 
 /// The appliance identity the manifest names (a hint: it says a seal is
@@ -480,6 +587,36 @@ fn check_seal(
         }
     }
     Ok((fp, pinned))
+}
+
+/// Whether attestations `a` are about this medium's capture `name`: one of
+/// the capture's MANIFEST or SET files they list is here, byte for byte.
+/// A seal of another medium (planted copies, a wrong `--attestations`
+/// directory) then says nothing about this one, rather than calling every
+/// generation "changed since the seal"; a newer generation deleted since
+/// the seal still leaves the older ones' manifests matching, so it is caught.
+fn seal_is_of_this_medium(
+    medium: &mut dyn Store,
+    name: &str,
+    a: &Attestations,
+) -> crate::Result<bool> {
+    let prefix = format!("{}/", layout::capture_dir(name)).to_ascii_uppercase();
+    for f in &a.arrival.body.files {
+        let upper = f.path.to_ascii_uppercase();
+        let finishing = [layout::MANIFEST_FILE, image_format::set::SET_FILE]
+            .iter()
+            .any(|m| upper.ends_with(&format!("/{m}")));
+        if !upper.starts_with(&prefix) || !finishing {
+            continue;
+        }
+        let len = medium
+            .len(&f.path)
+            .map_err(|e| crate::err!("{}: {e}", f.path))?;
+        if len == Some(f.len) && sha256_file(medium, &f.path, f.len)? == f.sha256 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Read a whole file of at most `max` bytes; a larger one (a huge sparse

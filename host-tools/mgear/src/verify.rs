@@ -214,6 +214,11 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             report = image_format::verify_capture_keyless(store, name, &mut obs)?;
         }
         (Some(unlock), name) => {
+            // What the keyless verifier says about the medium's structure
+            // (sets, COMMITs and manifests of every generation, names): the
+            // records of the generation verified are decrypted below.
+            let structure = image_format::verify_structure(store, name.as_deref())?;
+            report.problems.extend(structure.problems);
             let names: Vec<String> = match name {
                 Some(n) if sets.contains(n) => streams_of(n),
                 Some(n) => vec![n.clone()],
@@ -271,6 +276,9 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 report.bytes += r.bytes;
                 report.problems.extend(r.problems);
             }
+            // Found by both passes (a damaged MANIFEST): said once.
+            let mut seen = std::collections::HashSet::new();
+            report.problems.retain(|p| seen.insert(p.to_string()));
         }
     }
     obs.bar.finish();

@@ -393,7 +393,22 @@ fn field_media_a_signed_generation_that_lost_its_manifest_is_not_skipped_silentl
         .run();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("generation 2 was finished and signed"),
+        text(&o).contains("generation 2 was finished (its COMMIT is written)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("vol.raw").exists());
+    // Its COMMIT gone as well: the journal still says it finished (it was
+    // warned about as "stopped before its end" and generation 1 installed).
+    fs::remove_file(e.p("mnt/MGEAR/web01/G0002/COMMIT")).unwrap();
+    let o = e
+        .ingest("dir:mnt", "web01")
+        .target("file:vol.raw")
+        .trust("site.pub")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("generation 2 was finished (its journal says it finished)"),
         "{}",
         text(&o)
     );

@@ -696,3 +696,60 @@ fn a_sets_cached_key_survives_deltas_and_is_forgotten_whole() {
         output_text(&o)
     );
 }
+
+/// The newest set generation's SET and COMMIT removed (its directory deleted): its disks'
+/// generations are still there. Ingest once installed the older set without a word; now it
+/// warns, `--expect-generation` refuses it, and keyed verify reports it as keyless verify does.
+#[test]
+fn a_set_generation_that_lost_its_set_manifest_is_not_skipped_silently() {
+    let e = machine();
+    std::fs::create_dir(e.p("mnt")).unwrap();
+    capture(&e, "dir:mnt", &[]);
+    std::fs::write(e.p("disk1.raw"), data_disk(9)).unwrap();
+    capture(&e, "dir:mnt", &["--delta"]);
+    std::fs::remove_dir_all(e.p("mnt/MGEAR/db01/G0002")).unwrap();
+
+    let o = e
+        .ingest("dir:mnt", "db01")
+        .trust("site.pub")
+        .target("file:out-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("set db01 generation 2 is not finished"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        std::fs::read(e.p("out-1.raw")).unwrap(),
+        data_disk(7),
+        "generation 1 was installed"
+    );
+    let o = e
+        .ingest("dir:mnt", "db01")
+        .trust("site.pub")
+        .target("file:again-{disk}.raw")
+        .args(&["--expect-generation", "2"])
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(!e.p("again-0.raw").exists());
+
+    for keyed in [false, true] {
+        let mut argv = vec!["verify", "--medium", "dir:mnt", "--trust", "site.pub"];
+        if keyed {
+            argv.extend(["--identity", "target.key"]);
+        }
+        let o = e.run(&argv);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "keyed {keyed}: {}",
+            output_text(&o)
+        );
+        assert!(
+            output_text(&o).contains("is not bound by a set manifest"),
+            "keyed {keyed}: {}",
+            output_text(&o)
+        );
+    }
+}

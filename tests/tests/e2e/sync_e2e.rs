@@ -143,7 +143,11 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
     e.capture_and_ingest("64MiB");
     let changed = [0, 1, 2, 5, 6, 7, 8, 10];
     change_chunks(&e.p("disk.raw"), &changed, 4);
-    let (_serve, addr) = e.listen(&[]);
+    let log_path = e.p("serve.log");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen_logging(std::fs::File::create(&log_path).unwrap());
 
     // A slow sync, killed once the first changed chunk reached the volume.
     let mut first = e
@@ -230,6 +234,19 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
         text(&o)
     );
     std::fs::write(&cache, good).unwrap();
+    // The serve's log tells the killed session (work kept) from the refused
+    // one (nothing applied, nothing to continue).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("ended with nothing applied") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(log.contains("ended early after"), "{log}");
+    assert!(log.contains("ended with nothing applied"), "{log}");
+    assert!(!log.contains("ended early after 0 chunks"), "{log}");
 
     // A port where something else listens.
     let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

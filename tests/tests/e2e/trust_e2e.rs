@@ -255,13 +255,17 @@ fn huge_sparse_files_are_refused_unread() {
     let f = fs::File::create(e.p("mnt/MGEAR/ATTEST/SEAL")).unwrap();
     f.set_len(1 << 40).unwrap();
     fs::write(e.p("mnt/MGEAR/ATTEST/ARRIVAL"), b"x").unwrap();
-    refused(
-        &ingest(&e, &["--trust", "site.pub"]),
-        &[
-            "MGEAR/ATTEST/SEAL is 1099511627776 bytes",
-            "refusing to read it",
-        ],
-    );
+    // Copies on the medium are hints anyone can plant: ignored, loudly, and
+    // the site's signature still vouches for the capture.
+    let out = ingest(&e, &["--trust", "site.pub"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    for w in [
+        "attestation copies on the medium are ignored",
+        "MGEAR/ATTEST/SEAL is 1099511627776 bytes",
+        "refusing to read it",
+    ] {
+        assert!(output_text(&out).contains(w), "{w}: {}", output_text(&out));
+    }
     fs::remove_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
     let m = e.p("mnt/MGEAR/web01/G0001/MANIFEST");
     fs::OpenOptions::new()
@@ -398,4 +402,67 @@ fn appliance_witness_alone_vouches_for_an_unsigned_capture() {
     refused(&ingest_other(&[]), &["not pinned", &fp]);
     assert!(!lab.p("vol2.raw").exists());
     lab.stop();
+}
+
+/// What a finder can plant in MGEAR/ATTEST: junk, or the genuine seal of
+/// another medium by an appliance the datacenter pins. Neither blocks a
+/// capture the pinned site signed, nor is mistaken for a seal of this
+/// medium; keyless verify does not take MGEAR/ATTEST for a capture; a seal
+/// of this medium still catches a generation deleted since.
+#[test]
+fn planted_attestation_copies_neither_block_nor_vouch() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    let pinned = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let fp = fingerprint(&pinned);
+
+    fs::create_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST/SEAL"), b"junk").unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST/ARRIVAL"), b"junk").unwrap();
+    let out = ingest(&e, &["--trust", "site.pub", "--trust-appliance", &fp]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("attestation copies on the medium are ignored"),
+        "{}",
+        output_text(&out)
+    );
+    let v = e.run(&["verify", "--medium", "dir:mnt"]);
+    assert!(
+        v.status.success(),
+        "MGEAR/ATTEST is no capture: {}",
+        output_text(&v)
+    );
+
+    // Another shipment's medium, sealed by the pinned appliance.
+    fs::create_dir(e.p("other")).unwrap();
+    write_disk(&e.p("other.raw"), 2, 9);
+    e.capture("dir:other", "web01")
+        .source("other.raw")
+        .sign("site.key")
+        .ok();
+    let (seal, arrival) = forge_attestations(&e.p("other"), &pinned);
+    fs::write(e.p("mnt/MGEAR/ATTEST/SEAL"), postcard_bytes(&seal)).unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST/ARRIVAL"), postcard_bytes(&arrival)).unwrap();
+    let out = ingest(&e, &["--trust", "site.pub", "--trust-appliance", &fp]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    same_file(&e.p("vol.raw"), &e.p("disk.raw"));
+
+    // This medium's own seal, then its newest generation deleted: refused.
+    write_disk(&e.p("disk.raw"), 3, 2);
+    capture(&e, "disk.raw", &["--sign", "site.key", "--delta"]);
+    fs::remove_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
+    let (seal, arrival) = forge_attestations(&e.p("mnt"), &pinned);
+    fs::create_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST/SEAL"), postcard_bytes(&seal)).unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST/ARRIVAL"), postcard_bytes(&arrival)).unwrap();
+    fs::remove_dir_all(e.p("mnt/MGEAR/web01/G0002")).unwrap();
+    refused(
+        &ingest(&e, &["--trust", "site.pub", "--trust-appliance", &fp]),
+        &["was sealed but is missing now"],
+    );
+
+    // The name is reserved.
+    let o = e.capture("dir:mnt", "attest").source("disk.raw").run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(output_text(&o).contains("reserved"), "{}", output_text(&o));
 }

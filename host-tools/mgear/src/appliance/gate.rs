@@ -31,7 +31,8 @@ use super::client::Client;
 use crate::exit::{coded, usage, FOUND};
 use crate::trust::{self, read_capped, Attestations, Policy, Verdict, MAX_ATTESTATION_LEN};
 
-/// Directory on the medium where attestation copies may be stored.
+/// Directory on the medium where attestation copies may be stored
+/// (`MGEAR/` and the reserved name `image_format::layout::ATTEST_NAME`).
 pub const ATTEST_DIR: &str = "MGEAR/ATTEST";
 /// File name of the seal attestation (on the medium or in an export directory).
 pub const SEAL_FILE: &str = "SEAL";
@@ -114,13 +115,31 @@ pub fn find_attestations(
     if !present(medium, &seal_path)? && !present(medium, &arrival_path)? {
         return Ok(None);
     }
-    let seal = read_capped(medium, &seal_path, MAX_ATTESTATION_LEN)?;
-    let arrival = read_capped(medium, &arrival_path, MAX_ATTESTATION_LEN)?;
-    Ok(Some(Attestations {
-        seal: decode_attestation(&seal, &seal_path)?,
-        arrival: decode_attestation(&arrival, &arrival_path)?,
-        from: format!("copies on the medium in {ATTEST_DIR}"),
-    }))
+    // Copies on the medium are hints anyone holding it can plant or delete:
+    // ones that do not read as attestations count as none (what the
+    // capture needs is then decided as without them), not as a refusal.
+    let copies = (|| -> crate::Result<(Attestation, Attestation)> {
+        let seal = read_capped(medium, &seal_path, MAX_ATTESTATION_LEN)?;
+        let arrival = read_capped(medium, &arrival_path, MAX_ATTESTATION_LEN)?;
+        Ok((
+            decode_attestation(&seal, &seal_path)?,
+            decode_attestation(&arrival, &arrival_path)?,
+        ))
+    })();
+    match copies {
+        Ok((seal, arrival)) => Ok(Some(Attestations {
+            seal,
+            arrival,
+            from: format!("copies on the medium in {ATTEST_DIR}"),
+        })),
+        Err(e) => {
+            eprintln!(
+                "mgear: WARNING: the attestation copies on the medium are ignored: {e:#} (the \
+                 seal and arrival then come only from the appliance or --attestations DIR)"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// The gate as `ingest` uses it: find the attestations, check the

@@ -126,6 +126,7 @@ impl Cli {
             report: a.report,
             target: String::new(),
             hold: false,
+            expect_root: None,
         };
         Ok(ingest::Request {
             plan,

@@ -672,6 +672,12 @@ fn handle(
             );
             Some(applied)
         }
+        // A peer refused at the handshake (wrong key, another capture) has
+        // nothing to continue from: say so rather than "ended early".
+        Err(e) if applied.chunks == 0 => {
+            eprintln!("mgear serve: session with {peer} ended with nothing applied: {e:#}");
+            None
+        }
         Err(e) => {
             eprintln!(
                 "mgear serve: session with {peer} ended early after {} chunks applied (kept; a reconnecting \
