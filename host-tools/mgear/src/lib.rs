@@ -13,6 +13,16 @@
 //! sources, keys, trust and targets, the appliance client, `medium`, the
 //! one-medium commands, the one-disk pipelines, `machine`, and `demo`/`bench`
 //! on top.
+/// `eprintln!` that never panics: std's panics when standard error is gone
+/// (`mgear capture ... 2>&1 | head -1`), which stopped a set capture between
+/// two disks. A message that cannot be written is lost; the work goes on.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod appliance;
 pub mod bench;
 pub mod boot_cmd;

@@ -5,6 +5,16 @@
 //! turns the command line into the library's typed plans; usage errors,
 //! `--json` errors and exit codes. Each library module's `//!` doc explains
 //! its command for users.
+/// `eprintln!` that never panics: std's panics when standard error is gone
+/// (`mgear capture ... 2>&1 | head -1`), which stopped a set capture between
+/// two disks. A message that cannot be written is lost; the work goes on.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 use mgear::{
     appliance, bench, boot_cmd, demo, exit, inspect, keys, machine, medium_admin, output, sync,
     verify,

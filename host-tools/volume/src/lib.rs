@@ -43,6 +43,16 @@
 
 use std::path::PathBuf;
 
+/// `eprintln!` that never panics: std's panics when standard error is gone
+/// (`mgear capture ... 2>&1 | head -1`), which stopped a set capture between
+/// two disks. A message that cannot be written is lost; the work goes on.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod ebs;
 pub mod fake;
 pub mod file;

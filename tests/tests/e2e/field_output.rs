@@ -348,3 +348,29 @@ fn a_full_standard_output_is_an_io_error_not_a_panic() {
         .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
 }
+
+/// A standard error that cannot be written (`2>&1 | head -1` once the reader left, a full
+/// disk) loses the messages, not the work: a set capture of two disks went on to panic
+/// between them (exit 101, disk 1 never captured).
+#[test]
+fn a_standard_error_that_cannot_be_written_does_not_stop_a_capture() {
+    let e = Env::new();
+    e.keygen();
+    disk(&e, "a.raw");
+    disk(&e, "b.raw");
+    let m = e.fat("m.img", "64MiB");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = e
+        .capture(&m, "pp")
+        .sources(&["a.raw", "b.raw"])
+        .command()
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert_eq!(i["sets"][0]["generations"][0]["complete"], true, "{i}");
+}
