@@ -453,6 +453,24 @@ pub(crate) fn witness_generation(
     Ok(receipt)
 }
 
+/// Whether generation `g` of `name` (a capture or a set) has a COMMIT that
+/// carries `key`'s valid site signature.
+pub fn signed_by(
+    store: &mut dyn image_format::Store,
+    name: &str,
+    g: u32,
+    key: &ed25519_dalek::SigningKey,
+) -> bool {
+    use image_format::commit;
+    let me = key.verifying_key().to_bytes();
+    match commit::read_commit(store, name, g) {
+        Ok(Some(f)) => f.signatures.iter().any(|s| {
+            s.role == commit::SignerRole::Site && s.public_key == me && f.commit.verifies(s)
+        }),
+        _ => false,
+    }
+}
+
 /// Re-run of a finished capture with `--sign`: when the newest generation
 /// is finished but its COMMIT is missing (a crash after MANIFEST) or lacks
 /// this site's signature, sign it instead of capturing again.
@@ -461,7 +479,6 @@ fn sign_missing(
     name: &str,
     key: &ed25519_dalek::SigningKey,
 ) -> crate::Result<Option<Receipt>> {
-    use image_format::commit;
     let Some(info) = image_format::list_captures(store)?
         .into_iter()
         .find(|c| c.name == name)
@@ -475,14 +492,7 @@ fn sign_missing(
         return Ok(None);
     }
     let g = newest.generation;
-    let me = key.verifying_key().to_bytes();
-    let signed = match commit::read_commit(store, name, g) {
-        Ok(Some(f)) => f.signatures.iter().any(|s| {
-            s.role == commit::SignerRole::Site && s.public_key == me && f.commit.verifies(s)
-        }),
-        _ => false,
-    };
-    if signed {
+    if signed_by(store, name, g, key) {
         return Ok(None);
     }
     let mut r = sign_generation(store, name, g, key)?;

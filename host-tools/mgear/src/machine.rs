@@ -190,8 +190,9 @@ struct State {
 fn state(
     store: &mut dyn image_format::Store,
     args: &capture::Plan,
-    n: usize,
+    sources: &[String],
 ) -> crate::Result<State> {
+    let n = sources.len();
     let name = &args.name;
     let caps = image_format::list_captures(store)?;
     if let Some(c) = caps.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
@@ -240,11 +241,22 @@ fn state(
             }
         }
     }
+    // A re-run with --sign only adds signatures the set or a disk lacks;
+    // once every one carries this site's, it is a second capture like any.
+    let mut unsigned = |g: u32| -> crate::Result<bool> {
+        let Some(path) = &args.sign else {
+            return Ok(false);
+        };
+        let key = crate::sitekey::read_signing_key(path)?;
+        Ok(std::iter::once(name.clone())
+            .chain((0..n).map(|k| set::disk_stream_name(name, k)))
+            .any(|s| !capture::signed_by(store, &s, g, &key)))
+    };
     let (generation, sealed) = match (in_progress, newest) {
         (true, _) => (base + 1, false),
         (false, None) => (1, false),
         (false, Some(g)) if args.delta => (g + 1, false),
-        (false, Some(g)) if args.sign.is_some() => (g, true),
+        (false, Some(g)) if unsigned(g)? => (g, true),
         (false, Some(g)) => {
             return Err(usage(format!(
                 "set {name} is already captured as generation {g} on this medium (finished): use \
@@ -257,12 +269,31 @@ fn state(
     let mut done = vec![false; n];
     for (k, d) in done.iter_mut().enumerate() {
         let stream = set::disk_stream_name(name, k);
-        *d = caps.iter().any(|c| {
-            c.name == stream
-                && c.generations.iter().any(|g| {
-                    g.generation == generation && g.state == image_format::GenerationState::Complete
-                })
-        });
+        let finished = caps
+            .iter()
+            .filter(|c| c.name == stream)
+            .flat_map(|c| &c.generations)
+            .find(|g| {
+                g.generation == generation && g.state == image_format::GenerationState::Complete
+            });
+        // A finished disk is not read again: it must be the disk given at
+        // its place now, or the set would bind another disk's data under
+        // this one's name (a re-run with the --source order changed).
+        if let Some(g) = finished {
+            if !same_source(&g.source_desc, &sources[k]) {
+                return Err(usage(format!(
+                    "disk {k} of set {name} generation {generation} is already captured from {}, \
+                     but --source number {} is {}: give the disks in the order the set was \
+                     captured in (disk 0 first), from the same directory, or remove the \
+                     unfinished generation with `mgear capture --abort {} --name {name}`",
+                    g.source_desc,
+                    k + 1,
+                    sources[k],
+                    args.medium.as_args()
+                )));
+            }
+        }
+        *d = finished.is_some();
     }
     Ok(State {
         generation,
@@ -270,6 +301,29 @@ fn state(
         done,
         sealed,
     })
+}
+
+/// Whether the source a disk was captured from (as recorded) is `given`:
+/// the same text, or paths that resolve to the same file or device. An
+/// older medium that recorded none is taken at its word.
+fn same_source(recorded: &str, given: &str) -> bool {
+    if recorded.is_empty() || recorded == given {
+        return true;
+    }
+    // A path is recorded without its `file:`/`dev:` prefix.
+    let Ok(crate::spec::Source::Path(given)) = crate::spec::Source::parse(given) else {
+        return false;
+    };
+    if Path::new(recorded) == given {
+        return true;
+    }
+    match (
+        std::fs::canonicalize(recorded),
+        std::fs::canonicalize(&given),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// The set's shared data key and capture id: from the key cache (under the
@@ -438,7 +492,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     let (st, shared) = {
         let mut ro = args.medium.open_before_capture()?;
         let r = (|| {
-            let st = state(ro.store(), args, sources.len())?;
+            let st = state(ro.store(), args, sources)?;
             let shared = shared_key(ro.store(), args, st.capture_id)?;
             Ok::<_, crate::Error>((st, shared))
         })();

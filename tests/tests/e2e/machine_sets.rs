@@ -753,3 +753,49 @@ fn a_set_generation_that_lost_its_set_manifest_is_not_skipped_silently() {
         );
     }
 }
+
+/// Operator mistakes on a set re-run: a capture stopped at disk 1 (its --source misspelt)
+/// re-run with the disks in another order is refused (the finished disk 0 would have been
+/// kept under the name of the other disk, "verified"); a finished, signed set re-run with
+/// --sign on changed disks without --delta is refused as a second capture, not "already
+/// captured" with nothing stored.
+#[test]
+fn a_set_re_run_with_other_disks_is_refused() {
+    let e = machine();
+    let m = e.fat("m.img", "256MiB");
+    let o = e
+        .capture(&m, "db01")
+        .sources(&[&e.s("disk0.raw"), &e.s("disk1.typo")])
+        .sign("site.key")
+        .run();
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    let o = e
+        .capture(&m, "db01")
+        .sources(&[&e.s("disk1.raw"), &e.s("disk0.raw")])
+        .sign("site.key")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("disk 0 of set db01 generation 1 is already captured from"),
+        "{}",
+        output_text(&o)
+    );
+    // The same disks from another spelling of the same path resume.
+    let c = e
+        .capture(&m, "db01")
+        .sources(&["disk0.raw", "./disk1.raw"])
+        .sign("site.key")
+        .json();
+    assert_eq!(c["generation"], 1, "{c}");
+
+    std::fs::write(e.p("disk1.raw"), data_disk(8)).unwrap();
+    let o = set_capture(&e, &m).sign("site.key").run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is already captured as generation 1"),
+        "{}",
+        output_text(&o)
+    );
+    let c = capture(&e, &m, &["--delta"]);
+    assert_eq!(c["generation"], 2, "{c}");
+}
