@@ -253,7 +253,7 @@ pub struct Report {
     pub adapt: Option<mgear_boot::AdaptReport>,
 }
 
-fn state_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
+pub(crate) fn state_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
     let dir = match arg {
         Some(d) => d,
         None => match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
@@ -1233,6 +1233,19 @@ pub fn write_volume<S: image_format::Store>(
     }
     let finished = vol.finish()?;
     std::fs::remove_file(&state.path)?;
+    if let Some(p) = finished
+        .path
+        .as_deref()
+        .filter(|_| path_target(&plan.target).is_some())
+    {
+        if let Err(e) = write_done(&plan.state_dir, p, &root) {
+            eprintln!(
+                "mgear: note: could not record the finished ingest in {} ({e}): a re-run of a \
+                 machine set's ingest will not know this disk is done",
+                plan.state_dir.display()
+            );
+        }
+    }
     let secs = started.elapsed().as_secs_f64();
     Ok((
         Report {
@@ -1257,6 +1270,100 @@ pub fn write_volume<S: image_format::Store>(
         },
         finished,
     ))
+}
+
+/// The report of a disk an earlier run finished and verified
+/// ([`ingested_before`]): nothing written now, every chunk resumed.
+pub(crate) fn kept_report(name: &str, generation: u32, target: &str, disk_size: u64) -> Report {
+    Report {
+        command: "ingest",
+        name: name.to_string(),
+        generation,
+        target: target.to_string(),
+        disk_size,
+        chunks: 0,
+        zero_chunks: 0,
+        resumed_chunks: 0,
+        bytes_written: 0,
+        verified: true,
+        volume_sha256: None,
+        seconds: 0.0,
+        mb_per_s: 0.0,
+        volume: None,
+        server: None,
+        booted: None,
+        boot_report: None,
+        adapt: None,
+    }
+}
+
+/// The file of a `file:` or `qcow2:` target (`None` for other kinds).
+pub(crate) fn path_target(target: &str) -> Option<PathBuf> {
+    match crate::spec::Target::parse(target, crate::spec::Bare::Existing) {
+        Ok(crate::spec::Target::File(p) | crate::spec::Target::Qcow2(p)) => Some(p),
+        _ => None,
+    }
+}
+
+/// Where the record of a finished ingest into the file at `volume` lives:
+/// beside the resume state, under the same key.
+fn done_path(state_dir: &Path, volume: &Path) -> PathBuf {
+    state_dir.join(format!("{}.done", mgear_volume::absolute_key(volume)))
+}
+
+/// The record of a finished, verified ingest of the generation with
+/// manifest root `root` into the file `volume`, with the file's size and
+/// modification time then: a machine set's ingest re-run after an
+/// interruption keeps the disks an earlier run finished (and nobody changed
+/// since) instead of refusing their files as "exists".
+///
+/// ```text
+/// mgear-ingested/1
+/// root <manifest root, hex>
+/// len <bytes>
+/// mtime <nanoseconds since the epoch>
+/// ```
+fn write_done(state_dir: &Path, volume: &Path, root: &[u8; 32]) -> std::io::Result<()> {
+    let (len, mtime) = len_and_mtime(volume)?;
+    let path = done_path(state_dir, volume);
+    let tmp = path.with_extension("done.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = image_format::private::create(&tmp)?;
+    write!(
+        f,
+        "mgear-ingested/1\nroot {}\nlen {len}\nmtime {mtime}\n",
+        crate::output::hex(root)
+    )?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+fn len_and_mtime(p: &Path) -> std::io::Result<(u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p)?;
+    Ok((
+        m.len(),
+        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    ))
+}
+
+/// Whether `target` (a `file:`/`qcow2:` spec) holds the generation with
+/// manifest root `root`, ingested and verified by an earlier run and not
+/// changed since (its record in `state_dir` matches the file now).
+pub(crate) fn ingested_before(state_dir: &Path, target: &str, root: &[u8; 32]) -> bool {
+    let Some(p) = path_target(target) else {
+        return false;
+    };
+    let (Ok(text), Ok((len, mtime))) = (
+        std::fs::read_to_string(done_path(state_dir, &p)),
+        len_and_mtime(&p),
+    ) else {
+        return false;
+    };
+    text == format!(
+        "mgear-ingested/1\nroot {}\nlen {len}\nmtime {mtime}\n",
+        crate::output::hex(root)
+    )
 }
 
 /// The summary line of `--boot`: booted or not, and where its report is.

@@ -860,6 +860,29 @@ pub fn ingest_set(
     for (_, t) in &plan {
         crate::ingest::refuse_bad_target(&args.medium, t)?;
     }
+    // Disks an earlier run of this command finished (an interrupted set
+    // ingest re-run as it says) are kept; any other existing file is
+    // refused before the first disk is written, not after.
+    let sdir = crate::ingest::state_dir(args.state_dir.clone())?;
+    let kept: Vec<bool> = plan
+        .iter()
+        .map(|(k, t)| {
+            file.set
+                .disks
+                .get(*k)
+                .is_some_and(|d| crate::ingest::ingested_before(&sdir, t, &d.manifest_root))
+        })
+        .collect();
+    for ((k, t), kept) in plan.iter().zip(&kept) {
+        let exists = crate::ingest::path_target(t).filter(|p| std::fs::symlink_metadata(p).is_ok());
+        if let (Some(p), false, false) = (exists, *kept, args.force) {
+            return Err(usage(format!(
+                "{} (the target of disk {k}) exists and does not hold this set's disk {k}: pass \
+                 --force to replace it; nothing was written",
+                p.display()
+            )));
+        }
+    }
     if args.adapt {
         let local = ["file:", "qcow2:", "dev:", "libvirt:"];
         if let Some((_, t)) = plan
@@ -888,7 +911,26 @@ pub fn ingest_set(
         a.hold = hold;
         crate::ingest::ingest(&a)
     };
-    for (k, target) in &plan {
+    for ((k, target), kept) in plan.iter().zip(kept) {
+        if kept && !args.force {
+            eprintln!(
+                "mgear ingest: set {} disk {k}: {target} already holds it (an earlier run of this \
+                 command wrote and verified it, and it is unchanged since): kept",
+                args.name
+            );
+            let size = file.set.disks.get(*k).map_or(0, |d| d.size);
+            disks.push(IngestedDisk {
+                disk: *k,
+                report: crate::ingest::kept_report(
+                    &set::disk_stream_name(&args.name, *k),
+                    g,
+                    target,
+                    size,
+                ),
+                manifest: None,
+            });
+            continue;
+        }
         eprintln!(
             "mgear ingest: set {} disk {k} of {} into {target}",
             args.name,

@@ -473,7 +473,9 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn absolute_key(p: &Path) -> String {
+/// The state key of a volume at path `p` (file or qcow2): from its
+/// absolute path, so a relative spelling names the same state.
+pub fn absolute_key(p: &Path) -> String {
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
     key_of(&abs.to_string_lossy())
 }

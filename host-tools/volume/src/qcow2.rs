@@ -271,8 +271,7 @@ impl Volume for Qcow2Volume {
         self.final_path.display().to_string()
     }
     fn state_key(&self) -> String {
-        let abs = std::path::absolute(&self.final_path).unwrap_or_else(|_| self.final_path.clone());
-        key_of(&abs.to_string_lossy())
+        crate::absolute_key(&self.final_path)
     }
     fn found(&self) -> Found {
         self.found

@@ -799,3 +799,57 @@ fn a_set_re_run_with_other_disks_is_refused() {
     let c = capture(&e, &m, &["--delta"]);
     assert_eq!(c["generation"], 2, "{c}");
 }
+
+/// A set ingest re-run after it stopped with disk 0 finished (the command it prints to
+/// resume) once failed on disk 0's file, "exists: pass --force": a disk an earlier run
+/// finished and verified, unchanged since, is kept; any other existing file is refused
+/// before the first disk is written.
+#[test]
+fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
+    let e = machine();
+    let m = e.fat("m.img", "256MiB");
+    capture(&e, &m, &[]);
+    // Disk 0 alone: what a run stopped during disk 1 leaves.
+    ingest(&e, &m, &["--disk", "0", "--target", "file:out-0.raw"]);
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:out-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("out-0.raw already holds it"),
+        "{}",
+        output_text(&o)
+    );
+    same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
+    same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+
+    // A file that is not this set's disk: refused up front, nothing written.
+    std::fs::write(e.p("new-1.raw"), b"somebody's file").unwrap();
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:new-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("(the target of disk 1) exists"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("new-0.raw").exists());
+    // A finished disk changed since (a guest booted it with writes): not kept.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("out-1.raw"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"x").unwrap();
+    drop(f);
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:out-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+}
