@@ -166,13 +166,33 @@ pub fn run(args: Request) -> crate::Result<i32> {
             )));
         }
     }
-    let ship = shipment(
+    let mut ship = shipment(
         &media
             .iter()
             .map(|m| (m.medium.clone(), m.captures.clone(), m.sets.clone()))
             .collect::<Vec<_>>(),
         args.name.is_none(),
     );
+    // A span's machines may have records on a medium not given: the
+    // shipment is not complete without it, whatever the manifests say.
+    ship.missing_media = missing_span_media(&media);
+    if !ship.missing_media.is_empty() {
+        ship.complete = false;
+        let on_span: std::collections::HashSet<&str> = media
+            .iter()
+            .filter(|m| m.span.is_some())
+            .map(|m| m.medium.as_str())
+            .collect();
+        for machine in &mut ship.machines {
+            if machine
+                .generations
+                .iter()
+                .any(|g| on_span.contains(g.medium.as_str()))
+            {
+                machine.complete = false;
+            }
+        }
+    }
     if media.len() > 1 {
         if args.json || crate::output::json() {
             crate::progress::print_json(&ShipmentReport {
@@ -463,6 +483,9 @@ fn print_shipment(s: &Shipment) {
             "NOT every machine complete"
         }
     );
+    for m in &s.missing_media {
+        println!("  missing: {m} (not given: a machine of this span may have records on it)");
+    }
     for m in &s.machines {
         println!(
             "  {} ({}, {} disk(s)): {}",
@@ -621,8 +644,11 @@ pub struct ShipMachine {
 pub struct Shipment {
     pub media: usize,
     pub machines: Vec<ShipMachine>,
-    /// Every machine's newest generation is complete.
+    /// Every machine's newest generation is complete, and no medium of a
+    /// span the media given belong to is missing.
     pub complete: bool,
+    /// Media of those spans that were not given (each: ordinal, label).
+    pub missing_media: Vec<String>,
 }
 
 /// The shipment listing of several media's captures and sets. `whole`:
@@ -811,7 +837,36 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
         media: media.len(),
         complete: machines.iter().all(|m| m.complete),
         machines,
+        missing_media: Vec::new(),
     }
+}
+
+/// Media of the spans `media` belong to that are not among them (lost
+/// ones, recaptured elsewhere, excepted): what a shipment still needs.
+fn missing_span_media(media: &[MediumJson]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for m in media {
+        let Some(span) = &m.span else { continue };
+        if !seen.insert(span.id.clone()) {
+            continue;
+        }
+        let given: std::collections::HashSet<u16> = media
+            .iter()
+            .filter_map(|x| x.span.as_ref())
+            .filter(|x| x.id == span.id)
+            .flat_map(|x| x.this.iter().copied())
+            .collect();
+        for member in span.media.iter().filter(|x| !x.lost) {
+            if !given.contains(&member.ordinal) {
+                out.push(format!(
+                    "medium #{} of span {} ({}, {} segment(s))",
+                    member.ordinal, span.id, member.label, member.segments
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

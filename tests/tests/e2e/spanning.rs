@@ -169,6 +169,22 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("one.raw"), &e.p("disk.raw"));
 
+    // The shipment listing of the span: complete with every medium, not
+    // without b (it once said "every machine complete" either way).
+    let all = e.json(&["inspect", "--medium", &a, "--medium", &b, "--medium", &c]);
+    assert_eq!(all["shipment"]["complete"], true, "{all}");
+    let two = e.json(&["inspect", "--medium", &a, "--medium", &c]);
+    assert_eq!(two["shipment"]["complete"], false, "{two}");
+    assert_eq!(two["shipment"]["machines"][0]["complete"], false, "{two}");
+    assert!(
+        two["shipment"]["missing_media"][0]
+            .as_str()
+            .is_some_and(|m| m.starts_with("medium #1 of span")),
+        "{two}"
+    );
+    let one = e.json(&["inspect", "--medium", &a]);
+    assert_eq!(one["shipment"]["complete"], false, "{one}");
+
     // Medium b is lost in transit. Writing the span without it is refused...
     let share_of_b = e.json(&["inspect", "--medium", &a])["span"]["media"][1]["segments"]
         .as_u64()
