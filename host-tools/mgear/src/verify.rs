@@ -275,6 +275,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 report.records += r.records;
                 report.bytes += r.bytes;
                 report.problems.extend(r.problems);
+                report.elsewhere.extend(r.elsewhere);
             }
             // Found by both passes (a damaged MANIFEST): said once.
             let mut seen = std::collections::HashSet::new();

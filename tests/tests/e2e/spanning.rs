@@ -184,6 +184,24 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     );
     let one = e.json(&["inspect", "--medium", &a]);
     assert_eq!(one["shipment"]["complete"], false, "{one}");
+    // A medium of the span verifies alone, with the key too: the records on
+    // the others are theirs to check, not "truncated segments" here.
+    for m in [&a, &b, &c] {
+        let v = e.run(&[
+            "verify",
+            "--medium",
+            m,
+            "--identity",
+            "target.key",
+            "--allow-untrusted",
+        ]);
+        assert_eq!(v.status.code(), Some(0), "{m}: {}", output_text(&v));
+        assert!(
+            output_text(&v).contains("on another medium of this span"),
+            "{m}: {}",
+            output_text(&v)
+        );
+    }
 
     // Medium b is lost in transit. Writing the span without it is refused...
     let share_of_b = e.json(&["inspect", "--medium", &a])["span"]["media"][1]["segments"]
