@@ -508,6 +508,24 @@ impl<M: Store> SpanStore<M> {
             }
             found.push((store, name, info));
         }
+        // Media that are no span are read as one: a capture (or set) on two
+        // of them would be read from whichever comes first, in the order
+        // given, and the other silently ignored.
+        if id.is_none() && strict && found.len() > 1 {
+            let mut seen: Vec<(String, String)> = Vec::new();
+            for (store, name, _) in found.iter_mut() {
+                for c in crate::medium::capture_names(store)? {
+                    if let Some((_, first)) = seen.iter().find(|(n, _)| n.eq_ignore_ascii_case(&c))
+                    {
+                        return Err(Error::Usage(format!(
+                            "{c} is on both {first} and {name}, which are not media of one span: \
+                             give the medium to read on its own"
+                        )));
+                    }
+                    seen.push((c, name.clone()));
+                }
+            }
+        }
         let mut attached: Vec<Attached<M>> = Vec::new();
         let mut maps = Vec::new();
         let mut unlabelled = Vec::new();

@@ -766,3 +766,31 @@ fn a_delta_of_another_disk_is_warned_about() {
     assert_eq!(err.matches("WARNING: none of the").count(), 2, "{err}");
     assert!(err.contains("--name db01 --generation 2 --force"), "{err}");
 }
+
+/// Two media that are no span, each with a capture web01 (two shipments' media given
+/// together): ingest wrote whichever came first in the order given and said "verified",
+/// though `--medium` promises any order. Refused as ambiguous, nothing written.
+#[test]
+fn the_same_capture_name_on_two_media_that_are_no_span_is_ambiguous() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("one.raw"), 3 << 20, 1);
+    random_disk(&e.p("two.raw"), 3 << 20, 2);
+    let a = e.fat("a.img", "64MiB");
+    let b = e.fat("b.img", "64MiB");
+    e.capture(&a, "web01").source("one.raw").ok();
+    e.capture(&b, "web01").source("two.raw").ok();
+    let o = e
+        .ingest(&a, "web01")
+        .medium(&b)
+        .untrusted()
+        .target("file:vol.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("web01 is on both fat:a.img and fat:b.img"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("vol.raw").exists());
+}
