@@ -222,7 +222,35 @@ pub fn check_generation(
 ) -> crate::Result<Verdict> {
     // The spelling on the medium: its COMMIT and seal bind that one.
     let name = &image_format::stored_name(medium, name)?;
-    let (all, finished) = generations(medium, name)?;
+    let (mut all, mut finished) = generations(medium, name)?;
+    let mut warnings = Vec::new();
+    // A disk of a machine set is one point in time with the other disks
+    // only in a generation its set manifest binds: a finished disk
+    // generation without one is a set capture that did not finish.
+    if let Some((set, _)) = image_format::set::parse_disk_stream_name(name) {
+        let mut unbound = Vec::new();
+        for &g in &finished {
+            let p = image_format::set::set_path(set, g);
+            if medium.len(&p).map_err(|e| crate::err!("{p}: {e}"))?.is_none() {
+                unbound.push(g);
+            }
+        }
+        if let Some(g) = generation.filter(|g| unbound.contains(g)) {
+            return Err(refuse(format!(
+                "{name} generation {g} is not bound by a set manifest of set {set} (its set \
+                 capture did not finish): ingest the set (--name {set}) or a generation its set \
+                 manifest binds"
+            )));
+        }
+        if let Some(g) = unbound.last() {
+            warnings.push(format!(
+                "{name} generation {g} is not bound by a set manifest of set {set} (its set \
+                 capture did not finish): not used"
+            ));
+        }
+        finished.retain(|g| !unbound.contains(g));
+        all.retain(|g| !unbound.contains(g));
+    }
     let newest = finished.last().copied();
     if let Some(g) = generation.filter(|g| !all.contains(g)) {
         return Err(no_such_generation(name, g, &all, &finished));
@@ -236,7 +264,6 @@ pub fn check_generation(
             )))
         }
     };
-    let mut warnings = Vec::new();
     if generation.is_none() {
         later_than_newest(medium, name, &all, newest, &mut warnings)?;
     }

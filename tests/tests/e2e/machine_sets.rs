@@ -733,6 +733,26 @@ fn a_set_generation_that_lost_its_set_manifest_is_not_skipped_silently() {
         .run();
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(!e.p("again-0.raw").exists());
+    // One disk by its stream's name: the bound generation, not the newer one.
+    let o = e
+        .ingest("dir:mnt", "db01.d1")
+        .trust("site.pub")
+        .target("file:d1.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("generation 2 is not bound by a set manifest"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(std::fs::read(e.p("d1.raw")).unwrap(), data_disk(7));
+    let o = e
+        .ingest("dir:mnt", "db01.d1")
+        .trust("site.pub")
+        .target("file:d1-2.raw")
+        .args(&["--generation", "2"])
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
 
     for keyed in [false, true] {
         let mut argv = vec!["verify", "--medium", "dir:mnt", "--trust", "site.pub"];
