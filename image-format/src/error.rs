@@ -110,7 +110,7 @@ pub enum Error {
     #[error("capture {name}: {why}")]
     NoGeneration { name: String, why: String },
     /// An unfinished generation exists and cannot be resumed with these parameters.
-    #[error("capture {name} generation {generation} is unfinished and was started with different parameters; rerun with the same parameters to resume it, or remove it with `mgear capture --abort --medium MEDIUM --name {name}` (or `mgear medium rm --medium MEDIUM --name {name} --generation {generation}`)")]
+    #[error("capture {name} generation {generation} is unfinished and was started with different parameters; rerun with the same parameters to resume it, or remove it with `mgear capture --abort --medium MEDIUM --name {owner}` (or `mgear medium rm --medium MEDIUM --name {owner} --generation {generation}`)", owner = crate::set::owner(name))]
     ResumeMismatch { name: String, generation: u32 },
     /// The caller used the API out of order (e.g. appended chunk 7 before chunk 6).
     #[error("{0}")]

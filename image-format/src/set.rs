@@ -81,6 +81,12 @@ pub fn disk_stream_name(set: &str, disk: usize) -> String {
     alloc::format!("{set}.d{disk}")
 }
 
+/// The name a capture command takes for capture `name`: the set's for a
+/// disk stream (a set is captured, aborted and removed whole), else `name`.
+pub fn owner(name: &str) -> &str {
+    parse_disk_stream_name(name).map_or(name, |(set, _)| set)
+}
+
 /// `db01.d1` into (`db01`, 1); `None` for a name that is not a disk stream.
 pub fn parse_disk_stream_name(name: &str) -> Option<(&str, usize)> {
     let (set, k) = name.rsplit_once(".d")?;

@@ -420,8 +420,9 @@ fn verify_capture_into<S: Store + ?Sized>(
                     at,
                     alloc::format!(
                         "unfinished generation (no MANIFEST): resume the capture with the same parameters, \
-                         or remove it with `mgear capture --abort --medium MEDIUM --name {name}` \
-                         (`mgear medium fsck --medium MEDIUM` lists every leftover)"
+                         or remove it with `mgear capture --abort --medium MEDIUM --name {}` \
+                         (`mgear medium fsck --medium MEDIUM` lists every leftover)",
+                        set::owner(name)
                     ),
                 );
                 continue;

@@ -526,6 +526,15 @@ pub struct Preview {
 
 /// `capture --abort`.
 fn abort(args: &Plan) -> crate::Result<i32> {
+    if let Some((set, _)) = image_format::set::parse_disk_stream_name(&args.name) {
+        // One disk's unfinished generation removed leaves the others'
+        // unbound: the set's abort removes them all.
+        return Err(usage(format!(
+            "{} is a disk of machine set {set}: abort the set (--name {set}), which removes the \
+             unfinished generation of every disk",
+            args.name
+        )));
+    }
     let mut medium = args.medium.open()?;
     let plan = match crate::medium_admin::abort(medium.store(), &args.name) {
         Ok(p) => p,
@@ -625,7 +634,8 @@ fn resume_mismatch(
     };
     let remedy = format!(
         "rerun with the same parameters to resume it, or remove it with `mgear capture --abort \
-         {medium_args} --name {name}`"
+         {medium_args} --name {}`",
+        image_format::set::owner(name)
     );
     crate::exit::coded_hint(
         crate::exit::USAGE,
@@ -1994,7 +2004,7 @@ fn coded_full(
             human_bytes(needed),
             human_bytes(reserve),
             args.medium.as_args(),
-            args.name
+            image_format::set::owner(&args.name)
         ),
     )
 }

@@ -824,11 +824,34 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                         "generation {} of {} is unfinished (chunk {next_chunk} of {}): re-run the same \
                          capture command to resume it, or remove it with \
                          `mgear capture --abort --medium MEDIUM --name {}`",
-                        g.generation, cap.name, g.chunk_count, cap.name
+                        g.generation,
+                        cap.name,
+                        g.chunk_count,
+                        image_format::set::owner(&cap.name)
                     ),
                     false,
                 )),
-                GenerationState::Complete => {}
+                GenerationState::Complete => {
+                    // A disk's finished generation no set manifest binds: its
+                    // set capture stopped between the disks and the SET.
+                    if let Some((set, _)) = image_format::set::parse_disk_stream_name(&cap.name) {
+                        let p = image_format::set::set_path(set, g.generation);
+                        if store.len(&p).map_err(|e| sealed(e, &p))?.is_none() {
+                            out.push(finding(
+                                gdir.clone(),
+                                "unbound-set-generation",
+                                format!(
+                                    "generation {} of {} is finished but no set manifest of set \
+                                     {set} binds it: re-run the set's capture command to finish \
+                                     the set, or remove the set's unfinished generation with \
+                                     `mgear capture --abort --medium MEDIUM --name {set}`",
+                                    g.generation, cap.name
+                                ),
+                                false,
+                            ));
+                        }
+                    }
+                }
             }
             let files = match store.list(&gdir) {
                 Ok(v) => v,

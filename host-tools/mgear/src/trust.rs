@@ -231,7 +231,11 @@ pub fn check_generation(
         let mut unbound = Vec::new();
         for &g in &finished {
             let p = image_format::set::set_path(set, g);
-            if medium.len(&p).map_err(|e| crate::err!("{p}: {e}"))?.is_none() {
+            if medium
+                .len(&p)
+                .map_err(|e| crate::err!("{p}: {e}"))?
+                .is_none()
+            {
                 unbound.push(g);
             }
         }

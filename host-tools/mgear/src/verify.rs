@@ -256,7 +256,8 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                     {
                         Some(format!(
                             "has no finished generation: resume its capture with the same \
-                             command, or remove it with `mgear capture --abort --name {n}`"
+                             command, or remove it with `mgear capture --abort --name {}`",
+                            image_format::set::owner(&n)
                         ))
                     }
                     _ => None,

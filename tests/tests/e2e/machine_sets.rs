@@ -754,6 +754,24 @@ fn a_set_generation_that_lost_its_set_manifest_is_not_skipped_silently() {
         .run();
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
 
+    // fsck lists it (it said "no leftovers"), and names the set to abort.
+    let o = e.run(&["medium", "fsck", "--medium", "dir:mnt", "--json"]);
+    let t = output_text(&o);
+    assert!(t.contains("unbound-set-generation"), "{t}");
+    assert!(t.contains("--name db01`"), "{t}");
+    // Aborting one disk would leave the other's unbound: refused.
+    let o = e
+        .capture("dir:mnt", "db01.d1")
+        .source("disk1.raw")
+        .arg("--abort")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("abort the set (--name db01)"),
+        "{}",
+        output_text(&o)
+    );
+
     for keyed in [false, true] {
         let mut argv = vec!["verify", "--medium", "dir:mnt", "--trust", "site.pub"];
         if keyed {
