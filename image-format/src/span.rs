@@ -242,6 +242,11 @@ pub struct SpanInfo {
     /// union of several media has no single label).
     pub label: Option<SpanLabel>,
     pub map: SpanMap,
+    /// Why this medium's copy of the map did not decode (then `map` is
+    /// empty): the map is mirrored on every medium of the span, so another
+    /// medium's copy serves, and the data does not depend on it (the
+    /// manifests say what each generation holds).
+    pub map_damage: Option<String>,
 }
 
 impl SpanInfo {
@@ -266,18 +271,28 @@ pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
         ),
         None => None,
     };
-    let map = match read_small(store, SPANMAP_FILE, (MAX_MEDIA * 4096 * ENTRY_LEN) as u64)? {
-        Some(b) => Some(
-            SpanMap::decode(&b)
-                .map_err(|why| Error::corrupt(Location::default().file(SPANMAP_FILE), why))?,
-        ),
-        None => None,
+    let mut map_damage = None;
+    let map = match read_small(store, SPANMAP_FILE, (MAX_MEDIA * 4096 * ENTRY_LEN) as u64) {
+        Ok(Some(b)) => match SpanMap::decode(&b) {
+            Ok(m) => Some(m),
+            Err(why) => {
+                map_damage = Some(String::from(why));
+                Some(SpanMap::default())
+            }
+        },
+        Ok(None) => None,
+        Err(Error::Corrupt { what, .. }) => {
+            map_damage = Some(what);
+            Some(SpanMap::default())
+        }
+        Err(e) => return Err(e),
     };
     Ok(match (label, map) {
         (None, None) => None,
         (label, map) => Some(SpanInfo {
             label,
             map: map.unwrap_or_default(),
+            map_damage,
         }),
     })
 }
@@ -534,6 +549,7 @@ impl<M: Store> SpanStore<M> {
                 Some(SpanInfo {
                     label: Some(l),
                     map,
+                    ..
                 }) => {
                     if attached.iter().any(|a| a.ordinal == l.ordinal) {
                         return Err(Error::Usage(format!(

@@ -114,7 +114,24 @@ struct Ctx<'a> {
 /// report (the data is still checked: the manifests do not depend on it).
 fn span_of<S: Store + ?Sized>(store: &mut S, cx: &mut Ctx<'_>) -> Result<()> {
     match span::read_span(store) {
-        Ok(s) => cx.span = s,
+        Ok(s) => {
+            if let Some(why) = s.as_ref().and_then(|s| s.map_damage.clone()) {
+                cx.problem(
+                    Location::default().file(span::SPANMAP_FILE),
+                    alloc::format!(
+                        "the span map is damaged ({why}): the copy on another medium of the span \
+                         serves (give it too); the data does not depend on it"
+                    ),
+                );
+            }
+            cx.span = s;
+            // Through several media the union keeps the longest map.
+            if let (Some(info), Some(view)) = (cx.span.as_mut(), store.span()) {
+                if info.map_damage.is_some() {
+                    info.map = view.map().clone();
+                }
+            }
+        }
         Err(Error::Corrupt { at, what }) => cx.problem(*at, what),
         Err(e) => return Err(e),
     }

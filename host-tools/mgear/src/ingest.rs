@@ -922,6 +922,9 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         json: args.json,
         hold: args.hold,
         volume_sha256: args.volume_sha256,
+        // A disk of a machine set: its set ingest, if interrupted later,
+        // keeps what this run finished.
+        record_done: args.expect_root.is_some(),
     };
     let (mut report, finished) = write_volume(&plan, vol, reader, gaps.as_ref(), started)?;
     medium.close()?;
@@ -952,6 +955,9 @@ pub struct WritePlan {
     pub hold: bool,
     /// Hash the volume as read back with SHA-256 for the report.
     pub volume_sha256: bool,
+    /// Leave a record of the finished volume in the state dir
+    /// ([`ingested_before`]), until the machine set's ingest is complete.
+    pub record_done: bool,
 }
 
 /// The pipeline above the [`Volume`] seam: authenticate and decrypt every
@@ -1236,7 +1242,7 @@ pub fn write_volume<S: image_format::Store>(
     if let Some(p) = finished
         .path
         .as_deref()
-        .filter(|_| path_target(&plan.target).is_some())
+        .filter(|_| plan.record_done && path_target(&plan.target).is_some())
     {
         if let Err(e) = write_done(&plan.state_dir, p, &root) {
             eprintln!(
@@ -1345,6 +1351,14 @@ fn len_and_mtime(p: &Path) -> std::io::Result<(u64, i128)> {
         m.len(),
         i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
     ))
+}
+
+/// Forget the record of a finished ingest into `target` (the machine set's
+/// ingest it served is complete).
+pub(crate) fn forget_done(state_dir: &Path, target: &str) {
+    if let Some(p) = path_target(target) {
+        let _ = std::fs::remove_file(done_path(state_dir, &p));
+    }
 }
 
 /// Whether `target` (a `file:`/`qcow2:` spec) holds the generation with
@@ -2344,6 +2358,7 @@ mod tests {
             rate: Some(1e15),
             json: true,
             hold: false,
+            record_done: false,
             expect_root: None,
             volume_sha256: true,
         }

@@ -69,6 +69,7 @@ pub struct CaptureReport {
 /// (and a set's `--dry-run` or `--abort`) in [`capture::run`]. The
 /// command enters above both, so capture never calls up into this module.
 pub fn capture(cli: capture::Request) -> crate::Result<i32> {
+    let cli = witness_first(cli);
     if cli.sources.len() >= 2 {
         // Names are compared without case, and a capture writes the name it is given: as for
         // one disk, `DB01` where the medium holds `db01` is refused with the spelling to use
@@ -88,6 +89,68 @@ pub fn capture(cli: capture::Request) -> crate::Result<i32> {
     crate::signals::install();
     let (sources, args) = cli.into_parts();
     run_capture(&args, &sources)
+}
+
+/// A capture over several appliances goes through (and is witnessed by)
+/// the first one given, and an unfinished generation resumes only through
+/// the one it started with: re-run with the appliances in another order
+/// (with one more added after they filled), it was refused as "started with
+/// different parameters", though media may be given in any order. The
+/// appliance it most likely started with goes first again: the one that
+/// made the capture's newest finished generation, else the one whose medium
+/// opened the span (ordinal 0).
+fn witness_first(mut cli: capture::Request) -> capture::Request {
+    use image_format::GenerationState;
+    let ports = cli.plan.medium.appliance.clone();
+    if ports.len() < 2 || cli.plan.abort {
+        return cli;
+    }
+    let name = cli.plan.name.clone();
+    let gens: Vec<image_format::GenerationInfo> = (|| {
+        let mut ro = cli.plan.medium.open_before_capture().ok()?;
+        let caps = image_format::list_captures(ro.store()).ok();
+        let _ = ro.close();
+        Some(
+            caps?
+                .into_iter()
+                .filter(|c| set::owner(&c.name).eq_ignore_ascii_case(&name))
+                .flat_map(|c| c.generations)
+                .collect(),
+        )
+    })()
+    .unwrap_or_default();
+    let resuming = gens
+        .iter()
+        .max_by_key(|g| g.generation)
+        .is_some_and(|g| g.state != GenerationState::Complete);
+    if !resuming {
+        return cli;
+    }
+    let made = gens
+        .iter()
+        .filter(|g| g.state == GenerationState::Complete)
+        .max_by_key(|g| g.generation)
+        .and_then(|g| g.appliance_id);
+    let first = match made {
+        Some(id) => ports
+            .iter()
+            .position(|p| crate::appliance::appliance_identity(p).is_ok_and(|x| x == id)),
+        None => ports.iter().position(|p| {
+            crate::medium::Where::appliance_at(p.clone())
+                .open_read_only()
+                .is_ok_and(|mut m| {
+                    // One medium of a span opens as the span: the ordinals attached are its own.
+                    let first = m.store().span().is_some_and(|v| v.attached() == [0]);
+                    let _ = m.close();
+                    first
+                })
+        }),
+    };
+    if let Some(i) = first.filter(|&i| i > 0) {
+        let port = cli.plan.medium.appliance.remove(i);
+        cli.plan.medium.appliance.insert(0, port);
+    }
+    cli
 }
 
 /// How the medium spells capture `plan.name`, if it holds one by that name in any case (the
@@ -997,6 +1060,13 @@ pub fn ingest_set(
             });
         }
         disks.sort_by_key(|d| d.disk);
+    }
+    // The machine is complete: nothing is left to resume (after one disk
+    // alone, `--disk N`, a run for the whole machine may follow).
+    if plan.len() == file.set.disks.len() {
+        for (_, t) in &plan {
+            crate::ingest::forget_done(&sdir, t);
+        }
     }
     let mut out = IngestReport {
         command: "ingest",

@@ -349,3 +349,94 @@ fn a_span_the_dry_run_calls_a_fit_fits() {
         assert!(!listed.to_string().contains("\"r\""), "{listed}");
     }
 }
+
+/// One flipped bit in a medium's copy of the span map (MGEAR/SPANMAP) made every command on
+/// the span exit 3 with an empty capture name. The map is mirrored on every medium and the
+/// data does not depend on it: verify reports it (exit 1), inspect and ingest use the other
+/// medium's copy.
+#[test]
+fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
+    use image_format::store::FatStore;
+    use image_format::Store;
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), noise(48 << 20, 9)).unwrap();
+    let (a, b) = (e.fat("a.img", "36MiB"), e.fat("b.img", "36MiB"));
+    Line::capture(&e, "sp")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .args(&["--skip-space-check", "--no-compress"])
+        .ok();
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(e.p("a.img"))
+            .unwrap();
+        let mut s = FatStore::open(f).unwrap();
+        let mut byte = [0u8; 1];
+        s.read_exact_at("MGEAR/SPANMAP", 10, &mut byte).unwrap();
+        byte[0] ^= 1;
+        s.write_at("MGEAR/SPANMAP", 10, &byte).unwrap();
+        s.unmount().unwrap();
+    }
+    let v = e.run(&["verify", "--medium", &a, "--medium", &b]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(
+        output_text(&v).contains("the span map is damaged"),
+        "{}",
+        output_text(&v)
+    );
+    e.ok(&["inspect", "--medium", &a, "--medium", &b]);
+    let o = Line::ingest(&e, "sp")
+        .medium(&a)
+        .medium(&b)
+        .untrusted()
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("out.raw"), &e.p("disk.raw"));
+}
+
+/// A capture over appliances that filled them, continued with one more appliance given in
+/// another order: refused as "started with different parameters" (the appliance that
+/// witnesses is the first one given), though media may be given in any order. The appliance
+/// that witnessed the capture goes first again.
+#[test]
+fn an_appliance_span_resumes_with_the_appliances_in_any_order() {
+    let mut labs: Vec<Lab> = (0..3).map(|_| Lab::new(40)).collect();
+    for l in labs.iter_mut() {
+        l.start();
+        l.provision_and_unlock();
+    }
+    let a = &labs[0];
+    a.keygen();
+    std::fs::write(a.p("disk.raw"), noise(72 << 20, 4)).unwrap();
+    let ttys: Vec<String> = labs.iter().map(|l| l.tty()).collect();
+    let o = Line::capture(a, "web01")
+        .source("disk.raw")
+        .appliance(&ttys[0])
+        .appliance(&ttys[1])
+        .args(&["--skip-space-check", "--no-compress"])
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    let c = Line::capture(a, "web01")
+        .source("disk.raw")
+        .appliance(&ttys[2])
+        .appliance(&ttys[1])
+        .appliance(&ttys[0])
+        .args(&["--skip-space-check", "--no-compress"])
+        .json();
+    assert!(c["resumed_from_chunk"].as_u64().unwrap() > 0, "{c}");
+    let o = Line::ingest(a, "web01")
+        .appliance(&ttys[1])
+        .appliance(&ttys[2])
+        .appliance(&ttys[0])
+        .untrusted()
+        .arg("--allow-unsealed")
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&a.p("out.raw"), &a.p("disk.raw"));
+}
