@@ -501,6 +501,42 @@ pub fn disk_facts(spec: &str) -> SetDisk {
     d
 }
 
+/// Every disk of the machine before the first is read: a path that is not
+/// there (or is a directory) was found only after the disks before it were
+/// captured, and one disk given twice (however spelled) was captured as two.
+fn check_sources(sources: &[String]) -> crate::Result<()> {
+    let mut seen: Vec<(PathBuf, usize)> = Vec::new();
+    for (k, s) in sources.iter().enumerate() {
+        let Ok(crate::spec::Source::Path(p)) = crate::spec::Source::parse(s) else {
+            continue;
+        };
+        let meta = std::fs::metadata(&p).map_err(|e| {
+            usage(format!(
+                "--source number {} ({s}, disk {k}): {e}: give the disk's image file or block \
+                 device; nothing was captured",
+                k + 1
+            ))
+        })?;
+        if meta.is_dir() {
+            return Err(usage(format!(
+                "--source number {} ({s}, disk {k}) is a directory: give the disk's image file or \
+                 block device; nothing was captured",
+                k + 1
+            )));
+        }
+        let real = std::fs::canonicalize(&p).unwrap_or(p);
+        if let Some((_, first)) = seen.iter().find(|(r, _)| *r == real) {
+            return Err(usage(format!(
+                "disk {first} and disk {k} are the same disk ({}): give each disk of the machine \
+                 once",
+                real.display()
+            )));
+        }
+        seen.push((real, k));
+    }
+    Ok(())
+}
+
 /// Logical sector size: the kernel's for a block device, 512 for an image file.
 fn sector_size(p: &Path) -> u32 {
     use std::os::unix::fs::FileTypeExt;
@@ -536,6 +572,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     for s in sources {
         capture::refuse_source_on_medium(&args.medium, s)?;
     }
+    check_sources(sources)?;
     if args.dry_run {
         return Err(usage(
             "--dry-run of a set is `capture --dry-run` with every --source (crate::capture::dry_run_set)",

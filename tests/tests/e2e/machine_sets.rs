@@ -342,9 +342,15 @@ fn a_two_disk_set_boots_with_both_disks_attached() {
 fn an_interrupted_set_capture_resumes_with_the_same_command() {
     let e = machine();
     let m = e.fat("m.img", "256MiB");
-    // Disk 1 is unreadable the first time: disk 0 is captured, the set is not.
-    std::fs::rename(e.p("disk1.raw"), e.p("away.raw")).unwrap();
-    let args = set_capture(&e, &m).sign("site.key").arg("--json");
+    // Disk 1 is an NBD export that is not served the first time: disk 0 is
+    // captured, the set is not.
+    let sock = e.p("d1.sock");
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    let args = e
+        .capture(&m, "db01")
+        .sources(&[&e.s("disk0.raw"), &url])
+        .sign("site.key")
+        .arg("--json");
     let o = args.run();
     assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
     // Not a set yet: keyless verify says so, inspect lists it as unfinished.
@@ -364,7 +370,7 @@ fn an_interrupted_set_capture_resumes_with_the_same_command() {
     assert_eq!(i["shipment"]["complete"], false, "{i}");
 
     // The same command again: disk 0 is not read again, disk 1 is captured.
-    std::fs::rename(e.p("away.raw"), e.p("disk1.raw")).unwrap();
+    let _served = mgear_tests::qemu_nbd(&["-t", "-r", "-f", "raw"], &sock, &e.p("disk1.raw"));
     let o = args.ok();
     let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(c["generation"], 1, "{c}");
@@ -461,9 +467,13 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
     let sum = p["disks"][0]["needed"].as_u64().unwrap() + p["disks"][1]["needed"].as_u64().unwrap();
     assert_eq!(p["needed"].as_u64().unwrap(), sum, "{p}");
     assert_eq!(p["fits"], true, "{p}");
-    // Interrupted after disk 0: --abort removes the whole unfinished set generation.
-    std::fs::rename(e.p("b.raw"), e.p("away.raw")).unwrap();
-    assert_ne!(set(&[]).status.code(), Some(0));
+    // Interrupted after disk 0 (disk 1's NBD export gone): --abort removes the whole
+    // unfinished set generation.
+    let o = e
+        .capture(&m, "db01")
+        .sources(&["a.raw", "nbd+unix:///?socket=gone.sock"])
+        .run();
+    assert_ne!(o.status.code(), Some(0));
     let o = e.run(&[
         "capture", "--abort", "--medium", &m, "--name", "db01", "--json",
     ]);
@@ -471,7 +481,6 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
     let i = e.json(&["inspect", "--medium", &m]);
     assert!(i["captures"].as_array().unwrap().is_empty(), "{i}");
     // A finished set is removed with every disk by one `medium rm --force`.
-    std::fs::rename(e.p("away.raw"), e.p("b.raw")).unwrap();
     let o = set(&[]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     // The text MiB both disks hold is stored once: disk 1 points at disk 0's record.
@@ -792,7 +801,7 @@ fn a_set_generation_that_lost_its_set_manifest_is_not_skipped_silently() {
     }
 }
 
-/// Operator mistakes on a set re-run: a capture stopped at disk 1 (its --source misspelt)
+/// Operator mistakes on a set re-run: a capture stopped at disk 1 (its NBD export gone)
 /// re-run with the disks in another order is refused (the finished disk 0 would have been
 /// kept under the name of the other disk, "verified"); a finished, signed set re-run with
 /// --sign on changed disks without --delta is refused as a second capture, not "already
@@ -803,7 +812,7 @@ fn a_set_re_run_with_other_disks_is_refused() {
     let m = e.fat("m.img", "256MiB");
     let o = e
         .capture(&m, "db01")
-        .sources(&[&e.s("disk0.raw"), &e.s("disk1.typo")])
+        .sources(&[&e.s("disk0.raw"), "nbd+unix:///?socket=gone.sock"])
         .sign("site.key")
         .run();
     assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
@@ -890,4 +899,38 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
         .target("file:out-{disk}.raw")
         .run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+}
+
+/// A source that is not there, a directory, or the same disk twice (however spelled): refused
+/// before the first disk is read (they were found only after the disks before them were
+/// captured, or captured twice).
+#[test]
+fn a_sets_sources_are_checked_before_any_disk_is_captured() {
+    let e = machine();
+    let m = e.fat("m.img", "256MiB");
+    for (sources, says) in [
+        (
+            ["disk0.raw", "disk1.typo"],
+            "--source number 2 (disk1.typo, disk 1)",
+        ),
+        (["disk0.raw", "."], "is a directory"),
+        (
+            ["disk1.raw", "./disk1.raw"],
+            "disk 0 and disk 1 are the same disk",
+        ),
+    ] {
+        let o = e.capture(&m, "db01").sources(&sources).run();
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains(says),
+            "{says}: {}",
+            output_text(&o)
+        );
+    }
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert_eq!(
+        i["captures"],
+        serde_json::json!([]),
+        "nothing captured: {i}"
+    );
 }
