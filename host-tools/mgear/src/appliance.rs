@@ -661,6 +661,13 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> crate::Result<i32> {
                         "custody log verified: {} records, hash chain and signatures intact, every attested record present",
                         records.len()
                     );
+                } else {
+                    println!(
+                        "({} records as the appliance gave them, NOT verified: `mgear appliance \
+                         log --verify --trust-appliance FINGERPRINT` checks the hash chain, the \
+                         signatures and that no record was cut)",
+                        records.len()
+                    );
                 }
             }
             Ok(0)

@@ -420,6 +420,19 @@ pub fn keys(request: Request) -> crate::Result<i32> {
             name,
             all,
         } => {
+            // A disk of a set shares the set's key: forgetting one disk's
+            // entry leaves the key under the set's name (deltas and syncs of
+            // every disk still run). The set is forgotten whole.
+            if let Some((set, _)) = name
+                .as_deref()
+                .and_then(image_format::set::parse_disk_stream_name)
+            {
+                return Err(usage(format!(
+                    "{} is a disk of machine set {set}, whose disks share one key: forget the \
+                     set's key with --name {set}",
+                    name.as_deref().unwrap_or_default()
+                )));
+            }
             let dir = key_cache_dir(key_cache)?;
             let keys = cached_keys(&dir)?;
             let chosen: Vec<&CachedKey> = keys

@@ -145,6 +145,10 @@ fn refuse(msg: String) -> crate::Error {
 /// cannot be read is an I/O error, 3; a damaged file a finding, 1), as
 /// `verify` reports the same error.
 fn unreadable(e: image_format::Error, name: &str, g: u32) -> crate::Error {
+    // A damaged file names its capture and generation itself.
+    if matches!(&e, image_format::Error::Corrupt { at, .. } if at.capture == name) {
+        return crate::Error::from(e);
+    }
     crate::Error::from(e).context(format!("capture {name} generation {g}"))
 }
 
