@@ -876,6 +876,15 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
     );
     same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
     same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+    // A set is served disk by disk (it said the set had no key slot).
+    std::fs::copy(e.p("out-0.raw"), e.p("vol.raw")).unwrap();
+    let o = e.serve(&m, "db01").trust("site.pub").arg("--once").run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("serve --name db01.dN"),
+        "{}",
+        output_text(&o)
+    );
 
     // A file that is not this set's disk: refused up front, nothing written.
     std::fs::write(e.p("new-1.raw"), b"somebody's file").unwrap();

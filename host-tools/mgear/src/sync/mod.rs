@@ -175,6 +175,16 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
         usage("serve needs the capture's key: --identity TARGET.key or --passphrase-file FILE")
     })?;
     let mut medium = a.medium.open_read_only()?;
+    // One volume is one disk: a machine set is served disk by disk.
+    if image_format::set::is_set(medium.store(), &a.name).unwrap_or(false) {
+        let _ = medium.close();
+        return Err(usage(format!(
+            "{} is a machine set: serve each disk's volume with its own `mgear serve --name {}.dN` \
+             (disk N's capture: {}.d0, {}.d1, ...; `mgear inspect` lists them) and sync each disk \
+             to its serve",
+            a.name, a.name, a.name, a.name
+        )));
+    }
     let (key, slot_id) = image_format::unlock_data_key(medium.store(), &a.name, &unlock)?;
     let reader = CaptureReader::open_with_key(medium.store(), &a.name, None, &key)?;
     let m = reader.manifest().clone();
