@@ -646,6 +646,24 @@ impl Gaps {
         self.place(reader, index).map(|(o, _)| o)
     }
 
+    /// The medium (ordinal) that holds chunk 0 of `reader`'s generation, by
+    /// the span's map; `None` for a zero chunk or one the map does not place.
+    fn head_medium<S: Store>(&self, reader: &image_format::CaptureReader<S>) -> Option<u16> {
+        let image_format::layout::IndexEntry::Stored(l) = reader.entry(0)? else {
+            return None;
+        };
+        let holder = reader.record_capture(l);
+        let stream = holder.as_deref().unwrap_or(reader.name());
+        self.map
+            .placed
+            .get(&image_format::layout::segment_path(
+                stream,
+                l.generation,
+                l.segment,
+            ))
+            .copied()
+    }
+
     /// [`Gaps::holder`] and the chunk's plaintext length.
     fn place<S: Store>(
         &self,
@@ -738,13 +756,20 @@ impl Gaps {
         written: u64,
         target: &str,
     ) -> crate::Error {
+        // Chunk 0 (the boot sector) is written only by the run that completes
+        // the disk: the medium holding it is needed again then, even when it
+        // is given now.
+        let head = missing(0)
+            .then(|| self.head_medium(reader))
+            .flatten()
+            .filter(|o| self.place(reader, 0).is_none_or(|(far, _)| far != *o));
         let need = self.need(reader, missing);
         let labels: Vec<String> = need.keys().map(|o| self.map.describe(*o)).collect();
         crate::exit::coded_hint(
             crate::exit::PENDING,
             format!(
                 "capture {} generation {} spans several media and not all of them are given ({}): \
-                 {} into {target}; still missing: {}",
+                 {} into {target}; still missing: {}{}",
                 reader.name(),
                 reader.generation(),
                 self.given,
@@ -753,13 +778,23 @@ impl Gaps {
                     0 => "what those hold is already written".to_string(),
                     n => format!("wrote the {n} chunk(s) those hold"),
                 },
-                self.lines(reader, &need)
+                self.lines(reader, &need),
+                head.map(|o| format!(
+                    "; {} holds the disk's first chunk (its boot sector), which only the run that \
+                     completes the disk writes: give it again then, and keep it (do not erase it) \
+                     until then",
+                    self.map.describe(o)
+                ))
+                .unwrap_or_default()
             ),
             format!(
-                "when {} arrives, run the same command with it as --medium (or --appliance): \
-                 ingest goes on from here (the media given now are not needed again); until then \
-                 the target stays unfinished",
-                labels.join(" and ")
+                "when {} arrives, run the same command with it as --medium (or --appliance){}: \
+                 ingest goes on from here; until then the target stays unfinished",
+                labels.join(" and "),
+                match head {
+                    Some(o) => format!(" and with {} again", self.map.describe(o)),
+                    None => " (the media given now are not needed again)".into(),
+                }
             ),
         )
     }

@@ -696,7 +696,11 @@ fn a_sets_cached_key_survives_deltas_and_is_forgotten_whole() {
     // One disk's entry alone would leave the set's key: refused, nothing forgotten.
     let o = e.run(&["keys", "forget", "--name", "db01.d1"]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
-    assert!(output_text(&o).contains("--name db01"), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("--name db01"),
+        "{}",
+        output_text(&o)
+    );
     assert_eq!(names(), ["db01", "db01.d0", "db01.d1"]);
     let o = e.ok(&["keys", "forget", "--name", "DB01"]);
     let said = String::from_utf8_lossy(&o.stdout);

@@ -168,6 +168,15 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     let o = ingest(&[&b, &c, &a], "one.raw", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("one.raw"), &e.p("disk.raw"));
+    // One medium at a time: the one holding the boot sector is needed again at the end, and
+    // the pending message says so (it said the media given were not needed again).
+    let o = ingest(&[&a], "part.raw", &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds the disk's first chunk (its boot sector)"),
+        "{}",
+        output_text(&o)
+    );
 
     // The shipment listing of the span: complete with every medium, not
     // without b (it once said "every machine complete" either way).
