@@ -199,8 +199,9 @@ pub fn next_step(state: DeviceState) -> &'static str {
         }
         DeviceState::Sealed => "ship it; at the target run `mgear appliance arrival`",
         DeviceState::Arrived => {
-            "save the attestations (`mgear appliance attestations --out DIR`), ingest, then \
-             `mgear appliance erase --yes`"
+            "save the attestations (`mgear appliance attestations --out DIR`), ingest, and once \
+             every ingest that reads this medium has completed (exit 0, not 4: a span's boot \
+             sector is written last) `mgear appliance erase --yes`"
         }
         DeviceState::Erased => {
             "nothing more can be written or provisioned; read its custody log \
