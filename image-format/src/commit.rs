@@ -397,10 +397,27 @@ pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<&'static str
         );
     }
     if file.commit != *expected {
-        return Some(
-            "COMMIT does not match the manifest and key slots on the medium \
-             (the generation or its key slots were replaced after it was signed)",
-        );
+        let c = &file.commit;
+        let slots = c.keys_hash != expected.keys_hash || c.keypass_hash != expected.keypass_hash;
+        let manifest = Commit {
+            keys_hash: expected.keys_hash,
+            keypass_hash: expected.keypass_hash,
+            ..c.clone()
+        } != *expected;
+        return Some(match (manifest, slots) {
+            (false, true) => {
+                "COMMIT does not match the capture's key slots on the medium (KEYS or KEYPASS \
+                 was replaced after the generation was signed)"
+            }
+            (true, false) => {
+                "COMMIT does not match the generation's MANIFEST on the medium (the generation \
+                 was replaced after it was signed)"
+            }
+            _ => {
+                "COMMIT does not match the manifest and key slots on the medium \
+                 (the generation and its key slots were replaced after it was signed)"
+            }
+        });
     }
     if !file.signatures.iter().all(|s| file.commit.verifies(s)) {
         return Some("a COMMIT signature does not verify (altered or forged)");

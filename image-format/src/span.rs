@@ -276,7 +276,7 @@ pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
         Ok(Some(b)) => match SpanMap::decode(&b) {
             Ok(m) => Some(m),
             Err(why) => {
-                map_damage = Some(String::from(why));
+                map_damage = Some(why);
                 Some(SpanMap::default())
             }
         },

@@ -1281,8 +1281,12 @@ impl<S: Store> CaptureWriter<S> {
     fn load_parent(&mut self, parent: &Manifest) -> Result<()> {
         if parent.chunk_size != self.params.chunk_size {
             return Err(Error::InvalidParams(format!(
-                "a delta must use its parent's chunk size ({} bytes, generation {}), not {}",
-                parent.chunk_size, parent.generation, self.params.chunk_size
+                "a delta must use its parent's chunk size ({} bytes, generation {}), not {}: \
+                 give --chunk-size {}KiB",
+                parent.chunk_size,
+                parent.generation,
+                self.params.chunk_size,
+                parent.chunk_size / 1024
             )));
         }
         let mut entries =

@@ -60,7 +60,9 @@
 //!
 //! A target never looks complete before it is:
 //! - `file:`/`qcow2:` targets are written as `NAME.partial` and renamed at the end;
-//! - every target gets chunk 0 (partition table, boot sector) written last;
+//! - every target gets chunk 0 (partition table, boot sector) written last
+//!   (a `.partial` file or qcow2 of a span whose media arrive one by one gets
+//!   it with the medium that holds it: its name already says unfinished);
 //!   `dev:`, `libvirt:` and NBD targets, which have no unfinished name, have a
 //!   marker `<state-dir>/<name>.mgear-incomplete` until the read-back check
 //!   passed, and a new ingest clears their chunk 0 region first.
@@ -1004,8 +1006,12 @@ pub fn write_volume<S: image_format::Store>(
     });
     let far_missing = far.count();
     // What this run writes, fixed before the state moves to the writer.
+    // Chunk 0 waits for every other chunk, unless the volume's name says it
+    // is unfinished (`.partial`): then the medium that holds it need not come
+    // back for the last run of a span arriving medium by medium.
+    let head_now = far_missing == 0 || vol.unfinished_by_name();
     let todo = Bits::from_fn(count, |i| {
-        !state.is_done(i) && !far.get(i) && (i != 0 || far_missing == 0)
+        !state.is_done(i) && !far.get(i) && (i != 0 || head_now)
     });
     let mut limiter = plan
         .rate
@@ -2359,7 +2365,6 @@ mod tests {
             json: true,
             hold: false,
             record_done: false,
-            expect_root: None,
             volume_sha256: true,
         }
     }

@@ -696,6 +696,25 @@ mod tests {
     use image_format::store::MemStore;
 
     #[test]
+    fn data_read_after_the_gate_must_be_what_the_gate_checked() {
+        let v = Verdict {
+            generation: 2,
+            manifest_root: [7; 32],
+            trusted_by: vec!["site x".into()],
+            warnings: Vec::new(),
+        };
+        assert!(same_as_checked(&v, "web01", 2, &[7; 32]).is_ok());
+        for (g, root) in [(2, [8; 32]), (1, [7; 32])] {
+            let e = same_as_checked(&v, "web01", g, &root).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), FOUND, "{e}");
+            assert!(
+                e.to_string().contains("answers the same read differently"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_generation_that_does_not_exist_is_a_usage_error_naming_those_that_do() {
         let mut m = MemStore::new();
         m.create_dir_all(&layout::generation_dir("web01", 1))

@@ -581,6 +581,9 @@ impl Volume for FileVolume {
     fn found(&self) -> Found {
         self.found
     }
+    fn unfinished_by_name(&self) -> bool {
+        self.rename_to.is_some()
+    }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.raw.write_at(offset, data)
     }

@@ -229,6 +229,15 @@ pub trait Volume: Send {
     /// Whether an earlier run left an unfinished write here.
     fn found(&self) -> Found;
 
+    /// Whether the volume is written under a name of its own until
+    /// [`finish`](Self::finish) (`NAME.partial`): it can never be taken for a
+    /// finished disk, so its boot sector need not wait for every other chunk
+    /// (a capture spanning media that arrive one by one writes it with the
+    /// medium that holds it).
+    fn unfinished_by_name(&self) -> bool {
+        false
+    }
+
     /// Transfer hints; see [`Geometry`].
     fn geometry(&self) -> Geometry {
         Geometry::default()

@@ -276,6 +276,9 @@ impl Volume for Qcow2Volume {
     fn found(&self) -> Found {
         self.found
     }
+    fn unfinished_by_name(&self) -> bool {
+        true
+    }
     fn geometry(&self) -> Geometry {
         self.nbd
             .as_ref()

@@ -168,9 +168,30 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     let o = ingest(&[&b, &c, &a], "one.raw", &[]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("one.raw"), &e.p("disk.raw"));
-    // One medium at a time: the one holding the boot sector is needed again at the end, and
-    // the pending message says so (it said the media given were not needed again).
+    // One medium at a time into a file: its `.partial` name says it is unfinished, so the
+    // boot sector is written with the medium that holds it, and that medium is not needed
+    // again (the last run once needed it back).
     let o = ingest(&[&a], "part.raw", &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    assert!(
+        !output_text(&o).contains("first chunk"),
+        "{}",
+        output_text(&o)
+    );
+    let o = ingest(&[&c, &b], "part.raw", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("part.raw"), &e.p("disk.raw"));
+    // Into a volume with no unfinished name (an NBD export) the boot sector is written last:
+    // the medium holding it is needed again, and the pending message says so.
+    let blank = std::fs::File::create(e.p("export.raw")).unwrap();
+    blank.set_len(disk.len() as u64).unwrap();
+    let sock = e.p("export.sock");
+    let _export = mgear_tests::qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("export.raw"));
+    let o = Line::ingest(&e, "web01")
+        .untrusted()
+        .target(&format!("nbd+unix:///?socket={}", sock.display()))
+        .medium(&a)
+        .run();
     assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("holds the disk's first chunk (its boot sector)"),
