@@ -820,7 +820,9 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // A usage error (`--generation 5` that does not exist) is no
         // refusal of the data: as raised, with its hint.
         Some(USAGE) => e,
-        code => coded(code.unwrap_or(FOUND), format!("ingest refused: {e:#}")),
+        // Its code and hint kept.
+        Some(_) => e.context("ingest refused"),
+        None => coded(FOUND, format!("ingest refused: {e:#}")),
     });
     let verdict = match verdict {
         Ok(v) => v,

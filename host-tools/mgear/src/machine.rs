@@ -935,9 +935,9 @@ pub fn ingest_set(
             args.generation,
             &policy,
         )
-        .map_err(|e| {
-            let code = crate::exit::classified(&e).unwrap_or(FOUND);
-            coded(code, format!("ingest refused: set {}: {e:#}", args.name))
+        .map_err(|e| match crate::exit::classified(&e) {
+            Some(_) => e.context(format!("ingest refused: set {}", args.name)),
+            None => coded(FOUND, format!("ingest refused: set {}: {e:#}", args.name)),
         })?;
         crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
         // ...and that it is intact and binds exactly the disks on the medium.

@@ -32,7 +32,7 @@ use image_format::Store;
 use mgear_appliance_api::attest::{self, Attestation};
 use sha2::{Digest, Sha256};
 
-use crate::exit::{coded, FOUND};
+use crate::exit::FOUND;
 use crate::sitekey;
 
 /// Largest attestation file read (a 2 TB medium's region list is 4 MiB).
@@ -138,7 +138,13 @@ impl Policy {
 }
 
 fn refuse(msg: String) -> crate::Error {
-    coded(FOUND, msg)
+    crate::exit::coded_hint(
+        FOUND,
+        msg,
+        "nothing was installed: the medium does not prove what this target pinned (--trust, \
+         --trust-appliance, --expect-generation); check those against the capture receipt, or \
+         ask the capture site for the shipment again",
+    )
 }
 
 /// What the medium could not give: its own class kept (a medium that
