@@ -1526,6 +1526,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             ..Default::default()
         },
     };
+    // Finished: whatever an interrupted run left was taken care of on the way.
+    medium.store().settled();
     medium.close()?;
     let receipt = match (args.medium.first_appliance(), appliance_id) {
         (Some(port), Some(identity)) => {

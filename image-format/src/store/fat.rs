@@ -596,6 +596,10 @@ impl<D: FatDevice> FatDevice for SkipZeros<D> {
     }
 }
 
+/// Offset of FAT32's BS_Reserved1 byte in the boot sector, whose bit 0 is
+/// the volume's dirty flag.
+const DIRTY_BYTE: usize = 0x41;
+
 /// A FAT32 volume used as a medium.
 pub struct FatStore<D: FatDevice> {
     fs: fatfs::FileSystem<BlockCache<D>>,
@@ -610,6 +614,11 @@ pub struct FatStore<D: FatDevice> {
     raw_allocated: u64,
     /// Where the direct path looks for free clusters for an empty file.
     next_free: u32,
+    /// The volume's dirty flag was set when it was mounted (a run before
+    /// this one did not unmount it), and whether the writer since said the
+    /// medium is consistent again ([`Store::settled`]).
+    dirty_at_mount: bool,
+    settled: bool,
     /// The free clusters as counted by one scan of the FAT, and both
     /// allocators' counts then: later counts move it by what each did
     /// since, instead of reading the whole FAT again (up to 1 GiB on a
@@ -764,11 +773,16 @@ impl<D: FatDevice> FatStore<D> {
             .lock()
             .and_then(|mut g| g.read_at(0, &mut boot))
             .map_err(|e| fat_err("open", e))?;
+        let geo = fatmap::Geometry::parse(&boot);
         Ok(FatStore {
             fs,
             cache,
             read_only,
-            geo: fatmap::Geometry::parse(&boot),
+            // FAT32's BS_Reserved1 byte, bit 0: the flag fatfs (and Linux,
+            // Windows) set while the volume is mounted for writing.
+            dirty_at_mount: geo.is_some() && boot[DIRTY_BYTE] & 1 != 0,
+            settled: false,
+            geo,
             maps: MapCache::new(),
             raw_allocated: 0,
             next_free: 2,
@@ -903,6 +917,8 @@ impl<D: FatDevice> FatStore<D> {
             read_only,
             geo,
             next_free,
+            dirty_at_mount,
+            settled,
             ..
         } = self;
         if read_only {
@@ -921,6 +937,17 @@ impl<D: FatDevice> FatStore<D> {
                 free,
                 next_free,
             )?;
+        }
+        if dirty_at_mount && settled {
+            // fatfs keeps a dirty flag it found at mount (it cannot know
+            // the volume is sound). An interrupted capture's resume removes
+            // what the crash left (mgear's own leftovers; `fsck.fat -n` then
+            // finds nothing else), so the mark would only ask for a repair
+            // that has nothing to repair.
+            let mut b = [0u8; 1];
+            cache_reader(&cache)(DIRTY_BYTE as u64, &mut b)?;
+            b[0] &= !1;
+            cache_writer(&cache)(DIRTY_BYTE as u64, &b)?;
         }
         cache.sync().map_err(|e| fat_err("unmount", e))
     }
@@ -1065,6 +1092,9 @@ impl<D: FatDevice> Store for FatStore<D> {
     /// [`FatStore::unmount`]: the free count is written and the dirty flag cleared.
     fn close(self: Box<Self>) -> Result<(), StoreError> {
         (*self).unmount()
+    }
+    fn settled(&mut self) {
+        self.settled = true;
     }
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
         let d = self.dir(dir)?;

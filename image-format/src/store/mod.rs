@@ -156,6 +156,10 @@ pub trait Store {
     fn close(self: Box<Self>) -> Result<(), StoreError> {
         Ok(())
     }
+    /// The writer left the medium consistent (a capture that finished, resumed or not): a
+    /// FAT volume marked dirty by an interrupted run before this mount may clear that mark
+    /// when it closes (fatfs keeps a mark it found at mount). The default does nothing.
+    fn settled(&mut self) {}
     /// The span this store is (several media seen as one), to list its members and what is
     /// not attached; `None` (the default) for one medium.
     fn span(&self) -> Option<&dyn crate::span::SpanView> {
