@@ -826,10 +826,17 @@ impl<M: Store> SpanStore<M> {
         }
     }
 
-    /// The medium holding segment `path`: by the map, else by looking.
+    /// The medium holding segment `path`: by the map, else by looking. A
+    /// segment that is on an attached medium is read there even when the
+    /// map (or a medium's label: anyone holding it can rewrite both, FORMAT.md
+    /// §15) places it elsewhere: what is here is never taken for absent,
+    /// so it is verified and used, and the records' own hashes say whether
+    /// it is the right one.
     fn holder(&mut self, path: &str) -> core::result::Result<Option<usize>, StoreError> {
-        if let Some(o) = self.map.placed.get(path) {
-            return Ok(self.index_of(*o));
+        if let Some(i) = self.map.placed.get(path).and_then(|o| self.index_of(*o)) {
+            if self.media[i].store.len(path)?.is_some() {
+                return Ok(Some(i));
+            }
         }
         for (i, a) in self.media.iter_mut().enumerate() {
             if a.store.len(path)?.is_some() {

@@ -249,6 +249,23 @@ pub fn check_generation(
                 unbound.push(g);
             }
         }
+        // Unbound although its set generation was finished (its COMMIT is
+        // there, a later one exists): the SET was removed since, and the
+        // generation before it would be a silent rollback of this disk.
+        let set_gens =
+            image_format::capture_generations(medium, set).map_err(|e| unreadable(e, set, 0))?;
+        for &g in unbound.iter().rev().take(1) {
+            let evidence = image_format::finished_evidence(medium, set, g, &set_gens)
+                .map_err(|e| unreadable(e, set, g))?;
+            if let Some(why) = evidence {
+                return Err(refuse(format!(
+                    "set {set} generation {g} was finished ({why}) but its set manifest (SET) is \
+                     missing: the medium was damaged since, and {name} generation {g} is bound by \
+                     nothing. Ask the capture site for the set again, or give --generation with \
+                     an older one to ingest it on purpose"
+                )));
+            }
+        }
         if let Some(g) = generation.filter(|g| unbound.contains(g)) {
             return Err(refuse(format!(
                 "{name} generation {g} is not bound by a set manifest of set {set} (its set \

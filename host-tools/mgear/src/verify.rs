@@ -211,13 +211,28 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     match (&unlock, &name) {
         (None, None) => report = image_format::verify_keyless(store, &mut obs)?,
         (None, Some(name)) => {
-            report = image_format::verify_capture_keyless(store, name, &mut obs)?;
+            // A disk of a set is verified with its set (the set manifest binds it).
+            let whole = image_format::set::owner(name);
+            let whole = if image_format::set::is_set(store, whole).unwrap_or(false) {
+                whole
+            } else {
+                name.as_str()
+            };
+            report = image_format::verify_capture_keyless(store, whole, &mut obs)?;
         }
         (Some(unlock), name) => {
             // What the keyless verifier says about the medium's structure
             // (sets, COMMITs and manifests of every generation, names): the
             // records of the generation verified are decrypted below.
-            let structure = image_format::verify_structure(store, name.as_deref())?;
+            let whole = name.as_deref().map(|n| {
+                let set = image_format::set::owner(n);
+                if image_format::set::is_set(store, set).unwrap_or(false) {
+                    set.to_string()
+                } else {
+                    n.to_string()
+                }
+            });
+            let structure = image_format::verify_structure(store, whole.as_deref())?;
             report.problems.extend(structure.problems);
             let names: Vec<String> = match name {
                 Some(n) if sets.contains(n) => streams_of(n),
@@ -292,8 +307,10 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         || t.expect_generation.is_some();
     let mut trust = Vec::new();
     if check_trust {
-        // verify asks "who vouches for it?"; a missing seal is reported, not fatal.
-        let policy = t.policy(true)?;
+        // The verdict ingest would reach: a seal an appliance capture lacks,
+        // or one a pinned appliance made that no longer matches (a deleted
+        // newer generation), fails verify as it refuses the ingest.
+        let policy = t.policy(false)?;
         let atts = match crate::appliance::find_attestations(
             args.medium.first_appliance(),
             t.attestations.as_deref(),
@@ -329,7 +346,11 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                     message: if v.trusted_by.is_empty() {
                         v.warnings.join("; ")
                     } else {
-                        format!("signed by pinned {}", v.trusted_by.join(", "))
+                        // What ingest would warn about (a newer unfinished generation) too.
+                        std::iter::once(format!("signed by pinned {}", v.trusted_by.join(", ")))
+                            .chain(v.warnings.iter().map(|w| format!("warning: {w}")))
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     },
                     trusted_by: v.trusted_by,
                 },

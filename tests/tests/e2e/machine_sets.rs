@@ -725,6 +725,24 @@ fn a_set_generation_that_lost_its_set_manifest_is_not_skipped_silently() {
     capture(&e, "dir:mnt", &[]);
     std::fs::write(e.p("disk1.raw"), data_disk(9)).unwrap();
     capture(&e, "dir:mnt", &["--delta"]);
+    // Only the SET gone, its COMMIT there: the set generation was finished, and one disk
+    // by its stream's name is refused too (it went back to generation 1 with a warning).
+    std::fs::remove_file(e.p("mnt/MGEAR/db01/G0002/SET")).unwrap();
+    for (name, target) in [("db01", "file:x-{disk}.raw"), ("db01.d1", "file:x.raw")] {
+        let o = e
+            .ingest("dir:mnt", name)
+            .trust("site.pub")
+            .target(target)
+            .run();
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", output_text(&o));
+        assert!(
+            output_text(&o).contains("was finished (its COMMIT is written)"),
+            "{name}: {}",
+            output_text(&o)
+        );
+    }
+    let o = e.run(&["verify", "--medium", "dir:mnt", "--name", "db01.d1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     std::fs::remove_dir_all(e.p("mnt/MGEAR/db01/G0002")).unwrap();
 
     let o = e

@@ -427,6 +427,44 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
         .run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
+
+    // Medium b relabelled as medium #0 (its label copied from a: a valid label, the wrong
+    // one) and a byte of its segment flipped: verify of b alone took its own segment for
+    // one on another medium and said OK. What is on a medium is read there.
+    let open = |name: &str| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(e.p(name))
+            .unwrap();
+        FatStore::open(f).unwrap()
+    };
+    let mut sa = open("a.img");
+    let n = sa.len("MGEAR/SPAN").unwrap().unwrap() as usize;
+    let mut label = vec![0u8; n];
+    sa.read_exact_at("MGEAR/SPAN", 0, &mut label).unwrap();
+    sa.unmount().unwrap();
+    let mut sb = open("b.img");
+    sb.write_at("MGEAR/SPAN", 0, &label).unwrap();
+    let seg = sb
+        .list("MGEAR/sp/G0001")
+        .unwrap()
+        .into_iter()
+        .find(|x| x.name.starts_with("SEG-"))
+        .expect("b holds a segment");
+    let path = format!("MGEAR/sp/G0001/{}", seg.name);
+    let mut byte = [0u8; 1];
+    sb.read_exact_at(&path, 5000, &mut byte).unwrap();
+    byte[0] ^= 0xff;
+    sb.write_at(&path, 5000, &byte).unwrap();
+    sb.unmount().unwrap();
+    let v = e.run(&["verify", "--medium", &b]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(
+        output_text(&v).contains("corrupted record"),
+        "{}",
+        output_text(&v)
+    );
 }
 
 /// A capture over appliances that filled them, continued with one more appliance given in

@@ -332,6 +332,25 @@ fn appliance_seal_catches_a_deleted_generation() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("G0002") && t.contains("missing now"), "{t}");
     assert!(!lab.p("vol2.raw").exists());
+    // verify reaches the verdict ingest does (it said OK: it took a missing seal as a note).
+    let v = Line::new(
+        &lab,
+        &[
+            "verify",
+            "--medium",
+            "fat:medium.img",
+            "--identity",
+            "target.key",
+            "--attestations",
+            "att",
+            "--trust-appliance",
+            &fp,
+        ],
+    )
+    .run();
+    let t = output_text(&v);
+    assert_eq!(v.status.code(), Some(1), "{t}");
+    assert!(t.contains("missing now"), "{t}");
 }
 
 #[test]
@@ -432,6 +451,17 @@ fn planted_attestation_copies_neither_block_nor_vouch() {
         "MGEAR/ATTEST is no capture: {}",
         output_text(&v)
     );
+    // A directory where a copy should be, or MGEAR/ATTEST a file: ignored alike.
+    fs::remove_file(e.p("mnt/MGEAR/ATTEST/SEAL")).unwrap();
+    fs::create_dir(e.p("mnt/MGEAR/ATTEST/SEAL")).unwrap();
+    let out = ingest(&e, &["--trust", "site.pub"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    fs::remove_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
+    fs::write(e.p("mnt/MGEAR/ATTEST"), b"junk").unwrap();
+    let out = ingest(&e, &["--trust", "site.pub"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    fs::remove_file(e.p("mnt/MGEAR/ATTEST")).unwrap();
+    fs::create_dir(e.p("mnt/MGEAR/ATTEST")).unwrap();
 
     // Another shipment's medium, sealed by the pinned appliance.
     fs::create_dir(e.p("other")).unwrap();

@@ -109,25 +109,27 @@ pub fn find_attestations(
     }
     let seal_path = format!("{ATTEST_DIR}/{SEAL_FILE}");
     let arrival_path = format!("{ATTEST_DIR}/{ARRIVAL_FILE}");
-    let present = |medium: &mut dyn Store, p: &str| -> crate::Result<bool> {
-        Ok(medium.len(p).map_err(|e| err!("{p}: {e}"))?.is_some())
-    };
-    if !present(medium, &seal_path)? && !present(medium, &arrival_path)? {
-        return Ok(None);
-    }
     // Copies on the medium are hints anyone holding it can plant or delete:
-    // ones that do not read as attestations count as none (what the
-    // capture needs is then decided as without them), not as a refusal.
-    let copies = (|| -> crate::Result<(Attestation, Attestation)> {
+    // ones that do not read as attestations (junk, a directory where a file
+    // should be, MGEAR/ATTEST a file) count as none (what the capture needs
+    // is then decided as without them), not as a refusal.
+    let copies = (|| -> crate::Result<Option<(Attestation, Attestation)>> {
+        let present = |medium: &mut dyn Store, p: &str| -> crate::Result<bool> {
+            Ok(medium.len(p).map_err(|e| err!("{p}: {e}"))?.is_some())
+        };
+        if !present(medium, &seal_path)? && !present(medium, &arrival_path)? {
+            return Ok(None);
+        }
         let seal = read_capped(medium, &seal_path, MAX_ATTESTATION_LEN)?;
         let arrival = read_capped(medium, &arrival_path, MAX_ATTESTATION_LEN)?;
-        Ok((
+        Ok(Some((
             decode_attestation(&seal, &seal_path)?,
             decode_attestation(&arrival, &arrival_path)?,
-        ))
+        )))
     })();
     match copies {
-        Ok((seal, arrival)) => Ok(Some(Attestations {
+        Ok(None) => Ok(None),
+        Ok(Some((seal, arrival))) => Ok(Some(Attestations {
             seal,
             arrival,
             from: format!("copies on the medium in {ATTEST_DIR}"),
