@@ -346,6 +346,9 @@ pub struct SpanStore<M> {
     map: SpanMap,
     opts: SpanOptions,
     writable: bool,
+    /// Attached media whose copy of the map did not decode (ordinal, why):
+    /// another copy served; the verifier reports them.
+    map_damage: Vec<(u16, String)>,
 }
 
 impl<M: Store> SpanStore<M> {
@@ -483,6 +486,7 @@ impl<M: Store> SpanStore<M> {
             map,
             opts,
             writable: true,
+            map_damage: Vec::new(),
         };
         let mut names = Vec::new();
         for (a, name) in media {
@@ -544,13 +548,17 @@ impl<M: Store> SpanStore<M> {
         let mut attached: Vec<Attached<M>> = Vec::new();
         let mut maps = Vec::new();
         let mut unlabelled = Vec::new();
+        let mut map_damage = Vec::new();
         for (store, name, info) in found {
             match info {
                 Some(SpanInfo {
                     label: Some(l),
                     map,
-                    ..
+                    map_damage: damage,
                 }) => {
+                    if let Some(why) = damage {
+                        map_damage.push((l.ordinal, why));
+                    }
                     if attached.iter().any(|a| a.ordinal == l.ordinal) {
                         return Err(Error::Usage(format!(
                             "medium #{} of the span is given twice ({name}): give each medium once",
@@ -603,6 +611,7 @@ impl<M: Store> SpanStore<M> {
                 min_room: 0,
             },
             writable: false,
+            map_damage,
         })
     }
 
@@ -995,6 +1004,10 @@ pub trait SpanView {
     fn attached(&self) -> Vec<u16>;
     /// Segment paths the map places on media that are not attached.
     fn unreachable(&self) -> Vec<(String, u16)>;
+    /// Attached media whose copy of the map is damaged (ordinal, why).
+    fn damaged_maps(&self) -> Vec<(u16, String)> {
+        Vec::new()
+    }
 }
 
 impl<M: Store> SpanView for SpanStore<M> {
@@ -1008,6 +1021,10 @@ impl<M: Store> SpanView for SpanStore<M> {
 
     fn attached(&self) -> Vec<u16> {
         self.media.iter().map(|a| a.ordinal).collect()
+    }
+
+    fn damaged_maps(&self) -> Vec<(u16, String)> {
+        self.map_damage.clone()
     }
 
     fn unreachable(&self) -> Vec<(String, u16)> {

@@ -115,7 +115,21 @@ struct Ctx<'a> {
 fn span_of<S: Store + ?Sized>(store: &mut S, cx: &mut Ctx<'_>) -> Result<()> {
     match span::read_span(store) {
         Ok(s) => {
-            if let Some(why) = s.as_ref().and_then(|s| s.map_damage.clone()) {
+            // Each attached medium's own copy (a span store reads one of them).
+            let copies = store.span().map(|v| v.damaged_maps()).unwrap_or_default();
+            for (o, why) in &copies {
+                cx.problem(
+                    Location::default().file(span::SPANMAP_FILE),
+                    alloc::format!(
+                        "the span map's copy on medium #{o} is damaged ({why}): the other media's \
+                         copies serve; the data does not depend on it"
+                    ),
+                );
+            }
+            if let (Some(why), true) = (
+                s.as_ref().and_then(|s| s.map_damage.clone()),
+                copies.is_empty(),
+            ) {
                 cx.problem(
                     Location::default().file(span::SPANMAP_FILE),
                     alloc::format!(

@@ -791,6 +791,11 @@ pub fn targets_of(
         ts if ts.len() == disks && !ts.iter().any(|t| t.contains("{disk}")) => {
             Ok(ts.iter().cloned().enumerate().collect())
         }
+        ts if ts.len() > 1 && ts.iter().any(|t| t.contains("{disk}")) => Err(usage(format!(
+            "{} --target given and one holds {{disk}}: give either one --target with {{disk}} \
+             in it (file:NAME-{{disk}}.raw), or one plain --target per disk in order ({disks})",
+            ts.len()
+        ))),
         ts => Err(usage(format!(
             "the set has {disks} disks but {} --target given: give one --target per disk in \
              order, one with {{disk}} in it (file:NAME-{{disk}}.raw), or --disk N with one --target",
@@ -1241,6 +1246,11 @@ mod tests {
             let e = targets_of(&ts, 2, only).unwrap_err().to_string();
             assert!(e.contains("--target") || e.contains("--disk"), "{e}");
         }
+        // A pattern among plain targets: said so (it read "2 disks but 2 --target given").
+        let e = targets_of(&t(&["file:a", "file:x-{disk}"]), 2, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one holds {disk}"), "{e}");
     }
 
     #[test]

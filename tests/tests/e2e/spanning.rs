@@ -414,7 +414,7 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
     let v = e.run(&["verify", "--medium", &a, "--medium", &b]);
     assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
     assert!(
-        output_text(&v).contains("the span map is damaged"),
+        output_text(&v).contains("the span map's copy on medium #0 is damaged"),
         "{}",
         output_text(&v)
     );
