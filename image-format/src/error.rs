@@ -88,6 +88,10 @@ pub enum Error {
     /// A capture name the format does not accept.
     #[error("invalid capture name {name:?}: {why}; use 1 to 32 ASCII letters, digits, '-' or '_'")]
     InvalidName { name: String, why: &'static str },
+    /// Data that is on none of the media given (a span whose map does not
+    /// place it): not bad data, a medium to give.
+    #[error("{0}")]
+    NotOnMediaGiven(String),
     /// Caller-supplied parameters that cannot work.
     #[error("invalid capture parameters: {0}")]
     InvalidParams(String),

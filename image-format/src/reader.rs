@@ -614,6 +614,16 @@ impl<S: Store> CaptureReader<S> {
     /// "truncated segment" would send the reader looking at this delta.
     fn record_missing(&mut self, index: u64, l: &RecordLoc, segment_exists: bool) -> Error {
         let g = l.generation;
+        if !segment_exists && self.store.span().is_some() {
+            // A span whose map does not place this segment on any medium
+            // given (a damaged map entry): the data is not bad, it is not here.
+            return Error::NotOnMediaGiven(format!(
+                "{}: the segment holding this chunk is on none of the media given, and the span \
+                 map does not say which medium holds it (its copies may be damaged): give every \
+                 medium of the span (`mgear inspect` lists them)",
+                self.location(index, l)
+            ));
+        }
         let older = l.stream == 0 && g != self.manifest.generation;
         let gone = older
             && !segment_exists

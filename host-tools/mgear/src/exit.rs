@@ -114,6 +114,7 @@ fn format_code(e: &image_format::Error) -> i32 {
         | E::InvalidParams(_)
         | E::NoCapture { .. }
         | E::NoGeneration { .. }
+        | E::NotOnMediaGiven(_)
         | E::ResumeMismatch { .. } => USAGE,
         E::Corrupt { .. } => FOUND,
         _ => IO,

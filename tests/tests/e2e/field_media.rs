@@ -417,3 +417,21 @@ fn field_media_a_signed_generation_that_lost_its_manifest_is_not_skipped_silentl
     e.ingest("dir:mnt", "web01").target("file:vol.raw").trust("site.pub").arg("--generation").arg("1").ok();
     same_file(&e.p("vol.raw"), &e.p("g1.raw"));
 }
+
+/// A generation directory renamed away (`G0002` to `G2`) is invisible to every reader: verify
+/// said OK and ingest used generation 1. Verify names the stray directory.
+#[test]
+fn field_media_a_renamed_generation_directory_is_reported() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 3, 6);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
+    random_disk(&e.p("disk.raw"), 3, 7);
+    #[rustfmt::skip]
+    e.capture("dir:mnt", "web01").source("disk.raw").arg("--delta").ok();
+    fs::rename(e.p("mnt/MGEAR/web01/G0002"), e.p("mnt/MGEAR/web01/G2")).unwrap();
+    let o = e.run(&["verify", "--medium", "dir:mnt"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not a generation"), "{}", text(&o));
+}

@@ -508,3 +508,54 @@ fn an_appliance_span_resumes_with_the_appliances_in_any_order() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&a.p("out.raw"), &a.p("disk.raw"));
 }
+
+/// A segment the span map does not place (its entries cut from every copy) and that is not on
+/// the media given: ingest said "truncated segment" (exit 1, "the data did not check out");
+/// the data is not bad, it is elsewhere: exit 2, give every medium.
+#[test]
+fn a_segment_no_map_places_is_missing_not_corrupt() {
+    use image_format::store::FatStore;
+    use image_format::Store;
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), noise(48 << 20, 11)).unwrap();
+    let (a, b) = (e.fat("a.img", "36MiB"), e.fat("b.img", "36MiB"));
+    Line::capture(&e, "sp")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .args(&["--skip-space-check", "--no-compress"])
+        .ok();
+    for img in ["a.img", "b.img"] {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(e.p(img))
+            .unwrap();
+        let mut s = FatStore::open(f).unwrap();
+        let n = s.len("MGEAR/SPANMAP").unwrap().unwrap();
+        // The last entry (segment 1's placement) becomes a torn one, which readers drop.
+        s.set_len("MGEAR/SPANMAP", n - 3).unwrap();
+        s.unmount().unwrap();
+    }
+    let o = Line::ingest(&e, "sp")
+        .medium(&a)
+        .untrusted()
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("on none of the media given"),
+        "{}",
+        output_text(&o)
+    );
+    // With every medium it is found where it is.
+    let o = Line::ingest(&e, "sp")
+        .medium(&a)
+        .medium(&b)
+        .untrusted()
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("out.raw"), &e.p("disk.raw"));
+}
