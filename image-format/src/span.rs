@@ -247,6 +247,9 @@ pub struct SpanInfo {
     /// medium's copy serves, and the data does not depend on it (the
     /// manifests say what each generation holds).
     pub map_damage: Option<String>,
+    /// Why this medium's label did not read (then `label` is `None`): the
+    /// medium cannot be placed in its span; its own files still verify.
+    pub label_damage: Option<String>,
 }
 
 impl SpanInfo {
@@ -264,12 +267,21 @@ impl SpanInfo {
 /// Reads the span label and map of a medium (or of a [`SpanStore`]);
 /// `None` when the medium is not part of a span.
 pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
-    let label = match read_small(store, SPAN_FILE, LABEL_LEN as u64)? {
-        Some(b) => Some(
-            SpanLabel::decode(&b)
-                .map_err(|why| Error::corrupt(Location::default().file(SPAN_FILE), why))?,
-        ),
-        None => None,
+    let mut label_damage = None;
+    let label = match read_small(store, SPAN_FILE, LABEL_LEN as u64) {
+        Ok(Some(b)) => match SpanLabel::decode(&b) {
+            Ok(l) => Some(l),
+            Err(why) => {
+                label_damage = Some(String::from(why));
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(Error::Corrupt { what, .. }) => {
+            label_damage = Some(what);
+            None
+        }
+        Err(e) => return Err(e),
     };
     let mut map_damage = None;
     let map = match read_small(store, SPANMAP_FILE, (MAX_MEDIA * 4096 * ENTRY_LEN) as u64) {
@@ -287,12 +299,13 @@ pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
         }
         Err(e) => return Err(e),
     };
-    Ok(match (label, map) {
-        (None, None) => None,
-        (label, map) => Some(SpanInfo {
+    Ok(match (label, map, &label_damage) {
+        (None, None, None) => None,
+        (label, map, _) => Some(SpanInfo {
             label,
             map: map.unwrap_or_default(),
             map_damage,
+            label_damage,
         }),
     })
 }
@@ -349,6 +362,8 @@ pub struct SpanStore<M> {
     /// Attached media whose copy of the map did not decode (ordinal, why):
     /// another copy served; the verifier reports them.
     map_damage: Vec<(u16, String)>,
+    /// Media whose label did not read (name, why), read as unlabelled.
+    label_damage: Vec<(String, String)>,
 }
 
 impl<M: Store> SpanStore<M> {
@@ -371,6 +386,14 @@ impl<M: Store> SpanStore<M> {
         let mut found = Vec::new();
         for (mut store, name) in media {
             let info = read_span(&mut store)?;
+            if let Some(why) = info.as_ref().and_then(|i| i.label_damage.as_ref()) {
+                // Without its label the medium would join as a new member.
+                return Err(Error::Usage(format!(
+                    "{name}'s span label (MGEAR/SPAN) is damaged ({why}): a capture does not \
+                     write to it; capture onto the span's other media with --replace-medium \
+                     naming it, or onto new media"
+                )));
+            }
             found.push((store, name, info));
         }
         let mut id = None;
@@ -487,6 +510,7 @@ impl<M: Store> SpanStore<M> {
             opts,
             writable: true,
             map_damage: Vec::new(),
+            label_damage: Vec::new(),
         };
         let mut names = Vec::new();
         for (a, name) in media {
@@ -549,12 +573,24 @@ impl<M: Store> SpanStore<M> {
         let mut maps = Vec::new();
         let mut unlabelled = Vec::new();
         let mut map_damage = Vec::new();
+        let mut label_damage = Vec::new();
         for (store, name, info) in found {
+            if let Some(why) = info.as_ref().and_then(|i| i.label_damage.clone()) {
+                if id.is_some() && strict {
+                    return Err(Error::Usage(format!(
+                        "{name}'s span label (MGEAR/SPAN) is damaged ({why}), so it cannot be \
+                         placed among the other media of its span: give the other media without \
+                         it (ingest then names what is missing), or verify it on its own"
+                    )));
+                }
+                label_damage.push((name.clone(), why));
+            }
             match info {
                 Some(SpanInfo {
                     label: Some(l),
                     map,
                     map_damage: damage,
+                    ..
                 }) => {
                     if let Some(why) = damage {
                         map_damage.push((l.ordinal, why));
@@ -612,6 +648,7 @@ impl<M: Store> SpanStore<M> {
             },
             writable: false,
             map_damage,
+            label_damage,
         })
     }
 
@@ -1008,6 +1045,10 @@ pub trait SpanView {
     fn damaged_maps(&self) -> Vec<(u16, String)> {
         Vec::new()
     }
+    /// Media whose span label is damaged (as named, why).
+    fn damaged_labels(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 impl<M: Store> SpanView for SpanStore<M> {
@@ -1025,6 +1066,10 @@ impl<M: Store> SpanView for SpanStore<M> {
 
     fn damaged_maps(&self) -> Vec<(u16, String)> {
         self.map_damage.clone()
+    }
+
+    fn damaged_labels(&self) -> Vec<(String, String)> {
+        self.label_damage.clone()
     }
 
     fn unreachable(&self) -> Vec<(String, u16)> {

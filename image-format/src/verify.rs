@@ -115,6 +115,17 @@ struct Ctx<'a> {
 fn span_of<S: Store + ?Sized>(store: &mut S, cx: &mut Ctx<'_>) -> Result<()> {
     match span::read_span(store) {
         Ok(s) => {
+            let labels = store.span().map(|v| v.damaged_labels()).unwrap_or_default();
+            for (name, why) in labels {
+                cx.problem(
+                    Location::default().file(span::SPAN_FILE),
+                    alloc::format!(
+                        "{name}: the span label is damaged ({why}): this medium cannot be placed \
+                         in its span (its own files are checked; segments on the others are not \
+                         known here)"
+                    ),
+                );
+            }
             // Each attached medium's own copy (a span store reads one of them).
             let copies = store.span().map(|v| v.damaged_maps()).unwrap_or_default();
             for (o, why) in &copies {

@@ -104,6 +104,10 @@ pub struct Verdict {
     /// The root of the manifest (a set: set manifest) the verdict is about:
     /// the reader opened afterwards must find the same one.
     pub manifest_root: [u8; 32],
+    /// Set when a pinned appliance's seal of this medium does not match it
+    /// and `--allow-unsealed` let the verdict through: `verify` fails on it
+    /// (it takes a seal that is merely missing as a note).
+    pub seal_mismatch: Option<String>,
     /// Who vouches for it, e.g. `site 3fa2…` (empty when untrusted and overridden).
     pub trusted_by: Vec<String>,
     /// Loud warnings the caller must print (overrides taken).
@@ -387,6 +391,15 @@ pub fn check_generation(
     // whatever else vouches for the generation.
     let pinned_sealer =
         ours && attestations.is_some_and(|a| policy.pinned_appliance(&a.seal.body.identity));
+    // A pinned appliance's seal of this medium that no longer matches it (a
+    // generation deleted or changed since): never only a missing seal.
+    let seal_mismatch = match (&seal, pinned_sealer) {
+        (Err(e), true) => Some(format!(
+            "the medium was sealed by a pinned appliance but capture {name} generation {g} does \
+             not match the seal: {e}"
+        )),
+        _ => None,
+    };
     if let (true, Err(e)) = (manifest.is_some() || pinned_sealer, &seal) {
         let msg = match manifest {
             Some(hint) => format!(
@@ -429,6 +442,7 @@ pub fn check_generation(
     Ok(Verdict {
         generation: g,
         manifest_root: expected.manifest_root,
+        seal_mismatch,
         trusted_by,
         warnings,
     })
@@ -723,6 +737,7 @@ mod tests {
         let v = Verdict {
             generation: 2,
             manifest_root: [7; 32],
+            seal_mismatch: None,
             trusted_by: vec!["site x".into()],
             warnings: Vec::new(),
         };

@@ -307,10 +307,12 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         || t.expect_generation.is_some();
     let mut trust = Vec::new();
     if check_trust {
-        // The verdict ingest would reach: a seal an appliance capture lacks,
-        // or one a pinned appliance made that no longer matches (a deleted
-        // newer generation), fails verify as it refuses the ingest.
-        let policy = t.policy(false)?;
+        // verify asks "who vouches for it?": a seal that is missing is a
+        // note (an appliance locked out before its arrival can sign none),
+        // but a pinned appliance's seal of this medium that no longer
+        // matches it (a newer generation deleted) fails it, as it refuses
+        // the ingest.
+        let policy = t.policy(true)?;
         let atts = match crate::appliance::find_attestations(
             args.medium.first_appliance(),
             t.attestations.as_deref(),
@@ -339,6 +341,13 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 Err(e) => Err(crate::err!("attestations: {e:#}")),
             };
             trust.push(match verdict {
+                Ok(v) if v.seal_mismatch.is_some() => TrustJson {
+                    capture: n,
+                    generation: Some(v.generation),
+                    trusted: false,
+                    trusted_by: Vec::new(),
+                    message: v.seal_mismatch.unwrap_or_default(),
+                },
                 Ok(v) => TrustJson {
                     capture: n,
                     generation: Some(v.generation),

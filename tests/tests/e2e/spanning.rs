@@ -559,3 +559,62 @@ fn a_segment_no_map_places_is_missing_not_corrupt() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
 }
+
+/// One flipped byte in a medium's span label (MGEAR/SPAN) made every command exit 3 with an
+/// empty capture name, verify and inspect too. The medium is verified on its own (the label
+/// named as damaged), given with the others it is refused by name (it cannot be placed), and
+/// the others are ingested as far as they go.
+#[test]
+fn a_damaged_span_label_is_named_and_the_medium_still_verifies() {
+    use image_format::store::FatStore;
+    use image_format::Store;
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), noise(48 << 20, 12)).unwrap();
+    let (a, b) = (e.fat("a.img", "36MiB"), e.fat("b.img", "36MiB"));
+    Line::capture(&e, "sp")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .args(&["--skip-space-check", "--no-compress"])
+        .ok();
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(e.p("b.img"))
+            .unwrap();
+        let mut s = FatStore::open(f).unwrap();
+        let mut byte = [0u8; 1];
+        s.read_exact_at("MGEAR/SPAN", 20, &mut byte).unwrap();
+        byte[0] ^= 1;
+        s.write_at("MGEAR/SPAN", 20, &byte).unwrap();
+        s.unmount().unwrap();
+    }
+    let v = e.run(&["verify", "--medium", &b]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(
+        output_text(&v).contains("the span label is damaged"),
+        "{}",
+        output_text(&v)
+    );
+    e.ok(&["inspect", "--medium", &b]);
+    let o = Line::ingest(&e, "sp")
+        .medium(&a)
+        .medium(&b)
+        .untrusted()
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("span label (MGEAR/SPAN) is damaged"),
+        "{}",
+        output_text(&o)
+    );
+    let o = Line::ingest(&e, "sp")
+        .medium(&a)
+        .untrusted()
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+}
