@@ -380,37 +380,56 @@ fn a_span_the_dry_run_calls_a_fit_fits() {
     }
 }
 
+/// Keys, and a 48 MiB incompressible disk captured as `sp` over two 36 MiB FAT images
+/// (`a.img`, `b.img`: the span needs both); returns their `fat:` specs.
+fn two_media_span(e: &Env, seed: u64) -> (String, String) {
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), noise(48 << 20, seed)).unwrap();
+    let (a, b) = (e.fat("a.img", "36MiB"), e.fat("b.img", "36MiB"));
+    Line::capture(e, "sp")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .args(&["--skip-space-check", "--no-compress"])
+        .ok();
+    (a, b)
+}
+
+/// Change the FAT image `img` of `e` through `edit`, as someone holding the medium can.
+fn edit_medium(
+    e: &Env,
+    img: &str,
+    edit: impl FnOnce(&mut image_format::store::FatStore<std::fs::File>),
+) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(e.p(img))
+        .unwrap();
+    let mut s = image_format::store::FatStore::open(f).unwrap();
+    edit(&mut s);
+    s.unmount().unwrap();
+}
+
+/// Flip bit 0 of byte `at` of file `path` on the medium.
+fn flip(s: &mut image_format::store::FatStore<std::fs::File>, path: &str, at: u64) {
+    use image_format::Store;
+    let mut byte = [0u8; 1];
+    s.read_exact_at(path, at, &mut byte).unwrap();
+    byte[0] ^= 1;
+    s.write_at(path, at, &byte).unwrap();
+}
+
 /// One flipped bit in a medium's copy of the span map (MGEAR/SPANMAP) made every command on
 /// the span exit 3 with an empty capture name. The map is mirrored on every medium and the
 /// data does not depend on it: verify reports it (exit 1), inspect and ingest use the other
 /// medium's copy.
 #[test]
 fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
-    use image_format::store::FatStore;
     use image_format::Store;
     let e = Env::new();
-    e.keygen();
-    std::fs::write(e.p("disk.raw"), noise(48 << 20, 9)).unwrap();
-    let (a, b) = (e.fat("a.img", "36MiB"), e.fat("b.img", "36MiB"));
-    Line::capture(&e, "sp")
-        .source("disk.raw")
-        .medium(&a)
-        .medium(&b)
-        .args(&["--skip-space-check", "--no-compress"])
-        .ok();
-    {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(e.p("a.img"))
-            .unwrap();
-        let mut s = FatStore::open(f).unwrap();
-        let mut byte = [0u8; 1];
-        s.read_exact_at("MGEAR/SPANMAP", 10, &mut byte).unwrap();
-        byte[0] ^= 1;
-        s.write_at("MGEAR/SPANMAP", 10, &byte).unwrap();
-        s.unmount().unwrap();
-    }
+    let (a, b) = two_media_span(&e, 9);
+    edit_medium(&e, "a.img", |s| flip(s, "MGEAR/SPANMAP", 10));
     let v = e.run(&["verify", "--medium", &a, "--medium", &b]);
     assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
     assert!(
@@ -431,33 +450,22 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
     // Medium b relabelled as medium #0 (its label copied from a: a valid label, the wrong
     // one) and a byte of its segment flipped: verify of b alone took its own segment for
     // one on another medium and said OK. What is on a medium is read there.
-    let open = |name: &str| {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(e.p(name))
-            .unwrap();
-        FatStore::open(f).unwrap()
-    };
-    let mut sa = open("a.img");
-    let n = sa.len("MGEAR/SPAN").unwrap().unwrap() as usize;
-    let mut label = vec![0u8; n];
-    sa.read_exact_at("MGEAR/SPAN", 0, &mut label).unwrap();
-    sa.unmount().unwrap();
-    let mut sb = open("b.img");
-    sb.write_at("MGEAR/SPAN", 0, &label).unwrap();
-    let seg = sb
-        .list("MGEAR/sp/G0001")
-        .unwrap()
-        .into_iter()
-        .find(|x| x.name.starts_with("SEG-"))
-        .expect("b holds a segment");
-    let path = format!("MGEAR/sp/G0001/{}", seg.name);
-    let mut byte = [0u8; 1];
-    sb.read_exact_at(&path, 5000, &mut byte).unwrap();
-    byte[0] ^= 0xff;
-    sb.write_at(&path, 5000, &byte).unwrap();
-    sb.unmount().unwrap();
+    let mut label = Vec::new();
+    edit_medium(&e, "a.img", |sa| {
+        let n = sa.len("MGEAR/SPAN").unwrap().unwrap() as usize;
+        label = vec![0u8; n];
+        sa.read_exact_at("MGEAR/SPAN", 0, &mut label).unwrap();
+    });
+    edit_medium(&e, "b.img", |sb| {
+        sb.write_at("MGEAR/SPAN", 0, &label).unwrap();
+        let seg = sb
+            .list("MGEAR/sp/G0001")
+            .unwrap()
+            .into_iter()
+            .find(|x| x.name.starts_with("SEG-"))
+            .expect("b holds a segment");
+        flip(sb, &format!("MGEAR/sp/G0001/{}", seg.name), 5000);
+    });
     let v = e.run(&["verify", "--medium", &b]);
     assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
     assert!(
@@ -514,29 +522,15 @@ fn an_appliance_span_resumes_with_the_appliances_in_any_order() {
 /// the data is not bad, it is elsewhere: exit 2, give every medium.
 #[test]
 fn a_segment_no_map_places_is_missing_not_corrupt() {
-    use image_format::store::FatStore;
     use image_format::Store;
     let e = Env::new();
-    e.keygen();
-    std::fs::write(e.p("disk.raw"), noise(48 << 20, 11)).unwrap();
-    let (a, b) = (e.fat("a.img", "36MiB"), e.fat("b.img", "36MiB"));
-    Line::capture(&e, "sp")
-        .source("disk.raw")
-        .medium(&a)
-        .medium(&b)
-        .args(&["--skip-space-check", "--no-compress"])
-        .ok();
+    let (a, b) = two_media_span(&e, 11);
     for img in ["a.img", "b.img"] {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(e.p(img))
-            .unwrap();
-        let mut s = FatStore::open(f).unwrap();
-        let n = s.len("MGEAR/SPANMAP").unwrap().unwrap();
-        // The last entry (segment 1's placement) becomes a torn one, which readers drop.
-        s.set_len("MGEAR/SPANMAP", n - 3).unwrap();
-        s.unmount().unwrap();
+        edit_medium(&e, img, |s| {
+            let n = s.len("MGEAR/SPANMAP").unwrap().unwrap();
+            // The last entry (segment 1's placement) becomes a torn one, which readers drop.
+            s.set_len("MGEAR/SPANMAP", n - 3).unwrap();
+        });
     }
     let o = Line::ingest(&e, "sp")
         .medium(&a)
@@ -566,31 +560,9 @@ fn a_segment_no_map_places_is_missing_not_corrupt() {
 /// the others are ingested as far as they go.
 #[test]
 fn a_damaged_span_label_is_named_and_the_medium_still_verifies() {
-    use image_format::store::FatStore;
-    use image_format::Store;
     let e = Env::new();
-    e.keygen();
-    std::fs::write(e.p("disk.raw"), noise(48 << 20, 12)).unwrap();
-    let (a, b) = (e.fat("a.img", "36MiB"), e.fat("b.img", "36MiB"));
-    Line::capture(&e, "sp")
-        .source("disk.raw")
-        .medium(&a)
-        .medium(&b)
-        .args(&["--skip-space-check", "--no-compress"])
-        .ok();
-    {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(e.p("b.img"))
-            .unwrap();
-        let mut s = FatStore::open(f).unwrap();
-        let mut byte = [0u8; 1];
-        s.read_exact_at("MGEAR/SPAN", 20, &mut byte).unwrap();
-        byte[0] ^= 1;
-        s.write_at("MGEAR/SPAN", 20, &byte).unwrap();
-        s.unmount().unwrap();
-    }
+    let (a, b) = two_media_span(&e, 12);
+    edit_medium(&e, "b.img", |s| flip(s, "MGEAR/SPAN", 20));
     let v = e.run(&["verify", "--medium", &b]);
     assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
     assert!(
