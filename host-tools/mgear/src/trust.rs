@@ -238,51 +238,8 @@ pub fn check_generation(
     let name = &image_format::stored_name(medium, name)?;
     let (mut all, mut finished) = generations(medium, name)?;
     let mut warnings = Vec::new();
-    // A disk of a machine set is one point in time with the other disks
-    // only in a generation its set manifest binds: a finished disk
-    // generation without one is a set capture that did not finish.
     if let Some((set, _)) = image_format::set::parse_disk_stream_name(name) {
-        let mut unbound = Vec::new();
-        for &g in &finished {
-            let p = image_format::set::set_path(set, g);
-            if medium
-                .len(&p)
-                .map_err(|e| crate::err!("{p}: {e}"))?
-                .is_none()
-            {
-                unbound.push(g);
-            }
-        }
-        // Unbound although its set generation was finished (its COMMIT is
-        // there, a later one exists): the SET was removed since, and the
-        // generation before it would be a silent rollback of this disk.
-        let set_gens =
-            image_format::capture_generations(medium, set).map_err(|e| unreadable(e, set, 0))?;
-        for &g in unbound.iter().rev().take(1) {
-            let evidence = image_format::finished_evidence(medium, set, g, &set_gens)
-                .map_err(|e| unreadable(e, set, g))?;
-            if let Some(why) = evidence {
-                return Err(refuse(format!(
-                    "set {set} generation {g} was finished ({why}) but its set manifest (SET) is \
-                     missing: the medium was damaged since, and {name} generation {g} is bound by \
-                     nothing. Ask the capture site for the set again, or give --generation with \
-                     an older one to ingest it on purpose"
-                )));
-            }
-        }
-        if let Some(g) = generation.filter(|g| unbound.contains(g)) {
-            return Err(refuse(format!(
-                "{name} generation {g} is not bound by a set manifest of set {set} (its set \
-                 capture did not finish): ingest the set (--name {set}) or a generation its set \
-                 manifest binds"
-            )));
-        }
-        if let Some(g) = unbound.last() {
-            warnings.push(format!(
-                "{name} generation {g} is not bound by a set manifest of set {set} (its set \
-                 capture did not finish): not used"
-            ));
-        }
+        let unbound = unbound_by_set(medium, name, set, &finished, generation, &mut warnings)?;
         finished.retain(|g| !unbound.contains(g));
         all.retain(|g| !unbound.contains(g));
     }
@@ -446,6 +403,65 @@ pub fn check_generation(
         trusted_by,
         warnings,
     })
+}
+
+/// The finished generations of disk stream `name` of set `set` that no set
+/// manifest binds, which a reader must not use: a disk of a machine set is
+/// one point in time with the other disks only in a generation its set
+/// manifest binds. The newest of them is a set capture that did not finish
+/// (a warning), unless its set generation was finished (its COMMIT is
+/// there, a later one exists): then the SET was removed since, and the
+/// generation before it would be a silent rollback of this disk (refused),
+/// as is `--generation` naming an unbound one.
+fn unbound_by_set(
+    medium: &mut dyn Store,
+    name: &str,
+    set: &str,
+    finished: &[u32],
+    generation: Option<u32>,
+    warnings: &mut Vec<String>,
+) -> crate::Result<Vec<u32>> {
+    let mut unbound = Vec::new();
+    for &g in finished {
+        let p = image_format::set::set_path(set, g);
+        if medium
+            .len(&p)
+            .map_err(|e| crate::err!("{p}: {e}"))?
+            .is_none()
+        {
+            unbound.push(g);
+        }
+    }
+    let Some(&newest) = unbound.last() else {
+        return Ok(unbound);
+    };
+    let set_gens =
+        image_format::capture_generations(medium, set).map_err(|e| unreadable(e, set, 0))?;
+    let evidence = match generation {
+        // An older generation asked for by number is taken on purpose.
+        Some(_) => None,
+        None => image_format::finished_evidence(medium, set, newest, &set_gens)
+            .map_err(|e| unreadable(e, set, newest))?,
+    };
+    if let Some(why) = evidence {
+        return Err(refuse(format!(
+            "set {set} generation {newest} was finished ({why}) but its set manifest (SET) is \
+             missing: the medium was damaged since, and {name} generation {newest} is bound by \
+             nothing. Ask the capture site for the set again, or give --generation with an \
+             older one to ingest it on purpose"
+        )));
+    }
+    if let Some(g) = generation.filter(|g| unbound.contains(g)) {
+        return Err(refuse(format!(
+            "{name} generation {g} is not bound by a set manifest of set {set} (its set capture \
+             did not finish): ingest the set (--name {set}) or a generation its set manifest binds"
+        )));
+    }
+    warnings.push(format!(
+        "{name} generation {newest} is not bound by a set manifest of set {set} (its set capture \
+         did not finish): not used"
+    ));
+    Ok(unbound)
 }
 
 /// Generations above the newest finished one (`newest`) of capture `name`

@@ -743,6 +743,15 @@ fn a_set_generation_that_lost_its_set_manifest_is_not_skipped_silently() {
     }
     let o = e.run(&["verify", "--medium", "dir:mnt", "--name", "db01.d1"]);
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    // Asked for by number, the older generation is ingested on purpose, as the refusal says.
+    let o = e
+        .ingest("dir:mnt", "db01.d1")
+        .trust("site.pub")
+        .target("file:old.raw")
+        .args(&["--generation", "1"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert_eq!(std::fs::read(e.p("old.raw")).unwrap(), data_disk(7));
     std::fs::remove_dir_all(e.p("mnt/MGEAR/db01/G0002")).unwrap();
 
     let o = e
