@@ -526,7 +526,9 @@ pub struct Preview {
 
 /// `capture --abort`.
 fn abort(args: &Plan) -> crate::Result<i32> {
-    if let Some((set, _)) = image_format::set::parse_disk_stream_name(&args.name) {
+    // `DB01.D1` too: names are compared without case.
+    let lower = args.name.to_ascii_lowercase();
+    if let Some((set, _)) = image_format::set::parse_disk_stream_name(&lower) {
         // One disk's unfinished generation removed leaves the others'
         // unbound: the set's abort removes them all.
         return Err(usage(format!(

@@ -1326,39 +1326,70 @@ fn done_path(state_dir: &Path, volume: &Path) -> PathBuf {
 }
 
 /// The record of a finished, verified ingest of the generation with
-/// manifest root `root` into the file `volume`, with the file's size and
-/// modification time then: a machine set's ingest re-run after an
+/// manifest root `root` into the file `volume`, with the file's identity,
+/// size and change time then: a machine set's ingest re-run after an
 /// interruption keeps the disks an earlier run finished (and nobody changed
-/// since) instead of refusing their files as "exists".
+/// since: any write, and `touch`, moves the change time, which no call can
+/// set back) instead of refusing their files as "exists".
 ///
 /// ```text
-/// mgear-ingested/1
+/// mgear-ingested/2
 /// root <manifest root, hex>
+/// file <st_dev>:<st_ino>
 /// len <bytes>
-/// mtime <nanoseconds since the epoch>
+/// ctime <nanoseconds since the epoch>
 /// ```
 fn write_done(state_dir: &Path, volume: &Path, root: &[u8; 32]) -> std::io::Result<()> {
-    let (len, mtime) = len_and_mtime(volume)?;
+    let stamp = file_stamp(volume)?;
     let path = done_path(state_dir, volume);
     let tmp = path.with_extension("done.tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = image_format::private::create(&tmp)?;
-    write!(
-        f,
-        "mgear-ingested/1\nroot {}\nlen {len}\nmtime {mtime}\n",
-        crate::output::hex(root)
-    )?;
+    write!(f, "{}", done_text(root, &stamp))?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)
 }
 
-fn len_and_mtime(p: &Path) -> std::io::Result<(u64, i128)> {
+/// A file's device, inode, size and change time, as a done record holds them.
+fn file_stamp(p: &Path) -> std::io::Result<String> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p)?;
-    Ok((
+    Ok(format!(
+        "file {}:{}\nlen {}\nctime {}\n",
+        m.dev(),
+        m.ino(),
         m.len(),
-        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
     ))
+}
+
+fn done_text(root: &[u8; 32], stamp: &str) -> String {
+    format!(
+        "mgear-ingested/2\nroot {}\n{stamp}",
+        crate::output::hex(root)
+    )
+}
+
+/// The SHA-256 of the file of `target` (`--volume-sha256` of a disk an
+/// earlier run finished and this one keeps), read whole.
+pub(crate) fn target_sha256(target: &str) -> crate::Result<Option<String>> {
+    use sha2::Digest as _;
+    let Some(p) = path_target(target) else {
+        return Ok(None);
+    };
+    let mut f = File::open(&p).with_context(|| format!("reading {}", p.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(Some(crate::output::hex(&h.finalize())))
 }
 
 /// Forget the record of a finished ingest into `target` (the machine set's
@@ -1376,16 +1407,13 @@ pub(crate) fn ingested_before(state_dir: &Path, target: &str, root: &[u8; 32]) -
     let Some(p) = path_target(target) else {
         return false;
     };
-    let (Ok(text), Ok((len, mtime))) = (
+    let (Ok(text), Ok(stamp)) = (
         std::fs::read_to_string(done_path(state_dir, &p)),
-        len_and_mtime(&p),
+        file_stamp(&p),
     ) else {
         return false;
     };
-    text == format!(
-        "mgear-ingested/1\nroot {}\nlen {len}\nmtime {mtime}\n",
-        crate::output::hex(root)
-    )
+    text == done_text(root, &stamp)
 }
 
 /// The summary line of `--boot`: booted or not, and where its report is.

@@ -228,6 +228,11 @@ pub fn run(args: Request) -> crate::Result<i32> {
         captures: report.captures,
         sets: report.sets,
     });
+    for m in &report.shipment.missing_media {
+        println!(
+            "shipment NOT complete without {m}: a machine of this span may have records on it"
+        );
+    }
     Ok(crate::exit::OK)
 }
 
@@ -820,6 +825,51 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
             g.problems.push(format!(
                 "borrows records from {lender} (dedup across machines), which is complete on \
                  none of the media listed"
+            ));
+        }
+    }
+    // One generation of one name with two manifest roots on two media: two
+    // different captures that happen to share a name (media of two
+    // shipments given together), not one machine; which one a reader gets
+    // would depend on the order of the media.
+    let roots: std::collections::HashMap<(&str, &str, u32), Option<&str>> = media
+        .iter()
+        .flat_map(|(medium, caps, _)| {
+            caps.iter().flat_map(move |c| {
+                c.generations.iter().map(move |g| {
+                    (
+                        (medium.as_str(), c.name.as_str(), g.generation),
+                        g.manifest_root.as_deref(),
+                    )
+                })
+            })
+        })
+        .collect();
+    for m in &mut machines {
+        let clash: Vec<u32> = m
+            .generations
+            .iter()
+            .flat_map(|a| m.generations.iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a.generation == b.generation && a.medium != b.medium)
+            .filter(|(a, b)| {
+                a.disks.iter().zip(&b.disks).any(|(da, db)| {
+                    let ra = roots.get(&(a.medium.as_str(), da.stream.as_str(), a.generation));
+                    let rb = roots.get(&(b.medium.as_str(), db.stream.as_str(), b.generation));
+                    matches!((ra, rb), (Some(Some(x)), Some(Some(y))) if x != y)
+                })
+            })
+            .map(|(a, _)| a.generation)
+            .collect();
+        for g in m
+            .generations
+            .iter_mut()
+            .filter(|g| clash.contains(&g.generation))
+        {
+            g.state = "ambiguous";
+            g.problems.push(format!(
+                "another medium holds a different generation {} of {} (another manifest root): \
+                 two captures share the name; give the media of one shipment",
+                g.generation, m.name
             ));
         }
     }

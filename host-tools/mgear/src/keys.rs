@@ -423,7 +423,9 @@ pub fn keys(request: Request) -> crate::Result<i32> {
             // A disk of a set shares the set's key: forgetting one disk's
             // entry leaves the key under the set's name (deltas and syncs of
             // every disk still run). The set is forgotten whole.
-            if let Some((set, _)) = name
+            // `DB01.D1` too: names are compared without case.
+            let lower = name.as_deref().map(str::to_ascii_lowercase);
+            if let Some((set, _)) = lower
                 .as_deref()
                 .and_then(image_format::set::parse_disk_stream_name)
             {

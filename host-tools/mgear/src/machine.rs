@@ -344,15 +344,23 @@ fn state(
         // this one's name (a re-run with the --source order changed).
         if let Some(g) = finished {
             if !same_source(&g.source_desc, &sources[k]) {
+                let or = if sealed {
+                    // A finished set that a --sign re-run would only sign.
+                    "or, for disks that changed, capture a new generation with --delta".to_string()
+                } else {
+                    format!(
+                        "or remove the unfinished generation with `mgear capture --abort {} \
+                         --name {name}`",
+                        args.medium.as_args()
+                    )
+                };
                 return Err(usage(format!(
                     "disk {k} of set {name} generation {generation} is already captured from {}, \
                      but --source number {} is {}: give the disks in the order the set was \
-                     captured in (disk 0 first), from the same directory, or remove the \
-                     unfinished generation with `mgear capture --abort {} --name {name}`",
+                     captured in (disk 0 first), from the same directory, {or}",
                     g.source_desc,
                     k + 1,
                     sources[k],
-                    args.medium.as_args()
                 )));
             }
         }
@@ -502,10 +510,13 @@ pub fn disk_facts(spec: &str) -> SetDisk {
 }
 
 /// Every disk of the machine before the first is read: a path that is not
-/// there (or is a directory) was found only after the disks before it were
-/// captured, and one disk given twice (however spelled) was captured as two.
+/// there, or is no disk (a directory, a character device, a FIFO, whose
+/// open would wait for a writer forever), was found only after the disks
+/// before it were captured; and one disk given twice (however spelled, a
+/// hard link too) was captured as two.
 fn check_sources(sources: &[String]) -> crate::Result<()> {
-    let mut seen: Vec<(PathBuf, usize)> = Vec::new();
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let mut seen: Vec<((u64, u64), PathBuf, usize)> = Vec::new();
     for (k, s) in sources.iter().enumerate() {
         let Ok(crate::spec::Source::Path(p)) = crate::spec::Source::parse(s) else {
             continue;
@@ -517,22 +528,27 @@ fn check_sources(sources: &[String]) -> crate::Result<()> {
                 k + 1
             ))
         })?;
-        if meta.is_dir() {
+        if let Some(what) = crate::source::not_a_disk(meta.file_type()) {
             return Err(usage(format!(
-                "--source number {} ({s}, disk {k}) is a directory: give the disk's image file or \
-                 block device; nothing was captured",
+                "--source number {} ({s}, disk {k}) is {what}, not a disk: give the disk's image \
+                 file or block device; nothing was captured",
                 k + 1
             )));
         }
-        let real = std::fs::canonicalize(&p).unwrap_or(p);
-        if let Some((_, first)) = seen.iter().find(|(r, _)| *r == real) {
+        // The same file or device: its device and inode, whatever the path.
+        let id = if meta.file_type().is_block_device() {
+            (meta.rdev(), 0)
+        } else {
+            (meta.dev(), meta.ino())
+        };
+        if let Some((_, first_path, first)) = seen.iter().find(|(i, ..)| *i == id) {
             return Err(usage(format!(
-                "disk {first} and disk {k} are the same disk ({}): give each disk of the machine \
-                 once",
-                real.display()
+                "disk {first} ({}) and disk {k} ({s}) are the same disk: give each disk of the \
+                 machine once",
+                first_path.display()
             )));
         }
-        seen.push((real, k));
+        seen.push((id, p, k));
     }
     Ok(())
 }
@@ -1024,14 +1040,14 @@ pub fn ingest_set(
                 args.name
             );
             let size = file.set.disks.get(*k).map_or(0, |d| d.size);
+            let mut report =
+                crate::ingest::kept_report(&set::disk_stream_name(&args.name, *k), g, target, size);
+            if args.volume_sha256 {
+                report.volume_sha256 = crate::ingest::target_sha256(target)?;
+            }
             disks.push(IngestedDisk {
                 disk: *k,
-                report: crate::ingest::kept_report(
-                    &set::disk_stream_name(&args.name, *k),
-                    g,
-                    target,
-                    size,
-                ),
+                report,
                 manifest: None,
             });
             continue;

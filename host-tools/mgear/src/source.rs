@@ -167,7 +167,7 @@ impl FileSource {
 
 /// What a file of type `t` is when it is not something a capture can read
 /// as a disk (a regular file or a block device).
-fn not_a_disk(t: std::fs::FileType) -> Option<&'static str> {
+pub(crate) fn not_a_disk(t: std::fs::FileType) -> Option<&'static str> {
     use std::os::unix::fs::FileTypeExt as _;
     if t.is_file() || t.is_block_device() {
         None

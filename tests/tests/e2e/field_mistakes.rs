@@ -793,4 +793,11 @@ fn the_same_capture_name_on_two_media_that_are_no_span_is_ambiguous() {
         output_text(&o)
     );
     assert!(!e.p("vol.raw").exists());
+    // The shipment listing does not call them one complete machine.
+    let i = e.json(&["inspect", "--medium", &a, "--medium", &b]);
+    assert_eq!(i["shipment"]["complete"], false, "{i}");
+    assert_eq!(
+        i["shipment"]["machines"][0]["generations"][0]["state"], "ambiguous",
+        "{i}"
+    );
 }

@@ -694,7 +694,7 @@ fn a_sets_cached_key_survives_deltas_and_is_forgotten_whole() {
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(names(), ["db01", "db01.d0", "db01.d1"], "after a delta");
     // One disk's entry alone would leave the set's key: refused, nothing forgotten.
-    let o = e.run(&["keys", "forget", "--name", "db01.d1"]);
+    let o = e.run(&["keys", "forget", "--name", "DB01.D1"]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("--name db01"),
@@ -898,8 +898,21 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
         .ingest(&m, "db01")
         .trust("site.pub")
         .target("file:out-{disk}.raw")
+        .args(&["--volume-sha256", "--json"])
         .run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    // The kept disk's digest is of the file as it is (it was null).
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sha = std::process::Command::new("sha256sum")
+        .arg(e.p("out-0.raw"))
+        .output()
+        .unwrap();
+    let sha = String::from_utf8_lossy(&sha.stdout);
+    assert_eq!(
+        r["disks"][0]["volume_sha256"].as_str(),
+        sha.split_whitespace().next(),
+        "{r}"
+    );
     assert!(
         output_text(&o).contains("out-0.raw already holds it"),
         "{}",
@@ -931,12 +944,23 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
         output_text(&o)
     );
     assert!(!e.p("new-0.raw").exists());
-    // A finished disk changed since (a guest booted it with writes): not kept.
+    // A disk finished by an earlier run and changed since, its modification time put back
+    // (as `touch -r` does): not kept, refused before anything is written.
+    for k in 0..2 {
+        std::fs::remove_file(e.p(&format!("out-{k}.raw"))).unwrap();
+    }
+    ingest(&e, &m, &["--disk", "0", "--target", "file:out-0.raw"]);
+    let was = std::fs::metadata(e.p("out-0.raw"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .open(e.p("out-1.raw"))
+        .open(e.p("out-0.raw"))
         .unwrap();
     std::io::Write::write_all(&mut f, b"x").unwrap();
+    f.set_modified(was).unwrap();
     drop(f);
     let o = e
         .ingest(&m, "db01")
@@ -944,6 +968,7 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
         .target("file:out-{disk}.raw")
         .run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(!e.p("out-1.raw").exists());
 }
 
 /// A source that is not there, a directory, or the same disk twice (however spelled): refused
@@ -953,6 +978,13 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
 fn a_sets_sources_are_checked_before_any_disk_is_captured() {
     let e = machine();
     let m = e.fat("m.img", "256MiB");
+    std::fs::hard_link(e.p("disk1.raw"), e.p("hard.raw")).unwrap();
+    // A FIFO: opening it would wait for a writer forever (the capture hung).
+    assert!(std::process::Command::new("mkfifo")
+        .arg(e.p("fifo"))
+        .status()
+        .unwrap()
+        .success());
     for (sources, says) in [
         (
             ["disk0.raw", "disk1.typo"],
@@ -961,8 +993,14 @@ fn a_sets_sources_are_checked_before_any_disk_is_captured() {
         (["disk0.raw", "."], "is a directory"),
         (
             ["disk1.raw", "./disk1.raw"],
-            "disk 0 and disk 1 are the same disk",
+            "and disk 1 (./disk1.raw) are the same disk",
         ),
+        (
+            ["disk1.raw", "hard.raw"],
+            "and disk 1 (hard.raw) are the same disk",
+        ),
+        (["disk0.raw", "fifo"], "is a FIFO"),
+        (["disk0.raw", "/dev/zero"], "is a character device"),
     ] {
         let o = e.capture(&m, "db01").sources(&sources).run();
         assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));

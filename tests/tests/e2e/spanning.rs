@@ -214,6 +214,11 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     );
     let one = e.json(&["inspect", "--medium", &a]);
     assert_eq!(one["shipment"]["complete"], false, "{one}");
+    let text = String::from_utf8_lossy(&e.ok(&["inspect", "--medium", &a]).stdout).into_owned();
+    assert!(
+        text.contains("shipment NOT complete without medium #1"),
+        "{text}"
+    );
     // A medium of the span verifies alone, with the key too: the records on
     // the others are theirs to check, not "truncated segments" here.
     for m in [&a, &b, &c] {
