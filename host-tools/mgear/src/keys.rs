@@ -275,6 +275,12 @@ pub fn cache_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
     dir.join(format!("{name}-{}.key", crate::output::hex(id)))
 }
 
+/// Where a machine set's capture keeps the number of disks its unfinished
+/// generation was started with (`crate::machine`), beside its key.
+pub fn disk_count_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
+    dir.join(format!("{name}-{}.disks", crate::output::hex(id)))
+}
+
 /// Removes `NAME-*.key.*.new` in `dir`: what a run killed while writing a
 /// key cache file of capture `name` leaves (the file is written under that
 /// name, synced, then renamed). Best effort: a leftover is only clutter.
@@ -475,6 +481,8 @@ pub fn keys(request: Request) -> crate::Result<i32> {
             for k in &chosen {
                 fs::remove_file(&k.path)
                     .with_context(|| format!("removing {}", k.path.display()))?;
+                // A set's disk count goes with its key.
+                let _ = fs::remove_file(k.path.with_extension("disks"));
             }
             for id in ids {
                 let names: Vec<&str> = chosen

@@ -374,6 +374,39 @@ fn state(
     })
 }
 
+/// The number of disks set generation `g` was started with, kept beside the
+/// set's cached key (`NAME-<capture id>.disks`, one line: `generation G
+/// disks N`): the medium records it only in the SET written at the end, so
+/// a set capture stopped part-way and re-run with fewer (or more)
+/// `--source`s finished as a machine of that many disks, a disk short.
+/// Refused instead; a new generation records its own count.
+fn check_disk_count(
+    args: &capture::Plan,
+    name: &str,
+    id: &[u8; 16],
+    g: u32,
+    n: usize,
+) -> crate::Result<()> {
+    let dir = crate::keys::key_cache_dir(args.key_cache.clone())?;
+    let path = crate::keys::disk_count_file(&dir, name, id);
+    let started = std::fs::read_to_string(&path).ok().and_then(|t| {
+        t.trim()
+            .strip_prefix(&format!("generation {g} disks "))
+            .and_then(|k| k.parse::<usize>().ok())
+    });
+    match started {
+        Some(was) if was != n => Err(usage(format!(
+            "set {name} generation {g} was started with {was} disks, but {n} --source are given \
+             now: give the same disks in the same order to resume it, or remove the unfinished \
+             generation with `mgear capture --abort {} --name {name}`",
+            args.medium.as_args()
+        ))),
+        Some(_) => Ok(()),
+        None => std::fs::write(&path, format!("generation {g} disks {n}\n"))
+            .with_context(|| format!("recording the set's disk count in {}", path.display())),
+    }
+}
+
 /// Whether the source a disk was captured from (as recorded) is `given`:
 /// the same text, or paths that resolve to the same file or device. An
 /// older medium that recorded none is taken at its word.
@@ -618,6 +651,9 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
         r
     };
     let g = st.generation;
+    if !st.sealed {
+        check_disk_count(args, &name, &shared.capture_id, g, sources.len())?;
+    }
     let sign_key = args
         .sign
         .as_deref()

@@ -1017,3 +1017,34 @@ fn a_sets_sources_are_checked_before_any_disk_is_captured() {
         "nothing captured: {i}"
     );
 }
+
+/// A set capture stopped part-way and re-run with fewer --sources finished as a machine a
+/// disk short (signed, "captured"): the count it started with is kept beside its key, and a
+/// re-run with another count is refused.
+#[test]
+fn a_set_capture_resumed_with_another_number_of_disks_is_refused() {
+    let e = machine();
+    let m = e.fat("m.img", "256MiB");
+    std::fs::write(e.p("disk2.raw"), data_disk(3)).unwrap();
+    let sock = e.p("d1.sock");
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    // Disk 1's export is not served: disk 0 is captured, the set stops.
+    let o = e
+        .capture(&m, "db01")
+        .sources(&["disk0.raw", &url, "disk2.raw"])
+        .run();
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    let _served = mgear_tests::qemu_nbd(&["-t", "-r", "-f", "raw"], &sock, &e.p("disk1.raw"));
+    let o = e.capture(&m, "db01").sources(&["disk0.raw", &url]).run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("was started with 3 disks, but 2 --source are given"),
+        "{}",
+        output_text(&o)
+    );
+    let c = e
+        .capture(&m, "db01")
+        .sources(&["disk0.raw", &url, "disk2.raw"])
+        .json();
+    assert_eq!(c["disks"].as_array().unwrap().len(), 3, "{c}");
+}
