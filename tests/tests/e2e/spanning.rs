@@ -400,6 +400,16 @@ fn two_media_span(e: &Env, seed: u64) -> (String, String) {
     (a, b)
 }
 
+/// `mgear ingest` of `sp` from `media` into `out.raw` (untrusted: these captures are unsigned).
+fn ingest_sp(e: &Env, media: &[&str]) -> std::process::Output {
+    media
+        .iter()
+        .fold(Line::ingest(e, "sp"), |l, m| l.medium(m))
+        .untrusted()
+        .target("file:out.raw")
+        .run()
+}
+
 /// Change the FAT image `img` of `e` through `edit`, as someone holding the medium can.
 fn edit_medium(
     e: &Env,
@@ -443,12 +453,7 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
         output_text(&v)
     );
     e.ok(&["inspect", "--medium", &a, "--medium", &b]);
-    let o = Line::ingest(&e, "sp")
-        .medium(&a)
-        .medium(&b)
-        .untrusted()
-        .target("file:out.raw")
-        .run();
+    let o = ingest_sp(&e, &[&a, &b]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
 
@@ -537,11 +542,7 @@ fn a_segment_no_map_places_is_missing_not_corrupt() {
             s.set_len("MGEAR/SPANMAP", n - 3).unwrap();
         });
     }
-    let o = Line::ingest(&e, "sp")
-        .medium(&a)
-        .untrusted()
-        .target("file:out.raw")
-        .run();
+    let o = ingest_sp(&e, &[&a]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("on none of the media given"),
@@ -549,12 +550,7 @@ fn a_segment_no_map_places_is_missing_not_corrupt() {
         output_text(&o)
     );
     // With every medium it is found where it is.
-    let o = Line::ingest(&e, "sp")
-        .medium(&a)
-        .medium(&b)
-        .untrusted()
-        .target("file:out.raw")
-        .run();
+    let o = ingest_sp(&e, &[&a, &b]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
 }
@@ -576,22 +572,13 @@ fn a_damaged_span_label_is_named_and_the_medium_still_verifies() {
         output_text(&v)
     );
     e.ok(&["inspect", "--medium", &b]);
-    let o = Line::ingest(&e, "sp")
-        .medium(&a)
-        .medium(&b)
-        .untrusted()
-        .target("file:out.raw")
-        .run();
+    let o = ingest_sp(&e, &[&a, &b]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("span label (MGEAR/SPAN) is damaged"),
         "{}",
         output_text(&o)
     );
-    let o = Line::ingest(&e, "sp")
-        .medium(&a)
-        .untrusted()
-        .target("file:out.raw")
-        .run();
+    let o = ingest_sp(&e, &[&a]);
     assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
 }
