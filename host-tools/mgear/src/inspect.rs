@@ -108,6 +108,17 @@ pub struct SpanJson {
     /// This medium's ordinal in the span.
     pub this: Vec<u16>,
     pub media: Vec<SpanMemberJson>,
+    /// Media given whose copy of the span map did not decode (ordinal, why):
+    /// the map is mirrored on every medium, so another medium's copy lists
+    /// the span; `media` is empty when no copy given decoded.
+    pub damaged_maps: Vec<DamagedMapJson>,
+}
+
+/// A medium's copy of the span map that did not decode.
+#[derive(Debug, Serialize)]
+pub struct DamagedMapJson {
+    pub ordinal: u16,
+    pub why: String,
 }
 
 /// One medium of a span, as the span's map knows it.
@@ -269,6 +280,11 @@ fn medium_json(
                     .count(),
             })
             .collect(),
+        damaged_maps: sp
+            .damaged_maps()
+            .into_iter()
+            .map(|(ordinal, why)| DamagedMapJson { ordinal, why })
+            .collect(),
     });
     medium.close()?;
     let mut caps = listed?;
@@ -367,12 +383,29 @@ fn print_medium(report: &MediumJson) {
     );
     if let Some(sp) = &report.span {
         let this: Vec<String> = sp.this.iter().map(|o| format!("#{o}")).collect();
-        println!(
-            "span {}: this is medium {} of {}; the captures continue over these media:",
-            sp.id,
-            this.join(", "),
-            sp.media.len()
-        );
+        for d in &sp.damaged_maps {
+            println!(
+                "span {}: medium #{}'s copy of the span map is DAMAGED ({}); every medium holds \
+                 a copy: give another medium of the span beside it to list them all \
+                 (`mgear verify` names what else is damaged)",
+                sp.id, d.ordinal, d.why
+            );
+        }
+        if sp.media.is_empty() {
+            println!(
+                "span {}: this is medium {}; no copy of the span map given could be read, so the \
+                 other media of the span are not known from here",
+                sp.id,
+                this.join(", ")
+            );
+        } else {
+            println!(
+                "span {}: this is medium {} of {}; the captures continue over these media:",
+                sp.id,
+                this.join(", "),
+                sp.media.len()
+            );
+        }
         for m in &sp.media {
             println!(
                 "  #{} {}: {} segment(s){}",
@@ -897,10 +930,24 @@ fn missing_span_media(media: &[MediumJson]) -> Vec<String> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for m in media {
-        let Some(span) = &m.span else { continue };
-        if !seen.insert(span.id.clone()) {
+        let Some(first) = &m.span else { continue };
+        if !seen.insert(first.id.clone()) {
             continue;
         }
+        // Each medium is read on its own: the member list is that medium's copy of the map,
+        // empty where the copy is damaged; any given medium's readable copy serves.
+        let Some(span) = media
+            .iter()
+            .filter_map(|x| x.span.as_ref())
+            .find(|x| x.id == first.id && !x.media.is_empty())
+        else {
+            out.push(format!(
+                "the other media of span {} (no copy of its map given could be read: give \
+                 every medium of the span)",
+                first.id
+            ));
+            continue;
+        };
         let given: std::collections::HashSet<u16> = media
             .iter()
             .filter_map(|x| x.span.as_ref())

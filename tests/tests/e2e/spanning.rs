@@ -452,7 +452,31 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
         "{}",
         output_text(&v)
     );
-    e.ok(&["inspect", "--medium", &a, "--medium", &b]);
+    // inspect names the damaged copy and still lists the span from b's copy; of a alone it
+    // said "medium #0 of 0".
+    let i = e.run(&["inspect", "--medium", &a, "--medium", &b]);
+    assert_eq!(i.status.code(), Some(0), "{}", output_text(&i));
+    let text = output_text(&i);
+    assert!(
+        text.contains("medium #0's copy of the span map is DAMAGED") && text.contains(" of 2;"),
+        "{text}"
+    );
+    let i = e.run(&["inspect", "--medium", &a]);
+    let text = output_text(&i);
+    assert!(
+        text.contains("no copy of the span map given could be read") && !text.contains(" of 0"),
+        "{text}"
+    );
+    let j = e.run(&["inspect", "--medium", &a, "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&j.stdout).expect("inspect --json");
+    assert_eq!(j["span"]["damaged_maps"][0]["ordinal"], 0, "{j}");
+    // What else the shipment needs is not known from a alone: not "complete".
+    assert_eq!(j["shipment"]["complete"], false, "{j}");
+    assert_eq!(
+        j["shipment"]["missing_media"].as_array().map(Vec::len),
+        Some(1),
+        "{j}"
+    );
     let o = ingest_sp(&e, &[&a, &b]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
