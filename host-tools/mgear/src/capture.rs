@@ -962,6 +962,16 @@ fn preflight(
     }
     let newest = existing.and_then(|c| c.generations.last());
     let (kind, generation, parent, resume_from) = match newest {
+        // Refused here, before a key is cached or a directory made: the writer's own refusal
+        // came after both and left them behind at every try.
+        None if args.delta => {
+            return Err(usage(format!(
+                "there is no capture {} on this medium for --delta to add the changes to: a \
+                 delta needs a finished earlier capture of the disk on the same medium. Run the \
+                 capture without --delta first (or give the medium that holds it)",
+                args.name
+            )))
+        }
         None => ("new", 1, None, 0),
         Some(g) => match g.state {
             image_format::GenerationState::Unfinished { next_chunk } => {
@@ -1013,9 +1023,10 @@ fn preflight(
             ));
         }
     }
-    let upper = kind == "delta";
-    // A delta is not sampled: its size is the changes, which sampling cannot
-    // see, and a dirty-bitmap delta must not read clean ranges.
+    // A delta (a resumed one too: its generation has a parent) is not sampled: its size is
+    // the changes, which sampling cannot see, and a dirty-bitmap delta must not read clean
+    // ranges. A resumed delta was checked as a whole disk and refused as "medium full".
+    let upper = kind == "delta" || (kind == "resume" && parent.is_some());
     let estimate = crate::preflight::estimate(
         source,
         chunk_size,

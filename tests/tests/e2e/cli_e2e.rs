@@ -427,6 +427,48 @@ fn cli_capture_resumes_after_sigkill() {
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
 
+/// A delta killed part-way and re-run with the same command was refused as "medium full": the
+/// resume was checked for the space of a whole disk, where the same delta started afresh was
+/// checked (as a delta is) for its index.
+#[test]
+fn a_killed_delta_resumes_on_a_medium_too_small_for_a_second_full_copy() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 40 << 20, 31);
+    e.fat("medium.img", "64MiB");
+    let capture = e.capture("fat:medium.img", "web01").source("disk.raw");
+    capture.clone().ok();
+    let mut disk = fs::read(e.p("disk.raw")).unwrap();
+    for b in &mut disk[(8 << 20)..(12 << 20)] {
+        *b ^= 0x5a;
+    }
+    fs::write(e.p("disk.raw"), &disk).unwrap();
+    let delta = capture.clone().args(&["--delta"]);
+    // Killed past its changed chunks (8-11, read by about 4 s at 3 MiB/s) and well before its
+    // end (40 MiB: 13 s); the medium is locked while it runs, so the clock says when.
+    let slow = delta
+        .clone()
+        .args(&["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let started = std::time::Instant::now();
+    kill_when(&slow, || {
+        started.elapsed() > std::time::Duration::from_secs(7)
+    });
+    let i = e.json(&["inspect", "--medium", "fat:medium.img"]);
+    assert_eq!(
+        i["captures"][0]["generations"][1]["state"], "unfinished",
+        "{i}"
+    );
+    let plan = delta.clone().args(&["--dry-run"]).json();
+    assert_eq!(plan["kind"], "resume", "{plan}");
+    assert_eq!(plan["fits"], true, "{plan}");
+    let r = delta.json();
+    assert!(r["resumed_from_chunk"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["generation"], 2, "{r}");
+    #[rustfmt::skip]
+    e.ingest("fat:medium.img", "web01").untrusted().target("file:v.raw").unsealed().ok();
+    same_file(&e.p("disk.raw"), &e.p("v.raw"));
+}
+
 #[test]
 fn cli_ingest_resumes_after_sigkill() {
     let e = Env::new();

@@ -701,6 +701,41 @@ fn a_first_capture_killed_at_its_start_runs_again() {
     assert!(!e.p("m0/MGEAR/b").exists());
 }
 
+/// `--delta` of a name the medium does not hold was refused only after a key had been cached
+/// and the capture's directory made: every try left both (an orphan `medium fsck` reported,
+/// one more key per try). Now it is refused before anything is written anywhere.
+#[test]
+fn a_delta_of_a_name_never_captured_leaves_nothing() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 4 << 20, 5);
+    e.fat("medium.img", "40MiB");
+    for _ in 0..2 {
+        let o = e
+            .capture("fat:medium.img", "web01")
+            .source("a.raw")
+            .arg("--delta")
+            .run();
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains("no capture web01 on this medium for --delta"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    let i = e.json(&["inspect", "--medium", "fat:medium.img"]);
+    assert_eq!(i["captures"].as_array().map(Vec::len), Some(0), "{i}");
+    let k = e.json(&["keys", "list"]);
+    assert_eq!(k["keys"].as_array().map(Vec::len), Some(0), "{k}");
+    e.ok(&["medium", "fsck", "--medium", "fat:medium.img"]);
+    // The capture it needs first works, and then the delta.
+    e.capture("fat:medium.img", "web01").source("a.raw").ok();
+    e.capture("fat:medium.img", "web01")
+        .source("a.raw")
+        .arg("--delta")
+        .ok();
+}
+
 /// A delta whose source shares no chunk with the generation it continues (another disk given
 /// as `--source`, a set's disks in another order) is captured (the parent is untouched) but
 /// warned about, on stderr and in `--json`, with how to remove it; a real delta is not.
