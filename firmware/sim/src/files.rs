@@ -212,6 +212,71 @@ impl AppendFile {
     }
 }
 
+/// The simulator's hold on its state directory and medium for as long as it
+/// runs: one appliance is one set of secrets, one custody log and one
+/// medium. A second simulator started on either (by mistake, or `flash.sh
+/// --sim` run twice) kept its own idea of the state: it wrote a capture onto
+/// a medium the first had just sealed and forked the custody log.
+///
+/// The state directory is held with `flock`; the medium with an open file
+/// description lock (`F_OFD_SETLK`), which Linux keeps apart from `flock`,
+/// so `mgear` reading the medium image beside the simulator (its own
+/// `flock`) is not refused, while a second simulator is.
+pub struct Claim {
+    _state: nix::fcntl::Flock<File>,
+    _medium: Option<File>,
+}
+
+/// Take the [`Claim`] on `state` (an existing directory) and `medium`.
+pub fn claim(state: &Path, medium: &Path) -> io::Result<Claim> {
+    use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg};
+    let busy = |what: &Path| {
+        io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{} is in use by another mgear-appliance-sim: one simulator per appliance \
+                 (its state and its medium); stop the other one first, or give this one its own \
+                 --state and --medium",
+                what.display()
+            ),
+        )
+    };
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(state)?;
+    let dir = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => held,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(busy(state)),
+        Err((_, e)) => return Err(e.into()),
+    };
+    // A medium that does not open is left to the medium's own open, which says what is wrong
+    // with it (missing, a directory, read-only).
+    let Ok(file) = OpenOptions::new().read(true).write(true).open(medium) else {
+        return Ok(Claim {
+            _state: dir,
+            _medium: None,
+        });
+    };
+    // l_start 0 and l_len 0: the whole file, however it grows.
+    let whole = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    match fcntl(&file, FcntlArg::F_OFD_SETLK(&whole)) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => return Err(busy(medium)),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Claim {
+        _state: dir,
+        _medium: Some(file),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +363,32 @@ mod tests {
         let link_dir = top.path().join("linked");
         std::os::unix::fs::symlink(top.path().join("state"), &link_dir).unwrap();
         assert!(private_dir(&link_dir).is_err());
+    }
+
+    #[test]
+    fn a_second_claim_on_the_state_or_the_medium_is_refused_and_mgears_lock_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let (m1, m2) = (dir.path().join("m1.img"), dir.path().join("m2.img"));
+        std::fs::write(&m1, [0u8; 512]).unwrap();
+        std::fs::write(&m2, [0u8; 512]).unwrap();
+        let held = claim(&a, &m1).unwrap();
+        for (state, medium, busy) in [(&a, &m2, &a), (&b, &m1, &m1)] {
+            let e = claim(state, medium).err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("{} is in use by another", busy.display())),
+                "{e}"
+            );
+        }
+        // mgear's own flock of a medium image beside the simulator still works.
+        let f = File::open(&m1).unwrap();
+        let shared = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock);
+        assert!(shared.is_ok());
+        drop(held);
+        claim(&b, &m1).unwrap();
     }
 }

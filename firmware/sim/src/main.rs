@@ -86,6 +86,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         cfg.backoff_base_ms = 5;
         cfg.backoff_max_ms = 50;
     }
+    // Held before anything of the state is read or repaired (a torn custody log is cut back
+    // at open): a second simulator on the same appliance would act on it too.
+    mgear_appliance_sim::files::private_dir(&args.state)
+        .with_context(|| format!("state directory {}", args.state.display()))?;
+    let _claim = mgear_appliance_sim::files::claim(&args.state, &args.medium)
+        .with_context(|| format!("starting on {}", args.medium.display()))?;
     let platform = SimPlatform::open(&args.state, &args.medium, console, nbd_socket.clone())
         .map_err(|e| anyhow!("{e}"))?;
     let app = Appliance::new(platform, cfg).map_err(|e| anyhow!("starting the firmware: {e}"))?;
