@@ -902,6 +902,17 @@ impl<P: Platform> Appliance<P> {
         if let Some(r) = self.refuse(false) {
             return Ok(r);
         }
+        // Answered "Locked" before, which the host took for success and then found the state
+        // was not `locked`: say why instead.
+        if matches!(self.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived) {
+            return Ok(Response::error(
+                ErrorCode::Sealed,
+                alloc::format!(
+                    "the appliance is {}: its medium is already read-only for good, there is nothing to lock",
+                    self.state()
+                ),
+            ));
+        }
         self.save_if_dirty()?;
         if self.unlocked {
             self.unlocked = false;
@@ -1209,6 +1220,14 @@ impl<P: Platform> Appliance<P> {
                     "seal refused: verification found {} problem(s), the first: {first}; run verify for the full list",
                     report.problems.len()
                 ),
+            ));
+        }
+        // A seal is for good: sealed empty, the appliance could never take the capture it was
+        // issued for.
+        if report.captures == 0 {
+            return Ok(Response::error(
+                ErrorCode::BadRequest,
+                "seal refused: the medium holds no capture, and a sealed appliance never takes one; capture onto it first ('mgear capture --appliance PORT ...'), then seal",
             ));
         }
         let regions = match job {

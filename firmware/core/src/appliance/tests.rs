@@ -382,6 +382,9 @@ fn seal_write_protects_and_arrival_passes_on_unchanged_medium() {
         Err(BlockError::WriteProtected(DeviceState::Sealed))
     );
     assert_eq!(code(&a.handle(Request::Seal)), Some(ErrorCode::Sealed));
+    // Lock once sealed answered "Locked", which the host took for done.
+    assert_eq!(code(&a.handle(Request::Lock)), Some(ErrorCode::Sealed));
+    assert_eq!(a.state(), DeviceState::Sealed);
     assert_eq!(
         code(&a.handle(Request::CaptureBegin { name: "x".into() })),
         Some(ErrorCode::Sealed)
@@ -1308,4 +1311,27 @@ fn seal_regions_are_the_raw_medium_hashes() {
     assert_eq!(seal.body.regions, want);
     let files = attest::file_digests(&mut a.p.files, &mut |_, _| {}).unwrap();
     assert_eq!(seal.body.files, files);
+}
+
+/// Sealing an appliance with nothing on its medium made it useless for good (a sealed
+/// appliance takes no capture): refused, and it stays unlocked for the capture.
+#[test]
+fn an_empty_medium_is_not_sealed() {
+    let mut a = Appliance::new(FakePlatform::new(DISK, 21), cfg()).unwrap();
+    assert!(matches!(
+        a.handle(Request::Provision { pin: Pin::new(PIN) }),
+        Response::Provisioned { .. }
+    ));
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    let r = a.handle(Request::Seal);
+    let Response::Error {
+        code: ErrorCode::BadRequest,
+        message,
+    } = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(message.contains("holds no capture"), "{message}");
+    assert_eq!(a.state(), DeviceState::Unlocked);
+    assert_eq!(a.block_write(0, &[0; 512]), Ok(()));
 }
