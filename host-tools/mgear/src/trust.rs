@@ -65,6 +65,9 @@ pub struct Policy {
     pub allow_untrusted: bool,
     pub allow_unsealed: bool,
     pub expect_generation: Option<u32>,
+    /// `verify`, not an ingest: a capture that lacks the attestations ingest requires gets a
+    /// note saying so, not the `--allow-unsealed` override's warning (verify has no such flag).
+    pub verifying: bool,
 }
 
 impl Pins {
@@ -86,6 +89,7 @@ impl Pins {
             allow_untrusted: self.allow_untrusted,
             allow_unsealed,
             expect_generation: self.expect_generation,
+            verifying: false,
         })
     }
 }
@@ -232,7 +236,7 @@ pub fn check_generation(
     name: &str,
     generation: Option<u32>,
     policy: &Policy,
-    attestations: Option<&Attestations>,
+    attestations: Result<&Attestations, &str>,
 ) -> crate::Result<Verdict> {
     // The spelling on the medium: its COMMIT and seal bind that one.
     let name = &image_format::stored_name(medium, name)?;
@@ -323,23 +327,27 @@ pub fn check_generation(
     //    an appliance capture (manifest hint) a valid seal is also required
     //    unless --allow-unsealed.
     let ours = match attestations {
-        Some(a) => seal_is_of_this_medium(medium, name, a)?,
-        None => false,
+        Ok(a) => seal_is_of_this_medium(medium, name, a)?,
+        Err(_) => false,
     };
     let seal = match attestations {
-        None => Err("no seal/arrival attestations found".to_string()),
-        Some(a) if !ours => Err(format!(
+        Err(why) => Err(why.to_string()),
+        Ok(a) if !ours => Err(format!(
             "the seal + arrival ({}) are of another medium: none of capture {name}'s sealed \
              manifests is on this one",
             a.from
         )),
-        Some(a) => check_seal(medium, name, g, commit_file.is_some(), a, policy, manifest),
+        Ok(a) => check_seal(medium, name, g, commit_file.is_some(), a, policy, manifest),
     };
     match &seal {
         Ok((fp, true)) => trusted_by.push(format!("appliance {fp} (seal + arrival)")),
         Ok((fp, false)) => found.push(format!(
             "seal + arrival signed by appliance {fp}, which is not pinned"
         )),
+        // Where to get them is said where they are required (below), not in this list.
+        Err(_) if attestations.is_err() => {
+            found.push("no seal/arrival attestations found".to_string())
+        }
         Err(e) => found.push(e.clone()),
     }
     // A seal is required for an appliance capture (the manifest's hint) and
@@ -347,7 +355,7 @@ pub fn check_generation(
     // or changed since the seal (a deleted newer generation) is a refusal,
     // whatever else vouches for the generation.
     let pinned_sealer =
-        ours && attestations.is_some_and(|a| policy.pinned_appliance(&a.seal.body.identity));
+        ours && attestations.is_ok_and(|a| policy.pinned_appliance(&a.seal.body.identity));
     // A pinned appliance's seal of this medium that no longer matches it (a
     // generation deleted or changed since): never only a missing seal.
     let seal_mismatch = match (&seal, pinned_sealer) {
@@ -369,14 +377,30 @@ pub fn check_generation(
                  does not match the seal: {e}"
             ),
         };
-        if policy.allow_unsealed {
+        if policy.verifying {
+            warnings.push(format!(
+                "{msg}; ingest requires the seal and arrival attestations and refuses it until \
+                 they check"
+            ));
+        } else if policy.allow_unsealed {
             warnings.push(format!(
                 "--allow-unsealed: ingesting WITHOUT valid appliance attestations: {msg}"
             ));
-        } else {
+        } else if attestations.is_ok() {
             return Err(refuse(format!(
                 "{msg} (seal and arrival attestations are required; --allow-unsealed overrides, loudly)"
             )));
+        } else {
+            return Err(crate::exit::coded_hint(
+                FOUND,
+                format!(
+                    "{msg} (ingest requires the seal and arrival attestations; only where they \
+                     cannot be had, --allow-unsealed overrides, loudly)"
+                ),
+                "nothing was installed: give ingest the appliance's attestations (the appliance \
+                 itself with --appliance PORT after `mgear appliance arrival`, or the files of \
+                 `mgear appliance attestations --out DIR` with --attestations DIR)",
+            ));
         }
     }
 
@@ -782,8 +806,8 @@ mod tests {
         m.create_dir_all(&layout::generation_dir("web01", 2))
             .unwrap();
         for g in [5, 0] {
-            let e =
-                check_generation(&mut m, "web01", Some(g), &Policy::default(), None).unwrap_err();
+            let e = check_generation(&mut m, "web01", Some(g), &Policy::default(), Err("none"))
+                .unwrap_err();
             assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
             assert_eq!(
                 e.to_string(),
@@ -793,7 +817,8 @@ mod tests {
             );
         }
         // An existing but unfinished one is still refused as unfinished.
-        let e = check_generation(&mut m, "web01", Some(2), &Policy::default(), None).unwrap_err();
+        let e = check_generation(&mut m, "web01", Some(2), &Policy::default(), Err("none"))
+            .unwrap_err();
         assert!(e.to_string().contains("is not finished"), "{e}");
     }
 }

@@ -312,7 +312,8 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         // but a pinned appliance's seal of this medium that no longer
         // matches it (a newer generation deleted) fails it, as it refuses
         // the ingest.
-        let policy = t.policy(true)?;
+        let mut policy = t.policy(true)?;
+        policy.verifying = true;
         let atts = match crate::appliance::find_attestations(
             args.medium.first_appliance(),
             t.attestations.as_deref(),
@@ -335,9 +336,13 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         };
         for n in names {
             let verdict = match &atts {
-                Ok(a) => {
-                    crate::trust::check_generation(store, &n, args.generation, &policy, a.as_ref())
-                }
+                Ok(a) => crate::trust::check_generation(
+                    store,
+                    &n,
+                    args.generation,
+                    &policy,
+                    a.as_ref().map_err(String::as_str),
+                ),
                 Err(e) => Err(crate::err!("attestations: {e:#}")),
             };
             trust.push(match verdict {

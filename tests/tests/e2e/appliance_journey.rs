@@ -123,3 +123,74 @@ fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
     }
     lab.stop();
 }
+
+/// What a new operator met between seal and arrival, and with a second simulator:
+/// - ingest before `arrival` said "no seal/arrival attestations found" of an appliance holding
+///   its seal, and pointed at `--allow-unsealed`; it now names the missing arrival check and
+///   its command;
+/// - verify warned about `--allow-unsealed`, a flag it does not have;
+/// - `lock` on a sealed appliance printed "locked" and then failed (two JSON objects);
+/// - a second simulator on the same medium and state started, and wrote to the sealed medium.
+#[test]
+fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
+    let mut lab = Lab::new(64);
+    lab.sealed(3);
+    let out = lab.ingest(&["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("has not checked it on arrival")
+            && msg.contains(&format!("mgear appliance --port {} arrival", lab.tty())),
+        "{v}"
+    );
+    assert!(
+        v["error"]["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--attestations DIR"),
+        "{v}"
+    );
+    assert!(!lab.p("vol.raw").exists());
+
+    let tty = lab.tty();
+    #[rustfmt::skip]
+    let out = lab.run(&["verify", "--appliance", &tty, "--identity", "target.key", "--trust-appliance", &lab.fingerprint()]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("--allow-unsealed"), "{all}");
+    assert!(
+        all.contains("ingest requires the seal and arrival"),
+        "{all}"
+    );
+
+    let out = lab.appliance(&["--json", "lock"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nothing to lock"),
+        "{v}"
+    );
+    assert_eq!(lab.state(), "Sealed");
+
+    let second = Command::new(mgear_tests::bin("mgear-appliance-sim"))
+        .args(["--medium", &lab.s("medium.img"), "--state", &lab.s("state")])
+        .args(["--console-link", &lab.s("b.tty"), "--nbd", &lab.s("b.sock")])
+        .arg("--test-timing")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        text(&second.stderr).contains("in use by another mgear-appliance-sim"),
+        "{}",
+        text(&second.stderr)
+    );
+
+    lab.appliance_ok(&["arrival"]);
+    let out = lab.ingest(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
+}

@@ -53,25 +53,38 @@ pub fn encode_attestation(att: &Attestation) -> Vec<u8> {
 }
 
 /// Seal and arrival attestations: from the appliance (`port`), else from
-/// an export directory (`dir`), else from the medium. `Ok(None)` when there
-/// are none; which key signed them is checked by [`trust::check_generation`].
+/// an export directory (`dir`), else from the medium. `Ok(Err(why))` when
+/// there are none, saying what to do (which step was missed, where to get
+/// them); which key signed them is checked by [`trust::check_generation`].
 pub fn find_attestations(
     port: Option<&Path>,
     dir: Option<&Path>,
     medium: &mut dyn Store,
-) -> crate::Result<Option<Attestations>> {
+) -> crate::Result<Result<Attestations, String>> {
     if let Some(port) = port {
         let mut c = Client::open(port)?;
+        let at = port.display();
         return match c.call(&Request::GetAttestations)? {
             Response::Attestations {
                 seal: Some(seal),
                 arrival: Some(arrival),
-            } => Ok(Some(Attestations {
+            } => Ok(Ok(Attestations {
                 seal,
                 arrival,
-                from: format!("from the appliance at {}", port.display()),
+                from: format!("from the appliance at {at}"),
             })),
-            Response::Attestations { .. } => Ok(None),
+            Response::Attestations {
+                seal: Some(_),
+                arrival: None,
+            } => Ok(Err(format!(
+                "the appliance at {at} sealed the medium but has not checked it on arrival: run \
+                 `mgear appliance --port {at} arrival` first"
+            ))),
+            Response::Attestations { .. } => Ok(Err(format!(
+                "the appliance at {at} holds no seal attestation: it was never sealed (`mgear \
+                 appliance seal` at the capture site), or it lost its secrets (erased, locked \
+                 out) before its arrival check"
+            ))),
             other => bail!("unexpected reply to GetAttestations: {other:?}"),
         };
     }
@@ -101,7 +114,7 @@ pub fn find_attestations(
                 .map_err(|e| err!("{}: {e}", path.display()))?;
             decode_attestation(&bytes, &path.display().to_string())
         };
-        return Ok(Some(Attestations {
+        return Ok(Ok(Attestations {
             seal: get(SEAL_FILE)?,
             arrival: get(ARRIVAL_FILE)?,
             from: format!("exported in {}", dir.display()),
@@ -127,9 +140,12 @@ pub fn find_attestations(
             decode_attestation(&arrival, &arrival_path)?,
         )))
     })();
+    let none = "no seal/arrival attestations were given: read the medium through its appliance \
+                (--appliance PORT, after `mgear appliance arrival`) or give the files of `mgear \
+                appliance attestations --out DIR` (--attestations DIR)";
     match copies {
-        Ok(None) => Ok(None),
-        Ok(Some((seal, arrival))) => Ok(Some(Attestations {
+        Ok(None) => Ok(Err(none.to_string())),
+        Ok(Some((seal, arrival))) => Ok(Ok(Attestations {
             seal,
             arrival,
             from: format!("copies on the medium in {ATTEST_DIR}"),
@@ -139,7 +155,7 @@ pub fn find_attestations(
                 "mgear: WARNING: the attestation copies on the medium are ignored: {e:#} (the \
                  seal and arrival then come only from the appliance or --attestations DIR)"
             );
-            Ok(None)
+            Ok(Err(none.to_string()))
         }
     }
 }
@@ -164,7 +180,13 @@ pub fn ingest_gate(
                 _ => coded(FOUND, format!("{e:#}")),
             },
         )?;
-    let verdict = trust::check_generation(medium, name, generation, policy, atts.as_ref())?;
+    let verdict = trust::check_generation(
+        medium,
+        name,
+        generation,
+        policy,
+        atts.as_ref().map_err(String::as_str),
+    )?;
     for w in &verdict.warnings {
         eprintln!("mgear: WARNING: {w}");
     }
