@@ -476,6 +476,11 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
             let mut read = cache_reader(&cache);
             read(0, &mut head)?;
             fatmap::fat_size_supported(&head)?;
+            if let Some(at) = fatmap::backup_boot_offset(&head) {
+                let mut backup = [0u8; 512];
+                read(at, &mut backup)?;
+                fatmap::matches_backup(&head, &backup)?;
+            }
         }
         let disk = Disk {
             cache: Rc::clone(&cache),

@@ -934,17 +934,64 @@ fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> crate::Result<O
         return Ok(None);
     };
     let _lock = crate::lock::lock(path, repair, spec)?;
-    let out = std::process::Command::new(tool)
-        .arg(if repair { "-a" } else { "-n" })
+    let flag = if repair { "-a" } else { "-n" };
+    let mut child = std::process::Command::new(tool)
+        .arg(flag)
         .arg(path)
-        .output()
-        .with_context(|| format!("running fsck.fat -n {}", path.display()))?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running fsck.fat {flag} {}", path.display()))?;
+    // fsck.fat loops for ever on some damaged volumes (a whole core, for as long as it was
+    // left): it gets a deadline that grows with the medium, then is stopped and named.
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let limit = std::env::var("MGEAR_FSCK_FAT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(300 + size / (1 << 30));
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(r) = r {
+                // At most 1 MiB kept: a looping fsck.fat may print without end.
+                let _ = std::io::Read::read_to_end(&mut std::io::Read::take(r, 1 << 20), &mut kept);
+            }
+            kept
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit);
+    let status = loop {
+        if let Some(st) = child.try_wait().context("waiting for fsck.fat")? {
+            break Some(st);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut text = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+    text.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
+    let Some(status) = status else {
+        return Ok(Some(FatCheck {
+            repaired: false,
+            ok: false,
+            output: format!(
+                "fsck.fat {flag} did not finish within {limit} s and was stopped (it loops on some \
+                 damaged volumes; the boot sector is the usual cause: compare it with its backup \
+                 at sector 6). Its output: {}",
+                text.trim()
+            ),
+        }));
+    };
     // fsck.fat -a exits 1 when it corrected something: that is a success.
-    let ok = out.status.success() || (repair && out.status.code() == Some(1));
+    let ok = status.success() || (repair && status.code() == Some(1));
     Ok(Some(FatCheck {
-        repaired: repair && out.status.code() == Some(1),
+        repaired: repair && status.code() == Some(1),
         ok,
         output: text.trim().to_string(),
     }))

@@ -762,6 +762,14 @@ impl<D: FatDevice> FatStore<D> {
             .is_ok()
         {
             fat_size_supported(&head)?;
+            if let Some(at) = fatmap::backup_boot_offset(&head) {
+                let mut backup = [0u8; 512];
+                cache
+                    .lock()
+                    .and_then(|mut g| g.read_at(at, &mut backup))
+                    .map_err(|e| fat_err("open", e))?;
+                fatmap::matches_backup(&head, &backup)?;
+            }
         }
         let fs = fatfs::FileSystem::new(cache.clone(), fatfs::FsOptions::new()).map_err(|e| {
             StoreError::Io(format!(
@@ -1970,6 +1978,58 @@ pub(crate) mod tests {
             );
             assert!(e.contains("fsck.fat -n"), "{e}");
         }
+    }
+
+    /// One byte of the boot sector's BPB damaged (reserved sectors, FAT size, root cluster)
+    /// mounted as a volume with no captures, and a capture went into it. The backup copy
+    /// names the damage; with the backup copied back the volume opens as it was.
+    #[test]
+    fn a_boot_sector_that_disagrees_with_its_backup_is_refused_by_both_engines_checks() {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR").unwrap();
+        s.write_at("MGEAR/KEEP", 0, b"kept").unwrap();
+        s.unmount().unwrap();
+        let mut good = [0u8; 512];
+        open_rw(&p).read_exact(&mut good).unwrap();
+        let at = fatmap::backup_boot_offset(&good).expect("a backup boot sector");
+        for (offset, field) in [
+            (0x0e, "reserved sectors"),
+            (0x24, "FAT size"),
+            (0x2c, "root directory cluster"),
+        ] {
+            let mut f = open_rw(&p);
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.write_all(&[0x7f]).unwrap();
+            drop(f);
+            let e = FatStore::open(open_rw(&p))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains(&format!("disagree on the {field}")), "{e}");
+            assert!(e.contains(&format!("skip={}", at / 512)), "{e}");
+            // The fix the message gives: the backup copied over the boot sector.
+            let mut backup = [0u8; 512];
+            let mut f = open_rw(&p);
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.read_exact(&mut backup).unwrap();
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.write_all(&backup).unwrap();
+            drop(f);
+            let mut s = FatStore::open(open_rw(&p)).unwrap();
+            assert_eq!(s.len("MGEAR/KEEP").unwrap(), Some(4));
+            s.unmount().unwrap();
+        }
+        // A FAT12/16 boot sector (16-bit FAT size) is refused, naming FAT32.
+        let mut boot = good;
+        boot[0x16] = 8;
+        let e = fat_size_supported(&boot).unwrap_err().to_string();
+        assert!(
+            e.contains("FAT12 or FAT16") && e.contains("mgear medium format"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -79,8 +79,13 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
         )));
     }
     if le16(boot, 0x16) != 0 {
-        // FAT12/16: no 32-bit FAT size field.
-        return Ok(());
+        // FAT12/16 (a 16-bit FAT size): mounted, fatfs wrote directories fsck.fat deletes as
+        // invalid (their `..` naming the root), and the direct paths map FAT32 only.
+        return Err(StoreError::Io(String::from(
+            "the medium holds a FAT12 or FAT16 file system; MotionGear media are FAT32 (what \
+             it writes on FAT12/16 is not valid there): format it with `mgear medium format \
+             fat:PATH` (or `mkfs.fat -F 32`), which erases it",
+        )));
     }
     let fat_sectors = u64::from(le32(boot, 0x24));
     if fat_sectors * bps > MAX_FAT_BYTES {
@@ -109,6 +114,66 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// The FAT32 BPB fields a boot sector and its backup copy must agree on (offset, length,
+/// name): what places the FATs, the root directory and the clusters.
+const BPB_FIELDS: [(usize, usize, &str); 15] = [
+    (0x0b, 2, "bytes per sector"),
+    (0x0d, 1, "sectors per cluster"),
+    (0x0e, 2, "reserved sectors"),
+    (0x10, 1, "number of FATs"),
+    (0x11, 2, "root entries"),
+    (0x13, 2, "total sectors (16-bit)"),
+    (0x15, 1, "media type"),
+    (0x16, 2, "FAT size (16-bit)"),
+    (0x1c, 4, "hidden sectors"),
+    (0x20, 4, "total sectors"),
+    (0x24, 4, "FAT size"),
+    (0x2a, 2, "version"),
+    (0x2c, 4, "root directory cluster"),
+    (0x30, 2, "FSInfo sector"),
+    (0x32, 2, "backup boot sector"),
+];
+
+/// Byte offset of the backup copy of a FAT32 boot sector (BPB_BkBootSec,
+/// 6 by every formatter), `None` when the boot sector names none usable.
+pub fn backup_boot_offset(boot: &[u8]) -> Option<u64> {
+    if boot.len() < 512 || le16(boot, 0x16) != 0 {
+        return None;
+    }
+    let at = le16(boot, 0x32);
+    (at != 0 && at != 0xffff && at < le16(boot, 0x0e)).then(|| at * le16(boot, 0x0b))
+}
+
+/// Whether a FAT32 boot sector agrees with its backup copy on what places the
+/// volume's structures ([`BPB_FIELDS`]). One damaged byte there (the reserved
+/// sectors, the FAT size, the root cluster) mounted as a volume with an empty
+/// root: the captures vanished without a word ("no MGEAR directory") and a new
+/// capture was written into the broken volume. A backup without the boot
+/// signature (a formatter that writes none) is not compared.
+pub fn matches_backup(boot: &[u8], backup: &[u8]) -> Result<(), StoreError> {
+    if boot.len() < 512 || backup.len() < 512 || backup[510] != 0x55 || backup[511] != 0xaa {
+        return Ok(());
+    }
+    let differ: Vec<&str> = BPB_FIELDS
+        .iter()
+        .filter(|(o, n, _)| boot[*o..o + n] != backup[*o..o + n])
+        .map(|(_, _, name)| *name)
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    let sector = le16(boot, 0x32);
+    Err(StoreError::Io(format!(
+        "the medium's FAT32 boot sector is damaged: it and its backup copy (sector {sector}) \
+         disagree on the {}; nothing was read or written. A damaged boot sector hides the \
+         captures: copy the backup over it (on an image or device M: `dd if=M of=M bs={bps} \
+         skip={sector} count=1 conv=notrunc`, after saving a copy of M's first sector) and run \
+         this again",
+        differ.join(", "),
+        bps = le16(boot, 0x0b),
+    )))
 }
 
 /// Where a FAT32 volume keeps its FATs, root directory and clusters.

@@ -435,3 +435,93 @@ fn field_media_a_renamed_generation_directory_is_reported() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("not a generation"), "{}", text(&o));
 }
+
+/// Media a user makes by hand or damages: a FAT16 image (mkfs.fat's choice at 64 MiB without
+/// `-F 32`) took a capture whose directories fsck.fat then deleted; a boot sector with one
+/// byte of its BPB damaged mounted as an empty volume ("no MGEAR directory": the wrong medium,
+/// said verify) and took a new capture into the broken volume. Both are refused, by name,
+/// before anything is written; the damaged one comes back with the fix the message gives.
+#[test]
+fn a_fat16_medium_and_a_damaged_boot_sector_are_refused_by_name() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 2, 4);
+    let st = Command::new("mkfs.fat")
+        .args(["-F", "16", "-C"])
+        .arg(e.p("f16.img"))
+        .arg("65536")
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", text(&st));
+    let before = sha(&e.p("f16.img"));
+    let o = e.capture("fat:f16.img", "web01").source("disk.raw").run();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("FAT12 or FAT16"), "{}", text(&o));
+    assert_eq!(sha(&e.p("f16.img")), before);
+
+    e.fat("m.img", "40MiB");
+    e.capture("fat:m.img", "web01").source("disk.raw").ok();
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let good = img[..512].to_vec();
+    img[0x24] ^= 0xff;
+    fs::write(e.p("m.img"), &img).unwrap();
+    for cmd in [
+        vec!["inspect", "--medium", "fat:m.img"],
+        vec!["verify", "--medium", "fat:m.img"],
+    ] {
+        let o = e.run(&cmd);
+        assert_eq!(o.status.code(), Some(3), "{cmd:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("disagree on the FAT size"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = e.capture("fat:m.img", "new").source("disk.raw").run();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(fs::read(e.p("m.img")).unwrap(), img, "nothing written");
+    img[..512].copy_from_slice(&good);
+    fs::write(e.p("m.img"), &img).unwrap();
+    e.ok(&["verify", "--medium", "fat:m.img"]);
+}
+
+/// `medium fsck` waited on `fsck.fat` for as long as it ran, and `fsck.fat` loops for ever on
+/// some damaged volumes (46 minutes of a whole core, then killed by hand, and mgear said 0).
+/// It gets a deadline (here shortened through MGEAR_FSCK_FAT_TIMEOUT, and an `fsck.fat` that
+/// hangs put first on PATH): stopped, named, exit 1.
+#[test]
+fn an_fsck_fat_that_never_ends_is_stopped_and_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    e.fat("m.img", "40MiB");
+    fs::create_dir(e.p("bin")).unwrap();
+    fs::write(
+        e.p("bin/fsck.fat"),
+        "#!/bin/sh\necho checking\nexec sleep 600\n",
+    )
+    .unwrap();
+    fs::set_permissions(e.p("bin/fsck.fat"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        e.s("bin"),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = std::time::Instant::now();
+    let o = e
+        .line(&["medium", "fsck", "--medium", "fat:m.img", "--json"])
+        .command()
+        .env("PATH", path)
+        .env("MGEAR_FSCK_FAT_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fat = &v["fsck_fat"];
+    assert_eq!(fat["ok"], false, "{v}");
+    let said = fat["output"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("did not finish within 2 s") && said.contains("checking"),
+        "{v}"
+    );
+}
