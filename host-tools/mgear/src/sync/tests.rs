@@ -1108,6 +1108,10 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
         format!("{e:#}").contains("does not export dirty bitmap nope"),
         "{e:#}"
     );
+    assert_eq!(code_of(&e), USAGE);
+    // What to do is said once, not once by the NBD client and again by us.
+    assert_eq!(format!("{e:#}").matches("-B nope").count(), 1, "{e:#}");
+    assert!(crate::exit::hint(&e, "sync").starts_with("export it with `qemu-nbd -B nope`"));
     assert!(crate::source::open(vol.to_str().unwrap(), Some("b0")).is_err());
     // Opened without a bitmap, a source has no dirty chunks to offer: sync reads every chunk.
     let mut plain = crate::source::open(&url, None).unwrap();
