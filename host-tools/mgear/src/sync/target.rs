@@ -390,7 +390,7 @@ pub fn session<R: Read, W: Write>(
         ty::SEALED => {}
         ty::ERROR => {
             let m = Refusal::decode(&p)?.message;
-            bail!("the source gave up: {m}");
+            bail!("the source {peer} ended the session: {m}");
         }
         other => {
             return Err(refuse(
@@ -532,7 +532,7 @@ pub fn session<R: Read, W: Write>(
             }
             ty::ERROR => {
                 let m = Refusal::decode(&p)?.message;
-                bail!("the source gave up: {m}");
+                bail!("the source {peer} ended the session: {m}");
             }
             other => {
                 return Err(refuse(

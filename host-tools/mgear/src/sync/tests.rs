@@ -1117,3 +1117,69 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
     let mut plain = crate::source::open(&url, None).unwrap();
     assert_eq!(plain.dirty_chunks(cs).unwrap(), None);
 }
+
+#[test]
+fn retries_say_which_peer_was_lost_and_count_attempts_in_words() {
+    let fx = fixture(&[1]);
+    // A serve that died: nothing to read, and writes break.
+    struct Dead;
+    impl Write for Dead {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+    }
+    let mut plan = fx.plan(fx.key.clone());
+    plan.retries = 0;
+    let mut connect = || -> io::Result<Conn> { Ok((Box::new(io::empty()), Box::new(Dead))) };
+    let e = source::run(&plan, &mut fx.disk(), &mut connect).unwrap_err();
+    let m = format!("{e:#}");
+    assert!(
+        m.contains("lost the connection to test target while sending"),
+        "{m}"
+    );
+    assert!(m.contains("(gave up after 1 attempt; re-run"), "{m}");
+    assert_eq!(code_of(&e), crate::exit::IO);
+    // One that closed the connection after the handshake began: "closed", not "failed to fill whole buffer".
+    let mut connect = || -> io::Result<Conn> { Ok((Box::new(io::empty()), Box::new(io::sink()))) };
+    plan.retries = 1;
+    let e = source::run(&plan, &mut fx.disk(), &mut connect).unwrap_err();
+    let m = format!("{e:#}");
+    assert!(m.contains("test target closed the connection"), "{m}");
+    assert!(m.contains("(gave up after 2 attempts;"), "{m}");
+}
+
+#[test]
+fn another_disk_is_refused_naming_source_and_serve_and_the_serve_says_why() {
+    // Every chunk differs: the source is not the disk the target holds.
+    let all: Vec<u64> = (0..=CHUNKS).collect();
+    let fx = fixture(&all);
+    let before = std::fs::read(&fx.vol).unwrap();
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("web01"), fx.volume(), 1);
+    let mut plan = fx.plan(fx.key.clone());
+    plan.retries = 0;
+    let e = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
+    let m = format!("{e:#}");
+    assert_eq!(code_of(&e), FOUND, "{m}");
+    assert!(
+        m.contains("does not look like the disk captured as web01"),
+        "{m}"
+    );
+    // The served volume may be the wrong one just as well as the source.
+    assert!(
+        m.contains("the volume the target test target serves")
+            && m.contains("serve's --target is not the volume ingested from web01"),
+        "{m}"
+    );
+    let sessions = server.join().unwrap();
+    let logged = sessions[0].0.as_ref().unwrap_err();
+    assert!(
+        logged.contains("ended the session") && logged.contains("does not look like the disk"),
+        "{logged}"
+    );
+    assert!(!logged.contains("fill whole buffer"), "{logged}");
+    assert_eq!(std::fs::read(&fx.vol).unwrap(), before);
+}
