@@ -86,6 +86,7 @@ impl Fixture {
     fn volume(&self) -> Volume {
         Volume::open(
             in_place(&self.vol.clone()),
+            SIZE,
             CS,
             IdKey::derive(&self.key, &self.capture_id),
         )
@@ -1069,7 +1070,13 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
         },
         fence: None,
     };
-    let volume = Volume::open(in_place(&vol.clone()), cs, IdKey::derive(&key, &[4; 16])).unwrap();
+    let volume = Volume::open(
+        in_place(&vol.clone()),
+        size,
+        cs,
+        IdKey::derive(&key, &[4; 16]),
+    )
+    .unwrap();
     let (l, addr) = listen();
     let server = serve(l, served, volume, 1);
     let plan = Plan {
@@ -1182,4 +1189,73 @@ fn another_disk_is_refused_naming_source_and_serve_and_the_serve_says_why() {
     );
     assert!(!logged.contains("fill whole buffer"), "{logged}");
     assert_eq!(std::fs::read(&fx.vol).unwrap(), before);
+}
+
+#[test]
+fn serve_refuses_a_volume_that_cannot_be_the_ingested_disk() {
+    use crate::spec::Target;
+    let file = Target::File("vol.raw".into());
+    let dev = Target::Dev("/dev/vdb".into());
+    let mib = 1u64 << 20;
+    assert_eq!(
+        super::served_size(&file, 64 * mib, 64 * mib, "bt01").unwrap(),
+        None
+    );
+    // Smaller than the disk, or a file of another size: not what ingest wrote.
+    for (t, vol) in [(&file, 32 * mib), (&file, 65 * mib), (&dev, 32 * mib)] {
+        let e = super::served_size(t, vol, 64 * mib, "bt01").unwrap_err();
+        assert_eq!(code_of(&e), USAGE, "{e}");
+        assert!(
+            format!("{e}").contains(&format!("is {vol} bytes"))
+                && format!("{e}").contains("not the volume ingested from bt01"),
+            "{e}"
+        );
+        assert!(crate::exit::hint(&e, "serve").contains("mgear ingest --name bt01"));
+    }
+    // A device rounded up past the disk: served, its tail left alone.
+    let note = super::served_size(&dev, 65 * mib, 64 * mib, "bt01")
+        .unwrap()
+        .unwrap();
+    assert!(
+        note.contains("first 67108864 bytes are kept in sync"),
+        "{note}"
+    );
+
+    // The served volume is the disk's size: ids and sizes stop at its end.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.raw");
+    std::fs::write(&p, vec![3u8; 3 * CS as usize]).unwrap();
+    let key = IdKey::derive(&DataKey::from_bytes([1; 32]), &[2; 16]);
+    let v = Volume::open(in_place(&p), 2 * CS as u64, CS, key.clone()).unwrap();
+    assert_eq!(v.size(), 2 * CS as u64);
+    assert!(Volume::open(in_place(&p), 4 * CS as u64, CS, key).is_err());
+}
+
+#[test]
+fn serve_says_a_missing_volume_must_be_ingested_first() {
+    let t = crate::spec::Target::File("/proc/mgear-none/nope.raw".into());
+    let e = super::check_volume_exists(&t, "web01").unwrap_err();
+    assert!(
+        format!("{e}").contains("the volume /proc/mgear-none/nope.raw does not exist"),
+        "{e}"
+    );
+    let hint = crate::exit::hint(&e, "serve");
+    assert!(hint.contains("ingest web01 into it first"), "{hint}");
+}
+
+#[test]
+fn a_busy_listening_port_says_what_to_do() {
+    let (taken, addr) = listen();
+    let e = super::bind(&addr).unwrap_err();
+    assert_eq!(code_of(&e), crate::exit::IO);
+    assert!(
+        format!("{e}").starts_with(&format!("cannot listen on {addr}: ")),
+        "{e}"
+    );
+    let hint = crate::exit::hint(&e, "serve");
+    assert!(
+        hint.contains("another `mgear serve`") && hint.contains("another --listen"),
+        "{hint}"
+    );
+    drop(taken);
 }
