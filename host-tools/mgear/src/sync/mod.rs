@@ -397,9 +397,20 @@ pub struct SyncReport {
     pub cpu_share: f64,
 }
 
-/// Run one sync as `a` says; shared by `sync` and `cutover`.
-pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
-    let rate = a.rate_limit;
+/// A sync whose arguments were checked and whose key, signer and source
+/// were loaded ([`prepare`]): what can be wrong with the command line is
+/// found before anything is read or sent, and in `cutover` before the
+/// source is quiesced.
+pub(crate) struct Ready {
+    plan: source::Plan,
+    /// The source as [`prepare`] opened it, for the first sync that runs;
+    /// later ones open it again.
+    disk: Option<source::Disk>,
+}
+
+/// Check `a` and load what its syncs need (see [`Ready`]).
+pub(crate) fn prepare(a: &Plan) -> crate::Result<Ready> {
+    check_address("--to", &a.to, false)?;
     if !a.retry_wait.is_finite() || a.retry_wait < 0.0 {
         return Err(usage("--retry-wait must be a number of seconds >= 0"));
     }
@@ -431,12 +442,13 @@ pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
         .as_deref()
         .map(crate::sitekey::read_signing_key)
         .transpose()?;
-    let mut disk = crate::source::open(&a.source, a.dirty_bitmap.as_deref())?;
+    let disk = crate::source::open(&a.source, a.dirty_bitmap.as_deref())?;
+    resolve(&a.to)?;
     let plan = source::Plan {
         name: a.name.clone(),
         key,
         bitmap: a.dirty_bitmap.clone(),
-        rate,
+        rate: a.rate_limit,
         retries: a.retries,
         retry_wait: Duration::from_secs_f64(a.retry_wait),
         peer: a.to.clone(),
@@ -445,10 +457,53 @@ pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
         other_keys: keys,
         force: a.force,
     };
+    // An NBD export served by a `qemu-nbd` without --persistent goes away
+    // with its first client: the connection opened here is the one the
+    // first sync reads. A file or device is opened again by each sync.
+    let disk = crate::spec::is_nbd(&a.source).then_some(disk);
+    Ok(Ready { plan, disk })
+}
+
+/// Resolve `--to`'s host once before anything is read: a name that does not
+/// resolve is not worth the reconnect loop (that is for connections that
+/// drop), so it ends the command at once (exit 3; it may be the DNS).
+fn resolve(to: &str) -> crate::Result<()> {
+    use std::net::ToSocketAddrs;
+    let hint = "check the host name in --to (`getent hosts HOST` asks the resolver this host \
+                uses), then run again";
+    match to.to_socket_addrs().map(|mut addrs| addrs.next().is_some()) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(coded_next(
+            IO,
+            format!("--to {to}: the host name resolves to no address"),
+            hint,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            Err(usage(format!("--to {to}: {e}: give HOST:PORT")))
+        }
+        Err(e) => Err(coded_next(
+            IO,
+            format!("--to {to}: cannot resolve the host name: {e}"),
+            hint,
+        )),
+    }
+}
+
+/// Run one sync as `a` says; shared by `sync` and `cutover`.
+pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
+    run_ready(a, &mut prepare(a)?)
+}
+
+/// Run one sync of a [`prepare`]d plan.
+pub(crate) fn run_ready(a: &Plan, ready: &mut Ready) -> crate::Result<SyncReport> {
+    let mut disk = match ready.disk.take() {
+        Some(d) => d,
+        None => crate::source::open(&a.source, a.dirty_bitmap.as_deref())?,
+    };
     let cpu0 = crate::progress::cpu_seconds();
     let started = Instant::now();
     let to = a.to.clone();
-    let stats = source::run(&plan, &mut disk, &mut || source::tcp(&to))?;
+    let stats = source::run(&ready.plan, &mut disk, &mut || source::tcp(&to))?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = (crate::progress::cpu_seconds() - cpu0).max(0.0);
     Ok(SyncReport {
@@ -460,7 +515,7 @@ pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
         wire_bytes_per_s: stats.wire_bytes as f64 / seconds.max(1e-9),
         stats,
         seconds,
-        rate_limit_bytes_per_s: rate,
+        rate_limit_bytes_per_s: a.rate_limit,
         cpu_seconds,
         cpu_share: cpu_seconds / seconds.max(1e-9),
     })

@@ -1259,3 +1259,66 @@ fn a_busy_listening_port_says_what_to_do() {
     );
     drop(taken);
 }
+
+/// The typed `mgear sync` command line of the tests below: nothing that
+/// exists, so only the checks that come first can pass.
+fn cli_plan(to: &str) -> crate::sync::Plan {
+    crate::sync::Plan {
+        source: "/proc/mgear-none/disk.raw".into(),
+        to: to.into(),
+        name: "web01".into(),
+        key_cache: Some("/proc/mgear-none/keys".into()),
+        dirty_bitmap: None,
+        rate_limit: None,
+        retries: 5,
+        retry_wait: 2.0,
+        json: false,
+        sign: None,
+        force: false,
+    }
+}
+
+#[test]
+fn a_malformed_to_is_a_usage_error_at_once() {
+    for bad in [
+        "notaport",
+        "127.0.0.1:99999",
+        "localhost",
+        ":7410",
+        "127.0.0.1:0",
+        "127.0.0.1:",
+    ] {
+        let started = std::time::Instant::now();
+        let e = super::run_sync(&cli_plan(bad)).err().unwrap();
+        assert_eq!(code_of(&e), USAGE, "{bad}: {e:#}");
+        let m = format!("{e:#}");
+        assert!(
+            m.starts_with(&format!("--to {bad}: give HOST:PORT")) && m.contains("1 to 65535"),
+            "{m}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{bad} was retried"
+        );
+    }
+    // A listening address may ask for any free port; a bad one names --listen.
+    assert!(super::check_address("--listen", "127.0.0.1:0", true).is_ok());
+    assert!(super::check_address("--to", "[::1]:7410", false).is_ok());
+    let e = super::check_address("--listen", "localhost", true).unwrap_err();
+    assert!(format!("{e}").starts_with("--listen localhost: "), "{e}");
+}
+
+#[test]
+fn a_host_that_does_not_resolve_ends_the_sync_without_retries() {
+    let started = std::time::Instant::now();
+    let e = super::resolve("nosuchhost.invalid:7410").unwrap_err();
+    // The environment (3), not the arguments; said once, not after 6 attempts.
+    assert_eq!(code_of(&e), crate::exit::IO, "{e:#}");
+    assert!(
+        format!("{e:#}").contains("--to nosuchhost.invalid:7410: cannot resolve the host name"),
+        "{e:#}"
+    );
+    assert!(crate::exit::hint(&e, "sync").contains("host name in --to"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    super::resolve("127.0.0.1:7410").unwrap();
+}
