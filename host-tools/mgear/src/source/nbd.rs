@@ -63,20 +63,23 @@ pub fn open(url: &NbdUrl, bitmap: Option<&str>) -> crate::Result<Box<dyn Source>
         // The NBD error carries a hint of its own that says what ours says:
         // only its facts go into the message, and the next step once.
         Err(_) => connect(false).map_err(|e| match (e, bitmap) {
-            (mgear_nbd::Error::MetaContextUnsupported { server, context, .. }, Some(b)) => {
-                coded_next(
-                    USAGE,
-                    format!(
-                        "{spec} does not export dirty bitmap {b} (the server {server} offers no \
+            (
+                mgear_nbd::Error::MetaContextUnsupported {
+                    server, context, ..
+                },
+                Some(b),
+            ) => coded_next(
+                USAGE,
+                format!(
+                    "{spec} does not export dirty bitmap {b} (the server {server} offers no \
                          meta context {context})"
-                    ),
-                    format!(
-                        "export it with `qemu-nbd -B {b}`; the bitmap must be in the image, made \
+                ),
+                format!(
+                    "export it with `qemu-nbd -B {b}`; the bitmap must be in the image, made \
                          with `qemu-img bitmap --add --enable DISK {b}` no later than the capture \
                          whose changes it tracks"
-                    ),
-                )
-            }
+                ),
+            ),
             (other, _) => {
                 crate::Error::from(other).context(format!("connecting to NBD source {spec}"))
             }

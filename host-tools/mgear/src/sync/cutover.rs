@@ -11,10 +11,12 @@
 //!    `mgear_boot`) until `--wait-for` appears on its console; downtime ends
 //!    at that proof of boot.
 //!
-//! If anything fails after quiescing, `--resume CMD` runs so the source
-//! serves again; the target volume is left as the last sync wrote it.
+//! If anything fails from the quiesce on, `--resume CMD` runs so the source
+//! serves again; the target volume is left as the last sync wrote it. The
+//! two commands' standard output goes to mgear's standard error: mgear's
+//! standard output is the result (with `--json`, exactly one JSON object).
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::Context;
@@ -23,7 +25,7 @@ use mgear_boot::{BootSpec, Target};
 use serde::Serialize;
 
 use super::{prepare, print_summary, run_ready, Cutover, SyncReport};
-use crate::exit::{coded, usage, FOUND, OK, USAGE};
+use crate::exit::{coded, coded_next, usage, FOUND, IO, OK};
 
 /// What `cutover --json` prints.
 #[derive(Debug, Serialize)]
@@ -40,17 +42,21 @@ pub struct CutoverReport {
     pub boot_matched: Option<String>,
 }
 
-/// Run a user hook through `sh -c`.
+/// Run a user hook through `sh -c`; its standard output goes to our
+/// standard error (see the module doc). A command that fails is exit 3: the
+/// arguments were fine, the source's environment did not cooperate. The
+/// caller says what that left and what to do.
 fn hook(what: &str, cmd: &str) -> crate::Result<()> {
     let status = Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .stdout(Stdio::from(std::io::stderr()))
         .status()
-        .with_context(|| format!("cannot run the {what} command `{cmd}`"))?;
+        .with_context(|| format!("cannot run the --{what} command `{cmd}`"))?;
     if !status.success() {
         return Err(coded(
-            USAGE,
-            format!("the {what} command `{cmd}` failed ({status})"),
+            IO,
+            format!("the --{what} command `{cmd}` failed ({status})"),
         ));
     }
     Ok(())
@@ -65,6 +71,24 @@ fn rollback(a: &Cutover, e: crate::Error) -> crate::Error {
         eprintln!("mgear cutover: failed after quiescing; the source was resumed with `{cmd}`");
     }
     e
+}
+
+/// The `--quiesce` command failed (`e`): resume the source if `--resume`
+/// says how, and say what state it was left in.
+fn quiesce_failed(a: &Cutover, e: crate::Error) -> crate::Error {
+    let after = match &a.resume {
+        None => "no --resume was given: the source may be partly stopped, check it".to_string(),
+        Some(cmd) => match hook("resume", cmd) {
+            Ok(()) => format!("the source was resumed with `{cmd}`"),
+            Err(r) => format!("resuming the source failed too ({r:#}): check it"),
+        },
+    };
+    coded_next(
+        IO,
+        format!("{e:#}; nothing was synced after it and the target was not booted; {after}"),
+        "fix the --quiesce command (run it by hand on the source to see why it fails), then run \
+         the cutover again",
+    )
 }
 
 /// The boot that proves the cutover: `--boot-target`, `--wait-for` and
@@ -141,7 +165,7 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
 
     eprintln!("mgear cutover: quiescing the source: {}", a.quiesce);
     let down = Instant::now();
-    hook("quiesce", &a.quiesce).map_err(|e| rollback(&a, e))?;
+    hook("quiesce", &a.quiesce).map_err(|e| quiesce_failed(&a, e))?;
     let quiesce_seconds = down.elapsed().as_secs_f64();
 
     let final_sync = run_ready(&a.sync, &mut ready).map_err(|e| rollback(&a, e))?;
@@ -304,5 +328,44 @@ mod tests {
         let nbd = "nbd+unix:///web01?socket=/run/web01.sock";
         let e = boot_spec(&cutover_args(nbd, nbd, "login:")).unwrap_err();
         assert!(format!("{e:#}").contains("is the --source"), "{e:#}");
+    }
+
+    #[test]
+    fn a_failing_quiesce_names_the_command_its_status_and_what_became_of_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let resumed = dir.path().join("resumed");
+        let mut a = cutover_args("disk.raw", "file:vol.raw", "login:");
+        a.quiesce = "exit 7".into();
+        let e = hook("quiesce", &a.quiesce).unwrap_err();
+        // The user's command failed, not the arguments: 3, as for the environment.
+        assert_eq!(code_of(&e), IO);
+        let e = quiesce_failed(&a, e);
+        let m = format!("{e:#}");
+        assert_eq!(code_of(&e), IO, "{m}");
+        assert!(
+            m.contains("the --quiesce command `exit 7` failed (exit status: 7)"),
+            "{m}"
+        );
+        assert!(m.contains("no --resume was given"), "{m}");
+        // What to do is in the message (the human error line) and the hint (--json).
+        assert_eq!(m.matches("fix the --quiesce command").count(), 1, "{m}");
+        let hint = crate::exit::hint(&e, "cutover");
+        assert!(hint.starts_with("fix the --quiesce command"), "{hint}");
+        a.resume = Some(format!("touch {}", resumed.display()));
+        let m = format!(
+            "{:#}",
+            quiesce_failed(&a, hook("quiesce", "exit 7").unwrap_err())
+        );
+        assert!(m.contains("the source was resumed with `touch"), "{m}");
+        assert!(resumed.exists());
+        a.resume = Some("exit 9".into());
+        let m = format!(
+            "{:#}",
+            quiesce_failed(&a, hook("quiesce", "exit 7").unwrap_err())
+        );
+        assert!(
+            m.contains("resuming the source failed too (the --resume command `exit 9` failed"),
+            "{m}"
+        );
     }
 }
