@@ -46,6 +46,18 @@ pub fn coded_hint(code: i32, message: impl Into<String>, hint: impl Into<String>
     }
 }
 
+/// An error with exit code `code` whose message says what is wrong (`what`)
+/// and then what to do (`next`): the `mgear: error:` line shows only the
+/// message, so the next step is in it, and `--json` carries it as the hint.
+pub fn coded_next(code: i32, what: impl std::fmt::Display, next: impl Into<String>) -> Error {
+    let next = next.into();
+    Error::Coded {
+        code,
+        message: format!("{what}; {next}"),
+        hint: Some(next),
+    }
+}
+
 /// Shorthand for a usage/key error (exit 2).
 pub fn usage(message: impl Into<String>) -> Error {
     coded(USAGE, message)
@@ -212,6 +224,10 @@ mod tests {
             hint(&usage("bad flag"), "verify"),
             "check the arguments and key files: `mgear verify --help`"
         );
+        let e = coded_next(IO, "port 7410 is taken", "give another --listen");
+        assert_eq!(e.to_string(), "port 7410 is taken; give another --listen");
+        assert_eq!(hint(&e, "serve"), "give another --listen");
+        assert_eq!(code_of(&e), IO);
         assert_eq!(
             [kind(FOUND), kind(USAGE), kind(IO), kind(PENDING)],
             ["failure", "usage", "io", "pending"]

@@ -90,20 +90,20 @@ pub enum Target {
     Cinder(String),
 }
 
-fn nonempty(spec: &str, p: &str) -> crate::Result<PathBuf> {
+fn nonempty(flag: &str, spec: &str, p: &str) -> crate::Result<PathBuf> {
     if p.is_empty() {
         return Err(usage(format!(
-            "--target {spec} has no path: use {TARGET_KINDS}"
+            "{flag} {spec} has no path: use {TARGET_KINDS}"
         )));
     }
     Ok(PathBuf::from(p))
 }
 
 /// A Cinder volume name: 1-255 characters, no control characters.
-fn check_cinder_name(name: &str) -> crate::Result<()> {
+fn check_cinder_name(flag: &str, name: &str) -> crate::Result<()> {
     if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
         return Err(usage(format!(
-            "--target cinder:{name:?}: give a volume name of 1-255 printable characters"
+            "{flag} cinder:{name:?}: give a volume name of 1-255 printable characters"
         )));
     }
     Ok(())
@@ -112,24 +112,30 @@ fn check_cinder_name(name: &str) -> crate::Result<()> {
 impl Target {
     /// Parse a `--target` spec; see the module doc.
     pub fn parse(s: &str, bare: Bare) -> crate::Result<Self> {
+        Self::parse_flag("--target", s, bare)
+    }
+
+    /// Parse a target spec given as `flag` (`--boot-target`, ...): messages
+    /// name the flag the user typed.
+    pub fn parse_flag(flag: &str, s: &str, bare: Bare) -> crate::Result<Self> {
         if is_nbd(s) {
-            return nbd_url("--target", s).map(Target::Nbd);
+            return nbd_url(flag, s).map(Target::Nbd);
         }
         if s.starts_with("rbd:") {
             return Ok(RbdSpec::parse(s).map(Target::Rbd)?);
         }
         if let Some(name) = s.strip_prefix("cinder:") {
-            return check_cinder_name(name).map(|()| Target::Cinder(name.into()));
+            return check_cinder_name(flag, name).map(|()| Target::Cinder(name.into()));
         }
         if let Some(rest) = s.strip_prefix("ebs-snapshot:") {
             let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
             if name.is_empty() {
                 return Err(usage(format!(
-                    "--target {s} has no name: use ebs-snapshot:NAME"
+                    "{flag} {s} has no name: use ebs-snapshot:NAME"
                 )));
             }
             let opts =
-                EbsOptions::parse_query(query).map_err(|e| usage(format!("--target {s}: {e}")))?;
+                EbsOptions::parse_query(query).map_err(|e| usage(format!("{flag} {s}: {e}")))?;
             return Ok(Target::EbsSnapshot {
                 name: name.to_string(),
                 opts,
@@ -139,21 +145,19 @@ impl Target {
             return Ok(Target::Libvirt(t?));
         }
         if let Some(p) = s.strip_prefix("file:").or_else(|| s.strip_prefix("raw:")) {
-            return Ok(Target::File(nonempty(s, p)?));
+            return Ok(Target::File(nonempty(flag, s, p)?));
         }
         if let Some(p) = s.strip_prefix("qcow2:") {
-            return Ok(Target::Qcow2(nonempty(s, p)?));
+            return Ok(Target::Qcow2(nonempty(flag, s, p)?));
         }
         if let Some(p) = s.strip_prefix("dev:") {
-            return Ok(Target::Dev(nonempty(s, p)?));
+            return Ok(Target::Dev(nonempty(flag, s, p)?));
         }
         let looks_like_kind = s
             .split_once(':')
             .is_some_and(|(k, _)| !k.is_empty() && !k.contains('/'));
         if bare == Bare::Refuse || looks_like_kind || s.is_empty() {
-            return Err(usage(format!(
-                "--target {s}: say which kind: {TARGET_KINDS}"
-            )));
+            return Err(usage(format!("{flag} {s}: say which kind: {TARGET_KINDS}")));
         }
         use std::os::unix::fs::FileTypeExt;
         let p = PathBuf::from(s);
@@ -362,6 +366,19 @@ mod tests {
     }
 
     #[test]
+    fn messages_name_the_flag_the_target_was_given_as() {
+        for bad in ["bogus:xyz", "file:", "nbd://", "cinder:", "ebs-snapshot:"] {
+            let e = Target::parse_flag("--boot-target", bad, Bare::Existing).unwrap_err();
+            let m = e.to_string();
+            assert!(m.starts_with("--boot-target "), "{bad}: {m}");
+            assert!(!m.contains("--target "), "{bad}: {m}");
+            assert_eq!(code_of(&e), 2, "{bad}: {m}");
+        }
+        let e = Target::parse("bogus:xyz", Bare::Existing).unwrap_err();
+        assert!(e.to_string().starts_with("--target bogus:xyz: "), "{e}");
+    }
+
+    #[test]
     fn bare_paths_name_what_is_there() {
         let e = Bare::Existing;
         assert_eq!(
@@ -415,10 +432,14 @@ mod tests {
 
     #[test]
     fn cinder_names() {
-        assert!(check_cinder_name("web01").is_ok());
-        assert!(check_cinder_name(&"x".repeat(255)).is_ok());
+        assert!(check_cinder_name("--target", "web01").is_ok());
+        assert!(check_cinder_name("--target", &"x".repeat(255)).is_ok());
         for bad in ["", "a\tb", &"x".repeat(256)] {
-            assert_eq!(code_of(&check_cinder_name(bad).unwrap_err()), 2, "{bad:?}");
+            assert_eq!(
+                code_of(&check_cinder_name("--target", bad).unwrap_err()),
+                2,
+                "{bad:?}"
+            );
         }
     }
 }

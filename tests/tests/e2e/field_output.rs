@@ -256,7 +256,8 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
     ]);
     json_error(&o, "sync", 3, "io");
 
-    // cutover --json: one object; the syncs inside carry no envelope of their own.
+    // cutover --json: one object; the syncs inside carry no envelope of their own,
+    // and what the quiesce command prints goes to stderr.
     let (mut served, addr, mut rest) = serve(&e, &[]);
     let o = e.run(&[
         "cutover",
@@ -267,7 +268,7 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
         "--name",
         "web01",
         "--quiesce",
-        "true",
+        "echo quiescing now",
         "--boot-target",
         "file:vol.raw",
         "--wait-for",
@@ -279,10 +280,15 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
         "--json",
     ]);
     let c = envelope(&o, "cutover");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("quiescing now"),
+        "{}",
+        output_text(&o)
+    );
     assert_eq!(c["final_sync"]["verified"], true, "{c}");
     assert!(c["downtime_seconds"].as_f64().unwrap() > 0.0, "{c}");
     assert!(c["final_sync"].get("command").is_none(), "{c}");
-    // A quiesce hook that fails is a usage error, as JSON too.
+    // A quiesce hook that fails is the environment's failure (3), as JSON too.
     let o = e.run(&[
         "cutover",
         "--source",
@@ -300,9 +306,12 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
         "site.key",
         "--json",
     ]);
-    let v = json_error(&o, "cutover", 2, "usage");
+    let v = json_error(&o, "cutover", 3, "io");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("quiesce"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--quiesce"),
         "{v}"
     );
 

@@ -480,3 +480,234 @@ fn allow_untrusted_is_an_explicit_loud_override() {
     assert!(log.contains("UNSIGNED session accepted"), "{log}");
     assert_eq!(read_volume(&e), std::fs::read(e.p("disk.raw")).unwrap());
 }
+
+/// `mgear serve --target VOL --listen ADDR` with the usual medium, key and
+/// pin, run to its end (for the refusals, which come before it listens).
+fn serve_run(e: &Env, target: &str, listen: &str) -> Output {
+    e.run(&[
+        "serve",
+        "--target",
+        target,
+        "--medium",
+        "fat:medium.img",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--listen",
+        listen,
+    ])
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Everything cutover can find wrong with its arguments is found before it
+/// syncs or quiesces anything; a quiesce command that fails is exit 3 naming
+/// it, and with `--json` stdout is exactly one JSON object (what the hooks
+/// print goes to stderr); a malformed `--to` is exit 2 at once, for sync too.
+#[test]
+fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 4, 9);
+    e.capture_and_ingest("64MiB");
+    let log_path = e.p("serve.log");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen_logging(std::fs::File::create(&log_path).unwrap());
+    let cutover = |to: &str, quiesce: &str, boot_target: &str, extra: &[&str]| {
+        let mut a = vec![
+            "cutover",
+            "--source",
+            "disk.raw",
+            "--to",
+            to,
+            "--name",
+            "web01",
+            "--sign",
+            "site.key",
+            "--quiesce",
+            quiesce,
+            "--boot-target",
+            boot_target,
+        ];
+        a.extend_from_slice(extra);
+        let started = Instant::now();
+        let o = e.run(&a);
+        (o, started.elapsed())
+    };
+    let refused = |o: &Output, code: i32, says: &str| {
+        assert_eq!(o.status.code(), Some(code), "{}", text(o));
+        assert!(stderr(o).contains(says), "{says:?} in {}", text(o));
+        assert!(!e.p("quiesced").exists(), "quiesced: {}", text(o));
+    };
+
+    // A regex that does not compile: before the warm sync, not after the final one.
+    let (o, _) = cutover(
+        &addr,
+        "touch quiesced",
+        "file:vol.raw",
+        &["--wait-for", "("],
+    );
+    refused(&o, 2, "--wait-for is not a valid regex");
+    // A boot target of no known kind names --boot-target.
+    let (o, _) = cutover(&addr, "touch quiesced", "bogus:xyz", &[]);
+    refused(&o, 2, "--boot-target bogus:xyz: say which kind");
+    // The source itself, by its name and through a symlink.
+    std::os::unix::fs::symlink(e.p("disk.raw"), e.p("link.raw")).unwrap();
+    for bt in ["file:disk.raw", "link.raw"] {
+        let (o, _) = cutover(&addr, "touch quiesced", bt, &[]);
+        refused(
+            &o,
+            2,
+            &format!("--boot-target {bt} is the --source disk.raw"),
+        );
+    }
+    // A --to that is no HOST:PORT: exit 2 at once, not ten seconds of retries.
+    for bad in ["notaport", "127.0.0.1:99999", "localhost"] {
+        let (o, took) = cutover(bad, "touch quiesced", "file:vol.raw", &[]);
+        refused(&o, 2, &format!("--to {bad}: give HOST:PORT"));
+        assert!(took < Duration::from_secs(5), "{bad}: {took:?}");
+        let started = Instant::now();
+        let o = e.run(&[
+            "sync", "--source", "disk.raw", "--to", bad, "--name", "web01",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(stderr(&o).contains("give HOST:PORT"), "{}", text(&o));
+        assert!(started.elapsed() < Duration::from_secs(5), "{bad}");
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains("session with"), "nothing was synced: {log}");
+
+    // The quiesce command fails: exit 3 naming it, the source resumed, and
+    // stdout is the one JSON object (the hooks' own output went to stderr).
+    let (o, _) = cutover(
+        &addr,
+        "echo QFAIL; exit 7",
+        "file:vol.raw",
+        &[
+            "--resume",
+            "echo RESUMED; touch resumed",
+            "--no-presync",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|err| panic!("not one JSON object ({err}): {}", text(&o)));
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["error"]["kind"], "io", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    for want in [
+        "the --quiesce command `echo QFAIL; exit 7` failed (exit status: 7)",
+        "the target was not booted",
+        "the source was resumed with `echo RESUMED; touch resumed`",
+    ] {
+        assert!(m.contains(want), "{want:?} in {v}");
+    }
+    assert!(
+        v["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("fix the --quiesce command"),
+        "{v}"
+    );
+    assert!(stderr(&o).contains("QFAIL") && stderr(&o).contains("RESUMED"));
+    assert!(e.p("resumed").exists());
+}
+
+/// serve checks its volume and port before it reads the volume: another
+/// disk's volume (another size) or a missing one is refused, a busy port ends
+/// it at once; and a sync that finds its source is not the disk the serve
+/// holds tells the serve why it stops.
+#[test]
+fn serve_refuses_a_volume_that_is_not_the_ingested_disk_and_a_busy_port_at_once() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 8, 11);
+    e.capture_and_ingest("64MiB");
+
+    // Half the size: not the volume ingested from web01.
+    let vol = std::fs::read(e.p("vol.raw")).unwrap();
+    std::fs::write(e.p("half.raw"), &vol[..vol.len() / 2]).unwrap();
+    let o = serve_run(&e, "file:half.raw", "127.0.0.1:0");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("it is not the volume ingested from web01")
+            && stderr(&o).contains("mgear ingest --name web01"),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+
+    // A volume that is not there: ingest it first.
+    let o = serve_run(&e, "file:nope.raw", "127.0.0.1:0");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("the volume nope.raw does not exist")
+            && stderr(&o).contains("ingest web01 into it first"),
+        "{}",
+        text(&o)
+    );
+
+    // A port another program holds: said before the volume is hashed.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap().to_string();
+    let o = serve_run(&e, "file:vol.raw", &taken);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        stderr(&o).contains(&format!("cannot listen on {taken}"))
+            && stderr(&o).contains("another `mgear serve`")
+            && stderr(&o).contains("another --listen"),
+        "{}",
+        text(&o)
+    );
+    assert!(!stderr(&o).contains("hashed"), "{}", text(&o));
+    drop(busy);
+
+    // Another disk as --source: the sync names the serve's volume as a
+    // possible cause, and the serve's log says the source ended the session.
+    let log_path = e.p("serve.log");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen_logging(std::fs::File::create(&log_path).unwrap());
+    write_disk(&e.p("other.raw"), 8, 12);
+    let o = e.run(&[
+        "sync",
+        "--source",
+        "other.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--sign",
+        "site.key",
+        "--retries",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("does not look like the disk captured as web01")
+            && stderr(&o).contains("serve's --target is not the volume ingested from web01"),
+        "{}",
+        text(&o)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("ended with nothing applied") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        log.contains("ended the session: other.raw does not look like the disk"),
+        "{log}"
+    );
+    assert!(!log.contains("fill whole buffer"), "{log}");
+    assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), vol);
+}

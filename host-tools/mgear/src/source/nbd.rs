@@ -17,7 +17,7 @@ use crate::error::Context;
 use mgear_nbd::{Client, ConnectOptions, NbdUrl, BASE_ALLOCATION};
 
 use super::Source;
-use crate::exit::usage;
+use crate::exit::{coded_next, usage, USAGE};
 
 /// Allocation map fetched per request.
 const WINDOW: u64 = 256 << 20;
@@ -60,12 +60,29 @@ pub fn open(url: &NbdUrl, bitmap: Option<&str>) -> crate::Result<Box<dyn Source>
     // The allocation map is a bonus: an export without it is read whole.
     let client = match connect(true) {
         Ok(c) => c,
+        // The NBD error carries a hint of its own that says what ours says:
+        // only its facts go into the message, and the next step once.
         Err(_) => connect(false).map_err(|e| match (e, bitmap) {
-            (e @ mgear_nbd::Error::MetaContextUnsupported { .. }, Some(b)) => usage(format!(
-                "{spec} does not export dirty bitmap {b}: {e} (export it with `qemu-nbd -B {b}`, \
-                 create it with `qemu-img bitmap --add --enable DISK {b}` before the parent capture)"
-            )),
-            (other, _) => crate::Error::from(other).context(format!("connecting to NBD source {spec}")),
+            (
+                mgear_nbd::Error::MetaContextUnsupported {
+                    server, context, ..
+                },
+                Some(b),
+            ) => coded_next(
+                USAGE,
+                format!(
+                    "{spec} does not export dirty bitmap {b} (the server {server} offers no \
+                         meta context {context})"
+                ),
+                format!(
+                    "export it with `qemu-nbd -B {b}`; the bitmap must be in the image, made \
+                         with `qemu-img bitmap --add --enable DISK {b}` no later than the capture \
+                         whose changes it tracks"
+                ),
+            ),
+            (other, _) => {
+                crate::Error::from(other).context(format!("connecting to NBD source {spec}"))
+            }
         })?,
     };
     let allocation = client.meta_contexts().iter().any(|c| c == BASE_ALLOCATION);

@@ -1,5 +1,8 @@
 //! `mgear cutover`: the only step that needs downtime.
 //!
+//! 0. every argument is checked first (the boot target, the regex, the
+//!    sync's address, key and source), before the warm sync and long before
+//!    the source is quiesced: a typo found after quiescing costs downtime;
 //! 1. a warm sync while the source still runs (skipped with `--no-presync`),
 //!    so the quiesced sync has little left to send;
 //! 2. `--quiesce CMD` (downtime starts when it is launched);
@@ -8,18 +11,21 @@
 //!    `mgear_boot`) until `--wait-for` appears on its console; downtime ends
 //!    at that proof of boot.
 //!
-//! If anything fails after quiescing, `--resume CMD` runs so the source
-//! serves again; the target volume is left as the last sync wrote it.
+//! If anything fails from the quiesce on, `--resume CMD` runs so the source
+//! serves again; the target volume is left as the last sync wrote it. The
+//! two commands' standard output goes to mgear's standard error: mgear's
+//! standard output is the result (with `--json`, exactly one JSON object).
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::Context;
+use crate::spec::{Bare, Source};
 use mgear_boot::{BootSpec, Target};
 use serde::Serialize;
 
-use super::{print_summary, run_sync, Cutover, SyncReport};
-use crate::exit::{coded, usage, FOUND, OK, USAGE};
+use super::{prepare, print_summary, run_ready, Cutover, SyncReport};
+use crate::exit::{coded, coded_next, usage, FOUND, IO, OK};
 
 /// What `cutover --json` prints.
 #[derive(Debug, Serialize)]
@@ -36,17 +42,21 @@ pub struct CutoverReport {
     pub boot_matched: Option<String>,
 }
 
-/// Run a user hook through `sh -c`.
+/// Run a user hook through `sh -c`; its standard output goes to our
+/// standard error (see the module doc). A command that fails is exit 3: the
+/// arguments were fine, the source's environment did not cooperate. The
+/// caller says what that left and what to do.
 fn hook(what: &str, cmd: &str) -> crate::Result<()> {
     let status = Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .stdout(Stdio::from(std::io::stderr()))
         .status()
-        .with_context(|| format!("cannot run the {what} command `{cmd}`"))?;
+        .with_context(|| format!("cannot run the --{what} command `{cmd}`"))?;
     if !status.success() {
         return Err(coded(
-            USAGE,
-            format!("the {what} command `{cmd}` failed ({status})"),
+            IO,
+            format!("the --{what} command `{cmd}` failed ({status})"),
         ));
     }
     Ok(())
@@ -63,9 +73,28 @@ fn rollback(a: &Cutover, e: crate::Error) -> crate::Error {
     e
 }
 
-/// `mgear cutover`.
-pub fn cutover(a: Cutover) -> crate::Result<i32> {
-    let target = crate::spec::Target::parse(&a.boot_target, crate::spec::Bare::Existing)?
+/// The `--quiesce` command failed (`e`): resume the source if `--resume`
+/// says how, and say what state it was left in.
+fn quiesce_failed(a: &Cutover, e: crate::Error) -> crate::Error {
+    let after = match &a.resume {
+        None => "no --resume was given: the source may be partly stopped, check it".to_string(),
+        Some(cmd) => match hook("resume", cmd) {
+            Ok(()) => format!("the source was resumed with `{cmd}`"),
+            Err(r) => format!("resuming the source failed too ({r:#}): check it"),
+        },
+    };
+    coded_next(
+        IO,
+        format!("{e:#}; nothing was synced after it and the target was not booted; {after}"),
+        "fix the --quiesce command (run it by hand on the source to see why it fails), then run \
+         the cutover again",
+    )
+}
+
+/// The boot that proves the cutover: `--boot-target`, `--wait-for` and
+/// `--boot-timeout`, checked without running anything.
+fn boot_spec(a: &Cutover) -> crate::Result<BootSpec> {
+    let target = crate::spec::Target::parse_flag("--boot-target", &a.boot_target, Bare::Existing)?
         .boot_target()
         .ok_or_else(|| {
             usage(format!(
@@ -73,32 +102,73 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
                 a.boot_target
             ))
         })?;
-    let mut spec = BootSpec::new(target.clone(), a.wait_for.clone());
-    spec.timeout = Duration::from_secs(a.boot_timeout);
     if a.wait_for.is_empty() {
         return Err(usage(
             "--wait-for must not be empty: give a regex that proves the boot, e.g. 'login:'",
         ));
     }
-    if let Target::File(p) | Target::Qcow2(p) = &target {
-        // Find a typo before the source is quiesced, not after.
+    if a.boot_timeout == 0 {
+        return Err(usage(
+            "--boot-timeout 0 gives the target no time to boot: give the seconds to wait for \
+             --wait-for",
+        ));
+    }
+    let timeout = Duration::from_secs(a.boot_timeout);
+    // Compiled now, not when the target boots after the final sync.
+    mgear_boot::Expectation::new(&a.wait_for, timeout)?;
+    refuse_the_source(a, &target)?;
+    if let Target::File(p) | Target::Qcow2(p) | Target::Dev(p) = &target {
         std::fs::metadata(p)
             .with_context(|| format!("--boot-target {}: cannot find the volume", a.boot_target))?;
     }
+    let mut spec = BootSpec::new(target, a.wait_for.clone());
+    spec.timeout = timeout;
+    Ok(spec)
+}
+
+/// Refuse a `--boot-target` that is the `--source` (by any name: the same
+/// file or device, a link to it, a partition of it, the same NBD export).
+/// Booting the source's own disk would "prove" a boot of the machine that
+/// is being migrated away from, and call the target booted.
+fn refuse_the_source(a: &Cutover, target: &Target) -> crate::Result<()> {
+    let same = match (Source::parse(&a.sync.source)?, target) {
+        (Source::Path(src), Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) => {
+            crate::guard::overlaps(p, &src)
+        }
+        (Source::Nbd(src), Target::Nbd(url)) => src.to_string() == *url,
+        _ => false,
+    };
+    if same {
+        return Err(usage(format!(
+            "--boot-target {} is the --source {} (the same file or device under another name, or a \
+             part of it): booting it would prove nothing about the target; give the volume \
+             `mgear serve` keeps in sync (its --target)",
+            a.boot_target, a.sync.source
+        )));
+    }
+    Ok(())
+}
+
+/// `mgear cutover`.
+pub fn cutover(a: Cutover) -> crate::Result<i32> {
+    let spec = boot_spec(&a)?;
+    // QEMU missing is found now, not after the source went down.
+    mgear_boot::LocalQemu::new()?;
+    let mut ready = prepare(&a.sync)?;
 
     let presync = if a.no_presync {
         None
     } else {
         eprintln!("mgear cutover: warm sync while the source runs");
-        Some(run_sync(&a.sync)?)
+        Some(run_ready(&a.sync, &mut ready)?)
     };
 
     eprintln!("mgear cutover: quiescing the source: {}", a.quiesce);
     let down = Instant::now();
-    hook("quiesce", &a.quiesce).map_err(|e| rollback(&a, e))?;
+    hook("quiesce", &a.quiesce).map_err(|e| quiesce_failed(&a, e))?;
     let quiesce_seconds = down.elapsed().as_secs_f64();
 
-    let final_sync = run_sync(&a.sync).map_err(|e| rollback(&a, e))?;
+    let final_sync = run_ready(&a.sync, &mut ready).map_err(|e| rollback(&a, e))?;
     if !final_sync.stats.verified {
         return Err(rollback(&a, coded(FOUND, "the final sync did not verify")));
     }
@@ -164,4 +234,138 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
          machine's disk from here, and the serve would still apply a later sync to it"
     );
     Ok(OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{code_of, USAGE};
+
+    /// A cutover of `source` onto `boot_target`; nothing else needs to exist.
+    fn cutover_args(source: &str, boot_target: &str, wait_for: &str) -> Cutover {
+        Cutover {
+            sync: crate::sync::Plan {
+                source: source.into(),
+                to: "127.0.0.1:7410".into(),
+                name: "web01".into(),
+                key_cache: None,
+                dirty_bitmap: None,
+                rate_limit: None,
+                retries: 0,
+                retry_wait: 0.0,
+                json: false,
+                sign: None,
+                force: false,
+            },
+            quiesce: "true".into(),
+            resume: None,
+            boot_target: boot_target.into(),
+            wait_for: wait_for.into(),
+            boot_timeout: 300,
+            no_presync: true,
+        }
+    }
+
+    #[test]
+    fn boot_arguments_are_checked_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("disk.raw");
+        let vol = dir.path().join("vol.raw");
+        std::fs::write(&src, [1u8; 4096]).unwrap();
+        std::fs::write(&vol, [1u8; 4096]).unwrap();
+        let (s, v) = (src.to_str().unwrap(), format!("file:{}", vol.display()));
+        assert!(boot_spec(&cutover_args(s, &v, "login:")).is_ok());
+        let refused = |a: Cutover| {
+            let e = boot_spec(&a).unwrap_err();
+            assert_eq!(code_of(&e), USAGE, "{e:#}");
+            format!("{e:#}")
+        };
+        // A regex that does not compile, found before the warm sync.
+        let m = refused(cutover_args(s, &v, "("));
+        assert!(m.contains("--wait-for is not a valid regex"), "{m}");
+        // A bad kind names the flag it came from.
+        let m = refused(cutover_args(s, "bogus:xyz", "login:"));
+        assert!(
+            m.starts_with("--boot-target bogus:xyz: say which kind"),
+            "{m}"
+        );
+        let mut a = cutover_args(s, &v, "login:");
+        a.boot_timeout = 0;
+        assert!(refused(a).contains("--boot-timeout 0"));
+    }
+
+    #[test]
+    fn the_source_itself_is_refused_as_boot_target_by_any_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("disk.raw");
+        std::fs::write(&src, [1u8; 4096]).unwrap();
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&src, &link).unwrap();
+        let hard = dir.path().join("hard.raw");
+        std::fs::hard_link(&src, &hard).unwrap();
+        let dotted = dir.path().join(".").join("disk.raw");
+        let s = src.to_str().unwrap();
+        for t in [&src, &link, &hard, &dotted] {
+            for kind in ["file:", "qcow2:", ""] {
+                let bt = format!("{kind}{}", t.display());
+                let e = boot_spec(&cutover_args(s, &bt, "login:")).unwrap_err();
+                assert_eq!(code_of(&e), USAGE, "{bt}: {e:#}");
+                assert!(
+                    format!("{e:#}").contains(&format!("--boot-target {bt} is the --source")),
+                    "{e:#}"
+                );
+            }
+        }
+        // The source spelled with a kind too.
+        let e = boot_spec(&cutover_args(
+            &format!("raw:{s}"),
+            &format!("file:{}", link.display()),
+            "login:",
+        ))
+        .unwrap_err();
+        assert_eq!(code_of(&e), USAGE);
+        // The same NBD export.
+        let nbd = "nbd+unix:///web01?socket=/run/web01.sock";
+        let e = boot_spec(&cutover_args(nbd, nbd, "login:")).unwrap_err();
+        assert!(format!("{e:#}").contains("is the --source"), "{e:#}");
+    }
+
+    #[test]
+    fn a_failing_quiesce_names_the_command_its_status_and_what_became_of_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let resumed = dir.path().join("resumed");
+        let mut a = cutover_args("disk.raw", "file:vol.raw", "login:");
+        a.quiesce = "exit 7".into();
+        let e = hook("quiesce", &a.quiesce).unwrap_err();
+        // The user's command failed, not the arguments: 3, as for the environment.
+        assert_eq!(code_of(&e), IO);
+        let e = quiesce_failed(&a, e);
+        let m = format!("{e:#}");
+        assert_eq!(code_of(&e), IO, "{m}");
+        assert!(
+            m.contains("the --quiesce command `exit 7` failed (exit status: 7)"),
+            "{m}"
+        );
+        assert!(m.contains("no --resume was given"), "{m}");
+        // What to do is in the message (the human error line) and the hint (--json).
+        assert_eq!(m.matches("fix the --quiesce command").count(), 1, "{m}");
+        let hint = crate::exit::hint(&e, "cutover");
+        assert!(hint.starts_with("fix the --quiesce command"), "{hint}");
+        a.resume = Some(format!("touch {}", resumed.display()));
+        let m = format!(
+            "{:#}",
+            quiesce_failed(&a, hook("quiesce", "exit 7").unwrap_err())
+        );
+        assert!(m.contains("the source was resumed with `touch"), "{m}");
+        assert!(resumed.exists());
+        a.resume = Some("exit 9".into());
+        let m = format!(
+            "{:#}",
+            quiesce_failed(&a, hook("quiesce", "exit 7").unwrap_err())
+        );
+        assert!(
+            m.contains("resuming the source failed too (the --resume command `exit 9` failed"),
+            "{m}"
+        );
+    }
 }

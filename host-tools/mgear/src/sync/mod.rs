@@ -34,7 +34,7 @@ use crate::error::Context;
 use image_format::{CaptureReader, DataKey};
 use serde::Serialize;
 
-use crate::exit::{usage, OK};
+use crate::exit::{coded_next, usage, IO, OK, USAGE};
 use crate::units::human_bytes;
 
 pub use cutover::cutover;
@@ -125,18 +125,125 @@ fn seconds(v: f64, what: &str) -> crate::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// `mgear serve`.
-pub fn serve(a: Serve) -> crate::Result<i32> {
-    // A bad --listen is a usage error, found before the volume is hashed.
-    if a.listen
-        .rsplit_once(':')
-        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
-    {
-        return Err(usage(format!(
-            "--listen {}: give HOST:PORT with a port from 0 to 65535 (e.g. 0.0.0.0:7878, or 127.0.0.1:0 for any free port)",
-            a.listen
+/// Check `addr` is HOST:PORT (`flag` names it in the message); a port of 0
+/// only where `any_port` (listening on any free port).
+fn check_address(flag: &str, addr: &str, any_port: bool) -> crate::Result<()> {
+    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| any_port || p != 0)
+    });
+    if ok {
+        return Ok(());
+    }
+    Err(usage(if any_port {
+        format!(
+            "{flag} {addr}: give HOST:PORT with a port from 0 to 65535 (e.g. 0.0.0.0:7878, or \
+             127.0.0.1:0 for any free port)"
+        )
+    } else {
+        format!(
+            "{flag} {addr}: give HOST:PORT where `mgear serve` listens, with a port from 1 to \
+             65535 (e.g. 127.0.0.1:7410, the address its `listening on` line prints)"
+        )
+    }))
+}
+
+/// Open the listening socket, with what to do when that fails.
+fn bind(listen: &str) -> crate::Result<TcpListener> {
+    use std::io::ErrorKind as K;
+    TcpListener::bind(listen).map_err(|e| {
+        let (code, next) = match e.kind() {
+            K::AddrInUse => (
+                IO,
+                format!(
+                    "another program listens on {listen}, perhaps another `mgear serve` (`ss -ltnp` \
+                     names it): stop it, or give another --listen (port 0 picks a free one)"
+                ),
+            ),
+            K::AddrNotAvailable => (
+                USAGE,
+                "give an address of this host in --listen (0.0.0.0:PORT listens on all of them)"
+                    .to_string(),
+            ),
+            K::PermissionDenied => (
+                IO,
+                "ports below 1024 need privileges: give a port from 1024 up in --listen"
+                    .to_string(),
+            ),
+            _ => (
+                IO,
+                "check that --listen names an address of this host, then run again".to_string(),
+            ),
+        };
+        coded_next(code, format!("cannot listen on {listen}: {e}"), next)
+    })
+}
+
+/// How many bytes of a volume of `vol_size` bytes serve keeps in sync with
+/// capture `name`'s disk of `disk_size` bytes, and a note to print when that
+/// is not the whole volume. A volume smaller than the disk, or a file of
+/// another size (ingest writes a `file:` volume at exactly the disk's size),
+/// is not the volume ingested from that capture: refused, rather than
+/// letting a sync blame the source for it (or `--force` overwrite it). A
+/// device or NBD export may be larger (a cloud volume rounded up to whole
+/// GiB): ingest keeps its tail, and so does serve.
+fn served_size(
+    spec: &crate::spec::Target,
+    vol_size: u64,
+    disk_size: u64,
+    name: &str,
+) -> crate::Result<Option<String>> {
+    if vol_size == disk_size {
+        return Ok(None);
+    }
+    let larger_ok = !matches!(spec, crate::spec::Target::File(_));
+    if vol_size > disk_size && larger_ok {
+        return Ok(Some(format!(
+            "{spec} is {vol_size} bytes, larger than capture {name}'s disk ({disk_size} bytes): \
+             its first {disk_size} bytes are kept in sync, the rest is left as it is"
         )));
     }
+    Err(coded_next(
+        USAGE,
+        format!(
+            "--target {spec} is {vol_size} bytes ({}), but capture {name}'s disk is {disk_size} \
+             bytes ({}): it is not the volume ingested from {name}, so no sync could apply to it",
+            human_bytes(vol_size),
+            human_bytes(disk_size)
+        ),
+        format!(
+            "give serve the volume `mgear ingest --name {name}` wrote (or ingest {name} into this \
+             one first); a device or NBD export may be larger than the disk, a file: volume is \
+             exactly its size"
+        ),
+    ))
+}
+
+/// A `file:` or `dev:` volume must exist: serve keeps an ingested volume,
+/// it never creates one.
+fn check_volume_exists(spec: &crate::spec::Target, name: &str) -> crate::Result<()> {
+    let (crate::spec::Target::File(p) | crate::spec::Target::Dev(p)) = spec else {
+        return Ok(());
+    };
+    match std::fs::metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(coded_next(
+            IO,
+            format!("--target {spec}: the volume {} does not exist", p.display()),
+            format!(
+                "serve keeps a volume `mgear ingest` already wrote in sync with its source: \
+                 ingest {name} into it first (`mgear ingest --name {name} --target {spec} ...`), \
+                 or give the path of the ingested volume"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `mgear serve`.
+pub fn serve(a: Serve) -> crate::Result<i32> {
+    // Every argument is checked, and the port bound, before the volume is
+    // hashed: that is a full read, and a typo or a busy port found after it
+    // wastes it.
+    check_address("--listen", &a.listen, true)?;
     let spec = crate::spec::Target::parse(&a.target, crate::spec::Bare::Existing)?;
     let limits = target::Limits {
         handshake: seconds(a.handshake_timeout, "--handshake-timeout")?,
@@ -150,6 +257,7 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
              holding the capture's data key",
         ));
     }
+    check_volume_exists(&spec, &a.name)?;
     let mut trust = target::Trust {
         keys: Vec::new(),
         allow_untrusted: a.allow_untrusted,
@@ -174,6 +282,9 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
         .ok_or_else(|| {
         usage("serve needs the capture's key: --identity TARGET.key or --passphrase-file FILE")
     })?;
+    // Sources that connect while the volume is hashed wait in the backlog;
+    // `listening on` is printed once they are answered.
+    let listener = bind(&a.listen)?;
     let mut medium = a.medium.open_read_only()?;
     // One volume is one disk: a machine set is served disk by disk.
     if image_format::set::is_set(medium.store(), &a.name).unwrap_or(false) {
@@ -211,24 +322,17 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
         crate::spec::Target::File(p) => Some(target::Fence::of(p)?),
         _ => None,
     };
-    let vol =
-        target::ServedVolume::open(crate::target::open_in_place(&spec)?, m.chunk_size, id_key)?;
+    let volume = crate::target::open_in_place(&spec)?;
+    if let Some(note) = served_size(&spec, volume.size(), m.disk_size, &name)? {
+        eprintln!("mgear serve: note: {note}");
+    }
+    let vol = target::ServedVolume::open(volume, m.disk_size, m.chunk_size, id_key)?;
     eprintln!(
         "mgear serve: hashed {spec} ({}) in {:.1} s",
         human_bytes(vol.size()),
         started.elapsed().as_secs_f64()
     );
-    if vol.size() != m.disk_size {
-        eprintln!(
-            "mgear serve: warning: the volume is {} bytes, capture {} was {} bytes",
-            vol.size(),
-            a.name,
-            m.disk_size
-        );
-    }
     crate::signals::install();
-    let listener =
-        TcpListener::bind(&a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr().context("listening address")?;
     // Scripts and tests read the port from this line (with --listen HOST:0).
     if crate::output::json() {
@@ -293,9 +397,20 @@ pub struct SyncReport {
     pub cpu_share: f64,
 }
 
-/// Run one sync as `a` says; shared by `sync` and `cutover`.
-pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
-    let rate = a.rate_limit;
+/// A sync whose arguments were checked and whose key, signer and source
+/// were loaded ([`prepare`]): what can be wrong with the command line is
+/// found before anything is read or sent, and in `cutover` before the
+/// source is quiesced.
+pub(crate) struct Ready {
+    plan: source::Plan,
+    /// The source as [`prepare`] opened it, for the first sync that runs;
+    /// later ones open it again.
+    disk: Option<source::Disk>,
+}
+
+/// Check `a` and load what its syncs need (see [`Ready`]).
+pub(crate) fn prepare(a: &Plan) -> crate::Result<Ready> {
+    check_address("--to", &a.to, false)?;
     if !a.retry_wait.is_finite() || a.retry_wait < 0.0 {
         return Err(usage("--retry-wait must be a number of seconds >= 0"));
     }
@@ -327,12 +442,13 @@ pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
         .as_deref()
         .map(crate::sitekey::read_signing_key)
         .transpose()?;
-    let mut disk = crate::source::open(&a.source, a.dirty_bitmap.as_deref())?;
+    let disk = crate::source::open(&a.source, a.dirty_bitmap.as_deref())?;
+    resolve(&a.to)?;
     let plan = source::Plan {
         name: a.name.clone(),
         key,
         bitmap: a.dirty_bitmap.clone(),
-        rate,
+        rate: a.rate_limit,
         retries: a.retries,
         retry_wait: Duration::from_secs_f64(a.retry_wait),
         peer: a.to.clone(),
@@ -341,10 +457,53 @@ pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
         other_keys: keys,
         force: a.force,
     };
+    // An NBD export served by a `qemu-nbd` without --persistent goes away
+    // with its first client: the connection opened here is the one the
+    // first sync reads. A file or device is opened again by each sync.
+    let disk = crate::spec::is_nbd(&a.source).then_some(disk);
+    Ok(Ready { plan, disk })
+}
+
+/// Resolve `--to`'s host once before anything is read: a name that does not
+/// resolve is not worth the reconnect loop (that is for connections that
+/// drop), so it ends the command at once (exit 3; it may be the DNS).
+fn resolve(to: &str) -> crate::Result<()> {
+    use std::net::ToSocketAddrs;
+    let hint = "check the host name in --to (`getent hosts HOST` asks the resolver this host \
+                uses), then run again";
+    match to.to_socket_addrs().map(|mut addrs| addrs.next().is_some()) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(coded_next(
+            IO,
+            format!("--to {to}: the host name resolves to no address"),
+            hint,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            Err(usage(format!("--to {to}: {e}: give HOST:PORT")))
+        }
+        Err(e) => Err(coded_next(
+            IO,
+            format!("--to {to}: cannot resolve the host name: {e}"),
+            hint,
+        )),
+    }
+}
+
+/// Run one sync as `a` says; shared by `sync` and `cutover`.
+pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
+    run_ready(a, &mut prepare(a)?)
+}
+
+/// Run one sync of a [`prepare`]d plan.
+pub(crate) fn run_ready(a: &Plan, ready: &mut Ready) -> crate::Result<SyncReport> {
+    let mut disk = match ready.disk.take() {
+        Some(d) => d,
+        None => crate::source::open(&a.source, a.dirty_bitmap.as_deref())?,
+    };
     let cpu0 = crate::progress::cpu_seconds();
     let started = Instant::now();
     let to = a.to.clone();
-    let stats = source::run(&plan, &mut disk, &mut || source::tcp(&to))?;
+    let stats = source::run(&ready.plan, &mut disk, &mut || source::tcp(&to))?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu_seconds = (crate::progress::cpu_seconds() - cpu0).max(0.0);
     Ok(SyncReport {
@@ -356,7 +515,7 @@ pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
         wire_bytes_per_s: stats.wire_bytes as f64 / seconds.max(1e-9),
         stats,
         seconds,
-        rate_limit_bytes_per_s: rate,
+        rate_limit_bytes_per_s: a.rate_limit,
         cpu_seconds,
         cpu_share: cpu_seconds / seconds.max(1e-9),
     })

@@ -105,9 +105,14 @@ enum Fail {
     Fatal(crate::Error),
 }
 
-impl From<io::Error> for Fail {
-    fn from(e: io::Error) -> Self {
-        Fail::Retry(e.into())
+/// A write to the target failed: the connection is gone (the serve stopped,
+/// the network dropped it). Retried, and the message names the peer: a bare
+/// "Broken pipe" does not say which connection broke.
+fn lost(peer: &str) -> impl Fn(io::Error) -> Fail + '_ {
+    move |e| {
+        Fail::Retry(
+            crate::Error::from(e).context(format!("lost the connection to {peer} while sending")),
+        )
     }
 }
 
@@ -177,8 +182,8 @@ pub fn run(
                 return Err(coded(
                     IO,
                     format!(
-                        "{e:#} (gave up after {} attempts; re-run to continue)",
-                        run.stats.attempts
+                        "{e:#} (gave up after {}; re-run to continue)",
+                        attempts(run.stats.attempts)
                     ),
                 ))
             }
@@ -193,6 +198,11 @@ pub fn run(
             }
         }
     }
+}
+
+/// "1 attempt", "3 attempts".
+fn attempts(n: u32) -> String {
+    format!("{n} attempt{}", if n == 1 { "" } else { "s" })
 }
 
 /// Turn an ERROR frame from the target into a fatal error with the right exit code.
@@ -274,7 +284,7 @@ impl Run<'_> {
             l.acquire(f.len() as u64);
         }
         let started = Instant::now();
-        w.write_all(&f)?;
+        w.write_all(&f).map_err(lost(&self.plan.peer))?;
         self.stats.send_seconds += started.elapsed().as_secs_f64();
         self.stats.wire_bytes += f.len() as u64;
         Ok(())
@@ -335,9 +345,12 @@ impl Run<'_> {
                 FOUND,
                 format!(
                     "{} does not look like the disk captured as {name}: none of {n} sampled chunks \
-                     matches the target's volume, so nothing was sent. Check --source (the wrong \
-                     disk?); if the whole disk really was rewritten since the capture, pass --force",
+                     matches the volume the target {} serves, so nothing was sent. Either --source \
+                     is the wrong disk, or that serve's --target is not the volume ingested from \
+                     {name} (it holds another disk): check both; if the whole disk really was \
+                     rewritten since the capture, pass --force",
                     self.disk.describe(),
+                    self.plan.peer,
                 ),
             )));
         }
@@ -361,7 +374,7 @@ impl Run<'_> {
         }
         .encode();
         self.send(&mut w, ty::HELLO, &hello)?;
-        w.flush()?;
+        w.flush().map_err(lost(&peer))?;
 
         let (t, welcome) = recv(&mut r, &peer)?;
         let p = &welcome;
@@ -449,7 +462,7 @@ impl Run<'_> {
             }),
         };
         self.send_sealed(&mut w, &mut s, ty::PROOF, &proof.encode())?;
-        w.flush()?;
+        w.flush().map_err(lost(&peer))?;
 
         let mut ids: Vec<[u8; 32]> = Vec::new();
         while (ids.len() as u64) < count {
@@ -496,7 +509,18 @@ impl Run<'_> {
         // what changed-block tracking avoids, and the bitmap itself belongs
         // to the captured disk's image (another disk does not export it).
         if !self.identity_checked && !self.plan.force && self.plan.bitmap.is_none() {
-            self.check_identity(&id_key, &ids, &candidates, size, chunk_size, &name)?;
+            if let Err(f) = self.check_identity(&id_key, &ids, &candidates, size, chunk_size, &name)
+            {
+                // Tell the serve why the session ends here (best effort): its log
+                // would otherwise read as a connection that was lost.
+                if let Fail::Fatal(e) = &f {
+                    let p = Refusal::new(err::GAVE_UP, format!("{e:#}")).encode();
+                    if let Ok(sealed) = s.seal(ty::ERROR, &p) {
+                        let _ = wire::send(&mut w, ty::SEALED, &sealed).and_then(|_| w.flush());
+                    }
+                }
+                return Err(f);
+            }
         }
         self.identity_checked = true;
         self.stats.chunks_considered = candidates.len() as u64;
@@ -562,7 +586,7 @@ impl Run<'_> {
         let digest = session::volume_digest(size, chunk_size, &expected);
         let done = Done { sent: seq, digest };
         self.send_sealed(&mut w, &mut s, ty::DONE, &done.encode())?;
-        w.flush()?;
+        w.flush().map_err(lost(&peer))?;
         let (t, p) = recv_sealed(&mut r, &mut s, &peer)?;
         match t {
             ty::APPLIED => {}

@@ -106,10 +106,13 @@ pub struct Applied {
 }
 
 impl ServedVolume {
-    /// Take an open volume (see `crate::target::open_in_place`) and
-    /// hash every chunk on it.
+    /// Take an open volume (see `crate::target::open_in_place`) and hash
+    /// every chunk of its first `size` bytes: the captured disk's size. A
+    /// device larger than the disk keeps its tail as ingest left it; the
+    /// caller has refused a volume smaller than `size` ([`super::served_size`]).
     pub fn open(
         mut vol: Box<dyn mgear_volume::Volume>,
+        size: u64,
         chunk_size: u32,
         id_key: IdKey,
     ) -> crate::Result<Self> {
@@ -119,7 +122,12 @@ impl ServedVolume {
             )));
         }
         let desc = vol.describe();
-        let size = vol.size();
+        if vol.size() < size {
+            return Err(usage(format!(
+                "{desc} is {} bytes, smaller than the {size} bytes to serve",
+                vol.size()
+            )));
+        }
         let count = layout::chunk_count(size, chunk_size);
         let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         let mut buf = vec![0u8; chunk_size as usize];
@@ -390,7 +398,7 @@ pub fn session<R: Read, W: Write>(
         ty::SEALED => {}
         ty::ERROR => {
             let m = Refusal::decode(&p)?.message;
-            bail!("the source gave up: {m}");
+            bail!("the source {peer} ended the session: {m}");
         }
         other => {
             return Err(refuse(
@@ -532,7 +540,7 @@ pub fn session<R: Read, W: Write>(
             }
             ty::ERROR => {
                 let m = Refusal::decode(&p)?.message;
-                bail!("the source gave up: {m}");
+                bail!("the source {peer} ended the session: {m}");
             }
             other => {
                 return Err(refuse(
@@ -776,7 +784,7 @@ mod tests {
         let key = IdKey::derive(&DataKey::from_bytes([1; 32]), &[2; 16]);
         let open = |p: &std::path::Path| {
             let vol = mgear_volume::FileVolume::open_in_place(p).unwrap();
-            ServedVolume::open(Box::new(vol), cs, key.clone()).unwrap()
+            ServedVolume::open(Box::new(vol), 2 * u64::from(cs) + 10, cs, key.clone()).unwrap()
         };
         let mut v = open(&p);
         assert_eq!(v.ids.len(), 3);

@@ -86,6 +86,7 @@ impl Fixture {
     fn volume(&self) -> Volume {
         Volume::open(
             in_place(&self.vol.clone()),
+            SIZE,
             CS,
             IdKey::derive(&self.key, &self.capture_id),
         )
@@ -1069,7 +1070,13 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
         },
         fence: None,
     };
-    let volume = Volume::open(in_place(&vol.clone()), cs, IdKey::derive(&key, &[4; 16])).unwrap();
+    let volume = Volume::open(
+        in_place(&vol.clone()),
+        size,
+        cs,
+        IdKey::derive(&key, &[4; 16]),
+    )
+    .unwrap();
     let (l, addr) = listen();
     let server = serve(l, served, volume, 1);
     let plan = Plan {
@@ -1108,8 +1115,210 @@ fn dirty_bitmap_reads_only_dirty_ranges() {
         format!("{e:#}").contains("does not export dirty bitmap nope"),
         "{e:#}"
     );
+    assert_eq!(code_of(&e), USAGE);
+    // What to do is said once, not once by the NBD client and again by us.
+    assert_eq!(format!("{e:#}").matches("-B nope").count(), 1, "{e:#}");
+    assert!(crate::exit::hint(&e, "sync").starts_with("export it with `qemu-nbd -B nope`"));
     assert!(crate::source::open(vol.to_str().unwrap(), Some("b0")).is_err());
     // Opened without a bitmap, a source has no dirty chunks to offer: sync reads every chunk.
     let mut plain = crate::source::open(&url, None).unwrap();
     assert_eq!(plain.dirty_chunks(cs).unwrap(), None);
+}
+
+#[test]
+fn retries_say_which_peer_was_lost_and_count_attempts_in_words() {
+    let fx = fixture(&[1]);
+    // A serve that died: nothing to read, and writes break.
+    struct Dead;
+    impl Write for Dead {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+    }
+    let mut plan = fx.plan(fx.key.clone());
+    plan.retries = 0;
+    let mut connect = || -> io::Result<Conn> { Ok((Box::new(io::empty()), Box::new(Dead))) };
+    let e = source::run(&plan, &mut fx.disk(), &mut connect).unwrap_err();
+    let m = format!("{e:#}");
+    assert!(
+        m.contains("lost the connection to test target while sending"),
+        "{m}"
+    );
+    assert!(m.contains("(gave up after 1 attempt; re-run"), "{m}");
+    assert_eq!(code_of(&e), crate::exit::IO);
+    // One that closed the connection after the handshake began: "closed", not "failed to fill whole buffer".
+    let mut connect = || -> io::Result<Conn> { Ok((Box::new(io::empty()), Box::new(io::sink()))) };
+    plan.retries = 1;
+    let e = source::run(&plan, &mut fx.disk(), &mut connect).unwrap_err();
+    let m = format!("{e:#}");
+    assert!(m.contains("test target closed the connection"), "{m}");
+    assert!(m.contains("(gave up after 2 attempts;"), "{m}");
+}
+
+#[test]
+fn another_disk_is_refused_naming_source_and_serve_and_the_serve_says_why() {
+    // Every chunk differs: the source is not the disk the target holds.
+    let all: Vec<u64> = (0..=CHUNKS).collect();
+    let fx = fixture(&all);
+    let before = std::fs::read(&fx.vol).unwrap();
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("web01"), fx.volume(), 1);
+    let mut plan = fx.plan(fx.key.clone());
+    plan.retries = 0;
+    let e = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
+    let m = format!("{e:#}");
+    assert_eq!(code_of(&e), FOUND, "{m}");
+    assert!(
+        m.contains("does not look like the disk captured as web01"),
+        "{m}"
+    );
+    // The served volume may be the wrong one just as well as the source.
+    assert!(
+        m.contains("the volume the target test target serves")
+            && m.contains("serve's --target is not the volume ingested from web01"),
+        "{m}"
+    );
+    let sessions = server.join().unwrap();
+    let logged = sessions[0].0.as_ref().unwrap_err();
+    assert!(
+        logged.contains("ended the session") && logged.contains("does not look like the disk"),
+        "{logged}"
+    );
+    assert!(!logged.contains("fill whole buffer"), "{logged}");
+    assert_eq!(std::fs::read(&fx.vol).unwrap(), before);
+}
+
+#[test]
+fn serve_refuses_a_volume_that_cannot_be_the_ingested_disk() {
+    use crate::spec::Target;
+    let file = Target::File("vol.raw".into());
+    let dev = Target::Dev("/dev/vdb".into());
+    let mib = 1u64 << 20;
+    assert_eq!(
+        super::served_size(&file, 64 * mib, 64 * mib, "bt01").unwrap(),
+        None
+    );
+    // Smaller than the disk, or a file of another size: not what ingest wrote.
+    for (t, vol) in [(&file, 32 * mib), (&file, 65 * mib), (&dev, 32 * mib)] {
+        let e = super::served_size(t, vol, 64 * mib, "bt01").unwrap_err();
+        assert_eq!(code_of(&e), USAGE, "{e}");
+        assert!(
+            format!("{e}").contains(&format!("is {vol} bytes"))
+                && format!("{e}").contains("not the volume ingested from bt01"),
+            "{e}"
+        );
+        assert!(crate::exit::hint(&e, "serve").contains("mgear ingest --name bt01"));
+    }
+    // A device rounded up past the disk: served, its tail left alone.
+    let note = super::served_size(&dev, 65 * mib, 64 * mib, "bt01")
+        .unwrap()
+        .unwrap();
+    assert!(
+        note.contains("first 67108864 bytes are kept in sync"),
+        "{note}"
+    );
+
+    // The served volume is the disk's size: ids and sizes stop at its end.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.raw");
+    std::fs::write(&p, vec![3u8; 3 * CS as usize]).unwrap();
+    let key = IdKey::derive(&DataKey::from_bytes([1; 32]), &[2; 16]);
+    let v = Volume::open(in_place(&p), 2 * CS as u64, CS, key.clone()).unwrap();
+    assert_eq!(v.size(), 2 * CS as u64);
+    assert!(Volume::open(in_place(&p), 4 * CS as u64, CS, key).is_err());
+}
+
+#[test]
+fn serve_says_a_missing_volume_must_be_ingested_first() {
+    let t = crate::spec::Target::File("/proc/mgear-none/nope.raw".into());
+    let e = super::check_volume_exists(&t, "web01").unwrap_err();
+    assert!(
+        format!("{e}").contains("the volume /proc/mgear-none/nope.raw does not exist"),
+        "{e}"
+    );
+    let hint = crate::exit::hint(&e, "serve");
+    assert!(hint.contains("ingest web01 into it first"), "{hint}");
+}
+
+#[test]
+fn a_busy_listening_port_says_what_to_do() {
+    let (taken, addr) = listen();
+    let e = super::bind(&addr).unwrap_err();
+    assert_eq!(code_of(&e), crate::exit::IO);
+    assert!(
+        format!("{e}").starts_with(&format!("cannot listen on {addr}: ")),
+        "{e}"
+    );
+    let hint = crate::exit::hint(&e, "serve");
+    assert!(
+        hint.contains("another `mgear serve`") && hint.contains("another --listen"),
+        "{hint}"
+    );
+    drop(taken);
+}
+
+/// The typed `mgear sync` command line of the tests below: nothing that
+/// exists, so only the checks that come first can pass.
+fn cli_plan(to: &str) -> crate::sync::Plan {
+    crate::sync::Plan {
+        source: "/proc/mgear-none/disk.raw".into(),
+        to: to.into(),
+        name: "web01".into(),
+        key_cache: Some("/proc/mgear-none/keys".into()),
+        dirty_bitmap: None,
+        rate_limit: None,
+        retries: 5,
+        retry_wait: 2.0,
+        json: false,
+        sign: None,
+        force: false,
+    }
+}
+
+#[test]
+fn a_malformed_to_is_a_usage_error_at_once() {
+    for bad in [
+        "notaport",
+        "127.0.0.1:99999",
+        "localhost",
+        ":7410",
+        "127.0.0.1:0",
+        "127.0.0.1:",
+    ] {
+        let started = std::time::Instant::now();
+        let e = super::run_sync(&cli_plan(bad)).err().unwrap();
+        assert_eq!(code_of(&e), USAGE, "{bad}: {e:#}");
+        let m = format!("{e:#}");
+        assert!(
+            m.starts_with(&format!("--to {bad}: give HOST:PORT")) && m.contains("1 to 65535"),
+            "{m}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{bad} was retried"
+        );
+    }
+    // A listening address may ask for any free port; a bad one names --listen.
+    assert!(super::check_address("--listen", "127.0.0.1:0", true).is_ok());
+    assert!(super::check_address("--to", "[::1]:7410", false).is_ok());
+    let e = super::check_address("--listen", "localhost", true).unwrap_err();
+    assert!(format!("{e}").starts_with("--listen localhost: "), "{e}");
+}
+
+#[test]
+fn a_host_that_does_not_resolve_ends_the_sync_without_retries() {
+    let started = std::time::Instant::now();
+    let e = super::resolve("nosuchhost.invalid:7410").unwrap_err();
+    // The environment (3), not the arguments; said once, not after 6 attempts.
+    assert_eq!(code_of(&e), crate::exit::IO, "{e:#}");
+    assert!(
+        format!("{e:#}").contains("--to nosuchhost.invalid:7410: cannot resolve the host name"),
+        "{e:#}"
+    );
+    assert!(crate::exit::hint(&e, "sync").contains("host name in --to"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    super::resolve("127.0.0.1:7410").unwrap();
 }

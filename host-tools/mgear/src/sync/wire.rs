@@ -104,13 +104,23 @@ pub mod err {
     pub const UNTRUSTED: u8 = 7;
     /// The target is serving as many peers as it allows.
     pub const BUSY: u8 = 8;
+    /// The source stopped the session after the handshake (its message
+    /// says why, e.g. the disk is not the one the target holds).
+    pub const GAVE_UP: u8 = 9;
 }
 
 /// What is wrong with what a peer sent (or with the connection to it).
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// The connection failed before a frame began (closed, reset, timed out).
-    #[error("connection to {peer} closed or broken: {source}")]
+    /// The peer closed the connection between two frames (it ended the
+    /// session, or its process went away).
+    #[error("{peer} closed the connection")]
+    Closed {
+        /// The other side.
+        peer: String,
+    },
+    /// The connection failed before a frame began (reset, timed out).
+    #[error("connection to {peer} broken: {source}")]
     Broken {
         /// The other side.
         peer: String,
@@ -207,7 +217,10 @@ impl WireError {
     /// True when the connection broke (worth reconnecting), false when the
     /// peer sent something wrong (reconnecting would not help).
     pub fn is_transport(&self) -> bool {
-        matches!(self, WireError::Broken { .. } | WireError::Cut { .. })
+        matches!(
+            self,
+            WireError::Closed { .. } | WireError::Broken { .. } | WireError::Cut { .. }
+        )
     }
 }
 
@@ -261,10 +274,29 @@ pub fn send(w: &mut impl Write, t: u8, payload: &[u8]) -> io::Result<usize> {
 /// Read one frame: `(type, payload)`. `peer` names the other side in errors.
 pub fn recv(r: &mut impl Read, peer: &str) -> Result<(u8, Vec<u8>)> {
     let mut h = [0u8; HEADER_LEN];
-    r.read_exact(&mut h).map_err(|source| WireError::Broken {
-        peer: peer.into(),
-        source,
-    })?;
+    // Read by hand rather than read_exact: an end of stream before the first
+    // byte is the peer closing the session, which logs should say as such
+    // (read_exact calls it "failed to fill whole buffer").
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut h[got..]) {
+            Ok(0) if got == 0 => return Err(WireError::Closed { peer: peer.into() }),
+            Ok(0) => {
+                return Err(WireError::Cut {
+                    peer: peer.into(),
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(WireError::Broken {
+                    peer: peer.into(),
+                    source,
+                })
+            }
+        }
+    }
     if h[..4] != MAGIC {
         return Err(WireError::NotSync {
             peer: peer.into(),
@@ -800,6 +832,19 @@ mod tests {
         let e = recv(&mut &cut[..50], "peer").unwrap_err();
         assert!(matches!(e, WireError::Cut { .. }) && e.is_transport());
         let e = recv(&mut &cut[..5], "peer").unwrap_err();
+        assert!(matches!(e, WireError::Cut { .. }) && e.is_transport());
+        // Nothing at all: the peer closed the session, and the message says so.
+        let e = recv(&mut &cut[..0], "127.0.0.1:7410").unwrap_err();
+        assert!(matches!(e, WireError::Closed { .. }) && e.is_transport());
+        assert_eq!(e.to_string(), "127.0.0.1:7410 closed the connection");
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        struct Failing(Option<io::Error>);
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(self.0.take().unwrap_or_else(|| io::ErrorKind::Other.into()))
+            }
+        }
+        let e = recv(&mut Failing(Some(reset)), "peer").unwrap_err();
         assert!(matches!(e, WireError::Broken { .. }) && e.is_transport());
         assert!(!WireError::UnknownType(77).is_transport());
     }
