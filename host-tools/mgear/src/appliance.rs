@@ -292,6 +292,10 @@ impl Eta {
             self.last_print = None;
         }
         let pct = (done.saturating_mul(100)).checked_div(total).unwrap_or(100);
+        // A phase's end is said once: the appliance repeats its last frame.
+        if pct >= 100 && self.last_pct >= 100 && self.last_print.is_some() {
+            return None;
+        }
         let due = pct >= self.last_pct + 10
             || done == total
             || self
@@ -1246,7 +1250,10 @@ mod tests {
         assert!(eta.update("hashing", 130, 1000, t0 + s(31)).is_some());
         let done = eta.update("hashing", 1000, 1000, t0 + s(40)).unwrap();
         assert!(done.contains("100%") && !done.contains("left"), "{done}");
+        // Its end repeated (the appliance resends its last frame) is not said again, even 10 s on.
+        assert!(eta.update("hashing", 1000, 1000, t0 + s(41)).is_none());
+        assert!(eta.update("hashing", 1000, 1000, t0 + s(55)).is_none());
         // A new phase starts its own estimate.
-        assert!(eta.update("verifying", 0, 10, t0 + s(41)).is_some());
+        assert!(eta.update("verifying", 0, 10, t0 + s(56)).is_some());
     }
 }

@@ -194,3 +194,29 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
 }
+
+/// Several short commands on one console at once: the ones that met the moment another held
+/// the tty exclusively (while opening it) failed with "Unable to acquire exclusive lock on
+/// serial port"; they take turns now.
+#[test]
+fn commands_started_together_on_one_console_take_turns() {
+    let mut lab = Lab::new(40);
+    lab.start();
+    lab.provision_and_unlock();
+    let tty = lab.tty();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            lab.mgear(&["appliance", "--port", &tty, "info", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info --json");
+        assert_eq!(v["state"], "Unlocked", "{v}");
+    }
+}

@@ -73,10 +73,31 @@ impl Client {
                 port.display()
             );
         }
-        let mut tty = serialport::new(name, 115_200)
-            .timeout(Duration::from_millis(200))
-            .open_native()
-            .with_context(|| format!("opening appliance console {}", port.display()))?;
+        // serialport takes the tty exclusively (TIOCEXCL) while it opens it, before this client
+        // lets go of that below: another mgear opening the console in that moment is refused.
+        // Those commands take turns, so a refusal is retried for a while before it is reported.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut tty = loop {
+            match serialport::new(name, 115_200)
+                .timeout(Duration::from_millis(200))
+                .open_native()
+            {
+                Ok(t) => break t,
+                Err(e) if e.description.contains("exclusive") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) if e.description.contains("exclusive") => bail!(
+                    "the appliance console {} is held by another program (another mgear, or a \
+                     terminal such as screen on it): wait for it to finish, or close it, then \
+                     run this again ({e})",
+                    port.display()
+                ),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("opening appliance console {}", port.display()))
+                }
+            }
+        };
         // Several short-lived host commands take turns on one console; an
         // exclusive lock left by a killed process must not lock the next out.
         tty.set_exclusive(false)
