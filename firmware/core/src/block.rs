@@ -33,6 +33,12 @@ pub trait BlockService {
     /// Whether writes are accepted right now (a transport may advertise it,
     /// e.g. SCSI's write-protect bit; every write is still checked).
     fn writable(&self) -> bool;
+    /// Whether writes can ever be accepted again: `false` once sealed (or
+    /// erased), which a transport may advertise for good (NBD's read-only
+    /// export flag), where a locked medium may still be unlocked.
+    fn may_become_writable(&self) -> bool {
+        true
+    }
     /// Read `buf.len()` bytes at byte `offset` (any state).
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError>;
     /// Write `data` at byte `offset`; refused unless writable.
@@ -47,6 +53,12 @@ impl<P: Platform> BlockService for Appliance<P> {
     }
     fn writable(&self) -> bool {
         self.medium_writable()
+    }
+    fn may_become_writable(&self) -> bool {
+        !matches!(
+            self.state(),
+            DeviceState::Sealed | DeviceState::Arrived | DeviceState::Erased
+        )
     }
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
         self.block_read(offset, buf)

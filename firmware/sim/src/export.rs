@@ -60,9 +60,9 @@ impl<S: BlockService + Send> BlockBackend for Export<S> {
     }
 
     fn writable(&self) -> bool {
-        // Advertised at handshake. Always claim writable: the state can
-        // change while a client is connected (unlock after connect), and
-        // every write is checked by the block service anyway.
-        true
+        // Advertised at handshake. Writable while the state can still change under a connected
+        // client (unlock after connect; every write is checked by the block service anyway);
+        // read-only once sealed or erased, which is for good.
+        lock(&self.app).is_ok_and(|a| a.may_become_writable())
     }
 }

@@ -61,8 +61,9 @@ fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
         .output()
         .expect("qemu-io (Debian qemu-utils)");
     let qerr = text(&q.stdout) + &text(&q.stderr);
+    // The export is read-only once sealed: qemu refuses to open it for writing at all.
     assert!(
-        qerr.contains("Operation not permitted"),
+        qerr.contains("Operation not permitted") || qerr.contains("Permission denied"),
         "qemu-io write was not refused: {qerr}"
     );
     std::fs::write(lab.p("junk"), vec![0x77u8; 1 << 20]).unwrap();
@@ -188,6 +189,14 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
         "{}",
         text(&second.stderr)
     );
+
+    // Sealed is for good: the export says read-only (it said writable and refused each write).
+    let info = Command::new("nbdinfo")
+        .args(["--json", &lab.nbd_url()])
+        .output()
+        .expect("nbdinfo (libnbd-bin)");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("nbdinfo --json");
+    assert_eq!(info["exports"][0]["is_read_only"], true, "{info}");
 
     lab.appliance_ok(&["arrival"]);
     let out = lab.ingest(&[]);
