@@ -408,7 +408,7 @@ pub fn full_fingerprint(pubkey: &[u8; 32]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CoverError {
     #[error(
-        "the custody log was cut: the {kind:?} attestation #{counter} was signed when it held {expected} records (head {head}), it now holds {found}"
+        "the custody log was cut: the {kind:?} attestation #{counter} was signed over its first {} records (head {head}) and logged as the next, so the log must hold at least {expected} records; it now holds {found}", expected - 1
     )]
     Truncated {
         kind: AttestationKind,
@@ -917,5 +917,21 @@ mod tests {
             .unwrap();
         assert_eq!(out, file_digests(&mut store, &mut |_, _| {}).unwrap());
         assert_eq!(reread, 700_000 + 300_001 + 14 + 5000 + 5);
+    }
+
+    /// `attestations` printed the records an attestation was signed over (12) and `log
+    /// --verify` "signed when it held 13": one attestation, two counts.
+    #[test]
+    fn a_cut_log_names_the_count_the_attestation_was_signed_over() {
+        let e = CoverError::Truncated {
+            kind: AttestationKind::Arrival,
+            counter: 3,
+            expected: 13,
+            found: 11,
+            head: "42bd".into(),
+        }
+        .to_string();
+        assert!(e.contains("signed over its first 12 records"), "{e}");
+        assert!(e.contains("at least 13 records; it now holds 11"), "{e}");
     }
 }
