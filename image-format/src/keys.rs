@@ -378,6 +378,27 @@ pub fn unlock_data_key<S: Store + ?Sized>(
     };
     let path = format!("{}/{file}", layout::capture_dir(name));
     let at = Location::capture(name).file(&path);
+    let other = format!(
+        "{}/{}",
+        layout::capture_dir(name),
+        if file == KEYS_FILE {
+            KEYPASS_FILE
+        } else {
+            KEYS_FILE
+        }
+    );
+    // Neither slot left: what an erase leaves. "Unlock it with the other one" was advice
+    // nobody could follow.
+    if store.len(&path).ok().flatten().is_none() && store.len(&other).ok().flatten().is_none() {
+        return Err(Error::NeedKey {
+            name: name.into(),
+            why: format!(
+                "it has no key slot left ({path} and {other} are missing): they were erased \
+                 (the appliance's crypto-erase, or removed from the medium), so no key opens \
+                 this capture any more"
+            ),
+        });
+    }
     let bytes =
         crate::medium::read_file(store, &path, 64 * 1024, &at)?.ok_or_else(|| Error::NeedKey {
             name: name.into(),

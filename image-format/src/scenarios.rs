@@ -277,6 +277,30 @@ fn wrong_keys_give_a_clear_error() {
     assert!(e.to_string().contains("invalid capture name"), "{e}");
 }
 
+/// A slot missing says to use the other one; both missing (what an erase leaves) said
+/// "unlock it with its passphrase" of a capture that had none left.
+#[test]
+fn missing_key_slots_say_what_is_left() {
+    let mut f = fixture();
+    f.store.remove_file("MGEAR/web01/KEYS").unwrap();
+    let e = CaptureReader::open(&mut f.store, "web01", None, &Unlock::Identity(f.id.clone()))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("unlock it with its passphrase"),
+        "{e}"
+    );
+    f.store.remove_file("MGEAR/web01/KEYPASS").unwrap();
+    for unlock in [
+        Unlock::Identity(f.id.clone()),
+        Unlock::Passphrase(pass("correct horse")),
+    ] {
+        let e = CaptureReader::open(&mut f.store, "web01", None, &unlock).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("no key slot left"), "{e}");
+        assert!(!e.contains("unlock it with"), "{e}");
+    }
+}
+
 #[test]
 fn bad_params_are_refused() {
     let id = identity();
