@@ -327,9 +327,27 @@ fn human_secs(s: u64) -> String {
     }
 }
 
+/// The PIN guards the appliance: a PIN file others can read is said, not refused (the
+/// operator may be mid-journey with no way to fix it there), with how to fix it.
+fn warn_if_shared(f: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(f) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "mgear: warning: PIN file {} can be read by other users (mode {mode:04o}): \
+                 `chmod 600 {}`",
+                f.display(),
+                f.display()
+            );
+        }
+    }
+}
+
 fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
     let text = match pin_file {
         Some(f) => {
+            warn_if_shared(f);
             // Like a key file: one that cannot be read is a usage error (2).
             let raw = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
                 usage(format!(

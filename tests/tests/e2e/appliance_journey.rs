@@ -209,9 +209,24 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
 /// serial port"; they take turns now.
 #[test]
 fn commands_started_together_on_one_console_take_turns() {
+    use std::os::unix::fs::PermissionsExt;
     let mut lab = Lab::new(40);
     lab.start();
-    lab.provision_and_unlock();
+    // A PIN file others can read is said (with the fix), and used.
+    std::fs::set_permissions(lab.p("pin"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = lab.appliance_ok(&["provision", "--pin-file", "pin"]);
+    assert!(
+        text(&out.stderr).contains("can be read by other users (mode 0644): `chmod 600 pin`"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::set_permissions(lab.p("pin"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = lab.appliance_ok(&["unlock", "--pin-file", "pin"]);
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
     let tty = lab.tty();
     let children: Vec<_> = (0..6)
         .map(|_| {
