@@ -1086,6 +1086,30 @@ pub fn ready_to_capture(port: &Path) -> crate::Result<()> {
     Ok(())
 }
 
+/// What cut off a capture that writes through the appliance at `port`, asked of the
+/// appliance after the fact: the medium's error alone ("read-only", "Broken pipe") did not
+/// say that the appliance was locked meanwhile or went away, nor that the same command
+/// resumes. The error keeps its exit code; the message gains the cause and the next step.
+pub fn explain_cut_off(port: &Path, e: crate::Error) -> crate::Error {
+    let resume = "the capture resumes from its last checkpoint when the same command is run again";
+    let why = match Client::open(port).and_then(|mut c| info(&mut c)) {
+        Ok(i) if i.state == DeviceState::Unlocked => return e,
+        Ok(i) => format!(
+            "the appliance at {} is {} now (it was locked, sealed or erased while the capture \
+             wrote): {}; then {resume}",
+            port.display(),
+            i.state.as_str(),
+            next_step(i.state)
+        ),
+        Err(_) => format!(
+            "the appliance at {} does not answer any more (unplugged, powered off, or its \
+             simulator stopped): connect it again and unlock it; {resume}",
+            port.display()
+        ),
+    };
+    e.context(why)
+}
+
 /// Record in the appliance's custody log that capture `name` starts writing.
 pub fn capture_begin(port: &Path, name: &str) -> crate::Result<()> {
     let mut c = Client::open(port)?;

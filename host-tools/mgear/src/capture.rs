@@ -1501,6 +1501,11 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                     chunk_size,
                     medium.store().free_space().ok().flatten(),
                 )
+            } else if let (Some(port), false) = (
+                args.medium.first_appliance(),
+                matches!(crate::exit::classified(&e), Some(1 | 2)),
+            ) {
+                crate::appliance::explain_cut_off(port, e)
             } else {
                 e
             };

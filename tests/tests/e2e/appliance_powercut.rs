@@ -14,10 +14,12 @@ fn appliance_sigkill_mid_capture_resume_identical() {
     lab.start();
     lab.provision_and_unlock();
 
+    let slow_args = ["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"];
     let mut capture = lab
         .capture_line()
-        .args(&["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"])
+        .args(&slow_args)
         .command()
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1800));
@@ -41,10 +43,40 @@ fn appliance_sigkill_mid_capture_resume_identical() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // It says what happened and that the same command resumes (it said "Broken pipe").
+    let said = capture.wait_with_output().unwrap();
+    let said = text(&said.stdout);
+    assert!(
+        said.contains("does not answer any more")
+            && said.contains("resumes from its last checkpoint"),
+        "{said}"
+    );
+
     lab.start();
     assert_eq!(lab.state(), "Locked", "unlock must not survive a power cut");
     let log = lab.appliance_json(&["log", "--verify"]);
     assert_eq!(log["verified"], true, "{log}");
+    lab.appliance_ok(&["unlock", "--pin-file", "pin"]);
+    // Locked from another shell part-way: said so, with the way on (it said "read-only").
+    let capture = lab
+        .capture_line()
+        .args(&slow_args)
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.appliance_ok(&["lock"]);
+    let said = capture.wait_with_output().unwrap();
+    assert!(
+        !said.status.success(),
+        "the capture finished before the lock"
+    );
+    let said = text(&said.stdout);
+    assert!(
+        said.contains("is locked now") && said.contains("resumes from its last checkpoint"),
+        "{said}"
+    );
     lab.appliance_ok(&["unlock", "--pin-file", "pin"]);
     let c = lab.capture();
     assert_eq!(c["generation"], 1, "{c}");
