@@ -975,7 +975,19 @@ pub fn open_medium(port: &Path) -> crate::Result<Box<dyn Store>> {
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
     let file = nbd_device::NbdDevice::new(mgear_nbd::NbdFile::new(client))
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
-    let store = FatStore::open(file).map_err(|e| err!("opening the appliance's medium: {e}"))?;
+    let store = FatStore::open(file).map_err(|e| {
+        // The store's own advice (`mgear medium format fat:PATH`) cannot reach a medium behind
+        // an appliance: the medium is formatted where the appliance is issued.
+        let e = e.to_string();
+        match e.split_once("; create one with") {
+            Some((what, _)) => err!(
+                "opening the appliance's medium: {what}. An appliance's medium is formatted \
+                 where the appliance is issued, before it is provisioned (the simulator: stop \
+                 it, `mgear medium format fat:IMAGE` of its --medium image, start it again)"
+            ),
+            None => err!("opening the appliance's medium: {e}"),
+        }
+    })?;
     Ok(Box::new(ApplianceMedium(Some(store))))
 }
 

@@ -244,3 +244,23 @@ fn commands_started_together_on_one_console_take_turns() {
         assert_eq!(v["state"], "Unlocked", "{v}");
     }
 }
+
+/// An appliance whose medium holds no FAT32: the capture said "create one with `mgear medium
+/// format fat:PATH`", which cannot reach a medium behind an appliance.
+#[test]
+fn an_appliance_medium_without_fat32_says_where_it_is_formatted() {
+    let mut lab = Lab::new(40);
+    std::fs::write(lab.p("medium.img"), vec![0x5au8; 8 << 20]).unwrap();
+    lab.keygen();
+    lab.make_disk(1, 3);
+    lab.start();
+    lab.provision_and_unlock();
+    let out = lab.capture_line().run();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("formatted where the appliance is issued")
+            && !said.contains("create one with"),
+        "{said}"
+    );
+}
