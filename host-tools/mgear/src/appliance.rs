@@ -1102,18 +1102,22 @@ pub fn ready_to_capture(port: &Path) -> crate::Result<()> {
 /// appliance after the fact: the medium's error alone ("read-only", "Broken pipe") did not
 /// say that the appliance was locked meanwhile or went away, nor that the same command
 /// resumes. The error keeps its exit code; the message gains the cause and the next step.
-pub fn explain_cut_off(port: &Path, e: crate::Error) -> crate::Error {
+pub fn explain_cut_off(port: &Path, identity: Option<&[u8; 32]>, e: crate::Error) -> crate::Error {
     let resume = "the capture resumes from its last checkpoint when the same command is run again";
+    // Another device may answer at the path now (a console whose pty number was given to
+    // another appliance, another unit plugged in): only the one the capture wrote through
+    // says anything about it.
+    let ours = |i: &Info| identity.is_none_or(|id| i.identity_pubkey.as_ref() == Some(id));
     let why = match Client::open(port).and_then(|mut c| info(&mut c)) {
-        Ok(i) if i.state == DeviceState::Unlocked => return e,
-        Ok(i) => format!(
+        Ok(i) if ours(&i) && i.state == DeviceState::Unlocked => return e,
+        Ok(i) if ours(&i) => format!(
             "the appliance at {} is {} now (it was locked, sealed or erased while the capture \
              wrote): {}; then {resume}",
             port.display(),
             i.state.as_str(),
             next_step(i.state)
         ),
-        Err(_) => format!(
+        _ => format!(
             "the appliance at {} does not answer any more (unplugged, powered off, or its \
              simulator stopped): connect it again and unlock it; {resume}",
             port.display()

@@ -1505,7 +1505,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 args.medium.first_appliance(),
                 matches!(crate::exit::classified(&e), Some(1 | 2)),
             ) {
-                crate::appliance::explain_cut_off(port, e)
+                crate::appliance::explain_cut_off(port, appliance_id.as_ref(), e)
             } else {
                 e
             };
