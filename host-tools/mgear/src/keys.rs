@@ -118,6 +118,14 @@ pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
         fs::read_to_string(path)
             .map_err(|e| usage(format!("cannot read identity {}: {e}", path.display())))?,
     );
+    if let Some(e) = crate::keyfile::misplaced(
+        &path.display().to_string(),
+        &text,
+        "--identity",
+        crate::keyfile::KeyKind::TargetSecret,
+    ) {
+        return Err(e);
+    }
     let line = key_line(&text).ok_or_else(|| {
         usage(format!(
             "{} holds no key: expected AGE-SECRET-KEY-1...",
@@ -139,6 +147,14 @@ pub fn read_recipient(arg: &str) -> crate::Result<age::x25519::Recipient> {
     } else {
         fs::read_to_string(arg).map_err(|e| usage(format!("cannot read recipient {arg}: {e}")))?
     };
+    if let Some(e) = crate::keyfile::misplaced(
+        arg,
+        &text,
+        "--recipient",
+        crate::keyfile::KeyKind::TargetPublic,
+    ) {
+        return Err(e);
+    }
     let line = key_line(&text)
         .ok_or_else(|| usage(format!("{arg} holds no public key: expected age1...")))?;
     age::x25519::Recipient::from_str(line).map_err(|e| {
@@ -620,6 +636,35 @@ mod tests {
             capture_work_factor(Some(1)).is_err(),
             !cfg!(debug_assertions)
         );
+    }
+
+    #[test]
+    fn other_keys_given_as_recipient_or_identity_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.key");
+        keygen_quiet(&target).unwrap();
+        let site = dir.path().join("site.key");
+        crate::sitekey::generate(&site, false).unwrap();
+        let arg = target.to_str().unwrap();
+        let m = read_recipient(arg).unwrap_err().to_string();
+        assert!(m.contains("target's SECRET identity"), "{m}");
+        assert!(m.contains("stays at the target"), "{m}");
+        assert!(
+            m.contains(&pub_path(&target).display().to_string()),
+            "{m}"
+        );
+        for p in [site.clone(), pub_path(&site)] {
+            let e = read_recipient(p.to_str().unwrap()).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), 2);
+            let m = e.to_string();
+            assert!(m.contains("capture site's"), "{m}");
+            assert!(m.contains("--recipient takes the .pub written by `mgear keygen`"), "{m}");
+        }
+        let Err(e) = read_identity(&pub_path(&target)) else {
+            panic!("target.pub accepted as an identity")
+        };
+        let m = e.to_string();
+        assert!(m.contains("--identity takes the secret half"), "{m}");
     }
 
     #[test]
