@@ -227,16 +227,12 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         return dry_run_set(&args, &sources);
     }
     args.source = sources.into_iter().next();
-    if let (Some((set, _)), false, false) = (
+    if let (Some((set, k)), false, false) = (
         image_format::set::parse_disk_stream_name(&args.name),
         args.abort,
         args.dry_run,
     ) {
-        return Err(usage(format!(
-            "{} is a disk of machine set {set}: capture the set with every disk (--name {set} \
-             --source DISK0 --source DISK1 ...), so its disks stay one point in time",
-            args.name
-        )));
+        return Err(disk_name_refused(&args, set, k));
     }
     if args.abort {
         return abort(&args);
@@ -522,6 +518,39 @@ pub struct Preview {
     pub needed: u64,
     pub fits: Option<bool>,
     pub warnings: Vec<String>,
+}
+
+/// Why `--name SET.dK` is refused for a single disk. Told apart by what
+/// the medium holds: "capture the set with every disk" is advice only when
+/// set SET is there; otherwise the user picked a name that merely ends like
+/// a disk's (`x.d0`), and needs to hear that the ending is reserved.
+fn disk_name_refused(args: &Plan, set: &str, k: usize) -> crate::Error {
+    let set_exists = args.medium.open_read_only().is_ok_and(|mut m| {
+        let store = m.store();
+        // A set's manifest, or (a set captured in part) any of its disks.
+        let held = image_format::set::set_generations(store, set).is_ok_and(|g| !g.is_empty())
+            || image_format::capture_names(store).is_ok_and(|names| {
+                names.iter().any(|n| {
+                    image_format::set::parse_disk_stream_name(n)
+                        .is_some_and(|(s, _)| s.eq_ignore_ascii_case(set))
+                })
+            });
+        let _ = m.close();
+        held
+    });
+    if set_exists {
+        return usage(format!(
+            "{} is a disk of machine set {set}: capture the set with every disk (--name {set} \
+             --source DISK0 --source DISK1 ...), so its disks stay one point in time",
+            args.name
+        ));
+    }
+    usage(format!(
+        "{} ends in .dK, which is reserved for the disks of a machine set (a capture of \
+         --name {set} with several --source makes {set}.d0, {set}.d1, ...): choose a name \
+         without the .dK ending, such as {set}-d{k}",
+        args.name
+    ))
 }
 
 /// `capture --abort`.
