@@ -164,6 +164,45 @@ pub fn read_recipient(arg: &str) -> crate::Result<age::x25519::Recipient> {
     })
 }
 
+/// The key slots a capture has on the medium: how many public keys its
+/// recipient slot (`KEYS`) is encrypted to, and whether it has a passphrase
+/// slot (`KEYPASS`). Read without any key: an age header lists one
+/// `-> X25519` stanza per recipient (anonymous, so not which ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySlots {
+    /// Recipients of the recipient slot; `None`: no recipient slot.
+    pub recipients: Option<usize>,
+    /// A passphrase slot is there.
+    pub passphrase: bool,
+}
+
+impl KeySlots {
+    /// Read capture `name`'s slots (its stored spelling) from `store`.
+    pub fn of(store: &mut dyn image_format::Store, name: &str) -> KeySlots {
+        let dir = image_format::layout::capture_dir(name);
+        let keys = format!("{dir}/{}", image_format::layout::KEYS_FILE);
+        let pass = format!("{dir}/{}", image_format::layout::KEYPASS_FILE);
+        let recipients = match store.len(&keys) {
+            Ok(Some(n)) => {
+                let mut head = vec![0u8; n.min(16 * 1024) as usize];
+                let got = store.read_at(&keys, 0, &mut head).unwrap_or(0);
+                let text = String::from_utf8_lossy(&head[..got]);
+                Some(
+                    text.lines()
+                        .take_while(|l| !l.starts_with("---"))
+                        .filter(|l| l.starts_with("-> X25519 "))
+                        .count(),
+                )
+            }
+            _ => None,
+        };
+        KeySlots {
+            recipients,
+            passphrase: matches!(store.len(&pass), Ok(Some(_))),
+        }
+    }
+}
+
 /// Read a passphrase file (first line, without the newline).
 pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
