@@ -227,16 +227,12 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         return dry_run_set(&args, &sources);
     }
     args.source = sources.into_iter().next();
-    if let (Some((set, _)), false, false) = (
+    if let (Some((set, k)), false, false) = (
         image_format::set::parse_disk_stream_name(&args.name),
         args.abort,
         args.dry_run,
     ) {
-        return Err(usage(format!(
-            "{} is a disk of machine set {set}: capture the set with every disk (--name {set} \
-             --source DISK0 --source DISK1 ...), so its disks stay one point in time",
-            args.name
-        )));
+        return Err(disk_name_refused(&args, set, k));
     }
     if args.abort {
         return abort(&args);
@@ -524,6 +520,39 @@ pub struct Preview {
     pub warnings: Vec<String>,
 }
 
+/// Why `--name SET.dK` is refused for a single disk. Told apart by what
+/// the medium holds: "capture the set with every disk" is advice only when
+/// set SET is there; otherwise the user picked a name that merely ends like
+/// a disk's (`x.d0`), and needs to hear that the ending is reserved.
+fn disk_name_refused(args: &Plan, set: &str, k: usize) -> crate::Error {
+    let set_exists = args.medium.open_read_only().is_ok_and(|mut m| {
+        let store = m.store();
+        // A set's manifest, or (a set captured in part) any of its disks.
+        let held = image_format::set::set_generations(store, set).is_ok_and(|g| !g.is_empty())
+            || image_format::capture_names(store).is_ok_and(|names| {
+                names.iter().any(|n| {
+                    image_format::set::parse_disk_stream_name(n)
+                        .is_some_and(|(s, _)| s.eq_ignore_ascii_case(set))
+                })
+            });
+        let _ = m.close();
+        held
+    });
+    if set_exists {
+        return usage(format!(
+            "{} is a disk of machine set {set}: capture the set with every disk (--name {set} \
+             --source DISK0 --source DISK1 ...), so its disks stay one point in time",
+            args.name
+        ));
+    }
+    usage(format!(
+        "{} ends in .dK, which is reserved for the disks of a machine set (a capture of \
+         --name {set} with several --source makes {set}.d0, {set}.d1, ...): choose a name \
+         without the .dK ending, such as {set}-d{k}",
+        args.name
+    ))
+}
+
 /// `capture --abort`.
 fn abort(args: &Plan) -> crate::Result<i32> {
     // `DB01.D1` too: names are compared without case.
@@ -658,7 +687,7 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
     args.medium.ready_to_capture()?;
     let mut source = crate::source::open(spec, None)?;
     if source.len() == 0 {
-        return Err(usage(format!("source {spec} is empty")));
+        return Err(empty_source(spec, None));
     }
     let mut medium =
         args.medium
@@ -734,7 +763,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
                 continue;
             };
             if source.len() == 0 {
-                return Err(usage(format!("source {src} (disk {k}) is empty")));
+                return Err(empty_source(src, Some(k)));
             }
             disks.push(preflight(
                 &a,
@@ -880,12 +909,49 @@ fn print_plan(p: &Preview) {
     }
 }
 
+/// A source of 0 bytes: nothing to capture, and almost always not the disk
+/// meant (a device node whose disk is not attached reads as 0 bytes, as does
+/// an image whose copy failed), so say where to look.
+pub fn empty_source(spec: &str, disk: Option<usize>) -> crate::Error {
+    let which = disk.map_or(String::new(), |k| format!(" (disk {k})"));
+    usage(format!(
+        "source {spec}{which} is empty (0 bytes): a disk of 0 bytes has nothing to capture; \
+         check that --source names the disk (a device whose disk is not attached, or an \
+         image file cut short, reads as 0 bytes)"
+    ))
+}
+
 /// Parse `--chunk-size`: a size that is a power of two from 64KiB to 16MiB.
 pub fn chunk_size_arg(text: &str) -> crate::Result<u32> {
-    u32::try_from(parse_size(text)?)
+    let bytes = parse_size(text)?;
+    u32::try_from(bytes)
         .ok()
         .filter(|c| image_format::layout::valid_chunk_size(*c))
-        .ok_or_else(|| usage("--chunk-size must be a power of two from 64KiB to 16MiB"))
+        .ok_or_else(|| {
+            // `2MB` is 2,000,000 bytes, never a power of two: people who
+            // type it mean 2MiB, so name the binary unit.
+            let t = text.trim();
+            let si = ["kB", "KB", "MB", "GB", "TB"]
+                .iter()
+                .find(|u| t.ends_with(*u) && !t.ends_with("iB"));
+            let suggest = si.map_or(String::new(), |u| {
+                let binary = match *u {
+                    "kB" | "KB" => "KiB",
+                    "MB" => "MiB",
+                    "GB" => "GiB",
+                    _ => "TiB",
+                };
+                format!(
+                    " ({u} counts powers of 1000; did you mean {}{binary}?)",
+                    &t[..t.len() - u.len()]
+                )
+            });
+            usage(format!(
+                "--chunk-size {t} is {} bytes: it must be a power of two from 64KiB to 16MiB \
+                 (65,536 to 16,777,216 bytes), e.g. 1MiB or 4MiB{suggest}",
+                crate::units::group_digits(bytes)
+            ))
+        })
 }
 
 fn source_spec(args: &Plan) -> crate::Result<&str> {
@@ -1244,7 +1310,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     let dirty = source.dirty_chunks(chunk_size)?;
     let size = source.len();
     if size == 0 {
-        return Err(usage(format!("source {spec} is empty")));
+        return Err(empty_source(spec, None));
     }
     let cache_dir = key_cache_dir(args.key_cache.clone())?;
     // Refuses a key cache holding a planted symlink before anything is written.
@@ -2032,6 +2098,34 @@ fn coded_full(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_sizes_in_decimal_units_point_at_the_binary_ones() {
+        assert_eq!(chunk_size_arg("1m").unwrap(), 1 << 20);
+        assert_eq!(chunk_size_arg("64k").unwrap(), 64 << 10);
+        let e = chunk_size_arg("2MB").unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        let m = e.to_string();
+        assert!(m.contains("2MB is 2,000,000 bytes"), "{m}");
+        assert!(m.contains("did you mean 2MiB?"), "{m}");
+        let m = chunk_size_arg("3MiB").unwrap_err().to_string();
+        assert!(
+            m.contains("power of two") && !m.contains("did you mean"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn an_empty_source_says_where_to_look() {
+        let e = empty_source("z0.raw", None);
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        let m = e.to_string();
+        assert!(m.contains("source z0.raw is empty (0 bytes)"), "{m}");
+        assert!(m.contains("check that --source names the disk"), "{m}");
+        assert!(empty_source("b.raw", Some(1))
+            .to_string()
+            .contains("(disk 1)"));
+    }
     use std::sync::Condvar;
 
     #[test]

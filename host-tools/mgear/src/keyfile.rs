@@ -70,9 +70,172 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> crate:
     Ok(())
 }
 
+/// The kinds of key file `mgear keygen` writes, told apart by their text
+/// before any parser sees them: a parser only says what it expected (a PEM
+/// decoder given `age1...` complains of a "NUL byte"), while a user who gave
+/// the wrong one of four files needs to hear which one it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The target's public key, `age1...` (`target.pub`, `mgear keygen`).
+    TargetPublic,
+    /// The target's secret identity, `AGE-SECRET-KEY-1...` (`target.key`).
+    TargetSecret,
+    /// A capture site's public key, `-----BEGIN PUBLIC KEY-----` (`site.pub`,
+    /// `mgear keygen --signing`).
+    SitePublic,
+    /// A capture site's secret signing key, `-----BEGIN PRIVATE KEY-----` (`site.key`).
+    SiteSecret,
+    /// None of the above.
+    Unknown,
+}
+
+impl KeyKind {
+    /// Which kind of key `text` holds. The secret forms are looked for first:
+    /// `target.key` also carries its public key in a `# public key:` comment.
+    pub fn of(text: &str) -> KeyKind {
+        if text.contains("AGE-SECRET-KEY-1") {
+            return KeyKind::TargetSecret;
+        }
+        if text.contains("-----BEGIN PRIVATE KEY-----") {
+            return KeyKind::SiteSecret;
+        }
+        if text.contains("-----BEGIN PUBLIC KEY-----") {
+            return KeyKind::SitePublic;
+        }
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'));
+        // Bech32 may be written in upper case.
+        if first.is_some_and(|l| l.to_ascii_lowercase().starts_with("age1")) {
+            return KeyKind::TargetPublic;
+        }
+        KeyKind::Unknown
+    }
+
+    /// What this kind is, for a message.
+    fn what(self) -> &'static str {
+        match self {
+            KeyKind::TargetPublic => {
+                "the target's public encryption key (age1..., the .pub written by `mgear keygen`)"
+            }
+            KeyKind::TargetSecret => {
+                "the target's SECRET identity (AGE-SECRET-KEY-1..., the .key written by \
+                 `mgear keygen`)"
+            }
+            KeyKind::SitePublic => {
+                "a capture site's public signing key (-----BEGIN PUBLIC KEY-----, the .pub \
+                 written by `mgear keygen --signing`)"
+            }
+            KeyKind::SiteSecret => {
+                "a capture site's SECRET signing key (-----BEGIN PRIVATE KEY-----, the .key \
+                 written by `mgear keygen --signing`)"
+            }
+            KeyKind::Unknown => "not a key mgear writes",
+        }
+    }
+
+    /// The file of this kind, for advice.
+    fn file(self) -> &'static str {
+        match self {
+            KeyKind::TargetPublic => "the .pub written by `mgear keygen` (e.g. target.pub)",
+            KeyKind::TargetSecret => "the .key written by `mgear keygen` (e.g. target.key)",
+            KeyKind::SitePublic => "the .pub written by `mgear keygen --signing` (e.g. site.pub)",
+            KeyKind::SiteSecret => "the .key written by `mgear keygen --signing` (e.g. site.key)",
+            KeyKind::Unknown => "a key file",
+        }
+    }
+
+    fn is_site(self) -> bool {
+        matches!(self, KeyKind::SitePublic | KeyKind::SiteSecret)
+    }
+
+    fn is_secret(self) -> bool {
+        matches!(self, KeyKind::TargetSecret | KeyKind::SiteSecret)
+    }
+}
+
+/// If `text` (read from `arg`, given as `flag`) is a key of a known kind other
+/// than `wanted`, the usage error that says which it is and which file
+/// belongs there instead; `None` when it is of the wanted kind or of no kind
+/// we know (the caller's parser then says what is wrong).
+pub fn misplaced(arg: &str, text: &str, flag: &str, wanted: KeyKind) -> Option<crate::Error> {
+    let found = KeyKind::of(text);
+    if found == wanted || found == KeyKind::Unknown {
+        return None;
+    }
+    let advice = if found.is_site() == wanted.is_site() && found.is_secret() && !wanted.is_secret()
+    {
+        // The secret half of the right pair: name its public half beside it.
+        let holder = if found.is_site() {
+            "the capture site"
+        } else {
+            "the target"
+        };
+        format!(
+            "it stays at {holder} and is never copied; give its public half, {}",
+            pub_path(Path::new(arg)).display()
+        )
+    } else if found.is_site() == wanted.is_site() {
+        // The public half of the right pair: the secret one is beside it.
+        format!(
+            "{flag} takes the secret half of the pair: {}",
+            wanted.file()
+        )
+    } else {
+        format!("{flag} takes {}", wanted.file())
+    };
+    Some(usage(format!("{arg} is {}: {advice}", found.what())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_kinds_are_told_apart_and_misplaced_ones_named() {
+        let target_pub = "age1d8c4a8lmlm7zwm8rgmjwyrzrp670qvqffcfhnsneujz9zezlmscqtys85h\n";
+        let target_key = "# created by mgear keygen\n# public key: age1d8c4\nAGE-SECRET-KEY-1QQQ\n";
+        let site_pub = "-----BEGIN PUBLIC KEY-----\nMCow\n-----END PUBLIC KEY-----\n";
+        let site_key = "-----BEGIN PRIVATE KEY-----\nMC4C\n-----END PRIVATE KEY-----\n";
+        assert_eq!(KeyKind::of(target_pub), KeyKind::TargetPublic);
+        assert_eq!(KeyKind::of(target_key), KeyKind::TargetSecret);
+        assert_eq!(KeyKind::of(site_pub), KeyKind::SitePublic);
+        assert_eq!(KeyKind::of(site_key), KeyKind::SiteSecret);
+        assert_eq!(KeyKind::of("garbage\n"), KeyKind::Unknown);
+        assert_eq!(KeyKind::of(""), KeyKind::Unknown);
+        assert!(misplaced("t.pub", target_pub, "--recipient", KeyKind::TargetPublic).is_none());
+        assert!(misplaced("g", "garbage", "--recipient", KeyKind::TargetPublic).is_none());
+        // The secret half where its public half belongs: kept at home, .pub named.
+        let e = misplaced(
+            "dir/target.key",
+            target_key,
+            "--recipient",
+            KeyKind::TargetPublic,
+        )
+        .unwrap();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        let m = e.to_string();
+        assert!(m.contains("target's SECRET identity"), "{m}");
+        assert!(m.contains("stays at the target"), "{m}");
+        assert!(m.contains("dir/target.pub"), "{m}");
+        // The public half where the secret one belongs.
+        let m = misplaced("site.pub", site_pub, "--sign", KeyKind::SiteSecret)
+            .unwrap()
+            .to_string();
+        assert!(m.contains("capture site's public signing key"), "{m}");
+        assert!(m.contains("--sign takes the secret half"), "{m}");
+        assert!(m.contains("site.key"), "{m}");
+        // A key of the other pair.
+        let m = misplaced("site.key", site_key, "--recipient", KeyKind::TargetPublic)
+            .unwrap()
+            .to_string();
+        assert!(m.contains("capture site's SECRET signing key"), "{m}");
+        assert!(
+            m.contains("--recipient takes the .pub written by `mgear keygen`"),
+            "{m}"
+        );
+    }
 
     #[test]
     fn a_pair_is_written_whole_or_not_at_all() {

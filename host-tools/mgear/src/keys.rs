@@ -118,6 +118,14 @@ pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
         fs::read_to_string(path)
             .map_err(|e| usage(format!("cannot read identity {}: {e}", path.display())))?,
     );
+    if let Some(e) = crate::keyfile::misplaced(
+        &path.display().to_string(),
+        &text,
+        "--identity",
+        crate::keyfile::KeyKind::TargetSecret,
+    ) {
+        return Err(e);
+    }
     let line = key_line(&text).ok_or_else(|| {
         usage(format!(
             "{} holds no key: expected AGE-SECRET-KEY-1...",
@@ -139,6 +147,14 @@ pub fn read_recipient(arg: &str) -> crate::Result<age::x25519::Recipient> {
     } else {
         fs::read_to_string(arg).map_err(|e| usage(format!("cannot read recipient {arg}: {e}")))?
     };
+    if let Some(e) = crate::keyfile::misplaced(
+        arg,
+        &text,
+        "--recipient",
+        crate::keyfile::KeyKind::TargetPublic,
+    ) {
+        return Err(e);
+    }
     let line = key_line(&text)
         .ok_or_else(|| usage(format!("{arg} holds no public key: expected age1...")))?;
     age::x25519::Recipient::from_str(line).map_err(|e| {
@@ -146,6 +162,45 @@ pub fn read_recipient(arg: &str) -> crate::Result<age::x25519::Recipient> {
             "{arg} is not an age public key ({e}): give the .pub file written by `mgear keygen`"
         ))
     })
+}
+
+/// The key slots a capture has on the medium: how many public keys its
+/// recipient slot (`KEYS`) is encrypted to, and whether it has a passphrase
+/// slot (`KEYPASS`). Read without any key: an age header lists one
+/// `-> X25519` stanza per recipient (anonymous, so not which ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySlots {
+    /// Recipients of the recipient slot; `None`: no recipient slot.
+    pub recipients: Option<usize>,
+    /// A passphrase slot is there.
+    pub passphrase: bool,
+}
+
+impl KeySlots {
+    /// Read capture `name`'s slots (its stored spelling) from `store`.
+    pub fn of(store: &mut dyn image_format::Store, name: &str) -> KeySlots {
+        let dir = image_format::layout::capture_dir(name);
+        let keys = format!("{dir}/{}", image_format::layout::KEYS_FILE);
+        let pass = format!("{dir}/{}", image_format::layout::KEYPASS_FILE);
+        let recipients = match store.len(&keys) {
+            Ok(Some(n)) => {
+                let mut head = vec![0u8; n.min(16 * 1024) as usize];
+                let got = store.read_at(&keys, 0, &mut head).unwrap_or(0);
+                let text = String::from_utf8_lossy(&head[..got]);
+                Some(
+                    text.lines()
+                        .take_while(|l| !l.starts_with("---"))
+                        .filter(|l| l.starts_with("-> X25519 "))
+                        .count(),
+                )
+            }
+            _ => None,
+        };
+        KeySlots {
+            recipients,
+            passphrase: matches!(store.len(&pass), Ok(Some(_))),
+        }
+    }
 }
 
 /// Read a passphrase file (first line, without the newline).
@@ -158,8 +213,21 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     })?);
     let line = text.lines().next().unwrap_or("").to_owned();
     if line.is_empty() {
+        // The passphrase is the first line exactly (a passphrase may hold any
+        // text, so later lines are never guessed at): a blank first line above
+        // text is a file laid out by hand, and must be named as such.
+        if text.trim().is_empty() {
+            return Err(usage(format!(
+                "passphrase file {} is empty: the passphrase is the file's first line; write \
+                 it there (or, at capture, let mgear make one: --passphrase-file NEW_FILE \
+                 --passphrase-generate)",
+                path.display()
+            )));
+        }
         return Err(usage(format!(
-            "passphrase file {} is empty",
+            "the first line of passphrase file {} is empty, though later lines hold text: the \
+             passphrase is the first line, exactly as typed at capture; remove the blank \
+             line(s) above it",
             path.display()
         )));
     }
@@ -211,11 +279,32 @@ pub fn generate_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
         pass.push(PASS_ALPHABET[(b & 31) as usize] as char);
     }
     let mut f = image_format::private::create(path).map_err(|e| {
-        usage(format!(
-            "cannot create passphrase file {}: {e} (--passphrase-generate writes a new file; \
-             it must not exist yet)",
-            path.display()
-        ))
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // create() fails with NotFound only for a missing directory (the file
+        // itself must not exist); saying "it must not exist yet" then misleads.
+        if e.kind() == std::io::ErrorKind::NotFound || !parent.is_dir() {
+            usage(format!(
+                "cannot create passphrase file {}: directory {} does not exist; create it \
+                 first, or give a path in an existing directory",
+                path.display(),
+                parent.display()
+            ))
+        } else if e.kind() == std::io::ErrorKind::AlreadyExists || path.symlink_metadata().is_ok() {
+            usage(format!(
+                "cannot create passphrase file {}: it already exists (--passphrase-generate \
+                 writes a new file and never overwrites one); give a new path, or drop \
+                 --passphrase-generate to use the passphrase in it",
+                path.display()
+            ))
+        } else {
+            usage(format!(
+                "cannot create passphrase file {}: {e}",
+                path.display()
+            ))
+        }
     })?;
     f.write_all(format!("{}\n", pass.as_str()).as_bytes())
         .and_then(|_| f.sync_all())
@@ -609,6 +698,32 @@ mod tests {
         assert!(generate_passphrase(&link).is_err());
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
         assert_ne!(generate_passphrase(&dir.path().join("pw2")).unwrap(), g);
+        // Each refusal says what is actually wrong.
+        let m = generate_passphrase(&f).unwrap_err().to_string();
+        assert!(m.contains("it already exists"), "{m}");
+        let m = generate_passphrase(&dir.path().join("nodir/pwg"))
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("nodir does not exist"), "{m}");
+        assert!(!m.contains("must not exist yet"), "{m}");
+    }
+
+    #[test]
+    fn passphrase_files_with_a_blank_first_line_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw5");
+        fs::write(&f, "\n\nfoo bar baz qux quux\n").unwrap();
+        let e = read_passphrase(&f).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), 2);
+        let m = e.to_string();
+        assert!(m.contains("first line of passphrase file"), "{m}");
+        assert!(m.contains("later lines hold text"), "{m}");
+        fs::write(&f, "\n \n").unwrap();
+        let m = read_passphrase(&f).unwrap_err().to_string();
+        assert!(
+            m.contains("pw5 is empty: the passphrase is the file's first line"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -620,6 +735,35 @@ mod tests {
             capture_work_factor(Some(1)).is_err(),
             !cfg!(debug_assertions)
         );
+    }
+
+    #[test]
+    fn other_keys_given_as_recipient_or_identity_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.key");
+        keygen_quiet(&target).unwrap();
+        let site = dir.path().join("site.key");
+        crate::sitekey::generate(&site, false).unwrap();
+        let arg = target.to_str().unwrap();
+        let m = read_recipient(arg).unwrap_err().to_string();
+        assert!(m.contains("target's SECRET identity"), "{m}");
+        assert!(m.contains("stays at the target"), "{m}");
+        assert!(m.contains(&pub_path(&target).display().to_string()), "{m}");
+        for p in [site.clone(), pub_path(&site)] {
+            let e = read_recipient(p.to_str().unwrap()).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), 2);
+            let m = e.to_string();
+            assert!(m.contains("capture site's"), "{m}");
+            assert!(
+                m.contains("--recipient takes the .pub written by `mgear keygen`"),
+                "{m}"
+            );
+        }
+        let Err(e) = read_identity(&pub_path(&target)) else {
+            panic!("target.pub accepted as an identity")
+        };
+        let m = e.to_string();
+        assert!(m.contains("--identity takes the secret half"), "{m}");
     }
 
     #[test]

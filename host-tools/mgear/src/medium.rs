@@ -360,18 +360,51 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
             Ok(Box::new(store))
         }
         MediumSpec::Fat(path) => {
-            let file = OpenOptions::new()
+            // A directory is a medium as it is, under the other scheme; the
+            // FAT reader would only report EISDIR and suggest formatting it.
+            if path.is_dir() {
+                return Err(usage(format!(
+                    "{} is a directory: fat: takes a FAT32 image file or a device; for a \
+                     directory (a mounted medium) use --medium dir:{}",
+                    path.display(),
+                    path.display()
+                )));
+            }
+            let mut file = OpenOptions::new()
                 .read(true)
                 .write(!read_only)
                 .open(&path)
-                .with_context(|| format!("cannot open medium {}", path.display()))?;
+                .map_err(|e| {
+                    let missing = e.kind() == std::io::ErrorKind::NotFound;
+                    let mut why = format!("cannot open medium {}: {e}", path.display());
+                    if missing {
+                        why += &format!(
+                            "; check the path (a device that is not attached has no /dev \
+                             node), or create an image with `mgear medium format fat:{} --size \
+                             SIZE`",
+                            path.display()
+                        );
+                    }
+                    crate::exit::coded(crate::exit::IO, why)
+                })?;
+            // Its size, measured by seeking: a block device's metadata says 0.
+            let bytes = file.seek(SeekFrom::End(0)).ok();
+            file.seek(SeekFrom::Start(0))
+                .with_context(|| format!("reading medium {}", path.display()))?;
             let dev = image_format::store::DirectFile::new(file);
             let store = if read_only {
                 FatStore::open_read_only(dev)
             } else {
                 FatStore::open(dev)
             }
-            .map_err(|e| crate::err!("opening medium {}: {e}", path.display()))?;
+            .map_err(|e| match bytes {
+                // The FAT reader reports a file shorter than a boot sector as
+                // "failed to fill whole buffer": say what the file is instead.
+                // (A longer one gets the reader's own account: no boot sector
+                // signature, or a volume cut short.)
+                Some(n) if n < 512 => crate::exit::coded(crate::exit::IO, too_small(&path, n)),
+                _ => crate::err!("opening medium {}: {e}", path.display()),
+            })?;
             Ok(Box::new(store))
         }
         MediumSpec::Nbd(url) => {
@@ -390,6 +423,18 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
             Ok(Box::new(store))
         }
     }
+}
+
+/// Why a `fat:` file of `bytes` bytes cannot be a medium.
+fn too_small(path: &Path, bytes: u64) -> String {
+    format!(
+        "{} is too small to be a FAT32 medium ({bytes} bytes, not even a boot sector; one is \
+         at least {}): check the \
+         path; a medium copied or downloaded in part must be copied again; make a new one with \
+         `mgear medium format fat:PATH --size 64MiB`",
+        path.display(),
+        human_bytes(MIN_FAT32_BYTES)
+    )
 }
 
 /// What [`format_medium`] did.
@@ -805,6 +850,45 @@ mod tests {
     use super::*;
 
     use crate::exit::{code_of, USAGE};
+
+    #[test]
+    fn fat_media_that_cannot_be_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| format!("fat:{}", dir.path().join(name).display());
+        // A directory: the dir: scheme is named.
+        std::fs::create_dir(dir.path().join("adir")).unwrap();
+        let Err(e) = open_mode(&at("adir"), true) else {
+            panic!("a directory opened as fat:")
+        };
+        assert_eq!(code_of(&e), USAGE);
+        assert!(e.to_string().contains("use --medium dir:"), "{e}");
+        // Missing: check the path, or make one.
+        let Err(e) = open_mode(&at("nonexist.img"), true) else {
+            panic!("a missing image opened")
+        };
+        assert_eq!(code_of(&e), crate::exit::IO);
+        let m = e.to_string();
+        assert!(m.contains("check the path"), "{m}");
+        assert!(m.contains("mgear medium format fat:"), "{m}");
+        // Too small to hold a FAT32 file system, whatever it holds.
+        std::fs::write(dir.path().join("tiny.txt"), "hello\n").unwrap();
+        std::fs::write(dir.path().join("empty.img"), "").unwrap();
+        for (name, bytes) in [("tiny.txt", 6), ("empty.img", 0)] {
+            let Err(e) = open_mode(&at(name), true) else {
+                panic!("{name} opened as a medium")
+            };
+            let m = e.to_string();
+            assert!(
+                m.contains(&format!("too small to be a FAT32 medium ({bytes} bytes")),
+                "{m}"
+            );
+            assert!(!m.contains("fill whole buffer"), "{m}");
+        }
+        let Err(e) = open_mode("fat:/dev/null", true) else {
+            panic!("/dev/null opened as a medium")
+        };
+        assert!(e.to_string().contains("(0 bytes"), "{e}");
+    }
 
     #[test]
     fn format_small_and_large() {

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::exit::usage;
+use crate::keyfile::{misplaced, KeyKind};
 
 /// Create `out` (secret, 0600) and `out.pub`; refuses to overwrite unless `force`.
 pub fn generate(out: &Path, force: bool) -> crate::Result<VerifyingKey> {
@@ -61,11 +62,22 @@ pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
             path.display()
         )));
     }
+    let shown = path.display().to_string();
+    if let Some(e) = misplaced(&shown, &text, "--sign", KeyKind::SiteSecret) {
+        return Err(e);
+    }
+    // Without a PEM block the decoder's complaint ("preamble contains invalid
+    // data (NUL byte)") describes its own state, not the file.
+    if !text.contains("-----BEGIN") {
+        return Err(usage(format!(
+            "{shown} is not a signing key: it has no -----BEGIN PRIVATE KEY----- block; give \
+             the .key file written by `mgear keygen --signing`"
+        )));
+    }
     SigningKey::from_pkcs8_pem(&text).map_err(|e| {
         usage(format!(
-            "{} is not an Ed25519 signing key ({e}): give the .key file written by \
-             `mgear keygen --signing`",
-            path.display()
+            "{shown} is not an Ed25519 signing key ({e}): give the .key file written by \
+             `mgear keygen --signing`"
         ))
     })
 }
@@ -88,6 +100,14 @@ pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
              --signing` at the capture site",
             path.display()
         )));
+    }
+    if let Some(e) = misplaced(
+        &path.display().to_string(),
+        &text,
+        "--trust",
+        KeyKind::SitePublic,
+    ) {
+        return Err(e);
     }
     VerifyingKey::from_public_key_pem(&text).map_err(|e| {
         let why = if text.contains("-----BEGIN") {
@@ -216,6 +236,53 @@ mod tests {
         let short = parse_fingerprint(&fp[..16]).unwrap_err();
         assert_eq!(crate::exit::code_of(&short), crate::exit::USAGE);
         assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn other_keys_given_as_the_signing_key_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.key");
+        // The target's pair as `mgear keygen` writes it (not called: keys
+        // sits above this module).
+        let id = age::x25519::Identity::generate();
+        fs::write(
+            &target,
+            format!(
+                "# public key: {}\n{}\n",
+                id.to_public(),
+                age::secrecy::ExposeSecret::expose_secret(&id.to_string())
+            ),
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("target.pub"),
+            format!("{}\n", id.to_public()),
+        )
+        .unwrap();
+        let site = dir.path().join("site.key");
+        generate(&site, false).unwrap();
+        let garbage = dir.path().join("garbage");
+        fs::write(&garbage, "garbage\n").unwrap();
+        let cases = [
+            (
+                dir.path().join("target.pub"),
+                "target's public encryption key",
+            ),
+            (target.clone(), "target's SECRET identity"),
+            (dir.path().join("site.pub"), "--sign takes the secret half"),
+            (garbage, "no -----BEGIN PRIVATE KEY----- block"),
+        ];
+        for (path, says) in cases {
+            let e = read_signing_key(&path).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+            let m = e.to_string();
+            assert!(m.contains(says), "{m}");
+            assert!(!m.contains("NUL byte"), "{m}");
+        }
+        // And the site's secret key given to --trust.
+        let m = read_public_key(&site).unwrap_err().to_string();
+        assert!(m.contains("stays at the capture site"), "{m}");
+        assert!(m.contains("site.pub"), "{m}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (`50MiB/s`, `400Mbit/s`, `10MB/s`, `512KiB/s`).
 //!
 //! Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, and the bare `K`, `M`, `G`, `T`
-//! that `dd` and `qemu-img` users type) are powers of 1024; SI suffixes
+//! in either case, as `dd` and `qemu-img` users type them) are powers of 1024; SI suffixes
 //! (`kB`, `MB`, `GB`, `TB`) are powers of 1000; `bit`/`b` rates are divided by 8.
 
 use crate::exit::usage;
@@ -21,21 +21,41 @@ pub fn parse_size(text: &str) -> crate::Result<u64> {
     })?;
     let mult = match unit.trim() {
         "" | "B" | "b" => 1u64,
+        // Lower-case single letters are binary like their capitals (`dd`
+        // takes `1m`); only the two-letter `kB`..`TB` forms are decimal.
         "K" | "k" | "KiB" | "Ki" => 1 << 10,
-        "M" | "MiB" | "Mi" => 1 << 20,
-        "G" | "GiB" | "Gi" => 1 << 30,
-        "T" | "TiB" | "Ti" => 1 << 40,
+        "M" | "m" | "MiB" | "Mi" => 1 << 20,
+        "G" | "g" | "GiB" | "Gi" => 1 << 30,
+        "T" | "t" | "TiB" | "Ti" => 1 << 40,
         "kB" | "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        other => return Err(usage(format!("unknown size unit `{other}` in `{text}`: use B, KiB, MiB, GiB, TiB (or kB, MB, GB, TB)"))),
+        other => {
+            return Err(usage(format!(
+                "unknown size unit `{other}` in `{text}`: use B, KiB, MiB, GiB, TiB or K, M, G, T \
+             (either case; powers of 1024), or kB, MB, GB, TB (powers of 1000)"
+            )))
+        }
     };
     let bytes = value * mult as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
         return Err(usage(format!("size `{text}` is out of range")));
     }
     Ok(bytes.round() as u64)
+}
+
+/// `2000000` as `2,000,000`, for sizes quoted back in messages.
+pub fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The slowest rate a limit may be, in bytes per second.
@@ -134,6 +154,22 @@ mod tests {
         assert_eq!(parse_size("3 MiB").unwrap(), 3 << 20);
         assert!(parse_size("2 parsecs").is_err());
         assert!(parse_size("GiB").is_err());
+        // Every bare letter takes either case, as the message says.
+        for (t, n) in [
+            ("1m", 1u64 << 20),
+            ("64k", 64 << 10),
+            ("2g", 2 << 30),
+            ("1t", 1 << 40),
+        ] {
+            assert_eq!(parse_size(t).unwrap(), n, "{t}");
+        }
+        let m = parse_size("1q").unwrap_err().to_string();
+        assert!(
+            m.contains("either case") && m.contains("powers of 1000"),
+            "{m}"
+        );
+        assert_eq!(group_digits(2_000_000), "2,000,000");
+        assert_eq!(group_digits(512), "512");
     }
 
     #[test]

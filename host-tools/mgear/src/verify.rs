@@ -118,8 +118,109 @@ pub fn unlock_from(
     Ok(None)
 }
 
-/// Run `mgear verify`.
+/// "this key does not open capture NAME" (image_format's `WrongKey`) says
+/// nothing of what would: replace it with the capture's key slots and the
+/// key to try. `err` is returned as it is when it is another error or the
+/// medium cannot be read again.
+pub fn explain_wrong_key(
+    err: crate::Error,
+    medium: &crate::medium::Where,
+    identity: Option<&std::path::Path>,
+    passphrase_file: Option<&std::path::Path>,
+) -> crate::Error {
+    let Some(name) = err.chain().find_map(|e| match e.downcast_ref() {
+        Some(image_format::Error::WrongKey { name }) => Some(name.clone()),
+        _ => None,
+    }) else {
+        return err;
+    };
+    let Ok(mut m) = medium.open_read_only() else {
+        return err;
+    };
+    let slots = crate::keys::KeySlots::of(m.store(), &name);
+    let _ = m.close();
+    let (message, hint) = wrong_key_message(&name, slots, identity, passphrase_file);
+    crate::Error::Coded {
+        code: crate::exit::USAGE,
+        message,
+        hint: Some(hint),
+    }
+}
+
+/// The message and hint of [`explain_wrong_key`].
+fn wrong_key_message(
+    name: &str,
+    slots: crate::keys::KeySlots,
+    identity: Option<&std::path::Path>,
+    passphrase_file: Option<&std::path::Path>,
+) -> (String, String) {
+    let plural = |n: usize| if n == 1 { "key" } else { "keys" };
+    let has = match (slots.recipients, slots.passphrase) {
+        (Some(n), true) => format!(
+            "a recipient slot (for {n} public {}) and a passphrase slot",
+            plural(n)
+        ),
+        (Some(n), false) => format!(
+            "only a recipient slot (for {n} public {}), no passphrase slot",
+            plural(n)
+        ),
+        (None, true) => "only a passphrase slot, no recipient slot".into(),
+        (None, false) => "no key slot that could be read".into(),
+    };
+    let mut msg = match (identity, passphrase_file) {
+        (Some(id), _) => {
+            // Name the public key of what was given: the user can compare it
+            // with the .pub files they hold.
+            let public = crate::keys::read_identity(id)
+                .map(|i| format!(" (its public key is {})", i.to_public()))
+                .unwrap_or_default();
+            format!(
+                "{} does not open capture {name}{public}: capture {name} has {has}",
+                id.display()
+            )
+        }
+        (None, Some(p)) => format!(
+            "the passphrase in {} does not open capture {name}: capture {name} has {has}",
+            p.display()
+        ),
+        (None, None) => format!("this key does not open capture {name}: it has {has}"),
+    };
+    let mut tries = Vec::new();
+    if slots.recipients.is_some() {
+        tries.push(
+            "--identity with the identity (.key) whose .pub was given as --recipient at capture"
+                .to_string(),
+        );
+    }
+    if slots.passphrase {
+        tries.push(
+            "--passphrase-file with the file given at capture (its first line, exactly)"
+                .to_string(),
+        );
+    }
+    let hint = if tries.is_empty() {
+        "the capture's key files are missing or unreadable: `mgear verify --medium ...` says \
+         what is wrong with it"
+            .to_string()
+    } else {
+        format!("try {}", tries.join(", or "))
+    };
+    if !tries.is_empty() {
+        msg += &format!("; {hint}");
+    }
+    (msg, hint)
+}
+
+/// Run `mgear verify`; a key that opens no capture is told what would
+/// ([`explain_wrong_key`]).
 pub fn run(args: Plan) -> crate::Result<i32> {
+    let medium = args.medium.clone();
+    let (identity, passphrase_file) = (args.identity.clone(), args.passphrase_file.clone());
+    verify(args)
+        .map_err(|e| explain_wrong_key(e, &medium, identity.as_deref(), passphrase_file.as_deref()))
+}
+
+fn verify(args: Plan) -> crate::Result<i32> {
     let unlock = unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?;
     let mut medium = args.medium.open_read_only()?;
     let store = medium.store();
@@ -459,4 +560,61 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         }
     }
     Ok(if out.ok { OK } else { FOUND })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_that_does_not_open_a_capture_is_told_what_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.key");
+        crate::keys::keygen_quiet(&other).unwrap();
+        let public = crate::keys::read_identity(&other)
+            .unwrap()
+            .to_public()
+            .to_string();
+        let both = crate::keys::KeySlots {
+            recipients: Some(1),
+            passphrase: true,
+        };
+        let m = wrong_key_message("web01", both, Some(&other), None).0;
+        assert!(m.contains("other.key does not open capture web01"), "{m}");
+        assert!(m.contains(&public), "{m}");
+        assert!(
+            m.contains("a recipient slot (for 1 public key) and a passphrase slot"),
+            "{m}"
+        );
+        assert!(m.contains("given as --recipient at capture"), "{m}");
+        assert!(m.contains("--passphrase-file"), "{m}");
+        let only_rcpt = crate::keys::KeySlots {
+            recipients: Some(2),
+            passphrase: false,
+        };
+        let m = wrong_key_message("web01", only_rcpt, Some(&other), None).0;
+        assert!(
+            m.contains("only a recipient slot (for 2 public keys), no passphrase slot"),
+            "{m}"
+        );
+        assert!(!m.contains("--passphrase-file"), "{m}");
+        let only_pass = crate::keys::KeySlots {
+            recipients: None,
+            passphrase: true,
+        };
+        let m = wrong_key_message("web01", only_pass, None, Some(std::path::Path::new("pw"))).0;
+        assert!(
+            m.contains("the passphrase in pw does not open capture web01"),
+            "{m}"
+        );
+        assert!(m.contains("only a passphrase slot"), "{m}");
+        // Other errors pass through unchanged.
+        let e = explain_wrong_key(
+            crate::exit::usage("x"),
+            &crate::medium::Where::one("dir:/nonexistent"),
+            None,
+            None,
+        );
+        assert_eq!(e.to_string(), "x");
+    }
 }

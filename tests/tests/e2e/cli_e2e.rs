@@ -223,7 +223,14 @@ fn cli_dir_medium_and_passphrase() {
     ]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
     assert!(
-        stderr(&bad).contains("this key does not open capture db-2"),
+        stderr(&bad).contains("the passphrase in badpw does not open capture db-2"),
+        "{}",
+        stderr(&bad)
+    );
+    // It says which slots the capture has and what to try.
+    assert!(stderr(&bad).contains("passphrase slot"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("--passphrase-file with the file given at capture"),
         "{}",
         stderr(&bad)
     );
@@ -276,10 +283,19 @@ fn cli_wrong_identity_exits_2() {
     ] {
         let out = e.run(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
         assert!(
-            stderr(&out).contains("this key does not open capture web01"),
-            "{}",
-            stderr(&out)
+            err.contains("other.key does not open capture web01"),
+            "{err}"
+        );
+        // Which slots the capture has, and the key that would open it.
+        assert!(
+            err.contains("only a recipient slot (for 1 public key), no passphrase slot"),
+            "{err}"
+        );
+        assert!(
+            err.contains("whose .pub was given as --recipient at capture"),
+            "{err}"
         );
     }
     // Not a medium of ours / not a FAT image: a clear error, not a panic.

@@ -104,6 +104,26 @@ fn a_single_disk_capture_under_a_sets_name_is_refused_and_the_set_survives() {
             "a refused capture changed the medium"
         );
     }
+    // A disk's name of this set: the set is named, and how to capture it.
+    let o = e.capture("dir:m", "db01.d1").source("other.raw").run();
+    refused(&o, "db01.d1 is a disk of machine set db01: capture the set");
+    // A disk's name of a set the medium does not hold: the ending is
+    // reserved, and no set is made up.
+    let o = e.capture("dir:m", "x.d0").source("other.raw").run();
+    refused(
+        &o,
+        "x.d0 ends in .dK, which is reserved for the disks of a machine set",
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("machine set x:"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        tree(&e.p("m")),
+        before,
+        "a refused capture changed the medium"
+    );
     // --dry-run says the same, before the real run would.
     let o = e
         .capture("dir:m", "db01")
