@@ -137,6 +137,11 @@ pub struct Plan {
     pub span_total: Option<u64>,
     /// Capture even when the sampled estimate says the medium is too small.
     pub skip_space_check: bool,
+    /// Check the source against this target readiness profile before it ships (`mgear boot
+    /// --check-profile` names the profiles): what would fail at the target is said, as
+    /// warnings here and in the report, and the capture goes on (a driver the target needs
+    /// can still be added there: `ingest --adapt`).
+    pub check_profile: Option<&'static mgear_boot::TargetProfile>,
     /// Checkpoint after this much data stored on the medium, or 16 times as
     /// much source progress (zeros, dedup): a checkpoint costs three fsyncs,
     /// which zero regions should not pay every 64 MiB (tests use small values).
@@ -1080,6 +1085,10 @@ fn preflight(
     };
     crate::preflight::check_container(source, spec)?;
     let mut warnings = Vec::new();
+    if let Some(profile) = args.check_profile {
+        let disk = image_format::set::parse_disk_stream_name(&args.name).map(|(_, k)| k);
+        warnings.extend(readiness(source, profile, disk)?);
+    }
     if !(spec.starts_with("nbd://") || spec.starts_with("nbd+unix://")) {
         for m in crate::preflight::rw_mounts_of(std::path::Path::new(spec)) {
             warnings.push(format!(
@@ -1125,6 +1134,45 @@ fn preflight(
         fits: free.map(|f| needed <= f),
         warnings,
     })
+}
+
+/// The source's readiness for `profile`, read before anything ships: each finding that is
+/// not plain information, as a warning line. Disk 0 of a machine (or a single disk) is
+/// checked as the boot disk, other disks for what any volume needs.
+fn readiness(
+    source: &mut dyn crate::source::Source,
+    profile: &mgear_boot::TargetProfile,
+    set_disk: Option<usize>,
+) -> crate::Result<Vec<String>> {
+    struct At<'a>(&'a mut dyn crate::source::Source);
+    impl mgear_boot::ReadAt for At<'_> {
+        fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> mgear_boot::Result<()> {
+            self.0
+                .read_exact_at(offset, buf)
+                .map_err(|e| mgear_boot::BootError::Format(format!("{e:#}")))
+        }
+    }
+    let size = source.len();
+    let facts = mgear_boot::inspect_disk(&mut At(source), size)
+        .map_err(|e| crate::err!("reading the source for --check-profile: {e}"))?;
+    let findings = match set_disk {
+        None | Some(0) => mgear_boot::check_profile(&facts, profile),
+        Some(_) => mgear_boot::check_data_disk(&facts, profile),
+    };
+    Ok(findings
+        .iter()
+        .filter(|f| f.severity != mgear_boot::Severity::Info)
+        .map(|f| {
+            format!(
+                "readiness for {} ({}): {} {}: {}",
+                profile.name,
+                profile.description,
+                crate::output::serde_name(&f.severity),
+                f.code,
+                f.message
+            )
+        })
+        .collect())
 }
 
 /// Do the capture; returns the report.
@@ -1324,7 +1372,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     args.medium.ready_to_capture()?;
     // Check before writing, on a read-only view of the medium: a refusal
     // leaves it byte-for-byte as it was.
-    let (exists, on_medium, borrow) = {
+    let (exists, on_medium, borrow, preflight_warnings) = {
         let mut ro = args
             .medium
             .open_before_capture_for(&span_plan(args, size, chunk_size))?;
@@ -1369,7 +1417,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 }
                 _ => None,
             };
-            Ok((exists, on_medium, borrow))
+            Ok((exists, on_medium, borrow, plan.warnings))
         })();
         match checked {
             Ok(v) => {
@@ -1624,7 +1672,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     };
     let secs = started.elapsed().as_secs_f64();
     let cpu_seconds = (progress::cpu_seconds() - cpu0).max(0.0);
-    let mut warnings = Vec::new();
+    // What the checks before writing found (a read-write mount, the target's readiness)
+    // stays in the report: it was only on stderr, gone by the time the receipt is filed.
+    let mut warnings = preflight_warnings;
     // A delta of the disk it continues shares most chunks with its parent; one sharing none
     // (a few stored chunks are no sign: a small disk, or one rewritten by an erase) is most
     // likely another disk given as --source, or a set's disks given in another order. Said

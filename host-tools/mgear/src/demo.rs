@@ -403,6 +403,7 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
                 no_dedup_across_disks: false,
                 dedup_across_machines: None,
                 span_total: None,
+                check_profile: None,
                 sign: Some(site_key.clone()),
             })?;
             println!(

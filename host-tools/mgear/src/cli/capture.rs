@@ -63,6 +63,11 @@ pub struct Args {
     /// Sign each generation's COMMIT with this capture-site key (`mgear keygen --signing`).
     #[arg(long, value_name = "SITE.key")]
     pub sign: Option<PathBuf>,
+    /// Check the source against a target readiness profile before it ships (kvm-virtio-bios,
+    /// kvm-virtio-uefi, openstack, aws-nitro, generic): what would fail at the target is
+    /// warned about here and kept in the report; the capture goes on.
+    #[arg(long, value_name = "PROFILE")]
+    pub check_profile: Option<String>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +129,11 @@ impl Cli {
             .collect::<mgear::Result<Vec<_>>>()?;
         let rate_limit = a.rate_limit.as_deref().map(parse_rate).transpose()?;
         let checkpoint_bytes = parse_size(&a.checkpoint_bytes)?;
+        let check_profile = a
+            .check_profile
+            .as_deref()
+            .map(mgear::boot_cmd::profile)
+            .transpose()?;
         let plan = capture::Plan {
             source: None,
             medium: a.medium.into(),
@@ -150,6 +160,7 @@ impl Cli {
             checkpoint_bytes,
             passphrase_work_factor: a.passphrase_work_factor,
             span_total: None,
+            check_profile,
         };
         Ok(capture::Request {
             sources: self.sources,
