@@ -49,7 +49,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Create a target key pair (KEY 0600 + KEY.pub for the capture site), or with --signing a capture site's signing key.
+    /// Create a target key pair (--out target.key writes target.key, 0600, and target.pub for the capture site), or with --signing a capture site's signing key.
     Keygen(cli::keys::KeygenArgs),
     /// The data keys this capture host keeps for deltas and syncs: list, forget.
     Keys(cli::keys::KeysArgs),
