@@ -885,7 +885,14 @@ pub fn ingest(cli: crate::ingest::Request) -> crate::Result<i32> {
         return crate::ingest::run(cli);
     }
     crate::signals::install();
-    run_ingest(&cli.plan, &cli.targets, cli.disk)
+    run_ingest(&cli.plan, &cli.targets, cli.disk).map_err(|e| {
+        crate::verify::explain_wrong_key(
+            e,
+            &cli.plan.medium,
+            cli.plan.identity.as_deref(),
+            cli.plan.passphrase_file.as_deref(),
+        )
+    })
 }
 
 /// `mgear ingest` of a machine set (several targets, a `{disk}` pattern or `--disk`).
@@ -999,7 +1006,12 @@ pub fn ingest_set(
         crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
         // ...and that it is intact and binds exactly the disks on the medium.
         let (file, _) = set::open_set(store, &args.name, Some(verdict.generation), &unlock)
-            .map_err(|e| coded(FOUND, format!("ingest refused: set {}: {e}", args.name)))?;
+            .map_err(|e| match e {
+                // A key that does not open the set is the operator's to fix (exit 2, and
+                // `explain_wrong_key` says what would open it), not a finding about the data.
+                image_format::Error::WrongKey { .. } => crate::Error::from(e),
+                e => coded(FOUND, format!("ingest refused: set {}: {e}", args.name)),
+            })?;
         crate::trust::same_as_checked(&verdict, &args.name, file.set.generation, &file.root)?;
         Ok(file)
     })();

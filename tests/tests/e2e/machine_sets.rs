@@ -1048,3 +1048,22 @@ fn a_set_capture_resumed_with_another_number_of_disks_is_refused() {
         .json();
     assert_eq!(c["disks"].as_array().unwrap().len(), 3, "{c}");
 }
+
+/// A set ingested with the wrong identity said only "this key does not open capture db01.d0";
+/// a single disk said which slots the capture has and what to try. Sets say so too.
+#[test]
+fn a_set_ingest_with_the_wrong_key_says_what_would_open_it() {
+    let e = machine();
+    e.ok(&["keygen", "--out", "other.key"]);
+    std::fs::create_dir(e.p("m")).unwrap();
+    capture(&e, "dir:m", &[]);
+    #[rustfmt::skip]
+    let o = e.run(&["ingest", "--medium", "dir:m", "--name", "db01", "--identity", "other.key", "--trust", "site.pub", "--target", "file:{disk}.raw", "--allow-unsealed"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let err = output_text(&o);
+    assert!(err.contains("other.key does not open capture"), "{err}");
+    assert!(
+        err.contains("whose .pub was given as --recipient at capture"),
+        "{err}"
+    );
+}
