@@ -212,7 +212,10 @@ pub enum Outcome {
 /// What BIOS and UEFI firmware print when no disk holds anything bootable:
 /// SeaBIOS after trying every device, OVMF's boot manager when every boot
 /// option failed. Neither recovers on its own, so waiting longer is useless.
-const NOTHING_BOOTABLE: &str = r"No bootable device|No bootable option or device was found";
+/// OVMF with no boot option left drops to its interactive shell ("UEFI Interactive Shell"
+/// then "Shell>"), and a FAT volume's boot sector without a loader prints "This is not a
+/// bootable disk": neither goes on by itself either.
+const NOTHING_BOOTABLE: &str = r"No bootable device|No bootable option or device was found|UEFI Interactive Shell|This is not a bootable disk";
 
 /// The firmware's "nothing to boot" line in `console`, if it printed one.
 pub fn nothing_bootable(console: &str) -> Option<String> {
@@ -834,6 +837,15 @@ mod tests {
             nothing_bootable("Booting from Hard Disk...\nGRUB loading"),
             None
         );
+        // OVMF's shell after every option failed, and a FAT boot sector without a loader:
+        // both waited out the whole timeout.
+        let shell = "BdsDxe: failed to load Boot0002\nUEFI Interactive Shell v2.2\nShell> ";
+        assert_eq!(
+            nothing_bootable(shell).as_deref(),
+            Some("UEFI Interactive Shell v2.2")
+        );
+        let fat = "Booting from Hard Disk...\nThis is not a bootable disk.  Please insert a bootable floppy and\n";
+        assert!(nothing_bootable(fat).is_some());
         // Guest writes are discarded unless a caller asks otherwise.
         assert!(BootSpec::new(Target::File("a.raw".into()), "x").snapshot);
     }

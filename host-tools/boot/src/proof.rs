@@ -33,6 +33,14 @@ impl Expectation {
     pub fn new(wait_for: &str, timeout: Duration) -> Result<Self> {
         let wait_for = regex::Regex::new(wait_for)
             .map_err(|e| BootError::Usage(format!("--wait-for is not a valid regex: {e}")))?;
+        // One that matches nothing at all (`''`, `.*`) "proved" an all-zero disk booted.
+        if wait_for.is_match("") {
+            return Err(BootError::Usage(format!(
+                "--wait-for {:?} matches an empty console, so it proves nothing: give text \
+                 only the booted guest prints (a login prompt, a marker)",
+                wait_for.as_str()
+            )));
+        }
         Ok(Expectation { wait_for, timeout })
     }
 
@@ -715,6 +723,12 @@ mod tests {
             Expectation::new("(", Duration::from_secs(1)),
             Err(BootError::Usage(_))
         ));
+        // A pattern an empty console matches proves nothing (an all-zero disk "booted").
+        for empty in ["", ".*", "x?", "^"] {
+            let e = Expectation::new(empty, Duration::from_secs(1)).unwrap_err();
+            assert!(e.to_string().contains("proves nothing"), "{empty:?}: {e}");
+        }
+        assert!(Expectation::new("login: ", Duration::from_secs(1)).is_ok());
     }
 
     #[test]

@@ -679,6 +679,18 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         p,
         "ingest would overwrite the shipment it reads",
     )?;
+    // `X.partial` is where an ingest into `X` writes until it is verified: given as a target
+    // (with --force, as "X.partial exists" suggested), it went into another ingest's volume
+    // under that one's lock, and that ingest then reported the other capture as verified.
+    if matches!(target, Target::File(_) | Target::Qcow2(_))
+        && p.extension().is_some_and(|e| e == "partial")
+    {
+        return Err(usage(format!(
+            "--target {spec}: names ending in .partial are what ingest writes a volume under \
+             until it is verified (and another ingest may be writing this one): give the \
+             volume's own name, without .partial (a re-run of the same command resumes it)"
+        )));
+    }
     let kind = std::fs::metadata(p).ok().map(|m| m.file_type());
     if let Some(t) = kind {
         if t.is_dir() {

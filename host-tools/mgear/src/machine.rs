@@ -793,6 +793,9 @@ pub struct IngestReport {
     pub command: &'static str,
     pub name: String,
     pub generation: u32,
+    /// The set manifest's root (hex): what the set's COMMIT signs and the capture receipt
+    /// names, so a report can be tied to the receipt.
+    pub set_root: String,
     pub disks: Vec<IngestedDisk>,
     pub booted: Option<bool>,
     pub boot_report: Option<String>,
@@ -1178,6 +1181,7 @@ pub fn ingest_set(
         command: "ingest",
         name: args.name.clone(),
         generation: g,
+        set_root: hex(&file.root),
         disks,
         booted: None,
         boot_report: None,

@@ -93,9 +93,29 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// The report path's human twin: `r.json` → `r.txt` (`r` → `r.txt`).
+/// The report path's human twin: `r.json` → `r.txt` (`r` → `r.txt`; `r.txt` → `r.txt.txt`:
+/// the summary replaced the JSON report it was given as).
 pub fn text_path(path: &Path) -> PathBuf {
+    if path.extension().is_some_and(|e| e == "txt") {
+        let mut s = path.as_os_str().to_owned();
+        s.push(".txt");
+        return PathBuf::from(s);
+    }
     path.with_extension("txt")
+}
+
+/// Whether the file at `p` is a report an earlier run wrote (JSON or summary), which a new
+/// report may replace. Anything else there is never replaced: `--report` named the medium,
+/// a key or the volume just ingested, and each was overwritten with the report.
+fn earlier_report(p: &Path) -> bool {
+    let mut head = [0u8; 1024];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&head[..n]);
+    (head.starts_with("{\"ok\":") && head.contains("\"report\":\"mgear-"))
+        || head.starts_with("MotionGear capture report (")
+        || head.starts_with("MotionGear ingest report (")
 }
 
 /// What both reports share, around the command's own report `result`.
@@ -264,7 +284,7 @@ pub fn ingest_set(
             digests
         })
         .collect();
-    v["digests"] = json!({ "disks": disks });
+    v["digests"] = json!({ "set_root": get(&result, &["set_root"]), "disks": disks });
     trust_fields(&mut v);
     Ok(v)
 }
@@ -464,6 +484,19 @@ pub fn check_writable(path: &Path, flag: &str) -> crate::Result<()> {
                 hint,
             ));
         }
+        if std::fs::symlink_metadata(&p).is_ok() && !earlier_report(&p) {
+            return Err(crate::exit::coded_hint(
+                crate::exit::USAGE,
+                format!(
+                    "{flag} {}: {} exists and is not a MotionGear report (a medium, a key, a \
+                     volume?): it is never overwritten; give {flag} a new file name (an \
+                     earlier report is replaced)",
+                    path.display(),
+                    p.display()
+                ),
+                format!("give {flag} a new file name (nothing was done yet)"),
+            ));
+        }
         let partial = partial_path(&p);
         match std::fs::OpenOptions::new()
             .write(true)
@@ -616,8 +649,12 @@ mod tests {
             ],
         });
         let manifests = [Some(["c0".into(), "r0".into(), "d0".into()]), None];
+        let mut result = result;
+        result["set_root"] = json!("22".repeat(32));
         let v = ingest_set(&result, &manifests, "dir:m", 1.0).unwrap();
         assert_eq!(v["target"], json!(["file:a", "file:b"]));
+        assert_eq!(v["digests"]["set_root"], "22".repeat(32));
+        assert!(summary(&v).contains(&"22".repeat(32)), "{}", summary(&v));
         assert_eq!(v["digests"]["disks"][0]["manifest_root"], "r0");
         assert_eq!(v["digests"]["disks"][1]["manifest_root"], Value::Null);
         assert_eq!(v["digests"]["disks"][1]["volume_sha256"], "ff".repeat(32));
@@ -650,5 +687,35 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["r.json", "r.txt"]);
+    }
+
+    /// `--report` naming the medium, the target key or the volume just ingested overwrote it
+    /// with the report (exit 0); `--report r.txt` replaced its JSON with the summary.
+    #[test]
+    fn a_report_never_replaces_anything_but_an_earlier_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("target.key");
+        std::fs::write(&key, "# created: ...\nAGE-SECRET-KEY-1QQQ\n").unwrap();
+        let e = check_writable(&key, "--report").unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
+        assert!(e.to_string().contains("is not a MotionGear report"), "{e}");
+        assert!(std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("AGE-SECRET-KEY"));
+        // The twin counts too: r.json is new, but r.txt is someone's notes.
+        std::fs::write(dir.path().join("r.txt"), "notes").unwrap();
+        let r = dir.path().join("r.json");
+        assert!(check_writable(&r, "--report").is_err());
+        std::fs::remove_file(dir.path().join("r.txt")).unwrap();
+        // An earlier report is replaced.
+        let v = frame("ingest", &json!({"name": "web01"}), 1.0);
+        write_json_and_text(&r, &v, &summary(&v)).unwrap();
+        check_writable(&r, "--report").unwrap();
+        // A report named .txt keeps its JSON: the summary goes beside it.
+        let t = dir.path().join("ticket.txt");
+        assert_eq!(text_path(&t), dir.path().join("ticket.txt.txt"));
+        write_json_and_text(&t, &v, &summary(&v)).unwrap();
+        assert!(std::fs::read_to_string(&t).unwrap().starts_with("{\"ok\":"));
+        check_writable(&t, "--report").unwrap();
     }
 }
