@@ -271,13 +271,33 @@ pub fn volume_key(t: &str) -> String {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     match Target::parse(t, Bare::Refuse) {
         Ok(Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) => match std::fs::metadata(&p) {
-            Ok(m) if m.file_type().is_block_device() => format!("block {}", m.rdev()),
+            Ok(m) if m.file_type().is_block_device() => {
+                loop_backing(m.rdev()).unwrap_or_else(|| format!("block {}", m.rdev()))
+            }
             Ok(m) => format!("inode {} {}", m.dev(), m.ino()),
             Err(_) => format!("path {}", crate::guard::resolved(&p).unwrap_or(p).display()),
         },
+        // The same export through another spelling of its socket's path (`./s`, a link):
+        // two disks went into one export, both "verified".
+        Ok(Target::Nbd(NbdUrl::Unix { socket, export })) => format!(
+            "nbd unix {} {export}",
+            std::fs::canonicalize(&socket).unwrap_or(socket).display()
+        ),
         Ok(other) => other.to_string(),
         Err(_) => t.to_string(),
     }
+}
+
+/// A loop device's backing file, as the key of the file itself: two loop devices over one
+/// file (or a loop device and its file) are one volume. `None` for any other device.
+fn loop_backing(rdev: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let backing =
+        std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/loop/backing_file"))
+            .ok()?;
+    let m = std::fs::metadata(backing.trim_end_matches('\n')).ok()?;
+    Some(format!("inode {} {}", m.dev(), m.ino()))
 }
 
 #[cfg(test)]

@@ -1067,3 +1067,47 @@ fn a_set_ingest_with_the_wrong_key_says_what_would_open_it() {
         "{err}"
     );
 }
+
+/// Two spellings of one volume as two disks' targets were written one over the other and both
+/// called verified: two loop devices over one file (how multipath shows one LUN twice), and one
+/// NBD export through `./` in its socket path. Refused before anything is written.
+#[test]
+fn one_volume_under_two_names_is_never_two_disks_targets() {
+    let e = machine();
+    std::fs::create_dir(e.p("m")).unwrap();
+    capture(&e, "dir:m", &[]);
+    let backing = e.p("big.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(80 << 20)
+        .unwrap();
+    let a = mgear_tests::Loop::attach(&backing);
+    let b = mgear_tests::Loop::attach(&backing);
+    let before = std::fs::read(&backing).unwrap();
+    let (ta, tb) = (format!("dev:{}", a.0), format!("dev:{}", b.0));
+    #[rustfmt::skip]
+    let o = e.run(&["ingest", "--medium", "dir:m", "--name", "db01", "--identity", "target.key", "--trust", "site.pub", "--allow-unsealed", "--target", &ta, "--target", &tb, "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("have the same target"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(
+        std::fs::read(&backing).unwrap() == before,
+        "nothing written"
+    );
+    drop((a, b));
+
+    std::fs::write(e.p("k.sock"), b"").unwrap();
+    let one = format!("nbd+unix:///?socket={}", e.s("k.sock"));
+    let two = format!("nbd+unix:///?socket={}/./k.sock", e.s("."));
+    #[rustfmt::skip]
+    let o = e.run(&["ingest", "--medium", "dir:m", "--name", "db01", "--identity", "target.key", "--trust", "site.pub", "--allow-unsealed", "--target", &one, "--target", &two, "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("have the same target"),
+        "{}",
+        output_text(&o)
+    );
+}
