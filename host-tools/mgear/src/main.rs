@@ -292,11 +292,20 @@ fn main() {
         }
         Err(err) => {
             let code = exit::code_of(&err);
+            let hint = exit::hint(&err, output::command());
+            let message = format!("{err:#}");
             if output::json() {
-                let hint = exit::hint(&err, output::command());
-                println!("{}", output::error_line(code, &format!("{err:#}"), &hint));
+                println!("{}", output::error_line(code, &message, &hint));
             }
-            eprintln!("mgear: error: {err:#}");
+            eprintln!("mgear: error: {message}");
+            // The next step was only in --json: a person reading the terminal got "No space
+            // left on device" and nothing on what to do. Said once, unless the message has it.
+            // ("check the arguments: --help", the fallback of a usage error, is left to --json:
+            // the message itself names the argument.)
+            let generic = hint.starts_with("check the arguments and key files");
+            if !hint.is_empty() && !generic && !message.contains(&hint) {
+                eprintln!("mgear: what to do: {hint}");
+            }
             code
         }
     };
