@@ -223,6 +223,10 @@ pub fn resolve(s: &str) -> crate::Result<Resolved> {
 /// [`resolve`] for a parsed spec.
 pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
     match (t, t.boot_target()) {
+        (_, Some(Target::File(p))) => {
+            refuse_container(&p, t)?;
+            Ok(Resolved::Local(Target::File(p)))
+        }
         (_, Some(local)) => Ok(Resolved::Local(local)),
         (crate::spec::Target::Libvirt(t), None) => {
             let vol = VolumeRef::lookup(DEFAULT_CONN, &t.pool, &t.name)
@@ -230,6 +234,39 @@ pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
             Ok(Resolved::Libvirt(vol))
         }
         (other, None) => Err(usage(format!("--target {other}: cannot be booted"))),
+    }
+}
+
+/// A `file:` target that is a disk image container (qcow2, VMDK, ...): QEMU would boot its
+/// header as a raw disk and the firmware say "nothing bootable", which sent the user looking
+/// at the guest instead of at the spec.
+fn refuse_container(p: &std::path::Path, t: &crate::spec::Target) -> crate::Result<()> {
+    use crate::preflight::{detect_container, Container, HEAD_LEN, TAIL_LEN};
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(p) else {
+        return Ok(());
+    };
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut head = vec![0u8; (HEAD_LEN as u64).min(size) as usize];
+    let mut tail = vec![0u8; (TAIL_LEN as u64).min(size) as usize];
+    let read = f.read_exact(&mut head).is_ok()
+        && f.seek(SeekFrom::Start(size - tail.len() as u64)).is_ok()
+        && f.read_exact(&mut tail).is_ok();
+    match detect_container(&head, &tail).filter(|_| read) {
+        Some(Container::Qcow2) => Err(usage(format!(
+            "--target {t}: {} is a qcow2 image, not a raw disk: boot it as qcow2:{}",
+            p.display(),
+            p.display()
+        ))),
+        Some(c) => Err(usage(format!(
+            "--target {t}: {} is a {} image, not a raw disk: convert it first (`qemu-img \
+             convert -f {} -O raw {} disk.raw`) and boot file:disk.raw",
+            p.display(),
+            c.name(),
+            c.qemu_format(),
+            p.display()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -445,4 +482,30 @@ fn check(disks: &[Target], profile: &TargetProfile, json: bool) -> crate::Result
         }
     }
     Ok(if failed { FOUND } else { OK })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `boot --target file:web01.qcow2` said "nothing bootable" after a boot attempt.
+    #[test]
+    fn a_container_given_as_file_is_named_before_any_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("web01.qcow2");
+        let mut bytes = vec![0u8; 64 << 10];
+        bytes[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
+        std::fs::write(&q, &bytes).unwrap();
+        let spec = format!("file:{}", q.display());
+        let Err(e) = resolve(&spec) else {
+            panic!("a qcow2 image given as file: was not refused")
+        };
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(e.to_string().contains("boot it as qcow2:"), "{e}");
+        bytes[..8].copy_from_slice(&[0; 8]);
+        bytes[510] = 0x55;
+        bytes[511] = 0xaa;
+        std::fs::write(&q, &bytes).unwrap();
+        assert!(resolve(&spec).is_ok());
+    }
 }
