@@ -3084,4 +3084,20 @@ mod tests {
         assert!(State::open(p.clone(), &h, 4, false).is_err());
         assert_eq!(State::open(p, &other, 3, true).unwrap().done_count(), 0);
     }
+
+    /// `--target file:X.partial --force` (what "X.partial exists: pass --force" led to) wrote
+    /// into another ingest's unfinished volume, which then reported the other capture verified.
+    #[test]
+    fn a_partial_name_is_never_a_target() {
+        let medium = crate::medium::Where {
+            medium: vec!["dir:/nonexistent-medium".into()],
+            appliance: Vec::new(),
+        };
+        for spec in ["file:/tmp/x/web01.raw.partial", "qcow2:web01.qcow2.partial"] {
+            let e = refuse_bad_target(&medium, spec).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{spec}: {e}");
+            assert!(e.to_string().contains("without .partial"), "{e}");
+        }
+        refuse_bad_target(&medium, "file:/tmp/x/web01.raw").unwrap();
+    }
 }
