@@ -241,18 +241,16 @@ pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
 /// header as a raw disk and the firmware say "nothing bootable", which sent the user looking
 /// at the guest instead of at the spec.
 fn refuse_container(p: &std::path::Path, t: &crate::spec::Target) -> crate::Result<()> {
-    use crate::preflight::{detect_container, Container, HEAD_LEN, TAIL_LEN};
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(p) else {
+    use crate::preflight::{container_of, Container};
+    use crate::source::Source;
+    // What cannot be opened or read as a disk is left to the boot, which names it.
+    let Ok(mut disk) = crate::source::FileSource::open(p.to_path_buf()) else {
         return Ok(());
     };
-    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut head = vec![0u8; (HEAD_LEN as u64).min(size) as usize];
-    let mut tail = vec![0u8; (TAIL_LEN as u64).min(size) as usize];
-    let read = f.read_exact(&mut head).is_ok()
-        && f.seek(SeekFrom::Start(size - tail.len() as u64)).is_ok()
-        && f.read_exact(&mut tail).is_ok();
-    match detect_container(&head, &tail).filter(|_| read) {
+    if disk.len() == 0 {
+        return Ok(());
+    }
+    match container_of(&mut disk).ok().flatten() {
         Some(Container::Qcow2) => Err(usage(format!(
             "--target {t}: {} is a qcow2 image, not a raw disk: boot it as qcow2:{}",
             p.display(),

@@ -98,14 +98,19 @@ pub fn refuse_container(spec: &str, c: Container) -> crate::Error {
     ))
 }
 
-/// Read the head and tail of `source` and refuse a container.
-pub fn check_container(source: &mut dyn Source, spec: &str) -> crate::Result<()> {
+/// The container `source` is, from its head and tail, if it is one.
+pub fn container_of(source: &mut dyn Source) -> crate::Result<Option<Container>> {
     let size = source.len();
     let mut head = vec![0u8; (HEAD_LEN as u64).min(size) as usize];
     source.read_exact_at(0, &mut head)?;
     let mut tail = vec![0u8; (TAIL_LEN as u64).min(size) as usize];
     source.read_exact_at(size - tail.len() as u64, &mut tail)?;
-    match detect_container(&head, &tail) {
+    Ok(detect_container(&head, &tail))
+}
+
+/// Read the head and tail of `source` and refuse a container.
+pub fn check_container(source: &mut dyn Source, spec: &str) -> crate::Result<()> {
+    match container_of(source)? {
         Some(c) => Err(refuse_container(spec, c)),
         None => Ok(()),
     }
