@@ -503,14 +503,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     if let Some(p) = &args.report {
         crate::report::check_writable(p, "--report")?;
     }
-    let mut r = ingest(&args).map_err(|e| {
-        crate::verify::explain_wrong_key(
-            e,
-            &args.medium,
-            args.identity.as_deref(),
-            args.passphrase_file.as_deref(),
-        )
-    })?;
+    let mut r = ingest(&args)?;
     let mut code = OK;
     if args.boot && cinder {
         code = boot_cinder(&args, &mut r)?;

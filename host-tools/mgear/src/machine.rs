@@ -880,20 +880,30 @@ fn distinct_targets(plan: &[(usize, String)]) -> crate::Result<()> {
 
 /// Run `mgear ingest`: a machine set (several targets, a `{disk}` pattern or
 /// `--disk`) here, one disk in [`crate::ingest::run`].
+///
+/// A key that does not open the capture is explained here, once for both: which key slots
+/// the capture has and what to try.
 pub fn ingest(cli: crate::ingest::Request) -> crate::Result<i32> {
     let set = cli.targets.len() > 1
         || cli.disk.is_some()
         || cli.targets.iter().any(|t| t.contains("{disk}"));
-    if !set {
-        return crate::ingest::run(cli);
-    }
-    crate::signals::install();
-    run_ingest(&cli.plan, &cli.targets, cli.disk).map_err(|e| {
+    let (medium, identity, passphrase_file) = (
+        cli.plan.medium.clone(),
+        cli.plan.identity.clone(),
+        cli.plan.passphrase_file.clone(),
+    );
+    let result = if set {
+        crate::signals::install();
+        run_ingest(&cli.plan, &cli.targets, cli.disk)
+    } else {
+        crate::ingest::run(cli)
+    };
+    result.map_err(|e| {
         crate::verify::explain_wrong_key(
             e,
-            &cli.plan.medium,
-            cli.plan.identity.as_deref(),
-            cli.plan.passphrase_file.as_deref(),
+            &medium,
+            identity.as_deref(),
+            passphrase_file.as_deref(),
         )
     })
 }
