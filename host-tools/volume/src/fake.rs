@@ -5,7 +5,9 @@
 //! It can also offer a [`VolumeReader`] (as RBD does, for a read-back that
 //! overlaps the writes) which sees only what was flushed: bytes written but
 //! not yet flushed read as they were at the last flush, so a pipeline that
-//! reads a range back before flushing it fails its check. And it can lie on
+//! reads a range back before flushing it fails its check (or, as a raw
+//! file's `O_DIRECT` reader, one that sees every completed write, counting
+//! the flushes the pipeline still makes). And it can lie on
 //! read-back (a range reads with its bits flipped, through every read path),
 //! as a volume that lost data would. Its reader can digest what it holds
 //! the way Ceph's OSDs do ([`FakeVolume::with_digests`]).
@@ -31,10 +33,13 @@ pub struct FakeVolume {
     fail_at: Option<u64>,
     found: Found,
     read_back: bool,
-    pub flushes: u64,
+    /// Flushes so far, shared with the test ([`FakeVolume::flush_count`]).
+    flushes: Arc<AtomicU64>,
     /// What a [`FakeReader`] sees: the bytes as of the last flush (`Some`
-    /// when the volume offers a concurrent reader).
+    /// when the volume offers a concurrent reader), or `data` itself when
+    /// `direct`.
     flushed: Option<Shared>,
+    direct: bool,
     /// Bytes `[start, end)` read back with their bits flipped.
     corrupt: Option<(u64, u64)>,
     /// The reader digests ranges within units of this size, counting the calls.
@@ -57,8 +62,9 @@ impl FakeVolume {
                 fail_at,
                 found: Found::New,
                 read_back: true,
-                flushes: 0,
+                flushes: Arc::new(AtomicU64::new(0)),
                 flushed: None,
+                direct: false,
                 corrupt: None,
                 digests: None,
                 refuse_digests: false,
@@ -84,6 +90,19 @@ impl FakeVolume {
         let now = self.bytes().clone();
         self.flushed = Some(std::sync::Arc::new(Mutex::new(now)));
         self
+    }
+
+    /// Offer a concurrent reader that sees every completed write, flushed
+    /// or not (as a raw file's `O_DIRECT` reader).
+    pub fn with_direct_reader(mut self) -> Self {
+        self.flushed = Some(self.data.clone());
+        self.direct = true;
+        self
+    }
+
+    /// The count of its flushes, readable after the volume moved on.
+    pub fn flush_count(&self) -> Arc<AtomicU64> {
+        self.flushes.clone()
     }
 
     /// Its concurrent reader digests what it holds in units of `unit` bytes,
@@ -157,8 +176,8 @@ impl Volume for FakeVolume {
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {
-        self.flushes += 1;
-        if let Some(f) = &self.flushed {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        if let (Some(f), false) = (&self.flushed, self.direct) {
             let now = self.bytes().clone();
             *f.lock().unwrap_or_else(|p| p.into_inner()) = now;
         }
@@ -177,6 +196,7 @@ impl Volume for FakeVolume {
         Ok(self.flushed.clone().map(|flushed| {
             Box::new(FakeReader {
                 flushed,
+                direct: self.direct,
                 corrupt: self.corrupt,
                 digests: self.digests.clone(),
                 refuse_digests: self.refuse_digests,
@@ -207,12 +227,17 @@ fn corrupt(range: Option<(u64, u64)>, offset: u64, buf: &mut [u8]) {
 #[derive(Debug)]
 pub struct FakeReader {
     flushed: Shared,
+    direct: bool,
     corrupt: Option<(u64, u64)>,
     digests: Option<(u64, Arc<AtomicU64>)>,
     refuse_digests: bool,
 }
 
 impl VolumeReader for FakeReader {
+    fn sees_completed_writes(&self) -> bool {
+        self.direct
+    }
+
     fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()> {
         let bytes = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
         for r in reads {
@@ -294,6 +319,25 @@ mod tests {
         v.write_at(8, &[5]).unwrap();
         assert_eq!(&data.lock().unwrap()[..9], &[0, 2, 0, 0, 0, 0, 0, 0, 5]);
         assert!(v.write_at(15, &[1, 1]).is_err(), "past the end");
+    }
+
+    #[test]
+    fn a_direct_reader_sees_completed_writes_and_flushes_are_counted() {
+        let (v, _) = FakeVolume::new(4, None);
+        let mut v = v.with_direct_reader();
+        let flushes = v.flush_count();
+        let mut r = v.concurrent_reader().unwrap().unwrap();
+        assert!(r.sees_completed_writes());
+        v.write_at(0, &[1, 2, 3, 4]).unwrap();
+        let mut buf = [0u8; 4];
+        r.read_batch(&mut [ReadAt {
+            offset: 0,
+            buf: &mut buf,
+        }])
+        .unwrap();
+        assert_eq!(buf, [1, 2, 3, 4], "no flush needed");
+        v.flush().unwrap();
+        assert_eq!(flushes.load(Ordering::Relaxed), 1);
     }
 
     #[test]

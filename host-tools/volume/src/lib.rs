@@ -355,11 +355,23 @@ impl Default for DigestHasher {
 /// [`Volume::concurrent_reader`]): the read-back check's own way to the bytes.
 ///
 /// Contract: a read sent after [`Volume::flush`] returned sees every write
-/// completed before that flush, and it is served from where the volume keeps
-/// its data (the image, the cluster), never from a cache of the writer's or
-/// from the pipeline's buffers: the read-back is the proof that the bytes
-/// are on the volume.
+/// completed before that flush (a reader that
+/// [`sees_completed_writes`](Self::sees_completed_writes) sees every write
+/// completed before the read was sent, flushed or not), and it is served
+/// from where the volume keeps its data (the image, the cluster), never from
+/// a cache of the writer's or from the pipeline's buffers: the read-back is
+/// the proof that the bytes are on the volume.
 pub trait VolumeReader: Send {
+    /// Whether a read sees every write that completed before it was sent,
+    /// without a [`Volume::flush`] between them: the writes went straight to
+    /// the device (`O_DIRECT`), so what it returns is what the volume holds.
+    /// The pipeline then flushes only where durability is due (its resume
+    /// checkpoints and the end), not before every read-back. `false` (the
+    /// default): a writer-side cache may hold completed writes until a flush.
+    fn sees_completed_writes(&self) -> bool {
+        false
+    }
+
     /// Read a batch (reads may be issued concurrently).
     fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> Result<()>;
 
