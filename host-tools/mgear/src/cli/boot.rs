@@ -26,8 +26,8 @@ pub struct Args {
     /// Firmware: bios, uefi or auto (from the partition table).
     #[arg(long, default_value = "auto")]
     pub firmware: String,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 512)]
+    /// Guest memory in MiB (16 to 1048576).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=1 << 20))]
     pub memory: u32,
     /// Let the guest write to the volume. Without it the guest's writes go to
     /// a throw-away overlay (QEMU -snapshot) and the verified volume stays
