@@ -974,7 +974,7 @@ pub struct WritePlan {
     /// Hash the volume as read back with SHA-256 for the report.
     pub volume_sha256: bool,
     /// Leave a record of the finished volume in the state dir
-    /// ([`ingested_before`]), until the machine set's ingest is complete.
+    /// ([`ingested_before`]): a set ingest re-run keeps the disks it finished.
     pub record_done: bool,
 }
 
@@ -1345,8 +1345,8 @@ fn done_path(state_dir: &Path, volume: &Path) -> PathBuf {
 
 /// The record of a finished, verified ingest of the generation with
 /// manifest root `root` into the file `volume`, with the file's identity,
-/// size and change time then: a machine set's ingest re-run after an
-/// interruption keeps the disks an earlier run finished (and nobody changed
+/// size and change time then: a machine set's ingest re-run (after an
+/// interruption, or after it finished) keeps the disks an earlier run finished (and nobody changed
 /// since: any write, and `touch`, moves the change time, which no call can
 /// set back) instead of refusing their files as "exists".
 ///
@@ -1408,14 +1408,6 @@ pub(crate) fn target_sha256(target: &str) -> crate::Result<Option<String>> {
         h.update(&buf[..n]);
     }
     Ok(Some(crate::output::hex(&h.finalize())))
-}
-
-/// Forget the record of a finished ingest into `target` (the machine set's
-/// ingest it served is complete).
-pub(crate) fn forget_done(state_dir: &Path, target: &str) {
-    if let Some(p) = path_target(target) {
-        let _ = std::fs::remove_file(done_path(state_dir, &p));
-    }
 }
 
 /// Whether `target` (a `file:`/`qcow2:` spec) holds the generation with

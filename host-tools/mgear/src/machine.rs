@@ -1180,13 +1180,9 @@ pub fn ingest_set(
         }
         disks.sort_by_key(|d| d.disk);
     }
-    // The machine is complete: nothing is left to resume (after one disk
-    // alone, `--disk N`, a run for the whole machine may follow).
-    if plan.len() == file.set.disks.len() {
-        for (_, t) in &plan {
-            crate::ingest::forget_done(&sdir, t);
-        }
-    }
+    // The records of the finished disks stay: the same command run again
+    // (a script re-run after it succeeded) keeps every disk and says so,
+    // instead of refusing the files it wrote as somebody else's.
     let mut out = IngestReport {
         command: "ingest",
         name: args.name.clone(),

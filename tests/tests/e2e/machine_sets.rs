@@ -920,6 +920,39 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
     );
     same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
     same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+    // The finished command run again (a script re-run): every disk kept, exit 0.
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:out-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    for k in 0..2 {
+        assert!(
+            output_text(&o).contains(&format!("out-{k}.raw already holds it")),
+            "{}",
+            output_text(&o)
+        );
+    }
+    same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+    // Changed since (ctime moves): no longer kept, refused as somebody's file.
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(e.p("out-1.raw"))
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len()).unwrap();
+    drop(f);
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:out-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("does not hold this set's disk 1"),
+        "{}",
+        output_text(&o)
+    );
     // A set is served disk by disk (it said the set had no key slot).
     std::fs::copy(e.p("out-0.raw"), e.p("vol.raw")).unwrap();
     let o = e.serve(&m, "db01").trust("site.pub").arg("--once").run();
