@@ -448,6 +448,7 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
                     trust: vec![crate::keyfile::pub_path(&site_key)],
                     trust_appliance: vec![appliance_fp.clone()],
                     expect_generation: Some(1),
+                    expect_commit: None,
                     ..Default::default()
                 },
             })?;
@@ -462,6 +463,7 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
             trust: vec![crate::keyfile::pub_path(&site_key)],
             trust_appliance: vec![appliance_fp.clone()],
             expect_generation: Some(1),
+            expect_commit: None,
             ..Default::default()
         };
         return demo_cloud(work, args, &medium, &key, trust, &disk, &sample, sim);
@@ -491,6 +493,7 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
                     trust: vec![crate::keyfile::pub_path(&site_key)],
                     trust_appliance: vec![appliance_fp.clone()],
                     expect_generation: Some(1),
+                    expect_commit: None,
                     ..Default::default()
                 },
                 rate_limit: None,

@@ -865,9 +865,10 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
     if !verdict.trusted_by.is_empty() {
         eprintln!(
-            "mgear: generation {} is signed by pinned {}",
+            "mgear: generation {} is signed by pinned {} (commit {}: compare it with the capture receipt, or pin it with --expect-commit)",
             verdict.generation,
-            verdict.trusted_by.join(", ")
+            verdict.trusted_by.join(", "),
+            crate::output::hex(&verdict.commit)
         );
     }
     let gaps = crate::medium::Gaps::of(&medium, &args.medium.describe());

@@ -1087,6 +1087,9 @@ pub fn ingest_set(
         a.name = set::disk_stream_name(&args.name, k);
         a.target = target.to_string();
         a.generation = Some(g);
+        // The receipt's commit is the set's (checked above); each disk is
+        // bound to it by its manifest root in the set manifest.
+        a.trust.expect_commit = None;
         a.expect_root = file.set.disks.get(k).map(|d| d.manifest_root);
         a.boot = false;
         a.adapt = false;

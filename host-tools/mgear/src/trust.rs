@@ -53,6 +53,8 @@ pub struct Pins {
     pub attestations: Option<PathBuf>,
     /// Refuse a generation older than N (the generation on the capture receipt).
     pub expect_generation: Option<u32>,
+    /// Refuse any generation whose commit digest does not start with this (hex).
+    pub expect_commit: Option<String>,
 }
 
 /// What the target pinned.
@@ -65,6 +67,11 @@ pub struct Policy {
     pub allow_untrusted: bool,
     pub allow_unsealed: bool,
     pub expect_generation: Option<u32>,
+    /// The commit digest (lowercase hex, 16 to 64 digits: a prefix) from the
+    /// capture receipt: the only generation that may be accepted. Signatures
+    /// prove who captured; only this proves it is the capture shipped, not an
+    /// older one of the same name (or another machine set) swapped onto the medium.
+    pub expect_commit: Option<String>,
     /// `verify`, not an ingest: a capture that lacks the attestations ingest requires gets a
     /// note saying so, not the `--allow-unsealed` override's warning (verify has no such flag).
     pub verifying: bool,
@@ -89,9 +96,29 @@ impl Pins {
             allow_untrusted: self.allow_untrusted,
             allow_unsealed,
             expect_generation: self.expect_generation,
+            expect_commit: self
+                .expect_commit
+                .as_deref()
+                .map(parse_commit)
+                .transpose()?,
             verifying: false,
         })
     }
+}
+
+/// `--expect-commit HEX`: 16 to 64 hex digits (the receipt's `commit`, or its start).
+fn parse_commit(text: &str) -> crate::Result<String> {
+    let t = text.trim().to_ascii_lowercase();
+    if (16..=64).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(t);
+    }
+    Err(crate::exit::coded_hint(
+        crate::exit::USAGE,
+        format!(
+            "--expect-commit {text:?} is not a commit digest: give the 64 hex digits of the              `commit` line of the capture receipt (at least its first 16)"
+        ),
+        "copy the commit from the receipt the capture site sent (mgear capture prints it, and          its --report keeps it as commit_digest)",
+    ))
 }
 
 /// Seal and arrival attestations, and where they came from (for messages).
@@ -108,6 +135,8 @@ pub struct Verdict {
     /// The root of the manifest (a set: set manifest) the verdict is about:
     /// the reader opened afterwards must find the same one.
     pub manifest_root: [u8; 32],
+    /// The generation's commit digest (what the capture receipt prints as `commit`).
+    pub commit: [u8; 32],
     /// Set when a pinned appliance's seal of this medium does not match it
     /// and `--allow-unsealed` let the verdict through: `verify` fails on it
     /// (it takes a seal that is merely missing as a note).
@@ -150,7 +179,7 @@ fn refuse(msg: String) -> crate::Error {
         FOUND,
         msg,
         "nothing was installed: the medium does not prove what this target pinned (--trust, \
-         --trust-appliance, --expect-generation); check those against the capture receipt, or \
+         --trust-appliance, --expect-generation, --expect-commit); check those against the capture receipt, or \
          ask the capture site for the shipment again",
     )
 }
@@ -286,6 +315,14 @@ pub fn check_generation(
                 "capture {name} generation {g} is not finished (no MANIFEST)"
             ))
         })?;
+    if let Some(want) = &policy.expect_commit {
+        let have = crate::output::hex(&expected.digest());
+        if !have.starts_with(want.as_str()) {
+            return Err(refuse(format!(
+                "capture {name} generation {g} has commit {have}, but the capture receipt says                  {want} (--expect-commit): this is not the capture that was shipped (an older                  capture of the same name, or another one, is on the medium in its place); do                  not install it, and ask the capture site which medium holds that commit"
+            )));
+        }
+    }
     let manifest = medium_hint(medium, name, g)?;
 
     let mut trusted_by = Vec::new();
@@ -423,6 +460,7 @@ pub fn check_generation(
     Ok(Verdict {
         generation: g,
         manifest_root: expected.manifest_root,
+        commit: expected.digest(),
         seal_mismatch,
         trusted_by,
         warnings,
@@ -777,6 +815,7 @@ mod tests {
         let v = Verdict {
             generation: 2,
             manifest_root: [7; 32],
+            commit: [9; 32],
             seal_mismatch: None,
             trusted_by: vec!["site x".into()],
             warnings: Vec::new(),

@@ -405,7 +405,8 @@ fn verify(args: Plan) -> crate::Result<i32> {
         || !t.trust.is_empty()
         || !t.trust_appliance.is_empty()
         || t.attestations.is_some()
-        || t.expect_generation.is_some();
+        || t.expect_generation.is_some()
+        || t.expect_commit.is_some();
     let mut trust = Vec::new();
     if check_trust {
         // verify asks "who vouches for it?": a seal that is missing is a
@@ -415,6 +416,17 @@ fn verify(args: Plan) -> crate::Result<i32> {
         // the ingest.
         let mut policy = t.policy(true)?;
         policy.verifying = true;
+        // The receipt's commit names one capture (a set: the set's).
+        let asked = match (&policy.expect_commit, &name) {
+            (Some(_), None) => {
+                return Err(crate::exit::coded_hint(
+                    crate::exit::USAGE,
+                    "--expect-commit names one capture's generation: pass --name with it",
+                    "give the capture name from the receipt as --name",
+                ))
+            }
+            (_, n) => n.clone(),
+        };
         let atts = match crate::appliance::find_attestations(
             args.medium.first_appliance(),
             t.attestations.as_deref(),
@@ -436,6 +448,11 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 .collect(),
         };
         for n in names {
+            let mut policy = policy.clone();
+            if asked.as_ref() != Some(&n) {
+                // A set's disk streams are bound by the set manifest, not the receipt.
+                policy.expect_commit = None;
+            }
             let verdict = match &atts {
                 Ok(a) => crate::trust::check_generation(
                     store,
@@ -462,10 +479,14 @@ fn verify(args: Plan) -> crate::Result<i32> {
                         v.warnings.join("; ")
                     } else {
                         // What ingest would warn about (a newer unfinished generation) too.
-                        std::iter::once(format!("signed by pinned {}", v.trusted_by.join(", ")))
-                            .chain(v.warnings.iter().map(|w| format!("warning: {w}")))
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                        std::iter::once(format!(
+                            "signed by pinned {}; commit {}",
+                            v.trusted_by.join(", "),
+                            crate::output::hex(&v.commit)
+                        ))
+                        .chain(v.warnings.iter().map(|w| format!("warning: {w}")))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                     },
                     trusted_by: v.trusted_by,
                 },

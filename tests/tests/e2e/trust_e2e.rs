@@ -496,3 +496,75 @@ fn planted_attestation_copies_neither_block_nor_vouch() {
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(output_text(&o).contains("reserved"), "{}", output_text(&o));
 }
+
+/// A courier keeps an older, genuinely signed capture of the same name (a
+/// rehearsal, last month's medium) and swaps it onto the medium shipped: the
+/// site's signature and the generation number both check out. Only the commit
+/// on the receipt, sent apart from the medium and pinned with
+/// `--expect-commit`, tells the two apart.
+#[test]
+fn an_older_signed_capture_swapped_in_is_refused_by_the_receipts_commit() {
+    let e = site();
+    let old = capture(&e, "disk.raw", &["--sign", "site.key"]);
+    fs::rename(e.p("mnt"), e.p("monday")).unwrap();
+    fs::create_dir(e.p("mnt")).unwrap();
+    write_disk(&e.p("friday.raw"), 3, 7);
+    let new = capture(&e, "friday.raw", &["--sign", "site.key"]);
+    let want = new["receipt"]["commit_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        old["receipt"]["commit_digest"].as_str(),
+        Some(want.as_str())
+    );
+    // The shipped medium, as the receipt names it: installed.
+    let out = ingest(&e, &["--trust", "site.pub", "--expect-commit", &want[..20]]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains(&want), "{}", output_text(&out));
+    same_file(&e.p("friday.raw"), &e.p("vol.raw"));
+    // The swap: Monday's capture in Friday's place.
+    fs::remove_dir_all(e.p("mnt/MGEAR/web01")).unwrap();
+    fs::rename(e.p("monday/MGEAR/web01"), e.p("mnt/MGEAR/web01")).unwrap();
+    let pinned = ["--trust", "site.pub", "--expect-generation", "1"];
+    assert!(
+        ingest(&e, &pinned).status.success(),
+        "signature and generation alone pass it"
+    );
+    let mut with = pinned.to_vec();
+    with.extend(["--expect-commit", &want]);
+    refused(
+        &ingest(&e, &with),
+        &["this is not the capture that was shipped", &want],
+    );
+    let v = e.run(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--trust",
+        "site.pub",
+        "--expect-commit",
+        &want,
+    ]);
+    refused(&v, &["not the capture that was shipped"]);
+    // A malformed pin is a usage error, and --expect-commit needs --name in verify.
+    let o = ingest(&e, &["--trust", "site.pub", "--expect-commit", "abc"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("not a commit digest"),
+        "{}",
+        output_text(&o)
+    );
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--trust",
+        "site.pub",
+        "--expect-commit",
+        &want,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+}

@@ -21,6 +21,9 @@ pub struct TrustArgs {
     /// Refuse a generation older than N (the generation on the capture receipt).
     #[arg(long, value_name = "N")]
     pub expect_generation: Option<u32>,
+    /// Refuse any generation but the one with this commit digest (the `commit` line of the capture receipt, sent apart from the medium; 16 or more hex digits): an older or another capture of the same name, swapped onto the medium, is not installed.
+    #[arg(long, value_name = "HEX")]
+    pub expect_commit: Option<String>,
 }
 
 impl From<TrustArgs> for trust::Pins {
@@ -31,6 +34,7 @@ impl From<TrustArgs> for trust::Pins {
             allow_untrusted: t.allow_untrusted,
             attestations: t.attestations,
             expect_generation: t.expect_generation,
+            expect_commit: t.expect_commit,
         }
     }
 }
