@@ -315,8 +315,29 @@ pub fn check_generation(
                 "capture {name} generation {g} is not finished (no MANIFEST)"
             ))
         })?;
+    // A disk of a machine set, asked for by its stream name: it must be the
+    // disk its set manifest lists at its place (another set capture's disk,
+    // signed too, swapped in is refused), and the receipt's commit is the set's.
+    let mut receipt_commit = expected.digest();
+    if let Some((set, k)) = image_format::set::parse_disk_stream_name(name) {
+        if let Some(f) =
+            image_format::set::read_set(medium, set, g).map_err(|e| unreadable(e, name, g))?
+        {
+            let listed = f.set.disks.get(k).map(|d| d.manifest_root);
+            if listed != Some(expected.manifest_root) {
+                return Err(refuse(format!(
+                    "capture {name} generation {g} is not the disk set {set} lists as disk {k}                      (its manifest root differs from the one the set manifest binds): the disk                      on the medium was replaced; do not install it"
+                )));
+            }
+            if let Some(c) =
+                commit::expected_commit(medium, set, g).map_err(|e| unreadable(e, name, g))?
+            {
+                receipt_commit = c.digest();
+            }
+        }
+    }
     if let Some(want) = &policy.expect_commit {
-        let have = crate::output::hex(&expected.digest());
+        let have = crate::output::hex(&receipt_commit);
         if !have.starts_with(want.as_str()) {
             return Err(refuse(format!(
                 "capture {name} generation {g} has commit {have}, but the capture receipt says                  {want} (--expect-commit): this is not the capture that was shipped (an older                  capture of the same name, or another one, is on the medium in its place); do                  not install it, and ask the capture site which medium holds that commit"

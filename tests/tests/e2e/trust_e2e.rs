@@ -568,3 +568,51 @@ fn an_older_signed_capture_swapped_in_is_refused_by_the_receipts_commit() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
 }
+
+/// One disk of a machine set swapped for the same disk of another signed set
+/// capture, then ingested by its stream name (`--name db01.d1`): its own
+/// COMMIT checks out, the set manifest does not list it.
+#[test]
+fn a_set_disk_swapped_in_is_refused_by_its_stream_name_too() {
+    let e = site();
+    write_disk(&e.p("srv-old.raw"), 2, 3);
+    write_disk(&e.p("srv-new.raw"), 2, 4);
+    fs::create_dir(e.p("old")).unwrap();
+    for (m, srv) in [("old", "srv-old.raw"), ("mnt", "srv-new.raw")] {
+        let o = e.run(&[
+            "capture",
+            "--medium",
+            &format!("dir:{m}"),
+            "--name",
+            "db01",
+            "--source",
+            "disk.raw",
+            "--source",
+            srv,
+            "--recipient",
+            "target.pub",
+            "--sign",
+            "site.key",
+        ]);
+        assert!(o.status.success(), "{}", output_text(&o));
+    }
+    let verify = |m: &str| {
+        let o = e.run(&[
+            "verify", "--medium", m, "--name", "db01", "--trust", "site.pub",
+        ]);
+        output_text(&o)
+    };
+    assert!(verify("dir:mnt").contains("TRUSTED db01.d1"));
+    fs::remove_dir_all(e.p("mnt/MGEAR/db01.d1")).unwrap();
+    fs::rename(e.p("old/MGEAR/db01.d1"), e.p("mnt/MGEAR/db01.d1")).unwrap();
+    let o = e
+        .ingest("dir:mnt", "db01.d1")
+        .target("file:srv.raw")
+        .args(&["--trust", "site.pub"])
+        .run();
+    refused(
+        &o,
+        &["is not the disk set db01 lists as disk 1", "replaced"],
+    );
+    assert!(!e.p("srv.raw").exists());
+}
