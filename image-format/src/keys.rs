@@ -357,6 +357,12 @@ pub(crate) fn write_key_slots<S: Store + ?Sized>(
     Ok(())
 }
 
+/// The highest scrypt work factor (log2 N) a passphrase slot may ask for:
+/// 2^20 takes 1 GiB of memory and a few seconds. Captures write 2^18 to 2^20;
+/// a slot asking for more was altered (2^23 would take 8 GiB), and is refused
+/// before any memory is taken.
+pub const MAX_WORK_FACTOR: u8 = 20;
+
 /// Unwraps capture `name`'s data key from its key slot files.
 ///
 /// Returns the key and the capture id stored next to it. A key that is not
@@ -371,10 +377,13 @@ pub fn unlock_data_key<S: Store + ?Sized>(
     let (file, identity): (&str, Box<dyn age::Identity>) = match unlock {
         Unlock::Key(k) => return Ok((k.clone(), None)),
         Unlock::Identity(id) => (KEYS_FILE, Box::new(id.clone())),
-        Unlock::Passphrase(p) => (
-            KEYPASS_FILE,
-            Box::new(age::scrypt::Identity::new(p.clone())),
-        ),
+        Unlock::Passphrase(p) => {
+            let mut id = age::scrypt::Identity::new(p.clone());
+            // The slot names its own cost: a fixed cap, not age's timing-based
+            // default, so an altered slot cannot ask for gigabytes of memory.
+            id.set_max_work_factor(MAX_WORK_FACTOR);
+            (KEYPASS_FILE, Box::new(id))
+        }
     };
     let path = format!("{}/{file}", layout::capture_dir(name));
     let at = Location::capture(name).file(&path);
@@ -426,6 +435,11 @@ pub fn unlock_data_key<S: Store + ?Sized>(
             age::DecryptError::NoMatchingKeys
             | age::DecryptError::DecryptionFailed
             | age::DecryptError::KeyDecryptionFailed => Error::WrongKey { name: name.into() },
+            age::DecryptError::ExcessiveWork { required, .. } => corrupt(format!(
+                "the passphrase slot asks for a scrypt work factor of 2^{required}, above the \
+                 2^{MAX_WORK_FACTOR} any capture writes: it was altered (refused before taking \
+                 its memory); unlock the capture with the target identity instead"
+            )),
             other => corrupt(format!("age: {other}")),
         })?;
     reader
@@ -438,6 +452,41 @@ pub fn unlock_data_key<S: Store + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passphrase_slot_asking_for_more_work_than_any_capture_writes_is_refused_unrun() {
+        let mut store = crate::store::MemStore::new();
+        let dir = layout::capture_dir("web01");
+        store.create_dir_all(&dir).unwrap();
+        let pass = SecretString::from("correct horse battery".to_string());
+        let key = DataKey::from_bytes([3; 32]);
+        write_key_slots(
+            &mut store,
+            "web01",
+            &[1; 16],
+            &key,
+            &[],
+            Some(&pass),
+            Some(2),
+        )
+        .unwrap();
+        let path = format!("{dir}/{KEYPASS_FILE}");
+        let unlock = Unlock::Passphrase(pass.clone());
+        let (k, id) = unlock_data_key(&mut store, "web01", &unlock).unwrap();
+        assert_eq!((k.as_bytes(), id), (key.as_bytes(), Some([1; 16])));
+        // The stanza line `-> scrypt SALT 2` made to ask for 2^23 (8 GiB).
+        let text = String::from_utf8_lossy(
+            &crate::medium::read_file(&mut store, &path, 1 << 16, &Location::capture("web01"))
+                .unwrap()
+                .unwrap(),
+        )
+        .into_owned();
+        let altered = text.replacen(" 2\n", " 23\n", 1);
+        assert_ne!(altered, text);
+        write_atomic(&mut store, &path, altered.as_bytes()).unwrap();
+        let e = unlock_data_key(&mut store, "web01", &unlock).unwrap_err();
+        assert!(e.to_string().contains("work factor of 2^23"), "{e}");
+    }
 
     #[test]
     fn debug_never_prints_keys() {

@@ -321,8 +321,10 @@ pub fn capture_work_factor(asked: Option<u8>) -> crate::Result<Option<u8>> {
             "--passphrase-work-factor {n} is below the floor of {MIN_WORK_FACTOR} (2^{MIN_WORK_FACTOR}): \
              a lower factor makes guessing the passphrase cheap; leave the option out"
         ))),
-        Some(n) if n == 0 || n > 30 => Err(usage(format!(
-            "--passphrase-work-factor {n}: give a log2 of the scrypt cost from {MIN_WORK_FACTOR} to 30"
+        Some(n) if n == 0 || n > image_format::keys::MAX_WORK_FACTOR => Err(usage(format!(
+            "--passphrase-work-factor {n}: give a log2 of the scrypt cost from {MIN_WORK_FACTOR} to {} \
+             (the most a target reads: higher would take gigabytes of memory to unlock)",
+            image_format::keys::MAX_WORK_FACTOR
         ))),
         other => Ok(other),
     }
