@@ -17,6 +17,14 @@
 //! `--dedup-across-machines` lists the other machines' generations it
 //! borrows records from (`borrows_from`).
 
+/// `println!` for the human listing: what it prints comes from the medium,
+/// so control characters are escaped ([`crate::output::printable`]).
+macro_rules! say {
+    ($($t:tt)*) => {
+        println!("{}", crate::output::printable(&format!($($t)*)))
+    };
+}
+
 use image_format::set::{self, SetDisk};
 use serde::Serialize;
 
@@ -240,9 +248,7 @@ pub fn run(args: Request) -> crate::Result<i32> {
         sets: report.sets,
     });
     for m in &report.shipment.missing_media {
-        println!(
-            "shipment NOT complete without {m}: a machine of this span may have records on it"
-        );
+        say!("shipment NOT complete without {m}: a machine of this span may have records on it");
     }
     Ok(crate::exit::OK)
 }
@@ -368,7 +374,7 @@ fn medium_json(
 }
 
 fn print_medium(report: &MediumJson) {
-    println!(
+    say!(
         "medium {}: {} capture(s){}{}",
         report.medium,
         report.captures.len(),
@@ -384,22 +390,24 @@ fn print_medium(report: &MediumJson) {
     if let Some(sp) = &report.span {
         let this: Vec<String> = sp.this.iter().map(|o| format!("#{o}")).collect();
         for d in &sp.damaged_maps {
-            println!(
+            say!(
                 "span {}: medium #{}'s copy of the span map is DAMAGED ({}); every medium holds \
                  a copy: give another medium of the span beside it to list them all \
                  (`mgear verify` names what else is damaged)",
-                sp.id, d.ordinal, d.why
+                sp.id,
+                d.ordinal,
+                d.why
             );
         }
         if sp.media.is_empty() {
-            println!(
+            say!(
                 "span {}: this is medium {}; no copy of the span map given could be read, so the \
                  other media of the span are not known from here",
                 sp.id,
                 this.join(", ")
             );
         } else {
-            println!(
+            say!(
                 "span {}: this is medium {} of {}; the captures continue over these media:",
                 sp.id,
                 this.join(", "),
@@ -407,7 +415,7 @@ fn print_medium(report: &MediumJson) {
             );
         }
         for m in &sp.media {
-            println!(
+            say!(
                 "  #{} {}: {} segment(s){}",
                 m.ordinal,
                 m.label,
@@ -417,9 +425,9 @@ fn print_medium(report: &MediumJson) {
         }
     }
     for s in &report.sets {
-        println!("set {} (a machine: one capture per disk, NAME.dK)", s.name);
+        say!("set {} (a machine: one capture per disk, NAME.dK)", s.name);
         for g in &s.generations {
-            println!(
+            say!(
                 "  G{:04} {}{}: created {}, {} disk(s)",
                 g.generation,
                 if g.complete { "complete" } else { "INCOMPLETE" },
@@ -430,7 +438,7 @@ fn print_medium(report: &MediumJson) {
                 g.disks.len()
             );
             for d in &g.disks {
-                println!(
+                say!(
                     "    disk {} {:<12} {:>10}  sector {}, table {}{}{}, source {}",
                     d.disk,
                     d.stream,
@@ -447,11 +455,11 @@ fn print_medium(report: &MediumJson) {
                 );
             }
             for p in &g.problems {
-                println!("    PROBLEM: {p}");
+                say!("    PROBLEM: {p}");
             }
         }
         for (g, why) in &s.damaged {
-            println!("  G{g:04} DAMAGED: {why}");
+            say!("  G{g:04} DAMAGED: {why}");
         }
     }
     for c in &report.captures {
@@ -462,11 +470,11 @@ fn print_medium(report: &MediumJson) {
         .into_iter()
         .flatten()
         .collect();
-        println!("capture {} (key slots: {})", c.name, slots.join(", "));
+        say!("capture {} (key slots: {})", c.name, slots.join(", "));
         for g in &c.generations {
-            println!("{}", generation_line(g));
+            say!("{}", generation_line(g));
             if !g.borrows_from.is_empty() {
-                println!(
+                say!(
                     "    borrows records from {} (dedup across machines: one data key)",
                     g.borrows_from.join(", ")
                 );
@@ -511,7 +519,7 @@ fn generation_line(g: &GenJson) -> String {
 }
 
 fn print_shipment(s: &Shipment) {
-    println!(
+    say!(
         "shipment of {} media: {} machine(s), {}",
         s.media,
         s.machines.len(),
@@ -522,10 +530,10 @@ fn print_shipment(s: &Shipment) {
         }
     );
     for m in &s.missing_media {
-        println!("  missing: {m} (not given: a machine of this span may have records on it)");
+        say!("  missing: {m} (not given: a machine of this span may have records on it)");
     }
     for m in &s.machines {
-        println!(
+        say!(
             "  {} ({}, {} disk(s)): {}",
             m.name,
             m.kind,
@@ -537,7 +545,7 @@ fn print_shipment(s: &Shipment) {
             }
         );
         for g in &m.generations {
-            println!("    G{:04} {} on {}", g.generation, g.state, g.medium);
+            say!("    G{:04} {} on {}", g.generation, g.state, g.medium);
         }
     }
 }

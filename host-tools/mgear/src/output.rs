@@ -171,6 +171,23 @@ pub fn now_iso() -> String {
     iso(std::time::SystemTime::now())
 }
 
+/// `s` with its control characters (escape sequences, carriage returns,
+/// newlines) written as `\u{1b}`: text read from a medium (a source
+/// description, the OS string found inside the disk) is anyone's who had the
+/// medium, and printed raw it could rewrite what the terminal shows.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -221,6 +238,17 @@ pub fn hex_fields(v: &mut Value, keys: &[&str]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_and_keeps_the_rest() {
+        assert!(matches!(
+            printable("web01 /srv/ä.raw"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let shown = printable("x\u{1b}[2K\r\nTRUSTED");
+        assert_eq!(shown, "x\\u{1b}[2K\\u{d}\\u{a}TRUSTED");
+        assert!(!shown.chars().any(char::is_control));
+    }
 
     #[test]
     fn envelope_puts_ok_and_command_first_and_keeps_fields() {

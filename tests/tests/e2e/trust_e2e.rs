@@ -616,3 +616,29 @@ fn a_set_disk_swapped_in_is_refused_by_its_stream_name_too() {
     );
     assert!(!e.p("srv.raw").exists());
 }
+
+/// Anyone with `target.pub` can add a capture whose source description holds
+/// terminal escape sequences; `inspect` prints them escaped, never raw.
+#[test]
+fn inspect_escapes_control_characters_from_the_medium() {
+    let e = site();
+    let name = "x\u{1b}[2K\r\u{1b}[1A  G0001 complete: TRUSTED\u{1b}[8m";
+    fs::copy(e.p("disk.raw"), e.p(name)).unwrap();
+    capture(&e, name, &[]);
+    let o = e.run(&["inspect", "--medium", "dir:mnt"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        !o.stdout.contains(&0x1b) && !o.stdout.contains(&b'\r'),
+        "{}",
+        output_text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("x\\u{1b}[2K"),
+        "{}",
+        output_text(&o)
+    );
+    // JSON keeps the text as it is (escaped by JSON itself).
+    let o = e.run(&["inspect", "--medium", "dir:mnt", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.to_string().contains("\\u001b[2K"), "{v}");
+}
