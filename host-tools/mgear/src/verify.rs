@@ -321,6 +321,29 @@ fn verify(args: Plan) -> crate::Result<i32> {
             };
             report = image_format::verify_capture_keyless(store, whole, &mut obs)?;
         }
+        (Some(_), _) => {}
+    }
+    if unlock.is_none() {
+        // A capture with no generation holds nothing to ingest (stopped at its start, or its
+        // data removed): a finding before shipping, as the decrypting verify says too.
+        for c in captures.iter().filter(|c| {
+            c.generations.is_empty()
+                && name
+                    .as_ref()
+                    .is_none_or(|n| c.name == *n || image_format::set::owner(&c.name) == n.as_str())
+        }) {
+            report.problems.push(image_format::Problem {
+                at: image_format::Location::capture(&c.name),
+                what: format!(
+                    "holds no generation (a capture stopped at its start, or its data removed): \
+                     nothing of it can be ingested; `mgear medium rm --name {}` removes it",
+                    c.name
+                ),
+            });
+        }
+    }
+    match (&unlock, &name) {
+        (None, _) => {}
         (Some(unlock), name) => {
             // What the keyless verifier says about the medium's structure
             // (sets, COMMITs and manifests of every generation, names): the
