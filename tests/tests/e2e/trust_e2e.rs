@@ -642,3 +642,19 @@ fn inspect_escapes_control_characters_from_the_medium() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v.to_string().contains("\\u001b[2K"), "{v}");
 }
+
+/// Every generation of a capture deleted from the medium: keyless verify (the
+/// check before shipping) fails it, as the decrypting verify does.
+#[test]
+fn keyless_verify_fails_a_capture_whose_generations_were_deleted() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    fs::remove_dir_all(e.p("mnt/MGEAR/web01/G0001")).unwrap();
+    let o = e.run(&["verify", "--medium", "dir:mnt"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds no generation"),
+        "{}",
+        output_text(&o)
+    );
+}
