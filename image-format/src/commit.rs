@@ -188,6 +188,21 @@ impl Commit {
             .is_ok()
     }
 
+    /// The commit of machine set generation `generation`: signed over its set
+    /// manifest; the set has no key slots of its own (each disk stream's
+    /// COMMIT covers that stream's).
+    pub fn of_set(file: &crate::set::SetFile, generation: u32) -> Commit {
+        Commit {
+            capture_id: file.set.capture_id,
+            name: file.set.name.clone(),
+            generation,
+            parent: file.set.parent,
+            manifest_root: file.root,
+            keys_hash: [0; 32],
+            keypass_hash: [0; 32],
+        }
+    }
+
     /// The commit of `manifest` with the given key-slot file hashes.
     pub fn of_manifest(
         manifest: &layout::ManifestFile,
@@ -347,19 +362,9 @@ pub fn expected_commit<S: Store + ?Sized>(
     generation: u32,
 ) -> Result<Option<Commit>> {
     let Some(mf) = medium::read_manifest(store, name, generation)? else {
-        // A machine set's generation is signed over its set manifest; the
-        // set has no key slots of its own (each disk stream's COMMIT covers
-        // that stream's).
+        // A machine set's generation is signed over its set manifest.
         return Ok(
-            crate::set::read_set(store, name, generation)?.map(|f| Commit {
-                capture_id: f.set.capture_id,
-                name: f.set.name,
-                generation,
-                parent: f.set.parent,
-                manifest_root: f.root,
-                keys_hash: [0; 32],
-                keypass_hash: [0; 32],
-            }),
+            crate::set::read_set(store, name, generation)?.map(|f| Commit::of_set(&f, generation))
         );
     };
     let dir = layout::capture_dir(name);

@@ -26,7 +26,7 @@
 use std::path::PathBuf;
 
 use crate::{bail, err};
-use image_format::commit::{self, CommitFile, SignerRole};
+use image_format::commit::{self, Commit, CommitFile, SignerRole};
 use image_format::layout;
 use image_format::Store;
 use mgear_appliance_api::attest::{self, Attestation};
@@ -329,11 +329,8 @@ pub fn check_generation(
                     "capture {name} generation {g} is not the disk set {set} lists as disk {k}                      (its manifest root differs from the one the set manifest binds): the disk                      on the medium was replaced; do not install it"
                 )));
             }
-            if let Some(c) =
-                commit::expected_commit(medium, set, g).map_err(|e| unreadable(e, name, g))?
-            {
-                receipt_commit = c.digest();
-            }
+            // The SET just read, not read again through `expected_commit`.
+            receipt_commit = Commit::of_set(&f, g).digest();
         }
     }
     if let Some(want) = &policy.expect_commit {

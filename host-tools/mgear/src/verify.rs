@@ -321,29 +321,6 @@ fn verify(args: Plan) -> crate::Result<i32> {
             };
             report = image_format::verify_capture_keyless(store, whole, &mut obs)?;
         }
-        (Some(_), _) => {}
-    }
-    if unlock.is_none() {
-        // A capture with no generation holds nothing to ingest (stopped at its start, or its
-        // data removed): a finding before shipping, as the decrypting verify says too.
-        for c in captures.iter().filter(|c| {
-            c.generations.is_empty()
-                && name
-                    .as_ref()
-                    .is_none_or(|n| c.name == *n || image_format::set::owner(&c.name) == n.as_str())
-        }) {
-            report.problems.push(image_format::Problem {
-                at: image_format::Location::capture(&c.name),
-                what: format!(
-                    "holds no generation (a capture stopped at its start, or its data removed): \
-                     nothing of it can be ingested; `mgear medium rm --name {}` removes it",
-                    c.name
-                ),
-            });
-        }
-    }
-    match (&unlock, &name) {
-        (None, _) => {}
         (Some(unlock), name) => {
             // What the keyless verifier says about the medium's structure
             // (sets, COMMITs and manifests of every generation, names): the
@@ -422,6 +399,25 @@ fn verify(args: Plan) -> crate::Result<i32> {
             report.problems.retain(|p| seen.insert(p.to_string()));
         }
     }
+    if unlock.is_none() {
+        // A capture with no generation holds nothing to ingest (stopped at its start, or its
+        // data removed): a finding before shipping, as the decrypting verify says too.
+        for c in captures.iter().filter(|c| {
+            c.generations.is_empty()
+                && name
+                    .as_ref()
+                    .is_none_or(|n| c.name == *n || image_format::set::owner(&c.name) == n.as_str())
+        }) {
+            report.problems.push(image_format::Problem {
+                at: image_format::Location::capture(&c.name),
+                what: format!(
+                    "holds no generation (a capture stopped at its start, or its data removed): \
+                     nothing of it can be ingested; `mgear medium rm --name {}` removes it",
+                    c.name
+                ),
+            });
+        }
+    }
     obs.bar.finish();
     let t = &args.trust;
     let check_trust = unlock.is_some()
@@ -440,16 +436,13 @@ fn verify(args: Plan) -> crate::Result<i32> {
         let mut policy = t.policy(true)?;
         policy.verifying = true;
         // The receipt's commit names one capture (a set: the set's).
-        let asked = match (&policy.expect_commit, &name) {
-            (Some(_), None) => {
-                return Err(crate::exit::coded_hint(
-                    crate::exit::USAGE,
-                    "--expect-commit names one capture's generation: pass --name with it",
-                    "give the capture name from the receipt as --name",
-                ))
-            }
-            (_, n) => n.clone(),
-        };
+        if policy.expect_commit.is_some() && name.is_none() {
+            return Err(crate::exit::coded_hint(
+                crate::exit::USAGE,
+                "--expect-commit names one capture's generation: pass --name with it",
+                "give the capture name from the receipt as --name",
+            ));
+        }
         let atts = match crate::appliance::find_attestations(
             args.medium.first_appliance(),
             t.attestations.as_deref(),
@@ -472,7 +465,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
         };
         for n in names {
             let mut policy = policy.clone();
-            if asked.as_ref() != Some(&n) {
+            if name.as_ref() != Some(&n) {
                 // A set's disk streams are bound by the set manifest, not the receipt.
                 policy.expect_commit = None;
             }
