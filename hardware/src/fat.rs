@@ -412,6 +412,8 @@ pub struct FatFiles<'d, D: BlockDevice + ?Sized> {
     geo: Option<fatmap::Geometry>,
     /// Cluster maps of recently read files (dropped when lamfat changes them).
     maps: MapCache,
+    /// Directories whose chains were checked (`fatmap::check_dirs`).
+    sound_dirs: alloc::collections::BTreeMap<String, u32>,
 }
 
 /// `read(offset, buf)` on the shared cache, for [`fatmap`].
@@ -503,6 +505,7 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
             cache,
             geo: fatmap::Geometry::parse(&boot),
             maps: MapCache::new(),
+            sound_dirs: Default::default(),
         })
     }
 
@@ -510,6 +513,21 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
     fn map(&mut self, path: &str) -> Result<Option<&mut FileMap>, StoreError> {
         self.maps
             .get_or_lookup(self.geo.as_ref(), &mut cache_reader(&self.cache), path)
+    }
+
+    /// Refuse a directory chain that loops in `dir` or above it before
+    /// `lamfat` walks them: it would never stop, and the appliance would
+    /// hang at arrival (`fatmap::check_dirs`). FAT32 only, as the maps.
+    fn check_dirs(&mut self, dir: &str) -> Result<(), StoreError> {
+        let Some(geo) = self.geo.clone() else {
+            return Ok(());
+        };
+        fatmap::check_dirs(
+            &geo,
+            &mut cache_reader(&self.cache),
+            dir,
+            &mut self.sound_dirs,
+        )
     }
 
     /// Write back everything, clear the volume's dirty flag if it was set
@@ -579,6 +597,8 @@ fn sync_cache<D: BlockDevice + ?Sized>(
 
 impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
+        check_path(dir)?;
+        self.check_dirs(dir)?;
         let d = self.dir(dir)?;
         let mut out = Vec::new();
         for e in d.iter() {
@@ -604,6 +624,7 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         check_path(path)?;
+        self.check_dirs(split_parent(path).0)?;
         match self.entry(path)? {
             Some(e) if e.kind == EntryKind::File => Ok(Some(e.len)),
             Some(_) => Err(StoreError::Io(format!("{path} is a directory"))),
@@ -641,7 +662,9 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         check_fat_size(path, offset.saturating_add(data.len() as u64))?;
+        check_path(path)?;
         self.maps.forget(path);
+        self.check_dirs(split_parent(path).0)?;
         let mut f = self.open_rw(path)?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if offset > size {
@@ -657,7 +680,9 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
         check_fat_size(path, len)?;
+        check_path(path)?;
         self.maps.forget(path);
+        self.check_dirs(split_parent(path).0)?;
         let mut f = self.open_rw(path)?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if len < size {
@@ -671,6 +696,7 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
         check_path(path)?;
+        self.check_dirs(path)?;
         let mut dir = self.fs.root_dir();
         for part in path.split('/').filter(|p| !p.is_empty()) {
             dir = match dir.open_dir(part) {
@@ -695,7 +721,10 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
                 Err(StoreError::NotFound)
             };
         }
+        self.check_dirs(split_parent(from).0)?;
+        self.check_dirs(split_parent(to).0)?;
         self.maps.clear();
+        self.sound_dirs.clear();
         let root = self.fs.root_dir();
         match root.remove(to) {
             Ok(()) | Err(lamfat::Error::NotFound) => {}
@@ -706,7 +735,10 @@ impl<D: BlockDevice + ?Sized> Store for FatFiles<'_, D> {
 
     fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
         check_path(path)?;
+        // The path itself too: an empty directory is removed here, after lamfat read it.
+        self.check_dirs(path)?;
         self.maps.clear();
+        self.sound_dirs.clear();
         match self.fs.root_dir().remove(path) {
             Ok(()) | Err(lamfat::Error::NotFound) => Ok(()),
             Err(e) => Err(fat_err(path, e)),
@@ -916,6 +948,35 @@ mod tests {
         assert_eq!(dev.writes, 0);
         let mut ours = FatFiles::mount(&mut dev).unwrap();
         assert_eq!(ours.free_space().unwrap(), host.free_space().unwrap());
+    }
+
+    /// A directory chain that loops (no end-of-directory entry in it):
+    /// lamfat would walk it for ever and the appliance would hang at
+    /// arrival; every walk of it is refused, naming the damage, and the
+    /// rest of the medium stays readable.
+    #[test]
+    fn a_directory_chain_that_loops_is_refused_not_walked_for_ever() {
+        let (_t, p) = formatted(MIN_FAT32_BYTES + (4 << 20));
+        {
+            let mut host = FatStore::open(open_rw(&p)).unwrap();
+            host.create_dir_all("MGEAR/web01").unwrap();
+            host.write_at("MGEAR/web01/KEYS", 0, b"keys").unwrap();
+            host.write_at("OTHER", 0, b"kept").unwrap();
+            host.unmount().unwrap();
+        }
+        image_format::store::fat::testing::loop_top_directory(&p, b"MGEAR      ").unwrap();
+        let mut dev = disk_of(&p);
+        let mut ours = FatFiles::mount(&mut dev).unwrap();
+        for e in [
+            ours.list("MGEAR").err(),
+            ours.len("MGEAR/web01/KEYS").err(),
+            ours.read_at("MGEAR/web01/KEYS", 0, &mut [0u8; 4]).err(),
+            ours.write_at("MGEAR/web01/NEW", 0, b"x").err(),
+        ] {
+            let e = e.expect("refused").to_string();
+            assert!(e.contains("loops"), "{e}");
+        }
+        assert_eq!(ours.len("OTHER").unwrap(), Some(4));
     }
 
     /// A sparse image file as a 512-byte-block device (a 4 TiB medium

@@ -51,7 +51,7 @@ impl DataKey {
     /// later delta capture, which only has the target's public key, can
     /// reuse this capture's data key. Never put this file on the medium.
     pub fn save_cache(&self, path: &std::path::Path, name: &str) -> Result<()> {
-        self.write_cache(path, name, None)
+        self.write_cache(path, name, None, None)
     }
 
     /// [`DataKey::save_cache`] that also records the capture id (an `id`
@@ -62,7 +62,22 @@ impl DataKey {
         name: &str,
         capture_id: &[u8; 16],
     ) -> Result<()> {
-        self.write_cache(path, name, Some(capture_id))
+        self.write_cache(path, name, Some(capture_id), None)
+    }
+
+    /// [`DataKey::save_cache_with_id`] for a capture being created, with
+    /// the key slots it gets ([`CachedSlots`]): a later resume or delta
+    /// that names other recipients or a passphrase is told the slots stay
+    /// as they were made (`recipient` lines and a `passphrase-slot` line
+    /// after a `slots` line; age's slots do not name their recipients).
+    pub fn save_cache_with_slots(
+        &self,
+        path: &std::path::Path,
+        name: &str,
+        capture_id: &[u8; 16],
+        slots: &CachedSlots,
+    ) -> Result<()> {
+        self.write_cache(path, name, Some(capture_id), Some(slots))
     }
 
     fn write_cache(
@@ -70,6 +85,7 @@ impl DataKey {
         path: &std::path::Path,
         name: &str,
         capture_id: Option<&[u8; 16]>,
+        slots: Option<&CachedSlots>,
     ) -> Result<()> {
         layout::validate_name(name)?;
         let io = |source| Error::Io {
@@ -91,9 +107,42 @@ impl DataKey {
             text.push_str(&format!("{b:02x}"));
         }
         text.push('\n');
+        if let Some(slots) = slots {
+            text.push_str("slots\n");
+            for r in &slots.recipients {
+                text.push_str(&format!("recipient {r}\n"));
+            }
+            if slots.passphrase {
+                text.push_str("passphrase-slot\n");
+            }
+        }
         // A new 0600 file renamed into place: a symlink planted at `path`
         // is replaced, never written through (see `crate::private`).
         crate::private::replace(path, text.as_bytes()).map_err(io)
+    }
+
+    /// The key slots a key cache records for its capture: `None` for caches
+    /// written without them (by [`DataKey::save_cache_with_id`], or before
+    /// they were recorded).
+    pub fn cached_slots(path: &std::path::Path) -> Result<Option<CachedSlots>> {
+        let shown = path.display().to_string();
+        let bytes = crate::private::read(path).map_err(|source| Error::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let text = core::str::from_utf8(&bytes)
+            .map_err(|_| Error::Usage(format!("key cache {shown}: the file is not text")))?;
+        if !text.lines().any(|l| l.trim() == "slots") {
+            return Ok(None);
+        }
+        Ok(Some(CachedSlots {
+            recipients: text
+                .lines()
+                .filter_map(|l| l.strip_prefix("recipient "))
+                .map(|r| r.trim().to_string())
+                .collect(),
+            passphrase: text.lines().any(|l| l.trim() == "passphrase-slot"),
+        }))
     }
 
     /// The capture id a key cache records (`None` for caches written
@@ -162,6 +211,15 @@ impl DataKey {
             _ => Err(bad("not a MotionGear key cache (no capture/key lines)")),
         }
     }
+}
+
+/// The key slots a capture was created with, as its key cache records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedSlots {
+    /// The `KEYS` slot's recipients (`age1...`), as given.
+    pub recipients: Vec<String>,
+    /// Whether it has a `KEYPASS` (passphrase) slot.
+    pub passphrase: bool,
 }
 
 /// How a reader (or a delta capture) gets at the data key.
@@ -538,6 +596,26 @@ mod tests {
             DataKey::load_cache(&p, "web01").unwrap().as_bytes(),
             k.as_bytes()
         );
+        assert_eq!(DataKey::cached_slots(&p).unwrap(), None, "not recorded");
+        for slots in [
+            CachedSlots {
+                recipients: vec!["age1one".into(), "age1two".into()],
+                passphrase: false,
+            },
+            CachedSlots {
+                recipients: Vec::new(),
+                passphrase: true,
+            },
+        ] {
+            k.save_cache_with_slots(&p, "web01", &[0xa5; 16], &slots)
+                .unwrap();
+            assert_eq!(DataKey::cached_slots(&p).unwrap(), Some(slots));
+            assert_eq!(DataKey::cached_capture_id(&p).unwrap(), Some([0xa5; 16]));
+            assert_eq!(
+                DataKey::load_cache(&p, "web01").unwrap().as_bytes(),
+                k.as_bytes()
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

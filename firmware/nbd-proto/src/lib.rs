@@ -37,5 +37,17 @@ pub use error::{Error, Result};
 pub use server::{serve_stream, serve_tcp, serve_unix, BlockBackend, ServerHandle};
 pub use url::{NbdUrl, DEFAULT_PORT};
 
+/// The writers' lock of a Unix-socket export: the file beside `socket`
+/// named like it with `.lock` added (`appliance.sock` ->
+/// `appliance.sock.lock`). NBD itself lets any number of clients write at
+/// once; a client that keeps its own view of the blocks (a FAT in memory)
+/// `flock(2)`s this file, exclusively while it writes, and the exporter
+/// makes it when it starts.
+pub fn export_lock_path(socket: &std::path::Path) -> std::path::PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
+}
+
 /// The metadata context reporting allocation (holes and zeroes).
 pub const BASE_ALLOCATION: &str = "base:allocation";

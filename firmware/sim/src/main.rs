@@ -14,6 +14,13 @@
 //!   socket `--nbd` through the firmware's block service (writes refused
 //!   with EPERM unless unlocked and not sealed). `qemu-img`, `qemu-io`,
 //!   `nbdinfo` and `nbdcopy` can use `nbd+unix:///?socket=./appliance.sock`.
+//! - Medium lock: the file `--nbd` path + `.lock` (`./appliance.sock.lock`),
+//!   made at start and removed at a clean stop. A host command `flock(2)`s it
+//!   for as long as it has the medium open, exclusively when it writes, the
+//!   way it locks an image or a device (`mgear::lock`): two host commands
+//!   writing one FAT through the export would each keep their own FAT in
+//!   memory and damage the medium while both reported success. (A board's
+//!   medium is a block device on the host, locked as such.)
 //! - Secret store and custody log: files in `--state` (layout in the
 //!   crate's library doc, `mgear_appliance_sim`).
 //!
@@ -108,6 +115,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             .context("installing signal handlers")?;
     }
 
+    let medium_lock = mgear_nbd_proto::export_lock_path(&nbd_socket);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&medium_lock)
+        .with_context(|| format!("creating the medium lock {}", medium_lock.display()))?;
     let export = Export::new(Arc::clone(&app)).context("reading the medium size")?;
     let server = mgear_nbd_proto::serve_unix(&nbd_socket, "", Arc::new(export))
         .with_context(|| format!("serving the medium on {}", nbd_socket.display()))?;
@@ -147,6 +161,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     log::info!("stopping");
     drop(link);
     server.stop();
+    let _ = std::fs::remove_file(&medium_lock);
     let mut a = app
         .lock()
         .map_err(|_| anyhow!("the firmware core panicked; state was saved as it went"))?;

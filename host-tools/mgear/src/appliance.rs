@@ -961,7 +961,10 @@ fn check_attested_log(
 /// The appliance's medium, reached through its block service: asks `info`
 /// for the locator (the simulator's `nbd+unix://` socket), connects with
 /// `mgear_nbd::NbdFile` and opens the FAT32 volume.
-pub fn open_medium(port: &Path) -> crate::Result<Box<dyn Store>> {
+pub fn open_medium(
+    port: &Path,
+    exclusive: bool,
+) -> crate::Result<(Box<dyn Store>, Option<crate::lock::MediumLock>)> {
     let mut c = Client::open(port)?;
     let i = info(&mut c)?;
     let url: mgear_nbd::NbdUrl = i.medium_locator.parse().map_err(|e| {
@@ -971,6 +974,15 @@ pub fn open_medium(port: &Path) -> crate::Result<Box<dyn Store>> {
             i.medium_locator
         )
     })?;
+    // Taken before the FAT is read, like an image's lock (`crate::lock`).
+    let lock = match &url {
+        mgear_nbd::NbdUrl::Unix { socket, .. } => crate::lock::lock_export(
+            &mgear_nbd::export_lock_path(socket),
+            exclusive,
+            &format!("the appliance at {}", port.display()),
+        )?,
+        _ => None,
+    };
     let client = mgear_nbd::Client::connect(&url, &mgear_nbd::ConnectOptions::default())
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
     let file = nbd_device::NbdDevice::new(mgear_nbd::NbdFile::new(client))
@@ -988,7 +1000,7 @@ pub fn open_medium(port: &Path) -> crate::Result<Box<dyn Store>> {
             None => err!("opening the appliance's medium: {e}"),
         }
     })?;
-    Ok(Box::new(ApplianceMedium(Some(store))))
+    Ok((Box::new(ApplianceMedium(Some(store))), lock))
 }
 
 type NbdFat = FatStore<nbd_device::NbdDevice>;

@@ -1320,6 +1320,99 @@ pub fn borrow_key(
     )))
 }
 
+/// The key slots a new capture gets from `args`, as its key cache records them.
+fn slots_of(args: &Plan) -> image_format::keys::CachedSlots {
+    image_format::keys::CachedSlots {
+        recipients: args.recipient.iter().map(|r| r.to_string()).collect(),
+        passphrase: args.passphrase_file.is_some(),
+    }
+}
+
+/// Refuse (exit 2) a resume or delta of a capture whose key slots are not
+/// what this run names: the slots are made once, at the first generation,
+/// and a run that names another recipient or passphrase would otherwise
+/// finish as if the new one could open the capture. `cache`: the capture's
+/// key cache (its recorded slots; an older cache records none and is not
+/// checked on recipients); `key`: its data key, which a given passphrase
+/// must unwrap from the medium's passphrase slot.
+fn same_slots(
+    args: &Plan,
+    cache: &std::path::Path,
+    store: &mut dyn image_format::Store,
+    passphrase: Option<&SecretString>,
+    key: &DataKey,
+) -> crate::Result<()> {
+    let name = &args.name;
+    let over = format!(
+        "A capture's key slots are made at its first generation; a resume or --delta keeps \
+         them. Run it again with the recipients and passphrase it was first captured with (or \
+         with no --recipient: the slots stay as they were made), or capture under a new name \
+         for other slots (`mgear capture --abort --name {name} {}` first removes an unfinished \
+         first capture)",
+        args.medium.as_args()
+    );
+    if args.passphrase_generate {
+        // Made by this run (O_EXCL) a moment ago: nobody may take it for this capture's.
+        if let Some(f) = &args.passphrase_file {
+            let _ = std::fs::remove_file(f);
+        }
+        return Err(usage(format!(
+            "capture {name} already exists: --passphrase-generate would write a passphrase that \
+             does not open it (the new file was removed again). {over}"
+        )));
+    }
+    let recorded = DataKey::cached_slots(cache)?;
+    if let Some(slots) = &recorded {
+        let given: std::collections::BTreeSet<String> =
+            args.recipient.iter().map(|r| r.to_string()).collect();
+        let made: std::collections::BTreeSet<String> = slots.recipients.iter().cloned().collect();
+        if !given.is_empty() && given != made {
+            let list = |s: &std::collections::BTreeSet<String>| {
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.iter().cloned().collect::<Vec<_>>().join(", ")
+                }
+            };
+            return Err(usage(format!(
+                "capture {name}'s key slot was made for recipient(s) {}, and this run names {}: \
+                 only the first could open it. {over}",
+                list(&made),
+                list(&given)
+            )));
+        }
+        if passphrase.is_some() && !slots.passphrase {
+            return Err(usage(format!(
+                "capture {name} has no passphrase slot (its first generation was captured \
+                 without --passphrase-file), so this passphrase could not open it. {over}"
+            )));
+        }
+    }
+    if let Some(p) = passphrase {
+        let unlock = image_format::Unlock::Passphrase(p.clone());
+        match image_format::unlock_data_key(store, name, &unlock) {
+            Ok((k, _)) if k.as_bytes() == key.as_bytes() => {}
+            Ok(_) | Err(image_format::Error::WrongKey { .. }) => {
+                return Err(usage(format!(
+                    "the passphrase in {} does not open capture {name}'s passphrase slot: it \
+                     was made with another one. {over}",
+                    args.passphrase_file
+                        .as_deref()
+                        .map_or_else(String::new, |f| f.display().to_string())
+                )))
+            }
+            Err(image_format::Error::NeedKey { .. }) if recorded.is_none() => {
+                return Err(usage(format!(
+                    "capture {name} has no passphrase slot, so this passphrase could not open \
+                     it. {over}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Capture one disk; `shared`: it is a disk stream of a machine set
 /// (`crate::machine`), created with the set's key and capture id.
 pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Report> {
@@ -1517,13 +1610,22 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         let id = image_format::keys::random::<16>()?;
         create_private_dir(&cache_dir)?;
         crate::keys::remove_stale_temp(&cache_dir, &args.name);
-        k.save_cache_with_id(
+        k.save_cache_with_slots(
             &crate::keys::cache_file(&cache_dir, &args.name, &id),
             &args.name,
             &id,
+            &slots_of(args),
         )?;
         key = Some(k);
         fresh_id = Some(id);
+    }
+    // A set's disks share the slots made when the set was first captured (not recorded
+    // per disk, so not checked here).
+    if let (true, Some(c), Some(k), None) = (exists, &cached, &key, shared) {
+        if let Err(e) = same_slots(args, &c.path, medium.store(), passphrase.as_ref(), k) {
+            let _ = medium.close();
+            return Err(e);
+        }
     }
     if exists && key.is_none() && passphrase.is_none() {
         let _ = medium.close();
@@ -1581,9 +1683,12 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
         if fresh_id != Some(id) {
             crate::keys::remove_stale_temp(&cache_dir, &args.name);
-            writer
-                .data_key()
-                .save_cache_with_id(&cache_file, &args.name, &id)?;
+            let key = writer.data_key();
+            if exists {
+                key.save_cache_with_id(&cache_file, &args.name, &id)?;
+            } else {
+                key.save_cache_with_slots(&cache_file, &args.name, &id, &slots_of(args))?;
+            }
         }
         // An older release's `NAME.key` of this capture is now kept by id.
         // Only that: a file with an id line is another name's key of this capture id (a

@@ -10,7 +10,8 @@
 //!    the no-auth mode of a lab (`OS_AUTH_TYPE=noauth`; see `mgear_cloud::auth`).
 //! 2. The volume is found by its metadata (`mgear.name`, `mgear.capture`, `mgear.generation`,
 //!    `mgear.manifest_root`): a re-run, after a kill too, finds the same volume and resumes into
-//!    it. Otherwise it is created with the disk's size rounded up to whole GiB (Cinder's unit)
+//!    it; one an earlier run finished (`mgear.state=complete`) is kept as it is, not written
+//!    again (the machine may have run from it since; `--force` writes it). Otherwise it is created with the disk's size rounded up to whole GiB (Cinder's unit)
 //!    and `mgear.state=writing`, and awaited until `available`.
 //! 3. Cinder is asked where the volume lives, as a compute host asks it
 //!    (`os-initialize_connection`): a Ceph backend answers `rbd` and `POOL/volume-<id>`, and the
@@ -21,7 +22,8 @@
 //!    connector, `os-reserve`, `os-initialize_connection`, the session logged in with iscsiadm
 //!    or nvme-cli, `os-attach`), after which the device is a `dev:` target; `cinder:` says so.
 //! 4. After the read-back check the volume is marked bootable and `mgear.state=complete`.
-//! 5. `--boot` creates a server from the volume (`--flavor`, networks `"none"`), waits for
+//! 5. `--boot` of a volume already attached (`in-use`: its machine runs) is refused. Otherwise it
+//!    creates a server from the volume (`--flavor`, networks `"none"`), waits for
 //!    ACTIVE and proves the boot from the console (`mgear_cloud::boot_from_volume`; on the
 //!    compute host itself, e.g. the cloud lab, `MGEAR_CLOUD_NOVA_INSTANCES` names the instances
 //!    directory whose `console.log` shows a guest that powered off at once). The server is left
@@ -79,6 +81,32 @@ pub fn cloud_err(e: CloudError) -> crate::Error {
 pub fn session() -> crate::Result<Session> {
     let auth = Auth::from_env().map_err(cloud_err)?;
     Session::connect(auth, Duration::from_secs(120)).map_err(cloud_err)
+}
+
+/// The volume an earlier ingest finished for this capture generation (`mgear.state=complete`:
+/// written and read back), if there is one. It is kept as it is, not written again: the machine
+/// may have run from it since, and a second write would undo what it did (`--force` writes it).
+pub fn finished_volume(name: &str, capture: &CaptureFacts) -> crate::Result<Option<String>> {
+    let session = session()?;
+    let cinder = Cinder::new(&session);
+    let want = VolumeFor {
+        name: name.to_string(),
+        size_bytes: 0,
+        volume_type: None,
+        availability_zone: None,
+        capture_id: capture.capture_id.clone(),
+        generation: u64::from(capture.generation),
+        manifest_root: capture.manifest_root.clone(),
+    };
+    let found = cinder
+        .find_by_metadata(&want.identity())
+        .map_err(cloud_err)?;
+    Ok(match found.as_slice() {
+        [v] if v.metadata.get(meta::STATE).map(String::as_str) == Some(meta::COMPLETE) => {
+            Some(v.id.clone())
+        }
+        _ => None,
+    })
 }
 
 /// Find or create the volume of `name` for this capture and open its RBD image for writing.
@@ -338,6 +366,19 @@ pub struct BootArgs {
 /// Boot the volume through Nova; the server is left running.
 pub fn boot(args: &BootArgs) -> crate::Result<NovaBoot> {
     let session = session()?;
+    // A volume already attached runs its machine: a second server from it would fail in
+    // Nova (after a wait) and say less.
+    let volume = Cinder::new(&session)
+        .get(&args.volume_id)
+        .map_err(cloud_err)?;
+    if volume.status == "in-use" {
+        return Err(usage(format!(
+            "volume {} is attached to a server already (in-use): the machine runs from it, so \
+             --boot starts no other. To boot it anew, delete that server (openstack server list \
+             --all-projects shows it), then run this again",
+            args.volume_id
+        )));
+    }
     let timeout = Duration::from_secs(args.timeout);
     boot_from_volume(
         &session,

@@ -228,6 +228,22 @@ pub fn overlaps(a: &Path, b: &Path) -> bool {
     };
     if let Ok(ma) = std::fs::metadata(a) {
         let (ta, tb) = (ma.file_type(), mb.file_type());
+        // A loop device is the image behind it: `fat:/dev/loop0` over `medium.img` is that
+        // image, and a source or target that is either one is the medium.
+        let same_file = |dev: &std::fs::Metadata, file: &std::fs::Metadata| {
+            dev.file_type().is_block_device()
+                && loop_backing(dev.rdev()).is_some_and(|(d, i)| (d, i) == (file.dev(), file.ino()))
+        };
+        if same_file(&ma, &mb) || same_file(&mb, &ma) {
+            return true;
+        }
+        if ta.is_block_device() && tb.is_block_device() {
+            if let (Some(x), Some(y)) = (loop_backing(ma.rdev()), loop_backing(mb.rdev())) {
+                if x == y {
+                    return true;
+                }
+            }
+        }
         if ta.is_block_device() && !tb.is_block_device() && holds(ma.rdev(), mb.dev()) {
             return true;
         }
@@ -269,6 +285,27 @@ pub fn resolved(p: &Path) -> Option<PathBuf> {
     })
 }
 
+/// The file behind loop device `rdev` (or behind the loop device a partition
+/// `rdev` is on): the path sysfs's `loop/backing_file` keeps for it. `None`
+/// for any other device, an unbound loop device, or a backing file deleted
+/// since it was attached (nothing can open it by that path any more).
+pub fn loop_backing_file(rdev: u64) -> Option<PathBuf> {
+    let disk = whole_disk(rdev).unwrap_or(rdev);
+    let (major, minor) = (nix::sys::stat::major(disk), nix::sys::stat::minor(disk));
+    let named =
+        std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/loop/backing_file"))
+            .ok()?;
+    let named = named.trim_end_matches('\n');
+    (!named.is_empty() && !named.ends_with(" (deleted)")).then(|| PathBuf::from(named))
+}
+
+/// [`loop_backing_file`] as its (device, inode), which a moved image keeps.
+pub fn loop_backing(rdev: u64) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(loop_backing_file(rdev)?).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
 /// The disk a partition (device number `rdev`) is on, from sysfs; `None`
 /// for a whole disk or where sysfs does not say.
 fn whole_disk(rdev: u64) -> Option<u64> {
@@ -283,7 +320,7 @@ fn whole_disk(rdev: u64) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::Command;
 
@@ -324,6 +361,48 @@ mod tests {
             &d.path().join("other")
         ));
         assert!(!overlaps(Path::new("/dev/null"), d.path()));
+    }
+
+    /// A loop device over an image, detached when dropped; `None` where
+    /// loop devices cannot be set up (not root, no loop driver).
+    pub(crate) struct Loop(pub std::path::PathBuf);
+
+    impl Loop {
+        pub(crate) fn over(image: &Path) -> Option<Loop> {
+            let out = std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(image)
+                .output()
+                .ok()?;
+            let dev = String::from_utf8(out.stdout).ok()?;
+            (out.status.success() && !dev.trim().is_empty()).then(|| Loop(dev.trim().into()))
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .arg("-d")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_loop_device_is_the_image_behind_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (m, other) = (d.path().join("m.img"), d.path().join("other.img"));
+        std::fs::write(&m, vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&other, vec![0u8; 1 << 20]).unwrap();
+        let (Some(a), Some(b)) = (Loop::over(&m), Loop::over(&m)) else {
+            eprintln!("no loop device here (needs root and the loop driver): nothing to check");
+            return;
+        };
+        assert!(overlaps(&a.0, &m));
+        assert!(overlaps(&m, &a.0));
+        assert!(overlaps(&a.0, &b.0), "two loop devices over one image");
+        assert!(!overlaps(&a.0, &other));
+        assert!(!overlaps(&other, &a.0));
     }
 
     #[test]

@@ -930,6 +930,26 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         ),
     };
     let facts = crate::cloud_target::CaptureFacts::of(reader.manifest());
+    if let (Target::Cinder(name), false) = (&target, args.force) {
+        if let Some(id) = crate::cloud_target::finished_volume(name, &facts)? {
+            eprintln!(
+                "mgear: Cinder volume {id} already holds {} generation {}, written and verified \
+                 by an earlier ingest (mgear.state=complete): kept, not written again (the \
+                 machine may have run from it since; --force writes it again)",
+                reader.name(),
+                reader.generation()
+            );
+            let mut report = kept_report(
+                reader.name(),
+                reader.generation(),
+                &args.target,
+                reader.disk_size(),
+            );
+            report.volume = Some(id);
+            medium.close()?;
+            return Ok(report);
+        }
+    }
     let vol = crate::target::open_for_ingest(&target, &prep, &facts)?;
     let plan = WritePlan {
         // The stored spelling, whatever case --name was given in.

@@ -21,19 +21,62 @@ use crate::exit::coded;
 /// A held medium lock; released on drop.
 pub struct MediumLock {
     _lock: Flock<File>,
+    /// The image behind a loop device, locked too.
+    _behind: Option<Box<MediumLock>>,
 }
 
 /// Lock the medium at `path` (file, device or directory): `exclusive` for
 /// commands that write it. Fails with exit 3 and names the holder.
+///
+/// A loop device is locked together with the image file behind it: a
+/// capture onto `fat:/dev/loop0` and another onto `fat:medium.img` (the
+/// file loop0 reads) would otherwise each hold a lock of its own on one FAT.
 pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLock> {
+    use std::os::unix::fs::FileTypeExt;
+    let why = "one command writes a medium at a time. Wait for it to finish (or stop it: it \
+               resumes later), then run this again";
+    let what = format!("medium {spec}");
+    let behind = std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_block_device())
+        .and_then(|m| crate::guard::loop_backing_file(m.rdev()));
+    // An image this user cannot open is one no other mgear of theirs can write either.
+    let behind = match behind.filter(|image| File::open(image).is_ok()) {
+        Some(image) => Some(Box::new(take(
+            &image,
+            exclusive,
+            std::time::Duration::ZERO,
+            &format!("{what} (the loop device of {})", image.display()),
+            why,
+        )?)),
+        None => None,
+    };
+    let mut held = take(path, exclusive, std::time::Duration::ZERO, &what, why)?;
+    held._behind = behind;
+    Ok(held)
+}
+
+/// Lock an appliance's medium through the lock file its exporter keeps beside
+/// its NBD socket (`mgear_nbd::export_lock_path`); `None` where there is none
+/// (a simulator older than the lock file). The export itself would let a
+/// second capture, or a `capture --abort`, write the same FAT at once.
+pub fn lock_export(
+    lock_file: &Path,
+    exclusive: bool,
+    what: &str,
+) -> crate::Result<Option<MediumLock>> {
+    if !lock_file.exists() {
+        return Ok(None);
+    }
     take(
-        path,
+        lock_file,
         exclusive,
         std::time::Duration::ZERO,
-        &format!("medium {spec}"),
-        "one command writes a medium at a time. Wait for it to finish (or stop it: it resumes \
-         later), then run this again",
+        &format!("the medium of {what}"),
+        "one command writes an appliance's medium at a time. Wait for it to finish (or stop \
+         it: it resumes later), then run this again",
     )
+    .map(Some)
 }
 
 /// Lock a volume `mgear serve` writes in place (a `file:` or `dev:` target)
@@ -143,7 +186,10 @@ fn take(
         }
     };
     match taken {
-        Ok(lock) => Ok(MediumLock { _lock: lock }),
+        Ok(lock) => Ok(MediumLock {
+            _lock: lock,
+            _behind: None,
+        }),
         Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
             let holder = inode
                 .and_then(holder_of)
@@ -211,6 +257,31 @@ mod tests {
         // Directories (dir: media) lock too.
         let _d = lock(dir.path(), true, "dir:.").unwrap();
         assert!(lock(dir.path(), true, "dir:.").is_err());
+    }
+
+    #[test]
+    fn a_loop_device_and_its_image_are_one_medium() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("m.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let Some(dev) = crate::guard::tests::Loop::over(&img) else {
+            eprintln!("no loop device here (needs root and the loop driver): nothing to check");
+            return;
+        };
+        let w = lock(&dev.0, true, "fat:/dev/loopN").unwrap();
+        let e = lock(&img, true, "fat:m.img")
+            .err()
+            .expect("the image under a writer's loop device");
+        assert!(e.to_string().contains("is in use"), "{e}");
+        drop(w);
+        let w = lock(&img, true, "fat:m.img").unwrap();
+        let e = lock(&dev.0, false, "fat:/dev/loopN")
+            .err()
+            .expect("the loop device over a written image");
+        assert!(e.to_string().contains("loop device of"), "{e}");
+        drop(w);
+        let _r1 = lock(&dev.0, false, "fat:/dev/loopN").unwrap();
+        let _r2 = lock(&img, false, "fat:m.img").unwrap();
     }
 
     #[test]

@@ -188,7 +188,13 @@ impl Where {
             let key = match MediumSpec::parse(spec)? {
                 MediumSpec::Dir(p) | MediumSpec::Fat(p) => match std::fs::metadata(&p) {
                     // A device by any of its names (/dev/sdb, /dev/disk/by-id/...).
-                    Ok(m) if m.file_type().is_block_device() => format!("device {}", m.rdev()),
+                    // A loop device is the image behind it.
+                    Ok(m) if m.file_type().is_block_device() => {
+                        match crate::guard::loop_backing(m.rdev()) {
+                            Some((dev, ino)) => format!("inode {dev}:{ino}"),
+                            None => format!("device {}", m.rdev()),
+                        }
+                    }
                     Ok(m) => format!("inode {}:{}", m.dev(), m.ino()),
                     // Not there: opening it says so.
                     Err(_) => format!("path {}", p.display()),
@@ -204,7 +210,8 @@ impl Where {
         self.refuse_duplicates()?;
         let mut media = Vec::new();
         for port in &self.appliance {
-            let m = Medium::new(crate::appliance::open_medium(port)?, Vec::new());
+            let (store, lock) = crate::appliance::open_medium(port, !read_only)?;
+            let m = Medium::new(store, lock.into_iter().collect());
             media.push((m, format!("appliance at {}", port.display())));
         }
         for spec in &self.medium {

@@ -44,4 +44,4 @@ mod file;
 pub use client::{Client, ConnectOptions, Extent};
 pub use file::NbdFile;
 pub use mgear_nbd_proto::proto;
-pub use mgear_nbd_proto::{Error, NbdUrl, Result, BASE_ALLOCATION, DEFAULT_PORT};
+pub use mgear_nbd_proto::{export_lock_path, Error, NbdUrl, Result, BASE_ALLOCATION, DEFAULT_PORT};

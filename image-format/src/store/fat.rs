@@ -609,6 +609,8 @@ pub struct FatStore<D: FatDevice> {
     geo: Option<fatmap::Geometry>,
     /// Cluster maps of recently used files.
     maps: MapCache,
+    /// Directories whose chains were checked (`fatmap::check_dirs`).
+    sound_dirs: std::collections::BTreeMap<String, u32>,
     /// Clusters allocated by the direct append path since mount: fatfs's
     /// own free count does not know them, so FSInfo is recounted at unmount.
     raw_allocated: u64,
@@ -792,10 +794,26 @@ impl<D: FatDevice> FatStore<D> {
             settled: false,
             geo,
             maps: MapCache::new(),
+            sound_dirs: Default::default(),
             raw_allocated: 0,
             next_free: 2,
             counted: None,
         })
+    }
+
+    /// Refuse a directory chain that loops in `dir` or above it before
+    /// `fatfs` walks them (it would never stop; see `fatmap::check_dirs`).
+    /// Only FAT32 is checked: FAT12/16 media are test-sized.
+    fn check_dirs(&mut self, dir: &str) -> Result<(), StoreError> {
+        let Some(geo) = self.geo.clone() else {
+            return Ok(());
+        };
+        fatmap::check_dirs(
+            &geo,
+            &mut cache_reader(&self.cache),
+            dir,
+            &mut self.sound_dirs,
+        )
     }
 
     /// The cluster map of file `path` (cached), `None` if it does not exist.
@@ -1105,6 +1123,8 @@ impl<D: FatDevice> Store for FatStore<D> {
         self.settled = true;
     }
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
+        check_path(dir)?;
+        self.check_dirs(dir)?;
         let d = self.dir(dir)?;
         let mut out = Vec::new();
         for e in d.iter() {
@@ -1129,6 +1149,7 @@ impl<D: FatDevice> Store for FatStore<D> {
 
     fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         check_path(path)?;
+        self.check_dirs(split_parent(path).0)?;
         match self.entry(path)? {
             Some(e) if e.kind == EntryKind::File => Ok(Some(e.len)),
             Some(_) => Err(StoreError::Io(format!("{path} is a directory"))),
@@ -1200,6 +1221,7 @@ impl<D: FatDevice> Store for FatStore<D> {
             return Ok(());
         }
         self.maps.forget(path);
+        self.check_dirs(split_parent(path).0)?;
         let mut f = self.open_rw(path)?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if offset > size {
@@ -1221,7 +1243,9 @@ impl<D: FatDevice> Store for FatStore<D> {
 
     fn set_len(&mut self, path: &str, len: u64) -> Result<(), StoreError> {
         check_fat_size(path, len)?;
+        check_path(path)?;
         self.maps.forget(path);
+        self.check_dirs(split_parent(path).0)?;
         let mut f = self.open_rw(path)?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if len < size {
@@ -1241,6 +1265,7 @@ impl<D: FatDevice> Store for FatStore<D> {
 
     fn create_dir_all(&mut self, path: &str) -> Result<(), StoreError> {
         check_path(path)?;
+        self.check_dirs(path)?;
         let mut dir = self.fs.root_dir();
         for (depth, part) in path.split('/').filter(|p| !p.is_empty()).enumerate() {
             dir = match dir.open_dir(part) {
@@ -1281,7 +1306,10 @@ impl<D: FatDevice> Store for FatStore<D> {
                 None => Err(StoreError::NotFound),
             };
         }
+        self.check_dirs(split_parent(from).0)?;
+        self.check_dirs(split_parent(to).0)?;
         self.maps.clear();
+        self.sound_dirs.clear();
         let root = self.fs.root_dir();
         match root.remove(to) {
             Ok(()) => {}
@@ -1293,7 +1321,10 @@ impl<D: FatDevice> Store for FatStore<D> {
 
     fn remove_file(&mut self, path: &str) -> Result<(), StoreError> {
         check_path(path)?;
+        // The path itself too: an empty directory is removed here, after fatfs read it.
+        self.check_dirs(path)?;
         self.maps.clear();
+        self.sound_dirs.clear();
         match self.fs.root_dir().remove(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -1316,6 +1347,55 @@ impl<D: FatDevice> Store for FatStore<D> {
         }
         let st = self.fs.stats().map_err(|e| fat_err("free space", e))?;
         Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
+    }
+}
+
+/// Damage made on purpose, for the tests of both FAT engines.
+#[doc(hidden)]
+pub mod testing {
+    use std::io::{self, Read, Seek, SeekFrom, Write};
+    use std::path::Path;
+
+    use super::fatmap;
+
+    /// Make the directory `name` (11-byte short name) in the root of the
+    /// FAT32 image `image` loop: its first cluster's FAT entry points at
+    /// itself in every FAT copy, and its free slots become deleted entries,
+    /// so no end-of-directory entry stops a walk.
+    pub fn loop_top_directory(image: &Path, name: &[u8; 11]) -> io::Result<()> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)?;
+        let mut boot = [0u8; 512];
+        f.read_exact(&mut boot)?;
+        let geo = fatmap::Geometry::parse(&boot).ok_or_else(|| bad("not FAT32"))?;
+        let mut root = vec![0u8; geo.cluster_bytes as usize];
+        f.seek(SeekFrom::Start(geo.cluster_offset(geo.root_cluster)))?;
+        f.read_exact(&mut root)?;
+        let e = root
+            .chunks_exact(32)
+            .find(|e| &e[..11] == name && e[11] & 0x10 != 0)
+            .ok_or_else(|| bad("no such directory in the root's first cluster"))?;
+        let c = (u32::from(u16::from_le_bytes([e[20], e[21]])) << 16)
+            | u32::from(u16::from_le_bytes([e[26], e[27]]));
+        for copy in 0..geo.fats {
+            f.seek(SeekFrom::Start(
+                geo.fat_offset + copy * geo.fat_bytes + u64::from(c) * 4,
+            ))?;
+            f.write_all(&c.to_le_bytes())?;
+        }
+        let at = geo.cluster_offset(c);
+        let mut dir = vec![0u8; geo.cluster_bytes as usize];
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut dir)?;
+        for e in dir.chunks_exact_mut(32).filter(|e| e[0] == 0) {
+            e[0] = 0xe5;
+        }
+        f.seek(SeekFrom::Start(at))?;
+        f.write_all(&dir)?;
+        f.sync_all()
     }
 }
 
@@ -1957,6 +2037,40 @@ pub(crate) mod tests {
         boot[511] = 0xaa;
         let e = fat_size_supported(&boot).unwrap_err().to_string();
         assert!(e.starts_with("the medium's FAT is "), "{e}");
+    }
+
+    /// A directory whose chain points back at itself and holds no
+    /// end-of-directory entry: `fatfs` would read it for ever (and a listing
+    /// would fill memory). Every operation that walks it is refused, naming
+    /// the damage; the rest of the medium stays readable.
+    #[test]
+    fn a_directory_chain_that_loops_is_refused_not_walked_for_ever() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/cap").unwrap();
+        s.write_at("MGEAR/cap/seg", 0, b"data").unwrap();
+        s.write_at("other.txt", 0, b"kept").unwrap();
+        s.unmount().unwrap();
+
+        testing::loop_top_directory(&p, b"MGEAR      ").unwrap();
+
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        for e in [
+            s.list("MGEAR").err(),
+            s.list("MGEAR/cap").err(),
+            s.len("MGEAR/cap/seg").err(),
+            s.read_at("MGEAR/cap/seg", 0, &mut [0u8; 4]).err(),
+        ] {
+            let e = e.expect("refused").to_string();
+            assert!(e.contains("loops"), "{e}");
+            assert!(e.contains("fsck.fat -n"), "{e}");
+        }
+        assert_eq!(s.len("other.txt").unwrap(), Some(4));
+        assert!(s.list("").unwrap().iter().any(|e| e.name == "MGEAR"));
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let e = s.write_at("MGEAR/cap/new", 0, b"x").expect_err("refused");
+        assert!(e.to_string().contains("loops"), "{e}");
     }
 
     #[test]

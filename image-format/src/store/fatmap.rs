@@ -431,14 +431,86 @@ where
     Ok(map.runs)
 }
 
+/// Most clusters a directory may take: a FAT32 directory holds at most
+/// 65536 entries of 32 bytes.
+fn dir_limit(geo: &Geometry) -> u64 {
+    (65536 * 32u64).div_ceil(geo.cluster_bytes)
+}
+
+/// The clusters of the directory starting at `first`, refused when its
+/// chain is longer than a directory can be: a chain that loops back on
+/// itself would keep an engine reading the same entries for ever.
+fn dir_chain<R>(
+    geo: &Geometry,
+    read: &mut R,
+    path: &str,
+    first: u32,
+) -> Result<Vec<Run>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let limit = dir_limit(geo);
+    let runs = chain(geo, read, path, first, limit + 1)?;
+    let clusters: u64 = runs.iter().map(|r| u64::from(r.clusters)).sum();
+    if clusters > limit {
+        return Err(damaged(
+            path,
+            "a directory's cluster chain is longer than a directory can be: it loops",
+        ));
+    }
+    Ok(runs)
+}
+
+/// Check the directory `dir` and those above it (each that exists) before
+/// an engine walks them: `fatfs` and `lamfat` follow a directory's chain
+/// until an end-of-directory entry, so a looping chain without one hangs
+/// them (and `fatfs` listing it fills memory). `sound` maps the
+/// directories already checked (upper-case paths, "" for the root) to their
+/// first cluster: the engines only ever make sound chains, so each
+/// directory is read here once while its map is kept (drop it when an engine
+/// removes or renames something).
+pub fn check_dirs<R>(
+    geo: &Geometry,
+    read: &mut R,
+    dir: &str,
+    sound: &mut alloc::collections::BTreeMap<String, u32>,
+) -> Result<(), StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    if !sound.contains_key("") {
+        dir_chain(geo, read, "the root directory", geo.root_cluster)?;
+        sound.insert(String::new(), geo.root_cluster);
+    }
+    let (mut at, mut cluster) = (String::new(), geo.root_cluster);
+    for name in dir.split('/').filter(|p| !p.is_empty()) {
+        let parent = cluster;
+        if !at.is_empty() {
+            at.push('/');
+        }
+        at.push_str(&name.to_ascii_uppercase());
+        if let Some(&c) = sound.get(&at) {
+            cluster = c;
+            continue;
+        }
+        let bytes = read_dir(geo, read, dir, parent)?;
+        cluster = match find(&bytes, name) {
+            Some(f) if f.is_dir && f.first == 0 => geo.root_cluster,
+            Some(f) if f.is_dir => f.first,
+            _ => return Ok(()),
+        };
+        dir_chain(geo, read, dir, cluster)?;
+        sound.insert(at.clone(), cluster);
+    }
+    Ok(())
+}
+
 /// Read all of a directory's clusters.
 fn read_dir<R>(geo: &Geometry, read: &mut R, path: &str, first: u32) -> Result<Vec<u8>, StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
-    // A FAT32 directory holds at most 65536 entries of 32 bytes.
-    let limit = (65536 * 32u64).div_ceil(geo.cluster_bytes);
-    let runs = chain(geo, read, path, first, limit)?;
+    let runs = dir_chain(geo, read, path, first)?;
     let map = FileMap {
         size: 0,
         entry_offset: 0,
@@ -581,7 +653,7 @@ where
         return Err(StoreError::Io(format!("{path} is a directory")));
     }
     // Where the entry's directory bytes sit on the medium.
-    let dir_runs = chain(geo, read, path, dir_cluster, u64::MAX)?;
+    let dir_runs = dir_chain(geo, read, path, dir_cluster)?;
     let dir_map = FileMap {
         size: 0,
         entry_offset: 0,

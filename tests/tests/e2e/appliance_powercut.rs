@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::appliance_util::*;
+use mgear_tests::Line;
 
 #[test]
 fn appliance_sigkill_mid_capture_resume_identical() {
@@ -81,6 +82,65 @@ fn appliance_sigkill_mid_capture_resume_identical() {
     let c = lab.capture();
     assert_eq!(c["generation"], 1, "{c}");
 
+    lab.appliance_ok(&["seal"]);
+    lab.appliance_ok(&["arrival"]);
+    let out = lab.ingest(&[]);
+    assert!(out.status.success(), "ingest failed: {}", text(&out.stderr));
+    same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
+    lab.stop();
+}
+
+/// One writer on the appliance's medium at a time: a second capture, or a
+/// `capture --abort` of the running one, from another shell is refused
+/// (exit 3, naming the holder) instead of writing the same FAT beside it, and
+/// the first capture finishes and ingests bit-identical. (Both used to
+/// report success over a damaged medium.)
+#[test]
+fn a_second_writer_on_the_appliance_is_refused_while_a_capture_runs() {
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(12, 6);
+    lab.start();
+    lab.provision_and_unlock();
+    let mut capture = lab
+        .capture_line()
+        .args(&["--rate-limit", "2MiB/s"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 12 MiB at 2 MiB/s: about 6 s of capture, the medium held all along.
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = Line::capture(&lab, "db02")
+        .source("disk.raw")
+        .appliance(&lab.tty())
+        .run();
+    let abort = Line::new(&lab, &["capture", "--abort", "--name", "web01"])
+        .appliance(&lab.tty())
+        .run();
+    assert!(
+        capture.try_wait().unwrap().is_none(),
+        "the capture finished before the others ran; the scenario needs it running"
+    );
+    let done = capture.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "the first capture: {}",
+        text(&done.stderr)
+    );
+    for o in [&second, &abort] {
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(err.contains("is in use by pid"), "{err}");
+        assert!(
+            err.contains("one command writes an appliance's medium at a time"),
+            "{err}"
+        );
+    }
+    let v = lab.appliance_json(&["verify"]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v["captures"], 1, "{v}");
     lab.appliance_ok(&["seal"]);
     lab.appliance_ok(&["arrival"]);
     let out = lab.ingest(&[]);

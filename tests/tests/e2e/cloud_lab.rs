@@ -582,6 +582,23 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
         .args(["compare", "-f", "raw", "-F", "raw"])
         .arg(e.p("disk.raw"))
         .arg(lab.rbd_spec(&vol_id)));
+    // The same command while the machine runs from the volume: the finished volume is kept,
+    // not written under it, and --boot starts no second server (exit 2, saying why).
+    let kept = with_lab(
+        ingest("state", &target)
+            .args(&["--boot", "--flavor", "mgear.lab", "--wait-for", &marker_re])
+            .command(),
+    )
+    .output()
+    .unwrap();
+    let text = output_text(&kept);
+    assert_eq!(kept.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!("Cinder volume {vol_id} already holds"))
+            && text.contains("kept, not written again")
+            && text.contains("attached to a server already"),
+        "{text}"
+    );
     let server = cleanup.server.clone().unwrap();
     nova.delete_server(&server).unwrap();
     nova.wait_server_gone(&server, Duration::from_secs(180))
@@ -590,7 +607,12 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
     cinder
         .wait_status(&vol_id, "available", Duration::from_secs(120))
         .unwrap();
-    // Ingesting it again finds the same volume: nothing new is created.
+    // Ingesting it again finds the same volume, writes nothing and creates nothing.
+    let out = run_ok(ingest("state", &target).arg("--json").command());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["volume"], vol_id.as_str(), "{r}");
+    assert_eq!(r["bytes_written"], 0, "{r}");
+    assert_eq!(r["verified"], true, "{r}");
     assert_eq!(cinder.find_by_metadata(&identity).unwrap().len(), 1);
     drop(cleanup);
 

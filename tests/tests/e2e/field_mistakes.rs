@@ -856,3 +856,101 @@ fn the_same_capture_name_on_two_media_that_are_no_span_is_ambiguous() {
         "{i}"
     );
 }
+
+/// A capture's key slots are made at its first generation; a resume or a
+/// delta keeps them. A delta (or resume) naming another recipient, a
+/// passphrase the capture has no slot for, a passphrase its slot was not
+/// made with, or `--passphrase-generate` would finish as if that key opened
+/// the capture: each is refused (exit 2) before anything is written, and the
+/// same command with the slots it was made with goes on.
+#[test]
+fn a_delta_naming_other_key_slots_is_refused_and_the_medium_kept() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--out", "other.key"]);
+    random_disk(&e.p("disk.raw"), 1 << 20, 7);
+    fs::create_dir(e.p("m")).unwrap();
+    fs::write(e.p("pass1.txt"), "ferry orchid basalt lantern\n").unwrap();
+    fs::write(e.p("pass2.txt"), "quartz meadow signal copper\n").unwrap();
+    let medium = "dir:m";
+    let capture = |name: &str| {
+        e.capture(medium, name)
+            .source("disk.raw")
+            .args(&["--passphrase-work-factor", "10"])
+    };
+    capture("web01").ok();
+    capture("db02")
+        .args(&["--passphrase-file", "pass1.txt"])
+        .ok();
+    let before = tree(&e.p("m"));
+    for (line, says) in [
+        (
+            capture("web01").args(&["--delta", "--recipient", "other.pub"]),
+            "key slot was made for recipient(s)",
+        ),
+        (
+            capture("web01").args(&["--delta", "--passphrase-file", "pass1.txt"]),
+            "has no passphrase slot",
+        ),
+        (
+            capture("db02").args(&["--delta", "--passphrase-file", "pass2.txt"]),
+            "does not open capture db02's passphrase slot",
+        ),
+        (
+            capture("db02").args(&[
+                "--delta",
+                "--passphrase-file",
+                "new.txt",
+                "--passphrase-generate",
+            ]),
+            "--passphrase-generate would write a passphrase that does not open it",
+        ),
+    ] {
+        let o = line.run();
+        refused(&o, says);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--abort"), "{err}");
+        assert_eq!(tree(&e.p("m")), before, "{}", output_text(&o));
+    }
+    assert!(!e.p("new.txt").exists(), "a passphrase that opens nothing");
+    // The slots it was made with: the deltas go on.
+    capture("web01").arg("--delta").ok();
+    capture("db02")
+        .args(&["--delta", "--passphrase-file", "pass1.txt"])
+        .ok();
+}
+
+/// A loop device over the medium's image is the medium: as a capture's
+/// source, an ingest's `dev:` target, or the medium of a second capture while
+/// the image is being written, it is refused and the medium is unchanged.
+/// (The loop device once had a lock and an identity of its own.)
+#[test]
+fn a_loop_device_over_the_medium_is_the_medium() {
+    let e = Env::new();
+    e.keygen();
+    let medium = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 1 << 20, 8);
+    e.capture(&medium, "web01").source("disk.raw").ok();
+    let dev = Loop::attach(&e.p("m.img"));
+    let before = tree(&e.p("m.img"));
+    refused(
+        &e.capture(&medium, "db02").source(&dev.0).run(),
+        "is the medium fat:m.img",
+    );
+    refused(
+        &e.ingest(&medium, "web01")
+            .untrusted()
+            .target(&format!("dev:{}", dev.0))
+            .arg("--force")
+            .run(),
+        "is the medium fat:m.img",
+    );
+    refused(
+        &e.capture(&medium, "db02")
+            .source("disk.raw")
+            .args(&["--medium", &format!("fat:{}", dev.0)])
+            .run(),
+        "the same medium is given twice",
+    );
+    assert_eq!(tree(&e.p("m.img")), before);
+}
