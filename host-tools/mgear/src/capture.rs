@@ -1488,7 +1488,17 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             for w in &plan.warnings {
                 eprintln!("mgear capture: warning: {w}");
             }
-            if !args.skip_space_check && plan.kind != "sign" {
+            if !args.skip_space_check && plan.kind == "resume" {
+                // What a resume refuses to start keeps nothing safer: it was written already,
+                // and the medium's free count still holds the cut tail the resume takes back.
+                // A resume that runs out of room stops as "medium full", resumable onto one
+                // more medium, which is the way on this refusal named.
+                if let Some(w) =
+                    crate::preflight::resume_space_warning(plan.needed, plan.medium_free)
+                {
+                    eprintln!("mgear capture: warning: {w}");
+                }
+            } else if !args.skip_space_check && plan.kind != "sign" {
                 crate::preflight::check_space(plan.needed, plan.medium_free)?;
             }
             let on_medium = image_format::capture_id(ro.store(), &args.name)?;

@@ -363,6 +363,19 @@ pub fn check_space(need: u64, free: Option<u64>) -> crate::Result<()> {
     }
 }
 
+/// [`check_space`] for a resume, which goes on anyway: the warning, if the rest of the capture
+/// may not fit.
+pub fn resume_space_warning(need: u64, free: Option<u64>) -> Option<String> {
+    let free = free.filter(|f| need > *f)?;
+    Some(format!(
+        "the medium may not hold the rest of this capture: it needs about {} and {} are free; \
+         resuming anyway (a full medium stops it as \"medium full\", and it goes on with one more \
+         --medium or --appliance given then)",
+        human_bytes(need),
+        human_bytes(free)
+    ))
+}
+
 /// Human duration.
 pub fn human_seconds(s: f64) -> String {
     let s = s.max(0.0).round() as u64;
@@ -376,6 +389,19 @@ pub fn human_seconds(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_is_warned_where_a_new_capture_is_refused() {
+        assert!(check_space(10 << 20, Some(4 << 20)).is_err());
+        let w = resume_space_warning(10 << 20, Some(4 << 20)).expect("warned");
+        assert!(
+            w.contains("needs about 10.00 MiB and 4.00 MiB are free"),
+            "{w}"
+        );
+        assert!(w.contains("one more --medium"), "{w}");
+        assert_eq!(resume_space_warning(4 << 20, Some(10 << 20)), None);
+        assert_eq!(resume_space_warning(4 << 20, None), None);
+    }
 
     #[test]
     fn containers_are_known_by_their_magic() {

@@ -3,8 +3,9 @@
 //! Capture and ingest checkpoint as they go, so the kind thing to do on
 //! SIGINT/SIGTERM is not to die mid-write but to finish the chunk at hand,
 //! make the checkpoint durable and say how to go on. [`install`] sets a flag
-//! the pipelines poll with [`stop_requested`]; a second signal ends the
-//! process at once (exit 130), for the operator who really means it.
+//! the pipelines poll with [`stop_requested`] and says so on stderr; a second
+//! signal ends the process at once (exit 130), for the operator who really
+//! means it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,11 +13,18 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// Said at the first signal: a command that waits on a device which stopped answering would
+/// otherwise look as if it had not heard it.
+const STOPPING: &[u8] = b"\nmgear: stopping after the work at hand, keeping its checkpoint \
+(the same command resumes); Ctrl-C again to exit at once\n";
+
 extern "C" fn on_signal(_: nix::libc::c_int) {
     if STOP.swap(true, Ordering::SeqCst) {
         // SAFETY: _exit is async-signal-safe and takes no locks.
         unsafe { nix::libc::_exit(130) };
     }
+    // SAFETY: write(2) is async-signal-safe; the bytes are static.
+    let _ = unsafe { nix::libc::write(2, STOPPING.as_ptr().cast(), STOPPING.len()) };
 }
 
 /// Catch SIGINT and SIGTERM for the rest of the process.
