@@ -303,7 +303,21 @@ fn main() {
             // ("check the arguments: --help", the fallback of a usage error, is left to --json:
             // the message itself names the argument.)
             let generic = hint.starts_with("check the arguments and key files");
-            if !hint.is_empty() && !generic && !message.contains(&hint) {
+            // The fallback of an I/O error beside a message that already says how to go on
+            // ("stopped; run the same command to resume", "medium full: ... with one more
+            // medium") only contradicts it.
+            let fallback = hint.starts_with("check that the path, device")
+                || hint.starts_with("free space on the medium or target");
+            let advised = [
+                "run the same command",
+                "re-run",
+                "run this again",
+                "run it again",
+            ]
+            .iter()
+            .any(|p| message.contains(p));
+            let said = hint.is_empty() || message.contains(&hint) || (fallback && advised);
+            if !said && !generic {
                 eprintln!("mgear: what to do: {hint}");
             }
             code

@@ -705,14 +705,24 @@ impl DeviceVolume {
     /// device then holds that ingest's partial data and [`DeviceVolume::open`]
     /// resumes it rather than starting over.
     pub fn unfinished(path: &Path, prep: &Prepare) -> bool {
-        Self::marker(path, prep).exists()
+        Self::marked_unfinished(path, &prep.state_dir)
+    }
+
+    /// [`DeviceVolume::unfinished`] with the ingest state dir `state_dir`
+    /// (what `mgear boot` checks before booting the device).
+    pub fn marked_unfinished(path: &Path, state_dir: &Path) -> bool {
+        Self::marker_in(path, state_dir).exists()
     }
 
     fn marker(path: &Path, prep: &Prepare) -> Marker {
+        Self::marker_in(path, &prep.state_dir)
+    }
+
+    fn marker_in(path: &Path, state_dir: &Path) -> Marker {
         let name = path
             .file_name()
             .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
-        Marker::new(&prep.state_dir, &name)
+        Marker::new(state_dir, &name)
     }
 }
 

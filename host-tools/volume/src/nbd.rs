@@ -11,6 +11,8 @@
 //! verified, and a new ingest clears the export's first `head_len` bytes
 //! before anything else.
 
+use std::path::Path;
+
 use mgear_nbd::{Client, ConnectOptions, NbdUrl};
 
 use crate::marker::Marker;
@@ -36,6 +38,17 @@ impl std::fmt::Debug for NbdVolume {
 }
 
 impl NbdVolume {
+    fn marker(url: &NbdUrl, state_dir: &Path) -> Marker {
+        Marker::new(state_dir, &format!("nbd_{}", short_hash(&url.to_string())))
+    }
+
+    /// Whether an ingest into the export at `url` stopped before it was
+    /// verified (its marker is in the ingest state dir `state_dir`): what
+    /// `mgear boot` checks before booting it.
+    pub fn marked_unfinished(url: &NbdUrl, state_dir: &Path) -> bool {
+        Self::marker(url, state_dir).exists()
+    }
+
     /// Connect to a writable export (no marker: the caller tracks completion).
     pub fn connect(url: &NbdUrl) -> Result<Self> {
         Self::connect_with(url, false)
@@ -85,10 +98,7 @@ impl NbdVolume {
     ) -> Result<Self> {
         let mut v = Self::connect(url)?;
         v.check_size(prep.disk_size)?;
-        let marker = Marker::new(
-            &prep.state_dir,
-            &format!("nbd_{}", short_hash(&url.to_string())),
-        );
+        let marker = Self::marker(url, &prep.state_dir);
         if marker.exists() {
             v.found = Found::Unfinished {
                 adopt_without_state: true,

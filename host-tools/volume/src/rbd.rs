@@ -51,7 +51,7 @@
 //!
 //! `mgear boot --target rbd:` still boots through QEMU's rbd driver ([`RbdSpec::qemu_filename`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crate::librbd::{Cluster, Connect, Image, ObjectLayout, Op};
@@ -262,10 +262,23 @@ fn too_small(spec: &RbdSpec, size: u64, prep: &Prepare) -> Error {
 }
 
 impl RbdVolume {
+    fn marker(spec: &RbdSpec, state_dir: &Path) -> Marker {
+        Marker::new(
+            state_dir,
+            &format!("rbd_{}", short_hash(&spec.image_spec())),
+        )
+    }
+
+    /// Whether an ingest into the image stopped before it was verified (its
+    /// marker is in the ingest state dir `state_dir`): what `mgear boot`
+    /// checks before booting it.
+    pub fn marked_unfinished(spec: &RbdSpec, state_dir: &Path) -> bool {
+        Self::marker(spec, state_dir).exists()
+    }
+
     /// Open (or create) the image for an ingest of `prep.disk_size` bytes.
     pub fn open(spec: &RbdSpec, prep: &Prepare, existing: Existing) -> Result<Self> {
-        let key = short_hash(&spec.image_spec());
-        let marker = Marker::new(&prep.state_dir, &format!("rbd_{key}"));
+        let marker = Self::marker(spec, &prep.state_dir);
         let cluster = Cluster::connect(&spec.connect(Vec::new()))?;
         // Whether the image needs its head cleared: it may hold an older disk.
         let mut old_content = false;

@@ -954,3 +954,67 @@ fn a_loop_device_over_the_medium_is_the_medium() {
     );
     assert_eq!(tree(&e.p("m.img")), before);
 }
+
+/// A device an ingest began writing and did not finish holds part of a
+/// disk: `mgear boot` refuses it (exit 2, naming the way on) until the
+/// ingest ran again to the end. Nothing is started.
+#[test]
+fn a_device_an_ingest_did_not_finish_is_not_booted() {
+    let e = Env::new();
+    e.keygen();
+    let medium = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 8 << 20, 9);
+    e.capture(&medium, "web01").source("disk.raw").ok();
+    fs::write(e.p("vol.img"), vec![0u8; 8 << 20]).unwrap();
+    let dev = Loop::attach(&e.p("vol.img"));
+    let target = format!("dev:{}", dev.0);
+    let ingest = e
+        .ingest(&medium, "web01")
+        .untrusted()
+        .target(&target)
+        .arg("--force");
+    let mut slow = ingest
+        .clone()
+        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "the ingest finished before it was stopped; the scenario needs it unfinished"
+    );
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let boot = [
+        "boot",
+        "--target",
+        &target,
+        "--wait-for",
+        "x",
+        "--timeout",
+        "5",
+    ];
+    refused(
+        &e.run(&boot),
+        "an ingest into it began and was not finished",
+    );
+    let markers = || {
+        fs::read_dir(e.p("state/mgear/ingest"))
+            .unwrap()
+            .filter(|f| {
+                f.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".mgear-incomplete")
+            })
+            .count()
+    };
+    assert_eq!(markers(), 1, "the killed ingest's marker");
+    // Finished, the device is bootable again (its marker gone: boot no longer refuses it).
+    ingest.ok();
+    assert_eq!(markers(), 0);
+}
