@@ -20,6 +20,15 @@ impl Sock {
         })
     }
 
+    /// Reads and writes that wait longer than `t` fail (`WouldBlock`) instead of blocking
+    /// for ever on a peer that stopped answering.
+    pub fn set_timeouts(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.set_read_timeout(t).and_then(|_| s.set_write_timeout(t)),
+            Sock::Unix(s) => s.set_read_timeout(t).and_then(|_| s.set_write_timeout(t)),
+        }
+    }
+
     /// Closes both directions, waking any thread blocked reading it.
     pub fn shutdown(&self) {
         // Already-closed sockets report an error here; nothing is left to do then.

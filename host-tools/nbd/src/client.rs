@@ -57,6 +57,21 @@ pub struct Extent {
     pub flags: u32,
 }
 
+/// How long one request may go unanswered before the connection is given up:
+/// a server (or the disk, appliance or cluster behind it) that stopped
+/// answering would otherwise hang a capture or ingest for ever. Generous, as
+/// a flush of a large write-back cache may take minutes;
+/// `MGEAR_NBD_TIMEOUT` (seconds) sets another.
+pub const DEFAULT_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn io_timeout() -> std::time::Duration {
+    std::env::var("MGEAR_NBD_TIMEOUT")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(DEFAULT_IO_TIMEOUT, std::time::Duration::from_secs)
+}
+
 /// A write sent and not answered yet (write-behind).
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
@@ -205,6 +220,8 @@ impl Client {
             peer: server.clone(),
             source,
         };
+        let timeout = io_timeout();
+        sock.set_timeouts(Some(timeout)).map_err(io_err)?;
         let r = sock.try_clone().map_err(io_err)?;
         let w = sock.try_clone().map_err(io_err)?;
         let mut c = Client::handshake(Box::new(r), Box::new(w), &server, url.export(), opts)?;
@@ -265,6 +282,18 @@ impl Client {
     }
 
     fn io(&self, source: io::Error) -> Error {
+        // A socket timeout reads as "Resource temporarily unavailable": say what it means.
+        let source = match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {} s: the server, or the disk behind it, stopped \
+                         responding",
+                    io_timeout().as_secs()
+                ),
+            ),
+            _ => source,
+        };
         Error::Io {
             peer: self.peer.clone(),
             source,

@@ -258,6 +258,14 @@ fn cstring(what: &str, s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::Usage(format!("{what} {s:?} contains a NUL byte")))
 }
 
+/// Seconds an OSD or monitor operation may take before it fails with `ETIMEDOUT` (librados'
+/// own defaults are 0: wait for ever), as `mgear` sets them unless the cluster's conf says
+/// otherwise.
+const DEFAULT_TIMEOUTS: [(&str, &str); 2] = [
+    ("rados_osd_op_timeout", "300"),
+    ("rados_mon_op_timeout", "300"),
+];
+
 /// How to reach a cluster.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Connect {
@@ -338,6 +346,17 @@ impl Cluster {
             io: std::ptr::null_mut(),
             api,
         };
+        // A cluster that stops answering (a frozen OSD or monitor) would hang an ingest for
+        // ever: librados waits without limit unless told. Set first, so a ceph.conf or
+        // CEPH_ARGS that says otherwise wins.
+        for (k, v) in DEFAULT_TIMEOUTS {
+            let (key, val) = (cstring("option", k)?, cstring("option value", v)?);
+            // SAFETY: both strings are NUL-terminated and outlive the call.
+            let r = unsafe { (api.rados_conf_set)(rados, key.as_ptr(), val.as_ptr()) };
+            if r < 0 {
+                return Err(ceph_err("rados_conf_set", k, r.into()));
+            }
+        }
         // SAFETY: `rados` is the handle just created; the path is NUL-terminated or null
         // (the default search).
         let r = unsafe {

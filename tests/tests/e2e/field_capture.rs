@@ -571,3 +571,60 @@ fn a_resumed_capture_leaves_the_fat_volume_clean() {
         output_text(&clean)
     );
 }
+
+/// A source whose NBD server stops answering (frozen: SIGSTOP, as a hung
+/// hypervisor or storage leaves it) does not hang the capture: the request
+/// times out (`MGEAR_NBD_TIMEOUT`, 300 s unless set), the capture stops at
+/// its checkpoint saying the server stopped responding (exit 3), and the
+/// same command resumes once the server answers again.
+#[test]
+fn a_frozen_nbd_source_times_out_and_the_capture_resumes() {
+    let signal = |sig: &str, pid: u32| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig}");
+    };
+    let e = Env::new();
+    e.keygen();
+    fs::create_dir(e.p("m")).unwrap();
+    random_disk(&e.p("disk.raw"), 8 << 20, 11);
+    let server =
+        mgear_tests::qemu_nbd(&["-r", "-f", "raw", "-t"], &e.p("s.sock"), &e.p("disk.raw"));
+    let url = format!("nbd+unix:///?socket={}", e.s("s.sock"));
+    let capture = e.capture("dir:m", "web01").source(&url);
+    let mut slow = capture
+        .clone()
+        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
+        .command();
+    let child = slow
+        .env("MGEAR_NBD_TIMEOUT", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let pid = server.0.id();
+    signal("-STOP", pid);
+    let t0 = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    let waited = t0.elapsed();
+    signal("-CONT", pid);
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("no answer within 2 s") && text.contains("stopped responding"),
+        "{text}"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(60),
+        "gave up after {waited:?}"
+    );
+    capture.ok();
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:out.raw")
+        .ok();
+    assert_eq!(sha(&e.p("out.raw")), sha(&e.p("disk.raw")));
+}
