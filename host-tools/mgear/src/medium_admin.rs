@@ -929,12 +929,137 @@ pub fn repair(store: &mut dyn Store, findings: &mut [Finding]) -> crate::Result<
 /// `fsck.fat -n` (or with `repair`, `fsck.fat -a`: reclaim the clusters a
 /// crash leaked, fix the free count) on an image or device, if dosfstools
 /// is installed. The medium lock is held meanwhile, so no capture starts.
+///
+/// `fsck.fat -a` also "repairs" damage by cutting files and directories
+/// short (a chain pointing outside the volume is ended there, a directory
+/// that loops is cut): on a medium that travels with the only copy of a
+/// disk, that can make every capture unreadable. So `-a` runs only when
+/// `-n` found nothing but what a crash leaves ([`benign_fsck_line`]); other
+/// findings are reported and left for the operator to decide on a copy.
 fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> crate::Result<Option<FatCheck>> {
     let Some(tool) = crate::tools::which("fsck.fat") else {
         return Ok(None);
     };
     let _lock = crate::lock::lock(path, repair, spec)?;
-    let flag = if repair { "-a" } else { "-n" };
+    let (status, text) = match run_fsck_fat(&tool, "-n", path)? {
+        Ran::Done(st, text) => (st, text),
+        Ran::Stopped(limit, text) => return Ok(Some(fsck_timed_out("-n", limit, &text))),
+    };
+    if !repair || status.success() {
+        return Ok(Some(FatCheck {
+            repaired: false,
+            ok: status.success(),
+            output: text,
+        }));
+    }
+    let harmful = harmful_fsck_findings(&text);
+    if !harmful.is_empty() {
+        return Ok(Some(FatCheck {
+            repaired: false,
+            ok: false,
+            output: format!(
+                "not repaired: fsck.fat would change files or directories, not only what a \
+                 crash leaves, and its repair cuts them short (captures may need them). `mgear \
+                 verify` says which captures are whole; to try fsck.fat's repair, run `fsck.fat \
+                 -a` on a copy of the medium. What it found:\n{}",
+                harmful.join("\n")
+            ),
+        }));
+    }
+    let (status, text) = match run_fsck_fat(&tool, "-a", path)? {
+        Ran::Done(st, text) => (st, text),
+        Ran::Stopped(limit, text) => return Ok(Some(fsck_timed_out("-a", limit, &text))),
+    };
+    // fsck.fat -a exits 1 when it corrected something: that is a success.
+    Ok(Some(FatCheck {
+        repaired: status.code() == Some(1),
+        ok: status.success() || status.code() == Some(1),
+        output: text,
+    }))
+}
+
+/// What `fsck.fat -n` found that its repair would change beyond what a crash leaves: each a
+/// line, or a file's path with its indented details. A file whose cluster chain is longer
+/// than its size ("cluster chain length is > N bytes", then "Truncating file to SIZE bytes")
+/// is what a capture killed between taking clusters and writing the size leaves: the cut
+/// keeps every byte of it.
+fn harmful_fsck_findings(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if !line.starts_with('/') {
+            if !benign_fsck_line(line) {
+                out.push(line.to_string());
+            }
+            continue;
+        }
+        let mut details = Vec::new();
+        while let Some(d) = lines.next_if(|d| d.starts_with(' ') || d.starts_with('\t')) {
+            details.push(d.trim());
+        }
+        let size = details.iter().find_map(|d| {
+            let rest = d.strip_prefix("File size is ")?;
+            let (size, chain) = rest.split_once(" bytes, cluster chain length is > ")?;
+            chain.ends_with(" bytes.").then_some(size)
+        });
+        let benign = size.is_some_and(|size| {
+            details.len() == 2
+                && details
+                    .iter()
+                    .any(|d| *d == format!("Truncating file to {size} bytes."))
+        });
+        if !benign {
+            out.push(
+                std::iter::once(line)
+                    .chain(details)
+                    .collect::<Vec<_>>()
+                    .join("\n  "),
+            );
+        }
+    }
+    out
+}
+
+/// A line of `fsck.fat -n` output that names nothing a repair would cut: its banner and
+/// summary, and what a capture killed mid-write leaves (clusters in no file, a stale free
+/// count, the dirty flag).
+fn benign_fsck_line(line: &str) -> bool {
+    let l = line.trim();
+    l.is_empty()
+        || l.starts_with("fsck.fat ")
+        || l.starts_with("Reclaimed ")
+        || l.starts_with("Free cluster summary")
+        || l.starts_with("Dirty bit is set")
+        || l.starts_with("Leaving filesystem unchanged")
+        || l.starts_with("Performing changes")
+        || l.starts_with("Automatically removing dirty bit")
+        || l.starts_with("1) Remove dirty bit")
+        || l.starts_with("2) No action")
+        || l.contains(" files, ") && l.contains(" clusters")
+}
+
+fn fsck_timed_out(flag: &str, limit: u64, text: &str) -> FatCheck {
+    FatCheck {
+        repaired: false,
+        ok: false,
+        output: format!(
+            "fsck.fat {flag} did not finish within {limit} s and was stopped (it loops on some \
+             damaged volumes; the boot sector is the usual cause: compare it with its backup \
+             at sector 6). Its output: {text}"
+        ),
+    }
+}
+
+/// How a run of `fsck.fat` ended: its exit status and output, or stopped at its deadline
+/// (seconds) with what it had printed.
+enum Ran {
+    Done(std::process::ExitStatus, String),
+    Stopped(u64, String),
+}
+
+/// Run `fsck.fat FLAG PATH` with a deadline that grows with the medium (it loops for ever on
+/// some damaged volumes, a whole core for as long as it is left).
+fn run_fsck_fat(tool: &std::path::Path, flag: &str, path: &std::path::Path) -> crate::Result<Ran> {
     let mut child = std::process::Command::new(tool)
         .arg(flag)
         .arg(path)
@@ -943,8 +1068,6 @@ fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> crate::Result<O
         .stderr(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("running fsck.fat {flag} {}", path.display()))?;
-    // fsck.fat loops for ever on some damaged volumes (a whole core, for as long as it was
-    // left): it gets a deadline that grows with the medium, then is stopped and named.
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let limit = std::env::var("MGEAR_FSCK_FAT_TIMEOUT")
         .ok()
@@ -976,25 +1099,11 @@ fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> crate::Result<O
     };
     let mut text = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
     text.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
-    let Some(status) = status else {
-        return Ok(Some(FatCheck {
-            repaired: false,
-            ok: false,
-            output: format!(
-                "fsck.fat {flag} did not finish within {limit} s and was stopped (it loops on some \
-                 damaged volumes; the boot sector is the usual cause: compare it with its backup \
-                 at sector 6). Its output: {}",
-                text.trim()
-            ),
-        }));
-    };
-    // fsck.fat -a exits 1 when it corrected something: that is a success.
-    let ok = status.success() || (repair && status.code() == Some(1));
-    Ok(Some(FatCheck {
-        repaired: repair && status.code() == Some(1),
-        ok,
-        output: text.trim().to_string(),
-    }))
+    let text = text.trim().to_string();
+    Ok(match status {
+        Some(st) => Ran::Done(st, text),
+        None => Ran::Stopped(limit, text),
+    })
 }
 
 /// Run `mgear medium fsck`.
@@ -1081,6 +1190,29 @@ fn print_fsck(r: &FsckReport, repair: bool) {
 mod tests {
     use super::*;
     use image_format::store::MemStore;
+
+    /// `fsck.fat 4.2 -n` outputs: what a crash leaves is left to `-a`, anything else is not.
+    #[test]
+    fn fsck_fat_findings_a_repair_would_cut_files_with_are_told_apart() {
+        let crash = "fsck.fat 4.2 (2021-01-31)\n/MGEAR/WEB01/G0001/SEG-00000\n  File size is 6 \
+                     bytes, cluster chain length is > 512 bytes.\n  Truncating file to 6 \
+                     bytes.\nReclaimed 1 unused cluster (512 bytes).\nFree cluster summary \
+                     wrong (10 vs. really 9)\nDirty bit is set. Fs was not properly unmounted \
+                     and some data may be corrupt.\n Automatically removing dirty bit.\n\n\
+                     Leaving filesystem unchanged.\nm.img: 3 files, 3/129046 clusters";
+        assert_eq!(harmful_fsck_findings(crash), Vec::<String>::new());
+        let damage = "fsck.fat 4.2 (2021-01-31)\nCluster 2 out of range (268435439 > 129047). \
+                      Setting to EOF.\n/D/F.TXT\n  File size is 9000 bytes, cluster chain \
+                      length is 512 bytes.\n  Truncating file to 512 bytes.\nReclaimed 1 \
+                      unused cluster (512 bytes).";
+        let found = harmful_fsck_findings(damage);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("Cluster 2 out of range"), "{found:?}");
+        assert!(
+            found[1].starts_with("/D/F.TXT\n  File size is 9000"),
+            "{found:?}"
+        );
+    }
 
     fn info(g: u32, parent: Option<u32>, done: bool) -> GenerationInfo {
         GenerationInfo {

@@ -525,3 +525,58 @@ fn an_fsck_fat_that_never_ends_is_stopped_and_named() {
         "{v}"
     );
 }
+
+/// `medium fsck --repair` ran `fsck.fat -a` whatever `fsck.fat` found, and its repair of a
+/// chain pointing outside the volume cut files short: every capture on the medium became
+/// unreadable. Now `-a` runs only for what a crash leaves; damage like that is reported, not
+/// "repaired", and the medium is left byte for byte as it was.
+#[test]
+fn fsck_repair_does_not_cut_files_for_damage_a_crash_does_not_leave() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let e = Env::new();
+    keys(&e);
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 2, 12);
+    e.capture(&m, "web01").source("disk.raw").ok();
+    // The last cluster chain end in the FAT (a file's or a directory's) now points outside
+    // the volume, in every FAT copy.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(e.p("m.img"))
+        .unwrap();
+    let mut boot = [0u8; 512];
+    f.read_exact(&mut boot).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&boot).unwrap();
+    let mut fat = vec![0u8; geo.fat_bytes as usize];
+    f.seek(SeekFrom::Start(geo.fat_offset)).unwrap();
+    f.read_exact(&mut fat).unwrap();
+    let end = (2..geo.cluster_count as usize + 2)
+        .rev()
+        .find(|c| {
+            let v = u32::from_le_bytes(fat[c * 4..c * 4 + 4].try_into().unwrap()) & 0x0FFF_FFFF;
+            v >= 0x0FFF_FFF8
+        })
+        .unwrap();
+    for copy in 0..geo.fats {
+        f.seek(SeekFrom::Start(
+            geo.fat_offset + copy * geo.fat_bytes + end as u64 * 4,
+        ))
+        .unwrap();
+        f.write_all(&0x0FFF_FFEEu32.to_le_bytes()).unwrap();
+    }
+    drop(f);
+    let before = sha(&e.p("m.img"));
+    let o = e
+        .line(&["medium", "fsck", "--medium", &m, "--repair", "--json"])
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let said = v["fsck_fat"]["output"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("not repaired") && said.contains("out of range"),
+        "{v}"
+    );
+    assert_eq!(v["fsck_fat"]["repaired"], false, "{v}");
+    assert_eq!(sha(&e.p("m.img")), before, "the medium was changed");
+}
