@@ -1712,6 +1712,7 @@ impl<S: Store> CaptureWriter<S> {
                 ));
             }
             self.store.set_len(&path, j.open_len).at(&path)?;
+            self.authenticate_open_segment(&path, s, j.open_len, j.open_records, &at)?;
             let hash = if layout::header_digest(self.incompat) {
                 self.header_digest(&path, j.open_len, j.open_records, &at)?
             } else {
@@ -1773,6 +1774,94 @@ impl<S: Store> CaptureWriter<S> {
     /// The headers-only digest of the first `len` bytes of segment `path`,
     /// which must hold exactly `records` records: what closing it then
     /// would have computed.
+    /// Open every record of the segment left open at the checkpoint under
+    /// the data key, as a reader will (stored hash, AEAD, keyed chunk id of
+    /// the chunk its index entry names), before its trailer is written and
+    /// the generation goes on to be signed: records changed on the medium
+    /// between the stop and this resume (a header's hash and CRC fixed to
+    /// match) would otherwise be closed, signed and found bad only at the
+    /// target. The cost is one segment's reading and decryption.
+    fn authenticate_open_segment(
+        &mut self,
+        path: &str,
+        segment: u32,
+        len: u64,
+        records: u32,
+        at: &Location,
+    ) -> Result<()> {
+        let mut hb = [0u8; SEG_HEADER_LEN];
+        self.store.read_exact_at(path, 0, &mut hb).at(path)?;
+        let h = SegmentHeader::decode(&hb).map_err(|w| corrupt(at.clone(), w))?;
+        let mut chunk_of: HashMap<u32, ([u8; 32], u32)> = HashMap::new();
+        for e in &self.entries {
+            if let IndexEntry::Stored(l) = e {
+                if l.stream == 0 && l.generation == self.generation && l.segment == segment {
+                    chunk_of
+                        .entry(l.record)
+                        .or_insert((l.chunk_id, l.plain_len));
+                }
+            }
+        }
+        let mut opener = crate::record::RecordOpener::new(
+            &self.key,
+            self.capture_id,
+            crate::record::StreamPlace {
+                generation: self.generation,
+                segment,
+                salt: h.salt,
+            },
+            &self.params.name,
+        );
+        let altered = |r: u32, why: String| {
+            let mut at = at.clone();
+            at.record = Some(r);
+            corrupt(
+                at,
+                format!(
+                    "record {r}, written before the capture stopped, does not open under its \
+                     key any more ({why}): the medium was changed since. The resume does not \
+                     close or sign it; remove the unfinished generation (`mgear capture \
+                     --abort`) and capture again"
+                ),
+            )
+        };
+        let mut off = SEG_HEADER_LEN as u64;
+        let mut buf = Vec::new();
+        for r in 0..records {
+            let mut rh = [0u8; REC_HEADER_LEN];
+            if off + REC_HEADER_LEN as u64 > len {
+                return Err(corrupt(
+                    at.clone(),
+                    "checkpointed records run past the segment's checkpointed length",
+                ));
+            }
+            self.store.read_exact_at(path, off, &mut rh).at(path)?;
+            let stored = RecordHeader::decode(&rh)
+                .map_err(|w| corrupt(at.clone(), w))?
+                .stored_len as u64;
+            let end = off + REC_HEADER_LEN as u64 + stored;
+            if end > len {
+                return Err(corrupt(
+                    at.clone(),
+                    "checkpointed records run past the segment's checkpointed length",
+                ));
+            }
+            let Some(&(chunk_id, plain_len)) = chunk_of.get(&r) else {
+                return Err(altered(
+                    r,
+                    "no index entry of the checkpoint names it".into(),
+                ));
+            };
+            buf.resize((end - off) as usize, 0);
+            self.store.read_exact_at(path, off, &mut buf).at(path)?;
+            opener
+                .open(&chunk_id, plain_len, &buf)
+                .map_err(|e| altered(r, e.to_string()))?;
+            off = end;
+        }
+        Ok(())
+    }
+
     fn header_digest(
         &mut self,
         path: &str,
@@ -1979,6 +2068,67 @@ mod tests {
             .unwrap();
         w.finish().unwrap();
         assert!(read_back(&mut after, key) == data);
+    }
+
+    /// A record of the segment open at the checkpoint, changed on the medium
+    /// between a stop and the resume with its header's hash and CRC made to
+    /// match (what a keyless check sees as whole): the resume opens it under
+    /// the key and refuses, instead of closing the segment and going on to
+    /// sign it.
+    #[test]
+    fn a_record_changed_before_the_resume_is_refused_not_closed() {
+        use crate::store::Store as _;
+        let cs = 64 * 1024u32;
+        let data: Vec<u8> = (0..4 * cs)
+            .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+            .collect();
+        let chunk = |enc: &crate::ChunkEncoder, i: u64| {
+            let r = (i * u64::from(cs)) as usize..((i + 1) * u64::from(cs)) as usize;
+            enc.encode(i, &data[r]).unwrap()
+        };
+        let key = DataKey::generate().unwrap();
+        let mut first = MemStore::new();
+        let mut w =
+            CaptureWriter::begin(&mut first, params(cs, data.len()), Some(key.clone())).unwrap();
+        let enc = w.encoder();
+        w.append_batch(vec![chunk(&enc, 0), chunk(&enc, 1)], 2)
+            .unwrap();
+        w.checkpoint_then_append(vec![chunk(&enc, 2)], 1).unwrap();
+        drop(w);
+        let untouched = first.after_power_loss();
+        let mut after = first.after_power_loss();
+        // Record 1 of segment 0: one stored byte changed, its header made to match.
+        let seg = layout::segment_path("w", 1, 0);
+        let mut h0 = [0u8; REC_HEADER_LEN];
+        after
+            .read_exact_at(&seg, SEG_HEADER_LEN as u64, &mut h0)
+            .unwrap();
+        let at = (SEG_HEADER_LEN + REC_HEADER_LEN) as u64
+            + u64::from(RecordHeader::decode(&h0).unwrap().stored_len);
+        let mut hb = [0u8; REC_HEADER_LEN];
+        after.read_exact_at(&seg, at, &mut hb).unwrap();
+        let mut h = RecordHeader::decode(&hb).unwrap();
+        let mut stored = vec![0u8; h.stored_len as usize];
+        after
+            .read_exact_at(&seg, at + REC_HEADER_LEN as u64, &mut stored)
+            .unwrap();
+        stored[7] ^= 0x40;
+        h.stored_hash = *blake3::hash(&stored).as_bytes();
+        after.write_at(&seg, at, &h.encode()).unwrap();
+        after
+            .write_at(&seg, at + REC_HEADER_LEN as u64, &stored)
+            .unwrap();
+        let e = CaptureWriter::begin(&mut after, params(cs, data.len()), Some(key.clone()))
+            .expect_err("refused");
+        assert!(
+            matches!(e, Error::Corrupt { .. })
+                && e.to_string().contains("record 1, written before"),
+            "{e}"
+        );
+        // The same resume of the medium as it was goes on.
+        let mut ok = untouched;
+        let w = CaptureWriter::begin(&mut ok, params(cs, data.len()), Some(key)).unwrap();
+        assert_eq!(w.resume_from(), 2);
     }
 
     /// Planning and appending agree on every position; when they do not,
