@@ -139,23 +139,46 @@ pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result
             "found by its capture metadata: resuming into it"
         }
     );
-    // Where the backend keeps it; the RBD driver's naming in the pool the operator names when
-    // the connection info is kept for admins.
-    let fallback_pool = std::env::var("MGEAR_CINDER_RBD_POOL").ok();
-    let img = cinder
-        .rbd_image(&volume, fallback_pool.as_deref())
-        .map_err(cloud_err)?;
-    let user = img
-        .user
-        .clone()
-        .or_else(|| std::env::var("MGEAR_CLOUD_RBD_USER").ok());
-    let spec = RbdSpec::parse(&format!(
-        "rbd:{}/{}{}",
-        img.pool,
-        img.image,
-        user.map(|u| format!("?id={u}")).unwrap_or_default()
-    ))?;
-    let rbd = RbdVolume::open(&spec, prep, Existing::Open)?;
+    let rbd = (|| {
+        // Where the backend keeps it; the RBD driver's naming in the pool the operator names
+        // when the connection info is kept for admins.
+        let fallback_pool = std::env::var("MGEAR_CINDER_RBD_POOL").ok();
+        let img = cinder
+            .rbd_image(&volume, fallback_pool.as_deref())
+            .map_err(cloud_err)?;
+        let user = img
+            .user
+            .clone()
+            .or_else(|| std::env::var("MGEAR_CLOUD_RBD_USER").ok());
+        let spec = RbdSpec::parse(&format!(
+            "rbd:{}/{}{}",
+            img.pool,
+            img.image,
+            user.map(|u| format!("?id={u}")).unwrap_or_default()
+        ))?;
+        Ok::<_, crate::Error>(RbdVolume::open(&spec, prep, Existing::Open)?)
+    })();
+    let rbd = match rbd {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing was written into a volume this run created: it goes again rather than
+            // stay behind empty (a re-run creates it anew once Ceph can be reached).
+            if ensured.created {
+                match cinder.delete(&volume.id) {
+                    Ok(()) => eprintln!(
+                        "mgear: deleted the new, empty Cinder volume {} again",
+                        volume.id
+                    ),
+                    Err(d) => eprintln!(
+                        "mgear: could not delete the new, empty Cinder volume {} ({d}): delete \
+                         it by hand (openstack volume delete {})",
+                        volume.id, volume.id
+                    ),
+                }
+            }
+            return Err(e);
+        }
+    };
     Ok(Box::new(CinderVolume {
         rbd,
         session,

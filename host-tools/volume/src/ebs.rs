@@ -69,6 +69,9 @@ impl EbsOptions {
 
 /// A pending EBS snapshot as a [`Volume`].
 pub struct EbsSnapshotVolume {
+    /// The ingest's state dir and what it writes (for the done record).
+    state_dir: std::path::PathBuf,
+    what: String,
     name: String,
     client: EbsClient,
     writer: SnapshotWriter,
@@ -112,6 +115,19 @@ impl EbsSnapshotVolume {
             )));
         }
         let key = format!("ebs-snapshot_{}", key_of(name));
+        // A snapshot an earlier run completed for this very generation: a second one would only
+        // cost (every re-run made one), so it takes --force, as a finished file target does.
+        let done = prep.state_dir.join(format!("{key}.done"));
+        if let (Ok(text), false) = (std::fs::read_to_string(&done), prep.force) {
+            let mut lines = text.lines();
+            let (volume, what) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+            if what == prep.what {
+                return Err(Error::Usage(format!(
+                    "ebs-snapshot:{name} was completed by an earlier run of this ingest ({what}): \
+                     {volume}; it is not made again. --force makes another snapshot"
+                )));
+            }
+        }
         let found = if prep.state_dir.join(format!("{key}.ebs")).exists() {
             // Going on in the pending snapshot is safe even without the pipeline's state: the
             // pipeline then rewrites every block, and the writer puts zeros over whatever an
@@ -145,6 +161,8 @@ impl EbsSnapshotVolume {
         )
         .map_err(cloud)?;
         Ok(EbsSnapshotVolume {
+            state_dir: prep.state_dir.clone(),
+            what: prep.what.clone(),
             name: name.to_string(),
             client,
             writer,
@@ -256,6 +274,11 @@ impl Volume for EbsSnapshotVolume {
             );
             volume = format!("{} {ami}", done.snapshot_id);
         }
+        // What a re-run of the same ingest is told (see `open_with`); losing it loses nothing.
+        let _ = image_format::private::replace(
+            &this.state_dir.join(format!("{}.done", this.key)),
+            format!("snapshot {volume}\n{}\n", this.what).as_bytes(),
+        );
         Ok(Finished {
             path: None,
             format: "raw",

@@ -826,3 +826,44 @@ fn a_two_disk_machine_boots_as_one_nova_server_with_both_volumes() {
         "{report}"
     );
 }
+
+/// Cinder created the volume, then Ceph could not be reached from this host (here: a
+/// ceph.conf with no monitor): the ingest fails saying so, and the volume it created is
+/// deleted again instead of staying behind empty.
+#[test]
+fn a_new_volume_ceph_cannot_be_reached_for_is_deleted_again() {
+    let Some(lab) = Lab::from_env() else { return };
+    let session = lab.session();
+    let cinder = Cinder::new(&session);
+    let e = Env::new();
+    std::fs::write(e.p("disk.raw"), vec![7u8; 4 << 20]).unwrap();
+    e.keygen();
+    std::fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    std::fs::write(e.p("empty.conf"), "").unwrap();
+    let name = format!("unreachable-{}", unique());
+    let mut c = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target(&format!("cinder:{name}"))
+        .command();
+    c.envs(lab.vars.iter()).env("CEPH_CONF", e.p("empty.conf"));
+    let o = c.output().unwrap();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("rados_connect") && text.contains("deleted the new, empty Cinder volume"),
+        "{text}"
+    );
+    let identity: std::collections::BTreeMap<String, String> =
+        [(meta::NAME.to_string(), name.clone())].into();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !cinder.find_by_metadata(&identity).unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the volume of {name} is still there"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -146,6 +146,27 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
     let (ami, (_, snap)) = images.iter().next().unwrap();
     assert_eq!(snap, &id);
     assert!(vol.ends_with(ami.as_str()), "{r}");
+    // The same command again makes no second snapshot (each costs): refused, naming the first;
+    // the human summary says what vouches for the snapshot (it is not read back).
+    let again = with_double(&e, &d, &ingest(&e, &[])).output().unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", output_text(&again));
+    let said = output_text(&again);
+    assert!(
+        said.contains("is not made again") && said.contains(&id),
+        "{said}"
+    );
+    assert_eq!(d.snapshot_ids(), std::slice::from_ref(&id));
+    let forced = with_double(&e, &d, &ingest(&e, &["--force"]))
+        .output()
+        .unwrap();
+    assert!(forced.status.success(), "{}", output_text(&forced));
+    assert!(
+        String::from_utf8_lossy(&forced.stdout)
+            .contains("as EBS computed it on receipt, matches what was authenticated"),
+        "{}",
+        output_text(&forced)
+    );
+    assert_eq!(d.snapshot_ids().len(), 2);
     // Nothing of the disk stays in the state dir.
     let left: Vec<_> = walk(&e.p("state"));
     assert!(
