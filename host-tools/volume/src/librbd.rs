@@ -114,6 +114,16 @@ api! {
     rbd fn rbd_get_stripe_count(ImageT, *mut u64) -> c_int;
     rbd fn rbd_get_data_pool_id(ImageT) -> i64;
     rbd fn rbd_get_overlap(ImageT, *mut u64) -> c_int;
+    rbd fn rbd_watchers_list(ImageT, *mut Watcher, *mut usize) -> c_int;
+    rbd fn rbd_watchers_list_cleanup(*mut Watcher, usize);
+}
+
+/// `rbd_image_watcher_t`: a client watching an image (a QEMU that has it open, a writer).
+#[repr(C)]
+pub(crate) struct Watcher {
+    addr: *mut c_char,
+    id: i64,
+    cookie: u64,
 }
 
 /// `LIBRADOS_CHECKSUM_TYPE_XXHASH64`.
@@ -567,6 +577,45 @@ impl Image {
         let r = unsafe { (self.api().rbd_get_size)(self.h, &mut s) };
         check("rbd_get_size", &self.name, r)?;
         Ok(s)
+    }
+
+    /// The clients watching the image (`rbd status`): every client that has it open for
+    /// writing (a running VM, another ingest) watches it, as its address (`IP:PORT/NONCE`).
+    /// A client killed a moment ago stays listed until the OSDs time its watch out (~30 s).
+    pub fn watchers(&self) -> Result<Vec<String>> {
+        let mut room = 8usize;
+        loop {
+            let mut list: Vec<Watcher> = (0..room)
+                .map(|_| Watcher {
+                    addr: std::ptr::null_mut(),
+                    id: 0,
+                    cookie: 0,
+                })
+                .collect();
+            let mut n = room;
+            // SAFETY: an open image, `list` holds `n` entries and `n` is a valid in/out pointer.
+            let r = unsafe { (self.api().rbd_watchers_list)(self.h, list.as_mut_ptr(), &mut n) };
+            if r == -(nix::errno::Errno::ERANGE as c_int) && n > room {
+                room = n;
+                continue;
+            }
+            check("rbd_watchers_list", &self.name, r)?;
+            let addrs = list[..n.min(room)]
+                .iter()
+                .map(|w| {
+                    if w.addr.is_null() {
+                        format!("client.{}", w.id)
+                    } else {
+                        // SAFETY: librbd filled a NUL-terminated string, freed below.
+                        let a = unsafe { std::ffi::CStr::from_ptr(w.addr) };
+                        a.to_string_lossy().into_owned()
+                    }
+                })
+                .collect();
+            // SAFETY: the list librbd filled, with the count it returned.
+            unsafe { (self.api().rbd_watchers_list_cleanup)(list.as_mut_ptr(), n.min(room)) };
+            return Ok(addrs);
+        }
     }
 
     /// The object size (the stripe unit of an image that is not striped).

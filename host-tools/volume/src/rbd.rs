@@ -312,6 +312,30 @@ impl RbdVolume {
                         )));
                     }
                     false => {
+                        // --force replaces what the image holds, never a disk a running
+                        // machine has open: it would see its blocks change under it.
+                        let users = cluster.open(&spec.image, true).and_then(|i| i.watchers());
+                        match users {
+                            Ok(users) if !users.is_empty() => {
+                                marker.remove()?;
+                                return Err(Error::Usage(format!(
+                                    "RBD image {} is open by {} client(s) ({}): a running \
+                                     machine (or another writer) uses it, and --force would \
+                                     write under it. Stop it (`rbd status {}` lists them; a \
+                                     client killed a moment ago is listed for about 30 s), \
+                                     then run this again",
+                                    spec.image_spec(),
+                                    users.len(),
+                                    users.join(", "),
+                                    spec.image_spec()
+                                )));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                marker.remove()?;
+                                return Err(e);
+                            }
+                        }
                         old_content = true;
                         Found::New
                     }

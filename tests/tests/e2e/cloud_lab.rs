@@ -867,3 +867,79 @@ fn a_new_volume_ceph_cannot_be_reached_for_is_deleted_again() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// `--force` into an RBD image another client has open (here `qemu-io`, a QEMU as a running
+/// machine has it) is refused, naming the client, before anything is written.
+#[test]
+fn force_into_an_rbd_image_a_client_has_open_is_refused() {
+    let Some(lab) = Lab::from_env() else { return };
+    let e = Env::new();
+    std::fs::write(e.p("disk.raw"), vec![9u8; 4 << 20]).unwrap();
+    e.keygen();
+    std::fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    let pool = lab.var("MGEAR_CLOUD_RBD_POOL");
+    let image = format!("mgear-watched-{}", unique());
+    let ceph = |args: &[&str]| {
+        let mut c = Command::new("rbd");
+        c.args([
+            "-c",
+            &lab.var("CEPH_CONF"),
+            "--id",
+            &lab.var("MGEAR_CLOUD_RBD_USER"),
+        ])
+        .args(args);
+        c
+    };
+    run(&mut ceph(&[
+        "create",
+        "--size",
+        "8M",
+        &format!("{pool}/{image}"),
+    ]));
+    let _cleanup = RbdCleanup(&lab, format!("{pool}/{image}"));
+    let watch = mgear_tests::Background(
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-c", "sleep 120000"])
+            .arg(format!(
+                "rbd:{pool}/{image}:conf={}:id={}",
+                lab.var("CEPH_CONF"),
+                lab.var("MGEAR_CLOUD_RBD_USER")
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let target = format!(
+        "rbd:{pool}/{image}?conf={}&id={}",
+        lab.var("CEPH_CONF"),
+        lab.var("MGEAR_CLOUD_RBD_USER")
+    );
+    // Until qemu-io has the image open (`rbd status` lists its watch).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = ceph(&["status", &format!("{pool}/{image}")])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&st.stdout).contains("watcher=") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-io never opened it"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target(&target)
+        .arg("--force")
+        .run();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("is open by 1 client(s)"), "{text}");
+    drop(watch);
+}
