@@ -1020,6 +1020,28 @@ fn preflight(
         )));
     }
     let captures = image_format::list_captures(store)?;
+    // Disk streams of a set under this name, with no SET yet: a set capture that was stopped.
+    // A single-disk capture here would take the set's directory, and the set could neither
+    // resume nor be aborted without taking it.
+    let streams: Vec<&str> = captures
+        .iter()
+        .filter(|c| {
+            image_format::set::parse_disk_stream_name(&c.name)
+                .is_some_and(|(set, _)| set.eq_ignore_ascii_case(&args.name))
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    if !streams.is_empty() && !args.name.contains('.') {
+        return Err(usage(format!(
+            "this medium holds the disks of an unfinished machine set {} ({}): run that set's \
+             capture again with every disk as --source, in order (it resumes), or remove it \
+             first (`mgear capture --abort --name {} {}`); a single disk needs another name",
+            args.name,
+            streams.join(", "),
+            args.name,
+            args.medium.as_args()
+        )));
+    }
     let existing = captures
         .iter()
         .find(|c| c.name.eq_ignore_ascii_case(&args.name));

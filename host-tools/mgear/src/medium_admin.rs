@@ -486,6 +486,24 @@ fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> crate::Res
         .into_iter()
         .filter(|g| *g > bound)
         .collect();
+    // A generation of the set's directory that holds a capture's own files (a single-disk
+    // capture made under the set's name while the set was unfinished) is not the set's: a
+    // finished one is data, never an abort's to remove.
+    for g in &loose {
+        let dir = layout::generation_dir(set, *g);
+        let own = [MANIFEST_FILE, JOURNAL_A, JOURNAL_B, INDEX_FILE, IPART_FILE];
+        for f in own {
+            let path = format!("{dir}/{f}");
+            if store.len(&path).map_err(|e| sealed(e, &path))?.is_some() {
+                return Err(usage(format!(
+                    "{dir} holds a capture of its own ({f}), not machine set {set}'s: `capture \
+                     --abort` removes only a set's unfinished parts and leaves it. Abort the \
+                     set's disks by their names (`mgear capture --abort --name {set}.d0`, ...), \
+                     and use `mgear medium rm --name {set}` for the capture if it is not wanted"
+                )));
+            }
+        }
+    }
     if plans.is_empty() && loose.is_empty() {
         return Err(usage(format!(
             "machine set {set} has no unfinished generation to abort (generation {bound} is \

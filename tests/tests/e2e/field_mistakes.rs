@@ -1018,3 +1018,46 @@ fn a_device_an_ingest_did_not_finish_is_not_booted() {
     ingest.ok();
     assert_eq!(markers(), 0);
 }
+
+/// A machine set stopped part-way (killed) and then captured again
+/// with one `--source` forgotten: the single-disk capture under the set's name was accepted,
+/// took the set's directory, and the set could then neither resume nor be aborted without
+/// deleting that capture. It is refused (exit 2), the medium unchanged, and the set's own
+/// command resumes it.
+#[test]
+fn a_stopped_set_captured_again_with_one_source_is_refused() {
+    let e = Env::new();
+    e.keygen();
+    let medium = e.fat("m.img", "64MiB");
+    random_disk(&e.p("a.raw"), 2 << 20, 13);
+    let set = |sources: &[&str]| {
+        let mut l = e.capture(&medium, "db");
+        for s in sources {
+            l = l.source(s);
+        }
+        l
+    };
+    random_disk(&e.p("b.raw"), 1 << 20, 14);
+    let mut first = set(&["a.raw", "b.raw"])
+        .args(&["--rate-limit", "1MiB/s", "--checkpoint-bytes", "1MiB"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the set finished before it was stopped; the scenario needs it unfinished"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let before = tree(&e.p("m.img"));
+    refused(
+        &set(&["a.raw"]).run(),
+        "holds the disks of an unfinished machine set db (db.d0)",
+    );
+    assert_eq!(tree(&e.p("m.img")), before);
+    set(&["a.raw", "b.raw"]).ok();
+    e.ok(&["verify", "--medium", &medium]);
+}

@@ -711,3 +711,36 @@ fn serve_refuses_a_volume_that_is_not_the_ingested_disk_and_a_busy_port_at_once(
     assert!(!log.contains("fill whole buffer"), "{log}");
     assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), vol);
 }
+
+/// The wrong-disk check reads every non-zero chunk of a small volume: a 3-chunk disk (a set's
+/// small data disk) synced from another disk was overwritten and called verified, because the
+/// check wanted at least four chunks to sample. Refused (exit 1), the volume unchanged.
+#[test]
+fn a_small_disk_synced_from_another_disk_is_refused() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 3, 21);
+    e.capture_and_ingest("64MiB");
+    let vol = std::fs::read(e.p("vol.raw")).unwrap();
+    write_disk(&e.p("other.raw"), 3, 22);
+    let (_serve, addr) = e.listen(&["--once"]);
+    let o = e.run(&[
+        "sync",
+        "--source",
+        "other.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--sign",
+        "site.key",
+        "--retries",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("none of 3 sampled chunks matches"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), vol);
+}
