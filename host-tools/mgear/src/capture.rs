@@ -1603,6 +1603,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         .find(|c| c.name.eq_ignore_ascii_case(&args.name))
         .and_then(|c| c.generations.last().cloned())
         .filter(|g| g.state == image_format::GenerationState::Complete);
+    // The disk size of the generation a delta continues, to say when it changed.
+    let parent_size = newest_done.as_ref().map(|g| g.disk_size);
     if let (Some(g), false) = (newest_done, args.delta) {
         let _ = medium.close();
         return Err(finished_error(args, g.generation));
@@ -1818,10 +1820,27 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     // after the fact, with how to undo it: the parent is untouched.
     if let Some(parent) = summary.parent {
         let unchanged = summary.dedup_chunks + stats.unchanged;
+        // A set's generation is removed as the set's, with every disk.
+        let owner = image_format::set::parse_disk_stream_name(&summary.name)
+            .map_or(summary.name.clone(), |(set, _)| set.to_string());
+        // A disk that changed size is seldom the same disk resized; a smaller wrong disk
+        // stores too few chunks for the check below.
+        if let Some(was) = parent_size.filter(|was| *was != size) {
+            warnings.push(format!(
+                "{} is {} now, and generation {parent} of {} was a disk of {}: if --source is \
+                 not the disk captured as {} (a set's --source in another order, another \
+                 disk), remove this generation with `mgear medium rm {} --name {owner} \
+                 --generation {} --force` and capture the right disk",
+                args.source.as_deref().unwrap_or("the source"),
+                human_bytes(size),
+                summary.name,
+                human_bytes(was),
+                summary.name,
+                args.medium.as_args(),
+                summary.generation
+            ));
+        }
         if unchanged == 0 && summary.stored_chunks >= 8 && summary.resumed_from == 0 {
-            // A set's generation is removed as the set's, with every disk.
-            let owner = image_format::set::parse_disk_stream_name(&summary.name)
-                .map_or(summary.name.clone(), |(set, _)| set.to_string());
             warnings.push(format!(
                 "none of the {} chunks {} stored matches generation {parent} of {}: this delta \
                  holds the whole disk again. If it is not the disk captured as {} (the wrong \

@@ -871,7 +871,8 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         },
     };
     crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
-    if !verdict.trusted_by.is_empty() {
+    // A set's disk: the set's commit (the receipt's) was printed for the set.
+    if !verdict.trusted_by.is_empty() && args.expect_root.is_none() {
         eprintln!(
             "mgear: generation {} is signed by pinned {} (commit {}: compare it with the capture receipt, or pin it with --expect-commit)",
             verdict.generation,

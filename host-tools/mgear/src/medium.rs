@@ -398,6 +398,29 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
             let bytes = file.seek(SeekFrom::End(0)).ok();
             file.seek(SeekFrom::Start(0))
                 .with_context(|| format!("reading medium {}", path.display()))?;
+            // A copy cut short reads as FAT up to where it ends, and then as "access past the
+            // end of the medium" on whichever file lies there: say what it is instead.
+            let mut boot = [0u8; 512];
+            if let (Some(have), Ok(())) = (
+                bytes,
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut boot, 0),
+            ) {
+                if let Some(want) = image_format::store::fatmap::volume_bytes(&boot) {
+                    if have < want {
+                        return Err(crate::exit::coded_next(
+                            crate::exit::IO,
+                            format!(
+                                "{} is {} but the FAT32 file system on it spans {}: the medium \
+                                 (or this copy of it) was cut short",
+                                path.display(),
+                                crate::units::human_bytes(have),
+                                crate::units::human_bytes(want)
+                            ),
+                            "copy it again in full, or give the original",
+                        ));
+                    }
+                }
+            }
             let dev = image_format::store::DirectFile::new(file);
             let store = if read_only {
                 FatStore::open_read_only(dev)

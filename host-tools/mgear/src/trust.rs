@@ -115,9 +115,9 @@ fn parse_commit(text: &str) -> crate::Result<String> {
     Err(crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
-            "--expect-commit {text:?} is not a commit digest: give the 64 hex digits of the              `commit` line of the capture receipt (at least its first 16)"
+            "--expect-commit {text:?} is not a commit digest: give the 64 hex digits of the `commit` line of the capture receipt (at least its first 16)"
         ),
-        "copy the commit from the receipt the capture site sent (mgear capture prints it, and          its --report keeps it as commit_digest)",
+        "copy the commit from the receipt the capture site sent (mgear capture prints it, and its --report keeps it as commit_digest)",
     ))
 }
 
@@ -326,7 +326,7 @@ pub fn check_generation(
             let listed = f.set.disks.get(k).map(|d| d.manifest_root);
             if listed != Some(expected.manifest_root) {
                 return Err(refuse(format!(
-                    "capture {name} generation {g} is not the disk set {set} lists as disk {k}                      (its manifest root differs from the one the set manifest binds): the disk                      on the medium was replaced; do not install it"
+                    "capture {name} generation {g} is not the disk set {set} lists as disk {k} (its manifest root differs from the one the set manifest binds): the disk on the medium was replaced; do not install it"
                 )));
             }
             // The SET just read, not read again through `expected_commit`.
@@ -337,7 +337,10 @@ pub fn check_generation(
         let have = crate::output::hex(&receipt_commit);
         if !have.starts_with(want.as_str()) {
             return Err(refuse(format!(
-                "capture {name} generation {g} has commit {have}, but the capture receipt says                  {want} (--expect-commit): this is not the capture that was shipped (an older                  capture of the same name, or another one, is on the medium in its place); do                  not install it, and ask the capture site which medium holds that commit"
+                "capture {name} generation {g} has commit {have}, but the capture receipt says \
+                 {want} (--expect-commit): this is not the capture that was shipped (an older \
+                 capture of the same name, or another one, is on the medium in its place); do \
+                 not install it, and ask the capture site which medium holds that commit"
             )));
         }
     }

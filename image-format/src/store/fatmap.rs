@@ -205,6 +205,23 @@ fn le32(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
+/// Bytes the FAT file system of boot sector `bs` says its volume spans
+/// (total sectors times bytes per sector); `None` when `bs` is no FAT boot
+/// sector. A medium shorter than this was cut short (a copy interrupted).
+pub fn volume_bytes(bs: &[u8]) -> Option<u64> {
+    if bs.len() < 512 || bs[510] != 0x55 || bs[511] != 0xaa {
+        return None;
+    }
+    let bps = le16(bs, 0x0b);
+    let total16 = le16(bs, 0x13);
+    let total = if total16 != 0 {
+        total16
+    } else {
+        u64::from(le32(bs, 0x20))
+    };
+    (bps >= 512 && total > 0).then(|| bps * total)
+}
+
 impl Geometry {
     /// Parse a boot sector (at least 512 bytes). `None` if it is not a
     /// FAT32 boot sector this module can map (FAT12/16 or damaged): the

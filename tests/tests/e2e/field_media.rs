@@ -580,3 +580,32 @@ fn fsck_repair_does_not_cut_files_for_damage_a_crash_does_not_leave() {
     assert_eq!(v["fsck_fat"]["repaired"], false, "{v}");
     assert_eq!(sha(&e.p("m.img")), before, "the medium was changed");
 }
+
+/// A copy of a medium cut short (an interrupted `cp`): it read as FAT up to where it ended,
+/// then failed on whichever file lay past it ("access ... past the end of the medium", or,
+/// cut in its first sectors, "no MGEAR directory"). It is named as cut short, with the way on.
+#[test]
+fn a_medium_copy_cut_short_is_named_as_such() {
+    let e = Env::new();
+    keys(&e);
+    let m = e.fat("m.img", "40MiB");
+    random_disk(&e.p("disk.raw"), 2, 15);
+    e.capture(&m, "web01").source("disk.raw").ok();
+    for (name, cut) in [("half.img", 20u64 << 20), ("head.img", 100 << 10)] {
+        fs::copy(e.p("m.img"), e.p(name)).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(e.p(name))
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let o = e.run(&["verify", "--medium", &format!("fat:{name}")]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        let said = text(&o);
+        assert!(
+            said.contains("but the FAT32 file system on it spans 40.00 MiB")
+                && said.contains("cut short; copy it again in full"),
+            "{said}"
+        );
+    }
+}

@@ -806,6 +806,18 @@ fn a_delta_of_another_disk_is_warned_about() {
         .arg("--delta")
         .json();
     assert!(v.get("warnings").is_none(), "{v}");
+    // Another, smaller disk (too few chunks for the check above): its size is warned about.
+    random_disk(&e.p("small.raw"), 6 << 20, 3);
+    let v = e
+        .capture("dir:mnt", "web01")
+        .source("small.raw")
+        .arg("--delta")
+        .json();
+    let w = v["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        w.contains("small.raw is 6.00 MiB now") && w.contains("was a disk of 12.00 MiB"),
+        "{v}"
+    );
 
     // A set's disks swapped: both disks are warned about.
     e.capture("dir:mnt", "db01")

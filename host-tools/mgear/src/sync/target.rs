@@ -361,13 +361,14 @@ pub fn session<R: Read, W: Write>(
             None,
             err::SIZE,
             format!(
-                "the source disk is {size} bytes but the target volume is {} bytes; \
-                 sync cannot resize volumes ({}, or take a new capture)",
+                "the source disk is {size} bytes but the target volume is {} bytes ({}); sync \
+                 cannot resize volumes, and a volume serve keeps is exactly its capture's disk: \
+                 capture the disk again with --delta, ingest that generation, and serve it",
                 cap.volume_size,
                 if size > cap.volume_size {
-                    "grow the volume to the disk's size"
+                    "the disk grew"
                 } else {
-                    "the disk shrank: a sync cannot drop the volume's end"
+                    "the disk shrank"
                 }
             ),
         ));
