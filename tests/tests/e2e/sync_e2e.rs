@@ -744,3 +744,37 @@ fn a_small_disk_synced_from_another_disk_is_refused() {
     );
     assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), vol);
 }
+
+/// Something other than serve wrote the volume while serve ran (a mount, fsck, `dd`): serve
+/// answered from the chunk ids it hashed at start, the sync sent nothing for the chunk that
+/// changed and said verified. Serve now hashes the volume again when its file changed since
+/// serve's own last write, and the sync makes it equal to the source.
+#[test]
+fn a_volume_written_behind_serves_back_is_hashed_again() {
+    use std::os::unix::fs::FileExt;
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 8, 31);
+    e.capture_and_ingest("64MiB");
+    let log_path = e.p("serve.log");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen_logging(std::fs::File::create(&log_path).unwrap());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("vol.raw"))
+        .unwrap();
+    f.write_all_at(&[0x5a; 4096], 3 * MIB as u64 + 4096)
+        .unwrap();
+    drop(f);
+    let r = e.json(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
+    ]);
+    assert_eq!(r["chunks_sent"], 1, "{r}");
+    assert_eq!(
+        std::fs::read(e.p("vol.raw")).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap()
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("was written by something else"), "{log}");
+}

@@ -326,7 +326,10 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
     if let Some(note) = served_size(&spec, volume.size(), m.disk_size, &name)? {
         eprintln!("mgear serve: note: {note}");
     }
-    let vol = target::ServedVolume::open(volume, m.disk_size, m.chunk_size, id_key)?;
+    let mut vol = target::ServedVolume::open(volume, m.disk_size, m.chunk_size, id_key)?;
+    if let crate::spec::Target::File(p) = &spec {
+        vol.watch(p);
+    }
     eprintln!(
         "mgear serve: hashed {spec} ({}) in {:.1} s",
         human_bytes(vol.size()),

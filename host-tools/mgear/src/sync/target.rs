@@ -96,6 +96,24 @@ pub struct ServedVolume {
     ids: Vec<[u8; 32]>,
     id_key: IdKey,
     unsynced: u64,
+    /// A file volume's path and its modification stamp after serve's own last write
+    /// ([`ServedVolume::watch`]).
+    watched: Option<(std::path::PathBuf, Option<Stamp>)>,
+}
+
+/// A file's change times and size: what another program writing it moves.
+type Stamp = (i64, i64, i64, i64, u64);
+
+fn stamp_of(path: &std::path::Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.size(),
+    ))
 }
 
 /// How a session ended.
@@ -128,15 +146,7 @@ impl ServedVolume {
                 vol.size()
             )));
         }
-        let count = layout::chunk_count(size, chunk_size);
-        let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-        let mut buf = vec![0u8; chunk_size as usize];
-        for i in 0..count {
-            let len = layout::chunk_len(size, chunk_size, i) as usize;
-            vol.read_at(i * chunk_size as u64, &mut buf[..len])
-                .with_context(|| format!("reading target volume {desc} at chunk {i}"))?;
-            ids.push(id_key.id(&buf[..len]));
-        }
+        let ids = hash_all(vol.as_mut(), &desc, size, chunk_size, &id_key)?;
         Ok(ServedVolume {
             vol,
             desc,
@@ -145,7 +155,52 @@ impl ServedVolume {
             ids,
             id_key,
             unsynced: 0,
+            watched: None,
         })
+    }
+
+    /// Watch the file volume at `path`: a program other than this serve writing it in place
+    /// (a mount, fsck, dd) would leave the chunk ids hashed at start stale, and a sync would
+    /// send nothing for chunks it changed and call the volume verified. Its change times are
+    /// kept after every write of serve's own, and [`ServedVolume::rehash_if_changed`] hashes
+    /// the volume again when they moved. (A `dev:` volume has no such times: stop the serve
+    /// before anything else writes the device.)
+    pub fn watch(&mut self, path: &std::path::Path) {
+        self.watched = Some((path.to_path_buf(), stamp_of(path)));
+    }
+
+    /// Hash the volume again if something other than this serve wrote it since its last
+    /// write or hash (see [`ServedVolume::watch`]); says so on stderr.
+    pub fn rehash_if_changed(&mut self) -> crate::Result<()> {
+        let Some((path, seen)) = &self.watched else {
+            return Ok(());
+        };
+        let now = stamp_of(path);
+        if now == *seen {
+            return Ok(());
+        }
+        let path = path.clone();
+        eprintln!(
+            "mgear serve: {} was written by something else since serve last wrote or hashed it: \
+             hashing it again before this session",
+            self.desc
+        );
+        self.ids = hash_all(
+            self.vol.as_mut(),
+            &self.desc,
+            self.size,
+            self.chunk_size,
+            &self.id_key,
+        )?;
+        self.watched = Some((path.clone(), stamp_of(&path)));
+        Ok(())
+    }
+
+    /// Keep the watched file's stamp as this serve's own write left it.
+    fn wrote(&mut self) {
+        if let Some((path, seen)) = &mut self.watched {
+            *seen = stamp_of(path);
+        }
     }
 
     /// Size in bytes.
@@ -174,6 +229,7 @@ impl ServedVolume {
         if self.unsynced >= SYNC_EVERY {
             self.sync()?;
         }
+        self.wrote();
         Ok(())
     }
 
@@ -183,8 +239,29 @@ impl ServedVolume {
             .flush()
             .with_context(|| format!("syncing target volume {}", self.desc))?;
         self.unsynced = 0;
+        self.wrote();
         Ok(())
     }
+}
+
+/// The keyed id of every chunk of the first `size` bytes of `vol`.
+fn hash_all(
+    vol: &mut dyn mgear_volume::Volume,
+    desc: &str,
+    size: u64,
+    chunk_size: u32,
+    id_key: &IdKey,
+) -> crate::Result<Vec<[u8; 32]>> {
+    let count = layout::chunk_count(size, chunk_size);
+    let mut ids = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let mut buf = vec![0u8; chunk_size as usize];
+    for i in 0..count {
+        let len = layout::chunk_len(size, chunk_size, i) as usize;
+        vol.read_at(i * chunk_size as u64, &mut buf[..len])
+            .with_context(|| format!("reading target volume {desc} at chunk {i}"))?;
+        ids.push(id_key.id(&buf[..len]));
+    }
+    Ok(ids)
 }
 
 /// Send an ERROR to the peer (best effort; sealed once a session exists)
@@ -648,6 +725,14 @@ fn handle(
             ty::ERROR,
             &Refusal::new(err::IO, why.as_str()).encode(),
         );
+        return None;
+    }
+    let rehashed = vol
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .rehash_if_changed();
+    if let Err(e) = rehashed {
+        eprintln!("mgear serve: refused {peer}: {e:#}");
         return None;
     }
     let deadline = Rc::new(Cell::new(Some(started + limits.handshake)));
