@@ -863,9 +863,15 @@ impl Gaps {
                 .unwrap_or_default()
             ),
             format!(
-                "when {} arrives, run the same command with it as --medium (or --appliance){}: \
+                "when {} {}, run the same command with {} as --medium (or --appliance){}: \
                  ingest goes on from here; until then the target stays unfinished",
                 labels.join(" and "),
+                if labels.len() > 1 {
+                    "arrive"
+                } else {
+                    "arrives"
+                },
+                if labels.len() > 1 { "them" } else { "it" },
                 match head {
                     Some(o) => format!(" and with {} again", self.map.describe(o)),
                     None => " (the media given now are not needed again)".into(),
