@@ -436,8 +436,13 @@ impl<M: Store> SpanStore<M> {
                     .map(|m| format!("#{} '{}'", m.ordinal, m.label))
                     .collect();
                 return Err(Error::Usage(format!(
-                    "--replace-medium {name}: the span of these media has no such medium (it has:                      {}); name it as it was given when it joined, or as #N",
-                    if known.is_empty() { "no media yet".into() } else { known.join(", ") }
+                    "--replace-medium {name}: the span of these media has no such medium (it has: \
+                     {}); name it as it was given when it joined, or as #N",
+                    if known.is_empty() {
+                        "no media yet".into()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             };
             if !m.lost {

@@ -249,7 +249,7 @@ fn refuse_unfinished(spec: &str) -> crate::Result<()> {
     let Ok(t) = T::parse(spec, crate::spec::Bare::Existing) else {
         return Ok(());
     };
-    let Ok(dir) = crate::ingest::state_dir(None) else {
+    let Ok(dir) = crate::target::state_dir(None) else {
         return Ok(());
     };
     let unfinished = match &t {

@@ -126,6 +126,7 @@ use crate::boot_cmd::{self, BootOptions, Resolved};
 use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
 use crate::progress::{self, Progress};
 use crate::spec::{Bare, Target};
+use crate::target::state_dir;
 use crate::units::human_bytes;
 
 const STATE_MAGIC: &[u8; 8] = b"MGINGST3";
@@ -255,22 +256,6 @@ pub struct Report {
     pub boot_report: Option<String>,
     /// What the driver adaptation did (`--adapt` only).
     pub adapt: Option<mgear_boot::AdaptReport>,
-}
-
-pub(crate) fn state_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
-    let dir = match arg {
-        Some(d) => d,
-        None => match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
-            Some(s) => PathBuf::from(s).join("mgear/ingest"),
-            None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
-                usage("neither XDG_STATE_HOME nor HOME is set: pass --state-dir DIR")
-            })?)
-            .join(".local/state/mgear/ingest"),
-        },
-    };
-    image_format::private::create_dir(&dir)
-        .with_context(|| format!("creating state dir {} (0700)", dir.display()))?;
-    Ok(dir)
 }
 
 /// The order chunks are written in: 1..n, then 0 (the boot sector last).

@@ -1057,7 +1057,7 @@ pub fn ingest_set(
     // Disks an earlier run of this command finished (an interrupted set
     // ingest re-run as it says) are kept; any other existing file is
     // refused before the first disk is written, not after.
-    let sdir = crate::ingest::state_dir(args.state_dir.clone())?;
+    let sdir = crate::target::state_dir(args.state_dir.clone())?;
     let kept: Vec<bool> = plan
         .iter()
         .map(|(k, t)| {

@@ -4,6 +4,9 @@
 //! `crate::spec`, at the bottom of the library; opening needs the cloud and
 //! the device guard, so it sits above them, below `ingest` and `serve`.
 
+use std::path::PathBuf;
+
+use crate::error::Context;
 use mgear_volume::{
     DeviceVolume, EbsSnapshotVolume, Existing, FileVolume, LibvirtVolume, NbdVolume, Prepare,
     Qcow2Volume, RbdVolume, Volume,
@@ -87,4 +90,23 @@ pub fn open_in_place(target: &Target) -> crate::Result<Box<dyn Volume>> {
              `qemu-nbd -k /tmp/v.sock rbd:POOL/IMAGE` and give nbd+unix:///?socket=/tmp/v.sock"
         ))),
     }
+}
+
+/// The ingest state dir: `--state-dir`, else `$XDG_STATE_HOME/mgear/ingest` (or
+/// `~/.local/state/mgear/ingest`), created 0700. Resume states and the markers of volumes
+/// that have no unfinished name of their own live there (what `mgear boot` checks).
+pub(crate) fn state_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
+    let dir = match arg {
+        Some(d) => d,
+        None => match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+            Some(s) => PathBuf::from(s).join("mgear/ingest"),
+            None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
+                usage("neither XDG_STATE_HOME nor HOME is set: pass --state-dir DIR")
+            })?)
+            .join(".local/state/mgear/ingest"),
+        },
+    };
+    image_format::private::create_dir(&dir)
+        .with_context(|| format!("creating state dir {} (0700)", dir.display()))?;
+    Ok(dir)
 }

@@ -778,3 +778,47 @@ fn a_volume_written_behind_serves_back_is_hashed_again() {
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("was written by something else"), "{log}");
 }
+
+/// Ctrl-C of a sync ended it with exit 130 and nothing said: it stops between chunks, says
+/// the target keeps what it applied, exits 3, and the same command then finishes the job.
+#[test]
+fn a_sync_stopped_with_ctrl_c_says_so_and_continues() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 16, 41);
+    e.capture_and_ingest("64MiB");
+    change_chunks(
+        &e.p("disk.raw"),
+        &(0..16).step_by(2).collect::<Vec<_>>(),
+        42,
+    );
+    let (_serve, addr) = e.listen(&[]);
+    let sync = [
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
+    ];
+    let child = e
+        .line(&sync)
+        .args(&["--rate-limit", "4MiB/s"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("stopped; the target keeps the chunks it applied"),
+        "{}",
+        text(&o)
+    );
+    e.ok(&sync);
+    assert_eq!(
+        std::fs::read(e.p("vol.raw")).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap()
+    );
+}

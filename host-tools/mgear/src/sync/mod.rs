@@ -494,6 +494,8 @@ fn resolve(to: &str) -> crate::Result<()> {
 
 /// Run one sync as `a` says; shared by `sync` and `cutover`.
 pub fn run_sync(a: &Plan) -> crate::Result<SyncReport> {
+    // Ctrl-C ends the session between chunks, saying so (it exited 130 in silence).
+    crate::signals::install();
     run_ready(a, &mut prepare(a)?)
 }
 

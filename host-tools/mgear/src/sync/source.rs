@@ -528,6 +528,14 @@ impl Run<'_> {
         let mut seq = 0u64;
         self.buf.resize(chunk_size as usize, 0);
         for &index in &candidates {
+            // Ctrl-C: the session ends here; the target keeps what it applied.
+            if crate::signals::stop_requested() {
+                return Err(Fail::Fatal(coded(
+                    IO,
+                    "stopped; the target keeps the chunks it applied, and the same command \
+                     continues from there",
+                )));
+            }
             let Some(have) = usize::try_from(index)
                 .ok()
                 .and_then(|i| ids.get(i))
