@@ -244,14 +244,33 @@ impl Where {
             })
             .collect();
         let span = if read_only {
-            SpanStore::open(media, plan.is_none()).map(|mut s| {
+            SpanStore::open(media, plan.is_none()).and_then(|mut s| {
                 if let Some(p) = plan {
+                    // A capture's checks: a member left out would be refused by the writer
+                    // (it writes every medium of its span), after the space estimate had
+                    // called the media given full.
+                    let left_out = s.missing().into_iter().find(|m| {
+                        !m.lost
+                            && !p
+                                .lost
+                                .iter()
+                                .any(|l| *l == m.label || *l == format!("#{}", m.ordinal))
+                    });
+                    if let Some(m) = left_out {
+                        return Err(image_format::Error::Usage(format!(
+                            "medium #{} ({}) of this span is not attached: a spanned capture \
+                             writes every medium of its span (each holds a copy of the index \
+                             and manifests); attach it and give it with --medium too, or if it \
+                             is lost re-capture its share with `--replace-medium '{}'`",
+                            m.ordinal, m.label, m.label
+                        )));
+                    }
                     s.plan_with(SpanOptions {
                         reserve: p.reserve,
                         min_room: p.min_room,
                     });
                 }
-                s
+                Ok(s)
             })
         } else if let Some(plan) = plan {
             let id = image_format::keys::random::<16>()?;

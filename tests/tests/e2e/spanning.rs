@@ -244,6 +244,16 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         .unwrap();
     assert!(share_of_b > 0);
     std::fs::remove_file(e.p("b.img")).unwrap();
+    // Without a medium added it was called full ("0 B are free ... give one more medium"),
+    // which sent the operator the wrong way: it names the medium left out.
+    let o = cap(&[&a, &c], &["--delta"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("of this span is not attached")
+            && output_text(&o).contains("--replace-medium"),
+        "{}",
+        output_text(&o)
+    );
     let d = e.fat("d.img", "40MiB");
     let o = cap(&[&a, &c, &d], &["--delta"]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
