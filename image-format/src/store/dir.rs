@@ -47,17 +47,37 @@ impl DirStore {
         &self.root
     }
 
+    /// `path` below the root. No part of it may be a symbolic link: a link on a medium (which
+    /// whoever carried it may have made) would send reads, and a resume's writes, outside it.
     fn resolve(&self, path: &str) -> Result<PathBuf, StoreError> {
         let rel = Path::new(path);
+        let mut at = self.root.clone();
+        let mut exists = true;
         for c in rel.components() {
             if !matches!(c, Component::Normal(_)) {
                 return Err(StoreError::Io(format!(
                     "invalid medium path {path:?}: only plain relative names are allowed"
                 )));
             }
+            at.push(c);
+            if exists {
+                match fs::symlink_metadata(&at) {
+                    Ok(m) if m.file_type().is_symlink() => return Err(link(path, &at)),
+                    Ok(_) => {}
+                    Err(_) => exists = false,
+                }
+            }
         }
-        Ok(self.root.join(rel))
+        Ok(at)
     }
+}
+
+fn link(path: &str, at: &Path) -> StoreError {
+    StoreError::Io(format!(
+        "{path}: {} is a symbolic link, and a medium directory holds none (it may point \
+         outside the medium): remove it, or copy the medium without links",
+        at.display()
+    ))
 }
 
 fn map_err(path: &str, e: std::io::Error) -> StoreError {
@@ -84,6 +104,17 @@ impl Store for DirStore {
             let Some(name) = e.file_name().to_str().map(str::to_owned) else {
                 continue; // not a name this format writes
             };
+            // Listed as a file, a linked directory was passed over by verify and followed by
+            // ingest: named instead, as every path through it is.
+            if md.file_type().is_symlink() {
+                return Err(link(&format!("{dir}/{name}"), &e.path()));
+            }
+            if !md.is_dir() && !md.is_file() {
+                return Err(StoreError::Io(format!(
+                    "{dir}/{name} is not a regular file (a device, FIFO or socket): a medium \
+                     holds none; remove it"
+                )));
+            }
             out.push(Entry {
                 name,
                 kind: if md.is_dir() {
@@ -101,7 +132,10 @@ impl Store for DirStore {
     fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         match fs::metadata(self.resolve(path)?) {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
-            Ok(_) => Err(StoreError::Io(format!("{path} is a directory"))),
+            Ok(m) if m.is_dir() => Err(StoreError::Io(format!("{path} is a directory"))),
+            Ok(_) => Err(StoreError::Io(format!(
+                "{path} is not a regular file (a device, FIFO or socket): a medium holds none"
+            ))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(map_err(path, e)),
         }
@@ -316,6 +350,41 @@ mod tests {
             s.write_at("/etc/x", 0, b"x"),
             Err(StoreError::Io(_))
         ));
+    }
+
+    /// A link on the medium (a capture directory or a file linked to somewhere else): a read
+    /// or a resume's write through it would leave the medium. Refused, naming it; a FIFO or a
+    /// device is named as what it is (it was "a directory").
+    #[test]
+    fn links_and_special_files_on_the_medium_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("SEG-00000"), b"outside").unwrap();
+        let mut s = DirStore::open(tmp.path()).unwrap();
+        s.create_dir_all("MGEAR/web01").unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("MGEAR/web01/G0001")).unwrap();
+        for e in [
+            s.len("MGEAR/web01/G0001/SEG-00000").unwrap_err(),
+            s.write_at("MGEAR/web01/G0001/SEG-00000", 0, b"x")
+                .unwrap_err(),
+            s.list("MGEAR/web01").unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        }
+        assert_eq!(
+            std::fs::read(outside.path().join("SEG-00000")).unwrap(),
+            b"outside"
+        );
+        std::fs::remove_file(tmp.path().join("MGEAR/web01/G0001")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(tmp.path().join("MGEAR/web01/KEYS"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = s.len("MGEAR/web01/KEYS").unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = s.list("MGEAR/web01").unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]
