@@ -472,6 +472,34 @@ pub fn signed_by(
     }
 }
 
+/// The newest generation of `name` when it is finished and its COMMIT lacks the witness of
+/// the appliance `identity` (its witness failed, or it was captured past the appliance).
+fn unwitnessed(
+    store: &mut dyn image_format::Store,
+    name: &str,
+    identity: &[u8; 32],
+) -> crate::Result<Option<u32>> {
+    use image_format::commit;
+    let Some(newest) = image_format::list_captures(store)?
+        .into_iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.generations.last().cloned())
+        .filter(|g| g.state == image_format::GenerationState::Complete)
+    else {
+        return Ok(None);
+    };
+    let g = newest.generation;
+    let witnessed = match commit::read_commit(store, name, g) {
+        Ok(Some(f)) => f.signatures.iter().any(|s| {
+            s.role == commit::SignerRole::Appliance
+                && s.public_key == *identity
+                && f.commit.verifies(s)
+        }),
+        _ => false,
+    };
+    Ok((!witnessed).then_some(g))
+}
+
 /// Re-run of a finished capture with `--sign`: when the newest generation
 /// is finished but its COMMIT is missing (a crash after MANIFEST) or lacks
 /// this site's signature, sign it instead of capturing again.
@@ -1073,9 +1101,12 @@ fn preflight(
             image_format::GenerationState::Complete if args.delta => {
                 ("delta", g.generation + 1, Some(g.generation), 0)
             }
-            // With --sign, a run that only adds a missing signature (checked
-            // once the medium is open for writing).
-            image_format::GenerationState::Complete if args.sign.is_some() => {
+            // With --sign, or through an appliance, a run that only adds a missing
+            // signature (checked once the medium is open for writing): the site's, or the
+            // appliance's witness an earlier run could not add.
+            image_format::GenerationState::Complete
+                if args.sign.is_some() || args.medium.first_appliance().is_some() =>
+            {
                 ("sign", g.generation, g.parent, g.chunk_count)
             }
             image_format::GenerationState::Complete => {
@@ -1569,6 +1600,58 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     if let (Some(key), true, false) = (&sign_key, exists, args.delta) {
         if let Some(receipt) = sign_missing(medium.store(), &args.name, key)? {
             medium.close()?;
+            return Ok(Report {
+                command: "capture",
+                name: receipt.name.clone(),
+                generation: receipt.generation,
+                parent: None,
+                disk_size: size,
+                chunk_size,
+                resumed_from_chunk: 0,
+                bytes_read: 0,
+                holes_skipped: 0,
+                unchanged_skipped: 0,
+                zero_chunks: 0,
+                dedup_chunks: 0,
+                stored_chunks: 0,
+                stored_bytes: 0,
+                ratio: 0.0,
+                seconds: started.elapsed().as_secs_f64(),
+                mb_per_s: 0.0,
+                cpu_seconds: 0.0,
+                cpu_share: 0.0,
+                manifest_root: receipt.manifest_root.clone(),
+                borrows_from: Vec::new(),
+                receipt,
+                warnings: Vec::new(),
+            });
+        }
+    }
+    // Through an appliance whose witness of the finished generation is missing (its witness
+    // failed at the end of the run that captured it, which said to run the command again):
+    // the witness is added, nothing is captured again.
+    if let (true, false, Some(port), Some(identity)) = (
+        exists,
+        args.delta,
+        args.medium.first_appliance(),
+        appliance_id.as_ref(),
+    ) {
+        let missing = match unwitnessed(medium.store(), &args.name, identity) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = medium.close();
+                return Err(e);
+            }
+        };
+        if let Some(g) = missing {
+            medium.close()?;
+            let receipt = witness_generation(args, port, identity, &args.name, g)
+                .context("adding the appliance's witness signature to the finished generation")?;
+            eprintln!(
+                "mgear capture: {} generation {g} was already captured: added the appliance's \
+                 witness signature to its COMMIT, nothing captured again",
+                args.name
+            );
             return Ok(Report {
                 command: "capture",
                 name: receipt.name.clone(),

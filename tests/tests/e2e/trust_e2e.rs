@@ -658,3 +658,44 @@ fn keyless_verify_fails_a_capture_whose_generations_were_deleted() {
         output_text(&o)
     );
 }
+
+/// A finished generation the appliance did not witness (its witness failed at the end of the
+/// capture, or the disk was written through the export directly): the same capture command
+/// through the appliance adds the witness instead of refusing "already captured, use
+/// --delta", and the witness then vouches for it at the target.
+#[test]
+fn a_missing_appliance_witness_is_added_by_the_same_command() {
+    use crate::appliance_util::Lab;
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(3, 8);
+    lab.start();
+    lab.provision_and_unlock();
+    let fp = lab.fingerprint();
+    // Past the appliance: straight into its NBD export, so no witness.
+    Line::capture(&lab, "web01")
+        .source("disk.raw")
+        .medium(&lab.nbd_url())
+        .ok();
+    let c = lab.capture();
+    assert_eq!(c["generation"], 1, "{c}");
+    assert_eq!(c["stored_bytes"], 0, "nothing captured again: {c}");
+    assert_eq!(
+        c["receipt"]["signers"],
+        serde_json::json!([format!("appliance {fp}")]),
+        "{c}"
+    );
+    let out = lab.ingest(&["--allow-unsealed"]);
+    let t = output_text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains(&format!("appliance {fp} (COMMIT)")), "{t}");
+    same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
+    // Witnessed now: the same command again is the usual refusal.
+    let again = lab.capture_line().run();
+    assert_eq!(again.status.code(), Some(2), "{}", output_text(&again));
+    assert!(
+        output_text(&again).contains("already captured as generation 1"),
+        "{}",
+        output_text(&again)
+    );
+}
