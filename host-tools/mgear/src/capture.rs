@@ -1957,10 +1957,12 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         dedup_chunks: summary.dedup_chunks,
         stored_chunks: summary.stored_chunks,
         stored_bytes: summary.stored_bytes,
-        ratio: if bytes_read == 0 {
-            0.0
-        } else {
-            summary.stored_bytes as f64 / bytes_read as f64
+        // Stored over read; a resumed first generation stores what earlier runs read too,
+        // so it is over the whole disk (it said 8.75 for 70 MiB stored after 8 MiB read).
+        ratio: match (summary.resumed_from, summary.parent) {
+            (1.., None) if size > 0 => summary.stored_bytes as f64 / size as f64,
+            _ if bytes_read == 0 => 0.0,
+            _ => summary.stored_bytes as f64 / bytes_read as f64,
         },
         seconds: secs,
         mb_per_s: progress::mb_per_s(bytes_read, secs),

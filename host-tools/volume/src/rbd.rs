@@ -378,6 +378,15 @@ impl RbdVolume {
                 (image, found)
             }
         };
+        if matches!(found, Found::Unfinished { .. }) {
+            // librbd waits in silence for a killed client's exclusive lock to expire.
+            eprintln!(
+                "mgear: resuming into RBD image {}: if the run before was killed, its client \
+                 still holds the image's lock until the cluster times it out, and the first \
+                 write waits for that (about 30 s)",
+                spec.image_spec()
+            );
+        }
         let size = image.size()?;
         let object = image.object_size()?.max(4096);
         let mut v = RbdVolume {

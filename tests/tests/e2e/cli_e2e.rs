@@ -427,6 +427,10 @@ fn cli_capture_resumes_after_sigkill() {
     let r = capture.json(); // same command, no rate limit: finish quickly
     assert!(r["resumed_from_chunk"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(r["generation"], 1);
+    // Random data stores at about its size: the ratio is over the whole disk, not over what
+    // this run read.
+    let ratio = r["ratio"].as_f64().unwrap();
+    assert!((0.99..1.01).contains(&ratio), "{r}");
     e.ok(&[
         "verify",
         "--allow-untrusted",
