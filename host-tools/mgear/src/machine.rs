@@ -1038,6 +1038,27 @@ pub fn ingest_set(
                 e => coded(FOUND, format!("ingest refused: set {}: {e}", args.name)),
             })?;
         crate::trust::same_as_checked(&verdict, &args.name, file.set.generation, &file.root)?;
+        // Every disk's key slots are there before the first disk is written: a disk found
+        // without them after disk 0 was written and finished left a machine half ingested.
+        for k in 0..file.set.disks.len() {
+            let stream = set::disk_stream_name(&args.name, k);
+            let dir = image_format::layout::capture_dir(&stream);
+            let mut has = |f: &str| {
+                let path = format!("{dir}/{f}");
+                store.len(&path).ok().flatten().is_some()
+            };
+            if !has(image_format::layout::KEYS_FILE) && !has(image_format::layout::KEYPASS_FILE) {
+                return Err(coded(
+                    FOUND,
+                    format!(
+                        "ingest refused: set {}: disk {k} ({stream}) has no key slot on the \
+                         medium ({dir}/KEYS and KEYPASS are missing), so it cannot be opened; \
+                         nothing was written. Ingest from another copy of the shipment",
+                        args.name
+                    ),
+                ));
+            }
+        }
         Ok(file)
     })();
     // Media still to come: every disk is written as far as the media given

@@ -1073,3 +1073,30 @@ fn a_stopped_set_captured_again_with_one_source_is_refused() {
     set(&["a.raw", "b.raw"]).ok();
     e.ok(&["verify", "--medium", &medium]);
 }
+
+/// A set whose second disk lost its key slot: ingest wrote and finished disk 0, then failed
+/// on disk 1 (a machine half ingested). Every disk's key slots are checked first: refused
+/// with nothing written.
+#[test]
+fn a_set_disk_without_key_slots_is_found_before_any_disk_is_written() {
+    let e = Env::new();
+    e.keygen();
+    fs::create_dir(e.p("m")).unwrap();
+    random_disk(&e.p("a.raw"), 2 << 20, 16);
+    random_disk(&e.p("b.raw"), 1 << 20, 17);
+    e.capture("dir:m", "db").sources(&["a.raw", "b.raw"]).ok();
+    fs::remove_file(e.p("m/MGEAR/db.d1/KEYS")).unwrap();
+    let o = e
+        .ingest("dir:m", "db")
+        .untrusted()
+        .unsealed()
+        .target("file:o-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("disk 1 (db.d1) has no key slot"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("o-0.raw").exists() && !e.p("o-0.raw.partial").exists());
+}
