@@ -230,8 +230,25 @@ impl<S: Store> CaptureReader<S> {
         let name = &verify::stored_name(&mut store, name)?;
         let f = find_manifest(&mut store, name, generation)?;
         let (key, slot_id) = keys::unlock_data_key(&mut store, name, unlock)?;
-        if slot_id.is_some_and(|id| id != f.manifest.capture_id) {
-            return Err(Error::WrongKey { name: name.into() });
+        // The key opened the capture's slot, and the slot names the capture: a generation
+        // of another capture id was put in its directory. That is the generation's fault,
+        // not the key's (it was reported as a wrong key).
+        if let Some(id) = slot_id.filter(|id| *id != f.manifest.capture_id) {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let path = layout::generation_file(name, f.manifest.generation, layout::MANIFEST_FILE);
+            return Err(corrupt(
+                Location::capture(name)
+                    .generation(f.manifest.generation)
+                    .file(&path),
+                format!(
+                    "generation {} belongs to another capture (capture id {}; capture {name}'s \
+                     key slot is for capture id {}): it was put here from another capture or \
+                     medium, and is not this capture's",
+                    f.manifest.generation,
+                    hex(&f.manifest.capture_id),
+                    hex(&id)
+                ),
+            ));
         }
         Self::open_manifest(store, name, f, &key)
     }

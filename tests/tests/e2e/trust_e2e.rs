@@ -699,3 +699,44 @@ fn a_missing_appliance_witness_is_added_by_the_same_command() {
         output_text(&again)
     );
 }
+
+/// Generation 2 of another capture of the same name (another medium's web01) copied into this
+/// medium's web01 after its generation 1: the keyed verify called it a wrong key ("target.key
+/// does not open capture web01"), sending the operator after keys that were right. It is a
+/// finding about the generation (exit 1), naming both capture ids.
+#[test]
+fn a_generation_grafted_from_another_capture_is_named_not_blamed_on_the_key() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::create_dir(e.p("m")).unwrap();
+    std::fs::create_dir(e.p("other")).unwrap();
+    std::fs::write(e.p("a.raw"), vec![1u8; 2 << 20]).unwrap();
+    e.capture("dir:m", "web01").source("a.raw").ok();
+    e.capture("dir:other", "web01").source("a.raw").ok();
+    std::fs::write(e.p("a.raw"), vec![3u8; 2 << 20]).unwrap();
+    e.capture("dir:other", "web01")
+        .source("a.raw")
+        .arg("--delta")
+        .ok();
+    let from = e.p("other/MGEAR/web01/G0002");
+    let to = e.p("m/MGEAR/web01/G0002");
+    std::fs::create_dir(&to).unwrap();
+    for f in std::fs::read_dir(&from).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:m",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--allow-untrusted",
+    ]);
+    let t = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("generation 2 belongs to another capture"), "{t}");
+    assert!(!t.contains("does not open capture"), "{t}");
+}
