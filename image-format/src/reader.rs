@@ -422,9 +422,26 @@ impl<S: Store> CaptureReader<S> {
         if !self.ciphers.contains_key(&(stream, generation, segment)) {
             let path = self.record_path(l);
             let mut hb = [0u8; SEG_HEADER_LEN];
-            match self.store.len(&path).at(&path)? {
-                Some(n) if n >= SEG_HEADER_LEN as u64 => {}
+            let len = match self.store.len(&path).at(&path)? {
+                Some(n) if n >= SEG_HEADER_LEN as u64 => n,
                 _ => return Err(corrupt(at.clone(), "segment is missing or truncated")),
+            };
+            // A segment of this generation is the length its manifest signs (verify checks
+            // the same): bytes added after its trailer were read past before.
+            let signed = self
+                .manifest
+                .segments
+                .get(segment as usize)
+                .map(|d| d.len)
+                .filter(|_| stream == 0 && generation == self.manifest.generation);
+            if let Some(want) = signed.filter(|want| *want != len) {
+                return Err(corrupt(
+                    at.clone(),
+                    format!(
+                        "segment is {len} bytes, its manifest says {want} (bytes added or cut \
+                         after it was closed)"
+                    ),
+                ));
             }
             self.store.read_exact_at(&path, 0, &mut hb).at(&path)?;
             let h = SegmentHeader::decode(&hb).map_err(|w| corrupt(at.clone(), w))?;

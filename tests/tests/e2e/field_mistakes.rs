@@ -1100,3 +1100,34 @@ fn a_set_disk_without_key_slots_is_found_before_any_disk_is_written() {
     );
     assert!(!e.p("o-0.raw").exists() && !e.p("o-0.raw.partial").exists());
 }
+
+/// Bytes appended to a segment after its trailer: verify refused the medium, ingest read past
+/// them and wrote the volume. Ingest refuses too (exit 1), as verify does.
+#[test]
+fn a_segment_with_bytes_after_its_trailer_is_refused_by_ingest_too() {
+    use std::io::Write;
+    let e = Env::new();
+    e.keygen();
+    fs::create_dir(e.p("m")).unwrap();
+    random_disk(&e.p("disk.raw"), 2 << 20, 18);
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(e.p("m/MGEAR/web01/G0001/SEG-00000"))
+        .unwrap()
+        .write_all(b"trailing bytes")
+        .unwrap();
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("its manifest says"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("out.raw").exists());
+}
