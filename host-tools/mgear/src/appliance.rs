@@ -961,6 +961,13 @@ fn check_attested_log(
 /// The appliance's medium, reached through its block service: asks `info`
 /// for the locator (the simulator's `nbd+unix://` socket), connects with
 /// `mgear_nbd::NbdFile` and opens the FAT32 volume.
+/// Where the appliance at `port` exports its medium (its `medium_locator`): the NBD URL of
+/// the simulator's export, or a board's description.
+pub fn medium_locator(port: &Path) -> crate::Result<String> {
+    let mut c = Client::open(port)?;
+    Ok(info(&mut c)?.medium_locator)
+}
+
 pub fn open_medium(
     port: &Path,
     exclusive: bool,

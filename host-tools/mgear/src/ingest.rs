@@ -659,6 +659,12 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
     let Ok(target) = Target::parse(spec, Bare::Refuse) else {
         return Ok(());
     };
+    if let Target::Nbd(u) = &target {
+        return medium.refuse_same_volume(
+            &format!("--target {spec}"),
+            &crate::medium::TargetRef::Nbd(u.to_string()),
+        );
+    }
     let (Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) = &target else {
         return Ok(());
     };
@@ -666,6 +672,10 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         &format!("--target {spec}"),
         p,
         "ingest would overwrite the shipment it reads",
+    )?;
+    medium.refuse_same_volume(
+        &format!("--target {spec}"),
+        &crate::medium::TargetRef::Path(p.clone()),
     )?;
     // `X.partial` is where an ingest into `X` writes until it is verified: given as a target
     // (with --force, as "X.partial exists" suggested), it went into another ingest's volume

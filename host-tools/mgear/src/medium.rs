@@ -330,6 +330,63 @@ impl Where {
         Ok(())
     }
 
+    /// Refuse (exit 2) an ingest target that is one of these media reached another way: the
+    /// same NBD export (an appliance's, or `--medium nbd:`), or a file, device or export
+    /// holding the same FAT volume (its serial, size and label in the boot sector: the image
+    /// behind an appliance simulator, a loop device over it). `refuse_overlap` knows only
+    /// paths; an appliance's medium has none on this host.
+    pub fn refuse_same_volume(&self, what: &str, target: &TargetRef) -> crate::Result<()> {
+        let mut media: Vec<(String, Option<String>, Option<[u8; 512]>)> = Vec::new();
+        for port in &self.appliance {
+            let url = crate::appliance::medium_locator(port).ok();
+            let boot = url.as_deref().and_then(nbd_boot_sector);
+            media.push((
+                format!("the medium of the appliance at {}", port.display()),
+                url,
+                boot,
+            ));
+        }
+        for spec in &self.medium {
+            match MediumSpec::parse(spec) {
+                // Not read here: a qemu-nbd without -t serves one client and exits after it.
+                Ok(MediumSpec::Nbd(url)) => {
+                    media.push((format!("the medium {spec}"), Some(url), None))
+                }
+                Ok(MediumSpec::Fat(p)) => {
+                    media.push((format!("the medium {spec}"), None, file_boot_sector(&p)))
+                }
+                _ => {}
+            }
+        }
+        let (url, boot) = match target {
+            TargetRef::Path(p) => (None, file_boot_sector(p)),
+            // Compared by URL only, for the same reason as an NBD medium.
+            TargetRef::Nbd(u) => (Some(u.as_str()), None),
+        };
+        for (name, murl, mboot) in &media {
+            let same_url = match (url, murl.as_deref()) {
+                (Some(a), Some(b)) => same_nbd(a, b),
+                _ => false,
+            };
+            let same_fat = match (&boot, mboot) {
+                (Some(a), Some(b)) => same_fat_volume(a, b),
+                _ => false,
+            };
+            if same_url || same_fat {
+                return Err(usage(format!(
+                    "{what} is {name} ({}): ingest would overwrite the shipment it reads. \
+                     Give a volume that is not the medium (--force does not change this)",
+                    if same_url {
+                        "the same NBD export"
+                    } else {
+                        "the same FAT volume: its serial, size and label"
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuse (exit 2) a capture onto an appliance that is not unlocked,
     /// before anything is planned (a sealed appliance's full medium would
     /// otherwise be reported as full, not as sealed).
@@ -360,6 +417,69 @@ impl Where {
         all.extend(self.medium.iter().cloned());
         all.join(" + ")
     }
+}
+
+/// An ingest target as [`Where::refuse_same_volume`] compares it.
+pub enum TargetRef {
+    /// A file or device.
+    Path(std::path::PathBuf),
+    /// An NBD URL.
+    Nbd(String),
+}
+
+/// The first sector of the file or device at `path`, if it can be read.
+fn file_boot_sector(path: &Path) -> Option<[u8; 512]> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut b = [0u8; 512];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).ok()?;
+    Some(b)
+}
+
+/// The first sector of the NBD export at `url`, if it answers (briefly: this is a check).
+/// Only for an appliance's export, which serves any number of clients for as long as it runs.
+fn nbd_boot_sector(url: &str) -> Option<[u8; 512]> {
+    let parsed: mgear_nbd::NbdUrl = url.parse().ok()?;
+    let opts = mgear_nbd::ConnectOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    let within = std::time::Duration::from_secs(5);
+    let mut c = mgear_nbd::Client::connect_within(&parsed, &opts, within).ok()?;
+    if c.size() < 512 {
+        return None;
+    }
+    let mut b = [0u8; 512];
+    c.read_at(0, &mut b).ok()?;
+    Some(b)
+}
+
+/// Two NBD URLs naming one export: equal, or Unix sockets that are one file.
+fn same_nbd(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (
+        a.parse::<mgear_nbd::NbdUrl>(),
+        b.parse::<mgear_nbd::NbdUrl>(),
+    ) {
+        (
+            Ok(mgear_nbd::NbdUrl::Unix {
+                socket: sa,
+                export: ea,
+            }),
+            Ok(mgear_nbd::NbdUrl::Unix {
+                socket: sb,
+                export: eb,
+            }),
+        ) => ea == eb && crate::guard::overlaps(&sa, &sb),
+        _ => false,
+    }
+}
+
+/// Two FAT32 boot sectors of one volume: the same serial (random at format), size and label.
+fn same_fat_volume(a: &[u8; 512], b: &[u8; 512]) -> bool {
+    let fat32 = |s: &[u8; 512]| s[510..512] == [0x55, 0xaa] && &s[82..90] == b"FAT32   ";
+    fat32(a) && fat32(b) && a[0x43..0x52] == b[0x43..0x52] && a[0x20..0x24] == b[0x20..0x24]
 }
 
 /// Open the medium `spec`; `read_only`: an image or device is opened

@@ -193,6 +193,16 @@ struct Export {
 impl Client {
     /// Connects to `url`, negotiates and selects the export.
     pub fn connect(url: &NbdUrl, opts: &ConnectOptions) -> Result<Client> {
+        Client::connect_within(url, opts, io_timeout())
+    }
+
+    /// [`Client::connect`] whose requests (the handshake too) fail after `timeout` without
+    /// an answer: for a quick look at an export that may serve one client only.
+    pub fn connect_within(
+        url: &NbdUrl,
+        opts: &ConnectOptions,
+        timeout: std::time::Duration,
+    ) -> Result<Client> {
         let server = url.to_string();
         let sock = match url {
             NbdUrl::Tcp { host, port, .. } => {
@@ -220,7 +230,6 @@ impl Client {
             peer: server.clone(),
             source,
         };
-        let timeout = io_timeout();
         sock.set_timeouts(Some(timeout)).map_err(io_err)?;
         let r = sock.try_clone().map_err(io_err)?;
         let w = sock.try_clone().map_err(io_err)?;

@@ -27,7 +27,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use mgear_tests::{output_text, qemu_nbd, Env, Loop};
+use mgear_tests::{output_text, qemu_nbd, Env, Line, Loop};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
@@ -1130,4 +1130,37 @@ fn a_segment_with_bytes_after_its_trailer_is_refused_by_ingest_too() {
         output_text(&o)
     );
     assert!(!e.p("out.raw").exists());
+}
+
+/// The appliance's medium reached another way as an ingest target: the image behind the
+/// simulator (`file:`, `--force`, as "exists: pass --force" invited), a loop device over it,
+/// or its own NBD export. Each was overwritten with exit 0 ("verified"), destroying the
+/// shipment. Refused (exit 2) even with --force, the medium unchanged.
+#[test]
+fn the_appliances_medium_is_never_an_ingest_target() {
+    let mut lab = crate::appliance_util::Lab::new(64);
+    lab.keygen();
+    lab.make_disk(3, 19);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.capture();
+    let fp = lab.fingerprint();
+    let before = tree(&lab.p("medium.img"));
+    let dev = Loop::attach(&lab.p("medium.img"));
+    for target in [
+        format!("file:{}", lab.s("medium.img")),
+        format!("dev:{}", dev.0),
+        lab.nbd_url(),
+    ] {
+        let o = Line::ingest(&lab, "web01")
+            .args(&["--trust-appliance", &fp])
+            .appliance(&lab.tty())
+            .unsealed()
+            .target(&target)
+            .arg("--force")
+            .run();
+        refused(&o, "is the medium of the appliance at");
+        assert_eq!(tree(&lab.p("medium.img")), before, "{target}");
+    }
+    lab.stop();
 }
