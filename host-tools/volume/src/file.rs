@@ -657,6 +657,38 @@ pub struct DeviceVolume {
     found: Found,
 }
 
+/// What names the block device at `path` beyond the path, which another device may take
+/// later: its number and size, and the file behind a loop device or a disk's serial (sysfs).
+fn device_identity(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(path) else {
+        return "gone".into();
+    };
+    let rdev = md.rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let sys = format!("/sys/dev/block/{major}:{minor}");
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("{sys}/{f}"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let mut id = format!("device {major}:{minor}");
+    if let Some(sectors) = read("size") {
+        id += &format!(", {sectors} sectors");
+    }
+    if let Some(backing) = read("loop/backing_file") {
+        let inode = std::fs::metadata(&backing)
+            .map(|m| format!(" (inode {}:{})", m.dev(), m.ino()))
+            .unwrap_or_default();
+        id += &format!(", loop over {backing}{inode}");
+    }
+    if let Some(serial) = read("device/wwid").or_else(|| read("device/serial")) {
+        id += &format!(", serial {serial}");
+    }
+    id
+}
+
 impl DeviceVolume {
     /// Open `path` (must be a block device of at least the disk's size).
     pub fn open(path: &Path, prep: &Prepare) -> Result<Self> {
@@ -686,11 +718,27 @@ impl DeviceVolume {
         let raw = Raw::new(file, path, size, true);
         let marker = Self::marker(path, prep);
         let found = if marker.exists() {
+            if let Some(was) = marker
+                .identity()
+                .filter(|was| *was != device_identity(path))
+            {
+                return Err(Error::Usage(format!(
+                    "an unfinished ingest into {} was writing another device ({was}), not the \
+                     one there now ({}): nothing was written. Attach the device that ingest was \
+                     writing to finish it, or remove its marker {} to write this one",
+                    path.display(),
+                    device_identity(path),
+                    marker.path.display()
+                )));
+            }
             Found::Unfinished {
                 adopt_without_state: true,
             }
         } else {
-            marker.create(&format!("{} into {}", prep.what, path.display()))?;
+            marker.create_for(
+                &format!("{} into {}", prep.what, path.display()),
+                &device_identity(path),
+            )?;
             let head = vec![0u8; prep.head_len.min(size) as usize];
             raw.write_at(0, &head)?;
             raw.flush()?;
@@ -711,7 +759,9 @@ impl DeviceVolume {
     /// [`DeviceVolume::unfinished`] with the ingest state dir `state_dir`
     /// (what `mgear boot` checks before booting the device).
     pub fn marked_unfinished(path: &Path, state_dir: &Path) -> bool {
-        Self::marker_in(path, state_dir).exists()
+        let m = Self::marker_in(path, state_dir);
+        // A marker made for another device attached at this path before is not this one's.
+        m.exists() && m.identity().is_none_or(|was| was == device_identity(path))
     }
 
     fn marker(path: &Path, prep: &Prepare) -> Marker {

@@ -37,6 +37,21 @@ impl Marker {
             .map_err(|e| Error::io(format!("writing marker {}", self.path.display()), e))
     }
 
+    /// [`Marker::create`] with a line naming the volume beyond its path (`identity`), which
+    /// [`Marker::identity`] gives back.
+    pub fn create_for(&self, what: &str, identity: &str) -> Result<()> {
+        self.create(&format!("{what}\nidentity: {identity}\n"))
+    }
+
+    /// The identity line a marker was made with ([`Marker::create_for`]); `None` for one
+    /// without (made before, or for a volume that has none).
+    pub fn identity(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("identity: "))
+            .map(str::to_string)
+    }
+
     pub fn remove(&self) -> Result<()> {
         std::fs::remove_file(&self.path)
             .map_err(|e| Error::io(format!("removing marker {}", self.path.display()), e))

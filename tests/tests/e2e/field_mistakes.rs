@@ -1164,3 +1164,69 @@ fn the_appliances_medium_is_never_an_ingest_target() {
     }
     lab.stop();
 }
+
+/// A `dev:` ingest killed part-way leaves a marker keyed by the device's path; another volume
+/// attached at that path later (here: a FAT medium on the same loop device) was taken for the
+/// unfinished one and overwritten, without --force or the file-system check. The marker names
+/// its device: the other one gets the usual check (refused without --force), and with --force
+/// the marker's device is named instead of writing.
+#[test]
+fn a_marker_left_for_one_device_is_not_taken_for_another_at_its_path() {
+    let e = Env::new();
+    e.keygen();
+    let medium = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 8 << 20, 20);
+    e.capture(&medium, "web01").source("disk.raw").ok();
+    fs::write(e.p("vol-a.img"), vec![0u8; 8 << 20]).unwrap();
+    let dev = Loop::attach(&e.p("vol-a.img"));
+    let target = format!("dev:{}", dev.0);
+    let ingest = e
+        .ingest(&medium, "web01")
+        .untrusted()
+        .target(&target)
+        .arg("--force");
+    let mut slow = ingest
+        .clone()
+        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "finished before it was stopped"
+    );
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    // Another volume, a FAT medium, attached at the same path.
+    e.fat("vol-b.img", "64MiB");
+    let before = tree(&e.p("vol-b.img"));
+    let swap = |file: &str| {
+        let st = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&dev.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = std::process::Command::new("losetup")
+            .arg(&dev.0)
+            .arg(e.p(file))
+            .status()
+            .unwrap();
+        assert!(st.success(), "losetup {} {file}", dev.0);
+    };
+    swap("vol-b.img");
+    let plain = e.ingest(&medium, "web01").untrusted().target(&target).run();
+    refused(&plain, "holds a FAT32 file system");
+    refused(&ingest.run(), "was writing another device");
+    assert_eq!(tree(&e.p("vol-b.img")), before);
+    // Its own device back: the unfinished ingest resumes and finishes.
+    swap("vol-a.img");
+    ingest.ok();
+    assert_eq!(
+        fs::read(e.p("vol-a.img")).unwrap(),
+        fs::read(e.p("disk.raw")).unwrap()
+    );
+}
