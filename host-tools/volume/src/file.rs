@@ -544,7 +544,9 @@ impl FileVolume {
                 partial.display()
             )));
         }
-        if raw.size != prep.disk_size {
+        // Only a file this run created is sized: an unfinished one of another ingest (another
+        // capture, refused by its resume state next) keeps every byte it holds.
+        if found == Found::New && raw.size != prep.disk_size {
             // A new partial file: sparse, all zeros.
             raw.file
                 .set_len(prep.disk_size)

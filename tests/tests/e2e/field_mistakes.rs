@@ -1230,3 +1230,51 @@ fn a_marker_left_for_one_device_is_not_taken_for_another_at_its_path() {
         fs::read(e.p("disk.raw")).unwrap()
     );
 }
+
+/// Another capture ingested into a target whose ingest is unfinished is refused, and now
+/// leaves that ingest's `.partial` as it was: the refused command resized it to its own disk
+/// first, and the unfinished ingest's resume then failed its read-back.
+#[test]
+fn a_refused_ingest_leaves_another_ingests_partial_as_it_was() {
+    let e = Env::new();
+    e.keygen();
+    fs::create_dir(e.p("m")).unwrap();
+    random_disk(&e.p("big.raw"), 12 << 20, 21);
+    random_disk(&e.p("small.raw"), 2 << 20, 22);
+    e.capture("dir:m", "big").source("big.raw").ok();
+    e.capture("dir:m", "small").source("small.raw").ok();
+    let big = e
+        .ingest("dir:m", "big")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw");
+    let mut slow = big
+        .clone()
+        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "finished before it was stopped"
+    );
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let before = tree(&e.p("vol.raw.partial"));
+    let o = e
+        .ingest("dir:m", "small")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .run();
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert_eq!(tree(&e.p("vol.raw.partial")), before);
+    big.ok();
+    assert_eq!(
+        fs::read(e.p("vol.raw")).unwrap(),
+        fs::read(e.p("big.raw")).unwrap()
+    );
+}
