@@ -876,7 +876,10 @@ impl<P: Platform> Appliance<P> {
         let left = self.cfg.max_pin_failures - failures;
         Ok(Some(Response::error(
             ErrorCode::WrongPin,
-            alloc::format!("wrong PIN; {left} attempts left before the appliance erases itself"),
+            alloc::format!(
+                "wrong PIN; {left} attempt{} left before the appliance erases itself",
+                if left == 1 { "" } else { "s" }
+            ),
         )))
     }
 

@@ -1021,12 +1021,16 @@ pub fn ingest_set(
             // The set's commit is the receipt's; each disk's own is bound to it by the set
             // manifest and is not printed (it is on no receipt).
             eprintln!(
-                "mgear: set {} generation {} is signed by pinned {} (commit {}: compare it with \
-                 the capture receipt, or pin it with --expect-commit)",
+                "mgear: set {} generation {} is signed by pinned {} (commit {}{})",
                 args.name,
                 verdict.generation,
                 verdict.trusted_by.join(", "),
-                crate::output::hex(&verdict.commit)
+                crate::output::hex(&verdict.commit),
+                if args.trust.expect_commit.is_some() {
+                    ": the one --expect-commit names"
+                } else {
+                    ": compare it with the capture receipt, or pin it with --expect-commit"
+                }
             );
         }
         // ...and that it is intact and binds exactly the disks on the medium.
