@@ -180,6 +180,29 @@ impl<'r> Line<'r> {
         out
     }
 
+    /// Start this line slowed to `rate` (`--rate-limit`, checkpoints every MiB), let it run
+    /// for `ms` milliseconds and SIGKILL it: a run stopped part-way. Panics if it finished
+    /// first (the scenario needs it unfinished).
+    pub fn killed_after(&self, rate: &str, ms: u64) {
+        let mut child = self
+            .clone()
+            .args(&["--rate-limit", rate, "--checkpoint-bytes", "1MiB"])
+            .command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mgear");
+        std::thread::sleep(Duration::from_millis(ms));
+        let running = child.try_wait().expect("wait for mgear").is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            running,
+            "mgear {:?} finished before it was stopped; the scenario needs it unfinished",
+            self.argv()
+        );
+    }
+
     /// Start this `mgear serve` line in the background and wait for its
     /// first line, `listening on ADDR`; returns the server and ADDR.
     pub fn listen(&self) -> (Background, String) {

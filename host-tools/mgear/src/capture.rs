@@ -472,6 +472,36 @@ pub fn signed_by(
     }
 }
 
+/// The report of a run that only added a signature to a finished generation (`--sign`, or
+/// the appliance's witness): nothing read or stored.
+fn signature_only(receipt: Receipt, disk_size: u64, chunk_size: u32, started: Instant) -> Report {
+    Report {
+        command: "capture",
+        name: receipt.name.clone(),
+        generation: receipt.generation,
+        parent: None,
+        disk_size,
+        chunk_size,
+        resumed_from_chunk: 0,
+        bytes_read: 0,
+        holes_skipped: 0,
+        unchanged_skipped: 0,
+        zero_chunks: 0,
+        dedup_chunks: 0,
+        stored_chunks: 0,
+        stored_bytes: 0,
+        ratio: 0.0,
+        seconds: started.elapsed().as_secs_f64(),
+        mb_per_s: 0.0,
+        cpu_seconds: 0.0,
+        cpu_share: 0.0,
+        manifest_root: receipt.manifest_root.clone(),
+        borrows_from: Vec::new(),
+        receipt,
+        warnings: Vec::new(),
+    }
+}
+
 /// The newest generation of `name` when it is finished and its COMMIT lacks the witness of
 /// the appliance `identity` (its witness failed, or it was captured past the appliance).
 fn unwitnessed(
@@ -1600,31 +1630,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     if let (Some(key), true, false) = (&sign_key, exists, args.delta) {
         if let Some(receipt) = sign_missing(medium.store(), &args.name, key)? {
             medium.close()?;
-            return Ok(Report {
-                command: "capture",
-                name: receipt.name.clone(),
-                generation: receipt.generation,
-                parent: None,
-                disk_size: size,
-                chunk_size,
-                resumed_from_chunk: 0,
-                bytes_read: 0,
-                holes_skipped: 0,
-                unchanged_skipped: 0,
-                zero_chunks: 0,
-                dedup_chunks: 0,
-                stored_chunks: 0,
-                stored_bytes: 0,
-                ratio: 0.0,
-                seconds: started.elapsed().as_secs_f64(),
-                mb_per_s: 0.0,
-                cpu_seconds: 0.0,
-                cpu_share: 0.0,
-                manifest_root: receipt.manifest_root.clone(),
-                borrows_from: Vec::new(),
-                receipt,
-                warnings: Vec::new(),
-            });
+            return Ok(signature_only(receipt, size, chunk_size, started));
         }
     }
     // Through an appliance whose witness of the finished generation is missing (its witness
@@ -1652,31 +1658,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                  witness signature to its COMMIT, nothing captured again",
                 args.name
             );
-            return Ok(Report {
-                command: "capture",
-                name: receipt.name.clone(),
-                generation: receipt.generation,
-                parent: None,
-                disk_size: size,
-                chunk_size,
-                resumed_from_chunk: 0,
-                bytes_read: 0,
-                holes_skipped: 0,
-                unchanged_skipped: 0,
-                zero_chunks: 0,
-                dedup_chunks: 0,
-                stored_chunks: 0,
-                stored_bytes: 0,
-                ratio: 0.0,
-                seconds: started.elapsed().as_secs_f64(),
-                mb_per_s: 0.0,
-                cpu_seconds: 0.0,
-                cpu_share: 0.0,
-                manifest_root: receipt.manifest_root.clone(),
-                borrows_from: Vec::new(),
-                receipt,
-                warnings: Vec::new(),
-            });
+            return Ok(signature_only(receipt, size, chunk_size, started));
         }
     }
     // Its COMMIT already carries this site's signature (or no --sign): a

@@ -985,21 +985,7 @@ fn a_device_an_ingest_did_not_finish_is_not_booted() {
         .untrusted()
         .target(&target)
         .arg("--force");
-    let mut slow = ingest
-        .clone()
-        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
-        .command()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(
-        slow.try_wait().unwrap().is_none(),
-        "the ingest finished before it was stopped; the scenario needs it unfinished"
-    );
-    slow.kill().unwrap();
-    slow.wait().unwrap();
+    ingest.killed_after("2MiB/s", 1500);
     let boot = [
         "boot",
         "--target",
@@ -1050,20 +1036,7 @@ fn a_stopped_set_captured_again_with_one_source_is_refused() {
         l
     };
     random_disk(&e.p("b.raw"), 1 << 20, 14);
-    let mut first = set(&["a.raw", "b.raw"])
-        .args(&["--rate-limit", "1MiB/s", "--checkpoint-bytes", "1MiB"])
-        .command()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1200));
-    assert!(
-        first.try_wait().unwrap().is_none(),
-        "the set finished before it was stopped; the scenario needs it unfinished"
-    );
-    first.kill().unwrap();
-    first.wait().unwrap();
+    set(&["a.raw", "b.raw"]).killed_after("1MiB/s", 1200);
     let before = tree(&e.p("m.img"));
     refused(
         &set(&["a.raw"]).run(),
@@ -1185,21 +1158,7 @@ fn a_marker_left_for_one_device_is_not_taken_for_another_at_its_path() {
         .untrusted()
         .target(&target)
         .arg("--force");
-    let mut slow = ingest
-        .clone()
-        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
-        .command()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(
-        slow.try_wait().unwrap().is_none(),
-        "finished before it was stopped"
-    );
-    slow.kill().unwrap();
-    slow.wait().unwrap();
+    ingest.killed_after("2MiB/s", 1500);
     // Another volume, a FAT medium, attached at the same path.
     e.fat("vol-b.img", "64MiB");
     let before = tree(&e.p("vol-b.img"));
@@ -1248,21 +1207,7 @@ fn a_refused_ingest_leaves_another_ingests_partial_as_it_was() {
         .untrusted()
         .unsealed()
         .target("file:vol.raw");
-    let mut slow = big
-        .clone()
-        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
-        .command()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    assert!(
-        slow.try_wait().unwrap().is_none(),
-        "finished before it was stopped"
-    );
-    slow.kill().unwrap();
-    slow.wait().unwrap();
+    big.killed_after("2MiB/s", 2500);
     let before = tree(&e.p("vol.raw.partial"));
     let o = e
         .ingest("dir:m", "small")
