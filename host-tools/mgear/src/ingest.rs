@@ -867,17 +867,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     };
     crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
     // A set's disk: the set's commit (the receipt's) was printed for the set.
-    if !verdict.trusted_by.is_empty() && args.expect_root.is_none() {
-        eprintln!(
-            "mgear: generation {} is signed by pinned {} (commit {}{})",
-            verdict.generation,
-            verdict.trusted_by.join(", "),
-            crate::output::hex(&verdict.commit),
-            if args.trust.expect_commit.is_some() {
-                ": the one --expect-commit names"
-            } else {
-                ": compare it with the capture receipt, or pin it with --expect-commit"
-            }
+    if args.expect_root.is_none() {
+        crate::trust::say_trusted(
+            &format!("generation {}", verdict.generation),
+            &verdict,
+            args.trust.expect_commit.is_some(),
         );
     }
     let gaps = crate::medium::Gaps::of(&medium, &args.medium.describe());

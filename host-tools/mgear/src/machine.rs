@@ -1017,22 +1017,13 @@ pub fn ingest_set(
             None => coded(FOUND, format!("ingest refused: set {}: {e:#}", args.name)),
         })?;
         crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
-        if !verdict.trusted_by.is_empty() {
-            // The set's commit is the receipt's; each disk's own is bound to it by the set
-            // manifest and is not printed (it is on no receipt).
-            eprintln!(
-                "mgear: set {} generation {} is signed by pinned {} (commit {}{})",
-                args.name,
-                verdict.generation,
-                verdict.trusted_by.join(", "),
-                crate::output::hex(&verdict.commit),
-                if args.trust.expect_commit.is_some() {
-                    ": the one --expect-commit names"
-                } else {
-                    ": compare it with the capture receipt, or pin it with --expect-commit"
-                }
-            );
-        }
+        // The set's commit is the receipt's; each disk's own is bound to it by the set
+        // manifest and is not printed (it is on no receipt).
+        crate::trust::say_trusted(
+            &format!("set {} generation {}", args.name, verdict.generation),
+            &verdict,
+            args.trust.expect_commit.is_some(),
+        );
         // ...and that it is intact and binds exactly the disks on the medium.
         let (file, _) = set::open_set(store, &args.name, Some(verdict.generation), &unlock)
             .map_err(|e| match e {

@@ -128,6 +128,25 @@ pub struct Attestations {
     pub from: String,
 }
 
+/// Say on stderr which pinned keys vouch for `what` (`generation 3`, `set db01 generation
+/// 3`) and its commit, and how the operator checks it against the receipt (`pinned`: the
+/// commit was given with --expect-commit, and matched).
+pub fn say_trusted(what: &str, v: &Verdict, pinned: bool) {
+    if v.trusted_by.is_empty() {
+        return;
+    }
+    eprintln!(
+        "mgear: {what} is signed by pinned {} (commit {}{})",
+        v.trusted_by.join(", "),
+        crate::output::hex(&v.commit),
+        if pinned {
+            ": the one --expect-commit names"
+        } else {
+            ": compare it with the capture receipt, or pin it with --expect-commit"
+        }
+    );
+}
+
 /// An accepted generation.
 #[derive(Debug)]
 pub struct Verdict {
