@@ -125,13 +125,7 @@ impl DataKey {
     /// written without them (by [`DataKey::save_cache_with_id`], or before
     /// they were recorded).
     pub fn cached_slots(path: &std::path::Path) -> Result<Option<CachedSlots>> {
-        let shown = path.display().to_string();
-        let bytes = crate::private::read(path).map_err(|source| Error::Io {
-            path: shown.clone(),
-            source,
-        })?;
-        let text = core::str::from_utf8(&bytes)
-            .map_err(|_| Error::Usage(format!("key cache {shown}: the file is not text")))?;
+        let (_, text) = read_cache_text(path)?;
         if !text.lines().any(|l| l.trim() == "slots") {
             return Ok(None);
         }
@@ -148,13 +142,7 @@ impl DataKey {
     /// The capture id a key cache records (`None` for caches written
     /// without one, by [`DataKey::save_cache`] or older releases).
     pub fn cached_capture_id(path: &std::path::Path) -> Result<Option<[u8; 16]>> {
-        let shown = path.display().to_string();
-        let bytes = crate::private::read(path).map_err(|source| Error::Io {
-            path: shown.clone(),
-            source,
-        })?;
-        let text = core::str::from_utf8(&bytes)
-            .map_err(|_| Error::Usage(format!("key cache {shown}: the file is not text")))?;
+        let (shown, text) = read_cache_text(path)?;
         let Some(hex) = text.lines().find_map(|l| l.strip_prefix("id ")) else {
             return Ok(None);
         };
@@ -178,13 +166,8 @@ impl DataKey {
 
     /// Reads a key cache written by [`DataKey::save_cache`] for capture `name`.
     pub fn load_cache(path: &std::path::Path, name: &str) -> Result<Self> {
-        let shown = path.display().to_string();
-        let bytes = crate::private::read(path).map_err(|source| Error::Io {
-            path: shown.clone(),
-            source,
-        })?;
+        let (shown, text) = read_cache_text(path)?;
         let bad = |why: &str| Error::Usage(format!("key cache {shown}: {why}"));
-        let text = core::str::from_utf8(&bytes).map_err(|_| bad("the file is not text"))?;
         let mut cap = None;
         let mut key = None;
         for line in text.lines() {
@@ -211,6 +194,18 @@ impl DataKey {
             _ => Err(bad("not a MotionGear key cache (no capture/key lines)")),
         }
     }
+}
+
+/// A key cache file's text, and its path as messages show it.
+fn read_cache_text(path: &std::path::Path) -> Result<(String, Zeroizing<String>)> {
+    let shown = path.display().to_string();
+    let bytes = crate::private::read(path).map_err(|source| Error::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let text = core::str::from_utf8(&bytes)
+        .map_err(|_| Error::Usage(format!("key cache {shown}: the file is not text")))?;
+    Ok((shown, Zeroizing::new(text.to_string())))
 }
 
 /// The key slots a capture was created with, as its key cache records them.
