@@ -1335,3 +1335,47 @@ fn an_empty_medium_is_not_sealed() {
     assert_eq!(a.state(), DeviceState::Unlocked);
     assert_eq!(a.block_write(0, &[0; 512]), Ok(()));
 }
+
+/// Power lost between seal writing its attestation and state and appending its custody
+/// record: the appliance comes back sealed, and the record is appended at power-up where the
+/// attestation expects it (the log failed verification for good, and a sealed appliance cannot
+/// seal again).
+#[test]
+fn a_seal_whose_custody_record_was_cut_is_logged_at_power_up() {
+    let mut a = provisioned(60);
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    assert!(matches!(
+        a.handle(Request::CaptureBegin {
+            name: "web01".into()
+        }),
+        Response::Recorded { .. }
+    ));
+    assert!(matches!(
+        a.handle(Request::CaptureCommit {
+            name: "web01".into(),
+            generation: 1
+        }),
+        Response::Witnessed { .. }
+    ));
+    // The seal's own Verify record goes in; its Seal record does not.
+    a.p.log.fail_after = Some(1);
+    let _ = a.handle(Request::Seal);
+    let mut a = reboot(a, 61);
+    assert_eq!(a.state(), DeviceState::Sealed);
+    let Response::Attestations {
+        seal: Some(seal), ..
+    } = a.handle(Request::GetAttestations)
+    else {
+        panic!("no seal attestation")
+    };
+    let records = all_records(&mut a);
+    attest::check_log_covers(&seal, &records).unwrap();
+    // Logged once: a second power-up adds nothing of it.
+    let mut a = reboot(a, 62);
+    let seals = log_entries(&mut a)
+        .into_iter()
+        .filter(|e| matches!(e.event, custody::Event::Seal { .. }))
+        .count();
+    assert_eq!(seals, 1);
+    attest::check_log_covers(&seal, &all_records(&mut a)).unwrap();
+}
