@@ -317,7 +317,6 @@ impl<P: Platform> Appliance<P> {
             alarm: false,
         };
         if app.key.is_some() {
-            app.relog_cut_attestation()?;
             if app.log.dropped_tail() > 0 {
                 let bytes = app.log.dropped_tail();
                 app.record(Event::TornTailDropped { bytes })?;
@@ -1512,40 +1511,6 @@ impl<P: Platform> Appliance<P> {
             Ok(false) => {}
             Err(_) => warn!("medium hardware write protection could not be changed"),
         }
-    }
-
-    /// A power cut between an attestation's state write and its custody record (seal and
-    /// arrival write the attestation and the state first) left the log exactly as that
-    /// attestation pinned it, without the record the attestation expects right after: the
-    /// log then failed verification for good ("does not record the Seal attestation"), and a
-    /// sealed appliance cannot seal again. Append that record now, where it belongs, before
-    /// any record of this power-up.
-    fn relog_cut_attestation(&mut self) -> Result<(), Error> {
-        let slot = match self.st.lifecycle {
-            Lifecycle::Sealed => SecretSlot::SealAttestation,
-            Lifecycle::Arrived => SecretSlot::ArrivalAttestation,
-            _ => return Ok(()),
-        };
-        let Some(att): Option<Attestation> = read_slot(self.p.secrets(), slot)? else {
-            return Ok(());
-        };
-        if self.log.len() != att.body.log_records || self.log.head() != att.body.log_head {
-            return Ok(());
-        }
-        let event = match att.body.kind {
-            AttestationKind::Seal => Event::Seal {
-                counter: att.body.counter,
-                attestation: att.digest(),
-            },
-            AttestationKind::Arrival => Event::Arrival {
-                attestation: Some(att.digest()),
-                problems: 0,
-                first: None,
-            },
-        };
-        warn!("the custody record of the last attestation was cut by a power loss: logged now");
-        self.record(event)?;
-        Ok(())
     }
 
     fn record(&mut self, event: Event) -> Result<u64, Error> {
