@@ -308,14 +308,9 @@ fn main() {
             // medium") only contradicts it.
             let fallback = hint.starts_with("check that the path, device")
                 || hint.starts_with("free space on the medium or target");
-            let advised = [
-                "run the same command",
-                "re-run",
-                "run this again",
-                "run it again",
-            ]
-            .iter()
-            .any(|p| message.contains(p));
+            let advised = ["same command", "re-run", "run this again", "run it again"]
+                .iter()
+                .any(|p| message.contains(p));
             let said = hint.is_empty() || message.contains(&hint) || (fallback && advised);
             if !said && !generic {
                 eprintln!("mgear: what to do: {hint}");
