@@ -44,7 +44,16 @@
 //!   before it touches the first key slot: a boot that finds `Erasing`
 //!   overwrites the slots left and destroys the identity (a cut while the
 //!   slots went once left the old state, slots gone, nothing logged). The
-//!   state stays `Erasing` (shown as erased) until every slot is gone.
+//!   state stays `Erasing` (shown as erased) until every slot is gone;
+//! * a seal or passed arrival saves its attestation counter, then appends the
+//!   custody record naming the signed attestation, and only then stores the
+//!   attestation and the new lifecycle. Every stored attestation pins the log
+//!   up to the record that names it, so a record must never be the part a
+//!   cut takes: a cut before the attestation is stored leaves the old state
+//!   and a record naming an attestation that never took effect (the command
+//!   is run again, under the next counter), and `log --verify` keeps passing.
+//!   A failed arrival is the other way round: the pass is withdrawn (and
+//!   saved) before its record, so a cut never leaves a stale pass standing.
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -1237,22 +1246,23 @@ impl<P: Platform> Appliance<P> {
             Some(job) => self.finish_region_hashes(job)?,
             None => self.region_hashes()?,
         };
+        // Write-ahead (see the module doc): counter, record, then attestation and state.
         self.st.counters.attestations += 1;
+        self.save()?;
         let body = self.body(AttestationKind::Seal, &report, files, regions, None, None);
         let Some(key) = self.key.as_ref() else {
             return Ok(Response::error(ErrorCode::Internal, "identity key missing"));
         };
         let att = Attestation::sign(body, key);
+        self.record(Event::Seal {
+            counter: att.body.counter,
+            attestation: att.digest(),
+        })?;
         write_slot(self.p.secrets(), SecretSlot::SealAttestation, &att)?;
         self.st.lifecycle = Lifecycle::Sealed;
         self.unlocked = false;
         self.save()?;
         self.hardware_write_protect(true);
-        let digest = att.digest();
-        self.record(Event::Seal {
-            counter: att.body.counter,
-            attestation: digest,
-        })?;
         info!("sealed");
         Ok(Response::Sealed {
             attestation: att,
@@ -1318,22 +1328,23 @@ impl<P: Platform> Appliance<P> {
                 problems,
             });
         }
+        // Write-ahead (see the module doc): counter, record, then attestation and state.
         self.st.counters.attestations += 1;
+        self.save()?;
         let mut body = body;
         body.counter = self.st.counters.attestations;
         let Some(key) = self.key.as_ref() else {
             return Ok(Response::error(ErrorCode::Internal, "identity key missing"));
         };
         let att = Attestation::sign(body, key);
-        write_slot(self.p.secrets(), SecretSlot::ArrivalAttestation, &att)?;
-        self.st.lifecycle = Lifecycle::Arrived;
-        self.save()?;
-        let digest = att.digest();
         self.record(Event::Arrival {
-            attestation: Some(digest),
+            attestation: Some(att.digest()),
             problems: 0,
             first: None,
         })?;
+        write_slot(self.p.secrets(), SecretSlot::ArrivalAttestation, &att)?;
+        self.st.lifecycle = Lifecycle::Arrived;
+        self.save()?;
         Ok(Response::Arrival {
             attestation: Some(att),
             problems,

@@ -311,7 +311,8 @@ fn lockout_interrupted_by_power_cut_finishes_at_boot() {
     assert_eq!(a.p.files.len("MGEAR/web01/KEYS").unwrap(), None);
 }
 
-fn sealed(seed: u64) -> Appliance<FakePlatform> {
+/// Provisioned, unlocked, one capture committed: ready to seal.
+fn captured(seed: u64) -> Appliance<FakePlatform> {
     let mut a = provisioned(seed);
     assert_eq!(code(&a.handle(Request::Seal)), Some(ErrorCode::Locked));
     assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
@@ -334,6 +335,11 @@ fn sealed(seed: u64) -> Appliance<FakePlatform> {
         }),
         Response::Witnessed { .. }
     ));
+    a
+}
+
+fn sealed(seed: u64) -> Appliance<FakePlatform> {
+    let mut a = captured(seed);
     let r = a.handle(Request::Seal);
     let Response::Sealed { attestation, .. } = r else {
         panic!("{r:?}")
@@ -1334,4 +1340,88 @@ fn an_empty_medium_is_not_sealed() {
     assert!(message.contains("holds no capture"), "{message}");
     assert_eq!(a.state(), DeviceState::Unlocked);
     assert_eq!(a.block_write(0, &[0; 512]), Ok(()));
+}
+
+/// Stored attestations and the whole custody log, checked the way
+/// `mgear appliance log --verify` checks them.
+fn log_verifies(a: &mut Appliance<FakePlatform>) -> Vec<custody::LogEntry> {
+    let records = all_records(a);
+    let pk = pubkey(a);
+    let entries = verify_log(&records, &pk).unwrap();
+    let Response::Attestations { seal, arrival } = a.handle(Request::GetAttestations) else {
+        panic!("no attestations reply")
+    };
+    for att in [seal, arrival].iter().flatten() {
+        attest::check_log_covers(att, &records).unwrap();
+    }
+    entries
+}
+
+/// The power goes after a seal has logged its attestation and before it is stored (the
+/// write-ahead order): the appliance comes up unsealed, its log still verifies, and the
+/// seal run again is logged and stored under the next counter.
+#[test]
+fn seal_cut_after_its_record_leaves_a_log_that_verifies_and_seals_again() {
+    let mut a = captured(61);
+    // The counter is saved; the attestation slot write is the one the cut takes.
+    a.p.secrets.writes_left = Some(1);
+    assert!(!matches!(a.handle(Request::Seal), Response::Sealed { .. }));
+    let mut a = reboot(a, 62);
+    assert_eq!(a.state(), DeviceState::Locked);
+    let seals = |e: &[custody::LogEntry]| {
+        e.iter()
+            .filter_map(|e| match e.event {
+                custody::Event::Seal { counter, .. } => Some(counter),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seals(&log_verifies(&mut a)),
+        [1],
+        "the cut seal's record stays"
+    );
+    assert!(matches!(
+        a.handle(Request::GetAttestations),
+        Response::Attestations { seal: None, .. }
+    ));
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    let Response::Sealed { attestation, .. } = a.handle(Request::Seal) else {
+        panic!("seal again failed")
+    };
+    assert_eq!(attestation.body.counter, 2);
+    assert_eq!(seals(&log_verifies(&mut a)), [1, 2]);
+    let a = reboot(a, 63);
+    assert_eq!(a.state(), DeviceState::Sealed);
+}
+
+/// The same for a passed arrival: the cut leaves the appliance sealed with no arrival, the
+/// log verifies, and arrival run again passes.
+#[test]
+fn arrival_cut_after_its_record_leaves_a_log_that_verifies() {
+    let mut a = sealed(64);
+    a.p.secrets.writes_left = Some(1);
+    assert!(!matches!(
+        arrive(&mut a),
+        Response::Arrival {
+            attestation: Some(_),
+            ..
+        }
+    ));
+    let mut a = reboot(a, 65);
+    assert_eq!(a.state(), DeviceState::Sealed);
+    log_verifies(&mut a);
+    assert!(matches!(
+        a.handle(Request::GetAttestations),
+        Response::Attestations { arrival: None, .. }
+    ));
+    assert!(matches!(
+        arrive(&mut a),
+        Response::Arrival {
+            attestation: Some(_),
+            ..
+        }
+    ));
+    log_verifies(&mut a);
+    assert_eq!(a.state(), DeviceState::Arrived);
 }
