@@ -525,20 +525,25 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> crate::Result<i32> {
         Cmd::Lock => expect_simple(c, &Request::Lock, json, "locked: the medium is read-only"),
         Cmd::Verify => match c.call_progress(&Request::Verify, &mut progress_printer(json))? {
             Response::Verified(r) => {
+                // An empty medium verifies nothing: a failure, as `mgear verify` says of it.
+                let empty = r.ok() && r.captures == 0;
+                let ok = r.ok() && !empty;
                 if json {
-                    render::emit(r.ok(), &r)?;
+                    render::emit(ok, &r)?;
                 } else {
                     print_report(&r);
                     println!(
                         "{}",
-                        if r.ok() {
+                        if empty {
+                            "medium NOT verified: it holds no capture (capture onto it first: 'mgear capture --appliance PORT ...')"
+                        } else if ok {
                             "medium verified"
                         } else {
                             "medium FAILED verification"
                         }
                     );
                 }
-                Ok(if r.ok() { 0 } else { 1 })
+                Ok(if ok { 0 } else { 1 })
             }
             other => bail!("unexpected reply to Verify: {other:?}"),
         },
@@ -883,8 +888,13 @@ fn verify_custody(
             }
             key
         }
-        None => reported
-            .ok_or_else(|| err!("the appliance has no identity: nothing to verify against"))?,
+        None => reported.ok_or_else(|| {
+            crate::exit::coded_next(
+                crate::exit::USAGE,
+                "the appliance is not provisioned: it has no identity and no custody log to verify",
+                "provision it first ('mgear appliance provision')",
+            )
+        })?,
     };
     let entries = match verify_log(records, &key) {
         Ok(e) => e,

@@ -9,7 +9,24 @@ use crate::appliance_util::*;
 fn appliance_custody_log_verifies_survives_power_cut_and_detects_tampering() {
     let mut lab = Lab::new(40);
     lab.start();
+    // A factory appliance has no log to verify: a usage error naming the next step.
+    let out = lab.appliance(&["log", "--verify"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not provisioned")
+            && text(&out.stderr).contains("appliance provision"),
+        "{}",
+        text(&out.stderr)
+    );
     lab.provision_and_unlock();
+    // Nothing captured yet: verify checks nothing and says so (exit 1, like `mgear verify`).
+    let out = lab.appliance(&["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("holds no capture"),
+        "{}",
+        text(&out.stdout)
+    );
     lab.appliance_ok(&["lock"]);
     assert_eq!(
         lab.appliance(&["unlock", "--pin-file", "wrong-pin"])

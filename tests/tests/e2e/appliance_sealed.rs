@@ -104,6 +104,16 @@ fn appliance_sealed_lockout_spares_the_shipment() {
     assert_eq!(last["Erase"]["reason"], "PinLockout", "{last}");
     assert_eq!(last["Erase"]["key_slots"], 0, "{last}");
     assert_eq!(last["Erase"]["overwrite_medium"], false, "{last}");
+    // Ingest through it is refused (no arrival), and told the way that exists: not the
+    // arrival an erased appliance refuses, but --allow-unsealed after the log check.
+    let out = lab.ingest(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("was erased") && err.contains("--allow-unsealed"),
+        "{err}"
+    );
+    assert!(!err.contains("arrival` first"), "{err}");
     lab.stop();
 
     // Not one byte of the medium changed, target.key still decrypts it, and

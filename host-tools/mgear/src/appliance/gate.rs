@@ -25,7 +25,7 @@ use std::io::Read;
 use crate::{bail, err};
 use image_format::Store;
 use mgear_appliance_api::attest::Attestation;
-use mgear_appliance_api::protocol::{Request, Response};
+use mgear_appliance_api::protocol::{DeviceState, Request, Response};
 
 use super::client::Client;
 use crate::exit::{coded, usage, FOUND};
@@ -52,6 +52,12 @@ pub fn encode_attestation(att: &Attestation) -> Vec<u8> {
     postcard::to_allocvec(att).unwrap_or_default()
 }
 
+/// Whether the appliance says it is erased (it then signs no arrival); a failed
+/// question counts as not erased (the usual advice, run arrival, then stands).
+fn appliance_erased(c: &mut Client) -> bool {
+    matches!(c.call(&Request::Info), Ok(Response::Info(i)) if i.state == DeviceState::Erased)
+}
+
 /// Seal and arrival attestations: from the appliance (`port`), else from
 /// an export directory (`dir`), else from the medium. `Ok(Err(why))` when
 /// there are none, saying what to do (which step was missed, where to get
@@ -73,6 +79,15 @@ pub fn find_attestations(
                 arrival,
                 from: format!("from the appliance at {at}"),
             })),
+            Response::Attestations {
+                seal: Some(_),
+                arrival: None,
+            } if appliance_erased(&mut c) => Ok(Err(format!(
+                "the appliance at {at} sealed the medium but was erased (locked out, or erase \
+                 requested) before its arrival check, and an erased appliance signs no arrival: \
+                 check its custody log (`mgear appliance --port {at} log --verify`), then ingest \
+                 without the attestations (--allow-unsealed, with the pinned --trust key)"
+            ))),
             Response::Attestations {
                 seal: Some(_),
                 arrival: None,
