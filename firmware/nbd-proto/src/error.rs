@@ -15,7 +15,7 @@ pub enum Error {
     Connect { server: String, source: io::Error },
 
     /// The connection failed while talking to a peer.
-    #[error("I/O error talking to NBD peer {peer}: {source}")]
+    #[error("I/O error talking to NBD peer {peer}: {source}{}", gone(source))]
     Io { peer: String, source: io::Error },
 
     /// The server does not offer the export that was asked for.
@@ -90,3 +90,37 @@ pub enum Error {
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a connection that broke off means for the user: the other end went away, it did not
+/// answer wrong ("Broken pipe" alone says neither).
+fn gone(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::UnexpectedEof => {
+            " (the server closed the connection: the appliance was unplugged or lost power, or \
+             the NBD server stopped)"
+        }
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_the_server_closed_says_so() {
+        let io = |kind| Error::Io {
+            peer: "nbd+unix:///?socket=a.sock".into(),
+            source: io::Error::from(kind),
+        };
+        for kind in [io::ErrorKind::BrokenPipe, io::ErrorKind::UnexpectedEof] {
+            let text = io(kind).to_string();
+            assert!(text.contains("the server closed the connection"), "{text}");
+        }
+        let text = io(io::ErrorKind::PermissionDenied).to_string();
+        assert!(!text.contains("closed"), "{text}");
+    }
+}

@@ -836,7 +836,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     .map_err(|e| match crate::exit::classified(&e) {
         // A usage error (`--generation 5` that does not exist) is no
         // refusal of the data: as raised, with its hint.
-        Some(USAGE) => e,
+        Some(USAGE | IO) => e,
         // Its code and hint kept.
         Some(_) => e.context("ingest refused"),
         None => coded(FOUND, format!("ingest refused: {e:#}")),

@@ -1013,6 +1013,8 @@ pub fn ingest_set(
             &policy,
         )
         .map_err(|e| match crate::exit::classified(&e) {
+            // The medium failing to read is no refusal of the data.
+            Some(crate::exit::IO) => e.context(format!("set {}", args.name)),
             Some(_) => e.context(format!("ingest refused: set {}", args.name)),
             None => coded(FOUND, format!("ingest refused: set {}: {e:#}", args.name)),
         })?;

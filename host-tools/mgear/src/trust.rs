@@ -407,15 +407,25 @@ pub fn check_generation(
         Ok(a) => seal_is_of_this_medium(medium, name, a)?,
         Err(_) => false,
     };
-    let seal = match attestations {
-        Err(why) => Err(why.to_string()),
-        Ok(a) if !ours => Err(format!(
-            "the seal + arrival ({}) are of another medium: none of capture {name}'s sealed \
+    let seal =
+        match attestations {
+            Err(why) => Err(why.to_string()),
+            Ok(a) if !ours => Err(format!(
+                "the seal + arrival ({}) are of another medium: none of capture {name}'s sealed \
              manifests is on this one",
-            a.from
-        )),
-        Ok(a) => check_seal(medium, name, g, commit_file.is_some(), a, policy, manifest),
-    };
+                a.from
+            )),
+            Ok(a) => match check_seal(medium, name, g, commit_file.is_some(), a, policy, manifest) {
+                Ok(found) => found,
+                // What could not be read is unknown, not found changed: an I/O error (exit 3).
+                Err(e) => return Err(crate::exit::coded_next(
+                    crate::exit::IO,
+                    format!("checking the seal against the medium: {e:#}"),
+                    "check that the medium (or the appliance serving it) is still connected and \
+                     powered, then run the same command again",
+                )),
+            },
+        };
     match &seal {
         Ok((fp, true)) => trusted_by.push(format!("appliance {fp} (seal + arrival)")),
         Ok((fp, false)) => found.push(format!(
@@ -709,19 +719,23 @@ fn check_seal(
     a: &Attestations,
     policy: &Policy,
     hint: Option<[u8; 32]>,
-) -> Result<(String, bool), String> {
+) -> crate::Result<Result<(String, bool), String>> {
     let identity = a.seal.body.identity;
     let fp = sitekey::fingerprint(&identity);
     let pinned = policy.pinned_appliance(&identity);
     if !pinned && hint != Some(identity) {
-        return Err(format!(
+        return Ok(Err(format!(
             "seal + arrival ({}) signed by appliance {fp}, which is neither pinned nor the \
              appliance the manifest names",
             a.from
-        ));
+        )));
     }
-    attest::verify_seal_and_arrival(&a.seal, &a.arrival, &identity)
-        .map_err(|e| format!("seal + arrival ({}) of appliance {fp}: {e}", a.from))?;
+    if let Err(e) = attest::verify_seal_and_arrival(&a.seal, &a.arrival, &identity) {
+        return Ok(Err(format!(
+            "seal + arrival ({}) of appliance {fp}: {e}",
+            a.from
+        )));
+    }
     let prefix = format!("{}/", layout::capture_dir(name));
     let attested: Vec<_> = a
         .arrival
@@ -730,17 +744,18 @@ fn check_seal(
         .iter()
         .filter(|f| f.path.starts_with(&prefix))
         .collect();
-    let mut must = vec![finishing_file(medium, name, g)
-        .map_err(|e| format!("{e:#}"))?
+    // The medium failing to read (unplugged, appliance off) is an I/O error, not a seal that
+    // does not check: those propagate, findings are `Ok(Err(why))`.
+    let mut must = vec![finishing_file(medium, name, g)?
         .unwrap_or_else(|| layout::generation_file(name, g, layout::MANIFEST_FILE))];
     if has_commit {
         must.push(commit::commit_path(name, g));
     }
     for m in &must {
         if !attested.iter().any(|f| f.path.eq_ignore_ascii_case(m)) {
-            return Err(format!(
+            return Ok(Err(format!(
                 "the seal does not cover {m}: capture {name} generation {g} was written after the seal"
-            ));
+            )));
         }
     }
     // Everything sealed must still be there, unchanged: a generation deleted
@@ -748,35 +763,35 @@ fn check_seal(
     for f in &attested {
         let now = medium
             .len(&f.path)
-            .map_err(|e| format!("{}: {e}", f.path))?;
+            .map_err(|e| crate::Error::from(e).context(&f.path))?;
         match now {
             None => {
-                return Err(format!(
+                return Ok(Err(format!(
                     "{} ({}) was sealed but is missing now (deleted generation?)",
                     f.path,
                     attest::place_of_path(&f.path)
-                ))
+                )))
             }
             Some(len) if len != f.len => {
-                return Err(format!(
+                return Ok(Err(format!(
                     "{} ({}) changed since the seal: {} bytes sealed, {len} now",
                     f.path,
                     attest::place_of_path(&f.path),
                     f.len
-                ))
+                )))
             }
             Some(len) => {
-                if sha256_file(medium, &f.path, len).map_err(|e| format!("{e:#}"))? != f.sha256 {
-                    return Err(format!(
+                if sha256_file(medium, &f.path, len)? != f.sha256 {
+                    return Ok(Err(format!(
                         "{} ({}) changed since the seal: its content differs",
                         f.path,
                         attest::place_of_path(&f.path)
-                    ));
+                    )));
                 }
             }
         }
     }
-    Ok((fp, pinned))
+    Ok(Ok((fp, pinned)))
 }
 
 /// Whether attestations `a` are about this medium's capture `name`: one of

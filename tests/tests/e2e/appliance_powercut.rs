@@ -148,3 +148,56 @@ fn a_second_writer_on_the_appliance_is_refused_while_a_capture_runs() {
     same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
     lab.stop();
 }
+
+/// The appliance loses power while ingest reads it: an I/O error (exit 3, never "refused":
+/// nothing was found wrong) that says the appliance went away, and the same command then
+/// finishes the disk.
+#[test]
+fn appliance_power_lost_under_ingest_is_an_io_error_and_the_ingest_resumes() {
+    let mut lab = Lab::new(64);
+    lab.sealed(24);
+    lab.appliance_ok(&["arrival"]);
+    let child = Line::ingest(&lab, "web01")
+        .args(&["--trust-appliance", &lab.fingerprint()])
+        .appliance(&lab.tty())
+        .target("file:vol.raw")
+        .args(&["--rate-limit", "2MiB/s", "--checkpoint-bytes", "1MiB"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 24 MiB at 2 MiB/s: well inside the writes.
+    std::thread::sleep(Duration::from_millis(2500));
+    lab.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(!err.contains("refused"), "{err}");
+    assert!(
+        err.contains("the appliance was unplugged or lost power")
+            || err.contains("the appliance stopped answering"),
+        "{err}"
+    );
+    assert!(
+        !lab.p("vol.raw").exists(),
+        "an unfinished volume under its own name"
+    );
+    lab.start();
+    let out = Line::ingest(&lab, "web01")
+        .args(&["--trust-appliance", &lab.fingerprint()])
+        .appliance(&lab.tty())
+        .target("file:vol.raw")
+        .run();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("done before resume"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read(lab.p("vol.raw")).unwrap(),
+        std::fs::read(lab.p("disk.raw")).unwrap()
+    );
+    lab.stop();
+}

@@ -53,6 +53,21 @@ impl std::fmt::Display for ApplianceError {
 
 impl std::error::Error for ApplianceError {}
 
+/// The console failing under a request: the appliance went away (unplugged, powered off, its
+/// simulator stopped; a pty whose other end closed reads as EIO). An I/O error (exit 3) that
+/// says so, whatever the raw errno.
+fn gone(doing: &str, e: std::io::Error) -> crate::Error {
+    crate::exit::coded_next(
+        crate::exit::IO,
+        format!(
+            "{doing} the appliance console: {e} (the appliance stopped answering: unplugged, \
+             powered off, or its simulator stopped)"
+        ),
+        "connect it again (start the simulator again), check its state with `mgear appliance \
+         info`, then run the same command again",
+    )
+}
+
 /// A console session.
 pub struct Client {
     link: Box<dyn Link>,
@@ -135,15 +150,18 @@ impl Client {
         self.link
             .write_all(&encode_frame(id, req))
             .and_then(|()| self.link.flush())
-            .context("writing to the appliance console")?;
+            .map_err(|e| gone("writing to", e))?;
         let mut deadline = Instant::now() + self.idle_timeout;
         let mut buf = [0u8; 4096];
         loop {
             if Instant::now() > deadline {
-                bail!(
-                    "the appliance did not answer within {} s (is it running, and is this its console?)",
-                    self.idle_timeout.as_secs()
-                );
+                return Err(crate::exit::coded(
+                    crate::exit::IO,
+                    format!(
+                        "the appliance did not answer within {} s (is it running, and is this its console?)",
+                        self.idle_timeout.as_secs()
+                    ),
+                ));
             }
             let n = match self.link.read(&mut buf) {
                 Ok(n) => n,
@@ -157,7 +175,7 @@ impl Client {
                 {
                     0
                 }
-                Err(e) => return Err(e).context("reading from the appliance console"),
+                Err(e) => return Err(gone("reading from", e)),
             };
             if n == 0 {
                 std::thread::sleep(Duration::from_millis(5));
