@@ -710,12 +710,16 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         };
         match (node, &target) {
             (Some(what), Target::File(_) | Target::Qcow2(_)) => {
+                // Only a block device is a disk dev: can write; /dev/null and the like are none.
+                let next = if t.is_block_device() {
+                    format!("For a disk give dev:{}", p.display())
+                } else {
+                    "Give a volume: a file path, or dev: with a block device".to_string()
+                };
                 return Err(usage(format!(
                     "--target {spec}: {} is {what}, not a file: a file or qcow2 target would \
-                     replace the node with a regular file (even with --force). For a disk give \
-                     dev:{}",
+                     replace the node with a regular file (even with --force). {next}",
                     p.display(),
-                    p.display()
                 )));
             }
             (Some(_), Target::Dev(_)) if t.is_block_device() => refuse_busy_device(spec, p)?,

@@ -428,10 +428,24 @@ fn a_device_is_written_only_as_dev_and_only_when_nothing_holds_it() {
             .arg("--force")
             .run();
         refused(&o, "is a block device, not a file");
+        assert!(output_text(&o).contains(&format!("give dev:{}", dev.0)));
         let t = fs::metadata(&dev.0).unwrap().file_type();
         assert!(t.is_block_device(), "{kind}: the device node was replaced");
         assert!(!Path::new(&format!("{}.partial", dev.0)).exists());
     }
+    // A character device is no disk at all: not pointed at dev: (which refuses it too).
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:/dev/null")
+        .arg("--force")
+        .run();
+    refused(&o, "is a character device, not a file");
+    assert!(
+        !output_text(&o).contains("dev:/dev/null"),
+        "{}",
+        output_text(&o)
+    );
     // Mounted: refused even with --force, the file system intact.
     let st = std::process::Command::new("mkfs.ext4")
         .args(["-q", &dev.0])

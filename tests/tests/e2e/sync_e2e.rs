@@ -144,7 +144,7 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
     let changed = [0, 1, 2, 5, 6, 7, 8, 10];
     change_chunks(&e.p("disk.raw"), &changed, 4);
     let log_path = e.p("serve.log");
-    let (_serve, addr) = e
+    let (serve, addr) = e
         .serve("fat:medium.img", "web01")
         .trust("site.pub")
         .listen_logging(std::fs::File::create(&log_path).unwrap());
@@ -247,6 +247,39 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
     assert!(log.contains("ended early after"), "{log}");
     assert!(log.contains("ended with nothing applied"), "{log}");
     assert!(!log.contains("ended early after 0 chunks"), "{log}");
+    // Stopped, serve sums every chunk it applied: the killed session's (kept) too.
+    let pid = serve.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("mgear serve: applied") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let number_after = |line: &str, key: &str| -> u64 {
+        let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key}: {line}")) + key.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let mut applied = 0;
+    for l in log.lines() {
+        if l.contains("ended early after") {
+            applied += number_after(l, "ended early after ");
+        } else if l.contains(" complete: ") {
+            applied += number_after(l, " complete: ");
+        }
+    }
+    let total = log
+        .lines()
+        .find(|l| l.contains("mgear serve: applied"))
+        .map(|l| number_after(l, "applied "))
+        .unwrap_or_else(|| panic!("no stop summary: {log}"));
+    assert_eq!(total, applied, "{log}");
 
     // A port where something else listens.
     let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -700,13 +700,14 @@ impl Timed {
     }
 }
 
-/// Run one accepted connection to its end and log the outcome.
+/// Run one accepted connection to its end and log the outcome: what it applied (kept
+/// whether or not the session completed), and whether it completed.
 fn handle(
     conn: TcpStream,
     cap: &Served,
     vol: &Mutex<ServedVolume>,
     limits: Limits,
-) -> Option<Applied> {
+) -> (Applied, bool) {
     let peer = conn
         .peer_addr()
         .map(|a| a.to_string())
@@ -725,7 +726,7 @@ fn handle(
             ty::ERROR,
             &Refusal::new(err::IO, why.as_str()).encode(),
         );
-        return None;
+        return (applied, false);
     }
     let rehashed = vol
         .lock()
@@ -733,7 +734,7 @@ fn handle(
         .rehash_if_changed();
     if let Err(e) = rehashed {
         eprintln!("mgear serve: refused {peer}: {e:#}");
-        return None;
+        return (applied, false);
     }
     let deadline = Rc::new(Cell::new(Some(started + limits.handshake)));
     let result = conn
@@ -764,13 +765,13 @@ fn handle(
                 applied.bytes,
                 started.elapsed().as_secs_f64()
             );
-            Some(applied)
+            (applied, true)
         }
         // A peer refused at the handshake (wrong key, another capture) has
         // nothing to continue from: say so rather than "ended early".
         Err(e) if applied.chunks == 0 => {
             eprintln!("mgear serve: session with {peer} ended with nothing applied: {e:#}");
-            None
+            (applied, false)
         }
         Err(e) => {
             eprintln!(
@@ -778,14 +779,15 @@ fn handle(
                  source continues from there): {e:#}",
                 applied.chunks
             );
-            None
+            (applied, false)
         }
     }
 }
 
 /// Serve sessions from `listener`, up to `limits.max_peers` at once, until
 /// one completes (`once`) or forever. Each session's outcome is logged on
-/// stderr; returns the counts of the sessions that completed.
+/// stderr; returns what every session applied, those that ended early included (what they
+/// wrote is kept: the summary must not say less was changed than was).
 pub fn serve_loop(
     listener: TcpListener,
     cap: &Served,
@@ -841,13 +843,12 @@ pub fn serve_loop(
             active.fetch_add(1, Ordering::SeqCst);
             let (vol, total, active, finished) = (&vol, &total, &active, &finished);
             scope.spawn(move || {
-                if let Some(a) = handle(conn, cap, vol, limits) {
-                    let mut t = total.lock().unwrap_or_else(|p| p.into_inner());
-                    t.chunks += a.chunks;
-                    t.bytes += a.bytes;
-                    if once {
-                        finished.store(true, Ordering::SeqCst);
-                    }
+                let (a, complete) = handle(conn, cap, vol, limits);
+                let mut t = total.lock().unwrap_or_else(|p| p.into_inner());
+                t.chunks += a.chunks;
+                t.bytes += a.bytes;
+                if complete && once {
+                    finished.store(true, Ordering::SeqCst);
                 }
                 active.fetch_sub(1, Ordering::SeqCst);
             });
