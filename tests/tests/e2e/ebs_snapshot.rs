@@ -253,3 +253,48 @@ fn walk(dir: &Path) -> Vec<(String, u64)> {
     }
     out
 }
+
+/// The double as a user starts it (`mgear-ebs-double`): its export lines reach it, an ingest
+/// through them completes a snapshot, and Enter lists it with nothing refused.
+#[test]
+fn the_ebs_double_program_takes_an_ingest_a_user_points_at_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let e = Env::new();
+    captured(&e);
+    let mut double = std::process::Command::new(mgear_tests::bin("mgear-ebs-double"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mgear-ebs-double (built with mgear-cloud's test-double feature)");
+    let mut out = BufReader::new(double.stdout.take().unwrap());
+    let mut env = Vec::new();
+    while env.len() < 4 {
+        let mut l = String::new();
+        assert!(
+            out.read_line(&mut l).unwrap() > 0,
+            "the double printed {env:?}"
+        );
+        let (k, v) = l
+            .trim()
+            .strip_prefix("export ")
+            .and_then(|kv| kv.split_once('='))
+            .unwrap_or_else(|| panic!("not an export line: {l}"));
+        env.push((k.to_string(), v.trim_matches('\'').to_string()));
+    }
+    let mut c = ingest(&e, &[]).command();
+    c.envs(env)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("HOME", e.p("home"));
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    drop(double.stdin.take());
+    let mut listed = String::new();
+    std::io::Read::read_to_string(&mut out, &mut listed).unwrap();
+    double.wait().unwrap();
+    assert!(listed.contains("1 snapshot(s)"), "{listed}");
+    assert!(listed.contains(" completed "), "{listed}");
+    assert!(listed.contains("0 request(s) refused"), "{listed}");
+}

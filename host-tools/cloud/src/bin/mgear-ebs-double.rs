@@ -1,0 +1,57 @@
+//! `mgear-ebs-double`: the strict offline EBS double (`mgear_cloud::ebs::double`) as a program,
+//! so an `ebs-snapshot:` ingest can be tried without AWS. It listens on 127.0.0.1, prints the
+//! `export` lines `mgear` needs, and on each line read from stdin (press Enter) prints what it
+//! holds: every snapshot with its status and blocks, every image, every request it refused. It
+//! stops at the end of its input (Ctrl-D) or on Ctrl-C; what it held is gone then.
+//!
+//! Build: `cargo build -p mgear-cloud --features test-double --bin mgear-ebs-double`.
+
+use std::io::BufRead;
+
+use mgear_cloud::ebs::double::{Double, DoubleConfig};
+
+fn main() {
+    let d = Double::start(DoubleConfig::default());
+    for (k, v) in d.env() {
+        println!("export {k}='{v}'");
+    }
+    eprintln!(
+        "mgear-ebs-double: listening on {} (offline EBS direct APIs + RegisterImage, strict checks); \
+         eval the export lines above in the shell that runs `mgear ingest ... --target \
+         ebs-snapshot:NAME`; press Enter to list what it holds, Ctrl-D or Ctrl-C to stop",
+        d.url()
+    );
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+        report(&d);
+    }
+    report(&d);
+}
+
+/// What the double holds and refused, for a person.
+fn report(d: &Double) {
+    let ids = d.snapshot_ids();
+    println!("{} snapshot(s)", ids.len());
+    for id in ids {
+        if let Some(s) = d.snapshot(&id) {
+            println!(
+                "  {} {} {} GiB, {} block(s) of 512 KiB, {:?}",
+                s.id,
+                s.status,
+                s.volume_gib,
+                s.blocks.len(),
+                s.description
+            );
+        }
+    }
+    for (ami, (name, snap)) in d.images() {
+        println!("  image {ami} {name:?} from {snap}");
+    }
+    let refused = d.rejections();
+    println!("{} request(s) refused", refused.len());
+    for r in refused {
+        println!("  {} {}: {}", r.op, r.status, r.message);
+    }
+}
