@@ -24,8 +24,8 @@
 //! `--boot` then proves the ingested volume boots (local QEMU, or a libvirt
 //! domain for `libvirt:`), always with the guest's writes discarded so the
 //! volume stays exactly what was verified. The boot report is kept next to the
-//! volume (`VOL.boot-report.json`; in the state dir for `libvirt:` and as
-//! `./mgear-boot-report.json` for `dev:`), and the exit code is 1 if it did not boot.
+//! volume (`VOL.boot-report.json`; in the state dir for the others, named after the target:
+//! `<state-dir>/dev__dev_sdb.boot-report.json`), and the exit code is 1 if it did not boot.
 //! `--boot-bus` picks the disk bus (default `auto`: virtio unless the guest's
 //! initramfs visibly lacks it).
 //!
@@ -608,13 +608,36 @@ pub(crate) fn boot_cinder_with(
     }
 }
 
+/// `spec` as one file name: what is not a letter, digit, `.`, `-` or `_` becomes `_`
+/// (`rbd:volumes/web01` -> `rbd_volumes_web01`).
+fn file_name_of(spec: &str) -> String {
+    spec.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string()
+}
+
 /// `--boot`: boot what was just ingested; 0 booted, 1 not.
 fn boot_volume(args: &Plan, bus: mgear_boot::Bus, r: &mut Report) -> crate::Result<i32> {
     let resolved = boot_cmd::resolve(&args.target)?;
+    // Beside a file volume; a device, export or pool volume has no "beside": its report goes to
+    // the state dir under the target's name (never into the current directory, where the
+    // next ingest's report would replace it).
     let report_path = match &resolved {
         Resolved::Libvirt(v) => state_dir(args.state_dir.clone())?
             .join(format!("libvirt_{}_{}.boot-report.json", v.pool, v.name)),
-        Resolved::Local(_) => resolved.default_report_path(),
+        Resolved::Local(mgear_boot::Target::File(_) | mgear_boot::Target::Qcow2(_)) => {
+            resolved.default_report_path()
+        }
+        Resolved::Local(_) => state_dir(args.state_dir.clone())?
+            .join(format!("{}.boot-report.json", file_name_of(&args.target))),
     };
     let mut opts = BootOptions::new(
         args.wait_for.clone(),
@@ -2342,6 +2365,18 @@ fn adapt_volume(done: &Finished) -> crate::Result<mgear_boot::AdaptReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boot_report_beside_no_file_is_named_after_its_target() {
+        assert_eq!(file_name_of("rbd:volumes/web01"), "rbd_volumes_web01");
+        assert_eq!(file_name_of("dev:/dev/sdb"), "dev__dev_sdb");
+        assert_eq!(
+            file_name_of("nbd+unix:///x?socket=/tmp/a b.sock"),
+            "nbd_unix____x_socket__tmp_a_b.sock"
+        );
+        // Never a hidden file or a way out of the state dir.
+        assert_eq!(file_name_of("../../etc"), "_.._etc");
+    }
 
     #[test]
     fn read_back_names_the_first_chunk_that_differs() {
