@@ -1755,7 +1755,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         (None, None) => Vec::new(),
     };
     params.appliance_id = appliance_id;
-    params.source_desc = source.describe();
+    params.source_desc = source.recorded();
     params.created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -61,6 +61,11 @@ pub trait Source: Send {
     }
     /// Human description for messages.
     fn describe(&self) -> String;
+    /// The source as the manifest records it (and a resume must name it again): one spelling
+    /// per disk, so `disk.raw`, `./disk.raw` and `$PWD/disk.raw` resume the same capture.
+    fn recorded(&self) -> String {
+        self.describe()
+    }
     /// A handle several threads can read through at once, if the source
     /// allows it (files and block devices: positional reads). Capture then
     /// reads on every encoder thread instead of one reader thread.
@@ -339,6 +344,15 @@ impl Source for FileSource {
 
     fn describe(&self) -> String {
         self.inner.path.display().to_string()
+    }
+
+    /// Absolute, symbolic links kept (`/dev/vg0/web01-snap` stays that name, whatever
+    /// `dm-N` it points at in this boot).
+    fn recorded(&self) -> String {
+        std::path::absolute(&self.inner.path)
+            .unwrap_or_else(|_| self.inner.path.clone())
+            .display()
+            .to_string()
     }
 
     fn concurrent(&self) -> Option<Arc<dyn ConcurrentRead>> {
