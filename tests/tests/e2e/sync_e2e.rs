@@ -234,16 +234,20 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
         text(&o)
     );
     std::fs::write(&cache, good).unwrap();
+    // The serve's log once it says `what` (or after 20 s).
+    let log_saying = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap();
+            if log.contains(what) || Instant::now() > deadline {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     // The serve's log tells the killed session (work kept) from the refused
     // one (nothing applied, nothing to continue).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let log = loop {
-        let log = std::fs::read_to_string(&log_path).unwrap();
-        if log.contains("ended with nothing applied") || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let log = log_saying("ended with nothing applied");
     assert!(log.contains("ended early after"), "{log}");
     assert!(log.contains("ended with nothing applied"), "{log}");
     assert!(!log.contains("ended early after 0 chunks"), "{log}");
@@ -254,14 +258,7 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
         .status()
         .unwrap()
         .success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let log = loop {
-        let log = std::fs::read_to_string(&log_path).unwrap();
-        if log.contains("mgear serve: applied") || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let log = log_saying("mgear serve: applied");
     let number_after = |line: &str, key: &str| -> u64 {
         let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key}: {line}")) + key.len()..];
         rest.split_whitespace().next().unwrap().parse().unwrap()
