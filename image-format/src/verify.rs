@@ -21,7 +21,7 @@ use crate::layout::{
 use crate::medium;
 use crate::set;
 use crate::span;
-use crate::store::{EntryKind, Store};
+use crate::store::{EntryKind, Store, StoreError};
 
 /// One thing found wrong, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,14 +272,31 @@ fn verify_medium<S: Store + ?Sized>(
                 name_clash(&same),
             );
         }
-        if set::is_set(store, n)? {
-            verify_set_into(store, n, &mut cx)?;
+        let checked = if set::is_set(store, n)? {
+            verify_set_into(store, n, &mut cx)
         } else {
-            verify_capture_into(store, n, &mut cx)?;
-        }
+            verify_capture_into(store, n, &mut cx)
+        };
+        damaged_is_a_problem(checked, n, &mut cx)?;
     }
     verify_unbound_streams(store, &names, &mut cx)?;
     Ok(cx.report)
+}
+
+/// A capture whose files lie where the file system is damaged (a FAT chain cut short, looping
+/// or out of the volume) is a problem of that capture, and the others are still checked;
+/// any other failure (the medium stopped answering) ends the check.
+fn damaged_is_a_problem(checked: Result<()>, name: &str, cx: &mut Ctx<'_>) -> Result<()> {
+    match checked {
+        Err(Error::Store {
+            path,
+            error: StoreError::Damaged(what),
+        }) => {
+            cx.problem(Location::capture(name).file(&path), what);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// A machine set (`crate::set`) without any key: every generation's set
@@ -381,13 +398,16 @@ fn capture_keyless<S: Store + ?Sized>(
     };
     span_of(store, &mut cx)?;
     if is_set {
-        verify_set_into(store, name, &mut cx)?;
+        let checked = verify_set_into(store, name, &mut cx);
+        damaged_is_a_problem(checked, name, &mut cx)?;
         for n in &names[1..] {
-            verify_capture_into(store, n, &mut cx)?;
+            let checked = verify_capture_into(store, n, &mut cx);
+            damaged_is_a_problem(checked, n, &mut cx)?;
         }
         verify_unbound_streams(store, &names, &mut cx)?;
     } else {
-        verify_capture_into(store, name, &mut cx)?;
+        let checked = verify_capture_into(store, name, &mut cx);
+        damaged_is_a_problem(checked, name, &mut cx)?;
     }
     Ok(cx.report)
 }

@@ -128,7 +128,12 @@ fn format_code(e: &image_format::Error) -> i32 {
         | E::NoGeneration { .. }
         | E::NotOnMediaGiven(_)
         | E::ResumeMismatch { .. } => USAGE,
-        E::Corrupt { .. } => FOUND,
+        // A damaged file system on the medium is a finding about it, not a failed device.
+        E::Corrupt { .. }
+        | E::Store {
+            error: image_format::StoreError::Damaged(_),
+            ..
+        } => FOUND,
         _ => IO,
     }
 }

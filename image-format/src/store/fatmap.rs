@@ -390,7 +390,7 @@ impl FileMap {
 }
 
 fn damaged(path: &str, what: &str) -> StoreError {
-    StoreError::Io(format!(
+    StoreError::Damaged(format!(
         "{path}: the FAT32 file system is damaged ({what}); check it with `fsck.fat -n`"
     ))
 }

@@ -43,6 +43,10 @@ pub enum StoreError {
     NoSpace,
     /// The medium (or this path) is read-only, e.g. a sealed appliance.
     ReadOnly,
+    /// The file system on the medium is damaged where this path lies (a cluster chain that is
+    /// short, loops or leaves the volume): a finding about the medium, not a device that
+    /// failed to answer, so a check of the whole medium reports it and goes on.
+    Damaged(String),
     /// Anything else, with a human-readable description.
     Io(String),
 }
@@ -53,7 +57,7 @@ impl core::fmt::Display for StoreError {
             StoreError::NotFound => f.write_str("not found"),
             StoreError::NoSpace => f.write_str("no space left on the medium"),
             StoreError::ReadOnly => f.write_str("the medium is read-only"),
-            StoreError::Io(m) => f.write_str(m),
+            StoreError::Io(m) | StoreError::Damaged(m) => f.write_str(m),
         }
     }
 }

@@ -609,3 +609,44 @@ fn a_medium_copy_cut_short_is_named_as_such() {
         );
     }
 }
+
+/// A FAT chain cut short under one capture's segment (what `fsck.fat` calls a file bigger than
+/// its chain): `verify` reports it as that capture's problem (exit 1, a finding, not an I/O
+/// error to retry) and still checks the other capture, which ingests.
+#[test]
+fn a_fat_chain_cut_under_one_capture_is_its_problem_and_the_others_are_checked() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 8, 31);
+    random_disk(&e.p("b.raw"), 8, 32);
+    let m = e.fat("m.img", "64MiB");
+    // A fresh FAT hands out clusters in order: the first capture's segment holds the
+    // clusters from a few dozen up to about 2 000 (8 MiB of 4 KiB clusters).
+    e.capture(&m, "first").source("a.raw").ok();
+    e.capture(&m, "second").source("b.raw").ok();
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes([img[o], img[o + 1]]));
+    let (sector, reserved, fats) = (u16_at(11), u16_at(14), u64::from(img[16]));
+    let fat_bytes = u64::from(u32::from_le_bytes(img[36..40].try_into().unwrap())) * sector;
+    assert!(fats >= 1 && sector >= 512, "not a FAT32 image");
+    for copy in 0..fats {
+        let at = (reserved * sector + copy * fat_bytes + 1000 * 4) as usize;
+        img[at..at + 4].copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
+    }
+    fs::write(e.p("m.img"), &img).unwrap();
+    let o = e.run(&["verify", "--medium", &m, "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["captures"], 2, "both captures checked: {v}");
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains("first") && problems.contains("damaged"),
+        "{problems}"
+    );
+    assert!(!problems.contains("second"), "{problems}");
+    e.ingest(&m, "second")
+        .untrusted()
+        .target("file:b.out")
+        .ok();
+    assert_eq!(sha(&e.p("b.out")), sha(&e.p("b.raw")));
+}
