@@ -731,6 +731,8 @@ pub struct FatCheck {
     pub ok: bool,
     /// `--repair` ran `fsck.fat -a` and it corrected something.
     pub repaired: bool,
+    /// What `-n` found is only what a crash leaves: `--repair` would let `-a` fix it.
+    pub repairable: bool,
     pub output: String,
 }
 
@@ -963,18 +965,20 @@ fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> crate::Result<O
         Ran::Done(st, text) => (st, text),
         Ran::Stopped(limit, text) => return Ok(Some(fsck_timed_out("-n", limit, &text))),
     };
+    let harmful = harmful_fsck_findings(&text);
     if !repair || status.success() {
         return Ok(Some(FatCheck {
             repaired: false,
             ok: status.success(),
+            repairable: !status.success() && harmful.is_empty(),
             output: text,
         }));
     }
-    let harmful = harmful_fsck_findings(&text);
     if !harmful.is_empty() {
         return Ok(Some(FatCheck {
             repaired: false,
             ok: false,
+            repairable: false,
             output: format!(
                 "not repaired: fsck.fat would change files or directories, not only what a \
                  crash leaves, and its repair cuts them short (captures may need them). `mgear \
@@ -992,6 +996,7 @@ fn fsck_fat(path: &std::path::Path, spec: &str, repair: bool) -> crate::Result<O
     Ok(Some(FatCheck {
         repaired: status.code() == Some(1),
         ok: status.success() || status.code() == Some(1),
+        repairable: false,
         output: text,
     }))
 }
@@ -1005,6 +1010,31 @@ fn harmful_fsck_findings(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
+        if line.starts_with("There are differences between boot sector and its backup") {
+            // The dirty flag (byte 65, set while mounted) differs from the backup's: what a
+            // crash leaves, and `-a` clears it. Any other byte is damage.
+            let mut block = vec![line.to_string()];
+            let mut other = false;
+            while let Some(d) =
+                lines.next_if(|d| d.starts_with(' ') || d.starts_with("This is mostly harmless"))
+            {
+                let t = d.trim();
+                if let Some((offset, _)) =
+                    t.split_once(':').filter(|(o, _)| o.parse::<u32>().is_ok())
+                {
+                    other |= offset != "65";
+                } else if t != "Not automatically fixing this."
+                    && !t.starts_with("This is mostly harmless")
+                {
+                    other = true;
+                }
+                block.push(t.to_string());
+            }
+            if other {
+                out.push(block.join("\n  "));
+            }
+            continue;
+        }
         if !line.starts_with('/') {
             if !benign_fsck_line(line) {
                 out.push(line.to_string());
@@ -1047,6 +1077,8 @@ fn benign_fsck_line(line: &str) -> bool {
         || l.starts_with("fsck.fat ")
         || l.starts_with("Reclaimed ")
         || l.starts_with("Free cluster summary")
+        // The free count's correction, on the line after it.
+        || l == "Auto-correcting."
         || l.starts_with("Dirty bit is set")
         || l.starts_with("Leaving filesystem unchanged")
         || l.starts_with("Performing changes")
@@ -1058,6 +1090,7 @@ fn benign_fsck_line(line: &str) -> bool {
 
 fn fsck_timed_out(flag: &str, limit: u64, text: &str) -> FatCheck {
     FatCheck {
+        repairable: false,
         repaired: false,
         ok: false,
         output: format!(
@@ -1195,8 +1228,11 @@ fn print_fsck(r: &FsckReport, repair: bool) {
             "fsck.fat found problems{}:\n{}",
             if repair {
                 ""
+            } else if c.repairable {
+                " (only what a crash leaves: --repair lets fsck.fat -a fix them)"
             } else {
-                " (--repair lets fsck.fat -a fix them)"
+                " (--repair will not let fsck.fat -a at them: it would cut files short; \
+                 `mgear verify` says which captures are whole)"
             },
             c.output
         ),
@@ -1219,6 +1255,21 @@ mod tests {
                      and some data may be corrupt.\n Automatically removing dirty bit.\n\n\
                      Leaving filesystem unchanged.\nm.img: 3 files, 3/129046 clusters";
         assert_eq!(harmful_fsck_findings(crash), Vec::<String>::new());
+        // Killed, then aborted: the dirty flag differs from the backup boot sector's.
+        let aborted = "fsck.fat 4.2 (2021-01-31)\nThere are differences between boot sector \
+                       and its backup.\nThis is mostly harmless. Differences: \
+                       (offset:original/backup)\n  65:01/00\n  Not automatically fixing \
+                       this.\nDirty bit is set. Fs was not properly unmounted and some data \
+                       may be corrupt.\n Automatically removing dirty bit.\nFree cluster \
+                       summary wrong (129045 vs. really 129044)\n  Auto-correcting.\n\n\
+                       Leaving filesystem unchanged.\nm6.img: 2 files, 2/129046 clusters";
+        assert_eq!(harmful_fsck_findings(aborted), Vec::<String>::new());
+        let boot = aborted.replace("  65:01/00", "  65:01/00\n  0:eb/00");
+        let found = harmful_fsck_findings(&boot);
+        assert!(
+            found.len() == 1 && found[0].contains("0:eb/00"),
+            "{found:?}"
+        );
         let damage = "fsck.fat 4.2 (2021-01-31)\nCluster 2 out of range (268435439 > 129047). \
                       Setting to EOF.\n/D/F.TXT\n  File size is 9000 bytes, cluster chain \
                       length is 512 bytes.\n  Truncating file to 512 bytes.\nReclaimed 1 \

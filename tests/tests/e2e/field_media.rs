@@ -644,9 +644,6 @@ fn a_fat_chain_cut_under_one_capture_is_its_problem_and_the_others_are_checked()
         "{problems}"
     );
     assert!(!problems.contains("second"), "{problems}");
-    e.ingest(&m, "second")
-        .untrusted()
-        .target("file:b.out")
-        .ok();
+    e.ingest(&m, "second").untrusted().target("file:b.out").ok();
     assert_eq!(sha(&e.p("b.out")), sha(&e.p("b.raw")));
 }
