@@ -62,12 +62,19 @@ impl RateLimiter {
         }
     }
 
-    /// Block until `bytes` may be read.
+    /// Block until `bytes` may be read, or until a stop is requested (Ctrl-C): at a low rate
+    /// one chunk's wait is minutes (1 MiB at 2 KiB/s: 512 s), and a stop must not wait them
+    /// out; the caller then stops at its next checkpoint.
     pub fn acquire(&mut self, bytes: u64) {
         let now = self.start.elapsed().as_secs_f64();
         let wait = self.bucket.take(bytes, now);
-        if wait > 0.0 {
-            std::thread::sleep(Duration::from_secs_f64(wait));
+        let until = Instant::now() + Duration::from_secs_f64(wait.max(0.0));
+        while !crate::signals::stop_requested() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
         }
     }
 }

@@ -1109,6 +1109,40 @@ fn cli_sigterm_stops_capture_and_ingest_at_a_checkpoint_and_they_resume() {
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }
 
+/// Ctrl-C under a very low `--rate-limit` stops within moments, not after the minutes one
+/// chunk's wait takes at that rate (1 MiB at 2 KiB/s: 512 s).
+#[test]
+fn cli_ctrl_c_stops_a_slow_capture_at_once() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 4 << 20, 35);
+    fs::create_dir(e.p("mnt")).unwrap();
+    let child = e
+        .capture("dir:mnt", "web01")
+        .source("disk.raw")
+        .args(&["--rate-limit", "2KiB/s"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    nix_kill(child.id(), "INT");
+    let asked = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(20),
+        "stopped after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run the same command to resume"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Send SIGTERM/SIGINT to `pid` with kill(1), as an operator would.
 fn nix_kill(pid: u32, sig: &str) {
     let st = Command::new("kill")
