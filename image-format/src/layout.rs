@@ -53,9 +53,17 @@ pub const INCOMPAT_CROSS_STREAM: u32 = 4;
 /// data key (streams from [`PEER_STREAM_BASE`], FORMAT.md §14 "Dedup across
 /// machines"): an explicit opt-in, `capture --dedup-across-machines`.
 pub const INCOMPAT_PEERS: u32 = 8;
+/// Incompatible feature (MANIFEST only): the MANIFEST body ends with blake3 of the capture's
+/// `KEYS` and `KEYPASS` files (zeros for one that is absent), so a keyless verify finds a key
+/// slot damaged after the capture, signed or not (before, only a signed capture's COMMIT bound
+/// them, and an unsigned capture with a damaged slot verified "OK" while no key could open it).
+pub const INCOMPAT_KEY_SLOTS: u32 = 16;
 /// Incompatible features this code understands.
-pub const INCOMPAT_KNOWN: u32 =
-    INCOMPAT_ZSTD | INCOMPAT_HEADER_DIGEST | INCOMPAT_CROSS_STREAM | INCOMPAT_PEERS;
+pub const INCOMPAT_KNOWN: u32 = INCOMPAT_ZSTD
+    | INCOMPAT_HEADER_DIGEST
+    | INCOMPAT_CROSS_STREAM
+    | INCOMPAT_PEERS
+    | INCOMPAT_KEY_SLOTS;
 
 /// Index entry stream numbers from here on name peer `stream - PEER_STREAM_BASE`
 /// of the generation's MANIFEST peer list ([`INCOMPAT_PEERS`]); 1..=64 are
@@ -862,6 +870,9 @@ pub struct Manifest {
     /// Other machines' generations whose records the index points at
     /// (present in the file only with [`INCOMPAT_PEERS`], then 1..=[`MAX_PEERS`]).
     pub peers: Vec<Peer>,
+    /// blake3 of `KEYS` and of `KEYPASS` when the generation was finished (zeros for a slot
+    /// the capture has not); in the file only with [`INCOMPAT_KEY_SLOTS`].
+    pub key_slots: [[u8; 32]; 2],
 }
 
 /// A decoded manifest file: the body plus its framing values.
@@ -923,6 +934,11 @@ impl Manifest {
                 body.extend_from_slice(&n[..n.len().min(255)]);
                 body.extend_from_slice(&p.generation.to_le_bytes());
                 body.extend_from_slice(&p.root);
+            }
+        }
+        if self.incompat & INCOMPAT_KEY_SLOTS != 0 {
+            for d in &self.key_slots {
+                body.extend_from_slice(d);
             }
         }
         let mut v = Vec::with_capacity(24 + body.len() + 68);
@@ -1024,10 +1040,14 @@ impl Manifest {
                 segs
             },
             peers: Vec::new(),
+            key_slots: [[0; 32]; 2],
         };
         let mut m = m;
         if incompat & INCOMPAT_PEERS != 0 {
             m.peers = decode_peers(&mut r, &m.name)?;
+        }
+        if incompat & INCOMPAT_KEY_SLOTS != 0 {
+            m.key_slots = [r.arr()?, r.arr()?];
         }
         if r.pos() != body_len {
             return Err("manifest body has trailing bytes");
@@ -1251,6 +1271,7 @@ mod tests {
                 hash: [9; 32]
             }],
             peers: Vec::new(),
+            key_slots: [[0; 32]; 2],
         };
         let b = m.encode(&[1; 32]);
         let f = Manifest::decode(&b).unwrap();
@@ -1278,6 +1299,13 @@ mod tests {
         ];
         let b = p.encode(&[1; 32]);
         assert_eq!(Manifest::decode(&b).unwrap().manifest, p);
+        // With the key slots' digests, after the peers.
+        let mut k = p.clone();
+        k.incompat |= INCOMPAT_KEY_SLOTS;
+        k.key_slots = [[12; 32], [0; 32]];
+        let b = k.encode(&[1; 32]);
+        assert_eq!(b.len(), p.encode(&[1; 32]).len() + 64);
+        assert_eq!(Manifest::decode(&b).unwrap().manifest, k);
         for i in 0..b.len() {
             let mut x = b.clone();
             x[i] ^= 1;

@@ -513,6 +513,9 @@ fn verify_capture_into<S: Store + ?Sized>(
                 alloc::format!("delta parent generation {} is missing", m.parent),
             );
         }
+        if m.incompat & layout::INCOMPAT_KEY_SLOTS != 0 {
+            check_key_slots(store, name, g, &m.key_slots, cx)?;
+        }
         verify_index(store, name, &m, cx)?;
         for (at, what) in crate::peers::check_peers(store, name, &m)? {
             cx.problem(at, what);
@@ -540,6 +543,41 @@ fn verify_capture_into<S: Store + ?Sized>(
 /// A generation's COMMIT, when it has one (older captures have none, which
 /// is not a problem here: whether a signature is required is the target's
 /// policy): framing, match with the manifest and key slots, signatures.
+/// The key slots are what generation `g`'s MANIFEST recorded when it was finished
+/// ([`layout::INCOMPAT_KEY_SLOTS`]): a slot changed since (damaged on the medium, or replaced)
+/// opens under no key, and the capture with it, whatever else verifies.
+fn check_key_slots<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    g: u32,
+    recorded: &[[u8; 32]; 2],
+    cx: &mut Ctx<'_>,
+) -> Result<()> {
+    let dir = layout::capture_dir(name);
+    for (file, want) in [KEYS_FILE, KEYPASS_FILE].into_iter().zip(recorded) {
+        let p = alloc::format!("{dir}/{file}");
+        let at = Location::capture(name).file(&p);
+        let now = medium::read_file(store, &p, commit::MAX_KEY_SLOT_LEN, &at)?
+            .map(|b| *blake3::hash(&b).as_bytes());
+        let what = match (now, *want == [0u8; 32]) {
+            (None, true) => continue,
+            (Some(d), false) if d == *want => continue,
+            (None, false) => "is missing",
+            (Some(_), true) => "was added after the capture",
+            (Some(_), false) => "is damaged or was replaced",
+        };
+        cx.problem(
+            at,
+            alloc::format!(
+                "key slot {file} {what}: it is not the one generation {g}'s MANIFEST recorded, so \
+                 the key it held for this capture is lost with it (no key opens a damaged slot); \
+                 ingest from another copy of the shipment, or capture again"
+            ),
+        );
+    }
+    Ok(())
+}
+
 fn verify_commit<S: Store + ?Sized>(
     store: &mut S,
     name: &str,
@@ -1236,6 +1274,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An unsigned capture (no COMMIT binds its key slots) whose KEYS changed by one bit
+    /// after the capture: no key opens it any more, and the keyless verify says so, naming
+    /// KEYS (it used to say OK).
+    #[test]
+    fn a_key_slot_damaged_after_the_capture_is_found_without_a_key() {
+        let data = disk();
+        let (mut store, id) = medium(&data);
+        assert!(verify_keyless(&mut store, &mut NoProgress).unwrap().problems.is_empty());
+        let path = "MGEAR/web01/KEYS";
+        let mut b = vec![0u8; store.len(path).unwrap().unwrap() as usize];
+        store.read_exact_at(path, 0, &mut b).unwrap();
+        let last = b.len() - 5;
+        b[last] ^= 1;
+        store.write_at(path, 0, &b).unwrap();
+        assert!(unlock_data_key(&mut store, "web01", &Unlock::Identity(id)).is_err());
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        let p = r.problems[0].to_string();
+        assert!(p.contains(path) && p.contains("key slot KEYS is damaged"), "{p}");
+        // A KEYPASS planted beside it is named too.
+        store.write_at("MGEAR/web01/KEYPASS", 0, b"age-encryption.org/v1\n").unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert!(
+            r.problems.iter().any(|p| p.to_string().contains("KEYPASS was added after")),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::layout::{
     self, IndexEntry, IndexHeader, IpartHeader, Journal, JournalState, Manifest, ManifestFile,
     Peer, RecordHeader, RecordLoc, SegmentDigest, SegmentHeader, SegmentTrailer, ENTRY_LEN,
     INCOMPAT_HEADER_DIGEST, INCOMPAT_ZSTD, INDEX_FILE, IPART_FILE, IPART_HEADER_LEN, JOURNAL_A,
-    JOURNAL_B, KEYPASS_FILE, MANIFEST_FILE, REC_HEADER_LEN, SEG_HEADER_LEN, TAG_LEN, TRAILER_LEN,
+    JOURNAL_B, KEYPASS_FILE, KEYS_FILE, MANIFEST_FILE, REC_HEADER_LEN, SEG_HEADER_LEN, TAG_LEN, TRAILER_LEN,
 };
 use crate::medium;
 use crate::reader;
@@ -1162,8 +1162,19 @@ impl<S: Store> CaptureWriter<S> {
             self.params.chunk_size,
             self.entries.iter().map(|e| e.chunk_id()),
         );
+        // The key slots as they are now (written when the capture began): a keyless verify
+        // then finds one damaged later, signed capture or not.
+        let dir = layout::capture_dir(&self.params.name);
+        let mut key_slots = [[0u8; 32]; 2];
+        for (d, file) in key_slots.iter_mut().zip([KEYS_FILE, KEYPASS_FILE]) {
+            let p = format!("{dir}/{file}");
+            let at = Location::capture(&self.params.name).file(&p);
+            if let Some(b) = medium::read_file(&mut self.store, &p, crate::commit::MAX_KEY_SLOT_LEN, &at)? {
+                *d = *blake3::hash(&b).as_bytes();
+            }
+        }
         let m = Manifest {
-            incompat: self.incompat,
+            incompat: self.incompat | layout::INCOMPAT_KEY_SLOTS,
             capture_id: self.capture_id,
             generation: self.generation,
             parent: self.parent,
@@ -1185,6 +1196,7 @@ impl<S: Store> CaptureWriter<S> {
             index_hash: *blake3::hash(&index).as_bytes(),
             segments: self.closed.clone(),
             peers,
+            key_slots,
         };
         let mac = self.keys.manifest_mac(&m.signed_bytes());
         let bytes = m.encode(&mac);
