@@ -232,10 +232,10 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         return dry_run_set(&args, &sources);
     }
     args.source = sources.into_iter().next();
-    if let (Some((set, k)), false, false) = (
+    // `--dry-run` too: it must refuse what the capture would.
+    if let (Some((set, k)), false) = (
         image_format::set::parse_disk_stream_name(&args.name),
         args.abort,
-        args.dry_run,
     ) {
         return Err(disk_name_refused(&args, set, k));
     }
@@ -629,7 +629,18 @@ fn abort(args: &Plan) -> crate::Result<i32> {
             args.name
         )));
     }
-    let mut medium = args.medium.open()?;
+    // `--replace-medium LOST` with --abort: LOST is declared lost first, so an unfinished
+    // generation with a share on it can be removed from the media that are left.
+    let mut medium = if args.replace_medium.is_empty() {
+        args.medium.open()?
+    } else {
+        args.medium
+            .span_members_only()?
+            .open_for_capture(&crate::medium::SpanPlan {
+                lost: args.replace_medium.clone(),
+                ..Default::default()
+            })?
+    };
     let plan = match crate::medium_admin::abort(medium.store(), &args.name) {
         Ok(p) => p,
         Err(e) => {
@@ -671,6 +682,40 @@ fn abort(args: &Plan) -> crate::Result<i32> {
         }
     }
     Ok(crate::exit::OK)
+}
+
+/// `--replace-medium` re-captures a lost medium's share as a delta over the newest complete
+/// generation; an unfinished generation (a share of it on the lost medium, gone) cannot be
+/// continued or built on. Refused before the span is rewritten (a refusal changes no medium),
+/// naming the way on: abort it with the lost medium declared, then capture again.
+fn refuse_replace_over_unfinished(store: &mut dyn image_format::Store, args: &Plan) -> crate::Result<()> {
+    let capture = image_format::list_captures(store)?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&args.name));
+    let unfinished = capture.as_ref().and_then(|c| {
+        c.generations
+            .iter()
+            .find(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }))
+            .map(|g| g.generation)
+    });
+    let lost = args
+        .replace_medium
+        .iter()
+        .map(|l| format!(" --replace-medium '{l}'"))
+        .collect::<String>();
+    if let Some(g) = unfinished {
+        return Err(usage(format!(
+            "capture {} generation {g} is unfinished: --replace-medium re-captures a lost \
+             medium's share as a delta over a complete generation, and an unfinished one cannot \
+             be continued without its share on the lost medium. Remove it, with the lost medium \
+             declared: `mgear capture --abort {}{lost} --name {}`; then capture again (a \
+             complete generation left: the same command; none: without --replace-medium)",
+            args.name,
+            args.medium.as_args(),
+            args.name
+        )));
+    }
+    Ok(())
 }
 
 /// The parameters of a capture run a resume must repeat, as far as the
@@ -1584,6 +1629,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             } else if !args.skip_space_check && plan.kind != "sign" {
                 crate::preflight::check_space(plan.needed, plan.medium_free)?;
             }
+            if !args.replace_medium.is_empty() {
+                refuse_replace_over_unfinished(ro.store(), args)?;
+            }
             let on_medium = image_format::capture_id(ro.store(), &args.name)?;
             // A disk of a set gets its machine's borrow through `shared`.
             let borrow = match (&args.dedup_across_machines, shared) {
@@ -2316,6 +2364,31 @@ fn medium_full(
     )
 }
 
+/// A `fat:` image file (sparse, as `medium format` makes it) refused a write because the file
+/// system holding it is full, not the FAT inside: "medium full" would send the operator to add
+/// a medium. Some("the file system holding IMAGE is full (N free there)") then.
+fn host_file_system_full(args: &Plan, fat_free: Option<u64>) -> Option<String> {
+    let [spec] = args.medium.medium.as_slice() else {
+        return None;
+    };
+    let Ok(crate::spec::Medium::Fat(path)) = crate::spec::Medium::parse(spec) else {
+        return None;
+    };
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) || fat_free? < 8 << 20 {
+        return None;
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let avail = u64::from(st.blocks_available()).saturating_mul(st.fragment_size() as u64);
+    (avail < 8 << 20).then(|| {
+        format!(
+            "the file system holding the medium image {} is full ({} free there)",
+            path.display(),
+            human_bytes(avail)
+        )
+    })
+}
+
 /// Bytes of records the `left` bytes of disk still to read need at `ratio`.
 fn left_to_store(left: u64, ratio: f64, chunk_size: u32) -> u64 {
     crate::preflight::stored_estimate(left, chunk_size, 0.0, ratio)
@@ -2338,6 +2411,17 @@ fn coded_full(
         "the capture continues from its last checkpoint (one every {} of disk)",
         human_bytes(args.checkpoint_bytes.max(1))
     );
+    if let Some(host) = host_file_system_full(args, free) {
+        return crate::exit::coded(
+            crate::exit::IO,
+            format!(
+                "{host}, though the FAT volume inside it has {} free: free space there (or move \
+                 the image to a file system with room for all of it), then re-run the same \
+                 command: {resume} ({err:#})",
+                human_bytes(free.unwrap_or(0))
+            ),
+        );
+    }
     if args.medium.medium.len() + args.medium.appliance.len() > 1 {
         return crate::exit::coded(
             crate::exit::IO,

@@ -396,6 +396,29 @@ impl Where {
             .try_for_each(|port| crate::appliance::ready_to_capture(port))
     }
 
+    /// These media without the `--medium` ones that belong to no span (no span label: blank,
+    /// or a medium of its own). An abort that declares a member lost opens the span as a
+    /// capture does, which would enroll such a medium as a new member.
+    pub fn span_members_only(&self) -> crate::Result<Where> {
+        let mut keep = Vec::new();
+        for spec in &self.medium {
+            let mut m = Where::one(spec.clone()).open_read_only()?;
+            let labelled = m
+                .store()
+                .len(image_format::span::SPAN_FILE)
+                .map_err(|e| crate::err!("reading {spec}: {e}"))?
+                .is_some();
+            m.close()?;
+            if labelled {
+                keep.push(spec.clone());
+            }
+        }
+        Ok(Where {
+            medium: keep,
+            appliance: self.appliance.clone(),
+        })
+    }
+
     /// The options that name these media again, for commands a message suggests.
     pub fn as_args(&self) -> String {
         let mut all: Vec<String> = self

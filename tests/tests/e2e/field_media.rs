@@ -647,3 +647,36 @@ fn a_fat_chain_cut_under_one_capture_is_its_problem_and_the_others_are_checked()
     e.ingest(&m, "second").untrusted().target("file:b.out").ok();
     assert_eq!(sha(&e.p("b.out")), sha(&e.p("b.raw")));
 }
+
+/// A sparse `fat:` image on a host file system that fills up: the FAT inside has room, so
+/// the capture says the host's file system is full (not "medium full", which sends the
+/// operator to add a medium).
+#[test]
+fn an_image_whose_host_file_system_fills_is_not_called_a_full_medium() {
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 48, 41);
+    fs::create_dir(e.p("small")).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=20m", "tmpfs"])
+        .arg(e.p("small"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs (needs root)");
+    let _mounted = Unmount(e.p("small"));
+    let m = e.fat("small/med.img", "200MiB");
+    let o = e.capture(&m, "web01").source("disk.raw").run();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let said = text(&o);
+    assert!(
+        said.contains("the file system holding the medium image") && said.contains("is full"),
+        "{said}"
+    );
+    assert!(!said.contains("medium full"), "{said}");
+}

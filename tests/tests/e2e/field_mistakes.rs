@@ -114,6 +114,16 @@ fn a_single_disk_capture_under_a_sets_name_is_refused_and_the_set_survives() {
         &o,
         "x.d0 ends in .dK, which is reserved for the disks of a machine set",
     );
+    // Its --dry-run refuses it the same (it used to plan it as "fits").
+    let dry = e
+        .capture("dir:m", "x.d0")
+        .source("other.raw")
+        .arg("--dry-run")
+        .run();
+    refused(
+        &dry,
+        "x.d0 ends in .dK, which is reserved for the disks of a machine set",
+    );
     assert!(
         !String::from_utf8_lossy(&o.stderr).contains("machine set x:"),
         "{}",

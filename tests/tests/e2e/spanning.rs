@@ -613,3 +613,65 @@ fn a_damaged_span_label_is_named_and_the_medium_still_verifies() {
     let o = ingest_sp(&e, &[&a]);
     assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
 }
+
+/// A span whose capture stopped unfinished loses a medium: `--replace-medium` cannot continue
+/// that generation (its share on the lost medium is gone) and is refused with the media left
+/// byte for byte as they were (it used to declare the loss and enroll the new medium, then
+/// refuse); `capture --abort --replace-medium LOST` removes it (a blank medium given with it is
+/// not enrolled), and the media that are left take a new capture.
+#[test]
+fn an_unfinished_span_that_lost_a_medium_is_aborted_and_nothing_is_stranded() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), noise(80 << 20, 9)).unwrap();
+    let (a, b, c) = (
+        e.fat("a.img", "40MiB"),
+        e.fat("b.img", "40MiB"),
+        e.fat("c.img", "40MiB"),
+    );
+    let o = Line::capture(&e, "web01")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .arg("--skip-space-check")
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    std::fs::rename(e.p("b.img"), e.p("b.lost")).unwrap();
+    let before = |p: &str| std::fs::read(e.p(p)).unwrap();
+    let (a0, c0) = (before("a.img"), before("c.img"));
+    let o = Line::capture(&e, "web01")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&c)
+        .args(&["--replace-medium", &b])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let said = output_text(&o);
+    assert!(said.contains("generation 1 is unfinished"), "{said}");
+    assert!(said.contains("mgear capture --abort"), "{said}");
+    assert!(before("a.img") == a0 && before("c.img") == c0, "a refusal changed a medium");
+    let o = e.run(&[
+        "capture",
+        "--abort",
+        "--medium",
+        &a,
+        "--medium",
+        &c,
+        "--replace-medium",
+        &b,
+        "--name",
+        "web01",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(before("c.img") == c0, "the blank medium was enrolled by the abort");
+    // What is left takes a new capture and gives it back.
+    std::fs::write(e.p("small.raw"), noise(8 << 20, 10)).unwrap();
+    Line::capture(&e, "web02").source("small.raw").medium(&a).ok();
+    Line::ingest(&e, "web02")
+        .medium(&a)
+        .untrusted()
+        .target("file:web02.raw")
+        .ok();
+    same_file(&e.p("web02.raw"), &e.p("small.raw"));
+    e.ok(&["medium", "fsck", "--medium", &a]);
+}
