@@ -1283,7 +1283,10 @@ mod tests {
     fn a_key_slot_damaged_after_the_capture_is_found_without_a_key() {
         let data = disk();
         let (mut store, id) = medium(&data);
-        assert!(verify_keyless(&mut store, &mut NoProgress).unwrap().problems.is_empty());
+        assert!(verify_keyless(&mut store, &mut NoProgress)
+            .unwrap()
+            .problems
+            .is_empty());
         let path = "MGEAR/web01/KEYS";
         let mut b = vec![0u8; store.len(path).unwrap().unwrap() as usize];
         store.read_exact_at(path, 0, &mut b).unwrap();
@@ -1294,12 +1297,19 @@ mod tests {
         let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         let p = r.problems[0].to_string();
-        assert!(p.contains(path) && p.contains("key slot KEYS is damaged"), "{p}");
+        assert!(
+            p.contains(path) && p.contains("key slot KEYS is damaged"),
+            "{p}"
+        );
         // A KEYPASS planted beside it is named too.
-        store.write_at("MGEAR/web01/KEYPASS", 0, b"age-encryption.org/v1\n").unwrap();
+        store
+            .write_at("MGEAR/web01/KEYPASS", 0, b"age-encryption.org/v1\n")
+            .unwrap();
         let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
         assert!(
-            r.problems.iter().any(|p| p.to_string().contains("KEYPASS was added after")),
+            r.problems
+                .iter()
+                .any(|p| p.to_string().contains("KEYPASS was added after")),
             "{:?}",
             r.problems
         );

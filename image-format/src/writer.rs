@@ -21,7 +21,8 @@ use crate::layout::{
     self, IndexEntry, IndexHeader, IpartHeader, Journal, JournalState, Manifest, ManifestFile,
     Peer, RecordHeader, RecordLoc, SegmentDigest, SegmentHeader, SegmentTrailer, ENTRY_LEN,
     INCOMPAT_HEADER_DIGEST, INCOMPAT_ZSTD, INDEX_FILE, IPART_FILE, IPART_HEADER_LEN, JOURNAL_A,
-    JOURNAL_B, KEYPASS_FILE, KEYS_FILE, MANIFEST_FILE, REC_HEADER_LEN, SEG_HEADER_LEN, TAG_LEN, TRAILER_LEN,
+    JOURNAL_B, KEYPASS_FILE, KEYS_FILE, MANIFEST_FILE, REC_HEADER_LEN, SEG_HEADER_LEN, TAG_LEN,
+    TRAILER_LEN,
 };
 use crate::medium;
 use crate::reader;
@@ -1169,7 +1170,9 @@ impl<S: Store> CaptureWriter<S> {
         for (d, file) in key_slots.iter_mut().zip([KEYS_FILE, KEYPASS_FILE]) {
             let p = format!("{dir}/{file}");
             let at = Location::capture(&self.params.name).file(&p);
-            if let Some(b) = medium::read_file(&mut self.store, &p, crate::commit::MAX_KEY_SLOT_LEN, &at)? {
+            if let Some(b) =
+                medium::read_file(&mut self.store, &p, crate::commit::MAX_KEY_SLOT_LEN, &at)?
+            {
                 *d = *blake3::hash(&b).as_bytes();
             }
         }

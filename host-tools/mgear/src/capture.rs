@@ -688,7 +688,10 @@ fn abort(args: &Plan) -> crate::Result<i32> {
 /// generation; an unfinished generation (a share of it on the lost medium, gone) cannot be
 /// continued or built on. Refused before the span is rewritten (a refusal changes no medium),
 /// naming the way on: abort it with the lost medium declared, then capture again.
-fn refuse_replace_over_unfinished(store: &mut dyn image_format::Store, args: &Plan) -> crate::Result<()> {
+fn refuse_replace_over_unfinished(
+    store: &mut dyn image_format::Store,
+    args: &Plan,
+) -> crate::Result<()> {
     let capture = image_format::list_captures(store)?
         .into_iter()
         .find(|c| c.name.eq_ignore_ascii_case(&args.name));
@@ -2377,7 +2380,10 @@ fn host_file_system_full(args: &Plan, fat_free: Option<u64>) -> Option<String> {
     if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) || fat_free? < 8 << 20 {
         return None;
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     let avail = u64::from(st.blocks_available()).saturating_mul(st.fragment_size() as u64);
     (avail < 8 << 20).then(|| {

@@ -649,7 +649,10 @@ fn an_unfinished_span_that_lost_a_medium_is_aborted_and_nothing_is_stranded() {
     let said = output_text(&o);
     assert!(said.contains("generation 1 is unfinished"), "{said}");
     assert!(said.contains("mgear capture --abort"), "{said}");
-    assert!(before("a.img") == a0 && before("c.img") == c0, "a refusal changed a medium");
+    assert!(
+        before("a.img") == a0 && before("c.img") == c0,
+        "a refusal changed a medium"
+    );
     let o = e.run(&[
         "capture",
         "--abort",
@@ -663,10 +666,16 @@ fn an_unfinished_span_that_lost_a_medium_is_aborted_and_nothing_is_stranded() {
         "web01",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
-    assert!(before("c.img") == c0, "the blank medium was enrolled by the abort");
+    assert!(
+        before("c.img") == c0,
+        "the blank medium was enrolled by the abort"
+    );
     // What is left takes a new capture and gives it back.
     std::fs::write(e.p("small.raw"), noise(8 << 20, 10)).unwrap();
-    Line::capture(&e, "web02").source("small.raw").medium(&a).ok();
+    Line::capture(&e, "web02")
+        .source("small.raw")
+        .medium(&a)
+        .ok();
     Line::ingest(&e, "web02")
         .medium(&a)
         .untrusted()
