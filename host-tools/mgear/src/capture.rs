@@ -2377,7 +2377,9 @@ fn host_file_system_full(args: &Plan, fat_free: Option<u64>) -> Option<String> {
     let Ok(crate::spec::Medium::Fat(path)) = crate::spec::Medium::parse(spec) else {
         return None;
     };
-    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) || fat_free? < 8 << 20 {
+    // A FAT that is itself (nearly) full is the medium being full, whatever the host has.
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) || fat_free.is_some_and(|f| f < 8 << 20)
+    {
         return None;
     }
     let dir = path
@@ -2418,13 +2420,17 @@ fn coded_full(
         human_bytes(args.checkpoint_bytes.max(1))
     );
     if let Some(host) = host_file_system_full(args, free) {
+        let inside = free.map_or(String::new(), |f| {
+            format!(
+                ", though the FAT volume inside it has {} free",
+                human_bytes(f)
+            )
+        });
         return crate::exit::coded(
             crate::exit::IO,
             format!(
-                "{host}, though the FAT volume inside it has {} free: free space there (or move \
-                 the image to a file system with room for all of it), then re-run the same \
-                 command: {resume} ({err:#})",
-                human_bytes(free.unwrap_or(0))
+                "{host}{inside}: free space there (or move the image to a file system with room \
+                 for all of it), then re-run the same command: {resume} ({err:#})"
             ),
         );
     }

@@ -402,7 +402,8 @@ impl Where {
     pub fn span_members_only(&self) -> crate::Result<Where> {
         let mut keep = Vec::new();
         for spec in &self.medium {
-            let mut m = Where::one(spec.clone()).open_read_only()?;
+            // The member's own store: a span's view hides its label file.
+            let mut m = open_mode(spec, true)?;
             let labelled = m
                 .store()
                 .len(image_format::span::SPAN_FILE)
