@@ -2387,7 +2387,7 @@ fn host_file_system_full(args: &Plan, fat_free: Option<u64>) -> Option<String> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    let avail = u64::from(st.blocks_available()).saturating_mul(st.fragment_size() as u64);
+    let avail = st.blocks_available().saturating_mul(st.fragment_size());
     (avail < 8 << 20).then(|| {
         format!(
             "the file system holding the medium image {} is full ({} free there)",
