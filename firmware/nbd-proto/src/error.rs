@@ -99,8 +99,8 @@ fn gone(e: &io::Error) -> &'static str {
         | io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::UnexpectedEof => {
-            " (the server closed the connection: the appliance was unplugged or lost power, or \
-             the NBD server stopped)"
+            " (the server closed the connection: the NBD server stopped, or the appliance or \
+             disk it serves was unplugged or lost power)"
         }
         _ => "",
     }
