@@ -180,6 +180,15 @@ impl<'r> Line<'r> {
         out
     }
 
+    /// Start this line in the background, its output captured (`wait_with_output`).
+    pub fn spawn(&self) -> std::process::Child {
+        self.command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mgear")
+    }
+
     /// Start this line slowed to `rate` (`--rate-limit`, checkpoints every MiB), let it run
     /// for `ms` milliseconds and SIGKILL it: a run stopped part-way. Panics if it finished
     /// first (the scenario needs it unfinished).
