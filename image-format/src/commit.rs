@@ -367,15 +367,8 @@ pub fn expected_commit<S: Store + ?Sized>(
             crate::set::read_set(store, name, generation)?.map(|f| Commit::of_set(&f, generation))
         );
     };
-    let dir = layout::capture_dir(name);
-    let mut slot = |file: &str| -> Result<Option<[u8; 32]>> {
-        let p = alloc::format!("{dir}/{file}");
-        let at = Location::capture(name).file(&p);
-        Ok(medium::read_file(store, &p, MAX_KEY_SLOT_LEN, &at)?
-            .map(|b| *blake3::hash(&b).as_bytes()))
-    };
-    let keys = slot(KEYS_FILE)?;
-    let keypass = slot(KEYPASS_FILE)?;
+    let keys = medium::key_slot_digest(store, name, KEYS_FILE)?;
+    let keypass = medium::key_slot_digest(store, name, KEYPASS_FILE)?;
     Ok(Some(Commit::of_manifest(&mf, keys, keypass)))
 }
 

@@ -67,6 +67,19 @@ pub(crate) fn read_file<S: Store + ?Sized>(
     Ok(Some(buf))
 }
 
+/// blake3 of capture `name`'s key slot `file` (`KEYS`, `KEYPASS`) as the medium holds it;
+/// `Ok(None)` if the capture has no such slot. What a COMMIT and a MANIFEST bind.
+pub(crate) fn key_slot_digest<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    file: &str,
+) -> Result<Option<[u8; 32]>> {
+    let p = alloc::format!("{}/{file}", layout::capture_dir(name));
+    let at = Location::capture(name).file(&p);
+    Ok(read_file(store, &p, crate::commit::MAX_KEY_SLOT_LEN, &at)?
+        .map(|b| *blake3::hash(&b).as_bytes()))
+}
+
 /// The decoded manifest of a generation; `Ok(None)` if it has none yet.
 pub(crate) fn read_manifest<S: Store + ?Sized>(
     store: &mut S,

@@ -555,10 +555,8 @@ fn check_key_slots<S: Store + ?Sized>(
 ) -> Result<()> {
     let dir = layout::capture_dir(name);
     for (file, want) in [KEYS_FILE, KEYPASS_FILE].into_iter().zip(recorded) {
-        let p = alloc::format!("{dir}/{file}");
-        let at = Location::capture(name).file(&p);
-        let now = medium::read_file(store, &p, commit::MAX_KEY_SLOT_LEN, &at)?
-            .map(|b| *blake3::hash(&b).as_bytes());
+        let at = Location::capture(name).file(&alloc::format!("{dir}/{file}"));
+        let now = medium::key_slot_digest(store, name, file)?;
         let what = match (now, *want == [0u8; 32]) {
             (None, true) => continue,
             (Some(d), false) if d == *want => continue,

@@ -1165,16 +1165,10 @@ impl<S: Store> CaptureWriter<S> {
         );
         // The key slots as they are now (written when the capture began): a keyless verify
         // then finds one damaged later, signed capture or not.
-        let dir = layout::capture_dir(&self.params.name);
         let mut key_slots = [[0u8; 32]; 2];
         for (d, file) in key_slots.iter_mut().zip([KEYS_FILE, KEYPASS_FILE]) {
-            let p = format!("{dir}/{file}");
-            let at = Location::capture(&self.params.name).file(&p);
-            if let Some(b) =
-                medium::read_file(&mut self.store, &p, crate::commit::MAX_KEY_SLOT_LEN, &at)?
-            {
-                *d = *blake3::hash(&b).as_bytes();
-            }
+            *d = medium::key_slot_digest(&mut self.store, &self.params.name, file)?
+                .unwrap_or_default();
         }
         let m = Manifest {
             incompat: self.incompat | layout::INCOMPAT_KEY_SLOTS,
