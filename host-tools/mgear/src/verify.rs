@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use image_format::{Problem, Unlock, VerifyObserver, VerifyReport};
 use serde::Serialize;
 
-use crate::exit::{FOUND, OK};
+use crate::exit::{FOUND, OK, USAGE};
 use crate::progress::{self, Progress};
 
 /// `mgear verify`, typed (the binary's `cli::verify` fills it in from the flags).
@@ -85,6 +85,10 @@ pub struct Report {
     pub elsewhere: Vec<ElsewhereJson>,
     /// Checked with a key or trust flags: is each capture signed by a pinned key?
     pub trust: Vec<TrustJson>,
+    /// With a key and no `--name`: captures on the medium this key does not open (another
+    /// target's): their structure was checked, their records were not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_opened: Vec<String>,
 }
 
 struct Observer {
@@ -309,6 +313,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
         }
     }
     let mut report = VerifyReport::default();
+    let mut not_opened = Vec::new();
     match (&unlock, &name) {
         (None, None) => report = image_format::verify_keyless(store, &mut obs)?,
         (None, Some(name)) => {
@@ -385,7 +390,16 @@ fn verify(args: Plan) -> crate::Result<i32> {
                     });
                     continue;
                 }
-                let r = image_format::verify_full(store, &n, args.generation, unlock, &mut obs)?;
+                let r =
+                    match image_format::verify_full(store, &n, args.generation, unlock, &mut obs) {
+                        // A medium may carry captures for other targets: the others are still
+                        // verified, and this one is named at the end (the run is no pass).
+                        Err(image_format::Error::WrongKey { .. }) if name.is_none() => {
+                            not_opened.push(n);
+                            continue;
+                        }
+                        other => other?,
+                    };
                 report.captures += r.captures;
                 report.generations += r.generations;
                 report.segments += r.segments;
@@ -519,10 +533,18 @@ fn verify(args: Plan) -> crate::Result<i32> {
     // An untrusted capture fails verification unless explicitly overridden.
     let trust_ok = t.allow_untrusted || trust.iter().all(|x| x.trusted);
     medium.close()?;
+    // Not one capture opened: the key is wrong for this medium, said as such (exit 2, with
+    // what would open them).
+    if !not_opened.is_empty() && not_opened.len() == captures.len() {
+        return Err(image_format::Error::WrongKey {
+            name: not_opened[0].clone(),
+        }
+        .into());
+    }
     let out = Report {
         command: "verify",
         keyed: unlock.is_some(),
-        ok: report.is_ok() && trust_ok,
+        ok: report.is_ok() && trust_ok && not_opened.is_empty(),
         captures: report.captures,
         generations: report.generations,
         segments: report.segments,
@@ -551,6 +573,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
             })
             .collect(),
         trust,
+        not_opened,
     };
     if json {
         progress::print_json(&out)?;
@@ -583,7 +606,17 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 x.message
             );
         }
-        if out.ok && out.trust.iter().all(|x| x.trusted) {
+        if !out.not_opened.is_empty() {
+            println!(
+                "NOT OPENED by this key: {} (another target's capture? its files' structure was \
+                 checked, its records were not: verify it with its own key, or give --name to \
+                 verify one capture)",
+                out.not_opened.join(", ")
+            );
+        }
+        if !out.not_opened.is_empty() && report.is_ok() && trust_ok {
+            println!("NOT VERIFIED in full: the captures named above were not opened");
+        } else if out.ok && out.trust.iter().all(|x| x.trusted) {
             println!("OK: no problems found");
         } else if out.ok {
             println!("no problems found, but NOT TRUSTED (--allow-untrusted)");
@@ -596,7 +629,12 @@ fn verify(args: Plan) -> crate::Result<i32> {
             }
         }
     }
-    Ok(if out.ok { OK } else { FOUND })
+    Ok(match (out.ok, out.problems.is_empty() && trust_ok) {
+        (true, _) => OK,
+        // Nothing found wrong, but not everything opened: a key matter (exit 2), no finding.
+        (false, true) if !out.not_opened.is_empty() => USAGE,
+        (false, _) => FOUND,
+    })
 }
 
 #[cfg(test)]

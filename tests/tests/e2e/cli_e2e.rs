@@ -1188,3 +1188,50 @@ fn cli_closed_stdout_ends_quietly_not_with_a_panic() {
     assert_ne!(out.status.code(), Some(101), "{err}");
     assert!(matches!(out.status.code(), Some(0) | Some(3)), "{err}");
 }
+
+/// A medium carrying another target's capture too: a keyed verify of the whole medium checks
+/// what its key opens, names the capture it does not (exit 2: no finding, no pass either);
+/// with `--name` the one capture verifies.
+#[test]
+fn cli_keyed_verify_checks_what_its_key_opens_and_names_the_rest() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--out", "other.key"]);
+    random_disk(&e.p("disk.raw"), 2 << 20, 36);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "ours").source("disk.raw").ok();
+    e.ok(&[
+        "capture",
+        "--medium",
+        "dir:m",
+        "--name",
+        "theirs",
+        "--source",
+        "disk.raw",
+        "--recipient",
+        "other.pub",
+    ]);
+    let all = [
+        "verify",
+        "--medium",
+        "dir:m",
+        "--identity",
+        "target.key",
+        "--allow-untrusted",
+    ];
+    let o = e.run(&all);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(said.contains("NOT OPENED by this key: theirs"), "{said}");
+    assert!(!said.contains("OK: no problems found"), "{said}");
+    let o = e.run(&[&all[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["not_opened"], serde_json::json!(["theirs"]), "{v}");
+    assert_eq!(
+        (v["captures"].clone(), v["ok"].clone()),
+        (1.into(), false.into()),
+        "{v}"
+    );
+    e.ok(&[&all[..], &["--name", "ours"]].concat());
+}
