@@ -1778,11 +1778,29 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         }
     }
     if exists && key.is_none() && passphrase.is_none() {
+        // An unfinished generation no key reaches can still be removed and captured again.
+        let unfinished = image_format::list_captures(medium.store())
+            .ok()
+            .and_then(|cs| {
+                cs.into_iter()
+                    .find(|c| c.name.eq_ignore_ascii_case(&args.name))
+            })
+            .and_then(|c| c.generations.last().cloned())
+            .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }));
         let _ = medium.close();
+        let abort = unfinished.map_or(String::new(), |g| {
+            format!(
+                "; or remove its unfinished generation {} with `mgear capture --abort {} --name {}` \
+                 and capture it again",
+                g.generation,
+                args.medium.as_args(),
+                image_format::set::owner(&args.name)
+            )
+        });
         return Err(usage(format!(
             "capture {} (capture id {}) already exists on the medium and its data key is not in the key cache {} \
              (a delta or resume must run on the host that made the first capture, or pass --key-cache DIR, \
-             or --passphrase-file if the capture has a passphrase slot; `mgear keys list` shows the cached keys)",
+             or --passphrase-file if the capture has a passphrase slot; `mgear keys list` shows the cached keys){abort}",
             args.name,
             on_medium.map_or_else(|| "unknown".to_string(), |id| hex(&id)),
             cache_dir.display()

@@ -630,3 +630,31 @@ fn a_frozen_nbd_source_times_out_and_the_capture_resumes() {
         .ok();
     assert_eq!(sha(&e.p("out.raw")), sha(&e.p("disk.raw")));
 }
+
+/// A capture stopped part-way whose data key was then forgotten (`keys forget`, another
+/// host): the resume is refused, and the message names the way that remains, `--abort`,
+/// which then works, and the capture runs again from the start.
+#[test]
+fn a_resume_without_its_key_names_the_abort_that_starts_it_over() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 6 << 20, 37);
+    std::fs::create_dir(e.p("m")).unwrap();
+    let line = e.capture("dir:m", "web01").source("disk.raw");
+    line.killed_after("2MiB/s", 1200);
+    e.ok(&["keys", "forget", "--name", "web01"]);
+    let o = line.run();
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("remove its unfinished generation 1 with `mgear capture --abort --medium dir:m --name web01`"),
+        "{}",
+        err(&o)
+    );
+    e.ok(&["capture", "--abort", "--medium", "dir:m", "--name", "web01"]);
+    line.ok();
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:out.raw")
+        .ok();
+    assert_eq!(sha(&e.p("out.raw")), sha(&e.p("disk.raw")));
+}
