@@ -536,6 +536,9 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         if let Some(v) = &r.volume {
             println!("  {:<14} {v}", "volume");
         }
+        if let Some(d) = &r.volume_sha256 {
+            println!("  {:<14} {d}", "volume sha256");
+        }
         if let Some(s) = &r.server {
             println!("  {:<14} {s} (Nova, left running)", "server");
         }

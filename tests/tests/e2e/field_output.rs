@@ -58,7 +58,9 @@ fn json_error(o: &Output, command: &str, code: i32, kind: &str) -> Value {
     v
 }
 
-fn capture_and_ingest(e: &Env) {
+/// Captures `disk.raw` signed and ingests it with a report and the volume's SHA-256; the
+/// ingest's output.
+fn capture_and_ingest(e: &Env) -> std::process::Output {
     e.keygen();
     e.ok(&["keygen", "--signing", "--out", "site.key"]);
     let m = e.fat("medium.img", "256MiB");
@@ -70,16 +72,19 @@ fn capture_and_ingest(e: &Env) {
         .trust("site.pub")
         .target("file:vol.raw")
         .args(&["--report", "ingest.json", "--volume-sha256"])
-        .ok();
+        .ok()
 }
 
 #[test]
 fn ingest_report_carries_the_sha256_of_the_volume() {
     let e = Env::new();
     disk(&e, "disk.raw");
-    capture_and_ingest(&e);
+    let said = capture_and_ingest(&e);
     let sum = sha256sum(&e, "vol.raw");
     assert_eq!(sum, sha256sum(&e, "disk.raw"));
+    // The human summary says it too (it was only in JSON and the report).
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(said.contains(&format!("volume sha256  {sum}")), "{said}");
     let r: Value = serde_json::from_slice(&std::fs::read(e.p("ingest.json")).unwrap()).unwrap();
     assert_eq!(r["digests"]["volume_sha256"], sum.as_str(), "{r}");
     assert_eq!(r["result"]["volume_sha256"], sum.as_str(), "{r}");
@@ -186,7 +191,7 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
         "--marker",
         "before",
     ]);
-    capture_and_ingest(&e);
+    let _ = capture_and_ingest(&e);
     e.ok(&[
         "boot",
         "--build-sample",
