@@ -248,7 +248,10 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     if let Some(p) = &args.report {
         crate::report::check_writable(p, "--report")?;
     }
-    let report = capture(&args)?;
+    // A passphrase (or key cache) that does not open the capture: say which slots it has.
+    let report = capture(&args).map_err(|e| {
+        crate::verify::explain_wrong_key(e, &args.medium, None, args.passphrase_file.as_deref())
+    })?;
     if let Some(p) = &args.report {
         let r = crate::report::capture(
             &report,
