@@ -151,6 +151,31 @@ pub fn explain_wrong_key(
     }
 }
 
+/// `problems` with each said once: the same place and finding (whatever disk range one of
+/// them names) kept at its first place, as the one that names the disk range.
+fn said_once(problems: Vec<image_format::Problem>) -> Vec<image_format::Problem> {
+    let mut at: std::collections::HashMap<String, usize> = Default::default();
+    let mut out: Vec<image_format::Problem> = Vec::with_capacity(problems.len());
+    for p in problems {
+        let mut place = p.at.clone();
+        place.disk_range = None;
+        let key = image_format::Problem {
+            at: place,
+            what: p.what.clone(),
+        }
+        .to_string();
+        match at.get(&key) {
+            Some(&i) if out[i].at.disk_range.is_none() => out[i] = p,
+            Some(_) => {}
+            None => {
+                at.insert(key, out.len());
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// The message and hint of [`explain_wrong_key`].
 fn wrong_key_message(
     name: &str,
@@ -408,9 +433,9 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 report.problems.extend(r.problems);
                 report.elsewhere.extend(r.elsewhere);
             }
-            // Found by both passes (a damaged MANIFEST): said once.
-            let mut seen = std::collections::HashSet::new();
-            report.problems.retain(|p| seen.insert(p.to_string()));
+            // Found by both passes (a damaged MANIFEST, a corrupted record): said once, with the
+            // disk range the decrypting pass adds where it knows it.
+            report.problems = said_once(std::mem::take(&mut report.problems));
         }
     }
     if unlock.is_none() {
@@ -640,6 +665,41 @@ fn verify(args: Plan) -> crate::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A corrupted record is found by the structure pass and by the decrypting one (which
+    /// adds the disk range): one problem, the one with the disk range, at the first's place.
+    #[test]
+    fn a_problem_both_passes_find_is_said_once_with_its_disk_range() {
+        use image_format::{Location, Problem};
+        let rec = Location {
+            segment: Some(0),
+            record: Some(4),
+            ..Location::capture("a").generation(1)
+        };
+        let with_range = Location {
+            disk_range: Some(0..1024),
+            ..rec.clone()
+        };
+        let p = |at: &Location, what: &str| Problem {
+            at: at.clone(),
+            what: what.into(),
+        };
+        let other = Location::capture("b");
+        let out = said_once(vec![
+            p(&rec, "corrupted record"),
+            p(&other, "unfinished generation"),
+            p(&with_range, "corrupted record"),
+            p(&rec, "another finding"),
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                p(&with_range, "corrupted record"),
+                p(&other, "unfinished generation"),
+                p(&rec, "another finding"),
+            ]
+        );
+    }
 
     #[test]
     fn a_key_that_does_not_open_a_capture_is_told_what_would() {
