@@ -234,11 +234,16 @@ fn parse(json: bool) -> Cli {
             output::init(&name, json || cli.json);
             cli
         }
-        Err(e)
-            if !json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
-        {
-            e.exit()
+        // `--version --json`: the version in the JSON envelope, as every other answer.
+        Err(e) if json && e.kind() == ErrorKind::DisplayVersion => {
+            output::init("mgear", true);
+            let v = serde_json::json!({ "version": env!("CARGO_PKG_VERSION") });
+            match output::emit(&v) {
+                Ok(()) => std::process::exit(exit::OK),
+                Err(_) => std::process::exit(exit::IO),
+            }
         }
+        Err(e) if !json || e.kind() == ErrorKind::DisplayHelp => e.exit(),
         Err(e) => {
             let cmd = Cli::command();
             let args: Vec<_> = std::env::args_os().skip(1).collect();

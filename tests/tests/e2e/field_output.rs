@@ -388,3 +388,17 @@ fn a_standard_error_that_cannot_be_written_does_not_stop_a_capture() {
     let i = e.json(&["inspect", "--medium", &m]);
     assert_eq!(i["sets"][0]["generations"][0]["complete"], true, "{i}");
 }
+
+/// `--version --json` answers in the envelope like every other command (it printed text).
+#[test]
+fn the_version_is_json_with_json() {
+    let e = Env::new();
+    for args in [["--version", "--json"], ["--json", "--version"]] {
+        let o = e.run(&args);
+        assert!(o.status.success(), "{}", output_text(&o));
+        let v = envelope(&o, "mgear");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    }
+    let text = e.run(&["--version"]);
+    assert!(String::from_utf8_lossy(&text.stdout).starts_with("mgear "));
+}
