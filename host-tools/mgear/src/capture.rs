@@ -1963,15 +1963,16 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         // A disk that changed size is seldom the same disk resized; a smaller wrong disk
         // stores too few chunks for the check below.
         if let Some(was) = parent_size.filter(|was| *was != size) {
+            let (now_txt, was_txt) = two_sizes(size, was);
             warnings.push(format!(
                 "{} is {} now, and generation {parent} of {} was a disk of {}: if --source is \
                  not the disk captured as {} (a set's --source in another order, another \
                  disk), remove this generation with `mgear medium rm {} --name {owner} \
                  --generation {} --force` and capture the right disk",
                 args.source.as_deref().unwrap_or("the source"),
-                human_bytes(size),
+                now_txt,
                 summary.name,
-                human_bytes(was),
+                was_txt,
                 summary.name,
                 args.medium.as_args(),
                 summary.generation
@@ -2418,6 +2419,15 @@ fn host_file_system_full(args: &Plan, fat_free: Option<u64>) -> Option<String> {
     })
 }
 
+/// Two different sizes as a person reads them; sizes a few bytes apart round alike, and then
+/// the bytes say how they differ.
+fn two_sizes(a: u64, b: u64) -> (String, String) {
+    match (human_bytes(a), human_bytes(b)) {
+        (x, y) if x == y => (format!("{x} ({a} bytes)"), format!("{y} ({b} bytes)")),
+        pair => pair,
+    }
+}
+
 /// Bytes of records the `left` bytes of disk still to read need at `ratio`.
 fn left_to_store(left: u64, ratio: f64, chunk_size: u32) -> u64 {
     crate::preflight::stored_estimate(left, chunk_size, 0.0, ratio)
@@ -2488,6 +2498,21 @@ fn coded_full(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_that_round_alike_are_told_apart_by_their_bytes() {
+        assert_eq!(
+            two_sizes(100_452_352, 100_455_352),
+            (
+                "95.80 MiB (100452352 bytes)".to_string(),
+                "95.80 MiB (100455352 bytes)".to_string()
+            )
+        );
+        assert_eq!(
+            two_sizes(6 << 20, 12 << 20),
+            ("6.00 MiB".to_string(), "12.00 MiB".to_string())
+        );
+    }
 
     #[test]
     fn chunk_sizes_in_decimal_units_point_at_the_binary_ones() {
