@@ -490,6 +490,16 @@ fn verify_capture_into<S: Store + ?Sized>(
                     );
                     continue;
                 }
+                // No journal either: nothing a resume could continue (what fsck calls a
+                // leftover), so resuming is no advice.
+                if !matches!(medium::read_journal(store, name, g), Ok(Some(_))) {
+                    cx.problem(
+                        at,
+                        "generation directory with no MANIFEST and no valid journal: nothing can \
+                         resume or read it; `mgear medium fsck --medium MEDIUM --repair` removes it",
+                    );
+                    continue;
+                }
                 cx.problem(
                     at,
                     alloc::format!(
@@ -1310,6 +1320,25 @@ mod tests {
                 .any(|p| p.to_string().contains("KEYPASS was added after")),
             "{:?}",
             r.problems
+        );
+    }
+
+    /// An empty generation directory is no unfinished capture to resume: verify says what
+    /// `medium fsck` says of it (it advised a resume, fsck "nothing can resume it").
+    #[test]
+    fn an_empty_generation_directory_is_not_sent_to_a_resume() {
+        let (mut store, _) = medium(&disk());
+        store.create_dir_all("MGEAR/web01/G0005").unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        let p = r.problems[0].to_string();
+        assert!(
+            p.contains("generation 5") && p.contains("no valid journal"),
+            "{p}"
+        );
+        assert!(
+            p.contains("medium fsck") && !p.contains("resume the capture"),
+            "{p}"
         );
     }
 
