@@ -524,7 +524,11 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             r.chunks,
             r.zero_chunks,
             if r.resumed_chunks > 0 {
-                format!(", {} done before resume", r.resumed_chunks)
+                // The zero count is of the chunks this run went through.
+                format!(
+                    " of those this run went through, {} done before resume",
+                    r.resumed_chunks
+                )
             } else {
                 String::new()
             }
