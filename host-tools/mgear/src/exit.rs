@@ -110,10 +110,29 @@ pub fn hint(err: &Error, command: &str) -> String {
             "free space on the medium or target (or use a larger one), then run the same command again"
                 .to_string()
         }
+        _ if is_read_only(err) => {
+            "the medium or target refuses writes (mounted read-only, write-protected, or a sealed \
+             appliance): make it writable, or give one that is, then run the same command again"
+                .to_string()
+        }
         _ => "check that the path, device, appliance or peer named in the message is there and \
               reachable, then run the same command again"
             .to_string(),
     }
+}
+
+/// Whether `err` is a medium that refused a write as read-only.
+fn is_read_only(err: &Error) -> bool {
+    use image_format::StoreError;
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref(),
+            Some(image_format::Error::Store {
+                error: StoreError::ReadOnly,
+                ..
+            })
+        ) || e.downcast_ref::<StoreError>() == Some(&StoreError::ReadOnly)
+    })
 }
 
 /// The exit code an image-format error calls for.
@@ -216,6 +235,19 @@ mod tests {
         assert!(hint(&full, "capture").contains("free space"));
         let enospc: crate::Error = std::io::Error::from_raw_os_error(28).into();
         assert!(is_no_space(&enospc.context("writing SEG-00001")));
+        // A read-only medium is told as such, not as a path to check for reachability.
+        let ro = crate::Error::from(image_format::Error::Store {
+            path: "MGEAR/web01".into(),
+            error: image_format::StoreError::ReadOnly,
+        })
+        .context("capturing web01");
+        assert_eq!(code_of(&ro), IO);
+        assert!(
+            hint(&ro, "capture").contains("refuses writes"),
+            "{}",
+            hint(&ro, "capture")
+        );
+        assert!(!hint(&full, "capture").contains("refuses writes"));
     }
 
     #[test]
