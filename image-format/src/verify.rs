@@ -495,8 +495,10 @@ fn verify_capture_into<S: Store + ?Sized>(
                 if !matches!(medium::read_journal(store, name, g), Ok(Some(_))) {
                     cx.problem(
                         at,
-                        "generation directory with no MANIFEST and no valid journal: nothing can \
-                         resume or read it; `mgear medium fsck --medium MEDIUM --repair` removes it",
+                        "unfinished generation cut off at its start (no MANIFEST, no valid \
+                         journal): nothing in it can be read or resumed; the same capture command \
+                         run again starts it over, or `mgear medium fsck --medium MEDIUM \
+                         --repair` removes it",
                     );
                     continue;
                 }
