@@ -1734,16 +1734,16 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     }
     // What the unfinished generation a resume continues was started with:
     // to say which parameter differs if the writer refuses the resume.
-    let unfinished = image_format::list_captures(medium.store())?
+    let unfinished_gen = image_format::list_captures(medium.store())?
         .into_iter()
         .find(|c| c.name.eq_ignore_ascii_case(&args.name))
         .and_then(|c| c.generations.last().cloned())
-        .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }))
-        .map(|g| Started {
-            source_size: g.disk_size,
-            chunk_size: g.chunk_size,
-            delta: g.parent.is_some(),
-        });
+        .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }));
+    let unfinished = unfinished_gen.as_ref().map(|g| Started {
+        source_size: g.disk_size,
+        chunk_size: g.chunk_size,
+        delta: g.parent.is_some(),
+    });
     // The data key of the capture already on this medium, found by its
     // capture id: another medium's capture of the same name has its own.
     let cached = match &on_medium {
@@ -1786,16 +1786,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     }
     if exists && key.is_none() && passphrase.is_none() {
         // An unfinished generation no key reaches can still be removed and captured again.
-        let unfinished = image_format::list_captures(medium.store())
-            .ok()
-            .and_then(|cs| {
-                cs.into_iter()
-                    .find(|c| c.name.eq_ignore_ascii_case(&args.name))
-            })
-            .and_then(|c| c.generations.last().cloned())
-            .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }));
         let _ = medium.close();
-        let abort = unfinished.map_or(String::new(), |g| {
+        let abort = unfinished_gen.as_ref().map_or(String::new(), |g| {
             format!(
                 "; or remove its unfinished generation {} with `mgear capture --abort {} --name {}` \
                  and capture it again",
