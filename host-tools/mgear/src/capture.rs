@@ -137,6 +137,9 @@ pub struct Plan {
     pub span_total: Option<u64>,
     /// Capture even when the sampled estimate says the medium is too small.
     pub skip_space_check: bool,
+    /// Resume even though the source's first KiB differs from when the unfinished
+    /// generation began (`check_same_disk`): the operator vouches it is the same disk.
+    pub same_source: bool,
     /// Check the source against this target readiness profile before it ships (`mgear boot
     /// --check-profile` names the profiles): what would fail at the target is said, as
     /// warnings here and in the report, and the capture goes on (a driver the target needs
@@ -794,6 +797,49 @@ fn resume_mismatch(
     )
 }
 
+/// A resume reads on from where the stopped run left off, from the source as named
+/// now; the medium records that name only, and a name can point at another disk in
+/// between (a file replaced, a device node or NBD export that now serves another
+/// disk): the resumed generation would then join two disks and still verify, as
+/// everything in it was captured and sealed right. Refused, before anything is
+/// written, when the source's identity (`crate::source::identity`) differs from
+/// the one recorded in the key cache when generation `generation` started.
+fn check_same_disk(
+    args: &Plan,
+    cache_dir: &std::path::Path,
+    id: &[u8; 16],
+    generation: u32,
+    now: &[u8; 32],
+) -> crate::Result<()> {
+    let Some(then) = crate::keys::recorded_source_identity(cache_dir, &args.name, id, generation)
+    else {
+        return Ok(());
+    };
+    if then == hex(now) {
+        return Ok(());
+    }
+    let abort = format!(
+        "mgear capture --abort {} --name {}",
+        args.medium.as_args(),
+        image_format::set::owner(&args.name)
+    );
+    Err(crate::exit::coded_hint(
+        crate::exit::USAGE,
+        format!(
+            "capture {} generation {generation} is unfinished, and its source {} no longer \
+             starts with the bytes it started with when the generation began (its first KiB: \
+             the partition table, or a bare file system's label): it is another disk, and \
+             resuming would join two disks into one. Give the disk the generation was started \
+             from to resume it, or remove the unfinished generation with `{abort}` and capture \
+             this disk again. Only if it is the same disk, repartitioned since, does \
+             --same-source resume it anyway",
+            args.name,
+            args.source.as_deref().unwrap_or("given"),
+        ),
+        format!("give the disk it was started from, or `{abort}`"),
+    ))
+}
+
 /// `capture --dry-run`: the plan, nothing written (the medium is opened read-only).
 fn dry_run(args: &Plan) -> crate::Result<i32> {
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
@@ -1217,6 +1263,13 @@ fn preflight(
             }
         },
     };
+    if kind == "resume" && resume_from > 0 && !args.same_source {
+        if let Some(id) = image_format::capture_id(store, &args.name)? {
+            let cache_dir = key_cache_dir(args.key_cache.clone())?;
+            let now = crate::source::identity(source)?;
+            check_same_disk(args, &cache_dir, &id, generation, &now)?;
+        }
+    }
     crate::preflight::check_container(source, spec)?;
     let mut warnings = Vec::new();
     if let Some(profile) = args.check_profile {
@@ -1594,6 +1647,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     let cache_dir = key_cache_dir(args.key_cache.clone())?;
     // Refuses a key cache holding a planted symlink before anything is written.
     crate::keys::cached_keys(&cache_dir)?;
+    let source_identity = crate::source::identity(&mut *source)?;
 
     let sign_key = args
         .sign
@@ -1847,6 +1901,16 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         })?;
         create_private_dir(&cache_dir)?;
         let id = writer.capture_id();
+        // What this generation reads from on: a resume compares it (`check_same_disk`).
+        if writer.resume_from() == 0 || args.same_source {
+            crate::keys::record_source_identity(
+                &cache_dir,
+                &args.name,
+                &id,
+                writer.generation(),
+                &source_identity,
+            )?;
+        }
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
         if fresh_id != Some(id) {
             crate::keys::remove_stale_temp(&cache_dir, &args.name);

@@ -399,6 +399,7 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
                 dry_run: false,
                 abort: false,
                 skip_space_check: false,
+                same_source: false,
                 replace_medium: Vec::new(),
                 no_dedup_across_disks: false,
                 dedup_across_machines: None,

@@ -372,6 +372,49 @@ pub fn disk_count_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
     dir.join(format!("{name}-{}.disks", crate::output::hex(id)))
 }
 
+/// Where a capture keeps what identifies the disk its unfinished generation
+/// reads (`crate::source::identity`), beside its key: one line, `generation G
+/// source HEX`. The medium records the source only by name, and a name can
+/// point at another disk between a stop and a resume.
+pub fn source_identity_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
+    dir.join(format!("{name}-{}.source", crate::output::hex(id)))
+}
+
+/// The identity recorded for generation `generation` of capture `id`, if
+/// this key cache recorded one (a capture resumed on another host, or begun
+/// by an older release, has none).
+pub fn recorded_source_identity(
+    dir: &Path,
+    name: &str,
+    id: &[u8; 16],
+    generation: u32,
+) -> Option<String> {
+    let text = fs::read_to_string(source_identity_file(dir, name, id)).ok()?;
+    text.trim()
+        .strip_prefix(&format!("generation {generation} source "))
+        .map(str::to_string)
+}
+
+/// Records `identity` for generation `generation` of capture `id`.
+pub fn record_source_identity(
+    dir: &Path,
+    name: &str,
+    id: &[u8; 16],
+    generation: u32,
+    identity: &[u8; 32],
+) -> crate::Result<()> {
+    let path = source_identity_file(dir, name, id);
+    image_format::private::replace(
+        &path,
+        format!(
+            "generation {generation} source {}\n",
+            crate::output::hex(identity)
+        )
+        .as_bytes(),
+    )
+    .with_context(|| format!("recording the source's identity in {}", path.display()))
+}
+
 /// Removes `NAME-*.key.*.new` in `dir`: what a run killed while writing a
 /// key cache file of capture `name` leaves (the file is written under that
 /// name, synced, then renamed). Best effort: a leftover is only clutter.
@@ -572,8 +615,9 @@ pub fn keys(request: Request) -> crate::Result<i32> {
             for k in &chosen {
                 fs::remove_file(&k.path)
                     .with_context(|| format!("removing {}", k.path.display()))?;
-                // A set's disk count goes with its key.
+                // A set's disk count and the source's identity go with its key.
                 let _ = fs::remove_file(k.path.with_extension("disks"));
+                let _ = fs::remove_file(k.path.with_extension("source"));
             }
             for id in ids {
                 let names: Vec<&str> = chosen

@@ -80,6 +80,36 @@ pub trait Source: Send {
     }
 }
 
+/// The leading bytes of a disk that say which disk it is, for a resume.
+const IDENTITY_BYTES: usize = 1024;
+
+/// A digest of what tells the disk behind `source` from another across a stop
+/// and a resume: its first KiB, where a partitioned disk keeps its MBR (with its
+/// disk signature) and GPT header (with its disk GUID) and LVM its label, which
+/// a running machine does not rewrite; the file systems that start at byte 0 of
+/// a bare volume keep only boot code there, except XFS, whose superblock
+/// (counters rewritten while it runs) and free-space header fill those
+/// sectors: for it only its magic and UUID count. A disk shorter than a KiB is
+/// taken whole.
+pub fn identity(source: &mut dyn Source) -> crate::Result<[u8; 32]> {
+    let len = source.len().min(IDENTITY_BYTES as u64) as usize;
+    let mut head = vec![0u8; len];
+    source.read_exact_at(0, &mut head)?;
+    Ok(identity_of(&head))
+}
+
+/// [`identity`] of a disk's first bytes.
+fn identity_of(head: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    if head.len() >= 48 && &head[..4] == b"XFSB" {
+        h.update(b"xfs");
+        h.update(&head[32..48]);
+    } else {
+        h.update(head);
+    }
+    *h.finalize().as_bytes()
+}
+
 /// Positional reads from many threads at once.
 pub trait ConcurrentRead: Send + Sync {
     /// As [`Source::read_exact_at`].
@@ -363,6 +393,31 @@ impl Source for FileSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disk_is_told_by_its_partition_table_and_xfs_by_its_uuid_alone() {
+        let mut mbr = vec![0u8; 1024];
+        mbr[440..444].copy_from_slice(&[1, 2, 3, 4]);
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        let mut other = mbr.clone();
+        other[440] = 9;
+        assert_ne!(identity_of(&mbr), identity_of(&other), "disk signature");
+        let mut gpt = mbr.clone();
+        gpt[512 + 56] ^= 1; // the GPT header's disk GUID
+        assert_ne!(identity_of(&mbr), identity_of(&gpt));
+        // XFS rewrites its counters and free-space header while mounted: the
+        // same file system, not another disk.
+        let mut xfs = vec![0u8; 1024];
+        xfs[..4].copy_from_slice(b"XFSB");
+        xfs[32..48].copy_from_slice(&[7; 16]);
+        let mut busy = xfs.clone();
+        busy[128] = 1; // sb_icount
+        busy[600] = 1; // the AGF
+        assert_eq!(identity_of(&xfs), identity_of(&busy));
+        let mut another = xfs.clone();
+        another[40] = 8;
+        assert_ne!(identity_of(&xfs), identity_of(&another));
+    }
 
     #[test]
     fn character_devices_fifos_and_directories_are_refused_by_name() {

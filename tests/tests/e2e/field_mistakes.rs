@@ -21,7 +21,9 @@
 //!   regular file, and a mounted `dev:` was written and then overwritten by
 //!   the kernel;
 //! - a second ingest into a volume another was writing finished it under
-//!   the first one's feet.
+//!   the first one's feet;
+//! - a capture resumed after its source path came to name another disk of
+//!   the same size joined the two disks, and ingest verified the result.
 
 use std::fs;
 use std::path::Path;
@@ -1245,5 +1247,67 @@ fn a_refused_ingest_leaves_another_ingests_partial_as_it_was() {
     assert_eq!(
         fs::read(e.p("vol.raw")).unwrap(),
         fs::read(e.p("big.raw")).unwrap()
+    );
+}
+
+/// A resume reads on from the source as named now, and the medium records only that name.
+/// Another disk of the same size put at the path between the stop and the resume was read on
+/// from: the generation joined two disks, and ingest verified the mix bit for bit against
+/// what was captured. The resume is refused (exit 2, the medium untouched) and the way on
+/// named; the disk it started from then resumes and ingests bit for bit. A disk repartitioned
+/// in between (its disk signature rewritten) resumes with `--same-source`, the operator's word.
+#[test]
+fn a_resume_from_another_disk_at_the_same_path_is_refused() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 6 << 20, 41);
+    fs::create_dir(e.p("m")).unwrap();
+    let line = e.capture("dir:m", "web01").source("disk.raw");
+    line.killed_after("2MiB/s", 1500);
+    fs::rename(e.p("disk.raw"), e.p("first.raw")).unwrap();
+    random_disk(&e.p("disk.raw"), 6 << 20, 42);
+    let before = tree(&e.p("m"));
+    let o = line.run();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("it is another disk, and resuming would join two disks into one")
+            && text.contains("`mgear capture --abort --medium dir:m --name web01`"),
+        "{text}"
+    );
+    assert!(
+        tree(&e.p("m")) == before,
+        "the refused resume changed the medium"
+    );
+    fs::rename(e.p("disk.raw"), e.p("other.raw")).unwrap();
+    fs::rename(e.p("first.raw"), e.p("disk.raw")).unwrap();
+    assert!(output_text(&line.ok()).contains("resumed"));
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:out.raw")
+        .ok();
+    assert_eq!(
+        Sha256::digest(fs::read(e.p("out.raw")).unwrap()),
+        Sha256::digest(fs::read(e.p("disk.raw")).unwrap())
+    );
+
+    // Repartitioned between the stop and the resume: refused as well, and resumed on the
+    // operator's word; what was captured before the stop keeps the old partition table.
+    let second = e.capture("dir:m", "web02").source("other.raw");
+    second.killed_after("2MiB/s", 1500);
+    let mut disk = fs::read(e.p("other.raw")).unwrap();
+    let captured = disk.clone();
+    disk[440..444].copy_from_slice(b"NEW!");
+    fs::write(e.p("other.raw"), &disk).unwrap();
+    assert_eq!(second.run().status.code(), Some(2));
+    let o = second.clone().arg("--same-source").ok();
+    assert!(output_text(&o).contains("resumed"), "{}", output_text(&o));
+    e.ingest("dir:m", "web02")
+        .untrusted()
+        .target("file:out2.raw")
+        .ok();
+    assert_eq!(
+        Sha256::digest(fs::read(e.p("out2.raw")).unwrap()),
+        Sha256::digest(&captured)
     );
 }

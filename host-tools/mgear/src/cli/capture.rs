@@ -106,6 +106,13 @@ pub struct Args {
     /// Capture even when the sampled estimate says the medium is too small.
     #[arg(long)]
     pub skip_space_check: bool,
+    /// Resume an unfinished capture even though its source no longer starts with the
+    /// bytes it started with (its partition table): only for the same disk,
+    /// repartitioned since. Without it such a resume is refused, as the source is then
+    /// most likely another disk (a file replaced, a device or NBD export that now
+    /// serves another disk) and resuming would join two disks into one.
+    #[arg(long)]
+    pub same_source: bool,
     /// Checkpoint after this much data stored on the medium, or 16 times as
     /// much source progress (zeros, dedup): a checkpoint costs three fsyncs,
     /// which zero regions should not pay every 64 MiB (tests use small values).
@@ -157,6 +164,7 @@ impl Cli {
             no_dedup_across_disks: a.no_dedup_across_disks,
             dedup_across_machines: a.dedup_across_machines,
             skip_space_check: a.skip_space_check,
+            same_source: a.same_source,
             checkpoint_bytes,
             passphrase_work_factor: a.passphrase_work_factor,
             span_total: None,
