@@ -311,7 +311,7 @@ fn verify_set_into<S: Store + ?Sized>(store: &mut S, name: &str, cx: &mut Ctx<'_
                 for (at, what) in set::check_set(store, &f)? {
                     cx.problem(at, what);
                 }
-                verify_commit(store, name, g, &mut *cx)?;
+                verify_commit(store, name, g, None, &mut *cx)?;
             }
             Ok(None) => cx.problem(
                 at,
@@ -456,7 +456,9 @@ fn verify_capture_into<S: Store + ?Sized>(
     if slots == 0 {
         cx.problem(
             cap.clone(),
-            "no key slot (KEYS or KEYPASS): nothing can ever decrypt this capture",
+            "no key slot (KEYS or KEYPASS): nothing can ever decrypt this capture (as a \
+             crypto-erase or a PIN lockout of the appliance leaves it: `mgear appliance info` \
+             says)",
         );
     }
     // A directory that is no generation (`G3`, `g0002.old`): what it holds
@@ -525,14 +527,22 @@ fn verify_capture_into<S: Store + ?Sized>(
                 alloc::format!("delta parent generation {} is missing", m.parent),
             );
         }
-        if m.incompat & layout::INCOMPAT_KEY_SLOTS != 0 {
-            check_key_slots(store, name, g, &m.key_slots, cx)?;
-        }
+        // Slots that differ from the MANIFEST's record are reported once, here; the COMMIT
+        // is then checked against that record (it binds the same digests), not against the
+        // slots on the medium, which would report the same change a second time.
+        let slots_changed = m.incompat & layout::INCOMPAT_KEY_SLOTS != 0
+            && check_key_slots(store, name, g, &m.key_slots, cx)?;
         verify_index(store, name, &m, cx)?;
         for (at, what) in crate::peers::check_peers(store, name, &m)? {
             cx.problem(at, what);
         }
-        verify_commit(store, name, g, &mut *cx)?;
+        verify_commit(
+            store,
+            name,
+            g,
+            slots_changed.then_some(&m.key_slots),
+            &mut *cx,
+        )?;
         let records = cx.records;
         for (s, d) in m.segments.iter().enumerate().filter(|_| records) {
             verify_segment(store, name, g, s as u32, &m.capture_id, m.incompat, d, cx)?;
@@ -557,18 +567,27 @@ fn verify_capture_into<S: Store + ?Sized>(
 /// policy): framing, match with the manifest and key slots, signatures.
 /// The key slots are what generation `g`'s MANIFEST recorded when it was finished
 /// ([`layout::INCOMPAT_KEY_SLOTS`]): a slot changed since (damaged on the medium, or replaced)
-/// opens under no key, and the capture with it, whatever else verifies.
+/// opens under no key, and the capture with it, whatever else verifies. Whether one did.
 fn check_key_slots<S: Store + ?Sized>(
     store: &mut S,
     name: &str,
     g: u32,
     recorded: &[[u8; 32]; 2],
     cx: &mut Ctx<'_>,
-) -> Result<()> {
+) -> Result<bool> {
     let dir = layout::capture_dir(name);
-    for (file, want) in [KEYS_FILE, KEYPASS_FILE].into_iter().zip(recorded) {
+    let now = [
+        medium::key_slot_digest(store, name, KEYS_FILE)?,
+        medium::key_slot_digest(store, name, KEYPASS_FILE)?,
+    ];
+    if now == [None, None] {
+        // No slot at all (what an appliance's erase or PIN lockout leaves) is said once for
+        // the capture, by `verify_into`.
+        return Ok(*recorded != [[0u8; 32]; 2]);
+    }
+    let mut changed = false;
+    for ((file, want), now) in [KEYS_FILE, KEYPASS_FILE].into_iter().zip(recorded).zip(now) {
         let at = Location::capture(name).file(&alloc::format!("{dir}/{file}"));
-        let now = medium::key_slot_digest(store, name, file)?;
         let what = match (now, *want == [0u8; 32]) {
             (None, true) => continue,
             (Some(d), false) if d == *want => continue,
@@ -576,6 +595,7 @@ fn check_key_slots<S: Store + ?Sized>(
             (Some(_), true) => "was added after the capture",
             (Some(_), false) => "is damaged or was replaced",
         };
+        changed = true;
         cx.problem(
             at,
             alloc::format!(
@@ -585,13 +605,16 @@ fn check_key_slots<S: Store + ?Sized>(
             ),
         );
     }
-    Ok(())
+    Ok(changed)
 }
 
+/// `slots`: the key-slot digests the generation's MANIFEST recorded, given when the slots
+/// on the medium differ from them (already reported): the COMMIT must bind those.
 fn verify_commit<S: Store + ?Sized>(
     store: &mut S,
     name: &str,
     generation: u32,
+    slots: Option<&[[u8; 32]; 2]>,
     cx: &mut Ctx<'_>,
 ) -> Result<()> {
     let path = commit::commit_path(name, generation);
@@ -605,7 +628,11 @@ fn verify_commit<S: Store + ?Sized>(
         }
         Err(e) => return Err(e),
     };
-    if let Some(expected) = commit::expected_commit(store, name, generation)? {
+    if let Some(mut expected) = commit::expected_commit(store, name, generation)? {
+        if let Some([keys, keypass]) = slots {
+            expected.keys_hash = *keys;
+            expected.keypass_hash = *keypass;
+        }
         if let Some(what) = commit::check_commit(&file, &expected) {
             cx.problem(at, what);
         }
@@ -973,7 +1000,8 @@ pub struct GenerationInfo {
     pub stored_chunks: u64,
     pub zero_chunks: u64,
     pub dedup_chunks: u64,
-    /// Bytes of records this generation wrote.
+    /// Bytes of records this generation wrote (an unfinished one: its segments up to the
+    /// last checkpoint, headers included).
     pub stored_bytes: u64,
     pub segments: u32,
     pub created_unix: u64,
@@ -1163,6 +1191,15 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
                         state: GenerationState::Unfinished {
                             next_chunk: j.next_chunk,
                         },
+                        // What is durable so far: the segments up to the checkpoint.
+                        stored_bytes: {
+                            let mut n = j.open_len;
+                            for s in 0..j.closed_segments {
+                                let p = layout::segment_path(&name, g, s);
+                                n += store.len(&p).at(&p)?.unwrap_or(0);
+                            }
+                            n
+                        },
                         parent: (j.parent != 0).then_some(j.parent),
                         chunk_size: j.chunk_size,
                         disk_size: j.source_size,
@@ -1311,6 +1348,50 @@ mod tests {
             p.contains(path) && p.contains("key slot KEYS is damaged"),
             "{p}"
         );
+        // Signed (a COMMIT binds the slots too): the same change is reported once, as the
+        // slot's, not a second time against the COMMIT.
+        let expected = crate::commit::expected_commit(&mut store, "web01", 1)
+            .unwrap()
+            .unwrap();
+        let recorded = crate::commit::Commit {
+            keys_hash: blake3::hash(&{
+                let mut o = b.clone();
+                o[last] ^= 1;
+                o
+            })
+            .into(),
+            ..expected
+        };
+        crate::commit::write_commit(
+            &mut store,
+            &crate::commit::CommitFile {
+                commit: recorded,
+                signatures: Vec::new(),
+            },
+        )
+        .unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(
+            r.problems[0]
+                .to_string()
+                .contains("key slot KEYS is damaged"),
+            "{:?}",
+            r.problems
+        );
+        // All slots gone, as an erase leaves them: said once, as such.
+        store.remove_file(path).unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(
+            r.problems[0]
+                .to_string()
+                .contains("no key slot (KEYS or KEYPASS)")
+                && r.problems[0].to_string().contains("crypto-erase"),
+            "{:?}",
+            r.problems
+        );
+        store.write_at(path, 0, &b).unwrap();
         // A KEYPASS planted beside it is named too.
         store
             .write_at("MGEAR/web01/KEYPASS", 0, b"age-encryption.org/v1\n")
