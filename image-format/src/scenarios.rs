@@ -863,6 +863,12 @@ fn tampered_manifest_and_index_are_caught() {
     let e =
         CaptureReader::open(&mut g.store, "web01", None, &Unlock::Key(f.key.clone())).unwrap_err();
     assert!(e.to_string().contains("INDEX"), "{e}");
+    // A flipped byte in its header: one finding (the header's), not also the hash's.
+    g.store.file_mut(ipath).unwrap()[n - 20] ^= 1;
+    g.store.file_mut(ipath).unwrap()[20] ^= 1;
+    let problems = keyless(&mut g.store).problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].at.file_range.is_some(), "{problems:?}");
 }
 
 #[test]

@@ -171,6 +171,9 @@ impl Ctx<'_> {
     fn problem(&mut self, at: Location, what: impl Into<String>) {
         self.report.problem(self.obs, at, what);
     }
+    fn problem_count(&self) -> usize {
+        self.report.problems.len()
+    }
 }
 
 /// The problems the keyless verifier finds on `store`, as text (tests).
@@ -665,6 +668,8 @@ fn verify_index<S: Store + ?Sized>(
         return Ok(());
     }
     store.read_exact_at(&path, 0, &mut head).at(&path)?;
+    // One finding per INDEX: a damaged header is also a hash mismatch, not a second problem.
+    let before = cx.problem_count();
     match IndexHeader::decode(&head) {
         Err(w) => cx.problem(at.clone().bytes(0..INDEX_HEADER_LEN as u64), w),
         Ok(h) => {
@@ -681,6 +686,7 @@ fn verify_index<S: Store + ?Sized>(
             }
         }
     }
+    let header_bad = cx.problem_count() != before;
     let mut h = blake3::Hasher::new();
     let mut buf = core::mem::take(&mut cx.buf);
     medium::stream(store, &path, 0, len, &mut buf, |b| {
@@ -688,7 +694,7 @@ fn verify_index<S: Store + ?Sized>(
     })?;
     cx.buf = buf;
     cx.advance(len);
-    if h.finalize().as_bytes() != &m.index_hash {
+    if h.finalize().as_bytes() != &m.index_hash && !header_bad {
         cx.problem(at, "INDEX contents do not match the manifest's hash");
     }
     Ok(())

@@ -152,20 +152,30 @@ pub fn explain_wrong_key(
 }
 
 /// `problems` with each said once: the same place and finding (whatever disk range one of
-/// them names) kept at its first place, as the one that names the disk range.
+/// them names) kept at its first place, as the one that names the disk range. A whole file
+/// (an INDEX, a MANIFEST: no record in it named) is one finding, whatever words each pass
+/// found for it: the first is kept.
 fn said_once(problems: Vec<image_format::Problem>) -> Vec<image_format::Problem> {
     let mut at: std::collections::HashMap<String, usize> = Default::default();
     let mut out: Vec<image_format::Problem> = Vec::with_capacity(problems.len());
     for p in problems {
         let mut place = p.at.clone();
         place.disk_range = None;
+        let whole_file = place.file.is_some() && place.segment.is_none() && place.record.is_none();
+        if whole_file {
+            place.file_range = None;
+        }
         let key = image_format::Problem {
             at: place,
-            what: p.what.clone(),
+            what: if whole_file {
+                String::new()
+            } else {
+                p.what.clone()
+            },
         }
         .to_string();
         match at.get(&key) {
-            Some(&i) if out[i].at.disk_range.is_none() => out[i] = p,
+            Some(&i) if !whole_file && out[i].at.disk_range.is_none() => out[i] = p,
             Some(_) => {}
             None => {
                 at.insert(key, out.len());
@@ -699,6 +709,32 @@ mod tests {
                 p(&rec, "another finding"),
             ]
         );
+    }
+
+    /// A damaged INDEX: the structure pass names its header (with the byte range), the
+    /// decrypting pass its hash, in other words: one finding, the first.
+    #[test]
+    fn a_damaged_file_both_passes_find_is_one_finding() {
+        use image_format::{Location, Problem};
+        let index = Location::capture("a")
+            .generation(1)
+            .file("MGEAR/a/G0001/INDEX");
+        let header = Problem {
+            at: index.clone().bytes(0..108),
+            what: "index header CRC mismatch".into(),
+        };
+        let hash = Problem {
+            at: index.clone(),
+            what: "INDEX does not match the manifest's hash (replaced or damaged)".into(),
+        };
+        let manifest = Problem {
+            at: Location::capture("a")
+                .generation(1)
+                .file("MGEAR/a/G0001/MANIFEST"),
+            what: "damaged".into(),
+        };
+        let out = said_once(vec![header.clone(), manifest.clone(), hash]);
+        assert_eq!(out, vec![header, manifest]);
     }
 
     #[test]
