@@ -646,6 +646,19 @@ impl<S: Store> CaptureWriter<S> {
         self.resume_from
     }
 
+    /// Whether `plaintext`, chunk `index` as the source reads now, is the chunk this
+    /// generation recorded there before it stopped (`index` below
+    /// [`resume_from`](Self::resume_from)): by its keyed id. `None` where that tells
+    /// nothing: a chunk not recorded, or recorded as all zeros.
+    pub fn stored_matches(&self, index: u64, plaintext: &[u8]) -> Option<bool> {
+        match self.entries.get(usize::try_from(index).ok()?)? {
+            IndexEntry::Stored(l) => {
+                Some(encode::chunk_id(&self.keys.chunk_id, plaintext) == l.chunk_id)
+            }
+            IndexEntry::Zero { .. } => None,
+        }
+    }
+
     /// The generation being written.
     pub fn generation(&self) -> u32 {
         self.generation

@@ -826,9 +826,9 @@ fn check_same_disk(
     Err(crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
-            "capture {} generation {generation} is unfinished, and its source {} no longer \
-             starts with the bytes it started with when the generation began (its first KiB: \
-             the partition table, or a bare file system's label): it is another disk, and \
+            "capture {} generation {generation} is unfinished, and its source {} is no longer \
+             named as it was when the generation began (its partition table and labels, or the \
+             UUID of a file system on the bare disk): it is another disk, and \
              resuming would join two disks into one. Give the disk the generation was started \
              from to resume it, or remove the unfinished generation with `{abort}` and capture \
              this disk again. Only if it is the same disk, repartitioned since, does \
@@ -839,6 +839,69 @@ fn check_same_disk(
         format!("give the disk it was started from, or `{abort}`"),
     ))
 }
+
+/// A resumed generation whose source has nothing at its start that names it
+/// (`crate::source::Identity::named`: an unpartitioned data disk) is checked by
+/// content instead: up to [`SAMPLE_CHUNKS`] chunks stored before the stop,
+/// spread over what was captured, are read from the source again and compared
+/// by keyed id. Another disk matches none of them; the same disk, running,
+/// changes a few. Refused when none matches (the resume has only closed the
+/// stopped run's last segment, which a later resume takes as it is).
+fn check_stored_sample<S: image_format::Store>(
+    writer: &CaptureWriter<S>,
+    source: &mut dyn crate::source::Source,
+    args: &Plan,
+) -> crate::Result<()> {
+    let done = writer.resume_from();
+    let size = source.len();
+    let chunk = u64::from(args.chunk_size);
+    let (mut checked, mut matched) = (0, 0);
+    let mut buf = Vec::new();
+    // Evenly spread candidates; chunks recorded as zeros tell nothing and are skipped.
+    let candidates = done.min(8 * SAMPLE_CHUNKS);
+    for i in 0..candidates {
+        if checked == SAMPLE_CHUNKS {
+            break;
+        }
+        let index = i * done / candidates;
+        let at = index * chunk;
+        buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
+        if writer.stored_matches(index, &[]).is_none() {
+            continue;
+        }
+        source.read_exact_at(at, &mut buf)?;
+        if let Some(same) = writer.stored_matches(index, &buf) {
+            checked += 1;
+            matched += u64::from(same);
+        }
+    }
+    if checked == 0 || matched > 0 {
+        return Ok(());
+    }
+    let abort = format!(
+        "mgear capture --abort {} --name {}",
+        args.medium.as_args(),
+        image_format::set::owner(&args.name)
+    );
+    Err(crate::exit::coded_hint(
+        crate::exit::USAGE,
+        format!(
+            "capture {} generation {} is unfinished, and none of the {checked} chunks it stored \
+             before it stopped that were read again from its source {} reads as it did: it is \
+             another disk, and resuming would join two disks into one. Give the disk the \
+             generation was started from to resume it, or remove the unfinished generation with \
+             `{abort}` and capture this disk again. Only if it is the same disk, rewritten since, \
+             does --same-source resume it anyway",
+            args.name,
+            writer.generation(),
+            args.source.as_deref().unwrap_or("given"),
+        ),
+        format!("give the disk it was started from, or `{abort}`"),
+    ))
+}
+
+/// How many stored chunks [`check_stored_sample`] compares at most.
+const SAMPLE_CHUNKS: u64 = 8;
 
 /// `capture --dry-run`: the plan, nothing written (the medium is opened read-only).
 fn dry_run(args: &Plan) -> crate::Result<i32> {
@@ -1266,7 +1329,7 @@ fn preflight(
     if kind == "resume" && resume_from > 0 && !args.same_source {
         if let Some(id) = image_format::capture_id(store, &args.name)? {
             let cache_dir = key_cache_dir(args.key_cache.clone())?;
-            let now = crate::source::identity(source)?;
+            let now = crate::source::identity(source)?.digest;
             check_same_disk(args, &cache_dir, &id, generation, &now)?;
         }
     }
@@ -1908,8 +1971,11 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 &args.name,
                 &id,
                 writer.generation(),
-                &source_identity,
+                &source_identity.digest,
             )?;
+        }
+        if writer.resume_from() > 0 && !source_identity.named && !args.same_source {
+            check_stored_sample(&writer, &mut *source, args)?;
         }
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
         if fresh_id != Some(id) {

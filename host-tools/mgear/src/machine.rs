@@ -356,8 +356,8 @@ fn state(
                 };
                 return Err(usage(format!(
                     "disk {k} of set {name} generation {generation} is already captured from {}, \
-                     but --source number {} is {}: give the disks in the order the set was \
-                     captured in (disk 0 first), from the same directory, {or}",
+                     but the --source given for disk {k} (--source number {}) is {}: give the \
+                     disks in the order the set was captured in (disk 0 first), {or}",
                     g.source_desc,
                     k + 1,
                     sources[k],
@@ -627,24 +627,30 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
             "--dry-run of a set is `capture --dry-run` with every --source (crate::capture::dry_run_set)",
         ));
     }
-    if !args.skip_space_check {
-        // Every disk together, before the first is written: a set that cannot
-        // fit is refused whole rather than failing on its last disk.
-        let plan = capture::plan_set(args, sources)?;
-        crate::preflight::check_space(plan.needed, plan.medium_free)?;
-    }
     let mut facts: Vec<SetDisk> = sources.iter().map(|s| disk_facts(s)).collect();
     // The machine boots from its first bootable disk.
     if let Some(d) = facts.iter_mut().find(|d| d.bios_boot || d.efi_boot) {
         d.boot = true;
     }
-    let (st, shared) = {
+    // The set's own checks (disk order) first: a disk given in the wrong place is named
+    // as such, not as another disk by that disk's resume check in the plan below.
+    let st = {
         let mut ro = args.medium.open_before_capture()?;
-        let r = (|| {
-            let st = state(ro.store(), args, sources)?;
-            let shared = shared_key(ro.store(), args, st.capture_id)?;
-            Ok::<_, crate::Error>((st, shared))
-        })();
+        let r = state(ro.store(), args, sources);
+        let closed = ro.close();
+        let r = r?;
+        closed?;
+        r
+    };
+    if !args.skip_space_check {
+        // Every disk together, before the first is written (or a key cached): a set
+        // that cannot fit is refused whole rather than failing on its last disk.
+        let plan = capture::plan_set(args, sources)?;
+        crate::preflight::check_space(plan.needed, plan.medium_free)?;
+    }
+    let shared = {
+        let mut ro = args.medium.open_before_capture()?;
+        let r = shared_key(ro.store(), args, st.capture_id);
         let closed = ro.close();
         let r = r?;
         closed?;

@@ -80,18 +80,31 @@ pub trait Source: Send {
     }
 }
 
-/// The leading bytes of a disk that say which disk it is, for a resume.
-const IDENTITY_BYTES: usize = 1024;
+/// How much of a disk's start [`identity`] reads: up to the btrfs superblock
+/// (64 KiB) and its fsid.
+const IDENTITY_BYTES: usize = 64 * 1024 + 4096;
 
-/// A digest of what tells the disk behind `source` from another across a stop
-/// and a resume: its first KiB, where a partitioned disk keeps its MBR (with its
-/// disk signature) and GPT header (with its disk GUID) and LVM its label, which
-/// a running machine does not rewrite; the file systems that start at byte 0 of
-/// a bare volume keep only boot code there, except XFS, whose superblock
-/// (counters rewritten while it runs) and free-space header fill those
-/// sectors: for it only its magic and UUID count. A disk shorter than a KiB is
-/// taken whole.
-pub fn identity(source: &mut dyn Source) -> crate::Result<[u8; 32]> {
+/// What tells the disk behind a source from another across a stop and a resume
+/// ([`identity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// A digest of the disk's naming bytes.
+    pub digest: [u8; 32],
+    /// Whether those bytes name it: a partition table, a label or a file system's
+    /// UUID was found. A disk that starts with a KiB of zeros and no file system
+    /// known here (an unpartitioned data disk) is not told apart by them; the
+    /// capture then compares chunks it stored with the source instead.
+    pub named: bool,
+}
+
+/// What names the disk behind `source`: its first KiB, where a partitioned disk
+/// keeps its MBR (with its disk signature) and GPT header (with its disk GUID),
+/// and LVM, LUKS and NTFS their labels, which a running machine does not
+/// rewrite; and the UUID of a file system made on the bare disk (ext2/3/4,
+/// swap, btrfs: their superblocks lie past the first KiB, which they leave
+/// zero). XFS keeps its superblock (counters rewritten while it runs) and
+/// free-space header in the first KiB: for it only its UUID counts.
+pub fn identity(source: &mut dyn Source) -> crate::Result<Identity> {
     let len = source.len().min(IDENTITY_BYTES as u64) as usize;
     let mut head = vec![0u8; len];
     source.read_exact_at(0, &mut head)?;
@@ -99,15 +112,41 @@ pub fn identity(source: &mut dyn Source) -> crate::Result<[u8; 32]> {
 }
 
 /// [`identity`] of a disk's first bytes.
-fn identity_of(head: &[u8]) -> [u8; 32] {
+fn identity_of(head: &[u8]) -> Identity {
+    let at = |from: usize, len: usize| head.get(from..from + len);
     let mut h = blake3::Hasher::new();
-    if head.len() >= 48 && &head[..4] == b"XFSB" {
-        h.update(b"xfs");
-        h.update(&head[32..48]);
+    let mut named = false;
+    if at(0, 4) == Some(b"XFSB") {
+        if let Some(uuid) = at(32, 16) {
+            h.update(b"xfs");
+            h.update(uuid);
+            named = true;
+        }
     } else {
-        h.update(head);
+        let first = &head[..head.len().min(1024)];
+        h.update(first);
+        named = first.iter().any(|&b| b != 0);
     }
-    *h.finalize().as_bytes()
+    // (name, magic offset, magic, UUID offset): the superblocks of file systems
+    // made on a whole disk whose first KiB is zeros.
+    const SUPERBLOCKS: [(&[u8], usize, &[u8], usize); 3] = [
+        (b"ext", 1024 + 56, &[0x53, 0xef], 1024 + 104),
+        (b"swap", 4096 - 10, b"SWAPSPACE2", 1024 + 12),
+        (b"btrfs", 65536 + 64, b"_BHRfS_M", 65536 + 32),
+    ];
+    for (fs, magic_at, magic, uuid_at) in SUPERBLOCKS {
+        if let (Some(m), Some(uuid)) = (at(magic_at, magic.len()), at(uuid_at, 16)) {
+            if m == magic {
+                h.update(fs);
+                h.update(uuid);
+                named = true;
+            }
+        }
+    }
+    Identity {
+        digest: *h.finalize().as_bytes(),
+        named,
+    }
 }
 
 /// Positional reads from many threads at once.
@@ -396,15 +435,17 @@ mod tests {
 
     #[test]
     fn a_disk_is_told_by_its_partition_table_and_xfs_by_its_uuid_alone() {
+        let id = |b: &[u8]| identity_of(b).digest;
         let mut mbr = vec![0u8; 1024];
         mbr[440..444].copy_from_slice(&[1, 2, 3, 4]);
         mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        assert!(identity_of(&mbr).named);
         let mut other = mbr.clone();
         other[440] = 9;
-        assert_ne!(identity_of(&mbr), identity_of(&other), "disk signature");
+        assert_ne!(id(&mbr), id(&other), "disk signature");
         let mut gpt = mbr.clone();
         gpt[512 + 56] ^= 1; // the GPT header's disk GUID
-        assert_ne!(identity_of(&mbr), identity_of(&gpt));
+        assert_ne!(id(&mbr), id(&gpt));
         // XFS rewrites its counters and free-space header while mounted: the
         // same file system, not another disk.
         let mut xfs = vec![0u8; 1024];
@@ -413,10 +454,44 @@ mod tests {
         let mut busy = xfs.clone();
         busy[128] = 1; // sb_icount
         busy[600] = 1; // the AGF
-        assert_eq!(identity_of(&xfs), identity_of(&busy));
+        assert_eq!(id(&xfs), id(&busy));
         let mut another = xfs.clone();
         another[40] = 8;
-        assert_ne!(identity_of(&xfs), identity_of(&another));
+        assert_ne!(id(&xfs), id(&another));
+    }
+
+    /// ext4, swap and btrfs made on a bare disk leave its first KiB zero: their UUIDs
+    /// name it. A disk with nothing known at its start is not named.
+    #[test]
+    fn bare_file_systems_are_told_by_their_uuids() {
+        let blank = vec![0u8; IDENTITY_BYTES];
+        assert!(!identity_of(&blank).named);
+        let mut ext = blank.clone();
+        ext[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+        ext[1024 + 104..1024 + 120].copy_from_slice(&[1; 16]);
+        let mut ext2 = ext.clone();
+        ext2[1024 + 110] = 2;
+        let mut busy = ext.clone();
+        busy[1024 + 12] = 5; // s_free_blocks_count changes as it runs
+        assert!(identity_of(&ext).named);
+        assert_ne!(identity_of(&ext).digest, identity_of(&ext2).digest);
+        assert_eq!(identity_of(&ext).digest, identity_of(&busy).digest);
+        let mut swap = blank.clone();
+        swap[4086..4096].copy_from_slice(b"SWAPSPACE2");
+        swap[1036..1052].copy_from_slice(&[3; 16]);
+        let mut swap2 = swap.clone();
+        swap2[1040] = 4;
+        assert!(identity_of(&swap).named);
+        assert_ne!(identity_of(&swap).digest, identity_of(&swap2).digest);
+        let mut btrfs = blank.clone();
+        btrfs[65536 + 64..65536 + 72].copy_from_slice(b"_BHRfS_M");
+        btrfs[65536 + 32..65536 + 48].copy_from_slice(&[9; 16]);
+        let mut btrfs2 = btrfs.clone();
+        btrfs2[65536 + 33] = 1;
+        assert!(identity_of(&btrfs).named);
+        assert_ne!(identity_of(&btrfs).digest, identity_of(&btrfs2).digest);
+        // A disk shorter than what is read is named by what it has.
+        assert!(!identity_of(&[0u8; 100]).named);
     }
 
     #[test]

@@ -1311,3 +1311,85 @@ fn a_resume_from_another_disk_at_the_same_path_is_refused() {
         Sha256::digest(&captured)
     );
 }
+
+/// Disks with nothing at their first KiB: a file system made on the bare disk (ext4 keeps
+/// its UUID past it) and an unpartitioned data disk (told apart by the chunks the stopped
+/// run stored, read again). Another such disk at the same path is refused as well; the same
+/// disk resumes. A set given with its disks swapped is told so, not that a disk is another.
+#[test]
+fn a_resume_from_another_bare_disk_or_a_swapped_set_is_refused() {
+    let e = Env::new();
+    e.keygen();
+    fs::create_dir(e.p("m")).unwrap();
+    // ext4 on the whole disk (its first KiB zeros), random data after the superblocks.
+    let ext = |name: &str, seed: u64| {
+        random_disk(&e.p(name), 12 << 20, seed);
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", &e.s(name)])
+            .status()
+            .expect("mkfs.ext4 (Debian: e2fsprogs)");
+        assert!(st.success());
+        let mut d = fs::read(e.p(name)).unwrap();
+        assert!(d[..1024].iter().all(|&b| b == 0));
+        let mut tail = vec![0u8; 10 << 20];
+        rand::rngs::SmallRng::seed_from_u64(seed + 100).fill_bytes(&mut tail);
+        d[2 << 20..].copy_from_slice(&tail);
+        fs::write(e.p(name), d).unwrap();
+    };
+    // Zeros, then data: no partition table, no file system.
+    let data = |name: &str, seed: u64| {
+        random_disk(&e.p(name), 12 << 20, seed);
+        let mut d = fs::read(e.p(name)).unwrap();
+        d[..64 << 10].fill(0);
+        fs::write(e.p(name), d).unwrap();
+    };
+    for (kind, first, second) in [("ext4", "e1.raw", "e2.raw"), ("data", "d1.raw", "d2.raw")] {
+        if kind == "ext4" {
+            ext(first, 51);
+            ext(second, 52);
+        } else {
+            data(first, 53);
+            data(second, 54);
+        }
+        fs::copy(e.p(first), e.p("src.raw")).unwrap();
+        let line = e.capture("dir:m", kind).source("src.raw");
+        line.killed_after("2MiB/s", 2500);
+        fs::copy(e.p(second), e.p("src.raw")).unwrap();
+        let o = line.run();
+        let text = output_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{kind}: {text}");
+        assert!(
+            text.contains("it is another disk, and resuming would join two disks into one"),
+            "{kind}: {text}"
+        );
+        fs::copy(e.p(first), e.p("src.raw")).unwrap();
+        assert!(output_text(&line.ok()).contains("resumed"), "{kind}");
+        e.ingest("dir:m", kind)
+            .untrusted()
+            .target(&format!("file:{kind}.out"))
+            .ok();
+        assert_eq!(
+            Sha256::digest(fs::read(e.p(&format!("{kind}.out"))).unwrap()),
+            Sha256::digest(fs::read(e.p(first)).unwrap()),
+            "{kind}"
+        );
+    }
+
+    // A set stopped in its second disk, re-run with the disks swapped.
+    random_disk(&e.p("s0.raw"), 3 << 20, 55);
+    random_disk(&e.p("s1.raw"), 6 << 20, 56);
+    let set = e.capture("dir:m", "db").sources(&["s0.raw", "s1.raw"]);
+    set.killed_after("2MiB/s", 2500);
+    let o = e
+        .capture("dir:m", "db")
+        .sources(&["s1.raw", "s0.raw"])
+        .run();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("disk 0 of set db generation 1 is already captured from")
+            && text.contains("give the disks in the order the set was captured in"),
+        "{text}"
+    );
+    set.ok();
+}
