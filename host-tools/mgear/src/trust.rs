@@ -377,7 +377,14 @@ pub fn check_generation(
         )),
         Some(f) => {
             if let Some(what) = commit::check_commit(f, &expected) {
-                return Err(refuse(format!("capture {name} generation {g}: {what}")));
+                // Not a question of what was pinned: the medium is not what was signed.
+                return Err(crate::exit::coded_hint(
+                    FOUND,
+                    format!("capture {name} generation {g}: {what}"),
+                    "nothing was installed: the medium is not what was signed (damaged, erased \
+                     or altered since); `mgear verify` lists what differs. Ingest from another \
+                     copy of the shipment, or ask the capture site for it again",
+                ));
             }
             for s in &f.signatures {
                 let fp = sitekey::fingerprint(&s.public_key);

@@ -396,10 +396,20 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 // Nothing to decrypt is a finding of the medium (as keyless verify says), not a
                 // usage error that stops the other captures: no generation at all (a capture
                 // stopped at its start), or only unfinished ones.
-                let gens = captures
+                let info = captures.iter().find(|c| c.name == n);
+                let gens = info.map(|c| c.generations.as_slice());
+                // No key slot at all (erased): the structure pass said so; no key opens it.
+                if info.is_some_and(|c| !c.recipient_slot && !c.passphrase_slot)
+                    && report.problems.iter().any(|p| p.at.capture == n)
+                {
+                    continue;
+                }
+                let damaged: Vec<String> = gens
+                    .unwrap_or_default()
                     .iter()
-                    .find(|c| c.name == n)
-                    .map(|c| c.generations.as_slice());
+                    .filter(|g| matches!(g.state, image_format::GenerationState::Damaged(_)))
+                    .map(|g| g.generation.to_string())
+                    .collect();
                 let nothing = match gens {
                     Some([]) => Some(format!(
                         "holds no generation (a capture stopped at its start leaves this): \
@@ -410,11 +420,24 @@ fn verify(args: Plan) -> crate::Result<i32> {
                             && g.iter()
                                 .all(|g| g.state != image_format::GenerationState::Complete) =>
                     {
-                        Some(format!(
-                            "has no finished generation: resume its capture with the same \
-                             command, or remove it with `mgear capture --abort --name {}`",
-                            image_format::set::owner(&n)
-                        ))
+                        Some(if damaged.is_empty() {
+                            format!(
+                                "has no finished generation: resume its capture with the same \
+                                 command, or remove it with `mgear capture --abort --name {}`",
+                                image_format::set::owner(&n)
+                            )
+                        } else {
+                            // A damaged generation was finished once: never resumed or aborted.
+                            format!(
+                                "has no generation that can be decrypted and checked: generation \
+                                 {} is damaged (above); do not ingest it: ask for another copy of \
+                                 the shipment, or capture again after `mgear medium rm --name {} \
+                                 --generation {} --force`",
+                                damaged.join(", "),
+                                image_format::set::owner(&n),
+                                damaged[damaged.len() - 1],
+                            )
+                        })
                     }
                     _ => None,
                 };
