@@ -285,6 +285,9 @@ impl<T: Store + ?Sized> Store for &mut T {
         (**self).locate(path, offset, len)
     }
     // `close` keeps the default: a borrowed store is closed by its owner.
+    fn settled(&mut self) {
+        (**self).settled()
+    }
     fn span(&self) -> Option<&dyn crate::span::SpanView> {
         (**self).span()
     }
@@ -337,6 +340,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn close(self: Box<Self>) -> Result<(), StoreError> {
         T::close(*self)
+    }
+    fn settled(&mut self) {
+        (**self).settled()
     }
     fn span(&self) -> Option<&dyn crate::span::SpanView> {
         (**self).span()

@@ -1253,6 +1253,13 @@ impl<M: Store> Store for SpanStore<M> {
         first
     }
 
+    /// Every member: what an interrupted run left is taken care of on all of them.
+    fn settled(&mut self) {
+        for a in &mut self.media {
+            a.store.settled();
+        }
+    }
+
     fn span(&self) -> Option<&dyn SpanView> {
         Some(self)
     }

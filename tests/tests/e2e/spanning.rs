@@ -297,6 +297,27 @@ fn fsck_clean(e: &Env, img: &str) {
     assert!(o.status.success(), "fsck.fat {img}: {}", output_text(&o));
 }
 
+/// A span killed part-way and resumed: every medium is left clean (`fsck.fat -n`); the
+/// resume cleared the kill's dirty flag on the first medium only (single media were fine).
+#[test]
+fn a_span_killed_and_resumed_leaves_every_medium_clean() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), noise(48 << 20, 77)).unwrap();
+    let (a, b) = (e.fat("a.img", "36MiB"), e.fat("b.img", "36MiB"));
+    let line = Line::capture(&e, "sp")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .args(&["--skip-space-check", "--no-compress"]);
+    line.killed_after("16MiB/s", 2500);
+    line.ok();
+    fsck_clean(&e, "a.img");
+    fsck_clean(&e, "b.img");
+    assert_eq!(ingest_sp(&e, &[&a, &b]).status.code(), Some(0));
+    same_file(&e.p("out.raw"), &e.p("disk.raw"));
+}
+
 /// "Medium full: re-run with one more --medium" failed every time when the
 /// full medium had not one byte left (joining wrote the span's map onto it
 /// before the capture's uncommitted tail was cut back), left a 0-byte
