@@ -565,6 +565,13 @@ fn verify_capture_into<S: Store + ?Sized>(
     Ok(())
 }
 
+/// What [`list_captures`] says of a generation directory with neither MANIFEST nor
+/// journal and no sign it was ever finished: a capture cut off at its very start, not
+/// damaged data (no reader could use anything in it).
+pub const CUT_OFF_AT_START: &str = "cut off at its start (no MANIFEST, no valid journal): \
+     nothing in it to read or resume; the same capture command starts it over, and `mgear \
+     medium fsck --repair` removes it";
+
 /// A generation's COMMIT, when it has one (older captures have none, which
 /// is not a problem here: whether a signature is required is the target's
 /// policy): framing, match with the manifest and key slots, signatures.
@@ -1214,7 +1221,7 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
                         ..blank
                     },
                     (None, None) => GenerationInfo {
-                        state: GenerationState::Damaged("no manifest and no valid journal".into()),
+                        state: GenerationState::Damaged(CUT_OFF_AT_START.into()),
                         ..blank
                     },
                 },

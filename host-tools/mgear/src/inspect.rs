@@ -52,7 +52,7 @@ pub struct GenJson {
     pub state: &'static str,
     /// For unfinished generations: chunks durable so far.
     pub next_chunk: Option<u64>,
-    /// For damaged generations: why.
+    /// For damaged generations: why; for an unfinished one cut off at its start, that.
     pub damage: Option<String>,
     pub parent: Option<u32>,
     pub chunk_size: u32,
@@ -335,6 +335,12 @@ fn medium_json(
                             image_format::GenerationState::Unfinished { next_chunk } => {
                                 ("unfinished", Some(next_chunk), None)
                             }
+                            // Nothing in it, not damaged data: what verify and fsck call it.
+                            image_format::GenerationState::Damaged(why)
+                                if why == image_format::CUT_OFF_AT_START =>
+                            {
+                                ("unfinished", Some(0), Some(why))
+                            }
                             image_format::GenerationState::Damaged(why) => {
                                 ("damaged", None, Some(why))
                             }
@@ -470,7 +476,15 @@ fn print_medium(report: &MediumJson) {
         .into_iter()
         .flatten()
         .collect();
-        say!("capture {} (key slots: {})", c.name, slots.join(", "));
+        say!(
+            "capture {} (key slots: {})",
+            c.name,
+            if slots.is_empty() {
+                "none: nothing can decrypt it".to_string()
+            } else {
+                slots.join(", ")
+            }
+        );
         for g in &c.generations {
             say!("{}", generation_line(g));
             if !g.borrows_from.is_empty() {
@@ -488,6 +502,7 @@ fn print_medium(report: &MediumJson) {
 /// until its manifest is written.
 fn generation_line(g: &GenJson) -> String {
     let state = match (g.state, g.next_chunk, &g.damage) {
+        ("unfinished", _, Some(w)) => format!("unfinished, {w}"),
         ("unfinished", Some(n), _) => format!("unfinished at chunk {n}/{}", g.chunk_count),
         ("damaged", _, Some(w)) => format!("DAMAGED: {w}"),
         (s, _, _) => s.to_owned(),

@@ -407,7 +407,10 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 let damaged: Vec<String> = gens
                     .unwrap_or_default()
                     .iter()
-                    .filter(|g| matches!(g.state, image_format::GenerationState::Damaged(_)))
+                    .filter(|g| {
+                        matches!(&g.state, image_format::GenerationState::Damaged(w)
+                            if w != image_format::CUT_OFF_AT_START)
+                    })
                     .map(|g| g.generation.to_string())
                     .collect();
                 let nothing = match gens {

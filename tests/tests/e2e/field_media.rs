@@ -680,3 +680,86 @@ fn an_image_whose_host_file_system_fills_is_not_called_a_full_medium() {
     );
     assert!(!said.contains("medium full"), "{said}");
 }
+
+/// What each command says of a medium someone changed agrees (a new-user round found them
+/// telling three stories): an empty generation directory is an unfinished generation cut
+/// off at its start for `inspect` as for `verify` and `medium fsck` (not DAMAGED, which
+/// nothing may remove); a finished generation whose MANIFEST was damaged is damaged for the
+/// decrypting verify too (it advised a resume and an abort, both refused); a capture whose
+/// key slots were removed is a finding of the keyed verify (exit 1 with its summary, not a
+/// usage error), and ingest does not send the operator to check the pins.
+#[test]
+fn inspect_verify_and_ingest_agree_on_a_changed_medium() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 4, 61);
+    fs::create_dir(e.p("m")).unwrap();
+    for name in ["a", "b", "c"] {
+        e.capture("dir:m", name)
+            .source("disk.raw")
+            .sign("site.key")
+            .ok();
+    }
+    // a: an empty G0002 beside its finished G0001.
+    fs::create_dir(e.p("m/MGEAR/a/G0002")).unwrap();
+    let i = text(&e.run(&["inspect", "--medium", "dir:m"]));
+    assert!(
+        i.contains("G0002 unfinished, cut off at its start") && !i.contains("G0002 DAMAGED"),
+        "{i}"
+    );
+    let v = text(&e.run(&["verify", "--medium", "dir:m", "--name", "a"]));
+    assert!(v.contains("cut off at its start"), "{v}");
+    fs::remove_dir(e.p("m/MGEAR/a/G0002")).unwrap();
+    // b: a byte of its MANIFEST flipped.
+    let mf = e.p("m/MGEAR/b/G0001/MANIFEST");
+    let mut bytes = fs::read(&mf).unwrap();
+    bytes[200] ^= 0xff;
+    fs::write(&mf, bytes).unwrap();
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:m",
+        "--name",
+        "b",
+        "--identity",
+        "target.key",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("generation 1 is damaged") && !text(&o).contains("resume its capture"),
+        "{}",
+        text(&o)
+    );
+    // c: its key slot removed.
+    fs::remove_file(e.p("m/MGEAR/c/KEYS")).unwrap();
+    let i = text(&e.run(&["inspect", "--medium", "dir:m"]));
+    assert!(i.contains("capture c (key slots: none"), "{i}");
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:m",
+        "--name",
+        "c",
+        "--identity",
+        "target.key",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        out(&o).contains("FAILED") && out(&o).contains("no key slot"),
+        "{}",
+        text(&o)
+    );
+    let o = e
+        .ingest("dir:m", "c")
+        .trust("site.pub")
+        .target("file:c.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("key slots are gone")
+            && text(&o).contains("another copy of the shipment")
+            && !text(&o).contains("check those against the capture receipt"),
+        "{}",
+        text(&o)
+    );
+}
