@@ -518,21 +518,23 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         );
         progress::line("disk size", r.disk_size);
         progress::line("written", r.bytes_written);
-        println!(
-            "  {:<14} {} chunks, {} zero (not written){}",
-            "chunks",
-            r.chunks,
-            r.zero_chunks,
-            if r.resumed_chunks > 0 {
-                // The zero count is of the chunks this run went through.
-                format!(
-                    " of those this run went through, {} done before resume",
-                    r.resumed_chunks
-                )
-            } else {
-                String::new()
-            }
-        );
+        if r.resumed_chunks > 0 {
+            // The zero count is of the chunks this run went through.
+            println!(
+                "  {:<14} {} chunks: {} done before the resume, {} this run ({} of them zero, \
+                 not written)",
+                "chunks",
+                r.chunks,
+                r.resumed_chunks,
+                r.chunks.saturating_sub(r.resumed_chunks),
+                r.zero_chunks,
+            );
+        } else {
+            println!(
+                "  {:<14} {} chunks, {} zero (not written)",
+                "chunks", r.chunks, r.zero_chunks
+            );
+        }
         println!(
             "  {:<14} {:>10.1} MB/s ({:.1} s)",
             "speed", r.mb_per_s, r.seconds

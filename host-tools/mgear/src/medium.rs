@@ -1013,7 +1013,10 @@ impl Gaps {
                 self.given,
                 match written {
                     // A re-run with the same media: an earlier run wrote what they hold.
-                    0 => "what those hold is already written".to_string(),
+                    // Or the media given hold none of this disk (a set's disk on the others).
+                    0 => "nothing more of it could be written from them (what they hold of it, \
+                          if anything, an earlier run wrote)"
+                        .to_string(),
                     n => format!("wrote the {n} chunk(s) those hold"),
                 },
                 self.lines(reader, &need),

@@ -1201,7 +1201,10 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
 
 fn print_fsck(r: &FsckReport, repair: bool) {
     if r.findings.is_empty() {
-        println!("{}: no leftovers", r.medium);
+        println!(
+            "{}: no leftovers (the captures' data is not read here: `mgear verify` checks it)",
+            r.medium
+        );
     }
     for f in &r.findings {
         let tag = if f.repaired {

@@ -398,12 +398,6 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 // stopped at its start), or only unfinished ones.
                 let info = captures.iter().find(|c| c.name == n);
                 let gens = info.map(|c| c.generations.as_slice());
-                // No key slot at all (erased): the structure pass said so; no key opens it.
-                if info.is_some_and(|c| !c.recipient_slot && !c.passphrase_slot)
-                    && report.problems.iter().any(|p| p.at.capture == n)
-                {
-                    continue;
-                }
                 let damaged: Vec<String> = gens
                     .unwrap_or_default()
                     .iter()
@@ -449,6 +443,12 @@ fn verify(args: Plan) -> crate::Result<i32> {
                         at: image_format::Location::capture(&n),
                         what,
                     });
+                    continue;
+                }
+                // No key slot at all (erased): the structure pass said so; no key opens it.
+                if info.is_some_and(|c| !c.recipient_slot && !c.passphrase_slot)
+                    && report.problems.iter().any(|p| p.at.capture == n)
+                {
                     continue;
                 }
                 let r =

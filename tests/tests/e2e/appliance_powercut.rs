@@ -187,8 +187,8 @@ fn appliance_power_lost_under_ingest_is_an_io_error_and_the_ingest_resumes() {
         .run();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("(not written) of those this run went through, ")
-            && text(&out.stdout).contains("done before resume"),
+        text(&out.stdout).contains(" done before the resume, ")
+            && text(&out.stdout).contains(" this run ("),
         "{}",
         text(&out.stdout)
     );
