@@ -2709,16 +2709,22 @@ mod tests {
     }
 
     impl Gated {
-        fn hold_first(&self, limit: usize) {
+        fn hold_first(&self, limit: usize, at_least: usize) {
             let Ok(mut st) = self.state.lock() else {
                 return;
             };
             st.1 = true;
+            let held = Instant::now();
             let mut quiet_since = Instant::now();
             let mut seen = st.0;
             // Released when nothing new started for 300 ms (the pipeline is
-            // stalled on this chunk, as it must be) or past `limit` reads.
-            while st.0 <= limit && quiet_since.elapsed() < Duration::from_millis(300) {
+            // stalled on this chunk, as it must be) or past `limit` reads; not
+            // before `at_least` reads started unless 20 s went by (a loaded
+            // machine schedules the other workers late, not never).
+            while st.0 <= limit
+                && (quiet_since.elapsed() < Duration::from_millis(300)
+                    || (st.0 < at_least && held.elapsed() < Duration::from_secs(20)))
+            {
                 let Ok((g, _)) = self.moved.wait_timeout(st, Duration::from_millis(20)) else {
                     return;
                 };
@@ -2735,7 +2741,8 @@ mod tests {
     impl crate::source::ConcurrentRead for Gated {
         fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
             if offset == 0 {
-                self.hold_first(usize::MAX / 2);
+                // The test runs 4 workers: the 3 others must get to read.
+                self.hold_first(usize::MAX / 2, 3);
             } else if let Ok(mut st) = self.state.lock() {
                 if st.1 {
                     st.0 += 1;
