@@ -340,6 +340,24 @@ impl<'a> Cinder<'a> {
     /// Refused, with what to do: two volumes carrying the identity, a found volume that is
     /// smaller than the disk, or one attached to a server (`in-use`: a booted machine is not
     /// written under its feet).
+    /// Every volume of this project named exactly `name` (Cinder's `name` filter; names are
+    /// not unique in Cinder).
+    pub fn named(&self, name: &str) -> Result<Vec<Volume>> {
+        let path = format!("/volumes/detail?name={}", percent_encode(name));
+        let body = self.call("GET", &path, None)?;
+        let vols: Vec<Volume> = body
+            .get("volumes")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| CloudError::BadResponse {
+                what: format!("GET {path}"),
+                detail: format!("volumes: {e}"),
+            })?
+            .unwrap_or_default();
+        Ok(vols.into_iter().filter(|v| v.name == name).collect())
+    }
+
     pub fn ensure_volume(&self, want: &VolumeFor, deadline: Duration) -> Result<Ensured> {
         let identity = want.identity();
         let size_gib = gib_for(want.size_bytes);
@@ -769,6 +787,24 @@ mod tests {
             generation: 3,
             manifest_root: "ab".into(),
         }
+    }
+
+    #[test]
+    fn named_asks_for_the_name_and_keeps_exact_matches() {
+        let mut other = vol("v2", "available", json!({}));
+        other["name"] = json!("web01-old");
+        let srv = TestServer::start(vec![Canned::json(
+            200,
+            json!({"volumes": [vol("v1", "available", json!({})), other]}),
+        )]);
+        let s = session(&srv.url());
+        let got = Cinder::new(&s).named("web01").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, "v1");
+        assert_eq!(
+            srv.requests()[0].path,
+            "/v3/abc123/volumes/detail?name=web01"
+        );
     }
 
     #[test]

@@ -840,42 +840,56 @@ fn check_same_disk(
     ))
 }
 
-/// A resumed generation whose source has nothing at its start that names it
-/// (`crate::source::Identity::named`: an unpartitioned data disk) is checked by
-/// content instead: up to [`SAMPLE_CHUNKS`] chunks stored before the stop,
-/// spread over what was captured, are read from the source again and compared
-/// by keyed id. Another disk matches none of them; the same disk, running,
-/// changes a few. Refused when none matches (the resume has only closed the
-/// stopped run's last segment, which a later resume takes as it is).
+/// A resumed generation reads on from its source as named now: besides its labels
+/// (`check_same_disk`, before anything is written), the chunks it stored before the
+/// stop are compared with the source by keyed id: up to [`SAMPLE_CHUNKS`] of them
+/// (at most [`SAMPLE_BYTES`] read), spread over what was captured, chunk 0 left out
+/// (its labels were compared; two disks made alike share it). The same disk, running,
+/// changes some; another disk with the same partition table (`sfdisk -d | sfdisk`) or
+/// the same first chunks matches few or none. A disk with labels must match at least
+/// one, a disk without them one in sixteen plus one. Refused otherwise: the resume has
+/// only closed the stopped run's last segment, which a later resume takes as it is.
 fn check_stored_sample<S: image_format::Store>(
     writer: &CaptureWriter<S>,
     source: &mut dyn crate::source::Source,
     args: &Plan,
+    named: bool,
 ) -> crate::Result<()> {
     let done = writer.resume_from();
     let size = source.len();
     let chunk = u64::from(args.chunk_size);
-    let (mut checked, mut matched) = (0, 0);
+    let want = (SAMPLE_BYTES / chunk).clamp(4, SAMPLE_CHUNKS);
+    let (mut checked, mut matched) = (0u64, 0u64);
     let mut buf = Vec::new();
-    // Evenly spread candidates; chunks recorded as zeros tell nothing and are skipped.
-    let candidates = done.min(8 * SAMPLE_CHUNKS);
-    for i in 0..candidates {
-        if checked == SAMPLE_CHUNKS {
-            break;
-        }
-        let index = i * done / candidates;
+    // Evenly spread over chunks 1..done, one in each share: the first stored as data
+    // there (chunks recorded as zeros tell nothing).
+    let span = done.saturating_sub(1);
+    let shares = want.min(span);
+    for k in 0..shares {
+        let first = 1 + k * span / shares;
+        let end = 1 + (k + 1) * span / shares;
+        let Some(index) = (first..end).find(|&i| writer.stored_matches(i, &[]).is_some()) else {
+            continue;
+        };
         let at = index * chunk;
         buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
-        if writer.stored_matches(index, &[]).is_none() {
-            continue;
-        }
         source.read_exact_at(at, &mut buf)?;
         if let Some(same) = writer.stored_matches(index, &buf) {
             checked += 1;
             matched += u64::from(same);
         }
     }
-    if checked == 0 || matched > 0 {
+    // Only chunk 0 was stored before the stop: that one, then.
+    if checked == 0 && writer.stored_matches(0, &[]).is_some() {
+        buf.resize(chunk.min(size) as usize, 0);
+        source.read_exact_at(0, &mut buf)?;
+        if let Some(same) = writer.stored_matches(0, &buf) {
+            checked += 1;
+            matched += u64::from(same);
+        }
+    }
+    let needed = if named { 1 } else { 1 + checked / 16 };
+    if checked == 0 || matched >= needed {
         return Ok(());
     }
     let abort = format!(
@@ -886,22 +900,30 @@ fn check_stored_sample<S: image_format::Store>(
     Err(crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
-            "capture {} generation {} is unfinished, and none of the {checked} chunks it stored \
+            "capture {} generation {} is unfinished, and {} of the {checked} chunks it stored \
              before it stopped that were read again from its source {} reads as it did: it is \
-             another disk, and resuming would join two disks into one. Give the disk the \
-             generation was started from to resume it, or remove the unfinished generation with \
-             `{abort}` and capture this disk again. Only if it is the same disk, rewritten since, \
-             does --same-source resume it anyway",
+             another disk, and resuming would join two disks into one (a disk made alike, its \
+             partition table or first chunks copied, is told apart by its data). Give the disk the generation was started from to resume it, or \
+             remove the unfinished generation with `{abort}` and capture this disk again. Only \
+             if it is the same disk, most of it rewritten since, does --same-source resume it \
+             anyway",
             args.name,
             writer.generation(),
+            if matched == 0 {
+                "none".to_string()
+            } else {
+                format!("only {matched}")
+            },
             args.source.as_deref().unwrap_or("given"),
         ),
         format!("give the disk it was started from, or `{abort}`"),
     ))
 }
 
-/// How many stored chunks [`check_stored_sample`] compares at most.
-const SAMPLE_CHUNKS: u64 = 8;
+/// How many stored chunks [`check_stored_sample`] compares at most, and how many bytes
+/// it reads for them at most (large chunks are fewer samples, never fewer than 4).
+const SAMPLE_CHUNKS: u64 = 32;
+const SAMPLE_BYTES: u64 = 64 << 20;
 
 /// `capture --dry-run`: the plan, nothing written (the medium is opened read-only).
 fn dry_run(args: &Plan) -> crate::Result<i32> {
@@ -1974,8 +1996,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 &source_identity.digest,
             )?;
         }
-        if writer.resume_from() > 0 && !source_identity.named && !args.same_source {
-            check_stored_sample(&writer, &mut *source, args)?;
+        if writer.resume_from() > 0 && !args.same_source {
+            check_stored_sample(&writer, &mut *source, args, source_identity.named)?;
         }
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
         if fresh_id != Some(id) {

@@ -139,6 +139,32 @@ pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result
             "found by its capture metadata: resuming into it"
         }
     );
+    if ensured.created {
+        // Cinder names need not be unique, but commands that take one (`openstack volume
+        // show NAME`, `server create --volume NAME`) then refuse it: say so now. Best effort:
+        // a cloud that refuses the lookup only loses the note.
+        let others: Vec<String> = cinder
+            .named(name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.id != volume.id)
+            .map(|v| match v.metadata.get(meta::GENERATION) {
+                Some(g) => format!("{} (generation {g})", v.id),
+                None => v.id,
+            })
+            .collect();
+        if !others.is_empty() {
+            eprintln!(
+                "mgear: note: Cinder already has a volume named {name}: {}. This one is {}, \
+                 under the same name (the others are kept: a machine may run from them); \
+                 commands that take a volume by name need its id now, or name each generation's \
+                 volume apart (--target cinder:{name}-g{})",
+                others.join(", "),
+                volume.id,
+                capture.generation
+            );
+        }
+    }
     let rbd = (|| {
         // Where the backend keeps it; the RBD driver's naming in the pool the operator names
         // when the connection info is kept for admins.

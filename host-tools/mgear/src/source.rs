@@ -80,30 +80,24 @@ pub trait Source: Send {
     }
 }
 
-/// How much of a disk's start [`identity`] reads: up to the btrfs superblock
-/// (64 KiB) and its fsid.
-const IDENTITY_BYTES: usize = 64 * 1024 + 4096;
-
 /// What tells the disk behind a source from another across a stop and a resume
 /// ([`identity`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
-    /// A digest of the disk's naming bytes.
+    /// A digest of the labels that name the disk (the same for a disk with none).
     pub digest: [u8; 32],
-    /// Whether those bytes name it: a partition table, a label or a file system's
-    /// UUID was found. A disk that starts with a KiB of zeros and no file system
-    /// known here (an unpartitioned data disk) is not told apart by them; the
-    /// capture then compares chunks it stored with the source instead.
+    /// Whether a label was found: a partition table, a volume label or a file system's
+    /// UUID. Without one the capture tells disks apart by content alone.
     pub named: bool,
 }
 
-/// What names the disk behind `source`: its first KiB, where a partitioned disk
-/// keeps its MBR (with its disk signature) and GPT header (with its disk GUID),
-/// and LVM, LUKS and NTFS their labels, which a running machine does not
-/// rewrite; and the UUID of a file system made on the bare disk (ext2/3/4,
-/// swap, btrfs: their superblocks lie past the first KiB, which they leave
-/// zero). XFS keeps its superblock (counters rewritten while it runs) and
-/// free-space header in the first KiB: for it only its UUID counts.
+/// The labels that name the disk behind `source`, as written when it was made and
+/// not rewritten while it runs: an MBR's disk signature and partition entries,
+/// a GPT header's disk GUID (512- and 4096-byte sectors), an LVM physical
+/// volume's UUID, a LUKS header's UUID, an NTFS volume serial, and the UUID of an
+/// XFS, ext2/3/4, swap or btrfs file system made on the bare disk. Other bytes at
+/// the start of a disk are data like any other (a bootloader rewrites its code,
+/// an unpartitioned disk its first sector): they are left to the content check.
 pub fn identity(source: &mut dyn Source) -> crate::Result<Identity> {
     let len = source.len().min(IDENTITY_BYTES as u64) as usize;
     let mut head = vec![0u8; len];
@@ -111,34 +105,35 @@ pub fn identity(source: &mut dyn Source) -> crate::Result<Identity> {
     Ok(identity_of(&head))
 }
 
+/// How much of a disk's start [`identity`] reads: up to the btrfs superblock
+/// (64 KiB) and its fsid.
+const IDENTITY_BYTES: usize = 64 * 1024 + 4096;
+
 /// [`identity`] of a disk's first bytes.
 fn identity_of(head: &[u8]) -> Identity {
     let at = |from: usize, len: usize| head.get(from..from + len);
+    // (label, magic offset, magic, offset and length of what names it)
+    type Label = (&'static [u8], usize, &'static [u8], usize, usize);
+    const LABELS: [Label; 10] = [
+        // MBR (and GPT's protective MBR): disk signature and the four entries.
+        (b"mbr", 510, &[0x55, 0xaa], 440, 70),
+        (b"gpt", 512, b"EFI PART", 512 + 56, 16),
+        (b"gpt4k", 4096, b"EFI PART", 4096 + 56, 16),
+        (b"lvm", 512, b"LABELONE", 512 + 32, 32),
+        (b"luks", 0, b"LUKS\xba\xbe", 168, 40),
+        (b"ntfs", 3, b"NTFS    ", 0x48, 8),
+        (b"xfs", 0, b"XFSB", 32, 16),
+        (b"ext", 1024 + 56, &[0x53, 0xef], 1024 + 104, 16),
+        (b"swap", 4096 - 10, b"SWAPSPACE2", 1024 + 12, 16),
+        (b"btrfs", 65536 + 64, b"_BHRfS_M", 65536 + 32, 16),
+    ];
     let mut h = blake3::Hasher::new();
     let mut named = false;
-    if at(0, 4) == Some(b"XFSB") {
-        if let Some(uuid) = at(32, 16) {
-            h.update(b"xfs");
-            h.update(uuid);
-            named = true;
-        }
-    } else {
-        let first = &head[..head.len().min(1024)];
-        h.update(first);
-        named = first.iter().any(|&b| b != 0);
-    }
-    // (name, magic offset, magic, UUID offset): the superblocks of file systems
-    // made on a whole disk whose first KiB is zeros.
-    const SUPERBLOCKS: [(&[u8], usize, &[u8], usize); 3] = [
-        (b"ext", 1024 + 56, &[0x53, 0xef], 1024 + 104),
-        (b"swap", 4096 - 10, b"SWAPSPACE2", 1024 + 12),
-        (b"btrfs", 65536 + 64, b"_BHRfS_M", 65536 + 32),
-    ];
-    for (fs, magic_at, magic, uuid_at) in SUPERBLOCKS {
-        if let (Some(m), Some(uuid)) = (at(magic_at, magic.len()), at(uuid_at, 16)) {
+    for (label, magic_at, magic, id_at, id_len) in LABELS {
+        if let (Some(m), Some(id)) = (at(magic_at, magic.len()), at(id_at, id_len)) {
             if m == magic {
-                h.update(fs);
-                h.update(uuid);
+                h.update(label);
+                h.update(id);
                 named = true;
             }
         }
@@ -434,21 +429,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_disk_is_told_by_its_partition_table_and_xfs_by_its_uuid_alone() {
+    fn a_disk_is_named_by_its_labels_not_by_the_code_or_data_around_them() {
         let id = |b: &[u8]| identity_of(b).digest;
-        let mut mbr = vec![0u8; 1024];
+        let mut mbr = vec![0u8; IDENTITY_BYTES];
         mbr[440..444].copy_from_slice(&[1, 2, 3, 4]);
+        mbr[446] = 0x80; // a partition entry
         mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
         assert!(identity_of(&mbr).named);
         let mut other = mbr.clone();
         other[440] = 9;
         assert_ne!(id(&mbr), id(&other), "disk signature");
+        // Boot code and the sectors after it (GRUB's core image) are rewritten by a
+        // bootloader update: the same disk.
+        let mut grub = mbr.clone();
+        grub[10] = 7;
+        grub[2048] = 7;
+        assert_eq!(id(&mbr), id(&grub));
         let mut gpt = mbr.clone();
-        gpt[512 + 56] ^= 1; // the GPT header's disk GUID
-        assert_ne!(id(&mbr), id(&gpt));
-        // XFS rewrites its counters and free-space header while mounted: the
-        // same file system, not another disk.
-        let mut xfs = vec![0u8; 1024];
+        gpt[512..520].copy_from_slice(b"EFI PART");
+        let mut gpt2 = gpt.clone();
+        gpt2[512 + 60] = 1; // the disk GUID
+        assert_ne!(id(&gpt), id(&gpt2));
+        // XFS rewrites its counters and free-space header while mounted.
+        let mut xfs = vec![0u8; IDENTITY_BYTES];
         xfs[..4].copy_from_slice(b"XFSB");
         xfs[32..48].copy_from_slice(&[7; 16]);
         let mut busy = xfs.clone();
@@ -458,10 +461,16 @@ mod tests {
         let mut another = xfs.clone();
         another[40] = 8;
         assert_ne!(id(&xfs), id(&another));
+        // Data at the start of an unpartitioned disk names nothing.
+        let mut data = vec![0u8; IDENTITY_BYTES];
+        data[..1024].fill(0x5a);
+        assert!(!identity_of(&data).named);
+        data[..1024].fill(0xa5);
+        assert_eq!(id(&data), id(&vec![0u8; IDENTITY_BYTES]));
     }
 
     /// ext4, swap and btrfs made on a bare disk leave its first KiB zero: their UUIDs
-    /// name it. A disk with nothing known at its start is not named.
+    /// name it.
     #[test]
     fn bare_file_systems_are_told_by_their_uuids() {
         let blank = vec![0u8; IDENTITY_BYTES];

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mgear_cloud::cinder::meta;
 use mgear_cloud::{
-    boot_from_volume, Auth, Cinder, CloudError, Nova, NovaBootSpec, Session, VolumeFor,
+    boot_from_volume, Auth, Cinder, CloudError, NewVolume, Nova, NovaBootSpec, Session, VolumeFor,
 };
 use mgear_tests::{output_text, Env, Line};
 
@@ -866,6 +866,50 @@ fn a_new_volume_ceph_cannot_be_reached_for_is_deleted_again() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// A name another volume already has (Cinder allows it; commands that take a name then
+/// refuse it): the ingest's new volume gets it too, and a note names the other one and
+/// how to tell them apart.
+#[test]
+fn a_name_another_volume_has_is_noted() {
+    let Some(lab) = Lab::from_env() else { return };
+    let session = lab.session();
+    let cinder = Cinder::new(&session);
+    let name = format!("taken-{}", unique());
+    let other = cinder
+        .create(&NewVolume {
+            name: name.clone(),
+            size_gib: 1,
+            volume_type: None,
+            metadata: Default::default(),
+            availability_zone: None,
+        })
+        .unwrap();
+    let e = Env::new();
+    std::fs::write(e.p("disk.raw"), vec![7u8; 4 << 20]).unwrap();
+    e.keygen();
+    std::fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    // Ceph out of reach: the new volume is deleted again after the note.
+    std::fs::write(e.p("empty.conf"), "").unwrap();
+    let mut c = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target(&format!("cinder:{name}"))
+        .command();
+    c.envs(lab.vars.iter()).env("CEPH_CONF", e.p("empty.conf"));
+    let o = c.output().unwrap();
+    let text = output_text(&o);
+    let _ = cinder.delete(&other.id);
+    assert!(
+        text.contains(&format!(
+            "Cinder already has a volume named {name}: {}",
+            other.id
+        )) && text.contains(&format!("--target cinder:{name}-g1")),
+        "{text}"
+    );
 }
 
 /// `--force` into an RBD image another client has open (here `qemu-io`, a QEMU as a running

@@ -73,7 +73,8 @@ fn ingest_outputs_are_private() {
     assert_eq!(mode(&e.p("vol.raw")), 0o600, "decrypted volume");
     assert_eq!(mode(&e.p("state/mgear/ingest")), 0o700, "ingest state dir");
     assert_eq!(mode(&e.p("state/mgear/keys")), 0o700, "key cache dir");
-    // One file per capture id: web01-<capture id>.key.
+    // One key per capture id, web01-<capture id>.key, and beside it what names the
+    // source for a resume (.source).
     let cached: Vec<_> = fs::read_dir(e.p("state/mgear/keys"))
         .unwrap()
         .map(|f| f.unwrap().path())
@@ -84,8 +85,18 @@ fn ingest_outputs_are_private() {
                 .starts_with("web01-")
         })
         .collect();
-    assert_eq!(cached.len(), 1, "{cached:?}");
-    assert_eq!(mode(&cached[0]), 0o600, "key cache");
+    let of = |ext: &str| {
+        cached
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("key").len(), 1, "{cached:?}");
+    assert_eq!(of("source").len(), 1, "{cached:?}");
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    for p in &cached {
+        assert_eq!(mode(p), 0o600, "key cache {}", p.display());
+    }
 }
 
 #[test]

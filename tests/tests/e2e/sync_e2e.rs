@@ -63,6 +63,7 @@ fn key_file(dir: &Path, name: &str) -> PathBuf {
                 .unwrap()
                 .to_string_lossy()
                 .starts_with(&format!("{name}-"))
+                && p.extension().is_some_and(|x| x == "key")
         })
         .collect();
     assert_eq!(found.len(), 1, "{found:?}");

@@ -106,11 +106,12 @@ pub struct Args {
     /// Capture even when the sampled estimate says the medium is too small.
     #[arg(long)]
     pub skip_space_check: bool,
-    /// Resume an unfinished capture even though its source no longer starts with the
-    /// bytes it started with (its partition table): only for the same disk,
-    /// repartitioned since. Without it such a resume is refused, as the source is then
-    /// most likely another disk (a file replaced, a device or NBD export that now
-    /// serves another disk) and resuming would join two disks into one.
+    /// Resume an unfinished capture even though its source no longer carries the labels
+    /// it had (partition table, file system UUID) or most chunks stored before the stop
+    /// read otherwise now: only for the same disk, repartitioned or mostly rewritten
+    /// since. Without it such a resume is refused, as the source is then most likely
+    /// another disk (a file replaced, a device or NBD export that now serves another
+    /// disk) and resuming would join two disks into one.
     #[arg(long)]
     pub same_source: bool,
     /// Checkpoint after this much data stored on the medium, or 16 times as
