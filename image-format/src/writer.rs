@@ -646,6 +646,15 @@ impl<S: Store> CaptureWriter<S> {
         self.resume_from
     }
 
+    /// Whether chunk `index` was recorded as stored data (not as zeros) before the stop
+    /// ([`stored_matches`](Self::stored_matches) can tell it apart).
+    pub fn is_stored(&self, index: u64) -> bool {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.entries.get(i))
+            .is_some_and(|e| matches!(e, IndexEntry::Stored(_)))
+    }
+
     /// Whether `plaintext`, chunk `index` as the source reads now, is the chunk this
     /// generation recorded there before it stopped (`index` below
     /// [`resume_from`](Self::resume_from)): by its keyed id. `None` where that tells

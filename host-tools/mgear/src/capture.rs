@@ -137,8 +137,9 @@ pub struct Plan {
     pub span_total: Option<u64>,
     /// Capture even when the sampled estimate says the medium is too small.
     pub skip_space_check: bool,
-    /// Resume even though the source's first KiB differs from when the unfinished
-    /// generation began (`check_same_disk`): the operator vouches it is the same disk.
+    /// Resume even though the source's labels, or the chunks stored before the stop,
+    /// differ from what the unfinished generation read (`check_same_disk`,
+    /// `check_stored_sample`): the operator vouches it is the same disk.
     pub same_source: bool,
     /// Check the source against this target readiness profile before it ships (`mgear boot
     /// --check-profile` names the profiles): what would fail at the target is said, as
@@ -818,26 +819,38 @@ fn check_same_disk(
     if then == hex(now) {
         return Ok(());
     }
+    Err(another_disk(
+        args,
+        generation,
+        format!(
+            "its source {} is no longer named as it was when the generation began (its \
+             partition table and labels, or the UUID of a file system on the bare disk)",
+            args.source.as_deref().unwrap_or("given")
+        ),
+        "repartitioned",
+    ))
+}
+
+/// The refusal of a resume from another disk: what told it apart (`why`), the ways
+/// on, and when `--same-source` is right (the same disk, `changed` since).
+fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> crate::Error {
     let abort = format!(
         "mgear capture --abort {} --name {}",
         args.medium.as_args(),
         image_format::set::owner(&args.name)
     );
-    Err(crate::exit::coded_hint(
+    crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
-            "capture {} generation {generation} is unfinished, and its source {} is no longer \
-             named as it was when the generation began (its partition table and labels, or the \
-             UUID of a file system on the bare disk): it is another disk, and \
-             resuming would join two disks into one. Give the disk the generation was started \
-             from to resume it, or remove the unfinished generation with `{abort}` and capture \
-             this disk again. Only if it is the same disk, repartitioned since, does \
+            "capture {} generation {generation} is unfinished, and {why}: it is another disk, \
+             and resuming would join two disks into one. Give the disk the generation was \
+             started from to resume it, or remove the unfinished generation with `{abort}` and \
+             capture this disk again. Only if it is the same disk, {changed} since, does \
              --same-source resume it anyway",
             args.name,
-            args.source.as_deref().unwrap_or("given"),
         ),
         format!("give the disk it was started from, or `{abort}`"),
-    ))
+    )
 }
 
 /// A resumed generation reads on from its source as named now: besides its labels
@@ -859,56 +872,42 @@ fn check_stored_sample<S: image_format::Store>(
     let size = source.len();
     let chunk = u64::from(args.chunk_size);
     let want = (SAMPLE_BYTES / chunk).clamp(4, SAMPLE_CHUNKS);
-    let (mut checked, mut matched) = (0u64, 0u64);
     let mut buf = Vec::new();
+    // Chunk `index` read again: whether it reads as stored (`None`: nothing to compare).
+    let mut probe = |index: u64| -> crate::Result<Option<bool>> {
+        let at = index * chunk;
+        buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
+        source.read_exact_at(at, &mut buf)?;
+        Ok(writer.stored_matches(index, &buf))
+    };
+    let mut found = Vec::new();
     // Evenly spread over chunks 1..done, one in each share: the first stored as data
     // there (chunks recorded as zeros tell nothing).
     let span = done.saturating_sub(1);
     let shares = want.min(span);
     for k in 0..shares {
-        let first = 1 + k * span / shares;
-        let end = 1 + (k + 1) * span / shares;
-        let Some(index) = (first..end).find(|&i| writer.stored_matches(i, &[]).is_some()) else {
-            continue;
-        };
-        let at = index * chunk;
-        buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
-        source.read_exact_at(at, &mut buf)?;
-        if let Some(same) = writer.stored_matches(index, &buf) {
-            checked += 1;
-            matched += u64::from(same);
+        let (first, end) = (1 + k * span / shares, 1 + (k + 1) * span / shares);
+        if let Some(index) = (first..end).find(|&i| writer.is_stored(i)) {
+            found.extend(probe(index)?);
         }
     }
     // Only chunk 0 was stored before the stop: that one, then.
-    if checked == 0 && writer.stored_matches(0, &[]).is_some() {
-        buf.resize(chunk.min(size) as usize, 0);
-        source.read_exact_at(0, &mut buf)?;
-        if let Some(same) = writer.stored_matches(0, &buf) {
-            checked += 1;
-            matched += u64::from(same);
-        }
+    if found.is_empty() && writer.is_stored(0) {
+        found.extend(probe(0)?);
     }
+    let checked = found.len() as u64;
+    let matched = found.iter().filter(|&&same| same).count() as u64;
     let needed = if named { 1 } else { 1 + checked / 16 };
     if checked == 0 || matched >= needed {
         return Ok(());
     }
-    let abort = format!(
-        "mgear capture --abort {} --name {}",
-        args.medium.as_args(),
-        image_format::set::owner(&args.name)
-    );
-    Err(crate::exit::coded_hint(
-        crate::exit::USAGE,
+    Err(another_disk(
+        args,
+        writer.generation(),
         format!(
-            "capture {} generation {} is unfinished, and {} of the {checked} chunks it stored \
-             before it stopped that were read again from its source {} reads as it did: it is \
-             another disk, and resuming would join two disks into one (a disk made alike, its \
-             partition table or first chunks copied, is told apart by its data). Give the disk the generation was started from to resume it, or \
-             remove the unfinished generation with `{abort}` and capture this disk again. Only \
-             if it is the same disk, most of it rewritten since, does --same-source resume it \
-             anyway",
-            args.name,
-            writer.generation(),
+            "{} of the {checked} chunks it stored before it stopped that were read again from \
+             its source {} reads as it did (a disk made alike, its partition table or first \
+             chunks copied, is told apart by its data)",
             if matched == 0 {
                 "none".to_string()
             } else {
@@ -916,7 +915,7 @@ fn check_stored_sample<S: image_format::Store>(
             },
             args.source.as_deref().unwrap_or("given"),
         ),
-        format!("give the disk it was started from, or `{abort}`"),
+        "most of it rewritten",
     ))
 }
 
