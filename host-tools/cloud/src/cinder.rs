@@ -283,9 +283,24 @@ impl<'a> Cinder<'a> {
     /// unknown filter must not hand back someone else's volume.
     pub fn find_by_metadata(&self, wanted: &BTreeMap<String, String>) -> Result<Vec<Volume>> {
         let filter = serde_json::to_string(wanted).unwrap_or_default();
-        let mut path = format!("/volumes/detail?metadata={}", percent_encode(&filter));
+        self.volumes_where(&format!("metadata={}", percent_encode(&filter)), |v| {
+            v.has_metadata(wanted)
+        })
+    }
+
+    /// Every volume of this project named exactly `name` (Cinder's `name` filter, checked
+    /// again here; names are not unique in Cinder).
+    pub fn named(&self, name: &str) -> Result<Vec<Volume>> {
+        self.volumes_where(&format!("name={}", percent_encode(name)), |v| {
+            v.name == name
+        })
+    }
+
+    /// The volumes `GET /volumes/detail?QUERY` lists, every page (`volumes_links`: Cinder
+    /// pages at osapi_max_limit, 1000 by default), those `keep` keeps.
+    fn volumes_where(&self, query: &str, keep: impl Fn(&Volume) -> bool) -> Result<Vec<Volume>> {
+        let mut path = format!("/volumes/detail?{query}");
         let mut found = Vec::new();
-        // Follow `volumes_links` (Cinder pages at osapi_max_limit, 1000 by default).
         for _page in 0..1000 {
             let body = self.call("GET", &path, None)?;
             let vols: Vec<Volume> = body
@@ -301,7 +316,7 @@ impl<'a> Cinder<'a> {
                     what: format!("GET {path}"),
                     detail: "no \"volumes\" in the answer".into(),
                 })?;
-            found.extend(vols.into_iter().filter(|v| v.has_metadata(wanted)));
+            found.extend(vols.into_iter().filter(|v| keep(v)));
             match next_link(&body) {
                 Some(next) => path = next,
                 None => return Ok(found),
@@ -340,24 +355,6 @@ impl<'a> Cinder<'a> {
     /// Refused, with what to do: two volumes carrying the identity, a found volume that is
     /// smaller than the disk, or one attached to a server (`in-use`: a booted machine is not
     /// written under its feet).
-    /// Every volume of this project named exactly `name` (Cinder's `name` filter; names are
-    /// not unique in Cinder).
-    pub fn named(&self, name: &str) -> Result<Vec<Volume>> {
-        let path = format!("/volumes/detail?name={}", percent_encode(name));
-        let body = self.call("GET", &path, None)?;
-        let vols: Vec<Volume> = body
-            .get("volumes")
-            .cloned()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| CloudError::BadResponse {
-                what: format!("GET {path}"),
-                detail: format!("volumes: {e}"),
-            })?
-            .unwrap_or_default();
-        Ok(vols.into_iter().filter(|v| v.name == name).collect())
-    }
-
     pub fn ensure_volume(&self, want: &VolumeFor, deadline: Duration) -> Result<Ensured> {
         let identity = want.identity();
         let size_gib = gib_for(want.size_bytes);

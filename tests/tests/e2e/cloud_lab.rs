@@ -827,6 +827,25 @@ fn a_two_disk_machine_boots_as_one_nova_server_with_both_volumes() {
     );
 }
 
+/// A 4 MiB capture ingested into `cinder:NAME` with Cinder reachable and Ceph not (an
+/// empty ceph.conf): the volume is created, its RBD image cannot be opened.
+fn ingest_out_of_ceph_reach(lab: &Lab, name: &str) -> std::process::Output {
+    let e = Env::new();
+    std::fs::write(e.p("disk.raw"), vec![7u8; 4 << 20]).unwrap();
+    e.keygen();
+    std::fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    std::fs::write(e.p("empty.conf"), "").unwrap();
+    let mut c = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target(&format!("cinder:{name}"))
+        .command();
+    c.envs(lab.vars.iter()).env("CEPH_CONF", e.p("empty.conf"));
+    c.output().unwrap()
+}
+
 /// Cinder created the volume, then Ceph could not be reached from this host (here: a
 /// ceph.conf with no monitor): the ingest fails saying so, and the volume it created is
 /// deleted again instead of staying behind empty.
@@ -835,21 +854,8 @@ fn a_new_volume_ceph_cannot_be_reached_for_is_deleted_again() {
     let Some(lab) = Lab::from_env() else { return };
     let session = lab.session();
     let cinder = Cinder::new(&session);
-    let e = Env::new();
-    std::fs::write(e.p("disk.raw"), vec![7u8; 4 << 20]).unwrap();
-    e.keygen();
-    std::fs::create_dir(e.p("m")).unwrap();
-    e.capture("dir:m", "web01").source("disk.raw").ok();
-    std::fs::write(e.p("empty.conf"), "").unwrap();
     let name = format!("unreachable-{}", unique());
-    let mut c = e
-        .ingest("dir:m", "web01")
-        .untrusted()
-        .unsealed()
-        .target(&format!("cinder:{name}"))
-        .command();
-    c.envs(lab.vars.iter()).env("CEPH_CONF", e.p("empty.conf"));
-    let o = c.output().unwrap();
+    let o = ingest_out_of_ceph_reach(&lab, &name);
     let text = output_text(&o);
     assert_eq!(o.status.code(), Some(3), "{text}");
     assert!(
@@ -886,22 +892,8 @@ fn a_name_another_volume_has_is_noted() {
             availability_zone: None,
         })
         .unwrap();
-    let e = Env::new();
-    std::fs::write(e.p("disk.raw"), vec![7u8; 4 << 20]).unwrap();
-    e.keygen();
-    std::fs::create_dir(e.p("m")).unwrap();
-    e.capture("dir:m", "web01").source("disk.raw").ok();
     // Ceph out of reach: the new volume is deleted again after the note.
-    std::fs::write(e.p("empty.conf"), "").unwrap();
-    let mut c = e
-        .ingest("dir:m", "web01")
-        .untrusted()
-        .unsealed()
-        .target(&format!("cinder:{name}"))
-        .command();
-    c.envs(lab.vars.iter()).env("CEPH_CONF", e.p("empty.conf"));
-    let o = c.output().unwrap();
-    let text = output_text(&o);
+    let text = output_text(&ingest_out_of_ceph_reach(&lab, &name));
     let _ = cinder.delete(&other.id);
     assert!(
         text.contains(&format!(
