@@ -52,8 +52,36 @@ pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLoc
         None => None,
     };
     let mut held = take(path, exclusive, std::time::Duration::ZERO, &what, why)?;
+    if exclusive && locked_by_another_program(&held._lock) {
+        return Err(coded(
+            crate::exit::IO,
+            format!(
+                "{what} is held open for writing by another program (a running \
+                 mgear-appliance-sim serves it as its medium, or a QEMU has it open): a second \
+                 writer would damage its FAT while both reported success. Write to it through \
+                 that program (the appliance: --appliance PORT), or stop it first"
+            ),
+        ));
+    }
     held._behind = behind;
     Ok(held)
+}
+
+/// Whether another process holds a POSIX or open-file-description lock on `file` that a
+/// writer conflicts with: `mgear-appliance-sim` holds one on its medium image (not a
+/// `flock`, so `mgear` may still read the image beside it), and QEMU on the images it has
+/// open. A file that cannot be asked is taken as free (the `flock` held is the rule).
+fn locked_by_another_program(file: &File) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let mut probe = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as nix::libc::c_short,
+        l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    matches!(fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe)), Ok(_))
+        && probe.l_type != nix::libc::F_UNLCK as nix::libc::c_short
 }
 
 /// Lock an appliance's medium through the lock file its exporter keeps beside

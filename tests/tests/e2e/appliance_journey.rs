@@ -5,6 +5,7 @@
 use std::process::Command;
 
 use crate::appliance_util::*;
+use mgear_tests::Line;
 
 #[test]
 fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
@@ -263,4 +264,32 @@ fn an_appliance_medium_without_fat32_says_where_it_is_formatted() {
             && !said.contains("create one with"),
         "{said}"
     );
+}
+
+/// The simulator's medium image written directly (`fat:IMAGE`) while the simulator runs:
+/// two writers kept their own FAT and both reported a capture while the medium was
+/// damaged. Refused (exit 3), nothing written; reading it beside the simulator still works.
+#[test]
+fn the_image_a_running_simulator_serves_is_not_written_beside_it() {
+    let mut lab = Lab::new(64);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.keygen();
+    lab.make_disk(4, 71);
+    lab.capture();
+    let before = std::fs::read(lab.p("medium.img")).unwrap();
+    let m = format!("fat:{}", lab.s("medium.img"));
+    let out = Line::capture(&lab, "beside")
+        .source("disk.raw")
+        .medium(&m)
+        .run();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("held open for writing by another program"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(std::fs::read(lab.p("medium.img")).unwrap() == before);
+    lab.ok(&["verify", "--medium", &m]);
+    lab.stop();
 }
