@@ -80,7 +80,7 @@ fn locked_by_another_program(file: &File) -> bool {
         l_len: 0,
         l_pid: 0,
     };
-    matches!(fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe)), Ok(_))
+    fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe)).is_ok()
         && probe.l_type != nix::libc::F_UNLCK as nix::libc::c_short
 }
 
