@@ -6,6 +6,7 @@
 //! - [`attest`]: seal and arrival attestations, their signature check and
 //!   the comparison that names what changed.
 //! - [`custody`]: custody-log records and [`custody::verify_log`].
+//! - [`pin`]: the PIN rules.
 //!
 //! `no_std` + `alloc`, so the firmware core (`mgear-firmware`) uses it for
 //! its wire types; with feature `std` the host tools (`mgear`, the test
@@ -19,4 +20,5 @@ extern crate alloc;
 
 pub mod attest;
 pub mod custody;
+pub mod pin;
 pub mod protocol;

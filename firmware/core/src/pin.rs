@@ -13,9 +13,9 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-/// Shortest and longest accepted PIN.
-pub const MIN_PIN_LEN: usize = 6;
-pub const MAX_PIN_LEN: usize = 64;
+/// The PIN rules live in the API crate: the host checks a PIN against them before it
+/// sends one (a PIN no rule admits would only cost an attempt).
+pub use mgear_appliance_api::pin::{check_rules, MAX_PIN_LEN, MIN_PIN_LEN};
 
 /// The stored PIN verifier.
 #[derive(Clone, Serialize, Deserialize)]
@@ -33,20 +33,6 @@ impl core::fmt::Debug for PinVerifier {
             .field("iterations", &self.iterations)
             .finish_non_exhaustive()
     }
-}
-
-/// Check the PIN rules; the error says what to change.
-pub fn check_rules(pin: &str) -> Result<(), &'static str> {
-    if pin.len() < MIN_PIN_LEN {
-        return Err("the PIN must have at least 6 characters");
-    }
-    if pin.len() > MAX_PIN_LEN {
-        return Err("the PIN must have at most 64 characters");
-    }
-    if !pin.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("the PIN may contain only printable ASCII characters without spaces");
-    }
-    Ok(())
 }
 
 fn derive(pin: &str, salt: &[u8; 16], iterations: u32) -> Zeroizing<[u8; 32]> {

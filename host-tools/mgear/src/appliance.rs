@@ -348,14 +348,32 @@ fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
     let text = match pin_file {
         Some(f) => {
             warn_if_shared(f);
-            // Like a key file: one that cannot be read is a usage error (2).
-            let raw = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+            // Like a key file: one that cannot be read is a usage error (2). Only its first
+            // line is read, and only so far (`/dev/zero` is no PIN file either).
+            let cannot = |e: String| {
                 usage(format!(
                     "cannot read PIN file {}: {e}; give a file with the PIN on its first line",
                     f.display()
                 ))
-            })?);
-            Zeroizing::new(raw.lines().next().unwrap_or("").to_string())
+            };
+            let file = std::fs::File::open(f).map_err(|e| cannot(e.to_string()))?;
+            let mut raw = Zeroizing::new(Vec::new());
+            use std::io::Read as _;
+            file.take(PIN_FILE_LIMIT)
+                .read_to_end(&mut raw)
+                .map_err(|e| cannot(e.to_string()))?;
+            let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+            if line.len() == raw.len() && raw.len() as u64 == PIN_FILE_LIMIT {
+                return Err(cannot(format!(
+                    "its first line is longer than {PIN_FILE_LIMIT} bytes (a PIN has at most {})",
+                    mgear_appliance_api::pin::MAX_PIN_LEN
+                )));
+            }
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            Zeroizing::new(
+                String::from_utf8(line.to_vec())
+                    .map_err(|_| cannot("its first line is not text".into()))?,
+            )
         }
         None => {
             let no_tty = |e: std::io::Error| {
@@ -384,8 +402,19 @@ fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
             "empty PIN: the PIN file's first line (or what was typed) is empty",
         ));
     }
+    // A PIN the rules cannot admit was never set: sending it would only use up an attempt
+    // (ten wrong ones destroy the key slots before the seal).
+    if let Err(rule) = mgear_appliance_api::pin::check_rules(&text) {
+        return Err(usage(format!(
+            "not a PIN this appliance can have: {rule} (a space or line ending left in the PIN \
+             file counts); nothing was sent, no attempt used"
+        )));
+    }
     Ok(Pin::new(text.as_str()))
 }
+
+/// The most of a PIN file read: its first line, which is far shorter.
+const PIN_FILE_LIMIT: u64 = 4096;
 
 fn print_info(i: &Info) {
     println!("state:          {}", i.state);

@@ -205,12 +205,29 @@ impl KeySlots {
 
 /// Read a passphrase file (first line, without the newline).
 pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+    use std::io::Read as _;
+    let cannot = |e: String| {
         usage(format!(
             "cannot read passphrase file {}: {e}",
             path.display()
         ))
-    })?);
+    };
+    // At most this much is read: a passphrase is a line, and `/dev/zero` is no file of one.
+    let mut raw = Zeroizing::new(Vec::new());
+    fs::File::open(path)
+        .and_then(|f| f.take(PASSPHRASE_FILE_LIMIT).read_to_end(&mut raw))
+        .map_err(|e| cannot(e.to_string()))?;
+    if raw.len() as u64 == PASSPHRASE_FILE_LIMIT && !raw.contains(&b'\n') {
+        return Err(cannot(format!(
+            "its first line is longer than {PASSPHRASE_FILE_LIMIT} bytes: the passphrase is \
+             the file's first line"
+        )));
+    }
+    // The first line must be text; what follows it (cut at the limit, perhaps mid-character)
+    // only tells a blank first line from an empty file.
+    let first = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+    std::str::from_utf8(first).map_err(|e| cannot(format!("its first line is not text ({e})")))?;
+    let text = Zeroizing::new(String::from_utf8_lossy(&raw).into_owned());
     let line = text.lines().next().unwrap_or("").to_owned();
     if line.is_empty() {
         // The passphrase is the first line exactly (a passphrase may hold any
@@ -233,6 +250,9 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     }
     Ok(Zeroizing::new(line))
 }
+
+/// The most of a passphrase file read (its first line is the passphrase).
+const PASSPHRASE_FILE_LIMIT: u64 = 64 * 1024;
 
 /// Shortest passphrase `capture` accepts.
 pub const MIN_PASSPHRASE_CHARS: usize = 12;

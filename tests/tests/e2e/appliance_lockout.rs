@@ -27,6 +27,27 @@ fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {
         "KEYS is not an age file before the lockout"
     );
 
+    // PINs no rule admits (a space, a trailing space left in the file, too long) are
+    // refused on the host: twelve of them use up none of the ten attempts.
+    for (i, bad) in ["12 34 56\n", "246810 \n", &format!("{}\n", "7".repeat(65))]
+        .iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        let f = lab.p(&format!("bad-pin-{i}"));
+        std::fs::write(&f, bad).unwrap();
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let out = lab.appliance(&["unlock", "--pin-file", &f.to_string_lossy()]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            text(&out.stderr).contains("no attempt used"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(lab.state(), "Locked");
+
     let mut wrong = 0;
     while wrong < 10 {
         let out = lab.appliance(&["unlock", "--pin-file", "wrong-pin"]);
