@@ -329,6 +329,42 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
         std::fs::read(&disk).unwrap()
     );
     let (_serve, addr) = e.listen(&[]);
+    // A copy of the volume as ingested, before the sync: booting it would "prove" a
+    // machine that never got the last changes. Refused after the final sync, nothing
+    // booted, the source resumed.
+    std::fs::copy(e.p("vol.raw"), e.p("stale.raw")).unwrap();
+    let cutover = |boot_target: &str| {
+        e.line(&[
+            "cutover",
+            "--source",
+            "disk.raw",
+            "--to",
+            &addr,
+            "--name",
+            "web01",
+            "--quiesce",
+            "touch quiesced",
+            "--resume",
+            "touch resumed",
+            "--boot-target",
+            boot_target,
+            "--wait-for",
+            "MGEAR-BOOT-OK after",
+            "--boot-timeout",
+            "300",
+            "--sign",
+            "site.key",
+        ])
+        .run()
+    };
+    let o = cutover("file:stale.raw");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not the volume the final sync wrote") && e.p("resumed").exists(),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(e.p("resumed")).unwrap();
     let o = e.ok(&[
         "cutover",
         "--source",

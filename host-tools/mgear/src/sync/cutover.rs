@@ -149,6 +149,65 @@ fn refuse_the_source(a: &Cutover, target: &Target) -> crate::Result<()> {
     Ok(())
 }
 
+/// The volume `--boot-target` names must be the one the final sync brought up to date,
+/// which `mgear serve` keeps (elsewhere, by its own name): booting another (an older
+/// copy, the wrong file) "proved" a boot of a machine that never got the last changes,
+/// and the cutover reported complete. With the source quiesced and the final sync
+/// verified, that volume reads as the source does: a raw boot target (`file:`, `dev:`)
+/// is compared with it by size and by [`SAMPLES`] chunks of 1 MiB spread over the disk.
+/// A qcow2 or NBD boot target is not read here.
+fn boot_target_is_synced(a: &Cutover) -> crate::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    const SAMPLES: u64 = 32;
+    const CHUNK: u64 = 1 << 20;
+    let path =
+        match crate::spec::Target::parse_flag("--boot-target", &a.boot_target, Bare::Existing)? {
+            crate::spec::Target::File(p) | crate::spec::Target::Dev(p) => p,
+            _ => return Ok(()),
+        };
+    let not_synced = |why: String| {
+        coded(
+            crate::exit::USAGE,
+            format!(
+                "--boot-target {} is not the volume the final sync wrote: {why}; boot the volume \
+                 `mgear serve` keeps in sync (its --target), nothing was booted",
+                a.boot_target
+            ),
+        )
+    };
+    let mut source = crate::source::open(&a.sync.source, None)?;
+    let target = std::fs::File::open(&path)
+        .with_context(|| format!("opening --boot-target {}", a.boot_target))?;
+    let size = source.len();
+    // The end, not the metadata length: a block device's is 0.
+    let target_size = std::io::Seek::seek(&mut &target, std::io::SeekFrom::End(0))
+        .with_context(|| format!("reading the size of --boot-target {}", a.boot_target))?;
+    if target_size != size {
+        return Err(not_synced(format!(
+            "it holds {target_size} bytes, the source {size}"
+        )));
+    }
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    for k in 0..SAMPLES {
+        let at = (k * size / SAMPLES) / CHUNK * CHUNK;
+        let len = CHUNK.min(size - at) as usize;
+        want.resize(len, 0);
+        got.resize(len, 0);
+        source.read_exact_at(at, &mut want)?;
+        target
+            .read_exact_at(&mut got, at)
+            .with_context(|| format!("reading --boot-target {}", a.boot_target))?;
+        if want != got {
+            return Err(not_synced(format!(
+                "its bytes at {at}..{} differ from the source's (quiesced, so the synced volume \
+                 holds them)",
+                at + len as u64
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `mgear cutover`.
 pub fn cutover(a: Cutover) -> crate::Result<i32> {
     let spec = boot_spec(&a)?;
@@ -172,6 +231,7 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     if !final_sync.stats.verified {
         return Err(rollback(&a, coded(FOUND, "the final sync did not verify")));
     }
+    boot_target_is_synced(&a).map_err(|e| rollback(&a, e))?;
 
     eprintln!(
         "mgear cutover: booting {} (QEMU, TCG, no network)",
