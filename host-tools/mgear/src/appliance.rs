@@ -1139,15 +1139,15 @@ pub fn appliance_identity(port: &Path) -> crate::Result<[u8; 32]> {
     })
 }
 
-/// Refuse (exit 2), before a capture plans or reads anything, an appliance
-/// that is not unlocked: only an unlocked one takes writes (a locked one
-/// waits for its PIN, a sealed or erased one never takes any again).
-pub fn ready_to_capture(port: &Path) -> crate::Result<()> {
+/// The appliance at `port` takes `what` (a capture, a removal, a repair: anything that
+/// writes its medium) only when unlocked: said before the medium is opened, with the
+/// next step, not as the export's "read-only" I/O error part-way.
+pub fn ready_to_change(port: &Path, what: &str) -> crate::Result<()> {
     let mut c = Client::open(port)?;
     let state = info(&mut c)?.state;
     if state != DeviceState::Unlocked {
         return Err(usage(format!(
-            "the appliance at {} is {}: it takes a capture only when unlocked; next: {}",
+            "the appliance at {} is {}: it takes {what} only when unlocked; next: {}",
             port.display(),
             state.as_str(),
             next_step(state)
@@ -1190,7 +1190,7 @@ pub fn capture_begin(port: &Path, name: &str) -> crate::Result<()> {
     let req = Request::CaptureBegin {
         name: name.to_string(),
     };
-    // A refusal (its state changed since `ready_to_capture`) is the
+    // A refusal (its state changed since `ready_to_change`) is the
     // operator's to act on, as every appliance refusal is: exit 2.
     let reply = c.call(&req).map_err(|e| match e.find::<ApplianceError>() {
         Some(ae) => usage(ae.to_string()),

@@ -636,6 +636,7 @@ fn abort(args: &Plan) -> crate::Result<i32> {
             args.name
         )));
     }
+    args.medium.ready_to_change("an abort (capture --abort)")?;
     // `--replace-medium LOST` with --abort: LOST is declared lost first, so an unfinished
     // generation with a share on it can be removed from the media that are left.
     let mut medium = if args.replace_medium.is_empty() {

@@ -391,9 +391,15 @@ impl Where {
     /// before anything is planned (a sealed appliance's full medium would
     /// otherwise be reported as full, not as sealed).
     pub fn ready_to_capture(&self) -> crate::Result<()> {
+        self.ready_to_change("a capture")
+    }
+
+    /// Every appliance among these media takes `what` (anything that writes its medium):
+    /// `crate::appliance::ready_to_change`.
+    pub fn ready_to_change(&self, what: &str) -> crate::Result<()> {
         self.appliance
             .iter()
-            .try_for_each(|port| crate::appliance::ready_to_capture(port))
+            .try_for_each(|port| crate::appliance::ready_to_change(port, what))
     }
 
     /// These media without the `--medium` ones that belong to no span (no span label: blank,

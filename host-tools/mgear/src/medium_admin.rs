@@ -633,6 +633,7 @@ pub fn refuse_if_borrowed(
 
 /// Run `mgear medium rm`.
 pub fn rm(args: Rm) -> crate::Result<i32> {
+    args.medium.ready_to_change("a removal (medium rm)")?;
     let mut medium = args.medium.open()?;
     let result = (|| {
         let store = medium.store();
@@ -1159,6 +1160,10 @@ fn run_fsck_fat(tool: &std::path::Path, flag: &str, path: &std::path::Path) -> c
 
 /// Run `mgear medium fsck`.
 pub fn fsck(args: Fsck) -> crate::Result<i32> {
+    if args.repair {
+        args.medium
+            .ready_to_change("a repair (medium fsck --repair)")?;
+    }
     let mut medium = if args.repair {
         args.medium.open()?
     } else {

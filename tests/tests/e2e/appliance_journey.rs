@@ -82,6 +82,40 @@ fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
         before,
         "the sealed medium changed"
     );
+    // mgear's own writes are refused up front as the appliance's state, not as an I/O
+    // error to retry ("read-only ... run the same command again").
+    let tty = lab.tty();
+    for (args, what) in [
+        (
+            vec![
+                "medium",
+                "rm",
+                "--appliance",
+                &tty,
+                "--name",
+                "web01",
+                "--force",
+            ],
+            "it takes a removal (medium rm) only when unlocked",
+        ),
+        (
+            vec!["medium", "fsck", "--appliance", &tty, "--repair"],
+            "it takes a repair (medium fsck --repair) only when unlocked",
+        ),
+    ] {
+        let out = lab.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("is sealed") && text(&out.stderr).contains(what),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read(lab.p("medium.img")).unwrap(),
+        before,
+        "the sealed medium changed"
+    );
     // Reads still work (the datacenter reads the medium through the appliance).
     let r = Command::new("qemu-img")
         .args(["info"])
