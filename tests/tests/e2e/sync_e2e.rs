@@ -438,11 +438,13 @@ fn serve_applies_only_pinned_signed_syncs_and_drops_idle_peers() {
     };
     let sync = |extra: &[&str]| sync_from("disk.raw", extra);
 
-    // Unsigned: refused, exit 1.
+    // Unsigned: refused, exit 1, with the way on (not "the data did not check out").
     let o = sync(&[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("did not sign the session"),
+        String::from_utf8_lossy(&o.stderr).contains("did not sign the session")
+            && String::from_utf8_lossy(&o.stderr).contains("serve --trust SITE.pub")
+            && !String::from_utf8_lossy(&o.stderr).contains("did not check out"),
         "{}",
         text(&o)
     );

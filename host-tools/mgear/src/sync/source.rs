@@ -213,6 +213,18 @@ fn refused(p: &[u8], peer: &str) -> Fail {
             code: err::BUSY,
             message: m,
         }) => Fail::Retry(crate::err!("the target {peer} is busy: {m}")),
+        // Not data that failed to check out: who signed the session (exit 1, as an ingest of
+        // a capture signed by no pinned key).
+        Ok(Refusal {
+            code: err::UNTRUSTED,
+            message: m,
+        }) => Fail::Fatal(crate::exit::coded_hint(
+            FOUND,
+            format!("the target {peer} refused the sync: {m}"),
+            "nothing was applied: sign the session with the capture site key the target pins \
+             (`mgear sync --sign SITE.key`), or have the target pin this site's key (`mgear \
+             serve --trust SITE.pub`)",
+        )),
         Ok(Refusal { code, message: m }) => {
             let exit = match code {
                 err::BAD_RECORD | err::UNTRUSTED => FOUND,
