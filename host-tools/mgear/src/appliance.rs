@@ -236,11 +236,16 @@ fn state_after(
         }
     }
     if !json {
-        println!(
-            "appliance state: {}; next: {}",
-            now.as_str(),
+        // An arrival check that failed leaves the appliance sealed, whose usual next step
+        // (run the arrival check) would only find the same.
+        let next = if code == crate::exit::FOUND && now == DeviceState::Sealed {
+            "do not ingest from it: its medium changed since the seal (above); its custody log \
+             (`mgear appliance log --verify`) says what happened to it; ask the capture site for \
+             another copy of the shipment"
+        } else {
             next_step(now)
-        );
+        };
+        println!("appliance state: {}; next: {next}", now.as_str());
     }
     Ok(code)
 }

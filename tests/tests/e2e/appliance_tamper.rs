@@ -26,10 +26,22 @@ fn appliance_tamper_in_a_segment_is_named_and_blocks_ingest() {
         "arrival did not name the segment: {said}"
     );
     assert_ne!(lab.state(), "Arrived");
+    // What comes next is not the arrival check again (it finds the same).
+    assert!(
+        said.contains("next: do not ingest from it")
+            && !said.contains("run `mgear appliance arrival`"),
+        "{said}"
+    );
     let out = lab.ingest(&[]);
     assert!(
         !out.status.success(),
         "ingest of a tampered medium succeeded"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("checked the medium on arrival and it FAILED")
+            && !err.contains("arrival` first"),
+        "{err}"
     );
     lab.stop();
 }

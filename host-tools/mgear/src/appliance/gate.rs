@@ -58,6 +58,30 @@ fn appliance_erased(c: &mut Client) -> bool {
     matches!(c.call(&Request::Info), Ok(Response::Info(i)) if i.state == DeviceState::Erased)
 }
 
+/// The first problem of the appliance's last arrival check, if that check failed (its
+/// custody log's last arrival record); `None` when it passed, never ran, or the log cannot
+/// be read.
+fn failed_arrival(c: &mut Client) -> Option<String> {
+    let log = crate::appliance::fetch_log(c).ok()?;
+    log.iter()
+        .rev()
+        .find_map(|r| match r.decode().ok()?.entry.event {
+            mgear_appliance_api::custody::Event::Arrival {
+                attestation: None,
+                problems,
+                first,
+            } => Some(format!(
+                "{problems} problem(s){}",
+                first
+                    .map(|f| format!(", the first: {f}"))
+                    .unwrap_or_default()
+            )),
+            mgear_appliance_api::custody::Event::Arrival { .. } => Some(String::new()),
+            _ => None,
+        })
+        .filter(|f| !f.is_empty())
+}
+
 /// Seal and arrival attestations: from the appliance (`port`), else from
 /// an export directory (`dir`), else from the medium. `Ok(Err(why))` when
 /// there are none, saying what to do (which step was missed, where to get
@@ -91,10 +115,20 @@ pub fn find_attestations(
             Response::Attestations {
                 seal: Some(_),
                 arrival: None,
-            } => Ok(Err(format!(
-                "the appliance at {at} sealed the medium but has not checked it on arrival: run \
-                 `mgear appliance --port {at} arrival` first"
-            ))),
+            } => Ok(Err(match failed_arrival(&mut c) {
+                // Running it again finds the same: the medium is not what was sealed.
+                Some(first) => format!(
+                    "the appliance at {at} checked the medium on arrival and it FAILED ({first}): \
+                     it changed since the seal, so there is no arrival pass to ingest on. Do not \
+                     ingest from it; its custody log (`mgear appliance --port {at} log --verify`) \
+                     says what happened to it; ask the capture site for another copy of the \
+                     shipment"
+                ),
+                None => format!(
+                    "the appliance at {at} sealed the medium but has not checked it on arrival: \
+                     run `mgear appliance --port {at} arrival` first"
+                ),
+            })),
             Response::Attestations { .. } => Ok(Err(format!(
                 "the appliance at {at} holds no seal attestation: it was never sealed (`mgear \
                  appliance seal` at the capture site), or it lost its secrets (erased, locked \
