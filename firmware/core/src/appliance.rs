@@ -866,10 +866,14 @@ impl<P: Platform> Appliance<P> {
         // Keep going even if the log fails: the erase must not be skipped.
         let logged = self.record(Event::WrongPin { failures });
         if failures >= self.cfg.max_pin_failures {
-            let sealed = matches!(self.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived);
+            let lifecycle = self.st.lifecycle;
             let msg = match self.lockout() {
-                Ok(_) if sealed => alloc::format!(
-                    "wrong PIN {failures} times: the appliance destroyed its identity and PIN; the sealed medium was not touched: ingest it with target.key (it has no arrival attestation now). {ERASED_NEXT_STEP}"
+                // The attestations stay: one signed on arrival still vouches for the medium.
+                Ok(_) if lifecycle == Lifecycle::Arrived => alloc::format!(
+                    "wrong PIN {failures} times: the appliance destroyed its identity and PIN; the medium, checked on arrival, was not touched: ingest it with target.key as before (its seal and arrival attestations stay). {ERASED_NEXT_STEP}"
+                ),
+                Ok(_) if lifecycle == Lifecycle::Sealed => alloc::format!(
+                    "wrong PIN {failures} times: the appliance destroyed its identity and PIN; the sealed medium was not touched: ingest it with target.key (it was never checked on arrival, and an erased appliance signs no arrival). {ERASED_NEXT_STEP}"
                 ),
                 Ok((slots, _)) => alloc::format!(
                     "wrong PIN {failures} times: the appliance crypto-erased itself ({slots} key slot files overwritten). {ERASED_NEXT_STEP}"

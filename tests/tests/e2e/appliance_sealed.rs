@@ -309,3 +309,27 @@ fn appliance_sim_state_is_private_and_refuses_planted_links() {
     );
     assert_eq!(std::fs::read(lab.p("planted")).unwrap(), b"forged verifier");
 }
+
+/// Ten wrong PINs on an appliance that already passed its arrival check: the medium and
+/// both attestations stay, ingest still works, and the message says so (it said the
+/// appliance had no arrival attestation now).
+#[test]
+fn a_lockout_after_arrival_keeps_the_arrival_pass_and_says_so() {
+    let mut lab = Lab::new(64);
+    lab.sealed(2);
+    lab.appliance_ok(&["arrival"]);
+    let args = ["erase", "--yes", "--pin-file", "wrong-pin"];
+    let mut last = String::new();
+    for _ in 1..=10 {
+        last = text(&without_backoff(&lab, &args).stderr);
+    }
+    assert!(
+        last.contains("checked on arrival, was not touched")
+            && last.contains("arrival attestations stay")
+            && !last.contains("no arrival attestation now"),
+        "{last}"
+    );
+    let out = lab.ingest(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    lab.stop();
+}

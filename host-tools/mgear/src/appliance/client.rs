@@ -88,6 +88,31 @@ impl Client {
                 port.display()
             );
         }
+        // A file, a directory or a pipe named as the port: said as such (serialport's ENOTTY
+        // reads "Not a typewriter").
+        let not_a_console = |what: &str| {
+            crate::exit::usage(format!(
+                "{} is {what}, not an appliance's serial console: give the console's device \
+                 (`mgear appliance list` finds it, e.g. /dev/ttyACM0) or the simulator's \
+                 --console-link",
+                port.display()
+            ))
+        };
+        {
+            use std::os::unix::fs::FileTypeExt as _;
+            let t = std::fs::metadata(port)
+                .with_context(|| format!("reading {}", port.display()))?
+                .file_type();
+            if t.is_file() {
+                return Err(not_a_console("a regular file"));
+            }
+            if t.is_dir() {
+                return Err(not_a_console("a directory"));
+            }
+            if t.is_fifo() || t.is_socket() {
+                return Err(not_a_console("a pipe or socket"));
+            }
+        }
         // serialport takes the tty exclusively (TIOCEXCL) while it opens it, before this client
         // lets go of that below: another mgear opening the console in that moment is refused.
         // Those commands take turns, so a refusal is retried for a while before it is reported.
@@ -107,6 +132,9 @@ impl Client {
                      run this again ({e})",
                     port.display()
                 ),
+                Err(e) if e.description.contains("Not a typewriter") => {
+                    return Err(not_a_console("a device that is no terminal"))
+                }
                 Err(e) => {
                     return Err(e)
                         .with_context(|| format!("opening appliance console {}", port.display()))
@@ -226,6 +254,24 @@ impl Client {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    /// A file, a directory or a device that is no terminal given as the port is named as
+    /// such (exit 2), not "Not a typewriter".
+    #[test]
+    fn what_is_no_console_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("appliance.tty");
+        std::fs::write(&file, b"").unwrap();
+        for (port, what) in [
+            (file.as_path(), "a regular file"),
+            (dir.path(), "a directory"),
+            (Path::new("/dev/null"), "a device that is no terminal"),
+        ] {
+            let e = Client::open(port).err().expect("refused");
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        }
+    }
 
     /// A fake appliance: replies are prepared per request and appear in the
     /// read stream once a request was written.
