@@ -512,7 +512,8 @@ fn verify_capture_into<S: Store + ?Sized>(
                     alloc::format!(
                         "unfinished generation (no MANIFEST): resume the capture with the same parameters, \
                          or remove it with `mgear capture --abort --medium MEDIUM --name {}` \
-                         (`mgear medium fsck --medium MEDIUM` lists every leftover)",
+                         (`--appliance PORT` for an appliance's medium; `mgear medium fsck` \
+                         lists every leftover)",
                         set::owner(name)
                     ),
                 );

@@ -28,7 +28,7 @@ pub struct Args {
     pub rbd: Option<String>,
     /// Encoder threads for every capture [default: number of CPUs]; compare `--threads 1`
     /// with `--threads 2` to see how capture scales.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub threads: Option<usize>,
     /// Sizes of the two random captures onto a FAT32 image whose CPU cost per byte is
     /// compared (the target; about 35 s and 9 GiB of the work directory for the

@@ -57,8 +57,8 @@ pub struct Args {
     /// Store chunks uncompressed.
     #[arg(long)]
     pub no_compress: bool,
-    /// Encoder threads [default: number of CPUs].
-    #[arg(long)]
+    /// Encoder threads [default: number of CPUs; at most 64 are used].
+    #[arg(long, value_parser = super::at_least_one)]
     pub threads: Option<usize>,
     /// Sign each generation's COMMIT with this capture-site key (`mgear keygen --signing`).
     #[arg(long, value_name = "SITE.key")]

@@ -15,3 +15,13 @@ pub mod medium;
 pub mod sync;
 pub mod trust;
 pub mod verify;
+
+/// A count of at least one (threads, peers): 0 would be taken silently as 1, or mean
+/// "none at all" where the command needs some.
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}

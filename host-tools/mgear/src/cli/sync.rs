@@ -43,7 +43,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 120.0)]
     pub idle_timeout: f64,
     /// Connections served at once (more are told to retry).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::at_least_one)]
     pub max_peers: usize,
 }
 
