@@ -365,27 +365,8 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
         text(&o)
     );
     std::fs::remove_file(e.p("resumed")).unwrap();
-    let o = e.ok(&[
-        "cutover",
-        "--source",
-        "disk.raw",
-        "--to",
-        &addr,
-        "--name",
-        "web01",
-        "--quiesce",
-        "touch quiesced",
-        "--resume",
-        "touch resumed",
-        "--boot-target",
-        "file:vol.raw",
-        "--wait-for",
-        "MGEAR-BOOT-OK after",
-        "--boot-timeout",
-        "300",
-        "--sign",
-        "site.key",
-    ]);
+    let o = cutover("file:vol.raw");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("downtime: "), "{}", text(&o));
     assert!(e.p("quiesced").exists());
