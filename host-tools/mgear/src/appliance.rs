@@ -361,19 +361,14 @@ fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
                     f.display()
                 ))
             };
-            let file = std::fs::File::open(f).map_err(|e| cannot(e.to_string()))?;
-            let mut raw = Zeroizing::new(Vec::new());
-            use std::io::Read as _;
-            file.take(PIN_FILE_LIMIT)
-                .read_to_end(&mut raw)
-                .map_err(|e| cannot(e.to_string()))?;
-            let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
-            if line.len() == raw.len() && raw.len() as u64 == PIN_FILE_LIMIT {
-                return Err(cannot(format!(
-                    "its first line is longer than {PIN_FILE_LIMIT} bytes (a PIN has at most {})",
+            let raw = crate::keyfile::read_head(f, PIN_FILE_LIMIT).map_err(|e| match e {
+                crate::keyfile::Head::TooLong(_) => cannot(format!(
+                    "{e} (a PIN has at most {})",
                     mgear_appliance_api::pin::MAX_PIN_LEN
-                )));
-            }
+                )),
+                e => cannot(e.to_string()),
+            })?;
+            let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             Zeroizing::new(
                 String::from_utf8(line.to_vec())

@@ -12,6 +12,37 @@ use crate::error::Context;
 
 use crate::exit::usage;
 
+/// The start of a secret file whose first line is the secret (a PIN or passphrase file),
+/// at most `limit` bytes of it: a secret is a line, and `/dev/zero` is no file of one.
+pub fn read_head(path: &Path, limit: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, Head> {
+    use std::io::Read as _;
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    fs::File::open(path)
+        .and_then(|f| f.take(limit).read_to_end(&mut raw))
+        .map_err(Head::Unreadable)?;
+    if raw.len() as u64 == limit && !raw.contains(&b'\n') {
+        return Err(Head::TooLong(limit));
+    }
+    Ok(raw)
+}
+
+/// Why [`read_head`] gave nothing.
+#[derive(Debug)]
+pub enum Head {
+    Unreadable(std::io::Error),
+    /// The first line runs past the limit (in bytes).
+    TooLong(u64),
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Head::Unreadable(e) => write!(f, "{e}"),
+            Head::TooLong(limit) => write!(f, "its first line is longer than {limit} bytes"),
+        }
+    }
+}
+
 /// The `.pub` path next to a key file: `target.key` -> `target.pub`.
 pub fn pub_path(key: &Path) -> PathBuf {
     key.with_extension("pub")

@@ -205,24 +205,18 @@ impl KeySlots {
 
 /// Read a passphrase file (first line, without the newline).
 pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
-    use std::io::Read as _;
     let cannot = |e: String| {
         usage(format!(
             "cannot read passphrase file {}: {e}",
             path.display()
         ))
     };
-    // At most this much is read: a passphrase is a line, and `/dev/zero` is no file of one.
-    let mut raw = Zeroizing::new(Vec::new());
-    fs::File::open(path)
-        .and_then(|f| f.take(PASSPHRASE_FILE_LIMIT).read_to_end(&mut raw))
-        .map_err(|e| cannot(e.to_string()))?;
-    if raw.len() as u64 == PASSPHRASE_FILE_LIMIT && !raw.contains(&b'\n') {
-        return Err(cannot(format!(
-            "its first line is longer than {PASSPHRASE_FILE_LIMIT} bytes: the passphrase is \
-             the file's first line"
-        )));
-    }
+    let raw = crate::keyfile::read_head(path, PASSPHRASE_FILE_LIMIT).map_err(|e| match e {
+        crate::keyfile::Head::TooLong(_) => {
+            cannot(format!("{e}: the passphrase is the file's first line"))
+        }
+        e => cannot(e.to_string()),
+    })?;
     // The first line must be text; what follows it (cut at the limit, perhaps mid-character)
     // only tells a blank first line from an empty file.
     let first = raw.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -409,10 +403,7 @@ pub fn recorded_source_identity(
     id: &[u8; 16],
     generation: u32,
 ) -> Option<String> {
-    let text = fs::read_to_string(source_identity_file(dir, name, id)).ok()?;
-    text.trim()
-        .strip_prefix(&format!("generation {generation} source "))
-        .map(str::to_string)
+    generation_note(&source_identity_file(dir, name, id), generation, "source")
 }
 
 /// Records `identity` for generation `generation` of capture `id`.
@@ -424,15 +415,30 @@ pub fn record_source_identity(
     identity: &[u8; 32],
 ) -> crate::Result<()> {
     let path = source_identity_file(dir, name, id);
+    write_generation_note(&path, generation, "source", &crate::output::hex(identity))
+        .with_context(|| format!("recording the source's identity in {}", path.display()))
+}
+
+/// What a file beside a capture's cached key notes of one generation (the one line
+/// `generation G WHAT VALUE`): VALUE, if it is of generation `generation`.
+pub fn generation_note(path: &Path, generation: u32, what: &str) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    text.trim()
+        .strip_prefix(&format!("generation {generation} {what} "))
+        .map(str::to_string)
+}
+
+/// Notes `value` of generation `generation` in `path` ([`generation_note`]), 0600.
+pub fn write_generation_note(
+    path: &Path,
+    generation: u32,
+    what: &str,
+    value: &str,
+) -> std::io::Result<()> {
     image_format::private::replace(
-        &path,
-        format!(
-            "generation {generation} source {}\n",
-            crate::output::hex(identity)
-        )
-        .as_bytes(),
+        path,
+        format!("generation {generation} {what} {value}\n").as_bytes(),
     )
-    .with_context(|| format!("recording the source's identity in {}", path.display()))
 }
 
 /// Removes `NAME-*.key.*.new` in `dir`: what a run killed while writing a

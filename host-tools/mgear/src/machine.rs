@@ -389,11 +389,8 @@ fn check_disk_count(
 ) -> crate::Result<()> {
     let dir = crate::keys::key_cache_dir(args.key_cache.clone())?;
     let path = crate::keys::disk_count_file(&dir, name, id);
-    let started = std::fs::read_to_string(&path).ok().and_then(|t| {
-        t.trim()
-            .strip_prefix(&format!("generation {g} disks "))
-            .and_then(|k| k.parse::<usize>().ok())
-    });
+    let started =
+        crate::keys::generation_note(&path, g, "disks").and_then(|k| k.parse::<usize>().ok());
     match started {
         Some(was) if was != n => Err(usage(format!(
             "set {name} generation {g} was started with {was} disks, but {n} --source are given \
@@ -402,7 +399,7 @@ fn check_disk_count(
             args.medium.as_args()
         ))),
         Some(_) => Ok(()),
-        None => std::fs::write(&path, format!("generation {g} disks {n}\n"))
+        None => crate::keys::write_generation_note(&path, g, "disks", &n.to_string())
             .with_context(|| format!("recording the set's disk count in {}", path.display())),
     }
 }
