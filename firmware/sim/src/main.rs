@@ -67,9 +67,26 @@ fn main() {
         .format_timestamp_millis()
         .init();
     if let Err(e) = run(Args::parse()) {
-        eprintln!("mgear-appliance-sim: error: {e:#}");
+        eprintln!("mgear-appliance-sim: error: {}", chain(&e));
         std::process::exit(1);
     }
+}
+
+/// `e` and its causes joined with ": ", leaving out a cause whose text the line already
+/// holds (an error that prints its source, as the NBD crate's do, said it twice).
+fn chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// `path` made absolute (it may not exist yet), so `info` can tell a host
@@ -83,6 +100,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     let slave = console.slave_path().to_path_buf();
     let waiter = console.waiter()?;
     let nbd_socket = absolute(&args.nbd)?;
+    // The link is made last (its appearance says "ready"), but a path it cannot take is
+    // refused before the firmware starts.
+    ConsoleLink::check(&args.console_link)?;
+    if let Ok(m) = std::fs::symlink_metadata(&nbd_socket) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(anyhow!(
+                "{} exists and is not a socket; choose another --nbd or remove it",
+                nbd_socket.display()
+            ));
+        }
+    }
 
     let mut cfg = Config::default();
     if args.test_timing {

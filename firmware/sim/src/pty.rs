@@ -177,26 +177,34 @@ pub struct ConsoleLink {
 }
 
 impl ConsoleLink {
+    /// Whether `link` can become the console link: `Ok(true)` if a (stale) symlink is there
+    /// to replace, `Ok(false)` if nothing is, an error for anything else. Checked before the
+    /// firmware starts, so a wrong `--console-link` is refused before "firmware up".
+    pub fn check(link: &Path) -> io::Result<bool> {
+        match std::fs::symlink_metadata(link) {
+            Ok(m) if m.file_type().is_symlink() => Ok(true),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a symlink; choose another --console-link or remove it",
+                    link.display()
+                ),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(context(format_args!("checking {}", link.display()))(e)),
+        }
+    }
+
     /// Create (or replace a stale) symlink `link` -> `target`.
     ///
     /// Refuses to replace anything that is not a symlink: `--console-link`
     /// pointing at a regular file by mistake must not delete that file.
     pub fn create(link: &Path, target: &Path) -> io::Result<ConsoleLink> {
-        match std::fs::symlink_metadata(link) {
-            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link).map_err(context(
-                format_args!("removing stale console link {}", link.display()),
-            ))?,
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                    "{} exists and is not a symlink; choose another --console-link or remove it",
-                    link.display()
-                ),
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(context(format_args!("checking {}", link.display()))(e)),
+        if ConsoleLink::check(link)? {
+            std::fs::remove_file(link).map_err(context(format_args!(
+                "removing stale console link {}",
+                link.display()
+            )))?;
         }
         std::os::unix::fs::symlink(target, link).map_err(context(format_args!(
             "creating console link {} -> {}",

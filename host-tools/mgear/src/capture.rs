@@ -1146,6 +1146,13 @@ fn print_plan(p: &Preview) {
             human_bytes(f),
             human_bytes(p.needed.saturating_sub(f))
         ),
+        // A delta's bound is the whole disk: what it stores is what changed, unknown here.
+        (Some(f), _) if p.estimate_is_upper_bound && p.estimate.stored_bytes > f => println!(
+            "  {:<14} {} free: fits if less than that changed (a full medium stops the delta; \
+             the same command with one more --medium or --appliance continues it)",
+            "medium",
+            human_bytes(f)
+        ),
         (Some(f), _) => println!("  {:<14} {} free: fits", "medium", human_bytes(f)),
         (None, _) => println!("  {:<14} free space unknown", "medium"),
     }

@@ -53,14 +53,14 @@ pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLoc
     };
     let mut held = take(path, exclusive, std::time::Duration::ZERO, &what, why)?;
     if exclusive && locked_by_another_program(&held._lock) {
-        return Err(coded(
+        return Err(crate::exit::coded_next(
             crate::exit::IO,
-            format!(
+            format_args!(
                 "{what} is held open for writing by another program (a running \
                  mgear-appliance-sim serves it as its medium, or a QEMU has it open): a second \
-                 writer would damage its FAT while both reported success. Write to it through \
-                 that program (the appliance: --appliance PORT), or stop it first"
+                 writer would damage its FAT while both reported success"
             ),
+            "write to it through that program (the appliance: --appliance PORT), or stop it first",
         ));
     }
     held._behind = behind;

@@ -31,7 +31,9 @@
 //! `capture --abort` or `medium rm`). On a `fat:` medium it then runs
 //! `fsck.fat -n` (read-only) when dosfstools is installed, and with
 //! `--repair` `fsck.fat -a`, which reclaims the clusters a crash or a full
-//! medium leaked. Exit 0: clean; 1: something is left.
+//! medium leaked. Files and directories that are not part of the format
+//! (under `MGEAR/`, a capture's or a generation's directory) are named as
+//! notes and left alone. Exit 0: clean (notes aside); 1: something is left.
 
 use crate::error::Context;
 use image_format::commit::COMMIT_FILE;
@@ -751,6 +753,18 @@ fn known_generation_file(name: &str) -> bool {
         || layout::parse_segment_name(name).is_some()
 }
 
+/// The kind of a [`Finding`] that is only told: a file or directory that is not part of the
+/// format (put there by hand or by another program). Nothing reads it and nothing removes it,
+/// so it does not make a medium unclean.
+const UNKNOWN: &str = "unknown-file";
+
+impl Finding {
+    /// Whether this finding leaves the medium unclean (exit 1) while it stands.
+    fn counts(&self) -> bool {
+        !self.repaired && self.kind != UNKNOWN
+    }
+}
+
 /// Look for leftovers (keyless).
 pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
     let mut out = Vec::new();
@@ -761,24 +775,54 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
         repairable,
         repaired: false,
     };
+    // What sits directly under MGEAR/ besides captures, sets and ATTEST: no command reads
+    // it, and the operator who finds it should know it is there.
+    let root = match store.list(layout::ROOT_DIR) {
+        Ok(v) => v,
+        Err(StoreError::NotFound) => Vec::new(),
+        Err(e) => return Err(sealed(e, layout::ROOT_DIR)),
+    };
+    for e in &root {
+        let ours = e.kind == EntryKind::Dir
+            && (layout::validate_name(&e.name).is_ok()
+                || e.name.eq_ignore_ascii_case(layout::ATTEST_NAME));
+        if !ours {
+            out.push(finding(
+                format!("{}/{}", layout::ROOT_DIR, e.name),
+                UNKNOWN,
+                "not part of the format (left as is)".into(),
+                false,
+            ));
+        }
+    }
     for cap in image_format::list_captures(store)? {
         let dir = layout::capture_dir(&cap.name);
         let entries = store.list(&dir).map_err(|e| sealed(e, &dir))?;
         for e in &entries {
             let path = format!("{dir}/{}", e.name);
-            if e.kind == EntryKind::File && e.name.ends_with(".TMP") {
+            if e.kind == EntryKind::Dir {
+                if layout::parse_generation_dir(&e.name).is_none() {
+                    out.push(finding(
+                        path,
+                        UNKNOWN,
+                        "not a generation directory (left as is; `mgear verify` fails the \
+                         capture while it is there: a generation renamed away is invisible to \
+                         every reader)"
+                            .into(),
+                        false,
+                    ));
+                }
+            } else if e.name.ends_with(".TMP") {
                 out.push(finding(
                     path,
                     "temporary-file",
                     "left by an interrupted write".into(),
                     true,
                 ));
-            } else if e.kind == EntryKind::File
-                && ![KEYS_FILE, KEYPASS_FILE].contains(&e.name.as_str())
-            {
+            } else if ![KEYS_FILE, KEYPASS_FILE].contains(&e.name.as_str()) {
                 out.push(finding(
                     path,
-                    "unknown-file",
+                    UNKNOWN,
                     "not part of the format (left as is)".into(),
                     false,
                 ));
@@ -821,6 +865,13 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                         Some(_) => format!(
                             "generation {} of {} is damaged ({why}): it is not a leftover and is \
                              kept; `mgear verify` says what is wrong",
+                            g.generation, cap.name
+                        ),
+                        // The whole story is in the state's own text (an interrupted start).
+                        None if why == image_format::CUT_OFF_AT_START => format!(
+                            "generation {} of {} was cut off at its start (no MANIFEST, no valid \
+                             journal): nothing can resume or read it; the same capture command \
+                             starts it over",
                             g.generation, cap.name
                         ),
                         None => format!(
@@ -903,7 +954,7 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                 } else if f.kind == EntryKind::Dir || !known_generation_file(&f.name) {
                     out.push(finding(
                         path,
-                        "unknown-file",
+                        UNKNOWN,
                         "not part of the format (left as is)".into(),
                         false,
                     ));
@@ -1187,7 +1238,7 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
         Some(Ok(MediumSpec::Fat(path))) => fsck_fat(&path, &args.medium.describe(), args.repair)?,
         _ => None,
     };
-    let clean = findings.iter().all(|f| f.repaired) && fat.as_ref().is_none_or(|c| c.ok);
+    let clean = !findings.iter().any(Finding::counts) && fat.as_ref().is_none_or(|c| c.ok);
     let report = FsckReport {
         command: "medium fsck",
         medium: args.medium.describe(),
@@ -1205,7 +1256,7 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
 }
 
 fn print_fsck(r: &FsckReport, repair: bool) {
-    if r.findings.is_empty() {
+    if !r.findings.iter().any(|f| f.kind != UNKNOWN) {
         println!(
             "{}: no leftovers (the captures' data is not read here: `mgear verify` checks it)",
             r.medium
@@ -1383,5 +1434,42 @@ mod tests {
         assert_eq!(f.len(), 4, "{f:?}");
         assert!(scan(&mut s).unwrap().is_empty());
         assert!(image_format::list_captures(&mut s).unwrap().is_empty());
+    }
+
+    /// Junk put on the medium by hand is named wherever it sits, left alone by `--repair`,
+    /// and does not make the medium unclean; a leftover beside it still does.
+    #[test]
+    fn junk_is_named_everywhere_and_left_alone() {
+        let mut s = MemStore::new();
+        s.create_dir_all("MGEAR/web01/G0001").unwrap();
+        s.write_at("MGEAR/web01/KEYS", 0, b"k").unwrap();
+        s.write_at("MGEAR/notes.txt", 0, b"x").unwrap();
+        s.create_dir_all("MGEAR/no such name").unwrap();
+        s.create_dir_all("MGEAR/ATTEST").unwrap();
+        s.create_dir_all("MGEAR/web01/old").unwrap();
+        // A damaged generation's directory goes whole, junk and all.
+        s.write_at("MGEAR/web01/G0001/extra.bin", 0, b"x").unwrap();
+        let f = scan_and_repair(&mut s).unwrap();
+        let notes: Vec<&str> = f
+            .iter()
+            .filter(|x| x.kind == UNKNOWN)
+            .map(|x| x.path.as_str())
+            .collect();
+        assert_eq!(
+            notes,
+            ["MGEAR/no such name", "MGEAR/notes.txt", "MGEAR/web01/old",],
+            "{f:?}"
+        );
+        assert!(f.iter().all(|x| x.kind != UNKNOWN || !x.repaired));
+        // The damaged generation (and then the capture) went; the junk stays.
+        assert!(image_format::list_captures(&mut s).unwrap().is_empty());
+        assert_eq!(s.len("MGEAR/notes.txt").unwrap(), Some(1));
+        let left = scan(&mut s).unwrap();
+        assert!(left.iter().all(|x| x.kind == UNKNOWN), "{left:?}");
+        assert!(!left.iter().any(Finding::counts));
+        // A leftover beside the junk still counts.
+        s.create_dir_all("MGEAR/web02").unwrap();
+        let f = scan(&mut s).unwrap();
+        assert!(f.iter().any(Finding::counts), "{f:?}");
     }
 }

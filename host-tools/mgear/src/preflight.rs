@@ -346,18 +346,19 @@ pub fn estimate(
 /// Refuse a capture that cannot fit (exit 3, the medium-full class).
 pub fn check_space(need: u64, free: Option<u64>) -> crate::Result<()> {
     match free {
-        Some(free) if need > free => Err(crate::exit::coded(
+        Some(free) if need > free => Err(crate::exit::coded_next(
             crate::exit::IO,
-            format!(
+            format_args!(
                 "the medium cannot hold this capture: it needs about {} and {} are free \
-                 ({} missing); nothing was written. Give one more medium (another --medium or \
-                 --appliance: the capture continues on it when the first fills), use a larger \
-                 medium, remove captures that are no longer needed (`mgear medium rm`), or pass \
-                 --skip-space-check if you know the disk stores smaller than the sampled estimate",
+                 ({} missing); nothing was written",
                 human_bytes(need),
                 human_bytes(free),
                 human_bytes(need - free)
             ),
+            "give one more medium (another --medium or --appliance: the capture continues on \
+             it when the first fills), use a larger medium, remove captures that are no longer \
+             needed (`mgear medium rm`), or pass --skip-space-check if you know the disk stores \
+             smaller than the sampled estimate",
         )),
         _ => Ok(()),
     }

@@ -349,6 +349,8 @@ fn verify(args: Plan) -> crate::Result<i32> {
     }
     let mut report = VerifyReport::default();
     let mut not_opened = Vec::new();
+    // Captures a keyed run set out to decrypt (its summary says how many it could).
+    let mut asked = 0;
     match (&unlock, &name) {
         (None, None) => report = image_format::verify_keyless(store, &mut obs)?,
         (None, Some(name)) => {
@@ -392,6 +394,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
                     });
                 }
             }
+            asked = names.len();
             for n in names {
                 // Nothing to decrypt is a finding of the medium (as keyless verify says), not a
                 // usage error that stops the other captures: no generation at all (a capture
@@ -639,11 +642,17 @@ fn verify(args: Plan) -> crate::Result<i32> {
     if json {
         progress::print_json(&out)?;
     } else {
+        // "0 captures" beside a capture the run could not decrypt (no key slot, nothing
+        // finished) read as if the medium were empty.
+        let captures = if out.keyed && (out.captures as usize) < asked {
+            format!("{} of {asked} captures decrypted", out.captures)
+        } else {
+            format!("{} captures", out.captures)
+        };
         println!(
-            "{} verification of {}: {} captures, {} generations, {} segments, {} records, {} checked",
+            "{} verification of {}: {captures}, {} generations, {} segments, {} records, {} checked",
             if out.keyed { "full (decrypting)" } else { "keyless" },
             args.medium.describe(),
-            out.captures,
             out.generations,
             out.segments,
             out.records,

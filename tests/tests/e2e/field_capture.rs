@@ -122,10 +122,16 @@ fn check_before_writing_refuses_and_plans_without_writing() {
     let o = capture(&e, "big.raw", &m, "big", &[]);
     assert_eq!(code(&o), Some(3), "{}", output_text(&o));
     assert!(
-        err(&o).contains("missing") && err(&o).contains("nothing was written"),
+        err(&o).contains("missing")
+            && err(&o).contains("nothing was written")
+            && !err(&o).contains("check that the path"),
         "{}",
         output_text(&o)
     );
+    let o = capture(&e, "big.raw", &m, "big", &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).expect("one JSON object");
+    let hint = v["error"]["hint"].as_str().unwrap_or_default();
+    assert!(hint.starts_with("give one more medium"), "{v}");
     assert_eq!(
         sha(&img),
         before,
@@ -133,6 +139,18 @@ fn check_before_writing_refuses_and_plans_without_writing() {
     );
     let o = e.ok(&["inspect", "--medium", &m]);
     assert!(out(&o).contains("0 capture"), "{}", output_text(&o));
+
+    // A delta's bound is its whole disk: on a medium with less room the plan says what it
+    // depends on rather than "fits".
+    random_disk(&e.p("half.raw"), 40 << 20, 3);
+    e.capture(&m, "half").source("half.raw").ok();
+    let o = capture(&e, "half.raw", &m, "half", &["--delta", "--dry-run"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    assert!(
+        out(&o).contains("fits if less than that changed"),
+        "{}",
+        output_text(&o)
+    );
 }
 
 #[test]

@@ -745,7 +745,9 @@ fn inspect_verify_and_ingest_agree_on_a_changed_medium() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        out(&o).contains("FAILED") && out(&o).contains("no key slot"),
+        out(&o).contains("FAILED")
+            && out(&o).contains("no key slot")
+            && out(&o).contains(": 0 of 1 captures decrypted, "),
         "{}",
         text(&o)
     );
