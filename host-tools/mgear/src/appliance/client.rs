@@ -83,10 +83,27 @@ impl Client {
             .to_str()
             .ok_or_else(|| err!("port path {} is not UTF-8", port.display()))?;
         if !port.exists() {
-            bail!(
-                "no appliance console at {}: is the appliance (or mgear-appliance-sim) running?",
-                port.display()
-            );
+            // A link left by a simulator that was killed points at a pty that is gone.
+            let stale = std::fs::read_link(port)
+                .map(|to| {
+                    format!(
+                        " ({} is a link to {}, which is gone: the simulator that made it has \
+                         stopped)",
+                        port.display(),
+                        to.display()
+                    )
+                })
+                .unwrap_or_default();
+            return Err(crate::exit::coded_hint(
+                crate::exit::IO,
+                format!(
+                    "no appliance console at {}{stale}: is the appliance (or \
+                     mgear-appliance-sim) running?",
+                    port.display()
+                ),
+                "plug the appliance in (or start mgear-appliance-sim), then run the same \
+                 command again; `mgear appliance list` shows the consoles it finds",
+            ));
         }
         // A file, a directory or a pipe named as the port: said as such (serialport's ENOTTY
         // reads "Not a typewriter").
@@ -271,6 +288,13 @@ mod tests {
             assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
             assert!(e.to_string().contains(what), "{e}");
         }
+        // The link a killed simulator left behind: named as such, the way on in the hint.
+        let link = dir.path().join("stale.tty");
+        std::os::unix::fs::symlink(dir.path().join("gone-pty"), &link).unwrap();
+        let e = Client::open(&link).err().expect("refused");
+        assert_eq!(crate::exit::code_of(&e), crate::exit::IO, "{e}");
+        assert!(e.to_string().contains("which is gone"), "{e}");
+        assert!(crate::exit::hint(&e, "appliance").contains("appliance list"));
     }
 
     /// A fake appliance: replies are prepared per request and appear in the
