@@ -35,6 +35,14 @@ impl DirStore {
                 "{} is not a directory: give the mount point of the appliance medium",
                 root.display()
             ))),
+            // A dir: medium is any directory (a mounted medium, or a plain one for tests and
+            // staging): one that is not there yet is made by the operator, not guessed here.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Io(format!(
+                "cannot open medium directory {}: {e}; a dir: medium is an existing directory \
+                 (the medium's mount point, or `mkdir -p {}` for a new one)",
+                root.display(),
+                root.display()
+            ))),
             Err(e) => Err(StoreError::Io(format!(
                 "cannot open medium directory {}: {e}",
                 root.display()
@@ -391,5 +399,9 @@ mod tests {
     fn missing_root_is_a_clear_error() {
         let e = DirStore::open("/nonexistent/mgear-medium").unwrap_err();
         assert!(e.to_string().contains("cannot open medium directory"));
+        assert!(
+            e.to_string().contains("mkdir -p /nonexistent/mgear-medium"),
+            "{e}"
+        );
     }
 }
