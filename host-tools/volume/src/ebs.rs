@@ -119,9 +119,7 @@ impl EbsSnapshotVolume {
         // cost (every re-run made one), so it takes --force, as a finished file target does.
         let done = prep.state_dir.join(format!("{key}.done"));
         if let (Ok(text), false) = (std::fs::read_to_string(&done), prep.force) {
-            let mut lines = text.lines();
-            let (volume, what) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-            if what == prep.what {
+            if let Some((volume, what)) = done_pairs(&text).find(|(_, w)| *w == prep.what) {
                 return Err(Error::Usage(format!(
                     "ebs-snapshot:{name} was completed by an earlier run of this ingest ({what}): \
                      {volume}; it is not made again. --force makes another snapshot"
@@ -275,16 +273,28 @@ impl Volume for EbsSnapshotVolume {
             volume = format!("{} {ami}", done.snapshot_id);
         }
         // What a re-run of the same ingest is told (see `open_with`); losing it loses nothing.
-        let _ = image_format::private::replace(
-            &this.state_dir.join(format!("{}.done", this.key)),
-            format!("snapshot {volume}\n{}\n", this.what).as_bytes(),
-        );
+        // One record per generation made into this name: a later generation's snapshot must
+        // not make a re-run of an earlier one take another snapshot.
+        let path = this.state_dir.join(format!("{}.done", this.key));
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut text: String = done_pairs(&old)
+            .filter(|(_, w)| *w != this.what)
+            .map(|(v, w)| format!("{v}\n{w}\n"))
+            .collect();
+        text.push_str(&format!("snapshot {volume}\n{}\n", this.what));
+        let _ = image_format::private::replace(&path, text.as_bytes());
         Ok(Finished {
             path: None,
             format: "raw",
             volume: Some(volume),
         })
     }
+}
+
+/// The `(snapshot line, ingest)` records of a `.done` file: two lines each.
+fn done_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    let lines: Vec<&str> = text.lines().collect();
+    (0..lines.len() / 2).map(move |i| (lines[2 * i], lines[2 * i + 1]))
 }
 
 #[cfg(test)]
@@ -360,5 +370,49 @@ mod tests {
         assert_eq!(images.len(), 1);
         assert!(vol.ends_with(images.keys().next().unwrap().as_str()));
         assert!(d.rejections().is_empty(), "{:?}", d.rejections());
+    }
+
+    /// Each generation made into one name keeps its record: a re-run of the first, after the
+    /// second was made, is refused rather than making a third snapshot.
+    #[test]
+    fn a_rerun_of_an_earlier_generation_is_refused_after_a_later_one() {
+        let d = Double::start(DoubleConfig::default());
+        let dir = tempfile::tempdir().unwrap();
+        let size = ebs::BLOCK_SIZE as u64;
+        let client = EbsClient::new(d.aws_config());
+        let gen = |g: u32| Prepare {
+            what: format!("mgear ingest of capture t generation {g}"),
+            ..prep(dir.path(), size)
+        };
+        for g in [1, 2] {
+            let mut v: Box<dyn Volume> = Box::new(
+                EbsSnapshotVolume::open_with(
+                    "web01",
+                    EbsOptions::default(),
+                    &gen(g),
+                    client.clone(),
+                )
+                .unwrap(),
+            );
+            v.write_at(0, &[g as u8; 4096]).unwrap();
+            v.write_zeroes(4096, size - 4096).unwrap();
+            v.finish().unwrap();
+        }
+        for g in [1, 2] {
+            let e = EbsSnapshotVolume::open_with(
+                "web01",
+                EbsOptions::default(),
+                &gen(g),
+                client.clone(),
+            )
+            .err()
+            .expect("refused");
+            assert!(
+                e.to_string()
+                    .contains(&format!("completed by an earlier run of this ingest (mgear ingest of capture t generation {g})")),
+                "{e}"
+            );
+        }
+        assert_eq!(d.snapshot_ids().len(), 2);
     }
 }
