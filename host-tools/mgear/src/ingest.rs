@@ -487,6 +487,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             "--boot of a cinder: target creates a Nova server: give its --flavor NAME",
         ));
     }
+    refuse_clobbering(&args, std::slice::from_ref(&args.target))?;
     if let Some(p) = &args.report {
         crate::report::check_writable(p, "--report")?;
     }
@@ -676,6 +677,63 @@ fn boot_volume(args: &Plan, bus: mgear_boot::Bus, r: &mut Report) -> crate::Resu
         );
         Ok(FOUND)
     }
+}
+
+/// Refuse (exit 2), before anything is read or written, an ingest whose files would
+/// overwrite each other: a `--report` (or its `.txt` summary) that is a target's volume file
+/// or its `.partial` (the report replaced the volume just verified, and the run said
+/// "verified", exit 0), or a target that is a file the run reads (the identity, the
+/// passphrase file, a pinned site key).
+pub fn refuse_clobbering(args: &Plan, targets: &[String]) -> crate::Result<()> {
+    let volumes: Vec<(String, PathBuf)> = targets
+        .iter()
+        .filter_map(|t| match Target::parse(t, Bare::Refuse) {
+            Ok(Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) => Some((t.clone(), p)),
+            _ => None,
+        })
+        .collect();
+    let same = |a: &Path, b: &Path| {
+        crate::guard::overlaps(a, b)
+            || matches!((crate::guard::resolved(a), crate::guard::resolved(b)), (Some(x), Some(y)) if x == y)
+    };
+    if let Some(report) = &args.report {
+        for r in [report.clone(), crate::report::text_path(report)] {
+            for (spec, v) in &volumes {
+                let mut partial = v.as_os_str().to_owned();
+                partial.push(".partial");
+                if same(&r, v) || same(&r, Path::new(&partial)) {
+                    return Err(usage(format!(
+                        "--report {}: {} is where --target {spec} writes its volume: the report \
+                         would replace the disk just verified. Give --report another file name",
+                        report.display(),
+                        r.display()
+                    )));
+                }
+            }
+        }
+    }
+    let mut inputs: Vec<(&str, &Path)> = Vec::new();
+    if let Some(p) = &args.identity {
+        inputs.push(("--identity", p));
+    }
+    if let Some(p) = &args.passphrase_file {
+        inputs.push(("--passphrase-file", p));
+    }
+    for p in &args.trust.trust {
+        inputs.push(("--trust", p));
+    }
+    for (spec, v) in &volumes {
+        for (flag, input) in &inputs {
+            if same(v, input) {
+                return Err(usage(format!(
+                    "--target {spec} is the {flag} file {}: ingest would overwrite it with the \
+                     disk. Give the volume another path",
+                    input.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Do the ingest.

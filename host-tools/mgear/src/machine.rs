@@ -917,6 +917,7 @@ pub fn run_ingest(
     targets: &[String],
     only: Option<usize>,
 ) -> crate::Result<i32> {
+    crate::ingest::refuse_clobbering(args, targets)?;
     if let Some(p) = &args.report {
         crate::report::check_writable(p, "--report")?;
     }

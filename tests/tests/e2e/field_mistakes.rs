@@ -236,6 +236,32 @@ fn the_medium_is_never_its_own_target_or_source() {
         .run();
     refused(&o, "is a directory");
     assert!(!e.p("sub.partial").exists());
+
+    // The report where the volume goes (its .txt summary too), and a volume over the identity
+    // the run reads: each replaced the other (the report the verified disk, exit 0).
+    let key = fs::read(e.p("target.key")).unwrap();
+    for (target, report) in [
+        ("file:v.raw", "v.raw"),
+        ("file:v.txt", "v.json"),
+        ("file:v.raw", "v.raw.partial"),
+    ] {
+        let o = e
+            .ingest(&m, "web01")
+            .untrusted()
+            .target(target)
+            .args(&["--report", report])
+            .run();
+        refused(&o, "the report would replace the disk just verified");
+        assert!(!e.p("v.raw").exists() && !e.p("v.txt").exists());
+    }
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:target.key")
+        .arg("--force")
+        .run();
+    refused(&o, "is the --identity file");
+    assert_eq!(fs::read(e.p("target.key")).unwrap(), key);
 }
 
 #[test]
