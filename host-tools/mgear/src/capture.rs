@@ -1600,7 +1600,7 @@ pub fn borrow_key(
 }
 
 /// The key slots a new capture gets from `args`, as its key cache records them.
-fn slots_of(args: &Plan) -> image_format::keys::CachedSlots {
+pub(crate) fn slots_of(args: &Plan) -> image_format::keys::CachedSlots {
     image_format::keys::CachedSlots {
         recipients: args.recipient.iter().map(|r| r.to_string()).collect(),
         passphrase: args.passphrase_file.is_some(),
@@ -1622,14 +1622,7 @@ fn same_slots(
     key: &DataKey,
 ) -> crate::Result<()> {
     let name = &args.name;
-    let over = format!(
-        "A capture's key slots are made at its first generation; a resume or --delta keeps \
-         them. Run it again with the recipients and passphrase it was first captured with (or \
-         with no --recipient: the slots stay as they were made), or capture under a new name \
-         for other slots (`mgear capture --abort --name {name} {}` first removes an unfinished \
-         first capture)",
-        args.medium.as_args()
-    );
+    let over = slots_kept(args);
     if args.passphrase_generate {
         // Made by this run (O_EXCL) a moment ago: nobody may take it for this capture's.
         if let Some(f) = &args.passphrase_file {
@@ -1640,33 +1633,7 @@ fn same_slots(
              does not open it (the new file was removed again). {over}"
         )));
     }
-    let recorded = DataKey::cached_slots(cache)?;
-    if let Some(slots) = &recorded {
-        let given: std::collections::BTreeSet<String> =
-            args.recipient.iter().map(|r| r.to_string()).collect();
-        let made: std::collections::BTreeSet<String> = slots.recipients.iter().cloned().collect();
-        if !given.is_empty() && given != made {
-            let list = |s: &std::collections::BTreeSet<String>| {
-                if s.is_empty() {
-                    "none".to_string()
-                } else {
-                    s.iter().cloned().collect::<Vec<_>>().join(", ")
-                }
-            };
-            return Err(usage(format!(
-                "capture {name}'s key slot was made for recipient(s) {}, and this run names {}: \
-                 only the first could open it. {over}",
-                list(&made),
-                list(&given)
-            )));
-        }
-        if passphrase.is_some() && !slots.passphrase {
-            return Err(usage(format!(
-                "capture {name} has no passphrase slot (its first generation was captured \
-                 without --passphrase-file), so this passphrase could not open it. {over}"
-            )));
-        }
-    }
+    let recorded = same_recipients(args, cache, passphrase.is_some(), &over)?;
     if let Some(p) = passphrase {
         let unlock = image_format::Unlock::Passphrase(p.clone());
         match image_format::unlock_data_key(store, name, &unlock) {
@@ -1690,6 +1657,60 @@ fn same_slots(
         }
     }
     Ok(())
+}
+
+/// The recipients (and whether a passphrase slot) the key cache `cache` recorded when the
+/// capture was made, checked against what this run names (`over`: how to go on); `None` for a
+/// cache that records none. Shared by single disks and machine sets (whose slots are recorded
+/// under the set's name).
+/// How to go on when a resume or delta names other key slots than the capture was made with.
+pub(crate) fn slots_kept(args: &Plan) -> String {
+    format!(
+        "A capture's key slots are made at its first generation; a resume or --delta keeps \
+         them. Run it again with the recipients and passphrase it was first captured with (or \
+         with no --recipient: the slots stay as they were made), or capture under a new name \
+         for other slots (`mgear capture --abort --name {} {}` first removes an unfinished \
+         first capture)",
+        args.name,
+        args.medium.as_args()
+    )
+}
+
+pub(crate) fn same_recipients(
+    args: &Plan,
+    cache: &std::path::Path,
+    passphrase: bool,
+    over: &str,
+) -> crate::Result<Option<image_format::keys::CachedSlots>> {
+    let name = &args.name;
+    let recorded = DataKey::cached_slots(cache)?;
+    if let Some(slots) = &recorded {
+        let given: std::collections::BTreeSet<String> =
+            args.recipient.iter().map(|r| r.to_string()).collect();
+        let made: std::collections::BTreeSet<String> = slots.recipients.iter().cloned().collect();
+        if !given.is_empty() && given != made {
+            let list = |s: &std::collections::BTreeSet<String>| {
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.iter().cloned().collect::<Vec<_>>().join(", ")
+                }
+            };
+            return Err(usage(format!(
+                "capture {name}'s key slot was made for recipient(s) {}, and this run names {}: \
+                 only the first could open it. {over}",
+                list(&made),
+                list(&given)
+            )));
+        }
+        if passphrase && !slots.passphrase {
+            return Err(usage(format!(
+                "capture {name} has no passphrase slot (its first generation was captured \
+                 without --passphrase-file), so this passphrase could not open it. {over}"
+            )));
+        }
+    }
+    Ok(recorded)
 }
 
 /// Capture one disk; `shared`: it is a disk stream of a machine set
@@ -2010,10 +2031,17 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         if fresh_id != Some(id) {
             crate::keys::remove_stale_temp(&cache_dir, &args.name);
             let key = writer.data_key();
-            if exists {
-                key.save_cache_with_id(&cache_file, &args.name, &id)?;
-            } else {
-                key.save_cache_with_slots(&cache_file, &args.name, &id, &slots_of(args))?;
+            // Rewritten for a resume or delta: the slots recorded when the capture was made
+            // stay (they were lost here, and every later run went unchecked: a third
+            // generation naming another --recipient was taken).
+            let kept = match (exists, &cached) {
+                (true, Some(c)) => DataKey::cached_slots(&c.path).ok().flatten(),
+                (true, None) => None,
+                (false, _) => Some(slots_of(args)),
+            };
+            match kept {
+                Some(slots) => key.save_cache_with_slots(&cache_file, &args.name, &id, &slots)?,
+                None => key.save_cache_with_id(&cache_file, &args.name, &id)?,
             }
         }
         // An older release's `NAME.key` of this capture is now kept by id.

@@ -460,7 +460,14 @@ fn shared_key(
         };
         image_format::private::create_dir(&dir)
             .with_context(|| format!("creating key cache {}", dir.display()))?;
-        key.save_cache_with_id(&crate::keys::cache_file(&dir, name, &id), name, &id)?;
+        // The slots the set is made with, recorded under its name: a later delta or resume of
+        // the set that names others is refused (`capture::same_recipients`).
+        key.save_cache_with_slots(
+            &crate::keys::cache_file(&dir, name, &id),
+            name,
+            &id,
+            &capture::slots_of(args),
+        )?;
         return Ok(Shared {
             dedup_with: Vec::new(),
             peers,
@@ -470,6 +477,14 @@ fn shared_key(
     };
     for n in [name.clone(), set::disk_stream_name(name, 0)] {
         if let Some(c) = crate::keys::find_cached(&dir, &n, &id)? {
+            if n == *name {
+                capture::same_recipients(
+                    args,
+                    &c.path,
+                    args.passphrase_file.is_some(),
+                    &capture::slots_kept(args),
+                )?;
+            }
             let key = DataKey::load_cache(&c.path, &c.name)?;
             return Ok(Shared {
                 dedup_with: Vec::new(),

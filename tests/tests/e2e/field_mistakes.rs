@@ -982,6 +982,24 @@ fn a_delta_naming_other_key_slots_is_refused_and_the_medium_kept() {
     capture("db02")
         .args(&["--delta", "--passphrase-file", "pass1.txt"])
         .ok();
+    // And after them: a delta rewrote the key cache without the slots it recorded, and from
+    // the third generation on another recipient was taken. A machine set records its slots too.
+    refused(
+        &capture("web01")
+            .args(&["--delta", "--recipient", "other.pub"])
+            .run(),
+        "key slot was made for recipient(s)",
+    );
+    random_disk(&e.p("disk1.raw"), 1 << 20, 9);
+    let set = || e.capture(medium, "app").sources(&["disk.raw", "disk1.raw"]);
+    set().ok();
+    set().arg("--delta").ok();
+    let before = tree(&e.p("m"));
+    refused(
+        &set().args(&["--delta", "--recipient", "other.pub"]).run(),
+        "key slot was made for recipient(s)",
+    );
+    assert_eq!(tree(&e.p("m")), before);
 }
 
 /// A loop device over the medium's image is the medium: as a capture's
