@@ -1047,7 +1047,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             return Ok(report);
         }
     }
-    let vol = crate::target::open_for_ingest(&target, &prep, &facts)?;
+    let vol = crate::target::open_for_ingest(&target, &prep, &facts, &args.medium.boot_sectors())?;
     let plan = WritePlan {
         // The stored spelling, whatever case --name was given in.
         name: reader.name().to_string(),

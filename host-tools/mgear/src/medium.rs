@@ -335,6 +335,33 @@ impl Where {
     /// holding the same FAT volume (its serial, size and label in the boot sector: the image
     /// behind an appliance simulator, a loop device over it). `refuse_overlap` knows only
     /// paths; an appliance's medium has none on this host.
+    /// The boot sectors of these media that can be read here (a `fat:` image or device, an
+    /// appliance's export), each with how to name it: a target whose first sector is the same
+    /// FAT volume is the medium, whatever path or export reaches it.
+    pub fn boot_sectors(&self) -> Vec<(String, [u8; 512])> {
+        let mut out = Vec::new();
+        for port in &self.appliance {
+            if let Some(b) = crate::appliance::medium_locator(port)
+                .ok()
+                .as_deref()
+                .and_then(nbd_boot_sector)
+            {
+                out.push((
+                    format!("the medium of the appliance at {}", port.display()),
+                    b,
+                ));
+            }
+        }
+        for spec in &self.medium {
+            if let Ok(MediumSpec::Fat(p)) = MediumSpec::parse(spec) {
+                if let Some(b) = file_boot_sector(&p) {
+                    out.push((format!("the medium {spec}"), b));
+                }
+            }
+        }
+        out
+    }
+
     pub fn refuse_same_volume(&self, what: &str, target: &TargetRef) -> crate::Result<()> {
         let mut media: Vec<(String, Option<String>, Option<[u8; 512]>)> = Vec::new();
         for port in &self.appliance {
@@ -507,7 +534,7 @@ fn same_nbd(a: &str, b: &str) -> bool {
 }
 
 /// Two FAT32 boot sectors of one volume: the same serial (random at format), size and label.
-fn same_fat_volume(a: &[u8; 512], b: &[u8; 512]) -> bool {
+pub(crate) fn same_fat_volume(a: &[u8; 512], b: &[u8; 512]) -> bool {
     let fat32 = |s: &[u8; 512]| s[510..512] == [0x55, 0xaa] && &s[82..90] == b"FAT32   ";
     fat32(a) && fat32(b) && a[0x43..0x52] == b[0x43..0x52] && a[0x20..0x24] == b[0x20..0x24]
 }
@@ -720,6 +747,17 @@ pub fn format_medium(
             path.display()
         )));
     }
+    // An image or device another command writes (another mgear, or a simulator serving it
+    // as its medium, or a QEMU) is not formatted under it, not even with --force: --force
+    // overrides "it holds data", never "someone is using it".
+    let _held = match &meta {
+        Some(_) => Some(crate::lock::lock(
+            path,
+            true,
+            &format!("fat:{}", path.display()),
+        )?),
+        None => None,
+    };
     let is_dev = meta
         .as_ref()
         .is_some_and(|m| m.file_type().is_block_device());

@@ -19,10 +19,14 @@ use crate::spec::Target;
 /// Open the target for an ingest (create it, or reopen what an
 /// interrupted run left); the one place that maps kinds to volumes.
 /// `capture` names what is written (a Cinder volume carries it as metadata).
+/// `media`: the boot sectors of the media the ingest reads ([`crate::medium::Where::boot_sectors`]):
+/// an NBD export whose first sector is one of them is the medium served another way (the
+/// image behind a simulator, by its socket), refused even with `--force`.
 pub fn open_for_ingest(
     target: &Target,
     prep: &Prepare,
     capture: &CaptureFacts,
+    media: &[(String, [u8; 512])],
 ) -> crate::Result<Box<dyn Volume>> {
     let v: Box<dyn Volume> = match target {
         Target::File(p) => Box::new(FileVolume::create(p, prep)?),
@@ -38,6 +42,19 @@ pub fn open_for_ingest(
         // An export always exists: what it holds is checked, as a dev:'s is,
         // before the first byte is written (unless this ingest wrote it).
         Target::Nbd(u) => Box::new(NbdVolume::open(u, prep, |head, tail, size| {
+            if let Some(first) = head.get(..512).and_then(|b| <&[u8; 512]>::try_from(b).ok()) {
+                if let Some((name, _)) = media
+                    .iter()
+                    .find(|(_, b)| crate::medium::same_fat_volume(first, b))
+                {
+                    return Err(mgear_volume::Error::Usage(format!(
+                        "--target {u} is {name} (the same FAT volume: its serial, size and \
+                         label), served another way: ingest would overwrite the shipment it \
+                         reads. Give a volume that is not the medium (--force does not change \
+                         this)"
+                    )));
+                }
+            }
             let found = crate::guard::scan(head, tail, size);
             match found.is_empty() || prep.force {
                 true => Ok(()),

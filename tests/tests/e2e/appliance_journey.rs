@@ -324,6 +324,32 @@ fn the_image_a_running_simulator_serves_is_not_written_beside_it() {
         text(&out.stderr)
     );
     assert!(std::fs::read(lab.p("medium.img")).unwrap() == before);
+    // Nor formatted under it (--force overrides "it holds data", not "someone uses it"), nor
+    // ingested into through the simulator's export while read as fat:IMAGE.
+    let img = lab.s("medium.img");
+    let out = lab.run(&["medium", "format", &m, "--force"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("held open for writing by another program"));
+    let out = lab.run(&["medium", "format", &m, "--size", "64MiB", "--force"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    for force in [false, true] {
+        let mut line = Line::ingest(&lab, "web01")
+            .medium(&m)
+            .untrusted()
+            .arg("--allow-unsealed")
+            .target(&lab.nbd_url());
+        if force {
+            line = line.arg("--force");
+        }
+        let out = line.run();
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(&format!("is the medium fat:{img}")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(std::fs::read(lab.p("medium.img")).unwrap() == before);
     lab.ok(&["verify", "--medium", &m]);
     lab.stop();
 }
