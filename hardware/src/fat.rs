@@ -477,12 +477,7 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
             let mut head = [0u8; 512];
             let mut read = cache_reader(&cache);
             read(0, &mut head)?;
-            fatmap::fat_size_supported(&head)?;
-            if let Some(at) = fatmap::backup_boot_offset(&head) {
-                let mut backup = [0u8; 512];
-                read(at, &mut backup)?;
-                fatmap::matches_backup(&head, &backup)?;
-            }
+            fatmap::check_boot(&mut read)?;
         }
         let disk = Disk {
             cache: Rc::clone(&cache),

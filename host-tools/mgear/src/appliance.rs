@@ -1037,7 +1037,7 @@ pub fn open_medium(
         // The store's own advice (`mgear medium format fat:PATH`) cannot reach a medium behind
         // an appliance: the medium is formatted where the appliance is issued.
         let e = e.to_string();
-        match e.split_once("; create one with") {
+        match e.split_once("; check that the path names the medium") {
             Some((what, _)) => err!(
                 "opening the appliance's medium: {what}. An appliance's medium is formatted \
                  where the appliance is issued, before it is provisioned (the simulator: stop \

@@ -108,6 +108,16 @@ pub fn scan(head: &[u8], tail: &[u8], size: u64) -> Vec<Signature> {
         add("a FAT32 file system", 82);
     } else if fat16 {
         add("a FAT12/FAT16 file system", 54);
+    } else {
+        // A FAT32 whose boot sector is damaged (a few bytes over it) keeps its backup copy,
+        // sector 6 (of 512 or 4096 bytes): still a medium, never "empty" to a format.
+        for backup in [6 * 512u64, 6 * 4096] {
+            let b = backup as usize;
+            if at(head, b + 510, 2) == [0x55, 0xaa] && at(head, b + 82, 8) == b"FAT32   " {
+                add("a FAT32 file system (its backup boot sector)", backup + 82);
+                break;
+            }
+        }
     }
     for page in [4096usize, 65536] {
         if matches!(at(head, page - 10, 10), b"SWAPSPACE2" | b"SWAP-SPACE") {
@@ -479,6 +489,19 @@ pub(crate) mod tests {
         assert_eq!(
             names(&h, &t),
             ["a GPT partition table", "a GPT backup header"]
+        );
+        // A FAT32 whose boot sector lost its signature keeps its backup at sector 6: a medium
+        // still, which a format without --force must not take for an empty file.
+        let mut h = vec![0u8; 1 << 16];
+        for b in [0usize, 6 * 512] {
+            h[b + 82..b + 90].copy_from_slice(b"FAT32   ");
+            h[b + 510..b + 512].copy_from_slice(&[0x55, 0xaa]);
+        }
+        assert_eq!(names(&h, &[]), ["a FAT32 file system"]);
+        h[510..512].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            names(&h, &[]),
+            ["a FAT32 file system (its backup boot sector)"]
         );
     }
 

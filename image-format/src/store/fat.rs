@@ -763,19 +763,18 @@ impl<D: FatDevice> FatStore<D> {
             .and_then(|mut g| g.read_at(0, &mut head))
             .is_ok()
         {
-            fat_size_supported(&head)?;
-            if let Some(at) = fatmap::backup_boot_offset(&head) {
-                let mut backup = [0u8; 512];
+            fatmap::check_boot(&mut |at, buf| {
                 cache
                     .lock()
-                    .and_then(|mut g| g.read_at(at, &mut backup))
-                    .map_err(|e| fat_err("open", e))?;
-                fatmap::matches_backup(&head, &backup)?;
-            }
+                    .and_then(|mut g| g.read_at(at, buf))
+                    .map_err(|e| fat_err("open", e))
+            })?;
         }
         let fs = fatfs::FileSystem::new(cache.clone(), fatfs::FsOptions::new()).map_err(|e| {
             StoreError::Io(format!(
-                "the medium does not hold a FAT32 file system ({e}); create one with `mgear medium format fat:PATH`"
+                "the medium does not hold a FAT32 file system ({e}); check that the path names \
+             the medium; only a new one is made with `mgear medium format fat:PATH` \
+             (formatting erases what the file or device holds)"
             ))
         })?;
         let mut boot = [0u8; 512];
@@ -2136,6 +2135,51 @@ pub(crate) mod tests {
             assert_eq!(s.len("MGEAR/KEEP").unwrap(), Some(4));
             s.unmount().unwrap();
         }
+        // The backup damaged (sectors per cluster, as one flipped bit does): the boot sector
+        // is the sound copy, and the message copies it the other way (it once told to copy the
+        // damaged backup over the good boot sector).
+        let sector = at / 512;
+        let mut f = open_rw(&p);
+        f.seek(SeekFrom::Start(at + 0x0d)).unwrap();
+        f.write_all(&[good[0x0d] * 2]).unwrap();
+        drop(f);
+        let e = FatStore::open(open_rw(&p))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains(&format!("backup boot sector (sector {sector}) is damaged"))
+                && e.contains(&format!("seek={sector}"))
+                && e.contains("sectors per cluster"),
+            "{e}"
+        );
+        let mut f = open_rw(&p);
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&good).unwrap();
+        drop(f);
+        // No signature on the boot sector, the backup intact: a damaged medium, repaired from
+        // the backup, never "format one".
+        let mut f = open_rw(&p);
+        f.seek(SeekFrom::Start(510)).unwrap();
+        f.write_all(&[0, 0]).unwrap();
+        drop(f);
+        let e = FatStore::open(open_rw(&p))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("backup copy (sector 6) is intact")
+                && e.contains("skip=6")
+                && e.contains("do not format it"),
+            "{e}"
+        );
+        let mut f = open_rw(&p);
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&good).unwrap();
+        drop(f);
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        assert_eq!(s.len("MGEAR/KEEP").unwrap(), Some(4));
+        s.unmount().unwrap();
         // A FAT12/16 boot sector (16-bit FAT size) is refused, naming FAT32.
         let mut boot = good;
         boot[0x16] = 8;

@@ -54,8 +54,9 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
     }
     let not_fat = |why: String| {
         StoreError::Io(alloc::format!(
-            "the medium does not hold a FAT32 file system ({why}); create one with \
-             `mgear medium format fat:PATH`, or check that the path names the medium"
+            "the medium does not hold a FAT32 file system ({why}); check that the path names \
+             the medium; only a new one is made with `mgear medium format fat:PATH` \
+             (formatting erases what the file or device holds)"
         ))
     };
     if boot[510] != 0x55 || boot[511] != 0xaa {
@@ -146,13 +147,108 @@ pub fn backup_boot_offset(boot: &[u8]) -> Option<u64> {
     (at != 0 && at != 0xffff && at < le16(boot, 0x0e)).then(|| at * le16(boot, 0x0b))
 }
 
+/// Reads `buf.len()` bytes of the device at a byte offset.
+pub type ReadAt<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), StoreError> + 'a;
+
+/// Check a FAT32 volume's boot sector before either engine mounts it, reading the device
+/// through `read(offset, buf)`: a FAT the engines can handle ([`fat_size_supported`]), and a
+/// boot sector that agrees with its backup copy ([`matches_backup`]). A boot sector without
+/// its signature whose backup (sector 6) is intact is a damaged medium, not "no FAT32": it is
+/// said as such, with the copy that repairs it, never with "format one".
+pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
+    let mut head = [0u8; 512];
+    read(0, &mut head)?;
+    if let Err(e) = fat_size_supported(&head) {
+        if head[510..512] != [0x55, 0xaa] {
+            for bps in [512u64, 4096] {
+                let mut b = [0u8; 512];
+                if read(6 * bps, &mut b).is_ok()
+                    && b[510..512] == [0x55, 0xaa]
+                    && &b[82..90] == b"FAT32   "
+                    && le16(&b, 0x0b) == bps
+                {
+                    return Err(StoreError::Io(format!(
+                        "the medium's FAT32 boot sector is damaged (no boot sector signature at \
+                         byte 510) and its backup copy (sector 6) is intact; nothing was read or \
+                         written. Copy the backup over it (on an image or device M: `dd if=M \
+                         of=M bs={bps} skip=6 count=1 conv=notrunc`, after saving a copy of M's \
+                         first sector) and run this again; do not format it: that destroys \
+                         every capture on it"
+                    )));
+                }
+            }
+        }
+        return Err(e);
+    }
+    if let Some(at) = backup_boot_offset(&head) {
+        let mut backup = [0u8; 512];
+        read(at, &mut backup)?;
+        let boot_ok = plausible(&head, read);
+        let backup_ok = plausible(&backup, read);
+        matches_backup(&head, &backup, boot_ok, backup_ok)?;
+    }
+    Ok(())
+}
+
+/// Whether `boot` describes a FAT32 volume that is there: sizes that fit together (a FAT as
+/// large as its clusters need, not much larger), a FAT whose first entry carries the media
+/// byte where the boot sector puts it, and a root directory cluster the FAT has allocated.
+/// Tells which of two disagreeing copies is the damaged one.
+fn plausible(boot: &[u8], read: &mut ReadAt<'_>) -> bool {
+    let bps = le16(boot, 0x0b);
+    let spc = u64::from(boot[0x0d]);
+    let reserved = le16(boot, 0x0e);
+    let fats = u64::from(boot[0x10]);
+    let total = u64::from(le32(boot, 0x20));
+    let fat_sectors = u64::from(le32(boot, 0x24));
+    let root = u64::from(le32(boot, 0x2c));
+    if ![512, 1024, 2048, 4096].contains(&bps)
+        || spc == 0
+        || !spc.is_power_of_two()
+        || reserved == 0
+        || !(1..=2).contains(&fats)
+    {
+        return false;
+    }
+    let data = reserved + fats * fat_sectors;
+    if total <= data {
+        return false;
+    }
+    let clusters = (total - data) / spc;
+    let entries = fat_sectors * bps / 4;
+    // Every formatter sizes the FAT for the clusters it has, with a little slack.
+    if entries < clusters + 2 || entries > (clusters + 2) + (clusters + 2) / 4 + bps {
+        return false;
+    }
+    if root < 2 || root >= clusters + 2 {
+        return false;
+    }
+    let fat = reserved * bps;
+    let mut first = [0u8; 8];
+    let mut root_entry = [0u8; 4];
+    if read(fat, &mut first).is_err() || read(fat + root * 4, &mut root_entry).is_err() {
+        return false;
+    }
+    let media = u64::from(boot[0x15]);
+    u64::from(le32(&first, 0) & 0x0fff_ffff) == 0x0fff_ff00 | media
+        && le32(&root_entry, 0) & 0x0fff_ffff != 0
+}
+
 /// Whether a FAT32 boot sector agrees with its backup copy on what places the
 /// volume's structures ([`BPB_FIELDS`]). One damaged byte there (the reserved
 /// sectors, the FAT size, the root cluster) mounted as a volume with an empty
 /// root: the captures vanished without a word ("no MGEAR directory") and a new
 /// capture was written into the broken volume. A backup without the boot
-/// signature (a formatter that writes none) is not compared.
-pub fn matches_backup(boot: &[u8], backup: &[u8]) -> Result<(), StoreError> {
+/// signature (a formatter that writes none) is not compared. When they disagree,
+/// `boot_ok` and `backup_ok` ([`plausible`]) say which copy to repair from: the message
+/// told to copy the backup over the boot sector also when the backup was the damaged one,
+/// and that destroyed the good copy.
+pub fn matches_backup(
+    boot: &[u8],
+    backup: &[u8],
+    boot_ok: bool,
+    backup_ok: bool,
+) -> Result<(), StoreError> {
     if boot.len() < 512 || backup.len() < 512 || backup[510] != 0x55 || backup[511] != 0xaa {
         return Ok(());
     }
@@ -165,15 +261,31 @@ pub fn matches_backup(boot: &[u8], backup: &[u8]) -> Result<(), StoreError> {
         return Ok(());
     }
     let sector = le16(boot, 0x32);
-    Err(StoreError::Io(format!(
-        "the medium's FAT32 boot sector is damaged: it and its backup copy (sector {sector}) \
-         disagree on the {}; nothing was read or written. A damaged boot sector hides the \
-         captures: copy the backup over it (on an image or device M: `dd if=M of=M bs={bps} \
-         skip={sector} count=1 conv=notrunc`, after saving a copy of M's first sector) and run \
-         this again",
-        differ.join(", "),
-        bps = le16(boot, 0x0b),
-    )))
+    let bps = le16(boot, 0x0b);
+    let differ = differ.join(", ");
+    Err(StoreError::Io(match (boot_ok, backup_ok) {
+        (false, true) => format!(
+            "the medium's FAT32 boot sector is damaged: it and its backup copy (sector {sector}) \
+             disagree on the {differ}, and only the backup describes the volume that is there; \
+             nothing was read or written. A damaged boot sector hides the captures: copy the \
+             backup over it (on an image or device M: `dd if=M of=M bs={bps} skip={sector} \
+             count=1 conv=notrunc`, after saving a copy of M's first sector) and run this again"
+        ),
+        (true, false) => format!(
+            "the medium's FAT32 backup boot sector (sector {sector}) is damaged: it and the boot \
+             sector disagree on the {differ}, and only the boot sector describes the volume that \
+             is there; nothing was read or written. Copy the boot sector over its backup (on an \
+             image or device M: `dd if=M of=M bs={bps} seek={sector} count=1 conv=notrunc`, \
+             after saving a copy of M's sector {sector}) and run this again"
+        ),
+        _ => format!(
+            "the medium's FAT32 boot sector and its backup copy (sector {sector}) disagree on \
+             the {differ}, and which one is damaged cannot be told; nothing was read or \
+             written. Do not write to the medium or format it: restore it from another copy of \
+             the shipment, or save both sectors and try each over the other on a copy of the \
+             medium, with `mgear verify` after each"
+        ),
+    }))
 }
 
 /// Where a FAT32 volume keeps its FATs, root directory and clusters.

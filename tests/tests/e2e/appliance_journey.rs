@@ -295,7 +295,7 @@ fn an_appliance_medium_without_fat32_says_where_it_is_formatted() {
     let said = text(&out.stdout);
     assert!(
         said.contains("formatted where the appliance is issued")
-            && !said.contains("create one with"),
+            && !said.contains("medium format fat:PATH"),
         "{said}"
     );
 }
