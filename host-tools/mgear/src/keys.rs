@@ -373,6 +373,8 @@ pub struct CachedKey {
     pub capture_id: Option<String>,
     /// Seconds since the epoch the file was last written.
     pub modified_unix: Option<u64>,
+    /// The same time in ISO-8601 UTC, as every other time `--json` prints.
+    pub modified: Option<String>,
 }
 
 /// The cache file for capture `id` of `name`.
@@ -507,6 +509,7 @@ pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
             name,
             capture_id,
             modified_unix,
+            modified: modified_unix.map(crate::output::iso_time),
         });
     }
     out.sort_by(|a, b| (&a.name, &a.capture_id).cmp(&(&b.name, &b.capture_id)));
@@ -645,16 +648,33 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                 let _ = fs::remove_file(k.path.with_extension("disks"));
                 let _ = fs::remove_file(k.path.with_extension("source"));
             }
-            for id in ids {
-                let names: Vec<&str> = chosen
-                    .iter()
-                    .filter(|k| k.capture_id.as_deref().unwrap_or("none") == id)
-                    .map(|k| k.name.as_str())
-                    .collect();
-                println!(
-                    "forgot the data key of {} (capture id {id}): deltas and syncs of it can no longer run on this host",
-                    names.join(", ")
-                );
+            let forgot: Vec<(String, Vec<&str>)> = ids
+                .iter()
+                .map(|id| {
+                    let names = chosen
+                        .iter()
+                        .filter(|k| k.capture_id.as_deref().unwrap_or("none") == *id)
+                        .map(|k| k.name.as_str())
+                        .collect();
+                    (id.to_string(), names)
+                })
+                .collect();
+            if crate::output::json() {
+                crate::progress::print_json(&serde_json::json!({
+                    "command": "keys forget",
+                    "key_cache": dir,
+                    "forgotten": forgot
+                        .iter()
+                        .map(|(id, names)| serde_json::json!({"capture_id": id, "names": names}))
+                        .collect::<Vec<_>>(),
+                }))?;
+            } else {
+                for (id, names) in &forgot {
+                    println!(
+                        "forgot the data key of {} (capture id {id}): deltas and syncs of it can no longer run on this host",
+                        names.join(", ")
+                    );
+                }
             }
             Ok(crate::exit::OK)
         }

@@ -48,13 +48,14 @@ pub fn stop_requested() -> bool {
 /// The error a pipeline returns once it stopped on request (exit 3: the
 /// work is incomplete, nothing is damaged).
 pub fn stopped(done: u64, total: u64) -> crate::Error {
-    crate::exit::coded(
+    crate::exit::coded_hint(
         crate::exit::IO,
         format!(
             "stopped; run the same command to resume ({} of {} done)",
             crate::units::human_bytes(done),
             crate::units::human_bytes(total)
         ),
+        "nothing is damaged: run the same command to resume from the last checkpoint",
     )
 }
 
@@ -75,6 +76,7 @@ mod tests {
                 .contains("run the same command to resume (3.00 GiB of 8.00 GiB done)"),
             "{e}"
         );
+        assert!(crate::exit::hint(&e, "capture").contains("nothing is damaged"));
         STOP.store(false, Ordering::SeqCst);
     }
 }

@@ -346,9 +346,17 @@ fn keys_are_kept_by_capture_id_and_names_ignore_case() {
     // forget: refuses to guess between the two, forgets the one named.
     let o = e.run(&["keys", "forget", "--name", "web01"]);
     assert_eq!(code(&o), Some(2), "{}", output_text(&o));
-    e.ok(&["keys", "forget", "--capture-id", &id_a]);
+    let gone = e.json(&["keys", "forget", "--capture-id", &id_a]);
+    assert_eq!(gone["forgotten"][0]["capture_id"], id_a.as_str(), "{gone}");
+    assert_eq!(gone["forgotten"][0]["names"][0], "web01", "{gone}");
     let list = e.json(&["keys", "list"]);
     assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
+    assert!(
+        list["keys"][0]["modified"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{list}"
+    );
     let o = capture(&e, "disk.raw", "dir:a", "web01", &["--delta"]);
     assert_eq!(code(&o), Some(2), "{}", output_text(&o));
     assert!(

@@ -49,7 +49,7 @@ pub enum KeysCmd {
         #[arg(long)]
         name: Option<String>,
         /// With --name: forget all of that name's captures.
-        #[arg(long)]
+        #[arg(long, requires = "name")]
         all: bool,
     },
 }
