@@ -1225,13 +1225,17 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
     } else {
         scan(medium.store())
     };
-    let findings = match result {
+    let mut findings = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = medium.close();
             return Err(e);
         }
     };
+    // The scan knows only the store: the commands it advises name this medium.
+    for f in &mut findings {
+        f.what = f.what.replace("--medium MEDIUM", &args.medium.as_args());
+    }
     medium.close()?;
     // After closing: fsck.fat reads the volume as it now is on the device.
     let fat = match args.medium.single_medium().map(MediumSpec::parse) {
@@ -1267,10 +1271,13 @@ fn print_fsck(r: &FsckReport, repair: bool) {
             "removed"
         } else if f.repairable {
             "leftover"
-        } else {
+        } else if f.kind == UNKNOWN {
             "note"
+        } else {
+            // Kept on purpose (a resume or the set's capture finishes it), and not clean yet.
+            "unfinished"
         };
-        println!("{tag:<9} {}: {}", f.path, f.what);
+        println!("{tag:<10} {}: {}", f.path, f.what);
     }
     let left = r
         .findings

@@ -303,9 +303,14 @@ pub fn check_generation(
         (Some(g), _) => g,
         (None, Some(g)) => g,
         (None, None) => {
-            return Err(refuse(format!(
-                "capture {name} has no finished generation on this medium"
-            )))
+            // Nothing to do with what the target pinned: the capture never finished here.
+            return Err(crate::exit::coded_hint(
+                FOUND,
+                format!("capture {name} has no finished generation on this medium"),
+                "nothing was installed: the capture was stopped before it finished (`mgear \
+                 inspect` shows how far it got); resume it at the capture site (the same capture \
+                 command) and ship the medium again, or ingest from another copy of the shipment",
+            ));
         }
     };
     if generation.is_none() {
@@ -330,9 +335,12 @@ pub fn check_generation(
     let expected = commit::expected_commit(medium, name, g)
         .map_err(|e| unreadable(e, name, g))?
         .ok_or_else(|| {
-            refuse(format!(
-                "capture {name} generation {g} is not finished (no MANIFEST)"
-            ))
+            crate::exit::coded_hint(
+                FOUND,
+                format!("capture {name} generation {g} is not finished (no MANIFEST)"),
+                "nothing was installed: `mgear inspect` lists the finished generations (give one \
+                 with --generation), and `mgear verify` says what is wrong with this one",
+            )
         })?;
     // A disk of a machine set, asked for by its stream name: it must be the
     // disk its set manifest lists at its place (another set capture's disk,

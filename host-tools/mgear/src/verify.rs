@@ -94,6 +94,8 @@ pub struct Report {
 struct Observer {
     bar: Progress,
     json: bool,
+    /// `--medium X` (or `--appliance P`) of this run, for the advice that names none.
+    here: String,
 }
 
 impl VerifyObserver for Observer {
@@ -102,7 +104,10 @@ impl VerifyObserver for Observer {
     }
     fn problem(&mut self, p: &Problem) {
         if !self.json {
-            eprintln!("BAD: {p}");
+            eprintln!(
+                "BAD: {}",
+                p.to_string().replace("--medium MEDIUM", &self.here)
+            );
         }
     }
 }
@@ -297,6 +302,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
     let mut obs = Observer {
         bar: Progress::new("verify", total_bytes.max(1), json),
         json,
+        here: args.medium.as_args(),
     };
     // The spelling on the medium (names are compared without case): the
     // trust lines and problems then name the capture as stored.
@@ -604,6 +610,11 @@ fn verify(args: Plan) -> crate::Result<i32> {
             name: not_opened[0].clone(),
         }
         .into());
+    }
+    // The format library's advice names no medium: this run's.
+    let here = args.medium.as_args();
+    for p in &mut report.problems {
+        p.what = p.what.replace("--medium MEDIUM", &here);
     }
     let out = Report {
         command: "verify",

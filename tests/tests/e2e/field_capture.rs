@@ -171,9 +171,27 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
     assert_eq!(code(&o), Some(3), "{}", output_text(&o));
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    let abort = format!("mgear capture --abort --medium {m} --name big");
     assert!(
-        out(&o).contains("mgear capture --abort") || err(&o).contains("mgear capture --abort"),
-        "verify names the command that removes it: {}",
+        out(&o).contains(&abort) && !output_text(&o).contains("MEDIUM"),
+        "verify names the command that removes it, on this medium: {}",
+        output_text(&o)
+    );
+    let o = e.run(&["medium", "fsck", "--medium", &m]);
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    assert!(
+        out(&o).contains("unfinished MGEAR/big/G0001") && out(&o).contains(&abort),
+        "{}",
+        output_text(&o)
+    );
+    // Its ingest is refused with what to do about an unfinished capture, not about the pins.
+    let o = e.ingest(&m, "big").untrusted().target("file:big.out").run();
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("has no finished generation")
+            && err(&o).contains("resume it at the capture site")
+            && !err(&o).contains("pinned"),
+        "{}",
         output_text(&o)
     );
     // A re-run with other parameters names the command too.
