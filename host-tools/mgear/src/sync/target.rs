@@ -438,14 +438,17 @@ pub fn session<R: Read, W: Write>(
             None,
             err::SIZE,
             format!(
-                "the source disk is {size} bytes but the target volume is {} bytes ({}); sync \
-                 cannot resize volumes, and a volume serve keeps is exactly its capture's disk: \
-                 capture the disk again with --delta, ingest that generation, and serve it",
+                "the source disk is {size} bytes but the target volume is {} bytes: either \
+                 --source is not the disk captured as {name} (that one was {} bytes: fix \
+                 --source), or that disk {} since; sync cannot resize volumes, and a volume \
+                 serve keeps is exactly its capture's disk: capture the disk again with \
+                 --delta, ingest that generation, and serve it",
+                cap.volume_size,
                 cap.volume_size,
                 if size > cap.volume_size {
-                    "the disk grew"
+                    "grew"
                 } else {
-                    "the disk shrank"
+                    "shrank"
                 }
             ),
         ));

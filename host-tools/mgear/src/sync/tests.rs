@@ -440,7 +440,8 @@ fn size_mismatch_is_refused() {
     })
     .unwrap_err();
     assert!(
-        format!("{e:#}").contains("sync cannot resize volumes"),
+        format!("{e:#}").contains("sync cannot resize volumes")
+            && format!("{e:#}").contains("fix --source"),
         "{e:#}"
     );
     server.join().unwrap();
