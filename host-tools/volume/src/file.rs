@@ -544,6 +544,21 @@ impl FileVolume {
                 partial.display()
             )));
         }
+        // An interrupted ingest's partial file always has the disk's size: one cut short or
+        // grown since was changed by something else, and what its resume state says was
+        // written is not what it holds (a resume read back past its end).
+        if found != Found::New && raw.size != prep.disk_size {
+            return Err(Error::Usage(format!(
+                "{} is {} bytes, not this disk's {}: it is an unfinished ingest of another \
+                 capture into this target, or it was cut short or grown since, and what it \
+                 holds is not known. Finish that other ingest (its own command), or remove it \
+                 (`rm {}`) and run this command again: the ingest starts over",
+                partial.display(),
+                raw.size,
+                prep.disk_size,
+                partial.display()
+            )));
+        }
         // Only a file this run created is sized: an unfinished one of another ingest (another
         // capture, refused by its resume state next) keeps every byte it holds.
         if found == Found::New && raw.size != prep.disk_size {
@@ -1101,6 +1116,35 @@ mod tests {
             .open(&f)
             .is_err();
         assert_eq!(raw.direct.is_none(), refused);
+    }
+
+    /// A partial file cut short (or grown) since its ingest was interrupted is refused by name
+    /// with the way on, not read back past its end ("failed to fill whole buffer").
+    #[test]
+    fn a_partial_of_another_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("v.raw");
+        let p = prep(dir.path(), 1 << 20);
+        drop(FileVolume::create(&target, &p).unwrap());
+        let partial = dir.path().join("v.raw.partial");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&partial)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let e = FileVolume::create(&target, &p).err().expect("refused");
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("is 4096 bytes, not this disk's 1048576"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::metadata(&partial).unwrap().len(),
+            4096,
+            "left as it was"
+        );
     }
 
     #[test]
