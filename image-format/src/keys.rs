@@ -479,8 +479,19 @@ pub fn unlock_data_key<S: Store + ?Sized>(
             ),
         })?;
     let corrupt = |what: String| Error::corrupt(at.clone(), what);
-    let dec = age::Decryptor::new(&bytes[..])
-        .map_err(|e| corrupt(format!("not a readable age file: {e}")))?;
+    // age's own text for a header that does not parse asks whether the tool is out of date
+    // ("Have you tried upgrading"): here it is a damaged slot.
+    let dec = age::Decryptor::new(&bytes[..]).map_err(|e| {
+        corrupt(match e {
+            age::DecryptError::UnknownFormat => {
+                "not a readable age file: its header is damaged (it does not parse)".into()
+            }
+            other => format!(
+                "not a readable age file: {}",
+                other.to_string().lines().next().unwrap_or_default()
+            ),
+        })
+    })?;
     let mut payload = Zeroizing::new(Vec::new());
     let mut reader = dec
         .decrypt(core::iter::once(identity.as_ref()))

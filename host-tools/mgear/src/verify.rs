@@ -96,6 +96,9 @@ struct Observer {
     json: bool,
     /// `--medium X` (or `--appliance P`) of this run, for the advice that names none.
     here: String,
+    /// Findings printed so far ([`once_key`]): both passes find a damaged file, and the
+    /// summary says it once, so the lines printed as found do too.
+    said: std::collections::HashSet<String>,
 }
 
 impl VerifyObserver for Observer {
@@ -103,7 +106,7 @@ impl VerifyObserver for Observer {
         self.bar.set(done);
     }
     fn problem(&mut self, p: &Problem) {
-        if !self.json {
+        if !self.json && self.said.insert(once_key(p).0) {
             eprintln!(
                 "BAD: {}",
                 p.to_string().replace("--medium MEDIUM", &self.here)
@@ -156,6 +159,26 @@ pub fn explain_wrong_key(
     }
 }
 
+/// What makes two findings one ([`said_once`]), and whether the finding is about a whole file.
+fn once_key(p: &image_format::Problem) -> (String, bool) {
+    let mut place = p.at.clone();
+    place.disk_range = None;
+    let whole_file = place.file.is_some() && place.segment.is_none() && place.record.is_none();
+    if whole_file {
+        place.file_range = None;
+    }
+    let key = image_format::Problem {
+        at: place,
+        what: if whole_file {
+            String::new()
+        } else {
+            p.what.clone()
+        },
+    }
+    .to_string();
+    (key, whole_file)
+}
+
 /// `problems` with each said once: the same place and finding (whatever disk range one of
 /// them names) kept at its first place, as the one that names the disk range. A whole file
 /// (an INDEX, a MANIFEST: no record in it named) is one finding, whatever words each pass
@@ -164,21 +187,7 @@ fn said_once(problems: Vec<image_format::Problem>) -> Vec<image_format::Problem>
     let mut at: std::collections::HashMap<String, usize> = Default::default();
     let mut out: Vec<image_format::Problem> = Vec::with_capacity(problems.len());
     for p in problems {
-        let mut place = p.at.clone();
-        place.disk_range = None;
-        let whole_file = place.file.is_some() && place.segment.is_none() && place.record.is_none();
-        if whole_file {
-            place.file_range = None;
-        }
-        let key = image_format::Problem {
-            at: place,
-            what: if whole_file {
-                String::new()
-            } else {
-                p.what.clone()
-            },
-        }
-        .to_string();
+        let (key, whole_file) = once_key(&p);
         match at.get(&key) {
             Some(&i) if !whole_file && out[i].at.disk_range.is_none() => out[i] = p,
             Some(_) => {}
@@ -303,6 +312,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
         bar: Progress::new("verify", total_bytes.max(1), json),
         json,
         here: args.medium.as_args(),
+        said: Default::default(),
     };
     // The spelling on the medium (names are compared without case): the
     // trust lines and problems then name the capture as stored.

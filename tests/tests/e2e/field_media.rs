@@ -694,7 +694,7 @@ fn inspect_verify_and_ingest_agree_on_a_changed_medium() {
     keys(&e);
     random_disk(&e.p("disk.raw"), 4, 61);
     fs::create_dir(e.p("m")).unwrap();
-    for name in ["a", "b", "c"] {
+    for name in ["a", "b", "c", "d"] {
         e.capture("dir:m", name)
             .source("disk.raw")
             .sign("site.key")
@@ -748,6 +748,33 @@ fn inspect_verify_and_ingest_agree_on_a_changed_medium() {
         out(&o).contains("FAILED")
             && out(&o).contains("no key slot")
             && out(&o).contains(": 0 of 1 captures decrypted, "),
+        "{}",
+        text(&o)
+    );
+    // d: a byte of its key slot's header damaged: each finding printed once, age's own
+    // "Have you tried upgrading" not passed on, and nothing counted as decrypted.
+    let mut k = fs::read(e.p("m/MGEAR/d/KEYS")).unwrap();
+    k[10] ^= 0x10;
+    fs::write(e.p("m/MGEAR/d/KEYS"), k).unwrap();
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:m",
+        "--name",
+        "d",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    // One finding (the slot file): both passes find it, the decrypting one in other words.
+    let bad: Vec<&str> = err.lines().filter(|l| l.starts_with("BAD:")).collect();
+    assert_eq!(bad.len(), 1, "{err}");
+    assert!(!err.contains("upgrading"), "{err}");
+    assert!(
+        out(&o).contains(": 0 of 1 captures decrypted, "),
         "{}",
         text(&o)
     );
