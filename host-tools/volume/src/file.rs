@@ -1133,7 +1133,7 @@ mod tests {
             .unwrap()
             .set_len(4096)
             .unwrap();
-        let e = FileVolume::create(&target, &p).err().expect("refused");
+        let e = FileVolume::create(&target, &p).expect_err("refused");
         assert!(matches!(e, Error::Usage(_)), "{e}");
         assert!(
             e.to_string()
