@@ -254,6 +254,28 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     }
     // A passphrase (or key cache) that does not open the capture: say which slots it has.
     let report = capture(&args).map_err(|e| {
+        // Without a passphrase the key came from the key cache: a key that does not open the
+        // capture is a damaged (or swapped) cache file, and the capture has no --identity to
+        // try (the generic advice named one).
+        let cached = args.passphrase_file.is_none()
+            && e.chain()
+                .any(|c| matches!(c.downcast_ref(), Some(image_format::Error::WrongKey { .. })));
+        if cached {
+            let dir = crate::keys::key_cache_dir(args.key_cache.clone())
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "the key cache".into());
+            return crate::exit::coded_next(
+                crate::exit::USAGE,
+                format!(
+                    "the data key cached for capture {} in {dir} does not open it: the key \
+                     cache file (`mgear keys list` names it) is damaged or was replaced; \
+                     nothing was written",
+                    args.name
+                ),
+                "restore the file from a backup of the key cache, or capture the disk under a \
+                 new name (a capture's deltas need its own data key)",
+            );
+        }
         crate::verify::explain_wrong_key(e, &args.medium, None, args.passphrase_file.as_deref())
     })?;
     if let Some(p) = &args.report {

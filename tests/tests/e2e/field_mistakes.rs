@@ -1000,6 +1000,38 @@ fn a_delta_naming_other_key_slots_is_refused_and_the_medium_kept() {
         "key slot was made for recipient(s)",
     );
     assert_eq!(tree(&e.p("m")), before);
+    // A damaged key cache file: named as such (the generic advice was to try --identity,
+    // which capture does not have).
+    let dir = e.p("state/mgear/keys");
+    let file = fs::read_dir(&dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with("web01-") && n.ends_with(".key")
+        })
+        .expect("web01's cached key");
+    let text = fs::read_to_string(&file).unwrap();
+    let damaged: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("key ") {
+            Some(hex) => format!(
+                "key {}{}\n",
+                if hex.starts_with('0') { "1" } else { "0" },
+                &hex[1..]
+            ),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(&file, damaged).unwrap();
+    let o = capture("web01").arg("--delta").run();
+    refused(&o, "does not open it: the key cache file");
+    assert!(
+        !output_text(&o).contains("--identity"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(tree(&e.p("m")), before);
 }
 
 /// A loop device over the medium's image is the medium: as a capture's
