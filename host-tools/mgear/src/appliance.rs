@@ -175,11 +175,12 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             Some(ae) => {
                 let mut msg = ae.to_string();
                 if let Ok(i) = info(&mut c) {
-                    msg.push_str(&format!(
-                        "; the appliance is {}; next: {}",
-                        i.state.as_str(),
-                        next_step(i.state)
-                    ));
+                    // The firmware's own message often names the state already.
+                    let state = format!("the appliance is {}", i.state.as_str());
+                    if !msg.contains(&state) {
+                        msg.push_str(&format!("; {state}"));
+                    }
+                    msg.push_str(&format!("; next: {}", next_step(i.state)));
                 }
                 Err(coded(USAGE, msg))
             }

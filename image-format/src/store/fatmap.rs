@@ -84,8 +84,8 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
         // invalid (their `..` naming the root), and the direct paths map FAT32 only.
         return Err(StoreError::Io(String::from(
             "the medium holds a FAT12 or FAT16 file system; MotionGear media are FAT32 (what \
-             it writes on FAT12/16 is not valid there): format it with `mgear medium format \
-             fat:PATH` (or `mkfs.fat -F 32`), which erases it",
+             it writes on FAT12/16 is not valid there): if nothing on it is needed, format it \
+             with `mgear medium format fat:PATH --force` (or `mkfs.fat -F 32`), which erases it",
         )));
     }
     let fat_sectors = u64::from(le32(boot, 0x24));

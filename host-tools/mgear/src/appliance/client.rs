@@ -43,11 +43,9 @@ impl From<ApplianceError> for crate::Error {
 
 impl std::fmt::Display for ApplianceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the appliance refused: {} ({:?})",
-            self.message, self.code
-        )
+        // The code is the protocol's class of refusal (`Sealed` also for an arrived appliance):
+        // beside the state `appliance` adds, it read as a contradiction. `--json` keeps it.
+        write!(f, "the appliance refused: {}", self.message)
     }
 }
 
