@@ -519,16 +519,32 @@ fn generation_line(g: &GenJson) -> String {
         Some(src) => format!(", source {src}"),
         None => String::new(),
     };
+    // An unfinished generation's counts are written when it finishes: what it has is its
+    // last checkpoint ("0 stored, 0 zero, 0 dedup" beside 64 MiB stored read as nonsense).
+    let chunks = match (g.state, g.next_chunk) {
+        ("unfinished", Some(n)) if g.stored_chunks + g.zero_chunks + g.dedup_chunks == 0 => {
+            format!(
+                "{} chunks ({n} done at its last checkpoint), {} kept",
+                g.chunk_count,
+                human_bytes(g.stored_bytes)
+            )
+        }
+        _ => format!(
+            "{} chunks ({} stored, {} zero, {} dedup), {} stored",
+            g.chunk_count,
+            g.stored_chunks,
+            g.zero_chunks,
+            g.dedup_chunks,
+            human_bytes(g.stored_bytes)
+        ),
+    };
     format!(
-        "  G{:04} {state}{}: {created}, disk {}, {} chunks ({} stored, {} zero, {} dedup), {} stored in {} segment(s){source}",
+        "  G{:04} {state}{}: {created}, disk {}, {chunks} in {} segment(s){source}",
         g.generation,
-        g.parent.map(|p| format!(" delta on G{p:04}")).unwrap_or_default(),
+        g.parent
+            .map(|p| format!(" delta on G{p:04}"))
+            .unwrap_or_default(),
         human_bytes(g.disk_size),
-        g.chunk_count,
-        g.stored_chunks,
-        g.zero_chunks,
-        g.dedup_chunks,
-        human_bytes(g.stored_bytes),
         g.segments,
     )
 }
@@ -1025,6 +1041,16 @@ mod tests {
             "  G0001 unfinished at chunk 3/30: not finished (date and source are recorded when \
              it finishes), disk 30.00 MiB, 30 chunks (3 stored, 0 zero, 0 dedup), 3.00 MiB \
              stored in 1 segment(s)"
+        );
+        // Counts not written yet (they are when it finishes): its checkpoint is what it has.
+        let mut g = generation("unfinished", None, None);
+        g.stored_chunks = 0;
+        assert!(
+            generation_line(&g).contains(
+                "30 chunks (3 done at its last checkpoint), 3.00 MiB kept in 1 segment(s)"
+            ),
+            "{}",
+            generation_line(&g)
         );
         let line = generation_line(&generation(
             "complete",
