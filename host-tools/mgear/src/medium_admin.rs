@@ -282,18 +282,30 @@ pub fn plan_rm(
         let dep_txt = if deps.is_empty() {
             String::new()
         } else {
-            format!(
-                "; generation {} depends on it (delta{}) and would go too",
-                list(&deps),
-                if deps.len() == 1 { "" } else { "s" }
-            )
+            if deps.len() == 1 {
+                format!(
+                    "; generation {} depends on it (a delta) and would go too",
+                    list(&deps)
+                )
+            } else {
+                format!(
+                    "; generations {} depend on it (deltas) and would go too",
+                    list(&deps)
+                )
+            }
         };
         return Err(usage(format!(
-            "capture {} generation {} {} finished{dep_txt}: removing it destroys data the target \
-             may still need; pass --force if you really mean it",
+            "capture {} {} {} {} finished{dep_txt}: removing {} destroys data the target may still \
+             need; pass --force if you really mean it",
             cap.name,
+            if finished.len() == 1 {
+                "generation"
+            } else {
+                "generations"
+            },
             list(&finished),
-            if finished.len() == 1 { "is" } else { "are" }
+            if finished.len() == 1 { "is" } else { "are" },
+            if finished.len() == 1 { "it" } else { "them" },
         )));
     }
     let whole = remove.len() == gens.len();
