@@ -784,9 +784,14 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         if t.is_dir() {
             return Err(usage(format!(
                 "--target {spec}: {} is a directory; give the path of the volume file to \
-                 create in it (e.g. {}/disk.raw)",
+                 create in it (e.g. {}/disk.{})",
                 p.display(),
-                p.display()
+                p.display(),
+                if matches!(target, Target::Qcow2(_)) {
+                    "qcow2"
+                } else {
+                    "raw"
+                }
             )));
         }
         let node = if t.is_block_device() {
