@@ -523,7 +523,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             // The zero count is of the chunks this run went through.
             println!(
                 "  {:<14} {} chunks: {} done before the resume, {} this run ({} of them zero, \
-                 not written)",
+                 no data sent)",
                 "chunks",
                 r.chunks,
                 r.resumed_chunks,
@@ -532,7 +532,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             );
         } else {
             println!(
-                "  {:<14} {} chunks, {} zero (not written)",
+                "  {:<14} {} chunks, {} zero (no data sent: holes or write-zeroes)",
                 "chunks", r.chunks, r.zero_chunks
             );
         }
