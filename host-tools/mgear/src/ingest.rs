@@ -491,7 +491,16 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     if let Some(p) = &args.report {
         crate::report::check_writable(p, "--report")?;
     }
-    let mut r = ingest(&args)?;
+    let started = std::time::Instant::now();
+    let mut r = match ingest(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(p) = &args.report {
+                report_stop(p, &args, &args.target, started, &e);
+            }
+            return Err(e);
+        }
+    };
     let mut code = OK;
     if args.boot && cinder {
         code = boot_cinder(&args, &mut r)?;
@@ -676,6 +685,28 @@ fn boot_volume(args: &Plan, bus: mgear_boot::Bus, r: &mut Report) -> crate::Resu
             report.console_tail(20)
         );
         Ok(FOUND)
+    }
+}
+
+/// Write `--report` `path` for an ingest that stopped with `err`: a refusal is what the
+/// ticket most needs a record of. A report that cannot be written is a warning beside the
+/// error, which stays the command's outcome.
+pub fn report_stop(
+    path: &Path,
+    args: &Plan,
+    target: &str,
+    started: std::time::Instant,
+    err: &crate::Error,
+) {
+    let v = crate::report::ingest_failed(
+        &args.name,
+        &args.medium.describe(),
+        target,
+        started.elapsed().as_secs_f64(),
+        err,
+    );
+    if let Err(w) = crate::report::write_json_and_text(path, &v, &crate::report::summary(&v)) {
+        eprintln!("mgear: warning: the report of this stop was not written: {w:#}");
     }
 }
 

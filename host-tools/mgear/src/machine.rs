@@ -937,7 +937,11 @@ pub fn run_ingest(
         crate::report::check_writable(p, "--report")?;
     }
     let started = std::time::Instant::now();
-    let r = ingest_set(args, targets, only)?;
+    let r = ingest_set(args, targets, only).inspect_err(|e| {
+        if let Some(p) = &args.report {
+            crate::ingest::report_stop(p, args, &targets.join(" "), started, e);
+        }
+    })?;
     if let Some(p) = &args.report {
         let manifests: Vec<_> = r.disks.iter().map(|d| d.manifest.clone()).collect();
         let v = crate::report::ingest_set(

@@ -1,4 +1,5 @@
-//! Ticket-grade reports: `capture --report FILE` and `ingest --report FILE`.
+//! Ticket-grade reports: `capture --report FILE` and `ingest --report FILE` (an ingest that
+//! stops writes one too, its `result.error` saying why: [`ingest_failed`]).
 //!
 //! The file a datacenter attaches to its migration ticket. `FILE` gets one
 //! JSON object (the `--json` schema of `output.rs`: ISO-8601 UTC times,
@@ -259,6 +260,37 @@ pub fn ingest(result: &impl serde::Serialize, medium: &str) -> crate::Result<Val
     Ok(v)
 }
 
+/// The report of an ingest that stopped with `err` (refused, or failed) after `seconds`: what
+/// was asked, what was checked before it stopped (signatures, as far as they were), and the
+/// error with its exit code and next step, so a refusal too leaves something for the ticket.
+pub fn ingest_failed(
+    name: &str,
+    medium: &str,
+    target: &str,
+    seconds: f64,
+    err: &crate::Error,
+) -> Value {
+    let code = crate::exit::code_of(err);
+    let result = json!({
+        "command": "ingest",
+        "name": name,
+        "target": target,
+        "verified": false,
+        "error": {
+            "code": code,
+            "kind": crate::exit::kind(code),
+            "message": format!("{err:#}"),
+            "hint": crate::exit::hint(err, "ingest"),
+        },
+    });
+    let mut v = frame("ingest", &result, seconds);
+    v["medium"] = json!(medium);
+    v["target"] = json!(target);
+    v["digests"] = manifest_digests(noted_manifest());
+    trust_fields(&mut v);
+    v
+}
+
 /// The ingest report of a machine set: `result` is the set ingest's `--json` report,
 /// `manifests` what [`noted_manifest`] gave after each of its disks (in `result`'s order),
 /// `seconds` the whole run. `target` lists the volumes in disk order and `digests.disks`
@@ -361,6 +393,18 @@ pub fn summary(v: &Value) -> String {
             v["duration_seconds"].as_f64().unwrap_or(0.0)
         ),
     );
+    if let Some(e) = r.get("error") {
+        line(
+            "result",
+            format!(
+                "STOPPED, nothing verified (exit {}, {}): {}",
+                e["code"],
+                s(e, &["kind"]),
+                s(e, &["message"])
+            ),
+        );
+        line("what to do", s(e, &["hint"]));
+    }
     let verified = |d: &Value| {
         if d["verified"] == true {
             "yes, bit for bit against what was authenticated"
@@ -539,7 +583,10 @@ fn write_atomic(path: &Path, contents: &[u8], what: &str) -> crate::Result<()> {
 /// Write `v` (in the `--json` envelope, `ok` from `v["verified"]` if it has
 /// one) to `path` and `text` to [`text_path`]`(path)`, each atomically.
 pub fn write_json_and_text(path: &Path, v: &Value, text: &str) -> crate::Result<()> {
-    let line = crate::output::envelope_line(v["verified"] != false, v)?;
+    let ok = v["verified"] != false
+        && v["result"]["verified"] != false
+        && v["result"]["error"].is_null();
+    let line = crate::output::envelope_line(ok, v)?;
     write_atomic(path, (line + "\n").as_bytes(), "report")?;
     write_atomic(&text_path(path), text.as_bytes(), "report summary")?;
     Ok(())

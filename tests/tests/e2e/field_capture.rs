@@ -185,7 +185,13 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
         output_text(&o)
     );
     // Its ingest is refused with what to do about an unfinished capture, not about the pins.
-    let o = e.ingest(&m, "big").untrusted().target("file:big.out").run();
+    // A report of the refusal goes to the ticket too.
+    let o = e
+        .ingest(&m, "big")
+        .untrusted()
+        .target("file:big.out")
+        .args(&["--report", "stop.json"])
+        .run();
     assert_eq!(code(&o), Some(1), "{}", output_text(&o));
     assert!(
         err(&o).contains("has no finished generation")
@@ -194,6 +200,12 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
         "{}",
         output_text(&o)
     );
+    let r: serde_json::Value =
+        serde_json::from_slice(&fs::read(e.p("stop.json")).unwrap()).unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["result"]["error"]["code"], 1, "{r}");
+    let t = fs::read_to_string(e.p("stop.txt")).unwrap();
+    assert!(t.contains("STOPPED, nothing verified (exit 1"), "{t}");
     // A re-run with other parameters names the command too.
     let o = capture(
         &e,
