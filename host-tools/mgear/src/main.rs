@@ -313,9 +313,23 @@ fn main() {
             // medium") only contradicts it.
             let fallback = hint.starts_with("check that the path, device")
                 || hint.starts_with("free space on the medium or target");
-            let advised = ["same command", "re-run", "run this again", "run it again"]
-                .iter()
-                .any(|p| message.contains(p));
+            let advised = [
+                "same command",
+                "re-run",
+                "run this again",
+                "run it again",
+                "check that the path",
+                "check the path",
+                "then pass --",
+                "format it with",
+                "copy the backup",
+                "copy the boot sector",
+                "or stop it first",
+                "Give a volume",
+                "give a path",
+            ]
+            .iter()
+            .any(|p| message.contains(p));
             let said = hint.is_empty() || message.contains(&hint) || (fallback && advised);
             if !said && !generic {
                 eprintln!("mgear: what to do: {hint}");

@@ -353,7 +353,7 @@ impl Run<'_> {
         }
         self.buf = buf;
         if matched == 0 {
-            return Err(Fail::Fatal(coded(
+            return Err(Fail::Fatal(crate::exit::coded_hint(
                 FOUND,
                 format!(
                     "{} does not look like the disk captured as {name}: none of {n} sampled chunks \
@@ -364,6 +364,8 @@ impl Run<'_> {
                     self.disk.describe(),
                     self.plan.peer,
                 ),
+                "nothing was sent: fix --source (or the serve's --target), then run the same \
+                 command again",
             )));
         }
         Ok(())
