@@ -510,7 +510,7 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
     let o = e.capture(&m, "big").sources(&["a.raw", "c.raw"]).run();
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains("Give one more medium"),
+        output_text(&o).contains("give one more medium"),
         "{}",
         output_text(&o)
     );

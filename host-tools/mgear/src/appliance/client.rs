@@ -43,9 +43,13 @@ impl From<ApplianceError> for crate::Error {
 
 impl std::fmt::Display for ApplianceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The code is the protocol's class of refusal (`Sealed` also for an arrived appliance):
-        // beside the state `appliance` adds, it read as a contradiction. `--json` keeps it.
-        write!(f, "the appliance refused: {}", self.message)
+        // The code names the class of refusal (scripts match on `WrongPin`, `BackOff`, ...).
+        // `Sealed` is left out: it also answers for an arrived appliance, and beside the state
+        // `appliance` adds ("the appliance is arrived") it read as a contradiction.
+        match self.code {
+            ErrorCode::Sealed => write!(f, "the appliance refused: {}", self.message),
+            code => write!(f, "the appliance refused: {} ({code:?})", self.message),
+        }
     }
 }
 
