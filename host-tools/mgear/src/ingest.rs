@@ -710,6 +710,28 @@ pub fn report_stop(
     }
 }
 
+/// Whether `path` is one of the volumes a `{disk}` target `pattern` names (`{disk}` a disk
+/// number), or its `.partial`: checked before the set's disk count is read from the medium.
+fn names_a_disk_of(pattern: &Path, path: &Path) -> bool {
+    let (pattern, path) = match (
+        crate::guard::resolved(pattern),
+        crate::guard::resolved(path),
+    ) {
+        (Some(a), Some(b)) => (a, b),
+        _ => (pattern.to_path_buf(), path.to_path_buf()),
+    };
+    let (pattern, path) = (pattern.to_string_lossy(), path.to_string_lossy());
+    let Some((pre, post)) = pattern.split_once("{disk}") else {
+        return false;
+    };
+    let Some(rest) = path.strip_prefix(pre) else {
+        return false;
+    };
+    let rest = rest.strip_suffix(".partial").unwrap_or(rest);
+    rest.strip_suffix(post)
+        .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Refuse (exit 2), before anything is read or written, an ingest whose files would
 /// overwrite each other: a `--report` (or its `.txt` summary) that is a target's volume file
 /// or its `.partial` (the report replaced the volume just verified, and the run said
@@ -724,6 +746,12 @@ pub fn refuse_clobbering(args: &Plan, targets: &[String]) -> crate::Result<()> {
         })
         .collect();
     let same = |a: &Path, b: &Path| {
+        if b.to_string_lossy().contains("{disk}") {
+            return names_a_disk_of(b, a);
+        }
+        if a.to_string_lossy().contains("{disk}") {
+            return names_a_disk_of(a, b);
+        }
         crate::guard::overlaps(a, b)
             || matches!((crate::guard::resolved(a), crate::guard::resolved(b)), (Some(x), Some(y)) if x == y)
     };
@@ -2468,6 +2496,31 @@ fn adapt_volume(done: &Finished) -> crate::Result<mgear_boot::AdaptReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `{disk}` target names each disk's volume and its `.partial`, and nothing else: the
+    /// report or a key given there was taken for another file and replaced the volume.
+    #[test]
+    fn a_disk_pattern_names_each_disks_volume() {
+        let d = tempfile::tempdir().unwrap();
+        let pattern = d.path().join("m-{disk}.raw");
+        for (path, named) in [
+            ("m-1.raw", true),
+            ("m-12.raw.partial", true),
+            ("m-.raw", false),
+            ("m-1x.raw", false),
+            ("m-1.raw.txt", false),
+            ("n-1.raw", false),
+        ] {
+            assert_eq!(
+                names_a_disk_of(&pattern, &d.path().join(path)),
+                named,
+                "{path}"
+            );
+        }
+        // Spelled another way, it is still the same file.
+        let other = d.path().join(".").join("m-0.raw");
+        assert!(names_a_disk_of(&pattern, &other));
+    }
 
     #[test]
     fn a_boot_report_beside_no_file_is_named_after_its_target() {

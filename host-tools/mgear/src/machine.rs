@@ -1090,7 +1090,10 @@ pub fn ingest_set(
     closed?;
     let g = file.set.generation;
     let plan = targets_of(targets, file.set.disks.len(), only)?;
-    // Every target is checked before the first disk is written.
+    // Every target is checked before the first disk is written; a `{disk}` pattern only now
+    // names each disk's volume, which the report must not be either.
+    let expanded: Vec<String> = plan.iter().map(|(_, t)| t.clone()).collect();
+    crate::ingest::refuse_clobbering(args, &expanded)?;
     distinct_targets(&plan)?;
     for (_, t) in &plan {
         crate::ingest::refuse_bad_target(&args.medium, t)?;

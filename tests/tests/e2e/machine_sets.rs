@@ -167,6 +167,28 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
         .run();
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
     assert!(!e.p("never-0.raw").exists());
+    // Nor one where a disk's volume goes (the pattern's, with or without --disk): the report
+    // replaced the volume just verified.
+    let before = std::fs::read(e.p("out-1.raw")).unwrap();
+    for (report, disk) in [("out-1.raw", None), ("out-1.raw.partial", Some("1"))] {
+        let mut line = e
+            .ingest(&m, "db01")
+            .trust("site.pub")
+            .target("file:out-{disk}.raw")
+            .args(&["--report", report, "--force"]);
+        if let Some(k) = disk {
+            line = line.args(&["--disk", k]);
+        }
+        let o = line.run();
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains("the report would replace the disk just verified"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    assert_eq!(std::fs::read(e.p("out-1.raw")).unwrap(), before);
+    assert!(!e.p("out-1.raw.partial").exists());
 
     // One disk of the set alone.
     let r = ingest(&e, &m, &["--disk", "1", "--target", "file:only1.raw"]);
