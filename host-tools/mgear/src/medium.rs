@@ -629,7 +629,18 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                 // (A longer one gets the reader's own account: no boot sector
                 // signature, or a volume cut short.)
                 Some(n) if n < 512 => crate::exit::coded(crate::exit::IO, too_small(&path, n)),
-                _ => crate::err!("opening medium {}: {e}", path.display()),
+                // The store's repair of a boot sector names the medium `M`: here it has a path.
+                _ => {
+                    let p = path.display().to_string();
+                    let e = e
+                        .to_string()
+                        .replace(
+                            "on an image or device M: `dd if=M of=M",
+                            &format!("`dd if={p} of={p}"),
+                        )
+                        .replace("a copy of M's", &format!("a copy of {p}'s"));
+                    crate::err!("opening medium {p}: {e}")
+                }
             })?;
             Ok(Box::new(store))
         }

@@ -2157,8 +2157,35 @@ pub(crate) mod tests {
         f.seek(SeekFrom::Start(at)).unwrap();
         f.write_all(&good).unwrap();
         drop(f);
+        // The backup's signature lost, and a root cluster off by one in the boot sector (it
+        // then names MGEAR's own directory, whose first entry is `.`): each copy told from the
+        // other, the fix in the right direction.
+        for (offset, byte, says, fix) in [
+            (at + 510, 0u8, "backup boot sector (sector", "seek="),
+            (
+                0x2c,
+                good[0x2c] + 1,
+                "only the backup describes the volume",
+                "skip=",
+            ),
+        ] {
+            let mut f = open_rw(&p);
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.write_all(&[byte]).unwrap();
+            drop(f);
+            let e = FatStore::open(open_rw(&p))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains(says) && e.contains(fix), "{e}");
+            let mut f = open_rw(&p);
+            for to in [0, at] {
+                f.seek(SeekFrom::Start(to)).unwrap();
+                f.write_all(&good).unwrap();
+            }
+        }
         // No signature on the boot sector, the backup intact: a damaged medium, repaired from
-        // the backup, never "format one".
+        // the backup, never "format one". The same for a sector size of 0.
         let mut f = open_rw(&p);
         f.seek(SeekFrom::Start(510)).unwrap();
         f.write_all(&[0, 0]).unwrap();
@@ -2180,6 +2207,22 @@ pub(crate) mod tests {
         let mut s = FatStore::open(open_rw(&p)).unwrap();
         assert_eq!(s.len("MGEAR/KEEP").unwrap(), Some(4));
         s.unmount().unwrap();
+        let mut f = open_rw(&p);
+        f.seek(SeekFrom::Start(0x0d)).unwrap();
+        f.write_all(&[0]).unwrap();
+        drop(f);
+        let e = FatStore::open(open_rw(&p))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("backup copy (sector 6) is intact") && e.contains("skip=6"),
+            "{e}"
+        );
+        let mut f = open_rw(&p);
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(&good).unwrap();
+        drop(f);
         // A FAT12/16 boot sector (16-bit FAT size) is refused, naming FAT32.
         let mut boot = good;
         boot[0x16] = 8;

@@ -159,45 +159,68 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
     let mut head = [0u8; 512];
     read(0, &mut head)?;
     if let Err(e) = fat_size_supported(&head) {
-        if head[510..512] != [0x55, 0xaa] {
-            for bps in [512u64, 4096] {
-                let mut b = [0u8; 512];
-                if read(6 * bps, &mut b).is_ok()
-                    && b[510..512] == [0x55, 0xaa]
-                    && &b[82..90] == b"FAT32   "
-                    && le16(&b, 0x0b) == bps
-                {
-                    return Err(StoreError::Io(format!(
-                        "the medium's FAT32 boot sector is damaged (no boot sector signature at \
-                         byte 510) and its backup copy (sector 6) is intact; nothing was read or \
-                         written. Copy the backup over it (on an image or device M: `dd if=M \
-                         of=M bs={bps} skip=6 count=1 conv=notrunc`, after saving a copy of M's \
-                         first sector) and run this again; do not format it: that destroys \
-                         every capture on it"
-                    )));
-                }
-            }
+        // Damage that makes the boot sector no FAT32 at all (its signature, a sector or
+        // cluster size of 0): an intact backup says it is a damaged medium.
+        if let Some((bps, _)) = intact_backup(read) {
+            let why = alloc::string::ToString::to_string(&e);
+            let why = why
+                .strip_prefix("the medium does not hold a FAT32 file system (")
+                .and_then(|w| w.split_once(')'))
+                .map_or(why.as_str(), |(w, _)| w);
+            return Err(StoreError::Io(format!(
+                "the medium's FAT32 boot sector is damaged ({why}) and its backup copy (sector \
+                 6) is intact; nothing was read or written. Copy the backup over it (on an image \
+                 or device M: `dd if=M of=M bs={bps} skip=6 count=1 conv=notrunc`, after saving \
+                 a copy of M's first sector) and run this again; do not format it: that \
+                 destroys every capture on it"
+            )));
         }
         return Err(e);
     }
-    if let Some(at) = backup_boot_offset(&head) {
-        let mut backup = [0u8; 512];
-        read(at, &mut backup)?;
+    // Where the boot sector says its backup is; where every formatter puts it when the boot
+    // sector's own pointer (or the reserved sectors it must lie within) is what was damaged.
+    let backup = match backup_boot_offset(&head) {
+        Some(at) => {
+            let mut b = [0u8; 512];
+            read(at, &mut b)?;
+            Some(b)
+        }
+        None => intact_backup(read).map(|(_, b)| b),
+    };
+    if let Some(backup) = backup {
         // Told apart only when they disagree: a mount reads nothing more otherwise.
         if matches_backup(&head, &backup, true, true).is_err() {
-            let boot_ok = plausible(&head, read);
-            let backup_ok = plausible(&backup, read);
-            matches_backup(&head, &backup, boot_ok, backup_ok)?;
+            // The copy that describes more of the volume that is there is the sound one.
+            let (boot, back) = (plausible(&head, read), plausible(&backup, read));
+            matches_backup(&head, &backup, boot > back, back > boot)?;
         }
     }
     Ok(())
 }
 
-/// Whether `boot` describes a FAT32 volume that is there: sizes that fit together (a FAT as
-/// large as its clusters need, not much larger), a FAT whose first entry carries the media
-/// byte where the boot sector puts it, and a root directory cluster the FAT has allocated.
-/// Tells which of two disagreeing copies is the damaged one.
-fn plausible(boot: &[u8], read: &mut ReadAt<'_>) -> bool {
+/// A FAT32 boot sector at sector 6 (of 512 or 4096 bytes, as its own bytes per sector say)
+/// that the engines could mount: the backup every formatter writes. Its sector size and bytes.
+fn intact_backup(read: &mut ReadAt<'_>) -> Option<(u64, [u8; 512])> {
+    [512u64, 4096].into_iter().find_map(|bps| {
+        let mut b = [0u8; 512];
+        (read(6 * bps, &mut b).is_ok()
+            && b[510..512] == [0x55, 0xaa]
+            && &b[82..90] == b"FAT32   "
+            && le16(&b, 0x0b) == bps
+            && fat_size_supported(&b).is_ok())
+        .then_some((bps, b))
+    })
+}
+
+/// How well `boot` describes the FAT32 volume that is there: 0 not at all (sizes that do not
+/// fit together, a FAT as large as its clusters need and not much larger; no FAT whose first
+/// entry carries the media byte where it says; a root cluster the FAT has not allocated, or
+/// that holds a subdirectory), 1 as far as can be told, 2 confirmed by a root directory entry
+/// where it says. Tells which of two disagreeing copies is the damaged one.
+fn plausible(boot: &[u8], read: &mut ReadAt<'_>) -> u8 {
+    if boot.get(510..512) != Some(&[0x55, 0xaa][..]) {
+        return 0;
+    }
     let bps = le16(boot, 0x0b);
     let spc = u64::from(boot[0x0d]);
     let reserved = le16(boot, 0x0e);
@@ -211,30 +234,55 @@ fn plausible(boot: &[u8], read: &mut ReadAt<'_>) -> bool {
         || reserved == 0
         || !(1..=2).contains(&fats)
     {
-        return false;
+        return 0;
     }
     let data = reserved + fats * fat_sectors;
     if total <= data {
-        return false;
+        return 0;
     }
     let clusters = (total - data) / spc;
     let entries = fat_sectors * bps / 4;
     // Every formatter sizes the FAT for the clusters it has, with a little slack.
     if entries < clusters + 2 || entries > (clusters + 2) + (clusters + 2) / 4 + bps {
-        return false;
+        return 0;
     }
     if root < 2 || root >= clusters + 2 {
-        return false;
+        return 0;
     }
     let fat = reserved * bps;
     let mut first = [0u8; 8];
     let mut root_entry = [0u8; 4];
     if read(fat, &mut first).is_err() || read(fat + root * 4, &mut root_entry).is_err() {
-        return false;
+        return 0;
     }
     let media = u64::from(boot[0x15]);
-    u64::from(le32(&first, 0) & 0x0fff_ffff) == 0x0fff_ff00 | media
-        && le32(&root_entry, 0) & 0x0fff_ffff != 0
+    if u64::from(le32(&first, 0) & 0x0fff_ffff) != 0x0fff_ff00 | media
+        || le32(&root_entry, 0) & 0x0fff_ffff == 0
+    {
+        return 0;
+    }
+    // The root directory's first entry where this copy puts it: a subdirectory's `.` is a
+    // root cluster off by a few; a name or label that reads as one confirms the copy (an
+    // empty root, or one read a little off into its unused entries, confirms nothing).
+    let mut entry = [0u8; 32];
+    if read((data + (root - 2) * spc) * bps, &mut entry).is_err() {
+        return 0;
+    }
+    match entry[0] {
+        b'.' => 0,
+        0 => 1,
+        _ => {
+            let attr = entry[11];
+            let named = entry[..11]
+                .iter()
+                .all(|&b| (0x20..0x7f).contains(&b) || b >= 0x80);
+            if attr == 0x0f || (attr & 0xc0 == 0 && named) {
+                2
+            } else {
+                0
+            }
+        }
+    }
 }
 
 /// Whether a FAT32 boot sector agrees with its backup copy on what places the
@@ -252,14 +300,23 @@ pub fn matches_backup(
     boot_ok: bool,
     backup_ok: bool,
 ) -> Result<(), StoreError> {
-    if boot.len() < 512 || backup.len() < 512 || backup[510] != 0x55 || backup[511] != 0xaa {
+    if boot.len() < 512 || backup.len() < 512 {
         return Ok(());
     }
-    let differ: Vec<&str> = BPB_FIELDS
+    // An all-zero backup is one the formatter did not write; one that lost its signature was
+    // damaged (and went unnoticed: the volume then shipped without a usable backup).
+    let unsigned = backup[510..512] != [0x55, 0xaa];
+    if unsigned && backup[..512].iter().all(|&b| b == 0) {
+        return Ok(());
+    }
+    let mut differ: Vec<&str> = BPB_FIELDS
         .iter()
         .filter(|(o, n, _)| boot[*o..o + n] != backup[*o..o + n])
         .map(|(_, _, name)| *name)
         .collect();
+    if unsigned {
+        differ.insert(0, "boot sector signature");
+    }
     if differ.is_empty() {
         return Ok(());
     }
