@@ -841,20 +841,40 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
             }
         }
         if cap.generations.is_empty() {
-            out.push(finding(
-                dir.clone(),
-                "empty-capture",
-                format!(
-                    "capture {} has no generation{}",
-                    cap.name,
-                    if cap.recipient_slot || cap.passphrase_slot {
-                        " (only key slots)"
-                    } else {
-                        ""
-                    }
+            // Only what a capture stopped at its start leaves (its key slots, a temporary
+            // file) is removed: a directory that holds anything else is someone's, and
+            // `--repair` deleted it with what it held.
+            let foreign = entries.iter().any(|e| {
+                e.kind == EntryKind::Dir
+                    || !([KEYS_FILE, KEYPASS_FILE].contains(&e.name.as_str())
+                        || e.name.ends_with(".TMP"))
+            });
+            let slots = cap.recipient_slot || cap.passphrase_slot;
+            let (kind, what) = match (foreign, slots) {
+                (false, _) => (
+                    "empty-capture",
+                    format!(
+                        "capture {} has no generation{}",
+                        cap.name,
+                        if slots { " (only key slots)" } else { "" }
+                    ),
                 ),
-                true,
-            ));
+                (true, true) => (
+                    "empty-capture",
+                    format!(
+                        "capture {} has no generation, and its directory holds other files too \
+                         (named above): left as is; `mgear medium rm --name {}` removes it",
+                        cap.name, cap.name
+                    ),
+                ),
+                (true, false) => (
+                    UNKNOWN,
+                    "not a capture: no key slot and no generation, and it holds other files \
+                     (left as is)"
+                        .to_string(),
+                ),
+            };
+            out.push(finding(dir.clone(), kind, what, !foreign));
             continue;
         }
         for g in &cap.generations {
@@ -1480,12 +1500,33 @@ mod tests {
             "{f:?}"
         );
         assert!(f.iter().all(|x| x.kind != UNKNOWN || !x.repaired));
-        // The damaged generation (and then the capture) went; the junk stays.
-        assert!(image_format::list_captures(&mut s).unwrap().is_empty());
+        // The damaged generation went; the capture, which holds a directory that is not
+        // the format's, stays (told, and unclean), and so does the junk.
+        assert_eq!(s.len("MGEAR/web01/G0001/extra.bin").unwrap(), None);
         assert_eq!(s.len("MGEAR/notes.txt").unwrap(), Some(1));
+        let left = scan(&mut s).unwrap();
+        let kept = left
+            .iter()
+            .find(|x| x.path == "MGEAR/web01")
+            .expect("named");
+        assert!(
+            kept.what.contains("holds other files too") && kept.counts(),
+            "{left:?}"
+        );
+        s.remove_dir("MGEAR/web01/old").unwrap();
+        scan_and_repair(&mut s).unwrap();
+        assert!(image_format::list_captures(&mut s).unwrap().is_empty());
         let left = scan(&mut s).unwrap();
         assert!(left.iter().all(|x| x.kind == UNKNOWN), "{left:?}");
         assert!(!left.iter().any(Finding::counts));
+        // Someone's directory under MGEAR/ with a capture's kind of name: not "a capture
+        // with no generation" to remove (--repair deleted it and what it held).
+        s.create_dir_all("MGEAR/backup").unwrap();
+        s.write_at("MGEAR/backup/data.txt", 0, b"precious").unwrap();
+        let f = scan_and_repair(&mut s).unwrap();
+        assert!(f.iter().all(|x| !x.repaired), "{f:?}");
+        assert!(!f.iter().any(Finding::counts), "{f:?}");
+        assert_eq!(s.len("MGEAR/backup/data.txt").unwrap(), Some(8));
         // A leftover beside the junk still counts.
         s.create_dir_all("MGEAR/web02").unwrap();
         let f = scan(&mut s).unwrap();
