@@ -5,9 +5,9 @@
 //! make the checkpoint durable and say how to go on. [`install`] sets a flag
 //! the pipelines poll with [`stop_requested`] and says so on stderr; a second
 //! signal ends the process at once (exit 130), for the operator who really
-//! means it.
+//! means it (one within a second of the first is the same request delivered twice).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
@@ -18,8 +18,32 @@ static STOP: AtomicBool = AtomicBool::new(false);
 const STOPPING: &[u8] = b"\nmgear: stopping after the work at hand, keeping its checkpoint \
 (the same command resumes); Ctrl-C again to exit at once\n";
 
+/// When the first signal came (monotonic nanoseconds).
+static FIRST_NS: AtomicU64 = AtomicU64::new(0);
+
+/// A second signal this soon after the first is the same request delivered twice: `timeout`
+/// (and a shell's job control) signals the command and then its whole process group, and the
+/// second copy ended a stopping capture at once (exit 130, no checkpoint, no report).
+const SAME_REQUEST_NS: u64 = 1_000_000_000;
+
+fn monotonic_ns() -> u64 {
+    let mut t = nix::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime is async-signal-safe and writes only `t`.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
 extern "C" fn on_signal(_: nix::libc::c_int) {
-    if STOP.swap(true, Ordering::SeqCst) {
+    // Never 0, which marks "no signal yet".
+    let now = monotonic_ns().max(1);
+    STOP.store(true, Ordering::SeqCst);
+    if let Err(first) = FIRST_NS.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst) {
+        if now.saturating_sub(first) < SAME_REQUEST_NS {
+            return;
+        }
         // SAFETY: _exit is async-signal-safe and takes no locks.
         unsafe { nix::libc::_exit(130) };
     }
@@ -69,6 +93,10 @@ mod tests {
         assert!(!stop_requested());
         nix::sys::signal::raise(Signal::SIGTERM).unwrap();
         assert!(stop_requested());
+        // The same request delivered twice (`timeout` signals the command and then its process
+        // group): not the operator's second Ctrl-C, which would have ended this process.
+        nix::sys::signal::raise(Signal::SIGINT).unwrap();
+        assert!(stop_requested());
         let e = stopped(3 << 30, 8 << 30);
         assert_eq!(crate::exit::code_of(&e), crate::exit::IO);
         assert!(
@@ -78,5 +106,6 @@ mod tests {
         );
         assert!(crate::exit::hint(&e, "capture").contains("nothing is damaged"));
         STOP.store(false, Ordering::SeqCst);
+        FIRST_NS.store(0, Ordering::SeqCst);
     }
 }
