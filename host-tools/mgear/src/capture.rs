@@ -1718,12 +1718,25 @@ pub(crate) fn same_recipients(
                     s.iter().cloned().collect::<Vec<_>>().join(", ")
                 }
             };
-            return Err(usage(format!(
-                "capture {name}'s key slot was made for recipient(s) {}, and this run names {}: \
-                 only the first could open it. {over}",
-                list(&made),
-                list(&given)
-            )));
+            let missing: std::collections::BTreeSet<String> =
+                given.difference(&made).cloned().collect();
+            return Err(usage(if missing.is_empty() {
+                format!(
+                    "capture {name}'s key slot was made for recipient(s) {}, and this run names \
+                     only {}: the slot stays as it was made (each of them still opens the \
+                     capture). {over}",
+                    list(&made),
+                    list(&given)
+                )
+            } else {
+                format!(
+                    "capture {name}'s key slot was made for recipient(s) {}, and this run names \
+                     {}: {} could not open it. {over}",
+                    list(&made),
+                    list(&given),
+                    list(&missing)
+                )
+            }));
         }
         if passphrase && !slots.passphrase {
             return Err(usage(format!(

@@ -990,6 +990,13 @@ fn a_delta_naming_other_key_slots_is_refused_and_the_medium_kept() {
             .run(),
         "key slot was made for recipient(s)",
     );
+    // A delta naming only some of the recipients: refused, saying the rest still open it.
+    capture("two").args(&["--recipient", "other.pub"]).ok();
+    let o = capture("two").arg("--delta").run();
+    refused(
+        &o,
+        "the slot stays as it was made (each of them still opens the capture)",
+    );
     random_disk(&e.p("disk1.raw"), 1 << 20, 9);
     let set = || e.capture(medium, "app").sources(&["disk.raw", "disk1.raw"]);
     set().ok();
