@@ -468,9 +468,10 @@ impl<M: Store> SpanStore<M> {
             }
             if !m.lost && !seen.contains(&m.ordinal) {
                 return Err(Error::Usage(format!(
-                    "{} of this span is not attached: a spanned capture writes every medium of \
-                     its span (each holds a copy of the index and manifests); attach it and give \
-                     it with --medium too, or if it is lost re-capture its share with \
+                    "{} of this span is not attached: every capture written onto a medium of a \
+                     span writes every medium of it (each holds a copy of the index and \
+                     manifests of all its captures); attach it and give it with --medium too. \
+                     Only if it is lost for good (its share is then captured again): \
                      `--replace-medium '{}'`",
                     map.describe(m.ordinal),
                     m.label

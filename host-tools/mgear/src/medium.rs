@@ -258,10 +258,11 @@ impl Where {
                     });
                     if let Some(m) = left_out {
                         return Err(image_format::Error::Usage(format!(
-                            "medium #{} ({}) of this span is not attached: a spanned capture \
-                             writes every medium of its span (each holds a copy of the index \
-                             and manifests); attach it and give it with --medium too, or if it \
-                             is lost re-capture its share with `--replace-medium '{}'`",
+                            "medium #{} ({}) of this span is not attached: every capture \
+                             written onto a medium of a span writes every medium of it (each \
+                             holds a copy of the index and manifests of all its captures); \
+                             attach it and give it with --medium too. Only if it is lost for \
+                             good (its share is then captured again): `--replace-medium '{}'`",
                             m.ordinal, m.label, m.label
                         )));
                     }
