@@ -294,12 +294,27 @@ fn verify(args: Plan) -> crate::Result<i32> {
             .collect()
     };
     if captures.is_empty() {
-        return Err(crate::exit::coded(
+        // An MGEAR/ whose captures were all removed is another story than a medium that
+        // never held one (the wrong path, another disk).
+        let emptied = store.list(image_format::layout::ROOT_DIR).is_ok();
+        let _ = medium.close();
+        return Err(crate::exit::coded_hint(
             FOUND,
-            format!(
-                "{} holds no MotionGear capture (no MGEAR directory): is this the right medium?",
-                args.medium.describe()
-            ),
+            if emptied {
+                format!(
+                    "{} holds no MotionGear capture (its MGEAR directory holds none: they were \
+                     removed, or none was finished)",
+                    args.medium.describe()
+                )
+            } else {
+                format!(
+                    "{} holds no MotionGear capture (no MGEAR directory): is this the right \
+                     medium?",
+                    args.medium.describe()
+                )
+            },
+            "nothing here can be ingested: check that this is the medium the capture site \
+             shipped (`mgear inspect` lists what it holds)",
         ));
     }
     for c in &captures {

@@ -224,6 +224,14 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
     assert!(out(&o).contains("aborted big"), "{}", output_text(&o));
     let o = e.ok(&["inspect", "--medium", &m]);
     assert!(out(&o).contains("0 capture"), "{}", output_text(&o));
+    // Emptied, not the wrong medium: said as such.
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("its MGEAR directory holds none"),
+        "{}",
+        output_text(&o)
+    );
     // Filling the medium leaked no cluster: fsck.fat finds nothing to fix
     // before any repair, and --repair leaves it so.
     let o = e.ok(&["medium", "fsck", "--medium", &m]);
