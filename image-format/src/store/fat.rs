@@ -2108,121 +2108,92 @@ pub(crate) mod tests {
         let mut good = [0u8; 512];
         open_rw(&p).read_exact(&mut good).unwrap();
         let at = fatmap::backup_boot_offset(&good).expect("a backup boot sector");
+        let sector = at / 512;
+        let poke = |offset: u64, bytes: &[u8]| {
+            let mut f = open_rw(&p);
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.write_all(bytes).unwrap();
+        };
+        let refusal = || {
+            FatStore::open(open_rw(&p))
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+        let mounts = || {
+            let mut s = FatStore::open(open_rw(&p)).unwrap();
+            assert_eq!(s.len("MGEAR/KEEP").unwrap(), Some(4));
+            s.unmount().unwrap();
+        };
         for (offset, field) in [
             (0x0e, "reserved sectors"),
             (0x24, "FAT size"),
             (0x2c, "root directory cluster"),
         ] {
-            let mut f = open_rw(&p);
-            f.seek(SeekFrom::Start(offset)).unwrap();
-            f.write_all(&[0x7f]).unwrap();
-            drop(f);
-            let e = FatStore::open(open_rw(&p))
-                .err()
-                .expect("refused")
-                .to_string();
+            poke(offset, &[0x7f]);
+            let e = refusal();
             assert!(e.contains(&format!("disagree on the {field}")), "{e}");
-            assert!(e.contains(&format!("skip={}", at / 512)), "{e}");
+            assert!(e.contains(&format!("skip={sector}")), "{e}");
             // The fix the message gives: the backup copied over the boot sector.
             let mut backup = [0u8; 512];
             let mut f = open_rw(&p);
             f.seek(SeekFrom::Start(at)).unwrap();
             f.read_exact(&mut backup).unwrap();
-            f.seek(SeekFrom::Start(0)).unwrap();
-            f.write_all(&backup).unwrap();
-            drop(f);
-            let mut s = FatStore::open(open_rw(&p)).unwrap();
-            assert_eq!(s.len("MGEAR/KEEP").unwrap(), Some(4));
-            s.unmount().unwrap();
+            poke(0, &backup);
+            mounts();
         }
-        // The backup damaged (sectors per cluster, as one flipped bit does): the boot sector
-        // is the sound copy, and the message copies it the other way (it once told to copy the
-        // damaged backup over the good boot sector).
-        let sector = at / 512;
-        let mut f = open_rw(&p);
-        f.seek(SeekFrom::Start(at + 0x0d)).unwrap();
-        f.write_all(&[good[0x0d] * 2]).unwrap();
-        drop(f);
-        let e = FatStore::open(open_rw(&p))
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(
-            e.contains(&format!("backup boot sector (sector {sector}) is damaged"))
-                && e.contains(&format!("seek={sector}"))
-                && e.contains("sectors per cluster"),
-            "{e}"
-        );
-        let mut f = open_rw(&p);
-        f.seek(SeekFrom::Start(at)).unwrap();
-        f.write_all(&good).unwrap();
-        drop(f);
-        // The backup's signature lost, and a root cluster off by one in the boot sector (it
-        // then names MGEAR's own directory, whose first entry is `.`): each copy told from the
-        // other, the fix in the right direction.
-        for (offset, byte, says, fix) in [
-            (at + 510, 0u8, "backup boot sector (sector", "seek="),
+        // Each copy told from the other, the fix in the right direction (it once always told
+        // to copy the backup over the boot sector, also when the backup was the damaged one):
+        // the backup's sectors per cluster doubled (one flipped bit) or its signature lost,
+        // and a root cluster off by one in the boot sector (it then names MGEAR's own
+        // directory, whose first entry is `.`).
+        let backup_damaged = format!("backup boot sector (sector {sector}) is damaged");
+        let (seek, skip) = (format!("seek={sector}"), format!("skip={sector}"));
+        for (offset, byte, says) in [
+            (
+                at + 0x0d,
+                good[0x0d] * 2,
+                [
+                    backup_damaged.as_str(),
+                    "sectors per cluster",
+                    seek.as_str(),
+                ],
+            ),
+            (
+                at + 510,
+                0,
+                [backup_damaged.as_str(), "signature", seek.as_str()],
+            ),
             (
                 0x2c,
                 good[0x2c] + 1,
-                "only the backup describes the volume",
-                "skip=",
+                [
+                    "only the backup describes the volume",
+                    "root directory cluster",
+                    skip.as_str(),
+                ],
             ),
         ] {
-            let mut f = open_rw(&p);
-            f.seek(SeekFrom::Start(offset)).unwrap();
-            f.write_all(&[byte]).unwrap();
-            drop(f);
-            let e = FatStore::open(open_rw(&p))
-                .err()
-                .expect("refused")
-                .to_string();
-            assert!(e.contains(says) && e.contains(fix), "{e}");
-            let mut f = open_rw(&p);
-            for to in [0, at] {
-                f.seek(SeekFrom::Start(to)).unwrap();
-                f.write_all(&good).unwrap();
-            }
+            poke(offset, &[byte]);
+            let e = refusal();
+            assert!(says.iter().all(|w| e.contains(w)), "{e}");
+            poke(0, &good);
+            poke(at, &good);
         }
-        // No signature on the boot sector, the backup intact: a damaged medium, repaired from
-        // the backup, never "format one". The same for a sector size of 0.
-        let mut f = open_rw(&p);
-        f.seek(SeekFrom::Start(510)).unwrap();
-        f.write_all(&[0, 0]).unwrap();
-        drop(f);
-        let e = FatStore::open(open_rw(&p))
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(
-            e.contains("backup copy (sector 6) is intact")
-                && e.contains("skip=6")
-                && e.contains("do not format it"),
-            "{e}"
-        );
-        let mut f = open_rw(&p);
-        f.seek(SeekFrom::Start(0)).unwrap();
-        f.write_all(&good).unwrap();
-        drop(f);
-        let mut s = FatStore::open(open_rw(&p)).unwrap();
-        assert_eq!(s.len("MGEAR/KEEP").unwrap(), Some(4));
-        s.unmount().unwrap();
-        let mut f = open_rw(&p);
-        f.seek(SeekFrom::Start(0x0d)).unwrap();
-        f.write_all(&[0]).unwrap();
-        drop(f);
-        let e = FatStore::open(open_rw(&p))
-            .err()
-            .expect("refused")
-            .to_string();
-        assert!(
-            e.contains("backup copy (sector 6) is intact") && e.contains("skip=6"),
-            "{e}"
-        );
-        let mut f = open_rw(&p);
-        f.seek(SeekFrom::Start(0)).unwrap();
-        f.write_all(&good).unwrap();
-        drop(f);
+        // No signature on the boot sector, or a cluster size of 0, the backup intact: a
+        // damaged medium, repaired from the backup, never "format one".
+        for (offset, bytes) in [(510, &[0u8, 0][..]), (0x0d, &[0u8][..])] {
+            poke(offset, bytes);
+            let e = refusal();
+            assert!(
+                e.contains("backup copy (sector 6) is intact")
+                    && e.contains("skip=6")
+                    && e.contains("do not format it"),
+                "{e}"
+            );
+            poke(0, &good);
+            mounts();
+        }
         // A FAT12/16 boot sector (16-bit FAT size) is refused, naming FAT32.
         let mut boot = good;
         boot[0x16] = 8;
