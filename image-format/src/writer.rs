@@ -655,6 +655,16 @@ impl<S: Store> CaptureWriter<S> {
             .is_some_and(|e| matches!(e, IndexEntry::Stored(_)))
     }
 
+    /// Whether chunk `index` was recorded as all zeros (a zero or a hole of the source) before
+    /// the stop: a resume reads it again to tell another disk from this one where nothing
+    /// else was stored.
+    pub fn is_zero(&self, index: u64) -> bool {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.entries.get(i))
+            .is_some_and(|e| matches!(e, IndexEntry::Zero { .. }))
+    }
+
     /// Whether `plaintext`, chunk `index` as the source reads now, is the chunk this
     /// generation recorded there before it stopped (`index` below
     /// [`resume_from`](Self::resume_from)): by its keyed id. `None` where that tells

@@ -212,6 +212,31 @@ impl<'r> Line<'r> {
         );
     }
 
+    /// [`killed_after`](Self::killed_after), stopped by SIGTERM instead (as an operator's
+    /// Ctrl-C or `timeout`): the run keeps a checkpoint at the chunk it was at, and exits 3.
+    pub fn stopped_after(&self, rate: &str, ms: u64) {
+        let mut child = self
+            .clone()
+            .args(&["--rate-limit", rate])
+            .command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mgear");
+        std::thread::sleep(Duration::from_millis(ms));
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(
+            st.success(),
+            "mgear {:?} finished before it was stopped",
+            self.argv()
+        );
+        let code = child.wait().expect("wait for mgear").code();
+        assert_eq!(code, Some(3), "mgear {:?} stopped by SIGTERM", self.argv());
+    }
+
     /// Start this `mgear serve` line in the background and wait for its
     /// first line, `listening on ADDR`; returns the server and ADDR.
     pub fn listen(&self) -> (Background, String) {

@@ -914,9 +914,50 @@ fn check_stored_sample<S: image_format::Store>(
             found.extend(probe(index)?);
         }
     }
-    // Only chunk 0 was stored before the stop: that one, then.
-    if found.is_empty() && writer.is_stored(0) {
-        found.extend(probe(0)?);
+    // Nothing but chunk 0 stored before the stop: that one (which copies of a disk share),
+    // and the chunks recorded as zeros, which this disk must still read as zeros for the most
+    // part (another disk with the same first chunk and data there was joined to them).
+    if found.is_empty() {
+        let first = if writer.is_stored(0) { probe(0)? } else { None };
+        let mut zeros = Vec::new();
+        for k in 0..shares {
+            let (from, end) = (1 + k * span / shares, 1 + (k + 1) * span / shares);
+            if let Some(index) = (from..end).find(|&i| writer.is_zero(i)) {
+                let at = index * chunk;
+                buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
+                source.read_exact_at(at, &mut buf)?;
+                zeros.push(buf.iter().all(|&b| b == 0));
+            }
+        }
+        let still = zeros.iter().filter(|&&z| z).count();
+        if first != Some(false) && still * 2 >= zeros.len() {
+            return Ok(());
+        }
+        return Err(another_disk(
+            args,
+            writer.generation(),
+            match first {
+                Some(false) => format!(
+                    "its first chunk, the only one it stored before it stopped, does not read \
+                     as it did from its source {}",
+                    args.source.as_deref().unwrap_or("given")
+                ),
+                _ => format!(
+                    "{} of the {} chunks it read as zeros before it stopped {} zeros now in \
+                     its source {} (its first chunk may be alike: a disk made from the same \
+                     image is told apart by its data)",
+                    zeros.len() - still,
+                    zeros.len(),
+                    if zeros.len() - still == 1 {
+                        "is not"
+                    } else {
+                        "are not"
+                    },
+                    args.source.as_deref().unwrap_or("given"),
+                ),
+            },
+            "most of it rewritten",
+        ));
     }
     let checked = found.len() as u64;
     let matched = found.iter().filter(|&&same| same).count() as u64;
@@ -928,13 +969,20 @@ fn check_stored_sample<S: image_format::Store>(
         args,
         writer.generation(),
         format!(
-            "{} of the {checked} chunks it stored before it stopped that were read again from \
-             its source {} reads as it did (a disk made alike, its partition table or first \
-             chunks copied, is told apart by its data)",
-            if matched == 0 {
-                "none".to_string()
-            } else {
-                format!("only {matched}")
+            "{} from its source {} (a disk made alike, its partition table or first chunks \
+             copied, is told apart by its data)",
+            match (checked, matched) {
+                (1, _) => "the one chunk it stored before it stopped that was read again does \
+                           not read as it did"
+                    .to_string(),
+                (_, 0) => format!(
+                    "none of the {checked} chunks it stored before it stopped that were read \
+                     again reads as it did"
+                ),
+                _ => format!(
+                    "only {matched} of the {checked} chunks it stored before it stopped that \
+                     were read again read as they did"
+                ),
             },
             args.source.as_deref().unwrap_or("given"),
         ),

@@ -1453,25 +1453,41 @@ fn a_resume_from_another_bare_disk_or_a_swapped_set_is_refused() {
         d[..2 << 20].copy_from_slice(&head);
         fs::write(e.p(name), d).unwrap();
     };
+    // Two 24 MiB disks whose first MiB is alike; then the first is zeros up to 20 MiB, the
+    // second holds data up to 8 MiB: the stopped run stored only chunk 0 and read zeros,
+    // which the other disk, read on from there, was joined to.
+    let zeros = |name: &str, seed: u64| {
+        random_disk(&e.p(name), 24 << 20, seed);
+        let mut d = fs::read(e.p(name)).unwrap();
+        let mut head = vec![0u8; 1 << 20];
+        rand::rngs::SmallRng::seed_from_u64(98).fill_bytes(&mut head);
+        d[..1 << 20].copy_from_slice(&head);
+        let from = if seed % 2 == 1 { 1 << 20 } else { 8 << 20 };
+        d[from..20 << 20].fill(0);
+        fs::write(e.p(name), d).unwrap();
+    };
     for (kind, first, second) in [
         ("ext4", "e1.raw", "e2.raw"),
         ("data", "d1.raw", "d2.raw"),
         ("table", "t1.raw", "t2.raw"),
         ("prefix", "p1.raw", "p2.raw"),
+        ("zeros", "z1.raw", "z2.raw"),
     ] {
         match kind {
             "ext4" => (ext(first, 51), ext(second, 52)),
             "data" => (data(first, 53), data(second, 54)),
             "table" => (table(first, 57), table(second, 58)),
+            "zeros" => (zeros(first, 61), zeros(second, 62)),
             _ => (prefix(first, 59), prefix(second, 60)),
         };
         fs::copy(e.p(first), e.p("src.raw")).unwrap();
         let line = e.capture("dir:m", kind).source("src.raw");
-        // The prefix pair needs more stored than its 2 MiB alike before the stop.
-        if kind == "prefix" {
-            line.killed_after("8MiB/s", 4000);
-        } else {
-            line.killed_after("2MiB/s", 2500);
+        // The prefix pair needs more stored than its 2 MiB alike before the stop; the zeros
+        // pair a stop in its zeros that keeps them (a checkpoint comes with stored data).
+        match kind {
+            "prefix" => line.killed_after("8MiB/s", 4000),
+            "zeros" => line.stopped_after("2MiB/s", 2500),
+            _ => line.killed_after("2MiB/s", 2500),
         }
         fs::copy(e.p(second), e.p("src.raw")).unwrap();
         let o = line.run();
