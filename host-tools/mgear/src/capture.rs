@@ -1425,6 +1425,59 @@ fn preflight(
             }
         },
     };
+    // What the writer refuses once the medium is open for writing, said here too, where the
+    // dry run and the set's plan read it: a plan that "fits" and a run that is refused.
+    if let Some(g) = newest {
+        let now = Started {
+            source_size: source.len(),
+            chunk_size,
+            delta: args.delta,
+        };
+        let then = Started {
+            source_size: g.disk_size,
+            chunk_size: g.chunk_size,
+            delta: g.parent.is_some(),
+        };
+        // (An unfinished generation whose journal gave no sizes is left to the writer.)
+        let known = then.source_size != 0 && then.chunk_size != 0;
+        if kind == "resume"
+            && known
+            && (now.source_size, now.chunk_size) != (then.source_size, then.chunk_size)
+        {
+            return Err(resume_mismatch(
+                &args.name,
+                generation,
+                Some(&then),
+                &now,
+                &args.medium.as_args(),
+            ));
+        }
+        if kind == "delta" && g.chunk_size != chunk_size {
+            return Err(usage(format!(
+                "a delta must use its parent's chunk size ({}, generation {}), not {}: give \
+                 --chunk-size {}KiB",
+                human_bytes(u64::from(g.chunk_size)),
+                g.generation,
+                human_bytes(u64::from(chunk_size)),
+                g.chunk_size / 1024
+            )));
+        }
+    }
+    // The key slots the capture was made with, as its key cache recorded them (a set's are
+    // checked with the set's key).
+    if matches!(kind, "resume" | "delta") && args.dry_run {
+        if let Some(id) = image_format::capture_id(store, &args.name)? {
+            let cache_dir = key_cache_dir(args.key_cache.clone())?;
+            if let Some(c) = crate::keys::find_cached(&cache_dir, &args.name, &id)? {
+                same_recipients(
+                    args,
+                    &c.path,
+                    args.passphrase_file.is_some(),
+                    &slots_kept(args),
+                )?;
+            }
+        }
+    }
     if kind == "resume" && resume_from > 0 && !args.same_source {
         if let Some(id) = image_format::capture_id(store, &args.name)? {
             let cache_dir = key_cache_dir(args.key_cache.clone())?;

@@ -220,6 +220,39 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
         "{}",
         output_text(&o)
     );
+    // Its dry run says the same (it planned a resume that "fits"), and for another recipient.
+    let o = capture(
+        &e,
+        "big.raw",
+        &m,
+        "big",
+        &["--skip-space-check", "--chunk-size", "64KiB", "--dry-run"],
+    );
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("the chunk size was 1.00 MiB"),
+        "{}",
+        output_text(&o)
+    );
+    e.ok(&["keygen", "--out", "other.key"]);
+    let o = capture(
+        &e,
+        "big.raw",
+        &m,
+        "big",
+        &[
+            "--skip-space-check",
+            "--recipient",
+            "other.pub",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("key slot was made for"),
+        "{}",
+        output_text(&o)
+    );
     let o = e.ok(&["capture", "--abort", "--medium", &m, "--name", "big"]);
     assert!(out(&o).contains("aborted big"), "{}", output_text(&o));
     let o = e.ok(&["inspect", "--medium", &m]);
