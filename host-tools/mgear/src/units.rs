@@ -91,9 +91,10 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
             )))
         }
         "B" => 1.0,
-        "KiB" | "K" => 1024.0,
-        "MiB" | "M" => 1024.0 * 1024.0,
-        "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
+        // `mib/s` is as plain as `MiB/s` (no bit unit is spelled so); `mb` stays a megabit.
+        "KiB" | "K" | "kib" => 1024.0,
+        "MiB" | "M" | "mib" => 1024.0 * 1024.0,
+        "GiB" | "G" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "kB" | "KB" => 1e3,
         "MB" => 1e6,
         "GB" => 1e9,
@@ -106,7 +107,7 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
         "Gibit" => 1024.0 * 1024.0 * 1024.0 / 8.0,
         other => {
             return Err(usage(format!(
-                "unknown rate unit `{other}` in `{text}`: use KiB/s, MiB/s, GiB/s, kB/s, MB/s, GB/s, Mbit/s, Gbit/s"
+                "unknown rate unit `{other}` in `{text}`: use KiB/s, MiB/s, GiB/s, kB/s, MB/s, GB/s, Mbit/s, Gbit/s (the case matters: MB is bytes, Mb bits)"
             )))
         }
     };
@@ -175,6 +176,7 @@ mod tests {
     #[test]
     fn rates() {
         assert_eq!(parse_rate("50MiB/s").unwrap(), 50.0 * 1048576.0);
+        assert_eq!(parse_rate("8mib/s").unwrap(), 8.0 * 1048576.0);
         assert_eq!(parse_rate("400Mbit/s").unwrap(), 50e6);
         assert_eq!(parse_rate("10MB/s").unwrap(), 10e6);
         assert_eq!(parse_rate("512KiB/s").unwrap(), 512.0 * 1024.0);
