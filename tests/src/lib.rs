@@ -193,15 +193,7 @@ impl<'r> Line<'r> {
     /// for `ms` milliseconds and SIGKILL it: a run stopped part-way. Panics if it finished
     /// first (the scenario needs it unfinished).
     pub fn killed_after(&self, rate: &str, ms: u64) {
-        let mut child = self
-            .clone()
-            .args(&["--rate-limit", rate, "--checkpoint-bytes", "1MiB"])
-            .command()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mgear");
-        std::thread::sleep(Duration::from_millis(ms));
+        let mut child = self.slowed(&["--rate-limit", rate, "--checkpoint-bytes", "1MiB"], ms);
         let running = child.try_wait().expect("wait for mgear").is_none();
         let _ = child.kill();
         let _ = child.wait();
@@ -212,18 +204,24 @@ impl<'r> Line<'r> {
         );
     }
 
-    /// [`killed_after`](Self::killed_after), stopped by SIGTERM instead (as an operator's
-    /// Ctrl-C or `timeout`): the run keeps a checkpoint at the chunk it was at, and exits 3.
-    pub fn stopped_after(&self, rate: &str, ms: u64) {
-        let mut child = self
+    /// This line with `extra` arguments, started quietly and left to run `ms` milliseconds.
+    fn slowed(&self, extra: &[&str], ms: u64) -> Child {
+        let child = self
             .clone()
-            .args(&["--rate-limit", rate])
+            .args(extra)
             .command()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mgear");
         std::thread::sleep(Duration::from_millis(ms));
+        child
+    }
+
+    /// [`killed_after`](Self::killed_after), stopped by SIGTERM instead (as an operator's
+    /// Ctrl-C or `timeout`): the run keeps a checkpoint at the chunk it was at, and exits 3.
+    pub fn stopped_after(&self, rate: &str, ms: u64) {
+        let mut child = self.slowed(&["--rate-limit", rate], ms);
         let st = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()

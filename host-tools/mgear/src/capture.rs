@@ -1469,12 +1469,7 @@ fn preflight(
         if let Some(id) = image_format::capture_id(store, &args.name)? {
             let cache_dir = key_cache_dir(args.key_cache.clone())?;
             if let Some(c) = crate::keys::find_cached(&cache_dir, &args.name, &id)? {
-                same_recipients(
-                    args,
-                    &c.path,
-                    args.passphrase_file.is_some(),
-                    &slots_kept(args),
-                )?;
+                same_recipients(args, &c.path, args.passphrase_file.is_some())?;
             }
         }
     }
@@ -1756,7 +1751,7 @@ fn same_slots(
              does not open it (the new file was removed again). {over}"
         )));
     }
-    let recorded = same_recipients(args, cache, passphrase.is_some(), &over)?;
+    let recorded = same_recipients(args, cache, passphrase.is_some())?;
     if let Some(p) = passphrase {
         let unlock = image_format::Unlock::Passphrase(p.clone());
         match image_format::unlock_data_key(store, name, &unlock) {
@@ -1782,10 +1777,6 @@ fn same_slots(
     Ok(())
 }
 
-/// The recipients (and whether a passphrase slot) the key cache `cache` recorded when the
-/// capture was made, checked against what this run names (`over`: how to go on); `None` for a
-/// cache that records none. Shared by single disks and machine sets (whose slots are recorded
-/// under the set's name).
 /// How to go on when a resume or delta names other key slots than the capture was made with.
 pub(crate) fn slots_kept(args: &Plan) -> String {
     format!(
@@ -1799,13 +1790,17 @@ pub(crate) fn slots_kept(args: &Plan) -> String {
     )
 }
 
+/// The recipients (and whether a passphrase slot) the key cache `cache` recorded when the
+/// capture was made, checked against what this run names; `None` for a cache that records
+/// none. Shared by single disks, their dry run and machine sets (whose slots are recorded
+/// under the set's name).
 pub(crate) fn same_recipients(
     args: &Plan,
     cache: &std::path::Path,
     passphrase: bool,
-    over: &str,
 ) -> crate::Result<Option<image_format::keys::CachedSlots>> {
     let name = &args.name;
+    let over = slots_kept(args);
     let recorded = DataKey::cached_slots(cache)?;
     if let Some(slots) = &recorded {
         let given: std::collections::BTreeSet<String> =

@@ -478,12 +478,7 @@ fn shared_key(
     for n in [name.clone(), set::disk_stream_name(name, 0)] {
         if let Some(c) = crate::keys::find_cached(&dir, &n, &id)? {
             if n == *name {
-                capture::same_recipients(
-                    args,
-                    &c.path,
-                    args.passphrase_file.is_some(),
-                    &capture::slots_kept(args),
-                )?;
+                capture::same_recipients(args, &c.path, args.passphrase_file.is_some())?;
             }
             let key = DataKey::load_cache(&c.path, &c.name)?;
             return Ok(Shared {
