@@ -189,7 +189,7 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
     };
     if let Some(backup) = backup {
         // Told apart only when they disagree: a mount reads nothing more otherwise.
-        if matches_backup(&head, &backup, true, true).is_err() {
+        if !disagreement(&head, &backup).is_empty() {
             // The copy that describes more of the volume that is there is the sound one.
             let (boot, back) = (plausible(&head, read), plausible(&backup, read));
             matches_backup(&head, &backup, boot > back, back > boot)?;
@@ -294,20 +294,17 @@ fn plausible(boot: &[u8], read: &mut ReadAt<'_>) -> u8 {
 /// `boot_ok` and `backup_ok` ([`plausible`]) say which copy to repair from: the message
 /// told to copy the backup over the boot sector also when the backup was the damaged one,
 /// and that destroyed the good copy.
-pub fn matches_backup(
-    boot: &[u8],
-    backup: &[u8],
-    boot_ok: bool,
-    backup_ok: bool,
-) -> Result<(), StoreError> {
+/// What a boot sector and its backup copy disagree on ([`BPB_FIELDS`], and a backup's lost
+/// signature); nothing for a backup the formatter did not write (all zeros).
+fn disagreement(boot: &[u8], backup: &[u8]) -> Vec<&'static str> {
     if boot.len() < 512 || backup.len() < 512 {
-        return Ok(());
+        return Vec::new();
     }
     // An all-zero backup is one the formatter did not write; one that lost its signature was
     // damaged (and went unnoticed: the volume then shipped without a usable backup).
     let unsigned = backup[510..512] != [0x55, 0xaa];
     if unsigned && backup[..512].iter().all(|&b| b == 0) {
-        return Ok(());
+        return Vec::new();
     }
     let mut differ: Vec<&str> = BPB_FIELDS
         .iter()
@@ -317,6 +314,16 @@ pub fn matches_backup(
     if unsigned {
         differ.insert(0, "boot sector signature");
     }
+    differ
+}
+
+pub fn matches_backup(
+    boot: &[u8],
+    backup: &[u8],
+    boot_ok: bool,
+    backup_ok: bool,
+) -> Result<(), StoreError> {
+    let differ = disagreement(boot, backup);
     if differ.is_empty() {
         return Ok(());
     }
