@@ -215,7 +215,9 @@ fn usage_message(e: &clap::Error, cmd: &clap::Command, named: &[String]) -> (Str
         msg
     };
     let hint = match rendered.lines().find_map(|l| l.strip_prefix("Usage: ")) {
-        Some(usage) => format!("usage: {}; {help}", usage.trim()),
+        // clap lists the `--json` given among the arguments of the usage it
+        // prints; it is not one the command needs.
+        Some(usage) => format!("usage: {}; {help}", usage.trim().replace(" --json", "")),
         None => help,
     };
     (msg, hint)
@@ -367,6 +369,10 @@ mod tests {
         );
         assert!(hint.starts_with("usage: mgear capture "), "{hint}");
         assert!(hint.ends_with("see `mgear capture --help`"), "{hint}");
+        // The `--json` given is not among the arguments the usage asks for.
+        let (_, _, hint) = usage_error(&["capture", "--json"]);
+        assert!(hint.starts_with("usage: mgear capture --name <NAME> --source"), "{hint}");
+        assert!(!hint.contains("--json"), "{hint}");
     }
 
     #[test]
