@@ -371,7 +371,10 @@ mod tests {
         assert!(hint.ends_with("see `mgear capture --help`"), "{hint}");
         // The `--json` given is not among the arguments the usage asks for.
         let (_, _, hint) = usage_error(&["capture", "--json"]);
-        assert!(hint.starts_with("usage: mgear capture --name <NAME> --source"), "{hint}");
+        assert!(
+            hint.starts_with("usage: mgear capture --name <NAME> --source"),
+            "{hint}"
+        );
         assert!(!hint.contains("--json"), "{hint}");
     }
 
