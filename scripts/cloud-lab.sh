@@ -160,7 +160,9 @@ nova-common nova/configure_db boolean false
 placement-common placement/configure_db boolean false
 EOF
     local rc=0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
+    # ./test.sh runs scripts/deps.sh's apt beside this one: wait for dpkg's lock, never fail on it.
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=1200 install -y \
+        --no-install-recommends "${missing[@]}" \
         >"$LAB/logs/apt.log" 2>&1 || rc=$?
     if [ "$made_policy" = 1 ]; then
         if [ -e "$LAB/policy-rc.d.saved" ]; then

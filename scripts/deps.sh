@@ -41,8 +41,10 @@ if ((${#missing[@]})) || ((${#qemu_pins[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
         echo "==> installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends --allow-downgrades \
+        # Another apt (the cloud lab's installer, which ./test.sh starts beside this one,
+        # or unattended-upgrades) may hold dpkg's lock: wait for it instead of failing.
+        apt-get -o DPkg::Lock::Timeout=1200 update -qq
+        apt-get -o DPkg::Lock::Timeout=1200 install -y -qq --no-install-recommends --allow-downgrades \
             "${qemu_pins[@]}" "${missing[@]}" >/dev/null
     else
         echo "MotionGear needs these Debian packages, which are not installed:" >&2
