@@ -126,6 +126,9 @@ pub const ROOT_DIR: &str = "MGEAR";
 /// attestations may be kept on the medium. Not a capture: the name is
 /// reserved.
 pub const ATTEST_NAME: &str = "ATTEST";
+/// Other names directly under `MGEAR/` that are files of the format, not
+/// captures (`crate::span`'s label and map; FAT compares names without case).
+pub const RESERVED_NAMES: [&str; 2] = ["SPAN", "SPANMAP"];
 /// Key slot file wrapped to X25519 recipients (a plain age file).
 pub const KEYS_FILE: &str = "KEYS";
 /// Key slot file wrapped to a passphrase (a plain age scrypt file).
@@ -159,6 +162,10 @@ pub fn validate_plain_name(name: &str) -> Result<()> {
         "it contains a character other than ASCII letters, digits, '-' or '_'"
     } else if name.eq_ignore_ascii_case(ATTEST_NAME) {
         "it is reserved: MGEAR/ATTEST holds copies of the appliance's attestations"
+    } else if RESERVED_NAMES.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+        // A capture's directory there would stand where a spanned medium keeps
+        // its label and map, and every reader of the medium would fail on it.
+        "it is reserved: MGEAR/SPAN and MGEAR/SPANMAP label the media of a capture spanning several"
     } else {
         return Ok(());
     };
@@ -1166,6 +1173,12 @@ mod tests {
             let e = validate_name(bad).unwrap_err().to_string();
             assert!(e.contains("invalid capture name"), "{e}");
         }
+        // The format's own files under MGEAR/, in any case (FAT has none).
+        for reserved in ["attest", "span", "SPANMAP", "Span"] {
+            let e = validate_name(reserved).unwrap_err().to_string();
+            assert!(e.contains("it is reserved"), "{e}");
+        }
+        validate_name("spans").unwrap();
     }
 
     #[test]
