@@ -112,8 +112,8 @@ pub(crate) fn zero_id(key: &[u8; 32], len: u32) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// True if every byte is zero (word-at-a-time).
-pub(crate) fn is_all_zero(b: &[u8]) -> bool {
+/// True if every byte is zero (word-at-a-time; stops at the first that is not).
+pub fn is_all_zero(b: &[u8]) -> bool {
     let mut chunks = b.chunks_exact(16);
     for c in &mut chunks {
         let mut w = [0u8; 16];

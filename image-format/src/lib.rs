@@ -53,7 +53,7 @@ pub use verify::{
 #[cfg(feature = "crypto")]
 pub use age;
 #[cfg(feature = "crypto")]
-pub use encode::{ChunkEncoder, Cipher, EncodedChunk};
+pub use encode::{is_all_zero, ChunkEncoder, Cipher, EncodedChunk};
 #[cfg(feature = "crypto")]
 pub use keys::{derive_subkey, unlock_data_key, ChunkIdKey, DataKey, Unlock};
 #[cfg(feature = "crypto")]

@@ -1764,19 +1764,83 @@ fn write_batches(
     Ok((vol, state))
 }
 
-/// Hand the collected writes to the volume as one batch.
+/// Hand the collected writes to the volume as one batch. Where the volume
+/// keeps zeros thin at a granule ([`mgear_volume::Geometry::thin_granule`]), each aligned
+/// granule of zeros inside the data goes as `write_zeroes` instead: a chunk
+/// is the capture's unit of zero skipping (1 MiB by default, up to 16 MiB),
+/// while a qcow2 cluster or a file's hole is 64 KiB, and a disk's data
+/// chunks hold many zero runs between its files. Checking a granule stops at
+/// its first non-zero byte, so data costs next to nothing.
 fn write_batch(vol: &mut dyn Volume, batch: &[(u64, ChunkBuf)]) -> crate::Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
-    let writes: Vec<WriteAt<'_>> = batch
-        .iter()
-        .map(|(offset, data)| WriteAt {
-            offset: *offset,
-            data,
-        })
-        .collect();
-    Ok(vol.write_batch(&writes)?)
+    let granule = vol.geometry().thin_granule;
+    let mut writes: Vec<WriteAt<'_>> = Vec::with_capacity(batch.len());
+    let mut zeros = Vec::new();
+    for (offset, data) in batch {
+        match granule {
+            Some(g) => split_zero_runs(*offset, data, g, &mut writes, &mut zeros),
+            None => writes.push(WriteAt {
+                offset: *offset,
+                data,
+            }),
+        }
+    }
+    for (offset, len) in zeros {
+        vol.write_zeroes(offset, len)?;
+    }
+    if !writes.is_empty() {
+        vol.write_batch(&writes)?;
+    }
+    Ok(())
+}
+
+/// Cut `data` (bound for volume offset `offset`) into runs: whole zero
+/// granules (aligned to `granule` on the volume) merged into `zeros`, the
+/// rest into `writes` (ragged ends and granules holding data).
+fn split_zero_runs<'a>(
+    offset: u64,
+    data: &'a [u8],
+    granule: u64,
+    writes: &mut Vec<WriteAt<'a>>,
+    zeros: &mut Vec<(u64, u64)>,
+) {
+    let granule = granule.max(1);
+    // (start within `data`, zeros?) of the run being gathered.
+    let mut run: Option<(usize, bool)> = None;
+    let mut close = |start: usize, end: usize, zero: bool| {
+        if zero {
+            zeros.push((offset + start as u64, (end - start) as u64));
+        } else {
+            writes.push(WriteAt {
+                offset: offset + start as u64,
+                data: &data[start..end],
+            });
+        }
+    };
+    let mut pos = 0usize;
+    while pos < data.len() {
+        let at = offset + pos as u64;
+        let to_boundary = granule - at % granule;
+        let end = pos
+            + usize::try_from(to_boundary)
+                .unwrap_or(usize::MAX)
+                .min(data.len() - pos);
+        let zero = (end - pos) as u64 == granule && image_format::is_all_zero(&data[pos..end]);
+        match run {
+            Some((_, z)) if z == zero => {}
+            Some((start, z)) => {
+                close(start, pos, z);
+                run = Some((pos, zero));
+            }
+            None => run = Some((pos, zero)),
+        }
+        pos = end;
+    }
+    if let Some((start, z)) = run {
+        close(start, data.len(), z);
+    }
 }
 
 /// Clear the boot sector region of a volume that failed its check, so it
@@ -2708,6 +2772,59 @@ mod tests {
         .unwrap();
         assert_eq!((r.resumed_chunks, r.zero_chunks), (0, 2));
         assert!(*data.lock().unwrap() == disk);
+    }
+
+    #[test]
+    fn zero_granules_inside_data_go_as_write_zeroes_to_a_thin_volume() {
+        use mgear_volume::FakeVolume;
+        const C: usize = 65536;
+        const G: usize = 16384;
+        let mut disk = sample_disk();
+        // Chunk 1: its second granule is zeros; chunk 6: a zero run that
+        // covers no whole granule; chunk 8: its last two granules.
+        disk[C + G..C + 2 * G].fill(0);
+        disk[6 * C + 100..6 * C + G + 100].fill(0);
+        disk[8 * C + 2 * G..9 * C].fill(0);
+        let (mut store, key) = mem_capture(&disk);
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, data) = FakeVolume::new(disk.len(), None);
+        let fake = fake.with_thin_granule(G as u64);
+        let zeroed = fake.zeroed();
+        let (r, _) = write_volume(
+            &plan(dir.path()),
+            Box::new(fake),
+            reader_of(&mut store, &key),
+            None,
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(r.verified);
+        assert!(*data.lock().unwrap() == disk);
+        let mut zeroed = zeroed.lock().unwrap().clone();
+        zeroed.sort_unstable();
+        let expect: Vec<(u64, u64)> = [(C + G, G), (3 * C, C), (4 * C, C), (8 * C + 2 * G, 2 * G)]
+            .iter()
+            .map(|&(o, l)| (o as u64, l as u64))
+            .collect();
+        assert_eq!(zeroed, expect);
+    }
+
+    #[test]
+    fn split_zero_runs_cuts_at_granules_of_the_volume_not_of_the_buffer() {
+        let mut data = vec![1u8; 40];
+        data[6..30].fill(0);
+        let (mut writes, mut zeros) = (Vec::new(), Vec::new());
+        // At volume offset 2 with 8-byte granules: 2..8 (ragged), 8..16 and
+        // 16..24 zero granules (the run 8..32 holds 24..32 too), 32..42 data.
+        split_zero_runs(2, &data, 8, &mut writes, &mut zeros);
+        let w: Vec<(u64, usize)> = writes.iter().map(|w| (w.offset, w.data.len())).collect();
+        assert_eq!(w, [(2, 6), (32, 10)]);
+        assert_eq!(zeros, [(8, 24)]);
+        assert!(writes[1].data.iter().all(|&b| b == 1));
+        // No granule: one write.
+        let (mut writes, mut zeros) = (Vec::new(), Vec::new());
+        split_zero_runs(0, &[0u8; 7], 8, &mut writes, &mut zeros);
+        assert_eq!((writes.len(), zeros.len()), (1, 0));
     }
 
     /// Ten 64 KiB chunks and a short eleventh, chunks 3 and 4 all zeros.

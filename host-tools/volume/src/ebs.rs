@@ -199,6 +199,8 @@ impl Volume for EbsSnapshotVolume {
         Geometry {
             block: ebs::BLOCK_SIZE as u32,
             max_in_flight: self.threads,
+            // Zero blocks are left out already; a block is one request.
+            thin_granule: None,
         }
     }
 

@@ -45,6 +45,10 @@ pub struct FakeVolume {
     /// The reader digests ranges within units of this size, counting the calls.
     digests: Option<(u64, Arc<AtomicU64>)>,
     refuse_digests: bool,
+    /// [`crate::Geometry::thin_granule`] it claims.
+    thin_granule: Option<u64>,
+    /// Every `write_zeroes` range so far, shared with the test.
+    zeroed: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
 impl FakeVolume {
@@ -68,6 +72,8 @@ impl FakeVolume {
                 corrupt: None,
                 digests: None,
                 refuse_digests: false,
+                thin_granule: None,
+                zeroed: Arc::new(Mutex::new(Vec::new())),
             },
             data,
         )
@@ -121,6 +127,19 @@ impl FakeVolume {
         self
     }
 
+    /// Claim to keep zeros thin in units of `granule` bytes (as a sparse
+    /// file or qcow2 image does).
+    pub fn with_thin_granule(mut self, granule: u64) -> Self {
+        self.thin_granule = Some(granule);
+        self
+    }
+
+    /// The `(offset, len)` of every `write_zeroes` so far, readable after
+    /// the volume moved on.
+    pub fn zeroed(&self) -> Arc<Mutex<Vec<(u64, u64)>>> {
+        self.zeroed.clone()
+    }
+
     /// Read `[offset, offset+len)` back with every bit flipped (both read paths).
     pub fn corrupting_reads(mut self, offset: u64, len: u64) -> Self {
         self.corrupt = Some((offset, offset + len));
@@ -163,6 +182,12 @@ impl Volume for FakeVolume {
     fn found(&self) -> Found {
         self.found
     }
+    fn geometry(&self) -> crate::Geometry {
+        crate::Geometry {
+            thin_granule: self.thin_granule,
+            ..crate::Geometry::default()
+        }
+    }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.count()?;
         let r = self.range(offset, data.len())?;
@@ -173,6 +198,10 @@ impl Volume for FakeVolume {
         self.count()?;
         let r = self.range(offset, len as usize)?;
         self.bytes()[r].fill(0);
+        self.zeroed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((offset, len));
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {

@@ -358,6 +358,15 @@ impl Raw {
         fallocate(self.file.as_fd(), flags, off, len).is_ok()
     }
 
+    /// Transfer hints: a sparse file keeps zeros as holes
+    /// ([`crate::Geometry::thin_granule`]); a device's zeros are written.
+    pub fn geometry(&self) -> crate::Geometry {
+        crate::Geometry {
+            thin_granule: (!self.device).then_some(crate::THIN_GRANULE),
+            ..crate::Geometry::default()
+        }
+    }
+
     /// A hole of a sparse file reads as zeros by the file system's guarantee.
     pub fn reads_as_zeros(&self, offset: u64, len: u64) -> bool {
         !self.device && range_is_hole(&self.file, offset, len)
@@ -611,6 +620,9 @@ impl Volume for FileVolume {
     }
     fn unfinished_by_name(&self) -> bool {
         self.rename_to.is_some()
+    }
+    fn geometry(&self) -> crate::Geometry {
+        self.raw.geometry()
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.raw.write_at(offset, data)

@@ -189,13 +189,26 @@ pub struct Geometry {
     /// latency-bound backend (Ceph RBD) overrides [`Volume::write_batch`]
     /// and says how deep it goes. 1 = no gain from batching.
     pub max_in_flight: usize,
+    /// Where [`Volume::write_zeroes`] keeps a range thin (a hole, a zero
+    /// cluster) in units of this many bytes: the pipeline sends each aligned
+    /// unit of zeros inside the data it writes as `write_zeroes`, not as
+    /// bytes. `None` (the default): data goes as it is (zeros of a device
+    /// would be read first, an upload or a 512 KiB EBS block is one unit).
+    pub thin_granule: Option<u64>,
 }
+
+/// [`Geometry::thin_granule`] of sparse files and qcow2 images: a qcow2
+/// image's default cluster size, and 16 of a file system's 4 KiB blocks
+/// (a hole punched per 4 KiB would fragment the file and cost a system
+/// call per block).
+pub const THIN_GRANULE: u64 = 64 * 1024;
 
 impl Default for Geometry {
     fn default() -> Self {
         Geometry {
             block: 4096,
             max_in_flight: 1,
+            thin_granule: None,
         }
     }
 }

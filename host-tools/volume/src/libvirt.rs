@@ -302,6 +302,13 @@ impl Volume for LibvirtVolume {
     fn found(&self) -> Found {
         self.found
     }
+    fn geometry(&self) -> crate::Geometry {
+        match &self.access {
+            Access::Path(raw) => raw.geometry(),
+            // One `virsh vol-upload` per run: zeros inside it go with it.
+            Access::Stream(_) => crate::Geometry::default(),
+        }
+    }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         match &mut self.access {
             Access::Path(raw) => raw.write_at(offset, data),

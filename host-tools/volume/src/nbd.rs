@@ -180,6 +180,8 @@ impl Volume for NbdVolume {
         Geometry {
             block: min.max(4096),
             max_in_flight: 1,
+            // Whether the export keeps zeros thin is its own business.
+            thin_granule: None,
         }
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {

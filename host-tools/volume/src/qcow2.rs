@@ -280,10 +280,16 @@ impl Volume for Qcow2Volume {
         true
     }
     fn geometry(&self) -> Geometry {
-        self.nbd
-            .as_ref()
-            .map(NbdVolume::geometry)
-            .unwrap_or_default()
+        Geometry {
+            // The image was made with the default 64 KiB clusters, and
+            // qemu-nbd (`--discard=unmap`) makes zero writes zero clusters.
+            thin_granule: Some(crate::THIN_GRANULE),
+            ..self
+                .nbd
+                .as_ref()
+                .map(NbdVolume::geometry)
+                .unwrap_or_default()
+        }
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.nbd()?.write_at(offset, data)

@@ -185,11 +185,6 @@ impl Session {
     }
 }
 
-/// True if every byte is zero.
-pub fn is_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
-}
-
 /// Generation number of every sync record stream: no medium reaches it
 /// (generations count up from 1), so a sync record names no medium position.
 pub const SYNC_GENERATION: u32 = u32::MAX;

@@ -212,7 +212,7 @@ impl ServedVolume {
     fn apply(&mut self, index: u64, data: &[u8], id: [u8; 32]) -> crate::Result<()> {
         let at = index * self.chunk_size as u64;
         let ctx = || format!("writing chunk {index} to {}", self.desc);
-        let written = if session::is_zero(data) {
+        let written = if image_format::is_all_zero(data) {
             // Thin targets stay thin: a hole (or NBD WRITE_ZEROES) reads as zeros.
             self.vol.write_zeroes(at, data.len() as u64)
         } else {
