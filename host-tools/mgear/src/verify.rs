@@ -493,6 +493,15 @@ fn verify(args: Plan) -> crate::Result<i32> {
                             not_opened.push(n);
                             continue;
                         }
+                        // Only the other kind of slot (a passphrase-only capture verified
+                        // with an identity): not this key's capture either.
+                        Err(image_format::Error::NeedKey { .. })
+                            if name.is_none()
+                                && info.is_some_and(|c| c.recipient_slot || c.passphrase_slot) =>
+                        {
+                            not_opened.push(n);
+                            continue;
+                        }
                         other => other?,
                     };
                 report.captures += r.captures;
