@@ -80,7 +80,7 @@ pub struct Plan {
     pub medium: crate::medium::Where,
     /// Capture name (1-32 letters, digits, '-', '_'), e.g. the host name.
     pub name: String,
-    /// Target public keys (`keys::read_recipient` of a .pub file from `mgear keygen`, or age1...).
+    /// Target public keys (`keys::read_recipients` of a .pub file from `mgear keygen`, or age1...).
     pub recipient: Vec<age::x25519::Recipient>,
     /// File whose first line is a passphrase that can also open the capture.
     pub passphrase_file: Option<PathBuf>,
@@ -253,7 +253,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         crate::report::check_writable(p, "--report")?;
     }
     // A passphrase (or key cache) that does not open the capture: say which slots it has.
-    let report = capture(&args).map_err(|e| {
+    let report = with_generated_passphrase(&args, capture).map_err(|e| {
         // Without a passphrase the key came from the key cache: a key that does not open the
         // capture is a damaged (or swapped) cache file, and the capture has no --identity to
         // try (the generic advice named one).
@@ -1577,6 +1577,75 @@ pub fn capture(args: &Plan) -> crate::Result<Report> {
     capture_disk(args, None)
 }
 
+/// Runs `capture` (of one disk or of a set) with `--passphrase-generate`
+/// resolved once for the whole run: the new passphrase file is written
+/// before the first disk (every disk of a set shares it), and the run gets
+/// it as a plain `--passphrase-file`. A run that stops after its capture was
+/// started keeps the file (it opens what is on the medium), and the same
+/// command then resumes with it; a run refused before its capture existed
+/// removes the file again (it would open nothing). A new capture never takes
+/// a file that is already there, and a capture already on the medium never
+/// gets a new passphrase (its slots were made at its first generation).
+pub fn with_generated_passphrase<T>(
+    args: &Plan,
+    run: impl FnOnce(&Plan) -> crate::Result<T>,
+) -> crate::Result<T> {
+    let Some(file) = args
+        .passphrase_file
+        .clone()
+        .filter(|_| args.passphrase_generate)
+    else {
+        return run(args);
+    };
+    let on_medium = || -> crate::Result<bool> {
+        let mut ro = args.medium.open_before_capture()?;
+        let r = (|| -> crate::Result<bool> {
+            let store = ro.store();
+            Ok(image_format::capture_id(store, &args.name)?.is_some()
+                || image_format::set::is_set(store, &args.name)?)
+        })();
+        let closed = ro.close();
+        let r = r?;
+        closed?;
+        Ok(r)
+    };
+    let existed = on_medium()?;
+    let mut plain = args.clone();
+    plain.passphrase_generate = false;
+    if file.symlink_metadata().is_ok() {
+        if existed {
+            // The file of the stopped run that started this capture: its slot check
+            // (`same_slots`) says whether it opens it.
+            return run(&plain);
+        }
+        return Err(crate::keys::passphrase_file_exists(&file));
+    }
+    if existed {
+        return Err(usage(format!(
+            "capture {} already exists: --passphrase-generate would write a passphrase that \
+             does not open it (nothing was written). {}",
+            args.name,
+            slots_kept(args)
+        )));
+    }
+    crate::keys::generate_passphrase(&file)?;
+    eprintln!(
+        "mgear capture: wrote a new passphrase to {} (0600): it opens this capture; send it to \
+         the target apart from the medium",
+        file.display()
+    );
+    let r = run(&plain);
+    if r.is_err() && matches!(on_medium(), Ok(false)) {
+        let _ = std::fs::remove_file(&file);
+        eprintln!(
+            "mgear capture: removed {} again: the capture was not started, so nothing opens \
+             with that passphrase",
+            file.display()
+        );
+    }
+    r
+}
+
 /// The data key and capture id every disk of a machine set shares.
 pub struct Shared {
     pub key: DataKey,
@@ -1741,16 +1810,6 @@ fn same_slots(
 ) -> crate::Result<()> {
     let name = &args.name;
     let over = slots_kept(args);
-    if args.passphrase_generate {
-        // Made by this run (O_EXCL) a moment ago: nobody may take it for this capture's.
-        if let Some(f) = &args.passphrase_file {
-            let _ = std::fs::remove_file(f);
-        }
-        return Err(usage(format!(
-            "capture {name} already exists: --passphrase-generate would write a passphrase that \
-             does not open it (the new file was removed again). {over}"
-        )));
-    }
     let recorded = same_recipients(args, cache, passphrase.is_some())?;
     if let Some(p) = passphrase {
         let unlock = image_format::Unlock::Passphrase(p.clone());
@@ -1852,16 +1911,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     let chunk_size = args.chunk_size;
     let spec = source_spec(args)?;
     let recipients = args.recipient.clone();
+    // `--passphrase-generate` wrote its file before this ([`with_generated_passphrase`]).
     let passphrase = match args.passphrase_file.as_deref() {
-        Some(f) if args.passphrase_generate => {
-            let p = crate::keys::generate_passphrase(f)?;
-            eprintln!(
-                "mgear capture: wrote a new passphrase to {} (0600): it opens this capture; \
-                 send it to the target apart from the medium",
-                f.display()
-            );
-            Some(p)
-        }
         Some(f) => {
             let p = crate::keys::read_passphrase(f)?;
             // Only a new capture makes a passphrase slot; a delta's passphrase opens the slot

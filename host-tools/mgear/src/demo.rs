@@ -381,9 +381,9 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
                 source: Some(disk.display().to_string()),
                 medium: medium.clone(),
                 name: "demo".into(),
-                recipient: vec![crate::keys::read_recipient(
+                recipient: crate::keys::read_recipients(
                     &crate::keyfile::pub_path(&key).display().to_string(),
-                )?],
+                )?,
                 passphrase_file: None,
                 passphrase_generate: false,
                 delta: false,

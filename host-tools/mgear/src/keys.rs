@@ -140,8 +140,11 @@ pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
     })
 }
 
-/// Read a recipient: a file holding `age1...`, or the `age1...` string itself.
-pub fn read_recipient(arg: &str) -> crate::Result<age::x25519::Recipient> {
+/// Read the recipients of one `--recipient`: the `age1...` string itself, or
+/// a file holding one or more (age's recipients file: one key per line,
+/// `#` comments and blank lines skipped). Every key of the file gets the
+/// capture's key slot, as `age -R FILE` would; a key given twice counts once.
+pub fn read_recipients(arg: &str) -> crate::Result<Vec<age::x25519::Recipient>> {
     let text = if arg.starts_with("age1") {
         arg.to_owned()
     } else {
@@ -155,13 +158,36 @@ pub fn read_recipient(arg: &str) -> crate::Result<age::x25519::Recipient> {
     ) {
         return Err(e);
     }
-    let line = key_line(&text)
-        .ok_or_else(|| usage(format!("{arg} holds no public key: expected age1...")))?;
-    age::x25519::Recipient::from_str(line).map_err(|e| {
-        usage(format!(
-            "{arg} is not an age public key ({e}): give the .pub file written by `mgear keygen`"
-        ))
-    })
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if lines.is_empty() {
+        return Err(usage(format!(
+            "{arg} holds no public key: expected age1..."
+        )));
+    }
+    let many = lines.len() > 1;
+    let mut out: Vec<age::x25519::Recipient> = Vec::with_capacity(lines.len());
+    for (n, line) in lines {
+        let r = age::x25519::Recipient::from_str(line).map_err(|e| {
+            let at = if many {
+                format!(" (line {})", n + 1)
+            } else {
+                String::new()
+            };
+            usage(format!(
+                "{arg}{at} is not an age public key ({e}): give the .pub file written by \
+                 `mgear keygen` (or a file of age1... keys, one per line)"
+            ))
+        })?;
+        if !out.iter().any(|o| o.to_string() == r.to_string()) {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// The key slots a capture has on the medium: how many public keys its
@@ -281,6 +307,16 @@ const PASS_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 /// Write a new random passphrase (130 bits: 26 symbols of 5 bits, in groups
 /// of 5 and 6) to `path`, which must not exist (created 0600, O_EXCL, never
 /// through a symlink), and return it.
+/// `--passphrase-generate` of a new capture onto a file that is there already.
+pub fn passphrase_file_exists(path: &Path) -> crate::Error {
+    usage(format!(
+        "cannot create passphrase file {}: it already exists (--passphrase-generate writes a \
+         new file and never overwrites one); give a new path, or drop --passphrase-generate to \
+         use the passphrase in it",
+        path.display()
+    ))
+}
+
 pub fn generate_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     let mut raw = Zeroizing::new([0u8; 26]);
     getrandom::getrandom(&mut raw[..])
@@ -307,12 +343,7 @@ pub fn generate_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
                 parent.display()
             ))
         } else if e.kind() == std::io::ErrorKind::AlreadyExists || path.symlink_metadata().is_ok() {
-            usage(format!(
-                "cannot create passphrase file {}: it already exists (--passphrase-generate \
-                 writes a new file and never overwrites one); give a new path, or drop \
-                 --passphrase-generate to use the passphrase in it",
-                path.display()
-            ))
+            passphrase_file_exists(path)
         } else {
             usage(format!(
                 "cannot create passphrase file {}: {e}",
@@ -751,7 +782,9 @@ mod tests {
         let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let id = read_identity(&key).unwrap();
-        let rcpt = read_recipient(pub_path(&key).to_str().unwrap()).unwrap();
+        let rcpt = read_recipients(pub_path(&key).to_str().unwrap())
+            .unwrap()
+            .remove(0);
         assert_eq!(id.to_public().to_string(), rcpt.to_string());
         // A second keygen without --force must not clobber the key.
         let err = keygen(Keygen {
@@ -837,12 +870,12 @@ mod tests {
         let site = dir.path().join("site.key");
         crate::sitekey::generate(&site, false).unwrap();
         let arg = target.to_str().unwrap();
-        let m = read_recipient(arg).unwrap_err().to_string();
+        let m = read_recipients(arg).unwrap_err().to_string();
         assert!(m.contains("target's SECRET identity"), "{m}");
         assert!(m.contains("stays at the target"), "{m}");
         assert!(m.contains(&pub_path(&target).display().to_string()), "{m}");
         for p in [site.clone(), pub_path(&site)] {
-            let e = read_recipient(p.to_str().unwrap()).unwrap_err();
+            let e = read_recipients(p.to_str().unwrap()).unwrap_err();
             assert_eq!(crate::exit::code_of(&e), 2);
             let m = e.to_string();
             assert!(m.contains("capture site's"), "{m}");
@@ -859,6 +892,33 @@ mod tests {
     }
 
     #[test]
+    fn a_recipients_file_gives_every_key_it_lists_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            age::x25519::Identity::generate().to_public().to_string(),
+            age::x25519::Identity::generate().to_public().to_string(),
+        );
+        let p = dir.path().join("two.pub");
+        fs::write(&p, format!("# the target\n{a}\n\n  {b}  \n{a}\n")).unwrap();
+        let got: Vec<String> = read_recipients(p.to_str().unwrap())
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, [a.clone(), b]);
+        // A line that is not a key is named, and nothing is taken.
+        fs::write(&p, format!("{a}\nssh-ed25519 AAAA\n")).unwrap();
+        let e = read_recipients(p.to_str().unwrap()).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), 2);
+        assert!(
+            e.to_string().contains("(line 2) is not an age public key"),
+            "{e}"
+        );
+        // The key itself on the command line.
+        assert_eq!(read_recipients(&a).unwrap().len(), 1);
+    }
+
+    #[test]
     fn bad_key_files_are_usage_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("junk");
@@ -868,7 +928,7 @@ mod tests {
         };
         assert_eq!(crate::exit::code_of(&e), 2);
         assert_eq!(
-            crate::exit::code_of(&read_recipient(p.to_str().unwrap()).unwrap_err()),
+            crate::exit::code_of(&read_recipients(p.to_str().unwrap()).unwrap_err()),
             2
         );
     }

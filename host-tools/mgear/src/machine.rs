@@ -169,7 +169,7 @@ pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i3
         crate::report::check_writable(p, "--report")?;
     }
     let started = std::time::Instant::now();
-    let r = capture_set(args, sources)?;
+    let r = capture::with_generated_passphrase(args, |a| capture_set(a, sources))?;
     if let Some(p) = &args.report {
         let v = crate::report::capture_set(
             &r,

@@ -1234,6 +1234,19 @@ fn cli_keyed_verify_checks_what_its_key_opens_and_names_the_rest() {
         "--recipient",
         "other.pub",
     ]);
+    // A capture with only a passphrase slot: not this identity's either.
+    fs::write(e.p("pass.txt"), "orbit-walnut-cascade-7741-lantern\n").unwrap();
+    e.ok(&[
+        "capture",
+        "--medium",
+        "dir:m",
+        "--name",
+        "locked",
+        "--source",
+        "disk.raw",
+        "--passphrase-file",
+        "pass.txt",
+    ]);
     let all = [
         "verify",
         "--medium",
@@ -1245,16 +1258,120 @@ fn cli_keyed_verify_checks_what_its_key_opens_and_names_the_rest() {
     let o = e.run(&all);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let said = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(said.contains("NOT OPENED by this key: theirs"), "{said}");
+    assert!(
+        said.contains("NOT OPENED by this key: locked, theirs"),
+        "{said}"
+    );
     assert!(!said.contains("OK: no problems found"), "{said}");
     let o = e.run(&[&all[..], &["--json"]].concat());
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["not_opened"], serde_json::json!(["theirs"]), "{v}");
+    assert_eq!(
+        v["not_opened"],
+        serde_json::json!(["locked", "theirs"]),
+        "{v}"
+    );
     assert_eq!(
         (v["captures"].clone(), v["ok"].clone()),
         (1.into(), false.into()),
         "{v}"
     );
     e.ok(&[&all[..], &["--name", "ours"]].concat());
+    // The passphrase verifies its capture and names the two with recipient slots only.
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:m",
+        "--passphrase-file",
+        "pass.txt",
+        "--allow-untrusted",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["not_opened"],
+        serde_json::json!(["ours", "theirs"]),
+        "{v}"
+    );
+    assert_eq!(v["captures"], 1, "{v}");
+}
+
+/// `--passphrase-generate` writes its file once per run: every disk of a set shares it, a run
+/// stopped after its capture began keeps it and the same command resumes with it, and a run
+/// refused before its capture existed removes it again.
+#[test]
+fn cli_a_generated_passphrase_serves_a_set_and_the_resume_of_a_stopped_run() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 3 << 20, 71);
+    random_disk(&e.p("b.raw"), 2 << 20, 72);
+    fs::create_dir(e.p("m")).unwrap();
+    let gen = ["--passphrase-file", "gen.pw", "--passphrase-generate"];
+    // A set: both disks under the one new passphrase, which then opens it.
+    e.capture("dir:m", "mach")
+        .sources(&["a.raw", "b.raw"])
+        .args(&gen)
+        .ok();
+    let all = ["--medium", "dir:m", "--allow-untrusted"];
+    e.ok(&[&["verify", "--passphrase-file", "gen.pw"], &all[..]].concat());
+
+    // A run refused after the file was written (an empty source) leaves no file behind.
+    fs::write(e.p("empty.raw"), b"").unwrap();
+    let o = e
+        .capture("dir:m", "nothing")
+        .source("empty.raw")
+        .args(&["--passphrase-file", "none.pw", "--passphrase-generate"])
+        .run();
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!e.p("none.pw").exists(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("removed none.pw again"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Stopped after its capture began: the same command resumes with the file it wrote.
+    random_disk(&e.p("big.raw"), 24 << 20, 73);
+    let line = e.capture("dir:m", "big").source("big.raw").args(&[
+        "--passphrase-file",
+        "big.pw",
+        "--passphrase-generate",
+    ]);
+    line.stopped_after("4MiB/s", 2000);
+    let written = fs::read_to_string(e.p("big.pw")).unwrap();
+    line.ok();
+    assert_eq!(fs::read_to_string(e.p("big.pw")).unwrap(), written);
+    e.ok(&[
+        &["verify", "--name", "big", "--passphrase-file", "big.pw"],
+        &all[..],
+    ]
+    .concat());
+
+    // A capture already on the medium never gets a new passphrase; a new one never takes a
+    // file that is there.
+    let o = e
+        .capture("dir:m", "big")
+        .source("big.raw")
+        .args(&[
+            "--delta",
+            "--passphrase-file",
+            "new.pw",
+            "--passphrase-generate",
+        ])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already exists: --passphrase-generate"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!e.p("new.pw").exists());
+    let o = e
+        .capture("dir:m", "fresh")
+        .source("a.raw")
+        .args(&["--passphrase-file", "big.pw", "--passphrase-generate"])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("it already exists"), "{}", stderr(&o));
 }

@@ -28,7 +28,8 @@ pub struct Args {
     /// Capture name (1-32 letters, digits, '-', '_'), e.g. the host name.
     #[arg(long)]
     pub name: String,
-    /// Target public key (a .pub file from `mgear keygen`, or age1...); repeatable.
+    /// Target public key: a .pub file from `mgear keygen`, a file of age1... keys (one per
+    /// line, as `age -R`; every key gets the slot), or age1... itself; repeatable.
     #[arg(long)]
     pub recipient: Vec<String>,
     /// File whose first line is a passphrase that can also open the capture.
@@ -36,7 +37,8 @@ pub struct Args {
     pub passphrase_file: Option<PathBuf>,
     /// Create --passphrase-file (it must not exist) holding a new random
     /// passphrase (130 bits, 0600) and use it; send that file to the target by
-    /// a channel other than the courier.
+    /// a channel other than the courier. A run stopped after its capture
+    /// began keeps the file, and the same command resumes with it.
     #[arg(long, requires = "passphrase_file")]
     pub passphrase_generate: bool,
     /// Store only chunks that changed since the newest finished capture of this name.
@@ -133,8 +135,9 @@ impl Cli {
         let recipient = a
             .recipient
             .iter()
-            .map(|r| mgear::keys::read_recipient(r))
-            .collect::<mgear::Result<Vec<_>>>()?;
+            .map(|r| mgear::keys::read_recipients(r))
+            .collect::<mgear::Result<Vec<_>>>()?
+            .concat();
         let rate_limit = a.rate_limit.as_deref().map(parse_rate).transpose()?;
         let checkpoint_bytes = parse_size(&a.checkpoint_bytes)?;
         let check_profile = a
