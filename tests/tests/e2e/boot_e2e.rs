@@ -201,7 +201,7 @@ fn usage_and_io_errors_have_their_exit_codes() {
 }
 
 #[test]
-fn gpt_esp_disk_over_nbd_boots_with_uefi_firmware_automatically() {
+fn gpt_esp_disk_over_nbd_runs_uefi_firmware_automatically() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("uefi.raw");
     std::fs::File::create(&disk)
@@ -227,22 +227,32 @@ fn gpt_esp_disk_over_nbd_boots_with_uefi_firmware_automatically() {
     let _server = qemu_nbd(&["-f", "raw", "-x", "vol", "-t"], &sock, &disk);
     let url = format!("nbd+unix:///vol?socket={}", sock.display());
     let report = dir.path().join("nbd-report.json");
-    // No OS on the disk: the proof is OVMF's boot manager starting, which only
-    // happens when UEFI firmware was chosen from the GPT + ESP layout.
+    // No OS on the disk: OVMF's boot manager runs (only when UEFI firmware was chosen
+    // from the GPT + ESP layout) and finds nothing to boot. Its own lines are no proof
+    // of a boot: a --wait-for that matches them is refused before anything starts.
+    let o = mgear(&["boot", "--target", &url, "--wait-for", "BdsDxe"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("matches what the firmware itself prints"),
+        "{}",
+        text(&o)
+    );
     let o = mgear(&[
         "boot",
         "--target",
         &url,
         "--wait-for",
-        "BdsDxe",
+        "MGEAR-BOOT-OK no-os-here",
         "--timeout",
         "180",
         "--json",
         "--report",
         report.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["outcome"], "nothing-bootable", "{r}");
+    assert!(r["console_log"].as_str().unwrap().contains("BdsDxe"), "{r}");
     assert_eq!(r["target"], url);
     assert_eq!(r["firmware"], "uefi");
     assert!(r["firmware_reason"]
