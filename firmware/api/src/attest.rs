@@ -60,6 +60,16 @@ pub enum AttestationKind {
     Arrival,
 }
 
+impl AttestationKind {
+    /// With its article, for messages: "a seal", "an arrival".
+    pub fn named(&self) -> &'static str {
+        match self {
+            AttestationKind::Seal => "a seal",
+            AttestationKind::Arrival => "an arrival",
+        }
+    }
+}
+
 /// One file on the medium.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDigest {
@@ -126,7 +136,7 @@ pub enum AttestError {
     BadKey,
     #[error("attestation signature does not verify: the attestation was altered or forged")]
     BadSignature,
-    #[error("expected a {expected:?} attestation, got {found:?}")]
+    #[error("expected {} attestation, got {}", expected.named(), found.named())]
     WrongKind {
         expected: AttestationKind,
         found: AttestationKind,

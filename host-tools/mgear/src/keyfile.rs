@@ -54,6 +54,18 @@ pub fn pub_path(key: &Path) -> PathBuf {
 /// beside an old, unrelated `.pub` (which a capture site would then use).
 pub fn write_pair(key: &Path, secret: &[u8], public: &[u8], force: bool) -> crate::Result<()> {
     let public_path = pub_path(key);
+    // --force replaces key files, never a directory (it failed with "File exists").
+    if let Some(d) = [key, public_path.as_path()]
+        .into_iter()
+        .find(|p| p.is_dir())
+    {
+        return Err(usage(format!(
+            "{} is a directory: --out takes the path of the key file to write, e.g. {}; \
+             nothing was written",
+            d.display(),
+            key.join("target.key").display()
+        )));
+    }
     if !force {
         if let Some(p) = [key, public_path.as_path()]
             .into_iter()
@@ -222,6 +234,22 @@ pub fn misplaced(arg: &str, text: &str, flag: &str, wanted: KeyKind) -> Option<c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_is_no_key_file_with_or_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("keys");
+        fs::create_dir(&d).unwrap();
+        for force in [false, true] {
+            let e = write_pair(&d, b"s", b"p", force).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+            assert!(
+                e.to_string().contains("keys is a directory: --out takes"),
+                "{e}"
+            );
+        }
+        assert!(d.is_dir() && fs::read_dir(&d).unwrap().next().is_none());
+    }
 
     #[test]
     fn key_kinds_are_told_apart_and_misplaced_ones_named() {

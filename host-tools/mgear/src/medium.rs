@@ -715,6 +715,17 @@ pub fn format_fat(path: &std::path::Path, size: Option<u64>, force: bool) -> cra
     Ok(format_medium(path, size, force)?.bytes)
 }
 
+/// A size just short of a limit, in bytes where rounding would show the limit itself
+/// ("34.00 MiB: ... needs at least 34.00 MiB").
+fn exact_bytes(n: u64) -> String {
+    let human = human_bytes(n);
+    if human == human_bytes(MIN_FAT32_BYTES) {
+        format!("{n} bytes")
+    } else {
+        human
+    }
+}
+
 /// Check a new image's size before anything is created: at least 34 MiB,
 /// at most 16 TiB. A request for exactly 16 TiB (or anything between
 /// [`MAX_FAT32_BYTES`] and 16 TiB) makes an image of [`MAX_FAT32_BYTES`],
@@ -723,7 +734,7 @@ fn image_size(size: u64) -> crate::Result<u64> {
     if size < MIN_FAT32_BYTES {
         return Err(usage(format!(
             "--size {}: a FAT32 medium needs at least {}",
-            human_bytes(size),
+            exact_bytes(size),
             human_bytes(MIN_FAT32_BYTES)
         )));
     }
@@ -796,7 +807,7 @@ pub fn format_medium(
             return Err(usage(format!(
                 "{} is {}: a FAT32 medium needs at least {}",
                 path.display(),
-                human_bytes(bytes),
+                exact_bytes(bytes),
                 human_bytes(MIN_FAT32_BYTES)
             )));
         }
@@ -1228,6 +1239,14 @@ mod tests {
         assert!(!p.exists());
         // 16 TiB exactly is the 16 TiB - 4 KiB FAT32 can address.
         assert_eq!(image_size(16 << 40).unwrap(), MAX_FAT32_BYTES);
+        // One byte short of the smallest is said in bytes, not as the smallest itself.
+        let e = image_size(MIN_FAT32_BYTES - 1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("--size {} bytes: a FAT32", MIN_FAT32_BYTES - 1)),
+            "{e}"
+        );
+        let e = image_size(1 << 20).unwrap_err().to_string();
+        assert!(e.contains("--size 1.00 MiB: a FAT32"), "{e}");
     }
 
     #[test]

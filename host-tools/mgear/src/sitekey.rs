@@ -76,10 +76,24 @@ pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
     }
     SigningKey::from_pkcs8_pem(&text).map_err(|e| {
         usage(format!(
-            "{shown} is not an Ed25519 signing key ({e}): give the .key file written by \
-             `mgear keygen --signing`"
+            "{shown} is not an Ed25519 signing key ({}): give the .key file written by \
+             `mgear keygen --signing`",
+            why_not_ed25519(&e)
         ))
     })
+}
+
+/// The decoder's reason, except for a key of another algorithm: its message ("unknown/
+/// unsupported algorithm OID: 1.3.101.112") names the OID it expected, Ed25519's, which reads
+/// as if the file held that one.
+fn why_not_ed25519(e: &dyn std::fmt::Display) -> String {
+    let why = e.to_string();
+    if why.contains("algorithm OID") {
+        "it holds a key of another algorithm, RSA or ECDSA say: capture sites sign with Ed25519"
+            .into()
+    } else {
+        why
+    }
 }
 
 /// Read a capture site's public key (`site.pub`).
@@ -111,7 +125,7 @@ pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
     }
     VerifyingKey::from_public_key_pem(&text).map_err(|e| {
         let why = if text.contains("-----BEGIN") {
-            e.to_string()
+            why_not_ed25519(&e)
         } else {
             "no PEM block: no -----BEGIN PUBLIC KEY----- line".into()
         };
@@ -190,6 +204,35 @@ mod tests {
         // No silent overwrite of a signing key.
         let err = generate(&key_path, false).unwrap_err();
         assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
+    }
+
+    #[test]
+    fn a_key_of_another_algorithm_is_named_as_such() {
+        // A P-256 key pair (`openssl genpkey -algorithm EC`), as a site's own PKI has them.
+        const EC_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgXuge5KXhx0/CffiR
+pSLaD1zha5It0EcdGrIRv2Xr6gKhRANCAAQKVr4ac0/IJekEOog3ui5Z4LQz5iZf
+gU+avkUVbYSlXZap88rsCMGsTlcEqRr1LRT//fmLwR/Of9mTLLwAZJWY
+-----END PRIVATE KEY-----
+";
+        const EC_PUB: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAECla+GnNPyCXpBDqIN7ouWeC0M+Ym
+X4FPmr5FFW2EpV2WqfPK7AjBrE5XBKka9S0U//35i8Efzn/Zkyy8AGSVmA==
+-----END PUBLIC KEY-----
+";
+        let dir = tempfile::tempdir().unwrap();
+        let (k, p) = (dir.path().join("ec.key"), dir.path().join("ec.pub"));
+        fs::write(&k, EC_KEY).unwrap();
+        fs::write(&p, EC_PUB).unwrap();
+        for e in [
+            read_signing_key(&k).unwrap_err(),
+            read_public_key(&p).unwrap_err(),
+        ] {
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+            let m = e.to_string();
+            assert!(m.contains("a key of another algorithm"), "{m}");
+            assert!(!m.contains("1.3.101.112"), "{m}");
+        }
     }
 
     #[test]

@@ -422,9 +422,32 @@ pub fn check_generation(
         Ok(a) => seal_is_of_this_medium(medium, name, a)?,
         Err(_) => false,
     };
+    // Attestations a pinned appliance signed (they verify under its key) that list files of
+    // capture `name`, none of whose manifests is here: the capture the pinned appliance sealed
+    // was replaced by another of the same name (an older shipment's, signed by the site too).
+    // Attestations listing no file of this capture are another medium's and say nothing.
+    let replaced = !ours
+        && attestations.is_ok_and(|a| {
+            let prefix = format!("{}/", layout::capture_dir(name)).to_ascii_uppercase();
+            policy.pinned_appliance(&a.seal.body.identity)
+                && attest::verify_seal_and_arrival(&a.seal, &a.arrival, &a.seal.body.identity)
+                    .is_ok()
+                && a.arrival
+                    .body
+                    .files
+                    .iter()
+                    .any(|f| f.path.to_ascii_uppercase().starts_with(&prefix))
+        });
     let seal =
         match attestations {
             Err(why) => Err(why.to_string()),
+            Ok(a) if replaced => Err(format!(
+                "the seal + arrival ({}) of pinned appliance {} list capture {name}, but none of \
+                 the manifests they sealed is on this medium: another capture of that name was \
+                 put in its place since the seal",
+                a.from,
+                sitekey::fingerprint(&a.seal.body.identity)
+            )),
             Ok(a) if !ours => Err(format!(
                 "the seal + arrival ({}) are of another medium: none of capture {name}'s sealed \
              manifests is on this one",
@@ -456,8 +479,8 @@ pub fn check_generation(
     // whenever a pinned appliance sealed this medium: then a file missing
     // or changed since the seal (a deleted newer generation) is a refusal,
     // whatever else vouches for the generation.
-    let pinned_sealer =
-        ours && attestations.is_ok_and(|a| policy.pinned_appliance(&a.seal.body.identity));
+    let pinned_sealer = replaced
+        || ours && attestations.is_ok_and(|a| policy.pinned_appliance(&a.seal.body.identity));
     // A pinned appliance's seal of this medium that no longer matches it (a
     // generation deleted or changed since): never only a missing seal.
     let seal_mismatch = match (&seal, pinned_sealer) {

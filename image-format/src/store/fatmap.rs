@@ -175,6 +175,14 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
                  destroys every capture on it"
             )));
         }
+        if let Some(table) = partition_table(&head) {
+            return Err(StoreError::Io(format!(
+                "the medium is a whole disk that starts with {table}, not a FAT32 file system: \
+                 give the partition that holds the medium's file system (a device's partition \
+                 such as /dev/sdb1; of an image, `losetup --find --show --partscan IMAGE`, then \
+                 fat:/dev/loopNp1); formatting the whole disk would erase its partitions"
+            )));
+        }
         return Err(e);
     }
     // Where the boot sector says its backup is; where every formatter puts it when the boot
@@ -196,6 +204,31 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The partition table sector 0 holds, said for a message ("an MBR partition table whose
+/// partition 1 starts at sector 2048 (type 0x0c)", "a GPT partition table"), if it is one
+/// and not a FAT boot sector (whose boot code overlaps the table's place).
+fn partition_table(head: &[u8; 512]) -> Option<String> {
+    if head[510..512] != [0x55, 0xaa] || &head[82..90] == b"FAT32   " {
+        return None;
+    }
+    (0..4).find_map(|n| {
+        let e = &head[446 + 16 * n..462 + 16 * n];
+        let (boot, kind, start) = (e[0], e[4], le32(e, 8));
+        // A used entry: a type, a start past the table, and a boot flag of 0 or 0x80.
+        (kind != 0 && start != 0 && (boot == 0 || boot == 0x80)).then(|| {
+            if kind == 0xee {
+                String::from("a GPT partition table")
+            } else {
+                format!(
+                    "an MBR partition table whose partition {} starts at sector {start} (type \
+                     0x{kind:02x})",
+                    n + 1
+                )
+            }
+        })
+    })
 }
 
 /// A FAT32 boot sector at sector 6 (of 512 or 4096 bytes, as its own bytes per sector say)
@@ -1212,6 +1245,36 @@ pub fn split_parent(path: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_disk_with_a_partition_table_is_named_as_such() {
+        let mut disk = vec![0u8; 32768];
+        // An MBR whose first entry is a FAT32 (LBA) partition at sector 2048.
+        disk[446 + 4] = 0x0c;
+        disk[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        disk[510..512].copy_from_slice(&[0x55, 0xaa]);
+        let mut read = |at: u64, buf: &mut [u8]| {
+            let at = at as usize;
+            buf.copy_from_slice(&disk[at..at + buf.len()]);
+            Ok(())
+        };
+        let e = alloc::string::ToString::to_string(&check_boot(&mut read).unwrap_err());
+        assert!(
+            e.contains("partition 1 starts at sector 2048 (type 0x0c)") && e.contains("--partscan"),
+            "{e}"
+        );
+        // A protective MBR: GPT.
+        let mut gpt = disk.clone();
+        gpt[446 + 4] = 0xee;
+        gpt[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+        let mut read = |at: u64, buf: &mut [u8]| {
+            let at = at as usize;
+            buf.copy_from_slice(&gpt[at..at + buf.len()]);
+            Ok(())
+        };
+        let e = alloc::string::ToString::to_string(&check_boot(&mut read).unwrap_err());
+        assert!(e.contains("starts with a GPT partition table"), "{e}");
+    }
 
     /// A FAT32 layout with one FAT of `clusters` entries at byte 0 and no data region
     /// (extend only reads and writes the FAT).

@@ -668,6 +668,28 @@ fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() 
     );
     assert!(stderr(&o).contains("QFAIL") && stderr(&o).contains("RESUMED"));
     assert!(e.p("resumed").exists());
+
+    // The synced volume holds no system (the disk is random data): the boot fails, and the
+    // advice is about booting it, not "the data did not check out" (it was verified).
+    let (o, _) = cutover(
+        &addr,
+        "touch quiesced-now",
+        "file:vol.raw",
+        &["--no-presync", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (m, hint) = (
+        v["error"]["message"].as_str().unwrap(),
+        v["error"]["hint"].as_str().unwrap(),
+    );
+    assert!(m.contains("the target did not prove it booted"), "{v}");
+    assert!(!m.contains("see --firmware"), "{v}");
+    assert!(
+        hint.starts_with("the final sync verified file:vol.raw")
+            && !hint.contains("did not check out"),
+        "{v}"
+    );
 }
 
 /// serve checks its volume and port before it reads the volume: another

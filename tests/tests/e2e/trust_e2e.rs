@@ -300,7 +300,51 @@ fn appliance_seal_catches_a_deleted_generation() {
     // The legitimate journey passes with the pinned appliance.
     let out = lab.ingest(&[]);
     assert!(out.status.success(), "{}", output_text(&out));
+    // Exported attestations beside the appliance itself: which ones count is not guessed.
+    let out = lab.ingest(&["--attestations", "att"]);
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("are read from the appliance itself"), "{t}");
     lab.stop();
+    // Another capture of web01, signed by the pinned site too (an older shipment's), put in
+    // place of the sealed one on a copy of the medium: the site's signature vouches for it,
+    // the pinned appliance's seal does not, and with both pinned that is a refusal.
+    fs::copy(lab.p("medium.img"), lab.p("swapped.img")).unwrap();
+    lab.ok(&["keygen", "--signing", "--out", "site.key"]);
+    lab.ok(&[
+        "medium",
+        "rm",
+        "--medium",
+        "fat:swapped.img",
+        "--name",
+        "web01",
+        "--force",
+    ]);
+    lab.make_disk(3, 9);
+    Line::capture(&lab, "web01")
+        .source("disk.raw")
+        .medium("fat:swapped.img")
+        .args(&["--sign", "site.key"])
+        .ok();
+    let swapped = |trust: &[&str]| {
+        Line::ingest(&lab, "web01")
+            .medium("fat:swapped.img")
+            .args(&["--attestations", "att"])
+            .args(trust)
+            .target("file:swapped.raw")
+            .run()
+    };
+    let out = swapped(&["--trust", "site.pub", "--trust-appliance", &fp]);
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("another capture of that name was put in its place since the seal"),
+        "{t}"
+    );
+    assert!(!lab.p("swapped.raw").exists());
+    // Only the site pinned: its signature is what the target trusts, and it holds.
+    let out = swapped(&["--trust", "site.pub"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     // The courier deletes G0002 from the medium image.
     {
         let f = fs::OpenOptions::new()

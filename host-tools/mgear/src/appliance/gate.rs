@@ -91,6 +91,19 @@ pub fn find_attestations(
     dir: Option<&Path>,
     medium: &mut dyn Store,
 ) -> crate::Result<Result<Attestations, String>> {
+    if let (Some(port), Some(dir)) = (port, dir) {
+        // Read from the appliance, the directory's were ignored without a word.
+        return Err(crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!(
+                "--attestations {} and --appliance {}: the appliance's seal and arrival are read \
+                 from the appliance itself",
+                dir.display(),
+                port.display()
+            ),
+            "give --attestations DIR only when reading the medium without its appliance (--medium)",
+        ));
+    }
     if let Some(port) = port {
         let mut c = Client::open(port)?;
         let at = port.display();

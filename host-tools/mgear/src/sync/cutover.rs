@@ -243,12 +243,23 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     if !report.booted() {
         return Err(rollback(
             &a,
-            coded(
+            // The volume was synced and verified: what failed is the boot (the generic
+            // "the data did not check out" advice would be wrong), and cutover has no
+            // --firmware of its own (`mgear boot` does).
+            crate::exit::coded_hint(
                 FOUND,
                 format!(
                     "the target did not prove it booted ({}); console tail:\n{}",
-                    report.detail,
+                    report
+                        .detail
+                        .replace("see --firmware", "see `mgear boot --firmware`"),
                     report.console_tail(20)
+                ),
+                format!(
+                    "the final sync verified {}: it holds the source's disk; boot it by hand \
+                     (`mgear boot --target {} --wait-for REGEX`, with --firmware or --bus if the \
+                     machine needs them) to see why it does not come up",
+                    a.boot_target, a.boot_target
                 ),
             ),
         ));
