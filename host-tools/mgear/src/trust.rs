@@ -126,6 +126,9 @@ pub struct Attestations {
     pub seal: Attestation,
     pub arrival: Attestation,
     pub from: String,
+    /// Given as this shipment's: read from its appliance, or an `--attestations` export the
+    /// operator named; not copies found on the medium, which anyone holding it can plant.
+    pub given: bool,
 }
 
 /// Say on stderr which pinned keys vouch for `what` (`generation 3`, `set db01 generation
@@ -426,10 +429,13 @@ pub fn check_generation(
     // capture `name`, none of whose manifests is here: the capture the pinned appliance sealed
     // was replaced by another of the same name (an older shipment's, signed by the site too).
     // Attestations listing no file of this capture are another medium's and say nothing.
+    // Copies found on the medium say nothing either way: a planted copy of another shipment's
+    // seal must not block this one.
     let replaced = !ours
         && attestations.is_ok_and(|a| {
             let prefix = format!("{}/", layout::capture_dir(name)).to_ascii_uppercase();
-            policy.pinned_appliance(&a.seal.body.identity)
+            a.given
+                && policy.pinned_appliance(&a.seal.body.identity)
                 && attest::verify_seal_and_arrival(&a.seal, &a.arrival, &a.seal.body.identity)
                     .is_ok()
                 && a.arrival

@@ -115,6 +115,7 @@ pub fn find_attestations(
                 seal,
                 arrival,
                 from: format!("from the appliance at {at}"),
+                given: true,
             })),
             Response::Attestations {
                 seal: Some(_),
@@ -180,6 +181,7 @@ pub fn find_attestations(
             seal: get(SEAL_FILE)?,
             arrival: get(ARRIVAL_FILE)?,
             from: format!("exported in {}", dir.display()),
+            given: true,
         }));
     }
     let seal_path = format!("{ATTEST_DIR}/{SEAL_FILE}");
@@ -211,6 +213,7 @@ pub fn find_attestations(
             seal,
             arrival,
             from: format!("copies on the medium in {ATTEST_DIR}"),
+            given: false,
         })),
         Err(e) => {
             eprintln!(
