@@ -902,6 +902,15 @@ fn verify_custody(
                     "the log names no identity and the appliance reports none".into(),
                 ));
             };
+            if want == key {
+                // `info` prints the public key beside the fingerprint: an easy mix-up.
+                return Ok(Err(format!(
+                    "{} is this appliance's public key, not its fingerprint: pin the fingerprint \
+                     {} (`mgear appliance info` prints both)",
+                    hex(&want),
+                    full_fingerprint(&key)
+                )));
+            }
             if !crate::sitekey::matches(&key, &want) {
                 return Ok(Err(format!(
                     "this is not the pinned appliance: expected identity {}, the log was started by {}",

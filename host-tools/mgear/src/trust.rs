@@ -804,38 +804,79 @@ fn check_seal(
     }
     // Everything sealed must still be there, unchanged: a generation deleted
     // since the seal shows up here as missing files.
-    for f in &attested {
+    Ok(still_as_sealed(medium, &attested)?.map(|()| (fp, pinned)))
+}
+
+/// Whether every sealed file in `files` is on the medium as the seal saw it: `Ok(Err(why))`
+/// names the first that is missing or changed. The medium failing to read is the error.
+fn still_as_sealed(
+    medium: &mut dyn Store,
+    files: &[&attest::FileDigest],
+) -> crate::Result<Result<(), String>> {
+    for f in files {
         let now = medium
             .len(&f.path)
             .map_err(|e| crate::Error::from(e).context(&f.path))?;
-        match now {
-            None => {
-                return Ok(Err(format!(
-                    "{} ({}) was sealed but is missing now (deleted generation?)",
-                    f.path,
-                    attest::place_of_path(&f.path)
-                )))
-            }
-            Some(len) if len != f.len => {
-                return Ok(Err(format!(
-                    "{} ({}) changed since the seal: {} bytes sealed, {len} now",
-                    f.path,
-                    attest::place_of_path(&f.path),
-                    f.len
-                )))
-            }
-            Some(len) => {
-                if sha256_file(medium, &f.path, len)? != f.sha256 {
-                    return Ok(Err(format!(
-                        "{} ({}) changed since the seal: its content differs",
-                        f.path,
-                        attest::place_of_path(&f.path)
-                    )));
-                }
-            }
-        }
+        let why = match now {
+            None => format!(
+                "{} ({}) was sealed but is missing now (deleted generation?)",
+                f.path,
+                attest::place_of_path(&f.path)
+            ),
+            Some(len) if len != f.len => format!(
+                "{} ({}) changed since the seal: {} bytes sealed, {len} now",
+                f.path,
+                attest::place_of_path(&f.path),
+                f.len
+            ),
+            Some(len) if sha256_file(medium, &f.path, len)? != f.sha256 => format!(
+                "{} ({}) changed since the seal: its content differs",
+                f.path,
+                attest::place_of_path(&f.path)
+            ),
+            Some(_) => continue,
+        };
+        return Ok(Err(why));
     }
-    Ok(Ok((fp, pinned)))
+    Ok(Ok(()))
+}
+
+/// A pinned appliance's seal with no arrival beside it (the appliance was erased or locked
+/// out before its arrival check): there is no pair for [`check_generation`] to check, but
+/// what the seal lists of capture `name` must still be on the medium, unchanged, whatever
+/// else vouches and with --allow-unsealed too (a generation deleted since the seal would
+/// otherwise be a silent rollback). A seal that does not verify, or by an appliance not
+/// pinned, proves nothing here and is left to the rest of the gate.
+pub fn check_lone_seal(
+    medium: &mut dyn Store,
+    name: &str,
+    seal: &Attestation,
+    policy: &Policy,
+) -> crate::Result<()> {
+    let identity = seal.body.identity;
+    if seal.body.kind != attest::AttestationKind::Seal
+        || !policy.pinned_appliance(&identity)
+        || attest::verify_attestation(seal, &identity).is_err()
+    {
+        return Ok(());
+    }
+    let name = &image_format::stored_name(medium, name)?;
+    let prefix = format!("{}/", layout::capture_dir(name)).to_ascii_uppercase();
+    let listed: Vec<&attest::FileDigest> = seal
+        .body
+        .files
+        .iter()
+        .filter(|f| f.path.to_ascii_uppercase().starts_with(&prefix))
+        .collect();
+    match still_as_sealed(medium, &listed)? {
+        Ok(()) => Ok(()),
+        Err(why) => Err(refuse(format!(
+            "the medium was sealed by pinned appliance {} (its seal, with no arrival beside it) \
+             and capture {name} is not what it sealed: {why}; do not install it (not even with \
+             --allow-unsealed)",
+            sitekey::fingerprint(&identity)
+        ))),
+    }
 }
 
 /// Whether attestations `a` are about this medium's capture `name`: one of

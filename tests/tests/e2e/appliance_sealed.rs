@@ -189,6 +189,17 @@ fn appliance_failed_arrival_withdraws_the_pass_and_log_cut_is_detected() {
         "{}",
         text(&out.stdout)
     );
+    // Its public key (info prints it too) pinned by mistake is named as such.
+    let pubkey = info["identity_pubkey"].as_str().unwrap().to_string();
+    let out = lab.appliance(&["log", "--verify", "--trust-appliance", &pubkey]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(&format!(
+            "is this appliance's public key, not its fingerprint: pin the fingerprint {fp}"
+        )),
+        "{}",
+        text(&out.stdout)
+    );
     let out = lab.appliance(&["log", "--verify", "--trust-appliance", "3f2a:91c0"]);
     assert_eq!(
         out.status.code(),
@@ -332,4 +343,84 @@ fn a_lockout_after_arrival_keeps_the_arrival_pass_and_says_so() {
     let out = lab.ingest(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     lab.stop();
+}
+
+/// An appliance erased (locked out) after its seal and before its arrival check signs no
+/// arrival, but its seal still lists what it sealed: a generation deleted since then is
+/// refused through the appliance and from its export (a seal alone), `--allow-unsealed` or not;
+/// the intact medium goes on with `--allow-unsealed`.
+#[test]
+fn appliance_erased_before_arrival_still_has_its_seal_checked() {
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(3, 1);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.capture();
+    lab.make_disk(3, 2);
+    lab.capture_line().arg("--delta").ok();
+    lab.appliance_ok(&["seal"]);
+    let fp = lab.fingerprint();
+    let args = ["erase", "--yes", "--pin-file", "wrong-pin"];
+    for _ in 1..=10 {
+        without_backoff(&lab, &args);
+    }
+    assert_eq!(lab.state(), "Erased");
+    lab.appliance_ok(&["attestations", "--out", "att"]);
+    assert!(lab.p("att/SEAL").exists() && !lab.p("att/ARRIVAL").exists());
+    let out = lab.ingest(&["--allow-unsealed"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    lab.stop();
+
+    // The courier deletes G0002 from the medium image, and the appliance is powered again.
+    {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(lab.p("medium.img"))
+            .unwrap();
+        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
+        let dir = fs.root_dir().open_dir("MGEAR/web01/G0002").unwrap();
+        let names: Vec<String> = dir
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        for n in names {
+            dir.remove(&n).unwrap();
+        }
+        drop(dir);
+        fs.root_dir().remove("MGEAR/web01/G0002").unwrap();
+        fs.unmount().unwrap();
+    }
+    lab.start();
+    let refused = |out: &std::process::Output| {
+        let t = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(
+            t.contains("is not what it sealed") && t.contains("G0002"),
+            "{t}"
+        );
+    };
+    refused(&lab.ingest(&["--allow-unsealed"]));
+    let m = format!("fat:{}", lab.s("medium.img"));
+    lab.stop();
+    refused(&lab.run(&[
+        "ingest",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--medium",
+        &m,
+        "--attestations",
+        "att",
+        "--trust-appliance",
+        &fp,
+        "--allow-unsealed",
+        "--target",
+        "file:vol2.raw",
+    ]));
+    assert!(!lab.p("vol2.raw").exists());
 }

@@ -82,6 +82,55 @@ fn failed_arrival(c: &mut Client) -> Option<String> {
         .filter(|f| !f.is_empty())
 }
 
+/// Attestation `file` of an export directory (`mgear appliance attestations --out DIR`).
+fn read_export(dir: &Path, file: &str) -> crate::Result<Attestation> {
+    let path = dir.join(file);
+    let f = std::fs::File::open(&path).map_err(|e| {
+        usage(format!(
+            "--attestations: cannot open {}: {e}",
+            path.display()
+        ))
+    })?;
+    let len = f
+        .metadata()
+        .map_err(|e| err!("{}: {e}", path.display()))?
+        .len();
+    if len > MAX_ATTESTATION_LEN {
+        bail!(
+            "{} is {len} bytes, more than any attestation ({MAX_ATTESTATION_LEN}): refusing to \
+             read it",
+            path.display()
+        );
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(MAX_ATTESTATION_LEN)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err!("{}: {e}", path.display()))?;
+    decode_attestation(&bytes, &path.display().to_string())
+}
+
+/// The seal of an appliance that signed no arrival (erased or locked out before its arrival
+/// check), from the appliance (`port`) or an export directory (`dir`): given as this
+/// shipment's, so what it lists is checked ([`trust::check_lone_seal`]) where there is no
+/// seal + arrival pair to check.
+pub fn lone_seal(port: Option<&Path>, dir: Option<&Path>) -> crate::Result<Option<Attestation>> {
+    if let Some(port) = port {
+        return Ok(match Client::open(port)?.call(&Request::GetAttestations)? {
+            Response::Attestations {
+                seal: Some(seal),
+                arrival: None,
+            } => Some(seal),
+            _ => None,
+        });
+    }
+    match dir {
+        Some(d) if !d.join(ARRIVAL_FILE).exists() && d.join(SEAL_FILE).exists() => {
+            Ok(Some(read_export(d, SEAL_FILE)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Seal and arrival attestations: from the appliance (`port`), else from
 /// an export directory (`dir`), else from the medium. `Ok(Err(why))` when
 /// there are none, saying what to do (which step was missed, where to get
@@ -152,34 +201,21 @@ pub fn find_attestations(
         };
     }
     if let Some(dir) = dir {
-        let get = |file: &str| -> crate::Result<Attestation> {
-            let path = dir.join(file);
-            let f = std::fs::File::open(&path).map_err(|e| {
-                usage(format!(
-                    "--attestations: cannot open {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let len = f
-                .metadata()
-                .map_err(|e| err!("{}: {e}", path.display()))?
-                .len();
-            if len > MAX_ATTESTATION_LEN {
-                bail!(
-                    "{} is {len} bytes, more than any attestation ({MAX_ATTESTATION_LEN}): \
-                     refusing to read it",
-                    path.display()
-                );
-            }
-            let mut bytes = Vec::with_capacity(len as usize);
-            f.take(MAX_ATTESTATION_LEN)
-                .read_to_end(&mut bytes)
-                .map_err(|e| err!("{}: {e}", path.display()))?;
-            decode_attestation(&bytes, &path.display().to_string())
-        };
+        // What an appliance erased before its arrival check exports: a seal alone. Not a
+        // refusal of the operator's input: the seal's file list is still checked
+        // ([`lone_seal`]), the rest needs --allow-unsealed.
+        if !dir.join(ARRIVAL_FILE).exists() && dir.join(SEAL_FILE).exists() {
+            return Ok(Err(format!(
+                "the attestations in {} hold a seal but no arrival (an appliance erased or \
+                 locked out before its arrival check signs none): ingest checks that everything \
+                 the seal lists is still on the medium; without the arrival only --allow-unsealed, \
+                 with the pinned --trust key, goes on",
+                dir.display()
+            )));
+        }
         return Ok(Ok(Attestations {
-            seal: get(SEAL_FILE)?,
-            arrival: get(ARRIVAL_FILE)?,
+            seal: read_export(dir, SEAL_FILE)?,
+            arrival: read_export(dir, ARRIVAL_FILE)?,
             from: format!("exported in {}", dir.display()),
             given: true,
         }));
@@ -245,6 +281,11 @@ pub fn ingest_gate(
                 _ => coded(FOUND, format!("{e:#}")),
             },
         )?;
+    if atts.is_err() {
+        if let Some(seal) = lone_seal(port, attestations_dir)? {
+            trust::check_lone_seal(medium, name, &seal, policy)?;
+        }
+    }
     let verdict = trust::check_generation(
         medium,
         name,
