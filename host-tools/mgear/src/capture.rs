@@ -1597,25 +1597,36 @@ pub fn with_generated_passphrase<T>(
     else {
         return run(args);
     };
-    let on_medium = || -> crate::Result<bool> {
+    // (started: a capture of this name, or a disk of the set of this name, has a capture id
+    // (its key slots and journal were written); left: anything of it is on the medium, a
+    // directory with key slots at most of a run killed at its very start included).
+    let on_medium = || -> crate::Result<(bool, bool)> {
         let mut ro = args.medium.open_before_capture()?;
-        let r = (|| -> crate::Result<bool> {
+        let r = (|| -> crate::Result<(bool, bool)> {
             let store = ro.store();
-            Ok(image_format::capture_id(store, &args.name)?.is_some()
-                || image_format::set::is_set(store, &args.name)?)
+            let ours: Vec<String> = image_format::list_captures(store)?
+                .into_iter()
+                .map(|c| c.name)
+                .filter(|n| image_format::set::owner(n).eq_ignore_ascii_case(&args.name))
+                .collect();
+            let mut started = image_format::set::is_set(store, &args.name)?;
+            for n in &ours {
+                started = started || image_format::capture_id(store, n)?.is_some();
+            }
+            Ok((started, !ours.is_empty()))
         })();
         let closed = ro.close();
         let r = r?;
         closed?;
         Ok(r)
     };
-    let existed = on_medium()?;
+    let (existed, left) = on_medium()?;
     let mut plain = args.clone();
     plain.passphrase_generate = false;
     if file.symlink_metadata().is_ok() {
-        if existed {
-            // The file of the stopped run that started this capture: its slot check
-            // (`same_slots`) says whether it opens it.
+        if existed || left {
+            // The file of the stopped (or killed) run that started this capture: its slot
+            // check (`same_slots`, a set's in `machine::shared_key`) says whether it opens it.
             return run(&plain);
         }
         return Err(crate::keys::passphrase_file_exists(&file));
@@ -1635,7 +1646,7 @@ pub fn with_generated_passphrase<T>(
         file.display()
     );
     let r = run(&plain);
-    if r.is_err() && matches!(on_medium(), Ok(false)) {
+    if r.is_err() && matches!(on_medium(), Ok((false, false))) {
         let _ = std::fs::remove_file(&file);
         eprintln!(
             "mgear capture: removed {} again: the capture was not started, so nothing opens \
@@ -1808,32 +1819,42 @@ fn same_slots(
     passphrase: Option<&SecretString>,
     key: &DataKey,
 ) -> crate::Result<()> {
-    let name = &args.name;
-    let over = slots_kept(args);
     let recorded = same_recipients(args, cache, passphrase.is_some())?;
     if let Some(p) = passphrase {
-        let unlock = image_format::Unlock::Passphrase(p.clone());
-        match image_format::unlock_data_key(store, name, &unlock) {
-            Ok((k, _)) if k.as_bytes() == key.as_bytes() => {}
-            Ok(_) | Err(image_format::Error::WrongKey { .. }) => {
-                return Err(usage(format!(
-                    "the passphrase in {} does not open capture {name}'s passphrase slot: it \
-                     was made with another one. {over}",
-                    args.passphrase_file
-                        .as_deref()
-                        .map_or_else(String::new, |f| f.display().to_string())
-                )))
-            }
-            Err(image_format::Error::NeedKey { .. }) if recorded.is_none() => {
-                return Err(usage(format!(
-                    "capture {name} has no passphrase slot, so this passphrase could not open \
-                     it. {over}"
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        }
+        same_passphrase(args, store, &args.name, p, key, recorded.is_none())?;
     }
     Ok(())
+}
+
+/// Refuse (exit 2) a passphrase that does not unwrap `key` from the passphrase slot of
+/// capture `holder` (the capture itself, or disk 0 of a machine set): a resume or delta
+/// would finish as if it opened the capture. `unrecorded`: the key cache recorded no slots
+/// (an older cache), so a missing passphrase slot is said here.
+pub(crate) fn same_passphrase(
+    args: &Plan,
+    store: &mut dyn image_format::Store,
+    holder: &str,
+    passphrase: &SecretString,
+    key: &DataKey,
+    unrecorded: bool,
+) -> crate::Result<()> {
+    let name = &args.name;
+    let over = slots_kept(args);
+    let unlock = image_format::Unlock::Passphrase(passphrase.clone());
+    match image_format::unlock_data_key(store, holder, &unlock) {
+        Ok((k, _)) if k.as_bytes() == key.as_bytes() => Ok(()),
+        Ok(_) | Err(image_format::Error::WrongKey { .. }) => Err(usage(format!(
+            "the passphrase in {} does not open capture {name}'s passphrase slot: it was made \
+             with another one. {over}",
+            args.passphrase_file
+                .as_deref()
+                .map_or_else(String::new, |f| f.display().to_string())
+        ))),
+        Err(image_format::Error::NeedKey { .. }) if unrecorded => Err(usage(format!(
+            "capture {name} has no passphrase slot, so this passphrase could not open it. {over}"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// How to go on when a resume or delta names other key slots than the capture was made with.

@@ -477,10 +477,26 @@ fn shared_key(
     };
     for n in [name.clone(), set::disk_stream_name(name, 0)] {
         if let Some(c) = crate::keys::find_cached(&dir, &n, &id)? {
-            if n == *name {
-                capture::same_recipients(args, &c.path, args.passphrase_file.is_some())?;
-            }
+            let recorded = if n == *name {
+                capture::same_recipients(args, &c.path, args.passphrase_file.is_some())?
+            } else {
+                None
+            };
             let key = DataKey::load_cache(&c.path, &c.name)?;
+            // A resume or delta's passphrase must open the slot the set was made with (disk
+            // 0's): each disk captured on would get it, and the target would find the disks
+            // under two passphrases.
+            let d0 = image_format::stored_name(store, &set::disk_stream_name(name, 0))?;
+            let slots = crate::keys::KeySlots::of(store, &d0);
+            if let (Some(f), true) = (
+                &args.passphrase_file,
+                slots.passphrase || slots.recipients.is_some(),
+            ) {
+                let p = image_format::age::secrecy::SecretString::from(
+                    crate::keys::read_passphrase(f)?.to_string(),
+                );
+                capture::same_passphrase(args, store, &d0, &p, &key, recorded.is_none())?;
+            }
             return Ok(Shared {
                 dedup_with: Vec::new(),
                 peers,

@@ -1316,6 +1316,38 @@ fn cli_a_generated_passphrase_serves_a_set_and_the_resume_of_a_stopped_run() {
     let all = ["--medium", "dir:m", "--allow-untrusted"];
     e.ok(&[&["verify", "--passphrase-file", "gen.pw"], &all[..]].concat());
 
+    // A set stopped on its first disk keeps the file, and the same command finishes the set
+    // under it: both disks open with it. Another passphrase for its resume is refused.
+    random_disk(&e.p("c.raw"), 24 << 20, 74);
+    random_disk(&e.p("d.raw"), 2 << 20, 75);
+    let set = e
+        .capture("dir:m", "mach2")
+        .sources(&["c.raw", "d.raw"])
+        .args(&["--passphrase-file", "set.pw", "--passphrase-generate"]);
+    set.stopped_after("4MiB/s", 2000);
+    assert!(
+        e.p("set.pw").exists(),
+        "the stopped set's passphrase file was removed"
+    );
+    fs::write(e.p("other.pw"), "orbit-walnut-cascade-7741-lantern\n").unwrap();
+    let o = e
+        .capture("dir:m", "mach2")
+        .sources(&["c.raw", "d.raw"])
+        .args(&["--passphrase-file", "other.pw"])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not open capture mach2's passphrase slot"),
+        "{}",
+        stderr(&o)
+    );
+    set.ok();
+    e.ok(&[
+        &["verify", "--name", "mach2", "--passphrase-file", "set.pw"],
+        &all[..],
+    ]
+    .concat());
+
     // A run refused after the file was written (an empty source) leaves no file behind.
     fs::write(e.p("empty.raw"), b"").unwrap();
     let o = e
