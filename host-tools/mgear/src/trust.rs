@@ -433,7 +433,6 @@ pub fn check_generation(
     // seal must not block this one.
     let replaced = !ours
         && attestations.is_ok_and(|a| {
-            let prefix = format!("{}/", layout::capture_dir(name)).to_ascii_uppercase();
             a.given
                 && policy.pinned_appliance(&a.seal.body.identity)
                 && attest::verify_seal_and_arrival(&a.seal, &a.arrival, &a.seal.body.identity)
@@ -442,7 +441,7 @@ pub fn check_generation(
                     .body
                     .files
                     .iter()
-                    .any(|f| f.path.to_ascii_uppercase().starts_with(&prefix))
+                    .any(|f| of_capture(name, &f.path))
         });
     let seal =
         match attestations {
@@ -807,6 +806,19 @@ fn check_seal(
     Ok(still_as_sealed(medium, &attested)?.map(|()| (fp, pinned)))
 }
 
+/// Whether medium path `path` belongs to capture `name` as a seal sees it (any case): under
+/// its directory, or, for a disk stream of a machine set (`web01.d0`), under its set's
+/// directory too (`MGEAR/web01/`): a seal of a capture `web01` that a set of that name
+/// replaced lists nothing under `MGEAR/web01.d0/`, and asking for the disk by its stream
+/// name must not step around it.
+fn of_capture(name: &str, path: &str) -> bool {
+    let path = path.to_ascii_uppercase();
+    let under =
+        |n: &str| path.starts_with(&format!("{}/", layout::capture_dir(n)).to_ascii_uppercase());
+    under(name)
+        || image_format::set::parse_disk_stream_name(name).is_some_and(|(set, _)| under(set))
+}
+
 /// Whether every sealed file in `files` is on the medium as the seal saw it: `Ok(Err(why))`
 /// names the first that is missing or changed. The medium failing to read is the error.
 fn still_as_sealed(
@@ -861,12 +873,11 @@ pub fn check_lone_seal(
         return Ok(());
     }
     let name = &image_format::stored_name(medium, name)?;
-    let prefix = format!("{}/", layout::capture_dir(name)).to_ascii_uppercase();
     let listed: Vec<&attest::FileDigest> = seal
         .body
         .files
         .iter()
-        .filter(|f| f.path.to_ascii_uppercase().starts_with(&prefix))
+        .filter(|f| of_capture(name, &f.path))
         .collect();
     match still_as_sealed(medium, &listed)? {
         Ok(()) => Ok(()),

@@ -345,6 +345,39 @@ fn appliance_seal_catches_a_deleted_generation() {
     // Only the site pinned: its signature is what the target trusts, and it holds.
     let out = swapped(&["--trust", "site.pub"]);
     assert!(out.status.success(), "{}", output_text(&out));
+    // A machine set named web01 in its place, its disk asked for by its stream name.
+    fs::copy(lab.p("medium.img"), lab.p("set.img")).unwrap();
+    lab.ok(&[
+        "medium",
+        "rm",
+        "--medium",
+        "fat:set.img",
+        "--name",
+        "web01",
+        "--force",
+    ]);
+    fs::copy(lab.p("disk.raw"), lab.p("disk1.raw")).unwrap();
+    Line::capture(&lab, "web01")
+        .sources(&["disk.raw", "disk1.raw"])
+        .medium("fat:set.img")
+        .args(&["--sign", "site.key"])
+        .ok();
+    let out = Line::ingest(&lab, "web01.d0")
+        .medium("fat:set.img")
+        .args(&[
+            "--attestations",
+            "att",
+            "--trust",
+            "site.pub",
+            "--trust-appliance",
+            &fp,
+        ])
+        .target("file:set-d0.raw")
+        .run();
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("put in its place since the seal"), "{t}");
+    assert!(!lab.p("set-d0.raw").exists());
     // The courier deletes G0002 from the medium image.
     {
         let f = fs::OpenOptions::new()
