@@ -6,7 +6,7 @@
 //! attacker's data key, unsigned or unpinned sessions are refused, and idle
 //! connections neither block a sync nor stay.
 
-use mgear_tests::{output_text as text, Background, Env};
+use mgear_tests::{output_text as text, same_file, Background, Env};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -690,6 +690,55 @@ fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() 
             && !hint.contains("did not check out"),
         "{v}"
     );
+}
+
+/// A copy of the synced volume made before the source last changed is not the volume the
+/// syncs wrote: cutover compares every chunk its syncs sent (not only spread samples, which
+/// miss a change in the last MiB of a 40 MiB disk) and refuses it before anything boots.
+#[test]
+fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 40, 21);
+    e.capture_and_ingest("64MiB");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen();
+    std::fs::copy(e.p("vol.raw"), e.p("stale.raw")).unwrap();
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.p("disk.raw"))
+            .unwrap();
+        f.write_all_at(&[0x5a; 4096], 40 * MIB as u64 - 4096)
+            .unwrap();
+    }
+    let o = e.run(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--sign",
+        "site.key",
+        "--quiesce",
+        "true",
+        "--resume",
+        "touch resumed",
+        "--boot-target",
+        "file:stale.raw",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("--boot-target file:stale.raw is not the volume the final sync wrote"),
+        "{}",
+        text(&o)
+    );
+    assert!(e.p("resumed").exists(), "{}", text(&o));
+    same_file(&e.p("vol.raw"), &e.p("disk.raw"));
 }
 
 /// serve checks its volume and port before it reads the volume: another

@@ -154,9 +154,10 @@ fn refuse_the_source(a: &Cutover, target: &Target) -> crate::Result<()> {
 /// copy, the wrong file) "proved" a boot of a machine that never got the last changes,
 /// and the cutover reported complete. With the source quiesced and the final sync
 /// verified, that volume reads as the source does: a raw boot target (`file:`, `dev:`)
-/// is compared with it by size and by [`SAMPLES`] chunks of 1 MiB spread over the disk.
-/// A qcow2 or NBD boot target is not read here.
-fn boot_target_is_synced(a: &Cutover) -> crate::Result<()> {
+/// is compared with it by size, by every chunk this cutover's syncs sent (`sent`, of
+/// `chunk` bytes: what a copy made before them lacks) and by [`SAMPLES`] chunks of 1 MiB
+/// spread over the disk. A qcow2 or NBD boot target is not read here.
+fn boot_target_is_synced(a: &Cutover, sent: &[u64], chunk: u64) -> crate::Result<()> {
     use std::os::unix::fs::FileExt as _;
     const SAMPLES: u64 = 32;
     const CHUNK: u64 = 1 << 20;
@@ -188,9 +189,13 @@ fn boot_target_is_synced(a: &Cutover) -> crate::Result<()> {
         )));
     }
     let (mut want, mut got) = (Vec::new(), Vec::new());
-    for k in 0..SAMPLES {
-        let at = (k * size / SAMPLES) / CHUNK * CHUNK;
-        let len = CHUNK.min(size - at) as usize;
+    let synced = sent
+        .iter()
+        .map(|i| (i.saturating_mul(chunk), chunk))
+        .filter(|(at, _)| *at < size);
+    let spread = (0..SAMPLES).map(|k| ((k * size / SAMPLES) / CHUNK * CHUNK, CHUNK));
+    for (at, span) in synced.chain(spread) {
+        let len = span.min(size - at) as usize;
         want.resize(len, 0);
         got.resize(len, 0);
         source.read_exact_at(at, &mut want)?;
@@ -231,7 +236,13 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     if !final_sync.stats.verified {
         return Err(rollback(&a, coded(FOUND, "the final sync did not verify")));
     }
-    boot_target_is_synced(&a).map_err(|e| rollback(&a, e))?;
+    let sent: Vec<u64> = presync
+        .iter()
+        .chain(std::iter::once(&final_sync))
+        .flat_map(|r| r.stats.sent.iter().copied())
+        .collect();
+    boot_target_is_synced(&a, &sent, u64::from(final_sync.stats.chunk_size.max(1)))
+        .map_err(|e| rollback(&a, e))?;
 
     eprintln!(
         "mgear cutover: booting {} (QEMU, TCG, no network)",

@@ -95,6 +95,10 @@ pub struct Stats {
     pub attempts: u32,
     /// The target's volume digest after the sync equals what the source expects.
     pub verified: bool,
+    /// The chunks sent (their numbers): what the target's volume got from this sync, which
+    /// an older copy of it lacks (`cutover` checks its boot target holds them).
+    #[serde(skip)]
+    pub sent: Vec<u64>,
 }
 
 /// Why an attempt failed.
@@ -594,6 +598,7 @@ impl Run<'_> {
                 };
                 self.send_sealed(&mut w, &mut s, ty::CHUNK, &chunk.encode())?;
                 self.stats.chunks_sent += 1;
+                self.stats.sent.push(index);
                 self.stats.chunk_bytes_sent += len as u64;
                 if let Some(slot) = usize::try_from(index)
                     .ok()
