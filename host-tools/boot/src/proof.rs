@@ -45,6 +45,23 @@ const FIRMWARE_LINES: &[&str] = &[
     "Shell> ",
 ];
 
+/// Whole consoles of the firmware on a disk with nothing to boot, as the console reads them
+/// (`|` stands for a line break): SeaBIOS, and OVMF until its shell.
+const FIRMWARE_CONSOLES: [&str; 2] = [
+    "SeaBIOS (version 1.16.2-debian-1.16.2-1)|Booting from Hard Disk...|Boot failed: not a \
+     bootable disk||Booting from Floppy...|Boot failed: could not read the boot disk||Booting \
+     from DVD/CD...|Boot failed: Could not read from CDROM (code 0003)|No bootable device.",
+    "BdsDxe: failed to load Boot0001 \"UEFI QEMU DVD-ROM QM00003 \" from \
+     PciRoot(0x0)/Pci(0x1,0x1)/Ata(Secondary,Master,0x0): Not Found|BdsDxe: failed to load \
+     Boot0002 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x3,0x0): Not Found|BdsDxe: loading \
+     Boot0003 \"EFI Internal Shell\" from Fv(7CB8BDC9-F8EB-4F34-AAEA-3EE4AF6516A1)/\
+     FvFile(7C04A583-9E3E-4F1C-AD65-E05268D0B4D1)|BdsDxe: starting Boot0003 \"EFI Internal \
+     Shell\" from Fv(7CB8BDC9-F8EB-4F34-AAEA-3EE4AF6516A1)/\
+     FvFile(7C04A583-9E3E-4F1C-AD65-E05268D0B4D1)|UEFI Interactive Shell v2.2|EDK II|UEFI \
+     v2.70 (EDK II, 0x00010000)|Press ESC in 5 seconds to skip startup.nsh or any other key to \
+     continue.|Shell> ",
+];
+
 /// What proves the boot: a regex on the console, and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct Expectation {
@@ -67,7 +84,15 @@ impl Expectation {
         }
         // The firmware prints on the same console before any guest runs: a pattern that
         // matches its lines ("SeaBIOS", "Boot") "proved" a disk with nothing on it booted.
-        if let Some(line) = FIRMWARE_LINES.iter().find(|l| wait_for.is_match(l)) {
+        // Line by line (anchored patterns), and as the console shows them, one after the
+        // other with their blank lines ('\n', '\n\nBooting' match across lines).
+        let transcripts = FIRMWARE_CONSOLES.map(|c| c.replace('|', "\n"));
+        if let Some(line) = FIRMWARE_LINES
+            .iter()
+            .copied()
+            .chain(transcripts.iter().map(String::as_str))
+            .find(|l| wait_for.is_match(l))
+        {
             return Err(BootError::Usage(format!(
                 "--wait-for {:?} matches what the firmware itself prints before any guest runs \
                  ({line:?}), so it proves nothing: give text only the booted guest prints (a \
@@ -764,7 +789,17 @@ mod tests {
         }
         assert!(Expectation::new("login: ", Duration::from_secs(1)).is_ok());
         // What the firmware prints on any disk proves nothing either.
-        for firmware in ["SeaBIOS", "login:|Boot", "(?i)debian", "BdsDxe", "Shell>"] {
+        for firmware in [
+            "SeaBIOS",
+            "login:|Boot",
+            "(?i)debian",
+            "BdsDxe",
+            "Shell>",
+            "\n",
+            "\n\nBooting",
+            "Hard Disk\\.\\.\\.\nBoot",
+            "Not Found\nBdsDxe",
+        ] {
             let e = Expectation::new(firmware, Duration::from_secs(1)).unwrap_err();
             assert!(
                 e.to_string().contains("firmware itself prints"),
