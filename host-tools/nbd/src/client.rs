@@ -599,6 +599,12 @@ impl Client {
         (self.min_block, self.max_payload)
     }
 
+    /// Whether the server takes NBD_CMD_WRITE_ZEROES ([`Client::write_zeroes`] then costs a
+    /// request, not the zero bytes, and a thin export can stay thin).
+    pub fn can_write_zeroes(&self) -> bool {
+        self.tflags & TFLAG_SEND_WRITE_ZEROES != 0
+    }
+
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),

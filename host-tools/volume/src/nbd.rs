@@ -180,8 +180,14 @@ impl Volume for NbdVolume {
         Geometry {
             block: min.max(4096),
             max_in_flight: 1,
-            // Whether the export keeps zeros thin is its own business.
-            thin_granule: None,
+            // Zero runs go as NBD_CMD_WRITE_ZEROES where the server takes it (a request
+            // each, not the bytes): whether that leaves a hole is the export's business, as
+            // it is for `qemu-img convert` into it. Otherwise they would be written anyway.
+            thin_granule: self
+                .client
+                .as_ref()
+                .is_some_and(Client::can_write_zeroes)
+                .then_some(crate::THIN_GRANULE),
         }
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
