@@ -18,6 +18,14 @@ static STOP: AtomicBool = AtomicBool::new(false);
 const STOPPING: &[u8] = b"\nmgear: stopping after the work at hand, keeping its checkpoint \
 (the same command resumes); Ctrl-C again to exit at once\n";
 
+/// Said instead by `mgear serve`, which holds no checkpoint of its own: the session at hand
+/// ends between chunks and the source's sync resumes against the restarted serve.
+const STOPPING_SERVE: &[u8] = b"\nmgear serve: stopping between chunks (a sync in progress \
+resumes when serve runs again); Ctrl-C again to exit at once\n";
+
+/// [`install_for_serve`] was called: say [`STOPPING_SERVE`].
+static SERVING: AtomicBool = AtomicBool::new(false);
+
 /// When the first signal came (monotonic nanoseconds).
 static FIRST_NS: AtomicU64 = AtomicU64::new(0);
 
@@ -47,8 +55,13 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
         // SAFETY: _exit is async-signal-safe and takes no locks.
         unsafe { nix::libc::_exit(130) };
     }
+    let said = if SERVING.load(Ordering::SeqCst) {
+        STOPPING_SERVE
+    } else {
+        STOPPING
+    };
     // SAFETY: write(2) is async-signal-safe; the bytes are static.
-    let _ = unsafe { nix::libc::write(2, STOPPING.as_ptr().cast(), STOPPING.len()) };
+    let _ = unsafe { nix::libc::write(2, said.as_ptr().cast(), said.len()) };
 }
 
 /// Catch SIGINT and SIGTERM for the rest of the process.
@@ -62,6 +75,12 @@ pub fn install() {
         // SAFETY: the handler only touches an atomic and calls _exit.
         let _ = unsafe { sigaction(sig, &action) };
     }
+}
+
+/// [`install`] for `mgear serve`, which says what stopping means for it.
+pub fn install_for_serve() {
+    SERVING.store(true, Ordering::SeqCst);
+    install();
 }
 
 /// Has the operator asked the command to stop?

@@ -700,10 +700,11 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
     let e = Env::new();
     write_disk(&e.p("disk.raw"), 40, 21);
     e.capture_and_ingest("64MiB");
-    let (_serve, addr) = e
+    let log_path = e.p("serve.log");
+    let (mut serve, addr) = e
         .serve("fat:medium.img", "web01")
         .trust("site.pub")
-        .listen();
+        .listen_logging(std::fs::File::create(&log_path).unwrap());
     std::fs::copy(e.p("vol.raw"), e.p("stale.raw")).unwrap();
     {
         use std::os::unix::fs::FileExt as _;
@@ -739,6 +740,19 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
     );
     assert!(e.p("resumed").exists(), "{}", text(&o));
     same_file(&e.p("vol.raw"), &e.p("disk.raw"));
+    // Stopping serve says what that means for a serve (no checkpoint of a capture's).
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &serve.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = serve.0.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("mgear serve: stopping between chunks"),
+        "{log}"
+    );
+    assert!(!log.contains("keeping its checkpoint"), "{log}");
 }
 
 /// serve checks its volume and port before it reads the volume: another

@@ -335,7 +335,7 @@ pub fn serve(a: Serve) -> crate::Result<i32> {
         human_bytes(vol.size()),
         started.elapsed().as_secs_f64()
     );
-    crate::signals::install();
+    crate::signals::install_for_serve();
     let addr = listener.local_addr().context("listening address")?;
     // Scripts and tests read the port from this line (with --listen HOST:0).
     if crate::output::json() {
