@@ -221,7 +221,11 @@ fn take(
         Err((_, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
             let holder = inode
                 .and_then(holder_of)
-                .map(|(pid, cmd)| format!(" by pid {pid} ({cmd})"))
+                // A holder just killed has no command line left to show.
+                .map(|(pid, cmd)| match cmd.trim() {
+                    "" => format!(" by pid {pid}"),
+                    cmd => format!(" by pid {pid} ({cmd})"),
+                })
                 .unwrap_or_default();
             Err(coded(
                 crate::exit::IO,
