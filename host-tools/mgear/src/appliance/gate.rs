@@ -281,11 +281,6 @@ pub fn ingest_gate(
                 _ => coded(FOUND, format!("{e:#}")),
             },
         )?;
-    if atts.is_err() {
-        if let Some(seal) = lone_seal(port, attestations_dir)? {
-            trust::check_lone_seal(medium, name, &seal, policy)?;
-        }
-    }
     let verdict = trust::check_generation(
         medium,
         name,
@@ -293,6 +288,13 @@ pub fn ingest_gate(
         policy,
         atts.as_ref().map_err(String::as_str),
     )?;
+    // After the gate's own refusals (a failed arrival says so in its words), before its
+    // overrides count: a lone seal's list holds whatever vouches and --allow-unsealed.
+    if atts.is_err() {
+        if let Some(seal) = lone_seal(port, attestations_dir)? {
+            trust::check_lone_seal(medium, name, &seal, policy)?;
+        }
+    }
     for w in &verdict.warnings {
         eprintln!("mgear: WARNING: {w}");
     }
