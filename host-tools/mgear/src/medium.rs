@@ -559,6 +559,15 @@ fn open_mode(spec: &str, read_only: bool) -> crate::Result<Medium> {
 fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<Box<dyn Store>> {
     match parsed {
         MediumSpec::Dir(path) => {
+            // The twin of fat: given a directory: the wrong scheme, not an I/O error.
+            if path.exists() && !path.is_dir() {
+                return Err(usage(format!(
+                    "{} is not a directory: dir: takes a mounted medium's directory; for a FAT32 \
+                     image file or a device use --medium fat:{}",
+                    path.display(),
+                    path.display()
+                )));
+            }
             let store =
                 DirStore::open(&path).map_err(|e| crate::err!("opening medium {spec}: {e}"))?;
             Ok(Box::new(store))
@@ -1119,6 +1128,22 @@ mod tests {
     use super::*;
 
     use crate::exit::{code_of, USAGE};
+
+    #[test]
+    fn a_file_given_as_dir_names_the_fat_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.img");
+        std::fs::write(&f, b"x").unwrap();
+        let Err(e) = open_mode(&format!("dir:{}", f.display()), true) else {
+            panic!("a file opened as dir:")
+        };
+        assert_eq!(code_of(&e), USAGE);
+        assert!(
+            e.to_string()
+                .contains(&format!("use --medium fat:{}", f.display())),
+            "{e}"
+        );
+    }
 
     #[test]
     fn fat_media_that_cannot_be_say_why() {
