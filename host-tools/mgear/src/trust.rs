@@ -507,11 +507,22 @@ pub fn check_generation(
                  does not match the seal: {e}"
             ),
         };
+        // The pinned appliance's own signed list says the medium changed since the seal (a
+        // generation deleted, a file changed, another capture in its place): no override
+        // covers that. --allow-unsealed is for attestations that are missing or unusable.
+        let changed_since_seal = pinned_sealer
+            && attestations.is_ok_and(|a| {
+                attest::verify_seal_and_arrival(&a.seal, &a.arrival, &a.seal.body.identity).is_ok()
+            });
         if policy.verifying {
             warnings.push(format!(
                 "{msg}; ingest requires the seal and arrival attestations and refuses it until \
                  they check"
             ));
+        } else if changed_since_seal {
+            return Err(refuse(format!(
+                "{msg} (what a pinned appliance sealed is refused changed, --allow-unsealed or not)"
+            )));
         } else if policy.allow_unsealed {
             warnings.push(format!(
                 "--allow-unsealed: ingesting WITHOUT valid appliance attestations: {msg}"
@@ -862,6 +873,7 @@ fn still_as_sealed(
 pub fn check_lone_seal(
     medium: &mut dyn Store,
     name: &str,
+    g: u32,
     seal: &Attestation,
     policy: &Policy,
 ) -> crate::Result<()> {
@@ -879,7 +891,20 @@ pub fn check_lone_seal(
         .iter()
         .filter(|f| of_capture(name, &f.path))
         .collect();
-    match still_as_sealed(medium, &listed)? {
+    // The generation the gate accepted must be one the seal saw (as with an arrival).
+    let finishing = finishing_file(medium, name, g)?
+        .unwrap_or_else(|| layout::generation_file(name, g, layout::MANIFEST_FILE));
+    let covered = listed
+        .iter()
+        .any(|f| f.path.eq_ignore_ascii_case(&finishing));
+    let found = if covered {
+        still_as_sealed(medium, &listed)?
+    } else {
+        Err(format!(
+            "the seal does not cover {finishing}: generation {g} was written after the seal"
+        ))
+    };
+    match found {
         Ok(()) => Ok(()),
         Err(why) => Err(refuse(format!(
             "the medium was sealed by pinned appliance {} (its seal, with no arrival beside it) \

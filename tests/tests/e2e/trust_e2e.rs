@@ -342,6 +342,18 @@ fn appliance_seal_catches_a_deleted_generation() {
         "{t}"
     );
     assert!(!lab.p("swapped.raw").exists());
+    // No override covers what the pinned appliance's own signed list says changed.
+    let out = swapped(&[
+        "--trust",
+        "site.pub",
+        "--trust-appliance",
+        &fp,
+        "--allow-unsealed",
+    ]);
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("--allow-unsealed or not"), "{t}");
+    assert!(!lab.p("swapped.raw").exists());
     // Only the site pinned: its signature is what the target trusts, and it holds.
     let out = swapped(&["--trust", "site.pub"]);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -408,6 +420,24 @@ fn appliance_seal_catches_a_deleted_generation() {
     let t = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("G0002") && t.contains("missing now"), "{t}");
+    assert!(!lab.p("vol2.raw").exists());
+    let out = Line::ingest(&lab, "web01")
+        .medium("fat:medium.img")
+        .args(&[
+            "--attestations",
+            "att",
+            "--trust-appliance",
+            &fp,
+            "--allow-unsealed",
+        ])
+        .target("file:vol2.raw")
+        .run();
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("missing now") && t.contains("--allow-unsealed or not"),
+        "{t}"
+    );
     assert!(!lab.p("vol2.raw").exists());
     // verify reaches the verdict ingest does (it said OK: it took a missing seal as a note).
     let v = Line::new(

@@ -292,7 +292,7 @@ pub fn ingest_gate(
     // overrides count: a lone seal's list holds whatever vouches and --allow-unsealed.
     if atts.is_err() {
         if let Some(seal) = lone_seal(port, attestations_dir)? {
-            trust::check_lone_seal(medium, name, &seal, policy)?;
+            trust::check_lone_seal(medium, name, verdict.generation, &seal, policy)?;
         }
     }
     for w in &verdict.warnings {
