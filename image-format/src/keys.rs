@@ -391,6 +391,17 @@ pub(crate) fn write_key_slots<S: Store + ?Sized>(
 ) -> Result<()> {
     let payload = Zeroizing::new(layout::encode_key_payload(capture_id, key.as_bytes()));
     let dir = layout::capture_dir(name);
+    // A run killed while it made them may have left one slot of another capture id: this
+    // capture's slots are exactly the ones written here.
+    for (file, written) in [
+        (KEYS_FILE, !recipients.is_empty()),
+        (KEYPASS_FILE, passphrase.is_some()),
+    ] {
+        if !written {
+            let path = format!("{dir}/{file}");
+            store.remove_file(&path).at(&path)?;
+        }
+    }
     if !recipients.is_empty() {
         let rs: Vec<&dyn age::Recipient> = recipients
             .iter()
@@ -516,6 +527,41 @@ pub fn unlock_data_key<S: Store + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_key_slots_leave_no_slot_of_an_earlier_start_behind() {
+        let mut store = crate::store::MemStore::new();
+        let dir = layout::capture_dir("web04");
+        store.create_dir_all(&dir).unwrap();
+        let target = age::x25519::Identity::generate();
+        // A run killed after its recipient slot (capture id 1), before its passphrase slot.
+        write_key_slots(
+            &mut store,
+            "web04",
+            &[1; 16],
+            &DataKey::from_bytes([1; 32]),
+            &[target.to_public()],
+            None,
+            None,
+        )
+        .unwrap();
+        // The capture started again with the passphrase only: capture id 2, another key.
+        let pass = SecretString::from("correct horse battery".to_string());
+        write_key_slots(
+            &mut store,
+            "web04",
+            &[2; 16],
+            &DataKey::from_bytes([2; 32]),
+            &[],
+            Some(&pass),
+            Some(2),
+        )
+        .unwrap();
+        assert!(store.len(&format!("{dir}/{KEYS_FILE}")).unwrap().is_none());
+        let (_, id) =
+            unlock_data_key(&mut store, "web04", &Unlock::Passphrase(pass.clone())).unwrap();
+        assert_eq!(id, Some([2; 16]));
+    }
 
     #[test]
     fn a_passphrase_slot_asking_for_more_work_than_any_capture_writes_is_refused_unrun() {
