@@ -399,8 +399,13 @@ fn check_disk_count(
             args.medium.as_args()
         ))),
         Some(_) => Ok(()),
-        None => crate::keys::write_generation_note(&path, g, "disks", &n.to_string())
-            .with_context(|| format!("recording the set's disk count in {}", path.display())),
+        None => {
+            // A resume by passphrase on another host starts with no key cache there.
+            image_format::private::create_dir(&dir)
+                .with_context(|| format!("creating key cache {}", dir.display()))?;
+            crate::keys::write_generation_note(&path, g, "disks", &n.to_string())
+                .with_context(|| format!("recording the set's disk count in {}", path.display()))
+        }
     }
 }
 
@@ -525,6 +530,57 @@ fn shared_key(
          pass --key-cache DIR or --passphrase-file)",
         hex(&id),
         dir.display()
+    )))
+}
+
+/// A disk of the set not on the medium yet gets its key slots from this run: a run that
+/// names fewer than disk 0 was made with (a resume by passphrase on another host, with no
+/// --recipient) gave the later disks fewer slots, and the target key opened only some disks.
+/// Refused up front, saying what to give (a resume with none at all failed half-way too).
+fn same_slots_for_new_disks(args: &capture::Plan, disks: usize) -> crate::Result<()> {
+    let name = &args.name;
+    let mut ro = args.medium.open_before_capture()?;
+    let found = (|| -> crate::Result<Option<crate::keys::KeySlots>> {
+        let store = ro.store();
+        let on_medium: Vec<String> = image_format::list_captures(store)?
+            .into_iter()
+            .map(|c| c.name.to_ascii_lowercase())
+            .collect();
+        let d0 = set::disk_stream_name(name, 0).to_ascii_lowercase();
+        let new_disk = (0..disks)
+            .any(|k| !on_medium.contains(&set::disk_stream_name(name, k).to_ascii_lowercase()));
+        if !on_medium.contains(&d0) || !new_disk {
+            return Ok(None);
+        }
+        let d0 = image_format::stored_name(store, &d0)?;
+        Ok(Some(crate::keys::KeySlots::of(store, &d0)))
+    })();
+    let closed = ro.close();
+    let found = found?;
+    closed?;
+    let Some(slots) = found else {
+        return Ok(());
+    };
+    let mut missing = Vec::new();
+    if slots.recipients.is_some() && args.recipient.is_empty() {
+        missing.push("--recipient (the target .pub files it was made with)");
+    }
+    if slots.passphrase && args.passphrase_file.is_none() {
+        missing.push("--passphrase-file (its passphrase)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "set {name} has disks still to capture, which get their key slots from this run, and \
+         disk 0 was made with {}: give {} as the set was first captured, so every disk opens \
+         with the same keys; nothing was written",
+        match (slots.recipients.is_some(), slots.passphrase) {
+            (true, true) => "a recipient and a passphrase slot",
+            (true, false) => "a recipient slot",
+            _ => "a passphrase slot",
+        },
+        missing.join(" and ")
     )))
 }
 
@@ -682,6 +738,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     let g = st.generation;
     if !st.sealed {
         check_disk_count(args, &name, &shared.capture_id, g, sources.len())?;
+        same_slots_for_new_disks(args, sources.len())?;
     }
     let sign_key = args
         .sign

@@ -1341,9 +1341,49 @@ fn cli_a_generated_passphrase_serves_a_set_and_the_resume_of_a_stopped_run() {
         "{}",
         stderr(&o)
     );
-    set.ok();
+    // Without the --recipient disk 0 was made with, the disks still to capture would open
+    // with the passphrase only: refused before anything is written.
+    let o = e.run(&[
+        "capture",
+        "--medium",
+        "dir:m",
+        "--name",
+        "mach2",
+        "--source",
+        "c.raw",
+        "--source",
+        "d.raw",
+        "--passphrase-file",
+        "set.pw",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("give --recipient"), "{}", stderr(&o));
+    // Resumed on another host (a key cache not made yet), by its passphrase and recipient.
+    e.ok(&[
+        "capture",
+        "--medium",
+        "dir:m",
+        "--name",
+        "mach2",
+        "--source",
+        "c.raw",
+        "--source",
+        "d.raw",
+        "--recipient",
+        "target.pub",
+        "--passphrase-file",
+        "set.pw",
+        "--key-cache",
+        "other-host-keys",
+    ]);
+    // Every disk opens with the passphrase and with the target key.
     e.ok(&[
         &["verify", "--name", "mach2", "--passphrase-file", "set.pw"],
+        &all[..],
+    ]
+    .concat());
+    e.ok(&[
+        &["verify", "--name", "mach2", "--identity", "target.key"],
         &all[..],
     ]
     .concat());
