@@ -373,27 +373,7 @@ fn appliance_erased_before_arrival_still_has_its_seal_checked() {
     lab.stop();
 
     // The courier deletes G0002 from the medium image, and the appliance is powered again.
-    {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(lab.p("medium.img"))
-            .unwrap();
-        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
-        let dir = fs.root_dir().open_dir("MGEAR/web01/G0002").unwrap();
-        let names: Vec<String> = dir
-            .iter()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .filter(|n| n != "." && n != "..")
-            .collect();
-        for n in names {
-            dir.remove(&n).unwrap();
-        }
-        drop(dir);
-        fs.root_dir().remove("MGEAR/web01/G0002").unwrap();
-        fs.unmount().unwrap();
-    }
+    lab.remove_medium_dir("MGEAR/web01/G0002");
     lab.start();
     let refused = |out: &std::process::Output| {
         let t = text(&out.stderr);

@@ -312,6 +312,30 @@ impl Lab {
         f.sync_all().unwrap();
     }
 
+    /// Remove directory `path` and the files in it from the (stopped) medium image, as a
+    /// courier with the image would (`MGEAR/web01/G0002`: a generation deleted).
+    pub fn remove_medium_dir(&self, path: &str) {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.p("medium.img"))
+            .unwrap();
+        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
+        let dir = fs.root_dir().open_dir(path).unwrap();
+        let names: Vec<String> = dir
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        for n in names {
+            dir.remove(&n).unwrap();
+        }
+        drop(dir);
+        fs.root_dir().remove(path).unwrap();
+        fs.unmount().unwrap();
+    }
+
     /// Names of the segment files of `web01` generation 1 on the (stopped) medium.
     pub fn medium_files(&self, dir: &str) -> Vec<String> {
         let f = fs::File::open(self.p("medium.img")).unwrap();

@@ -391,27 +391,7 @@ fn appliance_seal_catches_a_deleted_generation() {
     assert!(t.contains("put in its place since the seal"), "{t}");
     assert!(!lab.p("set-d0.raw").exists());
     // The courier deletes G0002 from the medium image.
-    {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(lab.p("medium.img"))
-            .unwrap();
-        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
-        let dir = fs.root_dir().open_dir("MGEAR/web01/G0002").unwrap();
-        let names: Vec<String> = dir
-            .iter()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .filter(|n| n != "." && n != "..")
-            .collect();
-        for n in names {
-            dir.remove(&n).unwrap();
-        }
-        drop(dir);
-        fs.root_dir().remove("MGEAR/web01/G0002").unwrap();
-        fs.unmount().unwrap();
-    }
+    lab.remove_medium_dir("MGEAR/web01/G0002");
     let out = Line::ingest(&lab, "web01")
         .medium("fat:medium.img")
         .args(&["--attestations", "att", "--trust-appliance", &fp])
