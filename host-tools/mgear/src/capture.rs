@@ -664,12 +664,19 @@ fn abort(args: &Plan) -> crate::Result<i32> {
     let mut medium = if args.replace_medium.is_empty() {
         args.medium.open()?
     } else {
-        args.medium
-            .span_members_only()?
-            .open_for_capture(&crate::medium::SpanPlan {
-                lost: args.replace_medium.clone(),
-                ..Default::default()
-            })?
+        let members = args.medium.span_members_only()?;
+        let lost = crate::medium::SpanPlan {
+            lost: args.replace_medium.clone(),
+            ..Default::default()
+        };
+        // Declaring a medium lost is for good: an abort that would be refused (no such
+        // capture, nothing unfinished) must not have declared it first.
+        let mut ro = members.open_before_capture_for(&lost)?;
+        let checked = crate::medium_admin::abort_check(ro.store(), &args.name);
+        let closed = ro.close();
+        checked?;
+        closed?;
+        members.open_for_capture(&lost)?
     };
     let plan = match crate::medium_admin::abort(medium.store(), &args.name) {
         Ok(p) => p,

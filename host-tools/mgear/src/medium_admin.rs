@@ -470,7 +470,12 @@ fn set_summary(set: &str, plans: &[RmPlan]) -> RmPlan {
 /// `capture --abort` of machine set `set`: every disk stream generation the
 /// set did not bind (an interrupted set capture: some disks finished, the
 /// set manifest not written), and the set's own unfinished generation.
-fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> crate::Result<RmPlan> {
+fn abort_set(
+    store: &mut dyn Store,
+    set: &str,
+    streams: &[String],
+    run: bool,
+) -> crate::Result<RmPlan> {
     let bound = image_format::set::set_generations(store, set)?
         .last()
         .copied()
@@ -529,11 +534,13 @@ fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> crate::Res
     summary.remove.extend(loose.iter().copied());
     summary.remove.sort_unstable();
     summary.remove.dedup();
-    // The set directory's own unbound generations (a SET-less one) go too.
-    for g in loose {
-        remove_tree(store, &layout::generation_dir(set, g))?;
+    if run {
+        // The set directory's own unbound generations (a SET-less one) go too.
+        for g in loose {
+            remove_tree(store, &layout::generation_dir(set, g))?;
+        }
+        execute_set(store, set, &plans)?;
     }
-    execute_set(store, set, &plans)?;
     summary.whole = bound == 0;
     Ok(summary)
 }
@@ -550,8 +557,20 @@ fn abort_set(store: &mut dyn Store, set: &str, streams: &[String]) -> crate::Res
 /// generation at all (a first capture stopped before it wrote one) has
 /// nothing anyone could need and goes whole.
 pub fn abort(store: &mut dyn Store, name: &str) -> crate::Result<RmPlan> {
+    abort_with(store, name, true)
+}
+
+/// What [`abort`] would refuse, found without changing anything: `capture --abort
+/// --replace-medium` declares a medium lost for good before it can abort, so the abort is
+/// checked first on a read-only view.
+pub fn abort_check(store: &mut dyn Store, name: &str) -> crate::Result<()> {
+    abort_with(store, name, false).map(drop)
+}
+
+/// [`abort`], removing what it finds only when `run`.
+fn abort_with(store: &mut dyn Store, name: &str, run: bool) -> crate::Result<RmPlan> {
     if let Some((set, streams)) = set_members(store, name)? {
-        return abort_set(store, &set, &streams);
+        return abort_set(store, &set, &streams, run);
     }
     let stored = image_format::stored_name(store, name)?;
     let caps = image_format::list_captures(store)?;
@@ -567,7 +586,9 @@ pub fn abort(store: &mut dyn Store, name: &str) -> crate::Result<RmPlan> {
             finished: Vec::new(),
             whole: true,
         };
-        execute(store, &plan)?;
+        if run {
+            execute(store, &plan)?;
+        }
         return Ok(plan);
     };
     let g = newest.generation;
@@ -598,7 +619,9 @@ pub fn abort(store: &mut dyn Store, name: &str) -> crate::Result<RmPlan> {
         remove: vec![g],
         finished: Vec::new(),
     };
-    execute(store, &plan)?;
+    if run {
+        execute(store, &plan)?;
+    }
     Ok(plan)
 }
 
