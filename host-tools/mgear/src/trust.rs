@@ -431,12 +431,16 @@ pub fn check_generation(
     // Attestations listing no file of this capture are another medium's and say nothing.
     // Copies found on the medium say nothing either way: a planted copy of another shipment's
     // seal must not block this one.
+    // Signed by the identity they name, the arrival made against the seal: what they list
+    // is that appliance's word (whether that appliance is pinned is asked where it matters).
+    let valid = attestations.is_ok_and(|a| {
+        attest::verify_seal_and_arrival(&a.seal, &a.arrival, &a.seal.body.identity).is_ok()
+    });
     let replaced = !ours
+        && valid
         && attestations.is_ok_and(|a| {
             a.given
                 && policy.pinned_appliance(&a.seal.body.identity)
-                && attest::verify_seal_and_arrival(&a.seal, &a.arrival, &a.seal.body.identity)
-                    .is_ok()
                 && a.arrival
                     .body
                     .files
@@ -510,10 +514,7 @@ pub fn check_generation(
         // The pinned appliance's own signed list says the medium changed since the seal (a
         // generation deleted, a file changed, another capture in its place): no override
         // covers that. --allow-unsealed is for attestations that are missing or unusable.
-        let changed_since_seal = pinned_sealer
-            && attestations.is_ok_and(|a| {
-                attest::verify_seal_and_arrival(&a.seal, &a.arrival, &a.seal.body.identity).is_ok()
-            });
+        let changed_since_seal = pinned_sealer && valid;
         if policy.verifying {
             warnings.push(format!(
                 "{msg}; ingest requires the seal and arrival attestations and refuses it until \
