@@ -537,30 +537,24 @@ fn shared_key(
 /// names fewer than disk 0 was made with (a resume by passphrase on another host, with no
 /// --recipient) gave the later disks fewer slots, and the target key opened only some disks.
 /// Refused up front, saying what to give (a resume with none at all failed half-way too).
-fn same_slots_for_new_disks(args: &capture::Plan, disks: usize) -> crate::Result<()> {
+fn same_slots_for_new_disks(
+    store: &mut dyn image_format::Store,
+    args: &capture::Plan,
+    disks: usize,
+) -> crate::Result<()> {
     let name = &args.name;
-    let mut ro = args.medium.open_before_capture()?;
-    let found = (|| -> crate::Result<Option<crate::keys::KeySlots>> {
-        let store = ro.store();
-        let on_medium: Vec<String> = image_format::list_captures(store)?
-            .into_iter()
-            .map(|c| c.name.to_ascii_lowercase())
-            .collect();
-        let d0 = set::disk_stream_name(name, 0).to_ascii_lowercase();
-        let new_disk = (0..disks)
-            .any(|k| !on_medium.contains(&set::disk_stream_name(name, k).to_ascii_lowercase()));
-        if !on_medium.contains(&d0) || !new_disk {
-            return Ok(None);
-        }
-        let d0 = image_format::stored_name(store, &d0)?;
-        Ok(Some(crate::keys::KeySlots::of(store, &d0)))
-    })();
-    let closed = ro.close();
-    let found = found?;
-    closed?;
-    let Some(slots) = found else {
+    let on_medium: Vec<String> = image_format::list_captures(store)?
+        .into_iter()
+        .map(|c| c.name.to_ascii_lowercase())
+        .collect();
+    let d0 = set::disk_stream_name(name, 0).to_ascii_lowercase();
+    let new_disk = (0..disks)
+        .any(|k| !on_medium.contains(&set::disk_stream_name(name, k).to_ascii_lowercase()));
+    if !on_medium.contains(&d0) || !new_disk {
         return Ok(());
-    };
+    }
+    let d0 = image_format::stored_name(store, &d0)?;
+    let slots = crate::keys::KeySlots::of(store, &d0);
     let mut missing = Vec::new();
     if slots.recipients.is_some() && args.recipient.is_empty() {
         missing.push("--recipient (the target .pub files it was made with)");
@@ -729,7 +723,13 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     }
     let shared = {
         let mut ro = args.medium.open_before_capture()?;
-        let r = shared_key(ro.store(), args, st.capture_id);
+        // The slots the disks still to capture will get, on the same read-only view.
+        let slots = if st.sealed {
+            Ok(())
+        } else {
+            same_slots_for_new_disks(ro.store(), args, sources.len())
+        };
+        let r = slots.and_then(|()| shared_key(ro.store(), args, st.capture_id));
         let closed = ro.close();
         let r = r?;
         closed?;
@@ -738,7 +738,6 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     let g = st.generation;
     if !st.sealed {
         check_disk_count(args, &name, &shared.capture_id, g, sources.len())?;
-        same_slots_for_new_disks(args, sources.len())?;
     }
     let sign_key = args
         .sign
