@@ -21,36 +21,15 @@ use crate::{BootError, Result};
 /// Console text kept in the report.
 pub(crate) const LOG_CAP: usize = 256 * 1024;
 
-/// Lines the firmware prints on the serial console whatever the disk holds (SeaBIOS and
-/// OVMF under QEMU, as `mgear boot` starts them, with an empty and an unbootable disk).
-const FIRMWARE_LINES: &[&str] = &[
-    "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
-    "Booting from Hard Disk...",
-    "Boot failed: not a bootable disk",
-    "Booting from Floppy...",
-    "Boot failed: could not read the boot disk",
-    "Booting from DVD/CD...",
-    "Boot failed: Could not read from CDROM (code 0003)",
-    "No bootable device.  Retrying in 60 seconds.",
-    "BdsDxe: failed to load Boot0001 \"UEFI QEMU DVD-ROM QM00003 \" from \
-     PciRoot(0x0)/Pci(0x1,0x1)/Ata(Secondary,Master,0x0): Not Found",
-    "BdsDxe: loading Boot0003 \"EFI Internal Shell\" from \
-     Fv(7CB8BDC9-F8EB-4F34-AAEA-3EE4AF6516A1)/FvFile(7C04A583-9E3E-4F1C-AD65-E05268D0B4D1)",
-    "BdsDxe: starting Boot0003 \"EFI Internal Shell\" from \
-     Fv(7CB8BDC9-F8EB-4F34-AAEA-3EE4AF6516A1)/FvFile(7C04A583-9E3E-4F1C-AD65-E05268D0B4D1)",
-    "UEFI Interactive Shell v2.2",
-    "EDK II",
-    "UEFI v2.70 (EDK II, 0x00010000)",
-    "Press ESC in 5 seconds to skip startup.nsh or any other key to continue.",
-    "Shell> ",
-];
-
-/// Whole consoles of the firmware on a disk with nothing to boot, as the console reads them
-/// (`|` stands for a line break): SeaBIOS, and OVMF until its shell.
+/// Whole consoles of the firmware on a disk with nothing to boot (SeaBIOS, and OVMF until its
+/// shell) as `mgear boot` starts them under QEMU, `|` standing for a line break: what the
+/// firmware prints whatever the disk holds, so no `--wait-for` may match it, line by line
+/// (anchored patterns) or whole (patterns across lines).
 const FIRMWARE_CONSOLES: [&str; 2] = [
     "SeaBIOS (version 1.16.2-debian-1.16.2-1)|Booting from Hard Disk...|Boot failed: not a \
      bootable disk||Booting from Floppy...|Boot failed: could not read the boot disk||Booting \
-     from DVD/CD...|Boot failed: Could not read from CDROM (code 0003)|No bootable device.",
+     from DVD/CD...|Boot failed: Could not read from CDROM (code 0003)|No bootable device.  \
+     Retrying in 60 seconds.",
     "BdsDxe: failed to load Boot0001 \"UEFI QEMU DVD-ROM QM00003 \" from \
      PciRoot(0x0)/Pci(0x1,0x1)/Ata(Secondary,Master,0x0): Not Found|BdsDxe: failed to load \
      Boot0002 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x3,0x0): Not Found|BdsDxe: loading \
@@ -84,12 +63,10 @@ impl Expectation {
         }
         // The firmware prints on the same console before any guest runs: a pattern that
         // matches its lines ("SeaBIOS", "Boot") "proved" a disk with nothing on it booted.
-        // Line by line (anchored patterns), and as the console shows them, one after the
-        // other with their blank lines ('\n', '\n\nBooting' match across lines).
         let transcripts = FIRMWARE_CONSOLES.map(|c| c.replace('|', "\n"));
-        if let Some(line) = FIRMWARE_LINES
+        if let Some(line) = FIRMWARE_CONSOLES
             .iter()
-            .copied()
+            .flat_map(|c| c.split('|'))
             .chain(transcripts.iter().map(String::as_str))
             .find(|l| wait_for.is_match(l))
         {
