@@ -674,34 +674,26 @@ fn an_unfinished_span_that_lost_a_medium_is_aborted_and_nothing_is_stranded() {
         before("a.img") == a0 && before("c.img") == c0,
         "a refusal changed a medium"
     );
+    let abort = |name: &str| {
+        e.run(&[
+            "capture",
+            "--abort",
+            "--medium",
+            &a,
+            "--medium",
+            &c,
+            "--replace-medium",
+            &b,
+            "--name",
+            name,
+        ])
+    };
     // An abort that is refused (no such capture) declares nothing lost: a medium declared
     // lost stays lost for good.
-    let o = e.run(&[
-        "capture",
-        "--abort",
-        "--medium",
-        &a,
-        "--medium",
-        &c,
-        "--replace-medium",
-        &b,
-        "--name",
-        "nosuch",
-    ]);
+    let o = abort("nosuch");
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(before("a.img") == a0, "a refused abort changed a medium");
-    let o = e.run(&[
-        "capture",
-        "--abort",
-        "--medium",
-        &a,
-        "--medium",
-        &c,
-        "--replace-medium",
-        &b,
-        "--name",
-        "web01",
-    ]);
+    let o = abort("web01");
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(
         before("c.img") == c0,
