@@ -66,6 +66,11 @@ pub fn write_pair(key: &Path, secret: &[u8], public: &[u8], force: bool) -> crat
             key.join("target.key").display()
         )));
     }
+    if public_path == key {
+        return Err(usage(
+            "--out must not end in .pub (the public key is written there)",
+        ));
+    }
     if !force {
         if let Some(p) = [key, public_path.as_path()]
             .into_iter()
@@ -249,6 +254,13 @@ mod tests {
             );
         }
         assert!(d.is_dir() && fs::read_dir(&d).unwrap().next().is_none());
+        // `--out .` has no file name to put `.pub` on: it is named a directory too (it was
+        // refused as "must not end in .pub").
+        let e = write_pair(Path::new("."), b"s", b"p", false).unwrap_err();
+        assert!(
+            e.to_string().contains(". is a directory: --out takes"),
+            "{e}"
+        );
     }
 
     #[test]

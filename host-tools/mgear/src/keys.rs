@@ -90,12 +90,6 @@ fn write_key_pair(out: &Path, force: bool) -> crate::Result<String> {
         "# created by mgear keygen\n# public key: {recipient}\n{}\n",
         identity.to_string().expose_secret()
     ));
-    let pub_file = pub_path(out);
-    if pub_file == out {
-        return Err(usage(
-            "--out must not end in .pub (the public key is written there)",
-        ));
-    }
     crate::keyfile::write_pair(
         out,
         secret.as_bytes(),

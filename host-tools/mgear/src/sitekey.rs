@@ -27,12 +27,6 @@ use crate::keyfile::{misplaced, KeyKind};
 
 /// Create `out` (secret, 0600) and `out.pub`; refuses to overwrite unless `force`.
 pub fn generate(out: &Path, force: bool) -> crate::Result<VerifyingKey> {
-    let pub_file = crate::keyfile::pub_path(out);
-    if pub_file == out {
-        return Err(usage(
-            "--out must not end in .pub (the public key is written there)",
-        ));
-    }
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     // PKCS#8 v1 (no embedded public key): OpenSSL 3.0 refuses the v2 form
     // ed25519-dalek writes by default.
