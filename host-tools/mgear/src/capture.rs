@@ -154,6 +154,19 @@ pub struct Plan {
     pub passphrase_work_factor: Option<u8>,
 }
 
+impl Plan {
+    /// The medium read-only for the checks before a capture writes, the media
+    /// `--replace-medium` declares lost left out of its span as the capture will
+    /// (without them a set's checks refused the span as "not attached").
+    pub fn open_before_capture(&self) -> crate::Result<crate::medium::Medium> {
+        self.medium
+            .open_before_capture_for(&crate::medium::SpanPlan {
+                lost: self.replace_medium.clone(),
+                ..Default::default()
+            })
+    }
+}
+
 /// What `capture --json` prints (and `--report` wraps).
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -1608,7 +1621,7 @@ pub fn with_generated_passphrase<T>(
     // (its key slots and journal were written); left: anything of it is on the medium, a
     // directory with key slots at most of a run killed at its very start included).
     let on_medium = || -> crate::Result<(bool, bool)> {
-        let mut ro = args.medium.open_before_capture()?;
+        let mut ro = args.open_before_capture()?;
         let r = (|| -> crate::Result<(bool, bool)> {
             let store = ro.store();
             let ours: Vec<String> = image_format::list_captures(store)?

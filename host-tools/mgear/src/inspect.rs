@@ -974,30 +974,42 @@ fn missing_span_media(media: &[MediumJson]) -> Vec<String> {
             continue;
         }
         // Each medium is read on its own: the member list is that medium's copy of the map,
-        // empty where the copy is damaged; any given medium's readable copy serves.
-        let Some(span) = media
+        // empty where the copy is damaged. The map is append-only, so a medium that missed
+        // later runs (one declared lost and found again) holds an older copy, which lacks
+        // the media that joined since and the losses declared: every copy given is merged
+        // (a member any copy knows, lost if any copy says so), or the answer depended on
+        // which medium was given first.
+        let copies: Vec<&SpanJson> = media
             .iter()
             .filter_map(|x| x.span.as_ref())
-            .find(|x| x.id == first.id && !x.media.is_empty())
-        else {
+            .filter(|x| x.id == first.id)
+            .collect();
+        let mut members: std::collections::BTreeMap<u16, SpanMemberJson> = Default::default();
+        for m in copies.iter().flat_map(|c| &c.media) {
+            let e = members.entry(m.ordinal).or_insert_with(|| SpanMemberJson {
+                ordinal: m.ordinal,
+                label: m.label.clone(),
+                lost: false,
+                segments: 0,
+            });
+            e.lost |= m.lost;
+            e.segments = e.segments.max(m.segments);
+        }
+        if members.is_empty() {
             out.push(format!(
                 "the other media of span {} (no copy of its map given could be read: give \
                  every medium of the span)",
                 first.id
             ));
             continue;
-        };
-        let given: std::collections::HashSet<u16> = media
-            .iter()
-            .filter_map(|x| x.span.as_ref())
-            .filter(|x| x.id == span.id)
-            .flat_map(|x| x.this.iter().copied())
-            .collect();
-        for member in span.media.iter().filter(|x| !x.lost) {
+        }
+        let given: std::collections::HashSet<u16> =
+            copies.iter().flat_map(|x| x.this.iter().copied()).collect();
+        for member in members.values().filter(|x| !x.lost) {
             if !given.contains(&member.ordinal) {
                 out.push(format!(
                     "medium #{} of span {} ({}, {} segment(s))",
-                    member.ordinal, span.id, member.label, member.segments
+                    member.ordinal, first.id, member.label, member.segments
                 ));
             }
         }

@@ -107,7 +107,7 @@ fn witness_first(mut cli: capture::Request) -> capture::Request {
     }
     let name = cli.plan.name.clone();
     let gens: Vec<image_format::GenerationInfo> = (|| {
-        let mut ro = cli.plan.medium.open_before_capture().ok()?;
+        let mut ro = cli.plan.open_before_capture().ok()?;
         let caps = image_format::list_captures(ro.store()).ok();
         let _ = ro.close();
         Some(
@@ -157,7 +157,7 @@ fn witness_first(mut cli: capture::Request) -> capture::Request {
 /// name itself if none; nothing when the medium cannot be read now: the capture then says
 /// why, in its own words).
 fn stored_name(plan: &capture::Plan) -> Option<String> {
-    let mut ro = plan.medium.open_before_capture().ok()?;
+    let mut ro = plan.open_before_capture().ok()?;
     let stored = image_format::stored_name(ro.store(), &plan.name).ok();
     ro.close().ok()?;
     stored
@@ -708,7 +708,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     // The set's own checks (disk order) first: a disk given in the wrong place is named
     // as such, not as another disk by that disk's resume check in the plan below.
     let st = {
-        let mut ro = args.medium.open_before_capture()?;
+        let mut ro = args.open_before_capture()?;
         let r = state(ro.store(), args, sources);
         let closed = ro.close();
         let r = r?;
@@ -722,7 +722,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
         crate::preflight::check_space(plan.needed, plan.medium_free)?;
     }
     let shared = {
-        let mut ro = args.medium.open_before_capture()?;
+        let mut ro = args.open_before_capture()?;
         // The slots the disks still to capture will get, on the same read-only view.
         let slots = if st.sealed {
             Ok(())

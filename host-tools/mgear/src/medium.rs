@@ -118,14 +118,9 @@ impl Where {
     }
 
     /// Open it read-only for a capture's checks before it writes: media
-    /// that are about to join a span are read beside the span's.
-    pub fn open_before_capture(&self) -> crate::Result<Medium> {
-        self.open_with(true, Some(&SpanPlan::default()))
-    }
-
-    /// Like [`open_before_capture`](Self::open_before_capture), with the
-    /// free space of a span counted as a capture sized by `plan` will use
-    /// it (each medium's reserve and least room for a segment left out), so
+    /// that are about to join a span are read beside the span's, the free
+    /// space of a span counted as a capture sized by `plan` will use it
+    /// (each medium's reserve and least room for a segment left out), so
     /// the space check and `--dry-run` promise only what the capture keeps.
     pub fn open_before_capture_for(&self, plan: &SpanPlan) -> crate::Result<Medium> {
         self.open_with(true, Some(plan))
