@@ -19,6 +19,14 @@ use mgear_appliance_api::protocol::{encode_frame, ErrorCode, FrameDecoder, Reque
 /// giving up. Long operations send progress frames, which restart it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a console that has sent nothing at all yet gets to answer. An
+/// appliance answers a request at once (long operations with progress), and
+/// one busy with another host's request still sends that request's progress:
+/// a console silent this long is not an appliance's (a wrong `--appliance`
+/// port, another serial device), and waiting the idle timeout for it kept a
+/// typo waiting two minutes.
+pub const FIRST_CONTACT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A byte stream to the appliance whose reads return after a short timeout
 /// (`ErrorKind::TimedOut` / `WouldBlock` or 0 bytes) so the client can
 /// enforce its own deadline.
@@ -76,6 +84,11 @@ pub struct Client {
     next_id: u32,
     decoder: FrameDecoder,
     idle_timeout: Duration,
+    first_contact_timeout: Duration,
+    /// Anything at all was read from the link.
+    heard: bool,
+    /// The port's path, to name it (empty over other links).
+    port: String,
 }
 
 impl Client {
@@ -164,7 +177,9 @@ impl Client {
         // exclusive lock left by a killed process must not lock the next out.
         tty.set_exclusive(false)
             .with_context(|| format!("configuring {}", port.display()))?;
-        Ok(Client::over(Box::new(tty)))
+        let mut c = Client::over(Box::new(tty));
+        c.port = port.display().to_string();
+        Ok(c)
     }
 
     /// A client over any byte stream (tests, the HID transport).
@@ -182,6 +197,9 @@ impl Client {
             next_id: seed | 1,
             decoder: FrameDecoder::new(),
             idle_timeout: IDLE_TIMEOUT,
+            first_contact_timeout: FIRST_CONTACT_TIMEOUT,
+            heard: false,
+            port: String::new(),
         }
     }
 
@@ -198,9 +216,30 @@ impl Client {
             .write_all(&encode_frame(id, req))
             .and_then(|()| self.link.flush())
             .map_err(|e| gone("writing to", e))?;
-        let mut deadline = Instant::now() + self.idle_timeout;
+        let (idle, first) = (self.idle_timeout, self.first_contact_timeout);
+        let wait = |heard: bool| if heard { idle } else { first };
+        let mut deadline = Instant::now() + wait(self.heard);
         let mut buf = [0u8; 4096];
         loop {
+            if Instant::now() > deadline && !self.heard {
+                return Err(crate::exit::coded_hint(
+                    crate::exit::IO,
+                    format!(
+                        "nothing answered on the console{} within {} s: it is not an \
+                         appliance's console (a wrong --appliance port, another serial device), \
+                         or the appliance hangs",
+                        if self.port.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {}", self.port)
+                        },
+                        self.first_contact_timeout.as_secs()
+                    ),
+                    "`mgear appliance list` shows the appliance consoles it finds (the \
+                     simulator's is its --console-link); if it is the appliance, unplug it and \
+                     plug it in again (restart the simulator), then run the same command again",
+                ));
+            }
             if Instant::now() > deadline {
                 return Err(crate::exit::coded(
                     crate::exit::IO,
@@ -227,6 +266,10 @@ impl Client {
             if n == 0 {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
+            }
+            if !self.heard {
+                self.heard = true;
+                deadline = Instant::now() + wait(true);
             }
             for &b in &buf[..n] {
                 let Some(frame) = self.decoder.push(b) else {
@@ -371,6 +414,37 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A console that never sends a byte (a wrong port) is given up on after the first-contact
+    /// timeout, named as no appliance's; one that answered once gets the idle timeout.
+    #[test]
+    fn a_silent_console_is_given_up_on_early() {
+        struct Silent;
+        impl Read for Silent {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Ok(0)
+            }
+        }
+        impl Write for Silent {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut c = Client::over(Box::new(Silent));
+        c.first_contact_timeout = Duration::from_millis(200);
+        let t0 = Instant::now();
+        let e = c.call(&Request::Ping).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(crate::exit::code_of(&e), crate::exit::IO, "{e}");
+        assert!(
+            e.to_string().contains("nothing answered on the console"),
+            "{e}"
+        );
+        assert!(crate::exit::hint(&e, "appliance").contains("appliance list"));
     }
 
     #[test]
