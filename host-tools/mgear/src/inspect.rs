@@ -36,8 +36,9 @@ use crate::units::human_bytes;
 pub struct Request {
     /// Medium: fat:IMAGE-OR-DEVICE or dir:MOUNTPOINT; repeat it to list a shipment of several media.
     pub medium: Vec<String>,
-    /// Reach the medium through the appliance on this console port.
-    pub appliance: Option<std::path::PathBuf>,
+    /// Reach the medium through the appliance on this console port; repeat it (beside
+    /// --medium too) to list a shipment of several appliances.
+    pub appliance: Vec<std::path::PathBuf>,
     /// Only this capture or machine set (compared without case, as FAT does).
     pub name: Option<String>,
     /// Print one JSON object.
@@ -153,19 +154,23 @@ pub struct MediumJson {
 
 /// Run `mgear inspect`.
 pub fn run(args: Request) -> crate::Result<i32> {
-    let wheres: Vec<crate::medium::Where> = match &args.appliance {
-        Some(port) => vec![crate::medium::Where::appliance_at(port.clone())],
-        None => args
-            .medium
-            .iter()
-            .map(|m| crate::medium::Where::one(m.clone()))
-            .collect(),
-    };
+    // A span over two appliances (or an appliance and a medium read as a
+    // device) is one shipment too.
+    let wheres: Vec<crate::medium::Where> = args
+        .appliance
+        .iter()
+        .map(|p| crate::medium::Where::appliance_at(p.clone()))
+        .chain(
+            args.medium
+                .iter()
+                .map(|m| crate::medium::Where::one(m.clone())),
+        )
+        .collect();
     // Each medium is listed on its own, but one given twice would be listed
     // twice as a shipment of two.
     crate::medium::Where {
         medium: args.medium.clone(),
-        appliance: Vec::new(),
+        appliance: args.appliance.clone(),
     }
     .refuse_duplicates()?;
     let several = wheres.len() > 1;

@@ -65,6 +65,12 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     let i = Line::new(&a, &["inspect", "--appliance", &tb]).json();
     assert_eq!(i["span"]["media"].as_array().unwrap().len(), 2, "{i}");
     assert_eq!(i["span"]["this"][0], 1, "{i}");
+    // Both appliances listed as one shipment (inspect took one --appliance only).
+    let both = Line::new(&a, &["inspect", "--appliance", &ta, "--appliance", &tb]).json();
+    assert_eq!(both["shipment"]["complete"], true, "{both}");
+    assert_eq!(both["media"].as_array().unwrap().len(), 2, "{both}");
+    let one = Line::new(&a, &["inspect", "--appliance", &tb]).json();
+    assert_eq!(one["shipment"]["complete"], false, "{one}");
     // The second medium arrives first: ingest writes what it holds, names
     // what is missing and where, and finishes nothing.
     let fp = a.fingerprint();

@@ -7,9 +7,10 @@ pub struct Args {
     /// Medium: fat:IMAGE-OR-DEVICE or dir:MOUNTPOINT; repeat it to list a shipment of several media.
     #[arg(long, required_unless_present = "appliance")]
     pub medium: Vec<String>,
-    /// Reach the medium through the appliance on this console port.
-    #[arg(long, conflicts_with = "medium")]
-    pub appliance: Option<std::path::PathBuf>,
+    /// Reach the medium through the appliance on this console port; repeat it (beside
+    /// --medium too) to list a shipment of several appliances.
+    #[arg(long)]
+    pub appliance: Vec<std::path::PathBuf>,
     /// Only this capture or machine set (compared without case, as FAT does).
     #[arg(long)]
     pub name: Option<String>,
