@@ -88,8 +88,12 @@ pub fn owner(name: &str) -> &str {
 }
 
 /// `db01.d1` into (`db01`, 1); `None` for a name that is not a disk stream.
+/// `DB01.D1` too: names are compared without case (FAT stores them so), and
+/// a user who typed the set's name in capitals was told the stream's name
+/// was "invalid".
 pub fn parse_disk_stream_name(name: &str) -> Option<(&str, usize)> {
-    let (set, k) = name.rsplit_once(".d")?;
+    let (set, rest) = name.rsplit_once('.')?;
+    let k = rest.strip_prefix(['d', 'D'])?;
     if k.is_empty() || k.len() > 2 || !k.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -705,6 +709,8 @@ mod tests {
         assert_eq!(disk_stream_name("db01", 3), "db01.d3");
         assert_eq!(parse_disk_stream_name("db01.d3"), Some(("db01", 3)));
         assert_eq!(parse_disk_stream_name("a.b.d63"), None);
+        assert_eq!(parse_disk_stream_name("DB01.D3"), Some(("DB01", 3)));
+        layout::validate_name("WEB01.D0").unwrap();
         for bad in [
             "db01", "db01.d", "db01.d64", "db01.d03", ".d1", "db01.dx", "db 1.d1",
         ] {

@@ -174,9 +174,30 @@ pub fn run(args: Request) -> crate::Result<i32> {
     }
     .refuse_duplicates()?;
     let several = wheres.len() > 1;
+    // A disk stream asked for (`web01.d0`) is listed alone, but the shipment
+    // judges its machine with every disk (with the one stream only, the set
+    // was called unfinished).
+    let stream = args
+        .name
+        .as_deref()
+        .filter(|n| image_format::set::parse_disk_stream_name(n).is_some());
     let mut media = Vec::new();
     for w in &wheres {
-        media.push(medium_json(w, args.name.as_deref(), several)?);
+        let m = medium_json(
+            w,
+            args.name.as_deref().map(image_format::set::owner),
+            several,
+        );
+        media.push(match (m, stream) {
+            // The set is not there: the message names the stream asked for.
+            (Err(_), Some(s)) if !several => {
+                return Err(crate::exit::usage(format!(
+                    "there is no capture {s} on {}",
+                    w.describe()
+                )))
+            }
+            (m, _) => m?,
+        });
     }
     // Over several media a name need only be on one of them.
     if let (Some(asked), true) = (&args.name, several) {
@@ -197,6 +218,22 @@ pub fn run(args: Request) -> crate::Result<i32> {
             .collect::<Vec<_>>(),
         args.name.is_none(),
     );
+    if let Some(s) = stream {
+        for m in &mut media {
+            m.captures.retain(|c| c.name.eq_ignore_ascii_case(s));
+            m.sets.clear();
+        }
+        if media.iter().all(|m| m.captures.is_empty()) {
+            return Err(crate::exit::usage(format!(
+                "there is no capture {s} on {}",
+                if several {
+                    format!("any of the {} media given", media.len())
+                } else {
+                    wheres[0].describe()
+                }
+            )));
+        }
+    }
     // A span's machines may have records on a medium not given: the
     // shipment is not complete without it, whatever the manifests say.
     ship.missing_media = missing_span_media(&media);

@@ -337,6 +337,33 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out0.raw"), &e.p("d0.raw"));
     same_file(&e.p("out1.raw"), &e.p("d1.raw"));
+    // One disk by its stream name, in any case (`WEB01.D1` was an "invalid capture name"):
+    // listed alone, its machine judged with every disk (with the one stream it was called
+    // unfinished).
+    let v = e.json(&[
+        "inspect", "--medium", &a, "--medium", &c, "--medium", &d, "--name", "WEB01.D1",
+    ]);
+    assert_eq!(v["shipment"]["complete"], true, "{v}");
+    let listed: Vec<&str> = v["media"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["captures"].as_array().unwrap())
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !listed.is_empty() && listed.iter().all(|n| *n == "web01.d1"),
+        "{v}"
+    );
+    let o = Line::ingest(&e, "WEB01.D1")
+        .untrusted()
+        .target("file:one.raw")
+        .medium(&a)
+        .medium(&c)
+        .medium(&d)
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("one.raw"), &e.p("d1.raw"));
     // The lost medium turns up again with its old copy of the span map (it knows neither
     // d nor its own loss): the shipment listing merges every copy given, so it is the same
     // whichever medium comes first (with the old copy first it called a, b, c complete).
