@@ -843,14 +843,15 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         if t.is_dir() {
             return Err(usage(format!(
                 "--target {spec}: {} is a directory; give the path of the volume file to \
-                 create in it (e.g. {}/disk.{})",
+                 create in it (e.g. {})",
                 p.display(),
-                p.display(),
-                if matches!(target, Target::Qcow2(_)) {
-                    "qcow2"
+                // `join`: `out/` gave `out//disk.raw`.
+                p.join(if matches!(target, Target::Qcow2(_)) {
+                    "disk.qcow2"
                 } else {
-                    "raw"
-                }
+                    "disk.raw"
+                })
+                .display()
             )));
         }
         let node = if t.is_block_device() {
@@ -3480,5 +3481,25 @@ mod tests {
             assert!(e.to_string().contains("without .partial"), "{e}");
         }
         refuse_bad_target(&medium, "file:/tmp/x/web01.raw").unwrap();
+    }
+
+    /// A directory as the target names a file in it as the example, one slash apart
+    /// (`out/` gave `out//disk.raw`).
+    #[test]
+    fn a_directory_target_names_a_file_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let medium = crate::medium::Where {
+            medium: vec!["dir:/nonexistent-medium".into()],
+            appliance: Vec::new(),
+        };
+        let d = format!("{}/", dir.path().display());
+        for (spec, file) in [
+            (format!("file:{d}"), "disk.raw"),
+            (format!("qcow2:{d}"), "disk.qcow2"),
+        ] {
+            let e = refuse_bad_target(&medium, &spec).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{spec}: {e}");
+            assert!(e.to_string().contains(&format!("(e.g. {d}{file})")), "{e}");
+        }
     }
 }

@@ -220,10 +220,20 @@ pub fn misplaced(arg: &str, text: &str, flag: &str, wanted: KeyKind) -> Option<c
         } else {
             "the target"
         };
-        format!(
-            "it stays at {holder} and is never copied; give its public half, {}",
-            pub_path(Path::new(arg)).display()
-        )
+        // `keygen` wrote the public half beside the secret one; a file named otherwise (a
+        // recipients list holding a secret key) has no such neighbour to name.
+        let beside = pub_path(Path::new(arg));
+        if beside.is_file() {
+            format!(
+                "it stays at {holder} and is never copied; give its public half, {}",
+                beside.display()
+            )
+        } else {
+            format!(
+                "it stays at {holder} and is never copied; give its public half (the .pub \
+                 file `mgear keygen` wrote beside it)"
+            )
+        }
     } else if found.is_site() == wanted.is_site() {
         // The public half of the right pair: the secret one is beside it.
         format!(
@@ -277,19 +287,31 @@ mod tests {
         assert_eq!(KeyKind::of(""), KeyKind::Unknown);
         assert!(misplaced("t.pub", target_pub, "--recipient", KeyKind::TargetPublic).is_none());
         assert!(misplaced("g", "garbage", "--recipient", KeyKind::TargetPublic).is_none());
-        // The secret half where its public half belongs: kept at home, .pub named.
-        let e = misplaced(
-            "dir/target.key",
-            target_key,
-            "--recipient",
-            KeyKind::TargetPublic,
-        )
-        .unwrap();
+        // The secret half where its public half belongs: kept at home, its .pub named when
+        // there is one beside it (a recipients list holding a secret key has none).
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("target.key");
+        let arg = key.display().to_string();
+        let e = misplaced(&arg, target_key, "--recipient", KeyKind::TargetPublic).unwrap();
         assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
         let m = e.to_string();
         assert!(m.contains("target's SECRET identity"), "{m}");
         assert!(m.contains("stays at the target"), "{m}");
-        assert!(m.contains("dir/target.pub"), "{m}");
+        assert!(
+            m.contains("the .pub file `mgear keygen` wrote beside it"),
+            "{m}"
+        );
+        fs::write(dir.path().join("target.pub"), target_pub).unwrap();
+        let m = misplaced(&arg, target_key, "--recipient", KeyKind::TargetPublic)
+            .unwrap()
+            .to_string();
+        assert!(
+            m.contains(&format!(
+                "give its public half, {}",
+                dir.path().join("target.pub").display()
+            )),
+            "{m}"
+        );
         // The public half where the secret one belongs.
         let m = misplaced("site.pub", site_pub, "--sign", KeyKind::SiteSecret)
             .unwrap()
