@@ -48,18 +48,21 @@ static TRUST: Mutex<Option<(Vec<String>, Vec<String>)>> = Mutex::new(None);
 
 /// What ingest read from the authenticated manifest: capture id, manifest
 /// root (blake3 of the signed manifest bytes, what COMMIT signs) and the
-/// whole-disk digest, all hex.
-static MANIFEST: Mutex<Option<[String; 3]>> = Mutex::new(None);
+/// whole-disk digest, all hex; and its generation.
+static MANIFEST: Mutex<Option<([String; 3], u32)>> = Mutex::new(None);
 
 /// Record the manifest this run ingests, for the report.
 pub fn note_manifest(m: &image_format::layout::Manifest) {
     let root = blake3::hash(&m.signed_bytes());
     if let Ok(mut slot) = MANIFEST.lock() {
-        *slot = Some([
-            crate::output::hex(&m.capture_id),
-            crate::output::hex(root.as_bytes()),
-            crate::output::hex(&m.disk_digest),
-        ]);
+        *slot = Some((
+            [
+                crate::output::hex(&m.capture_id),
+                crate::output::hex(root.as_bytes()),
+                crate::output::hex(&m.disk_digest),
+            ],
+            m.generation,
+        ));
     }
 }
 
@@ -271,9 +274,13 @@ pub fn ingest_failed(
     err: &crate::Error,
 ) -> Value {
     let code = crate::exit::code_of(err);
+    let noted = MANIFEST.lock().ok().and_then(|mut m| m.take());
+    // The generation it was writing when it stopped (the report had its manifest root only).
+    let generation = noted.as_ref().map(|(_, g)| *g);
     let result = json!({
         "command": "ingest",
         "name": name,
+        "generation": generation,
         "target": target,
         "verified": false,
         "error": {
@@ -286,7 +293,7 @@ pub fn ingest_failed(
     let mut v = frame("ingest", &result, seconds);
     v["medium"] = json!(medium);
     v["target"] = json!(target);
-    v["digests"] = manifest_digests(noted_manifest());
+    v["digests"] = manifest_digests(noted.map(|(d, _)| d));
     trust_fields(&mut v);
     v
 }
@@ -323,7 +330,11 @@ pub fn ingest_set(
 
 /// The manifest digests [`note_manifest`] recorded last, taken (each disk of a set notes its own).
 pub fn noted_manifest() -> Option<[String; 3]> {
-    MANIFEST.lock().ok().and_then(|mut m| m.take())
+    MANIFEST
+        .lock()
+        .ok()
+        .and_then(|mut m| m.take())
+        .map(|(d, _)| d)
 }
 
 fn manifest_digests(noted: Option<[String; 3]>) -> Value {

@@ -1109,9 +1109,14 @@ fn cli_sigterm_stops_capture_and_ingest_at_a_checkpoint_and_they_resume() {
         .ingest("dir:mnt", "web01")
         .untrusted()
         .target("file:v.raw");
-    let slow = ingest
-        .clone()
-        .args(&["--rate-limit", "3MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let slow = ingest.clone().args(&[
+        "--rate-limit",
+        "3MiB/s",
+        "--checkpoint-bytes",
+        "1MiB",
+        "--report",
+        "stopped.json",
+    ]);
     let partial = e.p("v.raw.partial");
     // Stop a second and a half after the volume appears: mid-way at 3 MiB/s.
     let child = start_when(&slow, || fs::metadata(&partial).is_ok());
@@ -1128,6 +1133,11 @@ fn cli_sigterm_stops_capture_and_ingest_at_a_checkpoint_and_they_resume() {
         !e.p("v.raw").exists(),
         "a stopped ingest never looks finished"
     );
+    // Its ticket report names the generation it was writing beside the manifest root.
+    let r: serde_json::Value =
+        serde_json::from_slice(&fs::read(e.p("stopped.json")).unwrap()).unwrap();
+    assert_eq!(r["result"]["generation"], 1, "{r}");
+    assert!(r["digests"]["manifest_root"].is_string(), "{r}");
     ingest.ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }

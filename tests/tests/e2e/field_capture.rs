@@ -204,6 +204,7 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
         serde_json::from_slice(&fs::read(e.p("stop.json")).unwrap()).unwrap();
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["result"]["error"]["code"], 1, "{r}");
+    assert_eq!(r["result"]["generation"], serde_json::Value::Null, "{r}");
     let t = fs::read_to_string(e.p("stop.txt")).unwrap();
     assert!(t.contains("STOPPED, nothing verified (exit 1"), "{t}");
     // A re-run with other parameters names the command too.
