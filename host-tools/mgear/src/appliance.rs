@@ -174,15 +174,26 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         Err(e) => match e.find::<ApplianceError>() {
             Some(ae) => {
                 let mut msg = ae.to_string();
-                if let Ok(i) = info(&mut c) {
-                    // The firmware's own message often names the state already.
-                    let state = format!("the appliance is {}", i.state.as_str());
-                    if !msg.contains(&state) {
-                        msg.push_str(&format!("; {state}"));
+                match info(&mut c) {
+                    Ok(i) => {
+                        // The firmware's own message often names the state already ("the
+                        // appliance is already sealed").
+                        let word = i.state.as_str();
+                        if ![format!("is {word}"), format!("already {word}")]
+                            .iter()
+                            .any(|s| msg.contains(s.as_str()))
+                        {
+                            msg.push_str(&format!("; the appliance is {word}"));
+                        }
+                        // The next step is the hint too (`--json` had the generic one).
+                        Err(crate::exit::coded_next(
+                            USAGE,
+                            msg,
+                            format!("next: {}", next_step(i.state)),
+                        ))
                     }
-                    msg.push_str(&format!("; next: {}", next_step(i.state)));
+                    Err(_) => Err(coded(USAGE, msg)),
                 }
-                Err(coded(USAGE, msg))
             }
             None => Err(e),
         },
