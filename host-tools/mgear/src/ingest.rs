@@ -803,6 +803,11 @@ pub fn refuse_clobbering(args: &Plan, targets: &[String]) -> crate::Result<()> {
 /// target (`--force` would replace the node with a regular file and the disk
 /// would get nothing), or a `dev:` that is mounted or held (the kernel would
 /// write its own metadata over the verified volume).
+/// Longest file name most Linux file systems take (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// What ingest adds to a file target's name until the volume is verified: `.partial`.
+const PARTIAL_ROOM: usize = ".partial".len();
+
 pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(target) = Target::parse(spec, Bare::Refuse) else {
@@ -826,6 +831,21 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         &format!("--target {spec}"),
         &crate::medium::TargetRef::Path(p.clone()),
     )?;
+    // Ingest writes `X.partial` first: a name with no room for
+    // the suffix failed after the trust checks with "File name too long" and the generic
+    // hint to run the same command again.
+    if matches!(target, Target::File(_) | Target::Qcow2(_)) {
+        let longest = p.file_name().map_or(0, |n| n.len()) + PARTIAL_ROOM;
+        if longest > NAME_MAX {
+            return Err(usage(format!(
+                "--target {spec}: the file name is {} bytes long; ingest writes the volume as \
+                 NAME.partial until it is verified, and file names are at most {NAME_MAX} \
+                 bytes: give a name of at most {} bytes",
+                p.file_name().map_or(0, |n| n.len()),
+                NAME_MAX - PARTIAL_ROOM
+            )));
+        }
+    }
     // `X.partial` is where an ingest into `X` writes until it is verified: given as a target
     // (with --force, as "X.partial exists" suggested), it went into another ingest's volume
     // under that one's lock, and that ingest then reported the other capture as verified.
@@ -3481,6 +3501,21 @@ mod tests {
             assert!(e.to_string().contains("without .partial"), "{e}");
         }
         refuse_bad_target(&medium, "file:/tmp/x/web01.raw").unwrap();
+    }
+
+    /// A file name with no room for `.partial` is refused up front, by its length (it failed
+    /// after the trust checks with "File name too long" and the generic hint).
+    #[test]
+    fn a_target_name_with_no_room_for_partial_is_refused() {
+        let medium = crate::medium::Where {
+            medium: vec!["dir:/nonexistent-medium".into()],
+            appliance: Vec::new(),
+        };
+        let long = format!("file:/tmp/{}.raw", "x".repeat(250));
+        let e = refuse_bad_target(&medium, &long).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
+        assert!(e.to_string().contains("at most 247 bytes"), "{e}");
+        refuse_bad_target(&medium, &format!("file:/tmp/{}", "x".repeat(247))).unwrap();
     }
 
     /// A directory as the target names a file in it as the example, one slash apart
