@@ -102,6 +102,16 @@ pub fn hint(err: &Error, command: &str) -> String {
     {
         return h;
     }
+    // A host tool missing: install it (the generic hint said to check a path and run the
+    // same command again, which finds it missing again).
+    if let Some(package) = err.chain().find_map(|e| match e.downcast_ref() {
+        Some(mgear_boot::BootError::MissingTool { package, .. }) => Some(package.clone()),
+        _ => None,
+    }) {
+        return format!(
+            "install it (`apt-get install {package}`), then run the same command again"
+        );
+    }
     match code_of(err) {
         FOUND => "the data did not check out: do not use it; see the message for what is wrong where"
             .to_string(),
@@ -206,6 +216,20 @@ pub fn is_no_space(err: &Error) -> bool {
 mod tests {
     use super::*;
     use crate::error::Context;
+
+    #[test]
+    fn a_missing_tool_is_installed_not_looked_for() {
+        let e: Error = mgear_boot::BootError::MissingTool {
+            tool: "grub-mkimage".into(),
+            package: "grub-common".into(),
+        }
+        .into();
+        let e = Err::<(), _>(e).context("demo step 1").unwrap_err();
+        assert_eq!(
+            hint(&e, "demo"),
+            "install it (`apt-get install grub-common`), then run the same command again"
+        );
+    }
 
     #[test]
     fn code_survives_context() {
