@@ -60,6 +60,9 @@ pub struct Elsewhere {
     pub ordinal: u16,
     /// "medium #1 (fat:/dev/sdc)".
     pub medium: String,
+    /// That medium was declared lost (`capture --replace-medium`): the segment is gone for
+    /// good, and its generation cannot be ingested (a newer one holds its data again).
+    pub lost: bool,
 }
 
 impl VerifyReport {
@@ -807,6 +810,7 @@ fn verify_segment<S: Store + ?Sized>(
                 path,
                 ordinal: o,
                 medium,
+                lost: span.map.member(o).is_some_and(|m| m.lost),
             });
             return Ok(());
         }

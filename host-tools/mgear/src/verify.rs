@@ -66,6 +66,8 @@ pub struct ProblemJson {
 pub struct ElsewhereJson {
     pub path: String,
     pub medium: String,
+    /// On a medium declared lost: gone for good.
+    pub lost: bool,
 }
 
 /// What `verify --json` prints.
@@ -679,6 +681,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
             .map(|e| ElsewhereJson {
                 path: e.path.clone(),
                 medium: e.medium.clone(),
+                lost: e.lost,
             })
             .collect(),
         trust,
@@ -703,12 +706,21 @@ fn verify(args: Plan) -> crate::Result<i32> {
             out.records,
             crate::units::human_bytes(out.bytes)
         );
-        let mut far: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut far: std::collections::BTreeMap<(&str, bool), usize> = Default::default();
         for e in &out.elsewhere {
-            *far.entry(e.medium.as_str()).or_default() += 1;
+            *far.entry((e.medium.as_str(), e.lost)).or_default() += 1;
         }
-        for (m, n) in far {
-            println!("{n} segment(s) are on another medium of this span, {m}: verify it there");
+        for ((m, lost), n) in far {
+            if lost {
+                // "verify it there" sent the operator to a medium that is gone.
+                println!(
+                    "{n} segment(s) were on {m}: gone for good, so the generations they belong \
+                     to cannot be ingested (the newer generation `--replace-medium` wrote holds \
+                     their data again)"
+                );
+            } else {
+                println!("{n} segment(s) are on another medium of this span, {m}: verify it there");
+            }
         }
         for x in &out.trust {
             println!(

@@ -337,6 +337,14 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out0.raw"), &e.p("d0.raw"));
     same_file(&e.p("out1.raw"), &e.p("d1.raw"));
+    // Verify names the lost medium's segments as gone (it said "verify it there").
+    let v = e.run(&["verify", "--medium", &a, "--medium", &c, "--medium", &d]);
+    assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
+    assert!(
+        output_text(&v).contains("declared lost): gone for good"),
+        "{}",
+        output_text(&v)
+    );
     // One disk by its stream name, in any case (`WEB01.D1` was an "invalid capture name"):
     // listed alone, its machine judged with every disk (with the one stream it was called
     // unfinished).
