@@ -56,7 +56,7 @@ use mgear_appliance_api::protocol::{
 use zeroize::Zeroizing;
 
 pub use client::{ApplianceError, Client};
-pub use gate::{find_attestations, ingest_gate};
+pub use gate::{find_attestations, gate_port, ingest_gate};
 
 /// `mgear appliance`, typed (the binary's `cli::appliance` fills it in from the flags).
 #[derive(Debug)]

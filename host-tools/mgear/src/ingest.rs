@@ -1005,7 +1005,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         ));
     }
     let verdict = crate::appliance::ingest_gate(
-        args.medium.first_appliance(),
+        crate::appliance::gate_port(&args.medium.appliance, &policy),
         args.trust.attestations.as_deref(),
         medium.store(),
         &args.name,

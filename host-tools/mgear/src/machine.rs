@@ -1095,7 +1095,7 @@ pub fn ingest_set(
         }
         // Who vouches for the set manifest (its COMMIT, the seal)...
         let verdict = crate::appliance::ingest_gate(
-            args.medium.first_appliance(),
+            crate::appliance::gate_port(&args.medium.appliance, &policy),
             args.trust.attestations.as_deref(),
             store,
             &args.name,

@@ -564,7 +564,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
             ));
         }
         let atts = match crate::appliance::find_attestations(
-            args.medium.first_appliance(),
+            crate::appliance::gate_port(&args.medium.appliance, &policy),
             t.attestations.as_deref(),
             store,
         ) {

@@ -120,6 +120,20 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     assert_eq!(r["booted"], true, "{r}");
     same_file(&a.p("vm-0.raw"), &a.p("disk0.raw"));
     same_file(&a.p("vm-1.raw"), &a.p("disk1.raw"));
+    // Both checked on arrival: with the witnessing appliance pinned, the span is ingested
+    // with no override whichever appliance is given first (the first one's seal was read,
+    // and b's, unpinned, refused it).
+    for lab in [&a, &b] {
+        lab.appliance_ok(&["arrival"]);
+    }
+    let o = Line::ingest(&a, "db01")
+        .args(&["--trust-appliance", &fp])
+        .target("file:again-{disk}.raw")
+        .appliance(&tb)
+        .appliance(&ta)
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&a.p("again-1.raw"), &a.p("disk1.raw"));
     a.stop();
     b.stop();
 }

@@ -261,6 +261,28 @@ pub fn find_attestations(
     }
 }
 
+/// Of the appliances a span is read through, the one whose seal and arrival the gate reads:
+/// the first whose identity is pinned (`--trust-appliance`), else the first given. Media are
+/// given in any order; with an unpinned appliance first, its seal was read, not the pinned
+/// one's, and the shipment refused.
+pub fn gate_port<'a>(ports: &'a [std::path::PathBuf], policy: &Policy) -> Option<&'a Path> {
+    if ports.len() > 1 && !policy.appliances.is_empty() {
+        let pinned = ports.iter().find(|p| {
+            crate::appliance::appliance_identity(p).is_ok_and(|pk| {
+                let fp = mgear_appliance_api::attest::full_fingerprint(&pk);
+                policy
+                    .appliances
+                    .iter()
+                    .any(|a| crate::output::hex(a) == fp)
+            })
+        });
+        if let Some(p) = pinned {
+            return Some(p);
+        }
+    }
+    ports.first().map(|p| p.as_path())
+}
+
 /// The gate as `ingest` uses it: find the attestations, check the
 /// generation against the pinned `policy`, print the loud warnings of any
 /// override taken. A refusal is exit 1.
