@@ -76,6 +76,9 @@ pub struct GenJson {
     /// Other machines' generations whose records this one points at (dedup
     /// across machines, pinned by manifest root): `web01 G0001`.
     pub borrows_from: Vec<String>,
+    /// A medium declared lost (`capture --replace-medium`) held part of it
+    /// ("medium #1 (fat:b.img, declared lost)"): it cannot be ingested.
+    pub lost_medium: Option<String>,
 }
 
 /// One capture in `inspect --json`.
@@ -309,6 +312,24 @@ fn medium_json(
     let listed = image_format::list_captures(store).map_err(crate::Error::from);
     let sets = sets_of(store);
     let stored = name.map(|n| image_format::stored_name(store, n));
+    // Generations with a segment on a medium declared lost, by (name in lower case,
+    // generation): complete by their manifests, gone in part for good.
+    let lost: std::collections::HashMap<(String, u32), String> = medium
+        .span()
+        .map(|sp| {
+            let map = sp.map();
+            map.placed
+                .iter()
+                .filter(|(_, o)| map.member(**o).is_some_and(|m| m.lost))
+                .filter_map(|(path, o)| {
+                    let mut parts = path.split('/').skip(1);
+                    let name = parts.next()?.to_ascii_lowercase();
+                    let g = parts.next()?.strip_prefix('G')?.parse().ok()?;
+                    Some(((name, g), map.describe(*o)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let span = medium.span().map(|sp| SpanJson {
         id: hex(&sp.id()),
         this: sp.attached(),
@@ -364,7 +385,7 @@ fn medium_json(
         captures: caps
             .into_iter()
             .map(|c| CaptureJson {
-                name: c.name,
+                name: c.name.clone(),
                 recipient_slot: c.recipient_slot,
                 passphrase_slot: c.passphrase_slot,
                 generations: c
@@ -413,6 +434,9 @@ fn medium_json(
                                 .iter()
                                 .map(|p| format!("{} G{:04}", p.name, p.generation))
                                 .collect(),
+                            lost_medium: lost
+                                .get(&(c.name.to_ascii_lowercase(), g.generation))
+                                .cloned(),
                         }
                     })
                     .collect(),
@@ -548,6 +572,10 @@ fn generation_line(g: &GenJson) -> String {
         ("unfinished", Some(n), _) => format!("unfinished at chunk {n}/{}", g.chunk_count),
         ("damaged", _, Some(w)) => format!("DAMAGED: {w}"),
         (s, _, _) => s.to_owned(),
+    };
+    let state = match &g.lost_medium {
+        Some(m) => format!("{state} but NOT ingestible (part of it was on {m})"),
+        None => state,
     };
     let created = match (&g.created, g.state) {
         (Some(c), _) => format!("created {c}"),
@@ -738,9 +766,11 @@ pub struct ShipDisk {
 pub struct ShipGeneration {
     pub generation: u32,
     pub medium: String,
-    /// `complete`, `unfinished`, `damaged`, or `lender-missing` (it borrows
+    /// `complete`, `unfinished`, `damaged`, `lender-missing` (it borrows
     /// records from another machine's generation, dedup across machines,
-    /// that is complete on none of the media listed).
+    /// that is complete on none of the media listed), or `lost-medium` (part
+    /// of it was on a medium declared lost: the generation its replacement
+    /// wrote is the one to ingest).
     pub state: &'static str,
     pub problems: Vec<String>,
     pub disks: Vec<ShipDisk>,
@@ -887,6 +917,33 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
                     }],
                 });
             }
+        }
+    }
+    // Part of a generation on a medium declared lost: complete by its manifests, not
+    // ingestible (it was listed as complete).
+    let lost: std::collections::HashMap<(String, u32), &str> = media
+        .iter()
+        .flat_map(|(_, caps, _)| caps)
+        .flat_map(|c| {
+            c.generations.iter().filter_map(|g| {
+                Some((
+                    (c.name.to_ascii_lowercase(), g.generation),
+                    g.lost_medium.as_deref()?,
+                ))
+            })
+        })
+        .collect();
+    for g in machines.iter_mut().flat_map(|m| &mut m.generations) {
+        let on = g
+            .disks
+            .iter()
+            .find_map(|d| lost.get(&(d.stream.to_ascii_lowercase(), g.generation)));
+        if let (Some(on), "complete") = (on, g.state) {
+            g.state = "lost-medium";
+            g.problems.push(format!(
+                "part of it was on {on}: it cannot be ingested; the newer generation the \
+                 replacement capture wrote holds its data again"
+            ));
         }
     }
     // Dedup across machines: a generation is usable only with the
@@ -1084,6 +1141,7 @@ mod tests {
             appliance_id: None,
             manifest_root: None,
             borrows_from: Vec::new(),
+            lost_medium: None,
         }
     }
 

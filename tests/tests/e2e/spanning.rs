@@ -351,6 +351,23 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out0.raw"), &e.p("d0.raw"));
     same_file(&e.p("out1.raw"), &e.p("d1.raw"));
+    // Generation 1 is complete by its manifests but had a share on b: listed as such (it was
+    // "complete"), generation 2 as the one to ingest.
+    let v = e.json(&["inspect", "--medium", &a, "--medium", &c, "--medium", &d]);
+    let gens = v["shipment"]["machines"][0]["generations"]
+        .as_array()
+        .unwrap();
+    assert!(
+        gens.iter()
+            .all(|g| (g["generation"] == 1) == (g["state"] == "lost-medium")),
+        "{v}"
+    );
+    assert!(
+        gens.iter()
+            .any(|g| g["generation"] == 2 && g["state"] == "complete"),
+        "{v}"
+    );
+    assert_eq!(v["shipment"]["complete"], true, "{v}");
     // Verify names the lost medium's segments as gone (it said "verify it there").
     let v = e.run(&["verify", "--medium", &a, "--medium", &c, "--medium", &d]);
     assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
