@@ -179,6 +179,11 @@ impl Client {
             .with_context(|| format!("configuring {}", port.display()))?;
         let mut c = Client::over(Box::new(tty));
         c.port = port.display().to_string();
+        // First contact, answered at once by any appliance in any state: the command's own
+        // first request may take long before its first progress (a seal listing a large
+        // medium on a slow board) and then gets the idle timeout, while a console that is
+        // no appliance's is told within the first-contact timeout.
+        c.call_with(&Request::Ping, &mut |_, _, _| {})?;
         Ok(c)
     }
 
