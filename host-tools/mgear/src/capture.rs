@@ -902,14 +902,16 @@ fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> cra
 /// (at most [`SAMPLE_BYTES`] read), spread over what was captured, chunk 0 left out
 /// (its labels were compared; two disks made alike share it). The same disk, running,
 /// changes some; another disk with the same partition table (`sfdisk -d | sfdisk`) or
-/// the same first chunks matches few or none. A disk with labels must match at least
-/// one, a disk without them one in sixteen plus one. Refused otherwise: the resume has
+/// the same first chunks matches few or none. More than half of the chunks read again
+/// must match, labels or not: with one match enough for a disk whose labels matched, a
+/// disk made from the same image (its partition table and first 3 MiB alike) was joined
+/// to the stopped run's and verified bit for bit at ingest. Refused otherwise (a disk
+/// rewritten in most of the places read resumes with `--same-source`): the resume has
 /// only closed the stopped run's last segment, which a later resume takes as it is.
 fn check_stored_sample<S: image_format::Store>(
     writer: &CaptureWriter<S>,
     source: &mut dyn crate::source::Source,
     args: &Plan,
-    named: bool,
 ) -> crate::Result<()> {
     let done = writer.resume_from();
     let size = source.len();
@@ -981,8 +983,7 @@ fn check_stored_sample<S: image_format::Store>(
     }
     let checked = found.len() as u64;
     let matched = found.iter().filter(|&&same| same).count() as u64;
-    let needed = if named { 1 } else { 1 + checked / 16 };
-    if checked == 0 || matched >= needed {
+    if checked == 0 || matched * 2 > checked {
         return Ok(());
     }
     Err(another_disk(
@@ -2248,7 +2249,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             )?;
         }
         if writer.resume_from() > 0 && !args.same_source {
-            check_stored_sample(&writer, &mut *source, args, source_identity.named)?;
+            check_stored_sample(&writer, &mut *source, args)?;
         }
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
         if fresh_id != Some(id) {

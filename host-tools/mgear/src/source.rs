@@ -86,9 +86,6 @@ pub trait Source: Send {
 pub struct Identity {
     /// A digest of the labels that name the disk (the same for a disk with none).
     pub digest: [u8; 32],
-    /// Whether a label was found: a partition table, a volume label or a file system's
-    /// UUID. Without one the capture tells disks apart by content alone.
-    pub named: bool,
 }
 
 /// The labels that name the disk behind `source`, as written when it was made and
@@ -128,19 +125,16 @@ fn identity_of(head: &[u8]) -> Identity {
         (b"btrfs", 65536 + 64, b"_BHRfS_M", 65536 + 32, 16),
     ];
     let mut h = blake3::Hasher::new();
-    let mut named = false;
     for (label, magic_at, magic, id_at, id_len) in LABELS {
         if let (Some(m), Some(id)) = (at(magic_at, magic.len()), at(id_at, id_len)) {
             if m == magic {
                 h.update(label);
                 h.update(id);
-                named = true;
             }
         }
     }
     Identity {
         digest: *h.finalize().as_bytes(),
-        named,
     }
 }
 
@@ -428,6 +422,11 @@ impl Source for FileSource {
 mod tests {
     use super::*;
 
+    /// Whether a label was found (the digest of a disk with none is that of nothing).
+    fn named(b: &[u8]) -> bool {
+        identity_of(b).digest != *blake3::hash(b"").as_bytes()
+    }
+
     #[test]
     fn a_disk_is_named_by_its_labels_not_by_the_code_or_data_around_them() {
         let id = |b: &[u8]| identity_of(b).digest;
@@ -435,7 +434,7 @@ mod tests {
         mbr[440..444].copy_from_slice(&[1, 2, 3, 4]);
         mbr[446] = 0x80; // a partition entry
         mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
-        assert!(identity_of(&mbr).named);
+        assert!(named(&mbr));
         let mut other = mbr.clone();
         other[440] = 9;
         assert_ne!(id(&mbr), id(&other), "disk signature");
@@ -464,7 +463,7 @@ mod tests {
         // Data at the start of an unpartitioned disk names nothing.
         let mut data = vec![0u8; IDENTITY_BYTES];
         data[..1024].fill(0x5a);
-        assert!(!identity_of(&data).named);
+        assert!(!named(&data));
         data[..1024].fill(0xa5);
         assert_eq!(id(&data), id(&vec![0u8; IDENTITY_BYTES]));
     }
@@ -474,7 +473,7 @@ mod tests {
     #[test]
     fn bare_file_systems_are_told_by_their_uuids() {
         let blank = vec![0u8; IDENTITY_BYTES];
-        assert!(!identity_of(&blank).named);
+        assert!(!named(&blank));
         let mut ext = blank.clone();
         ext[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
         ext[1024 + 104..1024 + 120].copy_from_slice(&[1; 16]);
@@ -482,7 +481,7 @@ mod tests {
         ext2[1024 + 110] = 2;
         let mut busy = ext.clone();
         busy[1024 + 12] = 5; // s_free_blocks_count changes as it runs
-        assert!(identity_of(&ext).named);
+        assert!(named(&ext));
         assert_ne!(identity_of(&ext).digest, identity_of(&ext2).digest);
         assert_eq!(identity_of(&ext).digest, identity_of(&busy).digest);
         let mut swap = blank.clone();
@@ -490,17 +489,17 @@ mod tests {
         swap[1036..1052].copy_from_slice(&[3; 16]);
         let mut swap2 = swap.clone();
         swap2[1040] = 4;
-        assert!(identity_of(&swap).named);
+        assert!(named(&swap));
         assert_ne!(identity_of(&swap).digest, identity_of(&swap2).digest);
         let mut btrfs = blank.clone();
         btrfs[65536 + 64..65536 + 72].copy_from_slice(b"_BHRfS_M");
         btrfs[65536 + 32..65536 + 48].copy_from_slice(&[9; 16]);
         let mut btrfs2 = btrfs.clone();
         btrfs2[65536 + 33] = 1;
-        assert!(identity_of(&btrfs).named);
+        assert!(named(&btrfs));
         assert_ne!(identity_of(&btrfs).digest, identity_of(&btrfs2).digest);
         // A disk shorter than what is read is named by what it has.
-        assert!(!identity_of(&[0u8; 100]).named);
+        assert!(!named(&[0u8; 100]));
     }
 
     #[test]

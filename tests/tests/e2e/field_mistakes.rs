@@ -1453,6 +1453,22 @@ fn a_resume_from_another_bare_disk_or_a_swapped_set_is_refused() {
         d[..2 << 20].copy_from_slice(&head);
         fs::write(e.p(name), d).unwrap();
     };
+    // The same with a partition table alike too and 3 MiB alike (one disk made from the
+    // other's image): its labels match, and two of the chunks read again did; one match was
+    // enough for a disk with labels, and the two disks were joined.
+    let labelled = |name: &str, seed: u64| {
+        random_disk(&e.p(name), 64 << 20, seed);
+        let mut d = fs::read(e.p(name)).unwrap();
+        let mut head = vec![0u8; 3 << 20];
+        rand::rngs::SmallRng::seed_from_u64(97).fill_bytes(&mut head);
+        head[..512].fill(0);
+        head[440..444].copy_from_slice(b"SAME");
+        head[446..462]
+            .copy_from_slice(&[0, 0x20, 0x21, 0, 0x83, 0, 0, 0, 0, 8, 0, 0, 0, 0x58, 0, 0]);
+        head[510..512].copy_from_slice(&[0x55, 0xaa]);
+        d[..3 << 20].copy_from_slice(&head);
+        fs::write(e.p(name), d).unwrap();
+    };
     // Two 24 MiB disks whose first MiB is alike; then the first is zeros up to 20 MiB, the
     // second holds data up to 8 MiB: the stopped run stored only chunk 0 and read zeros,
     // which the other disk, read on from there, was joined to.
@@ -1471,10 +1487,12 @@ fn a_resume_from_another_bare_disk_or_a_swapped_set_is_refused() {
         ("data", "d1.raw", "d2.raw"),
         ("table", "t1.raw", "t2.raw"),
         ("prefix", "p1.raw", "p2.raw"),
+        ("labelled", "l1.raw", "l2.raw"),
         ("zeros", "z1.raw", "z2.raw"),
     ] {
         match kind {
             "ext4" => (ext(first, 51), ext(second, 52)),
+            "labelled" => (labelled(first, 63), labelled(second, 64)),
             "data" => (data(first, 53), data(second, 54)),
             "table" => (table(first, 57), table(second, 58)),
             "zeros" => (zeros(first, 61), zeros(second, 62)),
@@ -1485,7 +1503,7 @@ fn a_resume_from_another_bare_disk_or_a_swapped_set_is_refused() {
         // The prefix pair needs more stored than its 2 MiB alike before the stop; the zeros
         // pair a stop in its zeros that keeps them (a checkpoint comes with stored data).
         match kind {
-            "prefix" => line.killed_after("8MiB/s", 4000),
+            "prefix" | "labelled" => line.killed_after("8MiB/s", 4000),
             "zeros" => line.stopped_after("2MiB/s", 2500),
             _ => line.killed_after("2MiB/s", 2500),
         }
