@@ -352,6 +352,24 @@ pub fn read_commit<S: Store + ?Sized>(
         .map_err(|w| Error::corrupt(at, w))
 }
 
+/// One digest of capture `name`'s key slot files as the medium holds them
+/// now (`KEYS` and `KEYPASS`, each or its absence): a capture host notes it
+/// when it writes them and compares it when it resumes, so a slot damaged or
+/// replaced in between is found before more is stored under it (a resume
+/// once finished a capture whose `KEYS` was truncated, and keyless verify
+/// called it good: the manifest binds the slots as the run found them).
+pub fn key_slots_digest<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    for file in [KEYS_FILE, KEYPASS_FILE] {
+        h.update(file.as_bytes());
+        match medium::key_slot_digest(store, name, file)? {
+            Some(d) => h.update(&[1]).update(&d),
+            None => h.update(&[0]),
+        };
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
 /// The commit the medium's current files make for a generation: its
 /// manifest and the capture's key-slot files as they are now, or for a
 /// machine set its set manifest (`crate::set`). `Ok(None)` if the

@@ -1263,6 +1263,12 @@ impl<S: Store> CaptureWriter<S> {
         self.store
     }
 
+    /// The store written to, to read what `begin` wrote (the key slots of a
+    /// new capture) before anything else is.
+    pub fn store(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     // ---------------------------------------------------------------- internals
 
     fn path(&self, file: &str) -> String {

@@ -874,6 +874,54 @@ fn check_same_disk(
     ))
 }
 
+/// Refuse (exit 1) a resume or delta of capture `id` whose key slot files are no longer
+/// the ones its first run wrote (the digest noted in the key cache): a slot truncated or
+/// replaced between a stop and the resume was bound into the finished manifest as found,
+/// keyless verify called the capture good, and nothing could decrypt it at the target.
+fn check_slots_digest(
+    args: &Plan,
+    cache_dir: &std::path::Path,
+    id: &[u8; 16],
+    store: &mut dyn image_format::Store,
+    unfinished: &Option<image_format::GenerationInfo>,
+) -> crate::Result<()> {
+    let Some(then) = crate::keys::recorded_slots_digest(cache_dir, &args.name, id) else {
+        return Ok(());
+    };
+    let now = image_format::commit::key_slots_digest(store, &args.name)?;
+    if then == hex(&now) {
+        return Ok(());
+    }
+    let first = unfinished
+        .as_ref()
+        .is_some_and(|g| g.generation == 1 && g.parent.is_none());
+    let way = if first {
+        format!(
+            "remove the unfinished capture with `mgear capture --abort {} --name {}` and capture \
+             it again",
+            args.medium.as_args(),
+            image_format::set::owner(&args.name)
+        )
+    } else {
+        "its finished generations are wrapped to the slots as they were: capture the disk \
+         anew under another name or onto another medium, and ingest none of this one until \
+         `mgear verify --identity ...` opens it"
+            .to_string()
+    };
+    Err(crate::exit::coded_hint(
+        crate::exit::FOUND,
+        format!(
+            "capture {}'s key slots on the medium (MGEAR/{}/KEYS, KEYPASS) are not the ones it \
+             wrote when it was made (noted in {}): damaged, truncated or replaced since, so what \
+             it stores under them could not be decrypted at the target; nothing was written",
+            args.name,
+            args.name,
+            cache_dir.display()
+        ),
+        way,
+    ))
+}
+
 /// The refusal of a resume from another disk: what told it apart (`why`), the ways
 /// on, and when `--same-source` is right (the same disk, `changed` since).
 fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> crate::Error {
@@ -2167,6 +2215,14 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         key = Some(k);
         fresh_id = Some(id);
     }
+    // The key slots as this capture's first run wrote them (noted in the key cache): damaged
+    // or replaced since, what is stored under them could not be opened at the target.
+    if let (true, Some(id)) = (exists, &on_medium) {
+        if let Err(e) = check_slots_digest(args, &cache_dir, id, medium.store(), &unfinished_gen) {
+            let _ = medium.close();
+            return Err(e);
+        }
+    }
     // A set's disks share the slots made when the set was first captured (not recorded
     // per disk, so not checked here).
     if let (true, Some(c), Some(k), None) = (exists, &cached, &key, shared) {
@@ -2226,18 +2282,24 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             chunk_size: params.chunk_size,
             delta: params.delta,
         };
-        let writer = CaptureWriter::begin(medium.store(), params, key).map_err(|e| match e {
-            image_format::Error::ResumeMismatch { name, generation } => resume_mismatch(
-                &name,
-                generation,
-                unfinished.as_ref(),
-                &now,
-                &args.medium.as_args(),
-            ),
-            e => e.into(),
-        })?;
+        let mut writer =
+            CaptureWriter::begin(medium.store(), params, key).map_err(|e| match e {
+                image_format::Error::ResumeMismatch { name, generation } => resume_mismatch(
+                    &name,
+                    generation,
+                    unfinished.as_ref(),
+                    &now,
+                    &args.medium.as_args(),
+                ),
+                e => e.into(),
+            })?;
         create_private_dir(&cache_dir)?;
         let id = writer.capture_id();
+        if !exists {
+            // This run made the capture's key slots: noted, a later run compares them.
+            let d = image_format::commit::key_slots_digest(&mut **writer.store(), &args.name)?;
+            crate::keys::record_slots_digest(&cache_dir, &args.name, &id, &d)?;
+        }
         // What this generation reads from on: a resume compares it (`check_same_disk`).
         if writer.resume_from() == 0 || args.same_source {
             crate::keys::record_source_identity(

@@ -421,6 +421,35 @@ pub fn source_identity_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
     dir.join(format!("{name}-{}.source", crate::output::hex(id)))
 }
 
+/// Where a capture keeps the digest of its key slot files as it wrote them
+/// (`image_format::commit::key_slots_digest`), beside its key: one line,
+/// `slots HEX`. A later run compares it with what the medium holds.
+pub fn slots_digest_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
+    dir.join(format!("{name}-{}.slots", crate::output::hex(id)))
+}
+
+/// The key-slot digest noted for capture `id` when it was made, if this key cache
+/// noted one (a capture made on another host, or by an older release, has none).
+pub fn recorded_slots_digest(dir: &Path, name: &str, id: &[u8; 16]) -> Option<String> {
+    let text = fs::read_to_string(slots_digest_file(dir, name, id)).ok()?;
+    text.trim().strip_prefix("slots ").map(str::to_string)
+}
+
+/// Notes `digest` as capture `id`'s key-slot digest (0600).
+pub fn record_slots_digest(
+    dir: &Path,
+    name: &str,
+    id: &[u8; 16],
+    digest: &[u8; 32],
+) -> crate::Result<()> {
+    let path = slots_digest_file(dir, name, id);
+    image_format::private::replace(
+        &path,
+        format!("slots {}\n", crate::output::hex(digest)).as_bytes(),
+    )
+    .with_context(|| format!("noting the key slots in {}", path.display()))
+}
+
 /// The identity recorded for generation `generation` of capture `id`, if
 /// this key cache recorded one (a capture resumed on another host, or begun
 /// by an older release, has none).
@@ -672,6 +701,7 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                 // A set's disk count and the source's identity go with its key.
                 let _ = fs::remove_file(k.path.with_extension("disks"));
                 let _ = fs::remove_file(k.path.with_extension("source"));
+                let _ = fs::remove_file(k.path.with_extension("slots"));
             }
             let forgot: Vec<(String, Vec<&str>)> = ids
                 .iter()

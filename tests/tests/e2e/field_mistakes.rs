@@ -1546,3 +1546,40 @@ fn a_resume_from_another_bare_disk_or_a_swapped_set_is_refused() {
     );
     set.ok();
 }
+
+/// A capture's key slot damaged between a stop and the resume (a bad copy, a failing medium,
+/// tampering): the resume finished the capture with the damaged slot bound into its
+/// manifest, keyless verify called it good, and nothing could decrypt it at the target. The
+/// resume is refused (exit 1, nothing written) and the way on named; with the slot as it
+/// was written, the same command resumes.
+#[test]
+fn a_resume_after_its_key_slot_was_damaged_is_refused() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 6 << 20, 71);
+    fs::create_dir(e.p("m")).unwrap();
+    let line = e.capture("dir:m", "web01").source("disk.raw");
+    line.stopped_after("2MiB/s", 1500);
+    let keys = e.p("m/MGEAR/web01/KEYS");
+    let written = fs::read(&keys).unwrap();
+    fs::write(&keys, &written[..100]).unwrap();
+    let o = line.run();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("key slots on the medium")
+            && text.contains("`mgear capture --abort --medium dir:m --name web01`"),
+        "{text}"
+    );
+    assert_eq!(fs::read(&keys).unwrap().len(), 100, "nothing was written");
+    fs::write(&keys, &written).unwrap();
+    assert!(output_text(&line.ok()).contains("resumed"));
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:out.raw")
+        .ok();
+    assert_eq!(
+        Sha256::digest(fs::read(e.p("out.raw")).unwrap()),
+        Sha256::digest(fs::read(e.p("disk.raw")).unwrap())
+    );
+}
