@@ -147,8 +147,9 @@ pub struct Plan {
     /// can still be added there: `ingest --adapt`).
     pub check_profile: Option<&'static mgear_boot::TargetProfile>,
     /// Checkpoint after this much data stored on the medium, or 16 times as
-    /// much source progress (zeros, dedup): a checkpoint costs three fsyncs,
-    /// which zero regions should not pay every 64 MiB (tests use small values).
+    /// much source progress (zeros, dedup), or every 10 s of progress: a
+    /// checkpoint costs three fsyncs, which zero regions should not pay every
+    /// 64 MiB (tests use small values).
     pub checkpoint_bytes: u64,
     /// scrypt work factor (log2 N) for the passphrase slot; lower is faster and weaker (tests).
     pub passphrase_work_factor: Option<u8>,
@@ -1058,6 +1059,10 @@ fn check_stored_sample<S: image_format::Store>(
         "most of it rewritten",
     ))
 }
+
+/// The longest a capture that makes progress goes without a checkpoint (besides one every
+/// `--checkpoint-bytes` stored, or 16 times that of the disk read).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How many stored chunks [`check_stored_sample`] compares at most, and how many bytes
 /// it reads for them at most (large chunks are fewer samples, never fewer than 4).
@@ -2657,6 +2662,10 @@ fn pump<S: image_format::Store>(
         // A checkpoint that is due runs with the next batch, whose records
         // are sealed while it waits for the medium's syncs.
         let mut checkpoint_due = false;
+        // And at least this often while anything progresses: a rate-limited capture of a
+        // mostly empty disk stores little, and a SIGKILL (a pulled cable) lost up to 16
+        // checkpoints' worth of reading (a 190 MiB disk 95 % done started over).
+        let mut last_checkpoint = std::time::Instant::now();
         let appended = (|| -> crate::Result<()> {
             while next < count {
                 let before = next;
@@ -2717,10 +2726,12 @@ fn pump<S: image_format::Store>(
                     bar.set(next.saturating_mul(u64::from(chunk_size)).min(size));
                     if stored_since_checkpoint >= checkpoint_bytes
                         || since_checkpoint >= checkpoint_bytes.saturating_mul(16)
+                        || (since_checkpoint > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
                     {
                         checkpoint_due = true;
                         since_checkpoint = 0;
                         stored_since_checkpoint = 0;
+                        last_checkpoint = std::time::Instant::now();
                     }
                     if crate::signals::stop_requested() {
                         // Ctrl-C / SIGTERM: make what is done durable, then say how to go on.
@@ -2904,8 +2915,8 @@ fn left_to_store(left: u64, ratio: f64, chunk_size: u32) -> u64 {
 
 /// The medium-full error: `needed` is what the rest of the disk stores,
 /// `reserve` what a medium joining the span keeps for its copy of the index
-/// and manifests. A re-run resumes from the last checkpoint (every
-/// `--checkpoint` bytes of disk), not from the chunk that failed, so the
+/// and manifests. A re-run resumes from the last checkpoint (`--checkpoint-bytes`
+/// stored, 16 times that read, or 10 s), not from the chunk that failed, so the
 /// message says that (a capture smaller than one checkpoint starts over).
 fn coded_full(
     args: &Plan,
@@ -2916,8 +2927,10 @@ fn coded_full(
 ) -> crate::Error {
     let free_txt = free.map_or(String::new(), |f| format!(" ({} free now)", human_bytes(f)));
     let resume = format!(
-        "the capture continues from its last checkpoint (one every {} of disk)",
-        human_bytes(args.checkpoint_bytes.max(1))
+        "the capture continues from its last checkpoint (one every {} stored, {} of disk \
+         read or 10 s of progress, whichever comes first)",
+        human_bytes(args.checkpoint_bytes.max(1)),
+        human_bytes(args.checkpoint_bytes.max(1).saturating_mul(16))
     );
     if let Some(host) = host_file_system_full(args, free) {
         let inside = free.map_or(String::new(), |f| {

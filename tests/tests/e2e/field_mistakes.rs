@@ -1583,3 +1583,42 @@ fn a_resume_after_its_key_slot_was_damaged_is_refused() {
         Sha256::digest(fs::read(e.p("disk.raw")).unwrap())
     );
 }
+
+/// A rate-limited capture of a mostly empty disk stores little: checkpoints came with 64 MiB
+/// stored or 1 GiB read, and a SIGKILL (a pulled cable) at 95 % started it over. One comes
+/// every 10 s of progress too, so the re-run goes on from near where it was.
+#[test]
+fn a_killed_capture_of_a_mostly_empty_disk_resumes_from_its_last_ten_seconds() {
+    let e = Env::new();
+    e.keygen();
+    let mut disk = vec![0u8; 80 << 20];
+    rand::rngs::SmallRng::seed_from_u64(81).fill_bytes(&mut disk[..1 << 20]);
+    fs::write(e.p("disk.raw"), &disk).unwrap();
+    fs::create_dir(e.p("m")).unwrap();
+    let line = e.capture("dir:m", "empty").source("disk.raw");
+    let mut child = line
+        .clone()
+        .args(&["--rate-limit", "4MiB/s"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(12_500));
+    assert!(child.try_wait().unwrap().is_none(), "still capturing");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = line.json();
+    assert!(
+        r["resumed_from_chunk"].as_u64().unwrap() >= 30,
+        "resumed from its 10 s checkpoint: {r}"
+    );
+    e.ingest("dir:m", "empty")
+        .untrusted()
+        .target("file:out.raw")
+        .ok();
+    assert_eq!(
+        Sha256::digest(fs::read(e.p("out.raw")).unwrap()),
+        Sha256::digest(&disk)
+    );
+}
