@@ -282,7 +282,11 @@ pub fn stored_estimate(to_read: u64, chunk_size: u32, zero_fraction: f64, ratio:
         + FIXED_OVERHEAD
 }
 
-/// Sample `samples` evenly spaced chunks from chunk `first` on.
+/// The most the samples read, whatever the chunk size.
+const SAMPLE_BYTES: u64 = 64 << 20;
+
+/// Sample `samples` evenly spaced chunks from chunk `first` on (at most [`SAMPLE_BYTES`]
+/// of them, at `rate` if one is given).
 pub fn estimate(
     source: &mut dyn Source,
     chunk_size: u32,
@@ -296,9 +300,16 @@ pub fn estimate(
     let start = first_chunk.min(count);
     let left = count - start;
     let to_read = size.saturating_sub(start.saturating_mul(u64::from(chunk_size)));
-    let n = samples.min(left);
+    // At most SAMPLE_BYTES read (never fewer than 4 chunks): 32 chunks of 16 MiB read 512
+    // MiB at full speed before the capture began.
+    let n = samples
+        .min((SAMPLE_BYTES / u64::from(chunk_size.max(1))).max(4))
+        .min(left);
     let (mut zero, mut plain, mut stored, mut read, mut secs) = (0u64, 0u64, 0u64, 0u64, 0f64);
     let mut buf = Vec::new();
+    // `--rate-limit` holds for the samples too: production is not hurt before the capture
+    // starts either.
+    let mut limiter = rate.map(|r| crate::ratelimit::RateLimiter::new(r, u64::from(chunk_size)));
     for k in 0..n {
         // Spread over the whole rest of the disk, the last sample included.
         let index = start + if n > 1 { k * (left - 1) / (n - 1) } else { 0 };
@@ -309,6 +320,9 @@ pub fn estimate(
             continue;
         }
         buf.resize(len, 0);
+        if let Some(l) = &mut limiter {
+            l.acquire(len as u64);
+        }
         let t = Instant::now();
         source.read_exact_at(offset, &mut buf)?;
         secs += t.elapsed().as_secs_f64();
@@ -501,6 +515,51 @@ garbage line
         fn describe(&self) -> String {
             "striped".into()
         }
+    }
+
+    /// A disk of `len` bytes of 0x5a that counts what is read of it.
+    struct Counting {
+        len: u64,
+        read: u64,
+    }
+    impl Source for Counting {
+        fn len(&self) -> u64 {
+            self.len
+        }
+        fn read_exact_at(&mut self, _: u64, buf: &mut [u8]) -> crate::Result<()> {
+            buf.fill(0x5a);
+            self.read += buf.len() as u64;
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    /// The samples read at most SAMPLE_BYTES whatever the chunk size (32 chunks of 16 MiB
+    /// read 512 MiB at full speed), and at `--rate-limit` when one is given.
+    #[test]
+    fn sampling_is_bounded_and_rate_limited() {
+        let mut s = Counting {
+            len: 64 << 30,
+            read: 0,
+        };
+        let e = estimate(&mut s, 16 << 20, 0, false, 32, None).unwrap();
+        assert_eq!(e.samples, 4);
+        assert_eq!(s.read, 64 << 20);
+        let mut s = Counting {
+            len: 64 << 20,
+            read: 0,
+        };
+        let t = Instant::now();
+        // 8 chunks of 64 KiB at 256 KiB/s, the first 256 KiB at once: at least a second.
+        estimate(&mut s, 64 << 10, 0, false, 8, Some(256.0 * 1024.0)).unwrap();
+        assert_eq!(s.read, 512 << 10);
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
