@@ -310,11 +310,24 @@ impl State {
         if len != STATE_HEADER + count * 32 || state.file.read_exact(&mut h).is_err() || h != header
         {
             // A conflict of the operator's asking (this target is half-way through another
-            // ingest), not a failing disk: exit 2.
+            // ingest), not a failing disk: exit 2. The generation it was writing is named: a
+            // newer generation on the medium since made "the same command" ingest that one.
+            let at = STATE_MAGIC.len() + 32 + 8 + 4;
+            let was = (h.starts_with(STATE_MAGIC) && h.len() >= at + 4)
+                .then(|| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]));
+            let which = match was {
+                Some(g) => format!(
+                    "an unfinished ingest of generation {g} (of this capture or another) into \
+                     this target: if it is this capture's, finish it with `--generation {g}` \
+                     added to this command; else finish it with the command it was started with"
+                ),
+                None => "an unfinished ingest of a different capture or generation into this \
+                         target (or one by another version of mgear): finish that one (the same \
+                         command it was started with)"
+                    .to_string(),
+            };
             return Err(usage(format!(
-                "{} records an unfinished ingest of a different capture or generation into this \
-                 target (or one by another version of mgear): finish that one (the same command \
-                 it was started with), or remove this file and the partial target to start over",
+                "{} records {which}, or remove this file and the partial target to start over",
                 state.path.display()
             )));
         }
@@ -3478,11 +3491,16 @@ mod tests {
         s.record(&[(2, [7; 32])]).unwrap();
         assert_eq!((s.done_count(), s.done_prefix()), (1, 0));
         // Another capture, generation or size is not resumed.
-        let other = State::header(&[2; 32], 10, 4, 1);
+        let other = State::header(&[2; 32], 10, 4, 2);
         let e = State::open(p.clone(), &other, 3, false)
             .err()
             .expect("refused");
         assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
+        // The generation the stopped ingest was writing is named, with the option to give.
+        assert!(
+            e.to_string().contains("generation 1") && e.to_string().contains("`--generation 1`"),
+            "{e}"
+        );
         assert!(State::open(p.clone(), &h, 4, false).is_err());
         assert_eq!(State::open(p, &other, 3, true).unwrap().done_count(), 0);
     }
