@@ -1145,6 +1145,29 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             return Ok(report);
         }
     }
+    // An earlier run of this command finished it (and nobody changed the file since): a
+    // run killed right after it finished was re-run and refused as "exists: pass --force",
+    // which would write it again.
+    if !args.force && ingested_before(&sdir, &args.target, reader.manifest_root()) {
+        eprintln!(
+            "mgear: {} already holds {} generation {}, ingested and verified by an earlier run \
+             and not changed since: kept, not written again (--force writes it again)",
+            args.target,
+            reader.name(),
+            reader.generation()
+        );
+        let mut report = kept_report(
+            reader.name(),
+            reader.generation(),
+            &args.target,
+            reader.disk_size(),
+        );
+        medium.close()?;
+        if args.volume_sha256 {
+            report.volume_sha256 = target_sha256(&args.target)?;
+        }
+        return Ok(report);
+    }
     let vol = crate::target::open_for_ingest(&target, &prep, &facts, &args.medium.boot_sectors())?;
     let plan = WritePlan {
         // The stored spelling, whatever case --name was given in.
@@ -1156,9 +1179,9 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         json: args.json,
         hold: args.hold,
         volume_sha256: args.volume_sha256,
-        // A disk of a machine set: its set ingest, if interrupted later,
-        // keeps what this run finished.
-        record_done: args.expect_root.is_some(),
+        // A re-run (a disk of a machine set whose set ingest was interrupted later, or one
+        // killed right after it finished) keeps what this run finished.
+        record_done: true,
     };
     let (mut report, finished) = write_volume(&plan, vol, reader, gaps.as_ref(), started)?;
     medium.close()?;
@@ -1488,8 +1511,8 @@ pub fn write_volume<S: image_format::Store>(
     {
         if let Err(e) = write_done(&plan.state_dir, p, &root) {
             eprintln!(
-                "mgear: note: could not record the finished ingest in {} ({e}): a re-run of a \
-                 machine set's ingest will not know this disk is done",
+                "mgear: note: could not record the finished ingest in {} ({e}): a re-run will \
+                 not know this volume is done (it refuses it as existing)",
                 plan.state_dir.display()
             );
         }
