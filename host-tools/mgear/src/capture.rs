@@ -1374,11 +1374,21 @@ pub fn refuse_source_on_medium(medium: &crate::medium::Where, spec: &str) -> cra
 
 /// The refusal of a second full copy of a finished capture.
 fn finished_error(args: &Plan, generation: u32) -> crate::Error {
+    // A run stopped right after it finished is re-run as it was: it is told its capture is
+    // complete and where its receipt is, before any way to add to or replace it.
+    let trust = args
+        .sign
+        .as_deref()
+        .map(|k| format!(" --trust {}", crate::keyfile::pub_path(k).display()))
+        .unwrap_or_default();
     usage(format!(
-        "{} is already captured as generation {generation} on this medium (finished): a second \
-         full copy would only use space. Use --delta to add the changes since, or remove \
-         the capture with every generation first to replace it (`mgear medium rm {} --name {} \
-         --force`)",
+        "{} is already captured as generation {generation} on this medium, complete (a run \
+         stopped after it finished is done: `mgear verify {} --name {}{trust}` checks it and \
+         prints its commit, the receipt's). A second full copy would only use space: use \
+         --delta to add the changes since, or, only to replace it, remove the capture with \
+         every generation first (`mgear medium rm {} --name {} --force`)",
+        args.name,
+        args.medium.as_args(),
         args.name,
         args.medium.as_args(),
         args.name,
