@@ -1045,6 +1045,17 @@ impl<S: Store> CaptureWriter<S> {
         self.parent_unchanged(index).is_some()
     }
 
+    /// Whether `plaintext`, chunk `index` as the source reads now, is what the parent
+    /// generation holds there (by keyed id, or all zeros for a zero entry): a delta that
+    /// copies chunks a dirty bitmap calls clean checks a few of them first. `None` where
+    /// the parent has no such chunk to copy.
+    pub fn parent_matches(&self, index: u64, plaintext: &[u8]) -> Option<bool> {
+        Some(match self.parent_unchanged(index)? {
+            IndexEntry::Stored(l) => encode::chunk_id(&self.keys.chunk_id, plaintext) == l.chunk_id,
+            IndexEntry::Zero { .. } => encode::is_all_zero(plaintext),
+        })
+    }
+
     /// Appends chunk `index` (the next one, as for [`append`](Self::append))
     /// as unchanged since the parent generation, without its plaintext: the
     /// parent's index entry is copied (same keyed id, same record or zero

@@ -923,6 +923,50 @@ fn check_slots_digest(
     ))
 }
 
+/// A `--dirty-bitmap` delta copies the chunks the bitmap calls clean from the parent
+/// without reading them: a bitmap created after the parent was captured (or cleared since)
+/// misses changes, and the delta finished as a wrong disk that verified bit for bit. Up to
+/// [`SAMPLE_CHUNKS`] clean chunks the parent holds as data (at most [`SAMPLE_BYTES`]),
+/// spread over the disk, are read and compared with the parent by keyed id before anything
+/// is written; one that differs refuses the delta (exit 2). A sample, not a proof: a few
+/// changed chunks can still be missed, which is why the bitmap must be as old as the parent.
+fn check_clean_sample<S: image_format::Store>(
+    writer: &CaptureWriter<S>,
+    source: &mut dyn crate::source::Source,
+    args: &Plan,
+    dirty: &[u64],
+) -> crate::Result<()> {
+    let chunk = u64::from(args.chunk_size);
+    let size = source.len();
+    let start = writer.resume_from();
+    let clean: Vec<u64> = (start..writer.chunk_count())
+        .filter(|i| dirty.binary_search(i).is_err() && writer.can_copy_unchanged(*i))
+        .collect();
+    let want = ((SAMPLE_BYTES / chunk.max(1)).clamp(4, SAMPLE_CHUNKS) as usize).min(clean.len());
+    let mut buf = Vec::new();
+    for k in 0..want {
+        let index = clean[k * clean.len() / want];
+        let at = index * chunk;
+        buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
+        source.read_exact_at(at, &mut buf)?;
+        if writer.parent_matches(index, &buf) == Some(false) {
+            return Err(usage(format!(
+                "--dirty-bitmap {}: the bitmap calls chunk {index} (disk bytes {at}..{}) \
+                 unchanged since generation {}, but it reads differently now: the bitmap misses \
+                 changes (it was created after that generation was captured, or was cleared \
+                 since), or the disk changes under the capture (export a snapshot). A delta \
+                 that trusted it would be a wrong disk; nothing was stored. Capture this delta \
+                 without --dirty-bitmap (it reads the whole disk), and create the bitmap \
+                 before the capture the next delta builds on",
+                args.dirty_bitmap.as_deref().unwrap_or("?"),
+                at + buf.len() as u64,
+                writer.parent().unwrap_or(0)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The refusal of a resume from another disk: what told it apart (`why`), the ways
 /// on, and when `--same-source` is right (the same disk, `changed` since).
 fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> crate::Error {
@@ -2353,6 +2397,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             .filter(|c| c.path != cache_file && c.capture_id.is_none())
         {
             let _ = std::fs::remove_file(&old.path);
+        }
+        if let Some(d) = &dirty {
+            check_clean_sample(&writer, &mut *source, args, d)?;
         }
         let pace = Pace {
             chunk_size,
