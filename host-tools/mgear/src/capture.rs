@@ -923,6 +923,44 @@ fn check_slots_digest(
     ))
 }
 
+/// The site key a generation is signed with is noted in the key cache when the generation
+/// starts; its resume must sign with the same one (exit 2 before anything is stored). A resume
+/// without `--sign` finished with an unsigned receipt, and one with another key with a
+/// signature the target had not pinned: both were refused only at the target. A first run
+/// without `--sign` may be resumed with one.
+fn check_same_signer<S: image_format::Store>(
+    args: &Plan,
+    cache_dir: &std::path::Path,
+    id: &[u8; 16],
+    writer: &CaptureWriter<S>,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> crate::Result<()> {
+    let path = cache_dir.join(format!("{}-{}.signer", args.name, hex(id)));
+    let now = key.map_or_else(
+        || "none".to_string(),
+        |k| crate::sitekey::fingerprint(&k.verifying_key().to_bytes()),
+    );
+    let g = writer.generation();
+    if writer.resume_from() == 0 {
+        return crate::keys::write_generation_note(&path, g, "signer", &now)
+            .with_context(|| format!("noting the signing key in {}", path.display()));
+    }
+    match crate::keys::generation_note(&path, g, "signer") {
+        Some(then) if then != "none" && then != now => Err(usage(format!(
+            "capture {} generation {g} was started signed with site key {then} (--sign), and \
+             this resume {}: its receipt would not carry the signature the target pins. Resume \
+             it with the same --sign KEY it was started with",
+            args.name,
+            if now == "none" {
+                "has no --sign".to_string()
+            } else {
+                format!("signs with another key, {now}")
+            }
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A `--dirty-bitmap` delta copies the chunks the bitmap calls clean from the parent
 /// without reading them: a bitmap created after the parent was captured (or cleared since)
 /// misses changes, and the delta finished as a wrong disk that verified bit for bit. Up to
@@ -2372,6 +2410,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         if writer.resume_from() > 0 && !args.same_source {
             check_stored_sample(&writer, &mut *source, args)?;
         }
+        check_same_signer(args, &cache_dir, &id, &writer, sign_key.as_ref())?;
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
         if fresh_id != Some(id) {
             crate::keys::remove_stale_temp(&cache_dir, &args.name);

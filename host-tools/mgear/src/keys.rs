@@ -702,6 +702,7 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                 let _ = fs::remove_file(k.path.with_extension("disks"));
                 let _ = fs::remove_file(k.path.with_extension("source"));
                 let _ = fs::remove_file(k.path.with_extension("slots"));
+                let _ = fs::remove_file(k.path.with_extension("signer"));
             }
             let forgot: Vec<(String, Vec<&str>)> = ids
                 .iter()

@@ -1622,3 +1622,36 @@ fn a_killed_capture_of_a_mostly_empty_disk_resumes_from_its_last_ten_seconds() {
         Sha256::digest(&disk)
     );
 }
+
+/// A signed capture stopped and resumed without `--sign` (or with another site key)
+/// finished with a receipt the target then refused: the resume is refused up front (exit 2),
+/// and resumes with the key it was started with.
+#[test]
+fn a_resume_must_sign_with_the_key_it_was_started_with() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    e.ok(&["keygen", "--signing", "--out", "other.key"]);
+    random_disk(&e.p("disk.raw"), 6 << 20, 73);
+    fs::create_dir(e.p("m")).unwrap();
+    let line = e.capture("dir:m", "web01").source("disk.raw");
+    line.clone().sign("site.key").stopped_after("2MiB/s", 1500);
+    for (extra, says) in [
+        (vec![], "has no --sign"),
+        (vec!["--sign", "other.key"], "signs with another key"),
+    ] {
+        let o = line.clone().args(&extra).run();
+        let text = output_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains(says) && text.contains("same --sign KEY"),
+            "{text}"
+        );
+    }
+    let r = line.clone().sign("site.key").json();
+    assert!(r["resumed_from_chunk"].as_u64().unwrap() > 0, "{r}");
+    e.ingest("dir:m", "web01")
+        .args(&["--trust", "site.pub", "--allow-unsealed"])
+        .target("file:out.raw")
+        .ok();
+}
