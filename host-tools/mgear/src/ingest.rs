@@ -354,9 +354,13 @@ impl State {
         }
         let mut f = image_format::private::create(path)
             .with_context(|| format!("creating ingest state {} (new, 0600)", path.display()))?;
-        f.write_all(header)?;
-        f.set_len(STATE_HEADER + count * 32)?;
-        f.sync_all()?;
+        // A full file system here said "No space left on device" naming nothing.
+        (|| {
+            f.write_all(header)?;
+            f.set_len(STATE_HEADER + count * 32)?;
+            f.sync_all()
+        })()
+        .with_context(|| format!("writing ingest state {}", path.display()))?;
         Ok(f)
     }
 
@@ -371,6 +375,12 @@ impl State {
     /// Records chunks whose bytes were made durable on the volume: each
     /// keyed id into its chunk's slot, then synced.
     fn record(&mut self, ids: &[(u64, [u8; 32])]) -> crate::Result<()> {
+        let path = self.path.clone();
+        self.record_ids(ids)
+            .with_context(|| format!("writing ingest state {}", path.display()))
+    }
+
+    fn record_ids(&mut self, ids: &[(u64, [u8; 32])]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt as _;
         // Neighbouring chunks (the usual case) go as one write.
         let mut run: Vec<u8> = Vec::new();

@@ -263,6 +263,33 @@ impl Drop for Qcow2Volume {
     }
 }
 
+impl Qcow2Volume {
+    /// qemu-nbd's ENOSPC, said of the image file whose file system is full (it named our
+    /// private socket, with the hint to check it is reachable).
+    fn full(&self, e: Error) -> Error {
+        match &e {
+            Error::Nbd { source, .. }
+                if matches!(
+                    **source,
+                    mgear_nbd::Error::Command {
+                        code: mgear_nbd::proto::ENOSPC,
+                        ..
+                    }
+                ) =>
+            {
+                Error::io(
+                    format!("writing {}", self.partial.display()),
+                    std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        "no space left on the file system that holds it",
+                    ),
+                )
+            }
+            _ => e,
+        }
+    }
+}
+
 impl Volume for Qcow2Volume {
     fn size(&self) -> u64 {
         self.nbd.as_ref().map_or(0, NbdVolume::size)
@@ -292,13 +319,16 @@ impl Volume for Qcow2Volume {
         }
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.nbd()?.write_at(offset, data)
+        let r = self.nbd()?.write_at(offset, data);
+        r.map_err(|e| self.full(e))
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        self.nbd()?.write_zeroes(offset, len)
+        let r = self.nbd()?.write_zeroes(offset, len);
+        r.map_err(|e| self.full(e))
     }
     fn flush(&mut self) -> Result<()> {
-        self.nbd()?.flush()
+        let r = self.nbd()?.flush();
+        r.map_err(|e| self.full(e))
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.nbd()?.read_at(offset, buf)
