@@ -1529,11 +1529,24 @@ fn preflight(
         .iter()
         .find(|c| c.name.eq_ignore_ascii_case(&args.name));
     if let Some(c) = existing.filter(|c| c.name != args.name) {
+        // What the same capture takes next: a resume of its unfinished generation (the same
+        // command), or a delta of a finished one (--delta was suggested for both, and refused).
+        let unfinished = c
+            .generations
+            .last()
+            .is_some_and(|g| g.state != image_format::GenerationState::Complete);
         return Err(usage(format!(
             "this medium already holds capture {}, and capture names are compared without case \
              (FAT keeps one directory for both): --name {} is the same capture. Use --name {} \
-             (with --delta to add the changes), or choose another name",
-            c.name, args.name, c.name
+             ({}), or choose another name",
+            c.name,
+            args.name,
+            c.name,
+            if unfinished {
+                "its unfinished generation resumes with the command it was started with"
+            } else {
+                "with --delta to add the changes"
+            }
         )));
     }
     let newest = existing.and_then(|c| c.generations.last());

@@ -727,7 +727,7 @@ pub fn keys(request: Request) -> crate::Result<i32> {
             } else {
                 for (id, names) in &forgot {
                     println!(
-                        "forgot the data key of {} (capture id {id}): deltas and syncs of it can no longer run on this host",
+                        "forgot the data key of {} (capture id {id}): deltas, syncs and the resume of an unfinished generation of it can no longer run on this host (a capture with a passphrase slot: with --passphrase-file)",
                         names.join(", ")
                     );
                 }
