@@ -164,7 +164,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         Cmd::Arrival => Some(None),
         _ => None,
     };
-    match run_cmd(&mut c, args.cmd, json) {
+    match run_cmd(&mut c, args.cmd, json, &port) {
         Ok(code) => match expect {
             Some(want) => state_after(&mut c, json, code, want),
             None => Ok(code),
@@ -173,7 +173,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         // reason and the state it is really in.
         Err(e) => match e.find::<ApplianceError>() {
             Some(ae) => {
-                let mut msg = ae.to_string();
+                let mut msg = on_appliance(&ae.to_string(), &port);
                 match info(&mut c) {
                     Ok(i) => {
                         // The firmware's own message often names the state already ("the
@@ -472,17 +472,26 @@ pub(crate) fn hex(b: &[u8]) -> String {
     crate::output::hex(b)
 }
 
-fn print_report(r: &VerifyReport) {
+fn print_report(r: &VerifyReport, port: &Path) {
     println!(
         "{} captures, {} segments, {} records, {} stored bytes checked",
         r.captures, r.segments, r.records, r.bytes
     );
-    print_problems(&r.problems);
+    print_problems(&r.problems, port);
 }
 
-fn print_problems(problems: &[Problem]) {
+/// The firmware's verifier names the commands that mend a problem with a placeholder
+/// medium: here it is this appliance's (the literal `--medium MEDIUM` was printed).
+fn on_appliance(text: &str, port: &Path) -> String {
+    text.replace(
+        "--medium MEDIUM",
+        &format!("--appliance {}", port.display()),
+    )
+}
+
+fn print_problems(problems: &[Problem], port: &Path) {
     for p in problems {
-        println!("PROBLEM: {p}");
+        println!("PROBLEM: {}", on_appliance(&p.to_string(), port));
     }
 }
 
@@ -515,7 +524,7 @@ pub fn fetch_log(c: &mut Client) -> crate::Result<Vec<LogRecord>> {
     Ok(all)
 }
 
-fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> crate::Result<i32> {
+fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i32> {
     match cmd {
         Cmd::List => unreachable!("handled before opening a port"),
         Cmd::Info => {
@@ -572,7 +581,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> crate::Result<i32> {
                 if json {
                     render::emit(ok, &r)?;
                 } else {
-                    print_report(&r);
+                    print_report(&r, port);
                     println!(
                         "{}",
                         if empty {
@@ -596,7 +605,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> crate::Result<i32> {
                 if json {
                     print_json(&serde_json::json!({"attestation": attestation, "report": report}))?;
                 } else {
-                    print_report(&report);
+                    print_report(&report, port);
                     println!(
                         "sealed: the medium is read-only; seal attestation {} (counter {})",
                         hex(&attestation.digest()),
@@ -639,7 +648,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool) -> crate::Result<i32> {
                     &serde_json::json!({"attestation": attestation, "problems": problems, "challenge": hex(&challenge)}),
                 )?;
             } else {
-                print_problems(&problems);
+                print_problems(&problems, port);
                 match &attestation {
                     Some(a) if problems.is_empty() => {
                         println!(
@@ -1347,12 +1356,25 @@ mod tests {
         }
     }
 
+    /// The verifier's mending commands name this appliance, not a placeholder medium.
+    #[test]
+    fn a_problems_command_names_the_appliance() {
+        assert_eq!(
+            on_appliance(
+                "remove it with `mgear capture --abort --medium MEDIUM --name w`",
+                Path::new("/dev/ttyACM0")
+            ),
+            "remove it with `mgear capture --abort --appliance /dev/ttyACM0 --name w`"
+        );
+    }
+
     fn arrival_with(answer: fn([u8; 32]) -> [u8; 32]) -> i32 {
         let mut c = Client::over(Box::new(FakeArrival {
             out: Vec::new(),
             answer,
         }));
-        run_cmd(&mut c, Cmd::Arrival, true).unwrap_or_else(|e| crate::exit::code_of(&e))
+        run_cmd(&mut c, Cmd::Arrival, true, Path::new("appliance.tty"))
+            .unwrap_or_else(|e| crate::exit::code_of(&e))
     }
 
     #[test]
