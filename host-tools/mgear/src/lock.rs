@@ -33,8 +33,8 @@ pub struct MediumLock {
 /// file loop0 reads) would otherwise each hold a lock of its own on one FAT.
 pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLock> {
     use std::os::unix::fs::FileTypeExt;
-    let why = "one command writes a medium at a time. Wait for it to finish (or stop it: it \
-               resumes later), then run this again";
+    let why = "a medium is written by one command at a time, and not while another reads \
+               it. Wait for it to finish (or stop it: it resumes later), then run this again";
     let what = format!("medium {spec}");
     let behind = std::fs::metadata(path)
         .ok()
