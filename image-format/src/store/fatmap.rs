@@ -106,6 +106,17 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
     };
     let meta = le16(boot, 0x0e) + u64::from(fats) * fat_sectors;
     let clusters = total.saturating_sub(meta) / u64::from(spc);
+    if clusters < MIN_FAT32_CLUSTERS {
+        // What `mkfs.fat -F 32` makes of a small image with large sectors or clusters (it
+        // warns): every FAT reader takes the cluster count for the type, so this is FAT16
+        // by the specification, and the engines refused it as "no FAT32 file system".
+        return Err(StoreError::Io(alloc::format!(
+            "the medium is formatted as FAT32 with only {clusters} clusters, and FAT32 needs at \
+             least {MIN_FAT32_CLUSTERS} (with fewer, FAT readers take it for FAT16): if nothing \
+             on it is needed, format it with `mgear medium format fat:PATH --force` (or \
+             `mkfs.fat -F 32` with smaller clusters and 512-byte sectors), which erases it"
+        )));
+    }
     if root < 2 || u64::from(root) >= clusters + 2 {
         return Err(StoreError::Io(alloc::format!(
             "the medium's FAT32 boot sector is damaged: its root directory starts at cluster \
@@ -116,6 +127,9 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// The fewest clusters a FAT32 volume has (Microsoft's FAT specification: fewer is FAT16).
+const MIN_FAT32_CLUSTERS: u64 = 65525;
 
 /// The FAT32 BPB fields a boot sector and its backup copy must agree on (offset, length,
 /// name): what places the FATs, the root directory and the clusters.

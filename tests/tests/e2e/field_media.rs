@@ -458,6 +458,21 @@ fn a_fat16_medium_and_a_damaged_boot_sector_are_refused_by_name() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("FAT12 or FAT16"), "{}", text(&o));
     assert_eq!(sha(&e.p("f16.img")), before);
+    // FAT32 with too few clusters (`mkfs.fat -F 32 -S 4096` of a small image, which it only
+    // warns about) is FAT16 to every reader: said so, not "no FAT32 file system".
+    let st = Command::new("mkfs.fat")
+        .args(["-F", "32", "-S", "4096", "-C"])
+        .arg(e.p("f4k.img"))
+        .arg("131072")
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", text(&st));
+    let o = e.capture("fat:f4k.img", "web01").source("disk.raw").run();
+    assert!(
+        text(&o).contains("formatted as FAT32 with only") && text(&o).contains("65525"),
+        "{}",
+        text(&o)
+    );
 
     e.fat("m.img", "40MiB");
     e.capture("fat:m.img", "web01").source("disk.raw").ok();
