@@ -284,6 +284,8 @@ pub fn stored_estimate(to_read: u64, chunk_size: u32, zero_fraction: f64, ratio:
 
 /// The most the samples read, whatever the chunk size.
 const SAMPLE_BYTES: u64 = 64 << 20;
+/// The most time the samples take at `--rate-limit` (at least 4 chunks are read).
+const SAMPLE_SECONDS: f64 = 4.0;
 
 /// Sample `samples` evenly spaced chunks from chunk `first` on (at most [`SAMPLE_BYTES`]
 /// of them, at `rate` if one is given).
@@ -302,8 +304,13 @@ pub fn estimate(
     let to_read = size.saturating_sub(start.saturating_mul(u64::from(chunk_size)));
     // At most SAMPLE_BYTES read (never fewer than 4 chunks): 32 chunks of 16 MiB read 512
     // MiB at full speed before the capture began.
+    // Under a rate limit, no more than about SAMPLE_SECONDS of it (at 10 Mbit/s, 32 samples
+    // of 1 MiB held the capture back half a minute).
+    let budget = rate.map_or(SAMPLE_BYTES, |r| {
+        ((r * SAMPLE_SECONDS) as u64).min(SAMPLE_BYTES)
+    });
     let n = samples
-        .min((SAMPLE_BYTES / u64::from(chunk_size.max(1))).max(4))
+        .min((budget / u64::from(chunk_size.max(1))).max(4))
         .min(left);
     let (mut zero, mut plain, mut stored, mut read, mut secs) = (0u64, 0u64, 0u64, 0u64, 0f64);
     let mut buf = Vec::new();
@@ -552,11 +559,12 @@ garbage line
             read: 0,
         };
         let t = Instant::now();
-        // 8 chunks of 64 KiB at 256 KiB/s, the first 256 KiB at once: at least a second.
-        estimate(&mut s, 64 << 10, 0, false, 8, Some(256.0 * 1024.0)).unwrap();
-        assert_eq!(s.read, 512 << 10);
+        // 32 chunks of 64 KiB asked at 128 KiB/s: about 4 s of it are read (8 chunks), the
+        // first 128 KiB at once, the rest at the rate: at least 3 s.
+        let e = estimate(&mut s, 64 << 10, 0, false, 32, Some(128.0 * 1024.0)).unwrap();
+        assert_eq!((e.samples, s.read), (8, 512 << 10));
         assert!(
-            t.elapsed() >= std::time::Duration::from_millis(900),
+            t.elapsed() >= std::time::Duration::from_millis(2900),
             "{:?}",
             t.elapsed()
         );
