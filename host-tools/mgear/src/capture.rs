@@ -935,7 +935,7 @@ fn check_same_signer<S: image_format::Store>(
     writer: &CaptureWriter<S>,
     key: Option<&ed25519_dalek::SigningKey>,
 ) -> crate::Result<()> {
-    let path = cache_dir.join(format!("{}-{}.signer", args.name, hex(id)));
+    let path = crate::keys::signer_note_file(cache_dir, &args.name, id);
     let now = key.map_or_else(
         || "none".to_string(),
         |k| crate::sitekey::fingerprint(&k.verifying_key().to_bytes()),

@@ -428,6 +428,12 @@ pub fn slots_digest_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
     dir.join(format!("{name}-{}.slots", crate::output::hex(id)))
 }
 
+/// Where a capture notes the site key its unfinished generation is signed with, beside its
+/// key: one line, `generation G signer FINGERPRINT|none` ([`generation_note`]).
+pub fn signer_note_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
+    dir.join(format!("{name}-{}.signer", crate::output::hex(id)))
+}
+
 /// The key-slot digest noted for capture `id` when it was made, if this key cache
 /// noted one (a capture made on another host, or by an older release, has none).
 pub fn recorded_slots_digest(dir: &Path, name: &str, id: &[u8; 16]) -> Option<String> {
