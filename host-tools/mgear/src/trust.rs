@@ -781,7 +781,9 @@ fn check_seal(
     if !pinned && hint != Some(identity) {
         return Ok(Err(format!(
             "seal + arrival ({}) signed by appliance {fp}, which is neither pinned nor the \
-             appliance the manifest names",
+             appliance the manifest names (if it carries another medium of this shipment, a \
+             span over several appliances: give it together with the pinned appliance, or pin \
+             it too with --trust-appliance {fp}, its fingerprint from the capture site)",
             a.from
         )));
     }
