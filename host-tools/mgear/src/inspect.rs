@@ -77,8 +77,12 @@ pub struct GenJson {
     /// across machines, pinned by manifest root): `web01 G0001`.
     pub borrows_from: Vec<String>,
     /// A medium declared lost (`capture --replace-medium`) held part of it
-    /// ("medium #1 (fat:b.img, declared lost)"): it cannot be ingested.
+    /// ("medium #1 (fat:b.img, declared lost)"), and it is not among the media
+    /// listed: it cannot be ingested without it.
     pub lost_medium: Option<String>,
+    /// That medium's ordinal in its span.
+    #[serde(skip)]
+    pub lost_ordinal: Option<u16>,
 }
 
 /// One capture in `inspect --json`.
@@ -214,6 +218,25 @@ pub fn run(args: Request) -> crate::Result<i32> {
             )));
         }
     }
+    // A medium declared lost and found again, given here: what it holds is here after all
+    // (ingest takes it), so its generations are not called lost.
+    let given: std::collections::HashSet<(String, u16)> = media
+        .iter()
+        .filter_map(|m| m.span.as_ref())
+        .flat_map(|sp| sp.this.iter().map(move |o| (sp.id.clone(), *o)))
+        .collect();
+    for m in &mut media {
+        let Some(id) = m.span.as_ref().map(|sp| sp.id.clone()) else {
+            continue;
+        };
+        for g in m.captures.iter_mut().flat_map(|c| &mut c.generations) {
+            if g.lost_ordinal
+                .is_some_and(|o| given.contains(&(id.clone(), o)))
+            {
+                (g.lost_medium, g.lost_ordinal) = (None, None);
+            }
+        }
+    }
     let mut ship = shipment(
         &media
             .iter()
@@ -314,7 +337,7 @@ fn medium_json(
     let stored = name.map(|n| image_format::stored_name(store, n));
     // Generations with a segment on a medium declared lost, by (name in lower case,
     // generation): complete by their manifests, gone in part for good.
-    let lost: std::collections::HashMap<(String, u32), String> = medium
+    let lost: std::collections::HashMap<(String, u32), (u16, String)> = medium
         .span()
         .map(|sp| {
             let map = sp.map();
@@ -325,7 +348,7 @@ fn medium_json(
                     let mut parts = path.split('/').skip(1);
                     let name = parts.next()?.to_ascii_lowercase();
                     let g = parts.next()?.strip_prefix('G')?.parse().ok()?;
-                    Some(((name, g), map.describe(*o)))
+                    Some(((name, g), (*o, map.describe(*o))))
                 })
                 .collect()
         })
@@ -436,7 +459,10 @@ fn medium_json(
                                 .collect(),
                             lost_medium: lost
                                 .get(&(c.name.to_ascii_lowercase(), g.generation))
-                                .cloned(),
+                                .map(|(_, d)| d.clone()),
+                            lost_ordinal: lost
+                                .get(&(c.name.to_ascii_lowercase(), g.generation))
+                                .map(|(o, _)| *o),
                         }
                     })
                     .collect(),
@@ -1142,6 +1168,7 @@ mod tests {
             manifest_root: None,
             borrows_from: Vec::new(),
             lost_medium: None,
+            lost_ordinal: None,
         }
     }
 

@@ -414,6 +414,15 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
     };
     assert!(complete(&[&a, &c, &d]));
     assert!(complete(&[&found, &d, &a, &c]));
+    // Given again, the found medium's share is here: generation 1 is not called lost (ingest
+    // takes it).
+    let v = e.json(&[
+        "inspect", "--medium", &found, "--medium", &a, "--medium", &c, "--medium", &d,
+    ]);
+    let gens = v["shipment"]["machines"][0]["generations"]
+        .as_array()
+        .unwrap();
+    assert!(gens.iter().all(|g| g["state"] == "complete"), "{v}");
     for order in [[&*found, &a, &c], [&a, &c, &found], [&c, &found, &a]] {
         assert!(!complete(&order), "without d, given as {order:?}");
     }
