@@ -185,6 +185,144 @@ fn once_key(p: &image_format::Problem) -> (String, bool) {
 /// them names) kept at its first place, as the one that names the disk range. A whole file
 /// (an INDEX, a MANIFEST: no record in it named) is one finding, whatever words each pass
 /// found for it: the first is kept.
+/// Every copy of the mirrored files (all but segments) of the captures `theirs` accepts, on
+/// each medium of the span `media` names read alone: a file some media hold and others lack,
+/// or whose copies differ, is a problem naming them (which copy is the damaged one, `mgear
+/// verify` of each medium alone says).
+fn mirror_problems(
+    media: &crate::medium::Where,
+    theirs: &dyn Fn(&str) -> bool,
+) -> crate::Result<Vec<image_format::Problem>> {
+    use std::collections::BTreeMap;
+    let members: Vec<(String, crate::medium::Where)> = media
+        .appliance
+        .iter()
+        .map(|p| {
+            (
+                format!("--appliance {}", p.display()),
+                crate::medium::Where::appliance_at(p.clone()),
+            )
+        })
+        .chain(media.medium.iter().map(|m| {
+            (
+                format!("--medium {m}"),
+                crate::medium::Where::one(m.clone()),
+            )
+        }))
+        .collect();
+    // path -> (medium, digest) for every member of a span.
+    let mut copies: BTreeMap<String, Vec<(String, [u8; 32])>> = BTreeMap::new();
+    let mut spanned = Vec::new();
+    for (label, w) in &members {
+        let mut m = w.open_read_only()?;
+        if m.span().is_none() {
+            m.close()?;
+            continue;
+        }
+        spanned.push(label.clone());
+        let files = mirrored_files(m.store(), theirs)?;
+        for f in files {
+            let len = m.store().len(&f).map_err(|e| crate::err!("{f}: {e}"))?;
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0u64;
+            while at < len.unwrap_or(0) {
+                let n = m
+                    .store()
+                    .read_at(&f, at, &mut buf)
+                    .map_err(|e| crate::err!("{f}: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            copies
+                .entry(f)
+                .or_default()
+                .push((label.clone(), *h.finalize().as_bytes()));
+        }
+        m.close()?;
+    }
+    let mut out = Vec::new();
+    if spanned.len() < 2 {
+        return Ok(out);
+    }
+    for (path, have) in copies {
+        let capture = path.split('/').nth(1).unwrap_or_default().to_string();
+        let at = image_format::Location::capture(&capture).file(&path);
+        let missing: Vec<&String> = spanned
+            .iter()
+            .filter(|l| !have.iter().any(|(h, _)| h == *l))
+            .collect();
+        if !missing.is_empty() {
+            out.push(image_format::Problem {
+                at,
+                what: format!(
+                    "the copy every medium of the span holds is missing on {} (deleted or lost \
+                     there; the media that hold it: {})",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    have.iter()
+                        .map(|(l, _)| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        } else if have.iter().any(|(_, d)| *d != have[0].1) {
+            out.push(image_format::Problem {
+                at,
+                what: format!(
+                    "its copies on the media of the span differ ({}): one is damaged or was \
+                     replaced; `mgear verify` of each medium alone names the bad one",
+                    have.iter()
+                        .map(|(l, _)| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The files under `MGEAR/` of the captures `theirs` accepts that a span mirrors: all but
+/// segments (placed on one medium), leftover temporaries and the attestation copies
+/// (each appliance keeps its own).
+fn mirrored_files(
+    store: &mut dyn image_format::Store,
+    theirs: &dyn Fn(&str) -> bool,
+) -> crate::Result<Vec<String>> {
+    use image_format::store::EntryKind;
+    let root = image_format::layout::ROOT_DIR;
+    let mut out = Vec::new();
+    let mut dirs: Vec<String> = Vec::new();
+    for e in store.list(root).map_err(|e| crate::err!("{root}: {e}"))? {
+        if e.kind == EntryKind::Dir
+            && !e
+                .name
+                .eq_ignore_ascii_case(image_format::layout::ATTEST_NAME)
+            && theirs(&e.name)
+        {
+            dirs.push(format!("{root}/{}", e.name));
+        }
+    }
+    while let Some(d) = dirs.pop() {
+        for e in store.list(&d).map_err(|e| crate::err!("{d}: {e}"))? {
+            let p = format!("{d}/{}", e.name);
+            match e.kind {
+                EntryKind::Dir => dirs.push(p),
+                EntryKind::File if e.name.starts_with("SEG-") || e.name.ends_with(".TMP") => {}
+                EntryKind::File => out.push(p),
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn said_once(problems: Vec<image_format::Problem>) -> Vec<image_format::Problem> {
     let mut at: std::collections::HashMap<String, usize> = Default::default();
     let mut out: Vec<image_format::Problem> = Vec::with_capacity(problems.len());
@@ -539,6 +677,19 @@ fn verify(args: Plan) -> crate::Result<i32> {
         }
     }
     obs.bar.finish();
+    // A span's mirrored files are read from one of its media: a copy damaged or deleted on
+    // another went unsaid, and every medium given was called sound.
+    if args.medium.medium.len() + args.medium.appliance.len() > 1 {
+        let theirs = |c: &str| {
+            name.as_deref().is_none_or(|n| {
+                c.eq_ignore_ascii_case(n)
+                    || image_format::set::owner(c).eq_ignore_ascii_case(image_format::set::owner(n))
+            })
+        };
+        report
+            .problems
+            .extend(mirror_problems(&args.medium, &theirs)?);
+    }
     let t = &args.trust;
     let check_trust = unlock.is_some()
         || !t.trust.is_empty()

@@ -854,3 +854,57 @@ fn an_unfinished_span_that_lost_a_medium_is_aborted_and_nothing_is_stranded() {
     same_file(&e.p("web02.raw"), &e.p("small.raw"));
     e.ok(&["medium", "fsck", "--medium", &a]);
 }
+
+/// `mtools` on a FAT image: `args` after `-i IMAGE`.
+fn mtool(e: &Env, tool: &str, image: &str, args: &[&str]) {
+    let o = std::process::Command::new(tool)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(e.p(image))
+        .args(args)
+        .current_dir(e.dir.path())
+        .output()
+        .unwrap_or_else(|err| panic!("{tool} (Debian: mtools): {err}"));
+    assert!(o.status.success(), "{tool} {args:?}: {}", output_text(&o));
+}
+
+/// A span's mirrored files are read from one of its media: `verify` of the whole span said
+/// "OK" with one medium's copy of a MANIFEST damaged or deleted (that medium alone failed).
+/// Every medium's copies are compared, and a copy that differs or is missing is a problem.
+#[test]
+fn a_damaged_or_missing_mirror_copy_on_one_medium_of_a_span_is_found() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), noise(8 << 20, 21)).unwrap();
+    let (a, b) = (e.fat("a.img", "40MiB"), e.fat("b.img", "40MiB"));
+    Line::capture(&e, "web01")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .ok();
+    let verify = || e.run(&["verify", "--medium", &a, "--medium", &b]);
+    let o = verify();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let manifest = "::/MGEAR/web01/G0001/MANIFEST";
+    mtool(&e, "mcopy", "b.img", &["-n", manifest, "manifest.bin"]);
+    let mut m = std::fs::read(e.p("manifest.bin")).unwrap();
+    let mid = m.len() / 2;
+    m[mid] ^= 1;
+    std::fs::write(e.p("bad.bin"), &m).unwrap();
+    mtool(&e, "mcopy", "b.img", &["-o", "bad.bin", manifest]);
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("its copies on the media of the span differ"),
+        "{}",
+        output_text(&o)
+    );
+    mtool(&e, "mdel", "b.img", &[manifest]);
+    let o = verify();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is missing on --medium fat:b.img"),
+        "{}",
+        output_text(&o)
+    );
+}
