@@ -648,7 +648,25 @@ impl<S: Store> CaptureReader<S> {
     /// "truncated segment" would send the reader looking at this delta.
     fn record_missing(&mut self, index: u64, l: &RecordLoc, segment_exists: bool) -> Error {
         let g = l.generation;
-        if !segment_exists && self.store.span().is_some() {
+        if let (false, Some(span)) = (segment_exists, self.store.span()) {
+            // The map places it on a medium that is given, and it is not there: removed or
+            // replaced on that medium (it was said to be a damaged map, "give every medium").
+            let path = self.record_path(l);
+            if let Some(m) = span
+                .map()
+                .holder(&path)
+                .filter(|m| span.attached().contains(&m.ordinal))
+            {
+                return corrupt(
+                    self.location(index, l),
+                    format!(
+                        "the span map places the segment holding this chunk on {}, which is \
+                         given, but it is not there: it was removed or replaced on that medium; \
+                         do not use this shipment as it is, ask for another copy",
+                        span.map().describe(m.ordinal)
+                    ),
+                );
+            }
             // A span whose map does not place this segment on any medium
             // given (a damaged map entry): the data is not bad, it is not here.
             return Error::NotOnMediaGiven(format!(

@@ -907,4 +907,19 @@ fn a_damaged_or_missing_mirror_copy_on_one_medium_of_a_span_is_found() {
         "{}",
         output_text(&o)
     );
+    // A segment removed from the medium the map places it on, every medium given: said as
+    // removed there (it was "the map does not say which medium holds it: give every medium").
+    mtool(&e, "mdel", "a.img", &["::/MGEAR/web01/G0001/SEG-00000"]);
+    let o = Line::ingest(&e, "web01")
+        .untrusted()
+        .target("file:out.raw")
+        .medium(&a)
+        .medium(&b)
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("which is given, but it is not there"),
+        "{}",
+        output_text(&o)
+    );
 }
