@@ -814,6 +814,17 @@ fn verify_segment<S: Store + ?Sized>(
             });
             return Ok(());
         }
+        // This medium's copy of the span map is damaged: which medium holds the segment is
+        // not known here (the other medium's segments were called missing).
+        if cx.span.as_ref().is_some_and(|s| s.map_damage.is_some()) {
+            cx.problem(
+                at,
+                "segment listed in the manifest is not on this medium, and this medium's copy \
+                 of the span map is damaged, so which medium holds it is not known here: \
+                 verify this medium together with the others of the span",
+            );
+            return Ok(());
+        }
         cx.problem(at, "segment listed in the manifest is missing");
         return Ok(());
     };
