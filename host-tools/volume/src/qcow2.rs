@@ -84,37 +84,67 @@ impl Qcow2Volume {
                     partial.display()
                 )))
             }
-            Err(_) => {
-                // qemu-img writes into a private file this run created (it
-                // truncates and keeps the mode): never through a planted link.
-                drop(image_format::private::create(&partial).map_err(|e| {
-                    Error::io(format!("creating {} (new, 0600)", partial.display()), e)
-                })?);
-                let size = prep.disk_size.to_string();
-                let made = run(
-                    Command::new(&qemu_img)
-                        .args(["create", "-q", "-f", "qcow2"])
-                        .arg(&partial)
-                        .arg(&size),
-                    "qemu-img create",
-                );
-                if let Err(e) = made {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(e);
-                }
-                Found::New
-            }
+            Err(_) => Found::New,
         };
+        // A new image is made and served as `PATH.partial.new` and named `.partial` only once
+        // it is served, moments before the ingest's state is made: a run killed while
+        // qemu-img or qemu-nbd started left a `.partial` without state, which the re-run
+        // refused to adopt ("remove it and run again").
+        let fresh = with_suffix(path, ".partial.new");
+        if found == Found::New {
+            // Ours, from a run killed while it was made: it never held data.
+            if std::fs::symlink_metadata(&fresh).is_ok_and(|m| m.is_file()) {
+                let _ = std::fs::remove_file(&fresh);
+            }
+            // qemu-img writes into a private file this run created (it
+            // truncates and keeps the mode): never through a planted link.
+            drop(
+                image_format::private::create(&fresh).map_err(|e| {
+                    Error::io(format!("creating {} (new, 0600)", fresh.display()), e)
+                })?,
+            );
+            let size = prep.disk_size.to_string();
+            let made = run(
+                Command::new(&qemu_img)
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&fresh)
+                    .arg(&size),
+                "qemu-img create",
+            );
+            if let Err(e) = made {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(e);
+            }
+        }
         let mut v = Qcow2Volume {
             nbd: None,
             server: None,
             tie: None,
-            partial,
+            partial: if found == Found::New {
+                fresh.clone()
+            } else {
+                partial.clone()
+            },
             final_path: path.to_owned(),
             sock,
             found,
         };
-        v.serve(&qemu_nbd)?;
+        if let Err(e) = v.serve(&qemu_nbd) {
+            if found == Found::New {
+                let _ = std::fs::remove_file(&fresh);
+            }
+            return Err(e);
+        }
+        if found == Found::New {
+            // qemu-nbd holds the image open: the rename moves it under the server.
+            std::fs::rename(&fresh, &partial).map_err(|e| {
+                Error::io(
+                    format!("renaming {} to {}", fresh.display(), partial.display()),
+                    e,
+                )
+            })?;
+            v.partial = partial;
+        }
         let nbd = v
             .nbd
             .as_ref()
@@ -396,8 +426,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("v.qcow2");
         let prep = prep(dir.path(), 4 << 20);
+        // What a run killed while it made the image leaves: taken away, not adopted.
+        std::fs::write(dir.path().join("v.qcow2.partial.new"), b"half made").unwrap();
         let mut v = Qcow2Volume::create(&target, &prep).unwrap();
         assert_eq!(v.found(), Found::New);
+        // Made and served under `.partial.new`, named `.partial` once served.
+        assert!(dir.path().join("v.qcow2.partial").is_file());
+        assert!(!dir.path().join("v.qcow2.partial.new").exists());
         v.write_at(1 << 20, &[0x5a; 65536]).unwrap();
         v.write_zeroes(2 << 20, 1 << 20).unwrap();
         assert!(v.reads_as_zeros(2 << 20, 1 << 20));
