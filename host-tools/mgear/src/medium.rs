@@ -710,7 +710,37 @@ fn refuse_image_if_holds_data(
             path.display()
         )));
     }
+    // Data with no signature the guard knows (an ingested volume of a disk without a
+    // partition table, dm-crypt, random data) was formatted in place with no question, the
+    // way the "exists" refusal of `--size` pointed ("leave out --size").
+    if found.is_empty() && !force && holds_nonzero_bytes(&file)? {
+        return Err(usage(format!(
+            "{} holds data (bytes that are not zeros, in no format mgear knows): formatting \
+             would destroy it. Check that this is the right file, then pass --force",
+            path.display()
+        )));
+    }
     Ok(found)
+}
+
+/// Whether `file` has a byte that is not zero in its first and last MiB or in 64 pieces of
+/// 64 KiB spread over it (a sample: an image made by `truncate` or `fallocate` reads as zeros).
+fn holds_nonzero_bytes(file: &File) -> crate::Result<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let len = file.metadata().context("reading the image's size")?.len();
+    let mut at: Vec<(u64, u64)> = vec![(0, 1 << 20), (len.saturating_sub(1 << 20), 1 << 20)];
+    at.extend((0..64u64).map(|k| (k * (len / 64), 64 << 10)));
+    let mut buf = vec![0u8; 1 << 20];
+    for (off, n) in at {
+        let n = n.min(len.saturating_sub(off)) as usize;
+        let got = file
+            .read_at(&mut buf[..n], off)
+            .context("reading the image to see whether it holds data")?;
+        if !image_format::is_all_zero(&buf[..got]) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Format `path` (a new image of `size` bytes, or an existing device) with
@@ -851,7 +881,8 @@ pub fn format_medium(
                 format!(" and holds {}", crate::guard::describe(&held))
             };
             return Err(usage(format!(
-                "{} exists{what}: pass --force to replace it (or leave out --size to format it in place)",
+                "{} exists{what}: pass --force to replace it (or, for an empty image, leave out \
+                 --size to format it in place)",
                 path.display()
             )));
         }

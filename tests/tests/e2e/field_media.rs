@@ -208,6 +208,26 @@ fn field_media_format_over_ext4_needs_force_and_wipes_it() {
     let o = e.run(&["medium", "format", "fat:a.img", "--size", "64MiB"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("FAT32"), "{}", text(&o));
+
+    // Data in no format the guard knows (an ingested volume of a bare disk, random bytes)
+    // was formatted in place with no question, as the refusal of --size pointed.
+    let mut data = vec![0u8; 40 << 20];
+    for (i, b) in data.iter_mut().enumerate().skip(20 << 20) {
+        *b = (i * 7 % 251) as u8;
+    }
+    std::fs::write(e.p("vol.raw"), &data).unwrap();
+    let before = sha(&e.p("vol.raw"));
+    let o = e.run(&["medium", "format", "fat:vol.raw"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("holds data"), "{}", text(&o));
+    assert_eq!(sha(&e.p("vol.raw")), before);
+    e.ok(&["medium", "format", "fat:vol.raw", "--force"]);
+    // An image made empty (`truncate`) is formatted in place as before.
+    std::fs::File::create(e.p("empty.img"))
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    e.ok(&["medium", "format", "fat:empty.img"]);
 }
 
 #[test]
