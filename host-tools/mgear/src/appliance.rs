@@ -923,8 +923,9 @@ fn verify_custody(
                 ));
             };
             if want == key {
-                // `info` prints the public key beside the fingerprint: an easy mix-up.
-                return Ok(Err(format!(
+                // `info` prints the public key beside the fingerprint: an easy mix-up, the
+                // operator's (exit 2), not a history to distrust.
+                return Err(crate::exit::usage(format!(
                     "{} is this appliance's public key, not its fingerprint: pin the fingerprint \
                      {} (`mgear appliance info` prints both)",
                     hex(&want),

@@ -291,6 +291,21 @@ pub fn check_generation(
 ) -> crate::Result<Verdict> {
     // The spelling on the medium: its COMMIT and seal bind that one.
     let name = &image_format::stored_name(medium, name)?;
+    // An appliance pinned by its public key (what `appliance seal --json` shows as the
+    // attestation's identity) rather than its fingerprint: said as the operator's mistake
+    // (exit 2), not as a seal that "is not pinned" (exit 1, "ask for the shipment again").
+    if let Ok(a) = attestations {
+        let pk = a.seal.body.identity;
+        if policy.appliances.contains(&pk) && !policy.pinned_appliance(&pk) {
+            let fp = sitekey::fingerprint(&pk);
+            return Err(crate::exit::usage(format!(
+                "--trust-appliance {} is appliance {fp}'s public key, not its fingerprint: pin \
+                 the fingerprint, --trust-appliance {fp} (`mgear appliance info` prints it as \
+                 `identity`)",
+                crate::output::hex(&pk)
+            )));
+        }
+    }
     let (mut all, mut finished) = generations(medium, name)?;
     let mut warnings = Vec::new();
     if let Some((set, _)) = image_format::set::parse_disk_stream_name(name) {

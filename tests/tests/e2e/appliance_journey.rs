@@ -145,6 +145,23 @@ fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
         lab.sim_log()
     );
     same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
+    // Pinned by its public key (the seal's `identity`) instead of its fingerprint: said as
+    // the operator's mistake, exit 2 (it was "not pinned", exit 1, "ask for the shipment").
+    let pk = lab.appliance_json(&["info"])["identity_pubkey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = Line::ingest(&lab, "web01")
+        .args(&["--trust-appliance", &pk])
+        .appliance(&lab.tty())
+        .target("file:vol2.raw")
+        .run();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("public key, not its fingerprint"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Attestations can be saved as files for a datacenter without the appliance.
     lab.appliance_ok(&["attestations", "--out", "att"]);

@@ -189,16 +189,17 @@ fn appliance_failed_arrival_withdraws_the_pass_and_log_cut_is_detected() {
         "{}",
         text(&out.stdout)
     );
-    // Its public key (info prints it too) pinned by mistake is named as such.
+    // Its public key (info prints it too) pinned by mistake is named as such: the operator's
+    // mistake (exit 2), not a history to distrust (exit 1).
     let pubkey = info["identity_pubkey"].as_str().unwrap().to_string();
     let out = lab.appliance(&["log", "--verify", "--trust-appliance", &pubkey]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains(&format!(
+        text(&out.stderr).contains(&format!(
             "is this appliance's public key, not its fingerprint: pin the fingerprint {fp}"
         )),
         "{}",
-        text(&out.stdout)
+        text(&out.stderr)
     );
     let out = lab.appliance(&["log", "--verify", "--trust-appliance", "3f2a:91c0"]);
     assert_eq!(
