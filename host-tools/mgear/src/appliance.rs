@@ -578,7 +578,19 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                 // An empty medium verifies nothing: a failure, as `mgear verify` says of it.
                 let empty = r.ok() && r.captures == 0;
                 let ok = r.ok() && !empty;
-                if json {
+                if json && empty {
+                    // Why it is no pass, as the human line says (the object had `ok: false`
+                    // and empty `problems`).
+                    let mut v = serde_json::to_value(&r)?;
+                    crate::output::hex_fields(&mut v, render::BYTE_FIELDS);
+                    v["error"] = serde_json::json!({
+                        "code": FOUND,
+                        "kind": crate::exit::kind(FOUND),
+                        "message": "medium NOT verified: it holds no capture",
+                        "hint": "capture onto it first: 'mgear capture --appliance PORT ...'",
+                    });
+                    crate::output::emit_ok(false, &v)?;
+                } else if json {
                     render::emit(ok, &r)?;
                 } else {
                     print_report(&r, port);

@@ -34,6 +34,17 @@ fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
         "{info}"
     );
     assert_eq!(info["medium_bytes"], 64u64 << 20);
+    // An empty medium is no pass, and its JSON says why (it had empty `problems` only).
+    let out = lab.appliance(&["--json", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("holds no capture")),
+        "{v}"
+    );
     // A second provisioning is refused.
     assert_eq!(
         lab.appliance(&["provision", "--pin-file", "pin"])
