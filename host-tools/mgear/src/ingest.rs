@@ -1135,43 +1135,48 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         ),
     };
     let facts = crate::cloud_target::CaptureFacts::of(reader.manifest());
-    if let (Target::Cinder(name), false) = (&target, args.force) {
-        if let Some(id) = crate::cloud_target::finished_volume(name, &facts)? {
-            eprintln!(
-                "mgear: Cinder volume {id} already holds {} generation {}, written and verified \
-                 by an earlier ingest (mgear.state=complete): kept, not written again (the \
-                 machine may have run from it since; --force writes it again)",
-                reader.name(),
-                reader.generation()
-            );
-            let mut report = kept_report(
-                reader.name(),
-                reader.generation(),
-                &args.target,
-                reader.disk_size(),
-            );
-            report.volume = Some(id);
-            medium.close()?;
-            return Ok(report);
+    // A volume an earlier ingest finished is kept, not written again (--force writes it): a
+    // Cinder volume marked complete (the machine may have run from it since), or a file an
+    // earlier run of this command finished and nobody changed since (a run killed right after
+    // it finished was re-run and refused as "exists: pass --force", which writes it again).
+    let kept = match (&target, args.force) {
+        (_, true) => None,
+        (Target::Cinder(name), false) => {
+            crate::cloud_target::finished_volume(name, &facts)?.map(|id| {
+                (
+                    format!(
+                        "Cinder volume {id} already holds {} generation {}, written and verified \
+                         by an earlier ingest (mgear.state=complete): kept, not written again \
+                         (the machine may have run from it since; --force writes it again)",
+                        reader.name(),
+                        reader.generation()
+                    ),
+                    Some(id),
+                )
+            })
         }
-    }
-    // An earlier run of this command finished it (and nobody changed the file since): a
-    // run killed right after it finished was re-run and refused as "exists: pass --force",
-    // which would write it again.
-    if !args.force && ingested_before(&sdir, &args.target, reader.manifest_root()) {
-        eprintln!(
-            "mgear: {} already holds {} generation {}, ingested and verified by an earlier run \
-             and not changed since: kept, not written again (--force writes it again)",
-            args.target,
-            reader.name(),
-            reader.generation()
-        );
+        _ => ingested_before(&sdir, &args.target, reader.manifest_root()).then(|| {
+            (
+                format!(
+                    "{} already holds {} generation {}, ingested and verified by an earlier run \
+                     and not changed since: kept, not written again (--force writes it again)",
+                    args.target,
+                    reader.name(),
+                    reader.generation()
+                ),
+                None,
+            )
+        }),
+    };
+    if let Some((said, volume)) = kept {
+        eprintln!("mgear: {said}");
         let mut report = kept_report(
             reader.name(),
             reader.generation(),
             &args.target,
             reader.disk_size(),
         );
+        report.volume = volume;
         medium.close()?;
         if args.volume_sha256 {
             report.volume_sha256 = target_sha256(&args.target)?;
