@@ -3168,7 +3168,8 @@ mod tests {
     struct Gated {
         data: Vec<u8>,
         chunk: u64,
-        /// Reads started while chunk 0 was held, and whether it still is.
+        /// Reads of other chunks started while chunk 0 was not read yet, and whether it still
+        /// is not.
         state: Mutex<(usize, bool)>,
         moved: Condvar,
     }
@@ -3245,10 +3246,14 @@ mod tests {
         let chunk = 1u64 << 20;
         let chunks = 96u64;
         let data: Vec<u8> = (0..chunk * chunks).map(|i| (i % 251) as u8).collect();
+        // Held from the start: the reads of other chunks that start before chunk 0 is read
+        // count too. Counted only from the hold on, a loaded machine that ran the other
+        // workers through the whole window before chunk 0's worker got to its read left
+        // none to count, and the test failed ("the other workers went on reading: 0").
         let gated = Arc::new(Gated {
             data,
             chunk,
-            state: Mutex::new((0, false)),
+            state: Mutex::new((0, true)),
             moved: Condvar::new(),
         });
         let mut params = CaptureParams::new("late", gated.data.len() as u64);
