@@ -33,6 +33,20 @@ use mgear_tests::{output_text, qemu_nbd, Env, Line, Loop};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
+/// Ingest capture `name` from `dir:m` (nothing pinned) into the file `out`, and check that
+/// it holds `want`, byte for byte (by SHA-256).
+fn ingests_as(e: &Env, name: &str, out: &str, want: &[u8]) {
+    e.ingest("dir:m", name)
+        .untrusted()
+        .target(&format!("file:{out}"))
+        .ok();
+    assert_eq!(
+        Sha256::digest(fs::read(e.p(out)).unwrap()),
+        Sha256::digest(want),
+        "{name} into {out}"
+    );
+}
+
 fn random_disk(path: &Path, bytes: usize, seed: u64) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut disk = vec![0u8; bytes];
@@ -1365,14 +1379,7 @@ fn a_resume_from_another_disk_at_the_same_path_is_refused() {
     fs::rename(e.p("disk.raw"), e.p("other.raw")).unwrap();
     fs::rename(e.p("first.raw"), e.p("disk.raw")).unwrap();
     assert!(output_text(&line.ok()).contains("resumed"));
-    e.ingest("dir:m", "web01")
-        .untrusted()
-        .target("file:out.raw")
-        .ok();
-    assert_eq!(
-        Sha256::digest(fs::read(e.p("out.raw")).unwrap()),
-        Sha256::digest(fs::read(e.p("disk.raw")).unwrap())
-    );
+    ingests_as(&e, "web01", "out.raw", &fs::read(e.p("disk.raw")).unwrap());
 
     // Repartitioned between the stop and the resume: refused as well, and resumed on the
     // operator's word; what was captured before the stop keeps the old partition table.
@@ -1389,14 +1396,7 @@ fn a_resume_from_another_disk_at_the_same_path_is_refused() {
     assert_eq!(second.run().status.code(), Some(2));
     let o = second.clone().arg("--same-source").ok();
     assert!(output_text(&o).contains("resumed"), "{}", output_text(&o));
-    e.ingest("dir:m", "web02")
-        .untrusted()
-        .target("file:out2.raw")
-        .ok();
-    assert_eq!(
-        Sha256::digest(fs::read(e.p("out2.raw")).unwrap()),
-        Sha256::digest(&captured)
-    );
+    ingests_as(&e, "web02", "out2.raw", &captured);
 }
 
 /// Disks whose start does not tell them apart: a file system made on the bare disk (ext4
@@ -1517,14 +1517,11 @@ fn a_resume_from_another_bare_disk_or_a_swapped_set_is_refused() {
         );
         fs::copy(e.p(first), e.p("src.raw")).unwrap();
         assert!(output_text(&line.ok()).contains("resumed"), "{kind}");
-        e.ingest("dir:m", kind)
-            .untrusted()
-            .target(&format!("file:{kind}.out"))
-            .ok();
-        assert_eq!(
-            Sha256::digest(fs::read(e.p(&format!("{kind}.out"))).unwrap()),
-            Sha256::digest(fs::read(e.p(first)).unwrap()),
-            "{kind}"
+        ingests_as(
+            &e,
+            kind,
+            &format!("{kind}.out"),
+            &fs::read(e.p(first)).unwrap(),
         );
     }
 
@@ -1574,14 +1571,7 @@ fn a_resume_after_its_key_slot_was_damaged_is_refused() {
     assert_eq!(fs::read(&keys).unwrap().len(), 100, "nothing was written");
     fs::write(&keys, &written).unwrap();
     assert!(output_text(&line.ok()).contains("resumed"));
-    e.ingest("dir:m", "web01")
-        .untrusted()
-        .target("file:out.raw")
-        .ok();
-    assert_eq!(
-        Sha256::digest(fs::read(e.p("out.raw")).unwrap()),
-        Sha256::digest(fs::read(e.p("disk.raw")).unwrap())
-    );
+    ingests_as(&e, "web01", "out.raw", &fs::read(e.p("disk.raw")).unwrap());
 }
 
 /// A rate-limited capture of a mostly empty disk stores little: checkpoints came with 64 MiB
@@ -1613,14 +1603,7 @@ fn a_killed_capture_of_a_mostly_empty_disk_resumes_from_its_last_ten_seconds() {
         r["resumed_from_chunk"].as_u64().unwrap() >= 30,
         "resumed from its 10 s checkpoint: {r}"
     );
-    e.ingest("dir:m", "empty")
-        .untrusted()
-        .target("file:out.raw")
-        .ok();
-    assert_eq!(
-        Sha256::digest(fs::read(e.p("out.raw")).unwrap()),
-        Sha256::digest(&disk)
-    );
+    ingests_as(&e, "empty", "out.raw", &disk);
 }
 
 /// A signed capture stopped and resumed without `--sign` (or with another site key)
