@@ -34,6 +34,21 @@ fn tool(cmd: &str, args: &[&str], dir: &Path) {
     );
 }
 
+/// The newest generation of `vm1` ingested into `out` is `disk.qcow2` as it is now (made
+/// raw as `raw`).
+fn ingests_as_the_disk(e: &Env, raw: &str, out: &str) {
+    tool(
+        "qemu-img",
+        &["convert", "-f", "qcow2", "-O", "raw", "disk.qcow2", raw],
+        e.dir.path(),
+    );
+    e.ingest("dir:mnt", "vm1")
+        .untrusted()
+        .target(&format!("file:{out}"))
+        .ok();
+    same_file(&e.p(raw), &e.p(out));
+}
+
 #[test]
 fn cbt_delta_reads_only_dirty_chunks() {
     let e = Env::new();
@@ -130,24 +145,7 @@ fn cbt_delta_reads_only_dirty_chunks() {
         assert_eq!(c["stored_chunks"], 3, "{c}");
     }
 
-    tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            "disk.qcow2",
-            "changed.raw",
-        ],
-        dir,
-    );
-    e.ingest("dir:mnt", "vm1")
-        .untrusted()
-        .target("file:v.raw")
-        .ok();
-    same_file(&e.p("changed.raw"), &e.p("v.raw"));
+    ingests_as_the_disk(&e, "changed.raw", "v.raw");
     // The changed disk really differs from generation 1.
     assert_ne!(
         fs::read(e.p("changed.raw")).unwrap(),
@@ -184,22 +182,5 @@ fn cbt_delta_reads_only_dirty_chunks() {
         // Without the bitmap the whole disk is read, and the result is right.
         capture().source(&url).arg("--delta").ok();
     }
-    tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            "disk.qcow2",
-            "late.raw",
-        ],
-        dir,
-    );
-    e.ingest("dir:mnt", "vm1")
-        .untrusted()
-        .target("file:late-v.raw")
-        .ok();
-    same_file(&e.p("late.raw"), &e.p("late-v.raw"));
+    ingests_as_the_disk(&e, "late.raw", "late-v.raw");
 }
