@@ -6,7 +6,7 @@
 //!
 //! | part | here | on the board (`mgear-hardware`) |
 //! | --- | --- | --- |
-//! | medium | [`medium::FileMedium`]: an image file, with power-on write protection | SD card |
+//! | medium | [`medium::FileMedium`]: an image file, with power-on write protection; large writes queued ([`write_behind`]) | SD card (its write cache and command queue) |
 //! | file view of the medium | `mgear_hardware::fat::FatFiles` (the board's FAT engine, shared) | the same |
 //! | spare core for seal's region hashes | [`regions::RegionThread`]: a thread | none (hashed after the walk) |
 //! | secret store | [`secrets::FileSecrets`]: one file per slot | flash pages |
@@ -42,6 +42,7 @@ pub mod platform;
 pub mod pty;
 pub mod regions;
 pub mod secrets;
+pub mod write_behind;
 
 pub use clock::HostClock;
 pub use export::Export;

@@ -8,22 +8,24 @@
 //! released or the simulator restarts (a power cycle), so the core's seal,
 //! boot and erase paths that drive it are exercised end to end.
 //!
-//! Large writes skip the page cache: the image has a second descriptor
-//! opened with `O_DIRECT`, and the 4 KiB-aligned part of a write of at
-//! least [`DIRECT_MIN`] bytes from 4 KiB-aligned memory goes through it
-//! (the NBD server lands a write's payload so that it is, see
-//! `mgear_nbd_proto::server`). Through the page cache a capture's bytes
-//! were copied once more and written out again at the next flush, where
-//! the host's direct `fat:` capture writes them once (`O_DIRECT` on an I/O
-//! thread). Small and unaligned pieces (FAT sectors, directory blocks, the
-//! ragged ends of a transfer) and every read keep to the page cache: reads
-//! want the kernel's read-ahead (seal and arrival read the image front to
-//! back while hashing), and the kernel keeps both descriptors coherent
-//! (a direct write drops the cached pages it covers). Durability is
-//! unchanged: [`BlockDevice::flush`] is an `fdatasync` of the image, which
-//! covers both descriptors' writes (and the device's write cache). Where
-//! the file system refuses `O_DIRECT` (tmpfs) or a direct write
-//! (`EINVAL`), the page cache does everything.
+//! Large writes skip the page cache and do not wait for the disk: the
+//! 4 KiB-aligned part of a write of at least [`DIRECT_MIN`] bytes is copied
+//! and queued for I/O threads that write it with `O_DIRECT`
+//! ([`crate::write_behind`]: the device's write cache and command queue).
+//! Through the page cache a capture's bytes were copied once more and
+//! written out again at the next flush, where the host's direct `fat:`
+//! capture writes them once (`O_DIRECT` on an I/O thread); waiting for
+//! each direct write held up the NBD server's next request. Small and
+//! unaligned pieces (FAT sectors, directory blocks, the ragged ends of a
+//! transfer) and every read keep to the page cache, after any queued write
+//! they overlap: reads want the kernel's read-ahead (seal and arrival read
+//! the image front to back while hashing), and the kernel keeps both
+//! descriptors coherent (a direct write drops the cached pages it covers).
+//! Durability is unchanged: [`BlockDevice::flush`] waits for the queue and
+//! then calls `fdatasync` on the image, which covers both descriptors'
+//! writes (and the device's write cache). Where the file system refuses
+//! `O_DIRECT` (tmpfs) or a direct write (`EINVAL`), the page cache does
+//! everything.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -31,8 +33,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use image_format::store::aligned::{refused_direct, reopen_direct, ALIGN};
+use image_format::store::aligned::{reopen_direct, ALIGN};
 use mgear_firmware::hal::{BlockDevice, HwError};
+
+use crate::write_behind::WriteBehind;
 
 /// Block size of the simulated medium (that of an SD card).
 pub const BLOCK_SIZE: usize = 512;
@@ -50,9 +54,9 @@ pub const DIRECT_MIN: usize = 64 * 1024;
 /// A medium image file as a block device.
 pub struct FileMedium {
     file: File,
-    /// The image opened again with `O_DIRECT`, for large aligned writes;
-    /// `None` where refused (the module doc).
-    direct: Option<File>,
+    /// Large aligned writes, queued for `O_DIRECT` (shared by every handle
+    /// on the image); `None` where the file system refuses it (module doc).
+    behind: Option<Arc<WriteBehind>>,
     /// For [`FileMedium::reopen`].
     path: PathBuf,
     blocks: u64,
@@ -81,8 +85,19 @@ impl FileMedium {
                 path.display()
             )));
         }
+        let behind = match reopen_direct(&file) {
+            Some(direct) => Some(Arc::new(
+                WriteBehind::start(
+                    direct,
+                    file.try_clone()
+                        .map_err(|e| HwError::Io(format!("medium {}: {e}", path.display())))?,
+                )
+                .map_err(|e| HwError::Io(format!("medium {}: {e}", path.display())))?,
+            )),
+            None => None,
+        };
         Ok(FileMedium {
-            direct: reopen_direct(&file),
+            behind,
             file,
             path: path.to_path_buf(),
             blocks: len / BLOCK_SIZE as u64,
@@ -94,19 +109,12 @@ impl FileMedium {
     /// A second handle on the same open image, sharing the write counter
     /// and the file position state (`dup`).
     pub fn try_clone(&self) -> Result<FileMedium, HwError> {
-        let direct = match &self.direct {
-            Some(d) => Some(
-                d.try_clone()
-                    .map_err(|e| HwError::Io(format!("medium: a second handle: {e}")))?,
-            ),
-            None => None,
-        };
         Ok(FileMedium {
             file: self
                 .file
                 .try_clone()
                 .map_err(|e| HwError::Io(format!("medium: a second handle: {e}")))?,
-            direct,
+            behind: self.behind.clone(),
             path: self.path.clone(),
             blocks: self.blocks,
             write_protected: self.write_protected,
@@ -127,7 +135,7 @@ impl FileMedium {
             .open(&self.path)
             .map_err(|e| HwError::Io(format!("reopening medium {}: {e}", self.path.display())))?;
         Ok(FileMedium {
-            direct: self.direct.as_ref().and_then(|_| reopen_direct(&file)),
+            behind: self.behind.clone(),
             file,
             path: self.path.clone(),
             blocks: self.blocks,
@@ -138,36 +146,31 @@ impl FileMedium {
 
     /// Whether large aligned writes go around the page cache (`O_DIRECT`).
     pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
+        self.behind.as_ref().is_some_and(|b| b.is_direct())
     }
 
-    /// Writes `data` at byte `off`: its 4 KiB-aligned middle with
-    /// `O_DIRECT` when it is large and its memory is aligned alike, the
-    /// rest through the page cache.
+    /// Writes `data` at byte `off`: its 4 KiB-aligned middle queued for
+    /// `O_DIRECT` when it is large, the rest through the page cache.
     fn write_at(&mut self, data: &[u8], off: u64) -> std::io::Result<()> {
-        let Some(direct) = &self.direct else {
-            return self.file.write_all_at(data, off);
+        let behind = match &self.behind {
+            Some(b) if b.is_direct() => b,
+            Some(b) => {
+                b.settle_range(off, data.len())?;
+                return self.file.write_all_at(data, off);
+            }
+            None => return self.file.write_all_at(data, off),
         };
         let head = ((ALIGN as u64 - off % ALIGN as u64) % ALIGN as u64) as usize;
         let body = data.len().saturating_sub(head) / ALIGN * ALIGN;
-        if body < DIRECT_MIN || !(data.as_ptr() as usize + head).is_multiple_of(ALIGN) {
+        behind.settle_range(off, data.len())?;
+        if body < DIRECT_MIN {
             return self.file.write_all_at(data, off);
         }
+        // The ragged ends are pages of their own, apart from the body's.
         self.file.write_all_at(&data[..head], off)?;
-        match direct.write_all_at(&data[head..head + body], off + head as u64) {
-            Ok(()) => {}
-            Err(e) if refused_direct(&e) => {
-                // The file system takes O_DIRECT opens but not these
-                // writes: stop trying, the page cache does them.
-                log::debug!("medium: direct write refused ({e}); using the page cache");
-                self.direct = None;
-                self.file
-                    .write_all_at(&data[head..head + body], off + head as u64)?;
-            }
-            Err(e) => return Err(e),
-        }
         self.file
-            .write_all_at(&data[head + body..], off + (head + body) as u64)
+            .write_all_at(&data[head + body..], off + (head + body) as u64)?;
+        behind.write(off + head as u64, &data[head..head + body])
     }
 
     /// Block writes made through any handle on this image so far.
@@ -200,6 +203,10 @@ impl BlockDevice for FileMedium {
 
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), HwError> {
         let off = self.range(lba, buf.len())?;
+        if let Some(b) = &self.behind {
+            b.settle_range(off, buf.len())
+                .map_err(|e| HwError::Io(format!("medium read at byte {off}: {e}")))?;
+        }
         self.file
             .read_exact_at(buf, off)
             .map_err(|e| HwError::Io(format!("medium read at byte {off}: {e}")))
@@ -216,6 +223,10 @@ impl BlockDevice for FileMedium {
     }
 
     fn flush(&mut self) -> Result<(), HwError> {
+        if let Some(b) = &self.behind {
+            b.settle()
+                .map_err(|e| HwError::Io(format!("medium flush: {e}")))?;
+        }
         self.file
             .sync_data()
             .map_err(|e| HwError::Io(format!("medium flush: {e}")))
@@ -226,6 +237,11 @@ impl BlockDevice for FileMedium {
     }
 
     fn set_write_protect(&mut self, on: bool) -> Result<bool, HwError> {
+        // Writes accepted before the protection land before it.
+        if let Some(b) = &self.behind {
+            b.settle()
+                .map_err(|e| HwError::Io(format!("medium write protection: {e}")))?;
+        }
         self.write_protected = on;
         Ok(true)
     }
@@ -336,7 +352,8 @@ mod tests {
             image[off..off + len].copy_from_slice(&data);
             check(&mut m, &image);
         }
-        // Memory not aligned like the image: all through the page cache.
+        // Memory not aligned like the image: copied into the queue's
+        // aligned buffers all the same.
         let data = fill((1 << 20) + 512);
         let odd = &data[512..];
         m.write_blocks(4096, odd).unwrap();
