@@ -8,7 +8,7 @@ use mgear::units::parse_size;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Size of the generated source disk.
-    #[arg(long, default_value = "1GiB")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1GiB")]
     pub size: String,
     /// Data pattern: random, mix (40% zeros / 30% text / 30% random), zeros
     /// (written), sparse (one hole), both (random and mix) or all.
@@ -28,12 +28,17 @@ pub struct Args {
     pub rbd: Option<String>,
     /// Encoder threads for every capture [default: number of CPUs]; compare `--threads 1`
     /// with `--threads 2` to see how capture scales.
-    #[arg(long, value_parser = super::at_least_one)]
+    #[arg(long, allow_hyphen_values = true, value_parser = super::at_least_one)]
     pub threads: Option<usize>,
     /// Sizes of the two random captures onto a FAT32 image whose CPU cost per byte is
     /// compared (the target; about 35 s and 9 GiB of the work directory for the
     /// 4 GiB one here; `off` skips them).
-    #[arg(long, default_value = "256MiB,4GiB", value_name = "SMALL,LARGE")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value = "256MiB,4GiB",
+        value_name = "SMALL,LARGE"
+    )]
     pub scale: String,
     /// Skip the rows that run `mgear-appliance-sim` (capture through its NBD export, seal).
     #[arg(long)]
@@ -45,7 +50,12 @@ pub struct Args {
     /// Run each timed capture and ingest (and their `dd` baselines, and the capture through
     /// the simulator) this many times and report the shortest time and the least CPU: on a
     /// shared machine noise only ever adds to either.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        default_value_t = 3,
+        value_name = "N"
+    )]
     pub repeat: usize,
     /// Print one JSON object.
     #[arg(long)]

@@ -48,19 +48,19 @@ pub struct Args {
     #[arg(long, value_name = "NAME", requires = "delta")]
     pub dirty_bitmap: Option<String>,
     /// Hold the average source read rate, e.g. 50MiB/s, 400Mbit/s.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub rate_limit: Option<String>,
     /// Where data keys are kept for later deltas [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
     #[arg(long)]
     pub key_cache: Option<PathBuf>,
     /// Chunk size (64KiB..16MiB, power of two).
-    #[arg(long, default_value = "1MiB")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1MiB")]
     pub chunk_size: String,
     /// Store chunks uncompressed.
     #[arg(long)]
     pub no_compress: bool,
     /// Encoder threads [default: number of CPUs; at most 64 are used].
-    #[arg(long, value_parser = super::at_least_one)]
+    #[arg(long, allow_hyphen_values = true, value_parser = super::at_least_one)]
     pub threads: Option<usize>,
     /// Sign each generation's COMMIT with this capture-site key (`mgear keygen --signing`).
     #[arg(long, value_name = "SITE.key")]

@@ -75,7 +75,7 @@ pub struct Args {
     #[command(flatten)]
     pub trust: super::trust::TrustArgs,
     /// Hold the average write rate, e.g. 100MiB/s (spare a shared storage backend).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub rate_limit: Option<String>,
     /// Sync and record progress after this much data (tests use small values).
     #[arg(long, hide = true, default_value = "64MiB")]

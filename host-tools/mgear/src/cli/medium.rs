@@ -45,7 +45,7 @@ pub enum MediumCmd {
         /// fat:IMAGE or fat:/dev/sdX.
         medium: String,
         /// Size of a new image file, e.g. 2GiB or 16TiB (sparse; not used for devices).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         size: Option<String>,
         /// Overwrite an image or device that holds a file system, a partition
         /// table or another image (its old signatures are wiped).

@@ -40,10 +40,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10.0)]
     pub handshake_timeout: f64,
     /// Seconds an authenticated connection may stay silent.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 120.0)]
     pub idle_timeout: f64,
     /// Connections served at once (more are told to retry).
-    #[arg(long, default_value_t = 4, value_parser = super::at_least_one)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 4, value_parser = super::at_least_one)]
     pub max_peers: usize,
 }
 
@@ -66,7 +66,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "NAME")]
     pub dirty_bitmap: Option<String>,
     /// Hold the average rate on the wire, e.g. 10Mbit/s, 2MiB/s.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub rate_limit: Option<String>,
     /// Reconnect this many times after a dropped connection.
     #[arg(long, default_value_t = 5)]
