@@ -221,7 +221,7 @@ pub struct Receipt {
     pub signed_only: bool,
 }
 
-fn create_private_dir(dir: &std::path::Path) -> crate::Result<()> {
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> crate::Result<()> {
     image_format::private::create_dir(dir)
         .with_context(|| format!("creating key cache {}", dir.display()))
 }

@@ -239,6 +239,46 @@ pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i3
     Ok(OK)
 }
 
+/// The site key a set generation is signed with is noted in the key cache when its first
+/// disk starts (`NAME-ID.signer`, as for one disk); a run that goes on with it must sign with
+/// the same key (exit 2 before anything is stored). Without the note a resume without
+/// `--sign` captured the remaining disks and wrote the set's COMMIT unsigned: the target,
+/// which pins the site key, refused the machine only after shipping. A set started without
+/// `--sign` may go on with one.
+fn check_set_signer(
+    args: &capture::Plan,
+    name: &str,
+    id: &[u8; 16],
+    g: u32,
+    st: &State,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> crate::Result<()> {
+    let cache_dir = crate::keys::key_cache_dir(args.key_cache.clone())?;
+    let path = crate::keys::signer_note_file(&cache_dir, name, id);
+    let now = key.map_or_else(
+        || "none".to_string(),
+        |k| crate::sitekey::fingerprint(&k.verifying_key().to_bytes()),
+    );
+    if !st.done.iter().any(|&d| d) {
+        capture::create_private_dir(&cache_dir)?;
+        return crate::keys::write_generation_note(&path, g, "signer", &now)
+            .with_context(|| format!("noting the signing key in {}", path.display()));
+    }
+    match crate::keys::generation_note(&path, g, "signer") {
+        Some(then) if then != "none" && then != now => Err(usage(format!(
+            "set {name} generation {g} was started signed with site key {then} (--sign), and \
+             this run {}: the set's receipt would not carry the signature the target pins. \
+             Go on with the same --sign KEY it was started with",
+            if now == "none" {
+                "has no --sign".to_string()
+            } else {
+                format!("signs with another key, {now}")
+            }
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Where the set stands on the medium before this run.
 struct State {
     generation: u32,
@@ -744,6 +784,9 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
         .as_deref()
         .map(crate::sitekey::read_signing_key)
         .transpose()?;
+    if !st.sealed {
+        check_set_signer(args, &name, &shared.capture_id, g, &st, sign_key.as_ref())?;
+    }
     let mut captured = Vec::new();
     for (k, src) in sources.iter().enumerate() {
         if st.done[k] || st.sealed {

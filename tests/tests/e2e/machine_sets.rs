@@ -393,6 +393,23 @@ fn an_interrupted_set_capture_resumes_with_the_same_command() {
 
     // The same command again: disk 0 is not read again, disk 1 is captured.
     let _served = mgear_tests::qemu_nbd(&["-t", "-r", "-f", "raw"], &sock, &e.p("disk1.raw"));
+    // But not without the site key it was started with, nor with another one: the set's
+    // COMMIT would go unsigned (or signed by a key the target does not pin), found only
+    // at the target. Refused before disk 1 is read.
+    e.ok(&["keygen", "--signing", "--out", "other.key"]);
+    for sign in [None, Some("other.key")] {
+        let mut again = e.capture(&m, "db01").sources(&[&e.s("disk0.raw"), &url]);
+        if let Some(k) = sign {
+            again = again.sign(k);
+        }
+        let o = again.run();
+        let text = output_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{sign:?}: {text}");
+        assert!(
+            text.contains("was started signed with site key") && text.contains("same --sign KEY"),
+            "{sign:?}: {text}"
+        );
+    }
     let o = args.ok();
     let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(c["generation"], 1, "{c}");
