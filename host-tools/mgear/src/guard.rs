@@ -265,7 +265,17 @@ pub fn overlaps(a: &Path, b: &Path) -> bool {
         let Ok(dir) = b.canonicalize() else {
             return false;
         };
-        return resolved(a).is_some_and(|f| f.starts_with(&dir));
+        // A loop device over a file in the directory writes that file.
+        let a = match std::fs::metadata(a) {
+            Ok(m) if m.file_type().is_block_device() => {
+                loop_backing_file(m.rdev()).unwrap_or_else(|| a.to_path_buf())
+            }
+            _ => a.to_path_buf(),
+        };
+        let Some(f) = resolved(&a) else {
+            return false;
+        };
+        return f.starts_with(&dir) || reached_another_way(&f, b);
     }
     let Ok(ma) = std::fs::metadata(a) else {
         return false;
@@ -279,6 +289,35 @@ pub fn overlaps(a: &Path, b: &Path) -> bool {
         return ra == rb || whole_disk(ra) == Some(rb) || whole_disk(rb) == Some(ra);
     }
     false
+}
+
+/// Most entries of a directory tree [`reached_another_way`] looks at (a
+/// medium's `MGEAR` holds a few directories and files per capture).
+const TREE_ENTRIES: usize = 100_000;
+
+/// Whether absolute path `f`, or a directory it lies in, is directory `dir` or
+/// something under it by (device, inode): a bind mount (or another mount of the
+/// same file system) shows the tree under another path, where comparing paths
+/// finds nothing. An ingest target in a bind mount of a `dir:` medium's capture
+/// overwrote one of its segments.
+fn reached_another_way(f: &Path, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mut tree = std::collections::HashSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&d) else {
+            continue;
+        };
+        tree.insert((m.dev(), m.ino()));
+        if !m.is_dir() || tree.len() > TREE_ENTRIES {
+            continue;
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            todo.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    f.ancestors()
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| tree.contains(&(m.dev(), m.ino()))))
 }
 
 /// The absolute path `p` names with its symlinks resolved, also for a path
@@ -413,6 +452,54 @@ pub(crate) mod tests {
         assert!(overlaps(&a.0, &b.0), "two loop devices over one image");
         assert!(!overlaps(&a.0, &other));
         assert!(!overlaps(&other, &a.0));
+    }
+
+    #[test]
+    fn a_loop_device_over_a_file_in_a_directory_or_a_bind_mount_of_it_lies_in_it() {
+        let d = tempfile::tempdir().unwrap();
+        let medium = d.path().join("MGEAR");
+        std::fs::create_dir_all(medium.join("d3/G0001")).unwrap();
+        let seg = medium.join("d3/G0001/SEG-00000");
+        std::fs::write(&seg, vec![7u8; 1 << 20]).unwrap();
+        let outside = d.path().join("other.img");
+        std::fs::write(&outside, vec![0u8; 1 << 20]).unwrap();
+        let Some(over_seg) = Loop::over(&seg) else {
+            eprintln!("no loop device here (needs root and the loop driver): nothing to check");
+            return;
+        };
+        assert!(
+            overlaps(&over_seg.0, &medium),
+            "a loop device over a segment"
+        );
+        let over_other = Loop::over(&outside).unwrap();
+        assert!(!overlaps(&over_other.0, &medium));
+
+        // The capture's directory bind-mounted elsewhere: the same inodes.
+        let mnt = tempfile::tempdir().unwrap();
+        let bound = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(medium.join("d3"))
+            .arg(mnt.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !bound {
+            eprintln!("no bind mount here (needs root): the rest is not checked");
+            return;
+        }
+        let seen = (
+            overlaps(&mnt.path().join("G0001/SEG-00000"), &medium),
+            overlaps(&mnt.path().join("G0001/new.raw"), &medium),
+            overlaps(&mnt.path().join("new.raw"), &medium),
+        );
+        let _ = std::process::Command::new("umount")
+            .arg(mnt.path())
+            .status();
+        assert_eq!(
+            seen,
+            (true, true, true),
+            "paths in a bind mount of the medium"
+        );
+        assert!(!overlaps(&mnt.path().join("new.raw"), &medium), "unmounted");
     }
 
     #[test]

@@ -930,8 +930,9 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
     Ok(())
 }
 
-/// A block device that is mounted (or held by LVM, RAID, a swap area or a
-/// running VM) cannot be opened exclusively: refuse it (exit 2), even with
+/// A block device that is mounted (or held by LVM, RAID, a swap area, a
+/// running VM or another ingest: `DeviceVolume` holds it open exclusively
+/// while it writes) cannot be opened exclusively: refuse it (exit 2), even with
 /// `--force`, rather than write a volume the kernel then writes over.
 fn refuse_busy_device(spec: &str, p: &Path) -> crate::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -941,9 +942,10 @@ fn refuse_busy_device(spec: &str, p: &Path) -> crate::Result<()> {
         .open(p)
     {
         Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => Err(usage(format!(
-            "--target {spec}: {} is in use (mounted, or held by LVM, RAID, swap or a running \
-             VM): the kernel would write over the volume. Unmount it or stop what holds it \
-             (`lsblk {}`, `findmnt {}`), then run this again",
+            "--target {spec}: {} is in use (mounted, or held by LVM, RAID, swap, a running \
+             VM or another ingest writing it): the kernel or that program would write over the \
+             volume. Unmount it or stop what holds it (`lsblk {}`, `findmnt {}`), then run this \
+             again",
             p.display(),
             p.display(),
             p.display()

@@ -686,6 +686,15 @@ pub struct DeviceVolume {
     found: Found,
 }
 
+/// Whether the kernel holds block device `md` read-only (sysfs `ro`).
+fn read_only_device(md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = md.rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/ro"))
+        .is_ok_and(|s| s.trim() == "1")
+}
+
 /// What names the block device at `path` beyond the path, which another device may take
 /// later: its number and size, and the file behind a loop device or a disk's serial (sysfs).
 fn device_identity(path: &Path) -> String {
@@ -729,11 +738,49 @@ impl DeviceVolume {
                 path.display()
             )));
         }
+        // Exclusive (`O_EXCL` on a block device): the kernel refuses a second exclusive
+        // opener and a mounted device, whatever node or state dir names it. Two ingests
+        // with their own state dirs wrote one device at once, and one of them reported a
+        // volume holding both disks' chunks as verified.
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(nix::libc::O_EXCL)
             .open(path)
-            .map_err(|e| Error::io(format!("opening target {}", path.display()), e))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::EBUSY) => Error::Usage(format!(
+                    "target device {} is busy: it is mounted, or another program (another \
+                     ingest?) holds it open exclusively; nothing was written. Unmount it or \
+                     wait for that program to finish (`lsblk {}`, `fuser -v {}`), then run \
+                     the same command again",
+                    path.display(),
+                    path.display(),
+                    path.display()
+                )),
+                Some(nix::libc::EROFS) | Some(nix::libc::EACCES) | Some(nix::libc::EPERM) => {
+                    Error::Usage(format!(
+                        "target device {} cannot be opened for writing ({e}): it is read-only \
+                         (`blockdev --getro {}` says 1) or not ours to write; nothing was \
+                         written. Give a writable device",
+                        path.display(),
+                        path.display()
+                    ))
+                }
+                _ => Error::io(format!("opening target {}", path.display()), e),
+            })?;
+        if read_only_device(&md) {
+            // Open for writing succeeds; the first write fails with EPERM, after the
+            // marker that then blocked the next device under this name.
+            return Err(Error::Usage(format!(
+                "target device {} is read-only (`blockdev --getro {}` says 1, e.g. a loop \
+                 device set up with `losetup -r`); nothing was written. Give a writable device \
+                 (`blockdev --setrw {}` if it should be)",
+                path.display(),
+                path.display(),
+                path.display()
+            )));
+        }
         let mut file = file;
         let (size, _) = Raw::from_file(&mut file, path)?;
         if size < prep.disk_size {

@@ -1090,6 +1090,67 @@ fn a_loop_device_over_the_medium_is_the_medium() {
     assert_eq!(tree(&e.p("m.img")), before);
 }
 
+/// Two ingests into one device, each with a state dir of its own (two operators, `sudo`
+/// with another HOME): both wrote it at once, and one reported a verified volume that held
+/// chunks of both disks. The device is held open exclusively while an ingest writes it, so
+/// the second is refused (exit 2) and writes nothing. A read-only device is refused before
+/// anything is written and leaves no marker behind (it blocked the next device under its
+/// name).
+#[test]
+fn a_device_another_ingest_writes_or_that_is_read_only_is_refused() {
+    let e = Env::new();
+    e.keygen();
+    let (ma, mb) = (e.fat("a.img", "64MiB"), e.fat("b.img", "64MiB"));
+    random_disk(&e.p("a.raw"), 8 << 20, 1);
+    random_disk(&e.p("b.raw"), 8 << 20, 2);
+    e.capture(&ma, "web01").source("a.raw").ok();
+    e.capture(&mb, "web01").source("b.raw").ok();
+    fs::write(e.p("vol.img"), vec![0u8; 8 << 20]).unwrap();
+    let dev = Loop::attach(&e.p("vol.img"));
+    let target = format!("dev:{}", dev.0);
+    let first = e
+        .ingest(&ma, "web01")
+        .untrusted()
+        .target(&target)
+        .args(&["--rate-limit", "4MiB/s"])
+        .spawn();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let mut second = e.ingest(&mb, "web01").untrusted().target(&target).command();
+    second.env("XDG_STATE_HOME", e.p("other-state"));
+    let o = second.output().unwrap();
+    refused(&o, "another ingest writing it");
+    let o = first.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    mgear_tests::same_file(&e.p("vol.img"), &e.p("a.raw"));
+
+    fs::write(e.p("ro.img"), vec![0u8; 8 << 20]).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(e.p("ro.img"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ro = Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let o = e
+        .ingest(&ma, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", ro.0))
+        .run();
+    refused(&o, "is read-only");
+    let markers = fs::read_dir(e.p("state/mgear/ingest"))
+        .map(|d| {
+            d.flatten()
+                .filter(|f| {
+                    f.file_name()
+                        .to_string_lossy()
+                        .contains(ro.0.trim_start_matches("/dev/"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(markers, 0, "no marker for a device nothing was written to");
+}
+
 /// A device an ingest began writing and did not finish holds part of a
 /// disk: `mgear boot` refuses it (exit 2, naming the way on) until the
 /// ingest ran again to the end. Nothing is started.
