@@ -250,6 +250,10 @@ pub struct SpanInfo {
     /// Why this medium's label did not read (then `label` is `None`): the
     /// medium cannot be placed in its span; its own files still verify.
     pub label_damage: Option<String>,
+    /// Ordinals of the media read through a [`SpanStore`] (empty for one
+    /// medium read alone: its `label` says which it is). A segment the map
+    /// places on one of them and that is not there is missing, not elsewhere.
+    pub attached: Vec<u16>,
 }
 
 impl SpanInfo {
@@ -259,6 +263,7 @@ impl SpanInfo {
         let o = *self.map.placed.get(path)?;
         match self.label {
             Some(l) if l.ordinal == o => None,
+            _ if self.attached.contains(&o) => None,
             _ => Some(o),
         }
     }
@@ -306,6 +311,7 @@ pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
             map: map.unwrap_or_default(),
             map_damage,
             label_damage,
+            attached: Vec::new(),
         }),
     })
 }
@@ -612,6 +618,14 @@ impl<M: Store> SpanStore<M> {
                         ordinal: l.ordinal,
                         store,
                     });
+                }
+                Some(SpanInfo { label: None, .. }) if id.is_some() && strict => {
+                    return Err(Error::Usage(format!(
+                        "{name} holds a span map (MGEAR/SPANMAP) but its span label (MGEAR/SPAN) \
+                         is missing, so it cannot be placed among the other media of its span: \
+                         give the other media without it (ingest then names what is missing), \
+                         and ingest or verify it on its own"
+                    )))
                 }
                 _ if id.is_some() && strict => {
                     return Err(Error::Usage(format!(
@@ -1397,6 +1411,79 @@ mod tests {
         assert_eq!(missing[0].label, "A");
         let far = span.unreachable();
         assert!(!far.is_empty() && far.iter().all(|(_, o)| *o == 0));
+    }
+
+    /// A segment the map places on medium B, deleted from B: B alone, B through a span
+    /// store of its own (as the host opens a labelled medium) and both media together all
+    /// call it missing. Through a span store it was listed as "on medium #1, verify it
+    /// there" while #1 was the medium being verified, and keyless verify said OK.
+    #[test]
+    fn a_segment_missing_from_the_medium_the_map_places_it_on_is_a_problem() {
+        let data = disk(40 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b) = (small(1_600_000), small(3_000_000));
+        let gone = {
+            let mut span = join_ab(&mut a, &mut b, [7; 16]).unwrap();
+            capture(&mut span, "web01", &data, &id).unwrap();
+            span.map()
+                .placed
+                .iter()
+                .find(|(_, o)| **o == 1)
+                .map(|(p, _)| p.clone())
+                .expect("a segment on B")
+        };
+        b.remove_file(&gone).unwrap();
+        let missing = |r: &crate::VerifyReport| {
+            r.problems
+                .iter()
+                .any(|p| p.what.contains("missing") && p.at.to_string().contains(&gone))
+        };
+        let r = verify_keyless(&mut b, &mut NoProgress).unwrap();
+        assert!(missing(&r), "B alone: {r:?}");
+        let mut one =
+            SpanStore::open(alloc::vec![(&mut b as &mut dyn Store, "B".into())], true).unwrap();
+        let r = verify_keyless(&mut one, &mut NoProgress).unwrap();
+        assert!(missing(&r), "B through a span store: {r:?}");
+        assert!(
+            r.elsewhere.iter().all(|e| e.ordinal == 0),
+            "{:?}",
+            r.elsewhere
+        );
+        drop(one);
+        let mut both = SpanStore::open(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut b as &mut dyn Store, "B".into())
+            ],
+            true,
+        )
+        .unwrap();
+        let r = verify_keyless(&mut both, &mut NoProgress).unwrap();
+        assert!(missing(&r) && r.elsewhere.is_empty(), "both: {r:?}");
+        drop(both);
+
+        // B's label removed: B alone says so (keyless verify said OK), and the media
+        // together are refused with the way on.
+        b.remove_file(SPAN_FILE).unwrap();
+        let r = verify_keyless(&mut b, &mut NoProgress).unwrap();
+        assert!(
+            r.problems.iter().any(|p| p.what.contains("no span label")),
+            "{:?}",
+            r.problems
+        );
+        let e = SpanStore::open(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut b as &mut dyn Store, "B".into())
+            ],
+            true,
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            e.to_string().contains("span label (MGEAR/SPAN) is missing"),
+            "{e}"
+        );
     }
 
     #[test]

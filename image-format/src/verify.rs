@@ -152,12 +152,29 @@ fn span_of<S: Store + ?Sized>(store: &mut S, cx: &mut Ctx<'_>) -> Result<()> {
                     ),
                 );
             }
+            // A medium read alone that holds the span's map but no label: the label was
+            // removed (or never written); keyless verify said OK and the media together
+            // were refused at the target.
+            if let Some(info) = s
+                .as_ref()
+                .filter(|i| i.label.is_none() && i.label_damage.is_none() && store.span().is_none())
+            {
+                if !info.map.members.is_empty() {
+                    cx.problem(
+                        Location::default().file(span::SPAN_FILE),
+                        "this medium holds a span map (MGEAR/SPANMAP) but no span label \
+                         (MGEAR/SPAN): it cannot be placed among the other media of its span \
+                         (its own files are checked; give it on its own to ingest what it holds)",
+                    );
+                }
+            }
             cx.span = s;
             // Through several media the union keeps the longest map.
             if let (Some(info), Some(view)) = (cx.span.as_mut(), store.span()) {
                 if info.map_damage.is_some() {
                     info.map = view.map().clone();
                 }
+                info.attached = view.attached();
             }
         }
         Err(Error::Corrupt { at, what }) => cx.problem(*at, what),
