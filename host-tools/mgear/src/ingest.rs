@@ -292,7 +292,15 @@ impl State {
     /// Open the state for this ingest of `count` chunks: resume a matching
     /// one, or start fresh (`fresh` = no partial target exists, so old state
     /// is meaningless).
-    fn open(path: PathBuf, header: &[u8], count: u64, fresh: bool) -> crate::Result<Self> {
+    /// `start_over` (`--force`): a state that records another ingest is dropped and this
+    /// one starts afresh over the partial target (every chunk is written again).
+    fn open(
+        path: PathBuf,
+        header: &[u8],
+        count: u64,
+        fresh: bool,
+        start_over: bool,
+    ) -> crate::Result<Self> {
         let found = match fresh {
             true => None,
             false => open_private(&path, "ingest state")?,
@@ -309,17 +317,44 @@ impl State {
         state.file.seek(SeekFrom::Start(0))?;
         if len != STATE_HEADER + count * 32 || state.file.read_exact(&mut h).is_err() || h != header
         {
+            if start_over {
+                eprintln!(
+                    "mgear: --force: {} recorded another unfinished ingest into this target; \
+                     starting this one over (every chunk is written again)",
+                    state.path.display()
+                );
+                drop(state.file);
+                return State::open(state.path, header, count, true, false);
+            }
             // A conflict of the operator's asking (this target is half-way through another
             // ingest), not a failing disk: exit 2. The generation it was writing is named: a
             // newer generation on the medium since made "the same command" ingest that one.
+            // A generation of another capture (the same number, another manifest root) is
+            // not finished by `--generation`: that hint went in a circle.
             let at = STATE_MAGIC.len() + 32 + 8 + 4;
-            let was = (h.starts_with(STATE_MAGIC) && h.len() >= at + 4)
-                .then(|| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]));
+            let root_at = STATE_MAGIC.len();
+            let was = (h.starts_with(STATE_MAGIC) && h.len() >= at + 4).then(|| {
+                (
+                    u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]),
+                    &h[root_at..root_at + 32],
+                )
+            });
+            let this_gen =
+                u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+            let short = |r: &[u8]| crate::output::hex(&r[..8]);
             let which = match was {
-                Some(g) => format!(
-                    "an unfinished ingest of generation {g} (of this capture or another) into \
-                     this target: if it is this capture's, finish it with `--generation {g}` \
-                     added to this command; else finish it with the command it was started with"
+                Some((g, root)) if g != this_gen => format!(
+                    "an unfinished ingest of generation {g} (manifest root {}...) into this \
+                     target: if it is this capture's, finish it with `--generation {g}` added \
+                     to this command; else finish it with the command it was started with",
+                    short(root)
+                ),
+                Some((g, root)) => format!(
+                    "an unfinished ingest of generation {g} of another capture (manifest root \
+                     {}..., this one's {}...) into this target: finish it with the command and \
+                     medium it was started with",
+                    short(root),
+                    short(&header[root_at..root_at + 32])
                 ),
                 None => "an unfinished ingest of a different capture or generation into this \
                          target (or one by another version of mgear): finish that one (the same \
@@ -327,7 +362,8 @@ impl State {
                     .to_string(),
             };
             return Err(usage(format!(
-                "{} records {which}, or remove this file and the partial target to start over",
+                "{} records {which}; or, to write this capture there instead, run this command \
+                 with --force (the unfinished one is dropped and this one starts over)",
                 state.path.display()
             )));
         }
@@ -1199,6 +1235,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // A re-run (a disk of a machine set whose set ingest was interrupted later, or one
         // killed right after it finished) keeps what this run finished.
         record_done: true,
+        start_over: args.force,
     };
     let (mut report, finished) = write_volume(&plan, vol, reader, gaps.as_ref(), started)?;
     medium.close()?;
@@ -1232,6 +1269,9 @@ pub struct WritePlan {
     /// Leave a record of the finished volume in the state dir
     /// ([`ingested_before`]): a set ingest re-run keeps the disks it finished.
     pub record_done: bool,
+    /// `--force`: a resume state recording another ingest into this target is dropped
+    /// and this one starts over.
+    pub start_over: bool,
 }
 
 /// The pipeline above the [`Volume`] seam: authenticate and decrypt every
@@ -1256,7 +1296,16 @@ pub fn write_volume<S: image_format::Store>(
     let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
     let state_path = plan.state_dir.join(format!("{}.ingest", vol.state_key()));
     let found = vol.found();
-    let state = match open_state(&*vol, found, size, count, state_path, &header) {
+    let state_note = state_path.clone();
+    let state = match open_state(
+        &*vol,
+        found,
+        size,
+        count,
+        state_path,
+        &header,
+        plan.start_over,
+    ) {
         Ok(s) => s,
         Err(e) => {
             // Nothing was written: a volume this run created must not stay
@@ -1470,7 +1519,22 @@ pub fn write_volume<S: image_format::Store>(
         fed?;
         Ok((vol, state, digest))
     });
-    let (mut vol, state, beside_digest) = fed_to_writer?;
+    // A record that did not check out stops the ingest with the target unfinished: say
+    // so, and what the partial target and its state are good for (they were left behind
+    // unnamed, and a later ingest of another capture into the target was refused).
+    let (mut vol, state, beside_digest) = fed_to_writer.map_err(|e| {
+        if crate::exit::code_of(&e) == crate::exit::FOUND
+            && !e.to_string().contains("left incomplete")
+        {
+            e.context(format!(
+                "{desc} is left unfinished, with its resume state {}: a re-run with an intact \
+                 copy of the medium continues it; --force writes another capture there instead",
+                state_note.display()
+            ))
+        } else {
+            e
+        }
+    })?;
     bar.finish();
     if far_missing > 0 {
         // Everything the given media hold is durable and recorded; the rest
@@ -1701,6 +1765,7 @@ fn open_state(
     count: u64,
     state_path: PathBuf,
     header: &[u8],
+    start_over: bool,
 ) -> crate::Result<State> {
     let desc = vol.describe();
     // lstat, not stat: a dangling symlink counts as something being there.
@@ -1725,7 +1790,7 @@ fn open_state(
             human_bytes(size)
         )));
     }
-    State::open(state_path, header, count, found == Found::New)
+    State::open(state_path, header, count, found == Found::New, start_over)
 }
 
 /// What the decrypting side hands the volume writer: one batch of chunks.
@@ -2775,6 +2840,7 @@ mod tests {
             hold: false,
             record_done: false,
             volume_sha256: true,
+            start_over: false,
         }
     }
 
@@ -3515,11 +3581,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
         let h = State::header(&[1; 32], 10, 4, 1);
-        let mut s = State::open(p.clone(), &h, 3, true).unwrap();
+        let mut s = State::open(p.clone(), &h, 3, true, false).unwrap();
         s.record(&[(2, [7; 32]), (1, [8; 32])]).unwrap();
         assert_eq!(s.done_prefix(), 2);
         drop(s);
-        let s = State::open(p.clone(), &h, 3, false).unwrap();
+        let s = State::open(p.clone(), &h, 3, false, false).unwrap();
         assert_eq!(
             (s.done_count(), s.is_done(0), s.is_done(1), s.is_done(2)),
             (2, false, true, true)
@@ -3527,12 +3593,12 @@ mod tests {
         assert_eq!(Slots::open(&p).unwrap().id(2).unwrap(), [7; 32]);
         // Out of write order: chunk 2 alone is no prefix.
         let q = dir.path().join("q");
-        let mut s = State::open(q, &h, 3, true).unwrap();
+        let mut s = State::open(q, &h, 3, true, false).unwrap();
         s.record(&[(2, [7; 32])]).unwrap();
         assert_eq!((s.done_count(), s.done_prefix()), (1, 0));
         // Another capture, generation or size is not resumed.
         let other = State::header(&[2; 32], 10, 4, 2);
-        let e = State::open(p.clone(), &other, 3, false)
+        let e = State::open(p.clone(), &other, 3, false, false)
             .err()
             .expect("refused");
         assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
@@ -3541,8 +3607,35 @@ mod tests {
             e.to_string().contains("generation 1") && e.to_string().contains("`--generation 1`"),
             "{e}"
         );
-        assert!(State::open(p.clone(), &h, 4, false).is_err());
-        assert_eq!(State::open(p, &other, 3, true).unwrap().done_count(), 0);
+        assert!(State::open(p.clone(), &h, 4, false, false).is_err());
+        // The same generation of another capture: `--generation` is no way on (it went in a
+        // circle); both roots are named, and --force starts this one over.
+        let same_gen = State::header(&[3; 32], 10, 4, 1);
+        let e = State::open(p.clone(), &same_gen, 3, false, false)
+            .err()
+            .expect("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("of another capture (manifest root 0101010101010101...")
+                && text.contains("this one's 0303030303030303...")
+                && !text.contains("`--generation")
+                && text.contains("--force"),
+            "{text}"
+        );
+        let s = State::open(p.clone(), &same_gen, 3, false, true).unwrap();
+        assert_eq!(s.done_count(), 0, "started over");
+        drop(s);
+        assert_eq!(
+            State::open(p.clone(), &same_gen, 3, false, false)
+                .unwrap()
+                .done_count(),
+            0,
+            "the new state is this ingest's"
+        );
+        assert_eq!(
+            State::open(p, &other, 3, true, false).unwrap().done_count(),
+            0
+        );
     }
 
     /// `--target file:X.partial --force` (what "X.partial exists: pass --force" led to) wrote
