@@ -729,9 +729,30 @@ fn a_sets_cached_key_survives_deltas_and_is_forgotten_whole() {
         v
     };
     assert_eq!(names(), ["db01", "db01.d0", "db01.d1"]);
+    // A delta with the disks given in the other order would store each disk's changes
+    // under the other disk (it went through with a warning): refused, nothing written.
+    let o = e
+        .capture("dir:mnt", "db01")
+        .sources(&["b.raw", "a.raw"])
+        .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("--source number 1 (b.raw) is disk 1 of set db01"),
+        "{}",
+        output_text(&o)
+    );
     let o = set(&["--delta"]);
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(names(), ["db01", "db01.d0", "db01.d1"], "after a delta");
+    let i = e.json(&["inspect", "--medium", "dir:mnt"]);
+    assert_eq!(
+        i["shipment"]["machines"][0]["generations"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "the refused delta left no generation: {i}"
+    );
     // One disk's entry alone would leave the set's key: refused, nothing forgotten.
     let o = e.run(&["keys", "forget", "--name", "DB01.D1"]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
