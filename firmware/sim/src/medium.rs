@@ -155,14 +155,14 @@ impl FileMedium {
         let behind = match &self.behind {
             Some(b) if b.is_direct() => b,
             Some(b) => {
-                b.settle_range(off, data.len())?;
+                b.settle_range(off, data.len());
                 return self.file.write_all_at(data, off);
             }
             None => return self.file.write_all_at(data, off),
         };
         let head = ((ALIGN as u64 - off % ALIGN as u64) % ALIGN as u64) as usize;
         let body = data.len().saturating_sub(head) / ALIGN * ALIGN;
-        behind.settle_range(off, data.len())?;
+        behind.settle_range(off, data.len());
         if body < DIRECT_MIN {
             return self.file.write_all_at(data, off);
         }
@@ -204,8 +204,7 @@ impl BlockDevice for FileMedium {
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), HwError> {
         let off = self.range(lba, buf.len())?;
         if let Some(b) = &self.behind {
-            b.settle_range(off, buf.len())
-                .map_err(|e| HwError::Io(format!("medium read at byte {off}: {e}")))?;
+            b.settle_range(off, buf.len());
         }
         self.file
             .read_exact_at(buf, off)

@@ -17,9 +17,13 @@
 //! loses a device's cache; a clean stop drains the queue). Order is kept
 //! where it matters: a read, a page-cache write or a queued write that
 //! overlaps a queued write waits for it first, across every handle on the
-//! image (they share one `WriteBehind`). A failed write is kept and
-//! returned by the next call of any kind, every call after it too: what
-//! the medium holds is not known any more.
+//! image (they share one `WriteBehind`). A failed write is logged with its
+//! offset and returned by the next flush ([`WriteBehind::settle`]), once, as
+//! a disk reports a write-back error at the next cache flush (and Linux at
+//! the next `fsync`): the host then knows everything since its last flush
+//! is in doubt and writes it again (a capture resumes from its last
+//! checkpoint). Kept for every later call, it made the appliance answer
+//! EIO to everything until restarted, and its lock failed half-way.
 
 use std::fs::File;
 use std::io;
@@ -51,7 +55,7 @@ struct State {
     pending: Vec<(u64, u64)>,
     /// Buffers of finished writes, for the next ones.
     spare: Vec<AlignedBuf>,
-    /// The first failed write, said again by every later call.
+    /// The first write that failed since the last flush, for that flush.
     failure: Option<(Option<i32>, String)>,
     /// The file system refused a direct write: the page cache does the rest.
     refused: bool,
@@ -62,11 +66,16 @@ impl State {
         self.pending.iter().any(|&(a, e)| a < end && at < e)
     }
 
-    fn failed(&self) -> io::Result<()> {
-        match &self.failure {
+    /// The failure since the last flush, taken: a flush reports it once.
+    fn take_failure(&mut self) -> io::Result<()> {
+        match self.failure.take() {
             None => Ok(()),
-            Some((Some(code), _)) => Err(io::Error::from_raw_os_error(*code)),
-            Some((None, text)) => Err(io::Error::other(text.clone())),
+            Some((code, text)) => Err(io::Error::new(
+                code.map_or(io::ErrorKind::Other, |c| {
+                    io::Error::from_raw_os_error(c).kind()
+                }),
+                text,
+            )),
         }
     }
 }
@@ -83,16 +92,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until `ready` holds (or a write failed) and returns the state.
-    fn wait(&self, ready: impl Fn(&State) -> bool) -> io::Result<MutexGuard<'_, State>> {
+    /// Waits until `ready` holds and returns the state.
+    fn wait(&self, ready: impl Fn(&State) -> bool) -> MutexGuard<'_, State> {
         let mut st = self.lock();
-        loop {
-            st.failed()?;
-            if ready(&st) {
-                return Ok(st);
-            }
+        while !ready(&st) {
             st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+        st
     }
 }
 
@@ -142,7 +148,7 @@ impl WriteBehind {
         let end = at + data.len() as u64;
         let mut st = self
             .shared
-            .wait(|st| st.pending.len() < QUEUED && !st.overlaps(at, end))?;
+            .wait(|st| st.pending.len() < QUEUED && !st.overlaps(at, end));
         let mut buf = st
             .spare
             .pop()
@@ -170,14 +176,15 @@ impl WriteBehind {
 
     /// Waits until no queued write overlaps bytes `at..at + len`: a read or
     /// a page-cache write of them follows.
-    pub fn settle_range(&self, at: u64, len: usize) -> io::Result<()> {
+    pub fn settle_range(&self, at: u64, len: usize) {
         let end = at + len as u64;
-        self.shared.wait(|st| !st.overlaps(at, end)).map(drop)
+        drop(self.shared.wait(|st| !st.overlaps(at, end)));
     }
 
-    /// Waits for every queued write; the first that failed is the error.
+    /// Waits for every queued write; the first that failed since the last
+    /// settle is the error (reported once).
     pub fn settle(&self) -> io::Result<()> {
-        self.shared.wait(|st| st.pending.is_empty()).map(drop)
+        self.shared.wait(|st| st.pending.is_empty()).take_failure()
     }
 }
 
@@ -219,11 +226,10 @@ fn writer(direct: &File, buffered: &File, jobs: &Mutex<Receiver<Job>>, shared: &
         let mut st = shared.lock();
         st.refused |= now_refused;
         if let Err(e) = result {
+            let text = format!("medium write of {} bytes at byte {}: {e}", job.len, job.at);
+            log::error!("{text} (reported at the next flush)");
             if st.failure.is_none() {
-                st.failure = Some((
-                    e.raw_os_error(),
-                    format!("medium write at byte {}: {e}", job.at),
-                ));
+                st.failure = Some((e.raw_os_error(), text));
             }
         }
         let end = job.at + job.len as u64;
@@ -266,7 +272,7 @@ mod tests {
             wb.write((2 + u64::from(v % 4)) << 20, &vec![v; 1 << 20])
                 .unwrap();
         }
-        wb.settle_range(1 << 20, 4096).unwrap();
+        wb.settle_range(1 << 20, 4096);
         let mut back = vec![0u8; 1 << 20];
         f.read_exact_at(&mut back, 1 << 20).unwrap();
         assert!(back.iter().all(|&b| b == 20), "the last write wins");
@@ -278,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_is_said_by_every_later_call() {
+    fn a_failed_write_is_reported_once_by_the_next_flush_with_its_offset() {
         let (_dir, f, _) = image(1 << 20);
         // A read-only descriptor: every write fails (EBADF).
         let ro = std::fs::File::open(
@@ -291,10 +297,25 @@ mod tests {
         .unwrap();
         let wb = WriteBehind::start(ro.try_clone().unwrap(), ro).unwrap();
         wb.write(0, &[1u8; 4096]).unwrap();
+        wb.settle_range(0, 10);
         let e = wb.settle().unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
-        assert!(wb.write(8192, &[1u8; 4096]).is_err());
-        assert!(wb.settle_range(0, 10).is_err());
+        assert_eq!(
+            e.kind(),
+            io::Error::from_raw_os_error(libc::EBADF).kind(),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("medium write of 4096 bytes at byte 0"),
+            "{e}"
+        );
+        // Reported once, as a disk reports a write-back error at one flush.
+        wb.settle().unwrap();
+        wb.write(8192, &[1u8; 4096]).unwrap();
+        assert!(
+            wb.settle().is_err(),
+            "a later failure is reported at its flush"
+        );
     }
 
     #[test]

@@ -381,6 +381,20 @@ pub fn check_generation(
     if let Some(want) = &policy.expect_commit {
         let have = crate::output::hex(&receipt_commit);
         if !have.starts_with(want.as_str()) {
+            // The generation's own COMMIT names what the receipt says: the shipped
+            // generation is here, but its key slots or manifest changed since it was
+            // signed (a damaged KEYS was called "another capture in its place").
+            let signed = commit::read_commit(medium, name, g)
+                .ok()
+                .flatten()
+                .filter(|f| crate::output::hex(&f.commit.digest()).starts_with(want.as_str()));
+            if let Some(why) = signed.and_then(|f| commit::check_commit(&f, &expected)) {
+                return Err(refuse(format!(
+                    "capture {name} generation {g} is the one the capture receipt names \
+                     (--expect-commit {want}), but {why}: do not install it; `mgear verify` \
+                     says what is wrong, and the capture site can send the medium again"
+                )));
+            }
             return Err(refuse(format!(
                 "capture {name} generation {g} has commit {have}, but the capture receipt says \
                  {want} (--expect-commit): this is not the capture that was shipped (an older \
