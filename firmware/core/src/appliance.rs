@@ -932,8 +932,12 @@ impl<P: Platform> Appliance<P> {
         self.save_if_dirty()?;
         if self.unlocked {
             self.unlocked = false;
-            self.p.medium().flush()?;
+            // Locked whatever the flush says (writes are refused from here on): the custody
+            // log records it even when the medium reports a write error, which is then the
+            // answer (the log missed the lock of a medium whose flush failed).
+            let flushed = self.p.medium().flush();
             self.record(Event::Lock)?;
+            flushed?;
         }
         Ok(Response::Locked)
     }

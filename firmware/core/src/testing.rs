@@ -77,13 +77,15 @@ impl embedded_io::Write for MemConsole {
     }
 }
 
-/// Raw medium in memory; `writes_left` = writes that succeed before a power cut.
+/// Raw medium in memory; `writes_left` = writes that succeed before a power cut;
+/// `flush_error` = what the next flushes report (a write-back error).
 #[derive(Debug, Clone)]
 pub struct MemDisk {
     pub data: Vec<u8>,
     pub block_size: usize,
     pub writes: u64,
     pub writes_left: Option<u64>,
+    pub flush_error: Option<&'static str>,
 }
 
 impl MemDisk {
@@ -93,6 +95,7 @@ impl MemDisk {
             block_size: 512,
             writes: 0,
             writes_left: None,
+            flush_error: None,
         }
     }
 
@@ -135,7 +138,10 @@ impl BlockDevice for MemDisk {
         Ok(())
     }
     fn flush(&mut self) -> Result<(), HwError> {
-        Ok(())
+        match self.flush_error {
+            Some(why) => Err(HwError::Io(why.into())),
+            None => Ok(()),
+        }
     }
 }
 

@@ -187,16 +187,25 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                         }
                         // The next step is the hint too (`--json` had the generic one).
                         Err(crate::exit::coded_next(
-                            USAGE,
+                            refusal_code(ae.code),
                             msg,
                             format!("next: {}", next_step(i.state)),
                         ))
                     }
-                    Err(_) => Err(coded(USAGE, msg)),
+                    Err(_) => Err(coded(refusal_code(ae.code), msg)),
                 }
             }
             None => Err(e),
         },
+    }
+}
+
+/// Exit code of a refusal: the appliance's storage failing is an I/O error (3), not a
+/// refusal of the operator's asking (2).
+fn refusal_code(code: mgear_appliance_api::protocol::ErrorCode) -> i32 {
+    match code {
+        mgear_appliance_api::protocol::ErrorCode::Storage => crate::exit::IO,
+        _ => USAGE,
     }
 }
 

@@ -189,6 +189,21 @@ fn writes_only_while_unlocked_and_counted() {
     assert_eq!(a.info().counters.refused_writes, 2);
 }
 
+/// A medium whose flush fails when the appliance is locked (a write-back error): it is
+/// locked all the same (writes refused), the custody log records the lock, and the answer
+/// is the storage error. The log missed the lock before.
+#[test]
+fn a_lock_whose_flush_fails_is_still_a_lock_in_the_custody_log() {
+    let mut a = provisioned(3);
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    a.p.disk.flush_error = Some("write-back error");
+    assert_eq!(code(&a.handle(Request::Lock)), Some(ErrorCode::Storage));
+    assert!(!a.medium_writable());
+    assert_eq!(a.state(), DeviceState::Locked);
+    let events: Vec<_> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert_eq!(events.last(), Some(&custody::Event::Lock), "{events:?}");
+}
+
 #[test]
 fn backoff_grows_and_survives_reboot() {
     let mut a = provisioned(4);
