@@ -573,6 +573,47 @@ fn unwitnessed(
     Ok((!witnessed).then_some(g))
 }
 
+/// The newest generation of `args.name` when a `--delta` run finished it and stopped
+/// before signing or witnessing it: (generation, needs the site signature, needs the
+/// appliance's witness). The site signature is due when this host's key cache noted the
+/// generation was started signed with this very key; the witness when the generation was
+/// captured through this appliance. A generation captured unsigned (or elsewhere) on
+/// purpose is not touched: the run is a new delta.
+fn interrupted_delta(
+    store: &mut dyn image_format::Store,
+    args: &Plan,
+    cache_dir: &std::path::Path,
+    id: Option<&[u8; 16]>,
+    key: Option<&ed25519_dalek::SigningKey>,
+    appliance: Option<&[u8; 32]>,
+) -> crate::Result<Option<(u32, bool, bool)>> {
+    let Some(newest) = image_format::list_captures(store)?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
+        .and_then(|c| c.generations.last().cloned())
+        .filter(|g| g.state == image_format::GenerationState::Complete && g.parent.is_some())
+    else {
+        return Ok(None);
+    };
+    let g = newest.generation;
+    let sign = match (key, id) {
+        (Some(k), Some(id)) => {
+            let note = crate::keys::signer_note_file(cache_dir, &args.name, id);
+            let fp = crate::sitekey::fingerprint(&k.verifying_key().to_bytes());
+            crate::keys::generation_note(&note, g, "signer").as_deref() == Some(fp.as_str())
+                && !signed_by(store, &args.name, g, k)
+        }
+        _ => false,
+    };
+    let witness = match appliance {
+        Some(identity) if newest.appliance_id.as_ref() == Some(identity) => {
+            unwitnessed(store, &args.name, identity)? == Some(g)
+        }
+        _ => false,
+    };
+    Ok((sign || witness).then_some((g, sign, witness)))
+}
+
 /// Re-run of a finished capture with `--sign`: when the newest generation
 /// is finished but its COMMIT is missing (a crash after MANIFEST) or lacks
 /// this site's signature, sign it instead of capturing again.
@@ -2237,6 +2278,68 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     if let (Some(key), true, false) = (&sign_key, exists, args.delta) {
         if let Some(receipt) = sign_missing(medium.store(), &args.name, key)? {
             medium.close()?;
+            return Ok(signature_only(receipt, size, chunk_size, started));
+        }
+    }
+    // A `--delta` run stopped after its generation was finished and before it was signed
+    // or witnessed: the same command again finishes that run (it went on to a new
+    // generation and left the finished one unsigned, "captured without --sign" at the
+    // target). Only a generation this host started signed with this key (the key cache's
+    // note), or captured through this appliance.
+    if let (true, true) = (exists, args.delta) {
+        let pending = match interrupted_delta(
+            medium.store(),
+            args,
+            &cache_dir,
+            on_medium.as_ref(),
+            sign_key.as_ref(),
+            appliance_id.as_ref(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = medium.close();
+                return Err(e);
+            }
+        };
+        if let Some((g, sign, witness)) = pending {
+            let mut receipt = None;
+            if let (true, Some(key)) = (sign, &sign_key) {
+                let signed = sign_generation(medium.store(), &args.name, g, key);
+                receipt = Some(match signed {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = medium.close();
+                        return Err(e);
+                    }
+                });
+            }
+            medium.close()?;
+            if let (true, Some(port), Some(identity)) = (
+                witness,
+                args.medium.first_appliance(),
+                appliance_id.as_ref(),
+            ) {
+                receipt = Some(
+                    witness_generation(args, port, identity, &args.name, g).context(
+                        "adding the appliance's witness signature to the finished generation",
+                    )?,
+                );
+            }
+            let Some(mut receipt) = receipt else {
+                crate::bail!("an interrupted delta with nothing to add (a bug)");
+            };
+            receipt.signed_only = true;
+            eprintln!(
+                "mgear capture: {} generation {g} (the delta an interrupted run of this command \
+                 captured) was finished but not {}: added it, nothing captured again; run the \
+                 command again for a newer delta",
+                args.name,
+                match (sign, witness) {
+                    (true, true) => "signed nor witnessed by the appliance",
+                    (true, false) => "signed",
+                    _ => "witnessed by the appliance",
+                }
+            );
             return Ok(signature_only(receipt, size, chunk_size, started));
         }
     }

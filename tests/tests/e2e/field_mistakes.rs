@@ -1699,3 +1699,54 @@ fn a_resume_must_sign_with_the_key_it_was_started_with() {
         .target("file:out.raw")
         .ok();
 }
+
+/// A signed `--delta` stopped after its generation was finished and before its COMMIT was
+/// written (a pulled cable between MANIFEST and COMMIT): the same command again went on to
+/// a new generation and left the finished one unsigned, which every tool called complete
+/// and the target refused as "captured without --sign". Now the same command signs it and
+/// captures nothing; the next run is a new delta. A delta captured unsigned on purpose is
+/// not signed behind the operator's back: `--delta --sign` after it is a new generation.
+#[test]
+fn an_interrupted_signed_delta_is_signed_by_the_same_command_again() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    random_disk(&e.p("disk.raw"), 4 << 20, 74);
+    fs::create_dir(e.p("m")).unwrap();
+    let line = e
+        .capture("dir:m", "web01")
+        .source("disk.raw")
+        .sign("site.key");
+    line.ok();
+    random_disk(&e.p("disk.raw"), 4 << 20, 75);
+    let delta = line.clone().arg("--delta");
+    delta.ok();
+    // What the stop leaves: generation 2 finished (MANIFEST), no COMMIT.
+    fs::remove_file(e.p("m/MGEAR/web01/G0002/COMMIT")).unwrap();
+    let r = delta.json();
+    assert_eq!(r["generation"], 2, "{r}");
+    assert_eq!(r["receipt"]["signed_only"], true, "{r}");
+    assert_eq!(r["stored_chunks"], 0, "{r}");
+    let ingest = |g: &str| {
+        e.ingest("dir:m", "web01")
+            .args(&["--trust", "site.pub", "--allow-unsealed", "--generation", g])
+            .target(&format!("file:out{g}.raw"))
+            .arg("--force")
+            .run()
+    };
+    let o = ingest("2");
+    assert!(o.status.success(), "{}", output_text(&o));
+    mgear_tests::same_file(&e.p("out2.raw"), &e.p("disk.raw"));
+    // The next run of it is a new delta.
+    assert_eq!(delta.json()["generation"], 3);
+
+    // Unsigned on purpose, then a signed delta: a new generation, the unsigned one kept.
+    let plain = e
+        .capture("dir:m", "web01")
+        .source("disk.raw")
+        .arg("--delta");
+    assert_eq!(plain.json()["generation"], 4);
+    assert_eq!(delta.json()["generation"], 5);
+    let o = ingest("4");
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+}
