@@ -1390,7 +1390,16 @@ fn commit_is_checked_by_the_keyless_verifier_and_absent_is_fine() {
         "{:?}",
         r.problems
     );
+    // What keyed verify and ingest say instead of "this key does not open it".
+    assert_eq!(
+        crate::verify::changed_key_slot(&mut f.store, "web01").unwrap(),
+        Some("KEYS")
+    );
     f.store.write_at("MGEAR/web01/KEYS", 0, &keys).unwrap();
+    assert_eq!(
+        crate::verify::changed_key_slot(&mut f.store, "web01").unwrap(),
+        None
+    );
     // A forged signature is named.
     let mut forged = signed.clone();
     forged.signatures[0].signature[5] ^= 1;

@@ -639,6 +639,47 @@ fn check_key_slots<S: Store + ?Sized>(
     Ok(changed)
 }
 
+/// Which key slot of capture `name` differs from what its newest finished generation's
+/// MANIFEST recorded (`"KEYS"`, `"KEYPASS"`), if one does: a key that "does not open" such
+/// a capture is not the wrong key, the slot is damaged or replaced (keyed verify called the
+/// right key wrong). `None` also where the manifest records no slots (older captures).
+pub fn changed_key_slot<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+) -> Result<Option<&'static str>> {
+    let newest = list_captures(store)?
+        .into_iter()
+        .find(|c| c.name == name)
+        .and_then(|c| {
+            c.generations
+                .iter()
+                .rev()
+                .find(|g| g.state == GenerationState::Complete)
+                .map(|g| g.generation)
+        });
+    let Some(g) = newest else {
+        return Ok(None);
+    };
+    let Some(m) = medium::read_manifest(store, name, g)? else {
+        return Ok(None);
+    };
+    let m = m.manifest;
+    if m.incompat & layout::INCOMPAT_KEY_SLOTS == 0 {
+        return Ok(None);
+    }
+    for (file, want) in [KEYS_FILE, KEYPASS_FILE].into_iter().zip(m.key_slots) {
+        let now = medium::key_slot_digest(store, name, file)?;
+        let same = match now {
+            None => want == [0u8; 32],
+            Some(d) => d == want,
+        };
+        if !same {
+            return Ok(Some(file));
+        }
+    }
+    Ok(None)
+}
+
 /// `slots`: the key-slot digests the generation's MANIFEST recorded, given when the slots
 /// on the medium differ from them (already reported): the COMMIT must bind those.
 fn verify_commit<S: Store + ?Sized>(

@@ -2767,6 +2767,9 @@ fn pump<S: image_format::Store>(
     stats.first_chunk = start;
     let encoder = writer.encoder();
     let bar = Progress::new("capture", size, json);
+    if let Some(r) = rate {
+        bar.paced(r, u64::from(chunk_size));
+    }
     bar.start_at(start.saturating_mul(u64::from(chunk_size)).min(size));
     let mut limiter = rate.map(|r| RateLimiter::new(r, u64::from(chunk_size)));
     // Chunks (from `start`) to copy from the parent instead of reading: clean

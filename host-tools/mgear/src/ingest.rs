@@ -1338,6 +1338,9 @@ pub fn write_volume<S: image_format::Store>(
         .rate
         .map(|r| crate::ratelimit::RateLimiter::new(r, u64::from(chunk)));
     let bar = Progress::new("ingest", size, plan.json);
+    if let Some(r) = plan.rate {
+        bar.paced(r, u64::from(chunk));
+    }
     let mut written = 0u64;
     let mut zeros = 0u64;
     let id_key = reader.chunk_id_key();

@@ -3,25 +3,134 @@
 //! Bars go to stderr and only when stderr is a terminal, so scripts and
 //! `--json` consumers see clean output. Summaries go to stdout: a few human
 //! lines, or exactly one JSON object with `--json`.
+//!
+//! Every bar also has a watchdog: when the position has not moved for
+//! [`STALL`] (or three chunk-times of a `--rate-limit`, if longer), a
+//! warning goes to stderr, terminal or not, and again every
+//! [`STALL_AGAIN`]: a frozen appliance or an NBD export that stopped
+//! answering made a capture wait silently for as long as it lasted.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::units::human_bytes;
 
-/// A byte-count progress bar that may be absent.
+/// No progress for this long is worth a warning.
+pub const STALL: Duration = Duration::from_secs(60);
+/// And again after this much more.
+pub const STALL_AGAIN: Duration = Duration::from_secs(300);
+
+/// What the watchdog reads: the position, when it last moved (ms since the
+/// start), and the least stall worth a warning (ms).
+struct Watched {
+    pos: AtomicU64,
+    moved_ms: AtomicU64,
+    stall_ms: AtomicU64,
+    total: u64,
+}
+
+/// A byte-count progress bar that may be absent, with its stall watchdog.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    watched: Arc<Watched>,
+    start: Instant,
+    stop: Option<Sender<()>>,
+    watchdog: Option<JoinHandle<()>>,
 }
 
 impl Progress {
     /// A bar of `total` bytes labelled `what`, shown only on a terminal and not with `--json`.
     pub fn new(what: &str, total: u64, json: bool) -> Self {
+        let bar = Self::bar(what, total, json);
+        Self::watch(bar, what, total, STALL)
+    }
+
+    /// [`new`](Self::new) with a watchdog that warns after `stall` (tests).
+    fn watch(bar: Option<ProgressBar>, what: &str, total: u64, stall: Duration) -> Self {
+        let watched = Arc::new(Watched {
+            pos: AtomicU64::new(0),
+            moved_ms: AtomicU64::new(0),
+            stall_ms: AtomicU64::new(stall.as_millis() as u64),
+            total,
+        });
+        let start = Instant::now();
+        let (stop, stopped) = channel::<()>();
+        let w = Arc::clone(&watched);
+        let what = what.to_owned();
+        let shown = bar.clone();
+        let watchdog = std::thread::Builder::new()
+            .name("progress-watchdog".into())
+            .spawn(move || {
+                let mut warned_at = 0u64;
+                loop {
+                    match stopped.recv_timeout(Duration::from_millis(500)) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let now = start.elapsed().as_millis() as u64;
+                    let moved = w.moved_ms.load(Ordering::Relaxed);
+                    let stall = w.stall_ms.load(Ordering::Relaxed);
+                    let still = now.saturating_sub(moved);
+                    let due = if warned_at > moved {
+                        now.saturating_sub(warned_at) >= STALL_AGAIN.as_millis() as u64
+                    } else {
+                        still >= stall
+                    };
+                    if due && w.pos.load(Ordering::Relaxed) < w.total {
+                        warned_at = now;
+                        let text = format!(
+                            "mgear: {what}: no progress for {} s: waiting on the source, the \
+                             medium or the appliance (a frozen or unplugged appliance, an NBD \
+                             export that stopped answering, a stalled disk). Still waiting: \
+                             Ctrl-C stops it, and the same command resumes",
+                            still / 1000
+                        );
+                        match &shown {
+                            Some(b) => b.suspend(|| eprintln!("{text}")),
+                            None => eprintln!("{text}"),
+                        }
+                    }
+                }
+            })
+            .ok();
+        Progress {
+            bar,
+            watched,
+            start,
+            stop: Some(stop),
+            watchdog,
+        }
+    }
+
+    /// A `--rate-limit` of `rate` bytes/s moving `step` bytes at a time: no warning
+    /// before three steps' time (a low rate moves the bar seldom).
+    pub fn paced(&self, rate: f64, step: u64) {
+        if rate > 0.0 {
+            let ms = (3.0 * step as f64 / rate * 1000.0).min(u64::MAX as f64 / 2.0) as u64;
+            self.watched
+                .stall_ms
+                .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn moved(&self, pos: u64) {
+        if self.watched.pos.swap(pos, Ordering::Relaxed) != pos {
+            self.watched
+                .moved_ms
+                .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn bar(what: &str, total: u64, json: bool) -> Option<ProgressBar> {
         if json || !std::io::stderr().is_terminal() {
-            return Progress { bar: None };
+            return None;
         }
         let bar = ProgressBar::new(total);
         let style = ProgressStyle::with_template(
@@ -32,11 +141,12 @@ impl Progress {
         bar.set_style(style);
         bar.set_message(what.to_owned());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress { bar: Some(bar) }
+        Some(bar)
     }
 
     /// Set the position in bytes.
     pub fn set(&self, pos: u64) {
+        self.moved(pos);
         if let Some(b) = &self.bar {
             b.set_position(pos);
         }
@@ -46,6 +156,7 @@ impl Progress {
     /// not count as if moved in its first tick ("48 GiB/s, ETA 0s"), so the
     /// rate and ETA estimate starts from here.
     pub fn start_at(&self, pos: u64) {
+        self.moved(pos);
         if let Some(b) = &self.bar {
             b.set_position(pos);
             b.tick(); // the estimator records `pos` as its starting point
@@ -53,8 +164,9 @@ impl Progress {
         }
     }
 
-    /// Remove the bar.
+    /// Remove the bar (and stop its watchdog: what follows is not this bar's).
     pub fn finish(&self) {
+        self.watched.pos.store(u64::MAX, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
@@ -64,6 +176,10 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
+        drop(self.stop.take());
+        if let Some(t) = self.watchdog.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -94,4 +210,37 @@ pub fn cpu_seconds() -> f64 {
         let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
         t(u.user_time()) + t(u.system_time())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watchdog's judgement alone (its warning goes to stderr): a bar that does not
+    /// move past its stall time is warned about, one that moves or has finished is not.
+    #[test]
+    fn a_stalled_bar_is_noticed_and_a_moving_or_finished_one_is_not() {
+        let p = Progress::watch(None, "capture", 100, Duration::from_millis(300));
+        let stalled = |p: &Progress| {
+            let now = p.start.elapsed().as_millis() as u64;
+            let w = &p.watched;
+            now - w.moved_ms.load(Ordering::Relaxed) >= w.stall_ms.load(Ordering::Relaxed)
+                && w.pos.load(Ordering::Relaxed) < w.total
+        };
+        p.set(10);
+        assert!(!stalled(&p));
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(stalled(&p), "no move for 400 ms of a 300 ms stall");
+        p.set(20);
+        assert!(!stalled(&p), "it moved");
+        p.paced(1.0, 10);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            !stalled(&p),
+            "a 10-byte step at 1 B/s takes 10 s: 30 s before a warning"
+        );
+        p.finish();
+        assert!(!stalled(&p));
+        drop(p);
+    }
 }

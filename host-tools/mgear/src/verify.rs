@@ -151,6 +151,24 @@ pub fn explain_wrong_key(
     let Ok(mut m) = medium.open_read_only() else {
         return err;
     };
+    // A slot damaged or replaced since the capture opens under no key: say that, not
+    // "wrong key" (exit 2 sent the operator looking for another key).
+    if let Ok(Some(file)) = image_format::verify::changed_key_slot(m.store(), &name) {
+        let _ = m.close();
+        return crate::Error::Coded {
+            code: crate::exit::FOUND,
+            message: format!(
+                "capture {name}'s key slot {file} is damaged or was replaced since the capture \
+                 (it is not the one its MANIFEST recorded): no key opens it, the key given may \
+                 well be the right one"
+            ),
+            hint: Some(
+                "ingest from another copy of the shipment, or capture again; `mgear verify` \
+                 without a key names what else is wrong"
+                    .into(),
+            ),
+        };
+    }
     let slots = crate::keys::KeySlots::of(m.store(), &name);
     let _ = m.close();
     let (message, hint) = wrong_key_message(&name, slots, identity, passphrase_file);
