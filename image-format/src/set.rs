@@ -499,7 +499,25 @@ pub fn is_set<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<bool> {
             }
         }
     }
-    Ok(found)
+    if found {
+        return Ok(true);
+    }
+    // No SET left (lost or deleted) but no MANIFEST or key slot either, and disk streams
+    // of this name beside it: a set directory all the same. Verified as a plain capture it
+    // was "no key slot: nothing can ever decrypt this capture" and "MANIFEST missing".
+    let cap = layout::capture_dir(name);
+    for slot in [layout::KEYS_FILE, layout::KEYPASS_FILE] {
+        if store
+            .len(&alloc::format!("{cap}/{slot}"))
+            .at(&cap)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(crate::medium::capture_names(store)?
+        .iter()
+        .any(|c| parse_disk_stream_name(c).is_some_and(|(s, _)| s == name)))
 }
 
 /// What is wrong with the binding of a set manifest to its disk streams,
@@ -891,6 +909,42 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.manifest_root, f.root);
+    }
+
+    /// A finished set whose SET was lost (its COMMIT left): named as a set that lost its
+    /// SET, not as a capture "nothing can ever decrypt" whose "MANIFEST is missing", nor as
+    /// a set capture to re-run.
+    #[test]
+    fn a_finished_set_that_lost_its_set_manifest_is_named_as_such() {
+        let (mut store, _, f) = two_disk_set();
+        let c = crate::commit::expected_commit(&mut store, "db01", 1)
+            .unwrap()
+            .unwrap();
+        crate::commit::write_commit(
+            &mut store,
+            &crate::commit::CommitFile {
+                commit: c,
+                signatures: Vec::new(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            f.root,
+            read_set(&mut store, "db01", 1).unwrap().unwrap().root
+        );
+        store.remove_file("MGEAR/db01/G0001/SET").unwrap();
+        assert!(is_set(&mut store, "db01").unwrap(), "still a set directory");
+        let p = keyless_problems(&mut store);
+        assert!(
+            p.iter()
+                .any(|p| p.contains("set manifest (SET) missing although the set was finished")),
+            "{p:?}"
+        );
+        assert!(
+            !p.iter()
+                .any(|p| p.contains("no key slot") || p.contains("re-run it")),
+            "{p:?}"
+        );
     }
 
     #[test]

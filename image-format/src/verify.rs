@@ -336,10 +336,28 @@ fn verify_set_into<S: Store + ?Sized>(store: &mut S, name: &str, cx: &mut Ctx<'_
                 }
                 verify_commit(store, name, g, None, &mut *cx)?;
             }
-            Ok(None) => cx.problem(
-                at,
-                "set generation without a set manifest (SET): re-run the set capture to finish it",
-            ),
+            Ok(None) => {
+                let commit = alloc::format!(
+                    "{}/{}",
+                    layout::generation_dir(name, g),
+                    crate::commit::COMMIT_FILE
+                );
+                if store.len(&commit).at(&commit)?.is_some() {
+                    cx.problem(
+                        at,
+                        "set manifest (SET) missing although the set was finished (its COMMIT is \
+                         written): its disks are no longer bound as one machine; ingest from \
+                         another copy of the shipment (every medium of a span holds a copy), or \
+                         capture again",
+                    )
+                } else {
+                    cx.problem(
+                        at,
+                        "set generation without a set manifest (SET): re-run the set capture to \
+                         finish it",
+                    )
+                }
+            }
             Err(Error::Corrupt { at, what }) => cx.problem(*at, what),
             Err(e) => return Err(e),
         }
@@ -364,12 +382,24 @@ fn verify_unbound_streams<S: Store + ?Sized>(
                 .at(n)?
                 .is_some();
             if finished && store.len(&set::set_path(set_name, g)).at(n)?.is_none() {
+                let commit = alloc::format!(
+                    "{}/{}",
+                    layout::generation_dir(set_name, g),
+                    crate::commit::COMMIT_FILE
+                );
+                // The set's COMMIT without its SET: finished once, the SET lost since (re-running
+                // the capture is no way on).
+                let why = if store.len(&commit).at(&commit)?.is_some() {
+                    "the set was finished and its SET lost since (see capture {set_name})"
+                } else {
+                    "the set capture did not finish; re-run it"
+                };
+                let why = why.replace("{set_name}", set_name);
                 cx.problem(
                     Location::capture(n).generation(g),
                     alloc::format!(
                         "disk stream of set {set_name}: generation {g} is not bound by a set \
-                         manifest (MGEAR/{set_name}/G{g:04}/SET is missing): the set capture did \
-                         not finish; re-run it"
+                         manifest (MGEAR/{set_name}/G{g:04}/SET is missing): {why}"
                     ),
                 );
             }
