@@ -488,6 +488,7 @@ pub fn is_set<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<bool> {
         return Ok(false);
     }
     let mut found = false;
+    let mut committed = false;
     for g in medium::generations(store, name)? {
         let dir = layout::generation_dir(name, g);
         for e in medium::list_or_empty(store, &dir)? {
@@ -496,15 +497,20 @@ pub fn is_set<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<bool> {
                     return Ok(false);
                 }
                 found |= e.name == SET_FILE;
+                committed |= e.name == crate::commit::COMMIT_FILE;
             }
         }
     }
     if found {
         return Ok(true);
     }
-    // No SET left (lost or deleted) but no MANIFEST or key slot either, and disk streams
-    // of this name beside it: a set directory all the same. Verified as a plain capture it
-    // was "no key slot: nothing can ever decrypt this capture" and "MANIFEST missing".
+    if !committed {
+        return Ok(false);
+    }
+    // A finished set (its COMMIT is there) whose SET was lost, with no MANIFEST or key slot
+    // either, and disk streams of this name beside it: a set directory all the same.
+    // Verified as a plain capture it was "no key slot: nothing can ever decrypt this
+    // capture" and "MANIFEST missing".
     let cap = layout::capture_dir(name);
     for slot in [layout::KEYS_FILE, layout::KEYPASS_FILE] {
         if store

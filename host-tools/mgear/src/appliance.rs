@@ -1085,7 +1085,15 @@ pub fn open_medium(
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
     let file = nbd_device::NbdDevice::new(mgear_nbd::NbdFile::new(client))
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
-    let store = FatStore::open(file).map_err(|e| {
+    // A reader mounts read-only: it writes nothing, the clean flag at unmount included (a
+    // locked appliance's export refused that write, and every ingest or verify from it
+    // ended with a warning).
+    let opened = if exclusive {
+        FatStore::open(file)
+    } else {
+        FatStore::open_read_only(file)
+    };
+    let store = opened.map_err(|e| {
         // The store's own advice (`mgear medium format fat:PATH`) cannot reach a medium behind
         // an appliance: the medium is formatted where the appliance is issued.
         let e = e.to_string();

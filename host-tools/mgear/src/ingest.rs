@@ -1221,6 +1221,9 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         }
         return Ok(report);
     }
+    if let Target::File(p) | Target::Qcow2(p) = &target {
+        warn_if_short_of_space(p, &reader);
+    }
     let vol = crate::target::open_for_ingest(&target, &prep, &facts, &args.medium.boot_sectors())?;
     let plan = WritePlan {
         // The stored spelling, whatever case --name was given in.
@@ -1244,6 +1247,44 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         report.adapt = Some(adapt_volume(&finished)?);
     }
     Ok(report)
+}
+
+/// Warns (stderr) when the file system that will hold an image target has less room than
+/// the disk's data chunks: it filled to 100 % and failed part-way, with no word before.
+/// Only a warning: zero chunks are holes, and runs of zeros inside data chunks are too, so
+/// the data chunks are an upper bound; an ingest that runs out stops cleanly and resumes.
+fn warn_if_short_of_space<S: image_format::Store>(path: &Path, reader: &CaptureReader<S>) {
+    use std::os::unix::fs::MetadataExt;
+    let data: u64 = (0..reader.chunk_count())
+        .filter_map(|i| match reader.entry(i) {
+            Some(image_format::layout::IndexEntry::Stored(l)) => Some(u64::from(l.plain_len)),
+            _ => None,
+        })
+        .sum();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
+        return;
+    };
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    // What an unfinished run already wrote is already paid for.
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let written = std::fs::metadata(&partial).map_or(0, |m| m.blocks() * 512);
+    let need = data.saturating_sub(written);
+    if need > free {
+        eprintln!(
+            "mgear: warning: the file system holding {} has {} free, and this disk holds up to \
+             {} of data still to write (less where its chunks hold runs of zeros): it may run \
+             out of space part-way. The ingest then stops cleanly and the same command resumes \
+             once there is room",
+            path.display(),
+            human_bytes(free),
+            human_bytes(need)
+        );
+    }
 }
 
 /// What [`write_volume`] needs from the command line, typed.

@@ -719,9 +719,10 @@ fn check_sources(sources: &[String]) -> crate::Result<()> {
                 k + 1
             )));
         }
-        // The same file or device: its device and inode, whatever the path.
+        // The same file or device: its device and inode, whatever the path; a loop device
+        // is the file behind it.
         let id = if meta.file_type().is_block_device() {
-            (meta.rdev(), 0)
+            crate::guard::loop_backing(meta.rdev()).unwrap_or((meta.rdev(), 0))
         } else {
             (meta.dev(), meta.ino())
         };

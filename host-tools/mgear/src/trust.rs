@@ -335,6 +335,15 @@ pub fn check_generation(
         later_than_newest(medium, name, &all, newest, &mut warnings)?;
     }
     if let Some(want) = policy.expect_generation {
+        if g < want && generation.is_some() && newest.is_some_and(|n| n >= want) {
+            // The expected generation is here: the operator asked for an older one.
+            return Err(refuse(format!(
+                "capture {name}: --generation {g} is older than the generation {want} the \
+                 capture receipt expects (--expect-generation), which is on this medium: leave \
+                 out --generation (or give --generation {want}) to install it, or leave out \
+                 --expect-generation to install the older one on purpose"
+            )));
+        }
         if g < want {
             return Err(refuse(format!(
                 "capture {name}: generation {want} was expected (--expect-generation, from the \

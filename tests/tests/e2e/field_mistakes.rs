@@ -885,13 +885,28 @@ fn a_delta_of_another_disk_is_warned_about() {
         "{v}"
     );
 
-    // A set's disks swapped: both disks are warned about.
+    // A set's disks swapped (the very paths of the other disks): refused before anything is
+    // stored (it went through with a warning for each disk).
     e.capture("dir:mnt", "db01")
         .sources(&["a.raw", "b.raw"])
         .ok();
     let o = e
         .capture("dir:mnt", "db01")
         .sources(&["b.raw", "a.raw"])
+        .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is disk 1 of set db01"),
+        "{}",
+        output_text(&o)
+    );
+    // Other disks at their places (copies under new paths): both are warned about.
+    fs::copy(e.p("a.raw"), e.p("a2.raw")).unwrap();
+    fs::copy(e.p("b.raw"), e.p("b2.raw")).unwrap();
+    let o = e
+        .capture("dir:mnt", "db01")
+        .sources(&["b2.raw", "a2.raw"])
         .arg("--delta")
         .run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
@@ -1749,4 +1764,40 @@ fn an_interrupted_signed_delta_is_signed_by_the_same_command_again() {
     assert_eq!(delta.json()["generation"], 5);
     let o = ingest("4");
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+}
+
+/// An image target on a file system with less room than the disk's data: said before the
+/// first byte is written (it filled to 100 % and failed part-way with no word before), and
+/// the ingest still stops cleanly (exit 3, out of space named).
+#[test]
+fn an_ingest_onto_a_file_system_too_small_is_warned_about_first() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 8 << 20, 76);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    fs::create_dir(e.p("tiny")).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(e.p("tiny"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("no tmpfs mount here (needs root): nothing to check");
+        return;
+    }
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .target(&format!("file:{}", e.s("tiny/v.raw")))
+        .run();
+    let _ = std::process::Command::new("umount")
+        .arg(e.p("tiny"))
+        .status();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(3), "{text}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let warned = err.find("may run out of space part-way").expect(&text);
+    let failed = err.find("No space left").expect(&text);
+    assert!(warned < failed, "warned before it failed: {text}");
 }

@@ -231,6 +231,21 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     );
     same_file(&e.p("g2-0.raw"), &e.p("disk0.raw"));
     same_file(&e.p("g2-1.raw"), &e.p("disk1.raw"));
+    // An older generation asked for beside the receipt's: the expected one is here (it was
+    // "a newer generation was removed or this is an older medium").
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .args(&["--generation", "1", "--expect-generation", "2"])
+        .target("file:old-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("--generation 1 is older than the generation 2")
+            && !output_text(&o).contains("was removed"),
+        "{}",
+        output_text(&o)
+    );
     // A full copy again is refused: the set is captured.
     let o = set_capture(&e, &m).run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
@@ -1103,6 +1118,23 @@ fn a_sets_sources_are_checked_before_any_disk_is_captured() {
             output_text(&o)
         );
     }
+    // A loop device over a disk's image, beside that image: the same disk.
+    let over = mgear_tests::Loop::attach(&e.p("disk1.raw"));
+    {
+        let (sources, says) = (
+            [e.s("disk1.raw"), over.0.clone()],
+            format!("and disk 1 ({}) are the same disk", over.0),
+        );
+        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let o = e.capture(&m, "db01").sources(&sources).run();
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains(says.as_str()),
+            "{says}: {}",
+            output_text(&o)
+        );
+    }
+    drop(over);
     let i = e.json(&["inspect", "--medium", &m]);
     assert_eq!(
         i["captures"],

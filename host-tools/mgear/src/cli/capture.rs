@@ -131,6 +131,15 @@ impl Cli {
     /// in the order the capture used to meet them.
     pub fn into_plan(self) -> mgear::Result<capture::Request> {
         let a = self.args;
+        if a.name.starts_with('-') {
+            // `--name=--` and `--name=-web` made captures every later command had to
+            // spell with `=`: `--name -web` reads as an option.
+            return Err(mgear::exit::usage(format!(
+                "capture name {:?} starts with '-': every later command would read it as an \
+                 option (`--name {}`); choose a name that starts with a letter or digit",
+                a.name, a.name
+            )));
+        }
         let chunk_size = capture::chunk_size_arg(&a.chunk_size)?;
         let recipient = a
             .recipient
