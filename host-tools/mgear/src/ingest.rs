@@ -1268,7 +1268,7 @@ fn warn_if_short_of_space<S: image_format::Store>(path: &Path, reader: &CaptureR
     let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
         return;
     };
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let free = st.blocks_available() * st.fragment_size();
     // What an unfinished run already wrote is already paid for.
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
