@@ -465,11 +465,27 @@ fn verify(args: Plan) -> crate::Result<i32> {
                     args.medium.describe()
                 )
             } else {
-                format!(
-                    "{} holds no MotionGear capture (no MGEAR directory): is this the right \
-                     medium?",
-                    args.medium.describe()
-                )
+                // `dir:MEDIUM/MGEAR`, one level too deep: the captures are right here.
+                let deep = args.medium.single_medium().and_then(|spec| {
+                    let p = spec.strip_prefix("dir:")?;
+                    let path = std::path::Path::new(p);
+                    (path.file_name()? == image_format::layout::ROOT_DIR)
+                        .then(|| path.parent().map(|d| d.display().to_string()))
+                        .flatten()
+                });
+                match deep {
+                    Some(parent) => format!(
+                        "{} holds no MotionGear capture: it is the MGEAR directory itself; give \
+                         the directory that holds it, --medium dir:{}",
+                        args.medium.describe(),
+                        if parent.is_empty() { "." } else { &parent }
+                    ),
+                    None => format!(
+                        "{} holds no MotionGear capture (no MGEAR directory): is this the right \
+                         medium?",
+                        args.medium.describe()
+                    ),
+                }
             },
             "nothing here can be ingested: check that this is the medium the capture site \
              shipped (`mgear inspect` lists what it holds)",
@@ -494,6 +510,28 @@ fn verify(args: Plan) -> crate::Result<i32> {
         .as_deref()
         .map(|n| image_format::stored_name(store, n))
         .transpose()?;
+    match name.as_deref() {
+        Some(n) if !captures.iter().any(|c| c.name == n) && !sets.iter().any(|s| s == n) => {
+            // Named as ingest names it, with what is there (it said only "not found").
+            let mut names: Vec<String> = captures.iter().map(|c| c.name.clone()).collect();
+            names.extend(sets.iter().cloned());
+            names.sort();
+            return Err(crate::exit::coded_hint(
+                crate::exit::USAGE,
+                format!(
+                    "there is no capture {n:?} on {} (captures: {})",
+                    args.medium.describe(),
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+                "`mgear inspect --medium ...` lists the captures; pass one with --name",
+            ));
+        }
+        _ => {}
+    }
     // A generation that is not there is a usage error, with or without a key (keyless verify
     // once ignored it and said OK): for the named capture or set (a set's generations are its
     // disk streams'), or, with no name, for every capture on the medium.

@@ -259,3 +259,26 @@ fn two_directories_differing_only_by_case_are_named() {
     assert_eq!(clashes.len(), 1, "{v}");
     assert!(e.p("mnt/MGEAR/web01/G0001/MANIFEST").exists());
 }
+
+/// A name that is not on the medium: verify lists what is there, as ingest does (it said
+/// only "not found"); and `dir:M/MGEAR`, one level too deep, names the directory to give.
+#[test]
+fn a_missing_name_or_a_medium_given_one_level_too_deep_says_what_to_give() {
+    let e = Env::new();
+    let m = captured(&e, "dir");
+    let o = e.run(&["verify", "--medium", &m, "--name", "nosuch"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("there is no capture \"nosuch\" on dir:mnt (captures: web01)"),
+        "{}",
+        output_text(&o)
+    );
+    let o = e.run(&["verify", "--medium", "dir:mnt/MGEAR"]);
+    assert_eq!(code(&o), Some(1), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("it is the MGEAR directory itself")
+            && err(&o).contains("--medium dir:mnt"),
+        "{}",
+        output_text(&o)
+    );
+}
