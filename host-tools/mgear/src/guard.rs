@@ -302,6 +302,14 @@ const TREE_ENTRIES: usize = 100_000;
 /// overwrote one of its segments.
 fn reached_another_way(f: &Path, dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
+    let tree = tree_inodes(dir);
+    f.ancestors()
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| tree.contains(&(m.dev(), m.ino()))))
+}
+
+/// (device, inode) of `dir` and of everything under it, at most [`TREE_ENTRIES`].
+pub fn tree_inodes(dir: &Path) -> std::collections::HashSet<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let mut tree = std::collections::HashSet::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -316,8 +324,67 @@ fn reached_another_way(f: &Path, dir: &Path) -> bool {
             todo.extend(rd.flatten().map(|e| e.path()));
         }
     }
-    f.ancestors()
-        .any(|p| std::fs::metadata(p).is_ok_and(|m| tree.contains(&(m.dev(), m.ino()))))
+    tree
+}
+
+/// Another process that holds one of `files` (by device and inode) or `devices` (block
+/// devices, by number) open for writing: its pid, its command line and the file. What a
+/// program serving the medium (`qemu-nbd --offset`, an NBD server of a `dir:` medium's
+/// segment) looks like from here: its export starts with no FAT boot sector to recognise,
+/// and an ingest into it overwrote the shipment. From `/proc` (`fd/N` and `fdinfo/N`'s
+/// flags); processes this one cannot inspect are skipped.
+pub fn held_for_writing(
+    files: &std::collections::HashSet<(u64, u64)>,
+    devices: &[u64],
+) -> Option<(u32, String, PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let me = std::process::id();
+    for p in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(m) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            let hit = if m.file_type().is_block_device() {
+                devices.contains(&m.rdev())
+            } else {
+                files.contains(&(m.dev(), m.ino()))
+            };
+            if !hit {
+                continue;
+            }
+            let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
+                .unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .unwrap_or(0);
+            if flags & nix::libc::O_ACCMODE as u32 == nix::libc::O_RDONLY as u32 {
+                continue;
+            }
+            let cmd = std::fs::read(p.path().join("cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .split('\0')
+                        .filter(|a| !a.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let file = std::fs::read_link(fd.path()).unwrap_or_default();
+            return Some((pid, cmd, file));
+        }
+    }
+    None
 }
 
 /// The absolute path `p` names with its symlinks resolved, also for a path
@@ -338,7 +405,34 @@ pub fn resolved(p: &Path) -> Option<PathBuf> {
 /// `rdev` is on): the path sysfs's `loop/backing_file` keeps for it. `None`
 /// for any other device, an unbound loop device, or a backing file deleted
 /// since it was attached (nothing can open it by that path any more).
+///
+/// A loop device over another loop device (`losetup -o OFFSET /dev/loop0`) is followed to
+/// the file at the end of the chain: at an offset, its first sector is no FAT boot sector,
+/// and an ingest into it overwrote the medium behind the inner loop.
 pub fn loop_backing_file(rdev: u64) -> Option<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut rdev = rdev;
+    let mut found = None;
+    for _ in 0..8 {
+        let Some(path) = loop_backing_once(rdev) else {
+            break;
+        };
+        let next = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.file_type().is_block_device())
+            .map(|m| m.rdev());
+        found = Some(path);
+        match next {
+            Some(r) => rdev = r,
+            None => break,
+        }
+    }
+    found
+}
+
+/// The file or device one loop device `rdev` (or the loop device a partition `rdev` is on)
+/// reads, from sysfs: one step of [`loop_backing_file`]'s chain.
+pub fn loop_backing_once(rdev: u64) -> Option<PathBuf> {
     let disk = whole_disk(rdev).unwrap_or(rdev);
     let (major, minor) = (nix::sys::stat::major(disk), nix::sys::stat::minor(disk));
     let named =
@@ -452,6 +546,18 @@ pub(crate) mod tests {
         assert!(overlaps(&a.0, &b.0), "two loop devices over one image");
         assert!(!overlaps(&a.0, &other));
         assert!(!overlaps(&other, &a.0));
+        // A loop over that loop, at an offset (no FAT boot sector at its start): the image.
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--offset", "4096"])
+            .arg(&a.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let c = Loop(String::from_utf8(out.stdout).unwrap().trim().into());
+        assert!(overlaps(&c.0, &m), "a loop over a loop over the image");
+        assert!(overlaps(&m, &c.0));
+        assert!(!overlaps(&c.0, &other));
+        drop(c);
     }
 
     #[test]

@@ -873,10 +873,11 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         return Ok(());
     };
     if let Target::Nbd(u) = &target {
-        return medium.refuse_same_volume(
+        medium.refuse_same_volume(
             &format!("--target {spec}"),
             &crate::medium::TargetRef::Nbd(u.to_string()),
-        );
+        )?;
+        return medium.refuse_served_for_writing(&format!("--target {spec}"));
     }
     let (Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) = &target else {
         return Ok(());
@@ -971,23 +972,45 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
 /// while it writes) cannot be opened exclusively: refuse it (exit 2), even with
 /// `--force`, rather than write a volume the kernel then writes over.
 fn refuse_busy_device(spec: &str, p: &Path) -> crate::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_EXCL)
-        .open(p)
-    {
-        Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => Err(usage(format!(
-            "--target {spec}: {} is in use (mounted, or held by LVM, RAID, swap, a running \
-             VM or another ingest writing it): the kernel or that program would write over the \
-             volume. Unmount it or stop what holds it (`lsblk {}`, `findmnt {}`), then run this \
-             again",
-            p.display(),
-            p.display(),
-            p.display()
-        ))),
-        _ => Ok(()),
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    // A loop device over a device (`losetup /dev/loop1 /dev/loop0`) writes that device: it is
+    // checked too, down the chain (a loop over a mounted loop device was taken, and the
+    // ingest wrote under the mounted file system).
+    let mut at = p.to_path_buf();
+    for _ in 0..8 {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_EXCL)
+            .open(&at)
+        {
+            if e.raw_os_error() == Some(nix::libc::EBUSY) {
+                let via = if at == p {
+                    String::new()
+                } else {
+                    format!(", which the loop device {} writes,", p.display())
+                };
+                return Err(usage(format!(
+                    "--target {spec}: {}{via} is in use (mounted, or held by LVM, RAID, swap, a \
+                     running VM or another ingest writing it): the kernel or that program would \
+                     write over the volume. Unmount it or stop what holds it (`lsblk {}`, \
+                     `findmnt {}`), then run this again",
+                    at.display(),
+                    at.display(),
+                    at.display()
+                )));
+            }
+        }
+        let next = std::fs::metadata(&at)
+            .ok()
+            .filter(|m| m.file_type().is_block_device())
+            .and_then(|m| crate::guard::loop_backing_once(m.rdev()))
+            .filter(|b| std::fs::metadata(b).is_ok_and(|m| m.file_type().is_block_device()));
+        match next {
+            Some(b) => at = b,
+            None => return Ok(()),
+        }
     }
+    Ok(())
 }
 
 /// `args` with its capture named as the medium spells it: names are compared without case,

@@ -326,6 +326,46 @@ impl Where {
         Ok(())
     }
 
+    /// Refuse (exit 2) an NBD target when another process holds one of these media's local
+    /// files (a `fat:` image or device, a `dir:` medium's captures) open for writing: an NBD
+    /// server of the medium at an offset, or of a segment of a `dir:` medium, has no FAT
+    /// boot sector to recognise it by, and the ingest wrote over the shipment.
+    pub fn refuse_served_for_writing(&self, what: &str) -> crate::Result<()> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let mut files = std::collections::HashSet::new();
+        let mut devices = Vec::new();
+        for spec in &self.medium {
+            match MediumSpec::parse(spec) {
+                Ok(MediumSpec::Fat(p)) => match std::fs::metadata(&p) {
+                    Ok(m) if m.file_type().is_block_device() => devices.push(m.rdev()),
+                    Ok(m) => {
+                        files.insert((m.dev(), m.ino()));
+                    }
+                    Err(_) => {}
+                },
+                Ok(MediumSpec::Dir(p)) => {
+                    files.extend(crate::guard::tree_inodes(
+                        &p.join(image_format::layout::ROOT_DIR),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if files.is_empty() && devices.is_empty() {
+            return Ok(());
+        }
+        match crate::guard::held_for_writing(&files, &devices) {
+            Some((pid, cmd, file)) => Err(usage(format!(
+                "{what}: {} of the medium is open for writing by process {pid} ({cmd}): an NBD \
+                 export it serves may be the medium itself (at an offset, or one of its files), \
+                 and the ingest would overwrite the shipment it reads. Stop that process, or \
+                 check that the target is not the medium, then run this again",
+                file.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Refuse (exit 2) an ingest target that is one of these media reached another way: the
     /// same NBD export (an appliance's, or `--medium nbd:`), or a file, device or export
     /// holding the same FAT volume (its serial, size and label in the boot sector: the image

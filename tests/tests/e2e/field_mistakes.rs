@@ -1801,3 +1801,93 @@ fn an_ingest_onto_a_file_system_too_small_is_warned_about_first() {
     let failed = err.find("No space left").expect(&text);
     assert!(warned < failed, "warned before it failed: {text}");
 }
+
+/// The medium in disguises its first sector does not give away, each of which an ingest
+/// wrote over (the shipment gone): a loop device over a loop device of the image at an
+/// offset, `qemu-nbd --offset` serving the image, `qemu-nbd` serving a segment of a `dir:`
+/// medium; and a loop device over a mounted loop device (written under the mounted file
+/// system, with --force). All refused (exit 2), the media verify after.
+#[test]
+fn the_medium_served_at_an_offset_or_behind_a_loop_chain_is_never_a_target() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 4 << 20, 77);
+    random_disk(&e.p("other.raw"), 4 << 20, 78);
+    let fat = e.fat("m.img", "64MiB");
+    e.capture(&fat, "web01").source("disk.raw").ok();
+    fs::create_dir(e.p("d")).unwrap();
+    e.capture("dir:d", "web01").source("disk.raw").ok();
+    e.capture("dir:d", "db02").source("other.raw").ok();
+    let before = fs::read(e.p("m.img")).unwrap();
+    let ingest = |m: &str, target: &str| {
+        e.ingest(m, "web01")
+            .untrusted()
+            .target(target)
+            .arg("--force")
+            .run()
+    };
+
+    let inner = Loop::attach(&e.p("m.img"));
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--offset", "1048576", &inner.0])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let outer = Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    refused(&ingest(&fat, &format!("dev:{}", outer.0)), "is the medium");
+    drop((outer, inner));
+
+    let sock = e.p("off.sock");
+    let served = mgear_tests::qemu_nbd(&["-f", "raw", "--offset", "1048576"], &sock, &e.p("m.img"));
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    refused(&ingest(&fat, &url), "is open for writing by process");
+    drop(served);
+    assert!(
+        fs::read(e.p("m.img")).unwrap() == before,
+        "the image unchanged"
+    );
+
+    let seg = e.p("d/MGEAR/db02/G0001/SEG-00000");
+    let sock = e.p("seg.sock");
+    let served = mgear_tests::qemu_nbd(&["-f", "raw"], &sock, &seg);
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    refused(&ingest("dir:d", &url), "is open for writing by process");
+    drop(served);
+    let v = e.run(&["verify", "--medium", "dir:d"]);
+    assert!(v.status.success(), "{}", output_text(&v));
+
+    // A loop device over a mounted loop device: the mounted one is in use.
+    let ext = e.p("ext.img");
+    fs::File::create(&ext).unwrap().set_len(16 << 20).unwrap();
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&ext)
+        .status();
+    if !mkfs.is_ok_and(|s| s.success()) {
+        eprintln!("no mkfs.ext4 here: the mounted case is not checked");
+        return;
+    }
+    let under = Loop::attach(&ext);
+    fs::create_dir(e.p("mnt")).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .arg(&under.0)
+        .arg(e.p("mnt"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("no ext4 mount here: the mounted case is not checked");
+        return;
+    }
+    let over = Loop::attach(std::path::Path::new(&under.0));
+    let o = ingest(&fat, &format!("dev:{}", over.0));
+    let _ = std::process::Command::new("umount")
+        .arg(e.p("mnt"))
+        .status();
+    refused(&o, "is in use");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("which the loop device {} writes", over.0)),
+        "{}",
+        output_text(&o)
+    );
+}
