@@ -518,6 +518,33 @@ pub struct FileVolume {
     /// `Some(final path)` while written as `.partial`; `None` in place.
     rename_to: Option<PathBuf>,
     found: Found,
+    /// An exclusive `flock` on the `.partial` while it is written ([`lock_partial`]).
+    _lock: Option<nix::fcntl::Flock<File>>,
+}
+
+/// An exclusive `flock` on a `.partial` target while this ingest writes it: a second ingest
+/// (with a state dir of its own: another operator, `sudo` with another HOME) is told the
+/// target is in use. It was told to adopt or remove the live ingest's `.partial`, which
+/// then failed at its rename, or (qcow2) to kill its `qemu-nbd`.
+pub(crate) fn lock_partial(partial: &Path) -> Result<nix::fcntl::Flock<File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let f = File::open(partial)
+        .map_err(|e| Error::io(format!("opening {} to lock it", partial.display()), e))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            Error::Usage(format!(
+                "{} is being written by another ingest right now (it holds the file's lock): \
+                 one ingest writes a volume at a time. Wait for it to finish, or give another \
+                 target; nothing was written",
+                partial.display()
+            ))
+        } else {
+            Error::io(
+                format!("locking {}", partial.display()),
+                std::io::Error::from_raw_os_error(errno as i32),
+            )
+        }
+    })
 }
 
 impl FileVolume {
@@ -553,6 +580,7 @@ impl FileVolume {
                 partial.display()
             )));
         }
+        let lock = lock_partial(&partial)?;
         // An interrupted ingest's partial file always has the disk's size: one cut short or
         // grown since was changed by something else, and what its resume state says was
         // written is not what it holds (a resume read back past its end).
@@ -583,6 +611,7 @@ impl FileVolume {
             },
             rename_to: Some(path.to_owned()),
             found,
+            _lock: Some(lock),
         })
     }
 
@@ -592,6 +621,7 @@ impl FileVolume {
             raw: Raw::open(path)?,
             rename_to: None,
             found: Found::New,
+            _lock: None,
         })
     }
 

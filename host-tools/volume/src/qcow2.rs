@@ -40,6 +40,8 @@ pub struct Qcow2Volume {
     final_path: PathBuf,
     sock: PathBuf,
     found: Found,
+    /// An exclusive `flock` on the image while it is written (`file::lock_partial`).
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
@@ -91,6 +93,11 @@ impl Qcow2Volume {
         // qemu-img or qemu-nbd started left a `.partial` without state, which the re-run
         // refused to adopt ("remove it and run again").
         let fresh = with_suffix(path, ".partial.new");
+        // Another ingest writing it now holds its lock: told so, not "kill its qemu-nbd".
+        let mut lock = match found {
+            Found::New => None,
+            _ => Some(crate::file::lock_partial(&partial)?),
+        };
         if found == Found::New {
             // Ours, from a run killed while it was made: it never held data.
             if std::fs::symlink_metadata(&fresh).is_ok_and(|m| m.is_file()) {
@@ -115,6 +122,8 @@ impl Qcow2Volume {
                 let _ = std::fs::remove_file(&fresh);
                 return Err(e);
             }
+            // Taken on the new image; it stays with the file through its rename.
+            lock = Some(crate::file::lock_partial(&fresh)?);
         }
         let mut v = Qcow2Volume {
             nbd: None,
@@ -128,6 +137,7 @@ impl Qcow2Volume {
             final_path: path.to_owned(),
             sock,
             found,
+            _lock: lock,
         };
         if let Err(e) = v.serve(&qemu_nbd) {
             if found == Found::New {

@@ -1891,3 +1891,49 @@ fn the_medium_served_at_an_offset_or_behind_a_loop_chain_is_never_a_target() {
         output_text(&o)
     );
 }
+
+/// Two ingests into one `file:` or `qcow2:` target, each with a state dir of its own: the
+/// second was told to adopt or remove the first's live `.partial` (and the first then failed
+/// at its rename), or to kill its `qemu-nbd`. The `.partial` is locked while it is written:
+/// the second is refused as "being written by another ingest", and the first finishes.
+#[test]
+fn an_image_target_another_ingest_writes_is_refused_whatever_the_state_dir() {
+    let e = Env::new();
+    e.keygen();
+    let (ma, mb) = (e.fat("a.img", "64MiB"), e.fat("b.img", "64MiB"));
+    random_disk(&e.p("a.raw"), 8 << 20, 81);
+    random_disk(&e.p("b.raw"), 8 << 20, 82);
+    e.capture(&ma, "web01").source("a.raw").ok();
+    e.capture(&mb, "web01").source("b.raw").ok();
+    for target in [
+        format!("file:{}", e.s("t.raw")),
+        format!("qcow2:{}", e.s("t.qcow2")),
+    ] {
+        let first = e
+            .ingest(&ma, "web01")
+            .untrusted()
+            .target(&target)
+            .args(&["--rate-limit", "4MiB/s"])
+            .spawn();
+        std::thread::sleep(std::time::Duration::from_millis(900));
+        let mut second = e
+            .ingest(&mb, "web01")
+            .untrusted()
+            .target(&target)
+            .arg("--force")
+            .command();
+        second.env("XDG_STATE_HOME", e.p("other-state"));
+        let o = second.output().unwrap();
+        refused(&o, "is being written by another ingest right now");
+        let o = first.wait_with_output().unwrap();
+        assert!(o.status.success(), "{target}: {}", output_text(&o));
+    }
+    mgear_tests::same_file(&e.p("t.raw"), &e.p("a.raw"));
+    let c = std::process::Command::new("qemu-img")
+        .args(["compare", "-q"])
+        .arg(e.p("t.qcow2"))
+        .arg(e.p("a.raw"))
+        .status()
+        .unwrap();
+    assert!(c.success(), "the qcow2 holds the first ingest's disk");
+}
