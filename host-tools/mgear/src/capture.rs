@@ -616,15 +616,23 @@ fn interrupted_delta(
 
 /// Re-run of a finished capture with `--sign`: when the newest generation
 /// is finished but its COMMIT is missing (a crash after MANIFEST) or lacks
-/// this site's signature, sign it instead of capturing again.
+/// this site's signature, sign it instead of capturing again. Only the generation the
+/// run was for: its source is the one given, and either the key cache noted it was
+/// started signed with this key, or it carries no site signature at all (the crash came
+/// before any). Another key on an already signed generation, or another disk, was added
+/// as "the missing signature" (a co-signature nobody asked the capture site for).
 fn sign_missing(
     store: &mut dyn image_format::Store,
-    name: &str,
+    args: &Plan,
     key: &ed25519_dalek::SigningKey,
+    cache_dir: &std::path::Path,
+    id: Option<&[u8; 16]>,
 ) -> crate::Result<Option<Receipt>> {
+    use image_format::commit;
+    let name = &args.name;
     let Some(info) = image_format::list_captures(store)?
         .into_iter()
-        .find(|c| c.name == name)
+        .find(|c| c.name == *name)
     else {
         return Ok(None);
     };
@@ -638,9 +646,66 @@ fn sign_missing(
     if signed_by(store, name, g, key) {
         return Ok(None);
     }
+    if let Some(src) = &args.source {
+        if !crate::machine::same_source(&newest.source_desc, src) {
+            return Ok(None);
+        }
+    }
+    let fp = crate::sitekey::fingerprint(&key.verifying_key().to_bytes());
+    let noted = id.and_then(|id| {
+        crate::keys::generation_note(
+            &crate::keys::signer_note_file(cache_dir, name, id),
+            g,
+            "signer",
+        )
+    });
+    let site_signed = match commit::read_commit(store, name, g) {
+        Ok(Some(f)) => f
+            .signatures
+            .iter()
+            .any(|s| s.role == commit::SignerRole::Site && f.commit.verifies(s)),
+        _ => false,
+    };
+    if noted.as_deref() != Some(fp.as_str()) && site_signed {
+        return Ok(None);
+    }
     let mut r = sign_generation(store, name, g, key)?;
     r.signed_only = true;
     Ok(Some(r))
+}
+
+/// Before the writer touches the medium: a resume of unfinished generation `g` (even one
+/// stopped before its first checkpoint, at chunk 0) must sign with the key the key cache
+/// noted when `g` started. Refused (exit 2) with nothing written: a run stopped in its
+/// first seconds was taken for a new start and finished unsigned (or under another key),
+/// exit 0, and the target refused it; a refusal after the writer opened had already
+/// rewritten the journal.
+fn refuse_other_signer(
+    args: &Plan,
+    cache_dir: &std::path::Path,
+    id: &[u8; 16],
+    g: u32,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> crate::Result<()> {
+    let path = crate::keys::signer_note_file(cache_dir, &args.name, id);
+    let now = key.map_or_else(
+        || "none".to_string(),
+        |k| crate::sitekey::fingerprint(&k.verifying_key().to_bytes()),
+    );
+    match crate::keys::generation_note(&path, g, "signer") {
+        Some(then) if then != "none" && then != now => Err(usage(format!(
+            "capture {} generation {g} was started signed with site key {then} (--sign), and \
+             this resume {}: its receipt would not carry the signature the target pins. Resume \
+             it with the same --sign KEY it was started with",
+            args.name,
+            if now == "none" {
+                "has no --sign".to_string()
+            } else {
+                format!("signs with another key, {now}")
+            }
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// What `capture --dry-run` prints: the checks made before writing.
@@ -975,6 +1040,7 @@ fn check_same_signer<S: image_format::Store>(
     id: &[u8; 16],
     writer: &CaptureWriter<S>,
     key: Option<&ed25519_dalek::SigningKey>,
+    resuming: bool,
 ) -> crate::Result<()> {
     let path = crate::keys::signer_note_file(cache_dir, &args.name, id);
     let now = key.map_or_else(
@@ -982,7 +1048,9 @@ fn check_same_signer<S: image_format::Store>(
         |k| crate::sitekey::fingerprint(&k.verifying_key().to_bytes()),
     );
     let g = writer.generation();
-    if writer.resume_from() == 0 {
+    // A generation this run started (not one a stopped run left at chunk 0: its note says
+    // what it was started with, and `refuse_other_signer` compared it).
+    if !resuming || crate::keys::generation_note(&path, g, "signer").is_none() {
         return crate::keys::write_generation_note(&path, g, "signer", &now)
             .with_context(|| format!("noting the signing key in {}", path.display()));
     }
@@ -2276,9 +2344,17 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         .medium
         .open_for_capture(&span_plan(args, size, chunk_size))?;
     if let (Some(key), true, false) = (&sign_key, exists, args.delta) {
-        if let Some(receipt) = sign_missing(medium.store(), &args.name, key)? {
-            medium.close()?;
-            return Ok(signature_only(receipt, size, chunk_size, started));
+        let signed = sign_missing(medium.store(), args, key, &cache_dir, on_medium.as_ref());
+        match signed {
+            Ok(Some(receipt)) => {
+                medium.close()?;
+                return Ok(signature_only(receipt, size, chunk_size, started));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = medium.close();
+                return Err(e);
+            }
         }
     }
     // A `--delta` run stopped after its generation was finished and before it was signed
@@ -2396,6 +2472,12 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         chunk_size: g.chunk_size,
         delta: g.parent.is_some(),
     });
+    if let (Some(g), Some(id)) = (&unfinished_gen, on_medium.as_ref()) {
+        if let Err(e) = refuse_other_signer(args, &cache_dir, id, g.generation, sign_key.as_ref()) {
+            let _ = medium.close();
+            return Err(e);
+        }
+    }
     // The data key of the capture already on this medium, found by its
     // capture id: another medium's capture of the same name has its own.
     let cached = match &on_medium {
@@ -2526,7 +2608,14 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         if writer.resume_from() > 0 && !args.same_source {
             check_stored_sample(&writer, &mut *source, args)?;
         }
-        check_same_signer(args, &cache_dir, &id, &writer, sign_key.as_ref())?;
+        check_same_signer(
+            args,
+            &cache_dir,
+            &id,
+            &writer,
+            sign_key.as_ref(),
+            unfinished_gen.is_some(),
+        )?;
         let cache_file = crate::keys::cache_file(&cache_dir, &args.name, &id);
         if fresh_id != Some(id) {
             crate::keys::remove_stale_temp(&cache_dir, &args.name);

@@ -490,7 +490,7 @@ fn check_disk_count(
 /// Whether the source a disk was captured from (as recorded) is `given`:
 /// the same text, or paths that resolve to the same file or device. An
 /// older medium that recorded none is taken at its word.
-fn same_source(recorded: &str, given: &str) -> bool {
+pub(crate) fn same_source(recorded: &str, given: &str) -> bool {
     if recorded.is_empty() || recorded == given {
         return true;
     }

@@ -1937,3 +1937,83 @@ fn an_image_target_another_ingest_writes_is_refused_whatever_the_state_dir() {
         .unwrap();
     assert!(c.success(), "the qcow2 holds the first ingest's disk");
 }
+
+/// A signed capture stopped before its first checkpoint (at chunk 0) was taken for a new
+/// start: the same command without --sign (or with another key) finished it unsigned, exit
+/// 0, and the target refused it. Refused now, with nothing written to the medium. And a
+/// finished, signed generation takes no other site's signature as "the missing one", nor
+/// one for a run naming another disk: those are told it is already captured.
+#[test]
+fn a_signed_capture_stopped_at_its_start_or_finished_takes_no_other_signer() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    e.ok(&["keygen", "--signing", "--out", "other.key"]);
+    random_disk(&e.p("disk.raw"), 6 << 20, 83);
+    random_disk(&e.p("else.raw"), 6 << 20, 84);
+    fs::create_dir(e.p("m")).unwrap();
+    let line = e.capture("dir:m", "web01").source("disk.raw");
+    let mut child = line
+        .clone()
+        .sign("site.key")
+        .args(&["--rate-limit", "1MiB/s"])
+        .spawn();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let _ = child.kill();
+    let _ = child.wait();
+    let i = e.json(&["inspect", "--medium", "dir:m"]);
+    assert_eq!(
+        i["captures"][0]["generations"][0]["state"], "unfinished",
+        "stopped at its start: {i}"
+    );
+    let files = || {
+        let mut v: Vec<(String, Vec<u8>)> = walk(&e.p("m"));
+        v.sort();
+        v
+    };
+    let before = files();
+    for (extra, says) in [
+        (vec![], "has no --sign"),
+        (vec!["--sign", "other.key"], "signs with another key"),
+    ] {
+        let o = line.clone().args(&extra).run();
+        let text = output_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        assert!(text.contains(says), "{text}");
+        assert!(files() == before, "nothing written by a refused resume");
+    }
+    line.clone().sign("site.key").ok();
+    for l in [
+        line.clone().sign("other.key"),
+        e.capture("dir:m", "web01")
+            .source("else.raw")
+            .sign("site.key"),
+    ] {
+        let o = l.run();
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains("is already captured as generation 1"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    e.ingest("dir:m", "web01")
+        .args(&["--trust", "site.pub", "--allow-unsealed"])
+        .target("file:out.raw")
+        .ok();
+    mgear_tests::same_file(&e.p("out.raw"), &e.p("disk.raw"));
+}
+
+/// Every file under `dir` with its bytes.
+fn walk(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push((p.display().to_string(), fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
