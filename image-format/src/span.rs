@@ -304,6 +304,13 @@ pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
         }
         Err(e) => return Err(e),
     };
+    // A labelled medium always holds the span's map (it is written with the label and
+    // mirrored on every medium): one gone is damage to name (the others' copies serve). It
+    // went unnamed: alone its absence made the other media's segments "missing", together
+    // the media verified OK.
+    if label.is_some() && map.is_none() && store.span().is_none() {
+        map_damage = Some(String::from("it is missing (MGEAR/SPANMAP)"));
+    }
     Ok(match (label, map, &label_damage) {
         (None, None, None) => None,
         (label, map, _) => Some(SpanInfo {
@@ -1484,6 +1491,32 @@ mod tests {
             e.to_string().contains("span label (MGEAR/SPAN) is missing"),
             "{e}"
         );
+
+        // A's span map removed: named alone (its absence made B's segments "missing") and
+        // together (the media verified OK).
+        let (mut a, mut b) = (small(1_600_000), small(3_000_000));
+        {
+            let mut span = join_ab(&mut a, &mut b, [8; 16]).unwrap();
+            capture(&mut span, "web01", &data, &id).unwrap();
+        }
+        a.remove_file(SPANMAP_FILE).unwrap();
+        let r = verify_keyless(&mut a, &mut NoProgress).unwrap();
+        let named = |r: &crate::VerifyReport| {
+            r.problems
+                .iter()
+                .any(|p| p.what.contains("span map") && p.what.contains("missing (MGEAR/SPANMAP)"))
+        };
+        assert!(named(&r), "A alone: {:?}", r.problems);
+        let mut both = SpanStore::open(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut b as &mut dyn Store, "B".into())
+            ],
+            true,
+        )
+        .unwrap();
+        let r = verify_keyless(&mut both, &mut NoProgress).unwrap();
+        assert!(named(&r), "both: {:?}", r.problems);
     }
 
     #[test]

@@ -422,7 +422,7 @@ pub fn check_generation(
         commit::read_commit(medium, name, g).map_err(|e| unreadable(e, name, g))?;
     match &commit_file {
         None => found.push(format!(
-            "no COMMIT in generation {g} (captured without --sign)"
+            "no COMMIT in generation {g} (captured without --sign, or its COMMIT was lost since: `mgear verify` of every medium of the shipment together compares the copies)"
         )),
         Some(f) => {
             if let Some(what) = commit::check_commit(f, &expected) {
