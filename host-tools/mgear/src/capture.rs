@@ -647,7 +647,7 @@ fn sign_missing(
         return Ok(None);
     }
     if let Some(src) = &args.source {
-        if !crate::machine::same_source(&newest.source_desc, src) {
+        if !crate::source::same_source(&newest.source_desc, src) {
             return Ok(None);
         }
     }

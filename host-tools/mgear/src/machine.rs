@@ -387,14 +387,14 @@ fn state(
         for (k, src) in sources.iter().enumerate() {
             if recorded[k]
                 .as_deref()
-                .is_some_and(|r| !r.is_empty() && same_source(r, src))
+                .is_some_and(|r| !r.is_empty() && crate::source::same_source(r, src))
             {
                 continue;
             }
             let other = recorded.iter().enumerate().find(|(j, r)| {
                 *j != k
                     && r.as_deref()
-                        .is_some_and(|r| !r.is_empty() && same_source(r, src))
+                        .is_some_and(|r| !r.is_empty() && crate::source::same_source(r, src))
             });
             if let Some((j, Some(r))) = other {
                 return Err(usage(format!(
@@ -421,7 +421,7 @@ fn state(
         // its place now, or the set would bind another disk's data under
         // this one's name (a re-run with the --source order changed).
         if let Some(g) = finished {
-            if !same_source(&g.source_desc, &sources[k]) {
+            if !crate::source::same_source(&g.source_desc, &sources[k]) {
                 let or = if sealed {
                     // A finished set that a --sign re-run would only sign.
                     "or, for disks that changed, capture a new generation with --delta".to_string()
@@ -484,29 +484,6 @@ fn check_disk_count(
             crate::keys::write_generation_note(&path, g, "disks", &n.to_string())
                 .with_context(|| format!("recording the set's disk count in {}", path.display()))
         }
-    }
-}
-
-/// Whether the source a disk was captured from (as recorded) is `given`:
-/// the same text, or paths that resolve to the same file or device. An
-/// older medium that recorded none is taken at its word.
-pub(crate) fn same_source(recorded: &str, given: &str) -> bool {
-    if recorded.is_empty() || recorded == given {
-        return true;
-    }
-    // A path is recorded without its `file:`/`dev:` prefix.
-    let Ok(crate::spec::Source::Path(given)) = crate::spec::Source::parse(given) else {
-        return false;
-    };
-    if Path::new(recorded) == given {
-        return true;
-    }
-    match (
-        std::fs::canonicalize(recorded),
-        std::fs::canonicalize(&given),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
     }
 }
 

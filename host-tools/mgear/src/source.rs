@@ -152,6 +152,29 @@ pub trait ConcurrentRead: Send + Sync {
     }
 }
 
+/// Whether the source a disk was captured from (as recorded) is `given`:
+/// the same text, or paths that resolve to the same file or device. An
+/// older medium that recorded none is taken at its word.
+pub fn same_source(recorded: &str, given: &str) -> bool {
+    if recorded.is_empty() || recorded == given {
+        return true;
+    }
+    // A path is recorded without its `file:`/`dev:` prefix.
+    let Ok(crate::spec::Source::Path(given)) = crate::spec::Source::parse(given) else {
+        return false;
+    };
+    if std::path::Path::new(recorded) == given {
+        return true;
+    }
+    match (
+        std::fs::canonicalize(recorded),
+        std::fs::canonicalize(&given),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Open `--source` (parsed by `crate::spec`).
 ///
 /// With `bitmap`, the source also answers [`Source::dirty_chunks`] from the qemu dirty bitmap
