@@ -1206,8 +1206,16 @@ pub fn ready_to_change(port: &Path, what: &str) -> crate::Result<()> {
     let mut c = Client::open(port)?;
     let state = info(&mut c)?.state;
     if state != DeviceState::Unlocked {
+        // A sealed (arrived, erased) appliance is read-only for good: "only when unlocked"
+        // read as if unlocking it were a way on.
+        let why = match state {
+            DeviceState::Sealed | DeviceState::Arrived | DeviceState::Erased => {
+                format!("its medium is read-only for good, so {what} is refused")
+            }
+            _ => format!("it takes {what} only when unlocked"),
+        };
         return Err(usage(format!(
-            "the appliance at {} is {}: it takes {what} only when unlocked; next: {}",
+            "the appliance at {} is {}: {why}; next: {}",
             port.display(),
             state.as_str(),
             next_step(state)

@@ -369,44 +369,6 @@ fn state(
             )))
         }
     };
-    // A delta with the --source order changed: each disk's new generation would hold
-    // another disk's data (the delta went through with a warning that no chunk matched,
-    // signed, and ingest took it as the newest). Refused when a source is the very path
-    // another disk of the parent generation was captured from; a disk that moved to a
-    // path of its own is taken (the stored-chunk sample still warns).
-    if let (Some(g), false, true) = (newest, in_progress, args.delta) {
-        let parent_source = |k: usize| {
-            let stream = set::disk_stream_name(name, k);
-            caps.iter()
-                .filter(|c| c.name == stream)
-                .flat_map(|c| &c.generations)
-                .find(|i| i.generation == g)
-                .map(|i| i.source_desc.clone())
-        };
-        let recorded: Vec<Option<String>> = (0..n).map(parent_source).collect();
-        for (k, src) in sources.iter().enumerate() {
-            if recorded[k]
-                .as_deref()
-                .is_some_and(|r| !r.is_empty() && crate::source::same_source(r, src))
-            {
-                continue;
-            }
-            let other = recorded.iter().enumerate().find(|(j, r)| {
-                *j != k
-                    && r.as_deref()
-                        .is_some_and(|r| !r.is_empty() && crate::source::same_source(r, src))
-            });
-            if let Some((j, Some(r))) = other {
-                return Err(usage(format!(
-                    "--source number {} ({src}) is disk {j} of set {name}: generation {g} \
-                     captured disk {j} from {r}. Give the disks in the order the set was \
-                     captured in (disk 0 first): a delta with the order changed would store \
-                     each disk's changes under another disk",
-                    k + 1
-                )));
-            }
-        }
-    }
     let mut done = vec![false; n];
     for (k, d) in done.iter_mut().enumerate() {
         let stream = set::disk_stream_name(name, k);
@@ -443,6 +405,48 @@ fn state(
             }
         }
         *d = finished.is_some();
+    }
+    // A delta with the --source order changed: each disk's new generation would hold
+    // another disk's data (the delta went through with a warning that no chunk matched,
+    // signed, and ingest took it as the newest). Refused when a source is the very path
+    // another disk of the parent generation was captured from; a disk that moved to a
+    // path of its own is taken (the stored-chunk sample still warns).
+    let compared = match (in_progress, newest, args.delta) {
+        (false, Some(g), true) => Some(g),
+        _ => None,
+    };
+    if let Some(g) = compared {
+        let parent_source = |k: usize| {
+            let stream = set::disk_stream_name(name, k);
+            caps.iter()
+                .filter(|c| c.name == stream)
+                .flat_map(|c| &c.generations)
+                .find(|i| i.generation == g)
+                .map(|i| i.source_desc.clone())
+        };
+        let recorded: Vec<Option<String>> = (0..n).map(parent_source).collect();
+        for (k, src) in sources.iter().enumerate() {
+            if recorded[k]
+                .as_deref()
+                .is_some_and(|r| !r.is_empty() && crate::source::same_source(r, src))
+            {
+                continue;
+            }
+            let other = recorded.iter().enumerate().find(|(j, r)| {
+                *j != k
+                    && r.as_deref()
+                        .is_some_and(|r| !r.is_empty() && crate::source::same_source(r, src))
+            });
+            if let Some((j, Some(r))) = other {
+                return Err(usage(format!(
+                    "--source number {} ({src}) is disk {j} of set {name}: generation {g} \
+                     captured disk {j} from {r}. Give the disks in the order the set was \
+                     captured in (disk 0 first): with the order changed each disk's data \
+                     would be stored under another disk",
+                    k + 1
+                )));
+            }
+        }
     }
     Ok(State {
         generation,

@@ -53,7 +53,7 @@ fn appliance_sealed_lockout_spares_the_shipment() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
-        err.contains("is sealed: it takes a capture only when unlocked"),
+        err.contains("is sealed: its medium is read-only for good, so a capture is refused"),
         "{err}"
     );
     assert_eq!(std::fs::read(lab.p("medium.img")).unwrap(), sealed_medium);
