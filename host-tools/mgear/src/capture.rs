@@ -1043,31 +1043,30 @@ fn check_same_signer<S: image_format::Store>(
     resuming: bool,
 ) -> crate::Result<()> {
     let path = crate::keys::signer_note_file(cache_dir, &args.name, id);
-    let now = key.map_or_else(
-        || "none".to_string(),
-        |k| crate::sitekey::fingerprint(&k.verifying_key().to_bytes()),
-    );
     let g = writer.generation();
     // A generation this run started (not one a stopped run left at chunk 0: its note says
     // what it was started with, and `refuse_other_signer` compared it).
     if !resuming || crate::keys::generation_note(&path, g, "signer").is_none() {
-        return crate::keys::write_generation_note(&path, g, "signer", &now)
-            .with_context(|| format!("noting the signing key in {}", path.display()));
+        return note_signer(cache_dir, &args.name, id, g, key);
     }
-    match crate::keys::generation_note(&path, g, "signer") {
-        Some(then) if then != "none" && then != now => Err(usage(format!(
-            "capture {} generation {g} was started signed with site key {then} (--sign), and \
-             this resume {}: its receipt would not carry the signature the target pins. Resume \
-             it with the same --sign KEY it was started with",
-            args.name,
-            if now == "none" {
-                "has no --sign".to_string()
-            } else {
-                format!("signs with another key, {now}")
-            }
-        ))),
-        _ => Ok(()),
-    }
+    refuse_other_signer(args, cache_dir, id, g, key)
+}
+
+/// Notes in the key cache that generation `g` of `name` is signed with `key` ("none").
+fn note_signer(
+    cache_dir: &std::path::Path,
+    name: &str,
+    id: &[u8; 16],
+    g: u32,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> crate::Result<()> {
+    let path = crate::keys::signer_note_file(cache_dir, name, id);
+    let now = key.map_or_else(
+        || "none".to_string(),
+        |k| crate::sitekey::fingerprint(&k.verifying_key().to_bytes()),
+    );
+    crate::keys::write_generation_note(&path, g, "signer", &now)
+        .with_context(|| format!("noting the signing key in {}", path.display()))
 }
 
 /// A `--dirty-bitmap` delta copies the chunks the bitmap calls clean from the parent
@@ -2570,6 +2569,31 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
 
+    // The key this generation is signed with, noted before the writer makes it: a run
+    // killed between the generation's first journal and the note (a few milliseconds) left
+    // it at chunk 0 with no note, and a resume without --sign finished it unsigned.
+    if unfinished_gen.is_none() {
+        if let Some(id) = params.capture_id.or(on_medium) {
+            let last = image_format::list_captures(medium.store())
+                .ok()
+                .and_then(|caps| {
+                    caps.into_iter()
+                        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
+                        .and_then(|c| c.generations.last().cloned())
+                });
+            let g = match last {
+                Some(l) if l.state == image_format::GenerationState::Complete => l.generation + 1,
+                Some(l) => l.generation,
+                None => 1,
+            };
+            let noted = create_private_dir(&cache_dir)
+                .and_then(|()| note_signer(&cache_dir, &args.name, &id, g, sign_key.as_ref()));
+            if let Err(e) = noted {
+                let _ = medium.close();
+                return Err(e);
+            }
+        }
+    }
     let mut stats = RunStats::default();
     let result = (|| {
         let now = Started {

@@ -142,6 +142,12 @@ fn is_read_only(err: &Error) -> bool {
                 ..
             })
         ) || e.downcast_ref::<StoreError>() == Some(&StoreError::ReadOnly)
+            // A read-only ingest target (an NBD export served `-r`): the generic hint said to
+            // check it is reachable and run the same command again, which cannot help.
+            || matches!(
+                e.downcast_ref::<mgear_volume::Error>(),
+                Some(mgear_volume::Error::ReadOnly(_))
+            )
     })
 }
 

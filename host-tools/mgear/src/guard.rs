@@ -260,6 +260,25 @@ pub fn overlaps(a: &Path, b: &Path) -> bool {
         if tb.is_block_device() && !ta.is_block_device() && holds(mb.rdev(), ma.dev()) {
             return true;
         }
+        // A path on a file system that lives in an image file (mounted from a loop device
+        // over it), and that image file or another loop device over it: writing the one
+        // writes the other. A `dir:` medium mounted from `pt.img` was overwritten through a
+        // second loop device over `pt.img`, and replaced by a `file:pt.img --force` target.
+        let file_of = |m: &std::fs::Metadata| {
+            if m.file_type().is_block_device() {
+                loop_backing(m.rdev())
+            } else {
+                Some((m.dev(), m.ino()))
+            }
+        };
+        let image_under = |m: &std::fs::Metadata| loop_backing(m.dev());
+        for (x, y) in [(&ma, &mb), (&mb, &ma)] {
+            if let (Some(f), Some(i)) = (file_of(x), image_under(y)) {
+                if f == i {
+                    return true;
+                }
+            }
+        }
     }
     if mb.is_dir() {
         let Ok(dir) = b.canonicalize() else {
@@ -353,8 +372,11 @@ pub fn held_for_writing(
             let Ok(m) = std::fs::metadata(fd.path()) else {
                 continue;
             };
+            // A block device held is also the image behind it (`qemu-nbd --offset` over a
+            // loop device of the medium image).
             let hit = if m.file_type().is_block_device() {
                 devices.contains(&m.rdev())
+                    || loop_backing(m.rdev()).is_some_and(|f| files.contains(&f))
             } else {
                 files.contains(&(m.dev(), m.ino()))
             };

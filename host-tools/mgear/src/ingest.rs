@@ -1109,20 +1109,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // A name that is not on the medium is a usage error, not a refusal.
         Err(e) => match image_format::list_captures(medium.store()) {
             Ok(caps) if !caps.iter().any(|c| c.name.eq_ignore_ascii_case(&args.name)) => {
-                let names: Vec<&str> = caps.iter().map(|c| c.name.as_str()).collect();
-                return Err(crate::exit::coded_hint(
-                    crate::exit::USAGE,
-                    format!(
-                        "there is no capture {:?} on {} (captures: {})",
-                        args.name,
-                        args.medium.describe(),
-                        if names.is_empty() {
-                            "none".into()
-                        } else {
-                            names.join(", ")
-                        }
-                    ),
-                    "`mgear inspect --medium ...` lists the captures; pass one with --name",
+                let names: Vec<String> = caps.into_iter().map(|c| c.name).collect();
+                return Err(crate::verify::no_such_capture(
+                    &args.name,
+                    &args.medium.describe(),
+                    &names,
                 ));
             }
             _ => return Err(e),

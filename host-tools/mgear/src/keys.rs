@@ -503,7 +503,7 @@ pub fn write_generation_note(
     )
 }
 
-/// Removes `NAME-*.key.*.new` in `dir`: what a run killed while writing a
+/// Removes `NAME-*.new` in `dir` (a key or a note beside it): what a run killed while writing a
 /// key cache file of capture `name` leaves (the file is written under that
 /// name, synced, then renamed). Best effort: a leftover is only clutter.
 pub fn remove_stale_temp(dir: &Path, name: &str) {
@@ -514,8 +514,9 @@ pub fn remove_stale_temp(dir: &Path, name: &str) {
     for e in rd.flatten() {
         let file = e.file_name();
         let file = file.to_string_lossy();
-        // `image_format::private::replace` names it `NAME-ID.key.RANDOM.new`.
-        if file.starts_with(&prefix) && file.contains(".key.") && file.ends_with(".new") {
+        // `image_format::private::replace` names it `NAME-ID.key.RANDOM.new` (and the notes
+        // beside the key `NAME-ID.signer.RANDOM.new`, `.slots.`, `.source.`, `.disks.`).
+        if file.starts_with(&prefix) && file.ends_with(".new") {
             let _ = fs::remove_file(e.path());
         }
     }

@@ -344,9 +344,16 @@ impl Where {
                     Err(_) => {}
                 },
                 Ok(MediumSpec::Dir(p)) => {
-                    files.extend(crate::guard::tree_inodes(
-                        &p.join(image_format::layout::ROOT_DIR),
-                    ));
+                    let root = p.join(image_format::layout::ROOT_DIR);
+                    files.extend(crate::guard::tree_inodes(&root));
+                    // A medium on a file system mounted from a loop device: that device and
+                    // the image behind it, served at an offset, are the medium too.
+                    if let Ok(m) = std::fs::metadata(&root) {
+                        if let Some(image) = crate::guard::loop_backing(m.dev()) {
+                            devices.push(m.dev());
+                            files.insert(image);
+                        }
+                    }
                 }
                 _ => {}
             }

@@ -358,6 +358,22 @@ fn said_once(problems: Vec<image_format::Problem>) -> Vec<image_format::Problem>
     out
 }
 
+/// A `--name` that is not on the medium (exit 2), with what is there.
+pub fn no_such_capture(name: &str, medium: &str, names: &[String]) -> crate::Error {
+    crate::exit::coded_hint(
+        crate::exit::USAGE,
+        format!(
+            "there is no capture {name:?} on {medium} (captures: {})",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        ),
+        "`mgear inspect --medium ...` lists the captures; pass one with --name",
+    )
+}
+
 /// The message and hint of [`explain_wrong_key`].
 fn wrong_key_message(
     name: &str,
@@ -516,19 +532,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
             let mut names: Vec<String> = captures.iter().map(|c| c.name.clone()).collect();
             names.extend(sets.iter().cloned());
             names.sort();
-            return Err(crate::exit::coded_hint(
-                crate::exit::USAGE,
-                format!(
-                    "there is no capture {n:?} on {} (captures: {})",
-                    args.medium.describe(),
-                    if names.is_empty() {
-                        "none".into()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
-                "`mgear inspect --medium ...` lists the captures; pass one with --name",
-            ));
+            return Err(no_such_capture(n, &args.medium.describe(), &names));
         }
         _ => {}
     }

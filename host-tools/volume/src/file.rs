@@ -714,6 +714,46 @@ pub struct DeviceVolume {
     raw: Raw,
     marker: Marker,
     found: Found,
+    /// For a loop device: a `flock` on the file behind it ([`lock_loop_image`]).
+    _lock: Option<nix::fcntl::Flock<File>>,
+}
+
+/// The image file behind loop device `md` (sysfs `loop/backing_file`), when it is a
+/// regular file.
+fn loop_image(md: &std::fs::Metadata) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = md.rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let named =
+        std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/loop/backing_file"))
+            .ok()?;
+    let path = PathBuf::from(named.trim_end_matches('\n'));
+    std::fs::metadata(&path).ok()?.is_file().then_some(path)
+}
+
+/// A loop device's image is locked (`flock`) while the device is written: two loop devices
+/// over one file are one volume, and two ingests (with their own state dirs) wrote it
+/// through them at once, both "verified", the volume holding one disk.
+fn lock_loop_image(device: &Path, image: &Path) -> Result<nix::fcntl::Flock<File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let f = File::open(image)
+        .map_err(|e| Error::io(format!("opening {} to lock it", image.display()), e))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            Error::Usage(format!(
+                "{} is a loop device over {}, which another ingest is writing right now \
+                 (through another loop device over it): one ingest writes a volume at a time. \
+                 Wait for it to finish, or give another target; nothing was written",
+                device.display(),
+                image.display()
+            ))
+        } else {
+            Error::io(
+                format!("locking {}", image.display()),
+                std::io::Error::from_raw_os_error(errno as i32),
+            )
+        }
+    })
 }
 
 /// Whether the kernel holds block device `md` read-only (sysfs `ro`).
@@ -799,6 +839,10 @@ impl DeviceVolume {
                 }
                 _ => Error::io(format!("opening target {}", path.display()), e),
             })?;
+        let lock = match loop_image(&md) {
+            Some(image) => Some(lock_loop_image(path, &image)?),
+            None => None,
+        };
         if read_only_device(&md) {
             // Open for writing succeeds; the first write fails with EPERM, after the
             // marker that then blocked the next device under this name.
@@ -850,7 +894,12 @@ impl DeviceVolume {
             raw.flush()?;
             Found::New
         };
-        Ok(DeviceVolume { raw, marker, found })
+        Ok(DeviceVolume {
+            raw,
+            marker,
+            found,
+            _lock: lock,
+        })
     }
 }
 

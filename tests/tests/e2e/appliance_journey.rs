@@ -107,11 +107,11 @@ fn appliance_journey_provision_capture_seal_refuse_arrival_ingest() {
                 "web01",
                 "--force",
             ],
-            "it takes a removal (medium rm) only when unlocked",
+            "its medium is read-only for good, so a removal (medium rm) is refused",
         ),
         (
             vec!["medium", "fsck", "--appliance", &tty, "--repair"],
-            "it takes a repair (medium fsck --repair) only when unlocked",
+            "its medium is read-only for good, so a repair (medium fsck --repair) is refused",
         ),
     ] {
         let out = lab.run(&args);

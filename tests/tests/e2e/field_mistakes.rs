@@ -2017,3 +2017,109 @@ fn walk(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// The medium on a file system mounted from a loop device over an image file: a second loop
+/// device over that image (one volume, another name) and the image itself as a `file:`
+/// target are the medium (an ingest wrote over the file system, or replaced the image under
+/// the mount, the shipment lost at the next mount). `qemu-nbd --offset` over a loop device
+/// of a `fat:` image is the medium too. And two loop devices over one file are one volume:
+/// a second ingest through the other one is refused while the first writes.
+#[test]
+fn the_medium_behind_a_mounted_image_or_a_sibling_loop_device_is_never_a_target() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 2 << 20, 85);
+    let ext = e.p("ext.img");
+    fs::File::create(&ext).unwrap().set_len(24 << 20).unwrap();
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&ext)
+        .status();
+    if !mkfs.is_ok_and(|s| s.success()) {
+        eprintln!("no mkfs.ext4 here: nothing to check");
+        return;
+    }
+    let a = Loop::attach(&ext);
+    fs::create_dir(e.p("em")).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .arg(&a.0)
+        .arg(e.p("em"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("no ext4 mount here: nothing to check");
+        return;
+    }
+    let m = format!("dir:{}", e.s("em"));
+    let cap = e.capture(&m, "web01").source("disk.raw").run();
+    let b = Loop::attach(&ext);
+    let on_dev = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", b.0))
+        .arg("--force")
+        .run();
+    let on_file = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target(&format!("file:{}", ext.display()))
+        .arg("--force")
+        .run();
+    let verified = e.run(&["verify", "--medium", &m]);
+    drop(b);
+    let _ = std::process::Command::new("umount").arg(e.p("em")).status();
+    drop(a);
+    assert!(cap.status.success(), "{}", output_text(&cap));
+    refused(&on_dev, "is the medium");
+    refused(&on_file, "is the medium");
+    assert!(verified.status.success(), "{}", output_text(&verified));
+
+    // qemu-nbd --offset over a loop device of a fat: image.
+    let fat = e.fat("m.img", "64MiB");
+    e.capture(&fat, "web01").source("disk.raw").ok();
+    let l = Loop::attach(&e.p("m.img"));
+    let sock = e.p("l.sock");
+    let served = mgear_tests::qemu_nbd(
+        &["-f", "raw", "--offset", "1048576"],
+        &sock,
+        std::path::Path::new(&l.0),
+    );
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    let o = e
+        .ingest(&fat, "web01")
+        .untrusted()
+        .target(&url)
+        .arg("--force")
+        .run();
+    drop(served);
+    drop(l);
+    refused(&o, "is open for writing by process");
+    let v = e.run(&["verify", "--medium", &fat]);
+    assert!(v.status.success(), "{}", output_text(&v));
+
+    // Two loop devices over one file: one volume.
+    random_disk(&e.p("big.raw"), 8 << 20, 86);
+    e.capture(&fat, "db02").source("big.raw").ok();
+    fs::write(e.p("tgt.raw"), vec![0u8; 8 << 20]).unwrap();
+    let (x, z) = (Loop::attach(&e.p("tgt.raw")), Loop::attach(&e.p("tgt.raw")));
+    let first = e
+        .ingest(&fat, "db02")
+        .untrusted()
+        .target(&format!("dev:{}", x.0))
+        .args(&["--rate-limit", "4MiB/s"])
+        .spawn();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let mut second = e
+        .ingest(&fat, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", z.0))
+        .arg("--force")
+        .command();
+    second.env("XDG_STATE_HOME", e.p("other-state"));
+    let o = second.output().unwrap();
+    let done = first.wait_with_output().unwrap();
+    drop((x, z));
+    refused(&o, "which another ingest is writing right now");
+    assert!(done.status.success(), "{}", output_text(&done));
+    mgear_tests::same_file(&e.p("tgt.raw"), &e.p("big.raw"));
+}
