@@ -527,23 +527,13 @@ pub struct FileVolume {
 /// target is in use. It was told to adopt or remove the live ingest's `.partial`, which
 /// then failed at its rename, or (qcow2) to kill its `qemu-nbd`.
 pub(crate) fn lock_partial(partial: &Path) -> Result<nix::fcntl::Flock<File>> {
-    use nix::fcntl::{Flock, FlockArg};
-    let f = File::open(partial)
-        .map_err(|e| Error::io(format!("opening {} to lock it", partial.display()), e))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        if errno == nix::errno::Errno::EWOULDBLOCK {
-            Error::Usage(format!(
-                "{} is being written by another ingest right now (it holds the file's lock): \
-                 one ingest writes a volume at a time. Wait for it to finish, or give another \
-                 target; nothing was written",
-                partial.display()
-            ))
-        } else {
-            Error::io(
-                format!("locking {}", partial.display()),
-                std::io::Error::from_raw_os_error(errno as i32),
-            )
-        }
+    lock_exclusive(partial, || {
+        format!(
+            "{} is being written by another ingest right now (it holds the file's lock): \
+             one ingest writes a volume at a time. Wait for it to finish, or give another \
+             target; nothing was written",
+            partial.display()
+        )
     })
 }
 
@@ -735,21 +725,28 @@ fn loop_image(md: &std::fs::Metadata) -> Option<PathBuf> {
 /// over one file are one volume, and two ingests (with their own state dirs) wrote it
 /// through them at once, both "verified", the volume holding one disk.
 fn lock_loop_image(device: &Path, image: &Path) -> Result<nix::fcntl::Flock<File>> {
+    lock_exclusive(image, || {
+        format!(
+            "{} is a loop device over {}, which another ingest is writing right now \
+             (through another loop device over it): one ingest writes a volume at a time. \
+             Wait for it to finish, or give another target; nothing was written",
+            device.display(),
+            image.display()
+        )
+    })
+}
+
+/// An exclusive, non-blocking `flock` on `path`; `busy` says why when another holder has it.
+fn lock_exclusive(path: &Path, busy: impl FnOnce() -> String) -> Result<nix::fcntl::Flock<File>> {
     use nix::fcntl::{Flock, FlockArg};
-    let f = File::open(image)
-        .map_err(|e| Error::io(format!("opening {} to lock it", image.display()), e))?;
+    let f = File::open(path)
+        .map_err(|e| Error::io(format!("opening {} to lock it", path.display()), e))?;
     Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
-            Error::Usage(format!(
-                "{} is a loop device over {}, which another ingest is writing right now \
-                 (through another loop device over it): one ingest writes a volume at a time. \
-                 Wait for it to finish, or give another target; nothing was written",
-                device.display(),
-                image.display()
-            ))
+            Error::Usage(busy())
         } else {
             Error::io(
-                format!("locking {}", image.display()),
+                format!("locking {}", path.display()),
                 std::io::Error::from_raw_os_error(errno as i32),
             )
         }
