@@ -1857,27 +1857,10 @@ fn the_medium_served_at_an_offset_or_behind_a_loop_chain_is_never_a_target() {
     assert!(v.status.success(), "{}", output_text(&v));
 
     // A loop device over a mounted loop device: the mounted one is in use.
-    let ext = e.p("ext.img");
-    fs::File::create(&ext).unwrap().set_len(16 << 20).unwrap();
-    let mkfs = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&ext)
-        .status();
-    if !mkfs.is_ok_and(|s| s.success()) {
-        eprintln!("no mkfs.ext4 here: the mounted case is not checked");
-        return;
-    }
-    let under = Loop::attach(&ext);
-    fs::create_dir(e.p("mnt")).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .arg(&under.0)
-        .arg(e.p("mnt"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(under) = mounted_ext4(&e, "ext.img", 16 << 20, "mnt") else {
         eprintln!("no ext4 mount here: the mounted case is not checked");
         return;
-    }
+    };
     let over = Loop::attach(std::path::Path::new(&under.0));
     let o = ingest(&fat, &format!("dev:{}", over.0));
     let _ = std::process::Command::new("umount")
@@ -2030,26 +2013,10 @@ fn the_medium_behind_a_mounted_image_or_a_sibling_loop_device_is_never_a_target(
     e.keygen();
     random_disk(&e.p("disk.raw"), 2 << 20, 85);
     let ext = e.p("ext.img");
-    fs::File::create(&ext).unwrap().set_len(24 << 20).unwrap();
-    let mkfs = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&ext)
-        .status();
-    if !mkfs.is_ok_and(|s| s.success()) {
-        eprintln!("no mkfs.ext4 here: nothing to check");
-        return;
-    }
-    let a = Loop::attach(&ext);
-    fs::create_dir(e.p("em")).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .arg(&a.0)
-        .arg(e.p("em"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(a) = mounted_ext4(&e, "ext.img", 24 << 20, "em") else {
         eprintln!("no ext4 mount here: nothing to check");
         return;
-    }
+    };
     let m = format!("dir:{}", e.s("em"));
     let cap = e.capture(&m, "web01").source("disk.raw").run();
     let b = Loop::attach(&ext);
@@ -2122,4 +2089,28 @@ fn the_medium_behind_a_mounted_image_or_a_sibling_loop_device_is_never_a_target(
     refused(&o, "which another ingest is writing right now");
     assert!(done.status.success(), "{}", output_text(&done));
     mgear_tests::same_file(&e.p("tgt.raw"), &e.p("big.raw"));
+}
+
+/// An ext4 file system made in image `name` (`size` bytes) and mounted at directory `dir`
+/// (made here) through a loop device, which unmounts and detaches when dropped; `None` where
+/// `mkfs.ext4` or the mount is not available.
+fn mounted_ext4(e: &Env, name: &str, size: u64, dir: &str) -> Option<Loop> {
+    let image = e.p(name);
+    fs::File::create(&image).unwrap().set_len(size).unwrap();
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&image)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        return None;
+    }
+    let dev = Loop::attach(&image);
+    fs::create_dir(e.p(dir)).unwrap();
+    std::process::Command::new("mount")
+        .arg(&dev.0)
+        .arg(e.p(dir))
+        .status()
+        .is_ok_and(|s| s.success())
+        .then_some(dev)
 }
