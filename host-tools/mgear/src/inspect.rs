@@ -244,6 +244,34 @@ pub fn run(args: Request) -> crate::Result<i32> {
             .collect::<Vec<_>>(),
         args.name.is_none(),
     );
+    // Each medium's own listing after the shipment's (which says "lost-medium" of these).
+    for m in &mut media {
+        // A set generation is only as ingestible as its disk streams: "complete" above a
+        // stream that says NOT ingestible read as two answers to one question.
+        let lost: Vec<(String, u32, String)> = m
+            .captures
+            .iter()
+            .flat_map(|c| {
+                c.generations
+                    .iter()
+                    .filter_map(|g| Some((c.name.clone(), g.generation, g.lost_medium.clone()?)))
+            })
+            .collect();
+        for g in m.sets.iter_mut().flat_map(|s| &mut s.generations) {
+            let on = g.disks.iter().find_map(|d| {
+                lost.iter()
+                    .find(|(n, gen, _)| *gen == g.generation && n.eq_ignore_ascii_case(&d.stream))
+                    .map(|(n, _, on)| (n.clone(), on.clone()))
+            });
+            if let (Some((stream, on)), true) = (on, g.complete) {
+                g.complete = false;
+                g.problems.push(format!(
+                    "{stream}: part of it was on {on}, so the set cannot be ingested; \
+                     the newer generation the replacement capture wrote holds its data again"
+                ));
+            }
+        }
+    }
     if let Some(s) = stream {
         for m in &mut media {
             m.captures.retain(|c| c.name.eq_ignore_ascii_case(s));

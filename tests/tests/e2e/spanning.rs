@@ -368,6 +368,24 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
         "{v}"
     );
     assert_eq!(v["shipment"]["complete"], true, "{v}");
+    // Each medium's own listing agrees: the set's generation 1 is not "complete" above a disk
+    // stream that says NOT ingestible.
+    let sets = v["media"][0]["sets"][0]["generations"].as_array().unwrap();
+    let g1 = sets.iter().find(|g| g["generation"] == 1).unwrap();
+    assert_eq!(g1["complete"], false, "{v}");
+    assert!(
+        g1["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("cannot be ingested"),
+        "{v}"
+    );
+    let human = e.run(&["inspect", "--medium", &a]);
+    let text = output_text(&human);
+    assert!(
+        text.contains("NOT ingestible") && text.contains("G0001 INCOMPLETE"),
+        "{text}"
+    );
     // Verify names the lost medium's segments as gone (it said "verify it there").
     let v = e.run(&["verify", "--medium", &a, "--medium", &c, "--medium", &d]);
     assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
