@@ -2704,6 +2704,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             return Err(e);
         }
     };
+    // Until the appliance has witnessed it: a freeze here was as silent as one mid-capture.
+    let waiting = Progress::waiting("capture: writing COMMIT, the signature and the witness");
     let bytes_read = stats.read;
     let borrows_from: Vec<String> =
         image_format::peers::peers_of(medium.store(), &summary.name, summary.generation)
@@ -2745,6 +2747,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         }
         _ => receipt,
     };
+    drop(waiting);
     let secs = started.elapsed().as_secs_f64();
     let cpu_seconds = (progress::cpu_seconds() - cpu0).max(0.0);
     // What the checks before writing found (a read-write mount, the target's readiness)
@@ -3089,6 +3092,7 @@ fn pump<S: image_format::Store>(
         Ok(())
     })?;
     bar.finish();
+    let _waiting = Progress::waiting("capture: writing the index and manifest");
     let summary = writer.finish()?;
     Ok(summary)
 }

@@ -1641,7 +1641,9 @@ pub fn write_volume<S: image_format::Store>(
              chunk by chunk"
         );
     }
+    let waiting = Progress::waiting("ingest: the volume's last flush");
     let finished = vol.finish()?;
+    drop(waiting);
     std::fs::remove_file(&state.path)?;
     if let Some(p) = finished
         .path

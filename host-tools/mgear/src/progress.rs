@@ -8,7 +8,10 @@
 //! [`STALL`] (or three chunk-times of a `--rate-limit`, if longer), a
 //! warning goes to stderr, terminal or not, and again every
 //! [`STALL_AGAIN`]: a frozen appliance or an NBD export that stopped
-//! answering made a capture wait silently for as long as it lasted.
+//! answering made a capture wait silently for as long as it lasted. The
+//! steps after a bar (a capture's manifest, COMMIT, signature and witness, an
+//! ingest's last flush and rename) are watched the same way by
+//! [`Progress::waiting`]: a medium or appliance that freezes there is as silent.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,11 +52,24 @@ impl Progress {
     /// A bar of `total` bytes labelled `what`, shown only on a terminal and not with `--json`.
     pub fn new(what: &str, total: u64, json: bool) -> Self {
         let bar = Self::bar(what, total, json);
-        Self::watch(bar, what, total, STALL)
+        Self::watch(bar, what, total, STALL, None)
     }
 
-    /// [`new`](Self::new) with a watchdog that warns after `stall` (tests).
-    fn watch(bar: Option<ProgressBar>, what: &str, total: u64, stall: Duration) -> Self {
+    /// No bar, only the watchdog: for a step that cannot say how far it is (the last
+    /// flush, the COMMIT, the appliance's witness). Dropping it ends the step.
+    pub fn waiting(what: &str) -> Self {
+        Self::watch(None, what, 1, STALL, None)
+    }
+
+    /// [`new`](Self::new) with a watchdog that warns after `stall`, into `heard` rather than
+    /// to stderr when given (tests).
+    fn watch(
+        bar: Option<ProgressBar>,
+        what: &str,
+        total: u64,
+        stall: Duration,
+        heard: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+    ) -> Self {
         let watched = Arc::new(Watched {
             pos: AtomicU64::new(0),
             moved_ms: AtomicU64::new(0),
@@ -92,9 +108,10 @@ impl Progress {
                              Ctrl-C stops it, and the same command resumes",
                             still / 1000
                         );
-                        match &shown {
-                            Some(b) => b.suspend(|| eprintln!("{text}")),
-                            None => eprintln!("{text}"),
+                        match (&heard, &shown) {
+                            (Some(h), _) => h.lock().map(|mut h| h.push(text)).unwrap_or(()),
+                            (None, Some(b)) => b.suspend(|| eprintln!("{text}")),
+                            (None, None) => eprintln!("{text}"),
                         }
                     }
                 }
@@ -220,7 +237,7 @@ mod tests {
     /// move past its stall time is warned about, one that moves or has finished is not.
     #[test]
     fn a_stalled_bar_is_noticed_and_a_moving_or_finished_one_is_not() {
-        let p = Progress::watch(None, "capture", 100, Duration::from_millis(300));
+        let p = Progress::watch(None, "capture", 100, Duration::from_millis(300), None);
         let stalled = |p: &Progress| {
             let now = p.start.elapsed().as_millis() as u64;
             let w = &p.watched;
@@ -242,5 +259,35 @@ mod tests {
         p.finish();
         assert!(!stalled(&p));
         drop(p);
+    }
+
+    /// A step with no bar is warned about when it outlasts its stall time, by name, and not
+    /// once it has ended.
+    #[test]
+    fn a_step_without_a_bar_that_hangs_is_warned_about() {
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let step = |ms| {
+            let p = Progress::watch(
+                None,
+                "writing COMMIT",
+                1,
+                Duration::from_millis(200),
+                Some(Arc::clone(&heard)),
+            );
+            std::thread::sleep(Duration::from_millis(ms));
+            drop(p);
+        };
+        step(50);
+        assert!(
+            heard.lock().unwrap().is_empty(),
+            "a quick step is not warned about"
+        );
+        step(1300);
+        let said = heard.lock().unwrap().clone();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("mgear: writing COMMIT: no progress for "),
+            "{said:?}"
+        );
     }
 }
