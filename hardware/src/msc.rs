@@ -375,6 +375,8 @@ impl MscTarget {
             return finish_without_data(io, cbw, PHASE_ERROR);
         }
         let refused = if !svc.writable() {
+            // Refused here, before the block service sees it: counted there all the same.
+            svc.count_refused_write();
             Some(Sense::WRITE_PROTECTED)
         } else if lba + count > blocks {
             Some(Sense::LBA_OUT_OF_RANGE)
@@ -752,6 +754,11 @@ mod tests {
         let (t, out) = run(&mut app, input);
         assert_eq!(csw_of(&out[..13]), (2, 512, FAILED));
         assert_eq!(t.sense(), Sense::WRITE_PROTECTED);
+        assert_eq!(
+            app.info().counters.refused_writes,
+            1,
+            "a write refused by mass storage is counted"
+        );
         assert!(out[13..13 + 1024].iter().all(|b| *b == 0x5A));
         assert_eq!(csw_of(&out[13 + 1024..]), (3, 0, PASSED));
     }

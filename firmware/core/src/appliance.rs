@@ -444,12 +444,17 @@ impl<P: Platform> Appliance<P> {
         Ok(())
     }
 
+    /// Count a write refused because the medium is not writable (saved with the counters).
+    pub fn note_refused_write(&mut self) {
+        self.st.counters.refused_writes = self.st.counters.refused_writes.saturating_add(1);
+        self.counters_dirty = true;
+    }
+
     /// Write `data` at byte `offset`: only while unlocked and not sealed.
     /// Partial blocks are read, patched and written back.
     pub fn block_write(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
         if !self.medium_writable() {
-            self.st.counters.refused_writes += 1;
-            self.counters_dirty = true;
+            self.note_refused_write();
             return Err(BlockError::WriteProtected(self.state()));
         }
         self.check_range(offset, data.len())?;

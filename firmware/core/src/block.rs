@@ -45,6 +45,9 @@ pub trait BlockService {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BlockError>;
     /// Make accepted writes durable.
     fn flush(&mut self) -> Result<(), BlockError>;
+    /// A write the transport refused itself, having advertised the medium read-only (NBD's
+    /// read-only export, SCSI's write-protect bit), is counted like one refused here.
+    fn count_refused_write(&mut self) {}
 }
 
 impl<P: Platform> BlockService for Appliance<P> {
@@ -68,5 +71,8 @@ impl<P: Platform> BlockService for Appliance<P> {
     }
     fn flush(&mut self) -> Result<(), BlockError> {
         self.block_flush()
+    }
+    fn count_refused_write(&mut self) {
+        self.note_refused_write();
     }
 }

@@ -44,6 +44,11 @@ pub trait BlockBackend: Send + Sync {
     /// at handshake. Writes are still re-checked per request because this
     /// can change while a client is connected.
     fn writable(&self) -> bool;
+    /// Told of a write (or write-zeroes) refused because the export is read-only, before it
+    /// reached [`write_at`](Self::write_at): an appliance counts these as evidence of an
+    /// attempt on its sealed medium (a well-behaved client never sends one, it reads the
+    /// read-only flag).
+    fn write_refused(&self) {}
 }
 
 /// Context id we give `base:allocation` (the only context we offer).
@@ -467,6 +472,7 @@ impl<R: Read, W: Write> Session<'_, R, W> {
     /// A write whose payload (`req.length` bytes) is in `payload`.
     fn write(&mut self, req: &Request, payload: &mut Payload) -> Result<()> {
         if !self.backend.writable() {
+            self.backend.write_refused();
             return self.error_reply(req, EPERM, "export is read-only");
         }
         if let Some(e) = self.out_of_range(req, ENOSPC) {
@@ -485,6 +491,7 @@ impl<R: Read, W: Write> Session<'_, R, W> {
 
     fn write_zeroes(&mut self, req: &Request) -> Result<()> {
         if !self.backend.writable() {
+            self.backend.write_refused();
             return self.error_reply(req, EPERM, "export is read-only");
         }
         if let Some(e) = self.out_of_range(req, ENOSPC) {
@@ -1163,6 +1170,45 @@ mod tests {
         assert_eq!(c.u32(), Some(EINVAL), "read past the end must fail");
         assert_eq!(c.u64(), Some(78));
         assert!(c.is_empty());
+    }
+
+    /// Writes sent to a read-only export anyway are refused with EPERM, never carried out,
+    /// and the backend hears of each (the appliance counts them).
+    #[test]
+    fn writes_to_a_read_only_export_are_refused_and_told_to_the_backend() {
+        let mem = Mem::new(4096);
+        mem.set_writable(false);
+        let mut input = FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
+        proto::write_option(&mut input, OPT_EXPORT_NAME, b"m").unwrap();
+        let write = Request {
+            flags: 0,
+            command: CMD_WRITE,
+            cookie: 5,
+            offset: 0,
+            length: 4,
+        };
+        input.extend_from_slice(&write.encode());
+        input.extend_from_slice(&[9, 9, 9, 9]);
+        let zeroes = Request {
+            command: CMD_WRITE_ZEROES,
+            cookie: 6,
+            ..write
+        };
+        input.extend_from_slice(&zeroes.encode());
+        let before = mem.snapshot();
+        let mut out = Vec::new();
+        serve_stream(&input[..], &mut out, "m", mem.as_ref(), "t").unwrap();
+        let mut c = Cursor::new(&out);
+        c.take(8 + 8 + 2 + 8);
+        assert_ne!(c.u16().unwrap() & TFLAG_READ_ONLY, 0);
+        c.take(124);
+        for cookie in [5, 6] {
+            assert_eq!(c.u32(), Some(SIMPLE_REPLY_MAGIC));
+            assert_eq!(c.u32(), Some(EPERM));
+            assert_eq!(c.u64(), Some(cookie));
+        }
+        assert_eq!(mem.snapshot(), before);
+        assert_eq!(mem.refused_writes(), 2);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub struct MemExport {
     data: Mutex<Vec<u8>>,
     writable: AtomicBool,
     flushes: AtomicU64,
+    refused: AtomicU64,
     /// Offset and length of every write, in the order served.
     writes: Mutex<Vec<(u64, usize)>>,
 }
@@ -25,6 +26,7 @@ impl MemExport {
             data: Mutex::new(data),
             writable: AtomicBool::new(true),
             flushes: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             writes: Mutex::new(Vec::new()),
         })
     }
@@ -42,6 +44,11 @@ impl MemExport {
     /// Offset and length of every write served so far, in order.
     pub fn writes(&self) -> Vec<(u64, usize)> {
         self.writes.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// How many writes the server refused as read-only before they reached the export.
+    pub fn refused_writes(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// How many flushes the server passed on.
@@ -83,6 +90,9 @@ impl BlockBackend for MemExport {
     }
     fn writable(&self) -> bool {
         self.writable.load(Ordering::SeqCst)
+    }
+    fn write_refused(&self) {
+        self.refused.fetch_add(1, Ordering::SeqCst);
     }
 }
 

@@ -65,4 +65,12 @@ impl<S: BlockService + Send> BlockBackend for Export<S> {
         // read-only once sealed or erased, which is for good.
         lock(&self.app).is_ok_and(|a| a.may_become_writable())
     }
+
+    fn write_refused(&self) {
+        // Refused by the server before the firmware saw it (the export is read-only for good):
+        // counted all the same, as an attempt on the sealed medium.
+        if let Ok(mut a) = lock(&self.app) {
+            a.count_refused_write();
+        }
+    }
 }

@@ -402,6 +402,11 @@ fn seal_write_protects_and_arrival_passes_on_unchanged_medium() {
         a.block_write(0, &[0; 512]),
         Err(BlockError::WriteProtected(DeviceState::Sealed))
     );
+    // Refused by a transport that advertised the medium read-only (the simulator's NBD
+    // server) is counted as one refused here: it was not counted at all.
+    let refused = a.info().counters.refused_writes;
+    crate::block::BlockService::count_refused_write(&mut a);
+    assert_eq!(a.info().counters.refused_writes, refused + 1);
     assert_eq!(code(&a.handle(Request::Seal)), Some(ErrorCode::Sealed));
     // Lock once sealed answered "Locked", which the host took for done.
     assert_eq!(code(&a.handle(Request::Lock)), Some(ErrorCode::Sealed));
