@@ -1045,6 +1045,12 @@ impl<S: Store> CaptureWriter<S> {
         self.parent_unchanged(index).is_some()
     }
 
+    /// Whether the parent generation holds chunk `index` as stored data (not zeros) of the
+    /// length it has now: what a delta can sample to tell the disk it continues from another.
+    pub fn parent_holds_data(&self, index: u64) -> bool {
+        matches!(self.parent_unchanged(index), Some(IndexEntry::Stored(_)))
+    }
+
     /// Whether `plaintext`, chunk `index` as the source reads now, is what the parent
     /// generation holds there (by keyed id, or all zeros for a zero entry): a delta that
     /// copies chunks a dirty bitmap calls clean checks a few of them first. `None` where

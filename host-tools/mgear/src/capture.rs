@@ -1113,6 +1113,78 @@ fn check_clean_sample<S: image_format::Store>(
     Ok(())
 }
 
+/// A delta of another disk (the wrong `--source`, a set's disks in another order under new
+/// paths) was captured whole, signed, and taken by ingest as the newest generation, with
+/// only a warning afterwards. Before anything is stored, up to [`SAMPLE_CHUNKS`] chunks the
+/// parent holds as data (at most [`SAMPLE_BYTES`]), spread over the disk, are read and
+/// compared with it by keyed id, stopping at the first that matches: the same disk, even
+/// busy, keeps most of them. None matching refuses the delta (exit 2); `--same-source`
+/// takes a disk rewritten since. Fewer than 4 such chunks (a disk mostly zeros) are no
+/// evidence either way, and the warning after the capture stays for those.
+fn check_delta_sample(
+    store: &mut dyn image_format::Store,
+    source: &mut dyn crate::source::Source,
+    args: &Plan,
+    key: &DataKey,
+) -> crate::Result<()> {
+    // A parent that does not open is the writer's to report, with its own words.
+    let Ok(parent) = image_format::CaptureReader::open_with_key(store, &args.name, None, key)
+    else {
+        return Ok(());
+    };
+    let chunk = u64::from(parent.chunk_size());
+    let size = source.len();
+    let ids = parent.chunk_id_key();
+    let held: Vec<(u64, [u8; 32])> = (0..size.div_ceil(chunk.max(1)))
+        .filter_map(|i| match parent.entry(i)? {
+            image_format::layout::IndexEntry::Stored(l)
+                if u64::from(l.plain_len) == chunk.min(size - i * chunk) =>
+            {
+                Some((i, l.chunk_id))
+            }
+            _ => None,
+        })
+        .collect();
+    let want = ((SAMPLE_BYTES / chunk.max(1)).clamp(4, SAMPLE_CHUNKS) as usize).min(held.len());
+    if want < 4 {
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    for k in 0..want {
+        let (index, id) = held[k * held.len() / want];
+        let at = index * chunk;
+        buf.resize(chunk.min(size - at) as usize, 0);
+        source.read_exact_at(at, &mut buf)?;
+        if ids.id(&buf) == id {
+            return Ok(());
+        }
+    }
+    let parent = parent.generation();
+    let set = image_format::set::parse_disk_stream_name(&args.name);
+    let order = match set {
+        Some((set, k)) => format!(
+            " (for set {set}, disk {k}: the --source given in another order than the set was \
+             captured in, disk 0 first)"
+        ),
+        None => String::new(),
+    };
+    Err(crate::exit::coded_hint(
+        crate::exit::USAGE,
+        format!(
+            "--delta of {}: {} is most likely not the disk captured as {}: none of the {want} \
+             chunks read where generation {parent} stored data reads as it did (the same disk \
+             keeps most of them between captures){order}. Nothing was stored. Give the disk \
+             captured as {}; only if it is that disk, rewritten since, does --same-source \
+             capture it anyway",
+            args.name,
+            args.source.as_deref().unwrap_or("the source"),
+            args.name,
+            args.name,
+        ),
+        format!("give the disk captured as {}", args.name),
+    ))
+}
+
 /// The refusal of a resume from another disk: what told it apart (`why`), the ways
 /// on, and when `--same-source` is right (the same disk, `changed` since).
 fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> crate::Error {
@@ -2592,6 +2664,21 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 let _ = medium.close();
                 return Err(e);
             }
+        }
+    }
+    // Before the writer makes the delta's generation: a refusal leaves nothing to resume or
+    // abort (made after it, the unfinished generation named the wrong disk as its source and
+    // refused the right one as "started with different parameters").
+    if let (true, None, None, false, Some(k)) = (
+        args.delta,
+        &unfinished_gen,
+        &dirty,
+        args.same_source,
+        key.as_ref(),
+    ) {
+        if let Err(e) = check_delta_sample(medium.store(), &mut *source, args, k) {
+            let _ = medium.close();
+            return Err(e);
         }
     }
     let mut stats = RunStats::default();

@@ -823,46 +823,86 @@ fn a_delta_of_a_name_never_captured_leaves_nothing() {
 }
 
 /// A delta whose source shares no chunk with the generation it continues (another disk given
-/// as `--source`, a set's disks in another order) is captured (the parent is untouched) but
-/// warned about, on stderr and in `--json`, with how to remove it; a real delta is not.
+/// as `--source`, a set's disks in another order) is refused before anything is written: a
+/// sample of the chunks the parent stored is read first. It was captured whole, signed, and
+/// only warned about afterwards, and ingest took it as the newest generation. The same disk
+/// rewritten since goes with `--same-source`, and is then warned about, on stderr and in
+/// `--json`, with how to remove it; a real delta is neither refused nor warned about.
 #[test]
-fn a_delta_of_another_disk_is_warned_about() {
+fn a_delta_of_another_disk_is_refused_before_anything_is_stored() {
     let e = Env::new();
     e.keygen();
     random_disk(&e.p("a.raw"), 12 << 20, 1);
     random_disk(&e.p("b.raw"), 12 << 20, 2);
     fs::create_dir(e.p("mnt")).unwrap();
     e.capture("dir:mnt", "web01").source("a.raw").ok();
+    // What the medium lists, but its free space (a dir: medium shares the host's disk).
+    let on_medium = |name: &str| {
+        let mut v = e.json(&["inspect", "--medium", "dir:mnt", "--name", name]);
+        v.as_object_mut().unwrap().remove("free_bytes");
+        v
+    };
+    let listing = || on_medium("web01");
+    let before = listing();
     let o = e
         .capture("dir:mnt", "web01")
         .source("b.raw")
+        .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o)
+            .contains("b.raw is most likely not the disk captured as web01: none of the 12 chunks"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(listing(), before, "nothing was written");
+    // The right disk goes on at once (an unfinished generation left behind refused it as
+    // "started with different parameters").
+    let o = e
+        .capture("dir:mnt", "web01")
+        .source("a.raw")
         .args(&["--delta", "--json"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    e.ok(&[
+        "medium",
+        "rm",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--generation",
+        "2",
+        "--force",
+    ]);
+    // --same-source takes it, with the warning and its advice, which works as written.
+    let o = e
+        .capture("dir:mnt", "web01")
+        .source("b.raw")
+        .args(&["--delta", "--same-source", "--json"])
         .run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let w = v["warnings"][0].as_str().unwrap_or_default();
     assert!(w.contains("matches generation 1 of web01"), "{v}");
     assert!(w.contains("--generation 2 --force"), "{v}");
-    // The advice works as written: the generation goes, generation 1 stays.
     let cmd = w.split('`').nth(1).unwrap();
     let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
     e.ok(&args);
-    let i = e.json(&["inspect", "--medium", "dir:mnt", "--name", "web01"]);
-    assert_eq!(
-        i["captures"][0]["generations"].as_array().unwrap().len(),
-        1,
-        "{i}"
-    );
-    e.capture("dir:mnt", "web01")
+    assert_eq!(listing(), before);
+    let o = e
+        .capture("dir:mnt", "web01")
         .source("b.raw")
-        .arg("--delta")
-        .ok();
+        .args(&["--delta", "--same-source"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("WARNING: none of the 12 chunks"),
         "{}",
         output_text(&o)
     );
-    // The disk itself, a little changed: no warning.
+    // The disk itself, a little changed: neither refused nor warned about.
     let mut d = fs::read(e.p("b.raw")).unwrap();
     d[5 << 20] ^= 1;
     fs::write(e.p("b.raw"), d).unwrap();
@@ -872,12 +912,18 @@ fn a_delta_of_another_disk_is_warned_about() {
         .arg("--delta")
         .json();
     assert!(v.get("warnings").is_none(), "{v}");
-    // Another, smaller disk (too few chunks for the check above): its size is warned about.
+    // Another, smaller disk: refused too, and with --same-source its size is warned about.
     random_disk(&e.p("small.raw"), 6 << 20, 3);
-    let v = e
+    let o = e
         .capture("dir:mnt", "web01")
         .source("small.raw")
         .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let v = e
+        .capture("dir:mnt", "web01")
+        .source("small.raw")
+        .args(&["--delta", "--same-source"])
         .json();
     let w = v["warnings"][0].as_str().unwrap_or_default();
     assert!(
@@ -890,6 +936,8 @@ fn a_delta_of_another_disk_is_warned_about() {
     e.capture("dir:mnt", "db01")
         .sources(&["a.raw", "b.raw"])
         .ok();
+    let sets = || on_medium("db01");
+    let before = sets();
     let o = e
         .capture("dir:mnt", "db01")
         .sources(&["b.raw", "a.raw"])
@@ -901,7 +949,7 @@ fn a_delta_of_another_disk_is_warned_about() {
         "{}",
         output_text(&o)
     );
-    // Other disks at their places (copies under new paths): both are warned about.
+    // Copies under new paths, swapped: refused by their chunks (only warned about before).
     fs::copy(e.p("a.raw"), e.p("a2.raw")).unwrap();
     fs::copy(e.p("b.raw"), e.p("b2.raw")).unwrap();
     let o = e
@@ -909,10 +957,19 @@ fn a_delta_of_another_disk_is_warned_about() {
         .sources(&["b2.raw", "a2.raw"])
         .arg("--delta")
         .run();
-    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.matches("WARNING: none of the").count(), 2, "{err}");
-    assert!(err.contains("--name db01 --generation 2 --force"), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("b2.raw is most likely not the disk captured as db01.d0")
+            && output_text(&o).contains("for set db01, disk 0"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(sets(), before, "nothing was written");
+    // In the right order, under the new paths: a delta like any other.
+    e.capture("dir:mnt", "db01")
+        .sources(&["a2.raw", "b2.raw"])
+        .arg("--delta")
+        .ok();
 }
 
 /// Two media that are no span, each with a capture web01 (two shipments' media given

@@ -113,7 +113,9 @@ pub struct Args {
     /// read otherwise now: only for the same disk, repartitioned or mostly rewritten
     /// since. Without it such a resume is refused, as the source is then most likely
     /// another disk (a file replaced, a device or NBD export that now serves another
-    /// disk) and resuming would join two disks into one.
+    /// disk) and resuming would join two disks into one. Likewise a --delta whose source
+    /// reads differently in every chunk sampled from the generation it continues (another
+    /// disk, or a set's disks in another order) is refused unless this is given.
     #[arg(long)]
     pub same_source: bool,
     /// Checkpoint after this much data stored on the medium, or 16 times as
