@@ -1119,8 +1119,8 @@ fn check_clean_sample<S: image_format::Store>(
 /// parent holds as data (at most [`SAMPLE_BYTES`]), spread over the disk, are read and
 /// compared with it by keyed id, stopping at the first that matches: the same disk, even
 /// busy, keeps most of them. None matching refuses the delta (exit 2); `--same-source`
-/// takes a disk rewritten since. Fewer than 4 such chunks (a disk mostly zeros) are no
-/// evidence either way, and the warning after the capture stays for those.
+/// takes a disk rewritten since. Fewer than 8 such chunks (a small disk, or one mostly
+/// zeros) are too little evidence, and the warning after the capture stays for those.
 fn check_delta_sample(
     store: &mut dyn image_format::Store,
     source: &mut dyn crate::source::Source,
@@ -1146,7 +1146,7 @@ fn check_delta_sample(
         })
         .collect();
     let want = ((SAMPLE_BYTES / chunk.max(1)).clamp(4, SAMPLE_CHUNKS) as usize).min(held.len());
-    if want < 4 {
+    if want < 8 {
         return Ok(());
     }
     let mut buf = Vec::new();

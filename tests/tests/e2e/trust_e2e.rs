@@ -23,6 +23,13 @@ fn write_disk(path: &Path, mib: usize, seed: u64) {
     fs::write(path, d).unwrap();
 }
 
+/// The same disk, a little changed since (what a delta captures): one byte of its first chunk.
+fn change_disk(path: &Path) {
+    let mut d = fs::read(path).unwrap();
+    d[100] ^= 0xff;
+    fs::write(path, d).unwrap();
+}
+
 /// Target key pair, the site's signing key, a disk and an empty `dir:` medium.
 fn site() -> Env {
     let e = Env::new();
@@ -234,7 +241,7 @@ fn postcard_bytes(a: &Attestation) -> Vec<u8> {
 fn deleted_newer_generation_is_refused_with_the_receipt() {
     let e = site();
     capture(&e, "disk.raw", &["--sign", "site.key"]);
-    write_disk(&e.p("disk.raw"), 3, 2);
+    change_disk(&e.p("disk.raw"));
     let c = capture(&e, "disk.raw", &["--sign", "site.key", "--delta"]);
     assert_eq!(c["receipt"]["generation"], 2, "{c}");
     fs::remove_dir_all(e.p("mnt/MGEAR/web01/G0002")).unwrap();
@@ -565,7 +572,7 @@ fn planted_attestation_copies_neither_block_nor_vouch() {
     same_file(&e.p("vol.raw"), &e.p("disk.raw"));
 
     // This medium's own seal, then its newest generation deleted: refused.
-    write_disk(&e.p("disk.raw"), 3, 2);
+    change_disk(&e.p("disk.raw"));
     capture(&e, "disk.raw", &["--sign", "site.key", "--delta"]);
     fs::remove_dir_all(e.p("mnt/MGEAR/ATTEST")).unwrap();
     let (seal, arrival) = forge_attestations(&e.p("mnt"), &pinned);
