@@ -183,4 +183,72 @@ fn cbt_delta_reads_only_dirty_chunks() {
         capture().source(&url).arg("--delta").ok();
     }
     ingests_as_the_disk(&e, "late.raw", "late-v.raw");
+
+    // A late bitmap given to `sync`: it reported the volume "verified" while the changes made
+    // before the bitmap never reached it. Refused before anything is sent.
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    e.ingest("dir:mnt", "vm1")
+        .untrusted()
+        .target("file:vol.raw")
+        .ok();
+    tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x12 2M 1M", "disk.qcow2"],
+        dir,
+    );
+    tool(
+        "qemu-img",
+        &["bitmap", "--add", "--enable", "disk.qcow2", "later"],
+        dir,
+    );
+    tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x13 30M 1M", "disk.qcow2"],
+        dir,
+    );
+    let before = fs::read(e.p("vol.raw")).unwrap();
+    let sync = |url: &str, addr: &str, bitmap: &[&str]| {
+        let args = [
+            &["sync", "--source", url, "--to", addr, "--name", "vm1"][..],
+            &["--sign", "site.key"],
+            bitmap,
+        ]
+        .concat();
+        e.run(&args)
+    };
+    {
+        let (_serve, addr) = e.serve("dir:mnt", "vm1").trust("site.pub").listen();
+        let (_server, url) = serve(&e, "s4.sock", &["-B", "later"]);
+        let o = sync(&url, &addr, &["--dirty-bitmap", "later"]);
+        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        assert!(text.contains("the bitmap misses changes"), "{text}");
+        assert!(
+            fs::read(e.p("vol.raw")).unwrap() == before,
+            "nothing was sent"
+        );
+        // Without the bitmap the whole disk is read, and the volume is the disk.
+        let (_server, url) = serve(&e, "s5.sock", &[]);
+        let o = sync(&url, &addr, &[]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            "disk.qcow2",
+            "now.raw",
+        ],
+        dir,
+    );
+    same_file(&e.p("now.raw"), &e.p("vol.raw"));
 }

@@ -306,6 +306,53 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// With `--dirty-bitmap` only the chunks the bitmap marks are read: a bitmap created after
+    /// the target's copy was made (or cleared since) misses changes, and the sync reported a
+    /// target that differs from the source "verified" (the digest covers what was sent).
+    /// Up to 32 chunks the bitmap calls clean (64 MiB at most), spread over the disk, are read
+    /// first and compared with the target's by keyed id; one that differs refuses the sync
+    /// (exit 2) before anything is sent, as `capture --delta --dirty-bitmap` does. A sample,
+    /// not a proof: the bitmap must be as old as the target's copy.
+    fn check_clean_sample(
+        &mut self,
+        id_key: &image_format::ChunkIdKey,
+        ids: &[[u8; 32]],
+        dirty: &[u64],
+        size: u64,
+        chunk_size: u32,
+        bitmap: &str,
+    ) -> Result<(), Fail> {
+        let chunk = u64::from(chunk_size.max(1));
+        let clean: Vec<u64> = (0..ids.len() as u64)
+            .filter(|i| dirty.binary_search(i).is_err())
+            .collect();
+        let want = ((64u64 << 20) / chunk).clamp(4, 32) as usize;
+        let want = want.min(clean.len());
+        let mut buf = vec![0u8; chunk as usize];
+        for k in 0..want {
+            let index = clean[k * clean.len() / want];
+            let len = layout::chunk_len(size, chunk_size, index) as usize;
+            let data = &mut buf[..len];
+            self.disk
+                .read_exact_at(index * chunk, data)
+                .map_err(Fail::Fatal)?;
+            if id_key.id(data) != ids[index as usize] {
+                return Err(Fail::Fatal(usage(format!(
+                    "--dirty-bitmap {bitmap}: the bitmap calls chunk {index} (disk bytes {}..{}) \
+                     unchanged, but it reads differently from the target's copy: the bitmap \
+                     misses changes (it was created after the target's copy was made, or was \
+                     cleared since), or the disk changes under the sync (export a snapshot). \
+                     A sync that trusted it would leave the target unlike the source; nothing \
+                     was sent. Sync without --dirty-bitmap (it reads the whole disk), and \
+                     create the bitmap before the copy the next sync builds on",
+                    index * chunk,
+                    index * chunk + len as u64,
+                ))));
+            }
+        }
+        Ok(())
+    }
+
     /// Before sending anything: read a few chunks the target holds data
     /// for and compare their keyed ids with the target's. None matching means this
     /// is not the disk that was captured (a wrong `--source`): refuse,
@@ -538,6 +585,11 @@ impl Run<'_> {
                     }
                 }
                 return Err(f);
+            }
+        }
+        if !self.identity_checked && !self.plan.force {
+            if let Some(bitmap) = self.plan.bitmap.clone() {
+                self.check_clean_sample(&id_key, &ids, &candidates, size, chunk_size, &bitmap)?;
             }
         }
         self.identity_checked = true;
