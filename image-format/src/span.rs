@@ -542,7 +542,13 @@ impl<M: Store> SpanStore<M> {
             }
             return Ok(span);
         }
-        span.take_in(&names)?;
+        if let Err(e) = span.take_in(&names) {
+            // The join is undone; the media are closed so each file system is left clean
+            // (dropped, a FAT volume kept the dirty flag its first write set, and `fsck`
+            // called both media unclean).
+            let _ = Box::new(span).close();
+            return Err(e);
+        }
         Ok(span)
     }
 

@@ -2666,6 +2666,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             }
         }
     }
+    // A medium that fills up once the MANIFEST is written leaves a finished generation: what
+    // the run then tells is not "medium full, continue on another medium".
+    let complete_before = newest_complete(medium.store(), &args.name);
     // Before the writer makes the delta's generation: a refusal leaves nothing to resume or
     // abort (made after it, the unfinished generation named the wrong disk as its source and
     // refused the right one as "started with different parameters").
@@ -2768,7 +2771,11 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     let summary = match result {
         Ok(v) => v,
         Err(e) => {
-            let e = if crate::exit::is_no_space(&e) {
+            let finished = newest_complete(medium.store(), &args.name)
+                .filter(|g| complete_before.is_none_or(|b| *g > b));
+            let e = if let (true, Some(g)) = (crate::exit::is_no_space(&e), finished) {
+                complete_but_full(args, g, "its last journal entry", sign_key.is_some(), e)
+            } else if crate::exit::is_no_space(&e) {
                 medium_full(
                     args,
                     e,
@@ -2802,10 +2809,22 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             .collect();
     // MANIFEST is on the medium (the writer finished); COMMIT comes after it.
     let receipt = match &sign_key {
-        Some(key) => sign_generation(medium.store(), &summary.name, summary.generation, key)
-            .context(
-                "signing the generation's COMMIT (re-run the same command with --sign to add it)",
-            )?,
+        Some(key) => {
+            match sign_generation(medium.store(), &summary.name, summary.generation, key) {
+                Ok(r) => r,
+                Err(e) if crate::exit::is_no_space(&e) => {
+                    let e = complete_but_full(args, summary.generation, "its COMMIT", true, e);
+                    let _ = medium.close();
+                    return Err(e);
+                }
+                Err(e) => {
+                    return Err(e).context(
+                        "signing the generation's COMMIT (re-run the same command with --sign \
+                         to add it)",
+                    )
+                }
+            }
+        }
         None => Receipt {
             name: summary.name.clone(),
             capture_id: image_format::commit::expected_commit(
@@ -3258,6 +3277,57 @@ fn span_plan(args: &Plan, size: u64, chunk_size: u32) -> crate::medium::SpanPlan
         min_room: 2 * u64::from(chunk_size) + (1 << 20),
         lost: args.replace_medium.clone(),
     }
+}
+
+/// The newest finished generation of capture `name` on the medium, if any.
+fn newest_complete(store: &mut dyn image_format::Store, name: &str) -> Option<u32> {
+    image_format::list_captures(store)
+        .ok()?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(name))?
+        .generations
+        .iter()
+        .rev()
+        .find(|g| g.state == image_format::GenerationState::Complete)
+        .map(|g| g.generation)
+}
+
+/// The medium filled up after generation `g`'s MANIFEST, before `what`: the generation is
+/// complete (inspect and verify say so, `capture --abort` refuses it), so the advice to abort
+/// it or continue on another medium led nowhere. What is missing is a few KiB.
+fn complete_but_full(
+    args: &Plan,
+    g: u32,
+    what: &str,
+    signed: bool,
+    err: crate::Error,
+) -> crate::Error {
+    let head = format!(
+        "capture {} generation {g} is captured and complete on {} (its MANIFEST is written), \
+         but the medium filled up before {what} ({err})",
+        args.name,
+        args.medium.describe(),
+    );
+    if !signed && args.medium.first_appliance().is_none() {
+        return crate::exit::coded_hint(
+            crate::exit::IO,
+            format!(
+                "{head}: nothing ingest needs is missing, it takes the generation as it is. \
+                 Free some space before the next capture onto this medium"
+            ),
+            "nothing to redo: the generation is complete",
+        );
+    }
+    crate::exit::coded_hint(
+        crate::exit::IO,
+        format!(
+            "{head}: its signature (COMMIT) is not on it yet, so a target that pins your site \
+             key or the appliance refuses it. Free a few MiB on the medium (a file that is not \
+             a capture, or an older generation with `mgear medium rm`) and run the same \
+             command again: it adds the signature without capturing again"
+        ),
+        "free a few MiB on the medium, then run the same command again",
+    )
 }
 
 /// Turn a no-space error into the message a field engineer can act on,

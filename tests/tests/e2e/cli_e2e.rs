@@ -551,6 +551,80 @@ fn recorded_chunks(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// A medium that fills up right after a signed capture's MANIFEST (its last journal entry
+/// or COMMIT did not fit): the generation is complete (inspect, keyless verify), so the old
+/// advice, to abort it or continue on one more medium, led nowhere (abort refused a finished
+/// generation; the join failed on the full medium and left both media unclean). Said as it
+/// is, with the step that works: free a little room and run the same command, which adds
+/// the signature without capturing again.
+#[test]
+fn a_medium_that_fills_after_the_manifest_is_told_as_a_complete_generation() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    random_disk(&e.p("disk.raw"), 4 << 20, 3);
+    let m = e.fat("medium.img", "64MiB");
+    let mdir = Command::new("mdir")
+        .args(["-i", &e.s("medium.img"), "::"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .expect("mdir (Debian: mtools)");
+    let listing = String::from_utf8_lossy(&mdir.stdout).into_owned();
+    let free: usize = listing
+        .lines()
+        .find(|l| l.contains("bytes free"))
+        .map(|l| l.chars().filter(char::is_ascii_digit).collect::<String>())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("{listing}"));
+    // Room for the data and the index, not for the last few files.
+    random_disk(&e.p("filler"), free - (4 << 20) - 4096, 4);
+    let st = Command::new("mcopy")
+        .args(["-i", &e.s("medium.img"), &e.s("filler"), "::FILLER"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .status()
+        .expect("mcopy (Debian: mtools)");
+    assert!(st.success());
+    let capture = e.capture(&m, "web01").source("disk.raw").args(&[
+        "--sign",
+        "site.key",
+        "--skip-space-check",
+    ]);
+    let out = capture.run();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("web01 generation 1 is captured and complete")
+            && err.contains("run the same command again: it adds the signature")
+            && !err.contains("--abort"),
+        "{err}"
+    );
+    fsck_clean(&e.p("medium.img"));
+    let v = e.run(&["verify", "--medium", &m, "--trust", "site.pub"]);
+    assert_eq!(v.status.code(), Some(1), "not signed yet: {}", stderr(&v));
+    // One more medium cannot join a medium with no room for the span's map: refused, and
+    // both file systems are left clean (the failed join left the dirty flag on both).
+    let m2 = e.fat("medium2.img", "64MiB");
+    let out = e
+        .capture(&m, "web01")
+        .medium(&m2)
+        .source("disk.raw")
+        .args(&["--sign", "site.key", "--skip-space-check"])
+        .run();
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    fsck_clean(&e.p("medium.img"));
+    fsck_clean(&e.p("medium2.img"));
+    let st = Command::new("mdel")
+        .args(["-i", &e.s("medium.img"), "::FILLER"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = capture.json();
+    assert_eq!(r["generation"], 1, "{r}");
+    e.ok(&["verify", "--medium", &m, "--trust", "site.pub"]);
+    fsck_clean(&e.p("medium.img"));
+}
+
 #[test]
 fn cli_medium_full_then_resume_after_freeing() {
     let e = Env::new();
