@@ -2229,6 +2229,24 @@ pub(crate) fn slots_kept(args: &Plan) -> String {
     )
 }
 
+/// The refusal of a `--recipient` that cannot be checked: the key cache does not record the
+/// recipients the capture's key slot was made for.
+fn unknown_slots(args: &Plan) -> crate::Error {
+    crate::exit::coded_hint(
+        crate::exit::USAGE,
+        format!(
+            "the key cache does not record which recipient(s) capture {}'s key slot was made \
+             for (its entry was rebuilt from the passphrase, or made by an older release), so \
+             --recipient cannot be checked: a --delta or resume keeps the slots the capture was \
+             made with and adds none, and a recipient it was not made for could not open it. \
+             Run it without --recipient (every recipient the first capture named still opens \
+             it), or capture under a new name for other recipients",
+            args.name
+        ),
+        "run it without --recipient",
+    )
+}
+
 /// The recipients (and whether a passphrase slot) the key cache `cache` recorded when the
 /// capture was made, checked against what this run names; `None` for a cache that records
 /// none. Shared by single disks, their dry run and machine sets (whose slots are recorded
@@ -2241,6 +2259,9 @@ pub(crate) fn same_recipients(
     let name = &args.name;
     let over = slots_kept(args);
     let recorded = DataKey::cached_slots(cache)?;
+    if recorded.is_none() && !args.recipient.is_empty() {
+        return Err(unknown_slots(args));
+    }
     if let Some(slots) = &recorded {
         let given: std::collections::BTreeSet<String> =
             args.recipient.iter().map(|r| r.to_string()).collect();
@@ -2596,6 +2617,20 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             let _ = medium.close();
             return Err(e);
         }
+    }
+    // Opened by its passphrase with no key cache entry (forgotten, another host): which
+    // recipients the slot was made for is known nowhere here, and a --recipient named now
+    // would be taken without a word (and the cache rebuilt without it, so no later run
+    // checks either): the target holding that key could not open what was shipped.
+    if let (true, None, true, false, None) = (
+        exists,
+        &cached,
+        passphrase.is_some(),
+        args.recipient.is_empty(),
+        shared,
+    ) {
+        let _ = medium.close();
+        return Err(unknown_slots(args));
     }
     if exists && key.is_none() && passphrase.is_none() {
         // An unfinished generation no key reaches can still be removed and captured again.

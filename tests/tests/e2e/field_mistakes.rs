@@ -1125,6 +1125,41 @@ fn a_delta_naming_other_key_slots_is_refused_and_the_medium_kept() {
         output_text(&o)
     );
     assert_eq!(tree(&e.p("m")), before);
+    // The key forgotten and opened again by the passphrase: which recipients the slot was
+    // made for is known nowhere, and a delta naming another one finished as if it could open
+    // the capture (and the rebuilt cache checked nothing after it). A --recipient is refused
+    // then, the same delta without one goes on, and so do the deltas after it.
+    e.ok(&["keys", "forget", "--name", "db02"]);
+    let bare = || {
+        e.run(&[
+            "capture",
+            "--name",
+            "db02",
+            "--medium",
+            medium,
+            "--source",
+            "disk.raw",
+            "--delta",
+            "--passphrase-file",
+            "pass1.txt",
+        ])
+    };
+    let before = tree(&e.p("m"));
+    refused(
+        &capture("db02")
+            .args(&["--delta", "--passphrase-file", "pass1.txt"])
+            .run(),
+        "the key cache does not record which recipient(s) capture db02's key slot was made for",
+    );
+    assert_eq!(tree(&e.p("m")), before);
+    assert_eq!(bare().status.code(), Some(0));
+    refused(
+        &capture("db02")
+            .args(&["--delta", "--recipient", "other.pub"])
+            .run(),
+        "--recipient cannot be checked",
+    );
+    assert_eq!(bare().status.code(), Some(0));
 }
 
 /// A loop device over the medium's image is the medium: as a capture's
