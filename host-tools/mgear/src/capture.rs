@@ -1853,6 +1853,15 @@ fn preflight(
                 spec, m.mount_point, m.fs_source
             ));
         }
+        // A running VM's disk image, or any program writing it: as a mount, the capture is
+        // then a mix of moments (it went through without a word).
+        if let Some((pid, cmd)) = crate::guard::writer_of(std::path::Path::new(spec)) {
+            warnings.push(format!(
+                "{spec} is open for writing by process {pid} ({cmd}): the capture may not \
+                 match any single moment of the disk; capture a snapshot (LVM, qemu-img) or \
+                 stop the program first"
+            ));
+        }
     }
     // A delta (a resumed one too: its generation has a parent) is not sampled: its size is
     // the changes, which sampling cannot see, and a dirty-bitmap delta must not read clean
@@ -2893,7 +2902,22 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     let cpu_seconds = (progress::cpu_seconds() - cpu0).max(0.0);
     // What the checks before writing found (a read-write mount, the target's readiness)
     // stays in the report: it was only on stderr, gone by the time the receipt is filed.
+    // Those were printed before the capture began; the report holds them all.
+    let printed = preflight_warnings.len();
     let mut warnings = preflight_warnings;
+    // A shrinking source stops the capture (a read ends early); a growing one was cut at its
+    // starting size without a word (a disk or LV resized during the capture).
+    if let Some(now) = source.size_now().filter(|now| *now > size) {
+        let (now_txt, was_txt) = two_sizes(now, size);
+        warnings.push(format!(
+            "{} grew during the capture, from {was_txt} to {now_txt}: generation {} holds its \
+             first {was_txt} only (its size when the capture started). If it was resized on \
+             purpose, capture it again with --delta once the resize is done (the delta records \
+             the new size)",
+            args.source.as_deref().unwrap_or("the source"),
+            summary.generation,
+        ));
+    }
     // A delta of the disk it continues shares most chunks with its parent; one sharing none
     // (a few stored chunks are no sign: a small disk, or one rewritten by an erase) is most
     // likely another disk given as --source, or a set's disks given in another order. Said
@@ -2937,7 +2961,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             ));
         }
     }
-    for w in &warnings {
+    for w in &warnings[printed..] {
         eprintln!("mgear: WARNING: {w}");
     }
     Ok(Report {

@@ -409,6 +409,22 @@ pub fn held_for_writing(
     None
 }
 
+/// Another process holding the file or block device `path` open for writing (a running
+/// VM's disk image, a loop device over it), from [`held_for_writing`]: its pid and command.
+pub fn writer_of(path: &Path) -> Option<(u32, String)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).ok()?;
+    let mut files = std::collections::HashSet::new();
+    let mut devices = Vec::new();
+    if m.file_type().is_block_device() {
+        devices.push(m.rdev());
+        files.extend(loop_backing(m.rdev()));
+    } else {
+        files.insert((m.dev(), m.ino()));
+    }
+    held_for_writing(&files, &devices).map(|(pid, cmd, _)| (pid, cmd))
+}
+
 /// The absolute path `p` names with its symlinks resolved, also for a path
 /// that does not exist yet (where it would be created: its directory
 /// resolved); `None` when not even its directory exists.

@@ -78,6 +78,12 @@ pub trait Source: Send {
     fn dirty_chunks(&mut self, _chunk_size: u32) -> crate::Result<Option<Vec<u64>>> {
         Ok(None)
     }
+    /// The size the source has now, where it can be asked again (a file or block device);
+    /// `None` otherwise (an NBD export's size is fixed by its handshake). A capture reads
+    /// [`len`](Self::len) bytes: one that grew meanwhile left its tail behind.
+    fn size_now(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// What tells the disk behind a source from another across a stop and a resume
@@ -409,6 +415,11 @@ impl ConcurrentRead for OpenFile {
 }
 
 impl Source for FileSource {
+    fn size_now(&mut self) -> Option<u64> {
+        let mut f = &self.inner.file;
+        f.seek(SeekFrom::End(0)).ok()
+    }
+
     fn len(&self) -> u64 {
         self.inner.len
     }

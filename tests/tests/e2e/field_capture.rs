@@ -624,6 +624,13 @@ fn a_source_mounted_read_write_is_warned_about() {
     let o = capture(&e, "ext4.img", &m, "e1", &[]);
     assert_eq!(code(&o), Some(0), "{}", output_text(&o));
     assert!(err(&o).contains("warning") && err(&o).contains("mounted read-write"));
+    // Said once, before the capture (it was said again after it, in other words).
+    assert_eq!(
+        err(&o).matches("mounted read-write").count(),
+        1,
+        "{}",
+        err(&o)
+    );
 }
 
 /// A capture killed half-way (kill -9: the FAT volume stays marked dirty) and resumed by the
@@ -755,4 +762,74 @@ fn a_resume_without_its_key_names_the_abort_that_starts_it_over() {
         .target("file:out.raw")
         .ok();
     assert_eq!(sha(&e.p("out.raw")), sha(&e.p("disk.raw")));
+}
+
+/// A source another program holds open for writing (a running VM's disk image) is captured
+/// with a warning, as a source mounted read-write is: the capture is a mix of moments. One
+/// that grows during the capture is captured at its starting size, and now says so (a disk
+/// resized meanwhile shipped without its tail, silently); a shrinking one stops the capture.
+#[test]
+fn a_source_another_program_writes_or_that_grows_is_warned_about() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 8 << 20, 41);
+    std::fs::create_dir(e.p("m")).unwrap();
+    let writer = Background(
+        std::process::Command::new("bash")
+            .args(["-c", "exec 3<>disk.raw; sleep 60"])
+            .current_dir(e.dir.path())
+            .spawn()
+            .unwrap(),
+    );
+    // Until bash has opened it.
+    let pid = writer.0.id();
+    let held = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.flatten().count() > 3)
+            .unwrap_or(false)
+    };
+    let started = std::time::Instant::now();
+    while !held() && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = capture(&e, "disk.raw", "dir:m", "web01", &["--json"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = r["warnings"].to_string();
+    assert!(
+        w.contains(&format!("disk.raw is open for writing by process {pid}")),
+        "{r}"
+    );
+    drop(writer);
+    // Not written by anyone: no such warning.
+    let o = capture(&e, "disk.raw", "dir:m", "db02", &["--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r.get("warnings").is_none(), "{r}");
+
+    // Grown by 4 MiB while a capture held to 4 MiB/s reads its 8 MiB.
+    let grower = {
+        let path = e.p("disk.raw");
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+            std::io::Write::write_all(&mut f, &vec![7u8; 4 << 20]).unwrap();
+        })
+    };
+    let o = capture(
+        &e,
+        "disk.raw",
+        "dir:m",
+        "app03",
+        &["--json", "--rate-limit", "4MiB/s"],
+    );
+    grower.join().unwrap();
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["disk_size"], 8 << 20, "{r}");
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("grew during the capture, from 8.00 MiB to 12.00 MiB"),
+        "{r}"
+    );
 }
