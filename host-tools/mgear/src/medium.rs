@@ -910,6 +910,16 @@ pub fn format_medium(
             wiped: found,
         });
     }
+    // A mistyped device name (`/dev/sdz`, a disk not plugged in) made an image file in /dev,
+    // which is memory: every capture onto it was gone at the next boot, the disk untouched.
+    if meta.is_none() && crate::guard::resolved(path).is_some_and(|p| p.starts_with("/dev")) {
+        return Err(usage(format!(
+            "there is no device {}: check its name (`lsblk` lists the disks attached) and that \
+             it is plugged in. An image file is never made under /dev (it would be memory, gone \
+             at the next boot); give an image path elsewhere for an image",
+            path.display()
+        )));
+    }
     let requested = size.ok_or_else(|| {
         usage(format!(
             "creating image {} needs --size, e.g. --size 2GiB",
@@ -1201,6 +1211,19 @@ mod tests {
     use super::*;
 
     use crate::exit::{code_of, USAGE};
+
+    /// A mistyped device name is not made an image file in /dev (memory, gone at reboot).
+    #[test]
+    fn a_device_that_is_not_there_is_not_made_a_file_in_dev() {
+        let typo = std::path::Path::new("/dev/mgear-test-no-such-disk");
+        let Err(e) = format_medium(typo, Some(64 << 20), false) else {
+            let _ = std::fs::remove_file(typo);
+            panic!("an image was made in /dev")
+        };
+        assert_eq!(code_of(&e), USAGE);
+        assert!(e.to_string().contains("there is no device"), "{e}");
+        assert!(!typo.exists());
+    }
 
     #[test]
     fn a_file_given_as_dir_names_the_fat_scheme() {
