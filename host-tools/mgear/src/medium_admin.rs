@@ -241,6 +241,18 @@ pub fn plan_rm(
         )));
     };
     let gens = &cap.generations;
+    if gens.is_empty() && !cap.recipient_slot && !cap.passphrase_slot {
+        let foreign = foreign_entries(store, &cap.name)?;
+        if !foreign.is_empty() {
+            return Err(usage(format!(
+                "{} is not a capture: it has no key slot and no generation, and holds other \
+                 files ({}); `medium rm` removes captures only (`medium fsck` leaves it as is \
+                 too). Remove those files by hand if you mean to",
+                layout::capture_dir(&cap.name),
+                foreign.join(", ")
+            )));
+        }
+    }
     let remove: Vec<u32> = match generation {
         None => gens.iter().map(|g| g.generation).collect(),
         Some(g) => {
@@ -376,9 +388,67 @@ pub fn execute(store: &mut dyn Store, plan: &RmPlan) -> crate::Result<u64> {
         freed += remove_tree(store, &layout::generation_dir(&plan.name, g))?;
     }
     if plan.whole {
-        freed += remove_tree(store, &layout::capture_dir(&plan.name))?;
+        freed += remove_capture_dir(store, &plan.name)?;
     }
     flush(store)?;
+    Ok(freed)
+}
+
+/// What the format keeps in a capture's directory besides its generations.
+fn is_format_file(name: &str) -> bool {
+    [KEYS_FILE, KEYPASS_FILE].contains(&name) || name.ends_with(".TMP")
+}
+
+/// Files in capture directory `name` that are not part of the format (someone's own, put
+/// there by hand): never removed with the capture.
+fn foreign_entries(store: &mut dyn Store, name: &str) -> crate::Result<Vec<String>> {
+    let dir = layout::capture_dir(name);
+    let entries = match store.list(&dir) {
+        Ok(v) => v,
+        Err(StoreError::NotFound) => return Ok(Vec::new()),
+        Err(e) => return Err(sealed(e, &dir)),
+    };
+    Ok(entries
+        .into_iter()
+        .filter(|e| match e.kind {
+            EntryKind::File => !is_format_file(&e.name),
+            EntryKind::Dir => layout::parse_generation_dir(&e.name).is_none(),
+        })
+        .map(|e| e.name)
+        .collect())
+}
+
+/// Remove capture `name`'s directory: its key slots, temporary files and generations.
+/// Anything else in it (a user's files) stays, with the directory, and is named: `medium rm`
+/// deleted a directory of someone's files that `medium fsck` had promised to leave as is.
+fn remove_capture_dir(store: &mut dyn Store, name: &str) -> crate::Result<u64> {
+    let dir = layout::capture_dir(name);
+    let left = foreign_entries(store, name)?;
+    if left.is_empty() {
+        return remove_tree(store, &dir);
+    }
+    let mut freed = 0;
+    let entries = match store.list(&dir) {
+        Ok(v) => v,
+        Err(StoreError::NotFound) => return Ok(0),
+        Err(e) => return Err(sealed(e, &dir)),
+    };
+    for e in entries.into_iter().filter(|e| !left.contains(&e.name)) {
+        let p = format!("{dir}/{}", e.name);
+        match e.kind {
+            EntryKind::File => {
+                store.remove_file(&p).map_err(|x| sealed(x, &p))?;
+                freed += e.len;
+            }
+            EntryKind::Dir => freed += remove_tree(store, &p)?,
+        }
+    }
+    eprintln!(
+        "mgear: note: {dir} also holds {} that {} not part of the format: left as is, with \
+         the directory",
+        left.join(", "),
+        if left.len() == 1 { "is" } else { "are" }
+    );
     Ok(freed)
 }
 
@@ -438,7 +508,7 @@ fn execute_set(store: &mut dyn Store, set: &str, plans: &[RmPlan]) -> crate::Res
         }
     }
     if set_dir_generations(store, set)?.is_empty() {
-        freed += remove_tree(store, &layout::capture_dir(set))?;
+        freed += remove_capture_dir(store, set)?;
     }
     flush(store)?;
     Ok(freed)
@@ -1550,6 +1620,25 @@ mod tests {
         assert!(f.iter().all(|x| !x.repaired), "{f:?}");
         assert!(!f.iter().any(Finding::counts), "{f:?}");
         assert_eq!(s.len("MGEAR/backup/data.txt").unwrap(), Some(8));
+        // `medium rm` of it is refused (it deleted it, files and all, as "what a capture
+        // stopped at its start left")...
+        let e = plan_rm(&mut s, "backup", None, true).unwrap_err();
+        assert!(
+            e.to_string().contains("MGEAR/backup is not a capture"),
+            "{e}"
+        );
+        assert_eq!(s.len("MGEAR/backup/data.txt").unwrap(), Some(8));
+        // ...and a capture holding someone's file loses its own files only.
+        s.create_dir_all("MGEAR/web03/G0001").unwrap();
+        s.write_at("MGEAR/web03/KEYS", 0, b"k").unwrap();
+        s.write_at("MGEAR/web03/G0001/SEG-00000", 0, b"x").unwrap();
+        s.write_at("MGEAR/web03/notes.txt", 0, b"mine").unwrap();
+        let plan = plan_rm(&mut s, "web03", None, true).unwrap();
+        assert!(plan.whole);
+        execute(&mut s, &plan).unwrap();
+        assert_eq!(s.len("MGEAR/web03/KEYS").unwrap(), None);
+        assert_eq!(s.len("MGEAR/web03/G0001/SEG-00000").unwrap(), None);
+        assert_eq!(s.len("MGEAR/web03/notes.txt").unwrap(), Some(4));
         // A leftover beside the junk still counts.
         s.create_dir_all("MGEAR/web02").unwrap();
         let f = scan(&mut s).unwrap();

@@ -726,13 +726,27 @@ fn verify(args: Plan) -> crate::Result<i32> {
                     .as_ref()
                     .is_none_or(|n| c.name == *n || image_format::set::owner(&c.name) == n.as_str())
         }) {
+            // No key slot either: maybe no capture at all but someone's folder, which `medium
+            // rm` refuses to delete (it deleted it, files and all).
+            let slots = c.recipient_slot || c.passphrase_slot;
             report.problems.push(image_format::Problem {
                 at: image_format::Location::capture(&c.name),
-                what: format!(
-                    "holds no generation (a capture stopped at its start, or its data removed): \
-                     nothing of it can be ingested; `mgear medium rm --name {}` removes it",
-                    c.name
-                ),
+                what: if slots {
+                    format!(
+                        "holds no generation (a capture stopped at its start, or its data \
+                         removed): nothing of it can be ingested; `mgear medium rm --name {}` \
+                         removes it",
+                        c.name
+                    )
+                } else {
+                    format!(
+                        "holds no generation and no key slot: no capture, or what one stopped \
+                         at its start left. If it holds your own files, move them out of \
+                         MGEAR/ (the format's directory); otherwise `mgear medium rm --name {}` \
+                         removes it",
+                        c.name
+                    )
+                },
             });
         }
     }
