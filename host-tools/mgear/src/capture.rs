@@ -290,7 +290,11 @@ pub fn run(cli: Request) -> crate::Result<i32> {
                  new name (a capture's deltas need its own data key)",
             );
         }
-        crate::verify::explain_wrong_key(e, &args.medium, None, args.passphrase_file.as_deref())
+        crate::verify::explain_wrong_key_for_capture(
+            e,
+            &args.medium,
+            args.passphrase_file.as_deref(),
+        )
     })?;
     if let Some(p) = &args.report {
         let r = crate::report::capture(

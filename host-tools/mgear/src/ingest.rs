@@ -554,6 +554,14 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     let mut r = match ingest(&args) {
         Ok(r) => r,
         Err(e) => {
+            // Explained before the report is written: the ticket got the bare "this key does
+            // not open capture NAME" with a generic hint.
+            let e = crate::verify::explain_wrong_key(
+                e,
+                &args.medium,
+                args.identity.as_deref(),
+                args.passphrase_file.as_deref(),
+            );
             if let Some(p) = &args.report {
                 report_stop(p, &args, &args.target, started, &e);
             }

@@ -142,6 +142,27 @@ pub fn explain_wrong_key(
     identity: Option<&std::path::Path>,
     passphrase_file: Option<&std::path::Path>,
 ) -> crate::Error {
+    explain(err, medium, identity, passphrase_file, false)
+}
+
+/// [`explain_wrong_key`] for a capture (a delta or resume opened by its passphrase): what
+/// would open it there is the passphrase or the key cache, not an `--identity`, which
+/// capture does not take (the advice named it).
+pub fn explain_wrong_key_for_capture(
+    err: crate::Error,
+    medium: &crate::medium::Where,
+    passphrase_file: Option<&std::path::Path>,
+) -> crate::Error {
+    explain(err, medium, None, passphrase_file, true)
+}
+
+fn explain(
+    err: crate::Error,
+    medium: &crate::medium::Where,
+    identity: Option<&std::path::Path>,
+    passphrase_file: Option<&std::path::Path>,
+    capture: bool,
+) -> crate::Error {
     let Some(name) = err.chain().find_map(|e| match e.downcast_ref() {
         Some(image_format::Error::WrongKey { name }) => Some(name.clone()),
         _ => None,
@@ -171,7 +192,7 @@ pub fn explain_wrong_key(
     }
     let slots = crate::keys::KeySlots::of(m.store(), &name);
     let _ = m.close();
-    let (message, hint) = wrong_key_message(&name, slots, identity, passphrase_file);
+    let (message, hint) = wrong_key_message(&name, slots, identity, passphrase_file, capture);
     crate::Error::Coded {
         code: crate::exit::USAGE,
         message,
@@ -380,6 +401,7 @@ fn wrong_key_message(
     slots: crate::keys::KeySlots,
     identity: Option<&std::path::Path>,
     passphrase_file: Option<&std::path::Path>,
+    capture: bool,
 ) -> (String, String) {
     let plural = |n: usize| if n == 1 { "key" } else { "keys" };
     let has = match (slots.recipients, slots.passphrase) {
@@ -413,7 +435,7 @@ fn wrong_key_message(
         (None, None) => format!("this key does not open capture {name}: it has {has}"),
     };
     let mut tries = Vec::new();
-    if slots.recipients.is_some() {
+    if slots.recipients.is_some() && !capture {
         tries.push(
             "--identity with the identity (.key) whose .pub was given as --recipient at capture"
                 .to_string(),
@@ -422,6 +444,13 @@ fn wrong_key_message(
     if slots.passphrase {
         tries.push(
             "--passphrase-file with the file given at capture (its first line, exactly)"
+                .to_string(),
+        );
+    }
+    if capture {
+        tries.push(
+            "running it on the host whose key cache holds the capture's data key (`mgear keys \
+             list`; --key-cache DIR names another cache)"
                 .to_string(),
         );
     }
@@ -1067,7 +1096,7 @@ mod tests {
             recipients: Some(1),
             passphrase: true,
         };
-        let m = wrong_key_message("web01", both, Some(&other), None).0;
+        let m = wrong_key_message("web01", both, Some(&other), None, false).0;
         assert!(m.contains("other.key does not open capture web01"), "{m}");
         assert!(m.contains(&public), "{m}");
         assert!(
@@ -1080,7 +1109,7 @@ mod tests {
             recipients: Some(2),
             passphrase: false,
         };
-        let m = wrong_key_message("web01", only_rcpt, Some(&other), None).0;
+        let m = wrong_key_message("web01", only_rcpt, Some(&other), None, false).0;
         assert!(
             m.contains("only a recipient slot (for 2 public keys), no passphrase slot"),
             "{m}"
@@ -1090,12 +1119,27 @@ mod tests {
             recipients: None,
             passphrase: true,
         };
-        let m = wrong_key_message("web01", only_pass, None, Some(std::path::Path::new("pw"))).0;
+        let m = wrong_key_message(
+            "web01",
+            only_pass,
+            None,
+            Some(std::path::Path::new("pw")),
+            false,
+        )
+        .0;
         assert!(
             m.contains("the passphrase in pw does not open capture web01"),
             "{m}"
         );
         assert!(m.contains("only a passphrase slot"), "{m}");
+        // A capture takes no --identity: its advice names the passphrase and the key cache.
+        let m = wrong_key_message("web01", both, None, Some(std::path::Path::new("pw")), true).0;
+        assert!(!m.contains("--identity"), "{m}");
+        assert!(
+            m.contains("--passphrase-file with the file given at capture")
+                && m.contains("key cache holds the capture's data key"),
+            "{m}"
+        );
         // Other errors pass through unchanged.
         let e = explain_wrong_key(
             crate::exit::usage("x"),

@@ -271,6 +271,8 @@ fn cli_dir_medium_and_passphrase() {
         "{}",
         stderr(&delta)
     );
+    // Capture takes no --identity: the advice does not name it (it did).
+    assert!(!stderr(&delta).contains("--identity"), "{}", stderr(&delta));
 }
 
 #[test]
@@ -321,6 +323,56 @@ fn cli_wrong_identity_exits_2() {
             "{err}"
         );
     }
+    // The ingest report of that stop, and serve, say as much (the report held the bare
+    // "this key does not open capture web01", serve printed only that).
+    let out = e.run(&[
+        "ingest",
+        "--allow-untrusted",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "other.key",
+        "--target",
+        "file:v.raw",
+        INGEST_UNSEALED,
+        "--report",
+        "r.json",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(e.p("r.json")).unwrap()).unwrap();
+    assert!(
+        r["result"]["error"]
+            .to_string()
+            .contains("only a recipient slot (for 1 public key)"),
+        "{r}"
+    );
+    e.ingest("dir:mnt", "web01")
+        .untrusted()
+        .target("file:vol.raw")
+        .unsealed()
+        .ok();
+    let out = e.run(&[
+        "serve",
+        "--medium",
+        "dir:mnt",
+        "--name",
+        "web01",
+        "--identity",
+        "other.key",
+        "--target",
+        "file:vol.raw",
+        "--allow-untrusted",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("whose .pub was given as --recipient at capture"),
+        "{}",
+        stderr(&out)
+    );
     // Not a medium of ours / not a FAT image: a clear error, not a panic.
     fs::write(e.p("junk.img"), vec![0u8; 1 << 20]).unwrap();
     let out = e.run(&["inspect", "--medium", "fat:junk.img"]);

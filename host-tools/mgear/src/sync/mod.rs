@@ -240,6 +240,19 @@ fn check_volume_exists(spec: &crate::spec::Target, name: &str) -> crate::Result<
 
 /// `mgear serve`.
 pub fn serve(a: Serve) -> crate::Result<i32> {
+    // A key that opens no capture is told what would, as ingest tells it (it said only "this
+    // key does not open capture NAME").
+    let (medium, identity, passphrase) = (
+        a.medium.clone(),
+        a.identity.clone(),
+        a.passphrase_file.clone(),
+    );
+    serve_plan(a).map_err(|e| {
+        crate::verify::explain_wrong_key(e, &medium, identity.as_deref(), passphrase.as_deref())
+    })
+}
+
+fn serve_plan(a: Serve) -> crate::Result<i32> {
     // Every argument is checked, and the port bound, before the volume is
     // hashed: that is a full read, and a typo or a busy port found after it
     // wastes it.
