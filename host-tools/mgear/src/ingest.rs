@@ -277,7 +277,79 @@ struct State {
     done: Bits,
 }
 
+/// The refusal of a target whose ingest state `h` (at `state_path`) records another
+/// ingest than this one (`header`). A conflict of the operator's asking (this target is
+/// half-way through another ingest), not a failing disk: exit 2. The generation it was
+/// writing is named: a newer generation on the medium since made "the same command" ingest
+/// that one. A generation of another capture (the same number, another manifest root) is
+/// not finished by `--generation`: that hint went in a circle.
+fn other_ingest(state_path: &Path, h: &[u8], header: &[u8]) -> crate::Error {
+    let at = STATE_MAGIC.len() + 32 + 8 + 4;
+    let root_at = STATE_MAGIC.len();
+    let was = (h.starts_with(STATE_MAGIC) && h.len() >= at + 4).then(|| {
+        (
+            u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]),
+            &h[root_at..root_at + 32],
+        )
+    });
+    let this_gen = u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let short = |r: &[u8]| crate::output::hex(&r[..8]);
+    let which = match was {
+        Some((g, root)) if g != this_gen => format!(
+            "an unfinished ingest of generation {g} (manifest root {}...) into this \
+             target: if it is this capture's, finish it with `--generation {g}` added \
+             to this command; else finish it with the command it was started with",
+            short(root)
+        ),
+        Some((g, root)) => format!(
+            "an unfinished ingest of generation {g} of another capture (manifest root \
+             {}..., this one's {}...) into this target: finish it with the command and \
+             medium it was started with",
+            short(root),
+            short(&header[root_at..root_at + 32])
+        ),
+        None => "an unfinished ingest of a different capture or generation into this \
+                 target (or one by another version of mgear): finish that one (the same \
+                 command it was started with)"
+            .to_string(),
+    };
+    usage(format!(
+        "{} records {which}; or, to write this capture there instead, run this command \
+         with --force (the unfinished one is dropped and this one starts over)",
+        state_path.display()
+    ))
+}
+
+/// Before a `file:` target's `.partial` is opened: its ingest state recording another
+/// ingest is what to tell (a `.partial` of another generation's size was refused first as
+/// "of another capture ... not known", with `rm` as the way on).
+fn refuse_other_unfinished(state_dir: &Path, target: &Path, header: &[u8]) -> crate::Result<()> {
+    let state = state_dir.join(format!(
+        "{}.ingest",
+        mgear_volume::file::absolute_key(target)
+    ));
+    let Ok(Some(mut f)) = open_private(&state, "ingest state") else {
+        return Ok(());
+    };
+    let mut h = vec![0u8; header.len()];
+    if f.read_exact(&mut h).is_ok() && h != header {
+        return Err(other_ingest(&state, &h, header));
+    }
+    Ok(())
+}
+
 impl State {
+    /// The header of an ingest of `reader`'s generation.
+    fn header_of<S: image_format::Store>(reader: &CaptureReader<S>) -> Vec<u8> {
+        let root = *blake3::hash(&reader.manifest().signed_bytes()).as_bytes();
+        State::header(
+            &root,
+            reader.disk_size(),
+            reader.chunk_size(),
+            reader.generation(),
+        )
+    }
+
     fn header(root: &[u8; 32], size: u64, chunk: u32, generation: u32) -> Vec<u8> {
         let mut h = Vec::with_capacity(STATE_HEADER as usize);
         h.extend_from_slice(STATE_MAGIC);
@@ -326,46 +398,7 @@ impl State {
                 drop(state.file);
                 return State::open(state.path, header, count, true, false);
             }
-            // A conflict of the operator's asking (this target is half-way through another
-            // ingest), not a failing disk: exit 2. The generation it was writing is named: a
-            // newer generation on the medium since made "the same command" ingest that one.
-            // A generation of another capture (the same number, another manifest root) is
-            // not finished by `--generation`: that hint went in a circle.
-            let at = STATE_MAGIC.len() + 32 + 8 + 4;
-            let root_at = STATE_MAGIC.len();
-            let was = (h.starts_with(STATE_MAGIC) && h.len() >= at + 4).then(|| {
-                (
-                    u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]),
-                    &h[root_at..root_at + 32],
-                )
-            });
-            let this_gen =
-                u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
-            let short = |r: &[u8]| crate::output::hex(&r[..8]);
-            let which = match was {
-                Some((g, root)) if g != this_gen => format!(
-                    "an unfinished ingest of generation {g} (manifest root {}...) into this \
-                     target: if it is this capture's, finish it with `--generation {g}` added \
-                     to this command; else finish it with the command it was started with",
-                    short(root)
-                ),
-                Some((g, root)) => format!(
-                    "an unfinished ingest of generation {g} of another capture (manifest root \
-                     {}..., this one's {}...) into this target: finish it with the command and \
-                     medium it was started with",
-                    short(root),
-                    short(&header[root_at..root_at + 32])
-                ),
-                None => "an unfinished ingest of a different capture or generation into this \
-                         target (or one by another version of mgear): finish that one (the same \
-                         command it was started with)"
-                    .to_string(),
-            };
-            return Err(usage(format!(
-                "{} records {which}; or, to write this capture there instead, run this command \
-                 with --force (the unfinished one is dropped and this one starts over)",
-                state.path.display()
-            )));
+            return Err(other_ingest(&state.path, &h, header));
         }
         if resuming {
             let mut slots = BufReader::with_capacity(1 << 20, &state.file);
@@ -1246,6 +1279,9 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     if let Target::File(p) | Target::Qcow2(p) = &target {
         warn_if_short_of_space(p, &reader);
     }
+    if let (Target::File(p), false) = (&target, args.force) {
+        refuse_other_unfinished(&sdir, p, &State::header_of(&reader))?;
+    }
     let vol = crate::target::open_for_ingest(&target, &prep, &facts, &args.medium.boot_sectors())?;
     let plan = WritePlan {
         // The stored spelling, whatever case --name was given in.
@@ -1354,7 +1390,7 @@ pub fn write_volume<S: image_format::Store>(
     let count = reader.chunk_count();
     let generation = reader.generation();
     let root = *blake3::hash(&reader.manifest().signed_bytes()).as_bytes();
-    let header = State::header(&root, size, chunk, generation);
+    let header = State::header_of(&reader);
     let desc = vol.describe();
     let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
     let state_path = plan.state_dir.join(format!("{}.ingest", vol.state_key()));

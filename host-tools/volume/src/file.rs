@@ -574,21 +574,22 @@ impl FileVolume {
         // An interrupted ingest's partial file always has the disk's size: one cut short or
         // grown since was changed by something else, and what its resume state says was
         // written is not what it holds (a resume read back past its end).
-        if found != Found::New && raw.size != prep.disk_size {
+        if found != Found::New && raw.size != prep.disk_size && !prep.force {
             return Err(Error::Usage(format!(
                 "{} is {} bytes, not this disk's {}: it is an unfinished ingest of another \
                  capture into this target, or it was cut short or grown since, and what it \
-                 holds is not known. Finish that other ingest (its own command), or remove it \
-                 (`rm {}`) and run this command again: the ingest starts over",
+                 holds is not known. Finish that other ingest (its own command), or run this \
+                 command with --force (or remove it: `rm {}`): the ingest starts over",
                 partial.display(),
                 raw.size,
                 prep.disk_size,
                 partial.display()
             )));
         }
-        // Only a file this run created is sized: an unfinished one of another ingest (another
-        // capture, refused by its resume state next) keeps every byte it holds.
-        if found == Found::New && raw.size != prep.disk_size {
+        // Only a file this run created is sized, or one --force starts over in: an unfinished
+        // one of another ingest (another capture, refused by its resume state next) keeps
+        // every byte it holds. --force said "dropped, starts over" and then refused its size.
+        if (found == Found::New || prep.force) && raw.size != prep.disk_size {
             // A new partial file: sparse, all zeros.
             raw.file
                 .set_len(prep.disk_size)

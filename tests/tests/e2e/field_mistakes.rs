@@ -2206,3 +2206,68 @@ fn mounted_ext4(e: &Env, name: &str, size: u64, dir: &str) -> Option<Loop> {
         .is_ok_and(|s| s.success())
         .then_some(dev)
 }
+
+/// An ingest of generation 1 killed half-way, then the same command without `--generation`
+/// (so of generation 2, a delta of a disk that shrank since): it said the `.partial` was
+/// "an unfinished ingest of another capture ... not known" and to `rm` it, where its
+/// ingest state says exactly which generation it is. Said from the state, as for a
+/// generation of the same size; `--generation 1` finishes it, and `--force` (which said
+/// "dropped, starts over" and was then refused for the `.partial`'s size) starts over.
+#[test]
+fn an_unfinished_ingest_of_another_sized_generation_is_named_from_its_state() {
+    let e = Env::new();
+    e.keygen();
+    let medium = e.fat("m.img", "128MiB");
+    random_disk(&e.p("disk.raw"), 32 << 20, 51);
+    e.capture(&medium, "web01").source("disk.raw").ok();
+    fs::copy(e.p("disk.raw"), e.p("gen1.raw")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("disk.raw"))
+        .unwrap();
+    f.set_len(24 << 20).unwrap();
+    drop(f);
+    e.capture(&medium, "web01")
+        .source("disk.raw")
+        .arg("--delta")
+        .ok();
+    let ingest = || {
+        e.ingest(&medium, "web01")
+            .untrusted()
+            .target("file:t.raw")
+            .unsealed()
+    };
+    ingest()
+        .args(&["--generation", "1"])
+        .killed_after("2MiB/s", 1500);
+    assert!(e.p("t.raw.partial").exists());
+    let o = ingest().run();
+    refused(&o, "records an unfinished ingest of generation 1");
+    assert!(
+        output_text(&o).contains("finish it with `--generation 1`"),
+        "{}",
+        output_text(&o)
+    );
+    let kept = fs::read(e.p("t.raw.partial")).unwrap();
+    // --force starts over with generation 2 (the .partial resized to its disk).
+    fs::copy(e.p("t.raw.partial"), e.p("kept.partial")).unwrap();
+    let state = e.p("state/mgear/ingest");
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = fs::read_dir(&state)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .map(|p| {
+            let b = fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    ingest().arg("--force").ok();
+    mgear_tests::same_file(&e.p("t.raw"), &e.p("disk.raw"));
+    // And --generation 1 finishes the one that was stopped.
+    fs::remove_file(e.p("t.raw")).unwrap();
+    fs::write(e.p("t.raw.partial"), &kept).unwrap();
+    for (p, b) in &saved {
+        fs::write(p, b).unwrap();
+    }
+    ingest().args(&["--generation", "1"]).ok();
+    mgear_tests::same_file(&e.p("t.raw"), &e.p("gen1.raw"));
+}
