@@ -337,14 +337,21 @@ pub fn estimate(
             len as u64
         };
     }
-    let zero_fraction = if n == 0 { 0.0 } else { zero as f64 / n as f64 };
+    let mut zero_fraction = if n == 0 { 0.0 } else { zero as f64 / n as f64 };
+    // The holes a sparse file reports are zeros for certain, however few samples fell in
+    // them, and the capture skips them without reading.
+    let data = source.data_bytes(start.saturating_mul(u64::from(chunk_size)));
+    if let (Some(data), true) = (data, to_read > 0) {
+        zero_fraction = zero_fraction.max(1.0 - data.min(to_read) as f64 / to_read as f64);
+    }
     let ratio = if plain == 0 {
         1.0
     } else {
         stored as f64 / plain as f64
     };
     let measured = (read > 0 && secs > 0.0).then(|| read as f64 / secs);
-    let seconds = rate.or(measured).map(|r| to_read as f64 / r.max(1.0));
+    let reads = data.map_or(to_read, |d| d.min(to_read));
+    let seconds = rate.or(measured).map(|r| reads as f64 / r.max(1.0));
     Ok(Estimate {
         samples: n,
         zero_samples: zero,
@@ -403,6 +410,27 @@ pub fn human_seconds(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sparse file's holes count as zeros, however the samples fall: 1 GiB holding 1 MiB
+    /// (the first sample lands in it) was estimated at 1/32 of the disk.
+    #[test]
+    fn a_sparse_files_holes_are_not_estimated_as_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.raw");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let noise: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::os::unix::fs::FileExt::write_all_at(&f, &noise, 0).unwrap();
+        drop(f);
+        let mut src = crate::source::FileSource::open(path).unwrap();
+        assert_eq!(src.data_bytes(0).map(|d| d >= 1 << 20), Some(true));
+        let e = estimate(&mut src, 1 << 20, 0, false, 32, None).unwrap();
+        // The data (1 MiB, or the file system's allocation unit around it), the index of
+        // 1024 chunks and the fixed part: nowhere near 32 MiB.
+        assert!(e.stored_bytes < 8 << 20, "{e:?}");
+    }
 
     #[test]
     fn a_resume_is_warned_where_a_new_capture_is_refused() {
