@@ -1977,6 +1977,8 @@ fn write_batches(
             Ok(())
         };
     let stopped = || crate::err!("the read-back check stopped");
+    // A volume this run made reads as zeros where unwritten: its zero runs need no write.
+    let zeros_needed = !vol.fresh_reads_zero();
     for mut b in batches {
         if let (true, Some(v)) = (b.head, &verify) {
             let (ack, acked) = std::sync::mpsc::sync_channel(1);
@@ -1984,7 +1986,9 @@ fn write_batches(
             acked.recv().map_err(|_| stopped())?;
         }
         for (offset, len) in std::mem::take(&mut b.zeros) {
-            vol.write_zeroes(offset, len)?;
+            if zeros_needed {
+                vol.write_zeroes(offset, len)?;
+            }
         }
         write_batch(&mut *vol, &b.writes)?;
         pending_ids.append(&mut b.ids);
@@ -2030,8 +2034,11 @@ fn write_batch(vol: &mut dyn Volume, batch: &[(u64, ChunkBuf)]) -> crate::Result
             }),
         }
     }
-    for (offset, len) in zeros {
-        vol.write_zeroes(offset, len)?;
+    // Zero granules of a volume made by this run are zeros already.
+    if !vol.fresh_reads_zero() {
+        for (offset, len) in zeros {
+            vol.write_zeroes(offset, len)?;
+        }
     }
     if !writes.is_empty() {
         vol.write_batch(&writes)?;
@@ -3051,6 +3058,39 @@ mod tests {
             .map(|&(o, l)| (o as u64, l as u64))
             .collect();
         assert_eq!(zeroed, expect);
+    }
+
+    /// A volume this run made (a new sparse file or qcow2 image) reads as zeros where it was
+    /// not written: zero chunks and zero granules are not written at all, and the disk is
+    /// still what was captured, read back and verified.
+    #[test]
+    fn a_fresh_volume_gets_no_zero_writes() {
+        use mgear_volume::FakeVolume;
+        const C: usize = 65536;
+        const G: usize = 16384;
+        let mut disk = sample_disk();
+        disk[C + G..C + 2 * G].fill(0);
+        let (mut store, key) = mem_capture(&disk);
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, data) = FakeVolume::new(disk.len(), None);
+        let fake = fake.with_thin_granule(G as u64).fresh();
+        let zeroed = fake.zeroed();
+        let (r, _) = write_volume(
+            &plan(dir.path()),
+            Box::new(fake),
+            reader_of(&mut store, &key),
+            None,
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(r.verified);
+        assert!(r.zero_chunks > 0);
+        assert!(*data.lock().unwrap() == disk);
+        assert!(
+            zeroed.lock().unwrap().is_empty(),
+            "{:?}",
+            zeroed.lock().unwrap()
+        );
     }
 
     #[test]

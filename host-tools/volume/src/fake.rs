@@ -47,6 +47,8 @@ pub struct FakeVolume {
     refuse_digests: bool,
     /// [`crate::Geometry::thin_granule`] it claims.
     thin_granule: Option<u64>,
+    /// Reads as zeros where unwritten, made by this run ([`Volume::fresh_reads_zero`]).
+    fresh: bool,
     /// Every `write_zeroes` range so far, shared with the test.
     zeroed: Arc<Mutex<Vec<(u64, u64)>>>,
 }
@@ -73,6 +75,7 @@ impl FakeVolume {
                 digests: None,
                 refuse_digests: false,
                 thin_granule: None,
+                fresh: false,
                 zeroed: Arc::new(Mutex::new(Vec::new())),
             },
             data,
@@ -131,6 +134,12 @@ impl FakeVolume {
     /// file or qcow2 image does).
     pub fn with_thin_granule(mut self, granule: u64) -> Self {
         self.thin_granule = Some(granule);
+        self
+    }
+
+    /// Claim to be new and all zeros ([`Volume::fresh_reads_zero`]).
+    pub fn fresh(mut self) -> Self {
+        self.fresh = true;
         self
     }
 
@@ -193,6 +202,9 @@ impl Volume for FakeVolume {
         let r = self.range(offset, data.len())?;
         self.bytes()[r].copy_from_slice(data);
         Ok(())
+    }
+    fn fresh_reads_zero(&self) -> bool {
+        self.fresh
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.count()?;

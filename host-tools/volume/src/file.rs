@@ -652,6 +652,10 @@ impl Volume for FileVolume {
     fn write_batch(&mut self, writes: &[crate::WriteAt<'_>]) -> Result<()> {
         write_runs(&self.raw, writes)
     }
+    fn fresh_reads_zero(&self) -> bool {
+        // NAME.partial made by this run, sized by `set_len`: a hole end to end.
+        self.found == Found::New
+    }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.raw.write_zeroes(offset, len)
     }

@@ -272,6 +272,15 @@ pub trait Volume: Send {
     /// Make `[offset, offset+len)` read as zeros, keeping thin targets thin.
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
 
+    /// Whether this volume was made by this run and reads as zeros wherever it has not been
+    /// written (a new sparse file, a new qcow2 image without a backing file): the zero
+    /// chunks of a disk need no write at all. Writing them anyway cost a qcow2 image an L2
+    /// table entry per cluster (a 1 TiB disk holding 1 MiB became a 135 MB image in 99 s).
+    /// `false` (the default) for anything that may hold old data.
+    fn fresh_reads_zero(&self) -> bool {
+        false
+    }
+
     /// Make every completed write durable.
     fn flush(&mut self) -> Result<()>;
 

@@ -362,6 +362,10 @@ impl Volume for Qcow2Volume {
         let r = self.nbd()?.write_at(offset, data);
         r.map_err(|e| self.full(e))
     }
+    fn fresh_reads_zero(&self) -> bool {
+        // `qemu-img create` made NAME.partial in this run, without a backing file.
+        self.found == Found::New
+    }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         let r = self.nbd()?.write_zeroes(offset, len);
         r.map_err(|e| self.full(e))
