@@ -249,7 +249,14 @@ pub fn overlaps(a: &Path, b: &Path) -> bool {
         }
         if ta.is_block_device() && tb.is_block_device() {
             if let (Some(x), Some(y)) = (loop_backing(ma.rdev()), loop_backing(mb.rdev())) {
-                if x == y {
+                // Two windows of one image that share no byte are two volumes (`losetup
+                // --offset --sizelimit` as partitions): the target was refused as the medium,
+                // `--force` or not. Any doubt (a chain, a partition) is an overlap.
+                let apart = match (loop_window(ma.rdev()), loop_window(mb.rdev())) {
+                    (Some(p), Some(q)) => p.1 <= q.0 || q.1 <= p.0,
+                    _ => false,
+                };
+                if x == y && !apart {
                     return true;
                 }
             }
@@ -480,6 +487,30 @@ pub fn loop_backing_once(rdev: u64) -> Option<PathBuf> {
     (!named.is_empty() && !named.ends_with(" (deleted)")).then(|| PathBuf::from(named))
 }
 
+/// The bytes `[start, end)` of its image file that loop device `rdev` shows, from sysfs: for
+/// a whole loop device straight over a regular file only (`None` for a partition, a loop
+/// over another device, or where sysfs does not say).
+fn loop_window(rdev: u64) -> Option<(u64, u64)> {
+    if whole_disk(rdev).is_some() {
+        return None;
+    }
+    let backing = loop_backing_once(rdev)?;
+    if !std::fs::metadata(backing).ok()?.is_file() {
+        return None;
+    }
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let start = read("loop/offset")?;
+    let sectors = read("size")?;
+    Some((start, start.checked_add(sectors.checked_mul(512)?)?))
+}
+
 /// [`loop_backing_file`] as its (device, inode), which a moved image keeps.
 pub fn loop_backing(rdev: u64) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -596,6 +627,37 @@ pub(crate) mod tests {
         assert!(overlaps(&m, &c.0));
         assert!(!overlaps(&c.0, &other));
         drop(c);
+    }
+
+    /// Two loop devices over disjoint byte ranges of one image are two volumes; ranges that
+    /// share a byte are one.
+    #[test]
+    fn loop_windows_of_one_image_overlap_only_where_they_share_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("whole.img");
+        std::fs::write(&img, vec![0u8; 8 << 20]).unwrap();
+        let window = |offset: &str, size: &str| {
+            let out = std::process::Command::new("losetup")
+                .args(["--find", "--show", "--offset", offset, "--sizelimit", size])
+                .arg(&img)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            Some(Loop(String::from_utf8(out.stdout).ok()?.trim().into()))
+        };
+        let (Some(a), Some(b), Some(c)) = (
+            window("1048576", "2097152"),
+            window("4194304", "2097152"),
+            window("2097152", "4194304"),
+        ) else {
+            eprintln!("no loop device here (needs root and the loop driver): nothing to check");
+            return;
+        };
+        assert!(!overlaps(&a.0, &b.0), "1-3 MiB and 4-6 MiB");
+        assert!(!overlaps(&b.0, &a.0));
+        assert!(overlaps(&a.0, &c.0), "1-3 MiB and 2-6 MiB");
+        assert!(overlaps(&c.0, &b.0), "2-6 MiB and 4-6 MiB");
+        assert!(overlaps(&a.0, &img), "the image itself holds every window");
     }
 
     #[test]

@@ -709,8 +709,9 @@ pub struct DeviceVolume {
     raw: Raw,
     marker: Marker,
     found: Found,
-    /// For a loop device: a `flock` on the file behind it ([`lock_loop_image`]).
-    _lock: Option<nix::fcntl::Flock<File>>,
+    /// For a loop device: the file behind it, holding a write lock on the bytes the device
+    /// shows ([`lock_loop_image`]); closing it releases the lock.
+    _lock: Option<File>,
 }
 
 /// The image file behind loop device `md` (sysfs `loop/backing_file`), when it is a
@@ -729,16 +730,63 @@ fn loop_image(md: &std::fs::Metadata) -> Option<PathBuf> {
 /// A loop device's image is locked (`flock`) while the device is written: two loop devices
 /// over one file are one volume, and two ingests (with their own state dirs) wrote it
 /// through them at once, both "verified", the volume holding one disk.
-fn lock_loop_image(device: &Path, image: &Path) -> Result<nix::fcntl::Flock<File>> {
-    lock_exclusive(image, || {
-        format!(
+fn lock_loop_image(device: &Path, md: &std::fs::Metadata, image: &Path) -> Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    // The bytes of the image the device shows, as an open-file-description lock: a flock of
+    // the whole file also stopped an ingest into another loop device over a part of the
+    // image the medium does not use (the medium's own lock is a flock of that file).
+    let (major, minor) = (
+        nix::sys::stat::major(md.rdev()),
+        nix::sys::stat::minor(md.rdev()),
+    );
+    let read = |name: &str| -> Option<i64> {
+        std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    // Unknown: the whole file (a length of 0 runs to its end, however far it grows).
+    let (start, len) = match (read("loop/offset"), read("size")) {
+        (Some(o), Some(sectors)) => (o, sectors.saturating_mul(512)),
+        _ => (0, 0),
+    };
+    // A write lock needs the file open for writing; read-only (not ours to write), a read
+    // lock still meets another ingest's write lock.
+    let (f, writable) = match File::options().read(true).write(true).open(image) {
+        Ok(f) => (f, true),
+        Err(_) => (
+            File::open(image)
+                .map_err(|e| Error::io(format!("opening {} to lock it", image.display()), e))?,
+            false,
+        ),
+    };
+    let want = nix::libc::flock {
+        l_type: if writable {
+            nix::libc::F_WRLCK as i16
+        } else {
+            nix::libc::F_RDLCK as i16
+        },
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
+    };
+    match nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_OFD_SETLK(&want)) {
+        Ok(_) => Ok(f),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => Err(Error::Usage(format!(
             "{} is a loop device over {}, which another ingest is writing right now \
-             (through another loop device over it): one ingest writes a volume at a time. \
-             Wait for it to finish, or give another target; nothing was written",
+             (through another loop device over the same bytes of it): one ingest writes a \
+             volume at a time. Wait for it to finish, or give another target; nothing was \
+             written",
             device.display(),
             image.display()
-        )
-    })
+        ))),
+        Err(errno) => Err(Error::io(
+            format!("locking {}", image.display()),
+            std::io::Error::from_raw_os_error(errno as i32),
+        )),
+    }
 }
 
 /// An exclusive, non-blocking `flock` on `path`; `busy` says why when another holder has it.
@@ -842,7 +890,7 @@ impl DeviceVolume {
                 _ => Error::io(format!("opening target {}", path.display()), e),
             })?;
         let lock = match loop_image(&md) {
-            Some(image) => Some(lock_loop_image(path, &image)?),
+            Some(image) => Some(lock_loop_image(path, &md, &image)?),
             None => None,
         };
         if read_only_device(&md) {

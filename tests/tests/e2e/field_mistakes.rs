@@ -2271,3 +2271,54 @@ fn an_unfinished_ingest_of_another_sized_generation_is_named_from_its_state() {
     ingest().args(&["--generation", "1"]).ok();
     mgear_tests::same_file(&e.p("t.raw"), &e.p("gen1.raw"));
 }
+
+/// Two loop devices over disjoint byte ranges of one image (`losetup --offset --sizelimit`,
+/// as partitions): the medium in one, the target in the other. The target was refused as
+/// "the medium, or lies on it", --force or not, and then as "being written by another
+/// ingest" (the medium's own lock). Written now, bit for bit; a window sharing bytes with
+/// the medium's is still refused.
+#[test]
+fn a_loop_window_beside_the_mediums_in_one_image_is_a_target() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 8 << 20, 61);
+    let f = fs::File::create(e.p("whole.img")).unwrap();
+    f.set_len(200 << 20).unwrap();
+    drop(f);
+    let window = |offset: &str, size: &str| {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--offset", offset, "--sizelimit", size])
+            .arg(e.p("whole.img"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let medium_dev = window("1MiB", "100MiB");
+    let target_dev = window("160MiB", "35MiB");
+    let inside = window("50MiB", "20MiB");
+    let medium = format!("fat:{}", medium_dev.0);
+    e.ok(&["medium", "format", &medium]);
+    e.capture(&medium, "p").source("disk.raw").ok();
+    e.ingest(&medium, "p")
+        .untrusted()
+        .unsealed()
+        .target(&format!("dev:{}", target_dev.0))
+        .arg("--force")
+        .ok();
+    let mut got = vec![0u8; 8 << 20];
+    std::io::Read::read_exact(&mut fs::File::open(&target_dev.0).unwrap(), &mut got).unwrap();
+    assert!(
+        got == fs::read(e.p("disk.raw")).unwrap(),
+        "the target holds the disk"
+    );
+    refused(
+        &e.ingest(&medium, "p")
+            .untrusted()
+            .unsealed()
+            .target(&format!("dev:{}", inside.0))
+            .arg("--force")
+            .run(),
+        "is the medium",
+    );
+}
