@@ -25,6 +25,10 @@
 
 use std::path::PathBuf;
 
+/// What the reason a failed arrival check gives (the appliance gate) says, so the refusal
+/// built on it knows the medium changed (and does not advise fetching the attestations).
+pub(crate) const ARRIVAL_FAILED: &str = "checked the medium on arrival and it FAILED";
+
 use crate::{bail, err};
 use image_format::commit::{self, Commit, CommitFile, SignerRole};
 use image_format::layout;
@@ -570,6 +574,14 @@ pub fn check_generation(
             return Err(refuse(format!(
                 "{msg} (seal and arrival attestations are required; --allow-unsealed overrides, loudly)"
             )));
+        } else if attestations.is_err_and(|why| why.contains(ARRIVAL_FAILED)) {
+            // Its arrival check failed: the attestations are not missing, the medium changed.
+            return Err(crate::exit::coded_hint(
+                FOUND,
+                msg,
+                "nothing was installed: do not ingest from this medium; ask the capture site \
+                 for another copy of the shipment",
+            ));
         } else {
             return Err(crate::exit::coded_hint(
                 FOUND,

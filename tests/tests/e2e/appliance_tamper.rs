@@ -43,6 +43,12 @@ fn appliance_tamper_in_a_segment_is_named_and_blocks_ingest() {
             && !err.contains("arrival` first"),
         "{err}"
     );
+    // Its next step agrees: not to fetch the attestations again (the arrival just failed).
+    assert!(
+        err.contains("what to do: nothing was installed: do not ingest from this medium")
+            && !err.contains("give ingest the appliance's attestations"),
+        "{err}"
+    );
     lab.stop();
 }
 

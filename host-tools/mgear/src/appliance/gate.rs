@@ -181,11 +181,12 @@ pub fn find_attestations(
             } => Ok(Err(match failed_arrival(&mut c) {
                 // Running it again finds the same: the medium is not what was sealed.
                 Some(first) => format!(
-                    "the appliance at {at} checked the medium on arrival and it FAILED ({first}): \
+                    "the appliance at {at} {} ({first}): \
                      it changed since the seal, so there is no arrival pass to ingest on. Do not \
                      ingest from it; its custody log (`mgear appliance --port {at} log --verify`) \
                      says what happened to it; ask the capture site for another copy of the \
-                     shipment"
+                     shipment",
+                    crate::trust::ARRIVAL_FAILED
                 ),
                 None => format!(
                     "the appliance at {at} sealed the medium but has not checked it on arrival: \
