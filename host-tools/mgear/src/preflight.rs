@@ -311,6 +311,8 @@ pub fn estimate(
         .min((budget / u64::from(chunk_size.max(1))).max(4))
         .min(left);
     let (mut zero, mut plain, mut stored, mut read, mut secs) = (0u64, 0u64, 0u64, 0u64, 0f64);
+    // Samples that fell in a hole the source reported (counted in `zero` too).
+    let mut holes = 0u64;
     let mut buf = Vec::new();
     for k in 0..n {
         // Spread over the whole rest of the disk, the last sample included.
@@ -319,6 +321,7 @@ pub fn estimate(
         let offset = index * u64::from(chunk_size);
         if source.is_hole(offset, len as u64)? {
             zero += 1;
+            holes += 1;
             continue;
         }
         buf.resize(len, 0);
@@ -338,11 +341,20 @@ pub fn estimate(
         };
     }
     let mut zero_fraction = if n == 0 { 0.0 } else { zero as f64 / n as f64 };
-    // The holes a sparse file reports are zeros for certain, however few samples fell in
-    // them, and the capture skips them without reading.
+    // Where a sparse file says how much of it is data, that is what the samples describe:
+    // the holes are zeros for certain (and skipped unread), the data as zero as the samples
+    // that fell in it were (all of it, when none did). Sampled evenly, data a few samples
+    // missed was estimated as nothing, and one sample in the data of a huge sparse file as
+    // a 32nd of it.
     let data = source.data_bytes(start.saturating_mul(u64::from(chunk_size)));
     if let (Some(data), true) = (data, to_read > 0) {
-        zero_fraction = zero_fraction.max(1.0 - data.min(to_read) as f64 / to_read as f64);
+        let in_data = n - holes;
+        let zero_in_data = if in_data == 0 {
+            0.0
+        } else {
+            (zero - holes) as f64 / in_data as f64
+        };
+        zero_fraction = 1.0 - data.min(to_read) as f64 / to_read as f64 * (1.0 - zero_in_data);
     }
     let ratio = if plain == 0 {
         1.0
@@ -430,6 +442,18 @@ mod tests {
         // The data (1 MiB, or the file system's allocation unit around it), the index of
         // 1024 chunks and the fixed part: nowhere near 32 MiB.
         assert!(e.stored_bytes < 8 << 20, "{e:?}");
+        // Data no sample falls in (70 MiB deep in a 16 GiB file) is data all the same: it was
+        // estimated at nothing, and a capture planned to fit filled the medium.
+        let path = dir.path().join("deep.raw");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(16 << 30).unwrap();
+        for k in 0..70u64 {
+            std::os::unix::fs::FileExt::write_all_at(&f, &noise, (9000 + k) << 20).unwrap();
+        }
+        drop(f);
+        let mut src = crate::source::FileSource::open(path).unwrap();
+        let e = estimate(&mut src, 1 << 20, 0, false, 32, None).unwrap();
+        assert!(e.stored_bytes > 70 << 20, "{e:?}");
     }
 
     #[test]
