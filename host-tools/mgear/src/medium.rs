@@ -294,6 +294,24 @@ impl Where {
             )
         };
         let span = span.map_err(|e| {
+            // A medium with no room left for the span's map (one that filled up): the join
+            // is undone, and "check the path is reachable" led nowhere.
+            if let image_format::Error::Store {
+                error: image_format::StoreError::NoSpace,
+                path,
+            } = &e
+            {
+                return crate::exit::coded_hint(
+                    crate::exit::IO,
+                    format!(
+                        "{}: a medium given has no room left for the span's map ({path}), so no \
+                         other medium can join it; nothing was changed on any of them",
+                        self.describe()
+                    ),
+                    "free a few MiB on the full medium (a file that is not a capture, or an \
+                     older generation with `mgear medium rm`) and run the command again",
+                );
+            }
             let code = if matches!(e, image_format::Error::Usage(_)) {
                 crate::exit::USAGE
             } else {

@@ -272,6 +272,32 @@ pub fn plan_rm(
             v
         }
     };
+    // Someone's file inside a generation's directory went with it, unsaid (at the capture's
+    // level such files are kept and named): refused, so it can be moved out first.
+    for &g in &remove {
+        let dir = layout::generation_dir(&cap.name, g);
+        let foreign: Vec<String> = match store.list(&dir) {
+            Ok(v) => v
+                .into_iter()
+                .filter(|e| {
+                    e.kind == EntryKind::Dir
+                        || !(known_generation_file(&e.name) || e.name.ends_with(".TMP"))
+                })
+                .map(|e| e.name)
+                .collect(),
+            Err(StoreError::NotFound) => Vec::new(),
+            Err(e) => return Err(sealed(e, &dir)),
+        };
+        if !foreign.is_empty() {
+            return Err(usage(format!(
+                "{dir} also holds {}, which {} not part of the format: `medium rm` does not \
+                 delete what it did not write. Move {} out of MGEAR/ first, then run this again",
+                foreign.join(", "),
+                if foreign.len() == 1 { "is" } else { "are" },
+                if foreign.len() == 1 { "it" } else { "them" },
+            )));
+        }
+    }
     // A damaged generation that was once finished counts as finished data.
     let numbers: Vec<u32> = gens.iter().map(|i| i.generation).collect();
     let mut finished = Vec::new();
@@ -1633,6 +1659,15 @@ mod tests {
         s.write_at("MGEAR/web03/KEYS", 0, b"k").unwrap();
         s.write_at("MGEAR/web03/G0001/SEG-00000", 0, b"x").unwrap();
         s.write_at("MGEAR/web03/notes.txt", 0, b"mine").unwrap();
+        // A file of someone's inside a generation: refused, nothing removed.
+        s.write_at("MGEAR/web03/G0001/my.txt", 0, b"mine").unwrap();
+        let e = plan_rm(&mut s, "web03", None, true).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("MGEAR/web03/G0001 also holds my.txt, which is not part of the format"),
+            "{e}"
+        );
+        s.remove_file("MGEAR/web03/G0001/my.txt").unwrap();
         let plan = plan_rm(&mut s, "web03", None, true).unwrap();
         assert!(plan.whole);
         execute(&mut s, &plan).unwrap();

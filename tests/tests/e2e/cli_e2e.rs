@@ -662,7 +662,13 @@ fn a_medium_that_fills_after_the_manifest_is_told_as_a_complete_generation() {
         .source("disk.raw")
         .args(&["--sign", "site.key", "--skip-space-check"])
         .run();
-    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no room left for the span's map")
+            && stderr(&out).contains("free a few MiB on the full medium"),
+        "{}",
+        stderr(&out)
+    );
     fsck_clean(&e.p("medium.img"));
     fsck_clean(&e.p("medium2.img"));
     let st = Command::new("mdel")
