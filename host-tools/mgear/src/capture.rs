@@ -1125,7 +1125,7 @@ fn check_clean_sample<S: image_format::Store>(
 /// busy, keeps most of them. None matching refuses the delta (exit 2); `--same-source`
 /// takes a disk rewritten since. Fewer than 8 such chunks (a small disk, or one mostly
 /// zeros) are too little evidence, and the warning after the capture stays for those.
-fn check_delta_sample(
+pub(crate) fn check_delta_sample(
     store: &mut dyn image_format::Store,
     source: &mut dyn crate::source::Source,
     args: &Plan,

@@ -807,6 +807,25 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     if !st.sealed {
         check_set_signer(args, &name, &shared.capture_id, g, &st, sign_key.as_ref())?;
     }
+    // A delta's disks are each compared with the generation they continue before the first
+    // is written: checked disk by disk, disk 0 (right) was captured before disk 1 (another
+    // disk) was refused, and the medium held half a set generation.
+    if args.delta && g > 1 && !st.sealed && !args.same_source && args.dirty_bitmap.is_none() {
+        let mut ro = args.open_before_capture()?;
+        let checked = (|| {
+            for (k, src) in sources.iter().enumerate().filter(|(k, _)| !st.done[*k]) {
+                let mut a = args.clone();
+                a.name = set::disk_stream_name(&name, k);
+                a.source = Some(src.clone());
+                let mut source = crate::source::open(src, None)?;
+                capture::check_delta_sample(ro.store(), &mut *source, &a, &shared.key)?;
+            }
+            Ok::<_, crate::Error>(())
+        })();
+        let closed = ro.close();
+        checked?;
+        closed?;
+    }
     let mut captured = Vec::new();
     for (k, src) in sources.iter().enumerate() {
         if st.done[k] || st.sealed {

@@ -912,18 +912,13 @@ fn a_delta_of_another_disk_is_refused_before_anything_is_stored() {
         .arg("--delta")
         .json();
     assert!(v.get("warnings").is_none(), "{v}");
-    // Another, smaller disk: refused too, and with --same-source its size is warned about.
+    // Another, smaller disk: too few chunks of it to judge (6), so taken, and its size is
+    // warned about.
     random_disk(&e.p("small.raw"), 6 << 20, 3);
-    let o = e
-        .capture("dir:mnt", "web01")
-        .source("small.raw")
-        .arg("--delta")
-        .run();
-    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     let v = e
         .capture("dir:mnt", "web01")
         .source("small.raw")
-        .args(&["--delta", "--same-source"])
+        .arg("--delta")
         .json();
     let w = v["warnings"][0].as_str().unwrap_or_default();
     assert!(
@@ -970,6 +965,28 @@ fn a_delta_of_another_disk_is_refused_before_anything_is_stored() {
         .sources(&["a2.raw", "b2.raw"])
         .arg("--delta")
         .ok();
+    // Disk 0 at its place, the two after it swapped: all of them are checked before the
+    // first is written (disk 0's delta was written, then disk 1 refused, and the medium held
+    // half a set generation that verify failed).
+    random_disk(&e.p("c.raw"), 12 << 20, 4);
+    fs::copy(e.p("c.raw"), e.p("c2.raw")).unwrap();
+    e.capture("dir:mnt", "tri")
+        .sources(&["a.raw", "b.raw", "c.raw"])
+        .ok();
+    let before = on_medium("tri");
+    let o = e
+        .capture("dir:mnt", "tri")
+        .sources(&["a2.raw", "c2.raw", "b2.raw"])
+        .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("for set tri, disk 1"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(on_medium("tri"), before, "nothing was written");
+    e.ok(&["verify", "--medium", "dir:mnt"]);
 }
 
 /// Two media that are no span, each with a capture web01 (two shipments' media given
