@@ -1075,9 +1075,9 @@ fn note_signer(
 
 /// A `--dirty-bitmap` delta copies the chunks the bitmap calls clean from the parent
 /// without reading them: a bitmap created after the parent was captured (or cleared since)
-/// misses changes, and the delta finished as a wrong disk that verified bit for bit. Up to
-/// [`SAMPLE_CHUNKS`] clean chunks the parent holds as data (at most [`SAMPLE_BYTES`]),
-/// spread over the disk, are read and compared with the parent by keyed id before anything
+/// misses changes, and the delta finished as a wrong disk that verified bit for bit. A
+/// sample ([`crate::preflight::spread_sample`]) of the clean chunks the parent holds as
+/// data, spread over the disk, is read and compared with the parent by keyed id before anything
 /// is written; one that differs refuses the delta (exit 2). A sample, not a proof: a few
 /// changed chunks can still be missed, which is why the bitmap must be as old as the parent.
 fn check_clean_sample<S: image_format::Store>(
@@ -1092,10 +1092,8 @@ fn check_clean_sample<S: image_format::Store>(
     let clean: Vec<u64> = (start..writer.chunk_count())
         .filter(|i| dirty.binary_search(i).is_err() && writer.can_copy_unchanged(*i))
         .collect();
-    let want = ((SAMPLE_BYTES / chunk.max(1)).clamp(4, SAMPLE_CHUNKS) as usize).min(clean.len());
     let mut buf = Vec::new();
-    for k in 0..want {
-        let index = clean[k * clean.len() / want];
+    for index in crate::preflight::spread_sample(&clean, chunk) {
         let at = index * chunk;
         buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
         source.read_exact_at(at, &mut buf)?;
@@ -1119,9 +1117,9 @@ fn check_clean_sample<S: image_format::Store>(
 
 /// A delta of another disk (the wrong `--source`, a set's disks in another order under new
 /// paths) was captured whole, signed, and taken by ingest as the newest generation, with
-/// only a warning afterwards. Before anything is stored, up to [`SAMPLE_CHUNKS`] chunks the
-/// parent holds as data (at most [`SAMPLE_BYTES`]), spread over the disk, are read and
-/// compared with it by keyed id, stopping at the first that matches: the same disk, even
+/// only a warning afterwards. Before anything is stored, a sample
+/// ([`crate::preflight::spread_sample`]) of the chunks the parent holds as data, spread over
+/// the disk, is read and compared with it by keyed id, stopping at the first that matches: the same disk, even
 /// busy, keeps most of them. None matching refuses the delta (exit 2); `--same-source`
 /// takes a disk rewritten since. Fewer than 8 such chunks (a small disk, or one mostly
 /// zeros) are too little evidence, and the warning after the capture stays for those.
@@ -1149,13 +1147,13 @@ pub(crate) fn check_delta_sample(
             _ => None,
         })
         .collect();
-    let want = ((SAMPLE_BYTES / chunk.max(1)).clamp(4, SAMPLE_CHUNKS) as usize).min(held.len());
+    let sample = crate::preflight::spread_sample(&held, chunk);
+    let want = sample.len();
     if want < 8 {
         return Ok(());
     }
     let mut buf = Vec::new();
-    for k in 0..want {
-        let (index, id) = held[k * held.len() / want];
+    for (index, id) in sample {
         let at = index * chunk;
         buf.resize(chunk.min(size - at) as usize, 0);
         source.read_exact_at(at, &mut buf)?;

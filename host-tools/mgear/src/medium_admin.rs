@@ -377,13 +377,19 @@ fn sealed(e: StoreError, path: &str) -> crate::Error {
 
 /// Remove every file of directory `dir` (one level) and then `dir`; returns bytes freed.
 fn remove_tree(store: &mut dyn Store, dir: &str) -> crate::Result<u64> {
+    remove_tree_keeping(store, dir, &[])
+}
+
+/// [`remove_tree`] but for the entries of `dir` named in `keep`: they stay, and so does
+/// `dir` when any is named.
+fn remove_tree_keeping(store: &mut dyn Store, dir: &str, keep: &[String]) -> crate::Result<u64> {
     let mut freed = 0;
     let entries = match store.list(dir) {
         Ok(v) => v,
         Err(StoreError::NotFound) => return Ok(0),
         Err(e) => return Err(sealed(e, dir)),
     };
-    for e in entries {
+    for e in entries.into_iter().filter(|e| !keep.contains(&e.name)) {
         let p = format!("{dir}/{}", e.name);
         match e.kind {
             EntryKind::File => {
@@ -393,7 +399,9 @@ fn remove_tree(store: &mut dyn Store, dir: &str) -> crate::Result<u64> {
             EntryKind::Dir => freed += remove_tree(store, &p)?,
         }
     }
-    store.remove_dir(dir).map_err(|x| sealed(x, dir))?;
+    if keep.is_empty() {
+        store.remove_dir(dir).map_err(|x| sealed(x, dir))?;
+    }
     Ok(freed)
 }
 
@@ -450,24 +458,9 @@ fn foreign_entries(store: &mut dyn Store, name: &str) -> crate::Result<Vec<Strin
 fn remove_capture_dir(store: &mut dyn Store, name: &str) -> crate::Result<u64> {
     let dir = layout::capture_dir(name);
     let left = foreign_entries(store, name)?;
+    let freed = remove_tree_keeping(store, &dir, &left)?;
     if left.is_empty() {
-        return remove_tree(store, &dir);
-    }
-    let mut freed = 0;
-    let entries = match store.list(&dir) {
-        Ok(v) => v,
-        Err(StoreError::NotFound) => return Ok(0),
-        Err(e) => return Err(sealed(e, &dir)),
-    };
-    for e in entries.into_iter().filter(|e| !left.contains(&e.name)) {
-        let p = format!("{dir}/{}", e.name);
-        match e.kind {
-            EntryKind::File => {
-                store.remove_file(&p).map_err(|x| sealed(x, &p))?;
-                freed += e.len;
-            }
-            EntryKind::Dir => freed += remove_tree(store, &p)?,
-        }
+        return Ok(freed);
     }
     eprintln!(
         "mgear: note: {dir} also holds {} that {} not part of the format: left as is, with \

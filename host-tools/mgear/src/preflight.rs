@@ -285,6 +285,15 @@ pub fn stored_estimate(to_read: u64, chunk_size: u32, zero_fraction: f64, ratio:
 /// The most the samples read, whatever the chunk size.
 const SAMPLE_BYTES: u64 = 64 << 20;
 
+/// Of `items` (chunks, in disk order), the ones a check reads a sample of: evenly spread,
+/// up to 32 and [`SAMPLE_BYTES`] of `chunk`-sized reads, never fewer than 4 (or all there
+/// are). A delta's parent, a dirty bitmap's clean chunks, a sync target's: each sampled
+/// by this one rule.
+pub fn spread_sample<T: Copy>(items: &[T], chunk: u64) -> Vec<T> {
+    let want = ((SAMPLE_BYTES / chunk.max(1)).clamp(4, 32) as usize).min(items.len());
+    (0..want).map(|k| items[k * items.len() / want]).collect()
+}
+
 /// Sample `samples` evenly spaced chunks from chunk `first` on (at most [`SAMPLE_BYTES`]
 /// of them, or about a second of `rate` if one is given; at least 4).
 pub fn estimate(

@@ -326,11 +326,8 @@ impl Run<'_> {
         let clean: Vec<u64> = (0..ids.len() as u64)
             .filter(|i| dirty.binary_search(i).is_err())
             .collect();
-        let want = ((64u64 << 20) / chunk).clamp(4, 32) as usize;
-        let want = want.min(clean.len());
         let mut buf = vec![0u8; chunk as usize];
-        for k in 0..want {
-            let index = clean[k * clean.len() / want];
+        for index in crate::preflight::spread_sample(&clean, chunk) {
             let len = layout::chunk_len(size, chunk_size, index) as usize;
             let data = &mut buf[..len];
             self.disk
