@@ -96,6 +96,13 @@ pub enum Event {
         key_slots: u64,
         overwrite_medium: bool,
     },
+    /// The host removed `generations` of capture `name` (`medium rm`, `capture --abort`;
+    /// none: a capture directory that held no generation). Appended last: a log written
+    /// before it existed decodes as it did.
+    CaptureRemoved {
+        name: String,
+        generations: Vec<u64>,
+    },
 }
 
 /// One log entry (what is signed).

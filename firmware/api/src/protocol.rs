@@ -123,6 +123,9 @@ pub enum Request {
     CaptureCommit { name: String, generation: u64 },
     /// The stored seal and arrival attestations.
     GetAttestations,
+    /// The host removed `generations` of capture `name` from the medium (custody record).
+    /// Appended last, so the requests before it keep their wire numbers.
+    CaptureRemoved { name: String, generations: Vec<u64> },
 }
 
 /// Lifecycle state as reported to the host.

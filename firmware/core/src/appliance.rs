@@ -671,6 +671,9 @@ impl<P: Platform> Appliance<P> {
             Request::CaptureBegin { name } => self.capture_event(&name, None),
             Request::CaptureCommit { name, generation } => self.capture_commit(&name, generation),
             Request::GetAttestations => self.attestations(),
+            Request::CaptureRemoved { name, generations } => {
+                self.capture_removed(&name, generations)
+            }
         };
         self.finish(resp)
     }
@@ -982,6 +985,20 @@ impl<P: Platform> Appliance<P> {
             },
         };
         let index = self.record(event)?;
+        Ok(Response::Recorded { index })
+    }
+
+    /// The host removed generations of a capture through the block service while unlocked: a
+    /// removal of witnessed data otherwise left the log ending on its commit, the capture no
+    /// longer on the medium.
+    fn capture_removed(&mut self, name: &str, generations: Vec<u64>) -> Result<Response, Error> {
+        if let Some(r) = self.capture_refusal(name) {
+            return Ok(r);
+        }
+        let index = self.record(Event::CaptureRemoved {
+            name: name.into(),
+            generations,
+        })?;
         Ok(Response::Recorded { index })
     }
 

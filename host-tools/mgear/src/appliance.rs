@@ -1270,6 +1270,20 @@ pub fn capture_begin(port: &Path, name: &str) -> crate::Result<()> {
     }
 }
 
+/// Record in the appliance's custody log that `generations` of capture `name` were removed
+/// from its medium (`medium rm`, `capture --abort` through it).
+pub fn capture_removed(port: &Path, name: &str, generations: &[u32]) -> crate::Result<()> {
+    let mut c = Client::open(port)?;
+    let req = Request::CaptureRemoved {
+        name: name.to_string(),
+        generations: generations.iter().map(|g| u64::from(*g)).collect(),
+    };
+    match c.call(&req)? {
+        Response::Recorded { .. } => Ok(()),
+        other => bail!("unexpected reply to a removal event: {other:?}"),
+    }
+}
+
 /// Ask the appliance to witness finished generation `generation` of `name`
 /// (the host must have closed the medium: the appliance reads MANIFEST and
 /// key slots itself). Returns its role-appliance signature over the commit,

@@ -810,6 +810,7 @@ fn abort(args: &Plan) -> crate::Result<i32> {
         }
     };
     medium.close()?;
+    crate::medium_admin::record_removal(&args.medium, &plan.name, &plan.remove);
     let gens = plan
         .remove
         .iter()

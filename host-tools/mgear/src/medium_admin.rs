@@ -405,6 +405,21 @@ fn remove_tree_keeping(store: &mut dyn Store, dir: &str, keep: &[String]) -> cra
     Ok(freed)
 }
 
+/// Record the removal of `generations` of `name` in the custody log of every appliance among
+/// `medium` (they are gone from its medium). The removal is done and durable: a log that
+/// cannot take the record is warned about, not an error.
+pub fn record_removal(medium: &crate::medium::Where, name: &str, generations: &[u32]) {
+    for port in &medium.appliance {
+        if let Err(e) = crate::appliance::capture_removed(port, name, generations) {
+            eprintln!(
+                "mgear: warning: the removal is done, but the custody log of the appliance at \
+                 {} did not record it: {e:#}",
+                port.display()
+            );
+        }
+    }
+}
+
 /// Make the removals durable. A FAT store flushes everything on any
 /// sync; a mounted directory syncs the directory named (and its parent).
 fn flush(store: &mut dyn Store) -> crate::Result<()> {
@@ -794,6 +809,7 @@ pub fn rm(args: Rm) -> crate::Result<i32> {
         }
     };
     medium.close()?;
+    record_removal(&args.medium, &plan.name, &plan.remove);
     let report = RmReport {
         command: "medium rm",
         name: plan.name.clone(),

@@ -115,3 +115,38 @@ fn appliance_custody_records_cut_from_the_end_are_detected() {
     );
     lab.stop();
 }
+
+/// A capture removed through the appliance (`medium rm`, `capture --abort`) is a custody
+/// record: the log ended on the removed capture's commit, the capture no longer on the
+/// medium.
+#[test]
+fn a_removal_through_the_appliance_is_in_its_custody_log() {
+    let mut lab = Lab::new(40);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.keygen();
+    std::fs::write(lab.p("disk.raw"), vec![7u8; 4 << 20]).unwrap();
+    lab.capture();
+    let tty = lab.tty();
+    let o = lab.run(&[
+        "medium",
+        "rm",
+        "--appliance",
+        &tty,
+        "--name",
+        "web01",
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let log = lab.appliance_json(&["log", "--verify"]);
+    assert_eq!(log["verified"], true, "{log}");
+    let events = log["entries"].to_string();
+    assert!(events.contains("CaptureRemoved"), "{events}");
+    let out = lab.appliance(&["log"]);
+    assert!(
+        text(&out.stdout).contains("capture web01 generation 1 removed"),
+        "{}",
+        text(&out.stdout)
+    );
+    lab.stop();
+}

@@ -1445,3 +1445,28 @@ fn arrival_cut_after_its_record_leaves_a_log_that_verifies() {
     log_verifies(&mut a);
     assert_eq!(a.state(), DeviceState::Arrived);
 }
+
+/// A removal through the block service is recorded in the custody log while the medium is
+/// writable, and refused once it is not (locked: no removal could have happened).
+#[test]
+fn a_removal_is_a_custody_record_while_unlocked_only() {
+    let mut a = provisioned(31);
+    let removed = |a: &mut Appliance<FakePlatform>| {
+        a.handle(Request::CaptureRemoved {
+            name: "web01".into(),
+            generations: alloc::vec![2, 3],
+        })
+    };
+    assert!(code(&removed(&mut a)).is_some(), "locked: refused");
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    assert!(matches!(removed(&mut a), Response::Recorded { .. }));
+    let events: Vec<_> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert_eq!(
+        events.last(),
+        Some(&custody::Event::CaptureRemoved {
+            name: "web01".into(),
+            generations: alloc::vec![2, 3],
+        }),
+        "{events:?}"
+    );
+}

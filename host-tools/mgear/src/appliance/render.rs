@@ -66,6 +66,17 @@ pub fn event_text(e: &Event) -> String {
         Event::WrongPin { failures } => format!("wrong PIN ({failures} in a row)"),
         Event::Lock => "locked: the medium is read-only".to_string(),
         Event::CaptureBegin { name } => format!("capture {name} started writing"),
+        Event::CaptureRemoved { name, generations } => match generations.as_slice() {
+            [] => format!("capture {name} removed (it held no generation)"),
+            [g] => format!("capture {name} generation {g} removed"),
+            many => format!(
+                "capture {name} generations {} removed",
+                many.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
         Event::CaptureCommit { name, generation } => {
             format!("capture {name} generation {generation} committed (witnessed)")
         }
