@@ -245,7 +245,27 @@ fn parse(json: bool) -> Cli {
                 Err(_) => std::process::exit(exit::IO),
             }
         }
-        Err(e) if !json || e.kind() == ErrorKind::DisplayHelp => e.exit(),
+        // `--help --json`: the help text in the envelope (it printed plain text, which no JSON
+        // reader takes).
+        Err(e) if json && e.kind() == ErrorKind::DisplayHelp => {
+            let cmd = Cli::command();
+            let args: Vec<_> = std::env::args_os().skip(1).collect();
+            let named = named_subcommands(&cmd, &args);
+            output::init(
+                &if named.is_empty() {
+                    "mgear".to_string()
+                } else {
+                    named.join(" ")
+                },
+                true,
+            );
+            let v = serde_json::json!({ "help": e.render().to_string() });
+            match output::emit(&v) {
+                Ok(()) => std::process::exit(exit::OK),
+                Err(_) => std::process::exit(exit::IO),
+            }
+        }
+        Err(e) if !json => e.exit(),
         Err(e) => {
             let cmd = Cli::command();
             let args: Vec<_> = std::env::args_os().skip(1).collect();

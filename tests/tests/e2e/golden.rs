@@ -131,6 +131,32 @@ mod fields {
         assert!(txt.contains("3.00 MiB (3145728 bytes)"), "{txt}");
     }
 
+    /// `--help --json` is one JSON object like every other answer with `--json` (it printed
+    /// the help as plain text).
+    #[test]
+    fn help_with_json_is_one_object() {
+        let env = Env::new();
+        for (args, command) in [
+            (vec!["capture", "--help", "--json"], "capture"),
+            (vec!["--json", "medium", "rm", "--help"], "medium rm"),
+        ] {
+            let o = env.run(&args);
+            assert_eq!(o.status.code(), Some(0), "{args:?}");
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+                panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&o.stdout))
+            });
+            assert_eq!(v["ok"], true, "{v}");
+            assert_eq!(v["command"], command, "{v}");
+            assert!(
+                v["help"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("Usage: mgear {command}")),
+                "{v}"
+            );
+        }
+    }
+
     #[test]
     fn json_errors_are_one_object_with_the_exit_code() {
         let env = Env::new();
