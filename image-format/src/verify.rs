@@ -710,6 +710,47 @@ pub fn changed_key_slot<S: Store + ?Sized>(
     Ok(None)
 }
 
+/// Generation `m`'s segments whose trailer does not read as its MANIFEST says (64 bytes
+/// read per segment; no key): each with why. A reader that authenticates records one by
+/// one never looks at a trailer, so ingest installed a capture whose trailer was damaged
+/// while `verify` called the medium damaged. A segment not on the medium is left to the
+/// reader (it names it where it needs it).
+pub fn damaged_trailers<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    m: &layout::Manifest,
+) -> Result<Vec<(String, &'static str)>> {
+    let mut out = Vec::new();
+    for (i, d) in m.segments.iter().enumerate() {
+        let path = layout::segment_path(name, m.generation, i as u32);
+        let Some(len) = store.len(&path).at(&path)? else {
+            continue;
+        };
+        let why = if len != d.len || len < TRAILER_LEN as u64 {
+            Some("its length is not the one the MANIFEST records")
+        } else {
+            let mut b = [0u8; TRAILER_LEN];
+            store
+                .read_exact_at(&path, len - TRAILER_LEN as u64, &mut b)
+                .at(&path)?;
+            match SegmentTrailer::decode(&b) {
+                Err(w) => Some(w),
+                Ok(t) if t.data_end != len - TRAILER_LEN as u64 => {
+                    Some("its trailer does not end the file")
+                }
+                Ok(t) if t.hash != d.hash => {
+                    Some("its trailer's digest is not the one the MANIFEST records")
+                }
+                Ok(_) => None,
+            }
+        };
+        if let Some(w) = why {
+            out.push((path, w));
+        }
+    }
+    Ok(out)
+}
+
 /// `slots`: the key-slot digests the generation's MANIFEST recorded, given when the slots
 /// on the medium differ from them (already reported): the COMMIT must bind those.
 fn verify_commit<S: Store + ?Sized>(

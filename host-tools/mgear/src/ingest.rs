@@ -1298,7 +1298,22 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         record_done: true,
         start_over: args.force,
     };
+    let (name, manifest) = (reader.name().to_string(), reader.manifest().clone());
     let (mut report, finished) = write_volume(&plan, vol, reader, gaps.as_ref(), started)?;
+    // Every record checked out, so the disk is right; a damaged trailer is still damage on
+    // the medium, which `verify` reports (ingest said nothing of it).
+    match image_format::verify::damaged_trailers(medium.store(), &name, &manifest) {
+        Ok(found) => {
+            for (path, why) in found {
+                eprintln!(
+                    "mgear: warning: {path}: {why}. Every record of it checked out, so the \
+                     volume holds the disk; the medium was changed since the capture (`mgear \
+                     verify` names what else): keep it out of further use"
+                );
+            }
+        }
+        Err(e) => eprintln!("mgear: warning: the segment trailers could not be read: {e}"),
+    }
     medium.close()?;
     report.volume = finished.volume.clone();
     if args.adapt {

@@ -827,3 +827,37 @@ fn inspect_verify_and_ingest_agree_on_a_changed_medium() {
         text(&o)
     );
 }
+
+/// A segment whose trailer was damaged after the capture: every record still checks out,
+/// so ingest writes the disk, but it now says what `verify` says, that the medium was
+/// changed (it installed the capture without a word).
+#[test]
+fn a_damaged_segment_trailer_is_warned_about_at_ingest() {
+    let e = Env::new();
+    e.keygen();
+    let mut d = vec![0u8; 3 << 20];
+    rand::rngs::SmallRng::seed_from_u64(71).fill_bytes(&mut d);
+    fs::write(e.p("disk.raw"), &d).unwrap();
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    let seg = e.p("m/MGEAR/web01/G0001/SEG-00000");
+    let mut b = fs::read(&seg).unwrap();
+    let n = b.len();
+    b[n - 10] ^= 0xff; // inside the trailer's reserved bytes: its CRC no longer checks
+    fs::write(&seg, b).unwrap();
+    let v = e.run(&["verify", "--medium", "dir:m"]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("SEG-00000") && err.contains("Every record of it checked out"),
+        "{err}"
+    );
+    same_file(&e.p("out.raw"), &e.p("disk.raw"));
+}
