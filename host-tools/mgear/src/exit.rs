@@ -125,8 +125,11 @@ pub fn hint(err: &Error, command: &str) -> String {
              appliance): make it writable, or give one that is, then run the same command again"
                 .to_string()
         }
-        _ => "check that the path, device, appliance or peer named in the message is there and \
-              reachable, then run the same command again"
+        // Said of every I/O error without a hint of its own: where the message itself says
+        // what to do (remove a link, give the partition, stop a serve), "run the same command
+        // again" alone contradicted it.
+        _ => "do what the message says; where it names a path, device, appliance or peer that \
+              is missing or unreachable, reconnect it, then run the same command again"
             .to_string(),
     }
 }

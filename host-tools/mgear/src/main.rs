@@ -333,7 +333,7 @@ fn main() {
             // The fallback of an I/O error beside a message that already says how to go on
             // ("stopped; run the same command to resume", "medium full: ... with one more
             // medium") only contradicts it.
-            let fallback = hint.starts_with("check that the path, device")
+            let fallback = hint.starts_with("do what the message says")
                 || hint.starts_with("free space on the medium or target");
             let advised = [
                 "same command",
