@@ -28,6 +28,8 @@ use std::path::PathBuf;
 /// What the reason a failed arrival check gives (the appliance gate) says, so the refusal
 /// built on it knows the medium changed (and does not advise fetching the attestations).
 pub(crate) const ARRIVAL_FAILED: &str = "checked the medium on arrival and it FAILED";
+/// Likewise for an appliance erased between its seal and an arrival check.
+pub(crate) const ERASED_BEFORE_ARRIVAL: &str = "was erased before its arrival check";
 
 use crate::{bail, err};
 use image_format::commit::{self, Commit, CommitFile, SignerRole};
@@ -574,6 +576,19 @@ pub fn check_generation(
             return Err(refuse(format!(
                 "{msg} (seal and arrival attestations are required; --allow-unsealed overrides, loudly)"
             )));
+        } else if attestations.is_err_and(|why| why.contains(ERASED_BEFORE_ARRIVAL)) {
+            // The seal is not in doubt; no arrival can be had any more.
+            return Err(crate::exit::coded_hint(
+                FOUND,
+                format!(
+                    "capture {name} generation {g} was sealed by its appliance, which can no \
+                     longer attest its arrival: {}",
+                    attestations.err().unwrap_or_default()
+                ),
+                "nothing was installed: ingest it with --allow-unsealed and the pinned --trust \
+                 key (the capture site's signature then vouches for it); the custody log says \
+                 how the appliance came to be erased",
+            ));
         } else if attestations.is_err_and(|why| why.contains(ARRIVAL_FAILED)) {
             // Its arrival check failed: the attestations are not missing, the medium changed.
             return Err(crate::exit::coded_hint(

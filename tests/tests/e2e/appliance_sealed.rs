@@ -369,6 +369,17 @@ fn appliance_erased_before_arrival_still_has_its_seal_checked() {
     assert_eq!(lab.state(), "Erased");
     lab.appliance_ok(&["attestations", "--out", "att"]);
     assert!(lab.p("att/SEAL").exists() && !lab.p("att/ARRIVAL").exists());
+    // Without --allow-unsealed: refused, with the step that works (it said to fetch the
+    // attestations after an arrival check the erased appliance can no longer make).
+    let out = lab.ingest(&[]);
+    let t = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("can no longer attest its arrival")
+            && t.contains("what to do: nothing was installed: ingest it with --allow-unsealed")
+            && !t.contains("seal does not check"),
+        "{t}"
+    );
     let out = lab.ingest(&["--allow-unsealed"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     lab.stop();

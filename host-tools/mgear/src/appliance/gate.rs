@@ -170,10 +170,11 @@ pub fn find_attestations(
                 seal: Some(_),
                 arrival: None,
             } if appliance_erased(&mut c) => Ok(Err(format!(
-                "the appliance at {at} sealed the medium but was erased (locked out, or erase \
-                 requested) before its arrival check, and an erased appliance signs no arrival: \
-                 check its custody log (`mgear appliance --port {at} log --verify`), then ingest \
-                 without the attestations (--allow-unsealed, with the pinned --trust key)"
+                "the appliance at {at} sealed the medium but {} (locked out, or erase \
+                 requested), and an erased appliance signs no arrival: check its custody log \
+                 (`mgear appliance --port {at} log --verify`), then ingest without the \
+                 attestations (--allow-unsealed, with the pinned --trust key)",
+                crate::trust::ERASED_BEFORE_ARRIVAL
             ))),
             Response::Attestations {
                 seal: Some(_),
