@@ -410,6 +410,32 @@ pub fn check_generation(
                      says what is wrong, and the capture site can send the medium again"
                 )));
             }
+            // The receipt names another finished generation of this capture on this medium
+            // (an older one, a newer one since): said as such, with the --generation that
+            // installs it (the refusal spoke of another capture in its place).
+            let receipt_of = |medium: &mut dyn Store, h: u32| {
+                let c = match image_format::set::parse_disk_stream_name(name) {
+                    Some((set, _)) => image_format::set::read_set(medium, set, h)
+                        .ok()
+                        .flatten()
+                        .map(|f| Commit::of_set(&f, h)),
+                    None => commit::expected_commit(medium, name, h).ok().flatten(),
+                };
+                c.map(|c| crate::output::hex(&c.digest()))
+            };
+            let named = finished
+                .iter()
+                .copied()
+                .filter(|h| *h != g)
+                .find(|h| receipt_of(medium, *h).is_some_and(|d| d.starts_with(want.as_str())));
+            if let Some(h) = named {
+                return Err(refuse(format!(
+                    "the capture receipt's commit (--expect-commit {want}) is generation {h} of \
+                     {name} on this medium, and generation {g} is the one this ingest took: add \
+                     --generation {h} to install the one the receipt names, or ask the capture \
+                     site for generation {g}'s receipt"
+                )));
+            }
             return Err(refuse(format!(
                 "capture {name} generation {g} has commit {have}, but the capture receipt says \
                  {want} (--expect-commit): this is not the capture that was shipped (an older \

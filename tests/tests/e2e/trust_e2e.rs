@@ -663,6 +663,33 @@ fn an_older_signed_capture_swapped_in_is_refused_by_the_receipts_commit() {
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
 }
 
+/// A receipt of an older generation of the same capture on this medium (a delta came since):
+/// the refusal spoke of "another capture in its place"; it names the generation the receipt
+/// is for and the `--generation` that installs it, which works.
+#[test]
+fn a_receipt_of_an_older_generation_here_names_it() {
+    let e = site();
+    let first = capture(&e, "disk.raw", &["--sign", "site.key"]);
+    let want = first["receipt"]["commit_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    change_disk(&e.p("disk.raw"));
+    capture(&e, "disk.raw", &["--sign", "site.key", "--delta"]);
+    let pin = ["--trust", "site.pub", "--expect-commit", &want];
+    refused(
+        &ingest(&e, &pin),
+        &[
+            "is generation 1 of web01 on this medium",
+            "add --generation 1",
+        ],
+    );
+    let mut with = pin.to_vec();
+    with.extend(["--generation", "1"]);
+    let out = ingest(&e, &with);
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
 /// One disk of a machine set swapped for the same disk of another signed set
 /// capture, then ingested by its stream name (`--name db01.d1`): its own
 /// COMMIT checks out, the set manifest does not list it.
