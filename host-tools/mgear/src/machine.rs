@@ -1263,10 +1263,15 @@ pub fn ingest_set(
     for ((k, t), kept) in plan.iter().zip(&kept) {
         let exists = crate::ingest::path_target(t).filter(|p| std::fs::symlink_metadata(p).is_ok());
         if let (Some(p), false, false) = (exists, *kept, args.force) {
+            // Not judged by its bytes (a disk unchanged since the last generation holds
+            // them already): by the record of an ingest of this very disk into it.
             return Err(usage(format!(
-                "{} (the target of disk {k}) exists and does not hold this set's disk {k}: pass \
-                 --force to replace it; nothing was written",
-                p.display()
+                "{} (the target of disk {k}) exists, and no finished ingest of set {} \
+                 generation {g}'s disk {k} into it is recorded here (it holds an earlier \
+                 generation's ingest, another disk, or was changed since): pass --force to \
+                 write generation {g} over it; nothing was written",
+                p.display(),
+                args.name
             )));
         }
     }

@@ -1024,7 +1024,8 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
         .run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains("does not hold this set's disk 1"),
+        output_text(&o).contains("no finished ingest of set")
+            && output_text(&o).contains("disk 1 into it is recorded here"),
         "{}",
         output_text(&o)
     );
