@@ -98,6 +98,9 @@ pub struct Plan {
     pub key_cache: Option<PathBuf>,
     /// Chunk size in bytes (64KiB..16MiB, power of two: [`chunk_size_arg`]).
     pub chunk_size: u32,
+    /// `--chunk-size` was given; else a delta or resume takes the capture's own
+    /// (`machine::capture`), and a new capture [`DEFAULT_CHUNK_SIZE`].
+    pub chunk_size_given: bool,
     /// Store chunks uncompressed.
     pub no_compress: bool,
     /// Encoder threads [default: number of CPUs].
@@ -1583,6 +1586,9 @@ pub fn empty_source(spec: &str, disk: Option<usize>) -> crate::Error {
 }
 
 /// Parse `--chunk-size`: a size that is a power of two from 64KiB to 16MiB.
+/// The chunk size of a new capture without `--chunk-size`.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+
 pub fn chunk_size_arg(text: &str) -> crate::Result<u32> {
     let bytes = parse_size(text)?;
     u32::try_from(bytes)

@@ -69,7 +69,7 @@ pub struct CaptureReport {
 /// (and a set's `--dry-run` or `--abort`) in [`capture::run`]. The
 /// command enters above both, so capture never calls up into this module.
 pub fn capture(cli: capture::Request) -> crate::Result<i32> {
-    let cli = witness_first(cli);
+    let cli = own_chunk_size(witness_first(cli));
     if cli.sources.len() >= 2 {
         // Names are compared without case, and a capture writes the name it is given: as for
         // one disk, `DB01` where the medium holds `db01` is refused with the spelling to use
@@ -89,6 +89,33 @@ pub fn capture(cli: capture::Request) -> crate::Result<i32> {
     crate::signals::install();
     let (sources, args) = cli.into_parts();
     run_capture(&args, &sources)
+}
+
+/// A `--delta` or resume without `--chunk-size` takes the chunk size the capture was made
+/// with (its newest generation's): it was refused as "a delta must use its parent's chunk
+/// size ... give --chunk-size 64KiB", a default the operator never chose. A new capture, or a
+/// medium that cannot be read here (the capture says why), keeps the default.
+fn own_chunk_size(mut cli: capture::Request) -> capture::Request {
+    if cli.plan.chunk_size_given {
+        return cli;
+    }
+    let name = cli.plan.name.clone();
+    let own = (|| {
+        let mut ro = cli.plan.open_before_capture().ok()?;
+        let caps = image_format::list_captures(ro.store()).ok();
+        let _ = ro.close();
+        caps?
+            .into_iter()
+            .filter(|c| set::owner(&c.name).eq_ignore_ascii_case(&name))
+            .flat_map(|c| c.generations)
+            .filter(|g| g.chunk_size != 0)
+            .max_by_key(|g| g.generation)
+            .map(|g| g.chunk_size)
+    })();
+    if let Some(c) = own {
+        cli.plan.chunk_size = c;
+    }
+    cli
 }
 
 /// A capture over several appliances goes through (and is witnessed by)

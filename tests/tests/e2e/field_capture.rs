@@ -833,3 +833,30 @@ fn a_source_another_program_writes_or_that_grows_is_warned_about() {
         "{r}"
     );
 }
+
+/// A capture made with `--chunk-size 64KiB`: its `--delta` without `--chunk-size` takes the
+/// capture's own (it was refused, "give --chunk-size 64KiB", for a default nobody chose);
+/// naming another one is still refused.
+#[test]
+fn a_delta_takes_the_chunk_size_the_capture_was_made_with() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 4 << 20, 81);
+    std::fs::create_dir(e.p("m")).unwrap();
+    capture(&e, "disk.raw", "dir:m", "web01", &["--chunk-size", "64KiB"]);
+    let mut d = fs::read(e.p("disk.raw")).unwrap();
+    d[100] ^= 1;
+    fs::write(e.p("disk.raw"), d).unwrap();
+    let o = capture(&e, "disk.raw", "dir:m", "web01", &["--delta", "--json"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["chunk_size"], 65536, "{r}");
+    let o = capture(
+        &e,
+        "disk.raw",
+        "dir:m",
+        "web01",
+        &["--delta", "--chunk-size", "1MiB"],
+    );
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+}

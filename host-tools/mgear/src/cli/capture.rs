@@ -53,9 +53,10 @@ pub struct Args {
     /// Where data keys are kept for later deltas [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
     #[arg(long)]
     pub key_cache: Option<PathBuf>,
-    /// Chunk size (64KiB..16MiB, power of two).
-    #[arg(long, allow_hyphen_values = true, default_value = "1MiB")]
-    pub chunk_size: String,
+    /// Chunk size (64KiB..16MiB, power of two) [default: 1MiB; a --delta or a resume: the
+    /// chunk size the capture was made with].
+    #[arg(long, allow_hyphen_values = true)]
+    pub chunk_size: Option<String>,
     /// Store chunks uncompressed.
     #[arg(long)]
     pub no_compress: bool,
@@ -142,7 +143,11 @@ impl Cli {
                 a.name, a.name
             )));
         }
-        let chunk_size = capture::chunk_size_arg(&a.chunk_size)?;
+        let chunk_size = a
+            .chunk_size
+            .as_deref()
+            .map(capture::chunk_size_arg)
+            .transpose()?;
         let recipient = a
             .recipient
             .iter()
@@ -167,7 +172,8 @@ impl Cli {
             dirty_bitmap: a.dirty_bitmap,
             rate_limit,
             key_cache: a.key_cache,
-            chunk_size,
+            chunk_size: chunk_size.unwrap_or(capture::DEFAULT_CHUNK_SIZE),
+            chunk_size_given: chunk_size.is_some(),
             no_compress: a.no_compress,
             threads: a.threads,
             sign: a.sign,
