@@ -98,8 +98,8 @@ pub struct Plan {
     pub key_cache: Option<PathBuf>,
     /// Chunk size in bytes (64KiB..16MiB, power of two: [`chunk_size_arg`]).
     pub chunk_size: u32,
-    /// `--chunk-size` was given; else a delta or resume takes the capture's own
-    /// (`machine::capture`), and a new capture [`DEFAULT_CHUNK_SIZE`].
+    /// `--chunk-size` was given; else a delta takes the capture's own (`machine::capture`),
+    /// and anything else [`DEFAULT_CHUNK_SIZE`].
     pub chunk_size_given: bool,
     /// Store chunks uncompressed.
     pub no_compress: bool,

@@ -91,12 +91,13 @@ pub fn capture(cli: capture::Request) -> crate::Result<i32> {
     run_capture(&args, &sources)
 }
 
-/// A `--delta` or resume without `--chunk-size` takes the chunk size the capture was made
-/// with (its newest generation's): it was refused as "a delta must use its parent's chunk
-/// size ... give --chunk-size 64KiB", a default the operator never chose. A new capture, or a
-/// medium that cannot be read here (the capture says why), keeps the default.
+/// A `--delta` without `--chunk-size` takes the chunk size the capture was made with (its
+/// newest generation's): it was refused as "a delta must use its parent's chunk size ...
+/// give --chunk-size 64KiB", a default the operator never chose. Anything else keeps the
+/// default without opening the medium once more (a resume that differs is told which size
+/// it was started with); so does a medium that cannot be read here (the capture says why).
 fn own_chunk_size(mut cli: capture::Request) -> capture::Request {
-    if cli.plan.chunk_size_given {
+    if cli.plan.chunk_size_given || !cli.plan.delta {
         return cli;
     }
     let name = cli.plan.name.clone();

@@ -53,8 +53,8 @@ pub struct Args {
     /// Where data keys are kept for later deltas [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
     #[arg(long)]
     pub key_cache: Option<PathBuf>,
-    /// Chunk size (64KiB..16MiB, power of two) [default: 1MiB; a --delta or a resume: the
-    /// chunk size the capture was made with].
+    /// Chunk size (64KiB..16MiB, power of two) [default: 1MiB; a --delta: the chunk size the
+    /// capture was made with].
     #[arg(long, allow_hyphen_values = true)]
     pub chunk_size: Option<String>,
     /// Store chunks uncompressed.
