@@ -449,6 +449,10 @@ pub fn check_generation(
     let mut trusted_by = Vec::new();
     let mut found = Vec::new();
 
+    // Whether a pinned capture-site key signed it: where the target pinned one, it is
+    // required (below), an appliance's word beside it notwithstanding.
+    let mut site_signed = false;
+
     // 1. COMMIT signatures.
     let commit_file: Option<CommitFile> =
         commit::read_commit(medium, name, g).map_err(|e| unreadable(e, name, g))?;
@@ -474,6 +478,7 @@ pub fn check_generation(
                     SignerRole::Appliance => policy.pinned_appliance(&s.public_key),
                 };
                 if pinned {
+                    site_signed |= s.role == SignerRole::Site;
                     trusted_by.push(format!("{} {fp} (COMMIT)", s.role.as_str()));
                 } else {
                     found.push(format!(
@@ -637,6 +642,30 @@ pub fn check_generation(
         }
     }
 
+    // A pinned site key is the capture site's word, and a target that pins one expects it:
+    // with appliances pinned too, an unsigned capture was installed on an appliance's seal
+    // alone, and an appliance of a span left unlocked in transit can be written and sealed
+    // by whoever carries it (it vouched for a disk the courier made).
+    if !policy.sites.is_empty() && !site_signed && !trusted_by.is_empty() {
+        let msg = format!(
+            "capture {name} generation {g} is vouched for by {} but not signed by the capture \
+             site key pinned with --trust: a target that pins the site's key takes only what \
+             the site signed (an appliance left unlocked can be written and sealed by whoever \
+             carries it)",
+            trusted_by.join(", ")
+        );
+        if policy.verifying {
+            warnings.push(msg);
+        } else if policy.allow_untrusted {
+            warnings.push(format!("--allow-untrusted: accepting it anyway: {msg}"));
+        } else {
+            return Err(refuse(format!(
+                "{msg}. Ask the capture site whether it signed this capture (the same capture \
+                 command with --sign adds a missing signature there); leave out --trust \
+                 SITE.pub only for a site that does not sign its captures"
+            )));
+        }
+    }
     if trusted_by.is_empty() {
         let msg = format!(
             "capture {name} generation {g} carries no signature by a pinned key: found {}; pinned: {}",

@@ -416,3 +416,27 @@ fn appliance_erased_before_arrival_still_has_its_seal_checked() {
     ]));
     assert!(!lab.p("vol2.raw").exists());
 }
+
+/// A target that pins the capture site's key takes only what the site signed, an appliance's
+/// seal beside it notwithstanding: a courier who found an appliance of a span left unlocked
+/// wrote an unsigned capture of the same name onto it and sealed it, and the target, pinning
+/// both the site key and every appliance of the span, installed it on that seal. Unsigned
+/// and appliance-pinned only, the appliance's word is all there is, and it is taken.
+#[test]
+fn a_pinned_site_key_is_required_beside_a_pinned_appliance() {
+    let mut lab = Lab::new(64);
+    lab.sealed(3);
+    lab.appliance_ok(&["arrival"]);
+    lab.ok(&["keygen", "--signing", "--out", "site.key"]);
+    let out = lab.ingest(&["--trust", "site.pub"]);
+    let t = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("but not signed by the capture site key pinned with --trust"),
+        "{t}"
+    );
+    assert!(!lab.p("vol.raw").exists(), "nothing installed");
+    let out = lab.ingest(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    lab.stop();
+}
