@@ -623,6 +623,16 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                 attestation,
                 report,
             } => {
+                // A member of a span: the others are sealed on their own appliances, and one
+                // left unlocked can be written and sealed by whoever carries it.
+                let span = image_format::span::SPAN_FILE;
+                if attestation.body.files.iter().any(|f| f.path == span) {
+                    eprintln!(
+                        "mgear: note: this medium is one of a span's media: seal the appliance \
+                         of every other medium of the span too before they ship (one left \
+                         unlocked can be written and sealed by whoever carries it)"
+                    );
+                }
                 if json {
                     print_json(&serde_json::json!({"attestation": attestation, "report": report}))?;
                 } else {

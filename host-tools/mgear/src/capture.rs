@@ -2447,7 +2447,10 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         Some(port) => Some(crate::appliance::appliance_identity(port)?),
         None => None,
     };
-    if let Some(port) = args.medium.first_appliance() {
+    // Every appliance of a span holds part of it: each one's custody log says a capture
+    // wrote to it (only the first, which witnesses, said so; the others' logs read as if
+    // nothing had been written there).
+    for port in &args.medium.appliance {
         crate::appliance::capture_begin(port, &args.name)?;
     }
     let mut medium = args

@@ -54,7 +54,18 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     // Each appliance seals its own medium: its firmware's verifier checks the
     // segments it holds and knows the rest are on the other medium.
     for lab in [&a, &b] {
-        let s = lab.appliance_json(&["seal"]);
+        // Each appliance's custody log says a capture wrote to it (only the first's did).
+        let log = lab.appliance_json(&["log", "--verify"]);
+        assert!(log["entries"].to_string().contains("CaptureBegin"), "{log}");
+        let out = lab.appliance_ok(&["--json", "seal"]);
+        // Every other medium of the span must be sealed too: said at each seal.
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("seal the appliance of every other medium of the span"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(s["attestation"]["body"]["kind"], "Seal", "{s}");
         assert!(
             s["report"]["problems"].as_array().unwrap().is_empty(),
