@@ -1258,10 +1258,6 @@ pub fn ingest_set(
         }
         Ok(file)
     })();
-    // Media still to come: every disk is written as far as the media given
-    // allow, and finished only once none waits (a finished volume is a
-    // complete disk; a machine is complete when all are).
-    let spread = crate::medium::Gaps::of(&medium, "").is_some();
     let closed = medium.close();
     let file: SetFile = checked?;
     closed?;
@@ -1316,7 +1312,15 @@ pub fn ingest_set(
             )));
         }
     }
-    let hold = spread && plan.len() > 1;
+    // Every disk is written (and held unfinished) before any is finished: a volume is
+    // replaced (a `.partial` renamed over it) only once every disk of the machine was
+    // written and authenticated. Finished one by one, disk 0 of a delta replaced the old
+    // volume and disk 1 then failed (a damaged segment), leaving a machine of two
+    // generations that was never captured, the old disk 0 gone. Media still to come hold
+    // them too: every disk is written as far as the media given allow, and finished only
+    // once none waits (a finished volume is a complete disk; a machine is complete when all
+    // are).
+    let hold = plan.len() > 1;
     let mut disks = Vec::new();
     let mut held = Vec::new();
     let mut pending = Vec::new();

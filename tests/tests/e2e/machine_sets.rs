@@ -1237,3 +1237,44 @@ fn one_volume_under_two_names_is_never_two_disks_targets() {
         output_text(&o)
     );
 }
+
+/// A set delta whose disk 1 is damaged on the medium, ingested with `--force` over the
+/// previous generation's volumes: disk 0 was finished (renamed over its volume) before disk 1
+/// failed, and the target held a machine of two generations that was never captured, the
+/// old disk 0 gone. Every disk is written before any is finished: the failure leaves both
+/// volumes as they were.
+#[test]
+fn a_set_ingest_that_fails_on_a_later_disk_replaces_no_volume() {
+    let e = machine();
+    std::fs::create_dir(e.p("m")).unwrap();
+    capture(&e, "dir:m", &[]);
+    ingest(&e, "dir:m", &["--target", "file:vol-{disk}.raw"]);
+    let before: Vec<Vec<u8>> = (0..2)
+        .map(|k| std::fs::read(e.p(&format!("vol-{k}.raw"))).unwrap())
+        .collect();
+    for k in 0..2 {
+        let p = e.p(&format!("disk{k}.raw"));
+        let mut d = std::fs::read(&p).unwrap();
+        d[(3 << 20) + 17] ^= 0x5a;
+        std::fs::write(&p, d).unwrap();
+    }
+    capture(&e, "dir:m", &["--delta"]);
+    let seg = e.p("m/MGEAR/db01.d1/G0002/SEG-00000");
+    let mut b = std::fs::read(&seg).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&seg, b).unwrap();
+    let o = e
+        .ingest("dir:m", "db01")
+        .trust("site.pub")
+        .target("file:vol-{disk}.raw")
+        .arg("--force")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    for (k, was) in before.iter().enumerate() {
+        assert!(
+            std::fs::read(e.p(&format!("vol-{k}.raw"))).unwrap() == *was,
+            "volume {k} was replaced"
+        );
+    }
+}
