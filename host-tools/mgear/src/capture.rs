@@ -2840,11 +2840,17 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                     chunk_size,
                     medium.store().free_space().ok().flatten(),
                 )
-            } else if let (Some(port), false) = (
-                args.medium.first_appliance(),
-                matches!(crate::exit::classified(&e), Some(1 | 2)),
-            ) {
-                crate::appliance::explain_cut_off(port, appliance_id.as_ref(), e)
+            } else if !matches!(crate::exit::classified(&e), Some(1 | 2)) {
+                // Any appliance of a span may be the one cut off (the second's loss was a raw
+                // "Broken pipe"); the first one is also the one whose identity is known.
+                args.medium
+                    .appliance
+                    .iter()
+                    .enumerate()
+                    .fold(e, |e, (i, port)| {
+                        let id = if i == 0 { appliance_id.as_ref() } else { None };
+                        crate::appliance::explain_cut_off(port, id, e)
+                    })
             } else {
                 e
             };

@@ -971,3 +971,52 @@ fn a_damaged_or_missing_mirror_copy_on_one_medium_of_a_span_is_found() {
         output_text(&o)
     );
 }
+
+/// The second appliance of a span loses power while a capture writes both (the first
+/// witnesses, the second holds mirrored files): a raw "Broken pipe" with the generic hint
+/// was all it said. Now the appliance that stopped answering is named, and the way on.
+#[test]
+fn the_second_appliance_of_a_span_cut_off_is_named() {
+    let mut labs: Vec<Lab> = (0..2).map(|_| Lab::new(64)).collect();
+    for l in labs.iter_mut() {
+        l.start();
+        l.provision_and_unlock();
+    }
+    labs[0].keygen();
+    std::fs::write(labs[0].p("disk.raw"), noise(24 << 20, 9)).unwrap();
+    let ttys: Vec<String> = labs.iter().map(|l| l.tty()).collect();
+    let line = Line::capture(&labs[0], "web01")
+        .source("disk.raw")
+        .appliance(&ttys[0])
+        .appliance(&ttys[1])
+        .args(&[
+            "--skip-space-check",
+            "--rate-limit",
+            "4MiB/s",
+            "--checkpoint-bytes",
+            "1MiB",
+        ]);
+    let child = line.spawn();
+    // Once the capture has begun on the second appliance (its custody log says so), and
+    // has written for a while: not a fixed wait, which a loaded machine outruns.
+    let started = std::time::Instant::now();
+    while !labs[1].appliance_json(&["log"])["entries"]
+        .to_string()
+        .contains("CaptureBegin")
+    {
+        assert!(started.elapsed().as_secs() < 60, "the capture never began");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    labs[1].kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the appliance at {} does not answer any more",
+            ttys[1]
+        )),
+        "{err}"
+    );
+}
