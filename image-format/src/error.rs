@@ -58,7 +58,13 @@ impl Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "capture {}", self.capture)?;
+        // A file of the medium itself (the span's map and label) belongs to no capture: it
+        // read "capture  (MGEAR/SPANMAP)".
+        if self.capture.is_empty() {
+            f.write_str("medium")?;
+        } else {
+            write!(f, "capture {}", self.capture)?;
+        }
         if let Some(g) = self.generation {
             write!(f, " generation {g}")?;
         }

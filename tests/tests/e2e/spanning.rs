@@ -650,6 +650,13 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
         "{}",
         output_text(&v)
     );
+    // A file of the medium, not of a capture (it read "capture  (MGEAR/SPANMAP)").
+    assert!(
+        output_text(&v).contains("medium (MGEAR/SPANMAP)")
+            && !output_text(&v).contains("capture  ("),
+        "{}",
+        output_text(&v)
+    );
     // inspect names the damaged copy and still lists the span from b's copy; of a alone it
     // said "medium #0 of 0".
     let i = e.run(&["inspect", "--medium", &a, "--medium", &b]);
