@@ -377,6 +377,9 @@ pub struct SpanStore<M> {
     map_damage: Vec<(u16, String)>,
     /// Media whose label did not read (name, why), read as unlabelled.
     label_damage: Vec<(String, String)>,
+    /// Media read as another member than their label says (name, the
+    /// label's ordinal, the ordinal read as): see [`relabel_by_content`].
+    relabelled: Vec<(String, u16, u16)>,
 }
 
 impl<M: Store> SpanStore<M> {
@@ -530,6 +533,7 @@ impl<M: Store> SpanStore<M> {
             writable: true,
             map_damage: Vec::new(),
             label_damage: Vec::new(),
+            relabelled: Vec::new(),
         };
         let mut names = Vec::new();
         for (a, name) in media {
@@ -595,6 +599,7 @@ impl<M: Store> SpanStore<M> {
             }
         }
         let mut attached: Vec<Attached<M>> = Vec::new();
+        let mut names = Vec::new();
         let mut maps = Vec::new();
         let mut unlabelled = Vec::new();
         let mut map_damage = Vec::new();
@@ -627,6 +632,7 @@ impl<M: Store> SpanStore<M> {
                         )));
                     }
                     maps.push(map);
+                    names.push(name);
                     attached.push(Attached {
                         ordinal: l.ordinal,
                         store,
@@ -656,6 +662,11 @@ impl<M: Store> SpanStore<M> {
             .into_iter()
             .max_by_key(|m| m.members.len() + m.placed.len())
             .unwrap_or_default();
+        let relabelled = if strict {
+            relabel_by_content(&mut attached, &names, &map)?
+        } else {
+            Vec::new()
+        };
         let mut next = map
             .members
             .iter()
@@ -682,6 +693,7 @@ impl<M: Store> SpanStore<M> {
             writable: false,
             map_damage,
             label_damage,
+            relabelled,
         })
     }
 
@@ -987,6 +999,59 @@ impl<M: Store> SpanStore<M> {
     }
 }
 
+/// Media whose label names another member than the segments they hold. A
+/// label only says where to look (anyone holding a medium can rewrite it,
+/// FORMAT.md §15): two media whose labels were swapped each read alone as
+/// the other, so each "missed" the segments it holds and an intact shipment
+/// ingested one medium at a time was refused. A medium that holds none of
+/// the segments the map places on its label's member, and segments of
+/// exactly one other member, is read as that member; nothing changes when
+/// that would make two of the media given one member. Returns (name, the
+/// label's ordinal, the ordinal now read as) for each medium read anew.
+fn relabel_by_content<M: Store>(
+    attached: &mut [Attached<M>],
+    names: &[String],
+    map: &SpanMap,
+) -> Result<Vec<(String, u16, u16)>> {
+    fn holds<M: Store>(store: &mut M, map: &SpanMap, ordinal: u16) -> Result<bool> {
+        for (path, _) in map.placed.iter().filter(|(_, o)| **o == ordinal) {
+            if store.len(path).at(path)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+    let mut read_as: Vec<u16> = attached.iter().map(|a| a.ordinal).collect();
+    for (i, a) in attached.iter_mut().enumerate() {
+        if holds(&mut a.store, map, a.ordinal)? {
+            continue;
+        }
+        let mut others = Vec::new();
+        for m in map.members.iter().filter(|m| m.ordinal != a.ordinal) {
+            if holds(&mut a.store, map, m.ordinal)? {
+                others.push(m.ordinal);
+            }
+        }
+        if let [k] = others[..] {
+            read_as[i] = k;
+        }
+    }
+    let mut distinct = read_as.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != read_as.len() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for ((a, name), k) in attached.iter_mut().zip(names).zip(read_as) {
+        if a.ordinal != k {
+            out.push((name.clone(), a.ordinal, k));
+            a.ordinal = k;
+        }
+    }
+    Ok(out)
+}
+
 fn walk<M: Store>(store: &mut M, dir: &str, out: &mut Vec<String>) -> Result<()> {
     let entries = match store.list(dir) {
         Ok(e) => e,
@@ -1082,6 +1147,11 @@ pub trait SpanView {
     fn damaged_labels(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// Media read as another member than their label says, by the
+    /// segments they hold (as named, the label's ordinal, read as).
+    fn relabelled(&self) -> Vec<(String, u16, u16)> {
+        Vec::new()
+    }
 }
 
 impl<M: Store> SpanView for SpanStore<M> {
@@ -1103,6 +1173,10 @@ impl<M: Store> SpanView for SpanStore<M> {
 
     fn damaged_labels(&self) -> Vec<(String, String)> {
         self.label_damage.clone()
+    }
+
+    fn relabelled(&self) -> Vec<(String, u16, u16)> {
+        self.relabelled.clone()
     }
 
     fn unreachable(&self) -> Vec<(String, u16)> {
@@ -1523,6 +1597,58 @@ mod tests {
         .unwrap();
         let r = verify_keyless(&mut both, &mut NoProgress).unwrap();
         assert!(named(&r), "both: {:?}", r.problems);
+    }
+
+    /// Two media whose labels were swapped: each read alone is read as the member
+    /// whose segments it holds (it "missed" them, and an intact shipment ingested
+    /// one medium at a time was refused), and keyless verify names the label.
+    #[test]
+    fn a_medium_whose_label_names_another_member_is_read_as_the_one_it_holds() {
+        let data = disk(40 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b) = (small(1_600_000), small(3_000_000));
+        {
+            let mut span = join_ab(&mut a, &mut b, [9; 16]).unwrap();
+            capture(&mut span, "web01", &data, &id).unwrap();
+        }
+        let la = a.file_mut(SPAN_FILE).unwrap().clone();
+        let lb = b.file_mut(SPAN_FILE).unwrap().clone();
+        *a.file_mut(SPAN_FILE).unwrap() = lb;
+        *b.file_mut(SPAN_FILE).unwrap() = la;
+        for (m, holds) in [(&mut a, 0u16), (&mut b, 1u16)] {
+            let mut one =
+                SpanStore::open(alloc::vec![(&mut *m as &mut dyn Store, "M".into())], true)
+                    .unwrap();
+            assert_eq!(one.attached(), alloc::vec![holds]);
+            assert_eq!(
+                one.relabelled(),
+                alloc::vec![("M".into(), 1 - holds, holds)]
+            );
+            assert!(one.unreachable().iter().all(|(_, o)| *o == 1 - holds));
+            let r = verify_keyless(&mut one, &mut NoProgress).unwrap();
+            assert!(
+                !r.problems.iter().any(|p| p.what.contains("missing")),
+                "{:?}",
+                r.problems
+            );
+            assert!(
+                r.problems
+                    .iter()
+                    .any(|p| p.what.contains("its span label says it is medium")),
+                "{:?}",
+                r.problems
+            );
+        }
+        let mut both = SpanStore::open(
+            alloc::vec![
+                (&mut b as &mut dyn Store, "B".into()),
+                (&mut a as &mut dyn Store, "A".into())
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(both.relabelled().len(), 2);
+        assert_eq!(read_back(&mut both, "web01", &id).unwrap(), data);
     }
 
     #[test]

@@ -129,6 +129,19 @@ fn span_of<S: Store + ?Sized>(store: &mut S, cx: &mut Ctx<'_>) -> Result<()> {
                     ),
                 );
             }
+            let moved = store.span().map(|v| v.relabelled()).unwrap_or_default();
+            for (name, said, holds) in moved {
+                cx.problem(
+                    Location::default().file(span::SPAN_FILE),
+                    alloc::format!(
+                        "{name}: its span label says it is medium #{said}, but it holds the \
+                         segments the span map places on medium #{holds} (read as #{holds}): \
+                         its label was changed since the capture (swapped with another \
+                         medium's?); the data is checked by the manifests, but ask how the \
+                         medium was handled"
+                    ),
+                );
+            }
             // Each attached medium's own copy (a span store reads one of them).
             let copies = store.span().map(|v| v.damaged_maps()).unwrap_or_default();
             for (o, why) in &copies {

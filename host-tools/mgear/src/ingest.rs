@@ -1314,6 +1314,14 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         }
         Err(e) => eprintln!("mgear: warning: the segment trailers could not be read: {e}"),
     }
+    for (name, said, holds) in medium.span().map(|v| v.relabelled()).unwrap_or_default() {
+        eprintln!(
+            "mgear: warning: {name}'s span label says it is medium #{said}, but it holds the \
+             segments the span map places on medium #{holds}, and was read as that: every record \
+             checked out; its label was changed since the capture (`mgear verify` names it): ask \
+             how the medium was handled"
+        );
+    }
     medium.close()?;
     report.volume = finished.volume.clone();
     if args.adapt {
