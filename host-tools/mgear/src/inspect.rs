@@ -811,8 +811,12 @@ pub struct ShipDisk {
     pub disk: usize,
     pub stream: String,
     pub size: u64,
-    pub boot: bool,
-    pub os: String,
+    /// Whether the machine boots from this disk, and its OS, as a set's
+    /// manifest records them; `None` (null) where nothing in the clear says
+    /// (a single-disk capture, whose disk facts are inside its encrypted
+    /// data; a set generation whose set manifest is not written yet).
+    pub boot: Option<bool>,
+    pub os: Option<String>,
 }
 
 /// One generation of a machine on one medium.
@@ -894,8 +898,8 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
                             disk: d.disk,
                             stream: d.stream.clone(),
                             size: d.size,
-                            boot: d.boot,
-                            os: d.os.clone(),
+                            boot: Some(d.boot),
+                            os: Some(d.os.clone()),
                         })
                         .collect(),
                 });
@@ -948,8 +952,8 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
                         disk: k,
                         stream: c.name.clone(),
                         size: g.disk_size,
-                        boot: false,
-                        os: String::new(),
+                        boot: None,
+                        os: None,
                     });
                     m.disks = m.disks.max(k + 1);
                 }
@@ -966,8 +970,8 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
                         disk: 0,
                         stream: c.name.clone(),
                         size: g.disk_size,
-                        boot: false,
-                        os: String::new(),
+                        boot: None,
+                        os: None,
                     }],
                 });
             }
@@ -1198,6 +1202,24 @@ mod tests {
             lost_medium: None,
             lost_ordinal: None,
         }
+    }
+
+    /// A single-disk capture records no boot facts in the clear: the listing says
+    /// nothing of them (it said `boot: false` of a bootable disk).
+    #[test]
+    fn a_single_capture_in_the_shipment_listing_has_no_boot_facts() {
+        let cap = CaptureJson {
+            name: "web01".into(),
+            recipient_slot: true,
+            passphrase_slot: false,
+            generations: vec![generation("complete", Some("2026-12-02T07:23:13Z"), None)],
+        };
+        let s = shipment(&[("fat:a.img".into(), vec![cap], Vec::new())], true);
+        let v = serde_json::to_value(&s).unwrap();
+        let disk = &v["machines"][0]["generations"][0]["disks"][0];
+        assert_eq!(disk["stream"], "web01", "{v}");
+        assert!(disk["boot"].is_null() && disk["os"].is_null(), "{v}");
+        assert_eq!(v["complete"], true, "{v}");
     }
 
     #[test]
