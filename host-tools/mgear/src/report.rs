@@ -51,6 +51,17 @@ static TRUST: Mutex<Option<(Vec<String>, Vec<String>)>> = Mutex::new(None);
 /// whole-disk digest, all hex; and its generation.
 static MANIFEST: Mutex<Option<([String; 3], u32)>> = Mutex::new(None);
 
+/// The generation the trust gate chose to check (ingest), for the report of
+/// a refusal that comes before its manifest is read.
+static GENERATION: Mutex<Option<u32>> = Mutex::new(None);
+
+/// Record the generation this run's trust gate checks, for the report.
+pub fn note_generation(g: u32) {
+    if let Ok(mut slot) = GENERATION.lock() {
+        *slot = Some(g);
+    }
+}
+
 /// Record the manifest this run ingests, for the report.
 pub fn note_manifest(m: &image_format::layout::Manifest) {
     let root = blake3::hash(&m.signed_bytes());
@@ -275,8 +286,10 @@ pub fn ingest_failed(
 ) -> Value {
     let code = crate::exit::code_of(err);
     let noted = MANIFEST.lock().ok().and_then(|mut m| m.take());
-    // The generation it was writing when it stopped (the report had its manifest root only).
-    let generation = noted.as_ref().map(|(_, g)| *g);
+    // The generation it was writing when it stopped (the report had its manifest root only),
+    // or the one the trust gate refused (the report said `generation -`).
+    let checked = GENERATION.lock().ok().and_then(|mut g| g.take());
+    let generation = noted.as_ref().map(|(_, g)| *g).or(checked);
     let result = json!({
         "command": "ingest",
         "name": name,
@@ -374,9 +387,12 @@ pub fn summary(v: &Value) -> String {
     line(
         "capture",
         format!(
-            "{} generation {}{}",
+            "{}{}{}",
             s(r, &["name"]),
-            s(r, &["generation"]),
+            match get(r, &["generation"]) {
+                Some(Value::Null) | None => ", no generation chosen".to_string(),
+                Some(_) => format!(" generation {}", s(r, &["generation"])),
+            },
             if set {
                 format!(" (a machine of {} disks)", disks.len())
             } else {

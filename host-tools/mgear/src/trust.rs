@@ -337,6 +337,7 @@ pub fn check_generation(
             ));
         }
     };
+    crate::report::note_generation(g);
     if generation.is_none() {
         later_than_newest(medium, name, &all, newest, &mut warnings)?;
     }

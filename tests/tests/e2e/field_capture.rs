@@ -207,6 +207,7 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
     assert_eq!(r["result"]["generation"], serde_json::Value::Null, "{r}");
     let t = fs::read_to_string(e.p("stop.txt")).unwrap();
     assert!(t.contains("STOPPED, nothing verified (exit 1"), "{t}");
+    assert!(t.contains("big, no generation chosen"), "{t}");
     // A re-run with other parameters names the command too.
     let o = capture(
         &e,

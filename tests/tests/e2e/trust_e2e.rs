@@ -121,9 +121,15 @@ fn swap_with_target_pub_only_is_refused() {
     fs::remove_dir_all(e.p("state")).ok(); // the attacker has no key cache
     capture(&e, "evil.raw", &[]);
     refused(
-        &ingest(&e, &["--trust", "site.pub"]),
+        &ingest(&e, &["--trust", "site.pub", "--report", "refused.json"]),
         &["no COMMIT", "pinned: site"],
     );
+    // The ticket's report of the refusal names the generation refused (it said `-`).
+    let r: serde_json::Value =
+        serde_json::from_slice(&fs::read(e.p("refused.json")).unwrap()).unwrap();
+    assert_eq!(r["result"]["generation"], 1, "{r}");
+    let t = fs::read_to_string(e.p("refused.txt")).unwrap();
+    assert!(t.contains("web01 generation 1"), "{t}");
     fs::remove_dir_all(e.p("mnt/MGEAR/web01")).unwrap();
     fs::remove_dir_all(e.p("state")).ok();
     e.ok(&["keygen", "--signing", "--out", "evil.key"]);
