@@ -342,9 +342,12 @@ fn state(
     if let Some(l) = &last {
         if l.set.disks.len() != n {
             return Err(usage(format!(
-                "set {name} has {} disks: capture it with {} --source, in the same order",
+                "set {name} has {} disks: capture it (a delta too) with {} --source, in the same \
+                 order. A machine that really gained or lost a disk is captured anew: under \
+                 another --name, without --delta (or after `mgear medium rm --medium MEDIUM \
+                 --name {name}` removed this one)",
                 l.set.disks.len(),
-                l.set.disks.len()
+                l.set.disks.len(),
             )));
         }
     }

@@ -261,6 +261,33 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
         "{}",
         output_text(&o)
     );
+    // Nor one disk under the set's own name (it was told "a new capture needs --recipient",
+    // or with one, captured as another machine beside the set), nor a disk more or less.
+    let alone = e.run(&[
+        "capture", "--medium", &m, "--name", "DB01", "--source", &d1p, "--delta",
+    ]);
+    for o in [alone, e.capture(&m, "DB01").source("disk1.raw").run()] {
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains("is a machine set of 2 disks")
+                && output_text(&o).contains("choose another --name"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    std::fs::write(e.p("extra.raw"), data_disk(8)).unwrap();
+    let o = e
+        .capture(&m, "db01")
+        .sources(&["disk0.raw", "disk1.raw", "extra.raw"])
+        .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("set db01 has 2 disks")
+            && output_text(&o).contains("gained or lost a disk is captured anew"),
+        "{}",
+        output_text(&o)
+    );
 
     // A shipment of two media: the set here, a single-disk capture there.
     let m2 = e.fat("m2.img", "64MiB");
