@@ -141,6 +141,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is damage found on the medium (bytes not as the format
+    /// says, or the file system broken where the path lies): a finding about
+    /// what is there, not a medium that failed to answer. A listing reports
+    /// it for the capture it is in and goes on with the others.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. }
+                | Error::Store {
+                    error: crate::store::StoreError::Damaged(_),
+                    ..
+                }
+        )
+    }
+
     /// A [`Error::Corrupt`] at `at`.
     pub fn corrupt(at: Location, what: impl Into<String>) -> Self {
         Error::Corrupt {

@@ -44,7 +44,7 @@ pub use error::{Error, Location, Result};
 pub use medium::{capture_names, generations as capture_generations};
 pub use store::{Store, StoreError};
 pub use verify::{
-    capture_id, finished_evidence, list_captures, medium_digests, stored_name,
+    capture_id, capture_info, finished_evidence, list_captures, medium_digests, stored_name,
     verify_capture_keyless, verify_keyless, verify_structure, CaptureInfo, Elsewhere,
     GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
     CUT_OFF_AT_START,

@@ -614,8 +614,12 @@ pub struct SetInfo {
 pub fn list_sets<S: Store + ?Sized>(store: &mut S) -> Result<Vec<SetInfo>> {
     let mut out = Vec::new();
     for name in medium::capture_names(store)? {
-        if !is_set(store, &name)? {
-            continue;
+        match is_set(store, &name) {
+            Ok(true) => {}
+            // Damage in a directory that cannot be told a set: `list_captures` reports it.
+            Ok(false) => continue,
+            Err(e) if e.is_damage() => continue,
+            Err(e) => return Err(e),
         }
         let mut info = SetInfo {
             name: name.clone(),

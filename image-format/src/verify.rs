@@ -273,7 +273,12 @@ fn verify_medium<S: Store + ?Sized>(
     let names = medium::capture_names(store)?;
     let mut total = 0;
     for n in &names {
-        total += tree_len(store, &layout::capture_dir(n))?;
+        match tree_len(store, &layout::capture_dir(n)) {
+            Ok(len) => total += len,
+            // Reported when that capture is checked below.
+            Err(e) if e.is_damage() => {}
+            Err(e) => return Err(e),
+        }
     }
     let mut cx = Ctx {
         report: VerifyReport::default(),
@@ -308,10 +313,10 @@ fn verify_medium<S: Store + ?Sized>(
                 name_clash(&same),
             );
         }
-        let checked = if set::is_set(store, n)? {
-            verify_set_into(store, n, &mut cx)
-        } else {
-            verify_capture_into(store, n, &mut cx)
+        let checked = match set::is_set(store, n) {
+            Ok(true) => verify_set_into(store, n, &mut cx),
+            Ok(false) => verify_capture_into(store, n, &mut cx),
+            Err(e) => Err(e),
         };
         damaged_is_a_problem(checked, n, &mut cx)?;
     }
@@ -389,7 +394,12 @@ fn verify_unbound_streams<S: Store + ?Sized>(
         let Some((set_name, _)) = set::parse_disk_stream_name(n) else {
             continue;
         };
-        for g in medium::generations(store, n)? {
+        // A stream whose directories are damaged was reported when it was checked.
+        let gens = match medium::generations(store, n) {
+            Err(e) if e.is_damage() => continue,
+            other => other?,
+        };
+        for g in gens {
             let finished = store
                 .len(&layout::generation_file(n, g, MANIFEST_FILE))
                 .at(n)?
@@ -1146,6 +1156,10 @@ pub struct CaptureInfo {
     /// `KEYPASS` (passphrase) present.
     pub passphrase_slot: bool,
     pub generations: Vec<GenerationInfo>,
+    /// Why the capture's own files could not be listed (its directory or a
+    /// generation's, damaged in the file system); then `generations` is
+    /// empty. The other captures of the medium are listed all the same.
+    pub damage: Option<String>,
 }
 
 /// State of one generation.
@@ -1292,113 +1306,135 @@ pub fn finished_evidence<S: Store + ?Sized>(
 pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo>> {
     let mut out = Vec::new();
     for name in medium::capture_names(store)? {
-        // A set directory is not a capture: `crate::set::list_sets` lists it.
-        if set::is_set(store, &name)? {
-            continue;
+        match capture_info(store, &name) {
+            Ok(Some(info)) => out.push(info),
+            Ok(None) => {}
+            // Damage in one capture's directories is that capture's finding: the
+            // others are listed (one damaged directory made every capture unlistable,
+            // and an ingest of an intact capture was refused over it).
+            Err(e) if e.is_damage() => out.push(CaptureInfo {
+                name,
+                recipient_slot: false,
+                passphrase_slot: false,
+                generations: Vec::new(),
+                damage: Some(e.to_string()),
+            }),
+            Err(e) => return Err(e),
         }
-        let dir = layout::capture_dir(&name);
-        let recipient_slot = store
-            .len(&alloc::format!("{dir}/{KEYS_FILE}"))
-            .at(&dir)?
-            .is_some();
-        let passphrase_slot = store
-            .len(&alloc::format!("{dir}/{KEYPASS_FILE}"))
-            .at(&dir)?
-            .is_some();
-        let mut generations = Vec::new();
-        let all = medium::generations(store, &name)?;
-        for &g in &all {
-            let blank = GenerationInfo {
-                generation: g,
-                state: GenerationState::Damaged(String::new()),
-                parent: None,
-                chunk_size: 0,
-                disk_size: 0,
-                chunk_count: 0,
-                stored_chunks: 0,
-                zero_chunks: 0,
-                dedup_chunks: 0,
-                stored_bytes: 0,
-                segments: 0,
-                created_unix: 0,
-                appliance_id: None,
-                source_desc: String::new(),
-                manifest_root: None,
-                peers: Vec::new(),
-            };
-            let info = match medium::read_manifest(store, &name, g) {
-                Ok(Some(f)) => {
-                    let m = f.manifest;
-                    GenerationInfo {
-                        state: GenerationState::Complete,
-                        parent: (m.parent != 0).then_some(m.parent),
-                        chunk_size: m.chunk_size,
-                        disk_size: m.disk_size,
-                        chunk_count: m.chunk_count,
-                        stored_chunks: m.stored_chunks,
-                        zero_chunks: m.zero_chunks,
-                        dedup_chunks: m.dedup_chunks,
-                        stored_bytes: m.stored_bytes,
-                        segments: m.segments.len() as u32,
-                        created_unix: m.created_unix,
-                        appliance_id: m.appliance_id,
-                        source_desc: m.source_desc,
-                        manifest_root: Some(f.root),
-                        peers: m.peers,
-                        ..blank
-                    }
-                }
-                Ok(None) => match (
-                    finished_evidence(store, &name, g, &all)?,
-                    medium::read_journal(store, &name, g)?,
-                ) {
-                    (Some(why), _) => GenerationInfo {
-                        state: GenerationState::Damaged(alloc::format!(
-                            "its MANIFEST is missing although it was finished ({why})"
-                        )),
-                        ..blank
-                    },
-                    (None, Some(j)) => GenerationInfo {
-                        state: GenerationState::Unfinished {
-                            next_chunk: j.next_chunk,
-                        },
-                        // What is durable so far: the segments up to the checkpoint.
-                        stored_bytes: {
-                            let mut n = j.open_len;
-                            for s in 0..j.closed_segments {
-                                let p = layout::segment_path(&name, g, s);
-                                n += store.len(&p).at(&p)?.unwrap_or(0);
-                            }
-                            n
-                        },
-                        parent: (j.parent != 0).then_some(j.parent),
-                        chunk_size: j.chunk_size,
-                        disk_size: j.source_size,
-                        chunk_count: layout::chunk_count(j.source_size, j.chunk_size),
-                        segments: j.closed_segments + u32::from(j.open_len > 0),
-                        ..blank
-                    },
-                    (None, None) => GenerationInfo {
-                        state: GenerationState::Damaged(CUT_OFF_AT_START.into()),
-                        ..blank
-                    },
-                },
-                Err(Error::Corrupt { what, .. }) => GenerationInfo {
-                    state: GenerationState::Damaged(what),
-                    ..blank
-                },
-                Err(e) => return Err(e),
-            };
-            generations.push(info);
-        }
-        out.push(CaptureInfo {
-            name,
-            recipient_slot,
-            passphrase_slot,
-            generations,
-        });
     }
     Ok(out)
+}
+
+/// Capture `name`'s key slots and generations, without any key; `None` for
+/// a machine set's directory (`crate::set::list_sets` lists those).
+pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Option<CaptureInfo>> {
+    let name = String::from(name);
+    // A set directory is not a capture: `crate::set::list_sets` lists it.
+    if set::is_set(store, &name)? {
+        return Ok(None);
+    }
+    let dir = layout::capture_dir(&name);
+    let recipient_slot = store
+        .len(&alloc::format!("{dir}/{KEYS_FILE}"))
+        .at(&dir)?
+        .is_some();
+    let passphrase_slot = store
+        .len(&alloc::format!("{dir}/{KEYPASS_FILE}"))
+        .at(&dir)?
+        .is_some();
+    let mut generations = Vec::new();
+    let all = medium::generations(store, &name)?;
+    for &g in &all {
+        let blank = GenerationInfo {
+            generation: g,
+            state: GenerationState::Damaged(String::new()),
+            parent: None,
+            chunk_size: 0,
+            disk_size: 0,
+            chunk_count: 0,
+            stored_chunks: 0,
+            zero_chunks: 0,
+            dedup_chunks: 0,
+            stored_bytes: 0,
+            segments: 0,
+            created_unix: 0,
+            appliance_id: None,
+            source_desc: String::new(),
+            manifest_root: None,
+            peers: Vec::new(),
+        };
+        let info = match medium::read_manifest(store, &name, g) {
+            Ok(Some(f)) => {
+                let m = f.manifest;
+                GenerationInfo {
+                    state: GenerationState::Complete,
+                    parent: (m.parent != 0).then_some(m.parent),
+                    chunk_size: m.chunk_size,
+                    disk_size: m.disk_size,
+                    chunk_count: m.chunk_count,
+                    stored_chunks: m.stored_chunks,
+                    zero_chunks: m.zero_chunks,
+                    dedup_chunks: m.dedup_chunks,
+                    stored_bytes: m.stored_bytes,
+                    segments: m.segments.len() as u32,
+                    created_unix: m.created_unix,
+                    appliance_id: m.appliance_id,
+                    source_desc: m.source_desc,
+                    manifest_root: Some(f.root),
+                    peers: m.peers,
+                    ..blank
+                }
+            }
+            Ok(None) => match (
+                finished_evidence(store, &name, g, &all)?,
+                medium::read_journal(store, &name, g)?,
+            ) {
+                (Some(why), _) => GenerationInfo {
+                    state: GenerationState::Damaged(alloc::format!(
+                        "its MANIFEST is missing although it was finished ({why})"
+                    )),
+                    ..blank
+                },
+                (None, Some(j)) => GenerationInfo {
+                    state: GenerationState::Unfinished {
+                        next_chunk: j.next_chunk,
+                    },
+                    // What is durable so far: the segments up to the checkpoint.
+                    stored_bytes: {
+                        let mut n = j.open_len;
+                        for s in 0..j.closed_segments {
+                            let p = layout::segment_path(&name, g, s);
+                            n += store.len(&p).at(&p)?.unwrap_or(0);
+                        }
+                        n
+                    },
+                    parent: (j.parent != 0).then_some(j.parent),
+                    chunk_size: j.chunk_size,
+                    disk_size: j.source_size,
+                    chunk_count: layout::chunk_count(j.source_size, j.chunk_size),
+                    segments: j.closed_segments + u32::from(j.open_len > 0),
+                    ..blank
+                },
+                (None, None) => GenerationInfo {
+                    state: GenerationState::Damaged(CUT_OFF_AT_START.into()),
+                    ..blank
+                },
+            },
+            Err(Error::Corrupt { what, .. }) => GenerationInfo {
+                state: GenerationState::Damaged(what),
+                ..blank
+            },
+            Err(e) => return Err(e),
+        };
+        generations.push(info);
+    }
+    Ok(Some(CaptureInfo {
+        name,
+        recipient_slot,
+        passphrase_slot,
+        generations,
+        damage: None,
+    }))
 }
 
 /// blake3 of every file the appliance signs at seal: each capture's key

@@ -92,6 +92,9 @@ pub struct CaptureJson {
     pub recipient_slot: bool,
     pub passphrase_slot: bool,
     pub generations: Vec<GenJson>,
+    /// Why the capture's files cannot be listed (its directories damaged in
+    /// the file system; `generations` is then empty), else null.
+    pub damage: Option<String>,
 }
 
 /// What `inspect --json` prints for one medium.
@@ -439,6 +442,7 @@ fn medium_json(
                 name: c.name.clone(),
                 recipient_slot: c.recipient_slot,
                 passphrase_slot: c.passphrase_slot,
+                damage: c.damage.clone(),
                 generations: c
                     .generations
                     .into_iter()
@@ -589,6 +593,13 @@ fn print_medium(report: &MediumJson) {
         }
     }
     for c in &report.captures {
+        if let Some(why) = &c.damage {
+            say!(
+                "capture {}: DAMAGED, its files cannot be listed: {why}",
+                c.name
+            );
+            continue;
+        }
         let slots: Vec<&str> = [
             c.recipient_slot.then_some("recipient"),
             c.passphrase_slot.then_some("passphrase"),
@@ -960,6 +971,16 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
                 continue;
             }
             let i = entry(&mut machines, &c.name, "disk", 1);
+            if let Some(why) = &c.damage {
+                // Nothing of it can be listed: no generation of it is known complete.
+                machines[i].generations.push(ShipGeneration {
+                    generation: 0,
+                    medium: medium.clone(),
+                    state: "damaged",
+                    problems: vec![why.clone()],
+                    disks: Vec::new(),
+                });
+            }
             for g in &c.generations {
                 machines[i].generations.push(ShipGeneration {
                     generation: g.generation,
@@ -1213,6 +1234,7 @@ mod tests {
             recipient_slot: true,
             passphrase_slot: false,
             generations: vec![generation("complete", Some("2026-12-02T07:23:13Z"), None)],
+            damage: None,
         };
         let s = shipment(&[("fat:a.img".into(), vec![cap], Vec::new())], true);
         let v = serde_json::to_value(&s).unwrap();

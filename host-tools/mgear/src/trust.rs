@@ -874,12 +874,12 @@ pub fn same_as_checked(
 /// The appliance identity the manifest names (a hint: it says a seal is
 /// expected, never which key to trust).
 fn medium_hint(medium: &mut dyn Store, name: &str, g: u32) -> crate::Result<Option<[u8; 32]>> {
-    let list =
-        image_format::list_captures(medium).map_err(|e| refuse(format!("capture {name}: {e}")))?;
-    Ok(list
-        .iter()
-        .find(|c| c.name == name)
-        .and_then(|c| c.generations.iter().find(|i| i.generation == g))
+    // This capture's own files only: damage in another capture's directories is no
+    // finding about this one (it refused every capture of the medium).
+    let info = image_format::capture_info(medium, name)
+        .map_err(|e| refuse(format!("capture {name}: {e}")))?;
+    Ok(info
+        .and_then(|c| c.generations.into_iter().find(|i| i.generation == g))
         .and_then(|i| i.appliance_id))
 }
 

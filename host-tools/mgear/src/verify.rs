@@ -671,6 +671,8 @@ fn verify(args: Plan) -> crate::Result<i32> {
                     .map(|g| g.generation.to_string())
                     .collect();
                 let nothing = match gens {
+                    // Its directories are damaged: that is the finding, said by the check.
+                    _ if info.is_some_and(|c| c.damage.is_some()) => None,
                     Some([]) => Some(format!(
                         "holds no generation (a capture stopped at its start leaves this): \
                          `mgear medium rm --name {n}` removes it"
@@ -749,8 +751,11 @@ fn verify(args: Plan) -> crate::Result<i32> {
     if unlock.is_none() {
         // A capture with no generation holds nothing to ingest (stopped at its start, or its
         // data removed): a finding before shipping, as the decrypting verify says too.
+        // (A capture whose directories are damaged lists no generation either: the damage is
+        // its finding, reported by the check itself.)
         for c in captures.iter().filter(|c| {
             c.generations.is_empty()
+                && c.damage.is_none()
                 && name
                     .as_ref()
                     .is_none_or(|n| c.name == *n || image_format::set::owner(&c.name) == n.as_str())

@@ -683,6 +683,70 @@ fn a_fat_chain_cut_under_one_capture_is_its_problem_and_the_others_are_checked()
     assert_eq!(sha(&e.p("b.out")), sha(&e.p("b.raw")));
 }
 
+/// One capture's directory damaged in the file system (its generation's entry points out of
+/// the volume): every other capture of the medium still lists, verifies and ingests, and the
+/// damaged one is named (a new-user round found `inspect` listing nothing and an ingest of
+/// an intact, pinned capture refused with advice to check the pins).
+#[test]
+fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 33);
+    random_disk(&e.p("b.raw"), 4, 34);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").sign("site.key").ok();
+    e.capture(&m, "mix").source("b.raw").sign("site.key").ok();
+    // MGEAR/mix's directory: the first cluster of its G0001 entry now lies past the volume.
+    let o = Command::new("mshowfat")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(e.p("m.img"))
+        .arg("::MGEAR/mix")
+        .output()
+        .expect("mshowfat (Debian: mtools)");
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    let cluster: u64 = shown
+        .split('<')
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("mshowfat said {shown:?}"));
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
+    let entry = (dir..dir + geo.cluster_bytes as usize)
+        .step_by(32)
+        .find(|&at| &img[at..at + 11] == b"G0001      ")
+        .expect("the G0001 entry");
+    img[entry + 0x14..entry + 0x16].copy_from_slice(&0x7777u16.to_le_bytes());
+    fs::write(e.p("m.img"), &img).unwrap();
+
+    let i = e.json(&["inspect", "--medium", &m]);
+    let caps = i["captures"].as_array().unwrap();
+    let of = |n: &str| caps.iter().find(|c| c["name"] == n).unwrap().clone();
+    assert_eq!(of("rand")["generations"][0]["state"], "complete", "{i}");
+    assert!(
+        of("mix")["damage"].as_str().unwrap().contains("damaged"),
+        "{i}"
+    );
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let said = text(&o);
+    assert!(
+        said.contains("capture mix") && said.contains("damaged"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("capture rand") && !said.contains("medium rm"),
+        "{said}"
+    );
+    e.ingest(&m, "rand")
+        .trust("site.pub")
+        .target("file:a.out")
+        .ok();
+    assert_eq!(sha(&e.p("a.out")), sha(&e.p("a.raw")));
+}
+
 /// A sparse `fat:` image on a host file system that fills up: the FAT inside has room, so
 /// the capture says the host's file system is full (not "medium full", which sends the
 /// operator to add a medium).
