@@ -86,7 +86,7 @@ pub fn session() -> crate::Result<Session> {
 /// The volume an earlier ingest finished for this capture generation (`mgear.state=complete`:
 /// written and read back), if there is one. It is kept as it is, not written again: the machine
 /// may have run from it since, and a second write would undo what it did (`--force` writes it).
-pub fn finished_volume(name: &str, capture: &CaptureFacts) -> crate::Result<Option<String>> {
+pub fn finished_volume(name: &str, capture: &CaptureFacts) -> crate::Result<Option<Kept>> {
     let session = session()?;
     let cinder = Cinder::new(&session);
     let want = VolumeFor {
@@ -101,12 +101,47 @@ pub fn finished_volume(name: &str, capture: &CaptureFacts) -> crate::Result<Opti
     let found = cinder
         .find_by_metadata(&want.identity())
         .map_err(cloud_err)?;
-    Ok(match found.as_slice() {
-        [v] if v.metadata.get(meta::STATE).map(String::as_str) == Some(meta::COMPLETE) => {
-            Some(v.id.clone())
-        }
-        _ => None,
-    })
+    let [v] = found.as_slice() else {
+        return Ok(None);
+    };
+    if v.metadata.get(meta::STATE).map(String::as_str) != Some(meta::COMPLETE) {
+        return Ok(None);
+    }
+    Ok(Some(Kept {
+        id: v.id.clone(),
+        name: v.name.clone(),
+        rbd: rbd_spec(&cinder, v)?,
+    }))
+}
+
+/// A volume an earlier ingest finished ([`finished_volume`]): it is read back before it is
+/// called the capture (anyone who can write the project's volume metadata can mark any
+/// volume so, and the machine may have run from it since).
+pub struct Kept {
+    pub id: String,
+    /// Its Cinder name (it may have been renamed since, or the metadata copied elsewhere).
+    pub name: String,
+    /// Where its bytes are.
+    pub rbd: RbdSpec,
+}
+
+/// The RBD image behind `volume`, as the backend reports it (or by the RBD driver's naming
+/// in `MGEAR_CINDER_RBD_POOL` where the connection info is kept for admins).
+fn rbd_spec(cinder: &Cinder, volume: &mgear_cloud::cinder::Volume) -> crate::Result<RbdSpec> {
+    let fallback_pool = std::env::var("MGEAR_CINDER_RBD_POOL").ok();
+    let img = cinder
+        .rbd_image(volume, fallback_pool.as_deref())
+        .map_err(cloud_err)?;
+    let user = img
+        .user
+        .clone()
+        .or_else(|| std::env::var("MGEAR_CLOUD_RBD_USER").ok());
+    Ok(RbdSpec::parse(&format!(
+        "rbd:{}/{}{}",
+        img.pool,
+        img.image,
+        user.map(|u| format!("?id={u}")).unwrap_or_default()
+    ))?)
 }
 
 /// Find or create the volume of `name` for this capture and open its RBD image for writing.
@@ -165,25 +200,8 @@ pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result
             );
         }
     }
-    let rbd = (|| {
-        // Where the backend keeps it; the RBD driver's naming in the pool the operator names
-        // when the connection info is kept for admins.
-        let fallback_pool = std::env::var("MGEAR_CINDER_RBD_POOL").ok();
-        let img = cinder
-            .rbd_image(&volume, fallback_pool.as_deref())
-            .map_err(cloud_err)?;
-        let user = img
-            .user
-            .clone()
-            .or_else(|| std::env::var("MGEAR_CLOUD_RBD_USER").ok());
-        let spec = RbdSpec::parse(&format!(
-            "rbd:{}/{}{}",
-            img.pool,
-            img.image,
-            user.map(|u| format!("?id={u}")).unwrap_or_default()
-        ))?;
-        Ok::<_, crate::Error>(RbdVolume::open(&spec, prep, Existing::Open)?)
-    })();
+    let rbd = rbd_spec(&cinder, &volume)
+        .and_then(|spec| Ok(RbdVolume::open(&spec, prep, Existing::Open)?));
     let rbd = match rbd {
         Ok(r) => r,
         Err(e) => {

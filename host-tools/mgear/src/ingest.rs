@@ -1235,18 +1235,48 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     let kept = match (&target, args.force) {
         (_, true) => None,
         (Target::Cinder(name), false) => {
-            crate::cloud_target::finished_volume(name, &facts)?.map(|id| {
-                (
-                    format!(
-                        "Cinder volume {id} already holds {} generation {}, written and verified \
-                         by an earlier ingest (mgear.state=complete): kept, not written again \
-                         (the machine may have run from it since; --force writes it again)",
-                        reader.name(),
-                        reader.generation()
-                    ),
-                    Some(id),
-                )
-            })
+            match crate::cloud_target::finished_volume(name, &facts)? {
+                Some(kept) => {
+                    let named = if kept.name == *name {
+                        String::new()
+                    } else {
+                        format!(" (named {:?}, not {name:?})", kept.name)
+                    };
+                    // Its metadata say so, which anyone who can write the project's volume
+                    // metadata can say of any volume: read back before it is called the capture.
+                    let mut rd = mgear_volume::RbdReader::new(&kept.rbd);
+                    if let Some((at, len)) = differs_from(&mut rd, &reader, threads_for_check())? {
+                        return Err(coded(
+                            FOUND,
+                            format!(
+                                "Cinder volume {}{named} is marked as holding {} generation {} \
+                             (mgear.state=complete), but it does not hold it: disk bytes {at}..{} \
+                             differ (read back now: the machine has run from it since, or it \
+                             was changed or marked so by someone else). Nothing was written. \
+                             --force writes the capture again (into the volume its metadata \
+                             name; what the machine did since is lost), or ingest into another \
+                             name",
+                                kept.id,
+                                reader.name(),
+                                reader.generation(),
+                                at + len as u64
+                            ),
+                        ));
+                    }
+                    Some((
+                        format!(
+                            "Cinder volume {}{named} already holds {} generation {} (an earlier \
+                         ingest finished it, and it reads back bit for bit now): kept, not \
+                         written again (--force writes it again)",
+                            kept.id,
+                            reader.name(),
+                            reader.generation()
+                        ),
+                        Some(kept.id),
+                    ))
+                }
+                None => None,
+            }
         }
         _ => ingested_before(&sdir, &args.target, reader.manifest_root()).then(|| {
             (
@@ -2626,7 +2656,13 @@ fn read_back(
             batch.push(Recheck { index, len, want });
             index += 1;
         }
-        let got = read_batch(vol, &mut zero_ids, u64::from(chunk), &batch, &mut spare)?;
+        let got = read_batch(
+            &mut Reading::Volume(vol),
+            &mut zero_ids,
+            u64::from(chunk),
+            &batch,
+            &mut spare,
+        )?;
         if let Some((index, len)) = mismatch_in(&got, id_key, threads)? {
             return Err(coded(
                 FOUND,
@@ -2739,14 +2775,20 @@ fn first_mismatch(
     batch: &[Recheck],
     threads: usize,
 ) -> crate::Result<Option<(u64, usize)>> {
-    let got = read_batch(vol, zero_ids, chunk, batch, &mut Vec::new())?;
+    let got = read_batch(
+        &mut Reading::Volume(vol),
+        zero_ids,
+        chunk,
+        batch,
+        &mut Vec::new(),
+    )?;
     mismatch_in(&got, key, threads)
 }
 
 /// Reads `batch` back from `vol`: each chunk's bytes, or the zero id where
 /// the volume knows the range reads as zeros (a hole, not read).
 fn read_batch(
-    vol: &mut dyn Volume,
+    vol: &mut Reading<'_>,
     zero_ids: &mut ZeroIds<'_>,
     chunk: u64,
     batch: &[Recheck],
@@ -2781,6 +2823,81 @@ fn read_batch(
     vol.read_batch(&mut reads)?;
     drop(reads);
     Ok(got)
+}
+
+/// The first disk range (offset, length) of `rd`'s volume that does not hold `reader`'s
+/// generation, chunk by chunk against the authenticated index; `None` when it all does.
+fn differs_from<S: image_format::Store>(
+    rd: &mut dyn mgear_volume::VolumeReader,
+    reader: &CaptureReader<S>,
+    threads: usize,
+) -> crate::Result<Option<(u64, usize)>> {
+    let (size, chunk) = (reader.disk_size(), reader.chunk_size());
+    let count = image_format::layout::chunk_count(size, chunk);
+    let id_key = reader.chunk_id_key();
+    let per_batch = ((16u64 << 20) / u64::from(chunk)).max(threads as u64);
+    let mut zero_ids = ZeroIds::new(&id_key);
+    let check = Progress::new("re-read", size, false);
+    let mut spare = Vec::new();
+    let mut index = 0;
+    while index < count {
+        let mut batch = Vec::new();
+        while index < count && (batch.len() as u64) < per_batch {
+            let want = match reader.entry(index) {
+                Some(image_format::layout::IndexEntry::Zero { chunk_id, .. }) => *chunk_id,
+                Some(image_format::layout::IndexEntry::Stored(l)) => l.chunk_id,
+                None => return Err(crate::err!("chunk {index} is not in the capture's index")),
+            };
+            let len = image_format::layout::chunk_len(size, chunk, index) as usize;
+            batch.push(Recheck { index, len, want });
+            index += 1;
+        }
+        let got = read_batch(
+            &mut Reading::Reader(rd),
+            &mut zero_ids,
+            u64::from(chunk),
+            &batch,
+            &mut spare,
+        )?;
+        if let Some((i, len)) = mismatch_in(&got, &id_key, threads)? {
+            return Ok(Some((i * u64::from(chunk), len)));
+        }
+        check.set((index * u64::from(chunk)).min(size));
+        spare.extend(got.into_iter().filter_map(|(_, data)| match data {
+            ReadBack::Bytes(b) => Some(b),
+            ReadBack::Zeros(_) => None,
+        }));
+    }
+    check.finish();
+    Ok(None)
+}
+
+/// Sealing and hashing threads of a check: one per core.
+fn threads_for_check() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// What [`read_batch`] reads from: the volume being written, or a reader of its own.
+enum Reading<'a> {
+    Volume(&'a mut dyn Volume),
+    Reader(&'a mut dyn mgear_volume::VolumeReader),
+}
+
+impl Reading<'_> {
+    fn reads_as_zeros(&mut self, offset: u64, len: u64) -> bool {
+        match self {
+            Reading::Volume(v) => v.reads_as_zeros(offset, len),
+            Reading::Reader(r) => r.reads_as_zeros(offset, len),
+        }
+    }
+
+    fn read_batch(&mut self, reads: &mut [ReadAt<'_>]) -> crate::Result<()> {
+        match self {
+            Reading::Volume(v) => v.read_batch(reads)?,
+            Reading::Reader(r) => r.read_batch(reads)?,
+        }
+        Ok(())
+    }
 }
 
 /// The first chunk of `got` (index, length) whose keyed id is not the

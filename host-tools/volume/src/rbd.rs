@@ -472,7 +472,9 @@ pub struct RbdReader {
 }
 
 impl RbdReader {
-    fn new(spec: &RbdSpec) -> Self {
+    /// A reader of the image `spec` names (read-only, no librbd cache), connected on a
+    /// thread of its own; its first use waits for that.
+    pub fn new(spec: &RbdSpec) -> Self {
         let connect = spec.connect(vec![("rbd_cache", "false".to_string())]);
         let name = spec.image.clone();
         let opening = std::thread::spawn(move || Cluster::connect(&connect)?.open(&name, true));

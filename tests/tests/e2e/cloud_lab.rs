@@ -614,6 +614,22 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
     assert_eq!(r["bytes_written"], 0, "{r}");
     assert_eq!(r["verified"], true, "{r}");
     assert_eq!(cinder.find_by_metadata(&identity).unwrap().len(), 1);
+    // Changed since (or any volume marked complete with these metadata by anyone who can
+    // write them): read back, refused and left as it is. It was kept unread and called
+    // "verified bit-for-bit".
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x41 1048576 512"])
+        .arg(lab.rbd_spec(&vol_id)));
+    let changed = with_lab(ingest("state", &target).command())
+        .output()
+        .unwrap();
+    let text = output_text(&changed);
+    assert_eq!(changed.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("but it does not hold it: disk bytes 1048576..")
+            && text.contains("Nothing was written"),
+        "{text}"
+    );
     drop(cleanup);
 
     // 3. Straight into an RBD image, then booted the way compute attaches it (-drive rbd:).
