@@ -431,6 +431,22 @@ pub struct BootArgs {
 }
 
 /// Boot the volume through Nova; the server is left running.
+/// Refuses a `--flavor` this cloud does not have before anything is written (the volume was
+/// created, written and marked complete, then the boot said only "no flavor").
+pub fn check_flavor(flavor: &str) -> crate::Result<()> {
+    let session = session()?;
+    match mgear_cloud::nova::Nova::new(&session)
+        .find_flavor(flavor)
+        .map_err(cloud_err)?
+    {
+        Some(_) => Ok(()),
+        None => Err(usage(format!(
+            "--flavor {flavor:?}: no such flavor in this cloud (`openstack flavor list` names \
+             them): nothing was written; give an existing one"
+        ))),
+    }
+}
+
 pub fn boot(args: &BootArgs) -> crate::Result<NovaBoot> {
     let session = session()?;
     // A volume already attached runs its machine: a second server from it would fail in

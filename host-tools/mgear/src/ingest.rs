@@ -580,6 +580,9 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         ));
     }
     refuse_clobbering(&args, std::slice::from_ref(&args.target))?;
+    if let (true, true, Some(f)) = (args.boot, cinder, &args.flavor) {
+        crate::cloud_target::check_flavor(f)?;
+    }
     if let Some(p) = &args.report {
         crate::report::check_writable(p, "--report")?;
     }
@@ -1312,7 +1315,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     if let (Target::File(p), false) = (&target, args.force) {
         refuse_other_unfinished(&sdir, p, &State::header_of(&reader))?;
     }
-    let vol = crate::target::open_for_ingest(&target, &prep, &facts, &args.medium.boot_sectors())?;
+    let vol = {
+        // Creating or opening a cloud volume waits on its cluster: said when it stalls.
+        let _waiting = Progress::waiting(&format!("ingest: opening {}", args.target));
+        crate::target::open_for_ingest(&target, &prep, &facts, &args.medium.boot_sectors())?
+    };
     let plan = WritePlan {
         // The stored spelling, whatever case --name was given in.
         name: reader.name().to_string(),

@@ -1183,6 +1183,17 @@ pub fn ingest_set(
              `mgear boot --target A --target B ...`",
         ));
     }
+    if args.boot && targets.iter().any(|t| t.starts_with("cinder:")) {
+        // Before any volume is written, as for one disk.
+        match &args.flavor {
+            Some(f) => crate::cloud_target::check_flavor(f)?,
+            None => {
+                return Err(usage(
+                    "--boot of cinder: targets creates a Nova server: give its --flavor NAME",
+                ))
+            }
+        }
+    }
     let unlock =
         crate::verify::unlock_from(args.identity.as_deref(), args.passphrase_file.as_deref())?
             .ok_or_else(|| {

@@ -103,9 +103,10 @@ impl Progress {
                         warned_at = now;
                         let text = format!(
                             "mgear: {what}: no progress for {} s: waiting on the source, the \
-                             medium or the appliance (a frozen or unplugged appliance, an NBD \
-                             export that stopped answering, a stalled disk). Still waiting: \
-                             Ctrl-C stops it, and the same command resumes",
+                             medium, the appliance or the target (a frozen or unplugged \
+                             appliance, an NBD export that stopped answering, a stalled disk, a \
+                             Ceph cluster with an OSD down). Still waiting: Ctrl-C stops it, and \
+                             the same command resumes",
                             still / 1000
                         );
                         match (&heard, &shown) {

@@ -97,6 +97,7 @@ api! {
     rbd fn rbd_open_read_only(IoctxT, *const c_char, *mut ImageT, *const c_char) -> c_int;
     rbd fn rbd_close(ImageT) -> c_int;
     rbd fn rbd_get_size(ImageT, *mut u64) -> c_int;
+    rbd fn rbd_resize(ImageT, u64) -> c_int;
     rbd fn rbd_get_features(ImageT, *mut u64) -> c_int;
     rbd fn rbd_get_flags(ImageT, *mut u64) -> c_int;
     rbd fn rbd_flush(ImageT) -> c_int;
@@ -219,9 +220,15 @@ pub(crate) fn explain(call: &str, errno: i32) -> String {
              (ceph auth get client.USER; rbd needs `profile rbd pool=POOL`)"
                 .to_string()
         }
+        (nix::errno::Errno::ETIMEDOUT, "rados_connect") => {
+            "timed out: no monitor answered within 30 s: check mon_host in ceph.conf and that \
+             the cluster is up (ceph -s)"
+                .to_string()
+        }
         (nix::errno::Errno::ETIMEDOUT, _) => {
-            "timed out: the cluster did not answer within 30 s: check mon_host in ceph.conf \
-             and that the cluster is up (ceph -s)"
+            "timed out: the cluster did not complete the request within 300 s \
+             (rados_osd_op_timeout): an OSD is down or the pool's placement groups are not \
+             active (ceph -s, ceph osd tree); the same command resumes once it is up"
                 .to_string()
         }
         // librados' EBLOCKLISTED is ESHUTDOWN.
@@ -577,6 +584,13 @@ impl Image {
         let r = unsafe { (self.api().rbd_get_size)(self.h, &mut s) };
         check("rbd_get_size", &self.name, r)?;
         Ok(s)
+    }
+
+    /// Grows or shrinks the image to `size` bytes (what is past a shrunk end is gone).
+    pub fn resize(&self, size: u64) -> Result<()> {
+        // SAFETY: an open image.
+        let r = unsafe { (self.api().rbd_resize)(self.h, size) };
+        check("rbd_resize", &self.name, r)
     }
 
     /// The clients watching the image (`rbd status`): every client that has it open for
@@ -1035,7 +1049,13 @@ mod tests {
         );
         assert!(explain("rados_ioctx_create", -2).contains("pool not found"));
         assert!(explain("rados_conf_read_file", -2).contains("CEPH_CONF"));
-        assert!(explain("rados_connect", -110).contains("did not answer"));
+        assert!(explain("rados_connect", -110).contains("no monitor answered within 30 s"));
+        // An OSD op that timed out is not told as a monitor that did not answer in 30 s.
+        let e = explain("rbd_create4", -110);
+        assert!(
+            e.contains("within 300 s") && e.contains("OSD is down"),
+            "{e}"
+        );
         assert!(explain("rados_connect", -13).contains("keyring"));
         assert!(explain("rbd_aio_write2", -28).contains("full"));
         assert!(explain("rbd_aio_write2", -108).contains("blocklisted"));

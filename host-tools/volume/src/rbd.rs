@@ -349,6 +349,19 @@ impl RbdVolume {
                         return Err(e);
                     }
                 };
+                // An image --force writes over becomes the disk's size, as a new one is: a
+                // larger one kept its old data past the disk (read back as the disk, the
+                // image as a whole was not it), a smaller one was refused.
+                if old_content {
+                    let resized = image.size().and_then(|now| match now == prep.disk_size {
+                        true => Ok(()),
+                        false => image.resize(prep.disk_size),
+                    });
+                    if let Err(e) = resized {
+                        marker.remove()?;
+                        return Err(e);
+                    }
+                }
                 (image, found)
             }
             Existing::Open => {

@@ -481,6 +481,24 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
             .target(target)
     };
 
+    // 0. A --flavor this cloud does not have is refused before any volume is made (it was
+    // found only after the volume was created and written).
+    let o = with_lab(
+        ingest("state", &target)
+            .args(&["--boot", "--flavor", "mgear.nope"])
+            .command(),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("no such flavor")
+            && output_text(&o).contains("nothing was written"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(cinder.named(&name).unwrap().is_empty(), "a volume was made");
+
     // 1. An ingest into Cinder, slowed down and killed (SIGKILL) half-way. Its librbd client
     // dies holding the image's exclusive lock: the resumed run's first write waits until the
     // cluster lets go of it (about 30 s).
@@ -994,4 +1012,40 @@ fn force_into_an_rbd_image_a_client_has_open_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{text}");
     assert!(text.contains("is open by 1 client(s)"), "{text}");
     drop(watch);
+
+    // An image nobody has open, twice the disk and full of old data: --force leaves it the
+    // disk, and only the disk (the old data past the disk stayed, and the image as a whole
+    // was not the disk it was said to hold).
+    let big = format!("{image}-big");
+    run(&mut ceph(&[
+        "create",
+        "--size",
+        "8M",
+        &format!("{pool}/{big}"),
+    ]));
+    let _big_cleanup = RbdCleanup(&lab, format!("{pool}/{big}"));
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x41 0 8M"])
+        .arg(format!(
+            "rbd:{pool}/{big}:conf={}:id={}",
+            lab.var("CEPH_CONF"),
+            lab.var("MGEAR_CLOUD_RBD_USER")
+        )));
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target(&target.replace(&image, &big))
+        .arg("--force")
+        .ok();
+    let exported = e.p("big.out");
+    run(&mut ceph(&[
+        "export",
+        &format!("{pool}/{big}"),
+        exported.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        std::fs::read(&exported).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap(),
+        "the image is the disk, whole"
+    );
 }
