@@ -73,6 +73,22 @@ impl CaptureFacts {
 pub fn cloud_err(e: CloudError) -> crate::Error {
     match e {
         CloudError::Config(_) | CloudError::Unsupported(_) => usage(e.to_string()),
+        // Credentials and project the operator fixes (exit 2), not a cloud that failed.
+        CloudError::Http {
+            status: 401 | 403, ..
+        } => usage(format!(
+            "{e}: the cloud refused these credentials: check the OS_* settings (or OS_CLOUD's \
+             entry in clouds.yaml), the project, and the user's roles on it"
+        )),
+        CloudError::Http {
+            status: 400,
+            ref message,
+            ..
+        } if message.contains("Malformed request url") => usage(format!(
+            "{e}: the project in the endpoint's URL is not the one the request is made for: \
+             OS_PROJECT_ID (or the project of the token) and the project id in the Cinder \
+             endpoint (the catalog, or OS_ENDPOINT_OVERRIDE / OS_VOLUME_API_URL) must agree"
+        )),
         _ => coded(IO, e.to_string()),
     }
 }

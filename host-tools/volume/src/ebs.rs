@@ -85,6 +85,15 @@ pub struct EbsSnapshotVolume {
 fn cloud(e: CloudError) -> Error {
     match e {
         CloudError::Config(m) => Error::Usage(m),
+        // Credentials the operator fixes (exit 2), not a target that failed.
+        CloudError::Http {
+            status: 401 | 403, ..
+        } => Error::Usage(format!(
+            "{e}: AWS refused the credentials: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY \
+             (and AWS_SESSION_TOKEN for temporary ones), AWS_REGION, and that the key may call \
+             the EBS direct APIs (ebs:StartSnapshot, ebs:PutSnapshotBlock, \
+             ebs:CompleteSnapshot)"
+        )),
         other => Error::Tool(other.to_string()),
     }
 }

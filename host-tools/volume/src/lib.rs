@@ -125,7 +125,22 @@ impl Error {
     /// True for errors the operator fixes by changing the command line
     /// (the CLI maps them to its usage exit code).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Usage(_))
+        use nix::errno::Errno;
+        let settings = |errno: i32, call: &str| {
+            let e = Errno::from_raw(errno.saturating_neg());
+            // Capabilities, pool, conf and keyring are the operator's settings.
+            matches!(e, Errno::EPERM | Errno::EACCES)
+                || (e == Errno::ENOENT
+                    && matches!(
+                        call,
+                        "rados_ioctx_create" | "rados_conf_read_file" | "rados_connect"
+                    ))
+        };
+        match self {
+            Error::Usage(_) => true,
+            Error::Ceph { errno, call, .. } => settings(*errno, call),
+            _ => false,
+        }
     }
 
     /// True when the storage does not offer what was asked (an OSD that

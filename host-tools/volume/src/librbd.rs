@@ -1050,6 +1050,11 @@ mod tests {
         assert!(explain("rados_ioctx_create", -2).contains("pool not found"));
         assert!(explain("rados_conf_read_file", -2).contains("CEPH_CONF"));
         assert!(explain("rados_connect", -110).contains("no monitor answered within 30 s"));
+        // Settings the operator fixes are usage errors (exit 2), a failing cluster is not.
+        assert!(ceph_err("rados_ioctx_create", "p", -2).is_usage());
+        assert!(ceph_err("rbd_aio_write2", "p", -1).is_usage());
+        assert!(!ceph_err("rbd_aio_write2", "p", -5).is_usage());
+        assert!(!ceph_err("rbd_open", "p", -2).is_usage());
         // An OSD op that timed out is not told as a monitor that did not answer in 30 s.
         let e = explain("rbd_create4", -110);
         assert!(

@@ -226,10 +226,14 @@ fn ebs_snapshot_bad_credentials_are_a_clear_error() {
         .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    // The operator's to fix (exit 2, what to check), not an I/O failure to retry (exit 3,
+    // "reconnect it").
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("StartSnapshot") && err.contains("InvalidSignatureException"),
+        err.contains("StartSnapshot")
+            && err.contains("InvalidSignatureException")
+            && err.contains("AWS_SECRET_ACCESS_KEY"),
         "{}",
         output_text(&out)
     );
