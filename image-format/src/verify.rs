@@ -1317,7 +1317,7 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
                 recipient_slot: false,
                 passphrase_slot: false,
                 generations: Vec::new(),
-                damage: Some(e.to_string()),
+                damage: Some(alloc::format!("{e}")),
             }),
             Err(e) => return Err(e),
         }

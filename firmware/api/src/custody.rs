@@ -103,6 +103,12 @@ pub enum Event {
         name: String,
         generations: Vec<u64>,
     },
+    /// A PIN check was cut off by a power loss (found at the next power-up): it stays
+    /// counted as the wrong PIN it was counted as before the check, `failures` in a row.
+    /// Appended last, as `CaptureRemoved`.
+    PinCheckCutOff {
+        failures: u32,
+    },
 }
 
 /// One log entry (what is signed).

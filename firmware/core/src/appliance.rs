@@ -27,7 +27,7 @@
 //! postcard); "unlocked" is volatile, so every power-up starts locked.
 //!
 //! ```text
-//! State:            { lifecycle: Lifecycle, counters: Counters }
+//! State:            { lifecycle: Lifecycle, counters: Counters, pin_check: bool }
 //! Identity:         { seed: [u8; 32], medium_id: [u8; 16] }     (secret)
 //! IdentityPublic:   [u8; 32]                                     (kept after erase)
 //! PinHash:          pin::PinVerifier
@@ -37,8 +37,10 @@
 //! Ordering rules that make power cuts safe:
 //! * provisioning writes identity and PIN first and the `State` slot last
 //!   (the commit point); a cut before it leaves a factory appliance;
-//! * a PIN attempt counts as a failure *before* the PIN is checked, and is
-//!   forgiven after a match, so cutting power during the check gains nothing;
+//! * a PIN attempt counts as a failure *before* the PIN is checked (in a row
+//!   and ever, with `pin_check` set), and is forgiven after a match, so cutting
+//!   power during the check gains nothing; a power-up that finds `pin_check`
+//!   logs the attempt as cut off (`PinCheckCutOff`: it stays counted);
 //! * a boot that finds the failure limit reached finishes the crypto-erase;
 //! * a crypto-erase writes its custody record and the `Erasing` lifecycle
 //!   before it touches the first key slot: a boot that finds `Erasing`
@@ -150,6 +152,31 @@ enum Lifecycle {
 struct Persisted {
     lifecycle: Lifecycle,
     counters: Counters,
+    /// A PIN is being checked (its attempt already counted as wrong): a power-up that finds
+    /// this set knows the check was cut off, and logs it. Last: a state saved before it
+    /// existed decodes through [`Legacy`] as "no check under way".
+    pin_check: bool,
+}
+
+/// [`Persisted`] as saved before `pin_check` existed.
+#[derive(Deserialize)]
+struct Legacy {
+    lifecycle: Lifecycle,
+    counters: Counters,
+}
+
+/// The `State` slot, of this layout or the one before it.
+fn read_state<S: SecretStore>(s: &mut S) -> Result<Option<Persisted>, Error> {
+    match read_slot::<S, Persisted>(s, SecretSlot::State) {
+        Err(Error::CorruptSlot { .. }) => Ok(read_slot::<S, Legacy>(s, SecretSlot::State)?.map(
+            |l| Persisted {
+                lifecycle: l.lifecycle,
+                counters: l.counters,
+                pin_check: false,
+            },
+        )),
+        other => other,
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -283,9 +310,10 @@ impl<P: Platform> Appliance<P> {
     /// Power-up: load state, recover the custody log, finish an
     /// interrupted lockout erase, log the boot.
     pub fn new(mut p: P, cfg: Config) -> Result<Self, Error> {
-        let st: Persisted = read_slot(p.secrets(), SecretSlot::State)?.unwrap_or(Persisted {
+        let st: Persisted = read_state(p.secrets())?.unwrap_or(Persisted {
             lifecycle: Lifecycle::Factory,
             counters: Counters::default(),
+            pin_check: false,
         });
         let pubkey: Option<[u8; 32]> = match p.secrets().read(SecretSlot::IdentityPublic)? {
             Some(b) => Some(b.as_slice().try_into().map_err(|_| Error::CorruptSlot {
@@ -331,9 +359,17 @@ impl<P: Platform> Appliance<P> {
                 app.record(Event::TornTailDropped { bytes })?;
             }
             app.st.counters.boots += 1;
+            // A PIN check the power cut off counts as the wrong PIN it was counted as, and
+            // says so in the log (it was silent: "3 in a row (0 ever)", nothing logged).
+            let cut_off = core::mem::take(&mut app.st.pin_check);
             app.save()?;
             let boot = app.st.counters.boots;
             app.record(Event::PowerUp { boot })?;
+            if cut_off {
+                let failures = app.st.counters.failed_pins;
+                warn!("a PIN check was cut off by a power loss: counted as wrong");
+                app.record(Event::PinCheckCutOff { failures })?;
+            }
             if app.st.counters.failed_pins >= app.cfg.max_pin_failures {
                 // Power was cut during a lockout: finish it now. Identity
                 // and PIN are gone even if the medium cannot be mounted.
@@ -785,6 +821,7 @@ impl<P: Platform> Appliance<P> {
                 boots: 1,
                 ..Counters::default()
             },
+            pin_check: false,
         };
         self.save()?; // commit point
         self.medium_id = Some(rec.medium_id);
@@ -855,18 +892,22 @@ impl<P: Platform> Appliance<P> {
                 slot: SecretSlot::PinHash.name(),
                 why: "missing".into(),
             })?;
-        // Count the attempt as failed before checking (see module doc).
+        // Count the attempt as failed before checking (see module doc), in a row and ever,
+        // marked as under way so a power-up after a cut says so.
         self.st.counters.failed_pins += 1;
+        self.st.counters.total_failed_pins += 1;
+        self.st.pin_check = true;
         self.save()?;
+        self.st.pin_check = false;
         if verifier.matches(pin.as_str()) {
             self.st.counters.failed_pins = 0;
+            self.st.counters.total_failed_pins -= 1;
             self.st.counters.unlocks += 1;
             self.save()?;
             self.last_failure_ms = None;
             return Ok(None);
         }
         let failures = self.st.counters.failed_pins;
-        self.st.counters.total_failed_pins += 1;
         self.save()?;
         self.last_failure_ms = Some(self.p.clock().now_ms());
         self.unlocked = false;

@@ -310,6 +310,68 @@ fn power_cut_during_pin_check_still_counts() {
     assert_eq!(a.st.counters.failed_pins, 1);
 }
 
+/// The correct PIN, the power cut while it is checked: the attempt stays counted (in a row
+/// and ever, which said "1 in a row (0 ever)"), and the next power-up logs it as cut off
+/// (nothing was logged: a flaky supply and a typo later read as an unexplained lockout).
+#[test]
+fn a_pin_check_cut_off_by_power_is_counted_and_logged() {
+    let mut a = provisioned(12);
+    a.p.secrets.writes_left = Some(1);
+    assert_eq!(code(&unlock(&mut a, PIN)), Some(ErrorCode::Storage));
+    let mut a = reboot(a, 13);
+    assert_eq!(a.st.counters.failed_pins, 1);
+    assert_eq!(a.st.counters.total_failed_pins, 1);
+    assert!(!a.st.pin_check, "said once");
+    let events: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        events.ends_with(&[
+            Event::PowerUp { boot: 2 },
+            Event::PinCheckCutOff { failures: 1 }
+        ]),
+        "{events:?}"
+    );
+    // The next power-up has nothing to say of it; the correct PIN forgives it.
+    let mut a = reboot(a, 14);
+    let after: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert_eq!(after.last(), Some(&Event::PowerUp { boot: 3 }));
+    a.p.clock.now_ms += 100_000;
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    assert_eq!(a.st.counters.failed_pins, 0);
+    assert_eq!(
+        a.st.counters.total_failed_pins, 1,
+        "the cut-off attempt stays counted"
+    );
+    // A wrong PIN is counted once.
+    assert_eq!(code(&unlock(&mut a, "000000")), Some(ErrorCode::WrongPin));
+    assert_eq!(a.st.counters.total_failed_pins, 2);
+}
+
+/// A `State` slot saved before `pin_check` existed still reads (as no check under way).
+#[test]
+fn a_state_slot_of_the_layout_before_reads() {
+    #[derive(serde::Serialize)]
+    struct Before {
+        lifecycle: Lifecycle,
+        counters: Counters,
+    }
+    let mut a = provisioned(15);
+    let old = postcard::to_allocvec(&Before {
+        lifecycle: Lifecycle::Ready,
+        counters: Counters {
+            boots: 4,
+            failed_pins: 2,
+            total_failed_pins: 5,
+            ..Counters::default()
+        },
+    })
+    .unwrap();
+    a.p.secrets.write(SecretSlot::State, &old).unwrap();
+    let a = reboot(a, 16);
+    assert_eq!(a.st.counters.boots, 5);
+    assert_eq!(a.st.counters.failed_pins, 2);
+    assert!(!a.st.pin_check);
+}
+
 #[test]
 fn lockout_interrupted_by_power_cut_finishes_at_boot() {
     let mut a = provisioned(10);

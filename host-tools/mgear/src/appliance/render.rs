@@ -64,6 +64,9 @@ pub fn event_text(e: &Event) -> String {
         }
         Event::Unlock => "unlocked: the medium accepts writes".to_string(),
         Event::WrongPin { failures } => format!("wrong PIN ({failures} in a row)"),
+        Event::PinCheckCutOff { failures } => format!(
+            "a PIN check was cut off by a power loss: counted as a wrong PIN ({failures} in a row)"
+        ),
         Event::Lock => "locked: the medium is read-only".to_string(),
         Event::CaptureBegin { name } => format!("capture {name} started writing"),
         Event::CaptureRemoved { name, generations } => match generations.as_slice() {
