@@ -128,9 +128,12 @@ fn earlier_report(p: &Path) -> bool {
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .unwrap_or(0);
     let head = String::from_utf8_lossy(&head[..n]);
-    (head.starts_with("{\"ok\":") && head.contains("\"report\":\"mgear-"))
+    (head.starts_with("{\"ok\":")
+        && (head.contains("\"report\":\"mgear-")
+            || head.contains("\"certificate\":\"mgear-erase-certificate/")))
         || head.starts_with("MotionGear capture report (")
         || head.starts_with("MotionGear ingest report (")
+        || head.starts_with("MotionGear erase certificate (")
 }
 
 /// What both reports share, around the command's own report `result`.
@@ -791,5 +794,15 @@ mod tests {
         write_json_and_text(&t, &v, &summary(&v)).unwrap();
         assert!(std::fs::read_to_string(&t).unwrap().starts_with("{\"ok\":"));
         check_writable(&t, "--report").unwrap();
+        // An earlier erase certificate is replaced too (it was "not a MotionGear report").
+        let c = dir.path().join("erase.json");
+        let cert = json!({"certificate": "mgear-erase-certificate/1", "verified": true});
+        write_json_and_text(
+            &c,
+            &cert,
+            "MotionGear erase certificate (mgear-erase-certificate/1)\n",
+        )
+        .unwrap();
+        check_writable(&c, "--certificate").unwrap();
     }
 }
