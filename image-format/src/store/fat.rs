@@ -2089,7 +2089,11 @@ pub(crate) mod tests {
                 e.contains(&format!("root directory starts at cluster {root},")),
                 "{root}: {e}"
             );
-            assert!(e.contains("fsck.fat -n"), "{e}");
+            // The way to repair it: the backup boot sector, which is intact here.
+            assert!(
+                e.contains("skip=6") && e.contains("root directory cluster"),
+                "{e}"
+            );
         }
     }
 
@@ -2180,15 +2184,22 @@ pub(crate) mod tests {
             poke(0, &good);
             poke(at, &good);
         }
-        // No signature on the boot sector, or a cluster size of 0, the backup intact: a
-        // damaged medium, repaired from the backup, never "format one".
-        for (offset, bytes) in [(510, &[0u8, 0][..]), (0x0d, &[0u8][..])] {
+        // No signature on the boot sector, a cluster size of 0, or a FAT count that leaves
+        // too few clusters, the backup intact: a damaged medium, repaired from the backup,
+        // never "format one" (the FAT count's check carried its own "format it" advice into
+        // the message that says not to).
+        for (offset, bytes) in [
+            (510, &[0u8, 0][..]),
+            (0x0d, &[0u8][..]),
+            (0x10, &[good[0x10] ^ 0xaf][..]),
+        ] {
             poke(offset, bytes);
             let e = refusal();
             assert!(
                 e.contains("backup copy (sector 6) is intact")
                     && e.contains("skip=6")
-                    && e.contains("do not format it"),
+                    && e.contains("do not format it")
+                    && !e.contains("format it with"),
                 "{e}"
             );
             poke(0, &good);

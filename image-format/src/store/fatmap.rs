@@ -175,12 +175,25 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
     if let Err(e) = fat_size_supported(&head) {
         // Damage that makes the boot sector no FAT32 at all (its signature, a sector or
         // cluster size of 0): an intact backup says it is a damaged medium.
-        if let Some((bps, _)) = intact_backup(read) {
-            let why = alloc::string::ToString::to_string(&e);
-            let why = why
+        if let Some((bps, backup)) = intact_backup(read) {
+            // What differs, not the check's own advice (a field damaged into "too few
+            // clusters" carried "format it" into a message that says not to).
+            let differ = disagreement(&head, &backup);
+            let text = alloc::string::ToString::to_string(&e);
+            let w = text
                 .strip_prefix("the medium does not hold a FAT32 file system (")
                 .and_then(|w| w.split_once(')'))
-                .map_or(why.as_str(), |(w, _)| w);
+                .map_or(text.as_str(), |(w, _)| w);
+            let w = w.split(": if nothing on it is needed").next().unwrap_or(w);
+            let w = w.split("; check it with").next().unwrap_or(w);
+            let w = w
+                .strip_prefix("the medium's FAT32 boot sector is damaged: ")
+                .unwrap_or(w);
+            let why = if differ.is_empty() {
+                String::from(w)
+            } else {
+                format!("{w}; its {} differ from the backup's", differ.join(", "))
+            };
             return Err(StoreError::Io(format!(
                 "the medium's FAT32 boot sector is damaged ({why}) and its backup copy (sector \
                  6) is intact; nothing was read or written. Copy the backup over it (on an image \
