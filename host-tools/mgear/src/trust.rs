@@ -365,17 +365,51 @@ pub fn check_generation(
             )));
         }
     }
+    // The finished generation of this capture whose receipt commit begins with `want`
+    // (another than `g`): the one a receipt names when the generation taken is not it.
+    let receipt_names = |medium: &mut dyn Store, want: &str| {
+        finished.iter().copied().filter(|h| *h != g).find(|h| {
+            let c = match image_format::set::parse_disk_stream_name(name) {
+                Some((set, _)) => image_format::set::read_set(medium, set, *h)
+                    .ok()
+                    .flatten()
+                    .map(|f| Commit::of_set(&f, *h)),
+                None => commit::expected_commit(medium, name, *h).ok().flatten(),
+            };
+            c.is_some_and(|c| crate::output::hex(&c.digest()).starts_with(want))
+        })
+    };
     // Manifest and key slots as the medium holds them now (size-capped reads).
-    let expected = commit::expected_commit(medium, name, g)
-        .map_err(|e| unreadable(e, name, g))?
-        .ok_or_else(|| {
-            crate::exit::coded_hint(
-                FOUND,
-                format!("capture {name} generation {g} is not finished (no MANIFEST)"),
-                "nothing was installed: `mgear inspect` lists the finished generations (give one \
+    let expected = match commit::expected_commit(medium, name, g) {
+        Err(e) => {
+            // The newest generation does not read (damaged, or another's files copied in),
+            // and the receipt names one that does: said with the --generation that installs
+            // it (the refusal said only "do not use it").
+            let named = match (&policy.expect_commit, generation) {
+                (Some(want), None) => receipt_names(medium, want.as_str()),
+                _ => None,
+            };
+            let e = unreadable(e, name, g);
+            return Err(match named {
+                Some(h) => refuse(format!(
+                    "{e:#}. The capture receipt's commit (--expect-commit) is generation {h} of \
+                     {name} on this medium, which reads: add --generation {h} to install it \
+                     (and keep this medium's generation {g} out of use: `mgear verify` says \
+                     what is wrong with it)"
+                )),
+                None => e,
+            });
+        }
+        Ok(x) => x,
+    }
+    .ok_or_else(|| {
+        crate::exit::coded_hint(
+            FOUND,
+            format!("capture {name} generation {g} is not finished (no MANIFEST)"),
+            "nothing was installed: `mgear inspect` lists the finished generations (give one \
                  with --generation), and `mgear verify` says what is wrong with this one",
-            )
-        })?;
+        )
+    })?;
     // A disk of a machine set, asked for by its stream name: it must be the
     // disk its set manifest lists at its place (another set capture's disk,
     // signed too, swapped in is refused), and the receipt's commit is the set's.
@@ -414,22 +448,7 @@ pub fn check_generation(
             // The receipt names another finished generation of this capture on this medium
             // (an older one, a newer one since): said as such, with the --generation that
             // installs it (the refusal spoke of another capture in its place).
-            let receipt_of = |medium: &mut dyn Store, h: u32| {
-                let c = match image_format::set::parse_disk_stream_name(name) {
-                    Some((set, _)) => image_format::set::read_set(medium, set, h)
-                        .ok()
-                        .flatten()
-                        .map(|f| Commit::of_set(&f, h)),
-                    None => commit::expected_commit(medium, name, h).ok().flatten(),
-                };
-                c.map(|c| crate::output::hex(&c.digest()))
-            };
-            let named = finished
-                .iter()
-                .copied()
-                .filter(|h| *h != g)
-                .find(|h| receipt_of(medium, *h).is_some_and(|d| d.starts_with(want.as_str())));
-            if let Some(h) = named {
+            if let Some(h) = receipt_names(medium, want.as_str()) {
                 return Err(refuse(format!(
                     "the capture receipt's commit (--expect-commit {want}) is generation {h} of \
                      {name} on this medium, and generation {g} is the one this ingest took: add \

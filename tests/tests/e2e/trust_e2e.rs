@@ -694,6 +694,28 @@ fn a_receipt_of_an_older_generation_here_names_it() {
     with.extend(["--generation", "1"]);
     let out = ingest(&e, &with);
     assert!(out.status.success(), "{}", output_text(&out));
+
+    // A newer generation that does not read (generation 1's files copied in as generation
+    // 3 by whoever held the medium): the receipt's generation is named too (it was only "do
+    // not use it").
+    copy_dir(&e.p("mnt/MGEAR/web01/G0001"), &e.p("mnt/MGEAR/web01/G0003"));
+    refused(
+        &ingest(&e, &pin),
+        &[
+            "generation 3",
+            "moved or replayed",
+            "is generation 1 of web01 on this medium",
+            "add --generation 1",
+        ],
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for f in fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
 }
 
 /// One disk of a machine set swapped for the same disk of another signed set
