@@ -273,6 +273,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).free_space()
     }
+    fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
+        (**self).used_space()
+    }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
     }
@@ -326,6 +329,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).free_space()
+    }
+    fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
+        (**self).used_space()
     }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)

@@ -1191,6 +1191,9 @@ impl Store for ApplianceMedium {
     fn free_space(&mut self) -> Result<Option<u64>, image_format::StoreError> {
         self.s()?.free_space()
     }
+    fn used_space(&mut self) -> Result<Option<u64>, image_format::StoreError> {
+        self.s()?.used_space()
+    }
     /// The appliance owns the volume (it is not unmounted from here): syncing flushes its data
     /// and metadata.
     fn close(mut self: Box<Self>) -> Result<(), image_format::StoreError> {

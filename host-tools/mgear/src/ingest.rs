@@ -1158,6 +1158,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                     &args.name,
                     &args.medium.describe(),
                     &names,
+                    medium.store(),
                 ));
             }
             _ => return Err(e),

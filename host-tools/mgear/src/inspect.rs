@@ -368,6 +368,11 @@ fn medium_json(
     let stored = name.map(|n| image_format::stored_name(store, n));
     // Generations with a segment on a medium declared lost, by (name in lower case,
     // generation): complete by their manifests, gone in part for good.
+    // Nothing listed while much is in use: said beside "no capture" (below).
+    let hidden = match &listed {
+        Ok(c) if c.is_empty() => crate::verify::hidden_by_damage(store),
+        _ => String::new(),
+    };
     let lost: std::collections::HashMap<(String, u32), (u16, String)> = medium
         .span()
         .map(|sp| {
@@ -421,7 +426,7 @@ fn medium_json(
         sets.retain(|s| s.name.eq_ignore_ascii_case(&stored));
         if caps.is_empty() && sets.is_empty() && !several {
             return Err(crate::exit::usage(format!(
-                "there is no capture {asked} on {} (captures: {})",
+                "there is no capture {asked} on {} (captures: {}){hidden}",
                 w.describe(),
                 if have.is_empty() {
                     "none".to_string()

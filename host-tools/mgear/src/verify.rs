@@ -380,11 +380,21 @@ fn said_once(problems: Vec<image_format::Problem>) -> Vec<image_format::Problem>
 }
 
 /// A `--name` that is not on the medium (exit 2), with what is there.
-pub fn no_such_capture(name: &str, medium: &str, names: &[String]) -> crate::Error {
+pub fn no_such_capture(
+    name: &str,
+    medium: &str,
+    names: &[String],
+    store: &mut dyn image_format::Store,
+) -> crate::Error {
+    let hidden = if names.is_empty() {
+        hidden_by_damage(store)
+    } else {
+        String::new()
+    };
     crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
-            "there is no capture {name:?} on {medium} (captures: {})",
+            "there is no capture {name:?} on {medium} (captures: {}){hidden}",
             if names.is_empty() {
                 "none".into()
             } else {
@@ -393,6 +403,22 @@ pub fn no_such_capture(name: &str, medium: &str, names: &[String]) -> crate::Err
         ),
         "`mgear inspect --medium ...` lists the captures; pass one with --name",
     )
+}
+
+/// Said beside "no capture here" when the medium's file system has much in use all the
+/// same: its directories are more likely damaged than empty (a zeroed root directory was
+/// told as "pass one with --name" and "is this the right medium?"). Empty when the medium
+/// does not say how much is in use, or little is.
+pub fn hidden_by_damage(store: &mut dyn image_format::Store) -> String {
+    match store.used_space() {
+        Ok(Some(used)) if used > 1 << 20 => format!(
+            "; yet {} of its file system are in use: its directories are likely damaged \
+             (`fsck.fat -n` on a copy of it says; `fsck.fat -a` on another copy may recover \
+             them into FSCK*.REC files), or this disk holds other data",
+            crate::units::human_bytes(used)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The message and hint of [`explain_wrong_key`].
@@ -500,13 +526,14 @@ fn verify(args: Plan) -> crate::Result<i32> {
         // An MGEAR/ whose captures were all removed is another story than a medium that
         // never held one (the wrong path, another disk).
         let emptied = store.list(image_format::layout::ROOT_DIR).is_ok();
+        let hidden = hidden_by_damage(store);
         let _ = medium.close();
         return Err(crate::exit::coded_hint(
             FOUND,
             if emptied {
                 format!(
                     "{} holds no MotionGear capture (its MGEAR directory holds none: they were \
-                     removed, or none was finished)",
+                     removed, or none was finished){hidden}",
                     args.medium.describe()
                 )
             } else {
@@ -525,9 +552,13 @@ fn verify(args: Plan) -> crate::Result<i32> {
                         args.medium.describe(),
                         if parent.is_empty() { "." } else { &parent }
                     ),
-                    None => format!(
+                    None if hidden.is_empty() => format!(
                         "{} holds no MotionGear capture (no MGEAR directory): is this the right \
                          medium?",
+                        args.medium.describe()
+                    ),
+                    None => format!(
+                        "{} holds no MotionGear capture (no MGEAR directory){hidden}",
                         args.medium.describe()
                     ),
                 }
@@ -561,7 +592,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
             let mut names: Vec<String> = captures.iter().map(|c| c.name.clone()).collect();
             names.extend(sets.iter().cloned());
             names.sort();
-            return Err(no_such_capture(n, &args.medium.describe(), &names));
+            return Err(no_such_capture(n, &args.medium.describe(), &names, store));
         }
         _ => {}
     }

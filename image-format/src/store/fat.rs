@@ -1347,6 +1347,12 @@ impl<D: FatDevice> Store for FatStore<D> {
         let st = self.fs.stats().map_err(|e| fat_err("free space", e))?;
         Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
     }
+
+    fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
+        let st = self.fs.stats().map_err(|e| fat_err("space in use", e))?;
+        let total = st.total_clusters() as u64 * st.cluster_size() as u64;
+        Ok(self.free_space()?.map(|free| total.saturating_sub(free)))
+    }
 }
 
 /// Damage made on purpose, for the tests of both FAT engines.

@@ -144,6 +144,12 @@ pub trait Store {
     fn sync(&mut self, path: &str) -> Result<(), StoreError>;
     /// Free bytes left on the medium, if known.
     fn free_space(&mut self) -> Result<Option<u64>, StoreError>;
+    /// Bytes of the medium's file system in use, if known (a FAT volume's allocated
+    /// clusters): a medium whose directories list nothing while much is in use has a
+    /// damaged directory, not no captures. `None` (the default): not known.
+    fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
     /// How many more bytes file `path` may grow by, when something other
     /// than the format's own limits bounds it: a span of several media
     /// ([`crate::span::SpanStore`]) says how much room the medium holding a

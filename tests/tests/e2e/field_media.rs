@@ -747,6 +747,45 @@ fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
     assert_eq!(sha(&e.p("a.out")), sha(&e.p("a.raw")));
 }
 
+/// The root directory zeroed (its cluster wiped): the captures are not listed, and every
+/// command that says "no capture" adds that much of the file system is in use, so its
+/// directories are likely damaged (it said "pass one with --name" and "is this the right
+/// medium?").
+#[test]
+fn a_wiped_root_directory_is_told_as_likely_damage_not_an_empty_medium() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 35);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").ok();
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    let root = (geo.data_offset + (u64::from(geo.root_cluster) - 2) * geo.cluster_bytes) as usize;
+    img[root..root + geo.cluster_bytes as usize].fill(0);
+    fs::write(e.p("m.img"), &img).unwrap();
+    let likely = "its directories are likely damaged";
+    let o = e.ingest(&m, "rand").untrusted().target("file:a.out").run();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("there is no capture") && text(&o).contains(likely),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(likely) && !text(&o).contains("right medium"),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["inspect", "--medium", &m, "--name", "rand"]);
+    assert!(text(&o).contains(likely), "{}", text(&o));
+    // A medium that holds nothing says nothing of damage.
+    let fresh = e.fat("fresh.img", "64MiB");
+    let o = e.run(&["verify", "--medium", &fresh]);
+    assert!(!text(&o).contains(likely), "{}", text(&o));
+}
+
 /// A sparse `fat:` image on a host file system that fills up: the FAT inside has room, so
 /// the capture says the host's file system is full (not "medium full", which sends the
 /// operator to add a medium).
