@@ -276,6 +276,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).used_space()
     }
+    fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
+        (**self).file_system_findings()
+    }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
     }
@@ -332,6 +335,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).used_space()
+    }
+    fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
+        (**self).file_system_findings()
     }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)

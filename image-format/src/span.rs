@@ -1315,6 +1315,16 @@ impl<M: Store> Store for SpanStore<M> {
     /// medium's copy of the index, manifests and journal, so it is no room
     /// for records on any medium; counting it once (as this did before)
     /// let a `--dry-run` promise a fit the capture then could not keep.
+    fn file_system_findings(&mut self) -> core::result::Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for a in self.media.iter_mut() {
+            for f in a.store.file_system_findings()? {
+                out.push(format!("medium #{}: {f}", a.ordinal));
+            }
+        }
+        Ok(out)
+    }
+
     fn free_space(&mut self) -> core::result::Result<Option<u64>, StoreError> {
         let mut sum = 0u64;
         for i in 0..self.media.len() {

@@ -1194,6 +1194,9 @@ impl Store for ApplianceMedium {
     fn used_space(&mut self) -> Result<Option<u64>, image_format::StoreError> {
         self.s()?.used_space()
     }
+    fn file_system_findings(&mut self) -> Result<Vec<String>, image_format::StoreError> {
+        self.s()?.file_system_findings()
+    }
     /// The appliance owns the volume (it is not unmounted from here): syncing flushes its data
     /// and metadata.
     fn close(mut self: Box<Self>) -> Result<(), image_format::StoreError> {

@@ -772,25 +772,6 @@ fn disk_name_refused(args: &Plan, set: &str, k: usize) -> crate::Error {
     ))
 }
 
-/// How many disks machine set `name` on `store` has (by its newest set
-/// manifest, else by the disk streams of a set capture that did not
-/// finish); `None` when there is no such set.
-fn set_disk_count(store: &mut dyn image_format::Store, name: &str) -> crate::Result<Option<usize>> {
-    // The spelling on the medium: its set manifest binds that one.
-    let name = &image_format::stored_name(store, name)?;
-    if let Some(g) = image_format::set::set_generations(store, name)?.last() {
-        if let Some(l) = image_format::set::read_set(store, name, *g)? {
-            return Ok(Some(l.set.disks.len()));
-        }
-    }
-    Ok(image_format::capture_names(store)?
-        .iter()
-        .filter_map(|n| image_format::set::parse_disk_stream_name(n))
-        .filter(|(s, _)| s.eq_ignore_ascii_case(name))
-        .map(|(_, k)| k + 1)
-        .max())
-}
-
 /// `capture --abort`.
 fn abort(args: &Plan) -> crate::Result<i32> {
     // `DB01.D1` too: names are compared without case.
@@ -2404,22 +2385,14 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             // read, so this run starts it over as a new capture (the writer
             // writes new key slots over it).
             let exists = exists && image_format::capture_id(ro.store(), &args.name)?.is_some();
-            if !exists {
-                if let Some(n) = set_disk_count(ro.store(), &args.name)? {
-                    return Err(usage(format!(
-                        "{} on this medium is a machine set of {n} disks: capture it (a delta \
-                         too) with all {n} --source, in the same order; one disk under its name \
-                         would be another machine: choose another --name",
-                        args.name
-                    )));
-                }
-            }
+            // After the checks of the name (a machine set's, whose one disk was told to give
+            // --recipient, the name being "new"), before anything is written.
+            let plan = preflight(args, &mut *source, ro.store(), chunk_size, rate)?;
             if !exists && recipients.is_empty() && passphrase.is_none() {
                 return Err(usage(
                     "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the target) and/or --passphrase-file",
                 ));
             }
-            let plan = preflight(args, &mut *source, ro.store(), chunk_size, rate)?;
             for w in &plan.warnings {
                 eprintln!("mgear capture: warning: {w}");
             }

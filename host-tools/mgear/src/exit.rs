@@ -120,6 +120,13 @@ pub fn hint(err: &Error, command: &str) -> String {
             "free space on the medium or target (or use a larger one), then run the same command again"
                 .to_string()
         }
+        _ if is_damaged(err) => {
+            "the medium's file system is damaged: never repair the original; on a copy of it, \
+             `fsck.fat -n COPY` names the damage (\"FATs differ\": the second FAT copy may be \
+             the intact one) and `fsck.fat -a COPY` repairs what it can; then give the copy \
+             (every record is still checked against what was signed)"
+                .to_string()
+        }
         _ if is_read_only(err) => {
             "the medium or target refuses writes (mounted read-only, write-protected, or a sealed \
              appliance): make it writable, or give one that is, then run the same command again"
@@ -132,6 +139,21 @@ pub fn hint(err: &Error, command: &str) -> String {
               is missing or unreachable, reconnect it, then run the same command again"
             .to_string(),
     }
+}
+
+/// Whether `err` is damage in the medium's file system (a FAT chain cut, looping or leaving
+/// the volume).
+fn is_damaged(err: &Error) -> bool {
+    use image_format::StoreError;
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref(),
+            Some(image_format::Error::Store {
+                error: StoreError::Damaged(_),
+                ..
+            })
+        ) || matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Damaged(_)))
+    })
 }
 
 /// Whether `err` is a medium that refused a write as read-only.

@@ -222,7 +222,7 @@ impl Where {
             let labelled = m
                 .store()
                 .len(image_format::span::SPAN_FILE)
-                .map_err(|e| crate::err!("reading {}: {e}", self.describe()))?
+                .with_context(|| format!("reading {}", self.describe()))?
                 .is_some();
             if !labelled && plan.is_none_or(|p| p.lost.is_empty()) {
                 return Ok(m);

@@ -1348,6 +1348,24 @@ impl<D: FatDevice> Store for FatStore<D> {
         Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
     }
 
+    fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
+        let Some(geo) = self.geo.clone() else {
+            return Ok(Vec::new());
+        };
+        Ok(
+            match fatmap::fat_copies_differ(&geo, &mut cache_reader(&self.cache))? {
+                Some((n, first)) => vec![format!(
+                    "the volume's two FAT copies disagree on {n} cluster entr{} (the first at \
+                     cluster {first}): one of them is damaged, and a chain read from the first \
+                     may be cut or wrong; `fsck.fat -n` on a copy of the medium says more, and \
+                     `fsck.fat -a` on another copy repairs it (every record is still checked)",
+                    if n == 1 { "y" } else { "ies" }
+                )],
+                None => Vec::new(),
+            },
+        )
+    }
+
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
         let st = self.fs.stats().map_err(|e| fat_err("space in use", e))?;
         let total = st.total_clusters() as u64 * st.cluster_size() as u64;
@@ -2076,6 +2094,43 @@ pub(crate) mod tests {
         let mut s = FatStore::open(open_rw(&p)).unwrap();
         let e = s.write_at("MGEAR/cap/new", 0, b"x").expect_err("refused");
         assert!(e.to_string().contains("loops"), "{e}");
+    }
+
+    /// The second FAT copy damaged: the files all read (from the first), and only the
+    /// comparison of the copies finds it (`verify` said OK where `fsck.fat -n` said "FATs
+    /// differ").
+    #[test]
+    fn fat_copies_that_disagree_are_a_finding() {
+        use std::io::{Seek, SeekFrom, Write};
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/cap").unwrap();
+        s.write_at("MGEAR/cap/data", 0, &vec![7u8; 3 << 20])
+            .unwrap();
+        s.unmount().unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        assert!(s.file_system_findings().unwrap().is_empty());
+        drop(s);
+        let mut boot = [0u8; 512];
+        std::io::Read::read_exact(&mut open_rw(&p), &mut boot).unwrap();
+        let geo = fatmap::Geometry::parse(&boot).unwrap();
+        let mut f = open_rw(&p);
+        f.seek(SeekFrom::Start(geo.fat_offset + geo.fat_bytes + 64))
+            .unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+        drop(f);
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let found = s.file_system_findings().unwrap();
+        assert!(
+            found.len() == 1
+                && found[0].contains("FAT copies disagree")
+                && found[0].contains("cluster 16"),
+            "{found:?}"
+        );
+        let mut back = vec![0u8; 3 << 20];
+        s.read_at("MGEAR/cap/data", 0, &mut back).unwrap();
+        assert!(back.iter().all(|b| *b == 7));
     }
 
     #[test]

@@ -1135,6 +1135,42 @@ where
     Ok(free)
 }
 
+/// Where a volume's FAT copies disagree: how many cluster entries differ, and the first
+/// such cluster; `None` when they agree (or the volume keeps one FAT). Entries 0 and 1 (the
+/// media byte and the clean/error flags, which engines set in one copy) are not compared.
+/// A damaged first FAT hides captures the second still maps; `fsck.fat` repairs from either.
+pub fn fat_copies_differ<R>(geo: &Geometry, read: &mut R) -> Result<Option<(u64, u32)>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    if geo.fats < 2 {
+        return Ok(None);
+    }
+    let mut a = vec![0u8; FAT_WINDOW * 16];
+    let mut b = vec![0u8; FAT_WINDOW * 16];
+    let end = (u64::from(geo.cluster_count) + 2) * 4;
+    let (mut at, mut differ, mut first) = (8u64, 0u64, None);
+    while at < end {
+        let n = (end - at).min(a.len() as u64) as usize;
+        read(geo.fat_offset + at, &mut a[..n])?;
+        read(geo.fat_offset + geo.fat_bytes + at, &mut b[..n])?;
+        if a[..n] != b[..n] {
+            for (i, (x, y)) in a[..n]
+                .chunks_exact(4)
+                .zip(b[..n].chunks_exact(4))
+                .enumerate()
+            {
+                if le32(x, 0) & 0x0FFF_FFFF != le32(y, 0) & 0x0FFF_FFFF {
+                    differ += 1;
+                    first.get_or_insert((at / 4) as u32 + i as u32);
+                }
+            }
+        }
+        at += n as u64;
+    }
+    Ok(first.map(|c| (differ, c)))
+}
+
 /// Store a free-cluster count and next-free hint in the FSInfo sector
 /// (when the volume has a valid one), as the engines do at unmount.
 pub fn write_fsinfo<R, W>(

@@ -150,6 +150,12 @@ pub trait Store {
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
         Ok(None)
     }
+    /// Damage in the medium's file system itself that reading the files does not meet (a
+    /// FAT volume whose two FAT copies disagree), as findings for a check of the whole
+    /// medium. Empty (the default): nothing to say.
+    fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
     /// How many more bytes file `path` may grow by, when something other
     /// than the format's own limits bounds it: a span of several media
     /// ([`crate::span::SpanStore`]) says how much room the medium holding a

@@ -269,8 +269,8 @@ fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     for o in [alone, e.capture(&m, "DB01").source("disk1.raw").run()] {
         assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
         assert!(
-            output_text(&o).contains("is a machine set of 2 disks")
-                && output_text(&o).contains("choose another --name"),
+            output_text(&o).contains("this medium holds machine set db01")
+                && output_text(&o).contains("needs its own name"),
             "{}",
             output_text(&o)
         );
