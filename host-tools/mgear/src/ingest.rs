@@ -1282,6 +1282,40 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                 None => None,
             }
         }
+        (Target::Rbd(spec), false)
+            if std::fs::read_to_string(rbd_done_path(&sdir, spec)).ok()
+                == Some(done_text(reader.manifest_root(), "rbd\n")) =>
+        {
+            // Its record says an earlier run finished it; what it holds now says whether it
+            // is still that (a machine may have run from it since).
+            let mut rd = mgear_volume::RbdReader::new(spec);
+            if let Some((at, len)) = differs_from(&mut rd, &reader, threads_for_check())? {
+                return Err(coded(
+                    FOUND,
+                    format!(
+                        "RBD image {} was finished by an earlier ingest of {} generation {}, but \
+                         it does not hold it any more: disk bytes {at}..{} differ (read back \
+                         now: a machine has run from it since, or it was changed). Nothing was \
+                         written; --force writes the capture again over it",
+                        spec.image_spec(),
+                        reader.name(),
+                        reader.generation(),
+                        at + len as u64
+                    ),
+                ));
+            }
+            Some((
+                format!(
+                    "RBD image {} already holds {} generation {} (an earlier ingest finished it, \
+                     and it reads back bit for bit now): kept, not written again (--force \
+                     writes it again)",
+                    spec.image_spec(),
+                    reader.name(),
+                    reader.generation()
+                ),
+                None,
+            ))
+        }
         _ => ingested_before(&sdir, &args.target, reader.manifest_root()).then(|| {
             (
                 format!(
@@ -1750,6 +1784,25 @@ pub fn write_volume<S: image_format::Store>(
     let finished = vol.finish()?;
     drop(waiting);
     std::fs::remove_file(&state.path)?;
+    if let (true, Ok(Target::Rbd(spec))) = (
+        plan.record_done,
+        Target::parse(&plan.target, crate::spec::Bare::Refuse),
+    ) {
+        // A re-run knows the image is this generation's (it was refused as "exists").
+        let done = rbd_done_path(&plan.state_dir, &spec);
+        let tmp = done.with_extension("done.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let written = image_format::private::create(&tmp)
+            .and_then(|mut f| f.write_all(done_text(&root, "rbd\n").as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &done));
+        if let Err(e) = written {
+            eprintln!(
+                "mgear: note: could not record the finished ingest in {} ({e}): a re-run will \
+                 not know this image is done (it refuses it as existing)",
+                plan.state_dir.display()
+            );
+        }
+    }
     if let Some(p) = finished
         .path
         .as_deref()
@@ -1863,6 +1916,14 @@ fn file_stamp(p: &Path) -> std::io::Result<String> {
         m.ino(),
         m.len(),
         i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+    ))
+}
+
+/// Where the finished ingest into RBD image `spec` is recorded.
+fn rbd_done_path(state_dir: &Path, spec: &mgear_volume::RbdSpec) -> PathBuf {
+    state_dir.join(format!(
+        "{}.done",
+        file_name_of(&format!("rbd:{}", spec.image_spec()))
     ))
 }
 

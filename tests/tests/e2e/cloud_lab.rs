@@ -725,6 +725,26 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
             .contains(&format!("file={qemu_name}")),
         "booted as a network disk of protocol rbd: {report}"
     );
+    // The same command again: the image this run finished is read back and kept (it was
+    // refused as "exists: pass --force", where file: and cinder: keep theirs)...
+    let out = run_ok(ingest("state2", &rbd_target).arg("--json").command());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["bytes_written"], 0, "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+    // ...and once changed, refused with nothing written.
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x41 1048576 512"])
+        .arg(&qemu_name));
+    let changed = with_lab(ingest("state2", &rbd_target).command())
+        .output()
+        .unwrap();
+    let text = output_text(&changed);
+    assert_eq!(changed.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("does not hold it any more: disk bytes 1048576..")
+            && text.contains("Nothing was written"),
+        "{text}"
+    );
 }
 
 /// `mgear demo --cloud`: the whole journey (sample disk, appliance simulator, seal, arrival)
