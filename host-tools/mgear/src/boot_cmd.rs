@@ -236,6 +236,16 @@ pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
                 .map_err(|e| libvirt_err(e, &format!("looking up volume {t}")))?;
             Ok(Resolved::Libvirt(vol))
         }
+        (crate::spec::Target::Cinder(name), None) => Err(usage(format!(
+            "--target cinder:{name}: a Cinder volume is booted by the cloud, not here: `mgear \
+             ingest ... --target cinder:{name} --boot --flavor FLAVOR` creates a Nova server \
+             from it (a finished volume is kept, not written again), or boot its RBD image \
+             here: --target rbd:POOL/volume-ID (`openstack volume show {name}` gives the id)"
+        ))),
+        (crate::spec::Target::EbsSnapshot { name, .. }, None) => Err(usage(format!(
+            "--target ebs-snapshot:{name}: a snapshot is booted in AWS: register an image from \
+             it (`ingest --register-image`) and launch an instance from that"
+        ))),
         (other, None) => Err(usage(format!("--target {other}: cannot be booted"))),
     }
 }

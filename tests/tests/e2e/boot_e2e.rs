@@ -178,6 +178,14 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
 fn usage_and_io_errors_have_their_exit_codes() {
     let o = mgear(&["boot", "--target", "s3://bucket/vol", "--timeout", "5"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // A Cinder volume says how it is booted (it said only "cannot be booted").
+    let o = mgear(&["boot", "--target", "cinder:web01", "--timeout", "5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--boot --flavor") && text(&o).contains("rbd:POOL/volume-ID"),
+        "{}",
+        text(&o)
+    );
     let o = mgear(&[
         "boot",
         "--target",
