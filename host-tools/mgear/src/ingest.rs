@@ -659,7 +659,14 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             println!("  {:<14} {d}", "volume sha256");
         }
         if let Some(s) = &r.server {
-            println!("  {:<14} {s} (Nova, left running)", "server");
+            match r.booted {
+                Some(false) => println!(
+                    "  {:<14} {s} (Nova, did not boot; left for a look at its console: \
+                     `openstack server delete {s}` removes it, the volume stays)",
+                    "server"
+                ),
+                _ => println!("  {:<14} {s} (Nova, left running)", "server"),
+            }
         }
         if let Some(a) = &r.adapt {
             // The names --json uses ("root-fs", ...).
