@@ -1013,6 +1013,9 @@ fn verify(args: Plan) -> crate::Result<i32> {
             }
         }
         for x in &out.trust {
+            // Warnings on lines of their own: "ingest refuses it until the seal checks" sat at
+            // the end of a long TRUSTED line, and the ingest's refusal came as a surprise.
+            let mut parts = x.message.split("; warning: ");
             println!(
                 "{} {}{}: {}",
                 if x.trusted { "TRUSTED" } else { "NOT TRUSTED" },
@@ -1020,8 +1023,11 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 x.generation
                     .map(|g| format!(" generation {g}"))
                     .unwrap_or_default(),
-                x.message
+                parts.next().unwrap_or_default()
             );
+            for w in parts {
+                println!("  WARNING: {w}");
+            }
         }
         if !out.not_opened.is_empty() {
             println!(

@@ -10,7 +10,24 @@ use std::io::BufRead;
 
 use mgear_cloud::ebs::double::{Double, DoubleConfig};
 
+/// Said for `--help` (and any argument: it takes none).
+const USAGE: &str = "usage: mgear-ebs-double (no arguments)
+
+The strict offline EBS double: listens on 127.0.0.1, prints the export lines (endpoint, keys,
+region) that `mgear ingest ... --target ebs-snapshot:NAME` needs, and on each Enter lists the
+snapshots, images and refused requests it holds; Ctrl-D or Ctrl-C stops it (what it held is
+gone then).";
+
 fn main() {
+    if let Some(arg) = std::env::args().nth(1) {
+        let help = matches!(arg.as_str(), "-h" | "--help");
+        if help {
+            println!("{USAGE}");
+        } else {
+            eprintln!("mgear-ebs-double: unexpected argument {arg:?}\n{USAGE}");
+        }
+        std::process::exit(if help { 0 } else { 2 });
+    }
     let d = Double::start(DoubleConfig::default());
     for (k, v) in d.env() {
         println!("export {k}='{v}'");
