@@ -911,7 +911,8 @@ fn a_new_volume_ceph_cannot_be_reached_for_is_deleted_again() {
     let name = format!("unreachable-{}", unique());
     let o = ingest_out_of_ceph_reach(&lab, &name);
     let text = output_text(&o);
-    assert_eq!(o.status.code(), Some(3), "{text}");
+    // A ceph.conf with no monitor is this host's setting to fix: exit 2, not an I/O failure.
+    assert_eq!(o.status.code(), Some(2), "{text}");
     assert!(
         text.contains("rados_connect") && text.contains("deleted the new, empty Cinder volume"),
         "{text}"
