@@ -2712,51 +2712,81 @@ fn read_back(
     sha256: bool,
 ) -> crate::Result<Option<[u8; 32]>> {
     use sha2::Digest as _;
-    let count = image_format::layout::chunk_count(size, chunk);
-    let check = Progress::new("re-read", size, json);
     // The slots, in disk order: the order the volume is read and hashed in.
     let mut ids = BufReader::with_capacity(1 << 20, File::open(state_path)?);
     ids.seek(SeekFrom::Start(STATE_HEADER))?;
+    let mut sha = sha256.then(sha2::Sha256::new);
+    let differs = reread(
+        &mut Reading::Volume(&mut *vol),
+        |_| {
+            let mut want = [0u8; 32];
+            ids.read_exact(&mut want)?;
+            Ok(want)
+        },
+        id_key,
+        (size, chunk),
+        threads,
+        json,
+        |r, data| {
+            if let Some(sha) = sha.as_mut() {
+                sha_update(sha, r.len, data);
+            }
+        },
+    )?;
+    if let Some((at, len)) = differs {
+        return Err(coded(
+            FOUND,
+            format!(
+                "read-back check failed: disk bytes {at}..{} on {} differ from what was authenticated; \
+                 the target is left incomplete (remove {} and the unfinished \
+                         volume, for a file: or qcow2: target its .partial, then re-run)",
+                at + len as u64,
+                vol.describe(),
+                state_path.display()
+            ),
+        ));
+    }
+    Ok(sha.map(|s| s.finalize().into()))
+}
+
+/// Reads a `size`-byte disk of `chunk`-byte chunks back from `rd`, a batch at a time (reads
+/// in order, hashes on every core), against `want(index)`, each chunk's authenticated id;
+/// `seen` gets every chunk read, in order (`None`: a hole). The first disk range (offset,
+/// length) that differs, or `None` when none does.
+#[allow(clippy::too_many_arguments)]
+fn reread(
+    rd: &mut Reading<'_>,
+    mut want: impl FnMut(u64) -> crate::Result<[u8; 32]>,
+    id_key: &image_format::ChunkIdKey,
+    (size, chunk): (u64, u32),
+    threads: usize,
+    json: bool,
+    mut seen: impl FnMut(&Recheck, Option<&[u8]>),
+) -> crate::Result<Option<(u64, usize)>> {
+    let count = image_format::layout::chunk_count(size, chunk);
+    let check = Progress::new("re-read", size, json);
     let mut zero_ids = ZeroIds::new(id_key);
     let mut checked = 0u64;
     let per_batch = ((16u64 << 20) / u64::from(chunk)).max(threads as u64);
-    let mut sha = sha256.then(sha2::Sha256::new);
     let mut spare = Vec::new();
     let mut index = 0;
     while index < count {
         let mut batch = Vec::new();
         while index < count && (batch.len() as u64) < per_batch {
             let len = image_format::layout::chunk_len(size, chunk, index) as usize;
-            let mut want = [0u8; 32];
-            ids.read_exact(&mut want)?;
-            batch.push(Recheck { index, len, want });
+            batch.push(Recheck {
+                index,
+                len,
+                want: want(index)?,
+            });
             index += 1;
         }
-        let got = read_batch(
-            &mut Reading::Volume(vol),
-            &mut zero_ids,
-            u64::from(chunk),
-            &batch,
-            &mut spare,
-        )?;
-        if let Some((index, len)) = mismatch_in(&got, id_key, threads)? {
-            return Err(coded(
-                FOUND,
-                format!(
-                    "read-back check failed: disk bytes {}..{} on {} differ from what was authenticated; \
-                     the target is left incomplete (remove {} and the unfinished \
-                             volume, for a file: or qcow2: target its .partial, then re-run)",
-                    index * u64::from(chunk),
-                    index * u64::from(chunk) + len as u64,
-                    vol.describe(),
-                    state_path.display()
-                ),
-            ));
+        let got = read_batch(rd, &mut zero_ids, u64::from(chunk), &batch, &mut spare)?;
+        if let Some((i, len)) = mismatch_in(&got, id_key, threads)? {
+            return Ok(Some((i * u64::from(chunk), len)));
         }
-        if let Some(sha) = sha.as_mut() {
-            for (r, data) in &got {
-                sha_update(sha, r.len, data.bytes());
-            }
+        for (r, data) in &got {
+            seen(r, data.bytes());
         }
         checked += batch.iter().map(|b| b.len as u64).sum::<u64>();
         check.set(checked);
@@ -2766,7 +2796,7 @@ fn read_back(
         }));
     }
     check.finish();
-    Ok(sha.map(|s| s.finalize().into()))
+    Ok(None)
 }
 
 /// Feeds one read-back chunk to the volume's SHA-256 (a hole, `None`, as zeros).
@@ -2908,44 +2938,19 @@ fn differs_from<S: image_format::Store>(
     reader: &CaptureReader<S>,
     threads: usize,
 ) -> crate::Result<Option<(u64, usize)>> {
-    let (size, chunk) = (reader.disk_size(), reader.chunk_size());
-    let count = image_format::layout::chunk_count(size, chunk);
-    let id_key = reader.chunk_id_key();
-    let per_batch = ((16u64 << 20) / u64::from(chunk)).max(threads as u64);
-    let mut zero_ids = ZeroIds::new(&id_key);
-    let check = Progress::new("re-read", size, false);
-    let mut spare = Vec::new();
-    let mut index = 0;
-    while index < count {
-        let mut batch = Vec::new();
-        while index < count && (batch.len() as u64) < per_batch {
-            let want = match reader.entry(index) {
-                Some(image_format::layout::IndexEntry::Zero { chunk_id, .. }) => *chunk_id,
-                Some(image_format::layout::IndexEntry::Stored(l)) => l.chunk_id,
-                None => return Err(crate::err!("chunk {index} is not in the capture's index")),
-            };
-            let len = image_format::layout::chunk_len(size, chunk, index) as usize;
-            batch.push(Recheck { index, len, want });
-            index += 1;
-        }
-        let got = read_batch(
-            &mut Reading::Reader(rd),
-            &mut zero_ids,
-            u64::from(chunk),
-            &batch,
-            &mut spare,
-        )?;
-        if let Some((i, len)) = mismatch_in(&got, &id_key, threads)? {
-            return Ok(Some((i * u64::from(chunk), len)));
-        }
-        check.set((index * u64::from(chunk)).min(size));
-        spare.extend(got.into_iter().filter_map(|(_, data)| match data {
-            ReadBack::Bytes(b) => Some(b),
-            ReadBack::Zeros(_) => None,
-        }));
-    }
-    check.finish();
-    Ok(None)
+    reread(
+        &mut Reading::Reader(rd),
+        |index| match reader.entry(index) {
+            Some(image_format::layout::IndexEntry::Zero { chunk_id, .. }) => Ok(*chunk_id),
+            Some(image_format::layout::IndexEntry::Stored(l)) => Ok(l.chunk_id),
+            None => Err(crate::err!("chunk {index} is not in the capture's index")),
+        },
+        &reader.chunk_id_key(),
+        (reader.disk_size(), reader.chunk_size()),
+        threads,
+        false,
+        |_, _| {},
+    )
 }
 
 /// Sealing and hashing threads of a check: one per core.
