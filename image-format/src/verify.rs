@@ -1202,6 +1202,30 @@ pub struct GenerationInfo {
     pub peers: Vec<layout::Peer>,
 }
 
+impl GenerationInfo {
+    /// Generation `g` in `state`, with nothing else known (no manifest read).
+    pub fn blank(g: u32, state: GenerationState) -> Self {
+        GenerationInfo {
+            generation: g,
+            state,
+            parent: None,
+            chunk_size: 0,
+            disk_size: 0,
+            chunk_count: 0,
+            stored_chunks: 0,
+            zero_chunks: 0,
+            dedup_chunks: 0,
+            stored_bytes: 0,
+            segments: 0,
+            created_unix: 0,
+            appliance_id: None,
+            source_desc: String::new(),
+            manifest_root: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
 /// The spelling capture `name` is stored under on this medium.
 ///
 /// Capture names are compared without case everywhere: FAT keeps one
@@ -1348,24 +1372,7 @@ pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Opti
     let mut generations = Vec::new();
     let all = medium::generations(store, &name)?;
     for &g in &all {
-        let blank = GenerationInfo {
-            generation: g,
-            state: GenerationState::Damaged(String::new()),
-            parent: None,
-            chunk_size: 0,
-            disk_size: 0,
-            chunk_count: 0,
-            stored_chunks: 0,
-            zero_chunks: 0,
-            dedup_chunks: 0,
-            stored_bytes: 0,
-            segments: 0,
-            created_unix: 0,
-            appliance_id: None,
-            source_desc: String::new(),
-            manifest_root: None,
-            peers: Vec::new(),
-        };
+        let blank = GenerationInfo::blank(g, GenerationState::Damaged(String::new()));
         let info = match medium::read_manifest(store, &name, g) {
             Ok(Some(f)) => {
                 let m = f.manifest;

@@ -1510,27 +1510,14 @@ mod tests {
     }
 
     fn info(g: u32, parent: Option<u32>, done: bool) -> GenerationInfo {
+        let state = if done {
+            GenerationState::Complete
+        } else {
+            GenerationState::Unfinished { next_chunk: 0 }
+        };
         GenerationInfo {
-            generation: g,
-            state: if done {
-                GenerationState::Complete
-            } else {
-                GenerationState::Unfinished { next_chunk: 0 }
-            },
             parent,
-            chunk_size: 0,
-            disk_size: 0,
-            chunk_count: 0,
-            stored_chunks: 0,
-            zero_chunks: 0,
-            dedup_chunks: 0,
-            stored_bytes: 0,
-            segments: 0,
-            created_unix: 0,
-            appliance_id: None,
-            source_desc: String::new(),
-            manifest_root: None,
-            peers: Vec::new(),
+            ..GenerationInfo::blank(g, state)
         }
     }
 
