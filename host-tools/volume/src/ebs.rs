@@ -127,12 +127,26 @@ impl EbsSnapshotVolume {
         // A snapshot an earlier run completed for this very generation: a second one would only
         // cost (every re-run made one), so it takes --force, as a finished file target does.
         let done = prep.state_dir.join(format!("{key}.done"));
-        if let (Ok(text), false) = (std::fs::read_to_string(&done), prep.force) {
-            if let Some((volume, what)) = done_pairs(&text).find(|(_, w)| *w == prep.what) {
+        if let Ok(text) = std::fs::read_to_string(&done) {
+            let same = done_pairs(&text).find(|(_, w)| *w == prep.what);
+            if let (Some((volume, what)), false) = (same, prep.force) {
                 return Err(Error::Usage(format!(
                     "ebs-snapshot:{name} was completed by an earlier run of this ingest ({what}): \
                      {volume}; it is not made again. --force makes another snapshot"
                 )));
+            }
+            // Another capture (or generation) made into this name before: a second snapshot
+            // under one name, said as Cinder says a second volume under one name.
+            let before: Vec<String> = done_pairs(&text)
+                .map(|(volume, what)| format!("{volume} ({what})"))
+                .collect();
+            if !before.is_empty() {
+                eprintln!(
+                    "mgear: note: ebs-snapshot:{name} already names {}; this run makes another \
+                     snapshot under the same name (tell them apart by id, or give each \
+                     capture a name of its own)",
+                    before.join(", ")
+                );
             }
         }
         let found = if prep.state_dir.join(format!("{key}.ebs")).exists() {

@@ -166,6 +166,12 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
         "{}",
         output_text(&forced)
     );
+    // A second snapshot under one name is said, naming the first (it went unsaid).
+    assert!(
+        output_text(&forced).contains("already names") && output_text(&forced).contains(&id),
+        "{}",
+        output_text(&forced)
+    );
     assert_eq!(d.snapshot_ids().len(), 2);
     // Nothing of the disk stays in the state dir.
     let left: Vec<_> = walk(&e.p("state"));
@@ -266,6 +272,14 @@ fn the_ebs_double_program_takes_an_ingest_a_user_points_at_it() {
     use std::process::Stdio;
     let e = Env::new();
     captured(&e);
+    // --help says how to use it and ends (it started a server that waited for Enter).
+    let help = std::process::Command::new(mgear_tests::bin("mgear-ebs-double"))
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "{}", output_text(&help));
+    assert!(String::from_utf8_lossy(&help.stdout).starts_with("usage: mgear-ebs-double"));
     let mut double = std::process::Command::new(mgear_tests::bin("mgear-ebs-double"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
