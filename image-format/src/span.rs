@@ -625,12 +625,6 @@ impl<M: Store> SpanStore<M> {
                     if let Some(why) = damage {
                         map_damage.push((l.ordinal, why));
                     }
-                    if attached.iter().any(|a| a.ordinal == l.ordinal) {
-                        return Err(Error::Usage(format!(
-                            "medium #{} of the span is given twice ({name}): give each medium once",
-                            l.ordinal
-                        )));
-                    }
                     maps.push(map);
                     names.push(name);
                     attached.push(Attached {
@@ -667,6 +661,16 @@ impl<M: Store> SpanStore<M> {
         } else {
             Vec::new()
         };
+        // Two media of one member, once each is read as the member whose segments it holds
+        // (a label copied onto another medium was refused as "given twice").
+        for (i, a) in attached.iter().enumerate() {
+            if let Some(j) = attached[..i].iter().position(|b| b.ordinal == a.ordinal) {
+                return Err(Error::Usage(format!(
+                    "medium #{} of the span is given twice ({} and {}): give each medium once",
+                    a.ordinal, names[j], names[i]
+                )));
+            }
+        }
         let mut next = map
             .members
             .iter()
@@ -1658,6 +1662,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(both.relabelled().len(), 2);
+        assert_eq!(read_back(&mut both, "web01", &id).unwrap(), data);
+        drop(both);
+        // A's label copied onto B too (both say #1 now): B is still read as the member it
+        // holds (it was refused as "medium #1 given twice").
+        let la = a.file_mut(SPAN_FILE).unwrap().clone();
+        *b.file_mut(SPAN_FILE).unwrap() = la;
+        let mut both = SpanStore::open(
+            alloc::vec![
+                (&mut a as &mut dyn Store, "A".into()),
+                (&mut b as &mut dyn Store, "B".into())
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(both.attached(), alloc::vec![0, 1]);
         assert_eq!(read_back(&mut both, "web01", &id).unwrap(), data);
     }
 

@@ -397,7 +397,8 @@ fn verify_unbound_streams<S: Store + ?Sized>(
         let Some((set_name, _)) = set::parse_disk_stream_name(n) else {
             continue;
         };
-        // A stream whose directories are damaged was reported when it was checked.
+        // A stream whose directories (or its set's) are damaged was reported when they were
+        // checked: the other captures are still checked (this stopped the whole verify).
         let gens = match medium::generations(store, n) {
             Err(e) if e.is_damage() => continue,
             other => other?,
@@ -407,7 +408,12 @@ fn verify_unbound_streams<S: Store + ?Sized>(
                 .len(&layout::generation_file(n, g, MANIFEST_FILE))
                 .at(n)?
                 .is_some();
-            if finished && store.len(&set::set_path(set_name, g)).at(n)?.is_none() {
+            let set_path = set::set_path(set_name, g);
+            let bound = match store.len(&set_path).at(&set_path) {
+                Err(e) if e.is_damage() => continue,
+                other => other?.is_some(),
+            };
+            if finished && !bound {
                 let commit = alloc::format!(
                     "{}/{}",
                     layout::generation_dir(set_name, g),

@@ -745,6 +745,41 @@ fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
         .target("file:a.out")
         .ok();
     assert_eq!(sha(&e.p("a.out")), sha(&e.p("a.raw")));
+
+    // A machine set's directory whose chain loops (in both FATs): the set is the finding,
+    // the other captures are still checked (it stopped the whole verify at the set's disk).
+    let m2 = e.fat("m2.img", "64MiB");
+    e.capture(&m2, "db").sources(&["a.raw", "b.raw"]).ok();
+    e.capture(&m2, "x").source("a.raw").ok();
+    let o = Command::new("mshowfat")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(e.p("m2.img"))
+        .arg("::MGEAR/db")
+        .output()
+        .expect("mshowfat (Debian: mtools)");
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    let cluster: u64 = shown
+        .split('<')
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("mshowfat said {shown:?}"));
+    let mut img = fs::read(e.p("m2.img")).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    for copy in 0..geo.fats {
+        let at = (geo.fat_offset + copy * geo.fat_bytes + cluster * 4) as usize;
+        img[at..at + 4].copy_from_slice(&(cluster as u32).to_le_bytes());
+    }
+    fs::write(e.p("m2.img"), &img).unwrap();
+    let o = e.run(&["verify", "--medium", &m2, "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = v["problems"].to_string();
+    assert!(problems.contains("db") && problems.contains("loops"), "{v}");
+    assert!(!problems.contains("capture x"), "{v}");
+    e.ingest(&m2, "x").untrusted().target("file:x.out").ok();
+    assert_eq!(sha(&e.p("x.out")), sha(&e.p("a.raw")));
 }
 
 /// The root directory zeroed (its cluster wiped): the captures are not listed, and every
