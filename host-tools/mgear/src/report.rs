@@ -122,18 +122,23 @@ pub fn text_path(path: &Path) -> PathBuf {
 /// Whether the file at `p` is a report an earlier run wrote (JSON or summary), which a new
 /// report may replace. Anything else there is never replaced: `--report` named the medium,
 /// a key or the volume just ingested, and each was overwritten with the report.
-fn earlier_report(p: &Path) -> bool {
+fn earlier_report(p: &Path, certificate: bool) -> bool {
     let mut head = [0u8; 1024];
     let n = std::fs::File::open(p)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .unwrap_or(0);
     let head = String::from_utf8_lossy(&head[..n]);
-    (head.starts_with("{\"ok\":")
-        && (head.contains("\"report\":\"mgear-")
-            || head.contains("\"certificate\":\"mgear-erase-certificate/")))
-        || head.starts_with("MotionGear capture report (")
-        || head.starts_with("MotionGear ingest report (")
-        || head.starts_with("MotionGear erase certificate (")
+    // Of its own kind only: an erase certificate written over an ingest report destroyed
+    // the ticket's evidence.
+    if certificate {
+        (head.starts_with("{\"ok\":")
+            && head.contains("\"certificate\":\"mgear-erase-certificate/"))
+            || head.starts_with("MotionGear erase certificate (")
+    } else {
+        (head.starts_with("{\"ok\":") && head.contains("\"report\":\"mgear-"))
+            || head.starts_with("MotionGear capture report (")
+            || head.starts_with("MotionGear ingest report (")
+    }
 }
 
 /// What both reports share, around the command's own report `result`.
@@ -558,7 +563,7 @@ pub fn check_writable(path: &Path, flag: &str) -> crate::Result<()> {
                 hint,
             ));
         }
-        if std::fs::symlink_metadata(&p).is_ok() && !earlier_report(&p) {
+        if std::fs::symlink_metadata(&p).is_ok() && !earlier_report(&p, flag == "--certificate") {
             return Err(crate::exit::coded_hint(
                 crate::exit::USAGE,
                 format!(
@@ -804,5 +809,9 @@ mod tests {
         )
         .unwrap();
         check_writable(&c, "--certificate").unwrap();
+        // Each replaces only its own kind: a certificate never goes over a report, nor a
+        // report over a certificate.
+        assert!(check_writable(&r, "--certificate").is_err());
+        assert!(check_writable(&c, "--report").is_err());
     }
 }
