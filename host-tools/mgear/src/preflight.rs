@@ -285,16 +285,36 @@ pub fn stored_estimate(to_read: u64, chunk_size: u32, zero_fraction: f64, ratio:
 /// The most the samples read, whatever the chunk size.
 const SAMPLE_BYTES: u64 = 64 << 20;
 
-/// Of `items` (chunks, in disk order), the ones a check reads a sample of: evenly spread,
-/// up to 32 and [`SAMPLE_BYTES`] of `chunk`-sized reads, never fewer than 4 (or all there
-/// are). A delta's parent, a dirty bitmap's clean chunks, a sync target's: each sampled
-/// by this one rule.
+/// Of `items` (chunks, in disk order), the ones a check reads a sample of: up to 32 and
+/// [`SAMPLE_BYTES`] of `chunk`-sized reads, never fewer than 4 (or all there are), one at
+/// random in each of that many equal stretches ([`in_stretches`]). A delta's parent, a dirty
+/// bitmap's clean chunks, a sync target's: each sampled by this one rule.
 pub fn spread_sample<T: Copy>(items: &[T], chunk: u64) -> Vec<T> {
-    let want = ((SAMPLE_BYTES / chunk.max(1)).clamp(4, 32) as usize).min(items.len());
-    (0..want).map(|k| items[k * items.len() / want]).collect()
+    let want = (SAMPLE_BYTES / chunk.max(1))
+        .clamp(4, 32)
+        .min(items.len() as u64);
+    in_stretches(items.len() as u64, want)
+        .map(|i| items[i as usize])
+        .collect()
 }
 
-/// Sample `samples` evenly spaced chunks from chunk `first` on (at most [`SAMPLE_BYTES`]
+/// `want` positions of `0..len`, one drawn at random in each of `want` equal stretches of it,
+/// in order: spread over the whole disk as evenly spaced ones are, but never in step with a
+/// pattern the disk repeats (evenly spaced samples of a disk changed in every third chunk
+/// all fell on changed chunks, and a delta of the right disk was refused; those of a disk
+/// that repeats its content every few chunks all fell on the same kind, and the space
+/// estimate was half of what the capture stored).
+pub fn in_stretches(len: u64, want: u64) -> impl Iterator<Item = u64> {
+    use rand::{Rng, SeedableRng};
+    let want = want.min(len);
+    let mut rng = rand::rngs::SmallRng::from_entropy();
+    (0..want).map(move |k| {
+        let (lo, hi) = (k * len / want, (k + 1) * len / want);
+        rng.gen_range(lo..hi.max(lo + 1))
+    })
+}
+
+/// Sample `samples` chunks spread over the disk ([`in_stretches`]) from chunk `first` on (at most [`SAMPLE_BYTES`]
 /// of them, or about a second of `rate` if one is given; at least 4).
 pub fn estimate(
     source: &mut dyn Source,
@@ -323,9 +343,8 @@ pub fn estimate(
     // Samples that fell in a hole the source reported (counted in `zero` too).
     let mut holes = 0u64;
     let mut buf = Vec::new();
-    for k in 0..n {
-        // Spread over the whole rest of the disk, the last sample included.
-        let index = start + if n > 1 { k * (left - 1) / (n - 1) } else { 0 };
+    // Spread over the whole rest of the disk, at random within each stretch.
+    for index in in_stretches(left, n).map(|i| start + i) {
         let len = image_format::layout::chunk_len(size, chunk_size, index) as usize;
         let offset = index * u64::from(chunk_size);
         if source.is_hole(offset, len as u64)? {
@@ -542,6 +561,24 @@ garbage line
         assert_eq!(split_dev(makedev(8, 17)), (8, 17));
         assert_eq!(split_dev(makedev(259, 65536)), (259, 65536));
         assert_eq!(split_dev(makedev(4095, 255)), (4095, 255));
+    }
+
+    #[test]
+    fn samples_are_one_per_stretch_and_not_in_step_with_the_disk() {
+        let draw: Vec<u64> = in_stretches(96, 32).collect();
+        assert_eq!(draw.len(), 32);
+        for (k, i) in draw.iter().enumerate() {
+            assert!((3 * k as u64..3 * k as u64 + 3).contains(i), "{draw:?}");
+        }
+        // A disk changed in every third chunk: evenly spaced samples were all changed chunks
+        // (a delta of the right disk refused); these are not.
+        assert!(in_stretches(96, 32).any(|i| i % 3 != 0));
+        assert_eq!(in_stretches(5, 32).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert_eq!(in_stretches(0, 32).count(), 0);
+        let items: Vec<u64> = (0..1000).collect();
+        let s = spread_sample(&items, 1 << 20);
+        assert_eq!(s.len(), 32);
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "{s:?}");
     }
 
     #[test]
