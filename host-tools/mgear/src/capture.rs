@@ -1202,11 +1202,11 @@ fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> cra
     crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
-            "capture {} generation {generation} is unfinished, and {why}: it is another disk, \
-             and resuming would join two disks into one. Give the disk the generation was \
-             started from to resume it, or remove the unfinished generation with `{abort}` and \
-             capture this disk again. Only if it is the same disk, {changed} since, does \
-             --same-source resume it anyway",
+            "capture {} generation {generation} is unfinished, and {why}: it is most likely \
+             another disk, and resuming would join two disks into one. Give the disk the \
+             generation was started from to resume it, or remove the unfinished generation \
+             with `{abort}` and capture this disk again. Only if it is the same disk, {changed} \
+             since, does --same-source resume it anyway",
             args.name,
         ),
         format!("give the disk it was started from, or `{abort}`"),
@@ -1295,7 +1295,7 @@ fn check_stored_sample<S: image_format::Store>(
                     args.source.as_deref().unwrap_or("given"),
                 ),
             },
-            "most of it rewritten",
+            "much of it rewritten",
         ));
     }
     let checked = found.len() as u64;
@@ -1324,7 +1324,7 @@ fn check_stored_sample<S: image_format::Store>(
             },
             args.source.as_deref().unwrap_or("given"),
         ),
-        "most of it rewritten",
+        "much of it rewritten",
     ))
 }
 

@@ -1553,7 +1553,7 @@ fn a_resume_from_another_disk_at_the_same_path_is_refused() {
     let text = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{text}");
     assert!(
-        text.contains("it is another disk, and resuming would join two disks into one")
+        text.contains("it is most likely another disk, and resuming would join two disks into one")
             && text.contains("`mgear capture --abort --medium dir:m --name web01`"),
         "{text}"
     );
@@ -1697,7 +1697,9 @@ fn a_resume_from_another_bare_disk_or_a_swapped_set_is_refused() {
         let text = output_text(&o);
         assert_eq!(o.status.code(), Some(2), "{kind}: {text}");
         assert!(
-            text.contains("it is another disk, and resuming would join two disks into one"),
+            text.contains(
+                "it is most likely another disk, and resuming would join two disks into one"
+            ),
             "{kind}: {text}"
         );
         fs::copy(e.p(first), e.p("src.raw")).unwrap();
