@@ -1338,6 +1338,10 @@ const SAMPLE_CHUNKS: u64 = 32;
 const SAMPLE_BYTES: u64 = 64 << 20;
 
 /// `capture --dry-run`: the plan, nothing written (the medium is opened read-only).
+/// A new capture given no key to seal its data key with.
+const NEEDS_KEY: &str = "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the \
+                         target) and/or --passphrase-file";
+
 fn dry_run(args: &Plan) -> crate::Result<i32> {
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
     let spec = source_spec(args)?;
@@ -1350,8 +1354,20 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
         args.medium
             .open_before_capture_for(&span_plan(args, source.len(), chunk_size))?;
     let plan = preflight(args, &mut *source, medium.store(), chunk_size, rate);
+    // A new capture without a key is refused by the capture itself: the plan says so too
+    // (it said "fits", exit 0).
+    let keyless = args.recipient.is_empty()
+        && args.passphrase_file.is_none()
+        && !args.passphrase_generate
+        && image_format::capture_id(medium.store(), &args.name)
+            .ok()
+            .flatten()
+            .is_none();
     medium.close()?;
     let plan = plan?;
+    if keyless {
+        return Err(usage(NEEDS_KEY));
+    }
     // Exit 3 when it does not fit: `ok` says the same.
     let code = if plan.fits == Some(false) {
         crate::exit::IO
@@ -2389,9 +2405,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             // --recipient, the name being "new"), before anything is written.
             let plan = preflight(args, &mut *source, ro.store(), chunk_size, rate)?;
             if !exists && recipients.is_empty() && passphrase.is_none() {
-                return Err(usage(
-                    "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the target) and/or --passphrase-file",
-                ));
+                return Err(usage(NEEDS_KEY));
             }
             for w in &plan.warnings {
                 eprintln!("mgear capture: warning: {w}");

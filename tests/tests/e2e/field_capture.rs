@@ -93,6 +93,23 @@ fn check_before_writing_refuses_and_plans_without_writing() {
         "{}",
         output_text(&o)
     );
+    // Without a key the plan says what the capture would (it said "fits", exit 0).
+    let o = e.run(&[
+        "capture",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--source",
+        &e.s("disk.raw"),
+        "--dry-run",
+    ]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("a new capture needs --recipient"),
+        "{}",
+        output_text(&o)
+    );
     let plan = e
         .capture(&m, "web01")
         .source("disk.raw")
