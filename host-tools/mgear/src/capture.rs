@@ -1854,6 +1854,12 @@ fn preflight(
             let cache_dir = key_cache_dir(args.key_cache.clone())?;
             if let Some(c) = crate::keys::find_cached(&cache_dir, &args.name, &id)? {
                 same_recipients(args, &c.path, args.passphrase_file.is_some())?;
+                // The delta's same-disk sample, as the capture runs it (a plan said "fits"
+                // of a delta the capture then refused as another disk).
+                if kind == "delta" && !args.same_source && args.dirty_bitmap.is_none() {
+                    let key = DataKey::load_cache(&c.path, &c.name)?;
+                    check_delta_sample(store, source, args, &key)?;
+                }
             }
         }
     }

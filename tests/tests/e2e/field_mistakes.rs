@@ -857,6 +857,18 @@ fn a_delta_of_another_disk_is_refused_before_anything_is_stored() {
         output_text(&o)
     );
     assert_eq!(listing(), before, "nothing was written");
+    // Its plan says so too (it said "fits", exit 0).
+    let o = e
+        .capture("dir:mnt", "web01")
+        .source("b.raw")
+        .args(&["--delta", "--dry-run"])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is most likely not the disk captured as web01"),
+        "{}",
+        output_text(&o)
+    );
     // The right disk goes on at once (an unfinished generation left behind refused it as
     // "started with different parameters").
     let o = e
