@@ -122,9 +122,10 @@ pub fn hint(err: &Error, command: &str) -> String {
         }
         _ if is_damaged(err) => {
             "the medium's file system is damaged: never repair the original; on a copy of it, \
-             `fsck.fat -n COPY` names the damage (\"FATs differ\": the second FAT copy may be \
-             the intact one) and `fsck.fat -a COPY` repairs what it can; then give the copy \
-             (every record is still checked against what was signed)"
+             `fsck.fat -n COPY` names the damage and `fsck.fat -a COPY` repairs what it can from \
+             the first FAT (where it says the FATs differ, `mgear verify` of the medium says \
+             how to try the second); then give the copy (every record is still checked against \
+             what was signed)"
                 .to_string()
         }
         _ if is_read_only(err) => {

@@ -1356,10 +1356,17 @@ impl<D: FatDevice> Store for FatStore<D> {
             match fatmap::fat_copies_differ(&geo, &mut cache_reader(&self.cache))? {
                 Some((n, first)) => vec![format!(
                     "the volume's two FAT copies disagree on {n} cluster entr{} (the first at \
-                     cluster {first}): one of them is damaged, and a chain read from the first \
-                     may be cut or wrong; `fsck.fat -n` on a copy of the medium says more, and \
-                     `fsck.fat -a` on another copy repairs it (every record is still checked)",
-                    if n == 1 { "y" } else { "ies" }
+                     cluster {first}): one of them is damaged, and files are read through the \
+                     first. Work on copies of the medium, never the original: if the captures \
+                     check out (`mgear verify --identity` of a copy), the second FAT is the \
+                     damaged one and `fsck.fat -a COPY` (which keeps the first) repairs it; if \
+                     they do not, copy the second FAT over the first on a copy (`dd if=COPY \
+                     of=COPY bs=512 skip={} seek={} count={} conv=notrunc`) and verify that \
+                     copy",
+                    if n == 1 { "y" } else { "ies" },
+                    (geo.fat_offset + geo.fat_bytes) / 512,
+                    geo.fat_offset / 512,
+                    geo.fat_bytes / 512
                 )],
                 None => Vec::new(),
             },
