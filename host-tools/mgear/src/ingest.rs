@@ -1256,7 +1256,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                     // Its metadata say so, which anyone who can write the project's volume
                     // metadata can say of any volume: read back before it is called the capture.
                     let mut rd = mgear_volume::RbdReader::new(&kept.rbd);
-                    if let Some((at, len)) = differs_from(&mut rd, &reader, threads_for_check())? {
+                    if let Some((at, len)) = kept_differs(&mut rd, &reader)? {
                         return Err(coded(
                             FOUND,
                             format!(
@@ -1296,7 +1296,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             // Its record says an earlier run finished it; what it holds now says whether it
             // is still that (a machine may have run from it since).
             let mut rd = mgear_volume::RbdReader::new(spec);
-            if let Some((at, len)) = differs_from(&mut rd, &reader, threads_for_check())? {
+            if let Some((at, len)) = kept_differs(&mut rd, &reader)? {
                 return Err(coded(
                     FOUND,
                     format!(
@@ -2951,6 +2951,22 @@ fn differs_from<S: image_format::Store>(
         false,
         |_, _| {},
     )
+}
+
+/// [`differs_from`] of a kept RBD image: one shrunk below the disk since differs from its
+/// end on (a read past it failed with librbd's EINVAL and "reconnect it").
+fn kept_differs<S: image_format::Store>(
+    rd: &mut mgear_volume::RbdReader,
+    reader: &CaptureReader<S>,
+) -> crate::Result<Option<(u64, usize)>> {
+    let (now, disk) = (rd.size()?, reader.disk_size());
+    if now < disk {
+        return Ok(Some((
+            now,
+            usize::try_from(disk - now).unwrap_or(usize::MAX),
+        )));
+    }
+    differs_from(rd, reader, threads_for_check())
 }
 
 /// Sealing and hashing threads of a check: one per core.

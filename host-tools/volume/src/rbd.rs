@@ -499,6 +499,11 @@ impl RbdReader {
         }
     }
 
+    /// The image's size in bytes now.
+    pub fn size(&mut self) -> Result<u64> {
+        self.image()?.size()
+    }
+
     fn image(&mut self) -> Result<&Image> {
         if let Some(h) = self.opening.take() {
             let image = h.join().unwrap_or_else(|_| {

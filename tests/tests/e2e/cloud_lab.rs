@@ -745,6 +745,31 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
             && text.contains("Nothing was written"),
         "{text}"
     );
+    // Shrunk below the disk since: told the same way (a raw librbd EINVAL, exit 3).
+    run(&mut with_lab({
+        let mut c = Command::new("rbd");
+        c.args([
+            "-c",
+            &lab.var("CEPH_CONF"),
+            "--id",
+            &lab.var("MGEAR_CLOUD_RBD_USER"),
+            "resize",
+            "--allow-shrink",
+            "--size",
+            "4M",
+            &format!("{pool}/{image}"),
+        ]);
+        c
+    }));
+    let shrunk = with_lab(ingest("state2", &rbd_target).command())
+        .output()
+        .unwrap();
+    let text = output_text(&shrunk);
+    assert_eq!(shrunk.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("does not hold it any more: disk bytes 4194304.."),
+        "{text}"
+    );
 }
 
 /// `mgear demo --cloud`: the whole journey (sample disk, appliance simulator, seal, arrival)
