@@ -47,7 +47,7 @@ pub use verify::{
     capture_id, capture_info, finished_evidence, list_captures, medium_digests, stored_name,
     verify_capture_keyless, verify_keyless, verify_structure, CaptureInfo, Elsewhere,
     GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
-    CUT_OFF_AT_START,
+    CUT_OFF_AT_START, GARBLED_DIR,
 };
 
 #[cfg(feature = "crypto")]

@@ -578,8 +578,13 @@ fn verify_capture_into<S: Store + ?Sized>(
                     continue;
                 }
                 // No journal either: nothing a resume could continue (what fsck calls a
-                // leftover), so resuming is no advice.
+                // leftover), so resuming is no advice; unless its directory reads as garbage,
+                // which no interrupted start leaves.
                 if !matches!(medium::read_journal(store, name, g), Ok(Some(_))) {
+                    if let Some(why) = garbled_entries(store, &layout::generation_dir(name, g))? {
+                        cx.problem(at, alloc::format!("damaged generation: {why}"));
+                        continue;
+                    }
                     cx.problem(
                         at,
                         "unfinished generation cut off at its start (no MANIFEST, no valid \
@@ -1358,6 +1363,37 @@ pub fn list_captures<S: Store + ?Sized>(store: &mut S) -> Result<Vec<CaptureInfo
     Ok(out)
 }
 
+/// How [`garbled_entries`]' finding begins: such a generation is no leftover to remove.
+pub const GARBLED_DIR: &str = "its directory is damaged:";
+
+/// Why generation directory `dir` is damaged rather than cut off at its start: it lists
+/// entries no writer of the format makes (a subdirectory, a name of other characters than
+/// the format's), what a directory cluster overwritten with other bytes reads as. `None`
+/// when it does not (it was called "unfinished, cut off at its start", and `medium fsck
+/// --repair` offered to remove it).
+fn garbled_entries<S: Store + ?Sized>(store: &mut S, dir: &str) -> Result<Option<String>> {
+    let odd: Vec<String> = medium::list_or_empty(store, dir)?
+        .into_iter()
+        .filter(|e| {
+            e.kind == EntryKind::Dir
+                || !e
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+        .map(|e| e.name)
+        .collect();
+    Ok((!odd.is_empty()).then(|| {
+        alloc::format!(
+            "{GARBLED_DIR} it lists {} entr{} no MotionGear writer makes (the \
+             directory's cluster was overwritten?); `fsck.fat -n` on a copy of the medium says \
+             more. It is no capture cut off at its start: do not remove it to start over",
+            odd.len(),
+            if odd.len() == 1 { "y" } else { "ies" }
+        )
+    }))
+}
+
 /// Capture `name`'s key slots and generations, without any key; `None` for
 /// a machine set's directory (`crate::set::list_sets` lists those).
 pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Option<CaptureInfo>> {
@@ -1432,7 +1468,10 @@ pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Opti
                     ..blank
                 },
                 (None, None) => GenerationInfo {
-                    state: GenerationState::Damaged(CUT_OFF_AT_START.into()),
+                    state: GenerationState::Damaged(
+                        garbled_entries(store, &layout::generation_dir(&name, g))?
+                            .unwrap_or_else(|| CUT_OFF_AT_START.into()),
+                    ),
                     ..blank
                 },
             },

@@ -1045,7 +1045,8 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                         gdir.clone(),
                         "damaged-generation",
                         what,
-                        finished.is_none(),
+                        // A garbled directory is damage, never a leftover to remove.
+                        finished.is_none() && !why.starts_with(image_format::GARBLED_DIR),
                     ));
                     continue;
                 }

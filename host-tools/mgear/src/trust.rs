@@ -327,6 +327,29 @@ pub fn check_generation(
         (Some(g), _) => g,
         (None, Some(g)) => g,
         (None, None) => {
+            // A generation whose directory reads as garbage is damage, not a stopped capture.
+            let garbled = image_format::capture_info(medium, name)
+                .ok()
+                .flatten()
+                .and_then(|c| {
+                    c.generations.into_iter().find_map(|g| match g.state {
+                        image_format::GenerationState::Damaged(w)
+                            if w.starts_with(image_format::GARBLED_DIR) =>
+                        {
+                            Some((g.generation, w))
+                        }
+                        _ => None,
+                    })
+                });
+            if let Some((g, why)) = garbled {
+                return Err(crate::exit::coded_hint(
+                    FOUND,
+                    format!("capture {name} generation {g}: {why}"),
+                    "nothing was installed: the medium's file system is damaged there: on a copy \
+                     of the medium, `fsck.fat -n COPY` names the damage (never repair the \
+                     original), or ingest from another copy of the shipment",
+                ));
+            }
             // Nothing to do with what the target pinned: the capture never finished here.
             return Err(crate::exit::coded_hint(
                 FOUND,

@@ -683,6 +683,71 @@ fn a_fat_chain_cut_under_one_capture_is_its_problem_and_the_others_are_checked()
     assert_eq!(sha(&e.p("b.out")), sha(&e.p("b.raw")));
 }
 
+/// The first cluster of directory `path` of FAT image `image` (mtools' `mshowfat`).
+fn dir_cluster(e: &Env, image: &str, path: &str) -> u64 {
+    let o = Command::new("mshowfat")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(e.p(image))
+        .arg(format!("::{path}"))
+        .output()
+        .expect("mshowfat (Debian: mtools)");
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    shown
+        .split('<')
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("mshowfat said {shown:?}"))
+}
+
+/// A finished generation whose directory cluster was overwritten with other bytes: damaged,
+/// not "cut off at its start" (which sent the operator to start over, and `medium fsck
+/// --repair` to remove it, failing on the garbage names).
+#[test]
+fn a_generation_whose_directory_is_garbage_is_damaged_not_unfinished() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 36);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").sign("site.key").ok();
+    let cluster = dir_cluster(&e, "m.img", "MGEAR/rand/G0001");
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    let at = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(37);
+    rng.fill_bytes(&mut img[at..at + geo.cluster_bytes as usize]);
+    fs::write(e.p("m.img"), &img).unwrap();
+    let damaged = "its directory is damaged";
+    let i = text(&e.run(&["inspect", "--medium", &m]));
+    assert!(i.contains("DAMAGED") && i.contains(damaged), "{i}");
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(damaged) && !text(&o).contains("unfinished generation"),
+        "{}",
+        text(&o)
+    );
+    let before = sha(&e.p("m.img"));
+    e.run(&["medium", "fsck", "--medium", &m, "--repair"]);
+    assert_eq!(
+        sha(&e.p("m.img")),
+        before,
+        "a repair removed the damaged generation"
+    );
+    let o = e
+        .ingest(&m, "rand")
+        .trust("site.pub")
+        .target("file:a.out")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(damaged) && !text(&o).contains("stopped before"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// One capture's directory damaged in the file system (its generation's entry points out of
 /// the volume): every other capture of the medium still lists, verifies and ingests, and the
 /// damaged one is named (a new-user round found `inspect` listing nothing and an ingest of
@@ -697,20 +762,7 @@ fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
     e.capture(&m, "rand").source("a.raw").sign("site.key").ok();
     e.capture(&m, "mix").source("b.raw").sign("site.key").ok();
     // MGEAR/mix's directory: the first cluster of its G0001 entry now lies past the volume.
-    let o = Command::new("mshowfat")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(e.p("m.img"))
-        .arg("::MGEAR/mix")
-        .output()
-        .expect("mshowfat (Debian: mtools)");
-    let shown = String::from_utf8_lossy(&o.stdout).to_string();
-    let cluster: u64 = shown
-        .split('<')
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("mshowfat said {shown:?}"));
+    let cluster = dir_cluster(&e, "m.img", "MGEAR/mix");
     let mut img = fs::read(e.p("m.img")).unwrap();
     let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
     let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
@@ -751,20 +803,7 @@ fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
     let m2 = e.fat("m2.img", "64MiB");
     e.capture(&m2, "db").sources(&["a.raw", "b.raw"]).ok();
     e.capture(&m2, "x").source("a.raw").ok();
-    let o = Command::new("mshowfat")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(e.p("m2.img"))
-        .arg("::MGEAR/db")
-        .output()
-        .expect("mshowfat (Debian: mtools)");
-    let shown = String::from_utf8_lossy(&o.stdout).to_string();
-    let cluster: u64 = shown
-        .split('<')
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("mshowfat said {shown:?}"));
+    let cluster = dir_cluster(&e, "m2.img", "MGEAR/db");
     let mut img = fs::read(e.p("m2.img")).unwrap();
     let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
     for copy in 0..geo.fats {
