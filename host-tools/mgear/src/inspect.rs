@@ -110,6 +110,8 @@ pub struct Report {
     pub sets: Vec<SetJson>,
     /// The machines on this medium.
     pub shipment: Shipment,
+    /// See [`MediumJson::note`].
+    pub note: Option<String>,
 }
 
 /// What `inspect --json` prints for several media.
@@ -160,6 +162,9 @@ pub struct MediumJson {
     pub span: Option<SpanJson>,
     pub captures: Vec<CaptureJson>,
     pub sets: Vec<SetJson>,
+    /// Said where the medium lists no capture while much of its file system is in use: its
+    /// directories are likely damaged (null otherwise).
+    pub note: Option<String>,
 }
 
 /// Run `mgear inspect`.
@@ -334,6 +339,7 @@ pub fn run(args: Request) -> crate::Result<i32> {
         captures: m.captures,
         sets: m.sets,
         shipment: ship,
+        note: m.note,
     };
     if args.json || crate::output::json() {
         crate::progress::print_json(&report)?;
@@ -345,6 +351,7 @@ pub fn run(args: Request) -> crate::Result<i32> {
         span: report.span,
         captures: report.captures,
         sets: report.sets,
+        note: report.note,
     });
     for m in &report.shipment.missing_media {
         say!("shipment NOT complete without {m}: a machine of this span may have records on it");
@@ -437,6 +444,9 @@ fn medium_json(
         }
     }
     Ok(MediumJson {
+        note: hidden
+            .strip_prefix("; yet ")
+            .map(|n| format!("nothing is listed, yet {n}")),
         medium: w.describe(),
         free_bytes: free,
         span,
@@ -522,6 +532,9 @@ fn print_medium(report: &MediumJson) {
             .free_bytes
             .map_or(String::new(), |f| format!(", {} free", human_bytes(f)))
     );
+    if let Some(n) = &report.note {
+        say!("  NOTE: {n}");
+    }
     if let Some(sp) = &report.span {
         let this: Vec<String> = sp.this.iter().map(|o| format!("#{o}")).collect();
         for d in &sp.damaged_maps {

@@ -854,6 +854,18 @@ fn a_wiped_root_directory_is_told_as_likely_damage_not_an_empty_medium() {
     );
     let o = e.run(&["inspect", "--medium", &m, "--name", "rand"]);
     assert!(text(&o).contains(likely), "{}", text(&o));
+    // The listing of the whole medium too (it said "0 capture(s)" and nothing else).
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert!(
+        text(&o).contains("NOTE: nothing is listed") && text(&o).contains(likely),
+        "{}",
+        text(&o)
+    );
+    let v = e.json(&["inspect", "--medium", &m]);
+    assert!(
+        v["note"].as_str().is_some_and(|n| n.contains(likely)),
+        "{v}"
+    );
     // A medium that holds nothing says nothing of damage.
     let fresh = e.fat("fresh.img", "64MiB");
     let o = e.run(&["verify", "--medium", &fresh]);
