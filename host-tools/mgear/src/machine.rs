@@ -344,7 +344,7 @@ fn state(
             return Err(usage(format!(
                 "set {name} has {} disks: capture it (a delta too) with {} --source, in the same \
                  order. A machine that really gained or lost a disk is captured anew: under \
-                 another --name, without --delta (or after `mgear medium rm --medium MEDIUM \
+                 another --name, without --delta (or after `mgear medium rm --force --medium MEDIUM \
                  --name {name}` removed this one)",
                 l.set.disks.len(),
                 l.set.disks.len(),
