@@ -362,7 +362,15 @@ pub fn check_generation(
     };
     crate::report::note_generation(g);
     if generation.is_none() {
-        later_than_newest(medium, name, &all, newest, &mut warnings)?;
+        // The receipt's own generation, when it is the newest intact one: said beside a newer
+        // one that lost its MANIFEST (the refusal asked for that one again, nothing more).
+        let receipt = policy
+            .expect_commit
+            .as_deref()
+            .zip(newest)
+            .filter(|(want, n)| receipt_commit_is(medium, name, *n, want))
+            .map(|(_, n)| n);
+        later_than_newest(medium, name, &all, newest, receipt, &mut warnings)?;
     }
     if let Some(want) = policy.expect_generation {
         if g < want && generation.is_some() && newest.is_some_and(|n| n >= want) {
@@ -391,16 +399,11 @@ pub fn check_generation(
     // The finished generation of this capture whose receipt commit begins with `want`
     // (another than `g`): the one a receipt names when the generation taken is not it.
     let receipt_names = |medium: &mut dyn Store, want: &str| {
-        finished.iter().copied().filter(|h| *h != g).find(|h| {
-            let c = match image_format::set::parse_disk_stream_name(name) {
-                Some((set, _)) => image_format::set::read_set(medium, set, *h)
-                    .ok()
-                    .flatten()
-                    .map(|f| Commit::of_set(&f, *h)),
-                None => commit::expected_commit(medium, name, *h).ok().flatten(),
-            };
-            c.is_some_and(|c| crate::output::hex(&c.digest()).starts_with(want))
-        })
+        finished
+            .iter()
+            .copied()
+            .filter(|h| *h != g)
+            .find(|h| receipt_commit_is(medium, name, *h, want))
     };
     // Manifest and key slots as the medium holds them now (size-capped reads).
     let expected = match commit::expected_commit(medium, name, g) {
@@ -806,6 +809,7 @@ fn later_than_newest(
     name: &str,
     all: &[u32],
     newest: Option<u32>,
+    receipt: Option<u32>,
     warnings: &mut Vec<String>,
 ) -> crate::Result<()> {
     let intact = newest.map_or("none".into(), |n| n.to_string());
@@ -816,11 +820,20 @@ fn later_than_newest(
         "set manifest (SET)"
     };
     let damaged = |later: u32, why: String| {
+        crate::report::note_generation(later);
+        let way = match receipt {
+            Some(r) => format!(
+                "The capture receipt's commit (--expect-commit) is generation {r}'s: add \
+                 --generation {r} to install it"
+            ),
+            None => format!(
+                "Give --generation with it to ingest that one on purpose, or ask the capture \
+                 site for generation {later} again"
+            ),
+        };
         refuse(format!(
             "capture {name} generation {later} was finished ({why}) but its {lost} is missing: \
-             the medium was damaged since; the newest intact generation is {intact}. Give \
-             --generation with it to ingest that one on purpose, or ask the capture site for \
-             generation {later} again"
+             the medium was damaged since; the newest intact generation is {intact}. {way}"
         ))
     };
     for &later in all.iter().filter(|&&a| newest.is_none_or(|n| a > n)) {
@@ -875,6 +888,19 @@ fn later_than_newest(
         }
     }
     Ok(())
+}
+
+/// Whether generation `h` of capture `name` (a set's disk stream: its set's) has a receipt
+/// commit beginning with `want` (the hex of `--expect-commit`).
+fn receipt_commit_is(medium: &mut dyn Store, name: &str, h: u32, want: &str) -> bool {
+    let c = match image_format::set::parse_disk_stream_name(name) {
+        Some((set, _)) => image_format::set::read_set(medium, set, h)
+            .ok()
+            .flatten()
+            .map(|f| Commit::of_set(&f, h)),
+        None => commit::expected_commit(medium, name, h).ok().flatten(),
+    };
+    c.is_some_and(|c| crate::output::hex(&c.digest()).starts_with(want))
 }
 
 /// The disk streams (`NAME.dN`) of machine set `name`; empty for a capture

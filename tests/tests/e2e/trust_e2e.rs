@@ -708,6 +708,22 @@ fn a_receipt_of_an_older_generation_here_names_it() {
             "add --generation 1",
         ],
     );
+
+    // Generation 2 finished (signed) and its MANIFEST lost since: the receipt's generation
+    // is named too, and the ticket's report names the generation refused.
+    fs::remove_dir_all(e.p("mnt/MGEAR/web01/G0003")).unwrap();
+    fs::remove_file(e.p("mnt/MGEAR/web01/G0002/MANIFEST")).unwrap();
+    let mut reported = pin.to_vec();
+    reported.extend(["--report", "r.json"]);
+    refused(
+        &ingest(&e, &reported),
+        &[
+            "generation 2 was finished",
+            "is generation 1's: add --generation 1",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(e.p("r.json")).unwrap()).unwrap();
+    assert_eq!(r["result"]["generation"], 2, "{r}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
