@@ -421,6 +421,37 @@ fn medium_json(
             .map(|(ordinal, why)| DamagedMapJson { ordinal, why })
             .collect(),
     });
+    // A complete generation's segments that none of the media given holds and the span's map
+    // places on no other medium: it is not complete here (a map stripped of a member listed a
+    // half shipment as complete, nothing missing).
+    let far: std::collections::HashSet<String> = medium
+        .span()
+        .map(|sp| sp.unreachable().into_iter().map(|(p, _)| p).collect())
+        .unwrap_or_default();
+    let mut unplaced: std::collections::HashMap<(String, u32), String> = Default::default();
+    if let Ok(caps) = &listed {
+        let store = medium.store();
+        for c in caps {
+            for g in &c.generations {
+                if g.state != image_format::GenerationState::Complete {
+                    continue;
+                }
+                for k in 0..g.segments {
+                    let p = image_format::layout::segment_path(&c.name, g.generation, k);
+                    if !far.contains(&p) && store.len(&p).ok().flatten().is_none() {
+                        unplaced.insert(
+                            (c.name.clone(), g.generation),
+                            format!(
+                                "{p}, which its manifest lists, is on none of the media given \
+                                 and the span's map places it on no other medium"
+                            ),
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+    }
     medium.close()?;
     let mut caps = listed?;
     let mut sets = sets?;
@@ -462,8 +493,13 @@ fn medium_json(
                     .generations
                     .into_iter()
                     .map(|g| {
+                        let missing = unplaced.get(&(c.name.clone(), g.generation)).cloned();
+                        // Its manifest's date and source, segments missing or not.
                         let complete = matches!(g.state, image_format::GenerationState::Complete);
                         let (state, next_chunk, damage) = match g.state {
+                            image_format::GenerationState::Complete if missing.is_some() => {
+                                ("damaged", None, missing)
+                            }
                             image_format::GenerationState::Complete => ("complete", None, None),
                             image_format::GenerationState::Unfinished { next_chunk } => {
                                 ("unfinished", Some(next_chunk), None)

@@ -904,6 +904,46 @@ fn mtool(e: &Env, tool: &str, image: &str, args: &[&str]) {
     assert!(o.status.success(), "{tool} {args:?}: {}", output_text(&o));
 }
 
+/// A span map stripped of a member (its "joined" and "placed" entries dropped on the medium
+/// given): `inspect` listed the half shipment as complete, nothing missing. A segment the
+/// manifest lists that no medium given holds and the map places nowhere makes it damaged.
+#[test]
+fn a_span_map_stripped_of_a_member_does_not_make_half_a_shipment_complete() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk.raw"), noise(48 << 20, 23)).unwrap();
+    let (a, b) = (e.fat("a.img", "40MiB"), e.fat("b.img", "40MiB"));
+    Line::capture(&e, "web01")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .ok();
+    let map = "::/MGEAR/SPANMAP";
+    mtool(&e, "mcopy", "a.img", &["-n", map, "map.bin"]);
+    let whole = std::fs::read(e.p("map.bin")).unwrap();
+    // Entries of 128 bytes; bytes 2..4 name the medium an entry is about.
+    let kept: Vec<u8> = whole
+        .chunks(128)
+        .filter(|entry| entry.len() == 128 && entry[2..4] == [0, 0])
+        .flatten()
+        .copied()
+        .collect();
+    assert!(kept.len() < whole.len(), "the span has a second member");
+    std::fs::write(e.p("stripped.bin"), &kept).unwrap();
+    mtool(&e, "mcopy", "a.img", &["-o", "stripped.bin", map]);
+    let v = e.json(&["inspect", "--medium", &a]);
+    assert_eq!(v["shipment"]["complete"], false, "{v}");
+    let g = &v["captures"][0]["generations"][0];
+    assert_eq!(g["state"], "damaged", "{v}");
+    assert!(
+        g["damage"]
+            .as_str()
+            .unwrap()
+            .contains("is on none of the media given"),
+        "{v}"
+    );
+}
+
 /// A span's mirrored files are read from one of its media: `verify` of the whole span said
 /// "OK" with one medium's copy of a MANIFEST damaged or deleted (that medium alone failed).
 /// Every medium's copies are compared, and a copy that differs or is missing is a problem.
