@@ -1254,37 +1254,14 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                         format!(" (named {:?}, not {name:?})", kept.name)
                     };
                     // Its metadata say so, which anyone who can write the project's volume
-                    // metadata can say of any volume: read back before it is called the capture.
-                    let mut rd = mgear_volume::RbdReader::new(&kept.rbd);
-                    if let Some((at, len)) = kept_differs(&mut rd, &reader)? {
-                        return Err(coded(
-                            FOUND,
-                            format!(
-                                "Cinder volume {}{named} is marked as holding {} generation {} \
-                             (mgear.state=complete), but it does not hold it: disk bytes {at}..{} \
-                             differ (read back now: the machine has run from it since, or it \
-                             was changed or marked so by someone else). Nothing was written. \
-                             --force writes the capture again (into the volume its metadata \
-                             name; what the machine did since is lost), or ingest into another \
-                             name",
-                                kept.id,
-                                reader.name(),
-                                reader.generation(),
-                                at + len as u64
-                            ),
-                        ));
-                    }
-                    Some((
-                        format!(
-                            "Cinder volume {}{named} already holds {} generation {} (an earlier \
-                         ingest finished it, and it reads back bit for bit now): kept, not \
-                         written again (--force writes it again)",
-                            kept.id,
-                            reader.name(),
-                            reader.generation()
-                        ),
-                        Some(kept.id),
-                    ))
+                    // metadata can say of any volume.
+                    let said = keep_if_unchanged(
+                        &kept.rbd,
+                        &reader,
+                        &format!("Cinder volume {}{named}", kept.id),
+                        "marked complete by an earlier ingest (mgear.state=complete)",
+                    )?;
+                    Some((said, Some(kept.id)))
                 }
                 None => None,
             }
@@ -1293,35 +1270,13 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             if std::fs::read_to_string(rbd_done_path(&sdir, spec)).ok()
                 == Some(done_text(reader.manifest_root(), "rbd\n")) =>
         {
-            // Its record says an earlier run finished it; what it holds now says whether it
-            // is still that (a machine may have run from it since).
-            let mut rd = mgear_volume::RbdReader::new(spec);
-            if let Some((at, len)) = kept_differs(&mut rd, &reader)? {
-                return Err(coded(
-                    FOUND,
-                    format!(
-                        "RBD image {} was finished by an earlier ingest of {} generation {}, but \
-                         it does not hold it any more: disk bytes {at}..{} differ (read back \
-                         now: a machine has run from it since, or it was changed). Nothing was \
-                         written; --force writes the capture again over it",
-                        spec.image_spec(),
-                        reader.name(),
-                        reader.generation(),
-                        at + len as u64
-                    ),
-                ));
-            }
-            Some((
-                format!(
-                    "RBD image {} already holds {} generation {} (an earlier ingest finished it, \
-                     and it reads back bit for bit now): kept, not written again (--force \
-                     writes it again)",
-                    spec.image_spec(),
-                    reader.name(),
-                    reader.generation()
-                ),
-                None,
-            ))
+            let said = keep_if_unchanged(
+                spec,
+                &reader,
+                &format!("RBD image {}", spec.image_spec()),
+                "finished by an earlier ingest on this host",
+            )?;
+            Some((said, None))
         }
         _ => ingested_before(&sdir, &args.target, reader.manifest_root()).then(|| {
             (
@@ -2953,20 +2908,42 @@ fn differs_from<S: image_format::Store>(
     )
 }
 
-/// [`differs_from`] of a kept RBD image: one shrunk below the disk since differs from its
-/// end on (a read past it failed with librbd's EINVAL and "reconnect it").
-fn kept_differs<S: image_format::Store>(
-    rd: &mut mgear_volume::RbdReader,
+/// A finished volume a re-run finds (`what`: "Cinder volume ID", "RBD image P/I"; `how`: what
+/// says it holds `reader`'s generation), in the RBD image `spec`: read back before it is kept
+/// (it was called "verified bit-for-bit" unread, whatever it held since). The line saying it is
+/// kept, or the refusal when it no longer holds the generation (changed, or shrunk below the
+/// disk: a read past its end was librbd's EINVAL, "reconnect it").
+fn keep_if_unchanged<S: image_format::Store>(
+    spec: &mgear_volume::RbdSpec,
     reader: &CaptureReader<S>,
-) -> crate::Result<Option<(u64, usize)>> {
+    what: &str,
+    how: &str,
+) -> crate::Result<String> {
+    let mut rd = mgear_volume::RbdReader::new(spec);
     let (now, disk) = (rd.size()?, reader.disk_size());
-    if now < disk {
-        return Ok(Some((
-            now,
-            usize::try_from(disk - now).unwrap_or(usize::MAX),
-        )));
+    let differs = if now < disk {
+        Some((now, usize::try_from(disk - now).unwrap_or(usize::MAX)))
+    } else {
+        differs_from(&mut rd, reader, threads_for_check())?
+    };
+    let (name, g) = (reader.name(), reader.generation());
+    if let Some((at, len)) = differs {
+        return Err(coded(
+            FOUND,
+            format!(
+                "{what} was {how} as holding {name} generation {g}, but it does not hold it any \
+                 more: disk bytes {at}..{} differ (read back now: a machine has run from it \
+                 since, or it was changed or marked so by someone else). Nothing was written; \
+                 --force writes the capture again over it (what a machine did since is lost), \
+                 or ingest into another name",
+                at + len as u64
+            ),
+        ));
     }
-    differs_from(rd, reader, threads_for_check())
+    Ok(format!(
+        "{what} already holds {name} generation {g} ({how}, and it reads back bit for bit \
+         now): kept, not written again (--force writes it again)"
+    ))
 }
 
 /// Sealing and hashing threads of a check: one per core.

@@ -635,18 +635,9 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
     // Changed since (or any volume marked complete with these metadata by anyone who can
     // write them): read back, refused and left as it is. It was kept unread and called
     // "verified bit-for-bit".
-    run(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x41 1048576 512"])
-        .arg(lab.rbd_spec(&vol_id)));
-    let changed = with_lab(ingest("state", &target).command())
-        .output()
-        .unwrap();
-    let text = output_text(&changed);
-    assert_eq!(changed.status.code(), Some(1), "{text}");
-    assert!(
-        text.contains("but it does not hold it: disk bytes 1048576..")
-            && text.contains("Nothing was written"),
-        "{text}"
+    changed_is_refused(
+        &lab.rbd_spec(&vol_id),
+        with_lab(ingest("state", &target).command()),
     );
     drop(cleanup);
 
@@ -732,18 +723,9 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
     assert_eq!(r["bytes_written"], 0, "{r}");
     assert_eq!(r["verified"], true, "{r}");
     // ...and once changed, refused with nothing written.
-    run(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x41 1048576 512"])
-        .arg(&qemu_name));
-    let changed = with_lab(ingest("state2", &rbd_target).command())
-        .output()
-        .unwrap();
-    let text = output_text(&changed);
-    assert_eq!(changed.status.code(), Some(1), "{text}");
-    assert!(
-        text.contains("does not hold it any more: disk bytes 1048576..")
-            && text.contains("Nothing was written"),
-        "{text}"
+    changed_is_refused(
+        &qemu_name,
+        with_lab(ingest("state2", &rbd_target).command()),
     );
     // Shrunk below the disk since: told the same way (a raw librbd EINVAL, exit 3).
     run(&mut with_lab({
@@ -768,6 +750,22 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
     assert_eq!(shrunk.status.code(), Some(1), "{text}");
     assert!(
         text.contains("does not hold it any more: disk bytes 4194304.."),
+        "{text}"
+    );
+}
+
+/// 512 bytes at 1 MiB of the RBD image `qemu_spec` (qemu's `rbd:` spelling) overwritten, then
+/// `again` (the ingest that finished it, with the lab's environment) run: refused, naming the range, nothing written.
+fn changed_is_refused(qemu_spec: &str, mut again: Command) {
+    run(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x41 1048576 512"])
+        .arg(qemu_spec));
+    let changed = again.output().unwrap();
+    let text = output_text(&changed);
+    assert_eq!(changed.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("does not hold it any more: disk bytes 1048576..")
+            && text.contains("Nothing was written"),
         "{text}"
     );
 }
