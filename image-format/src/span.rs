@@ -1417,6 +1417,20 @@ mod tests {
         )
     }
 
+    /// Media `x` and `y`, in that order, opened for reading as one span (named as given).
+    fn read_two<'m>(
+        x: (&'m mut MemStore, &str),
+        y: (&'m mut MemStore, &str),
+    ) -> Result<SpanStore<&'m mut dyn Store>> {
+        SpanStore::open(
+            alloc::vec![
+                (x.0 as &mut dyn Store, x.1.into()),
+                (y.0 as &mut dyn Store, y.1.into())
+            ],
+            true,
+        )
+    }
+
     fn small(cap: u64) -> MemStore {
         let mut s = MemStore::new();
         s.set_capacity(Some(cap));
@@ -1490,14 +1504,7 @@ mod tests {
             assert_eq!(info.map.members.len(), 2);
         }
         // Read back through the union, media given in reverse order.
-        let mut span = SpanStore::open(
-            alloc::vec![
-                (&mut b as &mut dyn Store, "B".into()),
-                (&mut a as &mut dyn Store, "A".into())
-            ],
-            true,
-        )
-        .unwrap();
+        let mut span = read_two((&mut b, "B"), (&mut a, "A")).unwrap();
         assert_eq!(span.attached(), alloc::vec![0, 1]);
         assert_eq!(read_back(&mut span, "web01", &id).unwrap(), data);
         let r = verify_keyless(&mut span, &mut NoProgress).unwrap();
@@ -1551,14 +1558,7 @@ mod tests {
             r.elsewhere
         );
         drop(one);
-        let mut both = SpanStore::open(
-            alloc::vec![
-                (&mut a as &mut dyn Store, "A".into()),
-                (&mut b as &mut dyn Store, "B".into())
-            ],
-            true,
-        )
-        .unwrap();
+        let mut both = read_two((&mut a, "A"), (&mut b, "B")).unwrap();
         let r = verify_keyless(&mut both, &mut NoProgress).unwrap();
         assert!(missing(&r) && r.elsewhere.is_empty(), "both: {r:?}");
         drop(both);
@@ -1572,15 +1572,9 @@ mod tests {
             "{:?}",
             r.problems
         );
-        let e = SpanStore::open(
-            alloc::vec![
-                (&mut a as &mut dyn Store, "A".into()),
-                (&mut b as &mut dyn Store, "B".into())
-            ],
-            true,
-        )
-        .err()
-        .expect("refused");
+        let e = read_two((&mut a, "A"), (&mut b, "B"))
+            .err()
+            .expect("refused");
         assert!(
             e.to_string().contains("span label (MGEAR/SPAN) is missing"),
             "{e}"
@@ -1601,14 +1595,7 @@ mod tests {
                 .any(|p| p.what.contains("span map") && p.what.contains("missing (MGEAR/SPANMAP)"))
         };
         assert!(named(&r), "A alone: {:?}", r.problems);
-        let mut both = SpanStore::open(
-            alloc::vec![
-                (&mut a as &mut dyn Store, "A".into()),
-                (&mut b as &mut dyn Store, "B".into())
-            ],
-            true,
-        )
-        .unwrap();
+        let mut both = read_two((&mut a, "A"), (&mut b, "B")).unwrap();
         let r = verify_keyless(&mut both, &mut NoProgress).unwrap();
         assert!(named(&r), "both: {:?}", r.problems);
     }
@@ -1653,14 +1640,7 @@ mod tests {
                 r.problems
             );
         }
-        let mut both = SpanStore::open(
-            alloc::vec![
-                (&mut b as &mut dyn Store, "B".into()),
-                (&mut a as &mut dyn Store, "A".into())
-            ],
-            true,
-        )
-        .unwrap();
+        let mut both = read_two((&mut b, "B"), (&mut a, "A")).unwrap();
         assert_eq!(both.relabelled().len(), 2);
         assert_eq!(read_back(&mut both, "web01", &id).unwrap(), data);
         drop(both);
@@ -1668,14 +1648,7 @@ mod tests {
         // holds (it was refused as "medium #1 given twice").
         let la = a.file_mut(SPAN_FILE).unwrap().clone();
         *b.file_mut(SPAN_FILE).unwrap() = la;
-        let mut both = SpanStore::open(
-            alloc::vec![
-                (&mut a as &mut dyn Store, "A".into()),
-                (&mut b as &mut dyn Store, "B".into())
-            ],
-            true,
-        )
-        .unwrap();
+        let mut both = read_two((&mut a, "A"), (&mut b, "B")).unwrap();
         assert_eq!(both.attached(), alloc::vec![0, 1]);
         assert_eq!(read_back(&mut both, "web01", &id).unwrap(), data);
     }
@@ -1717,16 +1690,10 @@ mod tests {
             .unwrap();
             capture(&mut s, "db01", &data[..CS as usize], &id).unwrap();
         }
-        let err = SpanStore::open(
-            alloc::vec![
-                (&mut a as &mut dyn Store, "A".into()),
-                (&mut other as &mut dyn Store, "O".into())
-            ],
-            true,
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let err = read_two((&mut a, "A"), (&mut other, "O"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("another span"), "{err}");
     }
 
