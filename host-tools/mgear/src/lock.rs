@@ -201,12 +201,21 @@ fn take(
         FlockArg::LockSharedNonblock
     };
     let deadline = std::time::Instant::now() + patience;
+    let mut said = false;
     let taken = loop {
         match Flock::lock(file, arg) {
             Err((f, errno))
                 if errno == nix::errno::Errno::EWOULDBLOCK
                     && std::time::Instant::now() < deadline =>
             {
+                if !said {
+                    // Silence for the whole wait read as a hang.
+                    eprintln!(
+                        "mgear: {what} is in use; waiting up to {} s for it to be released",
+                        patience.as_secs()
+                    );
+                    said = true;
+                }
                 file = f;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }

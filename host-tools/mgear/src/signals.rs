@@ -18,10 +18,12 @@ static STOP: AtomicBool = AtomicBool::new(false);
 const STOPPING: &[u8] = b"\nmgear: stopping after the work at hand, keeping its checkpoint \
 (the same command resumes); Ctrl-C again to exit at once\n";
 
-/// Said instead by `mgear serve`, which holds no checkpoint of its own: the session at hand
-/// ends between chunks and the source's sync resumes against the restarted serve.
-const STOPPING_SERVE: &[u8] = b"\nmgear serve: stopping between chunks (a sync in progress \
-resumes when serve runs again); Ctrl-C again to exit at once\n";
+/// Said instead by `mgear serve`, which holds no checkpoint of its own: it accepts no new
+/// sync and lets the one under way finish (it said "stopping between chunks", which it does
+/// only at a second signal).
+const STOPPING_SERVE: &[u8] = b"\nmgear serve: stopping: no new sync is accepted, a sync under \
+way is finished first; Ctrl-C again to exit at once (that sync then resumes when serve runs \
+again)\n";
 
 /// [`install_for_serve`] was called: say [`STOPPING_SERVE`].
 static SERVING: AtomicBool = AtomicBool::new(false);

@@ -185,7 +185,9 @@ fn cbt_delta_reads_only_dirty_chunks() {
     ingests_as_the_disk(&e, "late.raw", "late-v.raw");
 
     // A late bitmap given to `sync`: it reported the volume "verified" while the changes made
-    // before the bitmap never reached it. Refused before anything is sent.
+    // before the bitmap never reached it. Refused before anything is sent. (Changes over half
+    // the disk: the sample draws one clean chunk at random in each of 32 stretches, so a
+    // change to one chunk is caught only by chance.)
     e.ok(&["keygen", "--signing", "--out", "site.key"]);
     e.ingest("dir:mnt", "vm1")
         .untrusted()
@@ -193,7 +195,7 @@ fn cbt_delta_reads_only_dirty_chunks() {
         .ok();
     tool(
         "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x12 2M 1M", "disk.qcow2"],
+        &["-f", "qcow2", "-c", "write -P 0x12 2M 24M", "disk.qcow2"],
         dir,
     );
     tool(
@@ -251,4 +253,50 @@ fn cbt_delta_reads_only_dirty_chunks() {
         dir,
     );
     same_file(&e.p("now.raw"), &e.p("vol.raw"));
+
+    // Another program wrote the volume while serve held it (a boot, an fsck): serve saw it and
+    // hashed it again, but a sync with a dirty bitmap read only what the source changed, a
+    // sample of the rest missed the target's change, and it said "verified". Serve now tells
+    // the source, which reads every chunk for that session.
+    {
+        let log_path = e.p("serve.log");
+        let (_serve, addr) = e
+            .serve("dir:mnt", "vm1")
+            .trust("site.pub")
+            .listen_logging(fs::File::create(&log_path).unwrap());
+        {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(e.p("vol.raw"))
+                .unwrap();
+            f.write_all_at(&[0xa5; 8192], 40 * MIB).unwrap();
+        }
+        tool(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x14 6M 1M", "disk.qcow2"],
+            dir,
+        );
+        let (_server, url) = serve(&e, "s6.sock", &["-B", "later"]);
+        let o = sync(&url, &addr, &["--dirty-bitmap", "later"]);
+        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{text}");
+        assert!(text.contains("written by another program"), "{text}");
+        let log = fs::read_to_string(&log_path).unwrap();
+        assert!(log.contains("was written by something else"), "{log}");
+    }
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            "disk.qcow2",
+            "now2.raw",
+        ],
+        dir,
+    );
+    same_file(&e.p("now2.raw"), &e.p("vol.raw"));
 }

@@ -749,7 +749,9 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
     let _ = serve.0.wait();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
-        log.contains("mgear serve: stopping between chunks"),
+        log.contains(
+            "mgear serve: stopping: no new sync is accepted, a sync under way is finished first"
+        ),
         "{log}"
     );
     assert!(!log.contains("keeping its checkpoint"), "{log}");
@@ -784,6 +786,31 @@ fn serve_refuses_a_volume_that_is_not_the_ingested_disk_and_a_busy_port_at_once(
     assert!(
         stderr(&o).contains("the volume nope.raw does not exist")
             && stderr(&o).contains("ingest web01 into it first"),
+        "{}",
+        text(&o)
+    );
+
+    // A capture that is not on the medium: said so (it was "no key slot left: they were
+    // erased", a crypto-erase that never happened).
+    let o = e.run(&[
+        "serve",
+        "--target",
+        "file:vol.raw",
+        "--medium",
+        "fat:medium.img",
+        "--name",
+        "web09",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("there is no capture \"web09\" on fat:medium.img (captures: web01)")
+            && !stderr(&o).contains("erased"),
         "{}",
         text(&o)
     );
@@ -912,6 +939,79 @@ fn a_volume_written_behind_serves_back_is_hashed_again() {
     );
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("was written by something else"), "{log}");
+}
+
+/// Something wrote the volume while a session applied chunks: serve's own next write moved
+/// the file's change times again, so the write went unseen, the session and every later one
+/// said "verified", and the volume kept it. Serve now checks the times before each write of
+/// its own and at the end: it hashes the volume again and ends the session, the sync starts a
+/// new one, and the volume ends equal to the source.
+#[test]
+fn a_volume_written_during_a_session_is_hashed_again_and_the_sync_starts_over() {
+    use std::os::unix::fs::FileExt;
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 16, 41);
+    e.capture_and_ingest("64MiB");
+    change_chunks(&e.p("disk.raw"), &(0..12).collect::<Vec<_>>(), 42);
+    let log_path = e.p("serve.log");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen_logging(std::fs::File::create(&log_path).unwrap());
+    let sync = e
+        .cmd(&[
+            "sync",
+            "--source",
+            "disk.raw",
+            "--to",
+            &addr,
+            "--name",
+            "web01",
+            "--rate-limit",
+            "3MiB/s",
+            "--sign",
+            "site.key",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first changed chunk landed, another program writes a chunk the sync does not
+    // send (twice, 50 ms apart: the kernel keeps change times to its clock tick, and one of
+    // the two lands in another tick than serve's own writes).
+    let src = std::fs::read(e.p("disk.raw")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read(e.p("vol.raw")).unwrap()[..MIB] != src[..MIB] {
+        assert!(Instant::now() < deadline, "the first chunk never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("vol.raw"))
+        .unwrap();
+    for _ in 0..2 {
+        f.write_all_at(&[0x5a; 4096], 14 * MIB as u64).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(f);
+    let o = sync.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The refusal may be lost with the connection the target closed while chunks were still
+    // on their way; the new session says what happened either way.
+    assert!(
+        err.contains("the target's volume was written by another program"),
+        "{err}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), src);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("was written by something else during this session"),
+        "{log}"
+    );
 }
 
 /// Ctrl-C of a sync ended it with exit 130 and nothing said: it stops between chunks, says

@@ -309,7 +309,23 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
             a.name, a.name, a.name, a.name
         )));
     }
-    let (key, slot_id) = image_format::unlock_data_key(medium.store(), &a.name, &unlock)?;
+    let (key, slot_id) = match image_format::unlock_data_key(medium.store(), &a.name, &unlock) {
+        Ok(k) => k,
+        // A name that is not on the medium is a usage error ("no key slot left" told it as
+        // a crypto-erase).
+        Err(e) => match image_format::list_captures(medium.store()) {
+            Ok(caps) if !caps.iter().any(|c| c.name.eq_ignore_ascii_case(&a.name)) => {
+                let names: Vec<String> = caps.into_iter().map(|c| c.name).collect();
+                return Err(crate::verify::no_such_capture(
+                    &a.name,
+                    &a.medium.describe(),
+                    &names,
+                    medium.store(),
+                ));
+            }
+            _ => return Err(e.into()),
+        },
+    };
     let reader = CaptureReader::open_with_key(medium.store(), &a.name, None, &key)?;
     let m = reader.manifest().clone();
     // The spelling on the medium, whatever case --name was given in.

@@ -153,6 +153,9 @@ struct Run<'a> {
     buf: Vec<u8>,
     /// The source was compared with the target's ids (first attempt only).
     identity_checked: bool,
+    /// The target said its volume was written elsewhere (said once; with `--dirty-bitmap`
+    /// every chunk is read from then on).
+    every_chunk: bool,
 }
 
 /// Sync `disk` to the target reached by `connect`.
@@ -170,6 +173,7 @@ pub fn run(
         limiter: None,
         buf: Vec::new(),
         identity_checked: false,
+        every_chunk: false,
     };
     loop {
         run.stats.attempts += 1;
@@ -217,6 +221,11 @@ fn refused(p: &[u8], peer: &str) -> Fail {
             code: err::BUSY,
             message: m,
         }) => Fail::Retry(crate::err!("the target {peer} is busy: {m}")),
+        // The target hashed its volume again: a new session gets its ids.
+        Ok(Refusal {
+            code: err::REHASHED,
+            message: m,
+        }) => Fail::Retry(crate::err!("the target {peer} ended the session: {m}")),
         // Not data that failed to check out: who signed the session (exit 1, as an ingest of
         // a capture signed by no pinned key).
         Ok(Refusal {
@@ -466,7 +475,7 @@ impl Run<'_> {
         let key = self.plan.key_for(&capture_id).cloned();
         if let (None, Some(mine)) = (&key, self.plan.capture_id) {
             let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-            return Err(Fail::Fatal(coded(
+            return Err(Fail::Fatal(crate::exit::coded_hint(
                 FOUND,
                 format!(
                     "the target serves capture {} of {name}, but this host captured {} under that \
@@ -474,6 +483,9 @@ impl Run<'_> {
                     hex(&capture_id),
                     hex(&mine)
                 ),
+                "nothing was sent and no data is damaged: the target holds another capture of \
+                 that name. Sync to the serve of the capture this host made (`mgear keys list` \
+                 shows its capture id), or have the target ingest and serve that capture",
             )));
         }
         let Some(key) = key else {
@@ -526,6 +538,20 @@ impl Run<'_> {
         self.send_sealed(&mut w, &mut s, ty::PROOF, &proof.encode())?;
         w.flush().map_err(lost(&peer))?;
 
+        let written_elsewhere = match recv_sealed(&mut r, &mut s, &peer)? {
+            (ty::VOLUME, p) => {
+                wire::VolumeState::decode(&p)
+                    .map_err(malformed)?
+                    .written_elsewhere
+            }
+            (ty::ERROR, p) => return Err(refused(&p, &peer)),
+            (other, _) => {
+                return Err(fatal(crate::err!(
+                    "expected VOLUME, got {}",
+                    wire::type_name(other)
+                )))
+            }
+        };
         let mut ids: Vec<[u8; 32]> = Vec::new();
         while (ids.len() as u64) < count {
             let (t, p) = recv_sealed(&mut r, &mut s, &peer)?;
@@ -553,6 +579,24 @@ impl Run<'_> {
         self.stats.disk_size = size;
         self.stats.chunk_size = chunk_size;
         self.stats.chunks = count;
+        if written_elsewhere && !self.every_chunk {
+            // The target saw another program write its volume: a bitmap of the source's
+            // writes cannot say what that changed there.
+            self.every_chunk = true;
+            if self.plan.bitmap.is_some() {
+                self.candidates = Some((0..count).collect());
+            }
+            eprintln!(
+                "mgear sync: the target's volume was written by another program since the last \
+                 sync that compared every chunk (serve hashed it again): {}",
+                if self.plan.bitmap.is_some() {
+                    "--dirty-bitmap cannot say what that changed, so every chunk is read and \
+                     compared this session"
+                } else {
+                    "this sync puts back every chunk that differs from the source"
+                }
+            );
+        }
         if self.candidates.is_none() {
             self.candidates = Some(match self.disk.dirty_chunks(chunk_size) {
                 Ok(Some(dirty)) => dirty,

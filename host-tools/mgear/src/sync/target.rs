@@ -99,6 +99,9 @@ pub struct ServedVolume {
     /// A file volume's path and its modification stamp after serve's own last write
     /// ([`ServedVolume::watch`]).
     watched: Option<(std::path::PathBuf, Option<Stamp>)>,
+    /// Another program wrote the volume since the last session that compared every chunk:
+    /// told to each source (VOLUME), so that a dirty bitmap's clean chunks are read too.
+    written_elsewhere: bool,
 }
 
 /// A file's change times and size: what another program writing it moves.
@@ -156,6 +159,7 @@ impl ServedVolume {
             id_key,
             unsynced: 0,
             watched: None,
+            written_elsewhere: false,
         })
     }
 
@@ -172,19 +176,30 @@ impl ServedVolume {
     /// Hash the volume again if something other than this serve wrote it since its last
     /// write or hash (see [`ServedVolume::watch`]); says so on stderr.
     pub fn rehash_if_changed(&mut self) -> crate::Result<()> {
-        let Some((path, seen)) = &self.watched else {
-            return Ok(());
-        };
-        let now = stamp_of(path);
-        if now == *seen {
+        if !self.changed_behind() {
             return Ok(());
         }
-        let path = path.clone();
         eprintln!(
             "mgear serve: {} was written by something else since serve last wrote or hashed it: \
              hashing it again before this session",
             self.desc
         );
+        self.rehash()
+    }
+
+    /// Whether the watched file's change times moved since this serve's own last write or
+    /// hash: another program wrote it. (The kernel keeps those times to its clock tick, a few
+    /// milliseconds: a write landing in the same tick as one of serve's own is not seen.)
+    fn changed_behind(&self) -> bool {
+        self.watched
+            .as_ref()
+            .is_some_and(|(path, seen)| stamp_of(path) != *seen)
+    }
+
+    /// Hash the whole volume again (its ids no longer describe it) and remember that it was
+    /// written elsewhere until a session compares every chunk.
+    fn rehash(&mut self) -> crate::Result<()> {
+        self.written_elsewhere = true;
         self.ids = hash_all(
             self.vol.as_mut(),
             &self.desc,
@@ -192,7 +207,7 @@ impl ServedVolume {
             self.chunk_size,
             &self.id_key,
         )?;
-        self.watched = Some((path.clone(), stamp_of(&path)));
+        self.wrote();
         Ok(())
     }
 
@@ -314,6 +329,30 @@ fn recv_sealed<R: Read, W: Write>(
                 .into(),
         )),
     }
+}
+
+/// Another program wrote the volume during a session: hash it again and end the session
+/// (`REHASHED`): the source's list of what differs came from ids that no longer describe the
+/// volume, and a new session gets the ids it holds now.
+fn written_during(w: &mut impl Write, s: &mut Session, vol: &mut ServedVolume) -> crate::Error {
+    eprintln!(
+        "mgear serve: {} was written by something else during this session: hashing it again",
+        vol.desc
+    );
+    if let Err(e) = vol.rehash() {
+        return refuse(w, Some(s), err::IO, format!("{e:#}"));
+    }
+    refuse(
+        w,
+        Some(s),
+        err::REHASHED,
+        format!(
+            "{} was written by another program during this session (stop whatever writes it: \
+             only serve may write a served volume); serve hashed it again, and a new session \
+             compares every chunk with what it holds now",
+            vol.desc
+        ),
+    )
 }
 
 /// Who may sync into a served volume.
@@ -538,6 +577,12 @@ pub fn session<R: Read, W: Write>(
     );
     // One authenticated sync writes at a time; others wait here (bounded by their idle timeout).
     let mut vol = vol.lock().unwrap_or_else(|p| p.into_inner());
+    let told_elsewhere = vol.written_elsewhere;
+    let state = wire::VolumeState {
+        written_elsewhere: told_elsewhere,
+    };
+    let sealed = s.seal(ty::VOLUME, &state.encode())?;
+    wire::send(&mut w, ty::SEALED, &sealed)?;
     for (n, part) in vol.ids.chunks(wire::IDS_PER_FRAME as usize).enumerate() {
         let p = Ids {
             first: n as u64 * wire::IDS_PER_FRAME as u64,
@@ -597,6 +642,9 @@ pub fn session<R: Read, W: Write>(
                         }
                     },
                 };
+                if vol.changed_behind() {
+                    return Err(written_during(&mut w, &mut s, &mut vol));
+                }
                 if let Err(e) = vol.apply(index, &data, chunk_id) {
                     return Err(refuse(&mut w, Some(&mut s), err::IO, format!("{e:#}")));
                 }
@@ -604,14 +652,22 @@ pub fn session<R: Read, W: Write>(
                 applied.bytes += data.len() as u64;
             }
             ty::DONE => {
-                Done::decode(&p)?;
+                let done = Done::decode(&p)?;
+                if vol.changed_behind() {
+                    return Err(written_during(&mut w, &mut s, &mut vol));
+                }
                 if let Err(e) = vol.sync() {
                     return Err(refuse(&mut w, Some(&mut s), err::IO, format!("{e:#}")));
+                }
+                let digest = session::volume_digest(vol.size, cap.chunk_size, &vol.ids);
+                if told_elsewhere && digest == done.digest {
+                    // The source compared every chunk and the volume is what it expected.
+                    vol.written_elsewhere = false;
                 }
                 let a = wire::Applied {
                     chunks: applied.chunks,
                     bytes: applied.bytes,
-                    digest: session::volume_digest(vol.size, cap.chunk_size, &vol.ids),
+                    digest,
                 }
                 .encode();
                 let sealed = s.seal(ty::APPLIED, &a)?;

@@ -815,6 +815,12 @@ fn a_record_altered_inside_a_valid_seal_is_refused() {
     let sealed = s.seal(ty::PROOF, &proof.encode()).unwrap();
     super::wire::send(&mut w, ty::SEALED, &sealed).unwrap();
     let (_, p) = super::wire::recv(&mut r, "target").unwrap();
+    assert_eq!(
+        s.open(&p).unwrap(),
+        (ty::VOLUME, vec![0]),
+        "nothing else wrote it"
+    );
+    let (_, p) = super::wire::recv(&mut r, "target").unwrap();
     assert_eq!(s.open(&p).unwrap().0, ty::IDS);
 
     let src = std::fs::read(&fx.src).unwrap();

@@ -9,7 +9,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "MGSY" (4d 47 53 59)
-//! 4       1     protocol version (3)
+//! 4       1     protocol version (4)
 //! 5       1     message type (below)
 //! 6       2     reserved, 0
 //! 8       4     payload length n (at most MAX_PAYLOAD)
@@ -46,9 +46,16 @@
 //! 7    APPLIED  T→S  sealed  chunks applied u64 | bytes written u64 | volume disk digest [32]
 //! 8    ERROR    both either  code u8 | message str
 //! 9    SEALED   both         AEAD ciphertext of (inner type u8 ‖ inner payload) + 16-byte tag
+//! 10   VOLUME   T→S  sealed  flags u8: bit 0 WRITTEN_ELSEWHERE, the volume was written by
+//!                            another program since the last session that compared every
+//!                            chunk (a dirty bitmap cannot say what that changed: the source
+//!                            reads every chunk); other bits 0
 //! ```
 //!
-//! A session: HELLO → WELCOME → PROOF → IDS… → CHUNK… → DONE → APPLIED.
+//! A session: HELLO → WELCOME → PROOF → VOLUME → IDS… → CHUNK… → DONE → APPLIED.
+//! A target that finds its volume written by another program during a session (its change
+//! times moved between two of its own writes) hashes it again and ends the session with
+//! ERROR `REHASHED`; the source starts a new one, which gets the ids the volume now has.
 //! The records of one session are one record stream of the format
 //! (`image_format::RecordSealer`/`RecordOpener`): sealed by the writer's code
 //! with its decode-back self-check, opened by the reader's, numbered from 0
@@ -63,8 +70,9 @@ use std::io::{self, Read, Write};
 
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"MGSY";
-/// Protocol version spoken by this build (3: CHUNK carries the format's records).
-pub const VERSION: u8 = 3;
+/// Protocol version spoken by this build (3: CHUNK carries the format's records; 4: VOLUME
+/// says whether the volume was written by another program).
+pub const VERSION: u8 = 4;
 /// Header bytes before the payload.
 pub const HEADER_LEN: usize = 12;
 /// Largest payload accepted: a 16 MiB chunk (the format's maximum) stored
@@ -84,7 +92,12 @@ pub mod ty {
     pub const APPLIED: u8 = 7;
     pub const ERROR: u8 = 8;
     pub const SEALED: u8 = 9;
+    pub const VOLUME: u8 = 10;
 }
+
+/// VOLUME flag bit: written by another program since the last session that compared every
+/// chunk.
+const WRITTEN_ELSEWHERE: u8 = 1;
 
 /// ERROR codes: what the peer refused.
 pub mod err {
@@ -107,6 +120,9 @@ pub mod err {
     /// The source stopped the session after the handshake (its message
     /// says why, e.g. the disk is not the one the target holds).
     pub const GAVE_UP: u8 = 9;
+    /// Another program wrote the volume during the session: the target hashed it again,
+    /// and a new session gets the ids it holds now.
+    pub const REHASHED: u8 = 10;
 }
 
 /// What is wrong with what a peer sent (or with the connection to it).
@@ -245,6 +261,7 @@ pub fn type_name(t: u8) -> &'static str {
         ty::APPLIED => "APPLIED",
         ty::ERROR => "ERROR",
         ty::SEALED => "SEALED",
+        ty::VOLUME => "VOLUME",
         _ => "unknown",
     }
 }
@@ -444,6 +461,14 @@ pub struct Proof {
     pub proof: [u8; 32],
     /// Site public key and Ed25519 signature over the transcript.
     pub signed: Option<([u8; 32], [u8; 64])>,
+}
+
+/// VOLUME: what the target knows of its volume beyond the ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeState {
+    /// Another program wrote the volume since the last session that compared every chunk:
+    /// a dirty bitmap of the source's writes cannot say what that changed.
+    pub written_elsewhere: bool,
 }
 
 /// IDS: keyed ids of chunks `first ..`.
@@ -662,6 +687,30 @@ impl Chunk {
     }
 }
 
+impl VolumeState {
+    pub fn encode(&self) -> Vec<u8> {
+        vec![if self.written_elsewhere {
+            WRITTEN_ELSEWHERE
+        } else {
+            0
+        }]
+    }
+
+    pub fn decode(p: &[u8]) -> Result<Self> {
+        let mut f = Fields::new(p, "VOLUME");
+        let flags = f.u8()?;
+        f.end()?;
+        if flags & !WRITTEN_ELSEWHERE != 0 {
+            return Err(f.invalid(format!(
+                "flags {flags:#04x}, which this mgear does not know"
+            )));
+        }
+        Ok(VolumeState {
+            written_elsewhere: flags & WRITTEN_ELSEWHERE != 0,
+        })
+    }
+}
+
 impl Done {
     pub fn encode(&self) -> Vec<u8> {
         let mut p = Vec::with_capacity(40);
@@ -734,6 +783,7 @@ pub enum Message {
     Hello(Hello),
     Welcome(Welcome),
     Proof(Proof),
+    Volume(VolumeState),
     Ids(Ids),
     Chunk(Chunk),
     Done(Done),
@@ -750,6 +800,7 @@ impl Message {
             ty::HELLO => Message::Hello(Hello::decode(p)?),
             ty::WELCOME => Message::Welcome(Welcome::decode(p)?),
             ty::PROOF => Message::Proof(Proof::decode(p)?),
+            ty::VOLUME => Message::Volume(VolumeState::decode(p)?),
             ty::IDS => Message::Ids(Ids::decode(p)?),
             ty::CHUNK => Message::Chunk(Chunk::decode(p)?),
             ty::DONE => Message::Done(Done::decode(p)?),
@@ -926,7 +977,28 @@ mod tests {
                 ty::ERROR,
                 Message::Error(Refusal::new(err::WRONG_KEY, "nope")),
             ),
+            (
+                ty::VOLUME,
+                Message::Volume(VolumeState {
+                    written_elsewhere: true,
+                }),
+            ),
+            (
+                ty::VOLUME,
+                Message::Volume(VolumeState {
+                    written_elsewhere: false,
+                }),
+            ),
         ]
+    }
+
+    #[test]
+    fn a_volume_message_with_flags_this_build_does_not_know_is_refused() {
+        assert!(VolumeState::decode(&[1]).unwrap().written_elsewhere);
+        for flags in [2u8, 3, 0x80] {
+            let e = VolumeState::decode(&[flags]).unwrap_err().to_string();
+            assert!(e.contains("does not know"), "{e}");
+        }
     }
 
     fn encode(m: &Message) -> Vec<u8> {
@@ -934,6 +1006,7 @@ mod tests {
             Message::Hello(m) => m.encode(),
             Message::Welcome(m) => m.encode(),
             Message::Proof(m) => m.encode(),
+            Message::Volume(m) => m.encode(),
             Message::Ids(m) => m.encode(),
             Message::Chunk(m) => m.encode(),
             Message::Done(m) => m.encode(),
