@@ -193,22 +193,6 @@ fn cbt_delta_reads_only_dirty_chunks() {
         .untrusted()
         .target("file:vol.raw")
         .ok();
-    tool(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x12 2M 24M", "disk.qcow2"],
-        dir,
-    );
-    tool(
-        "qemu-img",
-        &["bitmap", "--add", "--enable", "disk.qcow2", "later"],
-        dir,
-    );
-    tool(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x13 30M 1M", "disk.qcow2"],
-        dir,
-    );
-    let before = fs::read(e.p("vol.raw")).unwrap();
     let sync = |url: &str, addr: &str, bitmap: &[&str]| {
         let args = [
             &["sync", "--source", url, "--to", addr, "--name", "vm1"][..],
@@ -218,85 +202,140 @@ fn cbt_delta_reads_only_dirty_chunks() {
         .concat();
         e.run(&args)
     };
+    let ok = |o: &std::process::Output| {
+        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{text}");
+        text
+    };
+    let log_path = e.p("serve.log");
+    let start_serve = || {
+        e.serve("dir:mnt", "vm1")
+            .trust("site.pub")
+            .listen_logging(fs::File::create(&log_path).unwrap())
+    };
     {
-        let (_serve, addr) = e.serve("dir:mnt", "vm1").trust("site.pub").listen();
-        let (_server, url) = serve(&e, "s4.sock", &["-B", "later"]);
+        // A serve that never watched the volume cannot vouch for it: its first sync compares
+        // every chunk, with a bitmap too; then it vouches, and the bitmap is trusted.
+        let (_serve, addr) = start_serve();
+        let log = fs::read_to_string(&log_path).unwrap();
+        assert!(log.contains("the first sync compares every chunk"), "{log}");
+        {
+            let (_server, url) = serve(&e, "s4.sock", &["-B", "late"]);
+            let text = ok(&sync(&url, &addr, &["--dirty-bitmap", "late"]));
+            assert!(text.contains("the target cannot vouch"), "{text}");
+        }
+        tool(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x12 2M 24M", "disk.qcow2"],
+            dir,
+        );
+        tool(
+            "qemu-img",
+            &["bitmap", "--add", "--enable", "disk.qcow2", "later"],
+            dir,
+        );
+        tool(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x13 30M 1M", "disk.qcow2"],
+            dir,
+        );
+        let before = fs::read(e.p("vol.raw")).unwrap();
+        let (_server, url) = serve(&e, "s5.sock", &["-B", "later"]);
         let o = sync(&url, &addr, &["--dirty-bitmap", "later"]);
         let text = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(o.status.code(), Some(2), "{text}");
         assert!(text.contains("the bitmap misses changes"), "{text}");
+        assert!(!text.contains("the target cannot vouch"), "{text}");
         assert!(
             fs::read(e.p("vol.raw")).unwrap() == before,
             "nothing was sent"
         );
         // Without the bitmap the whole disk is read, and the volume is the disk.
-        let (_server, url) = serve(&e, "s5.sock", &[]);
-        let o = sync(&url, &addr, &[]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        ok(&sync(&url, &addr, &[]));
     }
-    tool(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            "disk.qcow2",
-            "now.raw",
-        ],
-        dir,
-    );
-    same_file(&e.p("now.raw"), &e.p("vol.raw"));
+    volume_is_the_disk_now(&e, "now.raw", "vol.raw");
 
-    // Another program wrote the volume while serve held it (a boot, an fsck): serve saw it and
-    // hashed it again, but a sync with a dirty bitmap read only what the source changed, a
-    // sample of the rest missed the target's change, and it said "verified". Serve now tells
-    // the source, which reads every chunk for that session.
-    {
-        let log_path = e.p("serve.log");
-        let (_serve, addr) = e
-            .serve("dir:mnt", "vm1")
-            .trust("site.pub")
-            .listen_logging(fs::File::create(&log_path).unwrap());
-        {
-            use std::os::unix::fs::FileExt;
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(e.p("vol.raw"))
-                .unwrap();
-            f.write_all_at(&[0xa5; 8192], 40 * MIB).unwrap();
-        }
+    // Restarted with nothing written since its last sync: the serve's record vouches for the
+    // volume, and the bitmap is trusted at once.
+    let change = |pattern: &str, at: &str| {
         tool(
             "qemu-io",
-            &["-f", "qcow2", "-c", "write -P 0x14 6M 1M", "disk.qcow2"],
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                &format!("write -P {pattern} {at} 1M"),
+                "disk.qcow2",
+            ],
             dir,
+        )
+    };
+    {
+        let (_serve, addr) = start_serve();
+        let log = fs::read_to_string(&log_path).unwrap();
+        assert!(
+            !log.contains("the first sync compares every chunk"),
+            "{log}"
         );
+        change("0x14", "6M");
         let (_server, url) = serve(&e, "s6.sock", &["-B", "later"]);
         let o = sync(&url, &addr, &["--dirty-bitmap", "later"]);
-        let text = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(0), "{text}");
-        assert!(text.contains("written by another program"), "{text}");
+        let text = ok(&o);
+        assert!(!text.contains("the target cannot vouch"), "{text}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("chunks dirty in bitmap later"), "{out}");
+    }
+    volume_is_the_disk_now(&e, "now2.raw", "vol.raw");
+
+    // Written by another program while no serve ran (an fsck, a boot: what the docs say to do
+    // with serve stopped), then served again: the record no longer holds, and the first sync
+    // compares every chunk. A bitmap sync that trusted the bitmap left the write in place and
+    // said "verified" whenever the sample missed it.
+    let foreign = || {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(e.p("vol.raw"))
+            .unwrap();
+        f.write_all_at(&[0xa5; 8192], 40 * MIB).unwrap();
+    };
+    foreign();
+    {
+        let (_serve, addr) = start_serve();
+        let log = fs::read_to_string(&log_path).unwrap();
+        assert!(log.contains("the first sync compares every chunk"), "{log}");
+        change("0x15", "10M");
+        let (_server, url) = serve(&e, "s7.sock", &["-B", "later"]);
+        let text = ok(&sync(&url, &addr, &["--dirty-bitmap", "later"]));
+        assert!(text.contains("the target cannot vouch"), "{text}");
+    }
+    volume_is_the_disk_now(&e, "now3.raw", "vol.raw");
+
+    // Written while serve holds it: serve sees it and hashes it again, and tells the next
+    // sync, which compares every chunk.
+    {
+        let (_serve, addr) = start_serve();
+        {
+            let (_server, url) = serve(&e, "s8.sock", &["-B", "later"]);
+            ok(&sync(&url, &addr, &["--dirty-bitmap", "later"]));
+        }
+        foreign();
+        change("0x16", "14M");
+        let (_server, url) = serve(&e, "s9.sock", &["-B", "later"]);
+        let text = ok(&sync(&url, &addr, &["--dirty-bitmap", "later"]));
+        assert!(text.contains("the target cannot vouch"), "{text}");
         let log = fs::read_to_string(&log_path).unwrap();
         assert!(log.contains("was written by something else"), "{log}");
     }
+    volume_is_the_disk_now(&e, "now4.raw", "vol.raw");
+}
+
+/// `disk.qcow2` as it is now (made raw as `raw`) is byte for byte the volume `vol`.
+fn volume_is_the_disk_now(e: &Env, raw: &str, vol: &str) {
     tool(
         "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            "disk.qcow2",
-            "now2.raw",
-        ],
-        dir,
+        &["convert", "-f", "qcow2", "-O", "raw", "disk.qcow2", raw],
+        e.dir.path(),
     );
-    same_file(&e.p("now2.raw"), &e.p("vol.raw"));
+    same_file(&e.p(raw), &e.p(vol));
 }

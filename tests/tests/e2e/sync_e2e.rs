@@ -939,6 +939,35 @@ fn a_volume_written_behind_serves_back_is_hashed_again() {
     );
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("was written by something else"), "{log}");
+
+    // Resized under serve: grown, it was synced and called verified with a tail no sync keeps;
+    // truncated, the sync retried a reset connection five times (exit 3) with no reason.
+    // Refused at once, saying what happened (exit 2), and served again once it is put back.
+    for len in [9 * MIB as u64, 6 * MIB as u64] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.p("vol.raw"))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let o = e.run(&[
+            "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "vol.raw is now {len} bytes, but the disk it holds is"
+            )) && err.contains("something resized it")
+                && !err.contains("reconnecting"),
+            "{err}"
+        );
+    }
+    std::fs::write(e.p("vol.raw"), std::fs::read(e.p("disk.raw")).unwrap()).unwrap();
+    let r = e.json(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
+    ]);
+    assert_eq!(r["verified"], true, "{r}");
 }
 
 /// Something wrote the volume while a session applied chunks: serve's own next write moved
@@ -998,10 +1027,13 @@ fn a_volume_written_during_a_session_is_hashed_again_and_the_sync_starts_over() 
     let o = sync.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    // The refusal may be lost with the connection the target closed while chunks were still
-    // on their way; the new session says what happened either way.
+    // The target's reason reaches the sync (it met the closed connection while sending, and
+    // said "Broken pipe; reconnecting in 2 s"), and the new session is no retry.
     assert!(
-        err.contains("the target's volume was written by another program"),
+        err.contains("was written by another program during this session")
+            && err.contains("starting a new session")
+            && !err.contains("Broken pipe")
+            && !err.contains("reconnecting"),
         "{err}"
     );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -357,7 +357,18 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
     }
     let mut vol = target::ServedVolume::open(volume, m.disk_size, m.chunk_size, id_key)?;
     if let crate::spec::Target::File(p) = &spec {
-        vol.watch(p);
+        vol.watch(p, &m.capture_id);
+    }
+    if vol.written_elsewhere() {
+        eprintln!(
+            "mgear serve: the first sync compares every chunk of {spec}, with --dirty-bitmap \
+             too: no serve of {name} watched it before{}",
+            if matches!(spec, crate::spec::Target::File(_)) {
+                " (or something wrote it since the last sync that one served)"
+            } else {
+                " (a device has no change times to tell)"
+            }
+        );
     }
     eprintln!(
         "mgear serve: hashed {spec} ({}) in {:.1} s",
@@ -574,6 +585,11 @@ fn print_summary(r: &SyncReport) {
         human_bytes(s.chunk_size as u64)
     );
     match &r.dirty_bitmap {
+        Some(b) if s.bitmap_overruled => println!(
+            "  considered: all {} chunks (bitmap {b} not trusted this time: the target could \
+             not vouch that only syncs wrote its volume)",
+            s.chunks_considered
+        ),
         Some(b) => println!(
             "  considered: {} chunks dirty in bitmap {b}",
             s.chunks_considered
@@ -614,6 +630,9 @@ fn print_summary(r: &SyncReport) {
         match (s.verified, &r.dirty_bitmap) {
             (false, _) => "no".to_string(),
             (true, None) => "the target's chunk ids match the source's".to_string(),
+            (true, Some(_)) if s.bitmap_overruled => {
+                "the target's chunk ids match the source's (every chunk read)".to_string()
+            }
             // Only what was read is proven; the rest is the bitmap's word, sampled.
             (true, Some(b)) => format!(
                 "the target's chunk ids match the source's where read; the chunks bitmap {b} \

@@ -95,6 +95,9 @@ pub struct Stats {
     pub attempts: u32,
     /// The target's volume digest after the sync equals what the source expects.
     pub verified: bool,
+    /// With `--dirty-bitmap`: every chunk was read and compared all the same, because the
+    /// target could not vouch that only syncs wrote its volume.
+    pub bitmap_overruled: bool,
     /// The chunks sent (their numbers): what the target's volume got from this sync, which
     /// an older copy of it lacks (`cutover` checks its boot target holds them).
     #[serde(skip)]
@@ -107,7 +110,15 @@ enum Fail {
     Retry(crate::Error),
     /// The target refused or something local failed: stop.
     Fatal(crate::Error),
+    /// The target hashed its volume again (another program wrote it during the session):
+    /// start a new session at once, which gets the ids the volume holds now. Not a failure of
+    /// the connection: it counts against [`MAX_RESTARTS`], not `--retries`.
+    Restart(crate::Error),
 }
+
+/// New sessions a sync starts after the target hashed its volume again before it gives up:
+/// something that keeps writing the volume would otherwise keep the sync going forever.
+const MAX_RESTARTS: u32 = 5;
 
 /// A write to the target failed: the connection is gone (the serve stopped,
 /// the network dropped it). Retried, and the message names the peer: a bare
@@ -120,8 +131,50 @@ fn lost(peer: &str) -> impl Fn(io::Error) -> Fail + '_ {
     }
 }
 
+/// A send failed because the target closed the connection: a target that ends a session
+/// sends an ERROR first and closes, and the source, busy sending, meets the closed
+/// connection before it reads the reason ("Broken pipe" hid "the volume was written by
+/// another program"). The reason, when it arrived, replaces the broken pipe.
+fn said_before_closing(f: Fail, r: &mut Box<dyn PeerRead>, s: &mut Session, peer: &str) -> Fail {
+    let Fail::Retry(e) = f else {
+        return f;
+    };
+    // Only a connection the peer closed: after a write timeout a read could wait as long.
+    let closed = e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            )
+        })
+    });
+    if closed {
+        r.expect_soon(Duration::from_secs(2));
+        if let Ok((ty::ERROR, p)) = recv_sealed(r, s, peer) {
+            return refused(&p, peer);
+        }
+    }
+    Fail::Retry(e)
+}
+
 /// A transport to the target: a read half and a write half.
-pub type Conn = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+pub type Conn = (Box<dyn PeerRead>, Box<dyn Write + Send>);
+
+/// The read half of a connection to the target.
+pub trait PeerRead: Read + Send {
+    /// Wait at most `d` for what is still to be read: after a send failed, what the target
+    /// said before it closed is there at once, and a connection that merely broke must not
+    /// hold the sync for the whole [`PEER_TIMEOUT`].
+    fn expect_soon(&mut self, _d: Duration) {}
+}
+
+impl PeerRead for BufReader<TcpStream> {
+    fn expect_soon(&mut self, d: Duration) {
+        let _ = self.get_ref().set_read_timeout(Some(d));
+    }
+}
+
+impl PeerRead for io::Empty {}
 
 /// Longest wait for the target to answer or accept data.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -175,6 +228,7 @@ pub fn run(
         identity_checked: false,
         every_chunk: false,
     };
+    let mut restarts = 0;
     loop {
         run.stats.attempts += 1;
         let result = match connect() {
@@ -186,6 +240,21 @@ pub fn run(
         match result {
             Ok(()) => return Ok(run.stats),
             Err(Fail::Fatal(e)) => return Err(e),
+            Err(Fail::Restart(e)) if restarts >= MAX_RESTARTS => {
+                return Err(coded(
+                    IO,
+                    format!(
+                        "{e:#}: {} times in a row; something keeps writing the target's volume: \
+                         stop it, then run the sync again",
+                        restarts + 1
+                    ),
+                ))
+            }
+            Err(Fail::Restart(e)) => {
+                restarts += 1;
+                run.stats.attempts -= 1;
+                eprintln!("mgear sync: {e:#}; starting a new session");
+            }
             Err(Fail::Retry(e)) if run.stats.attempts > plan.retries => {
                 return Err(coded(
                     IO,
@@ -225,7 +294,7 @@ fn refused(p: &[u8], peer: &str) -> Fail {
         Ok(Refusal {
             code: err::REHASHED,
             message: m,
-        }) => Fail::Retry(crate::err!("the target {peer} ended the session: {m}")),
+        }) => Fail::Restart(crate::err!("the target {peer} ended the session: {m}")),
         // Not data that failed to check out: who signed the session (exit 1, as an ingest of
         // a capture signed by no pinned key).
         Ok(Refusal {
@@ -428,11 +497,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn attempt(
-        &mut self,
-        mut r: Box<dyn Read + Send>,
-        w: Box<dyn Write + Send>,
-    ) -> Result<(), Fail> {
+    fn attempt(&mut self, mut r: Box<dyn PeerRead>, w: Box<dyn Write + Send>) -> Result<(), Fail> {
         let peer = self.plan.peer.clone();
         let name = self.plan.name.clone();
         let mut w = BufWriter::with_capacity(64 * 1024, w);
@@ -580,22 +645,20 @@ impl Run<'_> {
         self.stats.chunk_size = chunk_size;
         self.stats.chunks = count;
         if written_elsewhere && !self.every_chunk {
-            // The target saw another program write its volume: a bitmap of the source's
-            // writes cannot say what that changed there.
-            self.every_chunk = true;
-            if self.plan.bitmap.is_some() {
+            if let Some(bitmap) = &self.plan.bitmap {
+                // The target cannot vouch that only syncs wrote its volume: a bitmap of the
+                // source's writes cannot say what anything else changed there. (Without a
+                // bitmap every chunk is compared anyway.)
+                self.every_chunk = true;
+                self.stats.bitmap_overruled = true;
                 self.candidates = Some((0..count).collect());
+                eprintln!(
+                    "mgear sync: the target cannot vouch that only syncs wrote its volume since \
+                     the last sync that compared every chunk (another program wrote it, or this \
+                     serve is the first to watch it): --dirty-bitmap {bitmap} cannot say what \
+                     that changed, so every chunk is read and compared this session"
+                );
             }
-            eprintln!(
-                "mgear sync: the target's volume was written by another program since the last \
-                 sync that compared every chunk (serve hashed it again): {}",
-                if self.plan.bitmap.is_some() {
-                    "--dirty-bitmap cannot say what that changed, so every chunk is read and \
-                     compared this session"
-                } else {
-                    "this sync puts back every chunk that differs from the source"
-                }
-            );
         }
         if self.candidates.is_none() {
             self.candidates = Some(match self.disk.dirty_chunks(chunk_size) {
@@ -689,7 +752,9 @@ impl Run<'_> {
                     chunk_id: id,
                     body,
                 };
-                self.send_sealed(&mut w, &mut s, ty::CHUNK, &chunk.encode())?;
+                if let Err(f) = self.send_sealed(&mut w, &mut s, ty::CHUNK, &chunk.encode()) {
+                    return Err(said_before_closing(f, &mut r, &mut s, &peer));
+                }
                 self.stats.chunks_sent += 1;
                 self.stats.sent.push(index);
                 self.stats.chunk_bytes_sent += len as u64;
@@ -705,8 +770,12 @@ impl Run<'_> {
         self.stats.bytes_skipped = size.saturating_sub(self.stats.bytes_read);
         let digest = session::volume_digest(size, chunk_size, &expected);
         let done = Done { sent: seq, digest };
-        self.send_sealed(&mut w, &mut s, ty::DONE, &done.encode())?;
-        w.flush().map_err(lost(&peer))?;
+        if let Err(f) = self
+            .send_sealed(&mut w, &mut s, ty::DONE, &done.encode())
+            .and_then(|_| w.flush().map_err(lost(&peer)))
+        {
+            return Err(said_before_closing(f, &mut r, &mut s, &peer));
+        }
         let (t, p) = recv_sealed(&mut r, &mut s, &peer)?;
         match t {
             ty::APPLIED => {}

@@ -99,9 +99,100 @@ pub struct ServedVolume {
     /// A file volume's path and its modification stamp after serve's own last write
     /// ([`ServedVolume::watch`]).
     watched: Option<(std::path::PathBuf, Option<Stamp>)>,
-    /// Another program wrote the volume since the last session that compared every chunk:
-    /// told to each source (VOLUME), so that a dirty bitmap's clean chunks are read too.
+    /// Another program may have written the volume since the last session that compared every
+    /// chunk: told to each source (VOLUME), so that a dirty bitmap's clean chunks are read too.
+    /// True at start (nothing watched the volume before) unless a [`Record`] of an earlier
+    /// serve says otherwise.
     written_elsewhere: bool,
+    /// Where this serve records that a completed session left the volume as its source had it.
+    record: Option<Record>,
+}
+
+/// What a serve keeps across restarts, in `$XDG_STATE_HOME/mgear/serve/` (or
+/// `~/.local/state/mgear/serve/`), one file per volume file (by device and inode): the
+/// capture and the volume's change times as the last completed session that compared every
+/// chunk (or found nothing written elsewhere) left them. A serve that starts on the volume
+/// with the same times knows nothing wrote it while no serve watched; any other start tells
+/// the first sync to compare every chunk (a dirty bitmap records the source's writes, not an
+/// fsck or a boot at the target between two serves).
+///
+/// ```text
+/// mgear-serve-record 1
+/// capture <capture id, hex>
+/// stamp <mtime s> <mtime ns> <ctime s> <ctime ns> <size>
+/// ```
+#[derive(Debug, Clone)]
+struct Record {
+    path: std::path::PathBuf,
+    capture: String,
+}
+
+impl Record {
+    /// The record of the file at `volume` (none without a state directory).
+    fn of(volume: &std::path::Path, capture_id: &[u8; 16]) -> Option<Record> {
+        let dir = match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+            Some(s) => std::path::PathBuf::from(s).join("mgear/serve"),
+            None => {
+                std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state/mgear/serve")
+            }
+        };
+        Record::in_dir(&dir, volume, capture_id)
+    }
+
+    /// The record of the file at `volume` in `dir`.
+    fn in_dir(
+        dir: &std::path::Path,
+        volume: &std::path::Path,
+        capture_id: &[u8; 16],
+    ) -> Option<Record> {
+        use sha2::Digest as _;
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(volume).ok()?;
+        let digest = sha2::Sha256::digest(format!("{}:{}", m.dev(), m.ino()).as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Some(Record {
+            path: dir.join(name),
+            capture: capture_id.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    fn text(&self, stamp: &Stamp) -> String {
+        let (ms, mn, cs, cn, size) = stamp;
+        format!(
+            "mgear-serve-record 1\ncapture {}\nstamp {ms} {mn} {cs} {cn} {size}\n",
+            self.capture
+        )
+    }
+
+    /// Whether the record says the volume is as a completed session left it.
+    fn holds(&self, stamp: &Option<Stamp>) -> bool {
+        let Some(stamp) = stamp else {
+            return false;
+        };
+        std::fs::read_to_string(&self.path).is_ok_and(|t| t == self.text(stamp))
+    }
+
+    /// Keep `stamp` as a completed session left it (best effort: without the record the
+    /// next serve only compares every chunk once more).
+    fn save(&self, stamp: &Option<Stamp>) {
+        let Some(stamp) = stamp else {
+            return;
+        };
+        if let Some(dir) = self.path.parent() {
+            let _ = image_format::private::create_dir(dir);
+        }
+        let tmp = self.path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, self.text(stamp)).and_then(|_| std::fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            self.forget();
+        }
+    }
+
+    fn forget(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// A file's change times and size: what another program writing it moves.
@@ -159,7 +250,8 @@ impl ServedVolume {
             id_key,
             unsynced: 0,
             watched: None,
-            written_elsewhere: false,
+            written_elsewhere: true,
+            record: None,
         })
     }
 
@@ -169,8 +261,18 @@ impl ServedVolume {
     /// kept after every write of serve's own, and [`ServedVolume::rehash_if_changed`] hashes
     /// the volume again when they moved. (A `dev:` volume has no such times: stop the serve
     /// before anything else writes the device.)
-    pub fn watch(&mut self, path: &std::path::Path) {
-        self.watched = Some((path.to_path_buf(), stamp_of(path)));
+    /// A [`Record`] an earlier serve of `capture_id` left with the file's current times means
+    /// nothing else wrote it since that serve's last completed session.
+    pub fn watch(&mut self, path: &std::path::Path, capture_id: &[u8; 16]) {
+        let stamp = stamp_of(path);
+        self.record = Record::of(path, capture_id);
+        self.written_elsewhere = !self.record.as_ref().is_some_and(|r| r.holds(&stamp));
+        self.watched = Some((path.to_path_buf(), stamp));
+    }
+
+    /// Whether the sources are told to compare every chunk (see [`ServedVolume::watch`]).
+    pub fn written_elsewhere(&self) -> bool {
+        self.written_elsewhere
     }
 
     /// Hash the volume again if something other than this serve wrote it since its last
@@ -200,6 +302,22 @@ impl ServedVolume {
     /// written elsewhere until a session compares every chunk.
     fn rehash(&mut self) -> crate::Result<()> {
         self.written_elsewhere = true;
+        if let Some(r) = &self.record {
+            r.forget();
+        }
+        // A served file is exactly its capture's disk (checked at start): one resized since
+        // cannot be hashed as the disk (truncated: a read past its end; grown: a tail no sync
+        // keeps), and every sync to it would fail or be called verified wrongly.
+        if let Some(now) = self.watched.as_ref().and_then(|(path, _)| stamp_of(path)) {
+            if now.4 != self.size {
+                return Err(usage(format!(
+                    "{} is now {} bytes, but the disk it holds is {} bytes: something resized it \
+                     while serve ran; stop this serve: no sync applies to a volume of another \
+                     size (put the volume back at its size, or ingest it again, then serve it)",
+                    self.desc, now.4, self.size
+                )));
+            }
+        }
         self.ids = hash_all(
             self.vol.as_mut(),
             &self.desc,
@@ -209,6 +327,19 @@ impl ServedVolume {
         )?;
         self.wrote();
         Ok(())
+    }
+
+    /// After a completed session: record the volume's times for the next serve when it ended
+    /// as its source expected (`as_expected`) and no other program's write is pending a full
+    /// compare, else drop an older record.
+    fn keep_record(&self, as_expected: bool) {
+        if let (Some(r), Some((_, seen))) = (&self.record, &self.watched) {
+            if self.written_elsewhere || !as_expected {
+                r.forget();
+            } else {
+                r.save(seen);
+            }
+        }
     }
 
     /// Keep the watched file's stamp as this serve's own write left it.
@@ -340,7 +471,7 @@ fn written_during(w: &mut impl Write, s: &mut Session, vol: &mut ServedVolume) -
         vol.desc
     );
     if let Err(e) = vol.rehash() {
-        return refuse(w, Some(s), err::IO, format!("{e:#}"));
+        return refuse(w, Some(s), refusal_code(&e), format!("{e:#}"));
     }
     refuse(
         w,
@@ -353,6 +484,16 @@ fn written_during(w: &mut impl Write, s: &mut Session, vol: &mut ServedVolume) -
             vol.desc
         ),
     )
+}
+
+/// The ERROR code of a volume that could not be hashed again: resized (a usage error, not to
+/// be retried) or unreadable.
+fn refusal_code(e: &crate::Error) -> u8 {
+    if crate::exit::classified(e) == Some(USAGE) {
+        err::SIZE
+    } else {
+        err::IO
+    }
 }
 
 /// Who may sync into a served volume.
@@ -664,6 +805,7 @@ pub fn session<R: Read, W: Write>(
                     // The source compared every chunk and the volume is what it expected.
                     vol.written_elsewhere = false;
                 }
+                vol.keep_record(digest == done.digest);
                 let a = wire::Applied {
                     chunks: applied.chunks,
                     bytes: applied.bytes,
@@ -792,7 +934,15 @@ fn handle(
         .unwrap_or_else(|p| p.into_inner())
         .rehash_if_changed();
     if let Err(e) = rehashed {
+        // Said to the source too: it read a closed connection as one to retry.
         eprintln!("mgear serve: refused {peer}: {e:#}");
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = wire::send(
+            &mut &conn,
+            ty::ERROR,
+            &Refusal::new(refusal_code(&e), format!("{e:#}").as_str()).encode(),
+        );
         return (applied, false);
     }
     let deadline = Rc::new(Cell::new(Some(started + limits.handshake)));
@@ -920,6 +1070,33 @@ pub fn serve_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record holds only the volume's times as a completed session left them, and only for
+    /// its capture: a write since, or another capture's serve, reads as "written elsewhere".
+    #[test]
+    fn a_record_holds_only_for_the_times_and_capture_it_kept() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("v.raw");
+        std::fs::write(&vol, vec![7u8; 8192]).unwrap();
+        let state = dir.path().join("state/mgear/serve");
+        let r = Record::in_dir(&state, &vol, &[1; 16]).unwrap();
+        assert!(!r.holds(&stamp_of(&vol)), "no record yet");
+        r.save(&stamp_of(&vol));
+        assert!(r.holds(&stamp_of(&vol)));
+        assert!(!Record::in_dir(&state, &vol, &[2; 16])
+            .unwrap()
+            .holds(&stamp_of(&vol)));
+        // Another program writes it (in another clock tick than the save's).
+        std::thread::sleep(Duration::from_millis(20));
+        let f = std::fs::OpenOptions::new().write(true).open(&vol).unwrap();
+        f.write_all_at(&[9], 100).unwrap();
+        assert!(!r.holds(&stamp_of(&vol)));
+        r.save(&stamp_of(&vol));
+        assert!(r.holds(&stamp_of(&vol)));
+        r.forget();
+        assert!(!r.holds(&stamp_of(&vol)));
+    }
 
     #[test]
     fn volume_ids_follow_writes_and_zero_chunks_stay_sparse() {

@@ -46,10 +46,11 @@
 //! 7    APPLIED  T→S  sealed  chunks applied u64 | bytes written u64 | volume disk digest [32]
 //! 8    ERROR    both either  code u8 | message str
 //! 9    SEALED   both         AEAD ciphertext of (inner type u8 ‖ inner payload) + 16-byte tag
-//! 10   VOLUME   T→S  sealed  flags u8: bit 0 WRITTEN_ELSEWHERE, the volume was written by
-//!                            another program since the last session that compared every
-//!                            chunk (a dirty bitmap cannot say what that changed: the source
-//!                            reads every chunk); other bits 0
+//! 10   VOLUME   T→S  sealed  flags u8: bit 0 WRITTEN_ELSEWHERE, the target cannot vouch that
+//!                            only syncs wrote the volume since the last session that compared
+//!                            every chunk (another program wrote it, or the serve is the first
+//!                            to watch it: a dirty bitmap cannot say what that changed, so the
+//!                            source reads every chunk); other bits 0
 //! ```
 //!
 //! A session: HELLO → WELCOME → PROOF → VOLUME → IDS… → CHUNK… → DONE → APPLIED.
@@ -466,8 +467,9 @@ pub struct Proof {
 /// VOLUME: what the target knows of its volume beyond the ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VolumeState {
-    /// Another program wrote the volume since the last session that compared every chunk:
-    /// a dirty bitmap of the source's writes cannot say what that changed.
+    /// The target cannot vouch that only syncs wrote the volume since the last session that
+    /// compared every chunk (another program wrote it, or no serve watched it before): a
+    /// dirty bitmap of the source's writes cannot say what that changed.
     pub written_elsewhere: bool,
 }
 
