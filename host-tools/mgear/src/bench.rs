@@ -5,27 +5,31 @@
 //! mgear bench [--size 1GiB] [--pattern random|mix|zeros|sparse|both|all]
 //!             [--medium fat|dir|both] [--threads N] [--scale 256MiB,4GiB|off]
 //!             [--no-appliance | --appliance-only] [--workdir DIR] [--rbd POOL]
-//!             [--volume-dir DIR|off] [--repeat 3] [--json]
+//!             [--volume-dir DIR] [--repeat 3] [--json]
 //! ```
 //!
 //! For each pattern a source file is generated (`random`: incompressible;
 //! `mix`: per MiB, 40% zeros, 30% text, 30% random; `zeros`: written zeros;
 //! `sparse`: a file that is one hole), then timed in one run:
-//! - `dd bs=4M conv=fsync` of the source into the medium directory: the
-//!   baseline for capture (moving those bytes onto that medium);
+//! - `dd bs=4M conv=fsync` of the source into the medium directory, once
+//!   through the page cache and once with `oflag=direct` (as mgear writes),
+//!   the faster of the two ([`dd_either`]; every `dd` baseline is taken so):
+//!   the baseline for capture (moving those bytes onto that medium);
 //! - `mgear capture` onto a `dir:` medium there and onto a FAT32 image
 //!   there (`--medium`, default both; the FAT steps are prefixed `fat: `),
 //!   with its CPU time and CPU-seconds per GiB of source;
 //! - `dd` of the medium's capture files (what ingest reads) into a target
 //!   file with fsync: the baseline for ingest (on a FAT image, as many
 //!   bytes of the image as the capture stored);
+//! - that `dd` followed by a direct read of its copy: the three passes ingest
+//!   makes on one disk (read the medium, write the volume, read it back);
 //! - `mgear ingest` back to a raw file (verifying every record and the
-//!   written volume);
-//! - the same `dd` and ingest into a second device (`--volume-dir`, by default
-//!   `/dev/shm` when it is another file system with room): the layout of a
-//!   target site, where the medium and the cloud volume are not one disk. The
-//!   ingest target is judged there; on the work directory's one disk ingest's
-//!   read-back is a third pass over the disk `dd` uses for two;
+//!   written volume), against both;
+//! - with `--volume-dir DIR` (another file system than the work directory's):
+//!   the same `dd` and ingest into DIR, the layout of a target site, where the
+//!   medium and the cloud volume are not one disk; the ingest targets are then
+//!   judged there, unless DIR is a tmpfs (no disk under it, its fsync a no-op,
+//!   the read-back a read of memory: shown, never judged);
 //! - `qemu-img convert -O qcow2` of the source, for reference;
 //! - on random data, once (with the FAT medium): a capture held to 50 MiB/s
 //!   (its CPU time over wall time over cores: its share of the machine,
@@ -55,13 +59,11 @@
 //! is as fast as `dd`; for capture both move the same source bytes.
 //! The issue's targets are printed next to the figures: capture and ingest
 //! at least 0.85x `dd`, zero regions at least 5 GB/s, peak RSS at most 256 MiB.
-//! The source is freshly written, so every reader sees it equally in the
-//! page cache; the figures compare the pipelines, not the disk. The
-//! medium, on the contrary, is dropped from the page cache before each
-//! ingest and each `dd` of it (`medium_cold`): both read it from the disk.
-//! Each `dd` of the medium is followed by a direct read of its copy, and a
-//! note gives ingest against that sum (read, write, read back: the passes
-//! ingest makes; not one of the issue's targets).
+//! Capture reads its source with `O_DIRECT`, from the disk: the source is
+//! dropped from the page cache before each capture and each `dd` of it, so
+//! both read it from the disk (a `dd` reading it from memory was a baseline
+//! capture could not be compared with). The medium likewise before each
+//! ingest and each `dd` of it (`medium_cold`).
 //! The main captures and ingests, their `dd` baselines, the capture held
 //! to 50 MiB/s, and the capture through the simulator and its direct
 //! baseline run `--repeat` times (3):
@@ -184,8 +186,9 @@ pub struct Plan {
     /// raw disk into the same pool (cluster from CEPH_CONF, user from CEPH_ARGS, e.g. `--id
     /// cinder`; the cloud lab's are in `scripts/cloud-lab.sh env`).
     pub rbd: Option<String>,
-    /// Where the ingest rows that model the target site write their volume.
-    pub volume_dir: VolumeDir,
+    /// Also ingest into a volume in this directory, on another device than the work
+    /// directory's (`--volume-dir`): [`second_device`].
+    pub volume_dir: Option<PathBuf>,
     /// Encoder threads for every capture [default: number of CPUs]; compare `--threads 1`
     /// with `--threads 2` to see how capture scales.
     pub threads: Option<usize>,
@@ -203,62 +206,28 @@ pub struct Plan {
     pub json: bool,
 }
 
-/// Where the ingest rows that model the target site write their volume (`--volume-dir`):
-/// another device than the work directory's, as a cloud volume is not the medium's disk.
-#[derive(Debug)]
-pub enum VolumeDir {
-    /// `/dev/shm` when it is another file system than the work directory's, with room.
-    Default,
-    /// This directory (it must be on another file system than the work directory).
-    Given(PathBuf),
-    /// No such rows.
-    Off,
-}
-
-/// The directory of the target-site ingest rows, made under the `--volume-dir` choice
-/// (removed when dropped), or why there is none (a note). Only `Given` can fail: a directory
-/// that is missing, on the work directory's file system or short of room.
-fn second_device(
-    choice: &VolumeDir,
-    work: &Path,
-    size: u64,
-) -> crate::Result<Result<tempfile::TempDir, String>> {
-    let (dir, given) = match choice {
-        VolumeDir::Off => {
-            return Ok(Err(
-                "--volume-dir off: no ingest rows on a second device".into()
-            ))
-        }
-        VolumeDir::Default => (Path::new("/dev/shm"), false),
-        VolumeDir::Given(d) => (d.as_path(), true),
-    };
-    let refuse = |why: String| -> crate::Result<Result<tempfile::TempDir, String>> {
-        if given {
-            Err(crate::exit::usage(format!(
-                "--volume-dir {}: {why}: give a directory on another disk (or a tmpfs such as \
-                 /dev/shm), or --volume-dir off",
-                dir.display()
-            )))
-        } else {
-            Ok(Err(format!(
-                "no ingest rows on a second device: {} {why} (give --volume-dir DIR on another \
-                 disk than the work directory's)",
-                dir.display()
-            )))
-        }
-    };
+/// A second device for the ingest rows (`--volume-dir DIR`): a directory made under `dir`
+/// (removed when dropped) and whether `dir` is a tmpfs. `dir` must exist, lie on another file
+/// system than the work directory and have room for the volume (exit 2 otherwise).
+fn second_device(dir: &Path, work: &Path, size: u64) -> crate::Result<(tempfile::TempDir, bool)> {
     use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        crate::exit::usage(format!(
+            "--volume-dir {}: {why}: give a directory on another disk than the work directory's",
+            dir.display()
+        ))
+    };
     let (Ok(here), Ok(there)) = (std::fs::metadata(work), std::fs::metadata(dir)) else {
-        return refuse("does not exist".into());
+        return Err(refuse("does not exist".into()));
     };
     if !there.is_dir() {
-        return refuse("is not a directory".into());
+        return Err(refuse("is not a directory".into()));
     }
     if here.dev() == there.dev() {
-        return refuse(format!(
+        return Err(refuse(format!(
             "is on the same file system as the work directory {}",
             work.display()
-        ));
+        )));
     }
     // The volume, or dd's copy of the medium (never both at once), and some slack.
     let need = fat_bytes(size);
@@ -266,20 +235,20 @@ fn second_device(
         #[allow(clippy::useless_conversion)]
         let free = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
         if free < need {
-            return refuse(format!(
+            return Err(refuse(format!(
                 "has {} free, the rows need {}",
                 human_bytes(free),
                 human_bytes(need)
-            ));
+            )));
         }
     }
-    match tempfile::Builder::new()
+    let tmpfs = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let made = tempfile::Builder::new()
         .prefix("mgear-bench-vol-")
         .tempdir_in(dir)
-    {
-        Ok(t) => Ok(Ok(t)),
-        Err(e) => refuse(format!("cannot hold a directory ({e})")),
-    }
+        .map_err(|e| refuse(format!("cannot hold a directory ({e})")))?;
+    Ok((made, tmpfs))
 }
 
 /// One timed run.
@@ -360,30 +329,74 @@ fn store_bytes(store: &mut dyn image_format::Store, dir: &str) -> u64 {
         .sum()
 }
 
-/// `dd` of the first `bytes` of `image` into `target` with fsync: the
-/// ingest baseline on a FAT image (the capture's files fill its start). One `dd` reading
-/// the image itself: through a `head | dd` pipe it copied every byte twice more and was
-/// up to a third slower on a fast target.
-fn dd_prefix(image: &Path, bytes: u64, target: &Path) -> crate::Result<f64> {
+/// What a `dd` baseline copies.
+#[derive(Clone, Copy)]
+enum DdFrom<'a> {
+    /// These files, one after the other (a `dir:` medium's capture files through `cat`).
+    Files(&'a [PathBuf]),
+    /// The first bytes of one file (the source; a FAT image, whose start the capture's files
+    /// fill).
+    Prefix(&'a Path, u64),
+}
+
+/// `dd` of `from` into `target` with fsync, through the page cache or with `O_DIRECT`
+/// (`oflag=direct`, as mgear writes): its seconds. One `dd` reads a single file itself: through
+/// a `head | dd` pipe it copied every byte twice more and was up to a third slower.
+fn dd_copy(from: DdFrom<'_>, target: &Path, direct: bool) -> crate::Result<f64> {
     let operand = |name: &str, path: &Path| {
         let mut o = std::ffi::OsString::from(name);
         o.push(path);
         o
     };
-    timed(|| {
-        crate::tools::run(
+    let flags = if direct {
+        "oflag=direct conv=fsync status=none"
+    } else {
+        "conv=fsync status=none"
+    };
+    timed(|| match from {
+        DdFrom::Prefix(file, bytes) => crate::tools::run(
             Command::new("dd")
-                .arg(operand("if=", image))
+                .arg(operand("if=", file))
                 .arg(operand("of=", target))
                 .arg(format!("count={bytes}"))
-                .args([
-                    "bs=4M",
-                    "iflag=count_bytes,fullblock",
-                    "conv=fsync",
-                    "status=none",
-                ]),
-        )
+                .args(["bs=4M", "iflag=count_bytes,fullblock"])
+                .args(flags.split(' ')),
+        ),
+        DdFrom::Files(files) => crate::tools::run(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    r#"t="$1"; shift; cat "$@" | dd of="$t" bs=4M iflag=fullblock {flags}"#
+                ))
+                .arg("sh")
+                .arg(target)
+                .args(files),
+        ),
     })
+}
+
+/// The `dd` baseline of one run: the copy through the page cache and the one with
+/// `O_DIRECT`, each after `before` (e.g. the medium dropped from the page cache) and followed
+/// by `after` with its seconds (e.g. a read of the copy), the copy removed; the faster time
+/// and the smaller CPU of the two. Which one wins depends on the disk and the size: the
+/// buffered copy pays for dirty-page throttling, the direct one for requests the disk waits on.
+fn dd_either(
+    from: DdFrom<'_>,
+    target: &Path,
+    mut before: impl FnMut() -> crate::Result<()>,
+    mut after: impl FnMut(f64) -> crate::Result<()>,
+) -> crate::Result<(f64, f64)> {
+    let (mut secs, mut cpu) = (f64::INFINITY, f64::INFINITY);
+    for direct in [false, true] {
+        before()?;
+        let used = children_cpu_seconds();
+        let s = dd_copy(from, target, direct)?;
+        cpu = cpu.min(children_cpu_seconds() - used);
+        secs = secs.min(s);
+        after(s)?;
+        std::fs::remove_file(target)?;
+    }
+    Ok((secs, cpu))
 }
 
 /// `dd`'s time to read `path` with `O_DIRECT` (from the disk, not the page
@@ -645,20 +658,6 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// `dd`'s time to move `files` (concatenated) into `target` with fsync.
-fn dd_files(files: &[PathBuf], target: &Path) -> crate::Result<f64> {
-    timed(|| {
-        crate::tools::run(
-            Command::new("sh")
-                .arg("-c")
-                .arg(r#"t="$1"; shift; cat "$@" | dd of="$t" bs=4M iflag=fullblock conv=fsync status=none"#)
-                .arg("sh")
-                .arg(target)
-                .args(files),
-        )
-    })
-}
-
 /// Run `mgear bench`.
 pub fn run(args: Plan) -> crate::Result<i32> {
     let size = args.size;
@@ -685,22 +684,17 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         }
     };
     check_room(&work, size, args.scale.map(|(_, large)| large), args.repeat)?;
-    let (second_dir, second_note) = if args.appliance_only {
-        (None, None)
-    } else {
-        match second_device(&args.volume_dir, &work, size)? {
-            Ok(t) => (Some(t), None),
-            Err(note) => (None, Some(note)),
-        }
+    let second = match (&args.volume_dir, args.appliance_only) {
+        (Some(dir), false) => Some(second_device(dir, &work, size)?),
+        _ => None,
     };
-    let second = second_dir.as_ref().map(|t| t.path().to_owned());
     let mut report = Report {
         command: "bench",
         repeat: args.repeat,
         patterns: Vec::new(),
         peak_rss_bytes: None,
         sim_peak_rss_bytes: None,
-        notes: second_note.into_iter().collect(),
+        notes: Vec::new(),
         targets: Vec::new(),
     };
     for pattern in patterns {
@@ -720,11 +714,12 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         if dd.is_some() && !args.appliance_only {
             let out = work.join("dd.out");
             let (secs, dd_cpu) = best_of(args.repeat, || {
-                let cpu = children_cpu_seconds();
-                let secs = dd_files(std::slice::from_ref(&src), &out)?;
-                let dd_cpu = children_cpu_seconds() - cpu;
-                std::fs::remove_file(&out)?;
-                Ok((secs, dd_cpu))
+                dd_either(
+                    DdFrom::Prefix(&src, size),
+                    &out,
+                    || drop_from_page_cache(&src),
+                    |_| Ok(()),
+                )
             })?;
             dd_rate = Some(crate::progress::mb_per_s(size, secs));
             dd_cpu_per_gib = Some(dd_cpu / gib(size));
@@ -754,6 +749,8 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             let mut last = None;
             let (secs, capture_cpu) = best_of(args.repeat, || {
                 let m = last.insert(fresh_medium(&work, kind, size)?);
+                // Capture reads the source with O_DIRECT, from the disk: so does its dd.
+                drop_from_page_cache(&src)?;
                 capture_timed(&src, m, &key, &work, None, args.threads)
             })?;
             let medium = last.ok_or_else(|| crate::err!("the capture ran no time"))?;
@@ -792,11 +789,16 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 repeat: args.repeat,
                 dd: dd.is_some(),
             };
-            let (rows_here, note) = rows.run(&work, "")?;
-            timings.extend(rows_here);
-            report.notes.extend(note);
-            if let Some(dir) = &second {
-                timings.extend(rows.run(dir, " -> 2nd device")?.0);
+            timings.extend(rows.run(&work, "")?);
+            if let Some((dir, tmpfs)) = &second {
+                // A tmpfs keeps the copy in memory: no disk under the volume, its fsync a
+                // no-op, ingest's read-back a read of memory. Shown, never judged.
+                let label = if *tmpfs {
+                    " -> 2nd device (tmpfs)"
+                } else {
+                    " -> 2nd device"
+                };
+                timings.extend(rows.run(dir.path(), label)?);
             }
             if let (Some(pool), "dir") = (&args.rbd, *kind) {
                 timings.extend(rbd_rows(pool, &src, &medium, &key, &work, size)?);
@@ -962,12 +964,11 @@ impl IngestRows<'_> {
     /// `dd` of the medium's capture files into `dir` (the baseline) and `mgear ingest` into a
     /// raw file in `dir`, both reading a medium dropped from the page cache, best of the
     /// runs each; `label` names `dir` in the step names (empty for the work directory).
-    /// In the work directory each `dd` is also followed by a direct read of its copy, and the
-    /// note returned gives ingest against that sum (the passes ingest makes over one disk).
-    fn run(&self, dir: &Path, label: &str) -> crate::Result<(Vec<Timing>, Option<String>)> {
+    /// In the work directory each `dd` is also followed by a direct read of its copy, a row of
+    /// its own ([`THREE_PASS_DD`]): the passes ingest makes over one disk.
+    fn run(&self, dir: &Path, label: &str) -> crate::Result<Vec<Timing>> {
         let (kind, prefix, pattern) = (self.kind, self.prefix, self.pattern);
         let mut timings = Vec::new();
-        let mut note = None;
         let mut dd_medium_rate = None;
         // The dd copy followed by a direct read of what it wrote, on the work
         // directory's disk: the three passes of an ingest (read, write, read back).
@@ -977,24 +978,27 @@ impl IngestRows<'_> {
         // it is no baseline for ingest, which writes (sparsely) the whole disk.
         if self.dd && !matches!(pattern, "zeros" | "sparse") {
             let out = dir.join("dd-medium.out");
+            let mut files = Vec::new();
+            files_under(&self.medium_dir.join("MGEAR"), &mut files);
+            let from = if kind == "fat" {
+                // As many bytes of the image as the capture stored.
+                DdFrom::Prefix(self.medium_img, self.medium_bytes)
+            } else {
+                DdFrom::Files(&files)
+            };
             let (secs, dd_cpu) = best_of(self.repeat, || {
-                medium_cold(kind, self.medium_img, self.medium_dir)?;
-                let cpu = children_cpu_seconds();
-                let secs = if kind == "fat" {
-                    // As many bytes of the image as the capture stored.
-                    dd_prefix(self.medium_img, self.medium_bytes, &out)?
-                } else {
-                    let mut files = Vec::new();
-                    files_under(&self.medium_dir.join("MGEAR"), &mut files);
-                    dd_files(&files, &out)?
-                };
-                let dd_cpu = children_cpu_seconds() - cpu;
-                if read_back {
-                    let back = dd_read_direct(&out)?;
-                    checked_secs = checked_secs.min(secs + back);
-                }
-                std::fs::remove_file(&out)?;
-                Ok((secs, dd_cpu))
+                dd_either(
+                    from,
+                    &out,
+                    || medium_cold(kind, self.medium_img, self.medium_dir),
+                    |secs| {
+                        if read_back {
+                            let back = dd_read_direct(&out)?;
+                            checked_secs = checked_secs.min(secs + back);
+                        }
+                        Ok(())
+                    },
+                )
             })?;
             let rate = crate::progress::mb_per_s(self.medium_bytes, secs);
             dd_medium_rate = Some(rate);
@@ -1016,6 +1020,20 @@ impl IngestRows<'_> {
                 output_bytes: Some(self.medium_bytes),
                 cpu_share: None,
             });
+            if checked_secs.is_finite() {
+                // The passes ingest makes on one disk: read the medium, write, read back.
+                timings.push(Timing {
+                    what: format!("{prefix}{THREE_PASS_DD}"),
+                    seconds: checked_secs,
+                    mb_per_s: crate::progress::mb_per_s(self.medium_bytes, checked_secs),
+                    vs_dd: None,
+                    baseline: None,
+                    cpu_seconds: None,
+                    cpu_s_per_gib: None,
+                    output_bytes: Some(self.medium_bytes),
+                    cpu_share: None,
+                });
+            }
         }
 
         let vol = dir.join("vol.raw");
@@ -1037,18 +1055,6 @@ impl IngestRows<'_> {
         })?;
         std::fs::remove_file(&vol)?;
         let rate = crate::progress::mb_per_s(self.size, secs);
-        if checked_secs.is_finite() {
-            // Not a target: what the read-back costs, on this disk, now.
-            let checked_rate = crate::progress::mb_per_s(self.medium_bytes, checked_secs);
-            note = Some(format!(
-                "{prefix}ingest of {pattern} data with the medium and the volume on one disk: \
-                 x{:.2} of dd, x{:.2} of dd and then a direct read of its copy (the three \
-                 passes ingest makes, read, write, read back, where dd makes two; that dd: \
-                 {checked_secs:.2} s)",
-                dd_medium_rate.map_or(0.0, |b| ratio(rate, b)),
-                ratio(rate, checked_rate),
-            ));
-        }
         timings.push(Timing {
             what: format!("{prefix}mgear ingest{label} (verifies, reads back)"),
             seconds: secs,
@@ -1060,9 +1066,30 @@ impl IngestRows<'_> {
             output_bytes: None,
             cpu_share: None,
         });
-        Ok((timings, note))
+        Ok(timings)
     }
 }
+
+/// The row a target judges for step `what`: an ingest into a second device given with
+/// `--volume-dir` (not a tmpfs), the layout of a target site, where there is one; else the
+/// step on the work directory's disk. With its label for the target line.
+fn judged<'a>(
+    find: &impl Fn(&str, &str) -> Option<&'a Timing>,
+    pattern: &str,
+    what: &str,
+    label: &str,
+) -> (Option<&'a Timing>, String) {
+    if what.ends_with("ingest") {
+        if let Some(t) = find(pattern, &format!("{what} -> 2nd device (verifies")) {
+            return (Some(t), format!("{label} (volume on a 2nd device)"));
+        }
+        return (find(pattern, &format!("{what} (verifies")), label.into());
+    }
+    (find(pattern, what), label.into())
+}
+
+/// The step name of the one-disk `dd` baseline followed by a direct read of its copy.
+const THREE_PASS_DD: &str = "dd medium files -> target, then a direct read of the copy";
 
 /// `bytes` in GiB.
 /// `rate` over `base` (1.0 = as fast as the baseline); 0 when the baseline
@@ -1310,13 +1337,17 @@ impl Extra<'_> {
             let src = self.work.join("source-scale.raw");
             generate(&src, n, "random")?;
             let out = self.work.join("dd.out");
-            let cpu = children_cpu_seconds();
-            let dd_secs = dd_files(std::slice::from_ref(&src), &out)?;
-            let dd_cpu = children_cpu_seconds() - cpu;
-            std::fs::remove_file(&out)?;
+            let (dd_secs, dd_cpu) = dd_either(
+                DdFrom::Prefix(&src, n),
+                &out,
+                || drop_from_page_cache(&src),
+                |_| Ok(()),
+            )?;
             let medium = fresh_medium(self.work, "fat", n)?;
-            let (secs, cpu) =
-                capture_timed(&src, &medium, self.key, self.work, None, self.threads)?;
+            let (secs, cpu) = {
+                drop_from_page_cache(&src)?;
+                capture_timed(&src, &medium, self.key, self.work, None, self.threads)?
+            };
             std::fs::remove_file(&src)?;
             let _ = std::fs::remove_file(self.work.join("medium.img"));
             let label = human_bytes(n);
@@ -1884,17 +1915,27 @@ fn targets(report: &Report) -> Vec<Target> {
             ("fat: mgear capture", "fat: capture"),
             ("fat: mgear ingest", "fat: ingest"),
         ] {
-            // Ingest is judged where the volume is not the medium's disk, as at the target
-            // site (the one-disk figure is a note): there its read-back is a third pass over
-            // the disk dd shares two ways.
-            let second = format!("{what} -> 2nd device");
-            let (row, label) = match find(pattern, &second) {
-                Some(t) => (Some(t), format!("{label} (volume on a 2nd device)")),
-                None => (find(pattern, what), label.to_string()),
-            };
+            let (row, label) = judged(&find, pattern, what, label);
             if let Some(v) = row.and_then(|t| t.vs_dd) {
                 out.push(Target {
                     what: format!("{label} of {pattern} data vs dd"),
+                    wanted: ">= x0.85".into(),
+                    measured: format!("x{v:.2}"),
+                    met: v >= 0.85,
+                });
+            }
+        }
+        // Ingest on one disk against dd making the same three passes (read the medium, write
+        // the volume, read the copy back): the like-for-like baseline where they share a disk.
+        for prefix in ["", "fat: "] {
+            let ingest = find(pattern, &format!("{prefix}mgear ingest (verifies"));
+            let dd = find(pattern, &format!("{prefix}{THREE_PASS_DD}"));
+            if let (Some(i), Some(d)) = (ingest, dd) {
+                let v = ratio(i.mb_per_s, d.mb_per_s);
+                out.push(Target {
+                    what: format!(
+                        "{prefix}ingest of {pattern} data vs dd + a read of its copy, one disk"
+                    ),
                     wanted: ">= x0.85".into(),
                     measured: format!("x{v:.2}"),
                     met: v >= 0.85,
@@ -1908,7 +1949,8 @@ fn targets(report: &Report) -> Vec<Target> {
         ("mgear ingest", "ingest", 1.0),
         ("fat: mgear ingest", "fat: ingest", 1.0),
     ] {
-        if let Some(c) = find("random", what).and_then(|t| t.cpu_s_per_gib) {
+        let (row, label) = judged(&find, "random", what, label);
+        if let Some(c) = row.and_then(|t| t.cpu_s_per_gib) {
             out.push(Target {
                 what: format!("{label} CPU of random data"),
                 wanted: format!("<= {max:.1} CPU-s/GiB"),
@@ -2053,50 +2095,29 @@ mod tests {
         assert!(e.contains("a scale capture of 1024.00 TiB"), "{e}");
     }
 
-    /// The target-site ingest rows write to another file system than the work directory's:
-    /// a directory given on the same one is refused (exit 2), the default falls back to a
-    /// note, and `off` says it skipped them.
+    /// `--volume-dir` must be another file system than the work directory's, with room;
+    /// a tmpfs is accepted and said to be one (its rows are never judged).
     #[test]
     fn the_volume_dir_must_be_another_file_system() {
         let work = tempfile::tempdir().unwrap();
         let same = work.path().join("vols");
         std::fs::create_dir(&same).unwrap();
-        let e = second_device(&VolumeDir::Given(same), work.path(), 1 << 20).unwrap_err();
+        let e = second_device(&same, work.path(), 1 << 20).unwrap_err();
         assert_eq!(crate::exit::classified(&e), Some(crate::exit::USAGE));
         assert!(
             e.to_string()
                 .contains("is on the same file system as the work directory"),
             "{e}"
         );
-        let e = second_device(
-            &VolumeDir::Given(work.path().join("nope")),
-            work.path(),
-            1 << 20,
-        )
-        .unwrap_err();
+        let e = second_device(&work.path().join("nope"), work.path(), 1 << 20).unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
-        let note = second_device(&VolumeDir::Off, work.path(), 1 << 20)
-            .unwrap()
-            .unwrap_err();
-        assert!(note.contains("--volume-dir off"), "{note}");
-        // /dev/shm is tmpfs here, another file system than the work directory's (unless the
-        // work directory is there too: then the default is a note, never an error).
-        let shm = std::path::Path::new("/dev/shm");
-        if shm.is_dir() {
-            match second_device(&VolumeDir::Default, work.path(), 1 << 20).unwrap() {
-                Ok(dir) => {
-                    assert!(dir.path().starts_with(shm));
-                    let e = second_device(&VolumeDir::Default, dir.path(), 1 << 20)
-                        .unwrap()
-                        .unwrap_err();
-                    assert!(e.contains("same file system"), "{e}");
-                }
-                Err(note) => assert!(note.contains("--volume-dir"), "{note}"),
-            }
-            // More than /dev/shm holds: a note, not an error.
-            if let Err(note) = second_device(&VolumeDir::Default, work.path(), 1 << 50).unwrap() {
-                assert!(note.contains("free"), "{note}");
-            }
+        // /dev/shm is a tmpfs here, another file system than the work directory's.
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() && std::fs::metadata(shm).is_ok() {
+            let (dir, tmpfs) = second_device(shm, work.path(), 1 << 20).unwrap();
+            assert!(dir.path().starts_with(shm) && tmpfs);
+            let e = second_device(shm, work.path(), 1 << 50).unwrap_err();
+            assert!(e.to_string().contains("free, the rows need"), "{e}");
         }
     }
 }

@@ -40,11 +40,10 @@ pub struct Args {
         value_name = "SMALL,LARGE"
     )]
     pub scale: String,
-    /// Where the ingest rows that model the target site write their volume (and their `dd`
-    /// baseline its copy): another device than the work directory's, as a cloud volume is
-    /// not the medium's disk [default: /dev/shm when it is another file system with room;
-    /// `off` skips those rows].
-    #[arg(long, value_name = "DIR|off")]
+    /// Also ingest (and `dd` the medium) into a directory on another disk than the work
+    /// directory's, as at a target site, where the volume is not the medium's disk: the
+    /// ingest-vs-dd target is then judged there (not on a tmpfs: its rows are shown only)
+    #[arg(long, value_name = "DIR")]
     pub volume_dir: Option<PathBuf>,
     /// Skip the rows that run `mgear-appliance-sim` (capture through its NBD export, seal).
     #[arg(long)]
@@ -85,11 +84,7 @@ impl Args {
             medium,
             workdir: a.workdir,
             rbd: a.rbd,
-            volume_dir: match a.volume_dir {
-                Some(d) if d.as_os_str() == "off" => bench::VolumeDir::Off,
-                Some(d) => bench::VolumeDir::Given(d),
-                None => bench::VolumeDir::Default,
-            },
+            volume_dir: a.volume_dir,
             threads: a.threads,
             scale,
             no_appliance: a.no_appliance,
