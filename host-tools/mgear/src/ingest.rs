@@ -1158,18 +1158,14 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     let verdict = match verdict {
         Ok(v) => v,
         // A name that is not on the medium is a usage error, not a refusal.
-        Err(e) => match image_format::list_captures(medium.store()) {
-            Ok(caps) if !caps.iter().any(|c| c.name.eq_ignore_ascii_case(&args.name)) => {
-                let names: Vec<String> = caps.into_iter().map(|c| c.name).collect();
-                return Err(crate::verify::no_such_capture(
-                    &args.name,
-                    &args.medium.describe(),
-                    &names,
-                    medium.store(),
-                ));
-            }
-            _ => return Err(e),
-        },
+        Err(e) => {
+            return Err(crate::verify::unless_no_such_capture(
+                e,
+                &args.name,
+                &args.medium.describe(),
+                medium.store(),
+            ))
+        }
     };
     crate::report::note_trust(&verdict.trusted_by, &verdict.warnings);
     // A set's disk: the set's commit (the receipt's) was printed for the set.

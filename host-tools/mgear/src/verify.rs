@@ -379,6 +379,24 @@ fn said_once(problems: Vec<image_format::Problem>) -> Vec<image_format::Problem>
     out
 }
 
+/// `e`, raised opening capture `name`, unless `name` is not on the medium at all: then that
+/// usage error ([`no_such_capture`]), not what opening something absent looked like (a
+/// refusal, or "no key slot left" as after a crypto-erase).
+pub fn unless_no_such_capture<E: Into<crate::Error>>(
+    e: E,
+    name: &str,
+    medium: &str,
+    store: &mut dyn image_format::Store,
+) -> crate::Error {
+    match image_format::list_captures(store) {
+        Ok(caps) if !caps.iter().any(|c| c.name.eq_ignore_ascii_case(name)) => {
+            let names: Vec<String> = caps.into_iter().map(|c| c.name).collect();
+            no_such_capture(name, medium, &names, store)
+        }
+        _ => e.into(),
+    }
+}
+
 /// A `--name` that is not on the medium (exit 2), with what is there.
 pub fn no_such_capture(
     name: &str,

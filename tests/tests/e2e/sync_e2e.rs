@@ -70,6 +70,34 @@ fn key_file(dir: &Path, name: &str) -> PathBuf {
     found.into_iter().next().unwrap()
 }
 
+/// `mgear sync` of `disk.raw` as web01 to `addr`, signed, held to `rate`: started by the
+/// caller, in the background.
+fn slow_sync(e: &Env, addr: &str, rate: &str) -> std::process::Command {
+    e.cmd(&[
+        "sync",
+        "--source",
+        "disk.raw",
+        "--to",
+        addr,
+        "--name",
+        "web01",
+        "--rate-limit",
+        rate,
+        "--sign",
+        "site.key",
+    ])
+}
+
+/// Wait until the first 1 MiB chunk of `vol.raw` is the first of `src`: a sync's first
+/// changed chunk landed.
+fn first_chunk_landed(e: &Env, src: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read(e.p("vol.raw")).unwrap()[..MIB] != src[..MIB] {
+        assert!(Instant::now() < deadline, "the first chunk never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn write_disk(path: &Path, mib: usize, seed: u64) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let mut d = vec![0u8; mib * MIB];
@@ -151,34 +179,13 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
         .listen_logging(std::fs::File::create(&log_path).unwrap());
 
     // A slow sync, killed once the first changed chunk reached the volume.
-    let mut first = e
-        .cmd(&[
-            "sync",
-            "--source",
-            "disk.raw",
-            "--to",
-            &addr,
-            "--name",
-            "web01",
-            "--rate-limit",
-            "1MiB/s",
-            "--sign",
-            "site.key",
-        ])
+    let mut first = slow_sync(&e, &addr, "1MiB/s")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let src = std::fs::read(e.p("disk.raw")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let vol = std::fs::read(e.p("vol.raw")).unwrap();
-        if vol[..MIB] == src[..MIB] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the first chunk never arrived");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    first_chunk_landed(&e, &src);
     first.kill().unwrap();
     first.wait().unwrap();
 
@@ -987,21 +994,8 @@ fn a_volume_written_during_a_session_is_hashed_again_and_the_sync_starts_over() 
         .serve("fat:medium.img", "web01")
         .trust("site.pub")
         .listen_logging(std::fs::File::create(&log_path).unwrap());
-    let sync = e
-        .cmd(&[
-            "sync",
-            "--source",
-            "disk.raw",
-            "--to",
-            &addr,
-            "--name",
-            "web01",
-            "--rate-limit",
-            "3MiB/s",
-            "--sign",
-            "site.key",
-            "--json",
-        ])
+    let sync = slow_sync(&e, &addr, "3MiB/s")
+        .arg("--json")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1010,11 +1004,7 @@ fn a_volume_written_during_a_session_is_hashed_again_and_the_sync_starts_over() 
     // send (twice, 50 ms apart: the kernel keeps change times to its clock tick, and one of
     // the two lands in another tick than serve's own writes).
     let src = std::fs::read(e.p("disk.raw")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read(e.p("vol.raw")).unwrap()[..MIB] != src[..MIB] {
-        assert!(Instant::now() < deadline, "the first chunk never arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    first_chunk_landed(&e, &src);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(e.p("vol.raw"))

@@ -313,18 +313,14 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
         Ok(k) => k,
         // A name that is not on the medium is a usage error ("no key slot left" told it as
         // a crypto-erase).
-        Err(e) => match image_format::list_captures(medium.store()) {
-            Ok(caps) if !caps.iter().any(|c| c.name.eq_ignore_ascii_case(&a.name)) => {
-                let names: Vec<String> = caps.into_iter().map(|c| c.name).collect();
-                return Err(crate::verify::no_such_capture(
-                    &a.name,
-                    &a.medium.describe(),
-                    &names,
-                    medium.store(),
-                ));
-            }
-            _ => return Err(e.into()),
-        },
+        Err(e) => {
+            return Err(crate::verify::unless_no_such_capture(
+                e,
+                &a.name,
+                &a.medium.describe(),
+                medium.store(),
+            ))
+        }
     };
     let reader = CaptureReader::open_with_key(medium.store(), &a.name, None, &key)?;
     let m = reader.manifest().clone();
