@@ -47,6 +47,11 @@
 //!   overwrites the slots left and destroys the identity (a cut while the
 //!   slots went once left the old state, slots gone, nothing logged). The
 //!   state stays `Erasing` (shown as erased) until every slot is gone;
+//! * an erase that zeroes the medium (`overwrite`) saves `Zeroing` instead,
+//!   and keeps it until the last block is zeroed and flushed: a boot that
+//!   finds `Zeroing` destroys the identity (again) and zeroes the whole medium
+//!   before it enters `Erased`. The custody record, signed before the
+//!   identity goes, can only say the zeroing was ordered; this makes it true;
 //! * a seal or passed arrival saves its attestation counter, then appends the
 //!   custody record naming the signed attestation, and only then stores the
 //!   attestation and the new lifecycle. Every stored attestation pins the log
@@ -146,6 +151,11 @@ enum Lifecycle {
     /// A crypto-erase that destroys key slots has begun (its custody record is written);
     /// power-up finishes it. Last, so states saved before it existed decode as they were.
     Erasing,
+    /// An erase that zeroes the whole medium has begun (its custody record is written, the
+    /// identity may be gone already): power-up zeroes the medium again and only then enters
+    /// `Erased`. A cut while the medium was zeroed once left it mostly unzeroed and the
+    /// appliance `Erased`, its log saying the medium was overwritten. Last, as `Erasing`.
+    Zeroing,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -382,6 +392,26 @@ impl<P: Platform> Appliance<P> {
                 app.last_failure_ms = Some(now);
             }
         }
+        if app.st.lifecycle == Lifecycle::Zeroing {
+            // An erase that zeroes the medium, cut short: the identity goes (idempotent),
+            // then the whole medium is zeroed from the start. A medium that cannot be
+            // written now stays `Zeroing`, and the next power-up tries again.
+            for slot in [SecretSlot::Identity, SecretSlot::PinHash] {
+                app.p.secrets().erase(slot)?;
+            }
+            app.hardware_write_protect(false);
+            match app.overwrite_medium() {
+                Ok(()) => {
+                    app.st.lifecycle = Lifecycle::Erased;
+                    app.save()?;
+                    warn!("erase cut off by a power loss: medium zeroed at power-up");
+                }
+                Err(Error::Store(_) | Error::Hw(_)) => {
+                    error!("erase: the medium could not be zeroed yet")
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if app.st.lifecycle == Lifecycle::Erasing {
             // A crypto-erase cut short while it overwrote the key slots (its record is in the
             // log): overwrite what is left, then destroy the identity. A medium that cannot
@@ -390,7 +420,7 @@ impl<P: Platform> Appliance<P> {
                 Ok(_) | Err(Error::Store(_)) => {}
                 Err(e) => return Err(e),
             }
-            app.destroy_secrets()?;
+            app.destroy_secrets(Lifecycle::Erased)?;
         }
         if app.st.lifecycle == Lifecycle::Erased {
             // Finish an erase cut short after its commit point (idempotent).
@@ -424,7 +454,7 @@ impl<P: Platform> Appliance<P> {
             Lifecycle::Ready => DeviceState::Locked,
             Lifecycle::Sealed => DeviceState::Sealed,
             Lifecycle::Arrived => DeviceState::Arrived,
-            Lifecycle::Erased | Lifecycle::Erasing => DeviceState::Erased,
+            Lifecycle::Erased | Lifecycle::Erasing | Lifecycle::Zeroing => DeviceState::Erased,
         }
     }
 
@@ -751,7 +781,7 @@ impl<P: Platform> Appliance<P> {
                 ErrorCode::NotProvisioned,
                 "the appliance is not provisioned: run 'mgear appliance provision' first",
             )),
-            Lifecycle::Erased | Lifecycle::Erasing => {
+            Lifecycle::Erased | Lifecycle::Erasing | Lifecycle::Zeroing => {
                 Some(Response::error(ErrorCode::Erased, ERASED_NEXT_STEP))
             }
             _ if need_unlock && !self.unlocked => Some(Response::error(
@@ -956,7 +986,7 @@ impl<P: Platform> Appliance<P> {
                 key_slots: 0,
                 overwrite_medium: false,
             })?;
-            self.destroy_secrets()?;
+            self.destroy_secrets(Lifecycle::Erased)?;
             warn!("PIN lockout: identity destroyed, sealed medium untouched");
             return Ok((0, false));
         }
@@ -1445,6 +1475,12 @@ impl<P: Platform> Appliance<P> {
                 key_slots,
                 medium_overwritten,
             }),
+            Err(e @ (Error::Store(_) | Error::Hw(_))) if overwrite => Ok(Response::error(
+                ErrorCode::Storage,
+                alloc::format!(
+                    "identity and PIN destroyed, but the medium could not be zeroed ({e}): the appliance zeroes it again at every power-up until it can; or wipe it on a host"
+                ),
+            )),
             Err(Error::Store(e)) => Ok(Response::error(
                 ErrorCode::Storage,
                 alloc::format!(
@@ -1477,24 +1513,39 @@ impl<P: Platform> Appliance<P> {
             key_slots: planned,
             overwrite_medium: overwrite,
         });
-        self.st.lifecycle = Lifecycle::Erasing;
+        // Zeroing the medium destroys whatever slots a cut leaves: a power-up that finds
+        // `Zeroing` does that instead of the slots alone.
+        let pending = if overwrite {
+            Lifecycle::Zeroing
+        } else {
+            Lifecycle::Erasing
+        };
+        self.st.lifecycle = pending;
         self.save()?;
         let res = listed
             .map_err(Error::from)
             .and_then(|_| self.overwrite_key_slots());
-        self.destroy_secrets()?;
-        if res.is_err() {
+        self.destroy_secrets(if overwrite {
+            Lifecycle::Zeroing
+        } else {
+            Lifecycle::Erased
+        })?;
+        if res.is_err() && !overwrite {
             error!("crypto-erase: key slots could not all be overwritten");
             // The identity is gone; the slots left are overwritten at the next power-up.
             self.st.lifecycle = Lifecycle::Erasing;
             self.save()?;
         }
         warn!("crypto-erased");
-        let slots = res?;
         if overwrite {
+            // Zeroed, the medium holds no slot a failure above left.
             self.overwrite_medium()?;
+            self.st.lifecycle = Lifecycle::Erased;
+            self.save()?;
+            self.update_led();
+            return Ok((res.unwrap_or(0), true));
         }
-        Ok((slots, overwrite))
+        Ok((res?, false))
     }
 
     /// Overwrite every key-slot file on the medium (random, then zeros, then
@@ -1525,17 +1576,18 @@ impl<P: Platform> Appliance<P> {
         Ok(slots)
     }
 
-    /// Destroy the identity seed and PIN verifier and enter `erased`. The
-    /// public key, custody log and attestations stay.
+    /// Destroy the identity seed and PIN verifier and enter `then` (`Erased`, or
+    /// `Zeroing` while the medium is still to be zeroed). The public key, custody log
+    /// and attestations stay.
     ///
-    /// `Erased` is saved before the slots go: a power cut in between leaves
+    /// `then` is saved before the slots go: a power cut in between leaves
     /// an erased appliance whose next power-up erases them again, never a
     /// provisioned state without its identity (which could not start).
-    fn destroy_secrets(&mut self) -> Result<(), Error> {
+    fn destroy_secrets(&mut self, then: Lifecycle) -> Result<(), Error> {
         self.key = None; // SigningKey zeroizes itself on drop
         self.medium_id = None;
         self.unlocked = false;
-        self.st.lifecycle = Lifecycle::Erased;
+        self.st.lifecycle = then;
         self.save()?;
         for slot in [SecretSlot::Identity, SecretSlot::PinHash] {
             self.p.secrets().erase(slot)?;

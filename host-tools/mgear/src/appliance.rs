@@ -798,6 +798,37 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
             // unlocks, so the PIN travels with the request.
             // The medium id is gone after the erase: the certificate names it from here.
             let before = info(c)?;
+            // Erased already (an erase whose answer a power cut or a pulled cable lost, which
+            // says to run the command again): the certificate is made from its custody
+            // record, as after any erase; there is nothing to erase again.
+            if let (DeviceState::Erased, Some(path)) = (before.state, &certificate) {
+                let (cert, verified) = erase_certificate(c, before.medium_id)?;
+                crate::report::write_json_and_text(path, &cert, &render::certificate_text(&cert))?;
+                let index = cert["erase_record"]["index"].as_u64();
+                if !verified {
+                    return Err(coded(
+                        FOUND,
+                        format!(
+                            "the appliance is erased, but its custody record of the erase does not verify under its identity (certificate {} says so)",
+                            path.display()
+                        ),
+                    ));
+                }
+                if json {
+                    print_json(&serde_json::json!({
+                        "already_erased": true,
+                        "erase_record": index,
+                        "certificate": path.display().to_string(),
+                    }))?;
+                } else {
+                    println!(
+                        "the appliance was erased already (custody record {}): nothing erased again\nerase certificate: {}",
+                        index.map_or("?".into(), |i| i.to_string()),
+                        path.display()
+                    );
+                }
+                return Ok(0);
+            }
             let pin = match (pin_file, before.state) {
                 (Some(f), _) => Some(read_pin(Some(&f), false)?),
                 (None, DeviceState::Unlocked) => None,

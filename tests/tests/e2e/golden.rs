@@ -303,6 +303,27 @@ mod fields {
         );
         let txt = std::fs::read_to_string(lab.p("erase.txt")).unwrap();
         assert!(txt.contains("verdict        verified"), "{txt}");
+        // Run again (an erase whose answer a pulled cable lost says to): the certificate of
+        // the erase that happened, from its custody record; nothing erased again (it was
+        // exit 2 "erased", no certificate ever).
+        let out = lab.appliance(&[
+            "erase",
+            "--yes",
+            "--pin-file",
+            "pin",
+            "--certificate",
+            "again.json",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("the appliance was erased already (custody record"),
+            "{}",
+            text(&out.stdout)
+        );
+        let again: Value =
+            serde_json::from_slice(&std::fs::read(lab.p("again.json")).unwrap()).unwrap();
+        assert_eq!(again["verified"], true, "{again}");
+        assert_eq!(again["erase_record"], cert["erase_record"], "{again}");
         lab.stop();
     }
 

@@ -699,6 +699,49 @@ fn erase_cut_while_the_key_slots_go_is_logged_and_finished_at_power_up() {
     );
 }
 
+/// The power goes while an erase zeroes the medium: the identity is gone already, and the
+/// custody record (signed before it went) says the medium was to be zeroed. It came back
+/// `Erased` with most of the medium as it was. Power-up zeroes the whole medium before the
+/// appliance calls itself erased; until then it answers as erased and zeroes again at every
+/// power-up.
+#[test]
+fn erase_cut_while_the_medium_is_zeroed_zeroes_it_at_power_up() {
+    let mut a = provisioned(55);
+    unlock(&mut a, PIN);
+    let n = a.p.disk.data.len();
+    a.p.disk.data[n / 2..].fill(0x5a);
+    // The key slots go, a few blocks are zeroed, then the medium loses power.
+    a.p.disk.writes_left = Some(2);
+    let r = a.handle(Request::Erase {
+        overwrite: true,
+        pin: None,
+    });
+    assert_eq!(code(&r), Some(ErrorCode::Storage), "{r:?}");
+    assert!(a.p.disk.data.iter().any(|&b| b != 0), "cut short");
+    assert_eq!(a.state(), DeviceState::Erased);
+    // A power-up whose medium still fails: erased, not zeroed, and not called done.
+    let mut p = a.p.after_power_loss(56);
+    p.disk.writes_left = Some(0);
+    let a = Appliance::new(p, cfg()).unwrap();
+    assert_eq!(a.state(), DeviceState::Erased);
+    assert!(a.p.disk.data.iter().any(|&b| b != 0));
+    // The next one zeroes it whole.
+    let mut a = reboot(a, 57);
+    assert_eq!(a.state(), DeviceState::Erased);
+    assert!(a.p.disk.data.iter().all(|&b| b == 0));
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
+    assert!(!a.p.secrets.slots.contains_key(SecretSlot::PinHash.name()));
+    let erases = log_entries(&mut a)
+        .into_iter()
+        .filter(|e| matches!(e.event, custody::Event::Erase { .. }))
+        .count();
+    assert_eq!(erases, 1);
+    // Zeroed for good: a later power-up leaves it as it is.
+    let writes = a.p.disk.writes;
+    let a = reboot(a, 58);
+    assert_eq!(a.p.disk.writes, writes);
+}
+
 #[test]
 fn torn_log_append_recovers_on_reboot() {
     let mut a = provisioned(18);

@@ -119,8 +119,10 @@ pub fn event_text(e: &Event) -> String {
                 EraseReason::Requested => "requested",
                 EraseReason::PinLockout => "too many wrong PINs",
             },
+            // The record is signed before the identity goes, so before the medium is zeroed:
+            // the appliance keeps zeroing it at every power-up until it is done.
             if *overwrite_medium {
-                "overwritten"
+                "zeroed (ordered in this record; finished at power-up if the power was cut)"
             } else {
                 "kept"
             }
