@@ -1028,6 +1028,8 @@ fn a_volume_written_during_a_session_is_hashed_again_and_the_sync_starts_over() 
     );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["attempts"], 1, "{r}");
+    assert!(r["restarts"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), src);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(

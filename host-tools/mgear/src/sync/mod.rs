@@ -566,12 +566,19 @@ pub(crate) fn run_ready(a: &Plan, ready: &mut Ready) -> crate::Result<SyncReport
 fn print_summary(r: &SyncReport) {
     let s = &r.stats;
     println!(
-        "synced {} to {} in {:.2} s ({} attempt{})",
+        "synced {} to {} in {:.2} s ({} attempt{}{})",
         r.name,
         r.to,
         r.seconds,
         s.attempts,
-        if s.attempts == 1 { "" } else { "s" }
+        if s.attempts == 1 { "" } else { "s" },
+        match s.restarts {
+            0 => String::new(),
+            n => format!(
+                "; {n} new session{} after the target's volume was written by another program",
+                if n == 1 { "" } else { "s" }
+            ),
+        }
     );
     println!(
         "  source:     {} ({}, {} chunks of {})",

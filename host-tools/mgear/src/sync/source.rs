@@ -93,6 +93,9 @@ pub struct Stats {
     pub wire_bytes: u64,
     pub send_seconds: f64,
     pub attempts: u32,
+    /// New sessions started because the target hashed its volume again (another program
+    /// wrote it during a session): not counted in `attempts`.
+    pub restarts: u32,
     /// The target's volume digest after the sync equals what the source expects.
     pub verified: bool,
     /// With `--dirty-bitmap`: every chunk was read and compared all the same, because the
@@ -241,17 +244,20 @@ pub fn run(
             Ok(()) => return Ok(run.stats),
             Err(Fail::Fatal(e)) => return Err(e),
             Err(Fail::Restart(e)) if restarts >= MAX_RESTARTS => {
-                return Err(coded(
+                return Err(crate::exit::coded_hint(
                     IO,
                     format!(
-                        "{e:#}: {} times in a row; something keeps writing the target's volume: \
-                         stop it, then run the sync again",
+                        "{e:#}: {} times in a row; something keeps writing the target's volume",
                         restarts + 1
                     ),
+                    "at the target, stop whatever writes the volume serve keeps (a mount, a \
+                     running VM, a copy, fsck): only serve may write it; then run the sync \
+                     again, which puts back every chunk that differs",
                 ))
             }
             Err(Fail::Restart(e)) => {
                 restarts += 1;
+                run.stats.restarts = restarts;
                 run.stats.attempts -= 1;
                 eprintln!("mgear sync: {e:#}; starting a new session");
             }
@@ -295,6 +301,17 @@ fn refused(p: &[u8], peer: &str) -> Fail {
             code: err::REHASHED,
             message: m,
         }) => Fail::Restart(crate::err!("the target {peer} ended the session: {m}")),
+        // The sizes differ (a source of another size, or a volume resized under serve): the
+        // generic usage hint ("check the arguments and key files") pointed elsewhere.
+        Ok(Refusal {
+            code: err::SIZE,
+            message: m,
+        }) => Fail::Fatal(crate::exit::coded_hint(
+            USAGE,
+            format!("the target {peer} refused the sync: {m}"),
+            "nothing was sent: the source and the volume serve keeps must both be the size of \
+             the captured disk; the message says which one differs and what to do",
+        )),
         // Not data that failed to check out: who signed the session (exit 1, as an ingest of
         // a capture signed by no pinned key).
         Ok(Refusal {
