@@ -277,15 +277,19 @@ mod fields {
         let id = &j["entries"][0]["event"]["Provisioned"]["identity"];
         assert!(is_hex(id, 64), "{j}");
 
-        let out = lab.appliance(&[
-            "erase",
-            "--yes",
-            "--pin-file",
-            "pin",
-            "--certificate",
-            "erase.json",
-        ]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let erase = |certificate: &str| {
+            let out = lab.appliance(&[
+                "erase",
+                "--yes",
+                "--pin-file",
+                "pin",
+                "--certificate",
+                certificate,
+            ]);
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            out
+        };
+        erase("erase.json");
         let cert: Value =
             serde_json::from_slice(&std::fs::read(lab.p("erase.json")).unwrap()).unwrap();
         assert_eq!(cert["verified"], true, "{cert}");
@@ -306,15 +310,7 @@ mod fields {
         // Run again (an erase whose answer a pulled cable lost says to): the certificate of
         // the erase that happened, from its custody record; nothing erased again (it was
         // exit 2 "erased", no certificate ever).
-        let out = lab.appliance(&[
-            "erase",
-            "--yes",
-            "--pin-file",
-            "pin",
-            "--certificate",
-            "again.json",
-        ]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let out = erase("again.json");
         assert!(
             text(&out.stdout).contains("the appliance was erased already (custody record"),
             "{}",

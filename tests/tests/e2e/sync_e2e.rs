@@ -541,6 +541,11 @@ fn allow_untrusted_is_an_explicit_loud_override() {
 /// `mgear serve --target VOL --listen ADDR` with the usual medium, key and
 /// pin, run to its end (for the refusals, which come before it listens).
 fn serve_run(e: &Env, target: &str, listen: &str) -> Output {
+    serve_run_of(e, "web01", target, listen)
+}
+
+/// `mgear serve` of capture `name` to the end, as [`serve_run`].
+fn serve_run_of(e: &Env, name: &str, target: &str, listen: &str) -> Output {
     e.run(&[
         "serve",
         "--target",
@@ -548,7 +553,7 @@ fn serve_run(e: &Env, target: &str, listen: &str) -> Output {
         "--medium",
         "fat:medium.img",
         "--name",
-        "web01",
+        name,
         "--identity",
         "target.key",
         "--trust",
@@ -799,21 +804,7 @@ fn serve_refuses_a_volume_that_is_not_the_ingested_disk_and_a_busy_port_at_once(
 
     // A capture that is not on the medium: said so (it was "no key slot left: they were
     // erased", a crypto-erase that never happened).
-    let o = e.run(&[
-        "serve",
-        "--target",
-        "file:vol.raw",
-        "--medium",
-        "fat:medium.img",
-        "--name",
-        "web09",
-        "--identity",
-        "target.key",
-        "--trust",
-        "site.pub",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let o = serve_run_of(&e, "web09", "file:vol.raw", "127.0.0.1:0");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr(&o).contains("there is no capture \"web09\" on fat:medium.img (captures: web01)")
