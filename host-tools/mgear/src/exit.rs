@@ -113,19 +113,15 @@ pub fn hint(err: &Error, command: &str) -> String {
         );
     }
     match code_of(err) {
+        // Damage in the medium's file system, whatever the code the command gave it (ingest
+        // refuses it as data that did not check out): "do not use it" had an operator throw
+        // away a shipment a repaired copy still delivers.
+        _ if is_damaged(err) => DAMAGED_HINT.to_string(),
         FOUND => "the data did not check out: do not use it; see the message for what is wrong where"
             .to_string(),
         USAGE => format!("check the arguments and key files: `mgear {command} --help`"),
         _ if is_no_space(err) => {
             "free space on the medium or target (or use a larger one), then run the same command again"
-                .to_string()
-        }
-        _ if is_damaged(err) => {
-            "the medium's file system is damaged: never repair the original; on a copy of it, \
-             `fsck.fat -n COPY` names the damage and `fsck.fat -a COPY` repairs what it can from \
-             the first FAT (where it says the FATs differ, `mgear verify` of the medium says \
-             how to try the second); then give the copy (every record is still checked against \
-             what was signed)"
                 .to_string()
         }
         _ if is_read_only(err) => {
@@ -141,6 +137,13 @@ pub fn hint(err: &Error, command: &str) -> String {
             .to_string(),
     }
 }
+
+/// What to do about a damaged file system on the medium.
+const DAMAGED_HINT: &str = "the medium's file system is damaged: never repair the original; on \
+     a copy of it, `fsck.fat -n COPY` names the damage and `fsck.fat -a COPY` repairs what it \
+     can from the first FAT (where it says the FATs differ, `mgear verify` of the medium says \
+     how to try the second); then give the copy (every record is still checked against what \
+     was signed)";
 
 /// Whether `err` is damage in the medium's file system (a FAT chain cut, looping or leaving
 /// the volume).

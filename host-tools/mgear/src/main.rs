@@ -129,12 +129,14 @@ fn stdout_failures() {
     }));
 }
 
-/// `--json` anywhere before a `--`: known before (and even when) parsing fails.
+/// `--json` anywhere before a `--`: known before (and even when) parsing fails. `--json=...`
+/// too, which the parser refuses (the flag takes no value): its refusal is then JSON as well
+/// (it was plain text, and stdout empty).
 fn wants_json() -> bool {
     std::env::args_os()
         .skip(1)
         .take_while(|a| a != "--")
-        .any(|a| a == "--json")
+        .any(|a| a == "--json" || a.to_string_lossy().starts_with("--json="))
 }
 
 /// The subcommand path of `m`: `"appliance log"`, `"medium format"`, `"capture"`.

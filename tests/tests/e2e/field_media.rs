@@ -616,6 +616,60 @@ fn fsck_repair_does_not_cut_files_for_damage_a_crash_does_not_leave() {
     assert_eq!(sha(&e.p("m.img")), before, "the medium was changed");
 }
 
+/// A link in the middle of a segment's cluster chain points outside the volume (a flipped
+/// bit in the first FAT): ingest refuses it, and its hint was that of data that did not check
+/// out ("do not use it"), which had an operator throw away a shipment a repaired copy still
+/// delivers. It says what to do about a damaged file system.
+#[test]
+fn a_damaged_fat_chain_is_told_as_a_damaged_file_system() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let e = Env::new();
+    keys(&e);
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 8, 16);
+    e.capture(&m, "web01").source("disk.raw").ok();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(e.p("m.img"))
+        .unwrap();
+    let mut boot = [0u8; 512];
+    f.read_exact(&mut boot).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&boot).unwrap();
+    let mut fat = vec![0u8; geo.fat_bytes as usize];
+    f.seek(SeekFrom::Start(geo.fat_offset)).unwrap();
+    f.read_exact(&mut fat).unwrap();
+    let entry =
+        |c: usize| u32::from_le_bytes(fat[c * 4..c * 4 + 4].try_into().unwrap()) & 0x0FFF_FFFF;
+    let links: Vec<usize> = (2..geo.cluster_count as usize + 2)
+        .filter(|&c| entry(c) == c as u32 + 1)
+        .collect();
+    let at = links[links.len() / 2];
+    f.seek(SeekFrom::Start(geo.fat_offset + at as u64 * 4))
+        .unwrap();
+    f.write_all(&0x0FFF_FF00u32.to_le_bytes()).unwrap();
+    drop(f);
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .arg("--json")
+        .run();
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hint = v["error"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the FAT32 file system is damaged")
+            && hint.contains("file system is damaged: never repair the original")
+            && !hint.contains("do not use it"),
+        "{v}"
+    );
+    assert!(!e.p("v.raw").exists());
+}
+
 /// A copy of a medium cut short (an interrupted `cp`): it read as FAT up to where it ended,
 /// then failed on whichever file lay past it ("access ... past the end of the medium", or,
 /// cut in its first sectors, "no MGEAR directory"). It is named as cut short, with the way on.

@@ -204,6 +204,8 @@ mod fields {
                 2,
                 "usage",
             ),
+            // A value given to the flag: refused, in JSON all the same (it was plain text).
+            (vec!["capture".into(), "--json=yes".into()], 2, "usage"),
             (
                 vec![
                     "verify".into(),
