@@ -1228,6 +1228,14 @@ impl Store for ApplianceMedium {
     fn file_system_findings(&mut self) -> Result<Vec<String>, image_format::StoreError> {
         self.s()?.file_system_findings()
     }
+    /// Passed on: a capture resumed after the appliance lost power clears the dirty mark the
+    /// cut left (it stayed, and a sealed medium can never be written again: the shipment went
+    /// out failing `fsck.fat -n`).
+    fn settled(&mut self) {
+        if let Ok(s) = self.s() {
+            s.settled();
+        }
+    }
     /// The appliance owns the volume (it is not unmounted from here): syncing flushes its data
     /// and metadata.
     fn close(mut self: Box<Self>) -> Result<(), image_format::StoreError> {

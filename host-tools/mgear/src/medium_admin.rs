@@ -630,8 +630,9 @@ fn abort_set(
     if plans.is_empty() && loose.is_empty() {
         return Err(usage(format!(
             "machine set {set} has no unfinished generation to abort (generation {bound} is \
-             complete); to remove finished data use `mgear medium rm --name {set} --generation \
-             {bound} --force`"
+             complete): nothing to do (an abort cut off after it removed its generation needs \
+             nothing more); only to throw away finished data, `mgear medium rm --name {set} \
+             --generation {bound} --force` removes generation {bound} and what is built on it"
         )));
     }
     let mut summary = set_summary(set, &plans);
@@ -699,8 +700,10 @@ fn abort_with(store: &mut dyn Store, name: &str, run: bool) -> crate::Result<RmP
     match &newest.state {
         GenerationState::Complete => {
             return Err(usage(format!(
-                "capture {} has no unfinished generation to abort (generation {g} is finished); \
-                 to remove finished data use `mgear medium rm --name {} --generation {g} --force`",
+                "capture {} has no unfinished generation to abort (generation {g} is finished): \
+                 nothing to do (an abort cut off after it removed its generation needs nothing \
+                 more); only to throw away finished data, `mgear medium rm --name {} \
+                 --generation {g} --force` removes generation {g} and what is built on it",
                 cap.name, cap.name
             )))
         }

@@ -88,6 +88,20 @@ fn appliance_sigkill_mid_capture_resume_identical() {
     assert!(out.status.success(), "ingest failed: {}", text(&out.stderr));
     same_file(&lab.p("disk.raw"), &lab.p("vol.raw"));
     lab.stop();
+    // The resume left the file system as a clean unmount does: the power cut's dirty mark
+    // stayed (the boot sector then differed from its backup), and a sealed medium is never
+    // written again, so the shipment went out failing `fsck.fat -n`.
+    let fsck = std::process::Command::new("fsck.fat")
+        .arg("-n")
+        .arg(lab.p("medium.img"))
+        .output()
+        .expect("fsck.fat (Debian dosfstools)");
+    assert!(
+        fsck.status.success() && !text(&fsck.stdout).contains("Dirty bit"),
+        "{}{}",
+        text(&fsck.stdout),
+        text(&fsck.stderr)
+    );
 }
 
 /// One writer on the appliance's medium at a time: a second capture, or a
