@@ -1251,7 +1251,10 @@ fn harmful_fsck_findings(text: &str) -> Vec<String> {
             }
             continue;
         }
-        if !line.starts_with('/') {
+        // The summary line names the medium as given: an absolute path starts with '/', as
+        // file findings do ("/tmp/m.img: 11 files, ..." was read as damage in a file, and a
+        // medium with only a crash's leftovers was told "it would cut files short").
+        if !line.starts_with('/') || benign_fsck_line(line) {
             if !benign_fsck_line(line) {
                 out.push(line.to_string());
             }
@@ -1494,6 +1497,11 @@ mod tests {
                        summary wrong (129045 vs. really 129044)\n  Auto-correcting.\n\n\
                        Leaving filesystem unchanged.\nm6.img: 2 files, 2/129046 clusters";
         assert_eq!(harmful_fsck_findings(aborted), Vec::<String>::new());
+        // The same with the medium named by an absolute path: its summary line starts with
+        // '/', as a file's finding does, and was told as damage.
+        let absolute = aborted.replace("\nm6.img: 2 files", "\n/srv/media/m6.img: 2 files");
+        assert_ne!(absolute, aborted);
+        assert_eq!(harmful_fsck_findings(&absolute), Vec::<String>::new());
         let boot = aborted.replace("  65:01/00", "  65:01/00\n  0:eb/00");
         let found = harmful_fsck_findings(&boot);
         assert!(
