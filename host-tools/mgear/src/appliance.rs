@@ -842,8 +842,13 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                     key_slots,
                     medium_overwritten,
                 } => {
+                    let mut written = None;
                     if let Some(path) = certificate {
                         let (cert, verified) = erase_certificate(c, before.medium_id)?;
+                        written = Some((
+                            path.display().to_string(),
+                            cert["erase_record"]["index"].as_u64(),
+                        ));
                         crate::report::write_json_and_text(
                             &path,
                             &cert,
@@ -863,9 +868,13 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                         }
                     }
                     if json {
-                        print_json(
-                            &serde_json::json!({"key_slots": key_slots, "medium_overwritten": medium_overwritten}),
-                        )?;
+                        let mut out = serde_json::json!({"key_slots": key_slots, "medium_overwritten": medium_overwritten});
+                        // As the re-run on an erased appliance says them.
+                        if let Some((path, index)) = written {
+                            out["certificate"] = path.into();
+                            out["erase_record"] = index.into();
+                        }
+                        print_json(&out)?;
                     } else {
                         println!(
                             "crypto-erased: {key_slots} key slot file(s) destroyed{}",

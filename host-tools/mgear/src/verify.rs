@@ -782,6 +782,16 @@ fn verify(args: Plan) -> crate::Result<i32> {
                             not_opened.push(n);
                             continue;
                         }
+                        // Damage in the file system under this capture (a FAT chain leaving the
+                        // volume): its finding, as keyless verify has it; the others are still
+                        // checked (the run stopped here, the structure pass's findings unsaid).
+                        Err(e) if e.is_damage() => {
+                            report.problems.push(image_format::Problem {
+                                at: image_format::Location::capture(&n),
+                                what: e.to_string(),
+                            });
+                            continue;
+                        }
                         other => other?,
                     };
                 report.captures += r.captures;

@@ -628,6 +628,8 @@ fn a_damaged_fat_chain_is_told_as_a_damaged_file_system() {
     let m = e.fat("m.img", "64MiB");
     random_disk(&e.p("disk.raw"), 8, 16);
     e.capture(&m, "web01").source("disk.raw").ok();
+    random_disk(&e.p("disk2.raw"), 2, 17);
+    e.capture(&m, "web02").source("disk2.raw").ok();
     let mut f = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -644,7 +646,8 @@ fn a_damaged_fat_chain_is_told_as_a_damaged_file_system() {
     let links: Vec<usize> = (2..geo.cluster_count as usize + 2)
         .filter(|&c| entry(c) == c as u32 + 1)
         .collect();
-    let at = links[links.len() / 2];
+    // In web01's segment (captured first, so its chain comes first).
+    let at = links[links.len() / 4];
     f.seek(SeekFrom::Start(geo.fat_offset + at as u64 * 4))
         .unwrap();
     f.write_all(&0x0FFF_FF00u32.to_le_bytes()).unwrap();
@@ -668,6 +671,19 @@ fn a_damaged_fat_chain_is_told_as_a_damaged_file_system() {
         "{v}"
     );
     assert!(!e.p("v.raw").exists());
+    // Verify with the key: the damage is web01's finding, web02 is still decrypted and
+    // checked, and the FAT copies' disagreement is said (the run stopped at web01 with a
+    // bare error, web02 unchecked, the structure findings unsaid).
+    let o = e.run(&["verify", "--medium", &m, "--identity", "target.key"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("1 of 2 captures decrypted")
+            && out.contains("capture web01: medium error")
+            && out.contains("the volume's two FAT copies disagree"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// A copy of a medium cut short (an interrupted `cp`): it read as FAT up to where it ended,

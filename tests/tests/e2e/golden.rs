@@ -279,22 +279,28 @@ mod fields {
         let id = &j["entries"][0]["event"]["Provisioned"]["identity"];
         assert!(is_hex(id, 64), "{j}");
 
-        let erase = |certificate: &str| {
-            let out = lab.appliance(&[
-                "erase",
-                "--yes",
-                "--pin-file",
-                "pin",
-                "--certificate",
-                certificate,
-            ]);
+        let erase = |certificate: &str, json: &[&str]| {
+            let args = [
+                json,
+                &["erase", "--yes", "--pin-file", "pin", "--certificate"],
+                &[certificate],
+            ]
+            .concat();
+            let out = lab.appliance(&args);
             assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
             out
         };
-        erase("erase.json");
+        // With --json the result names the certificate and the erase record (it said only
+        // what was erased).
+        let said: Value = serde_json::from_slice(&erase("erase.json", &["--json"]).stdout).unwrap();
+        assert_eq!(said["certificate"], "erase.json", "{said}");
         let cert: Value =
             serde_json::from_slice(&std::fs::read(lab.p("erase.json")).unwrap()).unwrap();
         assert_eq!(cert["verified"], true, "{cert}");
+        assert_eq!(
+            said["erase_record"], cert["erase_record"]["index"],
+            "{said}"
+        );
         assert_eq!(cert["appliance"]["fingerprint"], fp.as_str(), "{cert}");
         assert_eq!(cert["appliance"]["state"], "erased", "{cert}");
         assert!(is_hex(&cert["medium"]["id"], 32), "{cert}");
@@ -312,7 +318,7 @@ mod fields {
         // Run again (an erase whose answer a pulled cable lost says to): the certificate of
         // the erase that happened, from its custody record; nothing erased again (it was
         // exit 2 "erased", no certificate ever).
-        let out = erase("again.json");
+        let out = erase("again.json", &[]);
         assert!(
             text(&out.stdout).contains("the appliance was erased already (custody record"),
             "{}",
