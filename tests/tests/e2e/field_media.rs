@@ -561,24 +561,13 @@ fn an_fsck_fat_that_never_ends_is_stopped_and_named() {
     );
 }
 
-/// `medium fsck --repair` ran `fsck.fat -a` whatever `fsck.fat` found, and its repair of a
-/// chain pointing outside the volume cut files short: every capture on the medium became
-/// unreadable. Now `-a` runs only for what a crash leaves; damage like that is reported, not
-/// "repaired", and the medium is left byte for byte as it was.
-#[test]
-fn fsck_repair_does_not_cut_files_for_damage_a_crash_does_not_leave() {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let e = Env::new();
-    keys(&e);
-    let m = e.fat("m.img", "64MiB");
-    random_disk(&e.p("disk.raw"), 2, 12);
-    e.capture(&m, "web01").source("disk.raw").ok();
-    // The last cluster chain end in the FAT (a file's or a directory's) now points outside
-    // the volume, in every FAT copy.
+/// The FAT32 image at `path` opened to be written, its geometry and its first FAT.
+fn first_fat(path: &std::path::Path) -> (fs::File, image_format::store::fatmap::Geometry, Vec<u8>) {
+    use std::io::{Read, Seek, SeekFrom};
     let mut f = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(e.p("m.img"))
+        .open(path)
         .unwrap();
     let mut boot = [0u8; 512];
     f.read_exact(&mut boot).unwrap();
@@ -586,6 +575,24 @@ fn fsck_repair_does_not_cut_files_for_damage_a_crash_does_not_leave() {
     let mut fat = vec![0u8; geo.fat_bytes as usize];
     f.seek(SeekFrom::Start(geo.fat_offset)).unwrap();
     f.read_exact(&mut fat).unwrap();
+    (f, geo, fat)
+}
+
+/// `medium fsck --repair` ran `fsck.fat -a` whatever `fsck.fat` found, and its repair of a
+/// chain pointing outside the volume cut files short: every capture on the medium became
+/// unreadable. Now `-a` runs only for what a crash leaves; damage like that is reported, not
+/// "repaired", and the medium is left byte for byte as it was.
+#[test]
+fn fsck_repair_does_not_cut_files_for_damage_a_crash_does_not_leave() {
+    use std::io::{Seek, SeekFrom, Write};
+    let e = Env::new();
+    keys(&e);
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 2, 12);
+    e.capture(&m, "web01").source("disk.raw").ok();
+    // The last cluster chain end in the FAT (a file's or a directory's) now points outside
+    // the volume, in every FAT copy.
+    let (mut f, geo, fat) = first_fat(&e.p("m.img"));
     let end = (2..geo.cluster_count as usize + 2)
         .rev()
         .find(|c| {
@@ -622,7 +629,7 @@ fn fsck_repair_does_not_cut_files_for_damage_a_crash_does_not_leave() {
 /// delivers. It says what to do about a damaged file system.
 #[test]
 fn a_damaged_fat_chain_is_told_as_a_damaged_file_system() {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Seek, SeekFrom, Write};
     let e = Env::new();
     keys(&e);
     let m = e.fat("m.img", "64MiB");
@@ -630,17 +637,7 @@ fn a_damaged_fat_chain_is_told_as_a_damaged_file_system() {
     e.capture(&m, "web01").source("disk.raw").ok();
     random_disk(&e.p("disk2.raw"), 2, 17);
     e.capture(&m, "web02").source("disk2.raw").ok();
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(e.p("m.img"))
-        .unwrap();
-    let mut boot = [0u8; 512];
-    f.read_exact(&mut boot).unwrap();
-    let geo = image_format::store::fatmap::Geometry::parse(&boot).unwrap();
-    let mut fat = vec![0u8; geo.fat_bytes as usize];
-    f.seek(SeekFrom::Start(geo.fat_offset)).unwrap();
-    f.read_exact(&mut fat).unwrap();
+    let (mut f, geo, fat) = first_fat(&e.p("m.img"));
     let entry =
         |c: usize| u32::from_le_bytes(fat[c * 4..c * 4 + 4].try_into().unwrap()) & 0x0FFF_FFFF;
     let links: Vec<usize> = (2..geo.cluster_count as usize + 2)
