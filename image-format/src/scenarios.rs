@@ -1418,3 +1418,69 @@ fn commit_is_checked_by_the_keyless_verifier_and_absent_is_fine() {
         .unwrap();
     assert!(!keyless(&mut f.store).is_ok());
 }
+
+/// A courier adds a generation 2 of their own capture of the same name (made with only the
+/// target's public key) beside the capture's intact, finished generation 1. Keyless verify
+/// blamed the capture's own KEYS ("damaged or was replaced": the capture is lost), and keyed
+/// verify and ingest were told the same. The foreign generation is what is named; KEYS is
+/// not, and generation 1 still reads.
+#[test]
+fn a_generation_of_another_capture_is_named_not_the_captures_key_slots() {
+    let mut f = fixture();
+    let mut theirs = MemStore::new();
+    let (_, key) = capture(
+        &mut theirs,
+        params("web01", f.data.len() as u64, &f.id),
+        None,
+        &f.data,
+    )
+    .unwrap();
+    let mut p = params("web01", f.data.len() as u64, &f.id);
+    p.delta = true;
+    let mut changed = f.data.clone();
+    changed[5] ^= 1;
+    capture(&mut theirs, p, Some(key), &changed).unwrap();
+    for path in paths(&mut theirs)
+        .into_iter()
+        .filter(|p| p.starts_with("MGEAR/web01/G0002/"))
+    {
+        let bytes = file(&mut theirs, &path);
+        f.store.create_dir_all("MGEAR/web01/G0002").unwrap();
+        f.store.write_at(&path, 0, &bytes).unwrap();
+    }
+    let r = keyless(&mut f.store);
+    assert!(!r.is_ok());
+    let said: Vec<&str> = r.problems.iter().map(|p| p.what.as_str()).collect();
+    assert!(
+        said.iter().any(|w| w.contains(
+            "generation 2 belongs to another capture: its MANIFEST records other key slots"
+        ) && w.contains("which generation 1 records")),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|w| w.contains("key slot KEYS")),
+        "{said:?}"
+    );
+    assert_eq!(
+        crate::verify::changed_key_slot(&mut f.store, "web01").unwrap(),
+        None
+    );
+    let unlock = Unlock::Identity(f.id.clone());
+    assert_eq!(
+        read_all(&mut f.store, "web01", Some(1), &unlock).unwrap(),
+        f.data
+    );
+    // A KEYS changed as well is the capture's loss again: no generation records it.
+    let mut keys = file(&mut f.store, "MGEAR/web01/KEYS");
+    let n = keys.len() - 1;
+    keys[n] ^= 1;
+    f.store.write_at("MGEAR/web01/KEYS", 0, &keys).unwrap();
+    let r = keyless(&mut f.store);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.what.contains("key slot KEYS is damaged or was replaced")),
+        "{:?}",
+        r.problems
+    );
+}

@@ -559,6 +559,8 @@ fn verify_capture_into<S: Store + ?Sized>(
         }
     }
     let gens = medium::generations(store, name)?;
+    let slots_now = slots_on_medium(store, name)?;
+    let matching = generations_recording(store, name, &gens, &slots_now)?;
     for &g in &gens {
         cx.report.generations += 1;
         let at = cap.clone().generation(g);
@@ -622,7 +624,7 @@ fn verify_capture_into<S: Store + ?Sized>(
         // is then checked against that record (it binds the same digests), not against the
         // slots on the medium, which would report the same change a second time.
         let slots_changed = m.incompat & layout::INCOMPAT_KEY_SLOTS != 0
-            && check_key_slots(store, name, g, &m.key_slots, cx)?;
+            && check_key_slots(store, name, g, &m.key_slots, &matching, cx)?;
         verify_index(store, name, &m, cx)?;
         for (at, what) in crate::peers::check_peers(store, name, &m)? {
             cx.problem(at, what);
@@ -666,11 +668,16 @@ pub const CUT_OFF_AT_START: &str = "cut off at its start (no MANIFEST, no valid 
 /// The key slots are what generation `g`'s MANIFEST recorded when it was finished
 /// ([`layout::INCOMPAT_KEY_SLOTS`]): a slot changed since (damaged on the medium, or replaced)
 /// opens under no key, and the capture with it, whatever else verifies. Whether one did.
+/// `matching`: the other generations of the capture whose MANIFEST records the slots on the
+/// medium now ([`generations_recording`]): when there are some, the slots are the capture's
+/// and generation `g` is what does not belong (a generation of another capture planted or
+/// moved here), which is what is said (it blamed the capture's intact KEYS).
 fn check_key_slots<S: Store + ?Sized>(
     store: &mut S,
     name: &str,
     g: u32,
     recorded: &[[u8; 32]; 2],
+    matching: &[u32],
     cx: &mut Ctx<'_>,
 ) -> Result<bool> {
     let dir = layout::capture_dir(name);
@@ -682,6 +689,24 @@ fn check_key_slots<S: Store + ?Sized>(
         // No slot at all (what an appliance's erase or PIN lockout leaves) is said once for
         // the capture, by `verify_into`.
         return Ok(*recorded != [[0u8; 32]; 2]);
+    }
+    if as_recorded(&now) != *recorded && !matching.is_empty() {
+        let others = matching
+            .iter()
+            .map(|o| alloc::format!("{o}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        cx.problem(
+            Location::capture(name).generation(g),
+            alloc::format!(
+                "generation {g} belongs to another capture: its MANIFEST records other key slots \
+                 than this capture's (which generation {others} records, as they are on the \
+                 medium): planted or moved here, it opens under no key of this capture. The \
+                 other generations are not affected: ingest names one with --generation, or \
+                 ingest from another copy of the shipment"
+            ),
+        );
+        return Ok(true);
     }
     let mut changed = false;
     for ((file, want), now) in [KEYS_FILE, KEYPASS_FILE].into_iter().zip(recorded).zip(now) {
@@ -704,6 +729,43 @@ fn check_key_slots<S: Store + ?Sized>(
         );
     }
     Ok(changed)
+}
+
+/// The digests of capture `name`'s key slots on the medium now (KEYS, KEYPASS).
+fn slots_on_medium<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<[Option<[u8; 32]>; 2]> {
+    Ok([
+        medium::key_slot_digest(store, name, KEYS_FILE)?,
+        medium::key_slot_digest(store, name, KEYPASS_FILE)?,
+    ])
+}
+
+/// Slots as a MANIFEST records them: all zeros for a slot that is not there.
+fn as_recorded(now: &[Option<[u8; 32]>; 2]) -> [[u8; 32]; 2] {
+    [now[0].unwrap_or([0; 32]), now[1].unwrap_or([0; 32])]
+}
+
+/// The generations of `gens` whose readable MANIFEST records exactly the slots `now` (none
+/// when no slot is there: that is said once, for the capture).
+fn generations_recording<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    gens: &[u32],
+    now: &[Option<[u8; 32]>; 2],
+) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    if *now == [None, None] {
+        return Ok(out);
+    }
+    for &g in gens {
+        // An unreadable MANIFEST is reported where the generation is checked.
+        if let Ok(Some(f)) = medium::read_manifest(store, name, g) {
+            let m = f.manifest;
+            if m.incompat & layout::INCOMPAT_KEY_SLOTS != 0 && m.key_slots == as_recorded(now) {
+                out.push(g);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Which key slot of capture `name` differs from what its newest finished generation's
@@ -741,6 +803,14 @@ pub fn changed_key_slot<S: Store + ?Sized>(
             Some(d) => d == want,
         };
         if !same {
+            // Unless another generation records the slots as they are: then the slots are
+            // the capture's and the newest generation is one planted or moved here (said
+            // as such by the keyless checks).
+            let gens = medium::generations(store, name)?;
+            let now = slots_on_medium(store, name)?;
+            if !generations_recording(store, name, &gens, &now)?.is_empty() {
+                return Ok(None);
+            }
             return Ok(Some(file));
         }
     }

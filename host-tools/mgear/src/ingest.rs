@@ -320,6 +320,79 @@ fn other_ingest(state_path: &Path, h: &[u8], header: &[u8]) -> crate::Error {
     ))
 }
 
+/// After a read-back check failed: the resume state at `path` forgets every chunk (its slots
+/// zeroed), so that the same command writes the whole volume again. It kept them all as
+/// written, so every re-run, `--force` too, read back the same bytes and failed again until
+/// the operator found and removed the state by hand. What the message adds to say so.
+fn forget_written(path: &Path) -> String {
+    let reset = (|| -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        let len = f.metadata()?.len();
+        f.set_len(STATE_HEADER.min(len))?;
+        f.set_len(len)?;
+        f.sync_all()
+    })();
+    match reset {
+        Ok(()) => format!(
+            ", and its resume state {} now records no chunk as written: the same command writes \
+             the whole volume again and reads it back (failing again, the storage does not keep \
+             what is written to it: check it before trusting it with a disk)",
+            path.display()
+        ),
+        Err(e) => format!(
+            " (its resume state {} could not be reset: {e}; remove it and the unfinished volume, \
+             for a file: or qcow2: target its .partial, then re-run)",
+            path.display()
+        ),
+    }
+}
+
+/// A record that did not check out (`e`, exit 1) stopped the ingest with `unfinished` and
+/// its resume state `state` left behind: says so, and what they are good for.
+fn left_unfinished(e: crate::Error, unfinished: &str, state: &Path) -> crate::Error {
+    if crate::exit::code_of(&e) == crate::exit::FOUND
+        && !e.to_string().contains("left incomplete")
+    {
+        e.context(format!(
+            "{unfinished} is left unfinished, with its resume state {}: a re-run with an intact \
+             copy of the medium continues it; --force writes another capture there instead; \
+             removing both gives it up",
+            state.display()
+        ))
+    } else {
+        e
+    }
+}
+
+/// A `.partial` beside a finished `file:`/`qcow2:` target that is kept (a later ingest,
+/// `--force`, that stopped before it was verified): it holds decrypted data and was left
+/// unnamed, so the kept run says where it is, with its resume state, and what to do.
+fn leftover_partial(state_dir: &Path, target: &Path) -> Option<String> {
+    let mut partial = target.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::symlink_metadata(&partial).ok()?;
+    let state = state_dir.join(format!(
+        "{}.ingest",
+        mgear_volume::file::absolute_key(target)
+    ));
+    let state = match state.exists() {
+        true => format!(" and its resume state {}", state.display()),
+        false => String::new(),
+    };
+    Some(format!(
+        "{} (an unfinished ingest into {}, holding decrypted data){state} are still there: \
+         `--force` continues it and replaces {} once it is verified; remove {} to give it up",
+        partial.display(),
+        target.display(),
+        target.display(),
+        match state.is_empty() {
+            true => "it",
+            false => "both",
+        }
+    ))
+}
+
 /// Before a `file:` target's `.partial` is opened: its ingest state recording another
 /// ingest is what to tell (a `.partial` of another generation's size was refused first as
 /// "of another capture ... not known", with `rm` as the way on).
@@ -1228,10 +1301,13 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         )),
         state_dir: sdir.clone(),
         force: args.force,
+        // The manifest root tells this generation from another capture of the same name and
+        // generation number (a re-capture after `medium rm`): a finished EBS ingest is kept by it.
         what: format!(
-            "mgear ingest of capture {} generation {}",
+            "mgear ingest of capture {} generation {} (manifest root {})",
             reader.name(),
-            reader.generation()
+            reader.generation(),
+            &crate::output::hex(reader.manifest_root())[..32]
         ),
     };
     let facts = crate::cloud_target::CaptureFacts::of(reader.manifest());
@@ -1274,6 +1350,20 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             )?;
             Some((said, None))
         }
+        (Target::EbsSnapshot { name, opts }, false) => {
+            mgear_volume::EbsSnapshotVolume::completed_before(name, opts, &prep)?.map(|volume| {
+                (
+                    format!(
+                        "ebs-snapshot:{name} already holds {} generation {}: {volume}, completed \
+                         by an earlier run of this ingest (AWS keeps a completed snapshot as it \
+                         was completed): kept, not made again (--force makes another snapshot)",
+                        reader.name(),
+                        reader.generation()
+                    ),
+                    Some(volume),
+                )
+            })
+        }
         _ => ingested_before(&sdir, &args.target, reader.manifest_root()).then(|| {
             (
                 format!(
@@ -1289,6 +1379,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     };
     if let Some((said, volume)) = kept {
         eprintln!("mgear: {said}");
+        if let Target::File(p) | Target::Qcow2(p) = &target {
+            if let Some(left) = leftover_partial(&sdir, p) {
+                eprintln!("mgear: note: {left}");
+            }
+        }
         let mut report = kept_report(
             reader.name(),
             reader.generation(),
@@ -1445,6 +1540,16 @@ pub fn write_volume<S: image_format::Store>(
     let root = *blake3::hash(&reader.manifest().signed_bytes()).as_bytes();
     let header = State::header_of(&reader);
     let desc = vol.describe();
+    // What a stop leaves unfinished: a volume written under a name of its own until it is
+    // verified is that file, not the target (which may be a good volume `--force` was
+    // replacing, and was read as damaged when named).
+    let unfinished = match vol.unfinished_by_name() {
+        true => format!(
+            "{desc}.partial (where the volume is written until it is verified; {desc} itself \
+             is not touched)"
+        ),
+        false => desc.clone(),
+    };
     let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
     let state_path = plan.state_dir.join(format!("{}.ingest", vol.state_key()));
     let found = vol.found();
@@ -1534,7 +1639,10 @@ pub fn write_volume<S: image_format::Store>(
         None
     };
     let head_plain = match &beside {
-        Some(_) => Some(head_plaintext(&mut reader, size, chunk, threads)?),
+        Some(_) => Some(
+            head_plaintext(&mut reader, size, chunk, threads)
+                .map_err(|e| left_unfinished(e, &unfinished, &state_note))?,
+        ),
         None => None,
     };
     let recheck = ReadBackPlan {
@@ -1677,19 +1785,8 @@ pub fn write_volume<S: image_format::Store>(
     // A record that did not check out stops the ingest with the target unfinished: say
     // so, and what the partial target and its state are good for (they were left behind
     // unnamed, and a later ingest of another capture into the target was refused).
-    let (mut vol, state, beside_digest) = fed_to_writer.map_err(|e| {
-        if crate::exit::code_of(&e) == crate::exit::FOUND
-            && !e.to_string().contains("left incomplete")
-        {
-            e.context(format!(
-                "{desc} is left unfinished, with its resume state {}: a re-run with an intact \
-                 copy of the medium continues it; --force writes another capture there instead",
-                state_note.display()
-            ))
-        } else {
-            e
-        }
-    })?;
+    let (mut vol, state, beside_digest) =
+        fed_to_writer.map_err(|e| left_unfinished(e, &unfinished, &state_note))?;
     bar.finish();
     if far_missing > 0 {
         // Everything the given media hold is durable and recorded; the rest
@@ -2474,11 +2571,10 @@ fn check_beside(
                         format!(
                             "read-back check failed: disk bytes {}..{} on {desc} differ from \
                              what was authenticated (the storage's digest of them does not \
-                             match); the target is left incomplete (remove {} and the unfinished \
-                             volume, for a file: or qcow2: target its .partial, then re-run)",
+                             match); the target is left incomplete{}",
                             bad.start,
                             bad.end,
-                            r.state_path.display()
+                            forget_written(&r.state_path)
                         ),
                     ));
                 }
@@ -2514,11 +2610,10 @@ fn check_beside(
                 FOUND,
                 format!(
                     "read-back check failed: disk bytes {}..{} on {desc} differ from what was \
-                     authenticated; the target is left incomplete (remove {} and the unfinished \
-                             volume, for a file: or qcow2: target its .partial, then re-run)",
+                     authenticated; the target is left incomplete{}",
                     index * r.chunk,
                     index * r.chunk + len as u64,
-                    r.state_path.display()
+                    forget_written(&r.state_path)
                 ),
             ));
         }
@@ -2688,12 +2783,11 @@ fn read_back(
         return Err(coded(
             FOUND,
             format!(
-                "read-back check failed: disk bytes {at}..{} on {} differ from what was authenticated; \
-                 the target is left incomplete (remove {} and the unfinished \
-                         volume, for a file: or qcow2: target its .partial, then re-run)",
+                "read-back check failed: disk bytes {at}..{} on {} differ from what was \
+                 authenticated; the target is left incomplete{}",
                 at + len as u64,
                 vol.describe(),
-                state_path.display()
+                forget_written(state_path)
             ),
         ));
     }

@@ -105,6 +105,16 @@ impl EbsSnapshotVolume {
         EbsSnapshotVolume::open_with(name, opts, prep, EbsClient::new(cfg))
     }
 
+    /// [`completed_before`], credentials and region from the AWS environment.
+    pub fn completed_before(
+        name: &str,
+        opts: &EbsOptions,
+        prep: &Prepare,
+    ) -> Result<Option<String>> {
+        let cfg = AwsConfig::from_env().map_err(cloud)?;
+        completed_before(name, opts, prep, &EbsClient::new(cfg))
+    }
+
     /// [`EbsSnapshotVolume::open`] with a given client (tests).
     pub fn open_with(
         name: &str,
@@ -181,6 +191,12 @@ impl EbsSnapshotVolume {
             found != Found::New,
         )
         .map_err(cloud)?;
+        // The pending snapshot recorded is gone (see `SnapshotWriter::open`): a new one, and
+        // nothing an earlier run wrote is there to resume.
+        let found = match writer.resumed() {
+            true => found,
+            false => Found::New,
+        };
         Ok(EbsSnapshotVolume {
             state_dir: prep.state_dir.clone(),
             what: prep.what.clone(),
@@ -261,59 +277,120 @@ impl Volume for EbsSnapshotVolume {
         );
         let mut volume = done.snapshot_id.clone();
         if this.opts.register_image {
-            this.client
-                .wait_completed(&done.snapshot_id, std::time::Duration::from_secs(3600))
-                .map_err(cloud)?;
-            let ami = this
-                .client
-                .register_image(
-                    &done.snapshot_id,
-                    &NewImage {
-                        name: format!("{}-{}", this.name, done.snapshot_id),
-                        description: format!("mgear ebs-snapshot:{}", this.name),
-                        architecture: this
-                            .opts
-                            .architecture
-                            .clone()
-                            .unwrap_or_else(|| "x86_64".into()),
-                        root_device: this
-                            .opts
-                            .root_device
-                            .clone()
-                            .unwrap_or_else(|| "/dev/xvda".into()),
-                        boot_mode: this
-                            .opts
-                            .boot_mode
-                            .clone()
-                            .unwrap_or_else(|| "legacy-bios".into()),
-                        ena_support: true,
-                        volume_type: "gp3".into(),
-                    },
-                )
-                .map_err(cloud)?;
-            eprintln!(
-                "mgear: registered image {ami} from snapshot {}",
-                done.snapshot_id
-            );
+            let ami = register(&this.client, &this.name, &this.opts, &done.snapshot_id)?;
             volume = format!("{} {ami}", done.snapshot_id);
         }
-        // What a re-run of the same ingest is told (see `open_with`); losing it loses nothing.
-        // One record per generation made into this name: a later generation's snapshot must
-        // not make a re-run of an earlier one take another snapshot.
-        let path = this.state_dir.join(format!("{}.done", this.key));
-        let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut text: String = done_pairs(&old)
-            .filter(|(_, w)| *w != this.what)
-            .map(|(v, w)| format!("{v}\n{w}\n"))
-            .collect();
-        text.push_str(&format!("snapshot {volume}\n{}\n", this.what));
-        let _ = image_format::private::replace(&path, text.as_bytes());
+        // What a re-run of the same ingest is told (see `completed_before`); losing it loses
+        // nothing. One record per generation made into this name: a later generation's
+        // snapshot must not make a re-run of an earlier one take another snapshot.
+        record_done(&this.state_dir, &this.key, &this.what, Some(&volume));
         Ok(Finished {
             path: None,
             format: "raw",
             volume: Some(volume),
         })
     }
+}
+
+/// Registers an AMI from the completed `snapshot` as `opts` say; its id.
+fn register(client: &EbsClient, name: &str, opts: &EbsOptions, snapshot: &str) -> Result<String> {
+    client
+        .wait_completed(snapshot, std::time::Duration::from_secs(3600))
+        .map_err(cloud)?;
+    let ami = client
+        .register_image(
+            snapshot,
+            &NewImage {
+                name: format!("{name}-{snapshot}"),
+                description: format!("mgear ebs-snapshot:{name}"),
+                architecture: opts
+                    .architecture
+                    .clone()
+                    .unwrap_or_else(|| "x86_64".into()),
+                root_device: opts
+                    .root_device
+                    .clone()
+                    .unwrap_or_else(|| "/dev/xvda".into()),
+                boot_mode: opts
+                    .boot_mode
+                    .clone()
+                    .unwrap_or_else(|| "legacy-bios".into()),
+                ena_support: true,
+                volume_type: "gp3".into(),
+            },
+        )
+        .map_err(cloud)?;
+    eprintln!("mgear: registered image {ami} from snapshot {snapshot}");
+    Ok(ami)
+}
+
+/// Replaces the record of `what` in the `.done` file of `key` with `volume` (`snap-X` or
+/// `snap-X ami-Y`), or drops it (`None`).
+fn record_done(state_dir: &std::path::Path, key: &str, what: &str, volume: Option<&str>) {
+    let path = state_dir.join(format!("{key}.done"));
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut text: String = done_pairs(&old)
+        .filter(|(_, w)| *w != what)
+        .map(|(v, w)| format!("{v}\n{w}\n"))
+        .collect();
+    if let Some(volume) = volume {
+        text.push_str(&format!("snapshot {volume}\n{what}\n"));
+    }
+    let _ = image_format::private::replace(&path, text.as_bytes());
+}
+
+/// The snapshot an earlier run of this very ingest (`prep.what`: the capture, its generation
+/// and manifest root) completed under `name`, when AWS still has it completed: `snap-X` or
+/// `snap-X ami-Y`, an image registered now when `opts` asks for one and none was. A re-run
+/// of a finished ingest keeps it, as it keeps a finished file (it was refused, exit 2, and
+/// the only way to an image was `--force`: a whole new snapshot). A recorded snapshot that
+/// is gone (deleted since) is forgotten: `None`, and the ingest makes a new one.
+pub fn completed_before(
+    name: &str,
+    opts: &EbsOptions,
+    prep: &Prepare,
+    client: &EbsClient,
+) -> Result<Option<String>> {
+    let key = format!("ebs-snapshot_{}", key_of(name));
+    let Ok(text) = std::fs::read_to_string(prep.state_dir.join(format!("{key}.done"))) else {
+        return Ok(None);
+    };
+    let Some((line, _)) = done_pairs(&text).find(|(_, w)| *w == prep.what) else {
+        return Ok(None);
+    };
+    let mut ids = line.strip_prefix("snapshot ").unwrap_or(line).split(' ');
+    let (Some(snapshot), ami) = (ids.next(), ids.next()) else {
+        return Ok(None);
+    };
+    match client.snapshot_status(snapshot) {
+        Ok(s) if s == "completed" => {}
+        Ok(s) => {
+            return Err(Error::Tool(format!(
+                "snapshot {snapshot}, completed by an earlier run of this ingest, is {s} now: \
+                 --force makes another snapshot"
+            )))
+        }
+        Err(CloudError::Http { message, .. }) if message.contains("NotFound") => {
+            eprintln!(
+                "mgear: note: snapshot {snapshot}, completed by an earlier run of this ingest, \
+                 is gone (deleted since): making a new one"
+            );
+            record_done(&prep.state_dir, &key, &prep.what, None);
+            return Ok(None);
+        }
+        Err(e) => return Err(cloud(e)),
+    }
+    let volume = match (ami, opts.register_image) {
+        (None, true) => {
+            let ami = register(client, name, opts, snapshot)?;
+            let volume = format!("{snapshot} {ami}");
+            record_done(&prep.state_dir, &key, &prep.what, Some(&volume));
+            volume
+        }
+        (Some(ami), _) => format!("{snapshot} {ami}"),
+        (None, false) => snapshot.to_string(),
+    };
+    Ok(Some(volume))
 }
 
 /// The `(snapshot line, ingest)` records of a `.done` file: two lines each.

@@ -103,7 +103,23 @@ fn with_double(e: &Env, d: &Double, line: &Line) -> std::process::Command {
 }
 
 fn check_snapshot(e: &Env, d: &Double, id: &str) {
-    let rejected = d.rejections();
+    check_snapshot_after(e, d, id, None);
+}
+
+/// [`check_snapshot`] where the checker refused one thing: mgear asking after the snapshot
+/// `gone`, deleted by the test (the answer that tells it so).
+fn check_snapshot_after(e: &Env, d: &Double, id: &str, gone: Option<&str>) {
+    let rejected: Vec<_> = d
+        .rejections()
+        .into_iter()
+        .filter(|r| {
+            gone.is_none_or(|g| {
+                !(r.op == "EC2"
+                    && r.message
+                        .contains(&format!("InvalidSnapshot.NotFound: The snapshot '{g}'")))
+            })
+        })
+        .collect();
     assert!(rejected.is_empty(), "the checker refused: {rejected:#?}");
     let snap = d.snapshot(id).expect("the snapshot mgear reported exists");
     assert_eq!(snap.status, "completed");
@@ -146,15 +162,21 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
     let (ami, (_, snap)) = images.iter().next().unwrap();
     assert_eq!(snap, &id);
     assert!(vol.ends_with(ami.as_str()), "{r}");
-    // The same command again makes no second snapshot (each costs): refused, naming the first;
-    // the human summary says what vouches for the snapshot (it is not read back).
-    let again = with_double(&e, &d, &ingest(&e, &[])).output().unwrap();
-    assert_eq!(again.status.code(), Some(2), "{}", output_text(&again));
+    // The same command again makes no second snapshot (each costs): the first is kept, exit 0
+    // as for a finished file (it was exit 2, which a script re-running an interrupted ingest
+    // took for a failure), and reported with its image.
+    let again = with_double(&e, &d, &ingest(&e, &["--json"]))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", output_text(&again));
     let said = output_text(&again);
     assert!(
-        said.contains("is not made again") && said.contains(&id),
+        said.contains("kept, not made again") && said.contains(&id),
         "{said}"
     );
+    let kept: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(kept["volume"].as_str(), Some(vol), "{kept}");
+    assert_eq!(kept["verified"], true, "{kept}");
     assert_eq!(d.snapshot_ids(), std::slice::from_ref(&id));
     let forced = with_double(&e, &d, &ingest(&e, &["--force"]))
         .output()
@@ -315,4 +337,103 @@ fn the_ebs_double_program_takes_an_ingest_a_user_points_at_it() {
     assert!(listed.contains("1 snapshot(s)"), "{listed}");
     assert!(listed.contains(" completed "), "{listed}");
     assert!(listed.contains("0 request(s) refused"), "{listed}");
+}
+
+/// A finished ingest re-run with `--register-image` registers the image from the snapshot it
+/// completed (the only way was `--force`: a whole new snapshot); a completed snapshot deleted
+/// since is made again.
+#[test]
+fn ebs_snapshot_kept_gets_its_image_and_a_deleted_one_is_made_again() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig::default());
+    let first = with_double(&e, &d, &ingest(&e, &["--json"]))
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", output_text(&first));
+    let ids = d.snapshot_ids();
+    assert_eq!(ids.len(), 1);
+    assert!(d.images().is_empty());
+    let imaged = with_double(&e, &d, &ingest(&e, &["--register-image", "--json"]))
+        .output()
+        .unwrap();
+    assert!(imaged.status.success(), "{}", output_text(&imaged));
+    assert_eq!(d.snapshot_ids(), ids, "no second snapshot");
+    let images = d.images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let (ami, (_, snap)) = images.iter().next().unwrap();
+    assert_eq!(snap, &ids[0]);
+    let r: serde_json::Value = serde_json::from_slice(&imaged.stdout).unwrap();
+    assert_eq!(
+        r["volume"].as_str(),
+        Some(format!("{} {ami}", ids[0]).as_str()),
+        "{r}"
+    );
+    assert!(d.delete_snapshot(&ids[0]));
+    let again = with_double(&e, &d, &ingest(&e, &["--json"]))
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", output_text(&again));
+    assert!(
+        output_text(&again).contains("is gone (deleted since): making a new one"),
+        "{}",
+        output_text(&again)
+    );
+    let now = d.snapshot_ids();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, ids);
+    check_snapshot_after(&e, &d, &now[0], Some(&ids[0]));
+}
+
+/// A killed ingest whose pending snapshot is gone when it is re-run (deleted, or cancelled by
+/// AWS after its timeout): every re-run failed each put with 404, `--force` too, until the
+/// state files were found and removed by hand. It starts a new snapshot and writes all of it.
+#[test]
+fn ebs_snapshot_gone_while_pending_is_started_again() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig::default());
+    let slow = ingest(
+        &e,
+        &["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"],
+    );
+    let mut child = with_double(&e, &d, &slow)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        let puts = d.accepted().get("PutSnapshotBlock").copied().unwrap_or(0);
+        if puts >= 6 {
+            break;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("ingest ended before it could be killed: {st}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ids = d.snapshot_ids();
+    assert_eq!(ids.len(), 1);
+    assert!(d.delete_snapshot(&ids[0]));
+    let out = with_double(&e, &d, &ingest(&e, &["--json"]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains(&format!(
+            "the pending snapshot {} an earlier run of this ingest wrote is gone",
+            ids[0]
+        )),
+        "{}",
+        output_text(&out)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["resumed_chunks"].as_u64(), Some(0), "{r}");
+    let now = d.snapshot_ids();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, ids);
+    assert_eq!(r["volume"].as_str(), Some(now[0].as_str()), "{r}");
+    check_snapshot_after(&e, &d, &now[0], Some(&ids[0]));
 }

@@ -2353,3 +2353,119 @@ fn a_loop_window_beside_the_mediums_in_one_image_is_a_target() {
         "is the medium",
     );
 }
+
+/// Copies the `dir:` medium `from` to `to` with one byte of web01's first segment flipped at
+/// `at` (an offset into the file, or from its end when negative).
+fn damaged_copy(e: &Env, from: &str, to: &str, at: i64) {
+    let (from, to) = (e.p(from), e.p(to));
+    for (rel, _) in tree(&from) {
+        let dst = to.join(&rel);
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(from.join(&rel), &dst).unwrap();
+    }
+    let seg = to.join("MGEAR/web01/G0001/SEG-00000");
+    let mut bytes = fs::read(&seg).unwrap();
+    let at = if at < 0 { bytes.len() as i64 + at } else { at } as usize;
+    bytes[at] ^= 0x40;
+    fs::write(&seg, bytes).unwrap();
+}
+
+/// A `--force` ingest over a good, finished volume that meets a bad record stops with the
+/// volume untouched: it said "vol.raw is left unfinished" (an operator took the good volume
+/// for a damaged one), and whether it named anything depended on which record was bad (the
+/// first one said nothing of what it left). It names `vol.raw.partial` either way, and a
+/// later run that keeps the finished volume says the `.partial` (decrypted data) is still
+/// there and what to do with it (it said nothing).
+#[test]
+fn a_failed_forced_ingest_names_its_partial_and_leaves_the_good_volume() {
+    let e = Env::new();
+    e.keygen();
+    fs::create_dir(e.p("m")).unwrap();
+    random_disk(&e.p("disk.raw"), 6 << 20, 31);
+    let disk = fs::read(e.p("disk.raw")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    ingests_as(&e, "web01", "vol.raw", &disk);
+    // Record 0's header (decrypted ahead of the others), then a record in the middle.
+    damaged_copy(&e, "m", "first", 100);
+    damaged_copy(&e, "m", "later", 3 << 20);
+    for medium in ["dir:first", "dir:later"] {
+        let o = e
+            .ingest(medium, "web01")
+            .untrusted()
+            .unsealed()
+            .target("file:vol.raw")
+            .arg("--force")
+            .run();
+        let text = output_text(&o);
+        assert_eq!(o.status.code(), Some(1), "{medium}: {text}");
+        assert!(
+            text.contains("vol.raw.partial (where the volume is written until it is verified")
+                && text.contains("itself is not touched) is left unfinished"),
+            "{medium}: {text}"
+        );
+        assert_eq!(fs::read(e.p("vol.raw")).unwrap(), disk, "{medium}");
+        assert!(e.p("vol.raw.partial").exists(), "{medium}");
+    }
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .ok();
+    let text = output_text(&o);
+    assert!(text.contains("kept, not written again"), "{text}");
+    assert!(
+        text.contains("vol.raw.partial (an unfinished ingest into")
+            && text.contains("and its resume state")
+            && text.contains("remove both to give it up"),
+        "{text}"
+    );
+    // What the note says: --force continues it and replaces the volume once verified.
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .arg("--force")
+        .ok();
+    assert!(!e.p("vol.raw.partial").exists());
+    assert_eq!(fs::read(e.p("vol.raw")).unwrap(), disk);
+}
+
+/// A resumed ingest whose read-back finds that the volume no longer holds what an earlier run
+/// wrote (here: overwritten while the ingest was stopped; in the field, a disk that loses
+/// writes). The run fails (exit 1) and nothing is called verified; the resume state kept every
+/// chunk as written, so each re-run, `--force` too, read the same bytes back and failed again
+/// until the operator removed the state by hand. The state now forgets every chunk, and the
+/// same command writes the whole volume again and verifies it.
+#[test]
+fn a_failed_read_back_is_written_again_by_the_same_command() {
+    let e = Env::new();
+    e.keygen();
+    fs::create_dir(e.p("m")).unwrap();
+    random_disk(&e.p("disk.raw"), 8 << 20, 41);
+    let disk = fs::read(e.p("disk.raw")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    let line = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw");
+    line.stopped_after("2MiB/s", 2500);
+    // Garbage over the first MiB of what the stopped run wrote (chunk 0 is written last).
+    let partial = e.p("vol.raw.partial");
+    let mut bytes = fs::read(&partial).unwrap();
+    assert!(bytes[1 << 20..2 << 20] == disk[1 << 20..2 << 20], "chunk 1 was written");
+    bytes[1 << 20..(1 << 20) + 4096].fill(0xa5);
+    fs::write(&partial, bytes).unwrap();
+    let o = line.run();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("read-back check failed: disk bytes 1048576..2097152")
+            && text.contains("now records no chunk as written: the same command writes the whole volume again"),
+        "{text}"
+    );
+    assert!(!e.p("vol.raw").exists());
+    line.ok();
+    assert_eq!(fs::read(e.p("vol.raw")).unwrap(), disk);
+}

@@ -242,6 +242,12 @@ impl Double {
         })
     }
 
+    /// Deletes a snapshot, as `ec2 delete-snapshot` does, or as AWS cancels a pending one that
+    /// nothing wrote to for its timeout: later calls naming it are answered "not found".
+    pub fn delete_snapshot(&self, id: &str) -> bool {
+        self.world.lock().unwrap().snaps.remove(id).is_some()
+    }
+
     /// Images registered: AMI id -> (name, snapshot id).
     pub fn images(&self) -> BTreeMap<String, (String, String)> {
         self.world.lock().unwrap().images.clone()

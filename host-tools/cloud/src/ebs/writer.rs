@@ -168,6 +168,28 @@ fn private_file(path: &Path, truncate: bool) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Why the pending snapshot `id` a resume would go on in cannot take more blocks, when it
+/// cannot: it is gone (deleted, or cancelled by AWS after its timeout without a write; a
+/// resume then failed every put with 404, and so did every re-run, `--force` too), or no
+/// longer pending. `None` where it is pending, or where EC2 does not say (a key without
+/// `ec2:DescribeSnapshots`, a network error): the resume then goes on, and its first put says.
+fn gone(client: &EbsClient, id: &str) -> Option<String> {
+    match client.snapshot_status(id) {
+        Ok(s) if s == "pending" => None,
+        Ok(s) => Some(format!("is {s}, not pending any more")),
+        Err(CloudError::Http {
+            status: 400 | 404,
+            message,
+            ..
+        }) if message.contains("NotFound") => Some(
+            "is gone (deleted, or cancelled by AWS: a pending snapshot nothing writes to for \
+             its timeout is)"
+                .into(),
+        ),
+        Err(_) => None,
+    }
+}
+
 impl SnapshotWriter {
     /// Start a snapshot, or go on with the one recorded in the state directory when `resume` is
     /// true and the recorded one is for a disk of the same size. With `resume` false, old state
@@ -202,6 +224,15 @@ impl SnapshotWriter {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(&meta_path, e)),
+            }
+        }
+        if let Some((_, Some(id))) = &recorded {
+            if let Some(why) = gone(&client, id) {
+                eprintln!(
+                    "mgear: the pending snapshot {id} an earlier run of this ingest wrote {why}: \
+                     starting a new snapshot (every block is sent again)"
+                );
+                recorded = None;
             }
         }
         let resumed = recorded.is_some();
