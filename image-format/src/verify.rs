@@ -1339,11 +1339,14 @@ pub fn stored_name<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Strin
     }
 }
 
+/// What [`name_clash`] says, for a caller to tell it from damaged data.
+pub const NAME_CLASH: &str = "whose names differ only by case";
+
 /// The message for capture directories that differ only by case.
 fn name_clash(names: &[String]) -> String {
     let dirs: Vec<String> = names.iter().map(|n| layout::capture_dir(n)).collect();
     alloc::format!(
-        "the medium holds capture directories {}, whose names differ only by case; capture \
+        "the medium holds capture directories {}, {NAME_CLASH}; capture \
          names are compared without case (FAT keeps one directory for both), so none of them \
          can be chosen by name: move all but one away (by hand, on this copy of the medium)",
         dirs.join(" and ")

@@ -1758,6 +1758,15 @@ fn preflight(
     let (kind, generation, parent, resume_from) = match newest {
         // Refused here, before a key is cached or a directory made: the writer's own refusal
         // came after both and left them behind at every try.
+        None if args.delta && !args.replace_medium.is_empty() => {
+            return Err(usage(format!(
+                "there is no capture {} on the media given for --replace-medium to go on with: \
+                 it re-captures the share of a lost medium of a capture the other media of its \
+                 span hold. Give every remaining medium of that span with --medium, and the \
+                 capture's name",
+                args.name
+            )))
+        }
         None if args.delta => {
             return Err(usage(format!(
                 "there is no capture {} on this medium for --delta to add the changes to: a \
@@ -1891,6 +1900,17 @@ fn preflight(
                 "{spec} is open for writing by process {pid} ({cmd}): the capture may not \
                  match any single moment of the disk; capture a snapshot (LVM, qemu-img) or \
                  stop the program first"
+            ));
+        }
+        // A read-write loop device over the image, unmounted and held by nobody: anything
+        // may write the disk through it during the capture (it went unsaid).
+        let loops = crate::guard::writable_loops_over(std::path::Path::new(spec));
+        if !loops.is_empty() {
+            warnings.push(format!(
+                "{spec} has a read-write loop device over it ({}): whatever writes through it \
+                 during the capture changes the disk under it; detach it (`losetup -d`) or make \
+                 it read-only (`blockdev --setro`) first, or capture a snapshot",
+                loops.join(", ")
             ));
         }
     }

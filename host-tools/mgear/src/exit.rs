@@ -117,6 +117,17 @@ pub fn hint(err: &Error, command: &str) -> String {
         // refuses it as data that did not check out): "do not use it" had an operator throw
         // away a shipment a repaired copy still delivers.
         _ if is_damaged(err) => DAMAGED_HINT.to_string(),
+        // Two capture directories a case apart, made by hand: nothing is wrong with the data
+        // ("do not use it" had the shipment thrown away).
+        _ if err
+            .chain()
+            .any(|e| e.to_string().contains(image_format::verify::NAME_CLASH)) =>
+        {
+            "nothing says the data is damaged: on this copy of the medium, move or rename all \
+             but one of those directories (mount it, or `mmove -i IMAGE` for a FAT image), then \
+             run the same command again"
+                .to_string()
+        }
         FOUND => "the data did not check out: do not use it; see the message for what is wrong where"
             .to_string(),
         USAGE => format!("check the arguments and key files: `mgear {command} --help`"),

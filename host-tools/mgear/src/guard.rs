@@ -511,6 +511,36 @@ fn loop_window(rdev: u64) -> Option<(u64, u64)> {
     Some((start, start.checked_add(sectors.checked_mul(512)?)?))
 }
 
+/// The read-write loop devices straight over the regular file `path` (`/dev/loopN`), from
+/// sysfs: anything may write the file through them while nobody holds it open (an unmounted
+/// loop device is no open file, so [`writer_of`] does not see it).
+pub fn writable_loops_over(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    if !m.is_file() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let dir = e.path();
+            let backing = std::fs::read_to_string(dir.join("loop/backing_file")).ok()?;
+            let b = std::fs::metadata(backing.trim_end_matches('\n')).ok()?;
+            let ro = std::fs::read_to_string(dir.join("ro")).ok()?;
+            ((b.dev(), b.ino()) == (m.dev(), m.ino()) && ro.trim() == "0")
+                .then(|| format!("/dev/{name}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// [`loop_backing_file`] as its (device, inode), which a moved image keeps.
 pub fn loop_backing(rdev: u64) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;

@@ -350,8 +350,7 @@ fn forget_written(path: &Path) -> String {
 /// A record that did not check out (`e`, exit 1) stopped the ingest with `unfinished` and
 /// its resume state `state` left behind: says so, and what they are good for.
 fn left_unfinished(e: crate::Error, unfinished: &str, state: &Path) -> crate::Error {
-    if crate::exit::code_of(&e) == crate::exit::FOUND
-        && !e.to_string().contains("left incomplete")
+    if crate::exit::code_of(&e) == crate::exit::FOUND && !e.to_string().contains("left incomplete")
     {
         e.context(format!(
             "{unfinished} is left unfinished, with its resume state {}: a re-run with an intact \
@@ -1006,11 +1005,7 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
     let (Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) = &target else {
         return Ok(());
     };
-    medium.refuse_overlap(
-        &format!("--target {spec}"),
-        p,
-        "ingest would overwrite the shipment it reads",
-    )?;
+    medium.refuse_target_on(&format!("--target {spec}"), p)?;
     medium.refuse_same_volume(
         &format!("--target {spec}"),
         &crate::medium::TargetRef::Path(p.clone()),

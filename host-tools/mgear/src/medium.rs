@@ -344,6 +344,26 @@ impl Where {
         Ok(())
     }
 
+    /// [`Medium::refuse_overlap`] for an ingest target, which also may not lie anywhere in a
+    /// `dir:` medium's directory: the decrypted disk was written there (outside `MGEAR/`) with
+    /// exit 0, onto the medium that travels back, readable by whoever holds it.
+    pub fn refuse_target_on(&self, what: &str, path: &Path) -> crate::Result<()> {
+        self.refuse_overlap(what, path, "ingest would overwrite the shipment it reads")?;
+        for spec in &self.medium {
+            if let Ok(MediumSpec::Dir(dir)) = MediumSpec::parse(spec) {
+                if crate::guard::overlaps(path, &dir) {
+                    return Err(usage(format!(
+                        "{what} lies in the directory of the medium {spec}: the decrypted disk \
+                         would be written onto the medium, readable by anyone who holds it. \
+                         Give a path outside {}",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Refuse (exit 2) an NBD target when another process holds one of these media's local
     /// files (a `fat:` image or device, a `dir:` medium's captures) open for writing: an NBD
     /// server of the medium at an offset, or of a segment of a `dir:` medium, has no FAT

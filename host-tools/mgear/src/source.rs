@@ -380,12 +380,21 @@ impl OpenFile {
                 .read_at(&mut buf[done..], at)
                 .with_context(|| format!("reading source {} at byte {at}", self.path.display()))?;
             if n == 0 {
-                crate::bail!(
-                    "source {} shrank during capture: it was {} bytes when the capture started \
-                     but ends at byte {at}; capture from a snapshot or a disk that is not being resized",
-                    self.path.display(),
-                    self.len
-                );
+                // A re-run is refused (the disk is not the size the generation was started
+                // with), so "run the same command again", the I/O hint, went in a circle.
+                return Err(crate::exit::coded_hint(
+                    crate::exit::IO,
+                    format!(
+                        "source {} shrank during capture: it was {} bytes when the capture \
+                         started but ends at byte {at}; capture from a snapshot or a disk that \
+                         is not being resized",
+                        self.path.display(),
+                        self.len
+                    ),
+                    "this generation cannot go on with a disk of another size: `mgear capture \
+                     --abort` with the same --medium and --name removes what it stored, then \
+                     capture the disk again (a snapshot of it, or once the resize is done)",
+                ));
             }
             done += n;
         }

@@ -303,10 +303,7 @@ fn register(client: &EbsClient, name: &str, opts: &EbsOptions, snapshot: &str) -
             &NewImage {
                 name: format!("{name}-{snapshot}"),
                 description: format!("mgear ebs-snapshot:{name}"),
-                architecture: opts
-                    .architecture
-                    .clone()
-                    .unwrap_or_else(|| "x86_64".into()),
+                architecture: opts.architecture.clone().unwrap_or_else(|| "x86_64".into()),
                 root_device: opts
                     .root_device
                     .clone()

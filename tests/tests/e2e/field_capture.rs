@@ -823,6 +823,28 @@ fn a_source_another_program_writes_or_that_grows_is_warned_about() {
     let o = capture(&e, "disk.raw", "dir:m", "db02", &["--json"]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(r.get("warnings").is_none(), "{r}");
+    // A read-write loop device over it, unmounted and held by nobody (it went unsaid); a
+    // read-only one is no writer.
+    for (name, ro) in [("lo01", false), ("lo02", true)] {
+        let lo = match ro {
+            false => mgear_tests::Loop::attach(&e.p("disk.raw")),
+            true => {
+                let out = std::process::Command::new("losetup")
+                    .args(["--find", "--show", "--read-only"])
+                    .arg(e.p("disk.raw"))
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", output_text(&out));
+                mgear_tests::Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            }
+        };
+        let o = capture(&e, "disk.raw", "dir:m", name, &["--json"]);
+        assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let said = format!("disk.raw has a read-write loop device over it ({})", lo.0);
+        assert_eq!(r["warnings"].to_string().contains(&said), !ro, "{r}");
+        drop(lo);
+    }
 
     // Grown by 4 MiB while a capture held to 4 MiB/s reads its 8 MiB.
     let grower = {

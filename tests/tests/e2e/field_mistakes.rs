@@ -209,8 +209,8 @@ fn the_medium_is_never_its_own_target_or_source() {
     refused(&o, "capture would read the medium it writes");
     assert_eq!(tree(&e.p("medium.img")), before);
 
-    // A dir: medium: a target among its captures is refused, one beside
-    // them (the mount point's top) is an ordinary file.
+    // A dir: medium: a target among its captures is refused, and so is one beside them
+    // (the mount point's top): the decrypted disk was written onto the medium, exit 0.
     fs::create_dir(e.p("dm")).unwrap();
     e.capture("dir:dm", "web01").source("d.raw").ok();
     let before = tree(&e.p("dm"));
@@ -232,12 +232,23 @@ fn the_medium_is_never_its_own_target_or_source() {
         refused(&o, "is the medium dir:dm, or lies on it");
         assert_eq!(tree(&e.p("dm")), before, "{target} changed the medium");
     }
-    e.ingest("dir:dm", "web01")
+    let o = e
+        .ingest("dir:dm", "web01")
         .untrusted()
         .target("file:dm/web01.raw")
+        .run();
+    refused(
+        &o,
+        "lies in the directory of the medium dir:dm: the decrypted disk would be written onto \
+         the medium",
+    );
+    assert_eq!(tree(&e.p("dm")), before);
+    e.ingest("dir:dm", "web01")
+        .untrusted()
+        .target("file:web01.raw")
         .ok();
     assert_eq!(
-        fs::read(e.p("dm/web01.raw")).unwrap(),
+        fs::read(e.p("web01.raw")).unwrap(),
         fs::read(e.p("d.raw")).unwrap()
     );
 
@@ -809,6 +820,21 @@ fn a_delta_of_a_name_never_captured_leaves_nothing() {
             output_text(&o)
         );
     }
+    // --replace-medium implies a delta, but it was told as "for --delta", which was not given.
+    e.fat("spare.img", "40MiB");
+    let o = e
+        .capture("fat:medium.img", "web01")
+        .source("a.raw")
+        .args(&["--replace-medium", "fat:spare.img"])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o)
+            .contains("no capture web01 on the media given for --replace-medium to go on with")
+            && !output_text(&o).contains("--delta"),
+        "{}",
+        output_text(&o)
+    );
     let i = e.json(&["inspect", "--medium", "fat:medium.img"]);
     assert_eq!(i["captures"].as_array().map(Vec::len), Some(0), "{i}");
     let k = e.json(&["keys", "list"]);
@@ -2454,7 +2480,10 @@ fn a_failed_read_back_is_written_again_by_the_same_command() {
     // Garbage over the first MiB of what the stopped run wrote (chunk 0 is written last).
     let partial = e.p("vol.raw.partial");
     let mut bytes = fs::read(&partial).unwrap();
-    assert!(bytes[1 << 20..2 << 20] == disk[1 << 20..2 << 20], "chunk 1 was written");
+    assert!(
+        bytes[1 << 20..2 << 20] == disk[1 << 20..2 << 20],
+        "chunk 1 was written"
+    );
     bytes[1 << 20..(1 << 20) + 4096].fill(0xa5);
     fs::write(&partial, bytes).unwrap();
     let o = line.run();
@@ -2462,7 +2491,9 @@ fn a_failed_read_back_is_written_again_by_the_same_command() {
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(
         text.contains("read-back check failed: disk bytes 1048576..2097152")
-            && text.contains("now records no chunk as written: the same command writes the whole volume again"),
+            && text.contains(
+                "now records no chunk as written: the same command writes the whole volume again"
+            ),
         "{text}"
     );
     assert!(!e.p("vol.raw").exists());

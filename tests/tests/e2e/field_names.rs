@@ -244,6 +244,13 @@ fn two_directories_differing_only_by_case_are_named() {
             "{args:?}: {}",
             output_text(&o)
         );
+        // The way on, not "do not use it" (nothing says the data is damaged).
+        assert!(
+            err(&o).contains("move or rename all but one of those directories")
+                && !err(&o).contains("do not use it"),
+            "{args:?}: {}",
+            output_text(&o)
+        );
     }
     assert!(!e.p("vol.raw").exists());
     // Nothing was removed; the whole-medium check names the clash once.
