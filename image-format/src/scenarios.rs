@@ -1453,8 +1453,9 @@ fn a_generation_of_another_capture_is_named_not_the_captures_key_slots() {
     let said: Vec<&str> = r.problems.iter().map(|p| p.what.as_str()).collect();
     assert!(
         said.iter().any(|w| w.contains(
-            "generation 2 belongs to another capture: its MANIFEST records other key slots"
-        ) && w.contains("which generation 1 records")),
+            "generation 2's MANIFEST records other key slots than those on the medium now, which \
+             generation 1 records"
+        )),
         "{said:?}"
     );
     assert!(
@@ -1470,6 +1471,28 @@ fn a_generation_of_another_capture_is_named_not_the_captures_key_slots() {
         read_all(&mut f.store, "web01", Some(1), &unlock).unwrap(),
         f.data
     );
+    // The courier's KEYS put in beside their generation: generation 1 is now the odd one
+    // out, and the finding must not call it the planted one.
+    let slots = ["MGEAR/web01/KEYS", "MGEAR/web01/KEYPASS"];
+    let ours: Vec<Vec<u8>> = slots.iter().map(|p| file(&mut f.store, p)).collect();
+    for p in slots {
+        let t = file(&mut theirs, p);
+        f.store.write_at(p, 0, &t).unwrap();
+        f.store.set_len(p, t.len() as u64).unwrap();
+    }
+    let r = keyless(&mut f.store);
+    let said: Vec<&str> = r.problems.iter().map(|p| p.what.as_str()).collect();
+    assert!(
+        said.iter().any(|w| w.contains(
+            "generation 1's MANIFEST records other key slots than those on the medium now"
+        ) && w.contains("one side was planted or moved here")
+            && !w.contains("belongs to another capture")),
+        "{said:?}"
+    );
+    for (p, o) in slots.iter().zip(&ours) {
+        f.store.write_at(p, 0, o).unwrap();
+        f.store.set_len(p, o.len() as u64).unwrap();
+    }
     // A KEYS changed as well is the capture's loss again: no generation records it.
     let mut keys = file(&mut f.store, "MGEAR/web01/KEYS");
     let n = keys.len() - 1;

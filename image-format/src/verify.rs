@@ -696,13 +696,17 @@ fn check_key_slots<S: Store + ?Sized>(
             .map(|o| alloc::format!("{o}"))
             .collect::<Vec<_>>()
             .join(", ");
+        // Which side is genuine is not for a keyless check to say: a courier may have put
+        // their own key slots in with their own generations (then the odd one out here is the
+        // genuine one).
         cx.problem(
             Location::capture(name).generation(g),
             alloc::format!(
-                "generation {g} belongs to another capture: its MANIFEST records other key slots \
-                 than this capture's (which generation {others} records, as they are on the \
-                 medium): planted or moved here, it opens under no key of this capture. The \
-                 other generations are not affected: ingest names one with --generation, or \
+                "generation {g}'s MANIFEST records other key slots than those on the medium now, \
+                 which generation {others} records: one side was planted or moved here (a \
+                 generation of another capture, or the key slots replaced along with one), and \
+                 no key opens both. An ingest that pins the capture site (--trust, and the \
+                 receipt's --expect-commit) takes only the generation the site signed; or \
                  ingest from another copy of the shipment"
             ),
         );

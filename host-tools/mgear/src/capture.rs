@@ -1342,7 +1342,24 @@ const SAMPLE_BYTES: u64 = 64 << 20;
 const NEEDS_KEY: &str = "a new capture needs --recipient TARGET.pub (from `mgear keygen` at the \
                          target) and/or --passphrase-file";
 
+/// The key files' refusals the capture makes before it writes (a weak passphrase for a new
+/// slot, a `--sign` file that is no site signing key), made by `--dry-run` too: it said
+/// "fits", exit 0, of runs the capture then refused.
+fn check_key_files(args: &Plan) -> crate::Result<()> {
+    if let (Some(f), false) = (args.passphrase_file.as_deref(), args.passphrase_generate) {
+        let p = crate::keys::read_passphrase(f)?;
+        if !args.delta {
+            crate::keys::check_strength(&p, f)?;
+        }
+    }
+    if let Some(k) = args.sign.as_deref() {
+        crate::sitekey::read_signing_key(k)?;
+    }
+    Ok(())
+}
+
 fn dry_run(args: &Plan) -> crate::Result<i32> {
+    check_key_files(args)?;
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
     let spec = source_spec(args)?;
     args.medium.ready_to_capture()?;
@@ -1465,6 +1482,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
 
 /// `capture --dry-run` of a machine set: each disk's plan and the sum.
 pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
+    check_key_files(args)?;
     let plan = plan_set(args, sources)?;
     // Exit 3 when it does not fit: `ok` says the same.
     let code = if plan.fits() == Some(false) {

@@ -349,14 +349,18 @@ fn forget_written(path: &Path) -> String {
 
 /// A record that did not check out (`e`, exit 1) stopped the ingest with `unfinished` and
 /// its resume state `state` left behind: says so, and what they are good for.
-fn left_unfinished(e: crate::Error, unfinished: &str, state: &Path) -> crate::Error {
+fn left_unfinished(e: crate::Error, unfinished: &str, partial: bool, state: &Path) -> crate::Error {
     if crate::exit::code_of(&e) == crate::exit::FOUND && !e.to_string().contains("left incomplete")
     {
         e.context(format!(
             "{unfinished} is left unfinished, with its resume state {}: a re-run with an intact \
              copy of the medium continues it; --force writes another capture there instead; \
-             removing both gives it up",
-            state.display()
+             removing {} gives it up",
+            state.display(),
+            match partial {
+                true => "both",
+                false => "the resume state",
+            }
         ))
     } else {
         e
@@ -1538,11 +1542,18 @@ pub fn write_volume<S: image_format::Store>(
     // What a stop leaves unfinished: a volume written under a name of its own until it is
     // verified is that file, not the target (which may be a good volume `--force` was
     // replacing, and was read as damaged when named).
-    let unfinished = match vol.unfinished_by_name() {
+    let partial = vol.unfinished_by_name();
+    let unfinished = match partial {
         true => format!(
             "{desc}.partial (where the volume is written until it is verified; {desc} itself \
              is not touched)"
         ),
+        false => desc.clone(),
+    };
+    // What the read-back reads: the `.partial` where the volume is written under it (a
+    // failed check named the final name, which did not exist).
+    let read_desc = match partial {
+        true => format!("{desc}.partial"),
         false => desc.clone(),
     };
     let head_len = u64::from(image_format::layout::chunk_len(size, chunk, 0));
@@ -1636,7 +1647,7 @@ pub fn write_volume<S: image_format::Store>(
     let head_plain = match &beside {
         Some(_) => Some(
             head_plaintext(&mut reader, size, chunk, threads)
-                .map_err(|e| left_unfinished(e, &unfinished, &state_note))?,
+                .map_err(|e| left_unfinished(e, &unfinished, partial, &state_note))?,
         ),
         None => None,
     };
@@ -1668,7 +1679,7 @@ pub fn write_volume<S: image_format::Store>(
                 let (spare_tx, spare) = std::sync::mpsc::channel::<ChunkBuf>();
                 let reading =
                     s.spawn(move || read_back_beside(rd, recheck, id_key_ref, wrx, gtx, spare));
-                let desc = desc.as_str();
+                let desc = read_desc.as_str();
                 let checking = s.spawn(move || {
                     check_beside(grx, head, recheck, id_key_ref, threads, desc, spare_tx)
                 });
@@ -1781,7 +1792,7 @@ pub fn write_volume<S: image_format::Store>(
     // so, and what the partial target and its state are good for (they were left behind
     // unnamed, and a later ingest of another capture into the target was refused).
     let (mut vol, state, beside_digest) =
-        fed_to_writer.map_err(|e| left_unfinished(e, &unfinished, &state_note))?;
+        fed_to_writer.map_err(|e| left_unfinished(e, &unfinished, partial, &state_note))?;
     bar.finish();
     if far_missing > 0 {
         // Everything the given media hold is durable and recorded; the rest
@@ -2781,7 +2792,10 @@ fn read_back(
                 "read-back check failed: disk bytes {at}..{} on {} differ from what was \
                  authenticated; the target is left incomplete{}",
                 at + len as u64,
-                vol.describe(),
+                match vol.unfinished_by_name() {
+                    true => format!("{}.partial", vol.describe()),
+                    false => vol.describe(),
+                },
                 forget_written(state_path)
             ),
         ));

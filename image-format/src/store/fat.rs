@@ -1352,7 +1352,8 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());
         };
-        Ok(
+        let mut findings = fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))?;
+        findings.extend(
             match fatmap::fat_copies_differ(&geo, &mut cache_reader(&self.cache))? {
                 Some((n, first)) => vec![format!(
                     "the volume's two FAT copies disagree on {n} cluster entr{} (the first at \
@@ -1370,7 +1371,8 @@ impl<D: FatDevice> Store for FatStore<D> {
                 )],
                 None => Vec::new(),
             },
-        )
+        );
+        Ok(findings)
     }
 
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
@@ -2106,6 +2108,100 @@ pub(crate) mod tests {
     /// The second FAT copy damaged: the files all read (from the first), and only the
     /// comparison of the copies finds it (`verify` said OK where `fsck.fat -n` said "FATs
     /// differ").
+    /// Cluster chains that run past their file's size into another file, loop, or share
+    /// clusters within their sizes: every file still reads right (reads stop at the size), so
+    /// a keyless verify said "no problems" over a medium `fsck.fat -n` calls damaged, on which
+    /// a later `medium rm` frees another file's clusters. What a cut capture leaves (a chain
+    /// past the size into clusters nobody owns) is no such finding.
+    #[test]
+    fn chains_past_their_size_or_shared_are_findings() {
+        use std::os::unix::fs::FileExt;
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/cap").unwrap();
+        let mut boot = [0u8; 512];
+        std::io::Read::read_exact(&mut open_rw(&p), &mut boot).unwrap();
+        let geo = fatmap::Geometry::parse(&boot).unwrap();
+        let cb = geo.cluster_bytes as usize;
+        s.write_at("MGEAR/cap/KEYS", 0, &[1u8; 386]).unwrap();
+        s.write_at("MGEAR/cap/MANIFEST", 0, &vec![2u8; 1000])
+            .unwrap();
+        s.write_at("MGEAR/cap/SEG", 0, &vec![3u8; 3 * cb + 10])
+            .unwrap();
+        s.write_at("MGEAR/cap/B", 0, &vec![4u8; 2 * cb]).unwrap();
+        s.unmount().unwrap();
+        let f = open_rw(&p);
+        let mut read = |at: u64, buf: &mut [u8]| {
+            f.read_exact_at(buf, at)
+                .map_err(|e| StoreError::Io(e.to_string()))
+        };
+        let mut first = |path: &str| {
+            let m = fatmap::lookup(&geo, &mut read, path).unwrap().unwrap();
+            (
+                m.runs[0].cluster,
+                m.runs.last().map(|r| r.cluster + r.clusters - 1).unwrap(),
+            )
+        };
+        let (keys, _) = first("MGEAR/cap/KEYS");
+        let (manifest, _) = first("MGEAR/cap/MANIFEST");
+        let (seg, seg_last) = first("MGEAR/cap/SEG");
+        let (b, _) = first("MGEAR/cap/B");
+        let set = |c: u32, next: u32| {
+            for k in 0..u64::from(geo.fats) {
+                f.write_all_at(
+                    &next.to_le_bytes(),
+                    geo.fat_offset + k * geo.fat_bytes + u64::from(c) * 4,
+                )
+                .unwrap();
+            }
+        };
+        let findings = || {
+            FatStore::open(open_rw(&p))
+                .unwrap()
+                .file_system_findings()
+                .unwrap()
+        };
+        assert!(findings().is_empty(), "{:?}", findings());
+        // A cut capture's leftover: the chain goes on into a free cluster.
+        let free = seg_last + 100;
+        set(seg_last, free);
+        set(free, 0x0FFF_FFFF);
+        assert!(findings().is_empty(), "{:?}", findings());
+        set(seg_last, 0x0FFF_FFFF);
+        set(free, 0);
+        // KEYS runs on into MANIFEST's cluster; SEG's last cluster points back to its first.
+        set(keys, manifest);
+        set(seg_last, seg);
+        let found = findings();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().any(|f| f.starts_with(
+                "MGEAR/cap/KEYS: its cluster chain runs past its \
+                 size into cluster"
+            ) && f.contains("of MGEAR/cap/MANIFEST")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|f| f.starts_with(
+                "MGEAR/cap/SEG: its cluster chain runs past its size back \
+                     into its own cluster"
+            )),
+            "{found:?}"
+        );
+        set(keys, 0x0FFF_FFFF);
+        set(seg_last, 0x0FFF_FFFF);
+        // B's second cluster is MANIFEST's: both hold it within their sizes.
+        set(b, manifest);
+        let found = findings();
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with("MGEAR/cap/B and MGEAR/cap/MANIFEST share cluster")),
+            "{found:?}"
+        );
+    }
+
     #[test]
     fn fat_copies_that_disagree_are_a_finding() {
         use std::io::{Seek, SeekFrom, Write};

@@ -812,11 +812,33 @@ fn short_name(e: &[u8]) -> String {
 
 /// Find `name` (ASCII, case-insensitive, long or short name) in directory bytes.
 fn find(dir: &[u8], name: &str) -> Option<Found> {
+    let mut hit = None;
+    each_entry(dir, |long, short, f| {
+        let long_matches = long.is_some_and(|units| {
+            units.len() == name.len()
+                && units
+                    .iter()
+                    .zip(name.bytes())
+                    .all(|(&u, b)| u < 0x80 && (u as u8).eq_ignore_ascii_case(&b))
+        });
+        if long_matches || short.eq_ignore_ascii_case(name) {
+            hit = Some(f);
+            return true;
+        }
+        false
+    });
+    hit
+}
+
+/// Calls `visit` with each entry of directory bytes `dir` (not the volume label, not deleted
+/// ones) until it returns true: its long name's UTF-16 units when it has a valid one, its
+/// short name, and where it points.
+fn each_entry(dir: &[u8], mut visit: impl FnMut(Option<&[u16]>, &str, Found) -> bool) {
     let mut lfn: Vec<u16> = Vec::new();
     let mut lfn_sum: Option<u8> = None;
     for (i, e) in dir.chunks_exact(32).enumerate() {
         match e[0] {
-            0x00 => return None,
+            0x00 => return,
             0xe5 => {
                 lfn_sum = None;
                 continue;
@@ -852,29 +874,172 @@ fn find(dir: &[u8], name: &str) -> Option<Found> {
             // Volume label.
             continue;
         }
-        let long_matches = long.is_some() && {
-            let units: Vec<u16> = lfn
-                .iter()
+        let units: Option<Vec<u16>> = long.map(|_| {
+            lfn.iter()
                 .copied()
                 .take_while(|&u| u != 0 && u != 0xffff)
-                .collect();
-            units.len() == name.len()
-                && units
-                    .iter()
-                    .zip(name.bytes())
-                    .all(|(&u, b)| u < 0x80 && (u as u8).eq_ignore_ascii_case(&b))
+                .collect()
+        });
+        let first = ((le16(e, 20) << 16) | le16(e, 26)) as u32;
+        let found = Found {
+            is_dir: attr & 0x10 != 0,
+            first,
+            size: u64::from(le32(e, 28)),
+            at: i * 32,
         };
-        if long_matches || short_name(e).eq_ignore_ascii_case(name) {
-            let first = ((le16(e, 20) << 16) | le16(e, 26)) as u32;
-            return Some(Found {
-                is_dir: attr & 0x10 != 0,
-                first,
-                size: u64::from(le32(e, 28)),
-                at: i * 32,
-            });
+        if visit(units.as_deref(), &short_name(e), found) {
+            return;
         }
     }
-    None
+}
+
+/// The cluster chains of every file and directory of the volume against the sizes their
+/// entries give: a file whose chain runs past its size (into another file's clusters, or
+/// back into its own: reads stop at the size, so every file still reads right, but a later
+/// write or removal frees or overwrites what the chain runs into) and clusters two entries
+/// both hold. Each as a finding; `fsck.fat -n` says the same ("cluster chain length is >",
+/// "shares clusters").
+pub fn chain_findings<R>(geo: &Geometry, read: &mut R) -> Result<Vec<String>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    // Claimed runs of clusters: first cluster -> (end, whose).
+    let mut runs_held: alloc::collections::BTreeMap<u32, (u64, String)> =
+        alloc::collections::BTreeMap::new();
+    let mut findings = Vec::new();
+    // Files that share clusters: named once per pair.
+    let mut shared: alloc::collections::BTreeSet<(String, String)> =
+        alloc::collections::BTreeSet::new();
+    let mut claim = |runs: &[Run], path: &str, findings: &mut Vec<String>| {
+        for r in runs {
+            let (a, b) = (r.cluster, u64::from(r.cluster) + u64::from(r.clusters));
+            let before = runs_held.range(..=a).next_back();
+            let within = runs_held.range(a..).take_while(|(&s, _)| u64::from(s) < b);
+            let hit = before
+                .filter(|(_, (end, _))| *end > u64::from(a))
+                .into_iter()
+                .chain(within)
+                .next()
+                .map(|(&s, (_, who))| (s.max(a), who.clone()));
+            if let Some((c, other)) = hit {
+                if shared.insert((other.clone(), String::from(path))) {
+                    findings.push(match other == path {
+                        true => format!(
+                            "{path}: its cluster chain comes back to its own cluster {c} within \
+                             its size, so it does not read as written. Work on a copy of the \
+                             medium (`fsck.fat -n` names the same), and check the captures with \
+                             `mgear verify --identity`"
+                        ),
+                        false => format!(
+                            "{path} and {other} share cluster {c}: a write to either damages the \
+                             other. Work on a copy of the medium (`fsck.fat -n` names the same), \
+                             and check the captures with `mgear verify --identity` before \
+                             trusting them"
+                        ),
+                    });
+                }
+            }
+            runs_held.entry(a).or_insert((b, String::from(path)));
+        }
+    };
+    let mut extra: Vec<(String, u32)> = Vec::new();
+    // Damage a chain walk meets (a chain out of the volume, a looping directory) is said where
+    // the file is read; here it only ends the walk of that file or directory.
+    let said = |r: Result<Vec<Run>, StoreError>| match r {
+        Err(StoreError::Damaged(_)) => Ok(None),
+        other => other.map(Some),
+    };
+    let Some(root) = said(dir_chain(geo, read, "the root directory", geo.root_cluster))? else {
+        return Ok(findings);
+    };
+    claim(&root, "/", &mut findings);
+    let mut dirs: Vec<(String, u32)> = vec![(String::new(), geo.root_cluster)];
+    while let Some((dir, first)) = dirs.pop() {
+        let bytes = match read_dir(geo, read, if dir.is_empty() { "/" } else { &dir }, first) {
+            Err(StoreError::Damaged(_)) => continue,
+            other => other?,
+        };
+        let mut found = Vec::new();
+        each_entry(&bytes, |long, short, f| {
+            let name = match long {
+                Some(u) => alloc::string::String::from_utf16_lossy(u),
+                None => String::from(short),
+            };
+            if name != "." && name != ".." {
+                found.push((name, f));
+            }
+            false
+        });
+        for (name, f) in found {
+            let path = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            if f.first == 0 {
+                continue;
+            }
+            if f.is_dir {
+                let Some(runs) = said(dir_chain(geo, read, &path, f.first))? else {
+                    continue;
+                };
+                claim(&runs, &path, &mut findings);
+                dirs.push((path, f.first));
+                continue;
+            }
+            let need = f.size.div_ceil(geo.cluster_bytes);
+            let Some(runs) = said(chain(geo, read, &path, f.first, need.saturating_add(1)))? else {
+                continue;
+            };
+            // Only the clusters the size covers are the file's; the one after them, if the
+            // chain goes on, is judged once every file's are known.
+            let mut left = need;
+            let mut own = Vec::new();
+            for r in runs {
+                if left == 0 {
+                    extra.push((path.clone(), r.cluster));
+                    break;
+                }
+                let n = u64::from(r.clusters).min(left);
+                own.push(Run {
+                    cluster: r.cluster,
+                    clusters: n as u32,
+                });
+                left -= n;
+                if u64::from(r.clusters) > n {
+                    extra.push((path.clone(), r.cluster + n as u32));
+                    break;
+                }
+            }
+            claim(&own, &path, &mut findings);
+        }
+    }
+    // A chain that goes on past its file's size into free or unowned clusters is what a cut
+    // capture leaves (clusters allocated ahead of the writes): lost space, which `medium fsck`
+    // tells. Into another file's clusters, or back into its own, it is damage.
+    for (path, c) in extra {
+        let owner = runs_held
+            .range(..=c)
+            .next_back()
+            .filter(|(_, (end, _))| *end > u64::from(c))
+            .map(|(_, (_, who))| who.clone());
+        match owner {
+            Some(who) if who == path => findings.push(format!(
+                "{path}: its cluster chain runs past its size back into its own cluster {c} (it \
+                 loops). It still reads right (reads stop at its size), but removing it or \
+                 writing to it would not end. Work on a copy: `fsck.fat -a COPY` cuts the chain \
+                 at the size"
+            )),
+            Some(who) => findings.push(format!(
+                "{path}: its cluster chain runs past its size into cluster {c} of {who}. It \
+                 still reads right (reads stop at its size), but a later write to it or `mgear \
+                 medium rm` of it on this medium would overwrite or free {who}'s data. Work on \
+                 a copy: `fsck.fat -a COPY` cuts the chain at the size"
+            )),
+            None => {}
+        }
+    }
+    Ok(findings)
 }
 
 /// Map the file at `path` (`/`-separated, relative to the root).

@@ -110,6 +110,27 @@ fn check_before_writing_refuses_and_plans_without_writing() {
         "{}",
         output_text(&o)
     );
+    // A weak passphrase and the target's identity as --sign: refused as the capture refuses
+    // them (the plan said "fits", exit 0).
+    fs::write(e.p("weak.pw"), "short1\n").unwrap();
+    let o = capture(
+        &e,
+        "disk.raw",
+        &m,
+        "web01",
+        &["--dry-run", "--passphrase-file", &e.s("weak.pw")],
+    );
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(err(&o).contains("is too weak"), "{}", output_text(&o));
+    let o = capture(
+        &e,
+        "disk.raw",
+        &m,
+        "web01",
+        &["--dry-run", "--sign", &e.s("target.key")],
+    );
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(err(&o).contains("SECRET identity"), "{}", output_text(&o));
     let plan = e
         .capture(&m, "web01")
         .source("disk.raw")

@@ -2490,7 +2490,7 @@ fn a_failed_read_back_is_written_again_by_the_same_command() {
     let text = output_text(&o);
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("read-back check failed: disk bytes 1048576..2097152")
+        text.contains("read-back check failed: disk bytes 1048576..2097152 on vol.raw.partial")
             && text.contains(
                 "now records no chunk as written: the same command writes the whole volume again"
             ),

@@ -38,12 +38,14 @@ pub enum KeysCmd {
         json: bool,
     },
     /// Delete cached data keys: no delta or sync of that capture can run here afterwards.
+    // One of the two is needed: a missing one was said as "--capture-id" alone.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["capture_id", "name"])))]
     Forget {
         /// Key cache directory [default: $XDG_STATE_HOME/mgear/keys or ~/.local/state/mgear/keys].
         #[arg(long)]
         key_cache: Option<PathBuf>,
         /// The capture id (as `keys list` or the capture receipt shows it).
-        #[arg(long, required_unless_present = "name")]
+        #[arg(long)]
         capture_id: Option<String>,
         /// Every key of this capture name (case-insensitive); with several, also --all.
         #[arg(long)]
