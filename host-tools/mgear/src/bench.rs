@@ -39,8 +39,8 @@
 //!   machine set of two disks against one disk of the same bytes (a set must
 //!   capture at the same throughput per byte); and,
 //!   when `mgear-appliance-sim` is next to `mgear` or on PATH, a capture
-//!   through its NBD export (against the direct `fat:` capture of this run,
-//!   which `--appliance-only` makes for the purpose) and its seal (keyless
+//!   through its NBD export (each run right after a direct `fat:` capture,
+//!   its baseline: the better of those and the main capture row) and its seal (keyless
 //!   verify, file and region hashes) against `dd` reading the medium image,
 //!   with the simulator's CPU and peak RSS. Both the read and the seal
 //!   start with none of the image in the page cache (it is synced and its
@@ -68,7 +68,11 @@
 //! to 50 MiB/s, and the capture through the simulator and its direct
 //! baseline run `--repeat` times (3):
 //! each row gives the shortest time and the least CPU of its runs
-//! ([`best_of`]).
+//! ([`best_of`]). A step and its baseline take turns (a `dd`, a capture, a
+//! `dd`, a capture...; a direct capture, one through the simulator...): this
+//! VM's disk has slow spells of seconds, and with every baseline run first
+//! and every step after, a ratio measured the spells (the capture row read
+//! x0.62 and x0.80 of `dd` within the hour, the capture unchanged).
 //! Every capture and ingest runs as a child `mgear` process, as a user runs
 //! it; its CPU seconds and peak RSS are its own rusage (`mgear_step`), and
 //! the peak RSS printed is the largest of them (or of the bench's own
@@ -747,12 +751,39 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             let medium_img = work.join("medium.img");
             // Each run onto a fresh medium; the last one's is ingested.
             let mut last = None;
+            // Each capture run follows a run of its `dd` baseline, and each row keeps its best:
+            // the virtual disk has slow spells of seconds, and with every `dd` run first and
+            // every capture after, the ratio measured the spells (x0.62 and x0.80 in two runs
+            // of one hour, the captures unchanged).
+            let mut dd_best = (f64::INFINITY, f64::INFINITY);
             let (secs, capture_cpu) = best_of(args.repeat, || {
+                if dd_rate.is_some() {
+                    let (s, c) = dd_either(
+                        DdFrom::Prefix(&src, size),
+                        &work.join("dd.out"),
+                        || drop_from_page_cache(&src),
+                        |_| Ok(()),
+                    )?;
+                    dd_best = (dd_best.0.min(s), dd_best.1.min(c));
+                }
                 let m = last.insert(fresh_medium(&work, kind, size)?);
                 // Capture reads the source with O_DIRECT, from the disk: so does its dd.
                 drop_from_page_cache(&src)?;
                 capture_timed(&src, m, &key, &work, None, args.threads)
             })?;
+            if let Some(row) = timings
+                .iter_mut()
+                .find(|t| t.what == "dd source -> medium (fsync)")
+                .filter(|t| dd_best.0 < t.seconds || dd_best.1 < t.cpu_seconds.unwrap_or(0.0))
+            {
+                row.seconds = row.seconds.min(dd_best.0);
+                row.mb_per_s = crate::progress::mb_per_s(size, row.seconds);
+                let cpu = row.cpu_seconds.unwrap_or(f64::INFINITY).min(dd_best.1);
+                row.cpu_seconds = Some(cpu);
+                row.cpu_s_per_gib = Some(cpu / gib(size));
+                dd_rate = Some(row.mb_per_s);
+                dd_cpu_per_gib = Some(cpu / gib(size));
+            }
             let medium = last.ok_or_else(|| crate::err!("the capture ran no time"))?;
             let medium_bytes = if *kind == "fat" {
                 let mut m = medium.open_read_only()?;
@@ -969,25 +1000,29 @@ impl IngestRows<'_> {
     fn run(&self, dir: &Path, label: &str) -> crate::Result<Vec<Timing>> {
         let (kind, prefix, pattern) = (self.kind, self.prefix, self.pattern);
         let mut timings = Vec::new();
-        let mut dd_medium_rate = None;
         // The dd copy followed by a direct read of what it wrote, on the work
         // directory's disk: the three passes of an ingest (read, write, read back).
         let mut checked_secs = f64::INFINITY;
         let read_back = label.is_empty();
         // For an all-zero source the medium holds almost nothing: a dd of
         // it is no baseline for ingest, which writes (sparsely) the whole disk.
-        if self.dd && !matches!(pattern, "zeros" | "sparse") {
-            let out = dir.join("dd-medium.out");
-            let mut files = Vec::new();
-            files_under(&self.medium_dir.join("MGEAR"), &mut files);
-            let from = if kind == "fat" {
-                // As many bytes of the image as the capture stored.
-                DdFrom::Prefix(self.medium_img, self.medium_bytes)
-            } else {
-                DdFrom::Files(&files)
-            };
-            let (secs, dd_cpu) = best_of(self.repeat, || {
-                dd_either(
+        let dd_on = self.dd && !matches!(pattern, "zeros" | "sparse");
+        let out = dir.join("dd-medium.out");
+        let mut files = Vec::new();
+        files_under(&self.medium_dir.join("MGEAR"), &mut files);
+        let from = if kind == "fat" {
+            // As many bytes of the image as the capture stored.
+            DdFrom::Prefix(self.medium_img, self.medium_bytes)
+        } else {
+            DdFrom::Files(&files)
+        };
+        // Each ingest run follows a run of its `dd` baseline, each row keeping its best (as
+        // for capture: the disk's slow spells fell on whichever row ran during them).
+        let mut dd_best = (f64::INFINITY, f64::INFINITY);
+        let vol = dir.join("vol.raw");
+        let (secs, ingest_cpu) = best_of(self.repeat, || {
+            if dd_on {
+                let (s, c) = dd_either(
                     from,
                     &out,
                     || medium_cold(kind, self.medium_img, self.medium_dir),
@@ -998,8 +1033,28 @@ impl IngestRows<'_> {
                         }
                         Ok(())
                     },
-                )
-            })?;
+                )?;
+                dd_best = (dd_best.0.min(s), dd_best.1.min(c));
+            }
+            // A fresh start each run: a finished one's state would make
+            // the next one a no-op.
+            let state = self.work.join("ingest-state");
+            let _ = std::fs::remove_dir_all(&state);
+            let _ = std::fs::remove_file(&vol);
+            medium_cold(kind, self.medium_img, self.medium_dir)?;
+            ingest_timed(
+                self.medium,
+                self.key,
+                &format!("file:{}", vol.display()),
+                &state,
+                false,
+                self.work,
+            )
+        })?;
+        std::fs::remove_file(&vol)?;
+        let mut dd_medium_rate = None;
+        if dd_on {
+            let (secs, dd_cpu) = dd_best;
             let rate = crate::progress::mb_per_s(self.medium_bytes, secs);
             dd_medium_rate = Some(rate);
             timings.push(Timing {
@@ -1035,25 +1090,6 @@ impl IngestRows<'_> {
                 });
             }
         }
-
-        let vol = dir.join("vol.raw");
-        let (secs, ingest_cpu) = best_of(self.repeat, || {
-            // A fresh start each run: a finished one's state would make
-            // the next one a no-op.
-            let state = self.work.join("ingest-state");
-            let _ = std::fs::remove_dir_all(&state);
-            let _ = std::fs::remove_file(&vol);
-            medium_cold(kind, self.medium_img, self.medium_dir)?;
-            ingest_timed(
-                self.medium,
-                self.key,
-                &format!("file:{}", vol.display()),
-                &state,
-                false,
-                self.work,
-            )
-        })?;
-        std::fs::remove_file(&vol)?;
         let rate = crate::progress::mb_per_s(self.size, secs);
         timings.push(Timing {
             what: format!("{prefix}mgear ingest{label} (verifies, reads back)"),
@@ -1383,7 +1419,11 @@ impl Extra<'_> {
     /// `n / SET_DISKS` bytes each, onto FAT images: a set must capture at
     /// the throughput per byte of one disk (its `x` is against the one disk).
     fn set(&self, size: u64) -> crate::Result<Vec<Timing>> {
-        let n = size.min(256 << 20);
+        // At the run's size (up to 1 GiB), as the main capture: a set starts each disk
+        // (its checks before writing, the key cache entry, a second COMMIT) in about 0.06 s
+        // here, which at 256 MiB (the size until session 26) weighed 15 % of the set's time
+        // and made a per-byte comparison of fixed costs.
+        let n = size.min(1 << 30);
         let part = (n / SET_DISKS as u64) & !((1 << 20) - 1);
         self.say(&format!(
             "capture of one disk of {} and of a set of {SET_DISKS} disks of {}",
@@ -1391,8 +1431,7 @@ impl Extra<'_> {
             human_bytes(part)
         ));
         // Best of `--repeat` runs each, every run from sources read from the
-        // disk: at 256 MiB a capture takes a quarter of a second, and one run
-        // each (until session 26) put this row's noise into the target.
+        // disk: one run each (until session 26) put this row's noise into the target.
         let one = self.work.join("source-one.raw");
         generate(&one, part * SET_DISKS as u64, "random")?;
         let (one_secs, one_cpu) = best_of(self.repeat, || {
@@ -1475,17 +1514,7 @@ impl Extra<'_> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let mut rows = Vec::new();
-        let fat_rate = match fat_rate {
-            Some(r) => r,
-            None => {
-                self.say("direct fat: capture (the simulator's baseline)");
-                let row = self.direct_fat(&dir, src, size)?;
-                let r = row.mb_per_s;
-                rows.push(row);
-                r
-            }
-        };
-        self.say("capture through mgear-appliance-sim, then seal");
+        self.say("capture through mgear-appliance-sim (each run beside a direct fat: capture), then seal");
         let img = dir.join("medium.img");
         // Room for each run's capture (each under a name of its own).
         let room = fat_bytes(size).saturating_mul(self.repeat as u64);
@@ -1517,32 +1546,6 @@ impl Extra<'_> {
         Ok((rows, rss))
     }
 
-    /// A direct capture of `src` onto a fresh FAT32 image under `dir`: the
-    /// baseline of the capture through the simulator when the run has no
-    /// `fat:` capture of its own (`--appliance-only`).
-    fn direct_fat(&self, dir: &Path, src: &Path, size: u64) -> crate::Result<Timing> {
-        let img = dir.join("direct.img");
-        let (secs, cpu) = best_of(self.repeat, || {
-            let _ = std::fs::remove_file(&img);
-            crate::medium::format_fat(&img, Some(fat_bytes(size)), true)?;
-            let medium = Where::one(format!("fat:{}", img.display()));
-            let _ = std::fs::remove_dir_all(self.work.join("keys"));
-            capture_timed(src, &medium, self.key, self.work, None, self.threads)
-        })?;
-        std::fs::remove_file(&img)?;
-        Ok(Timing {
-            what: "appliance baseline: fat: mgear capture".into(),
-            seconds: secs,
-            mb_per_s: crate::progress::mb_per_s(size, secs),
-            vs_dd: None,
-            baseline: None,
-            cpu_seconds: Some(cpu),
-            cpu_s_per_gib: Some(cpu / gib(size)),
-            output_bytes: None,
-            cpu_share: None,
-        })
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn appliance_steps(
         &self,
@@ -1552,7 +1555,7 @@ impl Extra<'_> {
         img: &Path,
         src: &Path,
         size: u64,
-        fat_rate: f64,
+        fat_rate: Option<f64>,
     ) -> crate::Result<Vec<Timing>> {
         let t0 = Instant::now();
         while std::fs::symlink_metadata(tty).is_err() {
@@ -1585,8 +1588,26 @@ impl Extra<'_> {
         let medium = Where::appliance_at(tty.to_path_buf());
         let _ = std::fs::remove_dir_all(self.work.join("keys"));
         let mut run = 0;
+        // Each run through the simulator follows a direct capture onto a FAT image, its
+        // baseline, each keeping its best: with the baseline measured minutes earlier (the
+        // main capture row), the ratio measured the disk's slow spells too (x0.62-x1.23).
+        let direct = dir.join("direct.img");
+        let mut direct_best = (f64::INFINITY, f64::INFINITY);
         let (secs, cpu) = best_of(self.repeat, || {
             run += 1;
+            let _ = std::fs::remove_file(&direct);
+            crate::medium::format_fat(&direct, Some(fat_bytes(size)), true)?;
+            let (s, c) = capture_timed(
+                src,
+                &Where::one(format!("fat:{}", direct.display())),
+                self.key,
+                self.work,
+                None,
+                self.threads,
+            )?;
+            std::fs::remove_file(&direct)?;
+            let _ = std::fs::remove_dir_all(self.work.join("keys"));
+            direct_best = (direct_best.0.min(s), direct_best.1.min(c));
             // The simulator's CPU counts with the capture's.
             let sim_cpu = proc_usage(sim.0.id()).0;
             let (secs, cpu) = capture_disks_timed(
@@ -1600,8 +1621,22 @@ impl Extra<'_> {
             )?;
             Ok((secs, cpu + proc_usage(sim.0.id()).0 - sim_cpu))
         })?;
+        let beside = crate::progress::mb_per_s(size, direct_best.0);
+        // The better of this run's baselines (the main capture row's, and the one beside).
+        let fat_rate = fat_rate.map_or(beside, |r| r.max(beside));
         let rate = crate::progress::mb_per_s(size, secs);
         let mut rows = vec![Timing {
+            what: "appliance baseline: fat: mgear capture (beside each run)".into(),
+            seconds: direct_best.0,
+            mb_per_s: beside,
+            vs_dd: None,
+            baseline: None,
+            cpu_seconds: Some(direct_best.1),
+            cpu_s_per_gib: Some(direct_best.1 / gib(size)),
+            output_bytes: None,
+            cpu_share: None,
+        }];
+        rows.push(Timing {
             what: "appliance: mgear capture (simulator's NBD export)".into(),
             seconds: secs,
             mb_per_s: rate,
@@ -1611,7 +1646,7 @@ impl Extra<'_> {
             cpu_s_per_gib: Some(cpu / gib(size)),
             output_bytes: None,
             cpu_share: None,
-        }];
+        });
         let img_len = std::fs::metadata(img)?.len();
         drop_from_page_cache(img)?;
         let cpu = children_cpu_seconds();
