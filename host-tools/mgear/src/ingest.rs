@@ -216,6 +216,8 @@ pub struct Held {
     pub bytes_written: u64,
     /// Zero chunks this run wrote.
     pub zero_chunks: u64,
+    /// Chunks earlier runs had written (the finishing run finds every chunk written).
+    pub resumed_chunks: u64,
 }
 
 impl std::fmt::Display for Held {
@@ -256,6 +258,10 @@ pub struct Report {
     pub boot_report: Option<String>,
     /// What the driver adaptation did (`--adapt` only).
     pub adapt: Option<mgear_boot::AdaptReport>,
+    /// The target already held this generation, verified by an earlier run: kept, nothing
+    /// written (only present, as `true`, then).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 /// The order chunks are written in: 1..n, then 0 (the boot sector last).
@@ -701,33 +707,44 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         } else {
             "verified bit-for-bit against what was authenticated"
         };
-        println!(
-            "ingested {} generation {} into {}: {how}",
-            r.name, r.generation, r.target
-        );
-        progress::line("disk size", r.disk_size);
-        progress::line("written", r.bytes_written);
-        if r.resumed_chunks > 0 {
-            // The zero count is of the chunks this run went through.
+        if r.kept {
+            // Not an ingest of nothing: "written 0 B, 0 chunks, 0.0 MB/s" under "ingested".
             println!(
-                "  {:<14} {} chunks: {} done before the resume, {} this run ({} of them zero, \
-                 no data sent)",
-                "chunks",
-                r.chunks,
-                r.resumed_chunks,
-                r.chunks.saturating_sub(r.resumed_chunks),
-                r.zero_chunks,
+                "kept {} generation {} in {}: an earlier run wrote and verified it; nothing was \
+                 written",
+                r.name, r.generation, r.target
             );
         } else {
             println!(
-                "  {:<14} {} chunks, {} zero (no data sent: holes or write-zeroes)",
-                "chunks", r.chunks, r.zero_chunks
+                "ingested {} generation {} into {}: {how}",
+                r.name, r.generation, r.target
             );
         }
-        println!(
-            "  {:<14} {:>10.1} MB/s ({:.1} s)",
-            "speed", r.mb_per_s, r.seconds
-        );
+        progress::line("disk size", r.disk_size);
+        if !r.kept {
+            progress::line("written", r.bytes_written);
+            if r.resumed_chunks > 0 {
+                // The zero count is of the chunks this run went through.
+                println!(
+                    "  {:<14} {} chunks: {} done before the resume, {} this run ({} of them \
+                     zero, no data sent)",
+                    "chunks",
+                    r.chunks,
+                    r.resumed_chunks,
+                    r.chunks.saturating_sub(r.resumed_chunks),
+                    r.zero_chunks,
+                );
+            } else {
+                println!(
+                    "  {:<14} {} chunks, {} zero (no data sent: holes or write-zeroes)",
+                    "chunks", r.chunks, r.zero_chunks
+                );
+            }
+            println!(
+                "  {:<14} {:>10.1} MB/s ({:.1} s)",
+                "speed", r.mb_per_s, r.seconds
+            );
+        }
         if let Some(v) = &r.volume {
             println!("  {:<14} {v}", "volume");
         }
@@ -1808,6 +1825,7 @@ pub fn write_volume<S: image_format::Store>(
         return Err(crate::Error::other(Held {
             bytes_written: written,
             zero_chunks: zeros,
+            resumed_chunks: resumed,
         }));
     }
 
@@ -1898,6 +1916,7 @@ pub fn write_volume<S: image_format::Store>(
             booted: None,
             boot_report: None,
             adapt: None,
+            kept: false,
         },
         finished,
     ))
@@ -1925,6 +1944,7 @@ pub(crate) fn kept_report(name: &str, generation: u32, target: &str, disk_size: 
         booted: None,
         boot_report: None,
         adapt: None,
+        kept: true,
     }
 }
 

@@ -1431,6 +1431,9 @@ pub fn ingest_set(
                 .with_context(|| format!("finishing disk {k} of set {} in {target}", args.name))?;
             report.bytes_written += h.bytes_written;
             report.zero_chunks += h.zero_chunks;
+            // What runs before this command wrote, not what its first pass did (a first
+            // ingest of a set reported every chunk as resumed).
+            report.resumed_chunks = h.resumed_chunks;
             disks.push(IngestedDisk {
                 disk: k,
                 report,
