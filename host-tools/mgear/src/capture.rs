@@ -812,6 +812,9 @@ fn abort(args: &Plan) -> crate::Result<i32> {
             return Err(e);
         }
     };
+    // What the cut run left is removed: its dirty mark goes at close (it stayed, and a seal
+    // then kept it for good: `fsck.fat -n` failed the shipment).
+    medium.store().settled();
     medium.close()?;
     crate::medium_admin::record_removal(&args.medium, &plan.name, &plan.remove);
     let gens = plan

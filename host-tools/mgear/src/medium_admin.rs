@@ -363,6 +363,15 @@ fn list(v: &[u32]) -> String {
 }
 
 /// Turn a read-only refusal into the sealed-medium message.
+/// The kind of a [`Finding`] of damage in the medium's file system (a directory that loops,
+/// a cluster chain that runs into another file): never repaired here.
+const DAMAGED_FS: &str = "damaged-file-system";
+
+/// An error reading `path` while looking (nothing is removed then).
+fn reading(e: StoreError, path: &str) -> crate::Error {
+    crate::Error::from(e).context(format!("reading {path}"))
+}
+
 fn sealed(e: StoreError, path: &str) -> crate::Error {
     match e {
         StoreError::ReadOnly => coded(
@@ -811,6 +820,9 @@ pub fn rm(args: Rm) -> crate::Result<i32> {
             return Err(e);
         }
     };
+    // Removed whole: the volume is consistent, and the dirty mark a cut run left (which a
+    // seal then kept for good: `fsck.fat -n` failed the shipment) is cleared at close.
+    medium.store().settled();
     medium.close()?;
     record_removal(&args.medium, &plan.name, &plan.remove);
     let report = RmReport {
@@ -923,7 +935,13 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
     let root = match store.list(layout::ROOT_DIR) {
         Ok(v) => v,
         Err(StoreError::NotFound) => Vec::new(),
-        Err(e) => return Err(sealed(e, layout::ROOT_DIR)),
+        // Told as a finding of this check, which writes nothing (it said "removing MGEAR",
+        // exit 3, and no fsck.fat result).
+        Err(StoreError::Damaged(m)) => {
+            out.push(finding(layout::ROOT_DIR.into(), DAMAGED_FS, m, false));
+            return Ok(out);
+        }
+        Err(e) => return Err(reading(e, layout::ROOT_DIR)),
     };
     for e in &root {
         let ours = e.kind == EntryKind::Dir
@@ -938,9 +956,27 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
             ));
         }
     }
-    for cap in image_format::list_captures(store)? {
+    let captures = match image_format::list_captures(store) {
+        Ok(v) => v,
+        Err(image_format::Error::Store {
+            error: StoreError::Damaged(m),
+            path,
+        }) => {
+            out.push(finding(path, DAMAGED_FS, m, false));
+            return Ok(out);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for cap in captures {
         let dir = layout::capture_dir(&cap.name);
-        let entries = store.list(&dir).map_err(|e| sealed(e, &dir))?;
+        let entries = match store.list(&dir) {
+            Ok(v) => v,
+            Err(StoreError::Damaged(m)) => {
+                out.push(finding(dir.clone(), DAMAGED_FS, m, false));
+                continue;
+            }
+            Err(e) => return Err(reading(e, &dir)),
+        };
         for e in &entries {
             let path = format!("{dir}/{}", e.name);
             if e.kind == EntryKind::Dir {
@@ -1072,7 +1108,7 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                     // set capture stopped between the disks and the SET.
                     if let Some((set, _)) = image_format::set::parse_disk_stream_name(&cap.name) {
                         let p = image_format::set::set_path(set, g.generation);
-                        if store.len(&p).map_err(|e| sealed(e, &p))?.is_none() {
+                        if store.len(&p).map_err(|e| reading(e, &p))?.is_none() {
                             out.push(finding(
                                 gdir.clone(),
                                 "unbound-set-generation",
@@ -1092,7 +1128,11 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
             let files = match store.list(&gdir) {
                 Ok(v) => v,
                 Err(StoreError::NotFound) => continue,
-                Err(e) => return Err(sealed(e, &gdir)),
+                Err(StoreError::Damaged(m)) => {
+                    out.push(finding(gdir.clone(), DAMAGED_FS, m, false));
+                    continue;
+                }
+                Err(e) => return Err(reading(e, &gdir)),
             };
             for f in files {
                 let path = format!("{gdir}/{}", f.name);
@@ -1387,7 +1427,21 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
     } else {
         args.medium.open_read_only()?
     };
-    let result = if args.repair {
+    // Damage in the file system's cluster chains (a chain past its size into another file, a
+    // last cluster marked free, clusters two files hold) is looked for first: a repair then
+    // frees what the chain runs into (`fsck.fat -a` cut a chain at its size and freed the
+    // next capture's MANIFEST, then "repaired", exit 0), and so would removing a leftover
+    // whose chain runs into a capture. Chains past their size into clusters nobody holds are
+    // what a crash leaves, and are repaired.
+    let damage: Vec<String> = match medium.store().file_system_findings() {
+        Ok(v) => v
+            .into_iter()
+            .filter(|f| !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN))
+            .collect(),
+        Err(e) => vec![format!("the file system could not be walked: {e}")],
+    };
+    let repair = args.repair && damage.is_empty();
+    let result = if repair {
         scan_and_repair(medium.store())
     } else {
         scan(medium.store())
@@ -1399,6 +1453,19 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
             return Err(e);
         }
     };
+    for d in damage {
+        let what = match args.repair {
+            true => format!("{d} (not repaired: nothing on this medium was changed)"),
+            false => d,
+        };
+        findings.push(Finding {
+            path: args.medium.describe(),
+            kind: DAMAGED_FS,
+            what,
+            repairable: false,
+            repaired: false,
+        });
+    }
     // The scan knows only the store: the commands it advises name this medium.
     for f in &mut findings {
         f.what = f.what.replace("--medium MEDIUM", &args.medium.as_args());
@@ -1406,9 +1473,17 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
     medium.close()?;
     // After closing: fsck.fat reads the volume as it now is on the device.
     let fat = match args.medium.single_medium().map(MediumSpec::parse) {
-        Some(Ok(MediumSpec::Fat(path))) => fsck_fat(&path, &args.medium.describe(), args.repair)?,
+        Some(Ok(MediumSpec::Fat(path))) => fsck_fat(&path, &args.medium.describe(), repair)?,
         _ => None,
     };
+    // fsck.fat reads a chain run into another file as one longer than its size, which a
+    // crash also leaves: with the damage found above, its repair is not offered.
+    let mut fat = fat;
+    if findings.iter().any(|f| f.kind == DAMAGED_FS) {
+        if let Some(c) = fat.as_mut() {
+            c.repairable = false;
+        }
+    }
     let clean = !findings.iter().any(Finding::counts) && fat.as_ref().is_none_or(|c| c.ok);
     let report = FsckReport {
         command: "medium fsck",
@@ -1421,7 +1496,7 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
         // Exit 1 with leftovers: `ok` says the same.
         crate::output::emit_ok(report.clean, &report)?;
     } else {
-        print_fsck(&report, args.repair);
+        print_fsck(&report, repair);
     }
     Ok(if report.clean { OK } else { FOUND })
 }
@@ -1436,6 +1511,8 @@ fn print_fsck(r: &FsckReport, repair: bool) {
     for f in &r.findings {
         let tag = if f.repaired {
             "removed"
+        } else if f.kind == DAMAGED_FS {
+            "damaged"
         } else if f.repairable {
             "leftover"
         } else if f.kind == UNKNOWN {
@@ -1451,7 +1528,14 @@ fn print_fsck(r: &FsckReport, repair: bool) {
         .iter()
         .filter(|f| f.repairable && !f.repaired)
         .count();
-    if left > 0 && !repair {
+    let damaged = r.findings.iter().any(|f| f.kind == DAMAGED_FS);
+    if damaged {
+        println!(
+            "the file system is damaged (above): nothing is repaired or removed on this medium \
+             (a repair frees what a damaged chain runs into); `mgear verify` says which captures \
+             are whole"
+        );
+    } else if left > 0 && !repair {
         println!("{left} leftover(s) can be removed: run again with --repair");
     }
     match &r.fsck_fat {

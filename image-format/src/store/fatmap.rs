@@ -893,12 +893,86 @@ fn each_entry(dir: &[u8], mut visit: impl FnMut(Option<&[u16]>, &str, Found) -> 
     }
 }
 
+/// What [`chain_findings`] says of a chain that goes on past its file's size into clusters
+/// no file holds: what a write cut between taking clusters and recording the size leaves,
+/// lost space that `fsck.fat -a` (and `mgear medium fsck --repair`) frees safely. Every other
+/// finding of it is damage that a repair makes worse.
+pub const LEFTOVER_CHAIN: &str = "into clusters no file holds";
+
+/// Where a file's chain goes after the clusters its size covers.
+enum After {
+    /// It ends there (or the file ends before its size is covered: said where it is read).
+    End,
+    /// On into cluster `c`.
+    Next(u32),
+    /// Its last cluster is marked free.
+    Free(u32),
+}
+
+/// The first `need` clusters of the chain from `first` as runs, and where the chain goes
+/// after them. `None` where the chain ends, loops or leaves the volume before `need`
+/// clusters: damage the file's reader meets and says.
+fn walk_file<R>(
+    geo: &Geometry,
+    read: &mut R,
+    first: u32,
+    need: u64,
+) -> Result<Option<(Vec<Run>, After)>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let mut map = FileMap {
+        size: 0,
+        entry_offset: 0,
+        runs: Vec::new(),
+    };
+    let mut window = vec![0u8; FAT_WINDOW];
+    let (mut win_start, mut win_len) = (0u64, 0usize);
+    let mut entry = |c: u32, read: &mut R| -> Result<u32, StoreError> {
+        let at = u64::from(c) * 4;
+        if at < win_start || at + 4 > win_start + win_len as u64 {
+            win_start = at / 512 * 512;
+            win_len = (geo.fat_bytes - win_start).min(FAT_WINDOW as u64) as usize;
+            read(geo.fat_offset + win_start, &mut window[..win_len])?;
+        }
+        Ok(le32(&window, (at - win_start) as usize) & 0x0FFF_FFFF)
+    };
+    let mut c = first;
+    let mut count = 0u64;
+    loop {
+        if !geo.valid_cluster(c) || count > u64::from(geo.cluster_count) {
+            return Ok(None);
+        }
+        map.push_cluster(c);
+        count += 1;
+        let next = entry(c, read)?;
+        if count == need {
+            let after = match next {
+                n if n >= END_OF_CHAIN => After::End,
+                0 => After::Free(c),
+                n if geo.valid_cluster(n) => After::Next(n),
+                // A bad-cluster mark or a number past the volume: the size ends the file
+                // before it, and a repair cuts the chain there.
+                _ => After::End,
+            };
+            return Ok(Some((map.runs, after)));
+        }
+        if next >= END_OF_CHAIN || next == 0 {
+            return Ok(None);
+        }
+        c = next;
+    }
+}
+
 /// The cluster chains of every file and directory of the volume against the sizes their
 /// entries give: a file whose chain runs past its size (into another file's clusters, or
 /// back into its own: reads stop at the size, so every file still reads right, but a later
-/// write or removal frees or overwrites what the chain runs into) and clusters two entries
-/// both hold. Each as a finding; `fsck.fat -n` says the same ("cluster chain length is >",
-/// "shares clusters").
+/// write or removal frees or overwrites what the chain runs into, and so does `fsck.fat -a`,
+/// which cuts the chain and frees what follows), a last cluster the FAT marks free (the next
+/// file written takes it), clusters two entries both hold, and a chain past its size into
+/// clusters nobody holds ([`LEFTOVER_CHAIN`]: what a cut write leaves). Each as a finding;
+/// `fsck.fat -n` sees the same ("cluster chain length is >", "shares clusters", "contains a
+/// free cluster").
 pub fn chain_findings<R>(geo: &Geometry, read: &mut R) -> Result<Vec<String>, StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
@@ -907,7 +981,7 @@ where
     let mut runs_held: alloc::collections::BTreeMap<u32, (u64, String)> =
         alloc::collections::BTreeMap::new();
     let mut findings = Vec::new();
-    // Files that share clusters: named once per pair.
+    // Files that share clusters: named once per pair (a file with itself: a loop).
     let mut shared: alloc::collections::BTreeSet<(String, String)> =
         alloc::collections::BTreeSet::new();
     let mut claim = |runs: &[Run], path: &str, findings: &mut Vec<String>| {
@@ -926,15 +1000,14 @@ where
                     findings.push(match other == path {
                         true => format!(
                             "{path}: its cluster chain comes back to its own cluster {c} within \
-                             its size, so it does not read as written. Work on a copy of the \
-                             medium (`fsck.fat -n` names the same), and check the captures with \
-                             `mgear verify --identity`"
+                             its size, so it does not read as written. Do not repair the \
+                             medium; check the captures with `mgear verify --identity`"
                         ),
                         false => format!(
-                            "{path} and {other} share cluster {c}: a write to either damages the \
-                             other. Work on a copy of the medium (`fsck.fat -n` names the same), \
-                             and check the captures with `mgear verify --identity` before \
-                             trusting them"
+                            "{path} and {other} share cluster {c}: one of them does not read as \
+                             written, and a write to either damages the other. Do not repair the \
+                             medium (`fsck.fat -a` or `mgear medium fsck --repair` cut one of \
+                             them); check the captures with `mgear verify --identity`"
                         ),
                     });
                 }
@@ -942,9 +1015,9 @@ where
             runs_held.entry(a).or_insert((b, String::from(path)));
         }
     };
-    let mut extra: Vec<(String, u32)> = Vec::new();
-    // Damage a chain walk meets (a chain out of the volume, a looping directory) is said where
-    // the file is read; here it only ends the walk of that file or directory.
+    let mut after: Vec<(String, After)> = Vec::new();
+    // Damage a directory walk meets (a chain out of the volume, a directory that loops) is
+    // said where the directory is read; here it only ends the walk of that directory.
     let said = |r: Result<Vec<Run>, StoreError>| match r {
         Err(StoreError::Damaged(_)) => Ok(None),
         other => other.map(Some),
@@ -987,56 +1060,59 @@ where
                 dirs.push((path, f.first));
                 continue;
             }
-            let need = f.size.div_ceil(geo.cluster_bytes);
-            let Some(runs) = said(chain(geo, read, &path, f.first, need.saturating_add(1)))? else {
+            // A file of size 0 that holds a cluster is one cluster past its size.
+            let need = f.size.div_ceil(geo.cluster_bytes).max(1);
+            let Some((own, next)) = walk_file(geo, read, f.first, need)? else {
                 continue;
             };
-            // Only the clusters the size covers are the file's; the one after them, if the
-            // chain goes on, is judged once every file's are known.
-            let mut left = need;
-            let mut own = Vec::new();
-            for r in runs {
-                if left == 0 {
-                    extra.push((path.clone(), r.cluster));
-                    break;
-                }
-                let n = u64::from(r.clusters).min(left);
-                own.push(Run {
-                    cluster: r.cluster,
-                    clusters: n as u32,
-                });
-                left -= n;
-                if u64::from(r.clusters) > n {
-                    extra.push((path.clone(), r.cluster + n as u32));
-                    break;
-                }
+            let next = match (f.size, next) {
+                (0, After::End) => After::Next(f.first),
+                (_, n) => n,
+            };
+            if f.size > 0 {
+                claim(&own, &path, &mut findings);
             }
-            claim(&own, &path, &mut findings);
+            after.push((path, next));
         }
     }
-    // A chain that goes on past its file's size into free or unowned clusters is what a cut
-    // capture leaves (clusters allocated ahead of the writes): lost space, which `medium fsck`
-    // tells. Into another file's clusters, or back into its own, it is damage.
-    for (path, c) in extra {
-        let owner = runs_held
+    let owner = |c: u32| {
+        runs_held
             .range(..=c)
             .next_back()
             .filter(|(_, (end, _))| *end > u64::from(c))
-            .map(|(_, (_, who))| who.clone());
-        match owner {
-            Some(who) if who == path => findings.push(format!(
-                "{path}: its cluster chain runs past its size back into its own cluster {c} (it \
-                 loops). It still reads right (reads stop at its size), but removing it or \
-                 writing to it would not end. Work on a copy: `fsck.fat -a COPY` cuts the chain \
-                 at the size"
+            .map(|(_, (_, who))| who.clone())
+    };
+    for (path, next) in after {
+        match next {
+            After::End => {}
+            After::Free(c) => findings.push(format!(
+                "{path}: the FAT marks its last cluster {c} free: it still reads right, but the \
+                 next file written on this medium may take that cluster and overwrite it. Do \
+                 not write to the medium; copy its files to a freshly formatted one (`mcopy \
+                 -s`) to use it again"
             )),
-            Some(who) => findings.push(format!(
-                "{path}: its cluster chain runs past its size into cluster {c} of {who}. It \
-                 still reads right (reads stop at its size), but a later write to it or `mgear \
-                 medium rm` of it on this medium would overwrite or free {who}'s data. Work on \
-                 a copy: `fsck.fat -a COPY` cuts the chain at the size"
-            )),
-            None => {}
+            After::Next(c) => match owner(c) {
+                // Already told as a loop within its size.
+                Some(who) if who == path && shared.contains(&(path.clone(), path.clone())) => {}
+                Some(who) if who == path => findings.push(format!(
+                    "{path}: its cluster chain runs past its size back into its own cluster {c} \
+                     (it loops). It still reads right (reads stop at its size), but removing it \
+                     would not end; `fsck.fat -a` on a copy cuts the chain at the size"
+                )),
+                Some(who) => findings.push(format!(
+                    "{path}: its cluster chain runs past its size into cluster {c} of {who}. It \
+                     still reads right (reads stop at its size), but removing or writing it frees \
+                     or overwrites {who}'s data, and so does a repair (`fsck.fat -a` and `mgear \
+                     medium fsck --repair` cut the chain and free what follows). Do not repair \
+                     the medium: ingest reads it as it is; to use it again, copy its files to a \
+                     freshly formatted one (`mcopy -s`)"
+                )),
+                None => findings.push(format!(
+                    "{path}: its cluster chain runs past its size {LEFTOVER_CHAIN} (from \
+                     cluster {c}): lost space, what a write cut off leaves; `mgear medium fsck \
+                     --repair` frees it"
+                )),
+            },
         }
     }
     Ok(findings)

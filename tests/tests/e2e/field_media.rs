@@ -1117,3 +1117,95 @@ fn a_damaged_segment_trailer_is_warned_about_at_ingest() {
     );
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
 }
+
+/// One file's cluster chain run past its size into another capture's MANIFEST (both FAT
+/// copies alike): `fsck.fat -n` calls it a chain longer than its size, which a crash also
+/// leaves, so `medium fsck --repair` let `fsck.fat -a` cut it, which freed the MANIFEST's
+/// cluster ("repaired", exit 0), and verify's hint advised the same cut. Now verify names the
+/// file it runs into and says not to repair, `medium fsck --repair` changes nothing and says
+/// why, and the capture run into still ingests.
+#[test]
+fn a_chain_run_into_another_file_is_never_repaired() {
+    use std::os::unix::fs::FileExt;
+    let e = Env::new();
+    keys(&e);
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 2, 51);
+    random_disk(&e.p("disk2.raw"), 2, 52);
+    e.capture(&m, "web01").source("disk.raw").ok();
+    e.capture(&m, "web02").source("disk2.raw").ok();
+    let (f, geo, _) = first_fat(&e.p("m.img"));
+    let mut read = |at: u64, buf: &mut [u8]| {
+        f.read_exact_at(buf, at)
+            .map_err(|e| image_format::StoreError::Io(e.to_string()))
+    };
+    let mut map = |p: &str| {
+        image_format::store::fatmap::lookup(&geo, &mut read, p)
+            .unwrap()
+            .unwrap()
+            .runs
+    };
+    let from = map("MGEAR/web01/G0001/MANIFEST");
+    let into = map("MGEAR/web02/G0001/MANIFEST")[0].cluster;
+    let last = from.last().map(|r| r.cluster + r.clusters - 1).unwrap();
+    for copy in 0..u64::from(geo.fats) {
+        f.write_all_at(
+            &into.to_le_bytes(),
+            geo.fat_offset + copy * geo.fat_bytes + u64::from(last) * 4,
+        )
+        .unwrap();
+    }
+    drop(f);
+    let sha = || Sha256::digest(fs::read(e.p("m.img")).unwrap()).to_vec();
+    let before = sha();
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "MGEAR/web01/G0001/MANIFEST: its cluster chain runs past its size into cluster"
+        ) && text(&o).contains("of MGEAR/web02/G0001/MANIFEST")
+            && text(&o).contains("Do not repair the medium"),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["medium", "fsck", "--medium", &m, "--repair"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("damaged")
+            && text(&o).contains("nothing is repaired or removed on this medium")
+            && !text(&o).contains("repaired the FAT volume"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        sha(),
+        before,
+        "medium fsck --repair changed a damaged medium"
+    );
+    e.ingest(&m, "web02")
+        .untrusted()
+        .unsealed()
+        .target("file:v2.raw")
+        .ok();
+    same_file(&e.p("v2.raw"), &e.p("disk2.raw"));
+}
+
+/// A capture killed part-way, then aborted: the dirty mark the cut run left stayed on the
+/// volume (`fsck.fat -n` exit 1), and a seal after it kept it for good. The abort clears it.
+#[test]
+fn an_abort_after_a_kill_leaves_the_volume_clean() {
+    let e = Env::new();
+    keys(&e);
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 24, 53);
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .killed_after("4MiB/s", 1500);
+    e.ok(&["capture", "--abort", "--medium", &m, "--name", "web01"]);
+    let o = Command::new("fsck.fat")
+        .args(["-n"])
+        .arg(e.p("m.img"))
+        .output()
+        .expect("fsck.fat (Debian: dosfstools)");
+    assert!(o.status.success(), "{}", text(&o));
+}
