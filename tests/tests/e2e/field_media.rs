@@ -1208,4 +1208,6 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
         .output()
         .expect("fsck.fat (Debian: dosfstools)");
     assert!(o.status.success(), "{}", text(&o));
+    // The medium as an argument, as `medium format` takes it (it was refused).
+    e.ok(&["medium", "fsck", &m]);
 }

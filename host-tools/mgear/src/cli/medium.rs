@@ -79,9 +79,24 @@ pub struct RmArgs {
 
 /// Arguments of `mgear medium fsck`.
 #[derive(clap::Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("where")
+        .required(true)
+        .multiple(true)
+        .args(["medium", "appliance", "positional"])
+))]
 pub struct FsckArgs {
-    #[command(flatten)]
-    pub medium: super::medium::Where,
+    /// Medium: fat:IMAGE-OR-DEVICE (e.g. fat:/dev/sdb) or dir:MOUNTPOINT; repeat it for a capture
+    /// spanning several media (give them all, in any order).
+    #[arg(long)]
+    pub medium: Vec<String>,
+    /// Reach the medium through the appliance on this console port (e.g. /dev/ttyACM0); repeat it
+    /// for a span over several appliances.
+    #[arg(long)]
+    pub appliance: Vec<PathBuf>,
+    /// The medium, as `medium format` takes it (the same as one --medium).
+    #[arg(value_name = "MEDIUM")]
+    pub positional: Option<String>,
     /// Remove the leftovers nothing can use (never an unfinished generation).
     #[arg(long)]
     pub repair: bool,
@@ -119,8 +134,15 @@ impl MediumArgs {
                 force: a.force,
                 json: a.json,
             }),
-            MediumCmd::Fsck(a) => medium_admin::Request::Fsck(medium_admin::Fsck {
-                medium: a.medium.into(),
+            MediumCmd::Fsck(mut a) => medium_admin::Request::Fsck(medium_admin::Fsck {
+                // `medium fsck fat:X`, as `medium format fat:X` is written, was refused.
+                medium: {
+                    a.medium.extend(a.positional.take());
+                    medium::Where {
+                        medium: a.medium,
+                        appliance: a.appliance,
+                    }
+                },
                 repair: a.repair,
                 json: a.json,
             }),
