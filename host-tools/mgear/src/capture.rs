@@ -805,6 +805,18 @@ fn abort(args: &Plan) -> crate::Result<i32> {
         closed?;
         members.open_for_capture(&lost)?
     };
+    // The capture's id (a set's: its first disk's), for its cached key once it is gone.
+    let id = image_format::capture_id(medium.store(), &args.name)
+        .ok()
+        .flatten()
+        .or_else(|| {
+            image_format::capture_id(
+                medium.store(),
+                &image_format::set::disk_stream_name(&args.name, 0),
+            )
+            .ok()
+            .flatten()
+        });
     let plan = match crate::medium_admin::abort(medium.store(), &args.name) {
         Ok(p) => p,
         Err(e) => {
@@ -817,6 +829,15 @@ fn abort(args: &Plan) -> crate::Result<i32> {
     medium.store().settled();
     medium.close()?;
     crate::medium_admin::record_removal(&args.medium, &plan.name, &plan.remove);
+    // Gone from the medium whole: its data key has nothing left to open here (it stayed in the
+    // key cache, a key to a capture no command can use).
+    let key_forgotten = match (plan.whole, id) {
+        (true, Some(id)) => {
+            let dir = key_cache_dir(args.key_cache.clone())?;
+            crate::keys::forget_capture(&dir, &id)? > 0
+        }
+        _ => false,
+    };
     let gens = plan
         .remove
         .iter()
@@ -829,6 +850,7 @@ fn abort(args: &Plan) -> crate::Result<i32> {
             "name": plan.name,
             "removed": plan.remove,
             "capture_removed": plan.whole,
+            "key_forgotten": key_forgotten,
         }))?;
     } else {
         if plan.remove.is_empty() {
@@ -847,6 +869,9 @@ fn abort(args: &Plan) -> crate::Result<i32> {
                     ""
                 }
             );
+        }
+        if key_forgotten {
+            println!("  its data key is removed from this host's key cache too");
         }
     }
     Ok(crate::exit::OK)

@@ -580,6 +580,30 @@ pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
 /// The cache file holding the key of capture `id` (named `name`, compared
 /// without case): the file with that id line, else an older release's
 /// `name.key` without an id line (the key check at capture decides).
+/// Removes cached key `k` and what goes with it (a set's disk count, the source's identity,
+/// the key slots' recipients, the signer).
+pub fn remove_cached(k: &CachedKey) -> crate::Result<()> {
+    fs::remove_file(&k.path).with_context(|| format!("removing {}", k.path.display()))?;
+    for ext in ["disks", "source", "slots", "signer"] {
+        let _ = fs::remove_file(k.path.with_extension(ext));
+    }
+    Ok(())
+}
+
+/// Removes every cached key of capture `id` from `dir` (a set's disks' entries too): how many.
+pub fn forget_capture(dir: &Path, id: &[u8; 16]) -> crate::Result<usize> {
+    let want = crate::output::hex(id);
+    let mut n = 0;
+    for k in cached_keys(dir)?
+        .iter()
+        .filter(|k| k.capture_id.as_deref() == Some(want.as_str()))
+    {
+        remove_cached(k)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 pub fn find_cached(dir: &Path, name: &str, id: &[u8; 16]) -> crate::Result<Option<CachedKey>> {
     let want = crate::output::hex(id);
     let all = cached_keys(dir)?;
@@ -703,13 +727,7 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                 )));
             }
             for k in &chosen {
-                fs::remove_file(&k.path)
-                    .with_context(|| format!("removing {}", k.path.display()))?;
-                // A set's disk count and the source's identity go with its key.
-                let _ = fs::remove_file(k.path.with_extension("disks"));
-                let _ = fs::remove_file(k.path.with_extension("source"));
-                let _ = fs::remove_file(k.path.with_extension("slots"));
-                let _ = fs::remove_file(k.path.with_extension("signer"));
+                remove_cached(k)?;
             }
             let forgot: Vec<(String, Vec<&str>)> = ids
                 .iter()

@@ -1191,7 +1191,8 @@ fn a_chain_run_into_another_file_is_never_repaired() {
 }
 
 /// A capture killed part-way, then aborted: the dirty mark the cut run left stayed on the
-/// volume (`fsck.fat -n` exit 1), and a seal after it kept it for good. The abort clears it.
+/// volume (`fsck.fat -n` exit 1), and a seal after it kept it for good. The abort clears it,
+/// and forgets the data key of the capture it removed whole.
 #[test]
 fn an_abort_after_a_kill_leaves_the_volume_clean() {
     let e = Env::new();
@@ -1201,7 +1202,17 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
     e.capture(&m, "web01")
         .source("disk.raw")
         .killed_after("4MiB/s", 1500);
-    e.ok(&["capture", "--abort", "--medium", &m, "--name", "web01"]);
+    let k = e.json(&["keys", "list"]);
+    assert_eq!(k["keys"].as_array().map(Vec::len), Some(1), "{k}");
+    let o = e.ok(&["capture", "--abort", "--medium", &m, "--name", "web01"]);
+    // The capture is gone whole: so is its data key (it stayed in the cache).
+    assert!(
+        text(&o).contains("its data key is removed from this host's key cache"),
+        "{}",
+        text(&o)
+    );
+    let k = e.json(&["keys", "list"]);
+    assert_eq!(k["keys"].as_array().map(Vec::len), Some(0), "{k}");
     let o = Command::new("fsck.fat")
         .args(["-n"])
         .arg(e.p("m.img"))
