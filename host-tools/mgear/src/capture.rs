@@ -337,7 +337,9 @@ fn print_summary(r: &Report) {
     if r.resumed_from_chunk > 0 {
         println!("  resumed at chunk {}", r.resumed_from_chunk);
     }
-    progress::line("read", r.bytes_read);
+    // What was read: the holes the source reported were not (JSON `bytes_read` counts them,
+    // `holes_skipped` says how much of it they were).
+    progress::line("read", r.bytes_read.saturating_sub(r.holes_skipped));
     if r.holes_skipped > 0 {
         progress::line("holes skipped", r.holes_skipped);
     }

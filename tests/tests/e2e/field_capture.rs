@@ -921,3 +921,35 @@ fn a_delta_takes_the_chunk_size_the_capture_was_made_with() {
     );
     assert_eq!(code(&o), Some(2), "{}", output_text(&o));
 }
+
+/// A sparse source: the summary's "read" said the disk's whole size with the holes it did not
+/// read beside it ("read 16 MiB, holes skipped 8 MiB" of a 16 MiB disk holding 8). It says what
+/// was read; JSON keeps `bytes_read` (the disk covered) and `holes_skipped`.
+#[test]
+fn the_summary_reads_what_was_read() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::create_dir(e.p("m")).unwrap();
+    random_disk(&e.p("disk.raw"), 8 << 20, 61);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("disk.raw"))
+        .unwrap();
+    f.set_len(16 << 20).unwrap();
+    drop(f);
+    let o = capture(&e, "disk.raw", "dir:m", "web01", &[]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    let text = out(&o);
+    let line = |label: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("read").contains("(8388608 bytes)"), "{text}");
+    assert!(line("holes skipped").contains("(8388608 bytes)"), "{text}");
+    let r = capture(&e, "disk.raw", "dir:m", "web02", &["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["bytes_read"], 16 << 20, "{v}");
+    assert_eq!(v["holes_skipped"], 8 << 20, "{v}");
+}
