@@ -831,14 +831,15 @@ fn abort(args: &Plan) -> crate::Result<i32> {
     medium.store().settled();
     medium.close()?;
     crate::medium_admin::record_removal(&args.medium, &plan.name, &plan.remove);
-    // Gone from the medium whole: its data key has nothing left to open here (it stayed in the
-    // key cache, a key to a capture no command can use).
-    let key_forgotten = match (plan.whole, id) {
+    // Gone from this medium whole, its data key stays in the key cache: another copy of the
+    // medium (aborted here to give it up on a copy) may still need it to resume. Said, with the
+    // way to forget it (it stayed unsaid).
+    let cached_key = match (plan.whole, id) {
         (true, Some(id)) => {
             let dir = key_cache_dir(args.key_cache.clone())?;
-            crate::keys::forget_capture(&dir, &id)? > 0
+            crate::keys::find_cached(&dir, &plan.name, &id)?.map(|_| crate::output::hex(&id))
         }
-        _ => false,
+        _ => None,
     };
     let gens = plan
         .remove
@@ -852,7 +853,7 @@ fn abort(args: &Plan) -> crate::Result<i32> {
             "name": plan.name,
             "removed": plan.remove,
             "capture_removed": plan.whole,
-            "key_forgotten": key_forgotten,
+            "key_cached": cached_key.is_some(),
         }))?;
     } else {
         if plan.remove.is_empty() {
@@ -872,8 +873,11 @@ fn abort(args: &Plan) -> crate::Result<i32> {
                 }
             );
         }
-        if key_forgotten {
-            println!("  its data key is removed from this host's key cache too");
+        if let Some(id) = &cached_key {
+            println!(
+                "  its data key stays in this host's key cache (a copy of the medium may still \
+                 resume it): `mgear keys forget --capture-id {id}` removes it"
+            );
         }
     }
     Ok(crate::exit::OK)

@@ -590,20 +590,6 @@ pub fn remove_cached(k: &CachedKey) -> crate::Result<()> {
     Ok(())
 }
 
-/// Removes every cached key of capture `id` from `dir` (a set's disks' entries too): how many.
-pub fn forget_capture(dir: &Path, id: &[u8; 16]) -> crate::Result<usize> {
-    let want = crate::output::hex(id);
-    let mut n = 0;
-    for k in cached_keys(dir)?
-        .iter()
-        .filter(|k| k.capture_id.as_deref() == Some(want.as_str()))
-    {
-        remove_cached(k)?;
-        n += 1;
-    }
-    Ok(n)
-}
-
 pub fn find_cached(dir: &Path, name: &str, id: &[u8; 16]) -> crate::Result<Option<CachedKey>> {
     let want = crate::output::hex(id);
     let all = cached_keys(dir)?;

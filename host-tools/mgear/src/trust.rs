@@ -620,6 +620,45 @@ pub fn check_generation(
         )),
         _ => None,
     };
+    // Made through an appliance this target did not pin, and no pinned key signed it: nothing
+    // here can vouch for it, whatever its attestations say. It was told as a seal problem
+    // ("its seal does not check ... give ingest the appliance's attestations", or
+    // --allow-unsealed), which led to more attestations, not to the unpinned appliance.
+    if let (Some(hint), false, false, true, false) = (
+        manifest,
+        policy.verifying,
+        policy.allow_untrusted,
+        trusted_by.is_empty(),
+        manifest.is_some_and(|h| policy.pinned_appliance(&h)),
+    ) {
+        let pinned = match policy.appliances.len() {
+            0 => "none is pinned".to_string(),
+            _ => format!(
+                "pinned: {}",
+                policy
+                    .appliances
+                    .iter()
+                    .map(|f| crate::output::hex(f))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        if !policy.appliances.is_empty() {
+            return Err(crate::exit::coded_hint(
+                FOUND,
+                format!(
+                    "capture {name} generation {g} was made through appliance {}, which this \
+                     target did not pin ({pinned}), and no pinned key signed it: nothing pinned \
+                     vouches for it (its seal and arrival, valid or not, would not either)",
+                    sitekey::fingerprint(&hint)
+                ),
+                "nothing was installed: a capture made through an appliance you did not \
+                 provision is refused. If the appliance is yours, pin it with \
+                 --trust-appliance (`mgear appliance info` prints its fingerprint); else ask the \
+                 capture site for the shipment they sent",
+            ));
+        }
+    }
     if let (true, Err(e)) = (manifest.is_some() || pinned_sealer, &seal) {
         let msg = match manifest {
             Some(hint) => format!(

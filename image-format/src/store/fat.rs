@@ -2152,7 +2152,7 @@ pub(crate) mod tests {
         let (seg, seg_last) = first("MGEAR/cap/SEG");
         let (b, _) = first("MGEAR/cap/B");
         let set = |c: u32, next: u32| {
-            for k in 0..u64::from(geo.fats) {
+            for k in 0..geo.fats {
                 f.write_all_at(
                     &next.to_le_bytes(),
                     geo.fat_offset + k * geo.fat_bytes + u64::from(c) * 4,
