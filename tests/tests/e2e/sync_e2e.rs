@@ -1072,3 +1072,42 @@ fn a_sync_stopped_with_ctrl_c_says_so_and_continues() {
         std::fs::read(e.p("disk.raw")).unwrap()
     );
 }
+
+/// A peer that takes the connection and then neither answers nor reads (a proxy that stopped
+/// forwarding): Ctrl-C only printed "stopping after the work at hand" while the sync waited in
+/// the kernel, up to the peer timeout of each attempt (a second Ctrl-C killed it, exit 130). It
+/// stops within a few seconds, exit 3, saying so.
+#[test]
+fn ctrl_c_ends_a_wait_on_a_silent_target() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 4, 43);
+    e.capture_and_ingest("64MiB");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let held = std::thread::spawn(move || l.accept().map(|(s, _)| s));
+    let child = e
+        .line(&[
+            "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
+        ])
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _peer = held.join().unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(stderr(&o).contains("stopped;"), "{}", text(&o));
+}

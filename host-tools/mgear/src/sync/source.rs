@@ -171,9 +171,9 @@ pub trait PeerRead: Read + Send {
     fn expect_soon(&mut self, _d: Duration) {}
 }
 
-impl PeerRead for BufReader<TcpStream> {
+impl PeerRead for BufReader<Patient> {
     fn expect_soon(&mut self, d: Duration) {
-        let _ = self.get_ref().set_read_timeout(Some(d));
+        self.get_mut().limit = d;
     }
 }
 
@@ -182,17 +182,86 @@ impl PeerRead for io::Empty {}
 /// Longest wait for the target to answer or accept data.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How often a wait on the target looks at Ctrl-C.
+const TICK: Duration = Duration::from_secs(2);
+
+/// One half of the connection to the target, waiting at most `limit` for it to answer or to
+/// take data, in [`TICK`]s, and ending a wait at Ctrl-C. A peer that closed its side and
+/// stopped reading left a write blocked in the kernel: Ctrl-C only printed "stopping after the
+/// work at hand" (the call restarts after the signal), and each attempt waited the whole
+/// socket timeout.
+pub struct Patient {
+    s: TcpStream,
+    limit: Duration,
+}
+
+impl Patient {
+    /// Runs `io` until it does something, the limit passes (`TimedOut`) or Ctrl-C.
+    fn wait<T>(&mut self, mut io: impl FnMut(&mut TcpStream) -> io::Result<T>) -> io::Result<T> {
+        let start = std::time::Instant::now();
+        loop {
+            match io(&mut self.s) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Not `Interrupted`: `read_exact` and `write_all` retry that kind.
+                    if crate::signals::stop_requested() {
+                        return Err(io::Error::other("stopped by Ctrl-C"));
+                    }
+                    if start.elapsed() >= self.limit {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the target neither answered nor took data for {} s",
+                                self.limit.as_secs()
+                            ),
+                        ));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Read for Patient {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.wait(|s| s.read(buf))
+    }
+}
+
+impl Write for Patient {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.wait(|s| s.write(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.wait(|s| s.flush())
+    }
+}
+
 /// Connect to `HOST:PORT` over TCP.
 pub fn tcp(to: &str) -> io::Result<Conn> {
+    tcp_waiting(to, PEER_TIMEOUT)
+}
+
+/// [`tcp`] with another longest wait.
+pub(crate) fn tcp_waiting(to: &str, limit: Duration) -> io::Result<Conn> {
     let s = TcpStream::connect(to)?;
     s.set_nodelay(true)?;
-    // A target that stops answering is a dropped connection (retried), not a hang.
-    s.set_read_timeout(Some(PEER_TIMEOUT))?;
-    s.set_write_timeout(Some(PEER_TIMEOUT))?;
+    // A target that stops answering is a dropped connection (retried), not a hang: each wait
+    // is at most PEER_TIMEOUT, taken in ticks that look at Ctrl-C.
+    s.set_read_timeout(Some(TICK))?;
+    s.set_write_timeout(Some(TICK))?;
     let r = s.try_clone()?;
     Ok((
-        Box::new(BufReader::with_capacity(256 * 1024, r)),
-        Box::new(s),
+        Box::new(BufReader::with_capacity(
+            256 * 1024,
+            Patient { s: r, limit },
+        )),
+        Box::new(Patient { s, limit }),
     ))
 }
 
@@ -260,6 +329,14 @@ pub fn run(
                 run.stats.restarts = restarts;
                 run.stats.attempts -= 1;
                 eprintln!("mgear sync: {e:#}; starting a new session");
+            }
+            // Ctrl-C during a wait on the target: stopped, not a dropped connection to retry.
+            Err(Fail::Retry(_)) if crate::signals::stop_requested() => {
+                return Err(coded(
+                    IO,
+                    "stopped; the target keeps the chunks it applied, and the same command \
+                     continues from there",
+                ))
             }
             Err(Fail::Retry(e)) if run.stats.attempts > plan.retries => {
                 return Err(coded(
@@ -590,7 +667,9 @@ impl Run<'_> {
         if s.proof("target", &name) != blake3::Hash::from_bytes(proof) {
             let m = format!(
                 "the data key in the key cache for {name} does not open the target's capture {name} \
-                 (a key cache from another capture, or the target ingested a different capture of that name)"
+                 (a key cache from another capture, or the target ingested a different capture of \
+                 that name; or the handshake was altered on its way: a sync over a direct \
+                 connection tells, before any key is forgotten)"
             );
             let _ = wire::send(
                 &mut w,

@@ -677,7 +677,8 @@ pub fn session<R: Read, W: Write>(
             err::WRONG_KEY,
             format!(
                 "the source's data key for {} is not this capture's key: use the key cache written \
-                 by the capture of this disk",
+                 by the capture of this disk (or the handshake was altered on its way: a sync \
+                 over a direct connection tells)",
                 cap.name
             ),
         ));

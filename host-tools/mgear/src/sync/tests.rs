@@ -1339,3 +1339,29 @@ fn a_host_that_does_not_resolve_ends_the_sync_without_retries() {
     assert!(started.elapsed() < Duration::from_secs(30));
     super::resolve("127.0.0.1:7410").unwrap();
 }
+
+/// A target that closed nothing and reads nothing (a proxy that stopped forwarding): a write
+/// blocked in the kernel with no limit (the socket's timeout restarts with every byte taken,
+/// and none was). It ends after the wait's limit, as the wait for an answer does.
+#[test]
+fn a_target_that_stops_reading_ends_the_wait() {
+    let (l, addr) = listen();
+    let held = std::thread::spawn(move || l.accept().map(|(s, _)| s));
+    let (mut r, mut w) = source::tcp_waiting(&addr, Duration::from_secs(3)).unwrap();
+    let _peer = held.join().unwrap().unwrap();
+    let started = std::time::Instant::now();
+    let chunk = vec![7u8; 1 << 20];
+    let e = (0..1024)
+        .try_for_each(|_| w.write_all(&chunk))
+        .expect_err("the peer reads nothing: a write must give up");
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // Reading: nothing comes, and the wait ends too.
+    let mut b = [0u8; 1];
+    let e = std::io::Read::read(&mut r, &mut b).expect_err("nothing to read");
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+}

@@ -231,12 +231,17 @@ pub enum WireError {
 }
 
 impl WireError {
-    /// True when the connection broke (worth reconnecting), false when the
-    /// peer sent something wrong (reconnecting would not help).
+    /// True when the connection broke or corrupted a frame (worth reconnecting), false when
+    /// the peer sent something wrong (reconnecting would not help). A frame that fails its CRC
+    /// was damaged on its way (the peer computed it over what it sent): a corrupt byte from the
+    /// target ended the sync, exit 2, where the same from the source was retried.
     pub fn is_transport(&self) -> bool {
         matches!(
             self,
-            WireError::Closed { .. } | WireError::Broken { .. } | WireError::Cut { .. }
+            WireError::Closed { .. }
+                | WireError::Broken { .. }
+                | WireError::Cut { .. }
+                | WireError::Crc { .. }
         )
     }
 }
@@ -859,6 +864,8 @@ mod tests {
         f[13] ^= 1;
         let e = recv(&mut &f[..], "peer").unwrap_err();
         assert!(matches!(e, WireError::Crc { kind: "IDS", .. }), "{e}");
+        // Damaged on its way: reconnecting helps (it ended the sync, exit 2).
+        assert!(e.is_transport(), "{e}");
         assert!(e.to_string().contains("CRC"), "{e}");
 
         let http = b"HTTP/1.1 400 Bad Request\r\n\r\n";
