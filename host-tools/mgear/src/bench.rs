@@ -897,6 +897,19 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                 cpu_share: None,
             });
         }
+        // The rows against the source's `dd` say their ratio to its best run, which a later
+        // medium's turns may have lowered after an earlier row was measured.
+        if let Some(dd) = timings
+            .iter()
+            .find(|t| t.what == "dd source -> medium (fsync)")
+            .map(|t| t.mb_per_s)
+        {
+            for t in timings.iter_mut().filter(|t| {
+                t.what.ends_with("mgear capture") || t.what.starts_with("qemu-img convert")
+            }) {
+                t.vs_dd = ratio(Some(dd), t.mb_per_s);
+            }
+        }
         std::fs::remove_file(&src)?;
         report.patterns.push(PatternReport {
             pattern: pattern.into(),
