@@ -60,6 +60,8 @@ pub fn group_digits(n: u64) -> String {
 
 /// The slowest rate a limit may be, in bytes per second.
 pub const MIN_RATE: f64 = 1024.0;
+/// The fastest rate a limit may be, in bytes per second (1 TiB/s).
+pub const MAX_RATE: f64 = 1024.0 * 1024.0 * 1024.0 * 1024.0;
 
 /// Parse a rate such as `50MiB/s`, `400Mbit/s`, `10MB/s`; returns bytes per second.
 pub fn parse_rate(text: &str) -> crate::Result<f64> {
@@ -95,7 +97,8 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
         "KiB" | "K" | "kib" => 1024.0,
         "MiB" | "M" | "mib" => 1024.0 * 1024.0,
         "GiB" | "G" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "kB" | "KB" => 1e3,
+        // SI's lower-case k is a thousand (`K` alone is KiB, as `M` and `G` are MiB and GiB).
+        "kB" | "KB" | "k" => 1e3,
         "MB" => 1e6,
         "GB" => 1e9,
         "bit" | "b" => 1.0 / 8.0,
@@ -105,15 +108,31 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
         "Kibit" => 1024.0 / 8.0,
         "Mibit" => 1024.0 * 1024.0 / 8.0,
         "Gibit" => 1024.0 * 1024.0 * 1024.0 / 8.0,
+        // `1KiB/s/s`: the unit it named is known, the `/s` is twice.
+        other if other.ends_with("/s") || other.ends_with("ps") => {
+            return Err(usage(format!(
+                "rate `{text}` says per second twice: write e.g. 50MiB/s"
+            )))
+        }
         other => {
             return Err(usage(format!(
-                "unknown rate unit `{other}` in `{text}`: use KiB/s, MiB/s, GiB/s, kB/s, MB/s, GB/s, Mbit/s, Gbit/s (the case matters: MB is bytes, Mb bits)"
+                "unknown rate unit `{other}` in `{text}`: use KiB/s (or K), MiB/s (M), GiB/s (G), \
+                 kB/s (k), MB/s, GB/s, kbit/s, Mbit/s, Gbit/s (the case matters: MB is bytes, Mb \
+                 bits)"
             )))
         }
     };
     let rate = value * per_sec;
     if !rate.is_finite() || rate <= 0.0 {
         return Err(usage(format!("rate `{text}` must be a positive number")));
+    }
+    // Above any disk or link: a slip of the unit or of the digits (2^64 B/s was taken, and
+    // the plan said "about 0 s").
+    if rate > MAX_RATE {
+        return Err(usage(format!(
+            "rate `{text}` is above 1 TiB/s, faster than any disk or link: check the number and \
+             the unit, or leave --rate-limit out for no limit"
+        )));
     }
     // Below this a 1 MiB chunk takes over 17 minutes: a slip of the unit
     // (`1B/s` for 1 MB/s), not a link anyone runs.
@@ -190,6 +209,16 @@ mod tests {
         let slip = parse_rate("1B/s").unwrap_err().to_string();
         assert!(slip.contains("below 1 KiB/s"), "{slip}");
         assert_eq!(parse_rate("1KiB/s").unwrap(), 1024.0);
+        // k is SI's thousand, K a KiB; `/s` twice and a rate past any link are named.
+        assert_eq!(parse_rate("2k/s").unwrap(), 2e3);
+        assert_eq!(parse_rate("2K/s").unwrap(), 2048.0);
+        let twice = parse_rate("1KiB/s/s").unwrap_err().to_string();
+        assert!(twice.contains("says per second twice"), "{twice}");
+        let huge = parse_rate("18446744073709551616B/s")
+            .unwrap_err()
+            .to_string();
+        assert!(huge.contains("above 1 TiB/s"), "{huge}");
+        assert_eq!(parse_rate("1024GiB/s").unwrap(), MAX_RATE);
         assert_eq!(parse_rate("4096B/s").unwrap(), 4096.0);
         let bare = parse_rate("50").unwrap_err();
         assert_eq!(crate::exit::code_of(&bare), 2);
