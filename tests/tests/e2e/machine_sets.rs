@@ -872,6 +872,14 @@ fn a_set_generation_that_lost_its_set_manifest_is_not_skipped_silently() {
         "{}",
         output_text(&o)
     );
+    // Each warning once (the set is checked as a set and again disk by disk: they came twice).
+    let said = output_text(&o);
+    let warnings: Vec<&str> = said.lines().filter(|l| l.contains("WARNING")).collect();
+    let mut once = warnings.clone();
+    once.dedup();
+    once.sort_unstable();
+    once.dedup();
+    assert_eq!(warnings.len(), once.len(), "{said}");
     assert_eq!(
         std::fs::read(e.p("out-1.raw")).unwrap(),
         data_disk(7),

@@ -320,7 +320,20 @@ pub fn ingest_gate(
         }
     }
     for w in &verdict.warnings {
-        eprintln!("mgear: WARNING: {w}");
+        warn_once(w);
     }
     Ok(verdict)
+}
+
+/// Print a trust warning unless this run printed the same one already: a machine set is
+/// checked as a set and again disk by disk, and its warnings came twice.
+fn warn_once(w: &str) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !said.iter().any(|s| s == w) {
+        eprintln!("mgear: WARNING: {w}");
+        said.push(w.to_string());
+    }
 }
