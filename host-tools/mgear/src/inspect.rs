@@ -83,6 +83,10 @@ pub struct GenJson {
     /// That medium's ordinal in its span.
     #[serde(skip)]
     pub lost_ordinal: Option<u16>,
+    /// An unfinished generation: bytes its files take on the medium now (what `capture
+    /// --abort` frees, or a resume goes on after); absent for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_medium_bytes: Option<u64>,
 }
 
 /// One capture in `inspect --json`.
@@ -429,10 +433,25 @@ fn medium_json(
         .map(|sp| sp.unreachable().into_iter().map(|(p, _)| p).collect())
         .unwrap_or_default();
     let mut unplaced: std::collections::HashMap<(String, u32), String> = Default::default();
+    // What an unfinished generation's files hold on the medium: after "medium full" its
+    // journal keeps nothing ("0 B kept") while its segment holds what was written past the
+    // last checkpoint, space that showed nowhere.
+    let mut held: std::collections::HashMap<(String, u32), u64> = Default::default();
     if let Ok(caps) = &listed {
         let store = medium.store();
         for c in caps {
             for g in &c.generations {
+                if matches!(g.state, image_format::GenerationState::Unfinished { .. }) {
+                    let dir = image_format::layout::generation_dir(&c.name, g.generation);
+                    let bytes = store
+                        .list(&dir)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|e| e.kind == image_format::store::EntryKind::File)
+                        .filter_map(|e| store.len(&format!("{dir}/{}", e.name)).ok().flatten())
+                        .sum();
+                    held.insert((c.name.clone(), g.generation), bytes);
+                }
                 if g.state != image_format::GenerationState::Complete {
                     continue;
                 }
@@ -546,6 +565,7 @@ fn medium_json(
                             lost_ordinal: lost
                                 .get(&(c.name.to_ascii_lowercase(), g.generation))
                                 .map(|(o, _)| *o),
+                            on_medium_bytes: held.get(&(c.name.clone(), g.generation)).copied(),
                         }
                     })
                     .collect(),
@@ -713,9 +733,13 @@ fn generation_line(g: &GenJson) -> String {
     let chunks = match (g.state, g.next_chunk) {
         ("unfinished", Some(n)) if g.stored_chunks + g.zero_chunks + g.dedup_chunks == 0 => {
             format!(
-                "{} chunks ({n} done at its last checkpoint), {} kept",
+                "{} chunks ({n} done at its last checkpoint), {} kept{}",
                 g.chunk_count,
-                human_bytes(g.stored_bytes)
+                human_bytes(g.stored_bytes),
+                g.on_medium_bytes
+                    .filter(|&b| b > g.stored_bytes)
+                    .map(|b| format!(" ({} on the medium)", human_bytes(b)))
+                    .unwrap_or_default()
             )
         }
         _ => format!(
@@ -1276,6 +1300,7 @@ mod tests {
             borrows_from: Vec::new(),
             lost_medium: None,
             lost_ordinal: None,
+            on_medium_bytes: None,
         }
     }
 
@@ -1314,6 +1339,13 @@ mod tests {
             generation_line(&g).contains(
                 "30 chunks (3 done at its last checkpoint), 3.00 MiB kept in 1 segment(s)"
             ),
+            "{}",
+            generation_line(&g)
+        );
+        // What its files hold beyond it (a medium-full stop): said, it showed nowhere.
+        g.on_medium_bytes = Some(57 << 20);
+        assert!(
+            generation_line(&g).contains("3.00 MiB kept (57.00 MiB on the medium) in 1 segment(s)"),
             "{}",
             generation_line(&g)
         );

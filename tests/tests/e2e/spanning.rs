@@ -518,6 +518,10 @@ fn a_medium_filled_to_the_last_byte_continues_on_one_more() {
     assert_eq!(full.status.code(), Some(3), "{}", output_text(&full));
     let text = output_text(&full);
     assert!(text.contains("from its last checkpoint"), "{text}");
+    // What the stopped generation holds on the medium is listed (it showed nowhere).
+    let i = e.json(&["inspect", "--medium", &f3, "--name", "c"]);
+    let held = i["captures"][0]["generations"][0]["on_medium_bytes"].as_u64();
+    assert!(held.is_some_and(|b| b > 0), "{i}");
     // The medium-full error leaves the FAT consistent: the append that did not fit
     // took no cluster (it took the last free ones twice, leaving a segment larger
     // than its cluster chain and clusters in no chain).
