@@ -212,6 +212,11 @@ impl Where {
         for spec in &self.medium {
             media.push((open_mode(spec, read_only)?, spec.clone()));
         }
+        if !read_only {
+            for (m, label) in &mut media {
+                refuse_damaged_file_system(m.store(), label)?;
+            }
+        }
         if media.is_empty() {
             return Err(usage(
                 "say where the medium is: --medium fat:PATH|dir:PATH or --appliance PORT",
@@ -622,6 +627,36 @@ pub(crate) fn same_fat_volume(a: &[u8; 512], b: &[u8; 512]) -> bool {
 
 /// Open the medium `spec`; `read_only`: an image or device is opened
 /// O_RDONLY and the FAT store refuses every write, so nothing on it changes.
+/// Refuse (exit 1) to write a medium whose file system is damaged where a write would make it
+/// worse: a cluster chain that runs into another file, clusters two files hold, a last cluster
+/// marked free (`medium rm` of a file whose chain ran into another capture freed that
+/// capture's MANIFEST, and a capture then took a COMMIT's free-marked cluster, both exit 0).
+/// What a cut write leaves (chains past their size into clusters nobody holds) is no such
+/// damage: the writers' own recovery takes care of it.
+fn refuse_damaged_file_system(store: &mut dyn Store, label: &str) -> crate::Result<()> {
+    let damage: Vec<String> = store
+        .file_system_findings()
+        .map_err(|e| crate::err!("{label}: reading its file system: {e}"))?
+        .into_iter()
+        .filter(|f| !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN))
+        .collect();
+    match damage.first() {
+        None => Ok(()),
+        Some(first) => Err(crate::exit::coded_hint(
+            crate::exit::FOUND,
+            format!(
+                "{label}: its file system is damaged ({} finding{}, the first: {first}); nothing \
+                 was written: a write could free or overwrite a capture's data",
+                damage.len(),
+                if damage.len() == 1 { "" } else { "s" }
+            ),
+            "`mgear verify` of the medium lists the damage, and ingest still reads every \
+             capture that checks out; to capture or remove anything again, copy its files to a \
+             freshly formatted medium (`mcopy -s`), or use another medium",
+        )),
+    }
+}
+
 fn open_mode(spec: &str, read_only: bool) -> crate::Result<Medium> {
     let parsed = MediumSpec::parse(spec)?;
     // Two writers on one FAT volume overwrite each other's clusters: lock

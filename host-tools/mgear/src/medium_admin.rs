@@ -1422,25 +1422,30 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
         args.medium
             .ready_to_change("a repair (medium fsck --repair)")?;
     }
-    let mut medium = if args.repair {
+    // Damage in the file system's cluster chains (a chain past its size into another file, a
+    // last cluster marked free, clusters two files hold) is looked for first, read-only: a
+    // repair then frees what the chain runs into (`fsck.fat -a` cut a chain at its size and
+    // freed the next capture's MANIFEST, then "repaired", exit 0), and so would removing a
+    // leftover whose chain runs into a capture. Chains past their size into clusters nobody
+    // holds are what a crash leaves, and are repaired.
+    let damage: Vec<String> = {
+        let mut ro = args.medium.open_read_only()?;
+        let d = match ro.store().file_system_findings() {
+            Ok(v) => v
+                .into_iter()
+                .filter(|f| !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN))
+                .collect(),
+            Err(e) => vec![format!("the file system could not be walked: {e}")],
+        };
+        ro.close()?;
+        d
+    };
+    let repair = args.repair && damage.is_empty();
+    let mut medium = if repair {
         args.medium.open()?
     } else {
         args.medium.open_read_only()?
     };
-    // Damage in the file system's cluster chains (a chain past its size into another file, a
-    // last cluster marked free, clusters two files hold) is looked for first: a repair then
-    // frees what the chain runs into (`fsck.fat -a` cut a chain at its size and freed the
-    // next capture's MANIFEST, then "repaired", exit 0), and so would removing a leftover
-    // whose chain runs into a capture. Chains past their size into clusters nobody holds are
-    // what a crash leaves, and are repaired.
-    let damage: Vec<String> = match medium.store().file_system_findings() {
-        Ok(v) => v
-            .into_iter()
-            .filter(|f| !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN))
-            .collect(),
-        Err(e) => vec![format!("the file system could not be walked: {e}")],
-    };
-    let repair = args.repair && damage.is_empty();
     let result = if repair {
         scan_and_repair(medium.store())
     } else {

@@ -2201,7 +2201,7 @@ pub(crate) mod tests {
                 "MGEAR/cap/KEYS: its cluster chain runs past its \
                  size into cluster"
             ) && f.contains("of MGEAR/cap/MANIFEST")
-                && f.contains("Do not repair the medium")
+                && f.contains("Do not repair or write the medium")
                 && !f.contains(fatmap::LEFTOVER_CHAIN)),
             "{found:?}"
         );
@@ -2214,6 +2214,29 @@ pub(crate) mod tests {
         );
         set(keys, 0x0FFF_FFFF);
         set(seg_last, 0x0FFF_FFFF);
+        // Through a free cluster first, then into MANIFEST: damage, not a cut write's
+        // leftover (it was repaired as one, which cut MANIFEST).
+        set(keys, free);
+        set(free, manifest);
+        let found = findings();
+        assert!(
+            found.len() == 1
+                && found[0].starts_with(
+                    "MGEAR/cap/KEYS: its cluster chain runs past its size into cluster"
+                )
+                && found[0].contains("of MGEAR/cap/MANIFEST")
+                && !found[0].contains(fatmap::LEFTOVER_CHAIN),
+            "{found:?}"
+        );
+        // Through a free cluster, then out of the volume: damage too.
+        set(free, geo.cluster_count + 10);
+        let found = findings();
+        assert!(
+            found.len() == 1 && found[0].contains("and then out of the volume"),
+            "{found:?}"
+        );
+        set(keys, 0x0FFF_FFFF);
+        set(free, 0);
         // B's second cluster is MANIFEST's: both hold it within their sizes.
         set(b, manifest);
         let found = findings();

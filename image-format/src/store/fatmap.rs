@@ -903,8 +903,13 @@ pub const LEFTOVER_CHAIN: &str = "into clusters no file holds";
 enum After {
     /// It ends there (or the file ends before its size is covered: said where it is read).
     End,
-    /// On into cluster `c`.
-    Next(u32),
+    /// On through these clusters, to an end mark or a cluster marked free (a cut write's
+    /// leftover, unless a file holds one of them), or `out` of the volume, or round a loop.
+    Tail {
+        start: u32,
+        clusters: Vec<u32>,
+        out: bool,
+    },
     /// Its last cluster is marked free.
     Free(u32),
 }
@@ -950,10 +955,29 @@ where
             let after = match next {
                 n if n >= END_OF_CHAIN => After::End,
                 0 => After::Free(c),
-                n if geo.valid_cluster(n) => After::Next(n),
-                // A bad-cluster mark or a number past the volume: the size ends the file
-                // before it, and a repair cuts the chain there.
-                _ => After::End,
+                // Followed to its end: a tail that runs through free clusters first and then
+                // into a file was told as a cut write's leftover, and repaired (cut) with it.
+                mut n => {
+                    let start = n;
+                    let mut clusters = Vec::new();
+                    let mut out = false;
+                    while n != 0 && n < END_OF_CHAIN {
+                        if !geo.valid_cluster(n) {
+                            out = true;
+                            break;
+                        }
+                        clusters.push(n);
+                        if clusters.len() as u64 > u64::from(geo.cluster_count) {
+                            break;
+                        }
+                        n = entry(n, read)?;
+                    }
+                    After::Tail {
+                        start,
+                        clusters,
+                        out,
+                    }
+                }
             };
             return Ok(Some((map.runs, after)));
         }
@@ -1065,8 +1089,13 @@ where
             let Some((own, next)) = walk_file(geo, read, f.first, need)? else {
                 continue;
             };
+            // A file of size 0 that holds a cluster: all its chain is past its size.
             let next = match (f.size, next) {
-                (0, After::End) => After::Next(f.first),
+                (0, After::End) => After::Tail {
+                    start: f.first,
+                    clusters: own.iter().map(|r| r.cluster).collect(),
+                    out: false,
+                },
                 (_, n) => n,
             };
             if f.size > 0 {
@@ -1091,28 +1120,43 @@ where
                  not write to the medium; copy its files to a freshly formatted one (`mcopy \
                  -s`) to use it again"
             )),
-            After::Next(c) => match owner(c) {
-                // Already told as a loop within its size.
-                Some(who) if who == path && shared.contains(&(path.clone(), path.clone())) => {}
-                Some(who) if who == path => findings.push(format!(
-                    "{path}: its cluster chain runs past its size back into its own cluster {c} \
-                     (it loops). It still reads right (reads stop at its size), but removing it \
-                     would not end; `fsck.fat -a` on a copy cuts the chain at the size"
-                )),
-                Some(who) => findings.push(format!(
-                    "{path}: its cluster chain runs past its size into cluster {c} of {who}. It \
-                     still reads right (reads stop at its size), but removing or writing it frees \
-                     or overwrites {who}'s data, and so does a repair (`fsck.fat -a` and `mgear \
-                     medium fsck --repair` cut the chain and free what follows). Do not repair \
-                     the medium: ingest reads it as it is; to use it again, copy its files to a \
-                     freshly formatted one (`mcopy -s`)"
-                )),
-                None => findings.push(format!(
-                    "{path}: its cluster chain runs past its size {LEFTOVER_CHAIN} (from \
-                     cluster {c}): lost space, what a write cut off leaves; `mgear medium fsck \
-                     --repair` frees it"
-                )),
-            },
+            After::Tail {
+                start: first,
+                clusters,
+                out,
+            } => {
+                let hit = clusters.iter().find_map(|&c| owner(c).map(|who| (c, who)));
+                match hit {
+                    // Already told as a loop within its size.
+                    Some((_, who))
+                        if who == path && shared.contains(&(path.clone(), path.clone())) => {}
+                    Some((c, who)) if who == path => findings.push(format!(
+                        "{path}: its cluster chain runs past its size back into its own cluster \
+                         {c} (it loops). It still reads right (reads stop at its size), but \
+                         removing it would not end; `fsck.fat -a` on a copy cuts the chain at \
+                         the size"
+                    )),
+                    Some((c, who)) => findings.push(format!(
+                        "{path}: its cluster chain runs past its size into cluster {c} of {who}. \
+                         It still reads right (reads stop at its size), but removing or writing \
+                         it frees or overwrites {who}'s data, and so does a repair (`fsck.fat -a` \
+                         and `mgear medium fsck --repair` cut the chain and free what follows). \
+                         Do not repair or write the medium: ingest reads it as it is; to use it \
+                         again, copy its files to a freshly formatted one (`mcopy -s`)"
+                    )),
+                    None if out => findings.push(format!(
+                        "{path}: its cluster chain runs past its size and then out of the volume \
+                         (from cluster {first}): no write leaves that. It still reads right \
+                         (reads stop at its size); do not write the medium, and check the \
+                         captures with `mgear verify --identity`"
+                    )),
+                    None => findings.push(format!(
+                        "{path}: its cluster chain runs past its size {LEFTOVER_CHAIN} (from \
+                         cluster {first}): lost space, what a write cut off leaves; `mgear \
+                         medium fsck --repair` frees it"
+                    )),
+                }
+            }
         }
     }
     Ok(findings)

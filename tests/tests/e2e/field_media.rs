@@ -1164,7 +1164,7 @@ fn a_chain_run_into_another_file_is_never_repaired() {
         text(&o).contains(
             "MGEAR/web01/G0001/MANIFEST: its cluster chain runs past its size into cluster"
         ) && text(&o).contains("of MGEAR/web02/G0001/MANIFEST")
-            && text(&o).contains("Do not repair the medium"),
+            && text(&o).contains("Do not repair or write the medium"),
         "{}",
         text(&o)
     );
@@ -1182,6 +1182,20 @@ fn a_chain_run_into_another_file_is_never_repaired() {
         before,
         "medium fsck --repair changed a damaged medium"
     );
+    // Nor does any other writer: removing web01 freed web02's MANIFEST cluster, and a new
+    // capture could take it (both exit 0).
+    let o = e.run(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("its file system is damaged"),
+        "{}",
+        text(&o)
+    );
+    random_disk(&e.p("disk3.raw"), 1, 54);
+    let o = e.capture(&m, "web03").source("disk3.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("nothing was written"), "{}", text(&o));
+    assert_eq!(sha(), before, "a writer changed a damaged medium");
     e.ingest(&m, "web02")
         .untrusted()
         .unsealed()
