@@ -279,6 +279,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
         (**self).file_system_findings()
     }
+    fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
+        (**self).chain_findings()
+    }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
     }
@@ -338,6 +341,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
         (**self).file_system_findings()
+    }
+    fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
+        (**self).chain_findings()
     }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)

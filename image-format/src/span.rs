@@ -1328,6 +1328,15 @@ impl<M: Store> Store for SpanStore<M> {
         }
         Ok(out)
     }
+    fn chain_findings(&mut self) -> core::result::Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for a in self.media.iter_mut() {
+            for f in a.store.chain_findings()? {
+                out.push(format!("medium #{}: {f}", a.ordinal));
+            }
+        }
+        Ok(out)
+    }
 
     fn free_space(&mut self) -> core::result::Result<Option<u64>, StoreError> {
         let mut sum = 0u64;

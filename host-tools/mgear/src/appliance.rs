@@ -1237,6 +1237,9 @@ impl Store for ApplianceMedium {
     fn file_system_findings(&mut self) -> Result<Vec<String>, image_format::StoreError> {
         self.s()?.file_system_findings()
     }
+    fn chain_findings(&mut self) -> Result<Vec<String>, image_format::StoreError> {
+        self.s()?.chain_findings()
+    }
     /// Passed on: a capture resumed after the appliance lost power clears the dirty mark the
     /// cut left (it stayed, and a sealed medium can never be written again: the shipment went
     /// out failing `fsck.fat -n`).

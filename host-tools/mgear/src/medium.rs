@@ -635,7 +635,7 @@ pub(crate) fn same_fat_volume(a: &[u8; 512], b: &[u8; 512]) -> bool {
 /// damage: the writers' own recovery takes care of it.
 fn refuse_damaged_file_system(store: &mut dyn Store, label: &str) -> crate::Result<()> {
     let damage: Vec<String> = store
-        .file_system_findings()
+        .chain_findings()
         .map_err(|e| crate::err!("{label}: reading its file system: {e}"))?
         .into_iter()
         .filter(|f| !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN))

@@ -1352,6 +1352,13 @@ impl<D: FatDevice> Store for FatStore<D> {
         Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
     }
 
+    fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
+        let Some(geo) = self.geo.clone() else {
+            return Ok(Vec::new());
+        };
+        fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))
+    }
+
     fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
         let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());

@@ -156,6 +156,12 @@ pub trait Store {
     fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
+    /// Of [`Store::file_system_findings`], those of the file system's cluster chains only
+    /// (`fatmap::chain_findings`): what a writer checks before it writes, without reading
+    /// both whole FATs to compare them. Empty (the default): nothing to say.
+    fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
     /// How many more bytes file `path` may grow by, when something other
     /// than the format's own limits bounds it: a span of several media
     /// ([`crate::span::SpanStore`]) says how much room the medium holding a

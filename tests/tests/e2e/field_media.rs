@@ -615,8 +615,16 @@ fn fsck_repair_does_not_cut_files_for_damage_a_crash_does_not_leave() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let said = v["fsck_fat"]["output"].as_str().unwrap_or_default();
+    assert!(said.contains("out of range"), "{v}");
+    // mgear's own walk of the chains finds it first, and nothing is repaired or removed.
     assert!(
-        said.contains("not repaired") && said.contains("out of range"),
+        v["findings"].as_array().unwrap().iter().any(|f| {
+            f["kind"] == "damaged-file-system"
+                && f["what"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("out of the volume")
+        }),
         "{v}"
     );
     assert_eq!(v["fsck_fat"]["repaired"], false, "{v}");
