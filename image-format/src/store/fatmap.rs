@@ -634,6 +634,39 @@ fn damaged(path: &str, what: &str) -> StoreError {
     ))
 }
 
+/// A cluster's entry in the first FAT, read through a window of it that is read again only
+/// for an entry outside it (a chain's clusters mostly follow one another).
+struct FatEntries {
+    window: Vec<u8>,
+    /// FAT byte range the window holds: [start, start + len).
+    start: u64,
+    len: usize,
+}
+
+impl FatEntries {
+    fn new() -> Self {
+        FatEntries {
+            window: vec![0u8; FAT_WINDOW],
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// Cluster `c`'s entry (its 28 bits).
+    fn get<R>(&mut self, geo: &Geometry, read: &mut R, c: u32) -> Result<u32, StoreError>
+    where
+        R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    {
+        let at = u64::from(c) * 4;
+        if at < self.start || at + 4 > self.start + self.len as u64 {
+            self.start = at / 512 * 512;
+            self.len = (geo.fat_bytes - self.start).min(FAT_WINDOW as u64) as usize;
+            read(geo.fat_offset + self.start, &mut self.window[..self.len])?;
+        }
+        Ok(le32(&self.window, (at - self.start) as usize) & 0x0FFF_FFFF)
+    }
+}
+
 /// Walk the chain starting at `first` into runs, stopping after `limit`
 /// clusters (a file needs no more than its size covers).
 pub fn chain<R>(
@@ -654,9 +687,7 @@ where
     if first == 0 || limit == 0 {
         return Ok(map.runs);
     }
-    let mut window = vec![0u8; FAT_WINDOW];
-    // FAT byte range the window holds: [win_start, win_start + win_len).
-    let (mut win_start, mut win_len) = (0u64, 0usize);
+    let mut fat = FatEntries::new();
     let mut c = first;
     let mut count = 0u64;
     loop {
@@ -671,14 +702,7 @@ where
         if count > u64::from(geo.cluster_count) {
             return Err(damaged(path, "a cluster chain loops"));
         }
-        let at = u64::from(c) * 4;
-        if at < win_start || at + 4 > win_start + win_len as u64 {
-            win_start = at / 512 * 512;
-            win_len = (geo.fat_bytes - win_start).min(FAT_WINDOW as u64) as usize;
-            read(geo.fat_offset + win_start, &mut window[..win_len])?;
-        }
-        let i = (at - win_start) as usize;
-        let next = le32(&window, i) & 0x0FFF_FFFF;
+        let next = fat.get(geo, read, c)?;
         if next >= END_OF_CHAIN {
             break;
         }
@@ -931,17 +955,8 @@ where
         entry_offset: 0,
         runs: Vec::new(),
     };
-    let mut window = vec![0u8; FAT_WINDOW];
-    let (mut win_start, mut win_len) = (0u64, 0usize);
-    let mut entry = |c: u32, read: &mut R| -> Result<u32, StoreError> {
-        let at = u64::from(c) * 4;
-        if at < win_start || at + 4 > win_start + win_len as u64 {
-            win_start = at / 512 * 512;
-            win_len = (geo.fat_bytes - win_start).min(FAT_WINDOW as u64) as usize;
-            read(geo.fat_offset + win_start, &mut window[..win_len])?;
-        }
-        Ok(le32(&window, (at - win_start) as usize) & 0x0FFF_FFFF)
-    };
+    let mut fat = FatEntries::new();
+    let mut entry = |c: u32, read: &mut R| fat.get(geo, read, c);
     let mut c = first;
     let mut count = 0u64;
     loop {

@@ -102,6 +102,28 @@ fn with_double(e: &Env, d: &Double, line: &Line) -> std::process::Command {
     c
 }
 
+/// A slowed ingest into `d`, killed once some blocks are in (and a checkpoint or two recorded).
+fn killed_after_some_blocks(e: &Env, d: &Double) {
+    let slow = ingest(e, &["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let mut child = with_double(e, d, &slow)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        let puts = d.accepted().get("PutSnapshotBlock").copied().unwrap_or(0);
+        if puts >= 6 {
+            break;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("ingest ended before it could be killed: {st}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 fn check_snapshot(e: &Env, d: &Double, id: &str) {
     check_snapshot_after(e, d, id, None);
 }
@@ -208,28 +230,7 @@ fn ebs_snapshot_killed_ingest_resumes_into_the_same_snapshot() {
     let e = Env::new();
     captured(&e);
     let d = Double::start(DoubleConfig::default());
-    let slow = ingest(
-        &e,
-        &["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"],
-    );
-    let mut child = with_double(&e, &d, &slow)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Kill once some blocks are in (and a checkpoint or two recorded).
-    loop {
-        let puts = d.accepted().get("PutSnapshotBlock").copied().unwrap_or(0);
-        if puts >= 6 {
-            break;
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("ingest ended before it could be killed: {st}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    killed_after_some_blocks(&e, &d);
     let ids = d.snapshot_ids();
     assert_eq!(ids.len(), 1);
     assert_eq!(d.snapshot(&ids[0]).unwrap().status, "pending");
@@ -393,27 +394,7 @@ fn ebs_snapshot_gone_while_pending_is_started_again() {
     let e = Env::new();
     captured(&e);
     let d = Double::start(DoubleConfig::default());
-    let slow = ingest(
-        &e,
-        &["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"],
-    );
-    let mut child = with_double(&e, &d, &slow)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    loop {
-        let puts = d.accepted().get("PutSnapshotBlock").copied().unwrap_or(0);
-        if puts >= 6 {
-            break;
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("ingest ended before it could be killed: {st}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    killed_after_some_blocks(&e, &d);
     let ids = d.snapshot_ids();
     assert_eq!(ids.len(), 1);
     assert!(d.delete_snapshot(&ids[0]));

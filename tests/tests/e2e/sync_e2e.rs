@@ -563,6 +563,15 @@ fn serve_run_of(e: &Env, name: &str, target: &str, listen: &str) -> Output {
     ])
 }
 
+/// Ctrl-C to `child` (SIGINT).
+fn interrupt(child: &std::process::Child) {
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
@@ -1054,11 +1063,7 @@ fn a_sync_stopped_with_ctrl_c_says_so_and_continues() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let st = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    interrupt(&child);
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(
@@ -1097,11 +1102,7 @@ fn ctrl_c_ends_a_wait_on_a_silent_target() {
     let _peer = held.join().unwrap().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let asked = Instant::now();
-    let st = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    interrupt(&child);
     let o = child.wait_with_output().unwrap();
     assert!(
         asked.elapsed() < Duration::from_secs(60),
