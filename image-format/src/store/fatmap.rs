@@ -956,7 +956,6 @@ where
         runs: Vec::new(),
     };
     let mut fat = FatEntries::new();
-    let mut entry = |c: u32, read: &mut R| fat.get(geo, read, c);
     let mut c = first;
     let mut count = 0u64;
     loop {
@@ -965,7 +964,7 @@ where
         }
         map.push_cluster(c);
         count += 1;
-        let next = entry(c, read)?;
+        let next = fat.get(geo, read, c)?;
         if count == need {
             let after = match next {
                 n if n >= END_OF_CHAIN => After::End,
@@ -985,7 +984,7 @@ where
                         if clusters.len() as u64 > u64::from(geo.cluster_count) {
                             break;
                         }
-                        n = entry(n, read)?;
+                        n = fat.get(geo, read, n)?;
                     }
                     After::Tail {
                         start,
