@@ -1397,6 +1397,7 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
     let spec = source_spec(args)?;
     args.medium.ready_to_capture()?;
+    generated_passphrase(args)?;
     let mut source = crate::source::open(spec, None)?;
     if source.len() == 0 {
         return Err(empty_source(spec, None));
@@ -1518,6 +1519,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
 pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
     check_key_files(args)?;
     let plan = plan_set(args, sources)?;
+    generated_passphrase(args)?;
     // Exit 3 when it does not fit: `ok` says the same.
     let code = if plan.fits() == Some(false) {
         crate::exit::IO
@@ -2048,6 +2050,72 @@ pub fn capture(args: &Plan) -> crate::Result<Report> {
     capture_disk(args, None)
 }
 
+/// What `--passphrase-generate` does for this run.
+enum Generated {
+    /// Not given.
+    NotAsked,
+    /// The file of the stopped (or killed) run that started this capture: its slot check
+    /// (`same_slots`, a set's in `machine::shared_key`) says whether it opens it.
+    Kept,
+    /// A new capture: a new passphrase goes to this file.
+    Write(PathBuf),
+}
+
+/// Decides what `--passphrase-generate` does (see [`with_generated_passphrase`]), or the
+/// refusal the capture would make: `--dry-run` makes it too (it said "fits" of a new capture
+/// whose passphrase file was already there, which the capture then refused).
+fn generated_passphrase(args: &Plan) -> crate::Result<Generated> {
+    let Some(file) = args
+        .passphrase_file
+        .clone()
+        .filter(|_| args.passphrase_generate)
+    else {
+        return Ok(Generated::NotAsked);
+    };
+    // (started: a capture of this name, or a disk of the set of this name, has a capture id
+    // (its key slots and journal were written); left: anything of it is on the medium, a
+    // directory with key slots at most of a run killed at its very start included).
+    let (existed, left) = passphrase_capture_on_medium(args)?;
+    if file.symlink_metadata().is_ok() {
+        if existed || left {
+            return Ok(Generated::Kept);
+        }
+        return Err(crate::keys::passphrase_file_exists(&file));
+    }
+    if existed {
+        return Err(usage(format!(
+            "capture {} already exists: --passphrase-generate would write a passphrase that \
+             does not open it (nothing was written). {}",
+            args.name,
+            slots_kept(args)
+        )));
+    }
+    Ok(Generated::Write(file))
+}
+
+/// Whether the capture (or set) `args` names was started on the medium, and whether anything
+/// of it is there at all (see [`generated_passphrase`]).
+fn passphrase_capture_on_medium(args: &Plan) -> crate::Result<(bool, bool)> {
+    let mut ro = args.open_before_capture()?;
+    let r = (|| -> crate::Result<(bool, bool)> {
+        let store = ro.store();
+        let ours: Vec<String> = image_format::list_captures(store)?
+            .into_iter()
+            .map(|c| c.name)
+            .filter(|n| image_format::set::owner(n).eq_ignore_ascii_case(&args.name))
+            .collect();
+        let mut started = image_format::set::is_set(store, &args.name)?;
+        for n in &ours {
+            started = started || image_format::capture_id(store, n)?.is_some();
+        }
+        Ok((started, !ours.is_empty()))
+    })();
+    let closed = ro.close();
+    let r = r?;
+    closed?;
+    Ok(r)
+}
+
 /// Runs `capture` (of one disk or of a set) with `--passphrase-generate`
 /// resolved once for the whole run: the new passphrase file is written
 /// before the first disk (every disk of a set shares it), and the run gets
@@ -2061,55 +2129,17 @@ pub fn with_generated_passphrase<T>(
     args: &Plan,
     run: impl FnOnce(&Plan) -> crate::Result<T>,
 ) -> crate::Result<T> {
-    let Some(file) = args
-        .passphrase_file
-        .clone()
-        .filter(|_| args.passphrase_generate)
-    else {
-        return run(args);
-    };
-    // (started: a capture of this name, or a disk of the set of this name, has a capture id
-    // (its key slots and journal were written); left: anything of it is on the medium, a
-    // directory with key slots at most of a run killed at its very start included).
-    let on_medium = || -> crate::Result<(bool, bool)> {
-        let mut ro = args.open_before_capture()?;
-        let r = (|| -> crate::Result<(bool, bool)> {
-            let store = ro.store();
-            let ours: Vec<String> = image_format::list_captures(store)?
-                .into_iter()
-                .map(|c| c.name)
-                .filter(|n| image_format::set::owner(n).eq_ignore_ascii_case(&args.name))
-                .collect();
-            let mut started = image_format::set::is_set(store, &args.name)?;
-            for n in &ours {
-                started = started || image_format::capture_id(store, n)?.is_some();
-            }
-            Ok((started, !ours.is_empty()))
-        })();
-        let closed = ro.close();
-        let r = r?;
-        closed?;
-        Ok(r)
-    };
-    let (existed, left) = on_medium()?;
-    let mut plain = args.clone();
-    plain.passphrase_generate = false;
-    if file.symlink_metadata().is_ok() {
-        if existed || left {
-            // The file of the stopped (or killed) run that started this capture: its slot
-            // check (`same_slots`, a set's in `machine::shared_key`) says whether it opens it.
+    let file = match generated_passphrase(args)? {
+        Generated::NotAsked => return run(args),
+        Generated::Kept => {
+            let mut plain = args.clone();
+            plain.passphrase_generate = false;
             return run(&plain);
         }
-        return Err(crate::keys::passphrase_file_exists(&file));
-    }
-    if existed {
-        return Err(usage(format!(
-            "capture {} already exists: --passphrase-generate would write a passphrase that \
-             does not open it (nothing was written). {}",
-            args.name,
-            slots_kept(args)
-        )));
-    }
+        Generated::Write(file) => file,
+    };
+    let mut plain = args.clone();
+    plain.passphrase_generate = false;
     crate::keys::generate_passphrase(&file)?;
     eprintln!(
         "mgear capture: wrote a new passphrase to {} (0600): it opens this capture; send it to \
@@ -2117,7 +2147,7 @@ pub fn with_generated_passphrase<T>(
         file.display()
     );
     let r = run(&plain);
-    if r.is_err() && matches!(on_medium(), Ok((false, false))) {
+    if r.is_err() && matches!(passphrase_capture_on_medium(args), Ok((false, false))) {
         let _ = std::fs::remove_file(&file);
         eprintln!(
             "mgear capture: removed {} again: the capture was not started, so nothing opens \

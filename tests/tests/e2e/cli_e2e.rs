@@ -1601,4 +1601,49 @@ fn cli_a_generated_passphrase_serves_a_set_and_the_resume_of_a_stopped_run() {
         .run();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("it already exists"), "{}", stderr(&o));
+    // `--dry-run` refuses both as the capture does (it said "fits", exit 0), of one disk and
+    // of a set, and writes no file.
+    for (sources, made) in [(&["a.raw"][..], "big"), (&["a.raw", "b.raw"][..], "mach")] {
+        let o = e
+            .capture("dir:m", "fresh")
+            .sources(sources)
+            .args(&[
+                "--passphrase-file",
+                "big.pw",
+                "--passphrase-generate",
+                "--dry-run",
+            ])
+            .run();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("it already exists"), "{}", stderr(&o));
+        let o = e
+            .capture("dir:m", made)
+            .sources(sources)
+            .args(&[
+                "--delta",
+                "--passphrase-file",
+                "new.pw",
+                "--passphrase-generate",
+                "--dry-run",
+            ])
+            .run();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("already exists: --passphrase-generate"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!e.p("new.pw").exists());
+    }
+    // A new capture's dry run with a file not there yet plans and writes nothing.
+    e.capture("dir:m", "fresh")
+        .source("a.raw")
+        .args(&[
+            "--passphrase-file",
+            "fresh.pw",
+            "--passphrase-generate",
+            "--dry-run",
+        ])
+        .ok();
+    assert!(!e.p("fresh.pw").exists());
 }
