@@ -124,10 +124,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     // Held before anything of the state is read or repaired (a torn custody log is cut back
     // at open): a second simulator on the same appliance would act on it too.
+    let made_state = std::fs::symlink_metadata(&args.state).is_err();
     mgear_appliance_sim::files::private_dir(&args.state)
         .with_context(|| format!("state directory {}", args.state.display()))?;
-    let _claim = mgear_appliance_sim::files::claim(&args.state, &args.medium)
-        .with_context(|| format!("starting on {}", args.medium.display()))?;
+    let _claim = match mgear_appliance_sim::files::claim(&args.state, &args.medium) {
+        Ok(claim) => claim,
+        Err(e) => {
+            // A simulator refused at its start leaves no empty state directory behind (it
+            // looked like a second appliance's). Never one that holds anything.
+            if made_state {
+                let _ = std::fs::remove_dir(&args.state);
+            }
+            return Err(e).with_context(|| format!("starting on {}", args.medium.display()));
+        }
+    };
     let platform = SimPlatform::open(&args.state, &args.medium, console, nbd_socket.clone())
         .map_err(|e| anyhow!("{e}"))?;
     let app = Appliance::new(platform, cfg).map_err(|e| anyhow!("starting the firmware: {e}"))?;

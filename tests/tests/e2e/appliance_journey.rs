@@ -252,6 +252,21 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
         "{}",
         text(&second.stderr)
     );
+    // The same medium under a state directory of its own: refused, and the directory it
+    // made is gone again (it looked like a second appliance's state).
+    let third = Command::new(mgear_tests::bin("mgear-appliance-sim"))
+        .args(["--medium", &lab.s("medium.img"), "--state", &lab.s("state-c")])
+        .args(["--console-link", &lab.s("c.tty"), "--nbd", &lab.s("c.sock")])
+        .arg("--test-timing")
+        .output()
+        .unwrap();
+    assert_eq!(third.status.code(), Some(1));
+    assert!(
+        text(&third.stderr).contains("medium.img is in use by another"),
+        "{}",
+        text(&third.stderr)
+    );
+    assert!(!lab.p("state-c").exists());
 
     // Sealed is for good: the export says read-only (it said writable and refused each write).
     let info = Command::new("nbdinfo")
