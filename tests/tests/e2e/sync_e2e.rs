@@ -713,6 +713,82 @@ fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() 
     );
 }
 
+/// Ctrl-C or SIGTERM while the quiesced source is synced: SIGTERM ended cutover at once (exit
+/// 143) with the source left down and `--resume` never run, and Ctrl-C was not heard at all
+/// (the sync ran on and the target was booted). Both stop the sync between chunks, run
+/// `--resume`, boot nothing, exit 3; a Ctrl-C that reaches the hooks' terminal group does not
+/// kill the `--resume` that brings the source back.
+#[test]
+fn a_stopped_cutover_resumes_the_source_and_boots_nothing() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 6, 61);
+    e.capture_and_ingest("64MiB");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen();
+    for (n, signal) in ["-TERM", "-INT"].into_iter().enumerate() {
+        change_chunks(&e.p("disk.raw"), &[0, 1, 2, 3], 62 + n as u64);
+        let _ = std::fs::remove_file(e.p("quiesced"));
+        let child = e
+            .line(&[
+                "cutover",
+                "--source",
+                "disk.raw",
+                "--to",
+                &addr,
+                "--name",
+                "web01",
+                "--sign",
+                "site.key",
+                "--quiesce",
+                "touch quiesced",
+                "--resume",
+                "rm quiesced",
+                "--boot-target",
+                "file:vol.raw",
+                "--no-presync",
+                "--rate-limit",
+                "512KiB/s",
+            ])
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let mut child = child;
+        while !e.p("quiesced").exists() {
+            if started.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("never quiesced: {}", text(&child.wait_with_output().unwrap()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let asked = Instant::now();
+        let st = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "{signal}: {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(o.status.code(), Some(3), "{signal}: {}", text(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("stopped (Ctrl-C or SIGTERM) after quiescing; the source was resumed"),
+            "{signal}: {err}"
+        );
+        assert!(!err.contains("booting"), "{signal}: {err}");
+        assert!(!e.p("quiesced").exists(), "{signal}: not resumed: {err}");
+    }
+}
+
 /// A copy of the synced volume made before the source last changed is not the volume the
 /// syncs wrote: cutover compares every chunk its syncs sent (not only spread samples, which
 /// miss a change in the last MiB of a 40 MiB disk) and refuses it before anything boots.

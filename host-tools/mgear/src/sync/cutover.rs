@@ -11,8 +11,12 @@
 //!    `mgear_boot`) until `--wait-for` appears on its console; downtime ends
 //!    at that proof of boot.
 //!
-//! If anything fails from the quiesce on, `--resume CMD` runs so the source
-//! serves again; the target volume is left as the last sync wrote it. The
+//! If anything fails from the quiesce on, or Ctrl-C / SIGTERM stops the
+//! cutover (the sync under way stops between chunks; a step under way is
+//! finished), `--resume CMD` runs so the source serves again (exit 3 for a
+//! stop); the target volume is left as the last sync wrote it. The hooks
+//! run in a process group of their own, so the terminal's Ctrl-C never kills
+//! the `--resume` that brings the source back. The
 //! two commands' standard output goes to mgear's standard error: mgear's
 //! standard output is the result (with `--json`, exactly one JSON object).
 
@@ -47,10 +51,16 @@ pub struct CutoverReport {
 /// arguments were fine, the source's environment did not cooperate. The
 /// caller says what that left and what to do.
 fn hook(what: &str, cmd: &str) -> crate::Result<()> {
+    use std::os::unix::process::CommandExt;
+    // A process group of its own: the terminal's Ctrl-C reaches mgear, which then resumes the
+    // source; it must not also kill the `--resume` command that does it (nor cut a quiesce
+    // half-way: mgear stops after it and resumes).
     let status = Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .stdin(Stdio::null())
         .stdout(Stdio::from(std::io::stderr()))
+        .process_group(0)
         .status()
         .with_context(|| format!("cannot run the --{what} command `{cmd}`"))?;
     if !status.success() {
@@ -64,13 +74,36 @@ fn hook(what: &str, cmd: &str) -> crate::Result<()> {
 
 /// Run `--resume` after a failure, keeping the original error.
 fn rollback(a: &Cutover, e: crate::Error) -> crate::Error {
+    let what = match crate::signals::stop_requested() {
+        true => "stopped (Ctrl-C or SIGTERM)",
+        false => "failed",
+    };
     if let Some(cmd) = &a.resume {
         if let Err(r) = hook("resume", cmd) {
             return e.context(format!("and resuming the source failed too: {r:#}"));
         }
-        eprintln!("mgear cutover: failed after quiescing; the source was resumed with `{cmd}`");
+        eprintln!("mgear cutover: {what} after quiescing; the source was resumed with `{cmd}`");
+    } else {
+        eprintln!(
+            "mgear cutover: {what} after quiescing; no --resume was given: the source is still \
+             quiesced, start it again by hand"
+        );
     }
     e
+}
+
+/// Ctrl-C or SIGTERM came between two steps: the error that stops the cutover there (exit 3;
+/// the caller resumes the source once it was quiesced).
+fn stop_between_steps() -> crate::Result<()> {
+    if !crate::signals::stop_requested() {
+        return Ok(());
+    }
+    Err(crate::exit::coded_hint(
+        IO,
+        "cutover stopped by Ctrl-C or SIGTERM; the target was not booted",
+        "nothing is damaged: the target volume holds what the last sync sent; run the same \
+         cutover again when the source may go down",
+    ))
 }
 
 /// The `--quiesce` command failed (`e`): resume the source if `--resume`
@@ -218,6 +251,9 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     let spec = boot_spec(&a)?;
     // QEMU missing is found now, not after the source went down.
     mgear_boot::LocalQemu::new()?;
+    // Ctrl-C and SIGTERM stop the sync under way between chunks and then resume the source
+    // (they ended the process with the source quiesced, or were not heard at all).
+    crate::signals::install();
     let mut ready = prepare(&a.sync)?;
 
     let presync = if a.no_presync {
@@ -227,10 +263,12 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
         Some(run_ready(&a.sync, &mut ready)?)
     };
 
+    stop_between_steps()?;
     eprintln!("mgear cutover: quiescing the source: {}", a.quiesce);
     let down = Instant::now();
     hook("quiesce", &a.quiesce).map_err(|e| quiesce_failed(&a, e))?;
     let quiesce_seconds = down.elapsed().as_secs_f64();
+    stop_between_steps().map_err(|e| rollback(&a, e))?;
 
     let final_sync = run_ready(&a.sync, &mut ready).map_err(|e| rollback(&a, e))?;
     if !final_sync.stats.verified {
@@ -243,6 +281,7 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
         .collect();
     boot_target_is_synced(&a, &sent, u64::from(final_sync.stats.chunk_size.max(1)))
         .map_err(|e| rollback(&a, e))?;
+    stop_between_steps().map_err(|e| rollback(&a, e))?;
 
     eprintln!(
         "mgear cutover: booting {} (QEMU, TCG, no network)",
@@ -251,6 +290,8 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     let boot_start = Instant::now();
     let report = mgear_boot::boot(&spec)
         .map_err(|e| rollback(&a, crate::Error::from(e).context("booting the target")))?;
+    // Stopped while the proof boot ran: the operator asked for the source back.
+    stop_between_steps().map_err(|e| rollback(&a, e))?;
     if !report.booted() {
         return Err(rollback(
             &a,
