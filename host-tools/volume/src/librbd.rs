@@ -586,6 +586,19 @@ impl Image {
         Ok(s)
     }
 
+    /// The prefix of the image's data objects (`rbd_data.<image id>`): unique to this image,
+    /// so an image removed and another made under its name has another one.
+    pub fn block_name_prefix(&self) -> Result<String> {
+        let mut prefix = [0u8; 128];
+        // SAFETY: an open image and the buffer's true length.
+        let r = unsafe {
+            (self.api().rbd_get_block_name_prefix)(self.h, prefix.as_mut_ptr().cast(), prefix.len())
+        };
+        check("rbd_get_block_name_prefix", &self.name, r)?;
+        let end = prefix.iter().position(|&b| b == 0).unwrap_or(prefix.len());
+        Ok(String::from_utf8_lossy(&prefix[..end]).into_owned())
+    }
+
     /// Grows or shrinks the image to `size` bytes (what is past a shrunk end is gone).
     pub fn resize(&self, size: u64) -> Result<()> {
         // SAFETY: an open image.

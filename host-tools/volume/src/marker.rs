@@ -43,6 +43,18 @@ impl Marker {
         self.create(&format!("{what}\nidentity: {identity}\n"))
     }
 
+    /// Replaces the marker by one with an identity line ([`Marker::create_for`]), at once (a
+    /// new file renamed over it): the volume is never unmarked meanwhile.
+    pub fn set_identity(&self, what: &str, identity: &str) -> Result<()> {
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        Marker { path: tmp.clone() }.create_for(what, identity)?;
+        std::fs::rename(&tmp, &self.path)
+            .map_err(|e| Error::io(format!("writing marker {}", self.path.display()), e))
+    }
+
     /// The identity line a marker was made with ([`Marker::create_for`]); `None` for one
     /// without (made before, or for a volume that has none).
     pub fn identity(&self) -> Option<String> {

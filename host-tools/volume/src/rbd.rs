@@ -17,7 +17,10 @@
 //! the cluster's default format and features, as `rbd create` and `qemu-img create` make it)
 //! at the disk's size. An image has no unfinished name, so a marker in the state dir
 //! (`rbd_<hash>.mgear-incomplete`) exists from before the first write until the read-back
-//! passed: a re-run with the same state dir resumes into the same image.
+//! passed: a re-run with the same state dir resumes into the same image. The marker names the
+//! image by the prefix of its data objects (`rbd_data.<id>`, unique to an image): one removed
+//! and another made under its name is not resumed into (its data was written over, without
+//! `--force`, as the unfinished one's), and `--force` writes over it from the start.
 //!
 //! Cluster settings: `conf=` and `id=` in the spec, else `CEPH_CONF` and the `--id`/`--user`/
 //! `--name client.X` of `CEPH_ARGS`, else librados' defaults (`/etc/ceph/ceph.conf`,
@@ -391,6 +394,32 @@ impl RbdVolume {
                 (image, found)
             }
         };
+        // The image this ingest writes, by the prefix of its data objects: a resume must
+        // find the same image, not another one made under its name since (it was written
+        // over, without --force, as if it were the unfinished one).
+        let identity = image.block_name_prefix()?;
+        let what = format!("{} into {spec}", prep.what);
+        match found {
+            Found::Unfinished { .. } => {
+                if let Some(was) = marker.identity().filter(|was| *was != identity) {
+                    if prep.force {
+                        // Written over as any existing image --force names (its users
+                        // checked, its size set, its head cleared): that run's marker goes.
+                        drop(image);
+                        marker.remove()?;
+                        return Self::open(spec, prep, existing);
+                    }
+                    return Err(Error::Usage(format!(
+                        "an unfinished ingest into RBD image {} was writing another image \
+                         (data objects {was}), not the one of that name there now ({identity}): \
+                         that image was removed and this one made since; nothing was written. \
+                         Pass --force to write over this one (what it holds is lost)",
+                        spec.image_spec()
+                    )));
+                }
+            }
+            _ => marker.set_identity(&what, &identity)?,
+        }
         if matches!(found, Found::Unfinished { .. }) {
             // librbd waits in silence for a killed client's exclusive lock to expire.
             eprintln!(
@@ -836,6 +865,82 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "a failed open leaves no marker"
         );
+    }
+
+    /// Against the cloud lab's Ceph: an unfinished ingest's image removed and another made
+    /// under its name is not resumed into (it was written over without --force, "verified");
+    /// --force writes over it as over any existing image.
+    #[test]
+    fn a_resume_never_writes_another_image_of_the_same_name_on_the_lab_cluster() {
+        let Some((conf, pool, user)) = lab() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let image = format!("mgear-vol-swap-{}", std::process::id());
+        let spec =
+            RbdSpec::parse_with_env(&format!("rbd:{pool}/{image}?conf={conf}&id={user}"), |_| {
+                None
+            })
+            .unwrap();
+        let mut prep = Prepare {
+            disk_size: 8 << 20,
+            head_len: 4096,
+            state_dir: dir.path().to_owned(),
+            force: false,
+            what: "test".into(),
+        };
+        let rbd = require("rbd", "ceph-common").unwrap();
+        let cli = |args: &[&str]| {
+            run(
+                Command::new(&rbd)
+                    .args(cli_args(&spec))
+                    .args(args)
+                    .arg(spec.image_spec()),
+                "rbd",
+            )
+            .unwrap()
+        };
+        struct Cleanup<F: Fn()>(F);
+        impl<F: Fn()> Drop for Cleanup<F> {
+            fn drop(&mut self) {
+                (self.0)()
+            }
+        }
+        let _cleanup = Cleanup(|| {
+            let _ = Command::new(&rbd)
+                .args(cli_args(&spec))
+                .args(["rm", "--no-progress"])
+                .arg(spec.image_spec())
+                .output();
+        });
+        let mut v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
+        assert_eq!(v.found(), Found::New);
+        v.write_at(1 << 20, &[7u8; 4096]).unwrap();
+        drop(v); // killed
+        // The same image again: resumed.
+        let v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
+        assert!(matches!(v.found(), Found::Unfinished { .. }));
+        drop(v);
+        // Removed, and another image made under its name.
+        cli(&["rm", "--no-progress"]);
+        cli(&["create", "--size", "8M"]);
+        let e = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap_err();
+        assert!(
+            e.is_usage() && e.to_string().contains("was writing another image"),
+            "{e}"
+        );
+        prep.force = true;
+        let mut v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
+        assert_eq!(v.found(), Found::New, "--force writes over it, from the start");
+        let mut back = vec![1u8; 4096];
+        v.read_at(0, &mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 0), "its head is cleared");
+        drop(v);
+        // And the marker now names that image: it resumes.
+        prep.force = false;
+        let v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
+        assert!(matches!(v.found(), Found::Unfinished { .. }));
+        Box::new(v).finish().unwrap();
     }
 
     /// Against the cloud lab's Ceph (`MGEAR_CLOUD_LAB` set, `CEPH_CONF` its conf).
