@@ -939,8 +939,13 @@ fn names_a_disk_of(pattern: &Path, path: &Path) -> bool {
 /// overwrite each other: a `--report` (or its `.txt` summary) that is a target's volume file
 /// or its `.partial` (the report replaced the volume just verified, and the run said
 /// "verified", exit 0), or a target that is a file the run reads (the identity, the
-/// passphrase file, a pinned site key).
+/// passphrase file, a pinned site key). A `--state-dir` on the medium is refused too: the
+/// resume state was written into the shipment (a `dir:` medium's `MGEAR/` then held a
+/// "capture" that verify failed on), even by a run refused afterwards.
 pub fn refuse_clobbering(args: &Plan, targets: &[String]) -> crate::Result<()> {
+    if let Some(dir) = &args.state_dir {
+        args.medium.refuse_state_dir_on(dir)?;
+    }
     let volumes: Vec<(String, PathBuf)> = targets
         .iter()
         .filter_map(|t| match Target::parse(t, Bare::Refuse) {

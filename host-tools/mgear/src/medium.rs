@@ -369,6 +369,30 @@ impl Where {
         Ok(())
     }
 
+    /// Refuse (exit 2) an ingest `--state-dir` on one of these media, or anywhere in a `dir:`
+    /// medium's directory: its resume state and markers were written into the shipment.
+    pub fn refuse_state_dir_on(&self, dir: &Path) -> crate::Result<()> {
+        let what = format!("--state-dir {}", dir.display());
+        self.refuse_overlap(
+            &what,
+            dir,
+            "ingest would write its resume state into the shipment it reads",
+        )?;
+        for spec in &self.medium {
+            if let Ok(MediumSpec::Dir(medium)) = MediumSpec::parse(spec) {
+                if crate::guard::overlaps(dir, &medium) {
+                    return Err(usage(format!(
+                        "{what} lies in the directory of the medium {spec}: ingest would write \
+                         its resume state onto the medium that travels back. Give a directory \
+                         outside {} (or leave --state-dir out: $XDG_STATE_HOME/mgear/ingest)",
+                        medium.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Refuse (exit 2) an NBD target when another process holds one of these media's local
     /// files (a `fat:` image or device, a `dir:` medium's captures) open for writing: an NBD
     /// server of the medium at an offset, or of a segment of a `dir:` medium, has no FAT

@@ -243,6 +243,22 @@ fn the_medium_is_never_its_own_target_or_source() {
          the medium",
     );
     assert_eq!(tree(&e.p("dm")), before);
+    // The resume state's directory there (of a single disk and of a set): it wrote a
+    // "capture" into MGEAR/ that verify then failed on, even when the ingest was refused.
+    for (state, says) in [
+        ("dm/MGEAR/newcap", "is the medium dir:dm, or lies on it"),
+        ("dm/state", "lies in the directory of the medium dir:dm"),
+    ] {
+        for targets in [&["file:web01.raw"][..], &["file:a.raw", "file:b.raw"][..]] {
+            let mut i = e.ingest("dir:dm", "web01").untrusted();
+            for t in targets {
+                i = i.target(t);
+            }
+            let o = i.args(&["--state-dir", state]).run();
+            refused(&o, says);
+            assert_eq!(tree(&e.p("dm")), before, "--state-dir {state} changed the medium");
+        }
+    }
     e.ingest("dir:dm", "web01")
         .untrusted()
         .target("file:web01.raw")
