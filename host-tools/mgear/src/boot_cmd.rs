@@ -131,7 +131,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         return check(&disks, profile, args.json);
     }
     for spec in &args.target {
-        refuse_unfinished(spec)?;
+        crate::target::refuse_unfinished(spec, "boot")?;
     }
     let target = resolve(target)?;
     let opts = BootOptions {
@@ -248,34 +248,6 @@ pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
         ))),
         (other, None) => Err(usage(format!("--target {other}: cannot be booted"))),
     }
-}
-
-/// Refuse (exit 2) to boot a device, NBD export or RBD image an ingest began and did not
-/// finish: it holds part of a disk (its first chunk is written last, but a disk that was there
-/// before may still boot, over new data). Such a volume has no unfinished name of its own; the
-/// ingest's marker in the default state dir says so until the read-back passed.
-fn refuse_unfinished(spec: &str) -> crate::Result<()> {
-    use crate::spec::Target as T;
-    let Ok(t) = T::parse(spec, crate::spec::Bare::Existing) else {
-        return Ok(());
-    };
-    let Ok(dir) = crate::target::state_dir(None) else {
-        return Ok(());
-    };
-    let unfinished = match &t {
-        T::Dev(p) => mgear_volume::DeviceVolume::marked_unfinished(p, &dir),
-        T::Nbd(u) => mgear_volume::NbdVolume::marked_unfinished(u, &dir),
-        T::Rbd(r) => mgear_volume::RbdVolume::marked_unfinished(r, &dir),
-        _ => false,
-    };
-    if unfinished {
-        return Err(usage(format!(
-            "--target {spec}: an ingest into it began and was not finished (its marker is in {}): \
-             the volume holds part of a disk. Run that ingest again to finish it, then boot",
-            dir.display()
-        )));
-    }
-    Ok(())
 }
 
 /// A `file:` target that is a disk image container (qcow2, VMDK, ...): QEMU would boot its

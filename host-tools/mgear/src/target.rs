@@ -16,6 +16,50 @@ use crate::cloud_target::CaptureFacts;
 use crate::exit::usage;
 use crate::spec::Target;
 
+/// Refuse (exit 2) to `doing` (boot, serve) a volume an ingest began and did not finish: it
+/// holds part of a disk (its first chunk is written last, but a disk that was there before
+/// may still boot, over new data), and a serve's sync into it was undone when that ingest was
+/// run again to finish it (both said they verified). A device, NBD export or RBD image has no
+/// unfinished name of its own: the ingest's marker in the default state dir says so until the
+/// read-back passed; a file's is `NAME.partial`.
+pub fn refuse_unfinished(spec: &str, doing: &str) -> crate::Result<()> {
+    let Ok(t) = Target::parse(spec, crate::spec::Bare::Existing) else {
+        return Ok(());
+    };
+    if let Target::File(p) | Target::Qcow2(p) = &t {
+        if let Some(done) = p
+            .to_str()
+            .and_then(|s| s.strip_suffix(".partial"))
+            .filter(|s| !s.is_empty())
+        {
+            return Err(usage(format!(
+                "--target {spec}: {} is the volume of an ingest that has not finished (it is \
+                 renamed {done} once verified): it holds part of a disk. Run that ingest again \
+                 to finish it, then {doing} {done}",
+                p.display()
+            )));
+        }
+        return Ok(());
+    }
+    let Ok(dir) = state_dir(None) else {
+        return Ok(());
+    };
+    let unfinished = match &t {
+        Target::Dev(p) => DeviceVolume::marked_unfinished(p, &dir),
+        Target::Nbd(u) => NbdVolume::marked_unfinished(u, &dir),
+        Target::Rbd(r) => RbdVolume::marked_unfinished(r, &dir),
+        _ => false,
+    };
+    if unfinished {
+        return Err(usage(format!(
+            "--target {spec}: an ingest into it began and was not finished (its marker is in {}): \
+             the volume holds part of a disk. Run that ingest again to finish it, then {doing} it",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Open the target for an ingest (create it, or reopen what an
 /// interrupted run left); the one place that maps kinds to volumes.
 /// `capture` names what is written (a Cinder volume carries it as metadata).

@@ -713,6 +713,39 @@ fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() 
     );
 }
 
+/// The volume of an ingest that has not finished (`X.partial`) is not served: a sync into
+/// it was undone when that ingest was run again to finish it, both having said "verified".
+#[test]
+fn serve_refuses_the_volume_of_an_unfinished_ingest() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 4, 71);
+    e.capture_and_ingest("64MiB");
+    std::fs::copy(e.p("vol.raw"), e.p("vol.raw.partial")).unwrap();
+    let o = e.run(&[
+        "serve",
+        "--target",
+        "file:vol.raw.partial",
+        "--medium",
+        "fat:medium.img",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--listen",
+        "127.0.0.1:0",
+        "--once",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("is the volume of an ingest that has not finished")
+            && stderr(&o).contains("then serve vol.raw"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// Ctrl-C or SIGTERM while the quiesced source is synced: SIGTERM ended cutover at once (exit
 /// 143) with the source left down and `--resume` never run, and Ctrl-C was not heard at all
 /// (the sync ran on and the target was booted). Both stop the sync between chunks, run

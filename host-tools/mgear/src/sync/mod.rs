@@ -271,6 +271,7 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
         ));
     }
     check_volume_exists(&spec, &a.name)?;
+    crate::target::refuse_unfinished(&a.target, "serve")?;
     let mut trust = target::Trust {
         keys: Vec::new(),
         allow_untrusted: a.allow_untrusted,
