@@ -40,7 +40,18 @@ impl EbsOptions {
         for kv in q.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
             match k {
-                "register-image" => o.register_image = matches!(v, "1" | "true" | "yes"),
+                "register-image" => {
+                    o.register_image = match v {
+                        "1" | "true" | "yes" => true,
+                        "0" | "false" | "no" => false,
+                        other => {
+                            return Err(format!(
+                                "register-image={other}: use 1 (register an image from the \
+                                 snapshot) or 0"
+                            ))
+                        }
+                    }
+                }
                 "arch" => o.architecture = Some(v.to_string()),
                 "boot-mode" => o.boot_mode = Some(v.to_string()),
                 "root-device" => o.root_device = Some(v.to_string()),
@@ -54,6 +65,14 @@ impl EbsOptions {
         if let Some(a) = &o.architecture {
             if !["x86_64", "arm64"].contains(&a.as_str()) {
                 return Err(format!("arch={a}: use x86_64 or arm64"));
+            }
+        }
+        if let Some(d) = &o.root_device {
+            if !d.starts_with("/dev/") || d.len() <= "/dev/".len() {
+                return Err(format!(
+                    "root-device={d}: give the device name the image boots from, as AWS names \
+                     it: /dev/xvda or /dev/sda1"
+                ));
             }
         }
         if let Some(b) = &o.boot_mode {
@@ -418,6 +437,20 @@ mod tests {
         assert_eq!(o.architecture.as_deref(), Some("arm64"));
         assert!(EbsOptions::parse_query("arch=mips").is_err());
         assert!(EbsOptions::parse_query("colour=blue").is_err());
+        // A value that is no yes or no registered nothing and said nothing (exit 0).
+        for bad in ["register-image=2", "register-image=on", "root-device=xvda"] {
+            let e = EbsOptions::parse_query(bad).unwrap_err();
+            assert!(e.starts_with(bad), "{e}");
+        }
+        assert!(!EbsOptions::parse_query("register-image=0").unwrap().register_image);
+        assert!(EbsOptions::parse_query("register-image").unwrap().register_image);
+        assert_eq!(
+            EbsOptions::parse_query("root-device=/dev/sda1")
+                .unwrap()
+                .root_device
+                .as_deref(),
+            Some("/dev/sda1")
+        );
         assert_eq!(EbsOptions::parse_query("").unwrap(), EbsOptions::default());
     }
 
