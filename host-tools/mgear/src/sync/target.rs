@@ -606,10 +606,21 @@ pub fn session<R: Read, W: Write>(
             &mut w,
             None,
             err::UNKNOWN_CAPTURE,
-            format!(
-                "this target does not know capture {name}: it serves capture {}",
-                cap.name
-            ),
+            match image_format::set::parse_disk_stream_name(&cap.name) {
+                // A set's disk is served (and synced) by its own name: the set's name was
+                // told only "does not know".
+                Some((set, _)) if set.eq_ignore_ascii_case(&name) => format!(
+                    "this target does not know capture {name}: it serves capture {}, a disk of \
+                     machine set {set}; a set is synced disk by disk: `mgear sync --name \
+                     {set}.dN` (and `--source` that disk) to the serve of disk N (to cut a set \
+                     over, see SYNC.md \"A machine of several disks\")",
+                    cap.name
+                ),
+                _ => format!(
+                    "this target does not know capture {name}: it serves capture {}",
+                    cap.name
+                ),
+            },
         ));
     }
     if size != cap.volume_size {

@@ -303,6 +303,20 @@ fn wrong_key_unknown_capture_and_strangers_are_clear_errors() {
     );
     assert_eq!(code_of(&e), USAGE);
     let sessions = server.join().unwrap();
+    // The serve of a set's disk, asked for the set: the disk-by-disk way is named.
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("vm3.d1"), fx.volume(), 1);
+    let mut plan = fx.plan(fx.key.clone());
+    plan.name = "vm3".into();
+    let e = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains(
+            "it serves capture vm3.d1, a disk of machine set vm3; a set is synced disk by disk"
+        ),
+        "{e:#}"
+    );
+    assert_eq!(code_of(&e), USAGE);
+    server.join().unwrap();
     assert!(
         sessions.iter().all(|(r, a)| r.is_err() && a.chunks == 0),
         "{sessions:?}"
