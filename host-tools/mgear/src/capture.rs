@@ -906,15 +906,17 @@ fn refuse_replace_over_unfinished(
         .map(|l| format!(" --replace-medium '{l}'"))
         .collect::<String>();
     if let Some(g) = unfinished {
+        // A disk of a set is aborted with its set (the abort refuses the disk's own name).
+        let abort_name = image_format::set::parse_disk_stream_name(&args.name)
+            .map_or(args.name.as_str(), |(set, _)| set);
         return Err(usage(format!(
             "capture {} generation {g} is unfinished: --replace-medium re-captures a lost \
              medium's share as a delta over a complete generation, and an unfinished one cannot \
              be continued without its share on the lost medium. Remove it, with the lost medium \
-             declared: `mgear capture --abort {}{lost} --name {}`; then capture again (a \
-             complete generation left: the same command; none: without --replace-medium)",
+             declared: `mgear capture --abort {}{lost} --name {abort_name}`; then capture again \
+             (a complete generation left: the same command; none: without --replace-medium)",
             args.name,
             args.medium.as_args(),
-            args.name
         )));
     }
     Ok(())

@@ -895,6 +895,56 @@ fn an_unfinished_span_that_lost_a_medium_is_aborted_and_nothing_is_stranded() {
     e.ok(&["medium", "fsck", "--medium", &a]);
 }
 
+/// The same for a machine set: the refusal names the abort the tool accepts, of the set (it
+/// named the disk, `--name vm3.d1`, which the abort refuses: "abort the set").
+#[test]
+fn an_unfinished_set_span_that_lost_a_medium_names_the_sets_abort() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("d0.raw"), noise(4 << 20, 11)).unwrap();
+    std::fs::write(e.p("d1.raw"), noise(80 << 20, 12)).unwrap();
+    let (a, b, c) = (
+        e.fat("a.img", "40MiB"),
+        e.fat("b.img", "40MiB"),
+        e.fat("c.img", "40MiB"),
+    );
+    let o = Line::capture(&e, "vm3")
+        .sources(&["d0.raw", "d1.raw"])
+        .medium(&a)
+        .medium(&b)
+        .arg("--skip-space-check")
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    std::fs::rename(e.p("b.img"), e.p("b.lost")).unwrap();
+    let o = Line::capture(&e, "vm3")
+        .sources(&["d0.raw", "d1.raw"])
+        .medium(&a)
+        .medium(&c)
+        .args(&["--replace-medium", &b])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let said = output_text(&o);
+    assert!(said.contains("is unfinished"), "{said}");
+    let abort = said
+        .split('`')
+        .find(|s| s.starts_with("mgear capture --abort"))
+        .unwrap_or_else(|| panic!("no abort named: {said}"));
+    assert!(abort.ends_with("--name vm3"), "{abort}");
+    let o = e.run(&[
+        "capture",
+        "--abort",
+        "--medium",
+        &a,
+        "--medium",
+        &c,
+        "--replace-medium",
+        &b,
+        "--name",
+        "vm3",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+}
+
 /// `mtools` on a FAT image: `args` after `-i IMAGE`.
 fn mtool(e: &Env, tool: &str, image: &str, args: &[&str]) {
     let o = std::process::Command::new(tool)
