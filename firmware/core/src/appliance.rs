@@ -39,8 +39,10 @@
 //!   (the commit point); a cut before it leaves a factory appliance;
 //! * a PIN attempt counts as a failure *before* the PIN is checked (in a row
 //!   and ever, with `pin_check` set), and is forgiven after a match, so cutting
-//!   power during the check gains nothing; a power-up that finds `pin_check`
-//!   logs the attempt as cut off (`PinCheckCutOff`: it stays counted);
+//!   power during the check gains nothing; `pin_check` stays set until a wrong
+//!   PIN's record is in the log, and a power-up that finds it logs the attempt
+//!   as cut off (`PinCheckCutOff`: it stays counted), so every wrong PIN
+//!   counted ever has its record (`log --verify` checks the count against them);
 //! * a boot that finds the failure limit reached finishes the crypto-erase;
 //! * a crypto-erase writes its custody record and the `Erasing` lifecycle
 //!   before it touches the first key slot: a boot that finds `Erasing`
@@ -928,8 +930,8 @@ impl<P: Platform> Appliance<P> {
         self.st.counters.total_failed_pins += 1;
         self.st.pin_check = true;
         self.save()?;
-        self.st.pin_check = false;
         if verifier.matches(pin.as_str()) {
+            self.st.pin_check = false;
             self.st.counters.failed_pins = 0;
             self.st.counters.total_failed_pins -= 1;
             self.st.counters.unlocks += 1;
@@ -938,12 +940,17 @@ impl<P: Platform> Appliance<P> {
             return Ok(None);
         }
         let failures = self.st.counters.failed_pins;
-        self.save()?;
         self.last_failure_ms = Some(self.p.clock().now_ms());
         self.unlocked = false;
         warn!("wrong PIN ({} in a row)", failures);
         // Keep going even if the log fails: the erase must not be skipped.
         let logged = self.record(Event::WrongPin { failures });
+        // The check stays marked under way until its record is in the log: every wrong PIN
+        // counted ever then has a `WrongPin` or `PinCheckCutOff` record (a cut between the
+        // count and the record left neither), which is how `log --verify` finds records cut
+        // from the log against the count.
+        self.st.pin_check = logged.is_err();
+        self.save()?;
         if failures >= self.cfg.max_pin_failures {
             let lifecycle = self.st.lifecycle;
             let msg = match self.lockout() {

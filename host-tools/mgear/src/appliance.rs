@@ -1031,7 +1031,9 @@ fn verify_custody(
         Ok(e) => e,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    if let Some(why) = missing_power_ups(&entries, i.counters.boots) {
+    if let Some(why) = missing_power_ups(&entries, i.counters.boots)
+        .or_else(|| missing_events(&entries, &i))
+    {
         return Ok(Err(why));
     }
     let (seal, arrival) = match c.call(&Request::GetAttestations)? {
@@ -1083,6 +1085,39 @@ fn missing_power_ups(
              were cut from the end of the log"
         )
     })
+}
+
+/// Records cut from the log, told by what the appliance counts and by its state: every wrong
+/// PIN it counted ever has a `wrong PIN` or `PIN check cut off` record (the check stays marked
+/// under way until its record is logged), and an erased appliance logged its erase before it
+/// destroyed anything. Records cut after the last power-up (a finder's guesses, the erase)
+/// left the chain and the power-ups whole.
+fn missing_events(
+    entries: &[mgear_appliance_api::custody::LogEntry],
+    i: &mgear_appliance_api::protocol::Info,
+) -> Option<String> {
+    let logged = entries
+        .iter()
+        .filter(|e| matches!(e.event, Event::WrongPin { .. } | Event::PinCheckCutOff { .. }))
+        .count() as u64;
+    if logged < i.counters.total_failed_pins {
+        return Some(format!(
+            "the appliance counted {} wrong PIN(s) ever, but its log records {logged}: records \
+             were cut from the log",
+            i.counters.total_failed_pins
+        ));
+    }
+    let erased = entries
+        .iter()
+        .any(|e| matches!(e.event, Event::Erase { .. }));
+    if i.state == mgear_appliance_api::protocol::DeviceState::Erased && !erased {
+        return Some(
+            "the appliance is erased, but its log holds no erase record: records were cut from \
+             the log"
+                .into(),
+        );
+    }
+    None
 }
 
 fn check_attested_log(

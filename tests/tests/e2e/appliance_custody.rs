@@ -116,6 +116,68 @@ fn appliance_custody_records_cut_from_the_end_are_detected() {
     lab.stop();
 }
 
+/// Records cut after the last power-up leave the chain and the power-ups whole: a finder's
+/// wrong PINs cut from the tail (the log "intact" while `info` counted them), and an erased
+/// appliance's erase record. `log --verify` checks them against what the appliance counts.
+#[test]
+fn appliance_custody_cut_wrong_pins_and_erase_are_detected() {
+    let cut_last = |path: &std::path::Path, n: usize| {
+        let bytes = std::fs::read(path).unwrap();
+        let mut offs = vec![0usize];
+        while *offs.last().unwrap() < bytes.len() {
+            let off = *offs.last().unwrap();
+            let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+            offs.push(off + 8 + len);
+        }
+        std::fs::write(path, &bytes[..offs[offs.len() - 1 - n]]).unwrap();
+    };
+    let mut lab = Lab::new(42);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.appliance_ok(&["lock"]);
+    for _ in 0..3 {
+        loop {
+            let out = lab.appliance(&["unlock", "--pin-file", "wrong-pin"]);
+            if !text(&out.stderr).contains("BackOff") {
+                assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(60));
+        }
+    }
+    lab.appliance_ok(&["log", "--verify"]);
+    lab.stop();
+    let path = lab.p("state/custody.log");
+    cut_last(&path, 3);
+    lab.start();
+    let out = lab.appliance(&["log", "--verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("counted 3 wrong PIN(s) ever, but its log records 0"),
+        "{}",
+        text(&out.stdout)
+    );
+    lab.stop();
+
+    // An erased appliance whose erase record was cut.
+    let mut lab = Lab::new(43);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.appliance_ok(&["erase", "--yes", "--pin-file", "pin"]);
+    lab.appliance_ok(&["log", "--verify"]);
+    lab.stop();
+    cut_last(&lab.p("state/custody.log"), 1);
+    lab.start();
+    let out = lab.appliance(&["log", "--verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("erased, but its log holds no erase record"),
+        "{}",
+        text(&out.stdout)
+    );
+    lab.stop();
+}
+
 /// A capture removed through the appliance (`medium rm`, `capture --abort`) is a custody
 /// record: the log ended on the removed capture's commit, the capture no longer on the
 /// medium.
