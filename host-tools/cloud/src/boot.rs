@@ -50,6 +50,9 @@ pub struct NovaBootSpec {
     pub timeout: Duration,
     /// The compute host's instances directory, when it is readable here.
     pub console_dir: Option<PathBuf>,
+    /// Asked between polls: `true` ends the wait for ACTIVE or for the regex with
+    /// [`CloudError::Stopped`] (Ctrl-C: a guest that keeps running held it until the timeout).
+    pub stop: Option<fn() -> bool>,
 }
 
 /// A server booted from a volume, with its proof.
@@ -153,7 +156,10 @@ impl Guest for NovaGuest<'_> {
             )
             .map_err(|e| self.fail(e))?;
         self.server_id = Some(id.clone());
-        match self.nova.wait_active(&id, self.spec.active_timeout) {
+        match self
+            .nova
+            .wait_active_or_stop(&id, self.spec.active_timeout, self.spec.stop)
+        {
             Ok(()) => {
                 self.active_after = Some(t0.elapsed().as_secs_f64());
                 Ok(Start::Running)
@@ -177,11 +183,19 @@ impl Guest for NovaGuest<'_> {
         if self.shut_off {
             return Ok(ConsoleRead::Nothing);
         }
+        let id = self.id().to_string();
+        let stopped = |s: &Self| s.spec.stop.is_some_and(|stop| stop());
         if self.polled {
-            std::thread::sleep(wait.min(POLL));
+            // In short steps: a stop is heard within half a second.
+            let until = Instant::now() + wait.min(POLL);
+            while Instant::now() < until && !stopped(self) {
+                std::thread::sleep(Duration::from_millis(200).min(wait.min(POLL)));
+            }
+        }
+        if stopped(self) {
+            return Err(self.fail(CloudError::Stopped { id }));
         }
         self.polled = true;
-        let id = self.id().to_string();
         let from_api = match self.nova.console_output(&id, None) {
             Ok(text) => {
                 self.unavailable = 0;
@@ -300,6 +314,7 @@ mod tests {
             active_timeout: Duration::from_secs(30),
             timeout: Duration::from_secs(30),
             console_dir: dir,
+            stop: None,
         }
     }
 
@@ -337,6 +352,38 @@ mod tests {
             "whole console asked for"
         );
         assert_eq!(reqs.len(), 5);
+    }
+
+    /// A stop asked for (Ctrl-C) ends the wait for the regex at the next poll, with the
+    /// server left as it is: a guest that kept running held the wait until the timeout.
+    #[test]
+    fn a_stop_ends_the_wait_for_the_console() {
+        static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        fn stop() -> bool {
+            STOP.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        let srv = TestServer::start(vec![
+            flavors(),
+            Canned::json(202, json!({"server": {"id": "s9"}})),
+            Canned::json(200, json!({"server": {"id": "s9", "status": "ACTIVE"}})),
+            Canned::json(200, json!({"output": "SeaBIOS\r\nbooting\r\n"})),
+            Canned::json(200, json!({"output": "SeaBIOS\r\nbooting\r\n"})),
+        ]);
+        let s = session(&srv.url());
+        let spec = NovaBootSpec {
+            stop: Some(stop),
+            timeout: Duration::from_secs(600),
+            ..spec(None)
+        };
+        let asked = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let started = std::time::Instant::now();
+        let e = boot_from_volume(&s, &spec).unwrap_err();
+        asked.join().unwrap();
+        assert!(matches!(&e, CloudError::Stopped { id } if id == "s9"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     #[test]

@@ -102,6 +102,13 @@ pub enum CloudError {
     /// The cloud serves what was asked in a way this client cannot write (e.g. an iSCSI volume).
     #[error("{0}")]
     Unsupported(String),
+    /// The caller asked the wait for a server to stop ([`boot::NovaBootSpec::stop`]): the
+    /// server is left as it is.
+    #[error("stopped while waiting for server {id} to prove its boot; the server is left running")]
+    Stopped {
+        /// Server id.
+        id: String,
+    },
     /// A server failed to build or went to ERROR.
     #[error("server {id} failed: {message}")]
     ServerFailed {

@@ -283,8 +283,23 @@ impl<'a> Nova<'a> {
 
     /// Poll until the server is ACTIVE, at most `deadline`; a failed build ends the wait at once.
     pub fn wait_active(&self, server_id: &str, deadline: Duration) -> Result<()> {
+        self.wait_active_or_stop(server_id, deadline, None)
+    }
+
+    /// [`Nova::wait_active`] that also ends, with [`CloudError::Stopped`], when `stop` says so.
+    pub fn wait_active_or_stop(
+        &self,
+        server_id: &str,
+        deadline: Duration,
+        stop: Option<fn() -> bool>,
+    ) -> Result<()> {
         let start = Instant::now();
         loop {
+            if stop.is_some_and(|s| s()) {
+                return Err(CloudError::Stopped {
+                    id: server_id.to_string(),
+                });
+            }
             let last = match self.server_state(server_id)? {
                 ServerState::Active => return Ok(()),
                 ServerState::Failed(message) => {

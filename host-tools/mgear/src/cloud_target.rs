@@ -493,9 +493,24 @@ pub fn boot(args: &BootArgs) -> crate::Result<NovaBoot> {
             console_dir: std::env::var_os("MGEAR_CLOUD_NOVA_INSTANCES")
                 .filter(|d| !d.is_empty())
                 .map(PathBuf::from),
+            stop: Some(crate::signals::stop_requested),
         },
     )
-    .map_err(cloud_err)
+    .map_err(|e| match e {
+        CloudError::Stopped { id } => crate::exit::coded_hint(
+            IO,
+            format!(
+                "stopped by Ctrl-C or SIGTERM while waiting for server {id} to prove its boot: \
+                 the volume {} is written and verified; the server is left as it is",
+                args.volume_id
+            ),
+            format!(
+                "see how it is doing with `openstack console log show {id}`; to prove the boot \
+                 again, delete it (`openstack server delete {id}`) and run the same command"
+            ),
+        ),
+        e => cloud_err(e),
+    })
 }
 
 #[cfg(test)]

@@ -253,6 +253,7 @@ fn volume_written_through_rbd_boots_through_nova() {
                 active_timeout: Duration::from_secs(300),
                 timeout: Duration::from_secs(300),
                 console_dir: Some(PathBuf::from(lab.var("MGEAR_CLOUD_NOVA_INSTANCES"))),
+                stop: None,
             },
         )
         .unwrap()
