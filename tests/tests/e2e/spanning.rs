@@ -274,6 +274,7 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         .as_u64()
         .unwrap();
     assert!(share_of_b > 0);
+    std::fs::copy(e.p("b.img"), e.p("b.kept")).unwrap();
     std::fs::remove_file(e.p("b.img")).unwrap();
     // Without a medium added it was called full ("0 B are free ... give one more medium"),
     // which sent the operator the wrong way: it names the medium left out.
@@ -315,6 +316,16 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         output_text(&o).contains("declared lost"),
         "{}",
         output_text(&o)
+    );
+    // b turns up again: given with the others, it is the span as it was, not damage (verify
+    // said FAILED, one problem per file written since).
+    std::fs::rename(e.p("b.kept"), e.p("b.img")).unwrap();
+    let v = e.run(&["verify", "--medium", &a, "--medium", &b, "--medium", &c, "--medium", &d]);
+    assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
+    assert!(
+        output_text(&v).contains(&format!("--medium {b} was declared lost from its span")),
+        "{}",
+        output_text(&v)
     );
 }
 
