@@ -89,6 +89,31 @@ pub fn cloud_err(e: CloudError) -> crate::Error {
              OS_PROJECT_ID (or the project of the token) and the project id in the Cinder \
              endpoint (the catalog, or OS_ENDPOINT_OVERRIDE / OS_VOLUME_API_URL) must agree"
         )),
+        // The settings name something this cloud does not have: the operator's to fix (it
+        // was exit 3 with "reconnect it").
+        CloudError::Http {
+            status: 404,
+            ref message,
+            ..
+        } if message.to_ascii_lowercase().contains("volume type") => usage(format!(
+            "{e}: OS_VOLUME_TYPE names a volume type this cloud does not have: give one of \
+             `openstack volume type list`, or unset it for the default"
+        )),
+        CloudError::Http {
+            status: 404,
+            ref url,
+            ..
+        } if !url.contains("/volumes/") && !url.contains("/servers/") => usage(format!(
+            "{e}: the service answered that this API path does not exist: check the endpoint \
+             (the catalog, or OS_BLOCK_STORAGE_ENDPOINT_OVERRIDE / OS_COMPUTE_ENDPOINT_OVERRIDE; \
+             a Cinder endpoint ends in /v3/PROJECT_ID)"
+        )),
+        CloudError::Http { status: 413, .. } => crate::exit::coded_hint(
+            IO,
+            e.to_string(),
+            "the project's quota is used up (`openstack quota show`): delete volumes it no \
+             longer needs or have the quota raised, then run the same command again",
+        ),
         _ => coded(IO, e.to_string()),
     }
 }
@@ -524,6 +549,29 @@ mod tests {
             code_of(&cloud_err(CloudError::Unsupported("iscsi".into()))),
             2
         );
+        let http = |status: u16, url: &str, message: &str| CloudError::Http {
+            method: "POST".into(),
+            url: url.into(),
+            status,
+            message: message.into(),
+        };
+        let e = cloud_err(http(
+            404,
+            "http://c/v3/p/volumes",
+            "Volume type with name gold could not be found.",
+        ));
+        assert_eq!(code_of(&e), 2);
+        assert!(e.to_string().contains("OS_VOLUME_TYPE"), "{e}");
+        let e = cloud_err(http(404, "http://c/v2/p/volumes", "The resource could not be found."));
+        assert_eq!(code_of(&e), 2);
+        assert!(e.to_string().contains("check the endpoint"), "{e}");
+        // A volume that is gone is no endpoint mistake.
+        let e = cloud_err(http(404, "http://c/v3/p/volumes/abc", "Volume abc could not be found."));
+        assert_eq!(code_of(&e), 3);
+        let e = cloud_err(http(413, "http://c/v3/p/volumes", "VolumeLimitExceeded"));
+        assert_eq!(code_of(&e), 3);
+        let hint = crate::exit::hint(&e, "ingest");
+        assert!(hint.contains("quota") && !hint.contains("reconnect"), "{hint}");
         assert_eq!(
             code_of(&cloud_err(CloudError::Transport {
                 method: "GET".into(),
