@@ -352,13 +352,14 @@ impl RbdVolume {
                         return Err(e);
                     }
                 };
-                // An image --force writes over becomes the disk's size, as a new one is: a
-                // larger one kept its old data past the disk (read back as the disk, the
-                // image as a whole was not it), a smaller one was refused.
+                // An image --force writes over that is smaller than the disk grows to it (it
+                // was refused). A larger one keeps its size (it was shrunk: a Cinder volume's
+                // image then no longer matched its volume) and its old data past the disk is
+                // zeroed below (kept, the image as a whole was not the disk).
                 if old_content {
-                    let resized = image.size().and_then(|now| match now == prep.disk_size {
-                        true => Ok(()),
-                        false => image.resize(prep.disk_size),
+                    let resized = image.size().and_then(|now| match now < prep.disk_size {
+                        false => Ok(()),
+                        true => image.resize(prep.disk_size),
                     });
                     if let Err(e) = resized {
                         marker.remove()?;
@@ -450,6 +451,12 @@ impl RbdVolume {
             // An image that may hold old data must not look bootable before it is complete.
             let head = prep.head_len.min(v.size);
             v.write_zeroes(0, head)?;
+            v.flush()?;
+        }
+        if old_content && v.size > prep.disk_size {
+            // Past the disk: nothing of what the image held before stays (write-zeroes frees
+            // whole objects: it stays thin).
+            v.write_zeroes(prep.disk_size, v.size - prep.disk_size)?;
             v.flush()?;
         }
         Ok(v)
@@ -938,8 +945,26 @@ mod tests {
         drop(v);
         // And the marker now names that image: it resumes.
         prep.force = false;
-        let v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
+        let mut v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
         assert!(matches!(v.found(), Found::Unfinished { .. }));
+        v.write_at(6 << 20, &[9u8; 4096]).unwrap();
+        Box::new(v).finish().unwrap();
+        // --force over an image larger than the disk keeps its size (shrinking it broke a
+        // Cinder volume's image) and leaves nothing of it past the disk.
+        cli(&["resize", "--size", "16M"]);
+        let mut v = RbdVolume::open(&spec, &prep, Existing::Open).unwrap();
+        v.write_at(12 << 20, &[5u8; 4096]).unwrap();
+        Box::new(v).finish().unwrap();
+        prep.force = true;
+        prep.disk_size = 4 << 20;
+        let mut v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
+        assert_eq!(v.found(), Found::New);
+        assert_eq!(v.size(), 16 << 20, "the image keeps its size");
+        for at in [6u64 << 20, 12 << 20] {
+            let mut back = vec![1u8; 4096];
+            v.read_at(at, &mut back).unwrap();
+            assert!(back.iter().all(|&b| b == 0), "old data at {at} is left");
+        }
         Box::new(v).finish().unwrap();
     }
 
