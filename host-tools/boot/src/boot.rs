@@ -174,6 +174,10 @@ pub struct BootSpec {
     /// The machine's other disks, attached after `target` in this order on
     /// the same bus (a machine set; local QEMU only).
     pub data_disks: Vec<Target>,
+    /// Asked while the console is watched: `true` stops the guest and ends the boot with
+    /// [`BootError::Stopped`] (Ctrl-C; the watch went on to the timeout and the boot was
+    /// called failed).
+    pub stop: Option<fn() -> bool>,
 }
 
 impl BootSpec {
@@ -188,6 +192,7 @@ impl BootSpec {
             memory_mib: 512,
             snapshot: true,
             data_disks: Vec::new(),
+            stop: None,
         }
     }
 }
@@ -601,7 +606,7 @@ impl LocalQemu {
     /// `Err` means the attempt could not be made (usage, missing tool, I/O); a
     /// guest that did not come up is `Ok` with an outcome other than [`Outcome::Booted`].
     pub fn boot(&self, spec: &BootSpec) -> Result<BootReport> {
-        let expect = Expectation::new(&spec.wait_for, spec.timeout)?;
+        let expect = Expectation::new(&spec.wait_for, spec.timeout)?.with_stop(spec.stop);
         let mut guest = self.guest(spec)?;
         prove_boot(&mut guest, &expect)
     }

@@ -73,6 +73,9 @@ pub enum BootError {
     /// Something read from an archive or filesystem is malformed.
     #[error("{0}")]
     Format(String),
+    /// The caller asked the boot to stop ([`BootSpec::stop`]); the guest was stopped.
+    #[error("stopped by Ctrl-C or SIGTERM while the guest booted; the guest was stopped")]
+    Stopped,
     /// The guest did not prove it booted; the text has the reason and the console tail.
     #[error("not booted: {0}")]
     NotBooted(String),

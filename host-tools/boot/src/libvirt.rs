@@ -367,7 +367,7 @@ impl LibvirtBoot {
     /// host path of a pool volume, e.g. [`VolumeRef::target`];
     /// `spec.snapshot` boots it as a transient disk.
     pub fn boot(&self, spec: &BootSpec) -> Result<BootReport> {
-        let expect = Expectation::new(&spec.wait_for, spec.timeout)?;
+        let expect = Expectation::new(&spec.wait_for, spec.timeout)?.with_stop(spec.stop);
         let mut guest = self.guest(spec)?;
         prove_boot(&mut guest, &expect)
     }

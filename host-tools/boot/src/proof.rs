@@ -46,7 +46,12 @@ const FIRMWARE_CONSOLES: [&str; 2] = [
 pub struct Expectation {
     wait_for: regex::Regex,
     timeout: Duration,
+    /// Asked between console reads (at least every [`STOP_POLL`]): `true` ends the watch.
+    stop: Option<fn() -> bool>,
 }
+
+/// How often a watch with a stop hook asks it.
+const STOP_POLL: Duration = Duration::from_millis(250);
 
 impl Expectation {
     /// `wait_for` must be a valid regex; it is checked here, before any machine starts.
@@ -77,7 +82,23 @@ impl Expectation {
                 wait_for.as_str()
             )));
         }
-        Ok(Expectation { wait_for, timeout })
+        Ok(Expectation {
+            wait_for,
+            timeout,
+            stop: None,
+        })
+    }
+
+    /// The same with a stop hook ([`crate::BootSpec::stop`]): the watch asks it at least every
+    /// quarter second and, once it says so, stops the guest and ends with
+    /// [`BootError::Stopped`].
+    pub fn with_stop(mut self, stop: Option<fn() -> bool>) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s())
     }
 
     /// The regex as given.
@@ -435,11 +456,17 @@ fn watch(
     let re = &expect.wait_for;
     let watch0 = Instant::now();
     loop {
+        if expect.stopped() {
+            return Err(BootError::Stopped);
+        }
         let left = expect.timeout.saturating_sub(watch0.elapsed());
         if left.is_zero() {
             return Ok(End::TimedOut);
         }
-        let read = guest.console(left)?;
+        let read = guest.console(match expect.stop {
+            Some(_) => left.min(STOP_POLL),
+            None => left,
+        })?;
         let ended = read == ConsoleRead::Ended;
         console.take(read);
         if ended {
@@ -556,6 +583,32 @@ mod tests {
 
     fn expect(timeout_ms: u64) -> Expectation {
         Expectation::new("MGEAR-BOOT-OK [a-z0-9]+", Duration::from_millis(timeout_ms)).unwrap()
+    }
+
+    /// A stop asked for (Ctrl-C) ends the watch within a poll and stops the guest: the watch
+    /// read the console until the timeout and called the boot failed.
+    #[test]
+    fn a_stop_ends_the_watch_and_stops_the_guest() {
+        static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        fn stop() -> bool {
+            STOP.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        let mut g = Scripted::new(vec![(bytes("SeaBIOS\r\n"), GuestState::Running)]);
+        let asked = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let started = Instant::now();
+        let e = prove_boot(&mut g, &expect(600_000).with_stop(Some(stop))).unwrap_err();
+        asked.join().unwrap();
+        assert!(matches!(e, BootError::Stopped), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert_eq!(g.stops, 1, "the guest is stopped");
+        assert!(
+            g.waits.iter().all(|w| *w <= STOP_POLL),
+            "each read waits at most a poll: {:?}",
+            &g.waits[..3.min(g.waits.len())]
+        );
     }
 
     #[test]

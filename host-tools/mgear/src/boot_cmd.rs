@@ -88,6 +88,7 @@ pub struct Plan {
 
 /// Run `mgear boot`; returns the process exit code.
 pub fn run(args: Plan) -> crate::Result<i32> {
+    crate::signals::install();
     if let Some(path) = &args.build_sample {
         let drivers = args.drivers;
         let opts = SampleDiskOptions {
@@ -353,8 +354,11 @@ pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> crate::Res
         memory_mib: opts.memory_mib,
         snapshot: opts.snapshot,
         data_disks: targets[1..].iter().map(Resolved::local).collect(),
+        // Ctrl-C / SIGTERM (where the command installed the handler) stop the guest and end
+        // the boot, exit 3: the watch went on to --timeout and called the volume unbootable.
+        stop: Some(crate::signals::stop_requested),
     };
-    let expect = Expectation::new(&spec.wait_for, spec.timeout)?;
+    let expect = Expectation::new(&spec.wait_for, spec.timeout)?.with_stop(spec.stop);
     let libvirt = |e| libvirt_err(e, "booting the libvirt domain");
     let mut guest: Box<dyn Guest> = match target {
         Resolved::Local(_) => Box::new(LocalQemu::new().and_then(|q| q.guest(&spec))?),

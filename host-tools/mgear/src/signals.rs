@@ -79,6 +79,56 @@ pub fn install() {
     }
 }
 
+/// What [`install_exit_at_once`]'s handler writes (to standard output with `--json`, else to
+/// standard error) before it exits 3.
+static AT_ONCE: std::sync::OnceLock<(i32, Vec<u8>)> = std::sync::OnceLock::new();
+
+extern "C" fn on_signal_exit(_: nix::libc::c_int) {
+    if let Some((fd, said)) = AT_ONCE.get() {
+        // SAFETY: write(2) is async-signal-safe; the bytes were made before the handler was
+        // installed and are never changed or freed.
+        let _ = unsafe { nix::libc::write(*fd, said.as_ptr().cast(), said.len()) };
+    }
+    // SAFETY: _exit is async-signal-safe and takes no locks.
+    unsafe { nix::libc::_exit(crate::exit::IO) };
+}
+
+/// Catch SIGINT and SIGTERM for a command that only reads (`verify`): it has nothing to
+/// checkpoint, so it ends at once, exit 3, saying so (with `--json`, as the one JSON object;
+/// the signal's default killed it with exit 143 and nothing on either stream).
+pub fn install_exit_at_once() {
+    let message = "stopped by Ctrl-C or SIGTERM; nothing was changed (this command only reads)";
+    let hint = "run the same command again to finish it";
+    let said = if crate::output::json() {
+        // In the envelope's order (`ok` and `command` first), as every other error is printed.
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        (
+            1,
+            format!(
+                "{{\"ok\":false,\"command\":{},\"error\":{{\"code\":{},\"kind\":\"io\",\
+                 \"message\":{},\"hint\":{}}}}}\n",
+                q(crate::output::command()),
+                crate::exit::IO,
+                q(message),
+                q(hint)
+            )
+            .into_bytes(),
+        )
+    } else {
+        (2, format!("\nmgear: error: {message}\nmgear: what to do: {hint}\n").into_bytes())
+    };
+    let _ = AT_ONCE.set(said);
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal_exit),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only writes prepared bytes and calls _exit.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
 /// [`install`] for `mgear serve`, which says what stopping means for it.
 pub fn install_for_serve() {
     SERVING.store(true, Ordering::SeqCst);

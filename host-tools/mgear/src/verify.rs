@@ -542,6 +542,7 @@ fn wrong_key_message(
 /// Run `mgear verify`; a key that opens no capture is told what would
 /// ([`explain_wrong_key`]).
 pub fn run(args: Plan) -> crate::Result<i32> {
+    crate::signals::install_exit_at_once();
     let medium = args.medium.clone();
     let (identity, passphrase_file) = (args.identity.clone(), args.passphrase_file.clone());
     verify(args)

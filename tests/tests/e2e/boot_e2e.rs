@@ -146,6 +146,64 @@ fn ide_only_disk_boots_on_ide_but_not_on_virtio() {
         .contains("root filesystem /dev/sda1 mounted"));
 }
 
+/// Ctrl-C or SIGTERM during a boot stops the guest and ends the command, exit 3, with one
+/// JSON object: SIGTERM killed it (exit 143, nothing on either stream, QEMU left behind), and
+/// Ctrl-C was not heard (it ran to --timeout and called the disk unbootable, exit 1).
+#[test]
+fn a_stopped_boot_stops_its_guest_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("hang.raw");
+    // An MBR that loops for ever: the firmware runs it, nothing is ever printed.
+    let mut mbr = vec![0u8; 1 << 20];
+    mbr[0] = 0xEB;
+    mbr[1] = 0xFE;
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    std::fs::write(&disk, &mbr).unwrap();
+    let target = format!("file:{}", disk.display());
+    for signal in ["-TERM", "-INT"] {
+        let child = Command::new(bin("mgear"))
+            .args(["--json", "boot", "--target", &target, "--timeout", "300"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let asked = std::time::Instant::now();
+        let st = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(20),
+            "{signal}: {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(o.status.code(), Some(3), "{signal}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{signal}: not one JSON object ({e}): {}", text(&o)));
+        assert_eq!(v["ok"], false, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("stopped by Ctrl-C or SIGTERM"),
+            "{v}"
+        );
+        let left = Command::new("pgrep")
+            .args(["-f", &disk.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "{signal}: a QEMU of the disk is left: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+    }
+}
+
 #[test]
 fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
     let dir = tempfile::tempdir().unwrap();

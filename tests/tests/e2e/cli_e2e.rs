@@ -1452,6 +1452,37 @@ fn cli_keyed_verify_checks_what_its_key_opens_and_names_the_rest() {
     assert_eq!(v["captures"], 1, "{v}");
 }
 
+/// `verify` (which only reads) stopped by SIGTERM or Ctrl-C ends at once, exit 3, with the one
+/// JSON object `--json` promises: the signal's default killed it (exit 143, nothing printed).
+#[test]
+fn cli_a_stopped_verify_exits_3_with_one_json_object() {
+    let e = Env::new();
+    // A medium whose open blocks (a FIFO nobody writes): verify waits there.
+    let fifo = e.p("waits.img");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for signal in ["-TERM", "-INT"] {
+        let child = e
+            .cmd(&["--json", "verify", "--medium", "fat:waits.img"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let st = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{signal}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|err| panic!("{signal}: not one JSON object ({err})"));
+        assert_eq!(v["ok"], false, "{v}");
+        assert_eq!(v["command"], "verify", "{v}");
+        assert_eq!(v["error"]["kind"], "io", "{v}");
+    }
+}
+
 /// `--passphrase-generate` writes its file once per run: every disk of a set shares it, a run
 /// stopped after its capture began keeps it and the same command resumes with it, and a run
 /// refused before its capture existed removes it again.

@@ -12,8 +12,8 @@
 //!    at that proof of boot.
 //!
 //! If anything fails from the quiesce on, or Ctrl-C / SIGTERM stops the
-//! cutover (the sync under way stops between chunks; a step under way is
-//! finished), `--resume CMD` runs so the source serves again (exit 3 for a
+//! cutover (the sync under way stops between chunks, the proof boot's guest
+//! is stopped, a hook under way is finished), `--resume CMD` runs so the source serves again (exit 3 for a
 //! stop); the target volume is left as the last sync wrote it. The hooks
 //! run in a process group of their own, so the terminal's Ctrl-C never kills
 //! the `--resume` that brings the source back. The
@@ -156,6 +156,8 @@ fn boot_spec(a: &Cutover) -> crate::Result<BootSpec> {
     }
     let mut spec = BootSpec::new(target, a.wait_for.clone());
     spec.timeout = timeout;
+    // Ctrl-C during the proof boot stops the guest at once; the source is then resumed.
+    spec.stop = Some(crate::signals::stop_requested);
     Ok(spec)
 }
 
