@@ -433,17 +433,35 @@ pub fn writer_of(path: &Path) -> Option<(u32, String)> {
 }
 
 /// The absolute path `p` names with its symlinks resolved, also for a path
-/// that does not exist yet (where it would be created: its directory
-/// resolved); `None` when not even its directory exists.
+/// that does not exist yet, however deep (where it would be created: its
+/// longest existing prefix resolved, the rest appended); `None` when not even
+/// the working directory resolves.
 pub fn resolved(p: &Path) -> Option<PathBuf> {
-    p.canonicalize().ok().or_else(|| {
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
+    use std::path::Component;
+    // The longest prefix that exists, resolved, and the rest as it will be made (directories
+    // a `--state-dir` creates, several levels deep: only one was looked past, and a state
+    // dir two levels into a `dir:` medium was written there).
+    let parts: Vec<Component> = p.components().collect();
+    for k in (0..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..k].iter().collect();
+        let base = match prefix.as_os_str().is_empty() {
+            true => PathBuf::from("."),
+            false => prefix,
         };
-        let dir = parent.canonicalize().ok()?;
-        Some(dir.join(p.file_name().unwrap_or_default()))
-    })
+        if let Ok(mut at) = base.canonicalize() {
+            for c in &parts[k..] {
+                match c {
+                    Component::ParentDir => {
+                        at.pop();
+                    }
+                    Component::Normal(n) => at.push(n),
+                    _ => {}
+                }
+            }
+            return Some(at);
+        }
+    }
+    None
 }
 
 /// The file behind loop device `rdev` (or behind the loop device a partition

@@ -248,6 +248,9 @@ fn the_medium_is_never_its_own_target_or_source() {
     for (state, says) in [
         ("dm/MGEAR/newcap", "is the medium dir:dm, or lies on it"),
         ("dm/state", "lies in the directory of the medium dir:dm"),
+        // Levels that do not exist yet (only one was looked past).
+        ("dm/sub/deep", "lies in the directory of the medium dir:dm"),
+        ("dm/MGEAR/a/b/c", "is the medium dir:dm, or lies on it"),
     ] {
         for targets in [&["file:web01.raw"][..], &["file:a.raw", "file:b.raw"][..]] {
             let mut i = e.ingest("dir:dm", "web01").untrusted();
