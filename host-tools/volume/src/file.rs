@@ -965,8 +965,20 @@ impl DeviceVolume {
     /// (what `mgear boot` checks before booting the device).
     pub fn marked_unfinished(path: &Path, state_dir: &Path) -> bool {
         let m = Self::marker_in(path, state_dir);
+        let me = device_identity(path);
         // A marker made for another device attached at this path before is not this one's.
-        m.exists() && m.identity().is_none_or(|was| was == device_identity(path))
+        if m.exists() && m.identity().is_none_or(|was| was == me) {
+            return true;
+        }
+        // The same device by another path (a /dev/disk/by-id link, a second device node): the
+        // marker is named by the path the ingest was given, and names the device inside.
+        me != "gone"
+            && std::fs::read_dir(state_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".mgear-incomplete"))
+                .any(|e| Marker { path: e.path() }.identity().as_deref() == Some(me.as_str()))
     }
 
     fn marker(path: &Path, prep: &Prepare) -> Marker {

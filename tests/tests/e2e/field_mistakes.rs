@@ -1364,6 +1364,48 @@ fn a_device_an_ingest_did_not_finish_is_not_booted() {
         &e.run(&boot),
         "an ingest into it began and was not finished",
     );
+    // The same device by another path (as /dev/disk/by-id/... names it): refused too, by
+    // boot and by serve (the marker is named by the path the ingest was given).
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"d="$1" p="$2"; set -- $(stat -c '%t %T' "$d"); mknod "$p" b $((0x$1)) $((0x$2))"#)
+        .arg("sh")
+        .arg(&dev.0)
+        .arg(e.p("by-id-link"))
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod (a second node of the loop device)");
+    let alias = format!("dev:{}", e.p("by-id-link").display());
+    refused(
+        &e.run(&[
+            "boot",
+            "--target",
+            &alias,
+            "--wait-for",
+            "x",
+            "--timeout",
+            "5",
+        ]),
+        "an ingest into it began and was not finished",
+    );
+    refused(
+        &e.run(&[
+            "serve",
+            "--target",
+            &alias,
+            "--medium",
+            &medium,
+            "--name",
+            "web01",
+            "--identity",
+            "target.key",
+            "--allow-untrusted",
+            "--listen",
+            "127.0.0.1:0",
+            "--once",
+        ]),
+        "an ingest into it began and was not finished",
+    );
     let markers = || {
         fs::read_dir(e.p("state/mgear/ingest"))
             .unwrap()
