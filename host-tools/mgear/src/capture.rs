@@ -2092,6 +2092,7 @@ fn generated_passphrase(args: &Plan) -> crate::Result<Generated> {
             slots_kept(args)
         )));
     }
+    crate::keys::passphrase_dir_missing(&file)?;
     Ok(Generated::Write(file))
 }
 

@@ -1361,7 +1361,8 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         }
         (Target::Rbd(spec), false)
             if std::fs::read_to_string(rbd_done_path(&sdir, spec)).ok()
-                == Some(done_text(reader.manifest_root(), "rbd\n")) =>
+                == Some(done_text(reader.manifest_root(), "rbd\n"))
+                && !rbd_image_gone(&sdir, spec) =>
         {
             let said = keep_if_unchanged(
                 spec,
@@ -2006,6 +2007,24 @@ fn file_stamp(p: &Path) -> std::io::Result<String> {
 }
 
 /// Where the finished ingest into RBD image `spec` is recorded.
+/// Whether the RBD image an earlier ingest finished was removed since: its done record then
+/// goes (the re-run failed on "image not found", exit 3, where a `file:` removed since is
+/// written again) and the image is made anew.
+fn rbd_image_gone(state_dir: &Path, spec: &mgear_volume::RbdSpec) -> bool {
+    let gone = matches!(
+        mgear_volume::RbdReader::new(spec).size(),
+        Err(mgear_volume::Error::Ceph { errno, .. }) if errno == -(nix::errno::Errno::ENOENT as i32)
+    );
+    if gone {
+        let _ = std::fs::remove_file(rbd_done_path(state_dir, spec));
+        eprintln!(
+            "mgear ingest: RBD image {} that an earlier ingest finished is gone: writing it anew",
+            spec.image_spec()
+        );
+    }
+    gone
+}
+
 fn rbd_done_path(state_dir: &Path, spec: &mgear_volume::RbdSpec) -> PathBuf {
     state_dir.join(format!(
         "{}.done",

@@ -311,6 +311,24 @@ pub fn passphrase_file_exists(path: &Path) -> crate::Error {
     ))
 }
 
+/// The refusal of a passphrase file to be written where its directory does not exist (what
+/// `--passphrase-generate` would meet; `--dry-run` checks it too).
+pub fn passphrase_dir_missing(path: &Path) -> crate::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if parent.is_dir() {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "cannot create passphrase file {}: directory {} does not exist; create it first, or \
+         give a path in an existing directory",
+        path.display(),
+        parent.display()
+    )))
+}
+
 pub fn generate_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     let mut raw = Zeroizing::new([0u8; 26]);
     getrandom::getrandom(&mut raw[..])
@@ -323,19 +341,10 @@ pub fn generate_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
         pass.push(PASS_ALPHABET[(b & 31) as usize] as char);
     }
     let mut f = image_format::private::create(path).map_err(|e| {
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
         // create() fails with NotFound only for a missing directory (the file
         // itself must not exist); saying "it must not exist yet" then misleads.
-        if e.kind() == std::io::ErrorKind::NotFound || !parent.is_dir() {
-            usage(format!(
-                "cannot create passphrase file {}: directory {} does not exist; create it \
-                 first, or give a path in an existing directory",
-                path.display(),
-                parent.display()
-            ))
+        if e.kind() == std::io::ErrorKind::NotFound || passphrase_dir_missing(path).is_err() {
+            passphrase_dir_missing(path).err().unwrap_or_else(|| usage(e.to_string()))
         } else if e.kind() == std::io::ErrorKind::AlreadyExists || path.symlink_metadata().is_ok() {
             passphrase_file_exists(path)
         } else {

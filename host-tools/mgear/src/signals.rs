@@ -25,6 +25,11 @@ const STOPPING_SERVE: &[u8] = b"\nmgear serve: stopping: no new sync is accepted
 way is finished first; Ctrl-C again to exit at once (that sync then resumes when serve runs \
 again)\n";
 
+/// Said at the second signal, which exits at once: what mgear started goes on by itself (a
+/// cutover's `--resume` hook ran on, said by nothing).
+const AT_ONCE_130: &[u8] = b"\nmgear: exiting at once (exit 130), without a checkpoint or a \
+result; a command mgear started (a cutover's --resume, a QEMU) may still be running\n";
+
 /// [`install_for_serve`] was called: say [`STOPPING_SERVE`].
 static SERVING: AtomicBool = AtomicBool::new(false);
 
@@ -54,8 +59,11 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
         if now.saturating_sub(first) < SAME_REQUEST_NS {
             return;
         }
-        // SAFETY: _exit is async-signal-safe and takes no locks.
-        unsafe { nix::libc::_exit(130) };
+        // SAFETY: write(2) and _exit are async-signal-safe; the bytes are static.
+        unsafe {
+            let _ = nix::libc::write(2, AT_ONCE_130.as_ptr().cast(), AT_ONCE_130.len());
+            nix::libc::_exit(130)
+        };
     }
     let said = if SERVING.load(Ordering::SeqCst) {
         STOPPING_SERVE

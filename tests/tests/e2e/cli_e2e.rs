@@ -1666,6 +1666,23 @@ fn cli_a_generated_passphrase_serves_a_set_and_the_resume_of_a_stopped_run() {
         );
         assert!(!e.p("new.pw").exists());
     }
+    // A file in a directory that does not exist: the capture refuses it, and so its dry run.
+    let o = e
+        .capture("dir:m", "fresh")
+        .source("a.raw")
+        .args(&[
+            "--passphrase-file",
+            "nodir/f.pw",
+            "--passphrase-generate",
+            "--dry-run",
+        ])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("directory nodir does not exist"),
+        "{}",
+        stderr(&o)
+    );
     // A new capture's dry run with a file not there yet plans and writes nothing.
     e.capture("dir:m", "fresh")
         .source("a.raw")
