@@ -101,7 +101,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             ..Default::default()
         };
         let disk = mgear_boot::build_sample_disk(path, &opts)?;
-        eprintln!(
+        let line = format!(
             "sample disk {} ({} MiB, Linux {}, drivers {}): boots to \"{}\"",
             disk.path.display(),
             disk.size >> 20,
@@ -109,9 +109,24 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             drivers.name(),
             disk.marker_line
         );
+        // Alone, the disk is the result: on standard output, or as the one JSON object (it
+        // went to standard error, and `--json` printed nothing, exit 0). Before a boot, the
+        // boot's report is the result.
         if args.target.is_empty() {
+            if crate::output::json() {
+                crate::output::emit(&serde_json::json!({
+                    "sample": disk.path,
+                    "size": disk.size,
+                    "kernel": disk.kernel_version,
+                    "drivers": drivers.name(),
+                    "marker": disk.marker_line,
+                }))?;
+            } else {
+                println!("{line}");
+            }
             return Ok(OK);
         }
+        eprintln!("{line}");
     }
     let Some(target) = args.target.first() else {
         return Err(usage(

@@ -25,7 +25,18 @@ fn build_sample(path: &Path, drivers: &str, marker: Option<&str>) -> String {
     }
     let o = mgear(&args);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    // The result is on standard output, with `--json` as the one object.
+    let mut json = args.clone();
+    json.insert(0, "--json");
+    let j = mgear(&json);
+    assert_eq!(j.status.code(), Some(0), "{}", text(&j));
+    let v: serde_json::Value = serde_json::from_slice(&j.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(v["marker"].as_str().unwrap()),
+        "{v}"
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
