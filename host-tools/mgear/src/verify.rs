@@ -1101,7 +1101,17 @@ fn verify(args: Plan) -> crate::Result<i32> {
         } else if out.ok {
             println!("no problems found, but NOT TRUSTED (--allow-untrusted)");
         } else if report.is_ok() {
-            println!("FAILED: not signed by a pinned key (--trust SITE.pub, --trust-appliance FP)");
+            // Signed by a pinned key or not, a capture can fail its trust for other reasons
+            // (another commit than the receipt's, an older generation): the NOT TRUSTED lines
+            // say which; "not signed by a pinned key" was said of a pinned, signed capture.
+            println!(
+                "FAILED: not trusted (see the NOT TRUSTED line{} above)",
+                if out.trust.iter().filter(|x| !x.trusted).count() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            );
         } else {
             println!("FAILED: {} problem(s):", out.problems.len());
             for p in &out.problems {
