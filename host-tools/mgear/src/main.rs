@@ -326,7 +326,12 @@ fn main() {
             if output::json() {
                 println!("{}", output::error_line(code, &message, &hint));
             }
-            eprintln!("mgear: error: {message}");
+            // Exit 4 is the expected end of a run that waits for media still to come, no error.
+            let what = match code == exit::PENDING {
+                true => "pending",
+                false => "error",
+            };
+            eprintln!("mgear: {what}: {message}");
             // The next step was only in --json: a person reading the terminal got "No space
             // left on device" and nothing on what to do. Said once, unless the message has it.
             // ("check the arguments: --help", the fallback of a usage error, is left to --json:

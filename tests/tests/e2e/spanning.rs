@@ -92,6 +92,12 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     let o = ingest.clone().appliance(&tb).run();
     assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
     let t = output_text(&o);
+    // The expected end of a run waiting for media, not an error.
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("mgear: pending: ")
+            && !String::from_utf8_lossy(&o.stderr).contains("mgear: error:"),
+        "{t}"
+    );
     assert!(
         t.contains("not all of them are given")
             && t.contains("wrote the ")
