@@ -78,18 +78,20 @@ fn rollback(a: &Cutover, e: crate::Error) -> crate::Error {
         true => "stopped (Ctrl-C or SIGTERM)",
         false => "failed",
     };
-    if let Some(cmd) = &a.resume {
-        if let Err(r) = hook("resume", cmd) {
-            return e.context(format!("and resuming the source failed too: {r:#}"));
-        }
-        eprintln!("mgear cutover: {what} after quiescing; the source was resumed with `{cmd}`");
-    } else {
-        eprintln!(
-            "mgear cutover: {what} after quiescing; no --resume was given: the source is still \
+    // Said in the error itself (so in `--json`'s one object too): whether the source serves
+    // again is what the operator must know first.
+    match &a.resume {
+        Some(cmd) => match hook("resume", cmd) {
+            Err(r) => e.context(format!("and resuming the source failed too: {r:#}")),
+            Ok(()) => e.context(format!(
+                "cutover {what} after quiescing; the source was resumed with `{cmd}`"
+            )),
+        },
+        None => e.context(format!(
+            "cutover {what} after quiescing; no --resume was given: the source is still \
              quiesced, start it again by hand"
-        );
+        )),
     }
-    e
 }
 
 /// Ctrl-C or SIGTERM came between two steps: the error that stops the cutover there (exit 3;
