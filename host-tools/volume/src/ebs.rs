@@ -37,11 +37,17 @@ impl EbsOptions {
     /// Parse the query of `ebs-snapshot:NAME?register-image=1&arch=..&boot-mode=..&root-device=..`.
     pub fn parse_query(q: &str) -> std::result::Result<EbsOptions, String> {
         let mut o = EbsOptions::default();
+        let mut seen = std::collections::BTreeSet::new();
         for kv in q.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            // Given twice, one was silently dropped (`register-image=1&register-image=0`
+            // registered nothing).
+            if !seen.insert(k) {
+                return Err(format!("{kv}: {k} is given twice: give it once"));
+            }
             match k {
                 "register-image" => {
-                    o.register_image = match v {
+                    o.register_image = match v.to_ascii_lowercase().as_str() {
                         "1" | "true" | "yes" => true,
                         "0" | "false" | "no" => false,
                         other => {
@@ -68,7 +74,8 @@ impl EbsOptions {
             }
         }
         if let Some(d) = &o.root_device {
-            if !d.starts_with("/dev/") || d.len() <= "/dev/".len() {
+            let name = d.strip_prefix("/dev/").unwrap_or_default();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(format!(
                     "root-device={d}: give the device name the image boots from, as AWS names \
                      it: /dev/xvda or /dev/sda1"
@@ -438,11 +445,19 @@ mod tests {
         assert!(EbsOptions::parse_query("arch=mips").is_err());
         assert!(EbsOptions::parse_query("colour=blue").is_err());
         // A value that is no yes or no registered nothing and said nothing (exit 0).
-        for bad in ["register-image=2", "register-image=on", "root-device=xvda"] {
+        for bad in [
+            "register-image=2",
+            "register-image=on",
+            "root-device=xvda",
+            "root-device=/dev/../etc",
+        ] {
             let e = EbsOptions::parse_query(bad).unwrap_err();
             assert!(e.starts_with(bad), "{e}");
         }
+        let twice = EbsOptions::parse_query("register-image=1&register-image=0").unwrap_err();
+        assert!(twice.contains("given twice"), "{twice}");
         assert!(!EbsOptions::parse_query("register-image=0").unwrap().register_image);
+        assert!(EbsOptions::parse_query("register-image=TRUE").unwrap().register_image);
         assert!(EbsOptions::parse_query("register-image").unwrap().register_image);
         assert_eq!(
             EbsOptions::parse_query("root-device=/dev/sda1")
