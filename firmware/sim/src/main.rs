@@ -124,20 +124,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     // Held before anything of the state is read or repaired (a torn custody log is cut back
     // at open): a second simulator on the same appliance would act on it too.
-    let made_state = std::fs::symlink_metadata(&args.state).is_err();
-    mgear_appliance_sim::files::private_dir(&args.state)
-        .with_context(|| format!("state directory {}", args.state.display()))?;
+    // The directories this start makes (the state directory and any missing parents): a
+    // simulator refused at its start removes them again (an empty state directory looked like
+    // a second appliance's), never one that holds anything, and changes nothing of an
+    // existing one (its mode is set once the claim is held).
+    let mut made = Vec::new();
+    let mut at = args.state.as_path();
+    while std::fs::symlink_metadata(at).is_err() {
+        made.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    let is_dir = std::fs::symlink_metadata(&args.state).is_ok_and(|m| m.is_dir());
+    if !made.is_empty() || !is_dir {
+        // Made here, or refused here with its own words (a symlink, a file).
+        mgear_appliance_sim::files::private_dir(&args.state)
+            .with_context(|| format!("state directory {}", args.state.display()))?;
+    }
     let _claim = match mgear_appliance_sim::files::claim(&args.state, &args.medium) {
         Ok(claim) => claim,
         Err(e) => {
-            // A simulator refused at its start leaves no empty state directory behind (it
-            // looked like a second appliance's). Never one that holds anything.
-            if made_state {
-                let _ = std::fs::remove_dir(&args.state);
+            for dir in &made {
+                let _ = std::fs::remove_dir(dir);
             }
             return Err(e).with_context(|| format!("starting on {}", args.medium.display()));
         }
     };
+    mgear_appliance_sim::files::private_dir(&args.state)
+        .with_context(|| format!("state directory {}", args.state.display()))?;
     let platform = SimPlatform::open(&args.state, &args.medium, console, nbd_socket.clone())
         .map_err(|e| anyhow!("{e}"))?;
     let app = Appliance::new(platform, cfg).map_err(|e| anyhow!("starting the firmware: {e}"))?;

@@ -267,6 +267,25 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
         text(&third.stderr)
     );
     assert!(!lab.p("state-c").exists());
+    // Nor the parents it made, and an existing directory keeps its mode.
+    std::fs::create_dir(lab.p("kept")).unwrap();
+    std::fs::set_permissions(lab.p("kept"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    for state in ["n1/n2/n3", "kept"] {
+        let o = Command::new(mgear_tests::bin("mgear-appliance-sim"))
+            .args(["--medium", &lab.s("medium.img"), "--state", &lab.s(state)])
+            .args(["--console-link", &lab.s("d.tty"), "--nbd", &lab.s("d.sock")])
+            .arg("--test-timing")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    }
+    assert!(!lab.p("n1").exists());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(lab.p("kept")).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
 
     // Sealed is for good: the export says read-only (it said writable and refused each write).
     let info = Command::new("nbdinfo")
