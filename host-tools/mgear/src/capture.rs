@@ -269,6 +269,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     if let Some(p) = &args.report {
         crate::report::check_writable(p, "--report")?;
     }
+    let started = std::time::Instant::now();
     // A passphrase (or key cache) that does not open the capture: say which slots it has.
     let report = with_generated_passphrase(&args, capture).map_err(|e| {
         // Without a passphrase the key came from the key cache: a key that does not open the
@@ -298,7 +299,16 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             &args.medium,
             args.passphrase_file.as_deref(),
         )
-    })?;
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(p) = &args.report {
+                report_stop(p, &args, args.source.as_deref().unwrap_or(""), started, &e);
+            }
+            return Err(e);
+        }
+    };
     if let Some(p) = &args.report {
         let r = crate::report::capture(
             &report,
@@ -313,6 +323,26 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         print_summary(&report);
     }
     Ok(crate::exit::OK)
+}
+
+/// `--report` of a capture that stopped or failed (see [`crate::report::capture_failed`]).
+pub fn report_stop(
+    path: &std::path::Path,
+    args: &Plan,
+    source: &str,
+    started: std::time::Instant,
+    err: &crate::Error,
+) {
+    let v = crate::report::capture_failed(
+        &args.name,
+        source,
+        &args.medium.describe(),
+        started.elapsed().as_secs_f64(),
+        err,
+    );
+    if let Err(w) = crate::report::write_json_and_text(path, &v, &crate::report::summary(&v)) {
+        eprintln!("mgear: warning: the report of this stop was not written: {w:#}");
+    }
 }
 
 fn print_summary(r: &Report) {

@@ -197,7 +197,15 @@ pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i3
         crate::report::check_writable(p, "--report")?;
     }
     let started = std::time::Instant::now();
-    let r = capture::with_generated_passphrase(args, |a| capture_set(a, sources))?;
+    let r = match capture::with_generated_passphrase(args, |a| capture_set(a, sources)) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(p) = &args.report {
+                capture::report_stop(p, args, &sources.join(", "), started, &e);
+            }
+            return Err(e);
+        }
+    };
     if let Some(p) = &args.report {
         let v = crate::report::capture_set(
             &r,

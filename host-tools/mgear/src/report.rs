@@ -319,6 +319,33 @@ pub fn ingest_failed(
     v
 }
 
+/// The report of a capture that stopped or failed (`--report`, as ingest writes one): what
+/// was asked, and the error with its exit code and next step (a ticket got nothing).
+pub fn capture_failed(
+    name: &str,
+    source: &str,
+    medium: &str,
+    seconds: f64,
+    err: &crate::Error,
+) -> Value {
+    let code = crate::exit::code_of(err);
+    let result = json!({
+        "command": "capture",
+        "name": name,
+        "generation": Value::Null,
+        "error": {
+            "code": code,
+            "kind": crate::exit::kind(code),
+            "message": format!("{err:#}"),
+            "hint": crate::exit::hint(err, "capture"),
+        },
+    });
+    let mut v = frame("capture", &result, seconds);
+    v["source"] = json!(source);
+    v["medium"] = json!(medium);
+    v
+}
+
 /// The ingest report of a machine set: `result` is the set ingest's `--json` report,
 /// `manifests` what [`noted_manifest`] gave after each of its disks (in `result`'s order),
 /// `seconds` the whole run. `target` lists the volumes in disk order and `digests.disks`

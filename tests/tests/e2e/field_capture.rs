@@ -204,9 +204,23 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
         "big.raw",
         &m,
         "big",
-        &["--skip-space-check", "--checkpoint-bytes", "1MiB"],
+        &[
+            "--skip-space-check",
+            "--checkpoint-bytes",
+            "1MiB",
+            "--report",
+            "full.json",
+        ],
     );
     assert_eq!(code(&o), Some(3), "{}", output_text(&o));
+    // The stop has its report, as an ingest's does (nothing was written).
+    let r: serde_json::Value =
+        serde_json::from_slice(&fs::read(e.p("full.json")).unwrap()).unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["result"]["error"]["code"], 3, "{r}");
+    assert_eq!(r["source"], "big.raw", "{r}");
+    let t = fs::read_to_string(e.p("full.txt")).unwrap();
+    assert!(t.contains("STOPPED") && t.contains("exit 3"), "{t}");
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(code(&o), Some(1), "{}", output_text(&o));
     let abort = format!("mgear capture --abort --medium {m} --name big");
