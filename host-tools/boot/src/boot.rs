@@ -697,7 +697,12 @@ impl Guest for QemuGuest {
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // A process group of its own: the terminal's Ctrl-C goes to mgear, which stops
+            // the guest and says it stopped; QEMU killed by it too was told as a guest that
+            // powered off ("not booted", exit 1). If mgear dies, the death signal below
+            // still ends QEMU.
+            .process_group(0);
         // If mgear itself is killed (SIGKILL skips QemuGuard's Drop), the
         // kernel sends QEMU SIGKILL too, so no TCG guest is left spinning.
         // SAFETY: the closure runs in the forked child before exec and only

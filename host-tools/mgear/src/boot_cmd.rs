@@ -88,7 +88,7 @@ pub struct Plan {
 
 /// Run `mgear boot`; returns the process exit code.
 pub fn run(args: Plan) -> crate::Result<i32> {
-    crate::signals::install();
+    crate::signals::install_for_boot();
     if let Some(path) = &args.build_sample {
         let drivers = args.drivers;
         let opts = SampleDiskOptions {

@@ -87,7 +87,8 @@ pub fn cloud_err(e: CloudError) -> crate::Error {
         } if message.contains("Malformed request url") => usage(format!(
             "{e}: the project in the endpoint's URL is not the one the request is made for: \
              OS_PROJECT_ID (or the project of the token) and the project id in the Cinder \
-             endpoint (the catalog, or OS_ENDPOINT_OVERRIDE / OS_VOLUME_API_URL) must agree"
+             endpoint (the catalog, or OS_BLOCK_STORAGE_ENDPOINT_OVERRIDE / OS_ENDPOINT_OVERRIDE / \
+             OS_VOLUME_API_URL) must agree"
         )),
         // The settings name something this cloud does not have: the operator's to fix (it
         // was exit 3 with "reconnect it").
@@ -99,11 +100,13 @@ pub fn cloud_err(e: CloudError) -> crate::Error {
             "{e}: OS_VOLUME_TYPE names a volume type this cloud does not have: give one of \
              `openstack volume type list`, or unset it for the default"
         )),
+        // What the API's router says of a path it has no route for (a missing volume is
+        // "Volume X could not be found"): the endpoint is wrong.
         CloudError::Http {
             status: 404,
-            ref url,
+            ref message,
             ..
-        } if !url.contains("/volumes/") && !url.contains("/servers/") => usage(format!(
+        } if message.contains("The resource could not be found") => usage(format!(
             "{e}: the service answered that this API path does not exist: check the endpoint \
              (the catalog, or OS_BLOCK_STORAGE_ENDPOINT_OVERRIDE / OS_COMPUTE_ENDPOINT_OVERRIDE; \
              a Cinder endpoint ends in /v3/PROJECT_ID)"
@@ -562,9 +565,11 @@ mod tests {
         ));
         assert_eq!(code_of(&e), 2);
         assert!(e.to_string().contains("OS_VOLUME_TYPE"), "{e}");
-        let e = cloud_err(http(404, "http://c/v2/p/volumes", "The resource could not be found."));
-        assert_eq!(code_of(&e), 2);
-        assert!(e.to_string().contains("check the endpoint"), "{e}");
+        for url in ["http://c/v2/p/volumes", "http://c/nope/volumes/detail?limit=1"] {
+            let e = cloud_err(http(404, url, "The resource could not be found."));
+            assert_eq!(code_of(&e), 2);
+            assert!(e.to_string().contains("check the endpoint"), "{e}");
+        }
         // A volume that is gone is no endpoint mistake.
         let e = cloud_err(http(404, "http://c/v3/p/volumes/abc", "Volume abc could not be found."));
         assert_eq!(code_of(&e), 3);

@@ -112,6 +112,15 @@ pub fn hint(err: &Error, command: &str) -> String {
             "install it (`apt-get install {package}`), then run the same command again"
         );
     }
+    // A boot stopped on request: nothing is wrong with the volume.
+    if err
+        .chain()
+        .any(|e| matches!(e.downcast_ref(), Some(mgear_boot::BootError::Stopped)))
+    {
+        return "nothing is wrong with the volume: the boot was stopped before it proved \
+                anything; run the same command again to prove it"
+            .to_string();
+    }
     match code_of(err) {
         // Damage in the medium's file system, whatever the code the command gave it (ingest
         // refuses it as data that did not check out): "do not use it" had an operator throw

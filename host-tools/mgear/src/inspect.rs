@@ -647,7 +647,11 @@ fn print_medium(report: &MediumJson) {
                     d.disk,
                     d.stream,
                     human_bytes(d.size),
-                    d.sector_size,
+                    // 0: not known at capture (an NBD export is not inspected).
+                    match d.sector_size {
+                        0 => "unknown".to_string(),
+                        n => n.to_string(),
+                    },
                     d.table,
                     if d.boot { ", boots" } else { "" },
                     if d.os.is_empty() {

@@ -321,9 +321,13 @@ pub fn passphrase_dir_missing(path: &Path) -> crate::Result<()> {
     if parent.is_dir() {
         return Ok(());
     }
+    let what = match parent.exists() {
+        true => "is not a directory",
+        false => "does not exist",
+    };
     Err(usage(format!(
-        "cannot create passphrase file {}: directory {} does not exist; create it first, or \
-         give a path in an existing directory",
+        "cannot create passphrase file {}: directory {} {what}; give a path in an existing \
+         directory (or create it first)",
         path.display(),
         parent.display()
     )))

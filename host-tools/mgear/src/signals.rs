@@ -30,8 +30,14 @@ again)\n";
 const AT_ONCE_130: &[u8] = b"\nmgear: exiting at once (exit 130), without a checkpoint or a \
 result; a command mgear started (a cutover's --resume, a QEMU) may still be running\n";
 
-/// [`install_for_serve`] was called: say [`STOPPING_SERVE`].
-static SERVING: AtomicBool = AtomicBool::new(false);
+/// Said instead by `mgear boot`, which holds no checkpoint either.
+const STOPPING_BOOT: &[u8] = b"\nmgear: stopping: the guest is stopped and the boot ends \
+(exit 3); Ctrl-C again to exit at once\n";
+
+/// Which stopping message the handler says: [`install_for_serve`], [`install_for_boot`].
+static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+const SERVE: u8 = 1;
+const BOOT: u8 = 2;
 
 /// When the first signal came (monotonic nanoseconds).
 static FIRST_NS: AtomicU64 = AtomicU64::new(0);
@@ -65,10 +71,10 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
             nix::libc::_exit(130)
         };
     }
-    let said = if SERVING.load(Ordering::SeqCst) {
-        STOPPING_SERVE
-    } else {
-        STOPPING
+    let said = match MODE.load(Ordering::SeqCst) {
+        SERVE => STOPPING_SERVE,
+        BOOT => STOPPING_BOOT,
+        _ => STOPPING,
     };
     // SAFETY: write(2) is async-signal-safe; the bytes are static.
     let _ = unsafe { nix::libc::write(2, said.as_ptr().cast(), said.len()) };
@@ -139,7 +145,13 @@ pub fn install_exit_at_once() {
 
 /// [`install`] for `mgear serve`, which says what stopping means for it.
 pub fn install_for_serve() {
-    SERVING.store(true, Ordering::SeqCst);
+    MODE.store(SERVE, Ordering::SeqCst);
+    install();
+}
+
+/// [`install`] for `mgear boot`, which says what stopping means for it.
+pub fn install_for_boot() {
+    MODE.store(BOOT, Ordering::SeqCst);
     install();
 }
 
