@@ -39,6 +39,18 @@ pub fn refuse_unfinished(spec: &str, doing: &str) -> crate::Result<()> {
                 p.display()
             )));
         }
+        // The file behind a loop device such an ingest was writing.
+        if let Ok(dir) = state_dir(None) {
+            if DeviceVolume::backing_unfinished(p, &dir) {
+                return Err(usage(format!(
+                    "--target {spec}: {} is the file behind a loop device an ingest began to \
+                     write and did not finish (its marker is in {}): it holds part of a disk. \
+                     Run that ingest again to finish it, then {doing} it",
+                    p.display(),
+                    dir.display()
+                )));
+            }
+        }
         return Ok(());
     }
     let Ok(dir) = state_dir(None) else {

@@ -817,6 +817,23 @@ fn read_only_device(md: &std::fs::Metadata) -> bool {
 
 /// What names the block device at `path` beyond the path, which another device may take
 /// later: its number and size, and the file behind a loop device or a disk's serial (sysfs).
+/// The identity lines of the markers in `state_dir`.
+fn marker_identities(state_dir: &Path) -> impl Iterator<Item = String> {
+    std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".mgear-incomplete"))
+        .filter_map(|e| Marker { path: e.path() }.identity())
+}
+
+/// The ` (inode D:I)` of a loop device's backing file in a [`device_identity`].
+fn backing_inode(identity: &str) -> Option<&str> {
+    let at = identity.find(" (inode ")?;
+    let end = identity[at..].find(')')?;
+    Some(&identity[at..=at + end])
+}
+
 fn device_identity(path: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     let Ok(md) = std::fs::metadata(path) else {
@@ -971,14 +988,25 @@ impl DeviceVolume {
             return true;
         }
         // The same device by another path (a /dev/disk/by-id link, a second device node): the
-        // marker is named by the path the ingest was given, and names the device inside.
+        // marker is named by the path the ingest was given, and names the device inside; a
+        // second loop device over the same file is that file.
+        let backing = backing_inode(&me);
         me != "gone"
-            && std::fs::read_dir(state_dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".mgear-incomplete"))
-                .any(|e| Marker { path: e.path() }.identity().as_deref() == Some(me.as_str()))
+            && marker_identities(state_dir).any(|id| {
+                id == me || backing.is_some_and(|b| backing_inode(&id) == Some(b))
+            })
+    }
+
+    /// Whether the file `path` is the one behind a loop device an unfinished ingest was
+    /// writing (its marker in `state_dir` names the loop's backing file by inode): it holds
+    /// that ingest's partial disk.
+    pub fn backing_unfinished(path: &Path, state_dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = std::fs::metadata(path) else {
+            return false;
+        };
+        let inode = format!(" (inode {}:{})", m.dev(), m.ino());
+        marker_identities(state_dir).any(|id| backing_inode(&id) == Some(inode.as_str()))
     }
 
     fn marker(path: &Path, prep: &Prepare) -> Marker {

@@ -1406,6 +1406,15 @@ fn a_device_an_ingest_did_not_finish_is_not_booted() {
         ]),
         "an ingest into it began and was not finished",
     );
+    // A second loop device over the same file, and that file itself: the same half disk.
+    let second = Loop::attach(&e.p("vol.img"));
+    for t in [format!("dev:{}", second.0), format!("file:{}", e.p("vol.img").display())] {
+        refused(
+            &e.run(&["boot", "--target", &t, "--wait-for", "x", "--timeout", "5"]),
+            "began",
+        );
+    }
+    drop(second);
     let markers = || {
         fs::read_dir(e.p("state/mgear/ingest"))
             .unwrap()
