@@ -999,8 +999,10 @@ fn resume_mismatch(
     }
     let detail = if differs.is_empty() {
         "its source size, chunk size and --delta are the same, so one of these differs: the \
-         source as named (--source, a different path or name for the disk), --no-compress, \
-         the appliance it goes through, or the machines it deduplicates with"
+         source as named (--source, a different path or name for the disk: a disk that came \
+         back under another name resumes only under the name it had, e.g. an NBD export \
+         served again on the same socket path or port), --no-compress, the appliance it goes \
+         through, or the machines it deduplicates with"
             .to_string()
     } else {
         differs.join("; ")
@@ -1162,8 +1164,16 @@ fn check_clean_sample<S: image_format::Store>(
     let clean: Vec<u64> = (start..writer.chunk_count())
         .filter(|i| dirty.binary_search(i).is_err() && writer.can_copy_unchanged(*i))
         .collect();
+    let mut sample = crate::preflight::spread_sample(&clean, chunk);
+    // The last clean chunk too (and the first): a disk shrunk and grown back (`qemu-img
+    // resize`) reads zeros at its end, which the bitmap does not mark.
+    for edge in [clean.first(), clean.last()].into_iter().flatten() {
+        if !sample.contains(edge) {
+            sample.push(*edge);
+        }
+    }
     let mut buf = Vec::new();
-    for index in crate::preflight::spread_sample(&clean, chunk) {
+    for index in sample {
         let at = index * chunk;
         buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
         source.read_exact_at(at, &mut buf)?;
