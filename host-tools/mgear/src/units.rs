@@ -97,6 +97,8 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
         "KiB" | "K" | "kib" => 1024.0,
         "MiB" | "M" | "mib" => 1024.0 * 1024.0,
         "GiB" | "G" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        // The documented maximum is 1 TiB/s: its own unit is taken too.
+        "TiB" | "T" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
         // SI's lower-case k is a thousand (`K` alone is KiB, as `M` and `G` are MiB and GiB).
         "kB" | "KB" | "k" => 1e3,
         "MB" => 1e6,
@@ -116,7 +118,7 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
         }
         other => {
             return Err(usage(format!(
-                "unknown rate unit `{other}` in `{text}`: use KiB/s (or K), MiB/s (M), GiB/s (G), \
+                "unknown rate unit `{other}` in `{text}`: use KiB/s (or K), MiB/s (M), GiB/s (G), TiB/s (T), \
                  kB/s (k), MB/s, GB/s, kbit/s, Mbit/s, Gbit/s (the case matters: MB is bytes, Mb \
                  bits)"
             )))
@@ -219,6 +221,7 @@ mod tests {
             .to_string();
         assert!(huge.contains("above 1 TiB/s"), "{huge}");
         assert_eq!(parse_rate("1024GiB/s").unwrap(), MAX_RATE);
+        assert_eq!(parse_rate("1TiB/s").unwrap(), MAX_RATE);
         assert_eq!(parse_rate("4096B/s").unwrap(), 4096.0);
         let bare = parse_rate("50").unwrap_err();
         assert_eq!(crate::exit::code_of(&bare), 2);
