@@ -602,7 +602,11 @@ mod tests {
         let e = prove_boot(&mut g, &expect(600_000).with_stop(Some(stop))).unwrap_err();
         asked.join().unwrap();
         assert!(matches!(e, BootError::Stopped), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(g.stops, 1, "the guest is stopped");
         assert!(
             g.waits.iter().all(|w| *w <= STOP_POLL),

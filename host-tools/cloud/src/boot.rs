@@ -382,8 +382,15 @@ mod tests {
         let started = std::time::Instant::now();
         let e = boot_from_volume(&s, &spec).unwrap_err();
         asked.join().unwrap();
-        assert!(matches!(&e, CloudError::Stopped { id } if id == "s9"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(
+            matches!(&e, CloudError::Stopped { id } if id == "s9"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

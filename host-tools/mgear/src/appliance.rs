@@ -1031,8 +1031,8 @@ fn verify_custody(
         Ok(e) => e,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    if let Some(why) = missing_power_ups(&entries, i.counters.boots)
-        .or_else(|| missing_events(&entries, &i))
+    if let Some(why) =
+        missing_power_ups(&entries, i.counters.boots).or_else(|| missing_events(&entries, &i))
     {
         return Ok(Err(why));
     }
@@ -1098,7 +1098,12 @@ fn missing_events(
 ) -> Option<String> {
     let logged = entries
         .iter()
-        .filter(|e| matches!(e.event, Event::WrongPin { .. } | Event::PinCheckCutOff { .. }))
+        .filter(|e| {
+            matches!(
+                e.event,
+                Event::WrongPin { .. } | Event::PinCheckCutOff { .. }
+            )
+        })
         .count() as u64;
     if logged < i.counters.total_failed_pins {
         return Some(format!(

@@ -565,18 +565,28 @@ mod tests {
         ));
         assert_eq!(code_of(&e), 2);
         assert!(e.to_string().contains("OS_VOLUME_TYPE"), "{e}");
-        for url in ["http://c/v2/p/volumes", "http://c/nope/volumes/detail?limit=1"] {
+        for url in [
+            "http://c/v2/p/volumes",
+            "http://c/nope/volumes/detail?limit=1",
+        ] {
             let e = cloud_err(http(404, url, "The resource could not be found."));
             assert_eq!(code_of(&e), 2);
             assert!(e.to_string().contains("check the endpoint"), "{e}");
         }
         // A volume that is gone is no endpoint mistake.
-        let e = cloud_err(http(404, "http://c/v3/p/volumes/abc", "Volume abc could not be found."));
+        let e = cloud_err(http(
+            404,
+            "http://c/v3/p/volumes/abc",
+            "Volume abc could not be found.",
+        ));
         assert_eq!(code_of(&e), 3);
         let e = cloud_err(http(413, "http://c/v3/p/volumes", "VolumeLimitExceeded"));
         assert_eq!(code_of(&e), 3);
         let hint = crate::exit::hint(&e, "ingest");
-        assert!(hint.contains("quota") && !hint.contains("reconnect"), "{hint}");
+        assert!(
+            hint.contains("quota") && !hint.contains("reconnect"),
+            "{hint}"
+        );
         assert_eq!(
             code_of(&cloud_err(CloudError::Transport {
                 method: "GET".into(),

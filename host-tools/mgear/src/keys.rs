@@ -348,7 +348,9 @@ pub fn generate_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
         // create() fails with NotFound only for a missing directory (the file
         // itself must not exist); saying "it must not exist yet" then misleads.
         if e.kind() == std::io::ErrorKind::NotFound || passphrase_dir_missing(path).is_err() {
-            passphrase_dir_missing(path).err().unwrap_or_else(|| usage(e.to_string()))
+            passphrase_dir_missing(path)
+                .err()
+                .unwrap_or_else(|| usage(e.to_string()))
         } else if e.kind() == std::io::ErrorKind::AlreadyExists || path.symlink_metadata().is_ok() {
             passphrase_file_exists(path)
         } else {

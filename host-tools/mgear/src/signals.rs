@@ -129,7 +129,10 @@ pub fn install_exit_at_once() {
             .into_bytes(),
         )
     } else {
-        (2, format!("\nmgear: error: {message}\nmgear: what to do: {hint}\n").into_bytes())
+        (
+            2,
+            format!("\nmgear: error: {message}\nmgear: what to do: {hint}\n").into_bytes(),
+        )
     };
     let _ = AT_ONCE.set(said);
     let action = SigAction::new(

@@ -456,9 +456,21 @@ mod tests {
         }
         let twice = EbsOptions::parse_query("register-image=1&register-image=0").unwrap_err();
         assert!(twice.contains("given twice"), "{twice}");
-        assert!(!EbsOptions::parse_query("register-image=0").unwrap().register_image);
-        assert!(EbsOptions::parse_query("register-image=TRUE").unwrap().register_image);
-        assert!(EbsOptions::parse_query("register-image").unwrap().register_image);
+        assert!(
+            !EbsOptions::parse_query("register-image=0")
+                .unwrap()
+                .register_image
+        );
+        assert!(
+            EbsOptions::parse_query("register-image=TRUE")
+                .unwrap()
+                .register_image
+        );
+        assert!(
+            EbsOptions::parse_query("register-image")
+                .unwrap()
+                .register_image
+        );
         assert_eq!(
             EbsOptions::parse_query("root-device=/dev/sda1")
                 .unwrap()

@@ -823,7 +823,11 @@ fn marker_identities(state_dir: &Path) -> impl Iterator<Item = String> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".mgear-incomplete"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".mgear-incomplete")
+        })
         .filter_map(|e| Marker { path: e.path() }.identity())
 }
 
@@ -992,9 +996,8 @@ impl DeviceVolume {
         // second loop device over the same file is that file.
         let backing = backing_inode(&me);
         me != "gone"
-            && marker_identities(state_dir).any(|id| {
-                id == me || backing.is_some_and(|b| backing_inode(&id) == Some(b))
-            })
+            && marker_identities(state_dir)
+                .any(|id| id == me || backing.is_some_and(|b| backing_inode(&id) == Some(b)))
     }
 
     /// Whether the file `path` is the one behind a loop device an unfinished ingest was

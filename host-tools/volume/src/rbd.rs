@@ -924,7 +924,7 @@ mod tests {
         assert_eq!(v.found(), Found::New);
         v.write_at(1 << 20, &[7u8; 4096]).unwrap();
         drop(v); // killed
-        // The same image again: resumed.
+                 // The same image again: resumed.
         let v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
         assert!(matches!(v.found(), Found::Unfinished { .. }));
         drop(v);
@@ -938,7 +938,11 @@ mod tests {
         );
         prep.force = true;
         let mut v = RbdVolume::open(&spec, &prep, Existing::CreateOrForce).unwrap();
-        assert_eq!(v.found(), Found::New, "--force writes over it, from the start");
+        assert_eq!(
+            v.found(),
+            Found::New,
+            "--force writes over it, from the start"
+        );
         let mut back = vec![1u8; 4096];
         v.read_at(0, &mut back).unwrap();
         assert!(back.iter().all(|&b| b == 0), "its head is cleared");

@@ -255,7 +255,12 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
     // The same medium under a state directory of its own: refused, and the directory it
     // made is gone again (it looked like a second appliance's state).
     let third = Command::new(mgear_tests::bin("mgear-appliance-sim"))
-        .args(["--medium", &lab.s("medium.img"), "--state", &lab.s("state-c")])
+        .args([
+            "--medium",
+            &lab.s("medium.img"),
+            "--state",
+            &lab.s("state-c"),
+        ])
         .args(["--console-link", &lab.s("c.tty"), "--nbd", &lab.s("c.sock")])
         .arg("--test-timing")
         .output()
@@ -269,8 +274,11 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
     assert!(!lab.p("state-c").exists());
     // Nor the parents it made, and an existing directory keeps its mode.
     std::fs::create_dir(lab.p("kept")).unwrap();
-    std::fs::set_permissions(lab.p("kept"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        lab.p("kept"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     for state in ["n1/n2/n3", "kept"] {
         let o = Command::new(mgear_tests::bin("mgear-appliance-sim"))
             .args(["--medium", &lab.s("medium.img"), "--state", &lab.s(state)])
@@ -283,7 +291,11 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
     assert!(!lab.p("n1").exists());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
-        std::fs::metadata(lab.p("kept")).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(lab.p("kept"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o755
     );
 

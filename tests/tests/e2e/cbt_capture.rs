@@ -352,17 +352,33 @@ fn a_disk_shrunk_and_grown_back_is_not_trusted_to_its_bitmap() {
     drop(disk);
     tool(
         "qemu-img",
-        &["convert", "-f", "raw", "-O", "qcow2", "disk.raw", "disk.qcow2"],
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "disk.raw",
+            "disk.qcow2",
+        ],
         dir,
     );
     // The bitmap before the parent's capture, as the docs say.
-    tool("qemu-img", &["bitmap", "--add", "--enable", "disk.qcow2", "b0"], dir);
+    tool(
+        "qemu-img",
+        &["bitmap", "--add", "--enable", "disk.qcow2", "b0"],
+        dir,
+    );
     fs::create_dir(e.p("mnt")).unwrap();
     {
         let (_server, url) = serve(&e, "s1.sock", &[]);
         e.capture("dir:mnt", "vm1").source(&url).ok();
     }
-    tool("qemu-img", &["resize", "--shrink", "disk.qcow2", "47M"], dir);
+    tool(
+        "qemu-img",
+        &["resize", "--shrink", "disk.qcow2", "47M"],
+        dir,
+    );
     tool("qemu-img", &["resize", "disk.qcow2", "48M"], dir);
     let (_server, url) = serve(&e, "s2.sock", &["-B", "b0"]);
     let out = e

@@ -1459,7 +1459,11 @@ fn cli_a_stopped_verify_exits_3_with_one_json_object() {
     let e = Env::new();
     // A medium whose open blocks (a FIFO nobody writes): verify waits there.
     let fifo = e.p("waits.img");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     for signal in ["-TERM", "-INT"] {
         let child = e
             .cmd(&["--json", "verify", "--medium", "fat:waits.img"])

@@ -259,7 +259,11 @@ fn the_medium_is_never_its_own_target_or_source() {
             }
             let o = i.args(&["--state-dir", state]).run();
             refused(&o, says);
-            assert_eq!(tree(&e.p("dm")), before, "--state-dir {state} changed the medium");
+            assert_eq!(
+                tree(&e.p("dm")),
+                before,
+                "--state-dir {state} changed the medium"
+            );
         }
     }
     e.ingest("dir:dm", "web01")
@@ -1408,7 +1412,10 @@ fn a_device_an_ingest_did_not_finish_is_not_booted() {
     );
     // A second loop device over the same file, and that file itself: the same half disk.
     let second = Loop::attach(&e.p("vol.img"));
-    for t in [format!("dev:{}", second.0), format!("file:{}", e.p("vol.img").display())] {
+    for t in [
+        format!("dev:{}", second.0),
+        format!("file:{}", e.p("vol.img").display()),
+    ] {
         refused(
             &e.run(&["boot", "--target", &t, "--wait-for", "x", "--timeout", "5"]),
             "began",

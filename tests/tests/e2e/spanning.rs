@@ -326,7 +326,9 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     // b turns up again: given with the others, it is the span as it was, not damage (verify
     // said FAILED, one problem per file written since).
     std::fs::rename(e.p("b.kept"), e.p("b.img")).unwrap();
-    let v = e.run(&["verify", "--medium", &a, "--medium", &b, "--medium", &c, "--medium", &d]);
+    let v = e.run(&[
+        "verify", "--medium", &a, "--medium", &b, "--medium", &c, "--medium", &d,
+    ]);
     assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
     assert!(
         output_text(&v).contains(&format!("--medium {b} was declared lost from its span")),

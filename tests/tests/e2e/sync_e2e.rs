@@ -794,7 +794,10 @@ fn a_stopped_cutover_resumes_the_source_and_boots_nothing() {
         while !e.p("quiesced").exists() {
             if started.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
                 let _ = child.kill();
-                panic!("never quiesced: {}", text(&child.wait_with_output().unwrap()));
+                panic!(
+                    "never quiesced: {}",
+                    text(&child.wait_with_output().unwrap())
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
