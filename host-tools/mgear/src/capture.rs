@@ -2902,7 +2902,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         args.same_source,
         key.as_ref(),
     ) {
-        if let Err(e) = check_delta_sample(medium.store(), &mut *source, args, k) {
+        let chunk = u64::from(args.chunk_size);
+        let mut paced = crate::source::Paced::new(&mut *source, args.rate_limit, chunk);
+        if let Err(e) = check_delta_sample(medium.store(), &mut paced, args, k) {
             let _ = medium.close();
             return Err(e);
         }
@@ -2943,7 +2945,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             )?;
         }
         if writer.resume_from() > 0 && !args.same_source {
-            check_stored_sample(&writer, &mut *source, args)?;
+            let chunk = u64::from(args.chunk_size);
+            let mut paced = crate::source::Paced::new(&mut *source, args.rate_limit, chunk);
+            check_stored_sample(&writer, &mut paced, args)?;
         }
         check_same_signer(
             args,
@@ -2980,7 +2984,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             let _ = std::fs::remove_file(&old.path);
         }
         if let Some(d) = &dirty {
-            check_clean_sample(&writer, &mut *source, args, d)?;
+            let chunk = u64::from(args.chunk_size);
+            let mut paced = crate::source::Paced::new(&mut *source, args.rate_limit, chunk);
+            check_clean_sample(&writer, &mut paced, args, d)?;
         }
         let pace = Pace {
             chunk_size,
