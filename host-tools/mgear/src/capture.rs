@@ -1178,18 +1178,96 @@ fn check_clean_sample<S: image_format::Store>(
         buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
         source.read_exact_at(at, &mut buf)?;
         if writer.parent_matches(index, &buf) == Some(false) {
-            return Err(usage(format!(
-                "--dirty-bitmap {}: the bitmap calls chunk {index} (disk bytes {at}..{}) \
-                 unchanged since generation {}, but it reads differently now: the bitmap misses \
-                 changes (it was created after that generation was captured, or was cleared \
-                 since), or the disk changes under the capture (export a snapshot). A delta \
-                 that trusted it would be a wrong disk; nothing was stored. Capture this delta \
-                 without --dirty-bitmap (it reads the whole disk), and create the bitmap \
-                 before the capture the next delta builds on",
-                args.dirty_bitmap.as_deref().unwrap_or("?"),
+            return Err(bitmap_misses(
+                args,
+                index,
+                at,
                 at + buf.len() as u64,
-                writer.parent().unwrap_or(0)
-            )));
+                writer.parent().unwrap_or(0),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The refusal of a `--dirty-bitmap` delta whose bitmap calls chunk `index` (disk bytes
+/// `at..end`) clean, which reads differently from generation `parent` now.
+fn bitmap_misses(args: &Plan, index: u64, at: u64, end: u64, parent: u32) -> crate::Error {
+    usage(format!(
+        "--dirty-bitmap {}: the bitmap calls chunk {index} (disk bytes {at}..{end}) unchanged \
+         since generation {parent}, but it reads differently now: the bitmap misses changes (it \
+         was created after that generation was captured, or was cleared since, or the disk \
+         was resized), or the disk changes under the capture (export a snapshot). A delta that \
+         trusted it would be a wrong disk; nothing was stored. Capture this delta without \
+         --dirty-bitmap (it reads the whole disk), and create the bitmap before the capture \
+         the next delta builds on",
+        args.dirty_bitmap.as_deref().unwrap_or("?"),
+    ))
+}
+
+/// [`check_clean_sample`] of a new delta, before the writer makes its generation: a refusal
+/// then leaves nothing on the medium (it left an empty unfinished generation, which verify,
+/// `medium fsck` and a seal then failed on). The parent is read with the capture's key: each
+/// sampled chunk the bitmap calls clean must read as the parent holds it (its keyed id, or
+/// zeros).
+fn check_clean_sample_first(
+    store: &mut dyn image_format::Store,
+    source: &mut dyn crate::source::Source,
+    args: &Plan,
+    key: &DataKey,
+    dirty: &[u64],
+) -> crate::Result<()> {
+    use image_format::layout::IndexEntry;
+    // A parent that does not open is the writer's to report, with its own words.
+    let Ok(parent) = image_format::CaptureReader::open_with_key(store, &args.name, None, key)
+    else {
+        return Ok(());
+    };
+    let chunk = u64::from(parent.chunk_size());
+    let size = source.len();
+    if chunk != u64::from(args.chunk_size) || chunk == 0 {
+        return Ok(());
+    }
+    let ids = parent.chunk_id_key();
+    let len_of = |i: u64| chunk.min(size.saturating_sub(i * chunk));
+    // (index, the parent's keyed id, or None for a chunk the parent holds as zeros)
+    let clean: Vec<(u64, Option<[u8; 32]>)> = (0..size.div_ceil(chunk))
+        .filter(|i| dirty.binary_search(i).is_err())
+        .filter_map(|i| match parent.entry(i)? {
+            IndexEntry::Stored(l) if u64::from(l.plain_len) == len_of(i) => {
+                Some((i, Some(l.chunk_id)))
+            }
+            IndexEntry::Zero { plain_len, .. } if u64::from(*plain_len) == len_of(i) => {
+                Some((i, None))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut sample = crate::preflight::spread_sample(&clean, chunk);
+    // The last clean chunk too (and the first): a disk shrunk and grown back (`qemu-img
+    // resize`) reads zeros at its end, which the bitmap does not mark.
+    for edge in [clean.first(), clean.last()].into_iter().flatten() {
+        if !sample.iter().any(|(i, _)| *i == edge.0) {
+            sample.push(*edge);
+        }
+    }
+    let mut buf = Vec::new();
+    for (index, id) in sample {
+        let at = index * chunk;
+        buf.resize(len_of(index) as usize, 0);
+        source.read_exact_at(at, &mut buf)?;
+        let same = match id {
+            Some(id) => ids.id(&buf) == id,
+            None => buf.iter().all(|&b| b == 0),
+        };
+        if !same {
+            return Err(bitmap_misses(
+                args,
+                index,
+                at,
+                at + buf.len() as u64,
+                parent.generation(),
+            ));
         }
     }
     Ok(())
@@ -2909,6 +2987,14 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             return Err(e);
         }
     }
+    if let (true, None, Some(d), Some(k)) = (args.delta, &unfinished_gen, &dirty, key.as_ref()) {
+        let chunk = u64::from(args.chunk_size);
+        let mut paced = crate::source::Paced::new(&mut *source, args.rate_limit, chunk);
+        if let Err(e) = check_clean_sample_first(medium.store(), &mut paced, args, k, d) {
+            let _ = medium.close();
+            return Err(e);
+        }
+    }
     let mut stats = RunStats::default();
     let result = (|| {
         let now = Started {
@@ -2983,7 +3069,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         {
             let _ = std::fs::remove_file(&old.path);
         }
-        if let Some(d) = &dirty {
+        // A resumed bitmap delta (a new one was checked before its generation was made).
+        if let (Some(d), true) = (&dirty, unfinished_gen.is_some()) {
             let chunk = u64::from(args.chunk_size);
             let mut paced = crate::source::Paced::new(&mut *source, args.rate_limit, chunk);
             check_clean_sample(&writer, &mut paced, args, d)?;

@@ -392,4 +392,7 @@ fn a_disk_shrunk_and_grown_back_is_not_trusted_to_its_bitmap() {
         err.contains("the bitmap calls chunk 47") && err.contains("reads differently now"),
         "{err}"
     );
+    // Nothing stored: no empty unfinished generation 2 that verify (and a seal) then failed on.
+    e.ok(&["verify", "--medium", "dir:mnt"]);
+    assert!(!e.p("mnt/MGEAR/vm1/G0002").exists());
 }
