@@ -257,9 +257,11 @@ pub struct BootReport {
     pub outcome: Outcome,
     /// Text that matched the regex.
     pub matched: Option<String>,
-    /// Seconds from QEMU start to the match.
+    /// Seconds from QEMU start to the match (`*_seconds` in JSON, as every duration is).
+    #[serde(rename = "time_to_marker_seconds")]
     pub time_to_marker_secs: Option<f64>,
     /// Seconds the attempt took.
+    #[serde(rename = "elapsed_seconds")]
     pub elapsed_secs: f64,
     /// Human explanation of the outcome.
     pub detail: String,

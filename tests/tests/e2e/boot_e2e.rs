@@ -70,7 +70,7 @@ fn sample_disk_boots_on_virtio_with_marker_and_report() {
     assert_eq!(report["driver"], "local-qemu");
     assert_eq!(report["target"], target);
     assert_eq!(report["matched"], "MGEAR-BOOT-OK sample-all");
-    assert!(report["time_to_marker_secs"].as_f64().is_some());
+    assert!(report["time_to_marker_seconds"].as_f64().is_some());
     let console = report["console_log"].as_str().unwrap();
     // The marker was read from the mounted disk, after the virtio disk appeared.
     assert!(
