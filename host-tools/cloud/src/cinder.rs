@@ -153,6 +153,9 @@ pub struct Volume {
         deserialize_with = "null_as_empty"
     )]
     pub host: String,
+    /// When Cinder created it (ISO 8601, as Cinder writes it: orders as text).
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub created_at: String,
 }
 
 impl Volume {
@@ -392,7 +395,7 @@ impl<'a> Cinder<'a> {
                 created: false,
             });
         }
-        let mut metadata = identity;
+        let mut metadata = identity.clone();
         metadata.insert(meta::STATE.into(), meta::WRITING.into());
         let created = self.create(&NewVolume {
             name: want.name.clone(),
@@ -402,6 +405,33 @@ impl<'a> Cinder<'a> {
             availability_zone: want.availability_zone.clone(),
         })?;
         let volume = self.wait_status(&created.id, "available", deadline)?;
+        // Two ingests of one capture generation started together (two hosts, two state
+        // dirs) each found none and made one: the first made stays, the other goes again
+        // (both were written and marked complete, and every later run was refused).
+        let mut twins = self.find_by_metadata(&identity)?;
+        twins.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        if let Some(first) = twins.first().filter(|f| f.id != volume.id) {
+            let first = first.id.clone();
+            let gone = self.delete(&volume.id);
+            return Err(CloudError::Config(format!(
+                "another ingest made volume {first} for {:?} (capture {}, generation {}) just \
+                 before this one made {}: two ingests of one capture run at once (another \
+                 host, or another --state-dir); {}. Let that ingest finish, then run this \
+                 again: it finds that volume and keeps (or resumes) it",
+                want.name,
+                want.capture_id,
+                want.generation,
+                volume.id,
+                match gone {
+                    Ok(()) => "this run's volume was deleted again".to_string(),
+                    Err(e) => format!(
+                        "this run's volume could not be deleted ({e}): delete it by hand \
+                         (openstack volume delete {})",
+                        volume.id
+                    ),
+                }
+            )));
+        }
         Ok(Ensured {
             volume,
             created: true,
@@ -811,6 +841,8 @@ mod tests {
             Canned::json(202, json!({"volume": vol("n1", "creating", json!({}))})),
             Canned::json(200, json!({"volume": vol("n1", "creating", json!({}))})),
             Canned::json(200, json!({"volume": vol("n1", "available", json!({}))})),
+            // No other ingest made one meanwhile.
+            Canned::json(200, json!({"volumes": [vol("n1", "available", ident())]})),
         ]);
         let s = session(&srv.url());
         let got = Cinder::new(&s)
@@ -833,7 +865,43 @@ mod tests {
                 "mgear.name": "web01", "mgear.capture": "c1", "mgear.generation": "3",
                 "mgear.manifest_root": "ab", "mgear.state": "writing"}}})
         );
-        assert_eq!(reqs.len(), 4);
+        assert_eq!(reqs.len(), 5);
+    }
+
+    /// The capture metadata of [`want`].
+    fn ident() -> Value {
+        json!({"mgear.name": "web01", "mgear.capture": "c1", "mgear.generation": "3",
+               "mgear.manifest_root": "ab", "mgear.state": "writing"})
+    }
+
+    /// Two ingests of one generation started at once each made a volume: the later one's goes
+    /// again and it says which volume the other made (both were written, then every later
+    /// run was refused: "2 volumes carry the metadata").
+    #[test]
+    fn ensure_volume_made_twice_at_once_keeps_the_first() {
+        let mut first = vol("a0", "available", ident());
+        first["created_at"] = json!("2026-12-05T20:00:00.000000");
+        let mut ours = vol("n1", "available", ident());
+        ours["created_at"] = json!("2026-12-05T20:00:01.000000");
+        let srv = TestServer::start(vec![
+            Canned::json(200, json!({"volumes": []})),
+            Canned::json(202, json!({"volume": vol("n1", "creating", json!({}))})),
+            Canned::json(200, json!({"volume": ours.clone()})),
+            Canned::json(200, json!({"volumes": [ours, first]})),
+            Canned::json(202, json!({})),
+        ]);
+        let s = session(&srv.url());
+        let e = match Cinder::new(&s).ensure_volume(&want(), Duration::from_secs(10)) {
+            Err(e) => e.to_string(),
+            Ok(v) => panic!("made {} beside a0", v.volume.id),
+        };
+        assert!(
+            e.contains("another ingest made volume a0") && e.contains("deleted again"),
+            "{e}"
+        );
+        let reqs = srv.requests();
+        assert_eq!(reqs[4].method, "DELETE");
+        assert!(reqs[4].path.ends_with("/volumes/n1"), "{}", reqs[4].path);
     }
 
     #[test]
