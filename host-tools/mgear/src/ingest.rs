@@ -686,12 +686,24 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             return Err(e);
         }
     };
-    let mut code = OK;
-    if args.boot && cinder {
-        code = boot_cinder(&args, &mut r)?;
+    let booted = if args.boot && cinder {
+        boot_cinder(&args, &mut r)
     } else if args.boot {
-        code = boot_volume(&args, bus, &mut r)?;
-    }
+        boot_volume(&args, bus, &mut r)
+    } else {
+        Ok(OK)
+    };
+    let code = match booted {
+        Ok(c) => c,
+        Err(e) => {
+            // Stopped (Ctrl-C) or failed to start the boot: the volume is written and
+            // verified, and the ticket gets the report of the stop (it got none).
+            if let Some(p) = &args.report {
+                report_stop(p, &args, &args.target, started, &e);
+            }
+            return Err(e);
+        }
+    };
     if let Some(p) = &args.report {
         crate::report::write(p, &crate::report::ingest(&r, &args.medium.describe())?)?;
     }

@@ -482,6 +482,14 @@ pub fn summary(v: &Value) -> String {
         } else {
             line("written", size(r, &["bytes_written"]));
             line("verified", verified(r).into());
+            match r.get("booted").and_then(Value::as_bool) {
+                Some(true) => line("booted", "yes: the marker was seen".into()),
+                Some(false) => line(
+                    "booted",
+                    format!("NO: see the boot report {}", s(r, &["boot_report"])),
+                ),
+                None => {}
+            }
         }
     }
     for (i, d) in disks.iter().enumerate() {
@@ -645,8 +653,11 @@ fn write_atomic(path: &Path, contents: &[u8], what: &str) -> crate::Result<()> {
 /// Write `v` (in the `--json` envelope, `ok` from `v["verified"]` if it has
 /// one) to `path` and `text` to [`text_path`]`(path)`, each atomically.
 pub fn write_json_and_text(path: &Path, v: &Value, text: &str) -> crate::Result<()> {
+    // An ingest with --boot whose boot did not prove itself is no success either (exit 1;
+    // the report said ok).
     let ok = v["verified"] != false
         && v["result"]["verified"] != false
+        && v["result"]["booted"] != false
         && v["result"]["error"].is_null();
     let line = crate::output::envelope_line(ok, v)?;
     write_atomic(path, (line + "\n").as_bytes(), "report")?;

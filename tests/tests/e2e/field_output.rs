@@ -75,6 +75,36 @@ fn capture_and_ingest(e: &Env) -> std::process::Output {
         .ok()
 }
 
+/// `ingest --boot --report`: a boot that does not prove itself makes the report `ok:false`
+/// with a `booted NO` line (it said ok and nothing of the boot).
+#[test]
+fn an_ingest_report_says_a_failed_boot() {
+    let e = Env::new();
+    disk(&e, "disk.raw");
+    let _ = capture_and_ingest(&e);
+    std::fs::remove_file(e.p("vol.raw")).unwrap();
+    let o = e
+        .ingest("fat:medium.img", "web01")
+        .trust("site.pub")
+        .target("file:vol.raw")
+        .args(&[
+            "--report",
+            "boot.json",
+            "--boot",
+            "--wait-for",
+            "never-printed",
+            "--timeout",
+            "60",
+        ])
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let r: Value = serde_json::from_slice(&std::fs::read(e.p("boot.json")).unwrap()).unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["result"]["booted"], false, "{r}");
+    let txt = std::fs::read_to_string(e.p("boot.txt")).unwrap();
+    assert!(txt.contains("booted          NO"), "{txt}");
+}
+
 #[test]
 fn ingest_report_carries_the_sha256_of_the_volume() {
     let e = Env::new();
