@@ -111,6 +111,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 nbd_socket.display()
             ));
         }
+        // A socket someone answers on is another simulator's export: taking it over sent
+        // that appliance's commands to this one, and this one removed it when it stopped.
+        if std::os::unix::net::UnixStream::connect(&nbd_socket).is_ok() {
+            return Err(anyhow!(
+                "{} is the export of another running simulator (it answers there): one \
+                 simulator per appliance; give this one its own --nbd and --console-link",
+                nbd_socket.display()
+            ));
+        }
     }
 
     let mut cfg = Config::default();

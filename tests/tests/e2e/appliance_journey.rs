@@ -272,6 +272,24 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
         text(&third.stderr)
     );
     assert!(!lab.p("state-c").exists());
+    // Another appliance (its own state and medium) given the running one's export socket:
+    // it took the socket over (the first appliance's commands reached it) and removed it when
+    // it stopped. Refused, and the first one still answers.
+    std::fs::copy(lab.p("medium.img"), lab.p("other.img")).unwrap();
+    let taker = Command::new(mgear_tests::bin("mgear-appliance-sim"))
+        .args(["--medium", &lab.s("other.img"), "--state", &lab.s("state-t")])
+        .args(["--console-link", &lab.s("t.tty"), "--nbd", &lab.sock()])
+        .arg("--test-timing")
+        .output()
+        .unwrap();
+    assert_eq!(taker.status.code(), Some(1));
+    assert!(
+        text(&taker.stderr).contains("is the export of another running simulator"),
+        "{}",
+        text(&taker.stderr)
+    );
+    assert!(!lab.p("state-t").exists() && !lab.p("t.tty").exists());
+    assert_eq!(lab.state(), "Sealed");
     // Nor the parents it made, and an existing directory keeps its mode.
     std::fs::create_dir(lab.p("kept")).unwrap();
     std::fs::set_permissions(
