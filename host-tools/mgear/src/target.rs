@@ -39,7 +39,7 @@ pub fn refuse_unfinished(spec: &str, doing: &str) -> crate::Result<()> {
                 p.display()
             )));
         }
-        // The file behind a loop device such an ingest was writing.
+        // The file behind a loop device such an ingest was writing (named `dev:` too, below).
         if let Ok(dir) = state_dir(None) {
             if DeviceVolume::backing_unfinished(p, &dir) {
                 return Err(usage(format!(
@@ -51,13 +51,16 @@ pub fn refuse_unfinished(spec: &str, doing: &str) -> crate::Result<()> {
                 )));
             }
         }
-        return Ok(());
     }
     let Ok(dir) = state_dir(None) else {
         return Ok(());
     };
     let unfinished = match &t {
-        Target::Dev(p) => DeviceVolume::marked_unfinished(p, &dir),
+        // Whatever the prefix says the path is: a block device given as `file:`, the file
+        // behind a loop device given as `dev:`.
+        Target::Dev(p) | Target::File(p) | Target::Qcow2(p) => {
+            DeviceVolume::marked_unfinished(p, &dir) || DeviceVolume::backing_unfinished(p, &dir)
+        }
         Target::Nbd(u) => NbdVolume::marked_unfinished(u, &dir),
         Target::Rbd(r) => RbdVolume::marked_unfinished(r, &dir),
         _ => false,

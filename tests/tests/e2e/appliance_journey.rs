@@ -277,7 +277,12 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
     // it stopped. Refused, and the first one still answers.
     std::fs::copy(lab.p("medium.img"), lab.p("other.img")).unwrap();
     let taker = Command::new(mgear_tests::bin("mgear-appliance-sim"))
-        .args(["--medium", &lab.s("other.img"), "--state", &lab.s("state-t")])
+        .args([
+            "--medium",
+            &lab.s("other.img"),
+            "--state",
+            &lab.s("state-t"),
+        ])
         .args(["--console-link", &lab.s("t.tty"), "--nbd", &lab.sock()])
         .arg("--test-timing")
         .output()

@@ -1415,6 +1415,9 @@ fn a_device_an_ingest_did_not_finish_is_not_booted() {
     for t in [
         format!("dev:{}", second.0),
         format!("file:{}", e.p("vol.img").display()),
+        // Whatever the prefix says it is.
+        format!("dev:{}", e.p("vol.img").display()),
+        format!("file:{}", dev.0),
     ] {
         refused(
             &e.run(&["boot", "--target", &t, "--wait-for", "x", "--timeout", "5"]),
