@@ -100,6 +100,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             },
             ..Default::default()
         };
+        refuse_overwriting_non_sample(path, opts.size)?;
         let disk = mgear_boot::build_sample_disk(path, &opts)?;
         let line = format!(
             "sample disk {} ({} MiB, Linux {}, drivers {}): boots to \"{}\"",
@@ -314,6 +315,37 @@ pub fn libvirtd_unreachable() -> Option<std::io::Error> {
         }
     }
     first
+}
+
+/// `--build-sample PATH` over a file that is not an earlier sample disk (a disk image of the
+/// sample's size with a boot sector) is refused: it silently became a 64 MiB sample (a text
+/// file, a disk image, a volume). An earlier sample is rebuilt in place, as before.
+fn refuse_overwriting_non_sample(path: &std::path::Path, size: u64) -> crate::Result<()> {
+    use std::io::Read;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let want = size.div_ceil(1 << 20) << 20;
+    let mut sector = [0u8; 512];
+    let sample_like = meta.is_file()
+        && meta.len() == want
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut sector))
+            .is_ok()
+        && sector[510..512] == [0x55, 0xAA];
+    if sample_like {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "--build-sample {}: it exists and is not a sample disk mgear built ({}): nothing was \
+         written; give a new path, or remove it first",
+        path.display(),
+        if meta.is_file() {
+            format!("{} bytes", meta.len())
+        } else {
+            "not a regular file".to_string()
+        }
+    )))
 }
 
 /// A libvirt failure, with the way out when the daemon is simply not running.

@@ -48,6 +48,17 @@ fn sample_disk_boots_on_virtio_with_marker_and_report() {
     // Same options, same marker id.
     let second = build_sample(&disk, "all", None);
     assert_eq!(first, second);
+    // A file that is no sample is not built over (it became a 64 MiB disk, exit 0).
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "keep me\n").unwrap();
+    let o = mgear(&["boot", "--build-sample", notes.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not a sample disk mgear built"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me\n");
 
     let target = format!("file:{}", disk.display());
     let o = mgear(&[
