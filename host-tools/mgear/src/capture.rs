@@ -1164,16 +1164,8 @@ fn check_clean_sample<S: image_format::Store>(
     let clean: Vec<u64> = (start..writer.chunk_count())
         .filter(|i| dirty.binary_search(i).is_err() && writer.can_copy_unchanged(*i))
         .collect();
-    let mut sample = crate::preflight::spread_sample(&clean, chunk);
-    // The last clean chunk too (and the first): a disk shrunk and grown back (`qemu-img
-    // resize`) reads zeros at its end, which the bitmap does not mark.
-    for edge in [clean.first(), clean.last()].into_iter().flatten() {
-        if !sample.contains(edge) {
-            sample.push(*edge);
-        }
-    }
     let mut buf = Vec::new();
-    for index in sample {
+    for index in crate::preflight::spread_sample_with_ends(&clean, chunk) {
         let at = index * chunk;
         buf.resize(chunk.min(size.saturating_sub(at)) as usize, 0);
         source.read_exact_at(at, &mut buf)?;
@@ -1243,16 +1235,8 @@ fn check_clean_sample_first(
             _ => None,
         })
         .collect();
-    let mut sample = crate::preflight::spread_sample(&clean, chunk);
-    // The last clean chunk too (and the first): a disk shrunk and grown back (`qemu-img
-    // resize`) reads zeros at its end, which the bitmap does not mark.
-    for edge in [clean.first(), clean.last()].into_iter().flatten() {
-        if !sample.iter().any(|(i, _)| *i == edge.0) {
-            sample.push(*edge);
-        }
-    }
     let mut buf = Vec::new();
-    for (index, id) in sample {
+    for (index, id) in crate::preflight::spread_sample_with_ends(&clean, chunk) {
         let at = index * chunk;
         buf.resize(len_of(index) as usize, 0);
         source.read_exact_at(at, &mut buf)?;

@@ -298,6 +298,18 @@ pub fn spread_sample<T: Copy>(items: &[T], chunk: u64) -> Vec<T> {
         .collect()
 }
 
+/// [`spread_sample`] with the first and last of `items` always in it: a disk shrunk and grown
+/// back (`qemu-img resize`) reads zeros at its end, which a dirty bitmap does not mark.
+pub fn spread_sample_with_ends<T: Copy + PartialEq>(items: &[T], chunk: u64) -> Vec<T> {
+    let mut sample = spread_sample(items, chunk);
+    for end in [items.first(), items.last()].into_iter().flatten() {
+        if !sample.contains(end) {
+            sample.push(*end);
+        }
+    }
+    sample
+}
+
 /// `want` positions of `0..len`, one drawn at random in each of `want` equal stretches of it,
 /// in order: spread over the whole disk as evenly spaced ones are, but never in step with a
 /// pattern the disk repeats (evenly spaced samples of a disk changed in every third chunk
@@ -450,6 +462,18 @@ pub fn human_seconds(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_with_ends_holds_the_first_and_last_item_once() {
+        let items: Vec<u64> = (0..1000).collect();
+        let s = spread_sample_with_ends(&items, 1 << 20);
+        assert!(s.contains(&0) && s.contains(&999), "{s:?}");
+        let mut seen = s.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), s.len(), "{s:?}");
+        assert!(spread_sample_with_ends::<u64>(&[], 1 << 20).is_empty());
+    }
 
     /// A sparse file's holes count as zeros, however the samples fall: 1 GiB holding 1 MiB
     /// (the first sample lands in it) was estimated at 1/32 of the disk.

@@ -1096,8 +1096,8 @@ fn force_into_an_rbd_image_a_client_has_open_is_refused() {
     drop(watch);
 
     // An image nobody has open, twice the disk and full of old data: --force leaves it the
-    // disk, and only the disk (the old data past the disk stayed, and the image as a whole
-    // was not the disk it was said to hold).
+    // disk and zeros past it, at its size (the old data past the disk stayed; shrinking it
+    // instead broke a Cinder volume's image, whose size Cinder keeps).
     let big = format!("{image}-big");
     run(&mut ceph(&[
         "create",
@@ -1125,9 +1125,14 @@ fn force_into_an_rbd_image_a_client_has_open_is_refused() {
         &format!("{pool}/{big}"),
         exported.to_str().unwrap(),
     ]));
-    assert_eq!(
+    let (image, disk) = (
         std::fs::read(&exported).unwrap(),
         std::fs::read(e.p("disk.raw")).unwrap(),
-        "the image is the disk, whole"
+    );
+    assert_eq!(image.len(), 8 << 20, "the image keeps its size");
+    assert!(image[..disk.len()] == disk[..], "the image holds the disk");
+    assert!(
+        image[disk.len()..].iter().all(|&b| b == 0),
+        "nothing of the old data is left past the disk"
     );
 }
