@@ -114,20 +114,9 @@ pub fn install_exit_at_once() {
     let message = "stopped by Ctrl-C or SIGTERM; nothing was changed (this command only reads)";
     let hint = "run the same command again to finish it";
     let said = if crate::output::json() {
-        // In the envelope's order (`ok` and `command` first), as every other error is printed.
-        let q = |s: &str| serde_json::Value::from(s).to_string();
-        (
-            1,
-            format!(
-                "{{\"ok\":false,\"command\":{},\"error\":{{\"code\":{},\"kind\":\"io\",\
-                 \"message\":{},\"hint\":{}}}}}\n",
-                q(crate::output::command()),
-                crate::exit::IO,
-                q(message),
-                q(hint)
-            )
-            .into_bytes(),
-        )
+        // The one error object every other failure prints.
+        let line = crate::output::error_line(crate::exit::IO, message, hint);
+        (1, format!("{line}\n").into_bytes())
     } else {
         (
             2,

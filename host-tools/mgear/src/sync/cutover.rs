@@ -13,10 +13,10 @@
 //!
 //! If anything fails from the quiesce on, or Ctrl-C / SIGTERM stops the
 //! cutover (the sync under way stops between chunks, the proof boot's guest
-//! is stopped, a hook under way is finished), `--resume CMD` runs so the source serves again (exit 3 for a
-//! stop); the target volume is left as the last sync wrote it. The hooks
-//! run in a process group of their own, so the terminal's Ctrl-C never kills
-//! the `--resume` that brings the source back. The
+//! is stopped, a hook under way is finished), `--resume CMD` runs so the
+//! source serves again (exit 3 for a stop); the target volume is left as the
+//! last sync wrote it. The hooks run in a process group of their own, so the
+//! terminal's Ctrl-C never kills the `--resume` that brings the source back. The
 //! two commands' standard output goes to mgear's standard error: mgear's
 //! standard output is the result (with `--json`, exactly one JSON object).
 
@@ -82,7 +82,10 @@ fn rollback(a: &Cutover, e: crate::Error) -> crate::Error {
     // again is what the operator must know first.
     match &a.resume {
         Some(cmd) => match hook("resume", cmd) {
-            Err(r) => e.context(format!("and resuming the source failed too: {r:#}")),
+            Err(r) => e.context(format!(
+                "cutover {what} after quiescing, and resuming the source failed too ({r:#}): \
+                 check the source and start it by hand"
+            )),
             Ok(()) => e.context(format!(
                 "cutover {what} after quiescing; the source was resumed with `{cmd}`"
             )),
