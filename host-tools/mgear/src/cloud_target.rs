@@ -121,6 +121,34 @@ pub fn cloud_err(e: CloudError) -> crate::Error {
     }
 }
 
+/// Whether `s` is written as a UUID (how Cinder writes volume ids).
+fn looks_like_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `cinder:NAME` is a name: the volume is made, or found by its capture metadata. An existing
+/// volume's id given there made a new volume named by that id, one volume's name then another's
+/// id: refused (exit 2), saying what to give.
+fn refuse_volume_id_as_name(cinder: &Cinder, name: &str) -> crate::Result<()> {
+    if !looks_like_uuid(name) {
+        return Ok(());
+    }
+    match cinder.get(name) {
+        Ok(v) => Err(usage(format!(
+            "cinder:{name} is the id of an existing volume ({:?}, {} GiB, {}): cinder:NAME takes \
+             the name of the volume to make (or to find again by its capture metadata), not a \
+             volume to write into; give a name, e.g. cinder:web01 (to write into that volume \
+             itself, ingest into rbd: of its image, volume-{name}, with --force)",
+            v.name, v.size, v.status
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
 /// A session from the environment (`OS_*`, `OS_CLOUD`).
 pub fn session() -> crate::Result<Session> {
     let auth = Auth::from_env().map_err(cloud_err)?;
@@ -192,6 +220,7 @@ fn rbd_spec(cinder: &Cinder, volume: &mgear_cloud::cinder::Volume) -> crate::Res
 pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result<Box<dyn Volume>> {
     let session = session()?;
     let cinder = Cinder::new(&session);
+    refuse_volume_id_as_name(&cinder, name)?;
     let want = VolumeFor {
         name: name.to_string(),
         size_bytes: prep.disk_size,
@@ -545,6 +574,19 @@ pub fn boot(args: &BootArgs) -> crate::Result<NovaBoot> {
 mod tests {
     use super::*;
     use crate::exit::code_of;
+
+    #[test]
+    fn a_volume_id_is_told_from_a_name() {
+        assert!(looks_like_uuid("0f8e1b2c-3d4e-4f50-8a6b-7c8d9e0f1a2b"));
+        for name in [
+            "web01",
+            "web01-g2",
+            "0f8e1b2c-3d4e-4f50-8a6b",
+            "0f8e1b2c3d4e4f508a6b7c8d9e0f1a2b",
+        ] {
+            assert!(!looks_like_uuid(name), "{name}");
+        }
+    }
 
     #[test]
     fn errors_map_to_exit_codes() {

@@ -1020,6 +1020,36 @@ fn a_name_another_volume_has_is_noted() {
     );
 }
 
+/// `cinder:ID` of an existing volume made a new volume named by that id: refused, nothing made.
+#[test]
+fn a_volume_id_as_the_cinder_name_is_refused() {
+    let Some(lab) = Lab::from_env() else { return };
+    let session = lab.session();
+    let cinder = Cinder::new(&session);
+    let other = cinder
+        .create(&NewVolume {
+            name: format!("by-id-{}", unique()),
+            size_gib: 1,
+            volume_type: None,
+            metadata: Default::default(),
+            availability_zone: None,
+        })
+        .unwrap();
+    let o = ingest_out_of_ceph_reach(&lab, &other.id);
+    let named = cinder.named(&other.id).unwrap_or_default();
+    let _ = cinder.delete(&other.id);
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "cinder:{} is the id of an existing volume",
+            other.id
+        )),
+        "{text}"
+    );
+    assert!(named.is_empty(), "a volume named {} was made", other.id);
+}
+
 /// `--force` into an RBD image another client has open (here `qemu-io`, a QEMU as a running
 /// machine has it) is refused, naming the client, before anything is written.
 #[test]
