@@ -56,11 +56,12 @@ pub fn refuse_unfinished(spec: &str, doing: &str) -> crate::Result<()> {
         return Ok(());
     };
     let unfinished = match &t {
-        // Whatever the prefix says the path is: a block device given as `file:`, the file
-        // behind a loop device given as `dev:`.
-        Target::Dev(p) | Target::File(p) | Target::Qcow2(p) => {
+        // Whatever the prefix says the path is: the file behind a loop device given as `dev:`,
+        // a block device given as `file:` (a file's own check is above).
+        Target::Dev(p) => {
             DeviceVolume::marked_unfinished(p, &dir) || DeviceVolume::backing_unfinished(p, &dir)
         }
+        Target::File(p) | Target::Qcow2(p) => DeviceVolume::marked_unfinished(p, &dir),
         Target::Nbd(u) => NbdVolume::marked_unfinished(u, &dir),
         Target::Rbd(r) => RbdVolume::marked_unfinished(r, &dir),
         _ => false,
