@@ -251,44 +251,28 @@ fn mirror_problems(
         .collect();
     // A medium declared lost (`capture --replace-medium`) and found again holds the span as
     // it was before: the mirrored files written since are not on it, which is no damage (it
-    // was told as one problem per file). Any member's map may say so; its own may not.
-    let mut labels: Vec<Option<([u8; 16], u16)>> = Vec::new();
+    // was told as one problem per file). Any member's map may say so, its own may not: each
+    // medium is read once, and the lost ones' copies are set aside once all maps are seen.
     let mut lost = std::collections::BTreeSet::new();
-    for (_, w) in &members {
-        let m = w.open_read_only()?;
-        let own = m.span().and_then(|span| {
-            let id = span.id();
-            for member in span.map().members.iter().filter(|m| m.lost) {
-                lost.insert((id, member.ordinal));
-            }
-            match span.attached()[..] {
-                [ordinal] => Some((id, ordinal)),
-                _ => None,
-            }
-        });
-        m.close()?;
-        labels.push(own);
-    }
-    // path -> (medium, digest) for every member of a span.
-    let mut copies: BTreeMap<String, Vec<(String, [u8; 32])>> = BTreeMap::new();
-    let mut spanned = Vec::new();
-    for ((label, w), own) in members.iter().zip(&labels) {
-        if own.is_some_and(|o| lost.contains(&o)) {
-            eprintln!(
-                "mgear verify: note: {label} was declared lost from its span (`capture \
-                 --replace-medium`): it holds the span as it was before, and its copies of the \
-                 span's files are not compared with the others'"
-            );
-            continue;
-        }
+    /// A medium's span id and ordinal, and its copies (path, digest).
+    type Read = (Option<([u8; 16], u16)>, Vec<(String, [u8; 32])>);
+    let mut read: Vec<(&String, Read)> = Vec::new();
+    for (label, w) in &members {
         let mut m = w.open_read_only()?;
-        if m.span().is_none() {
+        let Some(span) = m.span() else {
             m.close()?;
             continue;
+        };
+        let id = span.id();
+        for member in span.map().members.iter().filter(|m| m.lost) {
+            lost.insert((id, member.ordinal));
         }
-        spanned.push(label.clone());
-        let files = mirrored_files(m.store(), theirs)?;
-        for f in files {
+        let own = match span.attached()[..] {
+            [ordinal] => Some((id, ordinal)),
+            _ => None,
+        };
+        let mut held = Vec::new();
+        for f in mirrored_files(m.store(), theirs)? {
             let len = m.store().len(&f).map_err(|e| crate::err!("{f}: {e}"))?;
             let mut h = blake3::Hasher::new();
             let mut buf = vec![0u8; 1 << 20];
@@ -304,12 +288,27 @@ fn mirror_problems(
                 h.update(&buf[..n]);
                 at += n as u64;
             }
-            copies
-                .entry(f)
-                .or_default()
-                .push((label.clone(), *h.finalize().as_bytes()));
+            held.push((f, *h.finalize().as_bytes()));
         }
         m.close()?;
+        read.push((label, (own, held)));
+    }
+    // path -> (medium, digest) for every member of a span.
+    let mut copies: BTreeMap<String, Vec<(String, [u8; 32])>> = BTreeMap::new();
+    let mut spanned = Vec::new();
+    for (label, (own, held)) in read {
+        if own.is_some_and(|o| lost.contains(&o)) {
+            eprintln!(
+                "mgear verify: note: {label} was declared lost from its span (`capture \
+                 --replace-medium`): it holds the span as it was before, and its copies of the \
+                 span's files are not compared with the others'"
+            );
+            continue;
+        }
+        spanned.push(label.clone());
+        for (f, digest) in held {
+            copies.entry(f).or_default().push((label.clone(), digest));
+        }
     }
     let mut out = Vec::new();
     if spanned.len() < 2 {
