@@ -301,8 +301,16 @@ impl BootReport {
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| BootError::Format(format!("serialising boot report: {e}")))?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| BootError::io(format!("writing boot report {}", path.display()), e))
+        // Into its `.partial`, then renamed: a reader never sees half a report.
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        std::fs::write(&partial, text + "\n")
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&partial);
+                BootError::io(format!("writing boot report {}", path.display()), e)
+            })
     }
 }
 

@@ -172,13 +172,68 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             }
         }
     }
-    let report = boot_resolved_all(&all, &opts)?;
-    let target = &all[0];
     let report_path = args
         .report
         .clone()
-        .unwrap_or_else(|| target.default_report_path());
+        .unwrap_or_else(|| all[0].default_report_path());
+    clear_report_path(&report_path, args.report.is_some())?;
+    let report = boot_resolved_all(&all, &opts)?;
     finish(&report, &report_path, args.json)
+}
+
+/// Whether `text` is a boot report an earlier `mgear boot` wrote.
+fn is_boot_report(text: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(text).is_ok_and(|v| {
+        ["driver", "target", "wait_for", "outcome", "console_log"]
+            .iter()
+            .all(|k| v.get(k).is_some())
+    })
+}
+
+/// Before the guest starts: the report's place must take a report, and what is there must be
+/// an earlier boot report, which goes at once. `--report vol.raw` wrote the report over the
+/// volume just booted (any file was replaced); and a boot killed on the way left the report of
+/// an earlier boot beside the volume, read as this one's.
+fn clear_report_path(path: &std::path::Path, given: bool) -> crate::Result<()> {
+    let flag = if given { "--report" } else { "the boot report" };
+    let hint = if given {
+        "give --report a new file name in a directory you can write to (nothing was booted yet)"
+    } else {
+        "give --report a file in a directory you can write to (nothing was booted yet)"
+    };
+    let fail = |code, what: String| {
+        crate::exit::coded_hint(code, format!("{flag} {}: {what}", path.display()), hint)
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Err(fail(USAGE, "is a directory".into())),
+        Ok(m) => {
+            // A boot report is a console tail and some lines: far below this.
+            let earlier = m.is_file()
+                && m.len() < 16 << 20
+                && std::fs::read(path).is_ok_and(|t| is_boot_report(&t));
+            if !earlier {
+                return Err(fail(
+                    USAGE,
+                    "exists and is not a MotionGear boot report (a volume, a medium, a key?): \
+                     it is never overwritten; an earlier boot report is replaced"
+                        .into(),
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| fail(IO, format!("cannot remove the earlier report: {e}")))?;
+        }
+        Err(_) => {}
+    }
+    // Found only after the boot, a report that cannot be written made its minute a failure.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|f| {
+            drop(f);
+            std::fs::remove_file(path)
+        })
+        .map_err(|e| fail(IO, format!("cannot be written: {e}")))
 }
 
 /// How to boot: what `mgear boot` and `mgear ingest --boot` share.

@@ -1191,15 +1191,16 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     let started = Instant::now();
     let mut target = Target::parse(&args.target, Bare::Refuse)?;
     refuse_bad_target(&args.medium, &args.target)?;
-    if args.register_image {
-        match &mut target {
-            Target::EbsSnapshot { opts, .. } => opts.register_image = true,
-            other => {
-                return Err(usage(format!(
-                    "--register-image needs an ebs-snapshot:NAME target, not {other}"
-                )))
-            }
+    match &mut target {
+        Target::EbsSnapshot { opts, .. } => opts
+            .with_register_flag(args.register_image)
+            .map_err(|e| usage(format!("{}: {e}", args.target)))?,
+        other if args.register_image => {
+            return Err(usage(format!(
+                "--register-image needs an ebs-snapshot:NAME target, not {other}"
+            )))
         }
+        _ => {}
     }
     if args.boot && matches!(target, Target::EbsSnapshot { .. }) {
         return Err(usage(

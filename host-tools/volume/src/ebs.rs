@@ -31,6 +31,9 @@ pub struct EbsOptions {
     pub boot_mode: Option<String>,
     /// Root device name (default `/dev/xvda`).
     pub root_device: Option<String>,
+    /// `register-image=` as written in the spec, if it was: `=0` with `--register-image` is a
+    /// contradiction, not a choice ([`EbsOptions::with_register_flag`]).
+    pub register_image_given: Option<bool>,
 }
 
 impl EbsOptions {
@@ -56,7 +59,8 @@ impl EbsOptions {
                                  snapshot) or 0"
                             ))
                         }
-                    }
+                    };
+                    o.register_image_given = Some(o.register_image);
                 }
                 "arch" => o.architecture = Some(v.to_string()),
                 "boot-mode" => o.boot_mode = Some(v.to_string()),
@@ -90,6 +94,42 @@ impl EbsOptions {
             }
         }
         Ok(o)
+    }
+
+    /// Adds `ingest --register-image` to what the spec said, and refuses what would be silently
+    /// ignored: the flag against an explicit `register-image=0`, and `arch`, `boot-mode` or
+    /// `root-device` (they describe the image) when no image is registered.
+    pub fn with_register_flag(&mut self, flag: bool) -> std::result::Result<(), String> {
+        if flag {
+            if self.register_image_given == Some(false) {
+                return Err(
+                    "--register-image contradicts register-image=0 in the target: \
+                     give one of them"
+                        .into(),
+                );
+            }
+            self.register_image = true;
+        }
+        if !self.register_image {
+            let unused: Vec<&str> = [
+                ("arch", self.architecture.is_some()),
+                ("boot-mode", self.boot_mode.is_some()),
+                ("root-device", self.root_device.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, given)| given.then_some(k))
+            .collect();
+            if !unused.is_empty() {
+                return Err(format!(
+                    "{} describe{} the image registered from the snapshot, and none is: add \
+                     register-image=1 to the target (or --register-image), or leave {} out",
+                    unused.join(", "),
+                    if unused.len() == 1 { "s" } else { "" },
+                    if unused.len() == 1 { "it" } else { "them" },
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -479,6 +519,28 @@ mod tests {
             Some("/dev/sda1")
         );
         assert_eq!(EbsOptions::parse_query("").unwrap(), EbsOptions::default());
+    }
+
+    #[test]
+    fn the_register_flag_and_image_options_are_never_silently_ignored() {
+        let with = |q: &str, flag: bool| {
+            let mut o = EbsOptions::parse_query(q).unwrap();
+            o.with_register_flag(flag).map(|()| o.register_image)
+        };
+        // `register-image=0` with `--register-image` registered an image.
+        let e = with("register-image=0", true).unwrap_err();
+        assert!(e.contains("contradicts register-image=0"), "{e}");
+        // arch/boot-mode/root-device without an image to describe were accepted and unused.
+        let e = with("arch=arm64&root-device=/dev/sda1", false).unwrap_err();
+        assert!(e.starts_with("arch, root-device describe"), "{e}");
+        assert!(e.contains("register-image=1"), "{e}");
+        assert!(with("register-image=0&boot-mode=uefi", false).is_err());
+        assert_eq!(with("arch=arm64", true), Ok(true));
+        assert_eq!(with("register-image=1&boot-mode=uefi", false), Ok(true));
+        assert_eq!(with("register-image=1", true), Ok(true));
+        assert_eq!(with("register-image=0", false), Ok(false));
+        assert_eq!(with("", false), Ok(false));
+        assert_eq!(with("", true), Ok(true));
     }
 
     #[test]

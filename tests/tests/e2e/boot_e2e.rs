@@ -267,6 +267,63 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
     .unwrap();
     // The firmware said it found nothing to boot: no waiting for --timeout.
     assert_eq!(r["outcome"], "nothing-bootable");
+
+    // `--report` naming the volume (or any file that is no boot report) wrote the report
+    // over it: refused before the guest starts, the file untouched.
+    let keep = dir.path().join("notes.txt");
+    std::fs::write(&keep, "precious\n").unwrap();
+    for (report, before) in [
+        (&disk, std::fs::read(&disk).unwrap()),
+        (&keep, b"precious\n".to_vec()),
+    ] {
+        let o = mgear(&[
+            "boot",
+            "--target",
+            &format!("file:{}", disk.display()),
+            "--report",
+            report.to_str().unwrap(),
+            "--timeout",
+            "30",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            text(&o).contains("is not a MotionGear boot report")
+                && text(&o).contains("never overwritten"),
+            "{}",
+            text(&o)
+        );
+        assert!(!text(&o).contains("Booting from"), "{}", text(&o));
+        assert_eq!(std::fs::read(report).unwrap(), before);
+    }
+    // An earlier boot report is replaced, and gone as soon as the next boot starts: a boot
+    // stopped on the way left it beside the volume, read as that boot's.
+    let earlier = dir.path().join("zeros.raw.boot-report.json");
+    let mut old = r.clone();
+    old["outcome"] = "booted".into();
+    std::fs::write(&earlier, serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+    let mut child = Command::new(bin("mgear"))
+        .args([
+            "boot",
+            "--target",
+            &format!("file:{}", disk.display()),
+            "--wait-for",
+            "never",
+            "--timeout",
+            "30",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while earlier.exists() && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let gone_early = !earlier.exists();
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(gone_early, "the earlier report stayed while the boot ran");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&earlier).unwrap()).unwrap();
+    assert_eq!(r["outcome"], "nothing-bootable");
 }
 
 #[test]
