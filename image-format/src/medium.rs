@@ -140,6 +140,16 @@ pub(crate) fn read_journal<S: Store + ?Sized>(
 /// joins it to a span, which has to write the span's map onto it. Returns
 /// the bytes freed.
 pub fn cut_uncommitted<S: Store + ?Sized>(store: &mut S) -> Result<u64> {
+    uncommitted(store, true)
+}
+
+/// The bytes [`cut_uncommitted`] would free, nothing changed: room a resume gets back, which
+/// a free-space count made before it (a dry run's) has to add.
+pub fn uncommitted_bytes<S: Store + ?Sized>(store: &mut S) -> Result<u64> {
+    uncommitted(store, false)
+}
+
+fn uncommitted<S: Store + ?Sized>(store: &mut S, cut: bool) -> Result<u64> {
     let mut freed = 0u64;
     for name in capture_names(store)? {
         let Some(&g) = generations(store, &name)?.last() else {
@@ -162,21 +172,27 @@ pub fn cut_uncommitted<S: Store + ?Sized>(store: &mut S) -> Result<u64> {
             let path = alloc::format!("{dir}/{}", e.name);
             match layout::parse_segment_name(&e.name) {
                 Some(s) if s >= keep => {
-                    store.remove_file(&path).at(&path)?;
+                    if cut {
+                        store.remove_file(&path).at(&path)?;
+                    }
                     freed += e.len;
                 }
                 Some(s) if s == j.closed_segments && e.len > j.open_len => {
-                    store.set_len(&path, j.open_len).at(&path)?;
+                    if cut {
+                        store.set_len(&path, j.open_len).at(&path)?;
+                    }
                     freed += e.len - j.open_len;
                 }
                 _ if e.name == layout::IPART_FILE && e.len > j.ipart_len => {
-                    store.set_len(&path, j.ipart_len).at(&path)?;
+                    if cut {
+                        store.set_len(&path, j.ipart_len).at(&path)?;
+                    }
                     freed += e.len - j.ipart_len;
                 }
                 _ => {}
             }
         }
-        if freed > 0 {
+        if cut && freed > 0 {
             store.sync(&dir).at(&dir)?;
         }
     }

@@ -2090,7 +2090,19 @@ fn preflight(
     } else {
         estimate.stored_bytes
     };
-    let free = store.free_space().ok().flatten();
+    // A resume first cuts what its capture wrote past the last checkpoint: that room is free
+    // to it (a second medium given after "medium full" was called too small by the uncut
+    // tail on the first, and the capture then fitted).
+    let reclaimed = if kind == "resume" {
+        image_format::uncommitted_bytes(store).unwrap_or(0)
+    } else {
+        0
+    };
+    let free = store
+        .free_space()
+        .ok()
+        .flatten()
+        .map(|f| f.saturating_add(reclaimed));
     Ok(Preview {
         command: "capture --dry-run",
         name: args.name.clone(),

@@ -571,6 +571,40 @@ fn a_medium_filled_to_the_last_byte_continues_on_one_more() {
     same_file(&e.p("c.raw"), &e.p("d.raw"));
 }
 
+/// After "medium full", the dry run of the way on (the same command with one more medium)
+/// said "DOES NOT FIT" and exit 3: it counted the first medium's tail past the last
+/// checkpoint as used, which the resume cuts first; the capture itself then fitted.
+#[test]
+fn the_dry_run_of_a_resume_counts_the_tail_the_resume_cuts() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("o.raw"), noise(10 << 20, 3)).unwrap();
+    std::fs::write(e.p("r.raw"), noise(40 << 20, 4)).unwrap();
+    let (fa, fb) = (e.fat("fa.img", "48MiB"), e.fat("fb.img", "48MiB"));
+    e.capture(&fa, "o").source("o.raw").ok();
+    let full = e
+        .capture(&fa, "r")
+        .source("r.raw")
+        .arg("--skip-space-check")
+        .run();
+    assert_eq!(full.status.code(), Some(3), "{}", output_text(&full));
+    let line = || e.capture(&fa, "r").medium(&fb).source("r.raw");
+    let plan = line().arg("--dry-run").arg("--json").run();
+    let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan.status.code(), Some(0), "{}", output_text(&plan));
+    assert_eq!(p["kind"], "resume", "{p}");
+    assert_eq!(p["fits"], true, "{p}");
+    let o = line().run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(!output_text(&o).contains("may not hold"), "{}", output_text(&o));
+    e.ingest(&fa, "r")
+        .medium(&fb)
+        .untrusted()
+        .target("file:r.out")
+        .ok();
+    same_file(&e.p("r.out"), &e.p("r.raw"));
+}
+
 /// `--dry-run` said "fits" for 64 MiB of noise on two 40 MiB media, and the
 /// capture then failed half-way saying "about 19 MiB more needed" when 2 MiB
 /// were missing: the plan did not count the reserve each medium keeps.
