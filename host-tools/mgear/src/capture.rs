@@ -1622,6 +1622,8 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
 /// `capture --dry-run` of a machine set: each disk's plan and the sum.
 pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
     check_key_files(args)?;
+    // What the run refuses first (one disk given twice was planned as two, "fits").
+    crate::machine::check_sources(sources)?;
     let plan = plan_set(args, sources)?;
     generated_passphrase(args)?;
     // Exit 3 when it does not fit: `ok` says the same.
@@ -1807,12 +1809,24 @@ fn source_spec(args: &Plan) -> crate::Result<&str> {
 /// Refuse (exit 2) a source that is the medium itself (or a partition of
 /// it, or a file among a directory medium's captures).
 pub fn refuse_source_on_medium(medium: &crate::medium::Where, spec: &str) -> crate::Result<()> {
-    if let Ok(crate::spec::Source::Path(p)) = crate::spec::Source::parse(spec) {
-        medium.refuse_overlap(
+    match crate::spec::Source::parse(spec) {
+        Ok(crate::spec::Source::Path(p)) => medium.refuse_overlap(
             &format!("--source {spec}"),
             &p,
             "capture would read the medium it writes",
-        )?;
+        )?,
+        // An export served here of the medium's image (by `qemu-nbd` with its locking off)
+        // was captured onto that medium, and the capture verified.
+        Ok(crate::spec::Source::Nbd(u)) => {
+            for (_, p) in crate::guard::served_files(&u) {
+                medium.refuse_overlap(
+                    &format!("--source {spec} (an NBD export of {})", p.display()),
+                    &p,
+                    "capture would read the medium it writes",
+                )?;
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -566,6 +566,135 @@ pub fn loop_backing(rdev: u64) -> Option<(u64, u64)> {
     Some((m.dev(), m.ino()))
 }
 
+/// The socket inodes listening at an NBD URL on this host: a unix socket's path (as bound,
+/// resolved) from `/proc/net/unix`, or a loopback/any-address TCP port from `/proc/net/tcp*`.
+fn listening_inodes(url: &mgear_nbd::NbdUrl) -> Vec<u64> {
+    let mut out = Vec::new();
+    match url {
+        mgear_nbd::NbdUrl::Unix { socket, .. } => {
+            let want = resolved(socket);
+            let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+            for l in table.lines().skip(1) {
+                // Num RefCount Protocol Flags Type St Inode Path; listening: __SO_ACCEPTCON.
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (Some(flags), Some(inode), Some(path)) = (f.get(3), f.get(6), f.get(7)) else {
+                    continue;
+                };
+                let listening = u32::from_str_radix(flags, 16).is_ok_and(|x| x & 0x10000 != 0);
+                if listening && want.is_some() && resolved(Path::new(path)) == want {
+                    out.extend(inode.parse::<u64>().ok());
+                }
+            }
+        }
+        mgear_nbd::NbdUrl::Tcp { host, port, .. } => {
+            let local = ["localhost", "127.0.0.1", "::1", "[::1]"].contains(&host.as_str())
+                || host.starts_with("127.");
+            if !local {
+                return out;
+            }
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                let table = std::fs::read_to_string(table).unwrap_or_default();
+                for l in table.lines().skip(1) {
+                    // sl local_address rem_address st ... uid timeout inode; LISTEN is 0A.
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let (Some(addr), Some(st), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                        continue;
+                    };
+                    let at = addr
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                    if *st == "0A" && at == Some(*port) {
+                        out.extend(inode.parse::<u64>().ok());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The files and block devices (by [`disk_identity`], with the path it was opened by) that
+/// the process serving `url` on this host holds open for reading: what a `qemu-nbd` or `nbdkit` export reads its disk from
+/// (an image and its backing files). Empty when no process here serves it or it cannot be
+/// inspected. Standard input, output and error are left out (a server started from a shell
+/// may write them to a file).
+pub fn served_files(url: &mgear_nbd::NbdUrl) -> Vec<((u64, u64), PathBuf)> {
+    use std::os::unix::fs::FileTypeExt;
+    let inodes = listening_inodes(url);
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for p in procs.flatten() {
+        if p.file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let fds: Vec<_> = fds.flatten().collect();
+        let serves = fds.iter().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
+        });
+        if !serves {
+            continue;
+        }
+        let mut out = Vec::new();
+        for fd in &fds {
+            if fd
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_none_or(|n| n < 3)
+            {
+                continue;
+            }
+            let Ok(m) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if !(m.is_file() || m.file_type().is_block_device()) {
+                continue;
+            }
+            let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
+                .unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .unwrap_or(0);
+            // A pid file is written, never read.
+            if flags & nix::libc::O_ACCMODE as u32 == nix::libc::O_WRONLY as u32 {
+                continue;
+            }
+            let id = disk_identity(&m);
+            if !out.iter().any(|(i, _)| *i == id) {
+                out.push((id, std::fs::read_link(fd.path()).unwrap_or_default()));
+            }
+        }
+        return out;
+    }
+    Vec::new()
+}
+
+/// A file's or block device's identity as a disk: (device, inode) of a file, of the file
+/// behind a loop device, else (device number, 0): the same disk however it is reached.
+pub fn disk_identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if m.file_type().is_block_device() {
+        loop_backing(m.rdev()).unwrap_or((m.rdev(), 0))
+    } else {
+        (m.dev(), m.ino())
+    }
+}
+
 /// The disk a partition (device number `rdev`) is on, from sysfs; `None`
 /// for a whole disk or where sysfs does not say.
 fn whole_disk(rdev: u64) -> Option<u64> {

@@ -718,12 +718,44 @@ pub fn disk_facts(spec: &str) -> SetDisk {
 /// open would wait for a writer forever), was found only after the disks
 /// before it were captured; and one disk given twice (however spelled, a
 /// hard link too) was captured as two.
-fn check_sources(sources: &[String]) -> crate::Result<()> {
-    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+pub(crate) fn check_sources(sources: &[String]) -> crate::Result<()> {
     let mut seen: Vec<((u64, u64), PathBuf, usize)> = Vec::new();
+    let mut nbd_seen: Vec<(String, usize)> = Vec::new();
     for (k, s) in sources.iter().enumerate() {
-        let Ok(crate::spec::Source::Path(p)) = crate::spec::Source::parse(s) else {
-            continue;
+        let p = match crate::spec::Source::parse(s) {
+            Ok(crate::spec::Source::Path(p)) => p,
+            Ok(crate::spec::Source::Nbd(u)) => {
+                // The same export however spelled, or the one image file an export serves
+                // (with qemu-nbd's image and its backing files, which disk is ambiguous).
+                let endpoint = nbd_endpoint(&u);
+                let served = crate::guard::served_files(&u);
+                let file = match served.as_slice() {
+                    [(id, path)] => Some((*id, path.clone())),
+                    _ => None,
+                };
+                let twin = nbd_seen
+                    .iter()
+                    .find(|(e, _)| *e == endpoint)
+                    .map(|(_, k)| (*k, sources[*k].clone()))
+                    .or_else(|| {
+                        let (id, _) = file.as_ref()?;
+                        seen.iter()
+                            .find(|(i, ..)| i == id)
+                            .map(|(_, p, k)| (*k, p.display().to_string()))
+                    });
+                if let Some((first, first_spec)) = twin {
+                    return Err(usage(format!(
+                        "disk {first} ({first_spec}) and disk {k} ({s}) are the same disk: give \
+                         each disk of the machine once"
+                    )));
+                }
+                if let Some((id, path)) = file {
+                    seen.push((id, path, k));
+                }
+                nbd_seen.push((endpoint, k));
+                continue;
+            }
+            _ => continue,
         };
         let meta = std::fs::metadata(&p).map_err(|e| {
             usage(format!(
@@ -741,11 +773,7 @@ fn check_sources(sources: &[String]) -> crate::Result<()> {
         }
         // The same file or device: its device and inode, whatever the path; a loop device
         // is the file behind it.
-        let id = if meta.file_type().is_block_device() {
-            crate::guard::loop_backing(meta.rdev()).unwrap_or((meta.rdev(), 0))
-        } else {
-            (meta.dev(), meta.ino())
-        };
+        let id = crate::guard::disk_identity(&meta);
         if let Some((_, first_path, first)) = seen.iter().find(|(i, ..)| *i == id) {
             return Err(usage(format!(
                 "disk {first} ({}) and disk {k} ({s}) are the same disk: give each disk of the \
@@ -756,6 +784,26 @@ fn check_sources(sources: &[String]) -> crate::Result<()> {
         seen.push((id, p, k));
     }
     Ok(())
+}
+
+/// An NBD export's place, one spelling for each: the socket's resolved path or the host and
+/// port, and the export name.
+fn nbd_endpoint(u: &mgear_nbd::NbdUrl) -> String {
+    match u {
+        mgear_nbd::NbdUrl::Unix { socket, export } => format!(
+            "unix {} {export}",
+            crate::guard::resolved(socket)
+                .unwrap_or_else(|| socket.clone())
+                .display()
+        ),
+        mgear_nbd::NbdUrl::Tcp { host, port, export } => {
+            let host = match host.as_str() {
+                "localhost" | "::1" | "[::1]" => "127.0.0.1",
+                h => h,
+            };
+            format!("tcp {host}:{port} {export}")
+        }
+    }
 }
 
 /// Logical sector size: the kernel's for a block device, 512 for an image file.

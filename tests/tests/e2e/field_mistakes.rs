@@ -208,6 +208,37 @@ fn the_medium_is_never_its_own_target_or_source() {
     let o = e.capture(&m, "self").source("medium.img").run();
     refused(&o, "capture would read the medium it writes");
     assert_eq!(tree(&e.p("medium.img")), before);
+    // ... and served over NBD (QEMU's locking off, or the capture is refused as the medium
+    // being held): it was captured onto itself, and verified.
+    let sock = e.p("m.sock");
+    let server = std::process::Command::new("qemu-nbd")
+        .args(["-t", "-r", "--image-opts", "-k"])
+        .arg(&sock)
+        .arg(format!(
+            "driver=raw,file.driver=file,file.filename={},file.locking=off",
+            e.s("medium.img")
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(mgear_tests::Background)
+        .expect("qemu-nbd (Debian: qemu-utils)");
+    let t0 = std::time::Instant::now();
+    while !sock.exists() && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = e
+        .capture(&m, "self")
+        .source(&format!("nbd+unix:///?socket={}", sock.display()))
+        .run();
+    refused(&o, "(an NBD export of");
+    assert!(
+        output_text(&o).contains("capture would read the medium it writes"),
+        "{}",
+        output_text(&o)
+    );
+    drop(server);
+    assert_eq!(tree(&e.p("medium.img")), before);
 
     // A dir: medium: a target among its captures is refused, and so is one beside them
     // (the mount point's top): the decrypted disk was written onto the medium, exit 0.

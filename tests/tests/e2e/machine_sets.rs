@@ -1176,6 +1176,52 @@ fn a_sets_sources_are_checked_before_any_disk_is_captured() {
         );
     }
     drop(over);
+    // One NBD export twice, however spelled, or beside the image it serves (captured as two
+    // disks, the second all dedup); a dry run refuses as the run does (it said "fits").
+    let sock = e.p("nbd/d1.sock");
+    std::fs::create_dir(e.p("nbd")).unwrap();
+    let server = mgear_tests::qemu_nbd(&["-t", "-r", "-f", "raw"], &sock, &e.p("disk1.raw"));
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    let other = format!(
+        "nbd+unix:///?socket={}/nbd/../nbd/d1.sock",
+        e.dir.path().display()
+    );
+    for (sources, says) in [
+        (
+            [url.as_str(), other.as_str()],
+            format!("disk 0 ({url}) and disk 1"),
+        ),
+        (
+            ["disk1.raw", url.as_str()],
+            "and disk 1 (nbd+unix".to_string(),
+        ),
+        (
+            [url.as_str(), "disk1.raw"],
+            "and disk 1 (disk1.raw)".to_string(),
+        ),
+    ] {
+        for dry in [true, false] {
+            let mut c = e.capture(&m, "db01").sources(&sources);
+            if dry {
+                c = c.arg("--dry-run");
+            }
+            let o = c.run();
+            assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+            let text = output_text(&o);
+            assert!(
+                text.contains(&says) && text.contains("are the same disk"),
+                "{says}: {text}"
+            );
+        }
+    }
+    // Another disk over NBD beside it is no twin.
+    let plan = e
+        .capture(&m, "db01")
+        .sources(&[url.as_str(), "disk0.raw"])
+        .arg("--dry-run")
+        .run();
+    assert_eq!(plan.status.code(), Some(0), "{}", output_text(&plan));
+    drop(server);
     let i = e.json(&["inspect", "--medium", &m]);
     assert_eq!(
         i["captures"],

@@ -596,7 +596,11 @@ fn the_dry_run_of_a_resume_counts_the_tail_the_resume_cuts() {
     assert_eq!(p["fits"], true, "{p}");
     let o = line().run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
-    assert!(!output_text(&o).contains("may not hold"), "{}", output_text(&o));
+    assert!(
+        !output_text(&o).contains("may not hold"),
+        "{}",
+        output_text(&o)
+    );
     e.ingest(&fa, "r")
         .medium(&fb)
         .untrusted()
