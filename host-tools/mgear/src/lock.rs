@@ -56,9 +56,10 @@ pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLoc
         return Err(crate::exit::coded_next(
             crate::exit::IO,
             format_args!(
-                "{what} is held open for writing by another program (a running \
-                 mgear-appliance-sim serves it as its medium, or a QEMU has it open): a second \
-                 writer would damage its FAT while both reported success"
+                "{what} is locked against writers by another program (a running \
+                 mgear-appliance-sim serves it as its medium, or a QEMU or qemu-nbd has it \
+                 open: QEMU locks the images it opens, read-only ones too): a second writer \
+                 would damage its FAT while both reported success"
             ),
             "write to it through that program (the appliance: --appliance PORT), or stop it first",
         ));

@@ -568,9 +568,13 @@ impl Where {
         let mut all: Vec<String> = self
             .appliance
             .iter()
-            .map(|p| format!("--appliance {}", p.display()))
+            .map(|p| format!("--appliance {}", crate::output::sh(p.to_string_lossy())))
             .collect();
-        all.extend(self.medium.iter().map(|m| format!("--medium {m}")));
+        all.extend(
+            self.medium
+                .iter()
+                .map(|m| format!("--medium {}", crate::output::sh(m))),
+        );
         all.join(" ")
     }
 

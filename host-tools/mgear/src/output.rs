@@ -26,6 +26,13 @@ static JSON: AtomicBool = AtomicBool::new(false);
 static COMMAND: OnceLock<String> = OnceLock::new();
 
 /// Record the command's name (`"appliance log"`) and whether `--json` was given.
+/// `s` as a shell reads it back (quoted only when it has to be): a path with a space in a
+/// command a hint prints made the wrong directories when pasted.
+pub fn sh(s: impl AsRef<str>) -> String {
+    let s = s.as_ref();
+    shlex::try_quote(s).map_or_else(|_| s.to_string(), |q| q.into_owned())
+}
+
 pub fn init(command: &str, json: bool) {
     let _ = COMMAND.set(command.to_string());
     JSON.store(json, Ordering::Relaxed);
@@ -238,6 +245,13 @@ pub fn hex_fields(v: &mut Value, keys: &[&str]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sh_quotes_only_what_a_shell_would_split() {
+        assert_eq!(sh("fat:/media/m.img"), "fat:/media/m.img");
+        assert_eq!(sh("fat:my medium.img"), "'fat:my medium.img'");
+        assert_eq!(sh("it's"), "\"it's\"");
+    }
 
     #[test]
     fn printable_escapes_control_characters_and_keeps_the_rest() {

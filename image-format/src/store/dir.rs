@@ -41,7 +41,7 @@ impl DirStore {
                 "cannot open medium directory {}: {e}; a dir: medium is an existing directory \
                  (the medium's mount point, or `mkdir -p {}` for a new one)",
                 root.display(),
-                root.display()
+                shlex::try_quote(&root.to_string_lossy()).unwrap_or_default()
             ))),
             Err(e) => Err(StoreError::Io(format!(
                 "cannot open medium directory {}: {e}",
@@ -401,6 +401,12 @@ mod tests {
         assert!(e.to_string().contains("cannot open medium directory"));
         assert!(
             e.to_string().contains("mkdir -p /nonexistent/mgear-medium"),
+            "{e}"
+        );
+        // Pasted as printed, the command makes the directory named (it made three).
+        let e = DirStore::open("/nonexistent/my medium").unwrap_err();
+        assert!(
+            e.to_string().contains("mkdir -p '/nonexistent/my medium'"),
             "{e}"
         );
     }

@@ -416,7 +416,7 @@ fn the_image_a_running_simulator_serves_is_not_written_beside_it() {
         .run();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("held open for writing by another program"),
+        text(&out.stderr).contains("locked against writers by another program"),
         "{}",
         text(&out.stderr)
     );
@@ -426,7 +426,7 @@ fn the_image_a_running_simulator_serves_is_not_written_beside_it() {
     let img = lab.s("medium.img");
     let out = lab.run(&["medium", "format", &m, "--force"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("held open for writing by another program"));
+    assert!(text(&out.stderr).contains("locked against writers by another program"));
     let out = lab.run(&["medium", "format", &m, "--size", "64MiB", "--force"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     for force in [false, true] {
