@@ -225,15 +225,20 @@ fn clear_report_path(path: &std::path::Path, given: bool) -> crate::Result<()> {
         Err(_) => {}
     }
     // Found only after the boot, a report that cannot be written made its minute a failure.
-    std::fs::OpenOptions::new()
+    match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
         .and_then(|f| {
             drop(f);
             std::fs::remove_file(path)
-        })
-        .map_err(|e| fail(IO, format!("cannot be written: {e}")))
+        }) {
+        Ok(()) => Ok(()),
+        // Beside a file volume whose directory is missing: the missing volume is the error
+        // the boot gives.
+        Err(e) if !given && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(fail(IO, format!("cannot be written: {e}"))),
+    }
 }
 
 /// How to boot: what `mgear boot` and `mgear ingest --boot` share.

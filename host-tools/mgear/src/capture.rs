@@ -201,6 +201,11 @@ pub struct Report {
     /// Other machines' generations this one borrows records from
     /// (`--dedup-across-machines`; a delta keeps its parent's): `web01 G0001`.
     pub borrows_from: Vec<String>,
+    /// The age public keys the data key was sealed to by this run's `--recipient`: the field
+    /// engineer compares them with the target's `target.pub` before the medium ships (a wrong
+    /// one was found only at the target, where nothing can then decrypt the capture).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
     /// The receipt the field engineer sends to the target.
     pub receipt: Receipt,
     /// What the field engineer should look at (also printed on stderr): a delta none of
@@ -392,6 +397,12 @@ fn print_summary(r: &Report) {
             r.borrows_from.join(", ")
         );
     }
+    for k in &r.recipients {
+        println!(
+            "  {:<14} {k} (check it is the target's target.pub)",
+            "encrypted to"
+        );
+    }
     println!("  {:<14} {:>14.3}", "ratio", r.ratio);
     println!(
         "  {:<14} {:>10.1} MB/s ({:.1} s)",
@@ -579,6 +590,7 @@ fn signature_only(receipt: Receipt, disk_size: u64, chunk_size: u32, started: In
         cpu_share: 0.0,
         manifest_root: receipt.manifest_root.clone(),
         borrows_from: Vec::new(),
+        recipients: Vec::new(),
         receipt,
         warnings: Vec::new(),
     }
@@ -3280,6 +3292,13 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         cpu_share: cpu_seconds / secs.max(1e-9),
         manifest_root: hex(&summary.manifest_root),
         borrows_from,
+        recipients: args.recipient.iter().fold(Vec::new(), |mut all, r| {
+            let r = r.to_string();
+            if !all.contains(&r) {
+                all.push(r);
+            }
+            all
+        }),
         receipt,
         warnings,
     })

@@ -77,11 +77,35 @@ pub fn write_pair(key: &Path, secret: &[u8], public: &[u8], force: bool) -> crat
             .find(|p| p.exists())
         {
             return Err(usage(format!(
-                "{} already exists: refusing to overwrite a key (use --force if you really \
-                 mean it); nothing was written",
+                "{} already exists: refusing to overwrite a key (what was encrypted to it can \
+                 only ever be opened with it, what was signed with it is pinned by it): give \
+                 --out another name, or --force for a key nothing uses; nothing was written",
                 p.display()
             )));
         }
+    } else if key.exists() {
+        // Never over an earlier replaced key.
+        let kept = (1..)
+            .map(|n| {
+                let mut k = key.as_os_str().to_owned();
+                k.push(if n == 1 {
+                    ".replaced".to_string()
+                } else {
+                    format!(".replaced.{n}")
+                });
+                PathBuf::from(k)
+            })
+            .find(|k| !k.exists())
+            .unwrap_or_else(|| key.with_extension("replaced"));
+        eprintln!(
+            "mgear keygen: warning: replacing {}: captures encrypted to its public key can no \
+             longer be opened, signatures made with it no longer match the new one; the old \
+             key is kept as {} until you remove it",
+            key.display(),
+            kept.display()
+        );
+        fs::rename(key, &kept)
+            .with_context(|| format!("keeping the old key as {}", kept.display()))?;
     }
     write_new(key, secret, 0o600, force)?;
     if let Err(e) = write_new(&public_path, public, 0o644, force) {
@@ -89,6 +113,32 @@ pub fn write_pair(key: &Path, secret: &[u8], public: &[u8], force: bool) -> crat
         return Err(e);
     }
     Ok(())
+}
+
+/// A warning on stderr when the secret key file at `path` can be read by others than its
+/// owner (keygen writes 0600; a copied key went unremarked at 0644).
+pub fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // Once per file and run: a command reads its key more than once.
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    if let Some(mode) = exposed_mode(path) {
+        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.iter().any(|p| p == path) {
+            return;
+        }
+        warned.push(path.to_path_buf());
+        eprintln!(
+            "mgear: warning: the secret key {} can be read by other users of this host (mode \
+             {:o}): `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            crate::output::sh(path.to_string_lossy())
+        );
+    }
+    fn exposed_mode(path: &Path) -> Option<u32> {
+        let mode = fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then_some(mode)
+    }
 }
 
 /// Write `contents` to `path` with mode `mode`, refusing to overwrite unless `force`.
@@ -345,9 +395,30 @@ mod tests {
         fs::write(&key, b"old secret").unwrap();
         assert!(write_pair(&key, b"secret", b"public", false).is_err());
         assert!(!pub_path(&key).exists());
-        // Forced: both replaced.
+        // Forced: both replaced, the old secret kept aside (`--force` over the key every
+        // shipment was encrypted to lost them all, without a word).
         write_pair(&key, b"secret", b"public", true).unwrap();
         assert_eq!(fs::read(&key).unwrap(), b"secret");
         assert_eq!(fs::read(pub_path(&key)).unwrap(), b"public");
+        assert_eq!(
+            fs::read(d.path().join("target.key.replaced")).unwrap(),
+            b"old secret"
+        );
+        // ... never over a key kept aside before.
+        write_pair(&key, b"third", b"public3", true).unwrap();
+        assert_eq!(
+            fs::read(d.path().join("target.key.replaced")).unwrap(),
+            b"old secret"
+        );
+        assert_eq!(
+            fs::read(d.path().join("target.key.replaced.2")).unwrap(),
+            b"secret"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(d.path().join("target.key.replaced.2"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
     }
 }

@@ -108,9 +108,39 @@ fn key_line(text: &str) -> Option<&str> {
 
 /// Read an age X25519 identity file.
 pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
-    let text = Zeroizing::new(
-        fs::read_to_string(path)
+    let bytes = Zeroizing::new(
+        fs::read(path)
             .map_err(|e| usage(format!("cannot read identity {}: {e}", path.display())))?,
+    );
+    // `age -p` over the key file (protecting it at rest) was called "not an age identity
+    // (invalid Bech32 encoding)", or, unarmored, "not valid UTF-8".
+    if bytes.starts_with(b"age-encryption.org/v1\n")
+        || bytes.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    {
+        let shown = crate::output::sh(path.to_string_lossy());
+        return Err(crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!(
+                "{} is an age-encrypted file (a key protected with `age -p`?), not the key \
+                 itself: mgear reads the AGE-SECRET-KEY-1... line",
+                path.display()
+            ),
+            format!(
+                "decrypt it for this run only: `age -d -o /dev/shm/target.key {shown}` (a \
+                 passphrase prompt), give --identity /dev/shm/target.key, then remove that copy"
+            ),
+        ));
+    }
+    let text = Zeroizing::new(
+        std::str::from_utf8(&bytes)
+            .map_err(|_| {
+                usage(format!(
+                    "{} is not an age identity (not text): give the .key file written by \
+                     `mgear keygen`",
+                    path.display()
+                ))
+            })?
+            .to_owned(),
     );
     if let Some(e) = crate::keyfile::misplaced(
         &path.display().to_string(),
@@ -126,12 +156,14 @@ pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
             path.display()
         ))
     })?;
-    age::x25519::Identity::from_str(line).map_err(|e| {
+    let id = age::x25519::Identity::from_str(line).map_err(|e| {
         usage(format!(
             "{} is not an age identity ({e}): give the .key file written by `mgear keygen`",
             path.display()
         ))
-    })
+    })?;
+    crate::keyfile::warn_if_exposed(path);
+    Ok(id)
 }
 
 /// Read the recipients of one `--recipient`: the `age1...` string itself, or
@@ -767,6 +799,40 @@ pub fn keys(request: Request) -> crate::Result<i32> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_passphrase_protected_key_file_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // What `age -p` writes, binary and armored (`-a`): its header.
+        for (name, head) in [
+            (
+                "bin.key",
+                &b"age-encryption.org/v1\n-> scrypt c2FsdA 18\n\xff\xfe"[..],
+            ),
+            (
+                "arm.key",
+                b"-----BEGIN AGE ENCRYPTED FILE-----\nYWdlLWVuY3J5cHRpb24=\n",
+            ),
+        ] {
+            let p = dir.path().join(name);
+            fs::write(&p, head).unwrap();
+            let Err(e) = read_identity(&p) else {
+                panic!("{name} read as a key")
+            };
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+            let text = format!("{e:#} {}", crate::exit::hint(&e, "ingest"));
+            assert!(text.contains("is an age-encrypted file"), "{text}");
+            assert!(text.contains("age -d -o"), "{text}");
+        }
+        // Not text at all: said so, not "invalid Bech32".
+        let p = dir.path().join("junk.key");
+        fs::write(&p, b"\xff\x00\x01").unwrap();
+        let Err(e) = read_identity(&p) else {
+            panic!("junk read as a key")
+        };
+        let e = e.to_string();
+        assert!(e.contains("not an age identity (not text)"), "{e}");
+    }
 
     #[test]
     fn the_key_cache_is_keyed_by_capture_id() {

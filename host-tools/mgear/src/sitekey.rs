@@ -68,13 +68,15 @@ pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
              the .key file written by `mgear keygen --signing`"
         )));
     }
-    SigningKey::from_pkcs8_pem(&text).map_err(|e| {
+    let key = SigningKey::from_pkcs8_pem(&text).map_err(|e| {
         usage(format!(
             "{shown} is not an Ed25519 signing key ({}): give the .key file written by \
              `mgear keygen --signing`",
             why_not_ed25519(&e)
         ))
-    })
+    })?;
+    crate::keyfile::warn_if_exposed(path);
+    Ok(key)
 }
 
 /// The decoder's reason, except for a key of another algorithm: its message ("unknown/

@@ -508,7 +508,10 @@ fn wrong_key_message(
     let mut tries = Vec::new();
     if slots.recipients.is_some() && !capture {
         tries.push(
-            "--identity with the identity (.key) whose .pub was given as --recipient at capture"
+            "--identity with the identity (.key) whose .pub was given as --recipient at capture \
+             (the capture's summary and report name it as `encrypted to`; if no key of yours is \
+             that one, the capture site used another target.pub: nothing here can decrypt the \
+             capture, so have the disk captured again with your target.pub)"
                 .to_string(),
         );
     }

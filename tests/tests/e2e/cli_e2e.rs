@@ -5,7 +5,7 @@
 //! medium-full scenarios use a rate limit or a filler file so that the
 //! interruption lands mid-way.
 
-use mgear_tests::{qemu_nbd, same_file, Env, Line, Loop};
+use mgear_tests::{output_text, qemu_nbd, same_file, Env, Line, Loop};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -94,6 +94,53 @@ fn cli_keygen_permissions_and_refusal() {
         "overwriting a key must be refused"
     );
     assert_eq!(fs::read_to_string(e.p("target.key")).unwrap(), key);
+
+    // The capture names the key it encrypted to, for the field engineer to compare with
+    // the target's target.pub before shipping (a wrong one was found only at the target).
+    make_disk(&e.p("disk.raw"), 2, 3);
+    let m = e.fat("medium.img", "40MiB");
+    let c = e.capture(&m, "web01").source("disk.raw").run();
+    assert_eq!(c.status.code(), Some(0), "{}", output_text(&c));
+    assert!(
+        stdout(&c).contains(&format!("encrypted to   {}", pubkey.trim())),
+        "{}",
+        stdout(&c)
+    );
+    // A key others can read is used, with a warning, once.
+    fs::set_permissions(e.p("target.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    let v = e.run(&[
+        "verify",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+        "--allow-untrusted",
+    ]);
+    assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
+    assert_eq!(
+        stderr(&v).matches("can be read by other users").count(),
+        1,
+        "{}",
+        stderr(&v)
+    );
+    // --force replaces it and keeps the old one aside: shipments encrypted to it are not lost.
+    let forced = e.run(&["keygen", "--out", "target.key", "--force"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", output_text(&forced));
+    assert!(
+        stderr(&forced).contains("can no longer be opened"),
+        "{}",
+        stderr(&forced)
+    );
+    assert_eq!(fs::read_to_string(e.p("target.key.replaced")).unwrap(), key);
+    let v = e.run(&[
+        "verify",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key.replaced",
+        "--allow-untrusted",
+    ]);
+    assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
 }
 
 #[test]
