@@ -696,6 +696,13 @@ impl<S: Store> CaptureReader<S> {
                     "the segment of generation {g} that holds this chunk is missing (generation \
                      {g} is damaged)"
                 )
+            } else if !segment_exists {
+                // It was called a truncated segment when its file was deleted.
+                format!(
+                    "the segment that holds this chunk ({}) is missing from the medium \
+                     (deleted?); do not use this copy as it is, ask for another copy",
+                    self.record_path(l)
+                )
             } else {
                 "record lies past the end of its segment (truncated segment)".into()
             },

@@ -318,6 +318,7 @@ fn verify_medium<S: Store + ?Sized>(
         }
         let checked = match set::is_set(store, n) {
             Ok(true) => verify_set_into(store, n, &mut cx),
+            Ok(false) if not_a_capture(store, n)? => Ok(()),
             Ok(false) => verify_capture_into(store, n, &mut cx),
             Err(e) => Err(e),
         };
@@ -325,6 +326,20 @@ fn verify_medium<S: Store + ?Sized>(
     }
     verify_unbound_streams(store, &names, &mut cx)?;
     Ok(cx.report)
+}
+
+/// A directory under `MGEAR/` holding only someone's own files (a folder of photos): no key
+/// slot, no generation, nothing a writer makes. It is no capture (`mgear medium fsck` leaves
+/// it as is); verify called it one "nothing can ever decrypt", as a crypto-erase leaves.
+fn not_a_capture<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<bool> {
+    let entries = medium::list_or_empty(store, &layout::capture_dir(name))?;
+    Ok(!entries.is_empty()
+        && entries.iter().all(|e| match e.kind {
+            EntryKind::File => {
+                ![KEYS_FILE, KEYPASS_FILE].contains(&e.name.as_str()) && !e.name.ends_with(".TMP")
+            }
+            EntryKind::Dir => layout::parse_generation_dir(&e.name).is_none(),
+        }))
 }
 
 /// A capture whose files lie where the file system is damaged (a FAT chain cut short, looping
@@ -1745,6 +1760,30 @@ mod tests {
         );
     }
 
+    /// Someone's folder under MGEAR/ (photos, no key slot, no generation) is no capture: it was
+    /// counted as one and called undecryptable "as a crypto-erase leaves it".
+    #[test]
+    fn a_folder_of_someones_files_under_mgear_is_no_capture() {
+        let (mut store, _) = medium(&disk());
+        store.create_dir_all("MGEAR/vacation/2026").unwrap();
+        store
+            .write_at("MGEAR/vacation/IMG_0001.JPG", 0, b"\xff\xd8\xff")
+            .unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert_eq!(r.problems, Vec::new());
+        assert_eq!(r.captures, 1);
+        // With a generation directory in it, it is a capture whose key slots are gone.
+        store.create_dir_all("MGEAR/vacation/G0001").unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.to_string().contains("no key slot (KEYS or KEYPASS)")),
+            "{:?}",
+            r.problems
+        );
+    }
+
     /// An empty generation directory is no unfinished capture to resume: verify says what
     /// `medium fsck` says of it (it advised a resume, fsck "nothing can resume it").
     #[test]
@@ -1762,6 +1801,22 @@ mod tests {
             p.contains("medium fsck") && !p.contains("resume the capture"),
             "{p}"
         );
+    }
+
+    /// A segment file deleted from the medium: the reader said "record lies past the end of
+    /// its segment (truncated segment)".
+    #[test]
+    fn a_deleted_segment_is_named_missing_not_truncated() {
+        let (mut store, id) = medium(&disk());
+        store.remove_file("MGEAR/web01/G0001/SEG-00000").unwrap();
+        let unlock = Unlock::Identity(id);
+        let mut r = CaptureReader::open(&mut store, "web01", None, &unlock).unwrap();
+        let e = r.read_chunk(0).unwrap_err().to_string();
+        assert!(
+            e.contains("MGEAR/web01/G0001/SEG-00000) is missing from the medium"),
+            "{e}"
+        );
+        assert!(!e.contains("truncated"), "{e}");
     }
 
     #[test]

@@ -753,6 +753,15 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 let nothing = match gens {
                     // Its directories are damaged: that is the finding, said by the check.
                     _ if info.is_some_and(|c| c.damage.is_some()) => None,
+                    // No key slot either: maybe someone's folder (as the keyless check says).
+                    Some([]) if info.is_some_and(|c| !c.recipient_slot && !c.passphrase_slot) => {
+                        Some(format!(
+                            "holds no generation and no key slot: no capture, or what one \
+                             stopped at its start left. If it holds your own files, move them \
+                             out of MGEAR/ (the format's directory); otherwise `mgear medium rm \
+                             --name {n}` removes it"
+                        ))
+                    }
                     Some([]) => Some(format!(
                         "holds no generation (a capture stopped at its start leaves this): \
                          `mgear medium rm --name {n}` removes it"
