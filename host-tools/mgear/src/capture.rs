@@ -330,6 +330,18 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     Ok(crate::exit::OK)
 }
 
+/// The newest generation of the capture, if it is unfinished: what a run that stopped left
+/// (read from the medium again; `None` when it cannot be read, or nothing is unfinished).
+fn unfinished_generation(args: &Plan) -> Option<u32> {
+    let mut m = args.medium.open_read_only().ok()?;
+    let name = image_format::stored_name(m.store(), &args.name).ok()?;
+    let info = image_format::capture_info(m.store(), &name).ok()??;
+    info.generations
+        .last()
+        .filter(|g| g.state != image_format::GenerationState::Complete)
+        .map(|g| g.generation)
+}
+
 /// `--report` of a capture that stopped or failed (see [`crate::report::capture_failed`]).
 pub fn report_stop(
     path: &std::path::Path,
@@ -338,13 +350,18 @@ pub fn report_stop(
     started: std::time::Instant,
     err: &crate::Error,
 ) {
-    let v = crate::report::capture_failed(
+    let mut v = crate::report::capture_failed(
         &args.name,
         source,
         &args.medium.describe(),
         started.elapsed().as_secs_f64(),
         err,
     );
+    // The generation a stopped run leaves unfinished (a medium-full one is resumed on one
+    // more medium): the report said `null`.
+    if let Some(g) = unfinished_generation(args) {
+        v["result"]["generation"] = g.into();
+    }
     if let Err(w) = crate::report::write_json_and_text(path, &v, &crate::report::summary(&v)) {
         eprintln!("mgear: warning: the report of this stop was not written: {w:#}");
     }

@@ -219,6 +219,8 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["result"]["error"]["code"], 3, "{r}");
     assert_eq!(r["source"], "big.raw", "{r}");
+    // The generation it left unfinished, to be resumed (it said null).
+    assert_eq!(r["result"]["generation"], 1, "{r}");
     let t = fs::read_to_string(e.p("full.txt")).unwrap();
     assert!(t.contains("STOPPED") && t.contains("exit 3"), "{t}");
     let o = e.run(&["verify", "--medium", &m]);
