@@ -152,20 +152,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         mgear_appliance_sim::files::private_dir(&args.state)
             .with_context(|| format!("state directory {}", args.state.display()))?;
     }
-    let _claim = match mgear_appliance_sim::files::claim(&args.state, &args.medium) {
-        Ok(claim) => claim,
+    let started = (|| {
+        let claim = mgear_appliance_sim::files::claim(&args.state, &args.medium)
+            .with_context(|| format!("starting on {}", args.medium.display()))?;
+        mgear_appliance_sim::files::private_dir(&args.state)
+            .with_context(|| format!("state directory {}", args.state.display()))?;
+        let platform = SimPlatform::open(&args.state, &args.medium, console, nbd_socket.clone())
+            .map_err(|e| anyhow!("{e}"))?;
+        let app =
+            Appliance::new(platform, cfg).map_err(|e| anyhow!("starting the firmware: {e}"))?;
+        anyhow::Ok((claim, app))
+    })();
+    let (_claim, app) = match started {
+        Ok(up) => up,
         Err(e) => {
+            // Only what is still empty goes (a missing medium left the new directories).
             for dir in &made {
                 let _ = std::fs::remove_dir(dir);
             }
-            return Err(e).with_context(|| format!("starting on {}", args.medium.display()));
+            return Err(e);
         }
     };
-    mgear_appliance_sim::files::private_dir(&args.state)
-        .with_context(|| format!("state directory {}", args.state.display()))?;
-    let platform = SimPlatform::open(&args.state, &args.medium, console, nbd_socket.clone())
-        .map_err(|e| anyhow!("{e}"))?;
-    let app = Appliance::new(platform, cfg).map_err(|e| anyhow!("starting the firmware: {e}"))?;
     log::info!("firmware up, state {}", app.state());
     let app = Arc::new(Mutex::new(app));
 

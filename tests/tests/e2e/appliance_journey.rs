@@ -312,6 +312,26 @@ fn before_arrival_the_next_step_is_named_and_a_sealed_appliance_stays_one() {
         assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     }
     assert!(!lab.p("n1").exists());
+    // A medium that is not there: refused at its open, after the claim (the directories
+    // stayed).
+    let o = Command::new(mgear_tests::bin("mgear-appliance-sim"))
+        .args([
+            "--medium",
+            &lab.s("no-such.img"),
+            "--state",
+            &lab.s("m1/m2"),
+        ])
+        .args(["--console-link", &lab.s("m.tty"), "--nbd", &lab.s("m.sock")])
+        .arg("--test-timing")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no-such.img"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!lab.p("m1").exists());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(lab.p("kept"))
