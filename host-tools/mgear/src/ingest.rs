@@ -248,8 +248,15 @@ pub struct Report {
     pub volume_sha256: Option<String>,
     pub seconds: f64,
     pub mb_per_s: f64,
-    /// Host path of the uploaded volume (`libvirt:` targets).
+    /// Host path of the uploaded volume (`libvirt:` targets); `snap-X` or `snap-X ami-Y`
+    /// (`ebs-snapshot:`, also as `snapshot_id` and `image_id`).
     pub volume: Option<String>,
+    /// The EBS snapshot written (`ebs-snapshot:` targets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// The AMI registered from it (`ebs-snapshot:` with `--register-image`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     /// Nova server booted from the volume (`cinder:` targets with `--boot`), left running.
     pub server: Option<String>,
     /// Did the volume boot (`--boot` only)?
@@ -262,6 +269,22 @@ pub struct Report {
     /// written (only present, as `true`, then).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+}
+
+impl Report {
+    /// `volume`, and for an EBS target its snapshot and image ids apart (a script had to split
+    /// "snap-X ami-Y").
+    fn set_volume(&mut self, volume: Option<String>) {
+        if self.target.starts_with("ebs-snapshot:") {
+            let mut ids = volume.as_deref().unwrap_or_default().split(' ');
+            self.snapshot_id = ids
+                .next()
+                .filter(|i| i.starts_with("snap-"))
+                .map(Into::into);
+            self.image_id = ids.next().filter(|i| i.starts_with("ami-")).map(Into::into);
+        }
+        self.volume = volume;
+    }
 }
 
 /// The order chunks are written in: 1..n, then 0 (the boot sector last).
@@ -1425,7 +1448,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             &args.target,
             reader.disk_size(),
         );
-        report.volume = volume;
+        report.set_volume(volume);
         medium.close()?;
         if args.volume_sha256 {
             report.volume_sha256 = target_sha256(&args.target)?;
@@ -1483,7 +1506,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         );
     }
     medium.close()?;
-    report.volume = finished.volume.clone();
+    report.set_volume(finished.volume.clone());
     if args.adapt {
         report.adapt = Some(adapt_volume(&finished)?);
     }
@@ -1936,6 +1959,8 @@ pub fn write_volume<S: image_format::Store>(
             boot_report: None,
             adapt: None,
             kept: false,
+            snapshot_id: None,
+            image_id: None,
         },
         finished,
     ))
@@ -1964,6 +1989,8 @@ pub(crate) fn kept_report(name: &str, generation: u32, target: &str, disk_size: 
         boot_report: None,
         adapt: None,
         kept: true,
+        snapshot_id: None,
+        image_id: None,
     }
 }
 

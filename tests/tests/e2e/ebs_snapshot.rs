@@ -184,6 +184,9 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
     let (ami, (_, snap)) = images.iter().next().unwrap();
     assert_eq!(snap, &id);
     assert!(vol.ends_with(ami.as_str()), "{r}");
+    // ... also apart, for scripts.
+    assert_eq!(r["snapshot_id"].as_str(), Some(id.as_str()), "{r}");
+    assert_eq!(r["image_id"].as_str(), Some(ami.as_str()), "{r}");
     // The same command again makes no second snapshot (each costs): the first is kept, exit 0
     // as for a finished file (it was exit 2, which a script re-running an interrupted ingest
     // took for a failure), and reported with its image.
@@ -198,6 +201,8 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
     );
     let kept: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(kept["volume"].as_str(), Some(vol), "{kept}");
+    assert_eq!(kept["snapshot_id"].as_str(), Some(id.as_str()), "{kept}");
+    assert_eq!(kept["image_id"].as_str(), Some(ami.as_str()), "{kept}");
     assert_eq!(kept["verified"], true, "{kept}");
     assert_eq!(d.snapshot_ids(), std::slice::from_ref(&id));
     let forced = with_double(&e, &d, &ingest(&e, &["--force"]))
