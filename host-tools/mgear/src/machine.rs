@@ -1328,6 +1328,24 @@ pub fn ingest_set(
         }
         Ok(file)
     })();
+    // A disk that needs a medium declared lost is refused before any disk is written (the
+    // disks before it were written as `.partial` first, then the set refused).
+    let checked = checked.and_then(|file| {
+        let Some(gaps) = crate::medium::Gaps::of(&medium, &args.medium.describe()) else {
+            return Ok(file);
+        };
+        for k in (0..file.set.disks.len()).filter(|k| only.is_none_or(|o| o == *k)) {
+            let reader = image_format::CaptureReader::open(
+                medium.store(),
+                &set::disk_stream_name(&args.name, k),
+                Some(file.set.generation),
+                &unlock,
+            )?;
+            gaps.refuse_lost(&reader)
+                .map_err(|e| e.context(format!("set {} disk {k}; nothing was written", args.name)))?;
+        }
+        Ok(file)
+    });
     let closed = medium.close();
     let file: SetFile = checked?;
     closed?;

@@ -381,6 +381,28 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out0.raw"), &e.p("d0.raw"));
     same_file(&e.p("out1.raw"), &e.p("d1.raw"));
+    // Generation 1 needs the lost medium: refused before any disk is written (disk 0 was
+    // written as old0.raw.partial, then the set refused at disk 1).
+    let o = Line::ingest(&e, "web01")
+        .untrusted()
+        .target("file:old{disk}.raw")
+        .args(&["--generation", "1"])
+        .medium(&a)
+        .medium(&c)
+        .medium(&d)
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("nothing was written"),
+        "{}",
+        output_text(&o)
+    );
+    let left: Vec<_> = std::fs::read_dir(e.dir.path())
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("old"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // Generation 1 is complete by its manifests but had a share on b: listed as such (it was
     // "complete"), generation 2 as the one to ingest.
     let v = e.json(&["inspect", "--medium", &a, "--medium", &c, "--medium", &d]);
