@@ -140,18 +140,22 @@ pub(crate) fn read_journal<S: Store + ?Sized>(
 /// joins it to a span, which has to write the span's map onto it. Returns
 /// the bytes freed.
 pub fn cut_uncommitted<S: Store + ?Sized>(store: &mut S) -> Result<u64> {
-    uncommitted(store, true)
+    uncommitted(store, true, None)
 }
 
-/// The bytes [`cut_uncommitted`] would free, nothing changed: room a resume gets back, which
-/// a free-space count made before it (a dry run's) has to add.
-pub fn uncommitted_bytes<S: Store + ?Sized>(store: &mut S) -> Result<u64> {
-    uncommitted(store, false)
+/// The bytes [`cut_uncommitted`] would free of capture `name`, nothing changed: room its
+/// resume gets back, which a free-space count made before it (a dry run's) has to add
+/// ([`Store::free_space_resuming`]).
+pub fn uncommitted_bytes<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<u64> {
+    uncommitted(store, false, Some(name))
 }
 
-fn uncommitted<S: Store + ?Sized>(store: &mut S, cut: bool) -> Result<u64> {
+fn uncommitted<S: Store + ?Sized>(store: &mut S, cut: bool, only: Option<&str>) -> Result<u64> {
     let mut freed = 0u64;
     for name in capture_names(store)? {
+        if only.is_some_and(|n| !n.eq_ignore_ascii_case(&name)) {
+            continue;
+        }
         let Some(&g) = generations(store, &name)?.last() else {
             continue;
         };
@@ -289,6 +293,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).free_space()
     }
+    fn free_space_resuming(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        (**self).free_space_resuming(name)
+    }
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).used_space()
     }
@@ -351,6 +358,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).free_space()
+    }
+    fn free_space_resuming(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        (**self).free_space_resuming(name)
     }
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
         (**self).used_space()

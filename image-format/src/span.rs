@@ -1356,6 +1356,24 @@ impl<M: Store> Store for SpanStore<M> {
         Ok(Some(sum))
     }
 
+    fn free_space_resuming(&mut self, name: &str) -> core::result::Result<Option<u64>, StoreError> {
+        let mut sum = 0u64;
+        for i in 0..self.media.len() {
+            let o = self.media[i].ordinal;
+            let Some(free) = self.media[i].store.free_space_resuming(name)? else {
+                return Ok(None);
+            };
+            if self.map.member(o).is_some_and(|m| m.lost) {
+                continue;
+            }
+            let room = free.saturating_sub(self.opts.reserve);
+            if room >= self.opts.min_room {
+                sum = sum.saturating_add(room);
+            }
+        }
+        Ok(Some(sum))
+    }
+
     fn room(&mut self, path: &str) -> core::result::Result<Option<u64>, StoreError> {
         if !is_placed(path) {
             return Ok(None);

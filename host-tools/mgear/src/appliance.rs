@@ -1271,6 +1271,9 @@ impl Store for ApplianceMedium {
     fn free_space(&mut self) -> Result<Option<u64>, image_format::StoreError> {
         self.s()?.free_space()
     }
+    fn free_space_resuming(&mut self, name: &str) -> Result<Option<u64>, image_format::StoreError> {
+        self.s()?.free_space_resuming(name)
+    }
     fn used_space(&mut self) -> Result<Option<u64>, image_format::StoreError> {
         self.s()?.used_space()
     }

@@ -2136,16 +2136,13 @@ fn preflight(
     // A resume first cuts what its capture wrote past the last checkpoint: that room is free
     // to it (a second medium given after "medium full" was called too small by the uncut
     // tail on the first, and the capture then fitted).
-    let reclaimed = if kind == "resume" {
-        image_format::uncommitted_bytes(store).unwrap_or(0)
+    let free = if kind == "resume" {
+        store.free_space_resuming(&args.name)
     } else {
-        0
-    };
-    let free = store
-        .free_space()
-        .ok()
-        .flatten()
-        .map(|f| f.saturating_add(reclaimed));
+        store.free_space()
+    }
+    .ok()
+    .flatten();
     Ok(Preview {
         command: "capture --dry-run",
         name: args.name.clone(),

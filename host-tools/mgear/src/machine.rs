@@ -1341,8 +1341,9 @@ pub fn ingest_set(
                 Some(file.set.generation),
                 &unlock,
             )?;
-            gaps.refuse_lost(&reader)
-                .map_err(|e| e.context(format!("set {} disk {k}; nothing was written", args.name)))?;
+            gaps.refuse_lost(&reader).map_err(|e| {
+                e.context(format!("set {} disk {k}; nothing was written", args.name))
+            })?;
         }
         Ok(file)
     });

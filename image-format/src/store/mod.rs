@@ -144,6 +144,16 @@ pub trait Store {
     fn sync(&mut self, path: &str) -> Result<(), StoreError>;
     /// Free bytes left on the medium, if known.
     fn free_space(&mut self) -> Result<Option<u64>, StoreError>;
+    /// [`Store::free_space`] once a resume of capture `name` cut what it wrote past its last
+    /// checkpoint ([`crate::medium::cut_uncommitted`]): what the plan of that resume counts (a
+    /// second medium after "medium full" was called too small, and the capture then fitted).
+    /// A span counts it medium by medium, each less its reserve.
+    fn free_space_resuming(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        let free = self.free_space()?;
+        // Unreadable: nothing counted back (the plan errs on the side of "does not fit").
+        let back = crate::medium::uncommitted_bytes(self, name).unwrap_or(0);
+        Ok(free.map(|f| f.saturating_add(back)))
+    }
     /// Bytes of the medium's file system in use, if known (a FAT volume's allocated
     /// clusters): a medium whose directories list nothing while much is in use has a
     /// damaged directory, not no captures. `None` (the default): not known.

@@ -610,6 +610,20 @@ fn the_dry_run_of_a_resume_counts_the_tail_the_resume_cuts() {
         .arg("--skip-space-check")
         .run();
     assert_eq!(full.status.code(), Some(3), "{}", output_text(&full));
+    // Counted medium by medium, each less the room its copy of the index takes: a second
+    // medium half full was called a fit (the tail cut on the first summed with it), and the
+    // capture then stopped as full again.
+    std::fs::copy(e.p("fa.img"), e.p("fa2.img")).unwrap();
+    std::fs::write(e.p("j.raw"), noise(17 << 20, 5)).unwrap();
+    let fc = e.fat("fc.img", "34MiB");
+    e.capture(&fc, "j").source("j.raw").ok();
+    let half = || e.capture("fat:fa2.img", "r").medium(&fc).source("r.raw");
+    let plan = half().arg("--dry-run").arg("--json").run();
+    let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(p["fits"], false, "{p}");
+    assert_eq!(plan.status.code(), Some(3), "{}", output_text(&plan));
+    let o = half().run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
     let line = || e.capture(&fa, "r").medium(&fb).source("r.raw");
     let plan = line().arg("--dry-run").arg("--json").run();
     let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
