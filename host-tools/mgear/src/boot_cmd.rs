@@ -176,7 +176,14 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         .report
         .clone()
         .unwrap_or_else(|| all[0].default_report_path());
-    clear_report_path(&report_path, args.report.is_some())?;
+    let volumes: Vec<PathBuf> = all
+        .iter()
+        .filter_map(|r| match r {
+            Resolved::Local(Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    clear_report_path(&report_path, args.report.is_some(), &volumes)?;
     let report = boot_resolved_all(&all, &opts)?;
     finish(&report, &report_path, args.json)
 }
@@ -194,7 +201,11 @@ fn is_boot_report(text: &[u8]) -> bool {
 /// an earlier boot report, which goes at once. `--report vol.raw` wrote the report over the
 /// volume just booted (any file was replaced); and a boot killed on the way left the report of
 /// an earlier boot beside the volume, read as this one's.
-fn clear_report_path(path: &std::path::Path, given: bool) -> crate::Result<()> {
+fn clear_report_path(
+    path: &std::path::Path,
+    given: bool,
+    volumes: &[PathBuf],
+) -> crate::Result<()> {
     let flag = if given { "--report" } else { "the boot report" };
     let hint = if given {
         "give --report a new file name in a directory you can write to (nothing was booted yet)"
@@ -204,6 +215,20 @@ fn clear_report_path(path: &std::path::Path, given: bool) -> crate::Result<()> {
     let fail = |code, what: String| {
         crate::exit::coded_hint(code, format!("{flag} {}: {what}", path.display()), hint)
     };
+    // A volume that reads as an earlier report (its content is no guard) was removed as one.
+    if let Some(v) = volumes.iter().find(|v| crate::guard::overlaps(path, v)) {
+        return Err(fail(
+            USAGE,
+            format!(
+                "is the volume booted ({}): it is never overwritten",
+                v.display()
+            ),
+        ));
+    }
+    // A boot that cannot start (its volume is missing) leaves an earlier report as it was.
+    if volumes.iter().any(|v| std::fs::metadata(v).is_err()) {
+        return Ok(());
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => return Err(fail(USAGE, "is a directory".into())),
         Ok(m) => {

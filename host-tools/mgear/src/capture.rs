@@ -416,7 +416,7 @@ fn print_summary(r: &Report) {
     }
     for k in &r.recipients {
         println!(
-            "  {:<14} {k} (check it is the target's target.pub)",
+            "  {:<14} {k} (check it is the target site's public key)",
             "encrypted to"
         );
     }

@@ -106,6 +106,12 @@ pub fn write_pair(key: &Path, secret: &[u8], public: &[u8], force: bool) -> crat
         );
         fs::rename(key, &kept)
             .with_context(|| format!("keeping the old key as {}", kept.display()))?;
+        // A secret kept aside is the owner's alone, whatever mode it had.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&kept, fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", kept.display()))?;
+        }
     }
     write_new(key, secret, 0o600, force)?;
     if let Err(e) = write_new(&public_path, public, 0o644, force) {
@@ -416,6 +422,12 @@ mod tests {
         );
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(d.path().join("target.key.replaced.2"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        // The first was written 0644 by hand: kept aside, it is the owner's alone.
+        let mode = fs::metadata(d.path().join("target.key.replaced"))
             .unwrap()
             .permissions()
             .mode();

@@ -126,8 +126,9 @@ pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
                 path.display()
             ),
             format!(
-                "decrypt it for this run only: `age -d -o /dev/shm/target.key {shown}` (a \
-                 passphrase prompt), give --identity /dev/shm/target.key, then remove that copy"
+                "decrypt it for this run only, readable by you alone: `(umask 077; age -d -o \
+                 /dev/shm/target.key {shown})` (a passphrase prompt), give --identity \
+                 /dev/shm/target.key, then remove that copy"
             ),
         ));
     }

@@ -1359,6 +1359,13 @@ pub fn ingest_set(
     distinct_targets(&plan)?;
     for (_, t) in &plan {
         crate::ingest::refuse_bad_target(&args.medium, t)?;
+        // What one disk's ingest refuses of an EBS spec, refused before disk 0 is written.
+        if let Ok(crate::spec::Target::EbsSnapshot { mut opts, .. }) =
+            crate::spec::Target::parse(t, crate::spec::Bare::Refuse)
+        {
+            opts.with_register_flag(args.register_image)
+                .map_err(|e| usage(format!("{t}: {e}; nothing was written")))?;
+        }
     }
     // Disks an earlier run of this command finished (an interrupted set
     // ingest re-run as it says) are kept; any other existing file is

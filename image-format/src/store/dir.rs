@@ -39,7 +39,7 @@ impl DirStore {
             // staging): one that is not there yet is made by the operator, not guessed here.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Io(format!(
                 "cannot open medium directory {}: {e}; a dir: medium is an existing directory \
-                 (the medium's mount point, or `mkdir -p {}` for a new one)",
+                 (the medium's mount point, or `mkdir -p -- {}` for a new one)",
                 root.display(),
                 shlex::try_quote(&root.to_string_lossy()).unwrap_or_default()
             ))),
@@ -400,13 +400,15 @@ mod tests {
         let e = DirStore::open("/nonexistent/mgear-medium").unwrap_err();
         assert!(e.to_string().contains("cannot open medium directory"));
         assert!(
-            e.to_string().contains("mkdir -p /nonexistent/mgear-medium"),
+            e.to_string()
+                .contains("mkdir -p -- /nonexistent/mgear-medium"),
             "{e}"
         );
         // Pasted as printed, the command makes the directory named (it made three).
         let e = DirStore::open("/nonexistent/my medium").unwrap_err();
         assert!(
-            e.to_string().contains("mkdir -p '/nonexistent/my medium'"),
+            e.to_string()
+                .contains("mkdir -p -- '/nonexistent/my medium'"),
             "{e}"
         );
     }

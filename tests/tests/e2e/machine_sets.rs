@@ -1322,6 +1322,18 @@ fn one_volume_under_two_names_is_never_two_disks_targets() {
         "{}",
         output_text(&o)
     );
+
+    // An EBS spec one disk's ingest refuses is refused before disk 0 is written (it was
+    // written as d0.raw.partial first).
+    #[rustfmt::skip]
+    let o = e.run(&["ingest", "--medium", "dir:m", "--name", "db01", "--identity", "target.key", "--trust", "site.pub", "--allow-unsealed", "--target", "file:d0.raw", "--target", "ebs-snapshot:s1?boot-mode=uefi"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("nothing was written"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("d0.raw.partial").exists() && !e.p("d0.raw").exists());
 }
 
 /// A set delta whose disk 1 is damaged on the medium, ingested with `--force` over the
