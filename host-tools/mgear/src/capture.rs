@@ -1857,6 +1857,67 @@ pub fn refuse_source_on_medium(medium: &crate::medium::Where, spec: &str) -> cra
         }
         _ => {}
     }
+    refuse_source_is_exported_medium(medium, spec)
+}
+
+/// [`refuse_source_on_medium`] for media reached over NBD (`--medium nbd+unix:...`, an
+/// appliance's export): the same export as `--source`, or a source that is the image such an
+/// export serves here (both were captured onto themselves, exit 0).
+fn refuse_source_is_exported_medium(
+    medium: &crate::medium::Where,
+    spec: &str,
+) -> crate::Result<()> {
+    let mut exports: Vec<(String, String)> = medium
+        .medium
+        .iter()
+        .filter(|m| crate::spec::is_nbd(m))
+        .map(|m| (m.clone(), m.clone()))
+        .collect();
+    for port in &medium.appliance {
+        if let Ok(url) = crate::appliance::medium_locator(port) {
+            exports.push((format!("the appliance at {}", port.display()), url));
+        }
+    }
+    if exports.is_empty() {
+        return Ok(());
+    }
+    let source = crate::spec::Source::parse(spec).ok();
+    let (endpoint, files): (Option<String>, Vec<(u64, u64)>) = match &source {
+        Some(crate::spec::Source::Nbd(u)) => (
+            Some(crate::guard::nbd_endpoint(u)),
+            crate::guard::served_files(u)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+        ),
+        Some(crate::spec::Source::Path(p)) => (
+            None,
+            std::fs::metadata(p)
+                .map(|m| vec![crate::guard::disk_identity(&m)])
+                .unwrap_or_default(),
+        ),
+        _ => return Ok(()),
+    };
+    for (name, url) in exports {
+        let Ok(u) = crate::spec::nbd_url("--medium", &url) else {
+            continue;
+        };
+        let same_export = endpoint.as_ref() == Some(&crate::guard::nbd_endpoint(&u));
+        let same_file = crate::guard::served_files(&u)
+            .iter()
+            .any(|(id, _)| files.contains(id));
+        if same_export || same_file {
+            return Err(usage(format!(
+                "--source {spec} is the medium {name}, {}: capture would read the medium it \
+                 writes. Give a path that is not the medium",
+                if same_export {
+                    "the same export"
+                } else {
+                    "the image that export serves"
+                }
+            )));
+        }
+    }
     Ok(())
 }
 

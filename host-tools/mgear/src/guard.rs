@@ -566,6 +566,24 @@ pub fn loop_backing(rdev: u64) -> Option<(u64, u64)> {
     Some((m.dev(), m.ino()))
 }
 
+/// An NBD export's place, one spelling for each: the socket's resolved path or the host and
+/// port, and the export name.
+pub fn nbd_endpoint(u: &mgear_nbd::NbdUrl) -> String {
+    match u {
+        mgear_nbd::NbdUrl::Unix { socket, export } => format!(
+            "unix {} {export}",
+            resolved(socket).unwrap_or_else(|| socket.clone()).display()
+        ),
+        mgear_nbd::NbdUrl::Tcp { host, port, export } => {
+            let host = match host.as_str() {
+                "localhost" | "::1" | "[::1]" => "127.0.0.1",
+                h => h,
+            };
+            format!("tcp {host}:{port} {export}")
+        }
+    }
+}
+
 /// The socket inodes listening at an NBD URL on this host: a unix socket's path (as bound,
 /// resolved) from `/proc/net/unix`, or a loopback/any-address TCP port from `/proc/net/tcp*`.
 fn listening_inodes(url: &mgear_nbd::NbdUrl) -> Vec<u64> {

@@ -727,7 +727,7 @@ pub(crate) fn check_sources(sources: &[String]) -> crate::Result<()> {
             Ok(crate::spec::Source::Nbd(u)) => {
                 // The same export however spelled, or the one image file an export serves
                 // (with qemu-nbd's image and its backing files, which disk is ambiguous).
-                let endpoint = nbd_endpoint(&u);
+                let endpoint = crate::guard::nbd_endpoint(&u);
                 let served = crate::guard::served_files(&u);
                 let file = match served.as_slice() {
                     [(id, path)] => Some((*id, path.clone())),
@@ -784,26 +784,6 @@ pub(crate) fn check_sources(sources: &[String]) -> crate::Result<()> {
         seen.push((id, p, k));
     }
     Ok(())
-}
-
-/// An NBD export's place, one spelling for each: the socket's resolved path or the host and
-/// port, and the export name.
-fn nbd_endpoint(u: &mgear_nbd::NbdUrl) -> String {
-    match u {
-        mgear_nbd::NbdUrl::Unix { socket, export } => format!(
-            "unix {} {export}",
-            crate::guard::resolved(socket)
-                .unwrap_or_else(|| socket.clone())
-                .display()
-        ),
-        mgear_nbd::NbdUrl::Tcp { host, port, export } => {
-            let host = match host.as_str() {
-                "localhost" | "::1" | "[::1]" => "127.0.0.1",
-                h => h,
-            };
-            format!("tcp {host}:{port} {export}")
-        }
-    }
 }
 
 /// Logical sector size: the kernel's for a block device, 512 for an image file.

@@ -239,6 +239,17 @@ fn the_medium_is_never_its_own_target_or_source() {
     );
     drop(server);
     assert_eq!(tree(&e.p("medium.img")), before);
+    // The medium given as an NBD export: the same export as --source, or the image it
+    // serves (both were captured onto themselves, exit 0).
+    let msock = e.p("mrw.sock");
+    let medium_server = qemu_nbd(&["-t", "-e", "4", "-f", "raw"], &msock, &e.p("medium.img"));
+    let murl = format!("nbd+unix:///?socket={}", msock.display());
+    for source in [murl.clone(), e.s("medium.img")] {
+        let o = e.capture(&murl, "self").source(&source).run();
+        refused(&o, "capture would read the medium it writes");
+    }
+    drop(medium_server);
+    assert_eq!(tree(&e.p("medium.img")), before);
 
     // A dir: medium: a target among its captures is refused, and so is one beside them
     // (the mount point's top): the decrypted disk was written onto the medium, exit 0.
