@@ -2117,6 +2117,25 @@ pub(crate) fn ingested_before(state_dir: &Path, target: &str, root: &[u8; 32]) -
     text == done_text(root, &stamp)
 }
 
+/// The manifest root of the finished ingest recorded for the file at `volume`, when the
+/// record names this very file (its device and inode: not another file moved in since),
+/// whatever was written to it after (`mgear serve` applies syncs in place).
+pub(crate) fn ingested_from(state_dir: &Path, volume: &Path) -> Option<[u8; 32]> {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(done_path(state_dir, volume)).ok()?;
+    let m = std::fs::metadata(volume).ok()?;
+    let mut lines = text.lines();
+    (lines.next()? == "mgear-ingested/2").then_some(())?;
+    let root = lines.next()?.strip_prefix("root ")?;
+    let file = lines.next()?.strip_prefix("file ")?;
+    (file == format!("{}:{}", m.dev(), m.ino())).then_some(())?;
+    let mut out = [0u8; 32];
+    for (k, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(root.get(2 * k..2 * k + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The summary line of `--boot`: booted or not, and where its report is.
 pub(crate) fn print_boot_line(booted: Option<bool>, report: Option<&str>) {
     if let (Some(b), Some(p)) = (booted, report) {

@@ -913,6 +913,27 @@ fn serve_refuses_a_volume_that_is_not_the_ingested_disk_and_a_busy_port_at_once(
     );
     assert!(o.stdout.is_empty(), "{}", text(&o));
 
+    // A file of the right size that no ingest or serve of web01 recorded: a copy (another
+    // machine's volume cloned from the same image shares most chunks: the sync's sample
+    // matched, it overwrote that volume and said "verified"), or a file moved in over the
+    // ingested one's name.
+    std::fs::copy(e.p("vol.raw"), e.p("copy.raw")).unwrap();
+    let o = serve_run(&e, "file:copy.raw", "127.0.0.1:0");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("holds no ingest of web01 recorded on this host")
+            && stderr(&o).contains("--force"),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    std::fs::rename(e.p("vol.raw"), e.p("vol.keep")).unwrap();
+    std::fs::rename(e.p("copy.raw"), e.p("vol.raw")).unwrap();
+    let o = serve_run(&e, "file:vol.raw", "127.0.0.1:0");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    std::fs::rename(e.p("vol.raw"), e.p("copy.raw")).unwrap();
+    std::fs::rename(e.p("vol.keep"), e.p("vol.raw")).unwrap();
+
     // A volume that is not there: ingest it first.
     let o = serve_run(&e, "file:nope.raw", "127.0.0.1:0");
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Connections served at once (more are told to retry).
     #[arg(long, allow_hyphen_values = true, default_value_t = 4, value_parser = super::at_least_one)]
     pub max_peers: usize,
+    /// Serve a file volume no ingest or serve of this capture on this host recorded (one
+    /// ingested elsewhere, or with another --state-dir, and copied here).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `mgear sync`.
@@ -129,6 +133,7 @@ impl ServeArgs {
             handshake_timeout: a.handshake_timeout,
             idle_timeout: a.idle_timeout,
             max_peers: a.max_peers,
+            force: a.force,
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct Serve {
     pub idle_timeout: f64,
     /// Connections served at once (more are told to retry).
     pub max_peers: usize,
+    /// Serve a file volume with no record of an ingest or serve of this capture here.
+    pub force: bool,
 }
 
 /// `mgear sync`, typed (the binary's `cli::sync` fills it in; `cutover` runs one too).
@@ -328,6 +330,14 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
     // The spelling on the medium, whatever case --name was given in.
     let name = reader.name().to_string();
     drop(reader);
+    let roots: Vec<[u8; 32]> = image_format::capture_info(medium.store(), &name)?
+        .map(|c| {
+            c.generations
+                .iter()
+                .filter_map(|g| g.manifest_root)
+                .collect()
+        })
+        .unwrap_or_default();
     medium.close()?;
     if slot_id.is_some_and(|id| id != m.capture_id) {
         return Err(image_format::Error::WrongKey {
@@ -351,6 +361,9 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
     let volume = crate::target::open_in_place(&spec)?;
     if let Some(note) = served_size(&spec, volume.size(), m.disk_size, &name)? {
         eprintln!("mgear serve: note: {note}");
+    }
+    if let (crate::spec::Target::File(p), false) = (&spec, a.force) {
+        refuse_unrecorded_volume(p, &name, &roots, &m.capture_id)?;
     }
     let mut vol = target::ServedVolume::open(volume, m.disk_size, m.chunk_size, id_key)?;
     if let crate::spec::Target::File(p) = &spec {
@@ -412,6 +425,40 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
         spec
     );
     Ok(OK)
+}
+
+/// Refuse (exit 2) to serve the file `p` when nothing on this host says it holds capture
+/// `name`: no finished ingest of one of its generations (`roots`) into this very file, and
+/// no serve of it. Another disk's volume (a sibling cloned from one image shares most of its
+/// chunks, so the sync's sample matched) was overwritten with this capture's disk and the
+/// sync said "verified".
+fn refuse_unrecorded_volume(
+    p: &std::path::Path,
+    name: &str,
+    roots: &[[u8; 32]],
+    capture_id: &[u8; 16],
+) -> crate::Result<()> {
+    let sdir = crate::target::state_dir(None)?;
+    if crate::ingest::ingested_from(&sdir, p).is_some_and(|r| roots.contains(&r))
+        || target::served_before(p, capture_id)
+    {
+        return Ok(());
+    }
+    Err(crate::exit::coded_hint(
+        USAGE,
+        format!(
+            "{} holds no ingest of {name} recorded on this host (in {}), and no serve of {name} \
+             served it: it may hold another disk, which a sync would overwrite with {name}'s; \
+             nothing was read or written",
+            p.display(),
+            sdir.display()
+        ),
+        format!(
+            "give --target the volume `mgear ingest --name {name}` wrote here, or, if this file \
+             is that volume (ingested on another host or with another --state-dir, then \
+             copied), pass --force"
+        ),
+    ))
 }
 
 /// What `sync --json` prints.

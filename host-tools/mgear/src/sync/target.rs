@@ -127,6 +127,15 @@ struct Record {
     capture: String,
 }
 
+/// Whether a serve of capture `capture_id` recorded the file at `volume` (by its device and
+/// inode) as the volume it served.
+pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16]) -> bool {
+    Record::of(volume, capture_id).is_some_and(|r| {
+        std::fs::read_to_string(&r.path)
+            .is_ok_and(|t| t.lines().any(|l| l == format!("capture {}", r.capture)))
+    })
+}
+
 impl Record {
     /// The record of the file at `volume` (none without a state directory).
     fn of(volume: &std::path::Path, capture_id: &[u8; 16]) -> Option<Record> {
