@@ -707,7 +707,7 @@ fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() 
     assert!(m.contains("the target did not prove it booted"), "{v}");
     assert!(!m.contains("see --firmware"), "{v}");
     assert!(
-        hint.starts_with("the final sync verified file:vol.raw")
+        hint.starts_with("the final sync verified the serve's volume, and file:vol.raw was checked")
             && !hint.contains("did not check out"),
         "{v}"
     );
@@ -873,6 +873,32 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
     );
     assert!(e.p("resumed").exists(), "{}", text(&o));
     same_file(&e.p("vol.raw"), &e.p("disk.raw"));
+    // A copy made before a plain sync, and a cutover that then sends nothing: the copy lacks
+    // only what that sync wrote (chunk 4, which no spread sample reads), and it was booted
+    // and the cutover called complete. The serve's record on this host names its volume.
+    std::fs::copy(e.p("vol.raw"), e.p("stale2.raw")).unwrap();
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.p("disk.raw"))
+            .unwrap();
+        f.write_all_at(&[0xa5; 4096], 4 * MIB as u64 + 8192)
+            .unwrap();
+    }
+    #[rustfmt::skip]
+    let o = e.run(&["sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::remove_file(e.p("resumed")).unwrap();
+    #[rustfmt::skip]
+    let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "true", "--resume", "touch resumed", "--boot-target", "file:stale2.raw"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("a serve on this host keeps another file in sync"),
+        "{}",
+        text(&o)
+    );
+    assert!(e.p("resumed").exists(), "{}", text(&o));
     // Stopping serve says what that means for a serve (no checkpoint of a capture's).
     let st = std::process::Command::new("kill")
         .args(["-TERM", &serve.0.id().to_string()])

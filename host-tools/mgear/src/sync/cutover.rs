@@ -197,7 +197,12 @@ fn refuse_the_source(a: &Cutover, target: &Target) -> crate::Result<()> {
 /// is compared with it by size, by every chunk this cutover's syncs sent (`sent`, of
 /// `chunk` bytes: what a copy made before them lacks) and by [`SAMPLES`] chunks of 1 MiB
 /// spread over the disk. A qcow2 or NBD boot target is not read here.
-fn boot_target_is_synced(a: &Cutover, sent: &[u64], chunk: u64) -> crate::Result<()> {
+fn boot_target_is_synced(
+    a: &Cutover,
+    sent: &[u64],
+    chunk: u64,
+    capture_id: Option<[u8; 16]>,
+) -> crate::Result<()> {
     use std::os::unix::fs::FileExt as _;
     const SAMPLES: u64 = 32;
     const CHUNK: u64 = 1 << 20;
@@ -216,6 +221,16 @@ fn boot_target_is_synced(a: &Cutover, sent: &[u64], chunk: u64) -> crate::Result
             ),
         )
     };
+    // Where the serve runs on this host, its record names the file it keeps in sync: a copy
+    // made before the last syncs differs only where they wrote, which the sample below
+    // missed (the copy was booted and the cutover called complete).
+    if capture_id.is_some_and(|id| super::target::served_elsewhere(&path, &id)) {
+        return Err(not_synced(
+            "a serve on this host keeps another file in sync for this capture (this one is a \
+             copy, or was replaced since)"
+                .into(),
+        ));
+    }
     let mut source = crate::source::open(&a.sync.source, None)?;
     let target = std::fs::File::open(&path)
         .with_context(|| format!("opening --boot-target {}", a.boot_target))?;
@@ -286,8 +301,13 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
         .chain(std::iter::once(&final_sync))
         .flat_map(|r| r.stats.sent.iter().copied())
         .collect();
-    boot_target_is_synced(&a, &sent, u64::from(final_sync.stats.chunk_size.max(1)))
-        .map_err(|e| rollback(&a, e))?;
+    boot_target_is_synced(
+        &a,
+        &sent,
+        u64::from(final_sync.stats.chunk_size.max(1)),
+        final_sync.stats.capture_id,
+    )
+    .map_err(|e| rollback(&a, e))?;
     stop_between_steps().map_err(|e| rollback(&a, e))?;
 
     eprintln!(
@@ -315,9 +335,10 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
                     report.console_tail(20)
                 ),
                 format!(
-                    "the final sync verified {}: it holds the source's disk; boot it by hand \
-                     (`mgear boot --target {} --wait-for REGEX`, with --firmware or --bus if the \
-                     machine needs them) to see why it does not come up",
+                    "the final sync verified the serve's volume, and {} was checked against the \
+                     source by size and sampled chunks; boot it by hand (`mgear boot --target {} \
+                     --wait-for REGEX`, with --firmware or --bus if the machine needs them) to \
+                     see why it does not come up",
                     a.boot_target, a.boot_target
                 ),
             ),

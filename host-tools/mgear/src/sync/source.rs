@@ -105,6 +105,9 @@ pub struct Stats {
     /// an older copy of it lacks (`cutover` checks its boot target holds them).
     #[serde(skip)]
     pub sent: Vec<u64>,
+    /// The capture the target serves (its WELCOME), once a session began.
+    #[serde(skip)]
+    pub capture_id: Option<[u8; 16]>,
 }
 
 /// Why an attempt failed.
@@ -679,6 +682,7 @@ impl Run<'_> {
             .and_then(|_| w.flush());
             return Err(Fail::Fatal(coded(USAGE, m)));
         }
+        self.stats.capture_id = Some(capture_id);
         let id_key = IdKey::derive(&key, &capture_id);
         let mut records = RecordSealer::new(
             &key,

@@ -136,6 +136,28 @@ pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16]) -> bool {
     })
 }
 
+/// Whether a serve on this host recorded some other file than `volume` as the volume of
+/// capture `capture_id` (and none recorded `volume`): `volume` is then not the served
+/// volume, whatever its bytes (a copy made before the last syncs).
+pub fn served_elsewhere(volume: &std::path::Path, capture_id: &[u8; 16]) -> bool {
+    let Some(mine) = Record::of(volume, capture_id) else {
+        return false;
+    };
+    if served_before(volume, capture_id) {
+        return false;
+    }
+    let want = format!("capture {}", mine.capture);
+    let Some(dir) = mine.path.parent() else {
+        return false;
+    };
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.path() != mine.path
+                && std::fs::read_to_string(e.path()).is_ok_and(|t| t.lines().any(|l| l == want))
+        })
+    })
+}
+
 impl Record {
     /// The record of the file at `volume` (none without a state directory).
     fn of(volume: &std::path::Path, capture_id: &[u8; 16]) -> Option<Record> {
