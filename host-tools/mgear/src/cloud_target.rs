@@ -21,7 +21,8 @@
 //!    `driver_volume_type`: they need the volume attached to this host (an initiator/NQN
 //!    connector, `os-reserve`, `os-initialize_connection`, the session logged in with iscsiadm
 //!    or nvme-cli, `os-attach`), after which the device is a `dev:` target; `cinder:` says so.
-//! 4. After the read-back check the volume is marked bootable and `mgear.state=complete`.
+//! 4. After the read-back check the volume is marked bootable (unless the readiness check
+//!    found nothing boots from it: a data disk) and `mgear.state=complete`.
 //! 5. `--boot` of a volume already attached (`in-use`: its machine runs) is refused. Otherwise it
 //!    creates a server from the volume (`--flavor`, networks `"none"`), waits for
 //!    ACTIVE and proves the boot from the console (`mgear_cloud::boot_from_volume`; on the
@@ -55,6 +56,10 @@ pub struct CaptureFacts {
     pub generation: u32,
     /// Manifest root (blake3 of the signed manifest bytes), hex.
     pub manifest_root: String,
+    /// Whether the volume is marked bootable when finished: not for a disk the readiness
+    /// check found boots neither BIOS nor UEFI (a data disk), which was marked bootable
+    /// all the same.
+    pub bootable: bool,
 }
 
 impl CaptureFacts {
@@ -64,6 +69,7 @@ impl CaptureFacts {
             capture_id: hex(&manifest.capture_id),
             generation: manifest.generation,
             manifest_root: blake3::hash(&manifest.signed_bytes()).to_hex().to_string(),
+            bootable: true,
         }
     }
 }
@@ -297,6 +303,7 @@ pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result
         }
     };
     Ok(Box::new(CinderVolume {
+        bootable: capture.bootable,
         rbd,
         session,
         name: name.to_string(),
@@ -306,6 +313,7 @@ pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result
 
 /// A Cinder volume written through its RBD image; finishing marks it bootable and complete.
 struct CinderVolume {
+    bootable: bool,
     rbd: RbdVolume,
     session: Session,
     name: String,
@@ -361,12 +369,13 @@ impl Volume for CinderVolume {
             rbd,
             session,
             volume_id,
+            bootable,
             ..
         } = *self;
         let mut done = Box::new(rbd).finish()?;
         let cinder = Cinder::new(&session);
         let cloud = |e: CloudError| mgear_volume::Error::Tool(e.to_string());
-        cinder.set_bootable(&volume_id, true).map_err(cloud)?;
+        cinder.set_bootable(&volume_id, bootable).map_err(cloud)?;
         cinder
             .set_metadata(
                 &volume_id,
@@ -446,7 +455,7 @@ impl<S: image_format::Store> mgear_boot::ReadAt for CaptureDisk<'_, S> {
 /// warnings are printed. The size rounding is no finding here: the volume is rounded up.
 pub fn check_openstack_ready<S: image_format::Store>(
     reader: &mut image_format::CaptureReader<S>,
-) -> crate::Result<()> {
+) -> crate::Result<bool> {
     let profile = mgear_boot::profile_by_name("openstack")
         .ok_or_else(|| crate::err!("the openstack readiness profile is missing"))?;
     let size = reader.disk_size();
@@ -473,7 +482,12 @@ pub fn check_openstack_ready<S: image_format::Store>(
         .map(|f| format!("{}: {}", f.code, f.message))
         .collect();
     if errors.is_empty() {
-        Ok(())
+        // A disk nothing boots from is a data volume: not marked bootable.
+        let bootable = !findings.iter().any(|f| f.code == "not-bootable");
+        if !bootable {
+            eprintln!("mgear: the volume is not marked bootable (a data volume)");
+        }
+        Ok(bootable)
     } else {
         Err(coded(
             crate::exit::FOUND,

@@ -1336,9 +1336,10 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     if let Some(g) = &gaps {
         g.refuse_lost(&reader)?;
     }
+    let mut bootable = true;
     if matches!(target, Target::Cinder(_)) {
         if gaps.is_none() {
-            crate::cloud_target::check_openstack_ready(&mut reader)?;
+            bootable = crate::cloud_target::check_openstack_ready(&mut reader)?;
         } else {
             // It reads the disk's partitions and boot files, which may be on
             // a medium still to come.
@@ -1367,7 +1368,10 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             &crate::output::hex(reader.manifest_root())[..32]
         ),
     };
-    let facts = crate::cloud_target::CaptureFacts::of(reader.manifest());
+    let facts = crate::cloud_target::CaptureFacts {
+        bootable,
+        ..crate::cloud_target::CaptureFacts::of(reader.manifest())
+    };
     // A volume an earlier ingest finished is kept, not written again (--force writes it): a
     // Cinder volume marked complete (the machine may have run from it since), or a file an
     // earlier run of this command finished and nobody changed since (a run killed right after

@@ -1020,6 +1020,43 @@ fn a_name_another_volume_has_is_noted() {
     );
 }
 
+/// A disk nothing boots from (a data disk) was written and marked bootable all the same: it is
+/// a data volume, complete and not bootable.
+#[test]
+fn a_data_disk_becomes_a_volume_not_marked_bootable() {
+    let Some(lab) = Lab::from_env() else { return };
+    let session = lab.session();
+    let cinder = Cinder::new(&session);
+    let name = format!("data-{}", unique());
+    let _cleanup = NamedVolumes {
+        session: &session,
+        name: name.clone(),
+    };
+    let e = Env::new();
+    std::fs::write(e.p("disk.raw"), vec![7u8; 4 << 20]).unwrap();
+    e.keygen();
+    std::fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "data01").source("disk.raw").ok();
+    let mut c = e
+        .ingest("dir:m", "data01")
+        .untrusted()
+        .unsealed()
+        .target(&format!("cinder:{name}"))
+        .args(&["--json"])
+        .command();
+    c.envs(lab.vars.iter());
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(output_text(&o).contains("not marked bootable"), "{}", output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = cinder.get(r["volume"].as_str().unwrap()).unwrap();
+    assert!(!v.is_bootable(), "{v:?}");
+    assert_eq!(
+        v.metadata.get(meta::STATE).map(String::as_str),
+        Some(meta::COMPLETE)
+    );
+}
+
 /// `cinder:ID` of an existing volume made a new volume named by that id: refused, nothing made.
 #[test]
 fn a_volume_id_as_the_cinder_name_is_refused() {
