@@ -1376,6 +1376,8 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     // Cinder volume marked complete (the machine may have run from it since), or a file an
     // earlier run of this command finished and nobody changed since (a run killed right after
     // it finished was re-run and refused as "exists: pass --force", which writes it again).
+    let mut kept_sha = (args.volume_sha256 && matches!(target, Target::Cinder(_) | Target::Rbd(_)))
+        .then(<sha2::Sha256 as sha2::Digest>::new);
     let kept = match (&target, args.force) {
         (_, true) => None,
         (Target::Cinder(name), false) => {
@@ -1393,6 +1395,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                         &reader,
                         &format!("Cinder volume {}{named}", kept.id),
                         "marked complete by an earlier ingest (mgear.state=complete)",
+                        kept_sha.as_mut(),
                     )?;
                     Some((said, Some(kept.id)))
                 }
@@ -1409,6 +1412,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                 &reader,
                 &format!("RBD image {}", spec.image_spec()),
                 "finished by an earlier ingest on this host",
+                kept_sha.as_mut(),
             )?;
             Some((said, None))
         }
@@ -1455,7 +1459,12 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         report.set_volume(volume);
         medium.close()?;
         if args.volume_sha256 {
-            report.volume_sha256 = target_sha256(&args.target)?;
+            report.volume_sha256 = match kept_sha {
+                // An RBD image or Cinder volume: hashed as it was read back just now (it was
+                // `null`, the flag given).
+                Some(sha) => Some(crate::output::hex(&sha2::Digest::finalize(sha))),
+                None => target_sha256(&args.target)?,
+            };
         }
         return Ok(report);
     }
@@ -3098,6 +3107,7 @@ fn differs_from<S: image_format::Store>(
     rd: &mut dyn mgear_volume::VolumeReader,
     reader: &CaptureReader<S>,
     threads: usize,
+    mut sha: Option<&mut sha2::Sha256>,
 ) -> crate::Result<Option<(u64, usize)>> {
     reread(
         &mut Reading::Reader(rd),
@@ -3110,7 +3120,12 @@ fn differs_from<S: image_format::Store>(
         (reader.disk_size(), reader.chunk_size()),
         threads,
         false,
-        |_, _| {},
+        // Chunks come in disk order: the volume's SHA-256 as it is read back.
+        |r, data| {
+            if let Some(sha) = sha.as_deref_mut() {
+                sha_update(sha, r.len, data);
+            }
+        },
     )
 }
 
@@ -3124,13 +3139,14 @@ fn keep_if_unchanged<S: image_format::Store>(
     reader: &CaptureReader<S>,
     what: &str,
     how: &str,
+    sha: Option<&mut sha2::Sha256>,
 ) -> crate::Result<String> {
     let mut rd = mgear_volume::RbdReader::new(spec);
     let (now, disk) = (rd.size()?, reader.disk_size());
     let differs = if now < disk {
         Some((now, usize::try_from(disk - now).unwrap_or(usize::MAX)))
     } else {
-        differs_from(&mut rd, reader, threads_for_check())?
+        differs_from(&mut rd, reader, threads_for_check(), sha)?
     };
     let (name, g) = (reader.name(), reader.generation());
     if let Some((at, len)) = differs {

@@ -719,10 +719,23 @@ fn captured_through_the_appliance_into_cinder_resumes_after_a_kill_boots_through
     );
     // The same command again: the image this run finished is read back and kept (it was
     // refused as "exists: pass --force", where file: and cinder: keep theirs)...
-    let out = run_ok(ingest("state2", &rbd_target).arg("--json").command());
+    let out = run_ok(
+        ingest("state2", &rbd_target)
+            .args(&["--json", "--volume-sha256"])
+            .command(),
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["bytes_written"], 0, "{r}");
     assert_eq!(r["verified"], true, "{r}");
+    // ... hashed as it was read back (it said null, the flag given).
+    let want = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(std::fs::read(e.p("disk.raw")).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(r["volume_sha256"], want.as_str(), "{r}");
     // ...and once changed, refused with nothing written.
     changed_is_refused(
         &qemu_name,
@@ -1047,7 +1060,11 @@ fn a_data_disk_becomes_a_volume_not_marked_bootable() {
     c.envs(lab.vars.iter());
     let o = c.output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
-    assert!(output_text(&o).contains("not marked bootable"), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("not marked bootable"),
+        "{}",
+        output_text(&o)
+    );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let v = cinder.get(r["volume"].as_str().unwrap()).unwrap();
     assert!(!v.is_bootable(), "{v:?}");

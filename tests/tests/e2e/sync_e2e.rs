@@ -707,8 +707,9 @@ fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() 
     assert!(m.contains("the target did not prove it booted"), "{v}");
     assert!(!m.contains("see --firmware"), "{v}");
     assert!(
-        hint.starts_with("the final sync verified the serve's volume, and file:vol.raw was checked")
-            && !hint.contains("did not check out"),
+        hint.starts_with(
+            "the final sync verified the serve's volume, and file:vol.raw was checked"
+        ) && !hint.contains("did not check out"),
         "{v}"
     );
 }
