@@ -1217,7 +1217,9 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
     machines.sort_by(|a, b| a.name.cmp(&b.name));
     Shipment {
         media: media.len(),
-        complete: machines.iter().all(|m| m.complete),
+        // Media with no machine on them are no complete shipment (a script shipping on
+        // `complete` shipped empty media).
+        complete: !machines.is_empty() && machines.iter().all(|m| m.complete),
         machines,
         missing_media: Vec::new(),
     }
@@ -1325,6 +1327,9 @@ mod tests {
         assert_eq!(disk["stream"], "web01", "{v}");
         assert!(disk["boot"].is_null() && disk["os"].is_null(), "{v}");
         assert_eq!(v["complete"], true, "{v}");
+        // Media with no machine on them are no complete shipment.
+        let none = shipment(&[("fat:a.img".into(), Vec::new(), Vec::new())], true);
+        assert!(!none.complete);
     }
 
     #[test]
