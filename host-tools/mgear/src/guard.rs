@@ -702,6 +702,44 @@ pub fn served_files(url: &mgear_nbd::NbdUrl) -> Vec<((u64, u64), PathBuf)> {
     Vec::new()
 }
 
+/// Whether the process serving `url` here serves a window of its image (`qemu-nbd
+/// --offset`, an `offset=` image option), not the whole file: two such exports of one image
+/// are two disks.
+pub fn serves_a_window(url: &mgear_nbd::NbdUrl) -> bool {
+    let wanted: Vec<String> = listening_inodes(url)
+        .iter()
+        .map(|i| format!("socket:[{i}]"))
+        .collect();
+    if wanted.is_empty() {
+        return false;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let serves = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
+        });
+        if serves {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            return String::from_utf8_lossy(&cmd).split('\0').any(|a| {
+                a == "-o"
+                    || a.starts_with("--offset")
+                    || (a.starts_with("-o")
+                        && a[2..].bytes().all(|b| b.is_ascii_digit())
+                        && a.len() > 2)
+                    || a.split(',')
+                        .any(|o| o.starts_with("offset=") || o.contains(".offset="))
+            });
+        }
+    }
+    false
+}
+
 /// A file's or block device's identity as a disk: (device, inode) of a file, of the file
 /// behind a loop device, else (device number, 0): the same disk however it is reached.
 pub fn disk_identity(m: &std::fs::Metadata) -> (u64, u64) {

@@ -719,40 +719,50 @@ pub fn disk_facts(spec: &str) -> SetDisk {
 /// before it were captured; and one disk given twice (however spelled, a
 /// hard link too) was captured as two.
 pub(crate) fn check_sources(sources: &[String]) -> crate::Result<()> {
-    let mut seen: Vec<((u64, u64), PathBuf, usize)> = Vec::new();
-    let mut nbd_seen: Vec<(String, usize)> = Vec::new();
+    // Paths given (disk, path), the one image file an NBD export here serves whole (disk,
+    // identity), and each export's place (disk, endpoint).
+    let mut paths: Vec<(usize, PathBuf)> = Vec::new();
+    let mut served: Vec<(usize, (u64, u64))> = Vec::new();
+    let mut exports: Vec<(usize, String)> = Vec::new();
+    let same = |first: usize, k: usize| {
+        usage(format!(
+            "disk {first} ({}) and disk {k} ({}) are the same disk: give each disk of the \
+             machine once",
+            sources[first], sources[k]
+        ))
+    };
     for (k, s) in sources.iter().enumerate() {
         let p = match crate::spec::Source::parse(s) {
             Ok(crate::spec::Source::Path(p)) => p,
             Ok(crate::spec::Source::Nbd(u)) => {
                 // The same export however spelled, or the one image file an export serves
-                // (with qemu-nbd's image and its backing files, which disk is ambiguous).
+                // whole (with its backing files, or a window of it, which disk is ambiguous).
                 let endpoint = crate::guard::nbd_endpoint(&u);
-                let served = crate::guard::served_files(&u);
-                let file = match served.as_slice() {
-                    [(id, path)] => Some((*id, path.clone())),
-                    _ => None,
-                };
-                let twin = nbd_seen
-                    .iter()
-                    .find(|(e, _)| *e == endpoint)
-                    .map(|(_, k)| (*k, sources[*k].clone()))
-                    .or_else(|| {
-                        let (id, _) = file.as_ref()?;
-                        seen.iter()
-                            .find(|(i, ..)| i == id)
-                            .map(|(_, p, k)| (*k, p.display().to_string()))
-                    });
-                if let Some((first, first_spec)) = twin {
-                    return Err(usage(format!(
-                        "disk {first} ({first_spec}) and disk {k} ({s}) are the same disk: give \
-                         each disk of the machine once"
-                    )));
+                if let Some((first, _)) = exports.iter().find(|(_, e)| *e == endpoint) {
+                    return Err(same(*first, k));
                 }
-                if let Some((id, path)) = file {
-                    seen.push((id, path, k));
+                exports.push((k, endpoint));
+                if let [(id, _)] = crate::guard::served_files(&u).as_slice() {
+                    if !crate::guard::serves_a_window(&u) {
+                        let twin = served
+                            .iter()
+                            .find(|(_, i)| i == id)
+                            .map(|(f, _)| *f)
+                            .or_else(|| {
+                                paths
+                                    .iter()
+                                    .find(|(_, p)| {
+                                        std::fs::metadata(p)
+                                            .is_ok_and(|m| crate::guard::disk_identity(&m) == *id)
+                                    })
+                                    .map(|(f, _)| *f)
+                            });
+                        if let Some(first) = twin {
+                            return Err(same(first, k));
+                        }
+                        served.push((k, *id));
+                    }
                 }
-                nbd_seen.push((endpoint, k));
                 continue;
             }
             _ => continue,
@@ -771,17 +781,16 @@ pub(crate) fn check_sources(sources: &[String]) -> crate::Result<()> {
                 k + 1
             )));
         }
-        // The same file or device: its device and inode, whatever the path; a loop device
-        // is the file behind it.
-        let id = crate::guard::disk_identity(&meta);
-        if let Some((_, first_path, first)) = seen.iter().find(|(i, ..)| *i == id) {
-            return Err(usage(format!(
-                "disk {first} ({}) and disk {k} ({s}) are the same disk: give each disk of the \
-                 machine once",
-                first_path.display()
-            )));
+        // The same file or device whatever the path (a hard link, a loop device over the
+        // file); loop devices over disjoint windows of one image are two disks.
+        if let Some((first, _)) = paths.iter().find(|(_, q)| crate::guard::overlaps(q, &p)) {
+            return Err(same(*first, k));
         }
-        seen.push((id, p, k));
+        let id = crate::guard::disk_identity(&meta);
+        if let Some((first, _)) = served.iter().find(|(_, i)| *i == id) {
+            return Err(same(*first, k));
+        }
+        paths.push((k, p));
     }
     Ok(())
 }

@@ -1214,6 +1214,49 @@ fn a_sets_sources_are_checked_before_any_disk_is_captured() {
             );
         }
     }
+    // Two windows of one image (partitions exported apart) are two disks, over NBD and as
+    // loop devices (they were refused as "the same disk").
+    let half = std::fs::metadata(e.p("disk1.raw")).unwrap().len() / 2;
+    let (w0, w1) = (e.p("nbd/w0.sock"), e.p("nbd/w1.sock"));
+    let _s0 = mgear_tests::qemu_nbd(
+        &["-t", "-r", "-f", "raw", "--offset", "0"],
+        &w0,
+        &e.p("disk1.raw"),
+    );
+    let _s1 = mgear_tests::qemu_nbd(
+        &["-t", "-r", "-f", "raw", &format!("--offset={half}")],
+        &w1,
+        &e.p("disk1.raw"),
+    );
+    let (u0, u1) = (
+        format!("nbd+unix:///?socket={}", w0.display()),
+        format!("nbd+unix:///?socket={}", w1.display()),
+    );
+    let plan = e
+        .capture(&m, "db01")
+        .sources(&[u0.as_str(), u1.as_str()])
+        .arg("--dry-run")
+        .run();
+    assert_eq!(plan.status.code(), Some(0), "{}", output_text(&plan));
+    let window = |offset: u64| {
+        let o = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--read-only", "--offset"])
+            .arg(offset.to_string())
+            .args(["--sizelimit", &half.to_string()])
+            .arg(e.p("disk1.raw"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", output_text(&o));
+        mgear_tests::Loop(String::from_utf8(o.stdout).unwrap().trim().to_string())
+    };
+    let (l0, l1) = (window(0), window(half));
+    let plan = e
+        .capture(&m, "db01")
+        .sources(&[l0.0.as_str(), l1.0.as_str()])
+        .arg("--dry-run")
+        .run();
+    assert_eq!(plan.status.code(), Some(0), "{}", output_text(&plan));
+    drop((l0, l1));
     // Another disk over NBD beside it is no twin.
     let plan = e
         .capture(&m, "db01")
