@@ -250,7 +250,8 @@ pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result
         if ensured.created {
             "created"
         } else {
-            "found by its capture metadata: resuming into it"
+            "found by its capture metadata (an earlier run of this ingest made it): writing \
+             into it, from where this host's state of that run says, else from the start"
         }
     );
     if ensured.created {
@@ -262,9 +263,20 @@ pub fn open(name: &str, prep: &Prepare, capture: &CaptureFacts) -> crate::Result
             .unwrap_or_default()
             .into_iter()
             .filter(|v| v.id != volume.id)
-            .map(|v| match v.metadata.get(meta::GENERATION) {
-                Some(g) => format!("{} (generation {g})", v.id),
-                None => v.id,
+            .map(|v| {
+                let g = v.metadata.get(meta::GENERATION);
+                // Another machine's volume under this name is not "generation 1" of this one.
+                match (v.metadata.get(meta::CAPTURE), g) {
+                    (Some(c), Some(g)) if *c == capture.capture_id => {
+                        format!("{} (generation {g} of this capture)", v.id)
+                    }
+                    (Some(c), Some(g)) => format!(
+                        "{} (another capture, {}..., generation {g})",
+                        v.id,
+                        c.get(..8).unwrap_or(c)
+                    ),
+                    _ => format!("{} (not made by mgear)", v.id),
+                }
             })
             .collect();
         if !others.is_empty() {

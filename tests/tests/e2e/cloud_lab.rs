@@ -1026,7 +1026,7 @@ fn a_name_another_volume_has_is_noted() {
     let _ = cinder.delete(&other.id);
     assert!(
         text.contains(&format!(
-            "Cinder already has a volume named {name}: {}",
+            "Cinder already has a volume named {name}: {} (not made by mgear)",
             other.id
         )) && text.contains(&format!("--target cinder:{name}-g1")),
         "{text}"
