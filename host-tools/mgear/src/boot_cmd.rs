@@ -176,15 +176,24 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         .report
         .clone()
         .unwrap_or_else(|| all[0].default_report_path());
-    let volumes: Vec<PathBuf> = all
-        .iter()
-        .filter_map(|r| match r {
-            Resolved::Local(Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) => Some(p.clone()),
-            _ => None,
-        })
-        .collect();
-    clear_report_path(&report_path, args.report.is_some(), &volumes)?;
-    let report = boot_resolved_all(&all, &opts)?;
+    let volumes: Vec<PathBuf> = all.iter().flat_map(files_read).collect();
+    let earlier = check_report_path(&report_path, args.report.is_some(), &volumes)?;
+    let report = boot_resolved_all_then(&all, &opts, || {
+        // Only now that the guest starts: a boot refused or failing before it (a bad
+        // --wait-for, an unreadable image) deleted the earlier report all the same.
+        if earlier {
+            std::fs::remove_file(&report_path).map_err(|e| {
+                coded(
+                    IO,
+                    format!(
+                        "the boot report {}: cannot remove the earlier report: {e}",
+                        report_path.display()
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    })?;
     finish(&report, &report_path, args.json)
 }
 
@@ -197,15 +206,17 @@ fn is_boot_report(text: &[u8]) -> bool {
     })
 }
 
-/// Before the guest starts: the report's place must take a report, and what is there must be
-/// an earlier boot report, which goes at once. `--report vol.raw` wrote the report over the
-/// volume just booted (any file was replaced); and a boot killed on the way left the report of
+/// Before anything is booted: the report's place must take a report, and what is there must
+/// be an earlier boot report (returns whether one is: it goes as the guest starts). `--report
+/// vol.raw` wrote the report over the volume just booted (any file was replaced), and a file
+/// the boot reads (the volume, a qcow2's backing file, the image an NBD export serves) is
+/// never one to replace, whatever it holds; and a boot killed on the way left the report of
 /// an earlier boot beside the volume, read as this one's.
-fn clear_report_path(
+fn check_report_path(
     path: &std::path::Path,
     given: bool,
     volumes: &[PathBuf],
-) -> crate::Result<()> {
+) -> crate::Result<bool> {
     let flag = if given { "--report" } else { "the boot report" };
     let hint = if given {
         "give --report a new file name in a directory you can write to (nothing was booted yet)"
@@ -215,22 +226,21 @@ fn clear_report_path(
     let fail = |code, what: String| {
         crate::exit::coded_hint(code, format!("{flag} {}: {what}", path.display()), hint)
     };
-    // A volume that reads as an earlier report (its content is no guard) was removed as one.
     if let Some(v) = volumes.iter().find(|v| crate::guard::overlaps(path, v)) {
         return Err(fail(
             USAGE,
             format!(
-                "is the volume booted ({}): it is never overwritten",
+                "is a file the boot reads ({}): it is never overwritten",
                 v.display()
             ),
         ));
     }
     // A boot that cannot start (its volume is missing) leaves an earlier report as it was.
     if volumes.iter().any(|v| std::fs::metadata(v).is_err()) {
-        return Ok(());
+        return Ok(false);
     }
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Err(fail(USAGE, "is a directory".into())),
+        Ok(m) if m.is_dir() => Err(fail(USAGE, "is a directory".into())),
         Ok(m) => {
             // A boot report is a console tail and some lines: far below this.
             let earlier = m.is_file()
@@ -244,26 +254,82 @@ fn clear_report_path(
                         .into(),
                 ));
             }
-            std::fs::remove_file(path)
-                .map_err(|e| fail(IO, format!("cannot remove the earlier report: {e}")))?;
+            // Writable where it is: found only after the boot, it made its minute a failure.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| fail(IO, format!("cannot be replaced: {e}")))?;
+            Ok(true)
         }
-        Err(_) => {}
+        // Found only after the boot, a report that cannot be written made its minute a
+        // failure.
+        Err(_) => match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|f| {
+                drop(f);
+                std::fs::remove_file(path)
+            }) {
+            Ok(()) => Ok(false),
+            // Beside a file volume whose directory is missing: the missing volume is the
+            // error the boot gives.
+            Err(e) if !given && e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(fail(IO, format!("cannot be written: {e}"))),
+        },
     }
-    // Found only after the boot, a report that cannot be written made its minute a failure.
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .and_then(|f| {
-            drop(f);
-            std::fs::remove_file(path)
-        }) {
-        Ok(()) => Ok(()),
-        // Beside a file volume whose directory is missing: the missing volume is the error
-        // the boot gives.
-        Err(e) if !given && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(fail(IO, format!("cannot be written: {e}"))),
+}
+
+/// The files a boot of `r` reads: a file or device volume, a qcow2 image and its backing
+/// chain, the image files an NBD export here serves.
+fn files_read(r: &Resolved) -> Vec<PathBuf> {
+    match r {
+        Resolved::Local(Target::File(p) | Target::Dev(p)) => vec![p.clone()],
+        Resolved::Local(Target::Qcow2(p)) => {
+            let mut chain = vec![p.clone()];
+            while chain.len() < 16 {
+                let Some(next) = chain.last().and_then(|q| qcow2_backing(q)) else {
+                    break;
+                };
+                chain.push(next);
+            }
+            chain
+        }
+        Resolved::Local(Target::Nbd(u)) => u
+            .parse::<mgear_nbd::NbdUrl>()
+            .map(|u| {
+                crate::guard::served_files(&u)
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
     }
+}
+
+/// The backing file a qcow2 image names in its header (relative to the image's directory),
+/// if any.
+fn qcow2_backing(image: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::File::open(image).ok()?;
+    let mut head = [0u8; 20];
+    f.read_exact_at(&mut head, 0).ok()?;
+    if &head[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let at = u64::from_be_bytes(head[8..16].try_into().ok()?);
+    let len = u32::from_be_bytes(head[16..20].try_into().ok()?);
+    if at == 0 || len == 0 || len > 4096 {
+        return None;
+    }
+    let mut name = vec![0u8; len as usize];
+    f.read_exact_at(&mut name, at).ok()?;
+    let name = PathBuf::from(String::from_utf8(name).ok()?);
+    Some(match image.parent() {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name,
+    })
 }
 
 /// How to boot: what `mgear boot` and `mgear ingest --boot` share.
@@ -464,6 +530,16 @@ pub fn boot_resolved(target: &Resolved, opts: &BootOptions) -> crate::Result<Boo
 /// Boot a machine of several disks: `targets[0]` boots, the others are
 /// attached after it in order (a local QEMU, or one libvirt domain).
 pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> crate::Result<BootReport> {
+    boot_resolved_all_then(targets, opts, || Ok(()))
+}
+
+/// [`boot_resolved_all`], running `starting` once everything is checked and set up, just
+/// before the guest runs (what a boot that never starts must leave alone happens there).
+pub fn boot_resolved_all_then(
+    targets: &[Resolved],
+    opts: &BootOptions,
+    starting: impl FnOnce() -> crate::Result<()>,
+) -> crate::Result<BootReport> {
     let Some(target) = targets.first() else {
         return Err(usage("nothing to boot: give --target"));
     };
@@ -500,6 +576,7 @@ pub fn boot_resolved_all(targets: &[Resolved], opts: &BootOptions) -> crate::Res
                 .map_err(libvirt)?,
         ),
     };
+    starting()?;
     let proved = prove_boot(guest.as_mut(), &expect);
     match target {
         Resolved::Local(_) => Ok(proved?),

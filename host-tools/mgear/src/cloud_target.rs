@@ -497,7 +497,7 @@ pub fn check_openstack_ready<S: image_format::Store>(
         // A disk nothing boots from is a data volume: not marked bootable.
         let bootable = !findings.iter().any(|f| f.code == "not-bootable");
         if !bootable {
-            eprintln!("mgear: the volume is not marked bootable (a data volume)");
+            eprintln!("mgear: the volume will not be marked bootable (a data volume)");
         }
         Ok(bootable)
     } else {

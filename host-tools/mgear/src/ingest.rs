@@ -2135,18 +2135,32 @@ pub(crate) fn ingested_before(state_dir: &Path, target: &str, root: &[u8; 32]) -
 /// whatever was written to it after (`mgear serve` applies syncs in place).
 pub(crate) fn ingested_from(state_dir: &Path, volume: &Path) -> Option<[u8; 32]> {
     use std::os::unix::fs::MetadataExt;
-    let text = std::fs::read_to_string(done_path(state_dir, volume)).ok()?;
     let m = std::fs::metadata(volume).ok()?;
-    let mut lines = text.lines();
-    (lines.next()? == "mgear-ingested/2").then_some(())?;
-    let root = lines.next()?.strip_prefix("root ")?;
-    let file = lines.next()?.strip_prefix("file ")?;
-    (file == format!("{}:{}", m.dev(), m.ino())).then_some(())?;
-    let mut out = [0u8; 32];
-    for (k, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(root.get(2 * k..2 * k + 2)?, 16).ok()?;
+    let file = format!("{}:{}", m.dev(), m.ino());
+    let root_of = |text: &str| -> Option<[u8; 32]> {
+        let mut lines = text.lines();
+        (lines.next()? == "mgear-ingested/2").then_some(())?;
+        let root = lines.next()?.strip_prefix("root ")?;
+        (lines.next()?.strip_prefix("file ")? == file).then_some(())?;
+        let mut out = [0u8; 32];
+        for (k, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(root.get(2 * k..2 * k + 2)?, 16).ok()?;
+        }
+        Some(out)
+    };
+    // Under the name it was ingested as, else under any (renamed since, a hard link, a path
+    // through `..` or a linked directory): the record names the file by device and inode.
+    if let Some(r) = std::fs::read_to_string(done_path(state_dir, volume))
+        .ok()
+        .and_then(|t| root_of(&t))
+    {
+        return Some(r);
     }
-    Some(out)
+    std::fs::read_dir(state_dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".done"))
+        .find_map(|e| root_of(&std::fs::read_to_string(e.path()).ok()?))
 }
 
 /// The summary line of `--boot`: booted or not, and where its report is.

@@ -332,7 +332,11 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
         "30",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("is the volume booted"), "{}", text(&o));
+    assert!(
+        text(&o).contains("is a file the boot reads"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(
         std::fs::read(&odd).unwrap(),
         std::fs::read(&earlier).unwrap()
@@ -349,6 +353,46 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(earlier.exists());
+    // ... nor does one refused before its guest starts (a --wait-for that proves nothing).
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("file:{}", disk.display()),
+        "--report",
+        earlier.to_str().unwrap(),
+        "--wait-for",
+        "(",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(earlier.exists());
+    // A qcow2's backing file is read by the boot too: never replaced as an earlier report
+    // (it was deleted, and the boot then failed on it).
+    let back = dir.path().join("back.json");
+    std::fs::copy(&odd, &back).unwrap();
+    let overlay = dir.path().join("ov.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&back)
+        .arg(&overlay)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("qcow2:{}", overlay.display()),
+        "--report",
+        back.to_str().unwrap(),
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("is a file the boot reads"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&odd).unwrap());
 }
 
 #[test]

@@ -1061,7 +1061,7 @@ fn a_data_disk_becomes_a_volume_not_marked_bootable() {
     let o = c.output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains("not marked bootable"),
+        output_text(&o).contains("will not be marked bootable"),
         "{}",
         output_text(&o)
     );

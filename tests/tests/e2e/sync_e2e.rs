@@ -960,6 +960,21 @@ fn serve_refuses_a_volume_that_is_not_the_ingested_disk_and_a_busy_port_at_once(
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     std::fs::rename(e.p("vol.raw"), e.p("copy.raw")).unwrap();
     std::fs::rename(e.p("vol.keep"), e.p("vol.raw")).unwrap();
+    // The ingested volume by another name (a hard link, a path through `..`) is served: the
+    // record names it by device and inode.
+    std::fs::hard_link(e.p("vol.raw"), e.p("hard.raw")).unwrap();
+    std::fs::create_dir(e.p("sub")).unwrap();
+    for target in ["file:hard.raw", "file:sub/../vol.raw"] {
+        let (mut s, _addr) = mgear_tests::Line::new(&e, &["serve", "--target", target])
+            .medium("fat:medium.img")
+            .args(&["--name", "web01", "--identity", "target.key"])
+            .args(&["--listen", "127.0.0.1:0"])
+            .trust("site.pub")
+            .listen();
+        let _ = s.0.kill();
+        let _ = s.0.wait();
+    }
+    std::fs::remove_file(e.p("hard.raw")).unwrap();
 
     // A volume that is not there: ingest it first.
     let o = serve_run(&e, "file:nope.raw", "127.0.0.1:0");

@@ -224,7 +224,9 @@ fn boot_target_is_synced(
     // Where the serve runs on this host, its record names the file it keeps in sync: a copy
     // made before the last syncs differs only where they wrote, which the sample below
     // missed (the copy was booted and the cutover called complete).
-    if capture_id.is_some_and(|id| super::target::served_elsewhere(&path, &id)) {
+    if capture_id
+        .is_some_and(|id| super::target::served_last(&path, &id, &a.sync.name) == Some(false))
+    {
         return Err(not_synced(
             "a serve on this host keeps another file in sync for this capture (this one is a \
              copy, or was replaced since)"

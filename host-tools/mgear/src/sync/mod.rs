@@ -367,7 +367,7 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
     }
     let mut vol = target::ServedVolume::open(volume, m.disk_size, m.chunk_size, id_key)?;
     if let crate::spec::Target::File(p) = &spec {
-        vol.watch(p, &m.capture_id);
+        vol.watch(p, &m.capture_id, &name);
     }
     if vol.written_elsewhere() {
         eprintln!(
@@ -440,7 +440,7 @@ fn refuse_unrecorded_volume(
 ) -> crate::Result<()> {
     let sdir = crate::target::state_dir(None)?;
     if crate::ingest::ingested_from(&sdir, p).is_some_and(|r| roots.contains(&r))
-        || target::served_before(p, capture_id)
+        || target::served_before(p, capture_id, name)
     {
         return Ok(());
     }

@@ -116,58 +116,64 @@ pub struct ServedVolume {
 /// the first sync to compare every chunk (a dirty bitmap records the source's writes, not an
 /// fsck or a boot at the target between two serves).
 ///
+/// The capture is named by its id and its name: machines that share a data key (a set's
+/// disks, `--dedup-across-machines`) share the id, and a record naming the id alone let one
+/// machine's volume be served (and synced over) as another's.
+///
 /// ```text
-/// mgear-serve-record 1
+/// mgear-serve-record 2
 /// capture <capture id, hex>
+/// name <capture name>
 /// stamp <mtime s> <mtime ns> <ctime s> <ctime ns> <size>
 /// ```
 #[derive(Debug, Clone)]
 struct Record {
     path: std::path::PathBuf,
     capture: String,
+    name: String,
 }
 
-/// Whether a serve of capture `capture_id` recorded the file at `volume` (by its device and
-/// inode) as the volume it served.
-pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16]) -> bool {
-    Record::of(volume, capture_id).is_some_and(|r| {
-        std::fs::read_to_string(&r.path)
-            .is_ok_and(|t| t.lines().any(|l| l == format!("capture {}", r.capture)))
-    })
+/// Whether a serve of capture `name` (`capture_id`) recorded the file at `volume` (by its
+/// device and inode) as the volume it served.
+pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> bool {
+    Record::of(volume, capture_id, name)
+        .is_some_and(|r| std::fs::read_to_string(&r.path).is_ok_and(|t| r.names_it(&t)))
 }
 
-/// Whether a serve on this host recorded some other file than `volume` as the volume of
-/// capture `capture_id` (and none recorded `volume`): `volume` is then not the served
-/// volume, whatever its bytes (a copy made before the last syncs).
-pub fn served_elsewhere(volume: &std::path::Path, capture_id: &[u8; 16]) -> bool {
-    let Some(mine) = Record::of(volume, capture_id) else {
-        return false;
-    };
-    if served_before(volume, capture_id) {
-        return false;
-    }
-    let want = format!("capture {}", mine.capture);
-    let Some(dir) = mine.path.parent() else {
-        return false;
-    };
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            e.path() != mine.path
-                && std::fs::read_to_string(e.path()).is_ok_and(|t| t.lines().any(|l| l == want))
-        })
-    })
+/// Of the serves of capture `name` (`capture_id`) on this host, whether the one that last
+/// completed a session kept `volume` (by device and inode) in sync: `None` when no serve of it
+/// recorded a volume here. A copy once served (with `--force`) and left behind is not the
+/// volume the last sync wrote, whatever its old record says.
+pub fn served_last(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> Option<bool> {
+    let mine = Record::of(volume, capture_id, name)?;
+    let dir = mine.path.parent()?;
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| mine.names_it(&t)))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max_by_key(|(at, _)| *at)?;
+    Some(newest.1 == mine.path)
 }
 
 impl Record {
     /// The record of the file at `volume` (none without a state directory).
-    fn of(volume: &std::path::Path, capture_id: &[u8; 16]) -> Option<Record> {
+    fn of(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> Option<Record> {
         let dir = match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
             Some(s) => std::path::PathBuf::from(s).join("mgear/serve"),
             None => {
                 std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state/mgear/serve")
             }
         };
-        Record::in_dir(&dir, volume, capture_id)
+        Record::in_dir(&dir, volume, capture_id, name)
+    }
+
+    /// Whether a record's text names this capture (id and name).
+    fn names_it(&self, text: &str) -> bool {
+        let mut lines = text.lines();
+        lines.next() == Some("mgear-serve-record 2")
+            && lines.next() == Some(&format!("capture {}", self.capture))
+            && lines.next() == Some(&format!("name {}", self.name))
     }
 
     /// The record of the file at `volume` in `dir`.
@@ -175,23 +181,25 @@ impl Record {
         dir: &std::path::Path,
         volume: &std::path::Path,
         capture_id: &[u8; 16],
+        name: &str,
     ) -> Option<Record> {
         use sha2::Digest as _;
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(volume).ok()?;
         let digest = sha2::Sha256::digest(format!("{}:{}", m.dev(), m.ino()).as_bytes());
-        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let file: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Some(Record {
-            path: dir.join(name),
+            path: dir.join(file),
             capture: capture_id.iter().map(|b| format!("{b:02x}")).collect(),
+            name: name.to_string(),
         })
     }
 
     fn text(&self, stamp: &Stamp) -> String {
         let (ms, mn, cs, cn, size) = stamp;
         format!(
-            "mgear-serve-record 1\ncapture {}\nstamp {ms} {mn} {cs} {cn} {size}\n",
-            self.capture
+            "mgear-serve-record 2\ncapture {}\nname {}\nstamp {ms} {mn} {cs} {cn} {size}\n",
+            self.capture, self.name
         )
     }
 
@@ -294,9 +302,9 @@ impl ServedVolume {
     /// before anything else writes the device.)
     /// A [`Record`] an earlier serve of `capture_id` left with the file's current times means
     /// nothing else wrote it since that serve's last completed session.
-    pub fn watch(&mut self, path: &std::path::Path, capture_id: &[u8; 16]) {
+    pub fn watch(&mut self, path: &std::path::Path, capture_id: &[u8; 16], name: &str) {
         let stamp = stamp_of(path);
-        self.record = Record::of(path, capture_id);
+        self.record = Record::of(path, capture_id, name);
         self.written_elsewhere = !self.record.as_ref().is_some_and(|r| r.holds(&stamp));
         self.watched = Some((path.to_path_buf(), stamp));
     }
@@ -1123,13 +1131,19 @@ mod tests {
         let vol = dir.path().join("v.raw");
         std::fs::write(&vol, vec![7u8; 8192]).unwrap();
         let state = dir.path().join("state/mgear/serve");
-        let r = Record::in_dir(&state, &vol, &[1; 16]).unwrap();
+        let r = Record::in_dir(&state, &vol, &[1; 16], "web01").unwrap();
         assert!(!r.holds(&stamp_of(&vol)), "no record yet");
         r.save(&stamp_of(&vol));
         assert!(r.holds(&stamp_of(&vol)));
-        assert!(!Record::in_dir(&state, &vol, &[2; 16])
+        assert!(!Record::in_dir(&state, &vol, &[2; 16], "web01")
             .unwrap()
             .holds(&stamp_of(&vol)));
+        // Machines that share a data key share the capture id: the name tells them apart (a
+        // sibling's volume was served, and synced over, as this machine's).
+        let sibling = Record::in_dir(&state, &vol, &[1; 16], "web02").unwrap();
+        assert!(!sibling.holds(&stamp_of(&vol)));
+        let text = std::fs::read_to_string(&r.path).unwrap();
+        assert!(r.names_it(&text) && !sibling.names_it(&text), "{text}");
         // Another program writes it (in another clock tick than the save's).
         std::thread::sleep(Duration::from_millis(20));
         let f = std::fs::OpenOptions::new().write(true).open(&vol).unwrap();
