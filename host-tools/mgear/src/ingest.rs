@@ -1414,7 +1414,8 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                 "finished by an earlier ingest on this host",
                 kept_sha.as_mut(),
             )?;
-            Some((said, None))
+            // Named as the run that wrote it named it (it was `null` when kept).
+            Some((said, Some(spec.to_string())))
         }
         (Target::EbsSnapshot { name, opts }, false) => {
             mgear_volume::EbsSnapshotVolume::completed_before(name, opts, &prep)?.map(|volume| {

@@ -450,7 +450,20 @@ pub fn completed_before(
             record_done(&prep.state_dir, &key, &prep.what, Some(&volume));
             volume
         }
-        (Some(ami), _) => format!("{snapshot} {ami}"),
+        (Some(ami), _) => {
+            // An image's architecture, boot mode and root device are fixed when it is
+            // registered: options given now were silently not applied to the kept one.
+            if opts.architecture.is_some() || opts.boot_mode.is_some() || opts.root_device.is_some()
+            {
+                eprintln!(
+                    "mgear: note: image {ami} was registered from {snapshot} by an earlier run, \
+                     with the options of that run; arch, boot-mode and root-device given now are \
+                     not applied to it (AWS cannot change them): --force makes a new snapshot \
+                     and registers its image with them"
+                );
+            }
+            format!("{snapshot} {ami}")
+        }
         (None, false) => snapshot.to_string(),
     };
     Ok(Some(volume))

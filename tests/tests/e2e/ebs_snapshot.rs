@@ -203,6 +203,21 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
     assert_eq!(kept["volume"].as_str(), Some(vol), "{kept}");
     assert_eq!(kept["snapshot_id"].as_str(), Some(id.as_str()), "{kept}");
     assert_eq!(kept["image_id"].as_str(), Some(ami.as_str()), "{kept}");
+    // Image options given on a kept run are not applied to the image kept: said (they were
+    // silently ignored).
+    let arm = e
+        .ingest("dir:mnt", "web01")
+        .trust("site.pub")
+        .unsealed()
+        .target("ebs-snapshot:web01?register-image=1&arch=arm64");
+    let o = with_double(&e, &d, &arm).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("are not applied to it") && output_text(&o).contains("--force"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(d.images().len(), 1);
     assert_eq!(kept["verified"], true, "{kept}");
     assert_eq!(d.snapshot_ids(), std::slice::from_ref(&id));
     let forced = with_double(&e, &d, &ingest(&e, &["--force"]))
