@@ -177,7 +177,12 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         .clone()
         .unwrap_or_else(|| all[0].default_report_path());
     let volumes: Vec<PathBuf> = all.iter().flat_map(files_read).collect();
-    let earlier = check_report_path(&report_path, args.report.is_some(), &volumes)?;
+    let earlier = check_report_path(
+        &report_path,
+        args.report.is_some(),
+        &volumes,
+        &report_target(&all[0]),
+    )?;
     let report = boot_resolved_all_then(&all, &opts, || {
         // Only now that the guest starts: a boot refused or failing before it (a bad
         // --wait-for, an unreadable image) deleted the earlier report all the same.
@@ -197,13 +202,24 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     finish(&report, &report_path, args.json)
 }
 
-/// Whether `text` is a boot report an earlier `mgear boot` wrote.
-fn is_boot_report(text: &[u8]) -> bool {
+/// Whether `text` is a boot report an earlier `mgear boot` of `target` wrote (the report
+/// names its target): a file that reads like a report of another boot may be anything, a
+/// volume's backing or data file among them, and was replaced.
+fn is_boot_report(text: &[u8], target: &str) -> bool {
     serde_json::from_slice::<serde_json::Value>(text).is_ok_and(|v| {
         ["driver", "target", "wait_for", "outcome", "console_log"]
             .iter()
             .all(|k| v.get(k).is_some())
+            && v["target"] == target
     })
+}
+
+/// How a boot report names the boot of `r` (its `target`).
+fn report_target(r: &Resolved) -> String {
+    match r {
+        Resolved::Local(t) => t.to_string(),
+        Resolved::Libvirt(v) => format!("libvirt:{}/{}", v.pool, v.name),
+    }
 }
 
 /// Before anything is booted: the report's place must take a report, and what is there must
@@ -216,6 +232,7 @@ fn check_report_path(
     path: &std::path::Path,
     given: bool,
     volumes: &[PathBuf],
+    target: &str,
 ) -> crate::Result<bool> {
     let flag = if given { "--report" } else { "the boot report" };
     let hint = if given {
@@ -245,13 +262,15 @@ fn check_report_path(
             // A boot report is a console tail and some lines: far below this.
             let earlier = m.is_file()
                 && m.len() < 16 << 20
-                && std::fs::read(path).is_ok_and(|t| is_boot_report(&t));
+                && std::fs::read(path).is_ok_and(|t| is_boot_report(&t, target));
             if !earlier {
                 return Err(fail(
                     USAGE,
-                    "exists and is not a MotionGear boot report (a volume, a medium, a key?): \
-                     it is never overwritten; an earlier boot report is replaced"
-                        .into(),
+                    format!(
+                        "exists and is not an earlier report of a boot of {target} (a volume, \
+                         a medium, a key, another boot's report?): it is never overwritten; an \
+                         earlier report of the same boot is replaced"
+                    ),
                 ));
             }
             // Writable where it is: found only after the boot, it made its minute a failure.
@@ -325,7 +344,19 @@ fn qcow2_backing(image: &std::path::Path) -> Option<PathBuf> {
     }
     let mut name = vec![0u8; len as usize];
     f.read_exact_at(&mut name, at).ok()?;
-    let name = PathBuf::from(String::from_utf8(name).ok()?);
+    let name = String::from_utf8(name).ok()?;
+    // `file:NAME` and `json:{...,"filename":NAME}` name a file too.
+    let name = match name.strip_prefix("json:") {
+        Some(j) => {
+            let v: serde_json::Value = serde_json::from_str(j).ok()?;
+            let f = v
+                .pointer("/file/filename")
+                .or_else(|| v.get("file.filename"))
+                .or_else(|| v.get("filename"))?;
+            PathBuf::from(f.as_str()?)
+        }
+        None => PathBuf::from(name.strip_prefix("file:").unwrap_or(&name)),
+    };
     Some(match image.parent() {
         Some(dir) if name.is_relative() => dir.join(name),
         _ => name,

@@ -1652,7 +1652,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
 pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
     check_key_files(args)?;
     // What the run refuses first (one disk given twice was planned as two, "fits").
-    crate::machine::check_sources(sources)?;
+    crate::preflight::check_sources(sources)?;
     let plan = plan_set(args, sources)?;
     generated_passphrase(args)?;
     // Exit 3 when it does not fit: `ok` says the same.

@@ -740,6 +740,15 @@ pub fn serves_a_window(url: &mgear_nbd::NbdUrl) -> bool {
     false
 }
 
+/// Whether the file at `volume` was made after the record at `record` was last written: the
+/// record (which names a file by device and inode) is then about an earlier file whose inode
+/// the file system gave to this one. `false` where birth times are not kept.
+pub fn born_after(volume: &Path, record: &Path) -> bool {
+    let born = std::fs::metadata(volume).and_then(|m| m.created());
+    let written = std::fs::metadata(record).and_then(|m| m.modified());
+    matches!((born, written), (Ok(b), Ok(w)) if b > w)
+}
+
 /// A file's or block device's identity as a disk: (device, inode) of a file, of the file
 /// behind a loop device, else (device number, 0): the same disk however it is reached.
 pub fn disk_identity(m: &std::fs::Metadata) -> (u64, u64) {
@@ -768,6 +777,26 @@ fn whole_disk(rdev: u64) -> Option<u64> {
 pub(crate) mod tests {
     use super::*;
     use std::process::Command;
+
+    /// A record names a file by device and inode; a file made after the record was written
+    /// (given a deleted file's inode) is not the file it is about.
+    #[test]
+    fn a_file_born_after_a_record_is_not_the_file_it_names() {
+        let d = tempfile::tempdir().unwrap();
+        let (vol, rec) = (d.path().join("v.raw"), d.path().join("v.rec"));
+        std::fs::write(&vol, b"volume").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&rec, b"record").unwrap();
+        if std::fs::metadata(&vol).and_then(|m| m.created()).is_err() {
+            eprintln!("no birth times on this file system: nothing to check");
+            return;
+        }
+        assert!(!born_after(&vol, &rec));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::remove_file(&vol).unwrap();
+        std::fs::write(&vol, b"another file").unwrap();
+        assert!(born_after(&vol, &rec));
+    }
 
     fn names(head: &[u8], tail: &[u8]) -> Vec<String> {
         scan(head, tail, 1 << 30)

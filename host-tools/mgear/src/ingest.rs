@@ -2151,17 +2151,20 @@ pub(crate) fn ingested_from(state_dir: &Path, volume: &Path) -> Option<[u8; 32]>
     };
     // Under the name it was ingested as, else under any (renamed since, a hard link, a path
     // through `..` or a linked directory): the record names the file by device and inode.
-    if let Some(r) = std::fs::read_to_string(done_path(state_dir, volume))
-        .ok()
-        .and_then(|t| root_of(&t))
-    {
+    // A record older than the file is about an earlier file whose inode was given to it.
+    let of = |record: &Path| {
+        (!crate::guard::born_after(volume, record))
+            .then(|| root_of(&std::fs::read_to_string(record).ok()?))
+            .flatten()
+    };
+    if let Some(r) = of(&done_path(state_dir, volume)) {
         return Some(r);
     }
     std::fs::read_dir(state_dir)
         .ok()?
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".done"))
-        .find_map(|e| root_of(&std::fs::read_to_string(e.path()).ok()?))
+        .find_map(|e| of(&e.path()))
 }
 
 /// The summary line of `--boot`: booted or not, and where its report is.

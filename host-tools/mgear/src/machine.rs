@@ -713,88 +713,6 @@ pub fn disk_facts(spec: &str) -> SetDisk {
     d
 }
 
-/// Every disk of the machine before the first is read: a path that is not
-/// there, or is no disk (a directory, a character device, a FIFO, whose
-/// open would wait for a writer forever), was found only after the disks
-/// before it were captured; and one disk given twice (however spelled, a
-/// hard link too) was captured as two.
-pub(crate) fn check_sources(sources: &[String]) -> crate::Result<()> {
-    // Paths given (disk, path), the one image file an NBD export here serves whole (disk,
-    // identity), and each export's place (disk, endpoint).
-    let mut paths: Vec<(usize, PathBuf)> = Vec::new();
-    let mut served: Vec<(usize, (u64, u64))> = Vec::new();
-    let mut exports: Vec<(usize, String)> = Vec::new();
-    let same = |first: usize, k: usize| {
-        usage(format!(
-            "disk {first} ({}) and disk {k} ({}) are the same disk: give each disk of the \
-             machine once",
-            sources[first], sources[k]
-        ))
-    };
-    for (k, s) in sources.iter().enumerate() {
-        let p = match crate::spec::Source::parse(s) {
-            Ok(crate::spec::Source::Path(p)) => p,
-            Ok(crate::spec::Source::Nbd(u)) => {
-                // The same export however spelled, or the one image file an export serves
-                // whole (with its backing files, or a window of it, which disk is ambiguous).
-                let endpoint = crate::guard::nbd_endpoint(&u);
-                if let Some((first, _)) = exports.iter().find(|(_, e)| *e == endpoint) {
-                    return Err(same(*first, k));
-                }
-                exports.push((k, endpoint));
-                if let [(id, _)] = crate::guard::served_files(&u).as_slice() {
-                    if !crate::guard::serves_a_window(&u) {
-                        let twin = served
-                            .iter()
-                            .find(|(_, i)| i == id)
-                            .map(|(f, _)| *f)
-                            .or_else(|| {
-                                paths
-                                    .iter()
-                                    .find(|(_, p)| {
-                                        std::fs::metadata(p)
-                                            .is_ok_and(|m| crate::guard::disk_identity(&m) == *id)
-                                    })
-                                    .map(|(f, _)| *f)
-                            });
-                        if let Some(first) = twin {
-                            return Err(same(first, k));
-                        }
-                        served.push((k, *id));
-                    }
-                }
-                continue;
-            }
-            _ => continue,
-        };
-        let meta = std::fs::metadata(&p).map_err(|e| {
-            usage(format!(
-                "--source number {} ({s}, disk {k}): {e}: give the disk's image file or block \
-                 device; nothing was captured",
-                k + 1
-            ))
-        })?;
-        if let Some(what) = crate::source::not_a_disk(meta.file_type()) {
-            return Err(usage(format!(
-                "--source number {} ({s}, disk {k}) is {what}, not a disk: give the disk's image \
-                 file or block device; nothing was captured",
-                k + 1
-            )));
-        }
-        // The same file or device whatever the path (a hard link, a loop device over the
-        // file); loop devices over disjoint windows of one image are two disks.
-        if let Some((first, _)) = paths.iter().find(|(_, q)| crate::guard::overlaps(q, &p)) {
-            return Err(same(*first, k));
-        }
-        let id = crate::guard::disk_identity(&meta);
-        if let Some((first, _)) = served.iter().find(|(_, i)| *i == id) {
-            return Err(same(*first, k));
-        }
-        paths.push((k, p));
-    }
-    Ok(())
-}
-
 /// Logical sector size: the kernel's for a block device, 512 for an image file.
 fn sector_size(p: &Path) -> u32 {
     use std::os::unix::fs::FileTypeExt;
@@ -830,7 +748,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     for s in sources {
         capture::refuse_source_on_medium(&args.medium, s)?;
     }
-    check_sources(sources)?;
+    crate::preflight::check_sources(sources)?;
     if args.dry_run {
         return Err(usage(
             "--dry-run of a set is `capture --dry-run` with every --source (crate::capture::dry_run_set)",

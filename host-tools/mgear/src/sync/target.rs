@@ -136,8 +136,11 @@ struct Record {
 /// Whether a serve of capture `name` (`capture_id`) recorded the file at `volume` (by its
 /// device and inode) as the volume it served.
 pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> bool {
-    Record::of(volume, capture_id, name)
-        .is_some_and(|r| std::fs::read_to_string(&r.path).is_ok_and(|t| r.names_it(&t)))
+    Record::of(volume, capture_id, name).is_some_and(|r| {
+        // Not a record of an earlier file whose inode this one was given.
+        !crate::guard::born_after(volume, &r.path)
+            && std::fs::read_to_string(&r.path).is_ok_and(|t| r.names_it(&t))
+    })
 }
 
 /// Of the serves of capture `name` (`capture_id`) on this host, whether the one that last
@@ -146,6 +149,9 @@ pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16], name: &str
 /// volume the last sync wrote, whatever its old record says.
 pub fn served_last(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> Option<bool> {
     let mine = Record::of(volume, capture_id, name)?;
+    if crate::guard::born_after(volume, &mine.path) {
+        return Some(false);
+    }
     let dir = mine.path.parent()?;
     let newest = std::fs::read_dir(dir)
         .ok()?
