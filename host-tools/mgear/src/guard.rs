@@ -390,13 +390,7 @@ pub fn held_for_writing(
             if !hit {
                 continue;
             }
-            let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
-                .unwrap_or_default();
-            let flags = info
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-                .unwrap_or(0);
+            let flags = fd_flags(&p.path(), &fd.file_name());
             if flags & nix::libc::O_ACCMODE as u32 == nix::libc::O_RDONLY as u32 {
                 continue;
             }
@@ -638,106 +632,90 @@ fn listening_inodes(url: &mgear_nbd::NbdUrl) -> Vec<u64> {
 /// may write them to a file).
 pub fn served_files(url: &mgear_nbd::NbdUrl) -> Vec<((u64, u64), PathBuf)> {
     use std::os::unix::fs::FileTypeExt;
-    let inodes = listening_inodes(url);
-    if inodes.is_empty() {
-        return Vec::new();
-    }
-    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
+    let Some(proc) = server_of(url) else {
         return Vec::new();
     };
-    for p in procs.flatten() {
-        if p.file_name()
+    let Ok(fds) = std::fs::read_dir(proc.join("fd")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for fd in fds.flatten() {
+        if fd
+            .file_name()
             .to_str()
             .and_then(|n| n.parse::<u32>().ok())
-            .is_none()
+            .is_none_or(|n| n < 3)
         {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+        let Ok(m) = std::fs::metadata(fd.path()) else {
             continue;
         };
-        let fds: Vec<_> = fds.flatten().collect();
-        let serves = fds.iter().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
-        });
-        if !serves {
+        if !(m.is_file() || m.file_type().is_block_device()) {
             continue;
         }
-        let mut out = Vec::new();
-        for fd in &fds {
-            if fd
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_none_or(|n| n < 3)
-            {
-                continue;
-            }
-            let Ok(m) = std::fs::metadata(fd.path()) else {
-                continue;
-            };
-            if !(m.is_file() || m.file_type().is_block_device()) {
-                continue;
-            }
-            let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
-                .unwrap_or_default();
-            let flags = info
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-                .unwrap_or(0);
-            // A pid file is written, never read.
-            if flags & nix::libc::O_ACCMODE as u32 == nix::libc::O_WRONLY as u32 {
-                continue;
-            }
-            let id = disk_identity(&m);
-            if !out.iter().any(|(i, _)| *i == id) {
-                out.push((id, std::fs::read_link(fd.path()).unwrap_or_default()));
-            }
+        // A pid file is written, never read.
+        let flags = fd_flags(&proc, &fd.file_name());
+        if flags & nix::libc::O_ACCMODE as u32 == nix::libc::O_WRONLY as u32 {
+            continue;
         }
-        return out;
+        let id = disk_identity(&m);
+        if !out.iter().any(|(i, _)| *i == id) {
+            out.push((id, std::fs::read_link(fd.path()).unwrap_or_default()));
+        }
     }
-    Vec::new()
+    out
+}
+
+/// The `/proc/PID` directory of the process on this host listening at `url` (it holds one
+/// of the listening sockets open).
+fn server_of(url: &mgear_nbd::NbdUrl) -> Option<PathBuf> {
+    let wanted: Vec<String> = listening_inodes(url)
+        .iter()
+        .map(|i| format!("socket:[{i}]"))
+        .collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        p.file_name().to_str()?.parse::<u32>().ok()?;
+        let serves = std::fs::read_dir(p.path().join("fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
+            });
+        serves.then(|| p.path())
+    })
+}
+
+/// The open flags of file descriptor `fd` of the process at `proc` (`/proc/PID`), from its
+/// `fdinfo`; 0 where they cannot be read.
+fn fd_flags(proc: &Path, fd: &std::ffi::OsStr) -> u32 {
+    std::fs::read_to_string(proc.join("fdinfo").join(fd))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .unwrap_or(0)
 }
 
 /// Whether the process serving `url` here serves a window of its image (`qemu-nbd
 /// --offset`, an `offset=` image option), not the whole file: two such exports of one image
 /// are two disks.
 pub fn serves_a_window(url: &mgear_nbd::NbdUrl) -> bool {
-    let wanted: Vec<String> = listening_inodes(url)
-        .iter()
-        .map(|i| format!("socket:[{i}]"))
-        .collect();
-    if wanted.is_empty() {
-        return false;
-    }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
+    let Some(proc) = server_of(url) else {
         return false;
     };
-    for p in procs.flatten() {
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        let serves = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
-        });
-        if serves {
-            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-            return String::from_utf8_lossy(&cmd).split('\0').any(|a| {
-                a == "-o"
-                    || a.starts_with("--offset")
-                    || (a.starts_with("-o")
-                        && a[2..].bytes().all(|b| b.is_ascii_digit())
-                        && a.len() > 2)
-                    || a.split(',')
-                        .any(|o| o.starts_with("offset=") || o.contains(".offset="))
-            });
-        }
-    }
-    false
+    let cmd = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmd).split('\0').any(|a| {
+        a == "-o"
+            || a.starts_with("--offset")
+            || (a.len() > 2 && a.starts_with("-o") && a[2..].bytes().all(|b| b.is_ascii_digit()))
+            || a.split(',')
+                .any(|o| o.starts_with("offset=") || o.contains(".offset="))
+    })
 }
 
 /// Whether the file at `volume` was made after the record at `record` was last written: the
