@@ -17,6 +17,12 @@ fn mgear(args: &[&str]) -> Output {
         .expect("run mgear")
 }
 
+/// `mgear boot --target TARGET --report REPORT` with `extra` flags.
+fn boot_reporting(target: &str, report: &Path, extra: &[&str]) -> Output {
+    let report = report.to_str().unwrap();
+    mgear(&[&["boot", "--target", target, "--report", report], extra].concat())
+}
+
 fn build_sample(path: &Path, drivers: &str, marker: Option<&str>) -> String {
     let p = path.to_str().expect("utf-8 temp path");
     let mut args = vec!["boot", "--build-sample", p, "--drivers", drivers];
@@ -276,15 +282,11 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
         (&disk, std::fs::read(&disk).unwrap()),
         (&keep, b"precious\n".to_vec()),
     ] {
-        let o = mgear(&[
-            "boot",
-            "--target",
+        let o = boot_reporting(
             &format!("file:{}", disk.display()),
-            "--report",
-            report.to_str().unwrap(),
-            "--timeout",
-            "30",
-        ]);
+            report,
+            &["--timeout", "30"],
+        );
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("never overwritten"), "{}", text(&o));
         assert!(!text(&o).contains("Booting from"), "{}", text(&o));
@@ -322,15 +324,11 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
     // A volume that reads as an earlier report is still the volume: it was removed as one.
     let odd = dir.path().join("vol.json");
     std::fs::copy(&earlier, &odd).unwrap();
-    let o = mgear(&[
-        "boot",
-        "--target",
+    let o = boot_reporting(
         &format!("file:{}/./vol.json", dir.path().display()),
-        "--report",
-        odd.to_str().unwrap(),
-        "--timeout",
-        "30",
-    ]);
+        &odd,
+        &["--timeout", "30"],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("is a file the boot reads"),
@@ -342,27 +340,19 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
         std::fs::read(&earlier).unwrap()
     );
     // A boot that cannot start leaves the earlier report alone.
-    let o = mgear(&[
-        "boot",
-        "--target",
+    let o = boot_reporting(
         &format!("file:{}/missing.raw", dir.path().display()),
-        "--report",
-        earlier.to_str().unwrap(),
-        "--timeout",
-        "30",
-    ]);
+        &earlier,
+        &["--timeout", "30"],
+    );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(earlier.exists());
     // ... nor does one refused before its guest starts (a --wait-for that proves nothing).
-    let o = mgear(&[
-        "boot",
-        "--target",
+    let o = boot_reporting(
         &format!("file:{}", disk.display()),
-        "--report",
-        earlier.to_str().unwrap(),
-        "--wait-for",
-        "(",
-    ]);
+        &earlier,
+        &["--wait-for", "("],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(earlier.exists());
     // A qcow2's backing file is read by the boot too: never replaced as an earlier report
@@ -377,15 +367,11 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
         .status()
         .unwrap();
     assert!(made.success());
-    let o = mgear(&[
-        "boot",
-        "--target",
+    let o = boot_reporting(
         &format!("qcow2:{}", overlay.display()),
-        "--report",
-        back.to_str().unwrap(),
-        "--timeout",
-        "30",
-    ]);
+        &back,
+        &["--timeout", "30"],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("is a file the boot reads"),
