@@ -17,6 +17,17 @@ fn mgear(args: &[&str]) -> Output {
         .expect("run mgear")
 }
 
+/// `qemu-img create -f qcow2 ARGS IMAGE` (the size from a backing file or `-o size=`).
+fn qcow2_over(image: &Path, args: &[&str]) {
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .args(args)
+        .arg(image)
+        .status()
+        .expect("qemu-img (qemu-utils)");
+    assert!(made.success(), "qemu-img create {args:?}");
+}
+
 /// `mgear boot --target TARGET --report REPORT` with `extra` flags.
 fn boot_reporting(target: &str, report: &Path, extra: &[&str]) -> Output {
     let report = report.to_str().unwrap();
@@ -360,13 +371,7 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
     let back = dir.path().join("back.json");
     std::fs::copy(&odd, &back).unwrap();
     let overlay = dir.path().join("ov.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&back)
-        .arg(&overlay)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    qcow2_over(&overlay, &["-F", "raw", "-b", back.to_str().unwrap()]);
     let o = boot_reporting(
         &format!("qcow2:{}", overlay.display()),
         &back,
@@ -379,6 +384,32 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
         text(&o)
     );
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&odd).unwrap());
+    // ... also named `file:NAME`; and a report of another boot is no earlier report of this
+    // one (a qcow2's external data file read like one, and was deleted).
+    let k = dir.path().join("k.json");
+    std::fs::copy(&odd, &k).unwrap();
+    let kq = dir.path().join("kq.qcow2");
+    qcow2_over(&kq, &["-F", "raw", "-b", &format!("file:{}", k.display())]);
+    let df = dir.path().join("df.json");
+    let dq = dir.path().join("dq.qcow2");
+    qcow2_over(
+        &dq,
+        &[
+            "-o",
+            &format!("data_file={},data_file_raw=on,size=16M", df.display()),
+        ],
+    );
+    std::fs::copy(&odd, &df).unwrap();
+    for (image, report) in [(&kq, &k), (&dq, &df)] {
+        let o = boot_reporting(
+            &format!("qcow2:{}", image.display()),
+            report,
+            &["--timeout", "30"],
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("never overwritten"), "{}", text(&o));
+        assert_eq!(std::fs::read(report).unwrap(), std::fs::read(&odd).unwrap());
+    }
 }
 
 #[test]
