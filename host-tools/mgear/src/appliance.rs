@@ -483,8 +483,11 @@ pub(crate) fn hex(b: &[u8]) -> String {
 
 fn print_report(r: &VerifyReport, port: &Path) {
     println!(
-        "{} captures, {} segments, {} records, {} stored bytes checked",
-        r.captures, r.segments, r.records, r.bytes
+        "{}, {}, {}, {} stored bytes checked",
+        crate::units::count(r.captures as u64, "capture"),
+        crate::units::count(r.segments as u64, "segment"),
+        crate::units::count(r.records as u64, "record"),
+        r.bytes
     );
     print_problems(&r.problems, port);
 }

@@ -377,13 +377,16 @@ fn print_summary(r: &Report) {
         return;
     }
     println!(
-        "captured {} generation {}{} ({} chunks of {})",
+        "captured {} generation {}{} ({} of {})",
         r.name,
         r.generation,
         r.parent
             .map(|p| format!(" (delta on {p})"))
             .unwrap_or_default(),
-        image_format::layout::chunk_count(r.disk_size, r.chunk_size),
+        crate::units::count(
+            image_format::layout::chunk_count(r.disk_size, r.chunk_size),
+            "chunk"
+        ),
         human_bytes(u64::from(r.chunk_size))
     );
     if r.resumed_from_chunk > 0 {
@@ -1573,6 +1576,9 @@ pub struct SetPlan {
     pub disks: Vec<Preview>,
     pub needed: u64,
     pub medium_free: Option<u64>,
+    /// A disk of the set resumes an interrupted capture: the set goes on (warned) if
+    /// the estimate says it may not fit, as a single disk's resume does.
+    pub resuming: bool,
 }
 
 impl SetPlan {
@@ -1633,7 +1639,21 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
         }
         Ok(disks)
     })();
-    let free = medium.store().free_space().ok().flatten();
+    // A resumed disk first cuts what it wrote past its last checkpoint: that room is free
+    // to the set as it is to the disk's own plan (a set stopped by "medium full" was
+    // refused with the medium added that its error asked for: the cut tail counted as used).
+    let resuming = planned.as_ref().ok().and_then(|disks| {
+        disks
+            .iter()
+            .find(|p| p.kind == "resume")
+            .map(|p| p.name.clone())
+    });
+    let free = match &resuming {
+        Some(name) => medium.store().free_space_resuming(name),
+        None => medium.store().free_space(),
+    }
+    .ok()
+    .flatten();
     medium.close()?;
     let disks = planned?;
     let needed = disks
@@ -1645,6 +1665,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
         disks,
         needed,
         medium_free: free,
+        resuming: resuming.is_some(),
     })
 }
 

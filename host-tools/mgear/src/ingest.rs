@@ -761,18 +761,20 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             if r.resumed_chunks > 0 {
                 // The zero count is of the chunks this run went through.
                 println!(
-                    "  {:<14} {} chunks: {} done before the resume, {} this run ({} of them \
+                    "  {:<14} {}: {} done before the resume, {} this run ({} of them \
                      zero, no data sent)",
                     "chunks",
-                    r.chunks,
+                    crate::units::count(r.chunks, "chunk"),
                     r.resumed_chunks,
                     r.chunks.saturating_sub(r.resumed_chunks),
                     r.zero_chunks,
                 );
             } else {
                 println!(
-                    "  {:<14} {} chunks, {} zero (no data sent: holes or write-zeroes)",
-                    "chunks", r.chunks, r.zero_chunks
+                    "  {:<14} {}, {} zero (no data sent: holes or write-zeroes)",
+                    "chunks",
+                    crate::units::count(r.chunks, "chunk"),
+                    r.zero_chunks
                 );
             }
             println!(

@@ -737,8 +737,8 @@ fn generation_line(g: &GenJson) -> String {
     let chunks = match (g.state, g.next_chunk) {
         ("unfinished", Some(n)) if g.stored_chunks + g.zero_chunks + g.dedup_chunks == 0 => {
             format!(
-                "{} chunks ({n} done at its last checkpoint), {} kept{}",
-                g.chunk_count,
+                "{} ({n} done at its last checkpoint), {} kept{}",
+                crate::units::count(g.chunk_count, "chunk"),
                 human_bytes(g.stored_bytes),
                 g.on_medium_bytes
                     .filter(|&b| b > g.stored_bytes)
@@ -747,8 +747,8 @@ fn generation_line(g: &GenJson) -> String {
             )
         }
         _ => format!(
-            "{} chunks ({} stored, {} zero, {} dedup), {} stored",
-            g.chunk_count,
+            "{} ({} stored, {} zero, {} dedup), {} stored",
+            crate::units::count(g.chunk_count, "chunk"),
             g.stored_chunks,
             g.zero_chunks,
             g.dedup_chunks,

@@ -773,7 +773,15 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
         // Every disk together, before the first is written (or a key cached): a set
         // that cannot fit is refused whole rather than failing on its last disk.
         let plan = capture::plan_set(args, sources)?;
-        crate::preflight::check_space(plan.needed, plan.medium_free)?;
+        if plan.resuming {
+            // As a single disk's resume: what it wrote stays, and a set that runs out of
+            // room stops as "medium full", resumable onto one more medium.
+            if let Some(w) = crate::preflight::resume_space_warning(plan.needed, plan.medium_free) {
+                eprintln!("mgear capture: warning: {w}");
+            }
+        } else {
+            crate::preflight::check_space(plan.needed, plan.medium_free)?;
+        }
     }
     let shared = {
         let mut ro = args.open_before_capture()?;
@@ -1111,12 +1119,12 @@ pub fn run_ingest(
     );
     for d in &r.disks {
         println!(
-            "  disk {} {:>10} into {} ({} written, {} chunks, {} zero)",
+            "  disk {} {:>10} into {} ({} written, {}, {} zero)",
             d.disk,
             human_bytes(d.report.disk_size),
             d.report.target,
             human_bytes(d.report.bytes_written),
-            d.report.chunks,
+            crate::units::count(d.report.chunks, "chunk"),
             d.report.zero_chunks
         );
     }

@@ -147,6 +147,15 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
     Ok(rate)
 }
 
+/// `n` with its noun in the number it takes: "1 chunk", "0 chunks", "2 chunks".
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Format a byte count for people: `1.50 GiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -166,6 +175,13 @@ pub fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_the_noun_in_their_number() {
+        assert_eq!(count(0, "chunk"), "0 chunks");
+        assert_eq!(count(1, "chunk"), "1 chunk");
+        assert_eq!(count(2, "record"), "2 records");
+    }
 
     #[test]
     fn sizes() {

@@ -1053,15 +1053,19 @@ fn verify(args: Plan) -> crate::Result<i32> {
         let captures = if out.keyed && (out.captures as usize) < asked {
             format!("{} of {asked} captures decrypted", out.captures)
         } else {
-            format!("{} captures", out.captures)
+            crate::units::count(out.captures as u64, "capture")
         };
         println!(
-            "{} verification of {}: {captures}, {} generations, {} segments, {} records, {} checked",
-            if out.keyed { "full (decrypting)" } else { "keyless" },
+            "{} verification of {}: {captures}, {}, {}, {}, {} checked",
+            if out.keyed {
+                "full (decrypting)"
+            } else {
+                "keyless"
+            },
             args.medium.describe(),
-            out.generations,
-            out.segments,
-            out.records,
+            crate::units::count(out.generations as u64, "generation"),
+            crate::units::count(out.segments as u64, "segment"),
+            crate::units::count(out.records as u64, "record"),
             crate::units::human_bytes(out.bytes)
         );
         let mut far: std::collections::BTreeMap<(&str, bool), usize> = Default::default();

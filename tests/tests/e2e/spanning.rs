@@ -645,6 +645,50 @@ fn the_dry_run_of_a_resume_counts_the_tail_the_resume_cuts() {
     same_file(&e.p("r.out"), &e.p("r.raw"));
 }
 
+/// A machine set stopped by "medium full": the same command with the medium its error asked
+/// for was refused by the set's space check ("needs about 42 MiB and 31 MiB are free";
+/// exit 3), which counted the first medium's tail past the last checkpoint as used where
+/// the resumed disk's own plan did not. The set resumes, and its dry run says it fits.
+#[test]
+fn a_machine_set_stopped_by_a_full_medium_resumes_onto_the_medium_its_error_asks_for() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("d0.raw"), noise(40 << 20, 21)).unwrap();
+    std::fs::write(e.p("d1.raw"), noise(777, 22)).unwrap();
+    let (r1, r2) = (e.fat("r1.img", "40MiB"), e.fat("r2.img", "40MiB"));
+    let full = e
+        .capture(&r1, "m7")
+        .source("d0.raw")
+        .source("d1.raw")
+        .arg("--skip-space-check")
+        .run();
+    assert_eq!(full.status.code(), Some(3), "{}", output_text(&full));
+    assert!(
+        output_text(&full).contains("one more --medium"),
+        "{}",
+        output_text(&full)
+    );
+    let on = || {
+        e.capture(&r1, "m7")
+            .medium(&r2)
+            .source("d0.raw")
+            .source("d1.raw")
+    };
+    let plan = on().arg("--dry-run").arg("--json").run();
+    let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(p["fits"], true, "{p}");
+    assert_eq!(plan.status.code(), Some(0), "{}", output_text(&plan));
+    let o = on().run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    e.ingest(&r1, "m7")
+        .medium(&r2)
+        .untrusted()
+        .target("file:m7-{disk}.raw")
+        .ok();
+    same_file(&e.p("m7-0.raw"), &e.p("d0.raw"));
+    same_file(&e.p("m7-1.raw"), &e.p("d1.raw"));
+}
+
 /// `--dry-run` said "fits" for 64 MiB of noise on two 40 MiB media, and the
 /// capture then failed half-way saying "about 19 MiB more needed" when 2 MiB
 /// were missing: the plan did not count the reserve each medium keeps.

@@ -365,8 +365,9 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     } else {
         if let Some(p) = &r.presync {
             println!(
-                "warm sync (source running): {} chunks sent in {:.2} s",
-                p.stats.chunks_sent, p.seconds
+                "warm sync (source running): {} sent in {:.2} s",
+                crate::units::count(p.stats.chunks_sent, "chunk"),
+                p.seconds
             );
         }
         print_summary(&r.final_sync);

@@ -419,8 +419,8 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
         }))?;
     }
     eprintln!(
-        "mgear serve: applied {} chunks ({}) to {}",
-        total.chunks,
+        "mgear serve: applied {} ({}) to {}",
+        crate::units::count(total.chunks, "chunk"),
         human_bytes(total.bytes),
         spec
     );
@@ -629,10 +629,10 @@ fn print_summary(r: &SyncReport) {
         }
     );
     println!(
-        "  source:     {} ({}, {} chunks of {})",
+        "  source:     {} ({}, {} of {})",
         r.source,
         human_bytes(s.disk_size),
-        s.chunks,
+        crate::units::count(s.chunks, "chunk"),
         human_bytes(s.chunk_size as u64)
     );
     match &r.dirty_bitmap {
@@ -642,8 +642,8 @@ fn print_summary(r: &SyncReport) {
             s.chunks_considered
         ),
         Some(b) => println!(
-            "  considered: {} chunks dirty in bitmap {b}",
-            s.chunks_considered
+            "  considered: {} dirty in bitmap {b}",
+            crate::units::count(s.chunks_considered, "chunk")
         ),
         None => println!(
             "  considered: all {} chunks (no dirty bitmap: every chunk is read and compared)",
@@ -663,8 +663,8 @@ fn print_summary(r: &SyncReport) {
         );
     }
     println!(
-        "  sent:       {} chunks ({} of data, {} on the wire, {}/s)",
-        s.chunks_sent,
+        "  sent:       {} ({} of data, {} on the wire, {}/s)",
+        crate::units::count(s.chunks_sent, "chunk"),
         human_bytes(s.chunk_bytes_sent),
         human_bytes(s.wire_bytes),
         human_bytes(r.wire_bytes_per_s as u64)

@@ -1026,8 +1026,8 @@ fn handle(
     match result.and(synced) {
         Ok(()) => {
             eprintln!(
-                "mgear serve: session with {peer} complete: {} chunks applied ({} bytes) in {:.1} s",
-                applied.chunks,
+                "mgear serve: session with {peer} complete: {} applied ({} bytes) in {:.1} s",
+                crate::units::count(applied.chunks, "chunk"),
                 applied.bytes,
                 started.elapsed().as_secs_f64()
             );
@@ -1041,9 +1041,9 @@ fn handle(
         }
         Err(e) => {
             eprintln!(
-                "mgear serve: session with {peer} ended early after {} chunks applied (kept; a reconnecting \
+                "mgear serve: session with {peer} ended early after {} applied (kept; a reconnecting \
                  source continues from there): {e:#}",
-                applied.chunks
+                crate::units::count(applied.chunks, "chunk")
             );
             (applied, false)
         }
