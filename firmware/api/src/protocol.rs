@@ -11,15 +11,21 @@
 //! # Frame byte layout
 //!
 //! ```text
-//! wire:  0x00 | COBS(body) | 0x00
+//! wire:  0x00 0x00 | COBS(body) | 0x00
 //! body:  version: u8        PROTOCOL_VERSION (2)
 //!        request_id: u32 LE chosen by the host, echoed in every reply
 //!        payload: [u8]      postcard encoding of a Request or Response
 //!        crc: u32 LE        CRC-32/ISO-HDLC (zlib's) of version..payload
 //! ```
 //!
-//! The leading `0x00` resynchronises a receiver after garbage and marks the
-//! input as a frame; receivers ignore empty frames (`0x00 0x00`). COBS
+//! The leading `0x00` marks the input as a frame; receivers ignore empty frames
+//! (`0x00 0x00`). A sender writes two: the first ends whatever a receiver had
+//! taken for the start of a frame (a stray NUL from a terminal, line noise), so
+//! the second starts this frame in step; with one, a stray NUL made the next frame's
+//! body read as a command line, and the host waited out its timeout for an answer
+//! to a request the device never saw. A partial frame the device has heard nothing
+//! more of for [`FRAME_GAP_MS`] is dropped ([`ConsoleDecoder::drop_stale_frame`]),
+//! so a person who typed Ctrl-@ gets the console back. COBS
 //! guarantees no `0x00` inside. A request body is at most
 //! [`MAX_REQUEST_LEN`] bytes (the device has little RAM), a response body at
 //! most [`MAX_RESPONSE_LEN`] (attestations of large media are big); longer
@@ -42,6 +48,8 @@ use crate::custody::LogRecord;
 /// 2: `Arrival` carries the host's challenge, `Erase` may carry the PIN,
 /// attestations carry the custody log's length and head.
 pub const PROTOCOL_VERSION: u8 = 2;
+/// Silence after which a begun frame is taken as abandoned (see the module doc).
+pub const FRAME_GAP_MS: u64 = 1_000;
 /// Largest decoded request body (version + id + payload + crc) the device accepts.
 pub const MAX_REQUEST_LEN: usize = 16 * 1024;
 /// Largest decoded response body the host accepts.
@@ -447,8 +455,8 @@ pub fn encode_frame<T: Serialize>(request_id: u32, msg: &T) -> Vec<u8> {
     body.extend_from_slice(&payload);
     let crc = CRC32.checksum(&body);
     body.extend_from_slice(&crc.to_le_bytes());
-    let mut out = Vec::with_capacity(body.len() + body.len() / 254 + 3);
-    out.push(0);
+    let mut out = Vec::with_capacity(body.len() + body.len() / 254 + 4);
+    out.extend_from_slice(&[0, 0]);
     let mut enc = alloc::vec![0u8; cobs::max_encoding_length(body.len())];
     let n = cobs::encode(&body, &mut enc);
     out.extend_from_slice(&enc[..n]);
@@ -577,6 +585,16 @@ impl ConsoleDecoder {
         self.mode == Mode::Line
     }
 
+    /// A frame was begun and not ended: a receiver that heard nothing more of it for
+    /// [`FRAME_GAP_MS`] calls this to take the next byte as new input. A host writes a
+    /// frame in one go; a terminal's Ctrl-@ sends a lone NUL, after which typed text
+    /// vanished into a frame that never ended.
+    pub fn drop_stale_frame(&mut self) {
+        if self.mode == Mode::Frame {
+            self.reset(Mode::Idle);
+        }
+    }
+
     /// The command line typed so far (empty outside a line).
     pub fn line_so_far(&self) -> &[u8] {
         if self.mode == Mode::Line {
@@ -647,6 +665,8 @@ impl ConsoleDecoder {
                 self.reset(Mode::Idle);
                 return Some(Input::Line(result));
             }
+            // Ctrl-C and Ctrl-U: the line is given up, as a shell does.
+            0x03 | 0x15 => self.reset(Mode::Idle),
             // Backspace / DEL: terminals send these for corrections.
             0x08 | 0x7f => {
                 self.buf.pop();
@@ -720,9 +740,9 @@ mod tests {
         ];
         for (i, r) in reqs.into_iter().enumerate() {
             let wire = encode_frame(i as u32, &r);
-            assert_eq!(wire[0], 0);
+            assert_eq!(wire[..2], [0, 0]);
             assert_eq!(*wire.last().unwrap(), 0);
-            assert!(!wire[1..wire.len() - 1].contains(&0));
+            assert!(!wire[2..wire.len() - 1].contains(&0));
             let (id, back): (u32, Request) = decode_frame(&wire).unwrap();
             assert_eq!(id, i as u32);
             assert_eq!(back, r);
@@ -767,6 +787,57 @@ mod tests {
             other => panic!("expected frame, got {other:?}"),
         }
         assert_eq!(got[2], Input::Line(Ok("unlock 134".into())));
+    }
+
+    /// A stray NUL (a terminal's Ctrl-@) left the decoder inside a frame: the host's
+    /// next frame ended that one, and its own body was then read as a command line.
+    #[test]
+    fn a_stray_nul_does_not_swallow_the_next_frame() {
+        let mut dec = ConsoleDecoder::new();
+        let mut stream = b"\x00ping\r".to_vec();
+        stream.extend(encode_frame(7, &Request::Ping));
+        let got: Vec<Input> = stream.into_iter().filter_map(|b| dec.push(b)).collect();
+        // The garbage is answered as a bad frame; the host's frame arrives whole.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(matches!(got[0], Input::Frame(Err(_))), "{got:?}");
+        match &got[1] {
+            Input::Frame(Ok(f)) => {
+                assert_eq!(f.request_id, 7);
+                assert_eq!(f.decode::<Request>().unwrap(), Request::Ping);
+            }
+            other => panic!("expected the frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stale_frame_is_dropped_and_typing_is_a_line_again() {
+        let mut dec = ConsoleDecoder::new();
+        assert_eq!(dec.push(0), None);
+        dec.drop_stale_frame();
+        let got: Vec<Input> = b"info\r".iter().filter_map(|&b| dec.push(b)).collect();
+        assert_eq!(got, [Input::Line(Ok("info".into()))]);
+        // A line in progress is not a frame: nothing to drop.
+        for &b in b"pi" {
+            dec.push(b);
+        }
+        dec.drop_stale_frame();
+        let got: Vec<Input> = b"ng\r".iter().filter_map(|&b| dec.push(b)).collect();
+        assert_eq!(got, [Input::Line(Ok("ping".into()))]);
+    }
+
+    #[test]
+    fn ctrl_c_gives_up_the_line() {
+        let mut dec = ConsoleDecoder::new();
+        let got: Vec<Input> = b"unlock 99\x03info\r"
+            .iter()
+            .filter_map(|&b| dec.push(b))
+            .collect();
+        assert_eq!(got, [Input::Line(Ok("info".into()))]);
+        let got: Vec<Input> = b"lock\x15ping\n"
+            .iter()
+            .filter_map(|&b| dec.push(b))
+            .collect();
+        assert_eq!(got, [Input::Line(Ok("ping".into()))]);
     }
 
     #[test]

@@ -282,6 +282,8 @@ pub struct Appliance<P: Platform> {
     unlocked: bool,
     log: CustodyLog,
     decoder: ConsoleDecoder,
+    /// When the console last gave input: a frame begun before a long silence is dropped.
+    last_input_ms: u64,
     last_failure_ms: Option<u64>,
     counters_dirty: bool,
     reply: Reply,
@@ -359,6 +361,7 @@ impl<P: Platform> Appliance<P> {
             unlocked: false,
             log,
             decoder: ConsoleDecoder::new(),
+            last_input_ms: 0,
             last_failure_ms: None,
             counters_dirty: false,
             reply: Reply::Silent,
@@ -593,6 +596,11 @@ impl<P: Platform> Appliance<P> {
             if n == 0 {
                 return Ok(handled);
             }
+            let now = self.p.clock().now_ms();
+            if now.saturating_sub(self.last_input_ms) > crate::protocol::FRAME_GAP_MS {
+                self.decoder.drop_stale_frame();
+            }
+            self.last_input_ms = now;
             for &b in &buf[..n.min(buf.len())] {
                 let was_line = self.decoder.in_line();
                 let masked = line_carries_pin(self.decoder.line_so_far());
@@ -600,6 +608,7 @@ impl<P: Platform> Appliance<P> {
                 if b != 0 && (was_line || self.decoder.in_line()) {
                     let echo: &[u8] = match b {
                         b'\r' | b'\n' => b"\r\n",
+                        0x03 | 0x15 => b"^C\r\n> ",
                         0x08 | 0x7f => b"\x08 \x08",
                         // The blank after the command is no secret.
                         b' ' | b'\t' if masked => b" ",
@@ -941,7 +950,7 @@ impl<P: Platform> Appliance<P> {
         }
         let failures = self.st.counters.failed_pins;
         self.last_failure_ms = Some(self.p.clock().now_ms());
-        self.unlocked = false;
+        let was_unlocked = core::mem::replace(&mut self.unlocked, false);
         warn!("wrong PIN ({} in a row)", failures);
         // Keep going even if the log fails: the erase must not be skipped.
         let logged = self.record(Event::WrongPin { failures });
@@ -973,10 +982,22 @@ impl<P: Platform> Appliance<P> {
         }
         logged?;
         let left = self.cfg.max_pin_failures - failures;
+        // What the last attempt destroys differs once sealed (see `lockout`), and an
+        // operator whose capture stops next must learn here that this attempt locked it.
+        let then = if matches!(self.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived) {
+            "destroys its identity and PIN (the sealed medium is left untouched)"
+        } else {
+            "erases itself"
+        };
         Ok(Some(Response::error(
             ErrorCode::WrongPin,
             alloc::format!(
-                "wrong PIN; {left} attempt{} left before the appliance erases itself",
+                "wrong PIN{}; {left} attempt{} left before the appliance {then}",
+                if was_unlocked {
+                    ": the appliance was unlocked and is locked now (a capture writing to it stops, resumable after the next unlock)"
+                } else {
+                    ""
+                },
                 if left == 1 { "" } else { "s" }
             ),
         )))

@@ -213,7 +213,9 @@ fn refusal_code(code: mgear_appliance_api::protocol::ErrorCode) -> i32 {
 pub fn next_step(state: DeviceState) -> &'static str {
     match state {
         DeviceState::Factory => "provision it: `mgear appliance provision`",
-        DeviceState::Locked => "unlock it to capture: `mgear appliance unlock`",
+        DeviceState::Locked => {
+            "unlock it (`mgear appliance unlock`) to capture onto it or to seal it"
+        }
         DeviceState::Unlocked => {
             "capture onto it (`mgear capture --appliance PORT ...`), then `mgear appliance seal` \
              (or `mgear appliance lock`)"

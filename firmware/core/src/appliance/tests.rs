@@ -817,6 +817,59 @@ fn console_frames_and_lines() {
     assert!(matches!(replies.last(), Some((_, Response::Verified(_)))));
 }
 
+/// A stray NUL (Ctrl-@ in `screen`) left the console inside a frame: typed commands
+/// vanished, and the host's next request was read as a command line and never answered
+/// (the host waited 120 s). Now the host's frame is answered, and after a second of
+/// silence typed text is a command line again.
+#[test]
+fn a_stray_nul_wedges_neither_the_host_nor_the_terminal() {
+    let mut a = provisioned(25);
+    a.p.console.send(b"\x00ping\r");
+    a.p.console.send(&encode_frame(44, &Request::Ping));
+    a.poll_console().unwrap();
+    let replies = frames(&a.p.console.take_output());
+    assert!(replies.contains(&(44, Response::Pong)), "{replies:?}");
+    a.p.console.send(b"\x00");
+    a.poll_console().unwrap();
+    a.p.clock.now_ms += 1_500;
+    a.p.console.send(b"ping\r");
+    a.poll_console().unwrap();
+    let text = String::from_utf8_lossy(&a.p.console.take_output()).into_owned();
+    assert!(text.contains("pong"), "{text:?}");
+    // Ctrl-C gives up a line half typed, and says so.
+    a.p.console.send(b"unlock 12\x03ping\r");
+    a.poll_console().unwrap();
+    let text = String::from_utf8_lossy(&a.p.console.take_output()).into_owned();
+    assert!(text.contains("^C") && text.contains("pong"), "{text:?}");
+    assert!(!text.contains("non-printable"), "{text:?}");
+}
+
+/// A wrong PIN locks an unlocked appliance: its reply says so (the capture it stops is
+/// resumable), and a sealed one's says the last attempt leaves the medium untouched.
+#[test]
+fn a_wrong_pin_says_what_it_locked_and_what_the_last_destroys() {
+    let mut a = provisioned(26);
+    let msg = |r: Response| match r {
+        Response::Error { message, .. } => message,
+        other => panic!("{other:?}"),
+    };
+    let locked = msg(unlock(&mut a, "999999"));
+    assert!(!locked.contains("locked now"), "{locked}");
+    assert!(locked.contains("erases itself"), "{locked}");
+    a.p.clock.now_ms += 60_000;
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    let was_open = msg(unlock(&mut a, "999999"));
+    assert!(was_open.contains("is locked now"), "{was_open}");
+    assert_eq!(a.state(), DeviceState::Locked);
+    let mut s = sealed(27);
+    let r = s.handle(Request::Erase {
+        overwrite: false,
+        pin: Some(Pin::new("999999")),
+    });
+    let m = msg(r);
+    assert!(m.contains("sealed medium is left untouched"), "{m}");
+}
+
 #[test]
 fn keypad_unlocks() {
     let mut a = provisioned(23);

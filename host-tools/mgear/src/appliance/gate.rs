@@ -173,7 +173,8 @@ pub fn find_attestations(
                 "the appliance at {at} sealed the medium but {} (locked out, or erase \
                  requested), and an erased appliance signs no arrival: check its custody log \
                  (`mgear appliance --port {at} log --verify`), then ingest without the \
-                 attestations (--allow-unsealed, with the pinned --trust key)",
+                 attestations (--allow-unsealed: the capture is then trusted by what vouches for its \
+                 COMMIT, the pinned --trust site key or this appliance's witness)",
                 crate::trust::ERASED_BEFORE_ARRIVAL
             ))),
             Response::Attestations {
@@ -210,8 +211,9 @@ pub fn find_attestations(
             return Ok(Err(format!(
                 "the attestations in {} hold a seal but no arrival (an appliance erased or \
                  locked out before its arrival check signs none): ingest checks that everything \
-                 the seal lists is still on the medium; without the arrival only --allow-unsealed, \
-                 with the pinned --trust key, goes on",
+                 the seal lists is still on the medium; without the arrival only --allow-unsealed goes \
+                 on, trusting what vouches for the capture's COMMIT (the pinned --trust site key \
+                 or the appliance's witness)",
                 dir.display()
             )));
         }
