@@ -69,3 +69,37 @@ fn appliance_tamper_outside_captures_names_the_region() {
     );
     lab.stop();
 }
+
+/// A record damaged before the seal: the seal is refused, and its next step is to mend the
+/// damage (it said "capture onto it, then seal", which changes nothing).
+#[test]
+fn a_seal_refused_for_a_damaged_record_says_how_to_mend_it() {
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(4, 7);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.capture();
+    lab.stop();
+    let seg = lab
+        .medium_files("MGEAR/web01/G0001")
+        .into_iter()
+        .find(|n| n.starts_with("SEG-"))
+        .expect("a segment file");
+    let off = lab.offset_in_medium(&format!("MGEAR/web01/G0001/{seg}"));
+    lab.flip_medium_byte(off + 300);
+    lab.start();
+    lab.appliance_ok(&["unlock", "--pin-file", "pin"]);
+    let out = lab.appliance(&["seal"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("seal refused: verification found")
+            && err.contains("verify`: each PROBLEM line")
+            && err.contains("medium rm --force")
+            && !err.contains("capture onto it"),
+        "{err}"
+    );
+    assert_eq!(lab.state(), "Unlocked");
+    lab.stop();
+}
