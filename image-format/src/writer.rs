@@ -175,6 +175,9 @@ pub struct CaptureSummary {
     pub manifest_root: [u8; 32],
     /// First chunk this run wrote (non-zero after a resume).
     pub resumed_from: u64,
+    /// Chunks stored again because the parent's record of the same chunk is on a medium
+    /// declared lost: the same disk, not a changed one (counted by this run only).
+    pub recaptured_chunks: u64,
 }
 
 /// Where a new record goes: its segment, record number and byte offset.
@@ -411,6 +414,7 @@ struct Stats {
     zero_chunks: u64,
     dedup_chunks: u64,
     stored_bytes: u64,
+    recaptured_chunks: u64,
 }
 
 /// Writes one generation of a capture. See the module doc for the order of
@@ -441,6 +445,9 @@ pub struct CaptureWriter<S: Store> {
     unavailable: std::collections::HashSet<(u32, u32)>,
     /// The same for other disk streams' segments, by path.
     unavailable_paths: std::collections::HashSet<String>,
+    /// Keyed ids of the parent's chunks whose records are in those segments: one stored
+    /// again is the same disk's chunk recaptured, not a change.
+    lost_ids: std::collections::HashSet<[u8; 32]>,
     /// Every other machine's capture generation whose records this one may
     /// point at, in the order found: index entry stream
     /// `PEER_STREAM_BASE + i` names entry i until [`Self::finish`] keeps
@@ -585,6 +592,7 @@ impl<S: Store> CaptureWriter<S> {
             parent_entries: Vec::new(),
             unavailable: Default::default(),
             unavailable_paths: Default::default(),
+            lost_ids: Default::default(),
             peer_table: Vec::new(),
             peer_slots: HashMap::new(),
             closed: Vec::new(),
@@ -1020,6 +1028,9 @@ impl<S: Store> CaptureWriter<S> {
         self.dedup.insert(chunk.chunk_id, loc);
         self.stats.stored_chunks += 1;
         self.stats.stored_bytes += rec_size;
+        if self.lost_ids.contains(&chunk.chunk_id) {
+            self.stats.recaptured_chunks += 1;
+        }
         Ok(Appended::Stored {
             stored_bytes: rec_size,
         })
@@ -1272,6 +1283,7 @@ impl<S: Store> CaptureWriter<S> {
             disk_digest,
             manifest_root: decoded.root,
             resumed_from: self.resume_from,
+            recaptured_chunks: self.stats.recaptured_chunks,
         })
     }
 
@@ -1380,6 +1392,7 @@ impl<S: Store> CaptureWriter<S> {
                     let path = layout::segment_path(&holder, l.generation, l.segment);
                     if self.store.len(&path).at(&path)?.is_none() {
                         self.unavailable_paths.insert(path);
+                        self.lost_ids.insert(l.chunk_id);
                     } else {
                         self.dedup.entry(l.chunk_id).or_insert(*l);
                     }
@@ -1391,7 +1404,9 @@ impl<S: Store> CaptureWriter<S> {
                         self.unavailable.insert((l.generation, l.segment));
                     }
                 }
-                if !self.unavailable.contains(&(l.generation, l.segment)) {
+                if self.unavailable.contains(&(l.generation, l.segment)) {
+                    self.lost_ids.insert(l.chunk_id);
+                } else {
                     self.dedup.entry(l.chunk_id).or_insert(*l);
                 }
             }

@@ -3319,7 +3319,10 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     // likely another disk given as --source, or a set's disks given in another order. Said
     // after the fact, with how to undo it: the parent is untouched.
     if let Some(parent) = summary.parent {
-        let unchanged = summary.dedup_chunks + stats.unchanged;
+        // A chunk stored again because its parent's record is on a medium declared lost
+        // matched the parent too (the warning below told such a delta's operator to remove
+        // the only generation that ingests without that medium).
+        let unchanged = summary.dedup_chunks + stats.unchanged + summary.recaptured_chunks;
         // A set's generation is removed as the set's, with every disk.
         let owner = image_format::set::parse_disk_stream_name(&summary.name)
             .map_or(summary.name.clone(), |(set, _)| set.to_string());

@@ -337,6 +337,68 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     );
 }
 
+/// A disk whose every record was on the medium declared lost is stored again whole by
+/// `--replace-medium`: that is the same disk, and the capture warned "none of the chunks
+/// matches generation 1: ... remove this generation", the only one that ingests without
+/// the lost medium.
+#[test]
+fn a_disk_recaptured_for_a_lost_medium_is_not_called_another_disk() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("g0.raw"), noise(30 << 20, 31)).unwrap();
+    std::fs::write(e.p("g1.raw"), noise(10 << 20, 32)).unwrap();
+    let (m1, m2, m3) = (
+        e.fat("e.img", "40MiB"),
+        e.fat("f.img", "40MiB"),
+        e.fat("g.img", "40MiB"),
+    );
+    let cap = |media: &[&str], extra: &[&str]| {
+        let line = media.iter().fold(
+            Line::capture(&e, "m3").sources(&["g0.raw", "g1.raw"]),
+            |l, m| l.medium(m),
+        );
+        line.args(extra).run()
+    };
+    let o = cap(&[&m1, &m2], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let on_f = e.json(&["inspect", "--medium", &m2]);
+    assert!(on_f.to_string().contains("m3.d1"), "{on_f}");
+    std::fs::remove_file(e.p("f.img")).unwrap();
+    let o = cap(&[&m1, &m3], &["--replace-medium", &m2]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        !output_text(&o).contains("none of the") && !output_text(&o).contains("medium rm"),
+        "{}",
+        output_text(&o)
+    );
+    // Another disk given as a delta's --source is still told apart, its disk's chunks
+    // matching none of generation 2's.
+    std::fs::write(e.p("other.raw"), noise(10 << 20, 33)).unwrap();
+    let o = Line::capture(&e, "m3")
+        .sources(&["g0.raw", "other.raw"])
+        .medium(&m1)
+        .medium(&m3)
+        .arg("--delta")
+        .args(&["--same-source"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("none of the"),
+        "{}",
+        output_text(&o)
+    );
+    let o = Line::ingest(&e, "m3")
+        .untrusted()
+        .target("file:o{disk}.raw")
+        .args(&["--generation", "2"])
+        .medium(&m1)
+        .medium(&m3)
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("o0.raw"), &e.p("g0.raw"));
+    same_file(&e.p("o1.raw"), &e.p("g1.raw"));
+}
+
 /// A machine set's medium lost in transit is replaced as one disk's is: the set's own checks
 /// (disk order, key slots, passphrase) read the span with the lost medium left out. They
 /// refused it as "not attached ... Only if it is lost for good: --replace-medium", the option
