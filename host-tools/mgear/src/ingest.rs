@@ -2018,6 +2018,20 @@ pub(crate) fn path_target(target: &str) -> Option<PathBuf> {
     }
 }
 
+/// The manifest root an interrupted ingest into the `file:`/`qcow2:` target `target` was
+/// writing, as its resume state records it (`None`: no such state).
+pub(crate) fn unfinished_root(state_dir: &Path, target: &str) -> Option<[u8; 32]> {
+    let p = path_target(target)?;
+    let state = state_dir.join(format!("{}.ingest", mgear_volume::absolute_key(&p)));
+    let mut f = open_private(&state, "ingest state").ok()??;
+    let mut h = [0u8; STATE_MAGIC.len() + 32];
+    f.read_exact(&mut h).ok()?;
+    if !h.starts_with(STATE_MAGIC) {
+        return None;
+    }
+    h[STATE_MAGIC.len()..].try_into().ok()
+}
+
 /// Where the record of a finished ingest into the file at `volume` lives:
 /// beside the resume state, under the same key.
 fn done_path(state_dir: &Path, volume: &Path) -> PathBuf {

@@ -1272,8 +1272,13 @@ pub fn ingest_set(
     let expanded: Vec<String> = plan.iter().map(|(_, t)| t.clone()).collect();
     crate::ingest::refuse_clobbering(args, &expanded)?;
     distinct_targets(&plan)?;
-    for (_, t) in &plan {
+    for (k, t) in &plan {
         crate::ingest::refuse_bad_target(&args.medium, t)?;
+        let scheme = t.split_once(':').map_or("", |(s, _)| s);
+        mgear_volume::tools_for(scheme).map_err(|e| {
+            crate::Error::from(e)
+                .context(format!("the target of disk {k} ({t}); nothing was written"))
+        })?;
         // What one disk's ingest refuses of an EBS spec, refused before disk 0 is written.
         if let Ok(crate::spec::Target::EbsSnapshot { mut opts, .. }) =
             crate::spec::Target::parse(t, crate::spec::Bare::Refuse)
@@ -1308,6 +1313,39 @@ pub fn ingest_set(
                 p.display(),
                 args.name
             )));
+        }
+    }
+    // A target half-way through another disk of this set (a re-run with the targets in
+    // another order than the interrupted run): disk 0 was written whole into its target's
+    // `.partial` before disk 1's refused, and the re-run in the right order then refused
+    // disk 0's target in turn. Refused before anything is written, naming the order.
+    if !args.force {
+        for (k, t) in &plan {
+            let Some(root) = crate::ingest::unfinished_root(&sdir, t) else {
+                continue;
+            };
+            let other = file
+                .set
+                .disks
+                .iter()
+                .position(|d| d.manifest_root == root)
+                .filter(|j| j != k);
+            if let Some(j) = other {
+                return Err(coded_hint(
+                    USAGE,
+                    format!(
+                        "{t} (given for disk {k}) holds an unfinished ingest of disk {j} of set \
+                         {} generation {g}: an earlier run was given the targets in another \
+                         order; nothing was written",
+                        args.name
+                    ),
+                    format!(
+                        "give the targets in the order of that run (disk {j} into {t}), as \
+                         --target once per disk, disk 0 first; or pass --force to drop what \
+                         that run wrote and write each disk where this command says"
+                    ),
+                ));
+            }
         }
     }
     if args.adapt {

@@ -72,6 +72,22 @@ pub use nbd::NbdVolume;
 pub use qcow2::Qcow2Volume;
 pub use rbd::{Existing, RbdReader, RbdSpec, RbdVolume};
 
+/// The tools and libraries a target of kind `scheme` (`qcow2`, `libvirt`, `rbd`, `cinder`;
+/// others need none) uses on this host, checked without touching any volume: a machine
+/// set's ingest checks every disk's before it writes the first (a missing `qemu-img` was
+/// found at disk 1, after disk 0 was written whole).
+pub fn tools_for(scheme: &str) -> Result<()> {
+    match scheme {
+        "qcow2" => {
+            tool::require("qemu-img", "qemu-utils")?;
+            tool::require("qemu-nbd", "qemu-utils").map(drop)
+        }
+        "libvirt" => tool::require("virsh", "libvirt-clients").map(drop),
+        "rbd" | "cinder" => librbd::loadable(),
+        _ => Ok(()),
+    }
+}
+
 /// Everything that can go wrong with a target volume.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

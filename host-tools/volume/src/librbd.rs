@@ -172,6 +172,11 @@ fn api() -> Result<&'static Api> {
         .map_err(|e| Error::Usage(e.clone()))
 }
 
+/// Whether librados and librbd load here (the error names the package to install).
+pub(crate) fn loadable() -> Result<()> {
+    api().map(drop)
+}
+
 /// Load the two libraries and resolve the functions; the error names the package to install.
 fn load(rados: &str, rbd: &str) -> std::result::Result<Libs, String> {
     let open = |name: &str| {

@@ -1419,3 +1419,61 @@ fn a_set_ingest_that_fails_on_a_later_disk_replaces_no_volume() {
         );
     }
 }
+
+/// A set ingest killed part-way, re-run with its targets in another order: disk 0 was
+/// written whole into the other target's `.partial` before disk 1's refused, and the
+/// re-run in the right order then refused in turn. Refused before anything is written,
+/// naming the order; the first order then finishes. A target whose tool is missing is
+/// refused before disk 0 too (found at disk 1, after disk 0 was written whole).
+#[test]
+fn a_set_ingest_re_run_in_another_order_or_missing_a_tool_writes_nothing() {
+    use crate::spanning::noise;
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("d0.raw"), noise(24 << 20, 41)).unwrap();
+    std::fs::write(e.p("d1.raw"), noise(3 << 20, 42)).unwrap();
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "m1").sources(&["d0.raw", "d1.raw"]).ok();
+    let line = |a: &str, b: &str| {
+        e.ingest(&m, "m1")
+            .untrusted()
+            .target(&format!("file:{a}"))
+            .target(&format!("file:{b}"))
+    };
+    line("root.raw", "data.raw").killed_after("4MiB/s", 2500);
+    assert!(e.p("root.raw.partial").exists());
+    let o = line("data.raw", "root.raw").run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds an unfinished ingest of disk 0")
+            && output_text(&o).contains("in another order"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(
+        !e.p("data.raw.partial").exists(),
+        "nothing was to be written"
+    );
+    // A qcow2 target with no qemu-img on PATH: refused before disk 0 is written.
+    let empty = e.p("no-tools");
+    std::fs::create_dir(&empty).unwrap();
+    let o = e
+        .ingest(&m, "m1")
+        .untrusted()
+        .target("file:x0.raw")
+        .target("qcow2:x1.qcow2")
+        .command()
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("qemu-img is not installed") && output_text(&o).contains("disk 1"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("x0.raw.partial").exists() && !e.p("x0.raw").exists());
+    line("root.raw", "data.raw").ok();
+    same_file(&e.p("root.raw"), &e.p("d0.raw"));
+    same_file(&e.p("data.raw"), &e.p("d1.raw"));
+}
