@@ -488,7 +488,9 @@ impl<M: Store> SpanStore<M> {
                      span writes every medium of it (each holds a copy of the index and \
                      manifests of all its captures); attach it and give it with --medium too. \
                      Only if it is lost for good (its share is then captured again): \
-                     `--replace-medium '{}'`",
+                     `--replace-medium '{}'`. If that span is another shipment's (a medium of \
+                     it was given by mistake), leave its media out and give a blank medium \
+                     instead",
                     map.describe(m.ordinal),
                     m.label
                 )));

@@ -1533,6 +1533,7 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
     let (chunk_size, rate) = (args.chunk_size, args.rate_limit);
     let spec = source_spec(args)?;
     args.medium.ready_to_capture()?;
+    args.medium.refuse_namesakes(&args.name)?;
     generated_passphrase(args)?;
     let mut source = crate::source::open(spec, None)?;
     if source.len() == 0 {
@@ -1595,6 +1596,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
         refuse_source_on_medium(&args.medium, s)?;
     }
     args.medium.ready_to_capture()?;
+    args.medium.refuse_namesakes(&args.name)?;
     // The reserve each medium keeps grows with every disk of the machine.
     let total: u64 = sources
         .iter()
@@ -2732,6 +2734,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         .map(crate::sitekey::read_signing_key)
         .transpose()?;
     args.medium.ready_to_capture()?;
+    args.medium.refuse_namesakes(&args.name)?;
     // Check before writing, on a read-only view of the medium: a refusal
     // leaves it byte-for-byte as it was.
     let (exists, on_medium, borrow, preflight_warnings) = {

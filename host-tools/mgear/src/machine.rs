@@ -749,6 +749,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
         capture::refuse_source_on_medium(&args.medium, s)?;
     }
     crate::preflight::check_sources(sources)?;
+    args.medium.refuse_namesakes(&name)?;
     if args.dry_run {
         return Err(usage(
             "--dry-run of a set is `capture --dry-run` with every --source (crate::capture::dry_run_set)",

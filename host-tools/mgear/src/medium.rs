@@ -262,7 +262,9 @@ impl Where {
                              written onto a medium of a span writes every medium of it (each \
                              holds a copy of the index and manifests of all its captures); \
                              attach it and give it with --medium too. Only if it is lost for \
-                             good (its share is then captured again): `--replace-medium '{}'`",
+                             good (its share is then captured again): `--replace-medium '{}'`. \
+                             If that span is another shipment's (a medium of it was given by \
+                             mistake), leave its media out and give a blank medium instead",
                             m.ordinal, m.label, m.label
                         )));
                     }
@@ -561,6 +563,74 @@ impl Where {
             medium: keep,
             appliance: self.appliance.clone(),
         })
+    }
+
+    /// Several media given to a capture join one span; a capture's name is held by the
+    /// span's members (each has its copy of the index) or by one medium alone. A second
+    /// holder of `name` (or of a set's disk streams) is another shipment's medium, or a
+    /// copy of one given: the capture's checks read the two as one and blamed the operator's
+    /// disks ("set m1 has 2 disks"), a copy's space ("0 B are free"), or a medium of the
+    /// other span ("not attached ... --replace-medium"). Refused first, naming both.
+    pub fn refuse_namesakes(&self, name: &str) -> crate::Result<()> {
+        if self.medium.len() + self.appliance.len() < 2 {
+            return Ok(());
+        }
+        let holds = |store: &mut dyn Store| -> crate::Result<(Option<[u8; 16]>, Option<String>)> {
+            let span = image_format::span::read_span(store)
+                .ok()
+                .flatten()
+                .and_then(|i| i.label)
+                .map(|l| l.id);
+            let held = image_format::capture_names(store)?.into_iter().find(|n| {
+                n.eq_ignore_ascii_case(name)
+                    || image_format::set::parse_disk_stream_name(n)
+                        .is_some_and(|(set, _)| set.eq_ignore_ascii_case(name))
+            });
+            Ok((span, held))
+        };
+        // (how it was given, its span id, the stream of `name` it holds)
+        let mut holders: Vec<(String, Option<[u8; 16]>, String)> = Vec::new();
+        let mut look = |given: String, store: &mut dyn Store| -> crate::Result<()> {
+            let (span, held) = holds(store)?;
+            let Some(held) = held else { return Ok(()) };
+            let first = holders
+                .iter()
+                .find(|(_, s, _)| span.is_none() || *s != span);
+            if let Some((other, _, _)) = first {
+                return Err(crate::exit::coded_hint(
+                    crate::exit::USAGE,
+                    format!(
+                        "{given} holds a capture named {held} too, and so does {other}: they \
+                         are not the media of one capture's span (another shipment's medium, or \
+                         a copy of a medium given); nothing was written"
+                    ),
+                    format!(
+                        "to continue the capture of {name} onto one more medium, give a blank \
+                         medium (or one holding no capture named {name}) with the media that \
+                         hold it; `mgear inspect --medium {}` shows what it holds",
+                        crate::output::sh(&given)
+                    ),
+                ));
+            }
+            holders.push((given, span, held));
+            Ok(())
+        };
+        for port in &self.appliance {
+            let (mut store, _lock) = crate::appliance::open_medium(port, false)?;
+            let r = look(format!("--appliance {}", port.display()), &mut *store);
+            let closed = store.close();
+            r?;
+            closed.map_err(|e| crate::err!("closing the appliance at {}: {e}", port.display()))?;
+        }
+        for spec in &self.medium {
+            // Each medium's own store: a span's view hides its label file.
+            let mut m = open_mode(spec, true)?;
+            let r = look(spec.clone(), m.store());
+            let closed = m.close();
+            r?;
+            closed?;
+        }
+        Ok(())
     }
 
     /// The options that name these media again, for commands a message suggests.

@@ -337,6 +337,60 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     );
 }
 
+/// A capture stopped by "medium full" continued onto a medium that holds another
+/// shipment's capture of the same name was told "set m1 has 2 disks" (the two read as one),
+/// with a hint to `medium rm --force` either; onto a byte copy of the full medium, "0 B are
+/// free". Both are refused naming the two media, and neither is changed.
+#[test]
+fn a_medium_holding_a_namesake_capture_is_not_taken_for_more_room() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("e0.raw"), noise(8 << 20, 51)).unwrap();
+    std::fs::write(e.p("e1.raw"), noise(2 << 20, 52)).unwrap();
+    std::fs::write(e.p("d0.raw"), noise(30 << 20, 53)).unwrap();
+    std::fs::write(e.p("d1.raw"), noise(20 << 20, 54)).unwrap();
+    let (c, p) = (e.fat("c.img", "40MiB"), e.fat("p.img", "40MiB"));
+    e.capture(&c, "m1").sources(&["e0.raw", "e1.raw"]).ok();
+    let full = e
+        .capture(&p, "m1")
+        .sources(&["d0.raw", "d1.raw"])
+        .arg("--skip-space-check")
+        .run();
+    assert_eq!(full.status.code(), Some(3), "{}", output_text(&full));
+    std::fs::copy(e.p("p.img"), e.p("p-copy.img")).unwrap();
+    let before = |f: &str| std::fs::read(e.p(f)).unwrap();
+    let (c_was, p_was) = (before("c.img"), before("p.img"));
+    for other in [c.as_str(), "fat:p-copy.img"] {
+        for dry in [false, true] {
+            let mut l = e
+                .capture(&p, "m1")
+                .medium(other)
+                .sources(&["d0.raw", "d1.raw"]);
+            if dry {
+                l = l.arg("--dry-run");
+            }
+            let o = l.run();
+            assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+            let t = output_text(&o);
+            assert!(
+                t.contains("holds a capture named m1")
+                    && t.contains("not the media of one capture's span")
+                    && !t.contains("medium rm"),
+                "{t}"
+            );
+        }
+    }
+    assert!(before("c.img") == c_was && before("p.img") == p_was);
+    // With a blank medium it goes on.
+    let q = e.fat("q.img", "40MiB");
+    let o = e
+        .capture(&p, "m1")
+        .medium(&q)
+        .sources(&["d0.raw", "d1.raw"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+}
+
 /// A disk whose every record was on the medium declared lost is stored again whole by
 /// `--replace-medium`: that is the same disk, and the capture warned "none of the chunks
 /// matches generation 1: ... remove this generation", the only one that ingests without
