@@ -199,6 +199,17 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         }
         Ok(())
     })?;
+    let mut report = report;
+    if report.outcome == Outcome::NothingBootable && all.len() > 1 {
+        // Several disks: the machine boots from the first --target, and one given in
+        // another order reads as a machine with nothing to boot.
+        report.detail.push_str(&format!(
+            "; the machine boots from the first --target ({}): if the system disk is another \
+             of the {} given, give it first",
+            report_target(&all[0]),
+            all.len()
+        ));
+    }
     finish(&report, &report_path, args.json)
 }
 

@@ -1119,8 +1119,14 @@ pub fn run_ingest(
         r.disks.len()
     );
     for d in &r.disks {
+        // The written and zero counts are this run's: a disk an earlier run wrote read as
+        // "0 B written, 21 chunks, 0 zero" for a disk of 16 zero chunks.
+        let earlier = match d.report.resumed_chunks {
+            0 => String::new(),
+            n => format!(", {n} written by an earlier run"),
+        };
         println!(
-            "  disk {} {:>10} into {} ({} written, {}, {} zero)",
+            "  disk {} {:>10} into {} ({} written, {}, {} zero{earlier})",
             d.disk,
             human_bytes(d.report.disk_size),
             d.report.target,
@@ -1177,6 +1183,33 @@ pub fn ingest_set(
     let checked = (|| {
         let store = medium.store();
         if !set::is_set(store, &args.name)? {
+            // Disk streams of the set without its set manifest: a set capture that stopped
+            // before its last disk (a copy of a medium taken when it filled up), which
+            // was called "no machine set" with a hint about --target patterns.
+            let streams = image_format::capture_names(store)?
+                .into_iter()
+                .filter(|n| {
+                    set::parse_disk_stream_name(n)
+                        .is_some_and(|(s, _)| s.eq_ignore_ascii_case(&args.name))
+                })
+                .count();
+            if streams > 0 {
+                return Err(coded_hint(
+                    USAGE,
+                    format!(
+                        "machine set {:?} on {} is unfinished: {streams} of its disks' \
+                         captures are there, but not the set's manifest, which its capture \
+                         writes once every disk is captured (the capture stopped: a full \
+                         medium, or interrupted; this may be a copy taken before it \
+                         finished); nothing was written",
+                        args.name,
+                        args.medium.describe()
+                    ),
+                    "finish the capture at the capture site (the same capture command; after \
+                     \"medium full\" with one more --medium), then ingest from all the media \
+                     it wrote; `mgear inspect --medium ...` shows what this medium holds",
+                ));
+            }
             return Err(coded_hint(
                 USAGE,
                 format!(

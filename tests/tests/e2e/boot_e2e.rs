@@ -284,6 +284,31 @@ fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
     .unwrap();
     // The firmware said it found nothing to boot: no waiting for --timeout.
     assert_eq!(r["outcome"], "nothing-bootable");
+    assert!(
+        !text(&o).contains("boots from the first --target"),
+        "{}",
+        text(&o)
+    );
+    // Two disks, the one with nothing to boot first: the order is named as the likely
+    // cause (it was only "empty, not a system disk, or BIOS/UEFI mismatch").
+    let data = dir.path().join("data.raw");
+    std::fs::write(&data, vec![0x5a; 1 << 20]).unwrap();
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("file:{}", disk.display()),
+        "--target",
+        &format!("file:{}", data.display()),
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("the machine boots from the first --target")
+            && text(&o).contains("give it first"),
+        "{}",
+        text(&o)
+    );
 
     // `--report` naming the volume (or any file that is no boot report) wrote the report
     // over it: refused before the guest starts, the file untouched.

@@ -784,6 +784,20 @@ fn a_machine_set_stopped_by_a_full_medium_resumes_onto_the_medium_its_error_asks
         "{}",
         output_text(&full)
     );
+    // A copy of the full medium ingested: the set is unfinished (it was "no machine set",
+    // with a hint about --target patterns).
+    std::fs::copy(e.p("r1.img"), e.p("r1-stale.img")).unwrap();
+    let o = e
+        .ingest("fat:r1-stale.img", "m7")
+        .untrusted()
+        .target("file:stale-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("machine set \"m7\" on fat:r1-stale.img is unfinished"),
+        "{}",
+        output_text(&o)
+    );
     let on = || {
         e.capture(&r1, "m7")
             .medium(&r2)
