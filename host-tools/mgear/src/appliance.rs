@@ -187,18 +187,24 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                         }
                         // The next step is the hint too (`--json` had the generic one). A
                         // seal refused for damage wants the damage mended, not more captures.
-                        let next =
-                            if ae.code == mgear_appliance_api::protocol::ErrorCode::VerifyFailed {
-                                format!(
+                        use mgear_appliance_api::protocol::ErrorCode;
+                        let next = if ae.code == ErrorCode::WrongPin {
+                            // Its next step read "unlock it", the command that just failed:
+                            // a script retrying it spends the attempts until the erase.
+                            "check the PIN (file) before the next attempt; never retry a PIN \
+                             automatically: every wrong one counts toward the erase"
+                                .to_string()
+                        } else if ae.code == ErrorCode::VerifyFailed {
+                            format!(
                                 "run `mgear appliance --port {} verify`: each PROBLEM line names \
                                  what is damaged and how to mend it (a damaged record: remove \
                                  that capture with `mgear medium rm --force` and capture it \
                                  again); then seal again",
                                 crate::output::sh(port.display().to_string())
                             )
-                            } else {
-                                next_step(i.state).to_string()
-                            };
+                        } else {
+                            next_step(i.state).to_string()
+                        };
                         Err(crate::exit::coded_next(
                             refusal_code(ae.code),
                             msg,

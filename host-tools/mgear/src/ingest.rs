@@ -1877,7 +1877,8 @@ pub fn write_volume<S: image_format::Store>(
         let Some(g) = gaps else {
             bail!("chunks are missing but no medium is (a bug)");
         };
-        return Err(g.pending(&reader, |i| !state.is_done(i), written_now, &desc));
+        // Named as it is on disk: the `.partial` a file: or qcow2: volume is written as.
+        return Err(g.pending(&reader, |i| !state.is_done(i), written_now, &read_desc));
     }
     if plan.hold {
         return Err(crate::Error::other(Held {

@@ -422,8 +422,8 @@ pub fn key_cache_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
     if let Some(d) = arg {
         return Ok(d);
     }
-    if let Some(s) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
-        return Ok(PathBuf::from(s).join("mgear/keys"));
+    if let Some(s) = crate::target::xdg_state_home() {
+        return Ok(s.join("mgear/keys"));
     }
     let home = std::env::var_os("HOME")
         .ok_or_else(|| usage("neither XDG_STATE_HOME nor HOME is set: pass --key-cache DIR"))?;

@@ -32,6 +32,8 @@ Exit codes:
   2  usage or key error (bad arguments, a key, PIN or trust file that is missing or does not fit)
   3  I/O error (source, medium, target, appliance or peer unreadable/unwritable/unreachable, medium full)
   4  pending: ingest wrote what the media given hold; the rest is on media still to come
+  130  a second Ctrl-C (or SIGTERM) a second or more after the first: exit at once, no result;
+     the same command resumes from the last checkpoint
 
 With --json every command prints one JSON object on stdout, errors included:
   {\"ok\":false,\"command\":...,\"error\":{\"code\":N,\"kind\":\"failure|usage|io|pending\",\"message\":...,\"hint\":...}}";

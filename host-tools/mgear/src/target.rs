@@ -169,14 +169,23 @@ pub fn open_in_place(target: &Target) -> crate::Result<Box<dyn Volume>> {
     }
 }
 
+/// `$XDG_STATE_HOME`, when it is set to an absolute path: the XDG base directory spec
+/// says to ignore a relative one (taken as is, the key cache and the resume states moved
+/// with the working directory).
+pub(crate) fn xdg_state_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
 /// The ingest state dir: `--state-dir`, else `$XDG_STATE_HOME/mgear/ingest` (or
 /// `~/.local/state/mgear/ingest`), created 0700. Resume states and the markers of volumes
 /// that have no unfinished name of their own live there (what `mgear boot` checks).
 pub(crate) fn state_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
     let dir = match arg {
         Some(d) => d,
-        None => match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
-            Some(s) => PathBuf::from(s).join("mgear/ingest"),
+        None => match xdg_state_home() {
+            Some(s) => s.join("mgear/ingest"),
             None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| {
                 usage("neither XDG_STATE_HOME nor HOME is set: pass --state-dir DIR")
             })?)

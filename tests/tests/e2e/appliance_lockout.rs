@@ -61,6 +61,12 @@ fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {
         wrong += 1;
         if wrong < 10 {
             assert!(err.contains("WrongPin"), "attempt {wrong}: {err}");
+            // Its next step is not the command that just failed (a retry loop spent every
+            // attempt until the erase).
+            assert!(
+                err.contains("never retry a PIN automatically") && !err.contains("next: unlock"),
+                "attempt {wrong}: {err}"
+            );
         }
     }
     assert_eq!(lab.state(), "Erased");

@@ -1226,6 +1226,20 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
         .killed_after("4MiB/s", 1500);
     let k = e.json(&["keys", "list"]);
     assert_eq!(k["keys"].as_array().map(Vec::len), Some(1), "{k}");
+    // A relative XDG_STATE_HOME is ignored (the XDG spec): the key cache moved with the
+    // working directory.
+    let o = e
+        .cmd(&["keys", "list", "--json"])
+        .env("XDG_STATE_HOME", "relstate")
+        .env("HOME", e.p("home"))
+        .output()
+        .unwrap();
+    let rel: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        rel["key_cache"].as_str(),
+        Some(e.s("home/.local/state/mgear/keys").as_str()),
+        "{rel}"
+    );
     let o = e.ok(&["capture", "--abort", "--medium", &m, "--name", "web01"]);
     // The capture is gone whole: its data key stays (a copy of the medium may still resume
     // it), and the abort says so, with the way to forget it (it went unsaid).

@@ -101,6 +101,7 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     assert!(
         t.contains("not all of them are given")
             && t.contains("wrote the ")
+            && t.contains("into vm-1.raw.partial")
             && t.contains("are on medium #0 (appliance at"),
         "{t}"
     );

@@ -165,8 +165,8 @@ pub fn served_last(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) 
 impl Record {
     /// The record of the file at `volume` (none without a state directory).
     fn of(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> Option<Record> {
-        let dir = match std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
-            Some(s) => std::path::PathBuf::from(s).join("mgear/serve"),
+        let dir = match crate::target::xdg_state_home() {
+            Some(s) => s.join("mgear/serve"),
             None => {
                 std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state/mgear/serve")
             }
