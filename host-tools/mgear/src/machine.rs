@@ -1317,7 +1317,8 @@ pub fn ingest_set(
         if let Ok(crate::spec::Target::EbsSnapshot { mut opts, .. }) =
             crate::spec::Target::parse(t, crate::spec::Bare::Refuse)
         {
-            opts.with_register_flag(args.register_image)
+            let boots = file.set.disks.get(*k).is_some_and(|d| d.boot);
+            opts.with_register_flag(args.register_image && boots)
                 .map_err(|e| usage(format!("{t}: {e}; nothing was written")))?;
         }
     }
@@ -1419,6 +1420,9 @@ pub fn ingest_set(
         a.boot = false;
         a.adapt = false;
         a.hold = hold;
+        // An image is of the machine, registered from the disk it boots from: a data disk's
+        // snapshot made an AMI of its own that boots nothing.
+        a.register_image = args.register_image && file.set.disks.get(k).is_some_and(|d| d.boot);
         crate::ingest::ingest(&a)
     };
     for ((k, target), kept) in plan.iter().zip(kept) {

@@ -438,3 +438,44 @@ fn ebs_snapshot_gone_while_pending_is_started_again() {
     assert_eq!(r["volume"].as_str(), Some(now[0].as_str()), "{r}");
     check_snapshot_after(&e, &d, &now[0], Some(&ids[0]));
 }
+
+/// A machine set ingested with `--register-image`: the image is registered from the disk the
+/// machine boots from only (every data disk's snapshot became an AMI of its own).
+#[test]
+fn a_sets_image_is_registered_from_its_boot_disk_only() {
+    let e = Env::new();
+    e.keygen();
+    let mut boot = image_format::bench::noise(2 << 20, 61);
+    // An MBR with boot code and no partitions: the disk the machine boots from.
+    boot[446..510].fill(0);
+    boot[510] = 0x55;
+    boot[511] = 0xAA;
+    fs::write(e.p("d0.raw"), &boot).unwrap();
+    fs::write(e.p("d1.raw"), image_format::bench::noise(1 << 20, 62)).unwrap();
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "m1")
+        .sources(&["d0.raw", "d1.raw"])
+        .ok();
+    let d = Double::start(DoubleConfig::default());
+    let line = e
+        .ingest("dir:mnt", "m1")
+        .untrusted()
+        .target("ebs-snapshot:m1-boot")
+        .target("ebs-snapshot:m1-data")
+        .args(&["--register-image", "--json"]);
+    let out = with_double(&e, &d, &line).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snap = |k: usize| {
+        r["disks"][k]["snapshot_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("disk {k}'s snapshot: {r}"))
+            .to_string()
+    };
+    let images = d.images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let (_, (_, from)) = images.iter().next().unwrap();
+    assert_eq!(*from, snap(0), "{r}");
+    assert!(r["disks"][1]["image_id"].is_null(), "{r}");
+    assert_ne!(snap(1), snap(0));
+}
