@@ -967,7 +967,43 @@ fn refuse_replace_over_unfinished(
         .iter()
         .map(|l| format!(" --replace-medium '{l}'"))
         .collect::<String>();
-    if let Some(g) = unfinished {
+    // The generation a `--replace-medium` run itself started (and "medium full" stopped)
+    // holds nothing on the lost medium: it goes on, as the message of that stop says (it
+    // was refused here, and the only way out offered threw the work away).
+    let span = image_format::span::read_span(store)?;
+    let on_lost = |g: u32| -> bool {
+        let Some(info) = &span else {
+            return true;
+        };
+        let stored = c_name(capture.as_ref(), &args.name);
+        let dir = format!("{}/", image_format::layout::generation_dir(&stored, g));
+        let lost: Vec<u16> = info
+            .map
+            .members
+            .iter()
+            .filter(|m| {
+                m.lost
+                    || args
+                        .replace_medium
+                        .iter()
+                        .any(|l| *l == m.label || *l == format!("#{}", m.ordinal))
+            })
+            .map(|m| m.ordinal)
+            .collect();
+        let declared = args.replace_medium.iter().all(|l| {
+            info.map
+                .members
+                .iter()
+                .any(|m| m.lost && (*l == m.label || *l == format!("#{}", m.ordinal)))
+        });
+        !declared
+            || info
+                .map
+                .placed
+                .iter()
+                .any(|(p, o)| p.starts_with(&dir) && lost.contains(o))
+    };
+    if let Some(g) = unfinished.filter(|g| on_lost(*g)) {
         // A disk of a set is aborted with its set (the abort refuses the disk's own name).
         let abort_name = image_format::set::parse_disk_stream_name(&args.name)
             .map_or(args.name.as_str(), |(set, _)| set);
@@ -982,6 +1018,61 @@ fn refuse_replace_over_unfinished(
         )));
     }
     Ok(())
+}
+
+/// What capture `args.name`'s complete generations stored on the media of its span declared
+/// lost (before or by this run's `--replace-medium`): a delta stores it again. Each
+/// generation's stored bytes shared out over its segments (the lost ones' sizes went with
+/// them).
+fn lost_share(store: &mut dyn image_format::Store, args: &Plan) -> crate::Result<u64> {
+    if args.replace_medium.is_empty() {
+        return Ok(0);
+    }
+    let Some(span) = image_format::span::read_span(store)? else {
+        return Ok(0);
+    };
+    let lost: Vec<u16> = span
+        .map
+        .members
+        .iter()
+        .filter(|m| {
+            m.lost
+                || args
+                    .replace_medium
+                    .iter()
+                    .any(|l| *l == m.label || *l == format!("#{}", m.ordinal))
+        })
+        .map(|m| m.ordinal)
+        .collect();
+    let Some(capture) = image_format::list_captures(store)?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
+    else {
+        return Ok(0);
+    };
+    let mut share = 0u64;
+    for g in &capture.generations {
+        if g.state != image_format::GenerationState::Complete || g.segments == 0 {
+            continue;
+        }
+        let dir = format!(
+            "{}/",
+            image_format::layout::generation_dir(&capture.name, g.generation)
+        );
+        let gone = span
+            .map
+            .placed
+            .iter()
+            .filter(|(p, o)| p.starts_with(&dir) && lost.contains(o))
+            .count() as u64;
+        share = share.saturating_add(g.stored_bytes.saturating_mul(gone) / u64::from(g.segments));
+    }
+    Ok(share)
+}
+
+/// The name a capture is stored under (its case on the medium), `given` if none is found.
+fn c_name(found: Option<&image_format::CaptureInfo>, given: &str) -> String {
+    found.map_or_else(|| given.to_string(), |c| c.name.clone())
 }
 
 /// The parameters of a capture run a resume must repeat, as far as the
@@ -2211,9 +2302,12 @@ fn preflight(
         if upper { 0 } else { ESTIMATE_SAMPLES },
         rate,
     )?;
-    // A delta of an unchanged disk stores only its index: check that much.
+    // A delta of an unchanged disk stores only its index: check that much. One that
+    // replaces a lost medium stores again what its generations had there (the plan said
+    // "2 MiB: fits" of a delta that had 30 MiB to store again, and it stopped full).
     let needed = if upper {
         crate::preflight::stored_estimate(estimate.to_read, chunk_size, 1.0, 0.0)
+            .saturating_add(lost_share(store, args)?)
     } else {
         estimate.stored_bytes
     };

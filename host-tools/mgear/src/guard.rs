@@ -394,15 +394,7 @@ pub fn held_for_writing(
             if flags & nix::libc::O_ACCMODE as u32 == nix::libc::O_RDONLY as u32 {
                 continue;
             }
-            let cmd = std::fs::read(p.path().join("cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .split('\0')
-                        .filter(|a| !a.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
+            let cmd = cmdline(&p.path());
             let file = std::fs::read_link(fd.path()).unwrap_or_default();
             return Some((pid, cmd, file));
         }
@@ -756,6 +748,59 @@ pub(crate) mod tests {
     use super::*;
     use std::process::Command;
 
+    /// A process reading a console (as `screen` does) is named; one that owns the pty (holds
+    /// its master, as the simulator does, and the slave unread) is not.
+    #[test]
+    fn a_console_held_open_by_another_process_is_named() {
+        use nix::libc;
+        use std::os::fd::FromRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // SAFETY: plain libc pty calls on a descriptor this test owns; the name buffer is
+        // NUL-terminated by ptsname_r on success.
+        let (master, name) = unsafe {
+            let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            assert!(fd >= 0);
+            assert_eq!(libc::grantpt(fd), 0);
+            assert_eq!(libc::unlockpt(fd), 0);
+            let mut buf = [0 as libc::c_char; 64];
+            assert_eq!(libc::ptsname_r(fd, buf.as_mut_ptr(), buf.len()), 0);
+            let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_str()
+                .unwrap()
+                .to_string();
+            (std::fs::File::from_raw_fd(fd), name)
+        };
+        let open_slave = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open(&name)
+                .unwrap()
+        };
+        let mut reader = Command::new("sleep")
+            .arg("30")
+            .stdin(open_slave())
+            .spawn()
+            .unwrap();
+        let mut owner = Command::new("sleep")
+            .arg("31")
+            .stdin(master.try_clone().unwrap())
+            .stdout(open_slave())
+            .spawn()
+            .unwrap();
+        let found = console_readers(Path::new(&name));
+        let (r, o) = (reader.id(), owner.id());
+        for c in [&mut reader, &mut owner] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(found.contains(&(r, "sleep 30".to_string())), "{found:?}");
+        assert!(!found.iter().any(|(pid, _)| *pid == o), "{found:?}");
+        assert!(console_readers(Path::new("/etc/hostname")).is_empty());
+        drop(master);
+    }
+
     /// A record names a file by device and inode; a file made after the record was written
     /// (given a deleted file's inode) is not the file it is about.
     #[test]
@@ -1076,4 +1121,73 @@ pub(crate) mod tests {
             assert!(signatures(&f).unwrap().is_empty(), "{tool} after wipe");
         }
     }
+}
+
+/// Other processes that hold the terminal device `port` (an appliance's console) open, and
+/// may so read the appliance's answers before mgear does (a `screen` left attached): their
+/// pid and command. The simulator that owns a pty (it holds the master with this pty's index,
+/// and the slave unread) is not one.
+pub fn console_readers(port: &Path) -> Vec<(u32, String)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(m) = std::fs::metadata(port) else {
+        return Vec::new();
+    };
+    if !m.file_type().is_char_device() {
+        return Vec::new();
+    }
+    let index = std::fs::canonicalize(port).ok().and_then(|p| {
+        let s = p.to_str()?.strip_prefix("/dev/pts/")?.to_string();
+        s.parse::<u32>().ok()
+    });
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let (mut holds, mut owns) = (false, false);
+        for fd in fds.flatten() {
+            let Ok(fm) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if fm.file_type().is_char_device() && fm.rdev() == m.rdev() {
+                holds = true;
+            }
+            if let Some(i) = index {
+                let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
+                    .unwrap_or_default();
+                let pty_of = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("tty-index:"))
+                    .and_then(|v| v.trim().parse::<u32>().ok());
+                owns |= pty_of == Some(i);
+            }
+        }
+        if holds && !owns {
+            out.push((pid, cmdline(&p.path())));
+        }
+    }
+    out
+}
+
+/// A process's command line, its arguments joined by spaces.
+fn cmdline(proc: &Path) -> String {
+    std::fs::read(proc.join("cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .split('\0')
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }

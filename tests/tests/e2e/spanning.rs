@@ -392,6 +392,67 @@ fn a_medium_holding_a_namesake_capture_is_not_taken_for_more_room() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
 }
 
+/// A `--replace-medium` capture stopped by "medium full": the same command with one more
+/// medium, as its error says, was refused ("generation 2 is unfinished: ... --abort"), and
+/// its dry run had said "fits" of a delta that had the lost medium's 30 MiB to store again.
+/// The dry run counts that share; the same command with one more medium finishes it.
+#[test]
+fn a_replace_medium_capture_stopped_full_goes_on_with_one_more_medium() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("a.raw"), noise(30 << 20, 71)).unwrap();
+    std::fs::write(e.p("b.raw"), noise(30 << 20, 72)).unwrap();
+    let (r1, r2, r4) = (
+        e.fat("r1.img", "40MiB"),
+        e.fat("r2.img", "40MiB"),
+        e.fat("r4.img", "40MiB"),
+    );
+    let r3 = e.fat("r3.img", "34MiB");
+    let cap = |media: &[&str], extra: &[&str]| {
+        let line = media.iter().fold(
+            Line::capture(&e, "m4").sources(&["a.raw", "b.raw"]),
+            |l, m| l.medium(m),
+        );
+        line.args(extra).run()
+    };
+    let o = cap(&[&r1, &r2], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    std::fs::rename(e.p("r2.img"), e.p("r2.lost")).unwrap();
+    let plan = cap(
+        &[&r1, &r3],
+        &["--replace-medium", &r2, "--dry-run", "--json"],
+    );
+    let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(p["fits"], false, "{p}");
+    assert!(p["needed"].as_u64().unwrap() > 20 << 20, "{p}");
+    assert_eq!(plan.status.code(), Some(3), "{}", output_text(&plan));
+    let o = cap(
+        &[&r1, &r3],
+        &["--replace-medium", &r2, "--skip-space-check"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("re-run the same command with it added"),
+        "{}",
+        output_text(&o)
+    );
+    let o = cap(
+        &[&r1, &r3, &r4],
+        &["--replace-medium", &r2, "--skip-space-check"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let o = Line::ingest(&e, "m4")
+        .untrusted()
+        .target("file:o{disk}.raw")
+        .medium(&r1)
+        .medium(&r3)
+        .medium(&r4)
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("o0.raw"), &e.p("a.raw"));
+    same_file(&e.p("o1.raw"), &e.p("b.raw"));
+}
+
 /// A disk whose every record was on the medium declared lost is stored again whole by
 /// `--replace-medium`: that is the same disk, and the capture warned "none of the chunks
 /// matches generation 1: ... remove this generation", the only one that ingests without

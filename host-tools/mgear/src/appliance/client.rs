@@ -227,6 +227,9 @@ impl Client {
         let mut buf = [0u8; 4096];
         loop {
             if Instant::now() > deadline && !self.heard {
+                if let Some(e) = self.read_by_another() {
+                    return Err(e);
+                }
                 return Err(crate::exit::coded_hint(
                     crate::exit::IO,
                     format!(
@@ -246,6 +249,9 @@ impl Client {
                 ));
             }
             if Instant::now() > deadline {
+                if let Some(e) = self.read_by_another() {
+                    return Err(e);
+                }
                 return Err(crate::exit::coded(
                     crate::exit::IO,
                     format!(
@@ -297,6 +303,29 @@ impl Client {
                 return Ok(resp);
             }
         }
+    }
+
+    /// No answer came: when another process holds the console open (a `screen` left
+    /// attached), it may have read the answer first, which is what to say (it was "not an
+    /// appliance's console: restart the simulator", or "is it running?").
+    fn read_by_another(&self) -> Option<crate::Error> {
+        let readers = crate::guard::console_readers(Path::new(&self.port));
+        let (pid, cmd) = readers.first()?;
+        Some(crate::exit::coded_hint(
+            crate::exit::IO,
+            format!(
+                "no answer on the appliance console {} within the time allowed, and process \
+                 {pid} ({cmd}) has that console open too: it reads what the appliance answers, \
+                 so the answer can reach it instead of mgear{}",
+                self.port,
+                match readers.len() {
+                    1 => String::new(),
+                    n => format!(" ({} processes in all)", n),
+                }
+            ),
+            "close the other program on the console (in `screen`: Ctrl-A k), or wait for the \
+             other mgear command to finish, then run the same command again",
+        ))
     }
 
     /// Send `req`; an `Error` reply becomes an [`ApplianceError`].
