@@ -608,7 +608,8 @@ impl<P: Platform> Appliance<P> {
                 if b != 0 && (was_line || self.decoder.in_line()) {
                     let echo: &[u8] = match b {
                         b'\r' | b'\n' => b"\r\n",
-                        0x03 | 0x15 => b"^C\r\n> ",
+                        0x03 => b"^C\r\n> ",
+                        0x15 => b"^U\r\n> ",
                         0x08 | 0x7f => b"\x08 \x08",
                         // The blank after the command is no secret.
                         b' ' | b'\t' if masked => b" ",

@@ -196,11 +196,12 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                                 .to_string()
                         } else if ae.code == ErrorCode::VerifyFailed {
                             format!(
-                                "run `mgear appliance --port {} verify`: each PROBLEM line names \
-                                 what is damaged and how to mend it (a damaged record: remove \
-                                 that capture with `mgear medium rm --force` and capture it \
-                                 again); then seal again",
-                                crate::output::sh(port.display().to_string())
+                                "run `mgear appliance --port {p} verify`: each PROBLEM line \
+                                 names what is damaged; remove the damaged capture (`mgear \
+                                 medium rm --force --appliance {p} --name NAME`, for a disk of \
+                                 a machine set NAME is the set's) and capture it again; then \
+                                 seal again",
+                                p = crate::output::sh(port.display().to_string())
                             )
                         } else {
                             next_step(i.state).to_string()

@@ -493,11 +493,17 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The state key of a volume at path `p` (file or qcow2): from its
-/// absolute path, so a relative spelling names the same state.
+/// The state key of a volume at path `p` (file or qcow2): from its absolute path with the
+/// directory's symlinks and `..` resolved, so every spelling of one file names the same state
+/// (`k/../k/b.raw`, or a link to `k`, found no state and had the re-run throw away a
+/// `.partial` it could have resumed). The file's own name is kept: it may not exist yet.
 pub fn absolute_key(p: &Path) -> String {
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
-    key_of(&abs.to_string_lossy())
+    let resolved = match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).map(|d| d.join(name)).ok(),
+        _ => None,
+    };
+    key_of(&resolved.unwrap_or(abs).to_string_lossy())
 }
 
 /// Make a rename durable.
@@ -1078,6 +1084,18 @@ impl Volume for DeviceVolume {
 mod tests {
     use super::*;
     use std::os::unix::fs::OpenOptionsExt;
+
+    #[test]
+    fn every_spelling_of_a_volume_has_one_state_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::create_dir(&k).unwrap();
+        std::os::unix::fs::symlink(&k, dir.path().join("kl")).unwrap();
+        let key = absolute_key(&k.join("b.raw"));
+        assert_eq!(absolute_key(&dir.path().join("k/../k/b.raw")), key);
+        assert_eq!(absolute_key(&dir.path().join("kl/b.raw")), key);
+        assert_ne!(absolute_key(&k.join("c.raw")), key);
+    }
 
     fn prep(dir: &Path, size: u64) -> Prepare {
         Prepare {
