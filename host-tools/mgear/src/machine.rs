@@ -829,6 +829,13 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
         checked?;
         closed?;
     }
+    // Every disk's size, as the set's plan counts them (`facts` learn theirs as each is
+    // captured): the span's reserve grows with the whole machine, and a medium full of one
+    // disk is told what the disks after it need.
+    let sizes: Vec<u64> = sources
+        .iter()
+        .map(|s| crate::source::open(s, None).map_or(0, |s| s.len()))
+        .collect();
     let mut captured = Vec::new();
     for (k, src) in sources.iter().enumerate() {
         if st.done[k] || st.sealed {
@@ -839,7 +846,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
         a.name = set::disk_stream_name(&name, k);
         a.source = Some(src.clone());
         a.delta = args.delta && g > 1;
-        a.span_total = Some(facts.iter().map(|d| d.size).sum());
+        a.span_total = Some(sizes.iter().sum());
         eprintln!(
             "mgear capture: set {name} disk {k} of {}: {src}",
             sources.len()
@@ -855,7 +862,29 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
             },
             peers: shared.peers.clone(),
         };
+        let later: u64 = sizes.iter().skip(k + 1).sum();
         let r = capture::capture_disk(&a, Some(&shared))
+            .map_err(|e| {
+                // "About 11 MiB more needed" counted the rest of this disk only: a medium
+                // chosen by it did not hold the disks after it.
+                let full = crate::exit::classified(&e) == Some(crate::exit::IO)
+                    && format!("{e:#}").contains("full");
+                if full && later > 0 {
+                    crate::exit::coded(
+                        crate::exit::IO,
+                        format!(
+                            "{e:#}; the set's disks after this one ({} of disk, {} of them) \
+                             need room too: choose the next medium for all of it (`mgear \
+                             capture --dry-run` with the same arguments and that medium added \
+                             estimates it)",
+                            human_bytes(later),
+                            sources.len() - k - 1
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })
             .with_context(|| format!("capturing disk {k} ({src}) of set {name}"))?;
         if r.generation != g {
             return Err(usage(format!(

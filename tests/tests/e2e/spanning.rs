@@ -842,7 +842,9 @@ fn a_machine_set_stopped_by_a_full_medium_resumes_onto_the_medium_its_error_asks
         .run();
     assert_eq!(full.status.code(), Some(3), "{}", output_text(&full));
     assert!(
-        output_text(&full).contains("one more --medium"),
+        output_text(&full).contains("one more --medium")
+            && output_text(&full)
+                .contains("the set's disks after this one (777 B of disk, 1 of them)"),
         "{}",
         output_text(&full)
     );
