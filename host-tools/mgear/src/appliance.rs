@@ -506,9 +506,9 @@ pub(crate) fn hex(b: &[u8]) -> String {
 fn print_report(r: &VerifyReport, port: &Path) {
     println!(
         "{}, {}, {}, {} stored bytes checked",
-        crate::units::count(r.captures as u64, "capture"),
-        crate::units::count(r.segments as u64, "segment"),
-        crate::units::count(r.records as u64, "record"),
+        crate::units::count(r.captures, "capture"),
+        crate::units::count(r.segments, "segment"),
+        crate::units::count(r.records, "record"),
         r.bytes
     );
     print_problems(&r.problems, port);

@@ -743,6 +743,75 @@ fn whole_disk(rdev: u64) -> Option<u64> {
     Some(nix::sys::stat::makedev(ma.parse().ok()?, mi.parse().ok()?))
 }
 
+/// Other processes that hold the terminal device `port` (an appliance's console) open, and
+/// may so read the appliance's answers before mgear does (a `screen` left attached): their
+/// pid and command. The simulator that owns a pty (it holds the master with this pty's index,
+/// and the slave unread) is not one.
+pub fn console_readers(port: &Path) -> Vec<(u32, String)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(m) = std::fs::metadata(port) else {
+        return Vec::new();
+    };
+    if !m.file_type().is_char_device() {
+        return Vec::new();
+    }
+    let index = std::fs::canonicalize(port).ok().and_then(|p| {
+        let s = p.to_str()?.strip_prefix("/dev/pts/")?.to_string();
+        s.parse::<u32>().ok()
+    });
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let (mut holds, mut owns) = (false, false);
+        for fd in fds.flatten() {
+            let Ok(fm) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if fm.file_type().is_char_device() && fm.rdev() == m.rdev() {
+                holds = true;
+            }
+            if let Some(i) = index {
+                let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
+                    .unwrap_or_default();
+                let pty_of = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("tty-index:"))
+                    .and_then(|v| v.trim().parse::<u32>().ok());
+                owns |= pty_of == Some(i);
+            }
+        }
+        if holds && !owns {
+            out.push((pid, cmdline(&p.path())));
+        }
+    }
+    out
+}
+
+/// A process's command line, its arguments joined by spaces.
+fn cmdline(proc: &Path) -> String {
+    std::fs::read(proc.join("cmdline"))
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .split('\0')
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1121,73 +1190,4 @@ pub(crate) mod tests {
             assert!(signatures(&f).unwrap().is_empty(), "{tool} after wipe");
         }
     }
-}
-
-/// Other processes that hold the terminal device `port` (an appliance's console) open, and
-/// may so read the appliance's answers before mgear does (a `screen` left attached): their
-/// pid and command. The simulator that owns a pty (it holds the master with this pty's index,
-/// and the slave unread) is not one.
-pub fn console_readers(port: &Path) -> Vec<(u32, String)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let Ok(m) = std::fs::metadata(port) else {
-        return Vec::new();
-    };
-    if !m.file_type().is_char_device() {
-        return Vec::new();
-    }
-    let index = std::fs::canonicalize(port).ok().and_then(|p| {
-        let s = p.to_str()?.strip_prefix("/dev/pts/")?.to_string();
-        s.parse::<u32>().ok()
-    });
-    let me = std::process::id();
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        let (mut holds, mut owns) = (false, false);
-        for fd in fds.flatten() {
-            let Ok(fm) = std::fs::metadata(fd.path()) else {
-                continue;
-            };
-            if fm.file_type().is_char_device() && fm.rdev() == m.rdev() {
-                holds = true;
-            }
-            if let Some(i) = index {
-                let info = std::fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
-                    .unwrap_or_default();
-                let pty_of = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("tty-index:"))
-                    .and_then(|v| v.trim().parse::<u32>().ok());
-                owns |= pty_of == Some(i);
-            }
-        }
-        if holds && !owns {
-            out.push((pid, cmdline(&p.path())));
-        }
-    }
-    out
-}
-
-/// A process's command line, its arguments joined by spaces.
-fn cmdline(proc: &Path) -> String {
-    std::fs::read(proc.join("cmdline"))
-        .map(|c| {
-            String::from_utf8_lossy(&c)
-                .split('\0')
-                .filter(|a| !a.is_empty())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
 }
