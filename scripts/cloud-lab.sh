@@ -160,10 +160,15 @@ nova-common nova/configure_db boolean false
 placement-common placement/configure_db boolean false
 EOF
     local rc=0
+    # A dpkg run cut off before (an earlier start stopped while it installed) refuses every
+    # install until it is configured ("dpkg was interrupted").
+    DEBIAN_FRONTEND=noninteractive dpkg --configure -a >"$LAB/logs/apt.log" 2>&1 || true
     # ./test.sh runs scripts/deps.sh's apt beside this one: wait for dpkg's lock, never fail on it.
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=1200 install -y \
+    # In a session of its own: a start stopped half-way (./test.sh ending early signals the
+    # lab's process group) must not cut dpkg off mid-install; apt-get finishes on its own.
+    setsid -w env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=1200 install -y \
         --no-install-recommends "${missing[@]}" \
-        >"$LAB/logs/apt.log" 2>&1 || rc=$?
+        >>"$LAB/logs/apt.log" 2>&1 </dev/null || rc=$?
     if [ "$made_policy" = 1 ]; then
         if [ -e "$LAB/policy-rc.d.saved" ]; then
             mv "$LAB/policy-rc.d.saved" /usr/sbin/policy-rc.d
