@@ -1704,13 +1704,22 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
             let mut a = args.clone();
             a.name = image_format::set::disk_stream_name(&args.name, k);
             a.source = Some(src.clone());
-            // A disk an interrupted set capture already finished is not planned again.
-            let finished = !a.delta
-                && image_format::list_captures(medium.store())?
-                    .iter()
-                    .find(|c| c.name.eq_ignore_ascii_case(&a.name))
-                    .and_then(|c| c.generations.last())
-                    .is_some_and(|g| g.state == image_format::GenerationState::Complete);
+            // A disk an interrupted set capture already finished is not planned again: its
+            // newest generation is complete, and no set manifest binds it yet (a delta's, a
+            // `--replace-medium` one's too: planned again as a delta, it made the dry run of
+            // the way on say "DOES NOT FIT" of what then fitted).
+            let newest = image_format::list_captures(medium.store())?
+                .into_iter()
+                .find(|c| c.name.eq_ignore_ascii_case(&a.name))
+                .and_then(|c| c.generations.last().cloned());
+            let complete = newest
+                .as_ref()
+                .filter(|g| g.state == image_format::GenerationState::Complete);
+            let bound = image_format::set::set_generations(medium.store(), &args.name)?
+                .last()
+                .copied()
+                .unwrap_or(0);
+            let finished = complete.is_some_and(|g| !a.delta || g.generation > bound);
             if finished {
                 continue;
             }

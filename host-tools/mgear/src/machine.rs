@@ -163,16 +163,38 @@ fn witness_first(mut cli: capture::Request) -> capture::Request {
         Some(id) => ports
             .iter()
             .position(|p| crate::appliance::appliance_identity(p).is_ok_and(|x| x == id)),
-        None => ports.iter().position(|p| {
-            crate::medium::Where::appliance_at(p.clone())
-                .open_read_only()
-                .is_ok_and(|mut m| {
-                    // One medium of a span opens as the span: the ordinals attached are its own.
-                    let first = m.store().span().is_some_and(|v| v.attached() == [0]);
-                    let _ = m.close();
-                    first
+        // Nothing finished yet: the appliance whose medium holds the capture alone, no span's
+        // member yet (a first capture that filled it, continued with a blank appliance
+        // given first: refused, and the join it had written left it stuck in every order);
+        // else the one whose medium opened the span.
+        None => {
+            let alone_with_it = |p: &std::path::PathBuf| {
+                crate::medium::Where::appliance_at(p.clone())
+                    .open_read_only()
+                    .is_ok_and(|mut m| {
+                        let holds = m.store().span().is_none()
+                            && image_format::capture_names(m.store())
+                                .unwrap_or_default()
+                                .iter()
+                                .any(|n| set::owner(n).eq_ignore_ascii_case(&name));
+                        let _ = m.close();
+                        holds
+                    })
+            };
+            ports.iter().position(alone_with_it).or_else(|| {
+                ports.iter().position(|p| {
+                    crate::medium::Where::appliance_at(p.clone())
+                        .open_read_only()
+                        .is_ok_and(|mut m| {
+                            // One medium of a span opens as the span: the ordinals attached
+                            // are its own.
+                            let first = m.store().span().is_some_and(|v| v.attached() == [0]);
+                            let _ = m.close();
+                            first
+                        })
                 })
-        }),
+            })
+        }
     };
     if let Some(i) = first.filter(|&i| i > 0) {
         let port = cli.plan.medium.appliance.remove(i);
@@ -869,12 +891,29 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
                 // chosen by it did not hold the disks after it.
                 let full = crate::exit::classified(&e) == Some(crate::exit::IO)
                     && format!("{e:#}").contains("full");
+                // "Nothing was written" of this disk read as of the run, which had just
+                // captured the disks before it.
+                let kept: Vec<String> = captured
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.is_some())
+                    .map(|(j, _)| j.to_string())
+                    .collect();
+                let e = if kept.is_empty() {
+                    e
+                } else {
+                    e.context(format!(
+                        "this run captured disk {} of set {name} (kept: the same command goes on \
+                         from disk {k})",
+                        kept.join(", ")
+                    ))
+                };
                 if full && later > 0 {
                     crate::exit::coded(
                         crate::exit::IO,
                         format!(
-                            "{e:#}; the set's disks after this one ({} of disk, {} of them) \
-                             need room too: choose the next medium for all of it (`mgear \
+                            "{e:#}; the set's disks after this one ({} of disk before \
+                             compression and skipped zeros, {} of them) need room too: choose the next medium for all of it (`mgear \
                              capture --dry-run` with the same arguments and that medium added \
                              estimates it)",
                             human_bytes(later),

@@ -607,8 +607,9 @@ impl Where {
                     format!(
                         "to continue the capture of {name} onto one more medium, give a blank \
                          medium (or one holding no capture named {name}) with the media that \
-                         hold it; `mgear inspect --medium {}` shows what it holds",
-                        crate::output::sh(&given)
+                         hold it; `mgear inspect {}` and `mgear inspect {}` show what each holds",
+                        as_option(&given),
+                        as_option(other)
                     ),
                 ));
             }
@@ -731,6 +732,15 @@ pub(crate) fn same_fat_volume(a: &[u8; 512], b: &[u8; 512]) -> bool {
 /// capture's MANIFEST, and a capture then took a COMMIT's free-marked cluster, both exit 0).
 /// What a cut write leaves (chains past their size into clusters nobody holds) is no such
 /// damage: the writers' own recovery takes care of it.
+/// The option naming a medium as [`Where::refuse_namesakes`] labels it (`--appliance PORT`,
+/// or a `--medium` spec), quoted for a shell.
+fn as_option(label: &str) -> String {
+    match label.strip_prefix("--appliance ") {
+        Some(port) => format!("--appliance {}", crate::output::sh(port)),
+        None => format!("--medium {}", crate::output::sh(label)),
+    }
+}
+
 fn refuse_damaged_file_system(store: &mut dyn Store, label: &str) -> crate::Result<()> {
     let damage: Vec<String> = store
         .chain_findings()

@@ -1401,6 +1401,38 @@ pub mod testing {
 
     use super::fatmap;
 
+    /// Damage the `.` entry of the directory `name` (11-byte short name) in the root of the
+    /// FAT32 image `image` (one byte flipped: `mgear`'s testers found it): it then reads as a
+    /// subdirectory of another name that is the directory itself.
+    pub fn mangle_dot_entry(image: &Path, name: &[u8; 11]) -> io::Result<()> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)?;
+        let mut boot = [0u8; 512];
+        f.read_exact(&mut boot)?;
+        let geo = fatmap::Geometry::parse(&boot).ok_or_else(|| bad("not FAT32"))?;
+        let mut root = vec![0u8; geo.cluster_bytes as usize];
+        f.seek(SeekFrom::Start(geo.cluster_offset(geo.root_cluster)))?;
+        f.read_exact(&mut root)?;
+        let e = root
+            .chunks_exact(32)
+            .find(|e| &e[..11] == name && e[11] & 0x10 != 0)
+            .ok_or_else(|| bad("no such directory in the root's first cluster"))?;
+        let c = (u32::from(u16::from_le_bytes([e[20], e[21]])) << 16)
+            | u32::from(u16::from_le_bytes([e[26], e[27]]));
+        let at = geo.cluster_offset(c);
+        let mut first = [0u8; 1];
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut first)?;
+        if first[0] != b'.' {
+            return Err(bad("the directory's first entry is not `.`"));
+        }
+        f.seek(SeekFrom::Start(at))?;
+        f.write_all(&[b'.' ^ 0xff])
+    }
+
     /// Make the directory `name` (11-byte short name) in the root of the
     /// FAT32 image `image` loop: its first cluster's FAT entry points at
     /// itself in every FAT copy, and its free slots become deleted entries,
@@ -2114,6 +2146,43 @@ pub(crate) mod tests {
         let mut s = FatStore::open(open_rw(&p)).unwrap();
         let e = s.write_at("MGEAR/cap/new", 0, b"x").expect_err("refused");
         assert!(e.to_string().contains("loops"), "{e}");
+    }
+
+    /// A directory's `.` entry damaged reads as a subdirectory that is the directory itself:
+    /// every walk of the tree (verify, fsck, a capture's checks) went down it without end
+    /// until memory ran out. Listing it is refused, naming the damage; so is a subdirectory
+    /// entry that points at a directory it lies in.
+    #[test]
+    fn a_directory_that_lists_itself_is_a_loop_not_a_subdirectory() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/cap").unwrap();
+        s.write_at("MGEAR/cap/seg", 0, b"data").unwrap();
+        s.unmount().unwrap();
+        testing::mangle_dot_entry(&p, b"MGEAR      ").unwrap();
+
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        let odd: Vec<String> = s
+            .list("MGEAR")
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::Dir && e.name != "cap")
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(odd.len(), 1, "{odd:?}");
+        let e = s
+            .list(&format!("MGEAR/{}", odd[0]))
+            .expect_err("a loop is no directory to list")
+            .to_string();
+        assert!(e.contains("a damaged directory entry"), "{e}");
+        assert_eq!(s.len("MGEAR/cap/seg").unwrap(), Some(4));
+        // The walk of every chain (verify's, a capture's check) names the loop and ends.
+        let found = s.chain_findings().unwrap();
+        assert!(
+            found.iter().any(|f| f.contains("directory loop")),
+            "{found:?}"
+        );
     }
 
     /// The second FAT copy damaged: the files all read (from the first), and only the

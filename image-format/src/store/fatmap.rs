@@ -763,6 +763,11 @@ where
         sound.insert(String::new(), geo.root_cluster);
     }
     let (mut at, mut cluster) = (String::new(), geo.root_cluster);
+    // The directories on the way, by first cluster: a directory that is one of them again (a
+    // damaged `.` entry read as a subdirectory, an entry pointing at its parent) is a loop,
+    // and every walk of the tree went down it without end, holding memory until it was
+    // killed.
+    let mut on_path = alloc::vec![geo.root_cluster];
     for name in dir.split('/').filter(|p| !p.is_empty()) {
         let parent = cluster;
         if !at.is_empty() {
@@ -771,16 +776,34 @@ where
         at.push_str(&name.to_ascii_uppercase());
         if let Some(&c) = sound.get(&at) {
             cluster = c;
-            continue;
+        } else {
+            let bytes = read_dir(geo, read, dir, parent)?;
+            cluster = match find(&bytes, name) {
+                Some(f) if f.is_dir && f.first == 0 => geo.root_cluster,
+                Some(f) if f.is_dir => f.first,
+                // A name `fatfs` read with bytes that are no character (a damaged entry, such
+                // as a `.` entry one bit off): it cannot be told from here where it leads, and
+                // a walk down it went round the directory it lies in without end.
+                None if name.contains('\u{fffd}') => {
+                    return Err(StoreError::Damaged(alloc::format!(
+                        "directory {at}: its name does not read as a name (a damaged directory \
+                         entry, which no MotionGear writer or mkfs makes)"
+                    )))
+                }
+                _ => return Ok(()),
+            };
+            if !on_path.contains(&cluster) {
+                dir_chain(geo, read, dir, cluster)?;
+                sound.insert(at.clone(), cluster);
+            }
         }
-        let bytes = read_dir(geo, read, dir, parent)?;
-        cluster = match find(&bytes, name) {
-            Some(f) if f.is_dir && f.first == 0 => geo.root_cluster,
-            Some(f) if f.is_dir => f.first,
-            _ => return Ok(()),
-        };
-        dir_chain(geo, read, dir, cluster)?;
-        sound.insert(at.clone(), cluster);
+        if on_path.contains(&cluster) {
+            return Err(StoreError::Damaged(alloc::format!(
+                "directory {at} is one of the directories it lies in (cluster {cluster}): a \
+                 directory loop, which no MotionGear writer or mkfs makes"
+            )));
+        }
+        on_path.push(cluster);
     }
     Ok(())
 }
@@ -1065,6 +1088,11 @@ where
     };
     claim(&root, "/", &mut findings);
     let mut dirs: Vec<(String, u32)> = vec![(String::new(), geo.root_cluster)];
+    // Directories walked, by first cluster (and the path first found there): a damaged `.`
+    // entry, or an entry pointing at a directory above it, made this walk go round the loop
+    // for ever, holding memory until the process was killed.
+    let mut walked: alloc::collections::BTreeMap<u32, String> = alloc::collections::BTreeMap::new();
+    walked.insert(geo.root_cluster, String::from("/"));
     while let Some((dir, first)) = dirs.pop() {
         let bytes = match read_dir(geo, read, if dir.is_empty() { "/" } else { &dir }, first) {
             Err(StoreError::Damaged(_)) => continue,
@@ -1091,6 +1119,17 @@ where
                 continue;
             }
             if f.is_dir {
+                if let Some(first_seen) = walked.get(&f.first) {
+                    findings.push(format!(
+                        "{path}: a directory entry that leads back to the directory {first_seen} \
+                         (cluster {}): a directory loop, which no MotionGear writer or mkfs \
+                         makes. Do not write to the medium; check the captures with `mgear \
+                         verify --identity`",
+                        f.first
+                    ));
+                    continue;
+                }
+                walked.insert(f.first, path.clone());
                 let Some(runs) = said(dir_chain(geo, read, &path, f.first))? else {
                     continue;
                 };

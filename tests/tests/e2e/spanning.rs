@@ -844,7 +844,7 @@ fn a_machine_set_stopped_by_a_full_medium_resumes_onto_the_medium_its_error_asks
     assert!(
         output_text(&full).contains("one more --medium")
             && output_text(&full)
-                .contains("the set's disks after this one (777 B of disk, 1 of them)"),
+                .contains("the set's disks after this one (777 B of disk before compression and skipped zeros, 1 of them)"),
         "{}",
         output_text(&full)
     );
@@ -1451,4 +1451,41 @@ fn the_second_appliance_of_a_span_cut_off_is_named() {
         )),
         "{err}"
     );
+}
+
+/// A first capture through one appliance filled it; continued with a blank appliance given
+/// first, it was refused as "started with different parameters" after the join was written,
+/// and no order went on from there. The appliance that holds the capture goes first.
+#[test]
+fn a_full_appliance_continues_with_a_new_one_given_first() {
+    let mut labs: Vec<Lab> = (0..2).map(|_| Lab::new(40)).collect();
+    for l in labs.iter_mut() {
+        l.start();
+        l.provision_and_unlock();
+    }
+    let a = &labs[0];
+    a.keygen();
+    std::fs::write(a.p("disk.raw"), noise(48 << 20, 5)).unwrap();
+    let ttys: Vec<String> = labs.iter().map(|l| l.tty()).collect();
+    let o = Line::capture(a, "big")
+        .source("disk.raw")
+        .appliance(&ttys[0])
+        .args(&["--skip-space-check"])
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    let o = Line::capture(a, "big")
+        .source("disk.raw")
+        .appliance(&ttys[1])
+        .appliance(&ttys[0])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let o = Line::ingest(a, "big")
+        .appliance(&ttys[1])
+        .appliance(&ttys[0])
+        .untrusted()
+        .arg("--allow-unsealed")
+        .target("file:out.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&a.p("out.raw"), &a.p("disk.raw"));
 }
