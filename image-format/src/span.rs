@@ -137,6 +137,14 @@ pub struct Member {
     pub lost: bool,
 }
 
+impl Member {
+    /// Whether `name` names this member as `--replace-medium` does: by the label it joined
+    /// with, or as `#N`.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.label == name || format!("#{}", self.ordinal) == name
+    }
+}
+
 /// The placement map: the media of a span and which one holds each segment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpanMap {
@@ -441,11 +449,7 @@ impl<M: Store> SpanStore<M> {
         let mut map = labelled.first().map(|(_, m)| m.clone()).unwrap_or_default();
         let mut newly_lost = Vec::new();
         for name in lost {
-            let Some(m) = map
-                .members
-                .iter_mut()
-                .find(|m| m.label == *name || format!("#{}", m.ordinal) == *name)
-            else {
+            let Some(m) = map.members.iter_mut().find(|m| m.is_named(name)) else {
                 let known: Vec<String> = map
                     .members
                     .iter()

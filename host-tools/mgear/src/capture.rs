@@ -977,25 +977,11 @@ fn refuse_replace_over_unfinished(
         };
         let stored = c_name(capture.as_ref(), &args.name);
         let dir = format!("{}/", image_format::layout::generation_dir(&stored, g));
-        let lost: Vec<u16> = info
-            .map
-            .members
+        let lost = lost_ordinals(&info.map, &args.replace_medium);
+        let declared = args
+            .replace_medium
             .iter()
-            .filter(|m| {
-                m.lost
-                    || args
-                        .replace_medium
-                        .iter()
-                        .any(|l| *l == m.label || *l == format!("#{}", m.ordinal))
-            })
-            .map(|m| m.ordinal)
-            .collect();
-        let declared = args.replace_medium.iter().all(|l| {
-            info.map
-                .members
-                .iter()
-                .any(|m| m.lost && (*l == m.label || *l == format!("#{}", m.ordinal)))
-        });
+            .all(|l| info.map.members.iter().any(|m| m.lost && m.is_named(l)));
         !declared
             || info
                 .map
@@ -1020,6 +1006,15 @@ fn refuse_replace_over_unfinished(
     Ok(())
 }
 
+/// The members of a span declared lost, before or by this run's `--replace-medium` (`named`).
+fn lost_ordinals(map: &image_format::span::SpanMap, named: &[String]) -> Vec<u16> {
+    map.members
+        .iter()
+        .filter(|m| m.lost || named.iter().any(|l| m.is_named(l)))
+        .map(|m| m.ordinal)
+        .collect()
+}
+
 /// What capture `args.name`'s complete generations stored on the media of its span declared
 /// lost (before or by this run's `--replace-medium`): a delta stores it again. Each
 /// generation's stored bytes shared out over its segments (the lost ones' sizes went with
@@ -1031,19 +1026,7 @@ fn lost_share(store: &mut dyn image_format::Store, args: &Plan) -> crate::Result
     let Some(span) = image_format::span::read_span(store)? else {
         return Ok(0);
     };
-    let lost: Vec<u16> = span
-        .map
-        .members
-        .iter()
-        .filter(|m| {
-            m.lost
-                || args
-                    .replace_medium
-                    .iter()
-                    .any(|l| *l == m.label || *l == format!("#{}", m.ordinal))
-        })
-        .map(|m| m.ordinal)
-        .collect();
+    let lost = lost_ordinals(&span.map, &args.replace_medium);
     let Some(capture) = image_format::list_captures(store)?
         .into_iter()
         .find(|c| c.name.eq_ignore_ascii_case(&args.name))

@@ -364,14 +364,7 @@ pub fn held_for_writing(
     devices: &[u64],
 ) -> Option<(u32, String, PathBuf)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let me = std::process::id();
-    for p in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
+    for (pid, p) in other_processes() {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
@@ -759,18 +752,8 @@ pub fn console_readers(port: &Path) -> Vec<(u32, String)> {
         let s = p.to_str()?.strip_prefix("/dev/pts/")?.to_string();
         s.parse::<u32>().ok()
     });
-    let me = std::process::id();
     let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
+    for (pid, p) in other_processes() {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
@@ -797,6 +780,19 @@ pub fn console_readers(port: &Path) -> Vec<(u32, String)> {
         }
     }
     out
+}
+
+/// Every process but this one: its pid and its `/proc` entry.
+fn other_processes() -> impl Iterator<Item = (u32, std::fs::DirEntry)> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |p| {
+            let pid = p.file_name().to_str()?.parse::<u32>().ok()?;
+            (pid != me).then_some((pid, p))
+        })
 }
 
 /// A process's command line, its arguments joined by spaces.

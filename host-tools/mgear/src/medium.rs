@@ -249,13 +249,10 @@ impl Where {
                     // A capture's checks: a member left out would be refused by the writer
                     // (it writes every medium of its span), after the space estimate had
                     // called the media given full.
-                    let left_out = s.missing().into_iter().find(|m| {
-                        !m.lost
-                            && !p
-                                .lost
-                                .iter()
-                                .any(|l| *l == m.label || *l == format!("#{}", m.ordinal))
-                    });
+                    let left_out = s
+                        .missing()
+                        .into_iter()
+                        .find(|m| !m.lost && !p.lost.iter().any(|l| m.is_named(l)));
                     if let Some(m) = left_out {
                         return Err(image_format::Error::Usage(format!(
                             "medium #{} ({}) of this span is not attached: every capture \

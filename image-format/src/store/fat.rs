@@ -1401,10 +1401,12 @@ pub mod testing {
 
     use super::fatmap;
 
-    /// Damage the `.` entry of the directory `name` (11-byte short name) in the root of the
-    /// FAT32 image `image` (one byte flipped: `mgear`'s testers found it): it then reads as a
-    /// subdirectory of another name that is the directory itself.
-    pub fn mangle_dot_entry(image: &Path, name: &[u8; 11]) -> io::Result<()> {
+    /// The FAT32 image `image` opened for writing, its geometry, and the first cluster of the
+    /// directory `name` (11-byte short name) in its root's first cluster.
+    fn top_directory(
+        image: &Path,
+        name: &[u8; 11],
+    ) -> io::Result<(std::fs::File, fatmap::Geometry, u32)> {
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
         let mut f = std::fs::OpenOptions::new()
             .read(true)
@@ -1422,12 +1424,23 @@ pub mod testing {
             .ok_or_else(|| bad("no such directory in the root's first cluster"))?;
         let c = (u32::from(u16::from_le_bytes([e[20], e[21]])) << 16)
             | u32::from(u16::from_le_bytes([e[26], e[27]]));
+        Ok((f, geo, c))
+    }
+
+    /// Damage the `.` entry of the directory `name` (11-byte short name) in the root of the
+    /// FAT32 image `image` (one byte flipped: `mgear`'s testers found it): it then reads as a
+    /// subdirectory of another name that is the directory itself.
+    pub fn mangle_dot_entry(image: &Path, name: &[u8; 11]) -> io::Result<()> {
+        let (mut f, geo, c) = top_directory(image, name)?;
         let at = geo.cluster_offset(c);
         let mut first = [0u8; 1];
         f.seek(SeekFrom::Start(at))?;
         f.read_exact(&mut first)?;
         if first[0] != b'.' {
-            return Err(bad("the directory's first entry is not `.`"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the directory's first entry is not `.`",
+            ));
         }
         f.seek(SeekFrom::Start(at))?;
         f.write_all(&[b'.' ^ 0xff])
@@ -1438,23 +1451,7 @@ pub mod testing {
     /// itself in every FAT copy, and its free slots become deleted entries,
     /// so no end-of-directory entry stops a walk.
     pub fn loop_top_directory(image: &Path, name: &[u8; 11]) -> io::Result<()> {
-        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(image)?;
-        let mut boot = [0u8; 512];
-        f.read_exact(&mut boot)?;
-        let geo = fatmap::Geometry::parse(&boot).ok_or_else(|| bad("not FAT32"))?;
-        let mut root = vec![0u8; geo.cluster_bytes as usize];
-        f.seek(SeekFrom::Start(geo.cluster_offset(geo.root_cluster)))?;
-        f.read_exact(&mut root)?;
-        let e = root
-            .chunks_exact(32)
-            .find(|e| &e[..11] == name && e[11] & 0x10 != 0)
-            .ok_or_else(|| bad("no such directory in the root's first cluster"))?;
-        let c = (u32::from(u16::from_le_bytes([e[20], e[21]])) << 16)
-            | u32::from(u16::from_le_bytes([e[26], e[27]]));
+        let (mut f, geo, c) = top_directory(image, name)?;
         for copy in 0..geo.fats {
             f.seek(SeekFrom::Start(
                 geo.fat_offset + copy * geo.fat_bytes + u64::from(c) * 4,
