@@ -1784,9 +1784,10 @@ pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
             print_plan(p);
         }
         println!(
-            "set {}: {} disks need about {} on the media{}",
+            "set {}: {} need{} about {} on the media{}",
             args.name,
-            plan.disks.len(),
+            crate::units::count(plan.disks.len() as u64, "disk"),
+            if plan.disks.len() == 1 { "s" } else { "" },
             human_bytes(plan.needed),
             match plan.medium_free {
                 Some(f) => format!(
