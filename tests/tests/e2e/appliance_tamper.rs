@@ -4,11 +4,8 @@
 
 use crate::appliance_util::*;
 
-#[test]
-fn appliance_tamper_in_a_segment_is_named_and_blocks_ingest() {
-    let mut lab = Lab::new(64);
-    lab.sealed(4);
-    lab.stop();
+/// Changes byte 300 of web01's first segment (the simulator stopped); its name.
+fn flip_a_byte_of_a_segment(lab: &Lab) -> String {
     let seg = lab
         .medium_files("MGEAR/web01/G0001")
         .into_iter()
@@ -16,6 +13,15 @@ fn appliance_tamper_in_a_segment_is_named_and_blocks_ingest() {
         .expect("a segment file");
     let off = lab.offset_in_medium(&format!("MGEAR/web01/G0001/{seg}"));
     lab.flip_medium_byte(off + 300);
+    seg
+}
+
+#[test]
+fn appliance_tamper_in_a_segment_is_named_and_blocks_ingest() {
+    let mut lab = Lab::new(64);
+    lab.sealed(4);
+    lab.stop();
+    let seg = flip_a_byte_of_a_segment(&lab);
     lab.start();
 
     let out = lab.appliance(&["arrival"]);
@@ -81,13 +87,7 @@ fn a_seal_refused_for_a_damaged_record_says_how_to_mend_it() {
     lab.provision_and_unlock();
     lab.capture();
     lab.stop();
-    let seg = lab
-        .medium_files("MGEAR/web01/G0001")
-        .into_iter()
-        .find(|n| n.starts_with("SEG-"))
-        .expect("a segment file");
-    let off = lab.offset_in_medium(&format!("MGEAR/web01/G0001/{seg}"));
-    lab.flip_medium_byte(off + 300);
+    flip_a_byte_of_a_segment(&lab);
     lab.start();
     lab.appliance_ok(&["unlock", "--pin-file", "pin"]);
     let out = lab.appliance(&["seal"]);
