@@ -79,6 +79,13 @@ pub fn classified(err: &Error) -> Option<i32> {
                 .map(format_code)
                 .or_else(|| e.downcast_ref::<mgear_boot::BootError>().map(boot_code))
                 .or_else(|| e.downcast_ref::<mgear_volume::Error>().map(volume_code))
+                // Damage met reading the file system (a directory loop through the root, met
+                // as the medium opened): a finding about the medium, as everywhere else, not a
+                // failing device (exit 3 beside exit 1 for the same loop one level down).
+                .or_else(|| match e.downcast_ref::<image_format::StoreError>() {
+                    Some(image_format::StoreError::Damaged(_)) => Some(FOUND),
+                    _ => None,
+                })
         })
     })
 }
@@ -284,6 +291,17 @@ mod tests {
             hint(&e, "demo"),
             "install it (`apt-get install grub-common`), then run the same command again"
         );
+    }
+
+    /// Damage met as the medium's file system is read (a directory loop through the root)
+    /// is a finding, exit 1 as everywhere else, with the damaged-medium hint; it was exit 3.
+    #[test]
+    fn damage_read_from_the_file_system_is_a_finding() {
+        let e = Err::<(), _>(image_format::StoreError::Damaged("a directory loop".into()))
+            .context("reading fat:m.img")
+            .unwrap_err();
+        assert_eq!(code_of(&e), FOUND);
+        assert!(hint(&e, "verify").contains("never repair the original"));
     }
 
     #[test]
