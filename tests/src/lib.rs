@@ -104,6 +104,11 @@ impl<'r> Line<'r> {
         self.args(&["--medium", spec])
     }
 
+    /// One `--medium` per medium of a span, in order.
+    pub fn media(self, specs: &[&str]) -> Self {
+        specs.iter().fold(self, |l, m| l.medium(m))
+    }
+
     /// `--appliance TTY`.
     pub fn appliance(self, tty: &str) -> Self {
         self.args(&["--appliance", tty])

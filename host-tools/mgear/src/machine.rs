@@ -168,32 +168,29 @@ fn witness_first(mut cli: capture::Request) -> capture::Request {
         // given first: refused, and the join it had written left it stuck in every order);
         // else the one whose medium opened the span.
         None => {
-            let alone_with_it = |p: &std::path::PathBuf| {
-                crate::medium::Where::appliance_at(p.clone())
-                    .open_read_only()
-                    .is_ok_and(|mut m| {
-                        let holds = m.store().span().is_none()
-                            && image_format::capture_names(m.store())
-                                .unwrap_or_default()
-                                .iter()
-                                .any(|n| set::owner(n).eq_ignore_ascii_case(&name));
-                        let _ = m.close();
-                        holds
-                    })
-            };
-            ports.iter().position(alone_with_it).or_else(|| {
-                ports.iter().position(|p| {
+            // Each medium opened once: (holds the capture alone, opened the span).
+            let seen: Vec<(bool, bool)> = ports
+                .iter()
+                .map(|p| {
                     crate::medium::Where::appliance_at(p.clone())
                         .open_read_only()
-                        .is_ok_and(|mut m| {
+                        .map_or((false, false), |mut m| {
                             // One medium of a span opens as the span: the ordinals attached
                             // are its own.
-                            let first = m.store().span().is_some_and(|v| v.attached() == [0]);
+                            let span = m.store().span().map(|v| v.attached() == [0]);
+                            let holds = span.is_none()
+                                && image_format::capture_names(m.store())
+                                    .unwrap_or_default()
+                                    .iter()
+                                    .any(|n| set::owner(n).eq_ignore_ascii_case(&name));
                             let _ = m.close();
-                            first
+                            (holds, span == Some(true))
                         })
                 })
-            })
+                .collect();
+            seen.iter()
+                .position(|(holds, _)| *holds)
+                .or_else(|| seen.iter().position(|(_, opened)| *opened))
         }
     };
     if let Some(i) = first.filter(|&i| i > 0) {

@@ -409,11 +409,11 @@ fn a_replace_medium_capture_stopped_full_goes_on_with_one_more_medium() {
     );
     let r3 = e.fat("r3.img", "34MiB");
     let cap = |media: &[&str], extra: &[&str]| {
-        let line = media.iter().fold(
-            Line::capture(&e, "m4").sources(&["a.raw", "b.raw"]),
-            |l, m| l.medium(m),
-        );
-        line.args(extra).run()
+        Line::capture(&e, "m4")
+            .sources(&["a.raw", "b.raw"])
+            .media(media)
+            .args(extra)
+            .run()
     };
     let o = cap(&[&r1, &r2], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
@@ -469,11 +469,11 @@ fn a_disk_recaptured_for_a_lost_medium_is_not_called_another_disk() {
         e.fat("g.img", "40MiB"),
     );
     let cap = |media: &[&str], extra: &[&str]| {
-        let line = media.iter().fold(
-            Line::capture(&e, "m3").sources(&["g0.raw", "g1.raw"]),
-            |l, m| l.medium(m),
-        );
-        line.args(extra).run()
+        Line::capture(&e, "m3")
+            .sources(&["g0.raw", "g1.raw"])
+            .media(media)
+            .args(extra)
+            .run()
     };
     let o = cap(&[&m1, &m2], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
@@ -531,11 +531,12 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
         e.fat("c.img", "40MiB"),
     );
     let cap = |media: &[&str], extra: &[&str]| {
-        let line = media.iter().fold(
-            Line::capture(&e, "web01").sources(&["d0.raw", "d1.raw"]),
-            |l, m| l.medium(m),
-        );
-        line.args(extra).arg("--json").run()
+        Line::capture(&e, "web01")
+            .sources(&["d0.raw", "d1.raw"])
+            .media(media)
+            .args(extra)
+            .arg("--json")
+            .run()
     };
     let o = cap(&[&a, &b, &c], &["--skip-space-check", "--no-compress"]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
