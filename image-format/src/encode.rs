@@ -33,7 +33,14 @@ pub struct EncodedChunk {
 
 pub(crate) enum Body {
     Zero,
-    Data { bytes: Vec<u8>, compressed: bool },
+    /// The payload is `bytes[from..]`: a source read with `O_DIRECT` straight into the
+    /// buffer puts the chunk at the first aligned byte of it, and the bytes before are not
+    /// part of the record (sealing encrypts from `from`, writing starts there).
+    Data {
+        bytes: Vec<u8>,
+        from: usize,
+        compressed: bool,
+    },
 }
 
 impl core::fmt::Debug for EncodedChunk {
@@ -63,7 +70,7 @@ impl EncodedChunk {
     pub fn payload_len(&self) -> usize {
         match &self.body {
             Body::Zero => 0,
-            Body::Data { bytes, .. } => bytes.len(),
+            Body::Data { bytes, from, .. } => bytes.len().saturating_sub(*from),
         }
     }
 }
@@ -151,7 +158,7 @@ impl ChunkEncoder {
     /// keyed id, optional zstd (kept only when smaller, and decompressed
     /// again to check it).
     pub fn encode(&self, index: u64, plaintext: &[u8]) -> Result<EncodedChunk> {
-        self.encode_cow(index, Cow::Borrowed(plaintext))
+        self.encode_cow(index, Cow::Borrowed(plaintext), 0)
             .map(|(chunk, _)| chunk)
     }
 
@@ -165,7 +172,25 @@ impl ChunkEncoder {
         index: u64,
         plaintext: Vec<u8>,
     ) -> Result<(EncodedChunk, Option<Vec<u8>>)> {
-        self.encode_cow(index, Cow::Owned(plaintext))
+        self.encode_cow(index, Cow::Owned(plaintext), 0)
+    }
+
+    /// [`encode_owned`](Self::encode_owned) of the plaintext `buf[from..]`: a buffer a
+    /// direct read filled at its first aligned byte becomes the payload without moving
+    /// it. The buffer comes back whole (with its first `from` bytes) when not kept.
+    pub fn encode_owned_from(
+        &self,
+        index: u64,
+        buf: Vec<u8>,
+        from: usize,
+    ) -> Result<(EncodedChunk, Option<Vec<u8>>)> {
+        if from > buf.len() {
+            return Err(Error::Usage(format!(
+                "chunk {index} starts at byte {from} of a buffer of {}",
+                buf.len()
+            )));
+        }
+        self.encode_cow(index, Cow::Owned(buf), from)
     }
 
     /// The chunk at `index` known to be all zeros without reading it (a
@@ -203,13 +228,16 @@ impl ChunkEncoder {
         }
     }
 
+    /// Encodes the plaintext `buf[from..]`.
     fn encode_cow(
         &self,
         index: u64,
-        plaintext: Cow<'_, [u8]>,
+        buf: Cow<'_, [u8]>,
+        from: usize,
     ) -> Result<(EncodedChunk, Option<Vec<u8>>)> {
         let i = &self.inner;
         let want = self.check_index(index)?;
+        let plaintext = buf.get(from..).unwrap_or_default();
         if plaintext.len() != want as usize {
             return Err(Error::Usage(format!(
                 "chunk {index} must be {want} bytes long, got {} (read short from the source?)",
@@ -220,21 +248,23 @@ impl ChunkEncoder {
             Cow::Owned(v) => Some(v),
             Cow::Borrowed(_) => None,
         };
-        if is_all_zero(&plaintext) {
-            return Ok((self.zero_chunk(index, want), spare(plaintext)));
+        if is_all_zero(plaintext) {
+            return Ok((self.zero_chunk(index, want), spare(buf)));
         }
-        let id = chunk_id(&i.chunk_id_key, &plaintext);
-        let (body, back) = match compress(i.compress, &plaintext)? {
+        let id = chunk_id(&i.chunk_id_key, plaintext);
+        let (body, back) = match compress(i.compress, plaintext)? {
             Some(c) => (
                 Body::Data {
                     bytes: c,
+                    from: 0,
                     compressed: true,
                 },
-                spare(plaintext),
+                spare(buf),
             ),
             None => (
                 Body::Data {
-                    bytes: plaintext.into_owned(),
+                    bytes: buf.into_owned(),
+                    from,
                     compressed: false,
                 },
                 None,

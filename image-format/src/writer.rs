@@ -204,22 +204,39 @@ pub(crate) struct SealedBody {
     plain_len: u32,
     chunk_id: [u8; 32],
     header: Vec<u8>,
-    /// Ciphertext and tag.
+    /// Ciphertext and tag in `body[from..]` (see `encode::Body::Data`).
     body: Vec<u8>,
+    from: usize,
+}
+
+impl SealedBody {
+    /// The stored bytes: ciphertext and tag.
+    fn stored(&self) -> &[u8] {
+        self.body.get(self.from..).unwrap_or_default()
+    }
 }
 
 /// One record to seal in place: its chunk's index in the batch, position,
 /// and what [`SealCtx::seal_in_place`] takes.
-type SealJob = (usize, Position, u64, [u8; 32], u32, bool, Vec<u8>);
+type SealJob = (usize, Position, u64, [u8; 32], u32, bool, Vec<u8>, usize);
 
 /// Takes the payload of every planned record out of its chunk, as a job
 /// for [`SealCtx::seal_in_place`].
 fn seal_jobs(planned: &mut [(EncodedChunk, Option<Position>)]) -> Vec<SealJob> {
     let mut jobs = Vec::new();
     for (i, (chunk, pos)) in planned.iter_mut().enumerate() {
-        if let (Some(p), Body::Data { bytes, compressed }) = (*pos, &mut chunk.body) {
+        if let (
+            Some(p),
+            Body::Data {
+                bytes,
+                from,
+                compressed,
+            },
+        ) = (*pos, &mut chunk.body)
+        {
             let payload = core::mem::take(bytes);
             let c = *compressed;
+            let from = core::mem::take(from);
             jobs.push((
                 i,
                 p,
@@ -228,6 +245,7 @@ fn seal_jobs(planned: &mut [(EncodedChunk, Option<Position>)]) -> Vec<SealJob> {
                 chunk.plain_len,
                 c,
                 payload,
+                from,
             ));
         }
     }
@@ -273,7 +291,11 @@ impl SealCtx<'_> {
     /// hash at seal and arrival, and by AES-GCM at ingest.
     pub(crate) fn seal(&self, chunk: &EncodedChunk, pos: Position) -> Result<Sealed> {
         let (payload, compressed) = match &chunk.body {
-            Body::Data { bytes, compressed } => (bytes, *compressed),
+            Body::Data {
+                bytes,
+                from,
+                compressed,
+            } => (bytes.get(*from..).unwrap_or_default(), *compressed),
             Body::Zero => {
                 return Err(Error::Usage(format!(
                     "chunk {} is all zeros: it has no record to seal",
@@ -308,7 +330,7 @@ impl SealCtx<'_> {
         let check = RecordHeader::decode(&rec).ok().filter(|h| *h == header);
         let reopened_ok = !pos.record.is_multiple_of(REOPEN_EVERY)
             || encode::open_record(self.cipher, &aad, &rec[REC_HEADER_LEN..]).as_deref()
-                == Some(payload.as_slice());
+                == Some(payload);
         if check.is_none() || !reopened_ok {
             return Err(Error::Backend(format!(
                 "record for chunk {} did not decode back to its input: refusing to write it",
@@ -343,26 +365,32 @@ impl SealCtx<'_> {
     /// every segment and one in [`REOPEN_EVERY`] decrypted again (their
     /// plaintext is copied first, for the comparison).
     fn seal_in_place(&self, job: SealJob) -> Result<SealedBody> {
-        let (_, pos, index, chunk_id, plain_len, compressed, mut payload) = job;
-        let stored_len = payload.len() + TAG_LEN;
+        let (_, pos, index, chunk_id, plain_len, compressed, mut payload, from) = job;
+        if from > payload.len() {
+            return Err(Error::Usage(format!(
+                "chunk {index}'s payload starts past its buffer"
+            )));
+        }
+        let stored_len = payload.len() - from + TAG_LEN;
         let flags = encode::flags_of(compressed);
         let aad = self.aad(pos, &chunk_id, plain_len, stored_len, flags);
         let keep = pos
             .record
             .is_multiple_of(REOPEN_EVERY)
-            .then(|| payload.clone());
-        encode::seal_record_in_place(self.cipher, &aad, &mut payload, 0)?;
+            .then(|| payload[from..].to_vec());
+        encode::seal_record_in_place(self.cipher, &aad, &mut payload, from)?;
         let header = RecordHeader {
             record: pos.record,
             stored_len: stored_len as u32,
             plain_len,
             flags,
-            stored_hash: *blake3::hash(&payload).as_bytes(),
+            stored_hash: *blake3::hash(&payload[from..]).as_bytes(),
         };
         let head = header.encode();
         let check = RecordHeader::decode(&head).ok().filter(|h| *h == header);
         let reopened_ok = keep.is_none_or(|plain| {
-            encode::open_record(self.cipher, &aad, &payload).as_deref() == Some(plain.as_slice())
+            encode::open_record(self.cipher, &aad, &payload[from..]).as_deref()
+                == Some(plain.as_slice())
         });
         if check.is_none() || !reopened_ok {
             return Err(Error::Backend(format!(
@@ -377,14 +405,16 @@ impl SealCtx<'_> {
             chunk_id,
             header: head,
             body: payload,
+            from,
         })
     }
 
     /// The plaintext of a record sealed in place, for a record that must
     /// be sealed again at another position.
     fn unseal(&self, s: &SealedBody) -> Result<Vec<u8>> {
-        let aad = self.aad(s.pos, &s.chunk_id, s.plain_len, s.body.len(), s.flags);
-        encode::open_record(self.cipher, &aad, &s.body).ok_or_else(|| {
+        let stored = s.stored();
+        let aad = self.aad(s.pos, &s.chunk_id, s.plain_len, stored.len(), s.flags);
+        encode::open_record(self.cipher, &aad, stored).ok_or_else(|| {
             Error::Backend(format!(
                 "record for chunk {} sealed ahead does not open again",
                 s.index
@@ -767,7 +797,7 @@ impl<S: Store> CaptureWriter<S> {
         while let Some(chunk) = rest.peek() {
             let pos = match &chunk.body {
                 Body::Zero => None,
-                Body::Data { bytes, .. } => {
+                Body::Data { .. } => {
                     let dup = |l: u32| l == chunk.plain_len;
                     let dedup = self
                         .dedup
@@ -777,7 +807,7 @@ impl<S: Store> CaptureWriter<S> {
                     if dedup {
                         None
                     } else {
-                        let rec_size = (REC_HEADER_LEN + bytes.len() + TAG_LEN) as u64;
+                        let rec_size = (REC_HEADER_LEN + chunk.payload_len() + TAG_LEN) as u64;
                         if len + rec_size + TRAILER_LEN as u64 > seg.limit {
                             break;
                         }
@@ -919,8 +949,9 @@ impl<S: Store> CaptureWriter<S> {
                         generation: self.generation,
                     }
                     .unseal(&s)?;
-                    if let Body::Data { bytes, .. } = &mut chunk.body {
+                    if let Body::Data { bytes, from, .. } = &mut chunk.body {
                         *bytes = plain;
+                        *from = 0;
                     }
                     None
                 }
@@ -928,7 +959,7 @@ impl<S: Store> CaptureWriter<S> {
             None => None,
         };
         let payload_len = match (&chunk.body, &pre) {
-            (_, Some(s)) => s.body.len().saturating_sub(TAG_LEN),
+            (_, Some(s)) => s.stored().len().saturating_sub(TAG_LEN),
             (Body::Zero, None) => {
                 self.entries.push(IndexEntry::Zero {
                     plain_len: chunk.plain_len,
@@ -937,7 +968,7 @@ impl<S: Store> CaptureWriter<S> {
                 self.stats.zero_chunks += 1;
                 return Ok(Appended::Zero);
             }
-            (Body::Data { bytes, .. }, None) => bytes.len(),
+            (Body::Data { .. }, None) => chunk.payload_len(),
         };
         if let Some(loc) = self.dedup.get(&chunk.chunk_id) {
             if loc.plain_len == chunk.plain_len {
@@ -984,11 +1015,11 @@ impl<S: Store> CaptureWriter<S> {
                     .write_at(&seg.path, seg.len, &s.header)
                     .at(&seg.path)?;
                 self.store
-                    .write_at(&seg.path, seg.len + s.header.len() as u64, &s.body)
+                    .write_at(&seg.path, seg.len + s.header.len() as u64, s.stored())
                     .at(&seg.path)?;
                 seg.hasher.update(&s.header);
                 if whole_digest {
-                    seg.hasher.update(&s.body);
+                    seg.hasher.update(s.stored());
                 }
                 s.flags
             }
@@ -2248,5 +2279,67 @@ mod tests {
         assert_eq!(w.presealed_records(), 1);
         w.finish().unwrap();
         assert!(read_back(&mut store, key) == data);
+    }
+
+    /// A chunk whose plaintext starts inside its buffer (a source read with `O_DIRECT`
+    /// at the buffer's first aligned byte) is sealed and written from there on every
+    /// path: sealed in line, sealed ahead, sealed ahead for another position and opened
+    /// again, sealed beside a checkpoint; what is read back is the disk, not the bytes
+    /// before the chunk.
+    #[test]
+    fn a_chunk_that_starts_inside_its_buffer_is_stored_from_there() {
+        let cs = 65536u32;
+        let mut x = 0x9e37_79b9u32;
+        let data: Vec<u8> = (0..5 * cs)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let key = DataKey::generate().unwrap();
+        let mut store = MemStore::new();
+        let mut w =
+            CaptureWriter::begin(&mut store, params(cs, data.len()), Some(key.clone())).unwrap();
+        let enc = w.encoder();
+        let chunk = |i: u64| {
+            let from = [0usize, 100, 4000, 1, 4095][i as usize];
+            let r = (i * u64::from(cs)) as usize..((i + 1) * u64::from(cs)) as usize;
+            let mut buf = vec![0xeeu8; from];
+            buf.extend_from_slice(&data[r]);
+            let (c, back) = enc.encode_owned_from(i, buf, from).unwrap();
+            assert!(
+                back.is_none(),
+                "chunk {i} was compressed: the test wants it stored as is"
+            );
+            assert_eq!(c.payload_len(), cs as usize);
+            c
+        };
+        w.append(chunk(0)).unwrap();
+        w.append(chunk(1)).unwrap();
+        let mut planned = w.plan(&mut vec![chunk(2)].into_iter().peekable());
+        let Some(pos) = planned[0].1.as_mut() else {
+            panic!("chunk 2 was not planned as a record")
+        };
+        pos.record += 5;
+        let sealed = w.seal_planned(&mut planned, 2).unwrap();
+        let (c2, _) = planned.pop().unwrap();
+        let pre = sealed.into_iter().next().flatten().unwrap().unwrap();
+        w.append_one(c2, Some(pre)).unwrap();
+        w.append_batch(vec![chunk(3)], 2).unwrap();
+        w.checkpoint_then_append(vec![chunk(4)], 2).unwrap();
+        assert_eq!(w.presealed_records(), 2);
+        w.finish().unwrap();
+        assert!(read_back(&mut store, key) == data);
+        // The same chunk encoded from its own buffer has the same id.
+        let same = enc.encode(1, &data[cs as usize..2 * cs as usize]).unwrap();
+        assert_eq!(same.chunk_id, chunk(1).chunk_id);
+        let e = enc.encode_owned_from(0, vec![0u8; 10], 11).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("starts at byte 11 of a buffer of 10"),
+            "{e}"
+        );
     }
 }

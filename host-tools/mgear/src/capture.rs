@@ -3805,8 +3805,8 @@ fn worker(
             Job::Read { src, offset, len } => {
                 let mut buf = std::mem::take(&mut mine);
                 // Filled by the read, never zeroed first.
-                src.read_vec(offset, len, &mut buf).and_then(|()| {
-                    let (chunk, back) = enc.encode_owned(index, buf)?;
+                src.read_vec(offset, len, &mut buf).and_then(|from| {
+                    let (chunk, back) = enc.encode_owned_from(index, buf, from)?;
                     mine = back.unwrap_or_default();
                     Ok(Some(chunk))
                 })

@@ -1366,6 +1366,22 @@ pub fn ingest_set(
     closed?;
     let g = file.set.generation;
     let plan = targets_of(targets, file.set.disks.len(), only)?;
+    let boots = |k: usize| file.set.disks.get(k).is_some_and(|d| d.boot);
+    if args.register_image && !plan.iter().any(|(k, _)| boots(*k)) {
+        // Only the boot disk's image is registered: asked for with none of it, the flag
+        // did nothing and said nothing.
+        let why = match (only, file.set.disks.iter().position(|d| d.boot)) {
+            (Some(k), Some(b)) => format!(
+                "--disk {k} is a data disk of set {}, and --register-image registers the                  machine's image from its boot disk, disk {b}: leave out --register-image, or                  ingest disk {b} (or the whole set) with it",
+                args.name
+            ),
+            _ => format!(
+                "--register-image registers the machine's image from its boot disk, and no disk                  of set {} boots (`mgear inspect` says which disks boot): leave out                  --register-image",
+                args.name
+            ),
+        };
+        return Err(usage(format!("{why}; nothing was written")));
+    }
     // Every target is checked before the first disk is written; a `{disk}` pattern only now
     // names each disk's volume, which the report must not be either.
     let expanded: Vec<String> = plan.iter().map(|(_, t)| t.clone()).collect();
@@ -1382,8 +1398,7 @@ pub fn ingest_set(
         if let Ok(crate::spec::Target::EbsSnapshot { mut opts, .. }) =
             crate::spec::Target::parse(t, crate::spec::Bare::Refuse)
         {
-            let boots = file.set.disks.get(*k).is_some_and(|d| d.boot);
-            opts.with_register_flag(args.register_image && boots)
+            opts.with_register_flag(args.register_image && boots(*k))
                 .map_err(|e| usage(format!("{t}: {e}; nothing was written")))?;
         }
     }

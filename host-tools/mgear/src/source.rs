@@ -11,8 +11,11 @@
 //! error rather than storing a disk that never existed.
 //!
 //! Files and block devices are read with `O_DIRECT` (a second descriptor,
-//! `image_format::store::aligned::reopen_direct`) into an aligned buffer per
-//! thread, then copied into the chunk. Why direct rather than reading
+//! `image_format::store::aligned::reopen_direct`) straight into the chunk's
+//! own buffer, at its first aligned byte (`read_direct_into`; the encoder
+//! takes the chunk from there, `encode_owned_from`): until session 30 they
+//! went through an aligned buffer per thread and were copied out, a copy
+//! that cost a quarter of a rate-limited capture's CPU. Why direct rather than reading
 //! through the page cache and dropping it behind the reader with
 //! `posix_fadvise(DONTNEED)`: the source is a production server's disk, and
 //! DONTNEED would also drop pages its own workload had cached (the advice
@@ -31,7 +34,9 @@
 //! instead, and left there: no disk I/O on the production server for data
 //! its workload keeps hot, and zero regions that sit in memory are captured
 //! at memory speed. The kernel's copy costs about what a direct read and
-//! the copy out of its aligned buffer cost.
+//! the copy out of its aligned buffer cost. The buffered descriptor is
+//! opened `POSIX_FADV_RANDOM` when a direct one exists: read-ahead behind a
+//! resident chunk would make the next one resident, and so on to the end.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -195,12 +200,13 @@ pub trait ConcurrentRead: Send + Sync {
     /// As [`Source::read_exact_at`].
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()>;
 
-    /// `len` bytes at `offset` into `out` (resized to `len`; what it held
-    /// is overwritten). Sources that read into a buffer of their own
-    /// override it to skip zeroing `out` first.
-    fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> crate::Result<()> {
+    /// `len` bytes at `offset` into `out[from..]`, returning `from` (`out` ends with
+    /// them; what it held is overwritten). Sources read with `O_DIRECT` put them at
+    /// the buffer's first aligned byte, so the disk's DMA fills the chunk's own buffer.
+    fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> crate::Result<usize> {
         out.resize(len, 0);
-        self.read_exact_at(offset, out)
+        self.read_exact_at(offset, out)?;
+        Ok(0)
     }
 }
 
@@ -291,6 +297,21 @@ impl FileSource {
             .seek(SeekFrom::End(0))
             .with_context(|| format!("cannot find the size of source {}", path.display()))?;
         let direct = direct::reopen_direct(&file);
+        if direct.is_some() {
+            // With chunks read directly, this descriptor serves samples, chunks found
+            // resident and unaligned tails: no read-ahead for it. Read-ahead behind a
+            // resident chunk made the next one resident, and a capture slow enough for
+            // the kernel to keep ahead (`--rate-limit`) went through the page cache from
+            // its first sample to its end: twice the CPU per byte, and the production
+            // server's cache filled with the disk. Advice only: where it is ignored, reads
+            // are as before. Without `O_DIRECT` read-ahead is what keeps reads streaming.
+            let _ = nix::fcntl::posix_fadvise(
+                &file,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+            );
+        }
         Ok(FileSource {
             inner: Arc::new(OpenFile {
                 path,
@@ -451,21 +472,43 @@ impl ConcurrentRead for OpenFile {
         self.read_buffered(offset + n as u64, &mut buf[n..])
     }
 
-    fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> crate::Result<()> {
+    fn read_vec(&self, offset: u64, len: usize, out: &mut Vec<u8>) -> crate::Result<usize> {
+        // Room for the AES-GCM tag: the writer seals the chunk in this
+        // buffer when it stores it uncompressed.
+        const TAG_ROOM: usize = 64;
         if self.resident(offset, len) {
             // Overwritten whole by the read: only what the buffer grows by is zeroed.
             out.truncate(len);
-            out.reserve(len + 64 - out.len());
+            out.reserve(len + TAG_ROOM - out.len());
             out.resize(len, 0);
-            return self.read_cached(offset, out);
+            self.read_cached(offset, out)?;
+            return Ok(0);
+        }
+        if let Some(d) = self.direct.as_ref().filter(|_| {
+            offset.is_multiple_of(ALIGN as u64) && self.direct_ok.load(Ordering::Relaxed)
+        }) {
+            match direct::read_direct_into(d, offset, len, TAG_ROOM, out) {
+                Ok((from, n)) => {
+                    out.resize(from + len, 0);
+                    self.read_buffered(offset + n as u64, &mut out[from + n..])?;
+                    return Ok(from);
+                }
+                Err(e) if direct::refused_direct(&e) => {
+                    self.direct_ok.store(false, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    return Err(crate::Error::from(e).context(format!(
+                        "reading source {} at byte {offset}",
+                        self.path.display()
+                    )))
+                }
+            }
         }
         out.clear();
-        // Room for the AES-GCM tag: the writer seals the chunk in this
-        // buffer when it stores it uncompressed.
-        out.reserve(len + 64);
-        let n = self.read_direct(offset, len, |got| out.extend_from_slice(got))?;
+        out.reserve(len + TAG_ROOM);
         out.resize(len, 0);
-        self.read_buffered(offset + n as u64, &mut out[n..])
+        self.read_buffered(offset, out)?;
+        Ok(0)
     }
 }
 
@@ -645,6 +688,45 @@ mod tests {
         assert!(!named(&[0u8; 100]));
     }
 
+    /// A read through the page cache (a sample, an unaligned tail, a resident chunk) brings
+    /// in what it asked for and nothing after it: read-ahead behind it made the next chunk
+    /// resident, that one was read through the cache too, and a rate-limited capture went
+    /// through the production server's page cache from start to end at twice the CPU.
+    #[test]
+    fn a_read_through_the_page_cache_reads_no_further_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk.raw");
+        std::fs::write(&p, vec![7u8; 4 << 20]).unwrap();
+        let f = File::open(&p).unwrap();
+        f.sync_all().unwrap();
+        nix::fcntl::posix_fadvise(
+            &f,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .unwrap();
+        let s = FileSource::open(p).unwrap();
+        if s.inner.direct.is_none() {
+            eprintln!("skipped: the temporary directory's file system refuses O_DIRECT");
+            return;
+        }
+        assert!(
+            !s.inner.resident(0, 4 << 20),
+            "the file was not dropped from the cache"
+        );
+        let mut buf = [0u8; 10];
+        // Unaligned: read through the page cache.
+        s.inner.read_exact_at(100, &mut buf).unwrap();
+        assert_eq!(buf, [7u8; 10]);
+        for page in 1..16u64 {
+            assert!(
+                !s.inner.resident(page * 4096, 4096),
+                "page {page} was read ahead into the page cache"
+            );
+        }
+    }
+
     #[test]
     fn character_devices_fifos_and_directories_are_refused_by_name() {
         let e = FileSource::open("/dev/zero".into()).err().expect("refused");
@@ -738,10 +820,23 @@ mod tests {
                 (0usize, 1 << 20),
                 (1 << 20, 1 << 20),
                 (2 << 20, (1 << 20) + 1234),
+                (5000, 70_000),
             ] {
                 let mut v = vec![9u8; 17];
-                src.read_vec(off as u64, n, &mut v).unwrap();
-                assert!(v == bytes[off..off + n], "{pass}: read_vec at {off}");
+                let from = src.read_vec(off as u64, n, &mut v).unwrap();
+                assert!(
+                    v[from..] == bytes[off..off + n],
+                    "{pass}: read_vec at {off}"
+                );
+                // Read straight into the chunk's buffer at an aligned byte, with room
+                // for the tag sealing appends.
+                let straight = direct && pass == passes[1] && off % ALIGN == 0;
+                assert_eq!(
+                    (v.as_ptr() as usize + from).is_multiple_of(ALIGN),
+                    straight || from == 0 && (v.as_ptr() as usize).is_multiple_of(ALIGN),
+                    "{pass}: read_vec at {off} into byte {from}"
+                );
+                assert!(from < ALIGN && v.capacity() >= v.len() + 16, "{pass}");
                 let mut b = vec![0u8; n];
                 src.read_exact_at(off as u64, &mut b).unwrap();
                 assert!(b == bytes[off..off + n], "{pass}: read at {off}");

@@ -100,6 +100,50 @@ pub fn read_direct(
     Ok(read_all_at(direct, offset, &mut buf.as_mut_slice()[..len])?.min(want))
 }
 
+/// Read `want` bytes at `offset` (aligned) with `O_DIRECT` straight into `out`, at its
+/// first byte aligned to [`ALIGN`] (the bytes before it are zeros); returns that position
+/// and how many bytes were read (fewer than `want` only at the end of the file). `out`
+/// keeps `room` bytes of capacity after the data, so a sealing step can append its tag
+/// without moving the buffer. What a capture reads its source with: no bounce buffer, no
+/// copy of the chunk out of it.
+pub fn read_direct_into(
+    direct: &File,
+    offset: u64,
+    want: usize,
+    room: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<(usize, usize)> {
+    let len = want.div_ceil(ALIGN) * ALIGN;
+    out.clear();
+    out.reserve(ALIGN + len.max(want + room));
+    let from = out.as_ptr().align_offset(ALIGN).min(ALIGN);
+    out.resize(from, 0);
+    let mut done = 0usize;
+    while done < len {
+        let spare = &mut out.spare_capacity_mut()[..len - done];
+        let n = match rustix::io::pread(direct, spare, offset + done as u64) {
+            Ok((read, _)) => read.len(),
+            Err(e) if e == rustix::io::Errno::INTR => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // SAFETY: `pread` initialised the first `n` bytes of the spare capacity it was
+        // given, which start at `out.len()`; `n` is at most that slice's length, within
+        // the capacity reserved above.
+        unsafe { out.set_len(out.len() + n) };
+        if n == 0 {
+            break;
+        }
+        done += n;
+        if !done.is_multiple_of(ALIGN) {
+            // A short read not on a block boundary is the end of the file.
+            break;
+        }
+    }
+    let got = done.min(want);
+    out.truncate(from + got);
+    Ok((from, got))
+}
+
 /// A [`RangeRead`] over one file or device: positional `O_DIRECT` reads
 /// into the caller's aligned buffer, safe from any thread; through the page
 /// cache where the file system refuses a direct read (at open or on the

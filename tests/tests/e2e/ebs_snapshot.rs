@@ -478,4 +478,22 @@ fn a_sets_image_is_registered_from_its_boot_disk_only() {
     assert_eq!(*from, snap(0), "{r}");
     assert!(r["disks"][1]["image_id"].is_null(), "{r}");
     assert_ne!(snap(1), snap(0));
+    // The data disk alone with --register-image registered nothing and said nothing:
+    // refused before anything is written.
+    let line = e
+        .ingest("dir:mnt", "m1")
+        .untrusted()
+        .target("ebs-snapshot:m1-data-again")
+        .args(&["--disk", "1", "--register-image"]);
+    let out = with_double(&e, &d, &line).output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("--disk 1 is a data disk of set m1")
+            && text.contains("from its boot disk, disk 0")
+            && text.contains("nothing was written"),
+        "{text}"
+    );
+    assert_eq!(d.images().len(), 1);
+    assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was started");
 }
