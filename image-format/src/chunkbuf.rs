@@ -104,7 +104,7 @@ impl ChunkBuf {
 
 /// How far from `p` the next [`CHUNK_ALIGN`]-aligned address is
 /// (`align_offset` may give up by its contract; this cannot).
-fn offset_to_align(p: *const u8) -> usize {
+pub(crate) fn offset_to_align(p: *const u8) -> usize {
     (CHUNK_ALIGN - p as usize % CHUNK_ALIGN) % CHUNK_ALIGN
 }
 

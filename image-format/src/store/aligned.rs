@@ -116,7 +116,8 @@ pub fn read_direct_into(
     let len = want.div_ceil(ALIGN) * ALIGN;
     out.clear();
     out.reserve(ALIGN + len.max(want + room));
-    let from = out.as_ptr().align_offset(ALIGN).min(ALIGN);
+    const _: () = assert!(ALIGN == crate::chunkbuf::CHUNK_ALIGN);
+    let from = crate::chunkbuf::offset_to_align(out.as_ptr());
     out.resize(from, 0);
     let mut done = 0usize;
     while done < len {
