@@ -2019,11 +2019,17 @@ pub(crate) fn path_target(target: &str) -> Option<PathBuf> {
     }
 }
 
-/// The manifest root an interrupted ingest into the `file:`/`qcow2:` target `target` was
-/// writing, as its resume state records it (`None`: no such state).
+/// The manifest root an interrupted ingest into the `file:`/`qcow2:`/`ebs-snapshot:` target
+/// `target` was writing, as its resume state records it (`None`: no such state).
 pub(crate) fn unfinished_root(state_dir: &Path, target: &str) -> Option<[u8; 32]> {
-    let p = path_target(target)?;
-    let state = state_dir.join(format!("{}.ingest", mgear_volume::absolute_key(&p)));
+    let key = match crate::spec::Target::parse(target, crate::spec::Bare::Existing) {
+        Ok(crate::spec::Target::File(p) | crate::spec::Target::Qcow2(p)) => {
+            mgear_volume::absolute_key(&p)
+        }
+        Ok(crate::spec::Target::EbsSnapshot { name, .. }) => mgear_volume::ebs::state_key(&name),
+        _ => return None,
+    };
+    let state = state_dir.join(format!("{key}.ingest"));
     let mut f = open_private(&state, "ingest state").ok()??;
     let mut h = [0u8; STATE_MAGIC.len() + 32];
     f.read_exact(&mut h).ok()?;

@@ -1372,11 +1372,15 @@ pub fn ingest_set(
         // did nothing and said nothing.
         let why = match (only, file.set.disks.iter().position(|d| d.boot)) {
             (Some(k), Some(b)) => format!(
-                "--disk {k} is a data disk of set {}, and --register-image registers the                  machine's image from its boot disk, disk {b}: leave out --register-image, or                  ingest disk {b} (or the whole set) with it",
+                "--disk {k} is a data disk of set {}, and --register-image registers the \
+                 machine's image from its boot disk, disk {b}: leave out --register-image, or \
+                 ingest disk {b} (or the whole set) with it",
                 args.name
             ),
             _ => format!(
-                "--register-image registers the machine's image from its boot disk, and no disk                  of set {} boots (`mgear inspect` says which disks boot): leave out                  --register-image",
+                "--register-image registers the machine's image from its boot disk, and no disk \
+                 of set {} boots (`mgear inspect` says which disks boot): leave out \
+                 --register-image",
                 args.name
             ),
         };

@@ -199,7 +199,7 @@ impl EbsSnapshotVolume {
                 prep.disk_size
             )));
         }
-        let key = format!("ebs-snapshot_{}", key_of(name));
+        let key = state_key(name);
         // A snapshot an earlier run completed for this very generation: a second one would only
         // cost (every re-run made one), so it takes --force, as a finished file target does.
         let done = prep.state_dir.join(format!("{key}.done"));
@@ -336,10 +336,20 @@ impl Volume for EbsSnapshotVolume {
         let this = *self;
         let sent = this.writer.blocks_sent();
         let done = this.writer.finish().map_err(cloud)?;
+        // A machine set's disks are written first and completed after the last one, each
+        // through a writer opened again: that one puts nothing, and "0 put by this run" was
+        // said of every disk of a fresh set ingest.
+        let put = match (sent, done.changed_blocks) {
+            (0, n) if n > 0 => format!(
+                "all {n} in the snapshot put before it was completed: a set's disks are written \
+                 before any is completed, or an earlier run put them"
+            ),
+            (sent, n) => format!("{sent} put by this run, {n} in the snapshot"),
+        };
         eprintln!(
-            "mgear: EBS acknowledged every block with the SHA-256 we computed ({sent} put by this \
-             run, {} in the snapshot) and accepted the aggregated checksum {}: snapshot {} is {}",
-            done.changed_blocks, done.checksum, done.snapshot_id, done.status
+            "mgear: EBS acknowledged every block with the SHA-256 we computed ({put}) and accepted \
+             the aggregated checksum {}: snapshot {} is {}",
+            done.checksum, done.snapshot_id, done.status
         );
         let mut volume = done.snapshot_id.clone();
         if this.opts.register_image {
@@ -389,6 +399,12 @@ fn register(client: &EbsClient, name: &str, opts: &EbsOptions, snapshot: &str) -
 
 /// Replaces the record of `what` in the `.done` file of `key` with `volume` (`snap-X` or
 /// `snap-X ami-Y`), or drops it (`None`).
+/// The key of `ebs-snapshot:NAME`'s resume state and record of completion in the state
+/// directory (`KEY.ingest`, `KEY.done`).
+pub fn state_key(name: &str) -> String {
+    format!("ebs-snapshot_{}", key_of(name))
+}
+
 fn record_done(state_dir: &std::path::Path, key: &str, what: &str, volume: Option<&str>) {
     let path = state_dir.join(format!("{key}.done"));
     let old = std::fs::read_to_string(&path).unwrap_or_default();
@@ -414,7 +430,7 @@ pub fn completed_before(
     prep: &Prepare,
     client: &EbsClient,
 ) -> Result<Option<String>> {
-    let key = format!("ebs-snapshot_{}", key_of(name));
+    let key = state_key(name);
     let Ok(text) = std::fs::read_to_string(prep.state_dir.join(format!("{key}.done"))) else {
         return Ok(None);
     };

@@ -131,6 +131,11 @@ fn check_snapshot(e: &Env, d: &Double, id: &str) {
 /// [`check_snapshot`] where the checker refused one thing: mgear asking after the snapshot
 /// `gone`, deleted by the test (the answer that tells it so).
 fn check_snapshot_after(e: &Env, d: &Double, id: &str, gone: Option<&str>) {
+    check_snapshot_of(e, d, id, "disk.raw", gone);
+}
+
+/// [`check_snapshot_after`] of a snapshot of the disk `src`.
+fn check_snapshot_of(e: &Env, d: &Double, id: &str, src: &str, gone: Option<&str>) {
     let rejected: Vec<_> = d
         .rejections()
         .into_iter()
@@ -146,7 +151,7 @@ fn check_snapshot_after(e: &Env, d: &Double, id: &str, gone: Option<&str>) {
     let snap = d.snapshot(id).expect("the snapshot mgear reported exists");
     assert_eq!(snap.status, "completed");
     assert_eq!(snap.volume_gib, 1);
-    let want = nonzero_blocks(&e.p("disk.raw"));
+    let want = nonzero_blocks(&e.p(src));
     assert_eq!(
         snap.blocks.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>(),
@@ -323,7 +328,21 @@ fn the_ebs_double_program_takes_an_ingest_a_user_points_at_it() {
         .unwrap();
     assert!(help.status.success(), "{}", output_text(&help));
     assert!(String::from_utf8_lossy(&help.stdout).starts_with("usage: mgear-ebs-double"));
+    let bad = std::process::Command::new(mgear_tests::bin("mgear-ebs-double"))
+        .args(["--port", "http"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", output_text(&bad));
+    assert!(output_text(&bad).contains("--port takes a port number"));
+    // On the port asked for (a user may only have some ports open to them).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut double = std::process::Command::new(mgear_tests::bin("mgear-ebs-double"))
+        .args(["--port", &port.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -344,6 +363,11 @@ fn the_ebs_double_program_takes_an_ingest_a_user_points_at_it() {
             .unwrap_or_else(|| panic!("not an export line: {l}"));
         env.push((k.to_string(), v.trim_matches('\'').to_string()));
     }
+    assert!(
+        env.iter()
+            .any(|(_, v)| v == &format!("http://127.0.0.1:{port}")),
+        "{env:?}"
+    );
     let mut c = ingest(&e, &[]).command();
     c.envs(env)
         .env_remove("AWS_PROFILE")
@@ -464,7 +488,13 @@ fn a_sets_image_is_registered_from_its_boot_disk_only() {
         .target("ebs-snapshot:m1-data")
         .args(&["--register-image", "--json"]);
     let out = with_double(&e, &d, &line).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // Each disk is completed after every disk was written: its blocks were put before.
+    assert!(
+        !text.contains("(0 put by this run") && text.contains("put before it was completed"),
+        "{text}"
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let snap = |k: usize| {
         r["disks"][k]["snapshot_id"]
@@ -490,10 +520,69 @@ fn a_sets_image_is_registered_from_its_boot_disk_only() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         text.contains("--disk 1 is a data disk of set m1")
-            && text.contains("from its boot disk, disk 0")
+            && text.contains("registers the machine's image from its boot disk, disk 0")
             && text.contains("nothing was written"),
         "{text}"
     );
     assert_eq!(d.images().len(), 1);
     assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was started");
+}
+
+/// A set ingest into snapshots, killed and re-run with its targets in another order: refused
+/// before anything is sent, as for files (it started a new snapshot for each disk and left
+/// the killed run's pending, for AWS to time out a day later), and the right order goes on
+/// in the killed run's snapshot.
+#[test]
+fn a_set_ingest_into_snapshots_re_run_in_another_order_starts_nothing() {
+    let e = Env::new();
+    e.keygen();
+    fs::write(e.p("d0.raw"), image_format::bench::noise(24 << 20, 71)).unwrap();
+    fs::write(e.p("d1.raw"), image_format::bench::noise(1 << 20, 72)).unwrap();
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "m2")
+        .sources(&["d0.raw", "d1.raw"])
+        .ok();
+    let d = Double::start(DoubleConfig::default());
+    let line = |a: &str, b: &str| {
+        e.ingest("dir:mnt", "m2")
+            .untrusted()
+            .target(&format!("ebs-snapshot:{a}"))
+            .target(&format!("ebs-snapshot:{b}"))
+    };
+    let slow = line("m2-0", "m2-1").args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
+    let mut child = with_double(&e, &d, &slow)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while d.accepted().get("PutSnapshotBlock").copied().unwrap_or(0) < 6 {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("ingest ended before it could be killed: {st}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = d.snapshot_ids();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let out = with_double(&e, &d, &line("m2-1", "m2-0")).output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("ebs-snapshot:m2-0 (given for disk 1) holds an unfinished ingest of disk 0")
+            && text.contains("in another order"),
+        "{text}"
+    );
+    assert_eq!(d.snapshot_ids(), started, "a snapshot was started");
+    let out = with_double(&e, &d, &line("m2-0", "m2-1").arg("--json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["disks"][0]["snapshot_id"], started[0].as_str(), "{r}");
+    assert_eq!(d.snapshot_ids().len(), 2);
+    for (k, src) in ["d0.raw", "d1.raw"].iter().enumerate() {
+        let id = r["disks"][k]["snapshot_id"].as_str().unwrap().to_string();
+        check_snapshot_of(&e, &d, &id, src, None);
+    }
 }

@@ -1,5 +1,6 @@
 //! `mgear-ebs-double`: the strict offline EBS double (`mgear_cloud::ebs::double`) as a program,
-//! so an `ebs-snapshot:` ingest can be tried without AWS. It listens on 127.0.0.1, prints the
+//! so an `ebs-snapshot:` ingest can be tried without AWS. It listens on 127.0.0.1 (`--port N`,
+//! or a port the system picks), prints the
 //! `export` lines `mgear` needs, and on each line read from stdin (press Enter) prints what it
 //! holds: every snapshot with its status and blocks, every image, every request it refused. It
 //! stops at the end of its input (Ctrl-D) or on Ctrl-C; what it held is gone then.
@@ -10,25 +11,47 @@ use std::io::BufRead;
 
 use mgear_cloud::ebs::double::{Double, DoubleConfig};
 
-/// Said for `--help` (and any argument: it takes none).
-const USAGE: &str = "usage: mgear-ebs-double (no arguments)
+/// Said for `--help` and for arguments it does not take.
+const USAGE: &str = "usage: mgear-ebs-double [--port N]
 
-The strict offline EBS double: listens on 127.0.0.1, prints the export lines (endpoint, keys,
+The strict offline EBS double: listens on 127.0.0.1 (on port N, or one the system picks),
+prints the export lines (endpoint, keys,
 region) that `mgear ingest ... --target ebs-snapshot:NAME` needs, and on each Enter lists the
 snapshots, images and refused requests it holds; Ctrl-D or Ctrl-C stops it (what it held is
 gone then).";
 
-fn main() {
-    if let Some(arg) = std::env::args().nth(1) {
-        let help = matches!(arg.as_str(), "-h" | "--help");
-        if help {
+/// The port asked for with `--port N` (0: any), or the exit code after saying why not.
+fn port_asked() -> Result<u16, i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => Ok(0),
+        ["-h" | "--help"] => {
             println!("{USAGE}");
-        } else {
-            eprintln!("mgear-ebs-double: unexpected argument {arg:?}\n{USAGE}");
+            Err(0)
         }
-        std::process::exit(if help { 0 } else { 2 });
+        ["--port", n] => n.parse::<u16>().map_err(|_| {
+            eprintln!("mgear-ebs-double: --port takes a port number (0 to 65535), not {n:?}");
+            2
+        }),
+        _ => {
+            eprintln!("mgear-ebs-double: unexpected arguments {args:?}\n{USAGE}");
+            Err(2)
+        }
     }
-    let d = Double::start(DoubleConfig::default());
+}
+
+fn main() {
+    let port = port_asked().unwrap_or_else(|code| std::process::exit(code));
+    let d = match Double::start_on(DoubleConfig::default(), port) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "mgear-ebs-double: cannot listen on 127.0.0.1:{port}: {e}; give another --port, \
+                 or none to let the system pick one"
+            );
+            std::process::exit(3);
+        }
+    };
     for (k, v) in d.env() {
         println!("export {k}='{v}'");
     }

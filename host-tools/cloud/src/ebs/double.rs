@@ -172,8 +172,13 @@ type Checked<T> = std::result::Result<T, Refuse>;
 impl Double {
     /// Start on 127.0.0.1 (a free port).
     pub fn start(cfg: DoubleConfig) -> Double {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let addr = listener.local_addr().expect("local addr");
+        Self::start_on(cfg, 0).expect("bind 127.0.0.1")
+    }
+
+    /// [`start`](Self::start) on 127.0.0.1:`port` (0: a port the system picks).
+    pub fn start_on(cfg: DoubleConfig, port: u16) -> std::io::Result<Double> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let addr = listener.local_addr()?;
         let world = Arc::new(Mutex::new(World::default()));
         let (w, c) = (world.clone(), cfg.clone());
         std::thread::spawn(move || {
@@ -183,7 +188,7 @@ impl Double {
                 std::thread::spawn(move || serve(stream, &c, &w));
             }
         });
-        Double { addr, cfg, world }
+        Ok(Double { addr, cfg, world })
     }
 
     /// `http://127.0.0.1:PORT`.
