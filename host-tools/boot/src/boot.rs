@@ -477,6 +477,32 @@ fn resolve_firmware(spec: &BootSpec) -> Result<(Firmware, String)> {
     }
 }
 
+/// Whether BIOS firmware finds an MBR on `head` (a disk's first bytes) with no boot code in
+/// front of its signature: SeaBIOS jumps into the zeros and hangs without a word (a GPT
+/// disk's protective MBR on a disk with no BIOS boot loader, a data disk with a partition
+/// table), so a boot waited out its whole deadline. Without the signature SeaBIOS says "not a
+/// bootable disk" itself.
+pub(crate) fn bios_finds_no_code(head: &[u8]) -> bool {
+    head.len() >= 512 && head[510..512] == [0x55, 0xaa] && head[..440].iter().all(|&b| b == 0)
+}
+
+/// Why the guest of `spec` is not started at all under `firmware` (`None`: start it).
+fn never_boots(spec: &BootSpec, firmware: Firmware, why: &str) -> Option<String> {
+    if firmware != Firmware::Bios {
+        return None;
+    }
+    let (head, _) = read_head(&spec.target).ok()?;
+    bios_finds_no_code(&head).then(|| {
+        format!(
+            "the disk's MBR has no boot code (its first 440 bytes are zeros) and the firmware is \
+             BIOS ({why}): BIOS would jump into it and hang without a word until the deadline, \
+             so the guest was not started. A data disk, or a system disk whose boot loader was \
+             not captured: boot the system disk (the first --target), or with --firmware uefi \
+             if it has an EFI System Partition"
+        )
+    })
+}
+
 fn resolve_bus(spec: &BootSpec) -> (Bus, String) {
     let facts = match (&spec.target, spec.bus) {
         (Target::File(p) | Target::Dev(p), Bus::Auto) => inspect::inspect_path(p).ok(),
@@ -629,6 +655,7 @@ impl LocalQemu {
             d.check_exists()?;
         }
         let (firmware, firmware_reason) = resolve_firmware(spec)?;
+        let never = never_boots(spec, firmware, &firmware_reason);
         let (bus, bus_reason) = resolve_bus(spec);
         // OVMF writes its variable store: give it a private copy per boot.
         let tmp =
@@ -665,6 +692,7 @@ impl LocalQemu {
                 console: "the serial console".into(),
             },
             _vars_dir: tmp,
+            never,
             child: None,
             console: None,
             reader: None,
@@ -683,6 +711,9 @@ pub struct QemuGuest {
     setup: Setup,
     /// Holds OVMF's variable store while QEMU runs.
     _vars_dir: tempfile::TempDir,
+    /// Why QEMU is not started: the firmware would find nothing to boot and say nothing
+    /// ([`never_boots`]).
+    never: Option<String>,
     child: Option<QemuGuard>,
     console: Option<mpsc::Receiver<Vec<u8>>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -703,6 +734,12 @@ impl QemuGuest {
 
 impl Guest for QemuGuest {
     fn start(&mut self) -> Result<Start> {
+        if let Some(detail) = self.never.take() {
+            return Ok(Start::NotRunning {
+                outcome: Outcome::NothingBootable,
+                detail,
+            });
+        }
         let mut cmd = Command::new(&self.qemu);
         cmd.args(&self.args)
             .stdin(Stdio::null())
@@ -821,6 +858,24 @@ impl Guest for QemuGuest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bios_finds_no_code_behind_a_bare_signature_only() {
+        let mut mbr = vec![0u8; 512];
+        assert!(
+            !bios_finds_no_code(&mbr),
+            "no signature: SeaBIOS says so itself"
+        );
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        assert!(bios_finds_no_code(&mbr));
+        mbr[0] = 0xeb; // a jump: boot code
+        assert!(!bios_finds_no_code(&mbr));
+        mbr[0] = 0;
+        mbr[446] = 0x80; // a partition entry is no code
+        assert!(bios_finds_no_code(&mbr));
+        assert!(!bios_finds_no_code(&mbr[..511]), "short");
+    }
 
     #[test]
     fn targets_display_as_the_specs_that_name_them() {

@@ -258,6 +258,49 @@ fn a_stopped_boot_stops_its_guest_and_says_so() {
     }
 }
 
+/// A partition table with no boot code in front of it (a GPT disk's protective MBR without
+/// a BIOS boot loader, a data disk): SeaBIOS jumps into the zeros and hangs without a word,
+/// and a boot (or a cutover's, with the source quiesced) waited out its whole --timeout.
+/// Ended before the guest starts.
+#[test]
+fn a_partition_table_without_boot_code_ends_before_the_guest_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("gpt.raw");
+    let mut bytes = vec![0u8; 4 << 20];
+    // A protective MBR entry (type 0xEE) and the signature, no code.
+    bytes[446 + 4] = 0xee;
+    bytes[446 + 8] = 1;
+    bytes[446 + 12..446 + 16].copy_from_slice(&8191u32.to_le_bytes());
+    bytes[510] = 0x55;
+    bytes[511] = 0xaa;
+    std::fs::write(&disk, &bytes).unwrap();
+    let started = std::time::Instant::now();
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("file:{}", disk.display()),
+        "--timeout",
+        "120",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "waited for the deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        text(&o).contains("the disk's MBR has no boot code") && text(&o).contains("not started"),
+        "{}",
+        text(&o)
+    );
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("gpt.raw.boot-report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["outcome"], "nothing-bootable", "{r}");
+    assert_eq!(std::fs::read(&disk).unwrap(), bytes, "the disk was changed");
+}
+
 #[test]
 fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
     let dir = tempfile::tempdir().unwrap();

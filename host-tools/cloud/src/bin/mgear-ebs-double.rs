@@ -23,7 +23,12 @@ gone then).";
 /// The port asked for with `--port N` (0: any), or the exit code after saying why not.
 fn port_asked() -> Result<u16, i32> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] => Ok(0),
         ["-h" | "--help"] => {
             println!("{USAGE}");
