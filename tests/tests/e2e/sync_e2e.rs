@@ -706,6 +706,11 @@ fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() 
     );
     assert!(m.contains("the target did not prove it booted"), "{v}");
     assert!(!m.contains("see --firmware"), "{v}");
+    // What it cost: the final sync that ran, and how long the source was down.
+    assert!(
+        m.contains("the final sync had sent ") && m.contains("and the source had been quiesced "),
+        "{v}"
+    );
     assert!(
         hint.starts_with(
             "the final sync verified the serve's volume, and file:vol.raw was checked"

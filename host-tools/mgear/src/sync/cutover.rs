@@ -322,6 +322,9 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     // Stopped while the proof boot ran: the operator asked for the source back.
     stop_between_steps().map_err(|e| rollback(&a, e))?;
     if !report.booted() {
+        // What the failure cost is said too: the final sync ran and the source was down all
+        // that time (the success path's summary and downtime line were all an operator got).
+        let down_for = down.elapsed().as_secs_f64();
         return Err(rollback(
             &a,
             // The volume was synced and verified: what failed is the boot (the generic
@@ -330,10 +333,15 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
             crate::exit::coded_hint(
                 FOUND,
                 format!(
-                    "the target did not prove it booted ({}); console tail:\n{}",
+                    "the target did not prove it booted ({}); the final sync had sent {} and \
+                     verified in {:.2} s, and the source had been quiesced {down_for:.2} s \
+                     (quiesce {quiesce_seconds:.2} s, boot {:.2} s); console tail:\n{}",
                     report
                         .detail
                         .replace("see --firmware", "see `mgear boot --firmware`"),
+                    crate::units::count(final_sync.stats.chunks_sent, "chunk"),
+                    final_sync.seconds,
+                    report.elapsed_secs,
                     report.console_tail(20)
                 ),
                 format!(
