@@ -1878,7 +1878,12 @@ pub fn write_volume<S: image_format::Store>(
             bail!("chunks are missing but no medium is (a bug)");
         };
         // Named as it is on disk: the `.partial` a file: or qcow2: volume is written as.
-        return Err(g.pending(&reader, |i| !state.is_done(i), written_now, &read_desc));
+        return Err(g.pending(
+            &reader,
+            |i| !state.is_done(i),
+            (written_now, zeros),
+            &read_desc,
+        ));
     }
     if plan.hold {
         return Err(crate::Error::other(Held {

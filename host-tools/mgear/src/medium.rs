@@ -1322,15 +1322,17 @@ impl Gaps {
     }
 
     /// The error of an ingest that wrote what the given media hold
-    /// (`written` chunks in this run, into `target`) and still misses the
-    /// chunks `missing` says: which, and on which medium (exit code 4).
+    /// (`written` chunks in this run, `zeros` of them all-zero chunks no medium holds, into
+    /// `target`) and still misses the chunks `missing` says: which, and on which medium
+    /// (exit code 4).
     pub fn pending<S: Store>(
         &self,
         reader: &image_format::CaptureReader<S>,
         missing: impl Fn(u64) -> bool,
-        written: u64,
+        (written, zeros): (u64, u64),
         target: &str,
     ) -> crate::Error {
+        use crate::units::count;
         // Chunk 0 (the boot sector) is written only by the run that completes
         // the disk: the medium holding it is needed again then, even when it
         // is given now.
@@ -1344,17 +1346,31 @@ impl Gaps {
             crate::exit::PENDING,
             format!(
                 "capture {} generation {} spans several media and not all of them are given ({}): \
-                 {} into {target}; still missing: {}{}",
+                 {}; still missing: {}{}",
                 reader.name(),
                 reader.generation(),
                 self.given,
-                match written {
+                // All-zero chunks are on no medium: "the 42 chunks those hold" of media that
+                // held none of the disk's data read as data found where there was none.
+                match (written.saturating_sub(zeros), zeros.min(written)) {
                     // A re-run with the same media: an earlier run wrote what they hold.
                     // Or the media given hold none of this disk (a set's disk on the others).
-                    0 => "nothing more of it could be written from them (what they hold of it, \
-                          if anything, an earlier run wrote)"
-                        .to_string(),
-                    n => format!("wrote the {n} chunk(s) those hold"),
+                    (0, 0) => format!(
+                        "nothing more of it could be written from them into {target} (what they \
+                         hold of it, if anything, an earlier run wrote)"
+                    ),
+                    (0, z) => format!(
+                        "wrote its {} into {target} (no medium holds them); the media given \
+                         hold none of its data (what they hold of it, if anything, an earlier \
+                         run wrote)",
+                        count(z, "all-zero chunk")
+                    ),
+                    (n, 0) => format!("wrote the {} those hold into {target}", count(n, "chunk")),
+                    (n, z) => format!(
+                        "wrote the {} those hold and its {} (on no medium) into {target}",
+                        count(n, "chunk"),
+                        count(z, "all-zero chunk")
+                    ),
                 },
                 self.lines(reader, &need),
                 head.map(|o| format!(

@@ -102,6 +102,9 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
         t.contains("not all of them are given")
             && t.contains("wrote the ")
             && t.contains("into vm-1.raw.partial")
+            // Medium #1 holds none of disk 0's data: only its zeros were written.
+            && t.contains("disk 0: ")
+            && t.contains("wrote its 42 all-zero chunks into vm-0.raw.partial (no medium holds them); the media given hold none of its data")
             && t.contains("are on medium #0 (appliance at"),
         "{t}"
     );
