@@ -146,6 +146,14 @@ pub fn hint(err: &Error, command: &str) -> String {
         }
         FOUND => "the data did not check out: do not use it; see the message for what is wrong where"
             .to_string(),
+        // Credentials, region or a signature AWS refused: no argument of ours is wrong, and
+        // `--help` does not say how to set them.
+        USAGE if err.chain().any(|e| e.to_string().contains("AWS")) => {
+            "set what the message names in the environment (AWS_ACCESS_KEY_ID, \
+             AWS_SECRET_ACCESS_KEY, AWS_REGION) or in ~/.aws/credentials and ~/.aws/config \
+             (CLI-README, \"AWS EBS snapshots\"), then run the same command again"
+                .to_string()
+        }
         USAGE => format!("check the arguments and key files: `mgear {command} --help`"),
         _ if is_no_space(err) => {
             "free space on the medium or target (or use a larger one), then run the same command again"

@@ -291,6 +291,13 @@ fn ebs_snapshot_bad_credentials_are_a_clear_error() {
         "{}",
         output_text(&out)
     );
+    // What to do is about the AWS settings, not `mgear ingest --help`.
+    assert!(
+        err.contains("what to do: set what the message names in the environment")
+            && !err.contains("--help"),
+        "{}",
+        output_text(&out)
+    );
     assert!(d.snapshot_ids().is_empty());
 }
 
