@@ -477,7 +477,17 @@ pub fn summary(v: &Value) -> String {
     if !set {
         line("disk size", size(r, &["disk_size"]));
         if kind == "capture" {
-            line("read", size(r, &["bytes_read"]));
+            // As capture's summary says it: `bytes_read` counts the holes the source reported,
+            // which were not read (the ticket said "read 200 MiB" of a capture that read 53).
+            let holes = r["holes_skipped"].as_u64().unwrap_or(0);
+            let read = r["bytes_read"].as_u64().map(|b| b.saturating_sub(holes));
+            line(
+                "read",
+                read.map_or("-".into(), |b| format!("{} ({b} bytes)", human_bytes(b))),
+            );
+            if holes > 0 {
+                line("holes skipped", size(r, &["holes_skipped"]));
+            }
             line("stored", size(r, &["stored_bytes"]));
         } else {
             line("written", size(r, &["bytes_written"]));
@@ -696,6 +706,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("site 0123 via COMMIT: signed"), "{text}");
+        // A sparse disk: the holes were not read, as capture's own summary says.
+        let mut sparse = result.clone();
+        sparse["bytes_read"] = json!(209_715_200u64);
+        sparse["holes_skipped"] = json!(154_140_672u64);
+        let text = summary(&capture(&sparse, "disk.raw", "fat:m.img").unwrap());
+        assert!(
+            text.contains("read            53.00 MiB (55574528 bytes)")
+                && text.contains("holes skipped   147.00 MiB (154140672 bytes)"),
+            "{text}"
+        );
     }
 
     #[test]
