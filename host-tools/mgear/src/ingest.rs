@@ -4058,8 +4058,11 @@ mod tests {
             assert_eq!(crate::exit::code_of(&err), crate::exit::PENDING, "{err:#}");
             let msg = err.to_string();
             assert!(
-                msg.contains("wrote the 9 chunk(s)")
-                    && msg.contains("2 chunk(s) (128.00 KiB, between disk bytes 0 and 131072) are on medium #0 (A)"),
+                msg.contains(
+                    "wrote the 7 chunks those hold and its 2 all-zero chunks (on no medium)"
+                ) && msg.contains(
+                    "2 chunk(s) (128.00 KiB, between disk bytes 0 and 131072) are on medium #0 (A)"
+                ),
                 "{msg}"
             );
             {
