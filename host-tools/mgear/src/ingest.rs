@@ -1473,6 +1473,23 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     }
     if let Target::File(p) | Target::Qcow2(p) = &target {
         warn_if_short_of_space(p, &reader);
+        // A volume an earlier ingest finished with another generation (the delta's parent):
+        // "exists: pass --force" alone did not say that --force writes the whole disk again,
+        // nor that a volume kept up to date in place is what serve and sync are for.
+        if let (Some(root), false) = (ingested_from(&sdir, p).filter(|_| p.exists()), args.force) {
+            if root != *reader.manifest_root() {
+                return Err(usage(format!(
+                    "{} exists and holds another finished ingest (recorded on this host: \
+                     another generation of {} or another capture): pass --force to write \
+                     generation {} over it (the whole disk, verified again); to keep a \
+                     volume up to date with its running source in place, use `mgear serve` \
+                     on it and `mgear sync` at the source (SYNC.md); nothing was written",
+                    p.display(),
+                    reader.name(),
+                    reader.generation()
+                )));
+            }
+        }
     }
     if let (Target::File(p), false) = (&target, args.force) {
         refuse_other_unfinished(&sdir, p, &State::header_of(&reader))?;

@@ -1177,11 +1177,30 @@ pub fn run_ingest(
         crate::output::emit_ok(code == OK, &r)?;
         return Ok(code);
     }
+    // An EBS snapshot is not read back (as a single disk's summary says): "verified
+    // bit-for-bit" was said of every disk of a set ingested into snapshots.
+    let snapshots = r
+        .disks
+        .iter()
+        .filter(|d| d.report.target.starts_with("ebs-snapshot:"))
+        .count();
+    let how = match snapshots {
+        0 => "each verified bit-for-bit against what was authenticated".to_string(),
+        n if n == r.disks.len() => "each snapshot's blocks match, by the SHA-256 EBS computed \
+                                    on receipt, what was authenticated (snapshots are not read \
+                                    back)"
+            .to_string(),
+        n => format!(
+            "each volume verified bit-for-bit against what was authenticated, and the {} \
+             by the SHA-256 EBS computed of every block on receipt (not read back)",
+            crate::units::count(n as u64, "snapshot")
+        ),
+    };
     println!(
-        "ingested set {} generation {}: {} disk(s), each verified bit-for-bit against what was authenticated",
+        "ingested set {} generation {}: {}, {how}",
         r.name,
         r.generation,
-        r.disks.len()
+        crate::units::count(r.disks.len() as u64, "disk"),
     );
     for d in &r.disks {
         // The written and zero counts are this run's: a disk an earlier run wrote read as

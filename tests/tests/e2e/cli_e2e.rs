@@ -516,6 +516,25 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
     let v1 = fs::read(e.p("v1.raw")).unwrap();
     assert_ne!(v1, disk);
     assert_eq!(v1[(5 << 20) + 7], disk[(5 << 20) + 7] ^ 1);
+    // The delta onto the volume of its parent: refused saying what --force does and what
+    // keeps a volume up to date in place (it said only "exists: pass --force").
+    let onto = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:v1.raw")
+        .unsealed();
+    let o = onto.clone().run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("v1.raw exists and holds another finished ingest")
+            && output_text(&o).contains("write generation 2 over it (the whole disk")
+            && output_text(&o).contains("`mgear serve`"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(fs::read(e.p("v1.raw")).unwrap(), v1, "nothing was written");
+    onto.arg("--force").ok();
+    same_file(&e.p("disk.raw"), &e.p("v1.raw"));
     fsck_clean(&e.p("medium.img"));
 }
 
