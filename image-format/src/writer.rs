@@ -2289,15 +2289,7 @@ mod tests {
     #[test]
     fn a_chunk_that_starts_inside_its_buffer_is_stored_from_there() {
         let cs = 65536u32;
-        let mut x = 0x9e37_79b9u32;
-        let data: Vec<u8> = (0..5 * cs)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let data = crate::bench::noise(5 * cs as usize, 7);
         let key = DataKey::generate().unwrap();
         let mut store = MemStore::new();
         let mut w =
