@@ -289,11 +289,11 @@ impl BootReport {
         if self.booted() {
             Ok(())
         } else {
-            Err(BootError::NotBooted(format!(
-                "{}\n--- console tail ---\n{}",
-                self.detail,
-                self.console_tail(30)
-            )))
+            // A guest never started printed nothing: no empty tail under the reason.
+            Err(BootError::NotBooted(match self.console_tail(30) {
+                tail if tail.trim().is_empty() => self.detail.clone(),
+                tail => format!("{}\n--- console tail ---\n{tail}", self.detail),
+            }))
         }
     }
 
@@ -459,7 +459,7 @@ fn resolve_firmware(spec: &BootSpec) -> Result<(Firmware, String)> {
                 }
                 Ok(t) if t.kind == TableKind::Gpt => Ok((
                     Firmware::Bios,
-                    "GPT without an EFI System Partition (BIOS boot)".into(),
+                    "GPT without an EFI System Partition: BIOS boot".into(),
                 )),
                 Ok(t) if t.kind == TableKind::Mbr => {
                     Ok((Firmware::Bios, "MBR partition table".into()))

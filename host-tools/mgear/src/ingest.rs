@@ -1479,14 +1479,15 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         if let (Some(root), false) = (ingested_from(&sdir, p).filter(|_| p.exists()), args.force) {
             if root != *reader.manifest_root() {
                 return Err(usage(format!(
-                    "{} exists and holds another finished ingest (recorded on this host: \
-                     another generation of {} or another capture): pass --force to write \
-                     generation {} over it (the whole disk, verified again); to keep a \
-                     volume up to date with its running source in place, use `mgear serve` \
-                     on it and `mgear sync` at the source (SYNC.md); nothing was written",
+                    "{} exists and holds another finished ingest (recorded on this host: an \
+                     earlier generation of {name}, or another disk): pass --force to write \
+                     {name} generation {} over it (the whole disk, verified again); where it \
+                     is this disk's earlier generation and the machine runs from it, \
+                     `mgear serve` on it and `mgear sync` at the source keep it up to date in \
+                     place instead (SYNC.md); nothing was written",
                     p.display(),
-                    reader.name(),
-                    reader.generation()
+                    reader.generation(),
+                    name = reader.name(),
                 )));
             }
         }

@@ -467,12 +467,14 @@ pub fn summary(v: &Value) -> String {
         );
         line("what to do", s(e, &["hint"]));
     }
-    let verified = |d: &Value| {
-        if d["verified"] == true {
-            "yes, bit for bit against what was authenticated"
-        } else {
-            "NO"
+    // An EBS snapshot is not read back: what vouches for it is the SHA-256 EBS computed of
+    // every block on receipt (the ticket said "bit for bit" of snapshots).
+    let verified = |d: &Value| match (d["verified"] == true, d["target"].as_str()) {
+        (true, Some(t)) if t.starts_with("ebs-snapshot:") => {
+            "yes, every block's SHA-256 as EBS computed it on receipt (not read back)"
         }
+        (true, _) => "yes, bit for bit against what was authenticated",
+        (false, _) => "NO",
     };
     if !set {
         line("disk size", size(r, &["disk_size"]));
@@ -738,7 +740,16 @@ mod tests {
         assert_eq!(back["target"], "file:o.raw");
         let text = std::fs::read_to_string(dir.path().join("ingest.txt")).unwrap();
         assert!(text.contains("WARNING"), "{text}");
-        assert!(text.contains("verified        yes"), "{text}");
+        assert!(text.contains("verified        yes, bit for bit"), "{text}");
+        // A snapshot is not read back: its ticket does not say "bit for bit".
+        let snap = json!({"name": "web01", "generation": 1, "target": "ebs-snapshot:web01",
+                          "bytes_written": 10, "verified": true, "seconds": 1.0, "mb_per_s": 1.0});
+        let text = summary(&ingest(&snap, "fat:m.img").unwrap());
+        assert!(
+            text.contains("verified        yes, every block's SHA-256 as EBS computed it")
+                && !text.contains("bit for bit"),
+            "{text}"
+        );
     }
 
     #[test]

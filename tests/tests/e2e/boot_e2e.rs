@@ -293,6 +293,8 @@ fn a_partition_table_without_boot_code_ends_before_the_guest_starts() {
         "{}",
         text(&o)
     );
+    // No guest ran: no console to show.
+    assert!(!text(&o).contains("console tail"), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.path().join("gpt.raw.boot-report.json")).unwrap(),
     )
