@@ -836,13 +836,10 @@ fn a_source_another_program_writes_or_that_grows_is_warned_about() {
             .spawn()
             .unwrap(),
     );
-    // Until bash has opened it.
+    // Until bash has opened it (as its fd 3: a count of its descriptors also counted ones
+    // it inherited, and the capture then ran before the disk was held).
     let pid = writer.0.id();
-    let held = || {
-        fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.flatten().count() > 3)
-            .unwrap_or(false)
-    };
+    let held = || fs::read_link(format!("/proc/{pid}/fd/3")).is_ok_and(|l| l.ends_with("disk.raw"));
     let started = std::time::Instant::now();
     while !held() && started.elapsed() < std::time::Duration::from_secs(10) {
         std::thread::sleep(std::time::Duration::from_millis(20));
