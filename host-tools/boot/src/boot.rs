@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::partition::{read_table, TableKind};
+use crate::partition::{read_table, Table, TableKind};
 use crate::proof::{prove_boot, ConsoleRead, Expectation, Guest, GuestState, Setup, Start};
 use crate::sample::{find_tool, run_tool};
 use crate::{inspect, BootError, ReadAt, Result};
@@ -444,36 +444,40 @@ impl ReadAt for Head {
     }
 }
 
-fn resolve_firmware(spec: &BootSpec) -> Result<(Firmware, String)> {
+/// The firmware to start, why, and the disk's first bytes when they were read to decide
+/// ([`never_boots`] looks at them too: read once).
+fn resolve_firmware(spec: &BootSpec) -> Result<(Firmware, String, Option<Vec<u8>>)> {
     match spec.firmware {
-        Firmware::Bios => Ok((Firmware::Bios, "requested".into())),
-        Firmware::Uefi => Ok((Firmware::Uefi, "requested".into())),
+        Firmware::Bios => Ok((Firmware::Bios, "requested".into(), None)),
+        Firmware::Uefi => Ok((Firmware::Uefi, "requested".into(), None)),
         Firmware::Auto => {
             let (head, size) = read_head(&spec.target)?;
-            match read_table(&mut Head(head), size) {
-                Ok(t)
-                    if t.kind == TableKind::Gpt
-                        && t.partitions.iter().any(|p| p.ptype.is_esp()) =>
-                {
-                    Ok((Firmware::Uefi, "GPT with an EFI System Partition".into()))
-                }
-                Ok(t) if t.kind == TableKind::Gpt => Ok((
-                    Firmware::Bios,
-                    "GPT without an EFI System Partition: BIOS boot".into(),
-                )),
-                Ok(t) if t.kind == TableKind::Mbr => {
-                    Ok((Firmware::Bios, "MBR partition table".into()))
-                }
-                Ok(_) => Ok((
-                    Firmware::Bios,
-                    "no partition table; BIOS is QEMU's default".into(),
-                )),
-                Err(e) => Ok((
-                    Firmware::Bios,
-                    format!("partition table unreadable ({e}); BIOS is QEMU's default"),
-                )),
-            }
+            let mut head = Head(head);
+            let (fw, why) = firmware_from_table(read_table(&mut head, size));
+            Ok((fw, why, Some(head.0)))
         }
+    }
+}
+
+/// What `auto` picks from a partition table read (or the failure to read one).
+fn firmware_from_table(table: Result<Table>) -> (Firmware, String) {
+    match table {
+        Ok(t) if t.kind == TableKind::Gpt && t.partitions.iter().any(|p| p.ptype.is_esp()) => {
+            (Firmware::Uefi, "GPT with an EFI System Partition".into())
+        }
+        Ok(t) if t.kind == TableKind::Gpt => (
+            Firmware::Bios,
+            "GPT without an EFI System Partition: BIOS boot".into(),
+        ),
+        Ok(t) if t.kind == TableKind::Mbr => (Firmware::Bios, "MBR partition table".into()),
+        Ok(_) => (
+            Firmware::Bios,
+            "no partition table; BIOS is QEMU's default".into(),
+        ),
+        Err(e) => (
+            Firmware::Bios,
+            format!("partition table unreadable ({e}); BIOS is QEMU's default"),
+        ),
     }
 }
 
@@ -486,12 +490,21 @@ pub(crate) fn bios_finds_no_code(head: &[u8]) -> bool {
     head.len() >= 512 && head[510..512] == [0x55, 0xaa] && head[..440].iter().all(|&b| b == 0)
 }
 
-/// Why the guest of `spec` is not started at all under `firmware` (`None`: start it).
-fn never_boots(spec: &BootSpec, firmware: Firmware, why: &str) -> Option<String> {
+/// Why the guest of `spec` is not started at all under `firmware` (`None`: start it);
+/// `head`: the disk's first bytes if [`resolve_firmware`] read them.
+fn never_boots(
+    spec: &BootSpec,
+    firmware: Firmware,
+    why: &str,
+    head: Option<Vec<u8>>,
+) -> Option<String> {
     if firmware != Firmware::Bios {
         return None;
     }
-    let (head, _) = read_head(&spec.target).ok()?;
+    let head = match head {
+        Some(h) => h,
+        None => read_head(&spec.target).ok()?.0,
+    };
     bios_finds_no_code(&head).then(|| {
         format!(
             "the disk's MBR has no boot code (its first 440 bytes are zeros) and the firmware is \
@@ -654,8 +667,8 @@ impl LocalQemu {
         for d in &spec.data_disks {
             d.check_exists()?;
         }
-        let (firmware, firmware_reason) = resolve_firmware(spec)?;
-        let never = never_boots(spec, firmware, &firmware_reason);
+        let (firmware, firmware_reason, head) = resolve_firmware(spec)?;
+        let never = never_boots(spec, firmware, &firmware_reason, head);
         let (bus, bus_reason) = resolve_bus(spec);
         // OVMF writes its variable store: give it a private copy per boot.
         let tmp =
@@ -978,7 +991,7 @@ mod tests {
             build_sample_disk(&disk, &opts).unwrap();
             let spec = BootSpec::new(Target::File(disk), "x");
             assert_eq!(resolve_bus(&spec).0, bus, "{drivers:?}");
-            let (fw, why) = resolve_firmware(&spec).unwrap();
+            let (fw, why, _) = resolve_firmware(&spec).unwrap();
             assert_eq!(fw, Firmware::Bios);
             assert!(why.contains("MBR"), "{why}");
         }
