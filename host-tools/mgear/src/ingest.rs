@@ -1476,7 +1476,8 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // A volume an earlier ingest finished with another generation (the delta's parent):
         // "exists: pass --force" alone did not say that --force writes the whole disk again,
         // nor that a volume kept up to date in place is what serve and sync are for.
-        if let (Some(root), false) = (ingested_from(&sdir, p).filter(|_| p.exists()), args.force) {
+        // (`ingested_from` is `None` for a file that is not there.)
+        if let (Some(root), false) = (ingested_from(&sdir, p), args.force) {
             if root != *reader.manifest_root() {
                 return Err(usage(format!(
                     "{} exists and holds another finished ingest (recorded on this host: an \

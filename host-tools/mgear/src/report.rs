@@ -174,9 +174,12 @@ fn s(v: &Value, path: &[&str]) -> String {
 }
 
 fn size(v: &Value, path: &[&str]) -> String {
-    get(v, path)
-        .and_then(Value::as_u64)
-        .map_or("-".into(), |b| format!("{} ({b} bytes)", human_bytes(b)))
+    bytes(get(v, path).and_then(Value::as_u64))
+}
+
+/// A byte count for a ticket, `-` when unknown.
+fn bytes(b: Option<u64>) -> String {
+    b.map_or("-".into(), |b| format!("{} ({b} bytes)", human_bytes(b)))
 }
 
 /// The capture report for `result` (capture's `--json` report).
@@ -483,10 +486,7 @@ pub fn summary(v: &Value) -> String {
             // which were not read (the ticket said "read 200 MiB" of a capture that read 53).
             let holes = r["holes_skipped"].as_u64().unwrap_or(0);
             let read = r["bytes_read"].as_u64().map(|b| b.saturating_sub(holes));
-            line(
-                "read",
-                read.map_or("-".into(), |b| format!("{} ({b} bytes)", human_bytes(b))),
-            );
+            line("read", bytes(read));
             if holes > 0 {
                 line("holes skipped", size(r, &["holes_skipped"]));
             }

@@ -102,9 +102,11 @@ fn with_double(e: &Env, d: &Double, line: &Line) -> std::process::Command {
     c
 }
 
-/// A slowed ingest into `d`, killed once some blocks are in (and a checkpoint or two recorded).
-fn killed_after_some_blocks(e: &Env, d: &Double) {
-    let slow = ingest(e, &["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
+/// `line` slowed into `d`, killed once some blocks are in (and a checkpoint or two recorded).
+fn killed_after_some_blocks(e: &Env, d: &Double, line: &Line) {
+    let slow = line
+        .clone()
+        .args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
     let mut child = with_double(e, d, &slow)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -255,7 +257,7 @@ fn ebs_snapshot_killed_ingest_resumes_into_the_same_snapshot() {
     let e = Env::new();
     captured(&e);
     let d = Double::start(DoubleConfig::default());
-    killed_after_some_blocks(&e, &d);
+    killed_after_some_blocks(&e, &d, &ingest(&e, &[]));
     let ids = d.snapshot_ids();
     assert_eq!(ids.len(), 1);
     assert_eq!(d.snapshot(&ids[0]).unwrap().status, "pending");
@@ -445,7 +447,7 @@ fn ebs_snapshot_gone_while_pending_is_started_again() {
     let e = Env::new();
     captured(&e);
     let d = Double::start(DoubleConfig::default());
-    killed_after_some_blocks(&e, &d);
+    killed_after_some_blocks(&e, &d, &ingest(&e, &[]));
     let ids = d.snapshot_ids();
     assert_eq!(ids.len(), 1);
     assert!(d.delete_snapshot(&ids[0]));
@@ -556,20 +558,7 @@ fn a_set_ingest_into_snapshots_re_run_in_another_order_starts_nothing() {
             .target(&format!("ebs-snapshot:{a}"))
             .target(&format!("ebs-snapshot:{b}"))
     };
-    let slow = line("m2-0", "m2-1").args(&["--rate-limit", "4MiB/s", "--checkpoint-bytes", "1MiB"]);
-    let mut child = with_double(&e, &d, &slow)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    while d.accepted().get("PutSnapshotBlock").copied().unwrap_or(0) < 6 {
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("ingest ended before it could be killed: {st}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    killed_after_some_blocks(&e, &d, &line("m2-0", "m2-1"));
     let started = d.snapshot_ids();
     assert_eq!(started.len(), 1, "{started:?}");
     let out = with_double(&e, &d, &line("m2-1", "m2-0")).output().unwrap();

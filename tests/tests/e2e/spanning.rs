@@ -159,6 +159,16 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
     b.stop();
 }
 
+/// `n` simulated appliances with media of `mib` MiB each, started, provisioned and unlocked.
+fn unlocked_appliances(n: usize, mib: u64) -> Vec<Lab> {
+    let mut labs: Vec<Lab> = (0..n).map(|_| Lab::new(mib)).collect();
+    for l in labs.iter_mut() {
+        l.start();
+        l.provision_and_unlock();
+    }
+    labs
+}
+
 /// Pseudo-random, incompressible.
 pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     image_format::bench::noise(len, seed)
@@ -1059,11 +1069,7 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
 /// that witnessed the capture goes first again.
 #[test]
 fn an_appliance_span_resumes_with_the_appliances_in_any_order() {
-    let mut labs: Vec<Lab> = (0..3).map(|_| Lab::new(40)).collect();
-    for l in labs.iter_mut() {
-        l.start();
-        l.provision_and_unlock();
-    }
+    let labs = unlocked_appliances(3, 40);
     let a = &labs[0];
     a.keygen();
     std::fs::write(a.p("disk.raw"), noise(72 << 20, 4)).unwrap();
@@ -1413,11 +1419,7 @@ fn a_damaged_or_missing_mirror_copy_on_one_medium_of_a_span_is_found() {
 /// was all it said. Now the appliance that stopped answering is named, and the way on.
 #[test]
 fn the_second_appliance_of_a_span_cut_off_is_named() {
-    let mut labs: Vec<Lab> = (0..2).map(|_| Lab::new(64)).collect();
-    for l in labs.iter_mut() {
-        l.start();
-        l.provision_and_unlock();
-    }
+    let mut labs = unlocked_appliances(2, 64);
     labs[0].keygen();
     std::fs::write(labs[0].p("disk.raw"), noise(24 << 20, 9)).unwrap();
     let ttys: Vec<String> = labs.iter().map(|l| l.tty()).collect();
@@ -1462,11 +1464,7 @@ fn the_second_appliance_of_a_span_cut_off_is_named() {
 /// and no order went on from there. The appliance that holds the capture goes first.
 #[test]
 fn a_full_appliance_continues_with_a_new_one_given_first() {
-    let mut labs: Vec<Lab> = (0..2).map(|_| Lab::new(40)).collect();
-    for l in labs.iter_mut() {
-        l.start();
-        l.provision_and_unlock();
-    }
+    let labs = unlocked_appliances(2, 40);
     let a = &labs[0];
     a.keygen();
     std::fs::write(a.p("disk.raw"), noise(48 << 20, 5)).unwrap();
