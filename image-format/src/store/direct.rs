@@ -708,11 +708,16 @@ impl Seek for DirectFile {
 
 impl FatDevice for DirectFile {
     fn sync_device(&mut self) -> io::Result<()> {
+        self.barrier()?;
+        self.file.sync_data().map_err(|e| self.fail(e))
+    }
+
+    /// Staged and in-flight writes reach the file before any later one.
+    fn barrier(&mut self) -> io::Result<()> {
         self.check()?;
         self.flush_stage()?;
         self.drain()?;
-        self.check()?;
-        self.file.sync_data().map_err(|e| self.fail(e))
+        self.check()
     }
 
     /// The shared direct reader, once nothing staged or in flight overlaps

@@ -1025,19 +1025,85 @@ where
     }
 }
 
-/// The cluster chains of every file and directory of the volume against the sizes their
-/// entries give: a file whose chain runs past its size (into another file's clusters, or
-/// back into its own: reads stop at the size, so every file still reads right, but a later
-/// write or removal frees or overwrites what the chain runs into, and so does `fsck.fat -a`,
-/// which cuts the chain and frees what follows), a last cluster the FAT marks free (the next
-/// file written takes it), clusters two entries both hold, and a chain past its size into
-/// clusters nobody holds ([`LEFTOVER_CHAIN`]: what a cut write leaves). Each as a finding;
-/// `fsck.fat -n` sees the same ("cluster chain length is >", "shares clusters", "contains a
-/// free cluster").
-pub fn chain_findings<R>(geo: &Geometry, read: &mut R) -> Result<Vec<String>, StoreError>
+/// A file whose chain stops short of its size: how a cut free leaves it (`fatfs` frees a
+/// truncated or removed file's clusters before it writes the entry's new size or removes it).
+struct Broken {
+    /// Device offset of its 32-byte short entry.
+    entry: u64,
+    /// The clusters its chain still holds, before the end mark or the free cluster.
+    kept: Vec<Run>,
+}
+
+/// The chain from `first` as far as it goes when it ends (an end mark, or a link to a
+/// cluster marked free) before `need` clusters; `None` when it leaves the volume or loops
+/// (damage, not a cut free) or is not short.
+fn broken_chain<R>(
+    geo: &Geometry,
+    read: &mut R,
+    first: u32,
+    need: u64,
+) -> Result<Option<Vec<Run>>, StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
+    let mut map = FileMap {
+        size: 0,
+        entry_offset: 0,
+        runs: Vec::new(),
+    };
+    let mut fat = FatEntries::new();
+    let (mut c, mut count) = (first, 0u64);
+    loop {
+        if !geo.valid_cluster(c) || count >= need || count > u64::from(geo.cluster_count) {
+            return Ok(None);
+        }
+        let next = fat.get(geo, read, c)?;
+        if next == 0 {
+            return Ok(Some(map.runs));
+        }
+        map.push_cluster(c);
+        count += 1;
+        if next >= END_OF_CHAIN {
+            return Ok((count < need).then_some(map.runs));
+        }
+        c = next;
+    }
+}
+
+/// Every chain of the volume as the directory entries hold it, from [`walk_chains`].
+struct Chains {
+    /// Claimed runs of clusters: first cluster -> (end, whose).
+    held: alloc::collections::BTreeMap<u32, (u64, String)>,
+    /// Damage met on the way (clusters two entries hold, directory loops).
+    findings: Vec<String>,
+    /// Entries that share clusters, as told in `findings` (a file with itself: a loop).
+    shared: alloc::collections::BTreeSet<(String, String)>,
+    /// Each file's path, the last cluster its size covers (`None` for size 0) and where its
+    /// chain goes after it.
+    after: Vec<(String, Option<u32>, After)>,
+    /// Directories put right on the way ([`fix_dir_head`]).
+    dirs_fixed: u64,
+    /// Files whose chain ends (or reaches a free cluster) before their size is covered.
+    broken: Vec<Broken>,
+    /// A directory or file chain was not followed to the clusters its entry needs (it left
+    /// the volume, looped or ended early): damage the reader of that entry says.
+    partial: bool,
+}
+
+/// Walk every directory and file chain from the root (see [`chain_findings`]). With `fix`,
+/// each directory below the root is put right before its entries are read where a cut
+/// write left it half made ([`fix_dir_head`]), and `dirs_fixed` counts them.
+fn walk_chains<R, W>(
+    geo: &Geometry,
+    read: &mut R,
+    mut fix: Option<&mut W>,
+) -> Result<Chains, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
+{
+    let mut dirs_fixed = 0u64;
+    let mut broken = Vec::new();
     // Claimed runs of clusters: first cluster -> (end, whose).
     let mut runs_held: alloc::collections::BTreeMap<u32, (u64, String)> =
         alloc::collections::BTreeMap::new();
@@ -1076,15 +1142,27 @@ where
             runs_held.entry(a).or_insert((b, String::from(path)));
         }
     };
-    let mut after: Vec<(String, After)> = Vec::new();
+    let mut after: Vec<(String, Option<u32>, After)> = Vec::new();
     // Damage a directory walk meets (a chain out of the volume, a directory that loops) is
     // said where the directory is read; here it only ends the walk of that directory.
-    let said = |r: Result<Vec<Run>, StoreError>| match r {
-        Err(StoreError::Damaged(_)) => Ok(None),
+    let mut partial = false;
+    let mut said = |r: Result<Vec<Run>, StoreError>| match r {
+        Err(StoreError::Damaged(_)) => {
+            partial = true;
+            Ok(None)
+        }
         other => other.map(Some),
     };
     let Some(root) = said(dir_chain(geo, read, "the root directory", geo.root_cluster))? else {
-        return Ok(findings);
+        return Ok(Chains {
+            held: runs_held,
+            findings,
+            shared,
+            after: Vec::new(),
+            dirs_fixed,
+            broken,
+            partial: true,
+        });
     };
     claim(&root, "/", &mut findings);
     let mut dirs: Vec<(String, u32)> = vec![(String::new(), geo.root_cluster)];
@@ -1095,8 +1173,17 @@ where
     walked.insert(geo.root_cluster, String::from("/"));
     while let Some((dir, first)) = dirs.pop() {
         let bytes = match read_dir(geo, read, if dir.is_empty() { "/" } else { &dir }, first) {
-            Err(StoreError::Damaged(_)) => continue,
+            Err(StoreError::Damaged(_)) => {
+                said(Err(StoreError::Damaged(String::new())))?;
+                continue;
+            }
             other => other?,
+        };
+        // Read just now: where each entry of it lies on the device.
+        let dir_map = FileMap {
+            size: 0,
+            entry_offset: 0,
+            runs: dir_chain(geo, read, &dir, first)?,
         };
         let mut found = Vec::new();
         each_entry(&bytes, |long, short, f| {
@@ -1134,14 +1221,29 @@ where
                     continue;
                 };
                 claim(&runs, &path, &mut findings);
+                let parent = if dir.is_empty() { 0 } else { first };
+                if let Some(w) = fix.as_deref_mut() {
+                    dirs_fixed += u64::from(fix_dir_head(geo, read, w, &runs, f.first, parent)?);
+                }
                 dirs.push((path, f.first));
                 continue;
             }
             // A file of size 0 that holds a cluster is one cluster past its size.
             let need = f.size.div_ceil(geo.cluster_bytes).max(1);
             let Some((own, next)) = walk_file(geo, read, f.first, need)? else {
+                let at = dir_map.pieces(geo, f.at as u64, 32);
+                match (broken_chain(geo, read, f.first, need)?, at.first()) {
+                    (Some(kept), Some(&(entry, 32))) => {
+                        claim(&kept, &path, &mut findings);
+                        broken.push(Broken { entry, kept });
+                    }
+                    _ => {
+                        said(Err(StoreError::Damaged(String::new())))?;
+                    }
+                }
                 continue;
             };
+            let last = own.last().map(|r| r.cluster + r.clusters - 1);
             // A file of size 0 that holds a cluster: all its chain is past its size.
             let next = match (f.size, next) {
                 (0, After::End) => After::Tail {
@@ -1154,9 +1256,63 @@ where
             if f.size > 0 {
                 claim(&own, &path, &mut findings);
             }
-            after.push((path, next));
+            // Its last cluster marked free: a cut free too (of a file of one cluster, or
+            // one whose last cluster the cut reached first).
+            if let (After::Free(_), Some(&(entry, 32))) =
+                (&next, dir_map.pieces(geo, f.at as u64, 32).first())
+            {
+                let mut kept = FileMap {
+                    size: 0,
+                    entry_offset: 0,
+                    runs: Vec::new(),
+                };
+                let n = own.iter().map(|r| u64::from(r.clusters)).sum::<u64>() - 1;
+                for c in own
+                    .iter()
+                    .flat_map(|r| r.cluster..r.cluster + r.clusters)
+                    .take(n as usize)
+                {
+                    kept.push_cluster(c);
+                }
+                broken.push(Broken {
+                    entry,
+                    kept: kept.runs,
+                });
+            }
+            after.push((path, last.filter(|_| f.size > 0), next));
         }
     }
+    Ok(Chains {
+        held: runs_held,
+        findings,
+        shared,
+        after,
+        dirs_fixed,
+        broken,
+        partial,
+    })
+}
+
+/// The cluster chains of every file and directory of the volume against the sizes their
+/// entries give: a file whose chain runs past its size (into another file's clusters, or
+/// back into its own: reads stop at the size, so every file still reads right, but a later
+/// write or removal frees or overwrites what the chain runs into, and so does `fsck.fat -a`,
+/// which cuts the chain and frees what follows), a last cluster the FAT marks free (the next
+/// file written takes it), clusters two entries both hold, and a chain past its size into
+/// clusters nobody holds ([`LEFTOVER_CHAIN`]: what a cut write leaves). Each as a finding;
+/// `fsck.fat -n` sees the same ("cluster chain length is >", "shares clusters", "contains a
+/// free cluster").
+pub fn chain_findings<R>(geo: &Geometry, read: &mut R) -> Result<Vec<String>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let Chains {
+        held: runs_held,
+        mut findings,
+        after,
+        shared,
+        ..
+    } = walk_chains::<R, NoWrite>(geo, read, None)?;
     let owner = |c: u32| {
         runs_held
             .range(..=c)
@@ -1164,7 +1320,7 @@ where
             .filter(|(_, (end, _))| *end > u64::from(c))
             .map(|(_, (_, who))| who.clone())
     };
-    for (path, next) in after {
+    for (path, _, next) in after {
         match next {
             After::End => {}
             After::Free(c) => findings.push(format!(
@@ -1213,6 +1369,310 @@ where
         }
     }
     Ok(findings)
+}
+
+/// Put a directory's `.` and `..` entries back in its first two slots when they are where
+/// `fatfs` 0.3.6 writes them (each behind a long-name slot, fixed upstream in
+/// rafalh/rust-fatfs#99 and #100, not yet released; `fsck.fat` and other systems treat such
+/// a directory as damaged), `..` pointing at `parent` (0: the root). `slots` is the start
+/// of the directory's first cluster; `false` when it is not that pattern. The two slots
+/// left behind are marked deleted, or end the directory when nothing follows them.
+pub fn fix_dot_entries(slots: &mut [u8], parent: u32) -> bool {
+    // LFN entries have attribute 0x0f at byte 11 of the slot.
+    let pattern = slots.len() >= 160
+        && slots[11] == 0x0f
+        && &slots[32..43] == b".          "
+        && slots[64 + 11] == 0x0f
+        && &slots[96..107] == b"..         ";
+    if !pattern {
+        return false;
+    }
+    let (dot, dotdot) = (slots[32..64].to_vec(), slots[96..128].to_vec());
+    slots[..32].copy_from_slice(&dot);
+    slots[32..64].copy_from_slice(&dotdot);
+    slots[32 + 20..32 + 22].copy_from_slice(&((parent >> 16) as u16).to_le_bytes());
+    slots[32 + 26..32 + 28].copy_from_slice(&(parent as u16).to_le_bytes());
+    let more = slots[128] != 0;
+    slots[64..128].fill(0);
+    if more {
+        slots[64] = 0xe5;
+        slots[96] = 0xe5;
+    }
+    true
+}
+
+/// A walk that writes nothing.
+type NoWrite = fn(u64, &[u8]) -> Result<(), StoreError>;
+
+/// Put right the directory whose chain is `runs` (first cluster `first`, parent `parent`,
+/// 0 for the root) when a cut write left it half made: `fatfs`'s pattern of `.` and `..`
+/// behind long-name slots ([`fix_dot_entries`]), or a first slot that is no `.` entry at
+/// all. Every engine writes a new directory's `.` first, and the cut came after its parent's
+/// entry reached the medium and before the directory's own cluster did, so the directory
+/// holds nothing that was ever made durable: it is made empty again (its clusters zeroed,
+/// `.` and `..` written). `true` when it wrote.
+fn fix_dir_head<R, W>(
+    geo: &Geometry,
+    read: &mut R,
+    write: &mut W,
+    runs: &[Run],
+    first: u32,
+    parent: u32,
+) -> Result<bool, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
+{
+    // A cluster is 512 bytes or more: the five slots looked at are in the first.
+    let at = geo.cluster_offset(first);
+    let mut head = [0u8; 160];
+    read(at, &mut head)?;
+    if fix_dot_entries(&mut head, parent) {
+        write(at, &head[..128])?;
+        return Ok(true);
+    }
+    if &head[..11] == b".          " && head[11] & 0x10 != 0 {
+        return Ok(false);
+    }
+    let zeros = vec![0u8; geo.cluster_bytes as usize];
+    for r in runs {
+        for c in r.cluster..r.cluster + r.clusters {
+            write(geo.cluster_offset(c), &zeros)?;
+        }
+    }
+    let mut dots = [0u8; 64];
+    for (slot, name, cluster) in [(0, b".          ", first), (32, b"..         ", parent)] {
+        dots[slot..slot + 11].copy_from_slice(name);
+        dots[slot + 11] = 0x10;
+        dots[slot + 20..slot + 22].copy_from_slice(&((cluster >> 16) as u16).to_le_bytes());
+        dots[slot + 26..slot + 28].copy_from_slice(&(cluster as u16).to_le_bytes());
+    }
+    write(at, &dots)?;
+    Ok(true)
+}
+
+/// What [`reclaim`] gave back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Chains cut at their file's size ([`LEFTOVER_CHAIN`]).
+    pub chains_cut: u64,
+    /// Clusters marked taken that no entry held, now free (the cut tails' among them).
+    pub clusters_freed: u64,
+    /// Entries of the other FAT copies that differed from the first, now equal to it.
+    pub copy_entries_fixed: u64,
+    /// Directories put right ([`fix_dir_head`]): `.` and `..` back in place, or made empty
+    /// again when the cut came before their first cluster reached the medium.
+    pub dirs_fixed: u64,
+    /// Files whose chain a cut free left shorter than their size, cut to it.
+    pub files_shortened: u64,
+}
+
+/// Whether a chain of the walk holds cluster `c`.
+fn held_by(chains: &Chains, c: u32) -> bool {
+    chains
+        .held
+        .range(..=c)
+        .next_back()
+        .is_some_and(|(_, (end, _))| *end > u64::from(c))
+}
+
+/// The clusters at which [`reclaim`] cuts chains that run past their file's size into
+/// clusters no entry holds; `None` when the walk met anything else (it writes nothing then).
+fn cuts(chains: &Chains) -> Option<Vec<u32>> {
+    if chains.partial || !chains.findings.is_empty() {
+        return None;
+    }
+    let mut cuts = Vec::new();
+    for (_, last, next) in &chains.after {
+        match next {
+            // Cut back with the short files (`Chains::broken`).
+            After::End | After::Free(_) => {}
+            // A size-0 file's whole chain is its tail: its entry would need its first
+            // cluster cleared too. No engine leaves that (the entry gets the first cluster
+            // and the size in one write).
+            After::Tail {
+                clusters,
+                out: false,
+                ..
+            } if !clusters.iter().any(|&c| held_by(chains, c)) => cuts.push((*last)?),
+            _ => return None,
+        }
+    }
+    Some(cuts)
+}
+
+/// Make FAT copy `to` equal to copy `from` (entries 2 on); how many entries changed.
+fn copy_fat<R, W>(
+    geo: &Geometry,
+    read: &mut R,
+    write: &mut W,
+    from: u64,
+    to: u64,
+) -> Result<u64, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
+{
+    let mut a = vec![0u8; FAT_WINDOW * 16];
+    let mut b = vec![0u8; FAT_WINDOW * 16];
+    let end = (u64::from(geo.cluster_count) + 2) * 4;
+    let (mut at, mut changed) = (8u64, 0u64);
+    while at < end {
+        let n = (end - at).min(a.len() as u64) as usize;
+        read(geo.fat_offset + from * geo.fat_bytes + at, &mut a[..n])?;
+        read(geo.fat_offset + to * geo.fat_bytes + at, &mut b[..n])?;
+        if a[..n] != b[..n] {
+            changed += a[..n]
+                .chunks_exact(4)
+                .zip(b[..n].chunks_exact(4))
+                .filter(|(x, y)| x != y)
+                .count() as u64;
+            write(geo.fat_offset + to * geo.fat_bytes + at, &a[..n])?;
+        }
+        at += n as u64;
+    }
+    Ok(changed)
+}
+
+/// Put right what a write-back cut off (a process killed, a cable pulled) leaves on a
+/// FAT32 volume, as `fsck.fat -a` would, before anything is written on top of it. A host
+/// engine writes its cached blocks back in device order (the first FAT, the second, then
+/// directories), so a cut leaves one of: the first FAT newer than the second in part (a
+/// link written, the cluster it links to not yet taken), the second newer in part, or both
+/// FATs new and the directories old (clusters taken that no entry holds yet, chains past
+/// their file's size, a truncated or removed file's entry on clusters already freed), plus
+/// a new directory whose `.` never reached the medium, or `fatfs`'s misplaced `.` and `..`.
+///
+/// So: the FAT copy to keep is one on which every chain covers what its entry needs
+/// (preferably with no chain short of its size either), copied over the other; directories
+/// are put right ([`fix_dir_head`]); a file whose chain stops short of its size (a cut free)
+/// is cut to what it still holds; a chain past its size into clusters no entry holds
+/// ([`LEFTOVER_CHAIN`]) is cut at the size; every cluster marked taken that no chain holds
+/// is freed; and every FAT copy is made equal to the first.
+///
+/// Nothing is written, and `None` returned, when neither copy walks clean (shared
+/// clusters, a chain into another file, out of the volume, a loop): freeing clusters there
+/// would free data, so that is left for a person with `mgear verify`. Reads the whole FAT
+/// (and each copy) a few times: only after a cut.
+pub fn reclaim<R, W>(
+    geo: &Geometry,
+    read: &mut R,
+    write: &mut W,
+) -> Result<Option<Reclaimed>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
+{
+    // The copy to keep: one whose every chain covers what its entry needs. An interrupted
+    // write-back leaves the first copy newer than the second in part (a link written, the
+    // cluster it links to not yet taken), the second older in part, or both new and the
+    // directories old: one of them is such a copy.
+    // Preferably one where no chain stops short of its size either (the other copy then
+    // still holds what a cut free had begun to give back).
+    let mut keep = None;
+    'search: for whole in [true, false] {
+        for copy in 0..geo.fats.min(2) {
+            let mut g = geo.clone();
+            g.fat_offset += copy * geo.fat_bytes;
+            let chains = walk_chains::<R, NoWrite>(&g, read, None)?;
+            if cuts(&chains).is_some() && (!whole || chains.broken.is_empty()) {
+                keep = Some(copy);
+                break 'search;
+            }
+        }
+    }
+    let Some(keep) = keep else {
+        return Ok(None);
+    };
+    let mut done = Reclaimed::default();
+    if keep > 0 {
+        done.copy_entries_fixed += copy_fat(geo, read, write, keep, 0)?;
+    }
+    let chains = walk_chains(geo, read, Some(&mut *write))?;
+    let (Some(cuts), held) = (cuts(&chains), |c: u32| held_by(&chains, c)) else {
+        return Ok(None);
+    };
+    done.dirs_fixed = chains.dirs_fixed;
+    // A file a cut free left short: its size cut to the clusters it still holds, its chain
+    // ended there (`fsck.fat -a` does the same).
+    for b in &chains.broken {
+        let mut e = [0u8; 32];
+        read(b.entry, &mut e)?;
+        let clusters: u64 = b.kept.iter().map(|r| u64::from(r.clusters)).sum();
+        let size = u64::from(le32(&e, 28)).min(clusters * geo.cluster_bytes);
+        e[28..32].copy_from_slice(&(size as u32).to_le_bytes());
+        match b.kept.last() {
+            Some(r) => {
+                let last = r.cluster + r.clusters - 1;
+                let mut old = [0u8; 4];
+                read(geo.fat_offset + u64::from(last) * 4, &mut old)?;
+                let v = (le32(&old, 0) & 0xF000_0000) | 0x0FFF_FFFF;
+                for f in 0..geo.fats {
+                    write(
+                        geo.fat_offset + f * geo.fat_bytes + u64::from(last) * 4,
+                        &v.to_le_bytes(),
+                    )?;
+                }
+            }
+            None => {
+                e[20..22].fill(0);
+                e[26..28].fill(0);
+            }
+        }
+        write(b.entry, &e)?;
+        done.files_shortened += 1;
+    }
+    for last in cuts {
+        let mut old = [0u8; 4];
+        read(geo.fat_offset + u64::from(last) * 4, &mut old)?;
+        let v = (le32(&old, 0) & 0xF000_0000) | 0x0FFF_FFFF;
+        for f in 0..geo.fats {
+            write(
+                geo.fat_offset + f * geo.fat_bytes + u64::from(last) * 4,
+                &v.to_le_bytes(),
+            )?;
+        }
+        done.chains_cut += 1;
+    }
+    // One pass over the FAT: free what nothing holds in the first copy, then make every
+    // other copy equal to it. Entries 0 and 1 are the media byte and flags, not clusters.
+    let mut first = vec![0u8; FAT_WINDOW * 16];
+    let mut other = vec![0u8; FAT_WINDOW * 16];
+    let end = (u64::from(geo.cluster_count) + 2) * 4;
+    let mut at = 8u64;
+    while at < end {
+        let n = (end - at).min(first.len() as u64) as usize;
+        read(geo.fat_offset + at, &mut first[..n])?;
+        let mut changed = false;
+        for (i, e) in first[..n].chunks_exact_mut(4).enumerate() {
+            let c = (at / 4) as u32 + i as u32;
+            let raw = le32(e, 0);
+            let v = raw & 0x0FFF_FFFF;
+            // 0x0FFF_FFF7 marks a bad cluster: taken on purpose, held by nothing.
+            if v != 0 && v != 0x0FFF_FFF7 && !held(c) {
+                e.copy_from_slice(&(raw & 0xF000_0000).to_le_bytes());
+                done.clusters_freed += 1;
+                changed = true;
+            }
+        }
+        if changed {
+            write(geo.fat_offset + at, &first[..n])?;
+        }
+        for f in 1..geo.fats {
+            let copy = geo.fat_offset + f * geo.fat_bytes + at;
+            read(copy, &mut other[..n])?;
+            if other[..n] != first[..n] {
+                done.copy_entries_fixed += first[..n]
+                    .chunks_exact(4)
+                    .zip(other[..n].chunks_exact(4))
+                    .filter(|(a, b)| a != b)
+                    .count() as u64;
+                write(copy, &first[..n])?;
+            }
+        }
+        at += n as u64;
+    }
+    Ok(Some(done))
 }
 
 /// Map the file at `path` (`/`-separated, relative to the root).

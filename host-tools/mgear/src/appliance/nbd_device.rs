@@ -257,10 +257,16 @@ impl Seek for NbdDevice {
 
 impl FatDevice for NbdDevice {
     fn sync_device(&mut self) -> io::Result<()> {
-        self.check()?;
-        self.send_stage()?;
+        self.barrier()?;
         let flushed = self.file.flush();
         self.keep(flushed)
+    }
+
+    /// The stage is sent: the appliance serves one connection's requests in order, so
+    /// every later write reaches its medium after it.
+    fn barrier(&mut self) -> io::Result<()> {
+        self.check()?;
+        self.send_stage()
     }
 }
 
