@@ -1221,6 +1221,10 @@ pub fn open_medium(
             None => err!("opening the appliance's medium: {e}"),
         }
     })?;
+    crate::output::say_put_right(
+        &format!("the medium of the appliance at {}", port.display()),
+        &store,
+    );
     Ok((Box::new(ApplianceMedium(Some(store))), lock))
 }
 

@@ -872,6 +872,7 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                     crate::err!("opening medium {p}: {e}")
                 }
             })?;
+            crate::output::say_put_right(&path.display().to_string(), &store);
             Ok(Box::new(store))
         }
         MediumSpec::Nbd(url) => {
@@ -887,6 +888,7 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                 FatStore::open(dev)
             }
             .map_err(|e| crate::err!("opening medium {url}: {e}"))?;
+            crate::output::say_put_right(&url, &store);
             Ok(Box::new(store))
         }
     }

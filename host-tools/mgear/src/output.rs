@@ -242,6 +242,56 @@ pub fn hex_fields(v: &mut Value, keys: &[&str]) {
     }
 }
 
+/// Say on stderr what opening medium `label` put right below its files, when a run that was
+/// cut off (killed, unplugged) had left it mid-write: an operator sees the medium was touched
+/// and why (damage it leaves alone is said where a write is refused).
+pub fn say_put_right<D: image_format::store::FatDevice>(
+    label: &str,
+    store: &image_format::store::FatStore<D>,
+) {
+    let Some(Some(r)) = store.after_cut() else {
+        return;
+    };
+    let parts: Vec<String> = [
+        (
+            r.clusters_freed,
+            "cluster",
+            "clusters",
+            "no file held, freed",
+        ),
+        (
+            r.chains_cut,
+            "chain",
+            "chains",
+            "cut back to its file's size",
+        ),
+        (
+            r.files_shortened,
+            "file",
+            "files",
+            "cut back to what a removal or truncation left",
+        ),
+        (r.dirs_fixed, "directory", "directories", "put right"),
+        (
+            r.copy_entries_fixed,
+            "FAT entry",
+            "FAT entries",
+            "made the same in both copies",
+        ),
+    ]
+    .iter()
+    .filter(|(n, ..)| *n > 0)
+    .map(|(n, one, many, done)| format!("{n} {} {done}", if *n == 1 { one } else { many }))
+    .collect();
+    if !parts.is_empty() {
+        eprintln!(
+            "mgear: {label} was left mid-write by a run that was cut off (killed or unplugged); \
+             its file system is put right as `fsck.fat -a` would: {}",
+            parts.join(", ")
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

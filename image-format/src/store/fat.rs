@@ -931,6 +931,13 @@ impl<D: FatDevice> FatStore<D> {
         })
     }
 
+    /// What opening the volume put right, when it was opened for writing with the dirty
+    /// mark a cut run leaves ([`fatmap::reclaim`]): `Some(None)` when it met damage it left
+    /// alone, `None` when the volume was not marked (or is opened read-only).
+    pub fn after_cut(&self) -> Option<Option<fatmap::Reclaimed>> {
+        (self.dirty_at_mount && !self.read_only && self.geo.is_some()).then_some(self.reclaimed)
+    }
+
     /// Refuse a directory chain that loops in `dir` or above it before
     /// `fatfs` walks them (it would never stop; see `fatmap::check_dirs`).
     /// Only FAT32 is checked: FAT12/16 media are test-sized.
