@@ -909,9 +909,16 @@ impl<D: FatDevice> FatStore<D> {
         let reclaimed = match &geo {
             Some(geo) if dirty_at_mount && !read_only => {
                 let done =
-                    fatmap::reclaim(geo, &mut cache_reader(&cache), &mut cache_writer(&cache))?;
-                cache.sync().map_err(|e| fat_err("open", e))?;
-                done
+                    fatmap::reclaim(geo, &mut cache_reader(&cache), &mut cache_writer(&cache))
+                        .and_then(|done| {
+                            cache.sync().map_err(|e| fat_err("open", e)).map(|()| done)
+                        });
+                match done {
+                    // A device that refuses writes (a sealed or locked appliance's export):
+                    // left as it is; the first write says why.
+                    Err(StoreError::ReadOnly) => None,
+                    other => other?,
+                }
             }
             _ => Some(fatmap::Reclaimed::default()),
         };
@@ -2915,6 +2922,77 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    /// A device that refuses every write (a sealed appliance's export answers EPERM).
+    struct RefusesWrites(std::fs::File);
+    impl Read for RefusesWrites {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for RefusesWrites {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(1))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Seek for RefusesWrites {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.0.seek(pos)
+        }
+    }
+    impl FatDevice for RefusesWrites {
+        fn sync_device(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A volume left mid-write on a device that refuses writes opens for writing (what it
+    /// would put right is left as it is) and its first write says the medium is read-only:
+    /// the repair at open made opening a sealed appliance's medium fail with it.
+    #[test]
+    fn a_volume_left_mid_write_on_a_device_refusing_writes_opens_and_is_read_only() {
+        let (_t, p) = image(MIN_FAT32_BYTES);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR").unwrap();
+        s.write_at("MGEAR/F", 0, &[7u8; 3000]).unwrap();
+        s.unmount().unwrap();
+        // The dirty mark and a cluster taken in the first FAT only.
+        let f = open_rw(&p);
+        let mut boot = [0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut boot, 0).unwrap();
+        let geo = fatmap::Geometry::parse(&boot).unwrap();
+        boot[DIRTY_BYTE] |= 1;
+        std::os::unix::fs::FileExt::write_all_at(&f, &boot, 0).unwrap();
+        let last = u64::from(geo.cluster_count) + 1;
+        std::os::unix::fs::FileExt::write_all_at(
+            &f,
+            &0x0FFF_FFFFu32.to_le_bytes(),
+            geo.fat_offset + last * 4,
+        )
+        .unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let mut s = FatStore::open(RefusesWrites(open_rw(&p))).unwrap();
+        assert_eq!(s.after_cut(), Some(None));
+        let mut back = [0u8; 3000];
+        assert_eq!(s.read_at("MGEAR/F", 0, &mut back), Ok(3000));
+        assert_eq!(s.write_at("MGEAR/G", 0, b"x"), Err(StoreError::ReadOnly));
+        drop(s);
+        assert!(
+            std::fs::read(&p).unwrap() == before,
+            "nothing reached the medium"
+        );
+        // Where writes reach the medium, the same open puts it right.
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let done = s.after_cut().flatten().unwrap();
+        assert_eq!(done.clusters_freed, 1);
+        s.settled();
+        s.unmount().unwrap();
+        fsck(&p);
     }
 
     #[test]
