@@ -872,7 +872,7 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                     crate::err!("opening medium {p}: {e}")
                 }
             })?;
-            crate::output::say_put_right(&path.display().to_string(), &store);
+            crate::output::say_put_right(&format!("fat:{}", path.display()), &store);
             Ok(Box::new(store))
         }
         MediumSpec::Nbd(url) => {

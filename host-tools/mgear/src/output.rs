@@ -249,10 +249,10 @@ pub fn say_put_right<D: image_format::store::FatDevice>(
     label: &str,
     store: &image_format::store::FatStore<D>,
 ) {
-    let Some(Some(r)) = store.after_cut() else {
+    let Some(Ok(r)) = store.after_cut() else {
         return;
     };
-    let parts: Vec<String> = [
+    let counted = [
         (
             r.clusters_freed,
             "cluster",
@@ -265,12 +265,6 @@ pub fn say_put_right<D: image_format::store::FatDevice>(
             "chains",
             "cut back to its file's size",
         ),
-        (
-            r.files_shortened,
-            "file",
-            "files",
-            "cut back to what a removal or truncation left",
-        ),
         (r.dirs_fixed, "directory", "directories", "put right"),
         (
             r.copy_entries_fixed,
@@ -278,11 +272,34 @@ pub fn say_put_right<D: image_format::store::FatDevice>(
             "FAT entries",
             "made the same in both copies",
         ),
-    ]
-    .iter()
-    .filter(|(n, ..)| *n > 0)
-    .map(|(n, one, many, done)| format!("{n} {} {done}", if *n == 1 { one } else { many }))
-    .collect();
+    ];
+    let named = |paths: &[String], done: &str| {
+        let shown: Vec<&str> = paths.iter().take(3).map(String::as_str).collect();
+        let more = match paths.len() {
+            n if n > 3 => format!(" and {} more", n - 3),
+            _ => String::new(),
+        };
+        format!("{}{more} {done}", shown.join(", "))
+    };
+    let mut parts: Vec<String> = counted
+        .iter()
+        .filter(|(n, ..)| *n > 0)
+        .map(|(n, one, many, done)| format!("{n} {} {done}", if *n == 1 { one } else { many }))
+        .collect();
+    if !r.dirs_removed.is_empty() {
+        parts.push(named(
+            &r.dirs_removed,
+            "(empty, freed by a removal that was cut off) dropped",
+        ));
+    }
+    if !r.shortened.is_empty() {
+        parts.push(named(
+            &r.shortened,
+            "cut back to what a removal or truncation that was cut off left (if one is a \
+             finished capture's, `mgear verify` names what it lost; `mgear medium rm` finishes \
+             a removal)",
+        ));
+    }
     if !parts.is_empty() {
         eprintln!(
             "mgear: {label} was left mid-write by a run that was cut off (killed or unplugged); \

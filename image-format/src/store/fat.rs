@@ -728,9 +728,10 @@ pub struct FatStore<D: FatDevice> {
     /// medium is consistent again ([`Store::settled`]).
     dirty_at_mount: bool,
     settled: bool,
-    /// What [`fatmap::reclaim`] put right when the volume was mounted dirty for writing;
-    /// `None` when it met damage it leaves alone (the dirty mark then stays).
-    reclaimed: Option<fatmap::Reclaimed>,
+    /// What [`fatmap::reclaim`] put right when the volume was mounted dirty for writing, or
+    /// the damage it met and left alone (the dirty mark then stays); `None` when it did not
+    /// run (a clean volume, or one opened read-only or on a device that refuses writes).
+    reclaimed: Option<Result<fatmap::Reclaimed, String>>,
     /// The free clusters as counted by one scan of the FAT, and both
     /// allocators' counts then: later counts move it by what each did
     /// since, instead of reading the whole FAT again (up to 1 GiB on a
@@ -917,10 +918,10 @@ impl<D: FatDevice> FatStore<D> {
                     // A device that refuses writes (a sealed or locked appliance's export):
                     // left as it is; the first write says why.
                     Err(StoreError::ReadOnly) => None,
-                    other => other?,
+                    other => Some(other?),
                 }
             }
-            _ => Some(fatmap::Reclaimed::default()),
+            _ => None,
         };
         Ok(FatStore {
             fs,
@@ -939,10 +940,10 @@ impl<D: FatDevice> FatStore<D> {
     }
 
     /// What opening the volume put right, when it was opened for writing with the dirty
-    /// mark a cut run leaves ([`fatmap::reclaim`]): `Some(None)` when it met damage it left
-    /// alone, `None` when the volume was not marked (or is opened read-only).
-    pub fn after_cut(&self) -> Option<Option<fatmap::Reclaimed>> {
-        (self.dirty_at_mount && !self.read_only && self.geo.is_some()).then_some(self.reclaimed)
+    /// mark a cut run leaves ([`fatmap::reclaim`]), or the damage it met and left alone;
+    /// `None` when it did not run (see [`FatStore::reclaimed`]'s field).
+    pub fn after_cut(&self) -> Option<&Result<fatmap::Reclaimed, String>> {
+        self.reclaimed.as_ref()
     }
 
     /// Refuse a directory chain that loops in `dir` or above it before
@@ -1113,7 +1114,7 @@ impl<D: FatDevice> FatStore<D> {
                 next_free,
             )?;
         }
-        if dirty_at_mount && settled && reclaimed.is_some() {
+        if dirty_at_mount && settled && matches!(reclaimed, Some(Ok(_))) {
             // fatfs keeps a dirty flag it found at mount (it cannot know
             // the volume is sound). An interrupted capture's resume removes
             // what the crash left (mgear's own leftovers, and below them
@@ -1491,11 +1492,23 @@ impl<D: FatDevice> Store for FatStore<D> {
         Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
     }
 
+    /// With the damage the open of a volume left mid-write met and left alone (a chain out
+    /// of the volume is otherwise said where the file is read): a write on top of it would
+    /// leave the volume marked and `fsck.fat -n` failing.
     fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
         let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());
         };
-        fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))
+        let mut findings = fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))?;
+        if let Some(Err(why)) = &self.reclaimed {
+            if !why.is_empty() && !findings.contains(why) {
+                findings.push(format!(
+                    "{why} (the volume was left mid-write by a run that was cut off, and this \
+                     is more than a cut write leaves: nothing was put right)"
+                ));
+            }
+        }
+        Ok(findings)
     }
 
     fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
@@ -2857,7 +2870,7 @@ pub(crate) mod tests {
         let keep: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
         type Op = fn(&mut FatStore<&mut Logged>);
-        let ops: [(&str, Op); 6] = [
+        let ops: [(&str, Op); 7] = [
             ("cut back", |s| {
                 s.set_len("MGEAR/G1/SEG-00001", 70_000).unwrap()
             }),
@@ -2867,6 +2880,9 @@ pub(crate) mod tests {
             ("remove", |s| s.remove_file("MGEAR/G1/SEG-00001").unwrap()),
             ("remove a file of one cluster", |s| {
                 s.remove_file("MGEAR/G1/JRNL-A").unwrap()
+            }),
+            ("remove an empty directory", |s| {
+                s.remove_file("MGEAR/G1/EMPTY").unwrap()
             }),
             ("rename", |s| {
                 s.rename("MGEAR/G1/JRNL-A", "MGEAR/G1/JRNL-B").unwrap()
@@ -2886,7 +2902,7 @@ pub(crate) mod tests {
                 log: Vec::new(),
             };
             let mut s = FatStore::open(&mut dev).unwrap();
-            s.create_dir_all("MGEAR/G1").unwrap();
+            s.create_dir_all("MGEAR/G1/EMPTY").unwrap();
             s.write_at("MGEAR/G1/KEEP", 0, &keep).unwrap();
             s.write_at("MGEAR/G1/SEG-00001", 0, &big[..100]).unwrap();
             s.write_at("MGEAR/G1/SEG-00001", 100, &big[100..]).unwrap();
@@ -2977,7 +2993,7 @@ pub(crate) mod tests {
         .unwrap();
         let before = std::fs::read(&p).unwrap();
         let mut s = FatStore::open(RefusesWrites(open_rw(&p))).unwrap();
-        assert_eq!(s.after_cut(), Some(None));
+        assert_eq!(s.after_cut(), None, "nothing put right");
         let mut back = [0u8; 3000];
         assert_eq!(s.read_at("MGEAR/F", 0, &mut back), Ok(3000));
         assert_eq!(s.write_at("MGEAR/G", 0, b"x"), Err(StoreError::ReadOnly));
@@ -2988,11 +3004,60 @@ pub(crate) mod tests {
         );
         // Where writes reach the medium, the same open puts it right.
         let mut s = FatStore::open(open_rw(&p)).unwrap();
-        let done = s.after_cut().flatten().unwrap();
+        let done = s.after_cut().unwrap().as_ref().unwrap();
         assert_eq!(done.clusters_freed, 1);
         s.settled();
         s.unmount().unwrap();
         fsck(&p);
+    }
+
+    /// A volume left mid-write that also holds damage no cut write leaves (a chain out of
+    /// the volume) is not put right: nothing is written, the damage is a finding (so a
+    /// writer refuses), and the dirty mark stays. It was written over without a word.
+    #[test]
+    fn damage_on_a_volume_left_mid_write_is_left_alone_and_a_finding() {
+        let (_t, p) = image(MIN_FAT32_BYTES);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR").unwrap();
+        s.write_at("MGEAR/F", 0, &[7u8; 3000]).unwrap();
+        let second = s.map("MGEAR/F").unwrap().unwrap().runs[0].cluster + 1;
+        s.unmount().unwrap();
+        let f = open_rw(&p);
+        let mut boot = [0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut boot, 0).unwrap();
+        let geo = fatmap::Geometry::parse(&boot).unwrap();
+        boot[DIRTY_BYTE] |= 1;
+        std::os::unix::fs::FileExt::write_all_at(&f, &boot, 0).unwrap();
+        for copy in 0..2 {
+            std::os::unix::fs::FileExt::write_all_at(
+                &f,
+                &0x0FFF_FF00u32.to_le_bytes(),
+                geo.fat_offset + copy * geo.fat_bytes + u64::from(second) * 4,
+            )
+            .unwrap();
+        }
+        let before = std::fs::read(&p).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let why = s.after_cut().unwrap().clone().unwrap_err();
+        assert!(why.starts_with("MGEAR/F: "), "{why}");
+        let findings = s.chain_findings().unwrap();
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.starts_with("MGEAR/F: ") && f.contains("nothing was put right")),
+            "{findings:?}"
+        );
+        s.settled();
+        s.unmount().unwrap();
+        let after = std::fs::read(&p).unwrap();
+        assert_eq!(after[DIRTY_BYTE] & 1, 1, "the dirty mark stays");
+        // Nothing but FSInfo's free count and hint, which a close always writes.
+        let fsinfo = geo.fsinfo_offset as usize..geo.fsinfo_offset as usize + 512;
+        let differ: Vec<usize> = (0..after.len())
+            .filter(|&i| after[i] != before[i] && !fsinfo.contains(&i))
+            .collect();
+        assert!(differ.is_empty(), "nothing was written: {differ:?}");
     }
 
     #[test]

@@ -1032,6 +1032,27 @@ struct Broken {
     entry: u64,
     /// The clusters its chain still holds, before the end mark or the free cluster.
     kept: Vec<Run>,
+    path: String,
+}
+
+/// Offsets, in the directory's bytes `dir`, of the slots of the entry whose short slot is at
+/// `at`: its long-name slots (just before it, with its checksum) and itself.
+fn entry_slots(dir: &[u8], at: usize) -> Vec<usize> {
+    let sum = short_checksum(&dir[at..at + 11]);
+    let mut slots = vec![at];
+    let mut o = at;
+    while o >= 32 {
+        o -= 32;
+        let e = &dir[o..o + 32];
+        if e[0] == 0xe5 || e[11] & 0x3f != 0x0f || e[13] != sum {
+            break;
+        }
+        slots.push(o);
+        if e[0] & 0x40 != 0 {
+            break;
+        }
+    }
+    slots
 }
 
 /// The chain from `first` as far as it goes when it ends (an end mark, or a link to a
@@ -1085,9 +1106,13 @@ struct Chains {
     dirs_fixed: u64,
     /// Files whose chain ends (or reaches a free cluster) before their size is covered.
     broken: Vec<Broken>,
+    /// Directories whose first cluster the FAT marks free and which hold nothing (a removal
+    /// cut off after it freed them): the device offsets of their entry's slots.
+    stale_dirs: Vec<(String, Vec<u64>)>,
     /// A directory or file chain was not followed to the clusters its entry needs (it left
-    /// the volume, looped or ended early): damage the reader of that entry says.
-    partial: bool,
+    /// the volume, looped or ended early): damage the reader of that entry says. The first
+    /// such, as the reader would say it.
+    partial: Option<String>,
 }
 
 /// Walk every directory and file chain from the root (see [`chain_findings`]). With `fix`,
@@ -1104,6 +1129,8 @@ where
 {
     let mut dirs_fixed = 0u64;
     let mut broken = Vec::new();
+    let mut stale_dirs = Vec::new();
+    let mut fat = FatEntries::new();
     // Claimed runs of clusters: first cluster -> (end, whose).
     let mut runs_held: alloc::collections::BTreeMap<u32, (u64, String)> =
         alloc::collections::BTreeMap::new();
@@ -1145,10 +1172,10 @@ where
     let mut after: Vec<(String, Option<u32>, After)> = Vec::new();
     // Damage a directory walk meets (a chain out of the volume, a directory that loops) is
     // said where the directory is read; here it only ends the walk of that directory.
-    let mut partial = false;
+    let mut partial: Option<String> = None;
     let mut said = |r: Result<Vec<Run>, StoreError>| match r {
-        Err(StoreError::Damaged(_)) => {
-            partial = true;
+        Err(StoreError::Damaged(what)) => {
+            partial.get_or_insert(what);
             Ok(None)
         }
         other => other.map(Some),
@@ -1161,7 +1188,8 @@ where
             after: Vec::new(),
             dirs_fixed,
             broken,
-            partial: true,
+            stale_dirs: Vec::new(),
+            partial: Some(String::from("the root directory's chain is damaged")),
         });
     };
     claim(&root, "/", &mut findings);
@@ -1173,8 +1201,8 @@ where
     walked.insert(geo.root_cluster, String::from("/"));
     while let Some((dir, first)) = dirs.pop() {
         let bytes = match read_dir(geo, read, if dir.is_empty() { "/" } else { &dir }, first) {
-            Err(StoreError::Damaged(_)) => {
-                said(Err(StoreError::Damaged(String::new())))?;
+            Err(StoreError::Damaged(what)) => {
+                said(Err(StoreError::Damaged(what)))?;
                 continue;
             }
             other => other?,
@@ -1203,6 +1231,36 @@ where
                 format!("{dir}/{name}")
             };
             if f.first == 0 {
+                continue;
+            }
+            if f.is_dir && geo.valid_cluster(f.first) && fat.get(geo, read, f.first)? == 0 {
+                // Its first cluster marked free: a removal cut off between freeing the
+                // directory's clusters and dropping its entry (both engines free first),
+                // when it holds nothing (a directory is removed once empty).
+                let mut head = vec![0u8; geo.cluster_bytes as usize];
+                read(geo.cluster_offset(f.first), &mut head)?;
+                let mut holds = false;
+                each_entry(&head, |long, short, _| {
+                    let name = long.map_or(String::from(short), String::from_utf16_lossy);
+                    holds |= name != "." && name != "..";
+                    holds
+                });
+                let slots: Option<Vec<u64>> = entry_slots(&bytes, f.at)
+                    .into_iter()
+                    .map(|o| match dir_map.pieces(geo, o as u64, 32).first() {
+                        Some(&(at, 32)) => Some(at),
+                        _ => None,
+                    })
+                    .collect();
+                match (holds, slots) {
+                    (false, Some(slots)) => stale_dirs.push((path, slots)),
+                    _ => {
+                        said(Err(damaged(
+                            &path,
+                            "a directory on a cluster the FAT marks free, holding entries",
+                        )))?;
+                    }
+                }
                 continue;
             }
             if f.is_dir {
@@ -1235,10 +1293,13 @@ where
                 match (broken_chain(geo, read, f.first, need)?, at.first()) {
                     (Some(kept), Some(&(entry, 32))) => {
                         claim(&kept, &path, &mut findings);
-                        broken.push(Broken { entry, kept });
+                        broken.push(Broken { entry, kept, path });
                     }
                     _ => {
-                        said(Err(StoreError::Damaged(String::new())))?;
+                        said(Err(damaged(
+                            &path,
+                            "its cluster chain leaves the volume or loops within its size",
+                        )))?;
                     }
                 }
                 continue;
@@ -1277,6 +1338,7 @@ where
                 broken.push(Broken {
                     entry,
                     kept: kept.runs,
+                    path: path.clone(),
                 });
             }
             after.push((path, last.filter(|_| f.size > 0), next));
@@ -1289,6 +1351,7 @@ where
         after,
         dirs_fixed,
         broken,
+        stale_dirs,
         partial,
     })
 }
@@ -1452,7 +1515,7 @@ where
 }
 
 /// What [`reclaim`] gave back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reclaimed {
     /// Chains cut at their file's size ([`LEFTOVER_CHAIN`]).
     pub chains_cut: u64,
@@ -1463,8 +1526,10 @@ pub struct Reclaimed {
     /// Directories put right ([`fix_dir_head`]): `.` and `..` back in place, or made empty
     /// again when the cut came before their first cluster reached the medium.
     pub dirs_fixed: u64,
-    /// Files whose chain a cut free left shorter than their size, cut to it.
-    pub files_shortened: u64,
+    /// Files whose chain a cut free left shorter than their size, cut to it (paths).
+    pub shortened: Vec<String>,
+    /// Empty directories a removal had freed and not yet dropped, dropped (paths).
+    pub dirs_removed: Vec<String>,
 }
 
 /// Whether a chain of the walk holds cluster `c`.
@@ -1478,12 +1543,12 @@ fn held_by(chains: &Chains, c: u32) -> bool {
 
 /// The clusters at which [`reclaim`] cuts chains that run past their file's size into
 /// clusters no entry holds; `None` when the walk met anything else (it writes nothing then).
-fn cuts(chains: &Chains) -> Option<Vec<u32>> {
-    if chains.partial || !chains.findings.is_empty() {
-        return None;
+fn cuts(chains: &Chains) -> Result<Vec<u32>, String> {
+    if let Some(what) = chains.partial.iter().chain(&chains.findings).next() {
+        return Err(what.clone());
     }
     let mut cuts = Vec::new();
-    for (_, last, next) in &chains.after {
+    for (path, last, next) in &chains.after {
         match next {
             // Cut back with the short files (`Chains::broken`).
             After::End | After::Free(_) => {}
@@ -1494,11 +1559,18 @@ fn cuts(chains: &Chains) -> Option<Vec<u32>> {
                 clusters,
                 out: false,
                 ..
-            } if !clusters.iter().any(|&c| held_by(chains, c)) => cuts.push((*last)?),
-            _ => return None,
+            } if !clusters.iter().any(|&c| held_by(chains, c)) && last.is_some() => {
+                cuts.extend(*last)
+            }
+            _ => {
+                return Err(format!(
+                    "{path}: its cluster chain runs past its size into another file's clusters, \
+                     out of the volume, or holds clusters at size 0"
+                ))
+            }
         }
     }
-    Some(cuts)
+    Ok(cuts)
 }
 
 /// Make FAT copy `to` equal to copy `from` (entries 2 on); how many entries changed.
@@ -1558,7 +1630,7 @@ pub fn reclaim<R, W>(
     geo: &Geometry,
     read: &mut R,
     write: &mut W,
-) -> Result<Option<Reclaimed>, StoreError>
+) -> Result<Result<Reclaimed, String>, StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
     W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
@@ -1570,27 +1642,36 @@ where
     // Preferably one where no chain stops short of its size either (the other copy then
     // still holds what a cut free had begun to give back).
     let mut keep = None;
+    let mut why = None;
     'search: for whole in [true, false] {
         for copy in 0..geo.fats.min(2) {
             let mut g = geo.clone();
             g.fat_offset += copy * geo.fat_bytes;
             let chains = walk_chains::<R, NoWrite>(&g, read, None)?;
-            if cuts(&chains).is_some() && (!whole || chains.broken.is_empty()) {
-                keep = Some(copy);
-                break 'search;
+            match cuts(&chains) {
+                Ok(_) if !whole || (chains.broken.is_empty() && chains.stale_dirs.is_empty()) => {
+                    keep = Some(copy);
+                    break 'search;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    why.get_or_insert(e);
+                }
             }
         }
     }
     let Some(keep) = keep else {
-        return Ok(None);
+        return Ok(Err(why.unwrap_or_default()));
     };
     let mut done = Reclaimed::default();
     if keep > 0 {
         done.copy_entries_fixed += copy_fat(geo, read, write, keep, 0)?;
     }
     let chains = walk_chains(geo, read, Some(&mut *write))?;
-    let (Some(cuts), held) = (cuts(&chains), |c: u32| held_by(&chains, c)) else {
-        return Ok(None);
+    let held = |c: u32| held_by(&chains, c);
+    let cuts = match cuts(&chains) {
+        Ok(cuts) => cuts,
+        Err(e) => return Ok(Err(e)),
     };
     done.dirs_fixed = chains.dirs_fixed;
     // A file a cut free left short: its size cut to the clusters it still holds, its chain
@@ -1620,7 +1701,15 @@ where
             }
         }
         write(b.entry, &e)?;
-        done.files_shortened += 1;
+        done.shortened.push(b.path.clone());
+    }
+    // An empty directory a cut removal had freed: its entry dropped, as the removal would
+    // have (what else its chain held is freed below, held by nothing).
+    for (path, slots) in &chains.stale_dirs {
+        for &at in slots {
+            write(at, &[0xe5])?;
+        }
+        done.dirs_removed.push(path.clone());
     }
     for last in cuts {
         let mut old = [0u8; 4];
@@ -1672,7 +1761,7 @@ where
         }
         at += n as u64;
     }
-    Ok(Some(done))
+    Ok(Ok(done))
 }
 
 /// Map the file at `path` (`/`-separated, relative to the root).

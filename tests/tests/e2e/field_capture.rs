@@ -1000,8 +1000,8 @@ fn a_capture_onto_a_medium_left_mid_write_puts_it_right_and_says_so() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(
         err(&o).contains(
-            "was left mid-write by a run that was cut off (killed or unplugged); its file system \
-             is put right as `fsck.fat -a` would: 1 cluster no file held, freed\n"
+            "mgear: fat:m.img was left mid-write by a run that was cut off (killed or unplugged); \
+             its file system is put right as `fsck.fat -a` would: 1 cluster no file held, freed\n"
         ),
         "{}",
         output_text(&o)
@@ -1016,4 +1016,41 @@ fn a_capture_onto_a_medium_left_mid_write_puts_it_right_and_says_so() {
     let o = e.capture(&m, "c").source("a.raw").run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(!err(&o).contains("mid-write"), "{}", output_text(&o));
+    // Left mid-write with damage no cut write leaves (a segment's chain out of the volume
+    // within its size): refused, nothing written. It was written over without a word.
+    let img = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(e.p("m.img"))
+        .unwrap();
+    let mut read = |at: u64, buf: &mut [u8]| {
+        img.read_exact_at(buf, at)
+            .map_err(|e| image_format::StoreError::Io(e.to_string()))
+    };
+    let seg = image_format::store::fatmap::lookup(&geo, &mut read, "MGEAR/a/G0001/SEG-00000")
+        .unwrap()
+        .expect("capture a's first segment");
+    let first = u64::from(seg.runs[0].cluster);
+    for copy in 0..2 {
+        img.write_all_at(
+            &0x0FFF_FF00u32.to_le_bytes(),
+            geo.fat_offset + copy * geo.fat_bytes + first * 4,
+        )
+        .unwrap();
+    }
+    img.read_exact_at(&mut boot, 0).unwrap();
+    boot[0x41] |= 1;
+    img.write_all_at(&boot, 0).unwrap();
+    drop(img);
+    let before = sha(&e.p("m.img"));
+    let o = e.capture(&m, "d").source("b.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("MGEAR/a/G0001/SEG-00000: the FAT32 file system is damaged")
+            && err(&o).contains("nothing was put right")
+            && err(&o).contains("nothing was written"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(sha(&e.p("m.img")), before, "the medium is unchanged");
 }
