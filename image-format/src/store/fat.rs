@@ -2966,31 +2966,42 @@ pub(crate) mod tests {
         }
     }
 
+    /// A volume holding `MGEAR/F` (3000 bytes), marked dirty, with the FAT entry of cluster
+    /// `at(F's first cluster, geometry)` set to `value` in the first `copies` FATs: what a
+    /// cut run, or damage, leaves.
+    fn left_mid_write(
+        at: impl Fn(u32, &fatmap::Geometry) -> u64,
+        value: u32,
+        copies: u64,
+    ) -> (tempfile::TempDir, std::path::PathBuf, fatmap::Geometry) {
+        use std::os::unix::fs::FileExt;
+        let (t, p) = image(MIN_FAT32_BYTES);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR").unwrap();
+        s.write_at("MGEAR/F", 0, &[7u8; 3000]).unwrap();
+        let first = s.map("MGEAR/F").unwrap().unwrap().runs[0].cluster;
+        s.unmount().unwrap();
+        let f = open_rw(&p);
+        let mut boot = [0u8; 512];
+        f.read_exact_at(&mut boot, 0).unwrap();
+        let geo = fatmap::Geometry::parse(&boot).unwrap();
+        boot[DIRTY_BYTE] |= 1;
+        f.write_all_at(&boot, 0).unwrap();
+        for copy in 0..copies {
+            let entry = geo.fat_offset + copy * geo.fat_bytes + at(first, &geo) * 4;
+            f.write_all_at(&value.to_le_bytes(), entry).unwrap();
+        }
+        (t, p, geo)
+    }
+
     /// A volume left mid-write on a device that refuses writes opens for writing (what it
     /// would put right is left as it is) and its first write says the medium is read-only:
     /// the repair at open made opening a sealed appliance's medium fail with it.
     #[test]
     fn a_volume_left_mid_write_on_a_device_refusing_writes_opens_and_is_read_only() {
-        let (_t, p) = image(MIN_FAT32_BYTES);
-        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
-        let mut s = FatStore::open(open_rw(&p)).unwrap();
-        s.create_dir_all("MGEAR").unwrap();
-        s.write_at("MGEAR/F", 0, &[7u8; 3000]).unwrap();
-        s.unmount().unwrap();
-        // The dirty mark and a cluster taken in the first FAT only.
-        let f = open_rw(&p);
-        let mut boot = [0u8; 512];
-        std::os::unix::fs::FileExt::read_exact_at(&f, &mut boot, 0).unwrap();
-        let geo = fatmap::Geometry::parse(&boot).unwrap();
-        boot[DIRTY_BYTE] |= 1;
-        std::os::unix::fs::FileExt::write_all_at(&f, &boot, 0).unwrap();
-        let last = u64::from(geo.cluster_count) + 1;
-        std::os::unix::fs::FileExt::write_all_at(
-            &f,
-            &0x0FFF_FFFFu32.to_le_bytes(),
-            geo.fat_offset + last * 4,
-        )
-        .unwrap();
+        // A cluster taken in the first FAT only.
+        let (_t, p, _) = left_mid_write(|_, geo| u64::from(geo.cluster_count) + 1, 0x0FFF_FFFF, 1);
         let before = std::fs::read(&p).unwrap();
         let mut s = FatStore::open(RefusesWrites(open_rw(&p))).unwrap();
         assert_eq!(s.after_cut(), None, "nothing put right");
@@ -3016,27 +3027,7 @@ pub(crate) mod tests {
     /// writer refuses), and the dirty mark stays. It was written over without a word.
     #[test]
     fn damage_on_a_volume_left_mid_write_is_left_alone_and_a_finding() {
-        let (_t, p) = image(MIN_FAT32_BYTES);
-        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
-        let mut s = FatStore::open(open_rw(&p)).unwrap();
-        s.create_dir_all("MGEAR").unwrap();
-        s.write_at("MGEAR/F", 0, &[7u8; 3000]).unwrap();
-        let second = s.map("MGEAR/F").unwrap().unwrap().runs[0].cluster + 1;
-        s.unmount().unwrap();
-        let f = open_rw(&p);
-        let mut boot = [0u8; 512];
-        std::os::unix::fs::FileExt::read_exact_at(&f, &mut boot, 0).unwrap();
-        let geo = fatmap::Geometry::parse(&boot).unwrap();
-        boot[DIRTY_BYTE] |= 1;
-        std::os::unix::fs::FileExt::write_all_at(&f, &boot, 0).unwrap();
-        for copy in 0..2 {
-            std::os::unix::fs::FileExt::write_all_at(
-                &f,
-                &0x0FFF_FF00u32.to_le_bytes(),
-                geo.fat_offset + copy * geo.fat_bytes + u64::from(second) * 4,
-            )
-            .unwrap();
-        }
+        let (_t, p, geo) = left_mid_write(|first, _| u64::from(first) + 1, 0x0FFF_FF00, 2);
         let before = std::fs::read(&p).unwrap();
         let mut s = FatStore::open(open_rw(&p)).unwrap();
         let why = s.after_cut().unwrap().clone().unwrap_err();

@@ -959,11 +959,15 @@ enum After {
     },
     /// Its last cluster is marked free.
     Free(u32),
+    /// It ends before its size is covered (an end mark), or reaches a cluster marked free
+    /// (`free`, not among the runs): how a cut free leaves a chain.
+    Short { free: bool },
 }
 
 /// The first `need` clusters of the chain from `first` as runs, and where the chain goes
-/// after them. `None` where the chain ends, loops or leaves the volume before `need`
-/// clusters: damage the file's reader meets and says.
+/// after them, or as far as it goes when it ends early ([`After::Short`]). `None` where it
+/// loops or leaves the volume before `need` clusters: damage the file's reader meets and
+/// says.
 fn walk_file<R>(
     geo: &Geometry,
     read: &mut R,
@@ -1019,10 +1023,28 @@ where
             return Ok(Some((map.runs, after)));
         }
         if next >= END_OF_CHAIN || next == 0 {
-            return Ok(None);
+            return Ok(Some((map.runs, After::Short { free: next == 0 })));
         }
         c = next;
     }
+}
+
+/// `runs` without their last cluster.
+fn without_last(runs: &[Run]) -> Vec<Run> {
+    let mut kept = FileMap {
+        size: 0,
+        entry_offset: 0,
+        runs: Vec::new(),
+    };
+    let n = runs.iter().map(|r| u64::from(r.clusters)).sum::<u64>();
+    for c in runs
+        .iter()
+        .flat_map(|r| r.cluster..r.cluster + r.clusters)
+        .take(n.saturating_sub(1) as usize)
+    {
+        kept.push_cluster(c);
+    }
+    kept.runs
 }
 
 /// A file whose chain stops short of its size: how a cut free leaves it (`fatfs` frees a
@@ -1053,42 +1075,6 @@ fn entry_slots(dir: &[u8], at: usize) -> Vec<usize> {
         }
     }
     slots
-}
-
-/// The chain from `first` as far as it goes when it ends (an end mark, or a link to a
-/// cluster marked free) before `need` clusters; `None` when it leaves the volume or loops
-/// (damage, not a cut free) or is not short.
-fn broken_chain<R>(
-    geo: &Geometry,
-    read: &mut R,
-    first: u32,
-    need: u64,
-) -> Result<Option<Vec<Run>>, StoreError>
-where
-    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
-{
-    let mut map = FileMap {
-        size: 0,
-        entry_offset: 0,
-        runs: Vec::new(),
-    };
-    let mut fat = FatEntries::new();
-    let (mut c, mut count) = (first, 0u64);
-    loop {
-        if !geo.valid_cluster(c) || count >= need || count > u64::from(geo.cluster_count) {
-            return Ok(None);
-        }
-        let next = fat.get(geo, read, c)?;
-        if next == 0 {
-            return Ok(Some(map.runs));
-        }
-        map.push_cluster(c);
-        count += 1;
-        if next >= END_OF_CHAIN {
-            return Ok((count < need).then_some(map.runs));
-        }
-        c = next;
-    }
 }
 
 /// Every chain of the volume as the directory entries hold it, from [`walk_chains`].
@@ -1289,21 +1275,33 @@ where
             // A file of size 0 that holds a cluster is one cluster past its size.
             let need = f.size.div_ceil(geo.cluster_bytes).max(1);
             let Some((own, next)) = walk_file(geo, read, f.first, need)? else {
-                let at = dir_map.pieces(geo, f.at as u64, 32);
-                match (broken_chain(geo, read, f.first, need)?, at.first()) {
-                    (Some(kept), Some(&(entry, 32))) => {
-                        claim(&kept, &path, &mut findings);
-                        broken.push(Broken { entry, kept, path });
-                    }
-                    _ => {
-                        said(Err(damaged(
-                            &path,
-                            "its cluster chain leaves the volume or loops within its size",
-                        )))?;
-                    }
-                }
+                said(Err(damaged(
+                    &path,
+                    "its cluster chain leaves the volume or loops within its size",
+                )))?;
                 continue;
             };
+            // A chain short of its size, or whose last cluster is marked free: a cut free
+            // (of a file of one cluster, or one whose last cluster the cut reached first).
+            let kept = match next {
+                After::Short { free: false } => Some(own.clone()),
+                After::Short { free: true } | After::Free(_) => Some(without_last(&own)),
+                _ => None,
+            };
+            if let (Some(kept), Some(&(entry, 32))) =
+                (kept, dir_map.pieces(geo, f.at as u64, 32).first())
+            {
+                if !matches!(next, After::Free(_)) {
+                    claim(&kept, &path, &mut findings);
+                    broken.push(Broken { entry, kept, path });
+                    continue;
+                }
+                broken.push(Broken {
+                    entry,
+                    kept,
+                    path: path.clone(),
+                });
+            }
             let last = own.last().map(|r| r.cluster + r.clusters - 1);
             // A file of size 0 that holds a cluster: all its chain is past its size.
             let next = match (f.size, next) {
@@ -1316,30 +1314,6 @@ where
             };
             if f.size > 0 {
                 claim(&own, &path, &mut findings);
-            }
-            // Its last cluster marked free: a cut free too (of a file of one cluster, or
-            // one whose last cluster the cut reached first).
-            if let (After::Free(_), Some(&(entry, 32))) =
-                (&next, dir_map.pieces(geo, f.at as u64, 32).first())
-            {
-                let mut kept = FileMap {
-                    size: 0,
-                    entry_offset: 0,
-                    runs: Vec::new(),
-                };
-                let n = own.iter().map(|r| u64::from(r.clusters)).sum::<u64>() - 1;
-                for c in own
-                    .iter()
-                    .flat_map(|r| r.cluster..r.cluster + r.clusters)
-                    .take(n as usize)
-                {
-                    kept.push_cluster(c);
-                }
-                broken.push(Broken {
-                    entry,
-                    kept: kept.runs,
-                    path: path.clone(),
-                });
             }
             after.push((path, last.filter(|_| f.size > 0), next));
         }
@@ -1385,7 +1359,7 @@ where
     };
     for (path, _, next) in after {
         match next {
-            After::End => {}
+            After::End | After::Short { .. } => {}
             After::Free(c) => findings.push(format!(
                 "{path}: the FAT marks its last cluster {c} free: it still reads right, but the \
                  next file written on this medium may take that cluster and overwrite it. Do \
@@ -1683,18 +1657,7 @@ where
         let size = u64::from(le32(&e, 28)).min(clusters * geo.cluster_bytes);
         e[28..32].copy_from_slice(&(size as u32).to_le_bytes());
         match b.kept.last() {
-            Some(r) => {
-                let last = r.cluster + r.clusters - 1;
-                let mut old = [0u8; 4];
-                read(geo.fat_offset + u64::from(last) * 4, &mut old)?;
-                let v = (le32(&old, 0) & 0xF000_0000) | 0x0FFF_FFFF;
-                for f in 0..geo.fats {
-                    write(
-                        geo.fat_offset + f * geo.fat_bytes + u64::from(last) * 4,
-                        &v.to_le_bytes(),
-                    )?;
-                }
-            }
+            Some(r) => end_chain_at(geo, read, write, r.cluster + r.clusters - 1)?,
             None => {
                 e[20..22].fill(0);
                 e[26..28].fill(0);
@@ -1712,15 +1675,7 @@ where
         done.dirs_removed.push(path.clone());
     }
     for last in cuts {
-        let mut old = [0u8; 4];
-        read(geo.fat_offset + u64::from(last) * 4, &mut old)?;
-        let v = (le32(&old, 0) & 0xF000_0000) | 0x0FFF_FFFF;
-        for f in 0..geo.fats {
-            write(
-                geo.fat_offset + f * geo.fat_bytes + u64::from(last) * 4,
-                &v.to_le_bytes(),
-            )?;
-        }
+        end_chain_at(geo, read, write, last)?;
         done.chains_cut += 1;
     }
     // One pass over the FAT: free what nothing holds in the first copy, then make every
@@ -1967,15 +1922,7 @@ where
         return Ok(());
     }
     if let Some(last) = kept.last().map(|r| r.cluster + r.clusters - 1) {
-        let mut old = [0u8; 4];
-        read(geo.fat_offset + u64::from(last) * 4, &mut old)?;
-        let v = (le32(&old, 0) & 0xF000_0000) | 0x0FFF_FFFF;
-        for f in 0..geo.fats {
-            write(
-                geo.fat_offset + f * geo.fat_bytes + u64::from(last) * 4,
-                &v.to_le_bytes(),
-            )?;
-        }
+        end_chain_at(geo, read, write, last)?;
     }
     let mut window = vec![0u8; FAT_WINDOW];
     for r in &freed {
@@ -1998,6 +1945,30 @@ where
         }
     }
     map.runs = kept;
+    Ok(())
+}
+
+/// Mark cluster `last` the end of its chain in every FAT copy (the entry's top four bits,
+/// reserved, kept as they were).
+fn end_chain_at<R, W>(
+    geo: &Geometry,
+    read: &mut R,
+    write: &mut W,
+    last: u32,
+) -> Result<(), StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+    W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
+{
+    let mut old = [0u8; 4];
+    read(geo.fat_offset + u64::from(last) * 4, &mut old)?;
+    let v = (le32(&old, 0) & 0xF000_0000) | 0x0FFF_FFFF;
+    for f in 0..geo.fats {
+        write(
+            geo.fat_offset + f * geo.fat_bytes + u64::from(last) * 4,
+            &v.to_le_bytes(),
+        )?;
+    }
     Ok(())
 }
 
