@@ -305,6 +305,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
         (**self).chain_findings()
     }
+    fn left_mid_write(&self) -> bool {
+        (**self).left_mid_write()
+    }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
     }
@@ -317,9 +320,6 @@ impl<T: Store + ?Sized> Store for &mut T {
         (**self).locate(path, offset, len)
     }
     // `close` keeps the default: a borrowed store is closed by its owner.
-    fn settled(&mut self) {
-        (**self).settled()
-    }
     fn span(&self) -> Option<&dyn crate::span::SpanView> {
         (**self).span()
     }
@@ -371,6 +371,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
         (**self).chain_findings()
     }
+    fn left_mid_write(&self) -> bool {
+        (**self).left_mid_write()
+    }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
     }
@@ -384,9 +387,6 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn close(self: Box<Self>) -> Result<(), StoreError> {
         T::close(*self)
-    }
-    fn settled(&mut self) {
-        (**self).settled()
     }
     fn span(&self) -> Option<&dyn crate::span::SpanView> {
         (**self).span()

@@ -1334,6 +1334,9 @@ impl<M: Store> Store for SpanStore<M> {
         }
         Ok(out)
     }
+    fn left_mid_write(&self) -> bool {
+        self.media.iter().any(|a| a.store.left_mid_write())
+    }
     fn chain_findings(&mut self) -> core::result::Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         for a in self.media.iter_mut() {
@@ -1400,13 +1403,6 @@ impl<M: Store> Store for SpanStore<M> {
             }
         }
         first
-    }
-
-    /// Every member: what an interrupted run left is taken care of on all of them.
-    fn settled(&mut self) {
-        for a in &mut self.media {
-            a.store.settled();
-        }
     }
 
     fn span(&self) -> Option<&dyn SpanView> {

@@ -1312,13 +1312,8 @@ impl Store for ApplianceMedium {
     fn chain_findings(&mut self) -> Result<Vec<String>, image_format::StoreError> {
         self.s()?.chain_findings()
     }
-    /// Passed on: a capture resumed after the appliance lost power clears the dirty mark the
-    /// cut left (it stayed, and a sealed medium can never be written again: the shipment went
-    /// out failing `fsck.fat -n`).
-    fn settled(&mut self) {
-        if let Ok(s) = self.s() {
-            s.settled();
-        }
+    fn left_mid_write(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.left_mid_write())
     }
     /// The appliance owns the volume (it is not unmounted from here): syncing flushes its data
     /// and metadata.

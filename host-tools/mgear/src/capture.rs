@@ -888,9 +888,6 @@ fn abort(args: &Plan) -> crate::Result<i32> {
             return Err(e);
         }
     };
-    // What the cut run left is removed: its dirty mark goes at close (it stayed, and a seal
-    // then kept it for good: `fsck.fat -n` failed the shipment).
-    medium.store().settled();
     medium.close()?;
     crate::medium_admin::record_removal(&args.medium, &plan.name, &plan.remove);
     // Gone from this medium whole, its data key stays in the key cache: another copy of the
@@ -2029,7 +2026,9 @@ fn refuse_source_is_exported_medium(
 }
 
 /// The refusal of a second full copy of a finished capture.
-fn finished_error(args: &Plan, generation: u32) -> crate::Error {
+/// `left_mid_write`: the medium was opened read-only and is marked left mid-write (the
+/// finished run was cut off while it closed): said, with how to put it right.
+fn finished_error(args: &Plan, generation: u32, left_mid_write: bool) -> crate::Error {
     // A run stopped right after it finished is re-run as it was: it is told its capture is
     // complete and where its receipt is, before any way to add to or replace it.
     let trust = args
@@ -2042,12 +2041,20 @@ fn finished_error(args: &Plan, generation: u32) -> crate::Error {
          stopped after it finished is done: `mgear verify {} --name {}{trust}` checks it and \
          prints its commit, the receipt's). A second full copy would only use space: use \
          --delta to add the changes since, or, only to replace it, remove the capture with \
-         every generation first (`mgear medium rm {} --name {} --force`)",
+         every generation first (`mgear medium rm {} --name {} --force`){}",
         args.name,
         args.medium.as_args(),
         args.name,
         args.medium.as_args(),
         args.name,
+        match left_mid_write {
+            true => format!(
+                ". The medium was left mid-write (the run was cut off while it closed): \
+                 `mgear medium fsck {} --repair` puts its file system right",
+                args.medium.as_args()
+            ),
+            false => String::new(),
+        }
     ))
 }
 
@@ -2161,7 +2168,7 @@ fn preflight(
                 ("sign", g.generation, g.parent, g.chunk_count)
             }
             image_format::GenerationState::Complete => {
-                return Err(finished_error(args, g.generation))
+                return Err(finished_error(args, g.generation, store.left_mid_write()))
             }
             image_format::GenerationState::Damaged(ref why) => {
                 let c = existing.map(|c| c.name.as_str()).unwrap_or(&args.name);
@@ -3024,7 +3031,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     let parent_size = newest_done.as_ref().map(|g| g.disk_size);
     if let (Some(g), false) = (newest_done, args.delta) {
         let _ = medium.close();
-        return Err(finished_error(args, g.generation));
+        return Err(finished_error(args, g.generation, false));
     }
     // What the unfinished generation a resume continues was started with:
     // to say which parameter differs if the writer refuses the resume.
@@ -3371,8 +3378,6 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             ..Default::default()
         },
     };
-    // Finished: whatever an interrupted run left was taken care of on the way.
-    medium.store().settled();
     medium.close()?;
     let receipt = match (args.medium.first_appliance(), appliance_id) {
         (Some(port), Some(identity)) => {

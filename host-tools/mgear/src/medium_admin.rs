@@ -820,9 +820,6 @@ pub fn rm(args: Rm) -> crate::Result<i32> {
             return Err(e);
         }
     };
-    // Removed whole: the volume is consistent, and the dirty mark a cut run left (which a
-    // seal then kept for good: `fsck.fat -n` failed the shipment) is cleared at close.
-    medium.store().settled();
     medium.close()?;
     record_removal(&args.medium, &plan.name, &plan.remove);
     let report = RmReport {
@@ -1421,6 +1418,10 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
     if args.repair {
         args.medium
             .ready_to_change("a repair (medium fsck --repair)")?;
+        // A medium a run left mid-write is put right by an open for writing (FAT copies that
+        // differ, lost clusters: what a cut leaves) before its damage is judged; they were
+        // called damage and nothing was repaired.
+        args.medium.open()?.close()?;
     }
     // Damage in the file system's cluster chains (a chain past its size into another file, a
     // last cluster marked free, clusters two files hold) is looked for first, read-only: a

@@ -43,7 +43,7 @@
 //! right before anything is written on top of it (`fatmap::reclaim`: the
 //! FAT copy that walks clean, lost clusters, chains past or short of their
 //! size, half-made directories), and [`FatStore::unmount`] clears the mark
-//! once the writer has also removed its own leftovers ([`Store::settled`]).
+//! then.
 //! This module's tests kill a capture and each metadata
 //! operation after every device write and check `fsck.fat -n`.
 
@@ -724,10 +724,8 @@ pub struct FatStore<D: FatDevice> {
     /// Where the direct path looks for free clusters for an empty file.
     next_free: u32,
     /// The volume's dirty flag was set when it was mounted (a run before
-    /// this one did not unmount it), and whether the writer since said the
-    /// medium is consistent again ([`Store::settled`]).
+    /// this one did not unmount it).
     dirty_at_mount: bool,
-    settled: bool,
     /// What [`fatmap::reclaim`] put right when the volume was mounted dirty for writing, or
     /// the damage it met and left alone (the dirty mark then stays); `None` when it did not
     /// run (a clean volume, or one opened read-only or on a device that refuses writes).
@@ -928,7 +926,6 @@ impl<D: FatDevice> FatStore<D> {
             cache,
             read_only,
             dirty_at_mount,
-            settled: false,
             reclaimed,
             geo,
             maps: MapCache::new(),
@@ -1081,7 +1078,7 @@ impl<D: FatDevice> FatStore<D> {
         // Counted from the FAT where fatfs's own count is off: the direct path allocated
         // (fatfs does not see it), or a cut run left a count that fatfs only adjusts (an
         // abort after a kill left "free cluster summary wrong" for `fsck.fat -n`).
-        let recount = self.raw_allocated > 0 || (self.dirty_at_mount && self.settled);
+        let recount = self.raw_allocated > 0 || matches!(self.reclaimed, Some(Ok(_)));
         let free = match (self.geo.clone(), self.read_only) {
             (Some(geo), false) if recount => Some(self.free_clusters(&geo)?),
             _ => None,
@@ -1093,7 +1090,6 @@ impl<D: FatDevice> FatStore<D> {
             geo,
             next_free,
             dirty_at_mount,
-            settled,
             reclaimed,
             ..
         } = self;
@@ -1114,13 +1110,15 @@ impl<D: FatDevice> FatStore<D> {
                 next_free,
             )?;
         }
-        if dirty_at_mount && settled && matches!(reclaimed, Some(Ok(_))) {
+        if dirty_at_mount && matches!(reclaimed, Some(Ok(_))) {
             // fatfs keeps a dirty flag it found at mount (it cannot know
-            // the volume is sound). An interrupted capture's resume removes
-            // what the crash left (mgear's own leftovers, and below them
-            // what `fatmap::reclaim` gives back; `fsck.fat -n` then finds
-            // nothing else), so the mark would only ask for a repair that
-            // has nothing to repair.
+            // the volume is sound). `fatmap::reclaim` put the file system
+            // right at mount (`fsck.fat -n` then finds nothing), so the mark
+            // would only ask for a repair that has nothing to repair; what
+            // a cut capture leaves of its own (an unfinished generation) is
+            // sound files its resume or abort deals with. Cleared also when the
+            // command then refuses: the mark stayed on a medium nobody wrote
+            // again, and a seal kept it for good.
             let mut b = [0u8; 1];
             cache_reader(&cache)(DIRTY_BYTE as u64, &mut b)?;
             b[0] &= !1;
@@ -1261,9 +1259,6 @@ impl<D: FatDevice> Store for FatStore<D> {
     /// [`FatStore::unmount`]: the free count is written and the dirty flag cleared.
     fn close(self: Box<Self>) -> Result<(), StoreError> {
         (*self).unmount()
-    }
-    fn settled(&mut self) {
-        self.settled = true;
     }
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>, StoreError> {
         check_path(dir)?;
@@ -1492,6 +1487,9 @@ impl<D: FatDevice> Store for FatStore<D> {
         Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
     }
 
+    fn left_mid_write(&self) -> bool {
+        self.dirty_at_mount
+    }
     /// With the damage the open of a volume left mid-write met and left alone (a chain out
     /// of the volume is otherwise said where the file is read): a write on top of it would
     /// leave the volume marked and `fsck.fat -n` failing.
@@ -1516,8 +1514,19 @@ impl<D: FatDevice> Store for FatStore<D> {
             return Ok(Vec::new());
         };
         let mut findings = fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))?;
-        findings.extend(
-            match fatmap::fat_copies_differ(&geo, &mut cache_reader(&self.cache))? {
+        let differ = fatmap::fat_copies_differ(&geo, &mut cache_reader(&self.cache))?;
+        findings.extend(match differ {
+            // Marked dirty: what a run cut off mid-write leaves (the first copy written, the
+            // second not yet), not damage; verify told to `dd` one FAT over the other.
+            Some((n, first)) if self.dirty_at_mount => vec![format!(
+                "the volume was left mid-write by a run that was cut off (its dirty mark is set), \
+                 and its two FAT copies disagree on {n} cluster entr{} (the first at cluster \
+                 {first}), as such a cut leaves: the next capture onto it, or `mgear medium fsck \
+                 --repair`, puts it right (keeping the copy on which every file's chain covers \
+                 its size, and freeing nothing a file holds)",
+                if n == 1 { "y" } else { "ies" },
+            )],
+            other => match other {
                 Some((n, first)) => vec![format!(
                     "the volume's two FAT copies disagree on {n} cluster entr{} (the first at \
                      cluster {first}): one of them is damaged, and files are read through the \
@@ -1534,7 +1543,7 @@ impl<D: FatDevice> Store for FatStore<D> {
                 )],
                 None => Vec::new(),
             },
-        );
+        });
         Ok(findings)
     }
 
@@ -2806,7 +2815,6 @@ pub(crate) mod tests {
         };
         let mut s = FatStore::open(&mut whole).unwrap();
         let key = run(&mut s, None).unwrap();
-        s.settled();
         s.unmount().unwrap();
         let writes = whole.log.len();
         assert!(writes > 50, "{writes}");
@@ -2822,7 +2830,6 @@ pub(crate) mod tests {
                     k + 1
                 );
             }
-            s.settled();
             s.unmount().unwrap();
             let out = Command::new("fsck.fat").arg("-n").arg(&p).output().unwrap();
             assert!(
@@ -2920,7 +2927,6 @@ pub(crate) mod tests {
             for (k, (at, bytes)) in dev.log[before..].iter().enumerate() {
                 medium[*at as usize..*at as usize + bytes.len()].copy_from_slice(bytes);
                 let mut s = FatStore::open(write_sparse(&p, &medium)).unwrap();
-                s.settled();
                 let mut kept = vec![0u8; keep.len()];
                 let read = s.read_at("MGEAR/G1/KEEP", 0, &mut kept);
                 s.unmount().unwrap();
@@ -3014,10 +3020,9 @@ pub(crate) mod tests {
             "nothing reached the medium"
         );
         // Where writes reach the medium, the same open puts it right.
-        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let s = FatStore::open(open_rw(&p)).unwrap();
         let done = s.after_cut().unwrap().as_ref().unwrap();
         assert_eq!(done.clusters_freed, 1);
-        s.settled();
         s.unmount().unwrap();
         fsck(&p);
     }
@@ -3039,7 +3044,6 @@ pub(crate) mod tests {
                 .any(|f| f.starts_with("MGEAR/F: ") && f.contains("nothing was put right")),
             "{findings:?}"
         );
-        s.settled();
         s.unmount().unwrap();
         let after = std::fs::read(&p).unwrap();
         assert_eq!(after[DIRTY_BYTE] & 1, 1, "the dirty mark stays");

@@ -172,6 +172,12 @@ pub trait Store {
     fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
+    /// The medium was left mid-write by a run that was cut off (a FAT volume's dirty mark
+    /// was set when it was opened): a command that does not write it says how to put it
+    /// right. `false` (the default): nothing to say.
+    fn left_mid_write(&self) -> bool {
+        false
+    }
     /// How many more bytes file `path` may grow by, when something other
     /// than the format's own limits bounds it: a span of several media
     /// ([`crate::span::SpanStore`]) says how much room the medium holding a
@@ -188,10 +194,6 @@ pub trait Store {
     fn close(self: Box<Self>) -> Result<(), StoreError> {
         Ok(())
     }
-    /// The writer left the medium consistent (a capture that finished, resumed or not): a
-    /// FAT volume marked dirty by an interrupted run before this mount may clear that mark
-    /// when it closes (fatfs keeps a mark it found at mount). The default does nothing.
-    fn settled(&mut self) {}
     /// The span this store is (several media seen as one), to list its members and what is
     /// not attached; `None` (the default) for one medium.
     fn span(&self) -> Option<&dyn crate::span::SpanView> {

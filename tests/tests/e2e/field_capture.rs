@@ -974,7 +974,6 @@ fn the_summary_reads_what_was_read() {
 /// `fsck.fat -n`.
 #[test]
 fn a_capture_onto_a_medium_left_mid_write_puts_it_right_and_says_so() {
-    use image_format::store::fatmap::Geometry;
     use std::os::unix::fs::FileExt;
     let e = Env::new();
     e.keygen();
@@ -982,20 +981,8 @@ fn a_capture_onto_a_medium_left_mid_write_puts_it_right_and_says_so() {
     random_disk(&e.p("b.raw"), 2 << 20, 2);
     let m = e.fat("m.img", "64MiB");
     e.capture(&m, "a").source("a.raw").ok();
-    let img = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(e.p("m.img"))
-        .unwrap();
+    let geo = leave_mid_write(&e.p("m.img"));
     let mut boot = [0u8; 512];
-    img.read_exact_at(&mut boot, 0).unwrap();
-    let geo = Geometry::parse(&boot).expect("a FAT32 medium");
-    boot[0x41] |= 1;
-    img.write_all_at(&boot, 0).unwrap();
-    let last = u64::from(geo.cluster_count) + 1;
-    img.write_all_at(&0x0FFF_FFFFu32.to_le_bytes(), geo.fat_offset + last * 4)
-        .unwrap();
-    drop(img);
     let o = e.capture(&m, "b").source("b.raw").run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(
@@ -1053,4 +1040,61 @@ fn a_capture_onto_a_medium_left_mid_write_puts_it_right_and_says_so() {
         output_text(&o)
     );
     assert_eq!(sha(&e.p("m.img")), before, "the medium is unchanged");
+}
+
+/// Marks the FAT medium image `img` as a run cut off mid-write leaves it: its dirty mark set
+/// and its last cluster taken in the first FAT only (held by no file). Its geometry.
+fn leave_mid_write(img: &Path) -> image_format::store::fatmap::Geometry {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let mut boot = [0u8; 512];
+    f.read_exact_at(&mut boot, 0).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&boot).expect("a FAT32 medium");
+    boot[0x41] |= 1;
+    f.write_all_at(&boot, 0).unwrap();
+    let last = u64::from(geo.cluster_count) + 1;
+    f.write_all_at(&0x0FFF_FFFFu32.to_le_bytes(), geo.fat_offset + last * 4)
+        .unwrap();
+    geo
+}
+
+/// A finished capture cut off while it closed leaves the medium mid-write (the FAT copies
+/// differ): verify says so instead of calling the medium damaged and advising a `dd` of one
+/// FAT over the other, the re-run (refused: it is complete) says how to put it right, and
+/// `medium fsck --repair` does (it called the difference damage and repaired nothing).
+#[test]
+fn a_medium_left_mid_write_by_a_finished_capture_is_put_right_by_fsck_repair() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 2 << 20, 3);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "a").source("a.raw").ok();
+    leave_mid_write(&e.p("m.img"));
+    let v = e.run(&["verify", "--medium", &m]);
+    assert!(
+        output_text(&v).contains("the volume was left mid-write by a run that was cut off")
+            && !output_text(&v).contains("dd if="),
+        "{}",
+        output_text(&v)
+    );
+    let again = e.capture(&m, "a").source("a.raw").run();
+    assert_eq!(again.status.code(), Some(2), "{}", output_text(&again));
+    assert!(
+        err(&again).contains("The medium was left mid-write")
+            && err(&again).contains("--repair` puts its file system right"),
+        "{}",
+        output_text(&again)
+    );
+    let r = e.run(&["medium", "fsck", "--medium", &m, "--repair"]);
+    assert_eq!(r.status.code(), Some(0), "{}", output_text(&r));
+    let fsck = std::process::Command::new("fsck.fat")
+        .arg("-n")
+        .arg(e.p("m.img"))
+        .output()
+        .expect("fsck.fat (dosfstools)");
+    assert!(fsck.status.success(), "{}", output_text(&fsck));
 }
