@@ -1420,8 +1420,19 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
             .ready_to_change("a repair (medium fsck --repair)")?;
         // A medium a run left mid-write is put right by an open for writing (FAT copies that
         // differ, lost clusters: what a cut leaves) before its damage is judged; they were
-        // called damage and nothing was repaired.
-        args.medium.open()?.close()?;
+        // called damage and nothing was repaired. Damage a cut does not leave makes that open
+        // refuse, writing nothing: it is judged below as before.
+        let left = {
+            let mut ro = args.medium.open_read_only()?;
+            let left = ro.store().left_mid_write();
+            ro.close()?;
+            left
+        };
+        if left {
+            if let Ok(m) = args.medium.open() {
+                m.close()?;
+            }
+        }
     }
     // Damage in the file system's cluster chains (a chain past its size into another file, a
     // last cluster marked free, clusters two files hold) is looked for first, read-only: a

@@ -1277,7 +1277,8 @@ where
             let Some((own, next)) = walk_file(geo, read, f.first, need)? else {
                 said(Err(damaged(
                     &path,
-                    "its cluster chain leaves the volume or loops within its size",
+                    "its cluster chain, within its size, leads to no cluster of the volume (a \
+                     value out of range, reserved, or a bad-cluster mark) or loops",
                 )))?;
                 continue;
             };
