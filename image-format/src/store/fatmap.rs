@@ -813,6 +813,19 @@ fn read_dir<R>(geo: &Geometry, read: &mut R, path: &str, first: u32) -> Result<V
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
+    read_dir_mapped(geo, read, path, first).map(|(_, bytes)| bytes)
+}
+
+/// [`read_dir`], with the directory's map (where each of its bytes lies on the device).
+fn read_dir_mapped<R>(
+    geo: &Geometry,
+    read: &mut R,
+    path: &str,
+    first: u32,
+) -> Result<(FileMap, Vec<u8>), StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
     let runs = dir_chain(geo, read, path, first)?;
     let map = FileMap {
         size: 0,
@@ -826,7 +839,7 @@ where
         read(at, &mut buf[done..done + n as usize])?;
         done += n as usize;
     }
-    Ok(buf)
+    Ok((map, buf))
 }
 
 /// An entry found in a directory.
@@ -1186,18 +1199,13 @@ where
     let mut walked: alloc::collections::BTreeMap<u32, String> = alloc::collections::BTreeMap::new();
     walked.insert(geo.root_cluster, String::from("/"));
     while let Some((dir, first)) = dirs.pop() {
-        let bytes = match read_dir(geo, read, if dir.is_empty() { "/" } else { &dir }, first) {
+        let name = if dir.is_empty() { "/" } else { &dir };
+        let (dir_map, bytes) = match read_dir_mapped(geo, read, name, first) {
             Err(StoreError::Damaged(what)) => {
                 said(Err(StoreError::Damaged(what)))?;
                 continue;
             }
             other => other?,
-        };
-        // Read just now: where each entry of it lies on the device.
-        let dir_map = FileMap {
-            size: 0,
-            entry_offset: 0,
-            runs: dir_chain(geo, read, &dir, first)?,
         };
         let mut found = Vec::new();
         each_entry(&bytes, |long, short, f| {
