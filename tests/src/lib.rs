@@ -458,6 +458,22 @@ pub fn recorded_chunks(path: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// `fsck.fat -n` of the FAT medium image `img` finds nothing to fix (the dirty mark
+/// included: it makes `fsck.fat -n` exit 1).
+pub fn fsck_clean(img: &std::path::Path) {
+    let o = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(img)
+        .output()
+        .expect("fsck.fat (Debian: dosfstools)");
+    assert!(
+        o.status.success(),
+        "fsck.fat -n {}: {}",
+        img.display(),
+        output_text(&o)
+    );
+}
+
 pub fn same_file(a: &std::path::Path, b: &std::path::Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert_eq!(

@@ -5,7 +5,7 @@
 //! medium-full scenarios use a rate limit or a filler file so that the
 //! interruption lands mid-way.
 
-use mgear_tests::{output_text, qemu_nbd, same_file, Env, Line, Loop};
+use mgear_tests::{fsck_clean, output_text, qemu_nbd, same_file, Env, Line, Loop};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -50,21 +50,6 @@ fn random_disk(path: &Path, bytes: usize, seed: u64) {
     let mut disk = vec![0u8; bytes];
     rng.fill_bytes(&mut disk);
     fs::write(path, disk).expect("write disk");
-}
-
-fn fsck_clean(img: &Path) {
-    let out = Command::new("fsck.fat")
-        .arg("-n")
-        .arg(img)
-        .output()
-        .expect("fsck.fat (Debian: dosfstools)");
-    assert!(
-        out.status.success(),
-        "fsck.fat -n {} reports problems:\n{}{}",
-        img.display(),
-        stdout(&out),
-        stderr(&out)
-    );
 }
 
 const INGEST_UNSEALED: &str = "--allow-unsealed";

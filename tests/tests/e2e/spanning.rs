@@ -12,7 +12,7 @@
 //! `cargo build --workspace` first.
 
 use crate::appliance_util::Lab;
-use mgear_tests::{output_text, same_file, Env, Line};
+use mgear_tests::{fsck_clean, output_text, same_file, Env, Line};
 
 #[test]
 fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse() {
@@ -690,16 +690,6 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
     }
 }
 
-/// `fsck.fat -n` on a FAT image must find nothing to fix.
-fn fsck_clean(e: &Env, img: &str) {
-    let o = std::process::Command::new("fsck.fat")
-        .arg("-n")
-        .arg(e.p(img))
-        .output()
-        .expect("fsck.fat (dosfstools)");
-    assert!(o.status.success(), "fsck.fat {img}: {}", output_text(&o));
-}
-
 /// A span killed again and again on reused media (their free clusters still hold an earlier
 /// capture's bytes, as a medium that travelled before does) resumes each time and leaves every
 /// medium clean and the disk whole. A kill inside a write-back had left lost clusters and FAT
@@ -731,8 +721,8 @@ fn a_span_killed_again_and_again_on_reused_media_leaves_every_medium_clean() {
         line.killed_after("8MiB/s", 900);
     }
     line.ok();
-    fsck_clean(&e, "a.img");
-    fsck_clean(&e, "b.img");
+    fsck_clean(&e.p("a.img"));
+    fsck_clean(&e.p("b.img"));
     assert_eq!(ingest_sp(&e, &[&a, &b]).status.code(), Some(0));
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
 }
@@ -774,7 +764,7 @@ fn a_medium_filled_to_the_last_byte_continues_on_one_more() {
     // The medium-full error leaves the FAT consistent: the append that did not fit
     // took no cluster (it took the last free ones twice, leaving a segment larger
     // than its cluster chain and clusters in no chain).
-    fsck_clean(&e, "f3.img");
+    fsck_clean(&e.p("f3.img"));
     // Given up instead (on a copy), the capture gives every cluster back.
     std::fs::copy(e.p("f3.img"), e.p("f5.img")).unwrap();
     e.ok(&[
@@ -785,14 +775,14 @@ fn a_medium_filled_to_the_last_byte_continues_on_one_more() {
         "--name",
         "c",
     ]);
-    fsck_clean(&e, "f5.img");
+    fsck_clean(&e.p("f5.img"));
     assert_eq!(free("fat:f5.img"), free_before);
     // The way on the medium-full error names: the same command with one more medium, no
     // --skip-space-check needed (a resume is never refused by the estimate).
     let o = e.capture(&f3, "c").medium(&f4).source("d.raw").run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
-    fsck_clean(&e, "f3.img");
-    fsck_clean(&e, "f4.img");
+    fsck_clean(&e.p("f3.img"));
+    fsck_clean(&e.p("f4.img"));
     e.ingest(&f3, "c")
         .medium(&f4)
         .untrusted()
