@@ -58,6 +58,10 @@ use crate::error::{Error, Location, Result, StoreCtx};
 use crate::layout::{self, ROOT_DIR};
 use crate::store::{Entry, EntryKind, Store, StoreError};
 
+/// Mirrored files up to this size are compared byte for byte when a join mends the
+/// members' copies; larger ones (index parts, indexes) only grow, and their length tells.
+const MEND_COMPARE_MAX: u64 = 1 << 20;
+
 /// Path of the per-medium label.
 pub const SPAN_FILE: &str = "MGEAR/SPAN";
 /// Path of the mirrored placement map.
@@ -243,6 +247,29 @@ fn entry(kind: u8, ordinal: u16, text: &str) -> Vec<u8> {
     v
 }
 
+/// The bytes of `MGEAR/SPANMAP` for `map`: members (and those lost), then every placed
+/// segment.
+fn map_bytes(map: &SpanMap) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for m in &map.members {
+        bytes.extend_from_slice(&entry(KIND_JOINED, m.ordinal, &m.label));
+        if m.lost {
+            bytes.extend_from_slice(&entry(KIND_LOST, m.ordinal, "lost"));
+        }
+    }
+    for (p, o) in &map.placed {
+        bytes.extend_from_slice(&entry(KIND_PLACED, *o, p));
+    }
+    bytes
+}
+
+fn write_map<S: Store + ?Sized>(store: &mut S, bytes: &[u8]) -> Result<()> {
+    store.create_dir_all(ROOT_DIR).at(ROOT_DIR)?;
+    store.set_len(SPANMAP_FILE, 0).at(SPANMAP_FILE)?;
+    store.write_at(SPANMAP_FILE, 0, bytes).at(SPANMAP_FILE)?;
+    store.sync(SPANMAP_FILE).at(SPANMAP_FILE)
+}
+
 /// What one medium says about the span it belongs to (keyless).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpanInfo {
@@ -258,6 +285,10 @@ pub struct SpanInfo {
     /// Why this medium's label did not read (then `label` is `None`): the
     /// medium cannot be placed in its span; its own files still verify.
     pub label_damage: Option<String>,
+    /// The label is shorter than a label: its write was cut off (a kill or a pulled cable
+    /// while the medium was joining a span). A join writes the label before anything else
+    /// of the span, so such a medium holds nothing of it yet: a capture joins it again.
+    pub label_cut: bool,
     /// Ordinals of the media read through a [`SpanStore`] (empty for one
     /// medium read alone: its `label` says which it is). A segment the map
     /// places on one of them and that is not there is missing, not elsewhere.
@@ -281,8 +312,14 @@ impl SpanInfo {
 /// `None` when the medium is not part of a span.
 pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
     let mut label_damage = None;
+    let mut label_cut = false;
     let label = match read_small(store, SPAN_FILE, LABEL_LEN as u64) {
         Ok(Some(b)) => match SpanLabel::decode(&b) {
+            Err(why) if b.len() < LABEL_LEN => {
+                label_cut = true;
+                label_damage = Some(format!("{why}: its write was cut off"));
+                None
+            }
             Ok(l) => Some(l),
             Err(why) => {
                 label_damage = Some(String::from(why));
@@ -326,6 +363,7 @@ pub fn read_span<S: Store + ?Sized>(store: &mut S) -> Result<Option<SpanInfo>> {
             map: map.unwrap_or_default(),
             map_damage,
             label_damage,
+            label_cut,
             attached: Vec::new(),
         }),
     })
@@ -410,7 +448,12 @@ impl<M: Store> SpanStore<M> {
         let mut found = Vec::new();
         for (mut store, name) in media {
             let info = read_span(&mut store)?;
-            if let Some(why) = info.as_ref().and_then(|i| i.label_damage.as_ref()) {
+            let cut = info.as_ref().is_some_and(|i| i.label_cut);
+            if let Some(why) = info
+                .as_ref()
+                .and_then(|i| i.label_damage.as_ref())
+                .filter(|_| !cut)
+            {
                 // Without its label the medium would join as a new member.
                 return Err(Error::Usage(format!(
                     "{name}'s span label (MGEAR/SPAN) is damaged ({why}): a capture does not \
@@ -500,18 +543,45 @@ impl<M: Store> SpanStore<M> {
                 )));
             }
         }
-        let mut next = map.members.iter().map(|m| m.ordinal + 1).max().unwrap_or(0);
+        // A labelled medium the map does not name was joining when its run was cut off
+        // (the label is a join's first write, the map its last): it joins again as the
+        // member its label says, and no new medium may take that ordinal.
+        let mut next = map
+            .members
+            .iter()
+            .map(|m| m.ordinal + 1)
+            .chain(labelled.iter().map(|(o, _)| o + 1))
+            .max()
+            .unwrap_or(0);
         let mut media = Vec::new();
         let mut joining = Vec::new();
+        let mut resumed = Vec::new();
+        let mut maps = Vec::new();
         for (store, name, info) in found {
+            if let Some(i) = &info {
+                if let Some(l) = i.label {
+                    maps.push((l.ordinal, i.map.clone(), i.map_damage.is_some()));
+                }
+            }
             match info.and_then(|i| i.label) {
-                Some(l) => media.push((
+                Some(l) if map.member(l.ordinal).is_some() => media.push((
                     Attached {
                         ordinal: l.ordinal,
                         store,
                     },
                     None,
                 )),
+                Some(l) => {
+                    joining.push(l.ordinal);
+                    resumed.push(l.ordinal);
+                    media.push((
+                        Attached {
+                            ordinal: l.ordinal,
+                            store,
+                        },
+                        Some(name),
+                    ));
+                }
                 None => {
                     if usize::from(next) >= MAX_MEDIA {
                         return Err(Error::Limit(format!(
@@ -546,13 +616,15 @@ impl<M: Store> SpanStore<M> {
             names.push((a.ordinal, name));
             span.media.push(a);
         }
+        span.mend_mirrors()?;
         if joining.is_empty() {
+            span.mend_maps(&maps)?;
             for o in newly_lost {
                 span.append_map(&entry(KIND_LOST, o, "replaced"))?;
             }
             return Ok(span);
         }
-        if let Err(e) = span.take_in(&names) {
+        if let Err(e) = span.take_in(&names, &resumed) {
             // The join is undone; the media are closed so each file system is left clean
             // (dropped, a FAT volume kept the dirty flag its first write set, and `fsck`
             // called both media unclean).
@@ -745,7 +817,7 @@ impl<M: Store> SpanStore<M> {
     /// Labels the joining media, records them in the map and gives them a
     /// copy of every mirrored file and the map; registers segments already
     /// on any medium.
-    fn take_in(&mut self, names: &[(u16, Option<String>)]) -> Result<()> {
+    fn take_in(&mut self, names: &[(u16, Option<String>)], resumed: &[u16]) -> Result<()> {
         // A medium that filled up holds the tail an interrupted capture
         // wrote after its last checkpoint; its resume cuts it anyway. Cut it
         // first: joining writes the span's map onto every medium, and on a
@@ -754,7 +826,7 @@ impl<M: Store> SpanStore<M> {
             crate::medium::cut_uncommitted(&mut a.store)?;
         }
         let mut copied: Vec<(usize, String)> = Vec::new();
-        let result = self.take_in_tracked(names, &mut copied);
+        let result = self.take_in_tracked(names, resumed, &mut copied);
         if result.is_err() {
             self.undo_join(names, &copied);
         }
@@ -805,6 +877,7 @@ impl<M: Store> SpanStore<M> {
     fn take_in_tracked(
         &mut self,
         names: &[(u16, Option<String>)],
+        resumed: &[u16],
         copied: &mut Vec<(usize, String)>,
     ) -> Result<()> {
         let mut joining = Vec::new();
@@ -821,6 +894,7 @@ impl<M: Store> SpanStore<M> {
         // Mirror every file that is not a segment onto every medium.
         let mut mirrored: BTreeMap<String, usize> = BTreeMap::new();
         let mut segments: Vec<(String, u16)> = Vec::new();
+        let ordinals: Vec<u16> = self.media.iter().map(|a| a.ordinal).collect();
         for (i, a) in self.media.iter_mut().enumerate() {
             let mut files = Vec::new();
             walk(&mut a.store, ROOT_DIR, &mut files)?;
@@ -831,11 +905,21 @@ impl<M: Store> SpanStore<M> {
                 if is_placed(&f) {
                     segments.push((f, a.ordinal));
                 } else {
-                    mirrored.entry(f).or_insert(i);
+                    // A copy on a medium whose join was cut off may be short: any other
+                    // medium's serves first.
+                    let from = mirrored.entry(f).or_insert(i);
+                    if resumed.contains(&ordinals[*from]) && !resumed.contains(&a.ordinal) {
+                        *from = i;
+                    }
                 }
             }
         }
+        // What to copy where, decided before anything is written: two media that never
+        // were one span, both holding a file with other contents, are refused untouched.
+        // A medium whose join was cut off passed this check then; what differs on it now
+        // are copies the cut left short.
         let mut buf = alloc::vec![0u8; 1 << 20];
+        let mut to_copy: Vec<(String, usize, usize, u64)> = Vec::new();
         for (path, from) in &mirrored {
             let len = self.media[*from].store.len(path).at(path)?.unwrap_or(0);
             for to in 0..self.media.len() {
@@ -846,53 +930,145 @@ impl<M: Store> SpanStore<M> {
                     if have == len && same(&mut self.media, *from, to, path, len, &mut buf)? {
                         continue;
                     }
-                    let new = |i: usize| joining.contains(&self.media[i].ordinal);
-                    if new(to) || new(*from) {
-                        // Two media that never were one span, both holding
-                        // this file with other contents.
+                    let cut = |i: usize| resumed.contains(&self.media[i].ordinal);
+                    let new = |i: usize| joining.contains(&self.media[i].ordinal) && !cut(i);
+                    if new(to) || (new(*from) && !cut(to)) {
                         return Err(Error::Usage(format!(
                             "{path} is on two of the media given, with different contents: \
                              these media are not one capture's span; give them one at a time"
                         )));
                     }
                 }
-                let fresh = self.media[to].store.len(path).at(path)?.is_none();
-                if fresh && joining.contains(&self.media[to].ordinal) {
-                    copied.push((to, path.clone()));
-                }
-                copy(&mut self.media, *from, to, path, len, &mut buf)?;
+                to_copy.push((path.clone(), *from, to, len));
             }
         }
-        // The map: members, then every segment where it is.
-        let mut bytes = Vec::new();
-        for m in &self.map.members {
-            bytes.extend_from_slice(&entry(KIND_JOINED, m.ordinal, &m.label));
-            if m.lost {
-                bytes.extend_from_slice(&entry(KIND_LOST, m.ordinal, "lost"));
-            }
-        }
-        for (p, o) in &self.map.placed {
-            if !segments.iter().any(|(sp, _)| sp == p) {
-                bytes.extend_from_slice(&entry(KIND_PLACED, *o, p));
-            }
-        }
-        for (p, o) in &segments {
-            bytes.extend_from_slice(&entry(KIND_PLACED, *o, p));
-            self.map.placed.insert(p.clone(), *o);
-        }
-        for a in &mut self.media {
-            a.store.create_dir_all(ROOT_DIR).at(ROOT_DIR)?;
-            a.store.set_len(SPANMAP_FILE, 0).at(SPANMAP_FILE)?;
-            a.store.write_at(SPANMAP_FILE, 0, &bytes).at(SPANMAP_FILE)?;
-            a.store.sync(SPANMAP_FILE).at(SPANMAP_FILE)?;
+        // The label first: from here on the medium is this span's, and a run cut off
+        // before the map below names it finishes its join (see `join`).
+        for a in self
+            .media
+            .iter_mut()
+            .filter(|a| joining.contains(&a.ordinal))
+        {
             let label = SpanLabel {
                 id: self.id,
                 ordinal: a.ordinal,
             };
+            a.store.create_dir_all(ROOT_DIR).at(ROOT_DIR)?;
             a.store
                 .write_at(SPAN_FILE, 0, &label.encode())
                 .at(SPAN_FILE)?;
             a.store.sync(SPAN_FILE).at(SPAN_FILE)?;
+        }
+        for (path, from, to, len) in &to_copy {
+            let fresh = self.media[*to].store.len(path).at(path)?.is_none();
+            if fresh && joining.contains(&self.media[*to].ordinal) {
+                copied.push((*to, path.clone()));
+            }
+            copy(&mut self.media, *from, *to, path, *len, &mut buf)?;
+        }
+        // The map last, in ordinal order: the lowest medium's copy is the newest.
+        for (p, o) in &segments {
+            self.map.placed.insert(p.clone(), *o);
+        }
+        let bytes = map_bytes(&self.map);
+        for a in &mut self.media {
+            write_map(&mut a.store, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every member's mirrored files (those of the format that are not segments) the
+    /// same as the lowest member's, the copy every read of them goes to. A run cut off
+    /// between two media's writes of them (a kill, or one medium's cable pulled while the
+    /// other was closed cleanly) left one medium with a generation's directory or file the
+    /// other lacks, or a shorter or older copy; the resume read one medium's and wrote
+    /// both, and failed on the medium without the directory ("IPART: not found") every
+    /// time. Files only on a later member are a removal cut off (removals go in ordinal
+    /// order too) and go; a lowest member behind a later one (its cable pulled before its
+    /// write-back) is what the resume goes back to, as it reads its journal there.
+    /// Members joining now are left to [`take_in`](Self::take_in).
+    fn mend_mirrors(&mut self) -> Result<()> {
+        let members: Vec<usize> = (0..self.media.len())
+            .filter(|i| self.map.member(self.media[*i].ordinal).is_some())
+            .collect();
+        let Some((&first, rest)) = members.split_first() else {
+            return Ok(());
+        };
+        let mirrored = |files: Vec<String>| -> Vec<String> {
+            files
+                .into_iter()
+                .filter(|f| f != SPAN_FILE && f != SPANMAP_FILE && !is_placed(f))
+                .collect()
+        };
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
+        walk_dirs(
+            &mut self.media[first].store,
+            ROOT_DIR,
+            &mut files,
+            &mut dirs,
+        )?;
+        let files = mirrored(files);
+        let mut buf = alloc::vec![0u8; 1 << 20];
+        for &to in rest {
+            let (mut theirs, mut their_dirs) = (Vec::new(), Vec::new());
+            walk_dirs(
+                &mut self.media[to].store,
+                ROOT_DIR,
+                &mut theirs,
+                &mut their_dirs,
+            )?;
+            for path in mirrored(theirs).iter().filter(|f| !files.contains(f)) {
+                self.media[to].store.remove_file(path).at(path)?;
+            }
+            for d in &dirs {
+                if !their_dirs.contains(d) {
+                    self.media[to].store.create_dir_all(d).at(d)?;
+                }
+            }
+            for path in &files {
+                let len = self.media[first].store.len(path).at(path)?.unwrap_or(0);
+                let have = self.media[to].store.len(path).at(path)?;
+                // Small files (journal slots, key slots, manifests) are rewritten in
+                // place; the rest only grow, so their length tells.
+                let alike = have == Some(len)
+                    && (len > MEND_COMPARE_MAX
+                        || same(&mut self.media, first, to, path, len, &mut buf)?);
+                if !alike {
+                    copy(&mut self.media, first, to, path, len, &mut buf)?;
+                }
+            }
+            // A directory only there held only what went (deepest first; one holding
+            // segments stays).
+            their_dirs.reverse();
+            for d in their_dirs.iter().filter(|d| !dirs.contains(d)) {
+                if self.media[to].store.list(d).is_ok_and(|e| e.is_empty()) {
+                    self.media[to].store.remove_dir(d).at(d)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the span's map onto every medium whose copy differs from the newest one (the
+    /// lowest ordinal's, as mirrored writes go in ordinal order): a run cut off between
+    /// two media's copies left the later ones behind, and the next entry appended would
+    /// have followed the gap. Nothing is written when the newest copy itself is damaged.
+    fn mend_maps(&mut self, maps: &[(u16, SpanMap, bool)]) -> Result<()> {
+        let Some((_, newest, false)) = maps.iter().min_by_key(|(o, _, _)| *o) else {
+            return Ok(());
+        };
+        if *newest != self.map {
+            return Ok(());
+        }
+        let bytes = map_bytes(newest);
+        for a in &mut self.media {
+            let behind = maps
+                .iter()
+                .find(|(o, _, _)| *o == a.ordinal)
+                .is_some_and(|(_, m, damaged)| *damaged || m != newest);
+            if behind {
+                write_map(&mut a.store, &bytes)?;
+            }
         }
         Ok(())
     }
@@ -1063,6 +1239,16 @@ fn relabel_by_content<M: Store>(
 }
 
 fn walk<M: Store>(store: &mut M, dir: &str, out: &mut Vec<String>) -> Result<()> {
+    walk_dirs(store, dir, out, &mut Vec::new())
+}
+
+/// [`walk`], also listing the directories under `dir` (parents first).
+fn walk_dirs<M: Store>(
+    store: &mut M,
+    dir: &str,
+    out: &mut Vec<String>,
+    dirs: &mut Vec<String>,
+) -> Result<()> {
     let entries = match store.list(dir) {
         Ok(e) => e,
         Err(StoreError::NotFound) => return Ok(()),
@@ -1077,7 +1263,10 @@ fn walk<M: Store>(store: &mut M, dir: &str, out: &mut Vec<String>) -> Result<()>
         let p = format!("{dir}/{}", e.name);
         match e.kind {
             EntryKind::File => out.push(p),
-            EntryKind::Dir => walk(store, &p, out)?,
+            EntryKind::Dir => {
+                dirs.push(p.clone());
+                walk_dirs(store, &p, out, dirs)?
+            }
         }
     }
     Ok(())
@@ -1956,5 +2145,81 @@ mod tests {
         let mut e = l.encode();
         e[30] ^= 1;
         assert!(SpanLabel::decode(&e).is_err());
+    }
+
+    /// A span capture cut off at any single write on either medium (a kill, or one
+    /// medium's cable pulled: what was not synced is lost, and a file created since its
+    /// last sync is left empty or gone) is resumed by running it again: the media join,
+    /// the capture finishes and reads back, and each medium verifies. Once onto two blank
+    /// media, once onto a medium that holds a capture already (joining copies its files),
+    /// once onto a medium that is a span of its own already.
+    #[test]
+    fn a_span_capture_cut_at_any_write_on_either_medium_resumes() {
+        let data = disk(20 * CS as usize);
+        let earlier = disk(3 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let mut failures = Vec::new();
+        let mut cut_points = 0;
+        for start in ["blank", "holding db01", "a span holding db01"] {
+            let holding = start != "blank";
+            let mut a0 = small(900_000);
+            if start == "holding db01" {
+                capture(&mut a0, "db01", &earlier, &id).unwrap();
+            }
+            if start == "a span holding db01" {
+                let one = alloc::vec![(&mut a0 as &mut dyn Store, "A".into())];
+                let mut span = SpanStore::join(one, [3; 16], OPTS, &[]).unwrap();
+                capture(&mut span, "db01", &earlier, &id).unwrap();
+            }
+            for (which, new_files) in [(0, true), (1, true), (0, false), (1, false)] {
+                for n in 0.. {
+                    let (mut a, mut b) = (a0.clone(), small(3_000_000));
+                    [&mut a, &mut b][which].cut_power_after(n);
+                    let done = join_ab(&mut a, &mut b, [7; 16])
+                        .and_then(|mut s| capture(&mut s, "web01", &data, &id));
+                    if done.is_ok() {
+                        assert!(n > 20, "the cut points were tried");
+                        break;
+                    }
+                    cut_points += 1;
+                    let lost = |m: &MemStore| match new_files {
+                        true => m.after_power_loss(),
+                        false => m.after_power_loss_dropping_new_files(),
+                    };
+                    let (mut a, mut b) = (lost(&a), lost(&b));
+                    let at = format!(
+                        "{start}, medium {which} cut at {n}, new files {}",
+                        match new_files {
+                            true => "kept empty",
+                            false => "gone",
+                        }
+                    );
+                    let again = join_ab(&mut a, &mut b, [8; 16]).and_then(|mut s| {
+                        capture(&mut s, "web01", &data, &id)?;
+                        let back = read_back(&mut s, "web01", &id)?;
+                        if holding {
+                            assert_eq!(read_back(&mut s, "db01", &id)?, earlier, "{at}");
+                        }
+                        Ok(back)
+                    });
+                    match again {
+                        Ok(back) if back == data => {}
+                        Ok(_) => failures.push(format!("{at}: read back differs")),
+                        Err(e) => failures.push(format!("{at}: {e}")),
+                    }
+                    for m in [&mut a, &mut b] {
+                        let r = verify_keyless(m, &mut NoProgress).unwrap();
+                        if !r.is_ok() {
+                            failures.push(format!("{at}: {:?}", r.problems));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {cut_points} cut points: {failures:#?}",
+            failures.len()
+        );
     }
 }

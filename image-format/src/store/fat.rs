@@ -146,6 +146,12 @@ struct CacheInner<D> {
     /// Clusters whose first-FAT entry went from free to taken in this cache since the last
     /// write-back: on the medium nothing points at them yet.
     fresh: std::collections::BTreeSet<u32>,
+    /// Why a write to the device failed, once one has: every later sync fails with it. A
+    /// write-back is also started by `fatfs` where it drops what fails (a file handle
+    /// flushed on drop); the blocks it held were then taken for written, the next sync
+    /// found nothing to do and said "durable", and a span's journal named records a
+    /// pulled cable had kept off the medium.
+    failed: Option<String>,
 }
 
 /// What [`CacheInner::flush_all`] needs of the volume's layout.
@@ -154,6 +160,11 @@ struct Layout {
     fat: core::ops::Range<u64>,
     data_offset: u64,
     cluster_bytes: u64,
+}
+
+/// Whether a device's write error is its refusal of every write (read-only, not failing).
+fn refused(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::PermissionDenied || matches!(e.raw_os_error(), Some(1 | 30))
 }
 
 fn read_only_error() -> io::Error {
@@ -174,6 +185,33 @@ impl<D: FatDevice> CacheInner<D> {
         self.dev.write_all(buf)
     }
 
+    /// [`Self::dev_write`] of what the cache held (a write-back, an eviction): whoever
+    /// wrote those bytes was told they were written, so a failure is kept for every later
+    /// sync to report.
+    fn write_back(&mut self, off: u64, buf: &[u8]) -> io::Result<()> {
+        let done = self.dev_write(off, buf);
+        if let Err(e) = &done {
+            if refused(e) {
+                // A device that refuses every write (a sealed appliance's export): nothing
+                // was lost, but what the cache holds will never reach it: the device's
+                // bytes are the truth to read.
+                let dirty: Vec<u64> = self
+                    .blocks
+                    .iter()
+                    .filter(|(_, (_, d))| *d)
+                    .map(|(b, _)| *b)
+                    .collect();
+                for b in dirty {
+                    self.blocks.pop(&b);
+                }
+                self.fresh.clear();
+            } else if self.failed.is_none() {
+                self.failed = Some(e.to_string());
+            }
+        }
+        done
+    }
+
     /// Length of block `b` (the last block of an odd-sized device is short).
     fn block_len(&self, b: u64) -> usize {
         (self.size - b * BLOCK).min(BLOCK) as usize
@@ -182,7 +220,7 @@ impl<D: FatDevice> CacheInner<D> {
     fn insert(&mut self, b: u64, data: Box<[u8]>, dirty: bool) -> io::Result<()> {
         if let Some((old_b, (old, old_dirty))) = self.blocks.push(b, (data, dirty)) {
             if old_b != b && old_dirty {
-                self.dev_write(old_b * BLOCK, &old)?;
+                self.write_back(old_b * BLOCK, &old)?;
             }
         }
         Ok(())
@@ -381,20 +419,22 @@ impl<D: FatDevice> CacheInner<D> {
             }
             let wrote = !runs.is_empty();
             for (at, bytes) in runs {
-                self.dev_write(at, &bytes)?;
+                self.write_back(at, &bytes)?;
             }
             if wrote {
                 self.dev.barrier()?;
             }
         }
-        self.fresh.clear();
         for b in dirty {
-            if let Some((data, d)) = self.blocks.peek_mut(&b) {
-                *d = false;
+            if let Some((data, _)) = self.blocks.peek(&b) {
                 let data = data.clone();
-                self.dev_write(b * BLOCK, &data)?;
+                self.write_back(b * BLOCK, &data)?;
+                if let Some((_, d)) = self.blocks.peek_mut(&b) {
+                    *d = false;
+                }
             }
         }
+        self.fresh.clear();
         self.dev.flush()
     }
 }
@@ -441,6 +481,7 @@ impl<D: FatDevice> BlockCache<D> {
                 unsynced: false,
                 layout: None,
                 fresh: Default::default(),
+                failed: None,
             })),
             pos: 0,
         })
@@ -460,6 +501,12 @@ impl<D: FatDevice> BlockCache<D> {
     /// Write back every dirty block and make it durable on the device.
     pub fn sync(&self) -> io::Result<()> {
         let mut g = self.lock()?;
+        if let Some(why) = &g.failed {
+            return Err(io::Error::other(format!(
+                "a write to the medium failed earlier ({why}), so what was written since it \
+                 was last made durable may not be on it"
+            )));
+        }
         if g.read_only || !g.unsynced {
             // Nothing can be dirty (a read-only device may refuse fsync), or
             // nothing was written since the last sync made it all durable.
@@ -2123,6 +2170,72 @@ pub(crate) mod tests {
         }
     }
 
+    /// A write-back that fails where nobody hears of it (`fatfs` flushes a file handle on
+    /// drop and drops the error) fails every later sync: the blocks it held were taken
+    /// for written, the next sync found nothing to do and said "durable", and a capture's
+    /// journal then named records the medium never got. A device that refuses writes
+    /// (read-only) loses nothing: the cache drops what it held and reads the device.
+    #[test]
+    fn a_write_back_that_failed_unheard_fails_every_later_sync() {
+        let (_t, p) = image(MIN_FAT32_BYTES);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cache = BlockCache::new(FailsWrites(open_rw(&p), fail.clone(), 5)).unwrap();
+        {
+            let mut w = cache.clone();
+            w.seek(SeekFrom::Start(1 << 20)).unwrap();
+            w.write_all(&[7u8; 100]).unwrap();
+            fail.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(w.flush().is_err(), "the device failed it");
+            fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        let e = cache.sync().unwrap_err();
+        assert!(e.to_string().contains("failed earlier"), "{e}");
+        assert!(cache.sync().is_err(), "and again");
+        // Refused (EPERM): nothing kept dirty, the device's bytes read back.
+        let cache = BlockCache::new(FailsWrites(open_rw(&p), fail.clone(), 1)).unwrap();
+        let mut w = cache.clone();
+        w.seek(SeekFrom::Start(2 << 20)).unwrap();
+        w.write_all(&[9u8; 100]).unwrap();
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(w.flush().is_err());
+        fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        cache.sync().unwrap();
+        let mut back = [1u8; 100];
+        w.seek(SeekFrom::Start(2 << 20)).unwrap();
+        w.read_exact(&mut back).unwrap();
+        assert_eq!(back, [0u8; 100], "the device's bytes, not the refused ones");
+    }
+
+    /// Fails every write with OS error `.2` while `.1` is set.
+    struct FailsWrites(std::fs::File, Arc<std::sync::atomic::AtomicBool>, i32);
+    impl Read for FailsWrites {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for FailsWrites {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(self.2));
+            }
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+    impl Seek for FailsWrites {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.0.seek(pos)
+        }
+    }
+    impl FatDevice for FailsWrites {
+        fn sync_device(&mut self) -> io::Result<()> {
+            self.0.sync_data()
+        }
+    }
+
     /// An append whose data the device refuses after its clusters were taken gives
     /// them back: the chain stays as long as the file's size, nothing leaks, the
     /// free count holds, and the next append goes where the failed one would have.
@@ -2853,6 +2966,248 @@ pub(crate) mod tests {
                 "killed after write {}: read back differs",
                 k + 1
             );
+        }
+    }
+
+    /// Two media sharing one write log, as one process writes them: a kill cuts both.
+    /// `writes_left`, when set, pulls this medium's cable: its later writes fail.
+    struct Joint {
+        live: io::Cursor<Vec<u8>>,
+        dev: usize,
+        log: WriteLog,
+        writes_left: Option<usize>,
+    }
+    /// (medium, offset, bytes) of every device write, in order.
+    type WriteLog = Arc<Mutex<Vec<(usize, u64, Vec<u8>)>>>;
+    impl Read for Joint {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.live.read(buf)
+        }
+    }
+    impl Write for Joint {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match &mut self.writes_left {
+                Some(0) => return Err(io::Error::other("the medium's cable was pulled")),
+                Some(n) => *n -= 1,
+                None => {}
+            }
+            let at = self.live.position();
+            let n = self.live.write(buf)?;
+            self.log
+                .lock()
+                .unwrap()
+                .push((self.dev, at, buf[..n].to_vec()));
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Seek for Joint {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.live.seek(pos)
+        }
+    }
+    impl FatDevice for &mut Joint {
+        fn sync_device(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A capture spanning two FAT media, the first nearly full, written and cut off in
+    /// turn: see its two tests.
+    #[cfg(feature = "crypto")]
+    struct SpanCut {
+        id: age::x25519::Identity,
+        data: Vec<u8>,
+        _tmp: tempfile::TempDir,
+        paths: [std::path::PathBuf; 2],
+        /// The two media as formatted (A holding a file that leaves room for about half
+        /// the capture).
+        blank: Vec<Vec<u8>>,
+    }
+
+    #[cfg(feature = "crypto")]
+    impl SpanCut {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let paths = [tmp.path().join("a.img"), tmp.path().join("b.img")];
+            let mut blank = Vec::new();
+            for (i, p) in paths.iter().enumerate() {
+                std::fs::File::create(p)
+                    .unwrap()
+                    .set_len(MIN_FAT32_BYTES)
+                    .unwrap();
+                FatStore::format(open_rw(p), &FormatOptions::default()).unwrap();
+                if i == 0 {
+                    let mut s = FatStore::open(open_rw(p)).unwrap();
+                    let free = s.free_space().unwrap().unwrap();
+                    s.set_len("FILLER", free - 600_000).unwrap();
+                    s.unmount().unwrap();
+                }
+                blank.push(std::fs::read(p).unwrap());
+            }
+            SpanCut {
+                id: age::x25519::Identity::generate(),
+                data: (0..12 * 65_536 + 300)
+                    .map(|i: usize| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+                    .collect(),
+                _tmp: tmp,
+                paths,
+                blank,
+            }
+        }
+
+        /// Joins the media and captures (or resumes) web01 onto them.
+        fn run<'m>(&self, a: &'m mut dyn Store, b: &'m mut dyn Store) -> crate::Result<()> {
+            use crate::span::{SpanOptions, SpanStore};
+            use crate::{CaptureParams, CaptureWriter, Unlock};
+            let cs = 64 * 1024u32;
+            let opts = SpanOptions {
+                reserve: 64 * 1024,
+                min_room: 2 * u64::from(cs),
+            };
+            let media: Vec<(&'m mut dyn Store, String)> = vec![(a, "A".into()), (b, "B".into())];
+            let mut span = SpanStore::join(media, [7; 16], opts, &[])?;
+            let mut p = CaptureParams::new("web01", self.data.len() as u64);
+            p.chunk_size = cs;
+            p.recipients = vec![self.id.to_public()];
+            p.max_segment_bytes = 300_000;
+            p.created_unix = 1_790_000_000;
+            let unlock = Unlock::Identity(self.id.clone());
+            let key = crate::unlock_data_key(&mut span, "web01", &unlock)
+                .ok()
+                .map(|(k, _)| k);
+            let mut w = CaptureWriter::begin(&mut span, p, key)?;
+            let enc = w.encoder();
+            for i in w.resume_from()..w.chunk_count() {
+                let at = (i * u64::from(cs)) as usize;
+                let end = (at + cs as usize).min(self.data.len());
+                w.append(enc.encode(i, &self.data[at..end])?)?;
+                if i % 3 == 2 {
+                    w.checkpoint()?;
+                }
+            }
+            w.finish()?;
+            Ok(())
+        }
+
+        /// Two devices on `images`, sharing `log`; `pulled`: (which, after how many writes).
+        fn devices(
+            &self,
+            images: &[Vec<u8>],
+            log: &WriteLog,
+            pulled: Option<(usize, usize)>,
+        ) -> Vec<Joint> {
+            (0..2)
+                .map(|dev| Joint {
+                    live: io::Cursor::new(images[dev].clone()),
+                    dev,
+                    log: log.clone(),
+                    writes_left: pulled.filter(|p| p.0 == dev).map(|p| p.1),
+                })
+                .collect()
+        }
+
+        /// Runs the capture on `devs` and closes both; what failed is left as it is.
+        fn run_on(&self, devs: &mut [Joint]) -> Result<(), String> {
+            let (da, db) = devs.split_at_mut(1);
+            let mut a = FatStore::open(&mut da[0]).map_err(|e| e.to_string())?;
+            let mut b = FatStore::open(&mut db[0]).map_err(|e| e.to_string())?;
+            let done = self.run(&mut a, &mut b).map_err(|e| e.to_string());
+            let closed = (a.unmount(), b.unmount());
+            done?;
+            closed.0.and(closed.1).map_err(|e| e.to_string())
+        }
+
+        /// What a cut left (`a`, `b`) run again to its end: both media open (each put
+        /// right if left mid-write), the capture finishes, `fsck.fat -n` finds both clean
+        /// and the span reads back.
+        fn runs_again(&self, a: &[u8], b: &[u8], cut: &str) {
+            use crate::span::SpanStore;
+            use crate::{CaptureReader, ChunkData, Unlock};
+            let mut sa = FatStore::open(write_sparse(&self.paths[0], a)).unwrap();
+            let mut sb = FatStore::open(write_sparse(&self.paths[1], b)).unwrap();
+            if let Err(e) = self.run(&mut sa, &mut sb) {
+                panic!("{cut}: the run after it failed: {e}");
+            }
+            sa.unmount().unwrap();
+            sb.unmount().unwrap();
+            for p in &self.paths {
+                let out = Command::new("fsck.fat").arg("-n").arg(p).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{cut}: fsck.fat {}: {}",
+                    p.display(),
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            let mut sa = FatStore::open_read_only(open_rw(&self.paths[0])).unwrap();
+            let mut sb = FatStore::open_read_only(open_rw(&self.paths[1])).unwrap();
+            let both: Vec<(&mut dyn Store, String)> =
+                vec![(&mut sa, "A".into()), (&mut sb, "B".into())];
+            let mut span = SpanStore::open(both, true).unwrap();
+            let unlock = Unlock::Identity(self.id.clone());
+            let mut r = CaptureReader::open(&mut span, "web01", None, &unlock)
+                .unwrap_or_else(|e| panic!("{cut}: {e}"));
+            let mut back = Vec::new();
+            for i in 0..r.chunk_count() {
+                match r.read_chunk(i).unwrap() {
+                    ChunkData::Zero { len } => back.resize(back.len() + len as usize, 0),
+                    ChunkData::Data(d) => back.extend_from_slice(&d),
+                }
+            }
+            assert!(back == self.data, "{cut}: read back differs");
+        }
+    }
+
+    /// A capture spanning two FAT media killed after each device write of either in turn
+    /// (both media cut at once), then run again to its end. A kill while the second
+    /// medium's label was being made left it empty, and every later run refused that
+    /// medium as "damaged".
+    #[cfg(feature = "crypto")]
+    #[test]
+    fn a_span_capture_killed_after_any_write_runs_again_to_clean_media() {
+        let t = SpanCut::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        t.run_on(&mut t.devices(&t.blank, &log, None)).unwrap();
+        let log = log.lock().unwrap();
+        let on = |d: usize| log.iter().filter(|w| w.0 == d).count();
+        assert!(
+            on(0) > 20 && on(1) > 20,
+            "both media written: {} {}",
+            on(0),
+            on(1)
+        );
+        let mut media = t.blank.clone();
+        for (k, (dev, at, bytes)) in log.iter().enumerate().take(log.len() - 1) {
+            let at = *at as usize;
+            media[*dev][at..at + bytes.len()].copy_from_slice(bytes);
+            let cut = format!("killed after write {} of {}", k + 1, log.len());
+            t.runs_again(&media[0], &media[1], &cut);
+        }
+    }
+
+    /// The same capture with one medium's cable pulled after each of its writes in turn:
+    /// the run fails, the other medium is closed cleanly, then it runs again to its end.
+    /// The resume wrote a generation's file on the medium the cut had left without its
+    /// directory ("IPART: not found", every time), and a sync after a write-back that had
+    /// failed unheard said "durable", so the journal named records the pulled medium never
+    /// got.
+    #[cfg(feature = "crypto")]
+    #[test]
+    fn a_span_capture_with_a_cable_pulled_after_any_write_runs_again_to_clean_media() {
+        let t = SpanCut::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        t.run_on(&mut t.devices(&t.blank, &log, None)).unwrap();
+        let writes: Vec<usize> = (0..2)
+            .map(|d| log.lock().unwrap().iter().filter(|w| w.0 == d).count())
+            .collect();
+        for (pulled, n) in (0..2).flat_map(|d| (0..writes[d]).map(move |n| (d, n))) {
+            let mut devs = t.devices(&t.blank, &log, Some((pulled, n)));
+            assert!(t.run_on(&mut devs).is_err(), "the pulled cable was noticed");
+            let cut = format!("medium {pulled}'s cable pulled after its write {n}");
+            t.runs_again(devs[0].live.get_ref(), devs[1].live.get_ref(), &cut);
         }
     }
 

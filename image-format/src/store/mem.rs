@@ -15,6 +15,9 @@ struct MemFile {
     data: Vec<u8>,
     /// Length that survived the last `sync` (what a power cut leaves).
     synced: Vec<u8>,
+    /// Synced (or renamed into place) at least once: a file system may lose a file
+    /// created since, not one whose entry was made durable.
+    durable: bool,
 }
 
 /// An in-memory medium.
@@ -45,15 +48,28 @@ impl MemStore {
         self.capacity = bytes;
     }
 
-    /// What survives a power cut now: only synced content, no fault armed.
+    /// What survives a power cut now: only synced content, no fault armed
+    /// (a file created and never synced is left empty).
     pub fn after_power_loss(&self) -> MemStore {
+        self.after_power_loss_keeping(true)
+    }
+
+    /// [`after_power_loss`](Self::after_power_loss) on a file system that loses a file
+    /// created and never synced altogether (a FAT volume whose directory entry was never
+    /// written back).
+    pub fn after_power_loss_dropping_new_files(&self) -> MemStore {
+        self.after_power_loss_keeping(false)
+    }
+
+    fn after_power_loss_keeping(&self, new_files: bool) -> MemStore {
         let mut files = BTreeMap::new();
-        for (k, f) in &self.files {
+        for (k, f) in self.files.iter().filter(|(_, f)| new_files || f.durable) {
             files.insert(
                 k.clone(),
                 MemFile {
                     data: f.synced.clone(),
                     synced: f.synced.clone(),
+                    durable: f.durable,
                 },
             );
         }
@@ -194,6 +210,7 @@ impl Store for MemStore {
         let f = MemFile {
             synced: f.data.clone(),
             data: f.data,
+            durable: true,
         };
         self.files.insert(to.to_string(), f);
         Ok(())
@@ -225,6 +242,7 @@ impl Store for MemStore {
         }
         if let Some(f) = self.files.get_mut(path) {
             f.synced = f.data.clone();
+            f.durable = true;
         }
         Ok(())
     }
