@@ -99,13 +99,38 @@ pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
     }
     let tmp = sibling(path, ".new")?;
     let mut f = create(&tmp)?;
-    let written = f.write_all(contents).and_then(|_| f.sync_all());
-    drop(f);
+    // Held until the rename: the file is this writer's, not a dead one's leftover
+    // ([`remove_if_abandoned`]).
+    let locked = rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive);
+    let written = locked
+        .map_err(io::Error::from)
+        .and_then(|_| f.write_all(contents))
+        .and_then(|_| f.sync_all());
     let result = written.and_then(|_| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    drop(f);
     result
+}
+
+/// Removes `path`, a temporary file [`replace`] left, unless a live writer still holds it
+/// (its lock): `Ok(true)` if it was removed. What a run killed between writing and renaming
+/// leaves is removed; one another process is writing right now is not.
+pub fn remove_if_abandoned(path: &Path) -> io::Result<bool> {
+    let f = match open_existing(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            std::fs::remove_file(path)?;
+            Ok(true)
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A fresh, unpredictable name next to `path` (for [`replace`]).
@@ -167,6 +192,25 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A temporary file a live writer holds stays; one whose writer is gone goes.
+    #[test]
+    fn only_an_abandoned_temporary_file_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join("k.key.1.new");
+        let writer = create(&tmp).unwrap();
+        rustix::fs::flock(&writer, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        assert!(!remove_if_abandoned(&tmp).unwrap(), "its writer holds it");
+        assert!(tmp.exists());
+        drop(writer);
+        assert!(remove_if_abandoned(&tmp).unwrap(), "its writer is gone");
+        assert!(!tmp.exists());
+        assert!(!remove_if_abandoned(&tmp).unwrap(), "nothing there");
+        // What `replace` writes is held the same way while it is written, and renamed.
+        replace(&d.path().join("k.key"), b"key").unwrap();
+        assert_eq!(std::fs::read(d.path().join("k.key")).unwrap(), b"key");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
     #[test]

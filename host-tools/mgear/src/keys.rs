@@ -564,8 +564,11 @@ pub fn remove_stale_temp(dir: &Path, name: &str) {
         let file = file.to_string_lossy();
         // `image_format::private::replace` names it `NAME-ID.key.RANDOM.new` (and the notes
         // beside the key `NAME-ID.signer.RANDOM.new`, `.slots.`, `.source.`, `.disks.`).
+        // One another capture of the same name (onto another medium, at the same time) is
+        // writing stays: removed between its write and its rename, that rename failed
+        // ("No such file"); its writer holds a lock on it until then.
         if file.starts_with(&prefix) && file.ends_with(".new") {
-            let _ = fs::remove_file(e.path());
+            let _ = image_format::private::remove_if_abandoned(&e.path());
         }
     }
 }

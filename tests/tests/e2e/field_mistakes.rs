@@ -2622,3 +2622,44 @@ fn a_failed_read_back_is_written_again_by_the_same_command() {
     line.ok();
     assert_eq!(fs::read(e.p("vol.raw")).unwrap(), disk);
 }
+
+/// Two captures of one name onto two media at the same time, with one key cache (one host,
+/// two engineers, or two disks named alike): each removed the other's key cache file
+/// between its write and its rename as a killed run's leftover, and about one run in two
+/// failed with "keys/NAME-ID.key: No such file". Each writer now holds its file until the
+/// rename, and only a file nobody holds is a leftover.
+#[test]
+fn two_captures_of_one_name_at_once_share_a_key_cache() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 1 << 20, 23);
+    for round in 0..6 {
+        let media: Vec<String> = (0..2)
+            .map(|i| {
+                let m = format!("r{round}m{i}");
+                fs::create_dir(e.p(&m)).unwrap();
+                format!("dir:{m}")
+            })
+            .collect();
+        let runs: Vec<_> = media
+            .iter()
+            .map(|m| e.capture(m, "keep").source("d.raw").spawn())
+            .collect();
+        for (m, run) in media.iter().zip(runs) {
+            let out = run.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}, {m}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for m in &media {
+            let vol = format!("file:{}.raw", &m[4..]);
+            e.ingest(m, "keep").untrusted().target(&vol).ok();
+            assert_eq!(
+                fs::read(e.p(&format!("{}.raw", &m[4..]))).unwrap(),
+                fs::read(e.p("d.raw")).unwrap()
+            );
+        }
+    }
+}
