@@ -826,8 +826,12 @@ impl<M: Store> SpanStore<M> {
             crate::medium::cut_uncommitted(&mut a.store)?;
         }
         let mut copied: Vec<(usize, String)> = Vec::new();
-        let result = self.take_in_tracked(names, resumed, &mut copied);
-        if result.is_err() {
+        let mut mapped = false;
+        let result = self.take_in_tracked(names, resumed, &mut copied, &mut mapped);
+        // Once a map names the joining media, the join is only ever finished: undone, a
+        // medium whose map write failed (its cable pulled) named members whose labels the
+        // undo had removed, and every later run refused them as "not attached".
+        if result.is_err() && !mapped {
             self.undo_join(names, &copied);
         }
         result
@@ -879,6 +883,7 @@ impl<M: Store> SpanStore<M> {
         names: &[(u16, Option<String>)],
         resumed: &[u16],
         copied: &mut Vec<(usize, String)>,
+        mapped: &mut bool,
     ) -> Result<()> {
         let mut joining = Vec::new();
         for (o, name) in names {
@@ -971,6 +976,7 @@ impl<M: Store> SpanStore<M> {
             self.map.placed.insert(p.clone(), *o);
         }
         let bytes = map_bytes(&self.map);
+        *mapped = true;
         for a in &mut self.media {
             write_map(&mut a.store, &bytes)?;
         }

@@ -227,6 +227,10 @@ pub struct Receipt {
     pub signers: Vec<String>,
     /// True when this run only added a missing signature to a finished generation.
     pub signed_only: bool,
+    /// True when this run only put right the media the run that finished the generation
+    /// left mid-write (it was cut off while it closed them).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub put_right_only: bool,
 }
 
 pub(crate) fn create_private_dir(dir: &std::path::Path) -> crate::Result<()> {
@@ -368,6 +372,15 @@ pub fn report_stop(
 }
 
 fn print_summary(r: &Report) {
+    if r.receipt.put_right_only {
+        println!(
+            "{} generation {} was already captured: the media its run left mid-write are put \
+             right, nothing captured again",
+            r.name, r.generation
+        );
+        print_receipt(&r.receipt);
+        return;
+    }
     if r.receipt.signed_only {
         println!(
             "{} generation {} was already captured: added the missing COMMIT signature",
@@ -486,6 +499,28 @@ pub(crate) fn sign_generation(
     Ok(receipt_of(&file))
 }
 
+/// The receipt of finished generation `generation` of `name` as the medium holds it: its
+/// COMMIT's, or (not signed) the one its MANIFEST gives.
+fn receipt_on_medium(
+    store: &mut dyn image_format::Store,
+    name: &str,
+    generation: u32,
+) -> crate::Result<Receipt> {
+    if let Ok(Some(file)) = image_format::commit::read_commit(store, name, generation) {
+        return Ok(receipt_of(&file));
+    }
+    let c = image_format::commit::expected_commit(store, name, generation)?.ok_or_else(|| {
+        crate::err!("{name} generation {generation} has no MANIFEST on the medium")
+    })?;
+    Ok(Receipt {
+        name: c.name.clone(),
+        capture_id: hex(&c.capture_id),
+        generation,
+        manifest_root: hex(&c.manifest_root),
+        ..Default::default()
+    })
+}
+
 fn receipt_of(file: &image_format::commit::CommitFile) -> Receipt {
     let c = &file.commit;
     Receipt {
@@ -506,6 +541,7 @@ fn receipt_of(file: &image_format::commit::CommitFile) -> Receipt {
             })
             .collect(),
         signed_only: false,
+        put_right_only: false,
     }
 }
 
@@ -1740,7 +1776,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
     let disks = planned?;
     let needed = disks
         .iter()
-        .filter(|p| p.kind != "sign")
+        .filter(|p| !matches!(p.kind, "sign" | "settle"))
         .map(|p| p.needed)
         .sum();
     Ok(SetPlan {
@@ -1817,6 +1853,11 @@ fn print_plan(p: &Preview) {
         ),
         "sign" => format!(
             "{} generation {} is finished: only add this site's signature if it lacks it",
+            p.name, p.generation
+        ),
+        "settle" => format!(
+            "{} generation {} is finished, and the run that finished it left the medium \
+             mid-write: only put the medium right",
             p.name, p.generation
         ),
         _ => format!("new capture {} generation {}", p.name, p.generation),
@@ -2026,9 +2067,7 @@ fn refuse_source_is_exported_medium(
 }
 
 /// The refusal of a second full copy of a finished capture.
-/// `left_mid_write`: the medium was opened read-only and is marked left mid-write (the
-/// finished run was cut off while it closed): said, with how to put it right.
-fn finished_error(args: &Plan, generation: u32, left_mid_write: bool) -> crate::Error {
+fn finished_error(args: &Plan, generation: u32) -> crate::Error {
     // A run stopped right after it finished is re-run as it was: it is told its capture is
     // complete and where its receipt is, before any way to add to or replace it.
     let trust = args
@@ -2041,20 +2080,12 @@ fn finished_error(args: &Plan, generation: u32, left_mid_write: bool) -> crate::
          stopped after it finished is done: `mgear verify {} --name {}{trust}` checks it and \
          prints its commit, the receipt's). A second full copy would only use space: use \
          --delta to add the changes since, or, only to replace it, remove the capture with \
-         every generation first (`mgear medium rm {} --name {} --force`){}",
+         every generation first (`mgear medium rm {} --name {} --force`)",
         args.name,
         args.medium.as_args(),
         args.name,
         args.medium.as_args(),
         args.name,
-        match left_mid_write {
-            true => format!(
-                ". The medium was left mid-write (the run was cut off while it closed): \
-                 `mgear medium fsck {} --repair` puts its file system right",
-                args.medium.as_args()
-            ),
-            false => String::new(),
-        }
     ))
 }
 
@@ -2167,8 +2198,15 @@ fn preflight(
             {
                 ("sign", g.generation, g.parent, g.chunk_count)
             }
+            // The run that finished it was cut off while it closed the medium (a kill, a
+            // pulled cable): the same command again puts the media right and is done (it
+            // said "already captured" and exit 2, and a span's second medium stayed without
+            // the MANIFEST every medium holds a copy of).
+            image_format::GenerationState::Complete if store.left_mid_write() => {
+                ("settle", g.generation, g.parent, g.chunk_count)
+            }
             image_format::GenerationState::Complete => {
-                return Err(finished_error(args, g.generation, store.left_mid_write()))
+                return Err(finished_error(args, g.generation))
             }
             image_format::GenerationState::Damaged(ref why) => {
                 let c = existing.map(|c| c.name.as_str()).unwrap_or(&args.name);
@@ -2831,7 +2869,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     args.medium.refuse_namesakes(&args.name)?;
     // Check before writing, on a read-only view of the medium: a refusal
     // leaves it byte-for-byte as it was.
-    let (exists, on_medium, borrow, preflight_warnings) = {
+    let (exists, on_medium, borrow, preflight_warnings, settle) = {
         let mut ro = args
             .medium
             .open_before_capture_for(&span_plan(args, size, chunk_size))?;
@@ -2864,7 +2902,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 {
                     eprintln!("mgear capture: warning: {w}");
                 }
-            } else if !args.skip_space_check && plan.kind != "sign" {
+            } else if !args.skip_space_check && !matches!(plan.kind, "sign" | "settle") {
                 crate::preflight::check_space(plan.needed, plan.medium_free)?;
             }
             if !args.replace_medium.is_empty() {
@@ -2889,7 +2927,13 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 }
                 _ => None,
             };
-            Ok((exists, on_medium, borrow, plan.warnings))
+            Ok((
+                exists,
+                on_medium,
+                borrow,
+                plan.warnings,
+                plan.kind == "settle",
+            ))
         })();
         match checked {
             Ok(v) => {
@@ -3030,8 +3074,23 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     // The disk size of the generation a delta continues, to say when it changed.
     let parent_size = newest_done.as_ref().map(|g| g.disk_size);
     if let (Some(g), false) = (newest_done, args.delta) {
+        if settle {
+            // Opened for writing, each medium was put right (and a span's copies made
+            // the same): closed cleanly now, that is all there was to do.
+            let receipt = receipt_on_medium(medium.store(), &args.name, g.generation);
+            medium.close()?;
+            let mut receipt = receipt?;
+            receipt.put_right_only = true;
+            eprintln!(
+                "mgear capture: {} generation {} was already captured, complete; the run \
+                 that finished it was cut off while it closed the medium: put right, nothing \
+                 captured again",
+                args.name, g.generation
+            );
+            return Ok(signature_only(receipt, size, chunk_size, started));
+        }
         let _ = medium.close();
-        return Err(finished_error(args, g.generation, false));
+        return Err(finished_error(args, g.generation));
     }
     // What the unfinished generation a resume continues was started with:
     // to say which parameter differs if the writer refuses the resume.

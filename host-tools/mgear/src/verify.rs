@@ -455,8 +455,14 @@ pub fn no_such_capture(
 /// told as "pass one with --name" and "is this the right medium?"). Empty when the medium
 /// does not say how much is in use, or little is.
 pub fn hidden_by_damage(store: &mut dyn image_format::Store) -> String {
+    // What the files at its root hold is in use for all to see (a filler or a README a user
+    // copied there was told as damage).
+    let listed: u64 = store
+        .list("")
+        .map(|entries| entries.iter().map(|e| e.len).sum())
+        .unwrap_or(0);
     match store.used_space() {
-        Ok(Some(used)) if used > 1 << 20 => format!(
+        Ok(Some(used)) if used.saturating_sub(listed) > 1 << 20 => format!(
             "; yet {} of its file system are in use: its directories are likely damaged \
              (`fsck.fat -n` on a copy of it says; `fsck.fat -a` on another copy may recover \
              them into FSCK*.REC files), or this disk holds other data",

@@ -1544,13 +1544,18 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());
         };
-        let mut findings = fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))?;
+        let mut findings = fatmap::writer_findings(&geo, &mut cache_reader(&self.cache))?;
         if let Some(Err(why)) = &self.reclaimed {
-            if !why.is_empty() && !findings.contains(why) {
-                findings.push(format!(
-                    "{why} (the volume was left mid-write by a run that was cut off, and this \
-                     is more than a cut write leaves: nothing was put right)"
-                ));
+            if !why.is_empty() {
+                // Said once, first: what the open found and left alone.
+                findings.retain(|f| !f.starts_with(why.as_str()));
+                findings.insert(
+                    0,
+                    format!(
+                        "{why} (the volume was left mid-write by a run that was cut off, and \
+                         this is more than a cut write leaves: nothing was put right)"
+                    ),
+                );
             }
         }
         Ok(findings)
@@ -2417,6 +2422,51 @@ pub(crate) mod tests {
         let mut s = FatStore::open(open_rw(&p)).unwrap();
         let e = s.write_at("MGEAR/cap/new", 0, b"x").expect_err("refused");
         assert!(e.to_string().contains("loops"), "{e}");
+    }
+
+    /// A file's chain damaged by hand on a volume closed cleanly (a link out of the volume,
+    /// an end mark before its size is covered): its reader names it, and now so does the
+    /// check a writer makes before it writes. A capture of another name went on over it
+    /// (exit 0) and the medium failed `fsck.fat -n` at the target.
+    #[test]
+    fn a_chain_broken_within_its_size_stops_a_writer() {
+        use std::os::unix::fs::FileExt;
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/a").unwrap();
+        s.write_at("MGEAR/a/seg", 0, &[1u8; 200_000]).unwrap();
+        s.write_at("MGEAR/a/other", 0, &[2u8; 100]).unwrap();
+        let first = s.map("MGEAR/a/seg").unwrap().unwrap().runs[0].cluster;
+        s.unmount().unwrap();
+        let geo = fatmap::Geometry::parse(&std::fs::read(&p).unwrap()[..512]).unwrap();
+        let clean = std::fs::read(&p).unwrap();
+        for (what, value) in [
+            ("leads to no cluster", geo.cluster_count + 100),
+            ("ends after", 0x0FFF_FFFF),
+        ] {
+            std::fs::write(&p, &clean).unwrap();
+            let f = open_rw(&p);
+            for copy in 0..geo.fats {
+                let at = geo.fat_offset + copy * geo.fat_bytes + u64::from(first + 5) * 4;
+                f.write_all_at(&value.to_le_bytes(), at).unwrap();
+            }
+            drop(f);
+            let mut s = FatStore::open(open_rw(&p)).unwrap();
+            let found = s.chain_findings().unwrap();
+            assert!(
+                found
+                    .iter()
+                    .any(|f| f.contains("MGEAR/a/seg") && f.contains(what)),
+                "{what}: {found:?}"
+            );
+            assert_eq!(s.len("MGEAR/a/other").unwrap(), Some(100), "the rest reads");
+            drop(s);
+        }
+        // A volume closed cleanly has nothing of the kind.
+        std::fs::write(&p, &clean).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        assert_eq!(s.chain_findings().unwrap(), Vec::<String>::new());
     }
 
     /// A directory's `.` entry damaged reads as a subdirectory that is the directory itself:

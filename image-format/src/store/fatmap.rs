@@ -691,6 +691,14 @@ where
     let mut c = first;
     let mut count = 0u64;
     loop {
+        if c == 0 {
+            // What a free cut off between the FAT and the entry leaves (the open for writing
+            // of a volume left mid-write puts it right); fsck: "contains a free cluster".
+            return Err(damaged(
+                path,
+                "a cluster chain reaches a cluster marked free",
+            ));
+        }
         if !geo.valid_cluster(c) {
             return Err(damaged(path, "a cluster chain points outside the volume"));
         }
@@ -1068,6 +1076,8 @@ struct Broken {
     /// The clusters its chain still holds, before the end mark or the free cluster.
     kept: Vec<Run>,
     path: String,
+    /// Its chain ends before its size is covered (else: its last cluster is marked free).
+    short: bool,
 }
 
 /// Offsets, in the directory's bytes `dir`, of the slots of the entry whose short slot is at
@@ -1302,13 +1312,19 @@ where
             {
                 if !matches!(next, After::Free(_)) {
                     claim(&kept, &path, &mut findings);
-                    broken.push(Broken { entry, kept, path });
+                    broken.push(Broken {
+                        entry,
+                        kept,
+                        path,
+                        short: true,
+                    });
                     continue;
                 }
                 broken.push(Broken {
                     entry,
                     kept,
                     path: path.clone(),
+                    short: false,
                 });
             }
             let last = own.last().map(|r| r.cluster + r.clusters - 1);
@@ -1352,13 +1368,49 @@ pub fn chain_findings<R>(geo: &Geometry, read: &mut R) -> Result<Vec<String>, St
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
+    Ok(findings_of(walk_chains::<R, NoWrite>(geo, read, None)?))
+}
+
+/// [`chain_findings`], and the damage a reader of the file meets and says but a writer must
+/// not write on top of: a chain that leaves the volume, loops or ends before its entry's
+/// size is covered. On a volume not left mid-write (where [`reclaim`] cut what a cut leaves)
+/// no write makes that; a capture of another name went on over it, exit 0, and the medium
+/// failed `fsck.fat -n` at the target.
+pub fn writer_findings<R>(geo: &Geometry, read: &mut R) -> Result<Vec<String>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let chains = walk_chains::<R, NoWrite>(geo, read, None)?;
+    let mut more = Vec::new();
+    if let Some(why) = &chains.partial {
+        more.push(format!(
+            "{why}; a reader of it meets this too, but no write leaves it"
+        ));
+    }
+    for b in chains.broken.iter().filter(|b| b.short) {
+        let held: u64 = b.kept.iter().map(|r| u64::from(r.clusters)).sum();
+        more.push(format!(
+            "{}: its cluster chain ends after {held} cluster(s), before its size is covered: \
+             it does not read as written, and no write leaves that on a medium closed \
+             cleanly. Do not write to the medium; check the captures with `mgear verify \
+             --identity`",
+            b.path
+        ));
+    }
+    let mut findings = findings_of(chains);
+    findings.extend(more);
+    Ok(findings)
+}
+
+/// What [`chain_findings`] says of a walk.
+fn findings_of(chains: Chains) -> Vec<String> {
     let Chains {
         held: runs_held,
         mut findings,
         after,
         shared,
         ..
-    } = walk_chains::<R, NoWrite>(geo, read, None)?;
+    } = chains;
     let owner = |c: u32| {
         runs_held
             .range(..=c)
@@ -1414,7 +1466,7 @@ where
             }
         }
     }
-    Ok(findings)
+    findings
 }
 
 /// Put a directory's `.` and `..` entries back in its first two slots when they are where

@@ -166,9 +166,11 @@ pub trait Store {
     fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
-    /// Of [`Store::file_system_findings`], those of the file system's cluster chains only
-    /// (`fatmap::chain_findings`): what a writer checks before it writes, without reading
-    /// both whole FATs to compare them. Empty (the default): nothing to say.
+    /// What a writer checks before it writes (`fatmap::writer_findings`): the file system's
+    /// cluster chains as [`Store::file_system_findings`] says them, without reading both
+    /// whole FATs to compare them, and a chain that leaves the volume, loops or ends before
+    /// its size (a reader meets those where it reads the file; a writer must not write on
+    /// top of them). Empty (the default): nothing to say.
     fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }

@@ -1059,15 +1059,16 @@ fn leave_mid_write(img: &Path) -> image_format::store::fatmap::Geometry {
 
 /// A finished capture cut off while it closed leaves the medium mid-write (the FAT copies
 /// differ): verify says so instead of calling the medium damaged and advising a `dd` of one
-/// FAT over the other, the re-run (refused: it is complete) says how to put it right, and
-/// `medium fsck --repair` does (it called the difference damage and repaired nothing).
+/// FAT over the other; the same capture command again puts it right and is done, exit 0
+/// (it was refused as complete, exit 2, and the medium stayed unclean); and `medium fsck
+/// --repair` puts it right too (it called the difference damage and repaired nothing).
 #[test]
-fn a_medium_left_mid_write_by_a_finished_capture_is_put_right_by_fsck_repair() {
+fn a_medium_left_mid_write_by_a_finished_capture_is_put_right_by_the_same_command() {
     let e = Env::new();
     e.keygen();
     random_disk(&e.p("a.raw"), 2 << 20, 3);
     let m = e.fat("m.img", "64MiB");
-    e.capture(&m, "a").source("a.raw").ok();
+    let first = e.capture(&m, "a").source("a.raw").ok();
     leave_mid_write(&e.p("m.img"));
     let v = e.run(&["verify", "--medium", &m]);
     assert!(
@@ -1076,14 +1077,31 @@ fn a_medium_left_mid_write_by_a_finished_capture_is_put_right_by_fsck_repair() {
         "{}",
         output_text(&v)
     );
-    let again = e.capture(&m, "a").source("a.raw").run();
-    assert_eq!(again.status.code(), Some(2), "{}", output_text(&again));
+    let again = e.capture(&m, "a").source("a.raw").ok();
     assert!(
-        err(&again).contains("The medium was left mid-write")
-            && err(&again).contains("--repair` puts its file system right"),
+        err(&again).contains("was already captured, complete")
+            && err(&again).contains("put right, nothing captured again")
+            && out(&again).contains("put right, nothing captured again"),
         "{}",
         output_text(&again)
     );
+    // The receipt is the first run's.
+    let root = |o: &std::process::Output| {
+        out(o)
+            .lines()
+            .find(|l| l.contains("manifest root"))
+            .map(str::to_string)
+    };
+    assert!(
+        root(&first).is_some() && root(&first) == root(&again),
+        "{}",
+        output_text(&again)
+    );
+    mgear_tests::fsck_clean(&e.p("m.img"));
+    // Nothing left to put right: a finished capture again, refused as before.
+    let third = e.capture(&m, "a").source("a.raw").run();
+    assert_eq!(third.status.code(), Some(2), "{}", output_text(&third));
+    leave_mid_write(&e.p("m.img"));
     let r = e.run(&["medium", "fsck", "--medium", &m, "--repair"]);
     assert_eq!(r.status.code(), Some(0), "{}", output_text(&r));
     mgear_tests::fsck_clean(&e.p("m.img"));

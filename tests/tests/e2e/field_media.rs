@@ -945,6 +945,19 @@ fn a_wiped_root_directory_is_told_as_likely_damage_not_an_empty_medium() {
     let fresh = e.fat("fresh.img", "64MiB");
     let o = e.run(&["verify", "--medium", &fresh]);
     assert!(!text(&o).contains(likely), "{}", text(&o));
+    // Nor one holding only a file of the user's at its root (it was told as damage).
+    let mut s = image_format::store::FatStore::open(
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(e.p("fresh.img"))
+            .unwrap(),
+    )
+    .unwrap();
+    image_format::Store::write_at(&mut s, "FILLER.BIN", 0, &vec![7u8; 8 << 20]).unwrap();
+    s.unmount().unwrap();
+    let o = e.run(&["inspect", "--medium", &fresh]);
+    assert!(!text(&o).contains(likely), "{}", text(&o));
 }
 
 /// A sparse `fat:` image on a host file system that fills up: the FAT inside has room, so

@@ -1497,3 +1497,55 @@ fn a_full_appliance_continues_with_a_new_one_given_first() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&a.p("out.raw"), &a.p("disk.raw"));
 }
+
+/// A finished span capture cut off while it closed its second medium: that medium lacks its
+/// copy of the generation's MANIFEST and is marked left mid-write. The same command again
+/// was refused as "already captured" (exit 2) and left it so (verify: "the copy every medium
+/// of the span holds is missing"); now it copies what the first medium holds, puts the file
+/// system right and exits 0 with the receipt.
+#[test]
+fn a_span_cut_while_it_closed_is_put_right_by_the_same_command() {
+    let e = Env::new();
+    let (a, b) = two_media_span(&e, 51);
+    edit_medium(&e, "b.img", |s| {
+        image_format::Store::remove_file(s, "MGEAR/sp/G0001/MANIFEST").unwrap();
+    });
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(e.p("b.img"))
+            .unwrap();
+        let mut boot = [0u8; 512];
+        f.read_exact_at(&mut boot, 0).unwrap();
+        boot[0x41] |= 1;
+        f.write_all_at(&boot, 0).unwrap();
+    }
+    let v = e.run(&["verify", "--medium", &a, "--medium", &b]);
+    assert_ne!(v.status.code(), Some(0), "{}", output_text(&v));
+    let again = Line::capture(&e, "sp")
+        .source("disk.raw")
+        .medium(&a)
+        .medium(&b)
+        .args(&["--skip-space-check", "--no-compress"])
+        .ok();
+    assert!(
+        output_text(&again).contains("put right, nothing captured again"),
+        "{}",
+        output_text(&again)
+    );
+    for img in ["a.img", "b.img"] {
+        mgear_tests::fsck_clean(&e.p(img));
+    }
+    let v = e.run(&["verify", "--medium", &a, "--medium", &b]);
+    assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
+    // Each medium alone holds its copy again.
+    let v = e.run(&["verify", "--medium", &b]);
+    assert!(!output_text(&v).contains("MANIFEST"), "{}", output_text(&v));
+    assert_eq!(ingest_sp(&e, &[&a, &b]).status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(e.p("out.raw")).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap()
+    );
+}
