@@ -1006,23 +1006,11 @@ impl<M: Store> SpanStore<M> {
                 .filter(|f| f != SPAN_FILE && f != SPANMAP_FILE && !is_placed(f))
                 .collect()
         };
-        let (mut files, mut dirs) = (Vec::new(), Vec::new());
-        walk_dirs(
-            &mut self.media[first].store,
-            ROOT_DIR,
-            &mut files,
-            &mut dirs,
-        )?;
+        let (files, dirs) = tree(&mut self.media[first].store)?;
         let files = mirrored(files);
         let mut buf = alloc::vec![0u8; 1 << 20];
         for &to in rest {
-            let (mut theirs, mut their_dirs) = (Vec::new(), Vec::new());
-            walk_dirs(
-                &mut self.media[to].store,
-                ROOT_DIR,
-                &mut theirs,
-                &mut their_dirs,
-            )?;
+            let (theirs, mut their_dirs) = tree(&mut self.media[to].store)?;
             for path in mirrored(theirs).iter().filter(|f| !files.contains(f)) {
                 self.media[to].store.remove_file(path).at(path)?;
             }
@@ -1246,6 +1234,13 @@ fn relabel_by_content<M: Store>(
 
 fn walk<M: Store>(store: &mut M, dir: &str, out: &mut Vec<String>) -> Result<()> {
     walk_dirs(store, dir, out, &mut Vec::new())
+}
+
+/// The files and the directories (parents first) under [`ROOT_DIR`].
+fn tree<M: Store>(store: &mut M) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    walk_dirs(store, ROOT_DIR, &mut files, &mut dirs)?;
+    Ok((files, dirs))
 }
 
 /// [`walk`], also listing the directories under `dir` (parents first).

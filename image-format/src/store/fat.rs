@@ -2145,36 +2145,6 @@ pub(crate) mod tests {
         fsck(&p);
     }
 
-    /// A device that refuses large writes (a segment's data) while `.1` is set,
-    /// as a sparse image on a full host file system does.
-    struct RefusesData(std::fs::File, Arc<std::sync::atomic::AtomicBool>);
-    impl Read for RefusesData {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.0.read(buf)
-        }
-    }
-    impl Write for RefusesData {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if buf.len() >= BYPASS && self.1.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(io::Error::from_raw_os_error(28));
-            }
-            self.0.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            self.0.flush()
-        }
-    }
-    impl Seek for RefusesData {
-        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-            self.0.seek(pos)
-        }
-    }
-    impl FatDevice for RefusesData {
-        fn sync_device(&mut self) -> io::Result<()> {
-            self.0.sync_data()
-        }
-    }
-
     /// A write-back that fails where nobody hears of it (`fatfs` flushes a file handle on
     /// drop and drops the error) fails every later sync: the blocks it held were taken
     /// for written, the next sync found nothing to do and said "durable", and a capture's
@@ -2185,7 +2155,7 @@ pub(crate) mod tests {
         let (_t, p) = image(MIN_FAT32_BYTES);
         FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
         let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cache = BlockCache::new(FailsWrites(open_rw(&p), fail.clone(), 5)).unwrap();
+        let cache = BlockCache::new(FailsWrites(open_rw(&p), fail.clone(), 5, 0)).unwrap();
         {
             let mut w = cache.clone();
             w.seek(SeekFrom::Start(1 << 20)).unwrap();
@@ -2198,7 +2168,7 @@ pub(crate) mod tests {
         assert!(e.to_string().contains("failed earlier"), "{e}");
         assert!(cache.sync().is_err(), "and again");
         // Refused (EPERM): nothing kept dirty, the device's bytes read back.
-        let cache = BlockCache::new(FailsWrites(open_rw(&p), fail.clone(), 1)).unwrap();
+        let cache = BlockCache::new(FailsWrites(open_rw(&p), fail.clone(), 1, 0)).unwrap();
         let mut w = cache.clone();
         w.seek(SeekFrom::Start(2 << 20)).unwrap();
         w.write_all(&[9u8; 100]).unwrap();
@@ -2212,8 +2182,15 @@ pub(crate) mod tests {
         assert_eq!(back, [0u8; 100], "the device's bytes, not the refused ones");
     }
 
-    /// Fails every write with OS error `.2` while `.1` is set.
-    struct FailsWrites(std::fs::File, Arc<std::sync::atomic::AtomicBool>, i32);
+    /// Fails every write of at least `.3` bytes with OS error `.2` while `.1` is set: with
+    /// ENOSPC and `BYPASS`, a device refusing a segment's data as a sparse image on a full
+    /// host file system does.
+    struct FailsWrites(
+        std::fs::File,
+        Arc<std::sync::atomic::AtomicBool>,
+        i32,
+        usize,
+    );
     impl Read for FailsWrites {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             self.0.read(buf)
@@ -2221,7 +2198,7 @@ pub(crate) mod tests {
     }
     impl Write for FailsWrites {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            if buf.len() >= self.3 && self.1.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(io::Error::from_raw_os_error(self.2));
             }
             self.0.write(buf)
@@ -2249,7 +2226,7 @@ pub(crate) mod tests {
         let (_t, p) = image(MIN_FAT32_BYTES);
         FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
         let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut s = FatStore::open(RefusesData(open_rw(&p), refuse.clone())).unwrap();
+        let mut s = FatStore::open(FailsWrites(open_rw(&p), refuse.clone(), 28, BYPASS)).unwrap();
         s.create_dir_all("MGEAR/G1").unwrap();
         let (seg, empty) = ("MGEAR/G1/SEG-00000", "MGEAR/G1/SEG-00001");
         s.write_at(seg, 0, &[1u8; 100]).unwrap();
