@@ -366,6 +366,8 @@ fn list(v: &[u32]) -> String {
 /// The kind of a [`Finding`] of damage in the medium's file system (a directory that loops,
 /// a cluster chain that runs into another file): never repaired here.
 const DAMAGED_FS: &str = "damaged-file-system";
+/// A file system a cut run left mid-write, put right by `--repair`'s open for writing.
+const MID_WRITE: &str = "left-mid-write";
 
 /// An error reading `path` while looking (nothing is removed then).
 fn reading(e: StoreError, path: &str) -> crate::Error {
@@ -1415,6 +1417,7 @@ fn run_fsck_fat(tool: &std::path::Path, flag: &str, path: &std::path::Path) -> c
 
 /// Run `mgear medium fsck`.
 pub fn fsck(args: Fsck) -> crate::Result<i32> {
+    let mut put_right = false;
     if args.repair {
         args.medium
             .ready_to_change("a repair (medium fsck --repair)")?;
@@ -1431,6 +1434,7 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
         if left {
             if let Ok(m) = args.medium.open() {
                 m.close()?;
+                put_right = true;
             }
         }
     }
@@ -1483,6 +1487,21 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
             repaired: false,
         });
     }
+    if put_right {
+        // Said on stdout too: "no leftovers" alone read as if nothing had been done.
+        findings.insert(
+            0,
+            Finding {
+                path: args.medium.describe(),
+                kind: MID_WRITE,
+                what: "its file system was left mid-write by a run that was cut off: put right \
+                       as `fsck.fat -a` would (what was done is said above)"
+                    .into(),
+                repairable: true,
+                repaired: true,
+            },
+        );
+    }
     // The scan knows only the store: the commands it advises name this medium.
     for f in &mut findings {
         f.what = f.what.replace("--medium MEDIUM", &args.medium.as_args());
@@ -1526,7 +1545,9 @@ fn print_fsck(r: &FsckReport, repair: bool) {
         );
     }
     for f in &r.findings {
-        let tag = if f.repaired {
+        let tag = if f.kind == MID_WRITE {
+            "put right"
+        } else if f.repaired {
             "removed"
         } else if f.kind == DAMAGED_FS {
             "damaged"

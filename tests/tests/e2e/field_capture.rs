@@ -1104,5 +1104,11 @@ fn a_medium_left_mid_write_by_a_finished_capture_is_put_right_by_the_same_comman
     leave_mid_write(&e.p("m.img"));
     let r = e.run(&["medium", "fsck", "--medium", &m, "--repair"]);
     assert_eq!(r.status.code(), Some(0), "{}", output_text(&r));
+    // Said on stdout as done, not as "no leftovers".
+    assert!(
+        out(&r).contains("put right") && !out(&r).contains("no leftovers"),
+        "{}",
+        output_text(&r)
+    );
     mgear_tests::fsck_clean(&e.p("m.img"));
 }
