@@ -1383,9 +1383,7 @@ where
     let chains = walk_chains::<R, NoWrite>(geo, read, None)?;
     let mut more = Vec::new();
     if let Some(why) = &chains.partial {
-        more.push(format!(
-            "{why}; a reader of it meets this too, but no write leaves it"
-        ));
+        more.push(format!("{why} (no run that was cut off leaves that)"));
     }
     for b in chains.broken.iter().filter(|b| b.short) {
         let held: u64 = b.kept.iter().map(|r| u64::from(r.clusters)).sum();

@@ -689,6 +689,22 @@ fn a_damaged_fat_chain_is_told_as_a_damaged_file_system() {
         "{}",
         text(&o)
     );
+    // Nothing is written on top of it: a capture of another name went on (exit 0) and the
+    // medium failed `fsck.fat -n` at the target; removing web01 freed part of it and then
+    // failed ("Seek to a negative offset").
+    let before = sha(&e.p("m.img"));
+    let o = e.capture(&m, "web03").source("disk2.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("its file system is damaged")
+            && text(&o).contains("MGEAR/web01/G0001/SEG-00000")
+            && text(&o).contains("nothing was written"),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(sha(&e.p("m.img")), before, "the medium was changed");
 }
 
 /// A copy of a medium cut short (an interrupted `cp`): it read as FAT up to where it ended,
