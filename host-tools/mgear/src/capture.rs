@@ -2076,12 +2076,16 @@ fn finished_error(args: &Plan, generation: u32) -> crate::Error {
         .map(|k| format!(" --trust {}", crate::keyfile::pub_path(k).display()))
         .unwrap_or_default();
     usage(format!(
-        "{} is already captured as generation {generation} on this medium, complete (a run \
+        "{} is already captured as generation {generation} on {}, complete (a run \
          stopped after it finished is done: `mgear verify {} --name {}{trust}` checks it and \
          prints its commit, the receipt's). A second full copy would only use space: use \
          --delta to add the changes since, or, only to replace it, remove the capture with \
          every generation first (`mgear medium rm {} --name {} --force`)",
         args.name,
+        match args.medium.noun() {
+            "the media" => "these media",
+            _ => "this medium",
+        },
         args.medium.as_args(),
         args.name,
         args.medium.as_args(),
@@ -2903,7 +2907,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                     eprintln!("mgear capture: warning: {w}");
                 }
             } else if !args.skip_space_check && !matches!(plan.kind, "sign" | "settle") {
-                crate::preflight::check_space(plan.needed, plan.medium_free)?;
+                crate::preflight::check_space(plan.needed, plan.medium_free, args.medium.noun())?;
             }
             if !args.replace_medium.is_empty() {
                 refuse_replace_over_unfinished(ro.store(), args)?;
@@ -3082,8 +3086,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             let mut receipt = receipt?;
             receipt.put_right_only = true;
             eprintln!(
-                "mgear capture: {} generation {} was already captured, complete; the run \
-                 that finished it was cut off while it closed the medium: put right, nothing \
+                "mgear: {} generation {} was already captured: the media its run left \
+                 mid-write (it was cut off while it closed them) are put right, nothing \
                  captured again",
                 args.name, g.generation
             );

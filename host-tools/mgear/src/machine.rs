@@ -800,7 +800,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
                 eprintln!("mgear capture: warning: {w}");
             }
         } else {
-            crate::preflight::check_space(plan.needed, plan.medium_free)?;
+            crate::preflight::check_space(plan.needed, plan.medium_free, args.medium.noun())?;
         }
     }
     let shared = {

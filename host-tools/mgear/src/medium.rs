@@ -147,6 +147,14 @@ impl Where {
         self.appliance.first().map(|p| p.as_path())
     }
 
+    /// "the medium" or "the media" (several given: a span), for messages.
+    pub fn noun(&self) -> &'static str {
+        match self.medium.len() + self.appliance.len() {
+            0 | 1 => "the medium",
+            _ => "the media",
+        }
+    }
+
     /// The single `--medium` spec, when exactly one medium and no appliance is given.
     pub fn single_medium(&self) -> Option<&str> {
         match (self.medium.as_slice(), self.appliance.is_empty()) {

@@ -295,9 +295,9 @@ pub fn say_put_right<D: image_format::store::FatDevice>(
     if !r.shortened.is_empty() {
         parts.push(named(
             &r.shortened,
-            "cut back to what a removal or truncation that was cut off left (if one is a \
-             finished capture's, `mgear verify` names what it lost; `mgear medium rm` finishes \
-             a removal)",
+            "cut back to the clusters its chain still held (a truncation or removal was cut \
+             off mid-way: what a capture's resume cuts back anyway; `mgear verify` says whether \
+             a finished capture lost anything)",
         ));
     }
     if !parts.is_empty() {

@@ -415,13 +415,14 @@ pub fn estimate(
     })
 }
 
-/// Refuse a capture that cannot fit (exit 3, the medium-full class).
-pub fn check_space(need: u64, free: Option<u64>) -> crate::Result<()> {
+/// Refuse a capture that cannot fit (exit 3, the medium-full class); `media`: "the medium"
+/// or "the media" given.
+pub fn check_space(need: u64, free: Option<u64>, media: &str) -> crate::Result<()> {
     match free {
         Some(free) if need > free => Err(crate::exit::coded_next(
             crate::exit::IO,
             format_args!(
-                "the medium cannot hold this capture: it needs about {} and {} are free \
+                "{media} cannot hold this capture: it needs about {} and {} are free \
                  ({} missing); nothing was written",
                 human_bytes(need),
                 human_bytes(free),
@@ -592,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_resume_is_warned_where_a_new_capture_is_refused() {
-        assert!(check_space(10 << 20, Some(4 << 20)).is_err());
+        assert!(check_space(10 << 20, Some(4 << 20), "the medium").is_err());
         let w = resume_space_warning(10 << 20, Some(4 << 20)).expect("warned");
         assert!(
             w.contains("needs about 10.00 MiB and 4.00 MiB are free"),
@@ -795,9 +796,9 @@ garbage line
 
     #[test]
     fn space_check_says_what_is_missing() {
-        check_space(10, Some(10)).unwrap();
-        check_space(10, None).unwrap();
-        let e = check_space(3 << 20, Some(1 << 20)).unwrap_err();
+        check_space(10, Some(10), "the medium").unwrap();
+        check_space(10, None, "the medium").unwrap();
+        let e = check_space(3 << 20, Some(1 << 20), "the medium").unwrap_err();
         assert_eq!(crate::exit::code_of(&e), crate::exit::IO);
         assert!(e.to_string().contains("2.00 MiB missing"), "{e}");
     }

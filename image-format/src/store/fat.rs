@@ -504,7 +504,8 @@ impl<D: FatDevice> BlockCache<D> {
         if let Some(why) = &g.failed {
             return Err(io::Error::other(format!(
                 "a write to the medium failed earlier ({why}), so what was written since it \
-                 was last made durable may not be on it"
+                 was last made durable may not be on it: check the medium's connection and run \
+                 the same command again (its next open puts the medium right)"
             )));
         }
         if g.read_only || !g.unsynced {

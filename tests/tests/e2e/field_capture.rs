@@ -1079,7 +1079,7 @@ fn a_medium_left_mid_write_by_a_finished_capture_is_put_right_by_the_same_comman
     );
     let again = e.capture(&m, "a").source("a.raw").ok();
     assert!(
-        err(&again).contains("was already captured, complete")
+        err(&again).contains("was already captured: the media its run left mid-write")
             && err(&again).contains("put right, nothing captured again")
             && out(&again).contains("put right, nothing captured again"),
         "{}",
