@@ -2847,39 +2847,6 @@ pub(crate) mod tests {
         assert_eq!(allocated(&p), 4096, "only the written block is allocated");
     }
 
-    /// A device that logs every write it gets: the medium a kill leaves after the first
-    /// `k` writes is the blank one with those `k` applied.
-    struct Logged {
-        live: io::Cursor<Vec<u8>>,
-        log: Vec<(u64, Vec<u8>)>,
-    }
-    impl Read for Logged {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.live.read(buf)
-        }
-    }
-    impl Write for Logged {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let at = self.live.position();
-            let n = self.live.write(buf)?;
-            self.log.push((at, buf[..n].to_vec()));
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Seek for Logged {
-        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-            self.live.seek(pos)
-        }
-    }
-    impl FatDevice for &mut Logged {
-        fn sync_device(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// `medium` written to `p` (its zero pieces left as holes: quick), opened.
     fn write_sparse(p: &std::path::Path, medium: &[u8]) -> std::fs::File {
         let f = std::fs::OpenOptions::new()
@@ -2950,17 +2917,15 @@ pub(crate) mod tests {
         {
             *b = (i % 251) as u8 ^ 0xa5;
         }
-        let mut whole = Logged {
-            live: io::Cursor::new(blank.clone()),
-            log: Vec::new(),
-        };
+        let mut whole = Joint::alone(blank.clone());
         let mut s = FatStore::open(&mut whole).unwrap();
         let key = run(&mut s, None).unwrap();
         s.unmount().unwrap();
-        let writes = whole.log.len();
+        let log = whole.written();
+        let writes = log.len();
         assert!(writes > 50, "{writes}");
         let mut medium = blank;
-        for (k, (at, bytes)) in whole.log.iter().enumerate().take(writes - 1) {
+        for (k, (at, bytes)) in log.iter().enumerate().take(writes - 1) {
             let at = *at as usize;
             medium[at..at + bytes.len()].copy_from_slice(bytes);
             let mut s = FatStore::open(write_sparse(&p, &medium)).unwrap();
@@ -2997,8 +2962,10 @@ pub(crate) mod tests {
         }
     }
 
-    /// Two media sharing one write log, as one process writes them: a kill cuts both.
-    /// `writes_left`, when set, pulls this medium's cable: its later writes fail.
+    /// A device that logs every write it gets: the medium a kill leaves after the first `k`
+    /// writes is the blank one with those `k` applied. Two media share one log, as one
+    /// process writes them: a kill cuts both. `writes_left`, when set, pulls this medium's
+    /// cable: its later writes fail.
     struct Joint {
         live: io::Cursor<Vec<u8>>,
         dev: usize,
@@ -3039,6 +3006,23 @@ pub(crate) mod tests {
     impl FatDevice for &mut Joint {
         fn sync_device(&mut self) -> io::Result<()> {
             Ok(())
+        }
+    }
+    impl Joint {
+        /// One medium on `image`, with a log of its own.
+        fn alone(image: Vec<u8>) -> Self {
+            Joint {
+                live: io::Cursor::new(image),
+                dev: 0,
+                log: WriteLog::default(),
+                writes_left: None,
+            }
+        }
+
+        /// (offset, bytes) of every write so far, in order.
+        fn written(&self) -> Vec<(u64, Vec<u8>)> {
+            let log = self.log.lock().unwrap();
+            log.iter().map(|(_, at, b)| (*at, b.clone())).collect()
         }
     }
 
@@ -3259,7 +3243,7 @@ pub(crate) mod tests {
         }
         let keep: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
-        type Op = fn(&mut FatStore<&mut Logged>);
+        type Op = fn(&mut FatStore<&mut Joint>);
         let ops: [(&str, Op); 7] = [
             ("cut back", |s| {
                 s.set_len("MGEAR/G1/SEG-00001", 70_000).unwrap()
@@ -3287,10 +3271,7 @@ pub(crate) mod tests {
         ];
         for (what, op) in ops {
             // The medium before the operation, synced.
-            let mut dev = Logged {
-                live: io::Cursor::new(base.clone()),
-                log: Vec::new(),
-            };
+            let mut dev = Joint::alone(base.clone());
             let mut s = FatStore::open(&mut dev).unwrap();
             s.create_dir_all("MGEAR/G1/EMPTY").unwrap();
             s.write_at("MGEAR/G1/KEEP", 0, &keep).unwrap();
@@ -3298,16 +3279,17 @@ pub(crate) mod tests {
             s.write_at("MGEAR/G1/SEG-00001", 100, &big[100..]).unwrap();
             s.write_at("MGEAR/G1/JRNL-A", 0, b"journal").unwrap();
             s.sync("MGEAR/G1/KEEP").unwrap();
-            let before = s.cache.lock().unwrap().dev.log.len();
+            let before = s.cache.lock().unwrap().dev.log.lock().unwrap().len();
             op(&mut s);
             s.unmount().unwrap();
+            let log = dev.written();
             let mut medium = base.clone();
-            for (at, bytes) in &dev.log[..before] {
+            for (at, bytes) in &log[..before] {
                 medium[*at as usize..*at as usize + bytes.len()].copy_from_slice(bytes);
             }
-            let cut = dev.log.len() - before;
+            let cut = log.len() - before;
             assert!(cut > 0, "{what}: no write");
-            for (k, (at, bytes)) in dev.log[before..].iter().enumerate() {
+            for (k, (at, bytes)) in log[before..].iter().enumerate() {
                 medium[*at as usize..*at as usize + bytes.len()].copy_from_slice(bytes);
                 let mut s = FatStore::open(write_sparse(&p, &medium)).unwrap();
                 let mut kept = vec![0u8; keep.len()];
