@@ -2082,10 +2082,7 @@ fn finished_error(args: &Plan, generation: u32) -> crate::Error {
          --delta to add the changes since, or, only to replace it, remove the capture with \
          every generation first (`mgear medium rm {} --name {} --force`)",
         args.name,
-        match args.medium.noun() {
-            "the media" => "these media",
-            _ => "this medium",
-        },
+        args.medium.pick("this medium", "these media"),
         args.medium.as_args(),
         args.name,
         args.medium.as_args(),

@@ -420,9 +420,10 @@ fn state(
         (false, Some(g)) if unsigned(g)? => (g, true),
         (false, Some(g)) => {
             return Err(usage(format!(
-                "set {name} is already captured as generation {g} on this medium (finished): use \
+                "set {name} is already captured as generation {g} on {} (finished): use \
                  --delta to add the changes of every disk since, or remove the set with every \
                  generation first to replace it (`mgear medium rm {} --name {name} --force`)",
+                args.medium.pick("this medium", "these media"),
                 args.medium.as_args()
             )))
         }

@@ -147,11 +147,16 @@ impl Where {
         self.appliance.first().map(|p| p.as_path())
     }
 
-    /// "the medium" or "the media" (several given: a span), for messages.
+    /// "the medium", or "the media" where several are given (a span), for messages.
     pub fn noun(&self) -> &'static str {
+        self.pick("the medium", "the media")
+    }
+
+    /// `one` for one medium given, `several` for several (a span), for messages.
+    pub fn pick(&self, one: &'static str, several: &'static str) -> &'static str {
         match self.medium.len() + self.appliance.len() {
-            0 | 1 => "the medium",
-            _ => "the media",
+            0 | 1 => one,
+            _ => several,
         }
     }
 
