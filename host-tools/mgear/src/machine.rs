@@ -343,6 +343,8 @@ struct State {
     done: Vec<bool>,
     /// The set manifest of `generation` is written: only signatures may be missing.
     sealed: bool,
+    /// Finished, and the run that finished it left the medium mid-write: only put it right.
+    put_right: bool,
 }
 
 fn state(
@@ -402,6 +404,11 @@ fn state(
             }
         }
     }
+    let put_right = !in_progress
+        && !args.delta
+        && newest.is_some()
+        && args.sign.is_none()
+        && store.left_mid_write();
     // A re-run with --sign only adds signatures the set or a disk lacks;
     // once every one carries this site's, it is a second capture like any.
     let mut unsigned = |g: u32| -> crate::Result<bool> {
@@ -418,6 +425,9 @@ fn state(
         (false, None) => (1, false),
         (false, Some(g)) if args.delta => (g + 1, false),
         (false, Some(g)) if unsigned(g)? => (g, true),
+        // The run that finished it was cut off while it closed the medium: as a re-run that
+        // only signs, it opens the medium for writing (which puts it right) and is done.
+        (false, Some(g)) if put_right => (g, true),
         (false, Some(g)) => {
             return Err(usage(format!(
                 "set {name} is already captured as generation {g} on {} (finished): use \
@@ -512,6 +522,7 @@ fn state(
         capture_id,
         done,
         sealed,
+        put_right,
     })
 }
 
@@ -986,6 +997,13 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     let closed = medium.close();
     let (file, mut receipt) = result?;
     closed?;
+    if st.put_right {
+        eprintln!(
+            "mgear: set {name} generation {g} was already captured: the media its run left \
+             mid-write (it was cut off while it closed them) are put right, nothing captured \
+             again"
+        );
+    }
     if let Some(port) = args.medium.first_appliance() {
         let identity = crate::appliance::appliance_identity(port)?;
         crate::appliance::capture_begin(port, &name)?;

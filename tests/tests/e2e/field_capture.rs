@@ -1112,3 +1112,38 @@ fn a_medium_left_mid_write_by_a_finished_capture_is_put_right_by_the_same_comman
     );
     mgear_tests::fsck_clean(&e.p("m.img"));
 }
+
+/// The same for a machine set: its capture re-run after the run that finished it was cut off
+/// while it closed the medium puts the medium right and exits 0 (it was refused as "already
+/// captured", exit 2, the medium left failing `fsck.fat -n`).
+#[test]
+fn a_set_left_mid_write_by_the_run_that_finished_it_is_put_right_by_the_same_command() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d0.raw"), 2 << 20, 31);
+    random_disk(&e.p("d1.raw"), 1 << 20, 32);
+    let m = e.fat("m.img", "64MiB");
+    let set = || e.capture(&m, "db01").sources(&["d0.raw", "d1.raw"]);
+    set().ok();
+    leave_mid_write(&e.p("m.img"));
+    let again = set().ok();
+    assert!(
+        err(&again).contains("set db01 generation 1 was already captured: the media its run left")
+            && err(&again).contains("put right, nothing captured again"),
+        "{}",
+        output_text(&again)
+    );
+    mgear_tests::fsck_clean(&e.p("m.img"));
+    let third = set().run();
+    assert_eq!(third.status.code(), Some(2), "{}", output_text(&third));
+    let o = e
+        .ingest(&m, "db01")
+        .untrusted()
+        .target("file:d0.out")
+        .target("file:d1.out")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    for (a, b) in [("d0.raw", "d0.out"), ("d1.raw", "d1.out")] {
+        assert_eq!(fs::read(e.p(a)).unwrap(), fs::read(e.p(b)).unwrap(), "{a}");
+    }
+}
