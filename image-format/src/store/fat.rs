@@ -2856,8 +2856,16 @@ pub(crate) mod tests {
             .open(p)
             .unwrap();
         f.set_len(medium.len() as u64).unwrap();
+        // Looked at a word at a time: these tests write a 34 MiB medium per cut point.
+        let zero = |b: &[u8]| {
+            let (words, rest) = b.split_at(b.len() - b.len() % 8);
+            words
+                .chunks_exact(8)
+                .all(|w| u64::from_ne_bytes(w.try_into().unwrap_or([1; 8])) == 0)
+                && rest.iter().all(|x| *x == 0)
+        };
         for (i, b) in medium.chunks(1 << 16).enumerate() {
-            if b.iter().any(|x| *x != 0) {
+            if !zero(b) {
                 std::os::unix::fs::FileExt::write_all_at(&f, b, (i << 16) as u64).unwrap();
             }
         }
