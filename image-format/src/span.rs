@@ -480,16 +480,21 @@ impl<M: Store> SpanStore<M> {
         }
         let id = id.unwrap_or(new_id);
         // The map of the lowest labelled ordinal is the newest (mirrored
-        // writes go in ordinal order).
-        let mut labelled: Vec<_> = found
+        // writes go in ordinal order). Each with whether that copy was damaged.
+        let mut labelled: Vec<(u16, SpanMap, bool)> = found
             .iter()
             .filter_map(|(_, _, i)| {
-                i.as_ref()
-                    .and_then(|i| i.label.map(|l| (l.ordinal, i.map.clone())))
+                i.as_ref().and_then(|i| {
+                    i.label
+                        .map(|l| (l.ordinal, i.map.clone(), i.map_damage.is_some()))
+                })
             })
             .collect();
-        labelled.sort_by_key(|(o, _)| *o);
-        let mut map = labelled.first().map(|(_, m)| m.clone()).unwrap_or_default();
+        labelled.sort_by_key(|(o, ..)| *o);
+        let mut map = labelled
+            .first()
+            .map(|(_, m, _)| m.clone())
+            .unwrap_or_default();
         let mut newly_lost = Vec::new();
         for name in lost {
             let Some(m) = map.members.iter_mut().find(|m| m.is_named(name)) else {
@@ -514,7 +519,7 @@ impl<M: Store> SpanStore<M> {
             }
         }
         let mut seen: Vec<u16> = Vec::new();
-        for (o, _) in &labelled {
+        for (o, ..) in &labelled {
             if seen.contains(o) {
                 return Err(Error::Usage(format!(
                     "medium #{o} of the span is given twice: give each medium once"
@@ -550,19 +555,13 @@ impl<M: Store> SpanStore<M> {
             .members
             .iter()
             .map(|m| m.ordinal + 1)
-            .chain(labelled.iter().map(|(o, _)| o + 1))
+            .chain(labelled.iter().map(|(o, ..)| o + 1))
             .max()
             .unwrap_or(0);
         let mut media = Vec::new();
         let mut joining = Vec::new();
         let mut resumed = Vec::new();
-        let mut maps = Vec::new();
         for (store, name, info) in found {
-            if let Some(i) = &info {
-                if let Some(l) = i.label {
-                    maps.push((l.ordinal, i.map.clone(), i.map_damage.is_some()));
-                }
-            }
             match info.and_then(|i| i.label) {
                 Some(l) if map.member(l.ordinal).is_some() => media.push((
                     Attached {
@@ -618,7 +617,7 @@ impl<M: Store> SpanStore<M> {
         }
         span.mend_mirrors()?;
         if joining.is_empty() {
-            span.mend_maps(&maps)?;
+            span.mend_maps(&labelled)?;
             for o in newly_lost {
                 span.append_map(&entry(KIND_LOST, o, "replaced"))?;
             }
@@ -1047,8 +1046,9 @@ impl<M: Store> SpanStore<M> {
     /// lowest ordinal's, as mirrored writes go in ordinal order): a run cut off between
     /// two media's copies left the later ones behind, and the next entry appended would
     /// have followed the gap. Nothing is written when the newest copy itself is damaged.
+    /// `maps`: each labelled medium's copy, in ordinal order, with whether it was damaged.
     fn mend_maps(&mut self, maps: &[(u16, SpanMap, bool)]) -> Result<()> {
-        let Some((_, newest, false)) = maps.iter().min_by_key(|(o, _, _)| *o) else {
+        let Some((_, newest, false)) = maps.first() else {
             return Ok(());
         };
         if *newest != self.map {

@@ -499,6 +499,15 @@ pub(crate) fn sign_generation(
     Ok(receipt_of(&file))
 }
 
+/// Said when a re-run of a finished capture (`what`: its name, or `set NAME`) only put right
+/// the media the run that finished it left mid-write.
+pub(crate) fn say_put_right_only(what: &str, generation: u32) {
+    eprintln!(
+        "mgear: {what} generation {generation} was already captured: the media its run left \
+         mid-write (it was cut off while it closed them) are put right, nothing captured again"
+    );
+}
+
 /// The receipt of finished generation `generation` of `name` as the medium holds it: its
 /// COMMIT's, or (not signed) the one its MANIFEST gives.
 fn receipt_on_medium(
@@ -3082,12 +3091,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             medium.close()?;
             let mut receipt = receipt?;
             receipt.put_right_only = true;
-            eprintln!(
-                "mgear: {} generation {} was already captured: the media its run left \
-                 mid-write (it was cut off while it closed them) are put right, nothing \
-                 captured again",
-                args.name, g.generation
-            );
+            say_put_right_only(&args.name, g.generation);
             return Ok(signature_only(receipt, size, chunk_size, started));
         }
         let _ = medium.close();

@@ -998,11 +998,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     let (file, mut receipt) = result?;
     closed?;
     if st.put_right {
-        eprintln!(
-            "mgear: set {name} generation {g} was already captured: the media its run left \
-             mid-write (it was cut off while it closed them) are put right, nothing captured \
-             again"
-        );
+        capture::say_put_right_only(&format!("set {name}"), g);
     }
     if let Some(port) = args.medium.first_appliance() {
         let identity = crate::appliance::appliance_identity(port)?;

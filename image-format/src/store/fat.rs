@@ -195,13 +195,7 @@ impl<D: FatDevice> CacheInner<D> {
                 // A device that refuses every write (a sealed appliance's export): nothing
                 // was lost, but what the cache holds will never reach it: the device's
                 // bytes are the truth to read.
-                let dirty: Vec<u64> = self
-                    .blocks
-                    .iter()
-                    .filter(|(_, (_, d))| *d)
-                    .map(|(b, _)| *b)
-                    .collect();
-                for b in dirty {
+                for b in self.dirty_blocks() {
                     self.blocks.pop(&b);
                 }
                 self.fresh.clear();
@@ -384,7 +378,8 @@ impl<D: FatDevice> CacheInner<D> {
     /// write-back goes first: nothing on the medium points at those yet, and a write-back
     /// cut between the FAT (earlier on the device) and them linked a new directory cluster
     /// to whatever bytes it held before (on a reused medium, entries of old files).
-    fn flush_all(&mut self) -> io::Result<()> {
+    /// The blocks the cache holds written and not yet on the device, in device order.
+    fn dirty_blocks(&self) -> Vec<u64> {
         let mut dirty: Vec<u64> = self
             .blocks
             .iter()
@@ -392,6 +387,11 @@ impl<D: FatDevice> CacheInner<D> {
             .map(|(b, _)| *b)
             .collect();
         dirty.sort_unstable();
+        dirty
+    }
+
+    fn flush_all(&mut self) -> io::Result<()> {
+        let dirty = self.dirty_blocks();
         if let (Some(l), false) = (self.layout.clone(), self.fresh.is_empty()) {
             // Gathered into runs of adjacent bytes: one device write each.
             let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -823,10 +823,9 @@ fn cache_writer<D: FatDevice>(
 fn fat_err(path: &str, e: io::Error) -> StoreError {
     match e.kind() {
         ErrorKind::NotFound => StoreError::NotFound,
-        ErrorKind::PermissionDenied => StoreError::ReadOnly,
-        _ if e.to_string().contains("No space left") => StoreError::NoSpace,
         // An NBD server refusing a write on a sealed appliance answers EPERM.
-        _ if e.raw_os_error() == Some(1) || e.raw_os_error() == Some(30) => StoreError::ReadOnly,
+        _ if refused(&e) => StoreError::ReadOnly,
+        _ if e.to_string().contains("No space left") => StoreError::NoSpace,
         _ => StoreError::Io(format!("{path}: {e}")),
     }
 }
