@@ -2416,8 +2416,8 @@ pub(crate) mod tests {
         s.write_at("MGEAR/a/other", 0, &[2u8; 100]).unwrap();
         let first = s.map("MGEAR/a/seg").unwrap().unwrap().runs[0].cluster;
         s.unmount().unwrap();
-        let geo = fatmap::Geometry::parse(&std::fs::read(&p).unwrap()[..512]).unwrap();
         let clean = std::fs::read(&p).unwrap();
+        let geo = fatmap::Geometry::parse(&clean[..512]).unwrap();
         for (what, value) in [
             ("leads to no cluster", geo.cluster_count + 100),
             ("ends after", 0x0FFF_FFFF),
