@@ -474,10 +474,16 @@ fn firmware_from_table(table: Result<Table>) -> (Firmware, String) {
             Firmware::Bios,
             "no partition table; BIOS is QEMU's default".into(),
         ),
-        Err(e) => (
-            Firmware::Bios,
-            format!("partition table unreadable ({e}); BIOS is QEMU's default"),
-        ),
+        Err(e) => {
+            let why = match e {
+                BootError::Partition(m) => m,
+                other => other.to_string(),
+            };
+            (
+                Firmware::Bios,
+                format!("partition table unreadable ({why}); BIOS is QEMU's default"),
+            )
+        }
     }
 }
 
@@ -748,6 +754,8 @@ impl QemuGuest {
 impl Guest for QemuGuest {
     fn start(&mut self) -> Result<Start> {
         if let Some(detail) = self.never.take() {
+            // Nothing runs: the report names no command as run.
+            self.setup.command.clear();
             return Ok(Start::NotRunning {
                 outcome: Outcome::NothingBootable,
                 detail,

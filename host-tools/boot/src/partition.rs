@@ -302,6 +302,11 @@ fn read_gpt(r: &mut dyn ReadAt, size: u64) -> Result<Vec<Partition>> {
                 return Err(primary);
             }
             read_gpt_at(r, sectors - 1, sectors).map_err(|_| {
+                let primary = match primary {
+                    // Its own words, not "partition table: " a second time.
+                    BootError::Partition(m) => m,
+                    other => other.to_string(),
+                };
                 bad(format!(
                     "{primary}; the backup GPT header is unusable too: the table is corrupt"
                 ))

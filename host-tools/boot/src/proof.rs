@@ -179,7 +179,9 @@ pub struct Setup {
     pub bus: Bus,
     /// Why that bus.
     pub bus_reason: String,
-    /// How the machine was started (QEMU argv, virsh command, API request).
+    /// How the machine was started (QEMU argv, virsh command, API request); empty, and left
+    /// out of the JSON, when nothing was started (a disk BIOS would hang on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// Who prints, in the report's words ("guest", "server 1f2e...").
     #[serde(skip)]

@@ -42,7 +42,7 @@ use mgear_boot::{
     LocalQemu, SampleDiskOptions, Severity, TargetProfile, VolumeRef,
 };
 
-use crate::exit::{coded, usage, FOUND, IO, OK, USAGE};
+use crate::exit::{coded, coded_hint, usage, FOUND, IO, OK, USAGE};
 
 /// `mgear boot`, typed (the binary's `cli::boot` parses the flags into it).
 #[derive(Debug)]
@@ -635,12 +635,36 @@ pub fn finish(
 ) -> crate::Result<i32> {
     // Show the result even when the report cannot be saved; then fail on that.
     let saved = report.write_json(report_path);
+    // Not booted: exit 1, or 3 when QEMU itself failed (image unreadable or locked, firmware
+    // or memory missing): an I/O problem on this host, not a verdict on the guest.
+    let failed = report.require_booted().err().map(|e| match report.outcome {
+        Outcome::QemuFailed => coded(IO, e.to_string()),
+        // Not started (a disk BIOS would hang on): its message says what to boot instead.
+        _ if report.setup.command.is_empty() => coded_hint(
+            FOUND,
+            e.to_string(),
+            "the guest was not started: boot the system disk, or see --firmware",
+        ),
+        _ => coded_hint(
+            FOUND,
+            e.to_string(),
+            "the volume did not boot: read the console log for how far the guest got; try \
+             --firmware (bios or uefi), --bus, or a longer --timeout for a slow guest",
+        ),
+    });
     if json || crate::output::json() {
         // The envelope's `command` is "boot"; QEMU's argv is `qemu_command`.
         let mut v = serde_json::to_value(report).context("serialising the boot report")?;
         if let Some(m) = v.as_object_mut() {
             if let Some(argv) = m.remove("command") {
                 m.insert("qemu_command".into(), argv);
+            }
+            // The report is the one object --json prints: it carries the error too.
+            if let Some(e) = &failed {
+                let code = crate::exit::code_of(e);
+                let hint = crate::exit::hint(e, "boot");
+                let error = crate::output::error_value(code, &format!("{e:#}"), &hint);
+                m.insert("error".into(), error);
             }
         }
         crate::output::emit_ok(report.outcome == Outcome::Booted, &v)?;
@@ -660,13 +684,11 @@ pub fn finish(
         }
     }
     saved?;
-    match report.require_booted() {
-        Ok(()) => Ok(OK),
-        // QEMU itself failed (image unreadable or locked, firmware missing):
-        // an I/O problem on this host, not a verdict on the guest.
-        Err(e) if report.outcome == Outcome::QemuFailed => Err(coded(IO, e.to_string())),
-        Err(e) => {
-            eprintln!("mgear: {e}");
+    match failed {
+        None => Ok(OK),
+        Some(e) if report.outcome == Outcome::QemuFailed => Err(e),
+        Some(e) => {
+            eprintln!("mgear: {e:#}");
             Ok(FOUND)
         }
     }

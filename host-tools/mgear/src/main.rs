@@ -325,7 +325,9 @@ fn main() {
             let code = exit::code_of(&err);
             let hint = exit::hint(&err, output::command());
             let message = format!("{err:#}");
-            if output::json() {
+            // A command that printed its report (`"ok":false` with its `error`) before it
+            // failed: --json prints one object, not a second.
+            if output::json() && !output::emitted_error() {
                 println!("{}", output::error_line(code, &message, &hint));
             }
             // Exit 4 is the expected end of a run that waits for media still to come, no error.

@@ -101,13 +101,26 @@ pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> crate::Result<()> {
     if ok {
         EMITTED_OK.store(true, Ordering::Relaxed);
     }
+    let carries_error = !ok && rest.contains_key("error");
     let line = serde_json::to_string(&Envelope {
         ok,
         command: command(),
         rest,
     })?;
     println!("{line}");
+    if carries_error {
+        EMITTED_ERROR.store(true, Ordering::Relaxed);
+    }
     Ok(())
+}
+
+/// Set once an envelope with `"ok":false` and its `error` was printed: the command's report
+/// carried its failure, and `main.rs` prints no second object when the command then fails.
+static EMITTED_ERROR: AtomicBool = AtomicBool::new(false);
+
+/// Was a failed envelope with its `error` printed? (`--json` prints exactly one object.)
+pub fn emitted_error() -> bool {
+    EMITTED_ERROR.load(Ordering::Relaxed)
 }
 
 /// Set once an envelope with `"ok":true` was printed.
@@ -119,15 +132,27 @@ pub fn emitted_ok() -> bool {
     EMITTED_OK.load(Ordering::Relaxed)
 }
 
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: i32,
+    kind: &'a str,
+    message: &'a str,
+    hint: &'a str,
+}
+
+/// The `error` object of a failed command, for a report that carries it itself.
+pub fn error_value(code: i32, message: &str, hint: &str) -> Value {
+    serde_json::to_value(ErrorBody {
+        code,
+        kind: crate::exit::kind(code),
+        message,
+        hint,
+    })
+    .unwrap_or(Value::Null)
+}
+
 /// The `--json` form of a failed command (one line).
 pub fn error_line(code: i32, message: &str, hint: &str) -> String {
-    #[derive(Serialize)]
-    struct ErrorBody<'a> {
-        code: i32,
-        kind: &'a str,
-        message: &'a str,
-        hint: &'a str,
-    }
     #[derive(Serialize)]
     struct Failed<'a> {
         ok: bool,

@@ -300,6 +300,29 @@ fn a_partition_table_without_boot_code_ends_before_the_guest_starts() {
     )
     .unwrap();
     assert_eq!(r["outcome"], "nothing-bootable", "{r}");
+    // Nothing ran: no command is named as run (it listed QEMU's argv).
+    assert!(r.get("command").is_none(), "{r}");
+    // --json: one object, the report, carrying its error and no QEMU command; the partition
+    // table's reason said once ("partition table: partition table: ...").
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("file:{}", disk.display()),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().count(), 1, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["error"]["code"], 1, "{v}");
+    assert_eq!(v["error"]["kind"], "failure", "{v}");
+    assert!(
+        v["error"]["hint"].as_str().unwrap().contains("not started"),
+        "{v}"
+    );
+    assert!(v.get("qemu_command").is_none(), "{v}");
+    assert!(!out.contains("partition table: partition table"), "{v}");
     assert_eq!(std::fs::read(&disk).unwrap(), bytes, "the disk was changed");
 }
 
@@ -514,6 +537,30 @@ fn usage_and_io_errors_have_their_exit_codes() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let o = mgear(&["boot", "--target", "file:/dev/null", "--bus", "scsi"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // QEMU itself fails (no memory for the guest): exit 3, and --json prints one object, the
+    // report with its error (it printed the report, then an error object after it).
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("zeros.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let o = mgear(&[
+        "boot",
+        "--target",
+        &format!("file:{}", disk.display()),
+        "--memory",
+        "1048576",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().count(), 1, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["outcome"], "qemu-failed", "{v}");
+    assert_eq!(v["error"]["code"], 3, "{v}");
+    assert_eq!(v["error"]["kind"], "io", "{v}");
+    assert!(v["qemu_command"].is_array(), "{v}");
 }
 
 #[test]
