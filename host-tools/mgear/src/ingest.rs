@@ -1496,6 +1496,9 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     if let (Target::File(p), false) = (&target, args.force) {
         refuse_other_unfinished(&sdir, p, &State::header_of(&reader))?;
     }
+    if let (Target::File(p) | Target::Qcow2(p), true) = (&target, args.force) {
+        note_mode_replaced(p);
+    }
     let vol = {
         // Creating or opening a cloud volume waits on its cluster: said when it stalls.
         let _waiting = Progress::waiting(&format!("ingest: opening {}", args.target));
@@ -1551,6 +1554,24 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
 /// Warns (stderr) when the file system that will hold an image target has less room than
 /// the disk's data chunks: it filled to 100 % and failed part-way, with no word before.
 /// Only a warning: zero chunks are holes, and runs of zeros inside data chunks are too, so
+/// `--force` over a regular file others may read: the new one is created 0600, as every file
+/// of decrypted data is (README), and the replaced file's mode is not carried over. Said
+/// before the write, so nobody finds the volume unreadable to the group that read the old one.
+fn note_mode_replaced(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let mode = md.permissions().mode() & 0o777;
+    if md.is_file() && mode & 0o077 != 0 {
+        eprintln!(
+            "mgear: note: --force replaces {} (mode {mode:04o}) with a new file, mode 0600: it \
+             holds decrypted data; `chmod` it once written if others must read it",
+            path.display()
+        );
+    }
+}
+
 /// the data chunks are an upper bound; an ingest that runs out stops cleanly and resumes.
 fn warn_if_short_of_space<S: image_format::Store>(path: &Path, reader: &CaptureReader<S>) {
     use std::os::unix::fs::MetadataExt;

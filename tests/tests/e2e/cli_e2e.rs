@@ -518,7 +518,19 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
         output_text(&o)
     );
     assert_eq!(fs::read(e.p("v1.raw")).unwrap(), v1, "nothing was written");
-    onto.arg("--force").ok();
+    // A volume others could read is replaced by a file only its owner reads (decrypted data):
+    // said before the write (the mode changed without a word).
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(e.p("v1.raw"), fs::Permissions::from_mode(0o644)).unwrap();
+    let o = onto.arg("--force").ok();
+    assert!(
+        output_text(&o).contains("--force replaces")
+            && output_text(&o).contains("(mode 0644) with a new file, mode 0600"),
+        "{}",
+        output_text(&o)
+    );
+    let mode = fs::metadata(e.p("v1.raw")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
     same_file(&e.p("disk.raw"), &e.p("v1.raw"));
     fsck_clean(&e.p("medium.img"));
 }
