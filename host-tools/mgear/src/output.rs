@@ -53,8 +53,22 @@ pub fn command() -> &'static str {
 struct Envelope<'a> {
     ok: bool,
     command: &'a str,
+    /// A stream's event (`serve`: `listening`, `stopped`) third, before the fields it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<Value>,
     #[serde(flatten)]
     rest: Map<String, Value>,
+}
+
+impl Envelope<'_> {
+    fn new(ok: bool, mut rest: Map<String, Value>) -> Self {
+        Envelope {
+            ok,
+            command: command(),
+            event: rest.remove("event"),
+            rest,
+        }
+    }
 }
 
 /// `value` split into the envelope's verdict and the remaining fields. A
@@ -81,11 +95,7 @@ fn parts<T: Serialize>(ok: bool, value: &T) -> crate::Result<(bool, Map<String, 
 /// `value` in the envelope, as one line of JSON with `ok` and `command` first.
 pub fn envelope_line<T: Serialize>(ok: bool, value: &T) -> crate::Result<String> {
     let (ok, rest) = parts(ok, value)?;
-    Ok(serde_json::to_string(&Envelope {
-        ok,
-        command: command(),
-        rest,
-    })?)
+    Ok(serde_json::to_string(&Envelope::new(ok, rest))?)
 }
 
 /// Print `value` in the envelope as one JSON line on stdout (`ok` from the
@@ -102,11 +112,7 @@ pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> crate::Result<()> {
         EMITTED_OK.store(true, Ordering::Relaxed);
     }
     let carries_error = !ok && rest.contains_key("error");
-    let line = serde_json::to_string(&Envelope {
-        ok,
-        command: command(),
-        rest,
-    })?;
+    let line = serde_json::to_string(&Envelope::new(ok, rest))?;
     println!("{line}");
     if carries_error {
         EMITTED_ERROR.store(true, Ordering::Relaxed);
@@ -384,6 +390,15 @@ mod tests {
         assert_eq!(e["error"]["kind"], "usage");
         assert_eq!(e["error"]["hint"], "do x");
         assert!(error_line(3, "m", "h").starts_with(r#"{"ok":false,"command":"#));
+        // A stream's event comes third, before its fields (`address` sorted before it).
+        assert_eq!(
+            envelope_line(
+                true,
+                &serde_json::json!({"event": "listening", "address": "127.0.0.1:1"})
+            )
+            .unwrap(),
+            r#"{"ok":true,"command":"mgear","event":"listening","address":"127.0.0.1:1"}"#
+        );
     }
 
     #[test]
