@@ -1051,6 +1051,10 @@ pub struct IngestReport {
     pub boot_report: Option<String>,
     /// What the driver adaptation of the whole machine did (`--adapt`).
     pub adapt: Option<mgear_boot::AdaptReport>,
+    /// Every disk's target already held its disk, verified by an earlier run: kept, nothing
+    /// written (only present, as `true`, then; as a single disk's `kept`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 /// The host path and format of an ingested volume, for `--adapt`.
@@ -1224,14 +1228,28 @@ pub fn run_ingest(
             0 => String::new(),
             n => format!(", {n} written by an earlier run"),
         };
+        // The snapshot and AMI made (they were only on stderr and in --json).
+        let ids = [
+            ("snapshot", &d.report.snapshot_id),
+            ("AMI", &d.report.image_id),
+        ]
+        .iter()
+        .filter_map(|(what, id)| id.as_ref().map(|id| format!(", {what} {id}")))
+        .collect::<String>();
+        let what = match d.report.kept {
+            true => "kept: held it already, verified by an earlier run".to_string(),
+            false => format!(
+                "{} written, {}, {} zero{earlier}",
+                human_bytes(d.report.bytes_written),
+                crate::units::count(d.report.chunks, "chunk"),
+                d.report.zero_chunks
+            ),
+        };
         println!(
-            "  disk {} {:>10} into {} ({} written, {}, {} zero{earlier})",
+            "  disk {} {:>10} into {}{ids} ({what})",
             d.disk,
             human_bytes(d.report.disk_size),
             d.report.target,
-            human_bytes(d.report.bytes_written),
-            crate::units::count(d.report.chunks, "chunk"),
-            d.report.zero_chunks
         );
     }
     crate::ingest::print_boot_line(r.booted, r.boot_report.as_deref());
@@ -1501,6 +1519,54 @@ pub fn ingest_set(
             }
         }
     }
+    // A snapshot name an earlier run completed another disk of this set into (a finished set
+    // re-run with its snapshot targets in another order): each disk made a new snapshot under
+    // the other's name, and two names then pointed at other disks. Refused as a file target
+    // is, before anything is sent.
+    if !args.force {
+        for (k, t) in &plan {
+            let Ok(crate::spec::Target::EbsSnapshot { name, .. }) =
+                crate::spec::Target::parse(t, crate::spec::Bare::Refuse)
+            else {
+                continue;
+            };
+            let recorded = mgear_volume::ebs::recorded_snapshots(&sdir, &name);
+            let of = |root: &[u8; 32]| {
+                let tag = format!("(manifest root {}", &hex(root)[..32]);
+                recorded.iter().find(|(_, what)| what.contains(&tag))
+            };
+            if file
+                .set
+                .disks
+                .get(*k)
+                .is_some_and(|d| of(&d.manifest_root).is_some())
+            {
+                continue;
+            }
+            let other = file
+                .set
+                .disks
+                .iter()
+                .enumerate()
+                .find_map(|(j, d)| of(&d.manifest_root).map(|(id, _)| (j, id)));
+            if let Some((j, id)) = other {
+                return Err(coded_hint(
+                    USAGE,
+                    format!(
+                        "{t} (given for disk {k}) names snapshot {id}, completed from disk {j} \
+                         of set {} generation {g} by an earlier run: this run was given the \
+                         targets in another order; nothing was sent",
+                        args.name
+                    ),
+                    format!(
+                        "give the targets in the order of that run (disk {j} into {t}), as \
+                         --target once per disk, disk 0 first (the finished snapshots are then \
+                         kept); or pass --force to make new snapshots under the names given"
+                    ),
+                ));
+            }
+        }
+    }
     if args.adapt {
         let local = ["file:", "qcow2:", "dev:", "libvirt:"];
         if let Some((_, t)) = plan
@@ -1641,6 +1707,7 @@ pub fn ingest_set(
         name: args.name.clone(),
         generation: g,
         set_root: hex(&file.root),
+        kept: !disks.is_empty() && disks.iter().all(|d| d.report.kept),
         disks,
         booted: None,
         boot_report: None,

@@ -486,6 +486,22 @@ pub fn completed_before(
 }
 
 /// The `(snapshot line, ingest)` records of a `.done` file: two lines each.
+/// The snapshots earlier runs on this host completed under `ebs-snapshot:NAME`, each with
+/// what made it (`snap-X` or `snap-X ami-Y`, and the ingest's description: capture,
+/// generation, manifest root): a set re-run with its targets in another order is told by them.
+pub fn recorded_snapshots(state_dir: &std::path::Path, name: &str) -> Vec<(String, String)> {
+    let path = state_dir.join(format!("{}.done", state_key(name)));
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    done_pairs(&text)
+        .map(|(v, w)| {
+            (
+                v.strip_prefix("snapshot ").unwrap_or(v).to_string(),
+                w.to_string(),
+            )
+        })
+        .collect()
+}
+
 fn done_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
     let lines: Vec<&str> = text.lines().collect();
     (0..lines.len() / 2).map(move |i| (lines[2 * i], lines[2 * i + 1]))

@@ -540,7 +540,8 @@ fn a_sets_image_is_registered_from_its_boot_disk_only() {
 /// A set ingest into snapshots, killed and re-run with its targets in another order: refused
 /// before anything is sent, as for files (it started a new snapshot for each disk and left
 /// the killed run's pending, for AWS to time out a day later), and the right order goes on
-/// in the killed run's snapshot.
+/// in the killed run's snapshot; once finished, swapped targets are refused too (each disk
+/// made a new snapshot under the other's name).
 #[test]
 fn a_set_ingest_into_snapshots_re_run_in_another_order_starts_nothing() {
     let e = Env::new();
@@ -583,6 +584,30 @@ fn a_set_ingest_into_snapshots_re_run_in_another_order_starts_nothing() {
     assert_eq!(ids.len(), 2, "{ids:?}");
     // Disk 0 went on in the killed run's snapshot; disk 1's is the new one.
     let disk1 = ids.iter().find(|i| **i != started[0]).unwrap();
+    // Each disk's line names its snapshot (only stderr and --json had it).
+    for (k, id) in [(0, &started[0]), (1, disk1)] {
+        assert!(
+            text.contains(&format!("into ebs-snapshot:m2-{k}, snapshot {id} (")),
+            "{text}"
+        );
+    }
     check_snapshot_of(&e, &d, &started[0], "d0.raw", None);
     check_snapshot_of(&e, &d, disk1, "d1.raw", None);
+    // Finished, then run again with the targets swapped: refused before anything is sent (it
+    // made two new snapshots, each under the other disk's name).
+    let out = with_double(&e, &d, &line("m2-1", "m2-0")).output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "ebs-snapshot:m2-1 (given for disk 0) names snapshot {disk1}, completed from disk 1"
+        )) && text.contains("another order")
+            && text.contains("--force to make new snapshots"),
+        "{text}"
+    );
+    assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was started");
+    // In the order of that run: both kept, nothing made.
+    let out = with_double(&e, &d, &line("m2-0", "m2-1")).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was made again");
 }

@@ -1071,7 +1071,11 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
     );
     same_file(&e.p("out-0.raw"), &e.p("disk0.raw"));
     same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
-    // The finished command run again (a script re-run): every disk kept, exit 0.
+    // Only one disk was kept: the set as a whole was not (no top-level `kept`).
+    assert!(r.get("kept").is_none(), "{r}");
+    assert_eq!(r["disks"][0]["kept"], true, "{r}");
+    // The finished command run again (a script re-run): every disk kept, exit 0, and each
+    // disk's line says so (it said "0 B written, 6 chunks, 0 zero").
     let o = e
         .ingest(&m, "db01")
         .trust("site.pub")
@@ -1080,11 +1084,22 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     for k in 0..2 {
         assert!(
-            output_text(&o).contains(&format!("out-{k}.raw already holds it")),
+            output_text(&o).contains(&format!("out-{k}.raw already holds it"))
+                && output_text(&o).contains(&format!("into file:out-{k}.raw (kept:")),
             "{}",
             output_text(&o)
         );
     }
+    // --json: the set as a whole was kept, as a single disk's run says it.
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:out-{disk}.raw")
+        .arg("--json")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["kept"], true, "{r}");
     same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
     // Changed since (ctime moves): no longer kept, refused as somebody's file.
     let f = std::fs::OpenOptions::new()
