@@ -1824,8 +1824,16 @@ pub fn write_volume<S: image_format::Store>(
                 }
                 let indices: Vec<u64> = order.by_ref().take(batch_chunks as usize).collect();
                 if let Some(l) = limiter.as_mut() {
+                    // What is read and written: a zero chunk is neither (it counted, and a
+                    // mostly empty disk crawled through its holes at the rate).
                     let bytes: u64 = indices
                         .iter()
+                        .filter(|&&i| {
+                            matches!(
+                                reader.entry(i),
+                                Some(image_format::layout::IndexEntry::Stored(_))
+                            )
+                        })
                         .map(|&i| u64::from(image_format::layout::chunk_len(size, chunk, i)))
                         .sum();
                     l.acquire(bytes);

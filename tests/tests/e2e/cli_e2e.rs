@@ -899,6 +899,22 @@ fn cli_nbd_source_skips_holes() {
         .unsealed()
         .ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
+    // An ingest's --rate-limit paces what it reads and writes: the 2 MiB of data, not the 14
+    // MiB of zero chunks (16 MiB at 1 MiB/s took 16 s). Bounds far apart: a slow machine
+    // stays well inside them.
+    let r = e
+        .ingest("dir:mnt", "thin")
+        .untrusted()
+        .target("file:v2.raw")
+        .unsealed()
+        .args(&["--rate-limit", "1MiB/s"])
+        .json();
+    let secs = r["seconds"].as_f64().unwrap();
+    assert!(
+        (1.5..10.0).contains(&secs),
+        "2 MiB of data at 1 MiB/s took {secs:.2} s"
+    );
+    same_file(&e.p("disk.raw"), &e.p("v2.raw"));
 }
 
 #[test]

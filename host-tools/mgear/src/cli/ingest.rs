@@ -74,7 +74,8 @@ pub struct Args {
     /// Pinned trust: --trust, --trust-appliance, --allow-untrusted, --attestations, --expect-generation.
     #[command(flatten)]
     pub trust: super::trust::TrustArgs,
-    /// Hold the average write rate, e.g. 100MiB/s (spare a shared storage backend).
+    /// Hold the average write rate, e.g. 100MiB/s (spare a shared storage backend); zero
+    /// chunks, which are neither read nor written as data, do not count.
     #[arg(long, allow_hyphen_values = true)]
     pub rate_limit: Option<String>,
     /// Sync and record progress after this much data (tests use small values).
