@@ -295,6 +295,11 @@ impl<S: Store> CaptureReader<S> {
         })
     }
 
+    /// The medium it reads, for a look at the rest of it (what else it holds) while open.
+    pub fn store(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// The capture's name as stored on the medium (the spelling its
     /// manifest binds, whatever case the caller asked with).
     pub fn name(&self) -> &str {

@@ -1479,11 +1479,30 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // (`ingested_from` is `None` for a file that is not there.)
         if let (Some(root), false) = (ingested_from(&sdir, p), args.force) {
             if root != *reader.manifest_root() {
+                // Named when the medium holds it (it said "an earlier generation of NAME, or
+                // another disk" and left the user to guess which).
+                let holds = image_format::list_captures(reader.store())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find_map(|c| {
+                        let g = c
+                            .generations
+                            .iter()
+                            .find(|g| g.manifest_root == Some(root))?;
+                        Some(format!("{} generation {}", c.name, g.generation))
+                    });
+                let holds = match holds {
+                    Some(what) => format!("{what}, ingested on this host"),
+                    None => format!(
+                        "recorded on this host: a capture this medium does not hold, manifest \
+                         root {}",
+                        &crate::output::hex(&root)[..32]
+                    ),
+                };
                 return Err(usage(format!(
-                    "{} exists and holds another finished ingest (recorded on this host: an \
-                     earlier generation of {name}, or another disk): pass --force to write \
-                     {name} generation {} over it (the whole disk, verified again); where it \
-                     is this disk's earlier generation and the machine runs from it, \
+                    "{} exists and holds another finished ingest ({holds}): pass --force to \
+                     write {name} generation {} over it (the whole disk, verified again); where \
+                     it is this disk's earlier generation and the machine runs from it, \
                      `mgear serve` on it and `mgear sync` at the source keep it up to date in \
                      place instead (SYNC.md); nothing was written",
                     p.display(),

@@ -511,8 +511,10 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
     let o = onto.clone().run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains("v1.raw exists and holds another finished ingest")
-            && output_text(&o).contains("write web01 generation 2 over it (the whole disk")
+        output_text(&o).contains(
+            "v1.raw exists and holds another finished ingest (web01 generation 1, ingested on \
+             this host)"
+        ) && output_text(&o).contains("write web01 generation 2 over it (the whole disk")
             && output_text(&o).contains("`mgear serve`"),
         "{}",
         output_text(&o)
