@@ -1475,11 +1475,32 @@ pub fn ingest_set(
         let exists = crate::ingest::path_target(t).filter(|p| std::fs::symlink_metadata(p).is_ok());
         if let (Some(p), false, false) = (exists, *kept, args.force) {
             // Not judged by its bytes (a disk unchanged since the last generation holds
-            // them already): by the record of an ingest of this very disk into it.
+            // them already): by the record of an ingest of this very disk into it. What the
+            // record says it holds is named (it guessed "an earlier generation's ingest,
+            // another disk, or was changed since").
+            let root_of = |j: usize| file.set.disks.get(j).map(|d| d.manifest_root);
+            let holds = match crate::ingest::ingested_from(&sdir, &p) {
+                Some(r) if Some(r) == root_of(*k) => {
+                    "it holds this disk, changed since its ingest finished".to_string()
+                }
+                Some(r) => match (0..file.set.disks.len()).find(|&j| root_of(j) == Some(r)) {
+                    Some(j) => format!(
+                        "it holds disk {j} of this set generation: the targets were given in \
+                         another order"
+                    ),
+                    None => format!(
+                        "it holds another finished ingest recorded on this host (an earlier \
+                         generation, or another capture: manifest root {})",
+                        &hex(&r)[..32]
+                    ),
+                },
+                None => "no ingest into it is recorded on this host: somebody's file, or one \
+                         another host wrote"
+                    .to_string(),
+            };
             return Err(usage(format!(
                 "{} (the target of disk {k}) exists, and no finished ingest of set {} \
-                 generation {g}'s disk {k} into it is recorded here (it holds an earlier \
-                 generation's ingest, another disk, or was changed since): pass --force to \
+                 generation {g}'s disk {k} into it is recorded here ({holds}): pass --force to \
                  write generation {g} over it; nothing was written",
                 p.display(),
                 args.name

@@ -1101,6 +1101,20 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["kept"], true, "{r}");
     same_file(&e.p("out-1.raw"), &e.p("disk1.raw"));
+    // The targets in another order: what each holds is named.
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .target("file:out-1.raw")
+        .target("file:out-0.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("(the target of disk 0) exists")
+            && output_text(&o).contains("it holds disk 1 of this set generation"),
+        "{}",
+        output_text(&o)
+    );
     // Changed since (ctime moves): no longer kept, refused as somebody's file.
     let f = std::fs::OpenOptions::new()
         .append(true)
@@ -1116,7 +1130,8 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("no finished ingest of set")
-            && output_text(&o).contains("disk 1 into it is recorded here"),
+            && output_text(&o).contains("disk 1 into it is recorded here")
+            && output_text(&o).contains("it holds this disk, changed since its ingest finished"),
         "{}",
         output_text(&o)
     );
@@ -1139,7 +1154,8 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
         .run();
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains("(the target of disk 1) exists"),
+        output_text(&o).contains("(the target of disk 1) exists")
+            && output_text(&o).contains("no ingest into it is recorded on this host"),
         "{}",
         output_text(&o)
     );
