@@ -465,6 +465,22 @@ impl<S: image_format::Store> mgear_boot::ReadAt for CaptureDisk<'_, S> {
 /// firmware, size in whole GiB) before anything is written to a Cinder volume: an error
 /// finding (the guest will not boot there) refuses the ingest (exit 1) with what to do;
 /// warnings are printed. The size rounding is no finding here: the volume is rounded up.
+/// Whether the capture's disk boots under BIOS or UEFI (boot code in its MBR, an EFI System
+/// Partition with a loader), read before anything is written.
+pub fn disk_boots<S: image_format::Store>(
+    reader: &mut image_format::CaptureReader<S>,
+) -> crate::Result<bool> {
+    let size = reader.disk_size();
+    let facts = mgear_boot::inspect_disk(
+        &mut CaptureDisk {
+            reader,
+            cached: None,
+        },
+        size,
+    )?;
+    Ok(facts.bios_bootable || facts.uefi_bootable)
+}
+
 pub fn check_openstack_ready<S: image_format::Store>(
     reader: &mut image_format::CaptureReader<S>,
 ) -> crate::Result<bool> {

@@ -1351,6 +1351,21 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             );
         }
     }
+    // An image registered from a disk nothing boots from never starts: refused before the
+    // snapshot is made, as a set's data disk is (it registered one).
+    if let (Target::EbsSnapshot { opts, .. }, None) = (&target, &gaps) {
+        if opts.register_image && !crate::cloud_target::disk_boots(&mut reader)? {
+            return Err(usage(format!(
+                "--register-image: {} generation {} boots neither BIOS nor UEFI (no boot code in \
+                 its MBR, no EFI System Partition with a loader): an image registered from it \
+                 would never start. Leave out --register-image to make the snapshot alone \
+                 (`mgear boot --check-profile aws-nitro` on a copy says what the disk lacks); nothing \
+                 was written",
+                reader.name(),
+                reader.generation()
+            )));
+        }
+    }
     crate::report::note_manifest(reader.manifest());
     let prep = Prepare {
         disk_size: reader.disk_size(),

@@ -43,6 +43,10 @@ fn disk_with_holes(path: &Path) {
         f.seek(SeekFrom::Start(off)).unwrap();
         f.write_all(&noise(len)).unwrap();
     }
+    // Boot code and no partitions: a disk BIOS boots (an image is registered from it).
+    f.seek(SeekFrom::Start(446)).unwrap();
+    f.write_all(&[0; 64]).unwrap();
+    f.write_all(&[0x55, 0xAA]).unwrap();
     f.sync_all().unwrap();
 }
 
@@ -535,6 +539,24 @@ fn a_sets_image_is_registered_from_its_boot_disk_only() {
     );
     assert_eq!(d.images().len(), 1);
     assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was started");
+    // One disk of its own that boots neither BIOS nor UEFI: its image is refused as a set's
+    // data disk's is (it registered one), before a snapshot is started.
+    e.capture("dir:mnt", "data1").source("d1.raw").ok();
+    let line = e
+        .ingest("dir:mnt", "data1")
+        .untrusted()
+        .target("ebs-snapshot:data1")
+        .arg("--register-image");
+    let out = with_double(&e, &d, &line).output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("--register-image: data1 generation 1 boots neither BIOS nor UEFI")
+            && text.contains("nothing was written"),
+        "{text}"
+    );
+    assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was started");
+    assert_eq!(d.images().len(), 1);
 }
 
 /// A set ingest into snapshots, killed and re-run with its targets in another order: refused
