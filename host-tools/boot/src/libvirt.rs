@@ -7,8 +7,9 @@
 //! `-nodefaults`, so none appears implicitly), and writes its serial console
 //! to a file that [`LibvirtGuest`] polls; [`crate::prove_boot`] watches it for
 //! the marker regex like every driver's console. The domain is destroyed and
-//! undefined on every exit path ([`LibvirtGuest`]'s `stop` and `Drop`) unless
-//! [`LibvirtBoot::keep_domain`] asks to keep it.
+//! undefined on every exit path ([`LibvirtGuest`]'s `stop` and `Drop`); one a killed
+//! `mgear` (SIGKILL: no exit path runs) left behind is removed by the next libvirt boot
+//! ([`sweep_abandoned`]).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -210,18 +211,12 @@ pub fn upload_volume(conn: &str, pool: &str, name: &str, raw: &Path) -> Result<V
 pub struct LibvirtBoot {
     /// libvirt connection URI, e.g. [`DEFAULT_CONN`].
     pub conn: String,
-    /// Leave the domain defined and running after the attempt (for inspection);
-    /// its serial log is then kept in the temporary directory too.
-    pub keep_domain: bool,
 }
 
 impl LibvirtBoot {
     /// A driver for `conn` that cleans up its domain.
     pub fn new(conn: impl Into<String>) -> Self {
-        LibvirtBoot {
-            conn: conn.into(),
-            keep_domain: false,
-        }
+        LibvirtBoot { conn: conn.into() }
     }
 }
 
@@ -295,6 +290,7 @@ fn domain_xml(
     Ok(format!(
         "<domain type='qemu'>\n\
          <name>{}</name>\n\
+         <description>{DESCRIPTION}</description>\n\
          <memory unit='MiB'>{}</memory>\n\
          <vcpu>1</vcpu>\n\
          {os}\n\
@@ -350,6 +346,50 @@ fn tail_str(s: &str, cap: usize) -> String {
         cut += 1;
     }
     s[cut..].to_string()
+}
+
+/// What every domain a boot defines says of itself (`virsh desc`): only a domain that says it,
+/// named for a process that is gone, is removed by [`sweep_abandoned`].
+const DESCRIPTION: &str = "mgear boot: removed when the boot ends";
+
+/// Removes the domains of boots whose `mgear` was killed before it could (SIGKILL, a host
+/// crash): `mgear-boot-<pid>-...` saying [`DESCRIPTION`] where process `<pid>` is gone, with
+/// the serial log's directory. A killed boot's guest ran on, holding its volume, and every
+/// later boot of that volume found it in use. The names removed, for the caller to say.
+pub fn sweep_abandoned(conn: &str) -> Vec<String> {
+    let Ok(list) = virsh(conn, &["list", "--all", "--name"]) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for name in list.lines().map(str::trim) {
+        let Some(pid) = name
+            .strip_prefix("mgear-boot-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if !virsh(conn, &["desc", name]).is_ok_and(|d| d.trim() == DESCRIPTION) {
+            continue;
+        }
+        let _ = virsh(conn, &["destroy", name]);
+        if virsh(conn, &["undefine", "--nvram", name]).is_ok() {
+            removed.push(name.to_string());
+        }
+        // The serial log's directory (`tempfile` adds a suffix to the name's prefix).
+        if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+            let prefix = format!("{name}-");
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    removed
 }
 
 /// A domain name unique on this host: `mgear-boot-<pid>-<nanoseconds>`.
@@ -442,8 +482,7 @@ impl LibvirtBoot {
         Ok(LibvirtGuest {
             conn: self.conn.clone(),
             name,
-            keep: self.keep_domain,
-            tmp: Some(tmp),
+            _tmp: tmp,
             serial_log,
             xml_path,
             setup: Setup {
@@ -466,14 +505,12 @@ impl LibvirtBoot {
 }
 
 /// One libvirt domain (TCG, no network) whose serial console is a file
-/// polled every 200 ms. Destroyed and undefined when stopped or dropped,
-/// unless [`LibvirtBoot::keep_domain`] asked to keep it.
+/// polled every 200 ms. Destroyed and undefined when stopped or dropped.
 pub struct LibvirtGuest {
     conn: String,
     name: String,
-    keep: bool,
-    /// Holds the domain XML and the serial log (kept on disk with the domain).
-    tmp: Option<tempfile::TempDir>,
+    /// Holds the domain XML and the serial log.
+    _tmp: tempfile::TempDir,
     serial_log: PathBuf,
     xml_path: PathBuf,
     setup: Setup,
@@ -503,7 +540,7 @@ impl LibvirtGuest {
     }
 
     fn undefine(&mut self) {
-        if self.defined && !self.keep {
+        if self.defined {
             let _ = virsh(&self.conn, &["destroy", &self.name]);
             let _ = virsh(&self.conn, &["undefine", "--nvram", &self.name]);
         }
@@ -515,12 +552,6 @@ impl Guest for LibvirtGuest {
     fn start(&mut self) -> Result<Start> {
         virsh(&self.conn, &["define", path_arg(&self.xml_path)?])?;
         self.defined = true;
-        if self.keep {
-            // The log must outlive this call when the domain does.
-            if let Some(tmp) = self.tmp.take() {
-                let _ = tmp.keep();
-            }
-        }
         match virsh(&self.conn, &["start", &self.name]) {
             Ok(_) => Ok(Start::Running),
             Err(e) => {

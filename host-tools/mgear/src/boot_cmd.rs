@@ -612,11 +612,20 @@ pub fn boot_resolved_all_then(
     let libvirt = |e| libvirt_err(e, "booting the libvirt domain");
     let mut guest: Box<dyn Guest> = match target {
         Resolved::Local(_) => Box::new(LocalQemu::new().and_then(|q| q.guest(&spec))?),
-        Resolved::Libvirt(_) => Box::new(
-            LibvirtBoot::new(DEFAULT_CONN)
-                .guest(&spec)
-                .map_err(libvirt)?,
-        ),
+        Resolved::Libvirt(_) => {
+            // A killed boot's guest still holds its volume: removed before this one starts.
+            for gone in mgear_boot::libvirt::sweep_abandoned(DEFAULT_CONN) {
+                eprintln!(
+                    "mgear: removed libvirt domain {gone}: a boot killed before it could end left \
+                     it running"
+                );
+            }
+            Box::new(
+                LibvirtBoot::new(DEFAULT_CONN)
+                    .guest(&spec)
+                    .map_err(libvirt)?,
+            )
+        }
     };
     starting()?;
     let proved = prove_boot(guest.as_mut(), &expect);

@@ -177,6 +177,55 @@ fn libvirt_boot_fails_on_virtio_without_drivers_and_refuses_plain_files() {
         "domain left behind: {:?}",
         our_domains()
     );
+
+    // `mgear boot` killed (SIGKILL: no exit path runs) while its domain runs: the domain ran
+    // on, holding the volume. The next libvirt boot removes it, and says so.
+    let target = format!("libvirt:{POOL}/{}", vol.0.name);
+    let mut killed = Command::new(mgear_tests::bin("mgear"))
+        .args(["boot", "--target", &target, "--wait-for", "never-printed"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!("mgear-boot-{}-", killed.id());
+    let running = || {
+        virsh(&["list", "--name"])
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .map(String::from)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let left = loop {
+        if let Some(d) = running() {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "no domain {prefix}*");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(running().as_deref(), Some(left.as_str()), "the domain went");
+    let o = Command::new(mgear_tests::bin("mgear"))
+        .args([
+            "boot",
+            "--target",
+            &target,
+            "--wait-for",
+            "never-printed",
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let text = mgear_tests::output_text(&o);
+    assert!(
+        text.contains(&format!("removed libvirt domain {left}: a boot killed")),
+        "{text}"
+    );
+    assert!(
+        !virsh(&["list", "--all", "--name"]).contains(&left),
+        "{left} left behind"
+    );
 }
 
 fn regex_escape(s: &str) -> String {
