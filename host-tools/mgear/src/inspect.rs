@@ -320,20 +320,43 @@ pub fn run(args: Request) -> crate::Result<i32> {
             }
         }
     }
+    // A capture whose directories cannot be listed, or a medium that lists nothing while
+    // much of it is in use: a failure found, exit 1, as `ls` of a damaged directory fails
+    // (it exited 0 beside "DAMAGED", and a script saw a good listing).
+    let damaged = media
+        .iter()
+        .any(|m| m.note.is_some() || m.captures.iter().any(|c| c.damage.is_some()));
+    let code = match damaged {
+        true => crate::exit::FOUND,
+        false => crate::exit::OK,
+    };
+    let json = args.json || crate::output::json();
+    let say_damaged = || {
+        if damaged && !json {
+            eprintln!(
+                "mgear: the medium's file system is damaged where said above: `mgear verify` \
+                 of it says which captures are whole, `mgear medium fsck` what is damaged"
+            );
+        }
+    };
     if media.len() > 1 {
-        if args.json || crate::output::json() {
-            crate::progress::print_json(&ShipmentReport {
-                command: "inspect",
-                media,
-                shipment: ship,
-            })?;
+        if json {
+            crate::output::emit_ok(
+                !damaged,
+                &ShipmentReport {
+                    command: "inspect",
+                    media,
+                    shipment: ship,
+                },
+            )?;
         } else {
             for m in &media {
                 print_medium(m);
             }
             print_shipment(&ship);
         }
-        return Ok(crate::exit::OK);
+        say_damaged();
+        return Ok(code);
     }
     let m = media.remove(0);
     let report = Report {
@@ -345,9 +368,9 @@ pub fn run(args: Request) -> crate::Result<i32> {
         shipment: ship,
         note: m.note,
     };
-    if args.json || crate::output::json() {
-        crate::progress::print_json(&report)?;
-        return Ok(crate::exit::OK);
+    if json {
+        crate::output::emit_ok(!damaged, &report)?;
+        return Ok(code);
     }
     print_medium(&MediumJson {
         medium: wheres[0].describe(),
@@ -360,7 +383,8 @@ pub fn run(args: Request) -> crate::Result<i32> {
     for m in &report.shipment.missing_media {
         say!("shipment NOT complete without {m}: a machine of this span may have records on it");
     }
-    Ok(crate::exit::OK)
+    say_damaged();
+    Ok(code)
 }
 
 /// One medium's captures and sets, keyless.

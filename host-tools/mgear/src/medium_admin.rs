@@ -1107,7 +1107,20 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                     // set capture stopped between the disks and the SET.
                     if let Some((set, _)) = image_format::set::parse_disk_stream_name(&cap.name) {
                         let p = image_format::set::set_path(set, g.generation);
-                        if store.len(&p).map_err(|e| reading(e, &p))?.is_none() {
+                        let bound = match store.len(&p) {
+                            Ok(len) => len.is_some(),
+                            // The set's directory damaged: a finding (once), and the other
+                            // captures still checked (the whole fsck stopped on it).
+                            Err(StoreError::Damaged(m)) => {
+                                let dir = layout::capture_dir(set);
+                                if !out.iter().any(|f| f.path == dir) {
+                                    out.push(finding(dir, DAMAGED_FS, m, false));
+                                }
+                                true
+                            }
+                            Err(e) => return Err(reading(e, &p)),
+                        };
+                        if !bound {
                             out.push(finding(
                                 gdir.clone(),
                                 "unbound-set-generation",

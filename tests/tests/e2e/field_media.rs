@@ -864,7 +864,10 @@ fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
     img[entry + 0x14..entry + 0x16].copy_from_slice(&0x7777u16.to_le_bytes());
     fs::write(e.p("m.img"), &img).unwrap();
 
-    let i = e.json(&["inspect", "--medium", &m]);
+    let o = e.run(&["inspect", "--medium", &m, "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let i: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(i["ok"], false, "{i}");
     let caps = i["captures"].as_array().unwrap();
     let of = |n: &str| caps.iter().find(|c| c["name"] == n).unwrap().clone();
     assert_eq!(of("rand")["generations"][0]["state"], "complete", "{i}");
@@ -910,6 +913,24 @@ fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
     assert!(!problems.contains("capture x"), "{v}");
     e.ingest(&m2, "x").untrusted().target("file:x.out").ok();
     assert_eq!(sha(&e.p("x.out")), sha(&e.p("a.raw")));
+    // inspect lists the others and fails (exit 1: it exited 0 beside "DAMAGED"); fsck names
+    // the set's directory and goes on (it stopped at the set's manifest, naming nothing).
+    let o = e.run(&["inspect", "--medium", &m2]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("capture db: DAMAGED")
+            && text(&o).contains("capture x")
+            && text(&o).contains("the medium's file system is damaged where said above"),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["medium", "fsck", "--medium", &m2]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("damaged    MGEAR/db:") && !text(&o).contains("error:"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// The root directory zeroed (its cluster wiped): the captures are not listed, and every
@@ -952,7 +973,9 @@ fn a_wiped_root_directory_is_told_as_likely_damage_not_an_empty_medium() {
         "{}",
         text(&o)
     );
-    let v = e.json(&["inspect", "--medium", &m]);
+    let o = e.run(&["inspect", "--medium", &m, "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
         v["note"].as_str().is_some_and(|n| n.contains(likely)),
         "{v}"
