@@ -1572,7 +1572,12 @@ fn print_fsck(r: &FsckReport, repair: bool) {
             // Kept on purpose (a resume or the set's capture finishes it), and not clean yet.
             "unfinished"
         };
-        println!("{tag:<10} {}: {}", f.path, f.what);
+        // Names off the medium may hold anything: shown escaped, never raw.
+        println!(
+            "{tag:<10} {}: {}",
+            crate::output::printable(&f.path),
+            crate::output::printable(&f.what)
+        );
     }
     let left = r
         .findings
@@ -1589,8 +1594,18 @@ fn print_fsck(r: &FsckReport, repair: bool) {
     } else if left > 0 && !repair {
         println!("{left} leftover(s) can be removed: run again with --repair");
     }
+    // fsck.fat prints names off the medium as they are: control bytes escaped, line by line.
+    let tool_said = |t: &str| {
+        t.lines()
+            .map(|l| crate::output::printable(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     match &r.fsck_fat {
-        Some(c) if c.repaired => println!("fsck.fat -a repaired the FAT volume:\n{}", c.output),
+        Some(c) if c.repaired => println!(
+            "fsck.fat -a repaired the FAT volume:\n{}",
+            tool_said(&c.output)
+        ),
         Some(c) if c.ok => println!("fsck.fat: clean"),
         Some(c) => println!(
             "fsck.fat found problems{}:\n{}",
@@ -1602,7 +1617,7 @@ fn print_fsck(r: &FsckReport, repair: bool) {
                 " (--repair will not let fsck.fat -a at them: it would cut files short; \
                  `mgear verify` says which captures are whole)"
             },
-            c.output
+            tool_said(&c.output)
         ),
         None => {}
     }

@@ -867,14 +867,26 @@ fn short_checksum(name: &[u8]) -> u8 {
 
 /// The short name `NAME.EXT` of an entry, as the engines show it.
 fn short_name(e: &[u8]) -> String {
-    let base = core::str::from_utf8(&e[..8]).unwrap_or("").trim_end();
-    let ext = core::str::from_utf8(&e[8..11]).unwrap_or("").trim_end();
-    let mut s = String::from(base);
+    // Printable ASCII as is, any other byte as `\xNN`: a damaged entry is named by what it
+    // holds (its name bytes were dropped whole, and the walk said `.FGH`), and an escaped
+    // name (`\` is no FAT name byte) never matches a name the format looks for. 0x05
+    // stands for a leading 0xE5 byte; neither is ASCII, so no match either.
+    fn part(b: &[u8]) -> String {
+        let end = b.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
+        b[..end]
+            .iter()
+            .map(|&c| match c {
+                0x20..=0x7e => String::from(c as char),
+                _ => format!("\\x{c:02x}"),
+            })
+            .collect()
+    }
+    let (base, ext) = (part(&e[..8]), part(&e[8..11]));
+    let mut s = base;
     if !ext.is_empty() {
         s.push('.');
-        s.push_str(ext);
+        s.push_str(&ext);
     }
-    // 0x05 stands for a leading 0xE5 byte; neither is ASCII, so no match.
     s
 }
 

@@ -1312,3 +1312,36 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
     // The medium as an argument, as `medium format` takes it (it was refused).
     e.ok(&["medium", "fsck", &m]);
 }
+
+/// A directory's `.` entry with garbage for a name: verify names it by its bytes (it said
+/// `MGEAR/rand/G0001/.FGH`, its name dropped whole), `medium fsck` prints no raw control
+/// byte off the medium, and the capture still ingests (nothing it reads is damaged).
+#[test]
+fn a_damaged_dot_entry_is_named_by_its_bytes() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 35);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").ok();
+    let cluster = dir_cluster(&e, "m.img", "MGEAR/rand/G0001");
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
+    assert_eq!(&img[dir..dir + 11], b".          ");
+    img[dir..dir + 11].copy_from_slice(b"\xff\xfe\x01ABCDEFGH");
+    fs::write(e.p("m.img"), &img).unwrap();
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "MGEAR/rand/G0001/\\xff\\xfe\\x01ABCDE.FGH: a directory entry that leads back"
+        ),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["medium", "fsck", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(!o.stdout.contains(&1u8), "{}", text(&o));
+    e.ingest(&m, "rand").untrusted().target("file:a.out").ok();
+    assert_eq!(sha(&e.p("a.out")), sha(&e.p("a.raw")));
+}
