@@ -102,7 +102,7 @@ pub enum Error {
     #[error("invalid capture parameters: {0}")]
     InvalidParams(String),
     /// The medium failed an operation on `path`.
-    #[error("medium error on {path}: {error}")]
+    #[error("{}", store_message(.path, .error))]
     Store { path: String, error: StoreError },
     /// Bytes on the medium are not what the format says they must be.
     #[error("{at}: {what}")]
@@ -179,5 +179,15 @@ impl<T> StoreCtx<T> for core::result::Result<T, StoreError> {
             path: path.into(),
             error,
         })
+    }
+}
+
+/// "medium error on PATH: ERROR", the path once where the error already starts with it (a
+/// damaged file system names where: "on MGEAR/x/G0001: MGEAR/x/G0001: ...").
+fn store_message(path: &str, error: &StoreError) -> alloc::string::String {
+    let said = alloc::format!("{error}");
+    match said.starts_with(path) && !path.is_empty() {
+        true => alloc::format!("medium error on {said}"),
+        false => alloc::format!("medium error on {path}: {said}"),
     }
 }

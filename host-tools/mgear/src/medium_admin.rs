@@ -968,6 +968,12 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
     };
     for cap in captures {
         let dir = layout::capture_dir(&cap.name);
+        // Its generations could not be listed (a directory damaged under it): damage, not
+        // "not a capture" with "no leftovers".
+        if let Some(why) = &cap.damage {
+            out.push(finding(dir, DAMAGED_FS, why.clone(), false));
+            continue;
+        }
         let entries = match store.list(&dir) {
             Ok(v) => v,
             Err(StoreError::Damaged(m)) => {

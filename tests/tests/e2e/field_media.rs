@@ -1345,3 +1345,40 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
     e.ingest(&m, "rand").untrusted().target("file:a.out").ok();
     assert_eq!(sha(&e.p("a.out")), sha(&e.p("a.raw")));
 }
+
+/// A capture's generation directory whose chain loops: `medium fsck` names the capture's
+/// damage (it called the capture "not a capture" and said "no leftovers"), inspect fails
+/// where it cannot list, and the error names the directory once.
+#[test]
+fn a_looping_generation_directory_is_damage_to_fsck_not_a_stranger() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 35);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").ok();
+    e.capture(&m, "other").source("a.raw").ok();
+    let cluster = dir_cluster(&e, "m.img", "MGEAR/rand/G0001");
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    for copy in 0..geo.fats {
+        let at = (geo.fat_offset + copy * geo.fat_bytes + cluster * 4) as usize;
+        img[at..at + 4].copy_from_slice(&(cluster as u32).to_le_bytes());
+    }
+    fs::write(e.p("m.img"), &img).unwrap();
+    let o = e.run(&["medium", "fsck", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let said = text(&o);
+    assert!(
+        said.contains("damaged    MGEAR/rand: medium error on MGEAR/rand/G0001: the FAT32 file system is damaged")
+            && !said.contains("not a capture")
+            && !said.contains("no leftovers"),
+        "{said}"
+    );
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("capture rand: DAMAGED") && text(&o).contains("capture other"),
+        "{}",
+        text(&o)
+    );
+}
