@@ -1230,6 +1230,7 @@ where
             other => other?,
         };
         let mut found = Vec::new();
+        let mut shorts: Vec<String> = Vec::new();
         each_entry(&bytes, |long, short, f| {
             let name = match long {
                 Some(u) => alloc::string::String::from_utf16_lossy(u),
@@ -1237,9 +1238,24 @@ where
             };
             if name != "." && name != ".." {
                 found.push((name, f));
+                shorts.push(short.to_ascii_uppercase());
             }
             false
         });
+        // Two entries under one short name: which one a reader opens depends on the tool
+        // (the first, the last, the one its long name matches), so what is read is not what
+        // was checked. No writer makes it; a damaged or hand-edited directory does.
+        shorts.sort_unstable();
+        for pair in shorts.windows(2) {
+            if pair[0] == pair[1] && !pair[0].is_empty() {
+                findings.push(format!(
+                    "{name}: two entries share the short name {}: which one a tool opens \
+                     differs, so what is read may not be what was checked. Do not write to the \
+                     medium; check the captures with `mgear verify --identity`",
+                    pair[0]
+                ));
+            }
+        }
         for (name, f) in found {
             let path = if dir.is_empty() {
                 name

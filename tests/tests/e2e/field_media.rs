@@ -1382,3 +1382,37 @@ fn a_looping_generation_directory_is_damage_to_fsck_not_a_stranger() {
         text(&o)
     );
 }
+
+/// Two entries of a generation's directory under one short name (a damaged or hand-edited
+/// directory): which one a tool opens differs, so verify names it (it passed).
+#[test]
+fn two_entries_under_one_short_name_are_a_finding() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 37);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").ok();
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let cluster = dir_cluster(&e, "m.img", "MGEAR/rand/G0001");
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
+    // The short-name entries past `.` and `..` (attribute byte not 0x0f, not deleted).
+    let names: Vec<usize> = (dir + 64..dir + geo.cluster_bytes as usize)
+        .step_by(32)
+        .take_while(|&at| img[at] != 0)
+        .filter(|&at| img[at] != 0xe5 && img[at + 11] != 0x0f)
+        .collect();
+    assert!(names.len() >= 2, "{names:?}");
+    let first: Vec<u8> = img[names[0]..names[0] + 11].to_vec();
+    img[names[1]..names[1] + 11].copy_from_slice(&first);
+    fs::write(e.p("m.img"), &img).unwrap();
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("MGEAR/rand/G0001: two entries share the short name"),
+        "{}",
+        text(&o)
+    );
+}
