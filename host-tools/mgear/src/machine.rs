@@ -1709,6 +1709,9 @@ pub fn ingest_set(
                 .with_context(|| format!("finishing disk {k} of set {} in {target}", args.name))?;
             report.bytes_written += h.bytes_written;
             report.zero_chunks += h.zero_chunks;
+            // The disk's time is its write and its finish: the speed over both.
+            report.seconds += h.seconds;
+            report.mb_per_s = crate::progress::mb_per_s(report.disk_size, report.seconds);
             // What runs before this command wrote, not what its first pass did (a first
             // ingest of a set reported every chunk as resumed).
             report.resumed_chunks = h.resumed_chunks;

@@ -578,6 +578,20 @@ fn a_set_is_planned_aborted_and_removed_as_one() {
         .target("file:only-1.raw")
         .ok();
     same_file(&e.p("only-1.raw"), &e.p("b.raw"));
+    // Each disk's time is its write and its finish (it was the finish alone: 0.07 s, and a
+    // speed of 919 MB/s): 2 MiB of data at 2 MiB/s takes about a second.
+    let r = e
+        .ingest(&m, "db01")
+        .untrusted()
+        .target("file:paced-{disk}.raw")
+        .args(&["--rate-limit", "2MiB/s"])
+        .json();
+    for d in r["disks"].as_array().unwrap() {
+        let secs = d["seconds"].as_f64().unwrap();
+        assert!(secs >= 0.5, "{r}");
+        let speed = d["disk_size"].as_f64().unwrap() / 1e6 / secs;
+        assert!((d["mb_per_s"].as_f64().unwrap() - speed).abs() < 0.1, "{r}");
+    }
     let o = e.run(&["medium", "rm", "--medium", &m, "--name", "db01"]);
     assert_eq!(
         o.status.code(),

@@ -181,8 +181,13 @@ fn libvirt_boot_fails_on_virtio_without_drivers_and_refuses_plain_files() {
     // `mgear boot` killed (SIGKILL: no exit path runs) while its domain runs: the domain ran
     // on, holding the volume. The next libvirt boot removes it, and says so.
     let target = format!("libvirt:{POOL}/{}", vol.0.name);
+    // Their reports in the test's directory (a libvirt boot's default is ./, which other
+    // tests' boots then refused to overwrite).
+    let report = dir.path().join("killed-report.json");
+    let report = report.to_str().unwrap();
     let mut killed = Command::new(mgear_tests::bin("mgear"))
         .args(["boot", "--target", &target, "--wait-for", "never-printed"])
+        .args(["--report", report])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -215,6 +220,7 @@ fn libvirt_boot_fails_on_virtio_without_drivers_and_refuses_plain_files() {
             "--timeout",
             "1",
         ])
+        .args(["--report", report])
         .output()
         .unwrap();
     let text = mgear_tests::output_text(&o);
