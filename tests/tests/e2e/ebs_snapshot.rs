@@ -606,6 +606,12 @@ fn a_set_ingest_into_snapshots_re_run_in_another_order_starts_nothing() {
     assert_eq!(ids.len(), 2, "{ids:?}");
     // Disk 0 went on in the killed run's snapshot; disk 1's is the new one.
     let disk1 = ids.iter().find(|i| **i != started[0]).unwrap();
+    // Disk 0 went on from what the killed run put (it said 0 chunks resumed).
+    assert!(
+        text.lines()
+            .any(|l| l.contains("disk 0") && l.contains("written by an earlier run")),
+        "{text}"
+    );
     // Each disk's line names its snapshot (only stderr and --json had it).
     for (k, id) in [(0, &started[0]), (1, disk1)] {
         assert!(
