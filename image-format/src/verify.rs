@@ -1292,6 +1292,10 @@ pub struct GenerationInfo {
     /// last checkpoint, headers included).
     pub stored_bytes: u64,
     pub segments: u32,
+    /// An unfinished generation of a span: closed segments on the span's media not opened
+    /// (each medium alone said only what it holds, unexplained); `stored_bytes` counts the
+    /// others.
+    pub segments_elsewhere: u32,
     pub created_unix: u64,
     pub appliance_id: Option<[u8; 32]>,
     pub source_desc: String,
@@ -1317,6 +1321,7 @@ impl GenerationInfo {
             dedup_chunks: 0,
             stored_bytes: 0,
             segments: 0,
+            segments_elsewhere: 0,
             created_unix: 0,
             appliance_id: None,
             source_desc: String::new(),
@@ -1539,26 +1544,31 @@ pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Opti
                     )),
                     ..blank
                 },
-                (None, Some(j)) => GenerationInfo {
-                    state: GenerationState::Unfinished {
-                        next_chunk: j.next_chunk,
-                    },
-                    // What is durable so far: the segments up to the checkpoint.
-                    stored_bytes: {
-                        let mut n = j.open_len;
-                        for s in 0..j.closed_segments {
-                            let p = layout::segment_path(&name, g, s);
-                            n += store.len(&p).at(&p)?.unwrap_or(0);
+                (None, Some(j)) => {
+                    // What is durable so far: the segments up to the checkpoint, those on
+                    // the media given counted, the others numbered.
+                    let (mut stored, mut elsewhere) = (j.open_len, 0u32);
+                    for s in 0..j.closed_segments {
+                        let p = layout::segment_path(&name, g, s);
+                        match store.len(&p).at(&p)? {
+                            Some(n) => stored += n,
+                            None => elsewhere += 1,
                         }
-                        n
-                    },
-                    parent: (j.parent != 0).then_some(j.parent),
-                    chunk_size: j.chunk_size,
-                    disk_size: j.source_size,
-                    chunk_count: layout::chunk_count(j.source_size, j.chunk_size),
-                    segments: j.closed_segments + u32::from(j.open_len > 0),
-                    ..blank
-                },
+                    }
+                    GenerationInfo {
+                        state: GenerationState::Unfinished {
+                            next_chunk: j.next_chunk,
+                        },
+                        stored_bytes: stored,
+                        segments_elsewhere: elsewhere,
+                        parent: (j.parent != 0).then_some(j.parent),
+                        chunk_size: j.chunk_size,
+                        disk_size: j.source_size,
+                        chunk_count: layout::chunk_count(j.source_size, j.chunk_size),
+                        segments: j.closed_segments + u32::from(j.open_len > 0),
+                        ..blank
+                    }
+                }
                 (None, None) => GenerationInfo {
                     state: GenerationState::Damaged(
                         garbled_entries(store, &layout::generation_dir(&name, g))?

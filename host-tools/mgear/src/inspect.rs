@@ -87,6 +87,14 @@ pub struct GenJson {
     /// --abort` frees, or a resume goes on after); absent for the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_medium_bytes: Option<u64>,
+    /// An unfinished generation of a span: its closed segments on the span's other media
+    /// (its `stored_bytes` counts this medium's only); absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub segments_elsewhere: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One capture in `inspect --json`.
@@ -571,6 +579,7 @@ fn medium_json(
                             dedup_chunks: g.dedup_chunks,
                             stored_bytes: g.stored_bytes,
                             segments: g.segments,
+                            segments_elsewhere: g.segments_elsewhere,
                             // An unfinished generation has no manifest: its
                             // time is not 0 (1970), it is not known yet.
                             created_unix: complete.then_some(g.created_unix),
@@ -760,14 +769,29 @@ fn generation_line(g: &GenJson) -> String {
     // last checkpoint ("0 stored, 0 zero, 0 dedup" beside 64 MiB stored read as nonsense).
     let chunks = match (g.state, g.next_chunk) {
         ("unfinished", Some(n)) if g.stored_chunks + g.zero_chunks + g.dedup_chunks == 0 => {
+            // A span's medium alone counts its own segments: said, with what is elsewhere.
+            let mut notes = Vec::new();
+            if g.segments_elsewhere > 0 {
+                notes.push(format!(
+                    "{} of its segments on other media of the span",
+                    g.segments_elsewhere
+                ));
+            }
+            if let Some(b) = g.on_medium_bytes.filter(|&b| b > g.stored_bytes) {
+                notes.push(format!("{} on the medium", human_bytes(b)));
+            }
             format!(
-                "{} ({n} done at its last checkpoint), {} kept{}",
+                "{} ({n} done at its last checkpoint), {} kept{}{}",
                 crate::units::count(g.chunk_count, "chunk"),
                 human_bytes(g.stored_bytes),
-                g.on_medium_bytes
-                    .filter(|&b| b > g.stored_bytes)
-                    .map(|b| format!(" ({} on the medium)", human_bytes(b)))
-                    .unwrap_or_default()
+                match g.segments_elsewhere {
+                    0 => "",
+                    _ => " on this medium",
+                },
+                match notes.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", notes.join("; ")),
+                }
             )
         }
         _ => format!(
@@ -1331,6 +1355,7 @@ mod tests {
             lost_medium: None,
             lost_ordinal: None,
             on_medium_bytes: None,
+            segments_elsewhere: 0,
         }
     }
 

@@ -201,6 +201,22 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         "{}",
         output_text(&o)
     );
+    // Each medium counts what it holds of the unfinished generation, and says that the rest
+    // is on the span's other media (both said "31.00 MiB kept", unexplained).
+    for m in [&a, &b] {
+        let o = e.run(&["inspect", "--medium", m]);
+        assert!(
+            output_text(&o)
+                .contains("kept on this medium (1 of its segments on other media of the span"),
+            "{}",
+            output_text(&o)
+        );
+        let v = e.json(&["inspect", "--medium", m]);
+        assert_eq!(
+            v["captures"][0]["generations"][0]["segments_elsewhere"], 1,
+            "{v}"
+        );
+    }
     // The same command with a third medium resumes where it stopped.
     let o = cap(&[&c, &a, &b], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
