@@ -34,11 +34,16 @@
 //! pieces). The simulator mounts the medium with this module too, so seal
 //! and arrival run the board's code.
 //!
-//! Mounting writes nothing, and a read-only walk followed by
-//! [`FatFiles::unmount`] leaves every byte of a cleanly unmounted volume as
-//! it was (the volume's dirty flag and FSInfo sector are written only after
-//! something changed, see [`Store::free_space`] for the one read that can
-//! count as a change): seal and arrival hash the raw medium around it.
+//! Mounting a cleanly unmounted volume writes nothing, and a read-only walk
+//! followed by [`FatFiles::unmount`] leaves every byte of it as it was (the
+//! volume's dirty flag and FSInfo sector are written only after something
+//! changed, see [`Store::free_space`] for the one read that can count as a
+//! change): seal and arrival hash the raw medium around it. A volume left
+//! mid-write (its dirty flag set: a host's capture through the appliance cut
+//! off, or the board's own write cut by a power loss) is put right at mount
+//! first, as the host's `FatStore` does ([`fatmap::reclaim`], see
+//! [`FatFiles::after_cut`]): the board wrote its seal on top of what the cut
+//! left, and the shipment then failed `fsck.fat -n`.
 //! Timestamps of files written here are the FAT epoch (1980-01-01): the
 //! board's RTC is not trusted for them and nothing reads them.
 
@@ -64,6 +69,9 @@ const LINE_BYTES: usize = 4096;
 pub const DEFAULT_CACHE_LINES: usize = 16;
 /// Zero-fill unit when a file grows past a gap.
 const ZERO_FILL: usize = 4096;
+/// FAT32's boot sector byte whose bit 0 a writer sets while the volume is mounted for
+/// writing (fatfs, lamfat, Linux, Windows): set at mount, the last writer was cut off.
+const DIRTY_BYTE: u64 = 0x41;
 
 /// A device error as `lamfat` carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +339,11 @@ impl<'d, D: BlockDevice + ?Sized> Cache<'d, D> {
         Ok(())
     }
 
+    /// Drop every line, dirty ones too: what they hold never reaches the device.
+    fn discard(&mut self) {
+        self.lines.clear();
+    }
+
     /// Write back every dirty line, in medium order.
     fn write_back_all(&mut self) -> Result<(), HwError> {
         let mut dirty: Vec<usize> = (0..self.lines.len())
@@ -414,6 +427,51 @@ pub struct FatFiles<'d, D: BlockDevice + ?Sized> {
     maps: MapCache,
     /// Directories whose chains were checked (`fatmap::check_dirs`).
     sound_dirs: alloc::collections::BTreeMap<String, u32>,
+    /// What mount put right on a volume left mid-write, or why it left it alone.
+    after_cut: Option<Result<fatmap::Reclaimed, String>>,
+}
+
+/// `write(offset, data)` on the shared cache, for [`fatmap`].
+fn cache_writer<'a, 'd, D: BlockDevice + ?Sized>(
+    cache: &'a Shared<'d, D>,
+) -> impl FnMut(u64, &[u8]) -> Result<(), StoreError> + use<'a, 'd, D> {
+    move |off, data| {
+        cache
+            .try_borrow_mut()
+            .map_err(|_| fat_err("medium", lamfat::Error::Io(busy())))?
+            .write_at(off, data)
+            .map_err(|e| hw_err("medium", e))
+    }
+}
+
+/// Put right what a cut writer left on a volume whose dirty flag is set ([`fatmap::reclaim`]),
+/// clear the flag and make it durable, before `lamfat` mounts it. `None`: the device refuses
+/// writes (a sealed medium): left as it is, nothing of the repair kept in the cache.
+fn repair_cut<D: BlockDevice + ?Sized>(
+    cache: &Shared<'_, D>,
+    geo: &fatmap::Geometry,
+) -> Result<Option<Result<fatmap::Reclaimed, String>>, StoreError> {
+    let done =
+        fatmap::reclaim(geo, &mut cache_reader(cache), &mut cache_writer(cache)).and_then(|done| {
+            if done.is_ok() {
+                let mut b = [0u8; 1];
+                cache_reader(cache)(DIRTY_BYTE, &mut b)?;
+                b[0] &= !1;
+                cache_writer(cache)(DIRTY_BYTE, &b)?;
+                sync_cache(cache, "mount")?;
+            }
+            Ok(done)
+        });
+    match done {
+        Err(StoreError::ReadOnly) => {
+            cache
+                .try_borrow_mut()
+                .map_err(|_| fat_err("mount", lamfat::Error::Io(busy())))?
+                .discard();
+            Ok(None)
+        }
+        other => other.map(Some),
+    }
 }
 
 /// `read(offset, buf)` on the shared cache, for [`fatmap`].
@@ -472,13 +530,17 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
         let cache = Rc::new(RefCell::new(
             Cache::new(dev, lines).map_err(|e| hw_err("mount", e))?,
         ));
-        {
+        let after_cut = {
             // lamfat's FAT arithmetic is 32-bit: refuse a FAT it would overflow on.
             let mut head = [0u8; 512];
             let mut read = cache_reader(&cache);
             read(0, &mut head)?;
             fatmap::check_boot(&mut read)?;
-        }
+            match fatmap::Geometry::parse(&head) {
+                Some(geo) if head[DIRTY_BYTE as usize] & 1 != 0 => repair_cut(&cache, &geo)?,
+                _ => None,
+            }
+        };
         let disk = Disk {
             cache: Rc::clone(&cache),
             pos: 0,
@@ -501,7 +563,15 @@ impl<'d, D: BlockDevice + ?Sized> FatFiles<'d, D> {
             geo: fatmap::Geometry::parse(&boot),
             maps: MapCache::new(),
             sound_dirs: Default::default(),
+            after_cut,
         })
+    }
+
+    /// What mounting put right on a volume left mid-write (its dirty flag set), or the
+    /// damage it met there and left alone (`Err`: nothing written); `None` when the volume
+    /// was not left mid-write or the device refuses writes.
+    pub fn after_cut(&self) -> Option<&Result<fatmap::Reclaimed, String>> {
+        self.after_cut.as_ref()
     }
 
     /// The cluster map of file `path` (cached), `None` if it does not exist.
@@ -880,6 +950,76 @@ mod tests {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// A volume holding `MGEAR/F` whose last writer was cut off: its dirty flag set and a
+    /// cluster taken in the first FAT only, no file holding it (what a write-back cut between
+    /// the two FAT copies leaves).
+    fn left_mid_write() -> (tempfile::TempDir, PathBuf) {
+        let (t, p) = formatted(MIN_FAT32_BYTES + (4 << 20));
+        let mut host = FatStore::open(open_rw(&p)).unwrap();
+        host.create_dir_all("MGEAR").unwrap();
+        host.write_at("MGEAR/F", 0, &pattern(3000, 5)).unwrap();
+        host.unmount().unwrap();
+        let mut img = std::fs::read(&p).unwrap();
+        let geo = fatmap::Geometry::parse(&img[..512]).unwrap();
+        img[DIRTY_BYTE as usize] |= 1;
+        let leaked = u64::from(geo.cluster_count) + 1;
+        let at = (geo.fat_offset + leaked * 4) as usize;
+        img[at..at + 4].copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
+        std::fs::write(&p, &img).unwrap();
+        (t, p)
+    }
+
+    /// The board mounting a volume left mid-write puts it right first (the host's repair,
+    /// shared), then writes on top: `fsck.fat -n` passes and the dirty flag is gone. It wrote
+    /// its seal on top of the leftovers, and the shipment failed `fsck.fat -n`.
+    #[test]
+    fn a_volume_left_mid_write_is_put_right_at_mount() {
+        let (_t, p) = left_mid_write();
+        assert!(Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&p)
+            .status()
+            .is_ok_and(|s| !s.success()));
+        let mut dev = disk_of(&p);
+        let mut fs = FatFiles::mount(&mut dev).unwrap();
+        let done = fs.after_cut().unwrap().as_ref().unwrap();
+        assert_eq!(done.clusters_freed, 1, "{done:?}");
+        fs.write_at("MGEAR/ATTEST", 0, b"seal").unwrap();
+        let mut back = vec![0u8; 3000];
+        fs.read_exact_at("MGEAR/F", 0, &mut back).unwrap();
+        assert_eq!(back, pattern(3000, 5));
+        fs.unmount().unwrap();
+        assert_eq!(dev.data[DIRTY_BYTE as usize] & 1, 0, "the dirty flag stays");
+        std::fs::write(&p, &dev.data).unwrap();
+        fsck_clean(&p);
+        // A clean volume mounts without a repair.
+        let mut dev = disk_of(&p);
+        let fs = FatFiles::mount(&mut dev).unwrap();
+        assert!(fs.after_cut().is_none());
+        fs.unmount().unwrap();
+        assert!(
+            dev.data == std::fs::read(&p).unwrap(),
+            "a clean mount wrote"
+        );
+    }
+
+    /// On a medium that refuses writes (sealed), a volume left mid-write mounts and reads as it
+    /// is: nothing of the repair is written or kept in the cache.
+    #[test]
+    fn a_volume_left_mid_write_on_a_protected_medium_is_left_as_it_is() {
+        let (_t, p) = left_mid_write();
+        let mut dev = Probe::new(disk_of(&p));
+        dev.protected = true;
+        let before = dev.disk.data.clone();
+        let mut fs = FatFiles::mount(&mut dev).unwrap();
+        assert!(fs.after_cut().is_none());
+        let mut back = vec![0u8; 3000];
+        fs.read_exact_at("MGEAR/F", 0, &mut back).unwrap();
+        assert_eq!(back, pattern(3000, 5));
+        fs.unmount().unwrap();
+        assert!(dev.disk.data == before, "a protected medium changed");
     }
 
     const SEG: &str = "MGEAR/web01/G0001/SEG-00000";
