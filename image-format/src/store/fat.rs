@@ -1545,6 +1545,23 @@ impl<D: FatDevice> Store for FatStore<D> {
             return Ok(Vec::new());
         };
         let mut findings = fatmap::writer_findings(&geo, &mut cache_reader(&self.cache))?;
+        // FAT copies that disagree on a volume closed cleanly: one is damaged (a zeroed
+        // second FAT, say), and a write would bring only its own entries into the other, so
+        // the shipment failed `verify` at the target. (Left mid-write, the open made them
+        // equal, or said why not above.)
+        if !self.dirty_at_mount {
+            if let Some((n, first)) =
+                fatmap::fat_copies_differ(&geo, &mut cache_reader(&self.cache))?
+            {
+                findings.push(format!(
+                    "the volume's two FAT copies disagree on {n} cluster entr{} (the first at \
+                     cluster {first}) on a medium closed cleanly, which no write leaves: one of \
+                     them is damaged. Do not write to the medium; `mgear verify` of it says how \
+                     to put it right on a copy",
+                    if n == 1 { "y" } else { "ies" },
+                ));
+            }
+        }
         if let Some(Err(why)) = &self.reclaimed {
             if !why.is_empty() {
                 // Said once, first: what the open found and left alone.
@@ -2444,6 +2461,21 @@ pub(crate) mod tests {
         std::fs::write(&p, &clean).unwrap();
         let mut s = FatStore::open(open_rw(&p)).unwrap();
         assert_eq!(s.chain_findings().unwrap(), Vec::<String>::new());
+        drop(s);
+        // Its second FAT zeroed: a writer is stopped (a capture went on, and the shipment
+        // failed verify at the target for the copies it left disagreeing).
+        let mut zeroed = clean.clone();
+        let second = (geo.fat_offset + geo.fat_bytes) as usize;
+        zeroed[second..second + geo.fat_bytes as usize].fill(0);
+        std::fs::write(&p, &zeroed).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let found = s.chain_findings().unwrap();
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("two FAT copies disagree") && f.contains("closed cleanly")),
+            "{found:?}"
+        );
     }
 
     /// A directory's `.` entry damaged reads as a subdirectory that is the directory itself:
