@@ -335,7 +335,8 @@ fn main() {
                 true => "pending",
                 false => "error",
             };
-            eprintln!("mgear: {what}: {message}");
+            // A message may quote what a medium or a peer holds: no raw control bytes.
+            eprintln!("mgear: {what}: {}", output::printable_lines(&message));
             // The next step was only in --json: a person reading the terminal got "No space
             // left on device" and nothing on what to do. Said once, unless the message has it.
             // ("check the arguments: --help", the fallback of a usage error, is left to --json:

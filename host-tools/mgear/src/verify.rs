@@ -109,9 +109,13 @@ impl VerifyObserver for Observer {
     }
     fn problem(&mut self, p: &Problem) {
         if !self.json && self.said.insert(once_key(p).0) {
+            // Names off the medium may hold anything (an ESC sequence recoloured the
+            // terminal): escaped, never raw.
             eprintln!(
                 "BAD: {}",
-                p.to_string().replace("--medium MEDIUM", &self.here)
+                crate::output::printable_lines(
+                    &p.to_string().replace("--medium MEDIUM", &self.here)
+                )
             );
         }
     }
@@ -1136,7 +1140,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
         } else {
             println!("FAILED: {} problem(s):", out.problems.len());
             for p in &out.problems {
-                println!("  {}", p.message);
+                println!("  {}", crate::output::printable_lines(&p.message));
             }
         }
     }

@@ -1323,6 +1323,7 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
     random_disk(&e.p("a.raw"), 4, 35);
     let m = e.fat("m.img", "64MiB");
     e.capture(&m, "rand").source("a.raw").ok();
+    e.capture(&m, "other").source("a.raw").ok();
     let cluster = dir_cluster(&e, "m.img", "MGEAR/rand/G0001");
     let mut img = fs::read(e.p("m.img")).unwrap();
     let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
@@ -1344,6 +1345,27 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
     assert!(!o.stdout.contains(&1u8), "{}", text(&o));
     e.ingest(&m, "rand").untrusted().target("file:a.out").ok();
     assert_eq!(sha(&e.p("a.out")), sha(&e.p("a.raw")));
+    // The capture's own entry renamed to an ESC sequence and a bell: verify names it with
+    // them escaped (they reached the terminal raw and turned it red).
+    let cluster = dir_cluster(&e, "m.img", "MGEAR");
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
+    let entry = (dir..dir + geo.cluster_bytes as usize)
+        .step_by(32)
+        .find(|&at| &img[at..at + 11] == b"RAND       ")
+        .expect("the RAND entry");
+    img[entry..entry + 11].copy_from_slice(b"\x01\x1b[31mXY\x07ZQ");
+    fs::write(e.p("m.img"), &img).unwrap();
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for raw in [0x01u8, 0x07, 0x1b] {
+        assert!(
+            !o.stdout.contains(&raw) && !o.stderr.contains(&raw),
+            "{raw:#x}: {}",
+            text(&o)
+        );
+    }
+    assert!(text(&o).contains("\\u{1b}[31mXY"), "{}", text(&o));
 }
 
 /// A capture's generation directory whose chain loops: `medium fsck` names the capture's
