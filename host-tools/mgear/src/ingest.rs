@@ -1496,6 +1496,21 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // nor that a volume kept up to date in place is what serve and sync are for.
         // (`ingested_from` is `None` for a file that is not there.)
         if let (Some(root), false) = (ingested_from(&sdir, p), args.force) {
+            if root == *reader.manifest_root() {
+                // This very capture, finished here, and changed since (it was not kept
+                // above): "exists: pass --force" after a `chmod` the README suggests read as
+                // somebody else's file.
+                return Err(usage(format!(
+                    "{} holds {} generation {}, ingested and verified on this host, but it \
+                     changed since (its status-change time moved: a write, or a chmod or \
+                     chown): it is not kept unchecked. Pass --force to write it again and verify \
+                     it (`mgear serve` keeps a volume the machine runs from up to date in place \
+                     instead, SYNC.md); nothing was written",
+                    p.display(),
+                    reader.name(),
+                    reader.generation(),
+                )));
+            }
             if root != *reader.manifest_root() {
                 // Named when the medium holds it (it said "an earlier generation of NAME, or
                 // another disk" and left the user to guess which).

@@ -534,6 +534,21 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
     let mode = fs::metadata(e.p("v1.raw")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     same_file(&e.p("disk.raw"), &e.p("v1.raw"));
+    // Made readable again as that note says: the finished ingest re-run says the volume
+    // changed since (it said only "exists: pass --force", as of somebody's file).
+    fs::set_permissions(e.p("v1.raw"), fs::Permissions::from_mode(0o644)).unwrap();
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:v1.raw")
+        .unsealed()
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("v1.raw holds web01 generation 2, ingested and verified on this host, but it changed since"),
+        "{}",
+        output_text(&o)
+    );
     fsck_clean(&e.p("medium.img"));
 }
 
