@@ -124,6 +124,8 @@ pub struct Report {
     pub shipment: Shipment,
     /// See [`MediumJson::note`].
     pub note: Option<String>,
+    /// See [`MediumJson::unexpected`].
+    pub unexpected: Vec<String>,
 }
 
 /// What `inspect --json` prints for several media.
@@ -177,6 +179,10 @@ pub struct MediumJson {
     /// Said where the medium lists no capture while much of its file system is in use: its
     /// directories are likely damaged (null otherwise).
     pub note: Option<String>,
+    /// Directories where a capture or a generation would be whose names none has (a name
+    /// overwritten in a damaged directory, or someone's own): what they hold is invisible
+    /// to every reader, and `verify` fails the medium while they are there.
+    pub unexpected: Vec<String>,
 }
 
 /// Run `mgear inspect`.
@@ -331,9 +337,11 @@ pub fn run(args: Request) -> crate::Result<i32> {
     // A capture whose directories cannot be listed, or a medium that lists nothing while
     // much of it is in use: a failure found, exit 1, as `ls` of a damaged directory fails
     // (it exited 0 beside "DAMAGED", and a script saw a good listing).
-    let damaged = media
-        .iter()
-        .any(|m| m.note.is_some() || m.captures.iter().any(|c| c.damage.is_some()));
+    let damaged = media.iter().any(|m| {
+        m.note.is_some()
+            || !m.unexpected.is_empty()
+            || m.captures.iter().any(|c| c.damage.is_some())
+    });
     let code = match damaged {
         true => crate::exit::FOUND,
         false => crate::exit::OK,
@@ -375,6 +383,7 @@ pub fn run(args: Request) -> crate::Result<i32> {
         sets: m.sets,
         shipment: ship,
         note: m.note,
+        unexpected: m.unexpected,
     };
     if json {
         crate::output::emit_ok(!damaged, &report)?;
@@ -387,6 +396,7 @@ pub fn run(args: Request) -> crate::Result<i32> {
         captures: report.captures,
         sets: report.sets,
         note: report.note,
+        unexpected: report.unexpected,
     });
     for m in &report.shipment.missing_media {
         say!("shipment NOT complete without {m}: a machine of this span may have records on it");
@@ -408,6 +418,7 @@ fn medium_json(
     let free = store.free_space().ok().flatten();
     let listed = image_format::list_captures(store).map_err(crate::Error::from);
     let sets = sets_of(store);
+    let unexpected = unexpected_dirs(store);
     let stored = name.map(|n| image_format::stored_name(store, n));
     // Generations with a segment on a medium declared lost, by (name in lower case,
     // generation): complete by their manifests, gone in part for good.
@@ -526,6 +537,7 @@ fn medium_json(
         }
     }
     Ok(MediumJson {
+        unexpected,
         note: hidden
             .strip_prefix("; yet ")
             .map(|n| format!("nothing is listed, yet {n}")),
@@ -607,6 +619,31 @@ fn medium_json(
     })
 }
 
+/// Directories under `MGEAR/` that are no capture (nor `ATTEST`), and directories in a
+/// capture that are no generation, as `verify` names them ("unexpected directory").
+fn unexpected_dirs(store: &mut dyn image_format::Store) -> Vec<String> {
+    use image_format::layout;
+    use image_format::store::EntryKind;
+    let mut out = Vec::new();
+    let root = store.list(layout::ROOT_DIR).unwrap_or_default();
+    for e in root.iter().filter(|e| e.kind == EntryKind::Dir) {
+        let path = format!("{}/{}", layout::ROOT_DIR, e.name);
+        if e.name.eq_ignore_ascii_case(layout::ATTEST_NAME) {
+            continue;
+        }
+        if layout::validate_name(&e.name).is_err() {
+            out.push(path);
+            continue;
+        }
+        for g in store.list(&path).unwrap_or_default() {
+            if g.kind == EntryKind::Dir && layout::parse_generation_dir(&g.name).is_none() {
+                out.push(format!("{path}/{}", g.name));
+            }
+        }
+    }
+    out
+}
+
 fn print_medium(report: &MediumJson) {
     say!(
         "medium {}: {} capture(s){}{}",
@@ -623,6 +660,14 @@ fn print_medium(report: &MediumJson) {
     );
     if let Some(n) = &report.note {
         say!("  NOTE: {n}");
+    }
+    for u in &report.unexpected {
+        say!(
+            "  {}: a directory where a capture or a generation would be, under a name none \
+             has (a name damaged in its directory, or someone's own): what it holds is \
+             invisible to every reader; `mgear verify` fails the medium while it is there",
+            crate::output::printable(u)
+        );
     }
     if let Some(sp) = &report.span {
         let this: Vec<String> = sp.this.iter().map(|o| format!("#{o}")).collect();

@@ -1366,6 +1366,20 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
         );
     }
     assert!(text(&o).contains("\\u{1b}[31mXY"), "{}", text(&o));
+    // inspect lists the other capture and fails naming the directory (it listed one capture,
+    // exit 0, the other gone without a word).
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("capture other")
+            && text(&o).contains("MGEAR/\\u{1}\\u{1b}[31mXY.\\u{7}ZQ: a directory where a capture")
+            && !o.stdout.contains(&0x1b),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["inspect", "--medium", &m, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["unexpected"].as_array().map(Vec::len), Some(1), "{v}");
 }
 
 /// A capture's generation directory whose chain loops: `medium fsck` names the capture's
