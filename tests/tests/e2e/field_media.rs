@@ -1380,6 +1380,25 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
     let o = e.run(&["inspect", "--medium", &m, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["unexpected"].as_array().map(Vec::len), Some(1), "{v}");
+    // The other capture's generation renamed to garbage: its ingest says so (it said the
+    // capture "was stopped before it finished": resume it at the capture site).
+    let cluster = dir_cluster(&e, "m.img", "MGEAR/other");
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
+    let entry = (dir..dir + geo.cluster_bytes as usize)
+        .step_by(32)
+        .find(|&at| &img[at..at + 11] == b"G0001      ")
+        .expect("the G0001 entry");
+    img[entry..entry + 11].copy_from_slice(b"\xff\xfe\x01ABCDEFGH");
+    fs::write(e.p("m.img"), &img).unwrap();
+    let o = e.ingest(&m, "other").untrusted().target("file:o.out").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("holds a directory that no generation is named")
+            && !text(&o).contains("capture site"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// A capture's generation directory whose chain loops: `medium fsck` names the capture's
