@@ -1215,12 +1215,23 @@ pub fn run_ingest(
             crate::units::count(n as u64, "snapshot")
         ),
     };
-    println!(
-        "ingested set {} generation {}: {}, {how}",
-        r.name,
-        r.generation,
-        crate::units::count(r.disks.len() as u64, "disk"),
-    );
+    if r.kept {
+        // Every disk kept: nothing was ingested (it read "ingested set ..., each verified").
+        println!(
+            "kept set {} generation {}: {}, each already held by its target, verified by an \
+             earlier run and not changed since: nothing was written",
+            r.name,
+            r.generation,
+            crate::units::count(r.disks.len() as u64, "disk"),
+        );
+    } else {
+        println!(
+            "ingested set {} generation {}: {}, {how}",
+            r.name,
+            r.generation,
+            crate::units::count(r.disks.len() as u64, "disk"),
+        );
+    }
     for d in &r.disks {
         // The written and zero counts are this run's: a disk an earlier run wrote read as
         // "0 B written, 21 chunks, 0 zero" for a disk of 16 zero chunks.

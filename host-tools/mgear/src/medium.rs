@@ -849,11 +849,13 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                         return Err(crate::exit::coded_next(
                             crate::exit::IO,
                             format!(
-                                "{} is {} but the FAT32 file system on it spans {}: the medium \
-                                 (or this copy of it) was cut short",
+                                "{} is {} ({have} bytes) but the FAT32 file system on it spans \
+                                 {} ({want} bytes): the medium (or this copy of it) was cut short \
+                                 by {} bytes",
                                 path.display(),
                                 crate::units::human_bytes(have),
-                                crate::units::human_bytes(want)
+                                crate::units::human_bytes(want),
+                                want - have
                             ),
                             "copy it again in full, or give the original",
                         ));

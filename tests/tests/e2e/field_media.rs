@@ -729,8 +729,9 @@ fn a_medium_copy_cut_short_is_named_as_such() {
         assert_eq!(o.status.code(), Some(3), "{}", text(&o));
         let said = text(&o);
         assert!(
-            said.contains("but the FAT32 file system on it spans 40.00 MiB")
-                && said.contains("cut short; copy it again in full"),
+            said.contains("but the FAT32 file system on it spans 40.00 MiB (41943040 bytes)")
+                && said.contains("cut short by ")
+                && said.contains("copy it again in full"),
             "{said}"
         );
     }

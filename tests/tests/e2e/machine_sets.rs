@@ -1096,6 +1096,12 @@ fn a_set_ingest_re_run_keeps_the_disks_it_finished() {
         .target("file:out-{disk}.raw")
         .run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("kept set db01 generation 1: 2 disks")
+            && !output_text(&o).contains("ingested set"),
+        "{}",
+        output_text(&o)
+    );
     for k in 0..2 {
         assert!(
             output_text(&o).contains(&format!("out-{k}.raw already holds it"))
