@@ -697,7 +697,9 @@ pub fn finish(
         None => Ok(OK),
         Some(e) if report.outcome == Outcome::QemuFailed => Err(e),
         Some(e) => {
+            // The verdict and, as for every failure, the next step (it was only in --json).
             eprintln!("mgear: {e:#}");
+            eprintln!("mgear: what to do: {}", crate::exit::hint(&e, "boot"));
             Ok(FOUND)
         }
     }

@@ -293,8 +293,13 @@ fn a_partition_table_without_boot_code_ends_before_the_guest_starts() {
         "{}",
         text(&o)
     );
-    // No guest ran: no console to show.
+    // No guest ran: no console to show; the next step is said as for every failure.
     assert!(!text(&o).contains("console tail"), "{}", text(&o));
+    assert!(
+        text(&o).contains("mgear: what to do: the guest was not started"),
+        "{}",
+        text(&o)
+    );
     let r: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.path().join("gpt.raw.boot-report.json")).unwrap(),
     )
