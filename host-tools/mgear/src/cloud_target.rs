@@ -470,15 +470,23 @@ impl<S: image_format::Store> mgear_boot::ReadAt for CaptureDisk<'_, S> {
 pub fn disk_boots<S: image_format::Store>(
     reader: &mut image_format::CaptureReader<S>,
 ) -> crate::Result<bool> {
+    let facts = disk_facts(reader)?;
+    Ok(facts.bios_bootable || facts.uefi_bootable)
+}
+
+/// What `mgear_boot` reads of the capture's disk (partitions, boot code, the guest's
+/// drivers), decrypting only the chunks it reads.
+fn disk_facts<S: image_format::Store>(
+    reader: &mut image_format::CaptureReader<S>,
+) -> crate::Result<mgear_boot::DiskFacts> {
     let size = reader.disk_size();
-    let facts = mgear_boot::inspect_disk(
+    Ok(mgear_boot::inspect_disk(
         &mut CaptureDisk {
             reader,
             cached: None,
         },
         size,
-    )?;
-    Ok(facts.bios_bootable || facts.uefi_bootable)
+    )?)
 }
 
 pub fn check_openstack_ready<S: image_format::Store>(
@@ -486,14 +494,7 @@ pub fn check_openstack_ready<S: image_format::Store>(
 ) -> crate::Result<bool> {
     let profile = mgear_boot::profile_by_name("openstack")
         .ok_or_else(|| crate::err!("the openstack readiness profile is missing"))?;
-    let size = reader.disk_size();
-    let facts = mgear_boot::inspect_disk(
-        &mut CaptureDisk {
-            reader,
-            cached: None,
-        },
-        size,
-    )?;
+    let facts = disk_facts(reader)?;
     let findings: Vec<_> = mgear_boot::check_profile(&facts, profile)
         .into_iter()
         .filter(|f| f.severity > mgear_boot::Severity::Info && f.code != "size")

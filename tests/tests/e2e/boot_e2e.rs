@@ -28,6 +28,13 @@ fn qcow2_over(image: &Path, args: &[&str]) {
     assert!(made.success(), "qemu-img create {args:?}");
 }
 
+/// `dir/zeros.raw`: `len` bytes of zeros (sparse), a disk with nothing to boot.
+fn zeroed_disk(dir: &Path, len: u64) -> std::path::PathBuf {
+    let disk = dir.join("zeros.raw");
+    std::fs::File::create(&disk).unwrap().set_len(len).unwrap();
+    disk
+}
+
 /// `mgear boot --target TARGET --report REPORT` with `extra` flags.
 fn boot_reporting(target: &str, report: &Path, extra: &[&str]) -> Output {
     let report = report.to_str().unwrap();
@@ -334,11 +341,7 @@ fn a_partition_table_without_boot_code_ends_before_the_guest_starts() {
 #[test]
 fn zeroed_disk_ends_early_as_nothing_bootable_with_console_tail() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("zeros.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    let disk = zeroed_disk(dir.path(), 16 << 20);
     let o = mgear(&[
         "boot",
         "--target",
@@ -545,11 +548,7 @@ fn usage_and_io_errors_have_their_exit_codes() {
     // QEMU itself fails (no memory for the guest): exit 3, and --json prints one object, the
     // report with its error (it printed the report, then an error object after it).
     let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("zeros.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let disk = zeroed_disk(dir.path(), 1 << 20);
     let o = mgear(&[
         "boot",
         "--target",

@@ -793,6 +793,50 @@ fn dir_cluster(e: &Env, image: &str, path: &str) -> u64 {
         .unwrap_or_else(|| panic!("mshowfat said {shown:?}"))
 }
 
+/// Edit the first cluster of directory `path` of `image` in place: `edit(image bytes, offset
+/// of the cluster, cluster bytes)`.
+fn edit_dir(e: &Env, image: &str, path: &str, edit: impl FnOnce(&mut [u8], usize, usize)) {
+    let cluster = dir_cluster(e, image, path);
+    let mut img = fs::read(e.p(image)).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
+    edit(&mut img, dir, geo.cluster_bytes as usize);
+    fs::write(e.p(image), &img).unwrap();
+}
+
+/// The offset of the entry whose 11 short-name bytes are `name` in the directory cluster at
+/// `dir` of `img`.
+fn entry_named(img: &[u8], dir: usize, len: usize, name: &[u8; 11]) -> usize {
+    (dir..dir + len)
+        .step_by(32)
+        .find(|&at| &img[at..at + 11] == name)
+        .unwrap_or_else(|| panic!("no entry {:?}", String::from_utf8_lossy(name)))
+}
+
+/// A 64 MiB FAT medium `m.img` holding captures `rand` and `other` of the 4 MiB `a.raw`.
+fn two_captures() -> (Env, String) {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 35);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").ok();
+    e.capture(&m, "other").source("a.raw").ok();
+    (e, m)
+}
+
+/// Directory `path` of `image` made to loop: its first cluster's FAT entry (in every copy)
+/// points at itself.
+fn loop_dir(e: &Env, image: &str, path: &str) {
+    let cluster = dir_cluster(e, image, path);
+    let mut img = fs::read(e.p(image)).unwrap();
+    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+    for copy in 0..geo.fats {
+        let at = (geo.fat_offset + copy * geo.fat_bytes + cluster * 4) as usize;
+        img[at..at + 4].copy_from_slice(&(cluster as u32).to_le_bytes());
+    }
+    fs::write(e.p(image), &img).unwrap();
+}
+
 /// A finished generation whose directory cluster was overwritten with other bytes: damaged,
 /// not "cut off at its start" (which sent the operator to start over, and `medium fsck
 /// --repair` to remove it, failing on the garbage names).
@@ -854,16 +898,10 @@ fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
     e.capture(&m, "rand").source("a.raw").sign("site.key").ok();
     e.capture(&m, "mix").source("b.raw").sign("site.key").ok();
     // MGEAR/mix's directory: the first cluster of its G0001 entry now lies past the volume.
-    let cluster = dir_cluster(&e, "m.img", "MGEAR/mix");
-    let mut img = fs::read(e.p("m.img")).unwrap();
-    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
-    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
-    let entry = (dir..dir + geo.cluster_bytes as usize)
-        .step_by(32)
-        .find(|&at| &img[at..at + 11] == b"G0001      ")
-        .expect("the G0001 entry");
-    img[entry + 0x14..entry + 0x16].copy_from_slice(&0x7777u16.to_le_bytes());
-    fs::write(e.p("m.img"), &img).unwrap();
+    edit_dir(&e, "m.img", "MGEAR/mix", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"G0001      ");
+        img[entry + 0x14..entry + 0x16].copy_from_slice(&0x7777u16.to_le_bytes());
+    });
 
     let o = e.run(&["inspect", "--medium", &m, "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -898,14 +936,7 @@ fn a_damaged_directory_of_one_capture_leaves_the_others_usable() {
     let m2 = e.fat("m2.img", "64MiB");
     e.capture(&m2, "db").sources(&["a.raw", "b.raw"]).ok();
     e.capture(&m2, "x").source("a.raw").ok();
-    let cluster = dir_cluster(&e, "m2.img", "MGEAR/db");
-    let mut img = fs::read(e.p("m2.img")).unwrap();
-    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
-    for copy in 0..geo.fats {
-        let at = (geo.fat_offset + copy * geo.fat_bytes + cluster * 4) as usize;
-        img[at..at + 4].copy_from_slice(&(cluster as u32).to_le_bytes());
-    }
-    fs::write(e.p("m2.img"), &img).unwrap();
+    loop_dir(&e, "m2.img", "MGEAR/db");
     let o = e.run(&["verify", "--medium", &m2, "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -1319,19 +1350,11 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
 /// byte off the medium, and the capture still ingests (nothing it reads is damaged).
 #[test]
 fn a_damaged_dot_entry_is_named_by_its_bytes() {
-    let e = Env::new();
-    keys(&e);
-    random_disk(&e.p("a.raw"), 4, 35);
-    let m = e.fat("m.img", "64MiB");
-    e.capture(&m, "rand").source("a.raw").ok();
-    e.capture(&m, "other").source("a.raw").ok();
-    let cluster = dir_cluster(&e, "m.img", "MGEAR/rand/G0001");
-    let mut img = fs::read(e.p("m.img")).unwrap();
-    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
-    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
-    assert_eq!(&img[dir..dir + 11], b".          ");
-    img[dir..dir + 11].copy_from_slice(b"\xff\xfe\x01ABCDEFGH");
-    fs::write(e.p("m.img"), &img).unwrap();
+    let (e, m) = two_captures();
+    edit_dir(&e, "m.img", "MGEAR/rand/G0001", |img, dir, _| {
+        assert_eq!(&img[dir..dir + 11], b".          ");
+        img[dir..dir + 11].copy_from_slice(b"\xff\xfe\x01ABCDEFGH");
+    });
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
@@ -1348,15 +1371,10 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
     assert_eq!(sha(&e.p("a.out")), sha(&e.p("a.raw")));
     // The capture's own entry renamed to an ESC sequence and a bell: verify names it with
     // them escaped (they reached the terminal raw and turned it red).
-    let cluster = dir_cluster(&e, "m.img", "MGEAR");
-    let mut img = fs::read(e.p("m.img")).unwrap();
-    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
-    let entry = (dir..dir + geo.cluster_bytes as usize)
-        .step_by(32)
-        .find(|&at| &img[at..at + 11] == b"RAND       ")
-        .expect("the RAND entry");
-    img[entry..entry + 11].copy_from_slice(b"\x01\x1b[31mXY\x07ZQ");
-    fs::write(e.p("m.img"), &img).unwrap();
+    edit_dir(&e, "m.img", "MGEAR", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"RAND       ");
+        img[entry..entry + 11].copy_from_slice(b"\x01\x1b[31mXY\x07ZQ");
+    });
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     for raw in [0x01u8, 0x07, 0x1b] {
@@ -1383,15 +1401,10 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
     assert_eq!(v["unexpected"].as_array().map(Vec::len), Some(1), "{v}");
     // The other capture's generation renamed to garbage: its ingest says so (it said the
     // capture "was stopped before it finished": resume it at the capture site).
-    let cluster = dir_cluster(&e, "m.img", "MGEAR/other");
-    let mut img = fs::read(e.p("m.img")).unwrap();
-    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
-    let entry = (dir..dir + geo.cluster_bytes as usize)
-        .step_by(32)
-        .find(|&at| &img[at..at + 11] == b"G0001      ")
-        .expect("the G0001 entry");
-    img[entry..entry + 11].copy_from_slice(b"\xff\xfe\x01ABCDEFGH");
-    fs::write(e.p("m.img"), &img).unwrap();
+    edit_dir(&e, "m.img", "MGEAR/other", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"G0001      ");
+        img[entry..entry + 11].copy_from_slice(b"\xff\xfe\x01ABCDEFGH");
+    });
     let o = e.ingest(&m, "other").untrusted().target("file:o.out").run();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
@@ -1407,20 +1420,8 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
 /// where it cannot list, and the error names the directory once.
 #[test]
 fn a_looping_generation_directory_is_damage_to_fsck_not_a_stranger() {
-    let e = Env::new();
-    keys(&e);
-    random_disk(&e.p("a.raw"), 4, 35);
-    let m = e.fat("m.img", "64MiB");
-    e.capture(&m, "rand").source("a.raw").ok();
-    e.capture(&m, "other").source("a.raw").ok();
-    let cluster = dir_cluster(&e, "m.img", "MGEAR/rand/G0001");
-    let mut img = fs::read(e.p("m.img")).unwrap();
-    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
-    for copy in 0..geo.fats {
-        let at = (geo.fat_offset + copy * geo.fat_bytes + cluster * 4) as usize;
-        img[at..at + 4].copy_from_slice(&(cluster as u32).to_le_bytes());
-    }
-    fs::write(e.p("m.img"), &img).unwrap();
+    let (e, m) = two_captures();
+    loop_dir(&e, "m.img", "MGEAR/rand/G0001");
     let o = e.run(&["medium", "fsck", "--medium", &m]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let said = text(&o);
@@ -1450,20 +1451,17 @@ fn two_entries_under_one_short_name_are_a_finding() {
     e.capture(&m, "rand").source("a.raw").ok();
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let cluster = dir_cluster(&e, "m.img", "MGEAR/rand/G0001");
-    let mut img = fs::read(e.p("m.img")).unwrap();
-    let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
-    let dir = (geo.data_offset + (cluster - 2) * geo.cluster_bytes) as usize;
-    // The short-name entries past `.` and `..` (attribute byte not 0x0f, not deleted).
-    let names: Vec<usize> = (dir + 64..dir + geo.cluster_bytes as usize)
-        .step_by(32)
-        .take_while(|&at| img[at] != 0)
-        .filter(|&at| img[at] != 0xe5 && img[at + 11] != 0x0f)
-        .collect();
-    assert!(names.len() >= 2, "{names:?}");
-    let first: Vec<u8> = img[names[0]..names[0] + 11].to_vec();
-    img[names[1]..names[1] + 11].copy_from_slice(&first);
-    fs::write(e.p("m.img"), &img).unwrap();
+    edit_dir(&e, "m.img", "MGEAR/rand/G0001", |img, dir, len| {
+        // The short-name entries past `.` and `..` (attribute byte not 0x0f, not deleted).
+        let names: Vec<usize> = (dir + 64..dir + len)
+            .step_by(32)
+            .take_while(|&at| img[at] != 0)
+            .filter(|&at| img[at] != 0xe5 && img[at + 11] != 0x0f)
+            .collect();
+        assert!(names.len() >= 2, "{names:?}");
+        let first: Vec<u8> = img[names[0]..names[0] + 11].to_vec();
+        img[names[1]..names[1] + 11].copy_from_slice(&first);
+    });
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
