@@ -87,8 +87,9 @@ pub struct GenJson {
     /// --abort` frees, or a resume goes on after); absent for the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_medium_bytes: Option<u64>,
-    /// An unfinished generation of a span: its closed segments on the span's other media
-    /// (its `stored_bytes` counts this medium's only); absent when 0.
+    /// A generation of a span: its segments on the span's other media (an unfinished one's
+    /// `stored_bytes` counts this medium's only; a complete one's is the whole generation's);
+    /// absent when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub segments_elsewhere: u32,
 }
@@ -476,6 +477,9 @@ fn medium_json(
         .map(|sp| sp.unreachable().into_iter().map(|(p, _)| p).collect())
         .unwrap_or_default();
     let mut unplaced: std::collections::HashMap<(String, u32), String> = Default::default();
+    // A complete generation's segments the span places on its other media: its stored size
+    // is the whole generation's, and this medium holds the rest.
+    let mut elsewhere: std::collections::HashMap<(String, u32), u32> = Default::default();
     // What an unfinished generation's files hold on the medium: after "medium full" its
     // journal keeps nothing ("0 B kept") while its segment holds what was written past the
     // last checkpoint, space that showed nowhere.
@@ -500,7 +504,9 @@ fn medium_json(
                 }
                 for k in 0..g.segments {
                     let p = image_format::layout::segment_path(&c.name, g.generation, k);
-                    if !far.contains(&p) && store.len(&p).ok().flatten().is_none() {
+                    if far.contains(&p) {
+                        *elsewhere.entry((c.name.clone(), g.generation)).or_default() += 1;
+                    } else if store.len(&p).ok().flatten().is_none() {
                         unplaced.insert(
                             (c.name.clone(), g.generation),
                             format!(
@@ -591,7 +597,12 @@ fn medium_json(
                             dedup_chunks: g.dedup_chunks,
                             stored_bytes: g.stored_bytes,
                             segments: g.segments,
-                            segments_elsewhere: g.segments_elsewhere,
+                            segments_elsewhere: g.segments_elsewhere.max(
+                                elsewhere
+                                    .get(&(c.name.clone(), g.generation))
+                                    .copied()
+                                    .unwrap_or(0),
+                            ),
                             // An unfinished generation has no manifest: its
                             // time is not 0 (1970), it is not known yet.
                             created_unix: complete.then_some(g.created_unix),
@@ -848,8 +859,14 @@ fn generation_line(g: &GenJson) -> String {
             human_bytes(g.stored_bytes)
         ),
     };
+    // A complete generation of a span: its size is the whole generation's (an unfinished
+    // one's line said so above).
+    let spread = match (g.state, g.segments_elsewhere) {
+        ("complete", n) if n > 0 => format!(" ({n} on other media of the span)"),
+        _ => String::new(),
+    };
     format!(
-        "  G{:04} {state}{}: {created}, disk {}, {chunks} in {} segment(s){source}",
+        "  G{:04} {state}{}: {created}, disk {}, {chunks} in {} segment(s){spread}{source}",
         g.generation,
         g.parent
             .map(|p| format!(" delta on G{p:04}"))

@@ -222,6 +222,19 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(r["resumed_from_chunk"].as_u64().unwrap() > 0, "{r}");
+    // One medium of the finished span: its size is the whole generation's, and the line says
+    // how many of its segments the other media hold (it gave the total alone).
+    let o = e.run(&["inspect", "--medium", &a]);
+    assert!(
+        output_text(&o).contains("segment(s) (2 on other media of the span)"),
+        "{}",
+        output_text(&o)
+    );
+    let v = e.json(&["inspect", "--medium", &a]);
+    assert_eq!(
+        v["captures"][0]["generations"][0]["segments_elsewhere"], 2,
+        "{v}"
+    );
     let ingest = |media: &[&str], out: &str, extra: &[&str]| {
         let line = Line::ingest(&e, "web01")
             .untrusted()
