@@ -46,6 +46,17 @@ pub fn generations<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Vec<u
     Ok(v)
 }
 
+/// Directories in capture `name`'s directory that no generation is named (`G3`,
+/// `g0002.old`, a name damaged in the directory): what they hold is invisible to every
+/// reader, so a generation renamed away would go unnoticed. Their names, in listing order.
+pub fn stray_generation_dirs<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Vec<String>> {
+    Ok(list_or_empty(store, &layout::capture_dir(name))?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir && layout::parse_generation_dir(&e.name).is_none())
+        .map(|e| e.name)
+        .collect())
+}
+
 /// Reads a whole file of at most `max` bytes; `Ok(None)` if missing.
 pub(crate) fn read_file<S: Store + ?Sized>(
     store: &mut S,

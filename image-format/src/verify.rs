@@ -561,17 +561,12 @@ fn verify_capture_into<S: Store + ?Sized>(
              says)",
         );
     }
-    // A directory that is no generation (`G3`, `g0002.old`): what it holds
-    // is invisible to every reader, so a generation renamed away would go
-    // unnoticed.
-    for e in medium::list_or_empty(store, &dir)? {
-        if e.kind == EntryKind::Dir && layout::parse_generation_dir(&e.name).is_none() {
-            cx.problem(
-                cap.clone().file(&alloc::format!("{dir}/{}", e.name)),
-                "unexpected directory: not a generation (G0001, G0002, ...); a generation renamed \
-                 away is invisible to every reader",
-            );
-        }
+    for stray in medium::stray_generation_dirs(store, name)? {
+        cx.problem(
+            cap.clone().file(&alloc::format!("{dir}/{stray}")),
+            "unexpected directory: not a generation (G0001, G0002, ...); a generation renamed \
+             away is invisible to every reader",
+        );
     }
     let gens = medium::generations(store, name)?;
     let slots_now = slots_on_medium(store, name)?;

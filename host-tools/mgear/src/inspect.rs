@@ -646,10 +646,8 @@ fn unexpected_dirs(store: &mut dyn image_format::Store) -> Vec<String> {
             out.push(path);
             continue;
         }
-        for g in store.list(&path).unwrap_or_default() {
-            if g.kind == EntryKind::Dir && layout::parse_generation_dir(&g.name).is_none() {
-                out.push(format!("{path}/{}", g.name));
-            }
+        for stray in image_format::stray_generation_dirs(store, &e.name).unwrap_or_default() {
+            out.push(format!("{path}/{stray}"));
         }
     }
     out

@@ -1601,12 +1601,7 @@ fn print_fsck(r: &FsckReport, repair: bool) {
         println!("{left} leftover(s) can be removed: run again with --repair");
     }
     // fsck.fat prints names off the medium as they are: control bytes escaped, line by line.
-    let tool_said = |t: &str| {
-        t.lines()
-            .map(|l| crate::output::printable(l).into_owned())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let tool_said = crate::output::printable_lines;
     match &r.fsck_fat {
         Some(c) if c.repaired => println!(
             "fsck.fat -a repaired the FAT volume:\n{}",

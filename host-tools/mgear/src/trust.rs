@@ -323,74 +323,11 @@ pub fn check_generation(
     if let Some(g) = generation.filter(|g| !all.contains(g)) {
         return Err(no_such_generation(name, g, &all, &finished));
     }
-    let g =
-        match (generation, newest) {
-            (Some(g), _) => g,
-            (None, Some(g)) => g,
-            (None, None) => {
-                // A generation whose directory reads as garbage is damage, not a stopped capture.
-                let garbled = image_format::capture_info(medium, name)
-                    .ok()
-                    .flatten()
-                    .and_then(|c| {
-                        c.generations.into_iter().find_map(|g| match g.state {
-                            image_format::GenerationState::Damaged(w)
-                                if w.starts_with(image_format::GARBLED_DIR) =>
-                            {
-                                Some((g.generation, w))
-                            }
-                            _ => None,
-                        })
-                    });
-                if let Some((g, why)) = garbled {
-                    return Err(crate::exit::coded_hint(
-                    FOUND,
-                    format!("capture {name} generation {g}: {why}"),
-                    "nothing was installed: the medium's file system is damaged there: on a copy \
-                     of the medium, `fsck.fat -n COPY` names the damage (never repair the \
-                     original), or ingest from another copy of the shipment",
-                ));
-                }
-                // A directory in the capture that no generation is named: a generation whose
-                // name was damaged is invisible, and "stopped before it finished" sent the
-                // operator back to the capture site for a capture that had finished.
-                let dir = image_format::layout::capture_dir(name);
-                let renamed: Vec<String> = medium
-                    .list(&dir)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|e| {
-                        e.kind == image_format::store::EntryKind::Dir
-                            && image_format::layout::parse_generation_dir(&e.name).is_none()
-                    })
-                    .map(|e| format!("{dir}/{}", crate::output::printable(&e.name)))
-                    .collect();
-                if !renamed.is_empty() {
-                    return Err(crate::exit::coded_hint(
-                        FOUND,
-                        format!(
-                        "capture {name} has no generation this medium lists, and its directory \
-                         holds {} that no generation is named ({}): a generation whose name was \
-                         damaged is invisible to every reader",
-                        if renamed.len() == 1 { "a directory" } else { "directories" },
-                        renamed.join(", ")
-                    ),
-                        "nothing was installed: the medium's file system is damaged there (`mgear \
-                     verify` names it): on a copy of the medium, `fsck.fat -n COPY` names the \
-                     damage (never repair the original), or ingest from another copy of the \
-                     shipment",
-                    ));
-                }
-                // Nothing to do with what the target pinned: the capture never finished here.
-                return Err(crate::exit::coded_hint(
-                    FOUND,
-                    format!("capture {name} has no finished generation on this medium"),
-                    "nothing was installed: the capture was stopped before it finished (`mgear \
-                 inspect` shows how far it got); resume it at the capture site (the same capture \
-                 command) and ship the medium again, or ingest from another copy of the shipment",
-                ));
-            }
-        };
+    let g = match (generation, newest) {
+        (Some(g), _) => g,
+        (None, Some(g)) => g,
+        (None, None) => return Err(no_finished_generation(medium, name)),
+    };
     crate::report::note_generation(g);
     if generation.is_none() {
         // The receipt's own generation, when it is the newest intact one: said beside a newer
@@ -806,6 +743,71 @@ pub fn check_generation(
         trusted_by,
         warnings,
     })
+}
+
+/// Why capture `name` has no finished generation to install: a generation whose directory
+/// reads as garbage, or one whose name was damaged, is damage; else the capture never
+/// finished here.
+fn no_finished_generation(medium: &mut dyn Store, name: &str) -> crate::Error {
+    let damaged = "nothing was installed: the medium's file system is damaged there (`mgear \
+                   verify` names it): on a copy of the medium, `fsck.fat -n COPY` names the \
+                   damage (never repair the original), or ingest from another copy of the \
+                   shipment";
+    // A generation whose directory reads as garbage is damage, not a stopped capture.
+    let garbled = image_format::capture_info(medium, name)
+        .ok()
+        .flatten()
+        .and_then(|c| {
+            c.generations.into_iter().find_map(|g| match g.state {
+                image_format::GenerationState::Damaged(w)
+                    if w.starts_with(image_format::GARBLED_DIR) =>
+                {
+                    Some((g.generation, w))
+                }
+                _ => None,
+            })
+        });
+    if let Some((g, why)) = garbled {
+        return crate::exit::coded_hint(
+            FOUND,
+            format!("capture {name} generation {g}: {why}"),
+            damaged,
+        );
+    }
+    // A directory in the capture that no generation is named: a generation whose name was
+    // damaged is invisible, and "stopped before it finished" sent the operator back to the
+    // capture site for a capture that had finished.
+    let dir = image_format::layout::capture_dir(name);
+    let renamed: Vec<String> = image_format::stray_generation_dirs(medium, name)
+        .unwrap_or_default()
+        .iter()
+        .map(|n| format!("{dir}/{}", crate::output::printable(n)))
+        .collect();
+    if !renamed.is_empty() {
+        return crate::exit::coded_hint(
+            FOUND,
+            format!(
+                "capture {name} has no generation this medium lists, and its directory holds {} \
+                 that no generation is named ({}): a generation whose name was damaged is \
+                 invisible to every reader",
+                if renamed.len() == 1 {
+                    "a directory"
+                } else {
+                    "directories"
+                },
+                renamed.join(", ")
+            ),
+            damaged,
+        );
+    }
+    // Nothing to do with what the target pinned: the capture never finished here.
+    crate::exit::coded_hint(
+        FOUND,
+        format!("capture {name} has no finished generation on this medium"),
+        "nothing was installed: the capture was stopped before it finished (`mgear inspect` \
+         shows how far it got); resume it at the capture site (the same capture command) and \
+         ship the medium again, or ingest from another copy of the shipment",
+    )
 }
 
 /// The finished generations of disk stream `name` of set `set` that no set
