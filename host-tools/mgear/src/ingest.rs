@@ -272,6 +272,11 @@ pub struct Report {
     /// written (only present, as `true`, then).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// What the operator should look at, each also printed on stderr as it came up: a
+    /// `--force` that replaces a file others could read with a 0600 one, a file system short
+    /// of room, a trailer or span label changed since the capture.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -1489,8 +1494,10 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         }
         return Ok(report);
     }
+    // Printed as they come up (a long write may follow) and carried into the report.
+    let mut warnings = Vec::new();
     if let Target::File(p) | Target::Qcow2(p) = &target {
-        warn_if_short_of_space(p, &reader);
+        warnings.extend(warn_if_short_of_space(p, &reader));
         // A volume an earlier ingest finished with another generation (the delta's parent):
         // "exists: pass --force" alone did not say that --force writes the whole disk again,
         // nor that a volume kept up to date in place is what serve and sync are for.
@@ -1549,7 +1556,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         refuse_other_unfinished(&sdir, p, &State::header_of(&reader))?;
     }
     if let (Target::File(p) | Target::Qcow2(p), true) = (&target, args.force) {
-        note_mode_replaced(p);
+        warnings.extend(note_mode_replaced(p));
     }
     let vol = {
         // Creating or opening a cloud volume waits on its cluster: said when it stalls.
@@ -1578,24 +1585,25 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     match image_format::verify::damaged_trailers(medium.store(), &name, &manifest) {
         Ok(found) => {
             for (path, why) in found {
-                eprintln!(
-                    "mgear: warning: {path}: {why}. Every record of it checked out, so the \
-                     volume holds the disk; the medium was changed since the capture (`mgear \
-                     verify` names what else): keep it out of further use"
-                );
+                warnings.push(warn(format!(
+                    "{path}: {why}. Every record of it checked out, so the volume holds the \
+                     disk; the medium was changed since the capture (`mgear verify` names what \
+                     else): keep it out of further use"
+                )));
             }
         }
-        Err(e) => eprintln!("mgear: warning: the segment trailers could not be read: {e}"),
+        Err(e) => warnings.push(warn(format!("the segment trailers could not be read: {e}"))),
     }
     for (name, said, holds) in medium.span().map(|v| v.relabelled()).unwrap_or_default() {
-        eprintln!(
-            "mgear: warning: {name}'s span label says it is medium #{said}, but it holds the \
-             segments the span map places on medium #{holds}, and was read as that: every record \
-             checked out; its label was changed since the capture (`mgear verify` names it): ask \
-             how the medium was handled"
-        );
+        warnings.push(warn(format!(
+            "{name}'s span label says it is medium #{said}, but it holds the segments the span \
+             map places on medium #{holds}, and was read as that: every record checked out; its \
+             label was changed since the capture (`mgear verify` names it): ask how the medium \
+             was handled"
+        )));
     }
     medium.close()?;
+    report.warnings = warnings;
     report.set_volume(finished.volume.clone());
     if args.adapt {
         report.adapt = Some(adapt_volume(&finished)?);
@@ -1603,29 +1611,36 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     Ok(report)
 }
 
-/// Warns (stderr) when the file system that will hold an image target has less room than
-/// the disk's data chunks: it filled to 100 % and failed part-way, with no word before.
-/// Only a warning: zero chunks are holes, and runs of zeros inside data chunks are too, so
 /// `--force` over a regular file others may read: the new one is created 0600, as every file
 /// of decrypted data is (README), and the replaced file's mode is not carried over. Said
 /// before the write, so nobody finds the volume unreadable to the group that read the old one.
-fn note_mode_replaced(path: &Path) {
+fn note_mode_replaced(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
-    let Ok(md) = std::fs::symlink_metadata(path) else {
-        return;
-    };
+    let md = std::fs::symlink_metadata(path).ok()?;
     let mode = md.permissions().mode() & 0o777;
-    if md.is_file() && mode & 0o077 != 0 {
-        eprintln!(
-            "mgear: note: --force replaces {} (mode {mode:04o}) with a new file, mode 0600: it \
-             holds decrypted data; `chmod` it once written if others must read it",
+    (md.is_file() && mode & 0o077 != 0).then(|| {
+        warn(format!(
+            "--force replaces {} (mode {mode:04o}) with a new file, mode 0600: it holds \
+             decrypted data; `chmod` it once written if others must read it",
             path.display()
-        );
-    }
+        ))
+    })
 }
 
+/// Prints a warning on stderr and hands it back for the report's `warnings`.
+fn warn(text: String) -> String {
+    eprintln!("mgear: warning: {text}");
+    text
+}
+
+/// Warns when the file system that will hold an image target has less room than
+/// the disk's data chunks: it filled to 100 % and failed part-way, with no word before.
+/// Only a warning: zero chunks are holes, and runs of zeros inside data chunks are too, so
 /// the data chunks are an upper bound; an ingest that runs out stops cleanly and resumes.
-fn warn_if_short_of_space<S: image_format::Store>(path: &Path, reader: &CaptureReader<S>) {
+fn warn_if_short_of_space<S: image_format::Store>(
+    path: &Path,
+    reader: &CaptureReader<S>,
+) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let data: u64 = (0..reader.chunk_count())
         .filter_map(|i| match reader.entry(i) {
@@ -1637,26 +1652,24 @@ fn warn_if_short_of_space<S: image_format::Store>(path: &Path, reader: &CaptureR
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
-        return;
-    };
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
     let free = st.blocks_available() * st.fragment_size();
     // What an unfinished run already wrote is already paid for.
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let written = std::fs::metadata(&partial).map_or(0, |m| m.blocks() * 512);
     let need = data.saturating_sub(written);
-    if need > free {
-        eprintln!(
-            "mgear: warning: the file system holding {} has {} free, and this disk holds up to \
-             {} of data still to write (less where its chunks hold runs of zeros): it may run \
-             out of space part-way. The ingest then stops cleanly and the same command resumes \
-             once there is room",
+    (need > free).then(|| {
+        warn(format!(
+            "the file system holding {} has {} free, and this disk holds up to {} of data still \
+             to write (less where its chunks hold runs of zeros): it may run out of space \
+             part-way. The ingest then stops cleanly and the same command resumes once there is \
+             room",
             path.display(),
             human_bytes(free),
             human_bytes(need)
-        );
-    }
+        ))
+    })
 }
 
 /// What [`write_volume`] needs from the command line, typed.
@@ -2084,6 +2097,7 @@ pub fn write_volume<S: image_format::Store>(
             kept: false,
             snapshot_id: None,
             image_id: None,
+            warnings: Vec::new(),
         },
         finished,
     ))
@@ -2114,6 +2128,7 @@ pub(crate) fn kept_report(name: &str, generation: u32, target: &str, disk_size: 
         kept: true,
         snapshot_id: None,
         image_id: None,
+        warnings: Vec::new(),
     }
 }
 

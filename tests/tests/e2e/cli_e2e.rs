@@ -524,12 +524,23 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
     // said before the write (the mode changed without a word).
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(e.p("v1.raw"), fs::Permissions::from_mode(0o644)).unwrap();
-    let o = onto.arg("--force").ok();
+    let o = onto.args(&["--force", "--json"]).ok();
     assert!(
         output_text(&o).contains("--force replaces")
             && output_text(&o).contains("(mode 0644) with a new file, mode 0600"),
         "{}",
         output_text(&o)
+    );
+    // ... and in the report a script reads (it was on stderr only).
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let warned = v["warnings"].as_array().expect("warnings");
+    assert!(
+        warned.len() == 1
+            && warned[0]
+                .as_str()
+                .unwrap()
+                .contains("(mode 0644) with a new file"),
+        "{v}"
     );
     let mode = fs::metadata(e.p("v1.raw")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
