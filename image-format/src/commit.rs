@@ -390,6 +390,12 @@ pub fn expected_commit<S: Store + ?Sized>(
     Ok(Some(Commit::of_manifest(&mf, keys, keypass)))
 }
 
+/// What [`check_commit`] says of a capture whose key slots were erased and nothing else
+/// changed: a crypto-erase or an appliance's PIN lockout, not damage or tampering.
+pub const SLOTS_GONE: &str = "the capture's key slots are gone from the medium (as a \
+     crypto-erase or a PIN lockout leaves it: `mgear appliance info` says); everything else is \
+     as signed, but nothing can decrypt it any more";
+
 /// Problems of a generation's COMMIT, keyless: it must decode, name exactly
 /// what the medium holds (`expected`), and every signature in it must verify.
 /// Which keys are trusted is the target's decision, not checked here.
@@ -406,11 +412,7 @@ pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<&'static str
     if slots_gone {
         // What an appliance's erase (or PIN lockout) leaves: everything as
         // signed but the key slots, which nobody can decrypt without.
-        return Some(
-            "the capture's key slots are gone from the medium (as a crypto-erase or a PIN \
-             lockout leaves it: `mgear appliance info` says); everything else is as signed, but \
-             nothing can decrypt it any more",
-        );
+        return Some(SLOTS_GONE);
     }
     if file.commit != *expected {
         let c = &file.commit;

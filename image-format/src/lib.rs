@@ -41,7 +41,9 @@ mod writer;
 
 pub use chunkbuf::{ChunkBuf, CHUNK_ALIGN};
 pub use error::{Error, Location, Result};
-pub use medium::{capture_names, generations as capture_generations, stray_generation_dirs};
+pub use medium::{
+    capture_names, generations as capture_generations, lost_dir_kind, stray_generation_dirs,
+};
 pub use store::{Store, StoreError};
 pub use verify::{
     capture_id, capture_info, finished_evidence, list_captures, medium_digests, stored_name,

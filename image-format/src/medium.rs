@@ -46,6 +46,80 @@ pub fn generations<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Vec<u
     Ok(v)
 }
 
+/// What a directory no entry names any more held, by the names in its first cluster: a
+/// generation's (`MANIFEST`, `INDEX`, journals), a capture's (`KEYS`, `G0001`...), the medium's
+/// root (`MGEAR`'s captures and sets are not told apart by name: a capture). `None`: neither.
+pub fn lost_dir_kind(names: &[String]) -> Option<&'static str> {
+    let has = |n: &str| names.iter().any(|e| e.eq_ignore_ascii_case(n));
+    if has(layout::MANIFEST_FILE)
+        || has(layout::INDEX_FILE)
+        || has(layout::IPART_FILE)
+        || has(layout::JOURNAL_A)
+    {
+        Some("a generation's")
+    } else if has(layout::KEYS_FILE)
+        || names
+            .iter()
+            .any(|e| layout::parse_generation_dir(e).is_some())
+    {
+        Some("a capture's")
+    } else {
+        None
+    }
+}
+
+/// The finding a check of the whole medium makes of clusters nothing holds on a volume
+/// closed cleanly ([`crate::store::fatmap::lost_chains`]).
+pub fn lost_finding(lost: &crate::store::fatmap::Lost) -> String {
+    let mut s = alloc::format!(
+        "{} cluster{} in {} chain{} {} marked in use by no file or directory, on a medium \
+         closed cleanly, which no write leaves: a directory entry was deleted or damaged since",
+        lost.clusters,
+        if lost.clusters == 1 { "" } else { "s" },
+        lost.chains,
+        if lost.chains == 1 { "" } else { "s" },
+        if lost.clusters == 1 { "is" } else { "are" },
+    );
+    for crate::store::fatmap::LostDir { first, names, .. } in lost.dirs.iter().take(4) {
+        let shown: Vec<&str> = names.iter().take(6).map(String::as_str).collect();
+        let more = if names.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        s.push_str(&match lost_dir_kind(names) {
+            Some(kind) => alloc::format!(
+                "; among them, from cluster {first}, {kind} directory (it holds {}{more}): it and \
+                 what it holds are invisible to every reader",
+                shown.join(", ")
+            ),
+            None => alloc::format!(
+                "; among them, from cluster {first}, a directory holding {}{more}",
+                if shown.is_empty() {
+                    "nothing".into()
+                } else {
+                    shown.join(", ")
+                }
+            ),
+        });
+    }
+    if lost
+        .dirs
+        .iter()
+        .any(|d| lost_dir_kind(&d.names) == Some("a generation's"))
+    {
+        s.push_str(
+            ", and an ingest that is not given the generation would take the one before it as \
+             the newest",
+        );
+    }
+    s.push_str(
+        ". Do not repair or write the medium (a repair, or the next capture onto it, frees \
+         them for good); `fsck.fat -n` of a copy lists them; ask how the medium was handled",
+    );
+    s
+}
+
 /// Directories in capture `name`'s directory that no generation is named (`G3`,
 /// `g0002.old`, a name damaged in the directory): what they hold is invisible to every
 /// reader, so a generation renamed away would go unnoticed. Their names, in listing order.
@@ -316,6 +390,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
         (**self).chain_findings()
     }
+    fn lost_dirs(&mut self, under: &str) -> Result<Vec<Vec<String>>, StoreError> {
+        (**self).lost_dirs(under)
+    }
     fn left_mid_write(&self) -> bool {
         (**self).left_mid_write()
     }
@@ -381,6 +458,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn chain_findings(&mut self) -> Result<Vec<String>, StoreError> {
         (**self).chain_findings()
+    }
+    fn lost_dirs(&mut self, under: &str) -> Result<Vec<Vec<String>>, StoreError> {
+        (**self).lost_dirs(under)
     }
     fn left_mid_write(&self) -> bool {
         (**self).left_mid_write()

@@ -1527,6 +1527,13 @@ impl<M: Store> Store for SpanStore<M> {
     fn left_mid_write(&self) -> bool {
         self.media.iter().any(|a| a.store.left_mid_write())
     }
+    fn lost_dirs(&mut self, under: &str) -> core::result::Result<Vec<Vec<String>>, StoreError> {
+        let mut out = Vec::new();
+        for a in self.media.iter_mut() {
+            out.extend(a.store.lost_dirs(under)?);
+        }
+        Ok(out)
+    }
     fn chain_findings(&mut self) -> core::result::Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         for a in self.media.iter_mut() {

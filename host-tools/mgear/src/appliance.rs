@@ -194,6 +194,12 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                             "check the PIN (file) before the next attempt; never retry a PIN \
                              automatically: every wrong one counts toward the erase"
                                 .to_string()
+                        } else if ae.code == ErrorCode::BackOff {
+                            // "unlock it" read as: retry at once, which the back-off refuses
+                            // again (it does not count toward the erase, but says the same).
+                            "wait the time the message gives, check the PIN (file), then \
+                             unlock again; every wrong PIN counts toward the erase"
+                                .to_string()
                         } else if ae.code == ErrorCode::VerifyFailed {
                             format!(
                                 "run `mgear appliance --port {p} verify`: each PROBLEM line \
@@ -1312,6 +1318,9 @@ impl Store for ApplianceMedium {
     fn chain_findings(&mut self) -> Result<Vec<String>, image_format::StoreError> {
         self.s()?.chain_findings()
     }
+    fn lost_dirs(&mut self, under: &str) -> Result<Vec<Vec<String>>, image_format::StoreError> {
+        self.s()?.lost_dirs(under)
+    }
     fn left_mid_write(&self) -> bool {
         self.0.as_ref().is_some_and(|s| s.left_mid_write())
     }
@@ -1368,22 +1377,29 @@ pub fn explain_cut_off(port: &Path, identity: Option<&[u8; 32]>, e: crate::Error
     // another appliance, another unit plugged in): only the one the capture wrote through
     // says anything about it.
     let ours = |i: &Info| identity.is_none_or(|id| i.identity_pubkey.as_ref() == Some(id));
-    let why = match Client::open(port).and_then(|mut c| info(&mut c)) {
+    let (why, next) = match Client::open(port).and_then(|mut c| info(&mut c)) {
         Ok(i) if ours(&i) && i.state == DeviceState::Unlocked => return e,
-        Ok(i) if ours(&i) => format!(
-            "the appliance at {} is {} now (it was locked, sealed or erased while the capture \
-             wrote): {}; then {resume}",
-            port.display(),
-            i.state.as_str(),
-            next_step(i.state)
+        Ok(i) if ours(&i) => (
+            format!(
+                "the appliance at {} is {} now (it was locked, sealed or erased while the \
+                 capture wrote)",
+                port.display(),
+                i.state.as_str(),
+            ),
+            format!("{}; then {resume}", next_step(i.state)),
         ),
-        _ => format!(
-            "the appliance at {} does not answer any more (unplugged, powered off, or its \
-             simulator stopped): connect it again and unlock it; {resume}",
-            port.display()
+        _ => (
+            format!(
+                "the appliance at {} does not answer any more (unplugged, powered off, or its \
+                 simulator stopped)",
+                port.display()
+            ),
+            format!("connect it again and unlock it; {resume}"),
         ),
     };
-    e.context(why)
+    // The next step is the appliance's: the medium's own error read "refuses writes
+    // (mounted read-only, write-protected...): make it writable" beside "unlock it".
+    crate::exit::coded_next(crate::exit::code_of(&e), format!("{why} ({e:#})"), next)
 }
 
 /// Record in the appliance's custody log that capture `name` starts writing.

@@ -744,6 +744,24 @@ fn sign_missing(
     cache_dir: &std::path::Path,
     id: Option<&[u8; 16]>,
 ) -> crate::Result<Option<Receipt>> {
+    let Some(g) = sign_due(store, args, key, cache_dir, id)? else {
+        return Ok(None);
+    };
+    let mut r = sign_generation(store, &args.name, g, key)?;
+    r.signed_only = true;
+    Ok(Some(r))
+}
+
+/// The generation [`sign_missing`] would sign, read-only: asked before the medium is opened
+/// for writing, where a span is joined (a re-run with --sign and one more medium, which had
+/// nothing to sign, joined that medium to the span and only then said "already captured").
+fn sign_due(
+    store: &mut dyn image_format::Store,
+    args: &Plan,
+    key: &ed25519_dalek::SigningKey,
+    cache_dir: &std::path::Path,
+    id: Option<&[u8; 16]>,
+) -> crate::Result<Option<u32>> {
     use image_format::commit;
     let name = &args.name;
     let Some(info) = image_format::list_captures(store)?
@@ -785,9 +803,7 @@ fn sign_missing(
     if noted.as_deref() != Some(fp.as_str()) && site_signed {
         return Ok(None);
     }
-    let mut r = sign_generation(store, name, g, key)?;
-    r.signed_only = true;
-    Ok(Some(r))
+    Ok(Some(g))
 }
 
 /// Before the writer touches the medium: a resume of unfinished generation `g` (even one
@@ -2075,6 +2091,37 @@ fn refuse_source_is_exported_medium(
     Ok(())
 }
 
+/// A `--delta` without `--sign` of a capture whose newest generation the site signed: the
+/// delta's receipt said "commit NOT SIGNED" and nothing more, and a target that pins the
+/// site key refused the shipment. Said before the capture runs; the same command with
+/// `--sign` afterwards adds the signature without capturing again.
+fn unsigned_delta_of_signed(store: &mut dyn image_format::Store, name: &str) -> Option<String> {
+    use image_format::commit;
+    let c = image_format::list_captures(store)
+        .ok()?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(name))?;
+    let g = c
+        .generations
+        .iter()
+        .rev()
+        .find(|g| g.state == image_format::GenerationState::Complete)?
+        .generation;
+    let f = commit::read_commit(store, &c.name, g).ok()??;
+    let site = f
+        .signatures
+        .iter()
+        .find(|s| s.role == commit::SignerRole::Site && f.commit.verifies(s))?;
+    Some(format!(
+        "generation {g} of {} was signed by site key {}, and this delta is captured without \
+         --sign: a target that pins that key refuses it. Stop and add --sign KEY, or once it \
+         finished run the command again with --sign KEY in place of --delta (that signs this \
+         delta without capturing again)",
+        c.name,
+        crate::sitekey::fingerprint(&site.public_key)
+    ))
+}
+
 /// The refusal of a second full copy of a finished capture.
 fn finished_error(args: &Plan, generation: u32) -> crate::Error {
     // A run stopped right after it finished is re-run as it was: it is told its capture is
@@ -2895,9 +2942,13 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             let exists = exists && image_format::capture_id(ro.store(), &args.name)?.is_some();
             // After the checks of the name (a machine set's, whose one disk was told to give
             // --recipient, the name being "new"), before anything is written.
-            let plan = preflight(args, &mut *source, ro.store(), chunk_size, rate)?;
+            let mut plan = preflight(args, &mut *source, ro.store(), chunk_size, rate)?;
             if !exists && recipients.is_empty() && passphrase.is_none() {
                 return Err(usage(NEEDS_KEY));
+            }
+            if let ("delta", None) = (plan.kind, &sign_key) {
+                plan.warnings
+                    .extend(unsigned_delta_of_signed(ro.store(), &args.name));
             }
             for w in &plan.warnings {
                 eprintln!("mgear capture: warning: {w}");
@@ -2919,6 +2970,23 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 refuse_replace_over_unfinished(ro.store(), args)?;
             }
             let on_medium = image_format::capture_id(ro.store(), &args.name)?;
+            // A finished capture re-run with --sign that has nothing to sign: refused here,
+            // before the writer opens the media (and joins any medium added to a span).
+            // Through an appliance, its witness may still be due: asked once it is open.
+            if let (true, Some(key), None) = (
+                plan.kind == "sign",
+                &sign_key,
+                args.medium.first_appliance(),
+            ) {
+                if sign_due(ro.store(), args, key, &cache_dir, on_medium.as_ref())?.is_none() {
+                    let newest = image_format::list_captures(ro.store())?
+                        .into_iter()
+                        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
+                        .and_then(|c| c.generations.last().map(|g| g.generation))
+                        .unwrap_or(1);
+                    return Err(finished_error(args, newest));
+                }
+            }
             // A disk of a set gets its machine's borrow through `shared`.
             let borrow = match (&args.dedup_across_machines, shared) {
                 (Some(m), None) => {

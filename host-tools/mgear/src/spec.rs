@@ -250,8 +250,14 @@ impl Medium {
     /// Parse `fat:PATH`, `dir:PATH` or an NBD URL.
     pub fn parse(text: &str) -> crate::Result<Self> {
         if let Some(p) = text.strip_prefix("fat:") {
+            medium_path(
+                text,
+                p,
+                "fat:IMAGE-OR-DEVICE (e.g. fat:medium.img or fat:/dev/sdb)",
+            )?;
             Ok(Medium::Fat(PathBuf::from(p)))
         } else if let Some(p) = text.strip_prefix("dir:") {
+            medium_path(text, p, "dir:MOUNTPOINT (e.g. dir:/mnt/appliance)")?;
             Ok(Medium::Dir(PathBuf::from(p)))
         } else if is_nbd(text) {
             Ok(Medium::Nbd(text.to_owned()))
@@ -262,6 +268,31 @@ impl Medium {
             )))
         }
     }
+}
+
+/// A medium's path is there to be given, and is not a FIFO, socket or character device: a
+/// FIFO blocked in open(2) until a writer came, forever, and a SIGTERM did not end it.
+fn medium_path(text: &str, path: &str, form: &str) -> crate::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if path.is_empty() {
+        return Err(usage(format!("--medium {text:?} has no path: give {form}")));
+    }
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let t = m.file_type();
+    let what = if t.is_fifo() {
+        "a FIFO (a named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        return Ok(());
+    };
+    Err(usage(format!(
+        "--medium {text}: {path} is {what}, not a medium: give {form}"
+    )))
 }
 
 /// What volume a target names, comparable across spellings: an existing
@@ -304,6 +335,28 @@ fn loop_backing(rdev: u64) -> Option<String> {
 mod tests {
     use super::*;
     use crate::exit::code_of;
+
+    /// A FIFO given as the medium blocked in open(2) forever (inspect, capture, format);
+    /// refused by name before anything opens it, exit 2, as a FIFO source is.
+    #[test]
+    fn a_fifo_or_an_empty_path_is_no_medium() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("pipe");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for kind in ["fat:", "dir:"] {
+            let e = Medium::parse(&format!("{kind}{}", fifo.display())).unwrap_err();
+            assert_eq!(code_of(&e), 2);
+            assert!(
+                e.to_string()
+                    .contains("is a FIFO (a named pipe), not a medium"),
+                "{e}"
+            );
+            let e = Medium::parse(kind).unwrap_err();
+            assert!(e.to_string().contains("has no path"), "{e}");
+        }
+        assert!(Medium::parse("fat:/dev/null").is_err());
+        assert!(Medium::parse(&format!("dir:{}", t.path().display())).is_ok());
+    }
 
     #[test]
     fn targets_parse_into_kinds() {

@@ -480,9 +480,17 @@ pub fn check_generation(
                 return Err(crate::exit::coded_hint(
                     FOUND,
                     format!("capture {name} generation {g}: {what}"),
-                    "nothing was installed: the medium is not what was signed (damaged, erased \
-                     or altered since); `mgear verify` lists what differs. Ingest from another \
-                     copy of the shipment, or ask the capture site for it again",
+                    if what == commit::SLOTS_GONE {
+                        // An erase on purpose or a PIN lockout: "altered since" sent the
+                        // operator looking for tampering.
+                        "nothing was installed, and nothing on this medium can be: its key \
+                         slots were erased (an appliance's crypto-erase or PIN lockout). Ingest \
+                         from another copy of the shipment, or capture the disk again"
+                    } else {
+                        "nothing was installed: the medium is not what was signed (damaged, \
+                         erased or altered since); `mgear verify` lists what differs. Ingest \
+                         from another copy of the shipment, or ask the capture site for it again"
+                    },
                 ));
             }
             for s in &f.signatures {
@@ -869,6 +877,70 @@ fn unbound_by_set(
     Ok(unbound)
 }
 
+/// A generation directory of capture `name` that no reader sees: renamed (a damaged name:
+/// [`image_format::stray_generation_dirs`]) or its entry deleted (a directory nothing names,
+/// holding a MANIFEST or an INDEX: `Store::lost_dirs`). Taking the newest generation the
+/// medium lists would then install an older one than the capture holds, exit 0: refused,
+/// with `--generation` to take it on purpose, unless the capture receipt's commit is the
+/// newest listed one (then that is what the site shipped: a warning).
+fn hidden_generations(
+    medium: &mut dyn Store,
+    name: &str,
+    newest: Option<u32>,
+    receipt: Option<u32>,
+    warnings: &mut Vec<String>,
+) -> crate::Result<()> {
+    let dir = layout::capture_dir(name);
+    let mut hidden: Vec<String> = image_format::stray_generation_dirs(medium, name)
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            format!(
+                "{dir}/{}, a directory no generation is named",
+                crate::output::printable(n)
+            )
+        })
+        .collect();
+    for names in medium.lost_dirs(&dir).unwrap_or_default() {
+        if image_format::lost_dir_kind(&names) == Some("a generation's") {
+            let shown: Vec<String> = names
+                .iter()
+                .take(4)
+                .map(|n| crate::output::printable(n).into_owned())
+                .collect();
+            hidden.push(format!(
+                "a generation's directory whose entry in {dir} was deleted or damaged (it holds \
+                 {})",
+                shown.join(", ")
+            ));
+        }
+    }
+    if hidden.is_empty() {
+        return Ok(());
+    }
+    let what = format!(
+        "capture {name} holds {}: a generation hidden so may be newer than generation {}, the \
+         newest this medium lists",
+        hidden.join("; "),
+        newest.map_or("none".into(), |n| n.to_string())
+    );
+    match (receipt, newest) {
+        (Some(r), Some(n)) if r == n => {
+            warnings.push(format!(
+                "{what}; the capture receipt's commit (--expect-commit) is generation {n}'s, so \
+                 it is installed (`mgear verify` names the damage)"
+            ));
+            Ok(())
+        }
+        _ => Err(refuse(format!(
+            "{what}. The medium was damaged since (`mgear verify` names it): give --generation \
+             {} to install that one on purpose, or --expect-commit from the capture receipt, or \
+             ingest from another copy of the shipment",
+            newest.map_or("N".into(), |n| n.to_string())
+        ))),
+    }
+}
+
 /// Generations above the newest finished one (`newest`) of capture `name`
 /// (`all`: its generations), and for a machine set those of its disk
 /// streams. A capture stopped before it finished is normal (it resumes): a
@@ -908,6 +980,7 @@ fn later_than_newest(
              the medium was damaged since; the newest intact generation is {intact}. {way}"
         ))
     };
+    hidden_generations(medium, name, newest, receipt, warnings)?;
     for &later in all.iter().filter(|&&a| newest.is_none_or(|n| a > n)) {
         let evidence = image_format::finished_evidence(medium, name, later, all)
             .map_err(|e| unreadable(e, name, later))?;

@@ -19,6 +19,15 @@ pub fn parse_size(text: &str) -> crate::Result<u64> {
             "`{text}` is not a size: expected a number with an optional unit such as 2GiB, 64MiB, 4096"
         ))
     })?;
+    // The binary forms are unambiguous in any case (`34mib`, `2GIB`): said "either case".
+    let binary = unit.trim().to_ascii_lowercase();
+    let unit = match binary.as_str() {
+        "kib" | "ki" => "KiB",
+        "mib" | "mi" => "MiB",
+        "gib" | "gi" => "GiB",
+        "tib" | "ti" => "TiB",
+        _ => unit,
+    };
     let mult = match unit.trim() {
         "" | "B" | "b" => 1u64,
         // Lower-case single letters are binary like their capitals (`dd`
@@ -79,6 +88,19 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
             "`{text}` is not a rate: expected e.g. 50MiB/s, 400Mbit/s, 10MB/s, 512KiB/s"
         ))
     })?;
+    // `KiB`..`TiB` and `Kibit`..`Gibit` are unambiguous in any case (`1MIB/s`, `1Mib/s`);
+    // only the SI forms tell bytes (B) from bits (b) by case.
+    let folded = unit.trim().to_ascii_lowercase();
+    let unit = match folded.as_str() {
+        "kib" => "KiB",
+        "mib" => "MiB",
+        "gib" => "GiB",
+        "tib" => "TiB",
+        "kibit" => "Kibit",
+        "mibit" => "Mibit",
+        "gibit" => "Gibit",
+        _ => unit,
+    };
     let per_sec = match unit.trim() {
         // A bare number once meant bytes per second: `--rate-limit 50` then
         // crawled at 50 B/s without a word. Rates need a unit.
@@ -94,11 +116,11 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
         }
         "B" => 1.0,
         // `mib/s` is as plain as `MiB/s` (no bit unit is spelled so); `mb` stays a megabit.
-        "KiB" | "K" | "kib" => 1024.0,
-        "MiB" | "M" | "mib" => 1024.0 * 1024.0,
-        "GiB" | "G" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "KiB" | "K" => 1024.0,
+        "MiB" | "M" => 1024.0 * 1024.0,
+        "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
         // The documented maximum is 1 TiB/s: its own unit is taken too.
-        "TiB" | "T" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "TiB" | "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
         // SI's lower-case k is a thousand (`K` alone is KiB, as `M` and `G` are MiB and GiB).
         "kB" | "KB" | "k" => 1e3,
         "MB" => 1e6,
@@ -119,8 +141,8 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
         other => {
             return Err(usage(format!(
                 "unknown rate unit `{other}` in `{text}`: use KiB/s (or K), MiB/s (M), GiB/s (G), TiB/s (T), \
-                 kB/s (k), MB/s, GB/s, kbit/s, Mbit/s, Gbit/s (the case matters: MB is bytes, Mb \
-                 bits)"
+                 kB/s (k), MB/s, GB/s, kbit/s, Mbit/s, Gbit/s (KiB..TiB in either case; in the \
+                 others the case matters: MB is bytes, Mb bits)"
             )))
         }
     };
@@ -201,6 +223,15 @@ mod tests {
         ] {
             assert_eq!(parse_size(t).unwrap(), n, "{t}");
         }
+        // So does every binary form (`--size 34mib` was refused by a message saying "either
+        // case").
+        for (t, n) in [("34mib", 34u64 << 20), ("2GIB", 2 << 30), ("1Ki", 1 << 10)] {
+            assert_eq!(parse_size(t).unwrap(), n, "{t}");
+        }
+        assert!(parse_size("1mb")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
         let m = parse_size("1q").unwrap_err().to_string();
         assert!(
             m.contains("either case") && m.contains("powers of 1000"),
@@ -214,6 +245,12 @@ mod tests {
     fn rates() {
         assert_eq!(parse_rate("50MiB/s").unwrap(), 50.0 * 1048576.0);
         assert_eq!(parse_rate("8mib/s").unwrap(), 8.0 * 1048576.0);
+        for t in ["1MIB/s", "1Mib/s", "1mIb/s"] {
+            assert_eq!(parse_rate(t).unwrap(), 1048576.0, "{t}");
+        }
+        assert_eq!(parse_rate("8MIBIT/s").unwrap(), 1048576.0);
+        // Bytes and bits stay apart by case where only the case tells them apart.
+        assert_eq!(parse_rate("8Mb/s").unwrap(), 1e6);
         assert_eq!(parse_rate("400Mbit/s").unwrap(), 50e6);
         assert_eq!(parse_rate("10MB/s").unwrap(), 10e6);
         assert_eq!(parse_rate("512KiB/s").unwrap(), 512.0 * 1024.0);

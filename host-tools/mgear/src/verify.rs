@@ -435,6 +435,23 @@ pub fn no_such_capture(
     names: &[String],
     store: &mut dyn image_format::Store,
 ) -> crate::Error {
+    // A capture's directory whose entry was deleted since is damage, not a mistyped name
+    // (told as "pass one with --name" while `verify` said the medium was clean).
+    if let Some(lost) = lost_captures(store) {
+        return crate::exit::coded_hint(
+            crate::exit::FOUND,
+            format!(
+                "there is no capture {name:?} on {medium} (captures: {}), but it holds {lost}: \
+                 it may be {name:?}",
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                },
+            ),
+            LOST_CAPTURE_HINT,
+        );
+    }
     let hidden = if names.is_empty() {
         hidden_by_damage(store)
     } else {
@@ -454,11 +471,39 @@ pub fn no_such_capture(
     )
 }
 
+/// What to do about [`lost_captures`].
+const LOST_CAPTURE_HINT: &str = "the medium was damaged since: do not write to it (`mgear \
+     verify` names the damage); ingest from another copy of the shipment, or ask the capture site";
+
+/// "a capture's directory whose entry in MGEAR was deleted or damaged since" when the medium
+/// holds such (`Store::lost_dirs`): a capture a reader cannot see, not a name mistyped.
+fn lost_captures(store: &mut dyn image_format::Store) -> Option<String> {
+    let root = image_format::layout::ROOT_DIR;
+    let n = store
+        .lost_dirs(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|names| image_format::lost_dir_kind(names) == Some("a capture's"))
+        .count();
+    match n {
+        0 => None,
+        1 => Some(format!(
+            "a capture's directory whose entry in {root} was deleted or damaged since"
+        )),
+        n => Some(format!(
+            "{n} captures' directories whose entries in {root} were deleted or damaged since"
+        )),
+    }
+}
+
 /// Said beside "no capture here" when the medium's file system has much in use all the
 /// same: its directories are more likely damaged than empty (a zeroed root directory was
 /// told as "pass one with --name" and "is this the right medium?"). Empty when the medium
 /// does not say how much is in use, or little is.
 pub fn hidden_by_damage(store: &mut dyn image_format::Store) -> String {
+    if let Some(lost) = lost_captures(store) {
+        return format!("; yet it holds {lost}");
+    }
     // What the files at its root hold is in use for all to see (a filler or a README a user
     // copied there was told as damage).
     let listed: u64 = store
@@ -585,6 +630,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
         // An MGEAR/ whose captures were all removed is another story than a medium that
         // never held one (the wrong path, another disk).
         let emptied = store.list(image_format::layout::ROOT_DIR).is_ok();
+        let lost = lost_captures(store).is_some();
         let hidden = hidden_by_damage(store);
         let _ = medium.close();
         return Err(crate::exit::coded_hint(
@@ -622,8 +668,12 @@ fn verify(args: Plan) -> crate::Result<i32> {
                     ),
                 }
             },
-            "nothing here can be ingested: check that this is the medium the capture site \
-             shipped (`mgear inspect` lists what it holds)",
+            if lost {
+                LOST_CAPTURE_HINT
+            } else {
+                "nothing here can be ingested: check that this is the medium the capture site \
+                 shipped (`mgear inspect` lists what it holds)"
+            },
         ));
     }
     for c in &captures {

@@ -1583,6 +1583,14 @@ impl<D: FatDevice> Store for FatStore<D> {
             return Ok(Vec::new());
         };
         let mut findings = fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))?;
+        // Left mid-write, chains nothing holds are what the cut left (the next writer frees
+        // them); closed cleanly, a deleted or damaged entry.
+        if !self.dirty_at_mount {
+            let lost = fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?;
+            if lost.clusters > 0 {
+                findings.push(crate::medium::lost_finding(&lost));
+            }
+        }
         let differ = fatmap::fat_copies_differ(&geo, &mut cache_reader(&self.cache))?;
         findings.extend(match differ {
             // Marked dirty: what a run cut off mid-write leaves (the first copy written, the
@@ -1614,6 +1622,22 @@ impl<D: FatDevice> Store for FatStore<D> {
             },
         });
         Ok(findings)
+    }
+
+    fn lost_dirs(&mut self, under: &str) -> Result<Vec<Vec<String>>, StoreError> {
+        let Some(geo) = self.geo.clone().filter(|_| !self.dirty_at_mount) else {
+            return Ok(Vec::new());
+        };
+        let Some(at) = fatmap::dir_cluster(&geo, &mut cache_reader(&self.cache), under)? else {
+            return Ok(Vec::new());
+        };
+        let lost = fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?;
+        Ok(lost
+            .dirs
+            .into_iter()
+            .filter(|d| d.parent == at)
+            .map(|d| d.names)
+            .collect())
     }
 
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
@@ -2474,6 +2498,74 @@ pub(crate) mod tests {
             found
                 .iter()
                 .any(|f| f.contains("two FAT copies disagree") && f.contains("closed cleanly")),
+            "{found:?}"
+        );
+    }
+
+    /// A generation's or a capture's directory entry marked deleted on a volume closed
+    /// cleanly (one byte): every reader lists the generation before it as the newest, and
+    /// `verify` said the medium was clean while ingest installed that older generation,
+    /// exit 0. The chains nothing holds are now a finding, named by what they held, and
+    /// `lost_dirs` finds them under the directory their entry was in.
+    #[test]
+    fn a_directory_whose_entry_was_deleted_is_found_by_what_it_held() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        for f in ["MGEAR/web01/G0001/MANIFEST", "MGEAR/web01/G0002/MANIFEST"] {
+            s.create_dir_all(f.rsplit_once('/').unwrap().0).unwrap();
+            s.write_at(f, 0, &[7u8; 3000]).unwrap();
+        }
+        s.write_at("MGEAR/web01/G0002/INDEX", 0, &[8u8; 100])
+            .unwrap();
+        s.create_dir_all("MGEAR/DB01/G0001").unwrap();
+        s.write_at("MGEAR/DB01/KEYS", 0, b"k").unwrap();
+        s.unmount().unwrap();
+        let clean = std::fs::read(&p).unwrap();
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(s.file_system_findings().unwrap(), Vec::<String>::new());
+        assert_eq!(
+            s.lost_dirs("MGEAR/web01").unwrap(),
+            Vec::<Vec<String>>::new()
+        );
+        drop(s);
+        // The short entry of `name` (attribute: directory) marked deleted.
+        let deleted = |name: &[u8; 11]| {
+            let mut img = clean.clone();
+            let at = img
+                .chunks_exact(32)
+                .position(|e| e[..11] == *name && e[11] & 0x10 != 0)
+                .expect("entry");
+            img[at * 32] = 0xe5;
+            std::fs::write(&p, &img).unwrap();
+            FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap()
+        };
+        let mut s = deleted(b"G0002      ");
+        let lost = s.lost_dirs("MGEAR/web01").unwrap();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].contains(&"MANIFEST".to_string()), "{lost:?}");
+        assert_eq!(crate::lost_dir_kind(&lost[0]), Some("a generation's"));
+        assert_eq!(s.lost_dirs("MGEAR").unwrap(), Vec::<Vec<String>>::new());
+        let found = s.file_system_findings().unwrap();
+        assert!(
+            found.iter().any(|f| f.contains("marked in use by no file")
+                && f.contains("a generation's directory (it holds")
+                && f.contains("take the one before it")),
+            "{found:?}"
+        );
+        assert_eq!(
+            s.list("MGEAR/web01").unwrap().len(),
+            1,
+            "G0001 alone is listed"
+        );
+        drop(s);
+        let mut s = deleted(b"DB01       ");
+        let lost = s.lost_dirs("MGEAR").unwrap();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(crate::lost_dir_kind(&lost[0]), Some("a capture's"));
+        let found = s.file_system_findings().unwrap();
+        assert!(
+            found.iter().any(|f| f.contains("a capture's directory")),
             "{found:?}"
         );
     }

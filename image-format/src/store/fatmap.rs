@@ -2059,6 +2059,142 @@ where
     Ok(())
 }
 
+/// Chains of clusters the FAT marks taken that no file or directory holds, on a volume
+/// closed cleanly: what a directory entry deleted or damaged since leaves (no write of a run
+/// that closed the volume does). Each directory among them (its first cluster starts with
+/// the `.` and `..` entries) with the names in its first cluster, so a reader can say what
+/// went missing: a generation's directory (MANIFEST, INDEX, ...) hidden so, and the readers
+/// list the generation before it as the newest.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// Clusters marked taken that nothing holds.
+    pub clusters: u64,
+    /// Chains among them (counted up to [`LOST_HEADS_MAX`] clusters).
+    pub chains: u64,
+    /// Directories among them.
+    pub dirs: Vec<LostDir>,
+}
+
+/// A directory among [`Lost`] chains.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LostDir {
+    /// Its first cluster.
+    pub first: u32,
+    /// The first cluster of the directory its `..` entry names (the root's number for the
+    /// root, whose `..` says 0): where its entry was.
+    pub parent: u32,
+    /// The names of the entries its first cluster holds (long names where valid), `.` and
+    /// `..` left out.
+    pub names: Vec<String>,
+}
+
+/// The most lost clusters whose links [`lost_chains`] keeps to find where chains begin:
+/// 4 Mi clusters (64 MiB of memory) cover the chains of any deleted directory worth naming.
+const LOST_HEADS_MAX: usize = 4 << 20;
+
+/// See [`Lost`]. A walk that could not reach every entry (a directory whose chain leaves the
+/// volume or loops) says nothing: what it did not reach would look lost, and that damage is
+/// said where it is met. One pass over the first FAT.
+pub fn lost_chains<R>(geo: &Geometry, read: &mut R) -> Result<Lost, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let chains = walk_chains::<R, NoWrite>(geo, read, None)?;
+    let mut lost = Lost::default();
+    if chains.partial.is_some() {
+        return Ok(lost);
+    }
+    // A chain past its file's size is a finding of its own (`chain_findings`), not lost.
+    let tails: alloc::collections::BTreeSet<u32> = chains
+        .after
+        .iter()
+        .filter_map(|(_, _, a)| match a {
+            After::Tail { clusters, .. } => Some(clusters.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut links: alloc::collections::BTreeMap<u32, u32> = alloc::collections::BTreeMap::new();
+    let mut window = vec![0u8; FAT_WINDOW * 16];
+    let end = (u64::from(geo.cluster_count) + 2) * 4;
+    let mut at = 8u64;
+    while at < end {
+        let n = (end - at).min(window.len() as u64) as usize;
+        read(geo.fat_offset + at, &mut window[..n])?;
+        for (i, e) in window[..n].chunks_exact(4).enumerate() {
+            let c = (at / 4) as u32 + i as u32;
+            let v = le32(e, 0) & 0x0FFF_FFFF;
+            // 0x0FFF_FFF7 marks a bad cluster: taken on purpose, held by nothing.
+            if v != 0 && v != 0x0FFF_FFF7 && !held_by(&chains, c) && !tails.contains(&c) {
+                lost.clusters += 1;
+                if links.len() < LOST_HEADS_MAX {
+                    links.insert(c, v);
+                }
+            }
+        }
+        at += n as u64;
+    }
+    let targets: alloc::collections::BTreeSet<u32> = links.values().copied().collect();
+    let heads: Vec<u32> = links
+        .keys()
+        .copied()
+        .filter(|c| !targets.contains(c))
+        .collect();
+    lost.chains = heads.len() as u64;
+    let mut first = vec![0u8; geo.cluster_bytes.min(64 << 10) as usize];
+    for &c in &heads {
+        read(geo.cluster_offset(c), &mut first)?;
+        let dot = |e: &[u8], name: &[u8; 11]| e[..11] == *name && e[11] & 0x10 != 0;
+        if first.len() < 64
+            || !dot(&first[..32], b".          ")
+            || !dot(&first[32..64], b"..         ")
+        {
+            continue;
+        }
+        let mut names = Vec::new();
+        each_entry(&first[64..], |long, short, _| {
+            names.push(match long {
+                Some(units) => String::from_utf16_lossy(units),
+                None => String::from(short),
+            });
+            false
+        });
+        let parent = ((le16(&first, 32 + 20) << 16) | le16(&first, 32 + 26)) as u32;
+        lost.dirs.push(LostDir {
+            first: c,
+            parent: if parent == 0 {
+                geo.root_cluster
+            } else {
+                parent
+            },
+            names,
+        });
+    }
+    Ok(lost)
+}
+
+/// The first cluster of directory `path` (`/`-separated from the root; `""` the root), if
+/// there is one.
+pub fn dir_cluster<R>(geo: &Geometry, read: &mut R, path: &str) -> Result<Option<u32>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let mut at = geo.root_cluster;
+    let mut walked = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let dir = read_dir(geo, read, &walked, at)?;
+        match find(&dir, part) {
+            Some(f) if f.is_dir => at = f.first,
+            _ => return Ok(None),
+        }
+        if !walked.is_empty() {
+            walked.push('/');
+        }
+        walked.push_str(part);
+    }
+    Ok(Some(at))
+}
+
 /// Count the free clusters in the FAT (read in large pieces).
 pub fn count_free<R>(geo: &Geometry, read: &mut R) -> Result<u64, StoreError>
 where

@@ -166,6 +166,14 @@ pub trait Store {
     fn file_system_findings(&mut self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
+    /// Directories in directory `under` whose entry is gone, on a medium closed cleanly (a FAT volume's
+    /// chains that nothing holds, `fatmap::lost_chains`), each as the names of the entries
+    /// its first cluster holds: a generation's directory deleted since hides it, and a
+    /// reader would take the one before it as the newest. Empty (the default): none, or not
+    /// known.
+    fn lost_dirs(&mut self, _under: &str) -> Result<Vec<Vec<String>>, StoreError> {
+        Ok(Vec::new())
+    }
     /// What a writer checks before it writes (`fatmap::writer_findings`): the file system's
     /// cluster chains as [`Store::file_system_findings`] says them, without reading both
     /// whole FATs to compare them, and a chain that leaves the volume, loops or ends before

@@ -54,6 +54,11 @@ fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {
         assert_eq!(out.status.code(), Some(2));
         let err = text(&out.stderr);
         if err.contains("BackOff") {
+            // Its next step is to wait, not "unlock it" at once (refused again).
+            assert!(
+                err.contains("wait the time the message gives") && !err.contains("next: unlock"),
+                "{err}"
+            );
             // The exponential back-off (milliseconds under --test-timing).
             std::thread::sleep(Duration::from_millis(60));
             continue;
@@ -105,6 +110,13 @@ fn appliance_ten_wrong_pins_erase_key_slots_and_ingest_fails() {
         .unsealed()
         .run();
     assert!(!out.status.success(), "ingest after crypto-erase succeeded");
+    // Said as the erase it is, not as a medium "altered since" to be investigated.
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("key slots are gone") && said.contains("its key slots were erased"),
+        "{said}"
+    );
+    assert!(!said.contains("altered since"), "{said}");
     assert!(
         !lab.p("vol.raw").exists()
             || std::fs::read(lab.p("vol.raw")).unwrap()

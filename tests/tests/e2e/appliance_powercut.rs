@@ -78,6 +78,12 @@ fn appliance_sigkill_mid_capture_resume_identical() {
         said.contains("is locked now") && said.contains("resumes from its last checkpoint"),
         "{said}"
     );
+    // Its next step is the appliance's (the medium's "refuses writes: make it writable"
+    // stood beside "unlock it").
+    assert!(
+        said.contains("unlock it") && !said.contains("make it writable"),
+        "{said}"
+    );
     lab.appliance_ok(&["unlock", "--pin-file", "pin"]);
     let c = lab.capture();
     assert_eq!(c["generation"], 1, "{c}");

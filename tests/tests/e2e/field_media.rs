@@ -454,6 +454,85 @@ fn field_media_a_renamed_generation_directory_is_reported() {
     let o = e.run(&["verify", "--medium", "dir:mnt"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("not a generation"), "{}", text(&o));
+    // Ingest took generation 1, exit 0, "verified bit-for-bit": an older disk than the one
+    // shipped. Refused; `--generation 1` installs it on purpose.
+    let o = e
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("MGEAR/web01/G2, a directory no generation is named")
+            && text(&o).contains("give --generation 1"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("v.raw").exists());
+    #[rustfmt::skip]
+    e.ingest("dir:mnt", "web01").untrusted().target("file:v.raw").args(&["--generation", "1"]).ok();
+}
+
+/// One byte (0xE5) marks a FAT directory entry deleted: generation 2's, and the older
+/// generation was ingested, exit 0, while `verify` said the medium was clean; a capture's,
+/// and ingest said "there is no capture: pass one with --name". The clusters nothing holds
+/// are a verify finding, named by what they held, and ingest refuses both.
+#[test]
+fn a_deleted_generation_or_capture_entry_is_found_and_refused() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 3, 6);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "web01").source("disk.raw").ok();
+    fs::copy(e.p("disk.raw"), e.p("g1.raw")).unwrap();
+    random_disk(&e.p("disk.raw"), 3, 7);
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .arg("--delta")
+        .ok();
+    e.ok(&["verify", "--medium", &m]);
+    let clean = fs::read(e.p("m.img")).unwrap();
+    edit_dir(&e, "m.img", "MGEAR/WEB01", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"G0002      ");
+        img[entry] = 0xe5;
+    });
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("marked in use by no file or directory")
+            && text(&o).contains("a generation's directory (it holds"),
+        "{}",
+        text(&o)
+    );
+    let o = e.ingest(&m, "web01").untrusted().target("file:v.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("a generation's directory whose entry in MGEAR/web01 was deleted")
+            && text(&o).contains("give --generation 1"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("v.raw").exists());
+    #[rustfmt::skip]
+    e.ingest(&m, "web01").untrusted().target("file:v.raw").args(&["--generation", "1"]).ok();
+    same_file(&e.p("v.raw"), &e.p("g1.raw"));
+    // The capture's own entry deleted: damage, not a mistyped name.
+    fs::write(e.p("m.img"), &clean).unwrap();
+    edit_dir(&e, "m.img", "MGEAR", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"WEB01      ");
+        img[entry] = 0xe5;
+    });
+    let o = e.ingest(&m, "web01").untrusted().target("file:w.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("a capture's directory whose entry in MGEAR was deleted or damaged")
+            && !text(&o).contains("pass one with --name"),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("a capture's directory"), "{}", text(&o));
 }
 
 /// Media a user makes by hand or damages: a FAT16 image (mkfs.fat's choice at 64 MiB without

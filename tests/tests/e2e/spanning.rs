@@ -434,6 +434,39 @@ fn a_medium_holding_a_namesake_capture_is_not_taken_for_more_room() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
 }
 
+/// A finished, signed capture re-run with --sign and one more medium: refused "already
+/// captured" (exit 2), as it was, but the medium added had been joined to a span first, and
+/// every later capture onto the first medium alone was refused ("medium #1 ... is not
+/// attached"). Refused now before anything is written.
+#[test]
+fn an_already_captured_rerun_with_sign_and_one_more_medium_joins_nothing() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    std::fs::write(e.p("a.raw"), noise(4 << 20, 61)).unwrap();
+    let (m1, m2) = (e.fat("r1.img", "40MiB"), e.fat("r2.img", "40MiB"));
+    e.capture(&m1, "r").source("a.raw").sign("site.key").ok();
+    let before = |f: &str| std::fs::read(e.p(f)).unwrap();
+    let (r1_was, r2_was) = (before("r1.img"), before("r2.img"));
+    let o = e
+        .capture(&m1, "r")
+        .medium(&m2)
+        .source("a.raw")
+        .sign("site.key")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is already captured as generation 1"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(
+        before("r1.img") == r1_was && before("r2.img") == r2_was,
+        "nothing written"
+    );
+    e.capture(&m1, "r2").source("a.raw").ok();
+}
+
 /// A `--replace-medium` capture stopped by "medium full": the same command with one more
 /// medium, as its error says, was refused ("generation 2 is unfinished: ... --abort"), and
 /// its dry run had said "fits" of a delta that had the lost medium's 30 MiB to store again.

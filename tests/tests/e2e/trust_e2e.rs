@@ -110,6 +110,30 @@ fn legitimate_signed_capture_passes_and_receipt_names_it() {
     );
 }
 
+/// A `--delta` of a signed capture made without `--sign`: exit 0 and "commit NOT SIGNED"
+/// in the receipt, nothing more, and the target that pins the site key refused it. Warned
+/// before the capture runs (stderr and `warnings`), and the way the warning names (the
+/// command again with --sign in place of --delta) signs it without capturing again.
+#[test]
+fn an_unsigned_delta_of_a_signed_capture_is_warned_and_signed_after() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    change_disk(&e.p("disk.raw"));
+    let c = capture(&e, "disk.raw", &["--delta"]);
+    let w = c["warnings"].to_string();
+    assert!(
+        w.contains("generation 1 of web01 was signed by site key")
+            && w.contains("with --sign KEY in place of --delta"),
+        "{c}"
+    );
+    refused(&ingest(&e, &["--trust", "site.pub"]), &["generation 2"]);
+    let c = capture(&e, "disk.raw", &["--sign", "site.key"]);
+    assert_eq!(c["receipt"]["generation"], 2, "{c}");
+    let out = ingest(&e, &["--trust", "site.pub"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    same_file(&e.p("disk.raw"), &e.p("vol.raw"));
+}
+
 #[test]
 fn swap_with_target_pub_only_is_refused() {
     let e = site();
