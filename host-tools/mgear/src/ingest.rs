@@ -1483,6 +1483,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             reader.disk_size(),
         );
         report.set_volume(volume);
+        report.warnings = verdict.warnings.clone();
         medium.close()?;
         if args.volume_sha256 {
             report.volume_sha256 = match kept_sha {
@@ -1494,8 +1495,10 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         }
         return Ok(report);
     }
-    // Printed as they come up (a long write may follow) and carried into the report.
-    let mut warnings = Vec::new();
+    // Printed as they come up (a long write may follow) and carried into the report, after
+    // the overrides the trust gate took (`--allow-untrusted`: a script reading --json saw
+    // nothing of them).
+    let mut warnings = verdict.warnings.clone();
     if let Target::File(p) | Target::Qcow2(p) = &target {
         warnings.extend(warn_if_short_of_space(p, &reader));
         // A volume an earlier ingest finished with another generation (the delta's parent):
@@ -1579,7 +1582,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         start_over: args.force,
     };
     let (name, manifest) = (reader.name().to_string(), reader.manifest().clone());
+    let disk_size = reader.disk_size();
     let (mut report, finished) = write_volume(&plan, vol, reader, gaps.as_ref(), started)?;
+    if let Target::Dev(p) = &target {
+        warnings.extend(clear_stale_gpt_backup(p, disk_size));
+    }
     // Every record checked out, so the disk is right; a damaged trailer is still damage on
     // the medium, which `verify` reports (ingest said nothing of it).
     match image_format::verify::damaged_trailers(medium.store(), &name, &manifest) {
@@ -1609,6 +1616,39 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         report.adapt = Some(adapt_volume(&finished)?);
     }
     Ok(report)
+}
+
+/// A device larger than the disk written into it keeps what it held past the disk's end: a
+/// GPT's backup header in its last sector (the partition table it held before) made
+/// `sgdisk -v` and `wipefs` see a valid GPT beside the disk's own MBR, and a repair from that
+/// backup would overwrite the disk's partition table. That one sector is cleared (it is no
+/// part of the disk) and said; nothing else past the disk is touched.
+fn clear_stale_gpt_backup(device: &Path, disk_size: u64) -> Option<String> {
+    use std::io::Seek;
+    use std::os::unix::fs::FileExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .ok()?;
+    // A block device's size is where its end is (its metadata says 0).
+    let last = f.seek(std::io::SeekFrom::End(0)).ok()?.checked_sub(512)?;
+    if last < disk_size {
+        return None;
+    }
+    let mut sector = [0u8; 512];
+    f.read_exact_at(&mut sector, last).ok()?;
+    if &sector[..8] != b"EFI PART" {
+        return None;
+    }
+    f.write_all_at(&[0u8; 512], last).ok()?;
+    f.sync_data().ok()?;
+    Some(warn(format!(
+        "{} is larger than the disk, and its last sector held a GPT backup header from what the \
+         device held before: cleared, so no tool takes it for this disk's partition table (the \
+         disk ends at byte {disk_size}; nothing else past it was touched)",
+        device.display()
+    )))
 }
 
 /// `--force` over a regular file others may read: the new one is created 0600, as every file

@@ -1317,6 +1317,62 @@ fn a_loop_device_over_the_medium_is_the_medium() {
     assert_eq!(tree(&e.p("m.img")), before);
 }
 
+/// A disk ingested into a larger device that held a GPT: the old backup header in the
+/// device's last sector stayed, and `sgdisk -v`/`wipefs` saw a valid GPT beside the disk's
+/// own table. That sector is cleared and said; the disk's bytes and the rest past its end
+/// are as they were.
+#[test]
+fn a_stale_gpt_backup_past_the_disk_on_a_device_is_cleared() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("a.img", "64MiB");
+    random_disk(&e.p("a.raw"), 4 << 20, 3);
+    e.capture(&m, "web01").source("a.raw").ok();
+    let mut dev_bytes = vec![0x5au8; 12 << 20];
+    let last = dev_bytes.len() - 512;
+    dev_bytes[last..last + 8].copy_from_slice(b"EFI PART");
+    fs::write(e.p("vol.img"), &dev_bytes).unwrap();
+    let dev = Loop::attach(&e.p("vol.img"));
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", dev.0))
+        .args(&["--json"])
+        .run();
+    // The device guard names what it holds first.
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds a GPT backup header"),
+        "{}",
+        output_text(&o)
+    );
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", dev.0))
+        .args(&["--json", "--force"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["warnings"]
+            .to_string()
+            .contains("held a GPT backup header"),
+        "{v}"
+    );
+    drop(dev);
+    let after = fs::read(e.p("vol.img")).unwrap();
+    assert_eq!(&after[..4 << 20], &fs::read(e.p("a.raw")).unwrap()[..]);
+    assert!(
+        after[last..].iter().all(|&b| b == 0),
+        "the backup header cleared"
+    );
+    assert!(
+        after[4 << 20..last].iter().all(|&b| b == 0x5a),
+        "nothing else past the disk touched"
+    );
+}
+
 /// Two ingests into one device, each with a state dir of its own (two operators, `sudo`
 /// with another HOME): both wrote it at once, and one reported a verified volume that held
 /// chunks of both disks. The device is held open exclusively while an ingest writes it, so

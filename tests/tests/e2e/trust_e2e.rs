@@ -96,12 +96,20 @@ fn legitimate_signed_capture_passes_and_receipt_names_it() {
     );
 
     // --allow-untrusted: ingest goes on, loudly, when nothing is pinned.
-    let out = ingest(&e, &["--allow-untrusted"]);
+    let out = ingest(&e, &["--allow-untrusted", "--json"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("WARNING") && err.contains("--allow-untrusted"),
         "{err}"
+    );
+    // ... and in the report a script reads (it was on stderr only).
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["warnings"]
+            .to_string()
+            .contains("NOBODY TRUSTED VOUCHES FOR"),
+        "{v}"
     );
     // Without any trust flag: refused, saying what to give.
     refused(
