@@ -181,8 +181,10 @@ pub struct MediumJson {
     /// directories are likely damaged (null otherwise).
     pub note: Option<String>,
     /// Directories where a capture or a generation would be whose names none has (a name
-    /// overwritten in a damaged directory, or someone's own): what they hold is invisible
-    /// to every reader, and `verify` fails the medium while they are there.
+    /// overwritten in a damaged directory, or someone's own), and a capture's or a
+    /// generation's directory whose entry was deleted since (`MGEAR/web01/? (a generation's
+    /// directory whose entry was deleted or damaged: it holds MANIFEST, ...)`): what they hold
+    /// is invisible to every reader, and `verify` fails the medium while they are there.
     pub unexpected: Vec<String>,
 }
 
@@ -649,9 +651,37 @@ fn unexpected_dirs(store: &mut dyn image_format::Store) -> Vec<String> {
         for stray in image_format::stray_generation_dirs(store, &e.name).unwrap_or_default() {
             out.push(format!("{path}/{stray}"));
         }
+        out.extend(deleted_entries(store, &path, "a generation's"));
     }
+    out.extend(deleted_entries(store, layout::ROOT_DIR, "a capture's"));
     out
 }
+
+/// Directories of `kind` in `dir` whose entry was deleted or damaged since
+/// (`Store::lost_dirs`), as `DIR/? (KIND directory whose entry was deleted or damaged: it
+/// holds ...)`: every reader lists the generation before it as the newest.
+fn deleted_entries(store: &mut dyn image_format::Store, dir: &str, kind: &str) -> Vec<String> {
+    store
+        .lost_dirs(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|names| image_format::lost_dir_kind(names) == Some(kind))
+        .map(|names| {
+            let shown: Vec<String> = names
+                .iter()
+                .take(4)
+                .map(|n| crate::output::printable(n).into_owned())
+                .collect();
+            format!(
+                "{dir}/? ({kind} directory {DELETED}: it holds {})",
+                shown.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// How [`deleted_entries`] names what it found.
+const DELETED: &str = "whose entry was deleted or damaged";
 
 fn print_medium(report: &MediumJson) {
     say!(
@@ -671,6 +701,13 @@ fn print_medium(report: &MediumJson) {
         say!("  NOTE: {n}");
     }
     for u in &report.unexpected {
+        if u.contains(DELETED) {
+            say!(
+                "  {u}: invisible to every reader; `mgear verify` fails the medium while it is \
+                 there"
+            );
+            continue;
+        }
         say!(
             "  {}: a directory where a capture or a generation would be, under a name none \
              has (a name damaged in its directory, or someone's own): what it holds is \

@@ -783,6 +783,9 @@ pub struct FatStore<D: FatDevice> {
     /// since, instead of reading the whole FAT again (up to 1 GiB on a
     /// large medium; a capture asked for it five times or more).
     counted: Option<FreeCount>,
+    /// [`fatmap::lost_chains`] of a volume opened read-only, found once: `inspect` asks it
+    /// for the root and each capture, each answer a walk of the tree and a scan of the FAT.
+    lost: Option<fatmap::Lost>,
 }
 
 /// See [`FatStore::free_clusters`].
@@ -980,6 +983,7 @@ impl<D: FatDevice> FatStore<D> {
             raw_allocated: 0,
             next_free: 2,
             counted: None,
+            lost: None,
         })
     }
 
@@ -1631,13 +1635,20 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(at) = fatmap::dir_cluster(&geo, &mut cache_reader(&self.cache), under)? else {
             return Ok(Vec::new());
         };
-        let lost = fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?;
-        Ok(lost
+        let lost = match self.lost.take() {
+            Some(l) => l,
+            None => fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?,
+        };
+        let under = lost
             .dirs
-            .into_iter()
+            .iter()
             .filter(|d| d.parent == at)
-            .map(|d| d.names)
-            .collect())
+            .map(|d| d.names.clone())
+            .collect();
+        if self.read_only {
+            self.lost = Some(lost);
+        }
+        Ok(under)
     }
 
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {

@@ -504,6 +504,13 @@ fn a_deleted_generation_or_capture_entry_is_found_and_refused() {
         "{}",
         text(&o)
     );
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("MGEAR/web01/? (a generation's directory whose entry was deleted"),
+        "{}",
+        text(&o)
+    );
     let o = e.ingest(&m, "web01").untrusted().target("file:v.raw").run();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
