@@ -176,9 +176,11 @@ pub fn hint(err: &Error, command: &str) -> String {
 /// What to do about a damaged file system on the medium.
 const DAMAGED_HINT: &str = "the medium's file system is damaged: never repair the original; on \
      a copy of it, `fsck.fat -n COPY` names the damage and `fsck.fat -a COPY` repairs what it \
-     can from the first FAT (where it says the FATs differ, `mgear verify` of the medium says \
-     how to try the second); then give the copy (every record is still checked against what \
-     was signed)";
+     can from the first FAT. Where it says the FATs differ, the first may be the damaged one: \
+     on another copy, copy the second FAT over the first (`fsck.fat -v -n COPY` prints where \
+     each starts and their size; `dd if=COPY of=COPY bs=512 skip=SECOND seek=FIRST \
+     count=SECTORS conv=notrunc`) and try that copy too; then give the copy that reads (every \
+     record is still checked against what was signed)";
 
 /// Whether `err` is damage in the medium's file system (a FAT chain cut, looping or leaving
 /// the volume).

@@ -89,10 +89,10 @@ pub fn detect_container(head: &[u8], tail: &[u8]) -> Option<Container> {
 pub fn refuse_container(spec: &str, c: Container) -> crate::Error {
     let fmt = c.qemu_format();
     usage(format!(
-        "{spec} is a {} disk image, not a raw disk: capturing its bytes would store the container, \
-         which never boots. Export it raw and capture that:\n  \
+        "{spec} is a {} disk image, not a raw disk: reading its bytes as the disk would store the \
+         container, which never boots. Export it raw and give that as the source:\n  \
          qemu-nbd -r -f {fmt} --socket /tmp/mgear-src.sock {spec} &\n  \
-         mgear capture --source 'nbd+unix:///?socket=/tmp/mgear-src.sock' ...\n\
+         mgear capture (or sync) --source 'nbd+unix:///?socket=/tmp/mgear-src.sock' ...\n\
          (or convert it first: qemu-img convert -f {fmt} -O raw {spec} disk.raw)",
         c.name()
     ))

@@ -445,15 +445,17 @@ impl OpenFile {
                 return Err(crate::exit::coded_hint(
                     crate::exit::IO,
                     format!(
-                        "source {} shrank during capture: it was {} bytes when the capture \
-                         started but ends at byte {at}; capture from a snapshot or a disk that \
+                        "source {} shrank while it was read: it was {} bytes when the run \
+                         started but ends at byte {at}; read it from a snapshot or a disk that \
                          is not being resized",
                         self.path.display(),
                         self.len
                     ),
-                    "this generation cannot go on with a disk of another size: `mgear capture \
+                    "a capture cannot go on with a disk of another size: `mgear capture \
                      --abort` with the same --medium and --name removes what it stored, then \
-                     capture the disk again (a snapshot of it, or once the resize is done)",
+                     capture the disk again (a snapshot of it, or once the resize is done); a \
+                     sync keeps what it applied, and a disk of a new size is captured with \
+                     --delta and ingested again (SYNC.md)",
                 ));
             }
             done += n;

@@ -200,6 +200,29 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
     assert_eq!(r["verified"], true);
     assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), src);
 
+    // A qcow2 file as the source: refused by its magic, with the export to use (it was
+    // refused for its size alone, "or that disk shrank since").
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(e.p("q.qcow2"))
+        .arg("12M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = e
+        .cmd(&[
+            "sync", "--source", "q.qcow2", "--to", &addr, "--name", "web01", "--sign", "site.key",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("is a qcow2 disk image") && text(&o).contains("qemu-nbd -r -f qcow2"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), src);
+
     // A capture this host never captured: no key cache for it.
     let o = e
         .cmd(&[

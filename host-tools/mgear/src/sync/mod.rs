@@ -529,7 +529,10 @@ pub(crate) fn prepare(a: &Plan) -> crate::Result<Ready> {
         .as_deref()
         .map(crate::sitekey::read_signing_key)
         .transpose()?;
-    let disk = crate::source::open(&a.source, a.dirty_bitmap.as_deref())?;
+    let mut disk = crate::source::open(&a.source, a.dirty_bitmap.as_deref())?;
+    // A qcow2 (VMDK, VHDX...) file given as the source was refused only for its size, "or
+    // that disk shrank since": capture refuses it by its magic, and so does sync.
+    crate::preflight::check_container(&mut *disk, &a.source)?;
     resolve(&a.to)?;
     let plan = source::Plan {
         name: a.name.clone(),
