@@ -12,12 +12,44 @@ use crate::error::Context;
 
 use crate::exit::usage;
 
+/// Open `path` for reading without waiting for a writer: a FIFO nobody writes to (`mkfifo`)
+/// blocked open(2) forever, and a first SIGTERM did not end it; opened so, it reads as empty
+/// (and is refused as such), while a pipe something writes to (`--pin-file <(pass show
+/// pin)`) reads as ever.
+pub fn open_read(path: &Path) -> std::io::Result<fs::File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    // Reads block again as they would have: only the open was not to wait.
+    let flags =
+        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
+    let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(std::io::Error::from)?;
+    Ok(f)
+}
+
+/// [`std::fs::read`] through [`open_read`].
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    open_read(path)?.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// [`std::fs::read_to_string`] through [`open_read`].
+pub fn read_to_string(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// The start of a secret file whose first line is the secret (a PIN or passphrase file),
 /// at most `limit` bytes of it: a secret is a line, and `/dev/zero` is no file of one.
 pub fn read_head(path: &Path, limit: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, Head> {
     use std::io::Read as _;
     let mut raw = zeroize::Zeroizing::new(Vec::new());
-    fs::File::open(path)
+    open_read(path)
         .and_then(|f| f.take(limit).read_to_end(&mut raw))
         .map_err(Head::Unreadable)?;
     if raw.len() as u64 == limit && !raw.contains(&b'\n') {

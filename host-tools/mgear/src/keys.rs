@@ -109,7 +109,7 @@ fn key_line(text: &str) -> Option<&str> {
 /// Read an age X25519 identity file.
 pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
     let bytes = Zeroizing::new(
-        fs::read(path)
+        crate::keyfile::read(path)
             .map_err(|e| usage(format!("cannot read identity {}: {e}", path.display())))?,
     );
     // `age -p` over the key file (protecting it at rest) was called "not an age identity
@@ -175,7 +175,8 @@ pub fn read_recipients(arg: &str) -> crate::Result<Vec<age::x25519::Recipient>> 
     let text = if arg.starts_with("age1") {
         arg.to_owned()
     } else {
-        fs::read_to_string(arg).map_err(|e| usage(format!("cannot read recipient {arg}: {e}")))?
+        crate::keyfile::read_to_string(Path::new(arg))
+            .map_err(|e| usage(format!("cannot read recipient {arg}: {e}")))?
     };
     if let Some(e) = crate::keyfile::misplaced(
         arg,

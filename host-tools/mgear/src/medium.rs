@@ -681,7 +681,7 @@ pub enum TargetRef {
 
 /// The first sector of the file or device at `path`, if it can be read.
 fn file_boot_sector(path: &Path) -> Option<[u8; 512]> {
-    let f = std::fs::File::open(path).ok()?;
+    let f = crate::keyfile::open_read(path).ok()?;
     let mut b = [0u8; 512];
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0).ok()?;
     Some(b)

@@ -124,7 +124,7 @@ pub fn text_path(path: &Path) -> PathBuf {
 /// a key or the volume just ingested, and each was overwritten with the report.
 fn earlier_report(p: &Path, certificate: bool) -> bool {
     let mut head = [0u8; 1024];
-    let n = std::fs::File::open(p)
+    let n = crate::keyfile::open_read(p)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .unwrap_or(0);
     let head = String::from_utf8_lossy(&head[..n]);

@@ -14,7 +14,6 @@
 //! A key's fingerprint is the SHA-256 of its 32 raw public key bytes, in hex
 //! ([`fingerprint`]), the same form that names an appliance identity.
 
-use std::fs;
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
@@ -47,7 +46,7 @@ pub fn generate(out: &Path, force: bool) -> crate::Result<VerifyingKey> {
 /// Read a capture site's secret signing key (`site.key`).
 pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
     let text = Zeroizing::new(
-        fs::read_to_string(path)
+        crate::keyfile::read_to_string(path)
             .map_err(|e| usage(format!("cannot read signing key {}: {e}", path.display())))?,
     );
     if text.trim().is_empty() {
@@ -94,7 +93,7 @@ fn why_not_ed25519(e: &dyn std::fmt::Display) -> String {
 
 /// Read a capture site's public key (`site.pub`).
 pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
-    let text = fs::read_to_string(path)
+    let text = crate::keyfile::read_to_string(path)
         .map_err(|e| usage(format!("cannot read public key {}: {e}", path.display())))?;
     if text.trim().is_empty() {
         return Err(usage(format!(
@@ -171,6 +170,7 @@ pub fn matches(public: &[u8; 32], pinned: &[u8; 32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

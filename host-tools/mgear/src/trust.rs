@@ -246,8 +246,11 @@ fn generations(medium: &mut dyn Store, name: &str) -> crate::Result<(Vec<u32>, V
     let entries = medium
         .list(&dir)
         .map_err(|e| crate::err!("capture {name}: listing {dir}: {e}"))?;
+    // A generation's name on a file (its entry's directory mark damaged) is no generation to
+    // read ("G0002: Not a directory" stopped the ingest): `hidden_generations` names it.
     let mut all: Vec<u32> = entries
         .iter()
+        .filter(|e| e.kind == image_format::store::EntryKind::Dir)
         .filter_map(|e| layout::parse_generation_dir(&e.name))
         .collect();
     all.sort_unstable();
@@ -901,6 +904,17 @@ fn hidden_generations(
             )
         })
         .collect();
+    for e in medium.list(&dir).unwrap_or_default() {
+        if e.kind != image_format::store::EntryKind::Dir
+            && layout::parse_generation_dir(&e.name).is_some()
+        {
+            hidden.push(format!(
+                "{dir}/{}, a generation's name on an entry that is not a directory (its \
+                 directory mark damaged)",
+                crate::output::printable(&e.name)
+            ));
+        }
+    }
     for names in medium.lost_dirs(&dir).unwrap_or_default() {
         if image_format::lost_dir_kind(&names) == Some("a generation's") {
             let shown: Vec<String> = names

@@ -437,6 +437,30 @@ pub fn no_such_capture(
 ) -> crate::Error {
     // A capture's directory whose entry was deleted since is damage, not a mistyped name
     // (told as "pass one with --name" while `verify` said the medium was clean).
+    // Another capture's directory whose manifests name this one: its name was damaged (or
+    // changed by hand), not mistyped here ("pass one with --name").
+    let renamed = image_format::list_captures(store)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| {
+            let claim = format!("manifest belongs to capture {} ", name.to_ascii_lowercase());
+            c.generations.iter().any(|g| {
+                matches!(&g.state, image_format::GenerationState::Damaged(w)
+                    if w.to_ascii_lowercase().starts_with(&claim))
+            })
+        });
+    if let Some(c) = renamed {
+        return crate::exit::coded_hint(
+            crate::exit::FOUND,
+            format!(
+                "there is no capture {name:?} on {medium}, but the manifests of capture {} \
+                 there say they are {name:?}'s: that directory's name was damaged or changed \
+                 since",
+                crate::output::printable(&c.name)
+            ),
+            LOST_CAPTURE_HINT,
+        );
+    }
     if let Some(lost) = lost_captures(store) {
         return crate::exit::coded_hint(
             crate::exit::FOUND,

@@ -1444,7 +1444,7 @@ fn findings_of(chains: Chains) -> Vec<String> {
             .filter(|(_, (end, _))| *end > u64::from(c))
             .map(|(_, (_, who))| who.clone())
     };
-    for (path, _, next) in after {
+    for (path, last, next) in after {
         match next {
             After::End | After::Short { .. } => {}
             After::Free(c) => findings.push(format!(
@@ -1482,6 +1482,15 @@ fn findings_of(chains: Chains) -> Vec<String> {
                          (from cluster {first}): no write leaves that. It still reads right \
                          (reads stop at its size); do not write the medium, and check the \
                          captures with `mgear verify --identity`"
+                    )),
+                    // Size 0 with a chain: no write leaves that, and a directory whose entry
+                    // lost its directory mark looks so. "Repair frees it" would free what the
+                    // directory holds (a generation, hidden from every reader).
+                    None if last.is_none() => findings.push(format!(
+                        "{path}: an entry of size 0 that holds a cluster chain (from cluster \
+                         {first}), which no write leaves: most likely a directory whose entry \
+                         lost its directory mark. Do not repair or write the medium (a repair \
+                         frees what it holds); ask how the medium was handled"
                     )),
                     None => findings.push(format!(
                         "{path}: its cluster chain runs past its size {LEFTOVER_CHAIN} (from \

@@ -523,6 +523,32 @@ fn a_deleted_generation_or_capture_entry_is_found_and_refused() {
     #[rustfmt::skip]
     e.ingest(&m, "web01").untrusted().target("file:v.raw").args(&["--generation", "1"]).ok();
     same_file(&e.p("v.raw"), &e.p("g1.raw"));
+    // Its directory mark cleared instead (a file of size 0 holding the directory's chain):
+    // verify said "lost space ... `medium fsck --repair` frees it", which frees generation
+    // 2, and ingest stopped on "G0002: Not a directory".
+    fs::write(e.p("m.img"), &clean).unwrap();
+    edit_dir(&e, "m.img", "MGEAR/WEB01", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"G0002      ");
+        img[entry + 11] = 0x20;
+    });
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("lost its directory mark") && !text(&o).contains("--repair` frees it"),
+        "{}",
+        text(&o)
+    );
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:v2.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("its directory mark damaged") && text(&o).contains("give --generation 1"),
+        "{}",
+        text(&o)
+    );
     // The capture's own entry deleted: damage, not a mistyped name.
     fs::write(e.p("m.img"), &clean).unwrap();
     edit_dir(&e, "m.img", "MGEAR", |img, dir, len| {
@@ -540,6 +566,19 @@ fn a_deleted_generation_or_capture_entry_is_found_and_refused() {
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("a capture's directory"), "{}", text(&o));
+    // Renamed by one byte (WEB01 to WXB01): its manifests still say web01.
+    fs::write(e.p("m.img"), &clean).unwrap();
+    edit_dir(&e, "m.img", "MGEAR", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"WEB01      ");
+        img[entry + 1] = b'X';
+    });
+    let o = e.ingest(&m, "web01").untrusted().target("file:w.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("say they are \"web01\"'s") && !text(&o).contains("pass one with --name"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// Media a user makes by hand or damages: a FAT16 image (mkfs.fat's choice at 64 MiB without

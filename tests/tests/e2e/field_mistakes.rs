@@ -1317,6 +1317,75 @@ fn a_loop_device_over_the_medium_is_the_medium() {
     assert_eq!(tree(&e.p("m.img")), before);
 }
 
+/// A FIFO nobody writes to, given where mgear reads or writes a file (the target, a key, a
+/// trust file, the report): each blocked in open(2) forever, and a first SIGTERM did not end
+/// it. Each is refused now, at once.
+#[test]
+fn a_fifo_given_for_a_file_is_refused_not_waited_on() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("a.img", "64MiB");
+    random_disk(&e.p("a.raw"), 2 << 20, 4);
+    e.capture(&m, "web01").source("a.raw").ok();
+    let st = std::process::Command::new("mkfifo")
+        .arg(e.p("ff"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let key = ["--identity", "target.key"];
+    for (what, args) in [
+        ("target", vec!["--target", "file:ff", "--allow-untrusted"]),
+        (
+            "qcow2 target",
+            vec!["--target", "qcow2:ff", "--allow-untrusted"],
+        ),
+        (
+            "trust file",
+            vec!["--target", "file:v.raw", "--trust", "ff"],
+        ),
+        (
+            "report",
+            vec![
+                "--target",
+                "file:v.raw",
+                "--allow-untrusted",
+                "--report",
+                "ff",
+            ],
+        ),
+        (
+            "identity",
+            vec![
+                "--target",
+                "file:v.raw",
+                "--allow-untrusted",
+                "--identity",
+                "ff",
+            ],
+        ),
+    ] {
+        let mut c = e.cmd(&["ingest", "--medium", &m, "--name", "web01"]);
+        if what != "identity" {
+            c.args(key);
+        }
+        c.args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                child.kill().unwrap();
+                panic!("{what}: still waiting after 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", output_text(&o));
+    }
+    assert!(!e.p("v.raw").exists());
+}
+
 /// A disk ingested into a larger device that held a GPT: the old backup header in the
 /// device's last sector stayed, and `sgdisk -v`/`wipefs` saw a valid GPT beside the disk's
 /// own table. That sector is cleared and said; the disk's bytes and the rest past its end
