@@ -70,6 +70,7 @@ pub fn lost_dir_kind(names: &[String]) -> Option<&'static str> {
 
 /// The finding a check of the whole medium makes of clusters nothing holds on a volume
 /// closed cleanly ([`crate::store::fatmap::lost_chains`]).
+#[cfg(feature = "fat")]
 pub fn lost_finding(lost: &crate::store::fatmap::Lost) -> String {
     let mut s = alloc::format!(
         "{} cluster{} in {} chain{} {} marked in use by no file or directory, on a medium \
