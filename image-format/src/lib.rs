@@ -42,7 +42,8 @@ mod writer;
 pub use chunkbuf::{ChunkBuf, CHUNK_ALIGN};
 pub use error::{Error, Location, Result};
 pub use medium::{
-    capture_names, generations as capture_generations, lost_dir_kind, stray_generation_dirs,
+    capture_names, generations as capture_generations, lost_dir_kind, lost_dirs_of,
+    stray_generation_dirs, LostDir,
 };
 pub use store::{Store, StoreError};
 pub use verify::{

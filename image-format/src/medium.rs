@@ -46,26 +46,60 @@ pub fn generations<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Vec<u
     Ok(v)
 }
 
-/// What a directory no entry names any more held, by the names in its first cluster: a
-/// generation's (`MANIFEST`, `INDEX`, journals), a capture's (`KEYS`, `G0001`...), the medium's
-/// root (`MGEAR`'s captures and sets are not told apart by name: a capture). `None`: neither.
-pub fn lost_dir_kind(names: &[String]) -> Option<&'static str> {
+/// What a directory no entry names any more held ([`lost_dir_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostDir {
+    /// A generation's (`MANIFEST`, `INDEX`, journals).
+    Generation,
+    /// A capture's (`KEYS`, `G0001`...; a machine set's too: they are not told apart by name).
+    Capture,
+}
+
+impl LostDir {
+    /// "a generation's", "a capture's": how messages name it.
+    pub fn what(self) -> &'static str {
+        match self {
+            LostDir::Generation => "a generation's",
+            LostDir::Capture => "a capture's",
+        }
+    }
+}
+
+/// What a directory no entry names any more held, by the names in its first cluster. `None`:
+/// neither a generation's nor a capture's.
+pub fn lost_dir_kind(names: &[String]) -> Option<LostDir> {
     let has = |n: &str| names.iter().any(|e| e.eq_ignore_ascii_case(n));
     if has(layout::MANIFEST_FILE)
         || has(layout::INDEX_FILE)
         || has(layout::IPART_FILE)
         || has(layout::JOURNAL_A)
     {
-        Some("a generation's")
+        Some(LostDir::Generation)
     } else if has(layout::KEYS_FILE)
         || names
             .iter()
             .any(|e| layout::parse_generation_dir(e).is_some())
     {
-        Some("a capture's")
+        Some(LostDir::Capture)
     } else {
         None
     }
+}
+
+/// The directories of `kind` in `dir` whose entry was deleted or damaged since
+/// ([`Store::lost_dirs`]), each as the names its first cluster holds; none where the store
+/// cannot say (the readers that ask go on with what they can read).
+pub fn lost_dirs_of<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &str,
+    kind: LostDir,
+) -> Vec<Vec<String>> {
+    store
+        .lost_dirs(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|names| lost_dir_kind(names) == Some(kind))
+        .collect()
 }
 
 /// The finding a check of the whole medium makes of clusters nothing holds on a volume
@@ -88,7 +122,7 @@ pub fn lost_finding(lost: &crate::store::fatmap::Lost) -> String {
         } else {
             ""
         };
-        s.push_str(&match lost_dir_kind(names) {
+        s.push_str(&match lost_dir_kind(names).map(LostDir::what) {
             Some(kind) => alloc::format!(
                 "; among them, from cluster {first}, {kind} directory (it holds {}{more}): it and \
                  what it holds are invisible to every reader",
@@ -107,7 +141,7 @@ pub fn lost_finding(lost: &crate::store::fatmap::Lost) -> String {
     if lost
         .dirs
         .iter()
-        .any(|d| lost_dir_kind(&d.names) == Some("a generation's"))
+        .any(|d| lost_dir_kind(&d.names) == Some(LostDir::Generation))
     {
         s.push_str(
             ", and an ingest that is not given the generation would take the one before it as \

@@ -651,30 +651,34 @@ fn unexpected_dirs(store: &mut dyn image_format::Store) -> Vec<String> {
         for stray in image_format::stray_generation_dirs(store, &e.name).unwrap_or_default() {
             out.push(format!("{path}/{stray}"));
         }
-        out.extend(deleted_entries(store, &path, "a generation's"));
+        out.extend(deleted_entries(
+            store,
+            &path,
+            image_format::LostDir::Generation,
+        ));
     }
-    out.extend(deleted_entries(store, layout::ROOT_DIR, "a capture's"));
+    out.extend(deleted_entries(
+        store,
+        layout::ROOT_DIR,
+        image_format::LostDir::Capture,
+    ));
     out
 }
 
-/// Directories of `kind` in `dir` whose entry was deleted or damaged since
-/// (`Store::lost_dirs`), as `DIR/? (KIND directory whose entry was deleted or damaged: it
-/// holds ...)`: every reader lists the generation before it as the newest.
-fn deleted_entries(store: &mut dyn image_format::Store, dir: &str, kind: &str) -> Vec<String> {
-    store
-        .lost_dirs(dir)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|names| image_format::lost_dir_kind(names) == Some(kind))
+/// Directories of `kind` in `dir` whose entry was deleted or damaged since, as `DIR/? (KIND
+/// directory whose entry was deleted or damaged: it holds ...)`.
+fn deleted_entries(
+    store: &mut dyn image_format::Store,
+    dir: &str,
+    kind: image_format::LostDir,
+) -> Vec<String> {
+    image_format::lost_dirs_of(store, dir, kind)
+        .iter()
         .map(|names| {
-            let shown: Vec<String> = names
-                .iter()
-                .take(4)
-                .map(|n| crate::output::printable(n).into_owned())
-                .collect();
             format!(
-                "{dir}/? ({kind} directory {DELETED}: it holds {})",
-                shown.join(", ")
+                "{dir}/? ({} directory {DELETED}: it holds {})",
+                kind.what(),
+                crate::output::printable_names(names, 4)
             )
         })
         .collect()

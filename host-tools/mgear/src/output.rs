@@ -209,6 +209,17 @@ pub fn now_iso() -> String {
     iso(std::time::SystemTime::now())
 }
 
+/// The first `max` of `names`, each [`printable`], joined by ", " (what a directory found
+/// hidden on a medium held).
+pub fn printable_names(names: &[String], max: usize) -> String {
+    names
+        .iter()
+        .take(max)
+        .map(|n| printable(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `s` with its control characters (escape sequences, carriage returns,
 /// newlines) written as `\u{1b}`: text read from a medium (a source
 /// description, the OS string found inside the disk) is anyone's who had the

@@ -915,19 +915,11 @@ fn hidden_generations(
             ));
         }
     }
-    for names in medium.lost_dirs(&dir).unwrap_or_default() {
-        if image_format::lost_dir_kind(&names) == Some("a generation's") {
-            let shown: Vec<String> = names
-                .iter()
-                .take(4)
-                .map(|n| crate::output::printable(n).into_owned())
-                .collect();
-            hidden.push(format!(
-                "a generation's directory whose entry in {dir} was deleted or damaged (it holds \
-                 {})",
-                shown.join(", ")
-            ));
-        }
+    for names in image_format::lost_dirs_of(medium, &dir, image_format::LostDir::Generation) {
+        hidden.push(format!(
+            "a generation's directory whose entry in {dir} was deleted or damaged (it holds {})",
+            crate::output::printable_names(&names, 4)
+        ));
     }
     if hidden.is_empty() {
         return Ok(());

@@ -503,12 +503,7 @@ const LOST_CAPTURE_HINT: &str = "the medium was damaged since: do not write to i
 /// holds such (`Store::lost_dirs`): a capture a reader cannot see, not a name mistyped.
 fn lost_captures(store: &mut dyn image_format::Store) -> Option<String> {
     let root = image_format::layout::ROOT_DIR;
-    let n = store
-        .lost_dirs(root)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|names| image_format::lost_dir_kind(names) == Some("a capture's"))
-        .count();
+    let n = image_format::lost_dirs_of(store, root, image_format::LostDir::Capture).len();
     match n {
         0 => None,
         1 => Some(format!(

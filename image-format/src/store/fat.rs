@@ -2555,7 +2555,10 @@ pub(crate) mod tests {
         let lost = s.lost_dirs("MGEAR/web01").unwrap();
         assert_eq!(lost.len(), 1, "{lost:?}");
         assert!(lost[0].contains(&"MANIFEST".to_string()), "{lost:?}");
-        assert_eq!(crate::lost_dir_kind(&lost[0]), Some("a generation's"));
+        assert_eq!(
+            crate::lost_dir_kind(&lost[0]),
+            Some(crate::LostDir::Generation)
+        );
         assert_eq!(s.lost_dirs("MGEAR").unwrap(), Vec::<Vec<String>>::new());
         let found = s.file_system_findings().unwrap();
         assert!(
@@ -2573,7 +2576,10 @@ pub(crate) mod tests {
         let mut s = deleted(b"DB01       ");
         let lost = s.lost_dirs("MGEAR").unwrap();
         assert_eq!(lost.len(), 1, "{lost:?}");
-        assert_eq!(crate::lost_dir_kind(&lost[0]), Some("a capture's"));
+        assert_eq!(
+            crate::lost_dir_kind(&lost[0]),
+            Some(crate::LostDir::Capture)
+        );
         let found = s.file_system_findings().unwrap();
         assert!(
             found.iter().any(|f| f.contains("a capture's directory")),
