@@ -620,13 +620,26 @@ pub fn signed_by(
     g: u32,
     key: &ed25519_dalek::SigningKey,
 ) -> bool {
-    use image_format::commit;
     let me = key.verifying_key().to_bytes();
-    match commit::read_commit(store, name, g) {
-        Ok(Some(f)) => f.signatures.iter().any(|s| {
-            s.role == commit::SignerRole::Site && s.public_key == me && f.commit.verifies(s)
-        }),
-        _ => false,
+    valid_signers(store, name, g, image_format::commit::SignerRole::Site).contains(&me)
+}
+
+/// The public keys of the valid `role` signatures generation `g` of `name`'s COMMIT carries
+/// (none where it has no COMMIT, or one that does not read).
+fn valid_signers(
+    store: &mut dyn image_format::Store,
+    name: &str,
+    g: u32,
+    role: image_format::commit::SignerRole,
+) -> Vec<[u8; 32]> {
+    match image_format::commit::read_commit(store, name, g) {
+        Ok(Some(f)) => f
+            .signatures
+            .iter()
+            .filter(|s| s.role == role && f.commit.verifies(s))
+            .map(|s| s.public_key)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -678,14 +691,7 @@ fn unwitnessed(
         return Ok(None);
     };
     let g = newest.generation;
-    let witnessed = match commit::read_commit(store, name, g) {
-        Ok(Some(f)) => f.signatures.iter().any(|s| {
-            s.role == commit::SignerRole::Appliance
-                && s.public_key == *identity
-                && f.commit.verifies(s)
-        }),
-        _ => false,
-    };
+    let witnessed = valid_signers(store, name, g, commit::SignerRole::Appliance).contains(identity);
     Ok((!witnessed).then_some(g))
 }
 
@@ -793,13 +799,7 @@ fn sign_due(
             "signer",
         )
     });
-    let site_signed = match commit::read_commit(store, name, g) {
-        Ok(Some(f)) => f
-            .signatures
-            .iter()
-            .any(|s| s.role == commit::SignerRole::Site && f.commit.verifies(s)),
-        _ => false,
-    };
+    let site_signed = !valid_signers(store, name, g, commit::SignerRole::Site).is_empty();
     if noted.as_deref() != Some(fp.as_str()) && site_signed {
         return Ok(None);
     }
@@ -2107,18 +2107,14 @@ fn unsigned_delta_of_signed(store: &mut dyn image_format::Store, name: &str) -> 
         .rev()
         .find(|g| g.state == image_format::GenerationState::Complete)?
         .generation;
-    let f = commit::read_commit(store, &c.name, g).ok()??;
-    let site = f
-        .signatures
-        .iter()
-        .find(|s| s.role == commit::SignerRole::Site && f.commit.verifies(s))?;
+    let site = *valid_signers(store, &c.name, g, commit::SignerRole::Site).first()?;
     Some(format!(
         "generation {g} of {} was signed by site key {}, and this delta is captured without \
          --sign: a target that pins that key refuses it. Stop and add --sign KEY, or once it \
          finished run the command again with --sign KEY in place of --delta (that signs this \
          delta without capturing again)",
         c.name,
-        crate::sitekey::fingerprint(&site.public_key)
+        crate::sitekey::fingerprint(&site)
     ))
 }
 
