@@ -28,8 +28,8 @@ pub use boot::{boot, BootReport, BootSpec, Bus, Firmware, LocalQemu, Outcome, Qe
 pub use inspect::{inspect_disk, inspect_path, DiskFacts};
 pub use libvirt::{upload_volume, LibvirtBoot, LibvirtGuest, LibvirtTarget, VolumeRef};
 pub use profile::{
-    check_data_disk, check_profile, profile_by_name, profile_names, Finding, Severity,
-    TargetProfile,
+    check_data_disk, check_profile, profile_by_name, profile_names, unreadable_table, Finding,
+    Severity, TargetProfile,
 };
 pub use proof::{prove_boot, ConsoleRead, Expectation, Guest, GuestState, Setup, Start};
 pub use sample::{build_sample_disk, Drivers, SampleDisk, SampleDiskOptions};

@@ -291,33 +291,43 @@ pub fn read_table(r: &mut dyn ReadAt, size: u64) -> Result<Table> {
     })
 }
 
+/// The GPT of a disk of `size` bytes, at LBA 1 of 512-byte logical sectors or, where none is
+/// there, of 4096-byte ones (a 4Kn disk: its header at byte 4096, its LBAs in 4 KiB units).
+/// A valid 4Kn table was called corrupt, and `--check-profile` refused the capture.
 fn read_gpt(r: &mut dyn ReadAt, size: u64) -> Result<Vec<Partition>> {
-    let sectors = size / SECTOR;
-    match read_gpt_at(r, 1, sectors) {
-        Ok(p) => Ok(p),
-        Err(primary) => {
-            // The backup header sits in the last sector; use it when the primary
-            // was damaged, as firmware does.
-            if sectors < 2 {
-                return Err(primary);
+    let sizes = [SECTOR, 4096].into_iter().filter(|s| size / s >= 2);
+    let mut primary = None;
+    for sector in sizes.clone() {
+        match read_gpt_at(r, 1, size / sector, sector) {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                primary.get_or_insert(e);
             }
-            read_gpt_at(r, sectors - 1, sectors).map_err(|_| {
-                let primary = match primary {
-                    // Its own words, not "partition table: " a second time.
-                    BootError::Partition(m) => m,
-                    other => other.to_string(),
-                };
-                bad(format!(
-                    "{primary}; the backup GPT header is unusable too: the table is corrupt"
-                ))
-            })
         }
     }
+    let Some(primary) = primary else {
+        return Err(bad("the disk is too small to hold a GPT"));
+    };
+    // The backup header sits in the last sector; use it when the primary was damaged, as
+    // firmware does.
+    for sector in sizes {
+        if let Ok(p) = read_gpt_at(r, size / sector - 1, size / sector, sector) {
+            return Ok(p);
+        }
+    }
+    let primary = match primary {
+        // Its own words, not "partition table: " a second time.
+        BootError::Partition(m) => m,
+        other => other.to_string(),
+    };
+    Err(bad(format!(
+        "{primary}; the backup GPT header is unusable too: the table is corrupt"
+    )))
 }
 
-fn read_gpt_at(r: &mut dyn ReadAt, lba: u64, sectors: u64) -> Result<Vec<Partition>> {
+fn read_gpt_at(r: &mut dyn ReadAt, lba: u64, sectors: u64, sector: u64) -> Result<Vec<Partition>> {
     let mut hdr = [0u8; 512];
-    r.read_exact_at(lba * SECTOR, &mut hdr)?;
+    r.read_exact_at(lba * sector, &mut hdr)?;
     if &hdr[..8] != b"EFI PART" {
         return Err(bad(format!(
             "protective MBR present but no GPT header signature at LBA {lba}"
@@ -353,9 +363,9 @@ fn read_gpt_at(r: &mut dyn ReadAt, lba: u64, sectors: u64) -> Result<Vec<Partiti
             ))
         })?;
     let array_end = array_lba
-        .checked_mul(SECTOR)
+        .checked_mul(sector)
         .and_then(|s| s.checked_add(array_len))
-        .filter(|&e| e <= sectors * SECTOR && array_lba >= 1)
+        .filter(|&e| e <= sectors * sector && array_lba >= 1)
         .ok_or_else(|| bad("GPT entry array lies outside the disk: the table is corrupt"))?;
     let mut arr = vec![0u8; array_len as usize];
     r.read_exact_at(array_end - array_len, &mut arr)?;
@@ -381,8 +391,8 @@ fn read_gpt_at(r: &mut dyn ReadAt, lba: u64, sectors: u64) -> Result<Vec<Partiti
         }
         parts.push(Partition {
             number: (i + 1) as u32,
-            start: first * SECTOR,
-            size: (last - first + 1) * SECTOR,
+            start: first * sector,
+            size: (last - first + 1) * sector,
             ptype: PartType::Gpt(guid_to_string(&t)),
             bootable: le64(e, 48) & 0b100 != 0,
         });
@@ -430,7 +440,12 @@ mod tests {
     use std::io::Cursor;
 
     fn gpt_disk(sectors: u64, entries: &[([u8; 16], u64, u64)]) -> Vec<u8> {
-        let mut d = vec![0u8; (sectors * SECTOR) as usize];
+        gpt_disk_of(SECTOR as usize, sectors, entries)
+    }
+
+    /// A GPT disk of `sectors` logical sectors of `sector` bytes.
+    fn gpt_disk_of(sector: usize, sectors: u64, entries: &[([u8; 16], u64, u64)]) -> Vec<u8> {
+        let mut d = vec![0u8; sectors as usize * sector];
         // protective MBR
         let pm = single_partition_mbr(&[], 0, 0xEE, 1, (sectors - 1) as u32).unwrap();
         d[..512].copy_from_slice(&pm);
@@ -456,8 +471,8 @@ mod tests {
         h[88..92].copy_from_slice(&crc32fast::hash(&arr).to_le_bytes());
         let crc = crc32fast::hash(&h);
         h[16..20].copy_from_slice(&crc.to_le_bytes());
-        d[512..512 + 92].copy_from_slice(&h);
-        d[1024..1024 + arr.len()].copy_from_slice(&arr);
+        d[sector..sector + 92].copy_from_slice(&h);
+        d[2 * sector..2 * sector + arr.len()].copy_from_slice(&arr);
         d
     }
 
@@ -533,6 +548,26 @@ mod tests {
         assert!(t.partitions[0].ptype.is_esp());
         assert_eq!(t.partitions[0].start, 2048 * 512);
         assert_eq!(t.partitions[0].size, (4061 - 2048 + 1) * 512);
+    }
+
+    /// A 4Kn disk (4096-byte logical sectors) keeps its GPT header at byte 4096 and counts
+    /// its LBAs in 4 KiB: it was called corrupt ("no GPT header signature at LBA 1").
+    #[test]
+    fn parses_a_4kn_gpt() {
+        let d = gpt_disk_of(4096, 8192, &[(ESP_BYTES, 256, 8000)]);
+        let len = d.len() as u64;
+        let t = read_table(&mut Cursor::new(d.clone()), len).unwrap();
+        assert_eq!(t.kind, TableKind::Gpt);
+        assert_eq!(t.partitions[0].start, 256 * 4096);
+        assert_eq!(t.partitions[0].size, (8000 - 256 + 1) * 4096);
+        // Its primary header damaged, and no backup: the 512-byte reading's words.
+        let mut bad = d;
+        bad[4096] ^= 1;
+        let e = read_table(&mut Cursor::new(bad), len).unwrap_err();
+        assert!(
+            e.to_string().contains("no GPT header signature at LBA 1"),
+            "{e}"
+        );
     }
 
     #[test]

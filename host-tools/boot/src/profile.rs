@@ -148,6 +148,25 @@ fn f(severity: Severity, code: &'static str, message: String) -> Finding {
     }
 }
 
+/// The finding for a disk whose partition table cannot be read (`why`), the only one: nothing
+/// else on it can be checked. A boot disk will not boot (its firmware trusts no table); on
+/// another disk of the machine the guest finds no partitions. A finding, not a failure of the
+/// check: `--check-profile` aborted the capture over it, with an I/O error's hint.
+pub fn unreadable_table(why: &str, boot_disk: bool) -> Finding {
+    let (severity, then) = match boot_disk {
+        true => (Severity::Error, "the machine will not boot from it"),
+        false => (Severity::Warn, "the guest will find no partitions on it"),
+    };
+    f(
+        severity,
+        "partition-table",
+        format!(
+            "the partition table cannot be read ({why}): {then}, and nothing else on the disk \
+             was checked; check it at the source (`sgdisk -v DISK`, or `fdisk -l DISK`)"
+        ),
+    )
+}
+
 /// Check a disk against a target profile. Findings are sorted, errors first.
 pub fn check_profile(facts: &DiskFacts, p: &TargetProfile) -> Vec<Finding> {
     let mut out = Vec::new();

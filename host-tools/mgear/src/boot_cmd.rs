@@ -215,14 +215,31 @@ pub fn run(args: Plan) -> crate::Result<i32> {
 
 /// Whether `text` is a boot report an earlier `mgear boot` of `target` wrote (the report
 /// names its target): a file that reads like a report of another boot may be anything, a
-/// volume's backing or data file among them, and was replaced.
+/// volume's backing or data file among them, and was replaced. The same volume spelled
+/// another way (`file:./vol.raw`, an absolute path, from another directory) is the same boot:
+/// a report naming a volume of the same kind and file name is its earlier report (refused,
+/// it stranded the user with a hint about permissions).
 fn is_boot_report(text: &[u8], target: &str) -> bool {
     serde_json::from_slice::<serde_json::Value>(text).is_ok_and(|v| {
         ["driver", "target", "wait_for", "outcome", "console_log"]
             .iter()
             .all(|k| v.get(k).is_some())
-            && v["target"] == target
+            && v["target"]
+                .as_str()
+                .is_some_and(|t| t == target || same_volume_file(t, target))
     })
+}
+
+/// Whether two target specs name a file or device volume of the same kind and file name.
+fn same_volume_file(a: &str, b: &str) -> bool {
+    let file = |t: &str| {
+        let (kind, path) = t.split_once(':')?;
+        let name = std::path::Path::new(path).file_name()?;
+        ["file", "qcow2", "dev"]
+            .contains(&kind)
+            .then(|| (kind.to_string(), name.to_owned()))
+    };
+    file(a).is_some_and(|f| Some(f) == file(b))
 }
 
 /// How a boot report names the boot of `r` (its `target`).
@@ -728,11 +745,20 @@ fn check(disks: &[Target], profile: &TargetProfile, json: bool) -> crate::Result
                 )))
             }
         };
-        let facts = inspect_path(path)?;
-        let findings = if i == 0 {
-            mgear_boot::check_profile(&facts, profile)
-        } else {
-            mgear_boot::check_data_disk(&facts, profile)
+        let (facts, findings) = match inspect_path(path) {
+            Ok(facts) if i == 0 => {
+                let findings = mgear_boot::check_profile(&facts, profile);
+                (Some(facts), findings)
+            }
+            Ok(facts) => {
+                let findings = mgear_boot::check_data_disk(&facts, profile);
+                (Some(facts), findings)
+            }
+            // What the check found (exit 1), not an I/O error (exit 3).
+            Err(mgear_boot::BootError::Partition(why)) => {
+                (None, vec![mgear_boot::unreadable_table(&why, i == 0)])
+            }
+            Err(e) => return Err(e.into()),
         };
         checked.push((target, facts, findings));
     }
@@ -786,6 +812,57 @@ fn check(disks: &[Target], profile: &TargetProfile, json: bool) -> crate::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A report of the same volume spelled another way (`./`, absolute, from another
+    /// directory) is replaced; one of another volume, or of a volume of another kind, or a
+    /// file that is no report, is not.
+    #[test]
+    fn an_earlier_report_of_the_same_volume_spelled_otherwise_is_replaced() {
+        let report = |target: &str| {
+            serde_json::json!({
+                "driver": "qemu", "target": target, "wait_for": "x", "outcome": "booted",
+                "console_log": ""
+            })
+            .to_string()
+            .into_bytes()
+        };
+        let r = report("file:web01.raw");
+        for same in [
+            "file:web01.raw",
+            "file:./web01.raw",
+            "file:/srv/w/web01.raw",
+            "file:../w/web01.raw",
+        ] {
+            assert!(is_boot_report(&r, same), "{same}");
+        }
+        for other in [
+            "file:web02.raw",
+            "qcow2:web01.raw",
+            "dev:/dev/sdb",
+            "libvirt:default/web01.raw",
+        ] {
+            assert!(!is_boot_report(&r, other), "{other}");
+        }
+        assert!(is_boot_report(&report("libvirt:p/v"), "libvirt:p/v"));
+        assert!(!is_boot_report(&report("libvirt:p/v"), "libvirt:q/v"));
+        assert!(!is_boot_report(
+            b"{\"target\": \"file:web01.raw\"}",
+            "file:web01.raw"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let (vol, at) = (
+            dir.path().join("web01.raw"),
+            dir.path().join("web01.raw.boot-report.json"),
+        );
+        std::fs::write(&vol, b"disk").unwrap();
+        std::fs::write(&at, report(&format!("file:{}", vol.display()))).unwrap();
+        assert!(
+            check_report_path(&at, false, std::slice::from_ref(&vol), "file:./web01.raw").unwrap()
+        );
+        assert!(
+            check_report_path(&at, true, std::slice::from_ref(&vol), "file:other.raw").is_err()
+        );
+    }
 
     /// `boot --target file:web01.qcow2` said "nothing bootable" after a boot attempt.
     #[test]

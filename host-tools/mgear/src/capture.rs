@@ -2448,11 +2448,15 @@ fn readiness(
         }
     }
     let size = source.len();
-    let facts = mgear_boot::inspect_disk(&mut At(source), size)
-        .map_err(|e| crate::err!("reading the source for --check-profile: {e}"))?;
-    let findings = match set_disk {
-        None | Some(0) => mgear_boot::check_profile(&facts, profile),
-        Some(_) => mgear_boot::check_data_disk(&facts, profile),
+    let boot_disk = matches!(set_disk, None | Some(0));
+    let findings = match mgear_boot::inspect_disk(&mut At(source), size) {
+        Ok(facts) if boot_disk => mgear_boot::check_profile(&facts, profile),
+        Ok(facts) => mgear_boot::check_data_disk(&facts, profile),
+        // A finding about the disk: the capture goes on, as with every other.
+        Err(mgear_boot::BootError::Partition(why)) => {
+            vec![mgear_boot::unreadable_table(&why, boot_disk)]
+        }
+        Err(e) => return Err(crate::err!("reading the source for --check-profile: {e}")),
     };
     Ok(findings
         .iter()

@@ -140,7 +140,9 @@ impl Store for DirStore {
     fn len(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         match fs::metadata(self.resolve(path)?) {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
-            Ok(m) if m.is_dir() => Err(StoreError::Io(format!("{path} is a directory"))),
+            Ok(m) if m.is_dir() => Err(StoreError::Damaged(format!(
+                "{path} is a directory where the format has a file"
+            ))),
             Ok(_) => Err(StoreError::Io(format!(
                 "{path} is not a regular file (a device, FIFO or socket): a medium holds none"
             ))),

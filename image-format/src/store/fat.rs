@@ -1341,7 +1341,11 @@ impl<D: FatDevice> Store for FatStore<D> {
         self.check_dirs(split_parent(path).0)?;
         match self.entry(path)? {
             Some(e) if e.kind == EntryKind::File => Ok(Some(e.len)),
-            Some(_) => Err(StoreError::Io(format!("{path} is a directory"))),
+            // Every path the format names is a file: a directory there is a damaged entry
+            // (its attribute byte), a finding about the medium, not a device error.
+            Some(_) => Err(StoreError::Damaged(format!(
+                "{path} is a directory where the format has a file: its directory entry is damaged"
+            ))),
             None => Ok(None),
         }
     }
@@ -3566,6 +3570,53 @@ pub(crate) mod tests {
             .filter(|&i| after[i] != before[i] && !fsinfo.contains(&i))
             .collect();
         assert!(differ.is_empty(), "nothing was written: {differ:?}");
+    }
+
+    /// A file whose entry's attribute byte was flipped to "directory" (it keeps its size) is
+    /// said as damage, read as a file by the walk, and left alone by the repair at a dirty
+    /// open: read as a directory its bytes made bogus findings, verify exited 3 ("I/O
+    /// error") where the medium was damaged, and the repair took it for a half-made directory
+    /// and zeroed its clusters.
+    #[test]
+    fn a_file_marked_a_directory_is_damage_and_never_emptied() {
+        use std::os::unix::fs::FileExt;
+        let (_t, p, geo) = left_mid_write(|_, _| 0, 0, 0);
+        let f = open_rw(&p);
+        let mut img = std::fs::read(&p).unwrap();
+        let at = img
+            .chunks_exact(32)
+            .position(|e| e[..11] == *b"F          " && e[11] & 0x10 == 0)
+            .expect("F's entry")
+            * 32;
+        img[at + 11] |= 0x10;
+        f.write_all_at(&img[at..at + 32], at as u64).unwrap();
+        let first = u32::from(u16::from_le_bytes([img[at + 26], img[at + 27]]))
+            | u32::from(u16::from_le_bytes([img[at + 20], img[at + 21]])) << 16;
+        let data = geo.cluster_offset(first) as usize;
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let found = s.chain_findings().unwrap();
+        assert!(
+            found
+                .iter()
+                .any(|f| f.starts_with("MGEAR/F: its entry marks it a directory")
+                    && f.contains("(3000 bytes)")),
+            "{found:?}"
+        );
+        assert!(
+            !found.iter().any(|f| f.starts_with("MGEAR/F/")),
+            "its bytes are no entries: {found:?}"
+        );
+        assert!(
+            matches!(s.len("MGEAR/F"), Err(StoreError::Damaged(m)) if m.contains("directory entry is damaged")),
+            "a finding about the medium, not an I/O error"
+        );
+        s.unmount().unwrap();
+        let after = std::fs::read(&p).unwrap();
+        assert_eq!(
+            &after[data..data + 3000],
+            &[7u8; 3000][..],
+            "its bytes stay"
+        );
     }
 
     #[test]

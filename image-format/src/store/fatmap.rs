@@ -1256,12 +1256,26 @@ where
                 ));
             }
         }
-        for (name, f) in found {
+        for (name, mut f) in found {
             let path = if dir.is_empty() {
                 name
             } else {
                 format!("{dir}/{name}")
             };
+            if f.is_dir && f.size != 0 {
+                // A directory's entry has size 0 (FAT32 spec); this one kept a file's: its
+                // attribute byte was damaged. Walked as what it is, a file: read as a
+                // directory its bytes are bogus entries, and a repair taking it for a
+                // half-made directory ([`fix_dir_head`]) would zero its clusters.
+                findings.push(format!(
+                    "{path}: its entry marks it a directory but keeps a file's size ({} \
+                     bytes): its attribute byte is damaged, and tools read the file as a \
+                     directory. Do not repair or write the medium; check the captures with \
+                     `mgear verify --identity`",
+                    f.size
+                ));
+                f.is_dir = false;
+            }
             if f.first == 0 {
                 continue;
             }
@@ -1844,7 +1858,10 @@ where
         return Ok(None);
     };
     if f.is_dir {
-        return Err(StoreError::Io(format!("{path} is a directory")));
+        // Every path the format names is a file: see `FatStore::len`.
+        return Err(StoreError::Damaged(format!(
+            "{path} is a directory where the format has a file: its directory entry is damaged"
+        )));
     }
     // Where the entry's directory bytes sit on the medium.
     let dir_runs = dir_chain(geo, read, path, dir_cluster)?;

@@ -182,3 +182,36 @@ fn capture_checks_readiness_before_the_disk_ships() {
         .run();
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A disk whose partition table cannot be read (a protective MBR, no GPT behind it) is a
+/// finding: `capture --check-profile` warns and captures (it aborted with an I/O error's
+/// "reconnect it" hint), `boot --check-profile` says it and exits 1 (it exited 3).
+#[test]
+fn an_unreadable_partition_table_is_a_finding_not_an_abort() {
+    let e = mgear_tests::Env::new();
+    e.keygen();
+    let mut disk = vec![0u8; 16 << 20];
+    disk[446 + 4] = 0xEE; // a protective MBR entry: GPT expected at LBA 1, none there
+    disk[446 + 8] = 1;
+    disk[446 + 12..446 + 16].copy_from_slice(&((16u32 << 11) - 1).to_le_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk[1 << 20] = 1; // not all zeros
+    std::fs::write(e.p("bad.raw"), &disk).unwrap();
+    e.fat("m.img", "64MiB");
+    let o = e
+        .capture("fat:m.img", "bad")
+        .source("bad.raw")
+        .args(&["--check-profile", "generic", "--json"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", mgear_tests::output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = r["warnings"].to_string();
+    assert!(
+        w.contains("error partition-table") && w.contains("no GPT header signature"),
+        "{r}"
+    );
+    let (o, v) = check(&e.p("bad.raw"), "generic");
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert_eq!(error_codes(&v), ["partition-table"], "{v}");
+}
