@@ -919,6 +919,15 @@ impl<P: Platform> Appliance<P> {
     /// counter. `None`: it matched (counter reset). `Some(reply)`: refused
     /// (back-off, wrong PIN, or the lockout this failure triggered).
     fn check_pin(&mut self, pin: &Pin) -> Result<Option<Response>, Error> {
+        // A PIN no rule admits can never be right: refused without an attempt (the host
+        // checks before sending; a PIN typed on the console short or long by mistake cost
+        // one of the attempts before lockout).
+        if let Err(rule) = pin::check_rules(pin.as_str()) {
+            return Ok(Some(Response::error(
+                ErrorCode::BadPin,
+                alloc::format!("not a PIN this appliance can have: {rule}; no attempt was used"),
+            )));
+        }
         let wait = self.backoff_remaining();
         if wait > 0 {
             return Ok(Some(Response::error(
@@ -963,10 +972,16 @@ impl<P: Platform> Appliance<P> {
         self.save()?;
         if failures >= self.cfg.max_pin_failures {
             let lifecycle = self.st.lifecycle;
+            let failed_arrival = lifecycle == Lifecycle::Sealed && self.last_arrival_failed();
             let msg = match self.lockout() {
                 // The attestations stay: one signed on arrival still vouches for the medium.
                 Ok(_) if lifecycle == Lifecycle::Arrived => alloc::format!(
                     "wrong PIN {failures} times: the appliance destroyed its identity and PIN; the medium, checked on arrival, was not touched: ingest it with target.key as before (its seal and arrival attestations stay). {ERASED_NEXT_STEP}"
+                ),
+                // Its arrival check found the medium changed: "never checked on arrival"
+                // sent the operator on to ingest it.
+                Ok(_) if failed_arrival => alloc::format!(
+                    "wrong PIN {failures} times: the appliance destroyed its identity and PIN; the sealed medium was not touched, but its arrival check FAILED (the medium changed since the seal; the custody log says what was found): do not ingest from it; ask the capture site for another copy of the shipment. {ERASED_NEXT_STEP}"
                 ),
                 Ok(_) if lifecycle == Lifecycle::Sealed => alloc::format!(
                     "wrong PIN {failures} times: the appliance destroyed its identity and PIN; the sealed medium was not touched: ingest it with target.key (it was never checked on arrival, and an erased appliance signs no arrival). {ERASED_NEXT_STEP}"
@@ -1008,6 +1023,26 @@ impl<P: Platform> Appliance<P> {
     /// an unfinished shipment: crypto-erase it like `erase`. Once sealed,
     /// destroy only the appliance's own secrets and leave every byte of
     /// the medium as sealed (see the module doc's table).
+    /// Whether the custody log's last arrival check failed (its record has no attestation).
+    /// Read from the log, the only place a failed check leaves a trace across power-ups; a
+    /// log that cannot be read says no.
+    fn last_arrival_failed(&mut self) -> bool {
+        let mut failed = false;
+        let mut from = 0;
+        while let Ok(page) = self.log.read(self.p.log_storage(), from, LOG_PAGE_BYTES) {
+            let Some(last) = page.last() else {
+                break;
+            };
+            from = last.index + 1;
+            for r in &page {
+                if let Ok(Event::Arrival { attestation, .. }) = r.decode().map(|e| e.entry.event) {
+                    failed = attestation.is_none();
+                }
+            }
+        }
+        failed
+    }
+
     fn lockout(&mut self) -> Result<(u64, bool), Error> {
         if matches!(self.st.lifecycle, Lifecycle::Sealed | Lifecycle::Arrived) {
             self.record(Event::Erase {
@@ -1333,10 +1368,16 @@ impl<P: Platform> Appliance<P> {
             return Ok(r);
         }
         if self.st.lifecycle != Lifecycle::Ready {
-            return Ok(Response::error(
-                ErrorCode::Sealed,
-                "the appliance is already sealed",
-            ));
+            // Arrived is sealed and checked at the target: "already sealed; the appliance is
+            // arrived" read as two states at once.
+            let why = match self.st.lifecycle {
+                Lifecycle::Arrived => {
+                    "the appliance has arrived (sealed, then checked at the target): it is not \
+                     sealed again"
+                }
+                _ => "the appliance is already sealed",
+            };
+            return Ok(Response::error(ErrorCode::Sealed, why));
         }
         if let Some(r) = self.refuse(true) {
             return Ok(r);

@@ -179,9 +179,13 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                         // The firmware's own message often names the state already ("the
                         // appliance is already sealed").
                         let word = i.state.as_str();
-                        if ![format!("is {word}"), format!("already {word}")]
-                            .iter()
-                            .any(|s| msg.contains(s.as_str()))
+                        if ![
+                            format!("is {word}"),
+                            format!("already {word}"),
+                            format!("has {word}"),
+                        ]
+                        .iter()
+                        .any(|s| msg.contains(s.as_str()))
                         {
                             msg.push_str(&format!("; the appliance is {word}"));
                         }
@@ -491,7 +495,8 @@ fn print_info(i: &Info) {
         "counters:       boots {}, unlocks {}, wrong PINs {} in a row ({} ever), writes {} ({} refused), attestations {}",
         c.boots, c.unlocks, c.failed_pins, c.total_failed_pins, c.writes, c.refused_writes, c.attestations
     );
-    if i.retry_after_ms > 0 {
+    // An erased appliance takes no PIN at all: a wait for the next try means nothing there.
+    if i.retry_after_ms > 0 && !i.state.as_str().starts_with("eras") {
         println!("next PIN try:   in {} ms", i.retry_after_ms);
     }
     println!(

@@ -1161,6 +1161,18 @@ fn resume_mismatch(
             ));
         }
     }
+    // A set's disk whose size moved: most likely another disk of the set given at its place
+    // (the --source order changed); said as such where a finished disk is (machine.rs).
+    if let (Some((set, k)), Some(t)) = (image_format::set::parse_disk_stream_name(name), then) {
+        if t.source_size != now.source_size {
+            differs.push(format!(
+                "if the set's --source were given in another order: disk {k} of set {set} is \
+                 the --source number {} (give the disks in the order the set was captured in, \
+                 disk 0 first)",
+                k + 1
+            ));
+        }
+    }
     let detail = if differs.is_empty() {
         "its source size, chunk size and --delta are the same, so one of these differs: the \
          source as named (--source, a different path or name for the disk: a disk that came \
@@ -4231,6 +4243,14 @@ mod tests {
             e.contains("so one of these differs: the source as named"),
             "{e}"
         );
+        // A set's disk: the order of the --source is named.
+        let disk1 = image_format::set::disk_stream_name("s2", 1);
+        let e = resume_mismatch(&disk1, 1, Some(&then), &now, "--medium dir:m").to_string();
+        assert!(
+            e.contains("disk 1 of set s2 is the --source number 2 (give the disks in the order"),
+            "{e}"
+        );
+        assert!(e.contains("--abort --medium dir:m --name s2`"), "{e}");
     }
     use std::time::{Duration, Instant};
 

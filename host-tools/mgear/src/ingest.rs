@@ -335,7 +335,9 @@ fn other_ingest(state_path: &Path, h: &[u8], header: &[u8]) -> crate::Error {
         Some((g, root)) if g != this_gen => format!(
             "an unfinished ingest of generation {g} (manifest root {}...) into this \
              target: if it is this capture's, finish it with `--generation {g}` added \
-             to this command; else finish it with the command it was started with",
+             to this command, with the media that hold generation {g} (the medium the \
+             unfinished run was given among them); else finish it with the command it was \
+             started with",
             short(root)
         ),
         Some((g, root)) => format!(
@@ -1109,6 +1111,22 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         )));
     }
     let kind = std::fs::metadata(p).ok().map(|m| m.file_type());
+    if kind.is_none() && matches!(target, Target::File(_) | Target::Qcow2(_)) {
+        // Said by its name: the creation's own error named `X.partial` and suggested to
+        // reconnect something.
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(usage(format!(
+                "--target {spec}: the directory {} does not exist: create it (`mkdir -p {}`) \
+                 or give a path in an existing directory; nothing was written",
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
     if let Some(t) = kind {
         if t.is_dir() {
             return Err(usage(format!(
@@ -2383,8 +2401,10 @@ fn open_state(
         // Without its state nothing says what this volume holds or who wrote it.
         return Err(usage(format!(
             "an unfinished {desc} (.partial) exists but its ingest state {} does not: \
-             refusing to adopt a partial volume nothing vouches for; remove {desc}.partial \
-             and run again",
+             refusing to adopt a partial volume nothing vouches for. If the run that wrote it \
+             had another --state-dir (or none, where this one names one), run this command \
+             with that one to resume it; otherwise remove {desc}.partial and run again (what \
+             it held is written again, from the media that hold it)",
             state_path.display()
         )));
     }
@@ -4408,7 +4428,17 @@ mod tests {
             assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{spec}: {e}");
             assert!(e.to_string().contains("without .partial"), "{e}");
         }
-        refuse_bad_target(&medium, "file:/tmp/x/web01.raw").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ok = format!("file:{}/web01.raw", dir.path().display());
+        refuse_bad_target(&medium, &ok).unwrap();
+        // Its directory missing: said by that directory, nothing created.
+        let e = refuse_bad_target(&medium, "file:/tmp/x-nonexistent/web01.raw").unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(
+            e.to_string()
+                .contains("the directory /tmp/x-nonexistent does not exist"),
+            "{e}"
+        );
     }
 
     /// A file name with no room for `.partial` is refused up front, by its length (it failed

@@ -346,6 +346,48 @@ fn a_lockout_after_arrival_keeps_the_arrival_pass_and_says_so() {
     lab.stop();
 }
 
+/// An arrival check that failed, the byte put back, then a lockout (ten wrong PINs): the
+/// lockout and ingest say the check failed. The lockout said "it was never checked on
+/// arrival ... ingest it with target.key", ingest "erased before its arrival check" with
+/// --allow-unsealed as the way on.
+#[test]
+fn appliance_locked_out_after_a_failed_arrival_says_it_failed() {
+    let mut lab = Lab::new(64);
+    lab.sealed(2);
+    lab.stop();
+    let seg = lab
+        .medium_files("MGEAR/web01/G0001")
+        .into_iter()
+        .find(|n| n.starts_with("SEG-"))
+        .expect("a segment file");
+    let at = lab.offset_in_medium(&format!("MGEAR/web01/G0001/{seg}")) + 300;
+    lab.flip_medium_byte(at);
+    lab.start();
+    assert_eq!(lab.appliance(&["arrival"]).status.code(), Some(1));
+    lab.stop();
+    lab.flip_medium_byte(at);
+    lab.start();
+    let args = ["erase", "--yes", "--pin-file", "wrong-pin"];
+    let mut last = String::new();
+    for _ in 1..=10 {
+        last = text(&without_backoff(&lab, &args).stderr);
+    }
+    assert!(
+        last.contains("its arrival check FAILED") && !last.contains("never checked"),
+        "{last}"
+    );
+    let out = lab.ingest(&[]);
+    let t = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("checked the medium on arrival and it FAILED")
+            && t.contains("(and it was erased since)")
+            && !t.contains("--allow-unsealed"),
+        "{t}"
+    );
+    lab.stop();
+}
+
 /// An appliance erased (locked out) after its seal and before its arrival check signs no
 /// arrival, but its seal still lists what it sealed: a generation deleted since then is
 /// refused through the appliance and from its export (a seal alone), `--allow-unsealed` or not;

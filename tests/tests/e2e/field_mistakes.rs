@@ -326,6 +326,16 @@ fn the_medium_is_never_its_own_target_or_source() {
         .run();
     refused(&o, "is a directory");
     assert!(!e.p("sub.partial").exists());
+    // A file or qcow2 target in a directory that does not exist is said by that directory,
+    // not by the `.partial` file whose creation failed (exit 3, "reconnect it").
+    for t in ["file:nodir/x.raw", "qcow2:nodir/x.qcow2"] {
+        let o = e.ingest(&m, "web01").untrusted().target(t).run();
+        refused(
+            &o,
+            "the directory nodir does not exist: create it (`mkdir -p nodir`)",
+        );
+        assert!(!e.p("nodir").exists());
+    }
 
     // The report where the volume goes (its .txt summary too), and a volume over the identity
     // the run reads: each replaced the other (the report the verified disk, exit 0).

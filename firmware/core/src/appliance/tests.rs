@@ -204,6 +204,29 @@ fn a_lock_whose_flush_fails_is_still_a_lock_in_the_custody_log() {
     assert_eq!(events.last(), Some(&custody::Event::Lock), "{events:?}");
 }
 
+/// A PIN no rule admits (typed short or long on the console) is refused without using an
+/// attempt: each cost one of the ten before the erase.
+#[test]
+fn a_pin_no_rule_admits_uses_no_attempt() {
+    let mut a = provisioned(6);
+    for bad in ["short", &"Y".repeat(80), "12 34 56"] {
+        let r = unlock(&mut a, bad);
+        let Response::Error {
+            code: ErrorCode::BadPin,
+            message,
+        } = &r
+        else {
+            panic!("{r:?}")
+        };
+        assert!(message.contains("no attempt was used"), "{message}");
+    }
+    assert_eq!(a.info().counters.failed_pins, 0);
+    assert!(a.handle_line("unlock short").contains("BadPin"));
+    assert_eq!(a.info().counters.failed_pins, 0);
+    assert_eq!(code(&unlock(&mut a, "000000")), Some(ErrorCode::WrongPin));
+    assert_eq!(a.info().counters.failed_pins, 1);
+}
+
 #[test]
 fn backoff_grows_and_survives_reboot() {
     let mut a = provisioned(4);
@@ -501,6 +524,19 @@ fn seal_write_protects_and_arrival_passes_on_unchanged_medium() {
     verify_seal_and_arrival(&seal, &arrival, &pk).unwrap();
     assert!(arrival.body.counter > seal.body.counter);
     assert_eq!(a.state(), DeviceState::Arrived);
+    // A seal once arrived names that state, not "already sealed".
+    let r = a.handle(Request::Seal);
+    let Response::Error {
+        code: ErrorCode::Sealed,
+        message,
+    } = &r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(
+        message.starts_with("the appliance has arrived"),
+        "{message}"
+    );
     let events: Vec<_> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
     assert!(events
         .iter()
@@ -1106,6 +1142,32 @@ fn lockout_on_sealed_appliance_leaves_medium_untouched() {
     let a = reboot(a, 41);
     assert_eq!(a.state(), DeviceState::Erased);
     assert!(a.p.disk.data == disk_before);
+}
+
+/// A lockout after a failed arrival check says the check failed: "it was never checked on
+/// arrival ... ingest it with target.key" sent the operator on to ingest a changed medium.
+#[test]
+fn lockout_after_a_failed_arrival_says_it_failed() {
+    let mut a = sealed(42);
+    a.p.files.file_mut(SEG0).unwrap()[300] ^= 1;
+    assert!(matches!(
+        arrive(&mut a),
+        Response::Arrival {
+            attestation: None,
+            ..
+        }
+    ));
+    // Put back, and the appliance restarted: only the custody log remembers.
+    a.p.files.file_mut(SEG0).unwrap()[300] ^= 1;
+    let mut a = reboot(a, 43);
+    let message = wrong_erase_pins_until_locked_out(&mut a);
+    assert!(message.contains("arrival check FAILED"), "{message}");
+    assert!(message.contains("do not ingest from it"), "{message}");
+    assert!(!message.contains("never checked"), "{message}");
+    // One never checked on arrival is said as such.
+    let mut a = sealed(44);
+    let message = wrong_erase_pins_until_locked_out(&mut a);
+    assert!(message.contains("never checked on arrival"), "{message}");
 }
 
 #[test]

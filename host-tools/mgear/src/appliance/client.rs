@@ -292,6 +292,21 @@ impl Client {
                 if frame.request_id != id {
                     continue;
                 }
+                // Our own request back: a port that echoes (a loopback, a modem, a terminal
+                // program), not an appliance; it read as a version mismatch.
+                if frame.decode::<Response>().is_err() && frame.decode::<Request>().is_ok() {
+                    return Err(crate::exit::coded_hint(
+                        crate::exit::IO,
+                        format!(
+                            "the console {} sent the request back as it was (an echo): it is \
+                             not an appliance's console (a wrong --appliance port, a loopback \
+                             or a device that echoes what it is sent)",
+                            self.port
+                        ),
+                        "`mgear appliance list` shows the appliance consoles it finds (the \
+                         simulator's is its --console-link); give one of them",
+                    ));
+                }
                 let resp: Response = frame.decode().context(
                     "the appliance sent a reply this mgear cannot decode (version mismatch?)",
                 )?;
@@ -406,6 +421,27 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A port that sends every request back (a loopback, `socat ... EXEC:cat`) is named as
+    /// no appliance's console, exit 3: it was "a reply this mgear cannot decode (version
+    /// mismatch?)", which sent the operator looking for a firmware problem.
+    #[test]
+    fn an_echo_is_no_appliance() {
+        let fake = Fake {
+            rx: Arc::default(),
+            pending: Vec::new(),
+            script: |id, req| encode_frame(id, &req),
+        };
+        let mut c = Client::over(Box::new(fake));
+        let e = c.call(&Request::Info).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::IO, "{e}");
+        assert!(
+            e.to_string()
+                .contains("sent the request back as it was (an echo)"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("version mismatch"), "{e}");
     }
 
     #[test]

@@ -166,6 +166,27 @@ pub fn find_attestations(
                 from: format!("from the appliance at {at}"),
                 given: true,
             })),
+            // A failed arrival check first, erased since or not: "erased before its arrival
+            // check" sent an appliance whose check found the medium changed to
+            // --allow-unsealed.
+            Response::Attestations {
+                seal: Some(_),
+                arrival: None,
+            } if failed_arrival(&mut c).is_some() => {
+                let first = failed_arrival(&mut c).unwrap_or_default();
+                let erased = if appliance_erased(&mut c) {
+                    " (and it was erased since)"
+                } else {
+                    ""
+                };
+                Ok(Err(format!(
+                    "the appliance at {at} {} ({first}){erased}: it changed since the seal, so \
+                     there is no arrival pass to ingest on. Do not ingest from it; its custody \
+                     log (`mgear appliance --port {at} log --verify`) says what happened to it; \
+                     ask the capture site for another copy of the shipment",
+                    crate::trust::ARRIVAL_FAILED
+                )))
+            }
             Response::Attestations {
                 seal: Some(_),
                 arrival: None,
@@ -180,21 +201,10 @@ pub fn find_attestations(
             Response::Attestations {
                 seal: Some(_),
                 arrival: None,
-            } => Ok(Err(match failed_arrival(&mut c) {
-                // Running it again finds the same: the medium is not what was sealed.
-                Some(first) => format!(
-                    "the appliance at {at} {} ({first}): \
-                     it changed since the seal, so there is no arrival pass to ingest on. Do not \
-                     ingest from it; its custody log (`mgear appliance --port {at} log --verify`) \
-                     says what happened to it; ask the capture site for another copy of the \
-                     shipment",
-                    crate::trust::ARRIVAL_FAILED
-                ),
-                None => format!(
-                    "the appliance at {at} sealed the medium but has not checked it on arrival: \
-                     run `mgear appliance --port {at} arrival` first"
-                ),
-            })),
+            } => Ok(Err(format!(
+                "the appliance at {at} sealed the medium but has not checked it on arrival: run \
+                 `mgear appliance --port {at} arrival` first"
+            ))),
             Response::Attestations { .. } => Ok(Err(format!(
                 "the appliance at {at} holds no seal attestation: it was never sealed (`mgear \
                  appliance seal` at the capture site), or it lost its secrets (erased, locked \

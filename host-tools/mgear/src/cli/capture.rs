@@ -7,7 +7,7 @@ use mgear::units::{parse_rate, parse_size};
 /// `mgear capture` as parsed: one `--source` per disk of the machine.
 #[derive(clap::Args, Debug)]
 pub struct Cli {
-    /// Disk to read: a file, a block device, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
+    /// Disk to read (required but with --abort): a file, a block device, nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH.
     /// Repeat it once per disk of a machine, in the machine's disk order: the
     /// disks are captured as one set (see `mgear inspect`).
     #[arg(

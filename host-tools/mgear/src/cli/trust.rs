@@ -21,7 +21,7 @@ pub struct TrustArgs {
     /// Refuse a generation older than N (the generation on the capture receipt; 1 or more).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub expect_generation: Option<u32>,
-    /// Refuse any generation but the one with this commit digest (the `commit` line of the capture receipt, sent apart from the medium; 16 or more hex digits): an older or another capture of the same name, swapped onto the medium, is not installed.
+    /// Refuse any generation but the one with this commit digest (the `commit` line of the capture receipt, sent apart from the medium; 16 or more hex digits): an older or another capture of the same name, swapped onto the medium, is refused (ingest installs nothing, verify fails).
     #[arg(long, value_name = "HEX")]
     pub expect_commit: Option<String>,
 }
