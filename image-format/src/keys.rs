@@ -221,6 +221,9 @@ pub struct CachedSlots {
 pub enum Unlock {
     /// An age X25519 identity (`AGE-SECRET-KEY-1...`) matching a `KEYS` recipient.
     Identity(age::x25519::Identity),
+    /// The identities of an age identity file (one per line): any that matches a `KEYS`
+    /// recipient opens it, as with `age -d -i FILE`.
+    Identities(Vec<age::x25519::Identity>),
     /// The passphrase of the `KEYPASS` slot.
     Passphrase(SecretString),
     /// The data key itself (from a source-side key cache).
@@ -231,6 +234,7 @@ impl core::fmt::Debug for Unlock {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             Unlock::Identity(_) => "Unlock::Identity(<redacted>)",
+            Unlock::Identities(_) => "Unlock::Identities(<redacted>)",
             Unlock::Passphrase(_) => "Unlock::Passphrase(<redacted>)",
             Unlock::Key(_) => "Unlock::Key(<redacted>)",
         })
@@ -438,15 +442,21 @@ pub fn unlock_data_key<S: Store + ?Sized>(
     unlock: &Unlock,
 ) -> Result<(DataKey, Option<[u8; 16]>)> {
     let name = &crate::verify::stored_name(store, name)?;
-    let (file, identity): (&str, Box<dyn age::Identity>) = match unlock {
+    let (file, identities): (&str, Vec<Box<dyn age::Identity>>) = match unlock {
         Unlock::Key(k) => return Ok((k.clone(), None)),
-        Unlock::Identity(id) => (KEYS_FILE, Box::new(id.clone())),
+        Unlock::Identity(id) => (KEYS_FILE, vec![Box::new(id.clone())]),
+        Unlock::Identities(ids) => (
+            KEYS_FILE,
+            ids.iter()
+                .map(|id| Box::new(id.clone()) as Box<dyn age::Identity>)
+                .collect(),
+        ),
         Unlock::Passphrase(p) => {
             let mut id = age::scrypt::Identity::new(p.clone());
             // The slot names its own cost: a fixed cap, not age's timing-based
             // default, so an altered slot cannot ask for gigabytes of memory.
             id.set_max_work_factor(MAX_WORK_FACTOR);
-            (KEYPASS_FILE, Box::new(id))
+            (KEYPASS_FILE, vec![Box::new(id)])
         }
     };
     let path = format!("{}/{file}", layout::capture_dir(name));
@@ -505,7 +515,7 @@ pub fn unlock_data_key<S: Store + ?Sized>(
     })?;
     let mut payload = Zeroizing::new(Vec::new());
     let mut reader = dec
-        .decrypt(core::iter::once(identity.as_ref()))
+        .decrypt(identities.iter().map(|i| i.as_ref()))
         .map_err(|e| match e {
             age::DecryptError::NoMatchingKeys
             | age::DecryptError::DecryptionFailed
@@ -527,6 +537,35 @@ pub fn unlock_data_key<S: Store + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An identity file's several identities: the one that matches opens the slot wherever it
+    /// stands; none matching is the wrong key.
+    #[test]
+    fn any_identity_of_several_opens_the_recipient_slot() {
+        let mut store = crate::store::MemStore::new();
+        store.create_dir_all(&layout::capture_dir("web05")).unwrap();
+        let target = age::x25519::Identity::generate();
+        let key = DataKey::from_bytes([5; 32]);
+        write_key_slots(
+            &mut store,
+            "web05",
+            &[5; 16],
+            &key,
+            &[target.to_public()],
+            None,
+            None,
+        )
+        .unwrap();
+        let other = || age::x25519::Identity::generate();
+        let ids = Unlock::Identities(vec![other(), target.clone(), other()]);
+        let (k, id) = unlock_data_key(&mut store, "web05", &ids).unwrap();
+        assert_eq!((k.as_bytes(), id), (&[5u8; 32], Some([5; 16])));
+        let wrong = Unlock::Identities(vec![other(), other()]);
+        assert!(matches!(
+            unlock_data_key(&mut store, "web05", &wrong),
+            Err(Error::WrongKey { .. })
+        ));
+    }
 
     #[test]
     fn new_key_slots_leave_no_slot_of_an_earlier_start_behind() {

@@ -182,6 +182,21 @@ const DAMAGED_HINT: &str = "the medium's file system is damaged: never repair th
      count=SECTORS conv=notrunc`) and try that copy too; then give the copy that reads (every \
      record is still checked against what was signed)";
 
+/// A medium that would not open because its file system is damaged (`message` says where):
+/// damage found, exit 1, as the same damage met further in is (it was exit 3 with "reconnect
+/// it"). A damaged boot sector's message names the copy that repairs it.
+pub fn damaged_medium(message: String) -> Error {
+    let hint = if message.contains("boot sector") {
+        "nothing was read or written: do what the message says (the `dd` it shows, on a copy of \
+         the medium first if it is the only one), then run the same command again; `mgear \
+         verify` then says which captures are whole"
+            .to_string()
+    } else {
+        DAMAGED_HINT.to_string()
+    };
+    coded_hint(FOUND, message, hint)
+}
+
 /// Whether `err` is damage in the medium's file system (a FAT chain cut, looping or leaving
 /// the volume).
 fn is_damaged(err: &Error) -> bool {

@@ -639,6 +639,18 @@ fn unexpected_dirs(store: &mut dyn image_format::Store) -> Vec<String> {
     use image_format::store::EntryKind;
     let mut out = Vec::new();
     let root = store.list(layout::ROOT_DIR).unwrap_or_default();
+    // A capture's or a generation's directory whose entry lost its directory mark reads as an
+    // empty file under that name (the format keeps no such file there).
+    let unmarked = |e: &image_format::store::Entry, kind: &str, path: String| {
+        (e.kind != EntryKind::Dir && e.len == 0)
+            .then(|| format!("{path} ({kind} directory {UNMARKED})"))
+    };
+    for e in &root {
+        let path = format!("{}/{}", layout::ROOT_DIR, e.name);
+        if layout::validate_name(&e.name).is_ok() {
+            out.extend(unmarked(e, "a capture's", path));
+        }
+    }
     for e in root.iter().filter(|e| e.kind == EntryKind::Dir) {
         let path = format!("{}/{}", layout::ROOT_DIR, e.name);
         if e.name.eq_ignore_ascii_case(layout::ATTEST_NAME) {
@@ -650,6 +662,11 @@ fn unexpected_dirs(store: &mut dyn image_format::Store) -> Vec<String> {
         }
         for stray in image_format::stray_generation_dirs(store, &e.name).unwrap_or_default() {
             out.push(format!("{path}/{stray}"));
+        }
+        for g in store.list(&path).unwrap_or_default() {
+            if layout::parse_generation_dir(&g.name).is_some() {
+                out.extend(unmarked(&g, "a generation's", format!("{path}/{}", g.name)));
+            }
         }
         out.extend(deleted_entries(
             store,
@@ -686,6 +703,8 @@ fn deleted_entries(
 
 /// How [`deleted_entries`] names what it found.
 const DELETED: &str = "whose entry was deleted or damaged";
+/// How [`unexpected_dirs`] names a directory whose entry reads as a file.
+const UNMARKED: &str = "whose entry lost its directory mark";
 
 fn print_medium(report: &MediumJson) {
     say!(
@@ -705,7 +724,7 @@ fn print_medium(report: &MediumJson) {
         say!("  NOTE: {n}");
     }
     for u in &report.unexpected {
-        if u.contains(DELETED) {
+        if u.contains(DELETED) || u.contains(UNMARKED) {
             say!(
                 "  {u}: invisible to every reader; `mgear verify` fails the medium while it is \
                  there"

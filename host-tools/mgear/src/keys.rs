@@ -99,15 +99,16 @@ fn write_key_pair(out: &Path, force: bool) -> crate::Result<String> {
     Ok(recipient)
 }
 
-/// The first non-comment, non-empty line of a key file.
-fn key_line(text: &str) -> Option<&str> {
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
+/// Read an age X25519 identity file: its first identity.
+pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
+    let mut all = read_identities(path)?;
+    Ok(all.swap_remove(0))
 }
 
-/// Read an age X25519 identity file.
-pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
+/// Read every identity of an age X25519 identity file (one per line, `#` comments and blank
+/// lines skipped), as `age -d -i FILE` does: a file of two target keys opened a capture only
+/// when its key came first ("does not open capture").
+pub fn read_identities(path: &Path) -> crate::Result<Vec<age::x25519::Identity>> {
     let bytes = Zeroizing::new(
         crate::keyfile::read(path)
             .map_err(|e| usage(format!("cannot read identity {}: {e}", path.display())))?,
@@ -151,20 +152,38 @@ pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
     ) {
         return Err(e);
     }
-    let line = key_line(&text).ok_or_else(|| {
-        usage(format!(
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .map(|l| l.trim().trim_start_matches('\u{feff}'))
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    if lines.is_empty() {
+        return Err(usage(format!(
             "{} holds no key: expected AGE-SECRET-KEY-1...",
             path.display()
-        ))
-    })?;
-    let id = age::x25519::Identity::from_str(line).map_err(|e| {
-        usage(format!(
-            "{} is not an age identity ({e}): give the .key file written by `mgear keygen`",
-            path.display()
-        ))
-    })?;
+        )));
+    }
+    let many = lines.len() > 1;
+    let ids = lines
+        .into_iter()
+        .map(|(n, line)| {
+            age::x25519::Identity::from_str(line).map_err(|e| {
+                let at = if many {
+                    format!(" (line {})", n + 1)
+                } else {
+                    String::new()
+                };
+                usage(format!(
+                    "{}{at} is not an age identity ({e}): give the .key file written by `mgear \
+                     keygen`",
+                    path.display()
+                ))
+            })
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
     crate::keyfile::warn_if_exposed(path);
-    Ok(id)
+    Ok(ids)
 }
 
 /// Read the recipients of one `--recipient`: the `age1...` string itself, or
@@ -186,9 +205,10 @@ pub fn read_recipients(arg: &str) -> crate::Result<Vec<age::x25519::Recipient>> 
     ) {
         return Err(e);
     }
+    // A UTF-8 BOM (some editors' first bytes) is no part of the key.
     let lines: Vec<(usize, &str)> = text
         .lines()
-        .map(str::trim)
+        .map(|l| l.trim().trim_start_matches('\u{feff}'))
         .enumerate()
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
         .collect();

@@ -845,7 +845,19 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                 std::os::unix::fs::FileExt::read_exact_at(&file, &mut boot, 0),
             ) {
                 if let Some(want) = image_format::store::fatmap::volume_bytes(&boot) {
-                    if have < want {
+                    // The backup boot sector (sector 6) says the volume fits: the boot
+                    // sector's size field is what changed, not the copy that was cut; the
+                    // store's comparison of the two says so (damage, exit 1).
+                    let backup_fits = image_format::store::fatmap::backup_boot_offset(&boot)
+                        .and_then(|at| {
+                            let mut b = [0u8; 512];
+                            std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, at).ok()?;
+                            (b[510..512] == [0x55, 0xaa])
+                                .then(|| image_format::store::fatmap::volume_bytes(&b))
+                                .flatten()
+                        })
+                        .is_some_and(|w| w <= have && w != want);
+                    if have < want && !backup_fits {
                         return Err(crate::exit::coded_next(
                             crate::exit::IO,
                             format!(
@@ -885,6 +897,7 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                 // The store's repair of a boot sector names the medium `M`: here it has a path.
                 _ => {
                     let p = path.display().to_string();
+                    let damaged = matches!(e, image_format::StoreError::Damaged(_));
                     let e = e
                         .to_string()
                         .replace(
@@ -892,7 +905,10 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                             &format!("`dd if={p} of={p}"),
                         )
                         .replace("a copy of M's", &format!("a copy of {p}'s"));
-                    crate::err!("opening medium {p}: {e}")
+                    match damaged {
+                        true => crate::exit::damaged_medium(format!("opening medium {p}: {e}")),
+                        false => crate::err!("opening medium {p}: {e}"),
+                    }
                 }
             })?;
             crate::output::say_put_right(&format!("fat:{}", path.display()), &store);
@@ -910,7 +926,12 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
             } else {
                 FatStore::open(dev)
             }
-            .map_err(|e| crate::err!("opening medium {url}: {e}"))?;
+            .map_err(|e| match e {
+                image_format::StoreError::Damaged(_) => {
+                    crate::exit::damaged_medium(format!("opening medium {url}: {e}"))
+                }
+                e => crate::err!("opening medium {url}: {e}"),
+            })?;
             crate::output::say_put_right(&url, &store);
             Ok(Box::new(store))
         }

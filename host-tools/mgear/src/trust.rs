@@ -785,28 +785,17 @@ fn no_finished_generation(medium: &mut dyn Store, name: &str) -> crate::Error {
             damaged,
         );
     }
-    // A directory in the capture that no generation is named: a generation whose name was
-    // damaged is invisible, and "stopped before it finished" sent the operator back to the
-    // capture site for a capture that had finished.
-    let dir = image_format::layout::capture_dir(name);
-    let renamed: Vec<String> = image_format::stray_generation_dirs(medium, name)
-        .unwrap_or_default()
-        .iter()
-        .map(|n| format!("{dir}/{}", crate::output::printable(n)))
-        .collect();
-    if !renamed.is_empty() {
+    // A generation hidden by damage (its name, its entry deleted, its directory mark lost) is
+    // invisible, and "stopped before it finished" sent the operator back to the capture site
+    // for a capture that had finished.
+    let hidden = hidden_generation_dirs(medium, name);
+    if !hidden.is_empty() {
         return crate::exit::coded_hint(
             FOUND,
             format!(
-                "capture {name} has no generation this medium lists, and its directory holds {} \
-                 that no generation is named ({}): a generation whose name was damaged is \
-                 invisible to every reader",
-                if renamed.len() == 1 {
-                    "a directory"
-                } else {
-                    "directories"
-                },
-                renamed.join(", ")
+                "capture {name} has no generation this medium lists, and it holds {}: a \
+                 generation hidden by damage is invisible to every reader",
+                hidden.join("; ")
             ),
             damaged,
         );
@@ -893,6 +882,37 @@ fn hidden_generations(
     receipt: Option<u32>,
     warnings: &mut Vec<String>,
 ) -> crate::Result<()> {
+    let hidden = hidden_generation_dirs(medium, name);
+    if hidden.is_empty() {
+        return Ok(());
+    }
+    let what = format!(
+        "capture {name} holds {}: a generation hidden so may be newer than generation {}, the \
+         newest this medium lists",
+        hidden.join("; "),
+        newest.map_or("none".into(), |n| n.to_string())
+    );
+    match (receipt, newest) {
+        (Some(r), Some(n)) if r == n => {
+            warnings.push(format!(
+                "{what}; the capture receipt's commit (--expect-commit) is generation {n}'s, so \
+                 it is installed (`mgear verify` names the damage)"
+            ));
+            Ok(())
+        }
+        _ => Err(refuse(format!(
+            "{what}. The medium was damaged since (`mgear verify` names it): give --generation \
+             {} to install that one on purpose, or --expect-commit from the capture receipt, or \
+             ingest from another copy of the shipment",
+            newest.map_or("N".into(), |n| n.to_string())
+        ))),
+    }
+}
+
+/// What in capture `name`'s directory may be a generation hidden by damage: a directory no
+/// generation is named (a damaged name), a generation's name on an entry that is no directory
+/// (its directory mark lost), a generation's directory whose entry was deleted.
+pub(crate) fn hidden_generation_dirs(medium: &mut dyn Store, name: &str) -> Vec<String> {
     let dir = layout::capture_dir(name);
     let mut hidden: Vec<String> = image_format::stray_generation_dirs(medium, name)
         .unwrap_or_default()
@@ -921,30 +941,7 @@ fn hidden_generations(
             crate::output::printable_names(&names, 4)
         ));
     }
-    if hidden.is_empty() {
-        return Ok(());
-    }
-    let what = format!(
-        "capture {name} holds {}: a generation hidden so may be newer than generation {}, the \
-         newest this medium lists",
-        hidden.join("; "),
-        newest.map_or("none".into(), |n| n.to_string())
-    );
-    match (receipt, newest) {
-        (Some(r), Some(n)) if r == n => {
-            warnings.push(format!(
-                "{what}; the capture receipt's commit (--expect-commit) is generation {n}'s, so \
-                 it is installed (`mgear verify` names the damage)"
-            ));
-            Ok(())
-        }
-        _ => Err(refuse(format!(
-            "{what}. The medium was damaged since (`mgear verify` names it): give --generation \
-             {} to install that one on purpose, or --expect-commit from the capture receipt, or \
-             ingest from another copy of the shipment",
-            newest.map_or("N".into(), |n| n.to_string())
-        ))),
-    }
+    hidden
 }
 
 /// Generations above the newest finished one (`newest`) of capture `name`

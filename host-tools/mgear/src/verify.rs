@@ -121,13 +121,25 @@ impl VerifyObserver for Observer {
     }
 }
 
+/// What a capture that lists no generation but holds `hidden` (what
+/// [`crate::trust::hidden_generation_dirs`] found) is: damage, never a capture to remove
+/// (that advice, `medium rm`, deleted a finished generation that only lost its entry's mark).
+fn hidden_generation(hidden: &[String]) -> String {
+    format!(
+        "holds no generation this medium lists, yet it holds {}: a generation hidden by damage. \
+         Do not remove the capture (`medium rm` deletes what it holds) or repair the medium; \
+         ingest from another copy of the shipment, or ask how the medium was handled",
+        hidden.join("; ")
+    )
+}
+
 /// Read the key arguments into an [`Unlock`], if any.
 pub fn unlock_from(
     identity: Option<&std::path::Path>,
     passphrase_file: Option<&std::path::Path>,
 ) -> crate::Result<Option<Unlock>> {
     if let Some(p) = identity {
-        return Ok(Some(Unlock::Identity(crate::keys::read_identity(p)?)));
+        return Ok(Some(Unlock::Identities(crate::keys::read_identities(p)?)));
     }
     if let Some(p) = passphrase_file {
         let pw = crate::keys::read_passphrase(p)?;
@@ -503,7 +515,20 @@ const LOST_CAPTURE_HINT: &str = "the medium was damaged since: do not write to i
 /// holds such (`Store::lost_dirs`): a capture a reader cannot see, not a name mistyped.
 fn lost_captures(store: &mut dyn image_format::Store) -> Option<String> {
     let root = image_format::layout::ROOT_DIR;
-    let n = image_format::lost_dirs_of(store, root, image_format::LostDir::Capture).len();
+    // An empty file in MGEAR under a capture's name: a capture directory whose entry lost
+    // its directory mark (the format keeps no such file there).
+    let unmarked = store
+        .list(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e.kind != image_format::store::EntryKind::Dir
+                && e.len == 0
+                && image_format::layout::validate_name(&e.name).is_ok()
+        })
+        .count();
+    let n =
+        image_format::lost_dirs_of(store, root, image_format::LostDir::Capture).len() + unmarked;
     match n {
         0 => None,
         1 => Some(format!(
@@ -565,9 +590,18 @@ fn wrong_key_message(
         (Some(id), _) => {
             // Name the public key of what was given: the user can compare it
             // with the .pub files they hold.
-            let public = crate::keys::read_identity(id)
-                .map(|i| format!(" (its public key is {})", i.to_public()))
-                .unwrap_or_default();
+            let public = match crate::keys::read_identities(id).as_deref() {
+                Ok([one]) => format!(" (its public key is {})", one.to_public()),
+                Ok(all) => format!(
+                    " (its {} identities' public keys are {})",
+                    all.len(),
+                    all.iter()
+                        .map(|i| i.to_public().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Err(_) => String::new(),
+            };
             format!(
                 "{} does not open capture {name}{public}: capture {name} has {has}",
                 id.display()
@@ -841,10 +875,13 @@ fn verify(args: Plan) -> crate::Result<i32> {
                              --name {n}` removes it"
                         ))
                     }
-                    Some([]) => Some(format!(
-                        "holds no generation (a capture stopped at its start leaves this): \
-                         `mgear medium rm --name {n}` removes it"
-                    )),
+                    Some([]) => Some(match crate::trust::hidden_generation_dirs(store, &n) {
+                        hidden if !hidden.is_empty() => hidden_generation(&hidden),
+                        _ => format!(
+                            "holds no generation (a capture stopped at its start leaves this): \
+                             `mgear medium rm --name {n}` removes it"
+                        ),
+                    }),
                     Some(g)
                         if args.generation.is_none()
                             && g.iter()
@@ -941,9 +978,12 @@ fn verify(args: Plan) -> crate::Result<i32> {
             // No key slot either: maybe no capture at all but someone's folder, which `medium
             // rm` refuses to delete (it deleted it, files and all).
             let slots = c.recipient_slot || c.passphrase_slot;
+            let hidden = crate::trust::hidden_generation_dirs(store, &c.name);
             report.problems.push(image_format::Problem {
                 at: image_format::Location::capture(&c.name),
-                what: if slots {
+                what: if !hidden.is_empty() {
+                    hidden_generation(&hidden)
+                } else if slots {
                     format!(
                         "holds no generation (a capture stopped at its start, or its data \
                          removed): nothing of it can be ingested; `mgear medium rm --name {}` \

@@ -829,6 +829,17 @@ fn fat_err(path: &str, e: io::Error) -> StoreError {
         // An NBD server refusing a write on a sealed appliance answers EPERM.
         _ if refused(&e) => StoreError::ReadOnly,
         _ if e.to_string().contains("No space left") => StoreError::NoSpace,
+        // `fatfs` met a file where a path has a directory, or the other way round: every
+        // path the format names has its kind, so an entry's attribute byte is damaged (a
+        // finding about the medium; it was an I/O error, exit 3 and "reconnect it").
+        ErrorKind::Other if e.to_string() == "Not a directory" => StoreError::Damaged(format!(
+            "{path}: a directory on its way is marked a file: its directory entry lost its \
+             directory mark (a damaged attribute byte); `mgear verify` names it"
+        )),
+        ErrorKind::Other if e.to_string() == "Is a directory" => StoreError::Damaged(format!(
+            "{path} is marked a directory where the format has a file: its directory entry is \
+             damaged"
+        )),
         _ => StoreError::Io(format!("{path}: {e}")),
     }
 }
@@ -1591,6 +1602,7 @@ impl<D: FatDevice> Store for FatStore<D> {
             return Ok(Vec::new());
         };
         let mut findings = fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))?;
+        findings.extend(fatmap::oversized_fat(&geo));
         // Left mid-write, chains nothing holds are what the cut left (the next writer frees
         // them); closed cleanly, a deleted or damaged entry.
         if !self.dirty_at_mount {
@@ -2940,6 +2952,42 @@ pub(crate) mod tests {
         let e = fat_size_supported(&boot).unwrap_err().to_string();
         assert!(
             e.contains("FAT12 or FAT16") && e.contains("mgear medium format"),
+            "{e}"
+        );
+    }
+
+    /// The total sectors changed in both boot sector copies (they agree, so no comparison
+    /// sees it): a volume made smaller than its FAT is sized for is damage; one made too
+    /// small for FAT32 is not "format it". It read as a sound half-size volume (verify OK).
+    #[test]
+    fn a_volume_smaller_than_its_fat_is_damage() {
+        use std::os::unix::fs::FileExt;
+        let (_t, p) = image(128 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let f = open_rw(&p);
+        let mut boot = [0u8; 512];
+        f.read_exact_at(&mut boot, 0).unwrap();
+        let total = u32::from_le_bytes(boot[0x20..0x24].try_into().unwrap());
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        assert_eq!(s.file_system_findings().unwrap(), Vec::<String>::new());
+        drop(s);
+        let set_total = |t: u32| {
+            for at in [0x20, 6 * 512 + 0x20] {
+                f.write_all_at(&t.to_le_bytes(), at).unwrap();
+            }
+        };
+        set_total(total / 10 * 7);
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let found = s.file_system_findings().unwrap();
+        assert!(
+            found.iter().any(|f| f.starts_with("the FAT has room for")),
+            "{found:?}"
+        );
+        drop(s);
+        set_total(total / 4);
+        let e = FatStore::open(open_rw(&p)).err().expect("refused");
+        assert!(
+            matches!(&e, StoreError::Damaged(m) if m.contains("size fields were changed") && !m.contains("--force")),
             "{e}"
         );
     }

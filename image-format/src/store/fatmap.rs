@@ -106,6 +106,20 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
     };
     let meta = le16(boot, 0x0e) + u64::from(fats) * fat_sectors;
     let clusters = total.saturating_sub(meta) / u64::from(spc);
+    // A FAT with room for far more clusters than the boot sector gives: its size fields were
+    // changed (see `oversized_fat`), not a small FAT32 ("format it" would erase the captures).
+    let entries = fat_sectors * bps / 4;
+    if clusters < MIN_FAT32_CLUSTERS && entries > clusters + 2 + (clusters + 2) / 4 + 4096 {
+        return Err(StoreError::Damaged(alloc::format!(
+            "the medium's FAT32 boot sector gives the volume {clusters} clusters, but its FAT \
+             has room for {}: every formatter sizes the FAT for its clusters, so the boot \
+             sector's size fields were changed since. Do not format or write to the medium; \
+             restore it from another copy of the shipment, or on a copy of it set the total \
+             sectors (bytes 32-35 of sectors 0 and 6) to what the FAT size implies and verify \
+             that copy",
+            entries.saturating_sub(2)
+        )));
+    }
     if clusters < MIN_FAT32_CLUSTERS {
         // What `mkfs.fat -F 32` makes of a small image with large sectors or clusters (it
         // warns): every FAT reader takes the cluster count for the type, so this is FAT16
@@ -118,7 +132,7 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
         )));
     }
     if root < 2 || u64::from(root) >= clusters + 2 {
-        return Err(StoreError::Io(alloc::format!(
+        return Err(StoreError::Damaged(alloc::format!(
             "the medium's FAT32 boot sector is damaged: its root directory starts at cluster \
              {root}, outside the volume's data clusters 2..{}; check it with `fsck.fat -n` \
              (it may repair it from the backup boot sector)",
@@ -126,6 +140,27 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// A FAT with room for many more clusters than the volume has: every formatter sizes the FAT
+/// for its clusters (with a little slack), so the boot sector's size fields were changed
+/// since, in both copies (one copy changed is [`matches_backup`]'s). A volume halved so read
+/// as sound, its other half invisible and free to the next writer.
+pub fn oversized_fat(geo: &Geometry) -> Option<String> {
+    let entries = geo.fat_bytes / 4;
+    let clusters = u64::from(geo.cluster_count) + 2;
+    // The slack `plausible` allows, with the largest sector size.
+    (entries > clusters + clusters / 4 + 4096).then(|| {
+        format!(
+            "the FAT has room for {} clusters but the boot sector (and its backup) give the \
+             volume {}: every formatter sizes the FAT for its clusters, so the boot sector's \
+             size fields were changed since and the volume may be larger than they say. Do not \
+             write to the medium or repair it; `fsck.fat -n` of a copy, and `mgear verify \
+             --identity`, say what still reads",
+            entries.saturating_sub(2),
+            geo.cluster_count
+        )
+    })
 }
 
 /// The fewest clusters a FAT32 volume has (Microsoft's FAT specification: fewer is FAT16).
@@ -194,7 +229,7 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
             } else {
                 format!("{w}; its {} differ from the backup's", differ.join(", "))
             };
-            return Err(StoreError::Io(format!(
+            return Err(StoreError::Damaged(format!(
                 "the medium's FAT32 boot sector is damaged ({why}) and its backup copy (sector \
                  6) is intact; nothing was read or written. Copy the backup over it (on an image \
                  or device M: `dd if=M of=M bs={bps} skip=6 count=1 conv=notrunc`, after saving \
@@ -390,7 +425,8 @@ pub fn matches_backup(
     let sector = le16(boot, 0x32);
     let bps = le16(boot, 0x0b);
     let differ = differ.join(", ");
-    Err(StoreError::Io(match (boot_ok, backup_ok) {
+    // Damage found (exit 1 where it reaches a user), not a device that failed to answer.
+    Err(StoreError::Damaged(match (boot_ok, backup_ok) {
         (false, true) => format!(
             "the medium's FAT32 boot sector is damaged: it and its backup copy (sector {sector}) \
              disagree on the {differ}, and only the backup describes the volume that is there; \

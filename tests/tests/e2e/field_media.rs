@@ -579,6 +579,91 @@ fn a_deleted_generation_or_capture_entry_is_found_and_refused() {
         "{}",
         text(&o)
     );
+    // Directory marks lost (attribute 0x10 to 0x20) where the walk goes through: on the
+    // capture's only generation verify said "holds no generation: `medium rm` removes it",
+    // inspect exited 0 and ingest said "stopped before it finished"; on the capture's or
+    // MGEAR's entry it was exit 3, "Not a directory" and "reconnect it".
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 2, 8);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "web01").source("disk.raw").ok();
+    let clean = fs::read(e.p("m.img")).unwrap();
+    let unmark = |dir: &str, name: &[u8; 11]| {
+        fs::write(e.p("m.img"), &clean).unwrap();
+        let edit = |img: &mut [u8], d: usize, len: usize| {
+            let entry = entry_named(img, d, len, name);
+            img[entry + 11] = 0x20;
+        };
+        if dir.is_empty() {
+            // The root directory, where the boot sector says it starts.
+            let mut img = clean.clone();
+            let geo = image_format::store::fatmap::Geometry::parse(&img[..512]).unwrap();
+            let at = geo.data_offset + u64::from(geo.root_cluster - 2) * geo.cluster_bytes;
+            edit(&mut img, at as usize, geo.cluster_bytes as usize);
+            fs::write(e.p("m.img"), &img).unwrap();
+        } else {
+            edit_dir(&e, "m.img", dir, edit);
+        }
+    };
+    unmark("MGEAR/WEB01", b"G0001      ");
+    for args in [
+        vec!["verify", "--medium", &m],
+        vec!["verify", "--medium", &m, "--identity", "target.key"],
+    ] {
+        let o = e.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains("a generation hidden by damage") && !text(&o).contains("removes it"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "MGEAR/web01/G0001 (a generation's directory whose entry lost its directory mark)"
+        ),
+        "{}",
+        text(&o)
+    );
+    let o = e.ingest(&m, "web01").untrusted().target("file:u.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("a generation hidden by damage") && !text(&o).contains("stopped before"),
+        "{}",
+        text(&o)
+    );
+    unmark("MGEAR", b"WEB01      ");
+    let o = e.ingest(&m, "web01").untrusted().target("file:u.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("a capture's directory whose entry"),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("MGEAR/web01 (a capture's directory whose entry lost"),
+        "{}",
+        text(&o)
+    );
+    unmark("", b"MGEAR      ");
+    for args in [
+        vec!["verify", "--medium", &m],
+        vec!["inspect", "--medium", &m],
+    ] {
+        let o = e.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains("lost its directory mark") && !text(&o).contains("reconnect"),
+            "{}",
+            text(&o)
+        );
+    }
+    assert!(!e.p("u.raw").exists());
 }
 
 /// Media a user makes by hand or damages: a FAT16 image (mkfs.fat's choice at 64 MiB without
@@ -629,16 +714,33 @@ fn a_fat16_medium_and_a_damaged_boot_sector_are_refused_by_name() {
         vec!["inspect", "--medium", "fat:m.img"],
         vec!["verify", "--medium", "fat:m.img"],
     ] {
+        // Damage found (exit 1), not an I/O error's "reconnect it" (exit 3).
         let o = e.run(&cmd);
-        assert_eq!(o.status.code(), Some(3), "{cmd:?}: {}", text(&o));
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}: {}", text(&o));
         assert!(
-            text(&o).contains("disagree on the FAT size"),
+            text(&o).contains("disagree on the FAT size")
+                && text(&o).contains("what to do: nothing was read or written")
+                && !text(&o).contains("reconnect"),
             "{}",
             text(&o)
         );
     }
+    // Its total-sectors field doubled: the backup says the volume fits, so it is damage,
+    // not "a copy cut short" (exit 3, "copy it again in full").
+    let mut big = img.clone();
+    big[..512].copy_from_slice(&good);
+    let total = u32::from_le_bytes(big[0x20..0x24].try_into().unwrap());
+    big[0x20..0x24].copy_from_slice(&(total * 2).to_le_bytes());
+    fs::write(e.p("big.img"), &big).unwrap();
+    let o = e.run(&["verify", "--medium", "fat:big.img"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("disagree on the total sectors") && !text(&o).contains("cut short"),
+        "{}",
+        text(&o)
+    );
     let o = e.capture("fat:m.img", "new").source("disk.raw").run();
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert_eq!(fs::read(e.p("m.img")).unwrap(), img, "nothing written");
     img[..512].copy_from_slice(&good);
     fs::write(e.p("m.img"), &img).unwrap();
