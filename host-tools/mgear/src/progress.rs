@@ -30,6 +30,21 @@ pub const STALL: Duration = Duration::from_secs(60);
 /// And again after this much more.
 pub const STALL_AGAIN: Duration = Duration::from_secs(300);
 
+/// After a stop request (Ctrl-C, SIGTERM), the work at hand may wait on something that will
+/// never answer (an endpoint that took the connection and sends nothing, retried for many
+/// minutes): with nothing moved for this long since the request, the command ends (exit 3).
+/// What was checkpointed is durable, as after a pulled cable; the first signal was promised
+/// to stop it, and did not until a second one.
+/// `MGEAR_STOP_GRACE=SECONDS` sets another (tests).
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+fn stop_grace() -> Duration {
+    std::env::var("MGEAR_STOP_GRACE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(STOP_GRACE, Duration::from_secs)
+}
+
 /// What the watchdog reads: the position, when it last moved (ms since the
 /// start), and the least stall worth a warning (ms).
 struct Watched {
@@ -46,6 +61,26 @@ pub struct Progress {
     start: Instant,
     stop: Option<Sender<()>>,
     watchdog: Option<JoinHandle<()>>,
+}
+
+/// Ends the process (exit 3) when the work at hand made no progress for [`STOP_GRACE`] after
+/// a stop request: said as every error is, on stderr and, with `--json`, as the one object.
+fn give_up_after_stop(what: &str) -> ! {
+    let message = format!(
+        "stopped: {what} made no progress for {} s after the stop request (it waits on \
+         something that does not answer); ended without it",
+        stop_grace().as_secs()
+    );
+    let hint = "nothing is damaged: what was checkpointed is kept; run the same command to \
+                resume once what it waited on answers again";
+    if crate::output::json() && !crate::output::emitted_error() {
+        println!(
+            "{}",
+            crate::output::error_line(crate::exit::IO, &message, hint)
+        );
+    }
+    eprintln!("mgear: error: {message}\nmgear: what to do: {hint}");
+    std::process::exit(crate::exit::IO)
 }
 
 impl Progress {
@@ -85,6 +120,7 @@ impl Progress {
             .name("progress-watchdog".into())
             .spawn(move || {
                 let mut warned_at = 0u64;
+                let mut stop_seen: Option<u64> = None;
                 loop {
                     match stopped.recv_timeout(Duration::from_millis(500)) {
                         Err(RecvTimeoutError::Timeout) => {}
@@ -92,6 +128,12 @@ impl Progress {
                     }
                     let now = start.elapsed().as_millis() as u64;
                     let moved = w.moved_ms.load(Ordering::Relaxed);
+                    if heard.is_none() && crate::signals::stop_requested() {
+                        let since = *stop_seen.get_or_insert(now);
+                        if now.saturating_sub(moved.max(since)) >= stop_grace().as_millis() as u64 {
+                            give_up_after_stop(&what);
+                        }
+                    }
                     let stall = w.stall_ms.load(Ordering::Relaxed);
                     let still = now.saturating_sub(moved);
                     let due = if warned_at > moved {

@@ -307,6 +307,55 @@ fn ebs_snapshot_bad_credentials_are_a_clear_error() {
     assert!(d.snapshot_ids().is_empty());
 }
 
+/// An endpoint that takes the connection and never answers: the first SIGTERM ends the ingest
+/// once nothing moved for the grace time (exit 3, "the same command resumes"). It waited on
+/// the request's retries, minutes each, until a second signal (exit 130, no result).
+#[test]
+fn a_silent_endpoint_is_left_at_the_first_sigterm() {
+    let e = Env::new();
+    captured(&e);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for c in silent.incoming().take(4) {
+            open.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    });
+    let started = std::time::Instant::now();
+    let child = ingest(&e, &["--json"])
+        .command()
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_REGION", "eu-west-1")
+        .env("AWS_ACCESS_KEY_ID", "A")
+        .env("AWS_SECRET_ACCESS_KEY", "B")
+        .env("HOME", e.p("home"))
+        .env("MGEAR_STOP_GRACE", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("made no progress for 2 s after the stop request"),
+        "{v}"
+    );
+    drop(held);
+}
+
 fn walk(dir: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     if let Ok(rd) = fs::read_dir(dir) {
