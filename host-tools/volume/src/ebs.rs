@@ -236,8 +236,7 @@ impl EbsSnapshotVolume {
             Found::New
         };
         let threads = 8;
-        let mut description = format!("{} into ebs-snapshot:{name}", prep.what);
-        description.truncate(255);
+        let description = description_of(name, prep);
         let writer = SnapshotWriter::open(
             client.clone(),
             WriterOptions {
@@ -441,9 +440,22 @@ pub fn completed_before(
     let (Some(snapshot), ami) = (ids.next(), ids.next()) else {
         return Ok(None);
     };
-    match client.snapshot_status(snapshot) {
-        Ok(s) if s == "completed" => {}
-        Ok(s) => {
+    match client.describe_snapshot(snapshot) {
+        // Its description is what this ingest wrote: the id alone, recorded on this host, named
+        // another disk's snapshot where the endpoint, account or region is another now (or a
+        // test double started again), and that was "kept", exit 0.
+        Ok((s, said)) if s == "completed" && said != description_of(name, prep) => {
+            return Err(Error::Tool(format!(
+                "snapshot {snapshot}, completed by an earlier run of this ingest on this host, \
+                 now describes itself as {said:?}, not as this ingest's snapshot ({:?}): the \
+                 endpoint, account or region is not the one that run wrote to, or the snapshot \
+                 was replaced. Check AWS_ENDPOINT_URL, AWS_REGION and the credentials; --force \
+                 makes a new snapshot here",
+                description_of(name, prep)
+            )))
+        }
+        Ok((s, _)) if s == "completed" => {}
+        Ok((s, _)) => {
             return Err(Error::Tool(format!(
                 "snapshot {snapshot}, completed by an earlier run of this ingest, is {s} now: \
                  --force makes another snapshot"
@@ -483,6 +495,17 @@ pub fn completed_before(
         (None, false) => snapshot.to_string(),
     };
     Ok(Some(volume))
+}
+
+/// The `Description` a snapshot of this ingest is made with (AWS keeps at most 255 bytes).
+fn description_of(name: &str, prep: &Prepare) -> String {
+    let mut description = format!("{} into ebs-snapshot:{name}", prep.what);
+    let mut end = description.len().min(255);
+    while !description.is_char_boundary(end) {
+        end -= 1;
+    }
+    description.truncate(end);
+    description
 }
 
 /// The `(snapshot line, ingest)` records of a `.done` file: two lines each.

@@ -492,6 +492,49 @@ fn ebs_snapshot_kept_gets_its_image_and_a_deleted_one_is_made_again() {
     check_snapshot_after(&e, &d, &now[0], Some(&ids[0]));
 }
 
+/// A finished ingest re-run against another service (the double started again, so another
+/// disk's snapshot now has the recorded id): the snapshot's description is not this ingest's,
+/// and it is refused, not "kept" (exit 0 with another disk in it); `--force` makes a new one.
+#[test]
+fn a_recorded_snapshot_id_that_holds_another_ingest_is_not_kept() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig::default());
+    let first = with_double(&e, &d, &ingest(&e, &[])).output().unwrap();
+    assert!(first.status.success(), "{}", output_text(&first));
+    let id = d.snapshot_ids()[0].clone();
+    drop(d);
+    let d = Double::start(DoubleConfig::default());
+    fs::write(e.p("other.raw"), image_format::bench::noise(1 << 20, 9)).unwrap();
+    e.capture("dir:mnt", "other")
+        .source("other.raw")
+        .sign("site.key")
+        .ok();
+    let other = e
+        .ingest("dir:mnt", "other")
+        .trust("site.pub")
+        .unsealed()
+        .target("ebs-snapshot:other");
+    let o = with_double(&e, &d, &other).output().unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(d.snapshot_ids(), [id.clone()], "the same id, another disk");
+    let o = with_double(&e, &d, &ingest(&e, &[])).output().unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains(&format!("snapshot {id}, completed by an earlier run"))
+            && output_text(&o).contains("not as this ingest's snapshot"),
+        "{}",
+        output_text(&o)
+    );
+    let o = with_double(&e, &d, &ingest(&e, &["--force", "--json"]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let now = d.snapshot_ids();
+    assert_eq!(now.len(), 2);
+    check_snapshot_of(&e, &d, &now[1], "disk.raw", None);
+}
+
 /// A killed ingest whose pending snapshot is gone when it is re-run (deleted, or cancelled by
 /// AWS after its timeout): every re-run failed each put with 404, `--force` too, until the
 /// state files were found and removed by hand. It starts a new snapshot and writes all of it.

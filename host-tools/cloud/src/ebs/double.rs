@@ -886,8 +886,14 @@ fn ec2(req: &Received<'_>, w: &mut World) -> Checked<Reply> {
                     format!("The snapshot '{id}' does not exist."),
                 )
             })?;
+            // As AWS answers: the description XML-escaped (it is the caller's text).
+            let description = s
+                .description
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;");
             Ok(Reply::xml(format!(
-                "<DescribeSnapshotsResponse><requestId>mgear-double</requestId><snapshotSet><item><snapshotId>{}</snapshotId><status>{}</status><volumeSize>{}</volumeSize></item></snapshotSet></DescribeSnapshotsResponse>",
+                "<DescribeSnapshotsResponse><requestId>mgear-double</requestId><snapshotSet><item><snapshotId>{}</snapshotId><status>{}</status><volumeSize>{}</volumeSize><description>{description}</description></item></snapshotSet></DescribeSnapshotsResponse>",
                 s.id, s.status, s.volume_gib
             )))
         }

@@ -36,6 +36,12 @@ pub struct NewImage {
 impl EbsClient {
     /// `DescribeSnapshots` of one snapshot: its status (`pending`, `completed`, `error`).
     pub fn snapshot_status(&self, snapshot: &str) -> Result<String> {
+        self.describe_snapshot(snapshot).map(|(status, _)| status)
+    }
+
+    /// `DescribeSnapshots` of one snapshot: its status and its description (empty when it
+    /// has none).
+    pub fn describe_snapshot(&self, snapshot: &str) -> Result<(String, String)> {
         let body = form(&[
             ("Action", "DescribeSnapshots"),
             ("Version", EC2_VERSION),
@@ -43,10 +49,11 @@ impl EbsClient {
         ]);
         let a = self.ec2("DescribeSnapshots", &body)?;
         let text = String::from_utf8_lossy(&a);
-        xml_text(&text, "status").ok_or_else(|| CloudError::BadResponse {
+        let status = xml_text(&text, "status").ok_or_else(|| CloudError::BadResponse {
             what: "DescribeSnapshots".into(),
             detail: format!("no <status> for {snapshot}"),
-        })
+        })?;
+        Ok((status, xml_text(&text, "description").unwrap_or_default()))
     }
 
     /// Poll [`EbsClient::snapshot_status`] until `completed`; `error` or the deadline fail.

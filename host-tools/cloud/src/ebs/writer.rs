@@ -325,6 +325,25 @@ impl SnapshotWriter {
                 f.pending -= 1;
                 match r {
                     Ok(()) => f.sent += 1,
+                    // The snapshot went away under the run: said with what works (the generic
+                    // "reconnect it" hint was all there was; a re-run starts a new one).
+                    Err(CloudError::Http {
+                        method,
+                        url,
+                        status: status @ (400 | 404),
+                        message,
+                    }) if message.contains("NotFound") || message.contains("does not exist") => {
+                        f.error.get_or_insert(CloudError::Http {
+                            method,
+                            url,
+                            status,
+                            message: format!(
+                                "{message}; the pending snapshot {id} is gone (deleted, cancelled \
+                                 by AWS, or the service was reset): run the same command again, \
+                                 it starts a new snapshot and writes the disk whole"
+                            ),
+                        });
+                    }
                     Err(e) => {
                         f.error.get_or_insert(e);
                     }
@@ -891,6 +910,31 @@ mod tests {
         assert_eq!(blocks[&1], vec![0u8; BLOCK_SIZE]);
         assert_eq!(blocks.len(), 2);
         assert!(d0.rejections().is_empty(), "{:?}", d0.rejections());
+    }
+
+    /// The pending snapshot deleted under the run (or the service reset): the put's 404 says
+    /// it is gone and that a re-run starts a new one (it had only the generic I/O hint).
+    #[test]
+    fn a_snapshot_gone_under_the_run_says_a_re_run_starts_anew() {
+        let d0 = Double::start(DoubleConfig::default());
+        let dir = tempfile::tempdir().unwrap();
+        let size = 9 * BLOCK_SIZE;
+        let data = disk(size);
+        let client = EbsClient::new(d0.aws_config());
+        let mut w = SnapshotWriter::open(client, opts(dir.path(), size as u64), false).unwrap();
+        assert!(d0.delete_snapshot(w.snapshot_id()));
+        let e = w
+            .write_at(0, &data)
+            .and_then(|()| w.flush())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "is gone (deleted, cancelled by AWS, or the service was reset): run the \
+                 same command again"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
