@@ -119,8 +119,15 @@ enum Fail {
     /// The target hashed its volume again (another program wrote it during the session):
     /// start a new session at once, which gets the ids the volume holds now. Not a failure of
     /// the connection: it counts against [`MAX_RESTARTS`], not `--retries`.
-    Restart(crate::Error),
+    Restart(crate::Error),    /// The target is serving as many connections as it takes (its slots may be held by
+    /// connections that never authenticate, until its handshake timeout, 10 s by default):
+    /// retried for up to [`BUSY_PATIENCE`] before it counts against `--retries`, which with
+    /// the defaults gave up just as the slots came free.
+    Busy(crate::Error),
 }
+
+/// How long a busy target is waited for before its refusals count as failed attempts.
+const BUSY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// New sessions a sync starts after the target hashed its volume again before it gives up:
 /// something that keeps writing the volume would otherwise keep the sync going forever.
@@ -304,6 +311,7 @@ pub fn run(
         every_chunk: false,
     };
     let mut restarts = 0;
+    let mut busy_since: Option<std::time::Instant> = None;
     loop {
         run.stats.attempts += 1;
         let result = match connect() {
@@ -313,8 +321,59 @@ pub fn run(
             )),
         };
         match result {
-            Ok(()) => return Ok(run.stats),
+            Ok(()) => {
+                // A source resized while it was read: what was sent and verified is the disk at
+                // its old size, and the volume is not the source any more. It said "verified",
+                // exit 0 (a read past a new end fails by itself; one before it, or growth, did
+                // not).
+                let was = run.disk.len();
+                if let Some(now) = run.disk.size_now().filter(|now| *now != was) {
+                    return Err(crate::exit::coded_hint(
+                        IO,
+                        format!(
+                            "the source {} during the sync, from {was} to {now} bytes: the \
+                             target volume holds the disk as read at {was} bytes, which is not \
+                             the source now",
+                            if now > was { "grew" } else { "shrank" }
+                        ),
+                        "a disk of a new size is not synced: capture it with --delta onto a \
+                         medium and ingest that generation with --force, then serve and sync \
+                         from there (SYNC.md); a sync of the disk at its old size goes on once \
+                         it is that size again",
+                    ));
+                }
+                return Ok(run.stats);
+            }
             Err(Fail::Fatal(e)) => return Err(e),
+            Err(Fail::Busy(e))
+                if !crate::signals::stop_requested()
+                    && busy_since.get_or_insert_with(std::time::Instant::now).elapsed()
+                        < BUSY_PATIENCE =>
+            {
+                run.stats.attempts -= 1;
+                eprintln!(
+                    "mgear sync: {e:#}; trying again in {:.0} s",
+                    plan.retry_wait.as_secs_f64().max(1.0)
+                );
+                std::thread::sleep(plan.retry_wait.max(Duration::from_secs(1)));
+            }
+            // Waited for long enough: a failed attempt as any other.
+            Err(Fail::Busy(e))
+                if run.stats.attempts > plan.retries || crate::signals::stop_requested() =>
+            {
+                return Err(coded(
+                    IO,
+                    format!(
+                        "{e:#} (gave up after {} and {} s of a busy target; re-run to continue)",
+                        attempts(run.stats.attempts),
+                        BUSY_PATIENCE.as_secs()
+                    ),
+                ));
+            }
+            Err(Fail::Busy(e)) => {
+                eprintln!("mgear sync: {e:#}; trying again");
+                std::thread::sleep(plan.retry_wait);
+            }
             Err(Fail::Restart(e)) if restarts >= MAX_RESTARTS => {
                 return Err(crate::exit::coded_hint(
                     IO,
@@ -375,7 +434,7 @@ fn refused(p: &[u8], peer: &str) -> Fail {
         Ok(Refusal {
             code: err::BUSY,
             message: m,
-        }) => Fail::Retry(crate::err!("the target {peer} is busy: {m}")),
+        }) => Fail::Busy(crate::err!("the target {peer} is busy: {m}")),
         // The target hashed its volume again: a new session gets its ids.
         Ok(Refusal {
             code: err::REHASHED,

@@ -189,6 +189,32 @@ fn sync_sends_only_changed_chunks_and_target_equals_source() {
     assert!(sessions.iter().all(|(r, _)| r.is_ok()), "{sessions:?}");
 }
 
+/// The source grew while the sync read it: what was sent is the disk at its old size, and the
+/// volume is not the source any more. It said "verified", exit 0.
+#[test]
+fn a_source_resized_during_the_sync_is_no_verified_sync() {
+    let fx = fixture(&[3]);
+    let (l, addr) = listen();
+    let server = serve(l, fx.served("web01"), fx.volume(), 1);
+    let mut disk = fx.disk();
+    let src = fx.src.clone();
+    let e = source::run(&fx.plan(fx.key.clone()), &mut disk, &mut || {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&src)?;
+        f.write_all(&noise(5, 3000))?;
+        source::tcp(&addr)
+    })
+    .unwrap_err();
+    assert_eq!(code_of(&e), crate::exit::IO, "{e:#}");
+    assert!(
+        e.to_string().contains(&format!(
+            "the source grew during the sync, from {SIZE} to {}",
+            SIZE + 3000
+        )),
+        "{e:#}"
+    );
+    server.join().unwrap();
+}
+
 #[test]
 fn zeroed_chunks_are_synced() {
     let fx = fixture(&[]);
@@ -583,14 +609,18 @@ fn a_full_target_says_busy_and_the_source_retries() {
     // One silent peer takes the only slot until the handshake timeout drops it.
     let _idle = std::net::TcpStream::connect(&addr).unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    // Waiting for a busy target uses none of `--retries` (5 retries of 2 s gave up just as
+    // the default 10 s handshake timeout freed the slots): none are allowed here.
     let mut plan = fx.plan(fx.key.clone());
-    plan.retries = 20;
+    plan.retries = 0;
     plan.retry_wait = Duration::from_millis(250);
+    let started = std::time::Instant::now();
     let stats = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap();
     assert!(stats.verified);
+    assert_eq!(stats.attempts, 1, "{stats:?}");
     assert!(
-        stats.attempts > 1,
-        "the first attempt met a busy target: {stats:?}"
+        started.elapsed() >= Duration::from_millis(1500),
+        "the first attempts met a busy target"
     );
     assert_eq!(
         std::fs::read(&fx.vol).unwrap(),
