@@ -219,8 +219,10 @@ pub enum Outcome {
 /// option failed. Neither recovers on its own, so waiting longer is useless.
 /// OVMF with no boot option left drops to its interactive shell ("UEFI Interactive Shell"
 /// then "Shell>"), and a FAT volume's boot sector without a loader prints "This is not a
-/// bootable disk": neither goes on by itself either.
-const NOTHING_BOOTABLE: &str = r"No bootable device|No bootable option or device was found|UEFI Interactive Shell|This is not a bootable disk";
+/// bootable disk": neither goes on by itself either. Nor does GRUB at its command line
+/// (`grub>`: no grub.cfg it can read) or its rescue shell (`grub rescue>`: its modules not
+/// found): a cutover waited out its whole boot timeout there, all of it downtime.
+const NOTHING_BOOTABLE: &str = r"No bootable device|No bootable option or device was found|UEFI Interactive Shell|This is not a bootable disk|(?m)^grub( rescue)?> ";
 
 /// The firmware's "nothing to boot" line in `console`, if it printed one.
 pub fn nothing_bootable(console: &str) -> Option<String> {
@@ -236,6 +238,14 @@ pub fn nothing_bootable(console: &str) -> Option<String> {
 
 /// The report's explanation of [`Outcome::NothingBootable`].
 pub fn nothing_bootable_detail(line: &str, elapsed: f64) -> String {
+    if line.starts_with("grub") {
+        return format!(
+            "the boot loader stopped at its shell after {elapsed:.1} s ({line:?}): GRUB found no \
+             configuration it can read (grub.cfg) or, at `grub rescue>`, not its own modules: \
+             the disk's boot files are missing or damaged (written while the disk was \
+             captured or synced?)"
+        );
+    }
     format!(
         "the firmware found nothing to boot after {elapsed:.1} s ({line:?}): the volume has no \
          boot loader the firmware can start (empty, not a system disk, or BIOS/UEFI mismatch: \
@@ -942,6 +952,17 @@ mod tests {
         );
         let fat = "Booting from Hard Disk...\nThis is not a bootable disk.  Please insert a bootable floppy and\n";
         assert!(nothing_bootable(fat).is_some());
+        // GRUB at its command line or rescue shell waits for a person for ever.
+        let grub = "GRUB loading.\nWelcome to GRUB!\n\n    Minimal BASH-like line editing is supported.\n\ngrub> ";
+        assert_eq!(nothing_bootable(grub).as_deref(), Some("grub>"));
+        let rescue = "error: file `/boot/grub/i386-pc/normal.mod' not found.\nEntering rescue mode...\ngrub rescue> ";
+        assert_eq!(nothing_bootable(rescue).as_deref(), Some("grub rescue>"));
+        assert!(nothing_bootable_detail("grub>", 3.0).contains("GRUB found no configuration"));
+        // Its menu, and a kernel line naming grub, are no dead end.
+        assert_eq!(
+            nothing_bootable("GNU GRUB  version 2.06\n*Debian GNU/Linux\nBooting `Debian'\n"),
+            None
+        );
         // Guest writes are discarded unless a caller asks otherwise.
         assert!(BootSpec::new(Target::File("a.raw".into()), "x").snapshot);
     }

@@ -119,7 +119,8 @@ enum Fail {
     /// The target hashed its volume again (another program wrote it during the session):
     /// start a new session at once, which gets the ids the volume holds now. Not a failure of
     /// the connection: it counts against [`MAX_RESTARTS`], not `--retries`.
-    Restart(crate::Error),    /// The target is serving as many connections as it takes (its slots may be held by
+    Restart(crate::Error),
+    /// The target is serving as many connections as it takes (its slots may be held by
     /// connections that never authenticate, until its handshake timeout, 10 s by default):
     /// retried for up to [`BUSY_PATIENCE`] before it counts against `--retries`, which with
     /// the defaults gave up just as the slots came free.
@@ -347,7 +348,9 @@ pub fn run(
             Err(Fail::Fatal(e)) => return Err(e),
             Err(Fail::Busy(e))
                 if !crate::signals::stop_requested()
-                    && busy_since.get_or_insert_with(std::time::Instant::now).elapsed()
+                    && busy_since
+                        .get_or_insert_with(std::time::Instant::now)
+                        .elapsed()
                         < BUSY_PATIENCE =>
             {
                 run.stats.attempts -= 1;
