@@ -350,6 +350,33 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
         "{v}"
     );
 
+    // One disk of a machine set cut over alone is said before anything is quiesced (it went
+    // straight on: the set's other disks got no final sync and no boot).
+    let o = e.run(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "vm3.d0",
+        "--quiesce",
+        "false",
+        "--boot-target",
+        "file:vol.raw",
+        "--no-presync",
+        "--sign",
+        "site.key",
+    ]);
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            "warning: vm3.d0 is disk 0 of machine set vm3: this cutover moves that disk alone"
+        ),
+        "{}",
+        output_text(&o)
+    );
+
     // The serve, stopped by SIGTERM (as a service manager stops it), ends
     // its stream with `stopped` and exit 0.
     let term = Command::new("kill")

@@ -44,6 +44,8 @@ pub struct CutoverReport {
     pub downtime_seconds: f64,
     pub boot_target: String,
     pub boot_matched: Option<String>,
+    /// What was said on stderr before the quiesce (one disk of a machine set cut over alone).
+    pub warnings: Vec<String>,
 }
 
 /// Run a user hook through `sh -c`; its standard output goes to our
@@ -275,6 +277,20 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     let spec = boot_spec(&a)?;
     // QEMU missing is found now, not after the source went down.
     mgear_boot::LocalQemu::new()?;
+    // One disk of a machine set: its other disks get no final sync and are not booted with
+    // it; it went straight on to the quiesce without a word.
+    let mut warnings = Vec::new();
+    if let Some((set, k)) = image_format::set::parse_disk_stream_name(&a.sync.name) {
+        let w = format!(
+            "{} is disk {k} of machine set {set}: this cutover moves that disk alone (its final \
+             sync, and a boot with it alone); the set's other disks get no final sync. A \
+             machine of several disks is cut over disk by disk under one quiesce (SYNC.md, \
+             \"A machine of several disks\")",
+            a.sync.name
+        );
+        eprintln!("mgear cutover: warning: {w}");
+        warnings.push(w);
+    }
     // Ctrl-C and SIGTERM stop the sync under way between chunks and then resume the source
     // (they ended the process with the source quiesced, or were not heard at all).
     crate::signals::install();
@@ -367,6 +383,7 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
         downtime_seconds,
         boot_target: a.boot_target.clone(),
         boot_matched: report.matched.clone(),
+        warnings,
     };
     if a.sync.json || crate::output::json() {
         crate::output::emit(&r)?;
