@@ -825,6 +825,37 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// An identity file of several keys yields them all (age's `-i FILE`: any may open the
+    /// capture; only the first was read), and a recipient file's BOM is no part of the key.
+    #[test]
+    fn an_identity_file_of_several_keys_and_a_bom_recipient_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+        keygen_quiet(&a).unwrap();
+        keygen_quiet(&b).unwrap();
+        let both = dir.path().join("both.key");
+        let text = format!(
+            "# two targets\n{}\n{}",
+            std::fs::read_to_string(&a).unwrap(),
+            std::fs::read_to_string(&b).unwrap()
+        );
+        std::fs::write(&both, text).unwrap();
+        let ids = read_identities(&both).unwrap();
+        let publics: Vec<String> = ids.iter().map(|i| i.to_public().to_string()).collect();
+        assert_eq!(
+            publics,
+            [
+                read_identity(&a).unwrap().to_public().to_string(),
+                read_identity(&b).unwrap().to_public().to_string()
+            ]
+        );
+        let bom = dir.path().join("bom.pub");
+        let public = std::fs::read_to_string(crate::keyfile::pub_path(&a)).unwrap();
+        std::fs::write(&bom, format!("\u{feff}{public}")).unwrap();
+        let r = read_recipients(bom.to_str().unwrap()).unwrap();
+        assert_eq!(r[0].to_string(), publics[0]);
+    }
+
     #[test]
     fn a_passphrase_protected_key_file_is_named_as_one() {
         let dir = tempfile::tempdir().unwrap();

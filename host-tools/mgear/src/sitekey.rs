@@ -43,6 +43,38 @@ pub fn generate(out: &Path, force: bool) -> crate::Result<VerifyingKey> {
     Ok(key.verifying_key())
 }
 
+/// The one PEM block of a key file as the strict decoder takes it: blank lines, whitespace
+/// around lines, a UTF-8 BOM and text outside the block dropped (a key pasted from mail, or
+/// an editor's extra newline, was refused as "PEM preamble contains invalid data"). `Err`
+/// says why a file holding several keys, or a block without its end, is none.
+fn one_pem_block(text: &str) -> Result<String, String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim().trim_start_matches('\u{feff}').trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let begins = lines
+        .iter()
+        .filter(|l| l.starts_with("-----BEGIN "))
+        .count();
+    if begins > 1 {
+        return Err(format!(
+            "it holds {begins} keys: one key per file (repeat the flag for several keys)"
+        ));
+    }
+    let start = lines.iter().position(|l| l.starts_with("-----BEGIN "));
+    let end = lines.iter().position(|l| l.starts_with("-----END "));
+    match (start, end) {
+        (Some(s), Some(e)) if s < e => Ok(lines[s..=e].join("\n") + "\n"),
+        (Some(_), _) => Err(
+            "its -----BEGIN line has no -----END line after it: the file was \
+                             cut short"
+                .into(),
+        ),
+        _ => Ok(text.to_string()),
+    }
+}
+
 /// Read a capture site's secret signing key (`site.key`).
 pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
     let text = Zeroizing::new(
@@ -67,7 +99,13 @@ pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
              the .key file written by `mgear keygen --signing`"
         )));
     }
-    let key = SigningKey::from_pkcs8_pem(&text).map_err(|e| {
+    let block = Zeroizing::new(one_pem_block(&text).map_err(|why| {
+        usage(format!(
+            "{shown} is not a signing key file ({why}): give the .key file written by `mgear \
+             keygen --signing`"
+        ))
+    })?);
+    let key = SigningKey::from_pkcs8_pem(&block).map_err(|e| {
         usage(format!(
             "{shown} is not an Ed25519 signing key ({}): give the .key file written by \
              `mgear keygen --signing`",
@@ -118,6 +156,13 @@ pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
     ) {
         return Err(e);
     }
+    let text = one_pem_block(&text).map_err(|why| {
+        usage(format!(
+            "{} is not a public key file ({why}): give the .pub file written by `mgear keygen \
+             --signing`",
+            path.display()
+        ))
+    })?;
     VerifyingKey::from_public_key_pem(&text).map_err(|e| {
         let why = if text.contains("-----BEGIN") {
             why_not_ed25519(&e)
@@ -200,6 +245,48 @@ mod tests {
         // No silent overwrite of a signing key.
         let err = generate(&key_path, false).unwrap_err();
         assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
+    }
+
+    /// Whitespace a paste or an editor adds (a blank line, spaces, indentation, CRLF, a BOM)
+    /// is no reason to refuse a key ("PEM preamble contains invalid data"); two keys in one
+    /// file are named as such.
+    #[test]
+    fn keys_with_whitespace_around_them_read_and_two_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("site.key");
+        let public = generate(&key_path, false).unwrap();
+        let pem = fs::read_to_string(dir.path().join("site.pub")).unwrap();
+        let secret = fs::read_to_string(&key_path).unwrap();
+        let variants = [
+            format!("{pem}\n"),
+            format!("\n\n{pem}"),
+            pem.lines()
+                .map(|l| format!("  {l} "))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            pem.replace('\n', "\r\n"),
+            format!("\u{feff}{pem}"),
+        ];
+        for (n, v) in variants.iter().enumerate() {
+            let p = dir.path().join(format!("v{n}.pub"));
+            fs::write(&p, v).unwrap();
+            assert_eq!(read_public_key(&p).unwrap(), public, "variant {n}: {v:?}");
+        }
+        let spaced = dir.path().join("spaced.key");
+        fs::write(
+            &spaced,
+            secret
+                .lines()
+                .map(|l| format!("{l} \n"))
+                .collect::<String>(),
+        )
+        .unwrap();
+        fs::set_permissions(&spaced, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_signing_key(&spaced).unwrap().verifying_key(), public);
+        let two = dir.path().join("two.pub");
+        fs::write(&two, format!("{pem}{pem}")).unwrap();
+        let e = read_public_key(&two).unwrap_err().to_string();
+        assert!(e.contains("it holds 2 keys: one key per file"), "{e}");
     }
 
     #[test]
