@@ -167,7 +167,16 @@ impl DataKey {
     /// Reads a key cache written by [`DataKey::save_cache`] for capture `name`.
     pub fn load_cache(path: &std::path::Path, name: &str) -> Result<Self> {
         let (shown, text) = read_cache_text(path)?;
-        let bad = |why: &str| Error::Usage(format!("key cache {shown}: {why}"));
+        // The operator's to put right (exit 2), not the API misused: it was called an I/O
+        // error whose hint was to reconnect something.
+        let bad = |why: &str| Error::NeedKey {
+            name: name.into(),
+            why: format!(
+                "its key cache file {shown} is damaged ({why}): restore it from a backup of the \
+                 key cache, or unlock the capture another way (--passphrase-file, if it has a \
+                 passphrase slot)"
+            ),
+        };
         let mut cap = None;
         let mut key = None;
         for line in text.lines() {

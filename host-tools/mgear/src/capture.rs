@@ -1245,6 +1245,17 @@ fn check_slots_digest(
     unfinished: &Option<image_format::GenerationInfo>,
 ) -> crate::Result<()> {
     let Some(then) = crate::keys::recorded_slots_digest(cache_dir, &args.name, id) else {
+        // A note that is there but unreadable: the check is skipped, and said (it was silent).
+        let note = crate::keys::slots_digest_file(cache_dir, &args.name, id);
+        if std::fs::symlink_metadata(&note).is_ok() {
+            eprintln!(
+                "mgear: warning: {} (the note of capture {}'s key slots as its first run wrote \
+                 them) is damaged: the check that the medium's key slots are still those is \
+                 skipped; restore the note from a backup of the key cache",
+                note.display(),
+                args.name
+            );
+        }
         return Ok(());
     };
     let now = image_format::commit::key_slots_digest(store, &args.name)?;

@@ -507,7 +507,10 @@ pub fn signer_note_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
 /// noted one (a capture made on another host, or by an older release, has none).
 pub fn recorded_slots_digest(dir: &Path, name: &str, id: &[u8; 16]) -> Option<String> {
     let text = fs::read_to_string(slots_digest_file(dir, name, id)).ok()?;
-    text.trim().strip_prefix("slots ").map(str::to_string)
+    text.trim()
+        .strip_prefix("slots ")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
 }
 
 /// Notes `digest` as capture `id`'s key-slot digest (0600).
@@ -671,9 +674,33 @@ pub fn find_cached(dir: &Path, name: &str, id: &[u8; 16]) -> crate::Result<Optio
     {
         return Ok(Some(k.clone()));
     }
-    Ok(all
+    if let Some(k) = all
         .into_iter()
-        .find(|k| k.capture_id.is_none() && k.name.eq_ignore_ascii_case(name)))
+        .find(|k| k.capture_id.is_none() && k.name.eq_ignore_ascii_case(name))
+    {
+        return Ok(Some(k));
+    }
+    // The file this capture's key is kept in is there but reads as no key (emptied, cut
+    // short, replaced by a directory): said as such, not "its key is not in the cache".
+    let want_suffix = format!("-{want}.key");
+    let damaged = fs::read_dir(dir).ok().and_then(|rd| {
+        rd.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.len() > want_suffix.len()
+                    && n.to_ascii_lowercase().ends_with(&want_suffix)
+                    && n[..n.len() - want_suffix.len()].eq_ignore_ascii_case(name)
+            })
+        })
+    });
+    match damaged {
+        Some(p) => Err(usage(format!(
+            "the key cache file {} of capture {name} (capture id {want}) is damaged: it holds no \
+             key (empty, cut short, or not a file); restore it from a backup of the key cache, \
+             or unlock the capture another way (--passphrase-file, if it has a passphrase slot)",
+            p.display()
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// `mgear keys ...`: the data keys this capture host keeps for deltas and syncs.
@@ -909,6 +936,21 @@ mod tests {
         let found = find_cached(dir.path(), "web01", &b).unwrap().unwrap();
         let key = image_format::DataKey::load_cache(&found.path, &found.name).unwrap();
         assert_eq!(key.as_bytes(), &[8; 32]);
+        // Its file emptied, or cut short: damaged, not "no key in the cache" (exit 2 with
+        // what to restore; cut short was an I/O error's "reconnect it").
+        let text = fs::read_to_string(&found.path).unwrap();
+        fs::write(&found.path, &text[..text.find("key ").unwrap() + 10]).unwrap();
+        let e = image_format::DataKey::load_cache(&found.path, "web01").unwrap_err();
+        assert!(matches!(e, image_format::Error::NeedKey { .. }), "{e}");
+        assert!(
+            e.to_string().contains("is damaged") && e.to_string().contains("restore it"),
+            "{e}"
+        );
+        fs::write(&found.path, "").unwrap();
+        let e = find_cached(dir.path(), "web01", &b).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(e.to_string().contains("is damaged: it holds no key"), "{e}");
+        fs::write(&found.path, &text).unwrap();
         assert!(find_cached(dir.path(), "web01", &[3; 16])
             .unwrap()
             .is_none());
