@@ -988,6 +988,21 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
                     let stream = set::disk_stream_name(&name, k);
                     capture::sign_generation(store, &stream, g, key)?;
                 }
+            } else {
+                // A disk finished by the run that stopped may lack its COMMIT (cut off between
+                // its MANIFEST and its signature): the set was bound and signed, exit 0, and
+                // the target refused that disk as unsigned.
+                for k in (0..sources.len()).filter(|&k| st.done[k]) {
+                    let stream = set::disk_stream_name(&name, k);
+                    if !capture::signed_by(store, &stream, g, key) {
+                        capture::sign_generation(store, &stream, g, key)?;
+                        eprintln!(
+                            "mgear capture: set {name} disk {k} ({stream}) generation {g} was \
+                             finished by the run that stopped, without its COMMIT signature: \
+                             added"
+                        );
+                    }
+                }
             }
             receipt = capture::sign_generation(store, &name, g, key)
                 .context("signing the set's COMMIT (re-run the same command with --sign)")?;

@@ -55,6 +55,39 @@ fn ingest(e: &Env, m: &str, extra: &[&str]) -> serde_json::Value {
     e.ingest(m, "db01").trust("site.pub").args(extra).json()
 }
 
+/// A run cut off between a disk's MANIFEST and its COMMIT signature, before the set was
+/// bound: the re-run binds and signs the set and adds the disk's missing COMMIT. It exited 0
+/// with a signed receipt, and the target refused that disk as unsigned.
+#[test]
+fn a_disk_left_unsigned_by_a_cut_run_is_signed_by_the_re_run() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    std::fs::write(e.p("a.raw"), data_disk(3)).unwrap();
+    std::fs::write(e.p("b.raw"), data_disk(4)).unwrap();
+    std::fs::create_dir(e.p("mnt")).unwrap();
+    let line = e
+        .capture("dir:mnt", "st")
+        .sources(&[&e.s("a.raw"), &e.s("b.raw")])
+        .sign("site.key");
+    line.ok();
+    // What the cut leaves: no set generation yet, disk 1 finished without its COMMIT.
+    std::fs::remove_dir_all(e.p("mnt/MGEAR/st")).unwrap();
+    std::fs::remove_file(e.p("mnt/MGEAR/st.d1/G0001/COMMIT")).unwrap();
+    let o = line.ok();
+    assert!(
+        output_text(&o).contains("set st disk 1 (st.d1) generation 1 was finished by the run that stopped, without its COMMIT signature: added"),
+        "{}",
+        output_text(&o)
+    );
+    e.ok(&["verify", "--medium", "dir:mnt", "--trust", "site.pub"]);
+    e.ingest("dir:mnt", "st")
+        .trust("site.pub")
+        .target("file:o-{disk}.raw")
+        .ok();
+    same_file(&e.p("o-1.raw"), &e.p("b.raw"));
+}
+
 #[test]
 fn a_two_disk_machine_is_one_set_from_capture_to_ingest() {
     let e = machine();
