@@ -239,7 +239,16 @@ fn same_volume_file(a: &str, b: &str) -> bool {
             .contains(&kind)
             .then(|| (kind.to_string(), name.to_owned()))
     };
+    // The same file by another name (a symlink, `/dev/disk/by-id/...`), as far as both
+    // resolve from here.
+    let resolved = |t: &str| {
+        let (_, path) = t.split_once(':')?;
+        std::fs::canonicalize(path).ok()
+    };
     file(a).is_some_and(|f| Some(f) == file(b))
+        || (file(a).is_some()
+            && file(b).is_some()
+            && resolved(a).is_some_and(|r| Some(r) == resolved(b)))
 }
 
 /// How a boot report names the boot of `r` (its `target`).
@@ -862,6 +871,13 @@ mod tests {
         assert!(
             check_report_path(&at, true, std::slice::from_ref(&vol), "file:other.raw").is_err()
         );
+        // A symlink to the volume names the same boot.
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&vol, &link).unwrap();
+        assert!(same_volume_file(
+            &format!("file:{}", vol.display()),
+            &format!("file:{}", link.display())
+        ));
     }
 
     /// `boot --target file:web01.qcow2` said "nothing bootable" after a boot attempt.

@@ -1444,6 +1444,32 @@ pub fn ingest_set(
     closed?;
     let g = file.set.generation;
     let plan = targets_of(targets, file.set.disks.len(), only)?;
+    // A disk read with 4096-byte logical sectors (4Kn) keeps its partition table in those
+    // units: on a 512-byte target it reads as no table (and the other way round). Written
+    // byte for byte all the same, without a word.
+    for (k, t) in &plan {
+        let read = file.set.disks.get(*k).map_or(0, |d| d.sector_size);
+        let target = match t.split_once(':') {
+            Some(("dev", p)) => sector_size(Path::new(p)),
+            Some(("file" | "qcow2", _)) => 512,
+            _ => 0,
+        };
+        if read != 0 && target != 0 && read != target {
+            eprintln!(
+                "mgear: warning: disk {k} of set {} was read from a disk of {read}-byte logical \
+                 sectors, and its target {t} has {target}-byte sectors{}: its partition table \
+                 (in sector units) will not describe its partitions there; give a target of \
+                 {read}-byte sectors (or have what uses the volume present them: QEMU's \
+                 logical_block_size={read})",
+                args.name,
+                if t.starts_with("dev:") {
+                    ""
+                } else {
+                    " (an image file is read as 512)"
+                }
+            );
+        }
+    }
     let boots = |k: usize| file.set.disks.get(k).is_some_and(|d| d.boot);
     if args.register_image && !plan.iter().any(|(k, _)| boots(*k)) {
         // Only the boot disk's image is registered: asked for with none of it, the flag

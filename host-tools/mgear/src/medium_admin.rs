@@ -1527,10 +1527,14 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
     }
     medium.close()?;
     // After closing: fsck.fat reads the volume as it now is on the device.
-    // A directory whose chain loops, found above, makes `fsck.fat` loop too (until its time
-    // limit, minutes): it is not run then, and says why.
+    // A directory whose chain loops, or a file marked a directory (its bytes read as
+    // entries), found above, makes `fsck.fat` loop too (until its time limit, minutes): it is
+    // not run then, and says why.
     let loops = findings.iter().any(|f| {
-        f.kind == DAMAGED_FS && (f.what.contains("loops") || f.what.contains("directory loop"))
+        f.kind == DAMAGED_FS
+            && (f.what.contains("loops")
+                || f.what.contains("directory loop")
+                || f.what.contains("marks it a directory"))
     });
     let fat = match args.medium.single_medium().map(MediumSpec::parse) {
         Some(Ok(MediumSpec::Fat(_))) if loops && crate::tools::which("fsck.fat").is_some() => {
@@ -1538,8 +1542,9 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
                 repaired: false,
                 ok: false,
                 repairable: false,
-                output: "not run: a directory whose cluster chain loops (found above) makes \
-                         fsck.fat loop too; `mgear verify` says which captures are whole"
+                output: "not run: a directory whose cluster chain loops, or a file marked a \
+                         directory (found above), makes fsck.fat loop too; `mgear verify` says \
+                         which captures are whole"
                     .into(),
             })
         }

@@ -2986,8 +2986,11 @@ pub(crate) mod tests {
         drop(s);
         set_total(total / 4);
         let e = FatStore::open(open_rw(&p)).err().expect("refused");
+        // Below FAT32's least clusters: `mkfs.fat` makes such volumes too (its FAT has a
+        // floor), so both are said, and a medium that held captures is not to be formatted.
         assert!(
-            matches!(&e, StoreError::Damaged(m) if m.contains("size fields were changed") && !m.contains("--force")),
+            e.to_string().contains("size fields may have been changed")
+                && e.to_string().contains("then do not format it"),
             "{e}"
         );
     }

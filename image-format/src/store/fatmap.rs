@@ -106,29 +106,30 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
     };
     let meta = le16(boot, 0x0e) + u64::from(fats) * fat_sectors;
     let clusters = total.saturating_sub(meta) / u64::from(spc);
-    // A FAT with room for far more clusters than the boot sector gives: its size fields were
-    // changed (see `oversized_fat`), not a small FAT32 ("format it" would erase the captures).
-    let entries = fat_sectors * bps / 4;
-    if clusters < MIN_FAT32_CLUSTERS && entries > clusters + 2 + (clusters + 2) / 4 + 4096 {
-        return Err(StoreError::Damaged(alloc::format!(
-            "the medium's FAT32 boot sector gives the volume {clusters} clusters, but its FAT \
-             has room for {}: every formatter sizes the FAT for its clusters, so the boot \
-             sector's size fields were changed since. Do not format or write to the medium; \
-             restore it from another copy of the shipment, or on a copy of it set the total \
-             sectors (bytes 32-35 of sectors 0 and 6) to what the FAT size implies and verify \
-             that copy",
-            entries.saturating_sub(2)
-        )));
-    }
     if clusters < MIN_FAT32_CLUSTERS {
         // What `mkfs.fat -F 32` makes of a small image with large sectors or clusters (it
         // warns): every FAT reader takes the cluster count for the type, so this is FAT16
         // by the specification, and the engines refused it as "no FAT32 file system".
+        // Its FAT sized for far more clusters: what `mkfs.fat` makes of a small volume with
+        // large clusters (it sizes the FAT with a floor), or a volume whose size fields were
+        // changed since; the second must never be told to format.
+        let entries = fat_sectors * bps / 4;
+        let or_changed = if entries > clusters + 2 + (clusters + 2) / 4 + 4096 {
+            alloc::format!(
+                ". If it held captures, its boot sector's size fields may have been changed \
+                 since instead (its FAT has room for {} clusters): then do not format it, \
+                 restore it from another copy of the shipment",
+                entries.saturating_sub(2)
+            )
+        } else {
+            String::new()
+        };
         return Err(StoreError::Io(alloc::format!(
             "the medium is formatted as FAT32 with only {clusters} clusters, and FAT32 needs at \
              least {MIN_FAT32_CLUSTERS} (with fewer, FAT readers take it for FAT16): if nothing \
              on it is needed, format it with `mgear medium format fat:PATH --force` (or \
-             `mkfs.fat -F 32` with smaller clusters and 512-byte sectors), which erases it"
+             `mkfs.fat -F 32` with smaller clusters and 512-byte sectors), which erases it\
+             {or_changed}"
         )));
     }
     if root < 2 || u64::from(root) >= clusters + 2 {

@@ -517,7 +517,11 @@ fn a_recorded_snapshot_id_that_holds_another_ingest_is_not_kept() {
         .target("ebs-snapshot:other");
     let o = with_double(&e, &d, &other).output().unwrap();
     assert!(o.status.success(), "{}", output_text(&o));
-    assert_eq!(d.snapshot_ids(), [id.clone()], "the same id, another disk");
+    assert_eq!(
+        d.snapshot_ids(),
+        std::slice::from_ref(&id),
+        "the same id, another disk"
+    );
     let o = with_double(&e, &d, &ingest(&e, &[])).output().unwrap();
     assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(

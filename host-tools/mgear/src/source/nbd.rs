@@ -40,6 +40,9 @@ pub struct NbdSource {
 /// negotiated when one is given (refused, with what to do, when the export lacks it).
 pub fn open(url: &NbdUrl, bitmap: Option<&str>) -> crate::Result<Box<dyn Source>> {
     let spec = url.to_string();
+    // A server that takes the connection and never answers the handshake: said after a
+    // minute, and left 30 s after a Ctrl-C (the watchdog of every wait).
+    let _waiting = crate::progress::Progress::waiting(&format!("connecting to NBD source {spec}"));
     let tracked: Vec<String> = bitmap
         .map(|b| format!("qemu:dirty-bitmap:{b}"))
         .into_iter()
@@ -60,6 +63,12 @@ pub fn open(url: &NbdUrl, bitmap: Option<&str>) -> crate::Result<Box<dyn Source>
     // The allocation map is a bonus: an export without it is read whole.
     let client = match connect(true) {
         Ok(c) => c,
+        // An export that answers, only not with that map, is asked again without it; one that
+        // does not answer at all is not (a silent handshake then waited the NBD timeout twice,
+        // ten minutes, and its first Ctrl-C was not heard).
+        Err(e @ (mgear_nbd::Error::Connect { .. } | mgear_nbd::Error::Io { .. })) => {
+            return Err(crate::Error::from(e).context(format!("connecting to NBD source {spec}")))
+        }
         // The NBD error carries a hint of its own that says what ours says:
         // only its facts go into the message, and the next step once.
         Err(_) => connect(false).map_err(|e| match (e, bitmap) {
