@@ -99,6 +99,17 @@ fn write_key_pair(out: &Path, force: bool) -> crate::Result<String> {
     Ok(recipient)
 }
 
+/// The key lines of an age key file (identities or recipients), with their 0-based line
+/// numbers: `#` comments and blank lines skipped, whitespace and a UTF-8 BOM (some editors'
+/// first bytes) trimmed.
+fn key_lines(text: &str) -> Vec<(usize, &str)> {
+    text.lines()
+        .map(|l| l.trim().trim_start_matches('\u{feff}'))
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
 /// Read an age X25519 identity file: its first identity.
 pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
     let mut all = read_identities(path)?;
@@ -152,12 +163,7 @@ pub fn read_identities(path: &Path) -> crate::Result<Vec<age::x25519::Identity>>
     ) {
         return Err(e);
     }
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .map(|l| l.trim().trim_start_matches('\u{feff}'))
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let lines = key_lines(&text);
     if lines.is_empty() {
         return Err(usage(format!(
             "{} holds no key: expected AGE-SECRET-KEY-1...",
@@ -205,13 +211,7 @@ pub fn read_recipients(arg: &str) -> crate::Result<Vec<age::x25519::Recipient>> 
     ) {
         return Err(e);
     }
-    // A UTF-8 BOM (some editors' first bytes) is no part of the key.
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .map(|l| l.trim().trim_start_matches('\u{feff}'))
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let lines = key_lines(&text);
     if lines.is_empty() {
         return Err(usage(format!(
             "{arg} holds no public key: expected age1..."

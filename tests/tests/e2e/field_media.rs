@@ -1635,7 +1635,7 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
     let o = e.ingest(&m, "other").untrusted().target("file:o.out").run();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("holds a directory that no generation is named")
+        text(&o).contains("a directory no generation is named: a generation hidden by damage")
             && !text(&o).contains("capture site"),
         "{}",
         text(&o)
