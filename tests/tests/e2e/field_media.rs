@@ -1644,7 +1644,8 @@ fn a_damaged_dot_entry_is_named_by_its_bytes() {
 
 /// A capture's generation directory whose chain loops: `medium fsck` names the capture's
 /// damage (it called the capture "not a capture" and said "no leftovers"), inspect fails
-/// where it cannot list, and the error names the directory once.
+/// where it cannot list, and the error names the directory once. Over that loop, and over a
+/// file marked a directory, fsck.fat is not run (it loops too, up to its time limit).
 #[test]
 fn a_looping_generation_directory_is_damage_to_fsck_not_a_stranger() {
     let (e, m) = two_captures();
@@ -1662,6 +1663,29 @@ fn a_looping_generation_directory_is_damage_to_fsck_not_a_stranger() {
     assert!(
         said.contains("fsck.fat: not run: a directory whose cluster chain loops"),
         "{said}"
+    );
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("capture rand: DAMAGED") && text(&o).contains("capture other"),
+        "{}",
+        text(&o)
+    );
+    // Nor over a file marked a directory (its bytes read as entries: fsck.fat loops on them).
+    let (e, m) = two_captures();
+    edit_dir(&e, "m.img", "MGEAR/rand/G0001", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"MANIFEST   ");
+        img[entry + 11] |= 0x10;
+    });
+    let o = e.run(&["medium", "fsck", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("its entry marks it a directory")
+            && text(&o).contains(
+                "fsck.fat: not run: a directory whose cluster chain loops, or a file marked a directory"
+            ),
+        "{}",
+        text(&o)
     );
     let o = e.run(&["inspect", "--medium", &m]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
