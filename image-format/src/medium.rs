@@ -102,6 +102,23 @@ pub fn lost_dirs_of<S: Store + ?Sized>(
         .collect()
 }
 
+/// The entries of `dir` named as a directory of `kind` that read as empty files: a capture's
+/// or a generation's directory whose entry lost its directory mark (a directory's entry has
+/// size 0, and the format keeps no such file there); their names.
+pub fn unmarked_dirs_of<S: Store + ?Sized>(store: &mut S, dir: &str, kind: LostDir) -> Vec<String> {
+    store
+        .list(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.kind != EntryKind::Dir && e.len == 0)
+        .filter(|e| match kind {
+            LostDir::Capture => layout::validate_name(&e.name).is_ok(),
+            LostDir::Generation => layout::parse_generation_dir(&e.name).is_some(),
+        })
+        .map(|e| e.name)
+        .collect()
+}
+
 /// The finding a check of the whole medium makes of clusters nothing holds on a volume
 /// closed cleanly ([`crate::store::fatmap::lost_chains`]).
 #[cfg(feature = "fat")]

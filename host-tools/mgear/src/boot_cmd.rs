@@ -232,23 +232,20 @@ fn is_boot_report(text: &[u8], target: &str) -> bool {
 
 /// Whether two target specs name a file or device volume of the same kind and file name.
 fn same_volume_file(a: &str, b: &str) -> bool {
-    let file = |t: &str| {
+    fn volume(t: &str) -> Option<(&str, &std::path::Path)> {
         let (kind, path) = t.split_once(':')?;
-        let name = std::path::Path::new(path).file_name()?;
         ["file", "qcow2", "dev"]
             .contains(&kind)
-            .then(|| (kind.to_string(), name.to_owned()))
+            .then(|| (kind, std::path::Path::new(path)))
+    }
+    let (Some((ka, pa)), Some((kb, pb))) = (volume(a), volume(b)) else {
+        return false;
     };
-    // The same file by another name (a symlink, `/dev/disk/by-id/...`), as far as both
+    let same_name = ka == kb && pa.file_name().is_some() && pa.file_name() == pb.file_name();
+    // Or the same file by another name (a symlink, `/dev/disk/by-id/...`), as far as both
     // resolve from here.
-    let resolved = |t: &str| {
-        let (_, path) = t.split_once(':')?;
-        std::fs::canonicalize(path).ok()
-    };
-    file(a).is_some_and(|f| Some(f) == file(b))
-        || (file(a).is_some()
-            && file(b).is_some()
-            && resolved(a).is_some_and(|r| Some(r) == resolved(b)))
+    same_name
+        || std::fs::canonicalize(pa).is_ok_and(|r| std::fs::canonicalize(pb).is_ok_and(|s| r == s))
 }
 
 /// How a boot report names the boot of `r` (its `target`).

@@ -639,18 +639,11 @@ fn unexpected_dirs(store: &mut dyn image_format::Store) -> Vec<String> {
     use image_format::store::EntryKind;
     let mut out = Vec::new();
     let root = store.list(layout::ROOT_DIR).unwrap_or_default();
-    // A capture's or a generation's directory whose entry lost its directory mark reads as an
-    // empty file under that name (the format keeps no such file there).
-    let unmarked = |e: &image_format::store::Entry, kind: &str, path: String| {
-        (e.kind != EntryKind::Dir && e.len == 0)
-            .then(|| format!("{path} ({kind} directory {UNMARKED})"))
-    };
-    for e in &root {
-        let path = format!("{}/{}", layout::ROOT_DIR, e.name);
-        if layout::validate_name(&e.name).is_ok() {
-            out.extend(unmarked(e, "a capture's", path));
-        }
-    }
+    out.extend(unmarked_entries(
+        store,
+        layout::ROOT_DIR,
+        image_format::LostDir::Capture,
+    ));
     for e in root.iter().filter(|e| e.kind == EntryKind::Dir) {
         let path = format!("{}/{}", layout::ROOT_DIR, e.name);
         if e.name.eq_ignore_ascii_case(layout::ATTEST_NAME) {
@@ -663,11 +656,11 @@ fn unexpected_dirs(store: &mut dyn image_format::Store) -> Vec<String> {
         for stray in image_format::stray_generation_dirs(store, &e.name).unwrap_or_default() {
             out.push(format!("{path}/{stray}"));
         }
-        for g in store.list(&path).unwrap_or_default() {
-            if layout::parse_generation_dir(&g.name).is_some() {
-                out.extend(unmarked(&g, "a generation's", format!("{path}/{}", g.name)));
-            }
-        }
+        out.extend(unmarked_entries(
+            store,
+            &path,
+            image_format::LostDir::Generation,
+        ));
         out.extend(deleted_entries(
             store,
             &path,
@@ -698,6 +691,19 @@ fn deleted_entries(
                 crate::output::printable_names(names, 4)
             )
         })
+        .collect()
+}
+
+/// Directories of `kind` in `dir` whose entry lost its directory mark (they read as empty
+/// files), as `DIR/NAME (KIND directory whose entry lost its directory mark)`.
+fn unmarked_entries(
+    store: &mut dyn image_format::Store,
+    dir: &str,
+    kind: image_format::LostDir,
+) -> Vec<String> {
+    image_format::unmarked_dirs_of(store, dir, kind)
+        .into_iter()
+        .map(|n| format!("{dir}/{n} ({} directory {UNMARKED})", kind.what()))
         .collect()
 }
 

@@ -847,17 +847,21 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                 if let Some(want) = image_format::store::fatmap::volume_bytes(&boot) {
                     // The backup boot sector (sector 6) says the volume fits: the boot
                     // sector's size field is what changed, not the copy that was cut; the
-                    // store's comparison of the two says so (damage, exit 1).
-                    let backup_fits = image_format::store::fatmap::backup_boot_offset(&boot)
-                        .and_then(|at| {
-                            let mut b = [0u8; 512];
-                            std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, at).ok()?;
-                            (b[510..512] == [0x55, 0xaa])
-                                .then(|| image_format::store::fatmap::volume_bytes(&b))
-                                .flatten()
-                        })
-                        .is_some_and(|w| w <= have && w != want);
-                    if have < want && !backup_fits {
+                    // store's comparison of the two says so (damage, exit 1). Read only for a
+                    // volume that does not fit.
+                    let backup_fits = || {
+                        image_format::store::fatmap::backup_boot_offset(&boot)
+                            .and_then(|at| {
+                                let mut b = [0u8; 512];
+                                std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, at)
+                                    .ok()?;
+                                (b[510..512] == [0x55, 0xaa])
+                                    .then(|| image_format::store::fatmap::volume_bytes(&b))
+                                    .flatten()
+                            })
+                            .is_some_and(|w| w <= have && w != want)
+                    };
+                    if have < want && !backup_fits() {
                         return Err(crate::exit::coded_next(
                             crate::exit::IO,
                             format!(

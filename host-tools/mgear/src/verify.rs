@@ -515,20 +515,10 @@ const LOST_CAPTURE_HINT: &str = "the medium was damaged since: do not write to i
 /// holds such (`Store::lost_dirs`): a capture a reader cannot see, not a name mistyped.
 fn lost_captures(store: &mut dyn image_format::Store) -> Option<String> {
     let root = image_format::layout::ROOT_DIR;
-    // An empty file in MGEAR under a capture's name: a capture directory whose entry lost
-    // its directory mark (the format keeps no such file there).
-    let unmarked = store
-        .list(root)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| {
-            e.kind != image_format::store::EntryKind::Dir
-                && e.len == 0
-                && image_format::layout::validate_name(&e.name).is_ok()
-        })
-        .count();
-    let n =
-        image_format::lost_dirs_of(store, root, image_format::LostDir::Capture).len() + unmarked;
+    // A capture directory whose entry lost its directory mark is as lost to every reader.
+    let kind = image_format::LostDir::Capture;
+    let n = image_format::lost_dirs_of(store, root, kind).len()
+        + image_format::unmarked_dirs_of(store, root, kind).len();
     match n {
         0 => None,
         1 => Some(format!(

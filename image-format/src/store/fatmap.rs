@@ -114,7 +114,7 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
         // large clusters (it sizes the FAT with a floor), or a volume whose size fields were
         // changed since; the second must never be told to format.
         let entries = fat_sectors * bps / 4;
-        let or_changed = if entries > clusters + 2 + (clusters + 2) / 4 + 4096 {
+        let or_changed = if fat_far_larger(entries, clusters) {
             alloc::format!(
                 ". If it held captures, its boot sector's size fields may have been changed \
                  since instead (its FAT has room for {} clusters): then do not format it, \
@@ -149,9 +149,7 @@ pub fn fat_size_supported(boot: &[u8]) -> Result<(), StoreError> {
 /// as sound, its other half invisible and free to the next writer.
 pub fn oversized_fat(geo: &Geometry) -> Option<String> {
     let entries = geo.fat_bytes / 4;
-    let clusters = u64::from(geo.cluster_count) + 2;
-    // The slack `plausible` allows, with the largest sector size.
-    (entries > clusters + clusters / 4 + 4096).then(|| {
+    fat_far_larger(entries, u64::from(geo.cluster_count)).then(|| {
         format!(
             "the FAT has room for {} clusters but the boot sector (and its backup) give the \
              volume {}: every formatter sizes the FAT for its clusters, so the boot sector's \
@@ -162,6 +160,14 @@ pub fn oversized_fat(geo: &Geometry) -> Option<String> {
             geo.cluster_count
         )
     })
+}
+
+/// Whether a FAT of `entries` entries has room for far more than `clusters` data clusters
+/// (and the two reserved entries): more than the slack any formatter leaves, the slack
+/// [`plausible`] allows with the largest sector size.
+fn fat_far_larger(entries: u64, clusters: u64) -> bool {
+    let needed = clusters + 2;
+    entries > needed + needed / 4 + 4096
 }
 
 /// The fewest clusters a FAT32 volume has (Microsoft's FAT specification: fewer is FAT16).

@@ -168,43 +168,36 @@ pub fn find_attestations(
             })),
             // A failed arrival check first, erased since or not: "erased before its arrival
             // check" sent an appliance whose check found the medium changed to
-            // --allow-unsealed.
+            // --allow-unsealed. The custody log is read once (a long one over a serial line).
             Response::Attestations {
                 seal: Some(_),
                 arrival: None,
-            } if failed_arrival(&mut c).is_some() => {
-                let first = failed_arrival(&mut c).unwrap_or_default();
-                let erased = if appliance_erased(&mut c) {
-                    " (and it was erased since)"
-                } else {
-                    ""
+            } => {
+                let why = match (failed_arrival(&mut c), appliance_erased(&mut c)) {
+                    // Running it again finds the same: the medium is not what was sealed.
+                    (Some(first), erased) => format!(
+                        "the appliance at {at} {} ({first}){}: it changed since the seal, so there \
+                         is no arrival pass to ingest on. Do not ingest from it; its custody log \
+                         (`mgear appliance --port {at} log --verify`) says what happened to it; ask \
+                         the capture site for another copy of the shipment",
+                        crate::trust::ARRIVAL_FAILED,
+                        if erased { " (and it was erased since)" } else { "" }
+                    ),
+                    (None, true) => format!(
+                        "the appliance at {at} sealed the medium but {} (locked out, or erase \
+                         requested), and an erased appliance signs no arrival: check its custody \
+                         log (`mgear appliance --port {at} log --verify`), then ingest without the \
+                         attestations (--allow-unsealed: the capture is then trusted by what vouches \
+                         for its COMMIT, the pinned --trust site key or this appliance's witness)",
+                        crate::trust::ERASED_BEFORE_ARRIVAL
+                    ),
+                    (None, false) => format!(
+                        "the appliance at {at} sealed the medium but has not checked it on arrival: \
+                         run `mgear appliance --port {at} arrival` first"
+                    ),
                 };
-                Ok(Err(format!(
-                    "the appliance at {at} {} ({first}){erased}: it changed since the seal, so \
-                     there is no arrival pass to ingest on. Do not ingest from it; its custody \
-                     log (`mgear appliance --port {at} log --verify`) says what happened to it; \
-                     ask the capture site for another copy of the shipment",
-                    crate::trust::ARRIVAL_FAILED
-                )))
+                Ok(Err(why))
             }
-            Response::Attestations {
-                seal: Some(_),
-                arrival: None,
-            } if appliance_erased(&mut c) => Ok(Err(format!(
-                "the appliance at {at} sealed the medium but {} (locked out, or erase \
-                 requested), and an erased appliance signs no arrival: check its custody log \
-                 (`mgear appliance --port {at} log --verify`), then ingest without the \
-                 attestations (--allow-unsealed: the capture is then trusted by what vouches for its \
-                 COMMIT, the pinned --trust site key or this appliance's witness)",
-                crate::trust::ERASED_BEFORE_ARRIVAL
-            ))),
-            Response::Attestations {
-                seal: Some(_),
-                arrival: None,
-            } => Ok(Err(format!(
-                "the appliance at {at} sealed the medium but has not checked it on arrival: run \
-                 `mgear appliance --port {at} arrival` first"
-            ))),
             Response::Attestations { .. } => Ok(Err(format!(
                 "the appliance at {at} holds no seal attestation: it was never sealed (`mgear \
                  appliance seal` at the capture site), or it lost its secrets (erased, locked \
