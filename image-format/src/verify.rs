@@ -609,10 +609,12 @@ fn verify_capture_into<S: Store + ?Sized>(
                 cx.problem(
                     at,
                     alloc::format!(
-                        "unfinished generation (no MANIFEST): resume the capture with the same parameters, \
-                         or remove it with `mgear capture --abort --medium MEDIUM --name {}` \
-                         (`--appliance PORT` for an appliance's medium; `mgear medium fsck` \
-                         lists every leftover)",
+                        "unfinished generation (no MANIFEST): at the capture site, resume the \
+                         capture with the same parameters, or remove it with `mgear capture \
+                         --abort --medium MEDIUM --name {}` (`--appliance PORT` for an \
+                         appliance's medium; `mgear medium fsck` lists every leftover); at the \
+                         target, a medium that arrived so was shipped unfinished or changed in \
+                         transit: keep it as it is and ask the capture site",
                         set::owner(name)
                     ),
                 );
@@ -1486,6 +1488,27 @@ fn garbled_entries<S: Store + ?Sized>(store: &mut S, dir: &str) -> Result<Option
     }))
 }
 
+/// Why generation directory `dir`, listed as sound so far, is damaged all the same: an entry
+/// in it is marked a directory, where the format keeps only files (a segment's or the
+/// COMMIT's attribute byte damaged: the listing read on past it and called the generation
+/// complete, while every reader of that file fails). `None` when no entry is.
+fn marked_dirs<S: Store + ?Sized>(store: &mut S, dir: &str) -> Result<Option<String>> {
+    let marked: Vec<String> = medium::list_or_empty(store, dir)?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .map(|e| e.name)
+        .collect();
+    Ok((!marked.is_empty()).then(|| {
+        alloc::format!(
+            "{dir}/{} {} a directory where the format has a file: {} directory entr{} damaged",
+            marked.join(", "),
+            if marked.len() == 1 { "is" } else { "are" },
+            if marked.len() == 1 { "its" } else { "their" },
+            if marked.len() == 1 { "y is" } else { "ies are" },
+        )
+    }))
+}
+
 /// Capture `name`'s key slots and generations, without any key; `None` for
 /// a machine set's directory (`crate::set::list_sets` lists those).
 pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Option<CaptureInfo>> {
@@ -1577,6 +1600,13 @@ pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Opti
                 ..blank
             },
             Err(e) => return Err(e),
+        };
+        let info = match marked_dirs(store, &layout::generation_dir(&name, g))? {
+            Some(why) if !matches!(info.state, GenerationState::Damaged(_)) => GenerationInfo {
+                state: GenerationState::Damaged(why),
+                ..info
+            },
+            _ => info,
         };
         generations.push(info);
     }

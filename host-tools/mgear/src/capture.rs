@@ -3052,6 +3052,19 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         Some(port) => Some(crate::appliance::appliance_identity(port)?),
         None => None,
     };
+    // Each appliance's identity, so that what answers at its port after a cut is asked only
+    // if it is the same unit (a console number given to another appliance since answered
+    // for the one that went away, "arrived now").
+    let span_ids: Vec<Option<[u8; 32]>> = args
+        .medium
+        .appliance
+        .iter()
+        .enumerate()
+        .map(|(i, port)| match i {
+            0 => appliance_id,
+            _ => crate::appliance::appliance_identity(port).ok(),
+        })
+        .collect();
     // Every appliance of a span holds part of it: each one's custody log says a capture
     // wrote to it (only the first, which witnesses, said so; the others' logs read as if
     // nothing had been written there).
@@ -3472,14 +3485,13 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 )
             } else if !matches!(crate::exit::classified(&e), Some(1 | 2)) {
                 // Any appliance of a span may be the one cut off (the second's loss was a raw
-                // "Broken pipe"); the first one is also the one whose identity is known.
+                // "Broken pipe").
                 args.medium
                     .appliance
                     .iter()
-                    .enumerate()
-                    .fold(e, |e, (i, port)| {
-                        let id = if i == 0 { appliance_id.as_ref() } else { None };
-                        crate::appliance::explain_cut_off(port, id, e)
+                    .zip(&span_ids)
+                    .fold(e, |e, (port, id)| {
+                        crate::appliance::explain_cut_off(port, id.as_ref(), e)
                     })
             } else {
                 e
@@ -4055,20 +4067,37 @@ fn medium_full(
     chunk_size: u32,
     free: Option<u64>,
 ) -> crate::Error {
+    // A re-run resumes from the last checkpoint, and what it stored past it is written again
+    // into the same room: the rest of the disk from the chunk that did not fit is what more
+    // is needed.
     let done = (stats.first_chunk * u64::from(chunk_size))
         .saturating_add(stats.read)
         .saturating_add(stats.unchanged);
     let left = size.saturating_sub(done);
-    let ratio = if stats.read == 0 {
+    // The rest taken as data (its zero chunks are not known yet), at what the data read so
+    // far compressed to: zeros read before made it "about 53 MiB more" where 76 were needed,
+    // and the medium added as told was full again.
+    let ratio = if stats.stored_plain == 0 {
         1.0
     } else {
-        (stats.stored as f64 / stats.read as f64).max(0.01)
+        (stats.stored as f64 / stats.stored_plain as f64).max(0.01)
     };
+    let reserve = span_plan(args, size, chunk_size).reserve;
+    // A lone medium that becomes the first of a span keeps room for its own copy of the
+    // index and manifests too: what it held past that moves to the medium added.
+    let own = match args.medium.medium.len() + args.medium.appliance.len() {
+        1 => reserve,
+        _ => 0,
+    };
+    // A medium sized as told must do: 5 % and a chunk more than the estimate (its ratio is
+    // the past's, and each segment ends in a trailer), not another trip.
+    let rest = left_to_store(left, ratio, chunk_size);
+    let margin = rest / 20 + u64::from(chunk_size);
     coded_full(
         args,
         &err,
-        left_to_store(left, ratio, chunk_size),
-        span_plan(args, size, chunk_size).reserve,
+        rest.saturating_add(margin).saturating_add(own),
+        reserve,
         free,
     )
 }

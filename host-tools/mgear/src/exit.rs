@@ -164,6 +164,15 @@ pub fn hint(err: &Error, command: &str) -> String {
              appliance): make it writable, or give one that is, then run the same command again"
                 .to_string()
         }
+        // A read-only file system or a path not permitted (the key cache or state dir on a
+        // read-only mount, an immutable image): "reconnect it" said nothing that helps.
+        _ if refused_by_host(err) => {
+            "the host refused to write the path the message names (a read-only file system, \
+             permissions, or an immutable file: `lsattr`): make it writable, or point mgear at \
+             another place (--key-cache DIR for capture's key cache, --state-dir DIR for \
+             ingest's state, another --target or medium), then run the same command again"
+                .to_string()
+        }
         // Said of every I/O error without a hint of its own: where the message itself says
         // what to do (remove a link, give the partition, stop a serve), "run the same command
         // again" alone contradicted it.
@@ -209,6 +218,18 @@ fn is_damaged(err: &Error) -> bool {
                 ..
             })
         ) || matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Damaged(_)))
+    })
+}
+
+/// Whether `err` is the host refusing a path: a read-only file system, or permission denied.
+fn refused_by_host(err: &Error) -> bool {
+    use nix::errno::Errno;
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|n| {
+                [Errno::EROFS, Errno::EACCES, Errno::EPERM].contains(&Errno::from_raw(n))
+            })
     })
 }
 
@@ -327,6 +348,27 @@ mod tests {
             .unwrap_err();
         assert_eq!(code_of(&e), FOUND);
         assert!(hint(&e, "verify").contains("never repair the original"));
+    }
+
+    /// The key cache or state dir on a read-only mount, an immutable medium image: said
+    /// what to make writable or where else to point (it said "do what the message says").
+    #[test]
+    fn a_path_the_host_refuses_says_make_it_writable_or_go_elsewhere() {
+        for errno in [nix::libc::EROFS, nix::libc::EACCES, nix::libc::EPERM] {
+            let e = Err::<(), _>(std::io::Error::from_raw_os_error(errno))
+                .context("creating key cache /x/mgear/keys")
+                .unwrap_err();
+            assert_eq!(code_of(&e), IO);
+            let h = hint(&e, "capture");
+            assert!(
+                h.contains("make it writable") && h.contains("--key-cache"),
+                "{h}"
+            );
+        }
+        let e = Err::<(), _>(std::io::Error::from_raw_os_error(nix::libc::ENOENT))
+            .context("opening x")
+            .unwrap_err();
+        assert!(hint(&e, "capture").starts_with("do what the message says"));
     }
 
     #[test]

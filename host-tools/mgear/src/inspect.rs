@@ -186,6 +186,10 @@ pub struct MediumJson {
     /// directory whose entry was deleted or damaged: it holds MANIFEST, ...)`): what they hold
     /// is invisible to every reader, and `verify` fails the medium while they are there.
     pub unexpected: Vec<String>,
+    /// A generation whose files read as damaged (its manifest, or a file's entry), not one
+    /// only missing a segment that the media given do not place: inspect exits 1.
+    #[serde(skip)]
+    pub damaged_generation: bool,
 }
 
 /// Run `mgear inspect`.
@@ -337,12 +341,14 @@ pub fn run(args: Request) -> crate::Result<i32> {
             }
         }
     }
-    // A capture whose directories cannot be listed, or a medium that lists nothing while
-    // much of it is in use: a failure found, exit 1, as `ls` of a damaged directory fails
-    // (it exited 0 beside "DAMAGED", and a script saw a good listing).
+    // A capture whose directories cannot be listed, a generation listed as damaged, or a
+    // medium that lists nothing while much of it is in use: a failure found, exit 1, as `ls`
+    // of a damaged directory fails (it exited 0 beside "DAMAGED", and a script saw a good
+    // listing).
     let damaged = media.iter().any(|m| {
         m.note.is_some()
             || !m.unexpected.is_empty()
+            || m.damaged_generation
             || m.captures.iter().any(|c| c.damage.is_some())
     });
     let code = match damaged {
@@ -400,6 +406,7 @@ pub fn run(args: Request) -> crate::Result<i32> {
         sets: report.sets,
         note: report.note,
         unexpected: report.unexpected,
+        damaged_generation: m.damaged_generation,
     });
     for m in &report.shipment.missing_media {
         say!("shipment NOT complete without {m}: a machine of this span may have records on it");
@@ -479,6 +486,9 @@ fn medium_json(
         .map(|sp| sp.unreachable().into_iter().map(|(p, _)| p).collect())
         .unwrap_or_default();
     let mut unplaced: std::collections::HashMap<(String, u32), String> = Default::default();
+    // Unlike a segment the media given do not place (a shipment's question), damage read in
+    // a generation's own files fails the listing.
+    let mut damaged_generation = false;
     // A complete generation's segments the span places on its other media: its stored size
     // is the whole generation's, and this medium holds the rest.
     let mut elsewhere: std::collections::HashMap<(String, u32), u32> = Default::default();
@@ -490,6 +500,9 @@ fn medium_json(
         let store = medium.store();
         for c in caps {
             for g in &c.generations {
+                if let image_format::GenerationState::Damaged(why) = &g.state {
+                    damaged_generation |= why != image_format::CUT_OFF_AT_START;
+                }
                 if matches!(g.state, image_format::GenerationState::Unfinished { .. }) {
                     let dir = image_format::layout::generation_dir(&c.name, g.generation);
                     let bytes = store
@@ -508,16 +521,23 @@ fn medium_json(
                     let p = image_format::layout::segment_path(&c.name, g.generation, k);
                     if far.contains(&p) {
                         *elsewhere.entry((c.name.clone(), g.generation)).or_default() += 1;
-                    } else if store.len(&p).ok().flatten().is_none() {
-                        unplaced.insert(
-                            (c.name.clone(), g.generation),
-                            format!(
-                                "{p}, which its manifest lists, is on none of the media given \
-                                 and the span's map places it on no other medium"
-                            ),
-                        );
-                        break;
+                        continue;
                     }
+                    let why = match store.len(&p) {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => format!(
+                            "{p}, which its manifest lists, is on none of the media given \
+                             and the span's map places it on no other medium"
+                        ),
+                        // A segment's entry damaged (marked a directory): it was said
+                        // "on none of the media given", and the medium passed.
+                        Err(e) => {
+                            damaged_generation = true;
+                            e.to_string()
+                        }
+                    };
+                    unplaced.insert((c.name.clone(), g.generation), why);
+                    break;
                 }
             }
         }
@@ -546,6 +566,7 @@ fn medium_json(
     }
     Ok(MediumJson {
         unexpected,
+        damaged_generation,
         note: hidden
             .strip_prefix("; yet ")
             .map(|n| format!("nothing is listed, yet {n}")),

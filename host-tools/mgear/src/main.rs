@@ -116,7 +116,13 @@ fn stdout_failures() {
             // A reader that went away (`| head`) needs no message; a full or failing
             // output file does: exit 101 and a backtrace after a finished capture or
             // ingest read as "it failed", and its re-run is refused as already done.
-            if !text.contains("Broken pipe") {
+            // A command whose work stands once done (a capture on its medium, an ingested
+            // volume) says so even then: exit 3 with nothing on stderr read as a failure to
+            // resume, and the re-run was refused as already done.
+            let lasting = ["capture", "ingest", "cutover", "medium"]
+                .iter()
+                .any(|c| output::command().split(' ').next() == Some(c));
+            if !text.contains("Broken pipe") || lasting {
                 let why = text.trim_start_matches("failed printing to stdout: ");
                 eprintln!(
                     "mgear: error: could not write the output to standard output ({why}): what \
@@ -267,6 +273,24 @@ fn parse(json: bool) -> Cli {
             match output::emit(&v) {
                 Ok(()) => std::process::exit(exit::OK),
                 Err(_) => std::process::exit(exit::IO),
+            }
+        }
+        // Help and version written where they cannot be (`> /dev/full`): exit 3, as any
+        // other output that cannot be written (clap's own exit said 0).
+        Err(e)
+            if !json && matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
+        {
+            use std::io::Write as _;
+            match e.print().and_then(|()| std::io::stdout().flush()) {
+                Ok(()) => std::process::exit(exit::OK),
+                // A reader that went away (`| head`) needs no message.
+                Err(w) if w.kind() == std::io::ErrorKind::BrokenPipe => {
+                    std::process::exit(exit::IO)
+                }
+                Err(w) => {
+                    eprintln!("mgear: error: could not write the text to standard output ({w})");
+                    std::process::exit(exit::IO)
+                }
             }
         }
         Err(e) if !json => e.exit(),

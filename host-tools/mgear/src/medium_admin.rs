@@ -43,7 +43,7 @@ use image_format::store::EntryKind;
 use image_format::{GenerationInfo, GenerationState, Store, StoreError};
 use serde::Serialize;
 
-use crate::exit::{coded, usage, FOUND, OK};
+use crate::exit::{usage, FOUND, OK};
 use crate::medium::Where;
 use crate::spec::Medium as MediumSpec;
 use crate::units::human_bytes;
@@ -362,7 +362,6 @@ fn list(v: &[u32]) -> String {
         .join(", ")
 }
 
-/// Turn a read-only refusal into the sealed-medium message.
 /// The kind of a [`Finding`] of damage in the medium's file system (a directory that loops,
 /// a cluster chain that runs into another file): never repaired here.
 const DAMAGED_FS: &str = "damaged-file-system";
@@ -374,13 +373,21 @@ fn reading(e: StoreError, path: &str) -> crate::Error {
     crate::Error::from(e).context(format!("reading {path}"))
 }
 
+/// Turn a read-only refusal into what makes the medium writable: an environment to put
+/// right (exit 3), not a finding about its data (exit 1 said "the data did not check out: do
+/// not use it" of a read-only loop device over an intact medium).
 fn sealed(e: StoreError, path: &str) -> crate::Error {
     match e {
-        StoreError::ReadOnly => coded(
-            FOUND,
-            "the medium is read-only: on a sealed appliance nothing is ever removed (the \
-             shipment is sealed), a locked one needs `mgear appliance unlock` first, and a \
-             directory or image mounted or made read-only needs to be writable again",
+        StoreError::ReadOnly => crate::exit::coded_next(
+            crate::exit::IO,
+            format!(
+                "the medium is read-only, so {path} was not removed (nothing was): on a sealed \
+                 appliance nothing is ever removed (the shipment is sealed), a locked one needs \
+                 `mgear appliance unlock` first, and a directory or image mounted or made \
+                 read-only needs to be writable again"
+            ),
+            "make the medium writable (a loop device attached without -r, the image file \
+             writable, the file system mounted read-write), then run the same command again",
         ),
         other => crate::Error::from(other).context(format!("removing {path}")),
     }

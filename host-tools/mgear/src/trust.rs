@@ -27,6 +27,9 @@ use std::path::PathBuf;
 
 /// What the reason a failed arrival check gives (the appliance gate) says, so the refusal
 /// built on it knows the medium changed (and does not advise fetching the attestations).
+/// How the gate says that neither an appliance nor attestation files were given, and the
+/// medium holds no copies ([`crate::appliance::gate`]).
+pub(crate) const NO_ATTESTATIONS_GIVEN: &str = "no seal/arrival attestations were given";
 pub(crate) const ARRIVAL_FAILED: &str = "checked the medium on arrival and it FAILED";
 /// Likewise for an appliance erased between its seal and an arrival check.
 pub(crate) const ERASED_BEFORE_ARRIVAL: &str = "was erased before its arrival check";
@@ -353,6 +356,23 @@ pub fn check_generation(
                  --expect-generation to install the older one on purpose"
             )));
         }
+        if g < want && all.contains(&want) && !finished.contains(&want) {
+            // It is here, unfinished: "a newer generation was removed" sent the operator
+            // looking for a rollback.
+            return Err(refuse(format!(
+                "capture {name}: generation {want} was expected (--expect-generation, from the \
+                 capture receipt) and is on this medium, but it is not finished (no MANIFEST: \
+                 its capture was cut, or its files changed since it was shipped); {} {g}. Do \
+                 not install an older one in its place: the capture site resumes it (the same \
+                 capture command) and ships the medium again; `mgear verify` says what \
+                 generation {want} holds",
+                if generation.is_some() {
+                    "--generation asks for"
+                } else {
+                    "the newest finished one is"
+                },
+            )));
+        }
         if g < want {
             return Err(refuse(format!(
                 "capture {name}: generation {want} was expected (--expect-generation, from the \
@@ -502,9 +522,30 @@ pub fn check_generation(
                     SignerRole::Site => policy.pinned_site(&s.public_key),
                     SignerRole::Appliance => policy.pinned_appliance(&s.public_key),
                 };
-                if pinned {
+                let said = format!("{} {fp} (COMMIT)", s.role.as_str());
+                if pinned && trusted_by.contains(&said) {
+                    // The same signature twice (a hand-made COMMIT) vouches once.
+                } else if pinned {
                     site_signed |= s.role == SignerRole::Site;
-                    trusted_by.push(format!("{} {fp} (COMMIT)", s.role.as_str()));
+                    trusted_by.push(said);
+                } else if policy.pinned_site(&s.public_key)
+                    || policy.pinned_appliance(&s.public_key)
+                {
+                    // Pinned in the other role: "which is not pinned" beside the same key in
+                    // the pinned list read as a contradiction.
+                    found.push(format!(
+                        "COMMIT signed by {fp} as {} {}, but that key is pinned as {} (the \
+                         signature's role was changed since, or the key was pinned with the \
+                         wrong option: --trust is a capture site's, --trust-appliance an \
+                         appliance's)",
+                        if s.role == SignerRole::Site { "a" } else { "an" },
+                        s.role.as_str(),
+                        if s.role == SignerRole::Site {
+                            "an appliance"
+                        } else {
+                            "a site"
+                        }
+                    ));
                 } else {
                     found.push(format!(
                         "COMMIT signed by {} {fp}, which is not pinned",
@@ -579,9 +620,12 @@ pub fn check_generation(
             "seal + arrival signed by appliance {fp}, which is not pinned"
         )),
         // Where to get them is said where they are required (below), not in this list.
-        Err(_) if attestations.is_err() => {
+        Err(_) if attestations.is_err_and(|why| why.starts_with(NO_ATTESTATIONS_GIVEN)) => {
             found.push("no seal/arrival attestations found".to_string())
         }
+        // What the appliance given said of its seal (its arrival check failed, or was not
+        // run: its word, not "no seal/arrival attestations found"), or why the seal does not
+        // hold.
         Err(e) => found.push(e.clone()),
     }
     // A seal is required for an appliance capture (the manifest's hint) and
@@ -638,17 +682,23 @@ pub fn check_generation(
             ));
         }
     }
-    if let (true, Err(e)) = (manifest.is_some() || pinned_sealer, &seal) {
+    // The appliance given checked the medium on arrival and found it changed since its seal:
+    // refused whatever the capture claims, as for one made through it (a courier's own
+    // capture put in the sealed one's place carries no appliance hint, and was refused as
+    // "no seal/arrival attestations found", offering --allow-untrusted).
+    let arrival_failed = attestations.is_err_and(|why| why.contains(ARRIVAL_FAILED));
+    if let (true, Err(e)) = (manifest.is_some() || pinned_sealer || arrival_failed, &seal) {
         let msg = match manifest {
             Some(hint) => format!(
                 "capture {name} generation {g} was made through appliance {} but its seal does not \
                  check: {e}",
                 sitekey::fingerprint(&hint)
             ),
-            None => format!(
+            None if pinned_sealer => format!(
                 "the medium was sealed by a pinned appliance but capture {name} generation {g} \
                  does not match the seal: {e}"
             ),
+            None => e.clone(),
         };
         // The pinned appliance's own signed list says the medium changed since the seal (a
         // generation deleted, a file changed, another capture in its place): no override

@@ -121,7 +121,7 @@ fn appliance_console_malformed_input_gets_errors_never_a_crash() {
     lab.stop();
 }
 
-fn crc32(b: &[u8]) -> u32 {
+pub(crate) fn crc32(b: &[u8]) -> u32 {
     // CRC-32/ISO-HDLC (zlib's), as the protocol uses; bitwise so the test
     // checks the firmware against an independent implementation.
     let mut crc = 0xffff_ffffu32;

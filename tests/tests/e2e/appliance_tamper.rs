@@ -103,3 +103,52 @@ fn a_seal_refused_for_a_damaged_record_says_how_to_mend_it() {
     assert_eq!(lab.state(), "Unlocked");
     lab.stop();
 }
+
+/// The courier replaces the sealed capture with one of their own to `target.pub` (unsigned,
+/// made without the appliance, under the same name): ingest through the appliance refuses
+/// it on the failed arrival check. It was refused as "no seal/arrival attestations found",
+/// blaming a missing --sign and offering --allow-untrusted.
+#[test]
+fn a_capture_replaced_on_a_sealed_medium_is_refused_on_its_failed_arrival() {
+    let mut lab = Lab::new(64);
+    lab.sealed(4);
+    lab.stop();
+    let m = format!("fat:{}", lab.s("medium.img"));
+    lab.ok(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
+    lab.make_disk(4, 99);
+    lab.ok(&[
+        "capture",
+        "--source",
+        &lab.s("disk.raw"),
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--recipient",
+        &lab.s("target.pub"),
+    ]);
+    lab.start();
+    // Not checked on arrival yet: the appliance's word is said, not "no attestations".
+    let out = lab.ingest(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("has not checked it on arrival")
+            && !err.contains("no seal/arrival attestations found"),
+        "{err}"
+    );
+    let out = lab.appliance(&["arrival"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let out = lab.ingest(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("checked the medium on arrival and it FAILED")
+            && err.contains("do not ingest from this medium")
+            && !err.contains("no seal/arrival attestations found")
+            && !err.contains("--allow-untrusted"),
+        "{err}"
+    );
+    assert!(!lab.p("vol.raw").exists());
+    lab.stop();
+}

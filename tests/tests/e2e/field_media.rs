@@ -1726,3 +1726,40 @@ fn two_entries_under_one_short_name_are_a_finding() {
         text(&o)
     );
 }
+
+/// Each file of a finished generation whose entry was marked a directory (the attribute byte,
+/// 0x10): every reader fails the medium, inspect too (it listed the capture as sound, exit 0,
+/// for a segment or the COMMIT marked so; verify and ingest refused).
+#[test]
+fn any_file_of_a_generation_marked_a_directory_fails_inspect() {
+    for short in [
+        b"SEG-00~1   ",
+        b"COMMIT     ",
+        b"INDEX      ",
+        b"JRNL-A     ",
+    ] {
+        let e = Env::new();
+        keys(&e);
+        random_disk(&e.p("a.raw"), 4, 35);
+        let m = e.fat("m.img", "64MiB");
+        e.capture(&m, "rand").source("a.raw").sign("site.key").ok();
+        edit_dir(&e, "m.img", "MGEAR/rand/G0001", |img, dir, len| {
+            let entry = entry_named(img, dir, len, short);
+            img[entry + 11] |= 0x10;
+        });
+        let shown = String::from_utf8_lossy(short);
+        for args in [
+            &["inspect", "--medium", &m][..],
+            &["verify", "--medium", &m],
+            &["medium", "fsck", "--medium", &m],
+        ] {
+            let o = e.run(args);
+            assert_eq!(o.status.code(), Some(1), "{shown} {args:?}: {}", text(&o));
+            assert!(
+                text(&o).contains("DAMAGED") || text(&o).contains("damaged"),
+                "{shown} {args:?}: {}",
+                text(&o)
+            );
+        }
+    }
+}

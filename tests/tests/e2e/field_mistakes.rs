@@ -2814,3 +2814,57 @@ fn two_captures_of_one_name_at_once_share_a_key_cache() {
         }
     }
 }
+
+/// `medium rm` and `capture --abort` on a medium behind a read-only loop device: the
+/// environment to put right (exit 3, make it writable), not "the data did not check out: do
+/// not use it" (exit 1) of an intact medium; nothing is removed, and once writable the same
+/// command removes it.
+#[test]
+fn removing_from_a_read_only_medium_says_make_it_writable() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("a.raw"), 4 << 20, 3);
+    e.capture(&m, "web01").source("a.raw").ok();
+    // Too big for what is left: an unfinished capture for --abort.
+    random_disk(&e.p("big.raw"), 80 << 20, 4);
+    let o = e
+        .capture(&m, "big")
+        .source("big.raw")
+        .arg("--skip-space-check")
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(e.p("m.img"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let ro = Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let on_ro = format!("fat:{}", ro.0);
+    for args in [
+        &[
+            "medium", "rm", "--medium", &on_ro, "--name", "web01", "--force",
+        ][..],
+        &["capture", "--abort", "--medium", &on_ro, "--name", "big"],
+    ] {
+        let o = e.run(args);
+        let t = output_text(&o);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {t}");
+        assert!(
+            t.contains("the medium is read-only")
+                && t.contains("make the medium writable")
+                && !t.contains("do not use it"),
+            "{args:?}: {t}"
+        );
+    }
+    drop(ro);
+    let o = e.run(&["inspect", "--medium", &m]);
+    let t = output_text(&o);
+    assert!(
+        t.contains("capture web01") && t.contains("capture big"),
+        "{t}"
+    );
+    e.ok(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
+    e.ok(&["capture", "--abort", "--medium", &m, "--name", "big"]);
+}

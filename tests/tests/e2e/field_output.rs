@@ -420,6 +420,53 @@ fn a_full_standard_output_is_an_io_error_not_a_panic() {
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
 }
 
+/// A reader that went away before a capture printed its result (`| head` done early): the
+/// capture stands, exit 3, and stderr says that only the printed output was lost (it said
+/// nothing, and a script re-ran the capture into "already captured"). Help and version
+/// written to a full disk are exit 3 too (they said 0).
+#[test]
+fn a_closed_standard_output_after_a_capture_is_said_on_standard_error() {
+    let e = Env::new();
+    e.keygen();
+    disk(&e, "a.raw");
+    let m = e.fat("m.img", "64MiB");
+    let mut child = e
+        .capture(&m, "pp")
+        .source("a.raw")
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("could not write the output")
+            && err.contains("what the command did before that stands"),
+        "{err}"
+    );
+    let i = e.json(&["inspect", "--medium", &m]);
+    assert_eq!(
+        i["captures"][0]["generations"][0]["state"], "complete",
+        "{i}"
+    );
+    for args in [&["--version"][..], &["capture", "--help"]] {
+        let o = e
+            .cmd(args)
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", output_text(&o));
+    }
+}
+
 /// A standard error that cannot be written (`2>&1 | head -1` once the reader left, a full
 /// disk) loses the messages, not the work: a set capture of two disks went on to panic
 /// between them (exit 101, disk 1 never captured).

@@ -1611,3 +1611,54 @@ fn a_span_cut_while_it_closed_is_put_right_by_the_same_command() {
         std::fs::read(e.p("disk.raw")).unwrap()
     );
 }
+
+/// A medium full part-way through a disk whose zeros came first: a medium added at the size
+/// the message asks for (what it says is needed, plus the copy it keeps) takes the rest. It
+/// asked for too little (the zeros read counted as compression, and the full medium's own
+/// copy of the index was left out), and the medium added as told was full again.
+#[test]
+fn a_medium_added_as_the_full_message_says_takes_the_rest() {
+    let e = Env::new();
+    e.keygen();
+    let mut disk = noise(100 << 20, 21);
+    disk[20 << 20..40 << 20].fill(0);
+    std::fs::write(e.p("disk.raw"), &disk).unwrap();
+    let a = e.fat("a.img", "64MiB");
+    let o = e
+        .capture(&a, "web01")
+        .source("disk.raw")
+        .arg("--skip-space-check")
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    let said = output_text(&o);
+    let bytes = |after: &str, unit: &str| -> f64 {
+        let at = said
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?}: {said}"))
+            + after.len();
+        let rest = &said[at..];
+        let end = rest
+            .find(unit)
+            .unwrap_or_else(|| panic!("{unit:?}: {said}"));
+        rest[..end].trim().parse().unwrap()
+    };
+    let needed = bytes("medium full: about ", " bytes");
+    let own = bytes("with room for that plus about ", " MiB") * 1048576.0;
+    // A FAT32 file system of this size keeps about 1 MiB for itself.
+    let size = ((needed + own) / 1048576.0).ceil() as u64 + 1;
+    let b = e.fat("b.img", &format!("{size}MiB"));
+    let o = e
+        .capture(&a, "web01")
+        .source("disk.raw")
+        .arg("--medium")
+        .arg(&b)
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{size} MiB: {}", output_text(&o));
+    e.ingest(&a, "web01")
+        .arg("--medium")
+        .arg(&b)
+        .arg("--allow-untrusted")
+        .target("file:out.raw")
+        .ok();
+    same_file(&e.p("out.raw"), &e.p("disk.raw"));
+}

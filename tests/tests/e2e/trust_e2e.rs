@@ -942,3 +942,89 @@ fn a_generation_grafted_from_another_capture_is_named_not_blamed_on_the_key() {
     assert!(t.contains("generation 2 belongs to another capture"), "{t}");
     assert!(!t.contains("does not open capture"), "{t}");
 }
+
+/// A site signature relabelled as an appliance's (the role byte, outside what is signed, the
+/// CRC made again): refused, and said as a key pinned in another role (it said the key "is
+/// not pinned", then listed it as pinned). The same signature twice vouches once.
+#[test]
+fn a_signature_in_another_role_is_said_so_and_a_repeated_one_counts_once() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    let path = e.p("mnt/MGEAR/web01/G0001/COMMIT");
+    let orig = fs::read(&path).unwrap();
+    let body = u32::from_le_bytes(orig[12..16].try_into().unwrap()) as usize;
+    let sigs = 16 + body;
+    assert_eq!(u16::from_le_bytes([orig[sigs], orig[sigs + 1]]), 1);
+    let remade = |count: u16, role: u8| {
+        let one = &orig[sigs + 2..sigs + 2 + 97];
+        let mut b = orig[..sigs].to_vec();
+        b.extend_from_slice(&count.to_le_bytes());
+        for _ in 0..count {
+            b.push(role);
+            b.extend_from_slice(&one[1..]);
+        }
+        let crc = crate::appliance_console::crc32(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        fs::write(&path, b).unwrap();
+    };
+    remade(1, 2);
+    let o = ingest(&e, &["--trust", "site.pub"]);
+    refused(&o, &["as an appliance, but that key is pinned as a site"]);
+    assert!(
+        !output_text(&o).contains("which is not pinned"),
+        "{}",
+        output_text(&o)
+    );
+    remade(3, 1);
+    let o = ingest(&e, &["--trust", "site.pub"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let t = output_text(&o);
+    assert_eq!(t.matches("(COMMIT)").count(), 1, "{t}");
+}
+
+/// The expected generation is on the medium but unfinished (the medium filled up part-way
+/// through the delta): said so, with the capture site's resume (it said "a newer generation
+/// was removed").
+#[test]
+fn an_expected_generation_that_is_unfinished_is_said_so() {
+    let e = site();
+    let m = e.fat("m.img", "34MiB");
+    write_disk(&e.p("big.raw"), 30, 5);
+    e.capture(&m, "web01")
+        .source("big.raw")
+        .sign("site.key")
+        .ok();
+    write_disk(&e.p("big.raw"), 30, 6);
+    let o = e
+        .capture(&m, "web01")
+        .source("big.raw")
+        .sign("site.key")
+        .args(&[
+            "--delta",
+            "--same-source",
+            "--skip-space-check",
+            "--checkpoint-bytes",
+            "1MiB",
+        ])
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    let o = e
+        .ingest(&m, "web01")
+        .target("file:vol.raw")
+        .args(&["--trust", "site.pub", "--expect-generation", "2"])
+        .run();
+    refused(
+        &o,
+        &[
+            "generation 2 was expected",
+            "is on this medium, but it is not finished",
+            "the capture site resumes it",
+        ],
+    );
+    assert!(
+        !output_text(&o).contains("was removed"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("vol.raw").exists());
+}

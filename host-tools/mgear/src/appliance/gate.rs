@@ -247,11 +247,14 @@ pub fn find_attestations(
             decode_attestation(&arrival, &arrival_path)?,
         )))
     })();
-    let none = "no seal/arrival attestations were given: read the medium through its appliance \
-                (--appliance PORT, after `mgear appliance arrival`) or give the files of `mgear \
-                appliance attestations --out DIR` (--attestations DIR)";
+    let none = format!(
+        "{}: read the medium through its appliance (--appliance PORT, after `mgear appliance \
+         arrival`) or give the files of `mgear appliance attestations --out DIR` \
+         (--attestations DIR)",
+        crate::trust::NO_ATTESTATIONS_GIVEN
+    );
     match copies {
-        Ok(None) => Ok(Err(none.to_string())),
+        Ok(None) => Ok(Err(none)),
         Ok(Some((seal, arrival))) => Ok(Ok(Attestations {
             seal,
             arrival,
@@ -263,7 +266,7 @@ pub fn find_attestations(
                 "mgear: WARNING: the attestation copies on the medium are ignored: {e:#} (the \
                  seal and arrival then come only from the appliance or --attestations DIR)"
             );
-            Ok(Err(none.to_string()))
+            Ok(Err(none))
         }
     }
 }
