@@ -81,7 +81,7 @@ impl FileMedium {
         if len == 0 || !len.is_multiple_of(BLOCK_SIZE as u64) {
             return Err(HwError::Io(format!(
                 "medium {} is {len} bytes: it must be a non-zero multiple of {BLOCK_SIZE} \
-                 (make one with e.g. `mkfs.fat -F 32 -C medium.img 131072`)",
+                 (make one with e.g. `mgear medium format fat:medium.img --size 128MiB`)",
                 path.display()
             )));
         }

@@ -452,7 +452,9 @@ fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
     };
     if text.is_empty() {
         return Err(usage(
-            "empty PIN: the PIN file's first line (or what was typed) is empty",
+            "empty PIN: the PIN file's first line (or what was typed) is empty (the PIN is the \
+             first line alone: remove any blank line before it); nothing was sent, no attempt \
+             used",
         ));
     }
     // A PIN the rules cannot admit was never set: sending it would only use up an attempt

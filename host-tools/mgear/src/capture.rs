@@ -2297,9 +2297,11 @@ fn preflight(
                         format!(
                             "capture {c} generation {} is damaged ({why}): a capture does not \
                              write over it. `mgear verify` says what is wrong; to replace it, \
-                             `mgear medium rm --name {c} --generation {} --force`, then run this \
-                             command again",
-                            g.generation, g.generation
+                             `mgear medium rm {} --name {c} --generation {} --force`, then run \
+                             this command again",
+                            g.generation,
+                            args.medium.as_args(),
+                            g.generation
                         ),
                     ));
                 }

@@ -795,13 +795,15 @@ fn other_processes() -> impl Iterator<Item = (u32, std::fs::DirEntry)> {
         })
 }
 
-/// A process's command line, its arguments joined by spaces.
+/// A process's command line, its arguments joined by spaces, on one line (an argument's
+/// newlines, a `python3 -c` script, broke the one-line warning that quotes it).
 fn cmdline(proc: &Path) -> String {
     std::fs::read(proc.join("cmdline"))
         .map(|c| {
             String::from_utf8_lossy(&c)
                 .split('\0')
                 .filter(|a| !a.is_empty())
+                .map(|a| a.split_whitespace().collect::<Vec<_>>().join(" "))
                 .collect::<Vec<_>>()
                 .join(" ")
         })

@@ -1419,8 +1419,12 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     // Cinder volume marked complete (the machine may have run from it since), or a file an
     // earlier run of this command finished and nobody changed since (a run killed right after
     // it finished was re-run and refused as "exists: pass --force", which writes it again).
-    let mut kept_sha = (args.volume_sha256 && matches!(target, Target::Cinder(_) | Target::Rbd(_)))
-        .then(<sha2::Sha256 as sha2::Digest>::new);
+    let mut kept_sha = (args.volume_sha256
+        && matches!(
+            target,
+            Target::Cinder(_) | Target::Rbd(_) | Target::Dev(_) | Target::Nbd(_)
+        ))
+    .then(<sha2::Sha256 as sha2::Digest>::new);
     let kept = match (&target, args.force) {
         (_, true) => None,
         (Target::Cinder(name), false) => {
@@ -1459,6 +1463,15 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             )?;
             // Named as the run that wrote it named it (it was `null` when kept).
             Some((said, Some(spec.to_string())))
+        }
+        (Target::Dev(_) | Target::Nbd(_), false)
+            if spec_done_path(&sdir, &target).and_then(|p| std::fs::read_to_string(p).ok())
+                == Some(done_text(reader.manifest_root(), "device\n")) =>
+        {
+            Some((
+                keep_device_if_unchanged(&target, &reader, kept_sha.as_mut())?,
+                None,
+            ))
         }
         (Target::EbsSnapshot { name, opts }, false) => {
             mgear_volume::EbsSnapshotVolume::completed_before(name, opts, &prep)?.map(|volume| {
@@ -2099,21 +2112,25 @@ pub fn write_volume<S: image_format::Store>(
     let finished = vol.finish()?;
     drop(waiting);
     std::fs::remove_file(&state.path)?;
-    if let (true, Ok(Target::Rbd(spec))) = (
-        plan.record_done,
-        Target::parse(&plan.target, crate::spec::Bare::Refuse),
-    ) {
-        // A re-run knows the image is this generation's (it was refused as "exists").
-        let done = rbd_done_path(&plan.state_dir, &spec);
+    let recorded = match Target::parse(&plan.target, crate::spec::Bare::Refuse) {
+        Ok(Target::Rbd(spec)) => Some((rbd_done_path(&plan.state_dir, &spec), "rbd\n")),
+        Ok(t @ (Target::Dev(_) | Target::Nbd(_))) => {
+            spec_done_path(&plan.state_dir, &t).map(|p| (p, "device\n"))
+        }
+        _ => None,
+    };
+    if let (true, Some((done, kind))) = (plan.record_done, recorded) {
+        // A re-run knows the volume is this generation's (it was refused as "exists", or as
+        // a device holding a partition table), and reads it back before keeping it.
         let tmp = done.with_extension("done.tmp");
         let _ = std::fs::remove_file(&tmp);
         let written = image_format::private::create(&tmp)
-            .and_then(|mut f| f.write_all(done_text(&root, "rbd\n").as_bytes()))
+            .and_then(|mut f| f.write_all(done_text(&root, kind).as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &done));
         if let Err(e) = written {
             eprintln!(
                 "mgear: note: could not record the finished ingest in {} ({e}): a re-run will \
-                 not know this image is done (it refuses it as existing)",
+                 not know this volume is done (it refuses it as existing)",
                 plan.state_dir.display()
             );
         }
@@ -3326,13 +3343,13 @@ fn read_batch(
 /// The first disk range (offset, length) of `rd`'s volume that does not hold `reader`'s
 /// generation, chunk by chunk against the authenticated index; `None` when it all does.
 fn differs_from<S: image_format::Store>(
-    rd: &mut dyn mgear_volume::VolumeReader,
+    rd: &mut Reading<'_>,
     reader: &CaptureReader<S>,
     threads: usize,
     mut sha: Option<&mut sha2::Sha256>,
 ) -> crate::Result<Option<(u64, usize)>> {
     reread(
-        &mut Reading::Reader(rd),
+        rd,
         |index| match reader.entry(index) {
             Some(image_format::layout::IndexEntry::Zero { chunk_id, .. }) => Ok(*chunk_id),
             Some(image_format::layout::IndexEntry::Stored(l)) => Ok(l.chunk_id),
@@ -3364,11 +3381,68 @@ fn keep_if_unchanged<S: image_format::Store>(
     sha: Option<&mut sha2::Sha256>,
 ) -> crate::Result<String> {
     let mut rd = mgear_volume::RbdReader::new(spec);
-    let (now, disk) = (rd.size()?, reader.disk_size());
+    let now = rd.size()?;
+    keep_read_back(&mut Reading::Reader(&mut rd), now, reader, what, how, sha)
+}
+
+/// Where the finished ingest into a `dev:` or NBD target is recorded: by the device's
+/// resolved path (a `/dev/disk/by-id` link and its `/dev/sdX` are one record), by the URL.
+fn spec_done_path(state_dir: &Path, target: &Target) -> Option<PathBuf> {
+    let spec = match target {
+        Target::Dev(p) => format!(
+            "dev:{}",
+            std::fs::canonicalize(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+        ),
+        Target::Nbd(u) => u.to_string(),
+        _ => return None,
+    };
+    Some(state_dir.join(format!("{}.done", file_name_of(&spec))))
+}
+
+/// [`keep_if_unchanged`] of a `dev:` or NBD target an earlier ingest on this host finished
+/// (it was refused as "holds an MBR partition table: pass --force", which writes the whole
+/// device again).
+fn keep_device_if_unchanged<S: image_format::Store>(
+    target: &Target,
+    reader: &CaptureReader<S>,
+    sha: Option<&mut sha2::Sha256>,
+) -> crate::Result<String> {
+    let (what, how) = (
+        format!("--target {target}"),
+        "finished by an earlier ingest on this host",
+    );
+    match target {
+        Target::Dev(p) => {
+            let (mut rd, now) = mgear_volume::RawReader::open(p)?;
+            keep_read_back(&mut Reading::Reader(&mut rd), now, reader, &what, how, sha)
+        }
+        Target::Nbd(u) => {
+            let mut v = mgear_volume::NbdVolume::connect(u)?;
+            let now = v.size();
+            keep_read_back(&mut Reading::Volume(&mut v), now, reader, &what, how, sha)
+        }
+        _ => Err(crate::err!(
+            "{target} is neither a device nor an NBD export"
+        )),
+    }
+}
+
+/// The body of [`keep_if_unchanged`]: `rd` reads the volume, `now` bytes long.
+fn keep_read_back<S: image_format::Store>(
+    rd: &mut Reading<'_>,
+    now: u64,
+    reader: &CaptureReader<S>,
+    what: &str,
+    how: &str,
+    sha: Option<&mut sha2::Sha256>,
+) -> crate::Result<String> {
+    let disk = reader.disk_size();
     let differs = if now < disk {
         Some((now, usize::try_from(disk - now).unwrap_or(usize::MAX)))
     } else {
-        differs_from(&mut rd, reader, threads_for_check(), sha)?
+        differs_from(rd, reader, threads_for_check(), sha)?
     };
     let (name, g) = (reader.name(), reader.generation());
     if let Some((at, len)) = differs {

@@ -798,6 +798,18 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                 .collect();
             ids.sort_unstable();
             ids.dedup();
+            // A capture id is 32 hex digits: "no cached key
+            // matches" of `zz` did not say the id itself was malformed.
+            if let Some(id) = capture_id
+                .as_deref()
+                .map(str::trim)
+                .filter(|id| id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(usage(format!(
+                    "--capture-id {id:?} is not a capture id: it is hex digits (32 of them, as \
+                     `mgear keys list` shows)"
+                )));
+            }
             if chosen.is_empty() {
                 return Err(usage(format!(
                     "no cached key matches in {} (see `mgear keys list`)",

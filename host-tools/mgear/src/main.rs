@@ -314,9 +314,56 @@ fn parse(json: bool) -> Cli {
     }
 }
 
+/// The environment variables the README documents, checked before anything runs: a value
+/// that is not what they take was ignored without a word (`MGEAR_NBD_TIMEOUT=abc` waited the
+/// default 300 s, `MGEAR_FSCK_FAT_TIMEOUT=0` stopped fsck.fat at once and called a clean
+/// medium damaged), and an empty `MGEAR_APPLIANCE` was refused as a `--port` never given.
+fn check_env(json: bool) {
+    let wrong = |message: String, hint: &str| -> ! {
+        output::init("mgear", json);
+        if json {
+            println!("{}", output::error_line(exit::USAGE, &message, hint));
+        }
+        eprintln!("mgear: error: {message}");
+        eprintln!("mgear: what to do: {hint}");
+        std::process::exit(exit::USAGE);
+    };
+    for (var, default) in [
+        ("MGEAR_NBD_TIMEOUT", "300 s"),
+        ("MGEAR_STOP_GRACE", "30 s"),
+        (
+            "MGEAR_FSCK_FAT_TIMEOUT",
+            "300 s and 1 s per GiB of the medium",
+        ),
+    ] {
+        let Some(v) = std::env::var_os(var) else {
+            continue;
+        };
+        let v = v.to_string_lossy();
+        if !v.trim().parse::<u64>().is_ok_and(|n| n > 0) {
+            wrong(
+                format!(
+                    "{var}={v:?} is not a number of seconds (a whole number, 1 or more; unset, \
+                     the limit is {default})"
+                ),
+                &format!("set {var} to a whole number of seconds, or unset it"),
+            );
+        }
+    }
+    if std::env::var_os("MGEAR_APPLIANCE").is_some_and(|v| v.is_empty()) {
+        wrong(
+            "MGEAR_APPLIANCE is set but empty: it names the appliance's console port (e.g. \
+             /dev/ttyACM0) for the `appliance` commands"
+                .to_string(),
+            "set MGEAR_APPLIANCE to the console port, or unset it and give --port",
+        );
+    }
+}
+
 fn main() {
     tune_allocator();
     stdout_failures();
+    check_env(wants_json());
     let cli = parse(wants_json());
     let result = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(a.into_plan()),

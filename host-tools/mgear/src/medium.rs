@@ -1046,6 +1046,15 @@ fn image_size(size: u64) -> crate::Result<u64> {
             human_bytes(size)
         )));
     }
+    // A disk is whole sectors: an image of another length is one no device has (the
+    // appliance refuses it, and its last bytes belong to no sector).
+    if !size.is_multiple_of(512) {
+        return Err(usage(format!(
+            "--size {size} bytes: a medium is whole 512-byte sectors; give {} (or a size in \
+             MiB or GiB)",
+            size / 512 * 512
+        )));
+    }
     Ok(size.min(MAX_FAT32_BYTES))
 }
 
@@ -1103,7 +1112,11 @@ pub fn format_medium(
             .write(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let bytes = (&file).seek(SeekFrom::End(0))?;
+        let mut bytes = (&file).seek(SeekFrom::End(0))?;
+        if !is_dev {
+            // Whole sectors, as a disk (its tail past the last one belongs to none).
+            bytes = bytes / 512 * 512;
+        }
         if bytes < MIN_FAT32_BYTES {
             return Err(usage(format!(
                 "{} is {}: a FAT32 medium needs at least {}",

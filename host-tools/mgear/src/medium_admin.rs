@@ -639,8 +639,8 @@ fn abort_set(
                 return Err(usage(format!(
                     "{dir} holds a capture of its own ({f}), not machine set {set}'s: `capture \
                      --abort` removes only a set's unfinished parts and leaves it. Abort the \
-                     set's disks by their names (`mgear capture --abort --name {set}.d0`, ...), \
-                     and use `mgear medium rm --name {set}` for the capture if it is not wanted"
+                     set's disks by their names (`mgear capture --abort --medium MEDIUM --name {set}.d0`, ...), \
+                     and use `mgear medium rm --medium MEDIUM --name {set}` for the capture if it is not wanted"
                 )));
             }
         }
@@ -649,7 +649,7 @@ fn abort_set(
         return Err(usage(format!(
             "machine set {set} has no unfinished generation to abort (generation {bound} is \
              complete): nothing to do (an abort cut off after it removed its generation needs \
-             nothing more); only to throw away finished data, `mgear medium rm --name {set} \
+             nothing more); only to throw away finished data, `mgear medium rm --medium MEDIUM --name {set} \
              --generation {bound} --force` removes generation {bound} and what is built on it"
         )));
     }
@@ -720,7 +720,7 @@ fn abort_with(store: &mut dyn Store, name: &str, run: bool) -> crate::Result<RmP
             return Err(usage(format!(
                 "capture {} has no unfinished generation to abort (generation {g} is finished): \
                  nothing to do (an abort cut off after it removed its generation needs nothing \
-                 more); only to throw away finished data, `mgear medium rm --name {} \
+                 more); only to throw away finished data, `mgear medium rm --medium MEDIUM --name {} \
                  --generation {g} --force` removes generation {g} and what is built on it",
                 cap.name, cap.name
             )))
@@ -732,7 +732,7 @@ fn abort_with(store: &mut dyn Store, name: &str, run: bool) -> crate::Result<RmP
                 return Err(usage(format!(
                     "capture {} generation {g} is damaged, not unfinished ({why}): `capture \
                      --abort` removes only an interrupted capture. `mgear verify` says what is \
-                     wrong; to remove it anyway: `mgear medium rm --name {} --generation {g} --force`",
+                     wrong; to remove it anyway: `mgear medium rm --medium MEDIUM --name {} --generation {g} --force`",
                     cap.name, cap.name
                 )));
             }
@@ -786,7 +786,7 @@ pub fn refuse_if_borrowed(
     Err(usage(format!(
         "{machine} cannot be removed: another machine was captured with \
          --dedup-across-machines {machine} and its index points at {machine}'s records instead of \
-         storing them: {}. Remove {} first (`mgear medium rm --name NAME --force`), or keep \
+         storing them: {}. Remove {} first (`mgear medium rm --medium MEDIUM --name NAME --force`), or keep \
          {machine} on the medium",
         by.join("; "),
         borrowers.into_iter().collect::<Vec<_>>().join(" and ")
@@ -813,7 +813,7 @@ pub fn rm(args: Rm) -> crate::Result<i32> {
             // Its records may be what another disk of the set points at.
             return Err(usage(format!(
                 "{} is one disk of machine set {set}: remove the set's generation with every \
-                 disk (`mgear medium rm --name {set} ...`)",
+                 disk (`mgear medium rm --medium MEDIUM --name {set} ...`)",
                 args.name
             )));
         }
@@ -1042,7 +1042,7 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                     "empty-capture",
                     format!(
                         "capture {} has no generation, and its directory holds other files too \
-                         (named above): left as is; `mgear medium rm --name {}` removes it",
+                         (named above): left as is; `mgear medium rm --medium MEDIUM --name {}` removes it",
                         cap.name, cap.name
                     ),
                 ),

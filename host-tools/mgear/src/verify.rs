@@ -838,6 +838,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 }
             }
             asked = names.len();
+            let here = args.medium.as_args();
             for n in names {
                 // Nothing to decrypt is a finding of the medium (as keyless verify says), not a
                 // usage error that stops the other captures: no generation at all (a capture
@@ -869,7 +870,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
                         hidden if !hidden.is_empty() => hidden_generation(&hidden),
                         _ => format!(
                             "holds no generation (a capture stopped at its start leaves this): \
-                             `mgear medium rm --name {n}` removes it"
+                             `mgear medium rm {here} --name {n}` removes it"
                         ),
                     }),
                     Some(g)
@@ -880,7 +881,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
                         Some(if damaged.is_empty() {
                             format!(
                                 "has no finished generation: resume its capture with the same \
-                                 command, or remove it with `mgear capture --abort --name {}`",
+                                 command, or remove it with `mgear capture --abort {here} --name {}`",
                                 image_format::set::owner(&n)
                             )
                         } else {
@@ -888,7 +889,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
                             format!(
                                 "has no generation that can be decrypted and checked: generation \
                                  {} is damaged (above); do not ingest it: ask for another copy of \
-                                 the shipment, or capture again after `mgear medium rm --name {} \
+                                 the shipment, or capture again after `mgear medium rm {here} --name {} \
                                  --generation {} --force`",
                                 damaged.join(", "),
                                 image_format::set::owner(&n),
@@ -976,16 +977,18 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 } else if slots {
                     format!(
                         "holds no generation (a capture stopped at its start, or its data \
-                         removed): nothing of it can be ingested; `mgear medium rm --name {}` \
-                         removes it",
+                         removed): nothing of it can be ingested; `mgear medium rm {} --name \
+                         {}` removes it",
+                        args.medium.as_args(),
                         c.name
                     )
                 } else {
                     format!(
                         "holds no generation and no key slot: no capture, or what one stopped \
                          at its start left. If it holds your own files, move them out of \
-                         MGEAR/ (the format's directory); otherwise `mgear medium rm --name {}` \
-                         removes it",
+                         MGEAR/ (the format's directory); otherwise `mgear medium rm {} --name \
+                         {}` removes it",
+                        args.medium.as_args(),
                         c.name
                     )
                 },

@@ -427,6 +427,29 @@ pub struct RawReader {
 }
 
 impl RawReader {
+    /// A reader of the file or block device at `path` alone, read-only (a volume an earlier
+    /// ingest finished, read back before it is kept), and its size.
+    pub fn open(path: &Path) -> Result<(RawReader, u64)> {
+        let mut file = File::open(path)
+            .map_err(|e| Error::io(format!("opening {} to read it back", path.display()), e))?;
+        let device = file
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_block_device());
+        // A device's length is where its end seeks to (its metadata says 0).
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
+        Ok((
+            RawReader {
+                direct: Direct::reopen(&file, false),
+                file,
+                path: path.to_path_buf(),
+                device,
+            },
+            size,
+        ))
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let read = match &self.direct {
             Some(d) if Direct::fits(offset, buf.len()) => d

@@ -1763,3 +1763,23 @@ fn any_file_of_a_generation_marked_a_directory_fails_inspect() {
         }
     }
 }
+
+/// A --size that is not whole 512-byte sectors is refused with the size that is (it made an
+/// image the appliance refuses, and whose last bytes belong to no sector).
+#[test]
+fn a_size_of_no_whole_sectors_is_refused_with_one_that_is() {
+    let e = Env::new();
+    let o = e.run(&["medium", "format", "fat:m.img", "--size", "40000001"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("whole 512-byte sectors; give 40000000"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("m.img").exists());
+    e.ok(&["medium", "format", "fat:m.img", "--size", "40000000"]);
+    // An existing image of another length is formatted at its whole sectors.
+    std::fs::write(e.p("odd.img"), vec![0u8; 40_000_003]).unwrap();
+    e.ok(&["medium", "format", "fat:odd.img"]);
+    assert_eq!(std::fs::metadata(e.p("odd.img")).unwrap().len(), 40_000_000);
+}

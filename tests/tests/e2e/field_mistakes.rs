@@ -2868,3 +2868,72 @@ fn removing_from_a_read_only_medium_says_make_it_writable() {
     e.ok(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
     e.ok(&["capture", "--abort", "--medium", &m, "--name", "big"]);
 }
+
+/// An ingest into a `dev:` or NBD target that finished, run again (a script whose link
+/// dropped after it completed): the volume is read back and kept (exit 0, `"kept": true`), as
+/// a `file:` is. It was refused as "holds an MBR partition table: pass --force" (the table
+/// this ingest wrote), and --force wrote the whole device again. Changed since, it is refused
+/// (exit 1, nothing written); --force writes it again.
+#[test]
+fn a_finished_device_or_nbd_ingest_run_again_is_kept_after_a_read_back() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("m.img", "64MiB");
+    // A disk that starts with a partition table, which the guard knows.
+    random_disk(&e.p("a.raw"), 6 << 20, 9);
+    let mut d = fs::read(e.p("a.raw")).unwrap();
+    d[510] = 0x55;
+    d[511] = 0xaa;
+    d[446 + 4] = 0x83;
+    d[446 + 8] = 1;
+    d[446 + 12] = 0x10;
+    fs::write(e.p("a.raw"), &d).unwrap();
+    e.capture(&m, "web01").source("a.raw").ok();
+    fs::write(e.p("vol.img"), vec![0u8; 8 << 20]).unwrap();
+    fs::write(e.p("nbd.raw"), vec![0u8; 8 << 20]).unwrap();
+    let dev = Loop::attach(&e.p("vol.img"));
+    let sock = e.p("v.sock");
+    let _server = qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("nbd.raw"));
+    for target in [
+        format!("dev:{}", dev.0),
+        format!("nbd+unix:///?socket={}", sock.display()),
+    ] {
+        e.ingest(&m, "web01").untrusted().target(&target).ok();
+        let o = e
+            .ingest(&m, "web01")
+            .untrusted()
+            .target(&target)
+            .args(&["--json", "--volume-sha256"])
+            .run();
+        assert_eq!(o.status.code(), Some(0), "{target}: {}", output_text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["kept"], true, "{target}: {v}");
+        let sha = format!("{:x}", Sha256::digest(&d));
+        assert_eq!(v["volume_sha256"], sha, "{target}: {v}");
+        assert!(
+            output_text(&o).contains("reads back bit for bit now"),
+            "{target}: {}",
+            output_text(&o)
+        );
+    }
+    // Changed since (a machine ran from it): refused, then written again with --force.
+    let f = fs::OpenOptions::new().write(true).open(&dev.0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 3 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let target = format!("dev:{}", dev.0);
+    let o = e.ingest(&m, "web01").untrusted().target(&target).run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("does not hold it any more"),
+        "{}",
+        output_text(&o)
+    );
+    e.ingest(&m, "web01")
+        .untrusted()
+        .target(&target)
+        .arg("--force")
+        .ok();
+    let back = fs::read(&dev.0).unwrap();
+    assert_eq!(&back[..d.len()], &d[..]);
+}

@@ -506,3 +506,60 @@ fn the_version_is_json_with_json() {
     let text = e.run(&["--version"]);
     assert!(String::from_utf8_lossy(&text.stdout).starts_with("mgear "));
 }
+
+/// A documented variable set to what it does not take is refused before anything runs (exit
+/// 2, naming it): `MGEAR_NBD_TIMEOUT=abc` waited the default 300 s without a word,
+/// `MGEAR_FSCK_FAT_TIMEOUT=0` called a clean medium damaged, and an empty `MGEAR_APPLIANCE`
+/// was refused as a `--port` never given.
+#[test]
+fn a_documented_variable_with_a_value_it_does_not_take_is_refused() {
+    let e = Env::new();
+    for (var, value, args) in [
+        (
+            "MGEAR_NBD_TIMEOUT",
+            "abc",
+            &["inspect", "--medium", "fat:none.img"][..],
+        ),
+        (
+            "MGEAR_STOP_GRACE",
+            "-1",
+            &["inspect", "--medium", "fat:none.img"],
+        ),
+        (
+            "MGEAR_FSCK_FAT_TIMEOUT",
+            "0",
+            &["medium", "fsck", "--medium", "fat:none.img"],
+        ),
+        ("MGEAR_APPLIANCE", "", &["appliance", "info"]),
+    ] {
+        let o = e.cmd(args).env(var, value).output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{var}={value}: {}",
+            output_text(&o)
+        );
+        assert!(
+            output_text(&o).contains(var),
+            "{var}={value}: {}",
+            output_text(&o)
+        );
+    }
+    let o = e
+        .cmd(&["keys", "list"])
+        .env("MGEAR_NBD_TIMEOUT", "20")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    // A malformed capture id is said so (it was "no cached key matches").
+    let o = e
+        .cmd(&["keys", "forget", "--capture-id", "zz"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is not a capture id"),
+        "{}",
+        output_text(&o)
+    );
+}
