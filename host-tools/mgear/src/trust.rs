@@ -1232,7 +1232,7 @@ fn still_as_sealed(
             .map_err(|e| crate::Error::from(e).context(&f.path))?;
         let why = match now {
             None => format!(
-                "{} ({}) was sealed but is missing now (deleted generation?)",
+                "{} ({}) was sealed but is missing now (deleted since, or its capture replaced by another)",
                 f.path,
                 attest::place_of_path(&f.path)
             ),

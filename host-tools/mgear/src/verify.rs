@@ -493,6 +493,17 @@ pub fn no_such_capture(
     } else {
         String::new()
     };
+    if !hidden.is_empty() {
+        // Nothing listed while much is in use: damage more likely than a name mistyped
+        // ("pass one with --name" of a medium that lists none, exit 2).
+        return crate::exit::coded_hint(
+            crate::exit::FOUND,
+            format!("there is no capture {name:?} on {medium} (captures: none){hidden}"),
+            "nothing was written: do not write to this medium; `mgear verify` and `mgear medium \
+             fsck` of it say what is damaged. Ingest from another copy of the shipment (or, if \
+             this is not the medium that was shipped, from that one)",
+        );
+    }
     crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
