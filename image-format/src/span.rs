@@ -49,7 +49,7 @@
 //! ignored; a bad entry before the last is corruption.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -155,6 +155,10 @@ pub struct SpanMap {
     pub members: Vec<Member>,
     /// Segment path → ordinal of the medium holding it.
     pub placed: BTreeMap<String, u16>,
+    /// Every (segment path, ordinal) an entry of the map ever placed, the ones a later entry
+    /// moved included: a medium holding a segment once placed on its label's member is
+    /// that member, whatever a later (appended, unsigned) entry says.
+    pub(crate) ever_placed: BTreeSet<(String, u16)>,
 }
 
 impl SpanMap {
@@ -198,6 +202,7 @@ impl SpanMap {
                             "entry {i}: {text} is placed on medium #{ordinal}, which never joined"
                         ));
                     }
+                    map.ever_placed.insert((text.clone(), ordinal));
                     map.placed.insert(text, ordinal);
                 }
                 KIND_LOST => match map.members.iter_mut().find(|m| m.ordinal == ordinal) {
@@ -426,6 +431,9 @@ pub struct SpanStore<M> {
     /// Media read as another member than their label says (name, the
     /// label's ordinal, the ordinal read as): see [`relabel_by_content`].
     relabelled: Vec<(String, u16, u16)>,
+    /// Segments the map places on a medium not given that a medium given holds all the same
+    /// (a map entry appended since, which nothing signs): read here, so not waited for.
+    found_here: BTreeSet<String>,
 }
 
 impl<M: Store> SpanStore<M> {
@@ -609,6 +617,7 @@ impl<M: Store> SpanStore<M> {
             map_damage: Vec::new(),
             label_damage: Vec::new(),
             relabelled: Vec::new(),
+            found_here: BTreeSet::new(),
         };
         let mut names = Vec::new();
         for (a, name) in media {
@@ -763,9 +772,22 @@ impl<M: Store> SpanStore<M> {
             next = next.saturating_add(1);
         }
         attached.sort_by_key(|a| a.ordinal);
+        let mut found_here = BTreeSet::new();
+        for (path, o) in &map.placed {
+            if attached.iter().any(|a| a.ordinal == *o) {
+                continue;
+            }
+            for a in attached.iter_mut() {
+                if a.store.len(path).at(path)?.is_some() {
+                    found_here.insert(path.clone());
+                    break;
+                }
+            }
+        }
         Ok(SpanStore {
             id: id.unwrap_or_default(),
             media: attached,
+            found_here,
             map,
             opts: SpanOptions {
                 reserve: 0,
@@ -972,6 +994,7 @@ impl<M: Store> SpanStore<M> {
         }
         // The map last, in ordinal order: the lowest medium's copy is the newest.
         for (p, o) in &segments {
+            self.map.ever_placed.insert((p.clone(), *o));
             self.map.placed.insert(p.clone(), *o);
         }
         let bytes = map_bytes(&self.map);
@@ -1148,6 +1171,7 @@ impl<M: Store> SpanStore<M> {
                     Error::Store { error, .. } => error,
                     other => StoreError::Io(other.to_string()),
                 })?;
+                self.map.ever_placed.insert((path.into(), o));
                 self.map.placed.insert(path.into(), o);
                 return Ok(i);
             }
@@ -1201,9 +1225,20 @@ fn relabel_by_content<M: Store>(
         }
         Ok(false)
     }
+    // Its label's member as any entry ever placed it: one appended entry moving a segment
+    // to another member read the medium as that member ("its label was changed"), and the
+    // other medium's segments, not given, as "given, but not there".
+    fn held_once<M: Store>(store: &mut M, map: &SpanMap, ordinal: u16) -> Result<bool> {
+        for (path, _) in map.ever_placed.iter().filter(|(_, o)| *o == ordinal) {
+            if store.len(path).at(path)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
     let mut read_as: Vec<u16> = attached.iter().map(|a| a.ordinal).collect();
     for (i, a) in attached.iter_mut().enumerate() {
-        if holds(&mut a.store, map, a.ordinal)? {
+        if held_once(&mut a.store, map, a.ordinal)? {
             continue;
         }
         let mut others = Vec::new();
@@ -1383,7 +1418,9 @@ impl<M: Store> SpanView for SpanStore<M> {
         self.map
             .placed
             .iter()
-            .filter(|(_, o)| !self.media.iter().any(|a| a.ordinal == **o))
+            .filter(|(p, o)| {
+                !self.media.iter().any(|a| a.ordinal == **o) && !self.found_here.contains(*p)
+            })
             .map(|(p, o)| (p.clone(), *o))
             .collect()
     }

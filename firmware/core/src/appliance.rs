@@ -369,6 +369,18 @@ impl<P: Platform> Appliance<P> {
             alarm: false,
         };
         if app.key.is_some() {
+            // A requested erase whose record is the log's last: the power went after it was
+            // logged and before its state was saved. It came back in its old state, data and
+            // identity whole, under a signed log saying it was erased; it is finished now.
+            if let Some(overwrite) = app.erase_logged_last() {
+                warn!("an erase was logged and cut off by a power loss: finishing it");
+                app.st.lifecycle = if overwrite {
+                    Lifecycle::Zeroing
+                } else {
+                    Lifecycle::Erasing
+                };
+                app.save()?;
+            }
             if app.log.dropped_tail() > 0 {
                 let bytes = app.log.dropped_tail();
                 app.record(Event::TornTailDropped { bytes })?;
@@ -1023,6 +1035,24 @@ impl<P: Platform> Appliance<P> {
     /// an unfinished shipment: crypto-erase it like `erase`. Once sealed,
     /// destroy only the appliance's own secrets and leave every byte of
     /// the medium as sealed (see the module doc's table).
+    /// `Some(overwrite)` when the custody log's last record is a requested erase (its
+    /// `overwrite_medium`): an erase cut off between its record and its state.
+    fn erase_logged_last(&mut self) -> Option<bool> {
+        let last = self.log.len().checked_sub(1)?;
+        let page = self
+            .log
+            .read(self.p.log_storage(), last, LOG_PAGE_BYTES)
+            .ok()?;
+        match page.first()?.decode().ok()?.entry.event {
+            Event::Erase {
+                reason: EraseReason::Requested,
+                overwrite_medium,
+                ..
+            } => Some(overwrite_medium),
+            _ => None,
+        }
+    }
+
     /// Whether the custody log's last arrival check failed (its record has no attestation).
     /// Read from the log, the only place a failed check leaves a trace across power-ups; a
     /// log that cannot be read says no.

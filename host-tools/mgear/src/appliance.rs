@@ -711,10 +711,21 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                     ));
                 }
             }
+            let passed = attestation.is_some() && problems.is_empty();
+            // The medium checked out; the appliance's own record of what happened to it in
+            // transit is checked too (a damaged or cut custody log passed unsaid, and the
+            // shipment was ingested on the arrival alone).
+            let log_failed = match passed {
+                true => {
+                    let records = fetch_log(c)?;
+                    verify_custody(c, &records, None)?.err()
+                }
+                false => None,
+            };
             if json {
                 render::emit(
-                    attestation.is_some() && problems.is_empty(),
-                    &serde_json::json!({"attestation": attestation, "problems": problems, "challenge": hex(&challenge)}),
+                    passed && log_failed.is_none(),
+                    &serde_json::json!({"attestation": attestation, "problems": problems, "challenge": hex(&challenge), "custody_log_failed": log_failed}),
                 )?;
             } else {
                 print_problems(&problems, port);
@@ -728,12 +739,17 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                     }
                     _ => println!("arrival check FAILED: the medium changed since the seal; the appliance withdrew any earlier arrival pass"),
                 }
+                if let Some(why) = &log_failed {
+                    println!(
+                        "custody log FAILED verification: {why}: the medium is as sealed, but \
+                         what happened to the appliance since cannot be told from its log; keep \
+                         `mgear appliance --port {} log` with the shipment's records and ask the \
+                         capture site before ingesting",
+                        port.display()
+                    );
+                }
             }
-            Ok(if attestation.is_some() && problems.is_empty() {
-                0
-            } else {
-                1
-            })
+            Ok(if passed && log_failed.is_none() { 0 } else { 1 })
         }
         Cmd::Attestations { out } => match c.call(&Request::GetAttestations)? {
             Response::Attestations { seal, arrival } => {

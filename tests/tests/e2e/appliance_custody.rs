@@ -212,3 +212,32 @@ fn a_removal_through_the_appliance_is_in_its_custody_log() {
     );
     lab.stop();
 }
+
+/// A sealed appliance whose custody log was damaged in transit (one byte of an early record):
+/// the medium is as sealed and arrival signs its pass, but it says the log failed and exits 1
+/// (it exited 0, and the shipment was ingested on the arrival alone).
+#[test]
+fn an_arrival_over_a_damaged_custody_log_says_so_and_fails() {
+    let mut lab = Lab::new(64);
+    lab.sealed(4);
+    lab.stop();
+    let path = lab.p("state/custody.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let first_len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    bytes[8 + first_len + 8 + 20] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    lab.start();
+    let out = lab.appliance(&["arrival"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("arrival check passed") && said.contains("custody log FAILED verification"),
+        "{said}"
+    );
+    let out = lab.appliance(&["--json", "arrival"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["custody_log_failed"].is_string(), "{v}");
+    lab.stop();
+}

@@ -1662,3 +1662,45 @@ fn a_medium_added_as_the_full_message_says_takes_the_rest() {
         .ok();
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
 }
+
+/// One entry appended to every copy of the span map (it is unsigned), placing the first
+/// medium's segment on the second: the first medium was read as the second ("its label was
+/// changed"), and the second medium, not given, as "given, but not there: do not use this
+/// shipment". The label stands; the medium given alone is pending on the other (exit 4), and
+/// that one given next finishes the volume.
+#[test]
+fn an_appended_map_entry_does_not_turn_a_medium_into_another() {
+    use image_format::Store;
+    let e = Env::new();
+    let (a, b) = two_media_span(&e, 23);
+    let seg = "MGEAR/sp/G0001/SEG-00000";
+    let mut entry = [0u8; 128];
+    entry[0] = 2;
+    entry[1] = seg.len() as u8;
+    entry[2..4].copy_from_slice(&1u16.to_le_bytes());
+    entry[4..4 + seg.len()].copy_from_slice(seg.as_bytes());
+    let crc = crate::appliance_console::crc32(&entry[..124]);
+    entry[124..].copy_from_slice(&crc.to_le_bytes());
+    for img in ["a.img", "b.img"] {
+        edit_medium(&e, img, |s| {
+            let at = s.len("MGEAR/SPANMAP").unwrap().unwrap();
+            s.write_at("MGEAR/SPANMAP", at, &entry).unwrap();
+        });
+    }
+    let o = ingest_sp(&e, &[&a]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    assert!(
+        !output_text(&o).contains("which is given") && output_text(&o).contains("b.img"),
+        "{}",
+        output_text(&o)
+    );
+    let v = e.run(&["verify", "--medium", &a]);
+    assert!(
+        !output_text(&v).contains("its label was changed"),
+        "{}",
+        output_text(&v)
+    );
+    let o = ingest_sp(&e, &[&b]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("out.raw"), &e.p("disk.raw"));
+}

@@ -6,7 +6,7 @@
 //! attacker's data key, unsigned or unpinned sessions are refused, and idle
 //! connections neither block a sync nor stay.
 
-use mgear_tests::{output_text as text, same_file, Background, Env};
+use mgear_tests::{output_text as text, same_file, Background, Env, Line};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -923,7 +923,7 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
     let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "true", "--resume", "touch resumed", "--boot-target", "file:stale2.raw"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        stderr(&o).contains("a serve on this host keeps another file in sync"),
+        stderr(&o).contains("a serve on this host keeps another volume in sync"),
         "{}",
         text(&o)
     );
@@ -1314,4 +1314,56 @@ fn ctrl_c_ends_a_wait_on_a_silent_target() {
     );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(stderr(&o).contains("stopped;"), "{}", text(&o));
+}
+
+/// The serve on this host keeps an NBD export in sync, and an earlier serve kept `vol.raw`:
+/// a cutover booting `vol.raw` (which the last sync never wrote, and which differs only
+/// where no sample reads) is refused, exit 2, nothing booted. It went by the file's old
+/// record, booted the stale file and reported the cutover complete.
+#[test]
+fn cutover_refuses_a_file_when_the_serve_keeps_an_nbd_export() {
+    use std::os::unix::fs::FileExt as _;
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 40, 22);
+    e.capture_and_ingest("64MiB");
+    // A serve of the file, one session: its record names vol.raw.
+    {
+        let (mut serve, addr) = e.listen(&[]);
+        #[rustfmt::skip]
+        let o = e.run(&["sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let _ = serve.0.kill();
+        let _ = serve.0.wait();
+    }
+    std::fs::copy(e.p("vol.raw"), e.p("export.raw")).unwrap();
+    let sock = e.p("export.sock");
+    let _export = mgear_tests::qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("export.raw"));
+    let export = format!("nbd+unix:///?socket={}", sock.display());
+    #[rustfmt::skip]
+    let (_serve, addr) = Line::new(&e, &["serve", "--target", &export])
+        .medium("fat:medium.img")
+        .args(&["--name", "web01", "--identity", "target.key", "--listen", "127.0.0.1:0"])
+        .trust("site.pub")
+        .listen();
+    // A change in chunk 4, which none of the cutover's spread samples reads.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("disk.raw"))
+        .unwrap();
+    f.write_all_at(&[0xa5; 4096], 4 * MIB as u64 + 8192)
+        .unwrap();
+    drop(f);
+    #[rustfmt::skip]
+    let o = e.run(&["sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    #[rustfmt::skip]
+    let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "true", "--resume", "touch resumed", "--boot-target", "file:vol.raw"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("a serve on this host keeps another volume in sync"),
+        "{}",
+        text(&o)
+    );
+    assert!(e.p("resumed").exists(), "{}", text(&o));
+    same_file(&e.p("export.raw"), &e.p("disk.raw"));
 }

@@ -735,6 +735,37 @@ fn erase_cut_while_the_key_slots_go_is_logged_and_finished_at_power_up() {
     );
 }
 
+/// The power goes right after the erase is logged, before its state is saved: it came back
+/// in its old state (identity, PIN and key slots whole, the data readable) under a log saying
+/// it was erased. Power-up finishes it: erased, slots gone, one erase record; with
+/// `overwrite`, the medium zeroed too.
+#[test]
+fn erase_cut_right_after_its_record_is_finished_at_power_up() {
+    for (seed, overwrite) in [(81, false), (83, true)] {
+        let mut a = provisioned(seed);
+        unlock(&mut a, PIN);
+        let n = a.p.disk.data.len();
+        a.p.disk.data[n / 2..].fill(0x5a);
+        a.p.secrets.writes_left = Some(0);
+        let r = a.handle(Request::Erase {
+            overwrite,
+            pin: None,
+        });
+        assert!(!matches!(r, Response::Erased { .. }), "{r:?}");
+        let mut a = reboot(a, seed + 1);
+        assert_eq!(a.state(), DeviceState::Erased, "overwrite {overwrite}");
+        assert!(!a.p.secrets.slots.contains_key(SecretSlot::Identity.name()));
+        assert!(!a.p.secrets.slots.contains_key(SecretSlot::PinHash.name()));
+        assert!(key_slot_files(&mut a.p.files).unwrap().is_empty() || overwrite);
+        assert_eq!(a.p.disk.data.iter().all(|&b| b == 0), overwrite);
+        let erases = log_entries(&mut a)
+            .into_iter()
+            .filter(|e| matches!(e.event, custody::Event::Erase { .. }))
+            .count();
+        assert_eq!(erases, 1);
+    }
+}
+
 /// The power goes while an erase zeroes the medium: the identity is gone already, and the
 /// custody record (signed before it went) says the medium was to be zeroed. It came back
 /// `Erased` with most of the medium as it was. Power-up zeroes the whole medium before the

@@ -230,8 +230,8 @@ fn boot_target_is_synced(
         .is_some_and(|id| super::target::served_last(&path, &id, &a.sync.name) == Some(false))
     {
         return Err(not_synced(
-            "a serve on this host keeps another file in sync for this capture (this one is a \
-             copy, or was replaced since)"
+            "a serve on this host keeps another volume in sync for this capture (this one is a \
+             copy, was replaced since, or the serve's volume is an NBD export or a device)"
                 .into(),
         ));
     }

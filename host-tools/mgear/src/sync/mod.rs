@@ -366,8 +366,9 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
         refuse_unrecorded_volume(p, &name, &roots, &m.capture_id)?;
     }
     let mut vol = target::ServedVolume::open(volume, m.disk_size, m.chunk_size, id_key)?;
-    if let crate::spec::Target::File(p) = &spec {
-        vol.watch(p, &m.capture_id, &name);
+    match &spec {
+        crate::spec::Target::File(p) => vol.watch(p, &m.capture_id, &name),
+        other => vol.note_served(&other.to_string(), &m.capture_id, &name),
     }
     if vol.written_elsewhere() {
         eprintln!(

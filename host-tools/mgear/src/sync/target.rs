@@ -174,6 +174,43 @@ impl Record {
         Record::in_dir(&dir, volume, capture_id, name)
     }
 
+    /// The record of a volume that is no file, by its spec (none without a state directory).
+    fn of_key(spec: &str, capture_id: &[u8; 16], name: &str) -> Option<Record> {
+        use sha2::Digest as _;
+        let dir = match crate::target::xdg_state_home() {
+            Some(s) => s.join("mgear/serve"),
+            None => {
+                std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state/mgear/serve")
+            }
+        };
+        let digest = sha2::Sha256::digest(format!("volume {spec}").as_bytes());
+        let file: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Some(Record {
+            path: dir.join(file),
+            capture: capture_id.iter().map(|b| format!("{b:02x}")).collect(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Say that a session completed on this (non-file) volume now: its record, newest of the
+    /// capture's, names no file (best effort, as [`Record::save`]).
+    fn mark(&self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = image_format::private::create_dir(dir);
+        }
+        let text = format!(
+            "mgear-serve-record 2\ncapture {}\nname {}\nvolume not a file\n",
+            self.capture, self.name
+        );
+        let tmp = self.path.with_extension("tmp");
+        if std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
     /// Whether a record's text names this capture (id and name).
     fn names_it(&self, text: &str) -> bool {
         let mut lines = text.lines();
@@ -315,6 +352,14 @@ impl ServedVolume {
         self.watched = Some((path.to_path_buf(), stamp));
     }
 
+    /// A volume that is no file (an NBD export, a device) served for capture `name`: each
+    /// completed session leaves a [`Record`] naming `spec`, so that [`served_last`] of a
+    /// file copy says the last sync wrote another volume (a file an earlier serve kept was
+    /// taken as the one the final sync wrote, and booted stale at a cutover).
+    pub fn note_served(&mut self, spec: &str, capture_id: &[u8; 16], name: &str) {
+        self.record = Record::of_key(spec, capture_id, name);
+    }
+
     /// Whether the sources are told to compare every chunk (see [`ServedVolume::watch`]).
     pub fn written_elsewhere(&self) -> bool {
         self.written_elsewhere
@@ -378,6 +423,10 @@ impl ServedVolume {
     /// as its source expected (`as_expected`) and no other program's write is pending a full
     /// compare, else drop an older record.
     fn keep_record(&self, as_expected: bool) {
+        if let (Some(r), None) = (&self.record, &self.watched) {
+            r.mark();
+            return;
+        }
         if let (Some(r), Some((_, seen))) = (&self.record, &self.watched) {
             if self.written_elsewhere || !as_expected {
                 r.forget();
