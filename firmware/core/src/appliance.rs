@@ -132,7 +132,7 @@ pub enum Error {
     #[error("medium: {0}")]
     Store(StoreError),
     #[error(
-        "secret store slot '{slot}' is unreadable ({why}); this appliance cannot start: return it to the datacenter that provisioned it (a sealed medium stays readable with target.key on a host)"
+        "secret store slot '{slot}' is unreadable ({why}): the appliance's own storage is damaged, and what needs that slot cannot be done; return it to the datacenter that provisioned it (a sealed medium stays readable with target.key on a host, and `mgear appliance log` still reads its custody log)"
     )]
     CorruptSlot { slot: &'static str, why: String },
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::partition::{read_table, Table, TableKind};
 use crate::proof::{prove_boot, ConsoleRead, Expectation, Guest, GuestState, Setup, Start};
-use crate::sample::{find_tool, run_tool};
+use crate::sample::{find_tool, network_deadline, run_tool_within};
 use crate::{inspect, BootError, ReadAt, Result};
 
 /// Where the volume to boot lives. Command-line specs are parsed into this
@@ -406,9 +406,10 @@ fn read_head(target: &Target) -> Result<(Vec<u8>, u64)> {
         Target::Qcow2(_) | Target::Nbd(_) | Target::Rbd(_) => {
             let qemu_img = find_tool("qemu-img", "qemu-utils")?;
             let (fmt, loc) = target.qemu_drive();
-            let info = run_tool(
+            let info = run_tool_within(
                 Command::new(&qemu_img).args(["info", "-U", "--output=json", "-f", fmt, &loc]),
                 "qemu-img info",
+                network_deadline(),
             )?;
             let v: serde_json::Value = serde_json::from_slice(&info)
                 .map_err(|e| BootError::Format(format!("qemu-img info output: {e}")))?;
@@ -418,13 +419,14 @@ fn read_head(target: &Target) -> Result<(Vec<u8>, u64)> {
             let tmp = tempfile::tempdir()
                 .map_err(|e| BootError::io("creating a temporary directory", e))?;
             let out = tmp.path().join("head.raw");
-            run_tool(
+            run_tool_within(
                 Command::new(&qemu_img)
                     .args(["dd", "-U", "-f", fmt, "-O", "raw", "bs=65536"])
                     .arg(format!("count={}", size.min(HEAD).div_ceil(65536)))
                     .arg(format!("if={loc}"))
                     .arg(format!("of={}", out.display())),
                 "qemu-img dd",
+                network_deadline(),
             )?;
             let mut head = std::fs::read(&out)
                 .map_err(|e| BootError::io("reading the volume's first MiB", e))?;

@@ -229,6 +229,77 @@ pub(crate) fn run_tool(cmd: &mut Command, tool: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// [`run_tool`] given at most `deadline`: a tool reading an NBD export (or RBD image) whose
+/// server took the connection and answers nothing waited for ever, with no word (`mgear boot`
+/// of a hung export). Killed at the deadline, said as the server not answering.
+pub(crate) fn run_tool_within(
+    cmd: &mut Command,
+    tool: &str,
+    deadline: std::time::Duration,
+) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| BootError::io(format!("running {tool}"), e))?;
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BootError::ToolFailed {
+                    tool: tool.into(),
+                    detail: format!(
+                        "no answer within {} s: the NBD server (or the storage behind it) took \
+                         the connection and stopped responding; check it, then run the same \
+                         command again (MGEAR_NBD_TIMEOUT=SECONDS sets another limit)",
+                        deadline.as_secs()
+                    ),
+                });
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Err(e) => return Err(BootError::io(format!("waiting for {tool}"), e)),
+        }
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    if !status.success() {
+        return Err(BootError::ToolFailed {
+            tool: tool.into(),
+            detail: format!("{status}: {}", String::from_utf8_lossy(&stderr).trim()),
+        });
+    }
+    Ok(stdout)
+}
+
+/// How long a tool reading a network volume may take: `MGEAR_NBD_TIMEOUT` seconds, else 300.
+pub(crate) fn network_deadline() -> std::time::Duration {
+    std::time::Duration::from_secs(
+        std::env::var("MGEAR_NBD_TIMEOUT")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .unwrap_or(300),
+    )
+}
+
 fn read(p: &Path) -> Result<Vec<u8>> {
     fs::read(p).map_err(|e| BootError::io(format!("reading {}", p.display()), e))
 }

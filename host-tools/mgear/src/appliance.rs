@@ -204,6 +204,18 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                             "wait the time the message gives, check the PIN (file), then \
                              unlock again; every wrong PIN counts toward the erase"
                                 .to_string()
+                        } else if ae.code == ErrorCode::VerifyFailed
+                            && msg.contains("unfinished generation")
+                        {
+                            // A capture still writing (or cut) is no damage: "remove the
+                            // damaged capture" of one that went on to finish.
+                            format!(
+                                "a capture on it is unfinished: one still writing through the \
+                                 appliance finishes first (wait for it), one that was cut is \
+                                 resumed (the same capture command) or removed (`mgear capture \
+                                 --abort --appliance {p} --name NAME`); then seal again",
+                                p = crate::output::sh(port.display().to_string())
+                            )
                         } else if ae.code == ErrorCode::VerifyFailed {
                             format!(
                                 "run `mgear appliance --port {p} verify`: each PROBLEM line \
@@ -1530,6 +1542,8 @@ mod tests {
     struct FakeArrival {
         out: Vec<u8>,
         answer: fn([u8; 32]) -> [u8; 32],
+        /// Set when the host, the arrival taken, goes on to read the custody log.
+        log_asked: std::sync::Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Read for FakeArrival {
@@ -1544,6 +1558,18 @@ mod tests {
     impl Write for FakeArrival {
         fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
             let (id, req): (u32, Request) = decode_frame(data).expect("one request frame");
+            if let Request::Log { .. } = req {
+                self.log_asked
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.out.extend(encode_frame(
+                    id,
+                    &Response::error(
+                        mgear_appliance_api::protocol::ErrorCode::Storage,
+                        "no custody log in this fake",
+                    ),
+                ));
+                return Ok(data.len());
+            }
             let Request::Arrival { challenge } = req else {
                 panic!("unexpected {req:?}")
             };
@@ -1593,26 +1619,33 @@ mod tests {
         );
     }
 
-    fn arrival_with(answer: fn([u8; 32]) -> [u8; 32]) -> i32 {
+    /// The exit code, and whether the host went on to read the custody log (which follows
+    /// an arrival it takes).
+    fn arrival_with(answer: fn([u8; 32]) -> [u8; 32]) -> (i32, bool) {
+        let log_asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut c = Client::over(Box::new(FakeArrival {
             out: Vec::new(),
             answer,
+            log_asked: log_asked.clone(),
         }));
-        run_cmd(&mut c, Cmd::Arrival, true, Path::new("appliance.tty"))
-            .unwrap_or_else(|e| crate::exit::code_of(&e))
+        let code = run_cmd(&mut c, Cmd::Arrival, true, Path::new("appliance.tty"))
+            .unwrap_or_else(|e| crate::exit::code_of(&e));
+        (code, log_asked.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     #[test]
     fn arrival_accepts_only_an_answer_to_its_own_challenge() {
-        assert_eq!(arrival_with(|c| c), 0);
+        // Taken: the custody log is read next (this fake has none: not exit 1 of a replay).
+        let (code, log_asked) = arrival_with(|c| c);
+        assert!(log_asked && code != 1, "{code}");
         // A replayed arrival signed for another challenge.
-        assert_eq!(arrival_with(|_| [0x5a; 32]), 1);
+        assert_eq!(arrival_with(|_| [0x5a; 32]), (1, false));
         assert_eq!(
             arrival_with(|mut c| {
                 c[0] ^= 1;
                 c
             }),
-            1
+            (1, false)
         );
     }
 

@@ -101,6 +101,9 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             ..Default::default()
         };
         refuse_overwriting_non_sample(path, opts.size)?;
+        if let Some(data) = &args.data_disk {
+            refuse_overwriting_non_data_disk(path, data)?;
+        }
         let disk = mgear_boot::build_sample_disk(path, &opts)?;
         let line = format!(
             "sample disk {} ({} MiB, Linux {}, drivers {}): boots to \"{}\"",
@@ -139,6 +142,46 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             "--timeout 0 gives the guest no time to boot: give the seconds to wait for --wait-for",
         ));
     }
+    // A volume an ingest began and has not finished holds part of a disk (its first chunk
+    // last): its readiness read "will not boot anywhere", exit 0.
+    for spec in &args.target {
+        crate::target::refuse_unfinished(
+            spec,
+            match args.check_profile {
+                Some(_) => "check",
+                None => "boot",
+            },
+        )?;
+    }
+    // One volume as two disks: with --write QEMU's lock refused it as "is another process
+    // using the image?" ("reconnect it"); without, a machine of one disk twice proved nothing.
+    let paths: Vec<Option<std::path::PathBuf>> = args
+        .target
+        .iter()
+        .map(
+            |t| match crate::spec::Target::parse(t, crate::spec::Bare::Existing) {
+                Ok(
+                    crate::spec::Target::File(p)
+                    | crate::spec::Target::Dev(p)
+                    | crate::spec::Target::Qcow2(p),
+                ) => Some(p),
+                _ => None,
+            },
+        )
+        .collect();
+    for (i, a) in paths.iter().enumerate() {
+        for (j, b) in paths.iter().enumerate().skip(i + 1) {
+            if let (Some(a), Some(b)) = (a, b) {
+                if a == b || crate::guard::overlaps(a, b) {
+                    return Err(usage(format!(
+                        "--target {} and --target {} are the same volume: give each disk of the \
+                         machine once",
+                        args.target[i], args.target[j]
+                    )));
+                }
+            }
+        }
+    }
     if let Some(profile) = args.check_profile {
         let disks = args
             .target
@@ -146,9 +189,6 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             .map(|t| resolve(t).map(|r| r.local()))
             .collect::<crate::Result<Vec<_>>>()?;
         return check(&disks, profile, args.json);
-    }
-    for spec in &args.target {
-        crate::target::refuse_unfinished(spec, "boot")?;
     }
     let target = resolve(target)?;
     let opts = BootOptions {
@@ -561,6 +601,42 @@ fn refuse_overwriting_non_sample(path: &std::path::Path, size: u64) -> crate::Re
         } else {
             "not a regular file".to_string()
         }
+    )))
+}
+
+/// `--data-disk PATH` over a file that is not an earlier sample data disk (an ext4 file
+/// system labelled `mgear-srv`), or the sample disk itself: refused, nothing written (any
+/// file there became the 32 MiB data disk, and one path for both lost one of them).
+fn refuse_overwriting_non_data_disk(
+    sample: &std::path::Path,
+    data: &std::path::Path,
+) -> crate::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    if crate::guard::overlaps(sample, data) || sample == data {
+        return Err(usage(format!(
+            "--data-disk {} is the --build-sample disk itself: give the data disk a path of its \
+             own; nothing was written",
+            data.display()
+        )));
+    }
+    let Ok(meta) = std::fs::symlink_metadata(data) else {
+        return Ok(());
+    };
+    // ext4's superblock at byte 1024: its magic at 56, its volume name at 120.
+    let mut sb = [0u8; 136];
+    let ours = meta.is_file()
+        && std::fs::File::open(data)
+            .and_then(|f| f.read_exact_at(&mut sb, 1024))
+            .is_ok()
+        && sb[56..58] == [0x53, 0xEF]
+        && sb[120..136].starts_with(b"mgear-srv\0");
+    if ours {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "--data-disk {}: it exists and is not a sample data disk mgear built: nothing was \
+         written; give a new path, or remove it first",
+        data.display()
     )))
 }
 

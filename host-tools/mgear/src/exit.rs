@@ -148,7 +148,13 @@ pub fn hint(err: &Error, command: &str) -> String {
             .to_string(),
         // Credentials, region or a signature AWS refused: no argument of ours is wrong, and
         // `--help` does not say how to set them.
-        USAGE if err.chain().any(|e| e.to_string().contains("AWS")) => {
+        // (By the settings the message names: "a snapshot is booted in AWS" is no setting.)
+        USAGE
+            if err.chain().any(|e| {
+                let t = e.to_string();
+                t.contains("AWS_") || t.contains("~/.aws") || t.contains("AWS credentials")
+            }) =>
+        {
             "set what the message names in the environment (AWS_ACCESS_KEY_ID, \
              AWS_SECRET_ACCESS_KEY, AWS_REGION) or in ~/.aws/credentials and ~/.aws/config \
              (CLI-README, \"AWS EBS snapshots\"), then run the same command again"

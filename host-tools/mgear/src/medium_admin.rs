@@ -429,9 +429,19 @@ fn remove_tree_keeping(store: &mut dyn Store, dir: &str, keep: &[String]) -> cra
 pub fn record_removal(medium: &crate::medium::Where, name: &str, generations: &[u32]) {
     for port in &medium.appliance {
         if let Err(e) = crate::appliance::capture_removed(port, name, generations) {
+            // A refusal is the appliance's word; a lost answer (a power cut, an unplugged
+            // cable) says nothing of whether the record was made: it was told "did not record
+            // it ... run the same command again", which then found nothing to remove.
+            let refused = e.find::<crate::appliance::ApplianceError>().is_some();
             eprintln!(
-                "mgear: warning: the removal is done, but the custody log of the appliance at \
-                 {} did not record it: {e:#}",
+                "mgear: warning: the removal is done (nothing about it needs running again), but \
+                 the custody log of the appliance at {} {}: {e:#}; `mgear appliance --port {} \
+                 log` shows whether it holds the removal",
+                port.display(),
+                match refused {
+                    true => "did not record it",
+                    false => "may not have recorded it (its answer was lost)",
+                },
                 port.display()
             );
         }

@@ -157,13 +157,26 @@ pub fn error_value(code: i32, message: &str, hint: &str) -> Value {
     .unwrap_or(Value::Null)
 }
 
-/// The `--json` form of a failed command (one line).
+/// Warnings a command gave before it failed ([`warn_before_failing`]).
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Keep `warning` for the `--json` error object, should the command fail: a warning it gave
+/// before (a cutover of one disk of a set) was on stderr only when the cutover then failed.
+pub fn warn_before_failing(warning: &str) {
+    if let Ok(mut w) = WARNINGS.lock() {
+        w.push(warning.to_string());
+    }
+}
+
+/// The `--json` form of a failed command (one line); `warnings` when it gave any before.
 pub fn error_line(code: i32, message: &str, hint: &str) -> String {
     #[derive(Serialize)]
     struct Failed<'a> {
         ok: bool,
         command: &'a str,
         error: ErrorBody<'a>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     }
     serde_json::to_string(&Failed {
         ok: false,
@@ -174,6 +187,7 @@ pub fn error_line(code: i32, message: &str, hint: &str) -> String {
             message,
             hint,
         },
+        warnings: WARNINGS.lock().map(|w| w.clone()).unwrap_or_default(),
     })
     .unwrap_or_else(|_| format!("{{\"ok\":false,\"error\":{{\"code\":{code}}}}}"))
 }

@@ -27,10 +27,16 @@ pub fn refuse_unfinished(spec: &str, doing: &str) -> crate::Result<()> {
         return Ok(());
     };
     if let Target::File(p) | Target::Qcow2(p) = &t {
-        if let Some(done) = p
-            .to_str()
-            .and_then(|s| s.strip_suffix(".partial"))
-            .filter(|s| !s.is_empty())
+        // By the name it has and by the one it resolves to: a link to a `.partial` was booted.
+        let resolved = std::fs::canonicalize(p).ok();
+        if let Some(done) = [Some(p), resolved.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|p| {
+                p.to_str()?
+                    .strip_suffix(".partial")
+                    .filter(|s| !s.is_empty())
+            })
         {
             return Err(usage(format!(
                 "--target {spec}: {} is the volume of an ingest that has not finished (it is \

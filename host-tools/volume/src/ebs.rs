@@ -193,6 +193,7 @@ impl EbsSnapshotVolume {
                 "ebs-snapshot:{name}: the name must be 1 to 120 printable characters"
             )));
         }
+        check_image_name(name, &opts)?;
         if prep.disk_size > ebs::MAX_VOLUME_GIB << 30 {
             return Err(Error::Usage(format!(
                 "the disk is {} bytes: an EBS snapshot holds at most 64 TiB",
@@ -352,6 +353,10 @@ impl Volume for EbsSnapshotVolume {
         );
         let mut volume = done.snapshot_id.clone();
         if this.opts.register_image {
+            // The completed snapshot recorded first: an image that fails to register (the
+            // EC2 endpoint down, a name refused) is registered from it by the re-run, which
+            // made a whole new snapshot and left this one behind, billed.
+            record_done(&this.state_dir, &this.key, &this.what, Some(&volume));
             let ami = register(&this.client, &this.name, &this.opts, &done.snapshot_id)?;
             volume = format!("{} {ami}", done.snapshot_id);
         }
@@ -368,6 +373,24 @@ impl Volume for EbsSnapshotVolume {
 }
 
 /// Registers an AMI from the completed `snapshot` as `opts` say; its id.
+/// What the image name adds to the snapshot's NAME: `-snap-` and 17 hex digits.
+const IMAGE_NAME_SUFFIX: usize = "-snap-".len() + 17;
+
+/// The image is named NAME-snap-<17 hex>, which AWS takes up to 128 characters: a longer
+/// one was refused after the whole upload, and at every re-run.
+fn check_image_name(name: &str, opts: &EbsOptions) -> Result<()> {
+    if opts.register_image && name.len() + IMAGE_NAME_SUFFIX > 128 {
+        return Err(Error::Usage(format!(
+            "ebs-snapshot:{name}: with register-image the image is named NAME-snap-ID ({} \
+             characters more), and AWS takes image names of at most 128 characters: give a name \
+             of at most {} characters",
+            IMAGE_NAME_SUFFIX,
+            128 - IMAGE_NAME_SUFFIX
+        )));
+    }
+    Ok(())
+}
+
 fn register(client: &EbsClient, name: &str, opts: &EbsOptions, snapshot: &str) -> Result<String> {
     client
         .wait_completed(snapshot, std::time::Duration::from_secs(3600))
@@ -429,6 +452,7 @@ pub fn completed_before(
     prep: &Prepare,
     client: &EbsClient,
 ) -> Result<Option<String>> {
+    check_image_name(name, opts)?;
     let key = state_key(name);
     let Ok(text) = std::fs::read_to_string(prep.state_dir.join(format!("{key}.done"))) else {
         return Ok(None);

@@ -215,3 +215,118 @@ fn an_unreadable_partition_table_is_a_finding_not_an_abort() {
     assert_eq!(o.status.code(), Some(1), "{v}");
     assert_eq!(error_codes(&v), ["partition-table"], "{v}");
 }
+
+/// `mgear boot` of an NBD export whose server takes the connection and answers nothing: its
+/// look at the volume gives up after MGEAR_NBD_TIMEOUT (it waited for ever, with no word).
+#[test]
+fn booting_a_silent_nbd_export_gives_up_and_says_why() {
+    let e = mgear_tests::Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let t = std::time::Instant::now();
+    let o = e
+        .cmd(&[
+            "boot",
+            "--target",
+            &format!("nbd://127.0.0.1:{port}/x"),
+            "--timeout",
+            "60",
+        ])
+        .env("MGEAR_NBD_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", mgear_tests::output_text(&o));
+    assert!(
+        mgear_tests::output_text(&o).contains("no answer within 2 s"),
+        "{}",
+        mgear_tests::output_text(&o)
+    );
+    assert!(t.elapsed().as_secs() < 30, "{:?}", t.elapsed());
+}
+
+/// `--build-sample --data-disk` over a file that is no sample data disk, or over the sample
+/// itself: refused, nothing written (the file silently became the data disk).
+#[test]
+fn a_sample_data_disk_is_never_written_over_a_file_of_ones_own() {
+    let e = mgear_tests::Env::new();
+    std::fs::write(e.p("mine.raw"), vec![0x42u8; 3 << 20]).unwrap();
+    let o = e.run(&["boot", "--build-sample", "s.raw", "--data-disk", "mine.raw"]);
+    assert_eq!(o.status.code(), Some(2), "{}", mgear_tests::output_text(&o));
+    assert!(
+        mgear_tests::output_text(&o).contains("is not a sample data disk mgear built"),
+        "{}",
+        mgear_tests::output_text(&o)
+    );
+    assert_eq!(
+        std::fs::read(e.p("mine.raw")).unwrap(),
+        vec![0x42u8; 3 << 20]
+    );
+    assert!(!e.p("s.raw").exists());
+    let o = e.run(&["boot", "--build-sample", "s.raw", "--data-disk", "s.raw"]);
+    assert_eq!(o.status.code(), Some(2), "{}", mgear_tests::output_text(&o));
+    assert!(!e.p("s.raw").exists());
+}
+
+/// A volume an ingest has not finished is refused by `--check-profile` too (it read "will not
+/// boot anywhere", exit 0: its first chunk is written last), and by `boot` through a link.
+#[test]
+fn an_unfinished_volume_is_not_checked_nor_booted_through_a_link() {
+    let e = mgear_tests::Env::new();
+    std::fs::write(e.p("v.raw.partial"), vec![0u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink(e.p("v.raw.partial"), e.p("link.raw")).unwrap();
+    for args in [
+        &[
+            "boot",
+            "--target",
+            "file:v.raw.partial",
+            "--check-profile",
+            "generic",
+        ][..],
+        &["boot", "--target", "file:link.raw"],
+        &[
+            "boot",
+            "--target",
+            "file:link.raw",
+            "--check-profile",
+            "generic",
+        ],
+    ] {
+        let o = e.run(args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            mgear_tests::output_text(&o)
+        );
+        assert!(
+            mgear_tests::output_text(&o).contains("an ingest that has not finished"),
+            "{args:?}: {}",
+            mgear_tests::output_text(&o)
+        );
+    }
+}
+
+/// One volume given as two disks: refused, exit 2 (with --write it was QEMU's lock error,
+/// exit 3 "reconnect it"; without, it booted one disk twice).
+#[test]
+fn one_volume_as_two_disks_is_refused() {
+    let e = mgear_tests::Env::new();
+    std::fs::write(e.p("c.raw"), vec![0u8; 1 << 20]).unwrap();
+    for extra in [&[][..], &["--write"]] {
+        let mut args = vec!["boot", "--target", "file:c.raw", "--target", "file:./c.raw"];
+        args.extend_from_slice(extra);
+        let o = e.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", mgear_tests::output_text(&o));
+        assert!(
+            mgear_tests::output_text(&o).contains("are the same volume"),
+            "{}",
+            mgear_tests::output_text(&o)
+        );
+    }
+}

@@ -735,3 +735,98 @@ fn a_set_ingest_into_snapshots_re_run_in_another_order_starts_nothing() {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was made again");
 }
+
+/// The image fails to register after the snapshot completed (EC2 unreachable): the re-run
+/// keeps that snapshot and registers the image from it (it made a whole second snapshot and
+/// left the first behind, billed). A name too long for the image is refused before anything
+/// is sent.
+#[test]
+fn an_image_that_failed_to_register_is_registered_from_the_kept_snapshot() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig::default());
+    let mut first = with_double(&e, &d, &ingest(&e, &["--register-image"]));
+    first.env("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:9");
+    let o = first.output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    let ids = d.snapshot_ids();
+    assert_eq!(ids.len(), 1);
+    assert!(d.images().is_empty());
+    let o = with_double(&e, &d, &ingest(&e, &["--register-image"]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(d.snapshot_ids(), ids, "no second snapshot");
+    let images = d.images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images.values().next().unwrap().1, ids[0]);
+    // NAME-snap-<17 hex> over AWS's 128 characters: refused, nothing sent.
+    let long = format!("ebs-snapshot:{}", "w".repeat(110));
+    let line = e
+        .ingest("dir:mnt", "web01")
+        .trust("site.pub")
+        .unsealed()
+        .target(&long)
+        .arg("--register-image");
+    let o = with_double(&e, &d, &line).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("at most 128 characters"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(d.snapshot_ids(), ids);
+}
+
+/// Two killed ingests whose pending snapshots got the same id from two services (the double
+/// started again between them, as another endpoint, account or region would): the first one's
+/// resume wrote its blocks into the second one's snapshot, and neither could complete, not
+/// even with --force. The pending snapshot's description says whose it is: the first starts a
+/// new snapshot, and both complete with their own disks.
+#[test]
+fn a_pending_snapshot_id_that_is_another_ingests_is_not_written_into() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig::default());
+    killed_after_some_blocks(&e, &d, &ingest(&e, &[]));
+    let id = d.snapshot_ids()[0].clone();
+    drop(d);
+    let d = Double::start(DoubleConfig::default());
+    disk_with_holes(&e.p("other.raw"));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(e.p("other.raw"))
+            .unwrap();
+        f.seek(SeekFrom::Start(600 << 20)).unwrap();
+        f.write_all(&[7u8; 4096]).unwrap();
+    }
+    e.capture("dir:mnt", "other")
+        .source("other.raw")
+        .sign("site.key")
+        .ok();
+    let other = e
+        .ingest("dir:mnt", "other")
+        .trust("site.pub")
+        .unsealed()
+        .target("ebs-snapshot:other");
+    killed_after_some_blocks(&e, &d, &other);
+    assert_eq!(
+        d.snapshot_ids(),
+        std::slice::from_ref(&id),
+        "the same id, another disk"
+    );
+    let o = with_double(&e, &d, &ingest(&e, &[])).output().unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is another ingest's snapshot now"),
+        "{}",
+        output_text(&o)
+    );
+    let o = with_double(&e, &d, &other).output().unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let ids = d.snapshot_ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    check_snapshot_of(&e, &d, &ids[0], "other.raw", None);
+    check_snapshot_of(&e, &d, &ids[1], "disk.raw", None);
+}

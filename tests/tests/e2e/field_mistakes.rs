@@ -2937,3 +2937,26 @@ fn a_finished_device_or_nbd_ingest_run_again_is_kept_after_a_read_back() {
     let back = fs::read(&dev.0).unwrap();
     assert_eq!(&back[..d.len()], &d[..]);
 }
+
+/// `ingest --boot` with a --wait-for that proves nothing, or --timeout 0: refused before
+/// anything is decrypted or written (it was refused after the volume was installed, and the
+/// report said "nothing verified" of a verified volume).
+#[test]
+fn an_ingest_boot_that_could_prove_nothing_is_refused_before_writing() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("a.raw"), 2 << 20, 5);
+    e.capture(&m, "web01").source("a.raw").ok();
+    for extra in [&["--wait-for", ".*"][..], &["--timeout", "0"]] {
+        let o = e
+            .ingest(&m, "web01")
+            .untrusted()
+            .target("file:v.raw")
+            .arg("--boot")
+            .args(extra)
+            .run();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", output_text(&o));
+        assert!(!e.p("v.raw").exists() && !e.p("v.raw.partial").exists());
+    }
+}

@@ -173,10 +173,21 @@ fn private_file(path: &Path, truncate: bool) -> std::io::Result<File> {
 /// resume then failed every put with 404, and so did every re-run, `--force` too), or no
 /// longer pending. `None` where it is pending, or where EC2 does not say (a key without
 /// `ec2:DescribeSnapshots`, a network error): the resume then goes on, and its first put says.
-fn gone(client: &EbsClient, id: &str) -> Option<String> {
-    match client.snapshot_status(id) {
-        Ok(s) if s == "pending" => None,
-        Ok(s) => Some(format!("is {s}, not pending any more")),
+///
+/// A pending snapshot that describes itself as another ingest's (`description`: what this
+/// one is made with) is not this ingest's either: the id, recorded on this host, names
+/// another snapshot where the endpoint, account or region is another now, and going on in
+/// it wrote this disk's blocks into another ingest's snapshot (both then failed to complete).
+fn gone(client: &EbsClient, id: &str, description: &str) -> Option<String> {
+    match client.describe_snapshot(id) {
+        Ok((s, said)) if s == "pending" && !said.is_empty() && said != description => {
+            Some(format!(
+                "is another ingest's snapshot now (it describes itself as {said:?}): the \
+                 endpoint, account or region is not the one that run wrote to"
+            ))
+        }
+        Ok((s, _)) if s == "pending" => None,
+        Ok((s, _)) => Some(format!("is {s}, not pending any more")),
         Err(CloudError::Http {
             status: 400 | 404,
             message,
@@ -227,7 +238,7 @@ impl SnapshotWriter {
             }
         }
         if let Some((_, Some(id))) = &recorded {
-            if let Some(why) = gone(&client, id) {
+            if let Some(why) = gone(&client, id, &opts.description) {
                 eprintln!(
                     "mgear: the pending snapshot {id} an earlier run of this ingest wrote {why}: \
                      starting a new snapshot (every block is sent again)"

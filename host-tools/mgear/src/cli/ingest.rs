@@ -103,6 +103,18 @@ impl Cli {
         let boot_bus = a.boot_bus.parse::<mgear_boot::Bus>()?;
         let rate_limit = a.rate_limit.as_deref().map(parse_rate).transpose()?;
         let checkpoint_bytes = parse_size(&a.checkpoint_bytes)?;
+        // The boot's proof checked before anything is decrypted or written: a --wait-for
+        // that proves nothing was refused after the volume was installed, and the report
+        // said "nothing verified" of a verified volume.
+        if a.boot {
+            if a.timeout == 0 {
+                return Err(mgear::exit::usage(
+                    "--timeout 0 gives the guest no time to boot: give the seconds to wait for \
+                     --wait-for",
+                ));
+            }
+            mgear_boot::Expectation::new(&a.wait_for, std::time::Duration::from_secs(a.timeout))?;
+        }
         let plan = ingest::Plan {
             medium: a.medium.into(),
             name: a.name,

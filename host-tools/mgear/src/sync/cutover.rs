@@ -289,6 +289,7 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
             a.sync.name
         );
         eprintln!("mgear cutover: warning: {w}");
+        crate::output::warn_before_failing(&w);
         warnings.push(w);
     }
     // Ctrl-C and SIGTERM stop the sync under way between chunks and then resume the source
