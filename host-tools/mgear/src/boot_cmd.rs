@@ -500,6 +500,19 @@ pub fn resolve(s: &str) -> crate::Result<Resolved> {
 pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
     match (t, t.boot_target()) {
         (_, Some(Target::File(p))) => {
+            // Only its `.partial` there: an ingest into it has not finished ("No such file",
+            // "reconnect it" said nothing of it).
+            let partial = std::path::PathBuf::from(format!("{}.partial", p.display()));
+            if !p.exists() && partial.exists() {
+                return Err(usage(format!(
+                    "--target {t}: {} is not there yet, only {}: the ingest into it has not \
+                     finished. Run that ingest again to finish it (it is renamed {} once \
+                     verified), then boot it",
+                    p.display(),
+                    partial.display(),
+                    p.display()
+                )));
+            }
             refuse_container(&p, t)?;
             Ok(Resolved::Local(Target::File(p)))
         }

@@ -1166,13 +1166,29 @@ fn check_seal(
     let fp = sitekey::fingerprint(&identity);
     let pinned = policy.pinned_appliance(&identity);
     if !pinned && hint != Some(identity) {
-        return Ok(Err(format!(
-            "seal + arrival ({}) signed by appliance {fp}, which is neither pinned nor the \
-             appliance the manifest names (if it carries another medium of this shipment, a \
-             span over several appliances: give it together with the pinned appliance, or pin \
-             it too with --trust-appliance {fp}, its fingerprint from the capture site)",
-            a.from
-        )));
+        // The span explanation only where there is a span: on a medium of one, it offered a
+        // ready `--trust-appliance` of a key read from the medium (a forger's appliance).
+        let spanned = medium
+            .len(image_format::span::SPAN_FILE)
+            .ok()
+            .flatten()
+            .is_some();
+        return Ok(Err(match spanned {
+            true => format!(
+                "seal + arrival ({}) signed by appliance {fp}, which is neither pinned nor the \
+                 appliance the manifest names (if it carries another medium of this shipment, \
+                 a span over several appliances: give it together with the pinned appliance, \
+                 or pin it too with the fingerprint the capture site gives you for it, never \
+                 one read from here)",
+                a.from
+            ),
+            false => format!(
+                "seal + arrival ({}) signed by appliance {fp}, which is neither pinned nor the \
+                 appliance the manifest names: an appliance this target did not provision \
+                 vouches for nothing (do not pin a key found on the medium)",
+                a.from
+            ),
+        }));
     }
     if let Err(e) = attest::verify_seal_and_arrival(&a.seal, &a.arrival, &identity) {
         return Ok(Err(format!(

@@ -280,6 +280,15 @@ fn an_unfinished_volume_is_not_checked_nor_booted_through_a_link() {
     let e = mgear_tests::Env::new();
     std::fs::write(e.p("v.raw.partial"), vec![0u8; 1 << 20]).unwrap();
     std::os::unix::fs::symlink(e.p("v.raw.partial"), e.p("link.raw")).unwrap();
+    // Its final name, while only the `.partial` is there: said so (it was "No such file",
+    // "reconnect it").
+    let o = e.run(&["boot", "--target", "file:v.raw"]);
+    assert_eq!(o.status.code(), Some(2), "{}", mgear_tests::output_text(&o));
+    assert!(
+        mgear_tests::output_text(&o).contains("has not finished"),
+        "{}",
+        mgear_tests::output_text(&o)
+    );
     for args in [
         &[
             "boot",
