@@ -1663,16 +1663,17 @@ fn clear_stale_gpt_backup(device: &Path, disk_size: u64) -> Option<String> {
         .open(device)
         .ok()?;
     // A block device's size is where its end is (its metadata says 0).
-    let last = f.seek(std::io::SeekFrom::End(0)).ok()?.checked_sub(512)?;
-    if last < disk_size {
-        return None;
-    }
-    let mut sector = [0u8; 512];
-    f.read_exact_at(&mut sector, last).ok()?;
-    if &sector[..8] != b"EFI PART" {
-        return None;
-    }
-    f.write_all_at(&[0u8; 512], last).ok()?;
+    let end = f.seek(std::io::SeekFrom::End(0)).ok()?;
+    // The last logical sector: 512 bytes, or 4096 on a 4Kn device, whose GPT backup header
+    // begins its last 4096-byte sector (it was looked for in the last 512 bytes only, and
+    // stayed, unsaid).
+    let (last, len) = [512u64, 4096].into_iter().find_map(|len| {
+        let last = end.checked_sub(len)?;
+        let mut head = [0u8; 8];
+        f.read_exact_at(&mut head, last).ok()?;
+        (last >= disk_size && &head == b"EFI PART").then_some((last, len))
+    })?;
+    f.write_all_at(&vec![0u8; len as usize], last).ok()?;
     f.sync_data().ok()?;
     Some(warn(format!(
         "{} is larger than the disk, and its last sector held a GPT backup header from what the \

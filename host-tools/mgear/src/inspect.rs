@@ -497,6 +497,7 @@ fn medium_json(
     // last checkpoint, space that showed nowhere.
     let mut held: std::collections::HashMap<(String, u32), u64> = Default::default();
     if let Ok(caps) = &listed {
+        let spanned = medium.span().is_some();
         let store = medium.store();
         for c in caps {
             for g in &c.generations {
@@ -525,6 +526,16 @@ fn medium_json(
                     }
                     let why = match store.len(&p) {
                         Ok(Some(_)) => continue,
+                        // A medium of no span holds every segment: one its manifest lists
+                        // and no entry shows is damage (its entry deleted, or marked a volume
+                        // label), not a shipment's question (it listed the capture, exit 0).
+                        Ok(None) if !spanned => {
+                            damaged_generation = true;
+                            format!(
+                                "{p}, which its manifest lists, is not on the medium: its \
+                                 directory entry was deleted or damaged"
+                            )
+                        }
                         Ok(None) => format!(
                             "{p}, which its manifest lists, is on none of the media given \
                              and the span's map places it on no other medium"

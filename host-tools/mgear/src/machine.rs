@@ -261,9 +261,14 @@ pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i3
                 format!(", {}", d.os)
             },
             match c {
+                // What was read: the holes the source reported were not (as for one disk).
                 Some(c) => format!(
-                    "read {}, stored {} ({} zero, {} dedup, {} stored chunks)",
-                    human_bytes(c.bytes_read),
+                    "read {}{}, stored {} ({} zero, {} dedup, {} stored chunks)",
+                    human_bytes(c.bytes_read.saturating_sub(c.holes_skipped)),
+                    match c.holes_skipped {
+                        0 => String::new(),
+                        h => format!(", holes skipped {}", human_bytes(h)),
+                    },
                     human_bytes(c.stored_bytes),
                     c.zero_chunks,
                     c.dedup_chunks,

@@ -122,13 +122,19 @@ fn stdout_failures() {
             let lasting = ["capture", "ingest", "cutover", "medium"]
                 .iter()
                 .any(|c| output::command().split(' ').next() == Some(c));
-            if !text.contains("Broken pipe") || lasting {
-                let why = text.trim_start_matches("failed printing to stdout: ");
+            let why = text.trim_start_matches("failed printing to stdout: ");
+            if lasting {
                 eprintln!(
                     "mgear: error: could not write the output to standard output ({why}): what \
                      the command did before that stands (a capture on its medium, an ingested \
                      volume); only its printed report is lost: `mgear inspect` shows the medium, \
                      and --report FILE keeps a report on a disk with room"
+                );
+            } else if !text.contains("Broken pipe") {
+                // A listing or a check: its result is what was lost.
+                eprintln!(
+                    "mgear: error: could not write the output to standard output ({why}): its \
+                     result is lost; run it again with the output going where there is room"
                 );
             }
             std::process::exit(exit::IO);
@@ -340,17 +346,23 @@ fn check_env(json: bool) {
             continue;
         };
         let v = v.to_string_lossy();
-        if !v.trim().parse::<u64>().is_ok_and(|n| n > 0) {
+        // At most about 31 years: a limit past that is no limit, and a deadline that far
+        // overflowed the clock (a panic).
+        if !v
+            .trim()
+            .parse::<u64>()
+            .is_ok_and(|n| n > 0 && n <= 1_000_000_000)
+        {
             wrong(
                 format!(
-                    "{var}={v:?} is not a number of seconds (a whole number, 1 or more; unset, \
-                     the limit is {default})"
+                    "{var}={v:?} is not a number of seconds (a whole number from 1 to \
+                     1000000000; unset, the limit is {default})"
                 ),
                 &format!("set {var} to a whole number of seconds, or unset it"),
             );
         }
     }
-    if std::env::var_os("MGEAR_APPLIANCE").is_some_and(|v| v.is_empty()) {
+    if std::env::var_os("MGEAR_APPLIANCE").is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
         wrong(
             "MGEAR_APPLIANCE is set but empty: it names the appliance's console port (e.g. \
              /dev/ttyACM0) for the `appliance` commands"
@@ -398,8 +410,15 @@ fn main() {
             let message = format!("{err:#}");
             // A command that printed its report (`"ok":false` with its `error`) before it
             // failed: --json prints one object, not a second.
+            // Written without the panic of `println!`: a full or closed stdout must not turn
+            // this failure into "what the command did stands" (exit 3).
             if output::json() && !output::emitted_error() {
-                println!("{}", output::error_line(code, &message, &hint));
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    output::error_line(code, &message, &hint)
+                );
             }
             // Exit 4 is the expected end of a run that waits for media still to come, no error.
             let what = match code == exit::PENDING {

@@ -113,7 +113,17 @@ pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> crate::Result<()> {
     }
     let carries_error = !ok && rest.contains_key("error");
     let line = serde_json::to_string(&Envelope::new(ok, rest))?;
-    println!("{line}");
+    if ok {
+        println!("{line}");
+    } else {
+        // A failure's report where stdout cannot take it: the failure is still said on
+        // stderr with its own code (the panic of `println!` called it "what the command did
+        // stands", exit 3).
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), "{line}").is_err() {
+            return Ok(());
+        }
+    }
     if carries_error {
         EMITTED_ERROR.store(true, Ordering::Relaxed);
     }

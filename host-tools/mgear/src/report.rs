@@ -508,11 +508,19 @@ pub fn summary(v: &Value) -> String {
         let label = format!("disk {}", s(d, &["disk"]));
         if kind == "capture" {
             let done = match r["captured"].get(i).filter(|c| !c.is_null()) {
-                Some(c) => format!(
-                    "read {}, stored {}",
-                    size(c, &["bytes_read"]),
-                    size(c, &["stored_bytes"])
-                ),
+                // What was read, as for one disk: the holes the source reported were not.
+                Some(c) => {
+                    let holes = c["holes_skipped"].as_u64().unwrap_or(0);
+                    format!(
+                        "read {}{}, stored {}",
+                        bytes(c["bytes_read"].as_u64().map(|b| b.saturating_sub(holes))),
+                        match holes {
+                            0 => String::new(),
+                            _ => format!(", holes skipped {}", bytes(Some(holes))),
+                        },
+                        size(c, &["stored_bytes"])
+                    )
+                }
                 None => "captured by an earlier run of this generation".into(),
             };
             line(

@@ -147,12 +147,19 @@ pub fn say_trusted(what: &str, v: &Verdict, pinned: bool) {
     if v.trusted_by.is_empty() {
         return;
     }
+    let of_set = match v.receipt_commit != v.commit {
+        true => format!(
+            ", of the set whose commit is {}",
+            crate::output::hex(&v.receipt_commit)
+        ),
+        false => String::new(),
+    };
     eprintln!(
-        "mgear: {what} is signed by pinned {} (commit {}{})",
+        "mgear: {what} is signed by pinned {} (commit {}{of_set}{})",
         v.trusted_by.join(", "),
         crate::output::hex(&v.commit),
         if pinned {
-            ": the one --expect-commit names"
+            ": --expect-commit names it"
         } else {
             ": compare it with the capture receipt, or pin it with --expect-commit"
         }
@@ -168,6 +175,9 @@ pub struct Verdict {
     pub manifest_root: [u8; 32],
     /// The generation's commit digest (what the capture receipt prints as `commit`).
     pub commit: [u8; 32],
+    /// The commit the capture receipt prints for it: its own, or, for a disk of a machine
+    /// set, the set's (what `--expect-commit` is compared with beside its own).
+    pub receipt_commit: [u8; 32],
     /// Set when a pinned appliance's seal of this medium does not match it
     /// and `--allow-unsealed` let the verdict through: `verify` fails on it
     /// (it takes a seal that is merely missing as a note).
@@ -447,7 +457,11 @@ pub fn check_generation(
     }
     if let Some(want) = &policy.expect_commit {
         let have = crate::output::hex(&receipt_commit);
-        if !have.starts_with(want.as_str()) {
+        // A disk of a set is named by the set's commit, or by its own (which the capture's
+        // `captured[].receipt` prints per disk: it was refused as "not the capture that was
+        // shipped").
+        let own = crate::output::hex(&expected.digest()).starts_with(want.as_str());
+        if !have.starts_with(want.as_str()) && !own {
             // The generation's own COMMIT names what the receipt says: the shipped
             // generation is here, but its key slots or manifest changed since it was
             // signed (a damaged KEYS was called "another capture in its place").
@@ -800,6 +814,7 @@ pub fn check_generation(
         generation: g,
         manifest_root: expected.manifest_root,
         commit: expected.digest(),
+        receipt_commit,
         seal_mismatch,
         trusted_by,
         warnings,
@@ -1398,6 +1413,7 @@ mod tests {
             generation: 2,
             manifest_root: [7; 32],
             commit: [9; 32],
+            receipt_commit: [9; 32],
             seal_mismatch: None,
             trusted_by: vec!["site x".into()],
             warnings: Vec::new(),

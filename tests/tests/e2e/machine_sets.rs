@@ -1597,3 +1597,75 @@ fn a_set_ingest_re_run_in_another_order_or_missing_a_tool_writes_nothing() {
     same_file(&e.p("root.raw"), &e.p("d0.raw"));
     same_file(&e.p("data.raw"), &e.p("d1.raw"));
 }
+
+/// One disk of a set ingested by its stream name with `--expect-commit`: the set's commit or
+/// the disk's own (which the capture prints per disk) both name it; the note says which
+/// commit is the set's (it said the disk's commit was "the one --expect-commit names" when
+/// the set's was given, and refused the disk's own as "not the capture that was shipped").
+#[test]
+fn a_set_disk_is_named_by_the_sets_commit_or_its_own() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    std::fs::write(e.p("disk0.raw"), data_disk(3)).unwrap();
+    std::fs::write(e.p("disk1.raw"), data_disk(4)).unwrap();
+    let m = e.fat("m.img", "64MiB");
+    let c = capture(&e, &m, &[]);
+    let set = c["receipt"]["commit_digest"].as_str().unwrap().to_string();
+    let own = c["captured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "db01.d1")
+        .unwrap()["receipt"]["commit_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(set, own);
+    for (want, out) in [(&set, "a.raw"), (&own, "b.raw")] {
+        let o = e
+            .ingest(&m, "db01.d1")
+            .trust("site.pub")
+            .args(&["--expect-commit", want])
+            .target(&format!("file:{out}"))
+            .run();
+        assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains(&format!("of the set whose commit is {set}")),
+            "{}",
+            output_text(&o)
+        );
+        same_file(&e.p(out), &e.p("disk1.raw"));
+    }
+}
+
+/// A set of sparse disks: each disk's `read` is what was read, its holes said apart, in the
+/// summary and the .txt report (it counted the holes as read).
+#[test]
+fn a_set_summary_counts_holes_apart_from_what_was_read() {
+    let e = Env::new();
+    e.keygen();
+    for (name, seed) in [("disk0.raw", 5), ("disk1.raw", 6)] {
+        let mut d = data_disk(seed);
+        d.truncate(2 << 20);
+        std::fs::write(e.p(name), &d).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.p(name))
+            .unwrap();
+        f.set_len(8 << 20).unwrap();
+    }
+    let m = e.fat("m.img", "64MiB");
+    let o = set_capture(&e, &m).args(&["--report", "r.json"]).run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        said.contains("read 2.00 MiB, holes skipped 6.00 MiB"),
+        "{said}"
+    );
+    let txt = std::fs::read_to_string(e.p("r.txt")).unwrap();
+    assert!(
+        txt.contains("read 2.00 MiB (2097152 bytes), holes skipped 6.00 MiB"),
+        "{txt}"
+    );
+}
