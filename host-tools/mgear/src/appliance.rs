@@ -735,10 +735,24 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                 false => None,
             };
             if json {
-                render::emit(
-                    passed && log_failed.is_none(),
-                    &serde_json::json!({"attestation": attestation, "problems": problems, "challenge": hex(&challenge), "custody_log_failed": log_failed}),
-                )?;
+                let mut v = serde_json::json!({"attestation": attestation, "problems": problems, "challenge": hex(&challenge), "custody_log_failed": log_failed});
+                // A failure carries its `error`, as every failed command's JSON does.
+                if let Some(why) = &log_failed {
+                    v["error"] = crate::output::error_value(
+                        crate::exit::FOUND,
+                        &format!("custody log FAILED verification: {why}"),
+                        "the medium is as sealed, but what happened to the appliance since \
+                         cannot be told from its log: keep `mgear appliance log` with the \
+                         shipment's records and ask the capture site before ingesting",
+                    );
+                } else if !passed {
+                    v["error"] = crate::output::error_value(
+                        crate::exit::FOUND,
+                        "arrival check FAILED: the medium changed since the seal",
+                        "do not ingest from it; ask the capture site for another copy",
+                    );
+                }
+                render::emit(passed && log_failed.is_none(), &v)?;
             } else {
                 print_problems(&problems, port);
                 match &attestation {

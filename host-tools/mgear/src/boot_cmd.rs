@@ -165,6 +165,8 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                     | crate::spec::Target::Dev(p)
                     | crate::spec::Target::Qcow2(p),
                 ) => Some(p),
+                // An export by its URL (the same export twice got two QEMU drives).
+                Ok(crate::spec::Target::Nbd(u)) => Some(std::path::PathBuf::from(u.to_string())),
                 _ => None,
             },
         )

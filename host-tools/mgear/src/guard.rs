@@ -248,6 +248,13 @@ pub fn overlaps(a: &Path, b: &Path) -> bool {
             return true;
         }
         if ta.is_block_device() && tb.is_block_device() {
+            // Two partitions of one disk: one volume only where their sectors meet (a
+            // sibling partition was refused as "the medium, or lies on it").
+            if let (Some(p), Some(q)) = (partition_range(ma.rdev()), partition_range(mb.rdev())) {
+                if p.0 == q.0 {
+                    return p.1 < q.2 && q.1 < p.2;
+                }
+            }
             if let (Some(x), Some(y)) = (loop_backing(ma.rdev()), loop_backing(mb.rdev())) {
                 // Two windows of one image that share no byte are two volumes (`losetup
                 // --offset --sizelimit` as partitions): the target was refused as the medium,
@@ -725,6 +732,22 @@ pub fn disk_identity(m: &std::fs::Metadata) -> (u64, u64) {
 
 /// The disk a partition (device number `rdev`) is on, from sysfs; `None`
 /// for a whole disk or where sysfs does not say.
+/// A partition's disk and its sectors `[start, end)` (sysfs counts 512-byte sectors);
+/// `None` for what is no partition.
+fn partition_range(rdev: u64) -> Option<(u64, u64, u64)> {
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let dir = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (start, size) = (read("start")?, read("size")?);
+    Some((whole_disk(rdev)?, start, start.checked_add(size)?))
+}
+
 fn whole_disk(rdev: u64) -> Option<u64> {
     let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
     let dir = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));

@@ -239,5 +239,6 @@ fn an_arrival_over_a_damaged_custody_log_says_so_and_fails() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false, "{v}");
     assert!(v["custody_log_failed"].is_string(), "{v}");
+    assert_eq!(v["error"]["code"], 1, "{v}");
     lab.stop();
 }

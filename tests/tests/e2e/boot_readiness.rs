@@ -327,8 +327,13 @@ fn an_unfinished_volume_is_not_checked_nor_booted_through_a_link() {
 fn one_volume_as_two_disks_is_refused() {
     let e = mgear_tests::Env::new();
     std::fs::write(e.p("c.raw"), vec![0u8; 1 << 20]).unwrap();
-    for extra in [&[][..], &["--write"]] {
-        let mut args = vec!["boot", "--target", "file:c.raw", "--target", "file:./c.raw"];
+    let nbd = "nbd+unix:///?socket=/nonexistent/v.sock";
+    for (a, b, extra) in [
+        ("file:c.raw", "file:./c.raw", &[][..]),
+        ("file:c.raw", "file:./c.raw", &["--write"]),
+        (nbd, nbd, &[]),
+    ] {
+        let mut args = vec!["boot", "--target", a, "--target", b];
         args.extend_from_slice(extra);
         let o = e.run(&args);
         assert_eq!(o.status.code(), Some(2), "{}", mgear_tests::output_text(&o));

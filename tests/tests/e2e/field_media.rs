@@ -1786,3 +1786,26 @@ fn a_size_of_no_whole_sectors_is_refused_with_one_that_is() {
     e.ok(&["medium", "format", "fat:odd.img"]);
     assert_eq!(std::fs::metadata(e.p("odd.img")).unwrap().len(), 40_000_000);
 }
+
+/// A segment's entry marked a volume label (attribute 0x08): every reader skips it, so the
+/// segment is missing from a medium of no span; inspect fails it (it listed the generation
+/// as damaged and exited 0).
+#[test]
+fn a_segment_hidden_as_a_volume_label_fails_inspect() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 35);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").sign("site.key").ok();
+    edit_dir(&e, "m.img", "MGEAR/rand/G0001", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"SEG-00~1   ");
+        img[entry + 11] = 0x08;
+    });
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not on the medium: its directory entry was deleted or damaged"),
+        "{}",
+        text(&o)
+    );
+}
