@@ -881,31 +881,40 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
             // Erased already (an erase whose answer a power cut or a pulled cable lost, which
             // says to run the command again): the certificate is made from its custody
             // record, as after any erase; there is nothing to erase again.
-            if let (DeviceState::Erased, Some(path)) = (before.state, &certificate) {
+            // With or without --certificate: the re-run the cut erase asked for exited 2
+            // ("the appliance is erased") without one.
+            if before.state == DeviceState::Erased {
                 let (cert, verified) = erase_certificate(c, before.medium_id)?;
-                crate::report::write_json_and_text(path, &cert, &render::certificate_text(&cert))?;
+                if let Some(path) = &certificate {
+                    crate::report::write_json_and_text(
+                        path,
+                        &cert,
+                        &render::certificate_text(&cert),
+                    )?;
+                }
                 let index = cert["erase_record"]["index"].as_u64();
                 if !verified {
                     return Err(coded(
                         FOUND,
-                        format!(
-                            "the appliance is erased, but its custody record of the erase does not verify under its identity (certificate {} says so)",
-                            path.display()
-                        ),
+                        "the appliance is erased, but its custody record of the erase does not \
+                         verify under its identity (`mgear appliance log --verify` says more)",
                     ));
                 }
+                let shown = certificate.as_ref().map(|p| p.display().to_string());
                 if json {
                     print_json(&serde_json::json!({
                         "already_erased": true,
                         "erase_record": index,
-                        "certificate": path.display().to_string(),
+                        "certificate": shown,
                     }))?;
                 } else {
                     println!(
-                        "the appliance was erased already (custody record {}): nothing erased again\nerase certificate: {}",
+                        "the appliance was erased already (custody record {}): nothing erased again",
                         index.map_or("?".into(), |i| i.to_string()),
-                        path.display()
                     );
+                    if let Some(p) = shown {
+                        println!("erase certificate: {p}");
+                    }
                 }
                 return Ok(0);
             }

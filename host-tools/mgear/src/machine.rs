@@ -1066,6 +1066,9 @@ pub struct IngestReport {
     /// The set manifest's root (hex): what the set's COMMIT signs and the capture receipt
     /// names, so a report can be tied to the receipt.
     pub set_root: String,
+    /// How many disks the machine has (`disks` lists those this run ingested: one with
+    /// `--disk K`, and the report said "a machine of 1 disks").
+    pub machine_disks: usize,
     pub disks: Vec<IngestedDisk>,
     pub booted: Option<bool>,
     pub boot_report: Option<String>,
@@ -1788,6 +1791,7 @@ pub fn ingest_set(
         name: args.name.clone(),
         generation: g,
         set_root: hex(&file.root),
+        machine_disks: file.set.disks.len(),
         kept: !disks.is_empty() && disks.iter().all(|d| d.report.kept),
         disks,
         booted: None,

@@ -432,7 +432,14 @@ pub fn summary(v: &Value) -> String {
                 Some(_) => format!(" generation {}", s(r, &["generation"])),
             },
             if set {
-                format!(" (a machine of {} disks)", disks.len())
+                let whole = r["machine_disks"].as_u64().unwrap_or(disks.len() as u64);
+                match whole == disks.len() as u64 {
+                    true => format!(" (a machine of {whole} disks)"),
+                    false => format!(
+                        " (a machine of {whole} disks, {} of them ingested here)",
+                        disks.len()
+                    ),
+                }
             } else {
                 String::new()
             }

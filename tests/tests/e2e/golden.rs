@@ -328,6 +328,14 @@ mod fields {
             serde_json::from_slice(&std::fs::read(lab.p("again.json")).unwrap()).unwrap();
         assert_eq!(again["verified"], true, "{again}");
         assert_eq!(again["erase_record"], cert["erase_record"], "{again}");
+        // And without --certificate, as the cut erase said to run it (it was exit 2).
+        let out = lab.appliance(&["erase", "--yes", "--pin-file", "pin"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("the appliance was erased already (custody record"),
+            "{}",
+            text(&out.stdout)
+        );
         lab.stop();
     }
 

@@ -1668,4 +1668,15 @@ fn a_set_summary_counts_holes_apart_from_what_was_read() {
         txt.contains("read 2.00 MiB (2097152 bytes), holes skipped 6.00 MiB"),
         "{txt}"
     );
+    // One disk of it ingested: the report still says the machine has two (it said one).
+    e.ingest(&m, "db01")
+        .untrusted()
+        .args(&["--disk", "1", "--report", "c.json"])
+        .target("file:c.raw")
+        .ok();
+    let txt = std::fs::read_to_string(e.p("c.txt")).unwrap();
+    assert!(
+        txt.contains("(a machine of 2 disks, 1 of them ingested here)"),
+        "{txt}"
+    );
 }
