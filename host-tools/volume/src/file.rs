@@ -1089,6 +1089,24 @@ impl Volume for DeviceVolume {
     fn finish(self: Box<Self>) -> Result<Finished> {
         self.raw.flush()?;
         self.marker.remove()?;
+        // Markers an earlier, cut ingest left for this same volume under another device name
+        // (a loop device attached again under another number): it is finished and verified
+        // now. They made `boot` refuse it for good, naming a device that is another now.
+        let me = device_identity(&self.raw.path);
+        if let (Some(mine), Some(dir)) = (backing_inode(&me), self.marker.path.parent()) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let m = Marker { path: e.path() };
+                let same = e
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".mgear-incomplete")
+                    && m.identity()
+                        .is_some_and(|id| backing_inode(&id) == Some(mine));
+                if same {
+                    let _ = m.remove();
+                }
+            }
+        }
         Ok(Finished {
             path: Some(self.raw.path.clone()),
             format: "raw",

@@ -2981,3 +2981,54 @@ fn an_ingest_boot_that_could_prove_nothing_is_refused_before_writing() {
         assert!(!e.p("v.raw").exists() && !e.p("v.raw.partial").exists());
     }
 }
+
+/// An ingest into a loop device killed half-way, its file attached again under another
+/// number and ingested there to the end: the volume is finished and verified, and `boot`
+/// takes it (the first run's marker, naming the old device, made it refuse the volume for
+/// good, and no ingest cleared it).
+#[test]
+fn a_device_finished_under_another_name_is_not_held_by_its_old_marker() {
+    let e = Env::new();
+    e.keygen();
+    let m = e.fat("m.img", "64MiB");
+    random_disk(&e.p("a.raw"), 8 << 20, 11);
+    e.capture(&m, "web01").source("a.raw").ok();
+    fs::write(e.p("vol.img"), vec![0u8; 10 << 20]).unwrap();
+    let first = Loop::attach(&e.p("vol.img"));
+    let mut child = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", first.0))
+        .args(&["--rate-limit", "2MiB/s"])
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Another device takes its number; the file comes back under a new one.
+    fs::write(e.p("dummy.img"), vec![0u8; 1 << 20]).unwrap();
+    drop(first);
+    let _dummy = Loop::attach(&e.p("dummy.img"));
+    let second = Loop::attach(&e.p("vol.img"));
+    e.ingest(&m, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", second.0))
+        .ok();
+    let o = e.run(&[
+        "boot",
+        "--target",
+        &format!("dev:{}", second.0),
+        "--check-profile",
+        "generic",
+    ]);
+    assert!(
+        !output_text(&o).contains("was not finished"),
+        "{}",
+        output_text(&o)
+    );
+    let back = fs::read(&second.0).unwrap();
+    assert_eq!(&back[..8 << 20], &fs::read(e.p("a.raw")).unwrap()[..]);
+}
