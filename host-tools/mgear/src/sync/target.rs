@@ -165,24 +165,23 @@ pub fn served_last(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) 
 impl Record {
     /// The record of the file at `volume` (none without a state directory).
     fn of(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> Option<Record> {
-        let dir = match crate::target::xdg_state_home() {
+        Record::in_dir(&Record::dir()?, volume, capture_id, name)
+    }
+
+    /// Where the records are kept (none without a state directory).
+    fn dir() -> Option<std::path::PathBuf> {
+        Some(match crate::target::xdg_state_home() {
             Some(s) => s.join("mgear/serve"),
             None => {
                 std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state/mgear/serve")
             }
-        };
-        Record::in_dir(&dir, volume, capture_id, name)
+        })
     }
 
     /// The record of a volume that is no file, by its spec (none without a state directory).
     fn of_key(spec: &str, capture_id: &[u8; 16], name: &str) -> Option<Record> {
         use sha2::Digest as _;
-        let dir = match crate::target::xdg_state_home() {
-            Some(s) => s.join("mgear/serve"),
-            None => {
-                std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state/mgear/serve")
-            }
-        };
+        let dir = Record::dir()?;
         let digest = sha2::Sha256::digest(format!("volume {spec}").as_bytes());
         let file: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Some(Record {
