@@ -1217,33 +1217,42 @@ fn relabel_by_content<M: Store>(
     names: &[String],
     map: &SpanMap,
 ) -> Result<Vec<(String, u16, u16)>> {
-    fn holds<M: Store>(store: &mut M, map: &SpanMap, ordinal: u16) -> Result<bool> {
-        for (path, _) in map.placed.iter().filter(|(_, o)| **o == ordinal) {
+    /// Whether `store` holds any of `paths`.
+    fn holds_any<'p, M: Store>(
+        store: &mut M,
+        paths: impl Iterator<Item = &'p String>,
+    ) -> Result<bool> {
+        for path in paths {
             if store.len(path).at(path)?.is_some() {
                 return Ok(true);
             }
         }
         Ok(false)
     }
+    // What the map places on member `ordinal` now.
+    let now_on = |ordinal: u16| {
+        map.placed
+            .iter()
+            .filter(move |(_, o)| **o == ordinal)
+            .map(|(p, _)| p)
+    };
     // Its label's member as any entry ever placed it: one appended entry moving a segment
     // to another member read the medium as that member ("its label was changed"), and the
     // other medium's segments, not given, as "given, but not there".
-    fn held_once<M: Store>(store: &mut M, map: &SpanMap, ordinal: u16) -> Result<bool> {
-        for (path, _) in map.ever_placed.iter().filter(|(_, o)| *o == ordinal) {
-            if store.len(path).at(path)?.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
+    let ever_on = |ordinal: u16| {
+        map.ever_placed
+            .iter()
+            .filter(move |(_, o)| *o == ordinal)
+            .map(|(p, _)| p)
+    };
     let mut read_as: Vec<u16> = attached.iter().map(|a| a.ordinal).collect();
     for (i, a) in attached.iter_mut().enumerate() {
-        if held_once(&mut a.store, map, a.ordinal)? {
+        if holds_any(&mut a.store, ever_on(a.ordinal))? {
             continue;
         }
         let mut others = Vec::new();
         for m in map.members.iter().filter(|m| m.ordinal != a.ordinal) {
-            if holds(&mut a.store, map, m.ordinal)? {
+            if holds_any(&mut a.store, now_on(m.ordinal))? {
                 others.push(m.ordinal);
             }
         }

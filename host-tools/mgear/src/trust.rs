@@ -537,11 +537,12 @@ pub fn check_generation(
                     SignerRole::Appliance => policy.pinned_appliance(&s.public_key),
                 };
                 let said = format!("{} {fp} (COMMIT)", s.role.as_str());
-                if pinned && trusted_by.contains(&said) {
-                    // The same signature twice (a hand-made COMMIT) vouches once.
-                } else if pinned {
+                if pinned {
                     site_signed |= s.role == SignerRole::Site;
-                    trusted_by.push(said);
+                    // The same signature twice (a hand-made COMMIT) vouches once.
+                    if !trusted_by.contains(&said) {
+                        trusted_by.push(said);
+                    }
                 } else if policy.pinned_site(&s.public_key)
                     || policy.pinned_appliance(&s.public_key)
                 {
