@@ -448,6 +448,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn left_mid_write(&self) -> bool {
         (**self).left_mid_write()
     }
+    fn damaged_hints(&self) -> Option<String> {
+        (**self).damaged_hints()
+    }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)
     }
@@ -516,6 +519,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn left_mid_write(&self) -> bool {
         (**self).left_mid_write()
+    }
+    fn damaged_hints(&self) -> Option<String> {
+        (**self).damaged_hints()
     }
     fn room(&mut self, path: &str) -> Result<Option<u64>, StoreError> {
         (**self).room(path)

@@ -1573,6 +1573,14 @@ impl<M: Store> Store for SpanStore<M> {
     fn left_mid_write(&self) -> bool {
         self.media.iter().any(|a| a.store.left_mid_write())
     }
+    fn damaged_hints(&self) -> Option<String> {
+        let said: Vec<String> = self
+            .media
+            .iter()
+            .filter_map(|a| a.store.damaged_hints())
+            .collect();
+        (!said.is_empty()).then(|| said.join("; "))
+    }
     fn lost_dirs(&mut self, under: &str) -> core::result::Result<Vec<Vec<String>>, StoreError> {
         let mut out = Vec::new();
         for a in self.media.iter_mut() {

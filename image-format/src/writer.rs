@@ -178,6 +178,9 @@ pub struct CaptureSummary {
     /// Chunks stored again because the parent's record of the same chunk is on a medium
     /// declared lost: the same disk, not a changed one (counted by this run only).
     pub recaptured_chunks: u64,
+    /// Segments of earlier generations found damaged and not reused (their chunks were
+    /// stored again), each with why ([`CaptureWriter::damaged_parent_segments`]).
+    pub damaged_parent: Vec<(String, &'static str)>,
 }
 
 /// Where a new record goes: its segment, record number and byte offset.
@@ -475,6 +478,10 @@ pub struct CaptureWriter<S: Store> {
     unavailable: std::collections::HashSet<(u32, u32)>,
     /// The same for other disk streams' segments, by path.
     unavailable_paths: std::collections::HashSet<String>,
+    /// Segments of earlier generations a delta would have reused whose length, header or
+    /// trailer are not as their generation's MANIFEST records (damaged on the medium): in
+    /// `unavailable` too, so what they held is stored again; each with why.
+    damaged_parent: Vec<(String, &'static str)>,
     /// Keyed ids of the parent's chunks whose records are in those segments: one stored
     /// again is the same disk's chunk recaptured, not a change.
     lost_ids: std::collections::HashSet<[u8; 32]>,
@@ -622,6 +629,7 @@ impl<S: Store> CaptureWriter<S> {
             parent_entries: Vec::new(),
             unavailable: Default::default(),
             unavailable_paths: Default::default(),
+            damaged_parent: Vec::new(),
             lost_ids: Default::default(),
             peer_table: Vec::new(),
             peer_slots: HashMap::new(),
@@ -1315,6 +1323,7 @@ impl<S: Store> CaptureWriter<S> {
             manifest_root: decoded.root,
             resumed_from: self.resume_from,
             recaptured_chunks: self.stats.recaptured_chunks,
+            damaged_parent: core::mem::take(&mut self.damaged_parent),
         })
     }
 
@@ -1399,6 +1408,9 @@ impl<S: Store> CaptureWriter<S> {
         let mut entries =
             reader::load_index(&mut self.store, &self.params.name, parent, &self.keys)?;
         let mut checked = std::collections::HashSet::new();
+        // Each generation's segment list, read once: the parent's is at hand.
+        let mut listed: HashMap<u32, Option<Vec<SegmentDigest>>> = HashMap::new();
+        listed.insert(parent.generation, Some(parent.segments.clone()));
         for e in &mut entries {
             if let IndexEntry::Stored(l) = e {
                 if l.stream >= layout::PEER_STREAM_BASE {
@@ -1433,6 +1445,11 @@ impl<S: Store> CaptureWriter<S> {
                     let path = layout::segment_path(&self.params.name, l.generation, l.segment);
                     if self.store.len(&path).at(&path)?.is_none() {
                         self.unavailable.insert((l.generation, l.segment));
+                    } else if let Some(why) =
+                        self.segment_damage(&path, l.generation, l.segment, &mut listed)?
+                    {
+                        self.damaged_parent.push((path, why));
+                        self.unavailable.insert((l.generation, l.segment));
                     }
                 }
                 if self.unavailable.contains(&(l.generation, l.segment)) {
@@ -1445,6 +1462,82 @@ impl<S: Store> CaptureWriter<S> {
         self.parent_entries = entries;
         self.parent = parent.generation;
         Ok(())
+    }
+
+    /// Why this capture's segment `segment` of generation `generation` (at `path`, on the
+    /// medium) is damaged, judged by what a delta can afford to read (its length, its
+    /// 96-byte header and 64-byte trailer against the generation's MANIFEST, as
+    /// `verify::damaged_trailers`), or `None`. A segment cut short, zeroed, swapped with
+    /// another or with a damaged header was reused by reference, the capture finished, and
+    /// its newest generation could not be restored; its chunks are stored again instead. A
+    /// byte changed inside a record is found only by reading it all (`verify`, the
+    /// appliance's seal). `listed`: segment lists by generation, read once; a generation
+    /// whose MANIFEST cannot be read is not judged here (the parent's own index led here).
+    fn segment_damage(
+        &mut self,
+        path: &str,
+        generation: u32,
+        segment: u32,
+        listed: &mut HashMap<u32, Option<Vec<SegmentDigest>>>,
+    ) -> Result<Option<&'static str>> {
+        let (store, name) = (&mut self.store, &self.params.name);
+        let Some(segments) = listed.entry(generation).or_insert_with(|| {
+            medium::read_manifest(store, name, generation)
+                .ok()
+                .flatten()
+                .map(|f| f.manifest.segments)
+        }) else {
+            return Ok(None);
+        };
+        let Some(d) = segments.get(segment as usize).copied() else {
+            return Ok(Some(
+                "its generation's MANIFEST does not list it (a segment no record can be in)",
+            ));
+        };
+        let Some(len) = self.store.len(path).at(path)? else {
+            return Ok(None);
+        };
+        if len != d.len || len < (SEG_HEADER_LEN + TRAILER_LEN) as u64 {
+            return Ok(Some(
+                "its length is not the one its generation's MANIFEST records",
+            ));
+        }
+        let mut h = [0u8; SEG_HEADER_LEN];
+        self.store.read_exact_at(path, 0, &mut h).at(path)?;
+        match SegmentHeader::decode(&h) {
+            Err(w) => return Ok(Some(w)),
+            Ok(h)
+                if h.capture_id != self.capture_id
+                    || h.generation != generation
+                    || h.segment != segment =>
+            {
+                return Ok(Some(
+                    "its header names another capture, generation or segment (a moved or \
+                     swapped file)",
+                ))
+            }
+            Ok(_) => {}
+        }
+        let mut t = [0u8; TRAILER_LEN];
+        self.store
+            .read_exact_at(path, len - TRAILER_LEN as u64, &mut t)
+            .at(path)?;
+        Ok(match SegmentTrailer::decode(&t) {
+            Err(w) => Some(w),
+            Ok(t) if t.data_end != len - TRAILER_LEN as u64 => {
+                Some("its trailer does not end the file")
+            }
+            Ok(t) if t.hash != d.hash => {
+                Some("its trailer's digest is not the one its generation's MANIFEST records")
+            }
+            Ok(_) => None,
+        })
+    }
+
+    /// Segments of earlier generations this delta found damaged and did not reuse (what they
+    /// held was stored again), each with why ([`Self::segment_damage`]).
+    pub fn damaged_parent_segments(&self) -> &[(String, &'static str)] {
+        &self.damaged_parent
     }
 
     /// Records of the other disks of the set in this generation, for dedup
@@ -2138,7 +2231,85 @@ mod tests {
         p
     }
 
-    /// The checkpoint run beside the sealing of the next batch covers what
+    /// A delta reused its parent's records by reference without looking at their segment:
+    /// one cut short, grown, zeroed, swapped with another generation's or with a damaged
+    /// header or trailer was reused, the delta finished, and its newest generation could not
+    /// be restored. Such a segment (judged by its length, header and trailer) is not reused:
+    /// what it held is stored again, said in the summary, and the delta reads back whole.
+    #[test]
+    fn a_delta_stores_again_what_a_damaged_parent_segment_held() {
+        use crate::store::Store as _;
+        let cs = 64 * 1024u32;
+        let data: Vec<u8> = (0..4 * cs)
+            .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+            .collect();
+        let key = DataKey::generate().unwrap();
+        let capture = |store: &mut MemStore, delta: bool| {
+            let mut p = params(cs, data.len());
+            p.delta = delta;
+            let mut w = CaptureWriter::begin(&mut *store, p, Some(key.clone())).unwrap();
+            let enc = w.encoder();
+            for i in 0..w.chunk_count() {
+                let r = (i * u64::from(cs)) as usize..((i + 1) * u64::from(cs)) as usize;
+                w.append(enc.encode(i, &data[r]).unwrap()).unwrap();
+            }
+            w.finish().unwrap()
+        };
+        let mut first = MemStore::new();
+        capture(&mut first, false);
+        let seg = layout::segment_path("w", 1, 0);
+        let len = first.len(&seg).unwrap().unwrap();
+        // Undamaged: everything reused.
+        let mut whole = first.clone();
+        let s = capture(&mut whole, true);
+        assert_eq!((s.stored_chunks, s.dedup_chunks), (0, 4));
+        assert!(s.damaged_parent.is_empty());
+        type Damage = fn(&mut MemStore, &str, u64);
+        let damages: [(&str, Damage, &str); 5] = [
+            (
+                "cut by a byte",
+                |m, p, l| m.set_len(p, l - 1).unwrap(),
+                "its length",
+            ),
+            (
+                "grown",
+                |m, p, l| m.set_len(p, l + 4096).unwrap(),
+                "its length",
+            ),
+            (
+                "zeroed",
+                |m, p, l| m.write_at(p, 0, &vec![0; l as usize]).unwrap(),
+                "bad magic",
+            ),
+            (
+                "header damaged",
+                |m, p, _| m.write_at(p, 20, &[0xff]).unwrap(),
+                "header CRC",
+            ),
+            (
+                "trailer damaged",
+                |m, p, l| m.write_at(p, l - 40, &[0xff]).unwrap(),
+                "trailer",
+            ),
+        ];
+        for (what, damage, why) in damages {
+            let mut m = first.clone();
+            damage(&mut m, &seg, len);
+            let s = capture(&mut m, true);
+            assert_eq!(s.stored_chunks, 4, "{what}: stored again");
+            assert_eq!(s.dedup_chunks, 0, "{what}");
+            assert_eq!(s.damaged_parent.len(), 1, "{what}");
+            assert_eq!(s.damaged_parent[0].0, seg, "{what}");
+            assert!(
+                s.damaged_parent[0].1.contains(why),
+                "{what}: {:?}",
+                s.damaged_parent
+            );
+            assert!(read_back(&mut m, key.clone()) == data, "{what}: reads back");
+        }
+    }
+
+    /// The checkpoint run beside the sealing of the next batch covers what    /// The checkpoint run beside the sealing of the next batch covers what
     /// was appended before it, not the batch: after a power cut the capture
     /// resumes at the batch, and the finished capture reads back.
     #[test]

@@ -201,8 +201,11 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                         } else if ae.code == ErrorCode::BackOff {
                             // "unlock it" read as: retry at once, which the back-off refuses
                             // again (it does not count toward the erase, but says the same).
-                            "wait the time the message gives, check the PIN (file), then \
-                             unlock again; every wrong PIN counts toward the erase"
+                            // The PIN came with the command that was refused (an unlock, or
+                            // the erase of a sealed appliance, which is never unlocked): that
+                            // command is what to repeat ("unlock again" of a sealed one).
+                            "wait the time the message gives, check the PIN (file), then run \
+                             the command again; every wrong PIN counts toward the erase"
                                 .to_string()
                         } else if ae.code == ErrorCode::VerifyFailed
                             && msg.contains("unfinished generation")
@@ -1381,6 +1384,9 @@ impl Store for ApplianceMedium {
     }
     fn left_mid_write(&self) -> bool {
         self.0.as_ref().is_some_and(|s| s.left_mid_write())
+    }
+    fn damaged_hints(&self) -> Option<String> {
+        self.0.as_ref().and_then(|s| s.damaged_hints())
     }
     /// The appliance owns the volume (it is not unmounted from here): syncing flushes its data
     /// and metadata.

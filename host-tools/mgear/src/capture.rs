@@ -144,6 +144,9 @@ pub struct Plan {
     /// differ from what the unfinished generation read (`check_same_disk`,
     /// `check_stored_sample`): the operator vouches it is the same disk.
     pub same_source: bool,
+    /// The name the unfinished generation a resume continues was started with, when the
+    /// disk came back under another (`--source-was`): recorded in place of `source`'s.
+    pub source_was: Option<String>,
     /// Check the source against this target readiness profile before it ships (`mgear boot
     /// --check-profile` names the profiles): what would fail at the target is said, as
     /// warnings here and in the report, and the capture goes on (a driver the target needs
@@ -1128,15 +1131,26 @@ struct Started {
 
 /// The writer refused to resume generation `generation` (its parameters'
 /// hash differs): say which parameter differs, old and new, where the
-/// medium recorded it; else which ones can.
+/// medium (or, for the source's name, `names`: as the key cache noted it, as given now)
+/// recorded it; else which ones can.
 fn resume_mismatch(
     name: &str,
     generation: u32,
     then: Option<&Started>,
     now: &Started,
     medium_args: &str,
+    names: Option<(&str, &str)>,
 ) -> crate::Error {
     let mut differs = Vec::new();
+    if let Some((was, is)) = names.filter(|(was, is)| was != is) {
+        differs.push(format!(
+            "it was started from source {was}, and this run reads {is}: if that is the same \
+             disk under another name (unplugged and plugged in again), add `--source-was {}` \
+             to resume it (its labels and a sample of the chunks stored before the stop are \
+             still compared with it)",
+            crate::output::sh(was)
+        ));
+    }
     if let Some(t) = then {
         if t.source_size != now.source_size {
             differs.push(format!(
@@ -1183,11 +1197,27 @@ fn resume_mismatch(
     } else {
         differs.join("; ")
     };
-    let remedy = format!(
-        "rerun with the same parameters to resume it, or remove it with `mgear capture --abort \
-         {medium_args} --name {}`",
+    // The way on for what differs: the parameters of the command are the same when the
+    // disk's name or size moved, and "rerun with the same parameters" sent a script back to
+    // the very run that was refused.
+    let abort = format!(
+        "remove it with `mgear capture --abort {medium_args} --name {}`",
         image_format::set::owner(name)
     );
+    let renamed = names.filter(|(was, is)| was != is);
+    let resized = then.is_some_and(|t| t.source_size != now.source_size);
+    let remedy = match (renamed, then) {
+        (Some((was, _)), _) => format!(
+            "add `--source-was {}` if it is the same disk under another name, or {abort}",
+            crate::output::sh(was)
+        ),
+        (None, Some(t)) if resized => format!(
+            "give the disk at the size it had when the capture started ({} bytes) to resume \
+             it, or {abort}",
+            t.source_size
+        ),
+        _ => format!("rerun with the same parameters to resume it, or {abort}"),
+    };
     crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
@@ -1198,6 +1228,57 @@ fn resume_mismatch(
         ),
         remedy,
     )
+}
+
+/// [`source_was`] read from the medium and the key cache, for `--dry-run`.
+fn dry_run_source_was(
+    args: &Plan,
+    was: &str,
+    store: &mut dyn image_format::Store,
+) -> crate::Result<()> {
+    let unfinished = image_format::list_captures(store)?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
+        .and_then(|c| c.generations.last().cloned())
+        .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }));
+    let noted = match (&unfinished, image_format::capture_id(store, &args.name)?) {
+        (Some(g), Some(id)) => {
+            let cache_dir = key_cache_dir(args.key_cache.clone())?;
+            crate::keys::recorded_source_name(&cache_dir, &args.name, &id, g.generation)
+        }
+        _ => None,
+    };
+    source_was(args, was, unfinished.as_ref(), noted.as_deref()).map(drop)
+}
+
+/// `--source-was WAS`: the name the manifest records for a resume whose disk came back under
+/// another, checked against what the key cache noted when the generation began. Only a
+/// resume takes it (a new generation records the name its source has).
+fn source_was(
+    args: &Plan,
+    was: &str,
+    unfinished: Option<&image_format::GenerationInfo>,
+    noted: Option<&str>,
+) -> crate::Result<String> {
+    let recorded = crate::source::recorded_name(was)?;
+    let Some(g) = unfinished else {
+        return Err(usage(format!(
+            "--source-was is for resuming an unfinished generation, and capture {} has none on \
+             this medium: a new generation records the name --source gives; leave \
+             --source-was out",
+            args.name
+        )));
+    };
+    match noted {
+        Some(n) if n != recorded => Err(usage(format!(
+            "capture {} generation {} was started from source {n}, not {recorded}: give \
+             `--source-was {}`",
+            args.name,
+            g.generation,
+            crate::output::sh(n)
+        ))),
+        _ => Ok(recorded),
+    }
 }
 
 /// A resume reads on from where the stopped run left off, from the source as named
@@ -1451,7 +1532,8 @@ fn check_clean_sample_first(
 /// the disk, is read and compared with it by keyed id, stopping at the first that matches: the same disk, even
 /// busy, keeps most of them. None matching refuses the delta (exit 2); `--same-source`
 /// takes a disk rewritten since. Fewer than 8 such chunks (a small disk, or one mostly
-/// zeros) are too little evidence, and the warning after the capture stays for those.
+/// zeros) are too little evidence, and the warning after the capture stays for those,
+/// unless the source's size is not the parent's disk size (then one is enough).
 pub(crate) fn check_delta_sample(
     store: &mut dyn image_format::Store,
     source: &mut dyn crate::source::Source,
@@ -1478,7 +1560,12 @@ pub(crate) fn check_delta_sample(
         .collect();
     let sample = crate::preflight::spread_sample(&held, chunk);
     let want = sample.len();
-    if want < 8 {
+    // A source of another size than the parent's disk is already a sign of another disk: a
+    // smaller one covers too few of the parent's stored chunks to reach 8 (an 8 MiB disk
+    // given for a 64 MiB one was captured whole, signed, and ingested as the newest
+    // generation), so any chunk it shares with the parent's region is evidence enough.
+    let resized = size != parent.disk_size();
+    if want == 0 || (want < 8 && !resized) {
         return Ok(());
     }
     let mut buf = Vec::new();
@@ -1697,6 +1784,13 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
     let mut medium =
         args.medium
             .open_before_capture_for(&span_plan(args, source.len(), chunk_size))?;
+    // --source-was as the capture takes it (a plan said "fits" of a run then refused).
+    if let Some(was) = &args.source_was {
+        if let Err(e) = dry_run_source_was(args, was, medium.store()) {
+            let _ = medium.close();
+            return Err(e);
+        }
+    }
     let plan = preflight(args, &mut *source, medium.store(), chunk_size, rate);
     // A new capture without a key is refused by the capture itself: the plan says so too
     // (it said "fits", exit 0).
@@ -1926,8 +2020,11 @@ fn print_plan(p: &Preview) {
         );
     } else {
         println!(
-            "  {:<14} {} of {} sampled chunks are zero; the rest stores at {:.2} of its size",
-            "sampled", e.zero_samples, e.samples, e.ratio
+            "  {:<14} {}, {} of them zero; the rest stores at {:.2} of its size",
+            "sampled",
+            crate::units::count(e.samples, "chunk"),
+            e.zero_samples,
+            e.ratio
         );
     }
     println!(
@@ -2335,6 +2432,7 @@ fn preflight(
                 Some(&then),
                 &now,
                 &args.medium.as_args(),
+                None,
             ));
         }
         if kind == "delta" && g.chunk_size != chunk_size {
@@ -2410,7 +2508,7 @@ fn preflight(
     // the changes, which sampling cannot see, and a dirty-bitmap delta must not read clean
     // ranges. A resumed delta was checked as a whole disk and refused as "medium full".
     let upper = kind == "delta" || (kind == "resume" && parent.is_some());
-    let estimate = crate::preflight::estimate(
+    let mut estimate = crate::preflight::estimate(
         source,
         chunk_size,
         resume_from,
@@ -2418,15 +2516,6 @@ fn preflight(
         if upper { 0 } else { ESTIMATE_SAMPLES },
         rate,
     )?;
-    // A delta of an unchanged disk stores only its index: check that much. One that
-    // replaces a lost medium stores again what its generations had there (the plan said
-    // "2 MiB: fits" of a delta that had 30 MiB to store again, and it stopped full).
-    let needed = if upper {
-        crate::preflight::stored_estimate(estimate.to_read, chunk_size, 1.0, 0.0)
-            .saturating_add(lost_share(store, args)?)
-    } else {
-        estimate.stored_bytes
-    };
     // A resume first cuts what its capture wrote past the last checkpoint: that room is free
     // to it (a second medium given after "medium full" was called too small by the uncut
     // tail on the first, and the capture then fitted).
@@ -2437,6 +2526,33 @@ fn preflight(
     }
     .ok()
     .flatten();
+    // Under a rate limit the samples are cut to about a second of it (as few as 4): too few
+    // to refuse on (4 samples of a mostly empty disk said "does not fit" of a capture the
+    // full sample, and the capture, found fitted). Where they say it does not fit, the full
+    // sample is read, once, at the disk's speed (64 MiB at most), and judges instead.
+    if !upper && rate.is_some() && free.is_some_and(|f| estimate.stored_bytes > f) {
+        let mut full = crate::preflight::estimate(
+            source,
+            chunk_size,
+            resume_from,
+            !args.no_compress,
+            ESTIMATE_SAMPLES,
+            None,
+        )?;
+        if full.samples > estimate.samples {
+            full.seconds = estimate.seconds;
+            estimate = full;
+        }
+    }
+    // A delta of an unchanged disk stores only its index: check that much. One that
+    // replaces a lost medium stores again what its generations had there (the plan said
+    // "2 MiB: fits" of a delta that had 30 MiB to store again, and it stopped full).
+    let needed = if upper {
+        crate::preflight::stored_estimate(estimate.to_read, chunk_size, 1.0, 0.0)
+            .saturating_add(lost_share(store, args)?)
+    } else {
+        estimate.stored_bytes
+    };
     Ok(Preview {
         command: "capture --dry-run",
         name: args.name.clone(),
@@ -3323,6 +3439,24 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     };
     params.appliance_id = appliance_id;
     params.source_desc = source.recorded();
+    // The name the unfinished generation was started under (noted in the key cache): said
+    // when the writer refuses a resume naming the disk otherwise, taken with --source-was.
+    let noted_name = match (&unfinished_gen, on_medium.as_ref()) {
+        (Some(g), Some(id)) => {
+            crate::keys::recorded_source_name(&cache_dir, &args.name, id, g.generation)
+        }
+        _ => None,
+    };
+    if let Some(was) = &args.source_was {
+        match source_was(args, was, unfinished_gen.as_ref(), noted_name.as_deref()) {
+            Ok(w) => params.source_desc = w,
+            Err(e) => {
+                let _ = medium.close();
+                return Err(e);
+            }
+        }
+    }
+    let recorded_name = params.source_desc.clone();
     params.created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -3395,6 +3529,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                     unfinished.as_ref(),
                     &now,
                     &args.medium.as_args(),
+                    noted_name.as_deref().zip(Some(recorded_name.as_str())),
                 ),
                 e => e.into(),
             })?;
@@ -3413,6 +3548,15 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 &id,
                 writer.generation(),
                 &source_identity.digest,
+            )?;
+        }
+        if writer.resume_from() == 0 {
+            crate::keys::record_source_name(
+                &cache_dir,
+                &args.name,
+                &id,
+                writer.generation(),
+                &recorded_name,
             )?;
         }
         if writer.resume_from() > 0 && !args.same_source {
@@ -3575,6 +3719,38 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
              purpose, capture it again with --delta once the resize is done (the delta records \
              the new size)",
             args.source.as_deref().unwrap_or("the source"),
+            summary.generation,
+        ));
+    }
+    // Damage a delta met where it would have reused earlier records: stored again, and said
+    // (the damaged generation stays as it is, and fails `verify` until it is removed).
+    if !summary.damaged_parent.is_empty() {
+        let n = summary.damaged_parent.len();
+        let shown: Vec<String> = summary
+            .damaged_parent
+            .iter()
+            .take(3)
+            .map(|(p, why)| format!("{p} ({why})"))
+            .collect();
+        let more = if n > 3 {
+            format!(" and {} more", n - 3)
+        } else {
+            String::new()
+        };
+        warnings.push(format!(
+            "{n} segment{} of earlier generations that this delta would have reused {} damaged \
+             on the medium: {}{more}. What {} held was read from the source and stored again, \
+             so generation {} is whole without {}; the generation{} holding {} still \
+             damaged: `mgear verify {}` names the damage (ingest generation {}, the newest)",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "is" } else { "are" },
+            shown.join(", "),
+            if n == 1 { "it" } else { "they" },
+            summary.generation,
+            if n == 1 { "it" } else { "them" },
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it is" } else { "them are" },
+            args.medium.as_args(),
             summary.generation,
         ));
     }
@@ -4271,23 +4447,34 @@ mod tests {
             source_size: 20 << 20,
             ..then.clone()
         };
-        let e = resume_mismatch("big", 1, Some(&then), &now, "--medium dir:m");
+        let e = resume_mismatch("big", 1, Some(&then), &now, "--medium dir:m", None);
         assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
         assert_eq!(
             e.to_string(),
             "capture big generation 1 is unfinished and was started with different parameters: \
              the source size was 30.00 MiB (31457280 bytes), now it is 20.00 MiB (20971520 \
-             bytes). Rerun with the same parameters to resume it, or remove it with `mgear \
-             capture --abort --medium dir:m --name big`"
+             bytes). Give the disk at the size it had when the capture started (31457280 \
+             bytes) to resume it, or remove it with `mgear capture --abort --medium dir:m \
+             --name big`"
         );
-        let e = resume_mismatch("big", 1, Some(&then), &then, "--medium dir:m").to_string();
+        let e = resume_mismatch("big", 1, Some(&then), &then, "--medium dir:m", None).to_string();
         assert!(
             e.contains("so one of these differs: the source as named"),
             "{e}"
         );
+        // The disk under another name: the way on is --source-was, in the text and the hint.
+        let names = Some(("/dev/sdb", "/dev/sdc"));
+        let e = resume_mismatch("big", 1, Some(&then), &then, "--medium dir:m", names);
+        let text = e.to_string();
+        assert!(
+            text.contains("it was started from source /dev/sdb, and this run reads /dev/sdc")
+                && text.contains("Add `--source-was /dev/sdb` if it is the same disk"),
+            "{text}"
+        );
+        assert!(!text.contains("Rerun with the same parameters"), "{text}");
         // A set's disk: the order of the --source is named.
         let disk1 = image_format::set::disk_stream_name("s2", 1);
-        let e = resume_mismatch(&disk1, 1, Some(&then), &now, "--medium dir:m").to_string();
+        let e = resume_mismatch(&disk1, 1, Some(&then), &now, "--medium dir:m", None).to_string();
         assert!(
             e.contains("disk 1 of set s2 is the --source number 2 (give the disks in the order"),
             "{e}"

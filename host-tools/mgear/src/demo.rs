@@ -401,6 +401,7 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
                 abort: false,
                 skip_space_check: false,
                 same_source: false,
+                source_was: None,
                 replace_medium: Vec::new(),
                 no_dedup_across_disks: false,
                 dedup_across_machines: None,

@@ -1464,7 +1464,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             // Named as the run that wrote it named it (it was `null` when kept).
             Some((said, Some(spec.to_string())))
         }
-        (Target::Dev(_) | Target::Nbd(_), false)
+        (Target::Dev(p), false) if device_done(&sdir, p, reader.manifest_root()) => Some((
+            keep_device_if_unchanged(&target, &reader, kept_sha.as_mut())?,
+            None,
+        )),
+        (Target::Nbd(_), false)
             if spec_done_path(&sdir, &target).and_then(|p| std::fs::read_to_string(p).ok())
                 == Some(done_text(reader.manifest_root(), "device\n")) =>
         {
@@ -2114,9 +2118,14 @@ pub fn write_volume<S: image_format::Store>(
     drop(waiting);
     std::fs::remove_file(&state.path)?;
     let recorded = match Target::parse(&plan.target, crate::spec::Bare::Refuse) {
-        Ok(Target::Rbd(spec)) => Some((rbd_done_path(&plan.state_dir, &spec), "rbd\n")),
-        Ok(t @ (Target::Dev(_) | Target::Nbd(_))) => {
-            spec_done_path(&plan.state_dir, &t).map(|p| (p, "device\n"))
+        Ok(Target::Rbd(spec)) => Some((rbd_done_path(&plan.state_dir, &spec), "rbd\n".into())),
+        Ok(Target::Dev(dev)) => {
+            // The disk's identity: a re-run finds the record under another name of it.
+            let stamp = format!("device\nidentity {}\n", mgear_volume::device_identity(&dev));
+            spec_done_path(&plan.state_dir, &Target::Dev(dev)).map(|p| (p, stamp))
+        }
+        Ok(t @ Target::Nbd(_)) => {
+            spec_done_path(&plan.state_dir, &t).map(|p| (p, "device\n".to_string()))
         }
         _ => None,
     };
@@ -2126,7 +2135,7 @@ pub fn write_volume<S: image_format::Store>(
         let tmp = done.with_extension("done.tmp");
         let _ = std::fs::remove_file(&tmp);
         let written = image_format::private::create(&tmp)
-            .and_then(|mut f| f.write_all(done_text(&root, kind).as_bytes()))
+            .and_then(|mut f| f.write_all(done_text(&root, &kind).as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &done));
         if let Err(e) = written {
             eprintln!(
@@ -3400,6 +3409,39 @@ fn spec_done_path(state_dir: &Path, target: &Target) -> Option<PathBuf> {
         _ => return None,
     };
     Some(state_dir.join(format!("{}.done", file_name_of(&spec))))
+}
+
+/// Whether an ingest on this host finished the generation of manifest `root` into the
+/// device at `dev`, by the record it left in `state_dir` ([`spec_done_path`]): the one under
+/// this device's name, or any naming this disk by its identity (the same disk attached again
+/// under another name, e.g. `/dev/sdc` where it was `/dev/sdb`, or given by another link).
+/// A record whose disk is not the one there now (a new, blank disk under the name) is not
+/// this device's: that disk was refused as "does not hold it any more" (exit 1), and a
+/// re-attached one as holding a partition table. Records an older release made, with no
+/// identity, count under their own name only.
+fn device_done(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> bool {
+    let head = done_text(root, "device\n");
+    let now = mgear_volume::device_identity(dev);
+    let judge = |text: &str, own: bool| -> bool {
+        let Some(rest) = text.strip_prefix(&head) else {
+            return false;
+        };
+        match rest.trim().strip_prefix("identity ") {
+            Some(was) => now != "gone" && mgear_volume::same_device(was, &now),
+            None => own && rest.trim().is_empty(),
+        }
+    };
+    let own = spec_done_path(state_dir, &Target::Dev(dev.to_path_buf()));
+    if let Some(text) = own.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        return judge(&text, true);
+    }
+    std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".done"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .any(|text| judge(&text, false))
 }
 
 /// [`keep_if_unchanged`] of a `dev:` or NBD target an earlier ingest on this host finished

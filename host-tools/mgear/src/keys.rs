@@ -490,6 +490,42 @@ pub fn source_identity_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
     dir.join(format!("{name}-{}.source", crate::output::hex(id)))
 }
 
+/// Where a capture notes the name its generation reads its source under (as the manifest
+/// records it), beside its key: one line, `generation G name NAME`. A resume that names the
+/// source otherwise (a disk unplugged and back as `/dev/sdc`, not `/dev/sdb`) is told the
+/// name it had, for `--source-was`.
+pub fn source_name_file(dir: &Path, name: &str, id: &[u8; 16]) -> PathBuf {
+    dir.join(format!("{name}-{}.srcname", crate::output::hex(id)))
+}
+
+/// The source name noted for generation `generation` of capture `id` ([`source_name_file`]).
+pub fn recorded_source_name(
+    dir: &Path,
+    name: &str,
+    id: &[u8; 16],
+    generation: u32,
+) -> Option<String> {
+    generation_note(&source_name_file(dir, name, id), generation, "name")
+}
+
+/// Notes `source` as the name generation `generation` of capture `id` reads its source under.
+/// A name the one-line note cannot hold (a line break in a path) is not noted: the resume
+/// then says less, nothing else changes.
+pub fn record_source_name(
+    dir: &Path,
+    name: &str,
+    id: &[u8; 16],
+    generation: u32,
+    source: &str,
+) -> crate::Result<()> {
+    if source.contains(['\n', '\r']) || source.trim() != source {
+        return Ok(());
+    }
+    let path = source_name_file(dir, name, id);
+    write_generation_note(&path, generation, "name", source)
+        .with_context(|| format!("recording the source's name in {}", path.display()))
+}
+
 /// Where a capture keeps the digest of its key slot files as it wrote them
 /// (`image_format::commit::key_slots_digest`), beside its key: one line,
 /// `slots HEX`. A later run compares it with what the medium holds.
@@ -587,7 +623,7 @@ pub fn remove_stale_temp(dir: &Path, name: &str) {
         let file = e.file_name();
         let file = file.to_string_lossy();
         // `image_format::private::replace` names it `NAME-ID.key.RANDOM.new` (and the notes
-        // beside the key `NAME-ID.signer.RANDOM.new`, `.slots.`, `.source.`, `.disks.`).
+        // beside the key `NAME-ID.signer.RANDOM.new`, `.slots.`, `.source.`, `.srcname.`, `.disks.`).
         // One another capture of the same name (onto another medium, at the same time) is
         // writing stays: removed between its write and its rename, that rename failed
         // ("No such file"); its writer holds a lock on it until then.
@@ -655,11 +691,11 @@ pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
 /// The cache file holding the key of capture `id` (named `name`, compared
 /// without case): the file with that id line, else an older release's
 /// `name.key` without an id line (the key check at capture decides).
-/// Removes cached key `k` and what goes with it (a set's disk count, the source's identity,
-/// the key slots' recipients, the signer).
+/// Removes cached key `k` and what goes with it (a set's disk count, the source's identity
+/// and name, the key slots' recipients, the signer).
 pub fn remove_cached(k: &CachedKey) -> crate::Result<()> {
     fs::remove_file(&k.path).with_context(|| format!("removing {}", k.path.display()))?;
-    for ext in ["disks", "source", "slots", "signer"] {
+    for ext in ["disks", "source", "srcname", "slots", "signer"] {
         let _ = fs::remove_file(k.path.with_extension(ext));
     }
     Ok(())

@@ -1135,8 +1135,10 @@ pub fn format_medium(
             crate::guard::wipe(&file)
                 .with_context(|| format!("wiping old signatures on {}", path.display()))?;
         }
-        let formatted = run_format(file, !is_dev)
-            .map_err(|e| crate::err!("formatting {}: {e}", path.display()))?;
+        // With context, not flattened to text: a read-only device is told how to make it
+        // writable (its hint was "reconnect it").
+        let formatted =
+            run_format(file, !is_dev).with_context(|| format!("formatting {}", path.display()))?;
         return Ok(FormatDone {
             bytes,
             formatted,
@@ -1202,7 +1204,7 @@ pub fn format_medium(
                 ),
             )
         })?;
-        run_format(f, true).map_err(|e| crate::err!("formatting {}: {e}", path.display()))
+        run_format(f, true).with_context(|| format!("formatting {}", path.display()))
     })();
     match made {
         Ok(formatted) => Ok(FormatDone {

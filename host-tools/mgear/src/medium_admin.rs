@@ -367,6 +367,9 @@ fn list(v: &[u32]) -> String {
 const DAMAGED_FS: &str = "damaged-file-system";
 /// A file system a cut run left mid-write, put right by `--repair`'s open for writing.
 const MID_WRITE: &str = "left-mid-write";
+/// A damaged FSInfo sector (free-space hints only), rewritten by `--repair`'s open for
+/// writing (`Store::damaged_hints`).
+const DAMAGED_HINTS: &str = "damaged-free-space-hints";
 
 /// An error reading `path` while looking (nothing is removed then).
 fn reading(e: StoreError, path: &str) -> crate::Error {
@@ -1482,13 +1485,46 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
     // holds are what a crash leaves, and are repaired.
     let damage: Vec<String> = {
         let mut ro = args.medium.open_read_only()?;
-        let d = match ro.store().file_system_findings() {
+        let mut d = match ro.store().file_system_findings() {
             Ok(v) => v
                 .into_iter()
                 .filter(|f| !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN))
                 .collect(),
             Err(e) => vec![format!("the file system could not be walked: {e}")],
         };
+        // A damaged span label or map (what `verify` calls damage) went unsaid ("no
+        // leftovers"), and --repair's open for writing then refused it, exit 2. Read as
+        // verify reads them: a labelled medium opens as a span (its members' labels and
+        // map copies are the span view's to say).
+        let store = ro.store();
+        let labels = store.span().map(|v| v.damaged_labels()).unwrap_or_default();
+        let maps = store.span().map(|v| v.damaged_maps()).unwrap_or_default();
+        for (name, why) in labels {
+            d.push(format!(
+                "{name}'s span label (MGEAR/SPAN) is damaged ({why}): the medium cannot be \
+                 placed in its span (its own files still verify), and a capture does not write \
+                 to it: capture onto the span's other media with --replace-medium naming it, \
+                 or onto new media"
+            ));
+        }
+        for (o, why) in &maps {
+            d.push(format!(
+                "the span map's copy (MGEAR/SPANMAP) on medium #{o} is damaged ({why}): every \
+                 medium of the span holds the same map, so verify and ingest it together with \
+                 the span's other media, whose copies serve"
+            ));
+        }
+        if maps.is_empty() {
+            if let Ok(Some(why)) =
+                image_format::span::read_span(ro.store()).map(|s| s.and_then(|s| s.map_damage))
+            {
+                d.push(format!(
+                    "the span map (MGEAR/SPANMAP) is damaged ({why}): every medium of the span \
+                     holds the same map, so verify and ingest it together with the span's \
+                     other media, whose copies serve"
+                ));
+            }
+        }
         ro.close()?;
         d
     };
@@ -1510,6 +1546,32 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
             return Err(e);
         }
     };
+    // Said without --repair too: on a medium fsck.fat does not check (an NBD export, an
+    // appliance's), a cut run's dirty volume went unmentioned until --repair put it right.
+    if !args.repair && medium.store().left_mid_write() {
+        findings.insert(
+            0,
+            Finding {
+                path: args.medium.describe(),
+                kind: MID_WRITE,
+                what: "its file system was left mid-write by a run that was cut off (its dirty \
+                       mark is set): --repair puts it right as `fsck.fat -a` would, freeing \
+                       nothing a file holds"
+                    .into(),
+                repairable: true,
+                repaired: false,
+            },
+        );
+    }
+    if let Some(what) = medium.store().damaged_hints() {
+        findings.push(Finding {
+            path: args.medium.describe(),
+            kind: DAMAGED_HINTS,
+            what,
+            repairable: true,
+            repaired: repair,
+        });
+    }
     for d in damage {
         let what = match args.repair {
             true => format!("{d} (not repaired: nothing on this medium was changed)"),
@@ -1531,7 +1593,8 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
                 path: args.medium.describe(),
                 kind: MID_WRITE,
                 what: "its file system was left mid-write by a run that was cut off: put right \
-                       as `fsck.fat -a` would (what was done is said above)"
+                       as `fsck.fat -a` would (its dirty mark cleared; clusters freed, chains \
+                       cut or directories mended, if any, are counted on stderr above)"
                     .into(),
                 repairable: true,
                 repaired: true,
@@ -1601,8 +1664,13 @@ fn print_fsck(r: &FsckReport, repair: bool) {
         );
     }
     for f in &r.findings {
-        let tag = if f.kind == MID_WRITE {
+        let mended = f.kind == MID_WRITE || f.kind == DAMAGED_HINTS;
+        let tag = if mended && f.repaired {
             "put right"
+        } else if f.kind == MID_WRITE {
+            "mid-write"
+        } else if f.kind == DAMAGED_HINTS {
+            "damaged"
         } else if f.repaired {
             "removed"
         } else if f.kind == DAMAGED_FS {
@@ -1625,17 +1693,23 @@ fn print_fsck(r: &FsckReport, repair: bool) {
     let left = r
         .findings
         .iter()
-        .filter(|f| f.repairable && !f.repaired)
+        .filter(|f| f.repairable && !f.repaired && f.kind != DAMAGED_HINTS && f.kind != MID_WRITE)
         .count();
+    let to_mend = r
+        .findings
+        .iter()
+        .any(|f| !f.repaired && (f.kind == DAMAGED_HINTS || f.kind == MID_WRITE));
     let damaged = r.findings.iter().any(|f| f.kind == DAMAGED_FS);
     if damaged {
         println!(
-            "the file system is damaged (above): nothing is repaired or removed on this medium \
-             (a repair frees what a damaged chain runs into); `mgear verify` says which captures \
+            "the medium is damaged (above): nothing is repaired or removed on it (a repair \
+             would free what a damaged chain runs into); `mgear verify` says which captures \
              are whole"
         );
     } else if left > 0 && !repair {
         println!("{left} leftover(s) can be removed: run again with --repair");
+    } else if to_mend && !repair {
+        println!("the file system can be put right (above): run again with --repair");
     }
     // fsck.fat prints names off the medium as they are: control bytes escaped, line by line.
     let tool_said = crate::output::printable_lines;

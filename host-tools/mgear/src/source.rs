@@ -233,6 +233,15 @@ pub fn same_source(recorded: &str, given: &str) -> bool {
     }
 }
 
+/// How the manifest records the source `spec` names ([`Source::recorded`]), without opening
+/// it: `capture --source-was` names a disk by the name it had, which may be gone.
+pub fn recorded_name(spec: &str) -> crate::Result<String> {
+    Ok(match crate::spec::Source::parse(spec)? {
+        crate::spec::Source::Nbd(url) => url.to_string(),
+        crate::spec::Source::Path(p) => std::path::absolute(&p).unwrap_or(p).display().to_string(),
+    })
+}
+
 /// Open `--source` (parsed by `crate::spec`).
 ///
 /// With `bitmap`, the source also answers [`Source::dirty_chunks`] from the qemu dirty bitmap

@@ -738,6 +738,10 @@ pub struct DeviceVolume {
     raw: Raw,
     marker: Marker,
     found: Found,
+    /// [`Volume::state_key`]: the one its marker records (the name the disk had when the
+    /// ingest began, which a disk attached again under another name resumes with), else
+    /// the path's.
+    state: String,
     /// For a loop device: the file behind it, holding a write lock on the bytes the device
     /// shows ([`lock_loop_image`]); closing it releases the lock.
     _lock: Option<File>,
@@ -844,8 +848,6 @@ fn read_only_device(md: &std::fs::Metadata) -> bool {
         .is_ok_and(|s| s.trim() == "1")
 }
 
-/// What names the block device at `path` beyond the path, which another device may take
-/// later: its number and size, and the file behind a loop device or a disk's serial (sysfs).
 /// The identity lines of the markers in `state_dir`.
 fn marker_identities(state_dir: &Path) -> impl Iterator<Item = String> {
     std::fs::read_dir(state_dir)
@@ -867,7 +869,37 @@ fn backing_inode(identity: &str) -> Option<&str> {
     Some(&identity[at..=at + end])
 }
 
-fn device_identity(path: &Path) -> String {
+/// Whether two [`device_identity`]s name one disk. Its number (`major:minor`) is the kernel's
+/// name for it in this attachment only: a USB disk plugged in again, or a loop device attached
+/// again over the same file, comes back under another, and its unfinished ingest was refused
+/// as "another device" (the same file, inode and size named in both). The same size and disk
+/// serial, or the same size and loop backing file (by inode), are one disk; without either,
+/// only the whole identity alike.
+pub fn same_device(was: &str, now: &str) -> bool {
+    if was == now {
+        return true;
+    }
+    let sectors = |id: &str| {
+        id.split(", ")
+            .nth(1)
+            .filter(|s| s.ends_with(" sectors"))
+            .map(str::to_owned)
+    };
+    let serial = |id: &str| id.rfind(", serial ").map(|at| id[at..].to_owned());
+    if sectors(was).is_none() || sectors(was) != sectors(now) {
+        return false;
+    }
+    match (serial(was), serial(now)) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => backing_inode(was).is_some() && backing_inode(was) == backing_inode(now),
+        _ => false,
+    }
+}
+
+/// What names the block device at `path` beyond the path ([`same_device`] compares two):
+/// its number and size, and the file behind a loop device or a disk's serial (sysfs);
+/// `gone` when nothing is there.
+pub fn device_identity(path: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     let Ok(md) = std::fs::metadata(path) else {
         return "gone".into();
@@ -949,7 +981,10 @@ impl DeviceVolume {
             return Err(Error::Usage(format!(
                 "target device {} is read-only (`blockdev --getro {}` says 1, e.g. a loop \
                  device set up with `losetup -r`); nothing was written. Give a writable device \
-                 (`blockdev --setrw {}` if it should be)",
+                 (a loop device attached with -r stays read-only: `losetup -d {}` and attach \
+                 its file again without -r; a disk the kernel holds read-only: `blockdev \
+                 --setrw {}`)",
+                path.display(),
                 path.display(),
                 path.display(),
                 path.display()
@@ -967,10 +1002,32 @@ impl DeviceVolume {
         }
         let raw = Raw::new(file, path, size, true);
         let marker = Self::marker(path, prep);
+        // The same disk's unfinished ingest under the name it had (a USB disk or loop device
+        // attached again under another number): its marker is taken over, and the ingest
+        // resumes into it. It started over from nothing, without a word.
+        if !marker.exists() {
+            let me = device_identity(path);
+            let earlier = std::fs::read_dir(&prep.state_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with(".mgear-incomplete")
+                })
+                .map(|e| Marker { path: e.path() })
+                .find(|m| m.identity().is_some_and(|id| same_device(&id, &me)));
+            if let (Some(m), false) = (earlier, me == "gone") {
+                std::fs::rename(&m.path, &marker.path).map_err(|e| {
+                    Error::io(format!("taking over marker {}", m.path.display()), e)
+                })?;
+            }
+        }
         let found = if marker.exists() {
             if let Some(was) = marker
                 .identity()
-                .filter(|was| *was != device_identity(path))
+                .filter(|was| !same_device(was, &device_identity(path)))
             {
                 return Err(Error::Usage(format!(
                     "an unfinished ingest into {} was writing another device ({was}), not the \
@@ -985,19 +1042,24 @@ impl DeviceVolume {
                 adopt_without_state: true,
             }
         } else {
-            marker.create_for(
-                &format!("{} into {}", prep.what, path.display()),
-                &device_identity(path),
-            )?;
+            marker.create(&format!(
+                "{} into {}\nidentity: {}\nstate: {}\n",
+                prep.what,
+                path.display(),
+                device_identity(path),
+                absolute_key(path)
+            ))?;
             let head = vec![0u8; prep.head_len.min(size) as usize];
             raw.write_at(0, &head)?;
             raw.flush()?;
             Found::New
         };
+        let state = marker.state().unwrap_or_else(|| absolute_key(path));
         Ok(DeviceVolume {
             raw,
             marker,
             found,
+            state,
             _lock: lock,
         })
     }
@@ -1017,7 +1079,7 @@ impl DeviceVolume {
         let m = Self::marker_in(path, state_dir);
         let me = device_identity(path);
         // A marker made for another device attached at this path before is not this one's.
-        if m.exists() && m.identity().is_none_or(|was| was == me) {
+        if m.exists() && m.identity().is_none_or(|was| same_device(&was, &me)) {
             return true;
         }
         // The same device by another path (a /dev/disk/by-id link, a second device node): the
@@ -1025,8 +1087,9 @@ impl DeviceVolume {
         // second loop device over the same file is that file.
         let backing = backing_inode(&me);
         me != "gone"
-            && marker_identities(state_dir)
-                .any(|id| id == me || backing.is_some_and(|b| backing_inode(&id) == Some(b)))
+            && marker_identities(state_dir).any(|id| {
+                same_device(&id, &me) || backing.is_some_and(|b| backing_inode(&id) == Some(b))
+            })
     }
 
     /// Whether the file `path` is the one behind a loop device an unfinished ingest was
@@ -1061,7 +1124,7 @@ impl Volume for DeviceVolume {
         self.raw.path.display().to_string()
     }
     fn state_key(&self) -> String {
-        absolute_key(&self.raw.path)
+        self.state.clone()
     }
     fn found(&self) -> Found {
         self.found

@@ -64,6 +64,15 @@ impl Marker {
             .map(str::to_string)
     }
 
+    /// The state key a device's marker records (the name the ingest began under; see
+    /// `DeviceVolume`), if it records one.
+    pub fn state(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("state: "))
+            .map(str::to_string)
+    }
+
     pub fn remove(&self) -> Result<()> {
         std::fs::remove_file(&self.path)
             .map_err(|e| Error::io(format!("removing marker {}", self.path.display()), e))

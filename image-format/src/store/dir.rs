@@ -94,6 +94,12 @@ fn map_err(path: &str, e: std::io::Error) -> StoreError {
         ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => StoreError::ReadOnly,
         ErrorKind::StorageFull => StoreError::NoSpace,
         _ if e.raw_os_error() == Some(28) => StoreError::NoSpace,
+        // ENOTDIR: a file stands where the format has a directory (`MGEAR` itself, a
+        // capture's or generation's directory): damage, named, not "Not a directory".
+        _ if e.raw_os_error() == Some(20) => StoreError::Damaged(format!(
+            "{path}: a file stands where the format has a directory on the way to it (MGEAR, \
+             the capture's or the generation's directory)"
+        )),
         _ => StoreError::Io(format!("{path}: {e}")),
     }
 }
@@ -109,9 +115,9 @@ impl Store for DirStore {
         for e in fs::read_dir(&p).map_err(|e| map_err(dir, e))? {
             let e = e.map_err(|e| map_err(dir, e))?;
             let md = e.metadata().map_err(|e| map_err(dir, e))?;
-            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
-                continue; // not a name this format writes
-            };
+            // A name this format never writes (not UTF-8) is listed by its lossy spelling,
+            // which no reader opens: passed over, it hid from `verify` and `medium fsck`.
+            let name = e.file_name().to_string_lossy().into_owned();
             // Listed as a file, a linked directory was passed over by verify and followed by
             // ingest: named instead, as every path through it is.
             if md.file_type().is_symlink() {

@@ -152,6 +152,10 @@ struct CacheInner<D> {
     /// found nothing to do and said "durable", and a span's journal named records a
     /// pulled cable had kept off the medium.
     failed: Option<String>,
+    /// Bytes laid over what reads return at an offset, until a write there: a read-only
+    /// open's stand-in for a damaged FSInfo sector ([`fatmap::blank_fsinfo`]), which `fatfs`
+    /// refuses to mount, the medium itself unchanged.
+    overlay: Option<(u64, Box<[u8]>)>,
 }
 
 /// What [`CacheInner::flush_all`] needs of the volume's layout.
@@ -257,6 +261,19 @@ impl<D: FatDevice> CacheInner<D> {
     }
 
     fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_cached(off, buf)?;
+        if let Some((at, bytes)) = &self.overlay {
+            let end = off + buf.len() as u64;
+            let (s, e) = ((*at).max(off), (at + bytes.len() as u64).min(end));
+            if s < e {
+                buf[(s - off) as usize..(e - off) as usize]
+                    .copy_from_slice(&bytes[(s - at) as usize..(e - at) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    fn read_cached(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check_range(off, buf.len())?;
         if buf.len() >= BYPASS {
             // Dirty blocks are laid over what the device holds instead of
@@ -296,6 +313,13 @@ impl<D: FatDevice> CacheInner<D> {
             return Err(read_only_error());
         }
         self.check_range(off, buf.len())?;
+        if self
+            .overlay
+            .as_ref()
+            .is_some_and(|(at, b)| off < at + b.len() as u64 && *at < off + buf.len() as u64)
+        {
+            self.overlay = None;
+        }
         self.unsynced = true;
         self.note_fresh(off, buf)?;
         if let Some((range, seen)) = &mut self.watch {
@@ -482,6 +506,7 @@ impl<D: FatDevice> BlockCache<D> {
                 layout: None,
                 fresh: Default::default(),
                 failed: None,
+                overlay: None,
             })),
             pos: 0,
         })
@@ -786,6 +811,8 @@ pub struct FatStore<D: FatDevice> {
     /// [`fatmap::lost_chains`] of a volume opened read-only, found once: `inspect` asks it
     /// for the root and each capture, each answer a walk of the tree and a scan of the FAT.
     lost: Option<fatmap::Lost>,
+    /// What the open did about a damaged FSInfo sector ([`Self::mend_fsinfo`]).
+    hints: Option<String>,
 }
 
 /// See [`FatStore::free_clusters`].
@@ -940,6 +967,7 @@ impl<D: FatDevice> FatStore<D> {
                     .map_err(|e| fat_err("open", e))
             })?;
         }
+        let hints = Self::mend_fsinfo(&cache, &head, read_only)?;
         let fs = fatfs::FileSystem::new(cache.clone(), fatfs::FsOptions::new()).map_err(|e| {
             StoreError::Io(format!(
                 "the medium does not hold a FAT32 file system ({e}); check that the path names \
@@ -995,7 +1023,42 @@ impl<D: FatDevice> FatStore<D> {
             next_free: 2,
             counted: None,
             lost: None,
+            hints,
         })
+    }
+
+    /// A damaged FSInfo sector (free-space hints only; `fatfs` refuses to mount with one) is
+    /// read around by a read-only open (a blank one laid over it in the cache, the medium
+    /// unchanged) and rewritten blank by one for writing: what was done, for
+    /// [`Store::damaged_hints`], or `None` when it reads as one.
+    fn mend_fsinfo(
+        cache: &BlockCache<D>,
+        head: &[u8; 512],
+        read_only: bool,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(geo) = fatmap::Geometry::parse(head) else {
+            return Ok(None);
+        };
+        let Some(why) = fatmap::fsinfo_damage(&geo, &mut cache_reader(cache))? else {
+            return Ok(None);
+        };
+        let blank = fatmap::blank_fsinfo();
+        let mut g = cache.lock().map_err(|e| fat_err("open", e))?;
+        let done = if read_only {
+            g.overlay = Some((geo.fsinfo_offset, Box::new(blank)));
+            "read around, the medium unchanged: `mgear medium fsck --repair` (or any command \
+             that writes the medium) rewrites it"
+        } else {
+            g.write_at(geo.fsinfo_offset, &blank)
+                .map_err(|e| fat_err("open", e))?;
+            "rewritten, its hints \"unknown\" (a FAT32 reader then counts the free clusters \
+             itself)"
+        };
+        Ok(Some(format!(
+            "its FSInfo sector (at byte {}) was damaged ({why}); it holds only free-space \
+             hints: {done}",
+            geo.fsinfo_offset
+        )))
     }
 
     /// What opening the volume put right, when it was opened for writing with the dirty
@@ -1553,6 +1616,9 @@ impl<D: FatDevice> Store for FatStore<D> {
         Ok(Some(st.free_clusters() as u64 * st.cluster_size() as u64))
     }
 
+    fn damaged_hints(&self) -> Option<String> {
+        self.hints.clone()
+    }
     fn left_mid_write(&self) -> bool {
         self.dirty_at_mount
     }
@@ -2527,6 +2593,50 @@ pub(crate) mod tests {
                 .any(|f| f.contains("two FAT copies disagree") && f.contains("closed cleanly")),
             "{found:?}"
         );
+    }
+
+    /// A damaged FSInfo sector holds only free-space hints, yet `fatfs` refuses to mount a
+    /// volume with one: one flipped byte there had every command call the medium "not a
+    /// FAT32 file system" and advise `medium format`. A read-only open reads around it (the
+    /// image unchanged), says so, and reads the files; an open for writing rewrites it
+    /// blank, after which `fsck.fat -n` is clean and nothing more is said.
+    #[test]
+    fn a_damaged_fsinfo_sector_is_read_around_and_rewritten_by_a_writer() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/web01").unwrap();
+        s.write_at("MGEAR/web01/KEYS", 0, &[5u8; 3000]).unwrap();
+        s.unmount().unwrap();
+        let mut img = std::fs::read(&p).unwrap();
+        let boot = &img[..512];
+        let fsinfo = usize::from(u16::from_le_bytes([boot[0x30], boot[0x31]]))
+            * usize::from(u16::from_le_bytes([boot[0x0b], boot[0x0c]]));
+        img[fsinfo] ^= 0x20;
+        std::fs::write(&p, &img).unwrap();
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        let said = s.damaged_hints().expect("said");
+        assert!(
+            said.contains("FSInfo sector") && said.contains("read around"),
+            "{said}"
+        );
+        let mut back = vec![0u8; 3000];
+        s.read_exact_at("MGEAR/web01/KEYS", 0, &mut back).unwrap();
+        assert_eq!(back, vec![5u8; 3000]);
+        drop(s);
+        assert!(std::fs::read(&p).unwrap() == img, "a read-only open wrote");
+        let s = FatStore::open(open_rw(&p)).unwrap();
+        assert!(s.damaged_hints().expect("said").contains("rewritten"));
+        s.unmount().unwrap();
+        let s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(s.damaged_hints(), None);
+        drop(s);
+        let o = std::process::Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&p)
+            .output()
+            .expect("fsck.fat (Debian: dosfstools)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     }
 
     /// A generation's or a capture's directory entry marked deleted on a volume closed

@@ -2321,6 +2321,45 @@ where
     Ok(first.map(|c| (differ, c)))
 }
 
+/// Why the FSInfo sector of `geo`'s volume does not read as one (its three signatures),
+/// or `None`. It holds only hints (the free count, where to look for a free cluster), yet
+/// `fatfs` refuses a volume whose FSInfo is damaged, and one flipped byte there had every
+/// command call the medium "not a FAT32 file system" and advise `medium format`.
+pub fn fsinfo_damage<R>(geo: &Geometry, read: &mut R) -> Result<Option<&'static str>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    if geo.fsinfo_offset == 0 {
+        return Ok(None);
+    }
+    let mut s = [0u8; 512];
+    read(geo.fsinfo_offset, &mut s)?;
+    Ok(if le32(&s, 0) != FSINFO_LEAD {
+        Some("its first signature is wrong")
+    } else if le32(&s, 484) != FSINFO_STRUC {
+        Some("its second signature is wrong")
+    } else if le32(&s, 508) != FSINFO_TRAIL {
+        Some("its last signature is wrong")
+    } else {
+        None
+    })
+}
+
+/// A whole FSInfo sector saying nothing: both hints "unknown", which every FAT32 reader
+/// takes (it counts the free clusters itself).
+pub fn blank_fsinfo() -> [u8; 512] {
+    let mut s = [0u8; 512];
+    s[..4].copy_from_slice(&FSINFO_LEAD.to_le_bytes());
+    s[484..488].copy_from_slice(&FSINFO_STRUC.to_le_bytes());
+    s[488..496].fill(0xff);
+    s[508..].copy_from_slice(&FSINFO_TRAIL.to_le_bytes());
+    s
+}
+
+const FSINFO_LEAD: u32 = 0x4161_5252;
+const FSINFO_STRUC: u32 = 0x6141_7272;
+const FSINFO_TRAIL: u32 = 0xaa55_0000;
+
 /// Store a free-cluster count and next-free hint in the FSInfo sector
 /// (when the volume has a valid one), as the engines do at unmount.
 pub fn write_fsinfo<R, W>(
@@ -2339,7 +2378,7 @@ where
     }
     let mut s = [0u8; 512];
     read(geo.fsinfo_offset, &mut s)?;
-    if le32(&s, 0) != 0x4161_5252 || le32(&s, 484) != 0x6141_7272 {
+    if le32(&s, 0) != FSINFO_LEAD || le32(&s, 484) != FSINFO_STRUC {
         return Ok(());
     }
     let mut tail = [0u8; 8];

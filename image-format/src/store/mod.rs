@@ -188,6 +188,12 @@ pub trait Store {
     fn left_mid_write(&self) -> bool {
         false
     }
+    /// What the open found damaged in the file system's free-space hints (FAT32's FSInfo
+    /// sector), read around or rewritten, for `medium fsck` to say. `None` (the default):
+    /// nothing.
+    fn damaged_hints(&self) -> Option<String> {
+        None
+    }
     /// How many more bytes file `path` may grow by, when something other
     /// than the format's own limits bounds it: a span of several media
     /// ([`crate::span::SpanStore`]) says how much room the medium holding a

@@ -1809,3 +1809,94 @@ fn a_segment_hidden_as_a_volume_label_fails_inspect() {
         text(&o)
     );
 }
+
+/// Damage a medium can carry that the commands read past or said nothing of, found by a
+/// tester damaging media by hand: a flipped byte in the FSInfo sector (free-space hints
+/// only) made every command call the medium "not a FAT32 file system" and advise `medium
+/// format`; now it reads, `medium fsck` names it and `--repair` rewrites it (`fsck.fat -n`
+/// then clean). A damaged span label was "no leftovers" for `medium fsck` and refused by
+/// `--repair` with the usage code; it is damage now (exit 1, nothing changed). A name that
+/// is not UTF-8 on a `dir:` medium hid from `verify` and `fsck`; a file named `MGEAR` was
+/// "Not a directory (os error 20)".
+#[test]
+fn field_media_damage_that_was_unsaid_or_misnamed_is_named() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("d.raw"), 3, 7);
+    let m = e.fat("m.img", "40MiB");
+    e.capture(&m, "web01").source("d.raw").ok();
+    // FSInfo (its sector number in the boot sector), one signature byte flipped.
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let fsinfo = usize::from(u16::from_le_bytes([img[0x30], img[0x31]]))
+        * usize::from(u16::from_le_bytes([img[0x0b], img[0x0c]]));
+    img[fsinfo] ^= 0x20;
+    fs::write(e.p("m.img"), &img).unwrap();
+    e.ok(&["inspect", "--medium", &m]);
+    let o = e.run(&["medium", "fsck", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        out(&o).contains("FSInfo sector") && out(&o).contains("read around"),
+        "{}",
+        text(&o)
+    );
+    assert!(fs::read(e.p("m.img")).unwrap() == img, "fsck wrote");
+    let o = e.ok(&["medium", "fsck", "--medium", &m, "--repair"]);
+    assert!(out(&o).contains("rewritten"), "{}", text(&o));
+    e.ok(&["medium", "fsck", "--medium", &m]);
+    mgear_tests::fsck_clean(&e.p("m.img"));
+    e.ingest(&m, "web01")
+        .untrusted()
+        .target("file:out.raw")
+        .ok();
+    same_file(&e.p("out.raw"), &e.p("d.raw"));
+
+    // A span label that does not decode, on a dir: medium.
+    fs::create_dir(e.p("dm")).unwrap();
+    e.capture("dir:dm", "web01").source("d.raw").ok();
+    fs::write(e.p("dm/MGEAR/SPAN"), [0x5au8; 64]).unwrap();
+    let before = fs::read_dir(e.p("dm/MGEAR")).unwrap().count();
+    for repair in [false, true] {
+        let mut line = e.line(&["medium", "fsck", "--medium", "dir:dm"]);
+        if repair {
+            line = line.arg("--repair");
+        }
+        let o = line.run();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            out(&o).contains("span label (MGEAR/SPAN) is damaged"),
+            "{}",
+            text(&o)
+        );
+    }
+    assert_eq!(fs::read_dir(e.p("dm/MGEAR")).unwrap().count(), before);
+    assert_eq!(fs::read(e.p("dm/MGEAR/SPAN")).unwrap(), [0x5au8; 64]);
+    fs::remove_file(e.p("dm/MGEAR/SPAN")).unwrap();
+
+    // A directory whose name is not UTF-8.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = e
+        .p("dm/MGEAR")
+        .join(std::ffi::OsStr::from_bytes(b"\xff\xfe"));
+    fs::create_dir(&odd).unwrap();
+    let o = e.run(&["verify", "--medium", "dir:dm"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = e.ok(&["medium", "fsck", "--medium", "dir:dm"]);
+    assert!(
+        out(&o).contains("note       MGEAR/\u{fffd}\u{fffd}: not part of the format"),
+        "{}",
+        text(&o)
+    );
+    fs::remove_dir(&odd).unwrap();
+    e.ok(&["verify", "--medium", "dir:dm"]);
+
+    // MGEAR a file.
+    fs::rename(e.p("dm/MGEAR"), e.p("dm/MGEAR.x")).unwrap();
+    fs::write(e.p("dm/MGEAR"), b"x").unwrap();
+    let o = e.run(&["verify", "--medium", "dir:dm"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("a file stands where the format has a directory"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1025,13 +1025,29 @@ fn a_delta_of_another_disk_is_refused_before_anything_is_stored() {
         .arg("--delta")
         .json();
     assert!(v.get("warnings").is_none(), "{v}");
-    // Another, smaller disk: too few chunks of it to judge (6), so taken, and its size is
-    // warned about.
+    // Another, smaller disk: fewer chunks of it to read (6) than a disk of the same size
+    // needs, but its size already differs: refused too (it was taken, signed and ingested as
+    // the newest generation, with a warning). The operator's word takes it, warned about.
     random_disk(&e.p("small.raw"), 6 << 20, 3);
-    let v = e
+    let before = listing();
+    let o = e
         .capture("dir:mnt", "web01")
         .source("small.raw")
         .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains(
+            "small.raw is most likely not the disk captured as web01: none of the 6 chunks"
+        ),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(listing(), before, "nothing was written");
+    let v = e
+        .capture("dir:mnt", "web01")
+        .source("small.raw")
+        .args(&["--delta", "--same-source"])
         .json();
     let w = v["warnings"][0].as_str().unwrap_or_default();
     assert!(
@@ -1641,6 +1657,111 @@ fn a_device_an_ingest_did_not_finish_is_not_booted() {
     assert_eq!(markers(), 0);
 }
 
+/// A delta onto a medium whose earlier generation's segment is damaged (cut short here)
+/// pointed into it, finished (exit 0, nothing said) and its generation could not be
+/// restored. The damaged segment is not reused: its chunks are stored again, the capture
+/// warns (stderr and `--json`), and the new generation ingests bit for bit while `verify`
+/// still fails the damaged one.
+#[test]
+fn a_delta_over_a_damaged_segment_stores_its_chunks_again_and_says_so() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 6 << 20, 51);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("disk.raw").ok();
+    let seg = e.p("m/MGEAR/web01/G0001/SEG-00000");
+    let len = fs::metadata(&seg).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let v = e
+        .capture("dir:m", "web01")
+        .source("disk.raw")
+        .arg("--delta")
+        .json();
+    let w = v["warnings"].to_string();
+    assert!(
+        w.contains("1 segment of earlier generations that this delta would have reused is damaged")
+            && w.contains("MGEAR/web01/G0001/SEG-00000"),
+        "{v}"
+    );
+    ingests_as(&e, "web01", "out.raw", &fs::read(e.p("disk.raw")).unwrap());
+    let o = e.run(&["verify", "--medium", "dir:m"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+}
+
+/// A target disk that comes back under another number (a USB disk plugged in again is
+/// /dev/sdc where it was /dev/sdb; here its loop device attached again), given by the stable
+/// link that names it: the killed ingest was refused as writing "another device" (the same
+/// file, inode and size named in both), and resumed only by deleting its marker, which wrote
+/// it all again. It resumes now, from where it stopped, and reads back as the source. Its
+/// finished record names the disk, not the number: a re-run under the new number keeps it
+/// (it was refused as holding a partition table), and a blank disk given that number later
+/// is written (it was refused, exit 1, as "does not hold it any more").
+#[test]
+fn a_target_disk_back_under_another_number_resumes_and_stays_known() {
+    let e = Env::new();
+    e.keygen();
+    let medium = e.fat("m.img", "64MiB");
+    random_disk(&e.p("disk.raw"), 8 << 20, 19);
+    e.capture(&medium, "web01").source("disk.raw").ok();
+    fs::write(e.p("vol.img"), vec![0u8; 8 << 20]).unwrap();
+    fs::write(e.p("hold.img"), vec![0u8; 1 << 20]).unwrap();
+    let first = Loop::attach(&e.p("vol.img"));
+    let link = e.p("usb-Disk_T1");
+    std::os::unix::fs::symlink(&first.0, &link).unwrap();
+    let target = format!("dev:{}", link.display());
+    let ingest = e.ingest(&medium, "web01").untrusted().target(&target);
+    ingest.killed_after("2MiB/s", 1500);
+    let old = first.0.clone();
+    drop(first);
+    // Its number taken meanwhile, so the disk comes back under another.
+    let _hold = Loop::attach(&e.p("hold.img"));
+    let second = Loop::attach(&e.p("vol.img"));
+    assert_ne!(second.0, old);
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&second.0, &link).unwrap();
+    let o = ingest.ok();
+    assert!(
+        output_text(&o).contains("done before the resume"),
+        "{}",
+        output_text(&o)
+    );
+    mgear_tests::same_file(&e.p("vol.img"), &e.p("disk.raw"));
+    // Finished: known by the disk under its plain new name too (kept, read back).
+    let o = e
+        .ingest(&medium, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", second.0))
+        .ok();
+    assert!(
+        output_text(&o).contains("finished by an earlier ingest on this host"),
+        "{}",
+        output_text(&o)
+    );
+    // A blank disk under the name the finished one had: written, not judged as that one.
+    let name = second.0.clone();
+    drop(second);
+    fs::write(e.p("blank.img"), vec![0u8; 8 << 20]).unwrap();
+    let third = Loop::attach(&e.p("blank.img"));
+    let o = e
+        .ingest(&medium, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", third.0))
+        .run();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{} (under {name} before: {})",
+        output_text(&o),
+        third.0
+    );
+    mgear_tests::same_file(&e.p("blank.img"), &e.p("disk.raw"));
+}
+
 /// A machine set stopped part-way (killed) and then captured again
 /// with one `--source` forgotten: the single-disk capture under the set's name was accepted,
 /// took the set's directory, and the set could then neither resume nor be aborted without
@@ -1898,6 +2019,83 @@ fn a_resume_from_another_disk_at_the_same_path_is_refused() {
     let o = second.clone().arg("--same-source").ok();
     assert!(output_text(&o).contains("resumed"), "{}", output_text(&o));
     ingests_as(&e, "web02", "out2.raw", &captured);
+}
+
+/// A disk that came back under another name (a USB disk unplugged and plugged in again is
+/// /dev/sdc where it was /dev/sdb) could not be resumed: the resume was refused as "started
+/// with different parameters", naming no parameter, and the only way on was to capture it
+/// again. The refusal now names the name it was started with and `--source-was`, which
+/// resumes it (the stored chunks are still compared: another disk is refused with it too)
+/// and ingests bit for bit under the name it began with; a wrong `--source-was` is told the
+/// right one, and a new generation does not take it.
+#[test]
+fn a_disk_back_under_another_name_resumes_with_source_was() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("sdb.raw"), 6 << 20, 43);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01")
+        .source("sdb.raw")
+        .killed_after("2MiB/s", 1500);
+    fs::rename(e.p("sdb.raw"), e.p("sdc.raw")).unwrap();
+    let (was, is) = (e.s("sdb.raw"), e.s("sdc.raw"));
+    let now = e.capture("dir:m", "web01").source("sdc.raw");
+    let before = tree(&e.p("m"));
+    let o = now.run();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "it was started from source {was}, and this run reads {is}"
+        )) && text.contains(&format!("add `--source-was {was}`")),
+        "{text}"
+    );
+    assert_eq!(tree(&e.p("m")), before, "nothing was written");
+    let o = now.clone().args(&["--source-was", "sdx.raw"]).run();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "generation 1 was started from source {was}, not {}: give `--source-was {was}`",
+            e.s("sdx.raw")
+        )),
+        "{text}"
+    );
+    // Another disk of the size under the old name's word: still told apart by content.
+    random_disk(&e.p("other.raw"), 6 << 20, 44);
+    let o = e
+        .capture("dir:m", "web01")
+        .source("other.raw")
+        .args(&["--source-was", &was])
+        .run();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("most likely another disk"), "{text}");
+    let o = now.clone().args(&["--source-was", &was]).ok();
+    assert!(output_text(&o).contains("resumed"), "{}", output_text(&o));
+    ingests_as(&e, "web01", "out.raw", &fs::read(e.p("sdc.raw")).unwrap());
+    let i = e.json(&["inspect", "--medium", "dir:m"]);
+    assert!(
+        i.to_string()
+            .contains(&format!("\"source\":{}", serde_json::json!(was))),
+        "{i}"
+    );
+    // Only a resume takes it, and its plan says so too (it said "fits").
+    for plan in [false, true] {
+        let mut line = now.clone().args(&["--delta", "--source-was", &was]);
+        if plan {
+            line = line.arg("--dry-run");
+        }
+        let o = line.run();
+        let text = output_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains(
+                "--source-was is for resuming an unfinished generation, and capture web01 has none"
+            ),
+            "{text}"
+        );
+    }
 }
 
 /// Disks whose start does not tell them apart: a file system made on the bare disk (ext4

@@ -119,6 +119,13 @@ pub struct Args {
     /// disk, or a set's disks in another order) is refused unless this is given.
     #[arg(long)]
     pub same_source: bool,
+    /// Resume an unfinished capture whose disk came back under another name (a USB disk
+    /// unplugged and plugged in again is /dev/sdc where it was /dev/sdb): SOURCE is the name
+    /// the capture was started with, --source the one it has now. The resume says the old
+    /// name when it refuses for this; the disk's labels and a sample of the chunks stored
+    /// before the stop are still compared with it. One disk only (not a set).
+    #[arg(long, value_name = "SOURCE")]
+    pub source_was: Option<String>,
     /// Checkpoint after this much data stored on the medium, or 16 times as
     /// much source progress (zeros, dedup): a checkpoint costs three fsyncs,
     /// which zero regions should not pay every 64 MiB (tests use small values).
@@ -156,6 +163,13 @@ impl Cli {
             .concat();
         let rate_limit = a.rate_limit.as_deref().map(parse_rate).transpose()?;
         let checkpoint_bytes = parse_size(&a.checkpoint_bytes)?;
+        if a.source_was.is_some() && self.sources.len() != 1 {
+            return Err(mgear::exit::usage(
+                "--source-was names the former name of the one disk of a capture: give it \
+                 with exactly one --source (a machine set's disks resume under the names they \
+                 were started with)",
+            ));
+        }
         let check_profile = a
             .check_profile
             .as_deref()
@@ -186,6 +200,7 @@ impl Cli {
             dedup_across_machines: a.dedup_across_machines,
             skip_space_check: a.skip_space_check,
             same_source: a.same_source,
+            source_was: a.source_was,
             checkpoint_bytes,
             passphrase_work_factor: a.passphrase_work_factor,
             span_total: None,
