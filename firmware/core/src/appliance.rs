@@ -919,7 +919,7 @@ impl<P: Platform> Appliance<P> {
                 ),
             ));
         }
-        if let Some(refused) = self.check_pin(pin)? {
+        if let Some(refused) = self.check_pin(pin, true)? {
             return Ok(refused);
         }
         self.unlocked = true;
@@ -928,9 +928,11 @@ impl<P: Platform> Appliance<P> {
     }
 
     /// Check `pin` against the verifier with back-off and the failure
-    /// counter. `None`: it matched (counter reset). `Some(reply)`: refused
-    /// (back-off, wrong PIN, or the lockout this failure triggered).
-    fn check_pin(&mut self, pin: &Pin) -> Result<Option<Response>, Error> {
+    /// counter. `None`: it matched (counter reset; counted as an unlock when `unlocking`:
+    /// the PIN an erase carries unlocks nothing, and `info` counted it as an unlock the
+    /// custody log did not record). `Some(reply)`: refused (back-off, wrong PIN, or the
+    /// lockout this failure triggered).
+    fn check_pin(&mut self, pin: &Pin, unlocking: bool) -> Result<Option<Response>, Error> {
         // A PIN no rule admits can never be right: refused without an attempt (the host
         // checks before sending; a PIN typed on the console short or long by mistake cost
         // one of the attempts before lockout).
@@ -965,7 +967,7 @@ impl<P: Platform> Appliance<P> {
             self.st.pin_check = false;
             self.st.counters.failed_pins = 0;
             self.st.counters.total_failed_pins -= 1;
-            self.st.counters.unlocks += 1;
+            self.st.counters.unlocks += u64::from(unlocking);
             self.save()?;
             self.last_failure_ms = None;
             return Ok(None);
@@ -1558,7 +1560,7 @@ impl<P: Platform> Appliance<P> {
         }
         match pin {
             Some(pin) => {
-                if let Some(refused) = self.check_pin(pin)? {
+                if let Some(refused) = self.check_pin(pin, false)? {
                     return Ok(refused);
                 }
             }

@@ -761,6 +761,32 @@ fn sign_missing(
     Ok(Some(r))
 }
 
+/// Whether a repeat of a finished capture has a signature to add, read-only: this site's
+/// (`--sign`, [`sign_due`]) or the appliance's witness ([`unwitnessed`]). A set's disk is
+/// signed as the set's, so it is taken as due (its set decides). The plan of a repeat with
+/// `--sign` said "only add this site's signature ... fits" (exit 0) of a capture already
+/// signed with that key, which the run then refused as "already captured" (exit 2).
+fn signature_due(args: &Plan, store: &mut dyn image_format::Store) -> crate::Result<bool> {
+    if image_format::set::parse_disk_stream_name(&args.name).is_some() {
+        return Ok(true);
+    }
+    if let Some(path) = &args.sign {
+        let key = crate::sitekey::read_signing_key(path)?;
+        let cache_dir = key_cache_dir(args.key_cache.clone())?;
+        let id = image_format::capture_id(store, &args.name)?;
+        if sign_due(store, args, &key, &cache_dir, id.as_ref())?.is_some() {
+            return Ok(true);
+        }
+    }
+    if let Some(port) = args.medium.first_appliance() {
+        let identity = crate::appliance::appliance_identity(port)?;
+        if unwitnessed(store, &args.name, &identity)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The generation [`sign_missing`] would sign, read-only: asked before the medium is opened
 /// for writing, where a span is joined (a re-run with --sign and one more medium, which had
 /// nothing to sign, joined that medium to the span and only then said "already captured").
@@ -2367,7 +2393,8 @@ fn preflight(
             // signature (checked once the medium is open for writing): the site's, or the
             // appliance's witness an earlier run could not add.
             image_format::GenerationState::Complete
-                if args.sign.is_some() || args.medium.first_appliance().is_some() =>
+                if (args.sign.is_some() || args.medium.first_appliance().is_some())
+                    && signature_due(args, store)? =>
             {
                 ("sign", g.generation, g.parent, g.chunk_count)
             }
@@ -2454,8 +2481,9 @@ fn preflight(
             if let Some(c) = crate::keys::find_cached(&cache_dir, &args.name, &id)? {
                 same_recipients(args, &c.path, args.passphrase_file.is_some())?;
                 // The delta's same-disk sample, as the capture runs it (a plan said "fits"
-                // of a delta the capture then refused as another disk).
-                if kind == "delta" && !args.same_source && args.dirty_bitmap.is_none() {
+                // of a delta the capture then refused as another disk); a resumed delta's too.
+                let delta = kind == "delta" || (kind == "resume" && parent.is_some());
+                if delta && !args.same_source && args.dirty_bitmap.is_none() {
                     let key = DataKey::load_cache(&c.path, &c.name)?;
                     check_delta_sample(store, source, args, &key)?;
                 }
@@ -3492,13 +3520,13 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     // Before the writer makes the delta's generation: a refusal leaves nothing to resume or
     // abort (made after it, the unfinished generation named the wrong disk as its source and
     // refused the right one as "started with different parameters").
-    if let (true, None, None, false, Some(k)) = (
-        args.delta,
-        &unfinished_gen,
-        &dirty,
-        args.same_source,
-        key.as_ref(),
-    ) {
+    // A delta resumed too: one stopped before it stored anything had no chunk for the resume's
+    // own check to read again, and another disk at its path (or named by --source-was) was
+    // stored whole as the next generation, exit 0.
+    let delta_run = unfinished_gen
+        .as_ref()
+        .map_or(args.delta, |g| g.parent.is_some());
+    if let (true, None, false, Some(k)) = (delta_run, &dirty, args.same_source, key.as_ref()) {
         let chunk = u64::from(args.chunk_size);
         let mut paced = crate::source::Paced::new(&mut *source, args.rate_limit, chunk);
         if let Err(e) = check_delta_sample(medium.store(), &mut paced, args, k) {
@@ -3779,6 +3807,27 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 now_txt,
                 summary.name,
                 was_txt,
+                summary.name,
+                args.medium.as_args(),
+                summary.generation
+            ));
+        }
+        // Few shared (a disk made from the same image, its first chunks alike): warned too; it
+        // went without a word, as any match passed the check before writing.
+        if unchanged > 0
+            && summary.stored_chunks >= 8
+            && summary.resumed_from == 0
+            && unchanged < summary.stored_chunks
+        {
+            warnings.push(format!(
+                "only {unchanged} of the chunks {} holds match generation {parent} of {}, and \
+                 {} were stored anew: more of the disk changed than stayed. If it is not the \
+                 disk captured as {} (one made from the same image shares its first chunks), \
+                 remove this generation with `mgear medium rm {} --name {owner} --generation \
+                 {} --force` and capture the right disk",
+                args.source.as_deref().unwrap_or("the source"),
+                summary.name,
+                summary.stored_chunks,
                 summary.name,
                 args.medium.as_args(),
                 summary.generation

@@ -2173,7 +2173,12 @@ pub fn write_volume<S: image_format::Store>(
             verified: true,
             volume_sha256,
             seconds: secs,
-            mb_per_s: progress::mb_per_s(size, secs),
+            // Of what this run went through: a resumed run's whole disk over its own time
+            // overstated it (the chunks done before the resume cost it nothing).
+            mb_per_s: progress::mb_per_s(
+                size.saturating_sub(resumed.saturating_mul(u64::from(chunk))),
+                secs,
+            ),
             volume: None,
             server: None,
             booted: None,

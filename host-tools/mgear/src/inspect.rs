@@ -1125,9 +1125,10 @@ pub struct ShipGeneration {
     pub medium: String,
     /// `complete`, `unfinished`, `damaged`, `lender-missing` (it borrows
     /// records from another machine's generation, dedup across machines,
-    /// that is complete on none of the media listed), or `lost-medium` (part
+    /// that is complete on none of the media listed), `lost-medium` (part
     /// of it was on a medium declared lost: the generation its replacement
-    /// wrote is the one to ingest).
+    /// wrote is the one to ingest), or `no-key-slots` (complete, but its key
+    /// slots are gone, e.g. the appliance was erased: nothing can decrypt it).
     pub state: &'static str,
     pub problems: Vec<String>,
     pub disks: Vec<ShipDisk>,
@@ -1311,6 +1312,29 @@ pub fn shipment(media: &[(String, Vec<CaptureJson>, Vec<SetJson>)], whole: bool)
                 "part of it was on {on}: it cannot be ingested; the newer generation the \
                  replacement capture wrote holds its data again"
             ));
+        }
+    }
+    // Captures whose key slots are gone (an erased appliance's): complete by their
+    // manifests, and nothing can decrypt them (the shipment was listed as complete, and a
+    // script took it for ready to ingest).
+    let keyless: std::collections::HashSet<String> = media
+        .iter()
+        .flat_map(|(_, caps, _)| caps)
+        .filter(|c| c.damage.is_none() && !c.recipient_slot && !c.passphrase_slot)
+        .map(|c| c.name.to_ascii_lowercase())
+        .collect();
+    for g in machines.iter_mut().flat_map(|m| &mut m.generations) {
+        let gone = g
+            .disks
+            .iter()
+            .any(|d| keyless.contains(&d.stream.to_ascii_lowercase()));
+        if gone && g.state == "complete" {
+            g.state = "no-key-slots";
+            g.problems.push(
+                "its key slots are gone (the appliance was erased, or MGEAR/NAME/KEYS and \
+                 KEYPASS removed): nothing can decrypt it"
+                    .into(),
+            );
         }
     }
     // Dedup across machines: a generation is usable only with the

@@ -1374,6 +1374,10 @@ fn benign_fsck_line(line: &str) -> bool {
         || l.starts_with("fsck.fat ")
         || l.starts_with("Reclaimed ")
         || l.starts_with("Free cluster summary")
+        // A damaged FSInfo sector (hints only): `-a` rewrites it, as mgear's own repair does.
+        || l.starts_with("FSINFO sector has bad magic number")
+        || (l.starts_with("Offset ") && l.contains("!= expected"))
+        || l == "Auto-correcting it."
         // The free count's correction, on the line after it.
         || l == "Auto-correcting."
         || l.starts_with("Dirty bit is set")
@@ -1500,6 +1504,15 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
         let labels = store.span().map(|v| v.damaged_labels()).unwrap_or_default();
         let maps = store.span().map(|v| v.damaged_maps()).unwrap_or_default();
         for (name, why) in labels {
+            if why.contains("its write was cut off") {
+                // What a join cut off leaves (FORMAT.md §15): the next capture joins it again.
+                d.push(format!(
+                    "{name}'s span label (MGEAR/SPAN) is short ({why}): its joining a span was \
+                     cut off, so it holds nothing of the span yet; the span's capture with this \
+                     medium given joins it again"
+                ));
+                continue;
+            }
             d.push(format!(
                 "{name}'s span label (MGEAR/SPAN) is damaged ({why}): the medium cannot be \
                  placed in its span (its own files still verify), and a capture does not write \

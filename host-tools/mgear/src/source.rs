@@ -89,11 +89,11 @@ pub trait Source: Send {
     fn size_now(&mut self) -> Option<u64> {
         None
     }
-    /// How many bytes from `from` to the end are not in holes, where the source can tell
-    /// (a sparse file: `SEEK_DATA`/`SEEK_HOLE`); `None` otherwise. The space estimate scales
-    /// its samples by it: a 1 TiB sparse file holding 1 MiB was estimated at 32 GiB when
-    /// one of its 32 samples hit the data, and refused a medium it fit on.
-    fn data_bytes(&mut self, _from: u64) -> Option<u64> {
+    /// How many bytes from `from` to `to` (or the end) are not in holes, where the source
+    /// can tell (a sparse file: `SEEK_DATA`/`SEEK_HOLE`); `None` otherwise. The space
+    /// estimate scales its samples by it: a 1 TiB sparse file holding 1 MiB was estimated at
+    /// 32 GiB when one of its 32 samples hit the data, and refused a medium it fit on.
+    fn data_bytes(&mut self, _from: u64, _to: u64) -> Option<u64> {
         None
     }
 }
@@ -524,9 +524,9 @@ impl ConcurrentRead for OpenFile {
 }
 
 impl Source for FileSource {
-    fn data_bytes(&mut self, from: u64) -> Option<u64> {
+    fn data_bytes(&mut self, from: u64, to: u64) -> Option<u64> {
         use nix::unistd::{lseek, Whence};
-        let len = self.inner.len;
+        let len = self.inner.len.min(to);
         let fd = &self.inner.file;
         // A block device has no holes to ask about; a file too fragmented to walk quickly
         // is left to the samples.

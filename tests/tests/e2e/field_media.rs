@@ -1494,7 +1494,7 @@ fn a_chain_run_into_another_file_is_never_repaired() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("damaged")
-            && text(&o).contains("nothing is repaired or removed on this medium")
+            && text(&o).contains("nothing is repaired or removed on it")
             && !text(&o).contains("repaired the FAT volume"),
         "{}",
         text(&o)
@@ -1898,5 +1898,32 @@ fn field_media_damage_that_was_unsaid_or_misnamed_is_named() {
         text(&o).contains("a file stands where the format has a directory"),
         "{}",
         text(&o)
+    );
+}
+
+/// A shipment whose key slots are gone (an erased appliance's medium, or the KEYS file
+/// removed) was listed by `inspect --json` as complete, every machine `complete`: a script
+/// took it for ready to ingest. Its generations now read `no-key-slots`, and it is not
+/// complete.
+#[test]
+fn field_media_a_shipment_without_key_slots_is_not_complete() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("d.raw"), 2, 9);
+    fs::create_dir(e.p("dm")).unwrap();
+    e.capture("dir:dm", "web01").source("d.raw").ok();
+    let ship = |v: serde_json::Value| v["shipment"].clone();
+    let s = ship(e.json(&["inspect", "--medium", "dir:dm"]));
+    assert_eq!(s["complete"], true, "{s}");
+    fs::remove_file(e.p("dm/MGEAR/web01/KEYS")).unwrap();
+    let s = ship(e.json(&["inspect", "--medium", "dir:dm"]));
+    assert_eq!(s["complete"], false, "{s}");
+    let g = &s["machines"][0]["generations"][0];
+    assert_eq!(g["state"], "no-key-slots", "{s}");
+    assert!(
+        g["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("nothing can decrypt it")),
+        "{s}"
     );
 }

@@ -1657,6 +1657,67 @@ fn a_device_an_ingest_did_not_finish_is_not_booted() {
     assert_eq!(markers(), 0);
 }
 
+/// A delta of another disk made from the same image (its first chunks alike) passed the
+/// check before writing on its first match and was stored without a word; and a delta
+/// resumed after it was stopped before storing anything skipped that check, so another
+/// disk at its path was stored whole, exit 0. The first is warned about (more changed than
+/// stayed, with how to remove it); the second is refused as a new delta is.
+#[test]
+fn a_delta_sharing_little_is_warned_and_a_resumed_one_is_checked() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 12 << 20, 61);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("a.raw").ok();
+    // Another disk whose first 2 MiB are a.raw's.
+    random_disk(&e.p("b.raw"), 12 << 20, 62);
+    let mut b = fs::read(e.p("b.raw")).unwrap();
+    b[..2 << 20].copy_from_slice(&fs::read(e.p("a.raw")).unwrap()[..2 << 20]);
+    fs::write(e.p("b.raw"), &b).unwrap();
+    let v = e
+        .capture("dir:m", "web01")
+        .source("b.raw")
+        .arg("--delta")
+        .json();
+    let w = v["warnings"].to_string();
+    assert!(
+        w.contains("only 2 of the chunks") && w.contains("more of the disk changed than stayed"),
+        "{v}"
+    );
+    e.ok(&[
+        "medium",
+        "rm",
+        "--medium",
+        "dir:m",
+        "--name",
+        "web01",
+        "--generation",
+        "2",
+        "--force",
+    ]);
+    // A delta of a.raw stopped at once (nothing stored), then another disk at its path.
+    fs::copy(e.p("a.raw"), e.p("src.raw")).unwrap();
+    let line = e.capture("dir:m", "web01").source("src.raw").arg("--delta");
+    line.killed_after("1MiB/s", 1500);
+    let i = e.json(&["inspect", "--medium", "dir:m"]);
+    assert_eq!(
+        i["captures"][0]["generations"][1]["state"], "unfinished",
+        "{i}"
+    );
+    random_disk(&e.p("src.raw"), 12 << 20, 63);
+    let o = line.run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is most likely not the disk captured as web01"),
+        "{}",
+        output_text(&o)
+    );
+    // The disk it was started from goes on.
+    fs::copy(e.p("a.raw"), e.p("src.raw")).unwrap();
+    line.ok();
+    ingests_as(&e, "web01", "out.raw", &fs::read(e.p("a.raw")).unwrap());
+}
+
 /// A delta onto a medium whose earlier generation's segment is damaged (cut short here)
 /// pointed into it, finished (exit 0, nothing said) and its generation could not be
 /// restored. The damaged segment is not reused: its chunks are stored again, the capture

@@ -96,7 +96,9 @@ fn ingest_outputs_are_private() {
     // The notes a resume checks: the key slots as written, and the site key it signs with.
     assert_eq!(of("slots").len(), 1, "{cached:?}");
     assert_eq!(of("signer").len(), 1, "{cached:?}");
-    assert_eq!(cached.len(), 4, "{cached:?}");
+    // The name the source had when the generation began (`--source-was`).
+    assert_eq!(of("srcname").len(), 1, "{cached:?}");
+    assert_eq!(cached.len(), 5, "{cached:?}");
     for p in &cached {
         assert_eq!(mode(p), 0o600, "key cache {}", p.display());
     }

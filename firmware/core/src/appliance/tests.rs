@@ -1383,6 +1383,22 @@ fn line_mode_never_echoes_a_pin() {
     assert_eq!(a.info().counters.unlocks, 4);
 }
 
+/// An erase carries the PIN and unlocks nothing: `info` counted it as an unlock, which the
+/// custody log (it records each unlock) did not hold.
+#[test]
+fn an_erase_with_the_pin_is_not_counted_as_an_unlock() {
+    let mut a = provisioned(51);
+    unlock(&mut a, PIN);
+    assert_eq!(a.info().counters.unlocks, 1);
+    a.handle(Request::Lock);
+    a.handle(Request::Erase {
+        overwrite: false,
+        pin: Some(Pin::new(PIN)),
+    });
+    assert_eq!(a.state(), DeviceState::Erased);
+    assert_eq!(a.info().counters.unlocks, 1);
+}
+
 #[test]
 fn erased_messages_name_a_real_next_step() {
     let mut a = provisioned(49);

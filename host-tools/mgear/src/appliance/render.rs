@@ -68,7 +68,9 @@ pub fn event_text(e: &Event) -> String {
             "a PIN check was cut off by a power loss: counted as a wrong PIN ({failures} in a row)"
         ),
         Event::Lock => "locked: the medium is read-only".to_string(),
-        Event::CaptureBegin { name } => format!("capture {name} started writing"),
+        // Sent before the medium is opened: a run refused then ("already captured") wrote
+        // nothing, and "started writing" said it had.
+        Event::CaptureBegin { name } => format!("a capture of {name} was started"),
         Event::CaptureRemoved { name, generations } => match generations.as_slice() {
             [] => format!("capture {name} removed (it held no generation)"),
             [g] => format!("capture {name} generation {g} removed"),
