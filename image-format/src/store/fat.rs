@@ -826,6 +826,37 @@ struct FreeCount {
     raw_allocated: u64,
 }
 
+/// The time `fatfs` stamps on the entries it writes, in UTC. Its default is the host's local
+/// time, and beside the MANIFEST's Unix times the entries told whoever holds the medium the
+/// capture site's time zone (a finder read +05:30 off a medium).
+#[derive(Debug)]
+struct UtcTime;
+
+impl fatfs::TimeProvider for UtcTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.get_current_date_time().date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        use chrono::{Datelike as _, Timelike as _};
+        let t = chrono::Utc::now();
+        // FAT dates run from 1980 to 2107; a clock outside that is stamped at its edge.
+        let year = t.year().clamp(1980, 2107);
+        fatfs::DateTime {
+            date: fatfs::Date {
+                year: year as u16,
+                month: t.month() as u16,
+                day: t.day() as u16,
+            },
+            time: fatfs::Time {
+                hour: t.hour() as u16,
+                min: t.minute() as u16,
+                sec: t.second().min(59) as u16,
+                millis: (t.nanosecond() / 1_000_000).min(999) as u16,
+            },
+        }
+    }
+}
+
 /// `read(offset, buf)` on the cache, for [`fatmap`].
 fn cache_reader<D: FatDevice>(
     cache: &BlockCache<D>,
@@ -968,7 +999,8 @@ impl<D: FatDevice> FatStore<D> {
             })?;
         }
         let hints = Self::mend_fsinfo(&cache, &head, read_only)?;
-        let fs = fatfs::FileSystem::new(cache.clone(), fatfs::FsOptions::new()).map_err(|e| {
+        let options = fatfs::FsOptions::new().time_provider(&UtcTime);
+        let fs = fatfs::FileSystem::new(cache.clone(), options).map_err(|e| {
             StoreError::Io(format!(
                 "the medium does not hold a FAT32 file system ({e}); check that the path names \
              the medium; only a new one is made with `mgear medium format fat:PATH` \

@@ -1927,3 +1927,79 @@ fn field_media_a_shipment_without_key_slots_is_not_complete() {
         "{s}"
     );
 }
+
+/// FAT entries were stamped in the capture host's local time: beside the MANIFEST's Unix
+/// times (UTC) they gave away the site's time zone (a finder read +05:30 off a medium
+/// captured under `TZ=Asia/Kolkata`). They are UTC now, whatever `TZ` says.
+#[test]
+fn field_media_fat_timestamps_do_not_tell_the_time_zone() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("d.raw"), 1, 3);
+    let m = e.fat("m.img", "40MiB");
+    let o = e
+        .capture(&m, "web01")
+        .source("d.raw")
+        .command()
+        .env("TZ", "Asia/Kolkata")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let minutes = |hm: &str| {
+        let (h, m) = hm.trim().split_once(':').expect("H:MM");
+        h.parse::<i64>().unwrap() * 60 + m.parse::<i64>().unwrap()
+    };
+    let now = Command::new("date")
+        .args(["-u", "+%H:%M"])
+        .output()
+        .unwrap();
+    let now = minutes(&out(&now));
+    let listing = Command::new("mdir")
+        .env("TZ", "UTC")
+        .args(["-i", &e.s("m.img"), "::MGEAR/web01"])
+        .output()
+        .expect("mdir (Debian: mtools)");
+    let line = out(&listing)
+        .lines()
+        .find(|l| l.starts_with("G0001"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{}", text(&listing)));
+    // `G0001  <DIR>  2026-12-07  2:42  G0001`
+    let stamped = minutes(line.split_whitespace().nth(3).unwrap());
+    let apart = (stamped - now)
+        .rem_euclid(24 * 60)
+        .min((now - stamped).rem_euclid(24 * 60));
+    assert!(apart <= 3, "stamped {line:?}, UTC now {now} min");
+}
+
+/// A plan's `needed` is its sampled estimate plus 4 % of what it counts zeros and
+/// compression to save: a plan 2 % under what a mixed disk stored said "fits" of a medium
+/// the capture then filled. Incompressible data without zeros keeps nothing more (two
+/// 40 MiB media hold 60 MiB of it).
+#[test]
+fn field_media_a_plan_keeps_a_margin_for_what_it_counts_as_saved() {
+    let e = Env::new();
+    keys(&e);
+    let m = e.fat("m.img", "40MiB");
+    // One MiB in three zeros (random_disk), the rest random: zeros saved.
+    random_disk(&e.p("mixed.raw"), 12, 5);
+    let mut noise = vec![0u8; 12 << 20];
+    rand::rngs::SmallRng::seed_from_u64(6).fill_bytes(&mut noise);
+    fs::write(e.p("random.raw"), noise).unwrap();
+    let plan = |src: &str| {
+        e.capture(&m, src)
+            .source(&format!("{src}.raw"))
+            .arg("--dry-run")
+            .json()
+    };
+    let p = plan("mixed");
+    let (needed, stored) = (
+        p["needed"].as_u64().unwrap(),
+        p["estimate"]["stored_bytes"].as_u64().unwrap(),
+    );
+    // Four of its 12 MiB are zeros: about 4 MiB saved, 4 % of it kept.
+    let margin = needed - stored;
+    assert!(((3 << 20) / 25..=(5 << 20) / 25).contains(&margin), "{p}");
+    let p = plan("random");
+    assert_eq!(p["needed"], p["estimate"]["stored_bytes"], "{p}");
+}
