@@ -848,8 +848,8 @@ fn read_only_device(md: &std::fs::Metadata) -> bool {
         .is_ok_and(|s| s.trim() == "1")
 }
 
-/// The identity lines of the markers in `state_dir`.
-fn marker_identities(state_dir: &Path) -> impl Iterator<Item = String> {
+/// The markers in `state_dir`.
+fn markers_in(state_dir: &Path) -> impl Iterator<Item = Marker> {
     std::fs::read_dir(state_dir)
         .into_iter()
         .flatten()
@@ -859,7 +859,12 @@ fn marker_identities(state_dir: &Path) -> impl Iterator<Item = String> {
                 .to_string_lossy()
                 .ends_with(".mgear-incomplete")
         })
-        .filter_map(|e| Marker { path: e.path() }.identity())
+        .map(|e| Marker { path: e.path() })
+}
+
+/// The identity lines of the markers in `state_dir`.
+fn marker_identities(state_dir: &Path) -> impl Iterator<Item = String> {
+    markers_in(state_dir).filter_map(|m| m.identity())
 }
 
 /// The ` (inode D:I)` of a loop device's backing file in a [`device_identity`].
@@ -1007,16 +1012,7 @@ impl DeviceVolume {
         // resumes into it. It started over from nothing, without a word.
         if !marker.exists() {
             let me = device_identity(path);
-            let earlier = std::fs::read_dir(&prep.state_dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .ends_with(".mgear-incomplete")
-                })
-                .map(|e| Marker { path: e.path() })
+            let earlier = markers_in(&prep.state_dir)
                 .find(|m| m.identity().is_some_and(|id| same_device(&id, &me)));
             if let (Some(m), false) = (earlier, me == "gone") {
                 std::fs::rename(&m.path, &marker.path).map_err(|e| {
@@ -1157,15 +1153,10 @@ impl Volume for DeviceVolume {
         // now. They made `boot` refuse it for good, naming a device that is another now.
         let me = device_identity(&self.raw.path);
         if let (Some(mine), Some(dir)) = (backing_inode(&me), self.marker.path.parent()) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let m = Marker { path: e.path() };
-                let same = e
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".mgear-incomplete")
-                    && m.identity()
-                        .is_some_and(|id| backing_inode(&id) == Some(mine));
-                if same {
+            for m in markers_in(dir) {
+                if m.identity()
+                    .is_some_and(|id| backing_inode(&id) == Some(mine))
+                {
                     let _ = m.remove();
                 }
             }
