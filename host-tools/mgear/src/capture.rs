@@ -1256,17 +1256,26 @@ fn resume_mismatch(
     )
 }
 
+/// Capture `name`'s newest generation on the medium, when it is unfinished (what a run of
+/// the same capture resumes).
+fn newest_unfinished(
+    store: &mut dyn image_format::Store,
+    name: &str,
+) -> crate::Result<Option<image_format::GenerationInfo>> {
+    Ok(image_format::list_captures(store)?
+        .into_iter()
+        .find(|c| c.name.eq_ignore_ascii_case(name))
+        .and_then(|c| c.generations.last().cloned())
+        .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. })))
+}
+
 /// [`source_was`] read from the medium and the key cache, for `--dry-run`.
 fn dry_run_source_was(
     args: &Plan,
     was: &str,
     store: &mut dyn image_format::Store,
 ) -> crate::Result<()> {
-    let unfinished = image_format::list_captures(store)?
-        .into_iter()
-        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
-        .and_then(|c| c.generations.last().cloned())
-        .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }));
+    let unfinished = newest_unfinished(store, &args.name)?;
     let noted = match (&unfinished, image_format::capture_id(store, &args.name)?) {
         (Some(g), Some(id)) => {
             let cache_dir = key_cache_dir(args.key_cache.clone())?;
@@ -3355,11 +3364,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     }
     // What the unfinished generation a resume continues was started with:
     // to say which parameter differs if the writer refuses the resume.
-    let unfinished_gen = image_format::list_captures(medium.store())?
-        .into_iter()
-        .find(|c| c.name.eq_ignore_ascii_case(&args.name))
-        .and_then(|c| c.generations.last().cloned())
-        .filter(|g| matches!(g.state, image_format::GenerationState::Unfinished { .. }));
+    let unfinished_gen = newest_unfinished(medium.store(), &args.name)?;
     let unfinished = unfinished_gen.as_ref().map(|g| Started {
         source_size: g.disk_size,
         chunk_size: g.chunk_size,

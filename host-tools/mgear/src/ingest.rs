@@ -3437,8 +3437,12 @@ fn device_done(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> bool {
         }
     };
     let own = spec_done_path(state_dir, &Target::Dev(dev.to_path_buf()));
+    // Its own name's record first; one of another disk there (this one came back under a
+    // name another disk had) leaves the others to look through.
     if let Some(text) = own.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
-        return judge(&text, true);
+        if judge(&text, true) {
+            return true;
+        }
     }
     std::fs::read_dir(state_dir)
         .into_iter()
