@@ -1280,6 +1280,14 @@ pub fn open_medium(
         // an appliance: the medium is formatted where the appliance is issued.
         let e = e.to_string();
         match e.split_once("; check that the path names the medium") {
+            // Erased with --overwrite, the medium holds zeros by design: "format it" and
+            // "reconnect it" sent the operator after a fault there is none of.
+            Some(_) if i.state == DeviceState::Erased => crate::exit::coded(
+                crate::exit::FOUND,
+                "the appliance was erased and its medium overwritten (`mgear appliance info` \
+                 says erased): nothing on it can be read any more, by design; the erase \
+                 certificate and the custody log (`mgear appliance log --verify`) record it",
+            ),
             Some((what, _)) => err!(
                 "opening the appliance's medium: {what}. An appliance's medium is formatted \
                  where the appliance is issued, before it is provisioned (the simulator: stop \

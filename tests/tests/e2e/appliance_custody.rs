@@ -178,6 +178,28 @@ fn appliance_custody_cut_wrong_pins_and_erase_are_detected() {
     lab.stop();
 }
 
+/// An appliance erased with `--overwrite` holds zeros by design: reading it said "not a FAT32
+/// file system ... format it" and "reconnect it, then run the same command again", exit 3.
+/// It says the appliance was erased and its medium overwritten, exit 1.
+#[test]
+fn an_overwritten_appliance_is_said_to_be_erased_not_unformatted() {
+    let mut lab = Lab::new(44);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.appliance_ok(&["erase", "--yes", "--overwrite", "--pin-file", "pin"]);
+    let tty = lab.tty();
+    let out = lab.run(&["inspect", "--appliance", tty.as_str()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("the appliance was erased and its medium overwritten")
+            && !said.contains("medium format")
+            && !said.contains("reconnect"),
+        "{said}"
+    );
+    lab.stop();
+}
+
 /// A capture removed through the appliance (`medium rm`, `capture --abort`) is a custody
 /// record: the log ended on the removed capture's commit, the capture no longer on the
 /// medium.
