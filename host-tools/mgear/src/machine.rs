@@ -658,10 +658,27 @@ fn shared_key(
             capture_id: id,
         });
     }
+    // An unfinished set no key reaches can still be removed and captured again, as a single
+    // disk's message says (the set's named no way on after `keys forget`).
+    let unfinished = image_format::list_captures(store)?.iter().any(|c| {
+        set::parse_disk_stream_name(&c.name).is_some_and(|(s, _)| s.eq_ignore_ascii_case(name))
+            && c.generations.last().is_some_and(|g| {
+                matches!(g.state, image_format::GenerationState::Unfinished { .. })
+            })
+    });
+    let abort = if unfinished {
+        format!(
+            "; or remove its unfinished generation with `mgear capture --abort {} --name \
+             {name}` and capture it again",
+            args.medium.as_args()
+        )
+    } else {
+        String::new()
+    };
     Err(usage(format!(
         "set {name} (capture id {}) already exists on the medium and its data key is not in the \
          key cache {} (a delta or resume must run on the host that made the first capture, or \
-         pass --key-cache DIR or --passphrase-file)",
+         pass --key-cache DIR or --passphrase-file){abort}",
         hex(&id),
         dir.display()
     )))

@@ -1680,3 +1680,28 @@ fn a_set_summary_counts_holes_apart_from_what_was_read() {
         "{txt}"
     );
 }
+
+/// A set stopped part-way whose data key was then forgotten (`keys forget`) was refused on
+/// its resume with no way on; it names the `--abort` that removes it, which works as
+/// written, and the set is captured again.
+#[test]
+fn a_stopped_set_whose_key_was_forgotten_is_told_how_to_start_over() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("a.raw"), data_disk(3)).unwrap();
+    std::fs::write(e.p("b.raw"), data_disk(4)).unwrap();
+    std::fs::create_dir(e.p("m")).unwrap();
+    let line = Line::capture(&e, "m2")
+        .medium("dir:m")
+        .sources(&["a.raw", "b.raw"]);
+    line.killed_after("1MiB/s", 1500);
+    e.ok(&["keys", "forget", "--name", "m2", "--all"]);
+    let o = line.run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let said = output_text(&o);
+    let abort = "mgear capture --abort --medium dir:m --name m2";
+    assert!(said.contains(&format!("`{abort}`")), "{said}");
+    let args: Vec<&str> = abort.split_whitespace().skip(1).collect();
+    e.ok(&args);
+    line.ok();
+}
