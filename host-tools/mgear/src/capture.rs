@@ -1002,6 +1002,9 @@ fn abort(args: &Plan) -> crate::Result<i32> {
             "name": plan.name,
             "removed": plan.remove,
             "capture_removed": plan.whole,
+            // The id `mgear keys forget --capture-id` takes; null when the abort removed a
+            // capture directory that never wrote a generation (no id was made).
+            "capture_id": id.map(|i| crate::output::hex(&i)),
             "key_cached": cached_key.is_some(),
         }))?;
     } else {
@@ -1811,6 +1814,7 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
     let spec = source_spec(args)?;
     args.medium.ready_to_capture()?;
     args.medium.refuse_namesakes(&args.name)?;
+    args.medium.refuse_read_only()?;
     generated_passphrase(args)?;
     let mut source = crate::source::open(spec, None)?;
     if source.len() == 0 {
@@ -1881,6 +1885,7 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
     }
     args.medium.ready_to_capture()?;
     args.medium.refuse_namesakes(&args.name)?;
+    args.medium.refuse_read_only()?;
     // The reserve each medium keeps grows with every disk of the machine.
     let total: u64 = sources
         .iter()
@@ -2082,10 +2087,14 @@ fn print_plan(p: &Preview) {
         None => println!("  {:<14} unknown (nothing was read)", "time"),
     }
     match (p.medium_free, p.fits) {
+        // The need as the space check counts it (with its margins), not the bare estimate:
+        // "about 13 MiB stored, 503 MiB free: DOES NOT FIT" read as a contradiction.
         (Some(f), Some(false)) => println!(
-            "  {:<14} {} free: DOES NOT FIT ({} missing)",
+            "  {:<14} {} free: DOES NOT FIT (it needs about {} with the estimate's margin: {} \
+             missing)",
             "medium",
             human_bytes(f),
+            human_bytes(p.needed),
             human_bytes(p.needed.saturating_sub(f))
         ),
         // A delta's bound is the whole disk: what it stores is what changed, unknown here.
@@ -2591,9 +2600,13 @@ fn preflight(
         // Sampled, so off by a little either way where it counts on zeros and compression:
         // 4 % of what it says those save is kept for that (a plan 2 % under what the disk
         // stored said "fits" of a medium the capture then filled). Incompressible data
-        // without zeros is estimated at what it stores, and keeps nothing more.
+        // without zeros is estimated at what it stores, and keeps nothing more; nor do the
+        // holes the source reports, which are zeros for certain (4 % of a 64 GiB sparse
+        // file's holes asked 2.5 GiB of a capture that stored 4 MiB).
         let raw = crate::preflight::stored_estimate(estimate.to_read, chunk_size, 0.0, 1.0);
-        let saved = raw.saturating_sub(estimate.stored_bytes);
+        let saved = raw
+            .saturating_sub(estimate.stored_bytes)
+            .saturating_sub(estimate.hole_bytes);
         estimate.stored_bytes.saturating_add(saved / 25)
     };
     Ok(Preview {
@@ -3108,6 +3121,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         .transpose()?;
     args.medium.ready_to_capture()?;
     args.medium.refuse_namesakes(&args.name)?;
+    args.medium.refuse_read_only()?;
     // Check before writing, on a read-only view of the medium: a refusal
     // leaves it byte-for-byte as it was.
     let (exists, on_medium, borrow, preflight_warnings, settle) = {

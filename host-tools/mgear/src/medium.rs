@@ -543,6 +543,27 @@ impl Where {
         self.ready_to_change("a capture")
     }
 
+    /// Refuse (exit 3) media that say they refuse writes before anything is written: a
+    /// read-only device or a file system mounted read-only. `--dry-run` asks it: it said "fits",
+    /// exit 0, of a run that then stopped at its first write.
+    pub fn refuse_read_only(&self) -> crate::Result<()> {
+        for spec in &self.medium {
+            if let Some(why) = refuses_writes(spec) {
+                return Err(crate::exit::coded_hint(
+                    crate::exit::IO,
+                    format!(
+                        "medium {spec} refuses writes ({why}): a capture onto it would stop at \
+                         its first write"
+                    ),
+                    "make it writable (`blockdev --setrw DEVICE` for a device set read-only, \
+                     `mount -o remount,rw` for a file system, the write-protect switch of a \
+                     card or stick) or give a medium that is, then run the same command again",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every appliance among these media takes `what` (anything that writes its medium):
     /// `crate::appliance::ready_to_change`.
     pub fn ready_to_change(&self, what: &str) -> crate::Result<()> {
@@ -775,6 +796,67 @@ fn refuse_damaged_file_system(store: &mut dyn Store, label: &str) -> crate::Resu
     }
 }
 
+/// The `dir:` medium whose `MGEAR/` directory holds `path` (`dir:/mnt/usb/MGEAR`, a capture's
+/// directory in it), however spelled; `None` for a directory that is no part of one.
+fn enclosing_dir_medium(path: &Path) -> Option<PathBuf> {
+    let at = crate::guard::resolved(path)?;
+    at.ancestors().find_map(|a| {
+        a.file_name()
+            .filter(|n| *n == image_format::layout::ROOT_DIR)?;
+        holds_captures(a).then(|| a.parent().map(Path::to_path_buf))?
+    })
+}
+
+/// Whether the directory `dir` reads as a `dir:` medium's `MGEAR/` directory: a span's label or
+/// an attestation in it, or a capture's directory (its key slots or a generation). A medium
+/// that its owner named `MGEAR` holds only `MGEAR/` itself, and is none.
+fn holds_captures(dir: &Path) -> bool {
+    use image_format::layout;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let generation =
+        |n: &str| n.len() == 5 && n.starts_with('G') && n[1..].bytes().all(|b| b.is_ascii_digit());
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if layout::RESERVED_NAMES.contains(&&*name) || name == layout::ATTEST_NAME {
+            return true;
+        }
+        let Ok(inner) = std::fs::read_dir(e.path()) else {
+            return false;
+        };
+        inner.flatten().any(|c| {
+            let n = c.file_name();
+            let n = n.to_string_lossy();
+            n == layout::KEYS_FILE || generation(&n)
+        })
+    })
+}
+
+/// Why the medium `spec` refuses writes, found without writing: a block device marked
+/// read-only (its sysfs `ro`: `losetup -r`, `blockdev --setro`, a write-protect switch), or an
+/// image or directory on a file system mounted read-only. `None` when nothing says so (an NBD
+/// export, or a medium that does not exist yet): the first write is then the last word.
+pub fn refuses_writes(spec: &str) -> Option<String> {
+    let path = match MediumSpec::parse(spec).ok()? {
+        MediumSpec::Dir(p) | MediumSpec::Fat(p) => p,
+        _ => return None,
+    };
+    let meta = std::fs::metadata(&path).ok()?;
+    if meta.file_type().is_block_device() {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = meta.rdev();
+        let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+        let ro = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/ro")).ok()?;
+        return (ro.trim() == "1").then(|| "the device is read-only".to_string());
+    }
+    let st = nix::sys::statvfs::statvfs(&path).ok()?;
+    st.flags()
+        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
+        .then(|| "its file system is mounted read-only".to_string())
+}
+
 fn open_mode(spec: &str, read_only: bool) -> crate::Result<Medium> {
     let parsed = MediumSpec::parse(spec)?;
     // Two writers on one FAT volume overwrite each other's clusters: lock
@@ -799,6 +881,18 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                      image file or a device use --medium fat:{}",
                     path.display(),
                     path.display()
+                )));
+            }
+            if let Some(outer) = enclosing_dir_medium(&path) {
+                return Err(usage(format!(
+                    "{} lies inside the medium dir:{} (in its {}/ directory, among its \
+                     captures): as a medium of its own it would be written into that medium's \
+                     captures, which then reads as damaged. Give the medium's own directory: \
+                     --medium dir:{}",
+                    path.display(),
+                    outer.display(),
+                    image_format::layout::ROOT_DIR,
+                    outer.display()
                 )));
             }
             let store =

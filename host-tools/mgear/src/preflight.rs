@@ -88,12 +88,25 @@ pub fn detect_container(head: &[u8], tail: &[u8]) -> Option<Container> {
 /// Refuse a container with the way to capture it.
 pub fn refuse_container(spec: &str, c: Container) -> crate::Error {
     let fmt = c.qemu_format();
+    // `-t`: without it qemu-nbd exits when the first client goes, and the capture after a
+    // `--dry-run` (or a resume) could not connect. A socket of this image's own in the working
+    // directory: a fixed /tmp path is shared by every user and every other export.
+    let stem = std::path::Path::new(spec)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+        .unwrap_or_else(|| "source".to_string());
     usage(format!(
         "{spec} is a {} disk image, not a raw disk: reading its bytes as the disk would store the \
          container, which never boots. Export it raw and give that as the source:\n  \
-         qemu-nbd -r -f {fmt} --socket /tmp/mgear-src.sock {spec} &\n  \
-         mgear capture (or sync) --source 'nbd+unix:///?socket=/tmp/mgear-src.sock' ...\n\
-         (or convert it first: qemu-img convert -f {fmt} -O raw {spec} disk.raw)",
+         qemu-nbd -r -t -f {fmt} --socket \"$PWD/{stem}.sock\" {spec} &\n  \
+         mgear capture (or sync) --source \"nbd+unix:///?socket=$PWD/{stem}.sock\" ...\n\
+         (-t keeps it serving for the run after a --dry-run and for a resume; stop it with `kill \
+         %1` when done, or convert it first: qemu-img convert -f {fmt} -O raw {spec} disk.raw)",
         c.name()
     ))
 }
@@ -259,6 +272,9 @@ pub struct Estimate {
     pub measured_bytes_per_s: Option<f64>,
     /// Seconds at `--rate-limit`, else at the measured speed.
     pub seconds: Option<f64>,
+    /// Of `to_read`, the bytes the source reports as holes (a sparse file's `SEEK_HOLE`, NBD
+    /// `base:allocation`): zeros for certain, not an estimate.
+    pub hole_bytes: u64,
 }
 
 /// Per stored chunk: the record header and the AEAD tag.
@@ -429,6 +445,7 @@ pub fn estimate(
         samples: n,
         zero_samples: zero,
         ratio,
+        hole_bytes: data.map_or(0, |d| to_read - d.min(to_read)),
         to_read,
         stored_bytes: stored_estimate(to_read, chunk_size, zero_fraction, ratio),
         measured_bytes_per_s: measured,

@@ -72,7 +72,8 @@ fn check_before_writing_refuses_and_plans_without_writing() {
     let o = capture(&e, "web.qcow2", &m, "web01", &[]);
     assert_eq!(code(&o), Some(2), "{}", output_text(&o));
     assert!(
-        err(&o).contains("qcow2") && err(&o).contains("qemu-nbd -r -f qcow2"),
+        err(&o).contains("qcow2")
+            && err(&o).contains("qemu-nbd -r -t -f qcow2 --socket \"$PWD/web.sock\" web.qcow2"),
         "{}",
         output_text(&o)
     );

@@ -1565,6 +1565,19 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
         text(&o)
     );
     e.ok(&["keys", "forget", "--capture-id", &id]);
+    // Killed and aborted again, as a script would: the JSON names the id to forget.
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .killed_after("4MiB/s", 1500);
+    let k = e.json(&["keys", "list"]);
+    let id = k["keys"][0]["capture_id"].as_str().unwrap().to_string();
+    let r = e.json(&["capture", "--abort", "--medium", &m, "--name", "web01"]);
+    assert_eq!(
+        (r["capture_id"].as_str(), r["key_cached"].as_bool()),
+        (Some(id.as_str()), Some(true)),
+        "{r}"
+    );
+    e.ok(&["keys", "forget", "--capture-id", &id]);
     let o = Command::new("fsck.fat")
         .args(["-n"])
         .arg(e.p("m.img"))
@@ -1985,7 +1998,7 @@ fn field_media_a_plan_keeps_a_margin_for_what_it_counts_as_saved() {
     random_disk(&e.p("mixed.raw"), 12, 5);
     let mut noise = vec![0u8; 12 << 20];
     rand::rngs::SmallRng::seed_from_u64(6).fill_bytes(&mut noise);
-    fs::write(e.p("random.raw"), noise).unwrap();
+    fs::write(e.p("random.raw"), &noise).unwrap();
     let plan = |src: &str| {
         e.capture(&m, src)
             .source(&format!("{src}.raw"))
@@ -2002,4 +2015,35 @@ fn field_media_a_plan_keeps_a_margin_for_what_it_counts_as_saved() {
     assert!(((3 << 20) / 25..=(5 << 20) / 25).contains(&margin), "{p}");
     let p = plan("random");
     assert_eq!(p["needed"], p["estimate"]["stored_bytes"], "{p}");
+    // The holes a sparse file reports are zeros for certain: no margin for them (4 % of a
+    // 64 GiB file's holes asked 2.5 GiB of a capture that stored 4 MiB).
+    let f = fs::File::create(e.p("sparse.raw")).unwrap();
+    f.set_len(64 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise[..4 << 20], 1000 << 20).unwrap();
+    drop(f);
+    let p = plan("sparse");
+    assert_eq!(
+        p["estimate"]["hole_bytes"],
+        (64u64 << 30) - (4 << 20),
+        "{p}"
+    );
+    let margin = p["needed"].as_u64().unwrap() - p["estimate"]["stored_bytes"].as_u64().unwrap();
+    assert!(margin < 512 << 10, "{p}");
+    assert_eq!(p["fits"], true, "{p}");
+    // A plan that does not fit names what it needs beside the estimate.
+    let mut noise = vec![0u8; 48 << 20];
+    rand::rngs::SmallRng::seed_from_u64(7).fill_bytes(&mut noise);
+    fs::write(e.p("big.raw"), noise).unwrap();
+    let o = e
+        .capture(&m, "big")
+        .source("big.raw")
+        .arg("--dry-run")
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        out(&o).contains("DOES NOT FIT (it needs about 49.")
+            && out(&o).contains("MiB with the estimate's margin"),
+        "{}",
+        text(&o)
+    );
 }

@@ -3291,3 +3291,73 @@ fn a_device_finished_under_another_name_is_not_held_by_its_old_marker() {
     let back = fs::read(&second.0).unwrap();
     assert_eq!(&back[..8 << 20], &fs::read(e.p("a.raw")).unwrap()[..]);
 }
+
+/// A medium that refuses writes (a read-only loop device, as a write-protected stick is) is
+/// refused by the plan as by the run, exit 3 with the way to make it writable: the dry run
+/// said "fits", exit 0, of a capture that then stopped at its first write. A directory inside
+/// a `dir:` medium's `MGEAR/` (the medium's root given one level too deep) is no medium: a
+/// capture there wrote into the other medium's captures, which verify then called damaged.
+#[test]
+fn a_read_only_medium_or_one_inside_another_is_refused_before_the_plan() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 9);
+    e.fat("m.img", "40MiB");
+    let before = tree(&e.p("m.img"));
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(e.p("m.img"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let lo = Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let ro = format!("fat:{}", lo.0);
+    for dry in [true, false] {
+        let mut line = e.capture(&ro, "web01").source("d.raw");
+        if dry {
+            line = line.arg("--dry-run");
+        }
+        let o = line.run();
+        assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "medium {ro} refuses writes (the device is read-only)"
+            )) && err.contains("blockdev --setrw"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    drop(lo);
+    assert_eq!(
+        tree(&e.p("m.img")),
+        before,
+        "a refused capture changed the medium"
+    );
+
+    fs::create_dir(e.p("dm")).unwrap();
+    e.capture("dir:dm", "web01").source("d.raw").ok();
+    let before = tree(&e.p("dm"));
+    for inner in ["dir:dm/MGEAR", "dir:dm/MGEAR/web01", "dir:dm/./MGEAR/new"] {
+        let o = e.capture(inner, "web02").source("d.raw").run();
+        refused(&o, "lies inside the medium dir:");
+        let o = e.run(&["inspect", "--medium", inner]);
+        refused(&o, "Give the medium's own directory");
+    }
+    assert_eq!(
+        tree(&e.p("dm")),
+        before,
+        "a refused capture changed the medium"
+    );
+    // A medium its owner named MGEAR is one.
+    fs::create_dir(e.p("MGEAR")).unwrap();
+    e.capture("dir:MGEAR", "web03").source("d.raw").ok();
+    e.ingest("dir:MGEAR", "web03")
+        .untrusted()
+        .target("file:v.raw")
+        .ok();
+    assert_eq!(
+        fs::read(e.p("v.raw")).unwrap(),
+        fs::read(e.p("d.raw")).unwrap()
+    );
+}

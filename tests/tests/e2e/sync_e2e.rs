@@ -217,7 +217,7 @@ fn a_killed_sync_resumes_and_refusals_are_clear() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("is a qcow2 disk image") && text(&o).contains("qemu-nbd -r -f qcow2"),
+        text(&o).contains("is a qcow2 disk image") && text(&o).contains("qemu-nbd -r -t -f qcow2"),
         "{}",
         text(&o)
     );
