@@ -896,6 +896,28 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                     )?;
                 }
                 let index = cert["erase_record"]["index"].as_u64();
+                if cert["medium"]["key_slots_left"] == true {
+                    return Err(coded_hint(
+                        FOUND,
+                        format!(
+                            "the appliance erased itself after too many wrong PINs once sealed \
+                             (custody record {}): its identity and PIN are destroyed, but its \
+                             sealed medium was left as shipped, key slots included, so the \
+                             capture still decrypts with target.key. Nothing was erased now: \
+                             a sealed appliance never writes its medium again, and none is left \
+                             to ask for a PIN{}",
+                            index.map_or("?".into(), |i| i.to_string()),
+                            certificate.as_ref().map_or(String::new(), |p| format!(
+                                " (certificate {} says so)",
+                                p.display()
+                            ))
+                        ),
+                        "destroy the medium itself once every ingest from it has completed (the \
+                         datacenter's media destruction, or a wipe of the medium taken out of \
+                         the appliance), and `mgear keys forget` the capture's data key at the \
+                         capture host",
+                    ));
+                }
                 if !verified {
                     return Err(coded(
                         FOUND,
@@ -1028,6 +1050,36 @@ fn erase_certificate(
             "signature": hex(&s.signature),
         })
     });
+    // A lockout once sealed wipes only the appliance's secrets: the shipment, key slots
+    // included, stays as sealed (README, "What destroys what"), and still decrypts with the
+    // target's key. Said, where an erase certificate would read as the capture destroyed.
+    let slots_left = last_erase.as_ref().is_some_and(|(_, s)| {
+        matches!(
+            s.entry.event,
+            Event::Erase {
+                reason: mgear_appliance_api::custody::EraseReason::PinLockout,
+                key_slots: 0,
+                ..
+            }
+        ) && records.iter().any(|r| {
+            r.decode().is_ok_and(|d| {
+                d.entry.index < s.entry.index && matches!(d.entry.event, Event::Seal { .. })
+            })
+        })
+    });
+    // An erased appliance no longer says its medium id (it went with the identity): its
+    // seal or arrival attestation, signed by that identity, still does.
+    let attested = match (i.medium_id.or(medium_id), key) {
+        (None, Some(k)) => match c.call(&Request::GetAttestations)? {
+            Response::Attestations { seal, arrival } => [arrival, seal]
+                .into_iter()
+                .flatten()
+                .find(|a| verify_attestation(a, &k).is_ok())
+                .map(|a| a.body.medium_id),
+            _ => None,
+        },
+        _ => None,
+    };
     let ok = matches!(verified, Some(Ok(_))) && record.is_some();
     let verdict = match (&verified, &record) {
         (Some(Ok(_)), Some(_)) => "verified: the erase record is signed by the appliance identity and chained to the whole custody log".to_string(),
@@ -1046,8 +1098,9 @@ fn erase_certificate(
             "state": i.state.as_str(),
         },
         "medium": {
-            "id": i.medium_id.or(medium_id).map(|m| hex(&m)),
+            "id": i.medium_id.or(medium_id).or(attested).map(|m| hex(&m)),
             "bytes": i.medium_bytes,
+            "key_slots_left": slots_left,
         },
         "custody_log_records": records.len(),
         "erase_record": record,

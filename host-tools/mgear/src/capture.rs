@@ -3508,6 +3508,14 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 return Err(e);
             }
         }
+    } else if let Some(noted) = noted_name
+        .as_deref()
+        .filter(|n| *n != params.source_desc && crate::source::same_source(n, spec))
+    {
+        // The name it was started under, spelled another way that resolves to the same file
+        // or device now (`../disk.raw` from another directory, a symlink): the same command,
+        // not another disk ("started from /w/disk.raw, this run reads /w/other/../disk.raw").
+        params.source_desc = noted.to_string();
     }
     let recorded_name = params.source_desc.clone();
     params.created_unix = std::time::SystemTime::now()
@@ -3651,6 +3659,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         {
             let _ = std::fs::remove_file(&old.path);
         }
+        // Held until the capture ends: `keys forget` waits for it (crate::lock).
+        let _key_hold = crate::lock::hold_key(&cache_file);
         // A resumed bitmap delta (a new one was checked before its generation was made).
         if let (Some(d), true) = (&dirty, unfinished_gen.is_some()) {
             let chunk = u64::from(args.chunk_size);

@@ -859,9 +859,15 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                     ids.join(", ")
                 )));
             }
+            // Every one checked before any goes: a set's entries are one key.
+            let held = chosen
+                .iter()
+                .map(|k| crate::lock::free_key(&k.path, &k.name))
+                .collect::<crate::Result<Vec<_>>>()?;
             for k in &chosen {
                 remove_cached(k)?;
             }
+            drop(held);
             let forgot: Vec<(String, Vec<&str>)> = ids
                 .iter()
                 .map(|id| {

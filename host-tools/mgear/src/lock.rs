@@ -9,6 +9,10 @@
 //! is refused at once with the pid and command line of the holder (read from
 //! `/proc/locks`). The lock goes with the process: a killed capture leaves
 //! nothing to clean up.
+//!
+//! A running capture also holds a shared lock on its data key in the key cache, which
+//! `mgear keys forget` must take exclusively: a key forgotten under a running capture left
+//! it finishing with exit 0 and every later delta refused for want of its key.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -362,4 +366,29 @@ mod tests {
             "{text}"
         );
     }
+}
+
+/// A running capture's hold on its cached data key at `path` (see the module doc); `None`
+/// where the file cannot be opened (the capture goes on: its key is in memory).
+pub fn hold_key(path: &Path) -> Option<MediumLock> {
+    let file = File::open(path).ok()?;
+    Flock::lock(file, FlockArg::LockSharedNonblock)
+        .ok()
+        .map(|lock| MediumLock {
+            _lock: lock,
+            _behind: None,
+        })
+}
+
+/// The cached data key at `path` of capture `name`, free to forget: refused (exit 3, naming
+/// the holder) while a capture that uses it runs.
+pub fn free_key(path: &Path, name: &str) -> crate::Result<MediumLock> {
+    take(
+        path,
+        true,
+        std::time::Duration::ZERO,
+        &format!("the data key of capture {name}"),
+        "a capture that uses it is running, and its later deltas and resumes need the key. Let \
+         it finish (or stop it), then forget the key",
+    )
 }

@@ -114,6 +114,38 @@ fn appliance_sealed_lockout_spares_the_shipment() {
         "{err}"
     );
     assert!(!err.contains("arrival` first"), "{err}");
+    // The erase the operator then asks for with the right PIN: not "erased already", exit 0,
+    // beside a certificate that read as the capture destroyed. Said as what it is (exit 1),
+    // and the certificate says the key slots are left and which medium it is (the erased
+    // appliance no longer says; its seal attestation does).
+    let out = lab.appliance(&[
+        "erase",
+        "--yes",
+        "--pin-file",
+        "pin",
+        "--certificate",
+        "cert.json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("still decrypts with target.key") && err.contains("destroy the medium itself"),
+        "{err}"
+    );
+    let cert: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.p("cert.json")).unwrap()).unwrap();
+    assert_eq!(cert["medium"]["key_slots_left"], true, "{cert}");
+    assert_eq!(
+        cert["medium"]["id"].as_str().map(str::len),
+        Some(32),
+        "{cert}"
+    );
+    assert_eq!(
+        cert["medium"]["id"], att["seal"]["body"]["medium_id"],
+        "{cert}"
+    );
+    let txt = std::fs::read_to_string(lab.p("cert.txt")).unwrap();
+    assert!(txt.contains("NOT DESTROYED"), "{txt}");
     lab.stop();
 
     // Not one byte of the medium changed, target.key still decrypts it, and

@@ -3361,3 +3361,78 @@ fn a_read_only_medium_or_one_inside_another_is_refused_before_the_plan() {
         fs::read(e.p("d.raw")).unwrap()
     );
 }
+
+/// The same command from another working directory (`--source ../disk.raw`), or the disk
+/// through a symbolic link, names the disk the capture was started from: the resume goes on
+/// (it was refused as "started from /w/disk.raw, and this run reads /w/other/../disk.raw",
+/// another disk's words), and the medium keeps the name it was started under.
+#[test]
+fn a_resume_that_spells_the_same_disk_another_way_goes_on() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 6 << 20, 45);
+    fs::create_dir(e.p("m")).unwrap();
+    fs::create_dir(e.p("other")).unwrap();
+    std::os::unix::fs::symlink(e.p("disk.raw"), e.p("link.raw")).unwrap();
+    for (k, spelled) in ["other/../disk.raw", "link.raw"].into_iter().enumerate() {
+        let name = format!("web0{k}");
+        e.capture("dir:m", &name)
+            .source("disk.raw")
+            .killed_after("2MiB/s", 1500);
+        let o = e.capture("dir:m", &name).source(spelled).ok();
+        assert!(output_text(&o).contains("resumed"), "{}", output_text(&o));
+        ingests_as(
+            &e,
+            &name,
+            &format!("{name}.raw"),
+            &fs::read(e.p("disk.raw")).unwrap(),
+        );
+    }
+    let i = e.json(&["inspect", "--medium", "dir:m"]);
+    assert!(
+        !i.to_string().contains("..") && !i.to_string().contains("link.raw"),
+        "{i}"
+    );
+}
+
+/// `keys forget` while a capture that uses the key runs: refused (exit 3, naming the
+/// capture), where it removed the key under the running capture, which finished with exit
+/// 0 and left every later delta refused for want of its key. Once it ends, forgotten.
+#[test]
+fn a_key_in_use_by_a_running_capture_is_not_forgotten() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 8 << 20, 46);
+    fs::create_dir(e.p("m")).unwrap();
+    let mut run = e
+        .capture("dir:m", "web01")
+        .source("disk.raw")
+        .args(&["--rate-limit", "2MiB/s"])
+        .spawn();
+    // Until the capture has its key and is writing chunks.
+    let t0 = std::time::Instant::now();
+    loop {
+        let k = e.json(&["keys", "list"]);
+        if k["keys"].as_array().is_some_and(|a| !a.is_empty()) && t0.elapsed().as_millis() > 1200 {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 20, "no key cached: {k}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = e.run(&["keys", "forget", "--name", "web01"]);
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("the data key of capture web01 is in use by pid"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(run.wait().unwrap().success());
+    // The delta the forgotten key would have refused.
+    e.capture("dir:m", "web01")
+        .source("disk.raw")
+        .arg("--delta")
+        .ok();
+    e.ok(&["keys", "forget", "--name", "web01"]);
+    let k = e.json(&["keys", "list"]);
+    assert_eq!(k["keys"], serde_json::json!([]), "{k}");
+}

@@ -211,6 +211,13 @@ pub fn certificate_text(c: &serde_json::Value) -> String {
             s("/medium/bytes")
         ),
         format!("  erased         {}", s("/erase_record/event")),
+        if c.pointer("/medium/key_slots_left") == Some(&serde_json::Value::Bool(true)) {
+            "  NOT DESTROYED  the sealed medium's key slots: the capture still decrypts with \
+             target.key (a lockout once sealed leaves the shipment as sealed)"
+                .to_string()
+        } else {
+            "  key slots      destroyed: the capture no longer decrypts".to_string()
+        },
         format!(
             "  at             {} (custody record {})",
             s("/erase_record/time"),
