@@ -279,6 +279,31 @@ fn holder_of(inode: u64) -> Option<(u32, String)> {
     })
 }
 
+/// A running capture's hold on its cached data key at `path` (see the module doc); `None`
+/// where the file cannot be opened (the capture goes on: its key is in memory).
+pub fn hold_key(path: &Path) -> Option<MediumLock> {
+    let file = File::open(path).ok()?;
+    Flock::lock(file, FlockArg::LockSharedNonblock)
+        .ok()
+        .map(|lock| MediumLock {
+            _lock: lock,
+            _behind: None,
+        })
+}
+
+/// The cached data key at `path` of capture `name`, free to forget: refused (exit 3, naming
+/// the holder) while a capture that uses it runs.
+pub fn free_key(path: &Path, name: &str) -> crate::Result<MediumLock> {
+    take(
+        path,
+        true,
+        std::time::Duration::ZERO,
+        &format!("the data key of capture {name}"),
+        "a capture that uses it is running, and its later deltas and resumes need the key. Let \
+         it finish (or stop it), then forget the key",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,29 +391,4 @@ mod tests {
             "{text}"
         );
     }
-}
-
-/// A running capture's hold on its cached data key at `path` (see the module doc); `None`
-/// where the file cannot be opened (the capture goes on: its key is in memory).
-pub fn hold_key(path: &Path) -> Option<MediumLock> {
-    let file = File::open(path).ok()?;
-    Flock::lock(file, FlockArg::LockSharedNonblock)
-        .ok()
-        .map(|lock| MediumLock {
-            _lock: lock,
-            _behind: None,
-        })
-}
-
-/// The cached data key at `path` of capture `name`, free to forget: refused (exit 3, naming
-/// the holder) while a capture that uses it runs.
-pub fn free_key(path: &Path, name: &str) -> crate::Result<MediumLock> {
-    take(
-        path,
-        true,
-        std::time::Duration::ZERO,
-        &format!("the data key of capture {name}"),
-        "a capture that uses it is running, and its later deltas and resumes need the key. Let \
-         it finish (or stop it), then forget the key",
-    )
 }
