@@ -152,6 +152,21 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
+/// Sleep `d`, or less once the operator asks to stop (looked at every 50 ms): a wait of 30 s
+/// between reconnect attempts held a cutover's quiesced source that long after Ctrl-C.
+/// Returns whether a stop was asked for.
+pub fn pause(d: std::time::Duration) -> bool {
+    let until = std::time::Instant::now() + d;
+    while !stop_requested() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_millis(50)));
+    }
+    true
+}
+
 /// The error a pipeline returns once it stopped on request (exit 3: the
 /// work is incomplete, nothing is damaged).
 pub fn stopped(done: u64, total: u64) -> crate::Error {

@@ -1367,3 +1367,107 @@ fn cutover_refuses_a_file_when_the_serve_keeps_an_nbd_export() {
     assert!(e.p("resumed").exists(), "{}", text(&o));
     same_file(&e.p("export.raw"), &e.p("disk.raw"));
 }
+
+/// Ctrl-C while a sync waits to reconnect (nothing listens at `--to`) ends it within a
+/// second or two, said as a stop: it slept out the whole `--retry-wait` (27 s of a 30 s
+/// wait, with a cutover's source quiesced meanwhile). And a `--no-presync` cutover finds a
+/// target that takes no connection before the quiesce (it quiesced the source, then found it).
+#[test]
+fn a_reconnect_wait_ends_at_ctrl_c_and_a_dead_target_is_found_before_the_quiesce() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 4, 44);
+    e.capture_and_ingest("64MiB");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let child = e
+        .line(&[
+            "sync",
+            "--source",
+            "disk.raw",
+            "--to",
+            &dead,
+            "--name",
+            "web01",
+            "--sign",
+            "site.key",
+            "--retry-wait",
+            "30",
+        ])
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    interrupt(&child);
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(stderr(&o).contains("reconnecting in 30 s"), "{}", text(&o));
+    assert!(stderr(&o).contains("stopped;"), "{}", text(&o));
+
+    let o = e.run(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &dead,
+        "--name",
+        "web01",
+        "--sign",
+        "site.key",
+        "--quiesce",
+        "touch quiesced",
+        "--resume",
+        "touch resumed",
+        "--boot-target",
+        "file:vol.raw",
+        "--no-presync",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        stderr(&o).contains(&format!("cannot connect to the target at --to {dead}"))
+            && stderr(&o).contains("nothing was quiesced"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("quiesced").exists() && !e.p("resumed").exists());
+    // A target that listens: the probe is no session, and a --once serve still takes the
+    // cutover's sync after it.
+    let (mut server, addr) = e.listen(&["--once"]);
+    let o = e.run(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--sign",
+        "site.key",
+        "--quiesce",
+        "touch quiesced",
+        "--resume",
+        "touch resumed",
+        "--boot-target",
+        "file:vol.raw",
+        "--no-presync",
+        "--wait-for",
+        "never-printed",
+        "--boot-timeout",
+        "1",
+    ]);
+    assert!(e.p("quiesced").exists(), "{}", text(&o));
+    assert!(
+        server.0.wait().unwrap().success(),
+        "the --once serve did not complete the cutover's sync: {}",
+        text(&o)
+    );
+}

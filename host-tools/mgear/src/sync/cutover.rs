@@ -272,6 +272,32 @@ fn boot_target_is_synced(
     Ok(())
 }
 
+/// Whether the target at `to` (`HOST:PORT`) takes a connection, asked before a `--no-presync`
+/// cutover quiesces the source. The connection is closed before any frame: the serve logs it
+/// as a session that ended early and goes on (`--once` too: it did not complete).
+fn reachable(to: &str) -> crate::Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for addr in to
+        .to_socket_addrs()
+        .map_err(|e| crate::err!("--to {to}: {e}"))?
+    {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(crate::exit::coded_hint(
+        crate::exit::IO,
+        format!(
+            "cannot connect to the target at --to {to}{}: nothing was quiesced",
+            last.map_or(String::new(), |e| format!(" ({e})"))
+        ),
+        "start `mgear serve` on the volume at the target (SYNC.md), or correct --to, then run \
+         the cutover again",
+    ))
+}
+
 /// `mgear cutover`.
 pub fn cutover(a: Cutover) -> crate::Result<i32> {
     let spec = boot_spec(&a)?;
@@ -298,6 +324,10 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     let mut ready = prepare(&a.sync)?;
 
     let presync = if a.no_presync {
+        // Without the warm sync nothing reached the target before the quiesce: a serve not
+        // started, or a wrong --to, was found with the source down (10 s of it, or all the
+        // --retries allow).
+        reachable(&a.sync.to)?;
         None
     } else {
         eprintln!("mgear cutover: warm sync while the source runs");

@@ -358,12 +358,15 @@ pub fn run(
                     "mgear sync: {e:#}; trying again in {:.0} s",
                     plan.retry_wait.as_secs_f64().max(1.0)
                 );
-                std::thread::sleep(plan.retry_wait.max(Duration::from_secs(1)));
+                if crate::signals::pause(plan.retry_wait.max(Duration::from_secs(1))) {
+                    return Err(stopped_sync());
+                }
             }
+            // Stopped while the target was busy: said as the stop it is (it read "gave up
+            // after 60 s of a busy target" of a sync stopped after 3).
+            Err(Fail::Busy(_)) if crate::signals::stop_requested() => return Err(stopped_sync()),
             // Waited for long enough: a failed attempt as any other.
-            Err(Fail::Busy(e))
-                if run.stats.attempts > plan.retries || crate::signals::stop_requested() =>
-            {
+            Err(Fail::Busy(e)) if run.stats.attempts > plan.retries => {
                 return Err(coded(
                     IO,
                     format!(
@@ -375,7 +378,9 @@ pub fn run(
             }
             Err(Fail::Busy(e)) => {
                 eprintln!("mgear sync: {e:#}; trying again");
-                std::thread::sleep(plan.retry_wait);
+                if crate::signals::pause(plan.retry_wait) {
+                    return Err(stopped_sync());
+                }
             }
             Err(Fail::Restart(e)) if restarts >= MAX_RESTARTS => {
                 return Err(crate::exit::coded_hint(
@@ -396,13 +401,7 @@ pub fn run(
                 eprintln!("mgear sync: {e:#}; starting a new session");
             }
             // Ctrl-C during a wait on the target: stopped, not a dropped connection to retry.
-            Err(Fail::Retry(_)) if crate::signals::stop_requested() => {
-                return Err(coded(
-                    IO,
-                    "stopped; the target keeps the chunks it applied, and the same command \
-                     continues from there",
-                ))
-            }
+            Err(Fail::Retry(_)) if crate::signals::stop_requested() => return Err(stopped_sync()),
             Err(Fail::Retry(e)) if run.stats.attempts > plan.retries => {
                 return Err(coded(
                     IO,
@@ -419,10 +418,21 @@ pub fn run(
                     run.stats.attempts + 1,
                     plan.retries + 1
                 );
-                std::thread::sleep(plan.retry_wait);
+                if crate::signals::pause(plan.retry_wait) {
+                    return Err(stopped_sync());
+                }
             }
         }
     }
+}
+
+/// A sync stopped by Ctrl-C or SIGTERM (exit 3).
+fn stopped_sync() -> crate::Error {
+    coded(
+        IO,
+        "stopped; the target keeps the chunks it applied, and the same command continues from \
+         there",
+    )
 }
 
 /// "1 attempt", "3 attempts".
