@@ -161,6 +161,20 @@ pub struct SpanMap {
     pub(crate) ever_placed: BTreeSet<(String, u16)>,
 }
 
+/// A capture's refusal of a span whose member `m` was given under the name it joined with
+/// and holds no span label now: formatted since (it was told to attach the medium it had
+/// just given).
+pub fn reformatted_member(m: &Member) -> String {
+    format!(
+        "{} was given, but holds no span label now: it was formatted (or its MGEAR/ removed) \
+         since it joined as medium #{} of this span, and what it held is gone from it. If that \
+         is so, declare it lost and the capture stores its share again on the media given: \
+         `--replace-medium '#{}'`; if the medium that joined is another one, give that one \
+         instead",
+        m.label, m.ordinal, m.ordinal
+    )
+}
+
 impl SpanMap {
     /// Parses `MGEAR/SPANMAP`; a torn last entry is ignored.
     pub fn decode(b: &[u8]) -> core::result::Result<Self, String> {
@@ -543,6 +557,16 @@ impl<M: Store> SpanStore<M> {
                 )));
             }
             if !m.lost && !seen.contains(&m.ordinal) {
+                // Given under the name it joined with, and blank now: re-formatted (it was
+                // told to attach the medium just given).
+                let blank = |n: &String| {
+                    found.iter().any(|(_, name, i)| {
+                        name == n && i.as_ref().is_none_or(|i| i.label.is_none())
+                    })
+                };
+                if blank(&m.label) {
+                    return Err(Error::Usage(reformatted_member(m)));
+                }
                 return Err(Error::Usage(format!(
                     "{} of this span is not attached: every capture written onto a medium of a \
                      span writes every medium of it (each holds a copy of the index and \

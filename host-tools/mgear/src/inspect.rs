@@ -984,7 +984,11 @@ fn print_shipment(s: &Shipment) {
         }
     );
     for m in &s.missing_media {
-        say!("  missing: {m} (not given: a machine of this span may have records on it)");
+        if m.contains(" was given but holds no span label") {
+            say!("  missing: {m}");
+        } else {
+            say!("  missing: {m} (not given: a machine of this span may have records on it)");
+        }
     }
     for m in &s.machines {
         say!(
@@ -1499,9 +1503,27 @@ fn missing_span_media(media: &[MediumJson]) -> Vec<String> {
             copies.iter().flat_map(|x| x.this.iter().copied()).collect();
         for member in members.values().filter(|x| !x.lost) {
             if !given.contains(&member.ordinal) {
+                // Given under the name it joined with, and holding no span now: formatted
+                // since (it was said "not given" of a medium on the command line).
+                let blank = media
+                    .iter()
+                    .any(|x| x.span.is_none() && x.medium == member.label);
                 out.push(format!(
-                    "medium #{} of span {} ({}, {} segment(s))",
-                    member.ordinal, first.id, member.label, member.segments
+                    "medium #{} of span {} ({}, {} segment(s)){}",
+                    member.ordinal,
+                    first.id,
+                    member.label,
+                    member.segments,
+                    if blank {
+                        format!(
+                            ": {} was given but holds no span label: formatted (or its MGEAR/ \
+                             removed) since it joined, its share gone from it; if so, a capture \
+                             with `--replace-medium '#{}'` stores that share again",
+                            member.label, member.ordinal
+                        )
+                    } else {
+                        String::new()
+                    }
                 ));
             }
         }

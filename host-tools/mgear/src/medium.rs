@@ -247,6 +247,19 @@ impl Where {
             }
             media.push((m, self.describe()));
         }
+        // Media given that hold no span label, by the name given: a member the span misses
+        // under one of these names was formatted since it joined.
+        let mut blank = Vec::new();
+        for (m, label) in &mut media {
+            if m.store()
+                .len(image_format::span::SPAN_FILE)
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                blank.push(label.clone());
+            }
+        }
         // The span owns the members' stores; the new Medium holds their locks.
         let mut locks = Vec::new();
         let media: Vec<(Box<dyn Store>, String)> = media
@@ -266,6 +279,11 @@ impl Where {
                         .missing()
                         .into_iter()
                         .find(|m| !m.lost && !p.lost.iter().any(|l| m.is_named(l)));
+                    if let Some(m) = left_out.as_ref().filter(|m| blank.contains(&m.label)) {
+                        return Err(image_format::Error::Usage(
+                            image_format::span::reformatted_member(m),
+                        ));
+                    }
                     if let Some(m) = left_out {
                         return Err(image_format::Error::Usage(format!(
                             "medium #{} ({}) of this span is not attached: every capture \
@@ -521,6 +539,22 @@ impl Where {
                 (Some(a), Some(b)) => same_fat_volume(a, b),
                 _ => false,
             };
+            // An NBD medium's first sector is not read here (above): a local target that holds
+            // a FAT volume may be the very image its server serves (`ingest --force` replaced
+            // the shipment with one of its disks). Refused; a FAT volume that is not the medium
+            // is removed first by hand.
+            if let (Some(murl), None, Some(b), TargetRef::Path(p)) = (murl, mboot, &boot, target) {
+                if image_format::store::fatmap::volume_bytes(b).is_some() {
+                    return Err(usage(format!(
+                        "{what} holds a FAT file system, and the medium is read over NBD ({murl}), \
+                         whose first sector is not read here: it may be the very image that \
+                         server serves, and ingest would overwrite the shipment it reads \
+                         (--force does not change this). If {} is not the medium, remove it \
+                         first (`rm` a file, `wipefs -a` a device), or give another target",
+                        p.display()
+                    )));
+                }
+            }
             if same_url || same_fat {
                 return Err(usage(format!(
                     "{what} is {name} ({}): ingest would overwrite the shipment it reads. \

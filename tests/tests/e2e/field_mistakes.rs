@@ -248,6 +248,20 @@ fn the_medium_is_never_its_own_target_or_source() {
         let o = e.capture(&murl, "self").source(&source).run();
         refused(&o, "capture would read the medium it writes");
     }
+    // ... and the image it serves as an ingest's target, --force too: it was replaced by the
+    // decrypted disk, exit 0, and the shipment was gone.
+    for target in ["file:medium.img", "qcow2:medium.img"] {
+        let o = e
+            .ingest(&murl, "web01")
+            .untrusted()
+            .target(target)
+            .arg("--force")
+            .run();
+        refused(
+            &o,
+            "holds a FAT file system, and the medium is read over NBD",
+        );
+    }
     drop(medium_server);
     assert_eq!(tree(&e.p("medium.img")), before);
 

@@ -1704,3 +1704,54 @@ fn an_appended_map_entry_does_not_turn_a_medium_into_another() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
 }
+
+/// A medium of a span formatted since it joined, given again under its name: the capture said
+/// "not attached ... attach it and give it with --medium too" and inspect "not given", of the
+/// medium on the command line. Both now say it holds no span label (formatted since), and name
+/// the `--replace-medium '#N'` that captures its share again.
+#[test]
+fn a_span_member_formatted_since_it_joined_is_said_to_be_blank() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("d.raw"), noise(40 << 20, 34)).unwrap();
+    let (a, b) = (e.fat("a.img", "40MiB"), e.fat("b.img", "40MiB"));
+    let cap = |extra: &[&str]| {
+        e.capture(&a, "web01")
+            .source("d.raw")
+            .medium(&b)
+            .args(extra)
+            .run()
+    };
+    let o = cap(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    e.ok(&["medium", "format", &b, "--force"]);
+    for dry in [false, true] {
+        let o = cap(if dry {
+            &["--delta", "--dry-run"]
+        } else {
+            &["--delta"]
+        });
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains(&format!(
+                "{b} was given, but holds no span label now: it was formatted"
+            )) && output_text(&o).contains("`--replace-medium '#1'`"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    let o = e.run(&["inspect", "--medium", &a, "--medium", &b]);
+    assert!(
+        output_text(&o).contains(&format!("{b} was given but holds no span label")),
+        "{}",
+        output_text(&o)
+    );
+    let o = cap(&["--delta", "--replace-medium", "#1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    e.ingest(&a, "web01")
+        .untrusted()
+        .medium(&b)
+        .target("file:v.raw")
+        .ok();
+    same_file(&e.p("v.raw"), &e.p("d.raw"));
+}
