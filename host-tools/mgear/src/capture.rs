@@ -3396,6 +3396,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         Some(id) => crate::keys::find_cached(&cache_dir, &args.name, id)?,
         None => None,
     };
+    // Held from here until the capture ends: `keys forget` refuses a key in use
+    // (crate::lock). Taken again wherever the key file is rewritten (a new file).
+    let mut key_hold = cached.as_ref().and_then(|c| crate::lock::hold_key(&c.path));
     let mut key = match &cached {
         Some(c) => Some(DataKey::load_cache(&c.path, &c.name)?),
         None => shared
@@ -3413,12 +3416,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         let id = image_format::keys::random::<16>()?;
         create_private_dir(&cache_dir)?;
         crate::keys::remove_stale_temp(&cache_dir, &args.name);
-        k.save_cache_with_slots(
-            &crate::keys::cache_file(&cache_dir, &args.name, &id),
-            &args.name,
-            &id,
-            &slots_of(args),
-        )?;
+        let file = crate::keys::cache_file(&cache_dir, &args.name, &id);
+        k.save_cache_with_slots(&file, &args.name, &id, &slots_of(args))?;
+        key_hold = crate::lock::hold_key(&file);
         key = Some(k);
         fresh_id = Some(id);
     }
@@ -3659,8 +3659,10 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         {
             let _ = std::fs::remove_file(&old.path);
         }
-        // Held until the capture ends: `keys forget` waits for it (crate::lock).
-        let _key_hold = crate::lock::hold_key(&cache_file);
+        if fresh_id != Some(id) {
+            // Rewritten above: the hold follows the new file.
+            key_hold = crate::lock::hold_key(&cache_file);
+        }
         // A resumed bitmap delta (a new one was checked before its generation was made).
         if let (Some(d), true) = (&dirty, unfinished_gen.is_some()) {
             let chunk = u64::from(args.chunk_size);

@@ -299,9 +299,15 @@ pub fn free_key(path: &Path, name: &str) -> crate::Result<MediumLock> {
         true,
         std::time::Duration::ZERO,
         &format!("the data key of capture {name}"),
-        "a capture that uses it is running, and its later deltas and resumes need the key. Let \
-         it finish (or stop it), then forget the key",
+        "a capture that uses it is running, and its later deltas and resumes need the key",
     )
+    .map_err(|e| {
+        crate::exit::coded_hint(
+            crate::exit::IO,
+            e.to_string(),
+            "let that capture finish (or stop it: it resumes later), then forget the key",
+        )
+    })
 }
 
 #[cfg(test)]

@@ -589,9 +589,11 @@ impl Where {
                         "medium {spec} refuses writes ({why}): a capture onto it would stop at \
                          its first write"
                     ),
-                    "make it writable (`blockdev --setrw DEVICE` for a device set read-only, \
-                     `mount -o remount,rw` for a file system, the write-protect switch of a \
-                     card or stick) or give a medium that is, then run the same command again",
+                    "make it writable (a loop device attached with `losetup -r`: detach it and \
+                     attach it again without -r; `blockdev --setrw DEVICE` for a device set \
+                     read-only; `mount -o remount,rw` for a file system; `chattr -i` for an \
+                     immutable image; the write-protect switch of a card or stick) or give a \
+                     medium that is, then run the same command again",
                 ));
             }
         }
@@ -886,9 +888,22 @@ pub fn refuses_writes(spec: &str) -> Option<String> {
         return (ro.trim() == "1").then(|| "the device is read-only".to_string());
     }
     let st = nix::sys::statvfs::statvfs(&path).ok()?;
-    st.flags()
-        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
-        .then(|| "its file system is mounted read-only".to_string())
+    if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        return Some("its file system is mounted read-only".to_string());
+    }
+    // An image file made immutable (`chattr +i`) or not this user's to write: opened for
+    // writing (nothing written), as the capture will.
+    if meta.is_file() {
+        if let Err(e) = OpenOptions::new().write(true).open(&path) {
+            if matches!(e.raw_os_error(), Some(1 | 13 | 30)) {
+                return Some(format!(
+                    "the image file cannot be opened for writing: {e}; `lsattr` shows an \
+                     immutable one, `chattr -i` clears it"
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn open_mode(spec: &str, read_only: bool) -> crate::Result<Medium> {
@@ -915,6 +930,18 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                      image file or a device use --medium fat:{}",
                     path.display(),
                     path.display()
+                )));
+            }
+            // A medium's MGEAR/ reached another way (a bind mount of it) has no medium above
+            // it to name, but what it holds says what it is.
+            if holds_captures(&path) {
+                return Err(usage(format!(
+                    "{} holds captures (their key slots and generations): it is a medium's {}/ \
+                     directory, not a medium, and as one it would be written into that \
+                     medium's captures, which then read as damaged. Give the directory that \
+                     holds it (the medium's own directory) as --medium dir:DIR",
+                    path.display(),
+                    image_format::layout::ROOT_DIR,
                 )));
             }
             if let Some(outer) = enclosing_dir_medium(&path) {
@@ -951,12 +978,29 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                 .map_err(|e| {
                     let missing = e.kind() == std::io::ErrorKind::NotFound;
                     let mut why = format!("cannot open medium {}: {e}", path.display());
-                    if missing {
+                    let under_dev =
+                        crate::guard::resolved(&path).is_some_and(|p| p.starts_with("/dev"));
+                    if missing && under_dev {
+                        // No image is ever made under /dev: `medium format` refuses it.
+                        why += "; check the device name (`lsblk` lists the disks attached) and \
+                                that it is plugged in: a device that is not attached has no \
+                                /dev node";
+                    } else if missing {
                         why += &format!(
-                            "; check the path (a device that is not attached has no /dev \
-                             node), or create an image with `mgear medium format fat:{} --size \
-                             SIZE`",
+                            "; check the path, or create an image with `mgear medium format \
+                             fat:{} --size SIZE`",
                             path.display()
+                        );
+                    }
+                    // Refused, not missing (an immutable image, a file not this user's to
+                    // write): "reconnect it" said nothing that helps.
+                    if matches!(e.raw_os_error(), Some(1 | 13 | 30)) {
+                        return crate::exit::coded_hint(
+                            crate::exit::IO,
+                            why,
+                            "make it writable (`lsattr` shows an immutable image, `chattr -i` \
+                             clears it; or its permissions), or give a medium that is, then run \
+                             the same command again",
                         );
                     }
                     crate::exit::coded(crate::exit::IO, why)

@@ -682,7 +682,9 @@ fn write_atomic(path: &Path, contents: &[u8], what: &str) -> crate::Result<()> {
 pub fn write_json_and_text(path: &Path, v: &Value, text: &str) -> crate::Result<()> {
     // An ingest with --boot whose boot did not prove itself is no success either (exit 1;
     // the report said ok).
+    // An erase certificate whose key slots were left (a lockout once sealed: exit 1).
     let ok = v["verified"] != false
+        && v["medium"]["key_slots_left"] != true
         && v["result"]["verified"] != false
         && v["result"]["booted"] != false
         && v["result"]["error"].is_null();

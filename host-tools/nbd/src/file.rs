@@ -235,7 +235,10 @@ impl Seek for NbdFile {
 fn to_io(e: crate::Error) -> io::Error {
     use mgear_nbd_proto::proto::{ENOSPC, EPERM};
     let kind = match &e {
-        crate::Error::Command { code: EPERM, .. } => io::ErrorKind::PermissionDenied,
+        // An export served read-only refuses before the request is sent: the same answer.
+        crate::Error::Command { code: EPERM, .. } | crate::Error::ReadOnly { .. } => {
+            io::ErrorKind::PermissionDenied
+        }
         crate::Error::Command { code: ENOSPC, .. } => io::ErrorKind::StorageFull,
         _ => io::ErrorKind::Other,
     };

@@ -3348,16 +3348,64 @@ fn a_read_only_medium_or_one_inside_another_is_refused_before_the_plan() {
         before,
         "a refused capture changed the medium"
     );
+    // An immutable image (`chattr +i`, where the file system has the attribute): the plan
+    // said "fits" of it, and the run's refusal said "reconnect it".
+    struct Mutable(std::path::PathBuf);
+    impl Drop for Mutable {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(e.p("m.img"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if immutable {
+        let _undo = Mutable(e.p("m.img"));
+        for dry in [true, false] {
+            let mut line = e.capture("fat:m.img", "web01").source("d.raw");
+            if dry {
+                line = line.arg("--dry-run");
+            }
+            let o = line.run();
+            assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+            assert!(output_text(&o).contains("chattr -i"), "{}", output_text(&o));
+        }
+    }
 
     fs::create_dir(e.p("dm")).unwrap();
     e.capture("dir:dm", "web01").source("d.raw").ok();
     let before = tree(&e.p("dm"));
-    for inner in ["dir:dm/MGEAR", "dir:dm/MGEAR/web01", "dir:dm/./MGEAR/new"] {
-        let o = e.capture(inner, "web02").source("d.raw").run();
-        refused(&o, "lies inside the medium dir:");
-        let o = e.run(&["inspect", "--medium", inner]);
-        refused(&o, "Give the medium's own directory");
+    // The medium's MGEAR/ through a bind mount too (the path says nothing, what it holds
+    // does).
+    fs::create_dir(e.p("bm")).unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
     }
+    let bound = std::process::Command::new("mount")
+        .args(["--bind", &e.s("dm/MGEAR"), &e.s("bm")])
+        .status()
+        .is_ok_and(|s| s.success());
+    let unmount = bound.then(|| Unmount(e.p("bm")));
+    let mut inner = vec!["dir:dm/MGEAR", "dir:dm/MGEAR/web01", "dir:dm/./MGEAR/new"];
+    if bound {
+        inner.push("dir:bm");
+    }
+    for inner in inner {
+        let o = e.capture(inner, "web02").source("d.raw").run();
+        refused(&o, "medium's own directory");
+        let o = e.run(&["inspect", "--medium", inner]);
+        refused(&o, "medium's own directory");
+    }
+    drop(unmount);
     assert_eq!(
         tree(&e.p("dm")),
         before,

@@ -1270,7 +1270,7 @@ fn a_sync_stopped_with_ctrl_c_says_so_and_continues() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(
-        stderr(&o).contains("stopped; the target keeps the chunks it applied"),
+        stderr(&o).contains("stopped; whatever the target applied before the stop stays applied"),
         "{}",
         text(&o)
     );

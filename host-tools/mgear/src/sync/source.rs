@@ -430,8 +430,8 @@ pub fn run(
 fn stopped_sync() -> crate::Error {
     coded(
         IO,
-        "stopped; the target keeps the chunks it applied, and the same command continues from \
-         there",
+        "stopped; whatever the target applied before the stop stays applied, and the same \
+         command continues from there",
     )
 }
 
