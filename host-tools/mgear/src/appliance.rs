@@ -875,7 +875,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
             }
             // Before erasing: an erase cannot be re-run for its certificate.
             if let Some(p) = &certificate {
-                crate::report::check_writable(p, "--certificate")?;
+                crate::report::check_writable(p, "--certificate", "erase-certificate")?;
             }
             // An unlocked appliance already has the PIN; a sealed one never
             // unlocks, so the PIN travels with the request.

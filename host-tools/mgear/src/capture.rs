@@ -279,7 +279,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         return dry_run(&args);
     }
     if let Some(p) = &args.report {
-        crate::report::check_writable(p, "--report")?;
+        crate::report::check_writable(p, "--report", "capture")?;
     }
     let started = std::time::Instant::now();
     // A passphrase (or key cache) that does not open the capture: say which slots it has.
@@ -1852,11 +1852,20 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
         crate::exit::OK
     };
     if args.json {
-        crate::output::emit_ok(code == crate::exit::OK, &plan)?;
+        crate::output::emit_verdict(code, &does_not_fit(plan.needed, plan.medium_free), &plan)?;
     } else {
         print_plan(&plan);
     }
     Ok(code)
+}
+
+/// The `error` message of a plan that does not fit (`--json`).
+fn does_not_fit(needed: u64, free: Option<u64>) -> String {
+    format!(
+        "the capture does not fit: it needs about {} and {} are free (nothing was written)",
+        human_bytes(needed),
+        free.map_or_else(|| "an unknown amount".to_string(), human_bytes)
+    )
 }
 
 /// The plan of every disk of a machine set (each as its stream `NAME.dK`),
@@ -1983,8 +1992,9 @@ pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
         crate::exit::OK
     };
     if args.json {
-        crate::output::emit_ok(
-            code == crate::exit::OK,
+        crate::output::emit_verdict(
+            code,
+            &does_not_fit(plan.needed, plan.medium_free),
             &serde_json::json!({
                 "command": "capture --dry-run",
                 "set": args.name,

@@ -100,6 +100,11 @@ pub fn kind(code: i32) -> &'static str {
     }
 }
 
+/// The generic next step for exit `code` of `command` (an error without a hint of its own).
+pub fn class_hint(code: i32, command: &str) -> String {
+    hint(&coded(code, String::new()), command)
+}
+
 /// What the user should do next: the raiser's hint if it gave one, else
 /// the generic next step for the error's class.
 pub fn hint(err: &Error, command: &str) -> String {

@@ -699,7 +699,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         crate::cloud_target::check_flavor(f)?;
     }
     if let Some(p) = &args.report {
-        crate::report::check_writable(p, "--report")?;
+        crate::report::check_writable(p, "--report", "ingest")?;
     }
     let started = std::time::Instant::now();
     let mut r = match ingest(&args) {
@@ -742,7 +742,12 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     }
     if args.json {
         // `ok` is false when --boot did not prove the boot (exit 1).
-        crate::output::emit_ok(code == OK, &r)?;
+        crate::output::emit_verdict(
+            code,
+            "the volume was ingested and verified, but its boot did not prove itself (--boot): \
+             see `boot`",
+            &r,
+        )?;
     } else {
         // An EBS snapshot is not read back (the direct APIs read only completed snapshots, and
         // completing is final): say what vouches for it instead.
@@ -1519,13 +1524,14 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         );
         report.set_volume(volume);
         report.warnings = verdict.warnings.clone();
+        let disk_size = reader.disk_size();
         medium.close()?;
         if args.volume_sha256 {
             report.volume_sha256 = match kept_sha {
                 // An RBD image or Cinder volume: hashed as it was read back just now (it was
                 // `null`, the flag given).
                 Some(sha) => Some(crate::output::hex(&sha2::Digest::finalize(sha))),
-                None => target_sha256(&args.target)?,
+                None => target_sha256(&args.target, &sdir, disk_size)?,
             };
         }
         return Ok(report);
@@ -2329,8 +2335,17 @@ fn done_text(root: &[u8; 32], stamp: &str) -> String {
 
 /// The SHA-256 of the file of `target` (`--volume-sha256` of a disk an
 /// earlier run finished and this one keeps), read whole.
-pub(crate) fn target_sha256(target: &str) -> crate::Result<Option<String>> {
+pub(crate) fn target_sha256(
+    target: &str,
+    state_dir: &Path,
+    disk_size: u64,
+) -> crate::Result<Option<String>> {
     use sha2::Digest as _;
+    if let Ok(crate::spec::Target::Qcow2(p)) =
+        crate::spec::Target::parse(target, crate::spec::Bare::Existing)
+    {
+        return qcow2_disk_sha256(&p, state_dir, disk_size).map(Some);
+    }
     let Some(p) = path_target(target) else {
         return Ok(None);
     };
@@ -2347,6 +2362,70 @@ pub(crate) fn target_sha256(target: &str) -> crate::Result<Option<String>> {
         h.update(&buf[..n]);
     }
     Ok(Some(crate::output::hex(&h.finalize())))
+}
+
+/// SHA-256 of the disk a qcow2 image holds (its first `disk_size` bytes: the image is padded
+/// to whole sectors), read through a `qemu-nbd -r` of it on a socket in `state_dir`: the
+/// file's own bytes are the container's (a kept re-run reported their digest as the volume's).
+fn qcow2_disk_sha256(path: &Path, state_dir: &Path, disk_size: u64) -> crate::Result<String> {
+    use sha2::Digest as _;
+    let qemu_nbd = crate::tools::require("qemu-nbd", "qemu-utils")?;
+    let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let sock = dir.join(format!("sha256-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let mut server = std::process::Command::new(qemu_nbd)
+        .args(["-r", "-f", "qcow2", "--socket"])
+        .arg(&sock)
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting qemu-nbd for {}", path.display()))?;
+    let url: mgear_nbd::NbdUrl = format!("nbd+unix:///?socket={}", sock.display())
+        .parse()
+        .map_err(|e| crate::err!("{e}"))?;
+    let opts = mgear_nbd::ConnectOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    let hashed = (|| {
+        let t0 = std::time::Instant::now();
+        let mut client = loop {
+            match mgear_nbd::Client::connect(&url, &opts) {
+                Ok(c) => break c,
+                Err(_) if t0.elapsed() < std::time::Duration::from_secs(10) => {
+                    if let Ok(Some(_)) = server.try_wait() {
+                        crate::bail!("qemu-nbd could not serve {}", path.display());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(crate::err!(
+                        "reading {} through qemu-nbd: {e}",
+                        path.display()
+                    ))
+                }
+            }
+        };
+        let (size, mut at) = (client.size().min(disk_size), 0u64);
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        while at < size {
+            let n = (size - at).min(buf.len() as u64) as usize;
+            client
+                .read_at(at, &mut buf[..n])
+                .map_err(|e| crate::err!("reading {} through qemu-nbd: {e}", path.display()))?;
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        let _ = client.disconnect();
+        Ok(crate::output::hex(&h.finalize()))
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&sock);
+    hashed
 }
 
 /// Whether `target` (a `file:`/`qcow2:` spec) holds the generation with

@@ -213,7 +213,7 @@ fn stored_name(plan: &capture::Plan) -> Option<String> {
 /// `mgear capture` with several `--source`s.
 pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i32> {
     if let Some(p) = &args.report {
-        crate::report::check_writable(p, "--report")?;
+        crate::report::check_writable(p, "--report", "capture")?;
     }
     let started = std::time::Instant::now();
     let r = match capture::with_generated_passphrase(args, |a| capture_set(a, sources)) {
@@ -1210,7 +1210,7 @@ pub fn run_ingest(
 ) -> crate::Result<i32> {
     crate::ingest::refuse_clobbering(args, targets)?;
     if let Some(p) = &args.report {
-        crate::report::check_writable(p, "--report")?;
+        crate::report::check_writable(p, "--report", "ingest")?;
     }
     let started = std::time::Instant::now();
     let r = ingest_set(args, targets, only).inspect_err(|e| {
@@ -1233,7 +1233,12 @@ pub fn run_ingest(
         _ => OK,
     };
     if args.json {
-        crate::output::emit_ok(code == OK, &r)?;
+        crate::output::emit_verdict(
+            code,
+            "the disks were ingested and verified, but the machine's boot did not prove itself \
+             (--boot): see `boot`",
+            &r,
+        )?;
         return Ok(code);
     }
     // An EBS snapshot is not read back (as a single disk's summary says): "verified
@@ -1718,7 +1723,7 @@ pub fn ingest_set(
             let mut report =
                 crate::ingest::kept_report(&set::disk_stream_name(&args.name, *k), g, target, size);
             if args.volume_sha256 {
-                report.volume_sha256 = crate::ingest::target_sha256(target)?;
+                report.volume_sha256 = crate::ingest::target_sha256(target, &sdir, size)?;
             }
             disks.push(IngestedDisk {
                 disk: *k,

@@ -105,9 +105,44 @@ pub fn emit<T: Serialize>(value: &T) -> crate::Result<()> {
     emit_ok(true, value)
 }
 
+/// [`emit_ok`] of a command about to exit `code`: not 0, the object carries the envelope's
+/// `error` (code, kind, `message`, the class's hint) as every failure's does (a verify that
+/// found problems, a plan that does not fit, a boot not proven printed `"ok":false` and
+/// nothing a script reading `error` could find).
+pub fn emit_verdict<T: Serialize>(code: i32, message: &str, value: &T) -> crate::Result<()> {
+    if code == crate::exit::OK {
+        return emit_ok(true, value);
+    }
+    let mut v = serde_json::to_value(value)?;
+    if let Value::Object(m) = &mut v {
+        if !m.contains_key("error") {
+            let hint = crate::exit::class_hint(code, &command());
+            m.insert("error".into(), error_value(code, message, &hint));
+        }
+    }
+    emit_ok(false, &v)
+}
+
 /// [`emit`] with an explicit verdict (false for a command that exits non-zero).
 pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> crate::Result<()> {
-    let (ok, rest) = parts(ok, value)?;
+    let (ok, mut rest) = parts(ok, value)?;
+    // A verdict of "not ok" without its `error` (the commands that say what they found in
+    // their own fields: a failed check, a custody log that does not verify): the envelope's
+    // error all the same, a found failure (exit 1) as these are.
+    if !ok && !rest.contains_key("error") {
+        let hint = crate::exit::class_hint(crate::exit::FOUND, &command());
+        rest.insert(
+            "error".into(),
+            error_value(
+                crate::exit::FOUND,
+                &format!(
+                    "{}: a check failed: the fields of this object say which",
+                    command()
+                ),
+                &hint,
+            ),
+        );
+    }
     if ok {
         EMITTED_OK.store(true, Ordering::Relaxed);
     }

@@ -122,22 +122,23 @@ pub fn text_path(path: &Path) -> PathBuf {
 /// Whether the file at `p` is a report an earlier run wrote (JSON or summary), which a new
 /// report may replace. Anything else there is never replaced: `--report` named the medium,
 /// a key or the volume just ingested, and each was overwritten with the report.
-fn earlier_report(p: &Path, certificate: bool) -> bool {
+fn earlier_report(p: &Path, kind: &str) -> bool {
     let mut head = [0u8; 1024];
     let n = crate::keyfile::open_read(p)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .unwrap_or(0);
     let head = String::from_utf8_lossy(&head[..n]);
     // Of its own kind only: an erase certificate written over an ingest report destroyed
-    // the ticket's evidence.
-    if certificate {
+    // the ticket's evidence, and an ingest report over the capture's receipt the commit
+    // digest the target pins (`--expect-commit`).
+    if kind == "erase-certificate" {
         (head.starts_with("{\"ok\":")
             && head.contains("\"certificate\":\"mgear-erase-certificate/"))
             || head.starts_with("MotionGear erase certificate (")
     } else {
-        (head.starts_with("{\"ok\":") && head.contains("\"report\":\"mgear-"))
-            || head.starts_with("MotionGear capture report (")
-            || head.starts_with("MotionGear ingest report (")
+        (head.starts_with("{\"ok\":")
+            && head.contains(&format!("\"report\":\"mgear-{kind}-report/")))
+            || head.starts_with(&format!("MotionGear {kind} report ("))
     }
 }
 
@@ -613,7 +614,9 @@ fn partial_path(path: &Path) -> PathBuf {
 /// already recorded on the medium (a re-run is refused as already captured)
 /// and an ingest already written. Creates each file's `.partial` (what
 /// [`write_json_and_text`] writes and renames) and removes it again.
-pub fn check_writable(path: &Path, flag: &str) -> crate::Result<()> {
+/// `kind`: `capture`, `ingest` (a report) or `erase-certificate`: only an earlier file of that
+/// kind is replaced.
+pub fn check_writable(path: &Path, flag: &str, kind: &str) -> crate::Result<()> {
     for p in [path.to_path_buf(), text_path(path)] {
         let hint = format!(
             "give {flag} a file in an existing directory you can write to (nothing was done yet)"
@@ -625,13 +628,17 @@ pub fn check_writable(path: &Path, flag: &str) -> crate::Result<()> {
                 hint,
             ));
         }
-        if std::fs::symlink_metadata(&p).is_ok() && !earlier_report(&p, flag == "--certificate") {
+        if std::fs::symlink_metadata(&p).is_ok() && !earlier_report(&p, kind) {
+            let what = match kind {
+                "erase-certificate" => "an erase certificate".to_string(),
+                k => format!("a MotionGear {k} report"),
+            };
             return Err(crate::exit::coded_hint(
                 crate::exit::USAGE,
                 format!(
-                    "{flag} {}: {} exists and is not a MotionGear report (a medium, a key, a \
-                     volume?): it is never overwritten; give {flag} a new file name (an \
-                     earlier report is replaced)",
+                    "{flag} {}: {} exists and is not {what} (another kind of report, the \
+                     capture's receipt, a medium, a key, a volume?): it is never overwritten; \
+                     give {flag} a new file name (an earlier file of this kind is replaced)",
                     path.display(),
                     p.display()
                 ),
@@ -834,7 +841,7 @@ mod tests {
     fn an_unwritable_report_path_is_refused_before_any_work() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope/r.json");
-        let e = check_writable(&missing, "--report").unwrap_err();
+        let e = check_writable(&missing, "--report", "ingest").unwrap_err();
         assert_eq!(crate::exit::code_of(&e), crate::exit::IO, "{e}");
         assert!(
             e.to_string()
@@ -842,10 +849,10 @@ mod tests {
             "{e}"
         );
         assert!(crate::exit::hint(&e, "capture").contains("nothing was done yet"));
-        let e = check_writable(dir.path(), "--report").unwrap_err();
+        let e = check_writable(dir.path(), "--report", "ingest").unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
         let ok = dir.path().join("r.json");
-        check_writable(&ok, "--report").unwrap();
+        check_writable(&ok, "--report", "ingest").unwrap();
         // The probe leaves nothing behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         write_json_and_text(&ok, &json!({"a": 1}), "text").unwrap();
@@ -864,27 +871,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("target.key");
         std::fs::write(&key, "# created: ...\nAGE-SECRET-KEY-1QQQ\n").unwrap();
-        let e = check_writable(&key, "--report").unwrap_err();
+        let e = check_writable(&key, "--report", "ingest").unwrap_err();
         assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
-        assert!(e.to_string().contains("is not a MotionGear report"), "{e}");
+        assert!(
+            e.to_string().contains("is not a MotionGear ingest report"),
+            "{e}"
+        );
         assert!(std::fs::read_to_string(&key)
             .unwrap()
             .contains("AGE-SECRET-KEY"));
         // The twin counts too: r.json is new, but r.txt is someone's notes.
         std::fs::write(dir.path().join("r.txt"), "notes").unwrap();
         let r = dir.path().join("r.json");
-        assert!(check_writable(&r, "--report").is_err());
+        assert!(check_writable(&r, "--report", "ingest").is_err());
         std::fs::remove_file(dir.path().join("r.txt")).unwrap();
         // An earlier report is replaced.
         let v = frame("ingest", &json!({"name": "web01"}), 1.0);
         write_json_and_text(&r, &v, &summary(&v)).unwrap();
-        check_writable(&r, "--report").unwrap();
+        check_writable(&r, "--report", "ingest").unwrap();
         // A report named .txt keeps its JSON: the summary goes beside it.
         let t = dir.path().join("ticket.txt");
         assert_eq!(text_path(&t), dir.path().join("ticket.txt.txt"));
         write_json_and_text(&t, &v, &summary(&v)).unwrap();
         assert!(std::fs::read_to_string(&t).unwrap().starts_with("{\"ok\":"));
-        check_writable(&t, "--report").unwrap();
+        check_writable(&t, "--report", "ingest").unwrap();
         // An earlier erase certificate is replaced too (it was "not a MotionGear report").
         let c = dir.path().join("erase.json");
         let cert = json!({"certificate": "mgear-erase-certificate/1", "verified": true});
@@ -894,10 +904,12 @@ mod tests {
             "MotionGear erase certificate (mgear-erase-certificate/1)\n",
         )
         .unwrap();
-        check_writable(&c, "--certificate").unwrap();
+        check_writable(&c, "--certificate", "erase-certificate").unwrap();
         // Each replaces only its own kind: a certificate never goes over a report, nor a
         // report over a certificate.
-        assert!(check_writable(&r, "--certificate").is_err());
-        assert!(check_writable(&c, "--report").is_err());
+        assert!(check_writable(&r, "--certificate", "erase-certificate").is_err());
+        assert!(check_writable(&c, "--report", "ingest").is_err());
+        // Nor an ingest report over a capture's (the receipt the target pins its commit by).
+        assert!(check_writable(&r, "--report", "capture").is_err());
     }
 }

@@ -1168,7 +1168,29 @@ fn verify(args: Plan) -> crate::Result<i32> {
         trust,
         not_opened,
     };
-    if json {
+    if json && !out.ok {
+        // The envelope's `error` beside the findings (it was `"ok":false` alone).
+        let (code, message) = if !out.problems.is_empty() {
+            (
+                FOUND,
+                format!(
+                    "verify found {} problem(s) (see `problems`): do not use what they name",
+                    out.problems.len()
+                ),
+            )
+        } else if !trust_ok {
+            (
+                FOUND,
+                "a capture is not vouched for by a pinned key (see `trust`)".to_string(),
+            )
+        } else {
+            (
+                USAGE,
+                "captures could not be opened with the key given (see `not_opened`)".to_string(),
+            )
+        };
+        crate::output::emit_verdict(code, &message, &out)?;
+    } else if json {
         progress::print_json(&out)?;
     } else {
         // "0 captures" beside a capture the run could not decrypt (no key slot, nothing

@@ -3210,6 +3210,26 @@ fn a_finished_device_or_nbd_ingest_run_again_is_kept_after_a_read_back() {
             output_text(&o)
         );
     }
+    // A qcow2 volume kept: the digest of the disk it holds, read through qemu-nbd (it was the
+    // container file's), over an odd-sized disk's own bytes (the image is whole sectors).
+    let mut odd = d[..5 << 20].to_vec();
+    odd.extend_from_slice(&[7u8; 123]);
+    fs::write(e.p("odd.raw"), &odd).unwrap();
+    e.capture(&m, "odd").source("odd.raw").ok();
+    for run in ["first", "kept"] {
+        let v = e
+            .ingest(&m, "odd")
+            .untrusted()
+            .target("qcow2:odd.qcow2")
+            .arg("--volume-sha256")
+            .json();
+        assert_eq!(v["kept"] == true, run == "kept", "{v}");
+        assert_eq!(
+            v["volume_sha256"],
+            format!("{:x}", Sha256::digest(&odd)),
+            "{run}: {v}"
+        );
+    }
     // Changed since (a machine ran from it): refused, then written again with --force.
     let f = fs::OpenOptions::new().write(true).open(&dev.0).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 3 << 20).unwrap();

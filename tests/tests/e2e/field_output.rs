@@ -585,3 +585,69 @@ fn a_failed_cutover_of_one_set_disk_keeps_its_warning_in_json() {
         "{v}"
     );
 }
+
+/// Every `"ok":false` carries the envelope's `error` (code, kind, message, hint): a verify
+/// that found a capture nobody pinned vouches for, and a plan that does not fit, printed
+/// `"ok":false` and nothing a script reading `error` could find. And an ingest's `--report`
+/// never replaces the capture's own report (the receipt the target pins its commit by).
+#[test]
+fn every_failed_verdict_carries_its_error_and_reports_keep_their_kind() {
+    let e = Env::new();
+    disk(&e, "disk.raw");
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    e.ok(&["keygen", "--signing", "--out", "other.key"]);
+    let m = e.fat("medium.img", "40MiB");
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .args(&["--report", "receipt.json"])
+        .ok();
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+        "--trust",
+        "other.pub",
+        "--json",
+    ]);
+    let v = json_error(&o, "verify", 1, "failure");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not vouched for"),
+        "{v}"
+    );
+    std::fs::write(e.p("big.raw"), vec![0x5au8; 48 << 20]).unwrap();
+    let o = e
+        .capture(&m, "big")
+        .source("big.raw")
+        .args(&["--dry-run", "--no-compress", "--json"])
+        .run();
+    let v = json_error(&o, "capture", 3, "io");
+    assert_eq!(v["fits"], false, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not fit"),
+        "{v}"
+    );
+    let receipt = std::fs::read(e.p("receipt.json")).unwrap();
+    let o = e
+        .ingest(&m, "web01")
+        .trust("site.pub")
+        .target("file:vol.raw")
+        .args(&["--report", "receipt.json"])
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is not a MotionGear ingest report"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(std::fs::read(e.p("receipt.json")).unwrap(), receipt);
+}
