@@ -116,7 +116,7 @@ pub fn emit_verdict<T: Serialize>(code: i32, message: &str, value: &T) -> crate:
     let mut v = serde_json::to_value(value)?;
     if let Value::Object(m) = &mut v {
         if !m.contains_key("error") {
-            let hint = crate::exit::class_hint(code, &command());
+            let hint = crate::exit::class_hint(code, command());
             m.insert("error".into(), error_value(code, message, &hint));
         }
     }
@@ -130,7 +130,7 @@ pub fn emit_ok<T: Serialize>(ok: bool, value: &T) -> crate::Result<()> {
     // their own fields: a failed check, a custody log that does not verify): the envelope's
     // error all the same, a found failure (exit 1) as these are.
     if !ok && !rest.contains_key("error") {
-        let hint = crate::exit::class_hint(crate::exit::FOUND, &command());
+        let hint = crate::exit::class_hint(crate::exit::FOUND, command());
         rest.insert(
             "error".into(),
             error_value(
