@@ -161,7 +161,8 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{} is {} where a private directory was expected",
+                "{} is {} where a private directory was expected: give the directory itself \
+                 (a link could be made to point elsewhere under the secrets written there)",
                 dir.display(),
                 if md.file_type().is_symlink() {
                     "a symlink"

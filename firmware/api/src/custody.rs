@@ -244,6 +244,111 @@ pub fn clip(s: &str) -> String {
     s[..end].into()
 }
 
+/// What each event says, the same words on the appliance's console (`log`) and in
+/// `mgear appliance log` (the console printed the records' debug form: byte arrays in decimal
+/// where the host shows fingerprints and hex).
+impl core::fmt::Display for Event {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        fn hex(f: &mut core::fmt::Formatter<'_>, bytes: &[u8]) -> core::fmt::Result {
+            bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        }
+        match self {
+            Event::Provisioned { identity } => write!(
+                f,
+                "provisioned: identity {}",
+                crate::attest::full_fingerprint(identity)
+            ),
+            Event::PowerUp { boot } => write!(f, "power-up #{boot}"),
+            Event::TornTailDropped { bytes } => {
+                write!(f, "recovery dropped a torn last record ({bytes} bytes)")
+            }
+            Event::Unlock => f.write_str("unlocked: the medium accepts writes"),
+            Event::WrongPin { failures } => write!(f, "wrong PIN ({failures} in a row)"),
+            Event::PinCheckCutOff { failures } => write!(
+                f,
+                "a PIN check was cut off by a power loss: counted as a wrong PIN ({failures} in \
+                 a row)"
+            ),
+            Event::Lock => f.write_str("locked: the medium is read-only"),
+            // Sent before the medium is opened: a run refused then ("already captured") wrote
+            // nothing, and "started writing" said it had.
+            Event::CaptureBegin { name } => write!(f, "a capture of {name} was started"),
+            Event::CaptureRemoved { name, generations } => match generations.as_slice() {
+                [] => write!(f, "capture {name} removed (it held no generation)"),
+                [g] => write!(f, "capture {name} generation {g} removed"),
+                many => {
+                    write!(f, "capture {name} generations ")?;
+                    for (i, g) in many.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        write!(f, "{g}")?;
+                    }
+                    f.write_str(" removed")
+                }
+            },
+            Event::CaptureCommit { name, generation } => {
+                write!(
+                    f,
+                    "capture {name} generation {generation} committed (witnessed)"
+                )
+            }
+            Event::Verify { problems, first } => match (problems, first) {
+                (0, _) => f.write_str("keyless verification: no problems"),
+                (n, Some(first)) => {
+                    write!(f, "keyless verification: {n} problem(s), first: {first}")
+                }
+                (n, None) => write!(f, "keyless verification: {n} problem(s)"),
+            },
+            Event::Seal {
+                counter,
+                attestation,
+            } => {
+                f.write_str("sealed: attestation ")?;
+                hex(f, attestation)?;
+                write!(f, " (counter {counter})")
+            }
+            Event::Arrival {
+                attestation,
+                problems,
+                first,
+            } => match attestation {
+                Some(a) => {
+                    f.write_str("arrival check passed: attestation ")?;
+                    hex(f, a)
+                }
+                None => {
+                    write!(f, "arrival check FAILED: {problems} problem(s)")?;
+                    match first {
+                        Some(first) => write!(f, ", first: {first}"),
+                        None => Ok(()),
+                    }
+                }
+            },
+            Event::Erase {
+                reason,
+                key_slots,
+                overwrite_medium,
+            } => write!(
+                f,
+                "crypto-erased ({}): identity secret destroyed, {key_slots} key slot file(s) \
+                 destroyed, medium {}",
+                match reason {
+                    EraseReason::Requested => "requested",
+                    EraseReason::PinLockout => "too many wrong PINs",
+                },
+                // The record is signed before the identity goes, so before the medium is
+                // zeroed: the appliance keeps zeroing it at every power-up until it is done.
+                if *overwrite_medium {
+                    "zeroed (ordered in this record; finished at power-up if the power was cut)"
+                } else {
+                    "kept"
+                }
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

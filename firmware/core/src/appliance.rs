@@ -1950,7 +1950,7 @@ pub fn render_text(resp: &Response) -> String {
                     Ok(e) => {
                         let _ = write!(
                             s,
-                            "{:>5} +{}ms {:?}\r\n",
+                            "{:>5} +{}ms {}\r\n",
                             r.index, e.entry.uptime_ms, e.entry.event
                         );
                     }

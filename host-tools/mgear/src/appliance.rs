@@ -636,6 +636,24 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
         }
         Cmd::Lock => expect_simple(c, &Request::Lock, json, "locked: the medium is read-only"),
         Cmd::Verify => match c.call_progress(&Request::Verify, &mut progress_printer(json))? {
+            // Erased with --overwrite, the medium holds zeros by design: "does not hold a FAT32
+            // file system ... `mgear medium format`" sent the operator after a fault there is
+            // none of.
+            Response::Verified(r)
+                if r.problems
+                    .iter()
+                    .any(|p| p.to_string().contains("does not hold a FAT32 file system"))
+                    && info(c).is_ok_and(|i| i.state == DeviceState::Erased) =>
+            {
+                Err(coded_hint(
+                    FOUND,
+                    "medium NOT verified: the appliance was erased and its medium overwritten \
+                     (`mgear appliance info` says erased): nothing on it can be read any more, \
+                     by design",
+                    "nothing to do: the erase certificate and the custody log (`mgear appliance \
+                     log --verify`) record the erase",
+                ))
+            }
             Response::Verified(r) => {
                 // An empty medium verifies nothing: a failure, as `mgear verify` says of it.
                 let empty = r.ok() && r.captures == 0;
@@ -783,6 +801,15 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
         Cmd::Attestations { out } => match c.call(&Request::GetAttestations)? {
             Response::Attestations { seal, arrival } => {
                 if let Some(dir) = out {
+                    // A file there (a key, a report) was "File exists (os error 17)", exit 3.
+                    if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+                        return Err(usage(format!(
+                            "--out {}: it exists and is not a directory: --out takes a \
+                             directory (made if missing) that SEAL and ARRIVAL are written \
+                             into; give another path",
+                            dir.display()
+                        )));
+                    }
                     std::fs::create_dir_all(&dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                     for (name, att) in [(gate::SEAL_FILE, &seal), (gate::ARRIVAL_FILE, &arrival)] {

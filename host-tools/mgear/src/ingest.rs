@@ -448,6 +448,23 @@ fn refuse_other_unfinished(state_dir: &Path, target: &Path, header: &[u8]) -> cr
     };
     let mut h = vec![0u8; header.len()];
     if f.read_exact(&mut h).is_ok() && h != header {
+        // The volume that unfinished ingest was writing is gone (removed by hand): nothing
+        // is left to finish, and the record only sent the operator to finish it (`--generation
+        // N`) or to drop it (`--force`).
+        let mut partial = target.as_os_str().to_owned();
+        partial.push(".partial");
+        if std::fs::symlink_metadata(&partial).is_err() {
+            drop(f);
+            std::fs::remove_file(&state)
+                .with_context(|| format!("removing {}", state.display()))?;
+            eprintln!(
+                "mgear: note: {} recorded an unfinished ingest into {}, which is gone: that \
+                 record is dropped",
+                state.display(),
+                std::path::Path::new(&partial).display()
+            );
+            return Ok(());
+        }
         return Err(other_ingest(&state, &h, header));
     }
     Ok(())
@@ -714,7 +731,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
                 args.passphrase_file.as_deref(),
             );
             if let Some(p) = &args.report {
-                report_stop(p, &args, &args.target, started, &e);
+                report_stop(p, &args, &args.target, false, started, &e);
             }
             return Err(e);
         }
@@ -732,7 +749,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             // Stopped (Ctrl-C) or failed to start the boot: the volume is written and
             // verified, and the ticket gets the report of the stop (it got none).
             if let Some(p) = &args.report {
-                report_stop(p, &args, &args.target, started, &e);
+                report_stop(p, &args, &args.target, false, started, &e);
             }
             return Err(e);
         }
@@ -950,16 +967,28 @@ pub fn report_stop(
     path: &Path,
     args: &Plan,
     target: &str,
+    set: bool,
     started: std::time::Instant,
     err: &crate::Error,
 ) {
-    let v = crate::report::ingest_failed(
+    let mut v = crate::report::ingest_failed(
         &args.name,
         &args.medium.describe(),
         target,
         started.elapsed().as_secs_f64(),
         err,
     );
+    // A machine set's stop: the digests noted are of the disk it was writing, not the set's
+    // (a ticket showed one disk's manifest root as the machine's). Kept under that disk.
+    if set {
+        let disk = v["digests"].take();
+        v["digests"] = serde_json::json!({
+            "capture_id": disk.get("capture_id").cloned().unwrap_or_default(),
+            "manifest_root": null,
+            "disk_digest": null,
+            "disk_being_written": disk,
+        });
+    }
     if let Err(w) = crate::report::write_json_and_text(path, &v, &crate::report::summary(&v)) {
         eprintln!("mgear: warning: the report of this stop was not written: {w:#}");
     }
@@ -1469,10 +1498,18 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             // Named as the run that wrote it named it (it was `null` when kept).
             Some((said, Some(spec.to_string())))
         }
-        (Target::Dev(p), false) if device_done(&sdir, p, reader.manifest_root()) => Some((
-            keep_device_if_unchanged(&target, &reader, kept_sha.as_mut())?,
-            None,
-        )),
+        // Not while an ingest into it is unfinished (a `--force` re-run killed part-way):
+        // that one is resumed, not read back against the earlier one's record (it was
+        // refused, exit 1, as "does not hold it any more").
+        (Target::Dev(p), false)
+            if device_done(&sdir, p, reader.manifest_root())
+                && !mgear_volume::DeviceVolume::marked_unfinished(p, &sdir) =>
+        {
+            Some((
+                keep_device_if_unchanged(&target, &reader, kept_sha.as_mut())?,
+                None,
+            ))
+        }
         (Target::Nbd(_), false)
             if spec_done_path(&sdir, &target).and_then(|p| std::fs::read_to_string(p).ok())
                 == Some(done_text(reader.manifest_root(), "device\n")) =>
@@ -1565,7 +1602,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             if root != *reader.manifest_root() {
                 // Named when the medium holds it (it said "an earlier generation of NAME, or
                 // another disk" and left the user to guess which).
-                let holds = image_format::list_captures(reader.store())
+                let found = image_format::list_captures(reader.store())
                     .unwrap_or_default()
                     .into_iter()
                     .find_map(|c| {
@@ -1573,9 +1610,26 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                             .generations
                             .iter()
                             .find(|g| g.manifest_root == Some(root))?;
-                        Some(format!("{} generation {}", c.name, g.generation))
+                        Some((c.name.clone(), g.generation))
                     });
-                let holds = match holds {
+                // A newer generation of this disk: --force puts an older one back over it
+                // (it was offered as "pass --force to write generation 3" without a word).
+                if let Some((_, was)) = found.as_ref().filter(|(n, g)| {
+                    n.eq_ignore_ascii_case(reader.name()) && *g > reader.generation()
+                }) {
+                    return Err(usage(format!(
+                        "{} holds {} generation {was}, NEWER than the generation {} asked for, \
+                         ingested on this host (and kept up to date since, if `mgear serve` \
+                         runs on it): --force would write the older generation back over it, \
+                         and what changed since is lost. Ingest generation {} into another \
+                         name to look at it; nothing was written",
+                        p.display(),
+                        reader.name(),
+                        reader.generation(),
+                        reader.generation()
+                    )));
+                }
+                let holds = match found.map(|(n, g)| format!("{n} generation {g}")) {
                     Some(what) => format!("{what}, ingested on this host"),
                     None => format!(
                         "recorded on this host: a capture this medium does not hold, manifest \

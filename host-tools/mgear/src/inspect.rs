@@ -991,11 +991,24 @@ fn print_shipment(s: &Shipment) {
         }
     }
     for m in &s.machines {
+        // A set no generation of which has its set manifest yet: only the disks begun are
+        // known (3 disks, one not started, read "2 disk(s)").
+        let begun = m.kind == "set"
+            && !m.generations.is_empty()
+            && m.generations.iter().all(|g| g.state == "unfinished");
         say!(
-            "  {} ({}, {} disk(s)): {}",
+            "  {} ({}, {}): {}",
             m.name,
             m.kind,
-            m.disks,
+            if begun {
+                format!(
+                    "{} disk(s) begun so far: the set manifest that names every disk is \
+                     written last",
+                    m.disks
+                )
+            } else {
+                format!("{} disk(s)", m.disks)
+            },
             if m.complete {
                 "newest generation complete"
             } else {

@@ -104,7 +104,7 @@ fn write_key_pair(out: &Path, force: bool) -> crate::Result<String> {
 /// first bytes) trimmed.
 fn key_lines(text: &str) -> Vec<(usize, &str)> {
     text.lines()
-        .map(|l| l.trim().trim_start_matches('\u{feff}'))
+        .map(|l| l.trim().trim_start_matches('\u{feff}').trim())
         .enumerate()
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
         .collect()
@@ -120,10 +120,14 @@ pub fn read_identity(path: &Path) -> crate::Result<age::x25519::Identity> {
 /// lines skipped), as `age -d -i FILE` does: a file of two target keys opened a capture only
 /// when its key came first ("does not open capture").
 pub fn read_identities(path: &Path) -> crate::Result<Vec<age::x25519::Identity>> {
-    let bytes = Zeroizing::new(
-        crate::keyfile::read(path)
-            .map_err(|e| usage(format!("cannot read identity {}: {e}", path.display())))?,
-    );
+    let bytes = Zeroizing::new(crate::keyfile::read(path).map_err(|e| {
+        crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!("cannot read identity {}: {e}", path.display()),
+            "give --identity the target's secret key file (`mgear keygen --out \
+                     target.key` wrote it, 0600: AGE-SECRET-KEY-1...), by a path that exists",
+        )
+    })?);
     // `age -p` over the key file (protecting it at rest) was called "not an age identity
     // (invalid Bech32 encoding)", or, unarmored, "not valid UTF-8".
     if bytes.starts_with(b"age-encryption.org/v1\n")
@@ -200,8 +204,14 @@ pub fn read_recipients(arg: &str) -> crate::Result<Vec<age::x25519::Recipient>> 
     let text = if arg.starts_with("age1") {
         arg.to_owned()
     } else {
-        crate::keyfile::read_to_string(Path::new(arg))
-            .map_err(|e| usage(format!("cannot read recipient {arg}: {e}")))?
+        crate::keyfile::read_to_string(Path::new(arg)).map_err(|e| {
+            crate::exit::coded_hint(
+                crate::exit::USAGE,
+                format!("cannot read recipient {arg}: {e}"),
+                "give --recipient the target's public key: the .pub file `mgear keygen` \
+                     wrote at the target (age1...), or the age1... key itself",
+            )
+        })?
     };
     if let Some(e) = crate::keyfile::misplaced(
         arg,
@@ -638,6 +648,18 @@ pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        // A path through a file (XDG_STATE_HOME set to one): what to change, not "reconnect".
+        Err(e) if e.raw_os_error() == Some(20) => {
+            return Err(crate::exit::coded_hint(
+                crate::exit::USAGE,
+                format!(
+                    "reading key cache {}: {e}: a file stands where a directory of that path is",
+                    dir.display()
+                ),
+                "point the key cache at a directory: --key-cache DIR, or XDG_STATE_HOME (or \
+                 HOME) set to a directory",
+            ))
+        }
         Err(e) => return Err(e).with_context(|| format!("reading key cache {}", dir.display())),
     };
     let mut out = Vec::new();
@@ -935,6 +957,21 @@ mod tests {
         std::fs::write(&bom, format!("\u{feff}{public}")).unwrap();
         let r = read_recipients(bom.to_str().unwrap()).unwrap();
         assert_eq!(r[0].to_string(), publics[0]);
+        // A BOM and then spaces or a tab on the key's line (it was "invalid Bech32").
+        std::fs::write(&bom, format!("\u{feff} \t{public}")).unwrap();
+        let r = read_recipients(bom.to_str().unwrap()).unwrap();
+        assert_eq!(r[0].to_string(), publics[0]);
+        let secret = std::fs::read_to_string(&a).unwrap();
+        let spaced = dir.path().join("spaced.key");
+        let line = secret
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY"))
+            .unwrap();
+        std::fs::write(&spaced, format!("\u{feff}  {line}\n")).unwrap();
+        assert_eq!(
+            read_identity(&spaced).unwrap().to_public().to_string(),
+            publics[0]
+        );
     }
 
     #[test]

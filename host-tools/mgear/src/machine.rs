@@ -1215,7 +1215,7 @@ pub fn run_ingest(
     let started = std::time::Instant::now();
     let r = ingest_set(args, targets, only).inspect_err(|e| {
         if let Some(p) = &args.report {
-            crate::ingest::report_stop(p, args, &targets.join(" "), started, e);
+            crate::ingest::report_stop(p, args, &targets.join(" "), true, started, e);
         }
     })?;
     if let Some(p) = &args.report {
@@ -1469,6 +1469,24 @@ pub fn ingest_set(
         }
         Ok(file)
     });
+    // Every generation of each disk of the set, by its manifest root: a target that holds
+    // another one of this disk is named by it (it was "an earlier generation, or another
+    // capture").
+    let disk_generations: Vec<(usize, u32, [u8; 32])> = image_format::list_captures(medium.store())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| {
+            let lower = c.name.to_ascii_lowercase();
+            let (set, k) = set::parse_disk_stream_name(&lower)?;
+            set.eq_ignore_ascii_case(&args.name)
+                .then_some((k, c.clone()))
+        })
+        .flat_map(|(k, c)| {
+            c.generations
+                .into_iter()
+                .filter_map(move |g| Some((k, g.generation, g.manifest_root?)))
+        })
+        .collect();
     let closed = medium.close();
     let file: SetFile = checked?;
     closed?;
@@ -1570,11 +1588,34 @@ pub fn ingest_set(
                         "it holds disk {j} of this set generation: the targets were given in \
                          another order"
                     ),
-                    None => format!(
-                        "it holds another finished ingest recorded on this host (an earlier \
-                         generation, or another capture: manifest root {})",
-                        &hex(&r)[..32]
-                    ),
+                    None => match disk_generations
+                        .iter()
+                        .find(|(j, _, root)| j == k && *root == r)
+                    {
+                        Some((_, was, _)) if *was > g => {
+                            return Err(usage(format!(
+                                "{} (the target of disk {k}) holds generation {was} of this \
+                                 disk, NEWER than generation {g} asked for (ingested on this \
+                                 host, and kept up to date since if `mgear serve` runs on it): \
+                                 --force would write the older generation back over it, and \
+                                 what changed since is lost. Ingest generation {g} into other \
+                                 names to look at it; nothing was written",
+                                p.display()
+                            )))
+                        }
+                        Some((_, was, _)) => format!(
+                            "it holds generation {was} of this disk, ingested on this host: \
+                             --force writes generation {g} over it, the whole disk, verified \
+                             again; where the machine runs from it, `mgear serve` on it and \
+                             `mgear sync` at the source keep it up to date in place instead \
+                             (SYNC.md)"
+                        ),
+                        None => format!(
+                            "it holds another finished ingest recorded on this host (another \
+                             capture: manifest root {})",
+                            &hex(&r)[..32]
+                        ),
+                    },
                 },
                 None => "no ingest into it is recorded on this host: somebody's file, or one \
                          another host wrote"

@@ -326,7 +326,17 @@ fn parse(json: bool) -> Cli {
 /// medium damaged), and an empty `MGEAR_APPLIANCE` was refused as a `--port` never given.
 fn check_env(json: bool) {
     let wrong = |message: String, hint: &str| -> ! {
-        output::init("mgear", json);
+        // Named as a usage error of the command line names it (it said "mgear").
+        let args: Vec<_> = std::env::args_os().skip(1).collect();
+        let named = named_subcommands(&Cli::command(), &args);
+        output::init(
+            &if named.is_empty() {
+                "mgear".to_string()
+            } else {
+                named.join(" ")
+            },
+            json,
+        );
         if json {
             println!("{}", output::error_line(exit::USAGE, &message, hint));
         }

@@ -935,11 +935,24 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
             // A medium's MGEAR/ reached another way (a bind mount of it) has no medium above
             // it to name, but what it holds says what it is.
             if holds_captures(&path) {
+                // Named where the path says it (`dir:mnt/MGEAR`): through a bind mount the
+                // directory above is not the medium's.
+                let own = match (path.file_name(), path.parent()) {
+                    (Some(n), Some(p)) if n == image_format::layout::ROOT_DIR => {
+                        let p = if p.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            p
+                        };
+                        format!("--medium dir:{}", p.display())
+                    }
+                    _ => "--medium dir:DIR, DIR the directory that holds it".to_string(),
+                };
                 return Err(usage(format!(
                     "{} holds captures (their key slots and generations): it is a medium's {}/ \
                      directory, not a medium, and as one it would be written into that \
-                     medium's captures, which then read as damaged. Give the directory that \
-                     holds it (the medium's own directory) as --medium dir:DIR",
+                     medium's captures, which then read as damaged. Give the medium's own \
+                     directory: {own}",
                     path.display(),
                     image_format::layout::ROOT_DIR,
                 )));

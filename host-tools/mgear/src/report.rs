@@ -62,6 +62,37 @@ pub fn note_generation(g: u32) {
     }
 }
 
+/// Signatures the trust gate found valid under keys this target did not pin (`role`,
+/// fingerprint): a refused ingest's report said "signatures none" beside a message naming them.
+static UNPINNED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Record a signature the trust gate found by a key not pinned, for the report.
+pub fn note_unpinned(role: &str, fingerprint: &str) {
+    if let Ok(mut u) = UNPINNED.lock() {
+        if !u.iter().any(|(r, f)| r == role && f == fingerprint) {
+            u.push((role.to_string(), fingerprint.to_string()));
+        }
+    }
+}
+
+/// Record the generation the trust gate checks by its commit (capture id, manifest root),
+/// unless its manifest was noted already: a refusal before the manifest is read had its
+/// digests all null.
+pub fn note_commit(c: &image_format::commit::Commit) {
+    if let Ok(mut slot) = MANIFEST.lock() {
+        if slot.is_none() {
+            *slot = Some((
+                [
+                    crate::output::hex(&c.capture_id),
+                    crate::output::hex(&c.manifest_root),
+                    String::new(),
+                ],
+                c.generation,
+            ));
+        }
+    }
+}
+
 /// Record the manifest this run ingests, for the report.
 pub fn note_manifest(m: &image_format::layout::Manifest) {
     let root = blake3::hash(&m.signed_bytes());
@@ -390,10 +421,18 @@ pub fn noted_manifest() -> Option<[String; 3]> {
 }
 
 fn manifest_digests(noted: Option<[String; 3]>) -> Value {
-    let [capture_id, manifest_root, disk_digest] =
-        noted
-            .map(|m| m.map(Value::String))
-            .unwrap_or([Value::Null, Value::Null, Value::Null]);
+    // An empty one is not known (a generation checked by its commit only).
+    let [capture_id, manifest_root, disk_digest] = noted
+        .map(|m| {
+            m.map(|d| {
+                if d.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(d)
+                }
+            })
+        })
+        .unwrap_or([Value::Null, Value::Null, Value::Null]);
     json!({
         "capture_id": capture_id,
         "manifest_root": manifest_root,
@@ -404,9 +443,14 @@ fn manifest_digests(noted: Option<[String; 3]>) -> Value {
 /// Who vouched for what was ingested (`signatures`) and the overrides taken (`warnings`).
 fn trust_fields(v: &mut Value) {
     let (trusted_by, warnings) = noted_trust();
+    let unpinned = UNPINNED.lock().map(|u| u.clone()).unwrap_or_default();
     v["signatures"] = json!(trusted_by
         .iter()
         .map(|t| signature(t, "pinned, signature valid"))
+        .chain(unpinned.iter().map(|(role, fp)| {
+            json!({"role": role, "fingerprint": fp, "via": "COMMIT",
+                   "verdict": "signature valid, key NOT pinned"})
+        }))
         .collect::<Vec<_>>());
     v["warnings"] = json!(warnings);
 }
@@ -494,12 +538,38 @@ pub fn summary(v: &Value) -> String {
             // which were not read (the ticket said "read 200 MiB" of a capture that read 53).
             let holes = r["holes_skipped"].as_u64().unwrap_or(0);
             let read = r["bytes_read"].as_u64().map(|b| b.saturating_sub(holes));
+            // A resumed run: what it read is this run's, what is stored the generation's
+            // (the ticket read "read 18 MiB, stored 43 MiB" with no word of the resume).
+            if let Some(k) = r["resumed_from_chunk"].as_u64().filter(|k| *k > 0) {
+                line(
+                    "resumed",
+                    format!(
+                        "at chunk {k}: `read` counts this run's reads, `stored` the whole \
+                         generation"
+                    ),
+                );
+            }
             line("read", bytes(read));
             if holes > 0 {
                 line("holes skipped", size(r, &["holes_skipped"]));
             }
             line("stored", size(r, &["stored_bytes"]));
+            // The counts the JSON has (the summary left them out).
+            if let (Some(st), Some(z), Some(d)) = (
+                r["stored_chunks"].as_u64(),
+                r["zero_chunks"].as_u64(),
+                r["dedup_chunks"].as_u64(),
+            ) {
+                line("chunks", format!("{st} stored, {z} zero, {d} deduplicated"));
+            }
         } else {
+            // A re-run that found the volume finished: nothing written or read back now.
+            if r["kept"] == true {
+                line(
+                    "kept",
+                    "yes: an earlier run finished this volume, and this one wrote nothing".into(),
+                );
+            }
             line("written", size(r, &["bytes_written"]));
             line("verified", verified(r).into());
             match r.get("booted").and_then(Value::as_bool) {
@@ -655,6 +725,15 @@ pub fn check_writable(path: &Path, flag: &str, kind: &str) -> crate::Result<()> 
             Ok(f) => {
                 drop(f);
                 let _ = std::fs::remove_file(&partial);
+            }
+            // A name too long (with the suffix a report is written under first): not a
+            // directory matter, as the hint said.
+            Err(e) if e.raw_os_error() == Some(36) => {
+                return Err(crate::exit::usage(format!(
+                    "{flag} {}: the file name is too long for the file system once `.partial` \
+                     (the name it is written under first) is added: give a shorter name",
+                    path.display()
+                )))
             }
             Err(e) => {
                 return Err(crate::exit::coded_hint(

@@ -77,10 +77,14 @@ fn one_pem_block(text: &str) -> Result<String, String> {
 
 /// Read a capture site's secret signing key (`site.key`).
 pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
-    let text = Zeroizing::new(
-        crate::keyfile::read_to_string(path)
-            .map_err(|e| usage(format!("cannot read signing key {}: {e}", path.display())))?,
-    );
+    let text = Zeroizing::new(crate::keyfile::read_to_string(path).map_err(|e| {
+        crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!("cannot read signing key {}: {e}", path.display()),
+            "give --sign this capture site's secret signing key: the file `mgear keygen \
+                     --signing --out site.key` wrote (a PEM text file, 0600), not its .pub",
+        )
+    })?);
     if text.trim().is_empty() {
         return Err(usage(format!(
             "{} is empty: give the .key file written by `mgear keygen --signing`",
@@ -131,8 +135,14 @@ fn why_not_ed25519(e: &dyn std::fmt::Display) -> String {
 
 /// Read a capture site's public key (`site.pub`).
 pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
-    let text = crate::keyfile::read_to_string(path)
-        .map_err(|e| usage(format!("cannot read public key {}: {e}", path.display())))?;
+    let text = crate::keyfile::read_to_string(path).map_err(|e| {
+        crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!("cannot read public key {}: {e}", path.display()),
+            "give --trust the capture site's public signing key: the .pub file `mgear \
+                 keygen --signing` wrote at the capture site (a PEM text file)",
+        )
+    })?;
     if text.trim().is_empty() {
         return Err(usage(format!(
             "{} is empty: give the .pub file written by `mgear keygen --signing` (a copy cut \

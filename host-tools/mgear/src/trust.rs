@@ -437,6 +437,7 @@ pub fn check_generation(
                  with --generation), and `mgear verify` says what is wrong with this one",
         )
     })?;
+    crate::report::note_commit(&expected);
     // A disk of a machine set, asked for by its stream name: it must be the
     // disk its set manifest lists at its place (another set capture's disk,
     // signed too, swapped in is refused), and the receipt's commit is the set's.
@@ -521,8 +522,11 @@ pub fn check_generation(
                         // An erase on purpose or a PIN lockout: "altered since" sent the
                         // operator looking for tampering.
                         "nothing was installed, and nothing on this medium can be: its key \
-                         slots were erased (an appliance's crypto-erase or PIN lockout). Ingest \
-                         from another copy of the shipment, or capture the disk again"
+                         slots were erased (an appliance's crypto-erase or PIN lockout). A \
+                         volume an ingest finished before the erase stands as it was verified \
+                         then (its report says so; this run cannot read it back against the \
+                         medium any more); else ingest from another copy of the shipment, or \
+                         capture the disk again"
                     } else {
                         "nothing was installed: the medium is not what was signed (damaged, \
                          erased or altered since); `mgear verify` lists what differs. Ingest \
@@ -562,6 +566,7 @@ pub fn check_generation(
                         }
                     ));
                 } else {
+                    crate::report::note_unpinned(s.role.as_str(), &fp);
                     found.push(format!(
                         "COMMIT signed by {} {fp}, which is not pinned",
                         s.role.as_str()

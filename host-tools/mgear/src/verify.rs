@@ -514,7 +514,13 @@ pub fn no_such_capture(
                 names.join(", ")
             }
         ),
-        "`mgear inspect --medium ...` lists the captures; pass one with --name",
+        // An appliance's medium is listed through the appliance (it said `--medium`).
+        if medium.starts_with("appliance at ") {
+            "`mgear inspect --appliance PORT` lists the captures; pass one with --name (another \
+             appliance may hold this one)"
+        } else {
+            "`mgear inspect --medium ...` lists the captures; pass one with --name"
+        },
     )
 }
 

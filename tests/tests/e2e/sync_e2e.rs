@@ -1471,3 +1471,40 @@ fn a_reconnect_wait_ends_at_ctrl_c_and_a_dead_target_is_found_before_the_quiesce
         text(&o)
     );
 }
+
+/// The NBD server of the export a serve keeps restarts under it: the serve connects again
+/// (and hashes the export again) at the next session. Every later sync failed with "the NBD
+/// connection is unusable after an earlier error; reconnect", and the serve ran on.
+#[test]
+fn a_serve_of_an_nbd_export_connects_again_after_its_server_restarts() {
+    use std::os::unix::fs::FileExt as _;
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 8, 23);
+    e.capture_and_ingest("64MiB");
+    std::fs::copy(e.p("vol.raw"), e.p("export.raw")).unwrap();
+    let sock = e.p("export.sock");
+    let export = format!("nbd+unix:///?socket={}", sock.display());
+    let server = mgear_tests::qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("export.raw"));
+    #[rustfmt::skip]
+    let (_serve, addr) = Line::new(&e, &["serve", "--target", &export])
+        .medium("fat:medium.img")
+        .args(&["--name", "web01", "--identity", "target.key", "--listen", "127.0.0.1:0"])
+        .trust("site.pub")
+        .listen();
+    drop(server);
+    let _ = std::fs::remove_file(&sock);
+    let _server = mgear_tests::qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("export.raw"));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(e.p("disk.raw"))
+        .unwrap();
+    f.write_all_at(&[0x5a; 4096], 3 * MIB as u64).unwrap();
+    drop(f);
+    #[rustfmt::skip]
+    let o = e.run(&["sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(e.p("export.raw")).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap()
+    );
+}

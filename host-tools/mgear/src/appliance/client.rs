@@ -185,6 +185,22 @@ impl Client {
         // exclusive lock left by a killed process must not lock the next out.
         tty.set_exclusive(false)
             .with_context(|| format!("configuring {}", port.display()))?;
+        // Reads that never block past their poll: another program reading the console (a
+        // `cat` of it) can take the bytes poll said were there, and the blocking read then
+        // waited for ever (no timeout, no message). Non-blocking, it returns WouldBlock and
+        // the client's timeouts stand.
+        {
+            use nix::fcntl::{fcntl, FcntlArg, OFlag};
+            use std::os::fd::AsRawFd as _;
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(tty.as_raw_fd()) };
+            let flags = fcntl(fd, FcntlArg::F_GETFL)
+                .with_context(|| format!("configuring {}", port.display()))?;
+            fcntl(
+                fd,
+                FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+            )
+            .with_context(|| format!("configuring {}", port.display()))?;
+        }
         let mut c = Client::over(Box::new(tty));
         c.port = port.display().to_string();
         // First contact, answered at once by any appliance in any state: the command's own

@@ -28,7 +28,7 @@ use mgear_appliance_api::attest::Attestation;
 use mgear_appliance_api::protocol::{DeviceState, Request, Response};
 
 use super::client::Client;
-use crate::exit::{coded, usage, FOUND};
+use crate::exit::{coded, FOUND};
 use crate::trust::{self, read_capped, Attestations, Policy, Verdict, MAX_ATTESTATION_LEN};
 
 /// Directory on the medium where attestation copies may be stored
@@ -43,9 +43,22 @@ pub const ARRIVAL_FILE: &str = "ARRIVAL";
 pub fn decode_attestation(bytes: &[u8], what: &str) -> crate::Result<Attestation> {
     match postcard::from_bytes::<Attestation>(bytes) {
         Ok(a) => Ok(a),
-        Err(e) => bail!("{what} is not an attestation: {e}"),
+        Err(e) => Err(crate::exit::coded_hint(
+            FOUND,
+            format!(
+                "{what} is not an attestation ({e}): damaged, or not a file `mgear appliance \
+                 attestations` wrote"
+            ),
+            ATTESTATIONS_HINT,
+        )),
     }
 }
+
+/// What to do about an attestation export that is missing or does not read.
+const ATTESTATIONS_HINT: &str = "give --attestations the directory `mgear appliance \
+     attestations --out DIR` wrote at the appliance (it holds SEAL and ARRIVAL), exported again \
+     if this copy is damaged; or ingest through the appliance itself (--appliance PORT). \
+     Nothing was written";
 
 /// Encode an attestation for a file.
 pub fn encode_attestation(att: &Attestation) -> Vec<u8> {
@@ -86,10 +99,11 @@ fn failed_arrival(c: &mut Client) -> Option<String> {
 fn read_export(dir: &Path, file: &str) -> crate::Result<Attestation> {
     let path = dir.join(file);
     let f = std::fs::File::open(&path).map_err(|e| {
-        usage(format!(
-            "--attestations: cannot open {}: {e}",
-            path.display()
-        ))
+        crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!("--attestations: cannot open {}: {e}", path.display()),
+            ATTESTATIONS_HINT,
+        )
     })?;
     let len = f
         .metadata()
@@ -309,11 +323,12 @@ pub fn ingest_gate(
     let atts =
         find_attestations(port, attestations_dir, medium).map_err(
             |e| match crate::exit::classified(&e) {
-                Some(code) if code != FOUND => e,
-                _ => coded(FOUND, format!("{e:#}")),
+                // Classified already, with its own hint kept.
+                Some(_) => e,
+                None => coded(FOUND, format!("{e:#}")),
             },
         )?;
-    let verdict = trust::check_generation(
+    let mut verdict = trust::check_generation(
         medium,
         name,
         generation,
@@ -327,10 +342,61 @@ pub fn ingest_gate(
             trust::check_lone_seal(medium, name, verdict.generation, &seal, policy)?;
         }
     }
+    // An arrival check that failed before the one that passed: the medium's bytes were not
+    // what was sealed then (put back since?). The pass and the signatures vouch for what is
+    // read now, but the ticket must say so (the report said nothing of it).
+    if let (Some(port), Ok(_)) = (port, &atts) {
+        if let Ok(mut c) = Client::open(port) {
+            verdict.warnings.extend(failed_before_pass(&mut c, port));
+        }
+    }
     for w in &verdict.warnings {
         warn_once(w);
     }
     Ok(verdict)
+}
+
+/// The arrival checks the custody log records as failed before its last passing one.
+fn failed_before_pass(c: &mut Client, port: &Path) -> Vec<String> {
+    let Ok(log) = crate::appliance::fetch_log(c) else {
+        return Vec::new();
+    };
+    let mut failed = Vec::new();
+    let mut before_pass = 0;
+    for r in &log {
+        let Ok(d) = r.decode() else { continue };
+        if let mgear_appliance_api::custody::Event::Arrival {
+            attestation,
+            problems,
+            first,
+        } = d.entry.event
+        {
+            match attestation {
+                None => failed.push(format!(
+                    "record {}: {problems} problem(s){}",
+                    d.entry.index,
+                    first
+                        .map(|f| format!(", the first: {f}"))
+                        .unwrap_or_default()
+                )),
+                Some(_) => before_pass = failed.len(),
+            }
+        }
+    }
+    failed.truncate(before_pass);
+    if failed.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "the custody log of the appliance at {} records {} arrival check(s) that FAILED before \
+         the one that passed ({}): its medium was not what was sealed then, and is now; the \
+         passing check and the signatures vouch for what was read. Find out what happened to \
+         it in transit (`mgear appliance --port {} log --verify`)",
+        port.display(),
+        failed.len(),
+        failed.join("; "),
+        port.display()
+    )]
 }
 
 /// Print a trust warning unless this run printed the same one already: a machine set is

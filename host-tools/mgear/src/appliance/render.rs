@@ -8,7 +8,7 @@
 //! as a hex string ([`BYTE_FIELDS`]).
 
 use mgear_appliance_api::attest::{fingerprint, full_fingerprint, Attestation};
-use mgear_appliance_api::custody::{EraseReason, Event, LogEntry};
+use mgear_appliance_api::custody::{Event, LogEntry};
 use serde::Serialize;
 
 use crate::output::{hex, iso_time};
@@ -54,82 +54,8 @@ fn when(unix: Option<u64>) -> String {
 
 /// What happened, in words.
 pub fn event_text(e: &Event) -> String {
-    match e {
-        Event::Provisioned { identity } => {
-            format!("provisioned: identity {}", full_fingerprint(identity))
-        }
-        Event::PowerUp { boot } => format!("power-up #{boot}"),
-        Event::TornTailDropped { bytes } => {
-            format!("recovery dropped a torn last record ({bytes} bytes)")
-        }
-        Event::Unlock => "unlocked: the medium accepts writes".to_string(),
-        Event::WrongPin { failures } => format!("wrong PIN ({failures} in a row)"),
-        Event::PinCheckCutOff { failures } => format!(
-            "a PIN check was cut off by a power loss: counted as a wrong PIN ({failures} in a row)"
-        ),
-        Event::Lock => "locked: the medium is read-only".to_string(),
-        // Sent before the medium is opened: a run refused then ("already captured") wrote
-        // nothing, and "started writing" said it had.
-        Event::CaptureBegin { name } => format!("a capture of {name} was started"),
-        Event::CaptureRemoved { name, generations } => match generations.as_slice() {
-            [] => format!("capture {name} removed (it held no generation)"),
-            [g] => format!("capture {name} generation {g} removed"),
-            many => format!(
-                "capture {name} generations {} removed",
-                many.iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
-        Event::CaptureCommit { name, generation } => {
-            format!("capture {name} generation {generation} committed (witnessed)")
-        }
-        Event::Verify { problems, first } => match (problems, first) {
-            (0, _) => "keyless verification: no problems".to_string(),
-            (n, Some(f)) => format!("keyless verification: {n} problem(s), first: {f}"),
-            (n, None) => format!("keyless verification: {n} problem(s)"),
-        },
-        Event::Seal {
-            counter,
-            attestation,
-        } => format!(
-            "sealed: attestation {} (counter {counter})",
-            hex(attestation)
-        ),
-        Event::Arrival {
-            attestation,
-            problems,
-            first,
-        } => match attestation {
-            Some(a) => format!("arrival check passed: attestation {}", hex(a)),
-            None => format!(
-                "arrival check FAILED: {problems} problem(s){}",
-                first
-                    .as_ref()
-                    .map(|f| format!(", first: {f}"))
-                    .unwrap_or_default()
-            ),
-        },
-        Event::Erase {
-            reason,
-            key_slots,
-            overwrite_medium,
-        } => format!(
-            "crypto-erased ({}): identity secret destroyed, {key_slots} key slot file(s) destroyed, medium {}",
-            match reason {
-                EraseReason::Requested => "requested",
-                EraseReason::PinLockout => "too many wrong PINs",
-            },
-            // The record is signed before the identity goes, so before the medium is zeroed:
-            // the appliance keeps zeroing it at every power-up until it is done.
-            if *overwrite_medium {
-                "zeroed (ordered in this record; finished at power-up if the power was cut)"
-            } else {
-                "kept"
-            }
-        ),
-    }
+    // The words are the appliance's own (its console prints the same).
+    e.to_string()
 }
 
 /// One custody-log line: index, wall time, uptime, event.
@@ -252,7 +178,7 @@ mod tests {
         assert!(line.contains(&full_fingerprint(&[0xab; 32])), "{line}");
         assert!(!line.contains('[') && !line.contains('{'), "{line}");
         let erase = event_text(&Event::Erase {
-            reason: EraseReason::PinLockout,
+            reason: mgear_appliance_api::custody::EraseReason::PinLockout,
             key_slots: 2,
             overwrite_medium: false,
         });

@@ -370,6 +370,11 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
         crate::spec::Target::File(p) => vol.watch(p, &m.capture_id, &name),
         other => vol.note_served(&other.to_string(), &m.capture_id, &name),
     }
+    // An NBD export's server may restart under a long-running serve: connected to again.
+    if let crate::spec::Target::Nbd(_) = &spec {
+        let again = spec.clone();
+        vol.reopen_with(Box::new(move || crate::target::open_in_place(&again)));
+    }
     if vol.written_elsewhere() {
         eprintln!(
             "mgear serve: the first sync compares every chunk of {spec}, with --dirty-bitmap \

@@ -876,11 +876,7 @@ impl Run<'_> {
         for &index in &candidates {
             // Ctrl-C: the session ends here; the target keeps what it applied.
             if crate::signals::stop_requested() {
-                return Err(Fail::Fatal(coded(
-                    IO,
-                    "stopped; the target keeps the chunks it applied, and the same command \
-                     continues from there",
-                )));
+                return Err(Fail::Fatal(stopped_sync()));
             }
             let Some(have) = usize::try_from(index)
                 .ok()

@@ -106,7 +106,14 @@ pub struct ServedVolume {
     written_elsewhere: bool,
     /// Where this serve records that a completed session left the volume as its source had it.
     record: Option<Record>,
+    /// How to connect to the volume again (an NBD export): its server restarted, the
+    /// connection is unusable, and every later session failed ("reconnect") while the serve
+    /// ran on.
+    reopen: Option<Reopen>,
 }
+
+/// Opens a served volume again ([`ServedVolume::reopen_with`]).
+pub type Reopen = Box<dyn FnMut() -> crate::Result<Box<dyn mgear_volume::Volume>> + Send>;
 
 /// What a serve keeps across restarts, in `$XDG_STATE_HOME/mgear/serve/` (or
 /// `~/.local/state/mgear/serve/`), one file per volume file (by device and inode): the
@@ -333,7 +340,52 @@ impl ServedVolume {
             watched: None,
             written_elsewhere: true,
             record: None,
+            reopen: None,
         })
+    }
+
+    /// Connect to the volume again with `reopen` when a session finds the connection
+    /// unusable (see [`ServedVolume::reconnect_if_broken`]).
+    pub fn reopen_with(&mut self, reopen: Reopen) {
+        self.reopen = Some(reopen);
+    }
+
+    /// Before a session: a volume that does not answer a read any more (an NBD export whose
+    /// server was restarted) is connected to again and hashed again, as one written behind
+    /// serve's back (it may have been). Without a way to reopen it, or when that fails, the
+    /// error is the session's refusal.
+    pub fn reconnect_if_broken(&mut self) -> crate::Result<()> {
+        let Some(reopen) = self.reopen.as_mut() else {
+            return Ok(());
+        };
+        let mut probe = [0u8; 512];
+        let n = self.size.min(512) as usize;
+        if self.vol.read_at(0, &mut probe[..n]).is_ok() {
+            return Ok(());
+        }
+        let vol = reopen().map_err(|e| {
+            e.context(format!(
+                "{} stopped answering and could not be connected to again (restart its server, \
+                 then sync again; serve goes on)",
+                self.desc
+            ))
+        })?;
+        if vol.size() < self.size {
+            return Err(usage(format!(
+                "{} came back {} bytes, smaller than the {} bytes served: stop serve and check \
+                 the export",
+                self.desc,
+                vol.size(),
+                self.size
+            )));
+        }
+        eprintln!(
+            "mgear serve: {} stopped answering: connected again; hashing it again before this \
+             session",
+            self.desc
+        );
+        self.vol = vol;
+        self.rehash()
     }
 
     /// Watch the file volume at `path`: a program other than this serve writing it in place
@@ -1034,10 +1086,10 @@ fn handle(
         );
         return (applied, false);
     }
-    let rehashed = vol
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .rehash_if_changed();
+    let rehashed = {
+        let mut v = vol.lock().unwrap_or_else(|p| p.into_inner());
+        v.reconnect_if_broken().and_then(|()| v.rehash_if_changed())
+    };
     if let Err(e) = rehashed {
         // Said to the source too: it read a closed connection as one to retry.
         eprintln!("mgear serve: refused {peer}: {e:#}");
