@@ -163,3 +163,52 @@ fn cobs_encode(data: &[u8]) -> Vec<u8> {
     out[code_at] = code;
     out
 }
+
+/// Another program reading the console at the same moment (a `cat` of it) takes the
+/// appliance's answer: `mgear appliance info` gives up after its first-contact wait, exit 3,
+/// naming that program. Its blocking read waited for ever when the other took the bytes its
+/// poll had seen (no timeout, no message; 10 minutes until killed).
+#[test]
+fn a_reader_beside_mgear_on_the_console_never_hangs_it() {
+    let mut lab = Lab::new(40);
+    lab.start();
+    for _ in 0..2 {
+        let cat = std::process::Command::new("cat")
+            .arg(lab.tty())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut info = lab
+            .mgear(&["appliance", "--port", &lab.tty(), "info"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = info.try_wait().unwrap() {
+                break Some(s);
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                let _ = info.kill();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let out = info.wait_with_output().unwrap();
+        let mut cat = cat;
+        let _ = cat.kill();
+        let _ = cat.wait();
+        let status = status.expect("mgear appliance info hung beside a reader of its console");
+        // The answer may reach mgear first: then it is simply answered.
+        if !status.success() {
+            assert_eq!(status.code(), Some(3), "{}", text(&out.stderr));
+            assert!(
+                text(&out.stderr).contains("has that console open too"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+    lab.stop();
+}

@@ -514,3 +514,32 @@ fn a_pinned_site_key_is_required_beside_a_pinned_appliance() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     lab.stop();
 }
+
+/// An arrival check that failed, then one that passed (a byte changed in transit, put back
+/// since): an ingest through the appliance says so in its warnings (the report said nothing of
+/// it: only a reader of the custody log by hand knew).
+#[test]
+fn an_arrival_that_failed_before_the_one_that_passed_is_in_the_ingest_warnings() {
+    let mut lab = Lab::new(64);
+    lab.sealed(2);
+    lab.stop();
+    let at = lab.offset_in_medium("MGEAR/web01/G0001/SEG-00000") + 300;
+    lab.flip_medium_byte(at);
+    lab.start();
+    let out = lab.appliance(&["arrival"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    lab.stop();
+    lab.flip_medium_byte(at);
+    lab.start();
+    lab.appliance_ok(&["arrival"]);
+    let out = lab.ingest(&["--json", "--allow-untrusted"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["warnings"]
+            .to_string()
+            .contains("1 arrival check(s) that FAILED before the one that passed"),
+        "{v}"
+    );
+    lab.stop();
+}

@@ -3518,3 +3518,81 @@ fn a_key_in_use_by_a_running_capture_is_not_forgotten() {
     let k = e.json(&["keys", "list"]);
     assert_eq!(k["keys"], serde_json::json!([]), "{k}");
 }
+
+/// A volume that holds a newer generation of the disk (ingested, or kept up to date by a
+/// serve since) is not written back to an older one on `--force`'s say-so unasked: the
+/// refusal says NEWER (it offered `--force` as for any other file). And the record of an
+/// unfinished ingest whose `.partial` was removed by hand is dropped, not sent back to.
+#[test]
+fn an_older_generation_is_not_offered_over_a_newer_and_a_removed_partial_is_forgotten() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 6 << 20, 47);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("d.raw").ok();
+    let mut d = fs::read(e.p("d.raw")).unwrap();
+    d[2 << 20] ^= 0xff;
+    fs::write(e.p("d.raw"), &d).unwrap();
+    e.capture("dir:m", "web01")
+        .source("d.raw")
+        .arg("--delta")
+        .ok();
+    ingests_as(&e, "web01", "v.raw", &d);
+    let before = fs::read(e.p("v.raw")).unwrap();
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .args(&["--generation", "1"])
+        .run();
+    refused(&o, "NEWER than the generation 1 asked for");
+    assert_eq!(fs::read(e.p("v.raw")).unwrap(), before);
+
+    // An ingest of generation 2 stopped part-way; its .partial removed by hand.
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:w.raw")
+        .killed_after("1MiB/s", 2500);
+    assert!(e.p("w.raw.partial").exists());
+    fs::remove_file(e.p("w.raw.partial")).unwrap();
+    let o = e
+        .ingest("dir:m", "web01")
+        .untrusted()
+        .target("file:w.raw")
+        .args(&["--generation", "1"])
+        .ok();
+    assert!(
+        output_text(&o).contains("which is gone: that record is dropped"),
+        "{}",
+        output_text(&o)
+    );
+}
+
+/// A `dev:` ingest finished, written again with `--force` and killed part-way: the same
+/// command without `--force` resumes that unfinished ingest (it read the device back against
+/// the first ingest's record and refused, exit 1, "does not hold it any more").
+#[test]
+fn a_killed_forced_ingest_into_a_device_resumes() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 8 << 20, 48);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("d.raw").ok();
+    fs::write(e.p("vol.img"), vec![0u8; 12 << 20]).unwrap();
+    let dev = Loop::attach(&e.p("vol.img"));
+    let target = format!("dev:{}", dev.0);
+    e.ingest("dir:m", "web01").untrusted().target(&target).ok();
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target(&target)
+        .arg("--force")
+        .killed_after("1MiB/s", 2500);
+    let o = e.ingest("dir:m", "web01").untrusted().target(&target).ok();
+    assert!(
+        !output_text(&o).contains("does not hold it any more"),
+        "{}",
+        output_text(&o)
+    );
+    let v = fs::read(&dev.0).unwrap();
+    assert_eq!(&v[..8 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
+}

@@ -650,4 +650,36 @@ fn every_failed_verdict_carries_its_error_and_reports_keep_their_kind() {
         output_text(&o)
     );
     assert_eq!(std::fs::read(e.p("receipt.json")).unwrap(), receipt);
+    // A refused ingest's report names the signature it found, by a key not pinned, and the
+    // generation it checked (they were "signatures none" and null digests).
+    let o = e
+        .ingest(&m, "web01")
+        .trust("other.pub")
+        .target("file:vol.raw")
+        .args(&["--report", "refused.json"])
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let r: Value = serde_json::from_slice(&std::fs::read(e.p("refused.json")).unwrap()).unwrap();
+    assert!(
+        r["signatures"]
+            .to_string()
+            .contains("signature valid, key NOT pinned"),
+        "{r}"
+    );
+    assert!(r["digests"]["manifest_root"].is_string(), "{r}");
+    // The capture report's summary says its chunk counts, and a kept re-run's says kept.
+    let txt = std::fs::read_to_string(e.p("receipt.txt")).unwrap();
+    assert!(txt.contains("chunks          "), "{txt}");
+    e.ingest(&m, "web01")
+        .trust("site.pub")
+        .target("file:vol.raw")
+        .args(&["--report", "first.json"])
+        .ok();
+    e.ingest(&m, "web01")
+        .trust("site.pub")
+        .target("file:vol.raw")
+        .args(&["--report", "kept.json"])
+        .ok();
+    let txt = std::fs::read_to_string(e.p("kept.txt")).unwrap();
+    assert!(txt.contains("kept            yes"), "{txt}");
 }
