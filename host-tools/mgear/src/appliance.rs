@@ -269,7 +269,9 @@ pub fn next_step(state: DeviceState) -> &'static str {
         DeviceState::Arrived => {
             "save the attestations (`mgear appliance attestations --out DIR`), ingest, and once \
              every ingest that reads this medium has completed (exit 0, not 4: a span's boot \
-             sector is written last) `mgear appliance erase --yes`"
+             sector is written last) and no `mgear serve` will need its key slots again (every \
+             serve start reads them: keep it until the cutover is done) `mgear appliance erase \
+             --yes`"
         }
         DeviceState::Erased => {
             "nothing more can be written or provisioned; read its custody log \
@@ -908,13 +910,17 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
             // unlocks, so the PIN travels with the request.
             // The medium id is gone after the erase: the certificate names it from here.
             let before = info(c)?;
+            // A medium of a span: the key slots are mirrored on every medium of it, and the
+            // capture decrypts until each is erased (the certificate said "no longer
+            // decrypts" of one of two, and the other, with the first's segments, still did).
+            let span = span_of(c, port);
             // Erased already (an erase whose answer a power cut or a pulled cable lost, which
             // says to run the command again): the certificate is made from its custody
             // record, as after any erase; there is nothing to erase again.
             // With or without --certificate: the re-run the cut erase asked for exited 2
             // ("the appliance is erased") without one.
             if before.state == DeviceState::Erased {
-                let (cert, verified) = erase_certificate(c, before.medium_id)?;
+                let (cert, verified) = erase_certificate(c, before.medium_id, span)?;
                 if let Some(path) = &certificate {
                     crate::report::write_json_and_text(
                         path,
@@ -985,7 +991,7 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                 } => {
                     let mut written = None;
                     if let Some(path) = certificate {
-                        let (cert, verified) = erase_certificate(c, before.medium_id)?;
+                        let (cert, verified) = erase_certificate(c, before.medium_id, span)?;
                         written = Some((
                             path.display().to_string(),
                             cert["erase_record"]["index"].as_u64(),
@@ -1025,6 +1031,14 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                                 ""
                             }
                         );
+                        if let Some((ordinal, media)) = span.filter(|(_, n)| *n > 1) {
+                            println!(
+                                "note: this medium is #{ordinal} of a span of {media} media, and \
+                                 the capture's key slots are mirrored on every one of them: it \
+                                 no longer decrypts only once each medium of the span is erased \
+                                 (or destroyed)"
+                            );
+                        }
                     }
                     Ok(0)
                 }
@@ -1053,9 +1067,20 @@ fn expect_simple(c: &mut Client, req: &Request, json: bool, text: &str) -> crate
 /// here. The protocol has no "sign this certificate" request, so the
 /// appliance's signature is the one on that custody record. Returns the
 /// certificate and whether the record verified.
+/// The place of the appliance's medium in a span (its ordinal, how many media the span has),
+/// read from its export; `None` for a medium of its own or one that does not read.
+fn span_of(c: &mut Client, port: &Path) -> Option<(u16, usize)> {
+    let (mut store, _lock) = open_medium_with(c, port, false).ok()?;
+    let info = image_format::span::read_span(store.as_mut())
+        .ok()
+        .flatten()?;
+    Some((info.label?.ordinal, info.map.members.len()))
+}
+
 fn erase_certificate(
     c: &mut Client,
     medium_id: Option<[u8; 16]>,
+    span: Option<(u16, usize)>,
 ) -> crate::Result<(serde_json::Value, bool)> {
     let i = info(c)?;
     let records = fetch_log(c)?;
@@ -1128,6 +1153,11 @@ fn erase_certificate(
             "id": i.medium_id.or(medium_id).or(attested).map(|m| hex(&m)),
             "bytes": i.medium_bytes,
             "key_slots_left": slots_left,
+            // This medium's place in a span: its key slots are mirrored on the others.
+            "span": span.map(|(ordinal, media)| serde_json::json!({
+                "ordinal": ordinal,
+                "media": media,
+            })),
         },
         "custody_log_records": records.len(),
         "erase_record": record,
@@ -1326,7 +1356,17 @@ pub fn open_medium(
     exclusive: bool,
 ) -> crate::Result<(Box<dyn Store>, Option<crate::lock::MediumLock>)> {
     let mut c = Client::open(port)?;
-    let i = info(&mut c)?;
+    open_medium_with(&mut c, port, exclusive)
+}
+
+/// [`open_medium`] through the console client `c` already open on `port` (a second client
+/// on the console is refused while the first holds it).
+fn open_medium_with(
+    c: &mut Client,
+    port: &Path,
+    exclusive: bool,
+) -> crate::Result<(Box<dyn Store>, Option<crate::lock::MediumLock>)> {
+    let i = info(c)?;
     let url: mgear_nbd::NbdUrl = i.medium_locator.parse().map_err(|e| {
         err!(
             "the appliance's medium is at {:?}, which this host cannot reach as NBD ({e}); \

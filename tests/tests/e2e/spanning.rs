@@ -155,6 +155,30 @@ fn a_two_disk_machine_spans_two_appliances_and_boots_from_media_given_in_reverse
         .run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     same_file(&a.p("again-1.raw"), &a.p("disk1.raw"));
+    // One appliance of the span erased: the key slots are mirrored on the other, so it says
+    // the capture decrypts until both are (its certificate said "no longer decrypts", and an
+    // ingest through the other appliance still read it all).
+    let o = a.appliance_ok(&[
+        "erase",
+        "--yes",
+        "--pin-file",
+        "pin",
+        "--certificate",
+        "cert.json",
+    ]);
+    assert!(
+        output_text(&o).contains("note: this medium is #0 of a span of 2 media"),
+        "{}",
+        output_text(&o)
+    );
+    let cert: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.p("cert.json")).unwrap()).unwrap();
+    assert_eq!(cert["medium"]["span"]["media"], 2, "{cert}");
+    let txt = std::fs::read_to_string(a.p("cert.txt")).unwrap();
+    assert!(
+        txt.contains("destroyed on this medium, #0 of a span of 2 media"),
+        "{txt}"
+    );
     a.stop();
     b.stop();
 }

@@ -1507,4 +1507,23 @@ fn a_serve_of_an_nbd_export_connects_again_after_its_server_restarts() {
         std::fs::read(e.p("export.raw")).unwrap(),
         std::fs::read(e.p("disk.raw")).unwrap()
     );
+    // Its server killed in the middle of a sync and back a second later: the sync waits for
+    // it (the serve answers BUSY) and goes on (it ended, exit 3, at the first broken write).
+    change_chunks(&e.p("disk.raw"), &[0, 1, 2, 5, 6, 7], 24);
+    let sync = slow_sync(&e, &addr, "2MiB/s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(_server);
+    let _ = std::fs::remove_file(&sock);
+    std::thread::sleep(Duration::from_millis(1000));
+    let _server = mgear_tests::qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("export.raw"));
+    let o = sync.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(e.p("export.raw")).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap()
+    );
 }

@@ -141,6 +141,18 @@ pub fn certificate_text(c: &serde_json::Value) -> String {
             "  NOT DESTROYED  the sealed medium's key slots: the capture still decrypts with \
              target.key (a lockout once sealed leaves the shipment as sealed)"
                 .to_string()
+        } else if c
+            .pointer("/medium/span/media")
+            .and_then(serde_json::Value::as_u64)
+            > Some(1)
+        {
+            format!(
+                "  key slots      destroyed on this medium, #{} of a span of {} media: the \
+                 slots are mirrored on each, and the capture no longer decrypts only once every \
+                 medium of the span is erased",
+                s("/medium/span/ordinal"),
+                s("/medium/span/media")
+            )
         } else {
             "  key slots      destroyed: the capture no longer decrypts".to_string()
         },

@@ -350,6 +350,16 @@ impl ServedVolume {
         self.reopen = Some(reopen);
     }
 
+    /// The ERROR code of a write that failed: for a volume serve connects to again (an NBD
+    /// export), BUSY, which the source retries for a while (its server restarting cut the
+    /// sync off, exit 3, a second before it was back); else IO.
+    fn io_refusal(&self) -> u8 {
+        match self.reopen {
+            Some(_) => err::BUSY,
+            None => err::IO,
+        }
+    }
+
     /// Before a session: a volume that does not answer a read any more (an NBD export whose
     /// server was restarted) is connected to again and hashed again, as one written behind
     /// serve's back (it may have been). Without a way to reopen it, or when that fails, the
@@ -944,7 +954,8 @@ pub fn session<R: Read, W: Write>(
                     return Err(written_during(&mut w, &mut s, &mut vol));
                 }
                 if let Err(e) = vol.apply(index, &data, chunk_id) {
-                    return Err(refuse(&mut w, Some(&mut s), err::IO, format!("{e:#}")));
+                    let code = vol.io_refusal();
+                    return Err(refuse(&mut w, Some(&mut s), code, format!("{e:#}")));
                 }
                 applied.chunks += 1;
                 applied.bytes += data.len() as u64;
@@ -955,7 +966,8 @@ pub fn session<R: Read, W: Write>(
                     return Err(written_during(&mut w, &mut s, &mut vol));
                 }
                 if let Err(e) = vol.sync() {
-                    return Err(refuse(&mut w, Some(&mut s), err::IO, format!("{e:#}")));
+                    let code = vol.io_refusal();
+                    return Err(refuse(&mut w, Some(&mut s), code, format!("{e:#}")));
                 }
                 let digest = session::volume_digest(vol.size, cap.chunk_size, &vol.ids);
                 if told_elsewhere && digest == done.digest {
@@ -1091,14 +1103,19 @@ fn handle(
         v.reconnect_if_broken().and_then(|()| v.rehash_if_changed())
     };
     if let Err(e) = rehashed {
-        // Said to the source too: it read a closed connection as one to retry.
+        // Said to the source too: it read a closed connection as one to retry. An export
+        // that did not answer yet is one to wait for (BUSY), not a failure.
         eprintln!("mgear serve: refused {peer}: {e:#}");
+        let code = match refusal_code(&e) {
+            err::IO => vol.lock().unwrap_or_else(|p| p.into_inner()).io_refusal(),
+            other => other,
+        };
         let _ = conn.set_nonblocking(false);
         let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
         let _ = wire::send(
             &mut &conn,
             ty::ERROR,
-            &Refusal::new(refusal_code(&e), format!("{e:#}").as_str()).encode(),
+            &Refusal::new(code, format!("{e:#}").as_str()).encode(),
         );
         return (applied, false);
     }
