@@ -239,6 +239,18 @@ fn usage_message(e: &clap::Error, cmd: &clap::Command, named: &[String]) -> (Str
     (msg, hint)
 }
 
+/// The subcommand the command line names (`medium fsck`), as the JSON envelope's `command`
+/// says it before the line is parsed; `mgear` when it names none.
+fn named_on_command_line() -> String {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let named = named_subcommands(&Cli::command(), &args);
+    if named.is_empty() {
+        "mgear".to_string()
+    } else {
+        named.join(" ")
+    }
+}
+
 /// Parse the command line; a usage error is exit 2 (as JSON with `--json`,
 /// and the `mgear: error:` line on stderr), `--help` and `--version` print
 /// and exit 0.
@@ -264,17 +276,7 @@ fn parse(json: bool) -> Cli {
         // `--help --json`: the help text in the envelope (it printed plain text, which no JSON
         // reader takes).
         Err(e) if json && e.kind() == ErrorKind::DisplayHelp => {
-            let cmd = Cli::command();
-            let args: Vec<_> = std::env::args_os().skip(1).collect();
-            let named = named_subcommands(&cmd, &args);
-            output::init(
-                &if named.is_empty() {
-                    "mgear".to_string()
-                } else {
-                    named.join(" ")
-                },
-                true,
-            );
+            output::init(&named_on_command_line(), true);
             let v = serde_json::json!({ "help": e.render().to_string() });
             match output::emit(&v) {
                 Ok(()) => std::process::exit(exit::OK),
@@ -305,14 +307,7 @@ fn parse(json: bool) -> Cli {
             let args: Vec<_> = std::env::args_os().skip(1).collect();
             let named = named_subcommands(&cmd, &args);
             let (message, hint) = usage_message(&e, &cmd, &named);
-            output::init(
-                &if named.is_empty() {
-                    "mgear".to_string()
-                } else {
-                    named.join(" ")
-                },
-                true,
-            );
+            output::init(&named_on_command_line(), true);
             println!("{}", output::error_line(exit::USAGE, &message, &hint));
             eprintln!("mgear: error: {message}");
             std::process::exit(exit::USAGE);
@@ -327,16 +322,7 @@ fn parse(json: bool) -> Cli {
 fn check_env(json: bool) {
     let wrong = |message: String, hint: &str| -> ! {
         // Named as a usage error of the command line names it (it said "mgear").
-        let args: Vec<_> = std::env::args_os().skip(1).collect();
-        let named = named_subcommands(&Cli::command(), &args);
-        output::init(
-            &if named.is_empty() {
-                "mgear".to_string()
-            } else {
-                named.join(" ")
-            },
-            json,
-        );
+        output::init(&named_on_command_line(), json);
         if json {
             println!("{}", output::error_line(exit::USAGE, &message, hint));
         }

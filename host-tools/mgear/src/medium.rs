@@ -851,8 +851,6 @@ fn holds_captures(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
     };
-    let generation =
-        |n: &str| n.len() == 5 && n.starts_with('G') && n[1..].bytes().all(|b| b.is_ascii_digit());
     entries.flatten().any(|e| {
         let name = e.file_name();
         let name = name.to_string_lossy();
@@ -865,7 +863,7 @@ fn holds_captures(dir: &Path) -> bool {
         inner.flatten().any(|c| {
             let n = c.file_name();
             let n = n.to_string_lossy();
-            n == layout::KEYS_FILE || generation(&n)
+            n == layout::KEYS_FILE || layout::parse_generation_dir(&n).is_some()
         })
     })
 }
@@ -881,11 +879,7 @@ pub fn refuses_writes(spec: &str) -> Option<String> {
     };
     let meta = std::fs::metadata(&path).ok()?;
     if meta.file_type().is_block_device() {
-        use std::os::unix::fs::MetadataExt;
-        let rdev = meta.rdev();
-        let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
-        let ro = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/ro")).ok()?;
-        return (ro.trim() == "1").then(|| "the device is read-only".to_string());
+        return mgear_volume::read_only_device(&meta).then(|| "the device is read-only".into());
     }
     let st = nix::sys::statvfs::statvfs(&path).ok()?;
     if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {

@@ -839,8 +839,9 @@ fn lock_exclusive(path: &Path, busy: impl FnOnce() -> String) -> Result<nix::fcn
     })
 }
 
-/// Whether the kernel holds block device `md` read-only (sysfs `ro`).
-fn read_only_device(md: &std::fs::Metadata) -> bool {
+/// Whether the kernel holds block device `md` read-only (sysfs `ro`: `losetup -r`,
+/// `blockdev --setro`, a write-protect switch).
+pub fn read_only_device(md: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
     let rdev = md.rdev();
     let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));

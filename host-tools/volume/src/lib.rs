@@ -66,7 +66,10 @@ mod tool;
 
 pub use ebs::{EbsOptions, EbsSnapshotVolume};
 pub use fake::FakeVolume;
-pub use file::{absolute_key, device_identity, same_device, DeviceVolume, FileVolume, RawReader};
+pub use file::{
+    absolute_key, device_identity, read_only_device, same_device, DeviceVolume, FileVolume,
+    RawReader,
+};
 pub use libvirt::LibvirtVolume;
 pub use nbd::NbdVolume;
 pub use qcow2::Qcow2Volume;
