@@ -114,15 +114,32 @@ pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
     result
 }
 
+/// How old an empty temporary file must be before [`remove_if_abandoned`] takes it for a dead
+/// writer's: [`replace`] creates its file and only then locks it, and one found in between (a
+/// second capture of the same name starting at the same moment) was removed under its writer,
+/// whose rename then failed ("No such file"). A file with bytes in it was locked before they
+/// were written.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Removes `path`, a temporary file [`replace`] left, unless a live writer still holds it
-/// (its lock): `Ok(true)` if it was removed. What a run killed between writing and renaming
-/// leaves is removed; one another process is writing right now is not.
+/// (its lock) or may be about to (empty and younger than [`ABANDONED_AFTER`]): `Ok(true)` if
+/// it was removed. What a run killed between writing and renaming leaves is removed; one
+/// another process is writing right now is not.
 pub fn remove_if_abandoned(path: &Path) -> io::Result<bool> {
     let f = match open_existing(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
+    let md = f.metadata()?;
+    let young = md
+        .modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age < ABANDONED_AFTER);
+    if md.len() == 0 && young {
+        return Ok(false);
+    }
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {
             std::fs::remove_file(path)?;
@@ -200,14 +217,28 @@ mod tests {
     fn only_an_abandoned_temporary_file_is_removed() {
         let d = tempfile::tempdir().unwrap();
         let tmp = d.path().join("k.key.1.new");
-        let writer = create(&tmp).unwrap();
+        let mut writer = create(&tmp).unwrap();
+        // Just made, not locked yet (its writer is between `create` and `flock`): it stays.
+        assert!(
+            !remove_if_abandoned(&tmp).unwrap(),
+            "a new file is no dead writer's"
+        );
+        assert!(tmp.exists());
         rustix::fs::flock(&writer, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        writer.write_all(b"key").unwrap();
         assert!(!remove_if_abandoned(&tmp).unwrap(), "its writer holds it");
         assert!(tmp.exists());
         drop(writer);
         assert!(remove_if_abandoned(&tmp).unwrap(), "its writer is gone");
         assert!(!tmp.exists());
         assert!(!remove_if_abandoned(&tmp).unwrap(), "nothing there");
+        // An empty one long left (a writer killed before its first byte) goes too.
+        let empty = create(&tmp).unwrap();
+        empty
+            .set_modified(std::time::SystemTime::now() - 2 * ABANDONED_AFTER)
+            .unwrap();
+        drop(empty);
+        assert!(remove_if_abandoned(&tmp).unwrap(), "an old empty file goes");
         // What `replace` writes is held the same way while it is written, and renamed.
         replace(&d.path().join("k.key"), b"key").unwrap();
         assert_eq!(std::fs::read(d.path().join("k.key")).unwrap(), b"key");
