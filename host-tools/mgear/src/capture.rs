@@ -368,6 +368,16 @@ pub fn report_stop(
     // more medium): the report said `null`.
     if let Some(g) = unfinished_generation(args) {
         v["result"]["generation"] = g.into();
+    } else if crate::report::holds_finished_capture(path, &args.name) {
+        // Refused before anything was begun: the finished capture's report (its receipt's
+        // digests) stays; this run's refusal is on stderr.
+        eprintln!(
+            "mgear: note: {} is the report of the finished capture of {}: kept (this refused \
+             run's report is not written over it)",
+            path.display(),
+            args.name
+        );
+        return;
     }
     if let Err(w) = crate::report::write_json_and_text(path, &v, &crate::report::summary(&v)) {
         eprintln!("mgear: warning: the report of this stop was not written: {w:#}");

@@ -173,6 +173,31 @@ fn earlier_report(p: &Path, kind: &str) -> bool {
     }
 }
 
+/// Whether `path` holds the report of a finished capture of `name` (`ok` true): a re-run
+/// refused before it began anything (the capture is complete) wrote its refusal over it, and
+/// the commit digest the target pins was gone from the ticket.
+pub fn holds_finished_capture(path: &Path, name: &str) -> bool {
+    let mut text = String::new();
+    let read = crate::keyfile::open_read(path).and_then(|f| {
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 20), &mut text)
+    });
+    if read.is_err() {
+        return false;
+    }
+    let Some(v) = text
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+    else {
+        return false;
+    };
+    v["ok"] == true
+        && v["report"] == "mgear-capture-report/1"
+        && v["result"]["name"]
+            .as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// What both reports share, around the command's own report `result`.
 fn frame(kind: &str, result: &Value, seconds: f64) -> Value {
     let finished = SystemTime::now();
@@ -378,6 +403,11 @@ pub fn capture_failed(
     let mut v = frame("capture", &result, seconds);
     v["source"] = json!(source);
     v["medium"] = json!(medium);
+    // The keys a successful report has, so a ticket's reader finds them in both: nothing
+    // was committed, so nothing is digested or signed.
+    v["digests"] = json!({"manifest_root": null, "commit_digest": null, "capture_id": null});
+    v["signatures"] = json!([]);
+    v["warnings"] = json!([]);
     v
 }
 

@@ -1122,6 +1122,24 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 },
             });
         }
+        // A set's disks are bound by its manifest: where the set itself is not
+        // trusted (a wrong --expect-commit, an unpinned signer), no disk of it
+        // is, whatever its own stream's signature says.
+        if name.as_ref().is_some_and(|n| sets.contains(n)) {
+            if let Some(set) = trust
+                .first()
+                .filter(|x| !x.trusted)
+                .map(|x| x.capture.clone())
+            {
+                for disk in trust.iter_mut().skip(1).filter(|x| x.trusted) {
+                    disk.trusted = false;
+                    disk.trusted_by.clear();
+                    disk.message = format!(
+                        "not trusted: set {set} binds this disk and is not trusted itself (its line above says why)"
+                    );
+                }
+            }
+        }
     }
     // An untrusted capture fails verification unless explicitly overridden.
     let trust_ok = t.allow_untrusted || trust.iter().all(|x| x.trusted);

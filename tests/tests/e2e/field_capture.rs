@@ -192,6 +192,38 @@ fn check_before_writing_refuses_and_plans_without_writing() {
     );
 }
 
+/// The same capture command run again after it finished is refused (already captured); the
+/// finished run's report, with the commit digest the target pins, stays (the refusal's report
+/// was written over it). A stop that leaves something unfinished still writes its report.
+#[test]
+fn a_refused_re_run_keeps_the_finished_capture_report() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 2 << 20, 7);
+    std::fs::create_dir(e.p("m")).unwrap();
+    let o = capture(&e, "disk.raw", "dir:m", "web01", &["--report", "r.json"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    let before = fs::read(e.p("r.json")).unwrap();
+    let o = capture(&e, "disk.raw", "dir:m", "web01", &["--report", "r.json"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    assert!(
+        err(&o).contains("is the report of the finished capture of web01: kept"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(fs::read(e.p("r.json")).unwrap(), before);
+    let r: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    // Another capture's report at that name is replaced by this refusal's.
+    let o = capture(&e, "disk.raw", "dir:m", "web02", &["--report", "r.json"]);
+    assert_eq!(code(&o), Some(0), "{}", output_text(&o));
+    let o = capture(&e, "disk.raw", "dir:m", "web01", &["--report", "r.json"]);
+    assert_eq!(code(&o), Some(2), "{}", output_text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(e.p("r.json")).unwrap()).unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["result"]["name"], "web01", "{r}");
+}
+
 #[test]
 fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
     let e = Env::new();
@@ -222,6 +254,15 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
     assert_eq!(r["source"], "big.raw", "{r}");
     // The generation it left unfinished, to be resumed (it said null).
     assert_eq!(r["result"]["generation"], 1, "{r}");
+    // The keys a finished capture's report has, empty (they were missing).
+    assert_eq!(
+        r["digests"]["commit_digest"],
+        serde_json::Value::Null,
+        "{r}"
+    );
+    assert!(r["digests"].is_object(), "{r}");
+    assert_eq!(r["signatures"], serde_json::json!([]), "{r}");
+    assert_eq!(r["warnings"], serde_json::json!([]), "{r}");
     let t = fs::read_to_string(e.p("full.txt")).unwrap();
     assert!(t.contains("STOPPED") && t.contains("exit 3"), "{t}");
     let o = e.run(&["verify", "--medium", &m]);

@@ -1639,6 +1639,64 @@ fn a_set_disk_is_named_by_the_sets_commit_or_its_own() {
     }
 }
 
+/// `verify --name SET --expect-commit` with another commit than the set's: the set is not
+/// trusted, and neither is any disk it binds (each disk's line said TRUSTED, signed by the
+/// pinned key, under the FAILED verdict).
+#[test]
+fn a_set_verified_against_another_commit_trusts_none_of_its_disks() {
+    let e = Env::new();
+    e.keygen();
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    std::fs::write(e.p("disk0.raw"), data_disk(3)).unwrap();
+    std::fs::write(e.p("disk1.raw"), data_disk(4)).unwrap();
+    let m = e.fat("m.img", "64MiB");
+    let c = capture(&e, &m, &[]);
+    let set = c["receipt"]["commit_digest"].as_str().unwrap().to_string();
+    let wrong: String = set
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    let verify = |want: &str| {
+        e.run(&[
+            "verify",
+            "--medium",
+            &m,
+            "--name",
+            "db01",
+            "--trust",
+            "site.pub",
+            "--expect-commit",
+            want,
+            "--json",
+        ])
+    };
+    let o = verify(&wrong);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let trust = v["trust"].as_array().unwrap();
+    assert_eq!(trust.len(), 3, "{v}");
+    assert!(trust.iter().all(|t| t["trusted"] == false), "{v}");
+    assert!(
+        trust[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("set db01 binds this disk and is not trusted itself"),
+        "{v}"
+    );
+    // The set's own commit: all three trusted.
+    let o = verify(&set);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["trust"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["trusted"] == true),
+        "{v}"
+    );
+}
+
 /// A set of sparse disks: each disk's `read` is what was read, its holes said apart, in the
 /// summary and the .txt report (it counted the holes as read).
 #[test]
