@@ -250,7 +250,7 @@ impl KeyKind {
     }
 
     /// What this kind is, for a message.
-    fn what(self) -> &'static str {
+    pub fn what(self) -> &'static str {
         match self {
             KeyKind::TargetPublic => {
                 "the target's public encryption key (age1..., the .pub written by `mgear keygen`)"

@@ -306,6 +306,22 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     let first = raw.split(|&b| b == b'\n').next().unwrap_or_default();
     std::str::from_utf8(first).map_err(|e| cannot(format!("its first line is not text ({e})")))?;
     let text = Zeroizing::new(String::from_utf8_lossy(&raw).into_owned());
+    // A key file's first line is a fixed header (`# created by mgear keygen`, `-----BEGIN
+    // PRIVATE KEY-----`) or a public key: long and varied enough to pass for a passphrase,
+    // and one anyone can write down. A capture took it and a finder opened the medium.
+    let kind = crate::keyfile::KeyKind::of(&text);
+    if kind != crate::keyfile::KeyKind::Unknown {
+        return Err(usage(format!(
+            "{} is {}, not a passphrase file: its first line would be the passphrase, and \
+             that line is a header or a public key anyone can write down; give --passphrase-file \
+             a file whose first line is a passphrase of your own (at capture, or let mgear \
+             make one: --passphrase-file NEW_FILE --passphrase-generate). A target's key \
+             pair is given as --recipient target.pub (capture) and --identity target.key \
+             (ingest); nothing was done",
+            path.display(),
+            kind.what()
+        )));
+    }
     let line = text.lines().next().unwrap_or("").to_owned();
     if line.is_empty() {
         // The passphrase is the first line exactly (a passphrase may hold any
@@ -1154,6 +1170,36 @@ mod tests {
         assert!(
             m.contains("pw5 is empty: the passphrase is the file's first line"),
             "{m}"
+        );
+    }
+
+    #[test]
+    fn key_files_are_refused_as_passphrase_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.key");
+        keygen_quiet(&target).unwrap();
+        let site = dir.path().join("site.key");
+        crate::sitekey::generate(&site, false).unwrap();
+        for (p, says) in [
+            (target.clone(), "target's SECRET identity"),
+            (pub_path(&target), "target's public encryption key"),
+            (site.clone(), "capture site's SECRET signing key"),
+            (pub_path(&site), "capture site's public signing key"),
+        ] {
+            let e = read_passphrase(&p).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), 2);
+            let m = e.to_string();
+            assert!(
+                m.contains(says) && m.contains("not a passphrase file"),
+                "{m}"
+            );
+        }
+        // A passphrase that merely starts like a comment is still one.
+        let f = dir.path().join("pw");
+        fs::write(&f, "# my long passphrase words\n").unwrap();
+        assert_eq!(
+            read_passphrase(&f).unwrap().as_str(),
+            "# my long passphrase words"
         );
     }
 
