@@ -503,7 +503,7 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
                 checkpoint_bytes: 64 << 20,
                 json: false,
                 report: None,
-                hold: false,
+                hold: crate::ingest::Finishing::Now,
                 expect_root: None,
                 volume_sha256: false,
             })?;
@@ -583,7 +583,7 @@ fn demo_cloud(
         checkpoint_bytes: 64 << 20,
         json: false,
         report: None,
-        hold: false,
+        hold: crate::ingest::Finishing::Now,
         expect_root: None,
         volume_sha256: true,
     };

@@ -199,12 +199,33 @@ pub struct Plan {
     pub json: bool,
     /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
     pub report: Option<PathBuf>,
-    /// Write every chunk but leave the volume unfinished ([`Held`]): a disk of
-    /// a machine whose other disks still wait for media (set by `machine`).
-    pub hold: bool,
+    /// When the volume is finished: at once, or (a disk of a machine, set by `machine`) held
+    /// until every disk of the machine is written and read back.
+    pub hold: Finishing,
     /// The manifest root this capture must have: a disk of a machine set,
     /// the root its set manifest binds (set by `machine`).
     pub expect_root: Option<[u8; 32]>,
+}
+
+/// When an ingest finishes its volume (renames a `.partial` into place, drops its state).
+/// A machine's disks are finished together, in three runs over each: written
+/// ([`Finishing::Hold`]), read back ([`Finishing::CheckThenHold`]), finished
+/// ([`Finishing::Checked`]); a read-back that fails then leaves every volume of the machine
+/// as it was (disk 0 of a delta was renamed into place before disk 1's read-back failed: a
+/// machine of two generations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Finishing {
+    /// Read back and finish when every chunk is written.
+    #[default]
+    Now,
+    /// Write every chunk, then stop with [`Held`].
+    Hold,
+    /// Every chunk is written: read the volume back, then stop with [`Held`] (its
+    /// `read_back` set) instead of finishing.
+    CheckThenHold,
+    /// This process read the volume back a moment ago (with this `volume_sha256`): finish it
+    /// without reading it again.
+    Checked(Option<String>),
 }
 
 /// The outcome of an ingest with [`Plan::hold`]: every chunk of the disk is
@@ -221,6 +242,8 @@ pub struct Held {
     /// Seconds this run spent on the disk before holding it (the finishing step's alone made a
     /// set's disk read 0.07 s at 919 MB/s).
     pub seconds: f64,
+    /// [`Finishing::CheckThenHold`]: the read-back passed, with this `volume_sha256`.
+    pub read_back: Option<Option<String>>,
 }
 
 impl std::fmt::Display for Held {
@@ -1669,7 +1692,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         checkpoint_bytes: args.checkpoint_bytes.max(1),
         rate: args.rate_limit,
         json: args.json,
-        hold: args.hold,
+        hold: args.hold.clone(),
         volume_sha256: args.volume_sha256,
         // A re-run (a disk of a machine set whose set ingest was interrupted later, or one
         // killed right after it finished) keeps what this run finished.
@@ -1823,9 +1846,8 @@ pub struct WritePlan {
     pub rate: Option<f64>,
     /// No progress bars (JSON output).
     pub json: bool,
-    /// Write every chunk, then stop with [`Held`] instead of reading back and
-    /// finishing the volume.
-    pub hold: bool,
+    /// When to finish the volume ([`Finishing`]).
+    pub hold: Finishing,
     /// Hash the volume as read back with SHA-256 for the report.
     pub volume_sha256: bool,
     /// Leave a record of the finished volume in the state dir
@@ -1954,7 +1976,7 @@ pub fn write_volume<S: image_format::Store>(
     let in_order = far_missing == 0
         && state.done_prefix() == state.done_count()
         && state.done_count() < count
-        && !plan.hold;
+        && plan.hold == Finishing::Now;
     let beside = if vol.can_read_back() && in_order {
         vol.concurrent_reader()?
     } else {
@@ -2134,17 +2156,20 @@ pub fn write_volume<S: image_format::Store>(
             &read_desc,
         ));
     }
-    if plan.hold {
+    if plan.hold == Finishing::Hold {
         return Err(crate::Error::other(Held {
             bytes_written: written,
             zero_chunks: zeros,
             resumed_chunks: resumed,
             seconds: started.elapsed().as_secs_f64(),
+            read_back: None,
         }));
     }
 
     let mut volume_sha256 = None;
-    if let Some(digest) = beside_digest {
+    if let Finishing::Checked(digest) = &plan.hold {
+        volume_sha256 = digest.clone();
+    } else if let Some(digest) = beside_digest {
         let Some(digest) = digest else {
             zero_head(vol, head_len);
             bail!("the read-back check ended before every chunk was read back (a bug): the target is left incomplete");
@@ -2172,6 +2197,16 @@ pub fn write_volume<S: image_format::Store>(
             "mgear: {desc} cannot be read back: what was written is what was authenticated, \
              chunk by chunk"
         );
+    }
+    if plan.hold == Finishing::CheckThenHold {
+        vol.flush()?;
+        return Err(crate::Error::other(Held {
+            bytes_written: written,
+            zero_chunks: zeros,
+            resumed_chunks: resumed,
+            seconds: started.elapsed().as_secs_f64(),
+            read_back: Some(volume_sha256),
+        }));
     }
     let waiting = Progress::waiting("ingest: the volume's last flush");
     let finished = vol.finish()?;
@@ -3865,7 +3900,7 @@ mod tests {
             // Paced (absurdly fast): one chunk per batch, one checkpoint per chunk.
             rate: Some(1e15),
             json: true,
-            hold: false,
+            hold: Finishing::Now,
             record_done: false,
             volume_sha256: true,
             start_over: false,

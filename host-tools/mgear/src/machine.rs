@@ -44,6 +44,7 @@ use serde::Serialize;
 
 use crate::capture::{self, Receipt, Shared};
 use crate::exit::{coded, coded_hint, usage, FOUND, OK, USAGE};
+use crate::ingest::Finishing;
 use crate::inspect::DiskJson;
 use crate::output::hex;
 use crate::units::human_bytes;
@@ -1736,7 +1737,7 @@ pub fn ingest_set(
     let mut disks = Vec::new();
     let mut held = Vec::new();
     let mut pending = Vec::new();
-    let ingest_disk = |k: usize, target: &str, hold: bool| {
+    let ingest_disk = |k: usize, target: &str, hold: Finishing| {
         let mut a = args.clone();
         a.name = set::disk_stream_name(&args.name, k);
         a.target = target.to_string();
@@ -1778,7 +1779,12 @@ pub fn ingest_set(
             args.name,
             file.set.disks.len()
         );
-        match ingest_disk(*k, target, hold) {
+        let first = if hold {
+            Finishing::Hold
+        } else {
+            Finishing::Now
+        };
+        match ingest_disk(*k, target, first) {
             Ok(report) => disks.push(IngestedDisk {
                 disk: *k,
                 report,
@@ -1821,19 +1827,46 @@ pub fn ingest_set(
         ));
     }
     if hold {
-        // Every disk is written: read each back and finish it.
-        for (k, h) in held {
-            let target = &plan
-                .iter()
+        let target_of = |k: usize| {
+            plan.iter()
                 .find(|(d, _)| *d == k)
-                .ok_or_else(|| crate::err!("disk {k} is not in the plan (a bug)"))?
-                .1;
-            let mut report = ingest_disk(k, target, false)
-                .with_context(|| format!("finishing disk {k} of set {} in {target}", args.name))?;
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| crate::err!("disk {k} is not in the plan (a bug)"))
+        };
+        // Every disk is written: read each back, and only when every one read back as it was
+        // authenticated finish them (a `.partial` renamed into place), so a read-back that
+        // fails replaces no volume of the machine.
+        let mut checked = Vec::new();
+        for (k, h) in held {
+            let target = target_of(k)?;
+            let (read_back, secs) = match ingest_disk(k, &target, Finishing::CheckThenHold) {
+                Err(e) if matches!(&e, crate::Error::Other(o) if o.is::<crate::ingest::Held>()) => {
+                    let c = e.take::<crate::ingest::Held>()?;
+                    (c.read_back, c.seconds)
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "reading back disk {k} of set {} in {target} (no volume of the machine \
+                         was replaced: they are finished together, once every disk reads back)",
+                        args.name
+                    )))
+                }
+                Ok(_) => (None, 0.0),
+            };
+            checked.push((k, h, read_back, secs));
+        }
+        for (k, h, read_back, check_secs) in checked {
+            let target = target_of(k)?;
+            let mut report = ingest_disk(
+                k,
+                &target,
+                read_back.map_or(Finishing::Now, Finishing::Checked),
+            )
+            .with_context(|| format!("finishing disk {k} of set {} in {target}", args.name))?;
             report.bytes_written += h.bytes_written;
             report.zero_chunks += h.zero_chunks;
             // The disk's time is its write and its finish: the speed over both.
-            report.seconds += h.seconds;
+            report.seconds += h.seconds + check_secs;
             report.mb_per_s = crate::progress::mb_per_s(report.disk_size, report.seconds);
             // What runs before this command wrote, not what its first pass did (a first
             // ingest of a set reported every chunk as resumed).

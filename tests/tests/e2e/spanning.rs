@@ -458,6 +458,54 @@ fn a_medium_holding_a_namesake_capture_is_not_taken_for_more_room() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
 }
 
+/// A machine spanning two media, ingested one medium at a time; disk 1's volume damaged
+/// between the runs (storage that did not keep what was written). The second run's read-back
+/// of disk 1 fails: disk 0, whose read-back passed, was renamed into place before it, so a
+/// delta left a machine of two generations. Every disk is read back before any is finished.
+#[test]
+fn a_set_whose_later_disk_fails_its_read_back_finishes_no_disk() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("d0.raw"), noise(20 << 20, 71)).unwrap();
+    std::fs::write(e.p("d1.raw"), noise(30 << 20, 72)).unwrap();
+    let (p, q) = (e.fat("p.img", "40MiB"), e.fat("q.img", "40MiB"));
+    e.capture(&p, "m1")
+        .medium(&q)
+        .sources(&["d0.raw", "d1.raw"])
+        .ok();
+    let ingest = |media: &[&str]| {
+        media
+            .iter()
+            .skip(1)
+            .fold(e.ingest(media[0], "m1"), |l, m| l.medium(m))
+            .untrusted()
+            .target("file:vol-{disk}.raw")
+            .run()
+    };
+    let o = ingest(&[&p]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    let part = e.p("vol-1.raw.partial");
+    let mut d = std::fs::read(&part).unwrap();
+    d[(1 << 20) + 5] ^= 0x5a;
+    std::fs::write(&part, d).unwrap();
+    let o = ingest(&[&q]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("no volume of the machine was replaced"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(
+        !e.p("vol-0.raw").exists() && !e.p("vol-1.raw").exists(),
+        "a disk was finished"
+    );
+    // Every medium given again: the machine is written whole.
+    let o = ingest(&[&p, &q]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("vol-0.raw"), &e.p("d0.raw"));
+    same_file(&e.p("vol-1.raw"), &e.p("d1.raw"));
+}
+
 /// A finished, signed capture re-run with --sign and one more medium: refused "already
 /// captured" (exit 2), as it was, but the medium added had been joined to a span first, and
 /// every later capture onto the first medium alone was refused ("medium #1 ... is not

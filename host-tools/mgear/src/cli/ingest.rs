@@ -138,7 +138,7 @@ impl Cli {
             json: a.json,
             report: a.report,
             target: String::new(),
-            hold: false,
+            hold: mgear::ingest::Finishing::Now,
             expect_root: None,
         };
         Ok(ingest::Request {
