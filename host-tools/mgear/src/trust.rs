@@ -33,6 +33,8 @@ pub(crate) const NO_ATTESTATIONS_GIVEN: &str = "no seal/arrival attestations wer
 pub(crate) const ARRIVAL_FAILED: &str = "checked the medium on arrival and it FAILED";
 /// Likewise for an appliance erased between its seal and an arrival check.
 pub(crate) const ERASED_BEFORE_ARRIVAL: &str = "was erased before its arrival check";
+/// Likewise for an export directory that holds a seal and no arrival.
+pub(crate) const SEAL_WITHOUT_ARRIVAL: &str = "hold a seal but no arrival";
 
 use crate::{bail, err};
 use image_format::commit::{self, Commit, CommitFile, SignerRole};
@@ -753,6 +755,18 @@ pub fn check_generation(
                 "nothing was installed: ingest it with --allow-unsealed and the pinned --trust \
                  key (the capture site's signature then vouches for it); the custody log says \
                  how the appliance came to be erased",
+            ));
+        } else if attestations.is_err_and(|why| why.contains(SEAL_WITHOUT_ARRIVAL)) {
+            // Exported before the arrival check, most often: the advice named the
+            // --attestations already given, and the override.
+            return Err(crate::exit::coded_hint(
+                FOUND,
+                msg,
+                "nothing was installed: if the appliance still has its identity, run `mgear \
+                 appliance --port PORT arrival` at the target and export again (`mgear appliance \
+                 --port PORT attestations --out DIR` writes SEAL and ARRIVAL), or ingest through \
+                 it (--appliance PORT); only if it was erased or locked out before its arrival \
+                 check (its custody log says), --allow-unsealed with the pinned --trust key",
             ));
         } else if attestations.is_err_and(|why| why.contains(ARRIVAL_FAILED)) {
             // Its arrival check failed: the attestations are not missing, the medium changed.

@@ -436,6 +436,9 @@ fn appliance_erased_before_arrival_still_has_its_seal_checked() {
     lab.capture_line().arg("--delta").ok();
     lab.appliance_ok(&["seal"]);
     let fp = lab.fingerprint();
+    // Exported before the arrival check: a seal alone, as an erased appliance exports.
+    lab.appliance_ok(&["attestations", "--out", "early"]);
+    assert!(lab.p("early/SEAL").exists() && !lab.p("early/ARRIVAL").exists());
     let args = ["erase", "--yes", "--pin-file", "wrong-pin"];
     for _ in 1..=10 {
         without_backoff(&lab, &args);
@@ -489,6 +492,31 @@ fn appliance_erased_before_arrival_still_has_its_seal_checked() {
         "file:vol2.raw",
     ]));
     assert!(!lab.p("vol2.raw").exists());
+    // The export made before the arrival check: its advice names the arrival check first
+    // (it named the --attestations given, and the override).
+    let out = lab.run(&[
+        "ingest",
+        "--name",
+        "web01",
+        "--identity",
+        "target.key",
+        "--medium",
+        &m,
+        "--attestations",
+        "early",
+        "--trust-appliance",
+        &fp,
+        "--target",
+        "file:vol3.raw",
+    ]);
+    let t = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("exported before the appliance's arrival check")
+            && t.contains("what to do: nothing was installed: if the appliance still has its identity, run `mgear appliance --port PORT arrival`"),
+        "{t}"
+    );
+    assert!(!lab.p("vol3.raw").exists());
 }
 
 /// A target that pins the capture site's key takes only what the site signed, an appliance's

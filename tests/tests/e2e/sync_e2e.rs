@@ -1413,32 +1413,47 @@ fn a_reconnect_wait_ends_at_ctrl_c_and_a_dead_target_is_found_before_the_quiesce
     assert!(stderr(&o).contains("reconnecting in 30 s"), "{}", text(&o));
     assert!(stderr(&o).contains("stopped;"), "{}", text(&o));
 
-    let o = e.run(&[
-        "cutover",
-        "--source",
-        "disk.raw",
-        "--to",
-        &dead,
-        "--name",
-        "web01",
-        "--sign",
-        "site.key",
-        "--quiesce",
-        "touch quiesced",
-        "--resume",
-        "touch resumed",
-        "--boot-target",
-        "file:vol.raw",
-        "--no-presync",
-    ]);
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(
-        stderr(&o).contains(&format!("cannot connect to the target at --to {dead}"))
-            && stderr(&o).contains("nothing was quiesced"),
-        "{}",
-        text(&o)
-    );
-    assert!(!e.p("quiesced").exists() && !e.p("resumed").exists());
+    // With the warm sync too (it was retried for 10 s, then "re-run to continue", with
+    // neither the quiesce nor --to named).
+    for presync in [false, true] {
+        let mut args = vec![
+            "cutover",
+            "--source",
+            "disk.raw",
+            "--to",
+            &dead,
+            "--name",
+            "web01",
+            "--sign",
+            "site.key",
+            "--quiesce",
+            "touch quiesced",
+            "--resume",
+            "touch resumed",
+            "--boot-target",
+            "file:vol.raw",
+        ];
+        if !presync {
+            args.push("--no-presync");
+        }
+        let asked = Instant::now();
+        let o = e.run(&args);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(
+            stderr(&o).contains(&format!("cannot connect to the target at --to {dead}"))
+                && stderr(&o).contains("nothing was quiesced")
+                && stderr(&o).contains("start `mgear serve`")
+                && !stderr(&o).contains("reconnecting"),
+            "{}",
+            text(&o)
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert!(!e.p("quiesced").exists() && !e.p("resumed").exists());
+    }
     // A target that listens: the probe is no session, and a --once serve still takes the
     // cutover's sync after it.
     let (mut server, addr) = e.listen(&["--once"]);

@@ -226,12 +226,14 @@ pub fn find_attestations(
         // ([`lone_seal`]), the rest needs --allow-unsealed.
         if !dir.join(ARRIVAL_FILE).exists() && dir.join(SEAL_FILE).exists() {
             return Ok(Err(format!(
-                "the attestations in {} hold a seal but no arrival (an appliance erased or \
-                 locked out before its arrival check signs none): ingest checks that everything \
-                 the seal lists is still on the medium; without the arrival only --allow-unsealed goes \
-                 on, trusting what vouches for the capture's COMMIT (the pinned --trust site key \
-                 or the appliance's witness)",
-                dir.display()
+                "the attestations in {} {}: exported before the appliance's arrival check \
+                 (run `mgear appliance --port PORT arrival`, then export again), or of an \
+                 appliance erased or locked out before its arrival check, which signs none \
+                 (then only --allow-unsealed goes on, trusting what vouches for the capture's \
+                 COMMIT: the pinned --trust site key or the appliance's witness; ingest still \
+                 checks that everything the seal lists is on the medium)",
+                dir.display(),
+                crate::trust::SEAL_WITHOUT_ARRIVAL
             )));
         }
         return Ok(Ok(Attestations {

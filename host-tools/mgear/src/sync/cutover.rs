@@ -323,15 +323,19 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     crate::signals::install();
     let mut ready = prepare(&a.sync)?;
 
+    // Without the warm sync nothing reached the target before the quiesce: a serve not
+    // started, or a wrong --to, was found with the source down (10 s of it, or all the
+    // --retries allow). With it, a wrong --to was retried for 10 s and ended "re-run to
+    // continue", not saying the source was never quiesced nor what to correct.
+    reachable(&a.sync.to)?;
     let presync = if a.no_presync {
-        // Without the warm sync nothing reached the target before the quiesce: a serve not
-        // started, or a wrong --to, was found with the source down (10 s of it, or all the
-        // --retries allow).
-        reachable(&a.sync.to)?;
         None
     } else {
         eprintln!("mgear cutover: warm sync while the source runs");
-        Some(run_ready(&a.sync, &mut ready)?)
+        Some(
+            run_ready(&a.sync, &mut ready)
+                .map_err(|e| e.context("the warm sync failed; nothing was quiesced"))?,
+        )
     };
 
     stop_between_steps()?;
