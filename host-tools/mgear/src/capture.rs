@@ -3848,6 +3848,12 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         // matched the parent too (the warning below told such a delta's operator to remove
         // the only generation that ingests without that medium).
         let unchanged = summary.dedup_chunks + stats.unchanged + summary.recaptured_chunks;
+        // And it is no change: stored because its medium was lost, not because it differed
+        // (counted as stored anew, one changed chunk of eleven read "more of the disk changed
+        // than stayed", with advice to remove the only generation without the lost medium).
+        let changed = summary
+            .stored_chunks
+            .saturating_sub(summary.recaptured_chunks);
         // A set's generation is removed as the set's, with every disk.
         let owner = image_format::set::parse_disk_stream_name(&summary.name)
             .map_or(summary.name.clone(), |(set, _)| set.to_string());
@@ -3871,20 +3877,15 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         }
         // Few shared (a disk made from the same image, its first chunks alike): warned too; it
         // went without a word, as any match passed the check before writing.
-        if unchanged > 0
-            && summary.stored_chunks >= 8
-            && summary.resumed_from == 0
-            && unchanged < summary.stored_chunks
-        {
+        if unchanged > 0 && changed >= 8 && summary.resumed_from == 0 && unchanged < changed {
             warnings.push(format!(
                 "only {unchanged} of the chunks {} holds match generation {parent} of {}, and \
-                 {} were stored anew: more of the disk changed than stayed. If it is not the \
+                 {changed} were stored anew: more of the disk changed than stayed. If it is not the \
                  disk captured as {} (one made from the same image shares its first chunks), \
                  remove this generation with `mgear medium rm {} --name {owner} --generation \
                  {} --force` and capture the right disk",
                 args.source.as_deref().unwrap_or("the source"),
                 summary.name,
-                summary.stored_chunks,
                 summary.name,
                 args.medium.as_args(),
                 summary.generation
