@@ -171,6 +171,16 @@ pub fn run(args: Plan) -> crate::Result<i32> {
             },
         )
         .collect();
+    // A directory read as a disk: "Is a directory (os error 21)", exit 3, "reconnect it".
+    for (spec, p) in args.target.iter().zip(&paths) {
+        if let Some(p) = p.as_deref().filter(|p| p.is_dir()) {
+            return Err(usage(format!(
+                "--target {spec}: {} is a directory, not a disk: give the volume file (or \
+                 device) ingest wrote, e.g. --target file:DIR/web01.raw",
+                p.display()
+            )));
+        }
+    }
     for (i, a) in paths.iter().enumerate() {
         for (j, b) in paths.iter().enumerate().skip(i + 1) {
             if let (Some(a), Some(b)) = (a, b) {

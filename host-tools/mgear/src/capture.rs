@@ -1862,7 +1862,12 @@ fn dry_run(args: &Plan) -> crate::Result<i32> {
         crate::exit::OK
     };
     if args.json {
-        crate::output::emit_verdict(code, &does_not_fit(plan.needed, plan.medium_free), &plan)?;
+        crate::output::emit_verdict_hint(
+            code,
+            &does_not_fit(plan.needed, plan.medium_free),
+            crate::preflight::NO_ROOM_HINT,
+            &plan,
+        )?;
     } else {
         print_plan(&plan);
     }
@@ -2002,9 +2007,10 @@ pub fn dry_run_set(args: &Plan, sources: &[String]) -> crate::Result<i32> {
         crate::exit::OK
     };
     if args.json {
-        crate::output::emit_verdict(
+        crate::output::emit_verdict_hint(
             code,
             &does_not_fit(plan.needed, plan.medium_free),
+            crate::preflight::NO_ROOM_HINT,
             &serde_json::json!({
                 "command": "capture --dry-run",
                 "set": args.name,

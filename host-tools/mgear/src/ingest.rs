@@ -1418,8 +1418,13 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             ),
         ));
     }
-    if let Some(g) = &gaps {
-        g.refuse_lost(&reader)?;
+    // Before anything is written; a resumed ingest of this generation is checked against
+    // what it has written when its state is open ([`write_volume`]).
+    if let Some(g) = gaps
+        .as_ref()
+        .filter(|_| unfinished_root(&sdir, &args.target) != Some(*reader.manifest_root()))
+    {
+        g.refuse_lost(&reader, |_| true)?;
     }
     let mut bootable = true;
     if matches!(target, Target::Cinder(_)) {
@@ -1920,6 +1925,16 @@ pub fn write_volume<S: image_format::Store>(
         }
     };
 
+    // A medium declared lost that turned up again and was given to an earlier run: what
+    // that run wrote from it is here, the rest is refused as before.
+    if let Some(g) = gaps {
+        if let Err(e) = g.refuse_lost(&reader, |i| !state.is_done(i)) {
+            if found == Found::New {
+                let _ = vol.discard();
+            }
+            return Err(e);
+        }
+    }
     let resumed = state.done_count();
     // Chunks on media not given (a span arriving medium by medium) wait for
     // a later run; chunk 0 is written only once nothing else is missing.

@@ -1457,6 +1457,8 @@ pub fn ingest_set(
         let Some(gaps) = crate::medium::Gaps::of(&medium, &args.medium.describe()) else {
             return Ok(file);
         };
+        let sdir = crate::target::state_dir(args.state_dir.clone())?;
+        let plan = targets_of(targets, file.set.disks.len(), only)?;
         for k in (0..file.set.disks.len()).filter(|k| only.is_none_or(|o| o == *k)) {
             let reader = image_format::CaptureReader::open(
                 medium.store(),
@@ -1464,7 +1466,15 @@ pub fn ingest_set(
                 Some(file.set.generation),
                 &unlock,
             )?;
-            gaps.refuse_lost(&reader).map_err(|e| {
+            // A disk an earlier run began (given a medium declared lost that turned up
+            // again) is checked against what it wrote, when its state is open.
+            let begun = plan.iter().find(|(d, _)| *d == k).is_some_and(|(_, t)| {
+                crate::ingest::unfinished_root(&sdir, t) == Some(*reader.manifest_root())
+            });
+            if begun {
+                continue;
+            }
+            gaps.refuse_lost(&reader, |_| true).map_err(|e| {
                 e.context(format!("set {} disk {k}; nothing was written", args.name))
             })?;
         }

@@ -1292,6 +1292,8 @@ pub fn format_medium(
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         let mut bytes = (&file).seek(SeekFrom::End(0))?;
+        // Said as the file is (a 178-byte key file was "0 B").
+        let was = bytes;
         if !is_dev {
             // Whole sectors, as a disk (its tail past the last one belongs to none).
             bytes = bytes / 512 * 512;
@@ -1300,7 +1302,7 @@ pub fn format_medium(
             return Err(usage(format!(
                 "{} is {}: a FAT32 medium needs at least {}",
                 path.display(),
-                exact_bytes(bytes),
+                exact_bytes(was),
                 human_bytes(MIN_FAT32_BYTES)
             )));
         }
@@ -1421,6 +1423,9 @@ pub struct Gaps {
     given: String,
 }
 
+/// Why a medium declared lost and given again is needed by every later run of an ingest.
+const LOST_AGAIN: &str = "one is declared lost: a run without it refuses this generation";
+
 /// Chunks of one medium still needed: count, plaintext bytes, first and last index.
 type Need = std::collections::BTreeMap<u16, (u64, u64, u64, u64)>;
 
@@ -1530,14 +1535,35 @@ impl Gaps {
             .join("; ")
     }
 
+    /// A medium declared lost that is given now and holds part of `reader`'s generation (it
+    /// turned up again): a run without it refuses the generation ([`Gaps::refuse_lost`]).
+    fn lost_given<S: Store>(&self, reader: &image_format::CaptureReader<S>) -> Option<u16> {
+        use image_format::layout::{segment_path, IndexEntry};
+        (0..reader.chunk_count()).find_map(|i| {
+            let IndexEntry::Stored(l) = reader.entry(i)? else {
+                return None;
+            };
+            let holder = reader.record_capture(l);
+            let path = segment_path(
+                holder.as_deref().unwrap_or(reader.name()),
+                l.generation,
+                l.segment,
+            );
+            let o = *self.map.placed.get(&path)?;
+            (self.map.member(o)?.lost && !self.far.contains_key(&path)).then_some(o)
+        })
+    }
+
     /// Refuses before anything is written when chunks of `reader`'s
-    /// generation are on a medium declared lost: they will never arrive.
+    /// generation that `missing` says are still to write are on a medium declared lost: they
+    /// will never arrive. (An earlier run given that medium, turned up again, wrote its share.)
     pub fn refuse_lost<S: Store>(
         &self,
         reader: &image_format::CaptureReader<S>,
+        missing: impl Fn(u64) -> bool,
     ) -> crate::Result<()> {
         let need: Need = self
-            .need(reader, |_| true)
+            .need(reader, missing)
             .into_iter()
             .filter(|(o, _)| self.map.member(*o).is_some_and(|m| m.lost))
             .collect();
@@ -1553,7 +1579,9 @@ impl Gaps {
                 self.lines(reader, &need)
             ),
             "a medium declared lost holds part of this generation: ingest the newer generation \
-             its replacement wrote (`mgear inspect` lists the generations)",
+             its replacement wrote (`mgear inspect` lists the generations); or, if that medium \
+             turned up again, give it together with the other media in one run (a run without \
+             it refuses this generation, even the part an earlier run wrote from it)",
         ))
     }
 
@@ -1578,6 +1606,7 @@ impl Gaps {
             .filter(|o| self.place(reader, 0).is_none_or(|(far, _)| far != *o));
         let need = self.need(reader, missing);
         let labels: Vec<String> = need.keys().map(|o| self.map.describe(*o)).collect();
+        let lost = self.lost_given(reader);
         crate::exit::coded_hint(
             crate::exit::PENDING,
             format!(
@@ -1627,9 +1656,20 @@ impl Gaps {
                     "arrives"
                 },
                 if labels.len() > 1 { "them" } else { "it" },
-                match head {
-                    Some(o) => format!(" and with {} again", self.map.describe(o)),
-                    None => " (the media given now are not needed again)".into(),
+                match (head, lost) {
+                    (Some(h), Some(l)) if h != l => format!(
+                        " and with {} and {} again ({})",
+                        self.map.describe(h),
+                        self.map.describe(l),
+                        LOST_AGAIN
+                    ),
+                    // Declared lost: a run without it refuses this generation, even the part
+                    // written from it now (the hint said it was not needed again).
+                    (_, Some(o)) => {
+                        format!(" and with {} again ({LOST_AGAIN})", self.map.describe(o))
+                    }
+                    (Some(o), None) => format!(" and with {} again", self.map.describe(o)),
+                    (None, None) => " (the media given now are not needed again)".into(),
                 }
             ),
         )

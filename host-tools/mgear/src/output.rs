@@ -110,14 +110,29 @@ pub fn emit<T: Serialize>(value: &T) -> crate::Result<()> {
 /// found problems, a plan that does not fit, a boot not proven printed `"ok":false` and
 /// nothing a script reading `error` could find).
 pub fn emit_verdict<T: Serialize>(code: i32, message: &str, value: &T) -> crate::Result<()> {
+    emit_verdict_hint(
+        code,
+        message,
+        &crate::exit::class_hint(code, command()),
+        value,
+    )
+}
+
+/// [`emit_verdict`] with the next step `hint` (the class's hint said "reconnect it" of a
+/// plan that did not fit).
+pub fn emit_verdict_hint<T: Serialize>(
+    code: i32,
+    message: &str,
+    hint: &str,
+    value: &T,
+) -> crate::Result<()> {
     if code == crate::exit::OK {
         return emit_ok(true, value);
     }
     let mut v = serde_json::to_value(value)?;
     if let Value::Object(m) = &mut v {
         if !m.contains_key("error") {
-            let hint = crate::exit::class_hint(code, command());
-            m.insert("error".into(), error_value(code, message, &hint));
+            m.insert("error".into(), error_value(code, message, hint));
         }
     }
     emit_ok(false, &v)

@@ -470,14 +470,17 @@ pub fn check_space(need: u64, free: Option<u64>, media: &str) -> crate::Result<(
                 human_bytes(free),
                 human_bytes(need - free)
             ),
-            "give one more medium (another --medium or --appliance: the capture continues on \
-             it when the first fills), use a larger medium, remove captures that are no longer \
-             needed (`mgear medium rm`), or pass --skip-space-check if you know the disk stores \
-             smaller than the sampled estimate",
+            NO_ROOM_HINT,
         )),
         _ => Ok(()),
     }
 }
+
+/// What to do about a capture that does not fit (the run's refusal, and the plan's).
+pub const NO_ROOM_HINT: &str = "give one more medium (another --medium or --appliance: the \
+     capture continues on it when the first fills), use a larger medium, remove captures that \
+     are no longer needed (`mgear medium rm`), or pass --skip-space-check if you know the disk \
+     stores smaller than the sampled estimate";
 
 /// [`check_space`] for a resume, which goes on anyway: the warning, if the rest of the capture
 /// may not fit.

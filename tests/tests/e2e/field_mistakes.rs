@@ -3596,3 +3596,30 @@ fn a_killed_forced_ingest_into_a_device_resumes() {
     let v = fs::read(&dev.0).unwrap();
     assert_eq!(&v[..8 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
 }
+
+/// A directory given to `boot --target` read as a disk ("Is a directory (os error 21)", exit
+/// 3, "reconnect it"), and a small file given to `medium format --force` was said to be of
+/// its size in whole sectors (a 178-byte key file "is 0 B").
+#[test]
+fn a_directory_to_boot_and_a_small_file_to_format_are_named_as_they_are() {
+    let e = Env::new();
+    fs::create_dir(e.p("adir")).unwrap();
+    for t in ["file:adir", "adir"] {
+        let o = e.run(&["boot", "--target", t, "--wait-for", "login:"]);
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains("adir is a directory, not a disk"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    fs::write(e.p("small"), vec![7u8; 700]).unwrap();
+    let o = e.run(&["medium", "format", "fat:small", "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("small is 700 B: a FAT32 medium needs at least"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(fs::read(e.p("small")).unwrap(), vec![7u8; 700]);
+}

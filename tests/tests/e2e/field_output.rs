@@ -636,6 +636,14 @@ fn every_failed_verdict_carries_its_error_and_reports_keep_their_kind() {
             .contains("does not fit"),
         "{v}"
     );
+    // What to do is the run's advice (it was the I/O class's "reconnect it").
+    assert!(
+        v["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("give one more medium"),
+        "{v}"
+    );
     let receipt = std::fs::read(e.p("receipt.json")).unwrap();
     let o = e
         .ingest(&m, "web01")

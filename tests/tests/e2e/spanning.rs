@@ -402,6 +402,28 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         "{}",
         output_text(&v)
     );
+    // Generation 1 ingested one medium at a time, b first (its own map does not know it was
+    // declared lost), then a and c: what the first run wrote from b counts (the second was
+    // refused for b's share, "declared lost", after the first said b was not needed again).
+    let o = ingest(&[&b], "g1.raw", &["--generation", "1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    let o = ingest(&[&a, &c], "g1.raw", &["--generation", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let mut g1 = disk.clone();
+    g1[0] ^= 0xff;
+    assert!(
+        std::fs::read(e.p("g1.raw")).unwrap() == g1,
+        "generation 1 as captured"
+    );
+    // Without b's share written before: refused, naming the way with b back.
+    let o = ingest(&[&a, &c], "g1b.raw", &["--generation", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("turned up again, give it together with the other media"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("g1b.raw").exists() && !e.p("g1b.raw.partial").exists());
 }
 
 /// A capture stopped by "medium full" continued onto a medium that holds another
