@@ -272,6 +272,26 @@ impl Where {
         let span = if read_only {
             SpanStore::open(media, plan.is_none()).and_then(|mut s| {
                 if let Some(p) = plan {
+                    // A --replace-medium that names no member was passed over in silence,
+                    // and the member left out refused as "not attached".
+                    if let Some(l) = p
+                        .lost
+                        .iter()
+                        .find(|l| !s.map().members.iter().any(|m| m.is_named(l)))
+                    {
+                        let members = s
+                            .map()
+                            .members
+                            .iter()
+                            .map(|m| format!("#{} ({})", m.ordinal, m.label))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        return Err(image_format::Error::Usage(format!(
+                            "--replace-medium '{l}' names no medium of this span (its media: \
+                             {members}): give the lost one as listed, by its number ('#1') or \
+                             its label; nothing was written"
+                        )));
+                    }
                     // A capture's checks: a member left out would be refused by the writer
                     // (it writes every medium of its span), after the space estimate had
                     // called the media given full.

@@ -15,8 +15,9 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Said at the first signal: a command that waits on a device which stopped answering would
 /// otherwise look as if it had not heard it.
-const STOPPING: &[u8] = b"\nmgear: stopping after the work at hand, keeping its checkpoint \
-(the same command resumes); Ctrl-C again to exit at once\n";
+/// (A sync keeps no checkpoint: what the target applied stays, and it said "checkpoint".)
+const STOPPING: &[u8] = b"\nmgear: stopping after the work at hand; what is done is kept (the \
+same command goes on from there); Ctrl-C again to exit at once\n";
 
 /// Said instead by `mgear serve`, which holds no checkpoint of its own: it accepts no new
 /// sync and lets the one under way finish (it said "stopping between chunks", which it does

@@ -254,6 +254,18 @@ fn finishing_file(medium: &mut dyn Store, name: &str, g: u32) -> crate::Result<O
     Ok(None)
 }
 
+/// Whether a disk of machine set `set` holds generation `want` (begun: the set's own
+/// generation exists only once every disk is finished and bound).
+fn set_disks_began(medium: &mut dyn Store, set: &str, want: u32) -> bool {
+    image_format::list_captures(medium).is_ok_and(|caps| {
+        caps.iter().any(|c| {
+            image_format::set::parse_disk_stream_name(&c.name)
+                .is_some_and(|(s, _)| s.eq_ignore_ascii_case(set))
+                && c.generations.iter().any(|g| g.generation == want)
+        })
+    })
+}
+
 /// Generations of `name` present on the medium, and those with a MANIFEST
 /// (a set: a set manifest).
 fn generations(medium: &mut dyn Store, name: &str) -> crate::Result<(Vec<u32>, Vec<u32>)> {
@@ -368,7 +380,13 @@ pub fn check_generation(
                  --expect-generation to install the older one on purpose"
             )));
         }
-        if g < want && all.contains(&want) && !finished.contains(&want) {
+        // A set's generation is begun by its disks' (it has no directory of its own until it
+        // is bound): "the newest generation on the medium is 1" of a set whose disks hold an
+        // unfinished generation 2.
+        if g < want
+            && ((all.contains(&want) && !finished.contains(&want))
+                || set_disks_began(medium, name, want))
+        {
             // It is here, unfinished: "a newer generation was removed" sent the operator
             // looking for a rollback.
             return Err(refuse(format!(
@@ -490,8 +508,16 @@ pub fn check_generation(
                      site for generation {g}'s receipt"
                 )));
             }
+            // A disk of a set has two commits that name it: the set's (`have`) and its own; it
+            // said the set's was the disk's.
+            let own_hex = crate::output::hex(&expected.digest());
+            let has = if own_hex == have {
+                format!("has commit {have}")
+            } else {
+                format!("has commit {own_hex} (its set's: {have})")
+            };
             return Err(refuse(format!(
-                "capture {name} generation {g} has commit {have}, but the capture receipt says \
+                "capture {name} generation {g} {has}, but the capture receipt says \
                  {want} (--expect-commit): this is not the capture that was shipped (an older \
                  capture of the same name, or another one, is on the medium in its place); do \
                  not install it, and ask the capture site which medium holds that commit"

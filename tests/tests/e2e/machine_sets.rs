@@ -1637,6 +1637,29 @@ fn a_set_disk_is_named_by_the_sets_commit_or_its_own() {
         );
         same_file(&e.p(out), &e.p("disk1.raw"));
     }
+    // Disk 0's commit given for disk 1: refused, naming disk 1's own commit and the set's (it
+    // gave the set's as disk 1's).
+    let zero = c["captured"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "db01.d0")
+        .unwrap()["receipt"]["commit_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = e
+        .ingest(&m, "db01.d1")
+        .trust("site.pub")
+        .args(&["--expect-commit", &zero])
+        .target("file:c.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains(&format!("has commit {own} (its set's: {set})")),
+        "{}",
+        output_text(&o)
+    );
 }
 
 /// `verify --name SET --expect-commit` with another commit than the set's: the set is not
@@ -1694,6 +1717,35 @@ fn a_set_verified_against_another_commit_trusts_none_of_its_disks() {
             .iter()
             .all(|t| t["trusted"] == true),
         "{v}"
+    );
+}
+
+/// A set's delta cut part-way, then `ingest --expect-generation 2`: it said "the newest
+/// generation on the medium is 1: a newer generation was removed or this is an older
+/// medium" (the set's generation has no directory until it is bound; its disks' do).
+#[test]
+fn an_expected_set_generation_that_is_unfinished_is_said_to_be() {
+    let e = machine();
+    std::fs::create_dir(e.p("m")).unwrap();
+    capture(&e, "dir:m", &[]);
+    std::fs::write(e.p("disk1.raw"), data_disk(8)).unwrap();
+    set_capture(&e, "dir:m")
+        .sign("site.key")
+        .arg("--delta")
+        .killed_after("1MiB/s", 2500);
+    let o = e
+        .ingest("dir:m", "db01")
+        .trust("site.pub")
+        .args(&["--expect-generation", "2"])
+        .target("file:v-{disk}.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("generation 2 was expected")
+            && output_text(&o).contains("is on this medium, but it is not finished")
+            && !output_text(&o).contains("was removed"),
+        "{}",
+        output_text(&o)
     );
 }
 

@@ -367,6 +367,18 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         "{}",
         output_text(&o)
     );
+    // A --replace-medium naming no medium of the span is said to (it was passed over, and b
+    // refused as "not attached").
+    for wrong in ["fat:nonexist.img", "#5"] {
+        let o = cap(&[&a, &c, &d], &["--replace-medium", wrong]);
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains(&format!("--replace-medium '{wrong}' names no medium of this span"))
+                && output_text(&o).contains(&format!("#1 ({b})")),
+            "{}",
+            output_text(&o)
+        );
+    }
     // ...and --replace-medium captures again only what b held (plus what changed).
     disk[0] ^= 0xff;
     std::fs::write(e.p("disk.raw"), &disk).unwrap();
