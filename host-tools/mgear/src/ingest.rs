@@ -1393,6 +1393,17 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     }
     let gaps = crate::medium::Gaps::of(&medium, &args.medium.describe());
     // The generation the gate accepted, and no other.
+    // Which capture and generation each manifest root on this medium is (a device's record
+    // of an earlier ingest names it by its root).
+    let roots: Vec<(String, u32, [u8; 32])> = image_format::list_captures(medium.store())
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|c| {
+            c.generations
+                .into_iter()
+                .filter_map(move |g| Some((c.name.clone(), g.generation, g.manifest_root?)))
+        })
+        .collect();
     let mut reader = CaptureReader::open(
         medium.store(),
         &args.name,
@@ -1537,6 +1548,36 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                 keep_device_if_unchanged(&target, &reader, kept_sha.as_mut())?,
                 None,
             ))
+        }
+        // A device this host finished another ingest into (another disk of the machine, the
+        // operator's wrong pick): a raw data disk has no signature the guard sees, and it
+        // was written over without a word.
+        (Target::Dev(p), false) if !mgear_volume::DeviceVolume::marked_unfinished(p, &sdir) => {
+            if let Some(other) = device_done_other(&sdir, p, reader.manifest_root()) {
+                let what = roots
+                    .iter()
+                    .find(|(_, _, r)| *r == other)
+                    .map(|(n, g, _)| format!("{n} generation {g}"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "another capture (manifest root {})",
+                            &crate::output::hex(&other)[..32]
+                        )
+                    });
+                return Err(crate::exit::coded_hint(
+                    USAGE,
+                    format!(
+                        "--target {} holds {what}, ingested and verified on this host: writing \
+                         {} generation {} over it destroys that disk; nothing was written",
+                        args.target,
+                        reader.name(),
+                        reader.generation()
+                    ),
+                    "check that this is the device meant for this disk (`lsblk`, the machine's \
+                     target list); if it is, pass --force to write over it",
+                ));
+            }
+            None
         }
         (Target::Nbd(_), false)
             if spec_done_path(&sdir, &target).and_then(|p| std::fs::read_to_string(p).ok())
@@ -2247,6 +2288,9 @@ pub fn write_volume<S: image_format::Store>(
         let written = image_format::private::create(&tmp)
             .and_then(|mut f| f.write_all(done_text(&root, &kind).as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &done));
+        if written.is_ok() {
+            forget_other_records_of(&plan.state_dir, &done, &kind);
+        }
         if let Err(e) = written {
             eprintln!(
                 "mgear: note: could not record the finished ingest in {} ({e}): a re-run will \
@@ -3621,10 +3665,20 @@ fn device_done(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> bool {
     };
     let own = spec_done_path(state_dir, &Target::Dev(dev.to_path_buf()));
     // Its own name's record first; one of another disk there (this one came back under a
-    // name another disk had) leaves the others to look through.
+    // name another disk had) leaves the others to look through. One of this disk holding
+    // another generation is what it holds last (an older record under another name said
+    // it held this one, and the disk was refused as "does not hold it any more", exit 1).
     if let Some(text) = own.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
         if judge(&text, true) {
             return true;
+        }
+        if text
+            .lines()
+            .nth(3)
+            .and_then(|l| l.strip_prefix("identity "))
+            .is_some_and(|was| now != "gone" && mgear_volume::same_device(was, &now))
+        {
+            return false;
         }
     }
     std::fs::read_dir(state_dir)
@@ -3634,6 +3688,74 @@ fn device_done(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> bool {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".done"))
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .any(|text| judge(&text, false))
+}
+
+/// Remove the records of finished ingests into this same device under its other names
+/// (`kind` is its record's stamp, `device\nidentity ...`): `done` says what it holds now, and
+/// an older record elsewhere said it held what it no longer does.
+fn forget_other_records_of(state_dir: &Path, done: &Path, kind: &str) {
+    let Some(identity) = kind
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("identity "))
+    else {
+        return;
+    };
+    if identity == "gone" {
+        return;
+    }
+    for e in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path == done || !e.file_name().to_string_lossy().ends_with(".done") {
+            continue;
+        }
+        let same = std::fs::read_to_string(&path).is_ok_and(|t| {
+            t.lines()
+                .nth(3)
+                .and_then(|l| l.strip_prefix("identity "))
+                .is_some_and(|was| mgear_volume::same_device(was, identity))
+        });
+        if same {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The manifest root of a finished ingest recorded on this host for the device at `dev` (under
+/// its name or by its identity: the disk there now) that is not `root`: another disk
+/// ingested into it. `None` when none is recorded, or only `root`'s.
+fn device_done_other(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> Option<[u8; 32]> {
+    let now = mgear_volume::device_identity(dev);
+    if now == "gone" {
+        return None;
+    }
+    let parse = |text: &str| -> Option<[u8; 32]> {
+        let mut lines = text.lines();
+        (lines.next()? == "mgear-ingested/2").then_some(())?;
+        let hex = lines.next()?.strip_prefix("root ")?;
+        (lines.next()? == "device").then_some(())?;
+        let was = lines.next()?.strip_prefix("identity ")?;
+        mgear_volume::same_device(was, &now).then_some(())?;
+        let mut out = [0u8; 32];
+        for (k, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok()?;
+        }
+        Some(out)
+    };
+    let own = spec_done_path(state_dir, &Target::Dev(dev.to_path_buf()))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| parse(&t));
+    // Its own name's record says what it holds last; a record under another name is
+    // consulted only where the own one says nothing of this disk.
+    let found = own.or_else(|| {
+        std::fs::read_dir(state_dir)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".done"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .find_map(|t| parse(&t))
+    })?;
+    (found != *root).then_some(found)
 }
 
 /// [`keep_if_unchanged`] of a `dev:` or NBD target an earlier ingest on this host finished

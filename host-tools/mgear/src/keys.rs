@@ -309,7 +309,19 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     // A key file's first line is a fixed header (`# created by mgear keygen`, `-----BEGIN
     // PRIVATE KEY-----`) or a public key: long and varied enough to pass for a passphrase,
     // and one anyone can write down. A capture took it and a finder opened the medium.
-    let kind = crate::keyfile::KeyKind::of(&text);
+    let kind = crate::keyfile::KeyKind::of(text.trim_start_matches('\u{feff}'));
+    let first_line = text.lines().next().unwrap_or("");
+    if kind == crate::keyfile::KeyKind::Unknown && key_file_line(first_line) {
+        // One line of a key file copied alone: a public key, a header, a key's base64.
+        return Err(usage(format!(
+            "the first line of {} is a line of a key file mgear writes (a public key, a \
+             header, or a key's own base64), not a passphrase: anyone holding the public \
+             files could write it down, or it gives away a secret key; give --passphrase-file \
+             a file whose first line is a passphrase of your own (at capture, or let mgear \
+             make one: --passphrase-file NEW_FILE --passphrase-generate); nothing was done",
+            path.display()
+        )));
+    }
     if kind != crate::keyfile::KeyKind::Unknown {
         return Err(usage(format!(
             "{} is {}, not a passphrase file: its first line would be the passphrase, and \
@@ -343,6 +355,22 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
         )));
     }
     Ok(Zeroizing::new(line))
+}
+
+/// Whether `line` is a line of a key file mgear writes (`keygen`, `keygen --signing`): the
+/// header comments, an age public or secret key, a PEM armour line, or the base64 of an
+/// Ed25519 public (SPKI) or private (PKCS#8) key. Copied alone into a passphrase file, it
+/// was taken as the capture's passphrase.
+fn key_file_line(line: &str) -> bool {
+    let l = line.trim_start_matches('\u{feff}').trim();
+    let lower = l.to_ascii_lowercase();
+    lower.starts_with("age1")
+        || lower.contains("age-secret-key-1")
+        || l.starts_with("-----BEGIN ")
+        || l.starts_with("-----END ")
+        || l.starts_with("MCowBQYDK2Vw")
+        || l.starts_with("MC4CAQAwBQYDK2Vw")
+        || (l.starts_with('#') && (lower.contains("mgear keygen") || lower.contains("public key:")))
 }
 
 /// The most of a passphrase file read (its first line is the passphrase).
@@ -1193,6 +1221,23 @@ mod tests {
                 m.contains(says) && m.contains("not a passphrase file"),
                 "{m}"
             );
+        }
+        // One line of a key file alone, or a public key behind a byte-order mark.
+        let pub_text = fs::read_to_string(pub_path(&target)).unwrap();
+        let site_pub = fs::read_to_string(pub_path(&site)).unwrap();
+        let site_key = fs::read_to_string(&site).unwrap();
+        let target_key = fs::read_to_string(&target).unwrap();
+        for text in [
+            target_key.lines().next().unwrap().to_string(),
+            target_key.lines().nth(1).unwrap().to_string(),
+            site_pub.lines().nth(1).unwrap().to_string(),
+            site_key.lines().nth(1).unwrap().to_string(),
+            format!("\u{feff}{pub_text}"),
+        ] {
+            let f = dir.path().join("line");
+            fs::write(&f, format!("{text}\n")).unwrap();
+            let e = read_passphrase(&f).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), 2, "{text}");
         }
         // A passphrase that merely starts like a comment is still one.
         let f = dir.path().join("pw");

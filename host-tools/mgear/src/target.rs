@@ -94,6 +94,7 @@ pub fn open_for_ingest(
     capture: &CaptureFacts,
     media: &[(String, [u8; 512])],
 ) -> crate::Result<Box<dyn Volume>> {
+    refuse_held(target)?;
     let v: Box<dyn Volume> = match target {
         Target::File(p) => Box::new(FileVolume::create(p, prep)?),
         Target::Qcow2(p) => Box::new(Qcow2Volume::create(p, prep)?),
@@ -144,6 +145,31 @@ pub fn open_for_ingest(
         Target::Cinder(name) => crate::cloud_target::open(name, prep, capture)?,
     };
     Ok(v)
+}
+
+/// Refuse a local volume another process holds open for writing: a running VM's disk (QEMU
+/// opens a device without O_EXCL, so only a mount was refused), a `mgear serve` holding the
+/// same disk under another name (a second loop device over its file). `--force` wrote the
+/// disk under the running machine; a `file:` volume replaced left the VM on the old one,
+/// deleted, losing all it wrote.
+fn refuse_held(target: &Target) -> crate::Result<()> {
+    let (Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) = target else {
+        return Ok(());
+    };
+    if let Some((pid, cmd)) = crate::guard::writer_of(p) {
+        return Err(crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!(
+                "--target {target} is open for writing by process {pid} ({cmd}): a running \
+                 virtual machine's disk, a `mgear serve` keeping it for syncs (perhaps under \
+                 another name of the same disk), or another program's volume; nothing was \
+                 written (--force does not change this)"
+            ),
+            "stop that program (shut the VM down, Ctrl-C the serve), or give another volume, \
+             then run the same command",
+        ));
+    }
+    Ok(())
 }
 
 // The guard finds every signature it knows within this much of either end.

@@ -254,6 +254,17 @@ fn finishing_file(medium: &mut dyn Store, name: &str, g: u32) -> crate::Result<O
     Ok(None)
 }
 
+/// The disk of machine set `set` whose own commit of generation `g` begins with `want` (hex).
+fn disk_commit_named(medium: &mut dyn Store, set: &str, g: u32, want: &str) -> Option<usize> {
+    (0..image_format::set::MAX_SET_DISKS).find_map(|k| {
+        let stream = image_format::set::disk_stream_name(set, k);
+        let c = commit::expected_commit(medium, &stream, g).ok()??;
+        crate::output::hex(&c.digest())
+            .starts_with(want)
+            .then_some(k)
+    })
+}
+
 /// Whether a disk of machine set `set` holds generation `want` (begun: the set's own
 /// generation exists only once every disk is finished and bound).
 fn set_disks_began(medium: &mut dyn Store, set: &str, want: u32) -> bool {
@@ -508,9 +519,27 @@ pub fn check_generation(
                      site for generation {g}'s receipt"
                 )));
             }
+            // Another disk's commit of the same set (the per-disk commits the capture prints):
+            // it said another capture was in the shipped one's place.
+            let own_hex = crate::output::hex(&expected.digest());
+            let set =
+                image_format::set::parse_disk_stream_name(name).map_or(name.as_str(), |(s, _)| s);
+            if let Some(k) = disk_commit_named(medium, set, g, want) {
+                let disk = image_format::set::disk_stream_name(set, k);
+                let mine = if own_hex == have {
+                    have.clone()
+                } else {
+                    format!("{own_hex}, or its set's {have}")
+                };
+                return Err(refuse(format!(
+                    "--expect-commit {want} is the commit of {disk} (disk {k} of set {set}) \
+                     generation {g}, not {name}'s ({mine}): the receipt lists the set's commit \
+                     and each disk's; give {name}'s, or ingest that disk alone by its own \
+                     (--name {disk} --expect-commit {want}); nothing was installed"
+                )));
+            }
             // A disk of a set has two commits that name it: the set's (`have`) and its own; it
             // said the set's was the disk's.
-            let own_hex = crate::output::hex(&expected.digest());
             let has = if own_hex == have {
                 format!("has commit {have}")
             } else {

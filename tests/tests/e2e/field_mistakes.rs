@@ -3623,3 +3623,90 @@ fn a_directory_to_boot_and_a_small_file_to_format_are_named_as_they_are() {
     );
     assert_eq!(fs::read(e.p("small")).unwrap(), vec![7u8; 700]);
 }
+
+/// A device (or file) another process holds open for writing (a running VM's disk: QEMU
+/// opens a device without O_EXCL) was written with `--force` under it; a raw data disk this
+/// host finished another disk's ingest into was written over without a word (only a file
+/// system or partition table was seen), and a device whose own record says it holds a newer
+/// generation was called changed ("does not hold it any more", exit 1).
+#[test]
+fn a_device_held_by_another_process_or_holding_another_ingested_disk_is_refused() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("root.raw"), 4 << 20, 31);
+    random_disk(&e.p("data.raw"), 4 << 20, 32);
+    std::fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "m2")
+        .sources(&["root.raw", "data.raw"])
+        .ok();
+    fs::write(e.p("d.img"), vec![0u8; 4 << 20]).unwrap();
+    let dev = Loop::attach(&e.p("d.img"));
+    let target = format!("dev:{}", dev.0);
+    let ingest = |disk: &str, force: bool| {
+        let l = e
+            .ingest("dir:m", "m2")
+            .untrusted()
+            .args(&["--disk", disk])
+            .target(&target);
+        if force {
+            l.arg("--force").run()
+        } else {
+            l.run()
+        }
+    };
+    let o = ingest("1", false);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let o = ingest("0", false);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds m2.d1 generation 1, ingested and verified on this host"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        fs::read(e.p("d.img")).unwrap(),
+        fs::read(e.p("data.raw")).unwrap()
+    );
+    // Held open for writing by another process: refused, --force too.
+    for (t, path) in [
+        (target.clone(), dev.0.clone()),
+        (format!("file:{}", e.s("d.img")), e.s("d.img")),
+    ] {
+        let mut holder = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<>\"$1\"; exec sleep 30")
+            .arg("sh")
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let o = e
+            .ingest("dir:m", "m2")
+            .untrusted()
+            .args(&["--disk", "0", "--force"])
+            .target(&t)
+            .run();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert_eq!(o.status.code(), Some(2), "{t}: {}", output_text(&o));
+        assert!(
+            output_text(&o).contains("is open for writing by process"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    assert_eq!(
+        fs::read(e.p("d.img")).unwrap(),
+        fs::read(e.p("data.raw")).unwrap()
+    );
+    // Written over on purpose; then the other disk is refused in turn, by name.
+    let o = ingest("0", true);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let o = ingest("1", false);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds m2.d0 generation 1"),
+        "{}",
+        output_text(&o)
+    );
+}

@@ -1656,7 +1656,25 @@ fn a_set_disk_is_named_by_the_sets_commit_or_its_own() {
         .run();
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains(&format!("has commit {own} (its set's: {set})")),
+        output_text(&o).contains(&format!(
+            "--expect-commit {zero} is the commit of db01.d0 (disk 0 of set db01) generation 1, \
+             not db01.d1's ({own}, or its set's {set})"
+        )),
+        "{}",
+        output_text(&o)
+    );
+    // The set with --disk 1 and that disk's own commit: named as such (it said another
+    // capture was in the shipped one's place).
+    let o = e
+        .ingest(&m, "db01")
+        .trust("site.pub")
+        .args(&["--disk", "1", "--expect-commit", &own])
+        .target("file:d.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is the commit of db01.d1 (disk 1 of set db01)")
+            && output_text(&o).contains("--name db01.d1 --expect-commit"),
         "{}",
         output_text(&o)
     );

@@ -373,8 +373,9 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         let o = cap(&[&a, &c, &d], &["--replace-medium", wrong]);
         assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
         assert!(
-            output_text(&o).contains(&format!("--replace-medium '{wrong}' names no medium of this span"))
-                && output_text(&o).contains(&format!("#1 ({b})")),
+            output_text(&o).contains(&format!(
+                "--replace-medium '{wrong}' names no medium of this span"
+            )) && output_text(&o).contains(&format!("#1 ({b})")),
             "{}",
             output_text(&o)
         );
