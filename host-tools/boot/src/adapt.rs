@@ -101,7 +101,8 @@ fn precheck(volume: &Path, format: &str) -> Result<Option<DriverPresence>> {
         return Err(BootError::Unsupported(
             "this is a MotionGear sample disk (busybox, not a distribution): \
              virt-v2v-in-place cannot adapt it and mgear does not re-implement driver \
-             injection. Build it with all drivers (Drivers::All / `--drivers all`) instead"
+             injection. Build it with the drivers of the target (`mgear boot --build-sample \
+             --drivers all` carries every one) and ingest without --adapt"
                 .into(),
         ));
     }

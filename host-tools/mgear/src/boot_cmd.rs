@@ -848,7 +848,9 @@ fn check(disks: &[Target], profile: &TargetProfile, json: bool) -> crate::Result
             Target::File(p) | Target::Dev(p) => p,
             _ => {
                 return Err(usage(format!(
-                    "--check-profile reads file: and dev: targets only, not {target}"
+                    "--check-profile reads file: and dev: targets only, not {target}: check its \
+                     source disk, or a raw copy (`qemu-img convert -O raw IMAGE disk.raw`, then \
+                     --target file:disk.raw)"
                 )))
             }
         };

@@ -1961,6 +1961,24 @@ pub fn plan_set(args: &Plan, sources: &[String]) -> crate::Result<SetPlan> {
                 rate,
             )?);
         }
+        // Every disk finished and bound, no --delta: the run refuses it as already captured
+        // (the dry run said "0 disks need about 0 B ...: fits", exit 0). Not a medium the
+        // finishing run left mid-write: a re-run puts that right.
+        let bound = image_format::set::set_generations(medium.store(), &args.name)?
+            .last()
+            .copied()
+            .filter(|_| !medium.store().left_mid_write());
+        if let (true, false, None, Some(g)) = (disks.is_empty(), args.delta, &args.sign, bound) {
+            return Err(usage(format!(
+                "set {} is already captured as generation {g} on {} (finished): use --delta \
+                 to add the changes of every disk since, or remove the set with every \
+                 generation first to replace it (`mgear medium rm {} --name {} --force`)",
+                args.name,
+                args.medium.pick("this medium", "these media"),
+                args.medium.as_args(),
+                args.name
+            )));
+        }
         Ok(disks)
     })();
     // A resumed disk first cuts what it wrote past its last checkpoint: that room is free

@@ -1590,6 +1590,22 @@ pub fn ingest_set(
             // record says it holds is named (it guessed "an earlier generation's ingest,
             // another disk, or was changed since").
             let root_of = |j: usize| file.set.disks.get(j).map(|d| d.manifest_root);
+            // A run with --force stopped part-way (exit 4: media still to come) left this
+            // disk's ingest unfinished beside the old volume: it was called "no ingest into it
+            // is recorded on this host".
+            if root_of(*k).is_some_and(|r| crate::ingest::unfinished_root(&sdir, t) == Some(r)) {
+                return Err(coded_hint(
+                    USAGE,
+                    format!(
+                        "{} (the target of disk {k}) exists, and an earlier run with --force \
+                         began writing set {} generation {g}'s disk {k} beside it (unfinished, \
+                         the old volume kept until the machine is complete); nothing was written",
+                        p.display(),
+                        args.name
+                    ),
+                    "run the same command with --force again to go on from where it stopped",
+                ));
+            }
             let holds = match crate::ingest::ingested_from(&sdir, &p) {
                 Some(r) if Some(r) == root_of(*k) => {
                     "it holds this disk, changed since its ingest finished".to_string()

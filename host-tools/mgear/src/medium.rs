@@ -274,10 +274,14 @@ impl Where {
                 if let Some(p) = plan {
                     // A --replace-medium that names no member was passed over in silence,
                     // and the member left out refused as "not attached".
+                    // (Only of a span: a medium of none has its own refusal, naming the
+                    // capture it lacks.)
+                    let members = &s.map().members;
                     if let Some(l) = p
                         .lost
                         .iter()
-                        .find(|l| !s.map().members.iter().any(|m| m.is_named(l)))
+                        .filter(|_| members.len() > 1)
+                        .find(|l| !members.iter().any(|m| m.is_named(l)))
                     {
                         let members = s
                             .map()
@@ -1048,9 +1052,14 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                     // sector's size field is what changed, not the copy that was cut; the
                     // store's comparison of the two says so (damage, exit 1). Read only for a
                     // volume that does not fit.
+                    // Where the boot sector's own sector size puts it, or where a 512- or
+                    // 4096-byte sector does: a damaged sector-size field moved it, and the
+                    // volume read as cut short in half.
                     let backup_fits = || {
                         image_format::store::fatmap::backup_boot_offset(&boot)
-                            .and_then(|at| {
+                            .into_iter()
+                            .chain([6 * 512, 6 * 4096])
+                            .filter_map(|at| {
                                 let mut b = [0u8; 512];
                                 std::os::unix::fs::FileExt::read_exact_at(&file, &mut b, at)
                                     .ok()?;
@@ -1058,7 +1067,7 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                                     .then(|| image_format::store::fatmap::volume_bytes(&b))
                                     .flatten()
                             })
-                            .is_some_and(|w| w <= have && w != want)
+                            .any(|w| w <= have && w != want)
                     };
                     if have < want && !backup_fits() {
                         return Err(crate::exit::coded_next(

@@ -221,6 +221,28 @@ pub struct RmPlan {
 }
 
 /// Decide what `rm` removes; refuses finished data without `force`.
+/// Refuse to remove anything of capture `name` while it holds a generation hidden by damage
+/// (on a `dir:` medium, a file where its directory was): removing "what a capture stopped at
+/// its start left" deleted its key slots beside it (a FAT medium damaged so is refused as a
+/// damaged file system).
+fn refuse_hidden(store: &mut dyn Store, name: &str) -> crate::Result<()> {
+    let hidden = crate::trust::hidden_generation_dirs(store, name);
+    if hidden.is_empty() {
+        return Ok(());
+    }
+    Err(crate::exit::coded_hint(
+        crate::exit::FOUND,
+        format!(
+            "capture {name} holds {}: a generation hidden by damage; removing the capture (or a \
+             generation of it) could delete what it holds and its key slots; nothing was \
+             removed",
+            hidden.join("; ")
+        ),
+        "do not remove or repair it: ingest from another copy of the shipment, or ask how the \
+         medium was handled (`mgear verify` names the damage)",
+    ))
+}
+
 pub fn plan_rm(
     store: &mut dyn Store,
     name: &str,
@@ -241,6 +263,7 @@ pub fn plan_rm(
         )));
     };
     let gens = &cap.generations;
+    refuse_hidden(store, &cap.name)?;
     if gens.is_empty() && !cap.recipient_slot && !cap.passphrase_slot {
         let foreign = foreign_entries(store, &cap.name)?;
         if !foreign.is_empty() {
@@ -715,6 +738,7 @@ fn abort_with(store: &mut dyn Store, name: &str, run: bool) -> crate::Result<RmP
             "there is no capture {name} on this medium to abort"
         ))
     })?;
+    refuse_hidden(store, &cap.name)?;
     let Some(newest) = cap.generations.last() else {
         let plan = RmPlan {
             name: cap.name.clone(),

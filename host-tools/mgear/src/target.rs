@@ -156,7 +156,12 @@ fn refuse_held(target: &Target) -> crate::Result<()> {
     let (Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) = target else {
         return Ok(());
     };
-    if let Some((pid, cmd)) = crate::guard::writer_of(p) {
+    // Another `mgear ingest` into it is named as such by the ingest lock, which follows.
+    let ingest = |cmd: &str| {
+        let mut w = cmd.split_whitespace();
+        w.next().is_some_and(|b| b.ends_with("mgear")) && w.next() == Some("ingest")
+    };
+    if let Some((pid, cmd)) = crate::guard::writer_of(p).filter(|(_, c)| !ingest(c)) {
         return Err(crate::exit::coded_hint(
             crate::exit::USAGE,
             format!(

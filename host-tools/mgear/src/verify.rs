@@ -1012,6 +1012,32 @@ fn verify(args: Plan) -> crate::Result<i32> {
             });
         }
     }
+    // A generation's name on an entry that is not a directory, beside generations that read:
+    // on a `dir:` medium a file G0002 went unsaid ("OK: no problems found") while inspect
+    // and ingest named it as a generation hidden by damage.
+    for c in captures.iter().filter(|c| {
+        !c.generations.is_empty()
+            && c.damage.is_none()
+            && name
+                .as_ref()
+                .is_none_or(|n| c.name == *n || image_format::set::owner(&c.name) == n.as_str())
+    }) {
+        let hidden = crate::trust::hidden_generation_dirs(store, &c.name);
+        if !hidden.is_empty() {
+            report.problems.push(image_format::Problem {
+                at: image_format::Location::capture(&c.name),
+                what: format!(
+                    "holds {}: a generation hidden by damage, perhaps newer than generation {}, \
+                     the newest this medium lists. Do not remove it or repair the medium; \
+                     ingest from another copy of the shipment, or ask how the medium was \
+                     handled",
+                    hidden.join("; "),
+                    c.generations.last().map_or(0, |g| g.generation)
+                ),
+            });
+        }
+    }
+    report.problems = said_once(std::mem::take(&mut report.problems));
     obs.bar.finish();
     // A span's mirrored files are read from one of its media: a copy damaged or deleted on
     // another went unsaid, and every medium given was called sound.

@@ -3071,6 +3071,19 @@ pub(crate) mod tests {
         // too few clusters, the backup intact: a damaged medium, repaired from the backup,
         // never "format one" (the FAT count's check carried its own "format it" advice into
         // the message that says not to).
+        // A sector size of 1024 (valid, and wrong): its backup pointer led past the backup
+        // (no boot sector there, the copies said to agree), and the `dd` that puts it right
+        // takes the backup's sector size.
+        poke(0x0c, &[0x04]);
+        let e = refusal();
+        assert!(
+            e.contains("only the backup describes the volume")
+                && e.contains("bytes per sector")
+                && e.contains("bs=512 skip=6"),
+            "{e}"
+        );
+        poke(0, &good);
+        mounts();
         for (offset, bytes) in [
             (510, &[0u8, 0][..]),
             (0x0d, &[0u8][..]),

@@ -256,11 +256,18 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
     }
     // Where the boot sector says its backup is; where every formatter puts it when the boot
     // sector's own pointer (or the reserved sectors it must lie within) is what was damaged.
+    // A damaged sector-size field moves where the pointer leads: no boot sector there, the
+    // backup is looked for where a 512- or 4096-byte sector puts it (the volume was said to
+    // be cut short in half).
     let backup = match backup_boot_offset(&head) {
         Some(at) => {
             let mut b = [0u8; 512];
             read(at, &mut b)?;
-            Some(b)
+            if b[510..512] == [0x55, 0xaa] && &b[82..90] == b"FAT32   " {
+                Some(b)
+            } else {
+                intact_backup(read).map(|(_, b)| b).or(Some(b))
+            }
         }
         None => intact_backup(read).map(|(_, b)| b),
     };
@@ -429,8 +436,11 @@ pub fn matches_backup(
     if differ.is_empty() {
         return Ok(());
     }
-    let sector = le16(boot, 0x32);
-    let bps = le16(boot, 0x0b);
+    // Where the sound copy says: a damaged sector size in the boot sector gave the `dd` a
+    // block size that copied the wrong bytes.
+    let sound = if !boot_ok && backup_ok { backup } else { boot };
+    let sector = le16(sound, 0x32);
+    let bps = le16(sound, 0x0b);
     let differ = differ.join(", ");
     // Damage found (exit 1 where it reaches a user), not a device that failed to answer.
     Err(StoreError::Damaged(match (boot_ok, backup_ok) {

@@ -2070,3 +2070,90 @@ fn field_media_a_plan_keeps_a_margin_for_what_it_counts_as_saved() {
         text(&o)
     );
 }
+
+/// A `dir:` medium whose generation directory is a file: `verify` said "OK" where a
+/// generation readable beside it hid it, and `medium rm` / `capture --abort` of a capture
+/// whose only generation was so hidden removed "what a capture stopped at its start left",
+/// its key slots with it. Named by verify, refused by both (a damaged FAT is refused too).
+#[test]
+fn field_media_a_generation_file_on_a_dir_medium_is_named_and_not_removed() {
+    let e = Env::new();
+    e.keygen();
+    let mut d = vec![0u8; 2 << 20];
+    rand::rngs::StdRng::seed_from_u64(81).fill_bytes(&mut d);
+    fs::write(e.p("d.raw"), &d).unwrap();
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web05").source("d.raw").ok();
+    e.capture("dir:m", "web02").source("d.raw").ok();
+    e.capture("dir:m", "web02")
+        .source("d.raw")
+        .arg("--delta")
+        .ok();
+    // web02: its newest generation's directory turned into a file, generation 1 intact.
+    fs::remove_dir_all(e.p("m/MGEAR/web02/G0002")).unwrap();
+    fs::write(e.p("m/MGEAR/web02/G0002"), b"x").unwrap();
+    let o = e.run(&["verify", "--medium", "dir:m"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o)
+            .contains("MGEAR/web02/G0002, a generation's name on an entry that is not a directory"),
+        "{}",
+        text(&o)
+    );
+    // web05: its only generation so hidden.
+    fs::remove_dir_all(e.p("m/MGEAR/web05/G0001")).unwrap();
+    fs::write(e.p("m/MGEAR/web05/G0001"), b"x").unwrap();
+    for args in [
+        vec!["medium", "rm", "--medium", "dir:m", "--name", "web05"],
+        vec!["capture", "--abort", "--medium", "dir:m", "--name", "web05"],
+        vec![
+            "medium", "rm", "--medium", "dir:m", "--name", "web02", "--force",
+        ],
+    ] {
+        let o = e.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("a generation hidden by damage")
+                && text(&o).contains("nothing was removed"),
+            "{}",
+            text(&o)
+        );
+    }
+    assert!(e.p("m/MGEAR/web05/KEYS").exists() && e.p("m/MGEAR/web02/G0001").exists());
+}
+
+/// A FAT32 boot sector whose sector-size field reads 1024 (a valid value), its backup intact:
+/// said to be a copy cut short by half the image, exit 3, "copy it again in full".
+#[test]
+fn field_media_a_damaged_sector_size_is_a_damaged_boot_sector_not_a_cut_copy() {
+    let e = Env::new();
+    let m = e.fat("c.img", "64MiB");
+    let mut img = fs::read(e.p("c.img")).unwrap();
+    img[12] = 0x04;
+    fs::write(e.p("c.img"), &img).unwrap();
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("FAT32 boot sector is damaged")
+            && text(&o).contains("bytes per sector")
+            && text(&o).contains("bs=512 skip=6")
+            && !text(&o).contains("cut short"),
+        "{}",
+        text(&o)
+    );
+    // The `dd` it gives puts it right.
+    let ok = std::process::Command::new("dd")
+        .args([
+            "if=c.img",
+            "of=c.img",
+            "bs=512",
+            "skip=6",
+            "count=1",
+            "conv=notrunc",
+        ])
+        .current_dir(e.p(""))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    e.ok(&["inspect", "--medium", &m]);
+}

@@ -1833,3 +1833,32 @@ fn a_stopped_set_whose_key_was_forgotten_is_told_how_to_start_over() {
     e.ok(&args);
     line.ok();
 }
+
+/// The dry run of a finished set, captured again without --delta: it said "0 disks need
+/// about 0 B on the media: fits", exit 0, where the run refuses it as already captured.
+#[test]
+fn a_dry_run_of_a_finished_set_is_refused_as_the_run_is() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("disk0.raw"), data_disk(3)).unwrap();
+    std::fs::write(e.p("disk1.raw"), data_disk(4)).unwrap();
+    std::fs::create_dir(e.p("m")).unwrap();
+    set_capture(&e, "dir:m").ok();
+    for dry in [true, false] {
+        let mut l = set_capture(&e, "dir:m");
+        if dry {
+            l = l.arg("--dry-run");
+        }
+        let o = l.run();
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains("set db01 is already captured as generation 1"),
+            "{}",
+            output_text(&o)
+        );
+    }
+    let o = set_capture(&e, "dir:m")
+        .args(&["--delta", "--dry-run"])
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+}

@@ -283,7 +283,7 @@ fn reachable(to: &str) -> crate::Result<()> {
         .map_err(|e| crate::err!("--to {to}: {e}"))?
     {
         match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)) {
-            Ok(_) => return Ok(()),
+            Ok(s) => return speaks_sync(s, to),
             Err(e) => last = Some(e),
         }
     }
@@ -296,6 +296,40 @@ fn reachable(to: &str) -> crate::Result<()> {
         "start `mgear serve` on the volume at the target (SYNC.md), or correct --to, then run \
          the cutover again",
     ))
+}
+
+/// Whether the peer of `s` is a `mgear serve`: a HELLO naming a capture no serve holds is
+/// answered at once with an ERROR frame (before any volume is read). Another program there
+/// (an SSH server, a silent listener) had the source quiesced and the final sync fail, or
+/// hang with the source down.
+fn speaks_sync(mut s: std::net::TcpStream, to: &str) -> crate::Result<()> {
+    use super::wire::{self, ty, Hello};
+    let not = |why: String| {
+        crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!("--to {to} {why}: it is not a `mgear serve`; nothing was quiesced"),
+            "start `mgear serve` on the volume at the target (SYNC.md), or correct --to, then \
+             run the cutover again",
+        )
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    let hello = Hello {
+        name: "(a cutover asking whether this is a mgear serve)".into(),
+        size: 0,
+        nonce: [0; 32],
+    }
+    .encode();
+    if let Err(e) = wire::send(&mut s, ty::HELLO, &hello) {
+        return Err(not(format!("took the connection but not a HELLO ({e})")));
+    }
+    match wire::recv(&mut s, to) {
+        Ok((ty::ERROR | ty::WELCOME, _)) => Ok(()),
+        Ok((t, _)) => Err(not(format!("answered HELLO with {}", wire::type_name(t)))),
+        Err(e) => Err(not(format!(
+            "took the connection but did not answer as a sync target within 10 s ({e})"
+        ))),
+    }
 }
 
 /// `mgear cutover`.
