@@ -541,6 +541,60 @@ fn a_set_whose_later_disk_fails_its_read_back_finishes_no_disk() {
     same_file(&e.p("vol-1.raw"), &e.p("d1.raw"));
 }
 
+/// A delta of a spanned machine ingested with --force over the previous generation's
+/// volumes, one medium at a time: the run without --force was told "no ingest into it is
+/// recorded on this host" of the volumes this host wrote, its own unfinished ingest beside
+/// them unsaid.
+#[test]
+fn an_unfinished_forced_set_ingest_is_named_by_the_next_run() {
+    let e = Env::new();
+    e.keygen();
+    std::fs::write(e.p("d0.raw"), noise(20 << 20, 91)).unwrap();
+    std::fs::write(e.p("d1.raw"), noise(30 << 20, 92)).unwrap();
+    let (p, q) = (e.fat("p.img", "40MiB"), e.fat("q.img", "40MiB"));
+    let cap = |extra: &[&str]| {
+        e.capture(&p, "m1")
+            .medium(&q)
+            .sources(&["d0.raw", "d1.raw"])
+            .args(extra)
+            .ok()
+    };
+    cap(&[]);
+    let ingest = |media: &[&str], extra: &[&str]| {
+        media
+            .iter()
+            .skip(1)
+            .fold(e.ingest(media[0], "m1"), |l, m| l.medium(m))
+            .untrusted()
+            .target("file:v-{disk}.raw")
+            .args(extra)
+            .run()
+    };
+    let o = ingest(&[&p, &q], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    for d in ["d0.raw", "d1.raw"] {
+        let mut b = std::fs::read(e.p(d)).unwrap();
+        b[(1 << 20) + 9] ^= 0x33;
+        b[(18 << 20) + 9] ^= 0x33;
+        std::fs::write(e.p(d), b).unwrap();
+    }
+    cap(&["--delta"]);
+    let o = ingest(&[&p], &["--force"]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    let o = ingest(&[&q], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("an earlier run with --force began writing set m1 generation 2")
+            && output_text(&o).contains("with --force again"),
+        "{}",
+        output_text(&o)
+    );
+    let o = ingest(&[&q], &["--force"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("v-0.raw"), &e.p("d0.raw"));
+    same_file(&e.p("v-1.raw"), &e.p("d1.raw"));
+}
+
 /// A finished, signed capture re-run with --sign and one more medium: refused "already
 /// captured" (exit 2), as it was, but the medium added had been joined to a span first, and
 /// every later capture onto the first medium alone was refused ("medium #1 ... is not

@@ -1454,6 +1454,45 @@ fn a_reconnect_wait_ends_at_ctrl_c_and_a_dead_target_is_found_before_the_quiesce
         );
         assert!(!e.p("quiesced").exists() && !e.p("resumed").exists());
     }
+    // Something else listens at --to (an SSH server's banner, a listener that says nothing):
+    // it was taken for a serve, the source quiesced, and the final sync failed or hung.
+    for banner in [&b"SSH-2.0-OpenSSH_9.2\r\n"[..], &b""[..]] {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = other.local_addr().unwrap().to_string();
+        let talker = std::thread::spawn(move || {
+            if let Ok((mut c, _)) = other.accept() {
+                use std::io::Write;
+                let _ = c.write_all(banner);
+                std::thread::sleep(Duration::from_secs(12));
+            }
+        });
+        let o = e.run(&[
+            "cutover",
+            "--source",
+            "disk.raw",
+            "--to",
+            &at,
+            "--name",
+            "web01",
+            "--sign",
+            "site.key",
+            "--quiesce",
+            "touch quiesced",
+            "--resume",
+            "touch resumed",
+            "--boot-target",
+            "file:vol.raw",
+            "--no-presync",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            stderr(&o).contains("it is not a `mgear serve`; nothing was quiesced"),
+            "{}",
+            text(&o)
+        );
+        assert!(!e.p("quiesced").exists() && !e.p("resumed").exists());
+        let _ = talker.join();
+    }
     // A target that listens: the probe is no session, and a --once serve still takes the
     // cutover's sync after it.
     let (mut server, addr) = e.listen(&["--once"]);
