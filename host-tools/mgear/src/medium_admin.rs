@@ -289,6 +289,22 @@ pub fn plan_rm(
                         .join(", ")
                 )));
             }
+            // A newer generation whose MANIFEST is damaged names no parent: it may be a delta
+            // on this one, and `--force` removed its parent without a word (it could then
+            // never be restored).
+            if let Some(h) = gens.iter().find(|i| {
+                i.generation > g
+                    && i.parent.is_none()
+                    && matches!(i.state, GenerationState::Damaged(_))
+            }) {
+                return Err(usage(format!(
+                    "capture {} generation {} is damaged (its MANIFEST does not read), so \
+                     whether it is a delta on generation {g} cannot be told: removing generation \
+                     {g} could leave it unrestorable; nothing was removed. Remove generation {} \
+                     first (`--generation {}`), or the whole capture",
+                    cap.name, h.generation, h.generation, h.generation
+                )));
+            }
             let mut v = vec![g];
             v.extend(dependents(gens, g));
             v.sort_unstable();

@@ -2157,3 +2157,60 @@ fn field_media_a_damaged_sector_size_is_a_damaged_boot_sector_not_a_cut_copy() {
     assert!(ok.success());
     e.ok(&["inspect", "--medium", &m]);
 }
+
+/// `medium rm --generation 1 --force` beside a generation 2 whose MANIFEST is damaged: a
+/// delta's parent cannot be read from it, and generation 1 was removed without a word (the
+/// delta could then never be restored). Refused, naming the generation to remove first.
+#[test]
+fn field_media_a_parent_is_not_removed_beside_a_generation_whose_parent_is_unknown() {
+    let e = Env::new();
+    e.keygen();
+    let mut d = vec![0u8; 2 << 20];
+    rand::rngs::StdRng::seed_from_u64(83).fill_bytes(&mut d);
+    fs::write(e.p("d.raw"), &d).unwrap();
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "web01").source("d.raw").ok();
+    d[5] ^= 1;
+    fs::write(e.p("d.raw"), &d).unwrap();
+    e.capture("dir:m", "web01")
+        .source("d.raw")
+        .arg("--delta")
+        .ok();
+    let mf = e.p("m/MGEAR/web01/G0002/MANIFEST");
+    let mut b = fs::read(&mf).unwrap();
+    b[100] ^= 0xff;
+    fs::write(&mf, b).unwrap();
+    let o = e.run(&[
+        "medium",
+        "rm",
+        "--medium",
+        "dir:m",
+        "--name",
+        "web01",
+        "--generation",
+        "1",
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("generation 2 is damaged")
+            && text(&o).contains("Remove generation 2 first"),
+        "{}",
+        text(&o)
+    );
+    assert!(e.p("m/MGEAR/web01/G0001/MANIFEST").exists());
+    // As it says: generation 2 first, then 1.
+    for g in ["2", "1"] {
+        e.ok(&[
+            "medium",
+            "rm",
+            "--medium",
+            "dir:m",
+            "--name",
+            "web01",
+            "--generation",
+            g,
+            "--force",
+        ]);
+    }
+}
