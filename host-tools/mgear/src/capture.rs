@@ -306,11 +306,12 @@ pub fn run(cli: Request) -> crate::Result<i32> {
                  new name (a capture's deltas need its own data key)",
             );
         }
-        crate::verify::explain_wrong_key_for_capture(
+        let e = crate::verify::explain_wrong_key_for_capture(
             e,
             &args.medium,
             args.passphrase_file.as_deref(),
-        )
+        );
+        damaged_resume(e, &args)
     });
     let report = match report {
         Ok(r) => r,
@@ -335,6 +336,31 @@ pub fn run(cli: Request) -> crate::Result<i32> {
         print_summary(&report);
     }
     Ok(crate::exit::OK)
+}
+
+/// A resume whose stored files do not check out (a damaged index part, journal or record of
+/// the unfinished generation): the way on is to remove that generation and capture again (the
+/// hint was the found-failure class's "do not use it").
+fn damaged_resume(e: crate::Error, args: &Plan) -> crate::Error {
+    let damage = crate::exit::code_of(&e) == crate::exit::FOUND
+        && !matches!(&e, crate::Error::Coded { hint: Some(_), .. })
+        && e.chain()
+            .any(|c| matches!(c.downcast_ref(), Some(image_format::Error::Corrupt { .. })));
+    let Some(g) = unfinished_generation(args).filter(|_| damage) else {
+        return e;
+    };
+    crate::exit::coded_hint(
+        crate::exit::FOUND,
+        format!("{e:#}"),
+        format!(
+            "generation {g} of {} cannot be resumed: what its stopped run stored is damaged. \
+             Remove it with `mgear capture --abort {} --name {}` and capture again (finished \
+             generations are not touched)",
+            args.name,
+            args.medium.as_args(),
+            image_format::set::owner(&args.name)
+        ),
+    )
 }
 
 /// The newest generation of the capture, if it is unfinished: what a run that stopped left

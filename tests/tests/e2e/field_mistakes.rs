@@ -3710,3 +3710,31 @@ fn a_device_held_by_another_process_or_holding_another_ingested_disk_is_refused(
         output_text(&o)
     );
 }
+
+/// A stopped capture whose index part was damaged since, run again: "index part fails
+/// authentication" with the found-failure hint "do not use it", where the way on is to
+/// remove the unfinished generation and capture again.
+#[test]
+fn a_resume_over_a_damaged_index_part_names_the_abort() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 16 << 20, 87);
+    fs::create_dir(e.p("m")).unwrap();
+    let line = e.capture("dir:m", "web09").source("disk.raw");
+    line.killed_after("2MiB/s", 2500);
+    let ipart = e.p("m/MGEAR/web09/G0001/IPART");
+    let mut b = fs::read(&ipart).unwrap();
+    assert!(b.len() > 100, "a checkpoint was written");
+    b[100] ^= 0xff;
+    fs::write(&ipart, b).unwrap();
+    let o = line.run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("cannot be resumed")
+            && output_text(&o).contains("mgear capture --abort --medium dir:m --name web09"),
+        "{}",
+        output_text(&o)
+    );
+    e.ok(&["capture", "--abort", "--medium", "dir:m", "--name", "web09"]);
+    line.ok();
+}
