@@ -283,9 +283,7 @@ impl Where {
                         .filter(|_| members.len() > 1)
                         .find(|l| !members.iter().any(|m| m.is_named(l)))
                     {
-                        let members = s
-                            .map()
-                            .members
+                        let members = members
                             .iter()
                             .map(|m| format!("#{} ({})", m.ordinal, m.label))
                             .collect::<Vec<_>>()
@@ -1455,6 +1453,24 @@ pub struct Gaps {
 /// Why a medium declared lost and given again is needed by every later run of an ingest.
 const LOST_AGAIN: &str = "one is declared lost: a run without it refuses this generation";
 
+/// The segment that holds chunk `index` of `reader`'s generation (by its path: another disk
+/// of the set's, or a peer machine's where dedup found the chunk) and the chunk's plaintext
+/// length; `None` for an all-zero chunk, which no segment holds.
+fn segment_of<S: Store>(
+    reader: &image_format::CaptureReader<S>,
+    index: u64,
+) -> Option<(String, u32)> {
+    let image_format::layout::IndexEntry::Stored(l) = reader.entry(index)? else {
+        return None;
+    };
+    let holder = reader.record_capture(l);
+    let stream = holder.as_deref().unwrap_or(reader.name());
+    Some((
+        image_format::layout::segment_path(stream, l.generation, l.segment),
+        l.plain_len,
+    ))
+}
+
 /// Chunks of one medium still needed: count, plaintext bytes, first and last index.
 type Need = std::collections::BTreeMap<u16, (u64, u64, u64, u64)>;
 
@@ -1494,19 +1510,8 @@ impl Gaps {
     /// The medium (ordinal) that holds chunk 0 of `reader`'s generation, by
     /// the span's map; `None` for a zero chunk or one the map does not place.
     fn head_medium<S: Store>(&self, reader: &image_format::CaptureReader<S>) -> Option<u16> {
-        let image_format::layout::IndexEntry::Stored(l) = reader.entry(0)? else {
-            return None;
-        };
-        let holder = reader.record_capture(l);
-        let stream = holder.as_deref().unwrap_or(reader.name());
-        self.map
-            .placed
-            .get(&image_format::layout::segment_path(
-                stream,
-                l.generation,
-                l.segment,
-            ))
-            .copied()
+        let (path, _) = segment_of(reader, 0)?;
+        self.map.placed.get(&path).copied()
     }
 
     /// [`Gaps::holder`] and the chunk's plaintext length.
@@ -1515,18 +1520,8 @@ impl Gaps {
         reader: &image_format::CaptureReader<S>,
         index: u64,
     ) -> Option<(u16, u32)> {
-        use image_format::layout::{segment_path, IndexEntry};
-        let IndexEntry::Stored(l) = reader.entry(index)? else {
-            return None;
-        };
-        let own = reader.name();
-        // Another disk of the set, or a peer machine (dedup across machines).
-        let holder = reader.record_capture(l);
-        let stream = holder.as_deref().unwrap_or(own);
-        let o = self
-            .far
-            .get(&segment_path(stream, l.generation, l.segment))?;
-        Some((*o, l.plain_len))
+        let (path, len) = segment_of(reader, index)?;
+        Some((*self.far.get(&path)?, len))
     }
 
     /// The chunks `missing` says are still missing, by the medium holding them.
@@ -1567,17 +1562,8 @@ impl Gaps {
     /// A medium declared lost that is given now and holds part of `reader`'s generation (it
     /// turned up again): a run without it refuses the generation ([`Gaps::refuse_lost`]).
     fn lost_given<S: Store>(&self, reader: &image_format::CaptureReader<S>) -> Option<u16> {
-        use image_format::layout::{segment_path, IndexEntry};
         (0..reader.chunk_count()).find_map(|i| {
-            let IndexEntry::Stored(l) = reader.entry(i)? else {
-                return None;
-            };
-            let holder = reader.record_capture(l);
-            let path = segment_path(
-                holder.as_deref().unwrap_or(reader.name()),
-                l.generation,
-                l.segment,
-            );
+            let (path, _) = segment_of(reader, i)?;
             let o = *self.map.placed.get(&path)?;
             (self.map.member(o)?.lost && !self.far.contains_key(&path)).then_some(o)
         })
