@@ -1393,17 +1393,6 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     }
     let gaps = crate::medium::Gaps::of(&medium, &args.medium.describe());
     // The generation the gate accepted, and no other.
-    // Which capture and generation each manifest root on this medium is (a device's record
-    // of an earlier ingest names it by its root).
-    let roots: Vec<(String, u32, [u8; 32])> = image_format::list_captures(medium.store())
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|c| {
-            c.generations
-                .into_iter()
-                .filter_map(move |g| Some((c.name.clone(), g.generation, g.manifest_root?)))
-        })
-        .collect();
     let mut reader = CaptureReader::open(
         medium.store(),
         &args.name,
@@ -1554,10 +1543,8 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // was written over without a word.
         (Target::Dev(p), false) if !mgear_volume::DeviceVolume::marked_unfinished(p, &sdir) => {
             if let Some(other) = device_done_other(&sdir, p, reader.manifest_root()) {
-                let what = roots
-                    .iter()
-                    .find(|(_, _, r)| *r == other)
-                    .map(|(n, g, _)| format!("{n} generation {g}"))
+                let what = generation_with_root(reader.store(), &other)
+                    .map(|(n, g)| format!("{n} generation {g}"))
                     .unwrap_or_else(|| {
                         format!(
                             "another capture (manifest root {})",
@@ -1671,16 +1658,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             if root != *reader.manifest_root() {
                 // Named when the medium holds it (it said "an earlier generation of NAME, or
                 // another disk" and left the user to guess which).
-                let found = image_format::list_captures(reader.store())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find_map(|c| {
-                        let g = c
-                            .generations
-                            .iter()
-                            .find(|g| g.manifest_root == Some(root))?;
-                        Some((c.name.clone(), g.generation))
-                    });
+                let found = generation_with_root(reader.store(), &root);
                 // A newer generation of this disk: --force puts an older one back over it
                 // (it was offered as "pass --force to write generation 3" without a word).
                 if let Some((_, was)) = found.as_ref().filter(|(n, g)| {
@@ -2600,15 +2578,8 @@ pub(crate) fn ingested_from(state_dir: &Path, volume: &Path) -> Option<[u8; 32]>
     let m = std::fs::metadata(volume).ok()?;
     let file = format!("{}:{}", m.dev(), m.ino());
     let root_of = |text: &str| -> Option<[u8; 32]> {
-        let mut lines = text.lines();
-        (lines.next()? == "mgear-ingested/2").then_some(())?;
-        let root = lines.next()?.strip_prefix("root ")?;
-        (lines.next()?.strip_prefix("file ")? == file).then_some(())?;
-        let mut out = [0u8; 32];
-        for (k, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(root.get(2 * k..2 * k + 2)?, 16).ok()?;
-        }
-        Some(out)
+        let (root, mut rest) = done_record(text)?;
+        (rest.next()?.strip_prefix("file ")? == file).then_some(root)
     };
     // Under the name it was ingested as, else under any (renamed since, a hard link, a path
     // through `..` or a linked directory): the record names the file by device and inode.
@@ -3672,10 +3643,8 @@ fn device_done(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> bool {
         if judge(&text, true) {
             return true;
         }
-        if text
-            .lines()
-            .nth(3)
-            .and_then(|l| l.strip_prefix("identity "))
+        if device_record(&text)
+            .and_then(|(_, was)| was)
             .is_some_and(|was| now != "gone" && mgear_volume::same_device(was, &now))
         {
             return false;
@@ -3688,6 +3657,45 @@ fn device_done(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> bool {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".done"))
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .any(|text| judge(&text, false))
+}
+
+/// The manifest root of a finished-ingest record ([`done_text`]) and its lines after the root
+/// (what the stamp says of the volume).
+fn done_record(text: &str) -> Option<([u8; 32], std::str::Lines<'_>)> {
+    let mut lines = text.lines();
+    (lines.next()? == "mgear-ingested/2").then_some(())?;
+    let hex = lines.next()?.strip_prefix("root ")?;
+    let mut root = [0u8; 32];
+    for (k, b) in root.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok()?;
+    }
+    Some((root, lines))
+}
+
+/// A device's finished-ingest record ([`spec_done_path`]): its manifest root and the identity
+/// of the disk it names (`None` in a record an older release made, which has none).
+fn device_record(text: &str) -> Option<([u8; 32], Option<&str>)> {
+    let (root, mut rest) = done_record(text)?;
+    (rest.next()? == "device").then_some(())?;
+    Some((root, rest.next().and_then(|l| l.strip_prefix("identity "))))
+}
+
+/// Which capture and generation of the medium has manifest root `root`, if any (a record of
+/// an earlier ingest names what it wrote by its root).
+fn generation_with_root(
+    store: &mut dyn image_format::Store,
+    root: &[u8; 32],
+) -> Option<(String, u32)> {
+    image_format::list_captures(store)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|c| {
+            let g = c
+                .generations
+                .iter()
+                .find(|g| g.manifest_root.as_ref() == Some(root))?;
+            Some((c.name.clone(), g.generation))
+        })
 }
 
 /// Remove the records of finished ingests into this same device under its other names
@@ -3710,9 +3718,8 @@ fn forget_other_records_of(state_dir: &Path, done: &Path, kind: &str) {
             continue;
         }
         let same = std::fs::read_to_string(&path).is_ok_and(|t| {
-            t.lines()
-                .nth(3)
-                .and_then(|l| l.strip_prefix("identity "))
+            device_record(&t)
+                .and_then(|(_, was)| was)
                 .is_some_and(|was| mgear_volume::same_device(was, identity))
         });
         if same {
@@ -3730,17 +3737,8 @@ fn device_done_other(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> Option<[u
         return None;
     }
     let parse = |text: &str| -> Option<[u8; 32]> {
-        let mut lines = text.lines();
-        (lines.next()? == "mgear-ingested/2").then_some(())?;
-        let hex = lines.next()?.strip_prefix("root ")?;
-        (lines.next()? == "device").then_some(())?;
-        let was = lines.next()?.strip_prefix("identity ")?;
-        mgear_volume::same_device(was, &now).then_some(())?;
-        let mut out = [0u8; 32];
-        for (k, b) in out.iter_mut().enumerate() {
-            *b = u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok()?;
-        }
-        Some(out)
+        let (root, was) = device_record(text)?;
+        mgear_volume::same_device(was?, &now).then_some(root)
     };
     let own = spec_done_path(state_dir, &Target::Dev(dev.to_path_buf()))
         .and_then(|p| std::fs::read_to_string(p).ok())
