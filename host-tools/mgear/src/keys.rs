@@ -310,18 +310,6 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     // PRIVATE KEY-----`) or a public key: long and varied enough to pass for a passphrase,
     // and one anyone can write down. A capture took it and a finder opened the medium.
     let kind = crate::keyfile::KeyKind::of(text.trim_start_matches('\u{feff}'));
-    let first_line = text.lines().next().unwrap_or("");
-    if kind == crate::keyfile::KeyKind::Unknown && key_file_line(first_line) {
-        // One line of a key file copied alone: a public key, a header, a key's base64.
-        return Err(usage(format!(
-            "the first line of {} is a line of a key file mgear writes (a public key, a \
-             header, or a key's own base64), not a passphrase: anyone holding the public \
-             files could write it down, or it gives away a secret key; give --passphrase-file \
-             a file whose first line is a passphrase of your own (at capture, or let mgear \
-             make one: --passphrase-file NEW_FILE --passphrase-generate); nothing was done",
-            path.display()
-        )));
-    }
     if kind != crate::keyfile::KeyKind::Unknown {
         return Err(usage(format!(
             "{} is {}, not a passphrase file: its first line would be the passphrase, and \
@@ -335,6 +323,17 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
         )));
     }
     let line = text.lines().next().unwrap_or("").to_owned();
+    if key_file_line(&line) {
+        // One line of a key file copied alone: a public key, a header, a key's base64.
+        return Err(usage(format!(
+            "the first line of {} is a line of a key file mgear writes (a public key, a \
+             header, or a key's own base64), not a passphrase: anyone holding the public \
+             files could write it down, or it gives away a secret key; give --passphrase-file \
+             a file whose first line is a passphrase of your own (at capture, or let mgear \
+             make one: --passphrase-file NEW_FILE --passphrase-generate); nothing was done",
+            path.display()
+        )));
+    }
     if line.is_empty() {
         // The passphrase is the first line exactly (a passphrase may hold any
         // text, so later lines are never guessed at): a blank first line above

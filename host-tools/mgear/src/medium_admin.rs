@@ -220,7 +220,6 @@ pub struct RmPlan {
     pub whole: bool,
 }
 
-/// Decide what `rm` removes; refuses finished data without `force`.
 /// Refuse to remove anything of capture `name` while it holds a generation hidden by damage
 /// (on a `dir:` medium, a file where its directory was): removing "what a capture stopped at
 /// its start left" deleted its key slots beside it (a FAT medium damaged so is refused as a
@@ -243,6 +242,7 @@ fn refuse_hidden(store: &mut dyn Store, name: &str) -> crate::Result<()> {
     ))
 }
 
+/// Decide what `rm` removes; refuses finished data without `force`.
 pub fn plan_rm(
     store: &mut dyn Store,
     name: &str,

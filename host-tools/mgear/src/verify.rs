@@ -1037,7 +1037,6 @@ fn verify(args: Plan) -> crate::Result<i32> {
             });
         }
     }
-    report.problems = said_once(std::mem::take(&mut report.problems));
     obs.bar.finish();
     // A span's mirrored files are read from one of its media: a copy damaged or deleted on
     // another went unsaid, and every medium given was called sound.
