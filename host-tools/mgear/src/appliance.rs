@@ -1715,6 +1715,19 @@ mod tests {
     impl Write for FakeArrival {
         fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
             let (id, req): (u32, Request) = decode_frame(data).expect("one request frame");
+            // A random challenge whose bytes read as a reply has the client ask `Info` first
+            // (an echoing port is told apart so): any answer will do (the fake panicked,
+            // "unexpected Info", when the challenge drawn happened to read so).
+            if let Request::Info = req {
+                self.out.extend(encode_frame(
+                    id,
+                    &Response::error(
+                        mgear_appliance_api::protocol::ErrorCode::Storage,
+                        "no info in this fake",
+                    ),
+                ));
+                return Ok(data.len());
+            }
             if let Request::Log { .. } = req {
                 self.log_asked
                     .store(true, std::sync::atomic::Ordering::SeqCst);
