@@ -994,6 +994,14 @@ pub fn report_stop(
     started: std::time::Instant,
     err: &crate::Error,
 ) {
+    if !set && still_holds_reported(path, args, target) {
+        eprintln!(
+            "mgear: note: {} is the report of the ingest that wrote {target}, which still holds \
+             what it says: kept (this refused run's report is not written over it)",
+            path.display()
+        );
+        return;
+    }
     let mut v = crate::report::ingest_failed(
         &args.name,
         &args.medium.describe(),
@@ -1014,6 +1022,24 @@ pub fn report_stop(
     }
     if let Err(w) = crate::report::write_json_and_text(path, &v, &crate::report::summary(&v)) {
         eprintln!("mgear: warning: the report of this stop was not written: {w:#}");
+    }
+}
+
+/// Whether `path` holds the report of a finished ingest into `target` that the target still
+/// holds, unchanged since (a `file:`, `qcow2:` or `dev:` target's record of it).
+fn still_holds_reported(path: &Path, args: &Plan, target: &str) -> bool {
+    let Some(root) =
+        crate::report::finished_ingest(path, &args.name, target).and_then(|h| root_from_hex(&h))
+    else {
+        return false;
+    };
+    let Ok(sdir) = state_dir(args.state_dir.clone()) else {
+        return false;
+    };
+    match Target::parse(target, Bare::Refuse) {
+        Ok(Target::File(_) | Target::Qcow2(_)) => ingested_before(&sdir, target, &root),
+        Ok(Target::Dev(d)) => device_done(&sdir, &d, &root),
+        _ => false,
     }
 }
 
@@ -3664,12 +3690,17 @@ fn device_done(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> bool {
 fn done_record(text: &str) -> Option<([u8; 32], std::str::Lines<'_>)> {
     let mut lines = text.lines();
     (lines.next()? == "mgear-ingested/2").then_some(())?;
-    let hex = lines.next()?.strip_prefix("root ")?;
+    let root = root_from_hex(lines.next()?.strip_prefix("root ")?)?;
+    Some((root, lines))
+}
+
+/// A manifest root written as 64 hex digits (a record's, a report's).
+fn root_from_hex(hex: &str) -> Option<[u8; 32]> {
     let mut root = [0u8; 32];
     for (k, b) in root.iter_mut().enumerate() {
         *b = u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok()?;
     }
-    Some((root, lines))
+    (hex.len() == 64).then_some(root)
 }
 
 /// A device's finished-ingest record ([`spec_done_path`]): its manifest root and the identity

@@ -686,6 +686,21 @@ pub fn remove_stale_temp(dir: &Path, name: &str) {
     }
 }
 
+/// The `.key` files of `dir` that `cached_keys` did not list (it skips what it cannot read,
+/// so a damaged entry went unsaid by `keys list`).
+fn unlisted_key_files(dir: &Path, listed: &[CachedKey]) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "key"))
+        .filter(|p| !listed.iter().any(|k| &k.path == p))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Every key cache file in `dir` (none if `dir` does not exist), by name then id.
 pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
     let rd = match fs::read_dir(dir) {
@@ -833,11 +848,26 @@ pub fn keys(request: Request) -> crate::Result<i32> {
         Request::List { key_cache, json } => {
             let dir = key_cache_dir(key_cache)?;
             let keys = cached_keys(&dir)?;
+            let unreadable = unlisted_key_files(&dir, &keys);
+            for p in &unreadable {
+                let why = match image_format::private::read(p) {
+                    Err(e) => format!("cannot be read ({e})"),
+                    Ok(_) => {
+                        "is not a data key (damaged, or not written by `mgear capture`)".to_string()
+                    }
+                };
+                eprintln!(
+                    "mgear: warning: {} {why}: not listed; a later --delta or sync of the \
+                     capture whose key it held needs that capture's --passphrase-file",
+                    p.display()
+                );
+            }
             if json {
                 crate::progress::print_json(&serde_json::json!({
                     "command": "keys list",
                     "key_cache": dir,
                     "keys": keys,
+                    "unreadable": unreadable,
                 }))?;
             } else if keys.is_empty() {
                 println!("no cached data keys in {}", dir.display());
@@ -1285,6 +1315,21 @@ mod tests {
         };
         let m = e.to_string();
         assert!(m.contains("--identity takes the secret half"), "{m}");
+    }
+
+    /// `keys list` skipped a key file it could not read without a word.
+    #[test]
+    fn a_key_file_that_cannot_be_read_is_named_not_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("web01-0011.key"), b"not a key\n").unwrap();
+        std::fs::write(t.path().join("notes.txt"), b"not a key file either\n").unwrap();
+        let keys = cached_keys(t.path()).unwrap();
+        assert!(keys.is_empty());
+        assert_eq!(
+            unlisted_key_files(t.path(), &keys),
+            vec![t.path().join("web01-0011.key")]
+        );
+        assert!(unlisted_key_files(&t.path().join("none"), &keys).is_empty());
     }
 
     #[test]

@@ -251,13 +251,25 @@ fn named_on_command_line() -> String {
     }
 }
 
+/// The command line to parse. `mgear help capture --json` is `mgear capture --json --help`:
+/// clap's `help` takes command names only, and refused the `--json` as "an unrecognized
+/// subcommand".
+fn argv(json: bool) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = std::env::args_os().collect();
+    if json && args.get(1).is_some_and(|a| a == "help") {
+        args.remove(1);
+        args.push("--help".into());
+    }
+    args
+}
+
 /// Parse the command line; a usage error is exit 2 (as JSON with `--json`,
 /// and the `mgear: error:` line on stderr), `--help` and `--version` print
 /// and exit 0.
 fn parse(json: bool) -> Cli {
     use clap::error::ErrorKind;
     let parsed = Cli::command()
-        .try_get_matches()
+        .try_get_matches_from(argv(json))
         .and_then(|m| Ok((command_name(&m), Cli::from_arg_matches(&m)?)));
     match parsed {
         Ok((name, cli)) => {

@@ -177,25 +177,35 @@ fn earlier_report(p: &Path, kind: &str) -> bool {
 /// refused before it began anything (the capture is complete) wrote its refusal over it, and
 /// the commit digest the target pins was gone from the ticket.
 pub fn holds_finished_capture(path: &Path, name: &str) -> bool {
+    finished_report(path, "mgear-capture-report/1", name).is_some()
+}
+
+/// The manifest root (hex) in `path` when it holds the report of a finished ingest of `name`
+/// into `target`: a re-run refused (a mistyped flag) wrote its refusal over the report of the
+/// ingest that wrote the volume.
+pub fn finished_ingest(path: &Path, name: &str, target: &str) -> Option<String> {
+    let v = finished_report(path, "mgear-ingest-report/1", name)?;
+    (v["target"] == target)
+        .then(|| v["digests"]["manifest_root"].as_str().map(str::to_string))
+        .flatten()
+}
+
+/// The report at `path` (its first line, as written) when it is a successful `kind` report
+/// about `name`.
+fn finished_report(path: &Path, kind: &str, name: &str) -> Option<Value> {
     let mut text = String::new();
-    let read = crate::keyfile::open_read(path).and_then(|f| {
-        std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 20), &mut text)
-    });
-    if read.is_err() {
-        return false;
-    }
-    let Some(v) = text
-        .lines()
-        .next()
-        .and_then(|l| serde_json::from_str::<Value>(l).ok())
-    else {
-        return false;
-    };
-    v["ok"] == true
-        && v["report"] == "mgear-capture-report/1"
+    crate::keyfile::open_read(path)
+        .and_then(|f| {
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, 1 << 20), &mut text)
+        })
+        .ok()?;
+    let v = serde_json::from_str::<Value>(text.lines().next()?).ok()?;
+    (v["ok"] == true
+        && v["report"] == kind
         && v["result"]["name"]
             .as_str()
-            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            .is_some_and(|n| n.eq_ignore_ascii_case(name)))
+    .then_some(v)
 }
 
 /// What both reports share, around the command's own report `result`.

@@ -278,6 +278,15 @@ fn medium_path(text: &str, path: &str, form: &str) -> crate::Result<()> {
         return Err(usage(format!("--medium {text:?} has no path: give {form}")));
     }
     let Ok(m) = std::fs::metadata(path) else {
+        // `fat://x` reads as a URL, and was offered `mgear medium format fat://x`: an image at
+        // /x, in the root directory.
+        if let Some(rest) = path.strip_prefix("//") {
+            let kind = &text[..text.len() - path.len()];
+            return Err(usage(format!(
+                "--medium {text}: {kind} takes a path, not a URL, and {path} does not exist: \
+                 give {kind}/{rest} for /{rest}, or {kind}{rest} for {rest} in this directory"
+            )));
+        }
         return Ok(());
     };
     let t = m.file_type();
@@ -356,6 +365,30 @@ mod tests {
         }
         assert!(Medium::parse("fat:/dev/null").is_err());
         assert!(Medium::parse(&format!("dir:{}", t.path().display())).is_ok());
+    }
+
+    /// `fat://x` reads as a URL and was offered a format of /x; a `//` path that exists is
+    /// still that path.
+    #[test]
+    fn a_medium_written_as_a_url_is_refused_with_the_paths_it_may_mean() {
+        let e = Medium::parse("fat://no-such-medium.img").unwrap_err();
+        assert_eq!(code_of(&e), 2);
+        let m = e.to_string();
+        assert!(m.contains("fat: takes a path, not a URL"), "{m}");
+        assert!(
+            m.contains("fat:/no-such-medium.img for /no-such-medium.img"),
+            "{m}"
+        );
+        assert!(
+            m.contains("fat:no-such-medium.img for no-such-medium.img in this"),
+            "{m}"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let there = format!("dir:/{}", t.path().display());
+        assert_eq!(
+            Medium::parse(&there).unwrap(),
+            Medium::Dir(format!("/{}", t.path().display()).into())
+        );
     }
 
     #[test]

@@ -131,6 +131,53 @@ mod fields {
         assert!(txt.contains("3.00 MiB (3145728 bytes)"), "{txt}");
     }
 
+    /// An ingest re-run refused (a mistyped `--generation`) kept the report of the ingest that
+    /// wrote the volume only while the volume still holds what it says; once the volume has
+    /// changed, the refusal is the report.
+    #[test]
+    fn a_refused_ingest_re_run_keeps_the_report_the_volume_still_matches() {
+        let env = Env::new();
+        env.keygen();
+        let m = env.fat("medium.img", "64MiB");
+        std::fs::write(env.p("disk.raw"), vec![7u8; 2 << 20]).unwrap();
+        env.capture(&m, "web01").source("disk.raw").ok();
+        let ingest = |more: &[&str]| {
+            env.ingest(&m, "web01")
+                .target("file:web01.raw")
+                .args(&["--allow-untrusted", "--report", "ingest.json"])
+                .args(more)
+                .run()
+        };
+        let o = ingest(&[]);
+        assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+        let before = std::fs::read(env.p("ingest.json")).unwrap();
+        let o = ingest(&["--generation", "5"]);
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains("which still holds what it says: kept"),
+            "{}",
+            output_text(&o)
+        );
+        assert_eq!(std::fs::read(env.p("ingest.json")).unwrap(), before);
+        // The volume written since: the earlier report no longer describes it.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(env.p("web01.raw"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 4096).unwrap();
+        drop(f);
+        let o = ingest(&["--generation", "5"]);
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        let r = read_json(&env, "ingest.json");
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(
+            r["result"]["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no generation 5")),
+            "{r}"
+        );
+    }
+
     /// `--help --json` is one JSON object like every other answer with `--json` (it printed
     /// the help as plain text).
     #[test]
@@ -139,6 +186,8 @@ mod fields {
         for (args, command) in [
             (vec!["capture", "--help", "--json"], "capture"),
             (vec!["--json", "medium", "rm", "--help"], "medium rm"),
+            // clap's `help` took command names only: `--json` was "an unrecognized subcommand".
+            (vec!["help", "appliance", "log", "--json"], "appliance log"),
         ] {
             let o = env.run(&args);
             assert_eq!(o.status.code(), Some(0), "{args:?}");
