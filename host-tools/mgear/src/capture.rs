@@ -195,7 +195,11 @@ pub struct Report {
     pub stored_bytes: u64,
     pub ratio: f64,
     pub seconds: f64,
+    /// The disk's bytes (holes and unchanged chunks included) over the run's seconds.
     pub mb_per_s: f64,
+    /// What was read from the source (`bytes_read` less the holes skipped) over the run's
+    /// seconds: the rate `--rate-limit` holds.
+    pub read_mb_per_s: f64,
     /// user + system CPU seconds the capture used (all threads).
     pub cpu_seconds: f64,
     /// cpu_seconds / seconds: the share of one core the capture cost the source host.
@@ -302,8 +306,13 @@ pub fn run(cli: Request) -> crate::Result<i32> {
                      nothing was written",
                     args.name
                 ),
-                "restore the file from a backup of the key cache, or capture the disk under a \
-                 new name (a capture's deltas need its own data key)",
+                format!(
+                    "a capture with a passphrase slot: `mgear keys forget --name {}`, then the \
+                     same command with --passphrase-file caches its key again; otherwise restore \
+                     the file from a backup of the key cache, or capture the disk under a new \
+                     name (a capture's deltas need its own data key)",
+                    args.name
+                ),
             );
         }
         let e = crate::verify::explain_wrong_key_for_capture(
@@ -476,10 +485,19 @@ fn print_summary(r: &Report) {
         );
     }
     println!("  {:<14} {:>14.3}", "ratio", r.ratio);
-    println!(
-        "  {:<14} {:>10.1} MB/s ({:.1} s)",
-        "speed", r.mb_per_s, r.seconds
-    );
+    // Holes cost no read: a rate-limited capture of a sparse disk read "338 MB/s" under
+    // a 10 MiB/s limit. Both are said.
+    if r.holes_skipped > 0 {
+        println!(
+            "  {:<14} {:>10.1} MB/s over the disk ({:.1} s); data read at {:.1} MB/s",
+            "speed", r.mb_per_s, r.seconds, r.read_mb_per_s
+        );
+    } else {
+        println!(
+            "  {:<14} {:>10.1} MB/s ({:.1} s)",
+            "speed", r.mb_per_s, r.seconds
+        );
+    }
     println!(
         "  {:<14} {:>9.1} % of one core ({:.2} s user+sys)",
         "cpu",
@@ -703,6 +721,7 @@ fn signature_only(receipt: Receipt, disk_size: u64, chunk_size: u32, started: In
         ratio: 0.0,
         seconds: started.elapsed().as_secs_f64(),
         mb_per_s: 0.0,
+        read_mb_per_s: 0.0,
         cpu_seconds: 0.0,
         cpu_share: 0.0,
         manifest_root: receipt.manifest_root.clone(),
@@ -3041,7 +3060,21 @@ pub(crate) fn same_passphrase(
     let unlock = image_format::Unlock::Passphrase(passphrase.clone());
     match image_format::unlock_data_key(store, holder, &unlock) {
         Ok((k, _)) if k.as_bytes() == key.as_bytes() => Ok(()),
-        Ok(_) | Err(image_format::Error::WrongKey { .. }) => Err(usage(format!(
+        // The passphrase is right: the key the cache gave is not the capture's (it was
+        // called the wrong passphrase, which ingest then took).
+        Ok(_) => Err(crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!(
+                "the passphrase opens capture {name}'s passphrase slot, but the data key cached \
+                 for {name} is another: its key cache file (`mgear keys list` names it) is \
+                 damaged or was replaced; nothing was written"
+            ),
+            format!(
+                "`mgear keys forget --name {name}` removes that entry; the same command then \
+                 runs on the passphrase and caches the capture's key again"
+            ),
+        )),
+        Err(image_format::Error::WrongKey { .. }) => Err(usage(format!(
             "the passphrase in {} does not open capture {name}'s passphrase slot: it was made \
              with another one. {over}",
             args.passphrase_file
@@ -3075,9 +3108,11 @@ fn unknown_slots(args: &Plan) -> crate::Error {
         crate::exit::USAGE,
         format!(
             "the key cache does not record which recipient(s) capture {}'s key slot was made \
-             for (its entry was rebuilt from the passphrase, or made by an older release), so \
-             --recipient cannot be checked: a --delta or resume keeps the slots the capture was \
-             made with and adds none, and a recipient it was not made for could not open it. \
+             for (its entry was made again from the passphrase after `mgear keys forget` or on \
+             another host, or by an older release; an age slot does not name its recipients), \
+             so --recipient cannot be checked, not even the same one: a --delta or resume \
+             keeps the slots the capture was made with and adds none, and a recipient it was \
+             not made for could not open it. \
              Run it without --recipient (every recipient the first capture named still opens \
              it), or capture under a new name for other recipients",
             args.name
@@ -3984,6 +4019,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         },
         seconds: secs,
         mb_per_s: progress::mb_per_s(bytes_read, secs),
+        read_mb_per_s: progress::mb_per_s(bytes_read.saturating_sub(stats.holes), secs),
         cpu_seconds,
         cpu_share: cpu_seconds / secs.max(1e-9),
         manifest_root: hex(&summary.manifest_root),

@@ -1119,6 +1119,9 @@ pub fn refuse_clobbering(args: &Plan, targets: &[String]) -> crate::Result<()> {
     for p in &args.trust.trust {
         inputs.push(("--trust", p));
     }
+    // A directory given as an input file is refused as unreadable when it is read: a volume
+    // inside it was "the --identity file ." here.
+    inputs.retain(|(_, p)| !p.is_dir());
     for (spec, v) in &volumes {
         for (flag, input) in &inputs {
             if same(v, input) {

@@ -322,7 +322,15 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
             kind.what()
         )));
     }
-    let line = text.lines().next().unwrap_or("").to_owned();
+    // A BOM an editor put first is not typed (Notepad saves one): kept, it made the passphrase
+    // one the same text typed at the target did not match. CRLF goes with `lines`.
+    let line = text
+        .strip_prefix('\u{feff}')
+        .unwrap_or(&text)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
     if key_file_line(&line) {
         // One line of a key file copied alone: a public key, a header, a key's base64.
         return Err(usage(format!(
@@ -1228,6 +1236,29 @@ mod tests {
             m.contains("pw5 is empty: the passphrase is the file's first line"),
             "{m}"
         );
+    }
+
+    /// Notepad's BOM stayed in the passphrase (its CRLF did not): the same text typed into a
+    /// file at the target did not open the capture.
+    #[test]
+    fn a_bom_and_a_crlf_are_not_part_of_the_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        for text in [
+            "\u{feff}correct horse battery staple\r\n",
+            "correct horse battery staple\r\n",
+            "correct horse battery staple",
+        ] {
+            fs::write(&f, text).unwrap();
+            assert_eq!(
+                read_passphrase(&f).unwrap().as_str(),
+                "correct horse battery staple",
+                "{text:?}"
+            );
+        }
+        // Only the first: a second is typed text.
+        fs::write(&f, "\u{feff}\u{feff}correct horse battery staple\n").unwrap();
+        assert!(read_passphrase(&f).unwrap().starts_with('\u{feff}'));
     }
 
     #[test]

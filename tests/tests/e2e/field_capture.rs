@@ -1007,6 +1007,17 @@ fn the_summary_reads_what_was_read() {
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(v["bytes_read"], 16 << 20, "{v}");
     assert_eq!(v["holes_skipped"], 8 << 20, "{v}");
+    // The speed over the disk counts the holes, which cost no read: under a --rate-limit it
+    // read as the limit ignored. What was read is given at its own rate beside it.
+    let (all, read) = (
+        v["mb_per_s"].as_f64().unwrap(),
+        v["read_mb_per_s"].as_f64().unwrap(),
+    );
+    assert!(read > 0.0 && (all / read - 2.0).abs() < 0.01, "{v}");
+    assert!(
+        line("speed").contains("MB/s over the disk") && line("speed").contains("data read at"),
+        "{text}"
+    );
 }
 
 /// A medium a cut run left mid-write (its dirty mark set, a cluster taken in the first FAT

@@ -1167,6 +1167,75 @@ fn the_same_capture_name_on_two_media_that_are_no_span_is_ambiguous() {
     );
 }
 
+/// A damaged key cache entry of a capture with a passphrase slot: the right passphrase was
+/// called "another one" (which ingest then took); it is named as the passphrase that opens the
+/// slot beside a cached key that does not, and `keys forget` lets the same delta go on.
+#[test]
+fn a_damaged_cached_key_beside_the_right_passphrase_is_named_and_forgotten() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("disk.raw"), 1 << 20, 7);
+    fs::create_dir(e.p("m")).unwrap();
+    fs::write(e.p("pass.txt"), "ferry orchid basalt lantern\n").unwrap();
+    let delta = || {
+        e.capture("dir:m", "db02").source("disk.raw").args(&[
+            "--passphrase-work-factor",
+            "10",
+            "--passphrase-file",
+            "pass.txt",
+        ])
+    };
+    delta().ok();
+    let dir = e.p("state/mgear/keys");
+    let file = fs::read_dir(&dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "key"))
+        .expect("db02's cached key");
+    let damaged: String = fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| match l.strip_prefix("key ") {
+            Some(hex) => format!(
+                "key {}{}\n",
+                if hex.starts_with('0') { "1" } else { "0" },
+                &hex[1..]
+            ),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(&file, damaged).unwrap();
+    random_disk(&e.p("disk.raw"), 1 << 20, 8);
+    let before = tree(&e.p("m"));
+    let o = delta().arg("--delta").run();
+    refused(
+        &o,
+        "the passphrase opens capture db02's passphrase slot, but the data key cached",
+    );
+    assert!(
+        output_text(&o).contains("`mgear keys forget --name db02`"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(tree(&e.p("m")), before);
+    e.ok(&["keys", "forget", "--name", "db02"]);
+    // Which recipients the slot was made for is known nowhere now: even the same one is
+    // refused, and the delta without it goes on.
+    refused(&delta().arg("--delta").run(), "not even the same one");
+    e.ok(&[
+        "capture",
+        "--name",
+        "db02",
+        "--medium",
+        "dir:m",
+        "--source",
+        "disk.raw",
+        "--delta",
+        "--passphrase-file",
+        "pass.txt",
+    ]);
+}
+
 /// A capture's key slots are made at its first generation; a resume or a
 /// delta keeps them. A delta (or resume) naming another recipient, a
 /// passphrase the capture has no slot for, a passphrase its slot was not
