@@ -234,6 +234,8 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     };
     let json = crate::output::json();
     let redirect = StdoutToStderr::new(json)?;
+    // The steps print their lines (to stderr, above), not JSON objects of their own.
+    crate::output::set_json(false);
     println!("work directory: {}", work.display());
     let total = Instant::now();
     let result = demo(&work, &args);
@@ -246,6 +248,7 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     }
     let seconds = total.elapsed().as_secs_f64();
     drop(redirect);
+    crate::output::set_json(json);
     let code = result?;
     if json {
         let steps: Vec<serde_json::Value> = STEPS

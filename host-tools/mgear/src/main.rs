@@ -251,14 +251,17 @@ fn named_on_command_line() -> String {
     }
 }
 
-/// The command line to parse. `mgear help capture --json` is `mgear capture --json --help`:
-/// clap's `help` takes command names only, and refused the `--json` as "an unrecognized
-/// subcommand".
+/// The command line to parse. `mgear help capture --json` is `mgear capture --json --help`,
+/// and `mgear help --help` is `mgear --help`: clap's `help` takes command names only, and
+/// refused the flag as "an unrecognized subcommand".
 fn argv(json: bool) -> Vec<std::ffi::OsString> {
     let mut args: Vec<_> = std::env::args_os().collect();
-    if json && args.get(1).is_some_and(|a| a == "help") {
+    let asks_help = args.iter().skip(2).any(|a| a == "--help" || a == "-h");
+    if (json || asks_help) && args.get(1).is_some_and(|a| a == "help") {
         args.remove(1);
-        args.push("--help".into());
+        if !asks_help {
+            args.push("--help".into());
+        }
     }
     args
 }

@@ -25,7 +25,6 @@ use serde_json::{Map, Value};
 static JSON: AtomicBool = AtomicBool::new(false);
 static COMMAND: OnceLock<String> = OnceLock::new();
 
-/// Record the command's name (`"appliance log"`) and whether `--json` was given.
 /// `s` as a shell reads it back (quoted only when it has to be): a path with a space in a
 /// command a hint prints made the wrong directories when pasted.
 pub fn sh(s: impl AsRef<str>) -> String {
@@ -33,8 +32,15 @@ pub fn sh(s: impl AsRef<str>) -> String {
     shlex::try_quote(s).map_or_else(|_| s.to_string(), |q| q.into_owned())
 }
 
+/// Record the command's name (`"appliance log"`) and whether `--json` was given.
 pub fn init(command: &str, json: bool) {
     let _ = COMMAND.set(command.to_string());
+    JSON.store(json, Ordering::Relaxed);
+}
+
+/// Turn JSON output off (`false`) or back on while a command runs others' steps: the demo's
+/// steps printed their own JSON objects, labelled `demo`, beside its one.
+pub fn set_json(json: bool) {
     JSON.store(json, Ordering::Relaxed);
 }
 

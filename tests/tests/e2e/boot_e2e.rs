@@ -641,14 +641,20 @@ fn gpt_esp_disk_over_nbd_runs_uefi_firmware_automatically() {
 fn demo_runs_the_whole_journey_with_pinned_trust() {
     let work = tempfile::tempdir().unwrap();
     let out = Command::new(bin("mgear"))
-        .args(["demo", "--workdir"])
+        .args(["demo", "--json", "--workdir"])
         .arg(work.path())
         .output()
         .expect("run mgear demo");
     let t = text(&out);
     assert!(out.status.success(), "demo failed:\n{t}");
-    assert!(t.contains("demo finished in"), "{t}");
-    assert!(t.contains("appliance fingerprint"), "{t}");
+    // With --json: one object on stdout, the steps' lines on stderr and no JSON objects of
+    // their own there (seven, each labelled "demo").
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!((v["ok"].clone(), v["command"].clone()), (true.into(), "demo".into()));
+    assert!(v["steps"].as_array().is_some_and(|s| s.len() >= 5), "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.lines().any(|l| l.starts_with('{')), "{err}");
+    assert!(err.contains("appliance fingerprint"), "{t}");
     // The demo ingests only under pinned keys: no override is taken.
     assert!(!t.contains("--allow-untrusted"), "{t}");
     assert!(!t.contains("WARNING"), "{t}");

@@ -879,6 +879,12 @@ fn cli_help_documents_exit_codes_and_usage_errors_exit_2() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
+    // `help` with a help flag is that help (clap refused it: "unrecognized subcommand").
+    assert_eq!(stdout(&e.ok(&["help", "--help"])), help);
+    assert_eq!(
+        stdout(&e.ok(&["help", "keys", "list", "-h"])),
+        stdout(&e.ok(&["keys", "list", "-h"]))
+    );
     let out = e.run(&["capture", "--source", "nope.raw"]);
     assert_eq!(out.status.code(), Some(2));
     let out = e.run(&[

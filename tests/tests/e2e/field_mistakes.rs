@@ -376,6 +376,16 @@ fn the_medium_is_never_its_own_target_or_source() {
         .run();
     refused(&o, "is the --identity file");
     assert_eq!(fs::read(e.p("target.key")).unwrap(), key);
+    // A directory given as the input file holds the volume's path, and was "the --trust file
+    // sub": it is an input that cannot be read.
+    fs::create_dir(e.p("insub")).unwrap();
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .args(&["--trust", "insub"])
+        .target("file:insub/v.raw")
+        .run();
+    refused(&o, "cannot read public key insub: Is a directory");
 }
 
 #[test]
