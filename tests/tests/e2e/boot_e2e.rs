@@ -650,7 +650,10 @@ fn demo_runs_the_whole_journey_with_pinned_trust() {
     // With --json: one object on stdout, the steps' lines on stderr and no JSON objects of
     // their own there (seven, each labelled "demo").
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    assert_eq!((v["ok"].clone(), v["command"].clone()), (true.into(), "demo".into()));
+    assert_eq!(
+        (v["ok"].clone(), v["command"].clone()),
+        (true.into(), "demo".into())
+    );
     assert!(v["steps"].as_array().is_some_and(|s| s.len() >= 5), "{v}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.lines().any(|l| l.starts_with('{')), "{err}");

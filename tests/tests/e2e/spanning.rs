@@ -1832,6 +1832,60 @@ fn a_medium_added_as_the_full_message_says_takes_the_rest() {
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
 }
 
+/// A medium full part-way through a sparse disk: the rest's holes are not asked room for (it
+/// asked 262 MiB more where 90 MiB of data was left, and the 128 MiB medium at hand looked
+/// too small), and a medium of the size asked for takes the rest.
+#[test]
+fn a_medium_full_on_a_sparse_disk_asks_room_for_its_data_only() {
+    let e = Env::new();
+    e.keygen();
+    let f = std::fs::File::create(e.p("disk.raw")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise(80 << 20, 22), 0).unwrap();
+    f.set_len(200 << 20).unwrap();
+    drop(f);
+    let a = e.fat("a.img", "64MiB");
+    let o = e
+        .capture(&a, "web01")
+        .source("disk.raw")
+        .arg("--skip-space-check")
+        .run();
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    let said = output_text(&o);
+    let number_after = |after: &str, unit: &str| -> f64 {
+        let at = said
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?}: {said}"))
+            + after.len();
+        let rest = &said[at..];
+        rest[..rest
+            .find(unit)
+            .unwrap_or_else(|| panic!("{unit:?}: {said}"))]
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let needed = number_after("medium full: about ", " bytes");
+    // About 20 MiB of data is left past what fit (and the last checkpoint's rewrite).
+    assert!(needed < (48 << 20) as f64, "{said}");
+    let own = number_after("with room for that plus about ", " MiB") * 1048576.0;
+    let size = ((needed + own) / 1048576.0).ceil() as u64 + 1;
+    let b = e.fat("b.img", &format!("{size}MiB"));
+    let o = e
+        .capture(&a, "web01")
+        .source("disk.raw")
+        .arg("--medium")
+        .arg(&b)
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{size} MiB: {}", output_text(&o));
+    e.ingest(&a, "web01")
+        .arg("--medium")
+        .arg(&b)
+        .arg("--allow-untrusted")
+        .target("file:out.raw")
+        .ok();
+    same_file(&e.p("out.raw"), &e.p("disk.raw"));
+}
+
 /// One entry appended to every copy of the span map (it is unsigned), placing the first
 /// medium's segment on the second: the first medium was read as the second ("its label was
 /// changed"), and the second medium, not given, as "given, but not there: do not use this
