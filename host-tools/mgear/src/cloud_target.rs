@@ -461,17 +461,13 @@ impl<S: image_format::Store> mgear_boot::ReadAt for CaptureDisk<'_, S> {
     }
 }
 
-/// Check the capture against the `openstack` readiness profile (bus virtio, BIOS or UEFI
-/// firmware, size in whole GiB) before anything is written to a Cinder volume: an error
-/// finding (the guest will not boot there) refuses the ingest (exit 1) with what to do;
-/// warnings are printed. The size rounding is no finding here: the volume is rounded up.
-/// Whether the capture's disk boots under BIOS or UEFI (boot code in its MBR, an EFI System
-/// Partition with a loader), read before anything is written.
-pub fn disk_boots<S: image_format::Store>(
+/// Whether the capture's disk boots under BIOS and under UEFI (boot code in its MBR; an EFI
+/// System Partition with a loader), read before anything is written.
+pub fn boot_firmware<S: image_format::Store>(
     reader: &mut image_format::CaptureReader<S>,
-) -> crate::Result<bool> {
+) -> crate::Result<(bool, bool)> {
     let facts = disk_facts(reader)?;
-    Ok(facts.bios_bootable || facts.uefi_bootable)
+    Ok((facts.bios_bootable, facts.uefi_bootable))
 }
 
 /// What `mgear_boot` reads of the capture's disk (partitions, boot code, the guest's
@@ -489,6 +485,10 @@ fn disk_facts<S: image_format::Store>(
     )?)
 }
 
+/// Check the capture against the `openstack` readiness profile (bus virtio, BIOS or UEFI
+/// firmware, size in whole GiB) before anything is written to a Cinder volume: an error
+/// finding (the guest will not boot there) refuses the ingest (exit 1) with what to do;
+/// warnings are printed. The size rounding is no finding here: the volume is rounded up.
 pub fn check_openstack_ready<S: image_format::Store>(
     reader: &mut image_format::CaptureReader<S>,
 ) -> crate::Result<bool> {

@@ -1471,7 +1471,50 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     // An image registered from a disk nothing boots from never starts: refused before the
     // snapshot is made, as a set's data disk is (it registered one).
     if let (Target::EbsSnapshot { opts, .. }, None) = (&target, &gaps) {
-        if opts.register_image && !crate::cloud_target::disk_boots(&mut reader)? {
+        let (bios, uefi) = if opts.register_image {
+            crate::cloud_target::boot_firmware(&mut reader)?
+        } else {
+            (true, true)
+        };
+        // An image of a disk that boots the other way never starts either: AWS starts it
+        // with the firmware its boot mode names (legacy-bios unless given), and arm64
+        // instances with UEFI only (BIOS boot code is x86's).
+        let mode = opts.boot_mode.as_deref().unwrap_or("legacy-bios");
+        let arm = opts.architecture.as_deref() == Some("arm64");
+        let mismatch = match (bios || uefi, mode) {
+            (false, _) => None,
+            (true, _) if arm && !uefi => Some(format!(
+                "arch=arm64: {} generation {} boots with BIOS only (no EFI System Partition \
+                 with a loader), and arm64 instances start UEFI alone",
+                reader.name(),
+                reader.generation()
+            )),
+            (true, "uefi") if !uefi => Some(format!(
+                "boot-mode=uefi: {} generation {} boots with BIOS only (no EFI System Partition \
+                 with a loader); leave out boot-mode (legacy-bios) or give uefi-preferred",
+                reader.name(),
+                reader.generation()
+            )),
+            (true, "legacy-bios") if !bios => Some(format!(
+                "boot-mode {}: {} generation {} boots with UEFI only (no boot code in its MBR); \
+                 give &boot-mode=uefi in the target",
+                if opts.boot_mode.is_some() {
+                    "legacy-bios"
+                } else {
+                    "legacy-bios (the default)"
+                },
+                reader.name(),
+                reader.generation()
+            )),
+            _ => None,
+        };
+        if let Some(why) = mismatch {
+            return Err(usage(format!(
+                "--register-image: {why}: an image registered so would never start; nothing \
+                 was written"
+            )));
+        }
+        if opts.register_image && !(bios || uefi) {
             return Err(usage(format!(
                 "--register-image: {} generation {} boots neither BIOS nor UEFI (no boot code in \
                  its MBR, no EFI System Partition with a loader): an image registered from it \

@@ -653,6 +653,33 @@ fn a_sets_image_is_registered_from_its_boot_disk_only() {
     );
     assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was started");
     assert_eq!(d.images().len(), 1);
+    // The boot disk boots with BIOS only: an image registered to start it with UEFI (or as
+    // arm64, UEFI alone) never starts either, and went through without a word.
+    e.capture("dir:mnt", "boot1").source("d0.raw").ok();
+    for (opts, says) in [
+        (
+            "boot-mode=uefi",
+            "boot-mode=uefi: boot1 generation 1 boots with BIOS only",
+        ),
+        (
+            "arch=arm64",
+            "arch=arm64: boot1 generation 1 boots with BIOS only",
+        ),
+    ] {
+        let line = e
+            .ingest("dir:mnt", "boot1")
+            .untrusted()
+            .target(&format!("ebs-snapshot:boot1?register-image=1&{opts}"));
+        let out = with_double(&e, &d, &line).output().unwrap();
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains(says) && text.contains("would never start; nothing was written"),
+            "{text}"
+        );
+    }
+    assert_eq!(d.snapshot_ids().len(), 2, "a snapshot was started");
+    assert_eq!(d.images().len(), 1);
 }
 
 /// A set ingest into snapshots, killed and re-run with its targets in another order: refused
