@@ -468,8 +468,9 @@ pub fn completed_before(
         // Its description is what this ingest wrote: the id alone, recorded on this host, named
         // another disk's snapshot where the endpoint, account or region is another now (or a
         // test double started again), and that was "kept", exit 0.
+        // Refused as a target holding another disk is (exit 2): nothing is unreachable.
         Ok((s, said)) if s == "completed" && said != description_of(name, prep) => {
-            return Err(Error::Tool(format!(
+            return Err(Error::Usage(format!(
                 "snapshot {snapshot}, completed by an earlier run of this ingest on this host, \
                  now describes itself as {said:?}, not as this ingest's snapshot ({:?}): the \
                  endpoint, account or region is not the one that run wrote to, or the snapshot \
@@ -480,7 +481,7 @@ pub fn completed_before(
         }
         Ok((s, _)) if s == "completed" => {}
         Ok((s, _)) => {
-            return Err(Error::Tool(format!(
+            return Err(Error::Usage(format!(
                 "snapshot {snapshot}, completed by an earlier run of this ingest, is {s} now: \
                  --force makes another snapshot"
             )))

@@ -523,7 +523,8 @@ fn a_recorded_snapshot_id_that_holds_another_ingest_is_not_kept() {
         "the same id, another disk"
     );
     let o = with_double(&e, &d, &ingest(&e, &[])).output().unwrap();
-    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    // A refusal (exit 2), as a target holding another disk is: it was exit 3, "reconnect it".
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
     assert!(
         output_text(&o).contains(&format!("snapshot {id}, completed by an earlier run"))
             && output_text(&o).contains("not as this ingest's snapshot"),
