@@ -182,7 +182,8 @@ fn gone(client: &EbsClient, id: &str, description: &str) -> Option<String> {
     match client.describe_snapshot(id) {
         Ok((s, said)) if s == "pending" && !said.is_empty() && said != description => {
             Some(format!(
-                "is another ingest's snapshot now (it describes itself as {said:?}): the \
+                "is another ingest's snapshot now (it describes itself as {said:?}): a run \
+                 given the targets in another order started it for another disk, or the \
                  endpoint, account or region is not the one that run wrote to"
             ))
         }
@@ -201,6 +202,14 @@ fn gone(client: &EbsClient, id: &str, description: &str) -> Option<String> {
     }
 }
 
+/// What becomes of a pending snapshot no run goes on with, and how to be rid of it sooner.
+fn still_pending(id: &str) -> String {
+    format!(
+        "{id} stays pending until AWS cancels it, a day after its last write (`aws ec2 \
+         delete-snapshot --snapshot-id {id}` removes it now)"
+    )
+}
+
 impl SnapshotWriter {
     /// Start a snapshot, or go on with the one recorded in the state directory when `resume` is
     /// true and the recorded one is for a disk of the same size. With `resume` false, old state
@@ -215,6 +224,9 @@ impl SnapshotWriter {
             .join(format!("{}.ebs-partial", opts.state_key));
         let gib = volume_gib(opts.disk_size);
         let mut recorded: Option<(String, Option<String>)> = None;
+        // The pending snapshot an earlier run into this name left, whether or not it is gone on
+        // with: one not gone on with (another disk's, a `--force`) was left unsaid.
+        let mut left_pending: Option<String> = None;
         if resume {
             match std::fs::read(&meta_path) {
                 Ok(bytes) => {
@@ -224,6 +236,7 @@ impl SnapshotWriter {
                             meta_path.display()
                         ))
                     })?;
+                    left_pending = v["snapshot_id"].as_str().map(str::to_string);
                     if v["disk_size"].as_u64() == Some(opts.disk_size) {
                         if let Some(tok) = v["client_token"].as_str() {
                             recorded = Some((
@@ -244,7 +257,15 @@ impl SnapshotWriter {
                      starting a new snapshot (every block is sent again)"
                 );
                 recorded = None;
+                left_pending = None;
             }
+        }
+        if let (None, Some(id)) = (&recorded, &left_pending) {
+            eprintln!(
+                "mgear: note: snapshot {id}, which an earlier run into this name started for a \
+                 disk of another size, is not this disk's: starting a new snapshot; {}",
+                still_pending(id)
+            );
         }
         let resumed = recorded.is_some();
         if !resumed {
