@@ -4025,16 +4025,40 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         cpu_share: cpu_seconds / secs.max(1e-9),
         manifest_root: hex(&summary.manifest_root),
         borrows_from,
-        recipients: args.recipient.iter().fold(Vec::new(), |mut all, r| {
-            let r = r.to_string();
-            if !all.contains(&r) {
-                all.push(r);
-            }
-            all
-        }),
+        recipients: match args.recipient.is_empty() {
+            // A delta or resume names none: the slot keeps those the key cache recorded when
+            // the capture was made (the wrong-key advice at the target points here).
+            true => recorded_recipients(args, &receipt.capture_id),
+            false => args.recipient.iter().fold(Vec::new(), |mut all, r| {
+                let r = r.to_string();
+                if !all.contains(&r) {
+                    all.push(r);
+                }
+                all
+            }),
+        },
         receipt,
         warnings,
     })
+}
+
+/// The recipients capture `args.name` (id `capture_id`, hex) was made for, as its key cache
+/// entry recorded them; none where it did not (an entry made from the passphrase).
+fn recorded_recipients(args: &Plan, capture_id: &str) -> Vec<String> {
+    let Ok(dir) = crate::keys::key_cache_dir(args.key_cache.clone()) else {
+        return Vec::new();
+    };
+    crate::keys::cached_keys(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|k| {
+            k.capture_id
+                .as_deref()
+                .is_some_and(|c| c.eq_ignore_ascii_case(capture_id))
+        })
+        .and_then(|k| DataKey::cached_slots(&k.path).ok().flatten())
+        .map(|s| s.recipients)
+        .unwrap_or_default()
 }
 
 /// An encoded chunk, or `None` for a chunk not read because it is unchanged.

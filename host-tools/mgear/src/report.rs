@@ -602,6 +602,11 @@ pub fn summary(v: &Value) -> String {
             ) {
                 line("chunks", format!("{st} stored, {z} zero, {d} deduplicated"));
             }
+            // What the wrong-key advice at the target sends the operator to (only the JSON
+            // had it).
+            for k in each(r, "recipients") {
+                line("encrypted to", k.as_str().unwrap_or_default().to_string());
+            }
         } else {
             // A re-run that found the volume finished: nothing written or read back now.
             if r["kept"] == true {

@@ -129,6 +129,23 @@ mod fields {
         assert!(!txt.contains('[') && !txt.contains('{'), "{txt}");
         let txt = std::fs::read_to_string(env.p("capture.txt")).unwrap();
         assert!(txt.contains("3.00 MiB (3145728 bytes)"), "{txt}");
+        // The recipients, which the wrong-key advice at the target sends one to: in the text
+        // too, and in a delta's report (which names no --recipient) as the cache recorded them.
+        let pubkey = std::fs::read_to_string(env.p("target.pub")).unwrap();
+        let pubkey = pubkey
+            .lines()
+            .find(|l| l.starts_with("age1"))
+            .expect("target.pub's key");
+        assert!(txt.contains(&format!("encrypted to    {pubkey}")), "{txt}");
+        let d = env
+            .capture(&m, "web01")
+            .source("disk.raw")
+            .sign("site.key")
+            .args(&["--delta", "--report", "delta.json"])
+            .json();
+        assert_eq!(d["recipients"][0], pubkey, "{d}");
+        let txt = std::fs::read_to_string(env.p("delta.txt")).unwrap();
+        assert!(txt.contains(&format!("encrypted to    {pubkey}")), "{txt}");
     }
 
     /// An ingest re-run refused (a mistyped `--generation`) kept the report of the ingest that
