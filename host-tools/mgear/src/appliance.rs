@@ -245,11 +245,15 @@ pub fn run(args: Plan) -> crate::Result<i32> {
     }
 }
 
-/// Exit code of a refusal: the appliance's storage failing is an I/O error (3), not a
-/// refusal of the operator's asking (2).
+/// Exit code of a refusal: the appliance's storage failing is an I/O error (3), its check of
+/// the medium failing (a seal refused for damage or an unfinished capture) a finding (1), as
+/// `appliance verify` says it; the rest a refusal of the operator's asking (2). A seal refused
+/// for damage exited 2, which a script reads as "already sealed" (also 2), and shipped it.
 fn refusal_code(code: mgear_appliance_api::protocol::ErrorCode) -> i32 {
+    use mgear_appliance_api::protocol::ErrorCode;
     match code {
-        mgear_appliance_api::protocol::ErrorCode::Storage => crate::exit::IO,
+        ErrorCode::Storage => crate::exit::IO,
+        ErrorCode::VerifyFailed => crate::exit::FOUND,
         _ => USAGE,
     }
 }

@@ -1193,7 +1193,28 @@ fn lost_share(store: &mut dyn image_format::Store, args: &Plan) -> crate::Result
             .iter()
             .filter(|(p, o)| p.starts_with(&dir) && lost.contains(o))
             .count() as u64;
-        share = share.saturating_add(g.stored_bytes.saturating_mul(gone) / u64::from(g.segments));
+        if gone == 0 {
+            continue;
+        }
+        // What the segments still here hold is not lost: the rest of what the generation
+        // stored is. A medium's last segment is cut short where it filled, so an even share
+        // per segment asked 51 MiB of a set whose lost medium held 31.
+        let mut here = 0u64;
+        let mut all_here_known = true;
+        for i in 0..g.segments {
+            let path = image_format::layout::segment_path(&capture.name, g.generation, i);
+            if span.map.placed.get(&path).is_some_and(|o| lost.contains(o)) {
+                continue;
+            }
+            match store.len(&path) {
+                Ok(Some(len)) => here = here.saturating_add(len),
+                _ => all_here_known = false,
+            }
+        }
+        share = share.saturating_add(match all_here_known {
+            true => g.stored_bytes.saturating_sub(here),
+            false => g.stored_bytes.saturating_mul(gone) / u64::from(g.segments),
+        });
     }
     Ok(share)
 }
@@ -3267,7 +3288,13 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                     eprintln!("mgear capture: warning: {w}");
                 }
             } else if !args.skip_space_check && !matches!(plan.kind, "sign" | "settle") {
-                crate::preflight::check_space(plan.needed, plan.medium_free, args.medium.noun())?;
+                crate::preflight::check_space(
+                    plan.needed,
+                    plan.medium_free,
+                    args.medium.noun(),
+                    span_reserve(args, plan.disk_size, plan.chunk_size),
+                    args.medium.medium.len() + args.medium.appliance.len() == 1,
+                )?;
             }
             if !args.replace_medium.is_empty() {
                 refuse_replace_over_unfinished(ro.store(), args)?;
@@ -4392,6 +4419,11 @@ fn worker(
 /// every medium gets (two copies of the index while unfinished, IPART and
 /// INDEX, for every disk of the machine, plus manifests, journal and key
 /// slots) and segments large enough for one record.
+/// What each medium of a span keeps for its copy of the index and manifests.
+pub(crate) fn span_reserve(args: &Plan, size: u64, chunk_size: u32) -> u64 {
+    span_plan(args, size, chunk_size).reserve
+}
+
 fn span_plan(args: &Plan, size: u64, chunk_size: u32) -> crate::medium::SpanPlan {
     let total = args.span_total.unwrap_or(size).max(size);
     let chunks = total.div_ceil(u64::from(chunk_size.max(1)));

@@ -1026,7 +1026,9 @@ pub fn report_stop(
 }
 
 /// Whether `path` holds the report of a finished ingest into `target` that the target still
-/// holds, unchanged since (a `file:`, `qcow2:` or `dev:` target's record of it).
+/// holds, unchanged since: a `file:` or `qcow2:` target, whose record stamps the file. (A
+/// device's record names the disk, not what it holds: one written since kept its "verified"
+/// report.)
 fn still_holds_reported(path: &Path, args: &Plan, target: &str) -> bool {
     let Some(root) =
         crate::report::finished_ingest(path, &args.name, target).and_then(|h| root_from_hex(&h))
@@ -1038,7 +1040,6 @@ fn still_holds_reported(path: &Path, args: &Plan, target: &str) -> bool {
     };
     match Target::parse(target, Bare::Refuse) {
         Ok(Target::File(_) | Target::Qcow2(_)) => ingested_before(&sdir, target, &root),
-        Ok(Target::Dev(d)) => device_done(&sdir, &d, &root),
         _ => false,
     }
 }

@@ -835,7 +835,15 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
                 eprintln!("mgear capture: warning: {w}");
             }
         } else {
-            crate::preflight::check_space(plan.needed, plan.medium_free, args.medium.noun())?;
+            let mut whole = args.clone();
+            whole.span_total = Some(plan.disks.iter().map(|p| p.disk_size).sum());
+            crate::preflight::check_space(
+                plan.needed,
+                plan.medium_free,
+                args.medium.noun(),
+                capture::span_reserve(&whole, 0, args.chunk_size),
+                args.medium.medium.len() + args.medium.appliance.len() == 1,
+            )?;
         }
     }
     let shared = {

@@ -458,20 +458,37 @@ pub fn estimate(
 }
 
 /// Refuse a capture that cannot fit (exit 3, the medium-full class); `media`: "the medium"
-/// or "the media" given.
-pub fn check_space(need: u64, free: Option<u64>, media: &str) -> crate::Result<()> {
+/// or "the media" given. `reserve`: what each medium of a span keeps for its copy of the index
+/// and manifests, `lone` when one medium is given (it keeps that too once a second joins).
+/// The missing bytes were all the message said, and a medium added with that much room was
+/// refused again.
+pub fn check_space(
+    need: u64,
+    free: Option<u64>,
+    media: &str,
+    reserve: u64,
+    lone: bool,
+) -> crate::Result<()> {
     match free {
-        Some(free) if need > free => Err(crate::exit::coded_next(
-            crate::exit::IO,
-            format_args!(
-                "{media} cannot hold this capture: it needs about {} and {} are free \
-                 ({} missing); nothing was written",
-                human_bytes(need),
-                human_bytes(free),
-                human_bytes(need - free)
-            ),
-            NO_ROOM_HINT,
-        )),
+        Some(free) if need > free => {
+            let missing = need - free;
+            let copies = if lone { 2 } else { 1 };
+            Err(crate::exit::coded_next(
+                crate::exit::IO,
+                format_args!(
+                    "{media} cannot hold this capture: it needs about {} and {} are free \
+                     ({} missing; one more medium needs room for about {}: that, and {} for the \
+                     copies of the index and manifests a span keeps on {}); nothing was written",
+                    human_bytes(need),
+                    human_bytes(free),
+                    human_bytes(missing),
+                    human_bytes(missing.saturating_add(reserve.saturating_mul(copies))),
+                    human_bytes(reserve.saturating_mul(copies)),
+                    if lone { "each medium" } else { "it" }
+                ),
+                NO_ROOM_HINT,
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -671,7 +688,7 @@ mod tests {
 
     #[test]
     fn a_resume_is_warned_where_a_new_capture_is_refused() {
-        assert!(check_space(10 << 20, Some(4 << 20), "the medium").is_err());
+        assert!(check_space(10 << 20, Some(4 << 20), "the medium", 0, true).is_err());
         let w = resume_space_warning(10 << 20, Some(4 << 20)).expect("warned");
         assert!(
             w.contains("needs about 10.00 MiB and 4.00 MiB are free"),
@@ -889,10 +906,24 @@ garbage line
 
     #[test]
     fn space_check_says_what_is_missing() {
-        check_space(10, Some(10), "the medium").unwrap();
-        check_space(10, None, "the medium").unwrap();
-        let e = check_space(3 << 20, Some(1 << 20), "the medium").unwrap_err();
+        check_space(10, Some(10), "the medium", 8 << 20, true).unwrap();
+        check_space(10, None, "the medium", 8 << 20, true).unwrap();
+        let e = check_space(3 << 20, Some(1 << 20), "the medium", 8 << 20, true).unwrap_err();
         assert_eq!(crate::exit::code_of(&e), crate::exit::IO);
         assert!(e.to_string().contains("2.00 MiB missing"), "{e}");
+        // One more medium keeps its copy of the index and manifests, and a lone medium keeps
+        // one too once it becomes the first of a span: a medium of the missing size was refused
+        // again.
+        assert!(
+            e.to_string()
+                .contains("one more medium needs room for about 18.00 MiB"),
+            "{e}"
+        );
+        let e = check_space(3 << 20, Some(1 << 20), "the media", 8 << 20, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("one more medium needs room for about 10.00 MiB"),
+            "{e}"
+        );
     }
 }

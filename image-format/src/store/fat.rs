@@ -1661,7 +1661,8 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());
         };
-        let mut findings = fatmap::writer_findings(&geo, &mut cache_reader(&self.cache))?;
+        let mut findings =
+            fatmap::writer_findings(&geo, &mut cache_reader(&self.cache), self.dirty_at_mount)?;
         // FAT copies that disagree on a volume closed cleanly: one is damaged (a zeroed
         // second FAT, say), and a write would bring only its own entries into the other, so
         // the shipment failed `verify` at the target. (Left mid-write, the open made them
@@ -1699,7 +1700,8 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());
         };
-        let mut findings = fatmap::chain_findings(&geo, &mut cache_reader(&self.cache))?;
+        let mut findings =
+            fatmap::chain_findings(&geo, &mut cache_reader(&self.cache), self.dirty_at_mount)?;
         findings.extend(fatmap::oversized_fat(&geo));
         // Left mid-write, chains nothing holds are what the cut left (the next writer frees
         // them); closed cleanly, a deleted or damaged entry.
@@ -2840,16 +2842,39 @@ pub(crate) mod tests {
                 .unwrap()
         };
         assert!(findings().is_empty(), "{:?}", findings());
-        // A cut capture's leftover: the chain goes on into a free cluster. Told as lost space
-        // a repair frees (`medium fsck` lets it), not as damage.
+        // A cut capture's leftover: the chain goes on into a free cluster on a medium left
+        // mid-write. Told as lost space a repair frees (`medium fsck` lets it), not as damage.
         let free = seg_last + 100;
         set(seg_last, free);
         set(free, 0x0FFF_FFFF);
+        let dirty = |on: bool| {
+            let f = open_rw(&p);
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, DIRTY_BYTE as u64).unwrap();
+            b[0] = if on { b[0] | 1 } else { b[0] & !1 };
+            f.write_all_at(&b, DIRTY_BYTE as u64).unwrap();
+        };
+        dirty(true);
+        let found = FatStore::open_read_only(open_rw(&p))
+            .unwrap()
+            .file_system_findings()
+            .unwrap();
+        assert!(
+            found.iter().any(|f| f
+                .starts_with("MGEAR/cap/SEG: its cluster chain runs past its size")
+                && f.contains(fatmap::LEFTOVER_CHAIN)),
+            "{found:?}"
+        );
+        dirty(false);
+        // The same on a medium closed cleanly, which no write leaves: an entry whose size was
+        // made smaller, the rest of the file past it. Damage a repair must not cut (it was
+        // told as a leftover, and `medium fsck --repair` cut a finished segment for good).
         let found = findings();
         assert!(
             found.len() == 1
                 && found[0].starts_with("MGEAR/cap/SEG: its cluster chain runs past its size")
-                && found[0].contains(fatmap::LEFTOVER_CHAIN),
+                && !found[0].contains(fatmap::LEFTOVER_CHAIN)
+                && found[0].contains("Do not repair or write the medium"),
             "{found:?}"
         );
         set(seg_last, 0x0FFF_FFFF);

@@ -1459,11 +1459,24 @@ where
 /// clusters nobody holds ([`LEFTOVER_CHAIN`]: what a cut write leaves). Each as a finding;
 /// `fsck.fat -n` sees the same ("cluster chain length is >", "shares clusters", "contains a
 /// free cluster").
-pub fn chain_findings<R>(geo: &Geometry, read: &mut R) -> Result<Vec<String>, StoreError>
+///
+/// `cut_leaves`: the volume was left mid-write (its dirty mark set), so a chain past its size
+/// into clusters nobody holds is what the cut write left. Closed cleanly, no write leaves
+/// that: it is an entry whose size was made smaller, and the clusters past it hold the rest
+/// of the file (verify had said "a repair frees it", and the repair cut a finished segment
+/// for good).
+pub fn chain_findings<R>(
+    geo: &Geometry,
+    read: &mut R,
+    cut_leaves: bool,
+) -> Result<Vec<String>, StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
-    Ok(findings_of(walk_chains::<R, NoWrite>(geo, read, None)?))
+    Ok(findings_of(
+        walk_chains::<R, NoWrite>(geo, read, None)?,
+        cut_leaves,
+    ))
 }
 
 /// [`chain_findings`], and the damage a reader of the file meets and says but a writer must
@@ -1471,7 +1484,11 @@ where
 /// size is covered. On a volume not left mid-write (where [`reclaim`] cut what a cut leaves)
 /// no write makes that; a capture of another name went on over it, exit 0, and the medium
 /// failed `fsck.fat -n` at the target.
-pub fn writer_findings<R>(geo: &Geometry, read: &mut R) -> Result<Vec<String>, StoreError>
+pub fn writer_findings<R>(
+    geo: &Geometry,
+    read: &mut R,
+    cut_leaves: bool,
+) -> Result<Vec<String>, StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
@@ -1490,13 +1507,13 @@ where
             b.path
         ));
     }
-    let mut findings = findings_of(chains);
+    let mut findings = findings_of(chains, cut_leaves);
     findings.extend(more);
     Ok(findings)
 }
 
 /// What [`chain_findings`] says of a walk.
-fn findings_of(chains: Chains) -> Vec<String> {
+fn findings_of(chains: Chains, cut_leaves: bool) -> Vec<String> {
     let Chains {
         held: runs_held,
         mut findings,
@@ -1559,10 +1576,19 @@ fn findings_of(chains: Chains) -> Vec<String> {
                          lost its directory mark. Do not repair or write the medium (a repair \
                          frees what it holds); ask how the medium was handled"
                     )),
-                    None => findings.push(format!(
+                    None if cut_leaves => findings.push(format!(
                         "{path}: its cluster chain runs past its size {LEFTOVER_CHAIN} (from \
                          cluster {first}): lost space, what a write cut off leaves; `mgear \
                          medium fsck --repair` frees it"
+                    )),
+                    None => findings.push(format!(
+                        "{path}: its cluster chain runs past its size into clusters no other \
+                         file holds (from cluster {first}) on a medium closed cleanly, which no \
+                         write leaves: most likely the size in its directory entry was made \
+                         smaller, and those clusters hold the rest of the file. Do not repair \
+                         or write the medium (a repair cuts the chain at the size and frees \
+                         them for good); check the captures with `mgear verify --identity`, \
+                         which names what reads short"
                     )),
                 }
             }
