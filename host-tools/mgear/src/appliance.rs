@@ -816,6 +816,17 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                             dir.display()
                         )));
                     }
+                    // Nothing to export: an empty directory and exit 0, and the ingest given
+                    // it failed on "cannot open att/SEAL".
+                    if seal.is_none() {
+                        return Err(usage(format!(
+                            "the appliance holds no attestation (it has not been sealed): \
+                             nothing was exported to {}; seal it at the source (`mgear appliance \
+                             seal`), check it at the target (`mgear appliance arrival`), then \
+                             export",
+                            dir.display()
+                        )));
+                    }
                     std::fs::create_dir_all(&dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
                     for (name, att) in [(gate::SEAL_FILE, &seal), (gate::ARRIVAL_FILE, &arrival)] {

@@ -198,9 +198,10 @@ const DAMAGED_HINT: &str = "the medium's file system is damaged: never repair th
      a copy of it, `fsck.fat -n COPY` names the damage and `fsck.fat -a COPY` repairs what it \
      can from the first FAT. Where it says the FATs differ, the first may be the damaged one: \
      on another copy, copy the second FAT over the first (`fsck.fat -v -n COPY` prints where \
-     each starts and their size; `dd if=COPY of=COPY bs=512 skip=SECOND seek=FIRST \
-     count=SECTORS conv=notrunc`) and try that copy too; then give the copy that reads (every \
-     record is still checked against what was signed)";
+     each starts and their size in sectors, and the bytes per logical sector, 512 or 4096: \
+     `dd if=COPY of=COPY bs=BYTES-PER-SECTOR skip=SECOND seek=FIRST count=SECTORS \
+     conv=notrunc`) and try that copy too; then give the copy that reads (every record is \
+     still checked against what was signed)";
 
 /// A medium that would not open because its file system is damaged (`message` says where):
 /// damage found, exit 1, as the same damage met further in is (it was exit 3 with "reconnect

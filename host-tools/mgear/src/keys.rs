@@ -864,10 +864,14 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                         "is not a data key (damaged, or not written by `mgear capture`)".to_string()
                     }
                 };
+                // `keys forget` matches what it can read only: how to be rid of it is `rm`.
+                let stem = p.with_extension("");
                 eprintln!(
                     "mgear: warning: {} {why}: not listed; a later --delta or sync of the \
-                     capture whose key it held needs that capture's --passphrase-file",
-                    p.display()
+                     capture whose key it held needs that capture's --passphrase-file. To \
+                     remove it and the files kept beside it: rm {}.*",
+                    p.display(),
+                    crate::output::sh(stem.display().to_string())
                 );
             }
             if json {

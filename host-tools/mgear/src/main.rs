@@ -99,6 +99,9 @@ fn tune_allocator() {
     }
 }
 
+/// Set while `--help --json` prints a command's help: nothing that command does has run.
+static PRINTING_HELP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `println!` panics when standard output cannot be written: EPIPE once the
 /// reader is gone (`mgear appliance log | head`; Rust ignores SIGPIPE), ENOSPC
 /// or EIO for a full or failing output file. End with exit 3 (the output could
@@ -119,9 +122,11 @@ fn stdout_failures() {
             // A command whose work stands once done (a capture on its medium, an ingested
             // volume) says so even then: exit 3 with nothing on stderr read as a failure to
             // resume, and the re-run was refused as already done.
-            let lasting = ["capture", "ingest", "cutover", "medium"]
-                .iter()
-                .any(|c| output::command().split(' ').next() == Some(c));
+            // `help capture --json` prints help, and did nothing that stands.
+            let lasting = !PRINTING_HELP.load(std::sync::atomic::Ordering::Relaxed)
+                && ["capture", "ingest", "cutover", "medium"]
+                    .iter()
+                    .any(|c| output::command().split(' ').next() == Some(c));
             let why = text.trim_start_matches("failed printing to stdout: ");
             if lasting {
                 eprintln!(
@@ -258,7 +263,10 @@ fn argv(json: bool) -> Vec<std::ffi::OsString> {
     let mut args: Vec<_> = std::env::args_os().collect();
     let asks_help = args.iter().skip(2).any(|a| a == "--help" || a == "-h");
     if (json || asks_help) && args.get(1).is_some_and(|a| a == "help") {
-        args.remove(1);
+        // `help help --json` too: help's own help is the top-level one.
+        while args.get(1).is_some_and(|a| a == "help") {
+            args.remove(1);
+        }
         if !asks_help {
             args.push("--help".into());
         }
@@ -292,6 +300,7 @@ fn parse(json: bool) -> Cli {
         // reader takes).
         Err(e) if json && e.kind() == ErrorKind::DisplayHelp => {
             output::init(&named_on_command_line(), true);
+            PRINTING_HELP.store(true, std::sync::atomic::Ordering::Relaxed);
             let v = serde_json::json!({ "help": e.render().to_string() });
             match output::emit(&v) {
                 Ok(()) => std::process::exit(exit::OK),

@@ -434,6 +434,16 @@ fn appliance_erased_before_arrival_still_has_its_seal_checked() {
     lab.capture();
     lab.make_disk(3, 2);
     lab.capture_line().arg("--delta").ok();
+    // Exported before the seal: nothing to export, refused (it exited 0 beside an empty
+    // directory, and the ingest given it failed on "cannot open none/SEAL").
+    let out = lab.appliance(&["attestations", "--out", "none"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("has not been sealed): nothing was exported"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!lab.p("none").exists());
     lab.appliance_ok(&["seal"]);
     let fp = lab.fingerprint();
     // Exported before the arrival check: a seal alone, as an erased appliance exports.

@@ -881,6 +881,9 @@ fn cli_help_documents_exit_codes_and_usage_errors_exit_2() {
     }
     // `help` with a help flag is that help (clap refused it: "unrecognized subcommand").
     assert_eq!(stdout(&e.ok(&["help", "--help"])), help);
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&e.ok(&["help", "help", "--json"]))).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
     assert_eq!(
         stdout(&e.ok(&["help", "keys", "list", "-h"])),
         stdout(&e.ok(&["keys", "list", "-h"]))
