@@ -1491,11 +1491,28 @@ fn garbled_entries<S: Store + ?Sized>(store: &mut S, dir: &str) -> Result<Option
 /// Why generation directory `dir`, listed as sound so far, is damaged all the same: an entry
 /// in it is marked a directory, where the format keeps only files (a segment's or the
 /// COMMIT's attribute byte damaged: the listing read on past it and called the generation
-/// complete, while every reader of that file fails). `None` when no entry is.
-fn marked_dirs<S: Store + ?Sized>(store: &mut S, dir: &str) -> Result<Option<String>> {
+/// complete, while every reader of that file fails). `None` when no entry is. Of a finished
+/// generation (`finished`), only the files its readers read count: a journal slot's entry
+/// marked a directory called a generation that ingests bit for bit "damaged: do not ingest
+/// it" (the file-system finding beside it still names the entry).
+fn marked_dirs<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &str,
+    finished: bool,
+) -> Result<Option<String>> {
+    let read_when_finished = |n: &str| {
+        [
+            MANIFEST_FILE,
+            INDEX_FILE,
+            commit::COMMIT_FILE,
+            set::SET_FILE,
+        ]
+        .contains(&n)
+            || layout::parse_segment_name(n).is_some()
+    };
     let marked: Vec<String> = medium::list_or_empty(store, dir)?
         .into_iter()
-        .filter(|e| e.kind == EntryKind::Dir)
+        .filter(|e| e.kind == EntryKind::Dir && (!finished || read_when_finished(&e.name)))
         .map(|e| e.name)
         .collect();
     Ok((!marked.is_empty()).then(|| {
@@ -1601,7 +1618,8 @@ pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Opti
             },
             Err(e) => return Err(e),
         };
-        let info = match marked_dirs(store, &layout::generation_dir(&name, g))? {
+        let finished = matches!(info.state, GenerationState::Complete);
+        let info = match marked_dirs(store, &layout::generation_dir(&name, g), finished)? {
             Some(why) if !matches!(info.state, GenerationState::Damaged(_)) => GenerationInfo {
                 state: GenerationState::Damaged(why),
                 ..info

@@ -489,6 +489,8 @@ fn medium_json(
     // Unlike a segment the media given do not place (a shipment's question), damage read in
     // a generation's own files fails the listing.
     let mut damaged_generation = false;
+    // File-system damage a listing does not show otherwise (said as the medium's note).
+    let mut fs_note: Option<String> = None;
     // A complete generation's segments the span places on its other media: its stored size
     // is the whole generation's, and this medium holds the rest.
     let mut elsewhere: std::collections::HashMap<(String, u32), u32> = Default::default();
@@ -517,6 +519,24 @@ fn medium_json(
                 }
                 if g.state != image_format::GenerationState::Complete {
                     continue;
+                }
+                // A file its readers do not need (a journal slot) marked a directory: the
+                // generation reads whole, but the file system is damaged (every reader of
+                // the medium fails it, inspect too).
+                let dir = image_format::layout::generation_dir(&c.name, g.generation);
+                let marked = store.list(&dir).ok().and_then(|entries| {
+                    entries
+                        .into_iter()
+                        .find(|e| e.kind == image_format::store::EntryKind::Dir)
+                });
+                if let Some(e) = marked {
+                    damaged_generation = true;
+                    fs_note.get_or_insert(format!(
+                        "{dir}/{}: its entry marks it a directory (its attribute byte is \
+                         damaged): {} generation {} reads whole without it, but the file \
+                         system is damaged: do not write to the medium",
+                        e.name, c.name, g.generation
+                    ));
                 }
                 for k in 0..g.segments {
                     let p = image_format::layout::segment_path(&c.name, g.generation, k);
@@ -580,7 +600,8 @@ fn medium_json(
         damaged_generation,
         note: hidden
             .strip_prefix("; yet ")
-            .map(|n| format!("nothing is listed, yet {n}")),
+            .map(|n| format!("nothing is listed, yet {n}"))
+            .or(fs_note),
         medium: w.describe(),
         free_bytes: free,
         span,

@@ -1777,6 +1777,23 @@ fn any_file_of_a_generation_marked_a_directory_fails_inspect() {
                 text(&o)
             );
         }
+        // A journal slot is not read once the generation is finished: the generation is
+        // whole, the file system damaged. It was "generation 1 is damaged: do not ingest it
+        // ... medium rm --force" of a generation that ingests bit for bit.
+        if short == b"JRNL-A     " {
+            let o = e.run(&["inspect", "--medium", &m]);
+            assert!(
+                text(&o).contains("G0001 complete") && text(&o).contains("reads whole without it"),
+                "{}",
+                text(&o)
+            );
+            e.ingest(&m, "rand")
+                .trust("site.pub")
+                .unsealed()
+                .target("file:out.raw")
+                .ok();
+            mgear_tests::same_file(&e.p("out.raw"), &e.p("a.raw"));
+        }
     }
 }
 
