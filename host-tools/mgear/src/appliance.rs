@@ -207,6 +207,15 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                             "wait the time the message gives, check the PIN (file), then run \
                              the command again; every wrong PIN counts toward the erase"
                                 .to_string()
+                        } else if ae.code == ErrorCode::NotSealed {
+                            // Asked at the target: sealing it there would have the appliance
+                            // vouch for whatever the courier left on it ("seal it first").
+                            "at the capture site, unlock it and seal it (`mgear appliance \
+                             seal`) before it ships; at the target, an appliance that arrives \
+                             unsealed is vouched for by nothing: do not seal it here, keep it as \
+                             it is and ask the capture site (ingest it only against the site's \
+                             signature, --trust SITE.pub)"
+                                .to_string()
                         } else if ae.code == ErrorCode::VerifyFailed
                             && msg.contains("unfinished generation")
                         {

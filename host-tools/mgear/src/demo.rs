@@ -531,13 +531,18 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
         },
     )?;
     if !report.booted() {
-        return Err(coded(
+        // The data checked out (step 11 compared it): the generic hint, "the data did not
+        // check out: do not use it", blamed it.
+        return Err(crate::exit::coded_hint(
             FOUND,
             format!(
                 "the volume did not boot: {}\nlast console lines:\n{}",
                 report.detail,
                 report.console_tail(20)
             ),
+            "the ingested volume matched the sample disk; the guest did not show its marker in \
+             time: read the console lines above, and on a slow or busy machine give a longer \
+             --boot-timeout",
         ));
     }
     println!(

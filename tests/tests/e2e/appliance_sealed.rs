@@ -444,6 +444,15 @@ fn appliance_erased_before_arrival_still_has_its_seal_checked() {
         text(&out.stderr)
     );
     assert!(!lab.p("none").exists());
+    // An arrival check of an unsealed appliance: the next step is not "seal it" (at the
+    // target, that vouches for whatever the courier left on it).
+    let out = lab.appliance(&["arrival"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("do not seal it here"),
+        "{}",
+        text(&out.stderr)
+    );
     lab.appliance_ok(&["seal"]);
     let fp = lab.fingerprint();
     // Exported before the arrival check: a seal alone, as an erased appliance exports.
