@@ -1426,11 +1426,15 @@ fn open_medium_with(
         match e.split_once("; check that the path names the medium") {
             // Erased with --overwrite, the medium holds zeros by design: "format it" and
             // "reconnect it" sent the operator after a fault there is none of.
-            Some(_) if i.state == DeviceState::Erased => crate::exit::coded(
+            Some(_) if i.state == DeviceState::Erased => crate::exit::coded_hint(
                 crate::exit::FOUND,
                 "the appliance was erased and its medium overwritten (`mgear appliance info` \
                  says erased): nothing on it can be read any more, by design; the erase \
                  certificate and the custody log (`mgear appliance log --verify`) record it",
+                // The generic "the data did not check out: do not use it" read as a fault.
+                "nothing is wrong with the appliance: keep the erase certificate with the \
+                 shipment's records; the disks are ingested from another copy, or captured \
+                 again",
             ),
             Some((what, _)) => err!(
                 "opening the appliance's medium: {what}. An appliance's medium is formatted \

@@ -1593,10 +1593,13 @@ impl Gaps {
                 reader.generation(),
                 self.lines(reader, &need)
             ),
-            "a medium declared lost holds part of this generation: ingest the newer generation \
-             its replacement wrote (`mgear inspect` lists the generations); or, if that medium \
-             turned up again, give it together with the other media in one run (a run without \
-             it refuses this generation, even the part an earlier run wrote from it)",
+            "a medium declared lost holds part of this generation (its own records, or a \
+             parent's it reuses: a delta made before the loss needs them too, though `mgear \
+             inspect`, which reads no index, lists it complete): ingest the generation \
+             `--replace-medium` wrote or a later one (leave out --generation for the newest); \
+             or, if that medium turned up again, give it together with the other media in one \
+             run (a run without it refuses this generation, even the part an earlier run wrote \
+             from it)",
         ))
     }
 

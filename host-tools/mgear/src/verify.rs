@@ -1271,8 +1271,9 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 // "verify it there" sent the operator to a medium that is gone.
                 println!(
                     "{n} segment(s) were on {m}: gone for good, so the generations they belong \
-                     to cannot be ingested (the newer generation `--replace-medium` wrote holds \
-                     their data again)"
+                     to cannot be ingested, nor the deltas made on those before the loss that \
+                     reuse their records (the generation `--replace-medium` wrote, and those \
+                     after it, hold their data again)"
                 );
             } else {
                 println!("{n} segment(s) are on another medium of this span, {m}: verify it there");
