@@ -984,6 +984,11 @@ impl<P: Platform> Appliance<P> {
         // from the log against the count.
         self.st.pin_check = logged.is_err();
         self.save()?;
+        // The wrong PIN locked an unlocked appliance: its log read as if it stayed unlocked
+        // until the next unlock record.
+        if was_unlocked && failures < self.cfg.max_pin_failures {
+            let _ = self.record(Event::Lock);
+        }
         if failures >= self.cfg.max_pin_failures {
             let lifecycle = self.st.lifecycle;
             let failed_arrival = lifecycle == Lifecycle::Sealed && self.last_arrival_failed();

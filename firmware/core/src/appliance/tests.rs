@@ -928,6 +928,21 @@ fn a_wrong_pin_says_what_it_locked_and_what_the_last_destroys() {
     let was_open = msg(unlock(&mut a, "999999"));
     assert!(was_open.contains("is locked now"), "{was_open}");
     assert_eq!(a.state(), DeviceState::Locked);
+    // The custody log says so too: a wrong PIN, then the lock it made (it read as if the
+    // appliance stayed unlocked until the next unlock record).
+    let events: Vec<_> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                ..,
+                custody::Event::Unlock,
+                custody::Event::WrongPin { .. },
+                custody::Event::Lock
+            ]
+        ),
+        "{events:?}"
+    );
     let mut s = sealed(27);
     let r = s.handle(Request::Erase {
         overwrite: false,
