@@ -675,6 +675,16 @@ pub fn check_generation(
                 a.from,
                 sitekey::fingerprint(&a.seal.body.identity)
             )),
+            // Said by what they list: a capture written onto the medium after the seal was
+            // called "another medium's" seal, of the very medium sealed.
+            Ok(a) if !ours && !a.seal.body.files.iter().any(|f| of_capture(name, &f.path)) => {
+                Err(format!(
+                    "the seal + arrival ({}) list no file of capture {name}: it was not on the \
+                     medium the appliance sealed (written onto it since the seal, or these are \
+                     another medium's attestations)",
+                    a.from
+                ))
+            }
             Ok(a) if !ours => Err(format!(
                 "the seal + arrival ({}) are of another medium: none of capture {name}'s sealed \
              manifests is on this one",

@@ -2809,6 +2809,10 @@ pub(crate) mod tests {
         s.write_at("MGEAR/cap/SEG", 0, &vec![3u8; 3 * cb + 10])
             .unwrap();
         s.write_at("MGEAR/cap/B", 0, &vec![4u8; 2 * cb]).unwrap();
+        // A generation still being written: no MANIFEST beside its segment.
+        s.create_dir_all("MGEAR/cap/G2").unwrap();
+        s.write_at("MGEAR/cap/G2/SEG", 0, &vec![5u8; cb + 10])
+            .unwrap();
         s.unmount().unwrap();
         let f = open_rw(&p);
         let mut read = |at: u64, buf: &mut [u8]| {
@@ -2826,6 +2830,7 @@ pub(crate) mod tests {
         let (manifest, manifest_last) = first("MGEAR/cap/MANIFEST");
         let (seg, seg_last) = first("MGEAR/cap/SEG");
         let (b, _) = first("MGEAR/cap/B");
+        let (_, open_last) = first("MGEAR/cap/G2/SEG");
         let set = |c: u32, next: u32| {
             for k in 0..geo.fats {
                 f.write_all_at(
@@ -2842,10 +2847,11 @@ pub(crate) mod tests {
                 .unwrap()
         };
         assert!(findings().is_empty(), "{:?}", findings());
-        // A cut capture's leftover: the chain goes on into a free cluster on a medium left
-        // mid-write. Told as lost space a repair frees (`medium fsck` lets it), not as damage.
+        // A cut capture's leftover: the open segment's chain goes on into a free cluster on a
+        // medium left mid-write. Told as lost space a repair frees (`medium fsck` lets it), not
+        // as damage.
         let free = seg_last + 100;
-        set(seg_last, free);
+        set(open_last, free);
         set(free, 0x0FFF_FFFF);
         let dirty = |on: bool| {
             let f = open_rw(&p);
@@ -2861,23 +2867,39 @@ pub(crate) mod tests {
             .unwrap();
         assert!(
             found.iter().any(|f| f
-                .starts_with("MGEAR/cap/SEG: its cluster chain runs past its size")
+                .starts_with("MGEAR/cap/G2/SEG: its cluster chain runs past its size")
                 && f.contains(fatmap::LEFTOVER_CHAIN)),
             "{found:?}"
         );
+        // A finished generation's file (a MANIFEST beside it) is never written again: its
+        // chain past its size is an entry made smaller, damage even on a medium left
+        // mid-write (`medium fsck --repair` cut a finished segment for good as a leftover).
+        set(open_last, 0x0FFF_FFFF);
+        set(seg_last, free);
+        let found = FatStore::open_read_only(open_rw(&p))
+            .unwrap()
+            .file_system_findings()
+            .unwrap();
+        assert!(
+            found.iter().any(|f| f
+                .starts_with("MGEAR/cap/SEG: its cluster chain runs past its size, and it is a file of a finished generation")
+                && !f.contains(fatmap::LEFTOVER_CHAIN)),
+            "{found:?}"
+        );
         dirty(false);
-        // The same on a medium closed cleanly, which no write leaves: an entry whose size was
-        // made smaller, the rest of the file past it. Damage a repair must not cut (it was
-        // told as a leftover, and `medium fsck --repair` cut a finished segment for good).
+        // The open segment's on a medium closed cleanly, which no write leaves either: an
+        // entry whose size was made smaller. Damage a repair must not cut.
+        set(seg_last, 0x0FFF_FFFF);
+        set(open_last, free);
         let found = findings();
         assert!(
             found.len() == 1
-                && found[0].starts_with("MGEAR/cap/SEG: its cluster chain runs past its size")
+                && found[0].starts_with("MGEAR/cap/G2/SEG: its cluster chain runs past its size")
                 && !found[0].contains(fatmap::LEFTOVER_CHAIN)
                 && found[0].contains("Do not repair or write the medium"),
             "{found:?}"
         );
-        set(seg_last, 0x0FFF_FFFF);
+        set(open_last, 0x0FFF_FFFF);
         set(free, 0);
         // MANIFEST's last cluster marked free: the next file written may take it.
         set(manifest_last, 0);

@@ -1512,8 +1512,41 @@ where
     Ok(findings)
 }
 
+/// Whether `path` is a file of a finished generation: its directory holds a MANIFEST with
+/// clusters (written when the generation finished, after every other file of it), and it is
+/// neither that MANIFEST (a cut write of it is a generation not finished) nor the COMMIT a
+/// signature is added to later. Nothing appends to such a file again, so its chain past its
+/// size is damage (its entry made smaller, the rest of the file beyond), never what a cut
+/// write leaves: on a medium left mid-write it was cut for good, "freed" as a leftover.
+fn of_finished_generation(chains: &Chains, path: &str) -> bool {
+    let Some((dir, name)) = path.rsplit_once('/') else {
+        return false;
+    };
+    if name == "MANIFEST" || name.starts_with("COMMIT") {
+        return false;
+    }
+    let manifest = format!("{dir}/MANIFEST");
+    chains.held.values().any(|(_, who)| *who == manifest)
+}
+
+/// Said of a finished generation's file whose chain runs past its size.
+const FINISHED_PAST_SIZE: &str = "its cluster chain runs past its size, and it is a file of a \
+     finished generation (its directory holds the MANIFEST written last), which nothing writes \
+     again: its size in its directory entry was made smaller, and the clusters past it hold the \
+     rest of the file. Do not repair or write the medium (a repair cuts the chain at the size \
+     and frees them for good); check the captures with `mgear verify --identity`, which names \
+     what reads short";
+
 /// What [`chain_findings`] says of a walk.
 fn findings_of(chains: Chains, cut_leaves: bool) -> Vec<String> {
+    let finished: alloc::collections::BTreeSet<String> = chains
+        .after
+        .iter()
+        .filter(|(p, _, next)| {
+            matches!(next, After::Tail { .. }) && of_finished_generation(&chains, p)
+        })
+        .map(|(p, _, _)| p.clone())
+        .collect();
     let Chains {
         held: runs_held,
         mut findings,
@@ -1576,6 +1609,9 @@ fn findings_of(chains: Chains, cut_leaves: bool) -> Vec<String> {
                          lost its directory mark. Do not repair or write the medium (a repair \
                          frees what it holds); ask how the medium was handled"
                     )),
+                    None if finished.contains(&path) => {
+                        findings.push(format!("{path}: {FINISHED_PAST_SIZE}"))
+                    }
                     None if cut_leaves => findings.push(format!(
                         "{path}: its cluster chain runs past its size {LEFTOVER_CHAIN} (from \
                          cluster {first}): lost space, what a write cut off leaves; `mgear \
@@ -1712,6 +1748,9 @@ fn cuts(chains: &Chains) -> Result<Vec<u32>, String> {
     }
     let mut cuts = Vec::new();
     for (path, last, next) in &chains.after {
+        if matches!(next, After::Tail { .. }) && of_finished_generation(chains, path) {
+            return Err(format!("{path}: {FINISHED_PAST_SIZE}"));
+        }
         match next {
             // Cut back with the short files (`Chains::broken`).
             After::End | After::Free(_) => {}

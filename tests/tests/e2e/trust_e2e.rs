@@ -435,6 +435,24 @@ fn appliance_seal_catches_a_deleted_generation() {
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("put in its place since the seal"), "{t}");
     assert!(!lab.p("set-d0.raw").exists());
+    // A capture of another name written onto the sealed medium since: its attestations list
+    // no file of it (it was called "another medium's" seal, of the very medium sealed).
+    Line::capture(&lab, "evil")
+        .source("disk.raw")
+        .medium("fat:swapped.img")
+        .ok();
+    let out = Line::ingest(&lab, "evil")
+        .medium("fat:swapped.img")
+        .args(&["--attestations", "att", "--trust-appliance", &fp])
+        .target("file:evil.raw")
+        .run();
+    let t = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("list no file of capture evil: it was not on the medium the appliance sealed"),
+        "{t}"
+    );
+    assert!(!lab.p("evil.raw").exists());
     // The courier deletes G0002 from the medium image.
     lab.remove_medium_dir("MGEAR/web01/G0002");
     let out = Line::ingest(&lab, "web01")
