@@ -346,7 +346,8 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
         // The passphrase is the first line exactly (a passphrase may hold any
         // text, so later lines are never guessed at): a blank first line above
         // text is a file laid out by hand, and must be named as such.
-        if text.trim().is_empty() {
+        // A BOM alone is an empty file too (it was "later lines hold text").
+        if text.trim_start_matches('\u{feff}').trim().is_empty() {
             return Err(usage(format!(
                 "passphrase file {} is empty: the passphrase is the file's first line; write \
                  it there (or, at capture, let mgear make one: --passphrase-file NEW_FILE \
@@ -522,6 +523,8 @@ pub fn key_cache_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
 /// working. Caches of older releases (`DIR/<name>.key`) are still read.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CachedKey {
+    /// As text, lossily: a name that is not UTF-8 made `keys list --json` panic.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     pub name: String,
     /// Lower-case hex; `None` for a cache of an older release without an id line.
@@ -530,6 +533,12 @@ pub struct CachedKey {
     pub modified_unix: Option<u64>,
     /// The same time in ISO-8601 UTC, as every other time `--json` prints.
     pub modified: Option<String>,
+}
+
+/// A path as JSON text, whatever bytes its name holds (serde refuses a path that is not
+/// UTF-8).
+fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
 }
 
 /// The cache file for capture `id` of `name`.
@@ -755,6 +764,16 @@ pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
         else {
             continue;
         };
+        // A file cut short (no whole `key` line) holds no key: listed, it read as one, and
+        // `keys list` named it among the keys it has.
+        let whole_key = text.lines().any(|l| {
+            l.strip_prefix("key ").is_some_and(|h| {
+                h.trim().len() == 64 && h.trim().bytes().all(|b| b.is_ascii_hexdigit())
+            })
+        });
+        if !whole_key {
+            continue;
+        }
         let capture_id = image_format::DataKey::cached_capture_id(&path)
             .ok()
             .flatten()
@@ -875,9 +894,13 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                 );
             }
             if json {
+                let unreadable: Vec<String> = unreadable
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect();
                 crate::progress::print_json(&serde_json::json!({
                     "command": "keys list",
-                    "key_cache": dir,
+                    "key_cache": dir.to_string_lossy(),
                     "keys": keys,
                     "unreadable": unreadable,
                 }))?;
@@ -1263,6 +1286,15 @@ mod tests {
         // Only the first: a second is typed text.
         fs::write(&f, "\u{feff}\u{feff}correct horse battery staple\n").unwrap();
         assert!(read_passphrase(&f).unwrap().starts_with('\u{feff}'));
+        // A BOM and nothing else is an empty file.
+        for text in ["\u{feff}", "\u{feff}\r\n"] {
+            fs::write(&f, text).unwrap();
+            let m = read_passphrase(&f).unwrap_err().to_string();
+            assert!(
+                m.contains("is empty: the passphrase is the file's first line"),
+                "{m}"
+            );
+        }
     }
 
     #[test]
@@ -1357,14 +1389,39 @@ mod tests {
     fn a_key_file_that_cannot_be_read_is_named_not_skipped() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("web01-0011.key"), b"not a key\n").unwrap();
+        // Cut short after its capture line: no key in it.
+        std::fs::write(
+            t.path().join("web01-0022.key"),
+            b"# MotionGear data key cache\ncapture web01\nid 00ff",
+        )
+        .unwrap();
         std::fs::write(t.path().join("notes.txt"), b"not a key file either\n").unwrap();
         let keys = cached_keys(t.path()).unwrap();
         assert!(keys.is_empty());
         assert_eq!(
             unlisted_key_files(t.path(), &keys),
-            vec![t.path().join("web01-0011.key")]
+            vec![
+                t.path().join("web01-0011.key"),
+                t.path().join("web01-0022.key")
+            ]
         );
         assert!(unlisted_key_files(&t.path().join("none"), &keys).is_empty());
+        // A name that is not UTF-8 is JSON text all the same (`keys list --json` panicked).
+        use std::os::unix::ffi::OsStrExt as _;
+        let k = CachedKey {
+            path: t
+                .path()
+                .join(std::ffi::OsStr::from_bytes(b"bad\xffname.key")),
+            name: "web01".into(),
+            capture_id: None,
+            modified_unix: None,
+            modified: None,
+        };
+        let v = serde_json::to_value(&k).unwrap();
+        assert!(
+            v["path"].as_str().unwrap().ends_with("bad\u{fffd}name.key"),
+            "{v}"
+        );
     }
 
     #[test]

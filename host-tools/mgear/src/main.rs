@@ -261,11 +261,18 @@ fn named_on_command_line() -> String {
 /// refused the flag as "an unrecognized subcommand".
 fn argv(json: bool) -> Vec<std::ffi::OsString> {
     let mut args: Vec<_> = std::env::args_os().collect();
-    let asks_help = args.iter().skip(2).any(|a| a == "--help" || a == "-h");
-    if (json || asks_help) && args.get(1).is_some_and(|a| a == "help") {
-        // `help help --json` too: help's own help is the top-level one.
-        while args.get(1).is_some_and(|a| a == "help") {
-            args.remove(1);
+    // Where `help` stands among the leading subcommand names (`mgear keys help list`).
+    let at = args
+        .iter()
+        .skip(1)
+        .take_while(|a| !a.to_string_lossy().starts_with('-'))
+        .position(|a| a == "help")
+        .map(|i| i + 1);
+    let asks_help = at.is_some_and(|i| args.iter().skip(i + 1).any(|a| a == "--help" || a == "-h"));
+    if let (Some(i), true) = (at, json || asks_help) {
+        // `help help --json` too: help's own help is its parent's.
+        while args.get(i).is_some_and(|a| a == "help") {
+            args.remove(i);
         }
         if !asks_help {
             args.push("--help".into());

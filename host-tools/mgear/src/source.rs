@@ -275,6 +275,11 @@ struct OpenFile {
     /// Cleared when a direct read is refused (alignment the device does
     /// not take): every later read goes through the page cache.
     direct_ok: AtomicBool,
+    /// A shared `flock` while the source is read, as a medium's reader holds one: `medium
+    /// format --force` of the image being captured (its exclusive lock) is then refused as in
+    /// use (it formatted it, and the capture finished, exit 0, holding zeros). Best effort:
+    /// a source another program holds is still read.
+    _shared: Option<nix::fcntl::Flock<File>>,
 }
 
 thread_local! {
@@ -321,6 +326,9 @@ impl FileSource {
                 nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
             );
         }
+        let shared = File::open(&path).ok().and_then(|f| {
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockSharedNonblock).ok()
+        });
         Ok(FileSource {
             inner: Arc::new(OpenFile {
                 path,
@@ -328,6 +336,7 @@ impl FileSource {
                 len,
                 direct_ok: AtomicBool::new(direct.is_some()),
                 direct,
+                _shared: shared,
             }),
         })
     }

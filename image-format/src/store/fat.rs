@@ -2886,6 +2886,19 @@ pub(crate) mod tests {
                 && !f.contains(fatmap::LEFTOVER_CHAIN)),
             "{found:?}"
         );
+        // A writer's open of that medium puts nothing "right": the chain stays whole.
+        let before = std::fs::read(&p).unwrap();
+        let w = FatStore::open(open_rw(&p)).unwrap();
+        assert!(
+            matches!(&w.reclaimed, Some(Err(why)) if why.contains("finished generation")),
+            "{:?}",
+            w.reclaimed
+        );
+        drop(w);
+        assert!(
+            std::fs::read(&p).unwrap() == before,
+            "the open wrote to the medium"
+        );
         dirty(false);
         // The open segment's on a medium closed cleanly, which no write leaves either: an
         // entry whose size was made smaller. Damage a repair must not cut.

@@ -388,6 +388,50 @@ fn the_medium_is_never_its_own_target_or_source() {
     refused(&o, "cannot read public key insub: Is a directory");
 }
 
+/// `medium format --force` of the disk a running capture reads: refused as in use (it
+/// formatted it, and the capture finished, exit 0, holding a disk of zeros and a FAT).
+#[test]
+fn the_source_of_a_running_capture_is_not_formatted() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("src.raw"), 24 << 20, 41);
+    let before = fs::read(e.p("src.raw")).unwrap();
+    let m = e.fat("m.img", "64MiB");
+    let capture = e
+        .cmd(&[
+            "capture",
+            "--source",
+            "src.raw",
+            "--medium",
+            &m,
+            "--name",
+            "sx",
+            "--recipient",
+            "target.pub",
+            "--rate-limit",
+            "4MiB/s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(mgear_tests::Background)
+        .unwrap();
+    // Reading by now: its first chunks are on the medium.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let o = e.run(&["medium", "format", "fat:src.raw", "--force"]);
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is in use by pid"),
+        "{}",
+        output_text(&o)
+    );
+    drop(capture);
+    assert!(
+        fs::read(e.p("src.raw")).unwrap() == before,
+        "the source was formatted"
+    );
+}
+
 #[test]
 fn two_disks_of_a_set_into_one_volume_are_refused_before_writing() {
     let e = Env::new();
