@@ -29,7 +29,9 @@ again)\n";
 /// Said at the second signal, which exits at once: what mgear started goes on by itself (a
 /// cutover's `--resume` hook ran on, said by nothing).
 const AT_ONCE_130: &[u8] = b"\nmgear: exiting at once (exit 130), without a checkpoint or a \
-result; a command mgear started (a cutover's --resume, a QEMU) may still be running\n";
+result; a command mgear started (a cutover's --quiesce or --resume, a QEMU) may still be \
+running, and nothing more is run: a source a --quiesce quiesces stays quiesced until you run \
+its --resume command yourself\n";
 
 /// Said instead by `mgear boot`, which holds no checkpoint either.
 const STOPPING_BOOT: &[u8] = b"\nmgear: stopping: the guest is stopped and the boot ends \

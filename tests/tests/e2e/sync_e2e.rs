@@ -358,7 +358,11 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
         std::fs::read(e.p("vol.raw")).unwrap(),
         std::fs::read(&disk).unwrap()
     );
-    let (_serve, addr) = e.listen(&[]);
+    let log_path = e.p("serve.log");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen_logging(std::fs::File::create(&log_path).unwrap());
     // A copy of the volume as ingested, before the sync: booting it would "prove" a
     // machine that never got the last changes. Refused after the final sync, nothing
     // booted, the source resumed.
@@ -403,6 +407,14 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
     assert!(
         !e.p("resumed").exists(),
         "resume runs only when the cutover fails"
+    );
+    // Its probe before the quiesce is logged as what it is ("refused the source: this
+    // target does not know capture (a cutover asking ...)" read as an error).
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("asked whether this is a mgear serve (a cutover")
+            && !log.contains("refused the source"),
+        "{log}"
     );
 }
 

@@ -302,6 +302,10 @@ fn reachable(to: &str) -> crate::Result<()> {
 /// answered at once with an ERROR frame (before any volume is read). Another program there
 /// (an SSH server, a silent listener) had the source quiesced and the final sync fail, or
 /// hang with the source down.
+/// The name a cutover's probe says HELLO with (no capture has it: names have no spaces), so
+/// a serve logs the probe as one.
+pub(crate) const PROBE_NAME: &str = "(a cutover asking whether this is a mgear serve)";
+
 fn speaks_sync(mut s: std::net::TcpStream, to: &str) -> crate::Result<()> {
     use super::wire::{self, ty, Hello};
     let not = |why: String| {
@@ -315,7 +319,7 @@ fn speaks_sync(mut s: std::net::TcpStream, to: &str) -> crate::Result<()> {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     let hello = Hello {
-        name: "(a cutover asking whether this is a mgear serve)".into(),
+        name: PROBE_NAME.into(),
         size: 0,
         nonce: [0; 32],
     }

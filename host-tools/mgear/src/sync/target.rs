@@ -1152,6 +1152,15 @@ fn handle(
         }
         // A peer refused at the handshake (wrong key, another capture) has
         // nothing to continue from: say so rather than "ended early".
+        // A cutover's probe before it quiesces its source: "refused the source: this
+        // target does not know capture (a cutover asking ...)" read as an error in the log.
+        Err(e) if applied.chunks == 0 && format!("{e:#}").contains(super::cutover::PROBE_NAME) => {
+            eprintln!(
+                "mgear serve: {peer} asked whether this is a mgear serve (a cutover, before it \
+                 quiesces its source): answered"
+            );
+            (applied, false)
+        }
         Err(e) if applied.chunks == 0 => {
             eprintln!("mgear serve: session with {peer} ended with nothing applied: {e:#}");
             (applied, false)
