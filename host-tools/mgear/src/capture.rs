@@ -998,6 +998,13 @@ fn abort(args: &Plan) -> crate::Result<i32> {
     // `--replace-medium LOST` with --abort: LOST is declared lost first, so an unfinished
     // generation with a share on it can be removed from the media that are left.
     let mut medium = if args.replace_medium.is_empty() {
+        // Refused on a read-only open first: the open for writing puts a medium left
+        // mid-write right (a write), and an abort refused then (a mistyped name) had changed
+        // it unsaid.
+        let mut ro = args.medium.open_read_only()?;
+        let checked = crate::medium_admin::abort_check(ro.store(), &args.name);
+        let _ = ro.close();
+        checked?;
         args.medium.open()?
     } else {
         let members = args.medium.span_members_only()?;

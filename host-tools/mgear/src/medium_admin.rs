@@ -847,33 +847,59 @@ pub fn refuse_if_borrowed(
 }
 
 /// Run `mgear medium rm`.
+/// What `medium rm` removes: a machine set's plans (one per disk), or one capture's.
+enum Removal {
+    Set(String, Vec<RmPlan>),
+    One(RmPlan),
+}
+
+/// Plan `medium rm`, refusing what it must not remove; nothing written.
+fn plan_removal(store: &mut dyn Store, args: &Rm) -> crate::Result<Removal> {
+    if let Some((set, streams)) = set_members(store, &args.name)? {
+        // A machine set: the same generation(s) of every disk and of the set.
+        let mut plans = Vec::new();
+        for s in &streams {
+            plans.push(plan_rm(store, s, args.generation, args.force)?);
+        }
+        refuse_if_borrowed(store, &set, &plans)?;
+        return Ok(Removal::Set(set, plans));
+    }
+    if let Some((set, _)) = image_format::set::parse_disk_stream_name(&args.name) {
+        // Its records may be what another disk of the set points at.
+        return Err(usage(format!(
+            "{} is one disk of machine set {set}: remove the set's generation with every \
+             disk (`mgear medium rm --medium MEDIUM --name {set} ...`)",
+            args.name
+        )));
+    }
+    let plan = plan_rm(store, &args.name, args.generation, args.force)?;
+    refuse_if_borrowed(store, &plan.name, std::slice::from_ref(&plan))?;
+    Ok(Removal::One(plan))
+}
+
 pub fn rm(args: Rm) -> crate::Result<i32> {
     args.medium.ready_to_change("a removal (medium rm)")?;
+    // Refused on a read-only open first: the open for writing puts a medium left mid-write
+    // right (a write), and a removal refused then (a mistyped name) had changed it unsaid.
+    {
+        let mut ro = args.medium.open_read_only()?;
+        let planned = plan_removal(ro.store(), &args);
+        let _ = ro.close();
+        planned?;
+    }
     let mut medium = args.medium.open()?;
     let result = (|| {
         let store = medium.store();
-        if let Some((set, streams)) = set_members(store, &args.name)? {
-            // A machine set: the same generation(s) of every disk and of the set.
-            let mut plans = Vec::new();
-            for s in &streams {
-                plans.push(plan_rm(store, s, args.generation, args.force)?);
+        match plan_removal(store, &args)? {
+            Removal::Set(set, plans) => {
+                let freed = execute_set(store, &set, &plans)?;
+                Ok::<_, crate::Error>((set_summary(&set, &plans), freed))
             }
-            refuse_if_borrowed(store, &set, &plans)?;
-            let freed = execute_set(store, &set, &plans)?;
-            return Ok::<_, crate::Error>((set_summary(&set, &plans), freed));
+            Removal::One(plan) => {
+                let freed = execute(store, &plan)?;
+                Ok::<_, crate::Error>((plan, freed))
+            }
         }
-        if let Some((set, _)) = image_format::set::parse_disk_stream_name(&args.name) {
-            // Its records may be what another disk of the set points at.
-            return Err(usage(format!(
-                "{} is one disk of machine set {set}: remove the set's generation with every \
-                 disk (`mgear medium rm --medium MEDIUM --name {set} ...`)",
-                args.name
-            )));
-        }
-        let plan = plan_rm(store, &args.name, args.generation, args.force)?;
-        refuse_if_borrowed(store, &plan.name, std::slice::from_ref(&plan))?;
-        let freed = execute(store, &plan)?;
-        Ok::<_, crate::Error>((plan, freed))
     })();
     let (plan, freed) = match result {
         Ok(v) => v,
@@ -1700,9 +1726,42 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
         fsck_fat: fat,
         clean,
     };
-    if args.json {
-        // Exit 1 with leftovers: `ok` says the same.
-        crate::output::emit_ok(report.clean, &report)?;
+    if args.json && !report.clean {
+        // Exit 1 with leftovers: `ok` says the same, and the next step is the findings' own
+        // (the generic one, "the data did not check out: do not use it", was said of a
+        // capture that only stopped and resumes).
+        let counted: Vec<&Finding> = report.findings.iter().filter(|f| f.counts()).collect();
+        let damaged = counted
+            .iter()
+            .any(|f| !f.repairable && f.kind.starts_with("damaged") && f.kind != DAMAGED_HINTS)
+            || report
+                .fsck_fat
+                .as_ref()
+                .is_some_and(|c| !c.ok && !c.repairable);
+        let hint = if damaged {
+            "the medium is damaged where `findings` says: never repair the original; `mgear \
+             verify` says which captures are whole"
+        } else {
+            "an unfinished capture resumes with the same capture command, or `mgear capture \
+             --abort` removes it; `mgear medium fsck --repair` removes the leftovers marked \
+             repairable"
+        };
+        crate::output::emit_verdict_hint(
+            FOUND,
+            &format!(
+                "medium fsck found {} (see `findings`{})",
+                crate::units::count(counted.len() as u64, "finding"),
+                if report.fsck_fat.as_ref().is_some_and(|c| !c.ok) {
+                    " and `fsck_fat`"
+                } else {
+                    ""
+                }
+            ),
+            hint,
+            &report,
+        )?;
+    } else if args.json {
+        crate::output::emit_ok(true, &report)?;
     } else {
         print_fsck(&report, repair);
     }

@@ -449,6 +449,13 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
         (&false.into(), &false.into()),
         "{v}"
     );
+    // Leftovers, not damage: the next step is theirs ("the data did not check out: do not
+    // use it" was said of captures that only stopped).
+    let hint = v["error"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("fsck --repair` removes the leftovers") && !hint.contains("do not use it"),
+        "{v}"
+    );
     let o = e.ok(&["medium", "fsck", "--medium", "dir:mnt", "--repair"]);
     assert!(out(&o).contains("removed"), "{}", output_text(&o));
     assert!(!e.p("mnt/MGEAR/db02").exists() && !e.p("mnt/MGEAR/app03").exists());

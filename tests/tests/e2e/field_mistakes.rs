@@ -388,6 +388,56 @@ fn the_medium_is_never_its_own_target_or_source() {
     refused(&o, "cannot read public key insub: Is a directory");
 }
 
+/// A removal refused (a mistyped name) on a medium a killed capture left mid-write changes
+/// nothing: the open for writing put the medium right first (its dirty mark, its free count),
+/// and the refusal said nothing of it.
+#[test]
+fn a_refused_removal_leaves_a_medium_left_mid_write_as_it_was() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("src.raw"), 24 << 20, 43);
+    let m = e.fat("m.img", "64MiB");
+    let mut capture = e
+        .cmd(&[
+            "capture",
+            "--source",
+            "src.raw",
+            "--medium",
+            &m,
+            "--name",
+            "big",
+            "--recipient",
+            "target.pub",
+            "--rate-limit",
+            "4MiB/s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    capture.kill().unwrap();
+    capture.wait().unwrap();
+    let before = fs::read(e.p("m.img")).unwrap();
+    // Left mid-write: its dirty mark is set (what the refusals below must leave).
+    assert_eq!(
+        before[0x41] & 1,
+        1,
+        "the killed capture left the medium closed"
+    );
+    for args in [
+        &["medium", "rm", "--medium", &m, "--name", "typo"][..],
+        &["capture", "--abort", "--medium", &m, "--name", "typo"],
+    ] {
+        let o = e.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", output_text(&o));
+        assert!(
+            fs::read(e.p("m.img")).unwrap() == before,
+            "{args:?} changed the medium"
+        );
+    }
+}
+
 /// `medium format --force` of the disk a running capture reads: refused as in use (it
 /// formatted it, and the capture finished, exit 0, holding a disk of zeros and a FAT).
 #[test]
