@@ -1485,14 +1485,14 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         let mismatch = match (bios || uefi, mode) {
             (false, _) => None,
             (true, _) if arm && !uefi => Some(format!(
-                "arch=arm64: {} generation {} boots with BIOS only (no EFI System Partition \
-                 with a loader), and arm64 instances start UEFI alone",
+                "arch=arm64: {} generation {} boots with BIOS only (no EFI System \
+                 Partition), and arm64 instances start UEFI alone",
                 reader.name(),
                 reader.generation()
             )),
             (true, "uefi") if !uefi => Some(format!(
-                "boot-mode=uefi: {} generation {} boots with BIOS only (no EFI System Partition \
-                 with a loader); leave out boot-mode (legacy-bios) or give uefi-preferred",
+                "boot-mode=uefi: {} generation {} boots with BIOS only (no EFI System \
+                 Partition); leave out boot-mode (legacy-bios) or give uefi-preferred",
                 reader.name(),
                 reader.generation()
             )),
@@ -1518,7 +1518,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         if opts.register_image && !(bios || uefi) {
             return Err(usage(format!(
                 "--register-image: {} generation {} boots neither BIOS nor UEFI (no boot code in \
-                 its MBR, no EFI System Partition with a loader): an image registered from it \
+                 its MBR, no EFI System Partition): an image registered from it \
                  would never start. Leave out --register-image to make the snapshot alone \
                  (`mgear boot --check-profile aws-nitro` on a copy says what the disk lacks); nothing \
                  was written",
