@@ -388,6 +388,28 @@ fn the_medium_is_never_its_own_target_or_source() {
     refused(&o, "cannot read public key insub: Is a directory");
 }
 
+/// A capture of `src.raw` onto `m` as `name`, held to 4 MiB/s so that it is still running
+/// (or can be killed mid-write) a few seconds on.
+fn slow_capture(e: &Env, m: &str, name: &str) -> std::process::Child {
+    e.cmd(&[
+        "capture",
+        "--source",
+        "src.raw",
+        "--medium",
+        m,
+        "--name",
+        name,
+        "--recipient",
+        "target.pub",
+        "--rate-limit",
+        "4MiB/s",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
 /// A removal refused (a mistyped name) on a medium a killed capture left mid-write changes
 /// nothing: the open for writing put the medium right first (its dirty mark, its free count),
 /// and the refusal said nothing of it.
@@ -397,24 +419,7 @@ fn a_refused_removal_leaves_a_medium_left_mid_write_as_it_was() {
     e.keygen();
     random_disk(&e.p("src.raw"), 24 << 20, 43);
     let m = e.fat("m.img", "64MiB");
-    let mut capture = e
-        .cmd(&[
-            "capture",
-            "--source",
-            "src.raw",
-            "--medium",
-            &m,
-            "--name",
-            "big",
-            "--recipient",
-            "target.pub",
-            "--rate-limit",
-            "4MiB/s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut capture = slow_capture(&e, &m, "big");
     std::thread::sleep(std::time::Duration::from_millis(2500));
     capture.kill().unwrap();
     capture.wait().unwrap();
@@ -447,25 +452,7 @@ fn the_source_of_a_running_capture_is_not_formatted() {
     random_disk(&e.p("src.raw"), 24 << 20, 41);
     let before = fs::read(e.p("src.raw")).unwrap();
     let m = e.fat("m.img", "64MiB");
-    let capture = e
-        .cmd(&[
-            "capture",
-            "--source",
-            "src.raw",
-            "--medium",
-            &m,
-            "--name",
-            "sx",
-            "--recipient",
-            "target.pub",
-            "--rate-limit",
-            "4MiB/s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(mgear_tests::Background)
-        .unwrap();
+    let capture = mgear_tests::Background(slow_capture(&e, &m, "sx"));
     // Reading by now: its first chunks are on the medium.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let o = e.run(&["medium", "format", "fat:src.raw", "--force"]);

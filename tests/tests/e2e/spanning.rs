@@ -1792,6 +1792,13 @@ fn a_medium_added_as_the_full_message_says_takes_the_rest() {
     let mut disk = noise(100 << 20, 21);
     disk[20 << 20..40 << 20].fill(0);
     std::fs::write(e.p("disk.raw"), &disk).unwrap();
+    full_then_a_medium_as_asked(&e);
+}
+
+/// Capture `disk.raw` onto a 64 MiB medium until it is full, add a medium of the size the
+/// message asks for (what is needed, plus the copy it keeps), finish the capture onto it and
+/// ingest both bit for bit; the bytes the message said were needed.
+fn full_then_a_medium_as_asked(e: &Env) -> f64 {
     let a = e.fat("a.img", "64MiB");
     let o = e
         .capture(&a, "web01")
@@ -1800,7 +1807,7 @@ fn a_medium_added_as_the_full_message_says_takes_the_rest() {
         .run();
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
     let said = output_text(&o);
-    let bytes = |after: &str, unit: &str| -> f64 {
+    let number_after = |after: &str, unit: &str| -> f64 {
         let at = said
             .find(after)
             .unwrap_or_else(|| panic!("{after:?}: {said}"))
@@ -1811,8 +1818,8 @@ fn a_medium_added_as_the_full_message_says_takes_the_rest() {
             .unwrap_or_else(|| panic!("{unit:?}: {said}"));
         rest[..end].trim().parse().unwrap()
     };
-    let needed = bytes("medium full: about ", " bytes");
-    let own = bytes("with room for that plus about ", " MiB") * 1048576.0;
+    let needed = number_after("medium full: about ", " bytes");
+    let own = number_after("with room for that plus about ", " MiB") * 1048576.0;
     // A FAT32 file system of this size keeps about 1 MiB for itself.
     let size = ((needed + own) / 1048576.0).ceil() as u64 + 1;
     let b = e.fat("b.img", &format!("{size}MiB"));
@@ -1830,6 +1837,7 @@ fn a_medium_added_as_the_full_message_says_takes_the_rest() {
         .target("file:out.raw")
         .ok();
     same_file(&e.p("out.raw"), &e.p("disk.raw"));
+    needed
 }
 
 /// A medium full part-way through a sparse disk: the rest's holes are not asked room for (it
@@ -1843,47 +1851,9 @@ fn a_medium_full_on_a_sparse_disk_asks_room_for_its_data_only() {
     std::os::unix::fs::FileExt::write_all_at(&f, &noise(80 << 20, 22), 0).unwrap();
     f.set_len(200 << 20).unwrap();
     drop(f);
-    let a = e.fat("a.img", "64MiB");
-    let o = e
-        .capture(&a, "web01")
-        .source("disk.raw")
-        .arg("--skip-space-check")
-        .run();
-    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
-    let said = output_text(&o);
-    let number_after = |after: &str, unit: &str| -> f64 {
-        let at = said
-            .find(after)
-            .unwrap_or_else(|| panic!("{after:?}: {said}"))
-            + after.len();
-        let rest = &said[at..];
-        rest[..rest
-            .find(unit)
-            .unwrap_or_else(|| panic!("{unit:?}: {said}"))]
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let needed = number_after("medium full: about ", " bytes");
+    let needed = full_then_a_medium_as_asked(&e);
     // About 20 MiB of data is left past what fit (and the last checkpoint's rewrite).
-    assert!(needed < (48 << 20) as f64, "{said}");
-    let own = number_after("with room for that plus about ", " MiB") * 1048576.0;
-    let size = ((needed + own) / 1048576.0).ceil() as u64 + 1;
-    let b = e.fat("b.img", &format!("{size}MiB"));
-    let o = e
-        .capture(&a, "web01")
-        .source("disk.raw")
-        .arg("--medium")
-        .arg(&b)
-        .run();
-    assert_eq!(o.status.code(), Some(0), "{size} MiB: {}", output_text(&o));
-    e.ingest(&a, "web01")
-        .arg("--medium")
-        .arg(&b)
-        .arg("--allow-untrusted")
-        .target("file:out.raw")
-        .ok();
-    same_file(&e.p("out.raw"), &e.p("disk.raw"));
+    assert!(needed < (48 << 20) as f64, "{needed}");
 }
 
 /// One entry appended to every copy of the span map (it is unsigned), placing the first
