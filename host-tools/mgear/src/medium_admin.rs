@@ -1708,6 +1708,29 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
             })
         }
         Some(Ok(MediumSpec::Fat(path))) => fsck_fat(&path, &args.medium.describe(), repair)?,
+        // The media of a span given together: each checked (it ran on none, and a damaged
+        // one was "clean").
+        None if !loops => {
+            let mut checks = Vec::new();
+            for spec in &args.medium.medium {
+                if let Ok(MediumSpec::Fat(path)) = MediumSpec::parse(spec) {
+                    if let Some(c) = fsck_fat(&path, spec, repair)? {
+                        checks.push((spec.clone(), c));
+                    }
+                }
+            }
+            (!checks.is_empty()).then(|| FatCheck {
+                ok: checks.iter().all(|(_, c)| c.ok),
+                repaired: checks.iter().any(|(_, c)| c.repaired),
+                repairable: checks.iter().all(|(_, c)| c.ok || c.repairable)
+                    && checks.iter().any(|(_, c)| !c.ok),
+                output: checks
+                    .iter()
+                    .map(|(spec, c)| format!("{spec}:\n{}", c.output.trim_end()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            })
+        }
         _ => None,
     };
     // fsck.fat reads a chain run into another file as one longer than its size, which a

@@ -1210,6 +1210,39 @@ fn edit_medium(
     s.unmount().unwrap();
 }
 
+/// `medium fsck` of a span's media given together runs `fsck.fat` on each (it ran on none,
+/// and a medium whose file system fsck.fat calls damaged was "clean", exit 0).
+#[test]
+fn medium_fsck_of_several_media_checks_each_file_system() {
+    let e = Env::new();
+    let (a, b) = two_media_span(&e, 29);
+    let fsck = || {
+        let o = e.run(&["medium", "fsck", "--medium", &a, "--medium", &b, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o.status.code(), v)
+    };
+    let (code, v) = fsck();
+    assert_eq!(code, Some(0), "{v}");
+    let out = v["fsck_fat"]["output"].as_str().unwrap_or_default();
+    assert!(out.contains(&a) && out.contains(&b), "{v}");
+    // A file on the second medium whose entry claims more than its chain holds: only
+    // fsck.fat sees it.
+    edit_medium(&e, "b.img", |s| {
+        use image_format::Store;
+        s.write_at("X.TXT", 0, b"abc").unwrap();
+    });
+    let mut img = std::fs::read(e.p("b.img")).unwrap();
+    let at = img
+        .windows(11)
+        .position(|w| w == b"X       TXT")
+        .expect("X.TXT's entry");
+    img[at + 28..at + 32].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    std::fs::write(e.p("b.img"), &img).unwrap();
+    let (code, v) = fsck();
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["fsck_fat"]["ok"], false, "{v}");
+}
+
 /// Flip bit 0 of byte `at` of file `path` on the medium.
 fn flip(s: &mut image_format::store::FatStore<std::fs::File>, path: &str, at: u64) {
     use image_format::Store;
