@@ -4426,11 +4426,6 @@ fn worker(
 /// every medium gets (two copies of the index while unfinished, IPART and
 /// INDEX, for every disk of the machine, plus manifests, journal and key
 /// slots) and segments large enough for one record.
-/// What each medium of a span keeps for its copy of the index and manifests.
-pub(crate) fn span_reserve(args: &Plan, size: u64, chunk_size: u32) -> u64 {
-    span_plan(args, size, chunk_size).reserve
-}
-
 fn span_plan(args: &Plan, size: u64, chunk_size: u32) -> crate::medium::SpanPlan {
     let total = args.span_total.unwrap_or(size).max(size);
     let chunks = total.div_ceil(u64::from(chunk_size.max(1)));
@@ -4439,6 +4434,11 @@ fn span_plan(args: &Plan, size: u64, chunk_size: u32) -> crate::medium::SpanPlan
         min_room: 2 * u64::from(chunk_size) + (1 << 20),
         lost: args.replace_medium.clone(),
     }
+}
+
+/// What each medium of a span keeps for its copy of the index and manifests.
+pub(crate) fn span_reserve(args: &Plan, size: u64, chunk_size: u32) -> u64 {
+    span_plan(args, size, chunk_size).reserve
 }
 
 /// The newest finished generation of capture `name` on the medium, if any.

@@ -1025,6 +1025,70 @@ pub fn report_stop(
     }
 }
 
+/// Refuse (exit 2), before a snapshot is made, an image registered from a disk that cannot
+/// start as the image is described: nothing boots from it (a set's data disk registered
+/// one), or it boots the other way (AWS starts an image with the firmware its boot mode
+/// names, legacy-bios unless given, and arm64 instances with UEFI only: BIOS boot code is
+/// x86's).
+fn refuse_an_image_that_cannot_start<S: image_format::Store>(
+    reader: &mut CaptureReader<S>,
+    opts: &mgear_volume::ebs::EbsOptions,
+) -> crate::Result<()> {
+    let (bios, uefi) = crate::cloud_target::boot_firmware(reader)?;
+    if !(bios || uefi) {
+        return Err(usage(format!(
+            "--register-image: {} generation {} boots neither BIOS nor UEFI (no boot code in \
+             its MBR, no EFI System Partition): an image registered from it \
+             would never start. Leave out --register-image to make the snapshot alone \
+             (`mgear boot --check-profile aws-nitro` on a copy says what the disk lacks); nothing \
+             was written",
+            reader.name(),
+            reader.generation()
+        )));
+    }
+    // An image of a disk that boots the other way never starts either: AWS starts it
+    // with the firmware its boot mode names (legacy-bios unless given), and arm64
+    // instances with UEFI only (BIOS boot code is x86's).
+    let default_mode = opts.boot_mode.is_none();
+    let mode = opts.boot_mode.as_deref().unwrap_or("legacy-bios");
+    let mismatch = if opts.architecture.as_deref() == Some("arm64") && !uefi {
+        Some(format!(
+            "arch=arm64: {} generation {} boots with BIOS only (no EFI System \
+             Partition), and arm64 instances start UEFI alone",
+            reader.name(),
+            reader.generation()
+        ))
+    } else if mode == "uefi" && !uefi {
+        Some(format!(
+            "boot-mode=uefi: {} generation {} boots with BIOS only (no EFI System \
+             Partition); leave out boot-mode (legacy-bios) or give uefi-preferred",
+            reader.name(),
+            reader.generation()
+        ))
+    } else if mode == "legacy-bios" && !bios {
+        Some(format!(
+            "boot-mode {}: {} generation {} boots with UEFI only (no boot code in its MBR); \
+             give &boot-mode=uefi in the target",
+            if default_mode {
+                "legacy-bios (the default)"
+            } else {
+                "legacy-bios"
+            },
+            reader.name(),
+            reader.generation()
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = mismatch {
+        return Err(usage(format!(
+            "--register-image: {why}: an image registered so would never start; nothing \
+             was written"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `path` holds the report of a finished ingest into `target` that the target still
 /// holds, unchanged since: a `file:` or `qcow2:` target, whose record stamps the file. (A
 /// device's record names the disk, not what it holds: one written since kept its "verified"
@@ -1472,59 +1536,8 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     // An image registered from a disk nothing boots from never starts: refused before the
     // snapshot is made, as a set's data disk is (it registered one).
     if let (Target::EbsSnapshot { opts, .. }, None) = (&target, &gaps) {
-        let (bios, uefi) = if opts.register_image {
-            crate::cloud_target::boot_firmware(&mut reader)?
-        } else {
-            (true, true)
-        };
-        // An image of a disk that boots the other way never starts either: AWS starts it
-        // with the firmware its boot mode names (legacy-bios unless given), and arm64
-        // instances with UEFI only (BIOS boot code is x86's).
-        let mode = opts.boot_mode.as_deref().unwrap_or("legacy-bios");
-        let arm = opts.architecture.as_deref() == Some("arm64");
-        let mismatch = match (bios || uefi, mode) {
-            (false, _) => None,
-            (true, _) if arm && !uefi => Some(format!(
-                "arch=arm64: {} generation {} boots with BIOS only (no EFI System \
-                 Partition), and arm64 instances start UEFI alone",
-                reader.name(),
-                reader.generation()
-            )),
-            (true, "uefi") if !uefi => Some(format!(
-                "boot-mode=uefi: {} generation {} boots with BIOS only (no EFI System \
-                 Partition); leave out boot-mode (legacy-bios) or give uefi-preferred",
-                reader.name(),
-                reader.generation()
-            )),
-            (true, "legacy-bios") if !bios => Some(format!(
-                "boot-mode {}: {} generation {} boots with UEFI only (no boot code in its MBR); \
-                 give &boot-mode=uefi in the target",
-                if opts.boot_mode.is_some() {
-                    "legacy-bios"
-                } else {
-                    "legacy-bios (the default)"
-                },
-                reader.name(),
-                reader.generation()
-            )),
-            _ => None,
-        };
-        if let Some(why) = mismatch {
-            return Err(usage(format!(
-                "--register-image: {why}: an image registered so would never start; nothing \
-                 was written"
-            )));
-        }
-        if opts.register_image && !(bios || uefi) {
-            return Err(usage(format!(
-                "--register-image: {} generation {} boots neither BIOS nor UEFI (no boot code in \
-                 its MBR, no EFI System Partition): an image registered from it \
-                 would never start. Leave out --register-image to make the snapshot alone \
-                 (`mgear boot --check-profile aws-nitro` on a copy says what the disk lacks); nothing \
-                 was written",
-                reader.name(),
-                reader.generation()
-            )));
+        if opts.register_image {
+            refuse_an_image_that_cannot_start(&mut reader, opts)?;
         }
     }
     crate::report::note_manifest(reader.manifest());

@@ -765,13 +765,8 @@ pub fn cached_keys(dir: &Path) -> crate::Result<Vec<CachedKey>> {
             continue;
         };
         // A file cut short (no whole `key` line) holds no key: listed, it read as one, and
-        // `keys list` named it among the keys it has.
-        let whole_key = text.lines().any(|l| {
-            l.strip_prefix("key ").is_some_and(|h| {
-                h.trim().len() == 64 && h.trim().bytes().all(|b| b.is_ascii_hexdigit())
-            })
-        });
-        if !whole_key {
+        // `keys list` named it among the keys it has. What every reader of the key takes.
+        if image_format::DataKey::load_cache(&path, &name).is_err() {
             continue;
         }
         let capture_id = image_format::DataKey::cached_capture_id(&path)

@@ -846,7 +846,6 @@ pub fn refuse_if_borrowed(
     )))
 }
 
-/// Run `mgear medium rm`.
 /// What `medium rm` removes: a machine set's plans (one per disk), or one capture's.
 enum Removal {
     Set(String, Vec<RmPlan>),
@@ -877,6 +876,7 @@ fn plan_removal(store: &mut dyn Store, args: &Rm) -> crate::Result<Removal> {
     Ok(Removal::One(plan))
 }
 
+/// Run `mgear medium rm`.
 pub fn rm(args: Rm) -> crate::Result<i32> {
     args.medium.ready_to_change("a removal (medium rm)")?;
     // Refused on a read-only open first: the open for writing puts a medium left mid-write
