@@ -120,17 +120,25 @@ pub fn unmarked_dirs_of<S: Store + ?Sized>(store: &mut S, dir: &str, kind: LostD
 }
 
 /// The finding a check of the whole medium makes of clusters nothing holds on a volume
-/// closed cleanly ([`crate::store::fatmap::lost_chains`]).
+/// closed cleanly, or on one left mid-write when a finished generation's directory is among
+/// them ([`crate::store::fatmap::lost_chains`], [`crate::store::fatmap::LostDir::finished_generation`]).
 #[cfg(feature = "fat")]
-pub fn lost_finding(lost: &crate::store::fatmap::Lost) -> String {
+pub fn lost_finding(lost: &crate::store::fatmap::Lost, left_mid_write: bool) -> String {
     let mut s = alloc::format!(
         "{} cluster{} in {} chain{} {} marked in use by no file or directory, on a medium \
-         closed cleanly, which no write leaves: a directory entry was deleted or damaged since",
+         {}: a directory entry was deleted or damaged since",
         lost.clusters,
         if lost.clusters == 1 { "" } else { "s" },
         lost.chains,
         if lost.chains == 1 { "" } else { "s" },
         if lost.clusters == 1 { "is" } else { "are" },
+        match left_mid_write {
+            false => "closed cleanly, which no write leaves",
+            true => {
+                "left mid-write (its dirty mark is set), but among them is a finished \
+                 generation's directory, which no cut write leaves"
+            }
+        }
     );
     for crate::store::fatmap::LostDir { first, names, .. } in lost.dirs.iter().take(4) {
         let shown: Vec<&str> = names.iter().take(6).map(String::as_str).collect();

@@ -1045,12 +1045,14 @@ fn abort(args: &Plan) -> crate::Result<i32> {
     // Gone from this medium whole, its data key stays in the key cache: another copy of the
     // medium (aborted here to give it up on a copy) may still need it to resume. Said, with the
     // way to forget it (it stayed unsaid).
-    let cached_key = match (plan.whole, id) {
-        (true, Some(id)) => {
+    // Looked up for a delta's abort too (`--json` said `key_cached: false` of a capture that
+    // stays, its key with it); only a whole removal's text says it, as news.
+    let cached_key = match id {
+        Some(id) => {
             let dir = key_cache_dir(args.key_cache.clone())?;
             crate::keys::find_cached(&dir, &plan.name, &id)?.map(|_| crate::output::hex(&id))
         }
-        _ => None,
+        None => None,
     };
     let gens = plan
         .remove
@@ -1087,7 +1089,7 @@ fn abort(args: &Plan) -> crate::Result<i32> {
                 }
             );
         }
-        if let Some(id) = &cached_key {
+        if let (true, Some(id)) = (plan.whole, &cached_key) {
             println!(
                 "  its data key stays in this host's key cache (a copy of the medium may still \
                  resume it): `mgear keys forget --capture-id {id}` removes it"

@@ -1627,7 +1627,8 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
     };
     // Said without --repair too: on a medium fsck.fat does not check (an NBD export, an
     // appliance's), a cut run's dirty volume went unmentioned until --repair put it right.
-    if !args.repair && medium.store().left_mid_write() {
+    // Not beside damage: --repair puts nothing right then (it said it would).
+    if !args.repair && damage.is_empty() && medium.store().left_mid_write() {
         findings.insert(
             0,
             Finding {

@@ -1704,12 +1704,12 @@ impl<D: FatDevice> Store for FatStore<D> {
             fatmap::chain_findings(&geo, &mut cache_reader(&self.cache), self.dirty_at_mount)?;
         findings.extend(fatmap::oversized_fat(&geo));
         // Left mid-write, chains nothing holds are what the cut left (the next writer frees
-        // them); closed cleanly, a deleted or damaged entry.
-        if !self.dirty_at_mount {
-            let lost = fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?;
-            if lost.clusters > 0 {
-                findings.push(crate::medium::lost_finding(&lost));
-            }
+        // them), but for a finished generation's directory; closed cleanly, a deleted or
+        // damaged entry.
+        let lost = fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?;
+        let finished = lost.dirs.iter().any(fatmap::LostDir::finished_generation);
+        if lost.clusters > 0 && (!self.dirty_at_mount || finished) {
+            findings.push(crate::medium::lost_finding(&lost, self.dirty_at_mount));
         }
         let differ = fatmap::fat_copies_differ(&geo, &mut cache_reader(&self.cache))?;
         findings.extend(match differ {
@@ -1745,7 +1745,7 @@ impl<D: FatDevice> Store for FatStore<D> {
     }
 
     fn lost_dirs(&mut self, under: &str) -> Result<Vec<Vec<String>>, StoreError> {
-        let Some(geo) = self.geo.clone().filter(|_| !self.dirty_at_mount) else {
+        let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());
         };
         let Some(at) = fatmap::dir_cluster(&geo, &mut cache_reader(&self.cache), under)? else {
@@ -1755,10 +1755,12 @@ impl<D: FatDevice> Store for FatStore<D> {
             Some(l) => l,
             None => fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?,
         };
+        // Left mid-write, a lost directory is what the cut left, but a finished generation's.
+        let dirty = self.dirty_at_mount;
         let under = lost
             .dirs
             .iter()
-            .filter(|d| d.parent == at)
+            .filter(|d| d.parent == at && (!dirty || d.finished_generation()))
             .map(|d| d.names.clone())
             .collect();
         if self.read_only {
@@ -2745,6 +2747,95 @@ pub(crate) mod tests {
             found.iter().any(|f| f.contains("a capture's directory")),
             "{found:?}"
         );
+    }
+
+    /// A finished generation's directory entry deleted and the dirty mark set (a courier's
+    /// two edits): it read as what a cut write leaves, hidden from every reader, and the
+    /// next repair or capture freed the generation for good. It is damage as on a medium
+    /// closed cleanly: a finding, listed as lost, and the open for writing writes nothing.
+    #[test]
+    fn a_finished_generation_deleted_on_a_volume_left_mid_write_is_damage() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        for f in ["MGEAR/web01/G0001/MANIFEST", "MGEAR/web01/G0002/MANIFEST"] {
+            s.create_dir_all(f.rsplit_once('/').unwrap().0).unwrap();
+            s.write_at(f, 0, &[7u8; 3000]).unwrap();
+        }
+        s.unmount().unwrap();
+        let mut img = std::fs::read(&p).unwrap();
+        let at = img
+            .chunks_exact(32)
+            .position(|e| e[..11] == *b"G0002      " && e[11] & 0x10 != 0)
+            .expect("entry");
+        // Its long-name slots with it, as a deletion does.
+        let mut slot = at;
+        while slot == at || img[slot * 32 + 11] == 0x0f {
+            img[slot * 32] = 0xe5;
+            slot -= 1;
+        }
+        img[DIRTY_BYTE] |= 1;
+        std::fs::write(&p, &img).unwrap();
+
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        let lost = s.lost_dirs("MGEAR/web01").unwrap();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        let found = s.file_system_findings().unwrap();
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("left mid-write")
+                    && f.contains("finished generation's directory")),
+            "{found:?}"
+        );
+        drop(s);
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        let why = s.after_cut().unwrap().clone().unwrap_err();
+        assert!(why.contains("a finished generation's"), "{why}");
+        assert!(
+            s.chain_findings()
+                .unwrap()
+                .iter()
+                .any(|f| f.contains("nothing was put right")),
+            "a writer refuses"
+        );
+        drop(s);
+        let after = std::fs::read(&p).unwrap();
+        let geo = fatmap::Geometry::parse(&after[..512]).unwrap();
+        assert_eq!(
+            after[geo.fat_offset as usize..geo.data_offset as usize],
+            img[geo.fat_offset as usize..geo.data_offset as usize],
+            "no cluster freed"
+        );
+        assert_eq!(after[DIRTY_BYTE] & 1, 1, "the dirty mark stays");
+
+        // An unfinished generation's directory (no MANIFEST yet) lost so is still what a cut
+        // leaves: put right.
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/web01/G0002").unwrap();
+        s.write_at("MGEAR/web01/G0002/SEG-00000", 0, &[7u8; 3000])
+            .unwrap();
+        s.unmount().unwrap();
+        let mut img = std::fs::read(&p).unwrap();
+        let at = img
+            .chunks_exact(32)
+            .position(|e| e[..11] == *b"G0002      " && e[11] & 0x10 != 0)
+            .expect("entry");
+        // Its long-name slots with it, as a deletion does.
+        let mut slot = at;
+        while slot == at || img[slot * 32 + 11] == 0x0f {
+            img[slot * 32] = 0xe5;
+            slot -= 1;
+        }
+        img[DIRTY_BYTE] |= 1;
+        std::fs::write(&p, &img).unwrap();
+        let s = FatStore::open(open_rw(&p)).unwrap();
+        let done = s.after_cut().unwrap().as_ref().unwrap();
+        assert!(done.clusters_freed >= 2, "{done:?}");
+        s.unmount().unwrap();
+        fsck(&p);
     }
 
     /// A directory's `.` entry damaged reads as a subdirectory that is the directory itself:

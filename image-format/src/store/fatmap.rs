@@ -1865,6 +1865,24 @@ where
     let Some(keep) = keep else {
         return Ok(Err(why.unwrap_or_default()));
     };
+    // Before anything is written: freeing what nothing holds would free a finished
+    // generation whose directory entry was deleted ([`LostDir::finished_generation`]).
+    let mut kept = geo.clone();
+    kept.fat_offset += keep * geo.fat_bytes;
+    if let Some(d) = lost_chains(&kept, read)?
+        .dirs
+        .iter()
+        .find(|d| d.finished_generation())
+    {
+        return Ok(Err(format!(
+            "a directory no entry holds (from cluster {}, holding {}) is a finished \
+             generation's, and no cut write leaves that: its directory entry was deleted or \
+             damaged. Do not repair or write the medium (a repair frees the generation for \
+             good); ask how the medium was handled",
+            d.first,
+            d.names.join(", ")
+        )));
+    }
     let mut done = Reclaimed::default();
     if keep > 0 {
         done.copy_entries_fixed += copy_fat(geo, read, write, keep, 0)?;
@@ -2230,6 +2248,20 @@ pub struct LostDir {
     /// The names of the entries its first cluster holds (long names where valid), `.` and
     /// `..` left out.
     pub names: Vec<String>,
+}
+
+impl LostDir {
+    /// Whether it held a finished generation (a MANIFEST, written last). No cut write leaves
+    /// such a directory lost: the generation's entry was durable long before its MANIFEST,
+    /// and a removal empties a directory before it drops it. On a medium left mid-write it
+    /// is damage all the same (a courier's deleted entry plus the dirty mark had its
+    /// generation freed as a cut's leftover by the next repair or capture, and readers took
+    /// the generation before it as the newest).
+    pub fn finished_generation(&self) -> bool {
+        self.names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case("MANIFEST"))
+    }
 }
 
 /// The most lost clusters whose links [`lost_chains`] keeps to find where chains begin:

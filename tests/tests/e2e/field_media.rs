@@ -523,6 +523,41 @@ fn a_deleted_generation_or_capture_entry_is_found_and_refused() {
     #[rustfmt::skip]
     e.ingest(&m, "web01").untrusted().target("file:v.raw").args(&["--generation", "1"]).ok();
     same_file(&e.p("v.raw"), &e.p("g1.raw"));
+    // The same with the dirty mark set: it read as what a cut write leaves, so verify and
+    // ingest took generation 1 as the newest, exit 0, and `medium fsck --repair` (or any
+    // capture) freed generation 2 for good.
+    fs::write(e.p("m.img"), &clean).unwrap();
+    edit_dir(&e, "m.img", "MGEAR/WEB01", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"G0002      ");
+        img[entry] = 0xe5;
+    });
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    img[0x41] |= 1;
+    fs::write(e.p("m.img"), &img).unwrap();
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("a generation's directory (it holds"),
+        "{}",
+        text(&o)
+    );
+    let o = e.ingest(&m, "web01").untrusted().target("file:d.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("give --generation 1"), "{}", text(&o));
+    let o = e.run(&["medium", "fsck", "--medium", &m, "--repair"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        !text(&o).contains("freeing nothing a file holds"),
+        "{}",
+        text(&o)
+    );
+    random_disk(&e.p("other.raw"), 1, 9);
+    let o = e.capture(&m, "other").source("other.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        fs::read(e.p("m.img")).unwrap() == img,
+        "the medium was changed"
+    );
     // Its directory mark cleared instead (a file of size 0 holding the directory's chain):
     // verify said "lost space ... `medium fsck --repair` frees it", which frees generation
     // 2, and ingest stopped on "G0002: Not a directory".
@@ -1578,6 +1613,21 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
         "{r}"
     );
     e.ok(&["keys", "forget", "--capture-id", &id]);
+    // A delta's abort leaves the capture, and its key with it: `key_cached` said false.
+    e.capture(&m, "web01").source("disk.raw").ok();
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .arg("--delta")
+        .killed_after("4MiB/s", 1500);
+    let r = e.json(&["capture", "--abort", "--medium", &m, "--name", "web01"]);
+    assert_eq!(
+        (r["capture_removed"].as_bool(), r["key_cached"].as_bool()),
+        (Some(false), Some(true)),
+        "{r}"
+    );
+    let id = r["capture_id"].as_str().unwrap().to_string();
+    e.ok(&["keys", "forget", "--capture-id", &id]);
+    e.ok(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
     let o = Command::new("fsck.fat")
         .args(["-n"])
         .arg(e.p("m.img"))
