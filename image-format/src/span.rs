@@ -551,10 +551,22 @@ impl<M: Store> SpanStore<M> {
         }
         for m in &map.members {
             if m.lost && seen.contains(&m.ordinal) {
-                return Err(Error::Usage(format!(
-                    "{} is attached, so it is not lost: drop --replace-medium for it",
-                    map.describe(m.ordinal)
-                )));
+                // Declared lost by an earlier run and turned up again (it said "drop
+                // --replace-medium" to a command that had none): a write leaves it out.
+                let msg = match newly_lost.contains(&m.ordinal) {
+                    true => format!(
+                        "{} is attached, so it is not lost: drop --replace-medium for it",
+                        map.describe(m.ordinal)
+                    ),
+                    false => format!(
+                        "{} is given, but an earlier capture declared it lost (its share was \
+                         captured again onto the others): it is no longer written; leave it out \
+                         of this command (only an ingest takes it, together with the other media, \
+                         for the generations made before the loss)",
+                        map.describe(m.ordinal)
+                    ),
+                };
+                return Err(Error::Usage(msg));
             }
             if !m.lost && !seen.contains(&m.ordinal) {
                 // Given under the name it joined with, and blank now: re-formatted (it was

@@ -571,11 +571,15 @@ fn verify_capture_into<S: Store + ?Sized>(
     let gens = medium::generations(store, name)?;
     let slots_now = slots_on_medium(store, name)?;
     let matching = generations_recording(store, name, &gens, &slots_now)?;
+    let mut newest = None;
     for &g in &gens {
         cx.report.generations += 1;
         let at = cap.clone().generation(g);
         let m = match medium::read_manifest(store, name, g) {
-            Ok(Some(f)) => f.manifest,
+            Ok(Some(f)) => {
+                newest = Some(g);
+                f.manifest
+            }
             Ok(None) => {
                 if let Some(why) = finished_evidence(store, name, g, &gens)? {
                     cx.problem(
@@ -664,7 +668,39 @@ fn verify_capture_into<S: Store + ?Sized>(
             }
         }
     }
+    if let Some(g) = newest {
+        newest_on_lost_medium(name, g, cx);
+    }
     Ok(())
+}
+
+/// The newest finished generation of `name` with a segment on a medium declared lost: gone
+/// for good, so the capture cannot be ingested at all (older generations so are what a
+/// `--replace-medium` capture leaves, its newer generation holding their data again; with
+/// that one removed, verify said OK of a shipment ingest refused).
+fn newest_on_lost_medium(name: &str, g: u32, cx: &mut Ctx<'_>) {
+    let dir = alloc::format!("{}/", layout::generation_dir(name, g));
+    let lost: Vec<&Elsewhere> = cx
+        .report
+        .elsewhere
+        .iter()
+        .filter(|e| e.lost && e.path.starts_with(&dir))
+        .collect();
+    let Some(first) = lost.first() else {
+        return;
+    };
+    let what = alloc::format!(
+        "generation {g}, the newest of {name}, cannot be ingested: {} of its segments {} on \
+         {}, gone for good, and no newer generation holds their data again \
+         (the one a `--replace-medium` capture wrote is not on these media). At the capture \
+         site, capture {} again with `--replace-medium` naming the lost medium, onto these \
+         media",
+        lost.len(),
+        if lost.len() == 1 { "was" } else { "were" },
+        first.medium,
+        set::owner(name)
+    );
+    cx.problem(Location::capture(name).generation(g), what);
 }
 
 /// What [`list_captures`] says of a generation directory with neither MANIFEST nor

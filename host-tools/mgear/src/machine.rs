@@ -1376,8 +1376,9 @@ pub fn ingest_set(
                 })
                 .count();
             if streams > 0 {
+                // A capture that did not finish, as for one disk: exit 1, not a usage error.
                 return Err(coded_hint(
-                    USAGE,
+                    FOUND,
                     format!(
                         "machine set {:?} on {} is unfinished: {streams} of its disks' \
                          captures are there, but not the set's manifest, which its capture \

@@ -1585,8 +1585,9 @@ impl Gaps {
         if need.is_empty() {
             return Ok(());
         }
+        // Data gone for good, not a usage error: exit 1, as a capture with nothing finished.
         Err(crate::exit::coded_hint(
-            crate::exit::USAGE,
+            crate::exit::FOUND,
             format!(
                 "capture {} generation {} cannot be ingested: {}",
                 reader.name(),

@@ -950,6 +950,21 @@ fn no_finished_generation(medium: &mut dyn Store, name: &str) -> crate::Error {
             damaged,
         );
     }
+    // A disk of a set whose capture stopped before its last disk (its own generation may be
+    // finished, listed complete by inspect): the set's is what did not finish.
+    if let Some((set, k)) = image_format::set::parse_disk_stream_name(name) {
+        return crate::exit::coded_hint(
+            FOUND,
+            format!(
+                "capture {name} is disk {k} of machine set {set}, whose capture has not \
+                 finished on this medium (no set generation binds this disk's: the set's \
+                 manifest is written once every disk is captured)"
+            ),
+            "nothing was installed: finish the set's capture at the capture site (the same \
+             capture command; after \"medium full\" with one more --medium), then ingest from \
+             all the media it wrote; `mgear inspect --medium ...` shows what this medium holds",
+        );
+    }
     // Nothing to do with what the target pinned: the capture never finished here.
     crate::exit::coded_hint(
         FOUND,

@@ -397,7 +397,7 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     same_file(&e.p("two.raw"), &e.p("disk.raw"));
     // Generation 1 is incomplete for good, and ingest says why.
     let o = ingest(&[&a, &c, &d], "old.raw", &["--generation", "1"]);
-    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("declared lost"),
         "{}",
@@ -430,7 +430,7 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
     );
     // Without b's share written before: refused, naming the way with b back.
     let o = ingest(&[&a, &c], "g1b.raw", &["--generation", "1"]);
-    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("turned up again, give it together with the other media"),
         "{}",
@@ -814,7 +814,8 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
         .medium(&c)
         .medium(&d)
         .run();
-    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    // Data gone for good: exit 1, not a usage error.
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("nothing was written"),
         "{}",
@@ -919,6 +920,60 @@ fn a_machine_sets_lost_medium_is_recaptured_alone() {
     for order in [[&*found, &a, &c], [&a, &c, &found], [&c, &found, &a]] {
         assert!(!complete(&order), "without d, given as {order:?}");
     }
+    // A write given the found medium is refused for what it is (it said "drop
+    // --replace-medium" to a command that had none), the media unchanged.
+    let sums = || ["a.img", "c.img", "d.img"].map(|f| std::fs::read(e.p(f)).unwrap());
+    let before = sums();
+    let o = e.run(&[
+        "medium",
+        "rm",
+        "--medium",
+        &a,
+        "--medium",
+        &found,
+        "--medium",
+        &c,
+        "--medium",
+        &d,
+        "--name",
+        "web01",
+        "--generation",
+        "2",
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("an earlier capture declared it lost")
+            && !output_text(&o).contains("drop --replace-medium"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(sums() == before, "a refusal changed a medium");
+    // The generation the replacement wrote removed: nothing left can be ingested without the
+    // lost medium, and verify says so (it said OK, exit 0, of what ingest refused).
+    e.ok(&[
+        "medium",
+        "rm",
+        "--medium",
+        &a,
+        "--medium",
+        &c,
+        "--medium",
+        &d,
+        "--name",
+        "web01",
+        "--generation",
+        "2",
+        "--force",
+    ]);
+    let v = e.run(&["verify", "--medium", &a, "--medium", &c, "--medium", &d]);
+    assert_eq!(v.status.code(), Some(1), "{}", output_text(&v));
+    assert!(
+        output_text(&v).contains("generation 1, the newest of web01.d")
+            && output_text(&v).contains("--replace-medium"),
+        "{}",
+        output_text(&v)
+    );
 }
 
 /// A span killed again and again on reused media (their free clusters still hold an earlier
@@ -1107,9 +1162,23 @@ fn a_machine_set_stopped_by_a_full_medium_resumes_onto_the_medium_its_error_asks
         .untrusted()
         .target("file:stale-{disk}.raw")
         .run();
-    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    // A capture that did not finish, as for one disk: exit 1 (it was 2, a usage error).
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
         output_text(&o).contains("machine set \"m7\" on fat:r1-stale.img is unfinished"),
+        "{}",
+        output_text(&o)
+    );
+    // One of its disks by its own name: the set is what did not finish (it said the disk had
+    // no finished generation, where inspect listed it complete).
+    let o = e
+        .ingest("fat:r1-stale.img", "m7.d0")
+        .untrusted()
+        .target("file:stale-d0.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is disk 0 of machine set m7, whose capture has not finished"),
         "{}",
         output_text(&o)
     );
