@@ -325,6 +325,11 @@ fn state_after(
             "do not ingest from it: its medium changed since the seal (above); its custody log \
              (`mgear appliance log --verify`) says what happened to it; ask the capture site for \
              another copy of the shipment"
+        } else if code == crate::exit::FOUND && now == DeviceState::Arrived {
+            // The medium checked out but the custody log did not: "ingest" was next.
+            "the medium is as sealed, but its custody log did not verify (above): keep `mgear \
+             appliance log` with the shipment's records and ask the capture site before \
+             ingesting (an ingest through this appliance warns of it in its report)"
         } else {
             next_step(now)
         };
@@ -1194,7 +1199,7 @@ fn erase_certificate(
 /// `log --verify`: the identity to check against (the pinned one if given,
 /// else the device's), then chain and signatures, then that the log still
 /// covers every stored attestation. `Ok(Err(why))` is a failed check.
-fn verify_custody(
+pub(crate) fn verify_custody(
     c: &mut Client,
     records: &[LogRecord],
     pinned: Option<&str>,

@@ -867,15 +867,16 @@ pub fn check_generation(
              carries it)",
             trusted_by.join(", ")
         );
-        if policy.verifying {
-            warnings.push(msg);
-        } else if policy.allow_untrusted {
+        // verify says NOT TRUSTED, as ingest refuses (it said TRUSTED with a warning, exit 0).
+        if policy.allow_untrusted && !policy.verifying {
             warnings.push(format!("--allow-untrusted: accepting it anyway: {msg}"));
         } else {
             return Err(refuse(format!(
                 "{msg}. Ask the capture site whether it signed this capture (the same capture \
-                 command with --sign adds a missing signature there); leave out --trust \
-                 SITE.pub only for a site that does not sign its captures"
+                 command with --sign adds a missing signature to a medium not sealed yet; a \
+                 sealed medium is never written again, so a shipment sealed unsigned is \
+                 captured again with --sign and sealed again); leave out --trust SITE.pub only \
+                 for a site that does not sign its captures"
             )));
         }
     }

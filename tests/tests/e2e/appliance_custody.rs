@@ -256,11 +256,24 @@ fn an_arrival_over_a_damaged_custody_log_says_so_and_fails() {
         said.contains("arrival check passed") && said.contains("custody log FAILED verification"),
         "{said}"
     );
+    // Its next step is not "ingest" (it said so beside "ask ... before ingesting").
+    assert!(
+        said.contains("next: the medium is as sealed, but its custody log did not verify"),
+        "{said}"
+    );
     let out = lab.appliance(&["--json", "arrival"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false, "{v}");
     assert!(v["custody_log_failed"].is_string(), "{v}");
     assert_eq!(v["error"]["code"], 1, "{v}");
+    // An ingest through it warns, in its report too (it said nothing).
+    let out = lab.ingest(&["--json", "--allow-untrusted"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["warnings"].to_string().contains("FAILED verification"),
+        "{v}"
+    );
     lab.stop();
 }

@@ -557,6 +557,26 @@ fn a_pinned_site_key_is_required_beside_a_pinned_appliance() {
         "{t}"
     );
     assert!(!lab.p("vol.raw").exists(), "nothing installed");
+    // verify with the same pins says so (it said TRUSTED, a warning beside, exit 0).
+    let fp = lab.fingerprint();
+    let tty = lab.tty();
+    let out = lab.run(&[
+        "verify",
+        "--appliance",
+        &tty,
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+        "--trust-appliance",
+        &fp,
+    ]);
+    let t = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("NOT TRUSTED web01") && !t.contains("\nTRUSTED web01"),
+        "{t}"
+    );
     let out = lab.ingest(&[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     lab.stop();

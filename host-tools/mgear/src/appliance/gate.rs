@@ -358,11 +358,24 @@ pub fn ingest_gate(
     Ok(verdict)
 }
 
-/// The arrival checks the custody log records as failed before its last passing one.
+/// What the custody log says against the shipment: a log that fails verification (records
+/// cut, signatures broken; the ingest said nothing of it, though arrival had failed on it),
+/// and the arrival checks it records as failed before its last passing one.
 fn failed_before_pass(c: &mut Client, port: &Path) -> Vec<String> {
     let Ok(log) = crate::appliance::fetch_log(c) else {
         return Vec::new();
     };
+    let mut said = Vec::new();
+    if let Ok(Err(why)) = crate::appliance::verify_custody(c, &log, None) {
+        said.push(format!(
+            "the custody log of the appliance at {} FAILED verification ({why}): the seal and \
+             arrival vouch for the medium as read, but what happened to the appliance in \
+             transit cannot be told from its log; keep `mgear appliance --port {} log` with \
+             the shipment's records and ask the capture site",
+            port.display(),
+            port.display()
+        ));
+    }
     let mut failed = Vec::new();
     let mut before_pass = 0;
     for r in &log {
@@ -387,9 +400,9 @@ fn failed_before_pass(c: &mut Client, port: &Path) -> Vec<String> {
     }
     failed.truncate(before_pass);
     if failed.is_empty() {
-        return Vec::new();
+        return said;
     }
-    vec![format!(
+    said.push(format!(
         "the custody log of the appliance at {} records {} arrival check(s) that FAILED before \
          the one that passed ({}): its medium was not what was sealed then, and is now; the \
          passing check and the signatures vouch for what was read. Find out what happened to \
@@ -398,7 +411,8 @@ fn failed_before_pass(c: &mut Client, port: &Path) -> Vec<String> {
         failed.len(),
         failed.join("; "),
         port.display()
-    )]
+    ));
+    said
 }
 
 /// Print a trust warning unless this run printed the same one already: a machine set is
