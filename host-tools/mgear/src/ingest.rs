@@ -1094,8 +1094,7 @@ fn refuse_an_image_that_cannot_start<S: image_format::Store>(
 /// device's record names the disk, not what it holds: one written since kept its "verified"
 /// report.)
 fn still_holds_reported(path: &Path, args: &Plan, target: &str) -> bool {
-    let Some(root) =
-        crate::report::finished_ingest(path, &args.name, target).and_then(|h| root_from_hex(&h))
+    let Some(root) = crate::report::finished_ingest(path, target).and_then(|h| root_from_hex(&h))
     else {
         return false;
     };
@@ -1652,9 +1651,12 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             }
             None
         }
-        (Target::Nbd(_), false)
+        // As for a device: not while a `--force` re-run into it is unfinished (it was refused
+        // as "does not hold it any more", and the "run it again" the stop asked for failed).
+        (Target::Nbd(u), false)
             if spec_done_path(&sdir, &target).and_then(|p| std::fs::read_to_string(p).ok())
-                == Some(done_text(reader.manifest_root(), "device\n")) =>
+                == Some(done_text(reader.manifest_root(), "device\n"))
+                && !mgear_volume::NbdVolume::marked_unfinished(u, &sdir) =>
         {
             Some((
                 keep_device_if_unchanged(&target, &reader, kept_sha.as_mut())?,

@@ -177,22 +177,22 @@ fn earlier_report(p: &Path, kind: &str) -> bool {
 /// refused before it began anything (the capture is complete) wrote its refusal over it, and
 /// the commit digest the target pins was gone from the ticket.
 pub fn holds_finished_capture(path: &Path, name: &str) -> bool {
-    finished_report(path, "mgear-capture-report/1", name).is_some()
+    finished_report(path, "mgear-capture-report/1", Some(name)).is_some()
 }
 
-/// The manifest root (hex) in `path` when it holds the report of a finished ingest of `name`
-/// into `target`: a re-run refused (a mistyped flag) wrote its refusal over the report of the
-/// ingest that wrote the volume.
-pub fn finished_ingest(path: &Path, name: &str, target: &str) -> Option<String> {
-    let v = finished_report(path, "mgear-ingest-report/1", name)?;
+/// The manifest root (hex) in `path` when it holds the report of a finished ingest into
+/// `target`, of whichever capture: a re-run refused (a mistyped flag, another capture's name)
+/// wrote its refusal over the report of the ingest that wrote the volume.
+pub fn finished_ingest(path: &Path, target: &str) -> Option<String> {
+    let v = finished_report(path, "mgear-ingest-report/1", None)?;
     (v["target"] == target)
         .then(|| v["digests"]["manifest_root"].as_str().map(str::to_string))
         .flatten()
 }
 
 /// The report at `path` (its first line, as written) when it is a successful `kind` report
-/// about `name`.
-fn finished_report(path: &Path, kind: &str, name: &str) -> Option<Value> {
+/// (about `name`, when given).
+fn finished_report(path: &Path, kind: &str, name: Option<&str>) -> Option<Value> {
     let mut text = String::new();
     crate::keyfile::open_read(path)
         .and_then(|f| {
@@ -204,7 +204,7 @@ fn finished_report(path: &Path, kind: &str, name: &str) -> Option<Value> {
         && v["report"] == kind
         && v["result"]["name"]
             .as_str()
-            .is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .is_some_and(|n| name.is_none_or(|name| n.eq_ignore_ascii_case(name))))
     .then_some(v)
 }
 

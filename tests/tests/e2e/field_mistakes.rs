@@ -3755,6 +3755,27 @@ fn a_killed_forced_ingest_into_a_device_resumes() {
     );
     let v = fs::read(&dev.0).unwrap();
     assert_eq!(&v[..8 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
+    // The same into an NBD export (it was refused there, exit 1, and only a re-run with
+    // --force resumed it).
+    fs::write(e.p("exp.img"), vec![0u8; 12 << 20]).unwrap();
+    let sock = e.p("nb.sock");
+    let _server = qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("exp.img"));
+    let target = format!("nbd+unix:///?socket={}", sock.display());
+    e.ingest("dir:m", "web01").untrusted().target(&target).ok();
+    fs::write(e.p("exp.img"), vec![0u8; 12 << 20]).unwrap();
+    e.ingest("dir:m", "web01")
+        .untrusted()
+        .target(&target)
+        .arg("--force")
+        .killed_after("1MiB/s", 2500);
+    let o = e.ingest("dir:m", "web01").untrusted().target(&target).ok();
+    assert!(
+        !output_text(&o).contains("does not hold it any more"),
+        "{}",
+        output_text(&o)
+    );
+    let v = fs::read(e.p("exp.img")).unwrap();
+    assert_eq!(&v[..8 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
 }
 
 /// A directory given to `boot --target` read as a disk ("Is a directory (os error 21)", exit

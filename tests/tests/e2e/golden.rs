@@ -176,6 +176,22 @@ mod fields {
             output_text(&o)
         );
         assert_eq!(std::fs::read(env.p("ingest.json")).unwrap(), before);
+        // Another capture's ingest refused into the same volume and report: kept too (it was
+        // replaced by the refusal of web02, the report of what web01.raw holds lost).
+        std::fs::write(env.p("other.raw"), vec![9u8; 2 << 20]).unwrap();
+        env.capture(&m, "web02").source("other.raw").ok();
+        let o = env
+            .ingest(&m, "web02")
+            .target("file:web01.raw")
+            .args(&["--allow-untrusted", "--report", "ingest.json"])
+            .run();
+        assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+        assert!(
+            output_text(&o).contains("which still holds what it says: kept"),
+            "{}",
+            output_text(&o)
+        );
+        assert_eq!(std::fs::read(env.p("ingest.json")).unwrap(), before);
         // The volume written since: the earlier report no longer describes it.
         let f = std::fs::OpenOptions::new()
             .write(true)
