@@ -940,6 +940,36 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
         text(&o)
     );
     assert!(e.p("resumed").exists(), "{}", text(&o));
+    std::fs::remove_file(e.p("resumed")).unwrap();
+    // The serve's own volume, but the source written on after the quiesce (a quiesce that
+    // does not stop writes): it was "not the volume the final sync wrote; boot the volume
+    // `mgear serve` keeps in sync", the very volume refused.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), e.p("disk.raw"));
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt as _;
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut n = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                f.write_all_at(&[n; 4096], 0).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    #[rustfmt::skip]
+    let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "true", "--resume", "touch resumed", "--boot-target", "file:vol.raw"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("the source changed after --quiesce")
+            && !stderr(&o).contains("is not the volume the final sync wrote"),
+        "{}",
+        text(&o)
+    );
+    assert!(e.p("resumed").exists(), "{}", text(&o));
     // Stopping serve says what that means for a serve (no checkpoint of a capture's).
     let st = std::process::Command::new("kill")
         .args(["-TERM", &serve.0.id().to_string()])

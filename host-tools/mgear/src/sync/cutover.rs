@@ -226,9 +226,23 @@ fn boot_target_is_synced(
     // Where the serve runs on this host, its record names the file it keeps in sync: a copy
     // made before the last syncs differs only where they wrote, which the sample below
     // missed (the copy was booted and the cutover called complete).
-    if capture_id
-        .is_some_and(|id| super::target::served_last(&path, &id, &a.sync.name) == Some(false))
-    {
+    let served = capture_id.and_then(|id| super::target::served_last(&path, &id, &a.sync.name));
+    // The very volume the serve keeps: a difference is the source writing on after the
+    // quiesce, not the wrong volume (it was told to boot the file it had just refused).
+    let moved_on = |why: String| {
+        crate::exit::coded_hint(
+            crate::exit::FOUND,
+            format!(
+                "--boot-target {} is the volume the serve keeps in sync, but the source changed \
+                 after --quiesce: {why}; the quiesce did not stop every write, so the volume \
+                 lacks the last ones; nothing was booted",
+                a.boot_target
+            ),
+            "make --quiesce stop every write to the source (stop the service or the VM, \
+             `fsfreeze -f` the file systems on it) and run the cutover again",
+        )
+    };
+    if served == Some(false) {
         return Err(not_synced(
             "a serve on this host keeps another volume in sync for this capture (this one is a \
              copy, was replaced since, or the serve's volume is an NBD export or a device)"
@@ -243,9 +257,11 @@ fn boot_target_is_synced(
     let target_size = std::io::Seek::seek(&mut &target, std::io::SeekFrom::End(0))
         .with_context(|| format!("reading the size of --boot-target {}", a.boot_target))?;
     if target_size != size {
-        return Err(not_synced(format!(
-            "it holds {target_size} bytes, the source {size}"
-        )));
+        let why = format!("it holds {target_size} bytes, the source {size}");
+        return Err(match served {
+            Some(true) => moved_on(why),
+            _ => not_synced(why),
+        });
     }
     let (mut want, mut got) = (Vec::new(), Vec::new());
     let synced = sent
@@ -262,11 +278,15 @@ fn boot_target_is_synced(
             .read_exact_at(&mut got, at)
             .with_context(|| format!("reading --boot-target {}", a.boot_target))?;
         if want != got {
-            return Err(not_synced(format!(
-                "its bytes at {at}..{} differ from the source's (quiesced, so the synced volume \
-                 holds them)",
-                at + len as u64
-            )));
+            let range = format!("{at}..{}", at + len as u64);
+            return Err(match served {
+                Some(true) => moved_on(format!("its bytes at {range} differ from the source's")),
+                _ => not_synced(format!(
+                    "its bytes at {range} differ from the source's (quiesced, so the synced \
+                     volume holds them; unless the source changed after --quiesce: check that \
+                     it stops every write)"
+                )),
+            });
         }
     }
     Ok(())
