@@ -174,8 +174,8 @@ pub fn lost_finding(lost: &crate::store::fatmap::Lost, left_mid_write: bool) -> 
         );
     }
     s.push_str(
-        ". Do not repair or write the medium (a repair, or the next capture onto it, frees \
-         them for good); `fsck.fat -n` of a copy lists them; ask how the medium was handled",
+        ". Do not repair or write the medium (a repair frees them for good; the writers \
+         refuse it); `fsck.fat -n` of a copy lists them; ask how the medium was handled",
     );
     s
 }

@@ -1663,6 +1663,16 @@ impl<D: FatDevice> Store for FatStore<D> {
         };
         let mut findings =
             fatmap::writer_findings(&geo, &mut cache_reader(&self.cache), self.dirty_at_mount)?;
+        // Clusters nothing holds on a volume closed cleanly: a deleted or damaged entry (a
+        // capture's directory, hidden), which verify says not to write over; a capture went
+        // on, exit 0, without a word. (Left mid-write, the open freed what a cut leaves, or
+        // said why not below.)
+        if !self.dirty_at_mount {
+            let lost = fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?;
+            if lost.clusters > 0 {
+                findings.push(crate::medium::lost_finding(&lost, false));
+            }
+        }
         // FAT copies that disagree on a volume closed cleanly: one is damaged (a zeroed
         // second FAT, say), and a write would bring only its own entries into the other, so
         // the shipment failed `verify` at the target. (Left mid-write, the open made them

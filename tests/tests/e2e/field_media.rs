@@ -601,6 +601,21 @@ fn a_deleted_generation_or_capture_entry_is_found_and_refused() {
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("a capture's directory"), "{}", text(&o));
+    // A capture onto it is refused, the medium unchanged (one under the hidden capture's
+    // name went on, exit 0, without a word).
+    let hidden = fs::read(e.p("m.img")).unwrap();
+    let o = e.capture(&m, "web01").source("disk.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("marked in use by no file or directory")
+            && text(&o).contains("nothing was written"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        fs::read(e.p("m.img")).unwrap() == hidden,
+        "the medium was changed"
+    );
     // Renamed by one byte (WEB01 to WXB01): its manifests still say web01.
     fs::write(e.p("m.img"), &clean).unwrap();
     edit_dir(&e, "m.img", "MGEAR", |img, dir, len| {
