@@ -355,7 +355,7 @@ fn damaged_resume(e: crate::Error, args: &Plan) -> crate::Error {
         && !matches!(&e, crate::Error::Coded { hint: Some(_), .. })
         && e.chain()
             .any(|c| matches!(c.downcast_ref(), Some(image_format::Error::Corrupt { .. })));
-    let Some(g) = unfinished_generation(args).filter(|_| damage) else {
+    let Some((g, _)) = unfinished_generation(args).filter(|_| damage) else {
         return e;
     };
     crate::exit::coded_hint(
@@ -374,14 +374,18 @@ fn damaged_resume(e: crate::Error, args: &Plan) -> crate::Error {
 
 /// The newest generation of the capture, if it is unfinished: what a run that stopped left
 /// (read from the medium again; `None` when it cannot be read, or nothing is unfinished).
-fn unfinished_generation(args: &Plan) -> Option<u32> {
+/// With it, the capture's id (what `keys forget --capture-id` and `--abort` name: the report
+/// said `null` of a capture whose id the key cache and the medium held).
+fn unfinished_generation(args: &Plan) -> Option<(u32, Option<[u8; 16]>)> {
     let mut m = args.medium.open_read_only().ok()?;
     let name = image_format::stored_name(m.store(), &args.name).ok()?;
     let info = image_format::capture_info(m.store(), &name).ok()??;
-    info.generations
+    let g = info
+        .generations
         .last()
         .filter(|g| g.state != image_format::GenerationState::Complete)
-        .map(|g| g.generation)
+        .map(|g| g.generation)?;
+    Some((g, image_format::capture_id(m.store(), &name).ok().flatten()))
 }
 
 /// `--report` of a capture that stopped or failed (see [`crate::report::capture_failed`]).
@@ -401,8 +405,11 @@ pub fn report_stop(
     );
     // The generation a stopped run leaves unfinished (a medium-full one is resumed on one
     // more medium): the report said `null`.
-    if let Some(g) = unfinished_generation(args) {
+    if let Some((g, id)) = unfinished_generation(args) {
         v["result"]["generation"] = g.into();
+        if let Some(id) = id {
+            v["digests"]["capture_id"] = hex(&id).into();
+        }
     } else if crate::report::holds_finished_capture(path, &args.name) {
         // Refused before anything was begun: the finished capture's report (its receipt's
         // digests) stays; this run's refusal is on stderr.

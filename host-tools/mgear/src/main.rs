@@ -123,10 +123,22 @@ fn stdout_failures() {
             // volume) says so even then: exit 3 with nothing on stderr read as a failure to
             // resume, and the re-run was refused as already done.
             // `help capture --json` prints help, and did nothing that stands.
-            let lasting = !PRINTING_HELP.load(std::sync::atomic::Ordering::Relaxed)
-                && ["capture", "ingest", "cutover", "medium"]
-                    .iter()
-                    .any(|c| output::command().split(' ').next() == Some(c));
+            let help = PRINTING_HELP.load(std::sync::atomic::Ordering::Relaxed);
+            let command = output::command();
+            let first = command.split(' ').next().unwrap_or("");
+            let lasting = !help && ["capture", "ingest", "cutover", "medium"].contains(&first);
+            // keygen's keys and an appliance's change of state stand too: "run it again" was
+            // refused (the key exists), or signed and logged a second arrival.
+            let changed_appliance = !help
+                && [
+                    "appliance provision",
+                    "appliance unlock",
+                    "appliance lock",
+                    "appliance seal",
+                    "appliance arrival",
+                    "appliance erase",
+                ]
+                .contains(&&*command);
             let why = text.trim_start_matches("failed printing to stdout: ");
             if lasting {
                 eprintln!(
@@ -134,6 +146,19 @@ fn stdout_failures() {
                      the command did before that stands (a capture on its medium, an ingested \
                      volume); only its printed report is lost: `mgear inspect` shows the medium, \
                      and --report FILE keeps a report on a disk with room"
+                );
+            } else if first == "keygen" && !help {
+                eprintln!(
+                    "mgear: error: could not write the output to standard output ({why}): the \
+                     key files were written before that and stand (do not run keygen again: it \
+                     refuses to overwrite them); the public key is in the .pub file beside the \
+                     key"
+                );
+            } else if changed_appliance {
+                eprintln!(
+                    "mgear: error: could not write the output to standard output ({why}): what \
+                     the appliance did before that stands; `mgear appliance info` shows its \
+                     state, `mgear appliance log` and `attestations` read what it recorded"
                 );
             } else if !text.contains("Broken pipe") {
                 // A listing or a check: its result is what was lost.

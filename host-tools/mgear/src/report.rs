@@ -18,7 +18,7 @@
 //! | `digests.set_root`, `digests.disks` | a machine set: the root its COMMIT signs, and each disk's digests as above with its `disk` number |
 //! | `signatures` | each signature checked or made: `role`, `fingerprint`, `via`, `verdict` |
 //! | `warnings` | overrides taken (`--allow-untrusted`, ...) |
-//! | `result` | the command's own `--json` report, unchanged |
+//! | `result` | the command's own `--json` report's fields (keys sorted; its `ok` and `command` are the report's `ok` and `report`) |
 //!
 //! `volume_sha256` (with `ingest --volume-sha256`; `null` without) is the
 //! SHA-256 of the whole volume as ingest read it back after writing (its `disk_size` bytes in order, holes as zeros): what
@@ -385,6 +385,8 @@ pub fn ingest_failed(
     v["medium"] = json!(medium);
     v["target"] = json!(target);
     v["digests"] = manifest_digests(noted.map(|(d, _)| d));
+    // The keys a finished run's report has (it lacked this one).
+    v["digests"]["volume_sha256"] = Value::Null;
     trust_fields(&mut v);
     v
 }

@@ -1401,6 +1401,13 @@ fn cli_sigterm_stops_capture_and_ingest_at_a_checkpoint_and_they_resume() {
         serde_json::from_slice(&fs::read(e.p("stopped.json")).unwrap()).unwrap();
     assert_eq!(r["result"]["generation"], 1, "{r}");
     assert!(r["digests"]["manifest_root"].is_string(), "{r}");
+    // With every key a finished run's report has (volume_sha256 was missing).
+    assert!(
+        r["digests"]
+            .as_object()
+            .is_some_and(|d| d.contains_key("volume_sha256")),
+        "{r}"
+    );
     ingest.ok();
     same_file(&e.p("disk.raw"), &e.p("v.raw"));
 }

@@ -252,8 +252,12 @@ fn undo_removes_unfinished_and_unwanted_captures_and_crash_leftovers() {
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["result"]["error"]["code"], 3, "{r}");
     assert_eq!(r["source"], "big.raw", "{r}");
-    // The generation it left unfinished, to be resumed (it said null).
+    // The generation it left unfinished, to be resumed (it said null), and the capture's id
+    // (what `keys forget --capture-id` takes; it said null).
     assert_eq!(r["result"]["generation"], 1, "{r}");
+    let id = e.json(&["keys", "list"])["keys"][0]["capture_id"].clone();
+    assert!(id.is_string(), "{id}");
+    assert_eq!(r["digests"]["capture_id"], id, "{r}");
     // The keys a finished capture's report has, empty (they were missing).
     assert_eq!(
         r["digests"]["commit_digest"],

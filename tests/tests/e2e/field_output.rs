@@ -411,6 +411,11 @@ fn a_full_standard_output_is_an_io_error_not_a_panic() {
     assert!(err.contains("could not write the output"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(e.p("t.key").exists() && e.p("t.pub").exists());
+    // It says the keys stand (it said "run it again", and the re-run is refused: they exist).
+    assert!(
+        err.contains("the key files were written") && !err.contains("run it again"),
+        "{err}"
+    );
     // With --json (whose errors go to stdout too) the same exit.
     let o = e
         .cmd(&["keys", "list", "--json"])
