@@ -1772,12 +1772,28 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                         &crate::output::hex(&root)[..32]
                     ),
                 };
+                // The disk changed size since that ingest: serve and sync cannot resize, so
+                // pointing there sent the operator round in a circle (sync had sent them here).
+                let resized = std::fs::metadata(p)
+                    .ok()
+                    .filter(|m| matches!(target, Target::File(_)) && m.len() != reader.disk_size())
+                    .map(|m| m.len());
+                let instead = match resized {
+                    Some(was) => format!(
+                        "; the disk changed size since ({was} bytes there, {} in generation {}), \
+                         which serve and sync cannot follow: --force is the way",
+                        reader.disk_size(),
+                        reader.generation()
+                    ),
+                    None => "; where it is this disk's earlier generation and the machine runs \
+                             from it, `mgear serve` on it and `mgear sync` at the source keep \
+                             it up to date in place instead (SYNC.md)"
+                        .to_string(),
+                };
                 return Err(usage(format!(
                     "{} exists and holds another finished ingest ({holds}): pass --force to \
-                     write {name} generation {} over it (the whole disk, verified again); where \
-                     it is this disk's earlier generation and the machine runs from it, \
-                     `mgear serve` on it and `mgear sync` at the source keep it up to date in \
-                     place instead (SYNC.md); nothing was written",
+                     write {name} generation {} over it (the whole disk, verified again)\
+                     {instead}; nothing was written",
                     p.display(),
                     reader.generation(),
                     name = reader.name(),

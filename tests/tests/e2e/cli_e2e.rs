@@ -563,6 +563,27 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
         output_text(&o)
     );
     fsck_clean(&e.p("medium.img"));
+    // The disk grown since: serve and sync cannot follow a size, so the refusal says --force
+    // is the way (it pointed at serve, and serve's sync had pointed here).
+    let grown = [disk.clone(), vec![3u8; 1 << 20]].concat();
+    fs::write(e.p("grown.raw"), &grown).unwrap();
+    e.capture(&m, "web01")
+        .source("grown.raw")
+        .args(&["--delta", "--same-source"])
+        .ok();
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:v2.raw")
+        .unsealed()
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("the disk changed size since")
+            && !output_text(&o).contains("`mgear serve`"),
+        "{}",
+        output_text(&o)
+    );
 }
 
 /// Start `args`, wait until `ready` is true (or the process ends), SIGKILL it.

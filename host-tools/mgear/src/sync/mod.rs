@@ -214,7 +214,8 @@ fn served_size(
         ),
         format!(
             "give serve the volume `mgear ingest --name {name}` wrote (or ingest {name} into this \
-             one first); a device or NBD export may be larger than the disk, a file: volume is \
+             one first; where the disk changed size since this volume was ingested, with \
+             --force); a device or NBD export may be larger than the disk, a file: volume is \
              exactly its size"
         ),
     ))

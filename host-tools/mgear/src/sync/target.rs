@@ -788,7 +788,8 @@ pub fn session<R: Read, W: Write>(
                  --source is not the disk captured as {name} (that one was {} bytes: fix \
                  --source), or that disk {} since; sync cannot resize volumes, and a volume \
                  serve keeps is exactly its capture's disk: capture the disk again with \
-                 --delta, ingest that generation, and serve it",
+                 --delta onto a medium, ingest that generation with --force (into this \
+                 volume: its size changes), and serve it",
                 cap.volume_size,
                 cap.volume_size,
                 if size > cap.volume_size {
