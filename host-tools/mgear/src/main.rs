@@ -138,7 +138,7 @@ fn stdout_failures() {
                     "appliance arrival",
                     "appliance erase",
                 ]
-                .contains(&&*command);
+                .contains(&command);
             let why = text.trim_start_matches("failed printing to stdout: ");
             if lasting {
                 eprintln!(
