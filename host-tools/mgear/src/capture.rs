@@ -109,7 +109,7 @@ pub struct Plan {
     pub sign: Option<PathBuf>,
     /// Print the summary as one JSON object.
     pub json: bool,
-    /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
+    /// Also write a ticket-grade report: FILE (JSON) and FILE with its extension replaced by `.txt` (r.json: r.txt) (summary).
     pub report: Option<PathBuf>,
     /// Inspect the source and the medium, print the plan (what is written,
     /// estimated size and time, free space) and write nothing.

@@ -197,7 +197,7 @@ pub struct Plan {
     pub volume_sha256: bool,
     /// Print the summary as one JSON object.
     pub json: bool,
-    /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
+    /// Also write a ticket-grade report: FILE (JSON) and FILE with its extension replaced by `.txt` (r.json: r.txt) (summary).
     pub report: Option<PathBuf>,
     /// When the volume is finished: at once, or (a disk of a machine, set by `machine`) held
     /// until every disk of the machine is written and read back.

@@ -73,7 +73,7 @@ pub enum Cmd {
         /// Confirm: this cannot be undone.
         #[arg(long)]
         yes: bool,
-        /// Write an erase certificate: FILE (JSON) and FILE with `.txt`: the
+        /// Write an erase certificate: FILE (JSON) and FILE with its extension replaced by `.txt` (r.json: r.txt): the
         /// appliance's identity, what was erased and when, and the custody
         /// record of the erase, signed by the appliance and checked here.
         #[arg(long, value_name = "FILE")]

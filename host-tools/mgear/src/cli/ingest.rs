@@ -90,7 +90,7 @@ pub struct Args {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Also write a ticket-grade report: FILE (JSON) and FILE with `.txt` (summary).
+    /// Also write a ticket-grade report: FILE (JSON) and FILE with its extension replaced by `.txt` (r.json: r.txt) (summary).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 }

@@ -111,7 +111,7 @@ pub struct CutoverArgs {
     /// Seconds to wait for the regex.
     #[arg(long, default_value_t = 300)]
     pub boot_timeout: u64,
-    /// Skip the warm sync before quiescing (it shortens the downtime).
+    /// Skip the warm sync before quiescing (the warm sync, run while the source still runs, is what keeps the downtime short).
     #[arg(long)]
     pub no_presync: bool,
 }

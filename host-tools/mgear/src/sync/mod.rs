@@ -115,7 +115,7 @@ pub struct Cutover {
     pub wait_for: String,
     /// Seconds to wait for the regex.
     pub boot_timeout: u64,
-    /// Skip the warm sync before quiescing (it shortens the downtime).
+    /// Skip the warm sync before quiescing (the warm sync, run while the source still runs, is what keeps the downtime short).
     pub no_presync: bool,
 }
 
