@@ -356,11 +356,22 @@ pub fn run(args: Request) -> crate::Result<i32> {
         false => crate::exit::OK,
     };
     let json = args.json || crate::output::json();
+    // The file system, or only what is stored on it (a MANIFEST missing from a finished
+    // generation reads clean to fsck.fat: "file system" sent the operator after the FAT).
+    let fs_damage = media.iter().any(|m| {
+        m.note.is_some()
+            || !m.unexpected.is_empty()
+            || m.captures.iter().any(|c| c.damage.is_some())
+    });
     let say_damaged = || {
         if damaged && !json {
             eprintln!(
-                "mgear: the medium's file system is damaged where said above: `mgear verify` \
-                 of it says which captures are whole, `mgear medium fsck` what is damaged"
+                "mgear: {} is damaged where said above: `mgear verify` of it says which \
+                 captures are whole, `mgear medium fsck` what is damaged",
+                match fs_damage {
+                    true => "the medium's file system",
+                    false => "what a capture on the medium holds",
+                }
             );
         }
     };

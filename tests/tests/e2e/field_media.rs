@@ -418,6 +418,16 @@ fn field_media_a_signed_generation_that_lost_its_manifest_is_not_skipped_silentl
         text(&o)
     );
     assert!(!e.p("vol.raw").exists());
+    // inspect fails it without blaming the file system (it said "the medium's file system
+    // is damaged", where fsck.fat found it clean).
+    let o = e.run(&["inspect", "--medium", "dir:mnt"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("what a capture on the medium holds is damaged")
+            && !text(&o).contains("file system is damaged"),
+        "{}",
+        text(&o)
+    );
     // Its COMMIT gone as well: the journal still says it finished (it was
     // warned about as "stopped before its end" and generation 1 installed).
     fs::remove_file(e.p("mnt/MGEAR/web01/G0002/COMMIT")).unwrap();
