@@ -1526,6 +1526,14 @@ fn check_same_signer<S: image_format::Store>(
     refuse_other_signer(args, cache_dir, id, g, key)
 }
 
+/// Removes the signer note `path` this run made, when the run is refused before its
+/// generation begins (best effort: a leftover note only names a signer).
+fn drop_note(path: Option<&std::path::Path>) {
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// Notes in the key cache that generation `g` of `name` is signed with `key` ("none").
 fn note_signer(
     cache_dir: &std::path::Path,
@@ -3673,8 +3681,16 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     // The key this generation is signed with, noted before the writer makes it: a run
     // killed between the generation's first journal and the note (a few milliseconds) left
     // it at chunk 0 with no note, and a resume without --sign finished it unsigned.
+    // A note this run made, taken back when it is refused before the writer begins (a
+    // wrong passphrase left `NAME-ID.signer` in the cache, which `keys forget` could not
+    // remove: no key matched).
+    let mut fresh_note: Option<std::path::PathBuf> = None;
     if unfinished_gen.is_none() {
         if let Some(id) = params.capture_id.or(on_medium) {
+            let path = crate::keys::signer_note_file(&cache_dir, &args.name, &id);
+            if std::fs::symlink_metadata(&path).is_err() {
+                fresh_note = Some(path);
+            }
             let last = image_format::list_captures(medium.store())
                 .ok()
                 .and_then(|caps| {
@@ -3712,6 +3728,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         let mut paced = crate::source::Paced::new(&mut *source, args.rate_limit, chunk);
         if let Err(e) = check_delta_sample(medium.store(), &mut paced, args, k) {
             let _ = medium.close();
+            drop_note(fresh_note.as_deref());
             return Err(e);
         }
     }
@@ -3720,6 +3737,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         let mut paced = crate::source::Paced::new(&mut *source, args.rate_limit, chunk);
         if let Err(e) = check_clean_sample_first(medium.store(), &mut paced, args, k, d) {
             let _ = medium.close();
+            drop_note(fresh_note.as_deref());
             return Err(e);
         }
     }
@@ -3730,8 +3748,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
             chunk_size: params.chunk_size,
             delta: params.delta,
         };
-        let mut writer =
-            CaptureWriter::begin(medium.store(), params, key).map_err(|e| match e {
+        let mut writer = CaptureWriter::begin(medium.store(), params, key)
+            .inspect_err(|_| drop_note(fresh_note.as_deref()))
+            .map_err(|e| match e {
                 image_format::Error::ResumeMismatch { name, generation } => resume_mismatch(
                     &name,
                     generation,

@@ -1764,7 +1764,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                         reader.generation()
                     )));
                 }
-                let holds = match found.map(|(n, g)| format!("{n} generation {g}")) {
+                let holds = match found.as_ref().map(|(n, g)| format!("{n} generation {g}")) {
                     Some(what) => format!("{what}, ingested on this host"),
                     None => format!(
                         "recorded on this host: a capture this medium does not hold, manifest \
@@ -1774,9 +1774,16 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                 };
                 // The disk changed size since that ingest: serve and sync cannot resize, so
                 // pointing there sent the operator round in a circle (sync had sent them here).
+                let same_capture = found
+                    .as_ref()
+                    .is_some_and(|(n, _)| n.eq_ignore_ascii_case(reader.name()));
                 let resized = std::fs::metadata(p)
                     .ok()
-                    .filter(|m| matches!(target, Target::File(_)) && m.len() != reader.disk_size())
+                    .filter(|m| {
+                        same_capture
+                            && matches!(target, Target::File(_))
+                            && m.len() != reader.disk_size()
+                    })
                     .map(|m| m.len());
                 let instead = match resized {
                     Some(was) => format!(

@@ -185,9 +185,25 @@ pub fn holds_finished_capture(path: &Path, name: &str) -> bool {
 /// wrote its refusal over the report of the ingest that wrote the volume.
 pub fn finished_ingest(path: &Path, target: &str) -> Option<String> {
     let v = finished_report(path, "mgear-ingest-report/1", None)?;
-    (v["target"] == target)
+    same_target(v["target"].as_str()?, target)
         .then(|| v["digests"]["manifest_root"].as_str().map(str::to_string))
         .flatten()
+}
+
+/// Whether two `--target` specs name the same volume: spelled alike, or `file:`/`qcow2:`
+/// paths of one file (`file:v.raw`, `file:./v.raw`, an absolute path: a refused run under
+/// another spelling wrote over the report the volume's ingest had left).
+fn same_target(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let path = |t: &str| {
+        t.strip_prefix("file:")
+            .map(|p| ("file", p))
+            .or_else(|| t.strip_prefix("qcow2:").map(|p| ("qcow2", p)))
+            .and_then(|(k, p)| Some((k, std::fs::canonicalize(p).ok()?)))
+    };
+    matches!((path(a), path(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// The report at `path` (its first line, as written) when it is a successful `kind` report

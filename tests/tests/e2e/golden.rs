@@ -182,7 +182,7 @@ mod fields {
         env.capture(&m, "web02").source("other.raw").ok();
         let o = env
             .ingest(&m, "web02")
-            .target("file:web01.raw")
+            .target("file:./web01.raw")
             .args(&["--allow-untrusted", "--report", "ingest.json"])
             .run();
         assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));

@@ -962,7 +962,7 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
     let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "true", "--resume", "touch resumed", "--boot-target", "file:vol.raw"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr(&o).contains("the source changed after --quiesce")
             && !stderr(&o).contains("is not the volume the final sync wrote"),

@@ -231,15 +231,17 @@ fn boot_target_is_synced(
     // quiesce, not the wrong volume (it was told to boot the file it had just refused).
     let moved_on = |why: String| {
         crate::exit::coded_hint(
-            crate::exit::FOUND,
+            crate::exit::USAGE,
             format!(
-                "--boot-target {} is the volume the serve keeps in sync, but the source changed \
-                 after --quiesce: {why}; the quiesce did not stop every write, so the volume \
-                 lacks the last ones; nothing was booted",
+                "--boot-target {} is the volume the serve keeps in sync, but it no longer reads \
+                 as the quiesced source: {why}; the source changed after --quiesce (a quiesce \
+                 that does not stop every write), or another program wrote the volume since \
+                 the final sync (serve's log says so); nothing was booted",
                 a.boot_target
             ),
             "make --quiesce stop every write to the source (stop the service or the VM, \
-             `fsfreeze -f` the file systems on it) and run the cutover again",
+             `fsfreeze -f` the file systems on it), keep other programs off the volume, and \
+             run the cutover again",
         )
     };
     if served == Some(false) {
