@@ -305,6 +305,12 @@ fn cli_dir_medium_and_passphrase() {
     );
     // Capture takes no --identity: the advice does not name it (it did).
     assert!(!stderr(&delta).contains("--identity"), "{}", stderr(&delta));
+    // The refused run left nothing in the key cache (a `.signer` note stayed, which `keys
+    // forget` could not remove: no key matched).
+    let left: Vec<_> = fs::read_dir(e.p("state/mgear/keys"))
+        .map(|d| d.flatten().map(|f| f.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
