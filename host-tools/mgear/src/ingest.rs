@@ -1068,7 +1068,8 @@ fn refuse_an_image_that_cannot_start<S: image_format::Store>(
     } else if mode == "legacy-bios" && !bios {
         Some(format!(
             "boot-mode {}: {} generation {} boots with UEFI only (no boot code in its MBR); \
-             give &boot-mode=uefi in the target",
+             add boot-mode=uefi to the target's options (ebs-snapshot:NAME?boot-mode=uefi, \
+             or after another option with &)",
             if default_mode {
                 "legacy-bios (the default)"
             } else {

@@ -226,6 +226,24 @@ impl EbsSnapshotVolume {
                 );
             }
         }
+        // An unfinished ingest of another capture (or generation) into this name: refused
+        // without --force, as into a file (it was dropped, its pending snapshot left unsaid,
+        // exit 0, and its own re-run then started over from nothing).
+        let description = description_of(name, prep);
+        if let (false, Some((other, snap))) =
+            (prep.force, SnapshotWriter::recorded(&prep.state_dir, &key))
+        {
+            if other != description {
+                let snap = snap.as_deref().unwrap_or("not started yet");
+                return Err(Error::Usage(format!(
+                    "ebs-snapshot:{name} records an unfinished ingest of another capture or \
+                     generation ({other}; pending snapshot {snap}): finish it with the command \
+                     it was started with, or run this command with --force (that snapshot is \
+                     then left pending until AWS cancels it, a day after its last write); \
+                     nothing was written"
+                )));
+            }
+        }
         let found = if prep.state_dir.join(format!("{key}.ebs")).exists() {
             // Going on in the pending snapshot is safe even without the pipeline's state: the
             // pipeline then rewrites every block, and the writer puts zeros over whatever an
@@ -237,7 +255,6 @@ impl EbsSnapshotVolume {
             Found::New
         };
         let threads = 8;
-        let description = description_of(name, prep);
         let writer = SnapshotWriter::open(
             client.clone(),
             WriterOptions {

@@ -895,3 +895,45 @@ fn a_pending_snapshot_id_that_is_another_ingests_is_not_written_into() {
     check_snapshot_of(&e, &d, &ids[0], "other.raw", None);
     check_snapshot_of(&e, &d, &ids[1], "disk.raw", None);
 }
+
+/// An ingest of another capture into the name an unfinished ingest was writing: refused
+/// without --force, as into a file (the unfinished one was dropped, exit 0, its pending
+/// snapshot left unsaid, and its own re-run started over from nothing); the unfinished one
+/// then resumes in its snapshot.
+#[test]
+fn another_capture_into_an_unfinished_snapshot_name_is_refused() {
+    let e = Env::new();
+    captured(&e);
+    fs::write(e.p("other.raw"), image_format::bench::noise(2 << 20, 75)).unwrap();
+    e.capture("dir:mnt", "web02")
+        .source("other.raw")
+        .sign("site.key")
+        .ok();
+    let d = Double::start(DoubleConfig::default());
+    killed_after_some_blocks(&e, &d, &ingest(&e, &[]));
+    let started = d.snapshot_ids();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let other = e
+        .ingest("dir:mnt", "web02")
+        .trust("site.pub")
+        .unsealed()
+        .target("ebs-snapshot:web01");
+    let out = with_double(&e, &d, &other).output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("ebs-snapshot:web01 records an unfinished ingest of another capture")
+            && text.contains(&started[0])
+            && text.contains("--force"),
+        "{text}"
+    );
+    assert_eq!(d.snapshot_ids(), started, "nothing was sent");
+    // The unfinished one goes on in its snapshot.
+    let out = with_double(&e, &d, &ingest(&e, &["--json"]))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["resumed_chunks"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(d.snapshot_ids(), started);
+}

@@ -13,7 +13,7 @@
 //! State files (`KEY` is the caller's state key), all 0600:
 //!
 //! ```text
-//! KEY.ebs          JSON {"version":1, "client_token", "disk_size", "volume_gib", "snapshot_id"?}
+//! KEY.ebs          JSON {"version":1, "client_token", "disk_size", "volume_gib", "description", "snapshot_id"?}
 //!                  written before StartSnapshot (the token) and again after it (the id): a run
 //!                  killed in between gets the same snapshot back from StartSnapshot's ClientToken.
 //! KEY.ebs-digests  sparse; bytes 32*i .. 32*i+32 = SHA-256 of block i as EBS acknowledged it,
@@ -211,6 +211,18 @@ fn still_pending(id: &str) -> String {
 }
 
 impl SnapshotWriter {
+    /// What the unfinished ingest recorded under `state_key` in `state_dir` is of (its
+    /// snapshot's description) and its pending snapshot, when the record says (a record
+    /// written before descriptions were recorded says none).
+    pub fn recorded(state_dir: &Path, state_key: &str) -> Option<(String, Option<String>)> {
+        let bytes = std::fs::read(state_dir.join(format!("{state_key}.ebs"))).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        Some((
+            v["description"].as_str()?.to_string(),
+            v["snapshot_id"].as_str().map(str::to_string),
+        ))
+    }
+
     /// Start a snapshot, or go on with the one recorded in the state directory when `resume` is
     /// true and the recorded one is for a disk of the same size. With `resume` false, old state
     /// is discarded (its snapshot, if any, stays pending until AWS's timeout cancels it).
@@ -287,6 +299,8 @@ impl SnapshotWriter {
                 "client_token": token,
                 "disk_size": opts.disk_size,
                 "volume_gib": gib,
+                // What the snapshot is of: another ingest into this name is told by it.
+                "description": opts.description,
             });
             if let Some(id) = id {
                 v["snapshot_id"] = json!(id);
