@@ -369,6 +369,10 @@ impl<P: Platform> Appliance<P> {
             alarm: false,
         };
         if app.key.is_some() {
+            // A wrong PIN whose record is the log's last: the power went after it was logged
+            // and before the check's mark was cleared; it is logged already (a power-up logged
+            // it again as cut off: one attempt, two records).
+            let wrong_logged = app.wrong_pin_logged_last();
             // A requested erase whose record is the log's last: the power went after it was
             // logged and before its state was saved. It came back in its old state, data and
             // identity whole, under a signed log saying it was erased; it is finished now.
@@ -392,7 +396,7 @@ impl<P: Platform> Appliance<P> {
             app.save()?;
             let boot = app.st.counters.boots;
             app.record(Event::PowerUp { boot })?;
-            if cut_off {
+            if cut_off && wrong_logged != Some(app.st.counters.failed_pins) {
                 let failures = app.st.counters.failed_pins;
                 warn!("a PIN check was cut off by a power loss: counted as wrong");
                 app.record(Event::PinCheckCutOff { failures })?;
@@ -1044,6 +1048,19 @@ impl<P: Platform> Appliance<P> {
     /// the medium as sealed (see the module doc's table).
     /// `Some(overwrite)` when the custody log's last record is a requested erase (its
     /// `overwrite_medium`): an erase cut off between its record and its state.
+    /// The failures a `WrongPin` record that is the custody log's last says, if it is.
+    fn wrong_pin_logged_last(&mut self) -> Option<u32> {
+        let last = self.log.len().checked_sub(1)?;
+        let page = self
+            .log
+            .read(self.p.log_storage(), last, LOG_PAGE_BYTES)
+            .ok()?;
+        match page.first()?.decode().ok()?.entry.event {
+            Event::WrongPin { failures } => Some(failures),
+            _ => None,
+        }
+    }
+
     fn erase_logged_last(&mut self) -> Option<bool> {
         let last = self.log.len().checked_sub(1)?;
         let page = self

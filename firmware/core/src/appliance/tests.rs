@@ -323,6 +323,31 @@ fn ten_wrong_pins_crypto_erase() {
     assert_eq!(log_entries(&mut a).len(), events.len());
 }
 
+/// A wrong PIN logged, and the power cut before the check's mark was cleared: the next
+/// power-up logged the same attempt again as cut off (one attempt, two records, "4 ever"
+/// beside five).
+#[test]
+fn a_wrong_pin_logged_before_a_power_cut_is_not_logged_again() {
+    let mut a = provisioned(15);
+    // The pre-check counter write gets through, the one after the record does not.
+    a.p.secrets.writes_left = Some(1);
+    assert_eq!(code(&unlock(&mut a, "000000")), Some(ErrorCode::Storage));
+    let mut a = reboot(a, 16);
+    assert_eq!(a.st.counters.failed_pins, 1);
+    assert!(!a.st.pin_check);
+    let events: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        events.ends_with(&[Event::WrongPin { failures: 1 }, Event::PowerUp { boot: 2 }]),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::PinCheckCutOff { .. })),
+        "{events:?}"
+    );
+}
+
 #[test]
 fn power_cut_during_pin_check_still_counts() {
     let mut a = provisioned(8);
