@@ -1558,7 +1558,10 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
         let mut d = match ro.store().file_system_findings() {
             Ok(v) => v
                 .into_iter()
-                .filter(|f| !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN))
+                .filter(|f| {
+                    !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN)
+                        && !f.starts_with(image_format::store::fatmap::LEFT_MID_WRITE)
+                })
                 .collect(),
             Err(e) => vec![format!("the file system could not be walked: {e}")],
         };

@@ -155,7 +155,10 @@ struct CacheInner<D> {
     /// Bytes laid over what reads return at an offset, until a write there: a read-only
     /// open's stand-in for a damaged FSInfo sector ([`fatmap::blank_fsinfo`]), which `fatfs`
     /// refuses to mount, the medium itself unchanged.
-    overlay: Option<(u64, Box<[u8]>)>,
+    /// More of them: a read-only open of a volume left mid-write reads it as the next writer
+    /// will have put it right ([`fatmap::reclaim`] into these, nothing written), so a cut
+    /// removal does not read as damage there.
+    overlay: Vec<(u64, Box<[u8]>)>,
 }
 
 /// What [`CacheInner::flush_all`] needs of the volume's layout.
@@ -253,7 +256,11 @@ impl<D: FatDevice> CacheInner<D> {
         self.check_range(off, len as usize)?;
         let end = off + len;
         let dirty = (off / BLOCK..end.div_ceil(BLOCK))
-            .any(|b| self.blocks.peek(&b).is_some_and(|(_, dirty)| *dirty));
+            .any(|b| self.blocks.peek(&b).is_some_and(|(_, dirty)| *dirty))
+            || self
+                .overlay
+                .iter()
+                .any(|(at, b)| off < at + b.len() as u64 && *at < end);
         if dirty {
             return Ok(None);
         }
@@ -262,8 +269,8 @@ impl<D: FatDevice> CacheInner<D> {
 
     fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         self.read_cached(off, buf)?;
-        if let Some((at, bytes)) = &self.overlay {
-            let end = off + buf.len() as u64;
+        let end = off + buf.len() as u64;
+        for (at, bytes) in &self.overlay {
             let (s, e) = ((*at).max(off), (at + bytes.len() as u64).min(end));
             if s < e {
                 buf[(s - off) as usize..(e - off) as usize]
@@ -313,13 +320,9 @@ impl<D: FatDevice> CacheInner<D> {
             return Err(read_only_error());
         }
         self.check_range(off, buf.len())?;
-        if self
-            .overlay
-            .as_ref()
-            .is_some_and(|(at, b)| off < at + b.len() as u64 && *at < off + buf.len() as u64)
-        {
-            self.overlay = None;
-        }
+        let end = off + buf.len() as u64;
+        self.overlay
+            .retain(|(at, b)| !(off < at + b.len() as u64 && *at < end));
         self.unsynced = true;
         self.note_fresh(off, buf)?;
         if let Some((range, seen)) = &mut self.watch {
@@ -506,7 +509,7 @@ impl<D: FatDevice> BlockCache<D> {
                 layout: None,
                 fresh: Default::default(),
                 failed: None,
-                overlay: None,
+                overlay: Vec::new(),
             })),
             pos: 0,
         })
@@ -803,6 +806,10 @@ pub struct FatStore<D: FatDevice> {
     /// the damage it met and left alone (the dirty mark then stays); `None` when it did not
     /// run (a clean volume, or one opened read-only or on a device that refuses writes).
     reclaimed: Option<Result<fatmap::Reclaimed, String>>,
+    /// Opened read-only on a volume left mid-write: what the next writer's
+    /// [`fatmap::reclaim`] will put right, read as put right already (laid over in the cache,
+    /// nothing written), or the damage it would leave alone (then read as it is).
+    simulated: Option<Result<fatmap::Reclaimed, String>>,
     /// The free clusters as counted by one scan of the FAT, and both
     /// allocators' counts then: later counts move it by what each did
     /// since, instead of reading the whole FAT again (up to 1 GiB on a
@@ -1026,6 +1033,7 @@ impl<D: FatDevice> FatStore<D> {
         // A run cut off (killed, unplugged) mid-write leaves what fatmap::reclaim puts
         // right, below the files: done, and made durable, before anything is written on
         // top of it (a resume made files in a directory whose `.` never reached the medium).
+        let mut simulated = None;
         let reclaimed = match &geo {
             Some(geo) if dirty_at_mount && !read_only => {
                 let done =
@@ -1040,6 +1048,27 @@ impl<D: FatDevice> FatStore<D> {
                     other => Some(other?),
                 }
             }
+            // Read-only: read as the next writer will have put it right, laid over the
+            // medium's bytes in the cache (nothing written). A removal cut off mid-way read
+            // as damage ("a chain reaches a cluster marked free", "do not write to the
+            // medium") that one `medium fsck --repair` put right. Damage a cut does not leave
+            // is read as it is.
+            Some(geo) if dirty_at_mount => {
+                let lay = |off: u64, data: &[u8]| {
+                    cache
+                        .lock()
+                        .map(|mut g| g.overlay.push((off, data.into())))
+                        .map_err(|e| fat_err("open", e))
+                };
+                let done = fatmap::reclaim(geo, &mut cache_reader(&cache), &mut { lay })?;
+                if done.is_err() {
+                    let mut g = cache.lock().map_err(|e| fat_err("open", e))?;
+                    let fsinfo = geo.fsinfo_offset;
+                    g.overlay.retain(|(at, _)| *at == fsinfo);
+                }
+                simulated = Some(done);
+                None
+            }
             _ => None,
         };
         Ok(FatStore {
@@ -1048,6 +1077,7 @@ impl<D: FatDevice> FatStore<D> {
             read_only,
             dirty_at_mount,
             reclaimed,
+            simulated,
             geo,
             maps: MapCache::new(),
             sound_dirs: Default::default(),
@@ -1077,7 +1107,7 @@ impl<D: FatDevice> FatStore<D> {
         let blank = fatmap::blank_fsinfo();
         let mut g = cache.lock().map_err(|e| fat_err("open", e))?;
         let done = if read_only {
-            g.overlay = Some((geo.fsinfo_offset, Box::new(blank)));
+            g.overlay.push((geo.fsinfo_offset, Box::new(blank)));
             "read around, the medium unchanged: `mgear medium fsck --repair` (or any command \
              that writes the medium) rewrites it"
         } else {
@@ -1712,6 +1742,10 @@ impl<D: FatDevice> Store for FatStore<D> {
         };
         let mut findings =
             fatmap::chain_findings(&geo, &mut cache_reader(&self.cache), self.dirty_at_mount)?;
+        // Read as put right (see `simulated`): said, as what the next writer does.
+        if let Some(Ok(r)) = &self.simulated {
+            findings.insert(0, fatmap::read_as_put_right(r));
+        }
         findings.extend(fatmap::oversized_fat(&geo));
         // Left mid-write, chains nothing holds are what the cut left (the next writer frees
         // them), but for a finished generation's directory; closed cleanly, a deleted or
@@ -2969,13 +3003,16 @@ pub(crate) mod tests {
                 .file_system_findings()
                 .unwrap()
         };
+        // It reads as the next writer will have put it right (the tail cut, nothing
+        // written): no finding.
         let found = ro_findings();
         assert!(
-            found.iter().any(|f| f
-                .starts_with("MGEAR/cap/G2/SEG: its cluster chain runs past its size")
-                && f.contains(fatmap::LEFTOVER_CHAIN)),
+            !found.iter().any(|f| f.starts_with("MGEAR/cap/G2/SEG")),
             "{found:?}"
         );
+        let s = FatStore::open_read_only(open_rw(&p)).unwrap();
+        assert!(s.left_mid_write(), "still said to be left mid-write");
+        drop(s);
         // A finished generation's file (a MANIFEST beside it) is never written again: its
         // chain past its size is an entry made smaller, damage even on a medium left
         // mid-write (`medium fsck --repair` cut a finished segment for good as a leftover).

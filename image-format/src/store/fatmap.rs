@@ -1731,6 +1731,49 @@ pub struct Reclaimed {
     pub dirs_removed: Vec<String>,
 }
 
+/// Opens the finding of a volume left mid-write that a read-only open reads as put right
+/// ([`read_as_put_right`]): what a writer and `medium fsck` do not call damage.
+pub const LEFT_MID_WRITE: &str = "the volume was left mid-write by a run that was cut off";
+
+/// The finding a read-only open makes of a volume left mid-write whose cut [`reclaim`] puts
+/// right: read as put right, and what the next writer (or `mgear medium fsck --repair`) does.
+pub fn read_as_put_right(r: &Reclaimed) -> String {
+    let mut done: Vec<String> = [
+        (r.clusters_freed, "cluster(s) no file holds freed"),
+        (r.chains_cut, "chain(s) cut back to their file's size"),
+        (
+            r.copy_entries_fixed,
+            "FAT entr(ies) made the same in both copies",
+        ),
+        (r.dirs_fixed, "directory(ies) put right"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if !r.shortened.is_empty() {
+        done.push(format!(
+            "{} cut back to what they hold",
+            r.shortened.join(", ")
+        ));
+    }
+    if !r.dirs_removed.is_empty() {
+        done.push(format!(
+            "{} (emptied by a removal that was cut off) dropped",
+            r.dirs_removed.join(", ")
+        ));
+    }
+    format!(
+        "{LEFT_MID_WRITE} (its dirty mark is set): read here as the next capture onto it, or \
+         `mgear medium fsck --repair`, puts it right ({}), nothing else damaged",
+        if done.is_empty() {
+            "its dirty mark cleared".to_string()
+        } else {
+            done.join(", ")
+        }
+    )
+}
+
 /// Whether a chain of the walk holds cluster `c`.
 fn held_by(chains: &Chains, c: u32) -> bool {
     chains
