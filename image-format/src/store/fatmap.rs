@@ -1767,7 +1767,7 @@ pub fn read_as_put_right(r: &Reclaimed) -> String {
         "{LEFT_MID_WRITE} (its dirty mark is set): read here as the next capture onto it, or \
          `mgear medium fsck --repair`, puts it right ({}), nothing else damaged",
         if done.is_empty() {
-            "its dirty mark cleared".to_string()
+            String::from("its dirty mark cleared")
         } else {
             done.join(", ")
         }
