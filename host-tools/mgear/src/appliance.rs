@@ -577,7 +577,7 @@ fn print_problems(problems: &[Problem], port: &Path) {
     }
 }
 
-fn info(c: &mut Client) -> crate::Result<Info> {
+pub(crate) fn info(c: &mut Client) -> crate::Result<Info> {
     match c.call(&Request::Info)? {
         Response::Info(i) => Ok(i),
         other => bail!("unexpected reply to Info: {other:?}"),

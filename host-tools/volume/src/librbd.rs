@@ -345,6 +345,31 @@ pub(crate) struct Cluster(Arc<ClusterInner>);
 impl Cluster {
     /// Connect: the conf (`c.conf` or librados' default), `CEPH_ARGS`, then `c.options`.
     pub fn connect(c: &Connect) -> Result<Cluster> {
+        // Said before librados prints its own noise ("unable to get monitor info from DNS
+        // SRV"): which configuration is missing, and the ways to give it.
+        if let Some(p) = c.conf.as_ref().filter(|p| !p.exists()) {
+            return Err(Error::Usage(format!(
+                "{}: the ceph.conf it names, {}, does not exist (given as conf= in the target, \
+                 else by CEPH_CONF): give the path of the cluster's ceph.conf",
+                c.what,
+                p.display()
+            )));
+        }
+        let home = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".ceph/config"));
+        let found = ["/etc/ceph/ceph.conf", "ceph.conf"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .chain(home)
+            .any(|p| p.exists());
+        let args = std::env::var("CEPH_ARGS").unwrap_or_default();
+        if c.conf.is_none() && !found && !args.contains("mon") {
+            return Err(Error::Usage(format!(
+                "{}: no Ceph cluster configuration was found (CEPH_CONF is not set, no \
+                 /etc/ceph/ceph.conf, and CEPH_ARGS names no monitor): set CEPH_CONF to the \
+                 cluster's ceph.conf, or give conf=PATH in the target (rbd:POOL/IMAGE?conf=PATH)",
+                c.what
+            )));
+        }
         let api = api()?;
         let user = c.user.as_deref().map(|u| cstring("user", u)).transpose()?;
         let conf = c
@@ -1057,6 +1082,27 @@ impl Drop for Image {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ceph.conf that is not there is named before librados runs (it printed its own
+    /// "unable to get monitor info from DNS SRV" and advised setting CEPH_CONF, which was set).
+    #[test]
+    fn a_missing_ceph_conf_is_named_before_librados_runs() {
+        let e = Cluster::connect(&Connect {
+            conf: Some("/nonexistent/mgear-test/ceph.conf".into()),
+            user: None,
+            pool: "volumes".into(),
+            options: Vec::new(),
+            what: "rbd:volumes/x".into(),
+        })
+        .unwrap_err();
+        assert!(e.is_usage(), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("/nonexistent/mgear-test/ceph.conf, does not exist")
+                && e.contains("CEPH_CONF"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn errors_say_what_is_wrong_and_what_to_do() {

@@ -865,7 +865,7 @@ mod tests {
             Existing::CreateOrForce,
         );
         assert!(
-            e.contains("rados_conf_read_file") && e.contains("CEPH_CONF"),
+            e.contains("does not exist") && e.contains("CEPH_CONF"),
             "{e}"
         );
         assert!(

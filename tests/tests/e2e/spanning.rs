@@ -1440,6 +1440,45 @@ fn an_appliance_span_resumes_with_the_appliances_in_any_order() {
     same_file(&a.p("out.raw"), &a.p("disk.raw"));
 }
 
+/// A span over two appliances with only the first sealed and checked on arrival: the seal
+/// read is the sealed one's in either order (the unsealed one given first was read, and the
+/// shipment refused as "its seal does not check"; pinning both did the same).
+#[test]
+fn a_span_with_one_appliance_sealed_ingests_in_either_order() {
+    let mut labs = unlocked_appliances(2, 40);
+    let a = &labs[0];
+    a.keygen();
+    std::fs::write(a.p("disk.raw"), noise(40 << 20, 6)).unwrap();
+    let ttys: Vec<String> = labs.iter().map(|l| l.tty()).collect();
+    Line::capture(a, "web01")
+        .source("disk.raw")
+        .appliance(&ttys[0])
+        .appliance(&ttys[1])
+        .args(&["--skip-space-check", "--no-compress"])
+        .ok();
+    a.appliance_ok(&["seal"]);
+    a.appliance_ok(&["arrival"]);
+    let (fa, fb) = (labs[0].fingerprint(), labs[1].fingerprint());
+    for (k, pins) in [vec![fa.clone()], vec![fa.clone(), fb.clone()]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut line = Line::ingest(a, "web01")
+            .appliance(&ttys[1])
+            .appliance(&ttys[0])
+            .target(&format!("file:out{k}.raw"));
+        for p in &pins {
+            line = line.args(&["--trust-appliance", p]);
+        }
+        let o = line.run();
+        assert_eq!(o.status.code(), Some(0), "{pins:?}: {}", output_text(&o));
+        same_file(&a.p(&format!("out{k}.raw")), &a.p("disk.raw"));
+    }
+    for l in labs.iter_mut() {
+        l.stop();
+    }
+}
+
 /// A segment the span map does not place (its entries cut from every copy) and that is not on
 /// the media given: ingest said "truncated segment" (exit 1, "the data did not check out");
 /// the data is not bad, it is elsewhere: exit 2, give every medium.

@@ -291,19 +291,38 @@ pub fn find_attestations(
 /// the first whose identity is pinned (`--trust-appliance`), else the first given. Media are
 /// given in any order; with an unpinned appliance first, its seal was read, not the pinned
 /// one's, and the shipment refused.
+/// Sealed ones first, in either case: with one appliance of the span left unsealed, the
+/// answer turned on the order given (the unsealed one first was read, and the shipment
+/// refused as "its seal does not check"; pinning it too did the same).
 pub fn gate_port<'a>(ports: &'a [std::path::PathBuf], policy: &Policy) -> Option<&'a Path> {
-    if ports.len() > 1 && !policy.appliances.is_empty() {
-        let pinned = ports.iter().find(|p| {
-            crate::appliance::appliance_identity(p).is_ok_and(|pk| {
-                let fp = mgear_appliance_api::attest::full_fingerprint(&pk);
-                policy
-                    .appliances
-                    .iter()
-                    .any(|a| crate::output::hex(a) == fp)
+    if ports.len() > 1 {
+        // (pinned, sealed) of each, read once.
+        let facts: Vec<(bool, bool)> = ports
+            .iter()
+            .map(|p| {
+                let Ok(mut c) = Client::open(p) else {
+                    return (false, false);
+                };
+                let Ok(i) = crate::appliance::info(&mut c) else {
+                    return (false, false);
+                };
+                let pinned = i.identity_pubkey.is_some_and(|pk| {
+                    let fp = mgear_appliance_api::attest::full_fingerprint(&pk);
+                    policy
+                        .appliances
+                        .iter()
+                        .any(|a| crate::output::hex(a) == fp)
+                });
+                let sealed = matches!(i.state, DeviceState::Sealed | DeviceState::Arrived);
+                (pinned, sealed)
             })
-        });
-        if let Some(p) = pinned {
-            return Some(p);
+            .collect();
+        let pick = |want: fn(&(bool, bool)) -> bool| facts.iter().position(want);
+        let at = pick(|f| f.0 && f.1)
+            .or_else(|| pick(|f| f.0))
+            .or_else(|| pick(|f| f.1));
+        if let Some(k) = at {
+            return Some(ports[k].as_path());
         }
     }
     ports.first().map(|p| p.as_path())
