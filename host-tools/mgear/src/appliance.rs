@@ -225,7 +225,8 @@ pub fn run(args: Plan) -> crate::Result<i32> {
                                 "a capture on it is unfinished: one still writing through the \
                                  appliance finishes first (wait for it), one that was cut is \
                                  resumed (the same capture command) or removed (`mgear capture \
-                                 --abort --appliance {p} --name NAME`); then seal again",
+                                 --abort --appliance {p} --name NAME`, with an `--appliance` \
+                                 for every other appliance of a span it spans); then seal again",
                                 p = crate::output::sh(port.display().to_string())
                             )
                         } else if ae.code == ErrorCode::VerifyFailed {
