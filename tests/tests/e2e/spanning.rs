@@ -1440,11 +1440,12 @@ fn an_appliance_span_resumes_with_the_appliances_in_any_order() {
     same_file(&a.p("out.raw"), &a.p("disk.raw"));
 }
 
-/// A span over two appliances with only the first sealed and checked on arrival: the seal
-/// read is the sealed one's in either order (the unsealed one given first was read, and the
-/// shipment refused as "its seal does not check"; pinning both did the same).
+/// A span over two appliances, the first sealed and checked on arrival, the second sealed
+/// only: the checked one's seal and arrival are read in either order (the other given first
+/// was read, and the shipment refused as "not checked on arrival"; pinning both did the
+/// same, and before its seal, as "its seal does not check").
 #[test]
-fn a_span_with_one_appliance_sealed_ingests_in_either_order() {
+fn a_span_one_appliance_checked_on_arrival_ingests_in_either_order() {
     let mut labs = unlocked_appliances(2, 40);
     let a = &labs[0];
     a.keygen();
@@ -1458,6 +1459,8 @@ fn a_span_with_one_appliance_sealed_ingests_in_either_order() {
         .ok();
     a.appliance_ok(&["seal"]);
     a.appliance_ok(&["arrival"]);
+    // The other sealed too, not yet checked on arrival: the checked one is read still.
+    labs[1].appliance_ok(&["seal"]);
     let (fa, fb) = (labs[0].fingerprint(), labs[1].fingerprint());
     for (k, pins) in [vec![fa.clone()], vec![fa.clone(), fb.clone()]]
         .into_iter()

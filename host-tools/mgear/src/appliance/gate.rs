@@ -291,20 +291,22 @@ pub fn find_attestations(
 /// the first whose identity is pinned (`--trust-appliance`), else the first given. Media are
 /// given in any order; with an unpinned appliance first, its seal was read, not the pinned
 /// one's, and the shipment refused.
-/// Sealed ones first, in either case: with one appliance of the span left unsealed, the
-/// answer turned on the order given (the unsealed one first was read, and the shipment
-/// refused as "its seal does not check"; pinning it too did the same).
+/// Checked on arrival first, then sealed, in either case: with one appliance of the span
+/// left unsealed or not yet checked, the answer turned on the order given (that one given
+/// first was read, and the shipment refused as "its seal does not check" or "not checked
+/// on arrival"; pinning it too did the same).
 pub fn gate_port<'a>(ports: &'a [std::path::PathBuf], policy: &Policy) -> Option<&'a Path> {
     if ports.len() > 1 {
-        // (pinned, sealed) of each, read once.
-        let facts: Vec<(bool, bool)> = ports
+        // (pinned, 2 arrived / 1 sealed / 0 neither) of each, read once; the first of the
+        // best wins, so the order given decides only between equals.
+        let facts: Vec<(bool, u8)> = ports
             .iter()
             .map(|p| {
                 let Ok(mut c) = Client::open(p) else {
-                    return (false, false);
+                    return (false, 0);
                 };
                 let Ok(i) = crate::appliance::info(&mut c) else {
-                    return (false, false);
+                    return (false, 0);
                 };
                 let pinned = i.identity_pubkey.is_some_and(|pk| {
                     let fp = mgear_appliance_api::attest::full_fingerprint(&pk);
@@ -313,15 +315,16 @@ pub fn gate_port<'a>(ports: &'a [std::path::PathBuf], policy: &Policy) -> Option
                         .iter()
                         .any(|a| crate::output::hex(a) == fp)
                 });
-                let sealed = matches!(i.state, DeviceState::Sealed | DeviceState::Arrived);
-                (pinned, sealed)
+                let checked = match i.state {
+                    DeviceState::Arrived => 2,
+                    DeviceState::Sealed => 1,
+                    _ => 0,
+                };
+                (pinned, checked)
             })
             .collect();
-        let pick = |want: fn(&(bool, bool)) -> bool| facts.iter().position(want);
-        let at = pick(|f| f.0 && f.1)
-            .or_else(|| pick(|f| f.0))
-            .or_else(|| pick(|f| f.1));
-        if let Some(k) = at {
+        let best = facts.iter().copied().max();
+        if let Some(k) = best.and_then(|b| facts.iter().position(|f| *f == b)) {
             return Some(ports[k].as_path());
         }
     }
