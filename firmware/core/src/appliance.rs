@@ -1048,26 +1048,26 @@ impl<P: Platform> Appliance<P> {
     /// the medium as sealed (see the module doc's table).
     /// `Some(overwrite)` when the custody log's last record is a requested erase (its
     /// `overwrite_medium`): an erase cut off between its record and its state.
-    /// The failures a `WrongPin` record that is the custody log's last says, if it is.
-    fn wrong_pin_logged_last(&mut self) -> Option<u32> {
+    /// The event of the custody log's last record, when it reads.
+    fn last_logged(&mut self) -> Option<Event> {
         let last = self.log.len().checked_sub(1)?;
         let page = self
             .log
             .read(self.p.log_storage(), last, LOG_PAGE_BYTES)
             .ok()?;
-        match page.first()?.decode().ok()?.entry.event {
+        Some(page.first()?.decode().ok()?.entry.event)
+    }
+
+    /// The failures a `WrongPin` record that is the custody log's last says, if it is.
+    fn wrong_pin_logged_last(&mut self) -> Option<u32> {
+        match self.last_logged()? {
             Event::WrongPin { failures } => Some(failures),
             _ => None,
         }
     }
 
     fn erase_logged_last(&mut self) -> Option<bool> {
-        let last = self.log.len().checked_sub(1)?;
-        let page = self
-            .log
-            .read(self.p.log_storage(), last, LOG_PAGE_BYTES)
-            .ok()?;
-        match page.first()?.decode().ok()?.entry.event {
+        match self.last_logged()? {
             Event::Erase {
                 reason: EraseReason::Requested,
                 overwrite_medium,

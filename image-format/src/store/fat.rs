@@ -1742,9 +1742,22 @@ impl<D: FatDevice> Store for FatStore<D> {
         };
         let mut findings =
             fatmap::chain_findings(&geo, &mut cache_reader(&self.cache), self.dirty_at_mount)?;
-        // Read as put right (see `simulated`): said, as what the next writer does.
-        if let Some(Ok(r)) = &self.simulated {
-            findings.insert(0, fatmap::read_as_put_right(r));
+        // Read as put right (see `simulated`): said, as what the next writer does; or why
+        // the next writer will put nothing right (it said "mid-write", and nothing else).
+        match &self.simulated {
+            Some(Ok(r)) => findings.insert(0, fatmap::read_as_put_right(r)),
+            Some(Err(why)) if !why.is_empty() => {
+                findings.retain(|f| !f.starts_with(why.as_str()));
+                findings.insert(
+                    0,
+                    format!(
+                    "{why} (the volume was left mid-write by a run that was cut off, and this is \
+                     more than a cut write leaves: the next writer puts nothing right and \
+                     refuses)"
+                ),
+                )
+            }
+            _ => {}
         }
         findings.extend(fatmap::oversized_fat(&geo));
         // Left mid-write, chains nothing holds are what the cut left (the next writer frees
@@ -2793,6 +2806,24 @@ pub(crate) mod tests {
         );
     }
 
+    /// The image at `p` with the directory entry `name` (and its long-name slots) marked
+    /// deleted, as a deletion does, and its dirty mark set; the bytes written.
+    fn delete_dir_left_mid_write(p: &std::path::Path, name: &[u8; 11]) -> Vec<u8> {
+        let mut img = std::fs::read(p).unwrap();
+        let at = img
+            .chunks_exact(32)
+            .position(|e| e[..11] == *name && e[11] & 0x10 != 0)
+            .expect("entry");
+        let mut slot = at;
+        while slot == at || img[slot * 32 + 11] == 0x0f {
+            img[slot * 32] = 0xe5;
+            slot -= 1;
+        }
+        img[DIRTY_BYTE] |= 1;
+        std::fs::write(p, &img).unwrap();
+        img
+    }
+
     /// A finished generation's directory entry deleted and the dirty mark set (a courier's
     /// two edits): it read as what a cut write leaves, hidden from every reader, and the
     /// next repair or capture freed the generation for good. It is damage as on a medium
@@ -2807,19 +2838,7 @@ pub(crate) mod tests {
             s.write_at(f, 0, &[7u8; 3000]).unwrap();
         }
         s.unmount().unwrap();
-        let mut img = std::fs::read(&p).unwrap();
-        let at = img
-            .chunks_exact(32)
-            .position(|e| e[..11] == *b"G0002      " && e[11] & 0x10 != 0)
-            .expect("entry");
-        // Its long-name slots with it, as a deletion does.
-        let mut slot = at;
-        while slot == at || img[slot * 32 + 11] == 0x0f {
-            img[slot * 32] = 0xe5;
-            slot -= 1;
-        }
-        img[DIRTY_BYTE] |= 1;
-        std::fs::write(&p, &img).unwrap();
+        let img = delete_dir_left_mid_write(&p, b"G0002      ");
 
         let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
         let lost = s.lost_dirs("MGEAR/web01").unwrap();
@@ -2862,24 +2881,70 @@ pub(crate) mod tests {
         s.write_at("MGEAR/web01/G0002/SEG-00000", 0, &[7u8; 3000])
             .unwrap();
         s.unmount().unwrap();
-        let mut img = std::fs::read(&p).unwrap();
+        delete_dir_left_mid_write(&p, b"G0002      ");
+        let s = FatStore::open(open_rw(&p)).unwrap();
+        let done = s.after_cut().unwrap().as_ref().unwrap();
+        assert!(done.clusters_freed >= 2, "{done:?}");
+        s.unmount().unwrap();
+        fsck(&p);
+    }
+
+    /// A finished generation's segment deleted (its entry only), or its chain cut by an end
+    /// mark, with the dirty mark set: read as a cut's leftover, the next writer freed the
+    /// segment's clusters for good. Damage: the open for writing writes nothing.
+    #[test]
+    fn a_finished_generations_file_deleted_or_cut_on_a_volume_left_mid_write_is_damage() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/web01/G0001").unwrap();
+        s.write_at("MGEAR/web01/G0001/SEG-00000", 0, &[5u8; 40000])
+            .unwrap();
+        s.write_at("MGEAR/web01/G0001/MANIFEST", 0, &[7u8; 300])
+            .unwrap();
+        let first = s.map("MGEAR/web01/G0001/SEG-00000").unwrap().unwrap().runs[0].cluster;
+        s.unmount().unwrap();
+        let clean = std::fs::read(&p).unwrap();
+        let geo = fatmap::Geometry::parse(&clean[..512]).unwrap();
+        let refused = |img: &[u8], says: &str| {
+            std::fs::write(&p, img).unwrap();
+            let found = FatStore::open_read_only(std::fs::File::open(&p).unwrap())
+                .unwrap()
+                .file_system_findings()
+                .unwrap();
+            assert!(found.iter().any(|f| f.contains(says)), "{found:?}");
+            let s = FatStore::open(open_rw(&p)).unwrap();
+            assert!(s.after_cut().unwrap().is_err(), "nothing put right");
+            drop(s);
+            let after = std::fs::read(&p).unwrap();
+            assert!(
+                after[geo.fat_offset as usize..geo.data_offset as usize]
+                    == img[geo.fat_offset as usize..geo.data_offset as usize],
+                "no cluster freed"
+            );
+        };
+        // Its entry marked deleted (the long-name slots with it).
+        let mut img = clean.clone();
         let at = img
             .chunks_exact(32)
-            .position(|e| e[..11] == *b"G0002      " && e[11] & 0x10 != 0)
+            .position(|e| e[..8] == *b"SEG-00~1")
             .expect("entry");
-        // Its long-name slots with it, as a deletion does.
         let mut slot = at;
         while slot == at || img[slot * 32 + 11] == 0x0f {
             img[slot * 32] = 0xe5;
             slot -= 1;
         }
         img[DIRTY_BYTE] |= 1;
-        std::fs::write(&p, &img).unwrap();
-        let s = FatStore::open(open_rw(&p)).unwrap();
-        let done = s.after_cut().unwrap().as_ref().unwrap();
-        assert!(done.clusters_freed >= 2, "{done:?}");
-        s.unmount().unwrap();
-        fsck(&p);
+        refused(&img, "a file of this finished generation");
+        // Its chain ended by a mark two clusters in.
+        let mut img = clean.clone();
+        let c = first + 1;
+        for k in 0..geo.fats {
+            let e = (geo.fat_offset + k * geo.fat_bytes + u64::from(c) * 4) as usize;
+            img[e..e + 4].copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
+        }
+        img[DIRTY_BYTE] |= 1;
+        refused(&img, "ends before its size at an end mark");
     }
 
     /// A directory's `.` entry damaged reads as a subdirectory that is the directory itself:

@@ -1143,6 +1143,9 @@ struct Broken {
     path: String,
     /// Its chain ends before its size is covered (else: its last cluster is marked free).
     short: bool,
+    /// It ends at an end mark (not at a free cluster): what a truncation leaves, which
+    /// nothing does to a finished generation's file.
+    end_mark: bool,
 }
 
 /// Offsets, in the directory's bytes `dir`, of the slots of the entry whose short slot is at
@@ -1412,6 +1415,7 @@ where
                         kept,
                         path,
                         short: true,
+                        end_mark: matches!(next, After::Short { free: false }),
                     });
                     continue;
                 }
@@ -1420,6 +1424,7 @@ where
                     kept,
                     path: path.clone(),
                     short: false,
+                    end_mark: false,
                 });
             }
             let last = own.last().map(|r| r.cluster + r.clusters - 1);
@@ -1774,6 +1779,49 @@ pub fn read_as_put_right(r: &Reclaimed) -> String {
     )
 }
 
+/// A file of a finished generation (a directory that holds a MANIFEST) whose entry was
+/// marked deleted while its chain is still taken and held by nothing: no cut write leaves
+/// that (a removal frees the chain before its entry goes), and freeing it as a cut's leftover
+/// lost a finished segment for good. What to say of it, for the first one found.
+fn deleted_finished_file<R>(geo: &Geometry, read: &mut R) -> Result<Option<String>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    let chains = walk_chains::<R, NoWrite>(geo, read, None)?;
+    if chains.partial.is_some() {
+        return Ok(None);
+    }
+    let dirs: alloc::collections::BTreeSet<String> = chains
+        .held
+        .values()
+        .filter_map(|(_, who)| who.strip_suffix("/MANIFEST").map(String::from))
+        .collect();
+    let mut fat = FatEntries::new();
+    for dir in dirs {
+        let Some(first) = dir_cluster(geo, read, &dir)? else {
+            continue;
+        };
+        let bytes = read_dir(geo, read, &dir, first)?;
+        for e in bytes.chunks_exact(32) {
+            if e[0] != 0xe5 || e[11] == 0x0f || e[11] & 0x10 != 0 {
+                continue;
+            }
+            let c = ((le16(e, 20) << 16) | le16(e, 26)) as u32;
+            if !geo.valid_cluster(c) || held_by(&chains, c) || fat.get(geo, read, c)? == 0 {
+                continue;
+            }
+            return Ok(Some(format!(
+                "{dir}: a file of this finished generation (its directory holds the MANIFEST \
+                 written last) was deleted, its entry marked so while its clusters, from \
+                 cluster {c}, are still taken: no cut write leaves that. Do not repair or write \
+                 the medium (a repair frees them for good); check the captures with `mgear \
+                 verify --identity`"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// Whether a chain of the walk holds cluster `c`.
 fn held_by(chains: &Chains, c: u32) -> bool {
     chains
@@ -1788,6 +1836,20 @@ fn held_by(chains: &Chains, c: u32) -> bool {
 fn cuts(chains: &Chains) -> Result<Vec<u32>, String> {
     if let Some(what) = chains.partial.iter().chain(&chains.findings).next() {
         return Err(what.clone());
+    }
+    if let Some(b) = chains
+        .broken
+        .iter()
+        .find(|b| b.end_mark && of_finished_generation(chains, &b.path))
+    {
+        return Err(format!(
+            "{}: its cluster chain ends before its size at an end mark, and it is a file of a \
+             finished generation (its directory holds the MANIFEST written last), which \
+             nothing truncates: its chain was cut, and the clusters past the mark hold the \
+             rest of the file. Do not repair or write the medium (a repair frees them for \
+             good); check the captures with `mgear verify --identity`",
+            b.path
+        ));
     }
     let mut cuts = Vec::new();
     for (path, last, next) in &chains.after {
@@ -1912,6 +1974,9 @@ where
     // generation whose directory entry was deleted ([`LostDir::finished_generation`]).
     let mut kept = geo.clone();
     kept.fat_offset += keep * geo.fat_bytes;
+    if let Some(why) = deleted_finished_file(&kept, read)? {
+        return Ok(Err(why));
+    }
     if let Some(d) = lost_chains(&kept, read)?
         .dirs
         .iter()

@@ -3738,23 +3738,28 @@ fn a_killed_forced_ingest_into_a_device_resumes() {
     random_disk(&e.p("d.raw"), 8 << 20, 48);
     fs::create_dir(e.p("m")).unwrap();
     e.capture("dir:m", "web01").source("d.raw").ok();
+    // Finished, written again with --force and killed, then the same command: it resumes.
+    let resumes = |target: &str, holds: &Path| {
+        let ingest = || e.ingest("dir:m", "web01").untrusted().target(target);
+        ingest().arg("--force").killed_after("1MiB/s", 2500);
+        let o = ingest().ok();
+        assert!(
+            !output_text(&o).contains("does not hold it any more"),
+            "{target}: {}",
+            output_text(&o)
+        );
+        let v = fs::read(holds).unwrap();
+        assert_eq!(
+            &v[..8 << 20],
+            &fs::read(e.p("d.raw")).unwrap()[..],
+            "{target}"
+        );
+    };
     fs::write(e.p("vol.img"), vec![0u8; 12 << 20]).unwrap();
     let dev = Loop::attach(&e.p("vol.img"));
     let target = format!("dev:{}", dev.0);
     e.ingest("dir:m", "web01").untrusted().target(&target).ok();
-    e.ingest("dir:m", "web01")
-        .untrusted()
-        .target(&target)
-        .arg("--force")
-        .killed_after("1MiB/s", 2500);
-    let o = e.ingest("dir:m", "web01").untrusted().target(&target).ok();
-    assert!(
-        !output_text(&o).contains("does not hold it any more"),
-        "{}",
-        output_text(&o)
-    );
-    let v = fs::read(&dev.0).unwrap();
-    assert_eq!(&v[..8 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
+    resumes(&target, Path::new(&dev.0));
     // The same into an NBD export (it was refused there, exit 1, and only a re-run with
     // --force resumed it).
     fs::write(e.p("exp.img"), vec![0u8; 12 << 20]).unwrap();
@@ -3763,19 +3768,7 @@ fn a_killed_forced_ingest_into_a_device_resumes() {
     let target = format!("nbd+unix:///?socket={}", sock.display());
     e.ingest("dir:m", "web01").untrusted().target(&target).ok();
     fs::write(e.p("exp.img"), vec![0u8; 12 << 20]).unwrap();
-    e.ingest("dir:m", "web01")
-        .untrusted()
-        .target(&target)
-        .arg("--force")
-        .killed_after("1MiB/s", 2500);
-    let o = e.ingest("dir:m", "web01").untrusted().target(&target).ok();
-    assert!(
-        !output_text(&o).contains("does not hold it any more"),
-        "{}",
-        output_text(&o)
-    );
-    let v = fs::read(e.p("exp.img")).unwrap();
-    assert_eq!(&v[..8 << 20], &fs::read(e.p("d.raw")).unwrap()[..]);
+    resumes(&target, &e.p("exp.img"));
 }
 
 /// A directory given to `boot --target` read as a disk ("Is a directory (os error 21)", exit
