@@ -1010,6 +1010,9 @@ fn abort(args: &Plan) -> crate::Result<i32> {
         // it unsaid.
         let mut ro = args.medium.open_read_only()?;
         let checked = crate::medium_admin::abort_check(ro.store(), &args.name);
+        if checked.is_err() {
+            crate::medium_admin::note_left_mid_write(ro.store(), &args.medium);
+        }
         let _ = ro.close();
         checked?;
         args.medium.open()?

@@ -1108,6 +1108,38 @@ fn still_holds_reported(path: &Path, args: &Plan, target: &str) -> bool {
     }
 }
 
+/// Refuse (exit 2) a `file:` target that holds a qcow2 image, or a `qcow2:` target that
+/// holds none, before anything is read or kept: an earlier ingest's volume given as the other
+/// kind was "kept ... verified", exit 0, and then failed to boot (or a raw disk shipped as a
+/// qcow2). `--force` writes it as the kind given.
+fn refuse_the_other_kind(target: &Target, spec: &str) -> crate::Result<()> {
+    let (p, want_qcow2) = match target {
+        Target::File(p) => (p, false),
+        Target::Qcow2(p) => (p, true),
+        _ => return Ok(()),
+    };
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(p)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok();
+    let is_qcow2 = magic == *b"QFI\xfb";
+    if !read || is_qcow2 == want_qcow2 {
+        return Ok(());
+    }
+    let (holds, other) = match is_qcow2 {
+        true => ("a qcow2 image", format!("qcow2:{}", p.display())),
+        false => (
+            "a raw disk, not a qcow2 image",
+            format!("file:{}", p.display()),
+        ),
+    };
+    Err(usage(format!(
+        "--target {spec}: {} holds {holds}: give it as {other} (what it is), or pass --force \
+         to write this capture over it as {spec} asks; nothing was written",
+        p.display()
+    )))
+}
+
 /// Whether `path` is one of the volumes a `{disk}` target `pattern` names (`{disk}` a disk
 /// number), or its `.partial`: checked before the set's disk count is read from the medium.
 fn names_a_disk_of(pattern: &Path, path: &Path) -> bool {
@@ -1573,6 +1605,9 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             Target::Cinder(_) | Target::Rbd(_) | Target::Dev(_) | Target::Nbd(_)
         ))
     .then(<sha2::Sha256 as sha2::Digest>::new);
+    if !args.force {
+        refuse_the_other_kind(&target, &args.target)?;
+    }
     let kept = match (&target, args.force) {
         (_, true) => None,
         (Target::Cinder(name), false) => {

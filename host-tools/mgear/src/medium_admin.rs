@@ -465,6 +465,20 @@ fn remove_tree_keeping(store: &mut dyn Store, dir: &str, keep: &[String]) -> cra
     Ok(freed)
 }
 
+/// Said beside a refused removal of a medium left mid-write (which the refusal leaves as it
+/// is): a removal cut off at its end had done what was asked and left only that, and the
+/// re-run's "no such generation" read as if nothing had happened.
+pub fn note_left_mid_write(store: &mut dyn Store, medium: &crate::medium::Where) {
+    if store.left_mid_write() {
+        eprintln!(
+            "mgear: note: {} was left mid-write by a run that was cut off (a removal cut off at \
+             its end leaves what it removed gone, and only this): `mgear medium fsck --repair` \
+             puts it right; this refusal changed nothing",
+            medium.describe()
+        );
+    }
+}
+
 /// Record the removal of `generations` of `name` in the custody log of every appliance among
 /// `medium` (they are gone from its medium). The removal is done and durable: a log that
 /// cannot take the record is warned about, not an error.
@@ -884,6 +898,9 @@ pub fn rm(args: Rm) -> crate::Result<i32> {
     {
         let mut ro = args.medium.open_read_only()?;
         let planned = plan_removal(ro.store(), &args);
+        if planned.is_err() {
+            note_left_mid_write(ro.store(), &args.medium);
+        }
         let _ = ro.close();
         planned?;
     }

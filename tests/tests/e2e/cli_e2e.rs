@@ -590,6 +590,27 @@ fn cli_delta_stores_less_and_ingests_the_changed_disk() {
         "{}",
         output_text(&o)
     );
+    // A raw volume given as qcow2: refused, naming the kind (it was "kept ... verified",
+    // exit 0, and then failed to boot).
+    let before = fs::read(e.p("v2.raw")).unwrap();
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("qcow2:v2.raw")
+        .args(&["--generation", "2"])
+        .unsealed()
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds a raw disk, not a qcow2 image: give it as file:"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        fs::read(e.p("v2.raw")).unwrap(),
+        before,
+        "nothing was written"
+    );
 }
 
 /// Start `args`, wait until `ready` is true (or the process ends), SIGKILL it.

@@ -440,6 +440,14 @@ fn a_refused_removal_leaves_a_medium_left_mid_write_as_it_was() {
             fs::read(e.p("m.img")).unwrap() == before,
             "{args:?} changed the medium"
         );
+        // It says the medium was left mid-write and what puts it right (a removal cut at its
+        // end, re-run, said only "no such generation" and left it so).
+        assert!(
+            output_text(&o).contains("was left mid-write by a run that was cut off")
+                && output_text(&o).contains("mgear medium fsck --repair"),
+            "{args:?}: {}",
+            output_text(&o)
+        );
     }
 }
 
