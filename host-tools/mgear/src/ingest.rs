@@ -357,9 +357,10 @@ fn other_ingest(state_path: &Path, h: &[u8], header: &[u8]) -> crate::Error {
     let which = match was {
         Some((g, root)) if g != this_gen => format!(
             "an unfinished ingest of generation {g} (manifest root {}...) into this \
-             target: if it is this capture's, finish it with `--generation {g}` added \
-             to this command, with the media that hold generation {g} (the medium the \
-             unfinished run was given among them); else finish it with the command it was \
+             target: if it is this capture's, finish it with `--generation {g}` in this \
+             command (in place of any --generation given), with the media that hold \
+             generation {g} (the medium the unfinished run was given among them; `mgear \
+             inspect` lists a medium's generations); else finish it with the command it was \
              started with",
             short(root)
         ),

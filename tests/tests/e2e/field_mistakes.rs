@@ -3040,6 +3040,15 @@ fn an_unfinished_ingest_of_another_sized_generation_is_named_from_its_state() {
         "{}",
         output_text(&o)
     );
+    // Asked for generation 2 by name: the hint replaces it (it said "added to this command",
+    // and a second --generation is a usage error).
+    let o = ingest().args(&["--generation", "2"]).run();
+    refused(&o, "records an unfinished ingest of generation 1");
+    assert!(
+        output_text(&o).contains("in place of any --generation given"),
+        "{}",
+        output_text(&o)
+    );
     let kept = fs::read(e.p("t.raw.partial")).unwrap();
     // --force starts over with generation 2 (the .partial resized to its disk).
     fs::copy(e.p("t.raw.partial"), e.p("kept.partial")).unwrap();
