@@ -1060,11 +1060,15 @@ impl<D: FatDevice> FatStore<D> {
                         .map(|mut g| g.overlay.push((off, data.into())))
                         .map_err(|e| fat_err("open", e))
                 };
+                let before = cache.lock().map_err(|e| fat_err("open", e))?.overlay.len();
                 let done = fatmap::reclaim(geo, &mut cache_reader(&cache), &mut { lay })?;
                 if done.is_err() {
-                    let mut g = cache.lock().map_err(|e| fat_err("open", e))?;
-                    let fsinfo = geo.fsinfo_offset;
-                    g.overlay.retain(|(at, _)| *at == fsinfo);
+                    // Read as it is: only what was laid over before (a blank FSInfo) stays.
+                    cache
+                        .lock()
+                        .map_err(|e| fat_err("open", e))?
+                        .overlay
+                        .truncate(before);
                 }
                 simulated = Some(done);
                 None
@@ -1691,17 +1695,14 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());
         };
-        let mut findings =
+        let (mut findings, lost) =
             fatmap::writer_findings(&geo, &mut cache_reader(&self.cache), self.dirty_at_mount)?;
         // Clusters nothing holds on a volume closed cleanly: a deleted or damaged entry (a
         // capture's directory, hidden), which verify says not to write over; a capture went
         // on, exit 0, without a word. (Left mid-write, the open freed what a cut leaves, or
         // said why not below.)
-        if !self.dirty_at_mount {
-            let lost = fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?;
-            if lost.clusters > 0 {
-                findings.push(crate::medium::lost_finding(&lost, false));
-            }
+        if !self.dirty_at_mount && lost.clusters > 0 {
+            findings.push(crate::medium::lost_finding(&lost, false));
         }
         // FAT copies that disagree on a volume closed cleanly: one is damaged (a zeroed
         // second FAT, say), and a write would bring only its own entries into the other, so
@@ -1740,7 +1741,7 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(geo) = self.geo.clone() else {
             return Ok(Vec::new());
         };
-        let mut findings =
+        let (mut findings, lost) =
             fatmap::chain_findings(&geo, &mut cache_reader(&self.cache), self.dirty_at_mount)?;
         // Read as put right (see `simulated`): said, as what the next writer does; or why
         // the next writer will put nothing right (it said "mid-write", and nothing else).
@@ -1763,7 +1764,6 @@ impl<D: FatDevice> Store for FatStore<D> {
         // Left mid-write, chains nothing holds are what the cut left (the next writer frees
         // them), but for a finished generation's directory; closed cleanly, a deleted or
         // damaged entry.
-        let lost = fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?;
         let finished = lost.dirs.iter().any(fatmap::LostDir::finished_generation);
         if lost.clusters > 0 && (!self.dirty_at_mount || finished) {
             findings.push(crate::medium::lost_finding(&lost, self.dirty_at_mount));
@@ -2806,13 +2806,12 @@ pub(crate) mod tests {
         );
     }
 
-    /// The image at `p` with the directory entry `name` (and its long-name slots) marked
-    /// deleted, as a deletion does, and its dirty mark set; the bytes written.
-    fn delete_dir_left_mid_write(p: &std::path::Path, name: &[u8; 11]) -> Vec<u8> {
-        let mut img = std::fs::read(p).unwrap();
+    /// Marks the first short entry of `img` that `is_it` takes deleted, its long-name slots
+    /// with it (as a deletion does), and sets the dirty mark.
+    fn delete_left_mid_write(img: &mut [u8], is_it: impl Fn(&[u8]) -> bool) {
         let at = img
             .chunks_exact(32)
-            .position(|e| e[..11] == *name && e[11] & 0x10 != 0)
+            .position(|e| e[11] != 0x0f && is_it(e))
             .expect("entry");
         let mut slot = at;
         while slot == at || img[slot * 32 + 11] == 0x0f {
@@ -2820,6 +2819,13 @@ pub(crate) mod tests {
             slot -= 1;
         }
         img[DIRTY_BYTE] |= 1;
+    }
+
+    /// The image at `p` with the directory entry `name` deleted and its dirty mark set
+    /// ([`delete_left_mid_write`]); the bytes written.
+    fn delete_dir_left_mid_write(p: &std::path::Path, name: &[u8; 11]) -> Vec<u8> {
+        let mut img = std::fs::read(p).unwrap();
+        delete_left_mid_write(&mut img, |e| e[..11] == *name && e[11] & 0x10 != 0);
         std::fs::write(p, &img).unwrap();
         img
     }
@@ -2925,16 +2931,7 @@ pub(crate) mod tests {
         };
         // Its entry marked deleted (the long-name slots with it).
         let mut img = clean.clone();
-        let at = img
-            .chunks_exact(32)
-            .position(|e| e[..8] == *b"SEG-00~1")
-            .expect("entry");
-        let mut slot = at;
-        while slot == at || img[slot * 32 + 11] == 0x0f {
-            img[slot * 32] = 0xe5;
-            slot -= 1;
-        }
-        img[DIRTY_BYTE] |= 1;
+        delete_left_mid_write(&mut img, |e| e[..8] == *b"SEG-00~1");
         refused(&img, "a file of this finished generation");
         // Its chain ended by a mark two clusters in.
         let mut img = clean.clone();

@@ -1470,18 +1470,19 @@ where
 /// that: it is an entry whose size was made smaller, and the clusters past it hold the rest
 /// of the file (verify had said "a repair frees it", and the repair cut a finished segment
 /// for good).
+///
+/// With the findings, the chains nothing holds ([`lost_chains`]) read from the same walk.
 pub fn chain_findings<R>(
     geo: &Geometry,
     read: &mut R,
     cut_leaves: bool,
-) -> Result<Vec<String>, StoreError>
+) -> Result<(Vec<String>, Lost), StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
-    Ok(findings_of(
-        walk_chains::<R, NoWrite>(geo, read, None)?,
-        cut_leaves,
-    ))
+    let chains = walk_chains::<R, NoWrite>(geo, read, None)?;
+    let lost = lost_in(geo, read, &chains)?;
+    Ok((findings_of(chains, cut_leaves), lost))
 }
 
 /// [`chain_findings`], and the damage a reader of the file meets and says but a writer must
@@ -1493,11 +1494,12 @@ pub fn writer_findings<R>(
     geo: &Geometry,
     read: &mut R,
     cut_leaves: bool,
-) -> Result<Vec<String>, StoreError>
+) -> Result<(Vec<String>, Lost), StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
     let chains = walk_chains::<R, NoWrite>(geo, read, None)?;
+    let lost = lost_in(geo, read, &chains)?;
     let mut more = Vec::new();
     if let Some(why) = &chains.partial {
         more.push(format!("{why} (no run that was cut off leaves that)"));
@@ -1514,7 +1516,7 @@ where
     }
     let mut findings = findings_of(chains, cut_leaves);
     findings.extend(more);
-    Ok(findings)
+    Ok((findings, lost))
 }
 
 /// Whether `path` is a file of a finished generation: its directory holds a MANIFEST with
@@ -1783,11 +1785,14 @@ pub fn read_as_put_right(r: &Reclaimed) -> String {
 /// marked deleted while its chain is still taken and held by nothing: no cut write leaves
 /// that (a removal frees the chain before its entry goes), and freeing it as a cut's leftover
 /// lost a finished segment for good. What to say of it, for the first one found.
-fn deleted_finished_file<R>(geo: &Geometry, read: &mut R) -> Result<Option<String>, StoreError>
+fn deleted_finished_file<R>(
+    geo: &Geometry,
+    read: &mut R,
+    chains: &Chains,
+) -> Result<Option<String>, StoreError>
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
-    let chains = walk_chains::<R, NoWrite>(geo, read, None)?;
     if chains.partial.is_some() {
         return Ok(None);
     }
@@ -1807,7 +1812,7 @@ where
                 continue;
             }
             let c = ((le16(e, 20) << 16) | le16(e, 26)) as u32;
-            if !geo.valid_cluster(c) || held_by(&chains, c) || fat.get(geo, read, c)? == 0 {
+            if !geo.valid_cluster(c) || held_by(chains, c) || fat.get(geo, read, c)? == 0 {
                 continue;
             }
             return Ok(Some(format!(
@@ -1957,7 +1962,7 @@ where
             let chains = walk_chains::<R, NoWrite>(&g, read, None)?;
             match cuts(&chains) {
                 Ok(_) if !whole || (chains.broken.is_empty() && chains.stale_dirs.is_empty()) => {
-                    keep = Some(copy);
+                    keep = Some((copy, g, chains));
                     break 'search;
                 }
                 Ok(_) => {}
@@ -1967,17 +1972,16 @@ where
             }
         }
     }
-    let Some(keep) = keep else {
+    let Some((keep, kept, kept_chains)) = keep else {
         return Ok(Err(why.unwrap_or_default()));
     };
-    // Before anything is written: freeing what nothing holds would free a finished
-    // generation whose directory entry was deleted ([`LostDir::finished_generation`]).
-    let mut kept = geo.clone();
-    kept.fat_offset += keep * geo.fat_bytes;
-    if let Some(why) = deleted_finished_file(&kept, read)? {
+    // Before anything is written, on the kept copy's walk: freeing what nothing holds would
+    // free a finished generation's file or directory whose entry was deleted
+    // ([`LostDir::finished_generation`]).
+    if let Some(why) = deleted_finished_file(&kept, read, &kept_chains)? {
         return Ok(Err(why));
     }
-    if let Some(d) = lost_chains(&kept, read)?
+    if let Some(d) = lost_in(&kept, read, &kept_chains)?
         .dirs
         .iter()
         .find(|d| d.finished_generation())
@@ -2384,6 +2388,14 @@ where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
     let chains = walk_chains::<R, NoWrite>(geo, read, None)?;
+    lost_in(geo, read, &chains)
+}
+
+/// [`lost_chains`] of a walk already made.
+fn lost_in<R>(geo: &Geometry, read: &mut R, chains: &Chains) -> Result<Lost, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
     let mut lost = Lost::default();
     if chains.partial.is_some() {
         return Ok(lost);
@@ -2409,7 +2421,7 @@ where
             let c = (at / 4) as u32 + i as u32;
             let v = le32(e, 0) & 0x0FFF_FFFF;
             // 0x0FFF_FFF7 marks a bad cluster: taken on purpose, held by nothing.
-            if v != 0 && v != 0x0FFF_FFF7 && !held_by(&chains, c) && !tails.contains(&c) {
+            if v != 0 && v != 0x0FFF_FFF7 && !held_by(chains, c) && !tails.contains(&c) {
                 lost.clusters += 1;
                 if links.len() < LOST_HEADS_MAX {
                     links.insert(c, v);
