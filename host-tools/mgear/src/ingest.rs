@@ -1112,19 +1112,24 @@ fn still_holds_reported(path: &Path, args: &Plan, target: &str) -> bool {
 /// Refuse (exit 2) a `file:` target that holds a qcow2 image, or a `qcow2:` target that
 /// holds none, before anything is read or kept: an earlier ingest's volume given as the other
 /// kind was "kept ... verified", exit 0, and then failed to boot (or a raw disk shipped as a
-/// qcow2). `--force` writes it as the kind given.
+/// qcow2). `--force` writes it as the kind given. Told by [`crate::preflight::container_of`],
+/// as `boot` tells a container given as a raw disk.
 fn refuse_the_other_kind(target: &Target, spec: &str) -> crate::Result<()> {
+    use crate::preflight::{container_of, Container};
     let (p, want_qcow2) = match target {
         Target::File(p) => (p, false),
         Target::Qcow2(p) => (p, true),
         _ => return Ok(()),
     };
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(p)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok();
-    let is_qcow2 = magic == *b"QFI\xfb";
-    if !read || is_qcow2 == want_qcow2 {
+    // What is not there or cannot be read is left to the ingest, which names it.
+    let Ok(mut file) = crate::source::FileSource::open(p.to_path_buf()) else {
+        return Ok(());
+    };
+    if crate::source::Source::len(&file) == 0 {
+        return Ok(());
+    }
+    let is_qcow2 = matches!(container_of(&mut file), Ok(Some(Container::Qcow2)));
+    if is_qcow2 == want_qcow2 {
         return Ok(());
     }
     let (holds, other) = match is_qcow2 {
