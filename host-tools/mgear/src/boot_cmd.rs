@@ -528,6 +528,10 @@ pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
             refuse_container(&p, t)?;
             Ok(Resolved::Local(Target::File(p)))
         }
+        (crate::spec::Target::Rbd(spec), Some(local)) => {
+            spec.check_config()?;
+            Ok(Resolved::Local(local))
+        }
         (_, Some(local)) => Ok(Resolved::Local(local)),
         (crate::spec::Target::Libvirt(t), None) => {
             let vol = VolumeRef::lookup(DEFAULT_CONN, &t.pool, &t.name)
@@ -998,6 +1002,23 @@ mod tests {
         bytes[510] = 0x55;
         bytes[511] = 0xaa;
         std::fs::write(&q, &bytes).unwrap();
+        assert!(resolve(&spec).is_ok());
+    }
+
+    /// `boot --target rbd:` with a ceph.conf that is not there gave qemu-img's "error
+    /// connecting: No such file or directory", exit 3, and "reconnect it".
+    #[test]
+    fn an_rbd_target_without_its_ceph_conf_is_a_usage_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("ceph.conf");
+        let spec = format!("rbd:volumes/web01?conf={}", conf.display());
+        let Err(e) = resolve(&spec) else {
+            panic!("an rbd target whose ceph.conf is missing was resolved")
+        };
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(e.to_string().contains(&conf.display().to_string()), "{e}");
+        std::fs::write(&conf, "[global]\nmon_host = 127.0.0.1:1\n").unwrap();
         assert!(resolve(&spec).is_ok());
     }
 }

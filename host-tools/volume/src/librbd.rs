@@ -338,6 +338,36 @@ impl Drop for ClusterInner {
     }
 }
 
+/// Said before librados prints its own noise ("unable to get monitor info from DNS SRV"), and
+/// before qemu's rbd driver does the same for `mgear boot`: which configuration is missing,
+/// and the ways to give it. `conf` is the spec's ceph.conf (`conf=`, else `CEPH_CONF`).
+pub(crate) fn check_config(conf: Option<&std::path::Path>, what: &str) -> Result<()> {
+    if let Some(p) = conf.filter(|p| !p.exists()) {
+        return Err(Error::Usage(format!(
+            "{}: the ceph.conf it names, {}, does not exist (given as conf= in the target, \
+             else by CEPH_CONF): give the path of the cluster's ceph.conf",
+            what,
+            p.display()
+        )));
+    }
+    let home = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".ceph/config"));
+    let found = ["/etc/ceph/ceph.conf", "ceph.conf"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .chain(home)
+        .any(|p| p.exists());
+    let args = std::env::var("CEPH_ARGS").unwrap_or_default();
+    if conf.is_none() && !found && !args.contains("mon") {
+        return Err(Error::Usage(format!(
+            "{}: no Ceph cluster configuration was found (CEPH_CONF is not set, no \
+             /etc/ceph/ceph.conf, and CEPH_ARGS names no monitor): set CEPH_CONF to the \
+             cluster's ceph.conf, or give conf=PATH in the target (rbd:POOL/IMAGE?conf=PATH)",
+            what
+        )));
+    }
+    Ok(())
+}
+
 /// A connected cluster and pool; see the module doc.
 #[derive(Debug, Clone)]
 pub(crate) struct Cluster(Arc<ClusterInner>);
@@ -345,31 +375,7 @@ pub(crate) struct Cluster(Arc<ClusterInner>);
 impl Cluster {
     /// Connect: the conf (`c.conf` or librados' default), `CEPH_ARGS`, then `c.options`.
     pub fn connect(c: &Connect) -> Result<Cluster> {
-        // Said before librados prints its own noise ("unable to get monitor info from DNS
-        // SRV"): which configuration is missing, and the ways to give it.
-        if let Some(p) = c.conf.as_ref().filter(|p| !p.exists()) {
-            return Err(Error::Usage(format!(
-                "{}: the ceph.conf it names, {}, does not exist (given as conf= in the target, \
-                 else by CEPH_CONF): give the path of the cluster's ceph.conf",
-                c.what,
-                p.display()
-            )));
-        }
-        let home = std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".ceph/config"));
-        let found = ["/etc/ceph/ceph.conf", "ceph.conf"]
-            .iter()
-            .map(std::path::PathBuf::from)
-            .chain(home)
-            .any(|p| p.exists());
-        let args = std::env::var("CEPH_ARGS").unwrap_or_default();
-        if c.conf.is_none() && !found && !args.contains("mon") {
-            return Err(Error::Usage(format!(
-                "{}: no Ceph cluster configuration was found (CEPH_CONF is not set, no \
-                 /etc/ceph/ceph.conf, and CEPH_ARGS names no monitor): set CEPH_CONF to the \
-                 cluster's ceph.conf, or give conf=PATH in the target (rbd:POOL/IMAGE?conf=PATH)",
-                c.what
-            )));
-        }
+        check_config(c.conf.as_deref(), &c.what)?;
         let api = api()?;
         let user = c.user.as_deref().map(|u| cstring("user", u)).transpose()?;
         let conf = c

@@ -185,6 +185,13 @@ impl RbdSpec {
         s
     }
 
+    /// Whether a Ceph configuration is there to be read (the ceph.conf the spec names, else
+    /// one of librados' defaults, else a monitor in `CEPH_ARGS`): a usage error naming what
+    /// is missing and how to give it, before librados or qemu's rbd driver say it their way.
+    pub fn check_config(&self) -> Result<()> {
+        crate::librbd::check_config(self.conf.as_deref(), &self.to_string())
+    }
+
     /// How librados reaches the cluster; `options` win over the conf and `CEPH_ARGS`.
     fn connect(&self, options: Vec<(&'static str, String)>) -> Connect {
         let mut options = options;
