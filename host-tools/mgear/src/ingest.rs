@@ -1010,6 +1010,23 @@ pub fn report_stop(
         started.elapsed().as_secs_f64(),
         err,
     );
+    // A snapshot this run completed before it stopped (the image failed to register): the
+    // ticket needs its id, which only the error's text named.
+    if let (Ok(Target::EbsSnapshot { name, .. }), Some(root), Ok(sdir)) = (
+        Target::parse(target, Bare::Refuse),
+        v["digests"]["manifest_root"].as_str(),
+        state_dir(args.state_dir.clone()),
+    ) {
+        let tag = format!("(manifest root {}", &root[..root.len().min(32)]);
+        if let Some((ids, _)) = mgear_volume::ebs::recorded_snapshots(&sdir, &name)
+            .into_iter()
+            .find(|(_, what)| what.contains(&tag))
+        {
+            let mut ids = ids.split(' ');
+            v["result"]["snapshot_id"] = serde_json::json!(ids.next());
+            v["result"]["image_id"] = serde_json::json!(ids.next());
+        }
+    }
     // A machine set's stop: the digests noted are of the disk it was writing, not the set's
     // (a ticket showed one disk's manifest root as the machine's). Kept under that disk.
     if set {

@@ -93,9 +93,15 @@ pub fn note_commit(c: &image_format::commit::Commit) {
     }
 }
 
+/// The disk size of the manifest this run ingests (a stopped run's report lacked it).
+static DISK_SIZE: Mutex<Option<u64>> = Mutex::new(None);
+
 /// Record the manifest this run ingests, for the report.
 pub fn note_manifest(m: &image_format::layout::Manifest) {
     let root = blake3::hash(&m.signed_bytes());
+    if let Ok(mut slot) = DISK_SIZE.lock() {
+        *slot = Some(m.disk_size);
+    }
     if let Ok(mut slot) = MANIFEST.lock() {
         *slot = Some((
             [
@@ -384,11 +390,13 @@ pub fn ingest_failed(
     // or the one the trust gate refused (the report said `generation -`).
     let checked = GENERATION.lock().ok().and_then(|mut g| g.take());
     let generation = noted.as_ref().map(|(_, g)| *g).or(checked);
+    let disk_size = DISK_SIZE.lock().ok().and_then(|mut d| d.take());
     let result = json!({
         "command": "ingest",
         "name": name,
         "generation": generation,
         "target": target,
+        "disk_size": disk_size,
         "verified": false,
         "error": {
             "code": code,

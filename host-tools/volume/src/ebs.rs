@@ -374,7 +374,21 @@ impl Volume for EbsSnapshotVolume {
             // EC2 endpoint down, a name refused) is registered from it by the re-run, which
             // made a whole new snapshot and left this one behind, billed.
             record_done(&this.state_dir, &this.key, &this.what, Some(&volume));
-            let ami = register(&this.client, &this.name, &this.opts, &done.snapshot_id)?;
+            let ami =
+                register(&this.client, &this.name, &this.opts, &done.snapshot_id).map_err(|e| {
+                    let say = |m: String| {
+                        format!(
+                            "snapshot {} is complete and holds the disk, but registering an \
+                             image from it failed: {m}; run the same ingest again to register \
+                             the image from this snapshot (nothing is uploaded again)",
+                            done.snapshot_id
+                        )
+                    };
+                    match e {
+                        Error::Usage(m) => Error::Usage(say(m)),
+                        other => Error::Tool(say(other.to_string())),
+                    }
+                })?;
             volume = format!("{} {ami}", done.snapshot_id);
         }
         // What a re-run of the same ingest is told (see `completed_before`); losing it loses

@@ -810,13 +810,30 @@ fn an_image_that_failed_to_register_is_registered_from_the_kept_snapshot() {
     let e = Env::new();
     captured(&e);
     let d = Double::start(DoubleConfig::default());
-    let mut first = with_double(&e, &d, &ingest(&e, &["--register-image"]));
+    let report = e.p("register-failed.json");
+    let report_arg = report.display().to_string();
+    let mut first = with_double(
+        &e,
+        &d,
+        &ingest(&e, &["--register-image", "--report", &report_arg]),
+    );
     first.env("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:9");
     let o = first.output().unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
     let ids = d.snapshot_ids();
     assert_eq!(ids.len(), 1);
     assert!(d.images().is_empty());
+    // The message and the ticket's report name the completed snapshot the re-run keeps, and
+    // the report the disk's size.
+    assert!(
+        output_text(&o).contains(&format!("snapshot {} is complete", ids[0])),
+        "{}",
+        output_text(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(v["result"]["snapshot_id"], ids[0].as_str(), "{v}");
+    assert!(v["result"]["image_id"].is_null(), "{v}");
+    assert_eq!(v["result"]["disk_size"], GIB, "{v}");
     let o = with_double(&e, &d, &ingest(&e, &["--register-image"]))
         .output()
         .unwrap();
