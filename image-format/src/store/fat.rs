@@ -783,6 +783,10 @@ impl<D: FatDevice> FatDevice for SkipZeros<D> {
 /// the volume's dirty flag.
 const DIRTY_BYTE: usize = 0x41;
 
+/// FAT32's FAT[1] bit that is set while the volume was shut down cleanly (Windows clears it
+/// while the volume is mounted).
+const FAT1_CLEAN: u32 = 0x0800_0000;
+
 /// A FAT32 volume used as a medium.
 pub struct FatStore<D: FatDevice> {
     fs: fatfs::FileSystem<BlockCache<D>>,
@@ -802,6 +806,8 @@ pub struct FatStore<D: FatDevice> {
     /// The volume's dirty flag was set when it was mounted (a run before
     /// this one did not unmount it).
     dirty_at_mount: bool,
+    /// FAT[1]'s clean-shutdown bit was clear at mount (part of `dirty_at_mount`).
+    fat_unclean: bool,
     /// What [`fatmap::reclaim`] put right when the volume was mounted dirty for writing, or
     /// the damage it met and left alone (the dirty mark then stays); `None` when it did not
     /// run (a clean volume, or one opened read-only or on a device that refuses writes).
@@ -1027,9 +1033,22 @@ impl<D: FatDevice> FatStore<D> {
                 cluster_bytes: g.cluster_bytes,
             });
         }
-        // FAT32's BS_Reserved1 byte, bit 0: the flag fatfs (and Linux,
-        // Windows) set while the volume is mounted for writing.
-        let dirty_at_mount = geo.is_some() && boot[DIRTY_BYTE] & 1 != 0;
+        // FAT32's BS_Reserved1 byte, bit 0: the flag fatfs (and Linux) set while the
+        // volume is mounted for writing; Windows clears the clean-shutdown bit of FAT[1]
+        // instead (a medium it left dirty read as closed cleanly, and kept the mark
+        // through a seal: `fsck.fat -n` failed the shipment).
+        let fat_unclean = match &geo {
+            Some(g) => {
+                let mut e = [0u8; 4];
+                cache
+                    .lock()
+                    .and_then(|mut c| c.read_at(g.fat_offset + 4, &mut e))
+                    .map_err(|e| fat_err("open", e))?;
+                u32::from_le_bytes(e) & FAT1_CLEAN == 0
+            }
+            None => false,
+        };
+        let dirty_at_mount = geo.is_some() && (boot[DIRTY_BYTE] & 1 != 0 || fat_unclean);
         // A run cut off (killed, unplugged) mid-write leaves what fatmap::reclaim puts
         // right, below the files: done, and made durable, before anything is written on
         // top of it (a resume made files in a directory whose `.` never reached the medium).
@@ -1080,6 +1099,7 @@ impl<D: FatDevice> FatStore<D> {
             cache,
             read_only,
             dirty_at_mount,
+            fat_unclean,
             reclaimed,
             simulated,
             geo,
@@ -1281,6 +1301,7 @@ impl<D: FatDevice> FatStore<D> {
             geo,
             next_free,
             dirty_at_mount,
+            fat_unclean,
             reclaimed,
             ..
         } = self;
@@ -1314,6 +1335,15 @@ impl<D: FatDevice> FatStore<D> {
             cache_reader(&cache)(DIRTY_BYTE as u64, &mut b)?;
             b[0] &= !1;
             cache_writer(&cache)(DIRTY_BYTE as u64, &b)?;
+            if let (Some(geo), true) = (&geo, fat_unclean) {
+                for copy in 0..geo.fats {
+                    let at = geo.fat_offset + copy * geo.fat_bytes + 4;
+                    let mut e = [0u8; 4];
+                    cache_reader(&cache)(at, &mut e)?;
+                    let e = u32::from_le_bytes(e) | FAT1_CLEAN;
+                    cache_writer(&cache)(at, &e.to_le_bytes())?;
+                }
+            }
         }
         cache.sync().map_err(|e| fat_err("unmount", e))
     }
@@ -2804,6 +2834,58 @@ pub(crate) mod tests {
             found.iter().any(|f| f.contains("a capture's directory")),
             "{found:?}"
         );
+    }
+
+    /// A volume Windows left dirty (FAT[1]'s clean-shutdown bit clear, the boot sector's
+    /// mark clear) read as closed cleanly, and a capture and a seal kept the bit: `fsck.fat
+    /// -n` failed the shipment. It reads as left mid-write, and an open for writing puts it
+    /// right and sets the bit again in every FAT copy.
+    #[test]
+    fn a_volume_whose_fat_says_it_was_not_shut_down_cleanly_is_left_mid_write() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.create_dir_all("MGEAR/web01/G0001").unwrap();
+        s.write_at("MGEAR/web01/G0001/MANIFEST", 0, &[7u8; 3000])
+            .unwrap();
+        s.unmount().unwrap();
+        let fat1 = |img: &[u8]| {
+            let geo = fatmap::Geometry::parse(&img[..512]).unwrap();
+            (0..geo.fats)
+                .map(|k| {
+                    let at = (geo.fat_offset + k * geo.fat_bytes + 4) as usize;
+                    u32::from_le_bytes(img[at..at + 4].try_into().unwrap())
+                })
+                .collect::<Vec<u32>>()
+        };
+        let mut img = std::fs::read(&p).unwrap();
+        assert!(fat1(&img).iter().all(|e| e & FAT1_CLEAN != 0));
+        let geo = fatmap::Geometry::parse(&img[..512]).unwrap();
+        for k in 0..geo.fats {
+            let at = (geo.fat_offset + k * geo.fat_bytes + 4) as usize;
+            img[at + 3] &= !0x08;
+        }
+        assert_eq!(img[DIRTY_BYTE] & 1, 0);
+        std::fs::write(&p, &img).unwrap();
+
+        let s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        assert!(s.left_mid_write());
+        drop(s);
+        let s = FatStore::open(open_rw(&p)).unwrap();
+        assert!(matches!(s.after_cut(), Some(Ok(_))), "{:?}", s.after_cut());
+        s.unmount().unwrap();
+        let after = std::fs::read(&p).unwrap();
+        assert!(
+            fat1(&after).iter().all(|e| e & FAT1_CLEAN != 0),
+            "{:x?}",
+            fat1(&after)
+        );
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        assert!(!s.left_mid_write());
+        let mut back = vec![0u8; 3000];
+        s.read_at("MGEAR/web01/G0001/MANIFEST", 0, &mut back)
+            .unwrap();
+        assert_eq!(back, vec![7u8; 3000]);
     }
 
     /// Marks the first short entry of `img` that `is_it` takes deleted, its long-name slots
