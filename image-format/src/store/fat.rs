@@ -1703,8 +1703,10 @@ impl<D: FatDevice> Store for FatStore<D> {
     }
 
     fn free_space(&mut self) -> Result<Option<u64>, StoreError> {
-        if let (Some(geo), true) = (self.geo.clone(), self.raw_allocated > 0) {
-            // fatfs's count misses the direct path's allocations.
+        if let Some(geo) = self.geo.clone() {
+            // Counted from the FAT: fatfs's count misses the direct path's allocations, and
+            // takes FSInfo's hint as it is (one another system left stale made an empty
+            // medium "too small" for a capture, and its directories "likely damaged").
             let free = self.free_clusters(&geo)?;
             return Ok(Some(free * geo.cluster_bytes));
         }
@@ -2886,6 +2888,27 @@ pub(crate) mod tests {
         s.read_at("MGEAR/web01/G0001/MANIFEST", 0, &mut back)
             .unwrap();
         assert_eq!(back, vec![7u8; 3000]);
+    }
+
+    /// An FSInfo free count another system left stale (5 clusters on an empty volume): the
+    /// medium was "too small" for a capture and its directories "likely damaged". Free
+    /// space is counted from the FAT, for reading and for writing.
+    #[test]
+    fn a_stale_fsinfo_free_count_is_not_taken_for_the_free_space() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut img = std::fs::read(&p).unwrap();
+        let geo = fatmap::Geometry::parse(&img[..512]).unwrap();
+        let at = (geo.fsinfo_offset + 488) as usize;
+        img[at..at + 4].copy_from_slice(&5u32.to_le_bytes());
+        std::fs::write(&p, &img).unwrap();
+        let nearly_all = u64::from(geo.cluster_count - 2) * geo.cluster_bytes;
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        assert!(s.free_space().unwrap().unwrap() >= nearly_all);
+        assert!(s.used_space().unwrap().unwrap() < 4 * geo.cluster_bytes);
+        drop(s);
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        assert!(s.free_space().unwrap().unwrap() >= nearly_all);
     }
 
     /// Marks the first short entry of `img` that `is_it` takes deleted, its long-name slots
