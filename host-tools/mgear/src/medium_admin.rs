@@ -1782,17 +1782,24 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
                 .fsck_fat
                 .as_ref()
                 .is_some_and(|c| !c.ok && !c.repairable);
+        let fat_only = counted.is_empty();
         let hint = if damaged {
             "the medium is damaged where `findings` says: never repair the original; `mgear \
              verify` says which captures are whole"
+        } else if fat_only {
+            "fsck.fat found only what a crash leaves (see `fsck_fat`): `mgear medium fsck \
+             --repair` lets fsck.fat -a put it right"
         } else {
             "an unfinished capture resumes with the same capture command, or `mgear capture \
              --abort` removes it; `mgear medium fsck --repair` removes the leftovers marked \
              repairable"
         };
-        crate::output::emit_verdict_hint(
-            FOUND,
-            &format!(
+        let message = if fat_only {
+            "medium fsck: fsck.fat found problems in the file system (see `fsck_fat`); no \
+             leftovers or damaged files"
+                .to_string()
+        } else {
+            format!(
                 "medium fsck found {} (see `findings`{})",
                 crate::units::count(counted.len() as u64, "finding"),
                 if report.fsck_fat.as_ref().is_some_and(|c| !c.ok) {
@@ -1800,10 +1807,9 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
                 } else {
                     ""
                 }
-            ),
-            hint,
-            &report,
-        )?;
+            )
+        };
+        crate::output::emit_verdict_hint(FOUND, &message, hint, &report)?;
     } else if args.json {
         crate::output::emit_ok(true, &report)?;
     } else {

@@ -1286,14 +1286,19 @@ impl<D: FatDevice> FatStore<D> {
 
     /// Flush everything, clear the volume's dirty flag and close it.
     pub fn unmount(mut self) -> Result<(), StoreError> {
-        // Counted from the FAT where fatfs's own count is off: the direct path allocated
-        // (fatfs does not see it), or a cut run left a count that fatfs only adjusts (an
-        // abort after a kill left "free cluster summary wrong" for `fsck.fat -n`).
-        let recount = self.raw_allocated > 0 || matches!(self.reclaimed, Some(Ok(_)));
+        // FSInfo's free count is counted from the FAT (once per mount): fatfs's own count
+        // misses the direct path's allocations, a cut run left one fatfs only adjusts (an
+        // abort after a kill left "free cluster summary wrong" for `fsck.fat -n`), and
+        // fatfs moves its count from the hint another system may have left stale (it stored
+        // one wrapped below zero).
         let free = match (self.geo.clone(), self.read_only) {
-            (Some(geo), false) if recount => Some(self.free_clusters(&geo)?),
+            (Some(geo), false) => Some(self.free_clusters(&geo)?),
             _ => None,
         };
+        // Where the direct path took nothing and nothing was put right, the next-free hint
+        // is fatfs's: only a wrong count is rewritten (an open that wrote nothing leaves
+        // the medium's bytes as they were).
+        let own_hint = self.raw_allocated > 0 || matches!(self.reclaimed, Some(Ok(_)));
         let FatStore {
             fs,
             cache,
@@ -1314,13 +1319,21 @@ impl<D: FatDevice> FatStore<D> {
         }
         fs.unmount().map_err(|e| fat_err("unmount", e))?;
         if let (Some(geo), Some(free)) = (&geo, free) {
-            fatmap::write_fsinfo(
-                geo,
-                &mut cache_reader(&cache),
-                &mut cache_writer(&cache),
-                free,
-                next_free,
-            )?;
+            let stored = fatmap::fsinfo_hints(geo, &mut cache_reader(&cache))?;
+            let next_free = match stored {
+                Some((count, _)) if !own_hint && u64::from(count) == free => None,
+                Some((_, next)) if !own_hint => Some(next),
+                _ => Some(next_free),
+            };
+            if let Some(next_free) = next_free {
+                fatmap::write_fsinfo(
+                    geo,
+                    &mut cache_reader(&cache),
+                    &mut cache_writer(&cache),
+                    free,
+                    next_free,
+                )?;
+            }
         }
         if dirty_at_mount && matches!(reclaimed, Some(Ok(_))) {
             // fatfs keeps a dirty flag it found at mount (it cannot know

@@ -2587,6 +2587,23 @@ const FSINFO_LEAD: u32 = 0x4161_5252;
 const FSINFO_STRUC: u32 = 0x6141_7272;
 const FSINFO_TRAIL: u32 = 0xaa55_0000;
 
+/// The free-cluster count and next-free hint the FSInfo sector holds (`None`: the volume has
+/// no valid one).
+pub fn fsinfo_hints<R>(geo: &Geometry, read: &mut R) -> Result<Option<(u32, u32)>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
+    if geo.fsinfo_offset == 0 {
+        return Ok(None);
+    }
+    let mut s = [0u8; 512];
+    read(geo.fsinfo_offset, &mut s)?;
+    if le32(&s, 0) != FSINFO_LEAD || le32(&s, 484) != FSINFO_STRUC {
+        return Ok(None);
+    }
+    Ok(Some((le32(&s, 488), le32(&s, 492))))
+}
+
 /// Store a free-cluster count and next-free hint in the FSInfo sector
 /// (when the volume has a valid one), as the engines do at unmount.
 pub fn write_fsinfo<R, W>(

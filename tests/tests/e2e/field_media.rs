@@ -2306,3 +2306,40 @@ fn field_media_a_parent_is_not_removed_beside_a_generation_whose_parent_is_unkno
         ]);
     }
 }
+
+/// A medium whose FSInfo free count another system left stale (5 clusters on an empty
+/// 40 MiB volume): inspect and verify called its directories "likely damaged" (exit 1), a
+/// capture refused it as too small, and `medium fsck --json` said "found 0 findings" with
+/// the next step of an unfinished capture. The free space is counted from the FAT, and fsck
+/// names fsck.fat's finding and the repair that puts it right.
+#[test]
+fn a_stale_fsinfo_free_count_neither_fills_nor_damages_a_medium() {
+    let e = Env::new();
+    e.keygen();
+    let medium = e.fat("m.img", "40MiB");
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let fsinfo = u64::from(u16::from_le_bytes([img[48], img[49]]))
+        * u64::from(u16::from_le_bytes([img[11], img[12]]));
+    let at = fsinfo as usize + 488;
+    img[at..at + 4].copy_from_slice(&5u32.to_le_bytes());
+    fs::write(e.p("m.img"), &img).unwrap();
+
+    let o = e.run(&["medium", "fsck", &medium, "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["fsck_fat"]["repairable"].as_bool().unwrap(), "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("fsck.fat found problems"), "{v}");
+    assert!(!message.contains("0 findings"), "{v}");
+    assert!(
+        v["error"]["hint"].as_str().unwrap().contains("--repair"),
+        "{v}"
+    );
+
+    let o = e.run(&["inspect", "--medium", &medium]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!text(&o).contains("damaged"), "{}", text(&o));
+    fs::write(e.p("disk.raw"), vec![0x5a; 12 << 20]).unwrap();
+    e.capture(&medium, "web01").source("disk.raw").ok();
+    e.ok(&["medium", "fsck", &medium]);
+}
