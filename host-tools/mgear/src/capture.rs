@@ -4061,6 +4061,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     for w in &warnings[printed..] {
         eprintln!("mgear: WARNING: {w}");
     }
+    warnings.extend(crate::output::side_warnings());
     Ok(Report {
         command: "capture",
         name: summary.name.clone(),

@@ -1922,6 +1922,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         )));
     }
     medium.close()?;
+    warnings.extend(crate::output::side_warnings());
     report.warnings = warnings;
     report.set_volume(finished.volume.clone());
     if args.adapt {

@@ -84,7 +84,14 @@ pub fn pub_path(key: &Path) -> PathBuf {
 /// its `.pub`. Both are checked before either is written, and a secret whose
 /// public half could not be written is removed: a new secret never sits
 /// beside an old, unrelated `.pub` (which a capture site would then use).
-pub fn write_pair(key: &Path, secret: &[u8], public: &[u8], force: bool) -> crate::Result<()> {
+/// `signing`: a site's signing key (its replacement breaks pins, not decryption).
+pub fn write_pair(
+    key: &Path,
+    secret: &[u8],
+    public: &[u8],
+    force: bool,
+    signing: bool,
+) -> crate::Result<()> {
     let public_path = pub_path(key);
     // --force replaces key files, never a directory (it failed with "File exists").
     if let Some(d) = [key, public_path.as_path()]
@@ -129,10 +136,17 @@ pub fn write_pair(key: &Path, secret: &[u8], public: &[u8], force: bool) -> crat
             })
             .find(|k| !k.exists())
             .unwrap_or_else(|| key.with_extension("replaced"));
+        // A signing key encrypts nothing: "captures ... can no longer be opened" alarmed an
+        // operator replacing a site key.
+        let lost = if signing {
+            "captures it signs from now on are refused by targets that pinned the old public \
+             key until they pin the new one"
+        } else {
+            "captures encrypted to its public key can no longer be opened with the new one"
+        };
         eprintln!(
-            "mgear keygen: warning: replacing {}: captures encrypted to its public key can no \
-             longer be opened, signatures made with it no longer match the new one; the old \
-             key is kept as {} until you remove it",
+            "mgear keygen: warning: replacing {}: {lost}; the old key is kept as {} until you \
+             remove it",
             key.display(),
             kept.display()
         );
@@ -165,13 +179,15 @@ pub fn warn_if_exposed(path: &Path) {
             return;
         }
         warned.push(path.to_path_buf());
-        eprintln!(
-            "mgear: warning: the secret key {} can be read by other users of this host (mode \
-             {:o}): `chmod 600 {}`",
+        let w = format!(
+            "the secret key {} can be read by other users of this host (mode {:o}): `chmod 600 \
+             {}`",
             path.display(),
             mode & 0o777,
             crate::output::sh(path.to_string_lossy())
         );
+        eprintln!("mgear: warning: {w}");
+        crate::output::side_warning(&w);
     }
     fn exposed_mode(path: &Path) -> Option<u32> {
         let mode = fs::metadata(path).ok()?.permissions().mode();
@@ -344,7 +360,7 @@ mod tests {
         let d = dir.path().join("keys");
         fs::create_dir(&d).unwrap();
         for force in [false, true] {
-            let e = write_pair(&d, b"s", b"p", force).unwrap_err();
+            let e = write_pair(&d, b"s", b"p", force, false).unwrap_err();
             assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
             assert!(
                 e.to_string().contains("keys is a directory: --out takes"),
@@ -354,7 +370,7 @@ mod tests {
         assert!(d.is_dir() && fs::read_dir(&d).unwrap().next().is_none());
         // `--out .` has no file name to put `.pub` on: it is named a directory too (it was
         // refused as "must not end in .pub").
-        let e = write_pair(Path::new("."), b"s", b"p", false).unwrap_err();
+        let e = write_pair(Path::new("."), b"s", b"p", false, false).unwrap_err();
         assert!(
             e.to_string().contains(". is a directory: --out takes"),
             "{e}"
@@ -424,18 +440,18 @@ mod tests {
         let key = d.path().join("target.key");
         // A stale .pub: refused, and no new secret is left beside it.
         fs::write(pub_path(&key), b"old public\n").unwrap();
-        let e = write_pair(&key, b"secret", b"public", false).unwrap_err();
+        let e = write_pair(&key, b"secret", b"public", false, false).unwrap_err();
         assert!(e.to_string().contains("target.pub already exists"), "{e}");
         assert!(!key.exists(), "a secret was written beside a stale .pub");
         assert_eq!(fs::read(pub_path(&key)).unwrap(), b"old public\n");
         // A stale secret: refused, the .pub untouched.
         fs::remove_file(pub_path(&key)).unwrap();
         fs::write(&key, b"old secret").unwrap();
-        assert!(write_pair(&key, b"secret", b"public", false).is_err());
+        assert!(write_pair(&key, b"secret", b"public", false, false).is_err());
         assert!(!pub_path(&key).exists());
         // Forced: both replaced, the old secret kept aside (`--force` over the key every
         // shipment was encrypted to lost them all, without a word).
-        write_pair(&key, b"secret", b"public", true).unwrap();
+        write_pair(&key, b"secret", b"public", true, false).unwrap();
         assert_eq!(fs::read(&key).unwrap(), b"secret");
         assert_eq!(fs::read(pub_path(&key)).unwrap(), b"public");
         assert_eq!(
@@ -443,7 +459,7 @@ mod tests {
             b"old secret"
         );
         // ... never over a key kept aside before.
-        write_pair(&key, b"third", b"public3", true).unwrap();
+        write_pair(&key, b"third", b"public3", true, false).unwrap();
         assert_eq!(
             fs::read(d.path().join("target.key.replaced")).unwrap(),
             b"old secret"

@@ -95,6 +95,7 @@ fn write_key_pair(out: &Path, force: bool) -> crate::Result<String> {
         secret.as_bytes(),
         format!("{recipient}\n").as_bytes(),
         force,
+        false,
     )?;
     Ok(recipient)
 }

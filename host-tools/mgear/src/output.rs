@@ -234,6 +234,25 @@ pub fn warn_before_failing(warning: &str) {
     }
 }
 
+/// Warnings said on stderr by the code a command shares with others (a secret key file
+/// others can read), for its `warnings` list: they were on stderr only, where `--json` and
+/// the report promise "each warning the run also printed on stderr".
+static SIDE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Keep `warning` (already printed) for the command's `warnings`, and for its `--json`
+/// error object should it fail.
+pub fn side_warning(warning: &str) {
+    if let Ok(mut w) = SIDE.lock() {
+        w.push(warning.to_string());
+    }
+    warn_before_failing(warning);
+}
+
+/// What [`side_warning`] kept.
+pub fn side_warnings() -> Vec<String> {
+    SIDE.lock().map(|w| w.clone()).unwrap_or_default()
+}
+
 /// The `--json` form of a failed command (one line); `warnings` when it gave any before.
 pub fn error_line(code: i32, message: &str, hint: &str) -> String {
     #[derive(Serialize)]

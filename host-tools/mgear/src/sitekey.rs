@@ -39,7 +39,7 @@ pub fn generate(out: &Path, force: bool) -> crate::Result<VerifyingKey> {
         .verifying_key()
         .to_public_key_pem(Default::default())
         .map_err(|e| crate::err!("encoding the public key: {e}"))?;
-    crate::keyfile::write_pair(out, secret.as_bytes(), public.as_bytes(), force)?;
+    crate::keyfile::write_pair(out, secret.as_bytes(), public.as_bytes(), force, true)?;
     Ok(key.verifying_key())
 }
 
@@ -204,7 +204,7 @@ pub fn parse_fingerprint(text: &str) -> crate::Result<[u8; 32]> {
     let bad = || {
         usage(format!(
             "{text:?} is not a full fingerprint: give the 64 hex digits that \
-             `mgear appliance info` (or `mgear keygen --signing`) prints"
+             `mgear appliance info` prints (its `fingerprint` line)"
         ))
     };
     if hex.len() != 64 {

@@ -108,6 +108,23 @@ fn cli_keygen_permissions_and_refusal() {
         "{}",
         stderr(&v)
     );
+    // ... and listed in `warnings` of --json and the report, as every warning printed is.
+    let i = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:out.raw")
+        .args(&["--report", "ingest.json"])
+        .json();
+    let listed = |v: &serde_json::Value| {
+        v["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w.as_str().unwrap().contains("target.key can be read"))
+        })
+    };
+    assert!(listed(&i), "{i}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&fs::read(e.p("ingest.json")).unwrap()).unwrap();
+    assert!(listed(&r["result"]), "{r}");
     // --force replaces it and keeps the old one aside: shipments encrypted to it are not lost.
     let forced = e.run(&["keygen", "--out", "target.key", "--force"]);
     assert_eq!(forced.status.code(), Some(0), "{}", output_text(&forced));
@@ -126,6 +143,16 @@ fn cli_keygen_permissions_and_refusal() {
         "--allow-untrusted",
     ]);
     assert_eq!(v.status.code(), Some(0), "{}", output_text(&v));
+    // A site's signing key encrypts nothing: its replacement is said as what it breaks, pins.
+    e.ok(&["keygen", "--signing", "--out", "site.key"]);
+    let forced = e.run(&["keygen", "--signing", "--out", "site.key", "--force"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", output_text(&forced));
+    assert!(
+        stderr(&forced).contains("pinned the old public key")
+            && !stderr(&forced).contains("encrypted"),
+        "{}",
+        stderr(&forced)
+    );
 }
 
 #[test]

@@ -43,11 +43,13 @@ pub const ARRIVAL_FILE: &str = "ARRIVAL";
 pub fn decode_attestation(bytes: &[u8], what: &str) -> crate::Result<Attestation> {
     match postcard::from_bytes::<Attestation>(bytes) {
         Ok(a) => Ok(a),
-        Err(e) => Err(crate::exit::coded_hint(
+        // postcard's own words ("Serde Deserialization Error") tell the operator nothing.
+        Err(_) => Err(crate::exit::coded_hint(
             FOUND,
             format!(
-                "{what} is not an attestation ({e}): damaged, or not a file `mgear appliance \
-                 attestations` wrote"
+                "{what} is not an attestation (its {} bytes do not decode as one): damaged, or \
+                 not a file `mgear appliance attestations` wrote",
+                bytes.len()
             ),
             ATTESTATIONS_HINT,
         )),
@@ -447,5 +449,21 @@ fn warn_once(w: &str) {
     if !said.iter().any(|s| s == w) {
         eprintln!("mgear: WARNING: {w}");
         said.push(w.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SEAL file holding junk said "(Serde Deserialization Error)", the decoder's words.
+    #[test]
+    fn an_attestation_that_does_not_decode_is_named_in_the_operators_words() {
+        let e = decode_attestation(b"junk\n", "att/SEAL").unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("att/SEAL is not an attestation"), "{text}");
+        assert!(text.contains("5 bytes"), "{text}");
+        assert!(!text.contains("Serde"), "{text}");
+        assert_eq!(crate::exit::code_of(&e), FOUND);
     }
 }
