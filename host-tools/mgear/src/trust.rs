@@ -701,6 +701,25 @@ pub fn check_generation(
                 )),
             },
         };
+    // Captures written onto the sealed medium since (none of their files in the seal): this
+    // capture is as sealed, but "seal + arrival" vouched with not a word of a medium that is
+    // no longer what the appliance sealed (`verify` named them).
+    if let (Ok((fp, true)), Ok(a)) = (&seal, attestations) {
+        let added: Vec<String> = image_format::capture_names(medium)?
+            .into_iter()
+            .filter(|c| {
+                !of_capture(name, &format!("{}/", layout::capture_dir(c)))
+                    && !a.seal.body.files.iter().any(|f| of_capture(c, &f.path))
+            })
+            .collect();
+        if !added.is_empty() {
+            warnings.push(format!(
+                "the medium holds {} that appliance {fp} did not seal ({}): written onto it                  since the seal; capture {name} is as sealed and is what this run checks. Ask                  how the medium was handled (`mgear verify` names what changed)",
+                crate::units::count(added.len() as u64, "capture"),
+                added.join(", ")
+            ));
+        }
+    }
     match &seal {
         Ok((fp, true)) => trusted_by.push(format!("appliance {fp} (seal + arrival)")),
         Ok((fp, false)) => found.push(format!(

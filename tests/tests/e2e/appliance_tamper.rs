@@ -154,3 +154,55 @@ fn a_capture_replaced_on_a_sealed_medium_is_refused_on_its_failed_arrival() {
     assert!(!lab.p("vol.raw").exists());
     lab.stop();
 }
+
+/// A capture written onto a copy of the sealed medium since the seal (no file of it in the
+/// seal): the sealed capture is ingested as it is, but "seal + arrival" vouched for it with
+/// not a word of the medium no longer being what the appliance sealed (verify named it).
+#[test]
+fn a_capture_added_to_a_sealed_medium_is_warned_of_at_ingest() {
+    let mut lab = Lab::new(64);
+    lab.sealed(4);
+    lab.appliance_ok(&["arrival"]);
+    let att = lab.s("att");
+    lab.appliance_ok(&["attestations", "--out", &att]);
+    let fp = lab.fingerprint();
+    lab.stop();
+    let m = format!("fat:{}", lab.s("medium.img"));
+    lab.make_disk(2, 5);
+    lab.ok(&[
+        "capture",
+        "--source",
+        &lab.s("disk.raw"),
+        "--medium",
+        &m,
+        "--name",
+        "evil01",
+        "--recipient",
+        &lab.s("target.pub"),
+    ]);
+    let out = lab.run(&[
+        "ingest",
+        "--medium",
+        &m,
+        "--name",
+        "web01",
+        "--identity",
+        &lab.s("target.key"),
+        "--trust-appliance",
+        &fp,
+        "--attestations",
+        &att,
+        "--target",
+        &format!("file:{}", lab.s("vol.raw")),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warned = v["warnings"].as_array().is_some_and(|w| {
+        w.iter().any(|w| {
+            let w = w.as_str().unwrap();
+            w.contains("did not seal (evil01)") && w.contains("since the seal")
+        })
+    });
+    assert!(warned, "{v}");
+}
