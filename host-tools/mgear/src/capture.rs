@@ -263,7 +263,14 @@ impl Request {
 /// Run `mgear capture` of one disk (and `--dry-run` or `--abort` of a set);
 /// `crate::machine::capture` runs a set and calls this for the rest.
 pub fn run(cli: Request) -> crate::Result<i32> {
-    crate::signals::install();
+    if cli.plan.dry_run {
+        // A plan writes nothing, so there is nothing to checkpoint: Ctrl-C or SIGTERM ends
+        // it at once (one on a huge NBD export ran on for minutes, "stopping after the work
+        // at hand").
+        crate::signals::install_exit_at_once();
+    } else {
+        crate::signals::install();
+    }
     let (sources, mut args) = cli.into_parts();
     if sources.len() > 1 && args.dry_run {
         return dry_run_set(&args, &sources);

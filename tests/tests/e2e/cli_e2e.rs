@@ -1690,6 +1690,49 @@ fn cli_a_stopped_verify_exits_3_with_one_json_object() {
     }
 }
 
+/// `capture --dry-run` writes nothing: stopped by SIGTERM it ends at once, exit 3, as verify
+/// does. One on a huge NBD export ran on for minutes after SIGTERM ("stopping after the work
+/// at hand"); here the source is an NBD peer that takes the connection and never answers.
+#[test]
+fn cli_a_stopped_dry_run_exits_at_once() {
+    let e = Env::new();
+    e.keygen();
+    fs::create_dir(e.p("m")).unwrap();
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nbd://{}/disk", peer.local_addr().unwrap());
+    let _held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in peer.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let child = e
+        .capture("dir:m", "web01")
+        .source(&url)
+        .args(&["--dry-run", "--json"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    nix_kill(child.id(), "TERM");
+    let o = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|err| panic!("not one JSON object ({err}): {}", stdout(&o)));
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was changed"),
+        "{v}"
+    );
+}
+
 /// `--passphrase-generate` writes its file once per run: every disk of a set shares it, a run
 /// stopped after its capture began keeps it and the same command resumes with it, and a run
 /// refused before its capture existed removes it again.
