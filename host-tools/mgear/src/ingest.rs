@@ -1334,6 +1334,14 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         }
     }
     if let Some(t) = kind {
+        if t.is_dir() && matches!(target, Target::Dev(_)) {
+            // A file made in it could only be refused as "not a block device".
+            return Err(usage(format!(
+                "--target {spec}: {} is a directory, and dev: takes a block device (e.g. \
+                 dev:/dev/sdb): give the device, or file:PATH for a volume file",
+                p.display()
+            )));
+        }
         if t.is_dir() {
             return Err(usage(format!(
                 "--target {spec}: {} is a directory; give the path of the volume file to \
@@ -5018,6 +5026,40 @@ mod tests {
             State::open(p, &other, 3, true, false).unwrap().done_count(),
             0
         );
+    }
+
+    /// `--target dev:DIR` asked for a volume file in the directory, which dev: refuses as
+    /// "not a block device"; file: still gets that advice.
+    #[test]
+    fn a_directory_given_as_a_device_asks_for_a_device() {
+        let medium = crate::medium::Where {
+            medium: vec!["dir:/nonexistent-medium".into()],
+            appliance: Vec::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let e = refuse_bad_target(&medium, &format!("dev:{}", dir.path().display())).unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(e.to_string().contains("dev: takes a block device"), "{e}");
+        let e = refuse_bad_target(&medium, &format!("file:{}", dir.path().display())).unwrap_err();
+        assert!(e.to_string().contains("disk.raw"), "{e}");
+    }
+
+    /// `--target dev:/dev/null` was "open for writing by process ... (bash)": a shell holds
+    /// it. A character device is never taken for another program's volume.
+    #[test]
+    fn a_character_device_is_not_called_held_by_another_program() {
+        // A process that holds it open for writing, as any shell does.
+        let mut holder = std::process::Command::new("sleep")
+            .arg("30")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let t = Target::parse("dev:/dev/null", Bare::Refuse).unwrap();
+        let held = crate::target::refuse_held_for_test(&t);
+        let _ = holder.kill();
+        let _ = holder.wait();
+        held.unwrap();
     }
 
     /// `--target file:X.partial --force` (what "X.partial exists: pass --force" led to) wrote
