@@ -458,14 +458,20 @@ impl OpenFile {
                 .read_at(&mut buf[done..], at)
                 .with_context(|| format!("reading source {} at byte {at}", self.path.display()))?;
             if n == 0 {
+                // Its size now, where it can be asked: "ends at byte" said where the read
+                // was, which was far past a file cut much shorter.
+                let now = match self.file.metadata() {
+                    Ok(m) if m.file_type().is_file() => format!("is {} bytes now", m.len()),
+                    _ => format!("ends before byte {}", at + 1),
+                };
                 // A re-run is refused (the disk is not the size the generation was started
                 // with), so "run the same command again", the I/O hint, went in a circle.
                 return Err(crate::exit::coded_hint(
                     crate::exit::IO,
                     format!(
                         "source {} shrank while it was read: it was {} bytes when the run \
-                         started but ends at byte {at}; read it from a snapshot or a disk that \
-                         is not being resized",
+                         started and {now}; read it from a snapshot or a disk that is not \
+                         being resized",
                         self.path.display(),
                         self.len
                     ),
@@ -604,6 +610,27 @@ mod tests {
     /// Whether a label was found (the digest of a disk with none is that of nothing).
     fn named(b: &[u8]) -> bool {
         identity_of(b).digest != *blake3::hash(b"").as_bytes()
+    }
+
+    /// A source cut short while it was read says its size now: "ends at byte" named where
+    /// the read was, far past a file cut much shorter.
+    #[test]
+    fn a_source_that_shrank_says_its_size_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.raw");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let mut file = FileSource::open(path.clone()).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100 << 10)
+            .unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let e = file.read_exact_at(512 << 10, &mut buf).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("shrank while it was read"), "{text}");
+        assert!(text.contains("and is 102400 bytes now"), "{text}");
     }
 
     /// Reads through [`Paced`] wait for the limiter (one second's worth may go at once, the
