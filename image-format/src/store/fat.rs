@@ -3490,6 +3490,34 @@ pub(crate) mod tests {
         );
     }
 
+    /// A backup boot sector where the boot sector puts it, not at sector 6 (`mkfs.fat -b 3`):
+    /// the boot sector damaged, the medium was "not FAT32" and `medium format` advised. The
+    /// backup is found where it says it is, and the `dd` takes it from there.
+    #[test]
+    fn a_backup_boot_sector_away_from_sector_6_is_found() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut img = std::fs::read(&p).unwrap();
+        let mut boot = [0u8; 512];
+        boot.copy_from_slice(&img[..512]);
+        boot[0x32..0x34].copy_from_slice(&3u16.to_le_bytes());
+        img[..512].copy_from_slice(&boot);
+        img[3 * 512..4 * 512].copy_from_slice(&boot);
+        img[6 * 512..7 * 512].fill(0);
+        std::fs::write(&p, &img).unwrap();
+        FatStore::open(open_rw(&p)).unwrap().unmount().unwrap();
+        let mut img = std::fs::read(&p).unwrap();
+        img[510] = 0;
+        std::fs::write(&p, &img).unwrap();
+        let e = FatStore::open(open_rw(&p)).err().expect("refused").to_string();
+        assert!(
+            e.contains("backup copy (sector 3) is intact")
+                && e.contains("skip=3")
+                && !e.contains("does not hold a FAT32"),
+            "{e}"
+        );
+    }
+
     /// The total sectors changed in both boot sector copies (they agree, so no comparison
     /// sees it): a volume made smaller than its FAT is sized for is damage; one made too
     /// small for FAT32 is not "format it". It read as a sound half-size volume (verify OK).

@@ -217,7 +217,7 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
     if let Err(e) = fat_size_supported(&head) {
         // Damage that makes the boot sector no FAT32 at all (its signature, a sector or
         // cluster size of 0): an intact backup says it is a damaged medium.
-        if let Some((bps, backup)) = intact_backup(read) {
+        if let Some((bps, sector, backup)) = intact_backup_at(read) {
             // What differs, not the check's own advice (a field damaged into "too few
             // clusters" carried "format it" into a message that says not to).
             let differ = disagreement(&head, &backup);
@@ -238,10 +238,10 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
             };
             return Err(StoreError::Damaged(format!(
                 "the medium's FAT32 boot sector is damaged ({why}) and its backup copy (sector \
-                 6) is intact; nothing was read or written. Copy the backup over it (on an image \
-                 or device M: `dd if=M of=M bs={bps} skip=6 count=1 conv=notrunc`, after saving \
-                 a copy of M's first sector) and run this again; do not format it: that \
-                 destroys every capture on it"
+                 {sector}) is intact; nothing was read or written. Copy the backup over it (on \
+                 an image or device M: `dd if=M of=M bs={bps} skip={sector} count=1 \
+                 conv=notrunc`, after saving a copy of M's first sector) and run this again; do \
+                 not format it: that destroys every capture on it"
             )));
         }
         if let Some(table) = partition_table(&head) {
@@ -310,14 +310,24 @@ fn partition_table(head: &[u8; 512]) -> Option<String> {
 /// A FAT32 boot sector at sector 6 (of 512 or 4096 bytes, as its own bytes per sector say)
 /// that the engines could mount: the backup every formatter writes. Its sector size and bytes.
 fn intact_backup(read: &mut ReadAt<'_>) -> Option<(u64, [u8; 512])> {
-    [512u64, 4096].into_iter().find_map(|bps| {
+    intact_backup_at(read).map(|(bps, _, b)| (bps, b))
+}
+
+/// [`intact_backup`] with the sector it is in: sector 6, where every formatter puts it
+/// unless told otherwise, else another of the first 16 whose copy points at itself (`mkfs.fat
+/// -b 3` put it at sector 3, and a damaged boot sector there was "not FAT32", `medium
+/// format` advised).
+fn intact_backup_at(read: &mut ReadAt<'_>) -> Option<(u64, u64, [u8; 512])> {
+    let sectors = core::iter::once(6u64).chain((1..16).filter(|s| *s != 6));
+    sectors.flat_map(|s| [(512u64, s), (4096, s)]).find_map(|(bps, sector)| {
         let mut b = [0u8; 512];
-        (read(6 * bps, &mut b).is_ok()
+        (read(sector * bps, &mut b).is_ok()
             && b[510..512] == [0x55, 0xaa]
             && &b[82..90] == b"FAT32   "
             && le16(&b, 0x0b) == bps
+            && (sector == 6 || le16(&b, 0x32) == sector)
             && fat_size_supported(&b).is_ok())
-        .then_some((bps, b))
+        .then_some((bps, sector, b))
     })
 }
 
