@@ -1369,8 +1369,51 @@ impl<D: FatDevice> FatStore<D> {
             self.fs
                 .root_dir()
                 .open_dir(path)
-                .map_err(|e| fat_err(path, e))
+                .map_err(|e| self.path_err(path, e))
         }
+    }
+
+    /// [`fat_err`], where a file of another program stands where the format has a
+    /// directory (`mcopy x.txt ::/MGEAR`) said as that: it read as a directory entry that
+    /// lost its mark, with the advice for a damaged file system.
+    fn path_err(&self, path: &str, e: io::Error) -> StoreError {
+        if e.to_string() == "Not a directory" {
+            if let Some(why) = self.file_in_the_way(path) {
+                return StoreError::Io(why);
+            }
+        }
+        fat_err(path, e)
+    }
+
+    /// The first directory on the way to `path` that is a file with bytes in it (a
+    /// directory whose entry lost its mark has a size of 0), said for [`Self::path_err`].
+    fn file_in_the_way(&self, path: &str) -> Option<String> {
+        let mut dir = self.fs.root_dir();
+        let mut walked = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !walked.is_empty() {
+                walked.push('/');
+            }
+            walked.push_str(part);
+            let entry = dir
+                .iter()
+                .filter_map(Result::ok)
+                .find(|e| e.file_name().eq_ignore_ascii_case(part))?;
+            if entry.is_dir() {
+                dir = entry.to_dir();
+                continue;
+            }
+            return (entry.len() > 0).then(|| {
+                format!(
+                    "{walked} on the medium is a file of {} bytes where MotionGear keeps a \
+                     directory: another program put it there (mcopy, a file manager); nothing \
+                     was written. Rename it or move it off the medium (with mtools: `mren -i \
+                     MEDIUM ::/{walked} ::/{walked}.OLD`), then run this again",
+                    entry.len()
+                )
+            });
+        }
+        None
     }
 
     fn entry(&self, path: &str) -> Result<Option<Entry>, StoreError> {
@@ -1402,7 +1445,7 @@ impl<D: FatDevice> FatStore<D> {
         self.fs
             .root_dir()
             .create_file(path)
-            .map_err(|e| fat_err(path, e))
+            .map_err(|e| self.path_err(path, e))
     }
 }
 
@@ -1577,7 +1620,7 @@ impl<D: FatDevice> Store for FatStore<D> {
             .fs
             .root_dir()
             .open_file(path)
-            .map_err(|e| fat_err(path, e))?;
+            .map_err(|e| self.path_err(path, e))?;
         let size = f.seek(SeekFrom::End(0)).map_err(|e| fat_err(path, e))?;
         if offset >= size {
             return Ok(0);
@@ -1665,7 +1708,7 @@ impl<D: FatDevice> Store for FatStore<D> {
                         .map_err(|e| fat_err(path, e))?;
                     d
                 }
-                Err(e) => return Err(fat_err(path, e)),
+                Err(e) => return Err(self.path_err(path, e)),
             };
         }
         Ok(())
@@ -3490,6 +3533,29 @@ pub(crate) mod tests {
         );
     }
 
+    /// A file another program put where the format has a directory (`mcopy x.txt ::/MGEAR`)
+    /// read as a directory entry that lost its mark, with the advice for a damaged file
+    /// system: it is named as a file of that many bytes, to move away.
+    #[test]
+    fn a_file_where_the_format_has_a_directory_is_named_as_a_file() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        s.write_at("MGEAR", 0, b"hi\n").unwrap();
+        for e in [
+            s.create_dir_all("MGEAR/web01/G0001").unwrap_err(),
+            s.list("MGEAR/web01").unwrap_err(),
+        ] {
+            let StoreError::Io(why) = e else {
+                panic!("{e:?}")
+            };
+            assert!(
+                why.contains("MGEAR on the medium is a file of 3 bytes"),
+                "{why}"
+            );
+        }
+    }
+
     /// A backup boot sector where the boot sector puts it, not at sector 6 (`mkfs.fat -b 3`):
     /// the boot sector damaged, the medium was "not FAT32" and `medium format` advised. The
     /// backup is found where it says it is, and the `dd` takes it from there.
@@ -3509,7 +3575,10 @@ pub(crate) mod tests {
         let mut img = std::fs::read(&p).unwrap();
         img[510] = 0;
         std::fs::write(&p, &img).unwrap();
-        let e = FatStore::open(open_rw(&p)).err().expect("refused").to_string();
+        let e = FatStore::open(open_rw(&p))
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(
             e.contains("backup copy (sector 3) is intact")
                 && e.contains("skip=3")

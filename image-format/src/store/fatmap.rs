@@ -319,16 +319,18 @@ fn intact_backup(read: &mut ReadAt<'_>) -> Option<(u64, [u8; 512])> {
 /// format` advised).
 fn intact_backup_at(read: &mut ReadAt<'_>) -> Option<(u64, u64, [u8; 512])> {
     let sectors = core::iter::once(6u64).chain((1..16).filter(|s| *s != 6));
-    sectors.flat_map(|s| [(512u64, s), (4096, s)]).find_map(|(bps, sector)| {
-        let mut b = [0u8; 512];
-        (read(sector * bps, &mut b).is_ok()
-            && b[510..512] == [0x55, 0xaa]
-            && &b[82..90] == b"FAT32   "
-            && le16(&b, 0x0b) == bps
-            && (sector == 6 || le16(&b, 0x32) == sector)
-            && fat_size_supported(&b).is_ok())
-        .then_some((bps, sector, b))
-    })
+    sectors
+        .flat_map(|s| [(512u64, s), (4096, s)])
+        .find_map(|(bps, sector)| {
+            let mut b = [0u8; 512];
+            (read(sector * bps, &mut b).is_ok()
+                && b[510..512] == [0x55, 0xaa]
+                && &b[82..90] == b"FAT32   "
+                && le16(&b, 0x0b) == bps
+                && (sector == 6 || le16(&b, 0x32) == sector)
+                && fat_size_supported(&b).is_ok())
+            .then_some((bps, sector, b))
+        })
 }
 
 /// How well `boot` describes the FAT32 volume that is there: 0 not at all (sizes that do not
