@@ -154,6 +154,26 @@ pub fn run(args: Plan) -> crate::Result<i32> {
         }
         return Ok(0);
     }
+    // The appliance does this work on its own once asked: a signal ends only the host's
+    // wait. It killed the command with no word (and a second one was let through), while
+    // the appliance went on and sealed.
+    let working = match &args.cmd {
+        Cmd::Seal => Some("seal"),
+        Cmd::Arrival => Some("arrival check"),
+        Cmd::Verify => Some("keyless verification"),
+        Cmd::Erase { .. } => Some("erase"),
+        _ => None,
+    };
+    if let Some(what) = working {
+        crate::signals::install_exit_at_once_saying(
+            &format!(
+                "stopped waiting for the appliance (Ctrl-C or SIGTERM): a {what} it began goes \
+                 on inside it, which the host cannot stop"
+            ),
+            "`mgear appliance info` shows its state once it is done, `mgear appliance log` \
+             what it did; run the same command again where it did not finish",
+        );
+    }
     let port = resolve_port(args.port.as_deref())?;
     let mut c = Client::open(&port)?;
     let expect = match &args.cmd {

@@ -114,8 +114,15 @@ extern "C" fn on_signal_exit(_: nix::libc::c_int) {
 /// checkpoint, so it ends at once, exit 3, saying so (with `--json`, as the one JSON object;
 /// the signal's default killed it with exit 143 and nothing on either stream).
 pub fn install_exit_at_once() {
-    let message = "stopped by Ctrl-C or SIGTERM; nothing was changed (this command only reads)";
-    let hint = "run the same command again to finish it";
+    install_exit_at_once_saying(
+        "stopped by Ctrl-C or SIGTERM; nothing was changed (this command only reads)",
+        "run the same command again to finish it",
+    );
+}
+
+/// [`install_exit_at_once`] saying `message` and `hint`: for a command that only waits for
+/// work done elsewhere (an appliance sealing its medium), which a signal does not stop.
+pub fn install_exit_at_once_saying(message: &str, hint: &str) {
     let said = if crate::output::json() {
         // The one error object every other failure prints.
         let line = crate::output::error_line(crate::exit::IO, message, hint);

@@ -475,3 +475,52 @@ fn the_image_a_running_simulator_serves_is_not_written_beside_it() {
     lab.ok(&["verify", "--medium", &m]);
     lab.stop();
 }
+
+/// Ctrl-C or SIGTERM while `appliance seal` waits: the appliance goes on inside, which the
+/// host cannot stop; the command said nothing (killed by the signal, no JSON) and the
+/// appliance sealed anyway. It ends at once, exit 3, with one JSON object saying so. The
+/// simulator is held (SIGSTOP) so the wait is certain.
+#[test]
+fn a_signal_while_the_appliance_seals_ends_the_wait_and_says_so() {
+    let mut lab = Lab::new(64);
+    lab.keygen();
+    lab.make_disk(4, 7);
+    lab.start();
+    lab.provision_and_unlock();
+    lab.capture();
+    let sim = lab.sim_pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &sim])
+        .status()
+        .unwrap()
+        .success());
+    let tty = lab.tty();
+    let child = lab
+        .mgear(&["appliance", "--port", &tty, "seal", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let started = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let o = child.wait_with_output().unwrap();
+    let waited = started.elapsed();
+    assert!(Command::new("kill")
+        .args(["-CONT", &sim])
+        .status()
+        .unwrap()
+        .success());
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {}", text(&o.stdout)));
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("stopped waiting for the appliance"), "{v}");
+    assert!(message.contains("a seal it began goes on"), "{v}");
+    lab.stop();
+}
