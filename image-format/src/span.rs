@@ -448,6 +448,9 @@ pub struct SpanStore<M> {
     /// Segments the map places on a medium not given that a medium given holds all the same
     /// (a map entry appended since, which nothing signs): read here, so not waited for.
     found_here: BTreeSet<String>,
+    /// A placed segment was removed since the open: the map on the media (entries are
+    /// only appended) still counts it, rewritten at close ([`SpanStore::settle_map`]).
+    map_changed: bool,
 }
 
 impl<M: Store> SpanStore<M> {
@@ -654,6 +657,7 @@ impl<M: Store> SpanStore<M> {
             label_damage: Vec::new(),
             relabelled: Vec::new(),
             found_here: BTreeSet::new(),
+            map_changed: false,
         };
         let mut names = Vec::new();
         for (a, name) in media {
@@ -833,6 +837,7 @@ impl<M: Store> SpanStore<M> {
             map_damage,
             label_damage,
             relabelled,
+            map_changed: false,
         })
     }
 
@@ -1122,6 +1127,50 @@ impl<M: Store> SpanStore<M> {
             if behind {
                 write_map(&mut a.store, &bytes)?;
             }
+        }
+        Ok(())
+    }
+
+    /// After segments were removed (`medium rm`): the map rewritten on every medium without
+    /// them, or, when no capture is left on the span, the span dissolved (its label and map
+    /// removed from every medium). The map kept counting removed segments, and media whose
+    /// every capture was removed stayed bound: none could be written alone again.
+    fn settle_map(&mut self) -> Result<()> {
+        let mut left = false;
+        for a in &mut self.media {
+            let entries = match a.store.list(ROOT_DIR) {
+                Ok(e) => e,
+                Err(StoreError::NotFound) => Vec::new(),
+                Err(e) => return Err(e).at(ROOT_DIR),
+            };
+            left |= entries.iter().any(|e| {
+                let path = alloc::format!("{ROOT_DIR}/{}", e.name);
+                !path.eq_ignore_ascii_case(SPAN_FILE) && !path.eq_ignore_ascii_case(SPANMAP_FILE)
+            });
+        }
+        if left {
+            let bytes = map_bytes(&self.map);
+            for a in &mut self.media {
+                write_map(&mut a.store, &bytes)?;
+            }
+            return Ok(());
+        }
+        for a in &mut self.media {
+            for f in [SPANMAP_FILE, SPAN_FILE] {
+                match a.store.remove_file(f) {
+                    Ok(()) | Err(StoreError::NotFound) => {}
+                    Err(e) => return Err(e).at(f),
+                }
+            }
+            // Only if empty, as a medium that never joined a span.
+            let _ = a.store.remove_dir(ROOT_DIR);
+            a.store
+                .sync(ROOT_DIR)
+                .or_else(|e| match e {
+                    StoreError::NotFound => Ok(()),
+                    e => Err(e),
+                })
+                .at(ROOT_DIR)?;
         }
         Ok(())
     }
@@ -1570,7 +1619,9 @@ impl<M: Store> Store for SpanStore<M> {
         self.all(|s| s.remove_file(path))?;
         // Written again later (a resume cuts back to its checkpoint), a
         // segment is placed afresh where there is room; its new entry wins.
-        self.map.placed.remove(path);
+        if self.map.placed.remove(path).is_some() {
+            self.map_changed = true;
+        }
         Ok(())
     }
 
@@ -1681,8 +1732,11 @@ impl<M: Store> Store for SpanStore<M> {
     }
 
     /// Closes every medium, also when one fails; reports the first failure.
-    fn close(self: Box<Self>) -> core::result::Result<(), StoreError> {
-        let mut first = Ok(());
+    fn close(mut self: Box<Self>) -> core::result::Result<(), StoreError> {
+        let mut first = match self.map_changed && self.writable {
+            true => self.settle_map().map_err(|e| StoreError::Io(e.to_string())),
+            false => Ok(()),
+        };
         for m in self.into_media() {
             let r = Box::new(m).close();
             if first.is_ok() {
@@ -1835,6 +1889,77 @@ mod tests {
         assert_eq!(missing[0].label, "A");
         let far = span.unreachable();
         assert!(!far.is_empty() && far.iter().all(|(_, o)| *o == 0));
+    }
+
+    /// Every file of capture `name` removed through `span`, deepest directories last, as
+    /// `mgear medium rm` does.
+    fn remove_capture<S: Store>(span: &mut S, name: &str) {
+        let dir = crate::layout::capture_dir(name);
+        let mut files = Vec::new();
+        walk(span, &dir, &mut files).unwrap();
+        for f in &files {
+            span.remove_file(f).unwrap();
+        }
+        let mut dirs: Vec<String> = files
+            .iter()
+            .filter_map(|f| f.rsplit_once('/').map(|(d, _)| String::from(d)))
+            .collect();
+        dirs.sort_by_key(|d| core::cmp::Reverse(d.len()));
+        dirs.dedup();
+        for d in dirs {
+            let _ = span.remove_dir(&d);
+        }
+        span.remove_dir(&dir).unwrap();
+    }
+
+    /// `medium rm` of a spanned capture: the map (entries only appended) kept counting its
+    /// segments, and once no capture was left the media stayed bound, none writable alone.
+    /// The map is rewritten without them, and a span with no capture left is dissolved.
+    #[test]
+    fn a_span_forgets_removed_segments_and_dissolves_when_nothing_is_left() {
+        let data = disk(40 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b) = (small(1_600_000), small(3_000_000));
+        {
+            let mut span = join_ab(&mut a, &mut b, [7; 16]).unwrap();
+            capture(&mut span, "web01", &data, &id).unwrap();
+            capture(&mut span, "db01", &data[..4 * CS as usize], &id).unwrap();
+            Box::new(span).close().unwrap();
+        }
+        let web01 = |m: &mut MemStore| {
+            read_span(m)
+                .unwrap()
+                .unwrap()
+                .map
+                .placed
+                .keys()
+                .filter(|p| p.contains("web01"))
+                .count()
+        };
+        assert!(web01(&mut a) + web01(&mut b) > 1);
+        {
+            let mut span = join_ab(&mut a, &mut b, [7; 16]).unwrap();
+            remove_capture(&mut span, "web01");
+            Box::new(span).close().unwrap();
+        }
+        assert_eq!((web01(&mut a), web01(&mut b)), (0, 0));
+        assert!(read_span(&mut a).unwrap().is_some(), "db01 keeps the span");
+        {
+            let mut span = join_ab(&mut a, &mut b, [7; 16]).unwrap();
+            remove_capture(&mut span, "db01");
+            Box::new(span).close().unwrap();
+        }
+        for m in [&mut a, &mut b] {
+            assert!(read_span(m).unwrap().is_none());
+            assert_eq!(m.len(SPAN_FILE).unwrap(), None);
+            assert_eq!(m.len(SPANMAP_FILE).unwrap(), None);
+        }
+        // Each is a medium of its own again: a capture onto one alone is written.
+        capture(&mut a, "solo", &data[..2 * CS as usize], &id).unwrap();
+        assert_eq!(
+            read_back(&mut a, "solo", &id).unwrap(),
+            data[..2 * CS as usize]
+        );
     }
 
     /// A segment the map places on medium B, deleted from B: B alone, B through a span
