@@ -170,6 +170,55 @@ pub enum LogErrorKind {
     BadSignature,
     #[error("the public key is not a valid Ed25519 key")]
     BadKey,
+    /// A wrong-PIN count that does not follow from the records before it.
+    #[error("{0}")]
+    PinCount(PinCount),
+}
+
+/// A `wrong PIN` (or `PIN check cut off`) record whose "in a row" count does not follow
+/// from the records before it: the firmware counts every attempt before it checks it and
+/// only a correct PIN (logged as an unlock), an erase or provisioning starts the count again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinCount {
+    /// What the record says.
+    pub says: u32,
+    /// The record the count follows from.
+    pub after: u64,
+    /// What that record left the count at: `None` when it started the count again (an
+    /// unlock or the provisioning), else the wrong PINs in a row it said.
+    pub before: Option<u32>,
+}
+
+impl core::fmt::Display for PinCount {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let says = self.says;
+        let pins = if says == 1 { "PIN" } else { "PINs" };
+        let expected = self.before.unwrap_or(0).saturating_add(1);
+        match self.before {
+            Some(before) => write!(
+                f,
+                "it says {says} wrong {pins} in a row after record {} said {before}",
+                self.after
+            )?,
+            None => write!(
+                f,
+                "it says {says} wrong {pins} in a row, but record {} (an unlock or the \
+                 provisioning) started the count again and no wrong PIN is logged since",
+                self.after
+            )?,
+        }
+        if says < expected {
+            f.write_str(
+                " and no unlock, erase or provisioning between: the appliance's PIN counter was \
+                 reset outside its firmware",
+            )
+        } else {
+            f.write_str(
+                ": records of the wrong PINs between were cut from the log, or the appliance's \
+                 PIN counter was changed outside its firmware",
+            )
+        }
+    }
 }
 
 /// `verify_log` failure: the first bad record.
@@ -229,7 +278,88 @@ pub fn verify_log(records: &[LogRecord], pubkey: &[u8; 32]) -> Result<Vec<LogEnt
         prev = rec.hash();
         out.push(signed.entry);
     }
+    check_pin_counts(&out)?;
     Ok(out)
+}
+
+/// The wrong-PIN counts the records say, checked against each other: the chain and the
+/// signatures prove the firmware wrote each record, and this proves no record's count was
+/// set back by hand between them (zeroing the counter in the secret store buys ten more
+/// guesses, and the log said so in plain sight while it verified).
+///
+/// How the firmware counts (`appliance.rs`, `check_pin`): every attempt counts as wrong
+/// before it is checked, so each `WrongPin` or `PinCheckCutOff` record says one more than
+/// the one before. A correct PIN starts the count again: logged as an unlock (its record goes
+/// in before the reset is saved), or followed by the erase it carried; provisioning starts
+/// at zero. A power-up changes nothing. One case reads both ways: the power cut after a
+/// correct PIN's unlock record and before its reset was saved leaves the attempt counted,
+/// so the `PinCheckCutOff` the next power-up logs may count on from before that unlock.
+fn check_pin_counts(entries: &[LogEntry]) -> Result<(), LogError> {
+    /// Where the count stands: the record that set it, and the count (`None`: started again).
+    #[derive(Clone, Copy)]
+    struct Count {
+        at: u64,
+        said: Option<u32>,
+    }
+    // Unknown until a record sets it (a log whose start was cut says nothing of it).
+    let mut count: Option<Count> = None;
+    // The count before an unlock that only power-ups have followed since.
+    let mut before_unlock: Option<Count> = None;
+    for e in entries {
+        let says = match e.event {
+            Event::Provisioned { .. } => {
+                count = Some(Count {
+                    at: e.index,
+                    said: None,
+                });
+                before_unlock = None;
+                continue;
+            }
+            Event::Unlock => {
+                before_unlock = count;
+                count = Some(Count {
+                    at: e.index,
+                    said: None,
+                });
+                continue;
+            }
+            // Nothing counts after an erase (the PIN is gone).
+            Event::Erase { .. } => {
+                count = None;
+                before_unlock = None;
+                continue;
+            }
+            Event::PowerUp { .. } | Event::TornTailDropped { .. } => continue,
+            Event::WrongPin { failures } => (failures, false),
+            Event::PinCheckCutOff { failures } => (failures, true),
+            _ => {
+                before_unlock = None;
+                continue;
+            }
+        };
+        let (says, cut_off) = says;
+        let follows =
+            |c: Option<Count>| c.is_none_or(|c| c.said.unwrap_or(0).checked_add(1) == Some(says));
+        let cut_after_unlock = cut_off && before_unlock.is_some() && follows(before_unlock);
+        if let Some(c) = count {
+            if !follows(Some(c)) && !cut_after_unlock {
+                return Err(LogError {
+                    index: e.index,
+                    kind: LogErrorKind::PinCount(PinCount {
+                        says,
+                        after: c.at,
+                        before: c.said,
+                    }),
+                });
+            }
+        }
+        count = Some(Count {
+            at: e.index,
+            said: Some(says),
+        });
+        before_unlock = None;
+    }
+    Ok(())
 }
 
 /// Cut `s` to at most [`MAX_TEXT`] bytes on a character boundary.
@@ -414,6 +544,97 @@ mod tests {
             verify_log(&chain(2), &other).unwrap_err().kind,
             LogErrorKind::BadSignature
         );
+    }
+
+    /// Records of `events`, signed and chained as the appliance stores them.
+    fn log_of(events: &[Event]) -> Vec<LogRecord> {
+        let mut prev = [0u8; 32];
+        let mut out = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let index = index as u64;
+            let entry = LogEntry {
+                index,
+                prev,
+                uptime_ms: 0,
+                unix_time: None,
+                event: event.clone(),
+            };
+            let rec = LogRecord {
+                index,
+                body: postcard::to_allocvec(&entry.sign(&key())).unwrap(),
+            };
+            prev = rec.hash();
+            out.push(rec);
+        }
+        out
+    }
+
+    /// Wrong-PIN counts that the firmware cannot have written in that order fail: the
+    /// counter zeroed in the secret store between power-ups verified ("14 records, hash
+    /// chain and signatures intact") and bought ten more guesses.
+    #[test]
+    fn wrong_pin_counts_must_follow_from_the_records_before() {
+        let pk = key().verifying_key().to_bytes();
+        let provisioned = Event::Provisioned { identity: pk };
+        let wrong = |failures| Event::WrongPin { failures };
+        let cut = |failures| Event::PinCheckCutOff { failures };
+        let up = |boot| Event::PowerUp { boot };
+        let mut reset = alloc::vec![provisioned.clone()];
+        reset.extend((1..=9).map(wrong));
+        reset.extend([up(2), wrong(1), wrong(2), wrong(3)]);
+        let err = verify_log(&log_of(&reset), &pk).unwrap_err();
+        assert_eq!(err.index, 11);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("record 11: it says 1 wrong PIN in a row after record 9 said 9")
+                && msg.contains("reset outside its firmware"),
+            "{msg}"
+        );
+        // A wrong PIN's record cut out of the middle.
+        let skipped = [provisioned.clone(), wrong(1), wrong(3)];
+        let msg = verify_log(&log_of(&skipped), &pk).unwrap_err().to_string();
+        assert!(msg.contains("were cut from the log"), "{msg}");
+        // A count that does not start at 1 after an unlock.
+        let after_unlock = [provisioned.clone(), wrong(1), Event::Unlock, wrong(2)];
+        let err = verify_log(&log_of(&after_unlock), &pk).unwrap_err();
+        assert_eq!(err.index, 3);
+        assert!(err.to_string().contains("record 2 (an unlock"), "{err}");
+
+        // Honest logs: power-ups carry the count on, a correct PIN (unlock) starts it again,
+        // a check cut off by power counts, a torn wrong-PIN record is logged again as cut
+        // off, the lockout erases, and a cut between an unlock's record and its reset
+        // leaves that attempt counted.
+        let honest = [
+            provisioned,
+            wrong(1),
+            up(2),
+            wrong(2),
+            cut(3),
+            Event::Unlock,
+            Event::Lock,
+            wrong(1),
+            Event::Unlock,
+            up(3),
+            cut(2),
+            wrong(3),
+            Event::TornTailDropped { bytes: 9 },
+            up(4),
+            cut(4),
+            Event::Unlock,
+            up(5),
+            cut(1),
+        ]
+        .into_iter()
+        .chain((2..=10).map(wrong))
+        .chain([Event::Erase {
+            reason: EraseReason::PinLockout,
+            key_slots: 1,
+            overwrite_medium: false,
+        }])
+        .collect::<Vec<_>>();
+        verify_log(&log_of(&honest), &pk).unwrap();
+        // A log whose start is gone says nothing of the count before its first record.
+        verify_log(&log_of(&[up(4), wrong(6), wrong(7)]), &pk).unwrap();
     }
 
     #[test]

@@ -43,6 +43,10 @@
 //!   PIN's record is in the log, and a power-up that finds it logs the attempt
 //!   as cut off (`PinCheckCutOff`: it stays counted), so every wrong PIN
 //!   counted ever has its record (`log --verify` checks the count against them);
+//! * a correct PIN's unlock record is logged before the reset count is saved
+//!   (an erase's PIN resets it with the erase's state, after its record): the
+//!   count never starts again without a record saying why, so every wrong PIN's
+//!   "in a row" follows from the records before it (`log --verify` checks that);
 //! * a boot that finds the failure limit reached finishes the crypto-erase;
 //! * a crypto-erase writes its custody record and the `Erasing` lifecycle
 //!   before it touches the first key slot: a boot that finds `Erasing`
@@ -923,11 +927,11 @@ impl<P: Platform> Appliance<P> {
                 ),
             ));
         }
+        // A match is logged as the unlock by `check_pin`.
         if let Some(refused) = self.check_pin(pin, true)? {
             return Ok(refused);
         }
         self.unlocked = true;
-        self.record(Event::Unlock)?;
         Ok(Response::Unlocked)
     }
 
@@ -968,10 +972,21 @@ impl<P: Platform> Appliance<P> {
         self.st.pin_check = true;
         self.save()?;
         if verifier.matches(pin.as_str()) {
+            // The count starts again only once the log says why: an unlock's record goes in
+            // before the reset is saved (a cut between them leaves the attempt counted, and
+            // the power-up logs it as cut off). The PIN an erase carries keeps the count as it
+            // was before the attempt: the erase record follows. A reset saved first and a
+            // record the cut took read, at the next wrong PIN, as a counter reset outside
+            // the firmware (`log --verify` checks the counts against each other).
+            if unlocking {
+                self.record(Event::Unlock)?;
+                self.st.counters.failed_pins = 0;
+                self.st.counters.unlocks += 1;
+            } else {
+                self.st.counters.failed_pins -= 1;
+            }
             self.st.pin_check = false;
-            self.st.counters.failed_pins = 0;
             self.st.counters.total_failed_pins -= 1;
-            self.st.counters.unlocks += u64::from(unlocking);
             self.save()?;
             self.last_failure_ms = None;
             return Ok(None);
@@ -1645,6 +1660,11 @@ impl<P: Platform> Appliance<P> {
             Lifecycle::Erasing
         };
         self.st.lifecycle = pending;
+        // A requested erase took the correct PIN (or an unlocked appliance): its count
+        // starts again with the erase's state, saved after the erase record (see `check_pin`).
+        if reason == EraseReason::Requested {
+            self.st.counters.failed_pins = 0;
+        }
         self.save()?;
         let res = listed
             .map_err(Error::from)

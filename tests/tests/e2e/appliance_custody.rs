@@ -277,3 +277,57 @@ fn an_arrival_over_a_damaged_custody_log_says_so_and_fails() {
     );
     lab.stop();
 }
+
+/// One wrong PIN, retried past its back-off (milliseconds under --test-timing).
+fn wrong_pin(lab: &Lab) {
+    loop {
+        let out = lab.appliance(&["unlock", "--pin-file", "wrong-pin"]);
+        if !text(&out.stderr).contains("BackOff") {
+            assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(60));
+    }
+}
+
+/// Zero bytes of the simulator's `State` slot (postcard: lifecycle, then the counters boots,
+/// unlocks, wrong PINs in a row, wrong PINs ever, ...), as a finder with the appliance open
+/// would.
+fn zero_state_bytes(lab: &Lab, at: &[usize]) {
+    let path = lab.p("state/secrets/state");
+    let mut bytes = std::fs::read(&path).unwrap();
+    for &i in at {
+        bytes[i] = 0;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+}
+
+/// The PIN counter zeroed by hand between power-ups: nine wrong PINs, then three more "1, 2,
+/// 3 in a row" with no unlock between. Every record is signed and chained, and `log --verify`
+/// said "verified: 14 records"; the counts it says contradict each other, and it fails
+/// naming them.
+#[test]
+fn appliance_custody_pin_counter_reset_outside_the_firmware_is_detected() {
+    let mut lab = Lab::new(45);
+    lab.start();
+    lab.appliance_ok(&["provision", "--pin-file", "pin"]);
+    for _ in 0..9 {
+        wrong_pin(&lab);
+    }
+    lab.appliance_ok(&["log", "--verify"]);
+    lab.stop();
+    zero_state_bytes(&lab, &[3]);
+    lab.start();
+    for _ in 0..3 {
+        wrong_pin(&lab);
+    }
+    let out = lab.appliance(&["log", "--verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("record 11: it says 1 wrong PIN in a row after record 9 said 9")
+            && said.contains("reset outside its firmware"),
+        "{said}"
+    );
+    lab.stop();
+}

@@ -394,6 +394,80 @@ fn a_pin_check_cut_off_by_power_is_counted_and_logged() {
     assert_eq!(a.st.counters.total_failed_pins, 2);
 }
 
+/// Three wrong PINs, each past its back-off.
+fn three_wrong_pins(a: &mut Appliance<FakePlatform>) {
+    for _ in 0..3 {
+        a.p.clock.now_ms += 100_000;
+        assert_eq!(code(&unlock(a, "000000")), Some(ErrorCode::WrongPin));
+    }
+    a.p.clock.now_ms += 100_000;
+}
+
+/// The correct PIN and a power cut between its unlock record and the counter's reset, either
+/// way round: the wrong-PIN counts the log says still follow from each other (`log --verify`
+/// checks them). The reset was saved first, the cut took the unlock record, and the next
+/// wrong PIN said "1 in a row" after "3 in a row" with no unlock between.
+#[test]
+fn a_correct_pin_cut_off_leaves_wrong_pin_counts_that_follow() {
+    // The unlock record torn: the attempt stays counted (4), logged as cut off.
+    let mut a = provisioned(30);
+    three_wrong_pins(&mut a);
+    a.p.log.fail_after = Some(0);
+    assert_eq!(code(&unlock(&mut a, PIN)), Some(ErrorCode::Storage));
+    let mut a = reboot(a, 31);
+    assert_eq!(a.st.counters.failed_pins, 4);
+    a.p.clock.now_ms += 100_000;
+    assert_eq!(code(&unlock(&mut a, "000000")), Some(ErrorCode::WrongPin));
+    let events: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        events.ends_with(&[
+            Event::PowerUp { boot: 2 },
+            Event::PinCheckCutOff { failures: 4 },
+            Event::WrongPin { failures: 5 }
+        ]),
+        "{events:?}"
+    );
+
+    // The unlock logged, its reset cut off: counted as cut off after the unlock record.
+    let mut a = provisioned(32);
+    three_wrong_pins(&mut a);
+    a.p.secrets.writes_left = Some(1);
+    assert_eq!(code(&unlock(&mut a, PIN)), Some(ErrorCode::Storage));
+    let mut a = reboot(a, 33);
+    assert_eq!(a.st.counters.failed_pins, 4);
+    assert_eq!(
+        a.st.counters.unlocks, 0,
+        "no more unlocks than unlock records"
+    );
+    a.p.clock.now_ms += 100_000;
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    assert_eq!(code(&unlock(&mut a, "000000")), Some(ErrorCode::WrongPin));
+    let events: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        events.ends_with(&[Event::WrongPin { failures: 1 }, Event::Lock]),
+        "{events:?}"
+    );
+
+    // The PIN an erase carries, the erase record torn and the erase cut off before its
+    // state: the count stays where the wrong PINs left it.
+    let mut a = provisioned(34);
+    three_wrong_pins(&mut a);
+    a.p.secrets.writes_left = Some(2);
+    a.p.log.fail_after = Some(0);
+    let r = a.handle(Request::Erase {
+        overwrite: false,
+        pin: Some(Pin::new(PIN)),
+    });
+    assert_eq!(code(&r), Some(ErrorCode::Storage), "{r:?}");
+    let mut a = reboot(a, 35);
+    assert_eq!(a.state(), DeviceState::Locked);
+    assert_eq!(a.st.counters.failed_pins, 3);
+    a.p.clock.now_ms += 100_000;
+    assert_eq!(code(&unlock(&mut a, "000000")), Some(ErrorCode::WrongPin));
+    let events: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert_eq!(events.last(), Some(&Event::WrongPin { failures: 4 }));
+}
+
 /// A `State` slot saved before `pin_check` existed still reads (as no check under way).
 #[test]
 fn a_state_slot_of_the_layout_before_reads() {
