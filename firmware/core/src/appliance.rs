@@ -877,21 +877,36 @@ impl<P: Platform> Appliance<P> {
             self.p.log_storage().truncate(0)?;
             self.log = CustodyLog::open(self.p.log_storage())?;
         }
-        self.st = Persisted {
-            lifecycle: Lifecycle::Ready,
-            counters: Counters {
-                boots: 1,
-                ..Counters::default()
+        // The provisioning record goes in before the commit point: a cut after it leaves a
+        // factory appliance whose next provisioning truncates the log, and a provisioned
+        // appliance always has the record (logged after the commit, a cut between left one
+        // without, which `log --verify` cannot tell from a deleted log and fails).
+        self.key = Some(key);
+        if let Err(e) = self.record(Event::Provisioned { identity: pubkey }) {
+            self.key = None;
+            return Err(e);
+        }
+        let factory = core::mem::replace(
+            &mut self.st,
+            Persisted {
+                lifecycle: Lifecycle::Ready,
+                counters: Counters {
+                    boots: 1,
+                    ..Counters::default()
+                },
+                pin_check: false,
             },
-            pin_check: false,
-        };
-        self.save()?; // commit point
+        );
+        if let Err(e) = self.save() {
+            // commit point not reached: still a factory appliance
+            self.st = factory;
+            self.key = None;
+            return Err(e);
+        }
         self.medium_id = Some(rec.medium_id);
         drop(rec);
-        self.key = Some(key);
         self.pubkey = Some(pubkey);
         self.unlocked = false;
-        self.record(Event::Provisioned { identity: pubkey })?;
         info!("provisioned");
         Ok(Response::Provisioned {
             identity_pubkey: pubkey,

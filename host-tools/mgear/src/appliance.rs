@@ -1283,8 +1283,9 @@ pub(crate) fn verify_custody(
         Ok(e) => e,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    if let Some(why) =
-        missing_power_ups(&entries, i.counters.boots).or_else(|| missing_events(&entries, &i))
+    if let Some(why) = missing_start(&entries, &key)
+        .or_else(|| missing_power_ups(&entries, i.counters.boots))
+        .or_else(|| missing_events(&entries, &i))
     {
         return Ok(Err(why));
     }
@@ -1300,6 +1301,30 @@ pub(crate) fn verify_custody(
     Ok(Ok(entries))
 }
 
+/// A log that does not start with the provisioning of the identity it is checked against:
+/// the firmware logs it before the provisioning takes effect, so a provisioned appliance
+/// always has it. Without it, the log's start was cut, or the whole log deleted (and the
+/// counters that tell its records zeroed with it: it verified as "1 records", a lone
+/// `power-up #1`).
+fn missing_start(
+    entries: &[mgear_appliance_api::custody::LogEntry],
+    key: &[u8; 32],
+) -> Option<String> {
+    let first = match entries.first() {
+        Some(e) if matches!(e.event, Event::Provisioned { identity } if identity == *key) => {
+            return None
+        }
+        Some(e) => format!("starts with \"{}\"", e.event),
+        None => "is empty".to_string(),
+    };
+    Some(format!(
+        "the appliance is provisioned (identity {}), but its custody log {first}, not with its \
+         provisioning: the log was deleted or its start cut from it, and what the appliance \
+         counts was reset with it",
+        full_fingerprint(key)
+    ))
+}
+
 /// Records cut from the log, told by its power-ups: every boot after the one that
 /// provisioned the appliance (boot 1, logged as `provisioned`) counts itself and then logs
 /// `power-up #N`. A number skipped with no `torn tail dropped` between (a power cut that tore
@@ -1311,13 +1336,20 @@ fn missing_power_ups(
 ) -> Option<String> {
     let mut last = 1u64;
     let mut torn = false;
+    let mut provisioned = false;
     for e in entries {
         match e.event {
+            Event::Provisioned { .. } => provisioned = true,
             Event::TornTailDropped { .. } => torn = true,
             Event::PowerUp { boot } => {
                 if boot > last + 1 && !torn {
+                    // Named only if the log holds it: "from provisioning (boot 1)" was said
+                    // of a log that had none.
                     let from = match last {
-                        1 => "provisioning (boot 1)".to_string(),
+                        1 if provisioned => "provisioning (boot 1)".to_string(),
+                        1 => {
+                            "its first record, with no provisioning (boot 1) before it,".to_string()
+                        }
                         n => format!("power-up #{n}"),
                     };
                     return Some(format!(
@@ -1362,6 +1394,19 @@ fn missing_events(
             "the appliance counted {} wrong PIN(s) ever, but its log records {logged}: records \
              were cut from the log",
             i.counters.total_failed_pins
+        ));
+    }
+    // Each unlock is logged before it is counted (a cut between leaves the record, not the
+    // count), so the count never exceeds the records.
+    let unlocks = entries
+        .iter()
+        .filter(|e| matches!(e.event, Event::Unlock))
+        .count() as u64;
+    if unlocks < i.counters.unlocks {
+        return Some(format!(
+            "the appliance counted {} unlock(s), but its log records {unlocks}: records were \
+             cut from the log",
+            i.counters.unlocks
         ));
     }
     let erased = entries
@@ -1738,12 +1783,55 @@ mod tests {
         // Boots 3 and 4 cut out, or the last boots cut off the end.
         let gap = missing_power_ups(&[up(2), up(5)], 5).unwrap();
         assert!(gap.contains("from power-up #2 to power-up #5"), "{gap}");
+        // Provisioning is named as where the log goes from only when it holds it.
+        let provisioned = entry(Event::Provisioned { identity: [7; 32] });
+        let gap = missing_power_ups(&[provisioned, up(4)], 4).unwrap();
+        assert!(
+            gap.contains("from provisioning (boot 1) to power-up #4"),
+            "{gap}"
+        );
+        let gap = missing_power_ups(&[up(4)], 4).unwrap();
+        assert!(
+            gap.contains(
+                "from its first record, with no provisioning (boot 1) before it, to power-up #4"
+            ),
+            "{gap}"
+        );
         let end = missing_power_ups(&[up(2), up(3)], 5).unwrap();
         assert!(
             end.contains("last power-up is #3") && end.contains("5 boots"),
             "{end}"
         );
     }
+    /// A provisioned appliance's log starts with its provisioning: a deleted log (a lone
+    /// `power-up #1` once the counters were zeroed) verified.
+    #[test]
+    fn a_log_without_its_provisioning_is_named() {
+        use mgear_appliance_api::custody::LogEntry;
+        let entry = |event| LogEntry {
+            index: 0,
+            prev: [0; 32],
+            uptime_ms: 0,
+            unix_time: None,
+            event,
+        };
+        let key = [7u8; 32];
+        assert_eq!(
+            missing_start(&[entry(Event::Provisioned { identity: key })], &key),
+            None
+        );
+        let lone = missing_start(&[entry(Event::PowerUp { boot: 1 })], &key).unwrap();
+        assert!(
+            lone.contains("starts with \"power-up #1\", not with its provisioning")
+                && lone.contains(&full_fingerprint(&key)),
+            "{lone}"
+        );
+        assert!(missing_start(&[], &key).unwrap().contains("log is empty"));
+        // Another identity's provisioning is not this one's.
+        let other = [8u8; 32];
+        assert!(missing_start(&[entry(Event::Provisioned { identity: other })], &key).is_some());
+    }
+
     use mgear_appliance_api::attest::{AttestationBody, AttestationKind};
     use mgear_appliance_api::protocol::{decode_frame, encode_frame};
     use std::io::{Read, Write};

@@ -331,3 +331,33 @@ fn appliance_custody_pin_counter_reset_outside_the_firmware_is_detected() {
     );
     lab.stop();
 }
+
+/// The whole custody log deleted, with the counters that tell its records zeroed: the log a
+/// lone `power-up #1`, and `log --verify` said "verified: 1 records" of a provisioned
+/// appliance. A provisioned appliance's log starts with its provisioning; and with the
+/// counters kept, the failure said "the log goes from provisioning (boot 1)" of a log that
+/// held none.
+#[test]
+fn appliance_custody_deleted_log_is_detected() {
+    for zeroed in [&[1usize, 3, 4][..], &[]] {
+        let mut lab = Lab::new(46);
+        lab.start();
+        lab.provision_and_unlock();
+        lab.appliance_ok(&["lock"]);
+        wrong_pin(&lab);
+        lab.stop();
+        std::fs::remove_file(lab.p("state/custody.log")).unwrap();
+        zero_state_bytes(&lab, zeroed);
+        lab.start();
+        let out = lab.appliance(&["log", "--verify"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        let said = text(&out.stdout);
+        assert!(
+            said.contains("but its custody log starts with \"power-up #")
+                && said.contains("not with its provisioning")
+                && !said.contains("from provisioning"),
+            "{said}"
+        );
+        lab.stop();
+    }
+}

@@ -108,6 +108,29 @@ fn reboot(a: Appliance<FakePlatform>, seed: u64) -> Appliance<FakePlatform> {
     Appliance::new(a.p.after_power_loss(seed), cfg()).unwrap()
 }
 
+/// A power cut that takes the provisioning record: the appliance stays a factory one, and
+/// provisioning again starts the log with its record. It was provisioned already (the record
+/// came after the commit point), with a log that had no provisioning record, which
+/// `log --verify` fails as a log deleted.
+#[test]
+fn a_provisioned_appliance_always_logged_its_provisioning() {
+    let mut a = Appliance::new(platform(40), cfg()).unwrap();
+    a.p.log.fail_after = Some(0);
+    let r = a.handle(Request::Provision { pin: Pin::new(PIN) });
+    assert_eq!(code(&r), Some(ErrorCode::Storage), "{r:?}");
+    let mut a = reboot(a, 41);
+    assert_eq!(a.state(), DeviceState::Factory);
+    assert!(matches!(
+        a.handle(Request::Provision { pin: Pin::new(PIN) }),
+        Response::Provisioned { .. }
+    ));
+    let events: Vec<_> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        matches!(events.as_slice(), [Event::Provisioned { .. }]),
+        "{events:?}"
+    );
+}
+
 #[test]
 fn factory_has_no_default_pin_and_provisions_once() {
     let mut a = Appliance::new(platform(1), cfg()).unwrap();
