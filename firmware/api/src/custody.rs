@@ -27,6 +27,12 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// What a `Verify` record with no problems says in `first` when the medium held no capture
+/// (nothing was verified): such a record read "keyless verification: no problems" while the
+/// command said "medium NOT verified". The record keeps its format: a reader that predates
+/// this still decodes it (and says what it said before).
+pub const NOTHING_VERIFIED: &str = "the medium holds no capture, nothing verified";
+
 /// Largest record body.
 pub const MAX_RECORD_LEN: usize = 4096;
 /// Longest free text kept in an event (longer text is cut).
@@ -424,7 +430,10 @@ impl core::fmt::Display for Event {
                 )
             }
             Event::Verify { problems, first } => match (problems, first) {
-                (0, _) => f.write_str("keyless verification: no problems"),
+                // What there was to say of a verification that found nothing wrong (an empty
+                // medium: nothing verified).
+                (0, Some(why)) => write!(f, "keyless verification: {why}"),
+                (0, None) => f.write_str("keyless verification: no problems"),
                 (n, Some(first)) => {
                     write!(f, "keyless verification: {n} problem(s), first: {first}")
                 }

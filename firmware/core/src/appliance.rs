@@ -1316,13 +1316,7 @@ impl<P: Platform> Appliance<P> {
     fn verify_cmd(&mut self) -> Result<Response, Error> {
         let report = self.verify_and_digest(false)?.0;
         if self.key.is_some() {
-            self.record(Event::Verify {
-                problems: report.problems.len() as u64,
-                first: report
-                    .problems
-                    .first()
-                    .map(|p| custody::clip(&p.to_string())),
-            })?;
+            self.record(verify_event(&report))?;
         }
         Ok(Response::Verified(report))
     }
@@ -1473,13 +1467,7 @@ impl<P: Platform> Appliance<P> {
         // which stops it.
         let job = self.start_region_hashes();
         let (report, files) = self.verify_and_digest(true)?;
-        self.record(Event::Verify {
-            problems: report.problems.len() as u64,
-            first: report
-                .problems
-                .first()
-                .map(|p| custody::clip(&p.to_string())),
-        })?;
+        self.record(verify_event(&report))?;
         if let Some(first) = report.problems.first() {
             return Ok(Response::error(
                 ErrorCode::VerifyFailed,
@@ -1846,6 +1834,21 @@ impl<P: Platform> Appliance<P> {
 
 /// What an erased appliance can still do: the next step that exists.
 const ERASED_NEXT_STEP: &str = "the appliance is erased: its identity and PIN are destroyed and it cannot be provisioned again; its custody log and attestations can still be read ('mgear appliance log --verify', 'mgear appliance attestations'); return it to the datacenter that issued it";
+
+/// The custody record of a keyless verification: its problems and the first, or, when it
+/// found none on a medium that holds no capture, that nothing was verified (recorded as "no
+/// problems", which the verify command itself called "medium NOT verified").
+fn verify_event(report: &VerifyReport) -> Event {
+    let first = match report.problems.first() {
+        Some(p) => Some(custody::clip(&p.to_string())),
+        None if report.captures == 0 => Some(custody::NOTHING_VERIFIED.into()),
+        None => None,
+    };
+    Event::Verify {
+        problems: report.problems.len() as u64,
+        first,
+    }
+}
 
 /// Commands whose argument is a PIN (never echoed in line mode).
 const PIN_COMMANDS: [&str; 1] = ["unlock"];

@@ -491,6 +491,40 @@ fn a_correct_pin_cut_off_leaves_wrong_pin_counts_that_follow() {
     assert_eq!(events.last(), Some(&Event::WrongPin { failures: 4 }));
 }
 
+/// A verification of a medium that holds no capture, and the seal refused for it, are logged
+/// as nothing verified: the record said "keyless verification: no problems" while the
+/// command said "medium NOT verified: it holds no capture".
+#[test]
+fn verifying_an_empty_medium_is_logged_as_nothing_verified() {
+    let mut a = Appliance::new(FakePlatform::new(DISK, 53), cfg()).unwrap();
+    a.handle(Request::Provision { pin: Pin::new(PIN) });
+    assert!(matches!(a.handle(Request::Verify), Response::Verified(r) if r.captures == 0));
+    assert_eq!(unlock(&mut a, PIN), Response::Unlocked);
+    assert!(
+        code(&a.handle(Request::Seal)).is_some(),
+        "an empty medium is not sealed"
+    );
+    let nothing = Event::Verify {
+        problems: 0,
+        first: Some(custody::NOTHING_VERIFIED.into()),
+    };
+    let verifies: Vec<Event> = log_entries(&mut a)
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| matches!(e, Event::Verify { .. }))
+        .collect();
+    assert_eq!(verifies, [nothing.clone(), nothing.clone()]);
+    assert_eq!(
+        nothing.to_string(),
+        "keyless verification: the medium holds no capture, nothing verified"
+    );
+    // A medium whose captures verify still says so.
+    let mut a = provisioned(54);
+    a.handle(Request::Verify);
+    let last = log_entries(&mut a).pop().unwrap().event;
+    assert_eq!(last.to_string(), "keyless verification: no problems");
+}
+
 /// A `State` slot saved before `pin_check` existed still reads (as no check under way).
 #[test]
 fn a_state_slot_of_the_layout_before_reads() {
