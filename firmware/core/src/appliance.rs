@@ -623,7 +623,7 @@ impl<P: Platform> Appliance<P> {
             self.last_input_ms = now;
             for &b in &buf[..n.min(buf.len())] {
                 let was_line = self.decoder.in_line();
-                let masked = line_carries_pin(self.decoder.line_so_far());
+                let masked = echo_masked(self.decoder.line_so_far(), b);
                 let input = self.decoder.push(b);
                 if b != 0 && (was_line || self.decoder.in_line()) {
                     let echo: &[u8] = match b {
@@ -741,10 +741,17 @@ impl<P: Platform> Appliance<P> {
                 Ok(from) => Request::Log { from },
                 Err(_) => return "error: usage: log [from-index]\r\n".into(),
             },
+            // Its word is not repeated: a line whose command is not known may be a PIN
+            // typed at the wrong place ("unlok246810"), and is masked as it is typed.
+            _ if !is_line_command(cmd.as_bytes()) => {
+                return "error: unknown command (not shown: a mistyped line may hold a PIN); \
+                        type 'help'\r\n"
+                    .into()
+            }
             _ => {
                 return alloc::format!(
-                    "error: unknown command or wrong arguments: '{}'; type 'help'\r\n",
-                    custody::clip(cmd)
+                    "error: wrong arguments for '{}'; type 'help'\r\n",
+                    cmd.to_ascii_lowercase()
                 )
             }
         };
@@ -1865,6 +1872,53 @@ fn line_carries_pin(line: &[u8]) -> bool {
     PIN_COMMANDS.iter().any(|cmd| {
         rest.len() >= cmd.len() && rest[..cmd.len()].eq_ignore_ascii_case(cmd.as_bytes())
     })
+}
+
+/// Every command word of the line mode (`handle_line`).
+const LINE_COMMANDS: [&str; 10] = [
+    "help", "?", "info", "ping", "unlock", "lock", "verify", "seal", "arrival", "log",
+];
+
+/// Commands whose arguments are no secret, echoed as typed.
+const SHOWN_ARGS: [&str; 1] = ["log"];
+
+/// Whether `word` is a line-mode command (any case).
+fn is_line_command(word: &[u8]) -> bool {
+    LINE_COMMANDS
+        .iter()
+        .any(|c| word.eq_ignore_ascii_case(c.as_bytes()))
+}
+
+/// Whether byte `b`, typed after `so_far`, echoes as `*`. A PIN line's argument is masked
+/// (see [`line_carries_pin`]), and so is anything a line whose command is not known holds:
+/// "unlok Secret-1234" was echoed in clear, then refused as an unknown command. The first
+/// word shows while it is the start of a command; from the byte that makes it none, the
+/// line is masked (a PIN typed with no command, or run into a misspelt one). Only the
+/// arguments of a command that takes no secret (`log 12`) show.
+fn echo_masked(so_far: &[u8], b: u8) -> bool {
+    if line_carries_pin(so_far) {
+        return true;
+    }
+    let start = so_far
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(so_far.len());
+    let rest = &so_far[start..];
+    match rest.iter().position(|c| c.is_ascii_whitespace()) {
+        // Still in the first word (blanks before it show as blanks either way).
+        None if rest.is_empty() || !b.is_ascii_whitespace() => {
+            !LINE_COMMANDS.iter().any(|c| {
+                let c = c.as_bytes();
+                c.len() > rest.len()
+                    && c[..rest.len()].eq_ignore_ascii_case(rest)
+                    && c[rest.len()].eq_ignore_ascii_case(&b)
+            }) && !b.is_ascii_whitespace()
+        }
+        None => !is_line_command(rest),
+        Some(end) => !SHOWN_ARGS
+            .iter()
+            .any(|c| rest[..end].eq_ignore_ascii_case(c.as_bytes())),
+    }
 }
 
 /// Whether the line's first word is exactly a PIN-taking command.

@@ -1554,6 +1554,57 @@ fn line_mode_never_echoes_a_pin() {
     assert_eq!(a.info().counters.unlocks, 4);
 }
 
+/// A line whose command is not known is masked as it is typed and not repeated in the
+/// reply: "unlok Secret-1234" was echoed in clear, then answered "unknown command ...
+/// 'unlok'", and "unlok246810" repeated whole.
+#[test]
+fn line_mode_never_echoes_a_mistyped_line() {
+    let mut a = provisioned(52);
+    for line in [
+        &b"unlok Secret-1234
+"[..],
+        b"unlok246810
+",
+        b"246810
+",
+        b"  Lockk 246810
+",
+        b"info 246810
+",
+        b"frob	Secret-1234 246810
+",
+    ] {
+        a.p.console.send(line);
+        a.poll_console().unwrap();
+        let out = a.p.console.take_output();
+        let text = String::from_utf8_lossy(&out);
+        for secret in ["Secret", "1234", "246810", "46810", "6810"] {
+            assert!(
+                !text.contains(secret),
+                "{:?} echoed {secret}: {text}",
+                core::str::from_utf8(line)
+            );
+        }
+        assert!(
+            text.contains("unknown command") || text.contains("wrong arguments for 'info'"),
+            "{text}"
+        );
+    }
+    // What is no secret still shows: a command as typed, and `log`'s index.
+    a.p.console.send(
+        b"LOG 1
+",
+    );
+    a.poll_console().unwrap();
+    let text = String::from_utf8_lossy(&a.p.console.take_output()).into_owned();
+    assert!(text.starts_with("LOG 1\r\n"), "{text}");
+    assert_eq!(
+        a.info().counters.total_failed_pins,
+        0,
+        "no attempt was used"
+    );
+}
+
 /// An erase carries the PIN and unlocks nothing: `info` counted it as an unlock, which the
 /// custody log (it records each unlock) did not hold.
 #[test]
