@@ -442,31 +442,30 @@ fn human_secs(s: u64) -> String {
 }
 
 /// The PIN guards the appliance: a PIN file others can read is said, not refused (the
-/// operator may be mid-journey with no way to fix it there), with how to fix it.
+/// operator may be mid-journey with no way to fix it there), with how to fix it. Only of a
+/// regular file: a directory's mode was warned of before "Is a directory", and a pipe's
+/// (`--pin-file <(pass show pin)`) says nothing of who can read the PIN.
 fn warn_if_shared(f: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = std::fs::metadata(f) {
-        let mode = m.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            eprintln!(
-                "mgear: warning: PIN file {} can be read by other users (mode {mode:04o}): \
-                 `chmod 600 {}`",
-                f.display(),
-                f.display()
-            );
-        }
+    if let Some(mode) = crate::keyfile::exposed_mode(f) {
+        eprintln!(
+            "mgear: warning: PIN file {} can be read by other users (mode {:04o}): `chmod \
+             600 {}`",
+            f.display(),
+            mode & 0o777,
+            f.display()
+        );
     }
 }
 
 fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
     let text = match pin_file {
         Some(f) => {
-            warn_if_shared(f);
             // Like a key file: one that cannot be read is a usage error (2). Only its first
             // line is read, and only so far (`/dev/zero` is no PIN file either).
             let cannot = |e: String| {
                 usage(format!(
-                    "cannot read PIN file {}: {e}; give a file with the PIN on its first line",
+                    "cannot read PIN file {}: {e}; give the file that holds the PIN (on its \
+                     first line)",
                     f.display()
                 ))
             };
@@ -477,6 +476,8 @@ fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
                 )),
                 e => cannot(e.to_string()),
             })?;
+            // Said of a file that reads, not before the error of one that does not.
+            warn_if_shared(f);
             let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             Zeroizing::new(
@@ -1762,6 +1763,27 @@ pub fn witness_commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory given for a secret file is said to be one, with the file to give: the
+    /// PIN file's said "Is a directory (os error 21)", after a warning about its mode.
+    #[test]
+    fn a_directory_given_for_a_secret_file_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let said = |e: crate::Error| e.to_string();
+        let pin = said(read_pin(Some(p), false).err().unwrap());
+        assert!(
+            pin.contains("it is a directory, not a file")
+                && pin.contains("give the file that holds the PIN"),
+            "{pin}"
+        );
+        let pass = said(crate::keys::read_passphrase(p).err().unwrap());
+        assert!(pass.contains("it is a directory, not a file"), "{pass}");
+        let id = said(crate::keys::read_identity(p).err().unwrap());
+        assert!(id.contains("it is a directory, not a file"), "{id}");
+        let sign = said(crate::sitekey::read_signing_key(p).err().unwrap());
+        assert!(sign.contains("it is a directory, not a file"), "{sign}");
+    }
 
     #[test]
     fn power_ups_tell_records_cut_from_the_log() {

@@ -16,11 +16,20 @@ use crate::exit::usage;
 /// blocked open(2) forever, and a first SIGTERM did not end it; opened so, it reads as empty
 /// (and is refused as such), while a pipe something writes to (`--pin-file <(pass show
 /// pin)`) reads as ever.
+///
+/// A directory is refused by name: it opens, and its read said only "Is a directory (os
+/// error 21)" (after a warning about its mode, as if it were a file others can read).
 pub fn open_read(path: &Path) -> std::io::Result<fs::File> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)?;
+    if f.metadata()?.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "it is a directory, not a file",
+        ));
+    }
     // Reads block again as they would have: only the open was not to wait.
     let flags =
         nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).map_err(std::io::Error::from)?;
@@ -170,7 +179,6 @@ pub fn write_pair(
 /// A warning on stderr when the secret key file at `path` can be read by others than its
 /// owner (keygen writes 0600; a copied key went unremarked at 0644).
 pub fn warn_if_exposed(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
     // Once per file and run: a command reads its key more than once.
     static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     if let Some(mode) = exposed_mode(path) {
@@ -189,10 +197,16 @@ pub fn warn_if_exposed(path: &Path) {
         eprintln!("mgear: warning: {w}");
         crate::output::side_warning(&w);
     }
-    fn exposed_mode(path: &Path) -> Option<u32> {
-        let mode = fs::metadata(path).ok()?.permissions().mode();
-        (mode & 0o077 != 0).then_some(mode)
-    }
+}
+
+/// The mode of the secret file at `path` when others than its owner can read it. Only of a
+/// regular file: a directory's mode was warned of before its read failed "Is a directory",
+/// and a pipe's (`--pin-file <(pass show pin)`) says nothing of who reads the secret.
+pub(crate) fn exposed_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).ok()?;
+    let mode = meta.permissions().mode();
+    (meta.is_file() && mode & 0o077 != 0).then_some(mode)
 }
 
 /// Write `contents` to `path` with mode `mode`, refusing to overwrite unless `force`.
@@ -353,6 +367,26 @@ pub fn misplaced(arg: &str, text: &str, flag: &str, wanted: KeyKind) -> Option<c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory given for a secret file: named as one, and its mode (0755) not warned of
+    /// as a secret's others can read.
+    #[test]
+    fn a_directory_is_no_secret_file_and_its_mode_no_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(exposed_mode(dir.path()), None);
+        let e = open_read(dir.path()).unwrap_err();
+        assert_eq!(e.to_string(), "it is a directory, not a file");
+        assert!(matches!(
+            read_head(dir.path(), 64),
+            Err(Head::Unreadable(_))
+        ));
+        let file = dir.path().join("pin");
+        fs::write(&file, "314159\n").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(exposed_mode(&file).map(|m| m & 0o777), Some(0o644));
+    }
 
     #[test]
     fn a_directory_is_no_key_file_with_or_without_force() {

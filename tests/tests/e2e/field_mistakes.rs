@@ -385,7 +385,10 @@ fn the_medium_is_never_its_own_target_or_source() {
         .args(&["--trust", "insub"])
         .target("file:insub/v.raw")
         .run();
-    refused(&o, "cannot read public key insub: Is a directory");
+    refused(
+        &o,
+        "cannot read public key insub: it is a directory, not a file",
+    );
 }
 
 /// A capture of `src.raw` onto `m` as `name`, held to 4 MiB/s so that it is still running
