@@ -1831,7 +1831,14 @@ pub fn ingest_set(
             // The other disks get what the media given hold, too.
             Err(e) if crate::exit::classified(&e) == Some(crate::exit::PENDING) => {
                 eprintln!("mgear: disk {k}: {e}");
-                pending.push((*k, e.to_string()));
+                let again = crate::exit::hint(&e, "ingest");
+                // What a disk asks to be given again (the medium with its first chunk, one
+                // declared lost): the set's hint said "not needed again" beside it.
+                let again = again.split_once(" and with ").and_then(|(_, w)| {
+                    w.find(" again")
+                        .map(|i| format!("with {}", &w[..i + " again".len()]))
+                });
+                pending.push((*k, e.to_string(), again));
             }
             Err(e) => {
                 return Err(e.context(format!(
@@ -1842,6 +1849,24 @@ pub fn ingest_set(
         }
     }
     if !pending.is_empty() {
+        let again: Vec<String> = pending
+            .iter()
+            .filter_map(|(k, _, a)| a.as_ref().map(|a| format!("disk {k}: {a}")))
+            .collect();
+        let hint = if again.is_empty() {
+            "when the media named arrive, run the same command with them as --medium (or \
+             --appliance): every disk goes on from where it stopped (the media given now are \
+             not needed again), and the volumes are finished once the machine is complete"
+                .to_string()
+        } else {
+            format!(
+                "when the media named arrive, run the same command with them as --medium (or \
+                 --appliance), and with these again ({}): keep them (do not erase them) until \
+                 then; every disk goes on from where it stopped, and the volumes are finished \
+                 once the machine is complete",
+                again.join("; ")
+            )
+        };
         return Err(coded_hint(
             crate::exit::PENDING,
             format!(
@@ -1852,13 +1877,11 @@ pub fn ingest_set(
                 plan.len(),
                 pending
                     .iter()
-                    .map(|(k, e)| format!("disk {k}: {e}"))
+                    .map(|(k, e, _)| format!("disk {k}: {e}"))
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
-            "when the media named arrive, run the same command with them as --medium (or \
-             --appliance): every disk goes on from where it stopped (the media given now are \
-             not needed again), and the volumes are finished once the machine is complete",
+            hint,
         ));
     }
     if hold {

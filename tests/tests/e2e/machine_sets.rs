@@ -1862,3 +1862,62 @@ fn a_dry_run_of_a_finished_set_is_refused_as_the_run_is() {
         .run();
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
 }
+
+/// A set's disk into a device (no unfinished name: its boot sector is written last) from
+/// the one medium of its span that holds that chunk: the disk's line said to keep that
+/// medium and give it again, and the set's next step said "the media given now are not
+/// needed again" beside it. The next step names it too.
+#[test]
+fn a_sets_pending_next_step_names_the_medium_to_give_again() {
+    let e = Env::new();
+    e.keygen();
+    let noise = |path: &str, mib: usize, seed: u8| {
+        let data: Vec<u8> = (0..mib << 20)
+            .map(|i| {
+                (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(u32::from(seed)) as u8
+            })
+            .collect();
+        std::fs::write(e.p(path), data).unwrap();
+    };
+    noise("d0.raw", 40, 3);
+    noise("d1.raw", 24, 5);
+    let media: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|m| e.fat(&format!("m{m}.img"), "40MiB"))
+        .collect();
+    media
+        .iter()
+        .fold(
+            e.capture(&media[0], "db01").sources(&["d0.raw", "d1.raw"]),
+            |l, m| {
+                if m == &media[0] {
+                    l
+                } else {
+                    l.medium(m)
+                }
+            },
+        )
+        .ok();
+    std::fs::File::create(e.p("vol0.img"))
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    let dev = mgear_tests::Loop::attach(&e.p("vol0.img"));
+    let o = e
+        .ingest(&media[0], "db01")
+        .untrusted()
+        .args(&["--disk", "0"])
+        .target(&format!("dev:{}", dev.0))
+        .arg("--json")
+        .run();
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hint = v["error"]["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("disk 0: with medium #0 (fat:ma.img) again")
+            && !hint.contains("not needed again"),
+        "{v}"
+    );
+}
