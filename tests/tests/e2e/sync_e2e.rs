@@ -1623,3 +1623,41 @@ fn a_serve_of_an_nbd_export_connects_again_after_its_server_restarts() {
         std::fs::read(e.p("disk.raw")).unwrap()
     );
 }
+
+/// A serve that keeps a device (`dev:`, here a loop device larger than the disk) in sync: a
+/// cutover booting that device was refused after the quiesce ("a serve on this host keeps
+/// another volume in sync"), the serve's record naming the device by its spec and the
+/// cutover's by the node's inode; a device larger than the disk was refused by its size.
+/// It is the volume the final sync wrote: booted (here it finds nothing bootable: the disk
+/// is random), not refused.
+#[test]
+fn cutover_boots_the_device_the_serve_keeps_in_sync() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 8, 45);
+    e.capture_and_ingest("64MiB");
+    std::fs::File::create(e.p("dev.img"))
+        .unwrap()
+        .set_len(10 * MIB as u64)
+        .unwrap();
+    let dev = mgear_tests::Loop::attach(&e.p("dev.img"));
+    e.ingest("fat:medium.img", "web01")
+        .untrusted()
+        .target(&format!("dev:{}", dev.0))
+        .unsealed()
+        .arg("--force")
+        .ok();
+    let (_serve, addr) = Line::new(&e, &["serve", "--target", &format!("dev:{}", dev.0)])
+        .medium("fat:medium.img")
+        .args(&["--name", "web01", "--identity", "target.key"])
+        .args(&["--listen", "127.0.0.1:0"])
+        .trust("site.pub")
+        .listen();
+    #[rustfmt::skip]
+    let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "true", "--resume", "true", "--boot-target", &format!("dev:{}", dev.0), "--boot-timeout", "30"]);
+    assert!(
+        !stderr(&o).contains("is not the volume the final sync wrote"),
+        "{}",
+        text(&o)
+    );
+    assert!(stderr(&o).contains("booting dev:"), "{}", text(&o));
+}

@@ -258,7 +258,10 @@ fn boot_target_is_synced(
     // The end, not the metadata length: a block device's is 0.
     let target_size = std::io::Seek::seek(&mut &target, std::io::SeekFrom::End(0))
         .with_context(|| format!("reading the size of --boot-target {}", a.boot_target))?;
-    if target_size != size {
+    // A device may be larger than the disk (a cloud volume rounded up, which serve keeps
+    // in sync): the disk is its first bytes.
+    let device = super::target::device_key(&path).is_some();
+    if target_size != size && !(device && target_size > size) {
         let why = format!("it holds {target_size} bytes, the source {size}");
         return Err(match served {
             Some(true) => moved_on(why),

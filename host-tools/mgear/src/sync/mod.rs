@@ -369,6 +369,10 @@ fn serve_plan(a: Serve) -> crate::Result<i32> {
     let mut vol = target::ServedVolume::open(volume, m.disk_size, m.chunk_size, id_key)?;
     match &spec {
         crate::spec::Target::File(p) => vol.watch(p, &m.capture_id, &name),
+        crate::spec::Target::Dev(p) => match target::device_key(p) {
+            Some(key) => vol.note_served(&key, &m.capture_id, &name),
+            None => vol.note_served(&spec.to_string(), &m.capture_id, &name),
+        },
         other => vol.note_served(&other.to_string(), &m.capture_id, &name),
     }
     // An NBD export's server may restart under a long-running serve: connected to again.

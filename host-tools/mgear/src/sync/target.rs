@@ -155,8 +155,15 @@ pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16], name: &str
 /// recorded a volume here. A copy once served (with `--force`) and left behind is not the
 /// volume the last sync wrote, whatever its old record says.
 pub fn served_last(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> Option<bool> {
-    let mine = Record::of(volume, capture_id, name)?;
-    if crate::guard::born_after(volume, &mine.path) {
+    // A device is known by its device number, as its serve recorded it: by its node's inode
+    // the device a serve kept in sync was "another volume", and every `dev:` cutover was
+    // refused after the source was quiesced.
+    let device = device_key(volume);
+    let mine = match &device {
+        Some(key) => Record::of_key(key, capture_id, name)?,
+        None => Record::of(volume, capture_id, name)?,
+    };
+    if device.is_none() && crate::guard::born_after(volume, &mine.path) {
         return Some(false);
     }
     let dir = mine.path.parent()?;
@@ -167,6 +174,16 @@ pub fn served_last(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) 
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .max_by_key(|(at, _)| *at)?;
     Some(newest.1 == mine.path)
+}
+
+/// The key a served block device's record is kept under: its device number, the same for
+/// every name of the device (`None`: `path` is no block device).
+pub fn device_key(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).ok()?;
+    m.file_type()
+        .is_block_device()
+        .then(|| format!("block device {}", m.rdev()))
 }
 
 impl Record {
