@@ -291,6 +291,11 @@ pub struct Report {
     pub boot_report: Option<String>,
     /// What the driver adaptation did (`--adapt` only).
     pub adapt: Option<mgear_boot::AdaptReport>,
+    /// The local volume `--adapt` adapts (its path and QEMU format), once it is verified:
+    /// adapted by [`run`] after the report is made, so a failed adaptation's report keeps
+    /// what was written and verified (it said "nothing verified").
+    #[serde(skip)]
+    pub to_adapt: Option<(PathBuf, &'static str)>,
     /// The target already held this generation, verified by an earlier run: kept, nothing
     /// written (only present, as `true`, then).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -760,6 +765,32 @@ pub fn run(cli: Request) -> crate::Result<i32> {
             return Err(e);
         }
     };
+    if let Some((path, format)) = r.to_adapt.take() {
+        match adapt_volume(&path, format) {
+            Ok(a) => r.adapt = Some(a),
+            Err(e) => {
+                // Written and verified: the ticket and --json keep that beside the failed
+                // step (they said "STOPPED, nothing verified").
+                let code = crate::exit::code_of(&e);
+                let hint = "the volume is written and verified as ingested, not adapted: fix \
+                            what the message names and run the same command again (the kept \
+                            volume is adapted then), or boot it as it is";
+                if let Some(p) = &args.report {
+                    let mut v = crate::report::ingest(&r, &args.medium.describe())?;
+                    v["result"]["error"] =
+                        crate::output::error_value(code, &format!("{e:#}"), hint);
+                    crate::report::write(p, &v)?;
+                }
+                if args.json {
+                    crate::output::emit_verdict_hint(code, &format!("{e:#}"), hint, &r)?;
+                } else {
+                    eprintln!("mgear: error: {e:#}");
+                    eprintln!("mgear: what to do: {hint}");
+                }
+                return Ok(code);
+            }
+        }
+    }
     let booted = if args.boot && cinder {
         boot_cinder(&args, &mut r)
     } else if args.boot {
@@ -783,10 +814,16 @@ pub fn run(cli: Request) -> crate::Result<i32> {
     }
     if args.json {
         // `ok` is false when --boot did not prove the boot (exit 1).
-        crate::output::emit_verdict(
+        // The data checked out: the class's hint ("the data did not check out: do not use
+        // it") was said of a volume that is whole.
+        crate::output::emit_verdict_hint(
             code,
             "the volume was ingested and verified, but its boot did not prove itself (--boot): \
-             see `boot`",
+             see `boot_report`",
+            "the volume is written and verified; the boot report (`boot_report`, with the \
+             console's last lines) says why the guest did not come up: boot it by hand with \
+             `mgear boot --target TARGET --wait-for REGEX` (--firmware or --bus if it needs \
+             them), or adapt it (--adapt)",
             &r,
         )?;
     } else {
@@ -1772,6 +1809,19 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         );
         report.set_volume(volume);
         report.warnings = verdict.warnings.clone();
+        // A kept volume is adapted too: a re-run after a failed adaptation said "kept", exit
+        // 0, and adapted nothing.
+        if args.adapt {
+            report.to_adapt = match &target {
+                Target::File(p) | Target::Dev(p) => Some((p.clone(), "raw")),
+                Target::Qcow2(p) => Some((p.clone(), "qcow2")),
+                _ => {
+                    return Err(usage(
+                        "--adapt needs a local volume: this target has no host path",
+                    ))
+                }
+            };
+        }
         let disk_size = reader.disk_size();
         medium.close()?;
         if args.volume_sha256 {
@@ -1934,7 +1984,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     report.warnings = warnings;
     report.set_volume(finished.volume.clone());
     if args.adapt {
-        report.adapt = Some(adapt_volume(&finished)?);
+        let path = finished
+            .path
+            .clone()
+            .ok_or_else(|| usage("--adapt needs a local volume: this target has no host path"))?;
+        report.to_adapt = Some((path, finished.format));
     }
     Ok(report)
 }
@@ -2495,6 +2549,7 @@ pub fn write_volume<S: image_format::Store>(
             booted: None,
             boot_report: None,
             adapt: None,
+            to_adapt: None,
             kept: false,
             snapshot_id: None,
             image_id: None,
@@ -2526,6 +2581,7 @@ pub(crate) fn kept_report(name: &str, generation: u32, target: &str, disk_size: 
         booted: None,
         boot_report: None,
         adapt: None,
+        to_adapt: None,
         kept: true,
         snapshot_id: None,
         image_id: None,
@@ -4053,17 +4109,13 @@ fn mismatch_in(
 }
 
 /// `--adapt`: run virt-v2v-in-place on the verified volume.
-fn adapt_volume(done: &Finished) -> crate::Result<mgear_boot::AdaptReport> {
-    let path = done
-        .path
-        .as_deref()
-        .ok_or_else(|| usage("--adapt needs a local volume: this target has no host path"))?;
+fn adapt_volume(path: &Path, format: &'static str) -> crate::Result<mgear_boot::AdaptReport> {
     eprintln!(
         "adapting {} with {} (under TCG: this takes minutes)",
         path.display(),
         mgear_boot::adapt::TOOL
     );
-    mgear_boot::adapt(path, done.format).map_err(|e| {
+    mgear_boot::adapt(path, format).map_err(|e| {
         let code = match e {
             mgear_boot::BootError::Usage(_) | mgear_boot::BootError::Unsupported(_) => USAGE,
             _ => IO,

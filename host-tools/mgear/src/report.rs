@@ -577,10 +577,15 @@ pub fn summary(v: &Value) -> String {
         ),
     );
     if let Some(e) = r.get("error") {
+        // A step after the verified write failed (`--adapt`): the write stands.
+        let what = match r["verified"] == true {
+            true => "FAILED after the volume was written and verified",
+            false => "STOPPED, nothing verified",
+        };
         line(
             "result",
             format!(
-                "STOPPED, nothing verified (exit {}, {}): {}",
+                "{what} (exit {}, {}): {}",
                 e["code"],
                 s(e, &["kind"]),
                 s(e, &["message"])

@@ -230,6 +230,35 @@ fn ingest_adapt_refuses_a_disk_without_an_os_and_keeps_the_verified_volume() {
         fs::read(e.p("vol.raw")).unwrap(),
         fs::read(e.p("disk.raw")).unwrap()
     );
+    // The report and --json keep what was written and verified beside the failed step (the
+    // ticket said "STOPPED, nothing verified"); the same command again adapts the kept volume
+    // (it said "kept", exit 0, and adapted nothing).
+    let again = e
+        .ingest("dir:mnt", "web01")
+        .untrusted()
+        .unsealed()
+        .target("file:vol.raw")
+        .args(&["--adapt", "--report", "r.json", "--json"])
+        .run();
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(v["kept"], true, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NOT adapted"),
+        "{v}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(e.p("r.json")).unwrap()).unwrap();
+    assert_eq!(r["result"]["verified"], true, "{r}");
+    let summary = fs::read_to_string(e.p("r.txt")).unwrap();
+    assert!(
+        summary.contains("FAILED after the volume was written and verified"),
+        "{summary}"
+    );
 }
 
 #[test]
