@@ -534,11 +534,26 @@ fn medium_json(
                 // A file its readers do not need (a journal slot) marked a directory: the
                 // generation reads whole, but the file system is damaged (every reader of
                 // the medium fails it, inspect too).
+                // Only a name the format gives a file: a directory of another name is someone's
+                // own (`mmd`), which `medium fsck` notes and leaves, not damage (inspect alone
+                // called the medium damaged, exit 1).
                 let dir = image_format::layout::generation_dir(&c.name, g.generation);
                 let marked = store.list(&dir).ok().and_then(|entries| {
-                    entries
-                        .into_iter()
-                        .find(|e| e.kind == image_format::store::EntryKind::Dir)
+                    entries.into_iter().find(|e| {
+                        use image_format::layout as l;
+                        let n = e.name.to_ascii_uppercase();
+                        e.kind == image_format::store::EntryKind::Dir
+                            && ([
+                                l::MANIFEST_FILE,
+                                l::INDEX_FILE,
+                                l::IPART_FILE,
+                                l::JOURNAL_A,
+                                l::JOURNAL_B,
+                                image_format::commit::COMMIT_FILE,
+                            ]
+                            .contains(&n.as_str())
+                                || l::parse_segment_name(&n).is_some())
+                    })
                 });
                 if let Some(e) = marked {
                     damaged_generation = true;

@@ -2343,3 +2343,21 @@ fn a_stale_fsinfo_free_count_neither_fills_nor_damages_a_medium() {
     e.capture(&medium, "web01").source("disk.raw").ok();
     e.ok(&["medium", "fsck", &medium]);
 }
+
+/// A directory of someone's own in a finished generation's directory (`mmd`, `mkdir`):
+/// `medium fsck` notes it and leaves it, verify passes, and inspect called the file system
+/// damaged ("its attribute byte is damaged"), exit 1. Only a name the format gives a file,
+/// marked a directory, is that damage.
+#[test]
+fn a_directory_of_someones_own_in_a_generation_is_no_damage_to_inspect() {
+    let e = Env::new();
+    e.keygen();
+    fs::write(e.p("a.raw"), vec![0x3c; 4 << 20]).unwrap();
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "web01").source("a.raw").ok();
+    fs::create_dir(e.p("mnt/MGEAR/web01/G0001/junk")).unwrap();
+    let o = e.run(&["inspect", "--medium", "dir:mnt"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!text(&o).contains("damaged"), "{}", text(&o));
+    e.ok(&["verify", "--medium", "dir:mnt"]);
+}
