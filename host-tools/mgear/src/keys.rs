@@ -938,7 +938,7 @@ pub fn keys(request: Request) -> crate::Result<i32> {
             }
             let dir = key_cache_dir(key_cache)?;
             let keys = cached_keys(&dir)?;
-            let chosen: Vec<&CachedKey> = keys
+            let mut chosen: Vec<&CachedKey> = keys
                 .iter()
                 .filter(|k| {
                     capture_id.as_deref().is_none_or(|id| {
@@ -985,6 +985,17 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                     ids.join(", ")
                 )));
             }
+            // One data key cached under several names (machines captured with
+            // --dedup-across-machines share their key and capture id): forgetting it by one
+            // name left it under the other, and a delta "that can no longer run" ran.
+            let shared: Vec<&CachedKey> = keys
+                .iter()
+                .filter(|k| {
+                    !chosen.iter().any(|c| c.path == k.path)
+                        && k.capture_id.as_deref().is_some_and(|id| ids.contains(&id))
+                })
+                .collect();
+            chosen.extend(shared);
             // Every one checked before any goes: a set's entries are one key.
             let held = chosen
                 .iter()
@@ -1016,8 +1027,14 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                 }))?;
             } else {
                 for (id, names) in &forgot {
+                    let shared = match names.len() {
+                        1 => String::new(),
+                        _ => " (one key: those machines were captured with \
+                              --dedup-across-machines)"
+                            .to_string(),
+                    };
                     println!(
-                        "forgot the data key of {} (capture id {id}): deltas, syncs and the resume of an unfinished generation of it can no longer run on this host (a capture with a passphrase slot: with --passphrase-file)",
+                        "forgot the data key of {}{shared} (capture id {id}): deltas, syncs and the resume of an unfinished generation of it can no longer run on this host (a capture with a passphrase slot: with --passphrase-file)",
                         names.join(", ")
                     );
                 }

@@ -744,6 +744,22 @@ fn a_second_machine_borrows_the_first_ones_records_only_when_asked() {
     ingest("web01", "file:out1.raw");
     same_file(&e.p("out1.raw"), &e.p("web01.raw"));
 
+    // The machines share one data key: forgetting it by one name forgets it under the other
+    // too (it stayed cached as web02's, and a delta "that can no longer run" ran).
+    let gone = e.json(&["keys", "forget", "--name", "web01"]);
+    let names: Vec<&str> = gone["forgotten"][0]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"web01") && names.iter().any(|n| n.starts_with("web02")),
+        "{gone}"
+    );
+    let left = e.json(&["keys", "list"]);
+    assert!(!left.to_string().contains("web02"), "{left}");
+
     // web01 cannot go while web02 borrows from it, even with --force.
     let o = e.run(&["medium", "rm", "--medium", &m, "--name", "web01", "--force"]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
