@@ -1945,3 +1945,19 @@ fn cli_a_generated_passphrase_serves_a_set_and_the_resume_of_a_stopped_run() {
         .ok();
     assert!(!e.p("fresh.pw").exists());
 }
+
+/// `medium format plain.img` was told to say "--medium" (a flag it has not) and offered
+/// dir: and NBD media, which format refuses: it is told the fat: spelling of that path.
+#[test]
+fn cli_format_of_a_bare_path_names_the_fat_spelling() {
+    let e = Env::new();
+    let o = e.run(&["medium", "format", "plain.img", "--size", "40MiB"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let said = stderr(&o);
+    assert!(said.contains("mgear medium format fat:plain.img"), "{said}");
+    assert!(
+        !said.contains("--medium") && !said.contains("dir:"),
+        "{said}"
+    );
+    assert!(!e.p("plain.img").exists());
+}

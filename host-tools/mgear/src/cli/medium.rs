@@ -114,6 +114,18 @@ impl MediumArgs {
                 size,
                 force,
             } => {
+                // A bare path: said for this command, which formats fat: only (the --medium
+                // message offered dir: and NBD, which format refuses, and a flag it has not).
+                if !medium.starts_with("fat:")
+                    && !medium.starts_with("dir:")
+                    && !medium.contains("://")
+                {
+                    return Err(mgear::exit::usage(format!(
+                        "medium format {medium}: say it is a FAT medium to make: \
+                         `mgear medium format fat:{medium}` (an image file, made at --size, or a \
+                         device such as fat:/dev/sdb)"
+                    )));
+                }
                 let medium = MediumSpec::parse(&medium)?;
                 // Only a fat: image has a size; the other kinds are refused
                 // (by `medium_admin::run`, which says why) whatever --size says.
