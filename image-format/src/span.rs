@@ -582,16 +582,35 @@ impl<M: Store> SpanStore<M> {
                 if blank(&m.label) {
                     return Err(Error::Usage(reformatted_member(m)));
                 }
+                // Every member not given, at once (a second refusal named the next), and the
+                // capture's way past a lost one said as a capture's: `medium rm` and `fsck
+                // --repair` were offered --replace-medium, which they do not take.
+                let absent: Vec<&Member> = map
+                    .members
+                    .iter()
+                    .filter(|m| !m.lost && !seen.contains(&m.ordinal))
+                    .collect();
+                let named = absent
+                    .iter()
+                    .map(|m| map.describe(m.ordinal))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                let quoted = absent
+                    .iter()
+                    .map(|m| alloc::format!("--replace-medium '{}'", m.label))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 return Err(Error::Usage(format!(
-                    "{} of this span is not attached: every capture written onto a medium of a \
-                     span writes every medium of it (each holds a copy of the index and \
-                     manifests of all its captures); attach it and give it with --medium too. \
-                     Only if it is lost for good (its share is then captured again): \
-                     `--replace-medium '{}'`. If that span is another shipment's (a medium of \
-                     it was given by mistake), leave its media out and give a blank medium \
-                     instead",
-                    map.describe(m.ordinal),
-                    m.label
+                    "{named} of this span {} not attached: every write onto a medium of a span \
+                     (a capture, `medium rm`, `medium fsck --repair`) writes every medium of it \
+                     (each holds a copy of the index and manifests of all its captures); attach \
+                     {} and give {} with --medium too. Only if one is lost for good, a capture \
+                     or delta goes on without it ({quoted}: its share is then captured again). \
+                     If that span is another shipment's (a medium of it was given by mistake), \
+                     leave its media out",
+                    if absent.len() > 1 { "are" } else { "is" },
+                    if absent.len() > 1 { "them" } else { "it" },
+                    if absent.len() > 1 { "them" } else { "it" },
                 )));
             }
         }

@@ -314,7 +314,8 @@ impl Where {
                              attach it and give it with --medium too. Only if it is lost for \
                              good (its share is then captured again): `--replace-medium '{}'`. \
                              If that span is another shipment's (a medium of it was given by \
-                             mistake), leave its media out and give a blank medium instead",
+                             mistake), leave its media out and capture onto a blank medium \
+                             instead",
                             m.ordinal, m.label, m.label
                         )));
                     }

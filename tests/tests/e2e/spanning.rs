@@ -359,6 +359,16 @@ fn a_full_span_continues_on_one_more_medium_and_a_lost_medium_is_recaptured_alon
         "{}",
         output_text(&o)
     );
+    // `medium rm` with a medium left out names every one missing, and says the way past a
+    // lost one is a capture's (it offered --replace-medium, which rm does not take).
+    let o = e.run(&["medium", "rm", "--medium", &a, "--name", "web01", "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("are not attached")
+            && output_text(&o).contains("a capture or delta goes on without it"),
+        "{}",
+        output_text(&o)
+    );
     let d = e.fat("d.img", "40MiB");
     let o = cap(&[&a, &c, &d], &["--delta"]);
     assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
