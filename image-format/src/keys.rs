@@ -482,13 +482,37 @@ pub fn unlock_data_key<S: Store + ?Sized>(
     // Neither slot left: what an erase leaves. "Unlock it with the other one" was advice
     // nobody could follow.
     if store.len(&path).ok().flatten().is_none() && store.len(&other).ok().flatten().is_none() {
-        return Err(Error::NeedKey {
-            name: name.into(),
-            why: format!(
+        // The slots are mirrored on every medium of a span: with one medium of it given,
+        // "no key opens this capture any more" was untrue while the others hold copies.
+        let others: Vec<String> = store
+            .span()
+            .map(|v| {
+                let here = v.attached();
+                v.map()
+                    .members
+                    .iter()
+                    .filter(|m| !m.lost && !here.contains(&m.ordinal))
+                    .map(|m| v.map().describe(m.ordinal))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let why = if others.is_empty() {
+            format!(
                 "it has no key slot left ({path} and {other} are missing): they were erased \
                  (the appliance's crypto-erase, or removed from the medium), so no key opens \
                  this capture any more"
-            ),
+            )
+        } else {
+            format!(
+                "the media given hold no key slot of it ({path} and {other} are missing: \
+                 erased or removed here); every medium of its span holds a copy of them: give \
+                 {} too (--medium or --appliance)",
+                others.join(" or ")
+            )
+        };
+        return Err(Error::NeedKey {
+            name: name.into(),
+            why,
         });
     }
     let bytes =

@@ -1910,6 +1910,30 @@ mod tests {
         assert!(!far.is_empty() && far.iter().all(|(_, o)| *o == 0));
     }
 
+    /// One medium of a span given, its copies of the key slots gone (erased, removed): "no
+    /// key opens this capture any more" was said while the other medium holds copies. The
+    /// others are named.
+    #[test]
+    fn key_slots_gone_from_one_medium_of_a_span_name_the_others() {
+        let data = disk(40 * CS as usize);
+        let id = age::x25519::Identity::generate();
+        let (mut a, mut b) = (small(1_600_000), small(3_000_000));
+        {
+            let mut span = join_ab(&mut a, &mut b, [7; 16]).unwrap();
+            capture(&mut span, "web01", &data, &id).unwrap();
+        }
+        b.remove_file("MGEAR/web01/KEYS").unwrap();
+        let mut span =
+            SpanStore::open(alloc::vec![(&mut b as &mut dyn Store, "B".into())], true).unwrap();
+        let e = crate::unlock_data_key(&mut span, "web01", &Unlock::Identity(id.clone()))
+            .err()
+            .expect("no slot here")
+            .to_string();
+        assert!(e.contains("every medium of its span holds a copy"), "{e}");
+        assert!(e.contains("(A)"), "{e}");
+        assert!(!e.contains("no key opens"), "{e}");
+    }
+
     /// Every file of capture `name` removed through `span`, deepest directories last, as
     /// `mgear medium rm` does.
     fn remove_capture<S: Store>(span: &mut S, name: &str) {
