@@ -1925,10 +1925,11 @@ mod tests {
         b.remove_file("MGEAR/web01/KEYS").unwrap();
         let mut span =
             SpanStore::open(alloc::vec![(&mut b as &mut dyn Store, "B".into())], true).unwrap();
-        let e = crate::unlock_data_key(&mut span, "web01", &Unlock::Identity(id.clone()))
-            .err()
-            .expect("no slot here")
-            .to_string();
+        let Err(e) = crate::unlock_data_key(&mut span, "web01", &Unlock::Identity(id.clone()))
+        else {
+            panic!("no slot here")
+        };
+        let e = e.to_string();
         assert!(e.contains("every medium of its span holds a copy"), "{e}");
         assert!(e.contains("(A)"), "{e}");
         assert!(!e.contains("no key opens"), "{e}");
