@@ -1049,6 +1049,17 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// A directory given for a passphrase or identity file is said to be one (it was "Is a
+    /// directory", after a warning about its mode).
+    #[test]
+    fn a_directory_given_for_a_secret_file_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = read_passphrase(dir.path()).err().unwrap().to_string();
+        assert!(pass.contains("it is a directory, not a file"), "{pass}");
+        let id = read_identity(dir.path()).err().unwrap().to_string();
+        assert!(id.contains("it is a directory, not a file"), "{id}");
+    }
+
     /// An identity file of several keys yields them all (age's `-i FILE`: any may open the
     /// capture; only the first was read), and a recipient file's BOM is no part of the key.
     #[test]

@@ -228,6 +228,14 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
+    /// A directory given for a signing key is said to be one.
+    #[test]
+    fn a_directory_given_for_a_signing_key_is_named_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let sign = read_signing_key(dir.path()).err().unwrap().to_string();
+        assert!(sign.contains("it is a directory, not a file"), "{sign}");
+    }
+
     #[test]
     fn generated_pair_reads_back_and_signs() {
         use ed25519_dalek::{Signer, Verifier};
