@@ -2761,9 +2761,14 @@ mod tests {
         disk[446 + 4] = 0x0c;
         disk[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
         disk[510..512].copy_from_slice(&[0x55, 0xaa]);
+        // Past the end: an error, as a device's read is (the backup is looked for in the
+        // first 16 sectors).
         let mut read = |at: u64, buf: &mut [u8]| {
             let at = at as usize;
-            buf.copy_from_slice(&disk[at..at + buf.len()]);
+            let part = disk
+                .get(at..at + buf.len())
+                .ok_or_else(|| StoreError::Io(String::from("past the end")))?;
+            buf.copy_from_slice(part);
             Ok(())
         };
         let e = alloc::string::ToString::to_string(&check_boot(&mut read).unwrap_err());
@@ -2777,7 +2782,10 @@ mod tests {
         gpt[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
         let mut read = |at: u64, buf: &mut [u8]| {
             let at = at as usize;
-            buf.copy_from_slice(&gpt[at..at + buf.len()]);
+            let part = gpt
+                .get(at..at + buf.len())
+                .ok_or_else(|| StoreError::Io(String::from("past the end")))?;
+            buf.copy_from_slice(part);
             Ok(())
         };
         let e = alloc::string::ToString::to_string(&check_boot(&mut read).unwrap_err());
