@@ -2605,15 +2605,20 @@ pub fn fsinfo_hints<R>(geo: &Geometry, read: &mut R) -> Result<Option<(u32, u32)
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
+    Ok(fsinfo_sector(geo, read)?.map(|s| (le32(&s, 488), le32(&s, 492))))
+}
+
+/// The FSInfo sector of `geo`'s volume when it has one whose first two signatures hold.
+fn fsinfo_sector<R>(geo: &Geometry, read: &mut R) -> Result<Option<[u8; 512]>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
     if geo.fsinfo_offset == 0 {
         return Ok(None);
     }
     let mut s = [0u8; 512];
     read(geo.fsinfo_offset, &mut s)?;
-    if le32(&s, 0) != FSINFO_LEAD || le32(&s, 484) != FSINFO_STRUC {
-        return Ok(None);
-    }
-    Ok(Some((le32(&s, 488), le32(&s, 492))))
+    Ok((le32(&s, 0) == FSINFO_LEAD && le32(&s, 484) == FSINFO_STRUC).then_some(s))
 }
 
 /// Store a free-cluster count and next-free hint in the FSInfo sector
@@ -2629,12 +2634,7 @@ where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
     W: FnMut(u64, &[u8]) -> Result<(), StoreError>,
 {
-    if geo.fsinfo_offset == 0 {
-        return Ok(());
-    }
-    let mut s = [0u8; 512];
-    read(geo.fsinfo_offset, &mut s)?;
-    if le32(&s, 0) != FSINFO_LEAD || le32(&s, 484) != FSINFO_STRUC {
+    if fsinfo_sector(geo, read)?.is_none() {
         return Ok(());
     }
     let mut tail = [0u8; 8];
