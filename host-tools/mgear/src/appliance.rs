@@ -1764,6 +1764,17 @@ pub fn witness_commit(
 mod tests {
     use super::*;
 
+    /// A log record of `event` (index, chain and times are not what these tests look at).
+    fn entry(event: Event) -> mgear_appliance_api::custody::LogEntry {
+        mgear_appliance_api::custody::LogEntry {
+            index: 0,
+            prev: [0; 32],
+            uptime_ms: 0,
+            unix_time: None,
+            event,
+        }
+    }
+
     /// A directory given for a secret file is said to be one, with the file to give: the
     /// PIN file's said "Is a directory (os error 21)", after a warning about its mode.
     #[test]
@@ -1781,14 +1792,6 @@ mod tests {
 
     #[test]
     fn power_ups_tell_records_cut_from_the_log() {
-        use mgear_appliance_api::custody::LogEntry;
-        let entry = |event| LogEntry {
-            index: 0,
-            prev: [0; 32],
-            uptime_ms: 0,
-            unix_time: None,
-            event,
-        };
         let up = |boot| entry(Event::PowerUp { boot });
         let torn = entry(Event::TornTailDropped { bytes: 7 });
         // Provisioned at boot 1, then boots 2 and 3: whole.
@@ -1823,14 +1826,6 @@ mod tests {
     /// `power-up #1` once the counters were zeroed) verified.
     #[test]
     fn a_log_without_its_provisioning_is_named() {
-        use mgear_appliance_api::custody::LogEntry;
-        let entry = |event| LogEntry {
-            index: 0,
-            prev: [0; 32],
-            uptime_ms: 0,
-            unix_time: None,
-            event,
-        };
         let key = [7u8; 32];
         assert_eq!(
             missing_start(&[entry(Event::Provisioned { identity: key })], &key),

@@ -1054,11 +1054,8 @@ pub fn report_stop(
         v["digests"]["manifest_root"].as_str(),
         state_dir(args.state_dir.clone()),
     ) {
-        let tag = format!("(manifest root {}", &root[..root.len().min(32)]);
-        if let Some((ids, _)) = mgear_volume::ebs::recorded_snapshots(&sdir, &name)
-            .into_iter()
-            .find(|(_, what)| what.contains(&tag))
-        {
+        let recorded = mgear_volume::ebs::recorded_snapshots(&sdir, &name);
+        if let Some(ids) = root_from_hex(root).and_then(|r| snapshot_of(&recorded, &r)) {
             let mut ids = ids.split(' ');
             v["result"]["snapshot_id"] = serde_json::json!(ids.next());
             v["result"]["image_id"] = serde_json::json!(ids.next());
@@ -1653,10 +1650,10 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // The manifest root tells this generation from another capture of the same name and
         // generation number (a re-capture after `medium rm`): a finished EBS ingest is kept by it.
         what: format!(
-            "mgear ingest of capture {} generation {} (manifest root {})",
+            "mgear ingest of capture {} generation {} {}",
             reader.name(),
             reader.generation(),
-            &crate::output::hex(reader.manifest_root())[..32]
+            root_tag(reader.manifest_root())
         ),
     };
     let facts = crate::cloud_target::CaptureFacts {
@@ -3904,6 +3901,25 @@ fn done_record(text: &str) -> Option<([u8; 32], std::str::Lines<'_>)> {
 }
 
 /// A manifest root written as 64 hex digits (a record's, a report's).
+/// How an ingest's description names the generation it writes (`Prepare::what`, kept in
+/// an EBS snapshot's record): by the first half of its manifest root.
+fn root_tag(root: &[u8; 32]) -> String {
+    format!("(manifest root {})", &crate::output::hex(root)[..32])
+}
+
+/// Of the snapshots `recorded` (`mgear_volume::ebs::recorded_snapshots`), the one an ingest
+/// of the generation with manifest root `root` completed: `snap-X` or `snap-X ami-Y`.
+pub(crate) fn snapshot_of<'r>(
+    recorded: &'r [(String, String)],
+    root: &[u8; 32],
+) -> Option<&'r str> {
+    let tag = root_tag(root);
+    recorded
+        .iter()
+        .find(|(_, what)| what.contains(&tag))
+        .map(|(ids, _)| ids.as_str())
+}
+
 fn root_from_hex(hex: &str) -> Option<[u8; 32]> {
     let mut root = [0u8; 32];
     for (k, b) in root.iter_mut().enumerate() {

@@ -1711,10 +1711,7 @@ pub fn ingest_set(
                 continue;
             };
             let recorded = mgear_volume::ebs::recorded_snapshots(&sdir, &name);
-            let of = |root: &[u8; 32]| {
-                let tag = format!("(manifest root {}", &hex(root)[..32]);
-                recorded.iter().find(|(_, what)| what.contains(&tag))
-            };
+            let of = |root: &[u8; 32]| crate::ingest::snapshot_of(&recorded, root);
             if file
                 .set
                 .disks
@@ -1728,7 +1725,7 @@ pub fn ingest_set(
                 .disks
                 .iter()
                 .enumerate()
-                .find_map(|(j, d)| of(&d.manifest_root).map(|(id, _)| (j, id)));
+                .find_map(|(j, d)| of(&d.manifest_root).map(|id| (j, id)));
             if let Some((j, id)) = other {
                 return Err(coded_hint(
                     USAGE,

@@ -217,7 +217,7 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
     if let Err(e) = fat_size_supported(&head) {
         // Damage that makes the boot sector no FAT32 at all (its signature, a sector or
         // cluster size of 0): an intact backup says it is a damaged medium.
-        if let Some((bps, sector, backup)) = intact_backup_at(read) {
+        if let Some((bps, sector, backup)) = intact_backup(read) {
             // What differs, not the check's own advice (a field damaged into "too few
             // clusters" carried "format it" into a message that says not to).
             let differ = disagreement(&head, &backup);
@@ -266,10 +266,10 @@ pub fn check_boot(read: &mut ReadAt<'_>) -> Result<(), StoreError> {
             if b[510..512] == [0x55, 0xaa] && &b[82..90] == b"FAT32   " {
                 Some(b)
             } else {
-                intact_backup(read).map(|(_, b)| b).or(Some(b))
+                intact_backup(read).map(|(_, _, b)| b).or(Some(b))
             }
         }
-        None => intact_backup(read).map(|(_, b)| b),
+        None => intact_backup(read).map(|(_, _, b)| b),
     };
     if let Some(backup) = backup {
         // Told apart only when they disagree: a mount reads nothing more otherwise.
@@ -307,17 +307,11 @@ fn partition_table(head: &[u8; 512]) -> Option<String> {
     })
 }
 
-/// A FAT32 boot sector at sector 6 (of 512 or 4096 bytes, as its own bytes per sector say)
-/// that the engines could mount: the backup every formatter writes. Its sector size and bytes.
-fn intact_backup(read: &mut ReadAt<'_>) -> Option<(u64, [u8; 512])> {
-    intact_backup_at(read).map(|(bps, _, b)| (bps, b))
-}
-
-/// [`intact_backup`] with the sector it is in: sector 6, where every formatter puts it
-/// unless told otherwise, else another of the first 16 whose copy points at itself (`mkfs.fat
-/// -b 3` put it at sector 3, and a damaged boot sector there was "not FAT32", `medium
-/// format` advised).
-fn intact_backup_at(read: &mut ReadAt<'_>) -> Option<(u64, u64, [u8; 512])> {
+/// A FAT32 boot sector (of 512 or 4096 bytes, as its own bytes per sector say) that the
+/// engines could mount, where a backup is: sector 6, where every formatter puts it unless
+/// told otherwise, else another of the first 16 whose copy points at itself (`mkfs.fat -b 3` put it at sector 3, and a damaged boot
+/// sector there was "not FAT32", `medium format` advised). Its sector size, sector and bytes.
+fn intact_backup(read: &mut ReadAt<'_>) -> Option<(u64, u64, [u8; 512])> {
     let sectors = core::iter::once(6u64).chain((1..16).filter(|s| *s != 6));
     sectors
         .flat_map(|s| [(512u64, s), (4096, s)])
@@ -2568,11 +2562,9 @@ pub fn fsinfo_damage<R>(geo: &Geometry, read: &mut R) -> Result<Option<&'static 
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
-    if geo.fsinfo_offset == 0 {
+    let Some(s) = raw_fsinfo(geo, read)? else {
         return Ok(None);
-    }
-    let mut s = [0u8; 512];
-    read(geo.fsinfo_offset, &mut s)?;
+    };
     Ok(if le32(&s, 0) != FSINFO_LEAD {
         Some("its first signature is wrong")
     } else if le32(&s, 484) != FSINFO_STRUC {
@@ -2613,12 +2605,23 @@ fn fsinfo_sector<R>(geo: &Geometry, read: &mut R) -> Result<Option<[u8; 512]>, S
 where
     R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
 {
+    Ok(
+        raw_fsinfo(geo, read)?
+            .filter(|s| le32(s, 0) == FSINFO_LEAD && le32(s, 484) == FSINFO_STRUC),
+    )
+}
+
+/// The bytes of the sector the boot sector names as FSInfo (`None`: it names none).
+fn raw_fsinfo<R>(geo: &Geometry, read: &mut R) -> Result<Option<[u8; 512]>, StoreError>
+where
+    R: FnMut(u64, &mut [u8]) -> Result<(), StoreError>,
+{
     if geo.fsinfo_offset == 0 {
         return Ok(None);
     }
     let mut s = [0u8; 512];
     read(geo.fsinfo_offset, &mut s)?;
-    Ok((le32(&s, 0) == FSINFO_LEAD && le32(&s, 484) == FSINFO_STRUC).then_some(s))
+    Ok(Some(s))
 }
 
 /// Store a free-cluster count and next-free hint in the FSInfo sector
