@@ -425,7 +425,8 @@ pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<&'static str
         return Some(match (manifest, slots) {
             (false, true) => {
                 "COMMIT does not match the capture's key slots on the medium (KEYS or KEYPASS \
-                 was replaced after the generation was signed)"
+                 was replaced after the generation was signed, or the generation was put here \
+                 from another capture)"
             }
             (true, false) => {
                 "COMMIT does not match the generation's MANIFEST on the medium (the generation \

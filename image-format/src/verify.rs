@@ -1430,6 +1430,31 @@ pub fn capture_id<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Option
     Ok(None)
 }
 
+/// Another generation of capture `name` whose MANIFEST names a capture id other than
+/// `id` (generation `g`'s), keyless: every generation of a capture shares its id, so one of
+/// the two was put in the capture's directory from another capture or medium. Its number and
+/// id; `None` when every other readable MANIFEST agrees.
+pub fn other_capture_id<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    g: u32,
+    id: &[u8; 16],
+) -> Result<Option<(u32, [u8; 16])>> {
+    let name = &stored_name(store, name)?;
+    for h in medium::generations(store, name)? {
+        if h == g {
+            continue;
+        }
+        // An unreadable MANIFEST is that generation's own finding, reported where it is used.
+        if let Ok(Some(f)) = medium::read_manifest(store, name, h) {
+            if f.manifest.capture_id != *id {
+                return Ok(Some((h, f.manifest.capture_id)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Why generation `g` of capture `name`, which has no readable MANIFEST,
 /// was nevertheless finished once; `None` when nothing says so (a capture
 /// interrupted before its MANIFEST, which a re-run resumes or `capture

@@ -137,6 +137,18 @@ pub fn hint(err: &Error, command: &str) -> String {
         // Damage in the medium's file system, whatever the code the command gave it (ingest
         // refuses it as data that did not check out): "do not use it" had an operator throw
         // away a shipment a repaired copy still delivers.
+        // A link or a FIFO planted in a `dir:` medium: nothing a FAT repair mends.
+        _ if is_damaged(err)
+            && err
+                .chain()
+                .any(|e| e.to_string().contains(image_format::store::dir::NOT_ON_A_MEDIUM)) =>
+        {
+            "a medium mgear wrote holds only directories and plain files: on a copy of the \
+             medium (never the original), remove what the message names, then run the same \
+             command again with the copy; every record is still checked against what was \
+             signed"
+                .to_string()
+        }
         _ if is_damaged(err) => DAMAGED_HINT.to_string(),
         // Two capture directories a case apart, made by hand: nothing is wrong with the data
         // ("do not use it" had the shipment thrown away).
@@ -287,13 +299,34 @@ fn format_code(e: &image_format::Error) -> i32 {
     }
 }
 
-/// A link of an error chain that is a [`Error::Coded`]: its code and hint.
+/// A link of an error chain that is a [`Error::Coded`] or a [`Pending`]: its code and hint.
 fn coded_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<(i32, &'a Option<String>)> {
     match e.downcast_ref::<Error>() {
         Some(Error::Coded { code, hint, .. }) => Some((*code, hint)),
-        _ => None,
+        _ => e.downcast_ref::<Pending>().map(|p| (PENDING, &p.hint)),
     }
 }
+
+/// An ingest that wrote what the media given hold and waits for others (exit 4), with what
+/// must be given again beside them apart from its message: a machine set gathers that per disk
+/// from this field (it once cut it out of the hint's text).
+#[derive(Debug)]
+pub struct Pending {
+    /// What was written and what is still missing, for the user.
+    pub message: String,
+    /// What to do next.
+    pub hint: Option<String>,
+    /// The media needed again in the run that completes the disk, as "with M again (why)".
+    pub again: Option<String>,
+}
+
+impl std::fmt::Display for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Pending {}
 
 /// The exit code a boot library error calls for: a bad option or an unsupported guest is 2, a
 /// guest that did not come up 1, the rest 3.

@@ -1828,13 +1828,11 @@ pub fn ingest_set(
             // The other disks get what the media given hold, too.
             Err(e) if crate::exit::classified(&e) == Some(crate::exit::PENDING) => {
                 eprintln!("mgear: disk {k}: {e}");
-                let again = crate::exit::hint(&e, "ingest");
                 // What a disk asks to be given again (the medium with its first chunk, one
                 // declared lost): the set's hint said "not needed again" beside it.
-                let again = again.split_once(" and with ").and_then(|(_, w)| {
-                    w.find(" again")
-                        .map(|i| format!("with {}", &w[..i + " again".len()]))
-                });
+                let again = e
+                    .find::<crate::exit::Pending>()
+                    .and_then(|p| p.again.clone());
                 pending.push((*k, e.to_string(), again));
             }
             Err(e) => {

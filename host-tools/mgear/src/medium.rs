@@ -1627,72 +1627,75 @@ impl Gaps {
         let need = self.need(reader, missing);
         let labels: Vec<String> = need.keys().map(|o| self.map.describe(*o)).collect();
         let lost = self.lost_given(reader);
-        crate::exit::coded_hint(
-            crate::exit::PENDING,
-            format!(
-                "capture {} generation {} spans several media and not all of them are given ({}): \
+        let again = match (head, lost) {
+            (Some(h), Some(l)) if h != l => Some(format!(
+                "with {} and {} again",
+                self.map.describe(h),
+                self.map.describe(l),
+            )),
+            // Declared lost: a run without it refuses this generation, even the part
+            // written from it now (the hint said it was not needed again).
+            (_, Some(o)) | (Some(o), None) => Some(format!("with {} again", self.map.describe(o))),
+            (None, None) => None,
+        };
+        let message = format!(
+            "capture {} generation {} spans several media and not all of them are given ({}): \
                  {}; still missing: {}{}",
-                reader.name(),
-                reader.generation(),
-                self.given,
-                // All-zero chunks are on no medium: "the 42 chunks those hold" of media that
-                // held none of the disk's data read as data found where there was none.
-                match (written.saturating_sub(zeros), zeros.min(written)) {
-                    // A re-run with the same media: an earlier run wrote what they hold.
-                    // Or the media given hold none of this disk (a set's disk on the others).
-                    (0, 0) => format!(
-                        "nothing more of it could be written from them into {target} (what they \
+            reader.name(),
+            reader.generation(),
+            self.given,
+            // All-zero chunks are on no medium: "the 42 chunks those hold" of media that
+            // held none of the disk's data read as data found where there was none.
+            match (written.saturating_sub(zeros), zeros.min(written)) {
+                // A re-run with the same media: an earlier run wrote what they hold.
+                // Or the media given hold none of this disk (a set's disk on the others).
+                (0, 0) => format!(
+                    "nothing more of it could be written from them into {target} (what they \
                          hold of it, if anything, an earlier run wrote)"
-                    ),
-                    (0, z) => format!(
-                        "wrote its {} into {target} (no medium holds them); the media given \
+                ),
+                (0, z) => format!(
+                    "wrote its {} into {target} (no medium holds them); the media given \
                          hold none of its data (what they hold of it, if anything, an earlier \
                          run wrote)",
-                        count(z, "all-zero chunk")
-                    ),
-                    (n, 0) => format!("wrote the {} those hold into {target}", count(n, "chunk")),
-                    (n, z) => format!(
-                        "wrote the {} those hold and its {} (on no medium) into {target}",
-                        count(n, "chunk"),
-                        count(z, "all-zero chunk")
-                    ),
-                },
-                self.lines(reader, &need),
-                head.map(|o| format!(
-                    "; {} holds the disk's first chunk (its boot sector), which only the run that \
+                    count(z, "all-zero chunk")
+                ),
+                (n, 0) => format!("wrote the {} those hold into {target}", count(n, "chunk")),
+                (n, z) => format!(
+                    "wrote the {} those hold and its {} (on no medium) into {target}",
+                    count(n, "chunk"),
+                    count(z, "all-zero chunk")
+                ),
+            },
+            self.lines(reader, &need),
+            head.map(|o| format!(
+                "; {} holds the disk's first chunk (its boot sector), which only the run that \
                      completes the disk writes: give it again then, and keep it (do not erase it) \
                      until then",
-                    self.map.describe(o)
-                ))
-                .unwrap_or_default()
-            ),
-            format!(
-                "when {} {}, run the same command with {} as --medium (or --appliance){}: \
-                 ingest goes on from here; until then the target stays unfinished",
-                labels.join(" and "),
-                if labels.len() > 1 {
-                    "arrive"
-                } else {
-                    "arrives"
-                },
-                if labels.len() > 1 { "them" } else { "it" },
-                match (head, lost) {
-                    (Some(h), Some(l)) if h != l => format!(
-                        " and with {} and {} again ({})",
-                        self.map.describe(h),
-                        self.map.describe(l),
-                        LOST_AGAIN
-                    ),
-                    // Declared lost: a run without it refuses this generation, even the part
-                    // written from it now (the hint said it was not needed again).
-                    (_, Some(o)) => {
-                        format!(" and with {} again ({LOST_AGAIN})", self.map.describe(o))
-                    }
-                    (Some(o), None) => format!(" and with {} again", self.map.describe(o)),
-                    (None, None) => " (the media given now are not needed again)".into(),
-                }
-            ),
-        )
+                self.map.describe(o)
+            ))
+            .unwrap_or_default()
+        );
+        let hint = format!(
+            "when {} {}, run the same command with {} as --medium (or --appliance){}: ingest \
+             goes on from here; until then the target stays unfinished",
+            labels.join(" and "),
+            if labels.len() > 1 {
+                "arrive"
+            } else {
+                "arrives"
+            },
+            if labels.len() > 1 { "them" } else { "it" },
+            match (&again, lost) {
+                (Some(a), Some(_)) => format!(" and {a} ({LOST_AGAIN})"),
+                (Some(a), None) => format!(" and {a}"),
+                (None, _) => " (the media given now are not needed again)".into(),
+            }
+        );
+        crate::Error::other(crate::exit::Pending {
+            message,
+            hint: Some(hint),
+            again,
+        })
     }
 }
 

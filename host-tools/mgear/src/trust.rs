@@ -469,6 +469,22 @@ pub fn check_generation(
         )
     })?;
     crate::report::note_commit(&expected);
+    // A generation of another capture put in this one's directory (its own COMMIT signed by
+    // whoever made it): named as such, before the receipt's or the slots' checks called it
+    // "generation 3's receipt" to ask for, or key slots replaced.
+    if let Some((h, other)) = image_format::other_capture_id(medium, name, g, &expected.capture_id)
+        .map_err(|e| unreadable(e, name, g))?
+    {
+        return Err(refuse(format!(
+            "capture {name} generation {g} belongs to another capture: its capture id is {}, \
+             generation {h}'s is {}, and every generation of a capture shares one; one of the \
+             two was put here from another capture or medium: do not install either until \
+             `mgear verify` (with the key: it names the capture id of the key slot) says which \
+             is this capture's",
+            crate::output::hex(&expected.capture_id),
+            crate::output::hex(&other)
+        )));
+    }
     // A disk of a machine set, asked for by its stream name: it must be the
     // disk its set manifest lists at its place (another set capture's disk,
     // signed too, swapped in is refused), and the receipt's commit is the set's.

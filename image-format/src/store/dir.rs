@@ -80,11 +80,23 @@ impl DirStore {
     }
 }
 
+/// What every refusal of a link, device, FIFO or socket on a `dir:` medium says: mgear never
+/// writes one, so it is a finding about the medium (exit 1, as damage is), and the host's
+/// next step is to remove it on a copy, not to repair a FAT.
+pub const NOT_ON_A_MEDIUM: &str = "a medium directory holds none";
+
 fn link(path: &str, at: &Path) -> StoreError {
-    StoreError::Io(format!(
-        "{path}: {} is a symbolic link, and a medium directory holds none (it may point \
-         outside the medium): remove it, or copy the medium without links",
+    StoreError::Damaged(format!(
+        "{path}: {} is a symbolic link, and {NOT_ON_A_MEDIUM} (it may point outside the \
+         medium): remove it, or copy the medium without links",
         at.display()
+    ))
+}
+
+fn special(path: &str) -> StoreError {
+    StoreError::Damaged(format!(
+        "{path} is not a regular file (a device, FIFO or socket), and {NOT_ON_A_MEDIUM}: \
+         remove it"
     ))
 }
 
@@ -124,10 +136,7 @@ impl Store for DirStore {
                 return Err(link(&format!("{dir}/{name}"), &e.path()));
             }
             if !md.is_dir() && !md.is_file() {
-                return Err(StoreError::Io(format!(
-                    "{dir}/{name} is not a regular file (a device, FIFO or socket): a medium \
-                     holds none; remove it"
-                )));
+                return Err(special(&format!("{dir}/{name}")));
             }
             out.push(Entry {
                 name,
@@ -149,9 +158,7 @@ impl Store for DirStore {
             Ok(m) if m.is_dir() => Err(StoreError::Damaged(format!(
                 "{path} is a directory where the format has a file"
             ))),
-            Ok(_) => Err(StoreError::Io(format!(
-                "{path} is not a regular file (a device, FIFO or socket): a medium holds none"
-            ))),
+            Ok(_) => Err(special(path)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(map_err(path, e)),
         }
@@ -386,6 +393,9 @@ mod tests {
             s.list("MGEAR/web01").unwrap_err(),
         ] {
             assert!(e.to_string().contains("is a symbolic link"), "{e}");
+            // Something mgear never writes: a finding about the medium (exit 1), not an
+            // unreachable device (exit 3, "reconnect it").
+            assert!(matches!(e, StoreError::Damaged(_)), "{e:?}");
         }
         assert_eq!(
             std::fs::read(outside.path().join("SEG-00000")).unwrap(),

@@ -959,6 +959,24 @@ fn a_generation_grafted_from_another_capture_is_named_not_blamed_on_the_key() {
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("generation 2 belongs to another capture"), "{t}");
     assert!(!t.contains("does not open capture"), "{t}");
+    // Ingest names it too, keyless and before anything is written (it said "KEYS or KEYPASS
+    // was replaced", and with a receipt, to ask for generation 2's receipt).
+    for extra in [&[][..], &["--expect-generation", "2"][..]] {
+        let o = e
+            .ingest("dir:m", "web01")
+            .target("file:vol.raw")
+            .arg("--allow-untrusted")
+            .args(extra)
+            .run();
+        refused(
+            &o,
+            &[
+                "generation 2 belongs to another capture",
+                "generation 1's is",
+            ],
+        );
+        assert!(!e.p("vol.raw").exists() && !e.p("vol.raw.partial").exists());
+    }
 }
 
 /// A site signature relabelled as an appliance's (the role byte, outside what is signed, the
@@ -1045,4 +1063,36 @@ fn an_expected_generation_that_is_unfinished_is_said_so() {
         output_text(&o)
     );
     assert!(!e.p("vol.raw").exists());
+}
+
+/// A FIFO or a link planted in a `dir:` medium (mgear never writes one): a finding about the
+/// medium, exit 1 from verify as from ingest, with a next step that fits it. Verify said exit 3
+/// with "reconnect it", and the hint for a damaged FAT.
+#[test]
+fn a_fifo_or_link_planted_in_a_dir_medium_is_a_finding() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    let commit = e.p("mnt/MGEAR/web01/G0001/COMMIT");
+    fs::remove_file(&commit).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&commit)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let o = e.run(&["verify", "--medium", "dir:mnt", "--json"]);
+    let t = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let said = v.to_string();
+    assert!(said.contains("not a regular file"), "{said}");
+    assert!(!said.contains("reconnect"), "{said}");
+    fs::remove_file(&commit).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &commit).unwrap();
+    let o = e.run(&["verify", "--medium", "dir:mnt"]);
+    let t = output_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("is a symbolic link"), "{t}");
+    let o = ingest(&e, &["--trust", "site.pub"]);
+    refused(&o, &["is a symbolic link"]);
+    assert!(!output_text(&o).contains("fsck.fat"), "{}", output_text(&o));
 }
