@@ -1728,7 +1728,19 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // operator's wrong pick): a raw data disk has no signature the guard sees, and it
         // was written over without a word.
         (Target::Dev(p), false) if !mgear_volume::DeviceVolume::marked_unfinished(p, &sdir) => {
-            if let Some(other) = device_done_other(&sdir, p, reader.manifest_root()) {
+            // A loop device over a file this host finished a `file:` ingest into: the file's
+            // record names it by its inode, which the device's own record never saw, and the
+            // verified volume was written over without a word.
+            let over_file = || {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let m = std::fs::metadata(p).ok()?;
+                let file = crate::guard::loop_backing_file(m.rdev())
+                    .filter(|_| m.file_type().is_block_device())?;
+                ingested_from(&sdir, &file).filter(|r| r != reader.manifest_root())
+            };
+            if let Some(other) =
+                device_done_other(&sdir, p, reader.manifest_root()).or_else(over_file)
+            {
                 let what = generation_with_root(reader.store(), &other)
                     .map(|(n, g)| format!("{n} generation {g}"))
                     .unwrap_or_else(|| {

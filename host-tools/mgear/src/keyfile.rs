@@ -39,11 +39,28 @@ pub fn open_read(path: &Path) -> std::io::Result<fs::File> {
     Ok(f)
 }
 
-/// [`std::fs::read`] through [`open_read`].
+/// The most a key file may hold: a key is a line of under a hundred bytes, an identity file
+/// of thousands of keys fits. `--identity /dev/zero` (or a disk image given by mistake) was
+/// read whole, until the kernel killed the process.
+pub const KEY_FILE_LIMIT: u64 = 1 << 20;
+
+/// [`std::fs::read`] through [`open_read`], of a key file: refused past [`KEY_FILE_LIMIT`].
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut out = Vec::new();
-    open_read(path)?.read_to_end(&mut out)?;
+    open_read(path)?
+        .take(KEY_FILE_LIMIT + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > KEY_FILE_LIMIT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it holds more than {} bytes, and no key file does (a key is one short line): \
+                 check that the path names the key file",
+                KEY_FILE_LIMIT
+            ),
+        ));
+    }
     Ok(out)
 }
 
@@ -367,6 +384,27 @@ pub fn misplaced(arg: &str, text: &str, flag: &str, wanted: KeyKind) -> Option<c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A device or a large file given as a key file: refused after the limit, not read whole
+    /// (`--identity /dev/zero` ran until the kernel killed the process).
+    #[test]
+    fn a_key_file_is_read_up_to_its_limit_only() {
+        let e = read(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("no key file does"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.key");
+        fs::File::create(&big)
+            .unwrap()
+            .set_len(KEY_FILE_LIMIT + 1)
+            .unwrap();
+        assert!(read(&big).is_err());
+        fs::File::create(&big)
+            .unwrap()
+            .set_len(KEY_FILE_LIMIT)
+            .unwrap();
+        assert_eq!(read(&big).unwrap().len() as u64, KEY_FILE_LIMIT);
+    }
 
     /// A directory given for a secret file: named as one, and its mode (0755) not warned of
     /// as a secret's others can read.

@@ -62,6 +62,15 @@ fn one_pem_block(text: &str) -> Result<String, String> {
             "it holds {begins} keys: one key per file (repeat the flag for several keys)"
         ));
     }
+    // NUL bytes (a copy padded or damaged on the way) are no text a key file holds: they
+    // were passed over outside the key's lines, and the key accepted.
+    if text.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(
+            "it holds NUL or other control bytes, which no key file does: it was damaged on \
+             the way; copy it again from where it was made"
+                .into(),
+        );
+    }
     let start = lines.iter().position(|l| l.starts_with("-----BEGIN "));
     let end = lines.iter().position(|l| l.starts_with("-----END "));
     match (start, end) {
@@ -229,6 +238,21 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     /// A directory given for a signing key is said to be one.
+    /// NUL bytes padding a key file (a copy damaged on the way) are named, not passed over.
+    #[test]
+    fn nul_bytes_after_the_key_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("site.key");
+        generate(&key, false).unwrap();
+        let public = dir.path().join("site.pub");
+        let mut text = fs::read(&public).unwrap();
+        assert!(read_public_key(&public).is_ok());
+        text.extend_from_slice(&[0u8; 4096]);
+        fs::write(&public, &text).unwrap();
+        let e = read_public_key(&public).unwrap_err().to_string();
+        assert!(e.contains("NUL or other control bytes"), "{e}");
+    }
+
     #[test]
     fn a_directory_given_for_a_signing_key_is_named_as_one() {
         let dir = tempfile::tempdir().unwrap();

@@ -3905,6 +3905,54 @@ fn a_device_held_by_another_process_or_holding_another_ingested_disk_is_refused(
     );
 }
 
+/// A loop device over a file this host finished a `file:` ingest into: refused as that file
+/// is, by what it holds (it was written over without a word: the file's record names its
+/// inode, which the device's own records never saw); with --force, written.
+#[test]
+fn a_loop_device_over_an_ingested_file_is_refused_as_the_file_is() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("root.raw"), 4 << 20, 41);
+    random_disk(&e.p("data.raw"), 4 << 20, 42);
+    std::fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "m3")
+        .sources(&["root.raw", "data.raw"])
+        .ok();
+    let ingest = |disk: &str, target: &str, force: bool| {
+        let l = e
+            .ingest("dir:m", "m3")
+            .untrusted()
+            .args(&["--disk", disk])
+            .target(target);
+        if force {
+            l.arg("--force").run()
+        } else {
+            l.run()
+        }
+    };
+    let o = ingest("0", &format!("file:{}", e.s("v.raw")), false);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let dev = Loop::attach(&e.p("v.raw"));
+    let o = ingest("1", &format!("dev:{}", dev.0), false);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds m3.d0 generation 1, ingested and verified on this host"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        fs::read(e.p("v.raw")).unwrap(),
+        fs::read(e.p("root.raw")).unwrap()
+    );
+    let o = ingest("1", &format!("dev:{}", dev.0), true);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    drop(dev);
+    assert_eq!(
+        fs::read(e.p("v.raw")).unwrap(),
+        fs::read(e.p("data.raw")).unwrap()
+    );
+}
+
 /// A stopped capture whose index part was damaged since, run again: "index part fails
 /// authentication" with the found-failure hint "do not use it", where the way on is to
 /// remove the unfinished generation and capture again.
