@@ -453,6 +453,9 @@ impl<T: Store + ?Sized> Store for &mut T {
     fn lost_dirs(&mut self, under: &str) -> Result<Vec<Vec<String>>, StoreError> {
         (**self).lost_dirs(under)
     }
+    fn lost_clusters(&mut self) -> Result<Option<String>, StoreError> {
+        (**self).lost_clusters()
+    }
     fn left_mid_write(&self) -> bool {
         (**self).left_mid_write()
     }
@@ -524,6 +527,9 @@ impl<T: Store + ?Sized> Store for Box<T> {
     }
     fn lost_dirs(&mut self, under: &str) -> Result<Vec<Vec<String>>, StoreError> {
         (**self).lost_dirs(under)
+    }
+    fn lost_clusters(&mut self) -> Result<Option<String>, StoreError> {
+        (**self).lost_clusters()
     }
     fn left_mid_write(&self) -> bool {
         (**self).left_mid_write()

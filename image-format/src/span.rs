@@ -1694,6 +1694,15 @@ impl<M: Store> Store for SpanStore<M> {
         }
         Ok(out)
     }
+    fn lost_clusters(&mut self) -> core::result::Result<Option<String>, StoreError> {
+        let mut said = Vec::new();
+        for a in self.media.iter_mut() {
+            if let Some(s) = a.store.lost_clusters()? {
+                said.push(format!("medium #{}: {s}", a.ordinal));
+            }
+        }
+        Ok((!said.is_empty()).then(|| said.join("; ")))
+    }
     fn chain_findings(&mut self) -> core::result::Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         for a in self.media.iter_mut() {

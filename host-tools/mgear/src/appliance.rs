@@ -1610,6 +1610,9 @@ impl Store for ApplianceMedium {
     fn lost_dirs(&mut self, under: &str) -> Result<Vec<Vec<String>>, image_format::StoreError> {
         self.s()?.lost_dirs(under)
     }
+    fn lost_clusters(&mut self) -> Result<Option<String>, image_format::StoreError> {
+        self.s()?.lost_clusters()
+    }
     fn left_mid_write(&self) -> bool {
         self.0.as_ref().is_some_and(|s| s.left_mid_write())
     }

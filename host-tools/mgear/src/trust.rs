@@ -1192,6 +1192,26 @@ fn later_than_newest(
             return Err(damaged(later, why));
         }
         if let Some(n) = newest {
+            // Its files' entries gone from a directory on a medium closed cleanly (a damaged
+            // entry ends the listing): what a stopped capture leaves, to the listing, but the
+            // clusters its files held are still taken; the older generation was installed,
+            // exit 0, as if the newer one had never finished.
+            if let Some(lost) = medium
+                .lost_clusters()
+                .map_err(|e| crate::Error::from(e).context("reading the medium's FAT"))?
+            {
+                if receipt != Some(n) {
+                    crate::report::note_generation(later);
+                    return Err(refuse(format!(
+                        "capture {name} generation {later} has no MANIFEST, as a capture \
+                         stopped before its end leaves, but the medium was damaged since \
+                         ({lost}): generation {later} may have been finished, and generation \
+                         {n}, the newest intact one, may be older than what was shipped. Give \
+                         --generation {n} to install it on purpose, or --expect-commit from \
+                         the capture receipt, or ingest from another copy of the shipment"
+                    )));
+                }
+            }
             warnings.push(format!(
                 "capture {name} generation {later} is not finished (no MANIFEST: a capture \
                  stopped before its end); generation {n}, the newest finished one, is used"

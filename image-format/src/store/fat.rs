@@ -1914,6 +1914,22 @@ impl<D: FatDevice> Store for FatStore<D> {
         Ok(under)
     }
 
+    fn lost_clusters(&mut self) -> Result<Option<String>, StoreError> {
+        // Left mid-write, chains nothing holds are what the cut left.
+        let Some(geo) = self.geo.clone().filter(|_| !self.dirty_at_mount) else {
+            return Ok(None);
+        };
+        let lost = match self.lost.take() {
+            Some(l) => l,
+            None => fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?,
+        };
+        let said = (lost.clusters > 0).then(|| crate::medium::lost_finding(&lost, false));
+        if self.read_only {
+            self.lost = Some(lost);
+        }
+        Ok(said)
+    }
+
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
         let st = self.fs.stats().map_err(|e| fat_err("space in use", e))?;
         let total = st.total_clusters() as u64 * st.cluster_size() as u64;
@@ -2818,6 +2834,39 @@ pub(crate) mod tests {
             .output()
             .expect("fsck.fat (Debian: dosfstools)");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    }
+
+    /// A generation's files gone from its directory on a volume closed cleanly (a zero byte
+    /// where an entry starts ends the listing): the directory reads as a capture stopped
+    /// before its MANIFEST, and the clusters the files held are what says otherwise.
+    #[test]
+    fn files_gone_from_a_directory_leave_their_clusters_said() {
+        let (_t, p) = image(64 << 20);
+        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(&p)).unwrap();
+        for f in ["MGEAR/web01/G0001/MANIFEST", "MGEAR/web01/G0002/MANIFEST"] {
+            s.create_dir_all(f.rsplit_once('/').unwrap().0).unwrap();
+            s.write_at(f, 0, &[7u8; 3000]).unwrap();
+        }
+        s.unmount().unwrap();
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(s.lost_clusters().unwrap(), None);
+        drop(s);
+        let mut img = std::fs::read(&p).unwrap();
+        // G0002's MANIFEST entry: the second one (its directory was made after G0001's).
+        let at = img
+            .chunks_exact(32)
+            .enumerate()
+            .filter(|(_, e)| e[..11] == *b"MANIFEST   ")
+            .nth(1)
+            .expect("G0002's MANIFEST entry")
+            .0;
+        img[at * 32] = 0;
+        std::fs::write(&p, &img).unwrap();
+        let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
+        assert!(s.list("MGEAR/web01/G0002").unwrap().is_empty());
+        let said = s.lost_clusters().unwrap().expect("the MANIFEST's clusters");
+        assert!(said.contains("marked in use by no file"), "{said}");
     }
 
     /// A generation's or a capture's directory entry marked deleted on a volume closed

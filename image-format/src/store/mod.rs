@@ -174,6 +174,13 @@ pub trait Store {
     fn lost_dirs(&mut self, _under: &str) -> Result<Vec<Vec<String>>, StoreError> {
         Ok(Vec::new())
     }
+    /// Clusters no file or directory holds on a medium closed cleanly, said as the finding a
+    /// check of the whole medium makes of them: entries deleted or damaged since (a
+    /// generation's files gone from its directory leave it looking like a capture stopped
+    /// before its MANIFEST). `None` (the default): none, or not known.
+    fn lost_clusters(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
     /// What a writer checks before it writes (`fatmap::writer_findings`): the file system's
     /// cluster chains as [`Store::file_system_findings`] says them, without reading both
     /// whole FATs to compare them, and a chain that leaves the volume, loops or ends before

@@ -483,6 +483,42 @@ fn field_media_a_renamed_generation_directory_is_reported() {
     e.ingest("dir:mnt", "web01").untrusted().target("file:v.raw").args(&["--generation", "1"]).ok();
 }
 
+/// One zero byte where generation 2's directory lists its first entry (`..`) ends its
+/// listing: the generation read as a capture stopped before its MANIFEST, and the older one
+/// was installed, exit 0, with a warning that it was "not finished". The clusters its files
+/// still hold on a medium closed cleanly say it was damaged: refused, --generation 1 named.
+#[test]
+fn a_generation_whose_files_are_gone_from_its_directory_is_refused() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 3, 16);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "web01").source("disk.raw").ok();
+    fs::copy(e.p("disk.raw"), e.p("g1.raw")).unwrap();
+    random_disk(&e.p("disk.raw"), 3, 17);
+    e.capture(&m, "web01")
+        .source("disk.raw")
+        .arg("--delta")
+        .ok();
+    edit_dir(&e, "m.img", "MGEAR/WEB01/G0002", |img, dir, len| {
+        let entry = entry_named(img, dir, len, b"..         ");
+        img[entry] = 0;
+    });
+    let o = e.ingest(&m, "web01").untrusted().target("file:v.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("generation 2 has no MANIFEST")
+            && text(&o).contains("marked in use by no file")
+            && text(&o).contains("Give --generation 1"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("v.raw").exists());
+    #[rustfmt::skip]
+    e.ingest(&m, "web01").untrusted().target("file:v.raw").args(&["--generation", "1"]).ok();
+    same_file(&e.p("v.raw"), &e.p("g1.raw"));
+}
+
 /// One byte (0xE5) marks a FAT directory entry deleted: generation 2's, and the older
 /// generation was ingested, exit 0, while `verify` said the medium was clean; a capture's,
 /// and ingest said "there is no capture: pass one with --name". The clusters nothing holds
