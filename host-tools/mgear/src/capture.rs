@@ -2709,7 +2709,8 @@ fn preflight(
     // A resume first cuts what its capture wrote past the last checkpoint: that room is free
     // to it (a second medium given after "medium full" was called too small by the uncut
     // tail on the first, and the capture then fitted).
-    let free = if kind == "resume" {
+    // So does a start over a generation cut off at its start (what it holds is freed).
+    let free = if kind == "resume" || (kind == "new" && newest.is_some()) {
         store.free_space_resuming(&args.name)
     } else {
         store.free_space()

@@ -388,6 +388,14 @@ fn other_ingest(state_path: &Path, h: &[u8], header: &[u8]) -> crate::Error {
     ))
 }
 
+/// The next step after a read-back check failed: the medium's data checked out, the target
+/// did not keep it ("the data did not check out: do not use it" sent the operator away from
+/// the re-run that mends it).
+const READ_BACK_HINT: &str = "the medium's data checked out; the target does not hold what \
+     was written to it (changed by something else since, or failing storage): run the same \
+     command again to write and check it anew, and if it fails again, check the target's \
+     storage before trusting it with a disk";
+
 /// After a read-back check failed: the resume state at `path` forgets every chunk (its slots
 /// zeroed), so that the same command writes the whole volume again. It kept them all as
 /// written, so every re-run, `--force` too, read back the same bytes and failed again until
@@ -403,8 +411,10 @@ fn forget_written(path: &Path) -> String {
     match reset {
         Ok(()) => format!(
             ", and its resume state {} now records no chunk as written: the same command writes \
-             the whole volume again and reads it back (failing again, the storage does not keep \
-             what is written to it: check it before trusting it with a disk)",
+             the whole volume again and reads it back (a capture over several media needs all \
+             of them for that, given together or in turns as before; failing again, the \
+             storage does not keep what is written to it: check it before trusting it with a \
+             disk)",
             path.display()
         ),
         Err(e) => format!(
@@ -3384,7 +3394,7 @@ fn check_beside(
             ReadBatch::Runs(runs) => runs,
             ReadBatch::Digests(checks, digests) => {
                 if let Some(bad) = digests_differ(&checks, &digests, r.chunk, head, threads)? {
-                    return Err(coded(
+                    return Err(crate::exit::coded_hint(
                         FOUND,
                         format!(
                             "read-back check failed: disk bytes {}..{} on {desc} differ from \
@@ -3394,6 +3404,7 @@ fn check_beside(
                             bad.end,
                             forget_written(&r.state_path)
                         ),
+                        READ_BACK_HINT,
                     ));
                 }
                 checked += checks.len() as u64;
@@ -3424,7 +3435,7 @@ fn check_beside(
             })
         })?;
         if let Some((index, len)) = bad.into_iter().flatten().next() {
-            return Err(coded(
+            return Err(crate::exit::coded_hint(
                 FOUND,
                 format!(
                     "read-back check failed: disk bytes {}..{} on {desc} differ from what was \
@@ -3433,6 +3444,7 @@ fn check_beside(
                     index * r.chunk + len as u64,
                     forget_written(&r.state_path)
                 ),
+                READ_BACK_HINT,
             ));
         }
         for run in &runs {
@@ -3598,7 +3610,7 @@ fn read_back(
         },
     )?;
     if let Some((at, len)) = differs {
-        return Err(coded(
+        return Err(crate::exit::coded_hint(
             FOUND,
             format!(
                 "read-back check failed: disk bytes {at}..{} on {} differ from what was \
@@ -3610,6 +3622,7 @@ fn read_back(
                 },
                 forget_written(state_path)
             ),
+            READ_BACK_HINT,
         ));
     }
     Ok(sha.map(|s| s.finalize().into()))

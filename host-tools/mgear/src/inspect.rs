@@ -517,7 +517,11 @@ fn medium_json(
                 if let image_format::GenerationState::Damaged(why) = &g.state {
                     damaged_generation |= why != image_format::CUT_OFF_AT_START;
                 }
-                if matches!(g.state, image_format::GenerationState::Unfinished { .. }) {
+                // Cut off at its start, it may still hold files (a `medium rm` cut off after
+                // the journal went): "0 B kept" alone hid them.
+                let cut_off = matches!(&g.state, image_format::GenerationState::Damaged(why)
+                    if why == image_format::CUT_OFF_AT_START);
+                if cut_off || matches!(g.state, image_format::GenerationState::Unfinished { .. }) {
                     let dir = image_format::layout::generation_dir(&c.name, g.generation);
                     let bytes = store
                         .list(&dir)

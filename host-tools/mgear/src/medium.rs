@@ -1328,18 +1328,38 @@ pub fn format_medium(
         }
         if bytes < MIN_FAT32_BYTES {
             return Err(usage(format!(
-                "{} is {}: a FAT32 medium needs at least {}",
+                "{} is {}: a FAT32 medium needs at least {}{}",
                 path.display(),
                 exact_bytes(was),
-                human_bytes(MIN_FAT32_BYTES)
+                human_bytes(MIN_FAT32_BYTES),
+                if is_dev {
+                    ""
+                } else {
+                    "; give --size (with --force) to make the image that size"
+                }
             )));
         }
         if !is_dev {
-            // An image file in place: emptying it and growing it back drops
-            // every old byte, so it reads as zeros and stays sparse.
-            file.set_len(0)
-                .and_then(|()| file.set_len(bytes))
-                .with_context(|| format!("emptying image {}", path.display()))?;
+            // An image file in place: every old byte dropped, so it reads as zeros and stays
+            // sparse, at its size. Punched, not emptied and grown back: a kill between the
+            // two left a file of 0 bytes, whose size the same command could not find again.
+            let punched = {
+                use nix::fcntl::{fallocate, FallocateFlags};
+                use std::os::fd::AsFd as _;
+                let flags =
+                    FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+                i64::try_from(was)
+                    .ok()
+                    .is_some_and(|len| fallocate(file.as_fd(), flags, 0, len).is_ok())
+            };
+            if !punched {
+                file.set_len(0)
+                    .and_then(|()| file.set_len(bytes))
+                    .with_context(|| format!("emptying image {}", path.display()))?;
+            } else if was != bytes {
+                file.set_len(bytes)
+                    .with_context(|| format!("emptying image {}", path.display()))?;
+            }
         } else if !found.is_empty() {
             crate::guard::wipe(&file)
                 .with_context(|| format!("wiping old signatures on {}", path.display()))?;
@@ -1882,5 +1902,35 @@ mod tests {
         let c = dir.path().join("c.img");
         File::create(&c).unwrap().set_len(64 << 20).unwrap();
         assert!(format_medium(&c, None, false).unwrap().wiped.is_empty());
+    }
+
+    /// In place, every old byte is dropped and the image keeps its size all along (it was
+    /// emptied and grown back: a kill between left 0 bytes, and the same command could not
+    /// find the size again); an odd tail past the last whole sector is cut.
+    #[test]
+    fn in_place_drops_old_bytes_and_keeps_the_size() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.img");
+        std::fs::write(&a, vec![0xaau8; (40 << 20) + 100]).unwrap();
+        let done = format_medium(&a, None, true).unwrap();
+        assert_eq!(done.bytes, 40 << 20);
+        let m = std::fs::metadata(&a).unwrap();
+        assert_eq!(m.len(), 40 << 20);
+        let img = std::fs::read(&a).unwrap();
+        assert_eq!(img[(30 << 20)..(30 << 20) + 4096], [0u8; 4096]);
+        // Sparse: the old bytes are holes, not zeros written.
+        assert!(
+            m.blocks() * 512 < 8 << 20,
+            "{} bytes allocated",
+            m.blocks() * 512
+        );
+        let e = format_medium(&dir.path().join("none.img"), None, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs --size"), "{e}");
+        File::create(&a).unwrap();
+        let e = format_medium(&a, None, true).unwrap_err().to_string();
+        assert!(e.contains("give --size (with --force)"), "{e}");
     }
 }

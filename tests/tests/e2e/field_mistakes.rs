@@ -3240,7 +3240,10 @@ fn a_failed_read_back_is_written_again_by_the_same_command() {
         text.contains("read-back check failed: disk bytes 1048576..2097152 on vol.raw.partial")
             && text.contains(
                 "now records no chunk as written: the same command writes the whole volume again"
-            ),
+            )
+            // The next step is the re-run, not "do not use it" of data that did not check out.
+            && text.contains("what to do: the medium's data checked out")
+            && !text.contains("do not use it"),
         "{text}"
     );
     assert!(!e.p("vol.raw").exists());
