@@ -162,7 +162,7 @@ pub fn parse_rate(text: &str) -> crate::Result<f64> {
     // (`1B/s` for 1 MB/s), not a link anyone runs.
     if rate < MIN_RATE {
         return Err(usage(format!(
-            "rate `{text}` is below 1 KiB/s, where one 1 MiB of disk takes over 17 minutes: \
+            "rate `{text}` is below 1 KiB/s, where 1 MiB of disk takes over 17 minutes: \
              check the unit (e.g. 1MB/s, 1Mbit/s)"
         )));
     }

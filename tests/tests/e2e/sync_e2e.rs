@@ -673,6 +673,29 @@ fn cutover_checks_its_arguments_first_and_a_failing_quiesce_is_one_json_error() 
             &format!("--boot-target {bt} is the --source disk.raw"),
         );
     }
+    // The boot target's own file served as the source (`qemu-nbd vol.raw`): it synced
+    // nothing and booted the source's disk, exit 0.
+    {
+        let sock = e.p("vol.sock");
+        let _server = mgear_tests::qemu_nbd(&["-t", "-r", "-f", "raw"], &sock, &e.p("vol.raw"));
+        let url = format!("nbd+unix:///?socket={}", sock.display());
+        let o = e.run(&[
+            "cutover",
+            "--source",
+            &url,
+            "--to",
+            &addr,
+            "--name",
+            "web01",
+            "--sign",
+            "site.key",
+            "--quiesce",
+            "touch quiesced",
+            "--boot-target",
+            "file:vol.raw",
+        ]);
+        refused(&o, 2, "--boot-target file:vol.raw is the --source nbd+unix");
+    }
     // A --to that is no HOST:PORT: exit 2 at once, not ten seconds of retries.
     for bad in ["notaport", "127.0.0.1:99999", "localhost"] {
         let (o, took) = cutover(bad, "touch quiesced", "file:vol.raw", &[]);
@@ -1106,7 +1129,9 @@ fn serve_refuses_a_volume_that_is_not_the_ingested_disk_and_a_busy_port_at_once(
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         stderr(&o).contains("does not look like the disk captured as web01")
-            && stderr(&o).contains("serve's --target is not the volume ingested from web01"),
+            && stderr(&o).contains("serve's --target is not the volume ingested from web01")
+            // A disk of a few chunks: said, as a changed one reads the same.
+            && stderr(&o).contains("the volume holds data in only"),
         "{}",
         text(&o)
     );

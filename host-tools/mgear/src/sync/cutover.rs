@@ -178,6 +178,13 @@ fn refuse_the_source(a: &Cutover, target: &Target) -> crate::Result<()> {
             crate::guard::overlaps(p, &src)
         }
         (Source::Nbd(src), Target::Nbd(url)) => src.to_string() == *url,
+        // An export this host serves of the boot target's own file (`qemu-nbd web.vol`):
+        // the cutover synced nothing and booted the source's disk, exit 0.
+        (Source::Nbd(src), Target::File(p) | Target::Qcow2(p) | Target::Dev(p)) => {
+            crate::guard::served_files(&src)
+                .iter()
+                .any(|(_, f)| crate::guard::overlaps(p, f))
+        }
         _ => false,
     };
     if same {

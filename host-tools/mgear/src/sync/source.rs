@@ -648,14 +648,24 @@ impl Run<'_> {
         }
         self.buf = buf;
         if matched == 0 {
+            // A disk of a few chunks changed in each of them reads as another disk: said, so a
+            // 1-chunk disk changed by one byte is not taken for the wrong disk.
+            let few = match n < IDENTITY_SAMPLES {
+                true => format!(
+                    " (the volume holds data in only {}: a disk that changed in each of \
+                     them since the capture reads the same as another disk)",
+                    crate::units::count(n as u64, "chunk")
+                ),
+                false => String::new(),
+            };
             return Err(Fail::Fatal(crate::exit::coded_hint(
                 FOUND,
                 format!(
                     "{} does not look like the disk captured as {name}: none of {n} sampled chunks \
-                     matches the volume the target {} serves, so nothing was sent. Either --source \
-                     is the wrong disk, or that serve's --target is not the volume ingested from \
-                     {name} (it holds another disk): check both; if the whole disk really was \
-                     rewritten since the capture, pass --force",
+                     matches the volume the target {} serves{few}, so nothing was sent. Either \
+                     --source is the wrong disk, or that serve's --target is not the volume \
+                     ingested from {name} (it holds another disk): check both; if the whole disk \
+                     really was rewritten since the capture, pass --force",
                     self.disk.describe(),
                     self.plan.peer,
                 ),
