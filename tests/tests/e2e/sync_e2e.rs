@@ -1686,3 +1686,53 @@ fn cutover_boots_the_device_the_serve_keeps_in_sync() {
     );
     assert!(stderr(&o).contains("booting dev:"), "{}", text(&o));
 }
+
+/// A sync stopped by Ctrl-C after chunks went: the serve's log says the source ended the
+/// session and why (it said only that the connection closed), and keeps what it applied.
+#[test]
+fn a_stopped_sync_tells_the_serve_why() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 12, 31);
+    e.capture_and_ingest("64MiB");
+    change_chunks(&e.p("disk.raw"), &[1, 2, 3, 5, 6, 7, 8, 10, 11], 32);
+    let log_path = e.p("serve.log");
+    let (_serve, addr) = e
+        .serve("fat:medium.img", "web01")
+        .trust("site.pub")
+        .listen_logging(std::fs::File::create(&log_path).unwrap());
+    let child = e
+        .cmd(&[
+            "sync",
+            "--source",
+            "disk.raw",
+            "--to",
+            &addr,
+            "--name",
+            "web01",
+            "--sign",
+            "site.key",
+            "--rate-limit",
+            "1MiB/s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    interrupt(&child);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("ended the session") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        log.contains("ended the session: stopped"),
+        "{log}\n{}",
+        text(&o)
+    );
+}

@@ -528,6 +528,18 @@ fn recv(r: &mut impl Read, peer: &str) -> Result<(u8, Vec<u8>), Fail> {
     })
 }
 
+/// Tell the serve why the session ends here, the source's side giving up after the
+/// handshake (best effort: the connection may be gone): its log read as a connection that
+/// was lost, on a Ctrl-C, a source that failed to read, or a refused sample.
+fn tell_gave_up(w: &mut impl Write, s: &mut Session, f: &Fail) {
+    if let Fail::Fatal(e) = f {
+        let p = Refusal::new(err::GAVE_UP, format!("{e:#}")).encode();
+        if let Ok(sealed) = s.seal(ty::ERROR, &p) {
+            let _ = wire::send(w, ty::SEALED, &sealed).and_then(|_| w.flush());
+        }
+    }
+}
+
 impl Run<'_> {
     /// Seal message `t` and send it.
     fn send_sealed(
@@ -862,14 +874,7 @@ impl Run<'_> {
         if !self.identity_checked && !self.plan.force && self.plan.bitmap.is_none() {
             if let Err(f) = self.check_identity(&id_key, &ids, &candidates, size, chunk_size, &name)
             {
-                // Tell the serve why the session ends here (best effort): its log
-                // would otherwise read as a connection that was lost.
-                if let Fail::Fatal(e) = &f {
-                    let p = Refusal::new(err::GAVE_UP, format!("{e:#}")).encode();
-                    if let Ok(sealed) = s.seal(ty::ERROR, &p) {
-                        let _ = wire::send(&mut w, ty::SEALED, &sealed).and_then(|_| w.flush());
-                    }
-                }
+                tell_gave_up(&mut w, &mut s, &f);
                 return Err(f);
             }
         }
@@ -886,7 +891,9 @@ impl Run<'_> {
         for &index in &candidates {
             // Ctrl-C: the session ends here; the target keeps what it applied.
             if crate::signals::stop_requested() {
-                return Err(Fail::Fatal(stopped_sync()));
+                let f = Fail::Fatal(stopped_sync());
+                tell_gave_up(&mut w, &mut s, &f);
+                return Err(f);
             }
             let Some(have) = usize::try_from(index)
                 .ok()
@@ -907,7 +914,9 @@ impl Run<'_> {
             let read = self.disk.read_exact_at(index * chunk_size as u64, data);
             self.stats.read_seconds += started.elapsed().as_secs_f64();
             if let Err(e) = read {
-                return Err(Fail::Fatal(e));
+                let f = Fail::Fatal(e);
+                tell_gave_up(&mut w, &mut s, &f);
+                return Err(f);
             }
             if !self.known.contains_key(&index) {
                 self.stats.bytes_read += len as u64;
