@@ -178,6 +178,14 @@ pub fn hint(err: &Error, command: &str) -> String {
                 .to_string()
         }
         USAGE => format!("check the arguments and key files: `mgear {command} --help`"),
+        // Ingest only reads the medium: "on the medium or target" sent the operator to free
+        // room where none was needed.
+        _ if is_no_space(err) && command.starts_with("ingest") => {
+            "free space on the file system or device that holds the target (or give a larger \
+             target; the medium is only read), then run the same command again: it goes on from \
+             its last checkpoint"
+                .to_string()
+        }
         _ if is_no_space(err) => {
             "free space on the medium or target (or use a larger one), then run the same command again"
                 .to_string()
@@ -190,10 +198,12 @@ pub fn hint(err: &Error, command: &str) -> String {
         // A read-only file system or a path not permitted (the key cache or state dir on a
         // read-only mount, an immutable image): "reconnect it" said nothing that helps.
         _ if refused_by_host(err) => {
-            "the host refused to write the path the message names (a read-only file system, \
-             permissions, or an immutable file: `lsattr`): make it writable, or point mgear at \
-             another place (--key-cache DIR for capture's key cache, --state-dir DIR for \
-             ingest's state, another --target or medium), then run the same command again"
+            "the host refused this user the path the message names (permissions, a read-only \
+             file system, or an immutable file: `lsattr`): give the user access to it (to read \
+             a source, a medium or a key; to write a medium being written, a target, the key \
+             cache or the state dir), or point mgear at another place (--key-cache DIR for \
+             capture's key cache, --state-dir DIR for ingest's state, another --target or \
+             medium), then run the same command again"
                 .to_string()
         }
         // Said of every I/O error without a hint of its own: where the message itself says
@@ -370,6 +380,20 @@ mod tests {
     use super::*;
     use crate::error::Context;
 
+    /// A full target on ingest is freed on the target (the medium is only read); a read
+    /// refused names reading as well as writing (it said "refused to write" of a source).
+    #[test]
+    fn the_hint_for_a_full_or_refused_path_fits_the_command() {
+        let full = Error::from(std::io::Error::from_raw_os_error(28));
+        assert!(hint(&full, "ingest").contains("holds the target"));
+        assert!(hint(&full, "ingest").contains("the medium is only read"));
+        assert!(hint(&full, "capture").contains("on the medium or target"));
+        let denied = Error::from(std::io::Error::from_raw_os_error(13));
+        let h = hint(&denied, "capture");
+        assert!(h.contains("to read a source"), "{h}");
+        assert!(!h.contains("refused to write"), "{h}");
+    }
+
     #[test]
     fn a_missing_tool_is_installed_not_looked_for() {
         let e: Error = mgear_boot::BootError::MissingTool {
@@ -406,7 +430,7 @@ mod tests {
             assert_eq!(code_of(&e), IO);
             let h = hint(&e, "capture");
             assert!(
-                h.contains("make it writable") && h.contains("--key-cache"),
+                h.contains("give the user access to it") && h.contains("--key-cache"),
                 "{h}"
             );
         }

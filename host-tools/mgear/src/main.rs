@@ -488,7 +488,7 @@ fn main() {
             // ("stopped; run the same command to resume", "medium full: ... with one more
             // medium") only contradicts it.
             let fallback = hint.starts_with("do what the message says")
-                || hint.starts_with("free space on the medium or target");
+                || hint.starts_with("free space on the");
             let advised = [
                 "same command",
                 "re-run",

@@ -231,6 +231,20 @@ impl Source {
                 "--source {s:?} has no path: give a file, a block device or an NBD URL"
             )));
         }
+        // A medium's or a target's kind given to --source (`fat:disk.raw`): it was taken as
+        // part of the path and refused as "No such file or directory", exit 3.
+        if let Some(kind) = ["fat:", "dir:", "qcow2:", "rbd:", "cinder:", "ebs-snapshot:"]
+            .into_iter()
+            .find(|k| p.starts_with(k))
+            .filter(|_| !Path::new(p).exists())
+        {
+            return Err(usage(format!(
+                "--source {s}: {kind} names a medium or a target, not a source disk; --source \
+                 takes the disk's raw image file or block device (bare, or as file:, raw: or \
+                 dev:), or an NBD URL (a qcow2, vmdk or vhdx image through `qemu-nbd`, as \
+                 README says)"
+            )));
+        }
         Ok(Source::Path(Path::new(p).to_owned()))
     }
 }
@@ -517,6 +531,13 @@ mod tests {
         ));
         assert_eq!(code_of(&Source::parse("nbd://").unwrap_err()), 2);
         assert!(Source::parse("file:").is_err());
+        // A medium's kind on a source: usage, naming what --source takes.
+        let e = Source::parse("fat:/no/such/disk.raw").unwrap_err();
+        assert_eq!(code_of(&e), 2);
+        assert!(
+            e.to_string().contains("fat: names a medium or a target"),
+            "{e}"
+        );
     }
 
     #[test]
