@@ -2717,6 +2717,14 @@ fn preflight(
     }
     .ok()
     .flatten();
+    // A sparse image's free clusters are holes the host must still find room for: a plan
+    // that "fits" stopped as the file system holding the image filled.
+    let host = host_room(args, free).filter(|(room, _)| free.is_some_and(|f| *room < f));
+    let fat_free = free;
+    let free = match host {
+        Some((room, _)) => Some(room),
+        None => free,
+    };
     // Under a rate limit the samples are cut to about a second of it (as few as 4): too few
     // to refuse on (4 samples of a mostly empty disk said "does not fit" of a capture the
     // full sample, and the capture, found fitted). Where they say it does not fit, the full
@@ -2754,6 +2762,19 @@ fn preflight(
             .saturating_sub(estimate.hole_bytes);
         estimate.stored_bytes.saturating_add(saved / 25)
     };
+    // Said where it binds (a large sparse image on a smaller disk is no news otherwise).
+    if let (Some((room, avail)), Some(f)) = (host, fat_free) {
+        if needed > room {
+            warnings.push(format!(
+                "the medium image's file system has {} free, and the image is sparse: of the \
+                 {} free in the medium, {} can be written before that file system is full \
+                 (free space there, or put the image on a larger one)",
+                human_bytes(avail),
+                human_bytes(f),
+                human_bytes(room)
+            ));
+        }
+    }
     Ok(Preview {
         command: "capture --dry-run",
         name: args.name.clone(),
@@ -4581,6 +4602,31 @@ fn medium_full(
         reserve,
         free,
     )
+}
+
+/// How much of the FAT's `fat_free` bytes a capture can write into a `fat:` image file before
+/// the file system holding the image is full (its holes need host blocks; what the image
+/// already has allocated does not), and what that file system has free. `None` for a device,
+/// several media, or where the host does not say.
+fn host_room(args: &Plan, fat_free: Option<u64>) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let [spec] = args.medium.medium.as_slice() else {
+        return None;
+    };
+    let Ok(crate::spec::Medium::Fat(path)) = crate::spec::Medium::parse(spec) else {
+        return None;
+    };
+    let m = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let avail = st.blocks_available().saturating_mul(st.fragment_size());
+    let holes = m.len().saturating_sub(m.blocks().saturating_mul(512));
+    let free = fat_free?;
+    let backed = free.saturating_sub(holes);
+    Some((backed.saturating_add(avail), avail))
 }
 
 /// A `fat:` image file (sparse, as `medium format` makes it) refused a write because the file

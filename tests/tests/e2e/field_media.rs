@@ -1380,7 +1380,22 @@ fn an_image_whose_host_file_system_fills_is_not_called_a_full_medium() {
     assert!(st.success(), "mount tmpfs (needs root)");
     let _mounted = Unmount(e.p("small"));
     let m = e.fat("small/med.img", "200MiB");
+    // Planned: the host's room, not the FAT's, is what the capture can write (a plan that
+    // said "fits" stopped as the host filled), refused before anything is written.
     let o = e.capture(&m, "web01").source("disk.raw").run();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let said = text(&o);
+    assert!(
+        said.contains("the medium image's file system has")
+            && said.contains("the medium cannot hold this capture")
+            && said.contains("nothing was written"),
+        "{said}"
+    );
+    let o = e
+        .capture(&m, "web01")
+        .source("disk.raw")
+        .arg("--skip-space-check")
+        .run();
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     let said = text(&o);
     assert!(
