@@ -1158,6 +1158,8 @@ fn too_small(path: &Path, bytes: u64) -> String {
 pub struct FormatDone {
     /// Size of the image or device.
     pub bytes: u64,
+    /// The captures the medium held before (gone now).
+    pub captures: Vec<String>,
     /// The new file system.
     pub formatted: Formatted,
     /// Signatures found and wiped (with `--force`).
@@ -1167,6 +1169,29 @@ pub struct FormatDone {
 /// `guard::refuse_if_holds_data` for an image file: the same refusal, with
 /// a check that reads a file (`lsblk -f`, which that one suggests for a
 /// device, lists block devices only and says nothing of an image).
+/// The captures a FAT32 medium at `path` holds, by name (none when it reads as no medium):
+/// what formatting it destroys, said by name ("holds a FAT32 file system" did not say that
+/// the shipment's captures were on it).
+pub fn captures_held(path: &Path) -> Vec<String> {
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
+    let dev = image_format::store::DirectFile::new(file);
+    let Ok(mut store) = FatStore::open_read_only(dev) else {
+        return Vec::new();
+    };
+    image_format::capture_names(&mut store).unwrap_or_default()
+}
+
+/// " with MotionGear captures a, b" of `captures`, or nothing.
+pub fn captures_said(captures: &[String]) -> String {
+    match captures {
+        [] => String::new(),
+        [one] => format!(" with MotionGear capture {one}"),
+        more => format!(" with MotionGear captures {}", more.join(", ")),
+    }
+}
+
 fn refuse_image_if_holds_data(
     path: &Path,
     force: bool,
@@ -1176,10 +1201,11 @@ fn refuse_image_if_holds_data(
         .with_context(|| format!("reading the start and end of {}", path.display()))?;
     if !found.is_empty() && !force {
         return Err(usage(format!(
-            "{} holds {}: formatting would destroy it. Check that this is the right image \
+            "{} holds {}{}: formatting would destroy it. Check that this is the right image \
              (`blkid {}` or `file {}`), then pass --force",
             path.display(),
             crate::guard::describe(&found),
+            captures_said(&captures_held(path)),
             path.display(),
             path.display()
         )));
@@ -1314,6 +1340,7 @@ pub fn format_medium(
         } else {
             refuse_image_if_holds_data(path, force)?
         };
+        let captures = captures_held(path);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -1370,6 +1397,7 @@ pub fn format_medium(
             run_format(file, !is_dev).with_context(|| format!("formatting {}", path.display()))?;
         return Ok(FormatDone {
             bytes,
+            captures,
             formatted,
             wiped: found,
         });
@@ -1399,7 +1427,11 @@ pub fn format_medium(
             let what = if held.is_empty() {
                 String::new()
             } else {
-                format!(" and holds {}", crate::guard::describe(&held))
+                format!(
+                    " and holds {}{}",
+                    crate::guard::describe(&held),
+                    captures_said(&captures_held(path))
+                )
             };
             return Err(usage(format!(
                 "{} exists{what}: pass --force to replace it (or, for an empty image, leave out \
@@ -1410,6 +1442,10 @@ pub fn format_medium(
         Some(_) => File::open(path)
             .and_then(|f| crate::guard::signatures(&f))
             .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let captures = match meta {
+        Some(_) => captures_held(path),
         None => Vec::new(),
     };
     // Truncating to zero and growing again drops every old byte (and
@@ -1438,6 +1474,7 @@ pub fn format_medium(
     match made {
         Ok(formatted) => Ok(FormatDone {
             bytes,
+            captures,
             formatted,
             wiped,
         }),

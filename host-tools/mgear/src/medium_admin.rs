@@ -104,13 +104,15 @@ pub fn run(request: Request) -> crate::Result<i32> {
                     "cluster_bytes": f.cluster_bytes,
                     "volume_serial": format!("{:04X}-{:04X}", f.volume_id >> 16, f.volume_id & 0xffff),
                     "wiped": crate::guard::describe(&done.wiped),
+                    "captures_destroyed": done.captures,
                 }))?;
                 return Ok(crate::exit::OK);
             }
             if !done.wiped.is_empty() {
                 println!(
-                    "wiped {} from {}",
+                    "wiped {}{} from {}",
                     crate::guard::describe(&done.wiped),
+                    crate::medium::captures_said(&done.captures),
                     path.display()
                 );
             }

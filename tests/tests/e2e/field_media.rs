@@ -208,6 +208,23 @@ fn field_media_format_over_ext4_needs_force_and_wipes_it() {
     let o = e.run(&["medium", "format", "fat:a.img", "--size", "64MiB"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("FAT32"), "{}", text(&o));
+    // Holding captures, they are named: in the refusal, and in what --force wiped.
+    e.keygen();
+    std::fs::write(e.p("tiny.raw"), vec![9u8; 1 << 20]).unwrap();
+    e.capture("fat:a.img", "web01").source("tiny.raw").ok();
+    let o = e.run(&["medium", "format", "fat:a.img"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("with MotionGear capture web01"),
+        "{}",
+        text(&o)
+    );
+    let o = e.ok(&["medium", "format", "fat:a.img", "--force"]);
+    assert!(
+        out(&o).contains("wiped a FAT32 file system with MotionGear capture web01"),
+        "{}",
+        text(&o)
+    );
 
     // Data in no format the guard knows (an ingested volume of a bare disk, random bytes)
     // was formatted in place with no question, as the refusal of --size pointed.
