@@ -601,6 +601,19 @@ fn verify_capture_into<S: Store + ?Sized>(
                         cx.problem(at, alloc::format!("damaged generation: {why}"));
                         continue;
                     }
+                    // Entries lost on a medium closed cleanly: its files may be among the
+                    // clusters nothing holds, and removing it (what a leftover's advice says)
+                    // contradicted the finding beside it.
+                    if store.lost_clusters().ok().flatten().is_some() {
+                        cx.problem(
+                            at,
+                            "generation with no MANIFEST and no valid journal, on a medium whose \
+                             file system lost entries since (the clusters no file holds, \
+                             reported here too): its files may be among them, so it may have \
+                             been finished; do not remove it or write the medium",
+                        );
+                        continue;
+                    }
                     cx.problem(
                         at,
                         "unfinished generation cut off at its start (no MANIFEST, no valid \

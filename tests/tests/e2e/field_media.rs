@@ -521,6 +521,15 @@ fn a_generation_whose_files_are_gone_from_its_directory_is_refused() {
         let entry = entry_named(img, dir, len, b"..         ");
         img[entry] = 0;
     });
+    // Verify says so of the generation too, not a leftover to remove beside the finding
+    // that says not to write the medium.
+    let o = e.run(&["verify", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("its files may be among them") && !text(&o).contains("--repair` removes"),
+        "{}",
+        text(&o)
+    );
     let o = e.ingest(&m, "web01").untrusted().target("file:v.raw").run();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
