@@ -751,12 +751,17 @@ impl<M: Store> SpanStore<M> {
         let mut label_damage = Vec::new();
         for (store, name, info) in found {
             if let Some(why) = info.as_ref().and_then(|i| i.label_damage.clone()) {
+                // Damage found on the medium (exit 1), not a wrong argument (it was exit 2, a
+                // usage error).
                 if id.is_some() && strict {
-                    return Err(Error::Usage(format!(
-                        "{name}'s span label (MGEAR/SPAN) is damaged ({why}), so it cannot be \
-                         placed among the other media of its span: give the other media without \
-                         it (ingest then names what is missing), or verify it on its own"
-                    )));
+                    return Err(Error::corrupt(
+                        Location::default().file(SPAN_FILE),
+                        format!(
+                            "{name}'s span label is damaged ({why}), so it cannot be placed \
+                             among the other media of its span: give the other media without \
+                             it (ingest then names what is missing), or verify it on its own"
+                        ),
+                    ));
                 }
                 label_damage.push((name.clone(), why));
             }

@@ -148,6 +148,17 @@ pub struct SpanJson {
     /// the map is mirrored on every medium, so another medium's copy lists
     /// the span; `media` is empty when no copy given decoded.
     pub damaged_maps: Vec<DamagedMapJson>,
+    /// Media given whose span label (`MGEAR/SPAN`) is damaged (as named, why): such a
+    /// medium cannot be placed in its span, and its span is not known from it (`id` is all
+    /// zeros then).
+    pub damaged_labels: Vec<DamagedLabelJson>,
+}
+
+/// A medium's span label that did not decode.
+#[derive(Debug, Serialize)]
+pub struct DamagedLabelJson {
+    pub medium: String,
+    pub why: String,
 }
 
 /// A medium's copy of the span map that did not decode.
@@ -345,11 +356,16 @@ pub fn run(args: Request) -> crate::Result<i32> {
     // medium that lists nothing while much of it is in use: a failure found, exit 1, as `ls`
     // of a damaged directory fails (it exited 0 beside "DAMAGED", and a script saw a good
     // listing).
+    // A span label or a copy of the span map that does not decode is damage on the medium
+    // too (exit 0 beside "DAMAGED" and a span id of zeros).
     let damaged = media.iter().any(|m| {
         m.note.is_some()
             || !m.unexpected.is_empty()
             || m.damaged_generation
             || m.captures.iter().any(|c| c.damage.is_some())
+            || m.span
+                .as_ref()
+                .is_some_and(|sp| !sp.damaged_labels.is_empty() || !sp.damaged_maps.is_empty())
     });
     let code = match damaged {
         true => crate::exit::FOUND,
@@ -487,6 +503,11 @@ fn medium_json(
             .damaged_maps()
             .into_iter()
             .map(|(ordinal, why)| DamagedMapJson { ordinal, why })
+            .collect(),
+        damaged_labels: sp
+            .damaged_labels()
+            .into_iter()
+            .map(|(medium, why)| DamagedLabelJson { medium, why })
             .collect(),
     });
     // A complete generation's segments that none of the media given holds and the span's map
@@ -829,6 +850,16 @@ fn print_medium(report: &MediumJson) {
     }
     if let Some(sp) = &report.span {
         let this: Vec<String> = sp.this.iter().map(|o| format!("#{o}")).collect();
+        for d in &sp.damaged_labels {
+            say!(
+                "span label of {} (MGEAR/SPAN) is DAMAGED ({}): which span and which medium of it \
+                 this is cannot be read from it; its captures are listed as this medium holds \
+                 them (`mgear verify` names what else is damaged; ingest takes the other \
+                 media of the span without it, and names what is missing)",
+                d.medium,
+                d.why
+            );
+        }
         for d in &sp.damaged_maps {
             say!(
                 "span {}: medium #{}'s copy of the span map is DAMAGED ({}); every medium holds \

@@ -370,10 +370,19 @@ impl Where {
                      older generation with `mgear medium rm`) and run the command again",
                 );
             }
-            let code = if matches!(e, image_format::Error::Usage(_)) {
-                crate::exit::USAGE
-            } else {
-                crate::exit::IO
+            // A span label or map that does not decode is a finding about the medium (exit 1,
+            // as everywhere else), not an unreachable device.
+            let code = match e {
+                image_format::Error::Usage(_) => crate::exit::USAGE,
+                image_format::Error::Corrupt { .. } => {
+                    return crate::exit::coded_hint(
+                        crate::exit::FOUND,
+                        format!("{}: {e}", self.describe()),
+                        "do what the message says with the other media; `mgear verify` of the \
+                         damaged one on its own says what on it is still whole",
+                    )
+                }
+                _ => crate::exit::IO,
             };
             crate::exit::coded(code, format!("{}: {e}", self.describe()))
         })?;

@@ -1515,11 +1515,21 @@ fn a_damaged_span_label_is_named_and_the_medium_still_verifies() {
         "{}",
         output_text(&v)
     );
-    e.ok(&["inspect", "--medium", &b]);
-    let o = ingest_sp(&e, &[&a, &b]);
-    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    // Inspect names it too, as damage (exit 1: it said nothing of the label, exit 0, beside
+    // a span id of zeros and a DAMAGED generation).
+    let i = e.run(&["inspect", "--medium", &b]);
+    assert_eq!(i.status.code(), Some(1), "{}", output_text(&i));
     assert!(
-        output_text(&o).contains("span label (MGEAR/SPAN) is damaged"),
+        output_text(&i).contains("(MGEAR/SPAN) is DAMAGED"),
+        "{}",
+        output_text(&i)
+    );
+    // Given with the others: a finding about the medium (exit 1), not a usage error.
+    let o = ingest_sp(&e, &[&a, &b]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("span label is damaged")
+            && !output_text(&o).contains("do not use it"),
         "{}",
         output_text(&o)
     );
