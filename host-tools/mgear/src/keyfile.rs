@@ -39,6 +39,27 @@ pub fn open_read(path: &Path) -> std::io::Result<fs::File> {
     Ok(f)
 }
 
+/// How a key or passphrase file argument is named in a message: as given, unless no such file
+/// exists and it may be the secret itself typed in the file's place (a secret key, or any
+/// passphrase file argument): the error, `--json` and a ticket report (mode 0644) repeated it.
+pub fn named(path: &Path, passphrase: bool) -> String {
+    let text = path.to_string_lossy();
+    let secret = text.starts_with("AGE-SECRET-KEY-") || text.contains("PRIVATE KEY");
+    if (secret || passphrase) && std::fs::symlink_metadata(path).is_err() {
+        return match secret {
+            true => "given (a secret key itself, not a file: not repeated here; it is in the \
+                     shell's history now, so treat that key as exposed, and give the path of \
+                     its file instead)"
+                .into(),
+            false => "given (not repeated here: there is no such file, and the argument may \
+                      be the passphrase itself; give the path of a file whose first line is \
+                      the passphrase)"
+                .into(),
+        };
+    }
+    path.display().to_string()
+}
+
 /// The most a key file may hold: a key is a line of under a hundred bytes, an identity file
 /// of thousands of keys fits. `--identity /dev/zero` (or a disk image given by mistake) was
 /// read whole, until the kernel killed the process.
@@ -196,6 +217,12 @@ pub fn write_pair(
 /// A warning on stderr when the secret key file at `path` can be read by others than its
 /// owner (keygen writes 0600; a copied key went unremarked at 0644).
 pub fn warn_if_exposed(path: &Path) {
+    warn_if_exposed_as(path, "secret key");
+}
+
+/// [`warn_if_exposed`] of a secret that is `what` (a "passphrase file": it opens a capture on
+/// its own, and was read at any mode without a word).
+pub fn warn_if_exposed_as(path: &Path, what: &str) {
     // Once per file and run: a command reads its key more than once.
     static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     if let Some(mode) = exposed_mode(path) {
@@ -205,7 +232,7 @@ pub fn warn_if_exposed(path: &Path) {
         }
         warned.push(path.to_path_buf());
         let w = format!(
-            "the secret key {} can be read by other users of this host (mode {:o}): `chmod 600 \
+            "the {what} {} can be read by other users of this host (mode {:o}): `chmod 600 \
              {}`",
             path.display(),
             mode & 0o777,
@@ -384,6 +411,23 @@ pub fn misplaced(arg: &str, text: &str, flag: &str, wanted: KeyKind) -> Option<c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A secret typed where its file's path belongs is not repeated (the error, --json and a
+    /// ticket report carried it); a path that is a file, or any path of a key, is named.
+    #[test]
+    fn a_secret_given_for_its_file_is_not_repeated() {
+        let key = "AGE-SECRET-KEY-1Q5K72K8A9J6ESCFNHEJED8J6YDJQ794XWHEGSUJYCG4LCE245N2SQFGAEF";
+        assert!(!named(Path::new(key), false).contains(key));
+        assert!(!named(Path::new("correct horse battery"), true).contains("horse"));
+        assert_eq!(
+            named(Path::new("/no/such/target.key"), false),
+            "/no/such/target.key"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        fs::write(&pw, "x\n").unwrap();
+        assert_eq!(named(&pw, true), pw.display().to_string());
+    }
 
     /// A device or a large file given as a key file: refused after the limit, not read whole
     /// (`--identity /dev/zero` ran until the kernel killed the process).

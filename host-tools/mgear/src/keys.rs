@@ -124,7 +124,10 @@ pub fn read_identities(path: &Path) -> crate::Result<Vec<age::x25519::Identity>>
     let bytes = Zeroizing::new(crate::keyfile::read(path).map_err(|e| {
         crate::exit::coded_hint(
             crate::exit::USAGE,
-            format!("cannot read identity {}: {e}", path.display()),
+            format!(
+                "cannot read identity {}: {e}",
+                crate::keyfile::named(path, false)
+            ),
             "give --identity the target's secret key file (`mgear keygen --out \
                      target.key` wrote it, 0600: AGE-SECRET-KEY-1...), by a path that exists",
         )
@@ -208,7 +211,10 @@ pub fn read_recipients(arg: &str) -> crate::Result<Vec<age::x25519::Recipient>> 
         crate::keyfile::read_to_string(Path::new(arg)).map_err(|e| {
             crate::exit::coded_hint(
                 crate::exit::USAGE,
-                format!("cannot read recipient {arg}: {e}"),
+                format!(
+                    "cannot read recipient {}: {e}",
+                    crate::keyfile::named(Path::new(arg), false)
+                ),
                 "give --recipient the target's public key: the .pub file `mgear keygen` \
                      wrote at the target (age1...), or the age1... key itself",
             )
@@ -293,7 +299,7 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
     let cannot = |e: String| {
         usage(format!(
             "cannot read passphrase file {}: {e}",
-            path.display()
+            crate::keyfile::named(path, true)
         ))
     };
     let raw = crate::keyfile::read_head(path, PASSPHRASE_FILE_LIMIT).map_err(|e| match e {
@@ -302,6 +308,7 @@ pub fn read_passphrase(path: &Path) -> crate::Result<Zeroizing<String>> {
         }
         e => cannot(e.to_string()),
     })?;
+    crate::keyfile::warn_if_exposed_as(path, "passphrase file");
     // The first line must be text; what follows it (cut at the limit, perhaps mid-character)
     // only tells a blank first line from an empty file.
     let first = raw.split(|&b| b == b'\n').next().unwrap_or_default();

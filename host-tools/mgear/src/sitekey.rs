@@ -89,7 +89,10 @@ pub fn read_signing_key(path: &Path) -> crate::Result<SigningKey> {
     let text = Zeroizing::new(crate::keyfile::read_to_string(path).map_err(|e| {
         crate::exit::coded_hint(
             crate::exit::USAGE,
-            format!("cannot read signing key {}: {e}", path.display()),
+            format!(
+                "cannot read signing key {}: {e}",
+                crate::keyfile::named(path, false)
+            ),
             "give --sign this capture site's secret signing key: the file `mgear keygen \
                      --signing --out site.key` wrote (a PEM text file, 0600), not its .pub",
         )
@@ -147,7 +150,10 @@ pub fn read_public_key(path: &Path) -> crate::Result<VerifyingKey> {
     let text = crate::keyfile::read_to_string(path).map_err(|e| {
         crate::exit::coded_hint(
             crate::exit::USAGE,
-            format!("cannot read public key {}: {e}", path.display()),
+            format!(
+                "cannot read public key {}: {e}",
+                crate::keyfile::named(path, false)
+            ),
             "give --trust the capture site's public signing key: the .pub file `mgear \
                  keygen --signing` wrote at the capture site (a PEM text file)",
         )
