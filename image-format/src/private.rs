@@ -189,6 +189,24 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
             ),
         ));
     }
+    // Another user's directory: its owner can remove or replace what is written there as
+    // well as one others may write to (a cache owned by `nobody` took root's data keys).
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = rustix::process::geteuid().as_raw();
+        if md.uid() != me {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to another user (uid {}, this process runs as {me}): its owner \
+                     could remove or replace the secrets written there; give a directory of \
+                     your own",
+                    dir.display(),
+                    md.uid()
+                ),
+            ));
+        }
+    }
     if md.permissions().mode() & 0o022 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -300,5 +318,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("other users"));
+        // Another user's, as root can make one (skipped where the tests do not run as root).
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            let e = create_dir(&p).unwrap_err().to_string();
+            assert!(e.contains("belongs to another user (uid 65534"), "{e}");
+        }
     }
 }

@@ -241,8 +241,7 @@ pub struct Receipt {
 }
 
 pub(crate) fn create_private_dir(dir: &std::path::Path) -> crate::Result<()> {
-    image_format::private::create_dir(dir)
-        .with_context(|| format!("creating key cache {}", dir.display()))
+    crate::keyfile::private_dir(dir, "key cache")
 }
 
 impl Request {

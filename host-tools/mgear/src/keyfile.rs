@@ -60,6 +60,17 @@ pub fn named(path: &Path, passphrase: bool) -> String {
     path.display().to_string()
 }
 
+/// [`image_format::private::create_dir`] of `dir`, the `what` (e.g. "key cache"): a refusal
+/// of the directory as it is (a symlink, another user's, one others may write to) is the
+/// operator's to settle (exit 2, its message says how), not an unreachable path (exit 3,
+/// "reconnect it").
+pub fn private_dir(dir: &Path, what: &str) -> crate::Result<()> {
+    image_format::private::create_dir(dir).map_err(|e| match e.raw_os_error() {
+        None => usage(format!("{what} {}: {e}", dir.display())),
+        Some(_) => crate::Error::from(e).context(format!("creating {what} {}", dir.display())),
+    })
+}
+
 /// The most a key file may hold: a key is a line of under a hundred bytes, an identity file
 /// of thousands of keys fits. `--identity /dev/zero` (or a disk image given by mistake) was
 /// read whole, until the kernel killed the process.
@@ -411,6 +422,26 @@ pub fn misplaced(arg: &str, text: &str, flag: &str, wanted: KeyKind) -> Option<c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key cache refused as it is (a symlink, others may write to it) is the operator's to
+    /// settle: exit 2 naming it (it was exit 3 with "reconnect it").
+    #[test]
+    fn a_refused_private_dir_is_a_usage_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = private_dir(&link, "key cache").unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+        assert!(e.to_string().starts_with("key cache "), "{e}");
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = private_dir(&real, "key cache").unwrap_err();
+        assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+        private_dir(&real, "key cache").unwrap();
+    }
 
     /// A secret typed where its file's path belongs is not repeated (the error, --json and a
     /// ticket report carried it); a path that is a file, or any path of a key, is named.

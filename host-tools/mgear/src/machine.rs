@@ -559,8 +559,7 @@ fn check_disk_count(
         Some(_) => Ok(()),
         None => {
             // A resume by passphrase on another host starts with no key cache there.
-            image_format::private::create_dir(&dir)
-                .with_context(|| format!("creating key cache {}", dir.display()))?;
+            crate::keyfile::private_dir(&dir, "key cache")?;
             crate::keys::write_generation_note(&path, g, "disks", &n.to_string())
                 .with_context(|| format!("recording the set's disk count in {}", path.display()))
         }
@@ -598,8 +597,7 @@ fn shared_key(
             Some(b) => (capture::borrow_key(store, args, b)?, b.capture_id),
             None => (DataKey::generate()?, image_format::keys::random::<16>()?),
         };
-        image_format::private::create_dir(&dir)
-            .with_context(|| format!("creating key cache {}", dir.display()))?;
+        crate::keyfile::private_dir(&dir, "key cache")?;
         // The slots the set is made with, recorded under its name: a later delta or resume of
         // the set that names others is refused (`capture::same_recipients`).
         key.save_cache_with_slots(

@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use crate::error::Context;
 use mgear_volume::{
     DeviceVolume, EbsSnapshotVolume, Existing, FileVolume, LibvirtVolume, NbdVolume, Prepare,
     Qcow2Volume, RbdVolume, Volume,
@@ -244,7 +243,6 @@ pub(crate) fn state_dir(arg: Option<PathBuf>) -> crate::Result<PathBuf> {
             .join(".local/state/mgear/ingest"),
         },
     };
-    image_format::private::create_dir(&dir)
-        .with_context(|| format!("creating state dir {} (0700)", dir.display()))?;
+    crate::keyfile::private_dir(&dir, "state dir")?;
     Ok(dir)
 }
