@@ -168,6 +168,22 @@ pub fn write_pair(
             "--out must not end in .pub (the public key is written there)",
         ));
     }
+    // A link (a dangling one too, which `exists` calls absent): no key is written through
+    // one, and its refusal read "File exists (os error 17)", exit 3.
+    if let Some(l) = [key, public_path.as_path()]
+        .into_iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+    {
+        return Err(usage(format!(
+            "{} is a symbolic link{}: a key is never written through one (it could point \
+             where others read); remove the link or give --out another path; nothing was \
+             written",
+            l.display(),
+            std::fs::read_link(l)
+                .map(|t| format!(" (to {})", t.display()))
+                .unwrap_or_default()
+        )));
+    }
     if !force {
         if let Some(p) = [key, public_path.as_path()]
             .into_iter()
@@ -422,6 +438,21 @@ pub fn misplaced(arg: &str, text: &str, flag: &str, wanted: KeyKind) -> Option<c
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key is never written through a link, a dangling one included: refused by name, exit 2
+    /// (it said "File exists (os error 17)", exit 3).
+    #[test]
+    fn a_key_is_not_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("dl.key");
+        std::os::unix::fs::symlink(dir.path().join("nowhere.key"), &link).unwrap();
+        for force in [false, true] {
+            let e = write_pair(&link, b"secret", b"public", force, false).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE);
+            assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        }
+        assert!(!dir.path().join("nowhere.key").exists());
+    }
 
     /// A key cache refused as it is (a symlink, others may write to it) is the operator's to
     /// settle: exit 2 naming it (it was exit 3 with "reconnect it").

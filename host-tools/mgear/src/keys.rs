@@ -427,6 +427,15 @@ const PASS_ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
 /// through a symlink), and return it.
 /// `--passphrase-generate` of a new capture onto a file that is there already.
 pub fn passphrase_file_exists(path: &Path) -> crate::Error {
+    // A dangling link reads as no file to `ls` and `exists`: "it already exists" puzzled.
+    if let Ok(to) = std::fs::read_link(path) {
+        return usage(format!(
+            "cannot create passphrase file {}: it is a symbolic link (to {}), and a secret is \
+             never written through one; remove the link or give a new path",
+            path.display(),
+            to.display()
+        ));
+    }
     usage(format!(
         "cannot create passphrase file {}: it already exists (--passphrase-generate writes a \
          new file and never overwrites one); give a new path, or drop --passphrase-generate to \
@@ -1267,6 +1276,12 @@ mod tests {
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         assert!(generate_passphrase(&link).is_err());
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        // A dangling link is named as a link ("it already exists" of what `ls` shows absent).
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let m = generate_passphrase(&dangling).unwrap_err().to_string();
+        assert!(m.contains("is a symbolic link"), "{m}");
+        assert!(!dir.path().join("nowhere").exists());
         assert_ne!(generate_passphrase(&dir.path().join("pw2")).unwrap(), g);
         // Each refusal says what is actually wrong.
         let m = generate_passphrase(&f).unwrap_err().to_string();
