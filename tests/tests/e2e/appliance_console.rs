@@ -217,3 +217,29 @@ fn a_reader_beside_mgear_on_the_console_never_hangs_it() {
     }
     lab.stop();
 }
+
+/// A console link older than the terminal it points at (left by a simulator that was killed,
+/// its terminal number given to another since): refused, nothing sent. It reached the other
+/// appliance, and an erase through it erased that one.
+#[test]
+fn a_stale_console_link_does_not_reach_another_appliance() {
+    let mut lab = Lab::new(40);
+    lab.start();
+    let pty = std::fs::read_link(lab.p("appliance.tty")).unwrap();
+    let old = lab.p("old.tty");
+    std::os::unix::fs::symlink(&pty, &old).unwrap();
+    // Made before the terminal was, as a killed simulator's link is.
+    let st = std::process::Command::new("touch")
+        .args(["-h", "-d", "2020-01-01"])
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = lab.run(&["appliance", "--port", &lab.s("old.tty"), "info"]);
+    let t = mgear_tests::output_text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    assert!(t.contains("made before that terminal was"), "{t}");
+    // The simulator's own link reaches it.
+    lab.appliance_ok(&["info"]);
+    lab.stop();
+}

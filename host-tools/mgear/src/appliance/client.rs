@@ -86,6 +86,26 @@ fn gone(doing: &str, e: std::io::Error) -> crate::Error {
     )
 }
 
+/// The pseudo-terminal `port` links to, when the link is older than the terminal: made for an
+/// earlier terminal of that number, by a simulator that has stopped. Only of `/dev/pts` (a
+/// device's udev link may be made before its node's last change).
+fn stale_pty_link(port: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let link = std::fs::symlink_metadata(port).ok()?;
+    if !link.file_type().is_symlink() {
+        return None;
+    }
+    let to = std::fs::canonicalize(port).ok()?;
+    if !to.starts_with("/dev/pts") {
+        return None;
+    }
+    let pty = std::fs::metadata(&to).ok()?;
+    if !pty.file_type().is_char_device() {
+        return None;
+    }
+    ((link.mtime(), link.mtime_nsec()) < (pty.ctime(), pty.ctime_nsec())).then_some(to)
+}
+
 /// A console session.
 pub struct Client {
     link: Box<dyn Link>,
@@ -126,6 +146,24 @@ impl Client {
                 ),
                 "plug the appliance in (or start mgear-appliance-sim), then run the same \
                  command again; `mgear appliance list` shows the consoles it finds",
+            ));
+        }
+        // A link a killed simulator left, to a pseudo-terminal another one was given since:
+        // it reached that other appliance (an erase through it erased the wrong one, wrong
+        // PINs were charged to it). The link is older than the terminal it points at.
+        if let Some(to) = stale_pty_link(port) {
+            return Err(crate::exit::coded_hint(
+                crate::exit::IO,
+                format!(
+                    "{} is a link to {}, made before that terminal was: the simulator that made \
+                     the link has stopped, and the terminal belongs to another program now \
+                     (another simulator: its own --console-link names it); nothing was sent",
+                    port.display(),
+                    to.display()
+                ),
+                "start the appliance's simulator again (it makes its link anew), or give the \
+                 console link of the appliance meant; `mgear appliance list` shows the consoles \
+                 it finds",
             ));
         }
         // A file, a directory or a pipe named as the port: said as such (serialport's ENOTTY
