@@ -370,6 +370,41 @@ pub fn held_for_writing(
     files: &std::collections::HashSet<(u64, u64)>,
     devices: &[u64],
 ) -> Option<(u32, String, PathBuf)> {
+    held_by(files, devices, |flags, _| {
+        flags & nix::libc::O_ACCMODE as u32 != nix::libc::O_RDONLY as u32
+    })
+}
+
+/// A virtual machine (QEMU) holding the file or block device `path` open, for reading too: a
+/// proof boot's guest (`-snapshot` opens its disk read-only) reads the disk as an ingest
+/// writes it, and reported a boot of bytes of two disks. Its pid and command.
+pub fn vm_holding(path: &Path) -> Option<(u32, String)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path).ok()?;
+    let mut files = std::collections::HashSet::new();
+    let mut devices = Vec::new();
+    if m.file_type().is_block_device() {
+        devices.push(m.rdev());
+        files.extend(loop_backing(m.rdev()));
+    } else {
+        files.insert((m.dev(), m.ino()));
+    }
+    let vm = |cmd: &str| {
+        cmd.split_whitespace()
+            .next()
+            .and_then(|b| b.rsplit('/').next())
+            .is_some_and(|b| b.starts_with("qemu-system") || b == "qemu-kvm")
+    };
+    held_by(&files, &devices, |_, cmd| vm(cmd)).map(|(pid, cmd, _)| (pid, cmd))
+}
+
+/// Another process holding one of `files` or `devices` open with the open flags and command
+/// line `pick` takes.
+fn held_by(
+    files: &std::collections::HashSet<(u64, u64)>,
+    devices: &[u64],
+    pick: impl Fn(u32, &str) -> bool,
+) -> Option<(u32, String, PathBuf)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     for (pid, p) in other_processes() {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
@@ -391,10 +426,10 @@ pub fn held_for_writing(
                 continue;
             }
             let flags = fd_flags(&p.path(), &fd.file_name());
-            if flags & nix::libc::O_ACCMODE as u32 == nix::libc::O_RDONLY as u32 {
+            let cmd = cmdline(&p.path());
+            if !pick(flags, &cmd) {
                 continue;
             }
-            let cmd = cmdline(&p.path());
             let file = std::fs::read_link(fd.path()).unwrap_or_default();
             return Some((pid, cmd, file));
         }

@@ -182,6 +182,18 @@ fn refuse_held(target: &Target) -> crate::Result<()> {
              then run the same command",
         ));
     }
+    if let Some((pid, cmd)) = crate::guard::vm_holding(p) {
+        return Err(crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!(
+                "--target {target} is open in a virtual machine, process {pid} ({cmd}): a \
+                 running guest reads the disk as this writes it (a `mgear boot` proof boot \
+                 would report a boot of parts of two disks); nothing was written (--force does \
+                 not change this)"
+            ),
+            "wait for the boot to end, or shut the VM down, then run the same command",
+        ));
+    }
     Ok(())
 }
 

@@ -3896,6 +3896,41 @@ fn a_device_held_by_another_process_or_holding_another_ingested_disk_is_refused(
         fs::read(e.p("d.img")).unwrap(),
         fs::read(e.p("data.raw")).unwrap()
     );
+    // Held for reading by a virtual machine (a proof boot's guest opens its disk read-only
+    // with -snapshot): refused too, --force too; it wrote the disk under the booting guest.
+    {
+        std::fs::copy("/bin/sleep", e.p("qemu-system-fake")).unwrap();
+        for t in [target.clone(), format!("file:{}", e.s("d.img"))] {
+            let path = t.split_once(':').unwrap().1.to_string();
+            let mut vm = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("exec 3<\"$1\"; exec \"$2\" 30")
+                .arg("sh")
+                .arg(&path)
+                .arg(e.p("qemu-system-fake"))
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let o = e
+                .ingest("dir:m", "m2")
+                .untrusted()
+                .args(&["--disk", "0", "--force"])
+                .target(&t)
+                .run();
+            let _ = vm.kill();
+            let _ = vm.wait();
+            assert_eq!(o.status.code(), Some(2), "{t}: {}", output_text(&o));
+            assert!(
+                output_text(&o).contains("is open in a virtual machine"),
+                "{}",
+                output_text(&o)
+            );
+        }
+        assert_eq!(
+            fs::read(e.p("d.img")).unwrap(),
+            fs::read(e.p("data.raw")).unwrap()
+        );
+    }
     // Written over on purpose; then the other disk is refused in turn, by name.
     let o = ingest("0", true);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
