@@ -854,6 +854,16 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                     }
                     // Nothing to export: an empty directory and exit 0, and the ingest given
                     // it failed on "cannot open att/SEAL".
+                    // Erased before a seal, it never will be: "seal it" was no way on.
+                    if seal.is_none() && info(c).is_ok_and(|i| i.state == DeviceState::Erased) {
+                        return Err(usage(format!(
+                            "the appliance holds no attestation: it was erased before it was \
+                             sealed, and an erased appliance is never sealed; nothing was \
+                             exported to {}. Its custody log (`mgear appliance log --verify`) \
+                             tells what happened to it",
+                            dir.display()
+                        )));
+                    }
                     if seal.is_none() {
                         return Err(usage(format!(
                             "the appliance holds no attestation (it has not been sealed): \
@@ -910,6 +920,11 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                             );
                         } else {
                             println!("custody log FAILED verification: {why}");
+                            // The next step, as --json carries it (text mode said only that).
+                            eprintln!(
+                                "mgear: what to do: do not trust this appliance's history; keep \
+                                 it and report the shipment"
+                            );
                         }
                         return Ok(1);
                     }
@@ -1674,6 +1689,20 @@ pub fn explain_cut_off(port: &Path, identity: Option<&[u8; 32]>, e: crate::Error
     let ours = |i: &Info| identity.is_none_or(|id| i.identity_pubkey.as_ref() == Some(id));
     let (why, next) = match Client::open(port).and_then(|mut c| info(&mut c)) {
         Ok(i) if ours(&i) && i.state == DeviceState::Unlocked => return e,
+        // Erased: nothing is resumed on it, ever (the key slots are gone, the medium is
+        // read-only for good); "resumes from its last checkpoint" sent the operator back.
+        Ok(i) if ours(&i) && i.state == DeviceState::Erased => (
+            format!(
+                "the appliance at {} was erased while the capture wrote: its key slots are \
+                 gone and its medium is read-only for good",
+                port.display()
+            ),
+            format!(
+                "{}; capture the disk again onto another appliance or medium (nothing of this \
+                 capture can be resumed or read)",
+                next_step(i.state)
+            ),
+        ),
         Ok(i) if ours(&i) => (
             format!(
                 "the appliance at {} is {} now (it was locked, sealed or erased while the \

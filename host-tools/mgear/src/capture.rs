@@ -520,10 +520,25 @@ fn print_summary(r: &Report) {
     print_receipt(&r.receipt);
 }
 
+/// The receipt's first line: what the target pins it with. The commit where there is one: a
+/// generation number alone does not tell a capture swapped in for the shipped one (it named
+/// `--expect-generation` beside a commit).
+pub(crate) fn receipt_heading(generation: u32, signed: bool) -> String {
+    match signed {
+        true => "receipt (send it to the target apart from the medium; ingest --expect-commit \
+                 with the commit below):"
+            .to_string(),
+        false => format!(
+            "receipt (send it to the target apart from the medium; ingest --expect-generation \
+             {generation}):"
+        ),
+    }
+}
+
 fn print_receipt(r: &Receipt) {
     println!(
-        "receipt (send it to the target; ingest --expect-generation {}):",
-        r.generation
+        "{}",
+        receipt_heading(r.generation, r.commit_digest.is_some())
     );
     println!("  {:<14} {}", "name", r.name);
     println!("  {:<14} {}", "capture id", r.capture_id);

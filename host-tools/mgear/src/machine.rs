@@ -280,8 +280,8 @@ pub fn run_capture(args: &capture::Plan, sources: &[String]) -> crate::Result<i3
         );
     }
     println!(
-        "receipt (send it to the target; ingest --expect-generation {}):",
-        r.generation
+        "{}",
+        crate::capture::receipt_heading(r.generation, r.receipt.commit_digest.is_some())
     );
     println!("  {:<14} {}", "set", r.receipt.name);
     println!("  {:<14} {}", "generation", r.generation);

@@ -219,7 +219,7 @@ pub fn parse_fingerprint(text: &str) -> crate::Result<[u8; 32]> {
     let bad = || {
         usage(format!(
             "{text:?} is not a full fingerprint: give the 64 hex digits that \
-             `mgear appliance info` prints (its `fingerprint` line)"
+             `mgear appliance info` prints (its `identity:` line; `fingerprint` in its --json)"
         ))
     };
     if hex.len() != 64 {

@@ -235,7 +235,11 @@ fn unreadable(e: image_format::Error, name: &str, g: u32) -> crate::Error {
     if matches!(&e, image_format::Error::Corrupt { at, .. } if at.capture == name) {
         return crate::Error::from(e);
     }
-    crate::Error::from(e).context(format!("capture {name} generation {g}"))
+    // 0: read before any generation was chosen (it said "generation 0", which none is).
+    match g {
+        0 => crate::Error::from(e).context(format!("capture {name}")),
+        g => crate::Error::from(e).context(format!("capture {name} generation {g}")),
+    }
 }
 
 /// The file whose presence finishes a generation: its MANIFEST, or for a

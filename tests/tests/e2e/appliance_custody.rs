@@ -80,6 +80,12 @@ fn appliance_custody_log_verifies_survives_power_cut_and_detects_tampering() {
         "{}",
         text(&out.stdout)
     );
+    // The next step in text mode too (it was only in --json).
+    assert!(
+        text(&out.stderr).contains("what to do: do not trust this appliance's history"),
+        "{}",
+        text(&out.stderr)
+    );
     lab.stop();
 }
 
