@@ -515,6 +515,23 @@ pub fn resolve_spec(t: &crate::spec::Target) -> crate::Result<Resolved> {
             // Only its `.partial` there: an ingest into it has not finished ("No such file",
             // "reconnect it" said nothing of it).
             let partial = std::path::PathBuf::from(format!("{}.partial", p.display()));
+            // Being written now: "run that ingest again" was refused as in use.
+            if let Some((pid, cmd)) = (!p.exists())
+                .then(|| crate::guard::writer_of(&partial))
+                .flatten()
+            {
+                return Err(crate::exit::coded_hint(
+                    crate::exit::IO,
+                    format!(
+                        "--target {t}: {} is not there yet: process {pid} ({cmd}) is writing \
+                         {} now",
+                        p.display(),
+                        partial.display()
+                    ),
+                    "wait for that ingest to finish (it names the volume once it is verified), \
+                     then boot it",
+                ));
+            }
             if !p.exists() && partial.exists() {
                 return Err(usage(format!(
                     "--target {t}: {} is not there yet, only {}: the ingest into it has not \
@@ -781,6 +798,15 @@ pub fn finish(
             FOUND,
             e.to_string(),
             "the guest was not started: boot the system disk, or see --firmware",
+        ),
+        // The firmware stopped: no wait is long enough ("a longer --timeout" was offered of a
+        // boot that ended after 0.4 s).
+        Outcome::NothingBootable => coded_hint(
+            FOUND,
+            e.to_string(),
+            "the firmware found nothing it could start: check that this is the system disk, \
+             and try the other --firmware (bios or uefi) or --bus; a longer --timeout does not \
+             help here",
         ),
         _ => coded_hint(
             FOUND,

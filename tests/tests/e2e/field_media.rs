@@ -313,6 +313,29 @@ fn field_media_boot_keeps_the_volume_and_gives_up_on_nothing_bootable() {
     let took = started.elapsed();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("found nothing to boot"), "{}", text(&o));
+    // No wait would help: the hint does not offer one.
+    assert!(
+        text(&o).contains("a longer --timeout does not help"),
+        "{}",
+        text(&o)
+    );
+    // A volume an ingest is writing now is named as such (it said to run that ingest again,
+    // which is refused while it runs).
+    {
+        let mut writer = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<>\"$1\"; exec sleep 30")
+            .arg("sh")
+            .arg(e.p("busy.raw.partial"))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let b = e.run(&["boot", "--target", "file:busy.raw"]);
+        let _ = writer.kill();
+        let _ = writer.wait();
+        assert_eq!(b.status.code(), Some(3), "{}", text(&b));
+        assert!(text(&b).contains("is writing"), "{}", text(&b));
+    }
     // It ends on the firmware's verdict, not at the deadline.
     assert!(took.as_secs() < 300, "gave up only after {took:?}");
     let r: serde_json::Value = serde_json::from_slice(&fs::read(e.p("r1.json")).unwrap()).unwrap();
