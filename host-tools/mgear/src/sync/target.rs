@@ -788,9 +788,13 @@ pub fn session<R: Read, W: Write>(
                      over, see SYNC.md \"A machine of several disks\")",
                     cap.name
                 ),
+                // The next step too (it said only which capture this serve has).
                 _ => format!(
-                    "this target does not know capture {name}: it serves capture {}",
-                    cap.name
+                    "this target does not know capture {name}: it serves capture {}; send \
+                     {name}'s changes to the serve of {name}'s volume (each disk has its own \
+                     `mgear serve`, on its own --listen address), or give --name {} here if \
+                     --source is that disk",
+                    cap.name, cap.name
                 ),
             },
         ));

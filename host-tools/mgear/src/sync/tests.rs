@@ -324,7 +324,8 @@ fn wrong_key_unknown_capture_and_strangers_are_clear_errors() {
     plan.name = "db02".into();
     let e = source::run(&plan, &mut fx.disk(), &mut || source::tcp(&addr)).unwrap_err();
     assert!(
-        format!("{e:#}").contains("does not know capture db02: it serves capture web01"),
+        format!("{e:#}").contains("does not know capture db02: it serves capture web01")
+            && format!("{e:#}").contains("send db02's changes to the serve of db02's volume"),
         "{e:#}"
     );
     assert_eq!(code_of(&e), USAGE);
