@@ -690,8 +690,10 @@ pub fn check_generation(
             Err(why) => Err(why.to_string()),
             Ok(a) if replaced => Err(format!(
                 "the seal + arrival ({}) of pinned appliance {} list capture {name}, but none of \
-                 the manifests they sealed is on this medium: another capture of that name was \
-                 put in its place since the seal",
+                 the manifests they sealed is on this medium: either they are another medium's \
+                 attestations (another appliance's capture of that name: give the ones exported \
+                 from this medium's own appliance), or another capture of that name was put in \
+                 its place since the seal",
                 a.from,
                 sitekey::fingerprint(&a.seal.body.identity)
             )),

@@ -383,7 +383,9 @@ fn appliance_seal_catches_a_deleted_generation() {
     let t = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
-        t.contains("another capture of that name was put in its place since the seal"),
+        t.contains("another capture of that name was put in its place since the seal")
+            // The other way it reads so: another medium's attestations given.
+            && t.contains("they are another medium's attestations"),
         "{t}"
     );
     assert!(!lab.p("swapped.raw").exists());
