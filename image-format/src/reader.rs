@@ -330,6 +330,34 @@ impl<S: Store> CaptureReader<S> {
     /// signs): a caller that checked a signature over the medium's files
     /// before opening compares the two, so a medium that answers one read
     /// differently from the next cannot slip other data in between.
+    /// Every segment of this generation the media given hold is the length its manifest
+    /// signs: keyless and cheap, so a reader checks it before it writes anything (a segment
+    /// cut or grown was found only when its first record was read, after the target had
+    /// been written up to it). A segment not on the media given (a span's other medium) is
+    /// left to the read that needs it.
+    pub fn check_segment_lengths(&mut self) -> Result<()> {
+        let g = self.manifest.generation;
+        for (i, d) in self.manifest.segments.iter().enumerate() {
+            let Ok(segment) = u32::try_from(i) else {
+                break;
+            };
+            let path = layout::segment_path(&self.name, g, segment);
+            if let Some(len) = self.store.len(&path).at(&path)? {
+                if len != d.len {
+                    return Err(corrupt(
+                        Location::capture(&self.name).generation(g).file(&path),
+                        format!(
+                            "segment is {len} bytes, its manifest says {} (bytes added or cut \
+                             after it was closed)",
+                            d.len
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn manifest_root(&self) -> &[u8; 32] {
         &self.root
     }

@@ -1950,6 +1950,9 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     if let (Target::File(p) | Target::Qcow2(p), true) = (&target, args.force) {
         warnings.extend(note_mode_replaced(p));
     }
+    // Checked before the target is opened or written: a segment cut or grown on the medium
+    // was found at its first record, after the volume had been written up to it.
+    reader.check_segment_lengths().map_err(crate::Error::from)?;
     let vol = {
         // Creating or opening a cloud volume waits on its cluster: said when it stalls.
         let _waiting = Progress::waiting(&format!("ingest: opening {}", args.target));

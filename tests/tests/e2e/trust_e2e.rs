@@ -1098,3 +1098,25 @@ fn a_fifo_or_link_planted_in_a_dir_medium_is_a_finding() {
     refused(&o, &["is a symbolic link"]);
     assert!(!output_text(&o).contains("fsck.fat"), "{}", output_text(&o));
 }
+
+/// A segment grown or cut on the medium is refused before the target is opened (keyless,
+/// from its length): it was found at its first record, after the volume had been written up
+/// to it (a `dev:` target overwritten in part by a shipment that was then refused).
+#[test]
+fn a_segment_grown_or_cut_is_refused_before_anything_is_written() {
+    let e = site();
+    capture(&e, "disk.raw", &["--sign", "site.key"]);
+    let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
+    let len = fs::metadata(&seg).unwrap().len();
+    for grown in [len + 1, len - 1] {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(grown)
+            .unwrap();
+        let o = ingest(&e, &["--trust", "site.pub"]);
+        refused(&o, &["its manifest says"]);
+        assert!(!e.p("vol.raw").exists() && !e.p("vol.raw.partial").exists());
+    }
+}
