@@ -10,7 +10,7 @@ pub struct Args {
     /// --console-link. Default: the one attached appliance found by USB id.
     #[arg(long, global = true, env = "MGEAR_APPLIANCE")]
     pub port: Option<PathBuf>,
-    /// Print machine-readable JSON instead of text.
+    /// Print the result as one JSON object on stdout (errors too).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
