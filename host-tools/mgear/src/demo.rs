@@ -327,6 +327,17 @@ fn demo(work: &Path, args: &Plan) -> crate::Result<i32> {
         2,
         "make the target key pair, and the capture site's signing key",
         || {
+            // The demo's own work directory, run again: its keys of the last run are made
+            // anew, not replaced (a warning about pinned keys, and one more
+            // `site.key.replaced.N` each run, for keys nothing outside the demo uses).
+            for k in [&key, &site_key] {
+                for p in [k.clone(), crate::keyfile::pub_path(k)] {
+                    if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                        std::fs::remove_file(&p)
+                            .with_context(|| format!("removing {}", p.display()))?;
+                    }
+                }
+            }
             crate::keys::keygen(crate::keys::Keygen {
                 out: key.clone(),
                 force: true,

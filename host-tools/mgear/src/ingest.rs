@@ -1593,6 +1593,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         );
     }
     let gaps = crate::medium::Gaps::of(&medium, &args.medium.describe());
+    let relabelled = medium.span().map(|v| v.relabelled()).unwrap_or_default();
     // The generation the gate accepted, and no other.
     let mut reader = CaptureReader::open(
         medium.store(),
@@ -1857,6 +1858,23 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     // the overrides the trust gate took (`--allow-untrusted`: a script reading --json saw
     // nothing of them).
     let mut warnings = verdict.warnings.clone();
+    // A medium read as another member than its label says: said before anything is written
+    // (a run that wrote what one medium holds, exit 4, returned before it was said), and once
+    // per medium however many disks of a set read it.
+    for (name, said, holds) in relabelled {
+        static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut told = SAID.lock().unwrap_or_else(|e| e.into_inner());
+        if told.contains(&name) {
+            continue;
+        }
+        told.push(name.clone());
+        warnings.push(warn(format!(
+            "{name}'s span label says it is medium #{said}, but it holds the segments the span \
+             map places on medium #{holds}, and is read as that (every record is still checked \
+             against what was signed); its label was changed since the capture (`mgear verify` \
+             names it): ask how the medium was handled"
+        )));
+    }
     if let Target::File(p) | Target::Qcow2(p) = &target {
         warnings.extend(warn_if_short_of_space(p, &reader));
         // A volume an earlier ingest finished with another generation (the delta's parent):
@@ -1992,14 +2010,6 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             }
         }
         Err(e) => warnings.push(warn(format!("the segment trailers could not be read: {e}"))),
-    }
-    for (name, said, holds) in medium.span().map(|v| v.relabelled()).unwrap_or_default() {
-        warnings.push(warn(format!(
-            "{name}'s span label says it is medium #{said}, but it holds the segments the span \
-             map places on medium #{holds}, and was read as that: every record checked out; its \
-             label was changed since the capture (`mgear verify` names it): ask how the medium \
-             was handled"
-        )));
     }
     medium.close()?;
     warnings.extend(crate::output::side_warnings());

@@ -302,17 +302,26 @@ pub fn run(args: Request) -> crate::Result<i32> {
             })
             .collect();
         for g in m.sets.iter_mut().flat_map(|s| &mut s.generations) {
-            let on = g.disks.iter().find_map(|d| {
-                lost.iter()
-                    .find(|(n, gen, _)| *gen == g.generation && n.eq_ignore_ascii_case(&d.stream))
-                    .map(|(n, _, on)| (n.clone(), on.clone()))
-            });
-            if let (Some((stream, on)), true) = (on, g.complete) {
+            // Every disk that had part of it there (the first alone was named).
+            let on: Vec<(String, String)> = g
+                .disks
+                .iter()
+                .filter_map(|d| {
+                    lost.iter()
+                        .find(|(n, gen, _)| {
+                            *gen == g.generation && n.eq_ignore_ascii_case(&d.stream)
+                        })
+                        .map(|(n, _, on)| (n.clone(), on.clone()))
+                })
+                .collect();
+            if !on.is_empty() && g.complete {
                 g.complete = false;
-                g.problems.push(format!(
-                    "{stream}: part of it was on {on}, so the set cannot be ingested; \
-                     the newer generation the replacement capture wrote holds its data again"
-                ));
+                for (stream, on) in on {
+                    g.problems.push(format!(
+                        "{stream}: part of it was on {on}, so the set cannot be ingested; \
+                         the newer generation the replacement capture wrote holds its data again"
+                    ));
+                }
             }
         }
     }
@@ -358,14 +367,22 @@ pub fn run(args: Request) -> crate::Result<i32> {
     // listing).
     // A span label or a copy of the span map that does not decode is damage on the medium
     // too (exit 0 beside "DAMAGED" and a span id of zeros).
+    // Spans of which a copy of the map given reads: a damaged copy beside one is listed from it.
+    let readable: std::collections::HashSet<&str> = media
+        .iter()
+        .filter_map(|m| m.span.as_ref())
+        .filter(|sp| !sp.media.is_empty())
+        .map(|sp| sp.id.as_str())
+        .collect();
     let damaged = media.iter().any(|m| {
         m.note.is_some()
             || !m.unexpected.is_empty()
             || m.damaged_generation
             || m.captures.iter().any(|c| c.damage.is_some())
-            || m.span
-                .as_ref()
-                .is_some_and(|sp| !sp.damaged_labels.is_empty() || !sp.damaged_maps.is_empty())
+            || m.span.as_ref().is_some_and(|sp| {
+                !sp.damaged_labels.is_empty()
+                    || (!sp.damaged_maps.is_empty() && !readable.contains(sp.id.as_str()))
+            })
     });
     let code = match damaged {
         true => crate::exit::FOUND,

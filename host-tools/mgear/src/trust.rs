@@ -1355,8 +1355,9 @@ fn check_seal(
                 "seal + arrival ({}) signed by appliance {fp}, which is neither pinned nor the \
                  appliance the manifest names (if it carries another medium of this shipment, \
                  a span over several appliances: give it together with the pinned appliance, \
-                 or pin it too with the fingerprint the capture site gives you for it, never \
-                 one read from here)",
+                 or pin it too, --trust-appliance once per appliance, with its fingerprint from \
+                 your own record of the appliances you provisioned (the capture receipt names \
+                 only the first, which witnessed the commits), never one read from here)",
                 a.from
             ),
             false => format!(

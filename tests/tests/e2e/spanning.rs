@@ -1350,6 +1350,8 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
         "{text}"
     );
     let j = e.run(&["inspect", "--medium", &a, "--json"]);
+    // Alone, no copy of the map reads: damage found, exit 1 (beside "DAMAGED", it was 0).
+    assert_eq!(j.status.code(), Some(1), "{}", output_text(&j));
     let j: serde_json::Value = serde_json::from_slice(&j.stdout).expect("inspect --json");
     assert_eq!(j["span"]["damaged_maps"][0]["ordinal"], 0, "{j}");
     // What else the shipment needs is not known from a alone: not "complete".
@@ -2090,4 +2092,36 @@ fn a_span_member_formatted_since_it_joined_is_said_to_be_blank() {
         .target("file:v.raw")
         .ok();
     same_file(&e.p("v.raw"), &e.p("d.raw"));
+}
+
+/// A medium whose span label names another member (copied from the other medium), ingested
+/// on its own: read as the member whose segments it holds, with the warning the README
+/// promises, before anything is written (a run that wrote what it holds, exit 4, returned
+/// before the warning); then with the other medium the disk is whole.
+#[test]
+fn a_relabelled_medium_ingested_alone_is_warned_of() {
+    use image_format::Store;
+    let e = Env::new();
+    let (a, b) = two_media_span(&e, 19);
+    let mut label = Vec::new();
+    edit_medium(&e, "a.img", |sa| {
+        let n = sa.len("MGEAR/SPAN").unwrap().unwrap() as usize;
+        label = vec![0u8; n];
+        sa.read_exact_at("MGEAR/SPAN", 0, &mut label).unwrap();
+    });
+    edit_medium(&e, "b.img", |sb| {
+        sb.write_at("MGEAR/SPAN", 0, &label).unwrap();
+    });
+    let o = ingest_sp(&e, &[&b]);
+    assert_eq!(o.status.code(), Some(4), "{}", output_text(&o));
+    let said = output_text(&o);
+    assert_eq!(
+        said.matches("span label says it is medium #0, but it holds the segments")
+            .count(),
+        1,
+        "{said}"
+    );
+    let o = ingest_sp(&e, &[&a]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    same_file(&e.p("out.raw"), &e.p("disk.raw"));
 }
