@@ -605,9 +605,11 @@ impl<M: Store> SpanStore<M> {
                      (a capture, `medium rm`, `medium fsck --repair`) writes every medium of it \
                      (each holds a copy of the index and manifests of all its captures); attach \
                      {} and give {} with --medium too. Only if one is lost for good, a capture \
-                     or delta goes on without it ({quoted}: its share is then captured again). \
-                     If that span is another shipment's (a medium of it was given by mistake), \
-                     leave its media out",
+                     or delta goes on without it ({quoted}: its share is then captured again), \
+                     and `medium rm` works on the media left after that; to free a medium of \
+                     the span when nothing on it is needed any more, `mgear medium format \
+                     --force` erases it whole. If that span is another shipment's (a medium of \
+                     it was given by mistake), leave its media out",
                     if absent.len() > 1 { "are" } else { "is" },
                     if absent.len() > 1 { "them" } else { "it" },
                     if absent.len() > 1 { "them" } else { "it" },
