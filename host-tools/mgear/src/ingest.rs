@@ -782,9 +782,24 @@ pub fn run(cli: Request) -> crate::Result<i32> {
                 // Written and verified: the ticket and --json keep that beside the failed
                 // step (they said "STOPPED, nothing verified").
                 let code = crate::exit::code_of(&e);
-                let hint = "the volume is written and verified as ingested, not adapted: fix \
-                            what the message names and run the same command again (the kept \
-                            volume is adapted then), or boot it as it is";
+                // A guest that cannot be adapted at all: "run the same command again" failed
+                // the same way.
+                let unsupported = matches!(
+                    e.find::<mgear_boot::BootError>(),
+                    Some(mgear_boot::BootError::Unsupported(_))
+                );
+                let hint = match unsupported {
+                    true => {
+                        "the volume is written and verified as ingested, not adapted: this \
+                         guest cannot be adapted (the message says why and what to do instead); \
+                         boot it as it is, or follow the message"
+                    }
+                    false => {
+                        "the volume is written and verified as ingested, not adapted: fix what \
+                         the message names and run the same command again (the kept volume is \
+                         adapted then), or boot it as it is"
+                    }
+                };
                 if let Some(p) = &args.report {
                     let mut v = crate::report::ingest(&r, &args.medium.describe())?;
                     v["result"]["error"] =
@@ -4170,17 +4185,18 @@ fn adapt_volume(path: &Path, format: &'static str) -> crate::Result<mgear_boot::
         mgear_boot::adapt::TOOL
     );
     mgear_boot::adapt(path, format).map_err(|e| {
-        let code = match e {
-            mgear_boot::BootError::Usage(_) | mgear_boot::BootError::Unsupported(_) => USAGE,
-            _ => IO,
-        };
-        coded(
-            code,
-            format!(
-                "driver adaptation failed (the verified volume {} is left as ingested, NOT adapted): {e}",
-                path.display()
-            ),
-        )
+        let what = format!(
+            "driver adaptation failed (the verified volume {} is left as ingested, NOT adapted)",
+            path.display()
+        );
+        match e {
+            // Kept as what it is (exit 2): the hint tells a guest that cannot be adapted at
+            // all from a step to fix and run again.
+            mgear_boot::BootError::Usage(_) | mgear_boot::BootError::Unsupported(_) => {
+                crate::Error::from(e).context(what)
+            }
+            _ => coded(IO, format!("{what}: {e}")),
+        }
     })
 }
 

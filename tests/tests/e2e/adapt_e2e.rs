@@ -226,6 +226,13 @@ fn ingest_adapt_refuses_a_disk_without_an_os_and_keeps_the_verified_volume() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(err.contains("no operating system"), "{}", text(&out));
     assert!(err.contains("NOT adapted"), "{}", text(&out));
+    // Nothing to adapt, ever: the hint does not send the operator round again.
+    assert!(
+        err.contains("this guest cannot be adapted")
+            && !err.contains("(the kept volume is adapted then)"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         fs::read(e.p("vol.raw")).unwrap(),
         fs::read(e.p("disk.raw")).unwrap()
