@@ -357,7 +357,12 @@ fn parse(json: bool) -> Cli {
                 }
             }
         }
-        Err(e) if !json => e.exit(),
+        // Rendered here, not by clap: a secret key given as a value (`--sign "$(cat
+        // site.key)"`, taken for an option) was quoted whole.
+        Err(e) if !json => {
+            eprint!("{}", output::redact_secrets(&e.render().to_string()));
+            std::process::exit(e.exit_code())
+        }
         Err(e) => {
             let cmd = Cli::command();
             let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -365,7 +370,7 @@ fn parse(json: bool) -> Cli {
             let (message, hint) = usage_message(&e, &cmd, &named);
             output::init(&named_on_command_line(), true);
             println!("{}", output::error_line(exit::USAGE, &message, &hint));
-            eprintln!("mgear: error: {message}");
+            eprintln!("mgear: error: {}", output::redact_secrets(&message));
             std::process::exit(exit::USAGE);
         }
     }
@@ -477,8 +482,12 @@ fn main() {
                 true => "pending",
                 false => "error",
             };
-            // A message may quote what a medium or a peer holds: no raw control bytes.
-            eprintln!("mgear: {what}: {}", output::printable_lines(&message));
+            // A message may quote what a medium or a peer holds: no raw control bytes; nor a
+            // secret key given where a path belongs.
+            eprintln!(
+                "mgear: {what}: {}",
+                output::printable_lines(&output::redact_secrets(&message))
+            );
             // The next step was only in --json: a person reading the terminal got "No space
             // left on device" and nothing on what to do. Said once, unless the message has it.
             // ("check the arguments: --help", the fallback of a usage error, is left to --json:

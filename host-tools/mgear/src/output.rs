@@ -217,8 +217,8 @@ pub fn error_value(code: i32, message: &str, hint: &str) -> Value {
     serde_json::to_value(ErrorBody {
         code,
         kind: crate::exit::kind(code),
-        message,
-        hint,
+        message: &redact_secrets(message),
+        hint: &redact_secrets(hint),
     })
     .unwrap_or(Value::Null)
 }
@@ -253,8 +253,101 @@ pub fn side_warnings() -> Vec<String> {
     SIDE.lock().map(|w| w.clone()).unwrap_or_default()
 }
 
+/// What a secret key given where a path or an option belongs leaves of itself in a message:
+/// nothing. A PEM private key with its base64 (`--sign "$(cat site.key)"`, which the argument
+/// parser took for an option and quoted whole) and an age secret key are replaced by a
+/// placeholder; a message that only names the kind (`-----BEGIN PRIVATE KEY-----`) is kept.
+pub fn redact_secrets(s: &str) -> std::borrow::Cow<'_, str> {
+    const SAID: &str = "[a secret key: not repeated here; treat it as exposed]";
+    if !s.contains("PRIVATE KEY") && !s.contains("AGE-SECRET-KEY-1") {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    // The byte range of the first secret in `t`, if any.
+    let next = |t: &str| -> Option<(usize, usize)> {
+        let mut found: Option<(usize, usize)> = None;
+        let mut from = 0;
+        while let Some(b) = t[from..].find("-----BEGIN ").map(|b| b + from) {
+            let after_marker = t[b + 11..].find("-----").map(|m| b + 11 + m + 5);
+            let (Some(body), true) = (after_marker, t[b..].starts_with("-----BEGIN ")) else {
+                break;
+            };
+            let is_private = t[b..body].contains("PRIVATE KEY");
+            let end = t[body..].find("-----END ").map(|e| body + e);
+            if let (true, Some(e)) = (is_private, end) {
+                let key_chars = t[body..e]
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '/')
+                    .count();
+                if key_chars >= 16 {
+                    let close = t[e + 9..].find("-----").map_or(t.len(), |k| e + 9 + k + 5);
+                    found = Some((b, close));
+                    break;
+                }
+            }
+            from = body;
+        }
+        // A key is 58 Bech32 characters after its prefix ("AGE-SECRET-KEY-1..." in a hint is
+        // no key).
+        let age = t.match_indices("AGE-SECRET-KEY-1").find_map(|(a, _)| {
+            let len = t[a..]
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+                .unwrap_or(t.len() - a);
+            (len >= 16 + 40).then_some((a, a + len))
+        });
+        match (found, age) {
+            (Some(p), Some(a)) => Some(if p.0 < a.0 { p } else { a }),
+            (p, a) => p.or(a),
+        }
+    };
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some((a, b)) = next(rest) {
+        out.push_str(&rest[..a]);
+        out.push_str(SAID);
+        rest = &rest[b..];
+    }
+    if out.is_empty() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_secrets;
+
+    /// A secret key in a message is replaced, PEM (on lines or joined by spaces) and age; a
+    /// message naming the kind of a key file only is kept.
+    #[test]
+    fn secret_keys_are_not_repeated() {
+        let pem = "unexpected argument '-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIK+oSq75\n-----END PRIVATE KEY-----' found";
+        let r = redact_secrets(pem);
+        assert!(
+            !r.contains("MC4C") && r.starts_with("unexpected argument '[a secret key"),
+            "{r}"
+        );
+        assert!(r.ends_with("' found"), "{r}");
+        let joined = "'-----BEGIN PRIVATE KEY----- MC4CAQAwBQYDK2Vw -----END PRIVATE KEY-----'";
+        assert!(!redact_secrets(joined).contains("MC4C"));
+        let age = "cannot read AGE-SECRET-KEY-1Q5K72K8A9J6ESCFNHEJED8J6YDJQ794XWHEGSUJYCG4LCE245N2SQFGAEF: no such file";
+        let r = redact_secrets(age);
+        assert!(!r.contains("Q5K72") && r.ends_with(": no such file"), "{r}");
+        for kept in [
+            "-----BEGIN PUBLIC KEY----- is a public key",
+            "site.key is a SECRET signing key (-----BEGIN PRIVATE KEY-----, the .key written)",
+            "a key file (-----BEGIN PRIVATE KEY----- ... -----END PRIVATE KEY-----)",
+            "the .key file (AGE-SECRET-KEY-1...)",
+        ] {
+            let r = redact_secrets(kept);
+            assert!(!r.contains("[a secret key"), "{r}");
+        }
+    }
+}
+
 /// The `--json` form of a failed command (one line); `warnings` when it gave any before.
 pub fn error_line(code: i32, message: &str, hint: &str) -> String {
+    let (message, hint) = (&*redact_secrets(message), &*redact_secrets(hint));
     #[derive(Serialize)]
     struct Failed<'a> {
         ok: bool,
