@@ -335,23 +335,45 @@ impl<S: Store> CaptureReader<S> {
     /// cut or grown was found only when its first record was read, after the target had
     /// been written up to it). A segment not on the media given (a span's other medium) is
     /// left to the read that needs it.
+    ///
+    /// The earlier generations a delta reads records from are checked too, against their own
+    /// MANIFESTs (a parent's segment grown was installed, exit 0, while `verify` failed it).
     pub fn check_segment_lengths(&mut self) -> Result<()> {
-        let g = self.manifest.generation;
-        for (i, d) in self.manifest.segments.iter().enumerate() {
-            let Ok(segment) = u32::try_from(i) else {
-                break;
-            };
-            let path = layout::segment_path(&self.name, g, segment);
-            if let Some(len) = self.store.len(&path).at(&path)? {
-                if len != d.len {
-                    return Err(corrupt(
-                        Location::capture(&self.name).generation(g).file(&path),
-                        format!(
-                            "segment is {len} bytes, its manifest says {} (bytes added or cut \
-                             after it was closed)",
-                            d.len
-                        ),
-                    ));
+        let own = self.manifest.generation;
+        let mut parents: Vec<u32> = self
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                IndexEntry::Stored(l) if l.stream == 0 && l.generation != own => Some(l.generation),
+                _ => None,
+            })
+            .collect();
+        parents.sort_unstable();
+        parents.dedup();
+        let mut lengths: Vec<(u32, Vec<u64>)> =
+            alloc::vec![(own, self.manifest.segments.iter().map(|d| d.len).collect())];
+        for g in parents {
+            // A parent whose MANIFEST does not read is refused where its records are read.
+            if let Ok(Some(f)) = crate::medium::read_manifest(&mut self.store, &self.name, g) {
+                lengths.push((g, f.manifest.segments.iter().map(|d| d.len).collect()));
+            }
+        }
+        for (g, lens) in lengths {
+            for (i, want) in lens.into_iter().enumerate() {
+                let Ok(segment) = u32::try_from(i) else {
+                    break;
+                };
+                let path = layout::segment_path(&self.name, g, segment);
+                if let Some(len) = self.store.len(&path).at(&path)? {
+                    if len != want {
+                        return Err(corrupt(
+                            Location::capture(&self.name).generation(g).file(&path),
+                            format!(
+                                "segment is {len} bytes, its manifest says {want} (bytes added \
+                                 or cut after it was closed)"
+                            ),
+                        ));
+                    }
                 }
             }
         }

@@ -1108,6 +1108,7 @@ fn a_segment_grown_or_cut_is_refused_before_anything_is_written() {
     capture(&e, "disk.raw", &["--sign", "site.key"]);
     let seg = e.p("mnt/MGEAR/web01/G0001/SEG-00000");
     let len = fs::metadata(&seg).unwrap().len();
+    let intact = fs::read(&seg).unwrap();
     for grown in [len + 1, len - 1] {
         fs::OpenOptions::new()
             .write(true)
@@ -1119,4 +1120,18 @@ fn a_segment_grown_or_cut_is_refused_before_anything_is_written() {
         refused(&o, &["its manifest says"]);
         assert!(!e.p("vol.raw").exists() && !e.p("vol.raw.partial").exists());
     }
+    // A delta's parent segment, as the delta reads records from it (installed, exit 0,
+    // while verify failed it).
+    fs::write(&seg, &intact).unwrap();
+    change_disk(&e.p("disk.raw"));
+    capture(&e, "disk.raw", &["--sign", "site.key", "--delta"]);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len + 3)
+        .unwrap();
+    let o = ingest(&e, &["--trust", "site.pub"]);
+    refused(&o, &["generation 1", "its manifest says"]);
+    assert!(!e.p("vol.raw").exists() && !e.p("vol.raw.partial").exists());
 }
