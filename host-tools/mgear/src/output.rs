@@ -543,13 +543,20 @@ pub fn say_put_right<D: image_format::store::FatDevice>(
              a finished capture lost anything)",
         ));
     }
-    if !parts.is_empty() {
-        eprintln!(
-            "mgear: {label} was left mid-write by a run that was cut off (killed or unplugged); \
-             its file system is put right as `fsck.fat -a` would: {}",
-            parts.join(", ")
+    // Nothing below the files to mend: the mark (and the free count) set right is said too,
+    // as the README promises of every writer (the medium changed without a word).
+    if parts.is_empty() {
+        parts.push(
+            "its mid-write mark cleared and its free space counted again (nothing else needed \
+             mending)"
+                .to_string(),
         );
     }
+    eprintln!(
+        "mgear: {label} was left mid-write by a run that was cut off (killed or unplugged); its \
+         file system is put right as `fsck.fat -a` would: {}",
+        parts.join(", ")
+    );
 }
 
 #[cfg(test)]

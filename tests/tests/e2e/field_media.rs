@@ -1715,6 +1715,13 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
         "{rel}"
     );
     let o = e.ok(&["capture", "--abort", "--medium", &m, "--name", "web01"]);
+    // The medium was put right as it was opened, and that is said, as of every writer (with
+    // nothing below the files to mend it went unsaid).
+    assert!(
+        text(&o).contains("was left mid-write by a run that was cut off (killed or unplugged)"),
+        "{}",
+        text(&o)
+    );
     // The capture is gone whole: its data key stays (a copy of the medium may still resume
     // it), and the abort says so, with the way to forget it (it went unsaid).
     let id = k["keys"][0]["capture_id"].as_str().unwrap().to_string();
