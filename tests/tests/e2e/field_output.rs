@@ -376,6 +376,30 @@ fn serve_sync_and_cutover_speak_the_one_json_style() {
         "{}",
         output_text(&o)
     );
+    // A data disk is refused before anything is done: its boot alone could never prove
+    // anything, and the source was quiesced for it.
+    let o = e.run(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "vm3.d1",
+        "--quiesce",
+        "touch quiesced",
+        "--boot-target",
+        "file:vol.raw",
+        "--sign",
+        "site.key",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("a data disk: a cutover boots the disk it moves"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("quiesced").exists());
 
     // The serve, stopped by SIGTERM (as a service manager stops it), ends
     // its stream with `stopped` and exit 0.

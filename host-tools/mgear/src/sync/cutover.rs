@@ -376,6 +376,20 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     // One disk of a machine set: its other disks get no final sync and are not booted with
     // it; it went straight on to the quiesce without a word.
     let mut warnings = Vec::new();
+    // A data disk: the proof boot of it alone finds nothing to start, after the source was
+    // quiesced (downtime for nothing). Refused before anything is done.
+    if let Some((set, k)) =
+        image_format::set::parse_disk_stream_name(&a.sync.name).filter(|(_, k)| *k > 0)
+    {
+        return Err(usage(format!(
+            "{} is disk {k} of machine set {set}, a data disk: a cutover boots the disk it moves \
+             as the proof, and a data disk alone boots nothing (the source would be quiesced \
+             for a boot that cannot succeed); nothing was done. Cut the machine over as SYNC.md \
+             \"A machine of several disks\" shows: one quiesce, a final sync of every disk, one \
+             boot with every disk attached",
+            a.sync.name
+        )));
+    }
     if let Some((set, k)) = image_format::set::parse_disk_stream_name(&a.sync.name) {
         let w = format!(
             "{} is disk {k} of machine set {set}: this cutover moves that disk alone (its final \
