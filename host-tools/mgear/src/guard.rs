@@ -379,16 +379,7 @@ pub fn held_for_writing(
 /// proof boot's guest (`-snapshot` opens its disk read-only) reads the disk as an ingest
 /// writes it, and reported a boot of bytes of two disks. Its pid and command.
 pub fn vm_holding(path: &Path) -> Option<(u32, String)> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let m = std::fs::metadata(path).ok()?;
-    let mut files = std::collections::HashSet::new();
-    let mut devices = Vec::new();
-    if m.file_type().is_block_device() {
-        devices.push(m.rdev());
-        files.extend(loop_backing(m.rdev()));
-    } else {
-        files.insert((m.dev(), m.ino()));
-    }
+    let (files, devices) = identities(path)?;
     let vm = |cmd: &str| {
         cmd.split_whitespace()
             .next()
@@ -440,6 +431,13 @@ fn held_by(
 /// Another process holding the file or block device `path` open for writing (a running
 /// VM's disk image, a loop device over it), from [`held_for_writing`]: its pid and command.
 pub fn writer_of(path: &Path) -> Option<(u32, String)> {
+    let (files, devices) = identities(path)?;
+    held_for_writing(&files, &devices).map(|(pid, cmd, _)| (pid, cmd))
+}
+
+/// The file (device and inode) and the block device `path` is, as [`held_by`] matches them:
+/// a block device also as the file behind it when it is a loop device.
+fn identities(path: &Path) -> Option<(std::collections::HashSet<(u64, u64)>, Vec<u64>)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let m = std::fs::metadata(path).ok()?;
     let mut files = std::collections::HashSet::new();
@@ -450,7 +448,7 @@ pub fn writer_of(path: &Path) -> Option<(u32, String)> {
     } else {
         files.insert((m.dev(), m.ino()));
     }
-    held_for_writing(&files, &devices).map(|(pid, cmd, _)| (pid, cmd))
+    Some((files, devices))
 }
 
 /// The absolute path `p` names with its symlinks resolved, also for a path
