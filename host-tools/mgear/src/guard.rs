@@ -435,9 +435,12 @@ pub fn writer_of(path: &Path) -> Option<(u32, String)> {
     held_for_writing(&files, &devices).map(|(pid, cmd, _)| (pid, cmd))
 }
 
+/// Files by (device, inode).
+type FileIds = std::collections::HashSet<(u64, u64)>;
+
 /// The file (device and inode) and the block device `path` is, as [`held_by`] matches them:
 /// a block device also as the file behind it when it is a loop device.
-fn identities(path: &Path) -> Option<(std::collections::HashSet<(u64, u64)>, Vec<u64>)> {
+fn identities(path: &Path) -> Option<(FileIds, Vec<u64>)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let m = std::fs::metadata(path).ok()?;
     let mut files = std::collections::HashSet::new();
