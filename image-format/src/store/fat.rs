@@ -2836,18 +2836,24 @@ pub(crate) mod tests {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     }
 
+    /// A new volume at `p` holding web01's generations 1 and 2 (a MANIFEST each), open.
+    fn two_generations(p: &std::path::Path) -> FatStore<std::fs::File> {
+        FatStore::format(open_rw(p), &FormatOptions::default()).unwrap();
+        let mut s = FatStore::open(open_rw(p)).unwrap();
+        for f in ["MGEAR/web01/G0001/MANIFEST", "MGEAR/web01/G0002/MANIFEST"] {
+            s.create_dir_all(f.rsplit_once('/').unwrap().0).unwrap();
+            s.write_at(f, 0, &[7u8; 3000]).unwrap();
+        }
+        s
+    }
+
     /// A generation's files gone from its directory on a volume closed cleanly (a zero byte
     /// where an entry starts ends the listing): the directory reads as a capture stopped
     /// before its MANIFEST, and the clusters the files held are what says otherwise.
     #[test]
     fn files_gone_from_a_directory_leave_their_clusters_said() {
         let (_t, p) = image(64 << 20);
-        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
-        let mut s = FatStore::open(open_rw(&p)).unwrap();
-        for f in ["MGEAR/web01/G0001/MANIFEST", "MGEAR/web01/G0002/MANIFEST"] {
-            s.create_dir_all(f.rsplit_once('/').unwrap().0).unwrap();
-            s.write_at(f, 0, &[7u8; 3000]).unwrap();
-        }
+        let mut s = two_generations(&p);
         s.unmount().unwrap();
         let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
         assert_eq!(s.lost_clusters().unwrap(), None);
@@ -2877,12 +2883,7 @@ pub(crate) mod tests {
     #[test]
     fn a_directory_whose_entry_was_deleted_is_found_by_what_it_held() {
         let (_t, p) = image(64 << 20);
-        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
-        let mut s = FatStore::open(open_rw(&p)).unwrap();
-        for f in ["MGEAR/web01/G0001/MANIFEST", "MGEAR/web01/G0002/MANIFEST"] {
-            s.create_dir_all(f.rsplit_once('/').unwrap().0).unwrap();
-            s.write_at(f, 0, &[7u8; 3000]).unwrap();
-        }
+        let mut s = two_generations(&p);
         s.write_at("MGEAR/web01/G0002/INDEX", 0, &[8u8; 100])
             .unwrap();
         s.create_dir_all("MGEAR/DB01/G0001").unwrap();
@@ -3047,12 +3048,7 @@ pub(crate) mod tests {
     #[test]
     fn a_finished_generation_deleted_on_a_volume_left_mid_write_is_damage() {
         let (_t, p) = image(64 << 20);
-        FatStore::format(open_rw(&p), &FormatOptions::default()).unwrap();
-        let mut s = FatStore::open(open_rw(&p)).unwrap();
-        for f in ["MGEAR/web01/G0001/MANIFEST", "MGEAR/web01/G0002/MANIFEST"] {
-            s.create_dir_all(f.rsplit_once('/').unwrap().0).unwrap();
-            s.write_at(f, 0, &[7u8; 3000]).unwrap();
-        }
+        let mut s = two_generations(&p);
         s.unmount().unwrap();
         let img = delete_dir_left_mid_write(&p, b"G0002      ");
 
