@@ -2853,7 +2853,7 @@ pub(crate) mod tests {
     #[test]
     fn files_gone_from_a_directory_leave_their_clusters_said() {
         let (_t, p) = image(64 << 20);
-        let mut s = two_generations(&p);
+        let s = two_generations(&p);
         s.unmount().unwrap();
         let mut s = FatStore::open_read_only(std::fs::File::open(&p).unwrap()).unwrap();
         assert_eq!(s.lost_clusters().unwrap(), None);
@@ -3048,7 +3048,7 @@ pub(crate) mod tests {
     #[test]
     fn a_finished_generation_deleted_on_a_volume_left_mid_write_is_damage() {
         let (_t, p) = image(64 << 20);
-        let mut s = two_generations(&p);
+        let s = two_generations(&p);
         s.unmount().unwrap();
         let img = delete_dir_left_mid_write(&p, b"G0002      ");
 
