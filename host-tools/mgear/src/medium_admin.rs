@@ -1843,6 +1843,10 @@ fn print_fsck(r: &FsckReport, repair: bool) {
             "leftover"
         } else if f.kind == UNKNOWN {
             "note"
+        } else if f.kind == "damaged-generation" {
+            // Finished once and damaged since, kept (its JSON kind says so; "unfinished" read
+            // as a capture to resume).
+            "damaged"
         } else {
             // Kept on purpose (a resume or the set's capture finishes it), and not clean yet.
             "unfinished"

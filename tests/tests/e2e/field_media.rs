@@ -1237,11 +1237,19 @@ fn a_generation_whose_directory_is_garbage_is_damaged_not_unfinished() {
         text(&o)
     );
     let before = sha(&e.p("m.img"));
-    e.run(&["medium", "fsck", "--medium", &m, "--repair"]);
+    let o = e.run(&["medium", "fsck", "--medium", &m, "--repair"]);
     assert_eq!(
         sha(&e.p("m.img")),
         before,
         "a repair removed the damaged generation"
+    );
+    // Said as damaged, as its JSON kind says (it read "unfinished", a capture to resume).
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| l.starts_with("damaged") && l.contains("MGEAR/rand/G0001")),
+        "{}",
+        text(&o)
     );
     let o = e
         .ingest(&m, "rand")
