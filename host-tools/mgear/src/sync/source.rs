@@ -403,13 +403,20 @@ pub fn run(
             // Ctrl-C during a wait on the target: stopped, not a dropped connection to retry.
             Err(Fail::Retry(_)) if crate::signals::stop_requested() => return Err(stopped_sync()),
             Err(Fail::Retry(e)) if run.stats.attempts > plan.retries => {
-                return Err(coded(
+                // The next step names the serve (the generic hint said to reconnect a path).
+                return Err(crate::exit::coded_hint(
                     IO,
                     format!(
                         "{e:#} (gave up after {}; re-run to continue)",
                         attempts(run.stats.attempts)
                     ),
-                ))
+                    format!(
+                        "check that `mgear serve` of {} still runs at the target and listens at \
+                         {} (start it again if it stopped: it keeps what it applied), then run \
+                         the same command again",
+                        plan.name, plan.peer
+                    ),
+                ));
             }
             Err(Fail::Retry(e)) => {
                 eprintln!(

@@ -1211,6 +1211,9 @@ fn retries_say_which_peer_was_lost_and_count_attempts_in_words() {
     );
     assert!(m.contains("(gave up after 1 attempt; re-run"), "{m}");
     assert_eq!(code_of(&e), crate::exit::IO);
+    // The next step names the serve to check (the generic hint said to reconnect a path).
+    let h = crate::exit::hint(&e, "sync");
+    assert!(h.contains("`mgear serve` of web01 still runs"), "{h}");
     // One that closed the connection after the handshake began: "closed", not "failed to fill whole buffer".
     let mut connect = || -> io::Result<Conn> { Ok((Box::new(io::empty()), Box::new(io::sink()))) };
     plan.retries = 1;
