@@ -1252,6 +1252,19 @@ fn ingest_sp(e: &Env, media: &[&str]) -> std::process::Output {
         .run()
 }
 
+/// The span label (`MGEAR/SPAN`) of the FAT image `img` of `e`, as someone holding it can
+/// copy it.
+fn span_label(e: &Env, img: &str) -> Vec<u8> {
+    use image_format::Store;
+    let mut label = Vec::new();
+    edit_medium(e, img, |s| {
+        let n = s.len("MGEAR/SPAN").unwrap().unwrap() as usize;
+        label = vec![0u8; n];
+        s.read_exact_at("MGEAR/SPAN", 0, &mut label).unwrap();
+    });
+    label
+}
+
 /// Change the FAT image `img` of `e` through `edit`, as someone holding the medium can.
 fn edit_medium(
     e: &Env,
@@ -1368,12 +1381,7 @@ fn a_damaged_span_map_is_a_finding_not_a_dead_end() {
     // Medium b relabelled as medium #0 (its label copied from a: a valid label, the wrong
     // one) and a byte of its segment flipped: verify of b alone took its own segment for
     // one on another medium and said OK. What is on a medium is read there.
-    let mut label = Vec::new();
-    edit_medium(&e, "a.img", |sa| {
-        let n = sa.len("MGEAR/SPAN").unwrap().unwrap() as usize;
-        label = vec![0u8; n];
-        sa.read_exact_at("MGEAR/SPAN", 0, &mut label).unwrap();
-    });
+    let label = span_label(&e, "a.img");
     edit_medium(&e, "b.img", |sb| {
         sb.write_at("MGEAR/SPAN", 0, &label).unwrap();
         let seg = sb
@@ -2100,16 +2108,11 @@ fn a_span_member_formatted_since_it_joined_is_said_to_be_blank() {
 /// before the warning); then with the other medium the disk is whole.
 #[test]
 fn a_relabelled_medium_ingested_alone_is_warned_of() {
-    use image_format::Store;
     let e = Env::new();
     let (a, b) = two_media_span(&e, 19);
-    let mut label = Vec::new();
-    edit_medium(&e, "a.img", |sa| {
-        let n = sa.len("MGEAR/SPAN").unwrap().unwrap() as usize;
-        label = vec![0u8; n];
-        sa.read_exact_at("MGEAR/SPAN", 0, &mut label).unwrap();
-    });
+    let label = span_label(&e, "a.img");
     edit_medium(&e, "b.img", |sb| {
+        use image_format::Store;
         sb.write_at("MGEAR/SPAN", 0, &label).unwrap();
     });
     let o = ingest_sp(&e, &[&b]);
