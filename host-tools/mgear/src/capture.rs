@@ -4624,6 +4624,16 @@ fn medium_full(
 /// several media, or where the host does not say.
 fn host_room(args: &Plan, fat_free: Option<u64>) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
+    let (_, m, avail) = image_host(args)?;
+    let holes = m.len().saturating_sub(m.blocks().saturating_mul(512));
+    let backed = fat_free?.saturating_sub(holes);
+    Some((backed.saturating_add(avail), avail))
+}
+
+/// The one `fat:` medium of `args` when it is an image file: its path, its metadata, and
+/// what the file system holding it has free. `None` for a device, several media, or where
+/// the host does not say.
+fn image_host(args: &Plan) -> Option<(std::path::PathBuf, std::fs::Metadata, u64)> {
     let [spec] = args.medium.medium.as_slice() else {
         return None;
     };
@@ -4637,33 +4647,18 @@ fn host_room(args: &Plan, fat_free: Option<u64>) -> Option<(u64, u64)> {
         .unwrap_or(std::path::Path::new("."));
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     let avail = st.blocks_available().saturating_mul(st.fragment_size());
-    let holes = m.len().saturating_sub(m.blocks().saturating_mul(512));
-    let free = fat_free?;
-    let backed = free.saturating_sub(holes);
-    Some((backed.saturating_add(avail), avail))
+    Some((path, m, avail))
 }
 
 /// A `fat:` image file (sparse, as `medium format` makes it) refused a write because the file
 /// system holding it is full, not the FAT inside: "medium full" would send the operator to add
 /// a medium. Some("the file system holding IMAGE is full (N free there)") then.
 fn host_file_system_full(args: &Plan, fat_free: Option<u64>) -> Option<String> {
-    let [spec] = args.medium.medium.as_slice() else {
-        return None;
-    };
-    let Ok(crate::spec::Medium::Fat(path)) = crate::spec::Medium::parse(spec) else {
-        return None;
-    };
     // A FAT that is itself (nearly) full is the medium being full, whatever the host has.
-    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) || fat_free.is_some_and(|f| f < 8 << 20)
-    {
+    if fat_free.is_some_and(|f| f < 8 << 20) {
         return None;
     }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    let avail = st.blocks_available().saturating_mul(st.fragment_size());
+    let (path, _, avail) = image_host(args)?;
     (avail < 8 << 20).then(|| {
         format!(
             "the file system holding the medium image {} is full ({} free there)",
