@@ -209,6 +209,13 @@ pub struct CaptureReader<S: Store> {
     buffers: RecordBuffers,
 }
 
+/// What a segment of `len` bytes whose manifest signs `want` is.
+fn resized_segment(len: u64, want: u64) -> String {
+    format!(
+        "segment is {len} bytes, its manifest says {want} (bytes added or cut after it was closed)"
+    )
+}
+
 impl<S: Store> core::fmt::Debug for CaptureReader<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CaptureReader")
@@ -368,10 +375,7 @@ impl<S: Store> CaptureReader<S> {
                     if len != want {
                         return Err(corrupt(
                             Location::capture(&self.name).generation(g).file(&path),
-                            format!(
-                                "segment is {len} bytes, its manifest says {want} (bytes added \
-                                 or cut after it was closed)"
-                            ),
+                            resized_segment(len, want),
                         ));
                     }
                 }
@@ -490,13 +494,7 @@ impl<S: Store> CaptureReader<S> {
                 .map(|d| d.len)
                 .filter(|_| stream == 0 && generation == self.manifest.generation);
             if let Some(want) = signed.filter(|want| *want != len) {
-                return Err(corrupt(
-                    at.clone(),
-                    format!(
-                        "segment is {len} bytes, its manifest says {want} (bytes added or cut \
-                         after it was closed)"
-                    ),
-                ));
+                return Err(corrupt(at.clone(), resized_segment(len, want)));
             }
             self.store.read_exact_at(&path, 0, &mut hb).at(&path)?;
             let h = SegmentHeader::decode(&hb).map_err(|w| corrupt(at.clone(), w))?;

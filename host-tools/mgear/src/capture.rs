@@ -2735,10 +2735,7 @@ fn preflight(
     // that "fits" stopped as the file system holding the image filled.
     let host = host_room(args, free).filter(|(room, _)| free.is_some_and(|f| *room < f));
     let fat_free = free;
-    let free = match host {
-        Some((room, _)) => Some(room),
-        None => free,
-    };
+    let free = host.map_or(fat_free, |(room, _)| Some(room));
     // Under a rate limit the samples are cut to about a second of it (as few as 4): too few
     // to refuse on (4 samples of a mostly empty disk said "does not fit" of a capture the
     // full sample, and the capture, found fitted). Where they say it does not fit, the full

@@ -1759,9 +1759,10 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             // verified volume was written over without a word.
             let over_file = || {
                 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-                let m = std::fs::metadata(p).ok()?;
-                let file = crate::guard::loop_backing_file(m.rdev())
-                    .filter(|_| m.file_type().is_block_device())?;
+                let m = std::fs::metadata(p)
+                    .ok()
+                    .filter(|m| m.file_type().is_block_device())?;
+                let file = crate::guard::loop_backing_file(m.rdev())?;
                 ingested_from(&sdir, &file).filter(|r| r != reader.manifest_root())
             };
             if let Some(other) =

@@ -1379,16 +1379,7 @@ pub fn format_medium(
             // An image file in place: every old byte dropped, so it reads as zeros and stays
             // sparse, at its size. Punched, not emptied and grown back: a kill between the
             // two left a file of 0 bytes, whose size the same command could not find again.
-            let punched = {
-                use nix::fcntl::{fallocate, FallocateFlags};
-                use std::os::fd::AsFd as _;
-                let flags =
-                    FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-                i64::try_from(was)
-                    .ok()
-                    .is_some_and(|len| fallocate(file.as_fd(), flags, 0, len).is_ok())
-            };
-            if !punched {
+            if !mgear_volume::file::punch_hole(&file, 0, was) {
                 file.set_len(0)
                     .and_then(|()| file.set_len(bytes))
                     .with_context(|| format!("emptying image {}", path.display()))?;

@@ -350,12 +350,7 @@ impl Raw {
     }
 
     fn punch(&self, offset: u64, len: u64) -> bool {
-        use nix::fcntl::{fallocate, FallocateFlags};
-        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return false;
-        };
-        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        fallocate(self.file.as_fd(), flags, off, len).is_ok()
+        punch_hole(&self.file, offset, len)
     }
 
     /// Transfer hints: a sparse file keeps zeros as holes
@@ -1174,6 +1169,18 @@ impl Volume for DeviceVolume {
         }
         Ok(())
     }
+}
+
+/// Drops `len` bytes of `file` from `offset` (they read as zeros after, and take no room),
+/// keeping its size; `false` where the file system cannot (the caller writes zeros or
+/// truncates instead).
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> bool {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return false;
+    };
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(file.as_fd(), flags, off, len).is_ok()
 }
 
 #[cfg(test)]

@@ -1147,6 +1147,24 @@ impl<D: FatDevice> FatStore<D> {
         )))
     }
 
+    /// `f` of the chains nothing holds: walked once per read-only open and kept (a writer's
+    /// change them as it writes, so it walks them each time asked).
+    fn with_lost<T>(
+        &mut self,
+        geo: &fatmap::Geometry,
+        f: impl FnOnce(&fatmap::Lost) -> T,
+    ) -> Result<T, StoreError> {
+        let lost = match self.lost.take() {
+            Some(l) => l,
+            None => fatmap::lost_chains(geo, &mut cache_reader(&self.cache))?,
+        };
+        let out = f(&lost);
+        if self.read_only {
+            self.lost = Some(lost);
+        }
+        Ok(out)
+    }
+
     /// What opening the volume put right, when it was opened for writing with the dirty
     /// mark a cut run leaves ([`fatmap::reclaim`]), or the damage it met and left alone;
     /// `None` when it did not run (see [`FatStore::reclaimed`]'s field).
@@ -1896,22 +1914,15 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(at) = fatmap::dir_cluster(&geo, &mut cache_reader(&self.cache), under)? else {
             return Ok(Vec::new());
         };
-        let lost = match self.lost.take() {
-            Some(l) => l,
-            None => fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?,
-        };
         // Left mid-write, a lost directory is what the cut left, but a finished generation's.
         let dirty = self.dirty_at_mount;
-        let under = lost
-            .dirs
-            .iter()
-            .filter(|d| d.parent == at && (!dirty || d.finished_generation()))
-            .map(|d| d.names.clone())
-            .collect();
-        if self.read_only {
-            self.lost = Some(lost);
-        }
-        Ok(under)
+        self.with_lost(&geo, |lost| {
+            lost.dirs
+                .iter()
+                .filter(|d| d.parent == at && (!dirty || d.finished_generation()))
+                .map(|d| d.names.clone())
+                .collect()
+        })
     }
 
     fn lost_clusters(&mut self) -> Result<Option<String>, StoreError> {
@@ -1919,15 +1930,9 @@ impl<D: FatDevice> Store for FatStore<D> {
         let Some(geo) = self.geo.clone().filter(|_| !self.dirty_at_mount) else {
             return Ok(None);
         };
-        let lost = match self.lost.take() {
-            Some(l) => l,
-            None => fatmap::lost_chains(&geo, &mut cache_reader(&self.cache))?,
-        };
-        let said = (lost.clusters > 0).then(|| crate::medium::lost_finding(&lost, false));
-        if self.read_only {
-            self.lost = Some(lost);
-        }
-        Ok(said)
+        self.with_lost(&geo, |lost| {
+            (lost.clusters > 0).then(|| crate::medium::lost_finding(lost, false))
+        })
     }
 
     fn used_space(&mut self) -> Result<Option<u64>, StoreError> {
