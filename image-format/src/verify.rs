@@ -1260,12 +1260,16 @@ fn walk_segment<S: Store + ?Sized>(
         };
         let end = off + REC_HEADER_LEN as u64 + u64::from(h.stored_len);
         let rrange = off..end;
-        if end + TRAILER_LEN as u64 > len {
+        if end > len {
             return Ok(Some((
                 rat(rrange),
                 "record runs past the end of the segment (truncated)".into(),
             )));
         }
+        // The record is whole but no room is left for the trailer after it: the cut is in
+        // the trailer (or a record header after this one), and naming this record would
+        // send the reader after bytes that are intact. The record is still checked.
+        let trailer_cut = end + TRAILER_LEN as u64 > len;
         if h.record != expect {
             cx.problem(
                 rat(rrange.clone()),
@@ -1290,6 +1294,29 @@ fn walk_segment<S: Store + ?Sized>(
                 rat(rrange),
                 "stored bytes do not match the record's hash (corrupted record)",
             );
+        }
+        if trailer_cut {
+            let mut magic = [0u8; 4];
+            let trailer = len - end >= 4 && {
+                input.read(store, path, &mut magic)?;
+                magic == TRAILER_MAGIC
+            };
+            let what = if trailer {
+                alloc::format!("its {TRAILER_LEN}-byte trailer is cut short")
+            } else {
+                alloc::format!(
+                    "too few for its {TRAILER_LEN}-byte trailer or the next record's header: \
+                     they are cut"
+                )
+            };
+            return Ok(Some((
+                at.clone().bytes(end..len),
+                alloc::format!(
+                    "segment ends {} bytes after record {expect}: {what} (truncated); the records \
+                     before are whole",
+                    len - end
+                ),
+            )));
         }
         off = end;
         expect = expect.saturating_add(1);
@@ -1944,6 +1971,36 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("truncated"), "{e}");
+    }
+
+    /// A segment cut inside its trailer: verify named the last record, whole, as running
+    /// past the end of the segment.
+    #[test]
+    fn a_cut_trailer_is_named_not_the_record_before_it() {
+        let (mut store, _) = medium(&disk());
+        let path = "MGEAR/web01/G0001/SEG-00000";
+        let len = store.len(path).unwrap().unwrap();
+        store.set_len(path, len - 10).unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        let all: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            all.iter().any(|p| p.contains("trailer is cut short")
+                && p.contains("after record 3")
+                && p.contains("records before are whole")),
+            "{all:?}"
+        );
+        assert!(
+            !all.iter().any(|p| p.contains("record runs past")),
+            "{all:?}"
+        );
+        // A cut into the last record itself is still the record's.
+        store.set_len(path, len - 64 - 5).unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        let all: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            all.iter().any(|p| p.contains("record runs past")),
+            "{all:?}"
+        );
     }
 
     #[test]
