@@ -238,16 +238,67 @@ pub(crate) fn read_manifest<S: Store + ?Sized>(
     };
     let f = Manifest::decode(&bytes).map_err(|w| Error::corrupt(at.clone(), w))?;
     if f.manifest.generation != generation || f.manifest.name != name {
-        return Err(Error::corrupt(
-            at,
-            alloc::format!(
+        // Every generation of a capture shares its id: a MANIFEST of this name but another
+        // id is another capture's (from another medium), not one of this capture's own moved.
+        let own = own_capture_id(store, name, generation)?;
+        let hex = |b: &[u8]| {
+            b.iter()
+                .map(|x| alloc::format!("{x:02x}"))
+                .collect::<String>()
+        };
+        let what = match own {
+            Some(id)
+                if id != f.manifest.capture_id && f.manifest.name.eq_ignore_ascii_case(name) =>
+            {
+                alloc::format!(
+                    "manifest belongs to another capture named {} (its generation {}, capture id \
+                     {}; this capture's generations have id {}): a file copied in from another \
+                     capture or medium",
+                    f.manifest.name,
+                    f.manifest.generation,
+                    hex(&f.manifest.capture_id),
+                    hex(&id)
+                )
+            }
+            _ => alloc::format!(
                 "manifest belongs to capture {} generation {} (moved or replayed file)",
                 f.manifest.name,
                 f.manifest.generation
             ),
-        ));
+        };
+        return Err(Error::corrupt(at, what));
     }
     Ok(Some(f))
+}
+
+/// The capture id the other generations of capture `name` (all but `but`) agree on in
+/// their MANIFESTs, each in its own place; `None` when none reads or they disagree.
+fn own_capture_id<S: Store + ?Sized>(
+    store: &mut S,
+    name: &str,
+    but: u32,
+) -> Result<Option<[u8; 16]>> {
+    let mut id = None;
+    for g in generations(store, name)?.into_iter().filter(|&g| g != but) {
+        let path = layout::generation_file(name, g, MANIFEST_FILE);
+        let at = Location::capture(name).generation(g).file(&path);
+        // Unreadable here is that generation's own finding, reported where it is read.
+        let Ok(Some(bytes)) = read_file(store, &path, MAX_MANIFEST, &at) else {
+            continue;
+        };
+        let Ok(f) = Manifest::decode(&bytes) else {
+            continue;
+        };
+        if f.manifest.generation != g || f.manifest.name != name {
+            continue;
+        }
+        match id {
+            None => id = Some(f.manifest.capture_id),
+            Some(i) if i != f.manifest.capture_id => return Ok(None),
+            Some(_) => {}
+        }
+    }
+    Ok(id)
 }
 
 /// The newest valid journal slot of a generation; `Ok(None)` if neither

@@ -697,6 +697,41 @@ fn truncated_segment_is_named() {
     assert_eq!(resized, 1, "{:?}", r.problems);
 }
 
+/// Generation 1 of another capture of the same name (another medium's), copied in as
+/// generation 2: it read as this capture's own generation 1 "moved or replayed".
+#[test]
+fn a_generation_of_another_capture_of_the_name_is_named_so() {
+    let mut f = fixture();
+    let mut other = MemStore::new();
+    let data = disk(9, 4, 0);
+    capture(
+        &mut other,
+        params("web01", data.len() as u64, &f.id),
+        None,
+        &data,
+    )
+    .unwrap();
+    let from = layout::generation_dir("web01", 1);
+    let to = layout::generation_dir("web01", 2);
+    f.store.create_dir_all(&to).unwrap();
+    for e in other.list(&from).unwrap() {
+        let b = file(&mut other, &format!("{from}/{}", e.name));
+        f.store
+            .write_at(&format!("{to}/{}", e.name), 0, &b)
+            .unwrap();
+    }
+    let r = keyless(&mut f.store);
+    let p = r
+        .problems
+        .iter()
+        .find(|p| p.at.generation == Some(2))
+        .unwrap_or_else(|| panic!("{:?}", r.problems));
+    assert!(
+        p.what.contains("another capture named web01") && !p.what.contains("moved or replayed"),
+        "{p}"
+    );
+}
+
 #[test]
 fn swapped_records_are_caught() {
     let mut f = fixture();
