@@ -70,6 +70,14 @@ pub enum Request {
 
 /// Run `mgear medium`.
 pub fn run(request: Request) -> crate::Result<i32> {
+    // Each of these writes the medium without a checkpoint: a signal lets the step finish.
+    let writes = match &request {
+        Request::Rm(_) | Request::Format { .. } => true,
+        Request::Fsck(a) => a.repair,
+    };
+    if writes {
+        crate::signals::install_for_finish();
+    }
     match request {
         Request::Rm(a) => rm(a),
         Request::Fsck(a) => fsck(a),

@@ -17,14 +17,14 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// otherwise look as if it had not heard it.
 /// (A sync keeps no checkpoint: what the target applied stays, and it said "checkpoint".)
 const STOPPING: &[u8] = b"\nmgear: stopping after the work at hand; what is done is kept (the \
-same command goes on from there); Ctrl-C again to exit at once\n";
+same command goes on from there); a second Ctrl-C or SIGTERM exits at once\n";
 
 /// Said instead by `mgear serve`, which holds no checkpoint of its own: it accepts no new
 /// sync and lets the one under way finish (it said "stopping between chunks", which it does
 /// only at a second signal).
 const STOPPING_SERVE: &[u8] = b"\nmgear serve: stopping: no new sync is accepted, a sync under \
-way is finished first; Ctrl-C again to exit at once (that sync then resumes when serve runs \
-again)\n";
+way is finished first; a second Ctrl-C or SIGTERM exits at once (that sync then resumes \
+when serve runs again)\n";
 
 /// Said at the second signal, which exits at once: what mgear started goes on by itself (a
 /// cutover's `--resume` hook ran on, said by nothing).
@@ -35,12 +35,20 @@ its --resume command yourself\n";
 
 /// Said instead by `mgear boot`, which holds no checkpoint either.
 const STOPPING_BOOT: &[u8] = b"\nmgear: stopping: the guest is stopped and the boot ends \
-(exit 3); Ctrl-C again to exit at once\n";
+(exit 3); a second Ctrl-C or SIGTERM exits at once\n";
+
+/// Said instead by a short medium write that has no checkpoint to stop at (`medium format`,
+/// `rm`, `fsck --repair`): it finishes, as a medium left half-written would need a repair (a
+/// format cut off read as a damaged file system, and a re-run refused it without --force).
+const STOPPING_FINISH: &[u8] = b"\nmgear: finishing this step first, so the medium is not left \
+half-written; a second Ctrl-C or SIGTERM exits at once (the medium may then need `mgear \
+medium fsck --repair`, or the format run again)\n";
 
 /// Which stopping message the handler says: [`install_for_serve`], [`install_for_boot`].
 static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 const SERVE: u8 = 1;
 const BOOT: u8 = 2;
+const FINISH: u8 = 3;
 
 /// When the first signal came (monotonic nanoseconds).
 static FIRST_NS: AtomicU64 = AtomicU64::new(0);
@@ -77,6 +85,7 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     let said = match MODE.load(Ordering::SeqCst) {
         SERVE => STOPPING_SERVE,
         BOOT => STOPPING_BOOT,
+        FINISH => STOPPING_FINISH,
         _ => STOPPING,
     };
     // SAFETY: write(2) is async-signal-safe; the bytes are static.
@@ -148,6 +157,14 @@ pub fn install_exit_at_once_saying(message: &str, hint: &str) {
 /// [`install`] for `mgear serve`, which says what stopping means for it.
 pub fn install_for_serve() {
     MODE.store(SERVE, Ordering::SeqCst);
+    install();
+}
+
+/// [`install`] for a medium write with no checkpoint (`medium format`, `rm`, `fsck
+/// --repair`): the first signal lets it finish (it died by the signal mid-write, exit 130 or
+/// 143), the second ends it at once.
+pub fn install_for_finish() {
+    MODE.store(FINISH, Ordering::SeqCst);
     install();
 }
 

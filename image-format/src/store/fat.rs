@@ -726,37 +726,87 @@ pub struct Formatted {
     pub volume_id: u32,
 }
 
-/// Below the cache during [`FatStore::format`] on a device known to read as
-/// zeros: an all-zero write to bytes nothing has written yet is dropped
-/// (they read as zeros already), everything else goes through.
+/// The boot sector's first bytes, which make the device read as FAT32: [`SkipZeros`] holds
+/// them back until the rest of the file system is durable.
+const HELD_BOOT: usize = 512;
+
+/// Below the cache during [`FatStore::format`]. On a device known to read as
+/// zeros, an all-zero write to bytes nothing has written yet is dropped
+/// (they read as zeros already), everything else goes through. The boot
+/// sector's first [`HELD_BOOT`] bytes are held until [`SkipZeros::release`]:
+/// a format cut off (a kill, a pulled cable) leaves a device that does not
+/// read as FAT32 at all, never one that does with half its FATs (it read as a
+/// damaged file system, repaired by hand, and a re-run refused it without
+/// `--force`).
 struct SkipZeros<D> {
     dev: D,
     pos: u64,
     /// Byte ranges written so far (few: boot sectors, FAT heads, root dir).
     written: Vec<(u64, u64)>,
     skip: bool,
+    /// The boot sector's first bytes as written, not yet on the device.
+    held: Option<[u8; HELD_BOOT]>,
+}
+
+impl<D: FatDevice> SkipZeros<D> {
+    fn new(dev: D, skip: bool) -> Self {
+        SkipZeros {
+            dev,
+            pos: 0,
+            written: Vec::new(),
+            skip,
+            held: None,
+        }
+    }
+
+    /// Write the held boot sector bytes and make them durable: the last write of a format.
+    fn release(&mut self) -> io::Result<()> {
+        if let Some(h) = self.held.take() {
+            self.dev.seek(SeekFrom::Start(0))?;
+            self.dev.write_all(&h)?;
+            self.dev.sync_device()?;
+        }
+        Ok(())
+    }
 }
 
 impl<D: FatDevice> Read for SkipZeros<D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.dev.seek(SeekFrom::Start(self.pos))?;
+        let at = self.pos;
+        self.dev.seek(SeekFrom::Start(at))?;
         let n = self.dev.read(buf)?;
+        if let Some(h) = &self.held {
+            if at < HELD_BOOT as u64 {
+                let from = at as usize;
+                let k = (HELD_BOOT - from).min(n);
+                buf[..k].copy_from_slice(&h[from..from + k]);
+            }
+        }
         self.pos += n as u64;
         Ok(n)
     }
 }
 
 impl<D: FatDevice> Write for SkipZeros<D> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let (start, end) = (self.pos, self.pos + buf.len() as u64);
+    fn write(&mut self, whole: &[u8]) -> io::Result<usize> {
+        let end = self.pos + whole.len() as u64;
+        let (mut start, mut buf) = (self.pos, whole);
+        if start < HELD_BOOT as u64 {
+            let from = start as usize;
+            let k = (HELD_BOOT - from).min(buf.len());
+            self.held.get_or_insert([0; HELD_BOOT])[from..from + k].copy_from_slice(&buf[..k]);
+            start += k as u64;
+            buf = &buf[k..];
+        }
         let untouched = !self.written.iter().any(|&(s, e)| s < end && start < e);
-        if !(self.skip && untouched && buf.iter().all(|b| *b == 0)) {
+        let dropped = self.skip && untouched && buf.iter().all(|b| *b == 0);
+        if !buf.is_empty() && !dropped {
             self.dev.seek(SeekFrom::Start(start))?;
             self.dev.write_all(buf)?;
             self.written.push((start, end));
         }
         self.pos = end;
-        Ok(buf.len())
+        Ok(whole.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         self.dev.flush()
@@ -921,12 +971,7 @@ impl<D: FatDevice> FatStore<D> {
     /// [`MAX_FAT32_BYTES`] when it is larger. FSInfo gets the true free
     /// count, so nothing has to count a 1 GiB FAT on first use.
     pub fn format(dev: D, opts: &FormatOptions) -> Result<Formatted, StoreError> {
-        let zeroing = SkipZeros {
-            dev,
-            pos: 0,
-            written: Vec::new(),
-            skip: opts.device_is_zeroed,
-        };
+        let zeroing = SkipZeros::new(dev, opts.device_is_zeroed);
         let mut cache = BlockCache::new(zeroing).map_err(|e| fat_err("format", e))?;
         let size = cache.size().map_err(|e| fat_err("format", e))?;
         let layout = FatLayout::for_size(size, opts.cluster_size)?;
@@ -973,6 +1018,10 @@ impl<D: FatDevice> FatStore<D> {
             3,
         )?;
         cache.sync().map_err(|e| fat_err("format", e))?;
+        cache
+            .lock()
+            .and_then(|mut g| g.dev.release())
+            .map_err(|e| fat_err("format", e))?;
         Ok(Formatted {
             sector_bytes: u64::from(layout.sector_bytes),
             cluster_bytes: geo.cluster_bytes,
@@ -3705,12 +3754,8 @@ pub(crate) mod tests {
     #[test]
     fn skip_zeros_writes_what_was_written_before() {
         let (_t, p) = image(1 << 20);
-        let mut z = SkipZeros {
-            dev: open_rw(&p),
-            pos: 0,
-            written: Vec::new(),
-            skip: true,
-        };
+        let mut z = SkipZeros::new(open_rw(&p), true);
+        z.seek(SeekFrom::Start(4096)).unwrap();
         z.write_all(&[0u8; 4096]).unwrap();
         z.seek(SeekFrom::Start(8192)).unwrap();
         z.write_all(&[7u8; 100]).unwrap();
@@ -3721,6 +3766,90 @@ pub(crate) mod tests {
         assert!(back[8192..8242].iter().all(|b| *b == 0));
         assert!(back[8242..8292].iter().all(|b| *b == 7));
         assert_eq!(allocated(&p), 4096, "only the written block is allocated");
+    }
+
+    /// The boot sector's first bytes reach the device last: a format cut off before leaves a
+    /// device that does not read as FAT32 (it read as a damaged one).
+    #[test]
+    fn skip_zeros_holds_the_boot_sector_until_released() {
+        let (_t, p) = image(1 << 20);
+        let mut z = SkipZeros::new(open_rw(&p), false);
+        let mut boot = [0u8; 4096];
+        boot[..3].copy_from_slice(&[0xeb, 0x58, 0x90]);
+        boot[510] = 0x55;
+        boot[511] = 0xaa;
+        boot[600] = 9;
+        z.write_all(&boot).unwrap();
+        z.seek(SeekFrom::Start(100_000)).unwrap();
+        z.write_all(&[5u8; 10]).unwrap();
+        let on_disk = std::fs::read(&p).unwrap();
+        assert!(on_disk[..512].iter().all(|b| *b == 0), "held back");
+        assert_eq!((on_disk[600], on_disk[100_000]), (9, 5), "the rest written");
+        // Read back through it, as the cache does, it is already there.
+        let mut back = [0u8; 1024];
+        z.seek(SeekFrom::Start(0)).unwrap();
+        z.read_exact(&mut back).unwrap();
+        assert_eq!(back[..], boot[..1024]);
+        z.release().unwrap();
+        let on_disk = std::fs::read(&p).unwrap();
+        assert_eq!(on_disk[..4096], boot[..]);
+    }
+
+    /// A device whose writes stop reaching it after the first `.1` (a power cut): each later
+    /// one fails. `.2` counts the writes it was given.
+    struct CutAfter(std::fs::File, u64, Arc<std::sync::atomic::AtomicU64>);
+    impl Read for CutAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for CutAfter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n >= self.1 {
+                return Err(io::Error::other("power cut"));
+            }
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+    impl Seek for CutAfter {
+        fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+            self.0.seek(pos)
+        }
+    }
+    impl FatDevice for CutAfter {
+        fn sync_device(&mut self) -> io::Result<()> {
+            self.0.sync_data()
+        }
+    }
+
+    /// A format cut off at any write leaves the device either without a FAT32 boot sector or
+    /// with the whole file system: never a FAT32 volume that opens damaged.
+    #[test]
+    fn a_format_cut_off_never_reads_as_a_damaged_fat32() {
+        let (_t, p) = image(40 << 20);
+        let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let dev = CutAfter(open_rw(&p), u64::MAX, counted.clone());
+        FatStore::format(dev, &FormatOptions::default()).unwrap();
+        let writes = counted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(writes > 3, "{writes}");
+        for cut in [1, writes / 2, writes - 1] {
+            std::fs::write(&p, vec![0u8; 40 << 20]).unwrap();
+            let dev = CutAfter(open_rw(&p), cut, Arc::default());
+            assert!(
+                FatStore::format(dev, &FormatOptions::default()).is_err(),
+                "{cut}"
+            );
+            let e = FatStore::open(open_rw(&p)).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("no boot sector signature")),
+                "cut at write {cut} of {writes}: {e:?}"
+            );
+        }
     }
 
     /// `medium` written to `p` (its zero pieces left as holes: quick), opened.
