@@ -1743,25 +1743,44 @@ pub(crate) fn check_delta_sample(
     let set = image_format::set::parse_disk_stream_name(&args.name);
     let order = match set {
         Some((set, k)) => format!(
-            " (for set {set}, disk {k}: the --source given in another order than the set was \
-             captured in, disk 0 first)"
+            " (for set {set}, disk {k}: check the --source order, which is the order the set \
+             was captured in, disk 0 first)"
         ),
         None => String::new(),
+    };
+    let src = args.source.as_deref().unwrap_or("the source");
+    // Rewritten everywhere sampled is the other way to get here: said first where a program
+    // writes the source now (a set's disk in the right order read as given out of order).
+    let (said, next) = match being_written(args) {
+        Some(w) => (
+            format!(
+                "{w}: it may be the disk captured as {}, rewritten since in every place \
+                 sampled: none of the {want} chunks read where generation {parent} stored data \
+                 reads as it did",
+                args.name
+            ),
+            "if it is that disk, --same-source captures it anyway; otherwise give the disk \
+             captured as",
+        ),
+        None => (
+            format!(
+                "{src} is most likely not the disk captured as {}: none of the {want} chunks \
+                 read where generation {parent} stored data reads as it did (the same disk \
+                 keeps most of them between captures; or it is that disk, rewritten since in \
+                 every place sampled)",
+                args.name
+            ),
+            "give the disk captured as",
+        ),
     };
     Err(crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
-            "--delta of {}: {} is most likely not the disk captured as {}: none of the {want} \
-             chunks read where generation {parent} stored data reads as it did (the same disk \
-             keeps most of them between captures){order}. Nothing was stored. Give the disk \
-             captured as {}; only if it is that disk, rewritten since, does --same-source \
-             capture it anyway",
-            args.name,
-            args.source.as_deref().unwrap_or("the source"),
-            args.name,
-            args.name,
+            "--delta of {}: {said}{order}. Nothing was stored. Give the disk captured as {}; \
+             only if it is that disk, rewritten since, does --same-source capture it anyway",
+            args.name, args.name,
         ),
-        format!("give the disk captured as {}", args.name),
+        format!("{next} {}", args.name),
     ))
 }
 
@@ -1773,6 +1792,23 @@ fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> cra
         args.medium.as_args(),
         image_format::set::owner(&args.name)
     );
+    // A source some program is writing changes as it is read: that, not another disk, is
+    // then the likely reason (it was "most likely another disk" beside the warning that said
+    // the source is open for writing).
+    if let Some(writer) = being_written(args) {
+        return crate::exit::coded_hint(
+            crate::exit::USAGE,
+            format!(
+                "capture {} generation {generation} is unfinished, and {why}; {writer}, so it \
+                 may be the same disk, {changed} since the stop. If it is the disk the \
+                 generation was started from, --same-source resumes it; if it is another \
+                 disk, give the one it was started from, or remove the unfinished generation \
+                 with `{abort}` and capture this disk again",
+                args.name,
+            ),
+            format!("--same-source if it is the same disk; else the disk it was started from, or `{abort}`"),
+        );
+    }
     crate::exit::coded_hint(
         crate::exit::USAGE,
         format!(
@@ -1785,6 +1821,17 @@ fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> cra
         ),
         format!("give the disk it was started from, or `{abort}`"),
     )
+}
+
+/// "SOURCE is open for writing by process PID (CMD)" of a file or device source a program
+/// holds open for writing now; `None` otherwise (or for an NBD export).
+fn being_written(args: &Plan) -> Option<String> {
+    let spec = args.source.as_deref()?;
+    if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
+        return None;
+    }
+    crate::guard::writer_of(std::path::Path::new(spec))
+        .map(|(pid, cmd)| format!("{spec} is open for writing by process {pid} ({cmd})"))
 }
 
 /// A resumed generation reads on from its source as named now: besides its labels

@@ -241,9 +241,20 @@ fn take(
                     cmd => format!(" by pid {pid} ({cmd})"),
                 })
                 .unwrap_or_default();
-            Err(coded(
+            // The I/O class's hint ("reconnect it") fits nothing here.
+            Err(crate::exit::coded_hint(
                 crate::exit::IO,
                 format!("{what} is in use{holder}: {why}"),
+                format!(
+                    "let the process that holds it finish, or stop it{} if it should not be \
+                     running (a `mgear serve` of that volume ends with Ctrl-C), then run the \
+                     same command again",
+                    if holder.is_empty() {
+                        ""
+                    } else {
+                        " (the pid above)"
+                    }
+                ),
             ))
         }
         Err((_, errno)) => Err(coded(crate::exit::IO, format!("locking {what}: {errno}"))),
@@ -395,6 +406,12 @@ mod tests {
         assert!(
             text.contains(&format!("pid {}", child.id())) || text.contains("sleep 30"),
             "{text}"
+        );
+        // Its next step is to wait or stop the holder, not the I/O class's "reconnect it".
+        let hint = crate::exit::hint(&err, "ingest");
+        assert!(
+            hint.contains("finish") && !hint.contains("reconnect"),
+            "{hint}"
         );
     }
 }

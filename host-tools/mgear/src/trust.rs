@@ -387,13 +387,17 @@ pub fn check_generation(
     }
     if let Some(want) = policy.expect_generation {
         if g < want && generation.is_some() && newest.is_some_and(|n| n >= want) {
-            // The expected generation is here: the operator asked for an older one.
-            return Err(refuse(format!(
-                "capture {name}: --generation {g} is older than the generation {want} the \
+            // The expected generation is here: the operator asked for an older one. Two
+            // options that contradict each other are a usage error (it said "found").
+            return Err(crate::exit::coded(
+                crate::exit::USAGE,
+                format!(
+                    "capture {name}: --generation {g} is older than the generation {want} the \
                  capture receipt expects (--expect-generation), which is on this medium: leave \
                  out --generation (or give --generation {want}) to install it, or leave out \
                  --expect-generation to install the older one on purpose"
-            )));
+                ),
+            ));
         }
         // A set's generation is begun by its disks' (it has no directory of its own until it
         // is bound): "the newest generation on the medium is 1" of a set whose disks hold an
@@ -736,7 +740,9 @@ pub fn check_generation(
             .collect();
         if !added.is_empty() {
             warnings.push(format!(
-                "the medium holds {} that appliance {fp} did not seal ({}): written onto it                  since the seal; capture {name} is as sealed and is what this run checks. Ask                  how the medium was handled (`mgear verify` names what changed)",
+                "the medium holds {} that appliance {fp} did not seal ({}): written onto it \
+                 since the seal; capture {name} is as sealed and is what this run checks. Ask \
+                 how the medium was handled (`mgear verify` names what changed)",
                 crate::units::count(added.len() as u64, "capture"),
                 added.join(", ")
             ));

@@ -27,7 +27,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 use mgear_tests::{output_text, qemu_nbd, Env, Line, Loop};
 use rand::{RngCore, SeedableRng};
@@ -1037,6 +1037,53 @@ fn a_delta_of_a_name_never_captured_leaves_nothing() {
         .source("a.raw")
         .arg("--delta")
         .ok();
+}
+
+/// A delta of a disk some program is writing, rewritten everywhere the check samples: it was
+/// refused as "most likely not the disk" (a set's disk given in the right order was told to
+/// check the order), beside the warning that the source is open for writing. The writer is
+/// said first, with `--same-source` as the way on for the same disk.
+#[test]
+fn a_delta_of_a_disk_being_rewritten_names_the_writer_not_another_disk() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("a.raw"), 12 << 20, 1);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "web01").source("a.raw").ok();
+    random_disk(&e.p("a.raw"), 12 << 20, 2);
+    let mut writer = Command::new("bash")
+        .args(["-c", "exec 3<>a.raw; sleep 60"])
+        .current_dir(e.p(""))
+        .spawn()
+        .unwrap();
+    // Until the shell holds it open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fs::read_dir(format!("/proc/{}/fd", writer.id()))
+        .map(|d| d.flatten().any(|f| f.file_name() == "3"))
+        .unwrap_or(false)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never opened it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = e
+        .capture("dir:mnt", "web01")
+        .source("a.raw")
+        .arg("--delta")
+        .run();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let t = output_text(&o);
+    assert!(
+        t.contains("a.raw is open for writing by process")
+            && t.contains("rewritten since in every place sampled")
+            && t.contains("--same-source captures it anyway")
+            && !t.contains("most likely not the disk"),
+        "{t}"
+    );
 }
 
 /// A delta whose source shares no chunk with the generation it continues (another disk given

@@ -119,6 +119,38 @@ fn change_chunks(path: &Path, which: &[usize], seed: u64) {
     std::fs::write(path, d).unwrap();
 }
 
+/// `serve --once` is one sync: a second one that connected while the first ran waited at the
+/// volume and was applied after it, exit 0 for both, before the serve ended. It is refused
+/// now (exit 3, nothing applied), and the serve ends after the first.
+#[test]
+fn sync_a_serve_once_applies_one_sync_and_refuses_the_one_that_waited() {
+    let e = Env::new();
+    write_disk(&e.p("disk.raw"), 16, 31);
+    e.capture_and_ingest("64MiB");
+    change_chunks(&e.p("disk.raw"), &[0, 5, 9, 14], 32);
+    let src = std::fs::read(e.p("disk.raw")).unwrap();
+    let (mut serve, addr) = e.listen(&["--once"]);
+    let first = slow_sync(&e, &addr, "4MiB/s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    first_chunk_landed(&e, &src);
+    let second = e.run(&[
+        "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
+    ]);
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(second.status.code(), Some(3), "{}", text(&second));
+    assert!(
+        text(&second).contains("--once") && text(&second).contains("nothing was applied"),
+        "{}",
+        text(&second)
+    );
+    assert!(serve.0.wait().unwrap().success());
+    assert_eq!(std::fs::read(e.p("vol.raw")).unwrap(), src);
+}
+
 #[test]
 fn sync_after_ingest_makes_the_volume_equal_the_changed_source() {
     let e = Env::new();

@@ -110,6 +110,12 @@ pub struct ServedVolume {
     /// connection is unusable, and every later session failed ("reconnect") while the serve
     /// ran on.
     reopen: Option<Reopen>,
+    /// `serve --once`: after one completed session, later ones are refused. Known under the
+    /// volume's lock, where sessions queue: a sync waiting there while the first one finished
+    /// was applied too, exit 0, before the serve ended.
+    once: bool,
+    /// A session completed (DONE answered with APPLIED).
+    completed: bool,
 }
 
 /// Opens a served volume again ([`ServedVolume::reopen_with`]).
@@ -358,6 +364,8 @@ impl ServedVolume {
             written_elsewhere: true,
             record: None,
             reopen: None,
+            once: false,
+            completed: false,
         })
     }
 
@@ -907,6 +915,17 @@ pub fn session<R: Read, W: Write>(
     );
     // One authenticated sync writes at a time; others wait here (bounded by their idle timeout).
     let mut vol = vol.lock().unwrap_or_else(|p| p.into_inner());
+    if vol.once && vol.completed {
+        return Err(refuse(
+            &mut w,
+            Some(&mut s),
+            err::IO,
+            "this serve ran with --once, and its one sync completed while this one waited: \
+             nothing was applied; start `mgear serve` again for another sync, then run this \
+             one again"
+                .into(),
+        ));
+    }
     let told_elsewhere = vol.written_elsewhere;
     let state = wire::VolumeState {
         written_elsewhere: told_elsewhere,
@@ -1006,6 +1025,7 @@ pub fn session<R: Read, W: Write>(
                 let sealed = s.seal(ty::APPLIED, &a)?;
                 wire::send(&mut w, ty::SEALED, &sealed)?;
                 w.flush()?;
+                vol.completed = true;
                 return Ok(());
             }
             ty::ERROR => {
@@ -1209,7 +1229,7 @@ pub fn serve_loop(
     once: bool,
     limits: Limits,
 ) -> crate::Result<Applied> {
-    let vol = Mutex::new(vol);
+    let vol = Mutex::new(ServedVolume { once, ..vol });
     let total = Mutex::new(Applied {
         chunks: 0,
         bytes: 0,
