@@ -50,7 +50,7 @@ pub use verify::{
     capture_id, capture_info, finished_evidence, list_captures, medium_digests, other_capture_id,
     stored_name, verify_capture_keyless, verify_keyless, verify_structure, CaptureInfo, Elsewhere,
     GenerationInfo, GenerationState, NoProgress, Problem, VerifyObserver, VerifyReport,
-    CUT_OFF_AT_START, GARBLED_DIR,
+    CUT_OFF_AT_START, GARBLED_DIR, LOST_ENTRIES,
 };
 
 #[cfg(feature = "crypto")]

@@ -15,8 +15,8 @@ use crate::commit;
 use crate::error::{Error, Location, Result, StoreCtx};
 use crate::layout::{
     self, IndexHeader, RecordHeader, SegmentDigest, SegmentHeader, SegmentTrailer, INDEX_FILE,
-    INDEX_HEADER_LEN, KEYPASS_FILE, KEYS_FILE, MANIFEST_FILE, REC_HEADER_LEN, SEG_HEADER_LEN,
-    TRAILER_LEN, TRAILER_MAGIC,
+    INDEX_HEADER_LEN, JOURNAL_A, JOURNAL_B, KEYPASS_FILE, KEYS_FILE, MANIFEST_FILE, REC_HEADER_LEN,
+    SEG_HEADER_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
 use crate::medium;
 use crate::set;
@@ -669,7 +669,8 @@ fn verify_capture_into<S: Store + ?Sized>(
         for (s, d) in m.segments.iter().enumerate().filter(|_| records) {
             verify_segment(store, name, g, s as u32, &m.capture_id, m.incompat, d, cx)?;
         }
-        for e in medium::list_or_empty(store, &layout::generation_dir(name, g))? {
+        let entries = medium::list_or_empty(store, &layout::generation_dir(name, g))?;
+        for e in &entries {
             if let Some(s) = layout::parse_segment_name(&e.name) {
                 if s as usize >= m.segments.len() {
                     let path = layout::segment_path(name, g, s);
@@ -680,11 +681,60 @@ fn verify_capture_into<S: Store + ?Sized>(
                 }
             }
         }
+        for (file, lacks) in damaged_names(&entries) {
+            let path = layout::generation_file(name, g, &file);
+            cx.problem(
+                at.clone().file(&path),
+                alloc::format!(
+                    "a file the format does not know, its name a character or two from \
+                     {lacks}, which this generation lacks: {lacks}'s directory entry has a \
+                     damaged name (a reader no longer finds it: a COMMIT so hidden reads as a \
+                     capture never signed)"
+                ),
+            );
+        }
     }
     if let Some(g) = newest {
         newest_on_lost_medium(name, g, cx);
     }
     Ok(())
+}
+
+/// Files of a generation directory (`entries`) whose names are not the format's but differ
+/// in one or two characters from a file the format names that the directory lacks: that
+/// file under a damaged name. Each with the name it should have.
+fn damaged_names(entries: &[crate::store::Entry]) -> Vec<(String, &'static str)> {
+    const KNOWN: [&str; 7] = [
+        MANIFEST_FILE,
+        INDEX_FILE,
+        layout::IPART_FILE,
+        JOURNAL_A,
+        JOURNAL_B,
+        commit::COMMIT_FILE,
+        set::SET_FILE,
+    ];
+    let has = |k: &str| entries.iter().any(|e| e.name.eq_ignore_ascii_case(k));
+    let near = |a: &str, b: &str| {
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        a.len() == b.len()
+            && a.iter()
+                .zip(&b)
+                .filter(|(x, y)| !x.eq_ignore_ascii_case(y))
+                .count()
+                <= 2
+    };
+    entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .filter(|e| !KNOWN.iter().any(|k| e.name.eq_ignore_ascii_case(k)))
+        .filter(|e| layout::parse_segment_name(&e.name).is_none())
+        .filter_map(|e| {
+            KNOWN
+                .iter()
+                .find(|k| k.len() > 3 && !has(k) && near(&e.name, k))
+                .map(|k| (e.name.clone(), *k))
+        })
+        .collect()
 }
 
 /// The newest finished generation of `name` with a segment on a medium declared lost: gone
@@ -715,6 +765,12 @@ fn newest_on_lost_medium(name: &str, g: u32, cx: &mut Ctx<'_>) {
     );
     cx.problem(Location::capture(name).generation(g), what);
 }
+
+/// What [`capture_info`] says of a generation with neither MANIFEST nor journal on a medium
+/// whose file system lost entries since it was closed cleanly ([`Store::lost_clusters`]).
+pub const LOST_ENTRIES: &str = "no MANIFEST and no valid journal, on a medium whose file \
+     system lost entries since it was closed (clusters no file holds): its files may be among \
+     them, so it may have been finished; do not remove it or write the medium";
 
 /// What [`list_captures`] says of a generation directory with neither MANIFEST nor
 /// journal and no sign it was ever finished: a capture cut off at its very start, not
@@ -1707,8 +1763,16 @@ pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Opti
                 }
                 (None, None) => GenerationInfo {
                     state: GenerationState::Damaged(
-                        garbled_entries(store, &layout::generation_dir(&name, g))?
-                            .unwrap_or_else(|| CUT_OFF_AT_START.into()),
+                        match garbled_entries(store, &layout::generation_dir(&name, g))? {
+                            Some(why) => why,
+                            // Entries lost on a medium closed cleanly: its files may be among
+                            // the clusters nothing holds (inspect and fsck advised removing
+                            // it, beside a verify that said it may have been finished).
+                            None if store.lost_clusters().ok().flatten().is_some() => {
+                                LOST_ENTRIES.into()
+                            }
+                            None => CUT_OFF_AT_START.into(),
+                        },
                     ),
                     ..blank
                 },
@@ -2001,6 +2065,35 @@ mod tests {
             all.iter().any(|p| p.contains("record runs past")),
             "{all:?}"
         );
+    }
+
+    /// A COMMIT whose directory entry's name was damaged (`COꩍMIT`): the keyless verify said
+    /// OK of a medium the keyed one and ingest refused as never signed.
+    #[test]
+    fn a_format_file_under_a_damaged_name_is_found_without_a_key() {
+        let (mut store, _) = medium(&disk());
+        let from = "MGEAR/web01/G0001/INDEX";
+        let mut b = vec![0u8; store.len(from).unwrap().unwrap() as usize];
+        store.read_exact_at(from, 0, &mut b).unwrap();
+        store.remove_file(from).unwrap();
+        store
+            .write_at("MGEAR/web01/G0001/IN\u{a90d}EX", 0, &b)
+            .unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        let all: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            all.iter().any(|p| p.contains("IN\u{a90d}EX")
+                && p.contains("from INDEX, which this generation lacks")),
+            "{all:?}"
+        );
+        // A file of the user's own, nothing like a format file, is no finding; nor is a
+        // format file's name in another case (a FAT medium finds it as it is).
+        let (mut store, _) = medium(&disk());
+        store
+            .write_at("MGEAR/web01/G0001/NOTES.TXT", 0, b"x")
+            .unwrap();
+        let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
     }
 
     #[test]

@@ -71,12 +71,13 @@ pub enum Request {
 /// Run `mgear medium`.
 pub fn run(request: Request) -> crate::Result<i32> {
     // Each of these writes the medium without a checkpoint: a signal lets the step finish.
-    let writes = match &request {
-        Request::Rm(_) | Request::Format { .. } => true,
-        Request::Fsck(a) => a.repair,
+    let (writes, format) = match &request {
+        Request::Rm(_) => (true, false),
+        Request::Format { .. } => (true, true),
+        Request::Fsck(a) => (a.repair, false),
     };
     if writes {
-        crate::signals::install_for_finish();
+        crate::signals::install_for_finish(format);
     }
     match request {
         Request::Rm(a) => rm(a),
@@ -1016,8 +1017,11 @@ fn known_generation_file(name: &str) -> bool {
         JOURNAL_B,
         COMMIT_FILE,
     ]
-    .contains(&name)
-        || layout::parse_segment_name(name).is_some()
+    .iter()
+    // A FAT medium's names are found in any case (`MaNIFEST` is read as the MANIFEST, and
+    // was called "not part of the format").
+    .any(|k| k.eq_ignore_ascii_case(name))
+        || layout::parse_segment_name(&name.to_ascii_uppercase()).is_some()
 }
 
 /// The kind of a [`Finding`] that is only told: a file or directory that is not part of the
@@ -1184,6 +1188,11 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                              kept; `mgear verify` says what is wrong",
                             g.generation, cap.name
                         ),
+                        // Its files may be among the clusters nothing holds: damage, kept.
+                        None if why == image_format::LOST_ENTRIES => format!(
+                            "generation {} of {} has {why}",
+                            g.generation, cap.name
+                        ),
                         // The whole story is in the state's own text (an interrupted start).
                         None if why == image_format::CUT_OFF_AT_START => format!(
                             "generation {} of {} was cut off at its start (no MANIFEST, no valid \
@@ -1202,8 +1211,11 @@ pub fn scan(store: &mut dyn Store) -> crate::Result<Vec<Finding>> {
                         gdir.clone(),
                         "damaged-generation",
                         what,
-                        // A garbled directory is damage, never a leftover to remove.
-                        finished.is_none() && !why.starts_with(image_format::GARBLED_DIR),
+                        // A garbled directory is damage, never a leftover to remove; nor is
+                        // a generation whose files the file system may have lost.
+                        finished.is_none()
+                            && !why.starts_with(image_format::GARBLED_DIR)
+                            && why != image_format::LOST_ENTRIES,
                     ));
                     continue;
                 }
@@ -1916,6 +1928,18 @@ fn print_fsck(r: &FsckReport, repair: bool) {
 mod tests {
     use super::*;
     use image_format::store::MemStore;
+
+    /// A FAT medium finds `MaNIFEST` as the MANIFEST: fsck called it "not part of the format"
+    /// beside an inspect, verify and ingest that read it.
+    #[test]
+    fn a_format_file_in_another_case_is_known() {
+        for name in ["MANIFEST", "MaNIFEST", "commit", "Seg-00003", "JRNL-a"] {
+            assert!(known_generation_file(name), "{name}");
+        }
+        for name in ["NOTES.TXT", "MANIFEST2", "SEG-0000"] {
+            assert!(!known_generation_file(name), "{name}");
+        }
+    }
 
     /// `fsck.fat 4.2 -n` outputs: what a crash leaves is left to `-a`, anything else is not.
     #[test]

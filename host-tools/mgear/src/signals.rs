@@ -42,13 +42,20 @@ const STOPPING_BOOT: &[u8] = b"\nmgear: stopping: the guest is stopped and the b
 /// format cut off read as a damaged file system, and a re-run refused it without --force).
 const STOPPING_FINISH: &[u8] = b"\nmgear: finishing this step first, so the medium is not left \
 half-written; a second Ctrl-C or SIGTERM exits at once (the medium may then need `mgear \
-medium fsck --repair`, or the format run again)\n";
+medium fsck --repair`)\n";
+
+/// Said instead by `medium format`: cut off, it leaves no file system (a format's boot sector
+/// is written last), so the way on is the format itself (it said "fsck --repair, or the
+/// format run again", and fsck refuses what is no FAT32).
+const STOPPING_FORMAT: &[u8] = b"\nmgear: finishing the format first; a second Ctrl-C or SIGTERM \
+exits at once (the medium then holds no file system: run the same format again, with --force)\n";
 
 /// Which stopping message the handler says: [`install_for_serve`], [`install_for_boot`].
 static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 const SERVE: u8 = 1;
 const BOOT: u8 = 2;
 const FINISH: u8 = 3;
+const FORMAT: u8 = 4;
 
 /// When the first signal came (monotonic nanoseconds).
 static FIRST_NS: AtomicU64 = AtomicU64::new(0);
@@ -86,6 +93,7 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
         SERVE => STOPPING_SERVE,
         BOOT => STOPPING_BOOT,
         FINISH => STOPPING_FINISH,
+        FORMAT => STOPPING_FORMAT,
         _ => STOPPING,
     };
     // SAFETY: write(2) is async-signal-safe; the bytes are static.
@@ -163,8 +171,8 @@ pub fn install_for_serve() {
 /// [`install`] for a medium write with no checkpoint (`medium format`, `rm`, `fsck
 /// --repair`): the first signal lets it finish (it died by the signal mid-write, exit 130 or
 /// 143), the second ends it at once.
-pub fn install_for_finish() {
-    MODE.store(FINISH, Ordering::SeqCst);
+pub fn install_for_finish(format: bool) {
+    MODE.store(if format { FORMAT } else { FINISH }, Ordering::SeqCst);
     install();
 }
 

@@ -1013,6 +1013,19 @@ fn no_finished_generation(medium: &mut dyn Store, name: &str) -> crate::Error {
              all the media it wrote; `mgear inspect --medium ...` shows what this medium holds",
         );
     }
+    // Clusters no file holds on a medium closed cleanly: its generations' files may be among
+    // them ("stopped before it finished" sent the operator back to the capture site).
+    if let Ok(Some(lost)) = medium.lost_clusters() {
+        return crate::exit::coded_hint(
+            FOUND,
+            format!(
+                "capture {name} has no finished generation this medium can read, and the \
+                 medium was damaged since ({lost}): its generation's files may be among those \
+                 clusters, so it may have been finished"
+            ),
+            damaged,
+        );
+    }
     // Nothing to do with what the target pinned: the capture never finished here.
     crate::exit::coded_hint(
         FOUND,

@@ -856,6 +856,8 @@ fn verify(args: Plan) -> crate::Result<i32> {
             }
             asked = names.len();
             let here = args.medium.as_args();
+            // Clusters no file holds on a medium closed cleanly: entries were lost since.
+            let lost = store.lost_clusters().ok().flatten().is_some();
             for n in names {
                 // Nothing to decrypt is a finding of the medium (as keyless verify says), not a
                 // usage error that stops the other captures: no generation at all (a capture
@@ -895,7 +897,15 @@ fn verify(args: Plan) -> crate::Result<i32> {
                             && g.iter()
                                 .all(|g| g.state != image_format::GenerationState::Complete) =>
                     {
-                        Some(if damaged.is_empty() {
+                        Some(if lost {
+                            // Its files may be among the clusters nothing holds: resuming or
+                            // aborting (what a stopped capture is told) would destroy them.
+                            "has no finished generation this medium can read, and the medium's \
+                             file system lost entries since (above): it may have been finished. \
+                             Do not resume, abort or write it: ingest from another copy of the \
+                             shipment"
+                                .to_string()
+                        } else if damaged.is_empty() {
                             format!(
                                 "has no finished generation: resume its capture with the same \
                                  command, or remove it with `mgear capture --abort {here} --name {}`",
@@ -1202,7 +1212,12 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 file: p.at.file.clone(),
                 disk_range: p.at.disk_range.as_ref().map(|r| [r.start, r.end]),
                 what: p.what.clone(),
-                message: p.to_string(),
+                message: if unlock.is_some() {
+                    // This run is that check: its advice pointed back at the command itself.
+                    p.to_string().replace(CHECK_THE_CAPTURES, CHECKED_HERE)
+                } else {
+                    p.to_string()
+                },
             })
             .collect(),
         elsewhere: report
@@ -1327,6 +1342,17 @@ fn verify(args: Plan) -> crate::Result<i32> {
             for p in &out.problems {
                 println!("  {}", crate::output::printable_lines(&p.message));
             }
+            if file_system_only(&out) && trust_ok {
+                // Verify failed where ingest, reading the same records, installed the disk
+                // without a word: said what the failure is, and is not.
+                println!(
+                    "every record of the captures decrypted and matched what was captured: the \
+                     problems above are in the medium's file system, not in the captures' data, \
+                     and `mgear ingest` reads the captures as this run did. Keep the medium as \
+                     it is (never repair the original; copy it with `dd` first if anything must \
+                     write it)"
+                );
+            }
         }
     }
     Ok(match (out.ok, out.problems.is_empty() && trust_ok) {
@@ -1335,6 +1361,23 @@ fn verify(args: Plan) -> crate::Result<i32> {
         (false, true) if !out.not_opened.is_empty() => USAGE,
         (false, _) => FOUND,
     })
+}
+
+/// The advice a file-system finding ends with, and what a keyed verify, which is that check,
+/// says instead.
+const CHECK_THE_CAPTURES: &str = "check the captures with `mgear verify --identity`";
+const CHECKED_HERE: &str =
+    "this run decrypted the captures' records too (a record or segment found bad is named apart)";
+
+/// A keyed run that decrypted records and found only file-system findings (on the medium's
+/// root, no capture named).
+fn file_system_only(out: &Report) -> bool {
+    out.keyed
+        && out.records > 0
+        && !out.problems.is_empty()
+        && out.problems.iter().all(|p| {
+            p.capture.is_empty() && p.file.as_deref() == Some(image_format::layout::ROOT_DIR)
+        })
 }
 
 #[cfg(test)]

@@ -727,25 +727,27 @@ pub struct Formatted {
 }
 
 /// The boot sector's first bytes, which make the device read as FAT32: [`SkipZeros`] holds
-/// them back until the rest of the file system is durable.
+/// them (and the backup boot sector's) back until the rest of the file system is durable.
 const HELD_BOOT: usize = 512;
 
 /// Below the cache during [`FatStore::format`]. On a device known to read as
 /// zeros, an all-zero write to bytes nothing has written yet is dropped
 /// (they read as zeros already), everything else goes through. The boot
-/// sector's first [`HELD_BOOT`] bytes are held until [`SkipZeros::release`]:
-/// a format cut off (a kill, a pulled cable) leaves a device that does not
-/// read as FAT32 at all, never one that does with half its FATs (it read as a
-/// damaged file system, repaired by hand, and a re-run refused it without
-/// `--force`).
+/// sector's first [`HELD_BOOT`] bytes, and the backup boot sector's, are held
+/// until [`SkipZeros::release`]: a format cut off (a kill, a pulled cable)
+/// leaves a device that does not read as FAT32 at all, never one that does
+/// with half its FATs (it read as a damaged file system, repaired by hand, and
+/// a re-run refused it without `--force`), nor one whose backup boot sector
+/// invites a copy over the primary that makes such a file system.
 struct SkipZeros<D> {
     dev: D,
     pos: u64,
     /// Byte ranges written so far (few: boot sectors, FAT heads, root dir).
     written: Vec<(u64, u64)>,
     skip: bool,
-    /// The boot sector's first bytes as written, not yet on the device.
-    held: Option<[u8; HELD_BOOT]>,
+    /// Held back, as written: the boot sector's first bytes at 0, and, once the boot sector
+    /// says where it is, the backup boot sector's.
+    held: Vec<(u64, [u8; HELD_BOOT])>,
 }
 
 impl<D: FatDevice> SkipZeros<D> {
@@ -755,17 +757,46 @@ impl<D: FatDevice> SkipZeros<D> {
             pos: 0,
             written: Vec::new(),
             skip,
-            held: None,
+            held: Vec::new(),
         }
     }
 
-    /// Write the held boot sector bytes and make them durable: the last write of a format.
+    /// Where the backup boot sector lies, as the held boot sector says (BPB_BkBootSec times
+    /// BPB_BytsPerSec); `None` before the boot sector was written, or with no backup.
+    fn backup_at(&self) -> Option<u64> {
+        let (_, boot) = self.held.iter().find(|(at, _)| *at == 0)?;
+        let sector = u64::from(u16::from_le_bytes([boot[0x0b], boot[0x0c]]));
+        let backup = u64::from(u16::from_le_bytes([boot[0x32], boot[0x33]]));
+        (sector >= 512 && backup != 0).then_some(backup * sector)
+    }
+
+    /// Write the held bytes and make them durable: the last writes of a format, the backup
+    /// boot sector before the boot sector (a cut between leaves a whole file system whose
+    /// backup boot sector is right).
     fn release(&mut self) -> io::Result<()> {
-        if let Some(h) = self.held.take() {
-            self.dev.seek(SeekFrom::Start(0))?;
-            self.dev.write_all(&h)?;
+        let mut held = std::mem::take(&mut self.held);
+        held.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        for (at, bytes) in held {
+            self.dev.seek(SeekFrom::Start(at))?;
+            self.dev.write_all(&bytes)?;
             self.dev.sync_device()?;
         }
+        Ok(())
+    }
+
+    /// Write `buf` at `start` to the device (an all-zero run nothing wrote before dropped).
+    fn put(&mut self, start: u64, buf: &[u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = start + buf.len() as u64;
+        let untouched = !self.written.iter().any(|&(s, e)| s < end && start < e);
+        if self.skip && untouched && buf.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        self.dev.seek(SeekFrom::Start(start))?;
+        self.dev.write_all(buf)?;
+        self.written.push((start, end));
         Ok(())
     }
 }
@@ -775,35 +806,66 @@ impl<D: FatDevice> Read for SkipZeros<D> {
         let at = self.pos;
         self.dev.seek(SeekFrom::Start(at))?;
         let n = self.dev.read(buf)?;
-        if let Some(h) = &self.held {
-            if at < HELD_BOOT as u64 {
-                let from = at as usize;
-                let k = (HELD_BOOT - from).min(n);
-                buf[..k].copy_from_slice(&h[from..from + k]);
+        let end = at + n as u64;
+        for (h, bytes) in &self.held {
+            let (from, to) = (at.max(*h), end.min(h + HELD_BOOT as u64));
+            if from < to {
+                let (a, b) = ((from - at) as usize, (from - h) as usize);
+                let k = (to - from) as usize;
+                buf[a..a + k].copy_from_slice(&bytes[b..b + k]);
             }
         }
-        self.pos += n as u64;
+        self.pos = end;
         Ok(n)
     }
 }
 
 impl<D: FatDevice> Write for SkipZeros<D> {
     fn write(&mut self, whole: &[u8]) -> io::Result<usize> {
-        let end = self.pos + whole.len() as u64;
-        let (mut start, mut buf) = (self.pos, whole);
-        if start < HELD_BOOT as u64 {
-            let from = start as usize;
-            let k = (HELD_BOOT - from).min(buf.len());
-            self.held.get_or_insert([0; HELD_BOOT])[from..from + k].copy_from_slice(&buf[..k]);
-            start += k as u64;
-            buf = &buf[k..];
+        let start = self.pos;
+        let end = start + whole.len() as u64;
+        // The boot sector first: it says where its backup is, which may be in this write.
+        let mut holds = vec![0u64];
+        let mut k = 0;
+        while k < holds.len() {
+            let h = holds[k];
+            let (from, to) = (start.max(h), end.min(h + HELD_BOOT as u64));
+            if from < to {
+                let slot = match self.held.iter().position(|(at, _)| *at == h) {
+                    Some(i) => i,
+                    None => {
+                        self.held.push((h, [0; HELD_BOOT]));
+                        self.held.len() - 1
+                    }
+                };
+                let (a, b) = ((from - start) as usize, (from - h) as usize);
+                let n = (to - from) as usize;
+                self.held[slot].1[b..b + n].copy_from_slice(&whole[a..a + n]);
+            }
+            if h == 0 {
+                if let Some(bk) = self.backup_at() {
+                    holds.push(bk);
+                }
+            }
+            k += 1;
         }
-        let untouched = !self.written.iter().any(|&(s, e)| s < end && start < e);
-        let dropped = self.skip && untouched && buf.iter().all(|b| *b == 0);
-        if !buf.is_empty() && !dropped {
-            self.dev.seek(SeekFrom::Start(start))?;
-            self.dev.write_all(buf)?;
-            self.written.push((start, end));
+        // The rest, around the held ranges.
+        let mut ranges: Vec<(u64, u64)> = holds
+            .iter()
+            .map(|h| (*h, h + HELD_BOOT as u64))
+            .filter(|(h, e)| *h < end && start < *e)
+            .collect();
+        ranges.sort_unstable();
+        let mut at = start;
+        for (h, e) in ranges {
+            if h > at {
+                let piece = &whole[(at - start) as usize..(h - start) as usize];
+                self.put(at, piece)?;
+            }
+            at = at.max(e);
+        }
+        if at < end {
+            self.put(at, &whole[(at - start) as usize..])?;
         }
         self.pos = end;
         Ok(whole.len())
@@ -3795,6 +3857,32 @@ pub(crate) mod tests {
         assert_eq!(on_disk[..4096], boot[..]);
     }
 
+    /// The backup boot sector, wherever the boot sector says it is, is held as well, even
+    /// when one write carries both (the cache writes whole blocks).
+    #[test]
+    fn skip_zeros_holds_the_backup_boot_sector_too() {
+        let (_t, p) = image(1 << 20);
+        let mut z = SkipZeros::new(open_rw(&p), false);
+        let mut head = vec![0u8; 8192];
+        head[0x0b..0x0d].copy_from_slice(&512u16.to_le_bytes());
+        head[0x32..0x34].copy_from_slice(&6u16.to_le_bytes());
+        head[510] = 0x55;
+        head[6 * 512 + 510] = 0x55;
+        head[1024] = 3;
+        head[6 * 512 + 600] = 4;
+        z.write_all(&head).unwrap();
+        let on_disk = std::fs::read(&p).unwrap();
+        assert!(on_disk[..512].iter().all(|b| *b == 0));
+        assert!(on_disk[3072..3584].iter().all(|b| *b == 0));
+        assert_eq!((on_disk[1024], on_disk[6 * 512 + 600]), (3, 4));
+        let mut back = vec![0u8; 8192];
+        z.seek(SeekFrom::Start(0)).unwrap();
+        z.read_exact(&mut back).unwrap();
+        assert_eq!(back, head);
+        z.release().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap()[..8192], head[..]);
+    }
+
     /// A device whose writes stop reaching it after the first `.1` (a power cut): each later
     /// one fails. `.2` counts the writes it was given.
     struct CutAfter(std::fs::File, u64, Arc<std::sync::atomic::AtomicU64>);
@@ -3849,6 +3937,16 @@ pub(crate) mod tests {
                     .is_some_and(|e| e.contains("no boot sector signature")),
                 "cut at write {cut} of {writes}: {e:?}"
             );
+            // Nor is a backup boot sector there to be copied over it (that made a damaged
+            // one), but at the last write: then all else is durable, and the copy is whole.
+            let mut img = std::fs::read(&p).unwrap();
+            if img[6 * 512..7 * 512].iter().any(|b| *b != 0) {
+                assert_eq!(cut, writes - 1, "a backup boot sector was left");
+                img.copy_within(6 * 512..7 * 512, 0);
+                std::fs::write(&p, &img).unwrap();
+                let mut s = FatStore::open(open_rw(&p)).unwrap();
+                assert!(s.file_system_findings().unwrap().is_empty());
+            }
         }
     }
 

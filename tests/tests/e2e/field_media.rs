@@ -181,7 +181,7 @@ fn field_media_a_signal_during_format_never_leaves_a_damaged_medium() {
         if o.status.code() == Some(0) {
             let i = e.run(&["inspect", "--medium", "fat:f.img"]);
             assert_eq!(i.status.code(), Some(0), "{delay_ms} ms: {}", text(&i));
-            finished_after_signal += usize::from(said.contains("finishing this step first"));
+            finished_after_signal += usize::from(said.contains("finishing the format first"));
         } else {
             // Only before the handler is in place (the process starting up).
             assert_eq!(o.status.signal(), Some(15), "{delay_ms} ms: {said}");
@@ -1945,6 +1945,66 @@ fn a_looping_generation_directory_is_damage_to_fsck_not_a_stranger() {
     );
 }
 
+/// A finished generation whose directory's entries were wiped (a zeroed cluster) on a medium
+/// closed cleanly: the clusters its files held are still taken. Inspect said "unfinished, cut
+/// off at its start ... `medium fsck --repair` removes it" (exit 0), fsck called it a
+/// leftover, a keyed verify said to resume or abort it, and ingest "stopped before it
+/// finished ... resume it at the capture site". All now say it may have been finished, and
+/// none advises removing, resuming or writing it.
+#[test]
+fn a_finished_generation_whose_entries_were_wiped_is_damage_everywhere() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 4, 41);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").sign("site.key").ok();
+    edit_dir(&e, "m.img", "MGEAR/rand/G0001", |img, dir, len| {
+        img[dir + 64..dir + len].fill(0);
+    });
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("may have been finished") && !text(&o).contains("--repair` removes it"),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&["medium", "fsck", "--medium", &m]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("may have been finished") && !text(&o).contains("leftover"),
+        "{}",
+        text(&o)
+    );
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        !text(&o).contains("resume its capture") && !text(&o).contains("medium rm"),
+        "{}",
+        text(&o)
+    );
+    let o = e
+        .ingest(&m, "rand")
+        .trust("site.pub")
+        .target("file:v.raw")
+        .run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("may have been finished")
+            && !text(&o).contains("stopped before it finished"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("v.raw").exists());
+}
+
 /// Two entries of a generation's directory under one short name (a damaged or hand-edited
 /// directory): which one a tool opens differs, so verify names it (it passed).
 #[test]
@@ -1953,9 +2013,10 @@ fn two_entries_under_one_short_name_are_a_finding() {
     keys(&e);
     random_disk(&e.p("a.raw"), 4, 37);
     let m = e.fat("m.img", "64MiB");
-    e.capture(&m, "rand").source("a.raw").ok();
+    e.capture(&m, "rand").source("a.raw").sign("site.key").ok();
     let o = e.run(&["verify", "--medium", &m]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let clean = fs::read(e.p("m.img")).unwrap();
     edit_dir(&e, "m.img", "MGEAR/rand/G0001", |img, dir, len| {
         // The short-name entries past `.` and `..` (attribute byte not 0x0f, not deleted).
         let names: Vec<usize> = (dir + 64..dir + len)
@@ -1973,6 +2034,34 @@ fn two_entries_under_one_short_name_are_a_finding() {
         text(&o).contains("MGEAR/rand/G0001: two entries share the short name"),
         "{}",
         text(&o)
+    );
+    // The segment's whole entry copied over JRNL-A's (which a finished generation does not
+    // need): with the key, the records all check out, the failure is said to be the file
+    // system's (ingest installs the disk), and its advice no longer points back at this
+    // command.
+    fs::write(e.p("m.img"), &clean).unwrap();
+    edit_dir(&e, "m.img", "MGEAR/rand/G0001", |img, dir, len| {
+        let seg = entry_named(img, dir, len, b"SEG-00~1   ");
+        let jrnl = entry_named(img, dir, len, b"JRNL-A     ");
+        let entry = img[seg..seg + 32].to_vec();
+        img[jrnl..jrnl + 32].copy_from_slice(&entry);
+    });
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        &m,
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("two entries share the short name")
+            && t.contains("not in the captures' data")
+            && !t.contains("check the captures with `mgear verify --identity`"),
+        "{t}"
     );
 }
 
