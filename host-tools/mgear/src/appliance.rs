@@ -518,8 +518,8 @@ fn read_pin(pin_file: Option<&Path>, confirm: bool) -> crate::Result<Pin> {
     // (ten wrong ones destroy the key slots before the seal).
     if let Err(rule) = mgear_appliance_api::pin::check_rules(&text) {
         return Err(usage(format!(
-            "not a PIN this appliance can have: {rule} (a space or line ending left in the PIN \
-             file counts); nothing was sent, no attempt used"
+            "not a PIN this appliance can have: {rule} (a space or other stray character left in \
+             the PIN file counts; its LF or CRLF line ending does not); nothing was sent, no attempt used"
         )));
     }
     Ok(Pin::new(text.as_str()))

@@ -2371,7 +2371,20 @@ fn source_spec(args: &Plan) -> crate::Result<&str> {
         .as_deref()
         .ok_or_else(|| usage("say which disk to capture: --source DISK"))?;
     refuse_source_on_medium(&args.medium, spec)?;
+    refuse_secrets_on_medium(args)?;
     Ok(spec)
+}
+
+/// Refuse (exit 2) a key cache or passphrase file on the medium the capture writes.
+pub fn refuse_secrets_on_medium(args: &Plan) -> crate::Result<()> {
+    let cache = key_cache_dir(args.key_cache.clone())?;
+    args.medium
+        .refuse_secret_on(&format!("the key cache {}", cache.display()), &cache)?;
+    if let Some(f) = &args.passphrase_file {
+        args.medium
+            .refuse_secret_on(&format!("--passphrase-file {}", f.display()), f)?;
+    }
+    Ok(())
 }
 
 /// Refuse (exit 2) a source that is the medium itself (or a partition of

@@ -800,6 +800,7 @@ pub fn capture_set(args: &capture::Plan, sources: &[String]) -> crate::Result<Ca
     for s in sources {
         capture::refuse_source_on_medium(&args.medium, s)?;
     }
+    capture::refuse_secrets_on_medium(args)?;
     crate::preflight::check_sources(sources)?;
     args.medium.refuse_namesakes(&name)?;
     if args.dry_run {

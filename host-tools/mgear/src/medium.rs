@@ -311,7 +311,8 @@ impl Where {
                             "medium #{} ({}) of this span is not attached: every capture \
                              written onto a medium of a span writes every medium of it (each \
                              holds a copy of the index and manifests of all its captures); \
-                             attach it and give it with --medium too. Only if it is lost for \
+                             attach it and give it too (--medium, or --appliance for an \
+                             appliance's medium). Only if it is lost for \
                              good (its share is then captured again): `--replace-medium '{}'`. \
                              If that span is another shipment's (a medium of it was given by \
                              mistake), leave its media out and capture onto a blank medium \
@@ -406,6 +407,35 @@ impl Where {
                     "{what} is the medium {spec}, or lies on it: {doing}. Give a path that is \
                      not the medium"
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuse (exit 2) a secret's path (`--key-cache`, `--passphrase-file`) that lies on a
+    /// medium given: in a `dir:` medium's directory, or on a file system mounted from a
+    /// `fat:` medium's device. The capture's data key and a passphrase were written onto the
+    /// medium that travels, exit 0, beside the captures they open.
+    pub fn refuse_secret_on(&self, what: &str, path: &Path) -> crate::Result<()> {
+        for spec in &self.medium {
+            let places: Vec<std::path::PathBuf> = match MediumSpec::parse(spec) {
+                Ok(MediumSpec::Dir(dir)) => vec![dir],
+                Ok(MediumSpec::Fat(p)) => crate::preflight::rw_mounts_of(&p)
+                    .into_iter()
+                    .map(|m| m.mount_point.into())
+                    .collect(),
+                _ => continue,
+            };
+            for place in places {
+                if crate::guard::overlaps(path, &place) {
+                    return Err(usage(format!(
+                        "{what} lies on the medium {spec} ({}): the secret that opens its \
+                         captures would travel with them, readable by anyone who holds the \
+                         medium. Give a path off the medium (keep the key cache at the capture \
+                         site; send a passphrase to the target by another channel)",
+                        place.display()
+                    )));
+                }
             }
         }
         Ok(())

@@ -1243,10 +1243,15 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 ),
             )
         } else if !trust_ok {
-            (
-                FOUND,
-                "a capture is not vouched for by a pinned key (see `trust`)".to_string(),
-            )
+            // Why, as the NOT TRUSTED line says it: "not vouched for by a pinned key" was said
+            // of a pinned, signed capture whose receipt expected another generation.
+            let why = out
+                .trust
+                .iter()
+                .find(|t| !t.trusted)
+                .map(|t| t.message.clone())
+                .unwrap_or_default();
+            (FOUND, format!("not trusted: {why} (see `trust`)"))
         } else {
             (
                 USAGE,

@@ -86,6 +86,62 @@ fn refused(o: &Output, says: &str) {
     assert!(err.contains(says), "wanted {says:?} in: {}", output_text(o));
 }
 
+/// A key cache or a passphrase file on the `dir:` medium the capture writes: the capture's
+/// data key (its own file says "never on the medium") and a generated passphrase were written
+/// beside the captures they open, exit 0, and verify said OK. Refused now, nothing written,
+/// for one disk and for a set.
+#[test]
+fn secrets_on_the_medium_the_capture_writes_are_refused() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 5);
+    random_disk(&e.p("e.raw"), 2 << 20, 6);
+    fs::create_dir(e.p("dm")).unwrap();
+    for (args, says) in [
+        (
+            vec!["--key-cache", "dm/MGEAR"],
+            "the key cache dm/MGEAR lies on the medium dir:dm",
+        ),
+        (
+            vec!["--key-cache", "dm/keys"],
+            "the key cache dm/keys lies on the medium dir:dm",
+        ),
+        (
+            vec!["--passphrase-file", "dm/pass.txt", "--passphrase-generate"],
+            "--passphrase-file dm/pass.txt lies on the medium dir:dm",
+        ),
+    ] {
+        let o = e
+            .capture("dir:dm", "web01")
+            .source("d.raw")
+            .args(&args)
+            .run();
+        refused(&o, says);
+        assert_eq!(
+            tree(&e.p("dm")),
+            Vec::new(),
+            "{args:?} wrote onto the medium"
+        );
+        let o = e
+            .capture("dir:dm", "db01")
+            .source("d.raw")
+            .source("e.raw")
+            .args(&args)
+            .run();
+        refused(&o, says);
+        assert_eq!(
+            tree(&e.p("dm")),
+            Vec::new(),
+            "{args:?} wrote onto the medium"
+        );
+    }
+    // Off the medium, the same capture goes on.
+    e.capture("dir:dm", "web01")
+        .source("d.raw")
+        .args(&["--key-cache", "keys"])
+        .ok();
+}
+
 #[test]
 fn a_single_disk_capture_under_a_sets_name_is_refused_and_the_set_survives() {
     let e = Env::new();

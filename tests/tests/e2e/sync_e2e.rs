@@ -1623,6 +1623,42 @@ fn a_reconnect_wait_ends_at_ctrl_c_and_a_dead_target_is_found_before_the_quiesce
         "the --once serve did not complete the cutover's sync: {}",
         text(&o)
     );
+    // With the warm sync, a --once serve takes that one as its only sync: the source was
+    // quiesced for a final sync that could not connect (10 s of downtime, exit 3). Found
+    // before the quiesce now.
+    std::fs::remove_file(e.p("quiesced")).unwrap();
+    let _ = std::fs::remove_file(e.p("resumed"));
+    let (mut server, addr) = e.listen(&["--once"]);
+    let o = e.run(&[
+        "cutover",
+        "--source",
+        "disk.raw",
+        "--to",
+        &addr,
+        "--name",
+        "web01",
+        "--sign",
+        "site.key",
+        "--quiesce",
+        "touch quiesced",
+        "--resume",
+        "touch resumed",
+        "--boot-target",
+        "file:vol.raw",
+        "--wait-for",
+        "never-printed",
+        "--boot-timeout",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("--once") && text(&o).contains("nothing was quiesced"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.p("quiesced").exists(), "{}", text(&o));
+    let _ = server.0.kill();
+    let _ = server.0.wait();
 }
 
 /// The NBD server of the export a serve keeps restarts under it: the serve connects again

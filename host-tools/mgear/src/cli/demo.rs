@@ -13,7 +13,9 @@ pub struct Args {
     #[arg(long)]
     pub keep: bool,
     /// Seconds to wait for the boot marker.
-    #[arg(long, default_value_t = 300)]
+    // 0 ran the whole journey to fail its boot at once (boot --timeout 0 is refused).
+    #[arg(long, allow_hyphen_values = true, default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub boot_timeout: u64,
     /// Ingest into OpenStack Cinder (on Ceph) and boot through Nova, with the
     /// cloud's settings from the environment (`eval "$(scripts/cloud-lab.sh

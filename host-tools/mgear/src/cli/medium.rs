@@ -67,7 +67,8 @@ pub struct RmArgs {
     #[arg(long)]
     pub name: String,
     /// Remove only this generation (and the deltas built on it, with --force).
-    #[arg(long)]
+    // A negative number is taken as a value (said as invalid), not as an unknown option.
+    #[arg(long, allow_hyphen_values = true)]
     pub generation: Option<u32>,
     /// Also remove finished generations (data the target may still need).
     #[arg(long)]
@@ -116,6 +117,17 @@ impl MediumArgs {
             } => {
                 // A bare path: said for this command, which formats fat: only (the --medium
                 // message offered dir: and NBD, which format refuses, and a flag it has not).
+                // `FAT:x.img`: offered `fat:FAT:x.img`, an image named `FAT:x.img`.
+                if let Some(rest) = medium
+                    .get(..4)
+                    .filter(|p| p.eq_ignore_ascii_case("fat:") && *p != "fat:")
+                    .map(|_| &medium[4..])
+                {
+                    return Err(mgear::exit::usage(format!(
+                        "medium format {medium}: the kind is written in lower case: `mgear \
+                         medium format fat:{rest}`"
+                    )));
+                }
                 if !medium.starts_with("fat:")
                     && !medium.starts_with("dir:")
                     && !medium.contains("://")

@@ -73,10 +73,11 @@ pub struct SyncArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub rate_limit: Option<String>,
     /// Reconnect this many times after a dropped connection.
-    #[arg(long, default_value_t = 5)]
+    // A negative number is taken as a value (said as invalid), not as an unknown option.
+    #[arg(long, allow_hyphen_values = true, default_value_t = 5)]
     pub retries: u32,
     /// Seconds to wait before reconnecting.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 2.0)]
     pub retry_wait: f64,
     /// Print the summary as one JSON object.
     #[arg(long)]

@@ -307,7 +307,7 @@ fn boot_target_is_synced(
 /// Whether the target at `to` (`HOST:PORT`) takes a connection, asked before a `--no-presync`
 /// cutover quiesces the source. The connection is closed before any frame: the serve logs it
 /// as a session that ended early and goes on (`--once` too: it did not complete).
-fn reachable(to: &str) -> crate::Result<()> {
+fn reachable(to: &str, after_warm_sync: bool) -> crate::Result<()> {
     use std::net::ToSocketAddrs;
     let mut last = None;
     for addr in to
@@ -322,8 +322,14 @@ fn reachable(to: &str) -> crate::Result<()> {
     Err(crate::exit::coded_hint(
         crate::exit::IO,
         format!(
-            "cannot connect to the target at --to {to}{}: nothing was quiesced",
-            last.map_or(String::new(), |e| format!(" ({e})"))
+            "cannot connect to the target at --to {to}{}{}: nothing was quiesced",
+            last.map_or(String::new(), |e| format!(" ({e})")),
+            if after_warm_sync {
+                " after the warm sync (a `mgear serve --once` ends after its one sync: a \
+                 cutover makes two, and needs a serve without --once)"
+            } else {
+                ""
+            }
         ),
         "start `mgear serve` on the volume at the target (SYNC.md), or correct --to, then run \
          the cutover again",
@@ -360,6 +366,21 @@ fn speaks_sync(mut s: std::net::TcpStream, to: &str) -> crate::Result<()> {
         return Err(not(format!("took the connection but not a HELLO ({e})")));
     }
     match wire::recv(&mut s, to) {
+        // A `serve --once` whose one sync (the warm one) completed takes no final sync: the
+        // source was quiesced for retries that could not succeed.
+        Ok((ty::ERROR, p))
+            if wire::Refusal::decode(&p).is_ok_and(|r| r.code == wire::err::DONE_ONCE) =>
+        {
+            Err(crate::exit::coded_hint(
+                crate::exit::IO,
+                format!(
+                    "--to {to} is a `mgear serve --once` whose one sync completed: it takes no \
+                     final sync; nothing was quiesced"
+                ),
+                "start `mgear serve` on the volume again without --once (a cutover makes two \
+                 syncs, the warm one and the final one), then run the cutover again",
+            ))
+        }
         Ok((ty::ERROR | ty::WELCOME, _)) => Ok(()),
         Ok((t, _)) => Err(not(format!("answered HELLO with {}", wire::type_name(t)))),
         Err(e) => Err(not(format!(
@@ -411,7 +432,7 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     // started, or a wrong --to, was found with the source down (10 s of it, or all the
     // --retries allow). With it, a wrong --to was retried for 10 s and ended "re-run to
     // continue", not saying the source was never quiesced nor what to correct.
-    reachable(&a.sync.to)?;
+    reachable(&a.sync.to, false)?;
     let presync = if a.no_presync {
         None
     } else {
@@ -422,6 +443,11 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
         )
     };
 
+    // Asked again after the warm sync: a `serve --once` took it as its one sync and ended,
+    // and the source was quiesced for a final sync that could not connect.
+    if presync.is_some() {
+        reachable(&a.sync.to, true)?;
+    }
     stop_between_steps()?;
     eprintln!("mgear cutover: quiescing the source: {}", a.quiesce);
     let down = Instant::now();

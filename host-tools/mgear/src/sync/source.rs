@@ -486,7 +486,7 @@ fn refused(p: &[u8], peer: &str) -> Fail {
         Ok(Refusal { code, message: m }) => {
             let exit = match code {
                 err::BAD_RECORD | err::UNTRUSTED => FOUND,
-                err::IO => IO,
+                err::IO | err::DONE_ONCE => IO,
                 _ => USAGE,
             };
             Fail::Fatal(coded(

@@ -369,6 +369,15 @@ impl ServedVolume {
         })
     }
 
+    /// Why this volume takes no more syncs: a `serve --once` whose one sync completed.
+    fn done_once(&self) -> Option<&'static str> {
+        (self.once && self.completed).then_some(
+            "this serve ran with --once, and its one sync completed: nothing was applied; \
+             start `mgear serve` again (without --once for a cutover) for another sync, then \
+             run this one again",
+        )
+    }
+
     /// Connect to the volume again with `reopen` when a session finds the connection
     /// unusable (see [`ServedVolume::reconnect_if_broken`]).
     pub fn reopen_with(&mut self, reopen: Reopen) {
@@ -604,7 +613,7 @@ fn refuse(w: &mut impl Write, s: Option<&mut Session>, code: u8, message: String
     let _ = sent.and_then(|_| w.flush());
     let exit = match code {
         err::BAD_RECORD | err::UNTRUSTED => FOUND,
-        err::IO => IO,
+        err::IO | err::DONE_ONCE => IO,
         _ => USAGE,
     };
     coded(exit, format!("refused the source: {message}"))
@@ -779,6 +788,11 @@ pub fn session<R: Read, W: Write>(
         size,
         nonce: source_nonce,
     } = Hello::decode(&hello)?;
+    // Known before any other answer, the probe's too: a sync that completed set it (under
+    // the volume's lock) before its APPLIED was sent.
+    if let Some(m) = vol.lock().unwrap_or_else(|p| p.into_inner()).done_once() {
+        return Err(refuse(&mut w, None, err::DONE_ONCE, m.into()));
+    }
     // Names are compared without case (FAT keeps one directory for both);
     // the key proofs below bind the source's spelling, which both sides hold.
     if !name.eq_ignore_ascii_case(&cap.name) {
@@ -915,16 +929,8 @@ pub fn session<R: Read, W: Write>(
     );
     // One authenticated sync writes at a time; others wait here (bounded by their idle timeout).
     let mut vol = vol.lock().unwrap_or_else(|p| p.into_inner());
-    if vol.once && vol.completed {
-        return Err(refuse(
-            &mut w,
-            Some(&mut s),
-            err::IO,
-            "this serve ran with --once, and its one sync completed while this one waited: \
-             nothing was applied; start `mgear serve` again for another sync, then run this \
-             one again"
-                .into(),
-        ));
+    if let Some(m) = vol.done_once() {
+        return Err(refuse(&mut w, Some(&mut s), err::DONE_ONCE, m.into()));
     }
     let told_elsewhere = vol.written_elsewhere;
     let state = wire::VolumeState {
@@ -1286,6 +1292,25 @@ pub fn serve_loop(
                 }
                 active.fetch_sub(1, Ordering::SeqCst);
             });
+        }
+        // Ended by its one sync (`--once`): connections that came meanwhile are told so, not
+        // reset as the listener closes (a cutover's probe right after its warm sync read a
+        // reset as "not a mgear serve").
+        if finished.load(Ordering::SeqCst) {
+            let said = vol
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .done_once()
+                .unwrap_or("this serve has ended");
+            while let Ok((conn, _)) = listener.accept() {
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = wire::send(
+                    &mut &conn,
+                    ty::ERROR,
+                    &Refusal::new(err::DONE_ONCE, said).encode(),
+                );
+            }
         }
     });
     let t = *total.lock().unwrap_or_else(|p| p.into_inner());

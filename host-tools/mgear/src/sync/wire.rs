@@ -124,6 +124,9 @@ pub mod err {
     /// Another program wrote the volume during the session: the target hashed it again,
     /// and a new session gets the ids it holds now.
     pub const REHASHED: u8 = 10;
+    /// A `serve --once` whose one sync completed: it takes no other (a cutover's probe is told
+    /// so before it quiesces its source).
+    pub const DONE_ONCE: u8 = 11;
 }
 
 /// What is wrong with what a peer sent (or with the connection to it).
