@@ -1048,7 +1048,6 @@ pub fn verify_full<S: Store + ?Sized>(
         Err(e) => return Err(e),
     };
     let mut seen = HashSet::new();
-    let mut resized = HashSet::new();
     let total = reader.disk_size();
     let mut done = 0u64;
     for i in 0..reader.chunk_count() {
@@ -1066,20 +1065,26 @@ pub fn verify_full<S: Store + ?Sized>(
             if far.contains(&segment) {
                 continue;
             }
-            if resized.contains(&segment) {
-                continue;
-            }
             if seen.insert((l.stream, l.generation, l.segment, l.record)) {
                 match reader.read_chunk(i) {
                     Ok(_) => {}
-                    Err(Error::Corrupt { at, what }) => {
-                        // Every record of a resized segment is refused for the same reason:
-                        // said once, not once per record.
-                        if what.ends_with(RESIZED) {
-                            resized.insert(segment);
+                    // Every record of a resized segment is refused for its length, which the
+                    // keyless pass names once: a record is named only where the cut took it
+                    // (with the disk bytes lost), not where it lies whole (record 0 was named,
+                    // a record the cut took was not).
+                    Err(Error::Corrupt { at, what }) if what.ends_with(RESIZED) => {
+                        let end = l.offset + REC_HEADER_LEN as u64 + u64::from(l.stored_len);
+                        let len = reader.store.len(&segment).at(&segment)?;
+                        if len.is_none_or(|n| end > n) {
+                            report.problem(
+                                obs,
+                                *at,
+                                "record lies past the end of its segment (truncated segment): \
+                                 what it held is not on this medium",
+                            );
                         }
-                        report.problem(obs, *at, what)
                     }
+                    Err(Error::Corrupt { at, what }) => report.problem(obs, *at, what),
                     Err(e) => return Err(e),
                 }
             }

@@ -469,6 +469,17 @@ fn medium_json(
 ) -> crate::Result<MediumJson> {
     let mut medium = w.open_read_only()?;
     let store = medium.store();
+    // A removal cut off leaves a generation it had begun to delete reading as one cut off
+    // at its start ("the same capture command starts it over"), with no word of the cut run.
+    if store.left_mid_write() && !crate::output::json() {
+        eprintln!(
+            "mgear: note: {} was left mid-write by a run that was cut off (a capture, or a \
+             `medium rm` or `medium fsck --repair`, which leaves a generation it had begun to \
+             remove reading as cut off at its start): a removal cut off is finished by running \
+             it again, and `mgear medium fsck --repair` puts the medium right",
+            w.describe()
+        );
+    }
     let free = store.free_space().ok().flatten();
     let listed = image_format::list_captures(store).map_err(crate::Error::from);
     let sets = sets_of(store);

@@ -2005,6 +2005,34 @@ fn a_finished_generation_whose_entries_were_wiped_is_damage_everywhere() {
     assert!(!e.p("v.raw").exists());
 }
 
+/// A medium left mid-write (its dirty mark set, as a `medium rm` killed half-way leaves it):
+/// inspect said nothing of it, and the generation the removal had begun to delete read as a
+/// capture "cut off at its start". It says so now, with the two ways on.
+#[test]
+fn inspect_says_a_medium_was_left_mid_write() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("a.raw"), 1, 43);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "rand").source("a.raw").ok();
+    let o = e.ok(&["inspect", "--medium", &m]);
+    assert!(!text(&o).contains("mid-write"), "{}", text(&o));
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    img[0x41] |= 1;
+    fs::write(e.p("m.img"), &img).unwrap();
+    let o = e.run(&["inspect", "--medium", &m]);
+    assert!(
+        text(&o).contains("was left mid-write by a run that was cut off")
+            && text(&o).contains("running it again")
+            && text(&o).contains("fsck --repair` puts the medium right"),
+        "{}",
+        text(&o)
+    );
+    // The JSON stays one object.
+    let o = e.run(&["inspect", "--medium", &m, "--json"]);
+    assert!(!text(&o).contains("mid-write by a run"), "{}", text(&o));
+}
+
 /// Two entries of a generation's directory under one short name (a damaged or hand-edited
 /// directory): which one a tool opens differs, so verify names it (it passed).
 #[test]
