@@ -1892,6 +1892,20 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         )));
     }
     if let Target::File(p) | Target::Qcow2(p) = &target {
+        // A MotionGear medium given as the target (another shipment's, a copy): "exists: pass
+        // --force" did not say that --force overwrites its captures.
+        let held = match args.force || !p.is_file() {
+            true => Vec::new(),
+            false => crate::medium::captures_held(p),
+        };
+        if !held.is_empty() {
+            return Err(usage(format!(
+                "{} is a medium{}: --force would overwrite it, and its captures with \
+                 it. Give another target (a medium is never a volume); nothing was written",
+                p.display(),
+                crate::medium::captures_said(&held)
+            )));
+        }
         warnings.extend(warn_if_short_of_space(p, &reader));
         // A volume an earlier ingest finished with another generation (the delta's parent):
         // "exists: pass --force" alone did not say that --force writes the whole disk again,

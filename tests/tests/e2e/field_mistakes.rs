@@ -230,6 +230,34 @@ fn a_single_disk_capture_under_a_sets_name_is_refused_and_the_set_survives() {
     );
 }
 
+/// Another medium (a copy of the shipment, another shipment's) given as the ingest target:
+/// "exists: pass --force" did not say that --force overwrites its captures. Said now, with
+/// the captures it holds, nothing written.
+#[test]
+fn another_medium_as_the_ingest_target_is_named_as_one() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 7);
+    let m = e.fat("m.img", "64MiB");
+    e.capture(&m, "web01").source("d.raw").ok();
+    let other = e.fat("other.img", "64MiB");
+    e.capture(&other, "db01").source("d.raw").ok();
+    let before = fs::read(e.p("other.img")).unwrap();
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:other.img")
+        .run();
+    refused(
+        &o,
+        "other.img is a medium with MotionGear capture db01: --force would",
+    );
+    assert!(
+        fs::read(e.p("other.img")).unwrap() == before,
+        "the medium was changed"
+    );
+}
+
 #[test]
 fn the_medium_is_never_its_own_target_or_source() {
     let e = Env::new();
