@@ -840,12 +840,25 @@ fn check_key_slots<S: Store + ?Sized>(
             (Some(_), false) => "is damaged or was replaced",
         };
         changed = true;
+        // A slot that is there, but not the one recorded: without a key, a replaced slot and
+        // a generation of another capture put here (its MANIFEST recording its own slots)
+        // look alike; only the first loses the key ("the key is lost" was said of a KEYS
+        // byte for byte as captured, beside a planted generation).
+        let why = if now.is_some() && *want != [0u8; 32] {
+            alloc::format!(
+                "either the slot was damaged or replaced (the key it held for this capture is \
+                 then lost: no key opens a damaged slot), or generation {g} is another \
+                 capture's, put here (`mgear verify --identity` or ingest names which)"
+            )
+        } else {
+            "so the key it held for this capture is lost with it (no key opens a damaged slot)"
+                .into()
+        };
         cx.problem(
             at,
             alloc::format!(
-                "key slot {file} {what}: it is not the one generation {g}'s MANIFEST recorded, so \
-                 the key it held for this capture is lost with it (no key opens a damaged slot); \
-                 ingest from another copy of the shipment, or capture again"
+                "key slot {file} {what}: it is not the one generation {g}'s MANIFEST recorded, \
+                 {why}; ingest from another copy of the shipment, or capture again"
             ),
         );
     }
@@ -1916,8 +1929,11 @@ mod tests {
         let r = verify_keyless(&mut store, &mut NoProgress).unwrap();
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         let p = r.problems[0].to_string();
+        // Keyless, a replaced slot and a planted generation look alike: both are said.
         assert!(
-            p.contains(path) && p.contains("key slot KEYS is damaged"),
+            p.contains(path)
+                && p.contains("key slot KEYS is damaged")
+                && p.contains("or generation 1 is another capture's, put here"),
             "{p}"
         );
         // Signed (a COMMIT binds the slots too): the same change is reported once, as the
