@@ -168,6 +168,17 @@ pub fn write_pair(
             "--out must not end in .pub (the public key is written there)",
         ));
     }
+    // One keygen at a time in the directory: two `--force` runs at once each moved the
+    // other's new key aside or removed it, and left no secret, or one that does not match
+    // the .pub, exit 0. Waits for the other (a key is made in a moment).
+    let dir = match key.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // (A directory that cannot be opened fails the write below, with its own words.)
+    let _one_at_a_time = fs::File::open(&dir)
+        .ok()
+        .and_then(|d| nix::fcntl::Flock::lock(d, nix::fcntl::FlockArg::LockExclusive).ok());
     // A link (a dangling one too, which `exists` calls absent): no key is written through
     // one, and its refusal read "File exists (os error 17)", exit 3.
     if let Some(l) = [key, public_path.as_path()]

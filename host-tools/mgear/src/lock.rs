@@ -55,6 +55,9 @@ pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLoc
         )?)),
         None => None,
     };
+    if exclusive {
+        wait_out_readers(path);
+    }
     let mut held = take(path, exclusive, std::time::Duration::ZERO, &what, why)?;
     if exclusive && locked_by_another_program(&held._lock) {
         return Err(crate::exit::coded_next(
@@ -142,8 +145,9 @@ pub fn refuse_served_volume(path: &Path, spec: &str) -> crate::Result<()> {
         true,
         std::time::Duration::ZERO,
         &format!("target {spec}"),
-        "`mgear serve` keeps this volume for syncs: stop it (Ctrl-C) before ingesting into the \
-         volume again, or ingest into another",
+        "the process named holds it: a `mgear serve` keeping it for syncs (stop it with \
+         Ctrl-C), or a capture reading it as its source or writing it as its medium (let it \
+         finish); then ingest into the volume again, or ingest into another",
     )
     .map(drop)
 }
@@ -261,6 +265,45 @@ fn take(
     }
 }
 
+/// Before a writer's lock: wait (up to 5 s) while only readers hold `path`. Commands read the
+/// medium for a moment before they open it for writing (a resume, an abort): two started
+/// together each found the other's brief read and were both refused, each naming the other,
+/// and neither wrote. A writer holding it is never waited for (the refusal names it at once).
+fn wait_out_readers(path: &Path) {
+    let Ok(inode) = std::fs::metadata(path).map(|m| m.ino()) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && only_readers_hold(inode) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether other processes hold `flock`s on `inode`, all of them shared (readers).
+fn only_readers_hold(inode: u64) -> bool {
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    let me = std::process::id();
+    let mut readers = 0;
+    for line in locks.lines() {
+        // "1: FLOCK  ADVISORY  READ 1234 fe:01:5678 0 EOF"
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let ino = f
+            .get(5)
+            .and_then(|d| d.rsplit(':').next()?.parse::<u64>().ok());
+        let pid = f.get(4).and_then(|p| p.parse::<u32>().ok());
+        if f.get(1) != Some(&"FLOCK") || ino != Some(inode) || pid == Some(me) {
+            continue;
+        }
+        match f.get(3) {
+            Some(&"READ") => readers += 1,
+            _ => return false,
+        }
+    }
+    readers > 0
+}
+
 /// The process holding a flock on `inode`, from `/proc/locks`, with its
 /// command line.
 fn holder_of(inode: u64) -> Option<(u32, String)> {
@@ -370,6 +413,56 @@ mod tests {
         drop(w);
         let _r1 = lock(&dev.0, false, "fat:/dev/loopN").unwrap();
         let _r2 = lock(&img, false, "fat:m.img").unwrap();
+    }
+
+    /// A reader's brief hold (another command's look before it writes) is waited out by a
+    /// writer; a writer's is not.
+    #[test]
+    fn a_writer_waits_out_a_brief_reader_but_not_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("m.img");
+        std::fs::write(&img, b"medium").unwrap();
+        let hold = |mode: &str, secs: &str| {
+            std::process::Command::new("flock")
+                .arg(mode)
+                .arg(&img)
+                .args(["sleep", secs])
+                .spawn()
+                .ok()
+        };
+        let held = |child: &std::process::Child| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !std::fs::read_to_string("/proc/locks")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains(&format!(" {} ", child.id())))
+            {
+                assert!(std::time::Instant::now() < deadline, "flock never took it");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let Some(mut reader) = hold("-s", "1") else {
+            return; // util-linux is on every Debian; nothing to check without it
+        };
+        held(&reader);
+        let w = lock(&img, true, "fat:m.img").expect("the reader was waited out");
+        drop(w);
+        let _ = reader.wait();
+        let Some(mut writer) = hold("-x", "3") else {
+            return;
+        };
+        held(&writer);
+        let started = std::time::Instant::now();
+        let e = lock(&img, true, "fat:m.img")
+            .err()
+            .expect("a writer holds it");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "a writer was waited for"
+        );
+        assert!(e.to_string().contains("is in use"), "{e}");
+        let _ = writer.kill();
+        let _ = writer.wait();
     }
 
     #[test]

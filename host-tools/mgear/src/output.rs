@@ -553,8 +553,9 @@ pub fn say_put_right<D: image_format::store::FatDevice>(
         );
     }
     eprintln!(
-        "mgear: {label} was left mid-write by a run that was cut off (killed or unplugged); its \
-         file system is put right as `fsck.fat -a` would: {}",
+        "mgear: {label} was left mid-write by a run that was cut off (killed, unplugged, or its \
+         appliance locked or powered off under it); its file system is put right as `fsck.fat \
+         -a` would: {}",
         parts.join(", ")
     );
 }

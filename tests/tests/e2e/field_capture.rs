@@ -1051,8 +1051,9 @@ fn a_capture_onto_a_medium_left_mid_write_puts_it_right_and_says_so() {
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     assert!(
         err(&o).contains(
-            "mgear: fat:m.img was left mid-write by a run that was cut off (killed or unplugged); \
-             its file system is put right as `fsck.fat -a` would: 1 cluster no file held, freed\n"
+            "mgear: fat:m.img was left mid-write by a run that was cut off (killed, unplugged, \
+             or its appliance locked or powered off under it); its file system is put right as \
+             `fsck.fat -a` would: 1 cluster no file held, freed\n"
         ),
         "{}",
         output_text(&o)

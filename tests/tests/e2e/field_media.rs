@@ -1769,7 +1769,7 @@ fn an_abort_after_a_kill_leaves_the_volume_clean() {
     // The medium was put right as it was opened, and that is said, as of every writer (with
     // nothing below the files to mend it went unsaid).
     assert!(
-        text(&o).contains("was left mid-write by a run that was cut off (killed or unplugged)"),
+        text(&o).contains("was left mid-write by a run that was cut off (killed, unplugged"),
         "{}",
         text(&o)
     );

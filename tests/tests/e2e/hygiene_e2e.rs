@@ -256,3 +256,45 @@ fn weak_passphrases_are_refused_and_generated_ones_work() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// Four `keygen --force` of one path at once: each moved the others' new key aside or
+/// removed it, and the runs ended with no secret key, or one that is not the .pub's, exit 0
+/// (what was encrypted to that .pub could never be opened). They take turns now: every run
+/// that says it wrote the key did, and the key left is the .pub's.
+#[test]
+fn concurrent_keygens_of_one_path_never_lose_the_secret_key() {
+    let e = Env::new();
+    fs::create_dir(e.p("kf")).unwrap();
+    e.ok(&["keygen", "--out", "kf/k"]);
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            e.cmd(&["keygen", "--force", "--out", "kf/k"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in runs {
+        let o = r.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let secret = fs::read_to_string(e.p("kf/k")).expect("the secret key is there");
+    let public = fs::read_to_string(e.p("kf/k.pub")).unwrap();
+    assert!(
+        secret.contains(&format!("# public key: {}", public.trim())),
+        "{secret}\n{public}"
+    );
+    // The replaced keys are all kept: the first and the four runs' but the last.
+    let kept = fs::read_dir(e.p("kf"))
+        .unwrap()
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("k.replaced")
+        })
+        .count();
+    assert_eq!(kept, 4);
+}
