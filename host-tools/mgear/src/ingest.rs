@@ -1891,6 +1891,19 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
              names it): ask how the medium was handled"
         )));
     }
+    // A device holding a medium, overwritten with --force: said, as `medium format --force`
+    // says what it wipes (it went without a word).
+    if let (Target::Dev(p), true) = (&target, args.force) {
+        let held = crate::medium::captures_held(p);
+        if !held.is_empty() {
+            warnings.push(warn(format!(
+                "{} holds a medium{}: --force writes the disk over it, and its captures are \
+                 gone",
+                p.display(),
+                crate::medium::captures_said(&held)
+            )));
+        }
+    }
     if let Target::File(p) | Target::Qcow2(p) = &target {
         // A MotionGear medium given as the target (another shipment's, a copy): "exists: pass
         // --force" did not say that --force overwrites its captures.

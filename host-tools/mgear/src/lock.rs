@@ -38,7 +38,8 @@ pub struct MediumLock {
 pub fn lock(path: &Path, exclusive: bool, spec: &str) -> crate::Result<MediumLock> {
     use std::os::unix::fs::FileTypeExt;
     let why = "a medium is written by one command at a time, and not while another reads \
-               it. Wait for it to finish (or stop it: it resumes later), then run this again";
+               it. Wait for it to finish (or stop it: a capture or ingest resumes later, a \
+               verify or inspect is run again), then run this again";
     let what = format!("medium {spec}");
     let behind = std::fs::metadata(path)
         .ok()

@@ -256,6 +256,21 @@ fn another_medium_as_the_ingest_target_is_named_as_one() {
         fs::read(e.p("other.img")).unwrap() == before,
         "the medium was changed"
     );
+    // A device holding another medium, written with --force: said before it goes (it went
+    // without a word, where `medium format --force` names what it wipes).
+    let dev = Loop::attach(&e.p("other.img"));
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target(&format!("dev:{}", dev.0))
+        .arg("--force")
+        .run();
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds a medium with MotionGear capture db01: --force writes"),
+        "{}",
+        output_text(&o)
+    );
 }
 
 #[test]
