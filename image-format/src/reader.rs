@@ -1032,20 +1032,37 @@ pub fn verify_full<S: Store + ?Sized>(
         .span()
         .map(|s| s.unreachable().into_iter().map(|(p, _)| p).collect())
         .unwrap_or_default();
-    let mut reader = match CaptureReader::open(&mut *store, name, generation, unlock) {
-        Ok(r) => r,
-        Err(Error::Corrupt { at, what }) => {
-            report.problem(obs, *at, what);
-            // Nothing was decrypted: the counts say so (they were the keyless pass's, and a
-            // "full" verify of a capture whose key slot is damaged read as 4 records checked).
-            report.captures = 0;
-            report.generations = 0;
-            report.segments = 0;
-            report.records = 0;
-            report.bytes = 0;
-            return Ok(report);
+    // Without --generation, a newest generation that does not open (another capture's put
+    // here, a damaged MANIFEST) is the finding, and the newest one older that opens is still
+    // checked: nothing at all was decrypted, its genuine generations unchecked.
+    let mut older: Vec<u32> = match generation {
+        Some(_) => Vec::new(),
+        None => medium::generations(store, name).unwrap_or_default(),
+    };
+    let mut asked = generation;
+    let mut reader = loop {
+        match CaptureReader::open(&mut *store, name, asked, unlock) {
+            Ok(r) => break r,
+            Err(Error::Corrupt { at, what }) => {
+                let failed = at.generation;
+                report.problem(obs, *at, what);
+                older.retain(|g| failed.is_some_and(|f| *g < f));
+                if let (Some(next), Some(_)) = (older.pop(), failed) {
+                    asked = Some(next);
+                    continue;
+                }
+                // Nothing was decrypted: the counts say so (they were the keyless pass's, and
+                // a "full" verify of a capture whose key slot is damaged read as 4 records
+                // checked).
+                report.captures = 0;
+                report.generations = 0;
+                report.segments = 0;
+                report.records = 0;
+                report.bytes = 0;
+                return Ok(report);
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     };
     let mut seen = HashSet::new();
     let total = reader.disk_size();

@@ -738,6 +738,16 @@ fn a_generation_of_another_capture_of_the_name_is_named_so() {
         p.what.contains("another capture named web01") && !p.what.contains("moved or replayed"),
         "{p}"
     );
+    // With the key, the planted generation is the finding, and the capture's own generation
+    // 1 is still decrypted and checked (nothing at all was).
+    let r = full(&mut f);
+    assert!(!r.is_ok());
+    assert!(r.records > 0 && r.generations > 0, "{r:?}");
+    assert!(
+        r.problems.iter().all(|p| p.at.generation == Some(2)),
+        "{:?}",
+        r.problems
+    );
 }
 
 #[test]

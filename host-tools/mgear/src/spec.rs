@@ -337,6 +337,24 @@ pub fn volume_key(t: &str) -> String {
             "nbd unix {} {export}",
             std::fs::canonicalize(&socket).unwrap_or(socket).display()
         ),
+        // The same export through another spelling of its host (`localhost`, `127.0.0.1`):
+        // two ingests wrote one export at once, and the loser's read-back blamed the storage.
+        Ok(Target::Nbd(NbdUrl::Tcp { host, port, export })) => {
+            use std::net::ToSocketAddrs;
+            let mut addrs: Vec<std::net::IpAddr> = (host.as_str(), port)
+                .to_socket_addrs()
+                .map(|a| a.map(|a| a.ip()).collect())
+                .unwrap_or_default();
+            addrs.sort();
+            let at = if !addrs.is_empty() && addrs.iter().all(|a| a.is_loopback()) {
+                "loopback".to_string()
+            } else {
+                addrs
+                    .first()
+                    .map_or(host.to_ascii_lowercase(), |a| a.to_string())
+            };
+            format!("nbd tcp {at} {port} {export}")
+        }
         Ok(other) => other.to_string(),
         Err(_) => t.to_string(),
     }
@@ -358,6 +376,17 @@ fn loop_backing(rdev: u64) -> Option<String> {
 mod tests {
     use super::*;
     use crate::exit::code_of;
+
+    /// One export, however its host is spelled, is one volume (two ingests wrote it at once
+    /// through `localhost` and `127.0.0.1`); another port or export is another.
+    #[test]
+    fn an_nbd_export_is_one_volume_whatever_its_host_is_called() {
+        let key = volume_key("nbd://127.0.0.1:20813/a");
+        assert_eq!(volume_key("nbd://localhost:20813/a"), key);
+        assert_eq!(volume_key("nbd://LOCALHOST:20813/a"), key);
+        assert_ne!(volume_key("nbd://127.0.0.1:20814/a"), key);
+        assert_ne!(volume_key("nbd://127.0.0.1:20813/b"), key);
+    }
 
     /// A FIFO given as the medium blocked in open(2) forever (inspect, capture, format);
     /// refused by name before anything opens it, exit 2, as a FIFO source is.
