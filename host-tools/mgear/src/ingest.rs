@@ -1465,6 +1465,20 @@ fn refuse_busy_device(spec: &str, p: &Path) -> crate::Result<()> {
             .open(&at)
         {
             if e.raw_os_error() == Some(nix::libc::EBUSY) {
+                // Another ingest writing it is busy, as a file or NBD target another ingest
+                // writes is (exit 3 with its pid; a device said exit 2, "mounted, or ...").
+                let by_ingest = crate::guard::writer_of(&at).filter(|(_, cmd)| {
+                    let mut w = cmd.split_whitespace();
+                    w.next().is_some_and(|b| b.ends_with("mgear")) && w.next() == Some("ingest")
+                });
+                if let Some((pid, cmd)) = by_ingest {
+                    return Err(crate::exit::coded_hint(
+                        crate::exit::IO,
+                        format!("target {spec} is in use by pid {pid} ({cmd})"),
+                        "one ingest writes a volume at a time. Wait for it to finish (or stop it: \
+                         it resumes later), then run this again",
+                    ));
+                }
                 let via = if at == p {
                     String::new()
                 } else {

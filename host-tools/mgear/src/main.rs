@@ -29,8 +29,10 @@ Exit codes:
   0  success
   1  a failure was found (verify found a bad record; ingest met data that does not authenticate;
      an appliance check or the custody log failed; the machine did not boot)
-  2  usage or key error (bad arguments, a key, PIN or trust file that is missing or does not fit)
-  3  I/O error (source, medium, target, appliance or peer unreadable/unwritable/unreachable, medium full)
+  2  usage or key error (bad arguments, a key, PIN or trust file that is missing or does not fit,
+     a medium or target refused for what it is: mounted, a VM's disk, another program's volume)
+  3  I/O error (source, medium, target, appliance or peer unreadable/unwritable/unreachable, medium
+     full, busy with another mgear command); also a stop by one Ctrl-C or SIGTERM at a checkpoint
   4  pending: ingest wrote what the media given hold; the rest is on media still to come
   130  a second Ctrl-C (or SIGTERM) a second or more after the first: exit at once, no result;
      the same command resumes from the last checkpoint

@@ -1823,7 +1823,9 @@ fn stale_gpt_backup_is_cleared(sector: usize) {
 /// Two ingests into one device, each with a state dir of its own (two operators, `sudo`
 /// with another HOME): both wrote it at once, and one reported a verified volume that held
 /// chunks of both disks. The device is held open exclusively while an ingest writes it, so
-/// the second is refused (exit 2) and writes nothing. A read-only device is refused before
+/// the second is refused and writes nothing: busy, exit 3 with the first one's pid, as a file
+/// or NBD target another ingest writes is (it was exit 2, "mounted, or held by ... another
+/// ingest"). A read-only device is refused before
 /// anything is written and leaves no marker behind (it blocked the next device under its
 /// name).
 #[test]
@@ -1848,7 +1850,12 @@ fn a_device_another_ingest_writes_or_that_is_read_only_is_refused() {
     let mut second = e.ingest(&mb, "web01").untrusted().target(&target).command();
     second.env("XDG_STATE_HOME", e.p("other-state"));
     let o = second.output().unwrap();
-    refused(&o, "another ingest writing it");
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains(&format!("target {target} is in use by pid {}", first.id())),
+        "{}",
+        output_text(&o)
+    );
     let o = first.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", output_text(&o));
     mgear_tests::same_file(&e.p("vol.img"), &e.p("a.raw"));
