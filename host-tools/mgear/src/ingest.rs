@@ -4152,7 +4152,9 @@ fn keep_read_back<S: image_format::Store>(
     };
     let (name, g) = (reader.name(), reader.generation());
     if let Some((at, len)) = differs {
-        return Err(coded(
+        // The volume changed, not the shipment: the class's hint ("the data did not check
+        // out: do not use it") pointed at the medium.
+        return Err(crate::exit::coded_hint(
             FOUND,
             format!(
                 "{what} was {how} as holding {name} generation {g}, but it does not hold it any \
@@ -4162,6 +4164,8 @@ fn keep_read_back<S: image_format::Store>(
                  or ingest into another name",
                 at + len as u64
             ),
+            "the volume changed since it was ingested (the shipment is not in question): \
+             --force writes the capture again over it, or ingest into another name",
         ));
     }
     Ok(format!(
