@@ -2053,6 +2053,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
     let (mut report, finished) = write_volume(&plan, vol, reader, gaps.as_ref(), started)?;
     if let Target::Dev(p) = &target {
         warnings.extend(clear_stale_gpt_backup(p, disk_size));
+        warnings.extend(note_larger_device(p, disk_size));
     }
     // Every record checked out, so the disk is right; a damaged trailer is still damage on
     // the medium, which `verify` reports (ingest said nothing of it).
@@ -2080,6 +2081,29 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         report.to_adapt = Some((path, finished.format));
     }
     Ok(report)
+}
+
+/// A device larger than the disk: what it held past the disk's end stays there (no part of
+/// the disk, and ingest never writes it), said with how much (it went unsaid, and a 128 MiB
+/// device that held random bytes kept 64 MiB of them beside a 64 MiB disk).
+fn note_larger_device(device: &Path, disk_size: u64) -> Option<String> {
+    use std::io::Seek;
+    let end = std::fs::File::open(device)
+        .ok()?
+        .seek(std::io::SeekFrom::End(0))
+        .ok()?;
+    (end > disk_size).then(|| {
+        warn(format!(
+            "{} is {} larger than the disk ({} of {}): the disk is its first {disk_size} bytes, \
+             and the {} after them keep what the device held before (a tool that reads the \
+             whole device, or grows a partition to its end, sees them)",
+            device.display(),
+            crate::units::human_bytes(end - disk_size),
+            crate::units::human_bytes(disk_size),
+            crate::units::human_bytes(end),
+            crate::units::human_bytes(end - disk_size),
+        ))
+    })
 }
 
 /// A device larger than the disk written into it keeps what it held past the disk's end: a

@@ -1807,6 +1807,13 @@ fn stale_gpt_backup_is_cleared(sector: usize) {
             .contains("held a GPT backup header"),
         "{v}"
     );
+    // What stays past the disk's end is said, with how much (it went unsaid).
+    assert!(
+        v["warnings"]
+            .to_string()
+            .contains("is 8.00 MiB larger than the disk (4.00 MiB of 12.00 MiB)"),
+        "{v}"
+    );
     drop(dev);
     let after = fs::read(e.p("vol.img")).unwrap();
     assert_eq!(&after[..4 << 20], &fs::read(e.p("a.raw")).unwrap()[..]);
