@@ -61,8 +61,10 @@ impl Target {
     /// Image format and location as QEMU's `-drive` wants them.
     fn qemu_drive(&self) -> (&'static str, String) {
         match self {
-            Target::File(p) | Target::Dev(p) => ("raw", p.display().to_string()),
-            Target::Qcow2(p) => ("qcow2", p.display().to_string()),
+            // Absolute: qemu reads a relative `file:v.qcow2` as its file protocol and
+            // `-o.qcow2` as an option.
+            Target::File(p) | Target::Dev(p) => ("raw", absolute(p).display().to_string()),
+            Target::Qcow2(p) => ("qcow2", absolute(p).display().to_string()),
             Target::Nbd(u) | Target::Rbd(u) => ("raw", u.clone()),
         }
     }
@@ -569,6 +571,10 @@ pub(crate) fn bus_for(requested: Bus, facts: Option<&inspect::DiskFacts>) -> (Bu
 }
 
 /// QEMU option values escape a comma by doubling it.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| Path::new(".").join(p))
+}
+
 fn qemu_escape(s: &str) -> String {
     s.replace(',', ",,")
 }

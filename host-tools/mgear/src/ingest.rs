@@ -1375,6 +1375,37 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
              volume's own name, without .partial (a re-run of the same command resumes it)"
         )));
     }
+    // A file volume is written as `X.partial` and renamed to `X`: through a symlink that
+    // rename replaced the link with the volume, on the link's file system, and left the file
+    // it named as it was (`--force`).
+    if matches!(target, Target::File(_) | Target::Qcow2(_))
+        && std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+    {
+        let to = std::fs::read_link(p).unwrap_or_default();
+        let resolved = std::fs::canonicalize(p).ok();
+        return Err(usage(format!(
+            "--target {spec}: {} is a symbolic link (to {}{}): ingest writes a volume as \
+             NAME.partial and renames it to NAME once it is verified, which would replace the \
+             link, not write what it names (and a link you did not make there is someone \
+             else's doing). Give the volume's own path{}, or remove the link (`rm {}`) and run \
+             this command again; nothing was written",
+            p.display(),
+            to.display(),
+            match resolved {
+                Some(_) => "",
+                None => ", which does not exist",
+            },
+            match resolved {
+                Some(r) => format!(
+                    " if that is where the volume goes (--target {}:{})",
+                    spec.split_once(':').map_or("file", |(k, _)| k),
+                    r.display()
+                ),
+                None => String::new(),
+            },
+            p.display()
+        )));
+    }
     let kind = std::fs::metadata(p).ok().map(|m| m.file_type());
     if kind.is_none() && matches!(target, Target::File(_) | Target::Qcow2(_)) {
         // Said by its name: the creation's own error named `X.partial` and suggested to
@@ -1385,10 +1416,10 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
         };
         if !dir.is_dir() {
             return Err(usage(format!(
-                "--target {spec}: the directory {} does not exist: create it (`mkdir -p {}`) \
+                "--target {spec}: the directory {} does not exist: create it (`mkdir -p -- {}`) \
                  or give a path in an existing directory; nothing was written",
                 dir.display(),
-                dir.display()
+                crate::output::sh(dir.to_string_lossy())
             )));
         }
     }
@@ -1782,23 +1813,10 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             if let Some(other) =
                 device_done_other(&sdir, p, reader.manifest_root()).or_else(over_file)
             {
-                let what = generation_with_root(reader.store(), &other)
-                    .map(|(n, g)| format!("{n} generation {g}"))
-                    .unwrap_or_else(|| {
-                        format!(
-                            "another capture (manifest root {})",
-                            &crate::output::hex(&other)[..32]
-                        )
-                    });
-                return Err(crate::exit::coded_hint(
-                    USAGE,
-                    format!(
-                        "--target {} holds {what}, ingested and verified on this host: writing \
-                         {} generation {} over it destroys that disk; nothing was written",
-                        args.target,
-                        reader.name(),
-                        reader.generation()
-                    ),
+                return Err(holds_another(
+                    &args.target,
+                    &mut reader,
+                    &other,
                     "check that this is the device meant for this disk (`lsblk`, the machine's \
                      target list); if it is, pass --force to write over it",
                 ));
@@ -1816,6 +1834,25 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                 keep_device_if_unchanged(&target, &reader, kept_sha.as_mut())?,
                 None,
             ))
+        }
+        // An export this host finished another ingest into (a typo in the export's name): a
+        // raw data disk has no signature the guard sees, and it was written over without a
+        // word, where a device or a file in its place was refused.
+        (Target::Nbd(u), false) if !mgear_volume::NbdVolume::marked_unfinished(u, &sdir) => {
+            let other = spec_done_path(&sdir, &target)
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| device_record(&t).map(|(root, _)| root))
+                .filter(|root| root != reader.manifest_root());
+            if let Some(other) = other {
+                return Err(holds_another(
+                    &args.target,
+                    &mut reader,
+                    &other,
+                    "check that this is the export meant for this disk (its name, the machine's \
+                     target list); if it is, pass --force to write over it",
+                ));
+            }
+            None
         }
         (Target::EbsSnapshot { name, opts }, false) => {
             mgear_volume::EbsSnapshotVolume::completed_before(name, opts, &prep)?.map(|volume| {
@@ -1934,11 +1971,49 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             )));
         }
         warnings.extend(warn_if_short_of_space(p, &reader));
+        if args.force
+            && p.is_file()
+            && crate::sync::served_before(p, &reader.manifest().capture_id, reader.name())
+        {
+            warnings.push(warn(format!(
+                "--force: {} was kept up to date by `mgear serve` (syncs from the source were \
+                 applied to it): {} generation {} is written over it, and what the syncs \
+                 brought is lost",
+                p.display(),
+                reader.name(),
+                reader.generation()
+            )));
+        }
         // A volume an earlier ingest finished with another generation (the delta's parent):
         // "exists: pass --force" alone did not say that --force writes the whole disk again,
         // nor that a volume kept up to date in place is what serve and sync are for.
         // (`ingested_from` is `None` for a file that is not there.)
         if let (Some(root), false) = (ingested_from(&sdir, p), args.force) {
+            if root == *reader.manifest_root()
+                && crate::sync::served_before(p, &reader.manifest().capture_id, reader.name())
+            {
+                // Kept up to date since by serve and sync: what changed is the machine's newer
+                // disk, and "pass --force to write it again" put this generation back over it
+                // without a word.
+                return Err(crate::exit::coded_hint(
+                    USAGE,
+                    format!(
+                        "{} holds {} generation {}, ingested on this host, and `mgear serve` \
+                         kept it up to date since (syncs from the source were applied to it): \
+                         it is newer than generation {}, and --force would write that \
+                         generation back over it and lose what the syncs brought; nothing was \
+                         written",
+                        p.display(),
+                        reader.name(),
+                        reader.generation(),
+                        reader.generation()
+                    ),
+                    "leave the volume as it is (`mgear serve` on it and `mgear sync` at the \
+                     source bring it up to date, SYNC.md); to look at this generation, ingest \
+                     it into another name; --force only if the synced changes are to be \
+                     thrown away",
+                ));
+            }
             if root == *reader.manifest_root() {
                 // This very capture, finished here, and changed since (it was not kept
                 // above): "exists: pass --force" after a `chmod` the README suggests read as
@@ -4055,6 +4130,34 @@ fn device_record(text: &str) -> Option<([u8; 32], Option<&str>)> {
     Some((root, rest.next().and_then(|l| l.strip_prefix("identity "))))
 }
 
+/// A volume this host finished another ingest into (manifest root `other`), given for
+/// `reader`'s disk without `--force`: refused, nothing written (exit 2).
+fn holds_another<S: image_format::Store>(
+    target: &str,
+    reader: &mut CaptureReader<S>,
+    other: &[u8; 32],
+    hint: &str,
+) -> crate::Error {
+    let what = generation_with_root(reader.store(), other)
+        .map(|(n, g)| format!("{n} generation {g}"))
+        .unwrap_or_else(|| {
+            format!(
+                "another capture (manifest root {})",
+                &crate::output::hex(other)[..32]
+            )
+        });
+    crate::exit::coded_hint(
+        USAGE,
+        format!(
+            "--target {target} holds {what}, ingested and verified on this host: writing {} \
+             generation {} over it destroys that disk; nothing was written",
+            reader.name(),
+            reader.generation()
+        ),
+        hint,
+    )
+}
+
 /// Which capture and generation of the medium has manifest root `root`, if any (a record of
 /// an earlier ingest names what it wrote by its root).
 fn generation_with_root(
@@ -5252,6 +5355,42 @@ mod tests {
         let _ = holder.kill();
         let _ = holder.wait();
         held.unwrap();
+    }
+
+    /// `--target file:LINK --force` renamed the verified volume over the link: the volume
+    /// landed on the link's file system and the file it named was left as it was.
+    #[test]
+    fn a_symlink_is_never_a_file_target() {
+        let medium = crate::medium::Where {
+            medium: vec!["dir:/nonexistent-medium".into()],
+            appliance: Vec::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.raw");
+        std::fs::write(&real, b"kept").unwrap();
+        let link = dir.path().join("web01.raw");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        for kind in ["file", "qcow2"] {
+            let e = refuse_bad_target(&medium, &format!("{kind}:{}", link.display())).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("is a symbolic link"), "{msg}");
+            let real = std::fs::canonicalize(&real).unwrap();
+            assert!(
+                msg.contains(&format!("--target {kind}:{}", real.display())),
+                "{msg}"
+            );
+        }
+        // One that names nothing is said so, with nothing to suggest.
+        let dangling = dir.path().join("gone.raw");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let e = refuse_bad_target(&medium, &format!("file:{}", dangling.display())).unwrap_err();
+        assert!(e.to_string().contains("which does not exist"), "{e}");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&real).unwrap(), b"kept");
     }
 
     /// `--target file:X.partial --force` (what "X.partial exists: pass --force" led to) wrote

@@ -32,6 +32,22 @@ pub struct Keygen {
 /// `mgear keygen`.
 pub fn keygen(args: Keygen) -> crate::Result<i32> {
     let json = crate::output::json();
+    // Said by the directory: "creating nodir/x.key: No such file or directory" came with the
+    // generic advice to reconnect something.
+    let dir = match args.out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(usage(format!(
+            "--out {}: the directory {} does not exist: create it (`mkdir -p -- {}`, and keep \
+             it private: `chmod 700`) or give a path in an existing directory; nothing was \
+             written",
+            args.out.display(),
+            dir.display(),
+            crate::output::sh(dir.to_string_lossy())
+        )));
+    }
     if args.signing {
         let public = crate::sitekey::generate(&args.out, args.force)?;
         let fp = crate::sitekey::fingerprint(&public.to_bytes());
@@ -1248,6 +1264,23 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
+        // Into a directory that is not there: said by the directory, for both kinds.
+        for signing in [false, true] {
+            let out = dir.path().join("no dir/x.key");
+            let err = keygen(Keygen {
+                out: out.clone(),
+                force: false,
+                signing,
+            })
+            .unwrap_err();
+            assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
+            assert!(
+                err.to_string().contains("does not exist: create it"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("no dir'`"), "{err}");
+            assert!(!out.parent().unwrap().exists());
+        }
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub fn refuse_served_volume(path: &Path, spec: &str) -> crate::Result<()> {
         &format!("target {spec}"),
         "the process named holds it: a `mgear serve` keeping it for syncs (stop it with \
          Ctrl-C), or a capture reading it as its source or writing it as its medium (let it \
-         finish); then ingest into the volume again, or ingest into another",
+         finish); then run this command again",
     )
     .map(drop)
 }

@@ -1054,6 +1054,11 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                         why += "; check the device name (`lsblk` lists the disks attached) and \
                                 that it is plugged in: a device that is not attached has no \
                                 /dev node";
+                    } else if missing && read_only {
+                        // A command that reads a medium needs the one that holds its
+                        // captures: a new, empty one made by `medium format` holds none.
+                        why += "; check the path: give the medium's image file or device (the \
+                                one the captures were written to)";
                     } else if missing {
                         why += &format!(
                             "; check the path, or create an image with `mgear medium format \
@@ -1832,14 +1837,17 @@ mod tests {
         };
         assert_eq!(code_of(&e), USAGE);
         assert!(e.to_string().contains("use --medium dir:"), "{e}");
-        // Missing: check the path, or make one.
-        let Err(e) = open_mode(&at("nonexist.img"), true) else {
-            panic!("a missing image opened")
-        };
-        assert_eq!(code_of(&e), crate::exit::IO);
-        let m = e.to_string();
-        assert!(m.contains("check the path"), "{m}");
-        assert!(m.contains("mgear medium format fat:"), "{m}");
+        // Missing: check the path, or make one where one is written; one that is only read
+        // (verify, ingest, serve) must hold the captures, which a new one does not.
+        for read_only in [false, true] {
+            let Err(e) = open_mode(&at("nonexist.img"), read_only) else {
+                panic!("a missing image opened")
+            };
+            assert_eq!(code_of(&e), crate::exit::IO);
+            let m = e.to_string();
+            assert!(m.contains("check the path"), "{m}");
+            assert_eq!(m.contains("mgear medium format fat:"), !read_only, "{m}");
+        }
         // Too small to hold a FAT32 file system, whatever it holds.
         std::fs::write(dir.path().join("tiny.txt"), "hello\n").unwrap();
         std::fs::write(dir.path().join("empty.img"), "").unwrap();

@@ -1243,15 +1243,25 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 ),
             )
         } else if !trust_ok {
-            // Why, as the NOT TRUSTED line says it: "not vouched for by a pinned key" was said
-            // of a pinned, signed capture whose receipt expected another generation.
+            // Why, as the NOT TRUSTED line says it ("not vouched for by a pinned key" was said
+            // of a pinned, signed capture whose receipt expected another generation); the
+            // class's hint ("the data did not check out") was said of records that all did.
             let why = out
                 .trust
                 .iter()
                 .find(|t| !t.trusted)
                 .map(|t| t.message.clone())
                 .unwrap_or_default();
-            (FOUND, format!("not trusted: {why} (see `trust`)"))
+            return crate::output::emit_verdict_hint(
+                FOUND,
+                &format!("not trusted: {why} (see `trust`)"),
+                "no record was found damaged, but nothing this target pinned vouches for the \
+                 capture (see `trust`): do not ingest it until it is trusted; pin a site's key \
+                 (--trust SITE.pub) only if you know it is that capture site's, or get the \
+                 site's receipt",
+                &out,
+            )
+            .map(|()| FOUND);
         } else {
             (
                 USAGE,

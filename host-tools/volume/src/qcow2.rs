@@ -44,6 +44,14 @@ pub struct Qcow2Volume {
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
+/// `p` as qemu's tools must be given a file: absolute. A relative name is read by them as
+/// `PROTOCOL:REST` when it has a colon before any slash (`file:v.qcow2` became `v.qcow2`:
+/// the image written was another file than the one renamed) and as an option when it starts
+/// with `-`.
+fn for_qemu(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| Path::new(".").join(p))
+}
+
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(suffix);
@@ -114,7 +122,7 @@ impl Qcow2Volume {
             let made = run(
                 Command::new(&qemu_img)
                     .args(["create", "-q", "-f", "qcow2"])
-                    .arg(&fresh)
+                    .arg(for_qemu(&fresh))
                     .arg(&size),
                 "qemu-img create",
             );
@@ -178,7 +186,7 @@ impl Qcow2Volume {
             let mut cmd = Command::new(qemu_nbd);
             cmd.args(["-f", "qcow2", "--cache=writeback", "--discard=unmap", "-k"])
                 .arg(&self.sock)
-                .arg(&self.partial)
+                .arg(for_qemu(&self.partial))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());

@@ -907,37 +907,48 @@ fn cli_qcow2_target_round_trip() {
     make_disk(&e.p("disk.raw"), 6, 11);
     fs::create_dir(e.p("mnt")).unwrap();
     e.capture("dir:mnt", "web01").source("disk.raw").ok();
-    // A relative state dir: qemu-nbd takes only an absolute socket path.
-    e.ingest("dir:mnt", "web01")
-        .untrusted()
-        .target("qcow2:v.qcow2")
-        .args(&["--state-dir", "st"])
-        .unsealed()
-        .ok();
-    let info = Command::new("qemu-img")
-        .args(["info", &e.s("v.qcow2")])
-        .output()
-        .unwrap();
-    assert!(
-        stdout(&info).contains("file format: qcow2"),
-        "{}",
-        stdout(&info)
-    );
-    let st = Command::new("qemu-img")
-        .args([
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            &e.s("v.qcow2"),
-            &e.s("back.raw"),
-        ])
-        .status()
-        .expect("qemu-img (Debian: qemu-utils)");
-    assert!(st.success());
-    same_file(&e.p("disk.raw"), &e.p("back.raw"));
-    assert!(!e.p("v.qcow2.raw.partial").exists());
+    // Relative names qemu's tools would read as a protocol (`file:`) or an option (`-o`):
+    // `qcow2:file:v.qcow2` left an empty `file:v.qcow2`, "verified", and the data in a stray
+    // `v.qcow2.partial.new`.
+    for name in ["v.qcow2", "file:v.qcow2", "-o.qcow2"] {
+        // A relative state dir: qemu-nbd takes only an absolute socket path.
+        e.ingest("dir:mnt", "web01")
+            .untrusted()
+            .target(&format!("qcow2:{name}"))
+            .args(&["--state-dir", "st"])
+            .unsealed()
+            .ok();
+        let info = Command::new("qemu-img")
+            .args(["info", &e.s(name)])
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&info).contains("file format: qcow2"),
+            "{name}: {}",
+            stdout(&info)
+        );
+        let st = Command::new("qemu-img")
+            .args([
+                "convert",
+                "-f",
+                "qcow2",
+                "-O",
+                "raw",
+                &e.s(name),
+                &e.s("back.raw"),
+            ])
+            .status()
+            .expect("qemu-img (Debian: qemu-utils)");
+        assert!(st.success());
+        same_file(&e.p("disk.raw"), &e.p("back.raw"));
+        fs::remove_file(e.p("back.raw")).unwrap();
+    }
+    let left: Vec<_> = fs::read_dir(e.dir.path())
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -445,10 +445,17 @@ fn the_medium_is_never_its_own_target_or_source() {
         let o = e.ingest(&m, "web01").untrusted().target(t).run();
         refused(
             &o,
-            "the directory nodir does not exist: create it (`mkdir -p nodir`)",
+            "the directory nodir does not exist: create it (`mkdir -p -- nodir`)",
         );
         assert!(!e.p("nodir").exists());
     }
+    // Quoted as a shell needs it (`mkdir -p new dir`, pasted, made two directories).
+    let o = e
+        .ingest(&m, "web01")
+        .untrusted()
+        .target("file:new dir/x y.raw")
+        .run();
+    refused(&o, "create it (`mkdir -p -- 'new dir'`)");
 
     // The report where the volume goes (its .txt summary too), and a volume over the identity
     // the run reads: each replaced the other (the report the verified disk, exit 0).
@@ -559,7 +566,8 @@ fn a_refused_removal_leaves_a_medium_left_mid_write_as_it_was() {
 fn the_source_of_a_running_capture_is_not_formatted() {
     let e = Env::new();
     e.keygen();
-    random_disk(&e.p("src.raw"), 24 << 20, 41);
+    // Large enough to hold a FAT32 medium: a smaller one is refused by its size first.
+    random_disk(&e.p("src.raw"), 40 << 20, 41);
     let before = fs::read(e.p("src.raw")).unwrap();
     let m = e.fat("m.img", "64MiB");
     let capture = mgear_tests::Background(slow_capture(&e, &m, "sx"));
@@ -721,7 +729,7 @@ fn one_serve_per_volume() {
         .run();
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains("`mgear serve` keeps this volume"),
+        output_text(&o).contains("a `mgear serve` keeping it for syncs"),
         "{}",
         output_text(&o)
     );
@@ -738,7 +746,7 @@ fn one_serve_per_volume() {
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
     assert!(
-        output_text(&o).contains("`mgear serve` keeps this volume"),
+        output_text(&o).contains("a `mgear serve` keeping it for syncs"),
         "{}",
         output_text(&o)
     );
@@ -3989,6 +3997,57 @@ fn a_directory_to_boot_and_a_small_file_to_format_are_named_as_they_are() {
 /// host finished another disk's ingest into was written over without a word (only a file
 /// system or partition table was seen), and a device whose own record says it holds a newer
 /// generation was called changed ("does not hold it any more", exit 1).
+/// An NBD export this host finished another disk into (a typo in the export's name) was
+/// written over without `--force`, exit 0, where a device or a file was refused.
+#[test]
+fn an_export_holding_another_ingested_disk_is_refused() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("root.raw"), 4 << 20, 33);
+    random_disk(&e.p("data.raw"), 4 << 20, 34);
+    std::fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "m4")
+        .sources(&["root.raw", "data.raw"])
+        .ok();
+    fs::write(e.p("n.img"), vec![0u8; 4 << 20]).unwrap();
+    let sock = e.p("n.sock");
+    let _server = qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("n.img"));
+    let target = format!("nbd+unix:///?socket={}", sock.display());
+    let ingest = |disk: &str, force: bool| {
+        let l = e
+            .ingest("dir:m", "m4")
+            .untrusted()
+            .args(&["--disk", disk])
+            .target(&target);
+        if force {
+            l.arg("--force").run()
+        } else {
+            l.run()
+        }
+    };
+    let o = ingest("1", false);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let o = ingest("0", false);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("holds m4.d1 generation 1, ingested and verified on this host")
+            && output_text(&o).contains("the export meant for this disk"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        fs::read(e.p("n.img")).unwrap(),
+        fs::read(e.p("data.raw")).unwrap()
+    );
+    // Meant: --force writes it.
+    let o = ingest("0", true);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert_eq!(
+        fs::read(e.p("n.img")).unwrap(),
+        fs::read(e.p("root.raw")).unwrap()
+    );
+}
+
 #[test]
 fn a_device_held_by_another_process_or_holding_another_ingested_disk_is_refused() {
     let e = Env::new();

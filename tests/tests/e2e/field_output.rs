@@ -643,13 +643,15 @@ fn every_failed_verdict_carries_its_error_and_reports_keep_their_kind() {
         "--json",
     ]);
     let v = json_error(&o, "verify", 1, "failure");
+    let message = v["error"]["message"].as_str().unwrap();
     assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not vouched for"),
+        message.starts_with("not trusted: ") && message.contains("which is not pinned"),
         "{v}"
     );
+    // Every record checked out: the hint is about trust, not "the data did not check out".
+    let hint = v["error"]["hint"].as_str().unwrap();
+    assert!(hint.contains("do not ingest it until it is trusted"), "{v}");
+    assert!(!hint.contains("did not check out"), "{v}");
     std::fs::write(e.p("big.raw"), vec![0x5au8; 48 << 20]).unwrap();
     let o = e
         .capture(&m, "big")

@@ -181,7 +181,7 @@ fn sync_after_ingest_makes_the_volume_equal_the_changed_source() {
     );
 
     // The human summary names read, skipped, sent and CPU share.
-    let (_serve, addr) = e.listen(&["--once"]);
+    let (mut serve, addr) = e.listen(&["--once"]);
     let o = e.ok(&[
         "sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key",
     ]);
@@ -195,6 +195,41 @@ fn sync_after_ingest_makes_the_volume_equal_the_changed_source() {
     ] {
         assert!(s.contains(want), "missing {want:?} in\n{s}");
     }
+
+    assert!(serve.0.wait().unwrap().success());
+
+    // The first trip's ingest run again over the synced volume: refused, not "pass --force to
+    // write it again" (which put generation 1 back and lost the syncs without a word).
+    let again = || {
+        e.ingest("fat:medium.img", "web01")
+            .untrusted()
+            .target("file:vol.raw")
+            .unsealed()
+    };
+    let o = again().run();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("`mgear serve` kept it up to date since")
+            && text(&o).contains("lose what the syncs brought"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(e.p("vol.raw")).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap()
+    );
+    // Meant: --force writes it, and says what is lost.
+    let o = again().arg("--force").run();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("what the syncs brought is lost"),
+        "{}",
+        text(&o)
+    );
+    assert_ne!(
+        std::fs::read(e.p("vol.raw")).unwrap(),
+        std::fs::read(e.p("disk.raw")).unwrap()
+    );
 }
 
 #[test]

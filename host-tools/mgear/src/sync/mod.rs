@@ -39,6 +39,7 @@ use crate::units::human_bytes;
 
 pub use cutover::cutover;
 pub use source::Stats;
+pub use target::served_before;
 
 /// `mgear serve`, typed (the binary's `cli::sync` fills it in from the flags).
 #[derive(Debug)]
