@@ -368,16 +368,21 @@ fn check_pin_counts(entries: &[LogEntry]) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Cut `s` to at most [`MAX_TEXT`] bytes on a character boundary.
+/// Cut `s` to at most [`MAX_TEXT`] bytes on a character boundary, ending in `…` where it
+/// was cut (a record that stopped mid-command, "`mgear capture --abort --medium MEDIUM", read
+/// as the advice itself).
 pub fn clip(s: &str) -> String {
+    const MORE: &str = "…";
     if s.len() <= MAX_TEXT {
         return s.into();
     }
-    let mut end = MAX_TEXT;
+    let mut end = MAX_TEXT - MORE.len();
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].into()
+    let mut out = String::from(s[..end].trim_end());
+    out.push_str(MORE);
+    out
 }
 
 /// What each event says, the same words on the appliance's console (`log`) and in
@@ -651,6 +656,10 @@ mod tests {
         let s = "é".repeat(300);
         let c = clip(&s);
         assert!(c.len() <= MAX_TEXT);
-        assert!(s.starts_with(&c));
+        let kept = c.strip_suffix('…').unwrap();
+        assert!(s.starts_with(kept) && kept.len() > MAX_TEXT - 8);
+        // What fits is kept as it is.
+        let short = "a".repeat(MAX_TEXT);
+        assert_eq!(clip(&short), short);
     }
 }

@@ -147,6 +147,13 @@ fn machine_xml(volumes: &[(PathBuf, String)]) -> Result<String> {
 /// qcow2 each): one disk goes to `virt-v2v-in-place -i disk`, several to
 /// `-i libvirtxml` with all of them. The boot disk's virtio is checked after.
 pub fn adapt_machine(volumes: &[(PathBuf, String)]) -> Result<AdaptReport> {
+    // Absolute, as for QEMU: a relative `-v.raw` read as an option, `file:v.raw` as a
+    // protocol, and the temporary directory's XML is read from elsewhere.
+    let volumes: Vec<(PathBuf, String)> = volumes
+        .iter()
+        .map(|(p, f)| (crate::boot::absolute(p), f.clone()))
+        .collect();
+    let volumes = &volumes[..];
     let Some((boot, boot_format)) = volumes.first() else {
         return Err(BootError::Usage("nothing to adapt".into()));
     };

@@ -571,7 +571,8 @@ pub(crate) fn bus_for(requested: Bus, facts: Option<&inspect::DiskFacts>) -> (Bu
 }
 
 /// QEMU option values escape a comma by doubling it.
-fn absolute(p: &Path) -> PathBuf {
+/// `p` as QEMU and the tools built on it must be given a file: absolute (see `qemu_drive`).
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| Path::new(".").join(p))
 }
 
