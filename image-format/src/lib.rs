@@ -42,8 +42,8 @@ mod writer;
 pub use chunkbuf::{ChunkBuf, CHUNK_ALIGN};
 pub use error::{Error, Location, Result};
 pub use medium::{
-    capture_names, generations as capture_generations, lost_dir_kind, lost_dirs_of,
-    stray_generation_dirs, unmarked_dirs_of, LostDir,
+    capture_names, damaged_root_dir, generations as capture_generations, lost_dir_kind,
+    lost_dirs_of, stray_generation_dirs, unmarked_dirs_of, LostDir,
 };
 pub use store::{Store, StoreError};
 pub use verify::{

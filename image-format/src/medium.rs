@@ -35,6 +35,61 @@ pub fn capture_names<S: Store + ?Sized>(store: &mut S) -> Result<Vec<String>> {
     Ok(v)
 }
 
+/// A directory at the medium's root one or two characters off [`layout::ROOT_DIR`] where
+/// that directory is missing: most likely it with a damaged name, its captures unread (one
+/// flipped bit, `MGEAR0`, hid every capture, and a capture then made a new `MGEAR` beside it,
+/// stranding them). Said as a finding; `None` when the root holds `MGEAR` or nothing near it.
+pub fn damaged_root_dir<S: Store + ?Sized>(store: &mut S) -> Option<String> {
+    let entries = store.list("").ok()?;
+    if entries
+        .iter()
+        .any(|e| e.name.eq_ignore_ascii_case(layout::ROOT_DIR))
+    {
+        return None;
+    }
+    // Up to two characters replaced (`MGEAR` -> `MGxAR`), or one added, dropped or replaced
+    // (a padding space of its 8.3 name turned into a character: `MGEAR0`): no nearer, so a
+    // directory of the disk's owner (`GEARS`) is not taken for it.
+    let near = |name: &str| {
+        let a: Vec<char> = name.chars().map(|c| c.to_ascii_uppercase()).collect();
+        let b: Vec<char> = layout::ROOT_DIR.chars().collect();
+        let replaced = a.len() == b.len() && a.iter().zip(&b).filter(|(x, y)| x != y).count() <= 2;
+        replaced || edit_distance(&a, &b) <= 1
+    };
+    let found = entries
+        .iter()
+        .find(|e| e.kind == EntryKind::Dir && near(&e.name))?;
+    Some(alloc::format!(
+        "the medium's root holds a directory {:?} and no {}: one or two characters off, it is \
+         most likely {} with a damaged name, holding the captures (none of them is read, and a \
+         new capture would start another {} beside it): give it its name back on a copy of the \
+         medium (with mtools: `mren -i COPY ::/{} ::/{}`) and check the copy",
+        found.name,
+        layout::ROOT_DIR,
+        layout::ROOT_DIR,
+        layout::ROOT_DIR,
+        found.name,
+        layout::ROOT_DIR
+    ))
+}
+
+/// Levenshtein distance of two short names.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, y) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(x != y))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// Generation numbers present for capture `name`, ascending.
 pub fn generations<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Vec<u32>> {
     let mut v: Vec<u32> = list_or_empty(store, &layout::capture_dir(name))?
@@ -638,5 +693,36 @@ mod tests {
         s.write_at("MGEAR/web01/G0001/COMMIT", 0, &[1u8; 10])
             .unwrap();
         assert_eq!(uncommitted_bytes(&mut s, "web01").unwrap(), 0);
+    }
+
+    /// One flipped bit in the root's entry (`MGEAR0`) hid every capture, and a capture then
+    /// made a new `MGEAR` beside it: the near miss is named; an owner's directory is not.
+    #[test]
+    fn a_root_directory_one_character_off_is_named() {
+        for (name, named) in [
+            ("MGEAR0", true),
+            ("MGEA", true),
+            ("mgexr", true),
+            ("MXEAX", true),
+            ("GEARS", false),
+            ("photos", false),
+            ("MGEAR", false),
+        ] {
+            let mut s = MemStore::new();
+            s.create_dir_all(&alloc::format!("{name}/web01")).unwrap();
+            let said = damaged_root_dir(&mut s);
+            assert_eq!(said.is_some(), named, "{name}: {said:?}");
+            if let Some(said) = said {
+                assert!(
+                    said.contains(&alloc::format!("::/{name} ::/MGEAR")),
+                    "{said}"
+                );
+            }
+        }
+        // Beside the real one, a near name is someone else's.
+        let mut s = MemStore::new();
+        s.create_dir_all("MGEAR/web01").unwrap();
+        s.create_dir_all("MGEAR0").unwrap();
+        assert_eq!(damaged_root_dir(&mut s), None);
     }
 }

@@ -292,6 +292,9 @@ fn verify_medium<S: Store + ?Sized>(
     for what in store.file_system_findings().at(layout::ROOT_DIR)? {
         cx.problem(Location::default().file(layout::ROOT_DIR), what);
     }
+    if let Some(what) = medium::damaged_root_dir(store) {
+        cx.problem(Location::default().file(layout::ROOT_DIR), what);
+    }
     for e in medium::list_or_empty(store, layout::ROOT_DIR)? {
         if e.kind == EntryKind::Dir
             && layout::validate_name(&e.name).is_err()

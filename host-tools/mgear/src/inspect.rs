@@ -680,6 +680,12 @@ fn medium_json(
         note: hidden
             .strip_prefix("; yet ")
             .map(|n| format!("nothing is listed, yet {n}"))
+            .or_else(|| {
+                // A root directory with a damaged name (`crate::verify::hidden_by_damage`).
+                hidden
+                    .strip_prefix("; the medium's root")
+                    .map(|n| format!("nothing is listed: the medium's root{n}"))
+            })
             .or(fs_note),
         medium: w.describe(),
         free_bytes: free,

@@ -871,12 +871,13 @@ fn as_option(label: &str) -> String {
 }
 
 fn refuse_damaged_file_system(store: &mut dyn Store, label: &str) -> crate::Result<()> {
-    let damage: Vec<String> = store
+    let mut damage: Vec<String> = store
         .chain_findings()
         .map_err(|e| crate::err!("{label}: reading its file system: {e}"))?
         .into_iter()
         .filter(|f| !f.contains(image_format::store::fatmap::LEFTOVER_CHAIN))
         .collect();
+    damage.extend(image_format::damaged_root_dir(store));
     match damage.first() {
         None => Ok(()),
         Some(first) => Err(crate::exit::coded_hint(

@@ -1604,6 +1604,7 @@ pub fn fsck(args: Fsck) -> crate::Result<i32> {
                 .collect(),
             Err(e) => vec![format!("the file system could not be walked: {e}")],
         };
+        d.extend(image_format::damaged_root_dir(ro.store()));
         // A damaged span label or map (what `verify` calls damage) went unsaid ("no
         // leftovers"), and --repair's open for writing then refused it, exit 2. Read as
         // verify reads them: a labelled medium opens as a span (its members' labels and

@@ -555,6 +555,9 @@ pub fn hidden_by_damage(store: &mut dyn image_format::Store) -> String {
     if let Some(lost) = lost_captures(store) {
         return format!("; yet it holds {lost}");
     }
+    if let Some(renamed) = image_format::damaged_root_dir(store) {
+        return format!("; {renamed}");
+    }
     // What the files at its root hold is in use for all to see (a filler or a README a user
     // copied there was told as damage).
     let listed: u64 = store

@@ -2636,3 +2636,50 @@ fn a_directory_of_someones_own_in_a_generation_is_no_damage_to_inspect() {
     assert!(!text(&o).contains("damaged"), "{}", text(&o));
     e.ok(&["verify", "--medium", "dir:mnt"]);
 }
+
+/// One flipped bit in the root directory's entry (`MGEAR` read as `MGEAR0`) hid every
+/// capture: fsck said clean, and a capture made a new `MGEAR` beside it, stranding the old
+/// ones. Named by verify, inspect, fsck and ingest; capture writes nothing.
+#[test]
+fn field_media_a_root_directory_with_a_damaged_name_is_named_not_written_beside() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 3, 71);
+    e.ok(&["medium", "format", "fat:m.img", "--size", "40MiB"]);
+    e.capture("fat:m.img", "web01")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
+    let mut img = fs::read(e.p("m.img")).unwrap();
+    let at = img
+        .windows(12)
+        .position(|w| w == b"MGEAR      \x10")
+        .expect("the root's MGEAR entry");
+    img[at + 5] = b'0';
+    fs::write(e.p("m.img"), &img).unwrap();
+    let said = "holds a directory \"MGEAR0\" and no MGEAR";
+    for args in [
+        &["verify", "--medium", "fat:m.img"][..],
+        &["inspect", "--medium", "fat:m.img"][..],
+        &["medium", "fsck", "--medium", "fat:m.img"][..],
+    ] {
+        let o = e.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(said), "{args:?}: {}", text(&o));
+    }
+    let o = e
+        .ingest("fat:m.img", "web01")
+        .trust("site.pub")
+        .target("file:v.raw")
+        .unsealed()
+        .run();
+    assert!(
+        !o.status.success() && text(&o).contains(said),
+        "{}",
+        text(&o)
+    );
+    let o = e.capture("fat:m.img", "new").source("disk.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(said), "{}", text(&o));
+    assert_eq!(fs::read(e.p("m.img")).unwrap(), img, "the capture wrote");
+}
