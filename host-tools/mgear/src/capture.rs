@@ -4666,13 +4666,7 @@ fn medium_full(
         .map_or(0.0, |d| 1.0 - d.min(left) as f64 / left.max(1) as f64);
     let rest = crate::preflight::stored_estimate(left, chunk_size, holes, ratio);
     let margin = rest / 20 + u64::from(chunk_size);
-    coded_full(
-        args,
-        &err,
-        rest.saturating_add(margin).saturating_add(own),
-        reserve,
-        free,
-    )
+    coded_full(args, &err, rest.saturating_add(margin), own, reserve, free)
 }
 
 /// How much of the FAT's `fat_free` bytes a capture can write into a `fat:` image file before
@@ -4734,19 +4728,27 @@ fn two_sizes(a: u64, b: u64) -> (String, String) {
     }
 }
 
-/// The medium-full error: `needed` is what the rest of the disk stores,
-/// `reserve` what a medium joining the span keeps for its copy of the index
-/// and manifests. A re-run resumes from the last checkpoint (`--checkpoint-bytes`
-/// stored, 16 times that read, or 10 s), not from the chunk that failed, so the
-/// message says that (a capture smaller than one checkpoint starts over).
+/// The medium-full error: `needed` is what the rest of the disk stores, `own` what a lone
+/// medium that becomes the span's first keeps for its own copy of the index and manifests
+/// (what it held past that moves to the medium added), `reserve` what a medium joining the
+/// span keeps. Space freed on this medium needs `needed` only: it was said with `own` in it,
+/// twice what a 6 MiB disk stores, and the operator removed captures they did not need to.
+/// A re-run resumes from the last checkpoint (`--checkpoint-bytes` stored, 16 times that
+/// read, or 10 s), not from the chunk that failed, so the message says that (a capture
+/// smaller than one checkpoint starts over).
 fn coded_full(
     args: &Plan,
     err: &crate::Error,
     needed: u64,
+    own: u64,
     reserve: u64,
     free: Option<u64>,
 ) -> crate::Error {
     let free_txt = free.map_or(String::new(), |f| format!(" ({} free now)", human_bytes(f)));
+    // What is to be freed is what the rest needs past what is free already.
+    let short = needed
+        .saturating_sub(free.unwrap_or(0))
+        .max(u64::from(args.chunk_size));
     let resume = format!(
         "the capture continues from its last checkpoint (one every {} stored, {} of disk \
          read or 10 s of progress, whichever comes first)",
@@ -4785,13 +4787,14 @@ fn coded_full(
     crate::exit::coded(
         crate::exit::IO,
         format!(
-            "medium full: about {needed} bytes ({}) more needed{free_txt}; re-run the same command \
-             with one more --medium (or --appliance) added, with room for that plus about {} (its \
-             copy of the index and manifests): {resume}; or free space (or use a larger medium \
-             holding the same files) and re-run it; or remove this unfinished capture with \
+            "medium full: about {short} bytes ({}) more needed on it{free_txt}; free that much \
+             (or use a larger medium holding the same files) and re-run the same command; or \
+             re-run it with one more --medium (or --appliance) added, with room for about {} \
+             (the rest of the disk, and the span's copies of the index and manifests, this \
+             medium's moving there): {resume}; or remove this unfinished capture with \
              `mgear capture --abort {} --name {}` ({err:#})",
-            human_bytes(needed),
-            human_bytes(reserve),
+            human_bytes(short),
+            human_bytes(needed.saturating_add(own).saturating_add(reserve)),
             args.medium.as_args(),
             image_format::set::owner(&args.name)
         ),
