@@ -711,12 +711,20 @@ impl<S: Store> CaptureReader<S> {
                 .holder(&path)
                 .filter(|m| span.attached().contains(&m.ordinal))
             {
+                // Named as given too: the map names a member as it joined, and an older copy
+                // given in its place was told by the original's name, "given".
+                let given = span
+                    .given_as(m.ordinal)
+                    .map(|g| format!(" (given as {g})"))
+                    .unwrap_or_default();
                 return corrupt(
                     self.location(index, l),
                     format!(
-                        "the span map places the segment holding this chunk on {}, which is \
-                         given, but it is not there: it was removed or replaced on that medium; \
-                         do not use this shipment as it is, ask for another copy",
+                        "the span map places the segment holding this chunk on {}{given}, but it \
+                         is not there: it was removed on that medium, or the medium given is a \
+                         copy of it made before this segment was written; do not use this \
+                         shipment as it is: give that medium as it left the capture site, or \
+                         ask for another copy",
                         span.map().describe(m.ordinal)
                     ),
                 );

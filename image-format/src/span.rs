@@ -426,6 +426,9 @@ pub struct SpanOptions {
 struct Attached<M> {
     ordinal: u16,
     store: M,
+    /// How the medium was given (`fat:copy.img`), where known: the map names each member as
+    /// it joined, and a copy given in its place was named by the original's name.
+    given: Option<String>,
 }
 
 /// Several media seen as one [`Store`]: segments placed, the rest mirrored.
@@ -635,6 +638,7 @@ impl<M: Store> SpanStore<M> {
                     Attached {
                         ordinal: l.ordinal,
                         store,
+                        given: Some(name),
                     },
                     None,
                 )),
@@ -645,6 +649,7 @@ impl<M: Store> SpanStore<M> {
                         Attached {
                             ordinal: l.ordinal,
                             store,
+                            given: Some(name.clone()),
                         },
                         Some(name),
                     ));
@@ -660,6 +665,7 @@ impl<M: Store> SpanStore<M> {
                         Attached {
                             ordinal: next,
                             store,
+                            given: Some(name.clone()),
                         },
                         Some(name),
                     ));
@@ -778,11 +784,12 @@ impl<M: Store> SpanStore<M> {
                         map_damage.push((l.ordinal, why));
                     }
                     maps.push(map);
-                    names.push(name);
                     attached.push(Attached {
                         ordinal: l.ordinal,
                         store,
+                        given: Some(name.clone()),
                     });
+                    names.push(name);
                 }
                 Some(SpanInfo { label: None, .. }) if id.is_some() && strict => {
                     return Err(Error::Usage(format!(
@@ -834,6 +841,7 @@ impl<M: Store> SpanStore<M> {
             attached.push(Attached {
                 ordinal: next,
                 store,
+                given: None,
             });
             next = next.saturating_add(1);
         }
@@ -1507,6 +1515,10 @@ pub trait SpanView {
     fn relabelled(&self) -> Vec<(String, u16, u16)> {
         Vec::new()
     }
+    /// How the attached medium of member `ordinal` was given, where known.
+    fn given_as(&self, _ordinal: u16) -> Option<String> {
+        None
+    }
 }
 
 impl<M: Store> SpanView for SpanStore<M> {
@@ -1520,6 +1532,13 @@ impl<M: Store> SpanView for SpanStore<M> {
 
     fn attached(&self) -> Vec<u16> {
         self.media.iter().map(|a| a.ordinal).collect()
+    }
+
+    fn given_as(&self, ordinal: u16) -> Option<String> {
+        self.media
+            .iter()
+            .find(|a| a.ordinal == ordinal)
+            .and_then(|a| a.given.clone())
     }
 
     fn damaged_maps(&self) -> Vec<(u16, String)> {

@@ -1973,7 +1973,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         warnings.extend(warn_if_short_of_space(p, &reader));
         if args.force
             && p.is_file()
-            && crate::sync::served_before(p, &reader.manifest().capture_id, reader.name())
+            && crate::target::served_before(p, &reader.manifest().capture_id, reader.name())
         {
             warnings.push(warn(format!(
                 "--force: {} was kept up to date by `mgear serve` (syncs from the source were \
@@ -1990,7 +1990,7 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // (`ingested_from` is `None` for a file that is not there.)
         if let (Some(root), false) = (ingested_from(&sdir, p), args.force) {
             if root == *reader.manifest_root()
-                && crate::sync::served_before(p, &reader.manifest().capture_id, reader.name())
+                && crate::target::served_before(p, &reader.manifest().capture_id, reader.name())
             {
                 // Kept up to date since by serve and sync: what changed is the machine's newer
                 // disk, and "pass --force to write it again" put this generation back over it

@@ -341,6 +341,21 @@ pub fn run(args: Request) -> crate::Result<i32> {
             )));
         }
     }
+    // One member of a span given twice (a byte copy beside its original): verify and ingest
+    // refuse it, and the shipment was "complete" here.
+    let mut seen: std::collections::HashMap<(&str, u16), &str> = Default::default();
+    for m in &media {
+        let Some(span) = &m.span else { continue };
+        for &o in &span.this {
+            if let Some(first) = seen.insert((span.id.as_str(), o), m.medium.as_str()) {
+                return Err(crate::exit::usage(format!(
+                    "medium #{o} of span {} is given twice ({first} and {}): give each medium \
+                     once (of a copy and its original, the one that left the capture site)",
+                    span.id, m.medium
+                )));
+            }
+        }
+    }
     // A span's machines may have records on a medium not given: the
     // shipment is not complete without it, whatever the manifests say.
     ship.missing_media = missing_span_media(&media);
@@ -1630,6 +1645,33 @@ fn missing_span_media(media: &[MediumJson]) -> Vec<String> {
         }
         let given: std::collections::HashSet<u16> =
             copies.iter().flat_map(|x| x.this.iter().copied()).collect();
+        // A medium whose own copy of the map places fewer segments on it than the other
+        // copies do is an older copy of that member (made before the span's later runs): the
+        // shipment was "complete", and verify and ingest then found its segments missing.
+        for x in media
+            .iter()
+            .filter(|x| x.span.as_ref().is_some_and(|s| s.id == first.id))
+        {
+            let Some(span) = &x.span else { continue };
+            for &o in &span.this {
+                let own = span
+                    .media
+                    .iter()
+                    .find(|m| m.ordinal == o)
+                    .map(|m| m.segments);
+                let newest = members.get(&o).map(|m| m.segments);
+                if let (Some(own), Some(newest)) = (own, newest) {
+                    if own < newest {
+                        out.push(format!(
+                            "medium #{o} of span {} as it is now: {} is an older copy of it (its \
+                             map places {own} segment(s) on it, the other media's {newest}): \
+                             give that medium as it left the capture site",
+                            first.id, x.medium
+                        ));
+                    }
+                }
+            }
+        }
         for member in members.values().filter(|x| !x.lost) {
             if !given.contains(&member.ordinal) {
                 // Given under the name it joined with, and holding no span now: formatted

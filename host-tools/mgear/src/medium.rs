@@ -651,11 +651,7 @@ impl Where {
                         "medium {spec} refuses writes ({why}): a capture onto it would stop at \
                          its first write"
                     ),
-                    "make it writable (a loop device attached with `losetup -r`: detach it and \
-                     attach it again without -r; `blockdev --setrw DEVICE` for a device set \
-                     read-only; `mount -o remount,rw` for a file system; `chattr -i` for an \
-                     immutable image; the write-protect switch of a card or stick) or give a \
-                     medium that is, then run the same command again",
+                    READ_ONLY_HINT,
                 ));
             }
         }
@@ -930,6 +926,13 @@ fn holds_captures(dir: &Path) -> bool {
         })
     })
 }
+
+/// How to make a medium that refuses writes writable.
+const READ_ONLY_HINT: &str = "make it writable (a loop device attached with `losetup -r`: \
+     detach it and attach it again without -r; `blockdev --setrw DEVICE` for a device set \
+     read-only; `mount -o remount,rw` for a file system; `chattr -i` for an immutable image; the \
+     write-protect switch of a card or stick) or give a medium that is, then run the same \
+     command again";
 
 /// Why the medium `spec` refuses writes, found without writing: a block device marked
 /// read-only (its sysfs `ro`: `losetup -r`, `blockdev --setro`, a write-protect switch), or an
@@ -1379,6 +1382,18 @@ pub fn format_medium(
                 "{} is a device: --size applies to image files only",
                 path.display()
             )));
+        }
+        // Said as a capture says it: "wiping old signatures: Operation not permitted" came
+        // with advice about the user's permissions.
+        if let Some(why) = refuses_writes(&format!("fat:{}", path.display())) {
+            return Err(crate::exit::coded_hint(
+                crate::exit::IO,
+                format!(
+                    "{} refuses writes ({why}): it cannot be formatted; nothing was written",
+                    path.display()
+                ),
+                READ_ONLY_HINT,
+            ));
         }
         let found = if is_dev {
             crate::guard::refuse_if_holds_data(path, force, "formatting")?

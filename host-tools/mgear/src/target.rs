@@ -241,6 +241,48 @@ pub(crate) fn xdg_state_home() -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
 }
 
+/// Where `mgear serve` keeps its records of the volumes it served (`crate::sync`'s), none
+/// without a state directory. Here, below ingest and serve, as ingest reads them too.
+pub(crate) fn serve_records_dir() -> Option<PathBuf> {
+    Some(match xdg_state_home() {
+        Some(s) => s.join("mgear/serve"),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".local/state/mgear/serve"),
+    })
+}
+
+/// The serve record of the file at `volume`, by its device and inode, in `dir`.
+pub(crate) fn serve_record_path(
+    dir: &std::path::Path,
+    volume: &std::path::Path,
+) -> Option<PathBuf> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(volume).ok()?;
+    let digest = sha2::Sha256::digest(format!("{}:{}", m.dev(), m.ino()).as_bytes());
+    let file: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Some(dir.join(file))
+}
+
+/// Whether a serve record's text names capture `name` of id `capture` (lower-case hex).
+pub(crate) fn serve_record_names(text: &str, capture: &str, name: &str) -> bool {
+    let mut lines = text.lines();
+    lines.next() == Some("mgear-serve-record 2")
+        && lines.next() == Some(&format!("capture {capture}"))
+        && lines.next() == Some(&format!("name {name}"))
+}
+
+/// Whether a serve of capture `name` (`capture_id`) recorded the file at `volume` (by its
+/// device and inode) as the volume it served: its syncs went into it.
+pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> bool {
+    let Some(path) = serve_records_dir().and_then(|d| serve_record_path(&d, volume)) else {
+        return false;
+    };
+    let capture: String = capture_id.iter().map(|b| format!("{b:02x}")).collect();
+    // Not a record of an earlier file whose inode this one was given.
+    !crate::guard::born_after(volume, &path)
+        && std::fs::read_to_string(&path).is_ok_and(|t| serve_record_names(&t, &capture, name))
+}
+
 /// The ingest state dir: `--state-dir`, else `$XDG_STATE_HOME/mgear/ingest` (or
 /// `~/.local/state/mgear/ingest`), created 0700. Resume states and the markers of volumes
 /// that have no unfinished name of their own live there (what `mgear boot` checks).

@@ -3716,6 +3716,17 @@ fn a_read_only_medium_or_one_inside_another_is_refused_before_the_plan() {
             output_text(&o)
         );
     }
+    // A format of it says the same (it was "wiping old signatures: Operation not permitted"
+    // with advice about permissions).
+    let o = e.run(&["medium", "format", &ro, "--force"]);
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert!(
+        output_text(&o)
+            .contains("refuses writes (the device is read-only): it cannot be formatted")
+            && output_text(&o).contains("without -r"),
+        "{}",
+        output_text(&o)
+    );
     drop(lo);
     assert_eq!(
         tree(&e.p("m.img")),

@@ -39,7 +39,6 @@ use crate::units::human_bytes;
 
 pub use cutover::cutover;
 pub use source::Stats;
-pub use target::served_before;
 
 /// `mgear serve`, typed (the binary's `cli::sync` fills it in from the flags).
 #[derive(Debug)]
@@ -452,7 +451,7 @@ fn refuse_unrecorded_volume(
 ) -> crate::Result<()> {
     let sdir = crate::target::state_dir(None)?;
     if crate::ingest::ingested_from(&sdir, p).is_some_and(|r| roots.contains(&r))
-        || target::served_before(p, capture_id, name)
+        || crate::target::served_before(p, capture_id, name)
     {
         return Ok(());
     }

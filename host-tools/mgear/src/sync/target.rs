@@ -146,16 +146,6 @@ struct Record {
     name: String,
 }
 
-/// Whether a serve of capture `name` (`capture_id`) recorded the file at `volume` (by its
-/// device and inode) as the volume it served.
-pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16], name: &str) -> bool {
-    Record::of(volume, capture_id, name).is_some_and(|r| {
-        // Not a record of an earlier file whose inode this one was given.
-        !crate::guard::born_after(volume, &r.path)
-            && std::fs::read_to_string(&r.path).is_ok_and(|t| r.names_it(&t))
-    })
-}
-
 /// Of the serves of capture `name` (`capture_id`) on this host, whether the one that last
 /// completed a session kept `volume` (by device and inode) in sync: `None` when no serve of it
 /// recorded a volume here. A copy once served (with `--force`) and left behind is not the
@@ -200,12 +190,7 @@ impl Record {
 
     /// Where the records are kept (none without a state directory).
     fn dir() -> Option<std::path::PathBuf> {
-        Some(match crate::target::xdg_state_home() {
-            Some(s) => s.join("mgear/serve"),
-            None => {
-                std::path::PathBuf::from(std::env::var_os("HOME")?).join(".local/state/mgear/serve")
-            }
-        })
+        crate::target::serve_records_dir()
     }
 
     /// The record of a volume that is no file, by its spec (none without a state directory).
@@ -242,10 +227,7 @@ impl Record {
 
     /// Whether a record's text names this capture (id and name).
     fn names_it(&self, text: &str) -> bool {
-        let mut lines = text.lines();
-        lines.next() == Some("mgear-serve-record 2")
-            && lines.next() == Some(&format!("capture {}", self.capture))
-            && lines.next() == Some(&format!("name {}", self.name))
+        crate::target::serve_record_names(text, &self.capture, &self.name)
     }
 
     /// The record of the file at `volume` in `dir`.
@@ -255,13 +237,8 @@ impl Record {
         capture_id: &[u8; 16],
         name: &str,
     ) -> Option<Record> {
-        use sha2::Digest as _;
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(volume).ok()?;
-        let digest = sha2::Sha256::digest(format!("{}:{}", m.dev(), m.ino()).as_bytes());
-        let file: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Some(Record {
-            path: dir.join(file),
+            path: crate::target::serve_record_path(dir, volume)?,
             capture: capture_id.iter().map(|b| format!("{b:02x}")).collect(),
             name: name.to_string(),
         })
