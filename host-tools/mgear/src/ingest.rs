@@ -2094,6 +2094,37 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             }
         }
     }
+    // Finished by this capture's ingest under the default state dir, and run again with
+    // another `--state-dir`: "exists: pass --force" did not say that the run it was kept by
+    // is the one that keeps it.
+    if let (Target::File(p) | Target::Qcow2(p), false, Some(_)) =
+        (&target, args.force, &args.state_dir)
+    {
+        // Looked at where it is, never made.
+        let default = crate::target::xdg_state_home()
+            .map(|s| s.join("mgear/ingest"))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/mgear/ingest"))
+            })
+            .filter(|d| {
+                d.is_dir() && std::fs::canonicalize(d).ok() != std::fs::canonicalize(&sdir).ok()
+            });
+        if let Some(default) = default {
+            if p.exists() && ingested_from(&default, p).as_ref() == Some(reader.manifest_root()) {
+                return Err(usage(format!(
+                    "{} holds {} generation {}, finished by an ingest whose state is in {} (not \
+                     the --state-dir {} given): run this command without --state-dir to keep it \
+                     as it is (it is read back first), or pass --force to write it again; \
+                     nothing was written",
+                    p.display(),
+                    reader.name(),
+                    reader.generation(),
+                    default.display(),
+                    sdir.display()
+                )));
+            }
+        }
+    }
     if let (Target::File(p), false) = (&target, args.force) {
         refuse_other_unfinished(&sdir, p, &State::header_of(&reader))?;
     }

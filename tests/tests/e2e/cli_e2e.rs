@@ -1972,3 +1972,37 @@ fn cli_format_of_a_bare_path_names_the_fat_spelling() {
     );
     assert!(!e.p("plain.img").exists());
 }
+
+/// A finished ingest run again with another `--state-dir` was told only "exists: pass
+/// --force": the state that keeps it is named, and nothing is written.
+#[test]
+fn a_finished_volume_run_again_with_another_state_dir_names_the_state_that_keeps_it() {
+    let e = Env::new();
+    e.keygen();
+    make_disk(&e.p("disk.raw"), 3, 12);
+    fs::create_dir(e.p("mnt")).unwrap();
+    e.capture("dir:mnt", "web01").source("disk.raw").ok();
+    let ingest = || {
+        e.ingest("dir:mnt", "web01")
+            .untrusted()
+            .target("file:v.raw")
+            .unsealed()
+    };
+    ingest().ok();
+    let before = fs::metadata(e.p("v.raw")).unwrap().modified().unwrap();
+    let o = ingest().args(&["--state-dir", "other"]).run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("finished by an ingest whose state is in")
+            && output_text(&o).contains("without --state-dir to keep it"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        fs::metadata(e.p("v.raw")).unwrap().modified().unwrap(),
+        before
+    );
+    // As told: kept.
+    let o = ingest().run();
+    assert!(output_text(&o).contains("kept"), "{}", output_text(&o));
+}
