@@ -1224,11 +1224,89 @@ pub fn captures_held(path: &Path) -> Vec<String> {
     let Ok(file) = File::open(path) else {
         return Vec::new();
     };
-    let dev = image_format::store::DirectFile::new(file);
-    let Ok(mut store) = FatStore::open_read_only(dev) else {
+    let Ok(whole) = file.try_clone() else {
         return Vec::new();
     };
-    image_format::capture_names(&mut store).unwrap_or_default()
+    if let Ok(mut store) = FatStore::open_read_only(image_format::store::DirectFile::new(whole)) {
+        return image_format::capture_names(&mut store).unwrap_or_default();
+    }
+    // A disk whose media are in its partitions (a stick partitioned, a medium formatted
+    // through a partition's device): `--force` over it said "captures_destroyed: []".
+    let Ok(size) = (&file).seek(SeekFrom::End(0)) else {
+        return Vec::new();
+    };
+    let Ok(table) = mgear_boot::partition::read_table(&mut &file, size) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for part in &table.partitions {
+        let Ok(file) = file.try_clone() else { continue };
+        let window = Window {
+            file,
+            start: part.start,
+            len: part.size.min(size.saturating_sub(part.start)),
+            pos: 0,
+        };
+        if let Ok(mut store) = FatStore::open_read_only(window) {
+            out.extend(
+                image_format::capture_names(&mut store)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| format!("{n} (in partition {})", part.number)),
+            );
+        }
+    }
+    out
+}
+
+/// Bytes `start..start + len` of a file read as a device of their own (a partition's FAT
+/// volume), for reading only.
+struct Window {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl std::io::Read for Window {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        let got =
+            std::os::unix::fs::FileExt::read_at(&self.file, &mut buf[..n], self.start + self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl std::io::Write for Window {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Window {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let at = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = at.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
+    }
+}
+
+impl image_format::store::fat::FatDevice for Window {
+    fn sync_device(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// " with MotionGear captures a, b" of `captures`, or nothing.

@@ -2683,3 +2683,39 @@ fn field_media_a_root_directory_with_a_damaged_name_is_named_not_written_beside(
     assert!(text(&o).contains(said), "{}", text(&o));
     assert_eq!(fs::read(e.p("m.img")).unwrap(), img, "the capture wrote");
 }
+
+/// A disk whose medium is in a partition (formatted through the partition's device): its
+/// format was refused for the partition table alone, and `--force` reported no capture
+/// destroyed. The captures in its partitions are named.
+#[test]
+fn field_media_format_of_a_partitioned_disk_names_the_captures_in_its_partitions() {
+    let e = Env::new();
+    keys(&e);
+    random_disk(&e.p("disk.raw"), 2, 72);
+    e.ok(&["medium", "format", "fat:part.img", "--size", "40MiB"]);
+    e.capture("fat:part.img", "c1")
+        .source("disk.raw")
+        .sign("site.key")
+        .ok();
+    // An MBR disk of 48 MiB whose first partition, at 1 MiB, holds that medium.
+    let part = fs::read(e.p("part.img")).unwrap();
+    let mut disk = vec![0u8; 48 << 20];
+    disk[1 << 20..(1 << 20) + part.len()].copy_from_slice(&part);
+    let entry = &mut disk[446..462];
+    entry[4] = 0x0c;
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&((part.len() / 512) as u32).to_le_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    fs::write(e.p("stick.img"), &disk).unwrap();
+    let o = e.run(&["medium", "format", "fat:stick.img"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("MotionGear capture c1 (in partition 1)"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fs::read(e.p("stick.img")).unwrap(), disk);
+    let v = e.json(&["medium", "format", "fat:stick.img", "--force"]);
+    assert_eq!(v["captures_destroyed"][0], "c1 (in partition 1)", "{v}");
+}
