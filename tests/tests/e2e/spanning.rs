@@ -2168,8 +2168,9 @@ fn a_medium_just_short_asks_to_free_what_the_rest_of_the_disk_needs() {
     let said = output_text(&o);
     let at = said.find("medium full: about ").expect(&said) + "medium full: about ".len();
     let needed: u64 = said[at..].split(' ').next().unwrap().parse().unwrap();
-    // At most the whole disk, 5 % and a chunk more, less what is free.
-    assert!(needed <= (6 << 20) * 105 / 100, "{said}");
+    // At most the whole disk, 5 % and a chunk more (the reserve a span medium keeps, about
+    // 8 MiB here, counted too said twice that).
+    assert!(needed <= (6 << 20) * 105 / 100 + (1 << 20), "{said}");
     assert!(said.contains("more needed on it"), "{said}");
     e.ok(&[
         "medium", "rm", "--medium", &m, "--name", "filler", "--force",
