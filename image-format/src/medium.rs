@@ -51,10 +51,9 @@ pub fn damaged_root_dir<S: Store + ?Sized>(store: &mut S) -> Option<String> {
     // (a padding space of its 8.3 name turned into a character: `MGEAR0`): no nearer, so a
     // directory of the disk's owner (`GEARS`) is not taken for it.
     let near = |name: &str| {
-        let a: Vec<char> = name.chars().map(|c| c.to_ascii_uppercase()).collect();
-        let b: Vec<char> = layout::ROOT_DIR.chars().collect();
-        let replaced = a.len() == b.len() && a.iter().zip(&b).filter(|(x, y)| x != y).count() <= 2;
-        replaced || edit_distance(&a, &b) <= 1
+        let upper = |s: &str| -> Vec<char> { s.chars().map(|c| c.to_ascii_uppercase()).collect() };
+        replaced_at_most_two(name, layout::ROOT_DIR)
+            || edit_distance(&upper(name), &upper(layout::ROOT_DIR)) <= 1
     };
     let found = entries
         .iter()
@@ -71,6 +70,18 @@ pub fn damaged_root_dir<S: Store + ?Sized>(store: &mut S) -> Option<String> {
         found.name,
         layout::ROOT_DIR
     ))
+}
+
+/// Whether names `a` and `b` are as long and differ, without regard to case, in one or two
+/// characters: a name damaged on the medium (a flipped bit or two of a directory entry).
+pub(crate) fn replaced_at_most_two(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    a.len() == b.len()
+        && a.iter()
+            .zip(&b)
+            .filter(|(x, y)| !x.eq_ignore_ascii_case(y))
+            .count()
+            <= 2
 }
 
 /// Levenshtein distance of two short names.

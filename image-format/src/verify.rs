@@ -717,15 +717,6 @@ fn damaged_names(entries: &[crate::store::Entry]) -> Vec<(String, &'static str)>
         set::SET_FILE,
     ];
     let has = |k: &str| entries.iter().any(|e| e.name.eq_ignore_ascii_case(k));
-    let near = |a: &str, b: &str| {
-        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-        a.len() == b.len()
-            && a.iter()
-                .zip(&b)
-                .filter(|(x, y)| !x.eq_ignore_ascii_case(y))
-                .count()
-                <= 2
-    };
     entries
         .iter()
         .filter(|e| e.kind == EntryKind::File)
@@ -734,7 +725,7 @@ fn damaged_names(entries: &[crate::store::Entry]) -> Vec<(String, &'static str)>
         .filter_map(|e| {
             KNOWN
                 .iter()
-                .find(|k| k.len() > 3 && !has(k) && near(&e.name, k))
+                .find(|k| k.len() > 3 && !has(k) && medium::replaced_at_most_two(&e.name, k))
                 .map(|k| (e.name.clone(), *k))
         })
         .collect()

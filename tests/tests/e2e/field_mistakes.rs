@@ -4008,6 +4008,20 @@ fn a_directory_to_boot_and_a_small_file_to_format_are_named_as_they_are() {
 /// host finished another disk's ingest into was written over without a word (only a file
 /// system or partition table was seen), and a device whose own record says it holds a newer
 /// generation was called changed ("does not hold it any more", exit 1).
+/// Ingest disk `disk` of set `name` on the `dir:m` medium into `target`, untrusted.
+fn ingest_disk(e: &Env, name: &str, target: &str, disk: &str, force: bool) -> std::process::Output {
+    let l = e
+        .ingest("dir:m", name)
+        .untrusted()
+        .args(&["--disk", disk])
+        .target(target);
+    if force {
+        l.arg("--force").run()
+    } else {
+        l.run()
+    }
+}
+
 /// An NBD export this host finished another disk into (a typo in the export's name) was
 /// written over without `--force`, exit 0, where a device or a file was refused.
 #[test]
@@ -4024,18 +4038,7 @@ fn an_export_holding_another_ingested_disk_is_refused() {
     let sock = e.p("n.sock");
     let _server = qemu_nbd(&["-t", "-f", "raw"], &sock, &e.p("n.img"));
     let target = format!("nbd+unix:///?socket={}", sock.display());
-    let ingest = |disk: &str, force: bool| {
-        let l = e
-            .ingest("dir:m", "m4")
-            .untrusted()
-            .args(&["--disk", disk])
-            .target(&target);
-        if force {
-            l.arg("--force").run()
-        } else {
-            l.run()
-        }
-    };
+    let ingest = |disk: &str, force: bool| ingest_disk(&e, "m4", &target, disk, force);
     let o = ingest("1", false);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let o = ingest("0", false);
@@ -4072,18 +4075,7 @@ fn a_device_held_by_another_process_or_holding_another_ingested_disk_is_refused(
     fs::write(e.p("d.img"), vec![0u8; 4 << 20]).unwrap();
     let dev = Loop::attach(&e.p("d.img"));
     let target = format!("dev:{}", dev.0);
-    let ingest = |disk: &str, force: bool| {
-        let l = e
-            .ingest("dir:m", "m2")
-            .untrusted()
-            .args(&["--disk", disk])
-            .target(&target);
-        if force {
-            l.arg("--force").run()
-        } else {
-            l.run()
-        }
-    };
+    let ingest = |disk: &str, force: bool| ingest_disk(&e, "m2", &target, disk, force);
     let o = ingest("1", false);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let o = ingest("0", false);
