@@ -1408,20 +1408,8 @@ pub fn refuse_bad_target(medium: &crate::medium::Where, spec: &str) -> crate::Re
     }
     let kind = std::fs::metadata(p).ok().map(|m| m.file_type());
     if kind.is_none() && matches!(target, Target::File(_) | Target::Qcow2(_)) {
-        // Said by its name: the creation's own error named `X.partial` and suggested to
-        // reconnect something.
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if !dir.is_dir() {
-            return Err(usage(format!(
-                "--target {spec}: the directory {} does not exist: create it (`mkdir -p -- {}`) \
-                 or give a path in an existing directory; nothing was written",
-                dir.display(),
-                crate::output::sh(dir.to_string_lossy())
-            )));
-        }
+        // Said by its name: the creation's own error named `X.partial`.
+        crate::output::refuse_missing_parent(&format!("--target {spec}"), p, "")?;
     }
     if let Some(t) = kind {
         if t.is_dir() && matches!(target, Target::Dev(_)) {

@@ -32,22 +32,12 @@ pub struct Keygen {
 /// `mgear keygen`.
 pub fn keygen(args: Keygen) -> crate::Result<i32> {
     let json = crate::output::json();
-    // Said by the directory: "creating nodir/x.key: No such file or directory" came with the
-    // generic advice to reconnect something.
-    let dir = match args.out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(usage(format!(
-            "--out {}: the directory {} does not exist: create it (`mkdir -p -- {}`, and keep \
-             it private: `chmod 700`) or give a path in an existing directory; nothing was \
-             written",
-            args.out.display(),
-            dir.display(),
-            crate::output::sh(dir.to_string_lossy())
-        )));
-    }
+    // Said by the directory: "creating nodir/x.key: No such file or directory".
+    crate::output::refuse_missing_parent(
+        &format!("--out {}", args.out.display()),
+        &args.out,
+        ", and keep it private: `chmod 700`",
+    )?;
     if args.signing {
         let public = crate::sitekey::generate(&args.out, args.force)?;
         let fp = crate::sitekey::fingerprint(&public.to_bytes());

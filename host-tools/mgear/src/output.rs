@@ -32,6 +32,26 @@ pub fn sh(s: impl AsRef<str>) -> String {
     shlex::try_quote(s).map_or_else(|_| s.to_string(), |q| q.into_owned())
 }
 
+/// Refuse (exit 2) a file `path` to be made in a directory that does not exist, naming the
+/// directory and the `mkdir` that makes it (`also`: said after that command); `flag` is the
+/// option as given (`--out x/k.key`). The creation's own error named the file, with the
+/// generic advice to reconnect something.
+pub fn refuse_missing_parent(flag: &str, path: &std::path::Path, also: &str) -> crate::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(crate::exit::usage(format!(
+        "{flag}: the directory {} does not exist: create it (`mkdir -p -- {}`{also}) or give a \
+         path in an existing directory; nothing was written",
+        dir.display(),
+        sh(dir.to_string_lossy())
+    )))
+}
+
 /// Record the command's name (`"appliance log"`) and whether `--json` was given.
 pub fn init(command: &str, json: bool) {
     let _ = COMMAND.set(command.to_string());
