@@ -416,27 +416,47 @@ impl Drop for Background {
     }
 }
 
-/// `qemu-nbd ARGS -k SOCK IMAGE` in the background, once its Unix socket exists.
+/// `qemu-nbd ARGS -k SOCK IMAGE` in the background, once it serves.
+///
+/// Waits for its `--pid-file`, which qemu-nbd writes only once the socket listens and the
+/// export is added: the socket file alone appears between bind and listen (a client then
+/// was refused now and then on a loaded machine).
 pub fn qemu_nbd(args: &[&str], sock: &Path, image: &Path) -> Background {
-    let server = Background(
+    let pid_file = sock.with_extension("pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let mut server = Background(
         Command::new("qemu-nbd")
             .args(args)
             .arg("-k")
             .arg(sock)
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg(image)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("qemu-nbd (Debian: qemu-utils)"),
     );
     let start = Instant::now();
-    while !sock.exists() {
+    while !std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty()) {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = server.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!(
+                "qemu-nbd {args:?} {} exited ({status}): {err}",
+                image.display()
+            );
+        }
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "qemu-nbd did not start"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    // Its stderr is not read past start-up: a full pipe must not stall it.
+    drop(server.0.stderr.take());
     server
 }
 

@@ -375,9 +375,17 @@ pub fn sweep_abandoned(conn: &str) -> Vec<String> {
         if !virsh(conn, &["desc", name]).is_ok_and(|d| d.trim() == DESCRIPTION) {
             continue;
         }
-        let _ = virsh(conn, &["destroy", name]);
-        if virsh(conn, &["undefine", "--nvram", name]).is_ok() {
-            removed.push(name.to_string());
+        // A domain still starting (its boot killed during `virsh start`) holds libvirt's job
+        // lock for a while: destroy and undefine then fail at first, and the domain ran on.
+        for attempt in 0..10 {
+            let _ = virsh(conn, &["destroy", name]);
+            let _ = virsh(conn, &["undefine", "--nvram", name]);
+            let listed = virsh(conn, &["list", "--all", "--name"]);
+            if listed.is_ok_and(|l| !l.lines().any(|l| l.trim() == name)) {
+                removed.push(name.to_string());
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200 << attempt.min(4)));
         }
         // The serial log's directory (`tempfile` adds a suffix to the name's prefix).
         if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {

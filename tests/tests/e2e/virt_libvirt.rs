@@ -207,6 +207,12 @@ fn libvirt_boot_fails_on_virtio_without_drivers_and_refuses_plain_files() {
         assert!(std::time::Instant::now() < deadline, "no domain {prefix}*");
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Killed once its domain has started (not in the middle of `virsh start`): a boot killed
+    // then left a domain that ran on, which is what the next boot must find.
+    while virsh(&["domstate", &left]).trim() != "running" {
+        assert!(std::time::Instant::now() < deadline, "{left} never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     killed.kill().unwrap();
     killed.wait().unwrap();
     assert_eq!(running().as_deref(), Some(left.as_str()), "the domain went");
@@ -226,7 +232,8 @@ fn libvirt_boot_fails_on_virtio_without_drivers_and_refuses_plain_files() {
     let text = mgear_tests::output_text(&o);
     assert!(
         text.contains(&format!("removed libvirt domain {left}: a boot killed")),
-        "{text}"
+        "{text}\nvirsh list --all: {}",
+        virsh(&["list", "--all", "--name"])
     );
     assert!(
         !virsh(&["list", "--all", "--name"]).contains(&left),
