@@ -892,6 +892,10 @@ pub struct ManifestFile {
     pub mac: [u8; 32],
     /// Length of header + body (what `root` and `mac` cover).
     pub signed_len: usize,
+    /// Header + body as read: the MAC is checked over these bytes, not over the fields
+    /// encoded again (bytes a field's value does not use, such as the appliance id of a
+    /// manifest that names none, were otherwise changed unseen).
+    pub signed: Vec<u8>,
 }
 
 impl Manifest {
@@ -1070,6 +1074,7 @@ impl Manifest {
             root,
             mac,
             signed_len,
+            signed: b[..signed_len].to_vec(),
         })
     }
 }

@@ -106,15 +106,33 @@ impl RecordBuffers {
 /// the wrong key; a key that passes it but fails the MAC means the manifest
 /// was modified.
 pub(crate) fn check_manifest_mac(name: &str, f: &ManifestFile, keys: &Subkeys) -> Result<()> {
+    check_mac_of(name, f, keys, false)
+}
+
+/// [`check_manifest_mac`] where `keys` came out of this capture's own key slot
+/// (`from_slot`): the slot's AEAD proved the key is this capture's, so a key check that
+/// differs is a modified manifest, not a wrong key (it told the operator to replace a right
+/// key, or to have the disk captured again).
+fn check_mac_of(name: &str, f: &ManifestFile, keys: &Subkeys, from_slot: bool) -> Result<()> {
+    let path = || layout::generation_file(name, f.manifest.generation, layout::MANIFEST_FILE);
+    let at = || {
+        Location::capture(name)
+            .generation(f.manifest.generation)
+            .file(&path())
+    };
     if keys.key_check() != f.manifest.key_check {
+        if from_slot {
+            return Err(corrupt(
+                at(),
+                "the manifest's key check does not match the key its capture's key slot holds \
+                 (the key opened the slot, so it is the right key): the manifest was modified",
+            ));
+        }
         return Err(Error::WrongKey { name: name.into() });
     }
-    if keys.manifest_mac(&f.manifest.signed_bytes()) != f.mac {
-        let path = layout::generation_file(name, f.manifest.generation, layout::MANIFEST_FILE);
+    if keys.manifest_mac(&f.signed) != f.mac {
         return Err(corrupt(
-            Location::capture(name)
-                .generation(f.manifest.generation)
-                .file(&path),
+            at(),
             "manifest MAC does not verify: the manifest was modified",
         ));
     }
@@ -258,7 +276,7 @@ impl<S: Store> CaptureReader<S> {
                 ),
             ));
         }
-        Self::open_manifest(store, name, f, &key)
+        Self::open_manifest(store, name, f, &key, slot_id.is_some())
     }
 
     /// Like [`open`](Self::open) with the data key itself (from a key cache).
@@ -270,12 +288,18 @@ impl<S: Store> CaptureReader<S> {
     ) -> Result<Self> {
         let name = &verify::stored_name(&mut store, name)?;
         let f = find_manifest(&mut store, name, generation)?;
-        Self::open_manifest(store, name, f, key)
+        Self::open_manifest(store, name, f, key, false)
     }
 
-    fn open_manifest(mut store: S, name: &str, f: ManifestFile, key: &DataKey) -> Result<Self> {
+    fn open_manifest(
+        mut store: S,
+        name: &str,
+        f: ManifestFile,
+        key: &DataKey,
+        from_slot: bool,
+    ) -> Result<Self> {
         let keys = Subkeys::derive(key, &f.manifest.capture_id);
-        check_manifest_mac(name, &f, &keys)?;
+        check_mac_of(name, &f, &keys, from_slot)?;
         let root = f.root;
         let m = f.manifest;
         check_peers_pinned(&mut store, name, &m)?;

@@ -910,6 +910,52 @@ fn tampered_manifest_and_index_are_caught() {
         "{e}"
     );
     assert!(!full(&mut g).is_ok());
+    // Its key check changed: the key opened the capture's own slot, so that is a modified
+    // manifest, not a wrong key (it sent the operator to replace a right key).
+    let mut g = Fixture {
+        store: f.store.clone(),
+        ..fixture_like(&f)
+    };
+    let mut mf = layout::Manifest::decode(&file(&mut g.store, mpath)).unwrap();
+    mf.manifest.key_check[0] ^= 1;
+    *g.store.file_mut(mpath).unwrap() = mf.manifest.encode(&mf.mac);
+    let e = CaptureReader::open(&mut g.store, "web01", None, &Unlock::Identity(f.id.clone()))
+        .unwrap_err();
+    assert!(!matches!(e, Error::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("the manifest was modified"), "{e}");
+    // Bytes no field's value uses (the appliance id of a manifest naming no appliance),
+    // changed with the root hash and CRC made again: decoded and encoded again they read the
+    // same, so a MAC over the re-encoded fields passed; the MAC is over the bytes as read.
+    let mut g = Fixture {
+        store: f.store.clone(),
+        ..fixture_like(&f)
+    };
+    let raw = file(&mut g.store, mpath);
+    let mf = layout::Manifest::decode(&raw).unwrap();
+    assert!(mf.manifest.appliance_id.is_none());
+    let mut signed = raw[..mf.signed_len].to_vec();
+    let at = 24 + 16 + 4 + 4 + 1 + "web01".len() + 4 + 8 + 8 + 8;
+    assert_eq!(signed[at], 0, "the has-appliance byte");
+    signed[at + 1] ^= 0x5a;
+    let mut forged = signed.clone();
+    forged.extend_from_slice(blake3::hash(&signed).as_bytes());
+    forged.extend_from_slice(&mf.mac);
+    let crc = crc32fast::hash(&forged);
+    forged.extend_from_slice(&crc.to_le_bytes());
+    let back = layout::Manifest::decode(&forged).unwrap();
+    assert!(back.manifest == mf.manifest, "the fields read the same");
+    *g.store.file_mut(mpath).unwrap() = forged;
+    let e = CaptureReader::open(&mut g.store, "web01", None, &Unlock::Identity(f.id.clone()))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("manifest MAC does not verify"),
+        "{e}"
+    );
+    // A key from elsewhere (a key cache) that fails the key check is still the wrong key.
+    let other = crate::DataKey::generate().unwrap();
+    let e =
+        CaptureReader::open(&mut f.store.clone(), "web01", None, &Unlock::Key(other)).unwrap_err();
+    assert!(matches!(e, Error::WrongKey { .. }), "{e}");
     // INDEX byte flipped.
     let mut g = Fixture {
         store: f.store.clone(),

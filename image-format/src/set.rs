@@ -211,6 +211,9 @@ pub struct SetFile {
     pub root: [u8; 32],
     /// Keyed blake3 of the signed part (manifest-MAC subkey of the shared key).
     pub mac: [u8; 32],
+    /// The signed part as read (or written): the MAC is checked over these bytes, not over
+    /// the fields encoded again, so bytes a field's value does not use cannot change unseen.
+    pub signed: Vec<u8>,
 }
 
 fn clip(s: &str, max: usize) -> &[u8] {
@@ -397,6 +400,7 @@ impl SetFile {
             },
             root,
             mac,
+            signed: b[..signed_len].to_vec(),
         })
     }
 
@@ -411,7 +415,8 @@ impl SetFile {
                 name: s.name.clone(),
             });
         }
-        if s.mac(key) != self.mac {
+        let mac = crate::keys::Subkeys::derive(key, &s.capture_id).manifest_mac(&self.signed);
+        if mac != self.mac {
             return Err(Error::corrupt(
                 Location::capture(&s.name)
                     .generation(s.generation)
@@ -678,8 +683,14 @@ pub fn write_set_of_streams<S: Store + ?Sized>(
     set.key_check = SetManifest::key_check_of(key, &set.capture_id);
     let mac = set.mac(key);
     write_set(store, &set, &mac)?;
-    let root = *blake3::hash(&set.signed_bytes()).as_bytes();
-    Ok(SetFile { set, root, mac })
+    let signed = set.signed_bytes();
+    let root = *blake3::hash(&signed).as_bytes();
+    Ok(SetFile {
+        set,
+        root,
+        mac,
+        signed,
+    })
 }
 
 /// Opens generation `generation` (default: the newest) of set `name` for a

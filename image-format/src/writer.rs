@@ -175,6 +175,9 @@ pub struct CaptureSummary {
     pub manifest_root: [u8; 32],
     /// First chunk this run wrote (non-zero after a resume).
     pub resumed_from: u64,
+    /// This run continued an unfinished generation (a cut-off run's): `resumed_from` is 0
+    /// when that run reached no checkpoint, and every chunk was read again.
+    pub resumed: bool,
     /// Chunks stored again because the parent's record of the same chunk is on a medium
     /// declared lost: the same disk, not a changed one (counted by this run only).
     pub recaptured_chunks: u64,
@@ -501,6 +504,8 @@ pub struct CaptureWriter<S: Store> {
     seq: u64,
     stats: Stats,
     resume_from: u64,
+    /// See [`CaptureSummary::resumed`].
+    resumed: bool,
     encoder: ChunkEncoder,
 }
 
@@ -640,6 +645,7 @@ impl<S: Store> CaptureWriter<S> {
             seq: 0,
             stats: Stats::default(),
             resume_from: 0,
+            resumed: false,
         };
         match tail {
             Some((g, Some(j))) => {
@@ -1322,6 +1328,7 @@ impl<S: Store> CaptureWriter<S> {
             disk_digest,
             manifest_root: decoded.root,
             resumed_from: self.resume_from,
+            resumed: self.resumed,
             recaptured_chunks: self.stats.recaptured_chunks,
             damaged_parent: core::mem::take(&mut self.damaged_parent),
         })
@@ -1969,6 +1976,7 @@ impl<S: Store> CaptureWriter<S> {
         }
         self.checkpointed = self.entries.len() as u64;
         self.resume_from = self.checkpointed;
+        self.resumed = true;
         self.load_siblings()?;
         self.load_peers()?;
         self.write_journal(JournalState::InProgress)
@@ -2309,7 +2317,7 @@ mod tests {
         }
     }
 
-    /// The checkpoint run beside the sealing of the next batch covers what    /// The checkpoint run beside the sealing of the next batch covers what
+    /// The checkpoint run beside the sealing of the next batch covers what
     /// was appended before it, not the batch: after a power cut the capture
     /// resumes at the batch, and the finished capture reads back.
     #[test]
@@ -2349,6 +2357,45 @@ mod tests {
             .unwrap();
         w.finish().unwrap();
         assert!(read_back(&mut after, key) == data);
+    }
+
+    /// A run cut off before its first checkpoint: the next one continues the unfinished
+    /// generation from chunk 0, and its summary says it resumed (it read like a fresh capture,
+    /// after the cut-off run's error had said the next one resumes).
+    #[test]
+    fn a_resume_from_no_checkpoint_is_said_to_be_one() {
+        let cs = 64 * 1024u32;
+        let data: Vec<u8> = (0..3 * cs).map(|i| (i % 251) as u8).collect();
+        let chunk = |enc: &crate::ChunkEncoder, i: u64| {
+            let r = (i * u64::from(cs)) as usize..((i + 1) * u64::from(cs)) as usize;
+            enc.encode(i, &data[r]).unwrap()
+        };
+        let key = DataKey::generate().unwrap();
+        let mut first = MemStore::new();
+        let mut w =
+            CaptureWriter::begin(&mut first, params(cs, data.len()), Some(key.clone())).unwrap();
+        let enc = w.encoder();
+        w.append(chunk(&enc, 0)).unwrap();
+        drop(w);
+        let mut after = first.after_power_loss();
+        let mut w =
+            CaptureWriter::begin(&mut after, params(cs, data.len()), Some(key.clone())).unwrap();
+        assert_eq!(w.resume_from(), 0);
+        let enc = w.encoder();
+        for i in 0..3 {
+            w.append(chunk(&enc, i)).unwrap();
+        }
+        let s = w.finish().unwrap();
+        assert!(s.resumed && s.resumed_from == 0, "{s:?}");
+        assert!(read_back(&mut after, key.clone()) == data);
+        // A capture that continued nothing says so too.
+        let mut fresh = MemStore::new();
+        let mut w = CaptureWriter::begin(&mut fresh, params(cs, data.len()), Some(key)).unwrap();
+        let enc = w.encoder();
+        for i in 0..3 {
+            w.append(chunk(&enc, i)).unwrap();
+        }
+        assert!(!w.finish().unwrap().resumed);
     }
 
     /// A record of the segment open at the checkpoint, changed on the medium

@@ -599,6 +599,26 @@ fn print_problems(problems: &[Problem], port: &Path) {
     }
 }
 
+/// The lock on the appliance's medium that commands writing or reading it through this host
+/// hold ([`crate::lock::lock_export`]), taken for a command the appliance carries out on its
+/// own medium: refused at once, naming the holder, while a capture writes it. `None` where the
+/// medium is not an export of this host's (a board's USB disk).
+fn hold_medium(
+    c: &mut Client,
+    port: &Path,
+    exclusive: bool,
+) -> crate::Result<Option<crate::lock::MediumLock>> {
+    let i = info(c)?;
+    match i.medium_locator.parse::<mgear_nbd::NbdUrl>() {
+        Ok(mgear_nbd::NbdUrl::Unix { socket, .. }) => crate::lock::lock_export(
+            &mgear_nbd::export_lock_path(&socket),
+            exclusive,
+            &format!("the appliance at {}", port.display()),
+        ),
+        _ => Ok(None),
+    }
+}
+
 pub(crate) fn info(c: &mut Client) -> crate::Result<Info> {
     match c.call(&Request::Info)? {
         Response::Info(i) => Ok(i),
@@ -677,7 +697,14 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
             )
         }
         Cmd::Lock => expect_simple(c, &Request::Lock, json, "locked: the medium is read-only"),
-        Cmd::Verify => match c.call_progress(&Request::Verify, &mut progress_printer(json))? {
+        Cmd::Verify => {
+            // A capture writing through this host: its generation is unfinished until it ends,
+            // which the appliance's verify told as a problem ("resume or --abort" a live
+            // capture) and kept in the custody log for good.
+            let held = hold_medium(c, port, false)?;
+            let reply = c.call_progress(&Request::Verify, &mut progress_printer(json))?;
+            drop(held);
+            match reply {
             // Erased with --overwrite, the medium holds zeros by design: "does not hold a FAT32
             // file system ... `mgear medium format`" sent the operator after a fault there is
             // none of.
@@ -730,36 +757,44 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                 Ok(if ok { 0 } else { 1 })
             }
             other => bail!("unexpected reply to Verify: {other:?}"),
-        },
-        Cmd::Seal => match c.call_progress(&Request::Seal, &mut progress_printer(json))? {
-            Response::Sealed {
-                attestation,
-                report,
-            } => {
-                // A member of a span: the others are sealed on their own appliances, and one
-                // left unlocked can be written and sealed by whoever carries it.
-                let span = image_format::span::SPAN_FILE;
-                if attestation.body.files.iter().any(|f| f.path == span) {
-                    eprintln!(
+            }
+        }
+        Cmd::Seal => {
+            let held = hold_medium(c, port, true)?;
+            let reply = c.call_progress(&Request::Seal, &mut progress_printer(json))?;
+            drop(held);
+            match reply {
+                Response::Sealed {
+                    attestation,
+                    report,
+                } => {
+                    // A member of a span: the others are sealed on their own appliances, and one
+                    // left unlocked can be written and sealed by whoever carries it.
+                    let span = image_format::span::SPAN_FILE;
+                    if attestation.body.files.iter().any(|f| f.path == span) {
+                        eprintln!(
                         "mgear: note: this medium is one of a span's media: seal the appliance \
                          of every other medium of the span too before they ship (one left \
                          unlocked can be written and sealed by whoever carries it)"
                     );
+                    }
+                    if json {
+                        print_json(
+                            &serde_json::json!({"attestation": attestation, "report": report}),
+                        )?;
+                    } else {
+                        print_report(&report, port);
+                        println!(
+                            "sealed: the medium is read-only; seal attestation {} (counter {})",
+                            hex(&attestation.digest()),
+                            attestation.body.counter
+                        );
+                    }
+                    Ok(0)
                 }
-                if json {
-                    print_json(&serde_json::json!({"attestation": attestation, "report": report}))?;
-                } else {
-                    print_report(&report, port);
-                    println!(
-                        "sealed: the medium is read-only; seal attestation {} (counter {})",
-                        hex(&attestation.digest()),
-                        attestation.body.counter
-                    );
-                }
-                Ok(0)
+                other => bail!("unexpected reply to Seal: {other:?}"),
             }
-            other => bail!("unexpected reply to Seal: {other:?}"),
-        },
+        }
         Cmd::Arrival => {
             let mut challenge = [0u8; 32];
             getrandom::getrandom(&mut challenge).context("drawing the arrival challenge")?;

@@ -184,6 +184,9 @@ pub struct Report {
     pub disk_size: u64,
     pub chunk_size: u32,
     pub resumed_from_chunk: u64,
+    /// This run continued a cut-off run's unfinished generation (from chunk 0 when that run
+    /// reached no checkpoint).
+    pub resumed: bool,
     pub bytes_read: u64,
     /// Of `bytes_read`, bytes the source reported as zero (NBD base:allocation) and that were not transferred.
     pub holes_skipped: u64,
@@ -465,6 +468,13 @@ fn print_summary(r: &Report) {
     );
     if r.resumed_from_chunk > 0 {
         println!("  resumed at chunk {}", r.resumed_from_chunk);
+    } else if r.resumed {
+        // The cut-off run's error said it resumes; a summary like a fresh capture's read as if
+        // that run's work was lost, or the resume had not happened.
+        println!(
+            "  resumed at chunk 0: the run cut off had reached no checkpoint (one every 64 MiB \
+             stored), so every chunk was read again"
+        );
     }
     // What was read: the holes the source reported were not (JSON `bytes_read` counts them,
     // `holes_skipped` says how much of it they were).
@@ -739,6 +749,7 @@ fn signature_only(receipt: Receipt, disk_size: u64, chunk_size: u32, started: In
         disk_size,
         chunk_size,
         resumed_from_chunk: 0,
+        resumed: false,
         bytes_read: 0,
         holes_skipped: 0,
         unchanged_skipped: 0,
@@ -4170,6 +4181,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         disk_size: size,
         chunk_size,
         resumed_from_chunk: summary.resumed_from,
+        resumed: summary.resumed,
         bytes_read,
         holes_skipped: stats.holes,
         unchanged_skipped: stats.unchanged,

@@ -619,6 +619,11 @@ pub fn summary(v: &Value) -> String {
                          generation"
                     ),
                 );
+            } else if r["resumed"].as_bool() == Some(true) {
+                line(
+                    "resumed",
+                    "at chunk 0: the run cut off had reached no checkpoint".to_string(),
+                );
             }
             line("read", bytes(read));
             if holes > 0 {

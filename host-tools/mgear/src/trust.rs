@@ -163,7 +163,10 @@ pub fn say_trusted(what: &str, v: &Verdict, pinned: bool) {
         if pinned {
             ": --expect-commit names it"
         } else {
-            ": compare it with the capture receipt, or pin it with --expect-commit"
+            // A courier who deletes the newer generations leaves an older one that is signed
+            // as well: only the receipt tells them apart.
+            ": compare it with the capture receipt (with newer generations deleted from the \
+             medium, an older signed one reads exactly like this), or pin it with --expect-commit"
         }
     );
 }
@@ -804,9 +807,10 @@ pub fn check_generation(
             return Err(crate::exit::coded_hint(
                 FOUND,
                 format!(
-                    "capture {name} generation {g} was made through appliance {}, which this \
-                     target did not pin ({pinned}), and no pinned key signed it: nothing pinned \
-                     vouches for it (its seal and arrival, valid or not, would not either)",
+                    "capture {name} generation {g} says it was made through appliance {}, \
+                     which this target did not pin ({pinned}), and no pinned key signed it: \
+                     nothing pinned vouches for it (its seal and arrival, valid or not, would not \
+                     either)",
                     sitekey::fingerprint(&hint)
                 ),
                 "nothing was installed: a capture made through an appliance you did not \
@@ -824,8 +828,10 @@ pub fn check_generation(
     if let (true, Err(e)) = (manifest.is_some() || pinned_sealer || arrival_failed, &seal) {
         let msg = match manifest {
             Some(hint) => format!(
-                "capture {name} generation {g} was made through appliance {} but its seal does not \
-                 check: {e}",
+                // The manifest's word, read before anything authenticated it: a courier can
+                // write any appliance there.
+                "capture {name} generation {g} says it was made through appliance {} (its \
+                 manifest says so, unchecked), but its seal does not check: {e}",
                 sitekey::fingerprint(&hint)
             ),
             None if pinned_sealer => format!(

@@ -139,6 +139,11 @@ fn a_second_writer_on_the_appliance_is_refused_while_a_capture_runs() {
     let abort = Line::new(&lab, &["capture", "--abort", "--name", "web01"])
         .appliance(&lab.tty())
         .run();
+    // The appliance's own verify and seal: the generation being written is unfinished until
+    // the capture ends (verify called it a problem, "resume it or --abort", and its custody
+    // log kept a failed verification for good).
+    let verify = lab.appliance(&["verify"]);
+    let seal = lab.appliance(&["seal"]);
     assert!(
         capture.try_wait().unwrap().is_none(),
         "the capture finished before the others ran; the scenario needs it running"
@@ -158,6 +163,16 @@ fn a_second_writer_on_the_appliance_is_refused_while_a_capture_runs() {
             "{err}"
         );
     }
+    for o in [&verify, &seal] {
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains("is in use by pid") && err.contains("capture"),
+            "{err}"
+        );
+    }
+    let log = text(&lab.appliance_ok(&["log"]).stdout);
+    assert!(!log.contains("problem"), "{log}");
     let v = lab.appliance_json(&["verify"]);
     assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
     assert_eq!(v["captures"], 1, "{v}");

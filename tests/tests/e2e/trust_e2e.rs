@@ -555,7 +555,7 @@ fn appliance_witness_alone_vouches_for_an_unsigned_capture() {
         refused(
             &ingest_other(extra),
             &[
-                &format!("was made through appliance {fp}, which this target did not pin"),
+                &format!("says it was made through appliance {fp}, which this target did not pin"),
                 &format!("pinned: {other}"),
                 "no pinned key signed it",
             ],
