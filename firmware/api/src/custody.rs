@@ -115,6 +115,20 @@ pub enum Event {
     PinCheckCutOff {
         failures: u32,
     },
+    /// A seal or an arrival check was under way when the power went (found at the next
+    /// power-up): it took no effect, and the appliance is in the state it had before it.
+    /// An auditor read the log of a seal pulled mid-hash as a verification and a power-up.
+    /// Appended last, as `CaptureRemoved`.
+    CutOff {
+        operation: LongOperation,
+    },
+}
+
+/// A command that runs for long (it reads the whole medium), named by [`Event::CutOff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LongOperation {
+    Seal,
+    Arrival,
 }
 
 /// One log entry (what is signed).
@@ -409,6 +423,18 @@ impl core::fmt::Display for Event {
                 f,
                 "a PIN check was cut off by a power loss: counted as a wrong PIN ({failures} in \
                  a row)"
+            ),
+            Event::CutOff {
+                operation: LongOperation::Seal,
+            } => f.write_str(
+                "a seal was cut off by a power loss: the appliance is not sealed (unlock it and \
+                 run seal again)",
+            ),
+            Event::CutOff {
+                operation: LongOperation::Arrival,
+            } => f.write_str(
+                "an arrival check was cut off by a power loss: nothing was attested (run \
+                 arrival again)",
             ),
             Event::Lock => f.write_str("locked: the medium is read-only"),
             // Sent before the medium is opened: a run refused then ("already captured") wrote

@@ -27,7 +27,8 @@
 //! postcard); "unlocked" is volatile, so every power-up starts locked.
 //!
 //! ```text
-//! State:            { lifecycle: Lifecycle, counters: Counters, pin_check: bool }
+//! State:            { lifecycle: Lifecycle, counters: Counters, pin_check: bool,
+//!                     under_way: Option<LongOperation> }
 //! Identity:         { seed: [u8; 32], medium_id: [u8; 16] }     (secret)
 //! IdentityPublic:   [u8; 32]                                     (kept after erase)
 //! PinHash:          pin::PinVerifier
@@ -47,6 +48,9 @@
 //!   (an erase's PIN resets it with the erase's state, after its record): the
 //!   count never starts again without a record saying why, so every wrong PIN's
 //!   "in a row" follows from the records before it (`log --verify` checks that);
+//! * a seal or an arrival check saves `under_way` before it reads the medium and clears it
+//!   with the state it ends in: a power-up that finds it set logs the command as cut off
+//!   (`CutOff`; a seal pulled mid-hash left only its verification and a power-up);
 //! * a boot that finds the failure limit reached finishes the crypto-erase;
 //! * a crypto-erase writes its custody record and the `Erasing` lifecycle
 //!   before it touches the first key slot: a boot that finds `Erasing`
@@ -82,7 +86,7 @@ use image_format::{layout, Store, StoreError};
 
 use crate::attest::{self, Attestation, AttestationBody, AttestationKind, FileDigests};
 pub use crate::block::BlockError;
-use crate::custody::{self, CustodyLog, EraseReason, Event};
+use crate::custody::{self, CustodyLog, EraseReason, Event, LongOperation};
 use crate::hal::{
     BlockDevice, Clock, HwError, Indicators, Key, LedState, LogStorage, Platform, Readout,
     RegionJob, SecretSlot, SecretStore,
@@ -172,6 +176,17 @@ struct Persisted {
     /// this set knows the check was cut off, and logs it. Last: a state saved before it
     /// existed decodes through [`Legacy`] as "no check under way".
     pin_check: bool,
+    /// A seal or arrival check is reading the medium: a power-up that finds this set logs it
+    /// as cut off. Last: a state saved before it existed decodes through [`WithPinCheck`].
+    under_way: Option<LongOperation>,
+}
+
+/// [`Persisted`] as saved before `under_way` existed.
+#[derive(Deserialize)]
+struct WithPinCheck {
+    lifecycle: Lifecycle,
+    counters: Counters,
+    pin_check: bool,
 }
 
 /// [`Persisted`] as saved before `pin_check` existed.
@@ -181,16 +196,26 @@ struct Legacy {
     counters: Counters,
 }
 
-/// The `State` slot, of this layout or the one before it.
+/// The `State` slot, of this layout or one before it.
 fn read_state<S: SecretStore>(s: &mut S) -> Result<Option<Persisted>, Error> {
     match read_slot::<S, Persisted>(s, SecretSlot::State) {
-        Err(Error::CorruptSlot { .. }) => Ok(read_slot::<S, Legacy>(s, SecretSlot::State)?.map(
-            |l| Persisted {
-                lifecycle: l.lifecycle,
-                counters: l.counters,
-                pin_check: false,
-            },
-        )),
+        Err(Error::CorruptSlot { .. }) => {
+            match read_slot::<S, WithPinCheck>(s, SecretSlot::State) {
+                Err(Error::CorruptSlot { .. }) => Ok(read_slot::<S, Legacy>(s, SecretSlot::State)?
+                    .map(|l| Persisted {
+                        lifecycle: l.lifecycle,
+                        counters: l.counters,
+                        pin_check: false,
+                        under_way: None,
+                    })),
+                other => Ok(other?.map(|l| Persisted {
+                    lifecycle: l.lifecycle,
+                    counters: l.counters,
+                    pin_check: l.pin_check,
+                    under_way: None,
+                })),
+            }
+        }
         other => other,
     }
 }
@@ -332,6 +357,7 @@ impl<P: Platform> Appliance<P> {
             lifecycle: Lifecycle::Factory,
             counters: Counters::default(),
             pin_check: false,
+            under_way: None,
         });
         let pubkey: Option<[u8; 32]> = match p.secrets().read(SecretSlot::IdentityPublic)? {
             Some(b) => Some(b.as_slice().try_into().map_err(|_| Error::CorruptSlot {
@@ -397,9 +423,14 @@ impl<P: Platform> Appliance<P> {
             // A PIN check the power cut off counts as the wrong PIN it was counted as, and
             // says so in the log (it was silent: "3 in a row (0 ever)", nothing logged).
             let cut_off = core::mem::take(&mut app.st.pin_check);
+            let cut_op = app.st.under_way.take();
             app.save()?;
             let boot = app.st.counters.boots;
             app.record(Event::PowerUp { boot })?;
+            if let Some(operation) = cut_op {
+                warn!("a seal or arrival check was cut off by a power loss");
+                app.record(Event::CutOff { operation })?;
+            }
             if cut_off && wrong_logged != Some(app.st.counters.failed_pins) {
                 let failures = app.st.counters.failed_pins;
                 warn!("a PIN check was cut off by a power loss: counted as wrong");
@@ -769,8 +800,14 @@ impl<P: Platform> Appliance<P> {
             Request::Unlock { pin } => self.unlock(&pin),
             Request::Lock => self.lock(),
             Request::Verify => self.verify_cmd(),
-            Request::Seal => self.seal(),
-            Request::Arrival { challenge } => self.arrival(Some(challenge)),
+            Request::Seal => {
+                let r = self.seal();
+                self.ended_under_way(r)
+            }
+            Request::Arrival { challenge } => {
+                let r = self.arrival(Some(challenge));
+                self.ended_under_way(r)
+            }
             Request::Log { from } => self.log_page(from),
             Request::Erase { overwrite, pin } => self.erase_cmd(overwrite, pin.as_ref()),
             Request::CaptureBegin { name } => self.capture_event(&name, None),
@@ -902,6 +939,7 @@ impl<P: Platform> Appliance<P> {
                     ..Counters::default()
                 },
                 pin_check: false,
+                under_way: None,
             },
         );
         if let Err(e) = self.save() {
@@ -1467,6 +1505,7 @@ impl<P: Platform> Appliance<P> {
         if let Some(r) = self.refuse(true) {
             return Ok(r);
         }
+        self.begin_under_way(LongOperation::Seal)?;
         self.p.medium().flush()?;
         // The regions are hashed beside the file walk where the platform
         // has a spare core, else after it (the walk leaves every byte as it
@@ -1510,6 +1549,7 @@ impl<P: Platform> Appliance<P> {
         })?;
         write_slot(self.p.secrets(), SecretSlot::SealAttestation, &att)?;
         self.st.lifecycle = Lifecycle::Sealed;
+        self.st.under_way = None;
         self.unlocked = false;
         self.save()?;
         self.hardware_write_protect(true);
@@ -1536,6 +1576,7 @@ impl<P: Platform> Appliance<P> {
                 why: "missing".into(),
             },
         )?;
+        self.begin_under_way(LongOperation::Arrival)?;
         // Raw regions first, before anything mounts the medium: on a spare
         // core they are read from here on, beside the file walk.
         let (regions, (report, files)) = match self.start_region_hashes() {
@@ -1594,6 +1635,7 @@ impl<P: Platform> Appliance<P> {
         })?;
         write_slot(self.p.secrets(), SecretSlot::ArrivalAttestation, &att)?;
         self.st.lifecycle = Lifecycle::Arrived;
+        self.st.under_way = None;
         self.save()?;
         Ok(Response::Arrival {
             attestation: Some(att),
@@ -1810,6 +1852,21 @@ impl<P: Platform> Appliance<P> {
         Ok(self
             .log
             .append(self.p.log_storage(), key, uptime, unix, event)?)
+    }
+
+    /// Save that `op` reads the medium from here on (see the module doc's ordering rules).
+    fn begin_under_way(&mut self, op: LongOperation) -> Result<(), Error> {
+        self.st.under_way = Some(op);
+        self.save()
+    }
+
+    /// A seal or arrival check ended (done, refused or failed) without clearing its mark with
+    /// the state it ended in: clear it now, so the next power-up does not call it cut off.
+    fn ended_under_way(&mut self, r: Result<Response, Error>) -> Result<Response, Error> {
+        if self.st.under_way.take().is_some() {
+            self.save()?;
+        }
+        r
     }
 
     fn save(&mut self) -> Result<(), Error> {

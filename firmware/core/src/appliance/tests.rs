@@ -1872,11 +1872,23 @@ fn log_verifies(a: &mut Appliance<FakePlatform>) -> Vec<custody::LogEntry> {
 #[test]
 fn seal_cut_after_its_record_leaves_a_log_that_verifies_and_seals_again() {
     let mut a = captured(61);
-    // The counter is saved; the attestation slot write is the one the cut takes.
-    a.p.secrets.writes_left = Some(1);
+    // The under-way mark and the counter are saved; the attestation slot write is the one
+    // the cut takes.
+    a.p.secrets.writes_left = Some(2);
     assert!(!matches!(a.handle(Request::Seal), Response::Sealed { .. }));
     let mut a = reboot(a, 62);
     assert_eq!(a.state(), DeviceState::Locked);
+    // The log says the seal was cut off, after the power-up that found it.
+    let events: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        events.ends_with(&[
+            Event::PowerUp { boot: 2 },
+            Event::CutOff {
+                operation: custody::LongOperation::Seal
+            }
+        ]),
+        "{events:?}"
+    );
     let seals = |e: &[custody::LogEntry]| {
         e.iter()
             .filter_map(|e| match e.event {
@@ -1900,8 +1912,56 @@ fn seal_cut_after_its_record_leaves_a_log_that_verifies_and_seals_again() {
     };
     assert_eq!(attestation.body.counter, 2);
     assert_eq!(seals(&log_verifies(&mut a)), [1, 2]);
-    let a = reboot(a, 63);
+    let mut a = reboot(a, 63);
     assert_eq!(a.state(), DeviceState::Sealed);
+    // A seal that ended is not called cut off at the next power-up.
+    let cut = log_entries(&mut a)
+        .into_iter()
+        .filter(|e| matches!(e.event, Event::CutOff { .. }))
+        .count();
+    assert_eq!(cut, 1);
+}
+
+/// A seal cut off while it reads the medium (before its record: the verification logged, the
+/// hashing under way), as a finder's pulled plug does: the next power-up logs it as cut off.
+/// Before, the log read as a verification and a power-up.
+#[test]
+fn a_seal_cut_off_mid_read_is_logged_at_the_next_power_up() {
+    let mut a = captured(66);
+    // The mark is saved; the counter's save is the one the cut takes.
+    a.p.secrets.writes_left = Some(1);
+    assert!(!matches!(a.handle(Request::Seal), Response::Sealed { .. }));
+    let mut a = reboot(a, 67);
+    assert_eq!(a.state(), DeviceState::Locked);
+    let events: Vec<Event> = log_verifies(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Seal { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        events.last(),
+        Some(&Event::CutOff {
+            operation: custody::LongOperation::Seal
+        }),
+        "{events:?}"
+    );
+    assert_eq!(
+        custody::Event::CutOff {
+            operation: custody::LongOperation::Seal
+        }
+        .to_string(),
+        "a seal was cut off by a power loss: the appliance is not sealed (unlock it and run \
+         seal again)"
+    );
+    // A seal refused (nothing to seal is not the case here: locked) leaves no mark behind.
+    let r = a.handle(Request::Seal);
+    assert_eq!(code(&r), Some(ErrorCode::Locked));
+    let mut a = reboot(a, 68);
+    let events: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        matches!(events.last(), Some(Event::PowerUp { .. })),
+        "{events:?}"
+    );
 }
 
 /// The same for a passed arrival: the cut leaves the appliance sealed with no arrival, the
@@ -1909,7 +1969,7 @@ fn seal_cut_after_its_record_leaves_a_log_that_verifies_and_seals_again() {
 #[test]
 fn arrival_cut_after_its_record_leaves_a_log_that_verifies() {
     let mut a = sealed(64);
-    a.p.secrets.writes_left = Some(1);
+    a.p.secrets.writes_left = Some(2);
     assert!(!matches!(
         arrive(&mut a),
         Response::Arrival {
@@ -1919,7 +1979,14 @@ fn arrival_cut_after_its_record_leaves_a_log_that_verifies() {
     ));
     let mut a = reboot(a, 65);
     assert_eq!(a.state(), DeviceState::Sealed);
-    log_verifies(&mut a);
+    let events: Vec<Event> = log_verifies(&mut a).into_iter().map(|e| e.event).collect();
+    assert_eq!(
+        events.last(),
+        Some(&Event::CutOff {
+            operation: custody::LongOperation::Arrival
+        }),
+        "{events:?}"
+    );
     assert!(matches!(
         a.handle(Request::GetAttestations),
         Response::Attestations { arrival: None, .. }
@@ -1956,6 +2023,46 @@ fn a_removal_is_a_custody_record_while_unlocked_only() {
             name: "web01".into(),
             generations: alloc::vec![2, 3],
         }),
+        "{events:?}"
+    );
+}
+
+/// A state saved by firmware before `under_way` existed (lifecycle, counters, a PIN check under
+/// way) reads as it did after an update: the PIN check is still found cut off, nothing is
+/// called a cut-off seal, and the next save writes the new layout.
+#[test]
+fn a_state_saved_before_under_way_existed_still_reads() {
+    #[derive(Serialize)]
+    struct Before {
+        lifecycle: Lifecycle,
+        counters: Counters,
+        pin_check: bool,
+    }
+    let a = provisioned(69);
+    let mut counters = a.st.counters.clone();
+    counters.failed_pins = 1;
+    let mut p = a.p;
+    write_slot(
+        &mut p.secrets,
+        SecretSlot::State,
+        &Before {
+            lifecycle: Lifecycle::Ready,
+            counters,
+            pin_check: true,
+        },
+    )
+    .unwrap();
+    let mut a = Appliance::new(p.after_power_loss(70), cfg()).unwrap();
+    assert_eq!(a.state(), DeviceState::Locked);
+    assert_eq!(a.st.counters.failed_pins, 1);
+    assert!(a.st.under_way.is_none());
+    let events: Vec<Event> = log_entries(&mut a).into_iter().map(|e| e.event).collect();
+    assert!(
+        matches!(events.last(), Some(Event::PinCheckCutOff { failures: 1 })),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::CutOff { .. })),
         "{events:?}"
     );
 }
