@@ -386,8 +386,27 @@ impl<S: Store> CaptureReader<S> {
             alloc::vec![(own, self.manifest.segments.iter().map(|d| d.len).collect())];
         for g in parents {
             // A parent whose MANIFEST does not read is refused where its records are read.
-            if let Ok(Some(f)) = crate::medium::read_manifest(&mut self.store, &self.name, g) {
-                lengths.push((g, f.manifest.segments.iter().map(|d| d.len).collect()));
+            match crate::medium::read_manifest(&mut self.store, &self.name, g) {
+                Ok(Some(f)) => {
+                    lengths.push((g, f.manifest.segments.iter().map(|d| d.len).collect()))
+                }
+                // Not on a single medium at all: refused here, before anything is written (the
+                // target was written up to the first chunk the parent holds, and left partial).
+                // A span's other media are left to the read that needs them.
+                Ok(None)
+                    if self.store.span().is_none()
+                        && !matches!(
+                            crate::medium::generations(&mut self.store, &self.name)
+                                .map(|v| v.contains(&g)),
+                            Ok(true)
+                        ) =>
+                {
+                    return Err(corrupt(
+                        Location::capture(&self.name).generation(g),
+                        parent_missing(g, own),
+                    ));
+                }
+                _ => {}
             }
         }
         for (g, lens) in lengths {
@@ -772,11 +791,7 @@ impl<S: Store> CaptureReader<S> {
         corrupt(
             self.location(index, l),
             if gone {
-                format!(
-                    "parent generation {g} is missing: this delta keeps unchanged chunks in \
-                     generation {g}, which is not on the medium (removed?); ingest generation {g} \
-                     from another copy of the shipment, or capture again"
-                )
+                parent_missing(g, self.manifest.generation)
             } else if older && !segment_exists {
                 format!(
                     "the segment of generation {g} that holds this chunk is missing (generation \
@@ -794,6 +809,15 @@ impl<S: Store> CaptureReader<S> {
             },
         )
     }
+}
+
+/// Generation `own` keeps unchanged chunks in generation `g`, which the medium does not hold.
+fn parent_missing(g: u32, own: u32) -> String {
+    format!(
+        "parent generation {g} is missing: this delta (generation {own}) keeps unchanged chunks \
+         in generation {g}, which is not on the medium (removed?); ingest generation {own} from a \
+         copy of the shipment that also holds generation {g}, or capture again"
+    )
 }
 
 /// A record's header must be the one its index entry describes.

@@ -1959,6 +1959,20 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
             )));
         }
         warnings.extend(warn_if_short_of_space(p, &reader));
+        // --force over a newer generation of this disk, ingested here: said, not done
+        // silently (a medium without that generation, an older copy, gave no word of it).
+        let newer = ingested_of(&sdir, p)
+            .filter(|(id, g)| *id == reader.manifest().capture_id && *g > reader.generation())
+            .filter(|_| args.force);
+        if let Some((_, was)) = newer {
+            warnings.push(warn(format!(
+                "--force: {} held {} generation {was}, ingested on this host: the older \
+                 generation {} is written back over it, and what changed since is lost",
+                p.display(),
+                reader.name(),
+                reader.generation()
+            )));
+        }
         if args.force
             && p.is_file()
             && crate::target::served_before(p, &reader.manifest().capture_id, reader.name())
@@ -2023,15 +2037,31 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
                 let found = generation_with_root(reader.store(), &root);
                 // A newer generation of this disk: --force puts an older one back over it
                 // (it was offered as "pass --force to write generation 3" without a word).
-                if let Some((_, was)) = found.as_ref().filter(|(n, g)| {
-                    n.eq_ignore_ascii_case(reader.name()) && *g > reader.generation()
-                }) {
+                // Also where this medium no longer holds it (an older copy of the shipment, a
+                // first trip's medium): the record names the capture and its generation.
+                let newer = match found.as_ref() {
+                    Some((n, g)) => (n.eq_ignore_ascii_case(reader.name())
+                        && *g > reader.generation())
+                    .then_some((*g, "")),
+                    None => ingested_of(&sdir, p)
+                        .filter(|(id, g)| {
+                            *id == reader.manifest().capture_id && *g > reader.generation()
+                        })
+                        .map(|(_, g)| {
+                            (
+                                g,
+                                " (this medium does not hold that generation: it is an older \
+                                 copy of the shipment, or an earlier trip's)",
+                            )
+                        }),
+                };
+                if let Some((was, elsewhere)) = newer {
                     return Err(usage(format!(
                         "{} holds {} generation {was}, NEWER than the generation {} asked for, \
-                         ingested on this host (and kept up to date since, if `mgear serve` \
-                         runs on it): --force would write the older generation back over it, \
-                         and what changed since is lost. Ingest generation {} into another \
-                         name to look at it; nothing was written",
+                         ingested on this host{elsewhere} (and kept up to date since, if \
+                         `mgear serve` runs on it): --force would write the older generation \
+                         back over it, and what changed since is lost. Ingest generation {} \
+                         into another name to look at it; nothing was written",
                         p.display(),
                         reader.name(),
                         reader.generation(),
@@ -2722,7 +2752,8 @@ pub fn write_volume<S: image_format::Store>(
         .as_deref()
         .filter(|_| plan.record_done && path_target(&plan.target).is_some())
     {
-        if let Err(e) = write_done(&plan.state_dir, p, &root) {
+        let of = (reader.manifest().capture_id, reader.generation());
+        if let Err(e) = write_done(&plan.state_dir, p, &root, of) {
             eprintln!(
                 "mgear: note: could not record the finished ingest in {} ({e}): a re-run will \
                  not know this volume is done (it refuses it as existing)",
@@ -2843,14 +2874,30 @@ fn done_path(state_dir: &Path, volume: &Path) -> PathBuf {
 /// file <st_dev>:<st_ino>
 /// len <bytes>
 /// ctime <nanoseconds since the epoch>
+/// of <capture id, hex> <generation>
 /// ```
-fn write_done(state_dir: &Path, volume: &Path, root: &[u8; 32]) -> std::io::Result<()> {
+///
+/// The `of` line (absent from records older releases made) names the capture and generation,
+/// so that an older copy of the shipment, which no longer holds the root recorded, is still
+/// told as this disk's older generation.
+fn write_done(
+    state_dir: &Path,
+    volume: &Path,
+    root: &[u8; 32],
+    of: ([u8; 16], u32),
+) -> std::io::Result<()> {
     let stamp = file_stamp(volume)?;
     let path = done_path(state_dir, volume);
     let tmp = path.with_extension("done.tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = image_format::private::create(&tmp)?;
-    write!(f, "{}", done_text(root, &stamp))?;
+    writeln!(
+        f,
+        "{}of {} {}",
+        done_text(root, &stamp),
+        crate::output::hex(&of.0),
+        of.1
+    )?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)
 }
@@ -3009,13 +3056,33 @@ pub(crate) fn ingested_before(state_dir: &Path, target: &str, root: &[u8; 32]) -
     ) else {
         return false;
     };
-    text == done_text(root, &stamp)
+    text.strip_prefix(&done_text(root, &stamp))
+        .is_some_and(|of| of.is_empty() || of.starts_with("of "))
 }
 
 /// The manifest root of the finished ingest recorded for the file at `volume`, when the
 /// record names this very file (its device and inode: not another file moved in since),
 /// whatever was written to it after (`mgear serve` applies syncs in place).
 pub(crate) fn ingested_from(state_dir: &Path, volume: &Path) -> Option<[u8; 32]> {
+    done_record_of(state_dir, volume).map(|(root, _)| root)
+}
+
+/// The capture id and generation of the finished ingest recorded for the file at `volume`
+/// (see [`ingested_from`]); `None` for a record an older release made, which has no `of`
+/// line.
+fn ingested_of(state_dir: &Path, volume: &Path) -> Option<([u8; 16], u32)> {
+    let (_, text) = done_record_of(state_dir, volume)?;
+    let of = text.lines().find_map(|l| l.strip_prefix("of "))?;
+    let (id, generation) = of.split_once(' ')?;
+    let bytes: Vec<u8> = (0..id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(id.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    Some((bytes.try_into().ok()?, generation.trim().parse().ok()?))
+}
+
+/// The finished-ingest record naming the file at `volume`: its manifest root and its text.
+fn done_record_of(state_dir: &Path, volume: &Path) -> Option<([u8; 32], String)> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(volume).ok()?;
     let file = format!("{}:{}", m.dev(), m.ino());
@@ -3027,9 +3094,11 @@ pub(crate) fn ingested_from(state_dir: &Path, volume: &Path) -> Option<[u8; 32]>
     // through `..` or a linked directory): the record names the file by device and inode.
     // A record older than the file is about an earlier file whose inode was given to it.
     let of = |record: &Path| {
-        (!crate::guard::born_after(volume, record))
-            .then(|| root_of(&std::fs::read_to_string(record).ok()?))
-            .flatten()
+        if crate::guard::born_after(volume, record) {
+            return None;
+        }
+        let text = std::fs::read_to_string(record).ok()?;
+        Some((root_of(&text)?, text))
     };
     if let Some(r) = of(&done_path(state_dir, volume)) {
         return Some(r);

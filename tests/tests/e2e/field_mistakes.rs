@@ -1028,6 +1028,17 @@ fn abort_never_removes_a_generation_a_delta_builds_on() {
         .run();
     let text = output_text(&ingest);
     assert!(text.contains("parent generation 1 is missing"), "{text}");
+    // Before anything is written (a .partial and a resume state were left to give up by hand),
+    // and the advice is the delta's own generation from a copy that holds its parent.
+    assert_eq!(ingest.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "ingest generation 2 from a copy of the shipment that also holds generation 1"
+        ),
+        "{text}"
+    );
+    assert!(!e.p("o2.raw.partial").exists());
+    assert!(!e.p("o2.raw").exists());
 }
 
 /// A first capture killed at its very start (between creating its directory
@@ -3895,7 +3906,16 @@ fn an_older_generation_is_not_offered_over_a_newer_and_a_removed_partial_is_forg
     random_disk(&e.p("d.raw"), 6 << 20, 47);
     fs::create_dir(e.p("m")).unwrap();
     e.capture("dir:m", "web01").source("d.raw").ok();
-    let mut d = fs::read(e.p("d.raw")).unwrap();
+    // The first trip's medium, kept: it holds generation 1 only.
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(e.p("m"))
+        .arg(e.p("trip1"))
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let first = fs::read(e.p("d.raw")).unwrap();
+    let mut d = first.clone();
     d[2 << 20] ^= 0xff;
     fs::write(e.p("d.raw"), &d).unwrap();
     e.capture("dir:m", "web01")
@@ -3912,6 +3932,38 @@ fn an_older_generation_is_not_offered_over_a_newer_and_a_removed_partial_is_forg
         .run();
     refused(&o, "NEWER than the generation 1 asked for");
     assert_eq!(fs::read(e.p("v.raw")).unwrap(), before);
+    // From the first trip's medium, which does not hold generation 2: the same (it read "a
+    // capture this medium does not hold", and --force rolled the volume back unsaid).
+    let o = e
+        .ingest("dir:trip1", "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .run();
+    refused(
+        &o,
+        "holds web01 generation 2, NEWER than the generation 1 asked for",
+    );
+    assert!(
+        output_text(&o).contains("this medium does not hold that generation"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(fs::read(e.p("v.raw")).unwrap(), before);
+    let o = e
+        .ingest("dir:trip1", "web01")
+        .untrusted()
+        .target("file:v.raw")
+        .arg("--force")
+        .ok();
+    assert!(
+        output_text(&o).contains(
+            "--force: v.raw held web01 generation 2, ingested on this host: the older \
+             generation 1 is written back over it"
+        ),
+        "{}",
+        output_text(&o)
+    );
+    assert!(fs::read(e.p("v.raw")).unwrap() == first);
 
     // An ingest of generation 2 stopped part-way; its .partial removed by hand.
     e.ingest("dir:m", "web01")
