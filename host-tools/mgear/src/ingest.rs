@@ -3138,14 +3138,29 @@ fn open_state(
         != (Found::Unfinished {
             adopt_without_state: false,
         });
+    if !adoptable && !present(&state_path) && start_over && vol.size() == size {
+        // --force: what it holds is not trusted, every chunk (zeros too: it is not a fresh
+        // file) is written again and read back. Refused before, with --force given, which the
+        // help says replaces an existing target.
+        eprintln!(
+            "mgear: --force: {desc}.partial, an unfinished ingest with no state here to say \
+             what it holds, is written again from the start"
+        );
+        return State::open(state_path, header, count, false, true);
+    }
     if !adoptable && !present(&state_path) {
         // Without its state nothing says what this volume holds or who wrote it.
+        let force = match start_over {
+            false => "run it again with --force, or ",
+            // Given, over a .partial of another size than this disk's.
+            true => "",
+        };
         return Err(usage(format!(
             "an unfinished {desc} (.partial) exists but its ingest state {} does not: \
              refusing to adopt a partial volume nothing vouches for. If the run that wrote it \
              had another --state-dir (or none, where this one names one), run this command \
-             with that one to resume it; otherwise remove {desc}.partial and run again (what \
-             it held is written again, from the media that hold it)",
+             with that one to resume it; otherwise {force}remove {desc}.partial and run again \
+             (what it held is written again, from the media that hold it)",
             state_path.display()
         )));
     }

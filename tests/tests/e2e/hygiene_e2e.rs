@@ -188,10 +188,28 @@ fn a_stale_partial_without_state_is_refused_not_adopted() {
     );
     assert_eq!(fs::read(e.p("vol.raw.partial")).unwrap(), planted);
     assert!(!e.p("vol.raw").exists());
-    // Removing it, as the message says, lets the ingest run.
-    fs::remove_file(e.p("vol.raw.partial")).unwrap();
-    let o = ingest(&e, &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("run it again with --force"),
+        "{}",
+        text(&o)
+    );
+    // --force, as the message says: every chunk written again, the disk's zero tail too (the
+    // .partial held 0x5a there, and a fresh file's holes are not written).
+    let o = ingest(&e, &["--force"]);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is written again from the start"),
+        "{}",
+        text(&o)
+    );
+    mgear_tests::same_file(&e.p("vol.raw"), &e.p("disk.raw"));
+    // One of another size than the disk: the volume is made anew, of the disk's size.
+    fs::remove_file(e.p("vol.raw")).unwrap();
+    fs::remove_dir_all(e.p("state/mgear/ingest")).unwrap();
+    fs::write(e.p("vol.raw.partial"), vec![0x5a; 5 << 20]).unwrap();
+    let o = ingest(&e, &["--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    mgear_tests::same_file(&e.p("vol.raw"), &e.p("disk.raw"));
 }
 
 #[test]

@@ -44,8 +44,9 @@ pub struct Args {
     /// Where resume state and device markers live [default: $XDG_STATE_HOME/mgear/ingest].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Replace an existing target file (or libvirt volume); overwrite a dev:
-    /// device that holds a file system or partition table.
+    /// Replace an existing target file (or libvirt volume), or an unfinished
+    /// NAME.partial no resume state here vouches for; overwrite a dev: device
+    /// that holds a file system or partition table.
     #[arg(long)]
     pub force: bool,
     /// After the ingest, boot the volume (guest writes discarded) and prove it came up.
