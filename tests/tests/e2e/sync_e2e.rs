@@ -431,8 +431,8 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
         .trust("site.pub")
         .listen_logging(std::fs::File::create(&log_path).unwrap());
     // A copy of the volume as ingested, before the sync: booting it would "prove" a
-    // machine that never got the last changes. Refused after the final sync, nothing
-    // booted, the source resumed.
+    // machine that never got the last changes. Refused after the warm sync (the serve on
+    // this host names its volume), before the quiesce: nothing booted, nothing stopped.
     std::fs::copy(e.p("vol.raw"), e.p("stale.raw")).unwrap();
     let cutover = |boot_target: &str| {
         e.line(&[
@@ -461,11 +461,12 @@ fn cutover_boots_the_synced_volume_and_reports_downtime() {
     let o = cutover("file:stale.raw");
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("is not the volume the final sync wrote") && e.p("resumed").exists(),
+        text(&o).contains("is not the volume the syncs write")
+            && !e.p("quiesced").exists()
+            && !e.p("resumed").exists(),
         "{}",
         text(&o)
     );
-    std::fs::remove_file(e.p("resumed")).unwrap();
     let o = cutover("file:vol.raw");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let s = String::from_utf8_lossy(&o.stdout);
@@ -997,12 +998,14 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
         "file:stale.raw",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // The serve's record on this host names its volume: refused after the warm sync, before
+    // the quiesce (it was found after it, a downtime for nothing).
     assert!(
-        stderr(&o).contains("--boot-target file:stale.raw is not the volume the final sync wrote"),
+        stderr(&o).contains("--boot-target file:stale.raw is not the volume the syncs write"),
         "{}",
         text(&o)
     );
-    assert!(e.p("resumed").exists(), "{}", text(&o));
+    assert!(!e.p("resumed").exists(), "{}", text(&o));
     same_file(&e.p("vol.raw"), &e.p("disk.raw"));
     // A copy made before a plain sync, and a cutover that then sends nothing: the copy lacks
     // only what that sync wrote (chunk 4, which no spread sample reads), and it was booted
@@ -1020,17 +1023,18 @@ fn cutover_refuses_a_stale_copy_of_the_volume_as_its_boot_target() {
     #[rustfmt::skip]
     let o = e.run(&["sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    std::fs::remove_file(e.p("resumed")).unwrap();
     #[rustfmt::skip]
-    let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "true", "--resume", "touch resumed", "--boot-target", "file:stale2.raw"]);
+    let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "touch quiesced", "--resume", "touch resumed", "--boot-target", "file:stale2.raw"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr(&o).contains("a serve on this host keeps another volume in sync"),
         "{}",
         text(&o)
     );
-    assert!(e.p("resumed").exists(), "{}", text(&o));
-    std::fs::remove_file(e.p("resumed")).unwrap();
+    // Found after the warm sync, before the quiesce (it cost a downtime for nothing).
+    assert!(stderr(&o).contains("nothing was quiesced"), "{}", text(&o));
+    assert!(!e.p("quiesced").exists(), "{}", text(&o));
+    assert!(!e.p("resumed").exists(), "{}", text(&o));
     // The serve's own volume, but the source written on after the quiesce (a quiesce that
     // does not stop writes): it was "not the volume the final sync wrote; boot the volume
     // `mgear serve` keeps in sync", the very volume refused.
@@ -1491,14 +1495,15 @@ fn cutover_refuses_a_file_when_the_serve_keeps_an_nbd_export() {
     let o = e.run(&["sync", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     #[rustfmt::skip]
-    let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "true", "--resume", "touch resumed", "--boot-target", "file:vol.raw"]);
+    let o = e.run(&["cutover", "--source", "disk.raw", "--to", &addr, "--name", "web01", "--sign", "site.key", "--quiesce", "touch quiesced", "--resume", "touch resumed", "--boot-target", "file:vol.raw"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr(&o).contains("a serve on this host keeps another volume in sync"),
         "{}",
         text(&o)
     );
-    assert!(e.p("resumed").exists(), "{}", text(&o));
+    assert!(!e.p("quiesced").exists(), "{}", text(&o));
+    assert!(!e.p("resumed").exists(), "{}", text(&o));
     same_file(&e.p("export.raw"), &e.p("disk.raw"));
 }
 

@@ -4,7 +4,8 @@
 //!    sync's address, key and source), before the warm sync and long before
 //!    the source is quiesced: a typo found after quiescing costs downtime;
 //! 1. a warm sync while the source still runs (skipped with `--no-presync`),
-//!    so the quiesced sync has little left to send;
+//!    so the quiesced sync has little left to send; it names the capture, so a
+//!    boot target a serve on this host does not keep is refused here;
 //! 2. `--quiesce CMD` (downtime starts when it is launched);
 //! 3. the final sync, which must verify;
 //! 4. boot `--boot-target` under local QEMU (`-accel tcg -nic none`, via
@@ -194,6 +195,29 @@ fn refuse_the_source(a: &Cutover, target: &Target) -> crate::Result<()> {
              `mgear serve` keeps in sync (its --target)",
             a.boot_target, a.sync.source
         )));
+    }
+    Ok(())
+}
+
+/// Before the quiesce: a serve on this host whose record says it keeps another volume of
+/// capture `capture_id` in sync than the file or device `--boot-target` names.
+fn served_elsewhere(a: &Cutover, capture_id: &[u8; 16]) -> crate::Result<()> {
+    let path =
+        match crate::spec::Target::parse_flag("--boot-target", &a.boot_target, Bare::Existing)? {
+            crate::spec::Target::File(p) | crate::spec::Target::Dev(p) => p,
+            _ => return Ok(()),
+        };
+    if super::target::served_last(&path, capture_id, &a.sync.name) == Some(false) {
+        return Err(coded(
+            crate::exit::USAGE,
+            format!(
+                "--boot-target {} is not the volume the syncs write: a serve on this host keeps \
+                 another volume in sync for this capture (this one is a copy, was replaced \
+                 since, or the serve's volume is an NBD export or a device); give the volume \
+                 `mgear serve` keeps in sync (its --target); nothing was quiesced",
+                a.boot_target
+            ),
+        ));
     }
     Ok(())
 }
@@ -447,6 +471,11 @@ pub fn cutover(a: Cutover) -> crate::Result<i32> {
     // and the source was quiesced for a final sync that could not connect.
     if presync.is_some() {
         reachable(&a.sync.to, true)?;
+    }
+    // A serve on this host that keeps another volume in sync: known now, from the capture id
+    // the warm sync learnt (it was found after the quiesce, a downtime for nothing).
+    if let Some(id) = presync.as_ref().and_then(|r| r.stats.capture_id) {
+        served_elsewhere(&a, &id)?;
     }
     stop_between_steps()?;
     eprintln!("mgear cutover: quiescing the source: {}", a.quiesce);
