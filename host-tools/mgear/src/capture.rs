@@ -2810,8 +2810,12 @@ fn preflight(
     // Under a rate limit the samples are cut to about a second of it (as few as 4): too few
     // to refuse on (4 samples of a mostly empty disk said "does not fit" of a capture the
     // full sample, and the capture, found fitted). Where they say it does not fit, the full
-    // sample is read, once, at the disk's speed (64 MiB at most), and judges instead.
-    if !upper && rate.is_some() && free.is_some_and(|f| estimate.stored_bytes > f) {
+    // sample is read, once, at the disk's speed (64 MiB at most), and judges instead. So
+    // where the disk fits only as far as zeros and compression save: 10 samples of a disk that
+    // repeats 4 kinds of chunk said 15 MiB of what stored 50, "fits", and it stopped full.
+    let unsaved = crate::preflight::stored_estimate(estimate.to_read, chunk_size, 0.0, 1.0)
+        .saturating_sub(estimate.hole_bytes);
+    if !upper && rate.is_some() && free.is_some_and(|f| estimate.stored_bytes > f || unsaved > f) {
         let mut full = crate::preflight::estimate(
             source,
             chunk_size,

@@ -2701,6 +2701,13 @@ pub fn write_volume<S: image_format::Store>(
             "mgear: {desc} cannot be read back: what was written is what was authenticated, \
              chunk by chunk"
         );
+        // Asked for, and left `null` without a word (the JSON's only sign).
+        if plan.volume_sha256 {
+            eprintln!(
+                "mgear: --volume-sha256: no digest of {desc}: it is not read back (the report's \
+                 volume_sha256 is null)"
+            );
+        }
     }
     if plan.hold == Finishing::CheckThenHold {
         vol.flush()?;

@@ -177,11 +177,22 @@ fn ebs_snapshot_holds_exactly_the_nonzero_blocks() {
         throttle_every: 7,
         ..DoubleConfig::default()
     });
-    let out = with_double(&e, &d, &ingest(&e, &["--register-image", "--json"]))
-        .output()
-        .unwrap();
+    let out = with_double(
+        &e,
+        &d,
+        &ingest(&e, &["--register-image", "--json", "--volume-sha256"]),
+    )
+    .output()
+    .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // A snapshot is not read back: no digest, and said so (only the JSON's null said it).
+    assert_eq!(r["volume_sha256"], serde_json::Value::Null, "{r}");
+    assert!(
+        output_text(&out).contains("--volume-sha256: no digest of"),
+        "{}",
+        output_text(&out)
+    );
     // "snap-... ami-...": the snapshot, then the image registered from it.
     let vol = r["volume"].as_str().expect("snapshot id in the report");
     let id = vol.split_whitespace().next().unwrap().to_string();
@@ -953,4 +964,50 @@ fn another_capture_into_an_unfinished_snapshot_name_is_refused() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["resumed_chunks"].as_u64().unwrap_or(0) > 0, "{v}");
     assert_eq!(d.snapshot_ids(), started);
+}
+
+/// The same, with the other ingest's snapshot completed by the time the first resumes: it was
+/// told as "the pending snapshot an earlier run of this ingest wrote is completed", another
+/// disk's snapshot named as this one's. Said as another ingest's, and a new one is written.
+#[test]
+fn a_snapshot_id_another_ingest_completed_is_named_as_its() {
+    let e = Env::new();
+    captured(&e);
+    let d = Double::start(DoubleConfig::default());
+    killed_after_some_blocks(&e, &d, &ingest(&e, &[]));
+    let id = d.snapshot_ids()[0].clone();
+    drop(d);
+    let d = Double::start(DoubleConfig::default());
+    disk_with_holes(&e.p("other.raw"));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(e.p("other.raw"))
+            .unwrap();
+        f.seek(SeekFrom::Start(600 << 20)).unwrap();
+        f.write_all(&[9u8; 4096]).unwrap();
+    }
+    e.capture("dir:mnt", "other")
+        .source("other.raw")
+        .sign("site.key")
+        .ok();
+    let other = e
+        .ingest("dir:mnt", "other")
+        .trust("site.pub")
+        .unsealed()
+        .target("ebs-snapshot:other");
+    let o = with_double(&e, &d, &other).output().unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(d.snapshot_ids(), std::slice::from_ref(&id));
+    let o = with_double(&e, &d, &ingest(&e, &[])).output().unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("is another ingest's snapshot now, completed"),
+        "{}",
+        output_text(&o)
+    );
+    let ids = d.snapshot_ids();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    check_snapshot_of(&e, &d, &ids[0], "other.raw", None);
+    check_snapshot_of(&e, &d, &ids[1], "disk.raw", None);
 }

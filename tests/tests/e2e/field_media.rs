@@ -2420,6 +2420,25 @@ fn field_media_a_plan_keeps_a_margin_for_what_it_counts_as_saved() {
         "{p}"
     );
     assert_eq!(p["fits"], true, "{p}");
+    // Under a rate limit a plan samples about a second of it (4 chunks here); a disk that
+    // fits only as far as compression saves is sampled in full (32 chunks) before it is
+    // called fitting: 10 samples of a disk repeating 4 kinds of chunk said 15 MiB of what
+    // stored 50, and the capture stopped full.
+    let prose: Vec<u8> = (0..48u32 << 20)
+        .map(|i| b"the quick brown fox jumps over the lazy dog "[(i % 44) as usize])
+        .collect();
+    fs::write(e.p("text.raw"), &prose).unwrap();
+    let sampled = |src: &str, rate: &str| {
+        let p = e
+            .capture(&m, src)
+            .source(&format!("{src}.raw"))
+            .args(&["--dry-run", "--rate-limit", rate])
+            .json();
+        p["estimate"]["samples"].as_u64().unwrap()
+    };
+    assert_eq!(sampled("text", "4MiB"), 32);
+    // One that fits whatever the samples say keeps the second's worth.
+    assert_eq!(sampled("mixed", "4MiB"), 4);
     // A plan that does not fit names what it needs beside the estimate.
     let mut noise = vec![0u8; 48 << 20];
     rand::rngs::SmallRng::seed_from_u64(7).fill_bytes(&mut noise);

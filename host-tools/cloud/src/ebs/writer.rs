@@ -188,6 +188,13 @@ fn gone(client: &EbsClient, id: &str, description: &str) -> Option<String> {
             ))
         }
         Ok((s, _)) if s == "pending" => None,
+        // Completed by another ingest under the same id (the endpoint restarted, or another
+        // account or region): "an earlier run of this ingest wrote ... is completed" named
+        // another disk's snapshot as this one's.
+        Ok((s, said)) if !said.is_empty() && said != description => Some(format!(
+            "is another ingest's snapshot now, {s} (it describes itself as {said:?}): the \
+             endpoint, account or region is not the one that run wrote to"
+        )),
         Ok((s, _)) => Some(format!("is {s}, not pending any more")),
         Err(CloudError::Http {
             status: 400 | 404,
