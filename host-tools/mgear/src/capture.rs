@@ -1834,6 +1834,23 @@ fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> cra
     )
 }
 
+/// When the file behind source `spec` was last written: a regular file's, or the image's
+/// behind a loop device (a device node's own times do not move with writes through it);
+/// `None` for an NBD export, another device, or a file that cannot be read.
+fn write_stamp(spec: &str) -> Option<(i64, i64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
+        return None;
+    }
+    let m = std::fs::metadata(spec).ok()?;
+    let m = if m.file_type().is_block_device() {
+        std::fs::metadata(crate::guard::loop_backing_file(m.rdev())?).ok()?
+    } else {
+        m
+    };
+    m.is_file().then(|| (m.mtime(), m.mtime_nsec()))
+}
+
 /// "SOURCE is open for writing by process PID (CMD)" of a file or device source a program
 /// holds open for writing now; `None` otherwise (or for an NBD export).
 fn being_written(args: &Plan) -> Option<String> {
@@ -3372,6 +3389,7 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         .clamp(1, 64);
 
     let mut source = crate::source::open(spec, args.dirty_bitmap.as_deref())?;
+    let written_at_start = write_stamp(spec);
     let dirty = source.dirty_chunks(chunk_size)?;
     let size = source.len();
     if size == 0 {
@@ -4060,6 +4078,17 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
     // Those were printed before the capture began; the report holds them all.
     let printed = preflight_warnings.len();
     let mut warnings = preflight_warnings;
+    // Written while it was read (a program that opens it for each write, or started after
+    // the check for writers): the generation mixes moments of the disk, and nothing said so.
+    if written_at_start.is_some() && write_stamp(spec) != written_at_start {
+        warnings.push(format!(
+            "{spec} was written during the capture (its modification time moved): generation \
+             {} may not match any single moment of the disk. For a consistent disk, capture a \
+             snapshot (LVM, qemu-img), or stop what writes it and capture --delta (it stores \
+             what changed since)",
+            summary.generation,
+        ));
+    }
     // A shrinking source stops the capture (a read ends early); a growing one was cut at its
     // starting size without a word (a disk or LV resized during the capture).
     if let Some(now) = source.size_now().filter(|now| *now > size) {
