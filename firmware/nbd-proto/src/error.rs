@@ -11,7 +11,11 @@ pub enum Error {
     InvalidUrl { url: String, reason: String },
 
     /// The TCP or Unix socket connection could not be opened.
-    #[error("cannot connect to NBD server at {server}: {source} (is the server running?)")]
+    // A `qemu-nbd` without `-t` (`--persistent`) serves one client and exits: a `--dry-run`
+    // or an earlier run was that client, and "is the server running?" did not say why not.
+    #[error(
+        "cannot connect to NBD server at {server}: {source} (is the server running? a qemu-nbd          started without -t exits when its first client disconnects: start it with -t)"
+    )]
     Connect { server: String, source: io::Error },
 
     /// The connection failed while talking to a peer.

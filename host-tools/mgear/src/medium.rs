@@ -1156,9 +1156,19 @@ fn open_store(parsed: MediumSpec, spec: &str, read_only: bool) -> crate::Result<
                             &format!("`dd if={p} of={p}"),
                         )
                         .replace("a copy of M's", &format!("a copy of {p}'s"));
+                    // Not FAT at all: what it is, where it is something (an ext4 image given
+                    // as the medium was told only that its boot sector had no signature).
+                    let holds = std::fs::File::open(&path)
+                        .ok()
+                        .and_then(|f| crate::guard::signatures(&f).ok())
+                        .filter(|found| {
+                            !found.is_empty() && e.contains("does not hold a FAT32 file system")
+                        })
+                        .map(|found| format!(" (it holds {})", crate::guard::describe(&found)))
+                        .unwrap_or_default();
                     match damaged {
                         true => crate::exit::damaged_medium(format!("opening medium {p}: {e}")),
-                        false => crate::err!("opening medium {p}: {e}"),
+                        false => crate::err!("opening medium {p}{holds}: {e}"),
                     }
                 }
             })?;

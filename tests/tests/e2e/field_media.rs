@@ -204,6 +204,15 @@ fn field_media_format_over_ext4_needs_force_and_wipes_it() {
     // An image file formatted in place (no --size).
     mkfs_ext4(&e.p("old.img"), 64);
     let before = sha(&e.p("old.img"));
+    // Given as a medium to read, it is named for what it holds (only "no boot sector
+    // signature" was said).
+    let o = e.run(&["inspect", "--medium", "fat:old.img"]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("(it holds an ext4 file system)"),
+        "{}",
+        text(&o)
+    );
     let o = e.run(&["medium", "format", "fat:old.img"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("ext4 file system"), "{}", text(&o));
