@@ -390,6 +390,56 @@ pub fn expected_commit<S: Store + ?Sized>(
     Ok(Some(Commit::of_manifest(&mf, keys, keypass)))
 }
 
+/// The key-slot file a target opens a capture with: `KEYS` (an identity) or `KEYPASS` (a
+/// passphrase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotFile {
+    Keys,
+    Keypass,
+}
+
+impl SlotFile {
+    /// Of the two slots, the one this is not.
+    pub fn other(self) -> SlotFile {
+        match self {
+            SlotFile::Keys => SlotFile::Keypass,
+            SlotFile::Keypass => SlotFile::Keys,
+        }
+    }
+
+    /// "KEYS, the recipient slot".
+    pub fn describe(self) -> &'static str {
+        match self {
+            SlotFile::Keys => "KEYS, the recipient slot",
+            SlotFile::Keypass => "KEYPASS, the passphrase slot",
+        }
+    }
+
+    fn hash(self, c: &mut Commit) -> &mut [u8; 32] {
+        match self {
+            SlotFile::Keys => &mut c.keys_hash,
+            SlotFile::Keypass => &mut c.keypass_hash,
+        }
+    }
+}
+
+/// `expected` (the commit the medium's files make now) as the COMMIT `signed` signs it where
+/// only the key slot a target does not open with (`used`'s other) differs: the slot it opens
+/// with is as signed, and the manifest, so the data key it unwraps is the one the capture
+/// site signed, and the other slot (damaged, or removed) takes nothing from it. A damaged
+/// `KEYS` refused an intact passphrase backup, with no override. `None` where anything else
+/// differs (then [`check_commit`] says what).
+pub fn as_signed_but_unused_slot(
+    signed: &Commit,
+    expected: &Commit,
+    used: SlotFile,
+) -> Option<Commit> {
+    let mut mended = expected.clone();
+    let other = used.other();
+    *other.hash(&mut mended) = *other.hash(&mut signed.clone());
+    (mended == *signed && mended != *expected).then_some(mended)
+}
+
 /// What [`check_commit`] says of a capture whose key slots were erased and nothing else
 /// changed: a crypto-erase or an appliance's PIN lockout, not damage or tampering.
 pub const SLOTS_GONE: &str = "the capture's key slots are gone from the medium (as a \
@@ -399,7 +449,7 @@ pub const SLOTS_GONE: &str = "the capture's key slots are gone from the medium (
 /// Problems of a generation's COMMIT, keyless: it must decode, name exactly
 /// what the medium holds (`expected`), and every signature in it must verify.
 /// Which keys are trusted is the target's decision, not checked here.
-pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<&'static str> {
+pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<String> {
     let none = [0u8; 32];
     let slots_gone = expected.keys_hash == none
         && expected.keypass_hash == none
@@ -412,7 +462,7 @@ pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<&'static str
     if slots_gone {
         // What an appliance's erase (or PIN lockout) leaves: everything as
         // signed but the key slots, which nobody can decrypt without.
-        return Some(SLOTS_GONE);
+        return Some(SLOTS_GONE.into());
     }
     if file.commit != *expected {
         let c = &file.commit;
@@ -422,24 +472,41 @@ pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<&'static str
             keypass_hash: expected.keypass_hash,
             ..c.clone()
         } != *expected;
-        return Some(match (manifest, slots) {
-            (false, true) => {
+        let none = [0u8; 32];
+        // One slot as signed, the other not: named, with the one that still opens the data
+        // (a damaged KEYS read as if the passphrase backup were lost too).
+        let one = match (
+            c.keys_hash == expected.keys_hash,
+            c.keypass_hash == expected.keypass_hash,
+        ) {
+            (false, true) if c.keypass_hash != none => Some((SlotFile::Keys, "--passphrase-file")),
+            (true, false) if c.keys_hash != none => Some((SlotFile::Keypass, "--identity")),
+            _ => None,
+        };
+        return Some(match (manifest, slots, one) {
+            (false, true, Some((bad, opens))) => alloc::format!(
+                "COMMIT does not match {}, on the medium (damaged or replaced after the \
+                 generation was signed); {}, is as signed: an ingest with {opens} opens the \
+                 capture",
+                bad.describe(),
+                bad.other().describe()
+            ),
+            (false, true, None) => {
                 "COMMIT does not match the capture's key slots on the medium (KEYS or KEYPASS \
                  was replaced after the generation was signed, or the generation was put here \
                  from another capture)"
+                    .into()
             }
-            (true, false) => {
-                "COMMIT does not match the generation's MANIFEST on the medium (the generation \
-                 was replaced after it was signed)"
-            }
-            _ => {
-                "COMMIT does not match the manifest and key slots on the medium \
-                 (the generation and its key slots were replaced after it was signed)"
-            }
+            (true, false, _) => "COMMIT does not match the generation's MANIFEST on the medium \
+                                 (the generation was replaced after it was signed)"
+                .into(),
+            _ => "COMMIT does not match the manifest and key slots on the medium (the generation \
+                  and its key slots were replaced after it was signed)"
+                .into(),
         });
     }
     if !file.signatures.iter().all(|s| file.commit.verifies(s)) {
-        return Some("a COMMIT signature does not verify (altered or forged)");
+        return Some("a COMMIT signature does not verify (altered or forged)".into());
     }
     None
 }
@@ -539,6 +606,74 @@ mod tests {
         assert!(check_commit(&f, &other_slots)
             .unwrap()
             .contains("replaced after"));
+    }
+
+    /// One slot damaged, the other as signed: named, with the option that still opens the
+    /// capture; and the commit as signed is what a target opening with the intact slot
+    /// checks against (a damaged KEYS refused the passphrase backup, with no override).
+    #[test]
+    fn one_damaged_slot_is_named_and_the_other_still_opens() {
+        let c = Commit {
+            keypass_hash: [8; 32],
+            ..sample()
+        };
+        let f = CommitFile {
+            signatures: vec![c.sign(SignerRole::Site, &SigningKey::from_bytes(&[9; 32]))],
+            commit: c.clone(),
+        };
+        let keys_damaged = Commit {
+            keys_hash: [6; 32],
+            ..c.clone()
+        };
+        let why = check_commit(&f, &keys_damaged).unwrap();
+        assert!(
+            why.contains("KEYS, the recipient slot")
+                && why.contains("KEYPASS, the passphrase slot, is as signed")
+                && why.contains("--passphrase-file"),
+            "{why}"
+        );
+        let mended = as_signed_but_unused_slot(&c, &keys_damaged, SlotFile::Keypass).unwrap();
+        assert_eq!(mended, c);
+        assert_eq!(check_commit(&f, &mended), None);
+        // Opened with the damaged slot itself: nothing is mended.
+        assert_eq!(
+            as_signed_but_unused_slot(&c, &keys_damaged, SlotFile::Keys),
+            None
+        );
+        // The other slot damaged, or the manifest changed too: not mended either.
+        let keypass_damaged = Commit {
+            keypass_hash: [1; 32],
+            ..c.clone()
+        };
+        assert!(check_commit(&f, &keypass_damaged)
+            .unwrap()
+            .contains("--identity"));
+        assert_eq!(
+            as_signed_but_unused_slot(&c, &keypass_damaged, SlotFile::Keypass),
+            None
+        );
+        let replaced = Commit {
+            manifest_root: [7; 32],
+            ..keys_damaged
+        };
+        assert_eq!(
+            as_signed_but_unused_slot(&c, &replaced, SlotFile::Keypass),
+            None
+        );
+        // A capture with no passphrase slot whose KEYS changed: no other slot to offer.
+        let f = CommitFile {
+            signatures: vec![],
+            commit: sample(),
+        };
+        let why = check_commit(
+            &f,
+            &Commit {
+                keys_hash: [6; 32],
+                ..sample()
+            },
+        )
+        .unwrap();
+        assert!(why.contains("KEYS or KEYPASS was replaced"), "{why}");
     }
 
     #[test]

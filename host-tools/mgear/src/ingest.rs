@@ -1581,7 +1581,14 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         // Say what to install before spending time on the ingest.
         mgear_boot::adapt::find_adapter()?;
     }
-    let policy = args.trust.policy(args.allow_unsealed)?;
+    let mut policy = args.trust.policy(args.allow_unsealed)?;
+    policy.opens_with = match &unlock {
+        image_format::Unlock::Identity(_) | image_format::Unlock::Identities(_) => {
+            Some(image_format::commit::SlotFile::Keys)
+        }
+        image_format::Unlock::Passphrase(_) => Some(image_format::commit::SlotFile::Keypass),
+        image_format::Unlock::Key(_) => None,
+    };
     let sdir = state_dir(args.state_dir.clone())?;
     let _one_ingest = crate::lock::lock_ingest_target(
         &sdir,

@@ -86,6 +86,10 @@ pub struct Policy {
     /// `verify`, not an ingest: a capture that lacks the attestations ingest requires gets a
     /// note saying so, not the `--allow-unsealed` override's warning (verify has no such flag).
     pub verifying: bool,
+    /// The key slot the caller opens the capture with (an ingest's `--identity` or
+    /// `--passphrase-file`): the other one damaged or removed since the signature does not
+    /// refuse it (see `commit::as_signed_but_unused_slot`).
+    pub opens_with: Option<commit::SlotFile>,
 }
 
 impl Pins {
@@ -113,6 +117,7 @@ impl Pins {
                 .map(parse_commit)
                 .transpose()?,
             verifying: false,
+            opens_with: None,
         })
     }
 }
@@ -479,6 +484,31 @@ pub fn check_generation(
                  with --generation), and `mgear verify` says what is wrong with this one",
         )
     })?;
+    // Opened with one slot while the other differs from what was signed: what is opened is
+    // as signed; the other slot is said, not refused.
+    let expected = match (
+        policy.opens_with,
+        commit::read_commit(medium, name, g).ok().flatten(),
+    ) {
+        (Some(used), Some(f)) => {
+            match commit::as_signed_but_unused_slot(&f.commit, &expected, used) {
+                Some(mended) => {
+                    warnings.push(format!(
+                        "capture {name}: {}, on the medium is not the one the capture site \
+                         signed (damaged, or removed since); this ingest opens the capture with \
+                         {}, which is as signed, so the data is checked as usual. `mgear \
+                         verify` names the damaged slot; keep another copy of the shipment for \
+                         whoever needs that slot",
+                        used.other().describe(),
+                        used.describe()
+                    ));
+                    mended
+                }
+                None => expected,
+            }
+        }
+        _ => expected,
+    };
     crate::report::note_commit(&expected);
     // A generation of another capture put in this one's directory (its own COMMIT signed by
     // whoever made it): named as such, before the receipt's or the slots' checks called it

@@ -1135,3 +1135,57 @@ fn a_segment_grown_or_cut_is_refused_before_anything_is_written() {
     refused(&o, &["generation 1", "its manifest says"]);
     assert!(!e.p("vol.raw").exists() && !e.p("vol.raw.partial").exists());
 }
+
+/// A capture with a recipient slot and a passphrase slot, signed; then its KEYS damaged. The
+/// passphrase (the documented backup for a lost target key) was refused with it, "COMMIT does
+/// not match the capture's key slots", with no override. It opens the capture now, said as a
+/// warning; the identity (the damaged slot's) is refused, naming the passphrase way.
+#[test]
+fn a_damaged_recipient_slot_leaves_the_passphrase_slot_usable() {
+    let e = site();
+    fs::write(e.p("pw"), "correct horse battery staple 42\n").unwrap();
+    capture(
+        &e,
+        "disk.raw",
+        &[
+            "--sign",
+            "site.key",
+            "--passphrase-file",
+            "pw",
+            "--passphrase-work-factor",
+            "10",
+        ],
+    );
+    let keys = e.p("mnt/MGEAR/web01/KEYS");
+    let mut k = fs::read(&keys).unwrap();
+    let at = k.len() / 2;
+    k[at] ^= 0x20;
+    fs::write(&keys, k).unwrap();
+    let ingest = |with: &[&str], target: &str| {
+        Line::new(&e, &[&["ingest", "--name", "web01"], with].concat())
+            .medium("dir:mnt")
+            .trust("site.pub")
+            .unsealed()
+            .target(target)
+    };
+    let o = ingest(&["--passphrase-file", "pw"], "file:v.raw").ok();
+    assert!(
+        output_text(&o).contains(
+            "KEYS, the recipient slot, on the medium is not the one the capture site signed"
+        ),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        fs::read(e.p("v.raw")).unwrap(),
+        fs::read(e.p("disk.raw")).unwrap()
+    );
+    let o = ingest(&["--identity", "target.key"], "file:w.raw").run();
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("an ingest with --passphrase-file opens the capture"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!e.p("w.raw").exists());
+}
