@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use crate::encode::Cipher;
-use age::secrecy::SecretString;
+use age::secrecy::{ExposeSecret, SecretString};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -451,21 +451,45 @@ pub fn unlock_data_key<S: Store + ?Sized>(
     unlock: &Unlock,
 ) -> Result<(DataKey, Option<[u8; 16]>)> {
     let name = &crate::verify::stored_name(store, name)?;
-    let (file, identities): (&str, Vec<Box<dyn age::Identity>>) = match unlock {
+    let (file, tries): (&str, Vec<Vec<Box<dyn age::Identity>>>) = match unlock {
         Unlock::Key(k) => return Ok((k.clone(), None)),
-        Unlock::Identity(id) => (KEYS_FILE, vec![Box::new(id.clone())]),
+        Unlock::Identity(id) => (KEYS_FILE, vec![vec![Box::new(id.clone())]]),
         Unlock::Identities(ids) => (
             KEYS_FILE,
-            ids.iter()
+            vec![ids
+                .iter()
                 .map(|id| Box::new(id.clone()) as Box<dyn age::Identity>)
-                .collect(),
+                .collect()],
         ),
         Unlock::Passphrase(p) => {
-            let mut id = age::scrypt::Identity::new(p.clone());
-            // The slot names its own cost: a fixed cap, not age's timing-based
-            // default, so an altered slot cannot ask for gigabytes of memory.
-            id.set_max_work_factor(MAX_WORK_FACTOR);
-            (KEYPASS_FILE, vec![Box::new(id)])
+            // As typed, then its other Unicode forms: the same accented text typed on another
+            // system is composed otherwise (NFC / NFD), and "does not open" gave no hint why.
+            // Each form costs a scrypt only where the one before did not open it, and each is
+            // tried alone: age stops at the first scrypt identity that fails.
+            use unicode_normalization::UnicodeNormalization;
+            let typed = p.expose_secret();
+            let mut forms = vec![p.clone()];
+            if !typed.is_ascii() {
+                for other in [
+                    Zeroizing::new(typed.nfc().collect::<String>()),
+                    Zeroizing::new(typed.nfd().collect::<String>()),
+                ] {
+                    if forms.iter().all(|f| f.expose_secret() != other.as_str()) {
+                        forms.push(SecretString::from(other.to_string()));
+                    }
+                }
+            }
+            let ids = forms
+                .into_iter()
+                .map(|f| {
+                    let mut id = age::scrypt::Identity::new(f);
+                    // The slot names its own cost: a fixed cap, not age's timing-based
+                    // default, so an altered slot cannot ask for gigabytes of memory.
+                    id.set_max_work_factor(MAX_WORK_FACTOR);
+                    vec![Box::new(id) as Box<dyn age::Identity>]
+                })
+                .collect();
+            (KEYPASS_FILE, ids)
         }
     };
     let path = format!("{}/{file}", layout::capture_dir(name));
@@ -547,19 +571,33 @@ pub fn unlock_data_key<S: Store + ?Sized>(
         })
     })?;
     let mut payload = Zeroizing::new(Vec::new());
-    let mut reader = dec
-        .decrypt(identities.iter().map(|i| i.as_ref()))
-        .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys
-            | age::DecryptError::DecryptionFailed
-            | age::DecryptError::KeyDecryptionFailed => Error::WrongKey { name: name.into() },
-            age::DecryptError::ExcessiveWork { required, .. } => corrupt(format!(
-                "the passphrase slot asks for a scrypt work factor of 2^{required}, above the \
+    let mut tries = tries.into_iter();
+    let first = tries.next().unwrap_or_default();
+    let mut decrypted = dec.decrypt(first.iter().map(|i| i.as_ref()));
+    for identities in tries {
+        if !matches!(
+            decrypted,
+            Err(age::DecryptError::DecryptionFailed
+                | age::DecryptError::KeyDecryptionFailed
+                | age::DecryptError::NoMatchingKeys)
+        ) {
+            break;
+        }
+        // A decryptor is spent by a try: the header is read again for the next form.
+        decrypted = age::Decryptor::new(&bytes[..])
+            .and_then(|dec| dec.decrypt(identities.iter().map(|i| i.as_ref())));
+    }
+    let mut reader = decrypted.map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys
+        | age::DecryptError::DecryptionFailed
+        | age::DecryptError::KeyDecryptionFailed => Error::WrongKey { name: name.into() },
+        age::DecryptError::ExcessiveWork { required, .. } => corrupt(format!(
+            "the passphrase slot asks for a scrypt work factor of 2^{required}, above the \
                  2^{MAX_WORK_FACTOR} any capture writes: it was altered (refused before taking \
                  its memory); unlock the capture with the target identity instead"
-            )),
-            other => corrupt(format!("age: {other}")),
-        })?;
+        )),
+        other => corrupt(format!("age: {other}")),
+    })?;
     reader
         .read_to_end(&mut payload)
         .map_err(|e| corrupt(format!("age payload: {e}")))?;
@@ -668,6 +706,31 @@ mod tests {
         write_atomic(&mut store, &path, altered.as_bytes()).unwrap();
         let e = unlock_data_key(&mut store, "web01", &unlock).unwrap_err();
         assert!(e.to_string().contains("work factor of 2^23"), "{e}");
+    }
+
+    /// The same accented passphrase composed another way (NFD typed where NFC was captured,
+    /// as two systems' keyboards and editors do): it opens the slot. It was "does not open",
+    /// with no hint why. Another passphrase still does not.
+    #[test]
+    fn a_passphrase_in_another_unicode_form_opens_the_slot() {
+        let mut store = crate::store::MemStore::new();
+        store.create_dir_all(&layout::capture_dir("uni")).unwrap();
+        let nfc = "Gr\u{fc}\u{df}e-fa\u{e7}ade-\u{65e5}\u{672c}-\u{f1}and\u{fa}";
+        let nfd = "Gru\u{308}\u{df}e-fac\u{327}ade-\u{65e5}\u{672c}-n\u{303}andu\u{301}";
+        assert_ne!(nfc, nfd);
+        let key = DataKey::from_bytes([4; 32]);
+        let pass = SecretString::from(nfc.to_string());
+        write_key_slots(&mut store, "uni", &[4; 16], &key, &[], Some(&pass), Some(2)).unwrap();
+        for typed in [nfc, nfd] {
+            let unlock = Unlock::Passphrase(SecretString::from(typed.to_string()));
+            let (k, _) = unlock_data_key(&mut store, "uni", &unlock).unwrap();
+            assert_eq!(k.as_bytes(), key.as_bytes());
+        }
+        let wrong = Unlock::Passphrase(SecretString::from(format!("{nfd}x")));
+        assert!(matches!(
+            unlock_data_key(&mut store, "uni", &wrong),
+            Err(Error::WrongKey { .. })
+        ));
     }
 
     #[test]

@@ -617,10 +617,20 @@ fn wrong_key_message(
                 id.display()
             )
         }
-        (None, Some(p)) => format!(
-            "the passphrase in {} does not open capture {name}: capture {name} has {has}",
-            p.display()
-        ),
+        (None, Some(p)) => {
+            // What a typo does not explain: the file's text is compared as it is (its last
+            // line ending aside), spaces at the ends included.
+            let spaced = crate::keys::read_passphrase(p)
+                .ok()
+                .filter(|pw| pw.trim() != pw.as_str())
+                .map(|_| " (its passphrase begins or ends with a space, which counts)")
+                .unwrap_or_default();
+            format!(
+                "the passphrase in {}{spaced} does not open capture {name}: capture {name} has \
+                 {has}",
+                p.display()
+            )
+        }
         (None, None) => format!("this key does not open capture {name}: it has {has}"),
     };
     let mut tries = Vec::new();
@@ -1512,6 +1522,16 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("only a passphrase slot"), "{m}");
+        assert!(!m.contains("space"), "{m}");
+        // A passphrase with a space at its end: said, as a likely cause.
+        let dir = tempfile::tempdir().unwrap();
+        let spaced = dir.path().join("pw");
+        std::fs::write(&spaced, "correct horse battery staple \n").unwrap();
+        let m = wrong_key_message("web01", only_pass, None, Some(&spaced), false).0;
+        assert!(
+            m.contains("its passphrase begins or ends with a space, which counts"),
+            "{m}"
+        );
         // A capture takes no --identity: its advice names the passphrase and the key cache.
         let m = wrong_key_message("web01", both, None, Some(std::path::Path::new("pw")), true).0;
         assert!(!m.contains("--identity"), "{m}");
