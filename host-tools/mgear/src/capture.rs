@@ -216,6 +216,8 @@ pub struct Report {
     /// one was found only at the target, where nothing can then decrypt the capture).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<String>,
+    /// The capture has a passphrase slot (`--passphrase-file` opens it at the target too).
+    pub passphrase_slot: bool,
     /// The receipt the field engineer sends to the target.
     pub receipt: Receipt,
     /// What the field engineer should look at (also printed on stderr): a delta none of
@@ -507,6 +509,13 @@ fn print_summary(r: &Report) {
             "encrypted to"
         );
     }
+    // The backup slot was made, or not: only `inspect` said so.
+    if r.passphrase_slot {
+        println!(
+            "  {:<14} a passphrase slot too: --passphrase-file with the same text opens it",
+            "encrypted to"
+        );
+    }
     println!("  {:<14} {:>14.3}", "ratio", r.ratio);
     // Holes cost no read: a rate-limited capture of a sparse disk read "338 MB/s" under
     // a 10 MiB/s limit. Both are said.
@@ -766,6 +775,7 @@ fn signature_only(receipt: Receipt, disk_size: u64, chunk_size: u32, started: In
         manifest_root: receipt.manifest_root.clone(),
         borrows_from: Vec::new(),
         recipients: Vec::new(),
+        passphrase_slot: false,
         receipt,
         warnings: Vec::new(),
     }
@@ -4236,6 +4246,8 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         cpu_share: cpu_seconds / secs.max(1e-9),
         manifest_root: hex(&summary.manifest_root),
         borrows_from,
+        passphrase_slot: args.passphrase_file.is_some()
+            || recorded_slots(args, &receipt.capture_id).is_some_and(|s| s.passphrase),
         recipients: match args.recipient.is_empty() {
             // A delta or resume names none: the slot keeps those the key cache recorded when
             // the capture was made (the wrong-key advice at the target points here).
@@ -4256,9 +4268,14 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
 /// The recipients capture `args.name` (id `capture_id`, hex) was made for, as its key cache
 /// entry recorded them; none where it did not (an entry made from the passphrase).
 fn recorded_recipients(args: &Plan, capture_id: &str) -> Vec<String> {
-    let Ok(dir) = crate::keys::key_cache_dir(args.key_cache.clone()) else {
-        return Vec::new();
-    };
+    recorded_slots(args, capture_id)
+        .map(|s| s.recipients)
+        .unwrap_or_default()
+}
+
+/// The key slots the key cache recorded for capture `capture_id` when it was made.
+fn recorded_slots(args: &Plan, capture_id: &str) -> Option<image_format::keys::CachedSlots> {
+    let dir = crate::keys::key_cache_dir(args.key_cache.clone()).ok()?;
     crate::keys::cached_keys(&dir)
         .unwrap_or_default()
         .into_iter()
@@ -4268,8 +4285,6 @@ fn recorded_recipients(args: &Plan, capture_id: &str) -> Vec<String> {
                 .is_some_and(|c| c.eq_ignore_ascii_case(capture_id))
         })
         .and_then(|k| DataKey::cached_slots(&k.path).ok().flatten())
-        .map(|s| s.recipients)
-        .unwrap_or_default()
 }
 
 /// An encoded chunk, or `None` for a chunk not read because it is unchanged.

@@ -240,7 +240,7 @@ fn weak_passphrases_are_refused_and_generated_ones_work() {
         "nothing captured with a weak passphrase"
     );
 
-    e.ok(&[
+    let o = e.ok(&[
         "capture",
         "--source",
         "disk.raw",
@@ -255,6 +255,12 @@ fn weak_passphrases_are_refused_and_generated_ones_work() {
         "10",
     ]);
     assert_eq!(mode(&e.p("pw")), 0o600);
+    // The summary says the slot was made (only `inspect` said so).
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("a passphrase slot too"),
+        "{}",
+        text(&o)
+    );
     // The passphrase is what is tested here, not who wrote the capture.
     let v = e.json(&[
         "verify",
