@@ -3755,6 +3755,9 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
         return Err(unknown_slots(args));
     }
     if exists && key.is_none() && passphrase.is_none() {
+        // Without a passphrase slot nothing at the source opens it once its cached key is
+        // gone: said, with the way left (it offered --passphrase-file of a capture without one).
+        let has_passphrase = crate::keys::KeySlots::of(medium.store(), &args.name).passphrase;
         // An unfinished generation no key reaches can still be removed and captured again.
         let _ = medium.close();
         let abort = unfinished_gen.as_ref().map_or(String::new(), |g| {
@@ -3766,10 +3769,18 @@ pub fn capture_disk(args: &Plan, shared: Option<&Shared>) -> crate::Result<Repor
                 image_format::set::owner(&args.name)
             )
         });
+        let pass = match has_passphrase {
+            true => "or --passphrase-file (the capture has a passphrase slot)",
+            false => {
+                "the capture has no passphrase slot; where no key cache holds its key any \
+                 more (`mgear keys forget`), no delta or resume of it can be made: capture the \
+                 disk again, in full, under another name"
+            }
+        };
         return Err(usage(format!(
             "capture {} (capture id {}) already exists on the medium and its data key is not in the key cache {} \
              (a delta or resume must run on the host that made the first capture, or pass --key-cache DIR, \
-             or --passphrase-file if the capture has a passphrase slot; `mgear keys list` shows the cached keys){abort}",
+             {pass}; `mgear keys list` shows the cached keys){abort}",
             args.name,
             on_medium.map_or_else(|| "unknown".to_string(), |id| hex(&id)),
             cache_dir.display()

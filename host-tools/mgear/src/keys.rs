@@ -134,8 +134,12 @@ pub fn read_identities(path: &Path) -> crate::Result<Vec<age::x25519::Identity>>
                 "cannot read identity {}: {e}",
                 crate::keyfile::named(path, false)
             ),
-            "give --identity the target's secret key file (`mgear keygen --out \
-                     target.key` wrote it, 0600: AGE-SECRET-KEY-1...), by a path that exists",
+            // "by a path that exists" of a directory that does; and a lost key did not hear
+            // of the backup slot.
+            "give --identity the target's secret key file (`mgear keygen --out target.key` \
+             wrote it, 0600: AGE-SECRET-KEY-1...), by its path; a capture made with a \
+             passphrase slot also opens with --passphrase-file instead (`mgear inspect` lists \
+             a capture's key slots)",
         )
     })?);
     // `age -p` over the key file (protecting it at rest) was called "not an age identity
@@ -169,6 +173,17 @@ pub fn read_identities(path: &Path) -> crate::Result<Vec<age::x25519::Identity>>
             })?
             .to_owned(),
     );
+    // A capture host's key cache (the data key itself): it read as "line 2 is not an age
+    // identity (invalid Bech32)" where every other mix-up is named.
+    if text.starts_with("# MotionGear data key cache") {
+        return Err(usage(format!(
+            "{} is a data key cache of a capture host (`mgear keys list` shows them), not the \
+             target's identity: give --identity the target's .key (AGE-SECRET-KEY-1..., from \
+             `mgear keygen`); a key cache is read by capture and sync at the source, by \
+             --key-cache",
+            path.display()
+        )));
+    }
     if let Some(e) = crate::keyfile::misplaced(
         &path.display().to_string(),
         &text,
@@ -1023,6 +1038,17 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                 .iter()
                 .map(|k| crate::lock::free_key(&k.path, &k.name))
                 .collect::<crate::Result<Vec<_>>>()?;
+            // Read before they go: whether a passphrase slot still opens each capture.
+            let passphrase: Vec<(String, Option<bool>)> = chosen
+                .iter()
+                .map(|k| {
+                    let slots = image_format::DataKey::cached_slots(&k.path).ok().flatten();
+                    (
+                        k.capture_id.clone().unwrap_or_else(|| "none".into()),
+                        slots.map(|s| s.passphrase),
+                    )
+                })
+                .collect();
             for k in &chosen {
                 remove_cached(k)?;
             }
@@ -1055,8 +1081,27 @@ pub fn keys(request: Request) -> crate::Result<i32> {
                               --dedup-across-machines)"
                             .to_string(),
                     };
+                    // Said of this capture: it offered --passphrase-file of one that has no
+                    // such slot, and never said what is left to do then.
+                    let slot = passphrase
+                        .iter()
+                        .find(|(of, _)| of == id)
+                        .and_then(|(_, p)| *p);
+                    let then = match slot {
+                        Some(true) => {
+                            "; its passphrase slot still opens it: give --passphrase-file"
+                        }
+                        Some(false) => {
+                            "; it has no passphrase slot, so nothing opens it here any more: \
+                             capture the disk again, in full, under another name, for deltas \
+                             and syncs from this host"
+                        }
+                        None => {
+                            "; a capture with a passphrase slot still opens with --passphrase-file"
+                        }
+                    };
                     println!(
-                        "forgot the data key of {}{shared} (capture id {id}): deltas, syncs and the resume of an unfinished generation of it can no longer run on this host (a capture with a passphrase slot: with --passphrase-file)",
+                        "forgot the data key of {}{shared} (capture id {id}): deltas, syncs and the resume of an unfinished generation of it can no longer run on this host{then}",
                         names.join(", ")
                     );
                 }
@@ -1451,6 +1496,18 @@ mod tests {
         };
         let m = e.to_string();
         assert!(m.contains("--identity takes the secret half"), "{m}");
+        // A key cache file, as a capture writes it.
+        let cache = dir.path().join("web01-00.key");
+        image_format::DataKey::from_bytes([7; 32])
+            .save_cache_with_id(&cache, "web01", &[0; 16])
+            .unwrap();
+        let Err(e) = read_identity(&cache) else {
+            panic!("a key cache accepted as an identity")
+        };
+        let m = e.to_string();
+        assert_eq!(crate::exit::code_of(&e), 2);
+        assert!(m.contains("is a data key cache of a capture host"), "{m}");
+        assert!(!m.contains("0707"), "no key material in the message: {m}");
     }
 
     /// `keys list` skipped a key file it could not read without a word.

@@ -1260,3 +1260,34 @@ fn a_source_written_during_the_capture_is_said_to_be() {
         "{r}"
     );
 }
+
+/// A capture with no passphrase slot whose cached key was forgotten: `keys forget` and the
+/// delta refused after it offered `--passphrase-file` (there is no such slot), and neither
+/// said that no delta of it can be made any more, nor what to do.
+#[test]
+fn a_forgotten_key_of_a_capture_without_a_passphrase_slot_says_what_is_left() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 2 << 20, 72);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "solo").source("d.raw").ok();
+    let o = e.ok(&["keys", "forget", "--name", "solo"]);
+    let said = output_text(&o);
+    assert!(
+        said.contains("it has no passphrase slot, so nothing opens it here any more")
+            && !said.contains("with --passphrase-file"),
+        "{said}"
+    );
+    let o = e
+        .capture("dir:m", "solo")
+        .source("d.raw")
+        .arg("--delta")
+        .run();
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    let said = output_text(&o);
+    assert!(
+        said.contains("the capture has no passphrase slot")
+            && said.contains("capture the disk again, in full, under another name"),
+        "{said}"
+    );
+}
