@@ -673,8 +673,11 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                             &serde_json::json!({"identity_pubkey": hex(&identity_pubkey), "fingerprint": fingerprint}),
                         )?;
                     } else {
+                        // Labelled as `info` labels them: two bare hex strings left the
+                        // operator to guess which one a target pins.
                         println!(
-                            "provisioned; identity {fingerprint} ({})",
+                            "provisioned; identity fingerprint {fingerprint} (what a target \
+                             pins with --trust-appliance; public key {})",
                             hex(&identity_pubkey)
                         );
                         println!(

@@ -571,9 +571,9 @@ pub fn check_generation(
             if let Some(h) = receipt_names(medium, want.as_str()) {
                 return Err(refuse(format!(
                     "the capture receipt's commit (--expect-commit {want}) is generation {h} of \
-                     {name} on this medium, and generation {g} is the one this ingest took: add \
-                     --generation {h} to install the one the receipt names, or ask the capture \
-                     site for generation {g}'s receipt"
+                     {name} on this medium, and generation {g} is the one taken here (the \
+                     newest, or --generation's): add --generation {h} to check or install the one \
+                     the receipt names, or ask the capture site for generation {g}'s receipt"
                 )));
             }
             // Another disk's commit of the same set (the per-disk commits the capture prints):

@@ -91,6 +91,30 @@ pub struct Report {
     /// target's): their structure was checked, their records were not.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_opened: Vec<String>,
+    /// What this run did not check, and what checks it: a keyless "OK" read as "safe to
+    /// ship and to trust" where nothing was decrypted and nobody's signature was asked for.
+    pub not_checked: Vec<String>,
+}
+
+/// What a verify with (`keyed`) or without a key, and with no trust pinned (`unpinned`),
+/// leaves unchecked, each with the option that checks it.
+fn not_checked(keyed: bool, unpinned: bool) -> Vec<String> {
+    let mut left = Vec::new();
+    if !keyed {
+        left.push(
+            "the data itself (every record's hash and the files' structure were checked, \
+             nothing was decrypted: --identity or --passphrase-file decrypts every chunk)"
+                .to_string(),
+        );
+    }
+    if unpinned {
+        left.push(
+            "who made the capture (nothing pinned: --trust SITE.pub, --trust-appliance FP, and \
+             the receipt's --expect-commit)"
+                .to_string(),
+        );
+    }
+    left
 }
 
 struct Observer {
@@ -1242,6 +1266,7 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 lost: e.lost,
             })
             .collect(),
+        not_checked: not_checked(unlock.is_some(), trust.is_empty()),
         trust,
         not_opened,
     };
@@ -1265,13 +1290,27 @@ fn verify(args: Plan) -> crate::Result<i32> {
                 .find(|t| !t.trusted)
                 .map(|t| t.message.clone())
                 .unwrap_or_default();
+            // A receipt that names another generation is not a missing pin: the hint about
+            // pinning a key was given to a target whose key was pinned and valid.
+            let hint = match why.contains("--expect-commit") || why.contains("--expect-generation")
+            {
+                true => {
+                    "no record was found damaged, but the generation checked is not the one \
+                     the capture receipt names (see `trust`): check the one it names \
+                     (--generation, as the message says), or ask the capture site for the \
+                     receipt of this one"
+                }
+                false => {
+                    "no record was found damaged, but nothing this target pinned vouches for \
+                     the capture (see `trust`): do not ingest it until it is trusted; pin a \
+                     site's key (--trust SITE.pub) only if you know it is that capture site's, \
+                     or get the site's receipt"
+                }
+            };
             return crate::output::emit_verdict_hint(
                 FOUND,
                 &format!("not trusted: {why} (see `trust`)"),
-                "no record was found damaged, but nothing this target pinned vouches for the \
-                 capture (see `trust`): do not ingest it until it is trusted; pin a site's key \
-                 (--trust SITE.pub) only if you know it is that capture site's, or get the \
-                 site's receipt",
+                hint,
                 &out,
             )
             .map(|()| FOUND);
@@ -1351,6 +1390,9 @@ fn verify(args: Plan) -> crate::Result<i32> {
             println!("NOT VERIFIED in full: the captures named above were not opened");
         } else if out.ok && out.trust.iter().all(|x| x.trusted) {
             println!("OK: no problems found");
+            if !out.not_checked.is_empty() {
+                println!("not checked here: {}", out.not_checked.join("; "));
+            }
         } else if out.ok {
             println!("no problems found, but NOT TRUSTED (--allow-untrusted)");
         } else if report.is_ok() {

@@ -1189,3 +1189,61 @@ fn a_damaged_recipient_slot_leaves_the_passphrase_slot_usable() {
     );
     assert!(!e.p("w.raw").exists());
 }
+
+/// `verify --json` given the receipt of an older generation (the newest is checked): its hint
+/// was about pinning a site's key, which was pinned and valid; it says which generation the
+/// receipt names now.
+#[test]
+fn a_verify_against_an_older_receipt_hints_at_the_generation() {
+    let e = site();
+    let first = capture(&e, "disk.raw", &["--sign", "site.key"]);
+    let commit = first["receipt"]["commit_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut d = fs::read(e.p("disk.raw")).unwrap();
+    d[100] ^= 0xff;
+    fs::write(e.p("disk.raw"), d).unwrap();
+    capture(&e, "disk.raw", &["--sign", "site.key", "--delta"]);
+    let o = e.run(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--trust",
+        "site.pub",
+        "--name",
+        "web01",
+        "--expect-commit",
+        &commit[..16],
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Keyless, with a site pinned: the data itself is what was left unchecked.
+    let left = v["not_checked"].to_string();
+    assert!(
+        left.contains("nothing was decrypted") && !left.contains("who made the capture"),
+        "{v}"
+    );
+    // Keyed and pinned: nothing left.
+    let full = e.json(&[
+        "verify",
+        "--medium",
+        "dir:mnt",
+        "--identity",
+        "target.key",
+        "--trust",
+        "site.pub",
+    ]);
+    assert_eq!(full["not_checked"], serde_json::json!([]), "{full}");
+    let hint = v["error"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("not the one the capture receipt names") && !hint.contains("pin a site"),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("is generation 1 of web01") && !message.contains("this ingest"),
+        "{v}"
+    );
+}
