@@ -1428,6 +1428,9 @@ pub struct GenerationInfo {
     /// last checkpoint, headers included).
     pub stored_bytes: u64,
     pub segments: u32,
+    /// A complete generation's segment lengths, as its manifest signs them (empty otherwise):
+    /// a listing compares them with the files' (a cheap check; the bytes are verify's).
+    pub segment_lens: Vec<u64>,
     /// An unfinished generation of a span: closed segments on the span's media not opened
     /// (each medium alone said only what it holds, unexplained); `stored_bytes` counts the
     /// others.
@@ -1457,6 +1460,7 @@ impl GenerationInfo {
             dedup_chunks: 0,
             stored_bytes: 0,
             segments: 0,
+            segment_lens: Vec::new(),
             segments_elsewhere: 0,
             created_unix: 0,
             appliance_id: None,
@@ -1725,6 +1729,7 @@ pub fn capture_info<S: Store + ?Sized>(store: &mut S, name: &str) -> Result<Opti
                     dedup_chunks: m.dedup_chunks,
                     stored_bytes: m.stored_bytes,
                     segments: m.segments.len() as u32,
+                    segment_lens: m.segments.iter().map(|d| d.len).collect(),
                     created_unix: m.created_unix,
                     appliance_id: m.appliance_id,
                     source_desc: m.source_desc,

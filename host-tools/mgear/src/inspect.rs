@@ -632,6 +632,10 @@ fn medium_json(
                         e.name, c.name, g.generation
                     ));
                 }
+                // The lengths its manifest signs: a segment cut short or grown was listed
+                // "complete", exit 0, while verify and ingest failed it (a size is cheap to
+                // compare; the bytes are verify's).
+                let lens = &g.segment_lens;
                 for k in 0..g.segments {
                     let p = image_format::layout::segment_path(&c.name, g.generation, k);
                     if far.contains(&p) {
@@ -639,7 +643,17 @@ fn medium_json(
                         continue;
                     }
                     let why = match store.len(&p) {
-                        Ok(Some(_)) => continue,
+                        Ok(Some(len)) => match lens.get(k as usize) {
+                            Some(want) if *want != len => {
+                                damaged_generation = true;
+                                format!(
+                                    "{p} is {len} bytes, but its manifest says {want}: it was \
+                                     cut short or grown since it was written (`mgear verify` \
+                                     names the records it holds)"
+                                )
+                            }
+                            _ => continue,
+                        },
                         // A medium of no span holds every segment: one its manifest lists
                         // and no entry shows is damage (its entry deleted, or marked a volume
                         // label), not a shipment's question (it listed the capture, exit 0).

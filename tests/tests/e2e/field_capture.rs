@@ -1291,3 +1291,34 @@ fn a_forgotten_key_of_a_capture_without_a_passphrase_slot_says_what_is_left() {
         "{said}"
     );
 }
+
+/// A segment cut short (or grown) after it was written: `inspect` listed the generation
+/// "complete", exit 0, while verify and ingest failed it. Its size is compared with the one
+/// its manifest signs: DAMAGED, naming the file and both sizes, exit 1 (human and JSON).
+#[test]
+fn inspect_names_a_segment_of_another_size_than_its_manifest_says() {
+    let e = Env::new();
+    e.keygen();
+    random_disk(&e.p("d.raw"), 3 << 20, 73);
+    fs::create_dir(e.p("m")).unwrap();
+    e.capture("dir:m", "w").source("d.raw").ok();
+    let seg = e.p("m/MGEAR/w/G0001/SEG-00000");
+    let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(1_000_000).unwrap();
+    drop(f);
+    let o = e.run(&["inspect", "--medium", "dir:m"]);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains(
+            "G0001 DAMAGED: MGEAR/w/G0001/SEG-00000 is 1000000 bytes, but its manifest says"
+        ),
+        "{}",
+        output_text(&o)
+    );
+    let o = e.run(&["inspect", "--medium", "dir:m", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["captures"][0]["generations"][0]["state"], "damaged",
+        "{v}"
+    );
+}
