@@ -430,16 +430,21 @@ fn forget_written(path: &Path) -> String {
 fn left_unfinished(e: crate::Error, unfinished: &str, partial: bool, state: &Path) -> crate::Error {
     if crate::exit::code_of(&e) == crate::exit::FOUND && !e.to_string().contains("left incomplete")
     {
-        e.context(format!(
-            "{unfinished} is left unfinished, with its resume state {}: a re-run with an intact \
-             copy of the medium continues it; --force writes another capture there instead; \
-             removing {} gives it up",
+        // The cause first: it came last, after some 300 characters about the .partial.
+        let message = format!(
+            "{e:#}. {unfinished} is left unfinished, with its resume state {}: a re-run \
+                 with an intact copy of the medium continues it; --force writes another capture \
+                 there instead; removing {} gives it up",
             state.display(),
             match partial {
                 true => "both",
                 false => "the resume state",
             }
-        ))
+        );
+        match crate::exit::own_hint(&e) {
+            Some(hint) => crate::exit::coded_hint(crate::exit::FOUND, message, hint),
+            None => crate::exit::coded(crate::exit::FOUND, message),
+        }
     } else {
         e
     }
