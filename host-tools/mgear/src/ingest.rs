@@ -894,7 +894,7 @@ pub fn run(cli: Request) -> crate::Result<i32> {
                 );
             } else {
                 println!(
-                    "  {:<14} {}, {} zero (no data sent: holes or write-zeroes)",
+                    "  {:<14} {}, {} of them zero (sent as holes or write-zeroes, no data)",
                     "chunks",
                     crate::units::count(r.chunks, "chunk"),
                     r.zero_chunks
