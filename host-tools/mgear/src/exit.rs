@@ -107,12 +107,6 @@ pub fn class_hint(code: i32, command: &str) -> String {
 
 /// What the user should do next: the raiser's hint if it gave one, else
 /// the generic next step for the error's class.
-/// The next step an error in `err`'s chain carries itself, if any (not the class's default).
-pub fn own_hint(err: &Error) -> Option<String> {
-    err.chain()
-        .find_map(|e| coded_of(e).and_then(|(_, hint)| hint.clone()))
-}
-
 pub fn hint(err: &Error, command: &str) -> String {
     if let Some(h) = err
         .chain()

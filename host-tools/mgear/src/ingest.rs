@@ -441,10 +441,9 @@ fn left_unfinished(e: crate::Error, unfinished: &str, partial: bool, state: &Pat
                 false => "the resume state",
             }
         );
-        match crate::exit::own_hint(&e) {
-            Some(hint) => crate::exit::coded_hint(crate::exit::FOUND, message, hint),
-            None => crate::exit::coded(crate::exit::FOUND, message),
-        }
+        // The next step as the cause's class gives it (a damaged file system's is not a bad
+        // record's: "do not use it" was said of a medium to copy, not repair).
+        crate::exit::coded_hint(crate::exit::FOUND, message, crate::exit::hint(&e, "ingest"))
     } else {
         e
     }
