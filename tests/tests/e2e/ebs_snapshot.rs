@@ -876,12 +876,14 @@ fn an_image_that_failed_to_register_is_registered_from_the_kept_snapshot() {
 /// resume wrote its blocks into the second one's snapshot, and neither could complete, not
 /// even with --force. The pending snapshot's description says whose it is: the first starts a
 /// new snapshot, and both complete with their own disks.
-#[test]
-fn a_pending_snapshot_id_that_is_another_ingests_is_not_written_into() {
-    let e = Env::new();
-    captured(&e);
+/// web01's ingest killed with its snapshot pending, and the double started again (as another
+/// endpoint, account or region would be): the new double, web01's snapshot id, and the
+/// ingest of another capture, `other` (a disk differing in one block, `fill`), whose snapshot
+/// will get that same id.
+fn an_id_for_two_ingests<'e>(e: &'e Env, fill: u8) -> (Double, String, Line<'e>) {
+    captured(e);
     let d = Double::start(DoubleConfig::default());
-    killed_after_some_blocks(&e, &d, &ingest(&e, &[]));
+    killed_after_some_blocks(e, &d, &ingest(e, &[]));
     let id = d.snapshot_ids()[0].clone();
     drop(d);
     let d = Double::start(DoubleConfig::default());
@@ -892,7 +894,7 @@ fn a_pending_snapshot_id_that_is_another_ingests_is_not_written_into() {
             .open(e.p("other.raw"))
             .unwrap();
         f.seek(SeekFrom::Start(600 << 20)).unwrap();
-        f.write_all(&[7u8; 4096]).unwrap();
+        f.write_all(&[fill; 4096]).unwrap();
     }
     e.capture("dir:mnt", "other")
         .source("other.raw")
@@ -903,6 +905,13 @@ fn a_pending_snapshot_id_that_is_another_ingests_is_not_written_into() {
         .trust("site.pub")
         .unsealed()
         .target("ebs-snapshot:other");
+    (d, id, other)
+}
+
+#[test]
+fn a_pending_snapshot_id_that_is_another_ingests_is_not_written_into() {
+    let e = Env::new();
+    let (d, id, other) = an_id_for_two_ingests(&e, 7);
     killed_after_some_blocks(&e, &d, &other);
     assert_eq!(
         d.snapshot_ids(),
@@ -972,30 +981,7 @@ fn another_capture_into_an_unfinished_snapshot_name_is_refused() {
 #[test]
 fn a_snapshot_id_another_ingest_completed_is_named_as_its() {
     let e = Env::new();
-    captured(&e);
-    let d = Double::start(DoubleConfig::default());
-    killed_after_some_blocks(&e, &d, &ingest(&e, &[]));
-    let id = d.snapshot_ids()[0].clone();
-    drop(d);
-    let d = Double::start(DoubleConfig::default());
-    disk_with_holes(&e.p("other.raw"));
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(e.p("other.raw"))
-            .unwrap();
-        f.seek(SeekFrom::Start(600 << 20)).unwrap();
-        f.write_all(&[9u8; 4096]).unwrap();
-    }
-    e.capture("dir:mnt", "other")
-        .source("other.raw")
-        .sign("site.key")
-        .ok();
-    let other = e
-        .ingest("dir:mnt", "other")
-        .trust("site.pub")
-        .unsealed()
-        .target("ebs-snapshot:other");
+    let (d, id, other) = an_id_for_two_ingests(&e, 9);
     let o = with_double(&e, &d, &other).output().unwrap();
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(d.snapshot_ids(), std::slice::from_ref(&id));
