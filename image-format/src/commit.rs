@@ -414,13 +414,6 @@ impl SlotFile {
             SlotFile::Keypass => "KEYPASS, the passphrase slot",
         }
     }
-
-    fn hash(self, c: &mut Commit) -> &mut [u8; 32] {
-        match self {
-            SlotFile::Keys => &mut c.keys_hash,
-            SlotFile::Keypass => &mut c.keypass_hash,
-        }
-    }
 }
 
 /// `expected` (the commit the medium's files make now) as the COMMIT `signed` signs it where
@@ -435,8 +428,10 @@ pub fn as_signed_but_unused_slot(
     used: SlotFile,
 ) -> Option<Commit> {
     let mut mended = expected.clone();
-    let other = used.other();
-    *other.hash(&mut mended) = *other.hash(&mut signed.clone());
+    match used.other() {
+        SlotFile::Keys => mended.keys_hash = signed.keys_hash,
+        SlotFile::Keypass => mended.keypass_hash = signed.keypass_hash,
+    }
     (mended == *signed && mended != *expected).then_some(mended)
 }
 
@@ -472,7 +467,6 @@ pub fn check_commit(file: &CommitFile, expected: &Commit) -> Option<String> {
             keypass_hash: expected.keypass_hash,
             ..c.clone()
         } != *expected;
-        let none = [0u8; 32];
         // One slot as signed, the other not: named, with the one that still opens the data
         // (a damaged KEYS read as if the passphrase backup were lost too).
         let one = match (

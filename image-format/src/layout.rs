@@ -890,11 +890,9 @@ pub struct ManifestFile {
     pub root: [u8; 32],
     /// Keyed blake3 (manifest MAC subkey) of header + body.
     pub mac: [u8; 32],
-    /// Length of header + body (what `root` and `mac` cover).
-    pub signed_len: usize,
-    /// Header + body as read: the MAC is checked over these bytes, not over the fields
-    /// encoded again (bytes a field's value does not use, such as the appliance id of a
-    /// manifest that names none, were otherwise changed unseen).
+    /// Header + body as read (what `root` and `mac` cover): the MAC is checked over these
+    /// bytes, not over the fields encoded again (bytes a field's value does not use, such as
+    /// the appliance id of a manifest that names none, were otherwise changed unseen).
     pub signed: Vec<u8>,
 }
 
@@ -1073,7 +1071,6 @@ impl Manifest {
             manifest: m,
             root,
             mac,
-            signed_len,
             signed: b[..signed_len].to_vec(),
         })
     }

@@ -393,14 +393,7 @@ impl<S: Store> CaptureReader<S> {
                 // Not on a single medium at all: refused here, before anything is written (the
                 // target was written up to the first chunk the parent holds, and left partial).
                 // A span's other media are left to the read that needs them.
-                Ok(None)
-                    if self.store.span().is_none()
-                        && !matches!(
-                            crate::medium::generations(&mut self.store, &self.name)
-                                .map(|v| v.contains(&g)),
-                            Ok(true)
-                        ) =>
-                {
+                Ok(None) if self.store.span().is_none() && !self.holds_generation(g) => {
                     return Err(corrupt(
                         Location::capture(&self.name).generation(g),
                         parent_missing(g, own),
@@ -426,6 +419,15 @@ impl<S: Store> CaptureReader<S> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the medium lists generation `g` of this capture (a directory of it, finished or
+    /// not); a listing that fails says no.
+    fn holds_generation(&mut self, g: u32) -> bool {
+        matches!(
+            crate::medium::generations(&mut self.store, &self.name).map(|v| v.contains(&g)),
+            Ok(true)
+        )
     }
 
     pub fn manifest_root(&self) -> &[u8; 32] {
@@ -782,12 +784,7 @@ impl<S: Store> CaptureReader<S> {
             ));
         }
         let older = l.stream == 0 && g != self.manifest.generation;
-        let gone = older
-            && !segment_exists
-            && !matches!(
-                crate::medium::generations(&mut self.store, &self.name).map(|v| v.contains(&g)),
-                Ok(true)
-            );
+        let gone = older && !segment_exists && !self.holds_generation(g);
         corrupt(
             self.location(index, l),
             if gone {

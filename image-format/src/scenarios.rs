@@ -933,7 +933,7 @@ fn tampered_manifest_and_index_are_caught() {
     let raw = file(&mut g.store, mpath);
     let mf = layout::Manifest::decode(&raw).unwrap();
     assert!(mf.manifest.appliance_id.is_none());
-    let mut signed = raw[..mf.signed_len].to_vec();
+    let mut signed = mf.signed.clone();
     let at = 24 + 16 + 4 + 4 + 1 + "web01".len() + 4 + 8 + 8 + 8;
     assert_eq!(signed[at], 0, "the has-appliance byte");
     signed[at + 1] ^= 0x5a;

@@ -599,19 +599,36 @@ fn print_problems(problems: &[Problem], port: &Path) {
     }
 }
 
-/// The lock on the appliance's medium that commands writing or reading it through this host
-/// hold ([`crate::lock::lock_export`]), taken for a command the appliance carries out on its
-/// own medium: refused at once, naming the holder, while a capture writes it. `None` where the
-/// medium is not an export of this host's (a board's USB disk).
-fn hold_medium(
+/// `req`, a command the appliance carries out on its own medium, sent while this host holds
+/// the medium's lock (the one commands writing or reading it through this host hold,
+/// [`crate::lock::lock_export`]; `exclusive` for one that changes it): refused at once,
+/// naming the holder, while a capture writes it. No lock where the medium is not an export of
+/// this host's (a board's USB disk).
+fn call_holding(
     c: &mut Client,
     port: &Path,
     exclusive: bool,
-) -> crate::Result<Option<crate::lock::MediumLock>> {
+    req: &Request,
+    json: bool,
+) -> crate::Result<Response> {
     let i = info(c)?;
-    match i.medium_locator.parse::<mgear_nbd::NbdUrl>() {
-        Ok(mgear_nbd::NbdUrl::Unix { socket, .. }) => crate::lock::lock_export(
-            &mgear_nbd::export_lock_path(&socket),
+    let _held = match i.medium_locator.parse::<mgear_nbd::NbdUrl>() {
+        Ok(url) => lock_medium(&url, port, exclusive)?,
+        Err(_) => None,
+    };
+    c.call_progress(req, &mut progress_printer(json))
+}
+
+/// The lock on the medium of the appliance at `port`, exported at `url`: kept in the file
+/// beside the export's Unix socket; `None` for an export of another kind.
+fn lock_medium(
+    url: &mgear_nbd::NbdUrl,
+    port: &Path,
+    exclusive: bool,
+) -> crate::Result<Option<crate::lock::MediumLock>> {
+    match url {
+        mgear_nbd::NbdUrl::Unix { socket, .. } => crate::lock::lock_export(
+            &mgear_nbd::export_lock_path(socket),
             exclusive,
             &format!("the appliance at {}", port.display()),
         ),
@@ -700,14 +717,10 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
             )
         }
         Cmd::Lock => expect_simple(c, &Request::Lock, json, "locked: the medium is read-only"),
-        Cmd::Verify => {
-            // A capture writing through this host: its generation is unfinished until it ends,
-            // which the appliance's verify told as a problem ("resume or --abort" a live
-            // capture) and kept in the custody log for good.
-            let held = hold_medium(c, port, false)?;
-            let reply = c.call_progress(&Request::Verify, &mut progress_printer(json))?;
-            drop(held);
-            match reply {
+        // A capture writing through this host: its generation is unfinished until it ends,
+        // which the appliance's verify told as a problem ("resume or --abort" a live capture)
+        // and kept in the custody log for good.
+        Cmd::Verify => match call_holding(c, port, false, &Request::Verify, json)? {
             // Erased with --overwrite, the medium holds zeros by design: "does not hold a FAT32
             // file system ... `mgear medium format`" sent the operator after a fault there is
             // none of.
@@ -760,44 +773,36 @@ fn run_cmd(c: &mut Client, cmd: Cmd, json: bool, port: &Path) -> crate::Result<i
                 Ok(if ok { 0 } else { 1 })
             }
             other => bail!("unexpected reply to Verify: {other:?}"),
-            }
-        }
-        Cmd::Seal => {
-            let held = hold_medium(c, port, true)?;
-            let reply = c.call_progress(&Request::Seal, &mut progress_printer(json))?;
-            drop(held);
-            match reply {
-                Response::Sealed {
-                    attestation,
-                    report,
-                } => {
-                    // A member of a span: the others are sealed on their own appliances, and one
-                    // left unlocked can be written and sealed by whoever carries it.
-                    let span = image_format::span::SPAN_FILE;
-                    if attestation.body.files.iter().any(|f| f.path == span) {
-                        eprintln!(
+        },
+        Cmd::Seal => match call_holding(c, port, true, &Request::Seal, json)? {
+            Response::Sealed {
+                attestation,
+                report,
+            } => {
+                // A member of a span: the others are sealed on their own appliances, and one
+                // left unlocked can be written and sealed by whoever carries it.
+                let span = image_format::span::SPAN_FILE;
+                if attestation.body.files.iter().any(|f| f.path == span) {
+                    eprintln!(
                         "mgear: note: this medium is one of a span's media: seal the appliance \
                          of every other medium of the span too before they ship (one left \
                          unlocked can be written and sealed by whoever carries it)"
                     );
-                    }
-                    if json {
-                        print_json(
-                            &serde_json::json!({"attestation": attestation, "report": report}),
-                        )?;
-                    } else {
-                        print_report(&report, port);
-                        println!(
-                            "sealed: the medium is read-only; seal attestation {} (counter {})",
-                            hex(&attestation.digest()),
-                            attestation.body.counter
-                        );
-                    }
-                    Ok(0)
                 }
-                other => bail!("unexpected reply to Seal: {other:?}"),
+                if json {
+                    print_json(&serde_json::json!({"attestation": attestation, "report": report}))?;
+                } else {
+                    print_report(&report, port);
+                    println!(
+                        "sealed: the medium is read-only; seal attestation {} (counter {})",
+                        hex(&attestation.digest()),
+                        attestation.body.counter
+                    );
+                }
+                Ok(0)
             }
-        }
+            other => bail!("unexpected reply to Seal: {other:?}"),
+        },
         Cmd::Arrival => {
             let mut challenge = [0u8; 32];
             getrandom::getrandom(&mut challenge).context("drawing the arrival challenge")?;
@@ -1524,14 +1529,7 @@ fn open_medium_with(
         )
     })?;
     // Taken before the FAT is read, like an image's lock (`crate::lock`).
-    let lock = match &url {
-        mgear_nbd::NbdUrl::Unix { socket, .. } => crate::lock::lock_export(
-            &mgear_nbd::export_lock_path(socket),
-            exclusive,
-            &format!("the appliance at {}", port.display()),
-        )?,
-        _ => None,
-    };
+    let lock = lock_medium(&url, port, exclusive)?;
     let client = mgear_nbd::Client::connect(&url, &mgear_nbd::ConnectOptions::default())
         .with_context(|| format!("connecting to the appliance's medium at {url}"))?;
     let file = nbd_device::NbdDevice::new(mgear_nbd::NbdFile::new(client))

@@ -1849,7 +1849,7 @@ fn another_disk(args: &Plan, generation: u32, why: String, changed: &str) -> cra
 /// `None` for an NBD export, another device, or a file that cannot be read.
 fn write_stamp(spec: &str) -> Option<(i64, i64)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
+    if crate::spec::is_nbd(spec) {
         return None;
     }
     let m = std::fs::metadata(spec).ok()?;
@@ -1865,7 +1865,7 @@ fn write_stamp(spec: &str) -> Option<(i64, i64)> {
 /// holds open for writing now; `None` otherwise (or for an NBD export).
 fn being_written(args: &Plan) -> Option<String> {
     let spec = args.source.as_deref()?;
-    if spec.starts_with("nbd://") || spec.starts_with("nbd+unix://") {
+    if crate::spec::is_nbd(spec) {
         return None;
     }
     crate::guard::writer_of(std::path::Path::new(spec))
@@ -2777,7 +2777,7 @@ fn preflight(
         let disk = image_format::set::parse_disk_stream_name(&args.name).map(|(_, k)| k);
         warnings.extend(readiness(source, profile, disk)?);
     }
-    if !(spec.starts_with("nbd://") || spec.starts_with("nbd+unix://")) {
+    if !crate::spec::is_nbd(spec) {
         for m in crate::preflight::rw_mounts_of(std::path::Path::new(spec)) {
             warnings.push(format!(
                 "{} is mounted read-write at {} ({}): the capture may not match any single moment \

@@ -1084,7 +1084,7 @@ pub fn report_stop(
         state_dir(args.state_dir.clone()),
     ) {
         let recorded = mgear_volume::ebs::recorded_snapshots(&sdir, &name);
-        if let Some(ids) = root_from_hex(root).and_then(|r| snapshot_of(&recorded, &r)) {
+        if let Some(ids) = bytes_from_hex(root).and_then(|r| snapshot_of(&recorded, &r)) {
             let mut ids = ids.split(' ');
             v["result"]["snapshot_id"] = serde_json::json!(ids.next());
             v["result"]["image_id"] = serde_json::json!(ids.next());
@@ -1176,7 +1176,7 @@ fn refuse_an_image_that_cannot_start<S: image_format::Store>(
 /// device's record names the disk, not what it holds: one written since kept its "verified"
 /// report.)
 fn still_holds_reported(path: &Path, args: &Plan, target: &str) -> bool {
-    let Some(root) = crate::report::finished_ingest(path, target).and_then(|h| root_from_hex(&h))
+    let Some(root) = crate::report::finished_ingest(path, target).and_then(|h| bytes_from_hex(&h))
     else {
         return false;
     };
@@ -1972,9 +1972,11 @@ pub fn ingest(args: &Plan) -> crate::Result<Report> {
         warnings.extend(warn_if_short_of_space(p, &reader));
         // --force over a newer generation of this disk, ingested here: said, not done
         // silently (a medium without that generation, an older copy, gave no word of it).
-        let newer = ingested_of(&sdir, p)
-            .filter(|(id, g)| *id == reader.manifest().capture_id && *g > reader.generation())
-            .filter(|_| args.force);
+        let newer = args
+            .force
+            .then(|| ingested_of(&sdir, p))
+            .flatten()
+            .filter(|(id, g)| *id == reader.manifest().capture_id && *g > reader.generation());
         if let Some((_, was)) = newer {
             warnings.push(warn(format!(
                 "--force: {} held {} generation {was}, ingested on this host: the older \
@@ -3092,11 +3094,7 @@ fn ingested_of(state_dir: &Path, volume: &Path) -> Option<([u8; 16], u32)> {
     let (_, text) = done_record_of(state_dir, volume)?;
     let of = text.lines().find_map(|l| l.strip_prefix("of "))?;
     let (id, generation) = of.split_once(' ')?;
-    let bytes: Vec<u8> = (0..id.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(id.get(i..i + 2)?, 16).ok())
-        .collect::<Option<_>>()?;
-    Some((bytes.try_into().ok()?, generation.trim().parse().ok()?))
+    Some((bytes_from_hex(id)?, generation.trim().parse().ok()?))
 }
 
 /// The finished-ingest record naming the file at `volume`: its manifest root and its text.
@@ -4211,11 +4209,10 @@ fn device_done(state_dir: &Path, dev: &Path, root: &[u8; 32]) -> bool {
 fn done_record(text: &str) -> Option<([u8; 32], std::str::Lines<'_>)> {
     let mut lines = text.lines();
     (lines.next()? == "mgear-ingested/2").then_some(())?;
-    let root = root_from_hex(lines.next()?.strip_prefix("root ")?)?;
+    let root = bytes_from_hex(lines.next()?.strip_prefix("root ")?)?;
     Some((root, lines))
 }
 
-/// A manifest root written as 64 hex digits (a record's, a report's).
 /// How an ingest's description names the generation it writes (`Prepare::what`, kept in
 /// an EBS snapshot's record): by the first half of its manifest root.
 fn root_tag(root: &[u8; 32]) -> String {
@@ -4235,12 +4232,14 @@ pub(crate) fn snapshot_of<'r>(
         .map(|(ids, _)| ids.as_str())
 }
 
-fn root_from_hex(hex: &str) -> Option<[u8; 32]> {
-    let mut root = [0u8; 32];
-    for (k, b) in root.iter_mut().enumerate() {
+/// `N` bytes written as exactly `2 * N` hex digits (a manifest root in a record or a report,
+/// a record's capture id).
+fn bytes_from_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    for (k, b) in out.iter_mut().enumerate() {
         *b = u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok()?;
     }
-    (hex.len() == 64).then_some(root)
+    (hex.len() == 2 * N).then_some(out)
 }
 
 /// A device's finished-ingest record ([`spec_done_path`]): its manifest root and the identity

@@ -259,8 +259,7 @@ pub(crate) fn serve_record_path(
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(volume).ok()?;
     let digest = sha2::Sha256::digest(format!("{}:{}", m.dev(), m.ino()).as_bytes());
-    let file: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    Some(dir.join(file))
+    Some(dir.join(crate::output::hex(&digest[..8])))
 }
 
 /// Whether a serve record's text names capture `name` of id `capture` (lower-case hex).
@@ -277,7 +276,7 @@ pub fn served_before(volume: &std::path::Path, capture_id: &[u8; 16], name: &str
     let Some(path) = serve_records_dir().and_then(|d| serve_record_path(&d, volume)) else {
         return false;
     };
-    let capture: String = capture_id.iter().map(|b| format!("{b:02x}")).collect();
+    let capture = crate::output::hex(capture_id);
     // Not a record of an earlier file whose inode this one was given.
     !crate::guard::born_after(volume, &path)
         && std::fs::read_to_string(&path).is_ok_and(|t| serve_record_names(&t, &capture, name))

@@ -484,12 +484,13 @@ pub fn check_generation(
                  with --generation), and `mgear verify` says what is wrong with this one",
         )
     })?;
+    // The generation's COMMIT, read once for the slot check here, the receipt's check and the
+    // signatures (its read error is said where the signatures are checked, as before).
+    let commit_read = commit::read_commit(medium, name, g);
+    let signed_commit = commit_read.as_ref().ok().and_then(Option::as_ref);
     // Opened with one slot while the other differs from what was signed: what is opened is
     // as signed; the other slot is said, not refused.
-    let expected = match (
-        policy.opens_with,
-        commit::read_commit(medium, name, g).ok().flatten(),
-    ) {
+    let expected = match (policy.opens_with, signed_commit) {
         (Some(used), Some(f)) => {
             match commit::as_signed_but_unused_slot(&f.commit, &expected, used) {
                 Some(mended) => {
@@ -554,11 +555,9 @@ pub fn check_generation(
             // The generation's own COMMIT names what the receipt says: the shipped
             // generation is here, but its key slots or manifest changed since it was
             // signed (a damaged KEYS was called "another capture in its place").
-            let signed = commit::read_commit(medium, name, g)
-                .ok()
-                .flatten()
+            let signed = signed_commit
                 .filter(|f| crate::output::hex(&f.commit.digest()).starts_with(want.as_str()));
-            if let Some(why) = signed.and_then(|f| commit::check_commit(&f, &expected)) {
+            if let Some(why) = signed.and_then(|f| commit::check_commit(f, &expected)) {
                 return Err(refuse(format!(
                     "capture {name} generation {g} is the one the capture receipt names \
                      (--expect-commit {want}), but {why}: do not install it; `mgear verify` \
@@ -620,8 +619,7 @@ pub fn check_generation(
     let mut site_signed = false;
 
     // 1. COMMIT signatures.
-    let commit_file: Option<CommitFile> =
-        commit::read_commit(medium, name, g).map_err(|e| unreadable(e, name, g))?;
+    let commit_file: Option<CommitFile> = commit_read.map_err(|e| unreadable(e, name, g))?;
     match &commit_file {
         None => found.push(format!(
             "no COMMIT in generation {g} (captured without --sign, or its COMMIT was lost since: `mgear verify` of every medium of the shipment together compares the copies)"

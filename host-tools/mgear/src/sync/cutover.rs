@@ -199,14 +199,23 @@ fn refuse_the_source(a: &Cutover, target: &Target) -> crate::Result<()> {
     Ok(())
 }
 
+/// The file or device a raw `--boot-target` (`file:`, `dev:`) names; `None` for a qcow2 or
+/// NBD boot target, which is not read here.
+fn raw_boot_target(a: &Cutover) -> crate::Result<Option<std::path::PathBuf>> {
+    Ok(
+        match crate::spec::Target::parse_flag("--boot-target", &a.boot_target, Bare::Existing)? {
+            crate::spec::Target::File(p) | crate::spec::Target::Dev(p) => Some(p),
+            _ => None,
+        },
+    )
+}
+
 /// Before the quiesce: a serve on this host whose record says it keeps another volume of
 /// capture `capture_id` in sync than the file or device `--boot-target` names.
 fn served_elsewhere(a: &Cutover, capture_id: &[u8; 16]) -> crate::Result<()> {
-    let path =
-        match crate::spec::Target::parse_flag("--boot-target", &a.boot_target, Bare::Existing)? {
-            crate::spec::Target::File(p) | crate::spec::Target::Dev(p) => p,
-            _ => return Ok(()),
-        };
+    let Some(path) = raw_boot_target(a)? else {
+        return Ok(());
+    };
     if super::target::served_last(&path, capture_id, &a.sync.name) == Some(false) {
         return Err(coded(
             crate::exit::USAGE,
@@ -239,11 +248,9 @@ fn boot_target_is_synced(
     use std::os::unix::fs::FileExt as _;
     const SAMPLES: u64 = 32;
     const CHUNK: u64 = 1 << 20;
-    let path =
-        match crate::spec::Target::parse_flag("--boot-target", &a.boot_target, Bare::Existing)? {
-            crate::spec::Target::File(p) | crate::spec::Target::Dev(p) => p,
-            _ => return Ok(()),
-        };
+    let Some(path) = raw_boot_target(a)? else {
+        return Ok(());
+    };
     let not_synced = |why: String| {
         coded(
             crate::exit::USAGE,

@@ -198,10 +198,9 @@ impl Record {
         use sha2::Digest as _;
         let dir = Record::dir()?;
         let digest = sha2::Sha256::digest(format!("volume {spec}").as_bytes());
-        let file: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Some(Record {
-            path: dir.join(file),
-            capture: capture_id.iter().map(|b| format!("{b:02x}")).collect(),
+            path: dir.join(crate::output::hex(&digest[..8])),
+            capture: crate::output::hex(capture_id),
             name: name.to_string(),
         })
     }
@@ -239,7 +238,7 @@ impl Record {
     ) -> Option<Record> {
         Some(Record {
             path: crate::target::serve_record_path(dir, volume)?,
-            capture: capture_id.iter().map(|b| format!("{b:02x}")).collect(),
+            capture: crate::output::hex(capture_id),
             name: name.to_string(),
         })
     }
